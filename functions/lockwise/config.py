@@ -1,0 +1,124 @@
+"""One frozen settings object, read from the environment once per process.
+
+``Settings.from_env()`` is the only place that reads configuration. Outside local mode, a missing or placeholder
+secret stops start-up with a message that names the variable.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Literal
+
+Mode = Literal["local", "test", "production"]
+MODES: tuple[Mode, ...] = ("local", "test", "production")
+
+#: Values that mark a secret as "not really set"; refused outside local/test mode.
+PLACEHOLDERS = frozenset({"", "changeme", "change-me", "local-dev-only", "secret", "password", "lockwise", "test"})
+
+LOCAL_DATABASE_URL = "postgresql://lockwise:local-dev-only@127.0.0.1:55432/lockwise"
+LOCAL_SERVICE_TOKEN = "local-dev-only"
+
+
+class ConfigError(RuntimeError):
+    """Configuration is missing or unsafe; raised at start-up, never per request."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Process-wide configuration (see README "Environment variables" for each one)."""
+
+    mode: Mode
+    project_id: str
+    database_url: str
+    service_token: str
+    firestore_emulator_host: str | None
+    auth_emulator_host: str | None
+    release: str
+    log_level: str
+    max_body_bytes: int
+    db_pool_size: int
+
+    @property
+    def is_production(self) -> bool:
+        return self.mode == "production"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if environ is None else environ
+        mode_raw = env.get("LOCKWISE_MODE", "local").strip().lower()
+        if mode_raw not in MODES:
+            raise ConfigError(f"LOCKWISE_MODE must be one of {', '.join(MODES)}, got {mode_raw!r}")
+        mode: Mode = mode_raw
+        local = mode != "production"
+
+        def secret(name: str, local_default: str) -> str:
+            value = env.get(name)
+            if value is None or value == "":
+                if local:
+                    return local_default
+                raise ConfigError(f"{name} is required in production mode and is not set")
+            if not local and _is_placeholder(value):
+                raise ConfigError(f"{name} holds a placeholder value; set a real secret in production mode")
+            return value
+
+        database_url = secret("DATABASE_URL", LOCAL_DATABASE_URL)
+        if not local and _is_placeholder(_password_of(database_url)):
+            raise ConfigError("DATABASE_URL carries a placeholder password; set a real one in production mode")
+
+        firestore_emulator = env.get("FIRESTORE_EMULATOR_HOST") or None
+        auth_emulator = env.get("FIREBASE_AUTH_EMULATOR_HOST") or None
+        if not local and (firestore_emulator or auth_emulator):
+            raise ConfigError(
+                "FIRESTORE_EMULATOR_HOST / FIREBASE_AUTH_EMULATOR_HOST must not be set in production mode "
+                "(emulator tokens are unsigned)"
+            )
+        project_id = env.get("LOCKWISE_PROJECT_ID") or env.get("GOOGLE_CLOUD_PROJECT") or ""
+        if not project_id:
+            if not local:
+                raise ConfigError("LOCKWISE_PROJECT_ID (or GOOGLE_CLOUD_PROJECT) is required in production mode")
+            project_id = "demo-lockwise"
+
+        return cls(
+            mode=mode,
+            project_id=project_id,
+            database_url=database_url,
+            service_token=secret("LOCKWISE_SERVICE_TOKEN", LOCAL_SERVICE_TOKEN),
+            firestore_emulator_host=firestore_emulator,
+            auth_emulator_host=auth_emulator,
+            release=env.get("LOCKWISE_RELEASE", "dev"),
+            log_level=env.get("LOG_LEVEL", "INFO").upper(),
+            max_body_bytes=_int(env, "LOCKWISE_MAX_BODY_BYTES", 2_000_000, minimum=1024),
+            db_pool_size=_int(env, "LOCKWISE_DB_POOL_SIZE", 4, minimum=1),
+        )
+
+
+def _is_placeholder(value: str | None) -> bool:
+    return value is None or value.strip().lower() in PLACEHOLDERS
+
+
+def _password_of(url: str) -> str | None:
+    from urllib.parse import urlsplit
+
+    return urlsplit(url).password
+
+
+def _int(env: Mapping[str, str], name: str, default: int, *, minimum: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{name} must be an integer, got {raw!r}") from exc
+    if value < minimum:
+        raise ConfigError(f"{name} must be at least {minimum}, got {value}")
+    return value
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process's settings, read once."""
+    return Settings.from_env()

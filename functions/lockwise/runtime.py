@@ -1,0 +1,53 @@
+"""Per-instance clients, made once and reused across requests (heavy ones on first use)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from functools import cached_property, lru_cache
+from typing import Any
+
+from lockwise import log
+from lockwise.auth import IdTokenVerifier, verifier_for
+from lockwise.config import Settings, get_settings
+from lockwise.db import Database
+
+
+class Runtime:
+    """What a function instance holds between requests."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._lock = threading.Lock()
+
+    @cached_property
+    def db(self) -> Database:
+        return Database(self.settings.database_url, pool_size=self.settings.db_pool_size)
+
+    @cached_property
+    def firestore(self) -> Any:
+        from lockwise.firestore import make_client
+
+        with self._lock:
+            return make_client(self.settings.project_id, self.settings.firestore_emulator_host)
+
+    @cached_property
+    def verifier(self) -> IdTokenVerifier:
+        return verifier_for(self.settings.project_id, self.settings.auth_emulator_host)
+
+    def ping_firestore(self) -> None:
+        from lockwise.firestore import ping
+
+        ping(self.firestore)
+
+    def probes(self) -> dict[str, Callable[[], Any]]:
+        """The dependency checks every function's health endpoint runs."""
+        return {"database": self.db.ping, "firestore": self.ping_firestore}
+
+
+@lru_cache(maxsize=1)
+def get_runtime(component: str) -> Runtime:
+    """The instance's runtime; configures JSON logging the first time."""
+    settings = get_settings()
+    log.configure(component, settings.log_level)
+    return Runtime(settings)

@@ -1,0 +1,35 @@
+"""MQTT topic layout, shared by the relay and the simulated lock.
+
+Every topic of a lock sits under ``lockwise/<broker username>/``, which is what the broker's per-lock ACL
+(``pattern readwrite lockwise/%u/#``) allows that lock and no other.
+"""
+
+from __future__ import annotations
+
+ROOT = "lockwise"
+
+
+def commands(lock: str) -> str:
+    """Server -> lock: signed commands (QoS 1, never retained)."""
+    return f"{ROOT}/{lock}/cmd"
+
+
+def state(lock: str) -> str:
+    """Lock -> server: lock state reports (QoS 1)."""
+    return f"{ROOT}/{lock}/state"
+
+
+def acks(lock: str) -> str:
+    """Lock -> server: command acknowledgements (QoS 1)."""
+    return f"{ROOT}/{lock}/ack"
+
+
+def status(lock: str) -> str:
+    """Lock -> server: ``online``/``offline`` (retained; ``offline`` is the lock's last will)."""
+    return f"{ROOT}/{lock}/status"
+
+
+def lock_of(topic: str) -> str | None:
+    """The lock a topic belongs to, or None when it is not a lock topic."""
+    parts = topic.split("/")
+    return parts[1] if len(parts) == 3 and parts[0] == ROOT and parts[1] else None

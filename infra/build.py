@@ -1,0 +1,64 @@
+"""Build a deployable bundle per function: ``python -m infra.build devices --out .build/devices``.
+
+A bundle is what Cloud Functions / Cloud Run receives as source: the function's ``main.py`` and
+``requirements.txt``, plus the shared ``lockwise`` package copied in (the one place it is edited is
+``functions/lockwise``). Nothing else of the repository is needed to run it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import shutil
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+FUNCTIONS_DIR = REPO / "functions"
+SHARED_PACKAGE = FUNCTIONS_DIR / "lockwise"
+FUNCTIONS = ("embed", "verify", "devices")
+_IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", ".mypy_cache")
+
+
+def build(name: str, out: Path) -> Path:
+    """Write the bundle of function ``name`` into ``out`` (replaced if it exists); return ``out``."""
+    if name not in FUNCTIONS:
+        raise SystemExit(f"unknown function {name!r}; expected one of {', '.join(FUNCTIONS)}")
+    source = FUNCTIONS_DIR / name
+    if out.exists():
+        shutil.rmtree(out)
+    shutil.copytree(source, out, ignore=_IGNORE)
+    shutil.copytree(SHARED_PACKAGE, out / "lockwise", ignore=_IGNORE)
+    manifest = {
+        "function": name,
+        "files": {
+            str(p.relative_to(out)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(out.rglob("*"))
+            if p.is_file()
+        },
+    }
+    (out / "bundle.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("functions", nargs="*", default=list(FUNCTIONS), help="which functions (default: all)")
+    parser.add_argument("--out", type=Path, help="output folder (one function) or parent folder (several)")
+    args = parser.parse_args(argv)
+    names: list[str] = args.functions
+    for name in names:
+        if args.out is None:
+            out = REPO / ".build" / name
+        elif len(names) == 1:
+            out = args.out
+        else:
+            out = args.out / name
+        build(name, out)
+        sys.stdout.write(f"built {name} -> {out}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

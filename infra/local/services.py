@@ -1,0 +1,569 @@
+"""Start and stop the real local components: PostgreSQL, Mosquitto (TLS), the Firebase emulators, the functions.
+
+Used by the local stack (``infra/local/stack.py``) and by the test fixtures, so both run exactly the same thing.
+Each service runs in its own process group and is stopped by signalling the whole group; ``stop()`` waits until
+its port is closed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from infra.local.certs import TlsFiles, ensure_tls
+
+log = logging.getLogger("lockwise.local")
+
+REPO = Path(__file__).resolve().parents[2]
+FUNCTIONS_DIR = REPO / "functions"
+FIREBASE_TOOLS_VERSION = "15.34.2"
+TOOLS_HOME = Path(os.environ.get("LOCKWISE_TOOLS_HOME", Path.home() / ".cache" / "lockwise"))
+
+
+class MissingComponent(RuntimeError):
+    """A program the stack needs is not installed; the message says what to install."""
+
+
+class StartupFailed(RuntimeError):
+    """A service did not become ready; the message carries the tail of its log."""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def port_open(port: int, host: str = "127.0.0.1") -> bool:
+    with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.2):
+        return True
+    return False
+
+
+def is_root() -> bool:
+    return os.geteuid() == 0
+
+
+@dataclass
+class Process:
+    """A child process group with a log file."""
+
+    name: str
+    popen: subprocess.Popen[bytes]
+    log_path: Path
+    port: int
+    stop_signal: int = signal.SIGTERM
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    def stop(self, timeout: float = 15.0) -> None:
+        if self.alive():
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.popen.pid, self.stop_signal)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                log.warning("%s did not stop in %.0fs; killing it", self.name, timeout)
+        # Kill whatever is left of the group (daemonised children of wrappers, for instance).
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.popen.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.popen.wait(5)
+        deadline = time.monotonic() + 10
+        while port_open(self.port) and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+
+def spawn(
+    name: str,
+    argv: list[str],
+    log_path: Path,
+    port: int,
+    *,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
+    stop_signal: int = signal.SIGTERM,
+) -> Process:
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    out = open(log_path, "ab")  # noqa: SIM115 - handed to the child, closed with it
+    popen = subprocess.Popen(
+        argv,
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        env=env,
+        cwd=cwd,
+        start_new_session=True,
+    )
+    out.close()
+    return Process(name, popen, log_path, port, stop_signal)
+
+
+def wait_until(proc: Process, ready: Callable[[], bool], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not proc.alive():
+            raise StartupFailed(f"{proc.name} exited with {proc.popen.returncode}:\n{proc.log_tail()}")
+        if ready():
+            return
+        time.sleep(0.1)
+    proc.stop()
+    raise StartupFailed(f"{proc.name} not ready after {timeout:.0f}s:\n{proc.log_tail()}")
+
+
+def http_ok(url: str, accept: tuple[int, ...] = (200,)) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=1) as resp:
+            return int(resp.status) in accept
+    except urllib.error.HTTPError as exc:
+        return exc.code in accept
+    except (OSError, ValueError):
+        return False
+
+
+# --------------------------------------------------------------------------------------------------- PostgreSQL
+
+
+def _pg_bindir() -> Path:
+    candidates = sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=lambda p: int(Path(p).parent.name))
+    if candidates:
+        return Path(candidates[-1])
+    found = shutil.which("initdb")
+    if found:
+        return Path(found).parent
+    raise MissingComponent("PostgreSQL server binaries not found: apt-get install postgresql")
+
+
+@dataclass
+class Postgres:
+    process: Process
+    port: int
+    password: str
+    socket_dir: Path
+    database: str = "lockwise"
+    user: str = "lockwise"
+
+    @property
+    def url(self) -> str:
+        return f"postgresql://{self.user}:{self.password}@127.0.0.1:{self.port}/{self.database}"
+
+    @property
+    def admin_url(self) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres?host={self.socket_dir}"
+
+    def stop(self) -> None:
+        self.process.stop()
+
+
+def _as_postgres(argv: list[str]) -> list[str]:
+    return ["runuser", "-u", "postgres", "--", *argv] if is_root() else argv
+
+
+def start_postgres(state_dir: Path, port: int, password: str, *, durable: bool) -> Postgres:
+    """A real PostgreSQL server whose data lives in ``state_dir/data`` (kept across restarts)."""
+    import pg8000.native
+
+    bindir = _pg_bindir()
+    state_dir.mkdir(parents=True, exist_ok=True)
+    data = state_dir / "data"
+    sock = state_dir / "sock"
+    sock.mkdir(exist_ok=True)
+    if is_root():
+        for p in (state_dir, *state_dir.parents):
+            if p.stat().st_mode & 0o011 != 0o011:
+                p.chmod(p.stat().st_mode | 0o011)  # user postgres must traverse to its data folder
+        shutil.chown(state_dir, "postgres")
+        shutil.chown(sock, "postgres")
+    fresh = not (data / "PG_VERSION").exists()
+    if fresh:
+        pwfile = state_dir / "pwfile"
+        pwfile.write_text(password + "\n")
+        if is_root():
+            shutil.chown(pwfile, "postgres")
+        subprocess.run(
+            _as_postgres(
+                [
+                    str(bindir / "initdb"),
+                    "-D",
+                    str(data),
+                    "-U",
+                    "postgres",
+                    f"--pwfile={pwfile}",
+                    "--auth-host=scram-sha-256",
+                    "--auth-local=trust",
+                    "--no-sync",
+                    "-E",
+                    "UTF8",
+                ]
+            ),
+            check=True,
+            capture_output=True,
+        )
+        pwfile.unlink()
+    argv = [
+        str(bindir / "postgres"),
+        "-D",
+        str(data),
+        "-c",
+        f"port={port}",
+        "-c",
+        "listen_addresses=127.0.0.1",
+        "-c",
+        f"unix_socket_directories={sock}",
+        "-c",
+        f"fsync={'on' if durable else 'off'}",
+        "-c",
+        "full_page_writes=" + ("on" if durable else "off"),
+        "-c",
+        "max_connections=200",
+    ]
+    proc = spawn("postgres", _as_postgres(argv), state_dir / "postgres.log", port, stop_signal=signal.SIGINT)
+    pg = Postgres(proc, port, password, sock)
+
+    def ready() -> bool:
+        try:
+            pg8000.native.Connection("postgres", unix_sock=f"{sock}/.s.PGSQL.{port}", timeout=1).close()
+            return True
+        except Exception:  # noqa: BLE001 - not up yet
+            return False
+
+    wait_until(proc, ready, 30)
+    admin = pg8000.native.Connection("postgres", unix_sock=f"{sock}/.s.PGSQL.{port}")
+    try:
+        if not admin.run("SELECT 1 FROM pg_roles WHERE rolname = :u", u=pg.user):
+            admin.run(f"CREATE ROLE {pg.user} LOGIN PASSWORD {pg8000.native.literal(password)}")
+        if not admin.run("SELECT 1 FROM pg_database WHERE datname = :d", d=pg.database):
+            admin.run(f"CREATE DATABASE {pg.database} OWNER {pg.user}")
+    finally:
+        admin.close()
+    return pg
+
+
+# ---------------------------------------------------------------------------------------------------- Mosquitto
+
+RELAY_USER = "lockwise-relay"
+
+
+@dataclass
+class Broker:
+    process: Process
+    port: int
+    tls: TlsFiles
+    password_file: Path
+    acl_file: Path
+    relay_user: str
+    relay_password: str
+    config_file: Path
+    _entries: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def ca_file(self) -> Path:
+        return self.tls.ca_cert
+
+    def add_user(self, username: str, password: str) -> None:
+        """Add or replace a broker account and make mosquitto reload its password file."""
+        from lockwise.broker_passwords import hash_password
+
+        self._entries[username] = hash_password(password)
+        self._write_passwords()
+        self.reload()
+
+    def reload(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.process.popen.pid, signal.SIGHUP)
+        time.sleep(0.2)
+
+    def _write_passwords(self) -> None:
+        from lockwise.broker_passwords import render_password_file
+
+        self.password_file.write_text(render_password_file(self._entries))
+        _share_with_mosquitto(self.password_file)
+
+    def stop(self) -> None:
+        self.process.stop()
+
+
+def _share_with_mosquitto(path: Path, mode: int = 0o640) -> None:
+    if is_root():
+        shutil.chown(path, group="mosquitto")
+    path.chmod(mode)
+
+
+def render_mosquitto_conf(
+    *, port: int, tls: TlsFiles, password_file: Path, acl_file: Path, persistence_dir: Path, log_dest: str
+) -> str:
+    return "\n".join(
+        [
+            "per_listener_settings false",
+            "allow_anonymous false",
+            f"password_file {password_file}",
+            f"acl_file {acl_file}",
+            "persistence true",
+            f"persistence_location {persistence_dir}/",
+            "autosave_interval 1",
+            "max_queued_messages 1000",
+            "set_tcp_nodelay true",
+            f"log_dest {log_dest}",
+            "log_type error",
+            "log_type warning",
+            "log_type notice",
+            "connection_messages true",
+            f"listener {port} 127.0.0.1",
+            f"cafile {tls.ca_cert}",
+            f"certfile {tls.server_cert}",
+            f"keyfile {tls.server_key}",
+            "tls_version tlsv1.2",
+            "",
+        ]
+    )
+
+
+def render_acl(relay_user: str, topic_root: str = "lockwise") -> str:
+    """The relay may use every lock's topics; each lock (username = lock's broker user) only its own."""
+    return "\n".join(
+        [
+            f"user {relay_user}",
+            f"topic readwrite {topic_root}/#",
+            "",
+            "# every other account: only the topics under its own username",
+            f"pattern readwrite {topic_root}/%u/#",
+            "",
+        ]
+    )
+
+
+def start_mosquitto(state_dir: Path, port: int, relay_password: str) -> Broker:
+    binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+    if not Path(binary).exists():
+        raise MissingComponent("mosquitto not found: apt-get install mosquitto mosquitto-clients")
+    state_dir.mkdir(parents=True, exist_ok=True)
+    tls = ensure_tls(state_dir / "tls")
+    for key in (tls.server_key,):
+        _share_with_mosquitto(key)
+    persistence = state_dir / "persistence"
+    persistence.mkdir(exist_ok=True)
+    if is_root():
+        shutil.chown(persistence, "mosquitto", "mosquitto")
+        for p in (state_dir, *state_dir.parents):
+            if p.stat().st_mode & 0o011 != 0o011:
+                p.chmod(p.stat().st_mode | 0o011)
+    password_file = state_dir / "passwd"
+    acl_file = state_dir / "acl"
+    acl_file.write_text(render_acl(RELAY_USER))
+    _share_with_mosquitto(acl_file)
+    conf = state_dir / "mosquitto.conf"
+    conf.write_text(
+        render_mosquitto_conf(
+            port=port,
+            tls=tls,
+            password_file=password_file,
+            acl_file=acl_file,
+            persistence_dir=persistence,
+            log_dest="stdout",
+        )
+    )
+    broker = Broker(
+        process=None,  # type: ignore[arg-type]  # set just below, once the password file exists
+        port=port,
+        tls=tls,
+        password_file=password_file,
+        acl_file=acl_file,
+        relay_user=RELAY_USER,
+        relay_password=relay_password,
+        config_file=conf,
+    )
+    broker._entries = _read_password_file(password_file)
+    from lockwise.broker_passwords import check_password, hash_password
+
+    current = broker._entries.get(RELAY_USER)
+    if current is None or not check_password(relay_password, current):
+        broker._entries[RELAY_USER] = hash_password(relay_password)
+    broker._write_passwords()
+    broker.process = spawn("mosquitto", [binary, "-c", str(conf)], state_dir / "mosquitto.log", port)
+    wait_until(broker.process, lambda: port_open(port), 15)
+    return broker
+
+
+def _read_password_file(path: Path) -> dict[str, str]:
+    if not path.exists():
+        return {}
+    entries = {}
+    for line in path.read_text().splitlines():
+        user, sep, hashed = line.partition(":")
+        if sep:
+            entries[user] = hashed
+    return entries
+
+
+# ------------------------------------------------------------------------------------------ Firebase emulators
+
+
+def firestore_emulator_jar() -> Path:
+    """The official Cloud Firestore emulator jar: $FIRESTORE_EMULATOR_JAR, the gcloud SDK, firebase-tools' cache."""
+    env_jar = os.environ.get("FIRESTORE_EMULATOR_JAR")
+    if env_jar:
+        if Path(env_jar).is_file():
+            return Path(env_jar)
+        raise MissingComponent(f"FIRESTORE_EMULATOR_JAR={env_jar} does not exist")
+    candidates = [
+        "/usr/lib/google-cloud-sdk/platform/cloud-firestore-emulator/cloud-firestore-emulator.jar",
+        "/usr/share/google-cloud-sdk/platform/cloud-firestore-emulator/cloud-firestore-emulator.jar",
+        "/opt/google-cloud-sdk/platform/cloud-firestore-emulator/cloud-firestore-emulator.jar",
+    ]
+    gcloud = shutil.which("gcloud")
+    if gcloud:
+        sdk_root = Path(os.path.realpath(gcloud)).parents[1]
+        candidates.insert(0, str(sdk_root / "platform/cloud-firestore-emulator/cloud-firestore-emulator.jar"))
+    candidates += sorted(glob.glob(str(Path.home() / ".cache/firebase/emulators/cloud-firestore-emulator-v*.jar")))
+    for candidate in candidates:
+        if Path(candidate).is_file():
+            return Path(candidate)
+    raise MissingComponent(
+        "the Cloud Firestore emulator jar was not found. Looked at $FIRESTORE_EMULATOR_JAR, the gcloud SDK "
+        "(platform/cloud-firestore-emulator/cloud-firestore-emulator.jar) and firebase-tools' cache "
+        "(~/.cache/firebase/emulators/cloud-firestore-emulator-v*.jar). It ships with google-cloud-cli's "
+        "cloud-firestore-emulator component; no package registry reachable here carries it. Set "
+        "FIRESTORE_EMULATOR_JAR to a copy, or FIRESTORE_EMULATOR_HOST to a running emulator."
+    )
+
+
+@dataclass
+class Emulator:
+    process: Process
+    host: str  # "127.0.0.1:PORT"
+    project_id: str
+
+    def stop(self) -> None:
+        self.process.stop()
+
+
+def start_firestore(state_dir: Path, port: int, project_id: str) -> Emulator:
+    java = shutil.which("java")
+    if not java:
+        raise MissingComponent("java not found: apt-get install default-jre-headless")
+    jar = firestore_emulator_jar()
+    argv = [
+        java,
+        "-Duser.language=en",
+        "-Xmx512m",
+        "-cp",
+        str(jar),
+        "com.google.cloud.datastore.emulator.firestore.CloudFirestore",
+        "start",
+        "--host=127.0.0.1",
+        f"--port={port}",
+        f"--project_id={project_id}",
+    ]
+    rules = REPO / "infra" / "firestore.rules"
+    if rules.exists():
+        argv.append(f"--rules={rules}")
+    proc = spawn("firestore-emulator", argv, state_dir / "firestore.log", port)
+    wait_until(proc, lambda: http_ok(f"http://127.0.0.1:{port}/"), 60)
+    return Emulator(proc, f"127.0.0.1:{port}", project_id)
+
+
+def firebase_cli() -> Path:
+    cli = TOOLS_HOME / "firebase-tools" / "node_modules" / ".bin" / "firebase"
+    if not cli.exists():
+        raise MissingComponent(
+            f"firebase-tools {FIREBASE_TOOLS_VERSION} not installed under {cli.parents[2]}: run ./dev setup"
+        )
+    return cli
+
+
+def start_auth(state_dir: Path, port: int, project_id: str) -> Emulator:
+    cli = firebase_cli()
+    state_dir.mkdir(parents=True, exist_ok=True)
+    base = json.loads((REPO / "firebase.json").read_text())
+    emulators = base.get("emulators", {})
+    emulators["auth"] = {"host": "127.0.0.1", "port": port}
+    emulators["hub"] = {"host": "127.0.0.1", "port": free_port()}
+    emulators["logging"] = {"host": "127.0.0.1", "port": free_port()}
+    emulators["ui"] = {"enabled": False}
+    config = state_dir / "firebase.auth.json"
+    config.write_text(json.dumps({"emulators": emulators}, indent=2))
+    env = dict(os.environ, NO_UPDATE_NOTIFIER="1", FIREBASE_CLI_DISABLE_UPDATE_CHECK="true", CI="true")
+    argv = [str(cli), "emulators:start", "--only", "auth", "--project", project_id, "--config", str(config)]
+    proc = spawn("auth-emulator", argv, state_dir / "auth.log", port, env=env, cwd=state_dir, stop_signal=signal.SIGINT)
+    wait_until(proc, lambda: http_ok(f"http://127.0.0.1:{port}/"), 90)
+    return Emulator(proc, f"127.0.0.1:{port}", project_id)
+
+
+# -------------------------------------------------------------------------------------------------- Functions
+
+FUNCTIONS = ("embed", "verify", "devices")
+
+
+@dataclass
+class FunctionServer:
+    name: str
+    process: Process
+    port: int
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        self.process.stop()
+
+
+def start_function(
+    name: str, port: int, env: dict[str, str], state_dir: Path, source_dir: Path | None = None
+) -> FunctionServer:
+    """Serve ``functions/<name>/main.py`` with functions-framework (or a built bundle in ``source_dir``)."""
+    source_dir = source_dir or FUNCTIONS_DIR / name
+    child_env = dict(os.environ)
+    child_env.update(env)
+    if source_dir.parent == FUNCTIONS_DIR:
+        child_env["PYTHONPATH"] = os.pathsep.join([str(FUNCTIONS_DIR), child_env.get("PYTHONPATH", "")]).rstrip(
+            os.pathsep
+        )
+    argv = [
+        sys.executable,
+        "-m",
+        "functions_framework",
+        "--target",
+        name,
+        "--source",
+        str(source_dir / "main.py"),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
+    proc = spawn(f"function-{name}", argv, state_dir / f"{name}.log", port, env=child_env, cwd=source_dir)
+    wait_until(proc, lambda: http_ok(f"http://127.0.0.1:{port}/{name}/health", accept=(200, 503)), 120)
+    return FunctionServer(name, proc, port)
+
+
+@contextlib.contextmanager
+def stopping(*services: object) -> Iterator[None]:
+    try:
+        yield
+    finally:
+        for svc in reversed(services):
+            stop = getattr(svc, "stop", None)
+            if stop:
+                stop()

@@ -1,0 +1,202 @@
+"""The whole LockWise back-end on this machine: ``./dev stack`` (runs ``python -m infra.local.stack``).
+
+Starts PostgreSQL, Mosquitto (TLS, password file, per-lock ACL), the Firestore and Auth emulators, applies the
+migrations, serves the three functions with functions-framework, prints where everything listens and waits. Ctrl-C
+(or SIGTERM) stops every process it started. State (database, broker persistence, certificates, generated local
+secrets, logs) lives in ``.local/`` so a restart keeps enrolled voices and locks.
+
+An existing service is used instead of a local one when its variable is set: ``DATABASE_URL``,
+``MQTT_HOST``/``MQTT_PORT``/``MQTT_CA_FILE``, ``FIRESTORE_EMULATOR_HOST``, ``FIREBASE_AUTH_EMULATOR_HOST``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import secrets
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from infra.local import services
+from infra.local.services import REPO
+
+log = logging.getLogger("lockwise.stack")
+
+DEFAULT_PORTS = {
+    "postgres": 55432,
+    "broker": 8883,
+    "firestore": 8080,
+    "auth": 9099,
+    "embed": 8081,
+    "verify": 8082,
+    "devices": 8083,
+}
+DEMO_LOCK_USER = "lock-demo-0001"
+
+
+def _local_secrets(state: Path) -> dict[str, str]:
+    """Random local-only secrets, generated on first run and kept in ``.local/secrets.json`` (git-ignored)."""
+    path = state / "secrets.json"
+    if path.exists():
+        data: dict[str, str] = json.loads(path.read_text())
+    else:
+        data = {}
+    for key in ("db_password", "relay_password", "service_token", "demo_lock_password"):
+        data.setdefault(key, secrets.token_urlsafe(18))
+    path.write_text(json.dumps(data, indent=2))
+    path.chmod(0o600)
+    return data
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--state-dir", type=Path, default=REPO / ".local")
+    parser.add_argument("--ready-file", type=Path, help="write the stack's environment here once ready")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+
+    state: Path = args.state_dir.resolve()
+    state.mkdir(parents=True, exist_ok=True)
+    logs = state / "logs"
+    logs.mkdir(exist_ok=True)
+    secrets_ = _local_secrets(state)
+    env = os.environ
+    project = env.get("LOCKWISE_PROJECT_ID", "demo-lockwise")
+    started: list[Any] = []
+    stop_event = threading.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        stop_event.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+
+    table: list[tuple[str, str, str]] = []
+    try:
+        # PostgreSQL
+        database_url = env.get("DATABASE_URL")
+        if database_url:
+            table.append(("postgres", "external", "DATABASE_URL"))
+        else:
+            pg = services.start_postgres(
+                state / "postgres", DEFAULT_PORTS["postgres"], secrets_["db_password"], durable=True
+            )
+            started.append(pg)
+            database_url = pg.url
+            table.append(("postgres", f"127.0.0.1:{pg.port}", str(state / "postgres" / "postgres.log")))
+        _migrate(database_url)
+
+        # Broker
+        if env.get("MQTT_HOST"):
+            mqtt_host, mqtt_port = env["MQTT_HOST"], int(env.get("MQTT_PORT", "8883"))
+            ca_file = env.get("MQTT_CA_FILE", "")
+            table.append(("broker", "external", f"{mqtt_host}:{mqtt_port}"))
+        else:
+            broker = services.start_mosquitto(state / "broker", DEFAULT_PORTS["broker"], secrets_["relay_password"])
+            started.append(broker)
+            broker.add_user(DEMO_LOCK_USER, secrets_["demo_lock_password"])
+            mqtt_host, mqtt_port, ca_file = "127.0.0.1", broker.port, str(broker.ca_file)
+            table.append(("broker (mqtts)", f"127.0.0.1:{broker.port}", str(state / "broker" / "mosquitto.log")))
+
+        # Emulators
+        fs_host = env.get("FIRESTORE_EMULATOR_HOST")
+        if fs_host:
+            table.append(("firestore", "external", fs_host))
+        else:
+            fs = services.start_firestore(logs, DEFAULT_PORTS["firestore"], project)
+            started.append(fs)
+            fs_host = fs.host
+            table.append(("firestore emulator", fs.host, str(logs / "firestore.log")))
+        auth_host = env.get("FIREBASE_AUTH_EMULATOR_HOST")
+        if auth_host:
+            table.append(("auth", "external", auth_host))
+        else:
+            auth = services.start_auth(state / "auth", DEFAULT_PORTS["auth"], project)
+            started.append(auth)
+            auth_host = auth.host
+            table.append(("auth emulator", auth.host, str(state / "auth" / "auth.log")))
+
+        fn_env = {
+            "LOCKWISE_MODE": "local",
+            "LOCKWISE_PROJECT_ID": project,
+            "DATABASE_URL": database_url,
+            "FIRESTORE_EMULATOR_HOST": fs_host,
+            "FIREBASE_AUTH_EMULATOR_HOST": auth_host,
+            "LOCKWISE_SERVICE_TOKEN": secrets_["service_token"],
+        }
+        for name in services.FUNCTIONS:
+            server = services.start_function(name, DEFAULT_PORTS[name], fn_env, logs)
+            started.append(server)
+            table.append((f"function {name}", server.url + f"/{name}", str(logs / f"{name}.log")))
+
+        stack_env = dict(
+            fn_env,
+            MQTT_HOST=mqtt_host,
+            MQTT_PORT=str(mqtt_port),
+            MQTT_CA_FILE=ca_file,
+            LOCKWISE_DEMO_LOCK_USER=DEMO_LOCK_USER,
+            LOCKWISE_DEMO_LOCK_PASSWORD=secrets_["demo_lock_password"],
+            LOCKWISE_EMBED_URL=f"http://127.0.0.1:{DEFAULT_PORTS['embed']}",
+            LOCKWISE_VERIFY_URL=f"http://127.0.0.1:{DEFAULT_PORTS['verify']}",
+            LOCKWISE_DEVICES_URL=f"http://127.0.0.1:{DEFAULT_PORTS['devices']}",
+        )
+        env_file = state / "stack.env"
+        env_file.write_text("".join(f"{k}={v}\n" for k, v in stack_env.items()))
+        env_file.chmod(0o600)
+        if args.ready_file:
+            args.ready_file.write_text(json.dumps(stack_env))
+        _print_table(table, env_file)
+        while not stop_event.wait(1.0):
+            for svc in started:
+                proc = getattr(svc, "process", None)
+                if proc is not None and not proc.alive():
+                    log.error("%s exited unexpectedly:\n%s", proc.name, proc.log_tail())
+                    stop_event.set()
+        return 0
+    except services.MissingComponent as exc:
+        log.error("missing component: %s", exc)
+        return 2
+    except services.StartupFailed as exc:
+        log.error("start-up failed: %s", exc)
+        return 1
+    finally:
+        for svc in reversed(started):
+            svc.stop()
+        log.info("stopped %d services", len(started))
+
+
+def _migrate(database_url: str) -> None:
+    from lockwise import migrate
+    from lockwise.db import Database
+
+    con = Database(database_url).connect()
+    try:
+        applied = migrate.apply(con)
+    finally:
+        con.close()
+    log.info("migrations: %d applied now, database up to date", len(applied))
+
+
+def _print_table(rows: list[tuple[str, str, str]], env_file: Path) -> None:
+    width = max(len(r[0]) for r in rows)
+    lines = ["", "LockWise stack is up (Ctrl-C stops everything):", ""]
+    lines += [f"  {name:<{width}}  {where:<36}  {detail}" for name, where, detail in rows]
+    lines += [
+        "",
+        f"  environment for clients: {env_file}",
+        "  simulated lock:          ./dev simlock   (connects over TLS with the demo lock's account)",
+        "",
+    ]
+    sys.stdout.write("\n".join(lines) + "\n")
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    time.tzset()
+    sys.exit(main())

@@ -1,0 +1,51 @@
+"""Run a simulated lock: ``python -m simlock`` (``./dev simlock`` fills in the local stack's settings).
+
+Options default to the environment the local stack writes to ``.local/stack.env``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+
+from simlock.lock import LockConfig, SimulatedLock
+
+
+def main(argv: list[str] | None = None) -> int:
+    env = os.environ
+    parser = argparse.ArgumentParser(prog="simlock", description=__doc__)
+    parser.add_argument("--lock-id", default=env.get("LOCKWISE_DEMO_LOCK_USER"), help="broker username of the lock")
+    parser.add_argument("--password", default=env.get("LOCKWISE_DEMO_LOCK_PASSWORD"))
+    parser.add_argument("--host", default=env.get("MQTT_HOST", "127.0.0.1"))
+    parser.add_argument("--port", type=int, default=int(env.get("MQTT_PORT", "8883")))
+    parser.add_argument("--ca-file", default=env.get("MQTT_CA_FILE"))
+    parser.add_argument("--once", action="store_true", help="connect, publish state, disconnect")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s simlock %(levelname)s %(message)s")
+    missing = [n for n in ("lock_id", "password", "ca_file") if not getattr(args, n)]
+    if missing:
+        parser.error(f"missing {', '.join('--' + m.replace('_', '-') for m in missing)} (or start ./dev stack)")
+    lock = SimulatedLock(LockConfig(args.lock_id, args.password, args.host, args.port, args.ca_file))
+    try:
+        lock.start()
+    except (ConnectionError, OSError) as exc:
+        logging.error("could not connect: %s", exc)
+        return 1
+    logging.info("lock %s connected over TLS to %s:%d; state=%s", args.lock_id, args.host, args.port, lock.state)
+    if args.once:
+        lock.stop()
+        return 0
+    done = threading.Event()
+    signal.signal(signal.SIGINT, lambda *_: done.set())
+    signal.signal(signal.SIGTERM, lambda *_: done.set())
+    done.wait()
+    lock.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
