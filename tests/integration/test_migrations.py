@@ -1,0 +1,154 @@
+"""Migrations and constraints on the real PostgreSQL server."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+
+import pg8000.native
+import pytest
+from pg8000.exceptions import DatabaseError
+
+from infra.local.services import Postgres
+from lockwise import migrate
+from lockwise.db import CHECK_VIOLATION, FOREIGN_KEY_VIOLATION, UNIQUE_VIOLATION, Database, sqlstate
+
+
+@pytest.fixture
+def fresh_db(postgres: Postgres) -> Iterator[Database]:
+    """An empty database of its own on the session's server."""
+    name = f"mig_{secrets.token_hex(4)}"
+    admin = pg8000.native.Connection("postgres", unix_sock=f"{postgres.socket_dir}/.s.PGSQL.{postgres.port}")
+    admin.run(f"CREATE DATABASE {name} OWNER {postgres.user}")
+    db = Database(postgres.url.rsplit("/", 1)[0] + f"/{name}")
+    try:
+        yield db
+    finally:
+        db.close()
+        admin.run(f"DROP DATABASE {name} WITH (FORCE)")
+        admin.close()
+
+
+def tables(con: object) -> set[str]:
+    rows = con.run("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")  # type: ignore[attr-defined]
+    return {r[0] for r in rows}
+
+
+def test_migrations_apply_once_and_rerun_is_a_no_op(fresh_db: Database) -> None:
+    con = fresh_db.connect()
+    try:
+        applied = migrate.apply(con)
+        assert [m.version for m in applied] == [m.version for m in migrate.load()]
+        expected = {"users", "locks", "lock_members", "lock_credentials", "voiceprints",
+                    "verification_attempts", "commands", "audit_log", "schema_migrations"}  # fmt: skip
+        assert expected <= tables(con)
+        assert migrate.apply(con) == []
+        recorded = con.run("SELECT version, checksum FROM schema_migrations ORDER BY version")
+        assert [(v, c) for v, c in recorded] == [(m.version, m.checksum) for m in migrate.load()]
+    finally:
+        con.close()
+
+
+def test_a_changed_applied_migration_is_refused(fresh_db: Database, tmp_path: Path) -> None:
+    con = fresh_db.connect()
+    try:
+        migrate.apply(con)
+        first = migrate.load()[0]
+        edited = migrate.Migration(first.version, first.name, first.sql + "\n-- edited\n")
+        with pytest.raises(migrate.MigrationError, match="changed after it was applied"):
+            migrate.apply(con, [edited])
+    finally:
+        con.close()
+
+
+def test_a_failing_migration_leaves_nothing_behind(fresh_db: Database) -> None:
+    con = fresh_db.connect()
+    try:
+        migrate.apply(con)
+        broken = migrate.Migration(9999, "broken", "CREATE TABLE half_done (id int); SELECT no_such_function();")
+        with pytest.raises(DatabaseError):
+            migrate.apply(con, [*migrate.load(), broken])
+        assert "half_done" not in tables(con)
+        assert con.run("SELECT count(*) FROM schema_migrations WHERE version = 9999") == [[0]]
+    finally:
+        con.close()
+
+
+def _expect(con: object, state: str, sql: str, **params: object) -> None:
+    run = con.run  # type: ignore[attr-defined]
+    run("SAVEPOINT s")
+    with pytest.raises(DatabaseError) as info:
+        run(sql, **params)
+    run("ROLLBACK TO SAVEPOINT s")
+    assert sqlstate(info.value) == state, info.value
+
+
+def test_constraints_live_in_the_database(fresh_db: Database) -> None:
+    con = fresh_db.connect()
+    migrate.apply(con)
+    try:
+        con.run("START TRANSACTION")
+        con.run("INSERT INTO users (uid, email) VALUES ('u1', 'a@example.com'), ('u2', NULL)")
+        lock = con.run("INSERT INTO locks (name, owner_uid) VALUES ('Front door', 'u1') RETURNING id")[0][0]
+        con.run("INSERT INTO lock_members (lock_id, user_uid, role) VALUES (:l, 'u1', 'owner')", l=lock)
+        _expect(con, FOREIGN_KEY_VIOLATION, "INSERT INTO locks (name, owner_uid) VALUES ('x', 'ghost')")
+        _expect(con, CHECK_VIOLATION, "INSERT INTO locks (name, owner_uid) VALUES ('   ', 'u1')")
+        _expect(
+            con, CHECK_VIOLATION, "INSERT INTO lock_members (lock_id, user_uid, role) VALUES (:l, 'u2', 'god')", l=lock
+        )
+        _expect(
+            con,
+            UNIQUE_VIOLATION,
+            "INSERT INTO lock_members (lock_id, user_uid, role) VALUES (:l, 'u2', 'owner')",
+            l=lock,
+        )
+        _expect(con, UNIQUE_VIOLATION, "INSERT INTO users (uid, email) VALUES ('u3', 'A@example.com')")
+        # guest windows only for guests
+        _expect(
+            con,
+            CHECK_VIOLATION,
+            "INSERT INTO lock_members (lock_id, user_uid, role, weekdays) VALUES (:l, 'u2', 'member', 3)",
+            l=lock,
+        )
+        # a voiceprint's bytes must match its dimension
+        _expect(
+            con,
+            CHECK_VIOLATION,
+            "INSERT INTO voiceprints (user_uid, model_id, dim, embedding, sample_count, sample_embeddings)"
+            " VALUES ('u1', 'm', 192, :e, 1, :e)",
+            e=b"\0" * 100,
+        )
+        # commands expire after they are created, and an acked command has its ack time
+        _expect(
+            con,
+            CHECK_VIOLATION,
+            "INSERT INTO commands (lock_id, action, issuer_kind, issuer_uid, nonce, expires_at)"
+            " VALUES (:l, 'unlock', 'user', 'u1', :n, now() - interval '1 s')",
+            l=lock,
+            n="n" * 24,
+        )
+        _expect(
+            con,
+            CHECK_VIOLATION,
+            "INSERT INTO commands (lock_id, action, issuer_kind, issuer_uid, nonce, expires_at, status)"
+            " VALUES (:l, 'unlock', 'user', 'u1', :n, now() + interval '30 s', 'acked')",
+            l=lock,
+            n="m" * 24,
+        )
+        con.run("ROLLBACK")
+    finally:
+        con.close()
+
+
+def test_audit_log_is_append_only(fresh_db: Database) -> None:
+    con = fresh_db.connect()
+    migrate.apply(con)
+    try:
+        con.run("INSERT INTO audit_log (actor, action, outcome) VALUES ('user:u1', 'lock.create', 'ok')")
+        for sql in ("UPDATE audit_log SET outcome = 'denied'", "DELETE FROM audit_log", "TRUNCATE audit_log"):
+            with pytest.raises(DatabaseError, match="append-only"):
+                con.run(sql)
+        assert con.run("SELECT outcome FROM audit_log") == [["ok"]]
+    finally:
+        con.close()

@@ -1,0 +1,39 @@
+"""A built bundle is self-contained: it imports from its own folder alone, and devices' never imports torch."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from infra.build import build
+
+PROBE = """
+import json, sys
+import main, lockwise
+print(json.dumps({"lockwise": lockwise.__file__, "torch": "torch" in sys.modules, "target": hasattr(main, NAME)}))
+"""
+
+
+@pytest.mark.parametrize("name", ["devices", "embed", "verify"])
+def test_bundle_imports_on_its_own(tmp_path: Path, name: str) -> None:
+    out = build(name, tmp_path / name)
+    assert (out / "main.py").exists() and (out / "requirements.txt").exists()
+    manifest = json.loads((out / "bundle.json").read_text())
+    assert "lockwise/config.py" in manifest["files"]
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH",)}
+    env["LOCKWISE_MODE"] = "local"
+    result = subprocess.run(
+        [sys.executable, "-c", PROBE.replace("NAME", repr(name))],
+        cwd=out, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["target"]
+    assert report["lockwise"].startswith(str(out)), "the bundle used the source tree's lockwise package"
+    if name == "devices":
+        assert report["torch"] is False

@@ -1,0 +1,59 @@
+"""Settings: local defaults, and refusal of missing or placeholder secrets outside local mode."""
+
+from __future__ import annotations
+
+import pytest
+
+from lockwise.config import ConfigError, Settings
+
+PROD_OK = {
+    "LOCKWISE_MODE": "production",
+    "LOCKWISE_PROJECT_ID": "lockwise-prod",
+    "DATABASE_URL": "postgresql://app:Zx9-long-random@10.0.0.5:5432/lockwise",
+    "LOCKWISE_SERVICE_TOKEN": "s3rv1ce-t0ken-long-random-value",
+}
+
+
+def test_local_mode_runs_on_embedded_defaults() -> None:
+    s = Settings.from_env({})
+    assert s.mode == "local"
+    assert s.project_id == "demo-lockwise"
+    assert s.database_url.startswith("postgresql://")
+    assert not s.is_production
+
+
+def test_production_accepts_real_secrets() -> None:
+    s = Settings.from_env(PROD_OK)
+    assert s.is_production and s.project_id == "lockwise-prod"
+
+
+@pytest.mark.parametrize("name", ["DATABASE_URL", "LOCKWISE_SERVICE_TOKEN", "LOCKWISE_PROJECT_ID"])
+def test_production_refuses_a_missing_secret_by_name(name: str) -> None:
+    env = {k: v for k, v in PROD_OK.items() if k != name}
+    with pytest.raises(ConfigError, match=name):
+        Settings.from_env(env)
+
+
+@pytest.mark.parametrize("value", ["changeme", "local-dev-only", "secret", ""])
+def test_production_refuses_a_placeholder_service_token(value: str) -> None:
+    env = dict(PROD_OK, LOCKWISE_SERVICE_TOKEN=value)
+    with pytest.raises(ConfigError, match="LOCKWISE_SERVICE_TOKEN"):
+        Settings.from_env(env)
+
+
+def test_production_refuses_a_placeholder_database_password() -> None:
+    env = dict(PROD_OK, DATABASE_URL="postgresql://app:changeme@db/lockwise")
+    with pytest.raises(ConfigError, match="DATABASE_URL"):
+        Settings.from_env(env)
+
+
+def test_production_refuses_emulator_hosts() -> None:
+    with pytest.raises(ConfigError, match="EMULATOR"):
+        Settings.from_env(dict(PROD_OK, FIREBASE_AUTH_EMULATOR_HOST="127.0.0.1:9099"))
+
+
+def test_unknown_mode_and_bad_numbers_name_the_variable() -> None:
+    with pytest.raises(ConfigError, match="LOCKWISE_MODE"):
+        Settings.from_env({"LOCKWISE_MODE": "staging"})
+    with pytest.raises(ConfigError, match="LOCKWISE_MAX_BODY_BYTES"):
+        Settings.from_env({"LOCKWISE_MAX_BODY_BYTES": "lots"})

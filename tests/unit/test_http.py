@@ -1,0 +1,117 @@
+"""The one error-to-HTTP mapping, request ids, and bounded body reads (no services needed)."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import flask
+import pytest
+
+from lockwise import errors
+from lockwise.config import Settings
+from lockwise.http import Api, Ctx, JsonBody
+
+
+def make_api(max_body: int = 4096) -> Api:
+    settings = Settings.from_env({"LOCKWISE_MAX_BODY_BYTES": str(max_body)})
+    api = Api("unit", settings=lambda: settings)
+
+    @api.route("POST", "/unit/echo")
+    def echo(ctx: Ctx) -> JsonBody:
+        return {"got": ctx.json()}
+
+    @api.route("GET", "/unit/items/<item_id>")
+    def item(ctx: Ctx, item_id: str) -> JsonBody:
+        if item_id == "missing":
+            raise errors.NotFound("no such item", code="item_not_found")
+        if item_id == "slow":
+            raise errors.RateLimited("slow down", retry_after_s=30)
+        if item_id == "boom":
+            raise RuntimeError("SELECT secret FROM table")  # an unexpected failure with internals in it
+        return {"id": item_id}
+
+    return api
+
+
+def call(api: Api, method: str, path: str, **kw: object) -> flask.Response:
+    app = flask.Flask("unit")
+    with app.test_request_context(path, method=method, **kw):  # type: ignore[arg-type]
+        return api(flask.request)
+
+
+@pytest.mark.parametrize(
+    ("error", "status", "code"),
+    [
+        (errors.BadRequest("x"), 400, "bad_request"),
+        (errors.InvalidAudio("x"), 422, "invalid_audio"),
+        (errors.PayloadTooLarge("x"), 413, "payload_too_large"),
+        (errors.Unauthenticated("x"), 401, "unauthenticated"),
+        (errors.Forbidden("x"), 403, "forbidden"),
+        (errors.NotFound("x"), 404, "not_found"),
+        (errors.Conflict("x"), 409, "conflict"),
+        (errors.RateLimited("x", retry_after_s=3), 429, "rate_limited"),
+        (errors.Unavailable("x"), 503, "unavailable"),
+    ],
+)
+def test_each_error_maps_to_one_status_and_code(error: errors.LockwiseError, status: int, code: str) -> None:
+    assert (error.status, error.code) == (status, code)
+    assert isinstance(error, errors.LockwiseError)
+
+
+def test_domain_error_becomes_json_with_code_and_request_id() -> None:
+    resp = call(make_api(), "GET", "/unit/items/missing", headers={"X-Request-Id": "req-123"})
+    assert resp.status_code == 404
+    body = json.loads(resp.get_data())
+    assert body == {"error": {"code": "item_not_found", "message": "no such item", "request_id": "req-123"}}
+    assert resp.headers["X-Request-Id"] == "req-123"
+
+
+def test_rate_limit_sets_retry_after() -> None:
+    resp = call(make_api(), "GET", "/unit/items/slow")
+    assert resp.status_code == 429 and resp.headers["Retry-After"] == "30"
+
+
+def test_unexpected_exception_is_a_500_that_leaks_nothing(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.ERROR):
+        resp = call(make_api(), "GET", "/unit/items/boom")
+    assert resp.status_code == 500
+    text = resp.get_data(as_text=True)
+    assert "SELECT" not in text and "RuntimeError" not in text
+    assert json.loads(text)["error"]["code"] == "internal"
+    assert any("unhandled" in r.getMessage() for r in caplog.records)
+
+
+def test_unknown_route_and_wrong_method_are_json_errors() -> None:
+    api = make_api()
+    assert json.loads(call(api, "GET", "/unit/nope").get_data())["error"]["code"] == "no_route"
+    resp = call(api, "DELETE", "/unit/echo")
+    assert resp.status_code == 405 and json.loads(resp.get_data())["error"]["code"] == "method_not_allowed"
+
+
+@pytest.mark.parametrize(
+    ("data", "code"),
+    [
+        (b"", "empty_body"),
+        (b"{not json", "malformed_json"),
+        (b"[1, 2]", "expected_object"),
+        (b"\xff\xfe", "malformed_json"),
+    ],
+)
+def test_bad_json_bodies_are_400_with_a_code(data: bytes, code: str) -> None:
+    resp = call(make_api(), "POST", "/unit/echo", data=data, content_type="application/json")
+    assert resp.status_code == 400
+    assert json.loads(resp.get_data())["error"]["code"] == code
+
+
+def test_oversized_body_is_refused_before_it_is_read() -> None:
+    resp = call(make_api(max_body=1024), "POST", "/unit/echo", data=b"x" * 5000, content_type="application/json")
+    assert resp.status_code == 413
+    assert json.loads(resp.get_data())["error"]["code"] == "payload_too_large"
+
+
+def test_request_id_is_generated_when_absent_or_unsafe() -> None:
+    resp = call(make_api(), "POST", "/unit/echo", json={"a": 1}, headers={"X-Request-Id": "bad id; with <html>"})
+    assert resp.status_code == 200
+    rid = resp.headers["X-Request-Id"]
+    assert len(rid) == 32 and " " not in rid
