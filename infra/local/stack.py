@@ -58,7 +58,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--state-dir", type=Path, default=REPO / ".local")
     parser.add_argument("--ready-file", type=Path, help="write the stack's environment here once ready")
+    parser.add_argument("--free-ports", action="store_true", help="pick free ports instead of the defaults")
     args = parser.parse_args(argv)
+    ports = {name: services.free_port() for name in DEFAULT_PORTS} if args.free_ports else dict(DEFAULT_PORTS)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
 
     state: Path = args.state_dir.resolve()
@@ -78,15 +80,17 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, on_signal)
 
     table: list[tuple[str, str, str]] = []
+    busy = [f"{name} ({port})" for name, port in ports.items() if services.port_open(port)]
+    if busy:
+        log.error("ports already in use: %s. Is another stack running? (--free-ports picks others)", ", ".join(busy))
+        return 1
     try:
         # PostgreSQL
         database_url = env.get("DATABASE_URL")
         if database_url:
             table.append(("postgres", "external", "DATABASE_URL"))
         else:
-            pg = services.start_postgres(
-                state / "postgres", DEFAULT_PORTS["postgres"], secrets_["db_password"], durable=True
-            )
+            pg = services.start_postgres(state / "postgres", ports["postgres"], secrets_["db_password"], durable=True)
             started.append(pg)
             database_url = pg.url
             table.append(("postgres", f"127.0.0.1:{pg.port}", str(state / "postgres" / "postgres.log")))
@@ -98,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
             ca_file = env.get("MQTT_CA_FILE", "")
             table.append(("broker", "external", f"{mqtt_host}:{mqtt_port}"))
         else:
-            broker = services.start_mosquitto(state / "broker", DEFAULT_PORTS["broker"], secrets_["relay_password"])
+            broker = services.start_mosquitto(state / "broker", ports["broker"], secrets_["relay_password"])
             started.append(broker)
             broker.add_user(DEMO_LOCK_USER, secrets_["demo_lock_password"])
             mqtt_host, mqtt_port, ca_file = "127.0.0.1", broker.port, str(broker.ca_file)
@@ -109,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         if fs_host:
             table.append(("firestore", "external", fs_host))
         else:
-            fs = services.start_firestore(logs, DEFAULT_PORTS["firestore"], project)
+            fs = services.start_firestore(logs, ports["firestore"], project)
             started.append(fs)
             fs_host = fs.host
             table.append(("firestore emulator", fs.host, str(logs / "firestore.log")))
@@ -117,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         if auth_host:
             table.append(("auth", "external", auth_host))
         else:
-            auth = services.start_auth(state / "auth", DEFAULT_PORTS["auth"], project)
+            auth = services.start_auth(state / "auth", ports["auth"], project)
             started.append(auth)
             auth_host = auth.host
             table.append(("auth emulator", auth.host, str(state / "auth" / "auth.log")))
@@ -131,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
             "LOCKWISE_SERVICE_TOKEN": secrets_["service_token"],
         }
         for name in services.FUNCTIONS:
-            server = services.start_function(name, DEFAULT_PORTS[name], fn_env, logs)
+            server = services.start_function(name, ports[name], fn_env, logs)
             started.append(server)
             table.append((f"function {name}", server.url + f"/{name}", str(logs / f"{name}.log")))
 
@@ -142,9 +146,9 @@ def main(argv: list[str] | None = None) -> int:
             MQTT_CA_FILE=ca_file,
             LOCKWISE_DEMO_LOCK_USER=DEMO_LOCK_USER,
             LOCKWISE_DEMO_LOCK_PASSWORD=secrets_["demo_lock_password"],
-            LOCKWISE_EMBED_URL=f"http://127.0.0.1:{DEFAULT_PORTS['embed']}",
-            LOCKWISE_VERIFY_URL=f"http://127.0.0.1:{DEFAULT_PORTS['verify']}",
-            LOCKWISE_DEVICES_URL=f"http://127.0.0.1:{DEFAULT_PORTS['devices']}",
+            LOCKWISE_EMBED_URL=f"http://127.0.0.1:{ports['embed']}",
+            LOCKWISE_VERIFY_URL=f"http://127.0.0.1:{ports['verify']}",
+            LOCKWISE_DEVICES_URL=f"http://127.0.0.1:{ports['devices']}",
         )
         env_file = state / "stack.env"
         env_file.write_text("".join(f"{k}={v}\n" for k, v in stack_env.items()))
