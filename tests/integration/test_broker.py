@@ -31,7 +31,7 @@ class Peer:
         else:
             self.client.tls_set(tls_version=ssl.PROTOCOL_TLS_CLIENT)  # system CAs only: must not trust ours
         self.client.on_connect = self._on_connect
-        self.client.on_message = lambda _c, _u, m: self.messages.append((m.topic, m.payload))
+        self.client.on_message = lambda _c, _u, m: self.messages.append((m.topic, bytes(m.payload)))
         self.broker = broker
 
     def _on_connect(self, _c: mqtt.Client, _u: object, _f: object, rc: object, _p: object) -> None:

@@ -36,7 +36,7 @@ def make_api(max_body: int = 4096) -> Api:
 
 def call(api: Api, method: str, path: str, **kw: object) -> flask.Response:
     app = flask.Flask("unit")
-    with app.test_request_context(path, method=method, **kw):  # type: ignore[arg-type]
+    with app.test_request_context(path, method=method, **kw):
         return api(flask.request)
 
 
