@@ -1,19 +1,83 @@
 """HTTP entry point of the devices function: locks, members, commands and lock state.
 
-Handlers only parse the request, call the domain and shape the response; ``lockwise.http.Api`` maps errors.
+Three kinds of caller: the app (Firebase ID token), a lock (its pairing code, then requests signed with its own
+key) and the relay (service token). Handlers only parse the request, call the domain and shape the response;
+``lockwise.http.Api`` maps errors to HTTP in one place.
 """
 
 from __future__ import annotations
 
+import datetime as dt
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
 import flask
 import functions_framework
 
-from lockwise import health, users
-from lockwise.http import Api, Ctx, JsonBody
+from lockwise import (
+    audit,
+    auth,
+    command_signing,
+    commands,
+    errors,
+    health,
+    lock_auth,
+    lock_events,
+    locks,
+    members,
+    provisioning,
+    topics,
+    users,
+)
+from lockwise.http import Api, Ctx, JsonBody, Result
 from lockwise.runtime import get_runtime
 
 rt = get_runtime("devices")
 api = Api("devices")
+MAX_EVENTS = 500
+
+
+def now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def server_public_key() -> str:
+    return command_signing.public_key_b64(command_signing.private_key(rt.settings.command_signing_key))
+
+
+def lock_param(value: str) -> str:
+    """A path lock id; anything that is not a UUID is simply an unknown lock."""
+    try:
+        return str(uuid.UUID(value))
+    except ValueError as exc:
+        raise errors.NotFound("lock not found", code="lock_not_found") from exc
+
+
+def app_user(ctx: Ctx) -> auth.User:
+    """The signed-in app user, recorded in PostgreSQL, with open invitations for their verified email accepted."""
+    user = rt.verifier.verify(ctx.bearer_token())
+    with rt.db.transaction() as con:
+        users.upsert(con, user)
+        accepted = locks.accept_invitations(con, user.uid, user.email, user.email_verified)
+    if accepted:
+        rt.flush_mirror()
+    return user
+
+
+@contextmanager
+def with_denials_audited(uid: str, lock_id: str, action: str) -> Iterator[None]:
+    """A Forbidden raised inside is recorded in the audit log, in a transaction of its own."""
+    try:
+        yield
+    except errors.Forbidden as exc:
+        with rt.db.transaction() as con:
+            audit.record(con, audit.user_actor(uid), action, "denied", lock_id=lock_id, details={"code": exc.code})
+        raise
+
+
+# ------------------------------------------------------------------------------------------------------ health
 
 
 @api.route("GET", "/devices/health")
@@ -23,10 +87,297 @@ def get_health(ctx: Ctx) -> tuple[JsonBody, int]:
 
 @api.route("GET", "/devices/me")
 def get_me(ctx: Ctx) -> JsonBody:
-    user = rt.verifier.verify(ctx.bearer_token())
-    with rt.db.transaction() as con:
-        users.upsert(con, user)
+    user = app_user(ctx)
     return {"uid": user.uid, "email": user.email}
+
+
+# ------------------------------------------------------------------------------------------------------- locks
+
+
+@api.route("POST", "/devices/locks")
+def create_lock(ctx: Ctx) -> Result:
+    user = app_user(ctx)
+    body = ctx.json()
+    name = locks.parse_name(body.get("name"))
+    supports_open = body.get("supports_open", False)
+    if not isinstance(supports_open, bool):
+        raise errors.BadRequest("supports_open must be true or false", code="invalid_supports_open")
+    with rt.db.transaction() as con:
+        lock_id = locks.create(con, user.uid, name, supports_open)
+        code, expires = provisioning.issue(con, lock_id, user.uid, rt.settings.provisioning_ttl_s)
+        view = locks.view(con, lock_id, "owner")
+    rt.flush_mirror()
+    return {"lock": view, "provisioning": {"code": code, "expires_at": expires.isoformat()}}, 201
+
+
+@api.route("GET", "/devices/locks")
+def list_locks(ctx: Ctx) -> JsonBody:
+    user = app_user(ctx)
+    with rt.db.connection() as con:
+        return {"locks": locks.list_for_user(con, user.uid)}
+
+
+@api.route("GET", "/devices/locks/<lock_id>")
+def get_lock(ctx: Ctx, lock_id: str) -> JsonBody:
+    user, lock_id = app_user(ctx), lock_param(lock_id)
+    with rt.db.connection() as con:
+        membership = members.require(con, lock_id, user.uid, now())
+        return locks.view(con, lock_id, membership.role)
+
+
+@api.route("PATCH", "/devices/locks/<lock_id>")
+def update_lock(ctx: Ctx, lock_id: str) -> JsonBody:
+    user, lock_id = app_user(ctx), lock_param(lock_id)
+    body = ctx.json()
+    changes: dict[str, Any] = {}
+    if "name" in body:
+        changes["name"] = locks.parse_name(body["name"])
+    if "voice_threshold" in body:
+        changes["voice_threshold"] = locks.parse_threshold(body["voice_threshold"])
+    unknown = set(body) - {"name", "voice_threshold"}
+    if unknown or not changes:
+        raise errors.BadRequest("give name and/or voice_threshold, nothing else", code="invalid_update")
+    with rt.db.transaction() as con:
+        members.require(con, lock_id, user.uid, now(), at_least="owner", for_update=True)
+        locks.update(con, lock_id, user.uid, changes)
+        view = locks.view(con, lock_id, "owner")
+    rt.flush_mirror()
+    return view
+
+
+@api.route("DELETE", "/devices/locks/<lock_id>")
+def delete_lock(ctx: Ctx, lock_id: str) -> Result:
+    user, lock_id = app_user(ctx), lock_param(lock_id)
+    with rt.db.transaction() as con:
+        members.require(con, lock_id, user.uid, now(), at_least="owner", for_update=True)
+        locks.delete(con, lock_id, user.uid)
+    rt.flush_mirror()
+    return flask.Response(status=204)
+
+
+@api.route("POST", "/devices/locks/<lock_id>/transfer")
+def transfer_lock(ctx: Ctx, lock_id: str) -> JsonBody:
+    user, lock_id = app_user(ctx), lock_param(lock_id)
+    to_uid = _uid(ctx.json().get("uid"))
+    with rt.db.transaction() as con:
+        members.require(con, lock_id, user.uid, now(), at_least="owner", for_update=True)
+        locks.transfer(con, lock_id, user.uid, to_uid)
+        view = locks.view(con, lock_id, "admin")
+    rt.flush_mirror()
+    return view
+
+
+@api.route("POST", "/devices/locks/<lock_id>/provisioning")
+def new_provisioning_code(ctx: Ctx, lock_id: str) -> Result:
+    user, lock_id = app_user(ctx), lock_param(lock_id)
+    with rt.db.transaction() as con:
+        members.require(con, lock_id, user.uid, now(), at_least="owner")
+        code, expires = provisioning.issue(con, lock_id, user.uid, rt.settings.provisioning_ttl_s)
+    return {"code": code, "expires_at": expires.isoformat()}, 201
+
+
+# ----------------------------------------------------------------------------------------------------- members
+
+
+def _uid(value: Any) -> str:
+    if not isinstance(value, str) or not 1 <= len(value) <= 128:
+        raise errors.BadRequest("uid must be a user id string", code="invalid_uid")
+    return value
+
+
+def _role(value: Any) -> str:
+    if value not in ("admin", "member", "guest"):
+        raise errors.BadRequest("role must be admin, member or guest", code="invalid_role")
+    return str(value)
+
+
+def _email(value: Any) -> str:
+    if not isinstance(value, str) or not 3 <= len(value) <= 320 or value.count("@") != 1 or value.startswith("@"):
+        raise errors.BadRequest("email is not a valid address", code="invalid_email")
+    return value.strip().lower()
+
+
+@api.route("GET", "/devices/locks/<lock_id>/members")
+def list_members(ctx: Ctx, lock_id: str) -> JsonBody:
+    user, lock_id = app_user(ctx), lock_param(lock_id)
+    with rt.db.connection() as con:
+        members.require(con, lock_id, user.uid, now(), at_least="admin")
+        listed = [m.public() for m in members.list_for_lock(con, lock_id) if m.active(now())]
+        invitations = [
+            {"id": i, "email": e, "role": r, "expires_at": x.isoformat()}
+            for i, e, r, x in con.run(
+                "SELECT id::text, email, role, expires_at FROM invitations WHERE lock_id = CAST(:l AS uuid)"
+                " AND accepted_at IS NULL AND expires_at > now() ORDER BY created_at",
+                l=lock_id,
+            )
+        ]
+    return {"members": listed, "invitations": invitations}
+
+
+@api.route("POST", "/devices/locks/<lock_id>/members")
+def add_member(ctx: Ctx, lock_id: str) -> Result:
+    user, lock_id = app_user(ctx), lock_param(lock_id)
+    body = ctx.json()
+    role = _role(body.get("role"))
+    access = members.parse_access(role, body)
+    if ("uid" in body) == ("email" in body):
+        raise errors.BadRequest("give exactly one of uid or email", code="invalid_invitee")
+    with with_denials_audited(user.uid, lock_id, "member.add"), rt.db.transaction() as con:
+        actor = members.require(con, lock_id, user.uid, now(), at_least="admin")
+        if "uid" in body:
+            added = locks.add_member(con, lock_id, actor, _uid(body["uid"]), role, access)
+            result: Result = {"member": added.public()}, 201
+        else:
+            email = _email(body["email"])
+            invitation_id = locks.invite(con, lock_id, actor, email, role, access, rt.settings.invitation_ttl_s)
+            result = {"invitation": {"id": invitation_id, "email": email, "role": role}}, 202
+    rt.flush_mirror()
+    return result
+
+
+@api.route("PATCH", "/devices/locks/<lock_id>/members/<uid>")
+def update_member(ctx: Ctx, lock_id: str, uid: str) -> JsonBody:
+    user, lock_id = app_user(ctx), lock_param(lock_id)
+    body = ctx.json()
+    role = _role(body.get("role"))
+    access = members.parse_access(role, body)
+    with with_denials_audited(user.uid, lock_id, "member.update"), rt.db.transaction() as con:
+        actor = members.require(con, lock_id, user.uid, now(), at_least="admin")
+        target = members.get(con, lock_id, uid, for_update=True)
+        if target is None or target.revoked_at is not None:
+            raise errors.NotFound("no such member", code="member_not_found")
+        locks.update_member(con, lock_id, actor, target, role, access)
+        updated = members.get(con, lock_id, uid)
+    rt.flush_mirror()
+    return {"member": updated.public() if updated else None}
+
+
+@api.route("DELETE", "/devices/locks/<lock_id>/members/<uid>")
+def remove_member(ctx: Ctx, lock_id: str, uid: str) -> Result:
+    user, lock_id = app_user(ctx), lock_param(lock_id)
+    with with_denials_audited(user.uid, lock_id, "member.revoke"), rt.db.transaction() as con:
+        actor = members.require(con, lock_id, user.uid, now())
+        target = members.get(con, lock_id, uid, for_update=True)
+        if target is None or target.revoked_at is not None:
+            raise errors.NotFound("no such member", code="member_not_found")
+        locks.revoke_member(con, lock_id, actor, target)
+    rt.flush_mirror()
+    return flask.Response(status=204)
+
+
+# ---------------------------------------------------------------------------------------------------- commands
+
+
+@api.route("POST", "/devices/locks/<lock_id>/commands")
+def create_command(ctx: Ctx, lock_id: str) -> Result:
+    user, lock_id = app_user(ctx), lock_param(lock_id)
+    body = ctx.json()
+    key = commands.parse_idempotency_key(ctx.request.headers.get("Idempotency-Key") or body.get("idempotency_key"))
+    with with_denials_audited(user.uid, lock_id, f"command.{body.get('action')}"), rt.db.transaction() as con:
+        members.require(con, lock_id, user.uid, now(), operate=True)
+        supports_open = bool(con.run("SELECT supports_open FROM locks WHERE id = CAST(:l AS uuid)", l=lock_id)[0][0])
+        action = commands.parse_action(body.get("action"), supports_open)
+        if not con.run(
+            "SELECT 1 FROM lock_credentials WHERE lock_id = CAST(:l AS uuid) AND revoked_at IS NULL", l=lock_id
+        ):
+            raise errors.Conflict("the lock has not been provisioned yet", code="lock_not_provisioned")
+        command, created = commands.create(
+            con,
+            lock_id=lock_id,
+            action=action,
+            issuer_kind="user",
+            issuer_uid=user.uid,
+            signing_key_b64=rt.settings.command_signing_key,
+            ttl_s=rt.settings.command_ttl_s,
+            idempotency_key=key,
+        )
+    rt.flush_mirror()
+    return {"command": command}, 202 if created else 200
+
+
+@api.route("GET", "/devices/locks/<lock_id>/commands/<command_id>")
+def get_command(ctx: Ctx, lock_id: str, command_id: str) -> JsonBody:
+    user, lock_id = app_user(ctx), lock_param(lock_id)
+    with rt.db.connection() as con:
+        membership = members.require(con, lock_id, user.uid, now())
+        try:
+            row = commands.get(con, str(uuid.UUID(command_id)))
+        except ValueError:
+            row = None
+        if row is None or row["lock_id"] != lock_id:
+            raise errors.NotFound("command not found", code="command_not_found")
+        if row["issuer_uid"] != user.uid and membership.role not in ("owner", "admin"):
+            raise errors.NotFound("command not found", code="command_not_found")
+        return {"command": commands.present(row)}
+
+
+# ------------------------------------------------------------------------------------------------ lock-facing
+
+
+@api.route("POST", "/devices/provision")
+def redeem_provisioning_code(ctx: Ctx) -> Result:
+    body = ctx.json()
+    public_key = provisioning.parse_public_key(body.get("public_key"))
+    with rt.db.transaction() as con:
+        credentials = provisioning.redeem(con, body.get("code"), public_key)
+    rt.flush_mirror()
+    return credentials.public(
+        rt.settings.mqtt_public_host, rt.settings.mqtt_public_port, server_public_key(), rt.settings.command_ttl_s
+    ), 201
+
+
+@api.route("GET", "/devices/lock/config")
+def lock_config(ctx: Ctx) -> JsonBody:
+    body = ctx.body()
+    with rt.db.transaction() as con:
+        lock_id = lock_auth.authenticate(
+            con, dict(ctx.request.headers), "GET", ctx.request.path, body, skew_s=rt.settings.lock_request_skew_s
+        )
+        name, supports_open = con.run("SELECT name, supports_open FROM locks WHERE id = CAST(:l AS uuid)", l=lock_id)[0]
+    return {
+        "lock_id": lock_id,
+        "name": name,
+        "supports_open": supports_open,
+        "server_public_key": server_public_key(),
+        "command_ttl_s": rt.settings.command_ttl_s,
+        "topics": {
+            "commands": topics.commands(lock_id),
+            "state": topics.state(lock_id),
+            "acks": topics.acks(lock_id),
+            "status": topics.status(lock_id),
+        },
+    }
+
+
+# ------------------------------------------------------------------------------------------------ relay-facing
+
+
+def require_relay(ctx: Ctx) -> None:
+    auth.check_service_token(ctx.bearer_token(), rt.settings.service_token)
+
+
+@api.route("POST", "/devices/relay/events")
+def relay_events(ctx: Ctx) -> JsonBody:
+    require_relay(ctx)
+    events = ctx.json().get("events")
+    if not isinstance(events, list) or not 1 <= len(events) <= MAX_EVENTS:
+        raise errors.BadRequest(f"events must be a list of 1 to {MAX_EVENTS} items", code="invalid_events")
+    results = []
+    with rt.db.transaction() as con:
+        for event in events:
+            if not isinstance(event, dict):
+                results.append(lock_events.Outcome("rejected", "event must be an object").as_dict())
+                continue
+            results.append(lock_events.apply(con, event.get("topic"), event.get("payload"), now()).as_dict())
+    rt.flush_mirror()
+    return {"results": results}
+
+
+@api.route("POST", "/devices/relay/flush")
+def relay_flush(ctx: Ctx) -> JsonBody:
+    require_relay(ctx)
+    written = rt.flush_mirror(force=True)
+    return {"written": written, "pending": rt.mirror.pending()}
 
 
 @functions_framework.http

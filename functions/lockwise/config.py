@@ -40,6 +40,15 @@ class Settings:
     log_level: str
     max_body_bytes: int
     db_pool_size: int
+    #: Ed25519 private key (base64 of the 32-byte seed) that signs every command a lock receives.
+    command_signing_key: str
+    command_ttl_s: int
+    provisioning_ttl_s: int
+    invitation_ttl_s: int
+    lock_request_skew_s: int
+    #: The broker address handed to a lock when it is provisioned.
+    mqtt_public_host: str
+    mqtt_public_port: int
 
     @property
     def is_production(self) -> bool:
@@ -92,7 +101,35 @@ class Settings:
             log_level=env.get("LOG_LEVEL", "INFO").upper(),
             max_body_bytes=_int(env, "LOCKWISE_MAX_BODY_BYTES", 2_000_000, minimum=1024),
             db_pool_size=_int(env, "LOCKWISE_DB_POOL_SIZE", 4, minimum=1),
+            command_signing_key=_signing_key(env, local),
+            command_ttl_s=_int(env, "LOCKWISE_COMMAND_TTL_S", 30, minimum=5),
+            provisioning_ttl_s=_int(env, "LOCKWISE_PROVISIONING_TTL_S", 600, minimum=60),
+            invitation_ttl_s=_int(env, "LOCKWISE_INVITATION_TTL_S", 7 * 24 * 3600, minimum=3600),
+            lock_request_skew_s=_int(env, "LOCKWISE_LOCK_REQUEST_SKEW_S", 60, minimum=5),
+            mqtt_public_host=env.get("LOCKWISE_MQTT_PUBLIC_HOST", "127.0.0.1"),
+            mqtt_public_port=_int(env, "LOCKWISE_MQTT_PUBLIC_PORT", 8883, minimum=1),
         )
+
+
+def _signing_key(env: Mapping[str, str], local: bool) -> str:
+    import base64
+    import binascii
+
+    raw = env.get("LOCKWISE_COMMAND_SIGNING_KEY", "")
+    if not raw:
+        if not local:
+            raise ConfigError("LOCKWISE_COMMAND_SIGNING_KEY is required in production mode and is not set")
+        # Local only: a per-process key. Set the variable when several processes sign (./dev stack does).
+        return base64.b64encode(os.urandom(32)).decode()
+    try:
+        seed = base64.b64decode(raw, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise ConfigError("LOCKWISE_COMMAND_SIGNING_KEY must be base64 of a 32-byte Ed25519 seed") from exc
+    if len(seed) != 32:
+        raise ConfigError("LOCKWISE_COMMAND_SIGNING_KEY must be base64 of a 32-byte Ed25519 seed")
+    if not local and len(set(seed)) < 8:
+        raise ConfigError("LOCKWISE_COMMAND_SIGNING_KEY looks like a placeholder; generate a random key")
+    return raw
 
 
 def _is_placeholder(value: str | None) -> bool:

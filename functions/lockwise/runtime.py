@@ -11,6 +11,7 @@ from lockwise import log
 from lockwise.auth import IdTokenVerifier, verifier_for
 from lockwise.config import Settings, get_settings
 from lockwise.db import Database
+from lockwise.mirror import Flusher
 
 
 class Runtime:
@@ -34,6 +35,16 @@ class Runtime:
     @cached_property
     def verifier(self) -> IdTokenVerifier:
         return verifier_for(self.settings.project_id, self.settings.auth_emulator_host)
+
+    @cached_property
+    def mirror(self) -> Flusher:
+        return Flusher(self.db, lambda: self.firestore)
+
+    def flush_mirror(self, *, force: bool = False) -> int:
+        """Write queued Firestore mirror rows now (best effort: a Firestore outage leaves them queued)."""
+        if force:
+            self.mirror.retry_now()
+        return self.mirror.flush()
 
     def ping_firestore(self) -> None:
         from lockwise.firestore import ping

@@ -21,7 +21,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from infra.local.certs import TlsFiles, ensure_tls
@@ -267,26 +267,37 @@ RELAY_USER = "lockwise-relay"
 
 @dataclass
 class Broker:
+    """A running mosquitto. ``passwd`` = static accounts (``passwd.static``) + the locks' accounts, which the
+    ``lockwise.broker_accounts`` sidecar keeps in step with PostgreSQL; ``mosquitto.pid`` lets it signal a reload."""
+
     process: Process
     port: int
     tls: TlsFiles
     password_file: Path
+    static_file: Path
+    pid_file: Path
     acl_file: Path
     relay_user: str
     relay_password: str
     config_file: Path
-    _entries: dict[str, str] = field(default_factory=dict)
 
     @property
     def ca_file(self) -> Path:
         return self.tls.ca_cert
 
     def add_user(self, username: str, password: str) -> None:
-        """Add or replace a broker account and make mosquitto reload its password file."""
-        from lockwise.broker_passwords import hash_password
+        """Add or replace a static broker account and make mosquitto reload its password file."""
+        from lockwise.broker_accounts import read_static, write_password_file
+        from lockwise.broker_passwords import hash_password, render_password_file
 
-        self._entries[username] = hash_password(password)
-        self._write_passwords()
+        hashed = hash_password(password)
+        static = read_static(self.static_file)
+        static[username] = hashed
+        self.static_file.write_text(render_password_file(static))
+        current = read_static(self.password_file)
+        current[username] = hashed
+        write_password_file(self.password_file, current)
+        _share_with_mosquitto(self.password_file)
         self.reload()
 
     def reload(self) -> None:
@@ -294,14 +305,32 @@ class Broker:
             os.kill(self.process.popen.pid, signal.SIGHUP)
         time.sleep(0.2)
 
-    def _write_passwords(self) -> None:
-        from lockwise.broker_passwords import render_password_file
-
-        self.password_file.write_text(render_password_file(self._entries))
-        _share_with_mosquitto(self.password_file)
-
     def stop(self) -> None:
         self.process.stop()
+
+
+def start_broker_sync(broker: Broker, database_url: str, state_dir: Path) -> Process:
+    """The sidecar that writes the locks' broker accounts from PostgreSQL into mosquitto's password file."""
+    env = dict(os.environ, DATABASE_URL=database_url, LOCKWISE_MODE=os.environ.get("LOCKWISE_MODE", "local"))
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(FUNCTIONS_DIR), env.get("PYTHONPATH", "")) if p)
+    argv = [
+        sys.executable,
+        "-m",
+        "lockwise.broker_accounts",
+        "--password-file",
+        str(broker.password_file),
+        "--static-file",
+        str(broker.static_file),
+        "--pid-file",
+        str(broker.pid_file),
+        "--poll-s",
+        "2",
+    ]
+    proc = spawn("broker-accounts", argv, state_dir / "broker-accounts.log", 0, env=env)
+    time.sleep(0.3)
+    if not proc.alive():
+        raise StartupFailed(f"broker account sync exited:\n{proc.log_tail()}")
+    return proc
 
 
 def _share_with_mosquitto(path: Path, mode: int = 0o640) -> None:
@@ -357,10 +386,12 @@ def start_mosquitto(state_dir: Path, port: int, relay_password: str) -> Broker:
     binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
     if not Path(binary).exists():
         raise MissingComponent("mosquitto not found: apt-get install mosquitto mosquitto-clients")
+    from lockwise.broker_accounts import read_static, write_password_file
+    from lockwise.broker_passwords import check_password, hash_password, render_password_file
+
     state_dir.mkdir(parents=True, exist_ok=True)
     tls = ensure_tls(state_dir / "tls")
-    for key in (tls.server_key,):
-        _share_with_mosquitto(key)
+    _share_with_mosquitto(tls.server_key)
     persistence = state_dir / "persistence"
     persistence.mkdir(exist_ok=True)
     if is_root():
@@ -368,10 +399,16 @@ def start_mosquitto(state_dir: Path, port: int, relay_password: str) -> Broker:
         for p in (state_dir, *state_dir.parents):
             if p.stat().st_mode & 0o011 != 0o011:
                 p.chmod(p.stat().st_mode | 0o011)
-    password_file = state_dir / "passwd"
+    password_file, static_file = state_dir / "passwd", state_dir / "passwd.static"
     acl_file = state_dir / "acl"
     acl_file.write_text(render_acl(RELAY_USER))
     _share_with_mosquitto(acl_file)
+    static = read_static(static_file)
+    if RELAY_USER not in static or not check_password(relay_password, static[RELAY_USER]):
+        static[RELAY_USER] = hash_password(relay_password)
+    static_file.write_text(render_password_file(static))
+    write_password_file(password_file, {**read_static(password_file), **static})
+    _share_with_mosquitto(password_file)
     conf = state_dir / "mosquitto.conf"
     conf.write_text(
         render_mosquitto_conf(
@@ -383,37 +420,22 @@ def start_mosquitto(state_dir: Path, port: int, relay_password: str) -> Broker:
             log_dest="stdout",
         )
     )
-    broker = Broker(
-        process=None,  # type: ignore[arg-type]  # set just below, once the password file exists
+    process = spawn("mosquitto", [binary, "-c", str(conf)], state_dir / "mosquitto.log", port)
+    pid_file = state_dir / "mosquitto.pid"
+    pid_file.write_text(f"{process.popen.pid}\n")
+    wait_until(process, lambda: port_open(port), 15)
+    return Broker(
+        process=process,
         port=port,
         tls=tls,
         password_file=password_file,
+        static_file=static_file,
+        pid_file=pid_file,
         acl_file=acl_file,
         relay_user=RELAY_USER,
         relay_password=relay_password,
         config_file=conf,
     )
-    broker._entries = _read_password_file(password_file)
-    from lockwise.broker_passwords import check_password, hash_password
-
-    current = broker._entries.get(RELAY_USER)
-    if current is None or not check_password(relay_password, current):
-        broker._entries[RELAY_USER] = hash_password(relay_password)
-    broker._write_passwords()
-    broker.process = spawn("mosquitto", [binary, "-c", str(conf)], state_dir / "mosquitto.log", port)
-    wait_until(broker.process, lambda: port_open(port), 15)
-    return broker
-
-
-def _read_password_file(path: Path) -> dict[str, str]:
-    if not path.exists():
-        return {}
-    entries = {}
-    for line in path.read_text().splitlines():
-        user, sep, hashed = line.partition(":")
-        if sep:
-            entries[user] = hashed
-    return entries
 
 
 # ------------------------------------------------------------------------------------------ Firebase emulators

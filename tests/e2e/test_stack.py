@@ -79,9 +79,13 @@ def test_stack_starts_serves_stops_and_keeps_data(tmp_path: Path) -> None:
             status, body = get_json(env[f"LOCKWISE_{name.upper()}_URL"] + f"/{name}/health")
             assert status == 200 and body["status"] == "ok", body
         lock = subprocess.run(
-            [sys.executable, "-m", "simlock", "--once"], cwd=REPO, env={**os.environ, **env, "PYTHONPATH": PYTHONPATH},
-            capture_output=True, text=True, timeout=60,
-        )  # fmt: skip
+            [sys.executable, "-m", "simlock", "--once"],
+            cwd=REPO,
+            env={**os.environ, **env, "PYTHONPATH": PYTHONPATH},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert lock.returncode == 0, lock.stderr
         assert "connected over TLS" in lock.stderr
         account = sign_up(env["FIREBASE_AUTH_EMULATOR_HOST"], env["LOCKWISE_PROJECT_ID"], "keeper@example.com")

@@ -40,8 +40,17 @@ def test_migrations_apply_once_and_rerun_is_a_no_op(fresh_db: Database) -> None:
     try:
         applied = migrate.apply(con)
         assert [m.version for m in applied] == [m.version for m in migrate.load()]
-        expected = {"users", "locks", "lock_members", "lock_credentials", "voiceprints",
-                    "verification_attempts", "commands", "audit_log", "schema_migrations"}  # fmt: skip
+        expected = {
+            "users",
+            "locks",
+            "lock_members",
+            "lock_credentials",
+            "voiceprints",
+            "verification_attempts",
+            "commands",
+            "audit_log",
+            "schema_migrations",
+        }
         assert expected <= tables(con)
         assert migrate.apply(con) == []
         recorded = con.run("SELECT version, checksum FROM schema_migrations ORDER BY version")

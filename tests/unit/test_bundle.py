@@ -29,8 +29,12 @@ def test_bundle_imports_on_its_own(tmp_path: Path, name: str) -> None:
     env["LOCKWISE_MODE"] = "local"
     result = subprocess.run(
         [sys.executable, "-c", PROBE.replace("NAME", repr(name))],
-        cwd=out, env=env, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        cwd=out,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report["target"]

@@ -50,13 +50,14 @@ CREATE INDEX lock_members_user_idx ON lock_members (user_uid);
 CREATE TABLE lock_credentials (
     id                  uuid PRIMARY KEY DEFAULT gen_random_uuid(),
     lock_id             uuid NOT NULL REFERENCES locks (id) ON DELETE CASCADE,
-    mqtt_username       text NOT NULL UNIQUE CHECK (mqtt_username ~ '^[A-Za-z0-9_-]{8,64}$'),
+    mqtt_username       text NOT NULL CHECK (mqtt_username ~ '^[A-Za-z0-9_-]{8,64}$'),
     mqtt_password_hash  text NOT NULL CHECK (mqtt_password_hash LIKE '$7$%'),
     signing_public_key  bytea NOT NULL CHECK (length(signing_public_key) = 32),
     created_at          timestamptz NOT NULL DEFAULT now(),
     revoked_at          timestamptz
 );
 CREATE UNIQUE INDEX lock_credentials_one_active ON lock_credentials (lock_id) WHERE revoked_at IS NULL;
+CREATE UNIQUE INDEX lock_credentials_username_active ON lock_credentials (mqtt_username) WHERE revoked_at IS NULL;
 
 -- One-time provisioning codes; only a hash of the code is kept.
 CREATE TABLE provisioning_codes (
@@ -117,6 +118,8 @@ CREATE TABLE commands (
     acked_at         timestamptz,
     send_count       integer NOT NULL DEFAULT 0 CHECK (send_count >= 0),
     last_error       text,
+    -- what the lock receives: canonical JSON signed by the server's Ed25519 key (the relay holds no key)
+    payload          text NOT NULL,
     CHECK (expires_at > created_at),
     CHECK (issuer_kind <> 'voice' OR attempt_id IS NOT NULL OR status <> 'pending'),
     CHECK (status <> 'acked' OR acked_at IS NOT NULL)
@@ -133,6 +136,8 @@ CREATE TABLE lock_state (
     online       boolean NOT NULL DEFAULT false,
     firmware     text CHECK (firmware IS NULL OR length(firmware) <= 64),
     last_seen    timestamptz,
+    -- the lock's own timestamp of the report applied last; older (redelivered) reports are ignored
+    reported_at  timestamptz,
     updated_at   timestamptz NOT NULL DEFAULT now()
 );
 

@@ -1,0 +1,153 @@
+"""Lock events handed over by the relay: state reports, command acknowledgements, online/offline.
+
+The relay forwards each MQTT message as ``{"topic", "payload"}``; the topic names the lock (its broker username).
+Applying an event is idempotent, so a redelivery after a relay crash changes nothing: a state report older than the
+one applied is ignored, an ack of a command that is no longer pending or sent is a duplicate.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from lockwise import audit, mirror, topics
+from lockwise.db import Connection
+
+STATES = ("locked", "unlocked", "locking", "unlocking", "jammed")
+ACK_RESULTS = {"ok": "acked", "failed": "failed", "refused": "failed"}
+MAX_FUTURE_S = 300
+
+
+@dataclass(frozen=True)
+class Outcome:
+    outcome: str  # applied | duplicate | stale | rejected
+    reason: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"outcome": self.outcome, **({"reason": self.reason} if self.reason else {})}
+
+
+def apply(con: Connection, topic: Any, payload: Any, now: dt.datetime) -> Outcome:
+    if not isinstance(topic, str) or not isinstance(payload, str):
+        return Outcome("rejected", "topic and payload must be strings")
+    lock_user = topics.lock_of(topic)
+    kind = topic.rsplit("/", 1)[-1]
+    if lock_user is None:
+        return Outcome("rejected", "not a lock topic")
+    rows = con.run(
+        "SELECT lock_id::text FROM lock_credentials WHERE mqtt_username = :u AND revoked_at IS NULL", u=lock_user
+    )
+    if not rows:
+        return Outcome("rejected", "unknown or revoked lock")
+    lock_id = str(rows[0][0])
+    if kind == "status":
+        return _status(con, lock_id, payload, now)
+    try:
+        body = json.loads(payload)
+    except ValueError:
+        return Outcome("rejected", "payload is not JSON")
+    if not isinstance(body, dict):
+        return Outcome("rejected", "payload is not a JSON object")
+    if kind == "state":
+        return _state(con, lock_id, body, now)
+    if kind == "ack":
+        return _ack(con, lock_id, body, now)
+    return Outcome("rejected", f"unknown event kind {kind!r}")
+
+
+def _status(con: Connection, lock_id: str, payload: str, now: dt.datetime) -> Outcome:
+    if payload not in ("online", "offline"):
+        return Outcome("rejected", "status must be online or offline")
+    online = payload == "online"
+    con.run(
+        "UPDATE lock_state SET online = :o, last_seen = :now, updated_at = now() WHERE lock_id = CAST(:l AS uuid)",
+        o=online,
+        now=now,
+        l=lock_id,
+    )
+    mirror.enqueue(con, mirror.lock_doc(lock_id), "merge", {"online": online, "last_seen": now.isoformat()})
+    mirror.activity(con, lock_id, "online" if online else "offline")
+    return Outcome("applied")
+
+
+def _state(con: Connection, lock_id: str, body: dict[str, Any], now: dt.datetime) -> Outcome:
+    state, battery, firmware, ts = body.get("state"), body.get("battery_pct"), body.get("firmware"), body.get("ts")
+    if state not in STATES:
+        return Outcome("rejected", f"state must be one of {', '.join(STATES)}")
+    if battery is not None and (isinstance(battery, bool) or not isinstance(battery, int) or not 0 <= battery <= 100):
+        return Outcome("rejected", "battery_pct must be an integer 0-100")
+    if firmware is not None and (not isinstance(firmware, str) or len(firmware) > 64):
+        return Outcome("rejected", "firmware must be a string of at most 64 characters")
+    if isinstance(ts, bool) or not isinstance(ts, int) or ts <= 0:
+        return Outcome("rejected", "ts must be the lock's unix time")
+    reported = dt.datetime.fromtimestamp(ts, dt.UTC)
+    if reported > now + dt.timedelta(seconds=MAX_FUTURE_S):
+        return Outcome("rejected", "ts is in the future")
+    updated = con.run(
+        "UPDATE lock_state SET state = :s, battery_pct = COALESCE(:b, battery_pct), firmware = COALESCE(:f, firmware),"
+        " reported_at = :r, last_seen = :now, online = true, updated_at = now()"
+        " WHERE lock_id = CAST(:l AS uuid) AND (reported_at IS NULL OR reported_at < :r)"
+        " RETURNING battery_pct, firmware",
+        s=state,
+        b=battery,
+        f=firmware,
+        r=reported,
+        now=now,
+        l=lock_id,
+    )
+    if not updated:
+        return Outcome("stale", "an equal or newer report was already applied")
+    mirror.enqueue(
+        con,
+        mirror.lock_doc(lock_id),
+        "merge",
+        {
+            "state": state,
+            "battery_pct": updated[0][0],
+            "firmware": updated[0][1],
+            "online": True,
+            "last_seen": now.isoformat(),
+            "reported_at": reported.isoformat(),
+        },
+    )
+    mirror.activity(con, lock_id, "state", state=state)
+    return Outcome("applied")
+
+
+def _ack(con: Connection, lock_id: str, body: dict[str, Any], now: dt.datetime) -> Outcome:
+    command_id, nonce, result, reason = body.get("id"), body.get("nonce"), body.get("result"), body.get("reason")
+    if not isinstance(command_id, str) or not isinstance(nonce, str) or result not in ACK_RESULTS:
+        return Outcome("rejected", "ack needs id, nonce and result (ok, failed or refused)")
+    if reason is not None and not isinstance(reason, str):
+        return Outcome("rejected", "reason must be a string")
+    try:
+        uuid.UUID(command_id)
+    except ValueError:
+        return Outcome("rejected", "id is not a command id")
+    rows = con.run(
+        "UPDATE commands SET status = :st, acked_at = CASE WHEN :st = 'acked' THEN :now ELSE acked_at END,"
+        " last_error = :err WHERE id = CAST(:i AS uuid) AND lock_id = CAST(:l AS uuid) AND nonce = :n"
+        " AND status IN ('pending', 'sent') RETURNING action",
+        st=ACK_RESULTS[result],
+        now=now,
+        err=None if result == "ok" else f"{result}: {reason or 'no reason given'}"[:200],
+        i=command_id,
+        l=lock_id,
+        n=nonce,
+    )
+    if not rows:
+        return Outcome("duplicate", "no pending or sent command with this id and nonce")
+    audit.record(
+        con,
+        audit.lock_actor(lock_id),
+        "command.ack",
+        "ok" if result == "ok" else "failed",
+        lock_id=lock_id,
+        target=command_id,
+        details={"result": result},
+    )
+    mirror.activity(con, lock_id, "command_ack", command_id=command_id, action=rows[0][0], result=result)
+    return Outcome("applied")

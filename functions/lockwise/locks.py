@@ -1,0 +1,332 @@
+"""Locks: create, list, read, rename, transfer and delete, with their memberships and invitations."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from typing import Any
+
+from lockwise import audit, errors, members, mirror
+from lockwise.db import UNIQUE_VIOLATION, Connection, rows_as_dicts, sqlstate
+
+MAX_NAME = 100
+
+
+def parse_name(value: Any) -> str:
+    if not isinstance(value, str):
+        raise errors.BadRequest("name must be a string", code="invalid_name")
+    name = value.strip()
+    if not 1 <= len(name) <= MAX_NAME:
+        raise errors.BadRequest(f"name must be 1 to {MAX_NAME} characters", code="invalid_name")
+    if any(ord(c) < 32 for c in name):
+        raise errors.BadRequest("name must not contain control characters", code="invalid_name")
+    return name
+
+
+def parse_threshold(value: Any) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not -1.0 <= float(value) <= 1.0:
+        raise errors.BadRequest("voice_threshold must be a number in [-1, 1] or null", code="invalid_threshold")
+    return float(value)
+
+
+def create(con: Connection, owner_uid: str, name: str, supports_open: bool) -> str:
+    lock_id = str(
+        con.run(
+            "INSERT INTO locks (name, owner_uid, supports_open) VALUES (:n, :o, :s) RETURNING id::text",
+            n=name,
+            o=owner_uid,
+            s=supports_open,
+        )[0][0]
+    )
+    con.run(
+        "INSERT INTO lock_members (lock_id, user_uid, role) VALUES (CAST(:l AS uuid), :u, 'owner')",
+        l=lock_id,
+        u=owner_uid,
+    )
+    con.run("INSERT INTO lock_state (lock_id) VALUES (CAST(:l AS uuid))", l=lock_id)
+    audit.record(con, audit.user_actor(owner_uid), "lock.create", "ok", lock_id=lock_id, details={"name": name})
+    mirror.enqueue(
+        con,
+        mirror.lock_doc(lock_id),
+        "set",
+        {"name": name, "state": "unknown", "online": False, "member_uids": [owner_uid], "supports_open": supports_open},
+    )
+    mirror.activity(con, lock_id, "lock_created", actor_uid=owner_uid)
+    return lock_id
+
+
+_VIEW = (
+    "SELECT l.id::text AS id, l.name, l.owner_uid, l.supports_open, l.voice_threshold, l.created_at,"
+    " s.state, s.battery_pct, s.online, s.firmware, s.last_seen,"
+    " EXISTS (SELECT 1 FROM lock_credentials c WHERE c.lock_id = l.id AND c.revoked_at IS NULL) AS provisioned"
+    " FROM locks l LEFT JOIN lock_state s ON s.lock_id = l.id"
+)
+
+
+def _present(row: dict[str, Any], role: str) -> dict[str, Any]:
+    return {
+        "id": row["id"],
+        "name": row["name"],
+        "role": role,
+        "owner_uid": row["owner_uid"],
+        "supports_open": row["supports_open"],
+        "voice_threshold": row["voice_threshold"],
+        "provisioned": row["provisioned"],
+        "created_at": row["created_at"].isoformat(),
+        "state": {
+            "state": row["state"] or "unknown",
+            "battery_pct": row["battery_pct"],
+            "online": bool(row["online"]),
+            "firmware": row["firmware"],
+            "last_seen": row["last_seen"].isoformat() if row["last_seen"] else None,
+        },
+    }
+
+
+def view(con: Connection, lock_id: str, role: str) -> dict[str, Any]:
+    rows = rows_as_dicts(con, _VIEW + " WHERE l.id = CAST(:l AS uuid)", l=lock_id)
+    if not rows:
+        raise errors.NotFound("lock not found", code="lock_not_found")
+    return _present(rows[0], role)
+
+
+def list_for_user(con: Connection, uid: str) -> list[dict[str, Any]]:
+    rows = rows_as_dicts(
+        con,
+        _VIEW + ", lock_members m WHERE m.lock_id = l.id AND m.user_uid = :u AND m.revoked_at IS NULL"
+        " AND (m.expires_at IS NULL OR m.expires_at > now()) ORDER BY l.created_at",
+        u=uid,
+    )
+    roles = {r[0]: r[1] for r in con.run("SELECT lock_id::text, role FROM lock_members WHERE user_uid = :u", u=uid)}
+    return [_present(row, roles[row["id"]]) for row in rows]
+
+
+def update(con: Connection, lock_id: str, uid: str, changes: dict[str, Any]) -> None:
+    if "name" in changes:
+        con.run(
+            "UPDATE locks SET name = :n, updated_at = now() WHERE id = CAST(:l AS uuid)", n=changes["name"], l=lock_id
+        )
+        mirror.enqueue(con, mirror.lock_doc(lock_id), "merge", {"name": changes["name"]})
+    if "voice_threshold" in changes:
+        con.run(
+            "UPDATE locks SET voice_threshold = :t, updated_at = now() WHERE id = CAST(:l AS uuid)",
+            t=changes["voice_threshold"],
+            l=lock_id,
+        )
+    audit.record(con, audit.user_actor(uid), "lock.update", "ok", lock_id=lock_id, details=changes)
+
+
+def transfer(con: Connection, lock_id: str, from_uid: str, to_uid: str) -> None:
+    """Make an existing active member the owner; the previous owner becomes an admin."""
+    if to_uid == from_uid:
+        raise errors.BadRequest("you already own this lock", code="already_owner")
+    target = members.get(con, lock_id, to_uid, for_update=True)
+    if target is None or not target.active(dt.datetime.now(dt.UTC)):
+        raise errors.NotFound("the new owner must be a current member of the lock", code="member_not_found")
+    con.run(
+        "UPDATE lock_members SET role = 'admin' WHERE lock_id = CAST(:l AS uuid) AND user_uid = :u",
+        l=lock_id,
+        u=from_uid,
+    )
+    con.run(
+        "UPDATE lock_members SET role = 'owner', valid_from = NULL, valid_until = NULL, weekdays = NULL,"
+        " day_start_minute = NULL, day_end_minute = NULL, expires_at = NULL"
+        " WHERE lock_id = CAST(:l AS uuid) AND user_uid = :u",
+        l=lock_id,
+        u=to_uid,
+    )
+    con.run("UPDATE locks SET owner_uid = :u, updated_at = now() WHERE id = CAST(:l AS uuid)", u=to_uid, l=lock_id)
+    audit.record(con, audit.user_actor(from_uid), "lock.transfer", "ok", lock_id=lock_id, target=to_uid)
+    mirror.activity(con, lock_id, "ownership_transferred", actor_uid=from_uid, target_uid=to_uid)
+
+
+def delete(con: Connection, lock_id: str, uid: str) -> None:
+    """Delete the lock with its credentials, members, attempts and commands (the audit log keeps its record)."""
+    con.run("DELETE FROM locks WHERE id = CAST(:l AS uuid)", l=lock_id)
+    audit.record(con, audit.user_actor(uid), "lock.delete", "ok", lock_id=lock_id)
+    mirror.enqueue(con, f"locks/{lock_id}/activity", "delete_collection")
+    mirror.enqueue(con, mirror.lock_doc(lock_id), "delete")
+
+
+# --------------------------------------------------------------------------------------------------- members
+
+
+def add_member(
+    con: Connection, lock_id: str, actor: members.Membership, uid: str, role: str, access: dict[str, Any]
+) -> members.Membership:
+    _check_can_grant(actor, role)
+    exists = con.run("SELECT 1 FROM users WHERE uid = :u", u=uid)
+    if not exists:
+        raise errors.NotFound("no such user; invite them by email instead", code="user_not_found")
+    current = members.get(con, lock_id, uid, for_update=True)
+    if current is not None and current.revoked_at is None:
+        raise errors.Conflict("already a member of this lock", code="already_member")
+    con.run(
+        "INSERT INTO lock_members (lock_id, user_uid, role, invited_by, valid_from, valid_until, weekdays,"
+        " day_start_minute, day_end_minute, timezone, expires_at)"
+        " VALUES (CAST(:l AS uuid), :u, :r, :by, :valid_from, :valid_until, :weekdays, :day_start_minute,"
+        " :day_end_minute, :timezone, :expires_at)"
+        " ON CONFLICT (lock_id, user_uid) DO UPDATE SET role = EXCLUDED.role, invited_by = EXCLUDED.invited_by,"
+        " valid_from = EXCLUDED.valid_from, valid_until = EXCLUDED.valid_until, weekdays = EXCLUDED.weekdays,"
+        " day_start_minute = EXCLUDED.day_start_minute, day_end_minute = EXCLUDED.day_end_minute,"
+        " timezone = EXCLUDED.timezone, expires_at = EXCLUDED.expires_at, revoked_at = NULL, created_at = now()",
+        l=lock_id,
+        u=uid,
+        r=role,
+        by=actor.user_uid,
+        **access,
+    )
+    audit.record(
+        con, audit.user_actor(actor.user_uid), "member.add", "ok", lock_id=lock_id, target=uid, details={"role": role}
+    )
+    mirror.activity(con, lock_id, "member_added", actor_uid=actor.user_uid, target_uid=uid, role=role)
+    mirror.refresh_members(con, lock_id)
+    added = members.get(con, lock_id, uid)
+    if added is None:
+        raise RuntimeError("membership vanished inside its own transaction")
+    return added
+
+
+def invite(
+    con: Connection, lock_id: str, actor: members.Membership, email: str, role: str, access: dict[str, Any], ttl_s: int
+) -> str:
+    _check_can_grant(actor, role)
+    try:
+        con.run("SAVEPOINT invite")
+        invitation_id = str(
+            con.run(
+                "INSERT INTO invitations (lock_id, email, role, access, invited_by, expires_at)"
+                " VALUES (CAST(:l AS uuid), :e, :r, CAST(:a AS jsonb), :by, now() + make_interval(secs => :ttl))"
+                " RETURNING id::text",
+                l=lock_id,
+                e=email,
+                r=role,
+                a=json.dumps({k: v for k, v in access.items()}, default=str),
+                by=actor.user_uid,
+                ttl=ttl_s,
+            )[0][0]
+        )
+    except Exception as exc:
+        con.run("ROLLBACK TO SAVEPOINT invite")
+        if sqlstate(exc) == UNIQUE_VIOLATION:
+            raise errors.Conflict(
+                "this email already has an open invitation to this lock", code="already_invited"
+            ) from exc
+        raise
+    audit.record(
+        con,
+        audit.user_actor(actor.user_uid),
+        "member.invite",
+        "ok",
+        lock_id=lock_id,
+        target=email,
+        details={"role": role},
+    )
+    return invitation_id
+
+
+def accept_invitations(con: Connection, uid: str, email: str | None, email_verified: bool) -> int:
+    """Turn open invitations for the caller's verified email into memberships; return how many."""
+    if not email or not email_verified:
+        return 0
+    rows = con.run(
+        "UPDATE invitations SET accepted_at = now() WHERE lower(email) = lower(:e) AND accepted_at IS NULL"
+        " AND expires_at > now() RETURNING lock_id::text, role, access, invited_by",
+        e=email,
+    )
+    for lock_id, role, access, invited_by in rows:
+        existing = members.get(con, lock_id, uid, for_update=True)
+        if existing is not None and existing.revoked_at is None:
+            continue
+        fields = dict.fromkeys(members.ACCESS_FIELDS)
+        fields["timezone"] = "UTC"
+        fields.update(access if isinstance(access, dict) else json.loads(access))
+        con.run(
+            "INSERT INTO lock_members (lock_id, user_uid, role, invited_by, valid_from, valid_until, weekdays,"
+            " day_start_minute, day_end_minute, timezone, expires_at)"
+            " VALUES (CAST(:l AS uuid), :u, :r, :by, CAST(:valid_from AS timestamptz),"
+            " CAST(:valid_until AS timestamptz),"
+            " :weekdays, :day_start_minute, :day_end_minute, :timezone, CAST(:expires_at AS timestamptz))"
+            " ON CONFLICT (lock_id, user_uid) DO UPDATE SET role = EXCLUDED.role, revoked_at = NULL,"
+            " valid_from = EXCLUDED.valid_from, valid_until = EXCLUDED.valid_until, weekdays = EXCLUDED.weekdays,"
+            " day_start_minute = EXCLUDED.day_start_minute, day_end_minute = EXCLUDED.day_end_minute,"
+            " timezone = EXCLUDED.timezone, expires_at = EXCLUDED.expires_at",
+            l=lock_id,
+            u=uid,
+            r=role,
+            by=invited_by,
+            **fields,
+        )
+        audit.record(
+            con, audit.user_actor(uid), "member.accept_invitation", "ok", lock_id=lock_id, details={"role": role}
+        )
+        mirror.activity(con, lock_id, "member_joined", target_uid=uid, role=role)
+        mirror.refresh_members(con, lock_id)
+    return len(rows)
+
+
+def update_member(
+    con: Connection,
+    lock_id: str,
+    actor: members.Membership,
+    target: members.Membership,
+    role: str,
+    access: dict[str, Any],
+) -> None:
+    _check_can_manage(actor, target)
+    _check_can_grant(actor, role)
+    con.run(
+        "UPDATE lock_members SET role = :r, valid_from = :valid_from, valid_until = :valid_until,"
+        " weekdays = :weekdays, day_start_minute = :day_start_minute, day_end_minute = :day_end_minute,"
+        " timezone = :timezone, expires_at = :expires_at WHERE lock_id = CAST(:l AS uuid) AND user_uid = :u",
+        r=role,
+        l=lock_id,
+        u=target.user_uid,
+        **access,
+    )
+    audit.record(
+        con,
+        audit.user_actor(actor.user_uid),
+        "member.update",
+        "ok",
+        lock_id=lock_id,
+        target=target.user_uid,
+        details={"role": role},
+    )
+    mirror.activity(con, lock_id, "member_updated", actor_uid=actor.user_uid, target_uid=target.user_uid, role=role)
+    mirror.refresh_members(con, lock_id)
+
+
+def revoke_member(con: Connection, lock_id: str, actor: members.Membership, target: members.Membership) -> None:
+    if target.role == "owner":
+        raise errors.Forbidden("the owner cannot be removed; transfer or delete the lock", code="cannot_remove_owner")
+    if actor.user_uid != target.user_uid:  # leaving a lock yourself is always allowed
+        _check_can_manage(actor, target)
+    con.run(
+        "UPDATE lock_members SET revoked_at = now() WHERE lock_id = CAST(:l AS uuid) AND user_uid = :u",
+        l=lock_id,
+        u=target.user_uid,
+    )
+    audit.record(con, audit.user_actor(actor.user_uid), "member.revoke", "ok", lock_id=lock_id, target=target.user_uid)
+    mirror.activity(con, lock_id, "member_removed", actor_uid=actor.user_uid, target_uid=target.user_uid)
+    mirror.refresh_members(con, lock_id)
+
+
+def _check_can_grant(actor: members.Membership, role: str) -> None:
+    if role not in ("admin", "member", "guest"):
+        raise errors.BadRequest("role must be admin, member or guest", code="invalid_role")
+    if actor.role not in ("owner", "admin"):
+        raise errors.Forbidden("only the owner and admins manage members", code="role_too_low")
+    if role == "admin" and actor.role != "owner":
+        raise errors.Forbidden("only the owner appoints admins", code="role_too_low")
+
+
+def _check_can_manage(actor: members.Membership, target: members.Membership) -> None:
+    if actor.role not in ("owner", "admin"):
+        raise errors.Forbidden("only the owner and admins manage members", code="role_too_low")
+    if target.role == "owner":
+        raise errors.Forbidden("the owner's membership cannot be changed", code="cannot_change_owner")
+    if target.role == "admin" and actor.role != "owner":
+        raise errors.Forbidden("only the owner manages admins", code="role_too_low")
