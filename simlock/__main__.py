@@ -11,8 +11,9 @@ import os
 import signal
 import sys
 import threading
+from pathlib import Path
 
-from simlock.lock import LockConfig, SimulatedLock
+from simlock.lock import LockConfig, SimulatedLock, provision
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -24,18 +25,30 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=int(env.get("MQTT_PORT", "8883")))
     parser.add_argument("--ca-file", default=env.get("MQTT_CA_FILE"))
     parser.add_argument("--once", action="store_true", help="connect, publish state, disconnect")
+    parser.add_argument("--pair", metavar="CODE", help="redeem this pairing code first (saves to --identity)")
+    parser.add_argument("--identity", type=Path, help="JSON file with a paired lock's identity (see --pair)")
+    parser.add_argument("--devices-url", default=env.get("LOCKWISE_DEVICES_URL", "http://127.0.0.1:8083"))
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s simlock %(levelname)s %(message)s")
-    missing = [n for n in ("lock_id", "password", "ca_file") if not getattr(args, n)]
-    if missing:
-        parser.error(f"missing {', '.join('--' + m.replace('_', '-') for m in missing)} (or start ./dev stack)")
-    lock = SimulatedLock(LockConfig(args.lock_id, args.password, args.host, args.port, args.ca_file))
+    if args.pair:
+        if not args.identity or not args.ca_file:
+            parser.error("--pair needs --identity (where to save the lock) and --ca-file")
+        provision(args.devices_url, args.pair, args.ca_file, host=args.host).save(args.identity)
+        logging.info("paired; identity saved to %s", args.identity)
+    if args.identity:
+        config = LockConfig.load(args.identity)
+    else:
+        missing = [n for n in ("lock_id", "password", "ca_file") if not getattr(args, n)]
+        if missing:
+            parser.error(f"missing {', '.join('--' + m.replace('_', '-') for m in missing)} (or start ./dev stack)")
+        config = LockConfig(args.lock_id, args.password, args.host, args.port, args.ca_file)
+    lock = SimulatedLock(config)
     try:
         lock.start()
     except (ConnectionError, OSError) as exc:
         logging.error("could not connect: %s", exc)
         return 1
-    logging.info("lock %s connected over TLS to %s:%d; state=%s", args.lock_id, args.host, args.port, lock.state)
+    logging.info("lock %s connected over TLS to %s:%d; state=%s", config.lock_id, config.host, config.port, lock.state)
     if args.once:
         lock.stop()
         return 0

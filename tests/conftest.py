@@ -123,12 +123,21 @@ def reset_auth(emu: services.Emulator) -> None:
 # ----------------------------------------------------------------------------------------- environment, apps
 
 
+@pytest.fixture(scope="session")
+def command_signing_key() -> str:
+    import base64
+
+    return base64.b64encode(secrets.token_bytes(32)).decode()
+
+
 @pytest.fixture
 def stack_env(
     monkeypatch: pytest.MonkeyPatch,
     postgres: services.Postgres,
     firestore_emulator: services.Emulator,
     auth_emulator: services.Emulator,
+    broker: services.Broker,
+    command_signing_key: str,
 ) -> Iterator[dict[str, str]]:
     """An isolated environment pointing at the session's services, with their data reset after the test."""
     from lockwise.config import get_settings
@@ -149,6 +158,9 @@ def stack_env(
         "FIRESTORE_EMULATOR_HOST": firestore_emulator.host,
         "FIREBASE_AUTH_EMULATOR_HOST": auth_emulator.host,
         "LOCKWISE_SERVICE_TOKEN": secrets.token_urlsafe(24),
+        "LOCKWISE_COMMAND_SIGNING_KEY": command_signing_key,
+        "LOCKWISE_MQTT_PUBLIC_HOST": "127.0.0.1",
+        "LOCKWISE_MQTT_PUBLIC_PORT": str(broker.port),
     }
     for key, value in env.items():
         monkeypatch.setenv(key, value)

@@ -192,7 +192,7 @@ def _role(value: Any) -> str:
 
 
 def _email(value: Any) -> str:
-    if not isinstance(value, str) or not 3 <= len(value) <= 320 or value.count("@") != 1 or value.startswith("@"):
+    if not isinstance(value, str) or not users.valid_email(value.strip()):
         raise errors.BadRequest("email is not a valid address", code="invalid_email")
     return value.strip().lower()
 
@@ -273,7 +273,8 @@ def create_command(ctx: Ctx, lock_id: str) -> Result:
     user, lock_id = app_user(ctx), lock_param(lock_id)
     body = ctx.json()
     key = commands.parse_idempotency_key(ctx.request.headers.get("Idempotency-Key") or body.get("idempotency_key"))
-    with with_denials_audited(user.uid, lock_id, f"command.{body.get('action')}"), rt.db.transaction() as con:
+    audited_action = f"command.{body['action']}" if body.get("action") in commands.ACTIONS else "command.invalid"
+    with with_denials_audited(user.uid, lock_id, audited_action), rt.db.transaction() as con:
         members.require(con, lock_id, user.uid, now(), operate=True)
         supports_open = bool(con.run("SELECT supports_open FROM locks WHERE id = CAST(:l AS uuid)", l=lock_id)[0][0])
         action = commands.parse_action(body.get("action"), supports_open)
@@ -331,7 +332,7 @@ def lock_config(ctx: Ctx) -> JsonBody:
     body = ctx.body()
     with rt.db.transaction() as con:
         lock_id = lock_auth.authenticate(
-            con, dict(ctx.request.headers), "GET", ctx.request.path, body, skew_s=rt.settings.lock_request_skew_s
+            con, ctx.request.headers, "GET", ctx.request.path, body, skew_s=rt.settings.lock_request_skew_s
         )
         name, supports_open = con.run("SELECT name, supports_open FROM locks WHERE id = CAST(:l AS uuid)", l=lock_id)[0]
     return {

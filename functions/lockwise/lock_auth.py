@@ -21,13 +21,16 @@ import re
 import secrets
 import time
 import uuid
-from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from lockwise import errors
 from lockwise.db import Connection
+
+if TYPE_CHECKING:
+    from werkzeug.datastructures import Headers
 
 PREFIX = "LOCKWISE-V1"
 _NONCE_RE = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
@@ -55,7 +58,7 @@ def sign_headers(
 
 def authenticate(
     con: Connection,
-    headers: Mapping[str, str],
+    headers: Headers,
     method: str,
     path: str,
     body: bytes,

@@ -81,8 +81,8 @@ def _state(con: Connection, lock_id: str, body: dict[str, Any], now: dt.datetime
         return Outcome("rejected", "battery_pct must be an integer 0-100")
     if firmware is not None and (not isinstance(firmware, str) or len(firmware) > 64):
         return Outcome("rejected", "firmware must be a string of at most 64 characters")
-    if isinstance(ts, bool) or not isinstance(ts, int) or ts <= 0:
-        return Outcome("rejected", "ts must be the lock's unix time")
+    if isinstance(ts, bool) or not isinstance(ts, int | float) or not 0 < ts < 1e11:
+        return Outcome("rejected", "ts must be the lock's unix time in seconds")
     reported = dt.datetime.fromtimestamp(ts, dt.UTC)
     if reported > now + dt.timedelta(seconds=MAX_FUTURE_S):
         return Outcome("rejected", "ts is in the future")

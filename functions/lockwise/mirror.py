@@ -68,9 +68,10 @@ def _now_iso() -> str:
 class Flusher:
     """Writes queued rows to Firestore; after a failure it waits ``BACKOFF_S`` before trying again."""
 
-    def __init__(self, db: Database, client: Callable[[], Any]) -> None:
+    def __init__(self, db: Database, make_client: Callable[[], Any]) -> None:
         self.db = db
-        self.client = client
+        self._make_client = make_client
+        self._client: Any = None
         self._retry_at = 0.0
         self._lock = threading.Lock()
 
@@ -96,7 +97,7 @@ class Flusher:
             if not rows:
                 return 0
             try:
-                client = self.client()
+                client = self._client = self._client or self._make_client()
             except Exception as exc:  # noqa: BLE001 - no client, nothing written; rows stay queued
                 self._failed(con, rows[0][0], exc)
                 return 0
@@ -112,6 +113,7 @@ class Flusher:
 
     def _failed(self, con: Connection, row_id: int, exc: Exception) -> None:
         self._retry_at = time.monotonic() + BACKOFF_S
+        self._client = None  # a fresh channel next time, not one stuck in gRPC's reconnect backoff
         con.run(
             "UPDATE firestore_outbox SET attempts = attempts + 1, last_error = :e WHERE id = :i",
             i=row_id,

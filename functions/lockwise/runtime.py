@@ -38,7 +38,9 @@ class Runtime:
 
     @cached_property
     def mirror(self) -> Flusher:
-        return Flusher(self.db, lambda: self.firestore)
+        from lockwise.firestore import make_client
+
+        return Flusher(self.db, lambda: make_client(self.settings.project_id, self.settings.firestore_emulator_host))
 
     def flush_mirror(self, *, force: bool = False) -> int:
         """Write queued Firestore mirror rows now (best effort: a Firestore outage leaves them queued)."""

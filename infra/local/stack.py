@@ -12,6 +12,7 @@ An existing service is used instead of a local one when its variable is set: ``D
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import logging
 import os
@@ -49,6 +50,7 @@ def _local_secrets(state: Path) -> dict[str, str]:
         data = {}
     for key in ("db_password", "relay_password", "service_token", "demo_lock_password"):
         data.setdefault(key, secrets.token_urlsafe(18))
+    data.setdefault("command_signing_key", base64.b64encode(secrets.token_bytes(32)).decode())
     path.write_text(json.dumps(data, indent=2))
     path.chmod(0o600)
     return data
@@ -107,6 +109,8 @@ def main(argv: list[str] | None = None) -> int:
             broker.add_user(DEMO_LOCK_USER, secrets_["demo_lock_password"])
             mqtt_host, mqtt_port, ca_file = "127.0.0.1", broker.port, str(broker.ca_file)
             table.append(("broker (mqtts)", f"127.0.0.1:{broker.port}", str(state / "broker" / "mosquitto.log")))
+            started.append(services.start_broker_sync(broker, database_url, logs))
+            table.append(("broker account sync", "-", str(logs / "broker-accounts.log")))
 
         # Emulators
         fs_host = env.get("FIRESTORE_EMULATOR_HOST")
@@ -133,6 +137,9 @@ def main(argv: list[str] | None = None) -> int:
             "FIRESTORE_EMULATOR_HOST": fs_host,
             "FIREBASE_AUTH_EMULATOR_HOST": auth_host,
             "LOCKWISE_SERVICE_TOKEN": secrets_["service_token"],
+            "LOCKWISE_COMMAND_SIGNING_KEY": secrets_["command_signing_key"],
+            "LOCKWISE_MQTT_PUBLIC_HOST": mqtt_host,
+            "LOCKWISE_MQTT_PUBLIC_PORT": str(mqtt_port),
         }
         for name in services.FUNCTIONS:
             server = services.start_function(name, ports[name], fn_env, logs)

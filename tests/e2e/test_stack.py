@@ -60,6 +60,16 @@ def get_json(url: str, token: str | None = None) -> tuple[int, Any]:
         return resp.status, json.loads(resp.read())
 
 
+def post_json(url: str, body: dict[str, Any], token: str) -> tuple[int, Any]:
+    req = urllib.request.Request(
+        url,
+        data=json.dumps(body).encode(),
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        return resp.status, json.loads(resp.read())
+
+
 def sign_up(auth_host: str, project: str, email: str) -> dict[str, Any]:
     req = urllib.request.Request(
         f"http://{auth_host}/identitytoolkit.googleapis.com/v1/accounts:signUp?key=fake",
@@ -91,6 +101,31 @@ def test_stack_starts_serves_stops_and_keeps_data(tmp_path: Path) -> None:
         account = sign_up(env["FIREBASE_AUTH_EMULATOR_HOST"], env["LOCKWISE_PROJECT_ID"], "keeper@example.com")
         status, me = get_json(env["LOCKWISE_DEVICES_URL"] + "/devices/me", account["idToken"])
         assert status == 200 and me["uid"] == account["localId"]
+        # pairing: the app creates a lock, the lock redeems the code and connects with its own account
+        status, created = post_json(
+            env["LOCKWISE_DEVICES_URL"] + "/devices/locks", {"name": "Porch"}, account["idToken"]
+        )
+        assert status == 201
+        identity = tmp_path / "lock.json"
+        paired = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "simlock",
+                "--pair",
+                created["provisioning"]["code"],
+                "--identity",
+                str(identity),
+                "--once",
+            ],
+            cwd=REPO,
+            env={**os.environ, **env, "PYTHONPATH": PYTHONPATH},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert paired.returncode == 0, paired.stderr
+        assert json.loads(identity.read_text())["lock_id"] == created["lock"]["id"]
     except BaseException:
         os.killpg(proc.pid, signal.SIGKILL)
         raise

@@ -132,16 +132,16 @@ def test_constraints_live_in_the_database(fresh_db: Database) -> None:
         _expect(
             con,
             CHECK_VIOLATION,
-            "INSERT INTO commands (lock_id, action, issuer_kind, issuer_uid, nonce, expires_at)"
-            " VALUES (:l, 'unlock', 'user', 'u1', :n, now() - interval '1 s')",
+            "INSERT INTO commands (lock_id, action, issuer_kind, issuer_uid, nonce, expires_at, payload)"
+            " VALUES (:l, 'unlock', 'user', 'u1', :n, now() - interval '1 s', '{}')",
             l=lock,
             n="n" * 24,
         )
         _expect(
             con,
             CHECK_VIOLATION,
-            "INSERT INTO commands (lock_id, action, issuer_kind, issuer_uid, nonce, expires_at, status)"
-            " VALUES (:l, 'unlock', 'user', 'u1', :n, now() + interval '30 s', 'acked')",
+            "INSERT INTO commands (lock_id, action, issuer_kind, issuer_uid, nonce, expires_at, status, payload)"
+            " VALUES (:l, 'unlock', 'user', 'u1', :n, now() + interval '30 s', 'acked', '{}')",
             l=lock,
             n="m" * 24,
         )

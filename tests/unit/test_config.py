@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+
 import pytest
 
 from lockwise.config import ConfigError, Settings
@@ -11,6 +13,7 @@ PROD_OK = {
     "LOCKWISE_PROJECT_ID": "lockwise-prod",
     "DATABASE_URL": "postgresql://app:Zx9-long-random@10.0.0.5:5432/lockwise",
     "LOCKWISE_SERVICE_TOKEN": "s3rv1ce-t0ken-long-random-value",
+    "LOCKWISE_COMMAND_SIGNING_KEY": base64.b64encode(bytes(range(32))).decode(),
 }
 
 
@@ -27,7 +30,9 @@ def test_production_accepts_real_secrets() -> None:
     assert s.is_production and s.project_id == "lockwise-prod"
 
 
-@pytest.mark.parametrize("name", ["DATABASE_URL", "LOCKWISE_SERVICE_TOKEN", "LOCKWISE_PROJECT_ID"])
+@pytest.mark.parametrize(
+    "name", ["DATABASE_URL", "LOCKWISE_SERVICE_TOKEN", "LOCKWISE_PROJECT_ID", "LOCKWISE_COMMAND_SIGNING_KEY"]
+)
 def test_production_refuses_a_missing_secret_by_name(name: str) -> None:
     env = {k: v for k, v in PROD_OK.items() if k != name}
     with pytest.raises(ConfigError, match=name):
@@ -57,3 +62,9 @@ def test_unknown_mode_and_bad_numbers_name_the_variable() -> None:
         Settings.from_env({"LOCKWISE_MODE": "staging"})
     with pytest.raises(ConfigError, match="LOCKWISE_MAX_BODY_BYTES"):
         Settings.from_env({"LOCKWISE_MAX_BODY_BYTES": "lots"})
+
+
+def test_production_refuses_a_weak_or_malformed_signing_key() -> None:
+    for value in ["not base64!", base64.b64encode(b"short").decode(), base64.b64encode(bytes(32)).decode()]:
+        with pytest.raises(ConfigError, match="LOCKWISE_COMMAND_SIGNING_KEY"):
+            Settings.from_env(dict(PROD_OK, LOCKWISE_COMMAND_SIGNING_KEY=value))

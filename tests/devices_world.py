@@ -1,0 +1,97 @@
+"""A lock with one user in each role, built through the devices API, for the devices and relay tests."""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+from dataclasses import dataclass, field
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, PublicFormat
+
+from simlock.lock import LockConfig
+
+ROLES = ("owner", "admin", "member", "guest_in", "guest_out", "stranger", "revoked")
+
+
+def bearer(account: dict[str, Any]) -> dict[str, str]:
+    return {"Authorization": f"Bearer {account['idToken']}"}
+
+
+def new_lock_key() -> tuple[Ed25519PrivateKey, str]:
+    key = Ed25519PrivateKey.generate()
+    return key, base64.b64encode(key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)).decode()
+
+
+@dataclass
+class World:
+    devices: Any
+    accounts: dict[str, dict[str, Any]]
+    lock_id: str
+    credentials: dict[str, Any]
+    lock_key: Ed25519PrivateKey
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def headers(self, role: str) -> dict[str, str]:
+        return bearer(self.accounts[role])
+
+    def uid(self, role: str) -> str:
+        return str(self.accounts[role]["localId"])
+
+    def lock_config(self, broker: Any) -> LockConfig:
+        seed = self.lock_key.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
+        return LockConfig(
+            lock_id=self.credentials["mqtt"]["username"],
+            password=self.credentials["mqtt"]["password"],
+            host="127.0.0.1",
+            port=broker.port,
+            ca_file=str(broker.ca_file),
+            server_public_key=self.credentials["server_public_key"],
+            signing_key_b64=base64.b64encode(seed).decode(),
+        )
+
+
+def create_lock(
+    devices: Any, owner: dict[str, Any], name: str = "Front door", supports_open: bool = False
+) -> dict[str, Any]:
+    resp = devices.post("/devices/locks", json={"name": name, "supports_open": supports_open}, headers=bearer(owner))
+    assert resp.status_code == 201, resp.get_json()
+    body: dict[str, Any] = resp.get_json()
+    return body
+
+
+def provision(devices: Any, code: str) -> tuple[dict[str, Any], Ed25519PrivateKey]:
+    key, public = new_lock_key()
+    resp = devices.post("/devices/provision", json={"code": code, "public_key": public})
+    assert resp.status_code == 201, resp.get_json()
+    return resp.get_json(), key
+
+
+def build_world(devices: Any, sign_up: Any, supports_open: bool = False) -> World:
+    accounts = {role: sign_up() for role in ROLES}
+    for account in accounts.values():
+        assert devices.get("/devices/me", headers=bearer(account)).status_code == 200
+    created = create_lock(devices, accounts["owner"], supports_open=supports_open)
+    lock_id = created["lock"]["id"]
+    credentials, key = provision(devices, created["provisioning"]["code"])
+    future = (dt.datetime.now(dt.UTC) + dt.timedelta(days=30)).isoformat()
+    grants: dict[str, dict[str, Any]] = {
+        "admin": {"role": "admin"},
+        "member": {"role": "member"},
+        "guest_in": {"role": "guest", "access": {"weekdays": ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]}},
+        "guest_out": {"role": "guest", "access": {"valid_from": future}},
+        "revoked": {"role": "member"},
+    }
+    for role, grant in grants.items():
+        resp = devices.post(
+            f"/devices/locks/{lock_id}/members",
+            json={"uid": accounts[role]["localId"], **grant},
+            headers=bearer(accounts["owner"]),
+        )
+        assert resp.status_code == 201, resp.get_json()
+    resp = devices.delete(
+        f"/devices/locks/{lock_id}/members/{accounts['revoked']['localId']}", headers=bearer(accounts["owner"])
+    )
+    assert resp.status_code == 204
+    return World(devices, accounts, lock_id, credentials, key)

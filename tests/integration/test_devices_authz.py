@@ -1,0 +1,214 @@
+"""The authorization matrix of the devices function: each endpoint, each role, a stranger, a revoked member, a guest
+outside their window, a lock acting for another lock, and app users on the relay's endpoints."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from lockwise import lock_auth
+from tests.devices_world import ROLES, World, build_world, new_lock_key
+
+OK_ALL_MEMBERS = {"owner": 200, "admin": 200, "member": 200, "guest_in": 200, "guest_out": 200}
+DENIED_OUTSIDERS = {"stranger": 404, "revoked": 404}
+
+
+@pytest.fixture
+def world(make_client: Any, sign_up: Any) -> World:
+    return build_world(make_client("devices"), sign_up)
+
+
+def fresh_user(world: World, sign_up: Any) -> str:
+    account = sign_up()
+    assert (
+        world.devices.get("/devices/me", headers={"Authorization": f"Bearer {account['idToken']}"}).status_code == 200
+    )
+    return str(account["localId"])
+
+
+Case = tuple[str, str, Callable[[World, Any], dict[str, Any] | None], dict[str, int]]
+
+CASES: list[Case] = [
+    ("GET", "/devices/locks/{lock}", lambda w, s: None, {**OK_ALL_MEMBERS, **DENIED_OUTSIDERS}),
+    (
+        "PATCH",
+        "/devices/locks/{lock}",
+        lambda w, s: {"name": "Renamed"},
+        {"owner": 200, "admin": 403, "member": 403, "guest_in": 403, "guest_out": 403, **DENIED_OUTSIDERS},
+    ),
+    (
+        "POST",
+        "/devices/locks/{lock}/provisioning",
+        lambda w, s: None,
+        {"owner": 201, "admin": 403, "member": 403, "guest_in": 403, "guest_out": 403, **DENIED_OUTSIDERS},
+    ),
+    (
+        "GET",
+        "/devices/locks/{lock}/members",
+        lambda w, s: None,
+        {"owner": 200, "admin": 200, "member": 403, "guest_in": 403, "guest_out": 403, **DENIED_OUTSIDERS},
+    ),
+    (
+        "POST",
+        "/devices/locks/{lock}/members",
+        lambda w, s: {"uid": fresh_user(w, s), "role": "member"},
+        {"owner": 201, "admin": 201, "member": 403, "guest_in": 403, "guest_out": 403, **DENIED_OUTSIDERS},
+    ),
+    (
+        "POST",
+        "/devices/locks/{lock}/members",
+        lambda w, s: {"uid": fresh_user(w, s), "role": "admin"},
+        {"owner": 201, "admin": 403, "member": 403, "guest_in": 403, "guest_out": 403, **DENIED_OUTSIDERS},
+    ),
+    (
+        "POST",
+        "/devices/locks/{lock}/commands",
+        lambda w, s: {"action": "unlock"},
+        {"owner": 202, "admin": 202, "member": 202, "guest_in": 202, "guest_out": 403, **DENIED_OUTSIDERS},
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "expected"), CASES, ids=[f"{c[0]} {c[1]} {i}" for i, c in enumerate(CASES)]
+)
+def test_endpoint_allows_exactly_the_right_roles(
+    world: World, sign_up: Any, method: str, path: str, body: Any, expected: dict[str, int]
+) -> None:
+    assert set(expected) == set(ROLES)
+    for role in ROLES:
+        resp = world.devices.open(
+            method, path.format(lock=world.lock_id), json=body(world, sign_up), headers=world.headers(role)
+        )
+        assert resp.status_code == expected[role], f"{role}: {resp.status_code} {resp.get_json()}"
+        if resp.status_code >= 400:
+            assert resp.get_json()["error"]["code"]
+
+
+def test_guest_outside_window_is_refused_with_a_reason(world: World) -> None:
+    resp = world.devices.post(
+        f"/devices/locks/{world.lock_id}/commands", json={"action": "unlock"}, headers=world.headers("guest_out")
+    )
+    assert resp.status_code == 403 and resp.get_json()["error"]["code"] == "outside_access_window"
+
+
+def test_command_status_is_visible_to_issuer_and_managers_only(world: World) -> None:
+    created = world.devices.post(
+        f"/devices/locks/{world.lock_id}/commands", json={"action": "lock"}, headers=world.headers("member")
+    ).get_json()["command"]
+    path = f"/devices/locks/{world.lock_id}/commands/{created['id']}"
+    expected = {
+        "owner": 200,
+        "admin": 200,
+        "member": 200,
+        "guest_in": 404,
+        "guest_out": 404,
+        "stranger": 404,
+        "revoked": 404,
+    }
+    for role, status in expected.items():
+        assert world.devices.get(path, headers=world.headers(role)).status_code == status, role
+
+
+def test_member_management_rules(world: World, sign_up: Any) -> None:
+    lock = world.lock_id
+    # an admin cannot remove the owner or another admin's peer role; the owner cannot be removed at all
+    resp = world.devices.delete(f"/devices/locks/{lock}/members/{world.uid('owner')}", headers=world.headers("admin"))
+    assert resp.status_code == 403 and resp.get_json()["error"]["code"] == "cannot_remove_owner"
+    resp = world.devices.delete(f"/devices/locks/{lock}/members/{world.uid('owner')}", headers=world.headers("owner"))
+    assert resp.status_code == 403
+    second_admin = fresh_user(world, sign_up)
+    assert (
+        world.devices.post(
+            f"/devices/locks/{lock}/members",
+            json={"uid": second_admin, "role": "admin"},
+            headers=world.headers("owner"),
+        ).status_code
+        == 201
+    )
+    resp = world.devices.delete(f"/devices/locks/{lock}/members/{second_admin}", headers=world.headers("admin"))
+    assert resp.status_code == 403
+    # a member cannot remove someone else, but can leave
+    resp = world.devices.delete(
+        f"/devices/locks/{lock}/members/{world.uid('guest_in')}", headers=world.headers("member")
+    )
+    assert resp.status_code == 403
+    resp = world.devices.delete(f"/devices/locks/{lock}/members/{world.uid('member')}", headers=world.headers("member"))
+    assert resp.status_code == 204
+    assert world.devices.get(f"/devices/locks/{lock}", headers=world.headers("member")).status_code == 404
+    # an admin cannot promote to admin; the owner can
+    body = {"role": "admin"}
+    path = f"/devices/locks/{lock}/members/{world.uid('guest_in')}"
+    assert world.devices.patch(path, json=body, headers=world.headers("admin")).status_code == 403
+    resp = world.devices.patch(path, json=body, headers=world.headers("owner"))
+    assert resp.status_code == 200 and resp.get_json()["member"]["role"] == "admin"
+
+
+def test_only_the_owner_deletes_or_transfers(world: World) -> None:
+    lock = world.lock_id
+    for role in ("admin", "member", "guest_in"):
+        assert world.devices.delete(f"/devices/locks/{lock}", headers=world.headers(role)).status_code == 403
+        resp = world.devices.post(
+            f"/devices/locks/{lock}/transfer", json={"uid": world.uid(role)}, headers=world.headers(role)
+        )
+        assert resp.status_code == 403
+    for role in ("stranger", "revoked"):
+        assert world.devices.delete(f"/devices/locks/{lock}", headers=world.headers(role)).status_code == 404
+    resp = world.devices.post(
+        f"/devices/locks/{lock}/transfer", json={"uid": world.uid("member")}, headers=world.headers("owner")
+    )
+    assert resp.status_code == 200 and resp.get_json()["role"] == "admin"
+    assert world.devices.get(f"/devices/locks/{lock}", headers=world.headers("member")).get_json()["role"] == "owner"
+    # the previous owner, now admin, can no longer delete; the new owner can
+    assert world.devices.delete(f"/devices/locks/{lock}", headers=world.headers("owner")).status_code == 403
+    assert world.devices.delete(f"/devices/locks/{lock}", headers=world.headers("member")).status_code == 204
+
+
+def test_users_see_only_their_locks(world: World) -> None:
+    for role in ROLES:
+        locks = world.devices.get("/devices/locks", headers=world.headers(role)).get_json()["locks"]
+        ids = [lock["id"] for lock in locks]
+        assert (world.lock_id in ids) == (role not in ("stranger", "revoked")), role
+
+
+def test_relay_endpoints_refuse_app_users_and_locks(world: World) -> None:
+    event = {"events": [{"topic": f"lockwise/{world.lock_id}/status", "payload": "online"}]}
+    for role in ("owner", "stranger"):
+        resp = world.devices.post("/devices/relay/events", json=event, headers=world.headers(role))
+        assert resp.status_code == 401 and resp.get_json()["error"]["code"] == "invalid_service_token"
+    assert world.devices.post("/devices/relay/events", json=event).status_code == 401
+    assert world.devices.post("/devices/relay/flush", headers=world.headers("owner")).status_code == 401
+
+
+def test_lock_cannot_act_as_another_lock(world: World, sign_up: Any) -> None:
+    other = build_world(world.devices, sign_up)
+    path = "/devices/lock/config"
+    # lock B signs a request that claims to come from lock A
+    headers = lock_auth.sign_headers(other.lock_key, world.lock_id, "GET", path, b"")
+    resp = world.devices.get(path, headers=headers)
+    assert resp.status_code == 401 and resp.get_json()["error"]["code"] == "bad_lock_signature"
+    # its own request works, once
+    headers = lock_auth.sign_headers(other.lock_key, other.lock_id, "GET", path, b"")
+    resp = world.devices.get(path, headers=headers)
+    assert resp.status_code == 200 and resp.get_json()["lock_id"] == other.lock_id
+    resp = world.devices.get(path, headers=headers)
+    assert resp.status_code == 401 and resp.get_json()["error"]["code"] == "replayed_request"
+
+
+def test_lock_signature_checks(world: World) -> None:
+    path = "/devices/lock/config"
+    import time
+
+    stale = lock_auth.sign_headers(world.lock_key, world.lock_id, "GET", path, b"", now=time.time() - 3600)
+    assert world.devices.get(path, headers=stale).get_json()["error"]["code"] == "stale_request"
+    unknown_key, _ = new_lock_key()
+    forged = lock_auth.sign_headers(unknown_key, world.lock_id, "GET", path, b"")
+    assert world.devices.get(path, headers=forged).get_json()["error"]["code"] == "bad_lock_signature"
+    assert world.devices.get(path).get_json()["error"]["code"] == "missing_lock_signature"
+    assert world.devices.get(path, headers=world.headers("owner")).status_code == 401
+    import uuid
+
+    ghost = lock_auth.sign_headers(world.lock_key, str(uuid.uuid4()), "GET", path, b"")
+    assert world.devices.get(path, headers=ghost).get_json()["error"]["code"] == "unknown_lock"

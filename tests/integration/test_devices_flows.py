@@ -1,0 +1,323 @@
+"""Pairing with the simulated lock over the real broker, commands (idempotency, expiry, revocation), invitations,
+deletion, audit, and bad input: each a 4xx with a code, never a 500."""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+from typing import Any
+
+import pytest
+
+from infra.local.services import Broker
+from lockwise import broker_accounts, command_signing
+from lockwise.runtime import get_runtime
+from simlock.lock import SimulatedLock
+from tests.devices_world import World, bearer, build_world, create_lock, new_lock_key, provision
+
+
+@pytest.fixture
+def devices(make_client: Any) -> Any:
+    return make_client("devices")
+
+
+@pytest.fixture
+def world(devices: Any, sign_up: Any) -> World:
+    return build_world(devices, sign_up)
+
+
+def sync_broker(broker: Broker) -> None:
+    broker_accounts.sync_once(get_runtime("devices").db, broker.password_file, broker.static_file, broker.pid_file)
+
+
+def db_rows(sql: str, **params: Any) -> Any:
+    with get_runtime("devices").db.connection() as con:
+        return con.run(sql, **params)
+
+
+def test_pairing_flow_with_the_simulated_lock(devices: Any, sign_up: Any, broker: Broker) -> None:
+    owner = sign_up()
+    created = create_lock(devices, owner)
+    lock_id, code = created["lock"]["id"], created["provisioning"]["code"]
+    assert created["lock"]["provisioned"] is False
+    credentials, key = provision(devices, code)
+    assert credentials["lock_id"] == lock_id and credentials["mqtt"]["username"] == lock_id
+    assert credentials["mqtt"]["port"] == broker.port and credentials["mqtt"]["tls"] is True
+    # the code works once
+    _, again = new_lock_key()
+    resp = devices.post("/devices/provision", json={"code": code, "public_key": again})
+    assert resp.status_code == 401 and resp.get_json()["error"]["code"] == "invalid_provisioning_code"
+    # only verifiers are stored
+    ((stored_hash, stored_key),) = db_rows(
+        "SELECT mqtt_password_hash, signing_public_key FROM lock_credentials WHERE lock_id = CAST(:l AS uuid)",
+        l=lock_id,
+    )
+    assert stored_hash.startswith("$7$") and credentials["mqtt"]["password"] not in stored_hash
+    assert len(bytes(stored_key)) == 32
+    sync_broker(broker)
+    world = World(devices, {"owner": owner}, lock_id, credentials, key)
+    lock = SimulatedLock(world.lock_config(broker))
+    lock.start()
+    lock.stop()
+    assert devices.get(f"/devices/locks/{lock_id}", headers=bearer(owner)).get_json()["provisioned"] is True
+
+    # re-provisioning revokes the old credentials at the broker
+    code2 = devices.post(f"/devices/locks/{lock_id}/provisioning", headers=bearer(owner)).get_json()["code"]
+    credentials2, key2 = provision(devices, code2)
+    sync_broker(broker)
+    old = SimulatedLock(world.lock_config(broker))
+    with pytest.raises(ConnectionError):
+        old.start(timeout=3)
+    new = SimulatedLock(World(devices, {}, lock_id, credentials2, key2).lock_config(broker))
+    new.start()
+    new.stop()
+    assert db_rows(
+        "SELECT count(*) FROM lock_credentials WHERE lock_id = CAST(:l AS uuid) AND revoked_at IS NULL", l=lock_id
+    ) == [[1]]
+
+
+def test_commands_are_signed_for_the_lock(world: World) -> None:
+    resp = world.devices.post(
+        f"/devices/locks/{world.lock_id}/commands", json={"action": "unlock"}, headers=world.headers("owner")
+    )
+    assert resp.status_code == 202
+    command = resp.get_json()["command"]
+    assert command["status"] == "pending" and command["action"] == "unlock"
+    (payload,) = db_rows("SELECT payload FROM commands WHERE id = CAST(:i AS uuid)", i=command["id"])[0]
+    checked = command_signing.verify(payload, world.credentials["server_public_key"])
+    assert (checked.id, checked.lock, checked.action) == (command["id"], world.lock_id, "unlock")
+    tampered = json.loads(payload)
+    tampered["cmd"] = tampered["cmd"].replace('"unlock"', '"lock"')
+    with pytest.raises(command_signing.BadCommand, match="bad_signature"):
+        command_signing.verify(json.dumps(tampered), world.credentials["server_public_key"])
+
+
+def test_idempotent_retries_return_the_same_command(world: World) -> None:
+    path = f"/devices/locks/{world.lock_id}/commands"
+    headers = {**world.headers("member"), "Idempotency-Key": "tap-42"}
+    first = world.devices.post(path, json={"action": "unlock"}, headers=headers)
+    second = world.devices.post(path, json={"action": "unlock"}, headers=headers)
+    assert (first.status_code, second.status_code) == (202, 200)
+    assert first.get_json()["command"]["id"] == second.get_json()["command"]["id"]
+    assert db_rows("SELECT count(*) FROM commands WHERE lock_id = CAST(:l AS uuid)", l=world.lock_id) == [[1]]
+    clash = world.devices.post(path, json={"action": "lock"}, headers=headers)
+    assert clash.status_code == 409 and clash.get_json()["error"]["code"] == "idempotency_key_reused"
+    # the same key from another user is another command
+    other = world.devices.post(
+        path, json={"action": "unlock"}, headers={**world.headers("admin"), "Idempotency-Key": "tap-42"}
+    )
+    assert other.status_code == 202 and other.get_json()["command"]["id"] != first.get_json()["command"]["id"]
+
+
+def test_expired_command_reads_as_expired(world: World) -> None:
+    command = world.devices.post(
+        f"/devices/locks/{world.lock_id}/commands", json={"action": "unlock"}, headers=world.headers("owner")
+    ).get_json()["command"]
+    with get_runtime("devices").db.transaction() as con:
+        con.run(
+            "UPDATE commands SET created_at = now() - interval '2 min', expires_at = now() - interval '1 min'"
+            " WHERE id = CAST(:i AS uuid)",
+            i=command["id"],
+        )
+    got = world.devices.get(f"/devices/locks/{world.lock_id}/commands/{command['id']}", headers=world.headers("owner"))
+    assert got.get_json()["command"]["status"] == "expired"
+
+
+def test_revocation_takes_effect_on_the_next_command(world: World) -> None:
+    path = f"/devices/locks/{world.lock_id}/commands"
+    assert world.devices.post(path, json={"action": "unlock"}, headers=world.headers("member")).status_code == 202
+    assert (
+        world.devices.delete(
+            f"/devices/locks/{world.lock_id}/members/{world.uid('member')}", headers=world.headers("admin")
+        ).status_code
+        == 204
+    )
+    assert world.devices.post(path, json={"action": "unlock"}, headers=world.headers("member")).status_code == 404
+
+
+def test_open_needs_a_lock_that_can_unlatch(world: World, devices: Any, sign_up: Any) -> None:
+    resp = devices.post(
+        f"/devices/locks/{world.lock_id}/commands", json={"action": "open"}, headers=world.headers("owner")
+    )
+    assert resp.status_code == 400 and resp.get_json()["error"]["code"] == "action_not_supported"
+    latch = build_world(devices, sign_up, supports_open=True)
+    resp = devices.post(
+        f"/devices/locks/{latch.lock_id}/commands", json={"action": "open"}, headers=latch.headers("owner")
+    )
+    assert resp.status_code == 202
+
+
+def test_unprovisioned_lock_takes_no_commands(devices: Any, sign_up: Any) -> None:
+    owner = sign_up()
+    lock_id = create_lock(devices, owner)["lock"]["id"]
+    resp = devices.post(f"/devices/locks/{lock_id}/commands", json={"action": "unlock"}, headers=bearer(owner))
+    assert resp.status_code == 409 and resp.get_json()["error"]["code"] == "lock_not_provisioned"
+
+
+def verify_email(auth_host: str, project: str, uid: str) -> None:
+    req = urllib.request.Request(
+        f"http://{auth_host}/identitytoolkit.googleapis.com/v1/projects/{project}/accounts:update",
+        data=json.dumps({"localId": uid, "emailVerified": True}).encode(),
+        headers={"Content-Type": "application/json", "Authorization": "Bearer owner"},
+    )
+    urllib.request.urlopen(req, timeout=10).close()
+
+
+def sign_in(auth_host: str, email: str, password: str = "correct-horse-9") -> dict[str, Any]:
+    req = urllib.request.Request(
+        f"http://{auth_host}/identitytoolkit.googleapis.com/v1/accounts:signInWithPassword?key=fake",
+        data=json.dumps({"email": email, "password": password, "returnSecureToken": True}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        result: dict[str, Any] = json.loads(resp.read())
+    return result
+
+
+def test_invitation_by_email_needs_a_verified_email(world: World, sign_up: Any, stack_env: dict[str, str]) -> None:
+    resp = world.devices.post(
+        f"/devices/locks/{world.lock_id}/members",
+        json={"email": "Friend@Example.com", "role": "guest", "access": {"weekdays": ["sat", "sun"]}},
+        headers=world.headers("admin"),
+    )
+    assert resp.status_code == 202
+    again = world.devices.post(
+        f"/devices/locks/{world.lock_id}/members",
+        json={"email": "friend@example.com", "role": "member"},
+        headers=world.headers("owner"),
+    )
+    assert again.status_code == 409
+    friend = sign_up(email="friend@example.com")
+    # an unverified email does not claim the invitation (anyone can sign up with any address)
+    assert world.devices.get(f"/devices/locks/{world.lock_id}", headers=bearer(friend)).status_code == 404
+    host, project = stack_env["FIREBASE_AUTH_EMULATOR_HOST"], stack_env["LOCKWISE_PROJECT_ID"]
+    verify_email(host, project, friend["localId"])
+    friend = sign_in(host, "friend@example.com")
+    view = world.devices.get(f"/devices/locks/{world.lock_id}", headers=bearer(friend))
+    assert view.status_code == 200 and view.get_json()["role"] == "guest"
+    members = world.devices.get(f"/devices/locks/{world.lock_id}/members", headers=world.headers("owner")).get_json()
+    joined = [m for m in members["members"] if m["uid"] == friend["localId"]]
+    assert joined and joined[0]["access"]["weekdays"] == ["sat", "sun"]
+    assert members["invitations"] == []
+
+
+def test_deleting_a_lock_removes_its_credentials_members_and_attempts(world: World) -> None:
+    with get_runtime("devices").db.transaction() as con:
+        con.run(
+            "INSERT INTO verification_attempts (lock_id, outcome) VALUES (CAST(:l AS uuid), 'rejected')",
+            l=world.lock_id,
+        )
+    assert world.devices.delete(f"/devices/locks/{world.lock_id}", headers=world.headers("owner")).status_code == 204
+    for table in (
+        "lock_credentials",
+        "lock_members",
+        "verification_attempts",
+        "commands",
+        "lock_state",
+        "provisioning_codes",
+    ):
+        assert db_rows(f"SELECT count(*) FROM {table} WHERE lock_id = CAST(:l AS uuid)", l=world.lock_id) == [[0]], (
+            table
+        )
+    assert world.devices.get(f"/devices/locks/{world.lock_id}", headers=world.headers("owner")).status_code == 404
+    actions = [
+        r[0]
+        for r in db_rows("SELECT action FROM audit_log WHERE lock_id = CAST(:l AS uuid) ORDER BY id", l=world.lock_id)
+    ]
+    assert actions[0] == "lock.create" and actions[-1] == "lock.delete"
+
+
+def test_audit_log_records_commands_credentials_members_and_denials(world: World) -> None:
+    world.devices.post(
+        f"/devices/locks/{world.lock_id}/commands", json={"action": "unlock"}, headers=world.headers("owner")
+    )
+    world.devices.post(
+        f"/devices/locks/{world.lock_id}/commands", json={"action": "unlock"}, headers=world.headers("guest_out")
+    )
+    rows = db_rows(
+        "SELECT actor, action, outcome FROM audit_log WHERE lock_id = CAST(:l AS uuid) ORDER BY id", l=world.lock_id
+    )
+    seen = {(a, o) for _, a, o in rows}
+    for expected in [
+        ("lock.create", "ok"),
+        ("credentials.provision", "ok"),
+        ("member.add", "ok"),
+        ("member.revoke", "ok"),
+        ("command.unlock", "ok"),
+        ("command.unlock", "denied"),
+    ]:
+        assert expected in seen, expected
+    denied = [r for r in rows if r[2] == "denied"]
+    assert denied[0][0] == f"user:{world.uid('guest_out')}"
+
+
+LONG = "x" * 101
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "status", "code"),
+    [
+        ("POST", "/devices/locks", {"name": LONG}, 400, "invalid_name"),
+        ("POST", "/devices/locks", {"name": 42}, 400, "invalid_name"),
+        ("POST", "/devices/locks", {"name": "  "}, 400, "invalid_name"),
+        ("POST", "/devices/locks", {"name": "a\u0000b"}, 400, "invalid_name"),
+        ("POST", "/devices/locks", {"name": "ok", "supports_open": "yes"}, 400, "invalid_supports_open"),
+        ("POST", "/devices/locks", None, 400, "empty_body"),
+        ("GET", "/devices/locks/not-a-uuid", None, 404, "lock_not_found"),
+        ("GET", "/devices/locks/00000000-0000-0000-0000-000000000000", None, 404, "lock_not_found"),
+        ("PATCH", "/devices/locks/{lock}", {"colour": "red"}, 400, "invalid_update"),
+        ("PATCH", "/devices/locks/{lock}", {"voice_threshold": 7}, 400, "invalid_threshold"),
+        ("PATCH", "/devices/locks/{lock}", {"voice_threshold": True}, 400, "invalid_threshold"),
+        ("POST", "/devices/locks/{lock}/commands", {"action": "explode"}, 400, "invalid_action"),
+        (
+            "POST",
+            "/devices/locks/{lock}/commands",
+            {"action": "unlock", "idempotency_key": "has spaces"},
+            400,
+            "invalid_idempotency_key",
+        ),
+        ("POST", "/devices/locks/{lock}/commands", {"action": ["unlock"]}, 400, "invalid_action"),
+        ("GET", "/devices/locks/{lock}/commands/nope", None, 404, "command_not_found"),
+        ("GET", "/devices/locks/{lock}/commands/00000000-0000-0000-0000-000000000000", None, 404, "command_not_found"),
+        ("POST", "/devices/locks/{lock}/members", {"uid": "someone", "role": "owner"}, 400, "invalid_role"),
+        ("POST", "/devices/locks/{lock}/members", {"role": "member"}, 400, "invalid_invitee"),
+        (
+            "POST",
+            "/devices/locks/{lock}/members",
+            {"uid": "x", "email": "a@b.c", "role": "member"},
+            400,
+            "invalid_invitee",
+        ),
+        ("POST", "/devices/locks/{lock}/members", {"uid": "no-such-user", "role": "member"}, 404, "user_not_found"),
+        ("POST", "/devices/locks/{lock}/members", {"email": "not-an-email", "role": "member"}, 400, "invalid_email"),
+        ("POST", "/devices/locks/{lock}/members", {"uid": 12, "role": "member"}, 400, "invalid_uid"),
+        ("PATCH", "/devices/locks/{lock}/members/ghost", {"role": "member"}, 404, "member_not_found"),
+        ("DELETE", "/devices/locks/{lock}/members/ghost", None, 404, "member_not_found"),
+        ("POST", "/devices/locks/{lock}/transfer", {"uid": "ghost"}, 404, "member_not_found"),
+        ("POST", "/devices/provision", {"code": "AAAA-BBBB", "public_key": "bm90IGEga2V5"}, 400, "invalid_public_key"),
+        ("POST", "/devices/provision", {"code": 5, "public_key": "A" * 43 + "="}, 400, "invalid_code_format"),
+        ("POST", "/devices/provision", [1, 2], 400, "expected_object"),
+    ],
+)
+def test_bad_input_gets_a_4xx_with_a_code(
+    world: World, method: str, path: str, body: Any, status: int, code: str
+) -> None:
+    kwargs: dict[str, Any] = {"headers": world.headers("owner")}
+    if body is not None:
+        kwargs["json"] = body
+    resp = world.devices.open(method, path.format(lock=world.lock_id), **kwargs)
+    assert (resp.status_code, resp.get_json()["error"]["code"]) == (status, code), resp.get_json()
+
+
+def test_malformed_json_and_oversized_bodies(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    resp = world.devices.post(
+        "/devices/locks", data=b"{oops", content_type="application/json", headers=world.headers("owner")
+    )
+    assert resp.status_code == 400 and resp.get_json()["error"]["code"] == "malformed_json"
+    resp = world.devices.post(
+        "/devices/locks",
+        data=b'{"name": "' + b"x" * 3_000_000 + b'"}',
+        content_type="application/json",
+        headers=world.headers("owner"),
+    )
+    assert resp.status_code == 413

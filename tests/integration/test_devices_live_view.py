@@ -1,0 +1,182 @@
+"""The app's live view in Firestore: lock documents and activity after state changes, convergence after a Firestore
+outage, and the security rules (members read their locks; nobody else reads; clients write nothing)."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from infra.local import services
+from lockwise.config import get_settings
+from lockwise.firestore import make_client as firestore_client
+from lockwise.runtime import get_runtime
+from tests.conftest import PROJECT_ID
+from tests.devices_world import World, build_world
+
+
+def relay_event(world: World, service_token: str, topic_kind: str, payload: Any) -> dict[str, Any]:
+    body = {
+        "topic": f"lockwise/{world.lock_id}/{topic_kind}",
+        "payload": payload if isinstance(payload, str) else json.dumps(payload),
+    }
+    resp = world.devices.post(
+        "/devices/relay/events", json={"events": [body]}, headers={"Authorization": f"Bearer {service_token}"}
+    )
+    assert resp.status_code == 200, resp.get_json()
+    result: dict[str, Any] = resp.get_json()["results"][0]
+    return result
+
+
+def wait_for(predicate: Any, timeout: float = 10.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError("condition not met in time")
+
+
+@pytest.fixture
+def world(make_client: Any, sign_up: Any) -> World:
+    return build_world(make_client("devices"), sign_up)
+
+
+def test_state_change_updates_the_lock_document_and_feed(world: World, stack_env: dict[str, str]) -> None:
+    token = stack_env["LOCKWISE_SERVICE_TOKEN"]
+    now = time.time()
+    assert relay_event(
+        world, token, "state", {"state": "unlocked", "battery_pct": 64, "firmware": "2.1", "ts": now}
+    ) == {"outcome": "applied"}
+    # a redelivered (older or equal) report changes nothing
+    assert relay_event(world, token, "state", {"state": "locked", "ts": now - 5})["outcome"] == "stale"
+    assert relay_event(world, token, "status", "offline")["outcome"] == "applied"
+    client = firestore_client(PROJECT_ID, stack_env["FIRESTORE_EMULATOR_HOST"])
+    doc = client.document(f"locks/{world.lock_id}").get().to_dict()
+    assert doc["state"] == "unlocked" and doc["battery_pct"] == 64 and doc["firmware"] == "2.1"
+    assert doc["online"] is False and doc["name"] == "Front door"
+    assert sorted(doc["member_uids"]) == sorted(
+        world.uid(r) for r in ("owner", "admin", "member", "guest_in", "guest_out")
+    )
+    kinds = [d.to_dict()["kind"] for d in client.collection(f"locks/{world.lock_id}/activity").stream()]
+    assert "state" in kinds and "offline" in kinds and "member_removed" in kinds
+    for entry in client.collection(f"locks/{world.lock_id}/activity").stream():
+        assert not {"embedding", "score", "audio"} & set(entry.to_dict())
+    view = world.devices.get(f"/devices/locks/{world.lock_id}", headers=world.headers("member")).get_json()
+    assert view["state"]["state"] == "unlocked" and view["state"]["online"] is False
+
+
+def test_bad_events_are_rejected_not_failed(world: World, stack_env: dict[str, str]) -> None:
+    token = stack_env["LOCKWISE_SERVICE_TOKEN"]
+    assert relay_event(world, token, "state", {"state": "exploded", "ts": time.time()})["outcome"] == "rejected"
+    assert relay_event(world, token, "state", "not json")["outcome"] == "rejected"
+    assert relay_event(world, token, "status", "sleepy")["outcome"] == "rejected"
+    assert relay_event(world, token, "ack", {"id": "nope", "nonce": "n", "result": "ok"})["outcome"] == "rejected"
+    resp = world.devices.post(
+        "/devices/relay/events",
+        json={"events": [{"topic": "lockwise/unknown-lock-0001/state", "payload": "{}"}, "junk"]},
+        headers={"Authorization": f"Bearer {token}"},
+    )
+    assert [r["outcome"] for r in resp.get_json()["results"]] == ["rejected", "rejected"]
+    resp = world.devices.post(
+        "/devices/relay/events", json={"events": []}, headers={"Authorization": f"Bearer {token}"}
+    )
+    assert resp.status_code == 400 and resp.get_json()["error"]["code"] == "invalid_events"
+
+
+@pytest.fixture
+def flaky_firestore(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch, stack_env: dict[str, str]
+) -> Iterator[dict[str, Any]]:
+    """A Firestore emulator of this test's own, which the test can stop and start again on the same port."""
+    port = services.free_port()
+    state: dict[str, Any] = {"emulator": services.start_firestore(workdir / "flaky", port, PROJECT_ID), "port": port}
+    monkeypatch.setenv("FIRESTORE_EMULATOR_HOST", f"127.0.0.1:{port}")
+    get_settings.cache_clear()
+    get_runtime.cache_clear()
+    yield state
+    state["emulator"].stop()
+
+
+def test_view_converges_after_a_firestore_outage(
+    flaky_firestore: dict[str, Any], make_client: Any, sign_up: Any, stack_env: dict[str, str], workdir: Path
+) -> None:
+    world = build_world(make_client("devices"), sign_up)
+    flaky_firestore["emulator"].stop()  # outage
+    started = time.monotonic()
+    result = relay_event(world, stack_env["LOCKWISE_SERVICE_TOKEN"], "state", {"state": "jammed", "ts": time.time()})
+    assert result == {"outcome": "applied"}, "a Firestore outage must not block the PostgreSQL commit"
+    assert time.monotonic() - started < 10
+    assert get_runtime("devices").mirror.pending() > 0
+    view = world.devices.get(f"/devices/locks/{world.lock_id}", headers=world.headers("owner")).get_json()
+    assert view["state"]["state"] == "jammed"
+    newcomer = sign_up()
+    world.devices.get("/devices/me", headers={"Authorization": f"Bearer {newcomer['idToken']}"})
+    added = world.devices.post(
+        f"/devices/locks/{world.lock_id}/members",
+        json={"uid": newcomer["localId"], "role": "member"},
+        headers=world.headers("owner"),
+    )
+    assert added.status_code == 201
+    # the emulator keeps data in memory: what it held before the outage is gone, what was queued must arrive
+    flaky_firestore["emulator"] = services.start_firestore(workdir / "flaky", flaky_firestore["port"], PROJECT_ID)
+    resp = world.devices.post(
+        "/devices/relay/flush", headers={"Authorization": f"Bearer {stack_env['LOCKWISE_SERVICE_TOKEN']}"}
+    )
+    assert resp.status_code == 200 and resp.get_json()["pending"] == 0
+    client = firestore_client(PROJECT_ID, f"127.0.0.1:{flaky_firestore['port']}")
+    doc = client.document(f"locks/{world.lock_id}").get().to_dict()
+    assert doc["state"] == "jammed" and newcomer["localId"] in doc["member_uids"]
+
+
+# ------------------------------------------------------------------------------------------------- rules
+
+
+def rest_get(host: str, path: str, token: str | None) -> int:
+    url = f"http://{host}/v1/projects/{PROJECT_ID}/databases/(default)/documents/{path}"
+    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return int(resp.status)
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def rest_write(host: str, path: str, token: str) -> int:
+    url = f"http://{host}/v1/projects/{PROJECT_ID}/databases/(default)/documents/{path}"
+    body = json.dumps({"fields": {"state": {"stringValue": "unlocked"}}}).encode()
+    req = urllib.request.Request(
+        url, data=body, method="PATCH", headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return int(resp.status)
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def test_rules_let_members_read_and_nobody_else(world: World, stack_env: dict[str, str]) -> None:
+    host = stack_env["FIRESTORE_EMULATOR_HOST"]
+    lock_doc = f"locks/{world.lock_id}"
+    client = firestore_client(PROJECT_ID, host)
+    entries = list(client.collection(f"{lock_doc}/activity").limit(1).stream())
+    assert entries, "the feed should have entries"
+    entry_path = f"{lock_doc}/activity/{entries[0].id}"
+    for role in ("owner", "admin", "member", "guest_in"):
+        token = world.accounts[role]["idToken"]
+        assert rest_get(host, lock_doc, token) == 200, role
+        assert rest_get(host, entry_path, token) == 200, role
+    for role in ("stranger", "revoked"):
+        token = world.accounts[role]["idToken"]
+        assert rest_get(host, lock_doc, token) == 403, role
+        assert rest_get(host, entry_path, token) == 403, role
+    assert rest_get(host, lock_doc, None) == 403
+    assert rest_write(host, lock_doc, world.accounts["owner"]["idToken"]) == 403
+    assert rest_write(host, f"users/{world.uid('owner')}", world.accounts["owner"]["idToken"]) == 403

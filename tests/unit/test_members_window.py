@@ -1,0 +1,94 @@
+"""Guest access windows and the parsing of the ``access`` object (pure functions)."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+
+from lockwise import errors
+from lockwise.members import Membership, parse_access
+
+UTC = dt.UTC
+
+
+def guest(**access: object) -> Membership:
+    return Membership(lock_id="L", user_uid="g", role="guest", **access)  # type: ignore[arg-type]
+
+
+def at(text: str) -> dt.datetime:
+    return dt.datetime.fromisoformat(text)
+
+
+def test_non_guests_have_no_window() -> None:
+    member = Membership(lock_id="L", user_uid="m", role="member")
+    assert member.may_operate(at("2030-01-01T03:00:00+00:00"))
+
+
+def test_absolute_bounds() -> None:
+    g = guest(valid_from=at("2030-01-01T00:00:00+00:00"), valid_until=at("2030-01-02T00:00:00+00:00"))
+    assert not g.in_window(at("2029-12-31T23:59:59+00:00"))
+    assert g.in_window(at("2030-01-01T12:00:00+00:00"))
+    assert not g.in_window(at("2030-01-02T00:00:00+00:00"))
+
+
+def test_weekdays_and_hours_in_the_guests_time_zone() -> None:
+    # Mondays and Tuesdays, 09:00-17:00 in New York
+    g = guest(weekdays=0b0000011, day_start_minute=9 * 60, day_end_minute=17 * 60, timezone="America/New_York")
+    assert g.in_window(at("2030-01-07T14:30:00+00:00"))  # Monday 09:30 New York
+    assert not g.in_window(at("2030-01-07T13:30:00+00:00"))  # Monday 08:30 New York
+    assert not g.in_window(at("2030-01-09T15:00:00+00:00"))  # Wednesday
+    assert not g.in_window(at("2030-01-07T22:30:00+00:00"))  # Monday 17:30 New York
+
+
+def test_overnight_hours_wrap_midnight() -> None:
+    g = guest(day_start_minute=22 * 60, day_end_minute=6 * 60)
+    assert g.in_window(at("2030-01-01T23:00:00+00:00"))
+    assert g.in_window(at("2030-01-02T05:59:00+00:00"))
+    assert not g.in_window(at("2030-01-02T06:00:00+00:00"))
+
+
+def test_expiry_and_revocation_end_access() -> None:
+    now = at("2030-01-01T00:00:00+00:00")
+    assert not guest(expires_at=now).active(now)
+    assert not guest(revoked_at=now - dt.timedelta(seconds=1)).active(now)
+    assert guest(expires_at=now + dt.timedelta(seconds=1)).active(now)
+
+
+def test_parse_access_builds_columns() -> None:
+    cols = parse_access(
+        "guest",
+        {
+            "access": {
+                "weekdays": ["mon", "fri"],
+                "day_start_minute": 60,
+                "day_end_minute": 120,
+                "timezone": "Europe/Paris",
+            }
+        },
+    )
+    assert cols["weekdays"] == 0b0010001 and cols["timezone"] == "Europe/Paris"
+    assert cols["day_start_minute"] == 60 and cols["valid_from"] is None
+
+
+@pytest.mark.parametrize(
+    ("role", "access"),
+    [
+        ("member", {"weekdays": ["mon"]}),  # windows are for guests
+        ("guest", {"weekdays": ["funday"]}),
+        ("guest", {"weekdays": []}),
+        ("guest", {"day_start_minute": 60}),
+        ("guest", {"day_start_minute": 60, "day_end_minute": 60}),
+        ("guest", {"day_start_minute": True, "day_end_minute": 60}),
+        ("guest", {"timezone": "Mars/Olympus"}),
+        ("guest", {"valid_from": "yesterday"}),
+        ("guest", {"valid_from": "2030-01-01T00:00:00"}),  # no offset
+        ("guest", {"valid_from": "2030-01-02T00:00:00Z", "valid_until": "2030-01-01T00:00:00Z"}),
+        ("guest", {"colour": "red"}),
+        ("guest", "not an object"),
+    ],
+)
+def test_parse_access_rejects_bad_input(role: str, access: object) -> None:
+    with pytest.raises(errors.BadRequest) as info:
+        parse_access(role, {"access": access})
+    assert info.value.code == "invalid_access"
