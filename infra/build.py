@@ -1,8 +1,10 @@
-"""Build a deployable bundle per function: ``python -m infra.build devices --out .build/devices``.
+"""Build a deployable bundle per function, and the relay's container context:
+``python -m infra.build devices --out .build/devices`` (default: every target into ``.build/``).
 
-A bundle is what Cloud Functions / Cloud Run receives as source: the function's ``main.py`` and
+A function bundle is what Cloud Functions / Cloud Run receives as source: the function's ``main.py`` and
 ``requirements.txt``, plus the shared ``lockwise`` package copied in (the one place it is edited is
-``functions/lockwise``). Nothing else of the repository is needed to run it.
+``functions/lockwise``). The relay's context holds ``mqtt_relay/``, ``lockwise/``, its requirements and Dockerfile.
+Nothing else of the repository is needed to run either.
 """
 
 from __future__ import annotations
@@ -18,17 +20,22 @@ REPO = Path(__file__).resolve().parents[1]
 FUNCTIONS_DIR = REPO / "functions"
 SHARED_PACKAGE = FUNCTIONS_DIR / "lockwise"
 FUNCTIONS = ("embed", "verify", "devices")
+RELAY = "relay"
 _IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", ".mypy_cache")
 
 
 def build(name: str, out: Path) -> Path:
     """Write the bundle of function ``name`` into ``out`` (replaced if it exists); return ``out``."""
-    if name not in FUNCTIONS:
-        raise SystemExit(f"unknown function {name!r}; expected one of {', '.join(FUNCTIONS)}")
-    source = FUNCTIONS_DIR / name
+    if name not in (*FUNCTIONS, RELAY):
+        raise SystemExit(f"unknown target {name!r}; expected one of {', '.join((*FUNCTIONS, RELAY))}")
     if out.exists():
         shutil.rmtree(out)
-    shutil.copytree(source, out, ignore=_IGNORE)
+    if name == RELAY:  # the relay's container context: its package, requirements and Dockerfile
+        shutil.copytree(REPO / "mqtt_relay", out / "mqtt_relay", ignore=_IGNORE)
+        shutil.copy(REPO / "mqtt_relay" / "requirements.txt", out / "requirements.txt")
+        shutil.copy(REPO / "mqtt_relay" / "Dockerfile", out / "Dockerfile")
+    else:
+        shutil.copytree(FUNCTIONS_DIR / name, out, ignore=_IGNORE)
     shutil.copytree(SHARED_PACKAGE, out / "lockwise", ignore=_IGNORE)
     manifest = {
         "function": name,
@@ -44,7 +51,7 @@ def build(name: str, out: Path) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("functions", nargs="*", default=list(FUNCTIONS), help="which functions (default: all)")
+    parser.add_argument("functions", nargs="*", default=[*FUNCTIONS, RELAY], help="what to build (default: all)")
     parser.add_argument("--out", type=Path, help="output folder (one function) or parent folder (several)")
     args = parser.parse_args(argv)
     names: list[str] = args.functions

@@ -196,16 +196,29 @@ class SimulatedLock:
         except command_signing.BadCommand as exc:
             log.warning("lock %s refused a command: %s", self.config.lock_id, exc.reason)
             self.refused.append((exc.reason, bytes(msg.payload).decode(errors="replace")))
+            if exc.reason == "replayed":
+                self._ack_again(bytes(msg.payload))
             return
         self.executed.append(command)
         if command.action in ("unlock", "open"):
             self.state = "unlocked"
         elif command.action == "lock":
             self.state = "locked"
+        self._ack(command)
+        self.publish_state()
+
+    def _ack(self, command: command_signing.Command) -> None:
         if not self.drop_acks:
             ack = {"id": command.id, "nonce": command.nonce, "result": "ok"}
             self.client.publish(topics.acks(self.config.lock_id), json.dumps(ack), qos=1)
-        self.publish_state()
+
+    def _ack_again(self, payload: bytes) -> None:
+        """A repeat of a command already executed (its ack was lost): acknowledge again, never act again."""
+        if not self.config.server_public_key:
+            return
+        repeat = command_signing.verify(payload, self.config.server_public_key)
+        if any(c.id == repeat.id and c.nonce == repeat.nonce for c in self.executed):
+            self._ack(repeat)
 
     # --------------------------------------------------------------------------------------------- HTTP side
 

@@ -69,12 +69,12 @@ class Settings:
                 if local:
                     return local_default
                 raise ConfigError(f"{name} is required in production mode and is not set")
-            if not local and _is_placeholder(value):
+            if not local and is_placeholder(value):
                 raise ConfigError(f"{name} holds a placeholder value; set a real secret in production mode")
             return value
 
         database_url = secret("DATABASE_URL", LOCAL_DATABASE_URL)
-        if not local and _is_placeholder(_password_of(database_url)):
+        if not local and is_placeholder(_password_of(database_url)):
             raise ConfigError("DATABASE_URL carries a placeholder password; set a real one in production mode")
 
         firestore_emulator = env.get("FIRESTORE_EMULATOR_HOST") or None
@@ -99,15 +99,15 @@ class Settings:
             auth_emulator_host=auth_emulator,
             release=env.get("LOCKWISE_RELEASE", "dev"),
             log_level=env.get("LOG_LEVEL", "INFO").upper(),
-            max_body_bytes=_int(env, "LOCKWISE_MAX_BODY_BYTES", 2_000_000, minimum=1024),
-            db_pool_size=_int(env, "LOCKWISE_DB_POOL_SIZE", 4, minimum=1),
+            max_body_bytes=env_int(env, "LOCKWISE_MAX_BODY_BYTES", 2_000_000, minimum=1024),
+            db_pool_size=env_int(env, "LOCKWISE_DB_POOL_SIZE", 4, minimum=1),
             command_signing_key=_signing_key(env, local),
-            command_ttl_s=_int(env, "LOCKWISE_COMMAND_TTL_S", 30, minimum=5),
-            provisioning_ttl_s=_int(env, "LOCKWISE_PROVISIONING_TTL_S", 600, minimum=60),
-            invitation_ttl_s=_int(env, "LOCKWISE_INVITATION_TTL_S", 7 * 24 * 3600, minimum=3600),
-            lock_request_skew_s=_int(env, "LOCKWISE_LOCK_REQUEST_SKEW_S", 60, minimum=5),
+            command_ttl_s=env_int(env, "LOCKWISE_COMMAND_TTL_S", 30, minimum=5),
+            provisioning_ttl_s=env_int(env, "LOCKWISE_PROVISIONING_TTL_S", 600, minimum=60),
+            invitation_ttl_s=env_int(env, "LOCKWISE_INVITATION_TTL_S", 7 * 24 * 3600, minimum=3600),
+            lock_request_skew_s=env_int(env, "LOCKWISE_LOCK_REQUEST_SKEW_S", 60, minimum=5),
             mqtt_public_host=env.get("LOCKWISE_MQTT_PUBLIC_HOST", "127.0.0.1"),
-            mqtt_public_port=_int(env, "LOCKWISE_MQTT_PUBLIC_PORT", 8883, minimum=1),
+            mqtt_public_port=env_int(env, "LOCKWISE_MQTT_PUBLIC_PORT", 8883, minimum=1),
         )
 
 
@@ -132,7 +132,7 @@ def _signing_key(env: Mapping[str, str], local: bool) -> str:
     return raw
 
 
-def _is_placeholder(value: str | None) -> bool:
+def is_placeholder(value: str | None) -> bool:
     return value is None or value.strip().lower() in PLACEHOLDERS
 
 
@@ -142,7 +142,7 @@ def _password_of(url: str) -> str | None:
     return urlsplit(url).password
 
 
-def _int(env: Mapping[str, str], name: str, default: int, *, minimum: int) -> int:
+def env_int(env: Mapping[str, str], name: str, default: int, *, minimum: int) -> int:
     raw = env.get(name)
     if raw is None or raw == "":
         return default

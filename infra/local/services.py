@@ -305,6 +305,17 @@ class Broker:
             os.kill(self.process.popen.pid, signal.SIGHUP)
         time.sleep(0.2)
 
+    def restart(self) -> None:
+        """Stop and start the same broker (same port, config and persistence), as after a crash or upgrade."""
+        self.process.stop()
+        self.start_again()
+
+    def start_again(self) -> None:
+        binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+        self.process = spawn("mosquitto", [binary, "-c", str(self.config_file)], self.process.log_path, self.port)
+        self.pid_file.write_text(f"{self.process.popen.pid}\n")
+        wait_until(self.process, lambda: port_open(self.port), 15)
+
     def stop(self) -> None:
         self.process.stop()
 
@@ -333,6 +344,29 @@ def start_broker_sync(broker: Broker, database_url: str, state_dir: Path) -> Pro
     return proc
 
 
+def start_relay(
+    state_dir: Path, env: dict[str, str], *, relay_id: str = "relay-1", health_port: int | None = None
+) -> Process:
+    """The MQTT relay as its own process (``python -m mqtt_relay``); ready once its health endpoint answers."""
+    port = health_port or free_port()
+    child_env = dict(os.environ)
+    child_env.update(env)
+    child_env.update(LOCKWISE_RELAY_ID=relay_id, LOCKWISE_RELAY_HEALTH_PORT=str(port))
+    child_env["PYTHONPATH"] = os.pathsep.join(
+        p for p in (str(FUNCTIONS_DIR), str(REPO), env.get("PYTHONPATH", "")) if p
+    )
+    proc = spawn(
+        f"relay-{relay_id}",
+        [sys.executable, "-m", "mqtt_relay"],
+        state_dir / f"{relay_id}.log",
+        port,
+        env=child_env,
+        cwd=REPO,
+    )
+    wait_until(proc, lambda: http_ok(f"http://127.0.0.1:{port}/health", accept=(200, 503)), 30)
+    return proc
+
+
 def _share_with_mosquitto(path: Path, mode: int = 0o640) -> None:
     if is_root():
         shutil.chown(path, group="mosquitto")
@@ -352,6 +386,7 @@ def render_mosquitto_conf(
             f"persistence_location {persistence_dir}/",
             "autosave_interval 1",
             "max_queued_messages 1000",
+            "max_inflight_messages 100",
             "set_tcp_nodelay true",
             f"log_dest {log_dest}",
             "log_type error",

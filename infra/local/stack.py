@@ -37,6 +37,7 @@ DEFAULT_PORTS = {
     "embed": 8081,
     "verify": 8082,
     "devices": 8083,
+    "relay": 8090,
 }
 DEMO_LOCK_USER = "lock-demo-0001"
 
@@ -145,6 +146,22 @@ def main(argv: list[str] | None = None) -> int:
             server = services.start_function(name, ports[name], fn_env, logs)
             started.append(server)
             table.append((f"function {name}", server.url + f"/{name}", str(logs / f"{name}.log")))
+
+        if env.get("MQTT_HOST") and not env.get("MQTT_PASSWORD"):
+            table.append(("relay", "not started", "set MQTT_USERNAME/MQTT_PASSWORD for an external broker"))
+        else:
+            relay_env = dict(
+                fn_env,
+                MQTT_HOST=mqtt_host,
+                MQTT_PORT=str(mqtt_port),
+                MQTT_CA_FILE=ca_file,
+                MQTT_USERNAME=env.get("MQTT_USERNAME", services.RELAY_USER),
+                MQTT_PASSWORD=env.get("MQTT_PASSWORD", secrets_["relay_password"]),
+                LOCKWISE_DEVICES_URL=f"http://127.0.0.1:{ports['devices']}",
+            )
+            relay = services.start_relay(logs, relay_env, health_port=ports["relay"])
+            started.append(relay)
+            table.append(("mqtt relay", f"http://127.0.0.1:{ports['relay']}/health", str(relay.log_path)))
 
         stack_env = dict(
             fn_env,

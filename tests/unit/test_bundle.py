@@ -41,3 +41,18 @@ def test_bundle_imports_on_its_own(tmp_path: Path, name: str) -> None:
     assert report["lockwise"].startswith(str(out)), "the bundle used the source tree's lockwise package"
     if name == "devices":
         assert report["torch"] is False
+
+
+def test_relay_context_imports_on_its_own(tmp_path: Path) -> None:
+    out = build("relay", tmp_path / "relay")
+    assert (out / "Dockerfile").exists() and (out / "requirements.txt").exists()
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    probe = (
+        "import json, sys, mqtt_relay.relay, lockwise; print(json.dumps([lockwise.__file__, 'torch' in sys.modules]))"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], cwd=out, env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    where, torch = json.loads(result.stdout.strip().splitlines()[-1])
+    assert where.startswith(str(out)) and torch is False
+    dockerfile = (out / "Dockerfile").read_text()
+    assert "USER relay" in dockerfile and "HEALTHCHECK" in dockerfile

@@ -1,0 +1,37 @@
+"""Run the relay: ``python -m mqtt_relay`` (configuration from the environment; see README)."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+
+from lockwise import log as lwlog
+from lockwise.config import ConfigError
+from mqtt_relay.health_server import serve
+from mqtt_relay.relay import Relay
+from mqtt_relay.settings import RelaySettings
+
+
+def main() -> int:
+    try:
+        settings = RelaySettings.from_env()
+    except ConfigError as exc:
+        logging.basicConfig()
+        logging.getLogger("mqtt_relay").error("configuration error: %s", exc)
+        return 2
+    lwlog.configure("relay", settings.base.log_level)
+    relay = Relay(settings)
+    signal.signal(signal.SIGTERM, lambda *_: relay.stop())
+    signal.signal(signal.SIGINT, lambda *_: relay.stop())
+    server = serve(settings.health_port, relay.health) if settings.health_port else None
+    try:
+        relay.run()
+    finally:
+        if server is not None:
+            server.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

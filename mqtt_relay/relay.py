@@ -1,0 +1,181 @@
+"""The relay process: one persistent MQTT-over-TLS session, the outbox delivery loop and the event forwarder.
+
+Threads: paho's network loop (callbacks), the forwarder worker, a LISTEN connection that wakes the delivery loop on
+``NOTIFY lockwise_commands``, and the health server. The delivery loop runs in the caller's thread until
+``stop()``; SIGTERM finishes in-flight work, then exits.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import select
+import ssl
+import threading
+import time
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.reasoncodes import ReasonCode
+
+from lockwise import topics
+from lockwise.db import Connection, Database
+from mqtt_relay import outbox
+from mqtt_relay.forwarder import Event, Forwarder
+from mqtt_relay.settings import RelaySettings
+
+log = logging.getLogger("mqtt_relay")
+
+EVENT_TOPICS = [f"{topics.ROOT}/+/state", f"{topics.ROOT}/+/ack", f"{topics.ROOT}/+/status"]
+PUBACK_TIMEOUT_S = 5.0
+
+
+class Relay:
+    def __init__(self, settings: RelaySettings) -> None:
+        self.settings = settings
+        self.db = Database(settings.base.database_url, pool_size=2)
+        self.connected = threading.Event()
+        self.stopping = threading.Event()
+        self._wake = threading.Event()
+        self.delivered = 0
+        self.client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=f"lockwise-{settings.relay_id}",
+            clean_session=False,  # persistent session: unacknowledged events are redelivered after a crash
+            protocol=mqtt.MQTTv311,
+            manual_ack=True,
+        )
+        self.client.username_pw_set(settings.mqtt_username, settings.mqtt_password)
+        self.client.tls_set(ca_certs=settings.mqtt_ca_file, tls_version=ssl.PROTOCOL_TLS_CLIENT)
+        self.client.reconnect_delay_set(min_delay=1, max_delay=30)
+        self.client.max_inflight_messages_set(100)
+        self.client.on_connect = self._on_connect
+        self.client.on_disconnect = self._on_disconnect
+        self.client.on_message = self._on_message
+        self.forwarder = Forwarder(
+            settings.devices_url, settings.base.service_token, self._ack, batch=settings.event_batch
+        )
+
+    # ------------------------------------------------------------------------------------------------ MQTT side
+
+    def _on_connect(self, client: mqtt.Client, _ud: Any, flags: Any, rc: ReasonCode, _props: Any) -> None:
+        if rc.is_failure:
+            log.error("broker refused the relay", extra={"fields": {"reason": str(rc)}})
+            return
+        client.subscribe([(t, 1) for t in EVENT_TOPICS])  # here, so subscriptions survive reconnects
+        self.connected.set()
+        self._wake.set()
+        log.info("connected to broker", extra={"fields": {"session_present": bool(flags.session_present)}})
+
+    def _on_disconnect(self, _c: mqtt.Client, _ud: Any, _flags: Any, rc: ReasonCode, _props: Any) -> None:
+        self.connected.clear()
+        if not self.stopping.is_set():
+            log.warning("disconnected from broker; reconnecting", extra={"fields": {"reason": str(rc)}})
+
+    def _on_message(self, _c: mqtt.Client, _ud: Any, msg: mqtt.MQTTMessage) -> None:
+        payload = bytes(msg.payload).decode("utf-8", errors="replace")
+        self.forwarder.submit(Event(msg.mid, msg.qos, msg.topic, payload))
+
+    def _ack(self, mid: int, qos: int) -> None:
+        if qos > 0:
+            self.client.ack(mid, qos)
+
+    def publish(self, topic: str, payload: str) -> bool:
+        """QoS 1, never retained (a retained unlock would open the door on the next reconnect)."""
+        if not self.connected.is_set():
+            return False
+        info = self.client.publish(topic, payload, qos=1, retain=False)
+        try:
+            info.wait_for_publish(PUBACK_TIMEOUT_S)
+        except (RuntimeError, ValueError):
+            return False
+        return info.is_published()
+
+    # ------------------------------------------------------------------------------------------ outbox side
+
+    def _listen(self) -> None:
+        """Wake the delivery loop on every NOTIFY lockwise_commands (pg8000 reads them only with a reply)."""
+        con: Connection | None = None
+        while not self.stopping.is_set():
+            try:
+                if con is None:
+                    con = self.db.connect()
+                    con.run("LISTEN lockwise_commands")
+                sock = getattr(con, "_usock", None)
+                ready = select.select([sock], [], [], 1.0)[0] if sock is not None else []
+                if ready:
+                    con.run("SELECT 1")
+                    notifications = getattr(con, "notifications", None)
+                    if notifications:
+                        notifications.clear()
+                        self._wake.set()
+            except Exception:  # noqa: BLE001 - the polling fallback covers us while the database is away
+                log.warning("LISTEN connection lost; polling until it is back")
+                if con is not None:
+                    with contextlib.suppress(Exception):
+                        con.close()
+                con = None
+                self.stopping.wait(1.0)
+        if con is not None:
+            with contextlib.suppress(Exception):
+                con.close()
+
+    def run(self) -> None:
+        """Run until ``stop()``: connect, forward events, deliver commands."""
+        self.forwarder.start()
+        self.client.connect_async(self.settings.mqtt_host, self.settings.mqtt_port, keepalive=30)
+        self.client.loop_start()
+        listener = threading.Thread(target=self._listen, name="listen", daemon=True)
+        listener.start()
+        last_flush = 0.0
+        while not self.stopping.is_set():
+            self._wake.wait(self.settings.poll_s)
+            self._wake.clear()
+            if self.stopping.is_set():
+                break
+            try:
+                delivered = outbox.deliver_due(self.db, self.publish, resend_after_s=self.settings.resend_after_s)
+                self.delivered += len(delivered)
+                for d in delivered:
+                    log.info("command delivered", extra={"fields": {"command_id": d.command_id, "lock_id": d.lock_id}})
+            except Exception:  # noqa: BLE001 - database restarts are survived by retrying next round
+                log.exception("delivery round failed; retrying")
+                self.stopping.wait(1.0)
+            if time.monotonic() - last_flush > self.settings.flush_every_s:
+                last_flush = time.monotonic()
+                self.forwarder.flush_mirror()
+        self._shutdown(listener)
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self._wake.set()
+
+    def _shutdown(self, listener: threading.Thread) -> None:
+        self.forwarder.stop()
+        listener.join(timeout=3)
+        self.client.disconnect()
+        self.client.loop_stop()
+        self.db.close()
+        log.info(
+            "relay stopped", extra={"fields": {"delivered": self.delivered, "forwarded": self.forwarder.forwarded}}
+        )
+
+    # ------------------------------------------------------------------------------------------------- health
+
+    def health(self) -> tuple[dict[str, Any], int]:
+        checks: dict[str, Any] = {"broker": {"ok": self.connected.is_set()}}
+        try:
+            checks["database"] = {"ok": True, **outbox.lag(self.db)}
+        except Exception as exc:  # noqa: BLE001 - health reports, never raises
+            checks["database"] = {"ok": False, "error": type(exc).__name__}
+        checks["forwarder"] = {
+            "ok": self.forwarder.last_error is None,
+            "queued": self.forwarder.queue.qsize(),
+            "forwarded": self.forwarder.forwarded,
+            **({"error": self.forwarder.last_error} if self.forwarder.last_error else {}),
+        }
+        healthy = all(c["ok"] for c in checks.values())
+        body = {"service": "relay", "relay_id": self.settings.relay_id, "status": "ok" if healthy else "degraded",
+                "delivered": self.delivered, "checks": checks}  # fmt: skip
+        return body, 200 if healthy else 503

@@ -1,0 +1,208 @@
+"""The relay end to end: the served devices function, relay processes, the real broker and simulated locks."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from collections.abc import Callable
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import requests
+from paho.mqtt.enums import CallbackAPIVersion
+
+from infra.local import services
+from lockwise import topics
+from lockwise.firestore import make_client
+from simlock.lock import SimulatedLock
+from tests.conftest import PROJECT_ID
+from tests.e2e.conftest import COMMAND_TTL_S, App, wait_for
+
+Pair = Callable[..., tuple[str, SimulatedLock]]
+
+
+def status_is(app: App, lock_id: str, command_id: str, status: str) -> Callable[[], bool]:
+    return lambda: app.command_status(lock_id, command_id) == status
+
+
+def db_one(e2e: dict[str, Any], sql: str, **params: Any) -> Any:
+    with e2e["db"].connection() as con:
+        rows = con.run(sql, **params)
+    return rows[0] if rows else None
+
+
+def test_app_unlock_reaches_the_lock_and_the_ack_comes_home(
+    e2e: dict[str, Any], app: App, relays: Any, paired_lock: Pair
+) -> None:
+    relay = relays()
+    lock_id, lock = paired_lock()
+    command = app.unlock(lock_id)
+    wait_for(lambda: [c for c in lock.executed if c.id == command["id"]], what="lock received the unlock")
+    assert lock.state == "unlocked"
+    wait_for(lambda: app.command_status(lock_id, command["id"]) == "acked", what="ack recorded")
+    wait_for(
+        lambda: db_one(e2e, "SELECT state FROM lock_state WHERE lock_id = CAST(:l AS uuid)", l=lock_id) == ["unlocked"],
+        what="state stored",
+    )
+    client = make_client(PROJECT_ID, e2e["env"]["FIRESTORE_EMULATOR_HOST"])
+    wait_for(
+        lambda: (client.document(f"locks/{lock_id}").get().to_dict() or {}).get("state") == "unlocked",
+        what="Firestore shows unlocked",
+    )
+    health = requests.get(f"http://127.0.0.1:{relay.port}/health", timeout=5).json()
+    assert health["status"] == "ok" and health["checks"]["broker"]["ok"] and health["delivered"] >= 1
+    sent, retained = db_one(e2e, "SELECT send_count, status FROM commands WHERE id = CAST(:i AS uuid)", i=command["id"])
+    assert sent == 1 and retained == "acked"
+
+
+def test_command_survives_a_broker_restart(
+    e2e: dict[str, Any], app: App, relays: Any, paired_lock: Pair, broker: services.Broker
+) -> None:
+    relays()
+    lock_id, lock = paired_lock()
+    broker.process.stop()  # mid-flight: the command is made while the broker is down
+    command = app.unlock(lock_id)
+    time.sleep(1.0)
+    assert app.command_status(lock_id, command["id"]) == "pending"
+    broker.start_again()
+    wait_for(
+        lambda: [c for c in lock.executed if c.id == command["id"]],
+        timeout=COMMAND_TTL_S + 2,
+        what="delivered after the broker came back",
+    )
+    wait_for(lambda: app.command_status(lock_id, command["id"]) == "acked", what="ack after restart")
+
+
+def test_relay_killed_and_restarted_delivers_once_and_loses_no_event(
+    e2e: dict[str, Any], app: App, relays: Any, paired_lock: Pair
+) -> None:
+    relay = relays("relay-crashy")
+    lock_id, lock = paired_lock()
+    wait_for(
+        lambda: db_one(e2e, "SELECT online FROM lock_state WHERE lock_id = CAST(:l AS uuid)", l=lock_id) == [True],
+        what="lock online",
+    )
+    relay.popen.send_signal(signal.SIGKILL)
+    relay.popen.wait(5)
+    commands = [app.unlock(lock_id), app.unlock(lock_id, "lock")]
+    lock.battery_pct = 42
+    lock.publish_state().wait_for_publish(5)  # an event while no relay is there: the broker keeps it for the relay
+    relays("relay-crashy")  # same client id: the persistent session resumes
+    for command in commands:
+        wait_for(status_is(app, lock_id, command["id"], "acked"), what=f"{command['action']} acked")
+    assert sorted(c.id for c in lock.executed) == sorted(c["id"] for c in commands), "each command executed once"
+    wait_for(
+        lambda: db_one(e2e, "SELECT battery_pct FROM lock_state WHERE lock_id = CAST(:l AS uuid)", l=lock_id) == [42],
+        what="the event published during the outage arrived",
+    )
+
+
+def test_two_relays_never_deliver_a_command_twice(
+    e2e: dict[str, Any], app: App, relays: Any, paired_lock: Pair
+) -> None:
+    relays("relay-a")
+    relays("relay-b")
+    lock_id, lock = paired_lock()
+    commands = [app.unlock(lock_id, "unlock" if i % 2 else "lock") for i in range(12)]
+    for command in commands:
+        wait_for(status_is(app, lock_id, command["id"], "acked"), what="acked")
+    executed = [c.id for c in lock.executed]
+    assert sorted(executed) == sorted(c["id"] for c in commands)
+    assert len(set(executed)) == len(executed)
+    assert [r for r in lock.refused if r[0] == "replayed"] == [], "a command reached the lock twice"
+    counts = {
+        row[0]
+        for row in e2e["db"]
+        .connect()
+        .run("SELECT send_count FROM commands WHERE lock_id = CAST(:l AS uuid)", l=lock_id)
+    }
+    assert counts == {1}
+
+
+def test_command_that_expired_while_the_lock_was_offline_is_never_executed(
+    e2e: dict[str, Any], app: App, relays: Any, paired_lock: Pair
+) -> None:
+    relays()
+    lock_id, lock = paired_lock()
+    lock.go_offline()
+    command = app.unlock(lock_id)
+    wait_for(lambda: app.command_status(lock_id, command["id"]) == "expired", timeout=COMMAND_TTL_S + 5, what="expired")
+    lock.come_back()
+    time.sleep(2.0)  # the broker hands over what it queued for the lock
+    assert [c for c in lock.executed if c.id == command["id"]] == []
+    assert lock.state == "locked"
+    row = db_one(e2e, "SELECT status FROM commands WHERE id = CAST(:i AS uuid)", i=command["id"])
+    assert row == ["expired"]
+
+
+def relay_client(e2e: dict[str, Any]) -> mqtt.Client:
+    import ssl
+
+    env = e2e["env"]
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="test-replayer")
+    client.username_pw_set(env["MQTT_USERNAME"], env["MQTT_PASSWORD"])
+    client.tls_set(ca_certs=env["MQTT_CA_FILE"], tls_version=ssl.PROTOCOL_TLS_CLIENT)
+    client.connect("127.0.0.1", int(env["MQTT_PORT"]))
+    client.loop_start()
+    return client
+
+
+def test_a_replayed_command_is_refused_by_the_lock(
+    e2e: dict[str, Any], app: App, relays: Any, paired_lock: Pair
+) -> None:
+    relays()
+    lock_id, lock = paired_lock()
+    command = app.unlock(lock_id)
+    wait_for(lambda: app.command_status(lock_id, command["id"]) == "acked", what="acked")
+    (payload,) = db_one(e2e, "SELECT payload FROM commands WHERE id = CAST(:i AS uuid)", i=command["id"])
+    lock.state = "locked"
+    replayer = relay_client(e2e)
+    try:
+        replayer.publish(topics.commands(lock_id), payload, qos=1).wait_for_publish(5)
+        wait_for(lambda: [r for r in lock.refused if r[0] == "replayed"], what="replay refused")
+    finally:
+        replayer.loop_stop()
+    assert len([c for c in lock.executed if c.id == command["id"]]) == 1
+    assert lock.state == "locked"
+    # a forged command (not signed by the server) is refused too
+    forged = json.loads(payload)
+    forged["cmd"] = forged["cmd"].replace(command["id"], "00000000-0000-0000-0000-000000000000")
+    replayer = relay_client(e2e)
+    try:
+        replayer.publish(topics.commands(lock_id), json.dumps(forged), qos=1).wait_for_publish(5)
+        wait_for(lambda: [r for r in lock.refused if r[0] == "bad_signature"], what="forgery refused")
+    finally:
+        replayer.loop_stop()
+
+
+def test_one_lock_cannot_publish_state_for_another(
+    e2e: dict[str, Any], app: App, relays: Any, paired_lock: Pair
+) -> None:
+    relays()
+    lock_a, a = paired_lock("A")
+    lock_b, b = paired_lock("B")
+    wait_for(
+        lambda: db_one(e2e, "SELECT state FROM lock_state WHERE lock_id = CAST(:l AS uuid)", l=lock_b) == ["locked"],
+        what="B reported",
+    )
+    forged = json.dumps({"state": "unlocked", "battery_pct": 1, "ts": time.time() + 1})
+    a.client.publish(topics.state(lock_b), forged, qos=1).wait_for_publish(5)
+    a.client.publish(topics.status(lock_b), "offline", qos=1).wait_for_publish(5)
+    a.battery_pct = 11
+    a.publish_state().wait_for_publish(5)  # A's own report goes through, so the relay was listening
+    wait_for(
+        lambda: db_one(e2e, "SELECT battery_pct FROM lock_state WHERE lock_id = CAST(:l AS uuid)", l=lock_a) == [11],
+        what="A's own state",
+    )
+    time.sleep(0.5)
+    assert db_one(
+        e2e, "SELECT state, battery_pct, online FROM lock_state WHERE lock_id = CAST(:l AS uuid)", l=lock_b
+    ) == ["locked", 87, True]
+
+
+def test_relay_stops_gracefully_on_sigterm(e2e: dict[str, Any], relays: Any) -> None:
+    relay = relays()
+    relay.popen.send_signal(signal.SIGTERM)
+    assert relay.popen.wait(20) == 0
+    assert "relay stopped" in relay.log_path.read_text()
