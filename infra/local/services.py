@@ -385,7 +385,7 @@ def render_mosquitto_conf(
             "persistence true",
             f"persistence_location {persistence_dir}/",
             "autosave_interval 1",
-            "max_queued_messages 1000",
+            "max_queued_messages 100000",  # per client; beyond it mosquitto drops QoS 1 messages
             "max_inflight_messages 100",
             "set_tcp_nodelay true",
             f"log_dest {log_dest}",

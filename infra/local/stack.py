@@ -173,6 +173,7 @@ def main(argv: list[str] | None = None) -> int:
             LOCKWISE_EMBED_URL=f"http://127.0.0.1:{ports['embed']}",
             LOCKWISE_VERIFY_URL=f"http://127.0.0.1:{ports['verify']}",
             LOCKWISE_DEVICES_URL=f"http://127.0.0.1:{ports['devices']}",
+            LOCKWISE_RELAY_HEALTH_URL=f"http://127.0.0.1:{ports['relay']}/health",
         )
         env_file = state / "stack.env"
         env_file.write_text("".join(f"{k}={v}\n" for k, v in stack_env.items()))
