@@ -176,6 +176,11 @@ class Relay:
             **({"error": self.forwarder.last_error} if self.forwarder.last_error else {}),
         }
         healthy = all(c["ok"] for c in checks.values())
-        body = {"service": "relay", "relay_id": self.settings.relay_id, "status": "ok" if healthy else "degraded",
-                "delivered": self.delivered, "checks": checks}  # fmt: skip
+        body = {
+            "service": "relay",
+            "relay_id": self.settings.relay_id,
+            "status": "ok" if healthy else "degraded",
+            "delivered": self.delivered,
+            "checks": checks,
+        }
         return body, 200 if healthy else 503

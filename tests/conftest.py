@@ -124,6 +124,14 @@ def reset_auth(emu: services.Emulator) -> None:
 
 
 @pytest.fixture(scope="session")
+def model_dir(workdir: Path) -> Path:
+    """A real ECAPA-TDNN (SpeechBrain's class, tiny size) with random weights, in the Hub's layout."""
+    from infra.model.random_ecapa import build_model_dir
+
+    return build_model_dir(workdir / "ecapa-tiny", size="tiny", seed=1)
+
+
+@pytest.fixture(scope="session")
 def command_signing_key() -> str:
     import base64
 
@@ -138,6 +146,7 @@ def stack_env(
     auth_emulator: services.Emulator,
     broker: services.Broker,
     command_signing_key: str,
+    model_dir: Path,
 ) -> Iterator[dict[str, str]]:
     """An isolated environment pointing at the session's services, with their data reset after the test."""
     from lockwise.config import get_settings
@@ -161,6 +170,7 @@ def stack_env(
         "LOCKWISE_COMMAND_SIGNING_KEY": command_signing_key,
         "LOCKWISE_MQTT_PUBLIC_HOST": "127.0.0.1",
         "LOCKWISE_MQTT_PUBLIC_PORT": str(broker.port),
+        "LOCKWISE_MODEL_DIR": str(model_dir),
     }
     for key, value in env.items():
         monkeypatch.setenv(key, value)

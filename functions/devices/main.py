@@ -25,6 +25,7 @@ from lockwise import (
     health,
     lock_auth,
     lock_events,
+    lockout,
     locks,
     members,
     provisioning,
@@ -265,6 +266,17 @@ def remove_member(ctx: Ctx, lock_id: str, uid: str) -> Result:
     return flask.Response(status=204)
 
 
+@api.route("DELETE", "/devices/locks/<lock_id>/voice-lockout")
+def reset_voice_lockout(ctx: Ctx, lock_id: str) -> Result:
+    """An owner or admin ends a voice lockout at their lock."""
+    user, lock_id = app_user(ctx), lock_param(lock_id)
+    with with_denials_audited(user.uid, lock_id, "voice.reset_lockout"), rt.db.transaction() as con:
+        members.require(con, lock_id, user.uid, now(), at_least="admin")
+        lockout.clear(con, lock_id)
+        audit.record(con, audit.user_actor(user.uid), "voice.reset_lockout", "ok", lock_id=lock_id)
+    return flask.Response(status=204)
+
+
 # ---------------------------------------------------------------------------------------------------- commands
 
 
@@ -332,7 +344,7 @@ def lock_config(ctx: Ctx) -> JsonBody:
     body = ctx.body()
     with rt.db.transaction() as con:
         lock_id = lock_auth.authenticate(
-            con, ctx.request.headers, "GET", ctx.request.path, body, skew_s=rt.settings.lock_request_skew_s
+            con, ctx.request.headers, "GET", ctx.target, body, skew_s=rt.settings.lock_request_skew_s
         )
         name, supports_open = con.run("SELECT name, supports_open FROM locks WHERE id = CAST(:l AS uuid)", l=lock_id)[0]
     return {

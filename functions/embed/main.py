@@ -1,21 +1,111 @@
-"""HTTP entry point of the embed function."""
+"""HTTP entry point of the embed function: enroll a user's voice, report and delete it.
+
+The speaker model is loaded here, at instance start (module scope).
+"""
 
 from __future__ import annotations
 
+from typing import Any
+
 import flask
 import functions_framework
+import numpy as np
 
-from lockwise import health
-from lockwise.http import Api, Ctx, JsonBody
+from lockwise import audio, auth, errors, health, scoring, users, voiceprints
+from lockwise.http import Api, Ctx, JsonBody, Result
 from lockwise.runtime import get_runtime
+from lockwise.voice.encoder import load_encoder, policy
 
 rt = get_runtime("embed")
 api = Api("embed")
+encoder = load_encoder(rt.settings)
+limits = audio.Limits(rt.settings.audio_min_s, rt.settings.audio_max_s, rt.settings.audio_min_speech_s)
+
+
+def app_user(ctx: Ctx) -> auth.User:
+    user = rt.verifier.verify(ctx.bearer_token())
+    with rt.db.transaction() as con:
+        users.upsert(con, user)
+    return user
+
+
+def sample_clip(index: int, value: Any) -> audio.Clip:
+    """Decode and validate one enrollment sample; errors name the sample."""
+    if not isinstance(value, dict):
+        raise errors.BadRequest(
+            f"sample {index}: must be an object with pcm_base64 or wav_base64", code="invalid_sample"
+        )
+    try:
+        return audio.validate(audio.from_json(value), limits)
+    except errors.LockwiseError as exc:
+        exc.message = f"sample {index}: {exc.message}"
+        exc.details = {**exc.details, "sample": index}
+        raise
 
 
 @api.route("GET", "/embed/health")
 def get_health(ctx: Ctx) -> tuple[JsonBody, int]:
-    return health.check(rt.probes(), "embed", rt.settings.release)
+    probes = rt.probes()
+    probes["model"] = lambda: {"encoder": encoder.name, "model_id": encoder.model_id, "dim": encoder.dim}
+    return health.check(probes, "embed", rt.settings.release)
+
+
+@api.route("PUT", "/embed/enrollment")
+def enroll(ctx: Ctx) -> Result:
+    user = app_user(ctx)
+    settings = rt.settings
+    body = ctx.json(audio.max_body_bytes(limits, settings.enroll_max_samples))
+    samples = body.get("samples")
+    if not isinstance(samples, list) or not settings.enroll_min_samples <= len(samples) <= settings.enroll_max_samples:
+        raise errors.BadRequest(
+            f"give {settings.enroll_min_samples} to {settings.enroll_max_samples} samples", code="wrong_sample_count"
+        )
+    clips = [sample_clip(i, s) for i, s in enumerate(samples)]  # every sample is checked before any model work
+    embeddings = np.stack([encoder.embed(c.samples, c.rate) for c in clips])
+    rules = policy(settings, encoder)
+    lowest, outlier = scoring.agreement(embeddings)
+    if lowest < rules.agreement:
+        raise errors.InvalidAudio(
+            f"sample {outlier} does not sound like the others; record it again",
+            code="samples_disagree",
+            details={"sample": outlier, "lowest_agreement": round(lowest, 4), "required": rules.agreement},
+        )
+    with rt.db.transaction() as con:
+        voiceprints.store(con, user.uid, encoder.model_id, embeddings)
+        status = voiceprints.status(con, user.uid, encoder.model_id)
+    rt.flush_mirror()
+    return {**status, "agreement": round(lowest, 4)}, 201
+
+
+@api.route("GET", "/embed/enrollment")
+def enrollment_status(ctx: Ctx) -> JsonBody:
+    user = app_user(ctx)
+    with rt.db.connection() as con:
+        return voiceprints.status(con, user.uid, encoder.model_id)
+
+
+@api.route("DELETE", "/embed/enrollment")
+def delete_voice_data(ctx: Ctx) -> Result:
+    user = app_user(ctx)
+    with rt.db.transaction() as con:
+        voiceprints.delete(con, user.uid)
+    rt.flush_mirror()
+    return flask.Response(status=204)
+
+
+@api.route("POST", "/embed")
+def embed_original(ctx: Ctx) -> JsonBody:
+    """The original contract, fixed, for trusted service callers: ``{"pcm_base64"}`` -> ``{"embedding"}``."""
+    auth.check_service_token(ctx.bearer_token(), rt.settings.service_token)
+    clip = audio.validate(audio.from_json(ctx.json(audio.max_body_bytes(limits))), limits)
+    vector = encoder.embed(clip.samples, clip.rate)
+    import base64
+
+    return {
+        "embedding": base64.b64encode(scoring.to_bytes(vector)).decode(),
+        "dim": encoder.dim,
+        "model_id": encoder.model_id,
+    }
 
 
 @functions_framework.http

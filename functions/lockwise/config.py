@@ -49,6 +49,21 @@ class Settings:
     #: The broker address handed to a lock when it is provisioned.
     mqtt_public_host: str
     mqtt_public_port: int
+    #: voice: which encoder and where its files are (see lockwise.voice.encoder)
+    encoder: str
+    model_dir: str | None
+    audio_min_s: float
+    audio_max_s: float
+    audio_min_speech_s: float
+    enroll_min_samples: int
+    enroll_max_samples: int
+    #: overrides of the encoder's calibrated defaults (None: use the encoder's)
+    voice_threshold: float | None
+    voice_margin: float | None
+    enroll_agreement: float | None
+    lockout_after: int
+    lockout_base_s: int
+    debug_rejected_dir: str | None
 
     @property
     def is_production(self) -> bool:
@@ -90,7 +105,7 @@ class Settings:
                 raise ConfigError("LOCKWISE_PROJECT_ID (or GOOGLE_CLOUD_PROJECT) is required in production mode")
             project_id = "demo-lockwise"
 
-        return cls(
+        settings = cls(
             mode=mode,
             project_id=project_id,
             database_url=database_url,
@@ -108,7 +123,56 @@ class Settings:
             lock_request_skew_s=env_int(env, "LOCKWISE_LOCK_REQUEST_SKEW_S", 60, minimum=5),
             mqtt_public_host=env.get("LOCKWISE_MQTT_PUBLIC_HOST", "127.0.0.1"),
             mqtt_public_port=env_int(env, "LOCKWISE_MQTT_PUBLIC_PORT", 8883, minimum=1),
+            encoder=_choice(env, "LOCKWISE_ENCODER", ("ecapa", "ge2e", "auto"), "auto"),
+            model_dir=env.get("LOCKWISE_MODEL_DIR") or None,
+            audio_min_s=env_float(env, "LOCKWISE_AUDIO_MIN_S", 2.0, 0.5, 60),
+            audio_max_s=env_float(env, "LOCKWISE_AUDIO_MAX_S", 15.0, 1.0, 120),
+            audio_min_speech_s=env_float(env, "LOCKWISE_AUDIO_MIN_SPEECH_S", 1.0, 0.0, 60),
+            enroll_min_samples=env_int(env, "LOCKWISE_ENROLL_MIN_SAMPLES", 3, minimum=1),
+            enroll_max_samples=env_int(env, "LOCKWISE_ENROLL_MAX_SAMPLES", 5, minimum=1),
+            voice_threshold=_optional_float(env, "LOCKWISE_VOICE_THRESHOLD", -1, 1),
+            voice_margin=_optional_float(env, "LOCKWISE_VOICE_MARGIN", 0, 2),
+            enroll_agreement=_optional_float(env, "LOCKWISE_ENROLL_AGREEMENT", -1, 1),
+            lockout_after=env_int(env, "LOCKWISE_LOCKOUT_AFTER", 5, minimum=1),
+            lockout_base_s=env_int(env, "LOCKWISE_LOCKOUT_BASE_S", 30, minimum=1 if local else 30),
+            debug_rejected_dir=_debug_dir(env, local),
         )
+        if not 2 <= settings.enroll_min_samples <= settings.enroll_max_samples <= 20:
+            raise ConfigError("LOCKWISE_ENROLL_MIN_SAMPLES/MAX_SAMPLES must satisfy 2 <= min <= max <= 20")
+        if settings.audio_min_s >= settings.audio_max_s:
+            raise ConfigError("LOCKWISE_AUDIO_MIN_S must be below LOCKWISE_AUDIO_MAX_S")
+        return settings
+
+
+def env_float(env: Mapping[str, str], name: str, default: float, low: float, high: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{name} must be a number, got {raw!r}") from exc
+    if not low <= value <= high:
+        raise ConfigError(f"{name} must be between {low:g} and {high:g}, got {value:g}")
+    return value
+
+
+def _optional_float(env: Mapping[str, str], name: str, low: float, high: float) -> float | None:
+    return env_float(env, name, 0.0, low, high) if env.get(name) else None
+
+
+def _choice(env: Mapping[str, str], name: str, options: tuple[str, ...], default: str) -> str:
+    value = env.get(name) or default
+    if value not in options:
+        raise ConfigError(f"{name} must be one of {', '.join(options)}, got {value!r}")
+    return value
+
+
+def _debug_dir(env: Mapping[str, str], local: bool) -> str | None:
+    value = env.get("LOCKWISE_DEBUG_REJECTED_DIR") or None
+    if value and not local:
+        raise ConfigError("LOCKWISE_DEBUG_REJECTED_DIR (saving rejected voice samples) is refused in production mode")
+    return value
 
 
 def _signing_key(env: Mapping[str, str], local: bool) -> str:

@@ -41,13 +41,19 @@ class Ctx:
     request_id: str
     settings: Settings
 
-    def body(self) -> bytes:
-        """The raw body, refused with 413 before it is read whole when over the configured limit."""
-        return read_body(self.request, self.settings.max_body_bytes)
+    @property
+    def target(self) -> str:
+        """The request target a lock signs: the path, and ``?query`` when there is one."""
+        query = self.request.query_string.decode("latin-1")
+        return self.request.path + (f"?{query}" if query else "")
 
-    def json(self) -> JsonBody:
+    def body(self, limit: int | None = None) -> bytes:
+        """The raw body, refused with 413 before it is read whole when over ``limit`` (default: the setting)."""
+        return read_body(self.request, limit or self.settings.max_body_bytes)
+
+    def json(self, limit: int | None = None) -> JsonBody:
         """The body as a JSON object (400 ``malformed_json`` / ``expected_object`` otherwise)."""
-        return parse_json_object(self.body())
+        return parse_json_object(self.body(limit))
 
     def bearer_token(self) -> str:
         header = self.request.headers.get("Authorization", "")

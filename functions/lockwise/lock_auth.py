@@ -5,8 +5,10 @@ Headers::
     X-LockWise-Lock:       <lock id>
     X-LockWise-Timestamp:  <unix seconds>
     X-LockWise-Nonce:      <16-64 chars of [A-Za-z0-9_-]>
-    X-LockWise-Signature:  base64(Ed25519(key, "LOCKWISE-V1\\n" METHOD "\\n" PATH "\\n" TIMESTAMP "\\n" NONCE "\\n"
-                                            hex(SHA-256(body))))
+    X-LockWise-Signature:  base64(Ed25519(key, "LOCKWISE-V1\\n" METHOD "\\n" PATH[?QUERY] "\\n" TIMESTAMP "\\n"
+                                            NONCE "\\n" CONTENT-TYPE "\\n" X-SAMPLE-RATE "\\n" hex(SHA-256(body))))
+
+Everything that changes how the body is read (query, content type, sample-rate header) is signed with it.
 
 The server refuses an unknown lock, a bad signature, a timestamp outside the allowed clock skew, and a nonce it has
 already seen (replay). Nonces are kept for twice the skew.
@@ -36,31 +38,46 @@ PREFIX = "LOCKWISE-V1"
 _NONCE_RE = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
 
 
-def message(method: str, path: str, timestamp: str, nonce: str, body: bytes) -> bytes:
+def message(
+    method: str, target: str, timestamp: str, nonce: str, body: bytes, content_type: str = "", sample_rate: str = ""
+) -> bytes:
     digest = hashlib.sha256(body).hexdigest()
-    return "\n".join([PREFIX, method.upper(), path, timestamp, nonce, digest]).encode()
+    return "\n".join([PREFIX, method.upper(), target, timestamp, nonce, content_type, sample_rate, digest]).encode()
 
 
 def sign_headers(
-    key: Ed25519PrivateKey, lock_id: str, method: str, path: str, body: bytes, *, now: float | None = None
+    key: Ed25519PrivateKey,
+    lock_id: str,
+    method: str,
+    target: str,
+    body: bytes,
+    *,
+    content_type: str = "",
+    sample_rate: str = "",
+    now: float | None = None,
 ) -> dict[str, str]:
-    """What a lock sends with a request (used by the simulated lock and the tests)."""
+    """What a lock sends with a request (used by the simulated lock and the tests); ``target`` is path[?query]."""
     timestamp = str(int(time.time() if now is None else now))
     nonce = secrets.token_urlsafe(18)
-    signature = key.sign(message(method, path, timestamp, nonce, body))
-    return {
+    signature = key.sign(message(method, target, timestamp, nonce, body, content_type, sample_rate))
+    headers = {
         "X-LockWise-Lock": lock_id,
         "X-LockWise-Timestamp": timestamp,
         "X-LockWise-Nonce": nonce,
         "X-LockWise-Signature": base64.b64encode(signature).decode(),
     }
+    if content_type:
+        headers["Content-Type"] = content_type
+    if sample_rate:
+        headers["X-Sample-Rate"] = sample_rate
+    return headers
 
 
 def authenticate(
     con: Connection,
     headers: Headers,
     method: str,
-    path: str,
+    target: str,
     body: bytes,
     *,
     skew_s: int,
@@ -92,7 +109,16 @@ def authenticate(
         raise errors.Unauthenticated("unknown lock", code="unknown_lock")
     try:
         Ed25519PublicKey.from_public_bytes(bytes(rows[0][0])).verify(
-            signature, message(method, path, timestamp, nonce, body)
+            signature,
+            message(
+                method,
+                target,
+                timestamp,
+                nonce,
+                body,
+                headers.get("Content-Type", ""),
+                headers.get("X-Sample-Rate", ""),
+            ),
         )
     except InvalidSignature as exc:
         raise errors.Unauthenticated("bad lock signature", code="bad_lock_signature") from exc

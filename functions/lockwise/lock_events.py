@@ -13,7 +13,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from lockwise import audit, mirror, topics
+from lockwise import audit, lockout, mirror, topics
 from lockwise.db import Connection
 
 STATES = ("locked", "unlocked", "locking", "unlocking", "jammed")
@@ -140,6 +140,8 @@ def _ack(con: Connection, lock_id: str, body: dict[str, Any], now: dt.datetime) 
     )
     if not rows:
         return Outcome("duplicate", "no pending or sent command with this id and nonce")
+    if result == "ok" and rows[0][0] in ("unlock", "open") and rows[0][1] == "user":
+        lockout.clear(con, lock_id)  # a successful app unlock ends a voice lockout
     audit.record(
         con,
         audit.lock_actor(lock_id),

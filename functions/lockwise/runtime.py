@@ -48,6 +48,11 @@ class Runtime:
             self.mirror.retry_now()
         return self.mirror.flush()
 
+    def flush_mirror_soon(self) -> None:
+        """Flush in the background: rows stay queued in PostgreSQL until written, so nothing is lost if the
+        instance is throttled after the response (the next request or the relay's periodic flush writes them)."""
+        threading.Thread(target=self.mirror.flush, name="mirror-flush", daemon=True).start()
+
     def ping_firestore(self) -> None:
         from lockwise.firestore import ping
 

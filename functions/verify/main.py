@@ -1,21 +1,87 @@
-"""HTTP entry point of the verify function."""
+"""HTTP entry point of the verify function: a lock posts what it heard; the server decides.
+
+The speaker model is loaded here, at instance start (module scope), so the platform's startup boost pays for it.
+"""
 
 from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
 
 import flask
 import functions_framework
 
-from lockwise import health
-from lockwise.http import Api, Ctx, JsonBody
+from lockwise import audio, auth, errors, health, lock_auth, scoring, verification
+from lockwise.http import Api, Ctx, JsonBody, Result
 from lockwise.runtime import get_runtime
+from lockwise.voice.encoder import load_encoder
 
 rt = get_runtime("verify")
 api = Api("verify")
+encoder = load_encoder(rt.settings)
+limits = audio.Limits(rt.settings.audio_min_s, rt.settings.audio_max_s, rt.settings.audio_min_speech_s)
+
+
+def clip_from(ctx: Ctx, body: bytes) -> audio.Clip:
+    rate = ctx.request.headers.get("X-Sample-Rate") or ctx.request.args.get("sample_rate")
+    return audio.validate(audio.from_body(body, ctx.request.content_type, rate), limits)
 
 
 @api.route("GET", "/verify/health")
 def get_health(ctx: Ctx) -> tuple[JsonBody, int]:
-    return health.check(rt.probes(), "verify", rt.settings.release)
+    probes = rt.probes()
+    probes["model"] = lambda: {"encoder": encoder.name, "model_id": encoder.model_id, "dim": encoder.dim}
+    return health.check(probes, "verify", rt.settings.release)
+
+
+@api.route("POST", "/verify")
+def verify_at_lock(ctx: Ctx) -> Result:
+    body = ctx.body(audio.max_body_bytes(limits))
+    with rt.db.transaction() as con:
+        lock_id = lock_auth.authenticate(
+            con, ctx.request.headers, "POST", ctx.target, body, skew_s=rt.settings.lock_request_skew_s
+        )
+    try:
+        clip = clip_from(ctx, body)
+    except errors.BadRequest as exc:  # InvalidAudio, malformed input: logged as an invalid attempt
+        verification.record_invalid(rt.db, lock_id, exc.code)
+        raise
+    result = verification.verify(rt.db, lock_id, clip, encoder, rt.settings, dt.datetime.now(dt.UTC))
+    rt.flush_mirror_soon()  # the person at the door does not wait for the app's activity feed
+    if result.decision == "refused":
+        raise errors.RateLimited(
+            "voice unlock is locked out after repeated failures",
+            retry_after_s=result.retry_after_s or 1,
+            code="voice_locked_out",
+        )
+    if result.decision == "rejected" and rt.settings.debug_rejected_dir:
+        save_rejected(clip, result.attempt_id)
+    return result.body()
+
+
+def save_rejected(clip: audio.Clip, attempt_id: str) -> None:
+    """Development only (refused in production by the settings): keep rejected audio for listening."""
+    folder = Path(rt.settings.debug_rejected_dir or ".")
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"rejected-{attempt_id}.wav").write_bytes(audio.to_wav(clip))
+
+
+@api.route("POST", "/verify/candidates")
+def verify_candidates(ctx: Ctx) -> JsonBody:
+    """The original contract, for trusted service callers: audio and candidate embeddings in, best match out."""
+    auth.check_service_token(ctx.bearer_token(), rt.settings.service_token)
+    obj = ctx.json(audio.max_body_bytes(limits) + 1_500_000)  # + 1000 base64 candidates
+    clip = audio.validate(audio.from_json(obj), limits)
+    raw = obj.get("candidates")
+    if not isinstance(raw, list) or not 1 <= len(raw) <= 1000:
+        raise errors.BadRequest("candidates must be a list of 1 to 1000 base64 embeddings", code="invalid_candidates")
+    decoded = [audio.b64_field(c, f"candidates[{i}]") for i, c in enumerate(raw)]
+    if any(len(d) != 4 * encoder.dim for d in decoded):
+        raise errors.BadRequest(f"each candidate must be {encoder.dim} float32 values", code="invalid_candidates")
+    prints = scoring.from_bytes(b"".join(decoded), encoder.dim)
+    scores = scoring.cosine_scores(encoder.embed(clip.samples, clip.rate), prints)
+    best = int(scores.argmax())
+    return {"best_index": best, "score": float(scores[best]), "model_id": encoder.model_id}
 
 
 @functions_framework.http

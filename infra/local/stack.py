@@ -131,6 +131,9 @@ def main(argv: list[str] | None = None) -> int:
             auth_host = auth.host
             table.append(("auth emulator", auth.host, str(state / "auth" / "auth.log")))
 
+        model_dir = env.get("LOCKWISE_MODEL_DIR") or str(_random_model(state))
+        if not env.get("LOCKWISE_MODEL_DIR"):
+            table.append(("speaker model", "RANDOM WEIGHTS", "accepts any voice; set LOCKWISE_MODEL_DIR to real files"))
         fn_env = {
             "LOCKWISE_MODE": "local",
             "LOCKWISE_PROJECT_ID": project,
@@ -141,6 +144,7 @@ def main(argv: list[str] | None = None) -> int:
             "LOCKWISE_COMMAND_SIGNING_KEY": secrets_["command_signing_key"],
             "LOCKWISE_MQTT_PUBLIC_HOST": mqtt_host,
             "LOCKWISE_MQTT_PUBLIC_PORT": str(mqtt_port),
+            "LOCKWISE_MODEL_DIR": model_dir,
         }
         for name in services.FUNCTIONS:
             server = services.start_function(name, ports[name], fn_env, logs)
@@ -198,6 +202,20 @@ def main(argv: list[str] | None = None) -> int:
         for svc in reversed(started):
             svc.stop()
         log.info("stopped %d services", len(started))
+
+
+def _random_model(state: Path) -> Path:
+    """A full-size ECAPA-TDNN with random weights, made once, so the audio functions start without the Hub.
+
+    It has the real model's size and speed but tells no voices apart: for plumbing and timing only.
+    """
+    target = state / "models" / "ecapa-random-full"
+    if not (target / "embedding_model.ckpt").exists():
+        from infra.model.random_ecapa import build_model_dir
+
+        log.warning("no LOCKWISE_MODEL_DIR: building a random-weight ECAPA-TDNN in %s (accepts any voice)", target)
+        build_model_dir(target, size="full", seed=0)
+    return target
 
 
 def _migrate(database_url: str) -> None:

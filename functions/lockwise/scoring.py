@@ -1,0 +1,85 @@
+"""Cosine scoring of embeddings and the accept/reject decision (numpy only, no model).
+
+Embeddings are float32 vectors of the encoder's dimension (192 for ECAPA-TDNN), unit L2 norm, stored as
+little-endian float32 bytes. A probe is scored against all candidate voiceprints in one matrix product.
+
+>>> import numpy as np
+>>> prints = np.eye(3, dtype=np.float32)
+>>> decide(cosine_scores(np.array([1, 0, 0], np.float32), prints), threshold=0.5, margin=0.1).best_index
+0
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+Vector = npt.NDArray[np.float32]
+Matrix = npt.NDArray[np.float32]
+
+
+def normalise(x: npt.NDArray[np.floating]) -> Vector:
+    """Unit L2 norm along the last axis (float32)."""
+    arr = np.asarray(x, dtype=np.float32)
+    norm = np.linalg.norm(arr, axis=-1, keepdims=True)
+    out: Vector = (arr / np.maximum(norm, 1e-12)).astype(np.float32)
+    return out
+
+
+def to_bytes(x: npt.NDArray[np.floating]) -> bytes:
+    return np.ascontiguousarray(x, dtype="<f4").tobytes()
+
+
+def from_bytes(data: bytes, dim: int) -> Matrix:
+    """Bytes of ``k * dim`` little-endian float32 -> array ``(k, dim)``."""
+    arr = np.frombuffer(data, dtype="<f4")
+    if dim <= 0 or arr.size % dim:
+        raise ValueError(f"{len(data)} bytes are not a whole number of {dim}-dim float32 vectors")
+    return arr.reshape(-1, dim).astype(np.float32)
+
+
+def cosine_scores(probe: Vector, prints: Matrix) -> npt.NDArray[np.float32]:
+    """Cosine of ``probe`` (d,) with each row of ``prints`` (k, d) -> (k,)."""
+    if prints.ndim != 2 or prints.shape[1] != probe.shape[-1]:
+        raise ValueError(f"dimension mismatch: probe {probe.shape}, prints {prints.shape}")
+    return (normalise(prints) @ normalise(probe)).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class Decision:
+    accepted: bool
+    best_index: int | None
+    best: float | None
+    runner_up: float | None
+    reason: str  # accepted | no_candidates | below_threshold | ambiguous
+
+
+def decide(scores: npt.NDArray[np.float32], threshold: float, margin: float) -> Decision:
+    """Accept only when the best score reaches ``threshold`` and beats the runner-up by ``margin``."""
+    if scores.size == 0:
+        return Decision(False, None, None, None, "no_candidates")
+    order = np.argsort(scores)[::-1]
+    best_i = int(order[0])
+    best = float(scores[best_i])
+    runner = float(scores[order[1]]) if scores.size > 1 else None
+    if best < threshold:
+        return Decision(False, best_i, best, runner, "below_threshold")
+    if runner is not None and best - runner < margin:
+        return Decision(False, best_i, best, runner, "ambiguous")
+    return Decision(True, best_i, best, runner, "accepted")
+
+
+def voiceprint(samples: Matrix) -> Vector:
+    """The enrolled voiceprint: the normalised mean of the normalised sample embeddings ``(n, d)`` -> ``(d,)``."""
+    return normalise(normalise(samples).mean(axis=0))
+
+
+def agreement(samples: Matrix) -> tuple[float, int]:
+    """How well enrollment samples agree: (lowest pairwise cosine, index of the sample least like the others)."""
+    unit = normalise(samples)
+    sims = unit @ unit.T
+    n = len(unit)
+    off = sims[~np.eye(n, dtype=bool)].reshape(n, n - 1)
+    return float(off.min()), int(np.argmin(off.mean(axis=1)))

@@ -1,0 +1,163 @@
+"""The verify decision at the server: lockout, candidates, one vectorised scoring, the attempt log, the unlock.
+
+One transaction per attempt holds the lock's lockout row, so concurrent attempts at one lock are counted exactly.
+Every attempt (accepted, rejected, refused, invalid) is logged in PostgreSQL and mirrored to the lock's activity
+feed without biometric data (no embedding, no score).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from lockwise import audio, commands, errors, lockout, mirror, scoring, voiceprints
+from lockwise.config import Settings
+from lockwise.db import Connection, Database
+from lockwise.voice.encoder import Encoder, policy
+
+
+@dataclass(frozen=True)
+class Result:
+    decision: str  # accepted | rejected | refused
+    attempt_id: str
+    reason: str
+    score: float | None = None
+    threshold: float | None = None
+    member_uid: str | None = None
+    command: dict[str, Any] | None = None
+    grant: str | None = None
+    retry_after_s: int | None = None
+    stale_voiceprints: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def body(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "decision": self.decision,
+            "attempt_id": self.attempt_id,
+            "reason": self.reason,
+            "score": None if self.score is None else round(self.score, 4),
+            "threshold": None if self.threshold is None else round(self.threshold, 4),
+            "stale_voiceprints": self.stale_voiceprints,
+        }
+        if self.decision == "accepted":
+            out.update(
+                member_uid=self.member_uid, command_id=self.command["id"] if self.command else None, grant=self.grant
+            )
+        return out
+
+
+def record_attempt(
+    con: Connection,
+    lock_id: str,
+    outcome: str,
+    reason: str,
+    *,
+    matched_uid: str | None = None,
+    score: float | None = None,
+    runner_up: float | None = None,
+    threshold: float | None = None,
+    model_id: str | None = None,
+) -> str:
+    attempt_id = str(
+        con.run(
+            "INSERT INTO verification_attempts (lock_id, outcome, reason, matched_uid, score, runner_up_score,"
+            " threshold, model_id) VALUES (CAST(:l AS uuid), :o, :r, :u, :s, :ru, :t, :m) RETURNING id::text",
+            l=lock_id,
+            o=outcome,
+            r=reason[:200],
+            u=matched_uid,
+            s=score,
+            ru=runner_up,
+            t=threshold,
+            m=model_id,
+        )[0][0]
+    )
+    mirror.activity(con, lock_id, "voice_attempt", outcome=outcome, reason=reason, member_uid=matched_uid)
+    return attempt_id
+
+
+def record_invalid(db: Database, lock_id: str, code: str) -> None:
+    with db.transaction() as con:
+        record_attempt(con, lock_id, "invalid", code)
+
+
+def verify(
+    db: Database, lock_id: str, clip: audio.Clip, encoder: Encoder, settings: Settings, now: dt.datetime
+) -> Result:
+    with db.transaction() as con:
+        found_lock = con.run("SELECT voice_threshold FROM locks WHERE id = CAST(:l AS uuid) FOR SHARE", l=lock_id)
+        if not found_lock:  # deleted since its signature was checked
+            raise errors.Unauthenticated("unknown lock", code="unknown_lock")
+        wait = lockout.refused_for(con, lock_id, now)
+        if wait:
+            attempt = record_attempt(con, lock_id, "refused", "locked_out")
+            return Result("refused", attempt, "locked_out", retry_after_s=wait)
+        rules = policy(settings, encoder, found_lock[0][0])
+        found = voiceprints.candidates(con, lock_id, encoder.model_id, encoder.dim, now)
+        probe = encoder.embed(clip.samples, clip.rate)
+        scores = scoring.cosine_scores(probe, found.prints)
+        decision = scoring.decide(scores, rules.threshold, rules.margin)
+        matched = found.uids[decision.best_index] if decision.best_index is not None else None
+        if not decision.accepted:
+            attempt = record_attempt(
+                con,
+                lock_id,
+                "rejected",
+                decision.reason,
+                score=decision.best,
+                runner_up=decision.runner_up,
+                threshold=rules.threshold,
+                model_id=encoder.model_id,
+            )
+            if decision.reason != "no_candidates":  # nobody to guess at: nothing to throttle
+                lockout.record_failure(con, lock_id, now, after=settings.lockout_after, base_s=settings.lockout_base_s)
+            return Result(
+                "rejected",
+                attempt,
+                decision.reason,
+                decision.best,
+                rules.threshold,
+                stale_voiceprints=len(found.stale_uids),
+            )
+        attempt = record_attempt(
+            con,
+            lock_id,
+            "accepted",
+            "accepted",
+            matched_uid=matched,
+            score=decision.best,
+            runner_up=decision.runner_up,
+            threshold=rules.threshold,
+            model_id=encoder.model_id,
+        )
+        lockout.clear(con, lock_id)
+        command, _ = commands.create(
+            con,
+            lock_id=lock_id,
+            action="unlock",
+            issuer_kind="voice",
+            issuer_uid=matched,
+            signing_key_b64=settings.command_signing_key,
+            ttl_s=settings.command_ttl_s,
+            attempt_id=attempt,
+        )
+        grant = str(con.run("SELECT payload FROM commands WHERE id = CAST(:i AS uuid)", i=command["id"])[0][0])
+        return Result(
+            "accepted",
+            attempt,
+            "accepted",
+            decision.best,
+            rules.threshold,
+            matched,
+            command,
+            grant,
+            stale_voiceprints=len(found.stale_uids),
+        )
+
+
+def grant_fields(grant: str) -> dict[str, Any]:
+    """The signed command inside a grant (for tests and logs; the lock verifies the signature itself)."""
+    fields: dict[str, Any] = json.loads(json.loads(grant)["cmd"])
+    return fields

@@ -1,0 +1,99 @@
+"""Voiceprints in PostgreSQL: store (replacing), read, delete, and the candidates allowed at a lock right now.
+
+A voiceprint row holds the normalised mean embedding and the sample embeddings (float32 little-endian), tagged with
+the ``model_id`` of the encoder that made them. Scores are only ever computed between embeddings of the same model:
+a voiceprint of another model is reported as needing re-enrollment, never compared.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from lockwise import mirror, scoring
+from lockwise.db import Connection, rows_as_dicts
+from lockwise.members import Membership
+
+
+@dataclass(frozen=True)
+class Candidates:
+    uids: list[str]
+    prints: scoring.Matrix  # (k, dim)
+    stale_uids: list[str]  # allowed now, but enrolled with another model: must re-enroll
+
+
+def store(con: Connection, uid: str, model_id: str, samples: scoring.Matrix) -> scoring.Vector:
+    """Replace the user's voiceprint with one made from ``samples`` ``(n, dim)``; returns the voiceprint."""
+    vp = scoring.voiceprint(samples)
+    con.run(
+        "INSERT INTO voiceprints (user_uid, model_id, dim, embedding, sample_count, sample_embeddings)"
+        " VALUES (:u, :m, :d, :e, :n, :s) ON CONFLICT (user_uid) DO UPDATE SET model_id = EXCLUDED.model_id,"
+        " dim = EXCLUDED.dim, embedding = EXCLUDED.embedding, sample_count = EXCLUDED.sample_count,"
+        " sample_embeddings = EXCLUDED.sample_embeddings, created_at = now()",
+        u=uid,
+        m=model_id,
+        d=int(samples.shape[1]),
+        e=scoring.to_bytes(vp),
+        n=int(samples.shape[0]),
+        s=scoring.to_bytes(scoring.normalise(samples)),
+    )
+    mirror.enqueue(
+        con,
+        f"users/{uid}",
+        "set",
+        {"voice_enrolled": True, "samples": int(samples.shape[0]), "enrolled_at": dt.datetime.now(dt.UTC).isoformat()},
+    )
+    return vp
+
+
+def status(con: Connection, uid: str, current_model_id: str) -> dict[str, Any]:
+    rows = rows_as_dicts(con, "SELECT model_id, sample_count, created_at FROM voiceprints WHERE user_uid = :u", u=uid)
+    if not rows:
+        return {"enrolled": False, "needs_reenrollment": False, "current_model_id": current_model_id}
+    row = rows[0]
+    return {
+        "enrolled": True,
+        "model_id": row["model_id"],
+        "current_model_id": current_model_id,
+        "needs_reenrollment": row["model_id"] != current_model_id,
+        "samples": row["sample_count"],
+        "enrolled_at": row["created_at"].isoformat(),
+    }
+
+
+def delete(con: Connection, uid: str) -> int:
+    """Delete all of the user's voice data; returns the number of voiceprint rows removed."""
+    removed = len(con.run("DELETE FROM voiceprints WHERE user_uid = :u RETURNING 1", u=uid))
+    mirror.enqueue(con, f"users/{uid}", "set", {"voice_enrolled": False})
+    return removed
+
+
+def candidates(con: Connection, lock_id: str, model_id: str, dim: int, now: dt.datetime) -> Candidates:
+    """The voiceprints of members allowed to open ``lock_id`` at ``now`` (role, window, not revoked or expired)."""
+    rows = rows_as_dicts(
+        con,
+        "SELECT m.lock_id::text AS lock_id, m.user_uid, m.role, m.valid_from, m.valid_until, m.weekdays,"
+        " m.day_start_minute, m.day_end_minute, m.timezone, m.expires_at, m.revoked_at,"
+        " v.model_id AS vp_model, v.dim AS vp_dim, v.embedding AS vp_embedding"
+        " FROM lock_members m JOIN voiceprints v ON v.user_uid = m.user_uid"
+        " WHERE m.lock_id = CAST(:l AS uuid) AND m.revoked_at IS NULL"
+        " AND (m.expires_at IS NULL OR m.expires_at > now()) ORDER BY m.user_uid",
+        l=lock_id,
+    )
+    uids: list[str] = []
+    vectors: list[bytes] = []
+    stale: list[str] = []
+    for row in rows:
+        vp_model, vp_dim, vp_embedding = row.pop("vp_model"), row.pop("vp_dim"), row.pop("vp_embedding")
+        if not Membership(**row).may_operate(now):
+            continue
+        if vp_model != model_id or vp_dim != dim:
+            stale.append(row["user_uid"])
+            continue
+        uids.append(row["user_uid"])
+        vectors.append(bytes(vp_embedding))
+    prints = scoring.from_bytes(b"".join(vectors), dim) if vectors else np.zeros((0, dim), np.float32)
+    return Candidates(uids, prints, stale)

@@ -1,0 +1,1 @@
+"""Model tooling: stand-in SpeechBrain model directories for tests and local runs (no Hub access)."""

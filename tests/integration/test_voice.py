@@ -1,0 +1,339 @@
+"""Enroll and verify over HTTP against the real stack, with a real ECAPA-TDNN of random weights.
+
+Random weights score every pair of clips above 0.98, so nothing here asserts that speakers are told apart:
+rejections use a controlled voiceprint (the negated embedding), which scores -1 whatever the weights.
+"""
+
+from __future__ import annotations
+
+import base64
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+
+from lockwise import command_signing, lock_auth, scoring, verification
+from lockwise.firestore import make_client as firestore_client
+from lockwise.runtime import get_runtime
+from tests.conftest import PROJECT_ID
+from tests.devices_world import World, bearer, build_world
+from tests.voices import pcm16, pcm_json, speech_like, wav
+
+pytestmark = pytest.mark.model
+
+LOCKOUT_BASE_S = 2
+
+
+@pytest.fixture
+def voice_env(stack_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:
+    from lockwise.config import get_settings
+
+    monkeypatch.setenv("LOCKWISE_LOCKOUT_BASE_S", str(LOCKOUT_BASE_S))
+    get_settings.cache_clear()
+    yield stack_env
+
+
+@pytest.fixture
+def clients(voice_env: dict[str, str], make_client: Any) -> dict[str, Any]:
+    return {name: make_client(name) for name in ("devices", "embed", "verify")}
+
+
+@pytest.fixture
+def world(clients: dict[str, Any], sign_up: Any) -> World:
+    return build_world(clients["devices"], sign_up)
+
+
+VOICE = speech_like(3.0, f0=140, seed=1)
+
+
+def enroll(clients: dict[str, Any], account: dict[str, Any], voice: Any = VOICE) -> Any:
+    samples = [pcm_json(voice), pcm_json(voice * 0.9), pcm_json(voice * 1.1)]
+    return clients["embed"].put("/embed/enrollment", json={"samples": samples}, headers=bearer(account))
+
+
+def signed_verify(
+    clients: dict[str, Any], world: World, body: bytes, content_type: str = "audio/wav", sample_rate: str = ""
+) -> Any:
+    signed = lock_auth.sign_headers(
+        world.lock_key, world.lock_id, "POST", "/verify", body, content_type=content_type, sample_rate=sample_rate
+    )
+    return clients["verify"].post("/verify", data=body, headers=signed)
+
+
+def attempts(world: World) -> list[tuple[str, str]]:
+    with get_runtime("verify").db.connection() as con:
+        rows = con.run(
+            "SELECT outcome, reason FROM verification_attempts WHERE lock_id = CAST(:l AS uuid) ORDER BY created_at",
+            l=world.lock_id,
+        )
+    return [(r[0], r[1]) for r in rows]
+
+
+def negate_voiceprint(uid: str) -> None:
+    """Replace a user's voiceprint by minus itself: every probe of that voice then scores -1."""
+    with get_runtime("verify").db.transaction() as con:
+        ((data, dim),) = con.run("SELECT embedding, dim FROM voiceprints WHERE user_uid = :u", u=uid)
+        con.run(
+            "UPDATE voiceprints SET embedding = :e WHERE user_uid = :u",
+            e=scoring.to_bytes(-scoring.from_bytes(bytes(data), dim)[0]),
+            u=uid,
+        )
+
+
+def test_enroll_then_verify_the_same_voice_unlocks(clients: dict[str, Any], world: World) -> None:
+    resp = enroll(clients, world.accounts["member"])
+    assert resp.status_code == 201, resp.get_json()
+    status = resp.get_json()
+    assert status["enrolled"] and not status["needs_reenrollment"] and status["samples"] == 3
+    resp = signed_verify(clients, world, wav(VOICE))
+    assert resp.status_code == 200, resp.get_json()
+    result = resp.get_json()
+    assert result["decision"] == "accepted" and result["member_uid"] == world.uid("member")
+    assert result["score"] > result["threshold"]
+    grant = command_signing.verify(result["grant"], world.credentials["server_public_key"])
+    assert (grant.lock, grant.action, grant.id) == (world.lock_id, "unlock", result["command_id"])
+    assert grant.expires_at > time.time()
+    command = (
+        clients["devices"]
+        .get(f"/devices/locks/{world.lock_id}/commands/{result['command_id']}", headers=world.headers("owner"))
+        .get_json()["command"]
+    )
+    assert command["status"] == "pending" and command["issuer"] == {"kind": "voice", "uid": world.uid("member")}
+    assert attempts(world) == [("accepted", "accepted")]
+
+
+def test_raw_pcm_and_json_bodies_are_accepted_too(clients: dict[str, Any], world: World) -> None:
+    assert enroll(clients, world.accounts["owner"]).status_code == 201
+    resp = signed_verify(clients, world, pcm16(VOICE), "application/octet-stream", sample_rate="44100")
+    assert resp.get_json()["decision"] == "accepted"
+    # the sample rate is signed: changing it in transit breaks the signature
+    signed = lock_auth.sign_headers(
+        world.lock_key,
+        world.lock_id,
+        "POST",
+        "/verify",
+        pcm16(VOICE),
+        content_type="application/octet-stream",
+        sample_rate="44100",
+    )
+    signed["X-Sample-Rate"] = "22050"
+    resp = clients["verify"].post("/verify", data=pcm16(VOICE), headers=signed)
+    assert resp.status_code == 401 and resp.get_json()["error"]["code"] == "bad_lock_signature"
+    import json
+
+    body = json.dumps(pcm_json(VOICE)).encode()
+    assert signed_verify(clients, world, body, "application/json").get_json()["decision"] == "accepted"
+
+
+def test_a_different_voiceprint_is_rejected(clients: dict[str, Any], world: World) -> None:
+    assert enroll(clients, world.accounts["owner"]).status_code == 201
+    negate_voiceprint(world.uid("owner"))
+    result = signed_verify(clients, world, wav(VOICE)).get_json()
+    assert result["decision"] == "rejected" and result["reason"] == "below_threshold"
+    assert result["score"] < -0.9 and "grant" not in result and "member_uid" not in result
+    with get_runtime("verify").db.connection() as con:
+        assert con.run("SELECT count(*) FROM commands WHERE lock_id = CAST(:l AS uuid)", l=world.lock_id) == [[0]]
+
+
+def test_lockout_engages_on_the_sixth_attempt_and_releases_on_time(clients: dict[str, Any], world: World) -> None:
+    assert enroll(clients, world.accounts["owner"]).status_code == 201
+    negate_voiceprint(world.uid("owner"))
+    for _ in range(5):
+        assert signed_verify(clients, world, wav(VOICE)).get_json()["decision"] == "rejected"
+    sixth = signed_verify(clients, world, wav(VOICE))
+    assert sixth.status_code == 429 and sixth.get_json()["error"]["code"] == "voice_locked_out"
+    assert 1 <= int(sixth.headers["Retry-After"]) <= LOCKOUT_BASE_S
+    time.sleep(LOCKOUT_BASE_S + 0.2)
+    assert signed_verify(clients, world, wav(VOICE)).get_json()["decision"] == "rejected"  # allowed again...
+    doubled = signed_verify(clients, world, wav(VOICE))  # ... and that failure doubled the lockout
+    assert doubled.status_code == 429 and int(doubled.headers["Retry-After"]) > LOCKOUT_BASE_S
+    assert [o for o, _ in attempts(world)] == ["rejected"] * 5 + ["refused", "rejected", "refused"]
+    # the owner ends it
+    assert (
+        clients["devices"]
+        .delete(f"/devices/locks/{world.lock_id}/voice-lockout", headers=world.headers("member"))
+        .status_code
+        == 403
+    )
+    assert (
+        clients["devices"]
+        .delete(f"/devices/locks/{world.lock_id}/voice-lockout", headers=world.headers("owner"))
+        .status_code
+        == 204
+    )
+    assert signed_verify(clients, world, wav(VOICE)).get_json()["decision"] == "rejected"
+
+
+def test_default_lockout_is_thirty_seconds_doubling() -> None:
+    import datetime as dt
+
+    from lockwise import lockout
+
+    class FakeCon:
+        def __init__(self) -> None:
+            self.failures, self.until = 0, None
+
+        def run(self, sql: str, **params: Any) -> Any:
+            if "consecutive_failures + 1" in sql:
+                self.failures += 1
+                return [[self.failures]]
+            if "locked_until = :u" in sql:
+                self.until = params["u"]
+            return []
+
+    con, now = FakeCon(), dt.datetime(2030, 1, 1, tzinfo=dt.UTC)
+    waits = [lockout.record_failure(con, "L", now, after=5, base_s=30) for _ in range(7)]  # type: ignore[arg-type]
+    assert waits == [0, 0, 0, 0, 30, 60, 120]
+
+
+def test_revoked_member_is_rejected_at_once(clients: dict[str, Any], world: World) -> None:
+    assert enroll(clients, world.accounts["member"]).status_code == 201
+    assert signed_verify(clients, world, wav(VOICE)).get_json()["decision"] == "accepted"
+    clients["devices"].delete(
+        f"/devices/locks/{world.lock_id}/members/{world.uid('member')}", headers=world.headers("owner")
+    )
+    result = signed_verify(clients, world, wav(VOICE)).get_json()
+    assert result["decision"] == "rejected" and result["reason"] == "no_candidates"
+
+
+def test_guest_outside_window_is_not_a_candidate(clients: dict[str, Any], world: World) -> None:
+    assert enroll(clients, world.accounts["guest_out"]).status_code == 201
+    result = signed_verify(clients, world, wav(VOICE)).get_json()
+    assert result["decision"] == "rejected" and result["reason"] == "no_candidates"
+
+
+def test_stale_model_voiceprint_is_not_compared(clients: dict[str, Any], world: World) -> None:
+    assert enroll(clients, world.accounts["owner"]).status_code == 201
+    with get_runtime("verify").db.transaction() as con:
+        con.run("UPDATE voiceprints SET model_id = 'ecapa-0000000000000000' WHERE user_uid = :u", u=world.uid("owner"))
+    result = signed_verify(clients, world, wav(VOICE)).get_json()
+    assert result["decision"] == "rejected" and result["reason"] == "no_candidates" and result["stale_voiceprints"] == 1
+    status = clients["embed"].get("/embed/enrollment", headers=world.headers("owner")).get_json()
+    assert status["enrolled"] and status["needs_reenrollment"]
+
+
+def test_deleting_voice_data_removes_every_row(
+    clients: dict[str, Any], world: World, voice_env: dict[str, str]
+) -> None:
+    assert enroll(clients, world.accounts["owner"]).status_code == 201
+    doc = firestore_client(PROJECT_ID, voice_env["FIRESTORE_EMULATOR_HOST"]).document(f"users/{world.uid('owner')}")
+    enrolled = doc.get().to_dict()
+    assert enrolled["voice_enrolled"] is True and not {"embedding", "sample_embeddings"} & set(enrolled)
+    assert clients["embed"].delete("/embed/enrollment", headers=world.headers("owner")).status_code == 204
+    with get_runtime("embed").db.connection() as con:
+        assert con.run("SELECT count(*) FROM voiceprints WHERE user_uid = :u", u=world.uid("owner")) == [[0]]
+    assert doc.get().to_dict() == {"voice_enrolled": False}
+    assert clients["embed"].get("/embed/enrollment", headers=world.headers("owner")).get_json()["enrolled"] is False
+
+
+def test_enrollment_samples_are_checked(clients: dict[str, Any], world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    owner = world.accounts["owner"]
+    put = clients["embed"].put
+    resp = put("/embed/enrollment", json={"samples": [pcm_json(VOICE)] * 2}, headers=bearer(owner))
+    assert resp.status_code == 400 and resp.get_json()["error"]["code"] == "wrong_sample_count"
+    bad = [pcm_json(VOICE), pcm_json(VOICE), pcm_json(VOICE[:44100])]
+    resp = put("/embed/enrollment", json={"samples": bad}, headers=bearer(owner))
+    error = resp.get_json()["error"]
+    assert resp.status_code == 422 and error["code"] == "too_short" and error["details"]["sample"] == 2
+    assert put("/embed/enrollment", json={"samples": [pcm_json(VOICE)] * 3}).status_code == 401
+
+
+def test_enrollment_samples_that_disagree_name_the_outlier(
+    voice_env: dict[str, str], make_client: Any, sign_up: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from lockwise.config import get_settings
+    from lockwise.runtime import get_runtime as runtime
+
+    monkeypatch.setenv("LOCKWISE_ENROLL_AGREEMENT", "0.9999999")  # random weights agree > 0.98: demand more
+    get_settings.cache_clear()
+    runtime.cache_clear()
+    embed = make_client("embed")
+    other = speech_like(3.0, f0=220, seed=9)
+    samples = [pcm_json(VOICE), pcm_json(VOICE), pcm_json(other)]
+    resp = embed.put("/embed/enrollment", json={"samples": samples}, headers=bearer(sign_up()))
+    error = resp.get_json()["error"]
+    assert resp.status_code == 422 and error["code"] == "samples_disagree" and error["details"]["sample"] == 2
+
+
+@pytest.mark.parametrize(
+    ("body", "ctype", "status", "code"),
+    [
+        (b"", "audio/wav", 400, "empty_audio"),
+        (pcm16(VOICE) + b"\0", "application/octet-stream", 400, "odd_byte_count"),
+        (b"RIFFxxxxWAVEjunkjunk", "audio/wav", 400, "malformed_wav"),
+        (wav(VOICE[:22050]), "audio/wav", 422, "too_short"),
+        (wav(np.tile(VOICE, 6)), "audio/wav", 422, "too_long"),
+        (wav(np.zeros(3 * 44100, np.float32)), "audio/wav", 422, "silence"),
+        (wav(np.clip(VOICE * 30, -1, 1)), "audio/wav", 422, "clipped"),
+        (b'{"pcm_base64": "%%%"}', "application/json", 400, "malformed_base64"),
+        (b"OggS" + b"\0" * 100, "audio/ogg", 415, "unsupported_media_type"),
+    ],
+)
+def test_every_bad_input_returns_its_code_and_is_logged(
+    clients: dict[str, Any], world: World, body: bytes, ctype: str, status: int, code: str
+) -> None:
+    resp = signed_verify(clients, world, body, ctype)
+    assert (resp.status_code, resp.get_json()["error"]["code"]) == (status, code)
+    assert attempts(world) == [("invalid", code)]
+
+
+def test_oversized_body_is_refused_before_reading(clients: dict[str, Any], world: World) -> None:
+    body = b"\0" * (4 * 1024 * 1024)
+    resp = signed_verify(clients, world, body, "application/octet-stream")
+    assert resp.status_code == 413
+
+
+def test_verify_needs_a_lock_signature_and_refuses_replays(clients: dict[str, Any], world: World) -> None:
+    body = wav(VOICE)
+    resp = clients["verify"].post("/verify", data=body, content_type="audio/wav")
+    assert resp.status_code == 401 and resp.get_json()["error"]["code"] == "missing_lock_signature"
+    signed = lock_auth.sign_headers(world.lock_key, world.lock_id, "POST", "/verify", body, content_type="audio/wav")
+    first = clients["verify"].post("/verify", data=body, headers=signed)
+    assert first.status_code == 200
+    again = clients["verify"].post("/verify", data=body, headers=signed)
+    assert again.status_code == 401 and again.get_json()["error"]["code"] == "replayed_request"
+    resigned = lock_auth.sign_headers(world.lock_key, world.lock_id, "POST", "/verify", body, content_type="audio/wav")
+    tampered = clients["verify"].post("/verify", data=wav(VOICE * 0.5), headers=resigned)
+    assert tampered.status_code == 401 and tampered.get_json()["error"]["code"] == "bad_lock_signature"
+
+
+def test_original_contracts_for_service_callers(clients: dict[str, Any], voice_env: dict[str, str]) -> None:
+    service = {"Authorization": f"Bearer {voice_env['LOCKWISE_SERVICE_TOKEN']}"}
+    resp = clients["embed"].post("/embed", json=pcm_json(VOICE), headers=service)
+    assert resp.status_code == 200, resp.get_json()
+    vector = scoring.from_bytes(base64.b64decode(resp.get_json()["embedding"]), 192)[0]
+    assert abs(float(np.linalg.norm(vector)) - 1) < 1e-5
+    assert clients["embed"].post("/embed", json=pcm_json(VOICE)).status_code == 401
+    candidates = [base64.b64encode(scoring.to_bytes(-vector)).decode(), resp.get_json()["embedding"]]
+    resp = clients["verify"].post(
+        "/verify/candidates", json={**pcm_json(VOICE), "candidates": candidates}, headers=service
+    )
+    assert resp.status_code == 200 and resp.get_json()["best_index"] == 1 and resp.get_json()["score"] > 0.99
+    bad = clients["verify"].post(
+        "/verify/candidates", json={**pcm_json(VOICE), "candidates": ["AAAA"]}, headers=service
+    )
+    assert bad.status_code == 400 and bad.get_json()["error"]["code"] == "invalid_candidates"
+
+
+def test_attempts_reach_the_activity_feed_without_biometrics(
+    clients: dict[str, Any], world: World, voice_env: dict[str, str]
+) -> None:
+    assert enroll(clients, world.accounts["owner"]).status_code == 201
+    signed_verify(clients, world, wav(VOICE))
+    client = firestore_client(PROJECT_ID, voice_env["FIRESTORE_EMULATOR_HOST"])
+    voice: list[dict[str, Any]] = []
+    deadline = time.monotonic() + 10  # verify flushes the mirror in the background
+    while not voice and time.monotonic() < deadline:
+        entries = [d.to_dict() for d in client.collection(f"locks/{world.lock_id}/activity").stream()]
+        voice = [e for e in entries if e["kind"] == "voice_attempt"]
+        time.sleep(0.1)
+    assert voice and voice[0]["outcome"] == "accepted"
+    assert not {"score", "embedding", "threshold", "audio"} & set(voice[0])
+
+
+def test_grant_fields_helper_reads_the_signed_command(clients: dict[str, Any], world: World) -> None:
+    assert enroll(clients, world.accounts["owner"]).status_code == 201
+    result = signed_verify(clients, world, wav(VOICE)).get_json()
+    assert verification.grant_fields(result["grant"])["lock"] == world.lock_id

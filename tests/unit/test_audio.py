@@ -1,0 +1,102 @@
+"""Audio intake: decoding PCM, WAV and JSON, and each refusal with its code (no model)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import struct
+
+import numpy as np
+import pytest
+
+from lockwise import audio, errors
+from tests.voices import pcm16, speech_like, wav
+
+LIMITS = audio.Limits()
+
+
+def test_wav_pcm_and_json_decode_to_the_same_samples() -> None:
+    x = speech_like(2.5)
+    from_wav = audio.from_body(wav(x), "audio/wav", None)
+    from_pcm = audio.from_body(pcm16(x), "application/octet-stream", "44100")
+    body = json.dumps({"pcm_base64": base64.b64encode(pcm16(x)).decode(), "sample_rate": 44100}).encode()
+    from_json = audio.from_body(body, "application/json", None)
+    for clip in (from_wav, from_pcm, from_json):
+        assert clip.rate == 44100 and clip.samples.dtype == np.float32
+        np.testing.assert_allclose(clip.samples, from_wav.samples)
+    assert abs(from_wav.seconds - 2.5) < 1e-3
+    assert np.abs(from_wav.samples - x).max() < 1e-4
+
+
+def test_stereo_wav_is_mixed_down_and_rates_are_kept() -> None:
+    x = speech_like(2.2, rate=16000)
+    left = (x * 32767).astype("<i2")
+    stereo = np.stack([left, np.zeros_like(left)], axis=1).tobytes()
+    header = struct.pack(
+        "<4sI4s4sIHHIIHH4sI",
+        b"RIFF",
+        36 + len(stereo),
+        b"WAVE",
+        b"fmt ",
+        16,
+        1,
+        2,
+        16000,
+        16000 * 4,
+        4,
+        16,
+        b"data",
+        len(stereo),
+    )
+    clip = audio.parse_wav(header + stereo)
+    assert clip.rate == 16000 and len(clip.samples) == len(x)
+    assert np.abs(clip.samples - x / 2).max() < 1e-4
+
+
+def test_a_valid_clip_passes_validation() -> None:
+    clip = audio.Clip(speech_like(3.0), 44100)
+    assert audio.validate(clip, LIMITS) is clip
+    assert 2.0 < audio.speech_seconds(clip.samples, clip.rate) <= 3.0
+
+
+def refusal(fn: object) -> tuple[int, str]:
+    with pytest.raises(errors.LockwiseError) as info:
+        fn()  # type: ignore[operator]
+    return info.value.status, info.value.code
+
+
+def test_each_bad_input_has_its_code() -> None:
+    x = speech_like(3.0)
+    rate = 44100
+    cases = {
+        ("empty", 400, "empty_audio"): lambda: audio.from_body(b"", "application/octet-stream", None),
+        ("odd", 400, "odd_byte_count"): lambda: audio.from_body(pcm16(x) + b"\0", "application/octet-stream", None),
+        ("rate", 400, "unsupported_sample_rate"): lambda: audio.from_body(
+            pcm16(x), "application/octet-stream", "12345"
+        ),
+        ("rate text", 400, "unsupported_sample_rate"): lambda: audio.from_body(pcm16(x), None, "fast"),
+        ("short", 422, "too_short"): lambda: audio.validate(audio.Clip(x[:rate], rate), LIMITS),
+        ("long", 422, "too_long"): lambda: audio.validate(audio.Clip(np.tile(x, 6), rate), LIMITS),
+        ("silence", 422, "silence"): lambda: audio.validate(audio.Clip(np.zeros(3 * rate, np.float32), rate), LIMITS),
+        ("hiss", 422, "silence"): lambda: audio.validate(
+            audio.Clip((1e-4 * np.random.default_rng(0).standard_normal(3 * rate)).astype(np.float32), rate), LIMITS
+        ),
+        ("clipped", 422, "clipped"): lambda: audio.validate(audio.Clip(np.clip(x * 20, -1, 1), rate), LIMITS),
+        ("click", 422, "too_little_speech"): lambda: audio.validate(
+            audio.Clip(np.concatenate([x[: rate // 4], np.zeros(3 * rate, np.float32)]), rate), LIMITS
+        ),
+        ("base64", 400, "malformed_base64"): lambda: audio.from_json({"pcm_base64": "!!not base64!!"}),
+        ("base64 type", 400, "malformed_base64"): lambda: audio.from_json({"pcm_base64": 42}),
+        ("no audio", 400, "missing_audio"): lambda: audio.from_json({"audio": "x"}),
+        ("wav header", 400, "malformed_wav"): lambda: audio.from_body(b"RIFF\x10\0\0\0WAVEjunk", "audio/wav", None),
+        ("wav no fmt", 400, "malformed_wav"): lambda: audio.from_body(b"RIFF\x04\0\0\0WAVE", "audio/wav", None),
+        ("wav float", 400, "unsupported_wav_format"): lambda: audio.parse_wav(
+            wav(x)[:20] + struct.pack("<H", 3) + wav(x)[22:]
+        ),
+        ("wav 8-bit", 400, "unsupported_wav_format"): lambda: audio.parse_wav(
+            wav(x)[:34] + struct.pack("<H", 8) + wav(x)[36:]
+        ),
+        ("media", 415, "unsupported_media_type"): lambda: audio.from_body(b"OggS....", "audio/ogg", None),
+    }
+    for (name, status, code), fn in cases.items():
+        assert refusal(fn) == (status, code), name

@@ -1,0 +1,50 @@
+"""Cosine scoring, the decision rule and enrollment agreement (numpy only)."""
+
+from __future__ import annotations
+
+import doctest
+
+import numpy as np
+import pytest
+
+from lockwise import scoring
+
+
+def test_doctests() -> None:
+    assert doctest.testmod(scoring).failed == 0
+
+
+def unit(*values: float) -> np.ndarray:
+    return scoring.normalise(np.array(values, dtype=np.float32))
+
+
+def test_scores_are_cosines_in_one_matrix_product() -> None:
+    prints = np.stack([unit(1, 0, 0), unit(0, 1, 0), unit(1, 1, 0)])
+    scores = scoring.cosine_scores(unit(1, 0, 0), prints)
+    np.testing.assert_allclose(scores, [1.0, 0.0, np.sqrt(0.5)], atol=1e-6)
+    with pytest.raises(ValueError):
+        scoring.cosine_scores(unit(1, 0), prints)
+
+
+def test_decision_needs_threshold_and_margin() -> None:
+    assert scoring.decide(np.array([], np.float32), 0.5, 0.1).reason == "no_candidates"
+    assert scoring.decide(np.array([0.4, 0.1], np.float32), 0.5, 0.1).reason == "below_threshold"
+    ambiguous = scoring.decide(np.array([0.80, 0.75], np.float32), 0.5, 0.1)
+    assert not ambiguous.accepted and ambiguous.reason == "ambiguous"
+    ok = scoring.decide(np.array([0.3, 0.9, 0.5], np.float32), 0.5, 0.1)
+    assert ok.accepted and ok.best_index == 1 and ok.runner_up == pytest.approx(0.5)
+
+
+def test_bytes_round_trip_and_dimension_checks() -> None:
+    m = np.random.default_rng(0).standard_normal((3, 192)).astype(np.float32)
+    np.testing.assert_array_equal(scoring.from_bytes(scoring.to_bytes(m), 192), m)
+    with pytest.raises(ValueError):
+        scoring.from_bytes(b"\0" * 100, 192)
+
+
+def test_voiceprint_and_agreement_find_the_outlier() -> None:
+    samples = np.stack([unit(1, 0.1, 0), unit(1, 0, 0.1), unit(0, 0, 1)])
+    lowest, outlier = scoring.agreement(samples)
+    assert outlier == 2 and lowest < 0.2
+    vp = scoring.voiceprint(samples[:2])
+    assert abs(float(np.linalg.norm(vp)) - 1) < 1e-6 and vp[0] > 0.9

@@ -1,0 +1,37 @@
+"""Synthetic speech-like audio for the plumbing tests (real speech comes from the corpus tests).
+
+A voiced signal: harmonics of a wavering fundamental under a 4 Hz syllable envelope, with a little noise. It is loud
+enough, long enough and unclipped, so it passes intake; ``f0`` and ``seed`` make different "voices".
+"""
+
+from __future__ import annotations
+
+import base64
+
+import numpy as np
+import numpy.typing as npt
+
+from lockwise.audio import Clip, to_wav
+
+
+def speech_like(seconds: float = 3.0, rate: int = 44100, f0: float = 140.0, seed: int = 0) -> npt.NDArray[np.float32]:
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * rate)) / rate
+    pitch = f0 * (1 + 0.05 * np.sin(2 * np.pi * 0.7 * t + rng.uniform(0, 6)))
+    phase = 2 * np.pi * np.cumsum(pitch) / rate
+    voice = sum((0.6 / k) * np.sin(k * phase + rng.uniform(0, 6)) for k in range(1, 12))
+    envelope = 0.55 + 0.45 * np.sin(2 * np.pi * 4 * t + rng.uniform(0, 6))
+    signal = 0.25 * voice * envelope + 0.005 * rng.standard_normal(len(t))
+    return np.asarray(signal / max(1.0, float(np.abs(signal).max()) / 0.8), dtype=np.float32)
+
+
+def pcm16(samples: npt.NDArray[np.float32]) -> bytes:
+    return (np.clip(samples, -1, 1) * 32767).astype("<i2").tobytes()
+
+
+def wav(samples: npt.NDArray[np.float32], rate: int = 44100) -> bytes:
+    return to_wav(Clip(samples, rate))
+
+
+def pcm_json(samples: npt.NDArray[np.float32], rate: int = 44100) -> dict[str, object]:
+    return {"pcm_base64": base64.b64encode(pcm16(samples)).decode(), "sample_rate": rate}
