@@ -130,7 +130,7 @@ def _ack(con: Connection, lock_id: str, body: dict[str, Any], now: dt.datetime) 
     rows = con.run(
         "UPDATE commands SET status = :st, acked_at = CASE WHEN :st = 'acked' THEN :now ELSE acked_at END,"
         " last_error = :err WHERE id = CAST(:i AS uuid) AND lock_id = CAST(:l AS uuid) AND nonce = :n"
-        " AND status IN ('pending', 'sent') RETURNING action",
+        " AND status IN ('pending', 'sent') RETURNING action, issuer_kind",
         st=ACK_RESULTS[result],
         now=now,
         err=None if result == "ok" else f"{result}: {reason or 'no reason given'}"[:200],

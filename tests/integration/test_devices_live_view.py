@@ -180,3 +180,28 @@ def test_rules_let_members_read_and_nobody_else(world: World, stack_env: dict[st
     assert rest_get(host, lock_doc, None) == 403
     assert rest_write(host, lock_doc, world.accounts["owner"]["idToken"]) == 403
     assert rest_write(host, f"users/{world.uid('owner')}", world.accounts["owner"]["idToken"]) == 403
+
+
+def test_ack_marks_the_command_and_a_user_unlock_ends_a_voice_lockout(world: World, stack_env: dict[str, str]) -> None:
+    command = world.devices.post(
+        f"/devices/locks/{world.lock_id}/commands", json={"action": "unlock"}, headers=world.headers("member")
+    ).get_json()["command"]
+    with get_runtime("devices").db.transaction() as con:
+        nonce = con.run("SELECT nonce FROM commands WHERE id = CAST(:i AS uuid)", i=command["id"])[0][0]
+        con.run(
+            "INSERT INTO voice_lockouts (lock_id, consecutive_failures, locked_until)"
+            " VALUES (CAST(:l AS uuid), 7, now() + interval '1 hour')",
+            l=world.lock_id,
+        )
+    token = stack_env["LOCKWISE_SERVICE_TOKEN"]
+    ack = {"id": command["id"], "nonce": nonce, "result": "ok"}
+    assert relay_event(world, token, "ack", ack) == {"outcome": "applied"}
+    assert relay_event(world, token, "ack", ack)["outcome"] == "duplicate"
+    assert relay_event(world, token, "ack", {**ack, "nonce": "forged-nonce-value"})["outcome"] == "duplicate"
+    got = world.devices.get(f"/devices/locks/{world.lock_id}/commands/{command['id']}", headers=world.headers("member"))
+    assert got.get_json()["command"]["status"] == "acked"
+    with get_runtime("devices").db.connection() as con:
+        assert con.run(
+            "SELECT consecutive_failures, locked_until FROM voice_lockouts WHERE lock_id = CAST(:l AS uuid)",
+            l=world.lock_id,
+        ) == [[0, None]]

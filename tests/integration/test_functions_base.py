@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
 import pytest
@@ -52,10 +51,3 @@ def test_me_records_the_user_in_postgres(make_client: Any, sign_up: Any) -> None
     assert resp.get_json() == {"uid": account["localId"], "email": "me@example.com"}
     with get_runtime("devices").db.connection() as con:
         assert con.run("SELECT email FROM users WHERE uid = :u", u=account["localId"]) == [["me@example.com"]]
-
-
-def test_devices_function_does_not_import_torch(make_client: Any) -> None:
-    for mod in [m for m in sys.modules if m == "torch" or m.startswith("torch.")]:
-        del sys.modules[mod]
-    make_client("devices").get("/devices/health")
-    assert "torch" not in sys.modules
