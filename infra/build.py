@@ -21,21 +21,46 @@ FUNCTIONS_DIR = REPO / "functions"
 SHARED_PACKAGE = FUNCTIONS_DIR / "lockwise"
 FUNCTIONS = ("embed", "verify", "devices")
 RELAY = "relay"
+MIGRATE = "migrate"
+TARGETS = (*FUNCTIONS, RELAY, MIGRATE)
+#: production installs torch from the CPU wheel index: the PyPI build bundles CUDA (~7 GB) that Cloud Run cannot use
+CPU_INDEX = "--extra-index-url https://download.pytorch.org/whl/cpu"
+MIGRATE_DOCKERFILE = """FROM python:3.11-slim
+WORKDIR /app
+RUN pip install --no-cache-dir pg8000==1.31.6 && useradd --system --uid 10001 migrate
+COPY lockwise /app/lockwise
+USER migrate
+CMD ["python", "-m", "lockwise.migrate"]
+"""
 _IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", ".mypy_cache")
 
 
-def build(name: str, out: Path) -> Path:
-    """Write the bundle of function ``name`` into ``out`` (replaced if it exists); return ``out``."""
-    if name not in (*FUNCTIONS, RELAY):
-        raise SystemExit(f"unknown target {name!r}; expected one of {', '.join((*FUNCTIONS, RELAY))}")
+def build(name: str, out: Path, *, production: bool = False) -> Path:
+    """Write the bundle of ``name`` into ``out`` (replaced if it exists); return ``out``.
+
+    ``production`` points torch at the CPU wheel index (same versions, no CUDA libraries).
+    """
+    if name not in TARGETS:
+        raise SystemExit(f"unknown target {name!r}; expected one of {', '.join(TARGETS)}")
     if out.exists():
         shutil.rmtree(out)
     if name == RELAY:  # the relay's container context: its package, requirements and Dockerfile
         shutil.copytree(REPO / "mqtt_relay", out / "mqtt_relay", ignore=_IGNORE)
         shutil.copy(REPO / "mqtt_relay" / "requirements.txt", out / "requirements.txt")
         shutil.copy(REPO / "mqtt_relay" / "Dockerfile", out / "Dockerfile")
+    elif name == MIGRATE:  # a one-shot container that applies the migrations
+        out.mkdir(parents=True)
+        (out / "Dockerfile").write_text(MIGRATE_DOCKERFILE)
     else:
         shutil.copytree(FUNCTIONS_DIR / name, out, ignore=_IGNORE)
+        requirements = out / "requirements.txt"
+        if production and "torch==" in requirements.read_text():
+            pins = (
+                requirements.read_text()
+                .replace("torch==2.9.1", "torch==2.9.1+cpu")
+                .replace("torchaudio==2.9.1", "torchaudio==2.9.1+cpu")
+            )
+            requirements.write_text(f"{CPU_INDEX}\n{pins}")
     shutil.copytree(SHARED_PACKAGE, out / "lockwise", ignore=_IGNORE)
     manifest = {
         "function": name,
@@ -51,7 +76,8 @@ def build(name: str, out: Path) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("functions", nargs="*", default=[*FUNCTIONS, RELAY], help="what to build (default: all)")
+    parser.add_argument("functions", nargs="*", default=list(TARGETS), help="what to build (default: all)")
+    parser.add_argument("--production", action="store_true", help="torch from the CPU wheel index")
     parser.add_argument("--out", type=Path, help="output folder (one function) or parent folder (several)")
     args = parser.parse_args(argv)
     names: list[str] = args.functions
@@ -62,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
             out = args.out
         else:
             out = args.out / name
-        build(name, out)
+        build(name, out, production=args.production)
         sys.stdout.write(f"built {name} -> {out}\n")
     return 0
 

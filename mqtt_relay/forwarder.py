@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 import requests
 
+from lockwise.http import SERVICE_TOKEN_HEADER
+
 log = logging.getLogger("mqtt_relay.forwarder")
 
 
@@ -37,11 +39,13 @@ class Forwarder:
         *,
         batch: int = 100,
         timeout_s: float = 10.0,
+        identity: Callable[[], dict[str, str]] | None = None,
     ) -> None:
         self.url = f"{devices_url}/devices/relay/events"
         self.flush_url = f"{devices_url}/devices/relay/flush"
-        self.headers = {"Authorization": f"Bearer {service_token}"}
+        self.headers = {SERVICE_TOKEN_HEADER: service_token}
         self.ack = ack
+        self.identity = identity or dict
         self.batch = batch
         self.timeout_s = timeout_s
         self.queue: queue.Queue[Event] = queue.Queue()
@@ -100,8 +104,9 @@ class Forwarder:
     def _post(self, events: list[Event]) -> bool:
         body = {"events": [{"topic": e.topic, "payload": e.payload} for e in events]}
         try:
-            resp = self._session.post(self.url, json=body, headers=self.headers, timeout=self.timeout_s)
-        except requests.RequestException as exc:
+            headers = {**self.headers, **self.identity()}
+            resp = self._session.post(self.url, json=body, headers=headers, timeout=self.timeout_s)
+        except (requests.RequestException, OSError) as exc:
             self.last_error = type(exc).__name__
             log.warning("devices function unreachable; will retry", extra={"fields": {"error": self.last_error}})
             return False
@@ -115,6 +120,6 @@ class Forwarder:
     def flush_mirror(self) -> None:
         """Ask the devices function to write queued Firestore mirror rows (the app's view converges)."""
         try:
-            requests.post(self.flush_url, headers=self.headers, timeout=self.timeout_s)
-        except requests.RequestException as exc:
+            requests.post(self.flush_url, headers={**self.headers, **self.identity()}, timeout=self.timeout_s)
+        except (requests.RequestException, OSError) as exc:
             log.warning("mirror flush failed", extra={"fields": {"error": type(exc).__name__}})

@@ -23,6 +23,7 @@ from lockwise import topics
 from lockwise.db import Connection, Database
 from mqtt_relay import outbox
 from mqtt_relay.forwarder import Event, Forwarder
+from mqtt_relay.identity import IdTokens
 from mqtt_relay.settings import RelaySettings
 
 log = logging.getLogger("mqtt_relay")
@@ -53,8 +54,9 @@ class Relay:
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
         self.client.on_message = self._on_message
+        identity = IdTokens(settings.id_token_audience).header if settings.id_token_audience else None
         self.forwarder = Forwarder(
-            settings.devices_url, settings.base.service_token, self._ack, batch=settings.event_batch
+            settings.devices_url, settings.base.service_token, self._ack, batch=settings.event_batch, identity=identity
         )
 
     # ------------------------------------------------------------------------------------------------ MQTT side

@@ -24,6 +24,7 @@ class RelaySettings:
     resend_after_s: int
     flush_every_s: int
     event_batch: int
+    id_token_audience: str | None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> RelaySettings:
@@ -58,4 +59,5 @@ class RelaySettings:
             resend_after_s=env_int(env, "LOCKWISE_RELAY_RESEND_AFTER_S", 5, minimum=1),
             flush_every_s=env_int(env, "LOCKWISE_RELAY_FLUSH_EVERY_S", 10, minimum=1),
             event_batch=env_int(env, "LOCKWISE_RELAY_EVENT_BATCH", 100, minimum=1),
+            id_token_audience=env.get("LOCKWISE_RELAY_ID_TOKEN_AUDIENCE") or None,
         )

@@ -254,3 +254,13 @@ def sign_up(auth_emulator: services.Emulator) -> Callable[..., dict[str, Any]]:
         return result
 
     return create
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """SIGTERM (a CI timeout, a killed run) becomes KeyboardInterrupt, so the fixtures still stop every service."""
+    import signal
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, interrupt)

@@ -366,7 +366,9 @@ def lock_config(ctx: Ctx) -> JsonBody:
 
 
 def require_relay(ctx: Ctx) -> None:
-    auth.check_service_token(ctx.bearer_token(), rt.settings.service_token)
+    if not rt.settings.relay_routes:  # the public deployment does not serve the relay's endpoints at all
+        raise errors.NotFound(f"no route for {ctx.request.path}", code="no_route")
+    auth.check_service_token(ctx.service_token(), rt.settings.service_token)
 
 
 @api.route("POST", "/devices/relay/events")

@@ -96,7 +96,7 @@ def delete_voice_data(ctx: Ctx) -> Result:
 @api.route("POST", "/embed")
 def embed_original(ctx: Ctx) -> JsonBody:
     """The original contract, fixed, for trusted service callers: ``{"pcm_base64"}`` -> ``{"embedding"}``."""
-    auth.check_service_token(ctx.bearer_token(), rt.settings.service_token)
+    auth.check_service_token(ctx.service_token(), rt.settings.service_token)
     clip = audio.validate(audio.from_json(ctx.json(audio.max_body_bytes(limits))), limits)
     vector = encoder.embed(clip.samples, clip.rate)
     import base64

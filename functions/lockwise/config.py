@@ -64,6 +64,8 @@ class Settings:
     lockout_after: int
     lockout_base_s: int
     debug_rejected_dir: str | None
+    #: serve the relay's endpoints (off on the public devices service; on for the internal one)
+    relay_routes: bool
 
     @property
     def is_production(self) -> bool:
@@ -136,6 +138,7 @@ class Settings:
             lockout_after=env_int(env, "LOCKWISE_LOCKOUT_AFTER", 5, minimum=1),
             lockout_base_s=env_int(env, "LOCKWISE_LOCKOUT_BASE_S", 30, minimum=1 if local else 30),
             debug_rejected_dir=_debug_dir(env, local),
+            relay_routes=_choice(env, "LOCKWISE_RELAY_ROUTES", ("on", "off"), "on") == "on",
         )
         if not 2 <= settings.enroll_min_samples <= settings.enroll_max_samples <= 20:
             raise ConfigError("LOCKWISE_ENROLL_MIN_SAMPLES/MAX_SAMPLES must satisfy 2 <= min <= max <= 20")

@@ -26,6 +26,7 @@ from lockwise.log import event, request_id_var
 
 log = logging.getLogger("lockwise.http")
 
+SERVICE_TOKEN_HEADER = "X-LockWise-Service-Token"
 _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 JsonBody = dict[str, Any]
@@ -54,6 +55,14 @@ class Ctx:
     def json(self, limit: int | None = None) -> JsonBody:
         """The body as a JSON object (400 ``malformed_json`` / ``expected_object`` otherwise)."""
         return parse_json_object(self.body(limit))
+
+    def service_token(self) -> str:
+        """The trusted caller's secret, in ``X-LockWise-Service-Token`` (``Authorization`` stays free for the
+        platform's IAM identity token in front of internal services)."""
+        token = self.request.headers.get(SERVICE_TOKEN_HEADER, "").strip()
+        if not token:
+            raise errors.Unauthenticated(f"missing {SERVICE_TOKEN_HEADER}", code="missing_service_token")
+        return token
 
     def bearer_token(self) -> str:
         header = self.request.headers.get("Authorization", "")

@@ -69,7 +69,7 @@ def save_rejected(clip: audio.Clip, attempt_id: str) -> None:
 @api.route("POST", "/verify/candidates")
 def verify_candidates(ctx: Ctx) -> JsonBody:
     """The original contract, for trusted service callers: audio and candidate embeddings in, best match out."""
-    auth.check_service_token(ctx.bearer_token(), rt.settings.service_token)
+    auth.check_service_token(ctx.service_token(), rt.settings.service_token)
     obj = ctx.json(audio.max_body_bytes(limits) + 1_500_000)  # + 1000 base64 candidates
     clip = audio.validate(audio.from_json(obj), limits)
     raw = obj.get("candidates")

@@ -373,47 +373,41 @@ def _share_with_mosquitto(path: Path, mode: int = 0o640) -> None:
     path.chmod(mode)
 
 
+BROKER_TEMPLATES = REPO / "infra" / "broker"
+
+
 def render_mosquitto_conf(
-    *, port: int, tls: TlsFiles, password_file: Path, acl_file: Path, persistence_dir: Path, log_dest: str
+    *,
+    port: int,
+    tls: TlsFiles,
+    password_file: Path,
+    acl_file: Path,
+    persistence_dir: Path,
+    log_dest: str,
+    bind_address: str = "127.0.0.1",
 ) -> str:
-    return "\n".join(
-        [
-            "per_listener_settings false",
-            "allow_anonymous false",
-            f"password_file {password_file}",
-            f"acl_file {acl_file}",
-            "persistence true",
-            f"persistence_location {persistence_dir}/",
-            "autosave_interval 1",
-            "max_queued_messages 100000",  # per client; beyond it mosquitto drops QoS 1 messages
-            "max_inflight_messages 100",
-            "set_tcp_nodelay true",
-            f"log_dest {log_dest}",
-            "log_type error",
-            "log_type warning",
-            "log_type notice",
-            "connection_messages true",
-            f"listener {port} 127.0.0.1",
-            f"cafile {tls.ca_cert}",
-            f"certfile {tls.server_cert}",
-            f"keyfile {tls.server_key}",
-            "tls_version tlsv1.2",
-            "",
-        ]
+    """``infra/broker/mosquitto.conf.template`` filled in (the same template the broker VM gets)."""
+    from string import Template
+
+    return Template((BROKER_TEMPLATES / "mosquitto.conf.template").read_text()).substitute(
+        PASSWORD_FILE=password_file,
+        ACL_FILE=acl_file,
+        PERSISTENCE_DIR=persistence_dir,
+        LOG_DEST=log_dest,
+        PORT=port,
+        BIND_ADDRESS=bind_address,
+        CAFILE=tls.ca_cert,
+        CERTFILE=tls.server_cert,
+        KEYFILE=tls.server_key,
     )
 
 
 def render_acl(relay_user: str, topic_root: str = "lockwise") -> str:
     """The relay may use every lock's topics; each lock (username = lock's broker user) only its own."""
-    return "\n".join(
-        [
-            f"user {relay_user}",
-            f"topic readwrite {topic_root}/#",
-            "",
-            "# every other account: only the topics under its own username",
-            f"pattern readwrite {topic_root}/%u/#",
-            "",
-        ]
+    from string import Template
+
+    return Template((BROKER_TEMPLATES / "acl.template").read_text()).substitute(
+        RELAY_USER=relay_user, TOPIC_ROOT=topic_root
     )
 
 
@@ -590,10 +584,13 @@ def start_function(
     name: str, port: int, env: dict[str, str], state_dir: Path, source_dir: Path | None = None
 ) -> FunctionServer:
     """Serve ``functions/<name>/main.py`` with functions-framework (or a built bundle in ``source_dir``)."""
+    bundle = source_dir is not None
     source_dir = source_dir or FUNCTIONS_DIR / name
     child_env = dict(os.environ)
     child_env.update(env)
-    if source_dir.parent == FUNCTIONS_DIR:
+    if bundle:  # a built bundle must stand on its own: nothing of the source tree on the path
+        child_env.pop("PYTHONPATH", None)
+    else:
         child_env["PYTHONPATH"] = os.pathsep.join([str(FUNCTIONS_DIR), child_env.get("PYTHONPATH", "")]).rstrip(
             os.pathsep
         )

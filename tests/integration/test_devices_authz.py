@@ -177,6 +177,9 @@ def test_relay_endpoints_refuse_app_users_and_locks(world: World) -> None:
     event = {"events": [{"topic": f"lockwise/{world.lock_id}/status", "payload": "online"}]}
     for role in ("owner", "stranger"):
         resp = world.devices.post("/devices/relay/events", json=event, headers=world.headers(role))
+        assert resp.status_code == 401 and resp.get_json()["error"]["code"] == "missing_service_token"
+        forged = {**world.headers(role), "X-LockWise-Service-Token": "guess"}
+        resp = world.devices.post("/devices/relay/events", json=event, headers=forged)
         assert resp.status_code == 401 and resp.get_json()["error"]["code"] == "invalid_service_token"
     assert world.devices.post("/devices/relay/events", json=event).status_code == 401
     assert world.devices.post("/devices/relay/flush", headers=world.headers("owner")).status_code == 401

@@ -27,7 +27,7 @@ def relay_event(world: World, service_token: str, topic_kind: str, payload: Any)
         "payload": payload if isinstance(payload, str) else json.dumps(payload),
     }
     resp = world.devices.post(
-        "/devices/relay/events", json={"events": [body]}, headers={"Authorization": f"Bearer {service_token}"}
+        "/devices/relay/events", json={"events": [body]}, headers={"X-LockWise-Service-Token": service_token}
     )
     assert resp.status_code == 200, resp.get_json()
     result: dict[str, Any] = resp.get_json()["results"][0]
@@ -82,12 +82,10 @@ def test_bad_events_are_rejected_not_failed(world: World, stack_env: dict[str, s
     resp = world.devices.post(
         "/devices/relay/events",
         json={"events": [{"topic": "lockwise/unknown-lock-0001/state", "payload": "{}"}, "junk"]},
-        headers={"Authorization": f"Bearer {token}"},
+        headers={"X-LockWise-Service-Token": token},
     )
     assert [r["outcome"] for r in resp.get_json()["results"]] == ["rejected", "rejected"]
-    resp = world.devices.post(
-        "/devices/relay/events", json={"events": []}, headers={"Authorization": f"Bearer {token}"}
-    )
+    resp = world.devices.post("/devices/relay/events", json={"events": []}, headers={"X-LockWise-Service-Token": token})
     assert resp.status_code == 400 and resp.get_json()["error"]["code"] == "invalid_events"
 
 
@@ -128,7 +126,7 @@ def test_view_converges_after_a_firestore_outage(
     # the emulator keeps data in memory: what it held before the outage is gone, what was queued must arrive
     flaky_firestore["emulator"] = services.start_firestore(workdir / "flaky", flaky_firestore["port"], PROJECT_ID)
     resp = world.devices.post(
-        "/devices/relay/flush", headers={"Authorization": f"Bearer {stack_env['LOCKWISE_SERVICE_TOKEN']}"}
+        "/devices/relay/flush", headers={"X-LockWise-Service-Token": stack_env["LOCKWISE_SERVICE_TOKEN"]}
     )
     assert resp.status_code == 200 and resp.get_json()["pending"] == 0
     client = firestore_client(PROJECT_ID, f"127.0.0.1:{flaky_firestore['port']}")

@@ -300,7 +300,7 @@ def test_verify_needs_a_lock_signature_and_refuses_replays(clients: dict[str, An
 
 
 def test_original_contracts_for_service_callers(clients: dict[str, Any], voice_env: dict[str, str]) -> None:
-    service = {"Authorization": f"Bearer {voice_env['LOCKWISE_SERVICE_TOKEN']}"}
+    service = {"X-LockWise-Service-Token": voice_env["LOCKWISE_SERVICE_TOKEN"]}
     resp = clients["embed"].post("/embed", json=pcm_json(VOICE), headers=service)
     assert resp.status_code == 200, resp.get_json()
     vector = scoring.from_bytes(base64.b64decode(resp.get_json()["embedding"]), 192)[0]

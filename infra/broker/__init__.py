@@ -1,0 +1,1 @@
+"""Broker configuration templates (Mosquitto, NanoMQ) and their renderer."""

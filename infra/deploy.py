@@ -1,0 +1,327 @@
+"""Deploy LockWise to Google Cloud: ``python -m infra.deploy COMPONENT --project P [--dry-run]``.
+
+Components: ``accounts`` (service accounts and roles), ``build`` (bundles, model fetched by checksum), ``migrate``
+(database migrations as a Cloud Run job, run before any new code goes live), ``functions`` (verify, embed, devices,
+devices-relay), ``relay`` (the always-on container), ``broker`` (Mosquitto config for the broker VM), ``firebase``
+(Firestore rules and indexes, Hosting rewrites), ``all`` (in that order).
+
+``--dry-run`` validates the configuration and prints exactly the commands that would run, one per line, without
+running anything; the tests check that output. Secret values never appear: services mount them from Secret Manager.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import shlex
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from infra.deploy_config import ROLES, SECRET_DATABASE_URL, SERVICES, ServiceSpec
+
+REPO = Path(__file__).resolve().parents[1]
+COMPONENTS = ("accounts", "build", "migrate", "functions", "relay", "broker", "firebase")
+_PROJECT_RE = re.compile(r"^[a-z][a-z0-9-]{4,28}[a-z0-9]$")
+_REGION_RE = re.compile(r"^[a-z]+-[a-z]+[0-9]$")
+
+
+class DeployConfigError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Target:
+    project: str
+    region: str
+    sql_instance: str  # PROJECT:REGION:INSTANCE
+    vpc_connector: str
+    broker_host: str
+    image_repo: str  # REGION-docker.pkg.dev/PROJECT/REPO
+    devices_relay_url: str
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> Target:
+        if not _PROJECT_RE.match(args.project or ""):
+            raise DeployConfigError(f"--project {args.project!r} is not a valid Google Cloud project id")
+        if not _REGION_RE.match(args.region):
+            raise DeployConfigError(f"--region {args.region!r} is not a region name such as europe-west1")
+        if args.project.startswith("demo-"):
+            raise DeployConfigError("demo-* projects are emulator-only; give a real project id")
+        if args.component in ("relay", "all") and not (args.devices_relay_url or "").startswith("https://"):
+            raise DeployConfigError(
+                "--devices-relay-url (https://..., from `gcloud run services describe lockwise-devices-relay`) is"
+                " required to deploy the relay"
+            )
+        sql = args.sql_instance or f"{args.project}:{args.region}:lockwise"
+        if sql.count(":") != 2:
+            raise DeployConfigError("--sql-instance must be PROJECT:REGION:INSTANCE")
+        return cls(
+            project=args.project,
+            region=args.region,
+            sql_instance=sql,
+            vpc_connector=args.vpc_connector,
+            broker_host=args.broker_host,
+            image_repo=f"{args.region}-docker.pkg.dev/{args.project}/lockwise",
+            devices_relay_url=args.devices_relay_url,
+        )
+
+    def sa(self, service: str) -> str:
+        return f"{service}@{self.project}.iam.gserviceaccount.com"
+
+
+Command = list[str]
+
+
+def accounts(t: Target) -> list[Command]:
+    cmds: list[Command] = []
+    for service, roles in ROLES.items():
+        cmds.append(
+            [
+                "gcloud",
+                "iam",
+                "service-accounts",
+                "create",
+                service,
+                f"--project={t.project}",
+                f"--display-name=LockWise {service}",
+            ]
+        )
+        for role in roles:
+            cmds.append(
+                [
+                    "gcloud",
+                    "projects",
+                    "add-iam-policy-binding",
+                    t.project,
+                    f"--member=serviceAccount:{t.sa(service)}",
+                    f"--role={role}",
+                    "--condition=None",
+                ]
+            )
+    for spec in SERVICES:
+        for secret in sorted(set(spec.secrets.values())):
+            cmds.append(
+                [
+                    "gcloud",
+                    "secrets",
+                    "add-iam-policy-binding",
+                    secret,
+                    f"--project={t.project}",
+                    f"--member=serviceAccount:{t.sa(spec.name)}",
+                    "--role=roles/secretmanager.secretAccessor",
+                ]
+            )
+    cmds.append(
+        [
+            "gcloud",
+            "secrets",
+            "add-iam-policy-binding",
+            SECRET_DATABASE_URL,
+            f"--project={t.project}",
+            f"--member=serviceAccount:{t.sa('lockwise-migrate')}",
+            "--role=roles/secretmanager.secretAccessor",
+        ]
+    )
+    return cmds
+
+
+def build(t: Target) -> list[Command]:
+    py = sys.executable
+    return [
+        [py, "-m", "infra.build", "--production", "--out", str(REPO / ".build")],
+        [py, "-m", "infra.model.fetch", str(REPO / ".build" / "verify" / "model")],
+        [py, "-m", "infra.model.fetch", str(REPO / ".build" / "embed" / "model")],
+        [
+            "gcloud",
+            "builds",
+            "submit",
+            str(REPO / ".build" / "relay"),
+            f"--project={t.project}",
+            f"--tag={t.image_repo}/relay:latest",
+        ],
+        [
+            "gcloud",
+            "builds",
+            "submit",
+            str(REPO / ".build" / "migrate"),
+            f"--project={t.project}",
+            f"--tag={t.image_repo}/migrate:latest",
+        ],
+    ]
+
+
+def migrate(t: Target) -> list[Command]:
+    job = "lockwise-migrate"
+    return [
+        [
+            "gcloud",
+            "run",
+            "jobs",
+            "deploy",
+            job,
+            f"--project={t.project}",
+            f"--region={t.region}",
+            f"--image={t.image_repo}/migrate:latest",
+            f"--service-account={t.sa(job)}",
+            f"--set-cloudsql-instances={t.sql_instance}",
+            f"--set-secrets=DATABASE_URL={SECRET_DATABASE_URL}:latest",
+            "--set-env-vars=LOCKWISE_MODE=production",
+            "--max-retries=0",
+            "--task-timeout=600s",
+        ],
+        ["gcloud", "run", "jobs", "execute", job, f"--project={t.project}", f"--region={t.region}", "--wait"],
+    ]
+
+
+def _service_flags(t: Target, spec: ServiceSpec) -> Command:
+    secrets = ",".join(f"{env}={name}:latest" for env, name in sorted(spec.secrets.items()))
+    env = {"LOCKWISE_MODE": "production", "LOCKWISE_PROJECT_ID": t.project, **spec.env}
+    flags = [
+        f"--project={t.project}",
+        f"--region={t.region}",
+        f"--service-account={t.sa(spec.name)}",
+        f"--memory={spec.memory}",
+        f"--cpu={spec.cpu}",
+        f"--min-instances={spec.min_instances}",
+        f"--max-instances={spec.max_instances}",
+        f"--concurrency={spec.concurrency}",
+        f"--timeout={spec.timeout_s}s",
+        f"--ingress={spec.ingress}",
+        f"--set-secrets={secrets}",
+        "--set-env-vars=" + ",".join(f"{k}={v}" for k, v in sorted(env.items())),
+        f"--add-cloudsql-instances={t.sql_instance}",
+        "--allow-unauthenticated" if spec.public else "--no-allow-unauthenticated",
+        "--cpu-boost" if spec.cpu_boost else "--no-cpu-boost",
+    ]
+    if spec.always_on_cpu:
+        flags.append("--no-cpu-throttling")
+    return flags
+
+
+def functions(t: Target) -> list[Command]:
+    cmds: list[Command] = []
+    for spec in SERVICES:
+        if spec.function is None:
+            continue
+        cmds.append(
+            [
+                "gcloud",
+                "run",
+                "deploy",
+                spec.name,
+                f"--source={REPO / '.build' / spec.bundle}",
+                f"--function={spec.function}",
+                "--base-image=python311",
+                *_service_flags(t, spec),
+            ]
+        )
+    cmds.append(
+        [
+            "gcloud",
+            "run",
+            "services",
+            "add-iam-policy-binding",
+            "lockwise-devices-relay",
+            f"--project={t.project}",
+            f"--region={t.region}",
+            f"--member=serviceAccount:{t.sa('lockwise-relay')}",
+            "--role=roles/run.invoker",
+        ]
+    )
+    return cmds
+
+
+def relay(t: Target) -> list[Command]:
+    spec = next(s for s in SERVICES if s.name == "lockwise-relay")
+    devices_relay_url = t.devices_relay_url
+    flags = _service_flags(t, spec)
+    env_index = next(i for i, f in enumerate(flags) if f.startswith("--set-env-vars="))
+    flags[env_index] += (
+        f",MQTT_HOST={t.broker_host},MQTT_PORT=8883,MQTT_USERNAME=lockwise-relay,MQTT_CA_FILE=/etc/lockwise/ca.crt"
+        f",LOCKWISE_DEVICES_URL={devices_relay_url},LOCKWISE_RELAY_ID_TOKEN_AUDIENCE={devices_relay_url}"
+    )
+    return [
+        [
+            "gcloud",
+            "run",
+            "deploy",
+            spec.name,
+            f"--image={t.image_repo}/relay:latest",
+            *flags,
+            f"--vpc-connector={t.vpc_connector}",
+            "--vpc-egress=private-ranges-only",
+            "--port=8090",
+        ]
+    ]
+
+
+def broker(t: Target) -> list[Command]:
+    py = sys.executable
+    return [[py, "-m", "infra.broker.render", "--out", str(REPO / ".build" / "broker"), "--host", t.broker_host]]
+
+
+def firebase(t: Target) -> list[Command]:
+    cli = str(Path.home() / ".cache" / "lockwise" / "firebase-tools" / "node_modules" / ".bin" / "firebase")
+    return [
+        [
+            cli,
+            "deploy",
+            "--only",
+            "firestore:rules,firestore:indexes,hosting",
+            "--project",
+            t.project,
+            "--config",
+            str(REPO / "firebase.json"),
+            "--non-interactive",
+        ]
+    ]
+
+
+PLANS = {
+    "accounts": accounts,
+    "build": build,
+    "migrate": migrate,
+    "functions": functions,
+    "relay": relay,
+    "broker": broker,
+    "firebase": firebase,
+}
+
+
+def plan(component: str, target: Target) -> list[Command]:
+    names = COMPONENTS if component == "all" else (component,)
+    return [cmd for name in names for cmd in PLANS[name](target)]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("component", choices=(*COMPONENTS, "all"))
+    parser.add_argument("--project", required=True)
+    parser.add_argument("--region", default="europe-west1")
+    parser.add_argument("--sql-instance", help="PROJECT:REGION:INSTANCE (default: PROJECT:REGION:lockwise)")
+    parser.add_argument("--vpc-connector", default="lockwise-connector")
+    parser.add_argument("--broker-host", default="broker.lockwise.internal")
+    parser.add_argument("--devices-relay-url", default="", help="URL of the internal devices service (for the relay)")
+    parser.add_argument("--dry-run", action="store_true", help="validate and print the commands; run nothing")
+    args = parser.parse_args(argv)
+    try:
+        target = Target.from_args(args)
+    except DeployConfigError as exc:
+        sys.stderr.write(f"deploy: {exc}\n")
+        return 2
+    commands = plan(args.component, target)
+    for cmd in commands:
+        sys.stdout.write(shlex.join(cmd) + "\n")
+        if not args.dry_run:
+            sys.stdout.flush()
+            result = subprocess.run(cmd, check=False)
+            if result.returncode != 0:
+                sys.stderr.write(f"deploy: step failed ({result.returncode}): {shlex.join(cmd)}\n")
+                return result.returncode
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
