@@ -125,10 +125,13 @@ def test_view_converges_after_a_firestore_outage(
     assert added.status_code == 201
     # the emulator keeps data in memory: what it held before the outage is gone, what was queued must arrive
     flaky_firestore["emulator"] = services.start_firestore(workdir / "flaky", flaky_firestore["port"], PROJECT_ID)
-    resp = world.devices.post(
-        "/devices/relay/flush", headers={"X-LockWise-Service-Token": stack_env["LOCKWISE_SERVICE_TOKEN"]}
-    )
-    assert resp.status_code == 200 and resp.get_json()["pending"] == 0
+    token = {"X-LockWise-Service-Token": stack_env["LOCKWISE_SERVICE_TOKEN"]}
+
+    def flushed() -> bool:  # what the relay does every few seconds, until the queue is empty
+        resp = world.devices.post("/devices/relay/flush", headers=token)
+        return bool(resp.status_code == 200 and resp.get_json()["pending"] == 0)
+
+    wait_for(flushed, timeout=20)
     client = firestore_client(PROJECT_ID, f"127.0.0.1:{flaky_firestore['port']}")
     doc = client.document(f"locks/{world.lock_id}").get().to_dict()
     assert doc["state"] == "jammed" and newcomer["localId"] in doc["member_uids"]
