@@ -14,12 +14,12 @@ import numpy as np
 from lockwise import audio, auth, errors, health, scoring, users, voiceprints
 from lockwise.http import Api, Ctx, JsonBody, Result
 from lockwise.runtime import get_runtime
-from lockwise.voice.encoder import load_encoder, policy
+from lockwise.voice.encoder import describe, load_encoder, policy
 
 rt = get_runtime("embed")
 api = Api("embed")
 encoder = load_encoder(rt.settings)
-limits = audio.Limits(rt.settings.audio_min_s, rt.settings.audio_max_s, rt.settings.audio_min_speech_s)
+limits = audio.Limits.from_settings(rt.settings)
 
 
 def app_user(ctx: Ctx) -> auth.User:
@@ -45,9 +45,7 @@ def sample_clip(index: int, value: Any) -> audio.Clip:
 
 @api.route("GET", "/embed/health")
 def get_health(ctx: Ctx) -> tuple[JsonBody, int]:
-    probes = rt.probes()
-    probes["model"] = lambda: {"encoder": encoder.name, "model_id": encoder.model_id, "dim": encoder.dim}
-    return health.check(probes, "embed", rt.settings.release)
+    return health.check({**rt.probes(), "model": describe(encoder)}, "embed", rt.settings.release)
 
 
 @api.route("PUT", "/embed/enrollment")

@@ -22,6 +22,7 @@ import numpy as np
 import numpy.typing as npt
 
 from lockwise import errors
+from lockwise.config import Settings
 
 SUPPORTED_RATES = (8000, 11025, 16000, 22050, 24000, 32000, 44100, 48000)
 DEFAULT_RATE = 44100
@@ -53,6 +54,10 @@ class Limits:
     min_seconds: float = 2.0
     max_seconds: float = 15.0
     min_speech_seconds: float = 1.0
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Limits:
+        return cls(settings.audio_min_s, settings.audio_max_s, settings.audio_min_speech_s)
 
 
 # --------------------------------------------------------------------------------------------------- decoding

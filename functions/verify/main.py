@@ -14,12 +14,12 @@ import functions_framework
 from lockwise import audio, auth, errors, health, lock_auth, scoring, verification
 from lockwise.http import Api, Ctx, JsonBody, Result
 from lockwise.runtime import get_runtime
-from lockwise.voice.encoder import load_encoder
+from lockwise.voice.encoder import describe, load_encoder
 
 rt = get_runtime("verify")
 api = Api("verify")
 encoder = load_encoder(rt.settings)
-limits = audio.Limits(rt.settings.audio_min_s, rt.settings.audio_max_s, rt.settings.audio_min_speech_s)
+limits = audio.Limits.from_settings(rt.settings)
 
 
 def clip_from(ctx: Ctx, body: bytes) -> audio.Clip:
@@ -29,9 +29,7 @@ def clip_from(ctx: Ctx, body: bytes) -> audio.Clip:
 
 @api.route("GET", "/verify/health")
 def get_health(ctx: Ctx) -> tuple[JsonBody, int]:
-    probes = rt.probes()
-    probes["model"] = lambda: {"encoder": encoder.name, "model_id": encoder.model_id, "dim": encoder.dim}
-    return health.check(probes, "verify", rt.settings.release)
+    return health.check({**rt.probes(), "model": describe(encoder)}, "verify", rt.settings.release)
 
 
 @api.route("POST", "/verify")

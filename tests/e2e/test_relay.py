@@ -17,7 +17,8 @@ from lockwise import topics
 from lockwise.firestore import make_client
 from simlock.lock import SimulatedLock
 from tests.conftest import PROJECT_ID
-from tests.e2e.conftest import COMMAND_TTL_S, App, wait_for
+from tests.e2e.conftest import COMMAND_TTL_S, App
+from tests.waiting import wait_for
 
 Pair = Callable[..., tuple[str, SimulatedLock]]
 

@@ -19,6 +19,7 @@ from lockwise.firestore import make_client as firestore_client
 from lockwise.runtime import get_runtime
 from tests.conftest import PROJECT_ID
 from tests.devices_world import World, build_world
+from tests.waiting import wait_for
 
 
 def relay_event(world: World, service_token: str, topic_kind: str, payload: Any) -> dict[str, Any]:
@@ -32,16 +33,6 @@ def relay_event(world: World, service_token: str, topic_kind: str, payload: Any)
     assert resp.status_code == 200, resp.get_json()
     result: dict[str, Any] = resp.get_json()["results"][0]
     return result
-
-
-def wait_for(predicate: Any, timeout: float = 10.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError("condition not met in time")
 
 
 @pytest.fixture

@@ -6,6 +6,7 @@ has a ``model_id`` (a hash of its weights): voiceprints are only ever compared w
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -25,6 +26,11 @@ class Encoder(Protocol):
     def embed(self, samples: npt.NDArray[np.float32], sample_rate: int) -> npt.NDArray[np.float32]:
         """(n,) float32 in [-1, 1] at ``sample_rate`` -> (dim,) float32, unit L2 norm."""
         ...
+
+
+def describe(encoder: Encoder) -> Callable[[], dict[str, object]]:
+    """A health probe naming the loaded model (it was checked at start-up; an instance without one never starts)."""
+    return lambda: {"encoder": encoder.name, "model_id": encoder.model_id, "dim": encoder.dim}
 
 
 @dataclass(frozen=True)
