@@ -16,7 +16,6 @@ import argparse
 import base64
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,7 @@ import numpy as np
 import requests
 
 from bench.common import REPO, local_stack, machine, out, pct, summary, table
-from infra.local.services import free_port
+from infra.local.services import free_port, function_argv
 from lockwise import audio, lock_auth, scoring
 from lockwise.db import Database
 from simlock.lock import provision
@@ -98,19 +97,7 @@ def cold_start(env: dict[str, str], name: str, probe: Any) -> float:
     child = dict(os.environ, **env, PYTHONPATH=f"{REPO / 'functions'}:{REPO}")
     t0 = time.perf_counter()
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "functions_framework",
-            "--target",
-            name,
-            "--source",
-            str(REPO / "functions" / name / "main.py"),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-        ],
+        function_argv(name, REPO / "functions" / name, port),
         env=child,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

@@ -138,6 +138,27 @@ def command_signing_key() -> str:
     return base64.b64encode(secrets.token_bytes(32)).decode()
 
 
+def services_env(
+    postgres: services.Postgres,
+    firestore_emulator: services.Emulator,
+    auth_emulator: services.Emulator,
+    broker: services.Broker,
+    command_signing_key: str,
+) -> dict[str, str]:
+    """The environment a function needs to use the session's services (a fresh service token each call)."""
+    return {
+        "LOCKWISE_MODE": "test",
+        "LOCKWISE_PROJECT_ID": PROJECT_ID,
+        "DATABASE_URL": postgres.url,
+        "FIRESTORE_EMULATOR_HOST": firestore_emulator.host,
+        "FIREBASE_AUTH_EMULATOR_HOST": auth_emulator.host,
+        "LOCKWISE_SERVICE_TOKEN": secrets.token_urlsafe(24),
+        "LOCKWISE_COMMAND_SIGNING_KEY": command_signing_key,
+        "LOCKWISE_MQTT_PUBLIC_HOST": "127.0.0.1",
+        "LOCKWISE_MQTT_PUBLIC_PORT": str(broker.port),
+    }
+
+
 @pytest.fixture
 def stack_env(
     monkeypatch: pytest.MonkeyPatch,
@@ -160,18 +181,8 @@ def stack_env(
             "GOOGLE_CLOUD_PROJECT",
         ):
             monkeypatch.delenv(key)
-    env = {
-        "LOCKWISE_MODE": "test",
-        "LOCKWISE_PROJECT_ID": PROJECT_ID,
-        "DATABASE_URL": postgres.url,
-        "FIRESTORE_EMULATOR_HOST": firestore_emulator.host,
-        "FIREBASE_AUTH_EMULATOR_HOST": auth_emulator.host,
-        "LOCKWISE_SERVICE_TOKEN": secrets.token_urlsafe(24),
-        "LOCKWISE_COMMAND_SIGNING_KEY": command_signing_key,
-        "LOCKWISE_MQTT_PUBLIC_HOST": "127.0.0.1",
-        "LOCKWISE_MQTT_PUBLIC_PORT": str(broker.port),
-        "LOCKWISE_MODEL_DIR": str(model_dir),
-    }
+    env = services_env(postgres, firestore_emulator, auth_emulator, broker, command_signing_key)
+    env["LOCKWISE_MODEL_DIR"] = str(model_dir)
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     get_settings.cache_clear()

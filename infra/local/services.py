@@ -580,6 +580,23 @@ class FunctionServer:
         self.process.stop()
 
 
+def function_argv(name: str, source_dir: Path, port: int) -> list[str]:
+    """How a function is served: functions-framework with ``source_dir/main.py`` on 127.0.0.1:``port``."""
+    return [
+        sys.executable,
+        "-m",
+        "functions_framework",
+        "--target",
+        name,
+        "--source",
+        str(source_dir / "main.py"),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
+
+
 def start_function(
     name: str, port: int, env: dict[str, str], state_dir: Path, source_dir: Path | None = None
 ) -> FunctionServer:
@@ -594,19 +611,7 @@ def start_function(
         child_env["PYTHONPATH"] = os.pathsep.join([str(FUNCTIONS_DIR), child_env.get("PYTHONPATH", "")]).rstrip(
             os.pathsep
         )
-    argv = [
-        sys.executable,
-        "-m",
-        "functions_framework",
-        "--target",
-        name,
-        "--source",
-        str(source_dir / "main.py"),
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-    ]
+    argv = function_argv(name, source_dir, port)
     proc = spawn(f"function-{name}", argv, state_dir / f"{name}.log", port, env=child_env, cwd=source_dir)
     wait_until(proc, lambda: http_ok(f"http://127.0.0.1:{port}/{name}/health", accept=(200, 503)), 120)
     return FunctionServer(name, proc, port)

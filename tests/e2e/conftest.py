@@ -3,7 +3,6 @@ locks on the real broker."""
 
 from __future__ import annotations
 
-import base64
 import secrets
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -16,7 +15,7 @@ from infra.local import services
 from lockwise import broker_accounts
 from lockwise.db import Database
 from simlock.lock import LockConfig, SimulatedLock, provision
-from tests.conftest import PROJECT_ID, _reset_database, reset_auth, reset_firestore
+from tests.conftest import _reset_database, reset_auth, reset_firestore, services_env
 
 COMMAND_TTL_S = 6
 
@@ -27,18 +26,11 @@ def e2e_env(
     firestore_emulator: services.Emulator,
     auth_emulator: services.Emulator,
     broker: services.Broker,
+    command_signing_key: str,
 ) -> dict[str, str]:
     return {
-        "LOCKWISE_MODE": "test",
-        "LOCKWISE_PROJECT_ID": PROJECT_ID,
-        "DATABASE_URL": postgres.url,
-        "FIRESTORE_EMULATOR_HOST": firestore_emulator.host,
-        "FIREBASE_AUTH_EMULATOR_HOST": auth_emulator.host,
-        "LOCKWISE_SERVICE_TOKEN": secrets.token_urlsafe(24),
-        "LOCKWISE_COMMAND_SIGNING_KEY": base64.b64encode(secrets.token_bytes(32)).decode(),
+        **services_env(postgres, firestore_emulator, auth_emulator, broker, command_signing_key),
         "LOCKWISE_COMMAND_TTL_S": str(COMMAND_TTL_S),
-        "LOCKWISE_MQTT_PUBLIC_HOST": "127.0.0.1",
-        "LOCKWISE_MQTT_PUBLIC_PORT": str(broker.port),
         "MQTT_HOST": "127.0.0.1",
         "MQTT_PORT": str(broker.port),
         "MQTT_CA_FILE": str(broker.ca_file),
