@@ -57,14 +57,7 @@ def lock_param(value: str) -> str:
 
 
 def app_user(ctx: Ctx) -> auth.User:
-    """The signed-in app user, recorded in PostgreSQL, with open invitations for their verified email accepted."""
-    user = rt.verifier.verify(ctx.bearer_token())
-    with rt.db.transaction() as con:
-        users.upsert(con, user)
-        accepted = locks.accept_invitations(con, user.uid, user.email, user.email_verified)
-    if accepted:
-        rt.flush_mirror()
-    return user
+    return rt.app_user(ctx.bearer_token())
 
 
 @contextmanager

@@ -11,7 +11,7 @@ import flask
 import functions_framework
 import numpy as np
 
-from lockwise import audio, auth, errors, health, scoring, users, voiceprints
+from lockwise import audio, auth, errors, health, scoring, voiceprints
 from lockwise.http import Api, Ctx, JsonBody, Result
 from lockwise.runtime import get_runtime
 from lockwise.voice.encoder import describe, load_encoder, policy
@@ -23,10 +23,7 @@ limits = audio.Limits.from_settings(rt.settings)
 
 
 def app_user(ctx: Ctx) -> auth.User:
-    user = rt.verifier.verify(ctx.bearer_token())
-    with rt.db.transaction() as con:
-        users.upsert(con, user)
-    return user
+    return rt.app_user(ctx.bearer_token())
 
 
 def sample_clip(index: int, value: Any) -> audio.Clip:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeGuard
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from lockwise import errors
@@ -160,9 +160,7 @@ def parse_access(role: str, body: dict[str, Any]) -> dict[str, Any]:
     if (start is None) != (end is None):
         raise errors.BadRequest("day_start_minute and day_end_minute go together", code="invalid_access")
     if start is not None:
-        if not (isinstance(start, int) and isinstance(end, int) and _is_int(start) and _is_int(end)) or not (
-            0 <= start <= 1439 and 1 <= end <= 1440 and start != end
-        ):
+        if not (_is_int(start) and _is_int(end) and 0 <= start <= 1439 and 1 <= end <= 1440 and start != end):
             raise errors.BadRequest("day minutes must be integers: start 0-1439, end 1-1440", code="invalid_access")
         out["day_start_minute"], out["day_end_minute"] = start, end
     if raw.get("timezone") is not None:
@@ -179,7 +177,7 @@ def parse_access(role: str, body: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _is_int(value: Any) -> bool:
+def _is_int(value: Any) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
 
 

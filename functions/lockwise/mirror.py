@@ -75,6 +75,12 @@ class Flusher:
         self._retry_at = 0.0
         self._lock = threading.Lock()
 
+    def client(self) -> Any:
+        """The Firestore client, made on first use and made anew after a failed write."""
+        if self._client is None:
+            self._client = self._make_client()
+        return self._client
+
     def retry_now(self) -> None:
         self._retry_at = 0.0
 
@@ -97,7 +103,7 @@ class Flusher:
             if not rows:
                 return 0
             try:
-                client = self._client = self._client or self._make_client()
+                client = self.client()
             except Exception as exc:  # noqa: BLE001 - no client, nothing written; rows stay queued
                 self._failed(con, rows[0][0], exc)
                 return 0

@@ -7,8 +7,8 @@ from collections.abc import Callable
 from functools import cached_property, lru_cache
 from typing import Any
 
-from lockwise import log
-from lockwise.auth import IdTokenVerifier, verifier_for
+from lockwise import log, users
+from lockwise.auth import IdTokenVerifier, User, verifier_for
 from lockwise.config import Settings, get_settings
 from lockwise.db import Database
 from lockwise.mirror import Flusher
@@ -19,18 +19,10 @@ class Runtime:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self._lock = threading.Lock()
 
     @cached_property
     def db(self) -> Database:
         return Database(self.settings.database_url, pool_size=self.settings.db_pool_size)
-
-    @cached_property
-    def firestore(self) -> Any:
-        from lockwise.firestore import make_client
-
-        with self._lock:
-            return make_client(self.settings.project_id, self.settings.firestore_emulator_host)
 
     @cached_property
     def verifier(self) -> IdTokenVerifier:
@@ -38,9 +30,19 @@ class Runtime:
 
     @cached_property
     def mirror(self) -> Flusher:
+        """The Firestore mirror, which owns the instance's one Firestore client (made on first use)."""
         from lockwise.firestore import make_client
 
         return Flusher(self.db, lambda: make_client(self.settings.project_id, self.settings.firestore_emulator_host))
+
+    def app_user(self, id_token: str) -> User:
+        """The signed-in app user: token verified, recorded in PostgreSQL, invitations to a verified email accepted."""
+        user = self.verifier.verify(id_token)
+        with self.db.transaction() as con:
+            accepted = users.sign_in(con, user)
+        if accepted:
+            self.flush_mirror()
+        return user
 
     def flush_mirror(self, *, force: bool = False) -> int:
         """Write queued Firestore mirror rows now (best effort: a Firestore outage leaves them queued)."""
@@ -56,7 +58,7 @@ class Runtime:
     def ping_firestore(self) -> None:
         from lockwise.firestore import ping
 
-        ping(self.firestore)
+        ping(self.mirror.client())
 
     def probes(self) -> dict[str, Callable[[], Any]]:
         """The dependency checks every function's health endpoint runs."""

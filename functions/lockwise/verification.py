@@ -8,8 +8,7 @@ feed without biometric data (no embedding, no score).
 from __future__ import annotations
 
 import datetime as dt
-import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from lockwise import audio, commands, errors, lockout, mirror, scoring, voiceprints
@@ -30,7 +29,6 @@ class Result:
     grant: str | None = None
     retry_after_s: int | None = None
     stale_voiceprints: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def body(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -155,9 +153,3 @@ def verify(
             grant,
             stale_voiceprints=len(found.stale_uids),
         )
-
-
-def grant_fields(grant: str) -> dict[str, Any]:
-    """The signed command inside a grant (for tests and logs; the lock verifies the signature itself)."""
-    fields: dict[str, Any] = json.loads(json.loads(grant)["cmd"])
-    return fields

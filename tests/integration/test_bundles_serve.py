@@ -21,8 +21,6 @@ def test_bundle_serves_its_health_endpoint_alone(name: str, tmp_path: Path, stac
         with urllib.request.urlopen(f"{server.url}/{name}/health", timeout=10) as resp:
             body: dict[str, Any] = json.loads(resp.read())
         assert resp.status == 200 and body["status"] == "ok"
-        log = server.process.log_path.read_text()
-        assert "Traceback" not in log
+        assert body["checks"]["database"]["ok"]
     finally:
         server.stop()
-    assert str(bundle / "main.py") in list(map(str, server.process.popen.args))  # type: ignore[arg-type]

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from lockwise import command_signing, lock_auth, scoring, verification
+from lockwise import command_signing, lock_auth, scoring
 from lockwise.firestore import make_client as firestore_client
 from lockwise.runtime import get_runtime
 from tests.conftest import PROJECT_ID
@@ -331,9 +331,3 @@ def test_attempts_reach_the_activity_feed_without_biometrics(
         time.sleep(0.1)
     assert voice and voice[0]["outcome"] == "accepted"
     assert not {"score", "embedding", "threshold", "audio"} & set(voice[0])
-
-
-def test_grant_fields_helper_reads_the_signed_command(clients: dict[str, Any], world: World) -> None:
-    assert enroll(clients, world.accounts["owner"]).status_code == 201
-    result = signed_verify(clients, world, wav(VOICE)).get_json()
-    assert verification.grant_fields(result["grant"])["lock"] == world.lock_id
