@@ -3,8 +3,9 @@
 
 A function bundle is what Cloud Functions / Cloud Run receives as source: the function's ``main.py`` and
 ``requirements.txt``, plus the shared ``lockwise`` package copied in (the one place it is edited is
-``functions/lockwise``). The relay's context holds ``mqtt_relay/``, ``lockwise/``, its requirements and Dockerfile.
-Nothing else of the repository is needed to run either.
+``functions/lockwise``); embed and verify also carry ``models/ge2e`` (the GE2E export, 5.5 MB: the encoder used
+when no ECAPA model directory is configured). The relay's context holds ``mqtt_relay/``, ``lockwise/``, its
+requirements and Dockerfile. Nothing else of the repository is needed to run either.
 """
 
 from __future__ import annotations
@@ -20,6 +21,9 @@ REPO = Path(__file__).resolve().parents[1]
 FUNCTIONS_DIR = REPO / "functions"
 SHARED_PACKAGE = FUNCTIONS_DIR / "lockwise"
 FUNCTIONS = ("embed", "verify", "devices")
+#: functions that load a speaker model: they carry the GE2E export (the encoder when no model directory is set)
+VOICE_FUNCTIONS = ("embed", "verify")
+GE2E_DIR = FUNCTIONS_DIR / "models" / "ge2e"
 RELAY = "relay"
 MIGRATE = "migrate"
 TARGETS = (*FUNCTIONS, RELAY, MIGRATE)
@@ -62,6 +66,10 @@ def build(name: str, out: Path, *, production: bool = False) -> Path:
             )
             requirements.write_text(f"{CPU_INDEX}\n{pins}")
     shutil.copytree(SHARED_PACKAGE, out / "lockwise", ignore=_IGNORE)
+    if name in VOICE_FUNCTIONS:
+        if not (GE2E_DIR / "manifest.json").is_file():
+            raise SystemExit(f"{GE2E_DIR} is missing: run ./dev setup (it exports the GE2E weights there)")
+        shutil.copytree(GE2E_DIR, out / "models" / "ge2e")
     manifest = {
         "function": name,
         "files": {

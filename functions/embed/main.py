@@ -56,8 +56,16 @@ def enroll(ctx: Ctx) -> Result:
             f"give {settings.enroll_min_samples} to {settings.enroll_max_samples} samples", code="wrong_sample_count"
         )
     clips = [sample_clip(i, s) for i, s in enumerate(samples)]  # every sample is checked before any model work
-    embeddings = np.stack([encoder.embed(c.samples, c.rate) for c in clips])
     rules = policy(settings, encoder)
+    for i, clip in enumerate(clips):
+        speech = audio.speech_seconds(clip.samples, clip.rate)
+        if speech < rules.enroll_min_speech_s:
+            raise errors.InvalidAudio(
+                f"sample {i}: only {speech:.2f} s of speech; enrollment needs {rules.enroll_min_speech_s:g} s",
+                code="too_little_speech",
+                details={"sample": i, "speech_s": round(speech, 2), "required_s": rules.enroll_min_speech_s},
+            )
+    embeddings = np.stack([encoder.embed(c.samples, c.rate) for c in clips])
     lowest, outlier = scoring.agreement(embeddings)
     if lowest < rules.agreement:
         raise errors.InvalidAudio(

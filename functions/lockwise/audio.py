@@ -173,9 +173,9 @@ def dbfs(x: Samples) -> float:
     return float(20 * np.log10(max(rms, 1e-10)))
 
 
-def frame_levels_db(x: Samples, rate: int) -> npt.NDArray[np.float64]:
-    """RMS level of each 20 ms frame in dBFS, shape ``(frames,)``."""
-    n = max(1, int(rate * FRAME_S))
+def frame_levels_db(x: Samples, frame: int) -> npt.NDArray[np.float64]:
+    """RMS level of each whole ``frame``-sample frame in dBFS, shape ``(frames,)``."""
+    n = max(1, frame)
     frames = x[: len(x) - len(x) % n].reshape(-1, n).astype(np.float64)
     if not len(frames):
         return np.array([-200.0])
@@ -183,11 +183,20 @@ def frame_levels_db(x: Samples, rate: int) -> npt.NDArray[np.float64]:
     return levels
 
 
-def speech_seconds(x: Samples, rate: int) -> float:
-    """Seconds of frames loud enough to be speech: above -45 dBFS and within 30 dB of the loudest frames."""
-    levels = frame_levels_db(x, rate)
+def speech_frames(x: Samples, frame: int) -> npt.NDArray[np.bool_]:
+    """Which ``frame``-sample frames are loud enough to be speech: above -45 dBFS and within 30 dB of the loudest
+    frames (their 95th percentile). An energy measure, not a voice detector: it tells speech from silence and
+    hum-level noise, which is what the enrollment and pause rules need."""
+    levels = frame_levels_db(x, frame)
     threshold = max(SPEECH_FLOOR_DBFS, float(np.percentile(levels, 95)) - SPEECH_BELOW_PEAK_DB)
-    return float(np.count_nonzero(levels > threshold)) * FRAME_S
+    flags: npt.NDArray[np.bool_] = levels > threshold
+    return flags
+
+
+def speech_seconds(x: Samples, rate: int) -> float:
+    """Seconds of 20 ms frames that :func:`speech_frames` counts as speech."""
+    frame = max(1, int(rate * FRAME_S))
+    return float(np.count_nonzero(speech_frames(x, frame))) * frame / rate
 
 
 def max_body_bytes(limits: Limits, clips: int = 1) -> int:

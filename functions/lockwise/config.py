@@ -61,6 +61,7 @@ class Settings:
     voice_threshold: float | None
     voice_margin: float | None
     enroll_agreement: float | None
+    enroll_min_speech_s: float | None
     lockout_after: int
     lockout_base_s: int
     debug_rejected_dir: str | None
@@ -135,6 +136,7 @@ class Settings:
             voice_threshold=_optional_float(env, "LOCKWISE_VOICE_THRESHOLD", -1, 1),
             voice_margin=_optional_float(env, "LOCKWISE_VOICE_MARGIN", 0, 2),
             enroll_agreement=_optional_float(env, "LOCKWISE_ENROLL_AGREEMENT", -1, 1),
+            enroll_min_speech_s=_optional_float(env, "LOCKWISE_ENROLL_MIN_SPEECH_S", 0, 60),
             lockout_after=env_int(env, "LOCKWISE_LOCKOUT_AFTER", 5, minimum=1),
             lockout_base_s=env_int(env, "LOCKWISE_LOCKOUT_BASE_S", 30, minimum=1 if local else 30),
             debug_rejected_dir=_debug_dir(env, local),

@@ -19,7 +19,8 @@ import torch
 
 from infra.model.random_ecapa import HUB_ID, build_model_dir
 from lockwise.errors import InvalidAudio
-from lockwise.voice.ecapa import EcapaEncoder, ModelError, model_identity
+from lockwise.voice.ecapa import EcapaEncoder, model_identity
+from lockwise.voice.model_files import ModelError
 
 pytestmark = pytest.mark.model
 

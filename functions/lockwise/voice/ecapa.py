@@ -12,7 +12,6 @@ to import SpeechBrain in a fresh process; an embedding of a 3 s clip then takes 
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import tempfile
@@ -27,6 +26,7 @@ import torchaudio.functional  # type: ignore[import-untyped]
 
 from lockwise import log as lwlog
 from lockwise.errors import InvalidAudio
+from lockwise.voice.model_files import MIN_SAMPLES_16K, ModelError, file_identity
 
 logger = logging.getLogger(__name__)
 
@@ -35,12 +35,7 @@ EMBEDDING_CKPT = "embedding_model.ckpt"
 # What SpeechBrain's Pretrainer loads with torch.load; a missing one fails the load. (``label_encoder.txt`` is named
 # there too, but SpeechBrain silently skips a missing or unreadable one, and embeddings never use it.)
 CHECKPOINTS = (EMBEDDING_CKPT, "mean_var_norm_emb.ckpt", "classifier.ckpt")
-MIN_SAMPLES_16K = 640  # 40 ms: shorter clips give fewer than 5 frames, too few for the dilated convolutions
 _PROBE_SAMPLES_16K = 16_000  # the start-up probe: 1 s of silence
-
-
-class ModelError(RuntimeError):
-    """The model directory is missing, incomplete or corrupt (raised at start-up; names the directory and file)."""
 
 
 def model_identity(model_dir: Path) -> str:
@@ -48,13 +43,10 @@ def model_identity(model_dir: Path) -> str:
 
     Stored next to each enrolled embedding, so embeddings made by different weights are never compared.
     """
-    path = Path(model_dir) / EMBEDDING_CKPT
     try:
-        with path.open("rb") as f:
-            digest = hashlib.file_digest(f, "sha256").hexdigest()
-    except OSError as exc:
-        raise ModelError(f"ECAPA model directory {model_dir}: cannot read {EMBEDDING_CKPT} ({exc})") from exc
-    return f"ecapa-{digest[:16]}"
+        return file_identity("ecapa", Path(model_dir) / EMBEDDING_CKPT)
+    except ModelError as exc:
+        raise ModelError(f"ECAPA model directory {model_dir}: {exc}") from exc
 
 
 class EcapaEncoder:

@@ -40,15 +40,35 @@ class Calibration:
     threshold: float  # accept when the best cosine reaches this ...
     margin: float  # ... and beats the runner-up by this much
     agreement: float  # enrollment samples must agree pairwise at least this much
+    enroll_min_speech_s: float  # each enrollment sample must hold this much speech (lockwise.audio.speech_seconds)
     source: str
+    # what the calibration measured at ``threshold`` (95 % upper bounds); None where nothing was measured
+    fmr_upper: float | None = None
+    fnmr_upper: float | None = None
 
 
 CALIBRATIONS: dict[str, Calibration] = {
+    # GE2E (resemblyzer 0.1.4 weights), measured by `./dev calibrate` on the Asterisk corpus (4 speakers, 8 kHz
+    # studio prompts; docs/calibration/ge2e-asterisk): the threshold is the lowest whose 95 % upper bound on the FMR
+    # meets 1 in 1,000 over 34,160 impostor trials (measured FMR 0.070 %, FNMR 26.2 %, EER 5.2 %). The agreement
+    # floor is the 1st percentile of honest 3-clip enrollments; below 2.4 s of speech false rejections double.
+    "ge2e": Calibration(
+        threshold=0.879,
+        margin=0.05,
+        agreement=0.67,
+        enroll_min_speech_s=2.4,
+        source="measured: Asterisk corpus, 4 speakers, 34,160 impostor trials",
+        fmr_upper=0.00099,
+        fnmr_upper=0.2699,
+    ),
     # ECAPA-TDNN (speechbrain/spkrec-ecapa-voxceleb): published VoxCeleb1-O score distributions put the EER
     # threshold near 0.25-0.30 cosine; 0.45 trades a higher false-reject rate for a false-match rate well under
     # 1 in 1,000. Not measured here (the weights cannot be fetched on this machine): operators run
     # `calibrate` on their own recordings with the production weights and set LOCKWISE_VOICE_THRESHOLD.
-    "ecapa-tdnn": Calibration(threshold=0.45, margin=0.05, agreement=0.40, source="literature (VoxCeleb1-O)"),
+    # The enrollment speech floor is GE2E's measured one (below it false rejections double), pending calibration.
+    "ecapa-tdnn": Calibration(
+        threshold=0.45, margin=0.05, agreement=0.40, enroll_min_speech_s=2.4, source="literature (VoxCeleb1-O)"
+    ),
 }
 
 
@@ -57,12 +77,13 @@ class Policy:
     threshold: float
     margin: float
     agreement: float
+    enroll_min_speech_s: float
     source: str
 
 
 def policy(settings: Settings, encoder: Encoder, lock_threshold: float | None = None) -> Policy:
     """The encoder's calibration, overridden by settings, and a lock's own threshold above all."""
-    base = CALIBRATIONS.get(encoder.name, Calibration(0.5, 0.05, 0.4, "fallback default"))
+    base = CALIBRATIONS.get(encoder.name, Calibration(0.5, 0.05, 0.4, 2.4, "fallback default"))
     threshold = settings.voice_threshold if settings.voice_threshold is not None else base.threshold
     if lock_threshold is not None:
         threshold = lock_threshold
@@ -70,26 +91,71 @@ def policy(settings: Settings, encoder: Encoder, lock_threshold: float | None = 
         threshold=threshold,
         margin=settings.voice_margin if settings.voice_margin is not None else base.margin,
         agreement=settings.enroll_agreement if settings.enroll_agreement is not None else base.agreement,
+        enroll_min_speech_s=(
+            settings.enroll_min_speech_s if settings.enroll_min_speech_s is not None else base.enroll_min_speech_s
+        ),
         source=base.source,
     )
 
 
-def load_encoder(settings: Settings) -> Encoder:
+#: where the build puts the GE2E export (the bundle root's ``models/ge2e``; ``functions/models/ge2e`` in a checkout,
+#: written by ``./dev``): the encoder used when no model directory is configured
+DEFAULT_GE2E_DIR = Path(__file__).resolve().parents[2] / "models" / "ge2e"
+
+
+def load_encoder(settings: Settings, *, exported: bool = False) -> Encoder:
     """The configured encoder, loaded now (at instance start); raises ``ModelError`` with the reason.
 
+    ``exported``: serve ECAPA-TDNN from its ONNX export (no torch; the verify function) instead of SpeechBrain.
     Loaded once per process and configuration (a function instance loads it once; tests reuse it).
     """
-    return _load(settings.encoder, settings.model_dir)
+    return open_encoder(settings.encoder, settings.model_dir, exported=exported)
 
 
-@lru_cache(maxsize=4)
-def _load(kind: str, model_dir: str | None) -> Encoder:
-    from lockwise.voice.ecapa import EcapaEncoder, ModelError
+@lru_cache(maxsize=8)
+def open_encoder(kind: str, model_dir: str | None, *, exported: bool = False) -> Encoder:
+    """``kind`` ecapa | ge2e | auto (what ``model_dir`` holds; GE2E when there is none)."""
+    from lockwise.voice.model_files import ModelError
 
-    if kind in ("ecapa", "auto") and model_dir:
-        return EcapaEncoder(Path(model_dir))
-    if kind == "ecapa":
+    if kind == "auto":
+        kind = _kind_of(Path(model_dir)) if model_dir else "ge2e"
+    if kind == "ge2e":
+        from lockwise.voice.ge2e import Ge2eEncoder
+
+        folder = Path(model_dir) if model_dir else DEFAULT_GE2E_DIR
+        if not (folder / "manifest.json").is_file():
+            raise ModelError(
+                f"no GE2E model in {folder}: build it with `python -m infra.model.ge2e_export {folder}` "
+                "(./dev does this), or set LOCKWISE_MODEL_DIR to an ECAPA-TDNN model directory"
+            )
+        return Ge2eEncoder(folder)
+    if kind != "ecapa":
+        raise ModelError(f"unknown encoder {kind!r}: use ecapa, ge2e or auto")
+    if not model_dir:
         raise ModelError(
             "LOCKWISE_ENCODER=ecapa needs LOCKWISE_MODEL_DIR (the speechbrain/spkrec-ecapa-voxceleb files)"
         )
-    raise ModelError("no speaker encoder configured: set LOCKWISE_MODEL_DIR to an ECAPA-TDNN model directory")
+    if exported:
+        from lockwise.voice.onnx_ecapa import OnnxEcapaEncoder
+
+        return OnnxEcapaEncoder(onnx_dir(Path(model_dir)))
+    from lockwise.voice.ecapa import EcapaEncoder
+
+    return EcapaEncoder(Path(model_dir))
+
+
+def onnx_dir(model_dir: Path) -> Path:
+    """Where ECAPA's ONNX export is: ``model_dir`` itself when it is an export (the verify bundle's), else its
+    ``onnx/`` folder (a SpeechBrain model directory with its export beside it, as the local stack and tests keep)."""
+    return model_dir if (model_dir / "manifest.json").is_file() else model_dir / "onnx"
+
+
+def _kind_of(model_dir: Path) -> str:
+    """ge2e when the directory holds a GE2E export, else ecapa (SpeechBrain files, maybe with their ONNX export)."""
+    import json
+
+    try:
+        manifest = json.loads((model_dir / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return "ecapa"
+    return "ge2e" if isinstance(manifest, dict) and manifest.get("encoder") == "ge2e" else "ecapa"

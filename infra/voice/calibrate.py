@@ -1,0 +1,492 @@
+"""Calibrate a speaker encoder on real recordings: ``python -m infra.voice.calibrate CORPUS --out DIR``.
+
+``CORPUS`` holds one folder per speaker with 16-bit WAV clips (``infra.voice.corpus`` builds one from Debian's
+Asterisk prompts; operators point it at their own recordings). Every clip goes through the product's intake
+(:func:`lockwise.audio.parse_wav`, :func:`lockwise.audio.validate`) and encoder, then:
+
+* each speaker is enrolled as the product enrolls (``--voiceprints`` voiceprints per speaker and voice, each the
+  normalised mean of 3 clips) and the remaining clips are trials: genuine against their own voiceprints in the same
+  voice, impostor against every other speaker's;
+* EER, FMR and FNMR at candidate thresholds, and for each target FMR (NIST SP 800-63B: 1 in 1,000; its draft
+  revision: 1 in 10,000) the lowest threshold that meets it on this data, its FNMR, and the 95 % upper confidence
+  bound on the FMR that the number of impostor trials allows (Clopper-Pearson; with zero false matches in N trials
+  that is about 3/N, so a target below that cannot be shown by this corpus and the report says so);
+* the enrollment floors the product uses, read from the same data: the sample-agreement floor (lowest pairwise
+  cosine of honest 3-clip enrollments, 1st percentile, and how many enrollments with one other speaker's clip it
+  stops) and the minimum speech duration (FNMR at the threshold for trial clips cut to shorter lengths);
+* speakers recorded under several voices (folder ``allison`` holds ``en-*`` and ``es-*``: file names up to the first
+  "-" name the voice) are enrolled per voice, and their trials in another voice are reported on their own: neither
+  genuine (the model hears a partly different voice) nor impostor (it is the same person).
+
+Writes ``DIR/report.json``, ``DIR/report.md`` (the tables), ``DIR/scores.npz`` (every trial score), ``DIR/det.png``
+(DET curve, normal-deviate axes) and ``DIR/scores.png`` (genuine and impostor score histograms), and prints the
+tables. Caveat the report repeats: trials from few speakers are not independent, so the bounds are optimistic; use
+many speakers for a production threshold.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from lockwise import audio, errors, scoring
+from lockwise.voice.encoder import Encoder, open_encoder
+
+F32 = npt.NDArray[np.float32]
+F64 = npt.NDArray[np.float64]
+ENROLL_CLIPS = 3
+TARGET_FMRS = (1e-3, 1e-4)
+CUT_SECONDS = (1.0, 1.5, 2.0, 3.0, 4.0, 5.0)
+CONFIDENCE = 0.95
+
+
+@dataclass
+class Clip:
+    speaker: str
+    voice: str  # the part of the file name before the first "-" (e.g. "en", "es")
+    path: Path
+    embedding: F32
+    speech_s: float
+    samples: F32 = field(repr=False)
+    rate: int = 16000
+
+
+@dataclass
+class Trials:
+    genuine: F64
+    impostor: F64
+    genuine_speaker: list[str] = field(default_factory=list)  # whose clip each genuine score is
+    impostor_speaker: list[str] = field(default_factory=list)  # whose clip each impostor score is
+    cross: dict[str, list[float]] = field(default_factory=dict)  # same speaker, other voice, by pair
+
+
+def clopper_pearson_upper(errors: int, trials: int, confidence: float = CONFIDENCE) -> float:
+    """One-sided upper bound on an error rate after ``errors`` in ``trials`` (exact binomial)."""
+    from scipy.stats import beta  # type: ignore[import-untyped]
+
+    if trials == 0:
+        return 1.0
+    if errors >= trials:
+        return 1.0
+    return float(beta.ppf(confidence, errors + 1, trials - errors))
+
+
+def rates(trials: Trials, threshold: float) -> tuple[float, float]:
+    """(FMR, FNMR) when accepting scores >= threshold."""
+    fmr = float(np.mean(trials.impostor >= threshold)) if len(trials.impostor) else 0.0
+    fnmr = float(np.mean(trials.genuine < threshold)) if len(trials.genuine) else 0.0
+    return fmr, fnmr
+
+
+def eer(trials: Trials) -> tuple[float, float]:
+    """(equal error rate, its threshold): where FMR and FNMR cross on the sorted scores."""
+    candidates = np.unique(np.concatenate([trials.genuine, trials.impostor]))
+    best = (2.0, 0.0)
+    for t in candidates:
+        fmr, fnmr = rates(trials, float(t))
+        gap = abs(fmr - fnmr)
+        if gap < best[0]:
+            best = (gap, float(t))
+    fmr, fnmr = rates(trials, best[1])
+    return (fmr + fnmr) / 2, best[1]
+
+
+def threshold_for(trials: Trials, target: float) -> dict[str, Any]:
+    """For one target FMR: the lowest threshold whose measured FMR meets it, and the lowest whose 95 % upper bound
+    meets it (what this data can show), each with its FNMR."""
+    impostor = np.sort(trials.impostor)[::-1]
+    n = len(impostor)
+
+    def above(k: int) -> float:
+        """The lowest 4-decimal threshold that lets at most k impostor scores through (accept: score >= it)."""
+        exact = float(np.nextafter(impostor[k], np.inf)) if k < n else float(impostor[-1])
+        return float(np.ceil(exact * 10_000) / 10_000)
+
+    measured = above(int(np.floor(target * n)))
+    k = 0
+    while k < n and clopper_pearson_upper(k + 1, n) <= target:
+        k += 1
+    bounded = above(k) if clopper_pearson_upper(0, n) <= target else None
+    fmr, fnmr = rates(trials, measured)
+    return {
+        "target_fmr": target,
+        "threshold": measured,
+        "fmr": fmr,
+        "fnmr": fnmr,
+        "fmr_upper_95": clopper_pearson_upper(int(np.sum(trials.impostor >= measured)), n),
+        "impostor_trials": n,
+        "bounded_threshold": bounded,
+        "bounded_fnmr": None if bounded is None else rates(trials, bounded)[1],
+        "trials_needed": int(np.ceil(3 / target)),
+    }
+
+
+def load_corpus(
+    corpus: Path, encoder: Encoder, max_clips: int | None, limits: audio.Limits
+) -> tuple[list[Clip], dict[str, int]]:
+    """Every WAV of every speaker folder through intake and the encoder; returns (clips, refusals by code)."""
+    clips: list[Clip] = []
+    refused: dict[str, int] = {}
+    for folder in sorted(p for p in Path(corpus).iterdir() if p.is_dir() and not p.name.startswith(".")):
+        files = sorted(folder.glob("*.wav"))
+        if not files:
+            continue
+        if max_clips:
+            files = _spread(files, max_clips)
+        for path in files:
+            try:
+                clip = audio.validate(audio.parse_wav(path.read_bytes()), limits)
+            except errors.BadRequest as exc:  # what intake refuses never reaches the model, in the product too
+                refused[exc.code] = refused.get(exc.code, 0) + 1
+                continue
+            clips.append(
+                Clip(
+                    speaker=folder.name,
+                    voice=path.stem.split("-")[0],
+                    path=path,
+                    embedding=encoder.embed(clip.samples, clip.rate),
+                    speech_s=audio.speech_seconds(clip.samples, clip.rate),
+                    samples=clip.samples,
+                    rate=clip.rate,
+                )
+            )
+    return clips, refused
+
+
+def _spread(files: list[Path], limit: int) -> list[Path]:
+    """At most ``limit`` files, taken evenly from every voice in the folder (so en and es both appear)."""
+    by_voice: dict[str, list[Path]] = {}
+    for f in files:
+        by_voice.setdefault(f.stem.split("-")[0], []).append(f)
+    share = max(1, limit // len(by_voice))
+    return [f for group in by_voice.values() for f in group[:share]]
+
+
+Key = tuple[str, str]  # (speaker, voice)
+
+
+def split(clips: list[Clip], voiceprints: int, rng: np.random.Generator) -> tuple[dict[Key, list[F32]], list[Clip]]:
+    """Per speaker and voice: ``voiceprints`` enrollments of 3 clips each (the product's voiceprint), the rest are
+    trial clips. A person enrolls in the voice they will use at the door, so voices are enrolled separately."""
+    prints: dict[Key, list[F32]] = {}
+    trials: list[Clip] = []
+    for key in sorted({(c.speaker, c.voice) for c in clips}):
+        own = [clips[i] for i in rng.permutation([i for i, c in enumerate(clips) if (c.speaker, c.voice) == key])]
+        take = min(voiceprints, max(1, (len(own) - 1) // (ENROLL_CLIPS + 1)))
+        enroll, rest = own[: take * ENROLL_CLIPS], own[take * ENROLL_CLIPS :]
+        prints[key] = [
+            scoring.voiceprint(np.stack([c.embedding for c in enroll[k : k + ENROLL_CLIPS]]))
+            for k in range(0, len(enroll), ENROLL_CLIPS)
+        ]
+        trials.extend(rest)
+    return prints, trials
+
+
+def score(prints: dict[Key, list[F32]], trials: Sequence[Clip]) -> Trials:
+    """Genuine: same speaker, same voice. Impostor: another speaker. Same speaker in another voice: ``cross``."""
+    genuine: list[float] = []
+    impostor: list[float] = []
+    result = Trials(np.array([]), np.array([]))
+    for clip in trials:
+        for (speaker, voice), vps in prints.items():
+            scores = [float(s) for s in np.stack(vps) @ clip.embedding]
+            if speaker != clip.speaker:
+                impostor.extend(scores)
+                result.impostor_speaker.extend([clip.speaker] * len(scores))
+            elif voice == clip.voice:
+                genuine.extend(scores)
+                result.genuine_speaker.extend([clip.speaker] * len(scores))
+            else:
+                result.cross.setdefault(f"{speaker}: enrolled {voice}, tried {clip.voice}", []).extend(scores)
+    result.genuine, result.impostor = np.array(genuine), np.array(impostor)
+    return result
+
+
+def per_speaker(trials: Trials, threshold: float) -> dict[str, dict[str, float]]:
+    """Each speaker's FNMR on their own voiceprints and FMR when their clips try everyone else's."""
+    out = {}
+    for speaker in sorted(set(trials.genuine_speaker)):
+        own = trials.genuine[np.array(trials.genuine_speaker) == speaker]
+        tried = trials.impostor[np.array(trials.impostor_speaker) == speaker]
+        out[speaker] = {
+            "fnmr": float(np.mean(own < threshold)),
+            "fmr": float(np.mean(tried >= threshold)) if len(tried) else 0.0,
+            "genuine_trials": len(own),
+            "impostor_trials": len(tried),
+        }
+    return out
+
+
+def agreement_floor(clips: list[Clip], rng: np.random.Generator, sets: int = 300) -> dict[str, Any]:
+    """Lowest pairwise cosine of honest 3-clip enrollments (one speaker, one voice) vs enrollments where one clip
+    is another speaker's."""
+    keys = sorted({(c.speaker, c.voice) for c in clips})
+    honest: list[float] = []
+    mixed: list[float] = []
+    for key in keys:
+        own = [c for c in clips if (c.speaker, c.voice) == key]
+        others = [c for c in clips if c.speaker != key[0]]
+        for _ in range(sets // len(keys)):
+            picks = rng.choice(len(own), ENROLL_CLIPS, replace=False)
+            honest.append(scoring.agreement(np.stack([own[i].embedding for i in picks]))[0])
+            stranger = others[int(rng.integers(len(others)))]
+            mixed_set = [own[i].embedding for i in picks[:-1]] + [stranger.embedding]
+            mixed.append(scoring.agreement(np.stack(mixed_set))[0])
+    floor = float(np.floor(np.percentile(honest, 1) * 100) / 100)
+    return {
+        "floor": floor,
+        "honest_p1": float(np.percentile(honest, 1)),
+        "honest_median": float(np.median(honest)),
+        "mixed_median": float(np.median(mixed)),
+        "honest_refused": float(np.mean(np.array(honest) < floor)),
+        "mixed_stopped": float(np.mean(np.array(mixed) < floor)),
+        "sets": len(honest),
+    }
+
+
+def speech_floor(
+    encoder: Encoder, prints: dict[Key, list[F32]], trials: list[Clip], threshold: float, per_voice: int = 20
+) -> dict[str, Any]:
+    """FNMR at ``threshold`` for trial clips cut to the first 1-3 s, against their median speech seconds."""
+    rows = []
+    chosen = [c for key in sorted(prints) for c in [t for t in trials if (t.speaker, t.voice) == key][:per_voice]]
+    for cut in CUT_SECONDS:
+        genuine: list[float] = []
+        speech: list[float] = []
+        for clip in chosen:
+            part = clip.samples[: int(cut * clip.rate)]
+            emb = encoder.embed(part, clip.rate)
+            speech.append(audio.speech_seconds(part, clip.rate))
+            genuine.extend(float(s) for s in np.stack(prints[clip.speaker, clip.voice]) @ emb)
+        fnmr = float(np.mean(np.array(genuine) < threshold))
+        rows.append({"cut_s": cut, "median_speech_s": float(np.median(speech)), "fnmr": fnmr, "trials": len(genuine)})
+    full = [float(s) for clip in chosen for s in np.stack(prints[clip.speaker, clip.voice]) @ clip.embedding]
+    full_fnmr = float(np.mean(np.array(full) < threshold))
+    allowed = max(2 * full_fnmr, full_fnmr + 0.02)
+    ok = [r for r in rows if r["fnmr"] <= allowed]
+    minimum = min((r["median_speech_s"] for r in ok), default=None)
+    return {"rows": rows, "full_fnmr": full_fnmr, "allowed_fnmr": allowed, "min_speech_s": minimum}
+
+
+def cross_voice(trials: Trials, threshold: float) -> dict[str, dict[str, Any]]:
+    return {
+        name: {
+            "trials": len(scores),
+            "median": float(np.median(scores)),
+            "accepted": float(np.mean(np.array(scores) >= threshold)),
+        }
+        for name, scores in sorted(trials.cross.items())
+    }
+
+
+def calibrate(
+    corpus: Path,
+    encoder: Encoder,
+    out: Path,
+    *,
+    voiceprints: int = 8,
+    max_clips: int | None = None,
+    seed: int = 0,
+    threshold: float | None = None,
+) -> dict[str, Any]:
+    """Run the whole calibration; writes the report files to ``out`` and returns the report."""
+    started = time.perf_counter()
+    rng = np.random.default_rng(seed)
+    clips, refused = load_corpus(corpus, encoder, max_clips, audio.Limits())
+    speakers = sorted({c.speaker for c in clips})
+    if len(speakers) < 2:
+        raise SystemExit(f"{corpus}: need at least two speaker folders with usable clips, found {speakers}")
+    prints, trial_clips = split(clips, voiceprints, rng)
+    trials = score(prints, trial_clips)
+    equal, eer_t = eer(trials)
+    targets = [threshold_for(trials, t) for t in TARGET_FMRS]
+    default = targets[0]["bounded_threshold"] or targets[0]["threshold"]
+    operating = threshold if threshold is not None else default
+    candidates = sorted({round(float(x), 2) for x in np.linspace(eer_t - 0.1, eer_t + 0.15, 6)} | {operating})
+    table = []
+    for t in candidates:
+        fmr, fnmr = rates(trials, t)
+        table.append({"threshold": t, "fmr": fmr, "fnmr": fnmr})
+    report: dict[str, Any] = {
+        "encoder": encoder.name,
+        "model_id": encoder.model_id,
+        "corpus": str(corpus),
+        "speakers": {s: sum(c.speaker == s for c in clips) for s in speakers},
+        "refused_at_intake": refused,
+        "voiceprints_per_speaker": voiceprints,
+        "genuine_trials": len(trials.genuine),
+        "impostor_trials": len(trials.impostor),
+        "eer": equal,
+        "eer_threshold": round(eer_t, 4),
+        "genuine_scores": _summary(trials.genuine),
+        "impostor_scores": _summary(trials.impostor),
+        "operating_threshold": operating,
+        "operating": dict(zip(("fmr", "fnmr"), rates(trials, operating), strict=True)),
+        "operating_fmr_upper_95": clopper_pearson_upper(
+            int(np.sum(trials.impostor >= operating)), len(trials.impostor)
+        ),
+        "operating_fnmr_upper_95": clopper_pearson_upper(int(np.sum(trials.genuine < operating)), len(trials.genuine)),
+        "targets": targets,
+        "thresholds": table,
+        "per_speaker": per_speaker(trials, operating),
+        "agreement": agreement_floor(clips, rng),
+        "speech": speech_floor(encoder, prints, trial_clips, operating),
+        "cross_voice": cross_voice(trials, operating),
+        "seconds": 0.0,
+    }
+    report["seconds"] = round(time.perf_counter() - started, 1)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out / "report.md").write_text(markdown(report) + "\n")
+    np.savez_compressed(out / "scores.npz", genuine=trials.genuine, impostor=trials.impostor)
+    plot(trials, report, out)
+    return report
+
+
+def _summary(x: F64) -> dict[str, float]:
+    return {k: float(f(x)) for k, f in (("min", np.min), ("median", np.median), ("max", np.max))}
+
+
+def markdown(r: dict[str, Any]) -> str:
+    speakers = ", ".join(f"{s} ({n})" for s, n in r["speakers"].items())
+    lines = [
+        f"Encoder `{r['encoder']}` (`{r['model_id']}`), corpus {speakers} clips; "
+        f"{r['genuine_trials']} genuine and {r['impostor_trials']} impostor trials; "
+        f"refused at intake: {r['refused_at_intake'] or 'none'}.",
+        "",
+        f"EER **{r['eer']:.2%}** at threshold {r['eer_threshold']:.3f}. "
+        f"Operating threshold {r['operating_threshold']:.3f}: FMR {r['operating']['fmr']:.4%} "
+        f"(95% upper {r['operating_fmr_upper_95']:.3%}), FNMR {r['operating']['fnmr']:.2%} "
+        f"(95% upper {r['operating_fnmr_upper_95']:.2%}).",
+        "",
+        "| target FMR | threshold (measured FMR meets it) | measured FMR | FNMR | FMR 95% upper bound "
+        "| threshold (95% bound meets it) | its FNMR |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for t in r["targets"]:
+        bounded = (
+            f"{t['bounded_threshold']:.3f} | {t['bounded_fnmr']:.2%}"
+            if t["bounded_threshold"] is not None
+            else f"not shown: needs >= {t['trials_needed']:,} impostor trials | -"
+        )
+        lines.append(
+            f"| 1 in {round(1 / t['target_fmr']):,} | {t['threshold']:.3f} | {t['fmr']:.4%} | {t['fnmr']:.2%} | "
+            f"{t['fmr_upper_95']:.3%} | {bounded} |"
+        )
+    lines += [
+        "",
+        f"The bounds treat the {r['impostor_trials']:,} impostor trials as independent; they come from "
+        f"{len(r['speakers'])} speakers, so they are optimistic: set a production threshold from many speakers.",
+    ]
+    lines += ["", "| speaker | FNMR | FMR of their clips against others |", "|---|---|---|"]
+    lines += [f"| {s} | {v['fnmr']:.2%} | {v['fmr']:.4%} |" for s, v in r["per_speaker"].items()]
+    lines += ["", "| threshold | FMR | FNMR |", "|---|---|---|"]
+    lines += [f"| {row['threshold']:.3f} | {row['fmr']:.4%} | {row['fnmr']:.2%} |" for row in r["thresholds"]]
+    a = r["agreement"]
+    lines += [
+        "",
+        f"Enrollment agreement floor **{a['floor']:.2f}** (1st percentile of {a['sets']} honest 3-clip enrollments; "
+        f"median honest {a['honest_median']:.3f}, with one other speaker's clip {a['mixed_median']:.3f}): refuses "
+        f"{a['honest_refused']:.1%} of honest enrollments and stops {a['mixed_stopped']:.1%} of mixed ones.",
+        "",
+        "| clip cut to | median speech | FNMR at the operating threshold |",
+        "|---|---|---|",
+    ]
+    s = r["speech"]
+    lines += [f"| {row['cut_s']:.1f} s | {row['median_speech_s']:.2f} s | {row['fnmr']:.2%} |" for row in s["rows"]]
+    lines.append(f"| full clip | | {s['full_fnmr']:.2%} |")
+    lines += ["", f"Minimum speech keeping FNMR within {s['allowed_fnmr']:.2%}: **{s['min_speech_s']} s**."]
+    for name, c in r["cross_voice"].items():
+        lines.append(
+            f"\nSame person, other voice ({name}): median score {c['median']:.3f}, {c['accepted']:.1%} of "
+            f"{c['trials']} trials accepted at the operating threshold."
+        )
+    return "\n".join(lines)
+
+
+def plot(trials: Trials, r: dict[str, Any], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from scipy.stats import norm
+
+    thresholds = np.unique(np.concatenate([trials.genuine, trials.impostor]))
+    fmr = np.array([np.mean(trials.impostor >= t) for t in thresholds])
+    fnmr = np.array([np.mean(trials.genuine < t) for t in thresholds])
+    clip = (1e-5, 1 - 1e-5)
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    ax.plot(norm.ppf(np.clip(fmr, *clip)), norm.ppf(np.clip(fnmr, *clip)), label=f"{r['encoder']}")
+    ticks = [1e-4, 1e-3, 1e-2, 0.05, 0.2, 0.5]
+    ax.set_xticks(norm.ppf(ticks), [f"{t:g}" for t in ticks])
+    ax.set_yticks(norm.ppf(ticks), [f"{t:g}" for t in ticks])
+    ax.set_xlim(norm.ppf(5e-5), norm.ppf(0.6))
+    ax.set_ylim(norm.ppf(5e-5), norm.ppf(0.6))
+    op_fmr, op_fnmr = r["operating"]["fmr"], r["operating"]["fnmr"]
+    ax.plot(
+        norm.ppf(np.clip(op_fmr, *clip)),
+        norm.ppf(np.clip(op_fnmr, *clip)),
+        "o",
+        label=f"threshold {r['operating_threshold']:.3f}",
+    )
+    ax.axvline(norm.ppf(r["operating_fmr_upper_95"]), ls=":", c="grey", label="FMR 95% upper bound")
+    ax.set_xlabel("false match rate")
+    ax.set_ylabel("false non-match rate")
+    ax.set_title(f"DET: {r['encoder']}, EER {r['eer']:.2%}")
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="upper right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "det.png", dpi=110)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(6.5, 3.8))
+    bins = [float(b) for b in np.linspace(min(trials.impostor.min(), trials.genuine.min()), 1.0, 80)]
+    ax.hist(trials.impostor, bins=bins, alpha=0.6, density=True, label=f"impostor ({len(trials.impostor)})")
+    ax.hist(trials.genuine, bins=bins, alpha=0.6, density=True, label=f"genuine ({len(trials.genuine)})")
+    ax.axvline(r["operating_threshold"], c="k", ls="--", label=f"threshold {r['operating_threshold']:.3f}")
+    ax.set_xlabel("cosine score")
+    ax.set_ylabel("density")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "scores.png", dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("corpus", type=Path, help="one folder per speaker of 16-bit WAV clips")
+    parser.add_argument("--out", type=Path, default=Path("calibration"))
+    parser.add_argument("--encoder", choices=("ge2e", "ecapa"), default="ge2e")
+    parser.add_argument("--model-dir", help="the encoder's model directory (GE2E: the default export if omitted)")
+    parser.add_argument("--voiceprints", type=int, default=8, help="voiceprints per speaker (3 clips each)")
+    parser.add_argument("--max-clips", type=int, help="at most this many clips per speaker")
+    parser.add_argument(
+        "--threshold", type=float, help="operating threshold (default: the one whose 95%% bound meets 1 in 1,000)"
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    encoder = open_encoder(args.encoder, args.model_dir)
+    report = calibrate(
+        args.corpus,
+        encoder,
+        args.out,
+        voiceprints=args.voiceprints,
+        max_clips=args.max_clips,
+        seed=args.seed,
+        threshold=args.threshold,
+    )
+    print((args.out / "report.md").read_text())  # noqa: T201
+    print(f"wrote {args.out}/report.json, report.md, det.png, scores.png in {report['seconds']} s")  # noqa: T201
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

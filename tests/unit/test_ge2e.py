@@ -1,0 +1,141 @@
+"""The torch-free GE2E encoder against Resemblyzer itself, its export step, and its failure modes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from infra.model import ge2e_export
+from lockwise.errors import InvalidAudio
+from lockwise.voice import ge2e
+from lockwise.voice.model_files import ModelError
+from tests.voices import speech_like
+
+pytestmark = pytest.mark.model
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, ge2e_export.ParityReport]:
+    out = tmp_path_factory.mktemp("ge2e") / "model"
+    return out, ge2e_export.export(out)
+
+
+def test_export_matches_resemblyzer_and_records_where_the_weights_came_from(
+    exported: tuple[Path, ge2e_export.ParityReport],
+) -> None:
+    out, report = exported
+    assert len(report.clips) == len(ge2e_export.PARITY_SECONDS)
+    assert report.max_abs < 1e-5 and report.min_cosine > 0.99999 and report.mel_max_rel < 1e-5
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["model_id"] == "ge2e-" + ge2e_export.PINNED_SHA256[:16]
+    assert manifest["source"]["sha256"] == ge2e_export.PINNED_SHA256
+    assert "Apache-2.0" in manifest["source"]["licence"]
+    assert manifest["parity"]["max_abs"] == report.max_abs
+    assert sorted(p.name for p in out.iterdir()) == ["ge2e.npz", "manifest.json"]
+
+
+def test_resemblyzer_and_ours_agree_on_real_length_clips_the_export_did_not_use(
+    exported: tuple[Path, ge2e_export.ParityReport],
+) -> None:
+    from resemblyzer import VoiceEncoder  # type: ignore[import-untyped]
+
+    ours = ge2e.Ge2eEncoder(exported[0])
+    theirs = VoiceEncoder(device="cpu", verbose=False)
+    for seconds, seed in ((2.0, 11), (4.5, 12)):
+        wav = ge2e.shorten_pauses(ge2e.raise_volume(speech_like(seconds, 16000, f0=120 + 30 * seed, seed=seed)))
+        np.testing.assert_allclose(ours.embed_preprocessed(wav), theirs.embed_utterance(wav), atol=1e-5)
+
+
+def test_mel_filterbank_is_librosas() -> None:
+    import librosa
+
+    want = librosa.filters.mel(sr=16000, n_fft=400, n_mels=40)
+    np.testing.assert_allclose(ge2e.mel_filterbank(), want, rtol=1e-5, atol=1e-8)
+
+
+def test_a_broken_conversion_fails_the_export_and_leaves_nothing(tmp_path: Path) -> None:
+    def tamper(weights: dict[str, np.ndarray]) -> None:
+        weights["lstm.weight_hh_l1"][0, 0] += 0.05
+
+    with pytest.raises(ge2e_export.ParityError, match="does not match Resemblyzer"):
+        ge2e_export.export(tmp_path / "model", _tamper=tamper)
+    assert not (tmp_path / "model").exists()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_changed_weights_or_missing_manifest_refuse_to_load(
+    tmp_path: Path, exported: tuple[Path, ge2e_export.ParityReport]
+) -> None:
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(exported[0], copy)
+    data = bytearray((copy / "ge2e.npz").read_bytes())
+    data[-100] ^= 0xFF
+    (copy / "ge2e.npz").write_bytes(bytes(data))
+    with pytest.raises(ModelError, match=r"ge2e\.npz does not match manifest\.json"):
+        ge2e.Ge2eEncoder(copy)
+    (copy / "manifest.json").unlink()
+    with pytest.raises(ModelError, match=r"manifest\.json is missing"):
+        ge2e.Ge2eEncoder(copy)
+
+
+def test_embeddings_are_unit_256_and_resampled_by_the_product_path(
+    exported: tuple[Path, ge2e_export.ParityReport],
+) -> None:
+    from lockwise.voice.resample import resample
+
+    encoder = ge2e.Ge2eEncoder(exported[0])
+    clip = speech_like(3.0, 44100, seed=3)
+    at_44k = encoder.embed(clip, 44100)
+    assert at_44k.shape == (256,) and at_44k.dtype == np.float32
+    assert abs(float(np.linalg.norm(at_44k)) - 1) < 1e-5
+    np.testing.assert_allclose(at_44k, encoder.embed_16k(resample(clip, 44100, 16000)), atol=1e-6)
+    assert float(at_44k @ encoder.embed(speech_like(3.0, 16000, seed=3), 16000)) > 0.9  # same voice, other rate
+    assert encoder.model_id == "ge2e-" + ge2e_export.PINNED_SHA256[:16]
+
+
+@pytest.mark.parametrize(
+    ("samples", "message"),
+    [
+        (np.zeros(100, np.float32), "too short"),
+        (np.full(16000, np.nan, np.float32), "NaN"),
+        (np.zeros((2, 16000), np.float32), "mono"),
+        (np.zeros(16000, np.int16), "float"),
+    ],
+)
+def test_bad_audio_is_refused(
+    samples: np.ndarray, message: str, exported: tuple[Path, ge2e_export.ParityReport]
+) -> None:
+    with pytest.raises(InvalidAudio, match=message):
+        ge2e.Ge2eEncoder(exported[0]).embed(samples, 16000)
+
+
+def test_long_pauses_are_shortened_and_speech_kept() -> None:
+    voice = speech_like(1.0, 16000, seed=5)
+    silence = np.zeros(32000, np.float32)
+    wav = np.concatenate([voice, silence, voice])
+    trimmed = ge2e.shorten_pauses(wav)
+    assert 2.0 * 16000 <= len(trimmed) <= 2.6 * 16000  # both seconds of speech kept, the 2 s pause cut to short gaps
+    assert len(ge2e.shorten_pauses(voice)) >= 0.95 * len(voice)
+
+
+def test_serving_imports_neither_torch_nor_librosa(exported: tuple[Path, ge2e_export.ParityReport]) -> None:
+    probe = (
+        "import sys, numpy as np\n"
+        "from lockwise.voice.ge2e import Ge2eEncoder\n"
+        f"e = Ge2eEncoder({str(exported[0])!r})\n"
+        "e.embed(np.sin(np.arange(44100 * 2) * 0.03).astype(np.float32) * 0.2, 44100)\n"
+        "print(sorted(m for m in ('torch', 'librosa', 'resemblyzer', 'speechbrain') if m in sys.modules))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO / "functions")}
+    done = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
