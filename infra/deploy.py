@@ -1,9 +1,9 @@
 """Deploy LockWise to Google Cloud: ``python -m infra.deploy COMPONENT --project P [--dry-run]``.
 
-Components: ``accounts`` (service accounts and roles), ``build`` (bundles, model fetched by checksum), ``migrate``
-(database migrations as a Cloud Run job, run before any new code goes live), ``functions`` (verify, embed, devices,
-devices-relay), ``relay`` (the always-on container), ``broker`` (Mosquitto config for the broker VM), ``firebase``
-(Firestore rules and indexes, Hosting rewrites), ``all`` (in that order).
+Components: ``accounts`` (service accounts and roles), ``build`` (bundles; model fetched by checksum, exported to
+ONNX for verify), ``migrate`` (database migrations as a Cloud Run job, run before any new code goes live),
+``functions`` (verify, embed, devices, devices-relay), ``relay`` (the always-on container), ``broker`` (Mosquitto
+config for the broker VM), ``firebase`` (Firestore rules and indexes, Hosting rewrites), ``all`` (in that order).
 
 ``--dry-run`` validates the configuration and prints exactly the commands that would run, one per line, without
 running anything; the tests check that output. Secret values never appear: services mount them from Secret Manager.
@@ -131,8 +131,15 @@ def build(t: Target) -> list[Command]:
     py = sys.executable
     return [
         [py, "-m", "infra.build", "--production", "--out", str(REPO / ".build")],
-        [py, "-m", "infra.model.fetch", str(REPO / ".build" / "verify" / "model")],
         [py, "-m", "infra.model.fetch", str(REPO / ".build" / "embed" / "model")],
+        # verify serves the ONNX export (no torch in its bundle), checked against SpeechBrain before it is written
+        [
+            py,
+            "-m",
+            "infra.model.export_onnx",
+            str(REPO / ".build" / "embed" / "model"),
+            str(REPO / ".build" / "verify" / "model"),
+        ],
         [
             "gcloud",
             "builds",

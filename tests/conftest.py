@@ -125,10 +125,14 @@ def reset_auth(emu: services.Emulator) -> None:
 
 @pytest.fixture(scope="session")
 def model_dir(workdir: Path) -> Path:
-    """A real ECAPA-TDNN (SpeechBrain's class, tiny size) with random weights, in the Hub's layout."""
+    """A real ECAPA-TDNN (SpeechBrain's class, tiny size) with random weights, in the Hub's layout, with its ONNX
+    export in ``onnx/``: embed enrolls through SpeechBrain, verify serves the export, as deployed."""
+    from infra.model.export_onnx import export
     from infra.model.random_ecapa import build_model_dir
 
-    return build_model_dir(workdir / "ecapa-tiny", size="tiny", seed=1)
+    folder = build_model_dir(workdir / "ecapa-tiny", size="tiny", seed=1)
+    export(folder, folder / "onnx")
+    return folder
 
 
 @pytest.fixture(scope="session")

@@ -1,6 +1,7 @@
 """HTTP entry point of the verify function: a lock posts what it heard; the server decides.
 
-The speaker model is loaded here, at instance start (module scope), so the platform's startup boost pays for it.
+The speaker model is loaded here, at instance start (module scope), so the platform's startup boost pays for it. It
+is served without torch: ECAPA-TDNN from its ONNX export (``infra.model.export_onnx``), GE2E with numpy.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from lockwise.voice.encoder import describe, load_encoder
 
 rt = get_runtime("verify")
 api = Api("verify")
-encoder = load_encoder(rt.settings)
+encoder = load_encoder(rt.settings, exported=True)
 limits = audio.Limits.from_settings(rt.settings)
 
 

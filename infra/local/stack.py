@@ -131,9 +131,12 @@ def main(argv: list[str] | None = None) -> int:
             auth_host = auth.host
             table.append(("auth emulator", auth.host, str(state / "auth" / "auth.log")))
 
-        model_dir = env.get("LOCKWISE_MODEL_DIR") or str(_random_model(state))
-        if not env.get("LOCKWISE_MODEL_DIR"):
-            table.append(("speaker model", "RANDOM WEIGHTS", "accepts any voice; set LOCKWISE_MODEL_DIR to real files"))
+        model_dir = env.get("LOCKWISE_MODEL_DIR")
+        if model_dir:
+            _ensure_exported(Path(model_dir))
+            table.append(("speaker model", "ECAPA-TDNN", f"{model_dir} (verify serves its ONNX export)"))
+        else:
+            table.append(("speaker model", "GE2E", "resemblyzer's real weights; LOCKWISE_MODEL_DIR selects ECAPA"))
         fn_env = {
             "LOCKWISE_MODE": "local",
             "LOCKWISE_PROJECT_ID": project,
@@ -144,8 +147,9 @@ def main(argv: list[str] | None = None) -> int:
             "LOCKWISE_COMMAND_SIGNING_KEY": secrets_["command_signing_key"],
             "LOCKWISE_MQTT_PUBLIC_HOST": mqtt_host,
             "LOCKWISE_MQTT_PUBLIC_PORT": str(mqtt_port),
-            "LOCKWISE_MODEL_DIR": model_dir,
         }
+        if model_dir:
+            fn_env["LOCKWISE_MODEL_DIR"] = model_dir
         for name in services.FUNCTIONS:
             server = services.start_function(name, ports[name], fn_env, logs)
             started.append(server)
@@ -204,18 +208,16 @@ def main(argv: list[str] | None = None) -> int:
         log.info("stopped %d services", len(started))
 
 
-def _random_model(state: Path) -> Path:
-    """A full-size ECAPA-TDNN with random weights, made once, so the audio functions start without the Hub.
+def _ensure_exported(model_dir: Path) -> None:
+    """Verify serves ECAPA from its ONNX export: make it next to the SpeechBrain files once, parity-checked."""
+    from lockwise.voice.encoder import onnx_dir
 
-    It has the real model's size and speed but tells no voices apart: for plumbing and timing only.
-    """
-    target = state / "models" / "ecapa-random-full"
-    if not (target / "embedding_model.ckpt").exists():
-        from infra.model.random_ecapa import build_model_dir
+    if (onnx_dir(model_dir) / "manifest.json").is_file():
+        return
+    from infra.model.export_onnx import export
 
-        log.warning("no LOCKWISE_MODEL_DIR: building a random-weight ECAPA-TDNN in %s (accepts any voice)", target)
-        build_model_dir(target, size="full", seed=0)
-    return target
+    log.info("exporting %s to ONNX for the verify function (once)", model_dir)
+    export(model_dir, model_dir / "onnx")
 
 
 def _migrate(database_url: str) -> None:

@@ -1,4 +1,4 @@
-"""A built bundle is self-contained: it imports from its own folder alone, and devices' never imports torch."""
+"""A built bundle is self-contained: it imports from its own folder alone; devices and verify never import torch."""
 
 from __future__ import annotations
 
@@ -15,7 +15,8 @@ from infra.build import build
 PROBE = """
 import json, sys
 import main, lockwise
-print(json.dumps({"lockwise": lockwise.__file__, "torch": "torch" in sys.modules, "target": hasattr(main, NAME)}))
+print(json.dumps({"lockwise": lockwise.__file__, "torch": "torch" in sys.modules, "target": hasattr(main, NAME),
+                  "speechbrain": "speechbrain" in sys.modules}))
 """
 
 
@@ -40,8 +41,10 @@ def test_bundle_imports_on_its_own(tmp_path: Path, name: str, model_dir: Path) -
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report["target"]
     assert report["lockwise"].startswith(str(out)), "the bundle used the source tree's lockwise package"
-    if name == "devices":
-        assert report["torch"] is False
+    if name in ("devices", "verify"):  # verify serves the ONNX export: neither torch nor SpeechBrain
+        assert report["torch"] is False and report["speechbrain"] is False
+    if name in ("embed", "verify"):  # both carry the GE2E export, the encoder when no model directory is set
+        assert "models/ge2e/manifest.json" in manifest["files"]
 
 
 def test_relay_context_imports_on_its_own(tmp_path: Path) -> None:
@@ -57,3 +60,19 @@ def test_relay_context_imports_on_its_own(tmp_path: Path) -> None:
     assert where.startswith(str(out)) and torch is False
     dockerfile = (out / "Dockerfile").read_text()
     assert "USER relay" in dockerfile and "HEALTHCHECK" in dockerfile
+
+
+def test_voice_bundles_fall_back_to_their_own_ge2e(tmp_path: Path) -> None:
+    out = build("verify", tmp_path / "verify")
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "LOCKWISE_MODEL_DIR", "LOCKWISE_ENCODER")}
+    env["LOCKWISE_MODE"] = "local"
+    probe = (
+        "import json, sys, main\n"
+        "print(json.dumps([main.encoder.name, str(main.encoder.model_dir), 'torch' in sys.modules]))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], cwd=out, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    name, folder, torch = json.loads(result.stdout.strip().splitlines()[-1])
+    assert name == "ge2e" and folder == str(out / "models" / "ge2e") and torch is False

@@ -1,0 +1,412 @@
+"""Export a SpeechBrain ECAPA model directory to the torch-free ONNX artifact, and prove it embeds the same:
+``python -m infra.model.export_onnx MODEL_DIR OUT_DIR [--tolerance T]``.
+
+``torch.stft`` (complex-valued) does not export, so the graph re-implements SpeechBrain's ``Fbank`` with the numbers
+read from the loaded modules: the STFT as a real 1-D convolution with the window-weighted cosine and sine DFT kernels
+(stride = hop), then the power spectrum, the mel matrix, and ``amplitude_to_DB`` with its per-utterance top_db
+clamp. Sentence mean normalisation and a copy of ``ECAPA_TDNN`` follow.
+
+Parity is the gate: a fixed set of seeded clips (0.5-10 s, harmonic "speech" with noise, at 16 kHz and 44.1 kHz)
+goes through ``EcapaEncoder.embed`` (SpeechBrain, torchaudio resampling) and ``OnnxEcapaEncoder.embed`` (onnxruntime,
+numpy resampling). Everything is written in a staging directory next to ``OUT_DIR`` and renamed to ``OUT_DIR``
+(replacing it) only when the largest difference is within the tolerance; otherwise the staging directory is removed,
+``OUT_DIR`` is left as it was, ``ParityError`` is raised and the command exits 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import hashlib
+import json
+import logging
+import math
+import shutil
+import sys
+import tempfile
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lockwise.voice.ecapa import EcapaEncoder, model_identity
+from lockwise.voice.model_files import ModelError
+from lockwise.voice.onnx_ecapa import (
+    ARTIFACT_FORMAT,
+    EMBEDDING_DIM,
+    ENCODER_NAME,
+    MANIFEST,
+    SAMPLE_RATE,
+    OnnxEcapaEncoder,
+)
+
+logger = logging.getLogger(__name__)
+
+ONNX_FILE = "ecapa-tdnn.onnx"
+OPSET = 17
+INPUT, OUTPUT = "wav", "embedding"
+PARITY_SECONDS = (0.5, 1.0, 2.0, 3.0, 5.0, 10.0)
+PARITY_RATES = (16_000, 44_100)
+PARITY_SEED = 1_000  # clip i uses seed PARITY_SEED + i, at every rate
+_EXAMPLE_SECONDS = 3.0  # length of the example input the graph is traced with (the time axis stays dynamic)
+
+
+class ParityError(RuntimeError):
+    """The exported graph does not embed like SpeechBrain within the tolerance; ``report`` says where."""
+
+    def __init__(self, report: ParityReport) -> None:
+        super().__init__(
+            f"ONNX export differs from SpeechBrain by up to {report.max_abs_diff:.3g} "
+            f"(tolerance {report.tolerance:g}; worst clip {report.worst.clip})"
+        )
+        self.report = report
+
+
+# ------------------------------------------------------------------------------------------------- the graph
+
+
+class DftPowerSpectrum(nn.Module):
+    """``torch.stft`` power as a real convolution: wav (batch, samples) -> power (batch, frames, n_fft // 2 + 1).
+
+    ``frames = 1 + samples // hop`` with ``center`` (the signal padded by ``n_fft // 2`` on each side, ``pad_mode``).
+    The kernel (2 * bins, 1, n_fft) holds ``window * cos`` then ``window * -sin`` of each bin, computed in float64.
+    """
+
+    kernel: torch.Tensor
+
+    def __init__(self, stft: Any) -> None:  # speechbrain.processing.features.STFT
+        super().__init__()
+        if stft.normalized_stft or not stft.onesided:
+            raise ModelError("only an unnormalised, one-sided STFT can be exported")
+        self.n_fft, self.hop, self.center, self.pad_mode = (
+            int(stft.n_fft),
+            int(stft.hop_length),
+            bool(stft.center),
+            str(stft.pad_mode),
+        )
+        window = stft.window.detach().to(torch.float64).cpu()
+        left = (self.n_fft - window.shape[0]) // 2  # torch.stft centres a shorter window in n_fft
+        window = F.pad(window, (left, self.n_fft - window.shape[0] - left))
+        bins = self.n_fft // 2 + 1
+        n = torch.arange(self.n_fft, dtype=torch.int64)
+        k = torch.arange(bins, dtype=torch.int64)[:, None]
+        angle = 2 * math.pi * ((k * n) % self.n_fft).to(torch.float64) / self.n_fft  # (bins, n_fft), reduced mod 2pi
+        kernel = torch.cat([torch.cos(angle) * window, -torch.sin(angle) * window])[:, None, :]
+        self.register_buffer("kernel", kernel.to(torch.float32))
+        self.bins = bins
+
+    def forward(self, wav: torch.Tensor) -> torch.Tensor:
+        x = wav.unsqueeze(1)  # (batch, 1, samples)
+        if self.center:
+            x = F.pad(x, (self.n_fft // 2, self.n_fft // 2), mode=self.pad_mode)
+        spec = F.conv1d(x, self.kernel, stride=self.hop)  # (batch, 2 * bins, frames)
+        real, imag = spec[:, : self.bins], spec[:, self.bins :]
+        return (real * real + imag * imag).transpose(1, 2)
+
+
+class LogMelFilterbank(nn.Module):
+    """SpeechBrain's frozen ``Filterbank``: power (batch, frames, bins) -> log-mel (batch, frames, n_mels) in dB.
+
+    dB values are clamped from below at each utterance's maximum (over frames and mels) minus ``top_db``.
+    """
+
+    matrix: torch.Tensor
+
+    def __init__(self, fbanks: Any) -> None:  # speechbrain.processing.features.Filterbank
+        super().__init__()
+        if not fbanks.freeze or fbanks.param_rand_factor != 0:
+            raise ModelError("only a frozen filterbank without random perturbation can be exported")
+        # As Filterbank.forward builds it: the (bins, n_mels) matrix from the module's own centres and bands.
+        f_central = fbanks.f_central.repeat(fbanks.all_freqs_mat.shape[1], 1).transpose(0, 1)
+        band = fbanks.band.repeat(fbanks.all_freqs_mat.shape[1], 1).transpose(0, 1)
+        self.register_buffer("matrix", fbanks._create_fbank_matrix(f_central, band).detach().to(torch.float32))
+        self.log_mel = bool(fbanks.log_mel)
+        self.multiplier = float(fbanks.multiplier)
+        self.amin = float(fbanks.amin)
+        self.db_offset = float(fbanks.multiplier * fbanks.db_multiplier)
+        self.top_db = float(fbanks.top_db)
+
+    def forward(self, power: torch.Tensor) -> torch.Tensor:
+        mel = torch.matmul(power, self.matrix)
+        if not self.log_mel:
+            return mel
+        x_db = self.multiplier * torch.log10(torch.clamp(mel, min=self.amin)) - self.db_offset
+        floor = torch.amax(x_db, dim=(-2, -1), keepdim=True) - self.top_db
+        return torch.maximum(x_db, floor)
+
+
+class SentenceMeanNorm(nn.Module):
+    """``InputNormalization(norm_type="sentence", std_norm=False)`` on whole clips: subtract each feature's mean."""
+
+    def forward(self, feats: torch.Tensor) -> torch.Tensor:
+        return feats - feats.mean(dim=1, keepdim=True)
+
+
+class EcapaWaveformEncoder(nn.Module):
+    """wav (batch, samples) float32 at 16 kHz -> raw embedding (batch, 192) float32, as ``encode_batch`` computes."""
+
+    def __init__(self, spectrum: nn.Module, fbank: nn.Module, norm: nn.Module, embedding_model: nn.Module) -> None:
+        super().__init__()
+        self.spectrum, self.fbank, self.norm, self.embedding_model = spectrum, fbank, norm, embedding_model
+
+    def forward(self, wav: torch.Tensor) -> torch.Tensor:
+        feats = self.norm(self.fbank(self.spectrum(wav)))  # (batch, frames, n_mels)
+        embedding: torch.Tensor = self.embedding_model(feats)  # (batch, 1, 192)
+        return embedding[:, 0, :]
+
+
+def build_export_module(classifier: Any) -> EcapaWaveformEncoder:
+    """The exportable graph of a loaded ``EncoderClassifier`` (its embedding model is copied, not shared)."""
+    features, norm = classifier.mods.compute_features, classifier.mods.mean_var_norm
+    if features.deltas or features.context:
+        raise ModelError("Fbank with deltas or context windows is not supported by the ONNX export")
+    if norm.norm_type != "sentence" or norm.std_norm:
+        raise ModelError(f"mean_var_norm must be sentence mean normalisation, not {norm.norm_type} std={norm.std_norm}")
+    module = EcapaWaveformEncoder(
+        DftPowerSpectrum(features.compute_STFT),
+        LogMelFilterbank(features.compute_fbanks),
+        SentenceMeanNorm(),
+        copy.deepcopy(classifier.mods.embedding_model),
+    )
+    return module.eval()
+
+
+# ------------------------------------------------------------------------------------------------- parity
+
+
+def speech_like_clip(rate: int, seconds: float, seed: int) -> npt.NDArray[np.float32]:
+    """A deterministic voiced-sounding clip computed at ``rate``: shape (round(rate * seconds),), float32, peak 0.5.
+
+    Harmonics of a wobbling 85-255 Hz fundamental up to 7 kHz under a 2-5 Hz syllable envelope, plus white noise.
+    Odd seeds gate everything to digital silence between syllables (exercising the top_db floor); even seeds keep a
+    noise floor. The same seed gives the same sound at every rate (noise aside, which is drawn per sample).
+    """
+    rs = np.random.RandomState(seed)
+    t = np.arange(round(rate * seconds)) / rate
+    f0, vibrato, syllables = rs.uniform(85, 255), rs.uniform(2, 6), rs.uniform(2, 5)
+    voiced = np.zeros_like(t)
+    for k in range(1, 80):
+        if f0 * k > 7000:
+            break
+        phase = 2 * np.pi * f0 * k * (t + 0.03 * np.sin(2 * np.pi * vibrato * t) / (2 * np.pi * vibrato))
+        voiced += rs.uniform(0.2, 1.0) / k * np.sin(phase + rs.uniform(0, 2 * np.pi))
+    envelope = np.sin(2 * np.pi * syllables * t + rs.uniform(0, 2 * np.pi))
+    noise = rs.standard_normal(t.shape[0]) * rs.uniform(0.01, 0.1)
+    if seed % 2:
+        signal = np.maximum(envelope, 0.0) ** 1.5 * (voiced / (np.abs(voiced).max() + 1e-9) + noise)
+    else:
+        signal = 0.5 * (1 + envelope) * voiced / (np.abs(voiced).max() + 1e-9) + noise
+    clip: npt.NDArray[np.float32] = (0.5 * signal / (np.abs(signal).max() + 1e-9)).astype(np.float32)
+    return clip
+
+
+@dataclass(frozen=True)
+class ParityRow:
+    """One clip through both paths: largest |difference| of the unit embeddings and their cosine."""
+
+    clip: str
+    sample_rate: int
+    samples: int
+    max_abs_diff: float
+    cosine: float
+
+
+@dataclass(frozen=True)
+class ParityReport:
+    """Served (ONNX) vs reference (SpeechBrain) embeddings for every parity clip."""
+
+    rows: tuple[ParityRow, ...]
+    tolerance: float
+
+    @property
+    def max_abs_diff(self) -> float:
+        return max(row.max_abs_diff for row in self.rows)
+
+    @property
+    def min_cosine(self) -> float:
+        return min(row.cosine for row in self.rows)
+
+    @property
+    def worst(self) -> ParityRow:
+        return max(self.rows, key=lambda row: row.max_abs_diff)
+
+    @property
+    def passed(self) -> bool:
+        return self.max_abs_diff <= self.tolerance
+
+    def table(self) -> str:
+        """The report as a fixed-width text table, one line per clip and an overall line."""
+        lines = [f"{'clip':<16} {'rate':>6} {'samples':>8} {'max |diff|':>11} {'cosine':>12}"]
+        lines += [
+            f"{r.clip:<16} {r.sample_rate:>6} {r.samples:>8} {r.max_abs_diff:>11.3e} {r.cosine:>12.9f}"
+            for r in self.rows
+        ]
+        verdict = "PASS" if self.passed else "FAIL"
+        lines.append(
+            f"{'overall':<16} {'':>6} {'':>8} {self.max_abs_diff:>11.3e} {self.min_cosine:>12.9f}  "
+            f"{verdict} (tolerance {self.tolerance:g})"
+        )
+        return "\n".join(lines)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "tolerance": self.tolerance,
+            "max_abs_diff": self.max_abs_diff,
+            "min_cosine": self.min_cosine,
+            "clips": [asdict(row) for row in self.rows],
+        }
+
+
+def measure_parity(
+    reference: EcapaEncoder,
+    served: OnnxEcapaEncoder,
+    *,
+    tolerance: float,
+    seconds: Sequence[float] = PARITY_SECONDS,
+    rates: Sequence[int] = PARITY_RATES,
+    seed: int = PARITY_SEED,
+) -> ParityReport:
+    """Embed every (length, rate) clip through both encoders' public ``embed`` and compare."""
+    rows = []
+    for rate in rates:
+        for i, length in enumerate(seconds):
+            clip = speech_like_clip(rate, length, seed + i)
+            want, got = reference.embed(clip, rate), served.embed(clip, rate)
+            rows.append(
+                ParityRow(
+                    clip=f"{length:g} s #{seed + i}",
+                    sample_rate=rate,
+                    samples=int(clip.shape[0]),
+                    max_abs_diff=float(np.abs(want.astype(np.float64) - got).max()),
+                    cosine=float(want.astype(np.float64) @ got.astype(np.float64)),
+                )
+            )
+    return ParityReport(rows=tuple(rows), tolerance=tolerance)
+
+
+# ------------------------------------------------------------------------------------------------- export
+
+
+def export(
+    model_dir: Path,
+    out_dir: Path,
+    *,
+    tolerance: float = 1e-4,
+    _tamper: Callable[[nn.Module], None] | None = None,
+) -> ParityReport:
+    """Write the ONNX artifact of ``model_dir`` to ``out_dir`` (replaced) if it passes parity; return the report.
+
+    ``_tamper`` is for tests only: it is applied to the export module (an ``EcapaWaveformEncoder``) before export,
+    to prove that a graph which drifts from SpeechBrain is refused.
+
+    Raises
+    ------
+    ParityError
+        Some clip differs by more than ``tolerance``; nothing is written to ``out_dir``.
+    ModelError
+        ``model_dir`` does not load, or its front end is not one this export reproduces.
+    """
+    model_dir, out_dir = Path(model_dir), Path(out_dir)
+    reference = EcapaEncoder(model_dir)
+    try:
+        module = build_export_module(reference._model)
+    except ModelError as exc:
+        raise ModelError(f"ECAPA model directory {model_dir}: {exc}") from exc
+    if _tamper is not None:
+        _tamper(module)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
+    try:
+        onnx_path = staging / ONNX_FILE
+        _export_graph(module, onnx_path)
+        manifest = _manifest(model_identity(model_dir), onnx_path)
+        # Loadable only inside the hidden staging directory, which is removed unless parity passes.
+        _write_json(staging / MANIFEST, manifest)
+        report = measure_parity(reference, OnnxEcapaEncoder(staging), tolerance=tolerance)
+        if not report.passed:
+            raise ParityError(report)
+        _write_json(staging / MANIFEST, {**manifest, "parity": report.to_json()})
+        staging.chmod(0o755)  # mkdtemp makes it private; the artifact is read by whoever serves it
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        staging.rename(out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    logger.info("wrote ONNX ECAPA artifact", extra={"fields": {"dir": str(out_dir), "max_abs": report.max_abs_diff}})
+    return report
+
+
+def _export_graph(module: nn.Module, path: Path) -> None:
+    """TorchScript-based export with a dynamic batch and time axis: (batch, samples) -> (batch, 192)."""
+    example = torch.from_numpy(speech_like_clip(SAMPLE_RATE, _EXAMPLE_SECONDS, seed=0))[None, :]
+    with torch.inference_mode(), warnings.catch_warnings():
+        # Known and harmless here: the legacy exporter is chosen on purpose (the dynamo one needs onnxscript), and
+        # the tracer flags ECAPA's all-ones padding mask, whose shape follows the input (parity covers 0.5-10 s).
+        warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*")
+        warnings.filterwarnings("ignore", message="The feature will be removed", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)  # type: ignore[attr-defined]
+        warnings.filterwarnings("ignore", message="Constant folding - Only steps=1")
+        torch.onnx.export(
+            module,
+            (example,),
+            str(path),
+            input_names=[INPUT],
+            output_names=[OUTPUT],
+            dynamic_axes={INPUT: {0: "batch", 1: "samples"}, OUTPUT: {0: "batch"}},
+            opset_version=OPSET,
+            do_constant_folding=True,
+            dynamo=False,
+        )
+
+
+def _manifest(model_id: str, onnx_path: Path) -> dict[str, Any]:
+    import onnx
+    import speechbrain  # type: ignore[import-untyped]
+
+    with onnx_path.open("rb") as f:
+        sha256 = hashlib.file_digest(f, "sha256").hexdigest()
+    return {
+        "format": ARTIFACT_FORMAT,
+        "encoder": ENCODER_NAME,
+        "model_id": model_id,
+        "dim": EMBEDDING_DIM,
+        "sample_rate": SAMPLE_RATE,
+        "onnx": {"file": onnx_path.name, "sha256": sha256, "input": INPUT, "output": OUTPUT, "opset": OPSET},
+        "parity": None,
+        "exported_with": {"torch": torch.__version__, "speechbrain": speechbrain.__version__, "onnx": onnx.__version__},
+    }
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("model_dir", type=Path, help="SpeechBrain model directory (spkrec-ecapa-voxceleb layout)")
+    parser.add_argument("out_dir", type=Path, help="artifact directory to write (replaced if it exists)")
+    parser.add_argument("--tolerance", type=float, default=1e-4, help="largest allowed |difference| (default 1e-4)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    try:
+        report = export(args.model_dir, args.out_dir, tolerance=args.tolerance)
+    except ParityError as exc:
+        sys.stderr.write(f"{exc.report.table()}\nparity failed: {exc}\n")
+        return 1
+    except ModelError as exc:
+        sys.stderr.write(f"export failed: {exc}\n")
+        return 1
+    sys.stdout.write(f"{report.table()}\nwrote {args.out_dir}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

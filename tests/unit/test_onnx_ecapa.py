@@ -1,0 +1,376 @@
+"""The torch-free ONNX encoder embeds as the SpeechBrain one does; its artifact is only written once that is proven.
+
+Covers the numpy resampler against torchaudio, the export and its parity gate on tiny and full-size random models,
+served embeddings on clips the export never saw, the artifact's integrity checks, audio validation, and that serving
+imports no torch. The models are random (``infra.model.random_ecapa``): equality is what is tested, not speakers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+import torch
+import torchaudio.functional  # type: ignore[import-untyped]
+from torch import nn
+
+from infra.model import export_onnx
+from infra.model.export_onnx import ParityError, ParityReport, export, speech_like_clip
+from infra.model.random_ecapa import build_model_dir
+from lockwise.errors import InvalidAudio
+from lockwise.voice.ecapa import EcapaEncoder, model_identity
+from lockwise.voice.model_files import ModelError
+from lockwise.voice.onnx_ecapa import MANIFEST, OnnxEcapaEncoder, load_artifact_manifest
+from lockwise.voice.resample import _kernel, resample
+
+pytestmark = pytest.mark.model
+
+REPO = Path(__file__).resolve().parents[2]
+RESAMPLE_RATES = (8_000, 11_025, 22_050, 44_100, 48_000)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def offline_env() -> Iterator[None]:
+    """The SpeechBrain encoder sets HF_HUB_OFFLINE for the process; put it back as it was after this module."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HF_HUB_OFFLINE", os.environ.get("HF_HUB_OFFLINE", "1"))
+        yield
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("onnx-ecapa")
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(models: Path) -> Path:
+    return build_model_dir(models / "tiny", size="tiny", seed=0)
+
+
+@pytest.fixture(scope="module")
+def full_dir(models: Path) -> Path:
+    return build_model_dir(models / "full", size="full", seed=0)
+
+
+@pytest.fixture(scope="module")
+def tiny_export(tiny_dir: Path, models: Path) -> tuple[Path, ParityReport]:
+    out = models / "tiny-onnx"
+    return out, export(tiny_dir, out)
+
+
+@pytest.fixture(scope="module")
+def full_export(full_dir: Path, models: Path) -> tuple[Path, ParityReport]:
+    out = models / "full-onnx"
+    return out, export(full_dir, out)
+
+
+@pytest.fixture(scope="module")
+def tiny_pair(tiny_dir: Path, tiny_export: tuple[Path, ParityReport]) -> tuple[EcapaEncoder, OnnxEcapaEncoder]:
+    return EcapaEncoder(tiny_dir), OnnxEcapaEncoder(tiny_export[0])
+
+
+@pytest.fixture(scope="module")
+def full_pair(full_dir: Path, full_export: tuple[Path, ParityReport]) -> tuple[EcapaEncoder, OnnxEcapaEncoder]:
+    return EcapaEncoder(full_dir), OnnxEcapaEncoder(full_export[0])
+
+
+@pytest.fixture(params=["tiny", "full"])
+def size(request: pytest.FixtureRequest) -> str:
+    name: str = request.param
+    return name
+
+
+@pytest.fixture
+def served(tiny_pair: tuple[EcapaEncoder, OnnxEcapaEncoder]) -> OnnxEcapaEncoder:
+    return tiny_pair[1]
+
+
+def noise(n: int, seed: int = 0) -> npt.NDArray[np.float32]:
+    clip: npt.NDArray[np.float32] = (np.random.RandomState(seed).standard_normal(n) * 0.3).astype(np.float32)
+    return clip
+
+
+def copy_artifact(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    return dst
+
+
+# ------------------------------------------------------------------------------------------------- resampling
+
+
+@pytest.mark.parametrize("orig", RESAMPLE_RATES)
+@pytest.mark.parametrize("length", [1, 7, 100, 441, 1_000, 4_001, 16_003, "3 s"])
+def test_resample_matches_torchaudio(orig: int, length: int | str) -> None:
+    n = 3 * orig + 13 if length == "3 s" else int(length)
+    clip = noise(n, seed=n)
+    want = torchaudio.functional.resample(torch.from_numpy(clip), orig, 16_000).numpy()
+    got = resample(clip, orig, 16_000)
+    assert got.shape == want.shape and got.dtype == np.float32
+    assert float(np.abs(got - want).max()) <= 1e-6  # measured <= 3.6e-7
+
+
+@pytest.mark.parametrize(("orig", "new"), [(16_000, 44_100), (16_000, 8_000), (12_345, 16_000)])
+def test_resample_matches_torchaudio_between_other_rates(orig: int, new: int) -> None:
+    clip = noise(orig, seed=1)
+    want = torchaudio.functional.resample(torch.from_numpy(clip), orig, new).numpy()
+    got = resample(clip, orig, new)
+    assert got.shape == want.shape
+    assert float(np.abs(got - want).max()) <= 1e-6
+
+
+def test_resample_is_identity_at_equal_rates_and_caches_kernels() -> None:
+    clip = noise(1_000)
+    assert np.array_equal(resample(clip, 16_000, 16_000), clip)
+    resample(clip, 44_100, 16_000)
+    hits = _kernel.cache_info().hits
+    resample(clip, 44_100, 16_000)
+    assert _kernel.cache_info().hits == hits + 1
+    kernel, _ = _kernel(441, 160)
+    assert kernel.shape == (160, 2 * 17 + 441) and not kernel.flags.writeable
+
+
+def test_resample_refuses_bad_rates_and_shapes() -> None:
+    with pytest.raises(ValueError):
+        resample(noise(100), 0, 16_000)
+    with pytest.raises(ValueError):
+        resample(np.zeros((2, 100), dtype=np.float32), 44_100, 16_000)
+
+
+# ------------------------------------------------------------------------------------------------- export + parity
+
+
+def test_export_passes_parity_and_writes_the_manifest(request: pytest.FixtureRequest, size: str, models: Path) -> None:
+    model_dir: Path = request.getfixturevalue(f"{size}_dir")
+    out, report = request.getfixturevalue(f"{size}_export")
+    # Measured: max |diff| ~6e-7 (tiny) and ~8e-7 (full), cosines 1 - 1e-7; the tolerance is 1e-4.
+    assert report.passed and report.max_abs_diff < 1e-5 and report.min_cosine > 1 - 1e-6
+    assert {(r.sample_rate, r.samples) for r in report.rows} == {
+        (rate, round(rate * s)) for rate in export_onnx.PARITY_RATES for s in export_onnx.PARITY_SECONDS
+    }
+    assert "overall" in report.table() and "PASS" in report.table()
+    manifest = json.loads((out / MANIFEST).read_text())
+    assert manifest == load_artifact_manifest(out)
+    assert manifest["model_id"] == model_identity(model_dir)
+    assert (manifest["format"], manifest["encoder"], manifest["dim"], manifest["sample_rate"]) == (
+        1,
+        "ecapa-tdnn",
+        192,
+        16_000,
+    )
+    onnx_file = out / manifest["onnx"]["file"]
+    assert manifest["onnx"]["sha256"] == hashlib.sha256(onnx_file.read_bytes()).hexdigest()
+    assert manifest["parity"]["max_abs_diff"] == report.max_abs_diff
+    assert len(manifest["parity"]["clips"]) == len(report.rows)
+    assert set(manifest["exported_with"]) == {"torch", "speechbrain", "onnx"}
+    assert sorted(p.name for p in out.iterdir()) == sorted([MANIFEST, "ecapa-tdnn.onnx"])
+    assert not [p for p in models.iterdir() if p.name.startswith(".")]  # no staging directory left behind
+
+
+def test_served_embeddings_equal_speechbrain_on_unseen_clips(request: pytest.FixtureRequest, size: str) -> None:
+    reference, served = request.getfixturevalue(f"{size}_pair")
+    assert served.model_id == reference.model_id
+    assert (served.name, served.dim, served.sample_rate) == (reference.name, reference.dim, reference.sample_rate)
+    for i, seconds in enumerate((2.0, 3.0, 7.0)):
+        clip = speech_like_clip(44_100, seconds, seed=500 + i)  # not a parity seed (those start at 1000)
+        want, got = reference.embed(clip, 44_100), served.embed(clip, 44_100)
+        assert got.shape == (192,) and got.dtype == np.float32
+        assert abs(float(np.linalg.norm(got)) - 1.0) < 1e-5
+        assert float(np.abs(got - want).max()) <= 1e-4, seconds
+        at_16k = speech_like_clip(16_000, seconds, seed=600 + i)
+        assert float(np.abs(served.embed_16k(at_16k) - reference.embed_16k(at_16k)).max()) <= 1e-4
+
+
+def test_served_embedding_is_deterministic_and_accepts_float64(served: OnnxEcapaEncoder) -> None:
+    clip = speech_like_clip(22_050, 2.0, seed=7)
+    first = served.embed(clip, 22_050)
+    assert np.array_equal(first, served.embed(clip.copy(), 22_050))
+    assert np.allclose(served.embed(clip.astype(np.float64), 22_050), first, atol=1e-6)
+
+
+def _skip_mean_norm(module: nn.Module) -> None:
+    module.norm = nn.Identity()
+
+
+def _nudge_one_weight(module: nn.Module) -> None:
+    # Measured on the tiny model: +1e-3 moves the unit embedding by <= 5e-5 (its raw norm is ~21), under the 1e-4
+    # gate; +1e-2 on the last layer's bias moves it by ~5e-4.
+    embedding_model: Any = module.embedding_model
+    with torch.no_grad():
+        embedding_model.fc.conv.bias[0] += 1e-2
+
+
+@pytest.mark.parametrize("tamper", [_skip_mean_norm, _nudge_one_weight], ids=["no-mean-norm", "bias+1e-2"])
+def test_a_graph_that_drifts_is_refused_and_leaves_no_artifact(
+    tiny_dir: Path, tmp_path: Path, tamper: Callable[[nn.Module], None]
+) -> None:
+    # A nudged weight is only caught because the export module holds a copy of the embedding model: were the
+    # reference's own weights nudged too, both paths would agree.
+    out = tmp_path / "artifact"
+    with pytest.raises(ParityError) as caught:
+        export(tiny_dir, out, _tamper=tamper)
+    assert not caught.value.report.passed and caught.value.report.max_abs_diff > 1e-4
+    assert "FAIL" in caught.value.report.table()
+    assert not out.exists()
+    assert list(tmp_path.iterdir()) == []  # the staging directory is gone too
+    with pytest.raises(ModelError):
+        OnnxEcapaEncoder(out)
+
+
+def test_a_failed_export_leaves_an_existing_artifact_as_it_was(
+    tiny_dir: Path, tiny_export: tuple[Path, ParityReport], tmp_path: Path
+) -> None:
+    out = copy_artifact(tiny_export[0], tmp_path / "artifact")
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    with pytest.raises(ParityError):
+        export(tiny_dir, out, _tamper=_skip_mean_norm)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_cli_prints_the_parity_table(tiny_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert export_onnx.main([str(tiny_dir), str(tmp_path / "cli")]) == 0
+    out = capsys.readouterr().out
+    assert "max |diff|" in out and "PASS" in out and len(out.splitlines()) == 2 + 12 + 1
+    assert OnnxEcapaEncoder(tmp_path / "cli").model_id == model_identity(tiny_dir)
+
+
+# ------------------------------------------------------------------------------------------------- artifact checks
+
+
+def test_tampered_onnx_file_is_refused_naming_the_file(tiny_export: tuple[Path, ParityReport], tmp_path: Path) -> None:
+    out = copy_artifact(tiny_export[0], tmp_path / "artifact")
+    onnx_file = out / "ecapa-tdnn.onnx"
+    data = bytearray(onnx_file.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    onnx_file.write_bytes(bytes(data))
+    with pytest.raises(ModelError, match=r"ecapa-tdnn\.onnx.*SHA-256"):
+        OnnxEcapaEncoder(out)
+
+
+def test_missing_onnx_file_is_named(tiny_export: tuple[Path, ParityReport], tmp_path: Path) -> None:
+    out = copy_artifact(tiny_export[0], tmp_path / "artifact")
+    (out / "ecapa-tdnn.onnx").unlink()
+    with pytest.raises(ModelError, match=r"ecapa-tdnn\.onnx"):
+        OnnxEcapaEncoder(out)
+
+
+def test_missing_manifest_or_directory_is_a_model_error(tiny_export: tuple[Path, ParityReport], tmp_path: Path) -> None:
+    out = copy_artifact(tiny_export[0], tmp_path / "artifact")
+    (out / MANIFEST).unlink()
+    with pytest.raises(ModelError, match="manifest.json"):
+        OnnxEcapaEncoder(out)
+    with pytest.raises(ModelError, match="does not exist"):
+        OnnxEcapaEncoder(tmp_path / "nowhere")
+
+
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [
+        ({"format": 2}, "format"),
+        ({"encoder": "x-vector"}, "encoder"),
+        ({"dim": 256}, "dim"),
+        ({"model_id": ""}, "model_id"),
+        ({"onnx": {"file": "../ecapa-tdnn.onnx", "sha256": "0", "input": "wav", "output": "embedding"}}, "onnx.file"),
+    ],
+    ids=["format", "encoder", "dim", "model_id", "path"],
+)
+def test_a_manifest_for_something_else_is_refused(
+    tiny_export: tuple[Path, ParityReport], tmp_path: Path, change: dict[str, Any], named: str
+) -> None:
+    out = copy_artifact(tiny_export[0], tmp_path / "artifact")
+    manifest = json.loads((out / MANIFEST).read_text())
+    (out / MANIFEST).write_text(json.dumps({**manifest, **change}))
+    with pytest.raises(ModelError, match=named):
+        OnnxEcapaEncoder(out)
+
+
+def test_garbage_manifest_is_a_model_error(tiny_export: tuple[Path, ParityReport], tmp_path: Path) -> None:
+    out = copy_artifact(tiny_export[0], tmp_path / "artifact")
+    (out / MANIFEST).write_text("{not json")
+    with pytest.raises(ModelError, match="manifest.json"):
+        OnnxEcapaEncoder(out)
+
+
+def test_loading_logs_the_model_and_honours_threads(
+    tiny_export: tuple[Path, ParityReport], caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.INFO, logger="lockwise.voice.onnx_ecapa"):
+        encoder = OnnxEcapaEncoder(tiny_export[0], threads=1)
+    (record,) = [r for r in caplog.records if r.getMessage() == "ecapa onnx model loaded"]
+    fields = record.fields  # type: ignore[attr-defined]
+    assert fields["model_id"] == encoder.model_id and fields["threads"] == 1 and fields["dim"] == 192
+    assert encoder._session.get_session_options().intra_op_num_threads == 1
+    with pytest.raises(ValueError):
+        OnnxEcapaEncoder(tiny_export[0], threads=0)
+
+
+# ------------------------------------------------------------------------------------------------- audio checks
+
+
+@pytest.mark.parametrize(
+    ("samples", "rate"),
+    [
+        (np.zeros((2, 16_000), dtype=np.float32), 16_000),  # not mono
+        (np.zeros(16_000, dtype=np.int16), 16_000),  # PCM integers, not [-1, 1] floats
+        (np.full(16_000, np.nan, dtype=np.float32), 16_000),
+        (np.full(16_000, np.inf, dtype=np.float32), 44_100),
+        (np.zeros(639, dtype=np.float32), 16_000),  # under 40 ms
+        (np.zeros(1_700, dtype=np.float32), 44_100),  # 617 samples once at 16 kHz
+        (np.zeros(16_000, dtype=np.float32), 0),
+        (np.zeros(16_000, dtype=np.float32), True),
+    ],
+    ids=["stereo", "int16", "nan", "inf", "too-short", "too-short-after-resampling", "rate-0", "rate-bool"],
+)
+def test_embed_rejects_unusable_audio_as_speechbrain_does(
+    tiny_pair: tuple[EcapaEncoder, OnnxEcapaEncoder], samples: npt.NDArray[Any], rate: int
+) -> None:
+    reference, served = tiny_pair
+    with pytest.raises(InvalidAudio) as want:
+        reference.embed(samples, rate)
+    with pytest.raises(InvalidAudio) as got:
+        served.embed(samples, rate)
+    assert str(got.value) == str(want.value)
+
+
+def test_embed_16k_rejects_short_audio(served: OnnxEcapaEncoder) -> None:
+    with pytest.raises(InvalidAudio, match="too short"):
+        served.embed_16k(np.zeros(639, dtype=np.float32))
+    assert served.embed_16k(noise(640)).shape == (192,)
+
+
+# ------------------------------------------------------------------------------------------------- no torch
+
+
+def test_serving_imports_neither_torch_nor_speechbrain(
+    tiny_export: tuple[Path, ParityReport], tiny_pair: tuple[EcapaEncoder, OnnxEcapaEncoder]
+) -> None:
+    code = (
+        "import json, sys\n"
+        "from pathlib import Path\n"
+        "import numpy as np\n"
+        "from lockwise.voice.onnx_ecapa import OnnxEcapaEncoder\n"
+        f"encoder = OnnxEcapaEncoder(Path({str(tiny_export[0])!r}))\n"
+        "clip = (np.random.RandomState(3).standard_normal(44_100) * 0.3).astype(np.float32)\n"
+        "embedding = encoder.embed(clip, 44_100)\n"
+        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in {'torch', 'torchaudio', 'speechbrain'})\n"
+        "print(json.dumps({'heavy': heavy, 'embedding': embedding.tolist()}))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO / "functions")}
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=120, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["heavy"] == []
+    in_process = tiny_pair[1].embed(noise(44_100, seed=3), 44_100)
+    assert np.array_equal(np.asarray(report["embedding"], dtype=np.float32), in_process)
