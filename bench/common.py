@@ -61,8 +61,9 @@ def out(text: str) -> None:
 
 
 @contextmanager
-def local_stack() -> Iterator[dict[str, str]]:
-    """The whole stack (``python -m infra.local.stack --free-ports``) in a temporary state folder."""
+def local_stack(model_dir: Path | None = None) -> Iterator[dict[str, str]]:
+    """The whole stack (``python -m infra.local.stack --free-ports``) in a temporary state folder; ``model_dir``:
+    an ECAPA-TDNN directory (default: the stack's GE2E)."""
     state = Path(tempfile.mkdtemp(prefix="lockwise-bench-"))
     state.chmod(0o755)
     ready = state / "ready.json"
@@ -70,6 +71,8 @@ def local_stack() -> Iterator[dict[str, str]]:
     for key in ("DATABASE_URL", "FIRESTORE_EMULATOR_HOST", "FIREBASE_AUTH_EMULATOR_HOST"):
         env.pop(key, None)
     env["PYTHONPATH"] = f"{REPO / 'functions'}:{REPO}"
+    if model_dir is not None:
+        env["LOCKWISE_MODEL_DIR"] = str(model_dir)
     with open(state / "stack.out", "wb") as log:
         proc = subprocess.Popen(
             [
@@ -98,3 +101,18 @@ def local_stack() -> Iterator[dict[str, str]]:
     finally:
         os.killpg(proc.pid, signal.SIGINT)
         proc.wait(90)
+
+
+def full_random_ecapa() -> Path:
+    """A full-size ECAPA-TDNN with random weights (the real model's size and speed) and its ONNX export, made once
+    in ~/.cache/lockwise/models: what the benchmarks time, since the real weights cannot be fetched here."""
+    from infra.model.export_onnx import export
+    from infra.model.random_ecapa import build_model_dir
+    from lockwise.voice.encoder import onnx_dir
+
+    target = Path.home() / ".cache" / "lockwise" / "models" / "ecapa-random-full"
+    if not (target / "embedding_model.ckpt").exists():
+        build_model_dir(target, size="full", seed=0)
+    if not (onnx_dir(target) / "manifest.json").exists():
+        export(target, target / "onnx")
+    return target

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import requests
 
-from bench.common import REPO, local_stack, machine, out, pct, summary, table
+from bench.common import REPO, full_random_ecapa, local_stack, machine, out, pct, summary, table
 from infra.local.services import free_port, function_argv
 from lockwise import audio, lock_auth, scoring
 from lockwise.db import Database
@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     clip = speech_like(3.0, rate=44100, seed=3)
     body = wav(clip)
     rows, ratio_rows, cold_rows = [], [], []
-    with local_stack() as env:
+    with local_stack(full_random_ecapa()) as env:
         db = Database(env["DATABASE_URL"])
         account = sign_up(env["FIREBASE_AUTH_EMULATOR_HOST"])
         headers = {"Authorization": f"Bearer {account['idToken']}"}

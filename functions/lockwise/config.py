@@ -52,6 +52,8 @@ class Settings:
     #: voice: which encoder and where its files are (see lockwise.voice.encoder)
     encoder: str
     model_dir: str | None
+    #: how verify runs ECAPA-TDNN: its ONNX export (no torch, the default) or SpeechBrain (the reference)
+    verify_runtime: str
     audio_min_s: float
     audio_max_s: float
     audio_min_speech_s: float
@@ -128,6 +130,7 @@ class Settings:
             mqtt_public_port=env_int(env, "LOCKWISE_MQTT_PUBLIC_PORT", 8883, minimum=1),
             encoder=_choice(env, "LOCKWISE_ENCODER", ("ecapa", "ge2e", "auto"), "auto"),
             model_dir=env.get("LOCKWISE_MODEL_DIR") or None,
+            verify_runtime=_choice(env, "LOCKWISE_VERIFY_RUNTIME", ("onnx", "speechbrain"), "onnx"),
             audio_min_s=env_float(env, "LOCKWISE_AUDIO_MIN_S", 2.0, 0.5, 60),
             audio_max_s=env_float(env, "LOCKWISE_AUDIO_MAX_S", 15.0, 1.0, 120),
             audio_min_speech_s=env_float(env, "LOCKWISE_AUDIO_MIN_SPEECH_S", 1.0, 0.0, 60),

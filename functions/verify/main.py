@@ -1,7 +1,8 @@
 """HTTP entry point of the verify function: a lock posts what it heard; the server decides.
 
 The speaker model is loaded here, at instance start (module scope), so the platform's startup boost pays for it. It
-is served without torch: ECAPA-TDNN from its ONNX export (``infra.model.export_onnx``), GE2E with numpy.
+is served without torch: ECAPA-TDNN from its ONNX export (``infra.model.export_onnx``), GE2E with numpy
+(``LOCKWISE_VERIFY_RUNTIME=speechbrain`` serves ECAPA through SpeechBrain instead, for comparison; it needs torch).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from lockwise.voice.encoder import describe, load_encoder
 
 rt = get_runtime("verify")
 api = Api("verify")
-encoder = load_encoder(rt.settings, exported=True)
+encoder = load_encoder(rt.settings, exported=rt.settings.verify_runtime == "onnx")
 limits = audio.Limits.from_settings(rt.settings)
 
 
