@@ -115,7 +115,11 @@ def cold_start(env: dict[str, str], name: str, probe: Any) -> float:
             time.sleep(0.01)
     finally:
         proc.terminate()
-        proc.wait(10)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:  # still in start-up work that ignores SIGTERM: do not wait for it
+            proc.kill()
+            proc.wait(10)
 
 
 def peak_rss_mb(port: int) -> float:

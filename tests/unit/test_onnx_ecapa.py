@@ -374,3 +374,39 @@ def test_serving_imports_neither_torch_nor_speechbrain(
     assert report["heavy"] == []
     in_process = tiny_pair[1].embed(noise(44_100, seed=3), 44_100)
     assert np.array_equal(np.asarray(report["embedding"], dtype=np.float32), in_process)
+
+
+FORK_PROBE = """
+import json, os, sys
+import numpy as np
+from lockwise.voice.onnx_ecapa import OnnxEcapaEncoder
+enc = OnnxEcapaEncoder(sys.argv[1])
+clip = (np.random.RandomState(5).standard_normal(44100 * 2) * 0.3).astype(np.float32)
+assert enc._serving is None  # instance start made no thread pool: safe to fork
+read, write = os.pipe()
+pid = os.fork()
+if pid == 0:  # what a gunicorn worker is: the serving session is made as the child starts
+    os.close(read)
+    made_at_fork = enc._serving_pid == os.getpid()
+    os.write(write, json.dumps([made_at_fork, enc.embed(clip, 44100).tolist()]).encode())
+    os._exit(0)
+os.close(write)
+data = b""
+while chunk := os.read(read, 65536):
+    data += chunk
+os.waitpid(pid, 0)
+made_at_fork, child = json.loads(data)
+print(json.dumps({"made_at_fork": made_at_fork, "diff": float(np.abs(enc.embed(clip, 44100) - child).max())}))
+"""
+
+
+def test_a_forked_worker_gets_its_own_serving_session(tiny_export: tuple[Path, ParityReport]) -> None:
+    """functions-framework's gunicorn loads the model in its master and forks the worker: the worker must serve
+    from a session made after the fork (onnxruntime's thread pool does not survive one) and embed the same."""
+    env = {**os.environ, "PYTHONPATH": str(REPO / "functions")}
+    done = subprocess.run(
+        [sys.executable, "-c", FORK_PROBE, str(tiny_export[0])], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["made_at_fork"] is True and result["diff"] < 1e-6

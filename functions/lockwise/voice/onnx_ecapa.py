@@ -26,7 +26,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import time
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -123,7 +125,19 @@ class OnnxEcapaEncoder:
         self.model_id: str = manifest["model_id"]
         self.onnx_path = self.artifact_dir / manifest["onnx"]["file"]
         model_bytes = _read_verified(self.onnx_path, manifest["onnx"]["sha256"])
-        self._session = _session(self.onnx_path, model_bytes, threads)
+        self._threads = threads
+        # functions-framework serves with gunicorn, which loads main.py (and this model) in its master process and
+        # forks the worker. onnxruntime's thread pool does not survive a fork: a session made before the fork runs
+        # every call on one thread in the worker (measured: a 10 s clip 571 ms over HTTP instead of ~320 ms), and a
+        # new session in a child whose parent had pool threads deadlocks. So the session made here, at instance
+        # start, has no pool (one thread): it checks the graph and warms up, and is safe to fork. The serving
+        # session (``threads``, default one per core) is made in the forked worker as it starts, or on the first
+        # call in a process that never forks.
+        self._session = _session(self.onnx_path, model_bytes, 1)
+        self._serving: Any = None
+        self._serving_pid = -1
+        renew = weakref.WeakMethod(self._after_fork)
+        os.register_at_fork(after_in_child=lambda: _call(renew))
         self._input: str = manifest["onnx"]["input"]
         self._output: str = manifest["onnx"]["output"]
         inputs = [i.name for i in self._session.get_inputs()]
@@ -133,7 +147,7 @@ class OnnxEcapaEncoder:
                 f"ONNX ECAPA model {self.onnx_path}: graph has inputs {inputs} and outputs {outputs}, "
                 f"the manifest names {self._input!r} -> {self._output!r}"
             )
-        probe = self.embed_16k(np.zeros(_PROBE_SAMPLES_16K, dtype=np.float32))  # warm-up and output-shape check
+        probe = self._embed(np.zeros(_PROBE_SAMPLES_16K, dtype=np.float32), self._session)  # warm-up, shape check
         lwlog.event(
             logger,
             "ecapa onnx model loaded",
@@ -144,6 +158,19 @@ class OnnxEcapaEncoder:
             dim=int(probe.shape[0]),
             onnxruntime=ort.__version__,
         )
+
+    def _serving_session(self) -> Any:
+        """This process's serving session, made once per process (the file was verified when the model loaded)."""
+        if self._serving is None or self._serving_pid != os.getpid():
+            self._serving = _session(self.onnx_path, self.onnx_path.read_bytes(), self._threads)
+            self._serving_pid = os.getpid()
+        return self._serving
+
+    def _after_fork(self) -> None:
+        """In a forked child: make the serving session now, unless the parent already served (its pool threads
+        would deadlock a new session here; such a child gets one on its first call, if at all)."""
+        if self._serving is None:
+            self._serving_session()
 
     def embed(self, samples: npt.NDArray[np.floating[Any]], sample_rate: int) -> npt.NDArray[np.float32]:
         """Embed one mono clip.
@@ -175,13 +202,14 @@ class OnnxEcapaEncoder:
         """Embed one mono clip already at 16 kHz: shape (n,) float in [-1, 1] -> shape (192,) float32, unit norm."""
         return self._embed(_waveform(samples16k))
 
-    def _embed(self, wave: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    def _embed(self, wave: npt.NDArray[np.float32], session: Any = None) -> npt.NDArray[np.float32]:
         """wave: shape (n,) float32 at 16 kHz -> shape (192,) float32, unit L2 norm."""
         if wave.shape[0] < MIN_SAMPLES_16K:
             raise InvalidAudio(
                 f"audio too short: {wave.shape[0] / self.sample_rate * 1000:.0f} ms, need at least 40 ms"
             )
-        (raw,) = self._session.run([self._output], {self._input: wave[np.newaxis, :]})
+        session = session or self._serving_session()
+        (raw,) = session.run([self._output], {self._input: wave[np.newaxis, :]})
         embedding = np.asarray(raw, dtype=np.float32).reshape(-1)
         norm = np.linalg.norm(embedding)
         if embedding.shape != (self.dim,) or not np.isfinite(norm) or norm == 0.0:
@@ -191,6 +219,12 @@ class OnnxEcapaEncoder:
             )
         unit: npt.NDArray[np.float32] = (embedding / norm).astype(np.float32)
         return unit
+
+
+def _call(method: weakref.WeakMethod[Any]) -> None:
+    bound = method()
+    if bound is not None:
+        bound()
 
 
 def _waveform(samples: npt.NDArray[np.floating[Any]]) -> npt.NDArray[np.float32]:
