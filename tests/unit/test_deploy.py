@@ -65,7 +65,7 @@ def test_functions_get_the_settings_that_matter() -> None:
     assert "--add-cloudsql-instances=lockwise-prod:europe-west1:lockwise" in verify
     assert "--service-account=lockwise-verify@lockwise-prod.iam.gserviceaccount.com" in verify
     assert any(f.startswith("--set-env-vars=") and "LOCKWISE_MODE=production" in f for f in verify)
-    assert any(f.startswith("--set-env-vars=") and "MALLOC_TRIM_THRESHOLD_=268435456" in f for f in verify)
+    assert any(f.startswith("--set-env-vars=") and "LOCKWISE_MODEL_DIR=/workspace/model" in f for f in verify)
     embed = deploy_of(cmds, "lockwise-embed")
     assert "--min-instances=0" in embed and "--memory=2Gi" in embed
     devices = deploy_of(cmds, "lockwise-devices")

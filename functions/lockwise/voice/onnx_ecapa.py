@@ -15,10 +15,9 @@ of the ``torchaudio.functional.resample`` the SpeechBrain path uses.
 
 Create one ``OnnxEcapaEncoder`` per instance at start-up and reuse it. Measured on a 2-core machine with the full
 model: a fresh process imports, loads (read and hash 84 MB ~0.15 s, session ~0.4 s) and embeds a 3 s clip in ~1 s of
-wall time (SpeechBrain: ~6 s); a 3 s clip then takes ~100-130 ms (SpeechBrain: ~150-200 ms). glibc's default malloc
-returns onnxruntime's large temporary buffers to the kernel after every call, which an earlier trial found made the
-first calls ~50% slower; the deployment sets ``MALLOC_MMAP_THRESHOLD_=33554432`` and
-``MALLOC_TRIM_THRESHOLD_=268435456`` (in the environment, before the process starts) to keep them.
+wall time (SpeechBrain: ~6 s); a 3 s clip then takes ~100-130 ms (SpeechBrain: ~150-200 ms). An earlier trial
+found glibc's malloc made the first calls ~50% slower, cured by ``MALLOC_MMAP_THRESHOLD_``/``MALLOC_TRIM_THRESHOLD_``;
+``./dev bench verify_runtime`` measures both and found no difference with this graph, so the defaults are kept.
 """
 
 from __future__ import annotations
