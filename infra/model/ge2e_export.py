@@ -105,8 +105,9 @@ def export(
     if _tamper is not None:
         _tamper(arrays)
 
-    out_dir = Path(out_dir)
-    staging = Path(tempfile.mkdtemp(prefix=".ge2e-", dir=out_dir.parent if out_dir.parent.exists() else None))
+    out_dir = Path(out_dir).absolute()
+    out_dir.parent.mkdir(parents=True, exist_ok=True)  # a fresh checkout has no functions/models yet
+    staging = Path(tempfile.mkdtemp(prefix=".ge2e-", dir=out_dir.parent))  # same file system: rename is atomic
     try:
         np.savez(staging / ge2e.WEIGHTS, **arrays)
         manifest = {

@@ -130,7 +130,9 @@ def build(out: Path, cache: Path | None = None, packages: dict[str, tuple[str, s
         if sources.get("layout") == LAYOUT_VERSION and sorted(sources.get("packages", {})) == sorted(packages):
             return out
     debs = Path(cache) if cache else out.parent / "debs"
-    staging = Path(tempfile.mkdtemp(prefix=".corpus-", dir=out.parent if out.parent.exists() else None))
+    out = out.absolute()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".corpus-", dir=out.parent))  # same file system: rename is atomic
     try:
         record: dict[str, object] = {}
         speakers: dict[str, list[str]] = {}
@@ -148,7 +150,6 @@ def build(out: Path, cache: Path | None = None, packages: dict[str, tuple[str, s
         (staging / "SOURCES.json").write_text(json.dumps(sources, indent=2) + "\n")
         if out.exists():
             shutil.rmtree(out)
-        out.parent.mkdir(parents=True, exist_ok=True)
         staging.rename(out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

@@ -139,3 +139,11 @@ def test_serving_imports_neither_torch_nor_librosa(exported: tuple[Path, ge2e_ex
     done = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+def test_export_creates_missing_parent_folders(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fresh checkout has no functions/models: the export makes it (relative paths as ./dev passes them)."""
+    monkeypatch.chdir(tmp_path)
+    ge2e_export.export(Path("functions/models/ge2e"))
+    assert (tmp_path / "functions/models/ge2e/manifest.json").is_file()
+    assert [p.name for p in (tmp_path / "functions/models").iterdir()] == ["ge2e"]  # no staging folder left

@@ -29,6 +29,8 @@ import torchaudio.functional  # type: ignore[import-untyped]
 from lockwise import log as lwlog
 from lockwise.errors import InvalidAudio
 from lockwise.voice.model_files import MIN_SAMPLES_16K, ModelError, file_identity
+from lockwise.voice.samples import mono_float32
+from lockwise.voice.samples import sample_rate as checked_rate
 
 logger = logging.getLogger(__name__)
 
@@ -112,11 +114,10 @@ class EcapaEncoder:
         InvalidAudio
             Not 1-D floats, non-finite values, or shorter than 40 ms.
         """
-        if isinstance(sample_rate, bool) or not isinstance(sample_rate, int | np.integer) or sample_rate <= 0:
-            raise InvalidAudio(f"sample rate must be a positive integer, not {sample_rate!r}")
+        rate = checked_rate(sample_rate)
         wave = _waveform(samples)
-        if sample_rate != self.sample_rate:
-            wave = torchaudio.functional.resample(wave, int(sample_rate), self.sample_rate)
+        if rate != self.sample_rate:
+            wave = torchaudio.functional.resample(wave, rate, self.sample_rate)
         return self._embed(wave)
 
     def embed_16k(self, samples16k: npt.NDArray[np.floating[Any]]) -> npt.NDArray[np.float32]:
@@ -144,15 +145,7 @@ class EcapaEncoder:
 
 def _waveform(samples: npt.NDArray[np.floating[Any]]) -> torch.Tensor:
     """Validate mono float samples, shape (n,), and return them as a float32 tensor of shape (n,)."""
-    array = np.asarray(samples)
-    if array.ndim != 1:
-        raise InvalidAudio(f"expected mono samples of shape (n,), got shape {array.shape}")
-    if not np.issubdtype(array.dtype, np.floating):
-        raise InvalidAudio(f"expected float samples in [-1, 1], got {array.dtype}")
-    array = array.astype(np.float32, copy=False)
-    if not np.isfinite(array).all():
-        raise InvalidAudio("audio holds NaN or infinite samples")
-    return torch.from_numpy(np.ascontiguousarray(array))
+    return torch.from_numpy(mono_float32(samples))
 
 
 def _check_files(model_dir: Path) -> None:

@@ -33,6 +33,8 @@ from lockwise.audio import speech_frames
 from lockwise.errors import InvalidAudio
 from lockwise.voice.model_files import MIN_SAMPLES_16K, ModelError, file_sha256
 from lockwise.voice.resample import resample
+from lockwise.voice.samples import mono_float32
+from lockwise.voice.samples import sample_rate as checked_rate
 
 logger = logging.getLogger(__name__)
 
@@ -277,12 +279,10 @@ class Ge2eEncoder:
 
         Raises ``InvalidAudio`` for non-1-D or non-float input, non-finite values, or under 40 ms of audio.
         """
-        if isinstance(sample_rate, bool) or not isinstance(sample_rate, int | np.integer) or sample_rate <= 0:
-            raise InvalidAudio(f"sample rate must be a positive integer, not {sample_rate!r}")
-        return self.embed_16k(resample(_checked(samples), int(sample_rate), SAMPLE_RATE))
+        return self.embed_16k(resample(mono_float32(samples), checked_rate(sample_rate), SAMPLE_RATE))
 
     def embed_16k(self, samples16k: npt.NDArray[np.floating[Any]]) -> F32:
-        wav = _checked(samples16k)
+        wav = mono_float32(samples16k)
         if len(wav) < MIN_SAMPLES_16K:
             raise InvalidAudio(f"audio too short: {len(wav) / SAMPLE_RATE * 1000:.0f} ms, need at least 40 ms")
         return self.embed_preprocessed(shorten_pauses(raise_volume(wav)))
@@ -298,15 +298,3 @@ class Ge2eEncoder:
         mean = partials.mean(axis=0)
         out: F32 = (mean / np.linalg.norm(mean)).astype(np.float32)
         return out
-
-
-def _checked(samples: npt.NDArray[np.floating[Any]]) -> F32:
-    array = np.asarray(samples)
-    if array.ndim != 1:
-        raise InvalidAudio(f"expected mono samples of shape (n,), got shape {array.shape}")
-    if not np.issubdtype(array.dtype, np.floating):
-        raise InvalidAudio(f"expected float samples in [-1, 1], got {array.dtype}")
-    out = np.ascontiguousarray(array, dtype=np.float32)
-    if not np.isfinite(out).all():
-        raise InvalidAudio("audio holds NaN or infinite samples")
-    return out

@@ -39,6 +39,8 @@ from lockwise import log as lwlog
 from lockwise.errors import InvalidAudio
 from lockwise.voice.model_files import MIN_SAMPLES_16K, ModelError
 from lockwise.voice.resample import resample
+from lockwise.voice.samples import mono_float32
+from lockwise.voice.samples import sample_rate as checked_rate
 
 logger = logging.getLogger(__name__)
 
@@ -190,16 +192,15 @@ class OnnxEcapaEncoder:
         InvalidAudio
             Not 1-D floats, non-finite values, or shorter than 40 ms.
         """
-        if isinstance(sample_rate, bool) or not isinstance(sample_rate, int | np.integer) or sample_rate <= 0:
-            raise InvalidAudio(f"sample rate must be a positive integer, not {sample_rate!r}")
-        wave = _waveform(samples)
-        if sample_rate != self.sample_rate:
-            wave = resample(wave, int(sample_rate), self.sample_rate)
+        rate = checked_rate(sample_rate)
+        wave = mono_float32(samples)
+        if rate != self.sample_rate:
+            wave = resample(wave, rate, self.sample_rate)
         return self._embed(wave)
 
     def embed_16k(self, samples16k: npt.NDArray[np.floating[Any]]) -> npt.NDArray[np.float32]:
         """Embed one mono clip already at 16 kHz: shape (n,) float in [-1, 1] -> shape (192,) float32, unit norm."""
-        return self._embed(_waveform(samples16k))
+        return self._embed(mono_float32(samples16k))
 
     def _embed(self, wave: npt.NDArray[np.float32], session: Any = None) -> npt.NDArray[np.float32]:
         """wave: shape (n,) float32 at 16 kHz -> shape (192,) float32, unit L2 norm."""
@@ -224,19 +225,6 @@ def _call(method: weakref.WeakMethod[Any]) -> None:
     bound = method()
     if bound is not None:
         bound()
-
-
-def _waveform(samples: npt.NDArray[np.floating[Any]]) -> npt.NDArray[np.float32]:
-    """Validate mono float samples, shape (n,), and return them as contiguous float32 of shape (n,)."""
-    array = np.asarray(samples)
-    if array.ndim != 1:
-        raise InvalidAudio(f"expected mono samples of shape (n,), got shape {array.shape}")
-    if not np.issubdtype(array.dtype, np.floating):
-        raise InvalidAudio(f"expected float samples in [-1, 1], got {array.dtype}")
-    wave = np.ascontiguousarray(array, dtype=np.float32)
-    if not np.isfinite(wave).all():
-        raise InvalidAudio("audio holds NaN or infinite samples")
-    return wave
 
 
 def _read_verified(path: Path, sha256: str) -> bytes:
