@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -58,12 +59,8 @@ def build(name: str, out: Path, *, production: bool = False) -> Path:
     else:
         shutil.copytree(FUNCTIONS_DIR / name, out, ignore=_IGNORE)
         requirements = out / "requirements.txt"
-        if production and "torch==" in requirements.read_text():
-            pins = (
-                requirements.read_text()
-                .replace("torch==2.9.1", "torch==2.9.1+cpu")
-                .replace("torchaudio==2.9.1", "torchaudio==2.9.1+cpu")
-            )
+        pins, swapped = re.subn(r"^(torch(?:audio)?==[\d.]+)$", r"\1+cpu", requirements.read_text(), flags=re.M)
+        if production and swapped:
             requirements.write_text(f"{CPU_INDEX}\n{pins}")
     shutil.copytree(SHARED_PACKAGE, out / "lockwise", ignore=_IGNORE)
     if name in VOICE_FUNCTIONS:

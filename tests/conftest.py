@@ -271,6 +271,15 @@ def sign_up(auth_emulator: services.Emulator) -> Callable[..., dict[str, Any]]:
     return create
 
 
+@pytest.fixture(scope="session", autouse=True)
+def hub_offline() -> Iterator[None]:
+    """No test reaches the Hugging Face Hub: HF_HUB_OFFLINE=1 for the whole session (the ECAPA loader sets it for
+    its process anyway), put back as it was at the end."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HF_HUB_OFFLINE", "1")
+        yield
+
+
 def pytest_configure(config: pytest.Config) -> None:
     """SIGTERM (a CI timeout, a killed run) becomes KeyboardInterrupt, so the fixtures still stop every service."""
     import signal

@@ -209,14 +209,21 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _ensure_exported(model_dir: Path) -> None:
-    """Verify serves ECAPA from its ONNX export: make it next to the SpeechBrain files once, parity-checked."""
+    """Verify serves ECAPA from its ONNX export: make it next to the SpeechBrain files, parity-checked, once per
+    set of weights (an export of older weights would give verify another model_id than embed)."""
+    from lockwise.voice.ecapa import model_identity
     from lockwise.voice.encoder import onnx_dir
+    from lockwise.voice.model_files import ModelError
+    from lockwise.voice.onnx_ecapa import load_artifact_manifest
 
-    if (onnx_dir(model_dir) / "manifest.json").is_file():
-        return
+    try:
+        if load_artifact_manifest(onnx_dir(model_dir))["model_id"] == model_identity(model_dir):
+            return  # an export of these very weights
+    except ModelError:
+        pass  # none yet, or unreadable: export (again)
     from infra.model.export_onnx import export
 
-    log.info("exporting %s to ONNX for the verify function (once)", model_dir)
+    log.info("exporting %s to ONNX for the verify function", model_dir)
     export(model_dir, model_dir / "onnx")
 
 

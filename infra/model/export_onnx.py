@@ -16,12 +16,9 @@ numpy resampling). Everything is written in a staging directory next to ``OUT_DI
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
-import shutil
 import sys
-import tempfile
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -29,13 +26,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import numpy.typing as npt
 import torch
 from torch import nn
 
+from infra.model.clips import speech_like_clip
 from infra.model.ecapa_graph import build_export_module
-from lockwise.voice.ecapa import EcapaEncoder, model_identity
-from lockwise.voice.model_files import ModelError
+from infra.staging import staged_dir
+from lockwise.voice.ecapa import EcapaEncoder
+from lockwise.voice.model_files import ModelError, file_sha256
 from lockwise.voice.onnx_ecapa import (
     ARTIFACT_FORMAT,
     EMBEDDING_DIM,
@@ -68,32 +66,6 @@ class ParityError(RuntimeError):
 
 
 # ------------------------------------------------------------------------------------------------- parity
-
-
-def speech_like_clip(rate: int, seconds: float, seed: int) -> npt.NDArray[np.float32]:
-    """A deterministic voiced-sounding clip computed at ``rate``: shape (round(rate * seconds),), float32, peak 0.5.
-
-    Harmonics of a wobbling 85-255 Hz fundamental up to 7 kHz under a 2-5 Hz syllable envelope, plus white noise.
-    Odd seeds gate everything to digital silence between syllables (exercising the top_db floor); even seeds keep a
-    noise floor. The same seed gives the same sound at every rate (noise aside, which is drawn per sample).
-    """
-    rs = np.random.RandomState(seed)
-    t = np.arange(round(rate * seconds)) / rate
-    f0, vibrato, syllables = rs.uniform(85, 255), rs.uniform(2, 6), rs.uniform(2, 5)
-    voiced = np.zeros_like(t)
-    for k in range(1, 80):
-        if f0 * k > 7000:
-            break
-        phase = 2 * np.pi * f0 * k * (t + 0.03 * np.sin(2 * np.pi * vibrato * t) / (2 * np.pi * vibrato))
-        voiced += rs.uniform(0.2, 1.0) / k * np.sin(phase + rs.uniform(0, 2 * np.pi))
-    envelope = np.sin(2 * np.pi * syllables * t + rs.uniform(0, 2 * np.pi))
-    noise = rs.standard_normal(t.shape[0]) * rs.uniform(0.01, 0.1)
-    if seed % 2:
-        signal = np.maximum(envelope, 0.0) ** 1.5 * (voiced / (np.abs(voiced).max() + 1e-9) + noise)
-    else:
-        signal = 0.5 * (1 + envelope) * voiced / (np.abs(voiced).max() + 1e-9) + noise
-    clip: npt.NDArray[np.float32] = (0.5 * signal / (np.abs(signal).max() + 1e-9)).astype(np.float32)
-    return clip
 
 
 @dataclass(frozen=True)
@@ -210,25 +182,16 @@ def export(
         raise ModelError(f"ECAPA model directory {model_dir}: {exc}") from exc
     if _tamper is not None:
         _tamper(module)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
-    try:
+    with staged_dir(out_dir) as staging:
         onnx_path = staging / ONNX_FILE
         _export_graph(module, onnx_path)
-        manifest = _manifest(model_identity(model_dir), onnx_path)
+        manifest = _manifest(reference.model_id, onnx_path)
         # Loadable only inside the hidden staging directory, which is removed unless parity passes.
         _write_json(staging / MANIFEST, manifest)
         report = measure_parity(reference, OnnxEcapaEncoder(staging), tolerance=tolerance)
         if not report.passed:
             raise ParityError(report)
         _write_json(staging / MANIFEST, {**manifest, "parity": report.to_json()})
-        staging.chmod(0o755)  # mkdtemp makes it private; the artifact is read by whoever serves it
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        staging.rename(out_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     logger.info("wrote ONNX ECAPA artifact", extra={"fields": {"dir": str(out_dir), "max_abs": report.max_abs_diff}})
     return report
 
@@ -260,15 +223,19 @@ def _manifest(model_id: str, onnx_path: Path) -> dict[str, Any]:
     import onnx
     import speechbrain  # type: ignore[import-untyped]
 
-    with onnx_path.open("rb") as f:
-        sha256 = hashlib.file_digest(f, "sha256").hexdigest()
     return {
         "format": ARTIFACT_FORMAT,
         "encoder": ENCODER_NAME,
         "model_id": model_id,
         "dim": EMBEDDING_DIM,
         "sample_rate": SAMPLE_RATE,
-        "onnx": {"file": onnx_path.name, "sha256": sha256, "input": INPUT, "output": OUTPUT, "opset": OPSET},
+        "onnx": {
+            "file": onnx_path.name,
+            "sha256": file_sha256(onnx_path),
+            "input": INPUT,
+            "output": OUTPUT,
+            "opset": OPSET,
+        },
         "parity": None,
         "exported_with": {"torch": torch.__version__, "speechbrain": speechbrain.__version__, "onnx": onnx.__version__},
     }

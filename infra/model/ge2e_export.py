@@ -15,9 +15,7 @@ import argparse
 import importlib.metadata
 import importlib.util
 import json
-import shutil
 import sys
-import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -25,8 +23,10 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
+from infra.model.clips import speech_like_clip
+from infra.staging import staged_dir
 from lockwise.voice import ge2e
-from lockwise.voice.model_files import file_identity, file_sha256
+from lockwise.voice.model_files import file_sha256
 
 # resemblyzer 0.1.4's pretrained.pt: the export refuses any other file unless --weights names one explicitly
 PINNED_SHA256 = "39373b86598fa3da9fcddee6142382efe09777e8d37dc9c0561f41f0070f134e"
@@ -68,18 +68,9 @@ def bundled_weights() -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / "pretrained.pt"
 
 
-def parity_clips(seed: int = 20261125) -> list[npt.NDArray[np.float32]]:
-    """Deterministic voiced clips at 16 kHz: harmonics of a wavering pitch under a syllable envelope, plus noise."""
-    rng = np.random.default_rng(seed)
-    clips = []
-    for seconds in PARITY_SECONDS:
-        t = np.arange(int(seconds * ge2e.SAMPLE_RATE)) / ge2e.SAMPLE_RATE
-        f0 = rng.uniform(90, 240)
-        phase = 2 * np.pi * np.cumsum(f0 * (1 + 0.06 * np.sin(2 * np.pi * 0.8 * t))) / ge2e.SAMPLE_RATE
-        voice = sum((0.5 / k) * np.sin(k * phase + rng.uniform(0, 6)) for k in range(1, 15))
-        envelope = np.clip(np.sin(2 * np.pi * rng.uniform(2.5, 5) * t), 0, None)
-        clips.append((0.2 * voice * envelope + 0.003 * rng.standard_normal(len(t))).astype(np.float32))
-    return clips
+def parity_clips(seed: int = 2000) -> list[npt.NDArray[np.float32]]:
+    """The fixed clips of the parity check, at 16 kHz, one per length in ``PARITY_SECONDS``."""
+    return [speech_like_clip(ge2e.SAMPLE_RATE, s, seed + i) for i, s in enumerate(PARITY_SECONDS)]
 
 
 def export(
@@ -105,16 +96,13 @@ def export(
     if _tamper is not None:
         _tamper(arrays)
 
-    out_dir = Path(out_dir).absolute()
-    out_dir.parent.mkdir(parents=True, exist_ok=True)  # a fresh checkout has no functions/models yet
-    staging = Path(tempfile.mkdtemp(prefix=".ge2e-", dir=out_dir.parent))  # same file system: rename is atomic
-    try:
+    with staged_dir(out_dir) as staging:
         np.savez(staging / ge2e.WEIGHTS, **arrays)
         manifest = {
             "format": ge2e.FORMAT,
             "encoder": "ge2e",
-            "model_id": file_identity("ge2e", source),
-            "dim": 256,
+            "model_id": f"ge2e-{source_sha[:16]}",  # what lockwise.voice.model_files.file_identity gives
+            "dim": ge2e.Ge2eEncoder.dim,
             "sample_rate": ge2e.SAMPLE_RATE,
             "sha256": file_sha256(staging / ge2e.WEIGHTS),
             "source": {
@@ -128,11 +116,6 @@ def export(
         report = check_parity(staging, VoiceEncoder(device="cpu", verbose=False, weights_fpath=source), tolerance)
         manifest["parity"] = {**asdict(report), "max_abs": report.max_abs, "min_cosine": report.min_cosine}
         (staging / ge2e.MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        staging.rename(out_dir)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return report
 
 

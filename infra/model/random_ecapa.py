@@ -26,14 +26,14 @@ from __future__ import annotations
 
 import argparse
 import logging
-import shutil
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
+
+from infra.staging import staged_dir
 
 logger = logging.getLogger(__name__)
 
@@ -156,10 +156,7 @@ def build_model_dir(out: Path, *, size: Size = "tiny", seed: int = 0) -> Path:
     )
 
     text = hyperparams_yaml(size)
-    # Written next to ``out`` first and renamed at the end, so a crash never leaves a half-built model directory.
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
-    try:
+    with staged_dir(out) as staging:  # a crash never leaves a half-built model directory
         (staging / "hyperparams.yaml").write_text(text, encoding="utf-8")
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
@@ -174,13 +171,6 @@ def build_model_dir(out: Path, *, size: Size = "tiny", seed: int = 0) -> Path:
             if hook is None:
                 raise RuntimeError(f"SpeechBrain has no save hook for {type(obj).__name__}")
             hook(obj, staging / filename)
-        staging.chmod(0o755)  # mkdtemp makes it private; the model is read by whoever serves it
-        if out.exists():
-            shutil.rmtree(out)
-        staging.rename(out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     logger.info("wrote random ECAPA model", extra={"fields": {"dir": str(out), "size": size, "seed": seed}})
     return out
 

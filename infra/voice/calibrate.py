@@ -54,7 +54,6 @@ class Clip:
     voice: str  # the part of the file name before the first "-" (e.g. "en", "es")
     path: Path
     embedding: F32
-    speech_s: float
     samples: F32 = field(repr=False)
     rate: int = 16000
 
@@ -86,17 +85,20 @@ def rates(trials: Trials, threshold: float) -> tuple[float, float]:
     return fmr, fnmr
 
 
+def det_curve(trials: Trials) -> tuple[F64, F64, F64]:
+    """(thresholds, FMR, FNMR) at every distinct score, accepting scores >= threshold (sorted, O(n log n))."""
+    thresholds = np.unique(np.concatenate([trials.genuine, trials.impostor]))
+    impostor, genuine = np.sort(trials.impostor), np.sort(trials.genuine)
+    fmr = 1.0 - np.searchsorted(impostor, thresholds, side="left") / max(len(impostor), 1)
+    fnmr = np.searchsorted(genuine, thresholds, side="left") / max(len(genuine), 1)
+    return thresholds, fmr, fnmr
+
+
 def eer(trials: Trials) -> tuple[float, float]:
     """(equal error rate, its threshold): where FMR and FNMR cross on the sorted scores."""
-    candidates = np.unique(np.concatenate([trials.genuine, trials.impostor]))
-    best = (2.0, 0.0)
-    for t in candidates:
-        fmr, fnmr = rates(trials, float(t))
-        gap = abs(fmr - fnmr)
-        if gap < best[0]:
-            best = (gap, float(t))
-    fmr, fnmr = rates(trials, best[1])
-    return (fmr + fnmr) / 2, best[1]
+    thresholds, fmr, fnmr = det_curve(trials)
+    i = int(np.argmin(np.abs(fmr - fnmr)))
+    return float(fmr[i] + fnmr[i]) / 2, float(thresholds[i])
 
 
 def threshold_for(trials: Trials, target: float) -> dict[str, Any]:
@@ -153,7 +155,6 @@ def load_corpus(
                     voice=path.stem.split("-")[0],
                     path=path,
                     embedding=encoder.embed(clip.samples, clip.rate),
-                    speech_s=audio.speech_seconds(clip.samples, clip.rate),
                     samples=clip.samples,
                     rate=clip.rate,
                 )
@@ -419,9 +420,7 @@ def plot(trials: Trials, r: dict[str, Any], out: Path) -> None:
     import matplotlib.pyplot as plt
     from scipy.stats import norm
 
-    thresholds = np.unique(np.concatenate([trials.genuine, trials.impostor]))
-    fmr = np.array([np.mean(trials.impostor >= t) for t in thresholds])
-    fnmr = np.array([np.mean(trials.genuine < t) for t in thresholds])
+    _, fmr, fnmr = det_curve(trials)
     clip = (1e-5, 1 - 1e-5)
     fig, ax = plt.subplots(figsize=(5.5, 5))
     ax.plot(norm.ppf(np.clip(fmr, *clip)), norm.ppf(np.clip(fnmr, *clip)), label=f"{r['encoder']}")

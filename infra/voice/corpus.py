@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import shutil
 import subprocess
 import tempfile
 import wave
@@ -26,6 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from infra.staging import staged_dir
 
 # package -> (speaker folder, voice directory in the package, licence of the recordings as the copyright file's
 # "Files:" stanza for them says); en and es are both Allison Smith
@@ -130,10 +131,7 @@ def build(out: Path, cache: Path | None = None, packages: dict[str, tuple[str, s
         if sources.get("layout") == LAYOUT_VERSION and sorted(sources.get("packages", {})) == sorted(packages):
             return out
     debs = Path(cache) if cache else out.parent / "debs"
-    out = out.absolute()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".corpus-", dir=out.parent))  # same file system: rename is atomic
-    try:
+    with staged_dir(out) as staging:
         record: dict[str, object] = {}
         speakers: dict[str, list[str]] = {}
         for package, (speaker, voice, licence) in packages.items():
@@ -148,11 +146,6 @@ def build(out: Path, cache: Path | None = None, packages: dict[str, tuple[str, s
             "speakers": speakers,
         }
         (staging / "SOURCES.json").write_text(json.dumps(sources, indent=2) + "\n")
-        if out.exists():
-            shutil.rmtree(out)
-        staging.rename(out)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return out
 
 

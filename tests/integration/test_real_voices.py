@@ -20,7 +20,7 @@ import pytest
 
 from infra.voice import calibrate as cal
 from infra.voice import corpus as corpus_builder
-from lockwise import audio, lock_auth, scoring
+from lockwise import audio, lock_auth
 from lockwise.voice.encoder import CALIBRATIONS, Encoder, open_encoder
 from tests.devices_world import World, bearer, build_world
 
@@ -70,8 +70,9 @@ def test_calibrate_writes_its_table_and_plots(report: dict[str, Any]) -> None:
     table = (out / "report.md").read_text()
     assert "| target FMR | threshold (measured FMR meets it) | measured FMR | FNMR |" in table and "EER" in table
     saved = json.loads((out / "report.json").read_text())
-    assert saved["impostor_trials"] == report["impostor_trials"] > 1000
-    assert saved["genuine_trials"] > 300 and saved["encoder"] == "ge2e"
+    assert saved["impostor_trials"] > 1000 and saved["genuine_trials"] > 300 and saved["encoder"] == "ge2e"
+    scores = np.load(out / "scores.npz")  # every trial score, for operators to re-plot
+    assert len(scores["impostor"]) == saved["impostor_trials"] and len(scores["genuine"]) == saved["genuine_trials"]
     assert sum(report["refused_at_intake"].values()) < 0.1 * sum(report["speakers"].values())
 
 
@@ -87,7 +88,6 @@ def test_impostors_are_rejected_and_speakers_accepted_within_the_calibrated_boun
     """At the product's threshold the subset's error rates are consistent with the full calibration's bounds: the
     subset's own 99 % lower bounds must not exceed the 95 % upper bounds the calibration recorded."""
     assert GE2E.fmr_upper is not None and GE2E.fnmr_upper is not None
-    assert report["operating_threshold"] == GE2E.threshold
     fmr, fnmr = report["operating"]["fmr"], report["operating"]["fnmr"]
     assert _lower_99(fmr, report["impostor_trials"]) <= GE2E.fmr_upper, report["operating"]
     assert _lower_99(fnmr, report["genuine_trials"]) <= GE2E.fnmr_upper, report["operating"]
@@ -102,7 +102,7 @@ def test_impostors_are_rejected_and_speakers_accepted_within_the_calibrated_boun
 
 def test_allison_in_spanish_is_the_same_person_but_a_different_voice(report: dict[str, Any]) -> None:
     """en and es are one speaker: enrolled from English only, her Spanish scores well above strangers but below her
-    English, so it is mostly not accepted; enrolled from both (as the corpus folder does) she is accepted."""
+    English voice; enrolled per language (as calibrate does) she is accepted like the others."""
     cross = report["cross_voice"]["allison: enrolled en, tried es"]
     assert report["impostor_scores"]["median"] + 0.03 < cross["median"] < report["genuine_scores"]["median"]
     assert report["per_speaker"]["allison"]["fnmr"] <= 0.5
@@ -180,11 +180,3 @@ def test_a_real_voice_opens_the_door_and_other_real_voices_do_not(
             result = verify(path)
             assert result["decision"] == "rejected", (stranger, result)
             assert result["score"] < GE2E.threshold
-
-
-def test_voiceprints_do_not_cross_encoders(encoder: Encoder, model_dir: Path) -> None:
-    ecapa = open_encoder("ecapa", str(model_dir))
-    assert ecapa.model_id != encoder.model_id and ecapa.dim != encoder.dim
-    probe = encoder.embed(np.sin(np.arange(32000) * 0.05).astype(np.float32) * 0.2, 16000)
-    with pytest.raises(ValueError, match="dimension mismatch"):
-        scoring.cosine_scores(probe, np.zeros((1, ecapa.dim), np.float32))

@@ -137,6 +137,7 @@ def test_production_bundle_takes_torch_from_the_cpu_index(tmp_path: Path) -> Non
     requirements = (out / "requirements.txt").read_text()
     assert requirements.startswith("--extra-index-url https://download.pytorch.org/whl/cpu")
     assert "torch==2.9.1+cpu" in requirements and "torchaudio==2.9.1+cpu" in requirements
+    assert "+cpu" not in (build("embed", tmp_path / "dev-embed") / "requirements.txt").read_text()  # local: as pinned
     for name in ("devices", "verify"):  # verify serves the ONNX export: no torch in its bundle at all
         text = (build(name, tmp_path / name, production=True) / "requirements.txt").read_text()
         assert "torch==" not in text and "speechbrain" not in text and "extra-index-url" not in text

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -43,14 +42,6 @@ def harmonic_clip(rate: int, seconds: float = 3.0, seed: int = 0) -> npt.NDArray
     signal *= 0.5 * (1 + np.sin(2 * np.pi * 2.5 * t))
     clip: npt.NDArray[np.float32] = (0.3 * signal / np.abs(signal).max()).astype(np.float32)
     return clip
-
-
-@pytest.fixture(scope="module", autouse=True)
-def offline_env() -> Iterator[None]:
-    """The encoder sets HF_HUB_OFFLINE for the process; put the variable back as it was after this module."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("HF_HUB_OFFLINE", os.environ.get("HF_HUB_OFFLINE", "1"))
-        yield
 
 
 @pytest.fixture(scope="module")

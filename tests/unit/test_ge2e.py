@@ -27,6 +27,11 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, ge2e_expor
     return out, ge2e_export.export(out)
 
 
+@pytest.fixture(scope="module")
+def encoder(exported: tuple[Path, ge2e_export.ParityReport]) -> ge2e.Ge2eEncoder:
+    return ge2e.Ge2eEncoder(exported[0])
+
+
 def test_export_matches_resemblyzer_and_records_where_the_weights_came_from(
     exported: tuple[Path, ge2e_export.ParityReport],
 ) -> None:
@@ -111,11 +116,9 @@ def test_embeddings_are_unit_256_and_resampled_by_the_product_path(
         (np.zeros(16000, np.int16), "float"),
     ],
 )
-def test_bad_audio_is_refused(
-    samples: np.ndarray, message: str, exported: tuple[Path, ge2e_export.ParityReport]
-) -> None:
+def test_bad_audio_is_refused(samples: np.ndarray, message: str, encoder: ge2e.Ge2eEncoder) -> None:
     with pytest.raises(InvalidAudio, match=message):
-        ge2e.Ge2eEncoder(exported[0]).embed(samples, 16000)
+        encoder.embed(samples, 16000)
 
 
 def test_long_pauses_are_shortened_and_speech_kept() -> None:
@@ -141,9 +144,20 @@ def test_serving_imports_neither_torch_nor_librosa(exported: tuple[Path, ge2e_ex
     assert done.stdout.strip() == "[]"
 
 
-def test_export_creates_missing_parent_folders(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A fresh checkout has no functions/models: the export makes it (relative paths as ./dev passes them)."""
+def test_staged_builds_create_missing_parents_and_leave_nothing_on_failure(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fresh checkout has no functions/models: the builders (GE2E and ONNX exports, corpus, random ECAPA) all stage
+    through staged_dir, which makes the parent, swaps the result in readable by all, and leaves nothing on failure."""
+    from infra.staging import staged_dir
+
     monkeypatch.chdir(tmp_path)
-    ge2e_export.export(Path("functions/models/ge2e"))
-    assert (tmp_path / "functions/models/ge2e/manifest.json").is_file()
+    with staged_dir(Path("functions/models/ge2e")) as staging:
+        (staging / "manifest.json").write_text("{}")
+    built = tmp_path / "functions/models/ge2e"
+    assert (built / "manifest.json").is_file() and built.stat().st_mode & 0o777 == 0o755
+    with pytest.raises(RuntimeError), staged_dir(built) as staging:
+        (staging / "manifest.json").write_text("half")
+        raise RuntimeError("parity failed")
+    assert (built / "manifest.json").read_text() == "{}"  # the previous build survives a failed one
     assert [p.name for p in (tmp_path / "functions/models").iterdir()] == ["ge2e"]  # no staging folder left

@@ -14,7 +14,7 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,8 @@ import torchaudio.functional  # type: ignore[import-untyped]
 from torch import nn
 
 from infra.model import export_onnx
-from infra.model.export_onnx import ParityError, ParityReport, export, speech_like_clip
+from infra.model.clips import speech_like_clip
+from infra.model.export_onnx import ParityError, ParityReport, export
 from infra.model.random_ecapa import build_model_dir
 from lockwise.errors import InvalidAudio
 from lockwise.voice.ecapa import EcapaEncoder, model_identity
@@ -38,14 +39,6 @@ pytestmark = pytest.mark.model
 
 REPO = Path(__file__).resolve().parents[2]
 RESAMPLE_RATES = (8_000, 11_025, 22_050, 44_100, 48_000)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def offline_env() -> Iterator[None]:
-    """The SpeechBrain encoder sets HF_HUB_OFFLINE for the process; put it back as it was after this module."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("HF_HUB_OFFLINE", os.environ.get("HF_HUB_OFFLINE", "1"))
-        yield
 
 
 @pytest.fixture(scope="module")
@@ -305,11 +298,12 @@ def test_loading_logs_the_model_and_honours_threads(
     tiny_export: tuple[Path, ParityReport], caplog: pytest.LogCaptureFixture
 ) -> None:
     with caplog.at_level(logging.INFO, logger="lockwise.voice.onnx_ecapa"):
-        encoder = OnnxEcapaEncoder(tiny_export[0], threads=1)
+        encoder = OnnxEcapaEncoder(tiny_export[0], threads=2)
     (record,) = [r for r in caplog.records if r.getMessage() == "ecapa onnx model loaded"]
     fields = record.fields  # type: ignore[attr-defined]
-    assert fields["model_id"] == encoder.model_id and fields["threads"] == 1 and fields["dim"] == 192
-    assert encoder._session.get_session_options().intra_op_num_threads == 1
+    assert fields["model_id"] == encoder.model_id and fields["threads"] == 2 and fields["dim"] == 192
+    assert encoder._session.get_session_options().intra_op_num_threads == 1  # start-up: no pool, safe to fork
+    assert encoder._serving_session().get_session_options().intra_op_num_threads == 2
     with pytest.raises(ValueError):
         OnnxEcapaEncoder(tiny_export[0], threads=0)
 

@@ -27,9 +27,8 @@ import torch
 import torchaudio.functional  # type: ignore[import-untyped]
 
 from lockwise import log as lwlog
-from lockwise.errors import InvalidAudio
-from lockwise.voice.model_files import MIN_SAMPLES_16K, ModelError, file_identity
-from lockwise.voice.samples import mono_float32
+from lockwise.voice.model_files import ModelError, file_identity
+from lockwise.voice.samples import at_least_40ms, mono_float32
 from lockwise.voice.samples import sample_rate as checked_rate
 
 logger = logging.getLogger(__name__)
@@ -126,10 +125,7 @@ class EcapaEncoder:
 
     def _embed(self, wave: torch.Tensor) -> npt.NDArray[np.float32]:
         """wave: shape (n,) float32 at 16 kHz -> shape (192,) float32, unit L2 norm."""
-        if wave.shape[0] < MIN_SAMPLES_16K:
-            raise InvalidAudio(
-                f"audio too short: {wave.shape[0] / self.sample_rate * 1000:.0f} ms, need at least 40 ms"
-            )
+        at_least_40ms(wave.numpy())
         with torch.inference_mode():
             # encode_batch: (batch, time) -> (batch, 1, 192); normalize=False as SpeechBrain's own verification.
             embedding = self._model.encode_batch(wave.unsqueeze(0)).reshape(-1)

@@ -51,7 +51,8 @@ CALIBRATIONS: dict[str, Calibration] = {
     # GE2E (resemblyzer 0.1.4 weights), measured by `./dev calibrate` on the Asterisk corpus (4 speakers, 8 kHz
     # studio prompts; docs/calibration/ge2e-asterisk): the threshold is the lowest whose 95 % upper bound on the FMR
     # meets 1 in 1,000 over 34,160 impostor trials (measured FMR 0.070 %, FNMR 26.2 %, EER 5.2 %). The agreement
-    # floor is the 1st percentile of honest 3-clip enrollments; below 2.4 s of speech false rejections double.
+    # floor is the 1st percentile of honest 3-clip enrollments; 2.4 s is the least speech whose false-rejection
+    # rate stays within twice the full clips' (39 % vs 25 %; 74 % at 1.6 s).
     "ge2e": Calibration(
         threshold=0.879,
         margin=0.05,
@@ -65,7 +66,7 @@ CALIBRATIONS: dict[str, Calibration] = {
     # threshold near 0.25-0.30 cosine; 0.45 trades a higher false-reject rate for a false-match rate well under
     # 1 in 1,000. Not measured here (the weights cannot be fetched on this machine): operators run
     # `calibrate` on their own recordings with the production weights and set LOCKWISE_VOICE_THRESHOLD.
-    # The enrollment speech floor is GE2E's measured one (below it false rejections double), pending calibration.
+    # The enrollment speech floor is GE2E's measured one, pending an ECAPA calibration.
     "ecapa-tdnn": Calibration(
         threshold=0.45, margin=0.05, agreement=0.40, enroll_min_speech_s=2.4, source="literature (VoxCeleb1-O)"
     ),
@@ -139,8 +140,13 @@ def open_encoder(kind: str, model_dir: str | None, *, exported: bool = False) ->
         from lockwise.voice.onnx_ecapa import OnnxEcapaEncoder
 
         return OnnxEcapaEncoder(onnx_dir(Path(model_dir)))
-    from lockwise.voice.ecapa import EcapaEncoder
-
+    try:
+        from lockwise.voice.ecapa import EcapaEncoder
+    except ImportError as exc:  # the verify bundle ships onnxruntime, not torch
+        raise ModelError(
+            f"serving ECAPA through SpeechBrain needs torch and speechbrain ({exc}); the verify function serves its "
+            "ONNX export (LOCKWISE_VERIFY_RUNTIME=onnx, the default)"
+        ) from exc
     return EcapaEncoder(Path(model_dir))
 
 

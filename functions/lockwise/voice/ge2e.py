@@ -30,10 +30,9 @@ from threadpoolctl import ThreadpoolController  # type: ignore[import-untyped]
 
 from lockwise import log as lwlog
 from lockwise.audio import speech_frames
-from lockwise.errors import InvalidAudio
-from lockwise.voice.model_files import MIN_SAMPLES_16K, ModelError, file_sha256
+from lockwise.voice.model_files import ModelError, file_sha256
 from lockwise.voice.resample import resample
-from lockwise.voice.samples import mono_float32
+from lockwise.voice.samples import at_least_40ms, mono_float32
 from lockwise.voice.samples import sample_rate as checked_rate
 
 logger = logging.getLogger(__name__)
@@ -283,9 +282,7 @@ class Ge2eEncoder:
 
     def embed_16k(self, samples16k: npt.NDArray[np.floating[Any]]) -> F32:
         wav = mono_float32(samples16k)
-        if len(wav) < MIN_SAMPLES_16K:
-            raise InvalidAudio(f"audio too short: {len(wav) / SAMPLE_RATE * 1000:.0f} ms, need at least 40 ms")
-        return self.embed_preprocessed(shorten_pauses(raise_volume(wav)))
+        return self.embed_preprocessed(shorten_pauses(raise_volume(at_least_40ms(wav))))
 
     def embed_preprocessed(self, wav: F32) -> F32:
         """Resemblyzer's ``embed_utterance`` on an already preprocessed 16 kHz clip (used by the parity check)."""

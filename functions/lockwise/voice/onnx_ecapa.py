@@ -36,10 +36,9 @@ import numpy.typing as npt
 import onnxruntime as ort  # type: ignore[import-untyped]
 
 from lockwise import log as lwlog
-from lockwise.errors import InvalidAudio
-from lockwise.voice.model_files import MIN_SAMPLES_16K, ModelError
+from lockwise.voice.model_files import ModelError
 from lockwise.voice.resample import resample
-from lockwise.voice.samples import mono_float32
+from lockwise.voice.samples import at_least_40ms, mono_float32
 from lockwise.voice.samples import sample_rate as checked_rate
 
 logger = logging.getLogger(__name__)
@@ -204,12 +203,8 @@ class OnnxEcapaEncoder:
 
     def _embed(self, wave: npt.NDArray[np.float32], session: Any = None) -> npt.NDArray[np.float32]:
         """wave: shape (n,) float32 at 16 kHz -> shape (192,) float32, unit L2 norm."""
-        if wave.shape[0] < MIN_SAMPLES_16K:
-            raise InvalidAudio(
-                f"audio too short: {wave.shape[0] / self.sample_rate * 1000:.0f} ms, need at least 40 ms"
-            )
         session = session or self._serving_session()
-        (raw,) = session.run([self._output], {self._input: wave[np.newaxis, :]})
+        (raw,) = session.run([self._output], {self._input: at_least_40ms(wave)[np.newaxis, :]})
         embedding = np.asarray(raw, dtype=np.float32).reshape(-1)
         norm = np.linalg.norm(embedding)
         if embedding.shape != (self.dim,) or not np.isfinite(norm) or norm == 0.0:

@@ -8,6 +8,7 @@ import numpy as np
 import numpy.typing as npt
 
 from lockwise.errors import InvalidAudio
+from lockwise.voice.model_files import MIN_SAMPLES_16K
 
 
 def mono_float32(samples: npt.NDArray[np.floating[Any]]) -> npt.NDArray[np.float32]:
@@ -21,6 +22,13 @@ def mono_float32(samples: npt.NDArray[np.floating[Any]]) -> npt.NDArray[np.float
     if not np.isfinite(wave).all():
         raise InvalidAudio("audio holds NaN or infinite samples")
     return wave
+
+
+def at_least_40ms(wave16k: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    """``wave16k`` itself if it holds at least 40 ms at 16 kHz (``MIN_SAMPLES_16K``); ``InvalidAudio`` if not."""
+    if wave16k.shape[0] < MIN_SAMPLES_16K:
+        raise InvalidAudio(f"audio too short: {wave16k.shape[0] / 16:.0f} ms, need at least 40 ms")
+    return wave16k
 
 
 def sample_rate(value: object) -> int:
