@@ -5,7 +5,9 @@ A function bundle is what Cloud Functions / Cloud Run receives as source: the fu
 ``requirements.txt``, plus the shared ``lockwise`` package copied in (the one place it is edited is
 ``functions/lockwise``); embed and verify also carry ``models/ge2e`` (the GE2E export, 5.5 MB: the encoder used
 when no ECAPA model directory is configured). The relay's context holds ``mqtt_relay/``, ``lockwise/``, its
-requirements and Dockerfile. Nothing else of the repository is needed to run either.
+requirements and Dockerfile; the migration job's and the broker host's account sync's hold ``lockwise/`` and what
+``infra/bundles/<name>/`` has (requirements, Dockerfile). Nothing else of the repository is needed to run any of
+them: the production rehearsal (tests/rehearsal) installs each into its own virtualenv from its own requirements.
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import re
 import shutil
 import sys
 from pathlib import Path
@@ -27,23 +28,18 @@ VOICE_FUNCTIONS = ("embed", "verify")
 GE2E_DIR = FUNCTIONS_DIR / "models" / "ge2e"
 RELAY = "relay"
 MIGRATE = "migrate"
-TARGETS = (*FUNCTIONS, RELAY, MIGRATE)
-#: production installs torch from the CPU wheel index: the PyPI build bundles CUDA (~7 GB) that Cloud Run cannot use
-CPU_INDEX = "--extra-index-url https://download.pytorch.org/whl/cpu"
-MIGRATE_DOCKERFILE = """FROM python:3.11-slim
-WORKDIR /app
-RUN pip install --no-cache-dir pg8000==1.31.6 && useradd --system --uid 10001 migrate
-COPY lockwise /app/lockwise
-USER migrate
-CMD ["python", "-m", "lockwise.migrate"]
-"""
+BROKER = "broker"
+#: bundles that are the shared package plus their own requirements (and Dockerfile): infra/bundles/<name>/
+PACKAGE_BUNDLES = (MIGRATE, BROKER)
+TARGETS = (*FUNCTIONS, RELAY, *PACKAGE_BUNDLES)
 _IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", ".mypy_cache")
 
 
-def build(name: str, out: Path, *, production: bool = False) -> Path:
+def build(name: str, out: Path) -> Path:
     """Write the bundle of ``name`` into ``out`` (replaced if it exists); return ``out``.
 
-    ``production`` points torch at the CPU wheel index (same versions, no CUDA libraries).
+    No bundle carries torch: embed and verify serve the speaker model's ONNX export (or GE2E with numpy), so every
+    bundle installs from PyPI alone.
     """
     if name not in TARGETS:
         raise SystemExit(f"unknown target {name!r}; expected one of {', '.join(TARGETS)}")
@@ -53,15 +49,10 @@ def build(name: str, out: Path, *, production: bool = False) -> Path:
         shutil.copytree(REPO / "mqtt_relay", out / "mqtt_relay", ignore=_IGNORE)
         shutil.copy(REPO / "mqtt_relay" / "requirements.txt", out / "requirements.txt")
         shutil.copy(REPO / "mqtt_relay" / "Dockerfile", out / "Dockerfile")
-    elif name == MIGRATE:  # a one-shot container that applies the migrations
-        out.mkdir(parents=True)
-        (out / "Dockerfile").write_text(MIGRATE_DOCKERFILE)
+    elif name in PACKAGE_BUNDLES:  # the migration job's container; the broker host's account sync
+        shutil.copytree(REPO / "infra" / "bundles" / name, out, ignore=_IGNORE)
     else:
         shutil.copytree(FUNCTIONS_DIR / name, out, ignore=_IGNORE)
-        requirements = out / "requirements.txt"
-        pins, swapped = re.subn(r"^(torch(?:audio)?==[\d.]+)$", r"\1+cpu", requirements.read_text(), flags=re.M)
-        if production and swapped:
-            requirements.write_text(f"{CPU_INDEX}\n{pins}")
     shutil.copytree(SHARED_PACKAGE, out / "lockwise", ignore=_IGNORE)
     if name in VOICE_FUNCTIONS:
         if not (GE2E_DIR / "manifest.json").is_file():
@@ -82,7 +73,6 @@ def build(name: str, out: Path, *, production: bool = False) -> Path:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("functions", nargs="*", default=list(TARGETS), help="what to build (default: all)")
-    parser.add_argument("--production", action="store_true", help="torch from the CPU wheel index")
     parser.add_argument("--out", type=Path, help="output folder (one function) or parent folder (several)")
     args = parser.parse_args(argv)
     names: list[str] = args.functions
@@ -93,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
             out = args.out
         else:
             out = args.out / name
-        build(name, out, production=args.production)
+        build(name, out)
         sys.stdout.write(f"built {name} -> {out}\n")
     return 0
 

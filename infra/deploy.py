@@ -19,7 +19,19 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from infra.deploy_config import ROLES, SECRET_DATABASE_URL, SERVICES, ServiceSpec
+from infra.build import VOICE_FUNCTIONS as VOICE
+from infra.deploy_config import (
+    BROKER_SYNC,
+    MIGRATE,
+    ROLES,
+    SECRET_DATABASE_URL,
+    SERVICES,
+    JobSpec,
+    Place,
+    ServiceSpec,
+    environment,
+    secret_targets,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 COMPONENTS = ("accounts", "build", "migrate", "functions", "relay", "broker", "firebase")
@@ -69,6 +81,10 @@ class Target:
 
     def sa(self, service: str) -> str:
         return f"{service}@{self.project}.iam.gserviceaccount.com"
+
+    @property
+    def place(self) -> Place:
+        return Place(project=self.project, broker_host=self.broker_host, devices_relay_url=self.devices_relay_url)
 
 
 Command = list[str]
@@ -129,17 +145,12 @@ def accounts(t: Target) -> list[Command]:
 
 def build(t: Target) -> list[Command]:
     py = sys.executable
+    source = REPO / ".build" / "model-source"  # SpeechBrain's files: build-time only, never deployed
     return [
-        [py, "-m", "infra.build", "--production", "--out", str(REPO / ".build")],
-        [py, "-m", "infra.model.fetch", str(REPO / ".build" / "embed" / "model")],
-        # verify serves the ONNX export (no torch in its bundle), checked against SpeechBrain before it is written
-        [
-            py,
-            "-m",
-            "infra.model.export_onnx",
-            str(REPO / ".build" / "embed" / "model"),
-            str(REPO / ".build" / "verify" / "model"),
-        ],
+        [py, "-m", "infra.build", "--out", str(REPO / ".build")],
+        [py, "-m", "infra.model.fetch", str(source)],
+        # embed and verify serve the ONNX export (no torch in either bundle), checked against SpeechBrain here
+        *([py, "-m", "infra.model.export_onnx", str(source), str(REPO / ".build" / f / "model")] for f in VOICE),
         [
             "gcloud",
             "builds",
@@ -159,8 +170,17 @@ def build(t: Target) -> list[Command]:
     ]
 
 
+def _env_flag(env: dict[str, str]) -> str:
+    return "--set-env-vars=" + ",".join(f"{k}={v}" for k, v in sorted(env.items()))
+
+
+def _secrets_flag(spec: ServiceSpec | JobSpec, place: Place) -> str:
+    targets = secret_targets(spec, place)
+    return "--set-secrets=" + ",".join(f"{target}={name}:latest" for target, name in sorted(targets.items()))
+
+
 def migrate(t: Target) -> list[Command]:
-    job = "lockwise-migrate"
+    job = MIGRATE.name
     return [
         [
             "gcloud",
@@ -173,8 +193,8 @@ def migrate(t: Target) -> list[Command]:
             f"--image={t.image_repo}/migrate:latest",
             f"--service-account={t.sa(job)}",
             f"--set-cloudsql-instances={t.sql_instance}",
-            f"--set-secrets=DATABASE_URL={SECRET_DATABASE_URL}:latest",
-            "--set-env-vars=LOCKWISE_MODE=production",
+            _secrets_flag(MIGRATE, t.place),
+            _env_flag(environment(MIGRATE, t.place)),
             "--max-retries=0",
             "--task-timeout=600s",
         ],
@@ -183,8 +203,6 @@ def migrate(t: Target) -> list[Command]:
 
 
 def _service_flags(t: Target, spec: ServiceSpec) -> Command:
-    secrets = ",".join(f"{env}={name}:latest" for env, name in sorted(spec.secrets.items()))
-    env = {"LOCKWISE_MODE": "production", "LOCKWISE_PROJECT_ID": t.project, **spec.env}
     flags = [
         f"--project={t.project}",
         f"--region={t.region}",
@@ -196,8 +214,8 @@ def _service_flags(t: Target, spec: ServiceSpec) -> Command:
         f"--concurrency={spec.concurrency}",
         f"--timeout={spec.timeout_s}s",
         f"--ingress={spec.ingress}",
-        f"--set-secrets={secrets}",
-        "--set-env-vars=" + ",".join(f"{k}={v}" for k, v in sorted(env.items())),
+        _secrets_flag(spec, t.place),
+        _env_flag(environment(spec, t.place)),
         f"--add-cloudsql-instances={t.sql_instance}",
         "--allow-unauthenticated" if spec.public else "--no-allow-unauthenticated",
         "--cpu-boost" if spec.cpu_boost else "--no-cpu-boost",
@@ -242,13 +260,7 @@ def functions(t: Target) -> list[Command]:
 
 def relay(t: Target) -> list[Command]:
     spec = next(s for s in SERVICES if s.name == "lockwise-relay")
-    devices_relay_url = t.devices_relay_url
     flags = _service_flags(t, spec)
-    env_index = next(i for i, f in enumerate(flags) if f.startswith("--set-env-vars="))
-    flags[env_index] += (
-        f",MQTT_HOST={t.broker_host},MQTT_PORT=8883,MQTT_USERNAME=lockwise-relay,MQTT_CA_FILE=/etc/lockwise/ca.crt"
-        f",LOCKWISE_DEVICES_URL={devices_relay_url},LOCKWISE_RELAY_ID_TOKEN_AUDIENCE={devices_relay_url}"
-    )
     return [
         [
             "gcloud",
@@ -266,7 +278,11 @@ def relay(t: Target) -> list[Command]:
 
 def broker(t: Target) -> list[Command]:
     py = sys.executable
-    return [[py, "-m", "infra.broker.render", "--out", str(REPO / ".build" / "broker"), "--host", t.broker_host]]
+    out = REPO / ".build" / "broker-host"
+    return [
+        [py, "-m", "infra.broker.render", "--out", str(out), "--host", t.broker_host],
+        [py, "-m", "infra.build", BROKER_SYNC.bundle, "--out", str(out / "lockwise-broker")],
+    ]
 
 
 def firebase(t: Target) -> list[Command]:

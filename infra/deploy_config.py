@@ -1,4 +1,5 @@
-"""What each deployed component gets, and why. ``infra/deploy.py`` turns this into commands.
+"""What each deployed component gets, and why. ``infra/deploy.py`` turns this into commands, and the production
+rehearsal (``tests/rehearsal``) starts every process with exactly the environment ``environment()`` renders here.
 
 Numbers come from the benchmarks in the README (this repository's 2-core development machine); revisit them with
 production traffic.
@@ -31,12 +32,80 @@ class ServiceSpec:
     ingress: str  # all | internal | internal-and-cloud-load-balancing
     cpu_boost: bool
     secrets: dict[str, str]
+    #: plain settings; ``{placeholders}`` are filled from the ``Place`` it is deployed to (see ``environment``)
     env: dict[str, str] = field(default_factory=dict)
     always_on_cpu: bool = False
     why: str = ""
 
 
-COMMON_SECRETS = {"DATABASE_URL": SECRET_DATABASE_URL, "LOCKWISE_SERVICE_TOKEN": SECRET_SERVICE_TOKEN}
+@dataclass(frozen=True)
+class JobSpec:
+    """A one-shot container (the migration job) or a process on the broker host."""
+
+    name: str
+    bundle: str
+    argv: tuple[str, ...]
+    secrets: dict[str, str]
+    env: dict[str, str] = field(default_factory=dict)
+    why: str = ""
+
+
+@dataclass(frozen=True)
+class Place:
+    """Where a deployable runs: what differs between production and the rehearsal, and nothing else."""
+
+    project: str
+    broker_host: str
+    broker_port: int = 8883
+    devices_relay_url: str = ""
+    #: where Cloud Run puts a function's source (its bundle)
+    bundle_root: str = "/workspace"
+    #: where secret files are mounted (Secret Manager volumes)
+    mounts: str = "/etc/lockwise"
+    #: the broker host's Mosquitto files (the account sync writes the password file there)
+    broker_dir: str = "/etc/mosquitto"
+    broker_pid_file: str = "/run/mosquitto/mosquitto.pid"
+
+    def fields(self) -> dict[str, str]:
+        return {
+            "project": self.project,
+            "broker_host": self.broker_host,
+            "broker_port": str(self.broker_port),
+            "devices_relay_url": self.devices_relay_url,
+            "bundle_root": self.bundle_root,
+            "mounts": self.mounts,
+            "broker_dir": self.broker_dir,
+            "broker_pid_file": self.broker_pid_file,
+        }
+
+
+def environment(spec: ServiceSpec | JobSpec, place: Place) -> dict[str, str]:
+    """The plain (non-secret) environment of ``spec`` at ``place``: the one source of the deploy flags and of the
+    rehearsal's processes. Secret values are never here; ``secret_targets`` says where each one goes."""
+    env = {"LOCKWISE_MODE": "production"}
+    if isinstance(spec, ServiceSpec) and spec.function is not None:
+        env["LOCKWISE_PROJECT_ID"] = place.project  # Firestore and Firebase Auth: the functions only
+    fields = place.fields()
+    env.update({name: value.format(**fields) for name, value in spec.env.items()})
+    return env
+
+
+def command(spec: JobSpec, place: Place) -> list[str]:
+    """The job's command line at ``place``."""
+    fields = place.fields()
+    return [arg.format(**fields) for arg in spec.argv]
+
+
+def secret_targets(spec: ServiceSpec | JobSpec, place: Place) -> dict[str, str]:
+    """``{variable or mounted file path: Secret Manager secret}`` for ``spec`` at ``place``."""
+    return {target.format(**place.fields()): secret for target, secret in spec.secrets.items()}
+
+
+# Each deployable gets exactly the secrets its settings read (lockwise.config.FUNCTION_SECRETS, the relay's
+# RelaySettings, DatabaseSettings); tests/unit/test_deploy.py checks the two agree.
+DB = {"DATABASE_URL": SECRET_DATABASE_URL}
+TOKEN = {"LOCKWISE_SERVICE_TOKEN": SECRET_SERVICE_TOKEN}
+SIGNING = {"LOCKWISE_COMMAND_SIGNING_KEY": SECRET_COMMAND_KEY}
 
 SERVICES: tuple[ServiceSpec, ...] = (
     ServiceSpec(
@@ -57,18 +126,19 @@ SERVICES: tuple[ServiceSpec, ...] = (
         timeout_s=30,
         public=True,
         ingress="all",
-        secrets={**COMMON_SECRETS, "LOCKWISE_COMMAND_SIGNING_KEY": SECRET_COMMAND_KEY},
+        secrets={**DB, **TOKEN, **SIGNING},
         # The model directory holds the ONNX export only. onnxruntime keeps its default of one thread per core
         # (2 threads: 95 ms per 3 s clip, 1 thread: 173-180 ms) and glibc's default malloc (the tuned
         # MALLOC_MMAP/TRIM thresholds measured no different: bench verify_runtime).
-        env={"LOCKWISE_MODEL_DIR": "/workspace/model"},
+        env={"LOCKWISE_MODEL_DIR": "{bundle_root}/model"},
         why="locks post audio; decides and issues the unlock",
     ),
     ServiceSpec(
         name="lockwise-embed",
         function="embed",
         bundle="embed",
-        memory="2Gi",
+        # The same ONNX export as verify (no torch): verify's measured 324 MB peak with room for five samples.
+        memory="1Gi",
         cpu="2",
         # Enrollment is rare and happens in the app with a progress indicator: no warm instance needed.
         min_instances=0,
@@ -78,8 +148,8 @@ SERVICES: tuple[ServiceSpec, ...] = (
         timeout_s=60,
         public=True,
         ingress="all",
-        secrets=dict(COMMON_SECRETS),
-        env={"LOCKWISE_MODEL_DIR": "/workspace/model"},
+        secrets={**DB, **TOKEN},
+        env={"LOCKWISE_MODEL_DIR": "{bundle_root}/model"},
         why="the app enrolls voices",
     ),
     ServiceSpec(
@@ -96,7 +166,8 @@ SERVICES: tuple[ServiceSpec, ...] = (
         timeout_s=30,
         public=True,
         ingress="all",
-        secrets={**COMMON_SECRETS, "LOCKWISE_COMMAND_SIGNING_KEY": SECRET_COMMAND_KEY},
+        # no service token: this copy serves no trusted caller (LOCKWISE_RELAY_ROUTES=off)
+        secrets={**DB, **SIGNING},
         env={"LOCKWISE_RELAY_ROUTES": "off", "LOCKWISE_DB_POOL_SIZE": "8"},
         why="the app's locks, members and commands; the public copy does not serve the relay's endpoints",
     ),
@@ -114,7 +185,7 @@ SERVICES: tuple[ServiceSpec, ...] = (
         # Only the relay calls this: internal ingress, IAM invoker = the relay's service account, plus the token.
         public=False,
         ingress="internal",
-        secrets={**COMMON_SECRETS, "LOCKWISE_COMMAND_SIGNING_KEY": SECRET_COMMAND_KEY},
+        secrets={**DB, **TOKEN, **SIGNING},
         env={"LOCKWISE_RELAY_ROUTES": "on"},
         why="lock events from the relay",
     ),
@@ -124,7 +195,8 @@ SERVICES: tuple[ServiceSpec, ...] = (
         bundle="relay",
         memory="512Mi",
         cpu="1",
-        # Always on: it holds the broker session. Two replicas are safe (SKIP LOCKED claims) and survive a zone loss.
+        # Always on: it holds the broker session. Two replicas are safe (SKIP LOCKED claims, one leased slot and MQTT
+        # session each, lock events shared between them) and survive a zone loss.
         min_instances=2,
         max_instances=2,
         cpu_boost=False,
@@ -133,9 +205,47 @@ SERVICES: tuple[ServiceSpec, ...] = (
         timeout_s=300,
         public=False,
         ingress="internal",
-        secrets={**COMMON_SECRETS, "MQTT_PASSWORD": SECRET_MQTT_RELAY_PASSWORD, "/etc/lockwise/ca.crt": SECRET_MQTT_CA},
+        # never the command-signing key: commands are signed by the functions, the relay only carries them
+        secrets={**DB, **TOKEN, "MQTT_PASSWORD": SECRET_MQTT_RELAY_PASSWORD, "{mounts}/ca.crt": SECRET_MQTT_CA},
+        env={
+            "MQTT_HOST": "{broker_host}",
+            "MQTT_PORT": "{broker_port}",
+            "MQTT_USERNAME": "lockwise-relay",
+            "MQTT_CA_FILE": "{mounts}/ca.crt",
+            "LOCKWISE_DEVICES_URL": "{devices_relay_url}",
+            "LOCKWISE_RELAY_ID_TOKEN_AUDIENCE": "{devices_relay_url}",
+            "LOCKWISE_RELAY_HEALTH_PORT": "8090",
+        },
         why="MQTT session: commands to locks, lock events to devices-relay",
     ),
+)
+
+MIGRATE = JobSpec(
+    name="lockwise-migrate",
+    bundle="migrate",
+    argv=("python", "-m", "lockwise.migrate"),
+    secrets=dict(DB),
+    why="applies the database migrations before new code goes live",
+)
+
+#: The broker host's account sync (until locks authenticate with certificates): writes the active lock accounts from
+#: PostgreSQL into Mosquitto's password file and signals a reload. Runs on the broker VM as a systemd service.
+BROKER_SYNC = JobSpec(
+    name="lockwise-broker-accounts",
+    bundle="broker",
+    argv=(
+        "python",
+        "-m",
+        "lockwise.broker_accounts",
+        "--password-file",
+        "{broker_dir}/passwd",
+        "--static-file",
+        "{broker_dir}/passwd.static",
+        "--pid-file",
+        "{broker_pid_file}",
+    ),
+    secrets=dict(DB),
+    why="lock broker accounts from PostgreSQL into the broker's password file",
 )
 
 # Least privilege: each service account gets only these roles (plus access to the secrets its service mounts).

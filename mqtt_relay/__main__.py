@@ -8,9 +8,11 @@ import sys
 
 from lockwise import log as lwlog
 from lockwise.config import ConfigError
+from lockwise.db import Database
 from mqtt_relay.health_server import serve
 from mqtt_relay.relay import Relay
 from mqtt_relay.settings import RelaySettings
+from mqtt_relay.slots import Lease, NoFreeSlot
 
 
 def main() -> int:
@@ -20,8 +22,14 @@ def main() -> int:
         logging.basicConfig()
         logging.getLogger("mqtt_relay").error("configuration error: %s", exc)
         return 2
-    lwlog.configure("relay", settings.base.log_level)
-    relay = Relay(settings)
+    lwlog.configure("relay", settings.log_level)
+    lease = Lease(Database(settings.database_url, pool_size=1), settings.slots)
+    try:
+        lease.acquire()
+    except NoFreeSlot as exc:
+        logging.getLogger("mqtt_relay").error("%s", exc)
+        return 2
+    relay = Relay(settings, lease)
     signal.signal(signal.SIGTERM, lambda *_: relay.stop())
     signal.signal(signal.SIGINT, lambda *_: relay.stop())
     server = serve(settings.health_port, relay.health) if settings.health_port else None
@@ -30,7 +38,7 @@ def main() -> int:
     finally:
         if server is not None:
             server.shutdown()
-    return 0
+    return relay.exit_code
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import requests
 
-from lockwise.http import SERVICE_TOKEN_HEADER
+from lockwise.headers import SERVICE_TOKEN_HEADER
 
 log = logging.getLogger("mqtt_relay.forwarder")
 

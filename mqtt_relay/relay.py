@@ -3,6 +3,11 @@
 Threads: paho's network loop (callbacks), the forwarder worker, a LISTEN connection that wakes the delivery loop on
 ``NOTIFY lockwise_commands``, and the health server. The delivery loop runs in the caller's thread until
 ``stop()``; SIGTERM finishes in-flight work, then exits.
+
+Replicas: each leases a slot (``mqtt_relay.slots``) that names its MQTT session, so no two live replicas share a
+client id. Lock events arrive through MQTT shared subscriptions (``$share/lockwise-relay/...``), so each event goes to
+one replica. The session is MQTT 5 with a session expiry, so the broker drops what an abandoned slot's session
+queued once it has been gone that long; a replica that stops cleanly unsubscribes first, so nothing is queued for it.
 """
 
 from __future__ import annotations
@@ -17,6 +22,8 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from lockwise import topics
@@ -25,26 +32,32 @@ from mqtt_relay import outbox
 from mqtt_relay.forwarder import Event, Forwarder
 from mqtt_relay.identity import IdTokens
 from mqtt_relay.settings import RelaySettings
+from mqtt_relay.slots import Lease, LeaseLost
 
 log = logging.getLogger("mqtt_relay")
 
-EVENT_TOPICS = [f"{topics.ROOT}/+/state", f"{topics.ROOT}/+/ack", f"{topics.ROOT}/+/status"]
+#: every replica is in one shared-subscription group: the broker hands each lock event to one of them
+SHARE_GROUP = "lockwise-relay"
+EVENT_TOPICS = [f"$share/{SHARE_GROUP}/{topics.ROOT}/+/{kind}" for kind in ("state", "ack", "status")]
 PUBACK_TIMEOUT_S = 5.0
+LEASE_CHECK_S = 1.0
 
 
 class Relay:
-    def __init__(self, settings: RelaySettings) -> None:
+    def __init__(self, settings: RelaySettings, lease: Lease) -> None:
         self.settings = settings
-        self.db = Database(settings.base.database_url, pool_size=2)
+        self.db = Database(settings.database_url, pool_size=2)
+        self.lease = lease
         self.connected = threading.Event()
         self.stopping = threading.Event()
         self._wake = threading.Event()
         self.delivered = 0
+        self.exit_code = 0
+        # persistent session (clean_start=False with an expiry): unacknowledged events are redelivered after a crash
         self.client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
-            client_id=f"lockwise-{settings.relay_id}",
-            clean_session=False,  # persistent session: unacknowledged events are redelivered after a crash
-            protocol=mqtt.MQTTv311,
+            client_id=lease.client_id,
+            protocol=mqtt.MQTTv5,
             manual_ack=True,
         )
         self.client.username_pw_set(settings.mqtt_username, settings.mqtt_password)
@@ -56,7 +69,7 @@ class Relay:
         self.client.on_message = self._on_message
         identity = IdTokens(settings.id_token_audience).header if settings.id_token_audience else None
         self.forwarder = Forwarder(
-            settings.devices_url, settings.base.service_token, self._ack, batch=settings.event_batch, identity=identity
+            settings.devices_url, settings.service_token, self._ack, batch=settings.event_batch, identity=identity
         )
 
     # ------------------------------------------------------------------------------------------------ MQTT side
@@ -126,11 +139,15 @@ class Relay:
     def run(self) -> None:
         """Run until ``stop()``: connect, forward events, deliver commands."""
         self.forwarder.start()
-        self.client.connect_async(self.settings.mqtt_host, self.settings.mqtt_port, keepalive=30)
+        connect = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        connect.SessionExpiryInterval = self.settings.session_expiry_s
+        self.client.connect_async(
+            self.settings.mqtt_host, self.settings.mqtt_port, keepalive=30, clean_start=False, properties=connect
+        )
         self.client.loop_start()
         listener = threading.Thread(target=self._listen, name="listen", daemon=True)
         listener.start()
-        last_flush = 0.0
+        last_flush = last_lease_check = 0.0
         while not self.stopping.is_set():
             self._wake.wait(self.settings.poll_s)
             self._wake.clear()
@@ -147,18 +164,41 @@ class Relay:
             if time.monotonic() - last_flush > self.settings.flush_every_s:
                 last_flush = time.monotonic()
                 self.forwarder.flush_mirror()
+            if time.monotonic() - last_lease_check > LEASE_CHECK_S:
+                last_lease_check = time.monotonic()
+                self._check_lease()
         self._shutdown(listener)
+
+    def _check_lease(self) -> None:
+        try:
+            self.lease.check()
+        except LeaseLost:
+            log.exception("relay slot lost; stopping so that two replicas never share a session")
+            self.exit_code = 3
+            self.stopping.set()
+
+    def _another_replica_listens(self) -> bool:
+        try:
+            return self.lease.others_alive()
+        except Exception:  # noqa: BLE001 - unknown: stay subscribed (events wait in the session rather than vanish)
+            return False
 
     def stop(self) -> None:
         self.stopping.set()
         self._wake.set()
 
     def _shutdown(self, listener: threading.Thread) -> None:
+        if self.connected.is_set() and self.exit_code == 0 and self._another_replica_listens():
+            # leave the share group first, so the broker queues nothing more for this session while it is away; the
+            # last replica stays in it, so that the events of a restart's gap wait for it in its session
+            with contextlib.suppress(RuntimeError, ValueError):
+                self.client.unsubscribe(EVENT_TOPICS)
         self.forwarder.stop()
         listener.join(timeout=3)
         self.client.disconnect()
         self.client.loop_stop()
         self.db.close()
+        self.lease.release()
         log.info(
             "relay stopped", extra={"fields": {"delivered": self.delivered, "forwarded": self.forwarder.forwarded}}
         )
@@ -180,7 +220,7 @@ class Relay:
         healthy = all(c["ok"] for c in checks.values())
         body = {
             "service": "relay",
-            "relay_id": self.settings.relay_id,
+            "relay_id": self.lease.client_id,
             "status": "ok" if healthy else "degraded",
             "delivered": self.delivered,
             "checks": checks,

@@ -1,4 +1,9 @@
-"""The relay's configuration: the shared settings plus its broker session and the devices function's address."""
+"""The relay's configuration: its database, its broker session and the devices function's address.
+
+The relay reads only what it uses: ``DATABASE_URL`` and ``LOCKWISE_SERVICE_TOKEN`` (its credential towards the
+devices function) are its secrets, plus ``MQTT_PASSWORD``. It never reads the command-signing key (commands are
+signed by the functions and stored signed in the outbox; the relay only carries them).
+"""
 
 from __future__ import annotations
 
@@ -6,13 +11,27 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from lockwise.config import ConfigError, Settings, env_int, is_placeholder
+from lockwise.config import (
+    LOCAL_SERVICE_TOKEN,
+    SERVICE_TOKEN,
+    ConfigError,
+    Mode,
+    env_int,
+    read_database_url,
+    read_mode,
+    read_secret,
+)
 
 
 @dataclass(frozen=True)
 class RelaySettings:
-    base: Settings
-    relay_id: str
+    mode: Mode
+    log_level: str
+    database_url: str
+    service_token: str
+    #: replicas lease a slot 1..slots in PostgreSQL; the slot names the MQTT session (see mqtt_relay.slots)
+    slots: int
+    session_expiry_s: int
     mqtt_host: str
     mqtt_port: int
     mqtt_ca_file: str
@@ -26,33 +45,41 @@ class RelaySettings:
     event_batch: int
     id_token_audience: str | None
 
+    @property
+    def is_production(self) -> bool:
+        return self.mode == "production"
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> RelaySettings:
         env = os.environ if environ is None else environ
-        base = Settings.from_env(env)
-        local = not base.is_production
+        mode = read_mode(env)
+        local = mode != "production"
 
-        def required(name: str, default: str | None = None, *, secret: bool = False) -> str:
+        def required(name: str, default: str) -> str:
             value = env.get(name) or ""
             if not value:
-                if default is not None and local:
+                if local:
                     return default
                 raise ConfigError(f"{name} is required for the relay and is not set")
-            if secret and not local and is_placeholder(value):
-                raise ConfigError(f"{name} holds a placeholder value; set a real secret in production mode")
             return value
 
-        ca_file = required("MQTT_CA_FILE")
+        ca_file = env.get("MQTT_CA_FILE") or ""
+        if not ca_file:
+            raise ConfigError("MQTT_CA_FILE is required for the relay and is not set")
         if not os.path.isfile(ca_file):
             raise ConfigError(f"MQTT_CA_FILE={ca_file} does not exist")
         return cls(
-            base=base,
-            relay_id=env.get("LOCKWISE_RELAY_ID", "relay-1"),
+            mode=mode,
+            log_level=env.get("LOG_LEVEL", "INFO").upper(),
+            database_url=read_database_url(env, mode),
+            service_token=read_secret(env, SERVICE_TOKEN, mode, LOCAL_SERVICE_TOKEN),
+            slots=env_int(env, "LOCKWISE_RELAY_SLOTS", 8, minimum=1),
+            session_expiry_s=env_int(env, "LOCKWISE_RELAY_SESSION_EXPIRY_S", 3600, minimum=60),
             mqtt_host=required("MQTT_HOST", "127.0.0.1"),
             mqtt_port=env_int(env, "MQTT_PORT", 8883, minimum=1),
             mqtt_ca_file=ca_file,
             mqtt_username=required("MQTT_USERNAME", "lockwise-relay"),
-            mqtt_password=required("MQTT_PASSWORD", secret=True),
+            mqtt_password=read_secret(env, "MQTT_PASSWORD", mode, ""),
             devices_url=required("LOCKWISE_DEVICES_URL", "http://127.0.0.1:8083").rstrip("/"),
             health_port=env_int(env, "LOCKWISE_RELAY_HEALTH_PORT", 8090, minimum=0),
             poll_s=float(env_int(env, "LOCKWISE_RELAY_POLL_MS", 1000, minimum=50)) / 1000,

@@ -45,7 +45,7 @@ def now() -> dt.datetime:
 
 
 def server_public_key() -> str:
-    return command_signing.public_key_b64(command_signing.private_key(rt.settings.command_signing_key))
+    return command_signing.public_key_b64(command_signing.private_key(rt.settings.signing_key()))
 
 
 def lock_param(value: str) -> str:
@@ -293,7 +293,7 @@ def create_command(ctx: Ctx, lock_id: str) -> Result:
             action=action,
             issuer_kind="user",
             issuer_uid=user.uid,
-            signing_key_b64=rt.settings.command_signing_key,
+            signing_key_b64=rt.settings.signing_key(),
             ttl_s=rt.settings.command_ttl_s,
             idempotency_key=key,
         )

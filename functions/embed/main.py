@@ -1,6 +1,7 @@
 """HTTP entry point of the embed function: enroll a user's voice, report and delete it.
 
-The speaker model is loaded here, at instance start (module scope).
+The speaker model is loaded here, at instance start (module scope), and served as verify serves it: ECAPA-TDNN from
+its ONNX export, GE2E with numpy; no torch, no SpeechBrain (they stay at build time: the export and its parity gate).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from lockwise.voice.encoder import describe, load_encoder, policy
 
 rt = get_runtime("embed")
 api = Api("embed")
-encoder = load_encoder(rt.settings)
+encoder = load_encoder(rt.settings, exported=True)
 limits = audio.Limits.from_settings(rt.settings)
 
 

@@ -171,7 +171,9 @@ def verifier_for(project_id: str, auth_emulator_host: str | None) -> IdTokenVeri
     return IdTokenVerifier(project_id, GoogleKeys())
 
 
-def check_service_token(presented: str, expected: str) -> None:
-    """Trusted back-end callers (the relay, service callers of the original contracts) present a shared secret."""
-    if not hmac.compare_digest(presented.encode(), expected.encode()):
+def check_service_token(presented: str, expected: str | None) -> None:
+    """Trusted back-end callers (the relay, service callers of the original contracts) present a shared secret.
+
+    ``expected`` is None where the function holds no token (it serves no trusted caller): everyone is refused."""
+    if expected is None or not hmac.compare_digest(presented.encode(), expected.encode()):
         raise errors.Unauthenticated("invalid service credential", code="invalid_service_token")

@@ -122,7 +122,7 @@ def watch(
 
 def main(argv: list[str] | None = None) -> int:
     from lockwise import log as lwlog
-    from lockwise.config import get_settings
+    from lockwise.config import DatabaseSettings
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--password-file", type=Path, required=True)
@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pid-file", type=Path, help="mosquitto's pid file, to signal a reload")
     parser.add_argument("--poll-s", type=float, default=5.0)
     args = parser.parse_args(argv)
-    settings = get_settings()
+    settings = DatabaseSettings.from_env()
     lwlog.configure("broker-accounts", settings.log_level)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

@@ -1,7 +1,10 @@
-"""One frozen settings object, read from the environment once per process.
+"""Settings, read from the environment once per process, each deployable reading only what it uses.
 
-``Settings.from_env()`` is the only place that reads configuration. Outside local mode, a missing or placeholder
-secret stops start-up with a message that names the variable.
+``Settings.from_env(component=...)`` serves the three functions; the relay (``mqtt_relay.settings``), the migration
+job (``DatabaseSettings``) and the broker-host sync read their own, smaller sets with the same readers. Outside local
+mode a missing or placeholder secret *of that process* stops start-up with a message naming the variable; a secret
+the process does not use is never read, so no process demands another's (the relay never holds the command-signing
+key).
 """
 
 from __future__ import annotations
@@ -21,27 +24,98 @@ PLACEHOLDERS = frozenset({"", "changeme", "change-me", "local-dev-only", "secret
 LOCAL_DATABASE_URL = "postgresql://lockwise:local-dev-only@127.0.0.1:55432/lockwise"
 LOCAL_SERVICE_TOKEN = "local-dev-only"
 
+#: The one switch that lets a production-mode process use the local stand-ins of managed services (the Firestore and
+#: Auth emulators) for the production rehearsal (tests/rehearsal). Refused on Cloud Run, where the platform sets
+#: ``K_SERVICE`` (services) or ``CLOUD_RUN_JOB`` (jobs); ``infra/deploy.py`` never sets it (tested).
+REHEARSAL_SWITCH = "LOCKWISE_REHEARSAL"
+CLOUD_RUN_MARKERS = ("K_SERVICE", "CLOUD_RUN_JOB")
+
+DATABASE_URL = "DATABASE_URL"
+SERVICE_TOKEN = "LOCKWISE_SERVICE_TOKEN"
+COMMAND_SIGNING_KEY = "LOCKWISE_COMMAND_SIGNING_KEY"
+
+#: The secrets each function reads. devices reads the service token only where it serves the relay's routes.
+FUNCTION_SECRETS: dict[str, frozenset[str]] = {
+    "embed": frozenset({DATABASE_URL, SERVICE_TOKEN}),  # POST /embed: the original contract, for service callers
+    "verify": frozenset({DATABASE_URL, SERVICE_TOKEN, COMMAND_SIGNING_KEY}),  # signs the unlock it decides
+    "devices": frozenset({DATABASE_URL, COMMAND_SIGNING_KEY}),  # + SERVICE_TOKEN with LOCKWISE_RELAY_ROUTES=on
+}
+FUNCTIONS = tuple(FUNCTION_SECRETS)
+
 
 class ConfigError(RuntimeError):
     """Configuration is missing or unsafe; raised at start-up, never per request."""
 
 
+def read_mode(env: Mapping[str, str]) -> Mode:
+    """``LOCKWISE_MODE`` (local by default); in production, refuses the rehearsal switch on Cloud Run."""
+    raw = env.get("LOCKWISE_MODE", "local").strip().lower()
+    if raw not in MODES:
+        raise ConfigError(f"LOCKWISE_MODE must be one of {', '.join(MODES)}, got {raw!r}")
+    mode: Mode = raw
+    if rehearsal(env) and mode != "production":
+        raise ConfigError(f"{REHEARSAL_SWITCH} only applies in production mode")
+    if rehearsal(env) and any(env.get(marker) for marker in CLOUD_RUN_MARKERS):
+        raise ConfigError(f"{REHEARSAL_SWITCH} is refused on Cloud Run: it admits local stand-ins for managed services")
+    return mode
+
+
+def rehearsal(env: Mapping[str, str]) -> bool:
+    return env.get(REHEARSAL_SWITCH, "") not in ("", "0", "false")
+
+
+def read_secret(env: Mapping[str, str], name: str, mode: Mode, local_default: str) -> str:
+    """A secret: required and not a placeholder in production; ``local_default`` elsewhere when unset."""
+    value = env.get(name)
+    if value is None or value == "":
+        if mode != "production":
+            return local_default
+        raise ConfigError(f"{name} is required in production mode and is not set")
+    if mode == "production" and is_placeholder(value):
+        raise ConfigError(f"{name} holds a placeholder value; set a real secret in production mode")
+    return value
+
+
+def read_database_url(env: Mapping[str, str], mode: Mode) -> str:
+    url = read_secret(env, DATABASE_URL, mode, LOCAL_DATABASE_URL)
+    if mode == "production" and is_placeholder(_password_of(url)):
+        raise ConfigError("DATABASE_URL carries a placeholder password; set a real one in production mode")
+    return url
+
+
+@dataclass(frozen=True)
+class DatabaseSettings:
+    """What a process that only talks to PostgreSQL reads: the migration job, the broker-host account sync."""
+
+    mode: Mode
+    database_url: str
+    log_level: str
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> DatabaseSettings:
+        env = os.environ if environ is None else environ
+        mode = read_mode(env)
+        return cls(mode=mode, database_url=read_database_url(env, mode), log_level=env.get("LOG_LEVEL", "INFO").upper())
+
+
 @dataclass(frozen=True)
 class Settings:
-    """Process-wide configuration (see README "Environment variables" for each one)."""
+    """One function's configuration (see README "Environment variables" for each one)."""
 
+    component: str
     mode: Mode
     project_id: str
     database_url: str
-    service_token: str
+    #: the trusted callers' shared secret; None where this function does not serve them (see FUNCTION_SECRETS)
+    service_token: str | None
     firestore_emulator_host: str | None
     auth_emulator_host: str | None
     release: str
     log_level: str
     max_body_bytes: int
     db_pool_size: int
-    #: Ed25519 private key (base64 of the 32-byte seed) that signs every command a lock receives.
-    command_signing_key: str
+    #: Ed25519 private key (base64 of the 32-byte seed) that signs every command a lock receives; None where unused.
+    command_signing_key: str | None
     command_ttl_s: int
     provisioning_ttl_s: int
     invitation_ttl_s: int
@@ -74,32 +148,26 @@ class Settings:
     def is_production(self) -> bool:
         return self.mode == "production"
 
+    def signing_key(self) -> str:
+        """The command-signing key; only functions that sign commands hold it."""
+        if self.command_signing_key is None:
+            raise ConfigError(f"the {self.component} function does not hold {COMMAND_SIGNING_KEY}")
+        return self.command_signing_key
+
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+    def from_env(cls, environ: Mapping[str, str] | None = None, *, component: str = "devices") -> Settings:
+        """``component``: the function reading (embed | verify | devices); it decides which secrets are read."""
         env = os.environ if environ is None else environ
-        mode_raw = env.get("LOCKWISE_MODE", "local").strip().lower()
-        if mode_raw not in MODES:
-            raise ConfigError(f"LOCKWISE_MODE must be one of {', '.join(MODES)}, got {mode_raw!r}")
-        mode: Mode = mode_raw
+        if component not in FUNCTION_SECRETS:
+            raise ConfigError(f"unknown function {component!r}; expected one of {', '.join(FUNCTIONS)}")
+        mode = read_mode(env)
         local = mode != "production"
-
-        def secret(name: str, local_default: str) -> str:
-            value = env.get(name)
-            if value is None or value == "":
-                if local:
-                    return local_default
-                raise ConfigError(f"{name} is required in production mode and is not set")
-            if not local and is_placeholder(value):
-                raise ConfigError(f"{name} holds a placeholder value; set a real secret in production mode")
-            return value
-
-        database_url = secret("DATABASE_URL", LOCAL_DATABASE_URL)
-        if not local and is_placeholder(_password_of(database_url)):
-            raise ConfigError("DATABASE_URL carries a placeholder password; set a real one in production mode")
+        relay_routes = _choice(env, "LOCKWISE_RELAY_ROUTES", ("on", "off"), "on") == "on"
+        needs = FUNCTION_SECRETS[component] | ({SERVICE_TOKEN} if component == "devices" and relay_routes else set())
 
         firestore_emulator = env.get("FIRESTORE_EMULATOR_HOST") or None
         auth_emulator = env.get("FIREBASE_AUTH_EMULATOR_HOST") or None
-        if not local and (firestore_emulator or auth_emulator):
+        if not local and (firestore_emulator or auth_emulator) and not rehearsal(env):
             raise ConfigError(
                 "FIRESTORE_EMULATOR_HOST / FIREBASE_AUTH_EMULATOR_HOST must not be set in production mode "
                 "(emulator tokens are unsigned)"
@@ -111,17 +179,20 @@ class Settings:
             project_id = "demo-lockwise"
 
         settings = cls(
+            component=component,
             mode=mode,
             project_id=project_id,
-            database_url=database_url,
-            service_token=secret("LOCKWISE_SERVICE_TOKEN", LOCAL_SERVICE_TOKEN),
+            database_url=read_database_url(env, mode),
+            service_token=read_secret(env, SERVICE_TOKEN, mode, LOCAL_SERVICE_TOKEN)
+            if SERVICE_TOKEN in needs
+            else None,
             firestore_emulator_host=firestore_emulator,
             auth_emulator_host=auth_emulator,
             release=env.get("LOCKWISE_RELEASE", "dev"),
             log_level=env.get("LOG_LEVEL", "INFO").upper(),
             max_body_bytes=env_int(env, "LOCKWISE_MAX_BODY_BYTES", 2_000_000, minimum=1024),
             db_pool_size=env_int(env, "LOCKWISE_DB_POOL_SIZE", 4, minimum=1),
-            command_signing_key=_signing_key(env, local),
+            command_signing_key=_signing_key(env, local) if COMMAND_SIGNING_KEY in needs else None,
             command_ttl_s=env_int(env, "LOCKWISE_COMMAND_TTL_S", 30, minimum=5),
             provisioning_ttl_s=env_int(env, "LOCKWISE_PROVISIONING_TTL_S", 600, minimum=60),
             invitation_ttl_s=env_int(env, "LOCKWISE_INVITATION_TTL_S", 7 * 24 * 3600, minimum=3600),
@@ -143,7 +214,7 @@ class Settings:
             lockout_after=env_int(env, "LOCKWISE_LOCKOUT_AFTER", 5, minimum=1),
             lockout_base_s=env_int(env, "LOCKWISE_LOCKOUT_BASE_S", 30, minimum=1 if local else 30),
             debug_rejected_dir=_debug_dir(env, local),
-            relay_routes=_choice(env, "LOCKWISE_RELAY_ROUTES", ("on", "off"), "on") == "on",
+            relay_routes=relay_routes,
         )
         if not 2 <= settings.enroll_min_samples <= settings.enroll_max_samples <= 20:
             raise ConfigError("LOCKWISE_ENROLL_MIN_SAMPLES/MAX_SAMPLES must satisfy 2 <= min <= max <= 20")
@@ -227,7 +298,7 @@ def env_int(env: Mapping[str, str], name: str, default: int, *, minimum: int) ->
     return value
 
 
-@lru_cache(maxsize=1)
-def get_settings() -> Settings:
-    """The process's settings, read once."""
-    return Settings.from_env()
+@lru_cache(maxsize=4)
+def get_settings(component: str) -> Settings:
+    """The function's settings, read once per process."""
+    return Settings.from_env(component=component)

@@ -22,11 +22,11 @@ from werkzeug.routing import Map, Rule
 
 from lockwise import errors
 from lockwise.config import Settings, get_settings
+from lockwise.headers import SERVICE_TOKEN_HEADER
 from lockwise.log import event, request_id_var
 
 log = logging.getLogger("lockwise.http")
 
-SERVICE_TOKEN_HEADER = "X-LockWise-Service-Token"
 _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 JsonBody = dict[str, Any]
@@ -116,9 +116,9 @@ def _request_id(request: flask.Request) -> str:
 class Api:
     """A small router over werkzeug's URL map; one instance per function."""
 
-    def __init__(self, service: str, settings: Callable[[], Settings] = get_settings) -> None:
+    def __init__(self, service: str, settings: Callable[[], Settings] | None = None) -> None:
         self.service = service
-        self._settings = settings
+        self._settings = settings or (lambda: get_settings(service))
         self._map = Map(strict_slashes=False, merge_slashes=False)
         self._handlers: dict[str, Handler] = {}
 

@@ -93,9 +93,9 @@ def apply(con: Connection, migrations: list[Migration] | None = None) -> list[Mi
 
 def main(argv: list[str] | None = None) -> int:
     from lockwise import log as lwlog
-    from lockwise.config import get_settings
+    from lockwise.config import DatabaseSettings
 
-    settings = get_settings()
+    settings = DatabaseSettings.from_env()
     lwlog.configure("migrate", settings.log_level)
     con = Database(settings.database_url).connect()
     try:

@@ -68,6 +68,6 @@ class Runtime:
 @lru_cache(maxsize=1)
 def get_runtime(component: str) -> Runtime:
     """The instance's runtime; configures JSON logging the first time."""
-    settings = get_settings()
+    settings = get_settings(component)
     log.configure(component, settings.log_level)
     return Runtime(settings)

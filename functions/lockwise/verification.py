@@ -137,7 +137,7 @@ def verify(
             action="unlock",
             issuer_kind="voice",
             issuer_uid=matched,
-            signing_key_b64=settings.command_signing_key,
+            signing_key_b64=settings.signing_key(),
             ttl_s=settings.command_ttl_s,
             attempt_id=attempt,
         )

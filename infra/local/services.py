@@ -347,11 +347,13 @@ def start_broker_sync(broker: Broker, database_url: str, state_dir: Path) -> Pro
 def start_relay(
     state_dir: Path, env: dict[str, str], *, relay_id: str = "relay-1", health_port: int | None = None
 ) -> Process:
-    """The MQTT relay as its own process (``python -m mqtt_relay``); ready once its health endpoint answers."""
+    """The MQTT relay as its own process (``python -m mqtt_relay``); ready once its health endpoint answers.
+
+    ``relay_id`` names its log file; the relay's broker identity is the slot it leases (``mqtt_relay.slots``)."""
     port = health_port or free_port()
     child_env = dict(os.environ)
     child_env.update(env)
-    child_env.update(LOCKWISE_RELAY_ID=relay_id, LOCKWISE_RELAY_HEALTH_PORT=str(port))
+    child_env.update(LOCKWISE_RELAY_HEALTH_PORT=str(port))
     child_env["PYTHONPATH"] = os.pathsep.join(
         p for p in (str(FUNCTIONS_DIR), str(REPO), env.get("PYTHONPATH", "")) if p
     )

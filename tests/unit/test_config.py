@@ -68,3 +68,46 @@ def test_production_refuses_a_weak_or_malformed_signing_key() -> None:
     for value in ["not base64!", base64.b64encode(b"short").decode(), base64.b64encode(bytes(32)).decode()]:
         with pytest.raises(ConfigError, match="LOCKWISE_COMMAND_SIGNING_KEY"):
             Settings.from_env(dict(PROD_OK, LOCKWISE_COMMAND_SIGNING_KEY=value))
+
+
+def test_each_function_reads_only_its_own_secrets() -> None:
+    without_signing = {k: v for k, v in PROD_OK.items() if k != "LOCKWISE_COMMAND_SIGNING_KEY"}
+    embed = Settings.from_env(without_signing, component="embed")  # embed signs nothing
+    assert embed.command_signing_key is None
+    with pytest.raises(ConfigError, match="does not hold LOCKWISE_COMMAND_SIGNING_KEY"):
+        embed.signing_key()
+    with pytest.raises(ConfigError, match="LOCKWISE_COMMAND_SIGNING_KEY"):
+        Settings.from_env(without_signing, component="verify")  # verify signs the unlock it decides
+    without_token = {k: v for k, v in PROD_OK.items() if k != "LOCKWISE_SERVICE_TOKEN"}
+    public = Settings.from_env(dict(without_token, LOCKWISE_RELAY_ROUTES="off"), component="devices")
+    assert public.service_token is None  # the public devices copy serves no trusted caller
+    with pytest.raises(ConfigError, match="LOCKWISE_SERVICE_TOKEN"):
+        Settings.from_env(dict(without_token, LOCKWISE_RELAY_ROUTES="on"), component="devices")
+
+
+def test_a_function_without_a_token_refuses_every_service_caller() -> None:
+    from lockwise import auth, errors
+
+    with pytest.raises(errors.Unauthenticated):
+        auth.check_service_token("", None)
+    with pytest.raises(errors.Unauthenticated):
+        auth.check_service_token("anything", None)
+
+
+def test_the_migration_job_needs_only_the_database_url() -> None:
+    from lockwise.config import DatabaseSettings
+
+    settings = DatabaseSettings.from_env({"LOCKWISE_MODE": "production", "DATABASE_URL": PROD_OK["DATABASE_URL"]})
+    assert settings.database_url == PROD_OK["DATABASE_URL"]
+    with pytest.raises(ConfigError, match="DATABASE_URL"):
+        DatabaseSettings.from_env({"LOCKWISE_MODE": "production"})
+
+
+def test_the_rehearsal_switch_admits_emulators_in_production_but_never_on_cloud_run() -> None:
+    rehearsal = dict(PROD_OK, LOCKWISE_REHEARSAL="1", FIRESTORE_EMULATOR_HOST="127.0.0.1:8080")
+    assert Settings.from_env(rehearsal).firestore_emulator_host == "127.0.0.1:8080"
+    for marker in ("K_SERVICE", "CLOUD_RUN_JOB"):
+        with pytest.raises(ConfigError, match="refused on Cloud Run"):
+            Settings.from_env(dict(rehearsal, **{marker: "lockwise-verify"}))
+    with pytest.raises(ConfigError, match="only applies in production"):
+        Settings.from_env({"LOCKWISE_REHEARSAL": "1"})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import shlex
@@ -14,8 +15,20 @@ from pathlib import Path
 
 import pytest
 
-from infra.build import build
+from infra.build import TARGETS, build
+from infra.deploy_config import (
+    BROKER_SYNC,
+    MIGRATE,
+    SERVICES,
+    JobSpec,
+    Place,
+    ServiceSpec,
+    environment,
+    secret_targets,
+)
 from infra.model import fetch
+from lockwise.config import ConfigError, DatabaseSettings, Settings
+from mqtt_relay.settings import RelaySettings
 
 REPO = Path(__file__).resolve().parents[2]
 ARGS = [
@@ -67,7 +80,7 @@ def test_functions_get_the_settings_that_matter() -> None:
     assert any(f.startswith("--set-env-vars=") and "LOCKWISE_MODE=production" in f for f in verify)
     assert any(f.startswith("--set-env-vars=") and "LOCKWISE_MODEL_DIR=/workspace/model" in f for f in verify)
     embed = deploy_of(cmds, "lockwise-embed")
-    assert "--min-instances=0" in embed and "--memory=2Gi" in embed
+    assert "--min-instances=0" in embed and "--memory=1Gi" in embed
     devices = deploy_of(cmds, "lockwise-devices")
     assert "--memory=512Mi" in devices and any("LOCKWISE_RELAY_ROUTES=off" in f for f in devices)
 
@@ -132,15 +145,96 @@ def test_bad_configuration_is_refused(args: list[str], message: str) -> None:
     assert result.returncode == 2 and message in result.stderr
 
 
-def test_production_bundle_takes_torch_from_the_cpu_index(tmp_path: Path) -> None:
-    out = build("embed", tmp_path / "embed", production=True)
-    requirements = (out / "requirements.txt").read_text()
-    assert requirements.startswith("--extra-index-url https://download.pytorch.org/whl/cpu")
-    assert "torch==2.9.1+cpu" in requirements and "torchaudio==2.9.1+cpu" in requirements
-    assert "+cpu" not in (build("embed", tmp_path / "dev-embed") / "requirements.txt").read_text()  # local: as pinned
-    for name in ("devices", "verify"):  # verify serves the ONNX export: no torch in its bundle at all
-        text = (build(name, tmp_path / name, production=True) / "requirements.txt").read_text()
-        assert "torch==" not in text and "speechbrain" not in text and "extra-index-url" not in text
+def test_no_bundle_needs_torch_or_another_index(tmp_path: Path) -> None:
+    """Every bundle installs from PyPI alone: embed and verify serve the ONNX export (PyTorch's CPU index is not
+    reachable everywhere, and the PyPI torch build drags in CUDA)."""
+    for name in TARGETS:
+        lines = (build(name, tmp_path / name) / "requirements.txt").read_text().splitlines()
+        pins = [line for line in lines if line.strip() and not line.startswith("#")]
+        assert pins and all(line.split("==")[0].lower() not in ("torch", "torchaudio", "speechbrain") for line in pins)
+        assert not any(line.startswith("-") for line in pins), f"{name} names another index or option"
+
+
+def _secret_values(spec: ServiceSpec | JobSpec, place: Place) -> dict[str, str]:
+    """What Secret Manager would hand the process: env secrets by value, mounted ones as files."""
+    values: dict[str, str] = {}
+    for target in secret_targets(spec, place):
+        if target.startswith("/"):
+            Path(target).parent.mkdir(parents=True, exist_ok=True)
+            Path(target).write_text("-----BEGIN CERTIFICATE-----\n")
+        elif target == "LOCKWISE_COMMAND_SIGNING_KEY":
+            values[target] = base64.b64encode(bytes(range(32))).decode()
+        elif target == "DATABASE_URL":
+            values[target] = "postgresql://app:Zx9-long-random@10.0.0.5:5432/lockwise"
+        else:
+            values[target] = f"{target.lower()}-long-random-value"
+    return values
+
+
+def _start_settings(spec: ServiceSpec | JobSpec, env: dict[str, str]) -> object:
+    if isinstance(spec, ServiceSpec) and spec.function is not None:
+        return Settings.from_env(env, component=spec.function)
+    if spec.name == "lockwise-relay":
+        return RelaySettings.from_env(env)
+    return DatabaseSettings.from_env(env)
+
+
+@pytest.mark.parametrize("spec", [*SERVICES, MIGRATE, BROKER_SYNC], ids=lambda s: s.name)
+def test_each_deployable_starts_with_exactly_the_secrets_deploy_gives_it(
+    spec: ServiceSpec | JobSpec, tmp_path: Path
+) -> None:
+    place = Place(
+        project="lockwise-prod",
+        broker_host="broker.internal",
+        devices_relay_url="https://relay-devices.example",
+        mounts=str(tmp_path / "mounts"),
+    )
+    secrets = _secret_values(spec, place)
+    env = {**environment(spec, place), **secrets}
+    _start_settings(spec, env)  # starts in production mode with what deploy gives it
+    assert "LOCKWISE_COMMAND_SIGNING_KEY" not in secrets or spec.name != "lockwise-relay"
+    for name in secrets:  # and each secret it is given is one it needs
+        with pytest.raises(ConfigError, match=name):
+            _start_settings(spec, {k: v for k, v in env.items() if k != name})
+
+
+def test_the_relay_never_holds_the_signing_key() -> None:
+    relay = next(s for s in SERVICES if s.name == "lockwise-relay")
+    assert "LOCKWISE_COMMAND_SIGNING_KEY" not in relay.secrets
+
+
+def _flag(cmd: list[str], name: str) -> dict[str, str]:
+    value = next(f for f in cmd if f.startswith(f"--{name}="))
+    return dict(item.split("=", 1) for item in value.split("=", 1)[1].split(","))
+
+
+def test_deploy_flags_and_the_rehearsal_render_one_environment() -> None:
+    """``infra.deploy all --dry-run`` and the rehearsal both take each process's environment from
+    ``deploy_config.environment`` and ``secret_targets``: what is deployed is what is rehearsed."""
+    cmds = dry_run("all")
+    place = Place(
+        project="lockwise-prod",
+        broker_host="broker.lockwise.internal",
+        devices_relay_url="https://relay-devices.example",
+    )
+    for spec in SERVICES:
+        cmd = deploy_of(cmds, spec.name)
+        assert _flag(cmd, "set-env-vars") == environment(spec, place), spec.name
+        secrets = {target: name.removesuffix(":latest") for target, name in _flag(cmd, "set-secrets").items()}
+        assert secrets == secret_targets(spec, place), spec.name
+    job = next(c for c in cmds if c[:4] == ["gcloud", "run", "jobs", "deploy"])
+    assert _flag(job, "set-env-vars") == environment(MIGRATE, place)
+    assert "LOCKWISE_REHEARSAL" not in "\n".join(" ".join(c) for c in cmds)
+
+
+def test_the_broker_host_gets_its_account_sync_as_a_service(tmp_path: Path) -> None:
+    from infra.broker import render
+
+    render.main(["--out", str(tmp_path), "--host", "broker.lockwise.internal"])
+    unit = (tmp_path / "lockwise-broker-accounts.service").read_text()
+    assert "lockwise.broker_accounts" in unit and "--password-file /etc/mosquitto/passwd" in unit
+    assert "Environment=LOCKWISE_MODE=production" in unit and "postgresql://" not in unit
+    assert any(c[:4] == [sys.executable, "-m", "infra.build", "broker"] for c in dry_run("broker"))
 
 
 def test_model_fetch_checks_checksums(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -1,0 +1,97 @@
+"""Which relay replica this is: a slot 1..N leased in PostgreSQL, which names the replica's MQTT session.
+
+Every replica must connect with a client id no other live replica uses (the broker throws the older connection off
+when two share one), yet a replica that replaces a crashed one should take over the crashed one's persistent session,
+because the broker keeps queueing that session's share of lock events until it expires. A session-level advisory
+lock per slot gives both: a replica holds the lowest free slot for as long as its lease connection lives, and a
+replacement finds the dead replica's slot free again. If the lease connection is lost, ``Lease.check`` takes the
+same slot again; when another replica got it meanwhile, the lease is lost and the relay exits (the platform
+restarts it), so two live replicas never share a session.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+
+from lockwise.db import Connection, Database
+
+log = logging.getLogger("mqtt_relay.slots")
+
+#: first key of the two-key advisory lock (the second is the slot number): "lockwise relay slots"
+_LOCK_CLASS = 0x10C4_5E1A
+
+
+class LeaseLost(RuntimeError):
+    """Another replica holds this replica's slot now: stop using its session."""
+
+
+class NoFreeSlot(RuntimeError):
+    """Every slot is held by a live replica: more replicas run than ``LOCKWISE_RELAY_SLOTS`` allows."""
+
+
+class Lease:
+    def __init__(self, db: Database, slots: int) -> None:
+        self.db = db
+        self.slots = slots
+        self.slot: int | None = None
+        self._con: Connection | None = None
+
+    @property
+    def client_id(self) -> str:
+        if self.slot is None:
+            raise RuntimeError("no slot leased yet")
+        return f"lockwise-relay-{self.slot}"
+
+    def acquire(self) -> int:
+        """Lease the lowest free slot; raises ``NoFreeSlot``."""
+        con = self.db.connect()
+        for slot in range(1, self.slots + 1):
+            if con.run("SELECT pg_try_advisory_lock(:c, :s)", c=_LOCK_CLASS, s=slot)[0][0]:
+                self._con, self.slot = con, slot
+                log.info("relay slot leased", extra={"fields": {"slot": slot}})
+                return slot
+        con.close()
+        raise NoFreeSlot(f"all {self.slots} relay slots are held by live replicas (LOCKWISE_RELAY_SLOTS)")
+
+    def check(self) -> bool:
+        """True while the lease holds; re-takes the same slot after a lost connection. Raises ``LeaseLost`` when
+        another replica holds it now; False while the database cannot be reached (keep going, check again)."""
+        if self.slot is None:
+            raise RuntimeError("no slot leased yet")
+        try:
+            if self._con is not None:
+                self._con.run("SELECT 1")
+                return True
+        except Exception:  # noqa: BLE001 - the connection died with its lock; try to take the slot again below
+            self._drop()
+        try:
+            con = self.db.connect()
+        except Exception:  # noqa: BLE001 - database away: nobody else can take the slot meanwhile
+            return False
+        if con.run("SELECT pg_try_advisory_lock(:c, :s)", c=_LOCK_CLASS, s=self.slot)[0][0]:
+            self._con = con
+            log.info("relay slot leased again", extra={"fields": {"slot": self.slot}})
+            return True
+        con.close()
+        raise LeaseLost(f"relay slot {self.slot} was taken by another replica while the database was away")
+
+    def others_alive(self) -> bool:
+        """Whether another replica holds a slot now (then it takes all lock events when this one leaves)."""
+        if self._con is None:
+            return False
+        rows = self._con.run(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND classid = :c AND objsubid = 2"
+            " AND granted AND pid <> pg_backend_pid()",
+            c=_LOCK_CLASS,
+        )
+        return int(rows[0][0]) > 0
+
+    def release(self) -> None:
+        self._drop()
+
+    def _drop(self) -> None:
+        if self._con is not None:
+            with contextlib.suppress(Exception):
+                self._con.close()
+        self._con = None
