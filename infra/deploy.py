@@ -37,6 +37,7 @@ REPO = Path(__file__).resolve().parents[1]
 COMPONENTS = ("accounts", "build", "migrate", "functions", "relay", "broker", "firebase")
 _PROJECT_RE = re.compile(r"^[a-z][a-z0-9-]{4,28}[a-z0-9]$")
 _REGION_RE = re.compile(r"^[a-z]+-[a-z]+[0-9]$")
+_HOST_RE = re.compile(r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$")
 
 
 class DeployConfigError(ValueError):
@@ -50,6 +51,7 @@ class Target:
     sql_instance: str  # PROJECT:REGION:INSTANCE
     vpc_connector: str
     broker_host: str
+    broker_public_host: str
     image_repo: str  # REGION-docker.pkg.dev/PROJECT/REPO
     devices_relay_url: str
 
@@ -66,6 +68,11 @@ class Target:
                 "--devices-relay-url (https://..., from `gcloud run services describe lockwise-devices-relay`) is"
                 " required to deploy the relay"
             )
+        if args.component in ("functions", "all") and not _HOST_RE.match(args.broker_public_host or ""):
+            raise DeployConfigError(
+                "--broker-public-host (the broker's public DNS name, which its certificate names) is required to"
+                " deploy the functions: locks are told at pairing where to connect"
+            )
         sql = args.sql_instance or f"{args.project}:{args.region}:lockwise"
         if sql.count(":") != 2:
             raise DeployConfigError("--sql-instance must be PROJECT:REGION:INSTANCE")
@@ -75,6 +82,7 @@ class Target:
             sql_instance=sql,
             vpc_connector=args.vpc_connector,
             broker_host=args.broker_host,
+            broker_public_host=args.broker_public_host,
             image_repo=f"{args.region}-docker.pkg.dev/{args.project}/lockwise",
             devices_relay_url=args.devices_relay_url,
         )
@@ -84,7 +92,12 @@ class Target:
 
     @property
     def place(self) -> Place:
-        return Place(project=self.project, broker_host=self.broker_host, devices_relay_url=self.devices_relay_url)
+        return Place(
+            project=self.project,
+            broker_host=self.broker_host,
+            broker_public_host=self.broker_public_host,
+            devices_relay_url=self.devices_relay_url,
+        )
 
 
 Command = list[str]
@@ -325,7 +338,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--region", default="europe-west1")
     parser.add_argument("--sql-instance", help="PROJECT:REGION:INSTANCE (default: PROJECT:REGION:lockwise)")
     parser.add_argument("--vpc-connector", default="lockwise-connector")
-    parser.add_argument("--broker-host", default="broker.lockwise.internal")
+    parser.add_argument("--broker-host", default="broker.lockwise.internal", help="the broker on the private network")
+    parser.add_argument("--broker-public-host", default="", help="the broker's public DNS name, for the locks")
     parser.add_argument("--devices-relay-url", default="", help="URL of the internal devices service (for the relay)")
     parser.add_argument("--dry-run", action="store_true", help="validate and print the commands; run nothing")
     args = parser.parse_args(argv)

@@ -55,7 +55,9 @@ class Place:
     """Where a deployable runs: what differs between production and the rehearsal, and nothing else."""
 
     project: str
+    #: the broker as the relay reaches it (private network) and as locks reach it (public name in its certificate)
     broker_host: str
+    broker_public_host: str = ""
     broker_port: int = 8883
     devices_relay_url: str = ""
     #: where Cloud Run puts a function's source (its bundle)
@@ -70,6 +72,7 @@ class Place:
         return {
             "project": self.project,
             "broker_host": self.broker_host,
+            "broker_public_host": self.broker_public_host,
             "broker_port": str(self.broker_port),
             "devices_relay_url": self.devices_relay_url,
             "bundle_root": self.bundle_root,
@@ -168,7 +171,13 @@ SERVICES: tuple[ServiceSpec, ...] = (
         ingress="all",
         # no service token: this copy serves no trusted caller (LOCKWISE_RELAY_ROUTES=off)
         secrets={**DB, **SIGNING},
-        env={"LOCKWISE_RELAY_ROUTES": "off", "LOCKWISE_DB_POOL_SIZE": "8"},
+        env={
+            "LOCKWISE_RELAY_ROUTES": "off",
+            "LOCKWISE_DB_POOL_SIZE": "8",
+            # handed to a lock at pairing: where it connects
+            "LOCKWISE_MQTT_PUBLIC_HOST": "{broker_public_host}",
+            "LOCKWISE_MQTT_PUBLIC_PORT": "{broker_port}",
+        },
         why="the app's locks, members and commands; the public copy does not serve the relay's endpoints",
     ),
     ServiceSpec(
@@ -214,7 +223,6 @@ SERVICES: tuple[ServiceSpec, ...] = (
             "MQTT_CA_FILE": "{mounts}/ca.crt",
             "LOCKWISE_DEVICES_URL": "{devices_relay_url}",
             "LOCKWISE_RELAY_ID_TOKEN_AUDIENCE": "{devices_relay_url}",
-            "LOCKWISE_RELAY_HEALTH_PORT": "8090",
         },
         why="MQTT session: commands to locks, lock events to devices-relay",
     ),

@@ -2,16 +2,20 @@
 
 On Cloud Run the relay's service account gets an ID token for ``audience`` from the metadata server; the token is
 sent as ``Authorization: Bearer`` next to the LockWise service token, and refreshed before its hour is up.
+``GCE_METADATA_HOST`` moves the metadata server, as it does for Google's own client libraries (the production
+rehearsal points it at a local stand-in; only a real cloud proves the IAM check behind it).
 """
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 import urllib.parse
 import urllib.request
 
-METADATA_URL = "http://metadata.google.internal/computeMetadata/v1/instance/service-accounts/default/identity"
+METADATA_PATH = "/computeMetadata/v1/instance/service-accounts/default/identity"
+METADATA_URL = f"http://{os.environ.get('GCE_METADATA_HOST') or 'metadata.google.internal'}{METADATA_PATH}"
 REFRESH_AFTER_S = 50 * 60
 
 

@@ -81,7 +81,8 @@ class RelaySettings:
             mqtt_username=required("MQTT_USERNAME", "lockwise-relay"),
             mqtt_password=read_secret(env, "MQTT_PASSWORD", mode, ""),
             devices_url=required("LOCKWISE_DEVICES_URL", "http://127.0.0.1:8083").rstrip("/"),
-            health_port=env_int(env, "LOCKWISE_RELAY_HEALTH_PORT", 8090, minimum=0),
+            # the platform names the port it probes (Cloud Run sets PORT from --port); 0 serves no health endpoint
+            health_port=env_int(env, "PORT", 8090, minimum=0),
             poll_s=float(env_int(env, "LOCKWISE_RELAY_POLL_MS", 1000, minimum=50)) / 1000,
             resend_after_s=env_int(env, "LOCKWISE_RELAY_RESEND_AFTER_S", 5, minimum=1),
             flush_every_s=env_int(env, "LOCKWISE_RELAY_FLUSH_EVERY_S", 10, minimum=1),

@@ -136,6 +136,16 @@ def model_dir(workdir: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
+def corpus() -> Path:
+    """Real recorded speech: Debian's Asterisk prompts, one folder per speaker (``infra.voice.corpus``; the .debs
+    and the decoded clips are cached in ~/.cache/lockwise/corpus)."""
+    from infra.voice import corpus as corpus_builder
+
+    cache = Path(os.environ.get("LOCKWISE_CORPUS_CACHE", Path.home() / ".cache" / "lockwise" / "corpus"))
+    return corpus_builder.build(cache / "asterisk", cache / "debs")
+
+
+@pytest.fixture(scope="session")
 def command_signing_key() -> str:
     import base64
 

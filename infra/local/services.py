@@ -353,7 +353,7 @@ def start_relay(
     port = health_port or free_port()
     child_env = dict(os.environ)
     child_env.update(env)
-    child_env.update(LOCKWISE_RELAY_HEALTH_PORT=str(port))
+    child_env.update(PORT=str(port))
     child_env["PYTHONPATH"] = os.pathsep.join(
         p for p in (str(FUNCTIONS_DIR), str(REPO), env.get("PYTHONPATH", "")) if p
     )

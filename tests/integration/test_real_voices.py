@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,12 +25,6 @@ from tests.devices_world import World, bearer, build_world
 
 pytestmark = pytest.mark.model
 GE2E = CALIBRATIONS["ge2e"]
-
-
-@pytest.fixture(scope="session")
-def corpus() -> Path:
-    cache = Path(os.environ.get("LOCKWISE_CORPUS_CACHE", Path.home() / ".cache" / "lockwise" / "corpus"))
-    return corpus_builder.build(cache / "asterisk", cache / "debs")
 
 
 @pytest.fixture(scope="module")

@@ -38,6 +38,8 @@ ARGS = [
     "europe-west1",
     "--devices-relay-url",
     "https://relay-devices.example",
+    "--broker-public-host",
+    "mqtt.lockwise.example",
 ]
 
 
@@ -131,7 +133,8 @@ def test_least_privilege_and_no_secret_values(monkeypatch: pytest.MonkeyPatch) -
         (["--project", "Bad_Project"], "not a valid Google Cloud project id"),
         (["--project", "demo-lockwise"], "emulator-only"),
         (["--project", "lockwise-prod", "--region", "mars"], "region"),
-        (["--project", "lockwise-prod"], "--devices-relay-url"),
+        (["--project", "lockwise-prod", "--broker-public-host", "mqtt.example.com"], "--devices-relay-url"),
+        (["--project", "lockwise-prod", "--devices-relay-url", "https://x.example"], "--broker-public-host"),
     ],
 )
 def test_bad_configuration_is_refused(args: list[str], message: str) -> None:
@@ -215,6 +218,7 @@ def test_deploy_flags_and_the_rehearsal_render_one_environment() -> None:
     place = Place(
         project="lockwise-prod",
         broker_host="broker.lockwise.internal",
+        broker_public_host="mqtt.lockwise.example",
         devices_relay_url="https://relay-devices.example",
     )
     for spec in SERVICES:

@@ -1,0 +1,232 @@
+"""The production rehearsal: every deployable built, installed and started exactly as it is deployed.
+
+Each bundle is built by ``infra.build`` (what ``python -m infra.deploy build`` runs), installed into its own fresh
+virtualenv from its own ``requirements.txt`` alone (pip's cache is shared), and started from its bundle folder in
+production mode with exactly the environment ``infra.deploy_config.environment`` renders for it and its secrets as
+Secret Manager hands them over (variables, and files where the deploy mounts them). Only the managed services are
+stood in for, and only through what ``STAND_INS`` adds: the ``LOCKWISE_REHEARSAL`` switch (refused on Cloud Run),
+the Firestore and Auth emulators for the functions, and a local metadata server for the relay's identity tokens.
+Cloud SQL is the local PostgreSQL (a fresh database the migration job migrates first); the broker VM is the local
+Mosquitto with the same rendered configuration, and its account sync runs from its own bundle.
+"""
+
+from __future__ import annotations
+
+import base64
+import secrets
+import shutil
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from infra.build import TARGETS, build
+from infra.deploy_config import (
+    BROKER_SYNC,
+    SERVICES,
+    JobSpec,
+    Place,
+    ServiceSpec,
+    command,
+    environment,
+    secret_targets,
+)
+from infra.local import services
+from tests.conftest import PROJECT_ID
+
+#: all the rehearsal adds to a deployable's environment, by kind of process
+STAND_INS = {
+    "function": ("LOCKWISE_REHEARSAL", "FIRESTORE_EMULATOR_HOST", "FIREBASE_AUTH_EMULATOR_HOST"),
+    "relay": ("LOCKWISE_REHEARSAL", "GCE_METADATA_HOST"),
+    "job": ("LOCKWISE_REHEARSAL",),
+}
+
+
+def _base_env() -> dict[str, str]:
+    """What any container has: no PYTHONPATH, nothing of this test run's environment."""
+    return {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": str(Path.home()), "LANG": "C.UTF-8"}
+
+
+def install(bundle: Path, venv: Path) -> Path:
+    """A fresh virtualenv with the bundle's own requirements and nothing else; returns its python."""
+    subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True, capture_output=True)
+    python = venv / "bin" / "python"
+    result = subprocess.run(
+        [str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", "-r", "requirements.txt"],
+        cwd=bundle,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert result.returncode == 0, f"{bundle.name}: pip install failed:\n{result.stderr[-3000:]}"
+    return python
+
+
+class Metadata(BaseHTTPRequestHandler):
+    """Stand-in for the Cloud Run metadata server: an identity token for the requested audience."""
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        ok = self.headers.get("Metadata-Flavor") == "Google" and "audience=" in self.path
+        body = b"rehearsal-identity-token" if ok else b"missing Metadata-Flavor or audience"
+        self.send_response(200 if ok else 400)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+        return
+
+
+@dataclass
+class Rehearsal:
+    root: Path
+    place: Place
+    pythons: dict[str, Path]
+    bundles: dict[str, Path]
+    secret_values: dict[str, str]
+    stand_ins: dict[str, str]
+    database_url: str
+    processes: dict[str, services.Process] = field(default_factory=dict)
+    urls: dict[str, str] = field(default_factory=dict)
+
+    def env_of(self, spec: ServiceSpec | JobSpec, kind: str, place: Place | None = None) -> dict[str, str]:
+        place = place or self.place
+        env = {**_base_env(), **environment(spec, place)}
+        for target in secret_targets(spec, place):
+            if target.startswith("/"):  # a mounted secret: the file exists where the deploy mounts it
+                assert Path(target).is_file(), target
+            else:
+                env[target] = self.secret_values[target]
+        env.update({name: self.stand_ins[name] for name in STAND_INS[kind]})
+        return env
+
+    def run_job(self, spec: JobSpec) -> subprocess.CompletedProcess[str]:
+        argv = command(spec, self.place)
+        argv[0] = str(self.pythons[spec.bundle])
+        return subprocess.run(
+            argv, cwd=self.bundles[spec.bundle], env=self.env_of(spec, "job"), capture_output=True, text=True,
+            timeout=120,
+        )  # fmt: skip
+
+    def start_function(self, spec: ServiceSpec) -> str:
+        assert spec.function is not None
+        bundle = self.bundles[spec.bundle]
+        port = services.free_port()
+        env = self.env_of(spec, "function", self._at(bundle))
+        env["PORT"] = str(port)  # the platform's: Cloud Run tells the function where to listen
+        argv = [str(self.pythons[spec.bundle]), "-m", "functions_framework", "--target", spec.function]
+        argv += ["--source", "main.py", "--host", "127.0.0.1", "--port", str(port)]
+        proc = services.spawn(spec.name, argv, self.root / "logs" / f"{spec.name}.log", port, env=env, cwd=bundle)
+        self.processes[spec.name] = proc
+        services.wait_until(
+            proc, lambda: services.http_ok(f"http://127.0.0.1:{port}/{spec.function}/health", (200, 503)), 120
+        )
+        self.urls[spec.name] = f"http://127.0.0.1:{port}"
+        return self.urls[spec.name]
+
+    def start_relay(self, replica: str) -> services.Process:
+        spec = next(s for s in SERVICES if s.name == "lockwise-relay")
+        port = services.free_port()
+        env = self.env_of(spec, "relay")
+        env["PORT"] = str(port)  # Cloud Run sets PORT from --port
+        argv = [str(self.pythons["relay"]), "-m", "mqtt_relay"]
+        log = self.root / "logs" / f"relay-{replica}.log"
+        proc = services.spawn(f"relay-{replica}", argv, log, port, env=env, cwd=self.bundles["relay"])
+        self.processes[f"relay-{replica}"] = proc
+        services.wait_until(proc, lambda: services.http_ok(f"http://127.0.0.1:{port}/health", (200, 503)), 60)
+        return proc
+
+    def start_broker_sync(self) -> services.Process:
+        argv = command(BROKER_SYNC, self.place)
+        argv[0] = str(self.pythons["broker"])
+        argv += ["--poll-s", "2"]
+        proc = services.spawn(
+            BROKER_SYNC.name, argv, self.root / "logs" / "broker-sync.log", 0,
+            env=self.env_of(BROKER_SYNC, "job"), cwd=self.bundles["broker"],
+        )  # fmt: skip
+        self.processes[BROKER_SYNC.name] = proc
+        return proc
+
+    def _at(self, bundle: Path) -> Place:
+        from dataclasses import replace
+
+        return replace(self.place, bundle_root=str(bundle))
+
+    def stop(self) -> None:
+        for proc in reversed(list(self.processes.values())):
+            proc.stop()
+
+
+def _fresh_database(pg: services.Postgres) -> str:
+    """Cloud SQL's stand-in: a new database and role on the session's PostgreSQL, nothing migrated yet."""
+    import pg8000.native
+
+    password = secrets.token_urlsafe(18)
+    admin = pg8000.native.Connection("postgres", unix_sock=f"{pg.socket_dir}/.s.PGSQL.{pg.port}")
+    try:
+        admin.run("DROP DATABASE IF EXISTS rehearsal WITH (FORCE)")
+        admin.run("DROP ROLE IF EXISTS rehearsal")
+        admin.run(f"CREATE ROLE rehearsal LOGIN PASSWORD {pg8000.native.literal(password)}")
+        admin.run("CREATE DATABASE rehearsal OWNER rehearsal")
+    finally:
+        admin.close()
+    return f"postgresql://rehearsal:{password}@127.0.0.1:{pg.port}/rehearsal"
+
+
+@pytest.fixture(scope="module")
+def rehearsal(
+    tmp_path_factory: pytest.TempPathFactory,
+    postgres: services.Postgres,
+    broker: services.Broker,
+    firestore_emulator: services.Emulator,
+    auth_emulator: services.Emulator,
+    model_dir: Path,
+) -> Iterator[Rehearsal]:
+    root = tmp_path_factory.mktemp("rehearsal")  # kept after the run (pytest keeps the last three): the logs
+    root.chmod(0o755)
+    (root / "logs").mkdir()
+    bundles = {name: build(name, root / "bundles" / name) for name in TARGETS}
+    # what `infra.deploy build` does next: the speaker model's ONNX export into each voice bundle (here the
+    # export of the tests' small random ECAPA-TDNN: the real weights are fetched by checksum at deploy time)
+    for name in ("embed", "verify"):
+        shutil.copytree(model_dir / "onnx", bundles[name] / "model")
+    pythons = {name: install(bundle, root / "venvs" / name) for name, bundle in bundles.items()}
+    metadata = ThreadingHTTPServer(("127.0.0.1", 0), Metadata)
+    threading.Thread(target=metadata.serve_forever, daemon=True).start()
+    mounts = root / "mounts"
+    mounts.mkdir()
+    shutil.copy(broker.ca_file, mounts / "ca.crt")  # the broker CA, mounted as the deploy mounts it
+    database_url = _fresh_database(postgres)
+    place = Place(
+        project=PROJECT_ID,
+        broker_host="127.0.0.1",
+        broker_public_host="127.0.0.1",
+        broker_port=broker.port,
+        mounts=str(mounts),
+        broker_dir=str(broker.password_file.parent),
+        broker_pid_file=str(broker.pid_file),
+    )
+    secret_values = {
+        "DATABASE_URL": database_url,
+        "LOCKWISE_SERVICE_TOKEN": secrets.token_urlsafe(24),
+        "LOCKWISE_COMMAND_SIGNING_KEY": base64.b64encode(secrets.token_bytes(32)).decode(),
+        "MQTT_PASSWORD": broker.relay_password,
+    }
+    stand_ins = {
+        "LOCKWISE_REHEARSAL": "1",
+        "FIRESTORE_EMULATOR_HOST": firestore_emulator.host,
+        "FIREBASE_AUTH_EMULATOR_HOST": auth_emulator.host,
+        "GCE_METADATA_HOST": f"127.0.0.1:{metadata.server_port}",
+    }
+    r = Rehearsal(root, place, pythons, bundles, secret_values, stand_ins, database_url)
+    try:
+        yield r
+    finally:
+        r.stop()
+        metadata.shutdown()

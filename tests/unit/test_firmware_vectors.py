@@ -1,0 +1,401 @@
+"""The firmware contract's known-answer vectors (docs/firmware/vectors.json), checked three ways.
+
+1. An implementation of docs/FIRMWARE.md written here from the document alone, with plain ``hashlib`` and
+   ``cryptography`` calls (``signed_string``, ``sign_request``, ``lock_verdict``), rebuilds every vector exactly.
+2. The server's own code (``lockwise.lock_auth``, ``lockwise.http.Ctx.target``, ``lockwise.audio.from_body``,
+   ``lockwise.command_signing``) agrees with the vectors: drift between the document and the server fails here.
+3. FIRMWARE.md shows every expected signature, so the page and the JSON cannot drift apart either.
+
+The helpers are reused by tests/integration/test_firmware_contract.py against the real server.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import secrets
+import time
+from pathlib import Path
+from typing import Any, cast
+
+import flask
+import pytest
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from werkzeug.datastructures import Headers
+
+REPO = Path(__file__).resolve().parents[2]
+VECTORS_PATH = REPO / "docs" / "firmware" / "vectors.json"
+FIRMWARE_MD = REPO / "docs" / "FIRMWARE.md"
+VECTORS: dict[str, Any] = json.loads(VECTORS_PATH.read_text())
+REQUESTS: list[dict[str, Any]] = VECTORS["lock_requests"]
+COMMANDS: list[dict[str, Any]] = VECTORS["commands"]
+COMMAND_FIELDS = {"id", "lock", "action", "nonce", "issued_at", "expires_at"}
+
+
+# --------------------------------------------------------------------- the independent implementation (the doc)
+
+
+def key_from_seed_hex(seed_hex: str) -> Ed25519PrivateKey:
+    return Ed25519PrivateKey.from_private_bytes(bytes.fromhex(seed_hex))
+
+
+def public_b64(key: Ed25519PrivateKey) -> str:
+    return base64.b64encode(key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)).decode("ascii")
+
+
+LOCK_KEY = key_from_seed_hex(VECTORS["lock_key"]["seed_hex"])
+SERVER_KEY = key_from_seed_hex(VECTORS["server_key"]["seed_hex"])
+
+
+def signed_string(
+    method: str, target: str, timestamp: str, nonce: str, content_type: str, sample_rate: str, body: bytes
+) -> bytes:
+    """FIRMWARE.md, "The signed string, byte by byte": eight lines, LF between them, none after the last."""
+    lf = b"\x0a"
+    return (
+        b"LOCKWISE-V1"
+        + lf
+        + method.upper().encode("ascii")
+        + lf
+        + target.encode("ascii")
+        + lf
+        + timestamp.encode("ascii")
+        + lf
+        + nonce.encode("ascii")
+        + lf
+        + content_type.encode("ascii")
+        + lf
+        + sample_rate.encode("ascii")
+        + lf
+        + hashlib.sha256(body).hexdigest().encode("ascii")
+    )
+
+
+def fresh_nonce() -> str:
+    """18 random bytes in base64url without padding: 24 characters of [A-Za-z0-9_-]."""
+    return base64.urlsafe_b64encode(secrets.token_bytes(18)).decode("ascii").rstrip("=")
+
+
+def sign_request(
+    key: Ed25519PrivateKey,
+    lock_id: str,
+    method: str,
+    target: str,
+    body: bytes = b"",
+    *,
+    content_type: str = "",
+    sample_rate: str = "",
+    timestamp: str | None = None,
+    nonce: str | None = None,
+) -> dict[str, str]:
+    """The headers a lock sends: the four X-LockWise-* plus Content-Type / X-Sample-Rate when they are not empty."""
+    timestamp = str(int(time.time())) if timestamp is None else timestamp
+    nonce = fresh_nonce() if nonce is None else nonce
+    message = signed_string(method, target, timestamp, nonce, content_type, sample_rate, body)
+    headers = {
+        "X-LockWise-Lock": lock_id,
+        "X-LockWise-Timestamp": timestamp,
+        "X-LockWise-Nonce": nonce,
+        "X-LockWise-Signature": base64.b64encode(key.sign(message)).decode("ascii"),
+    }
+    if content_type:
+        headers["Content-Type"] = content_type
+    if sample_rate:
+        headers["X-Sample-Rate"] = sample_rate
+    return headers
+
+
+def lock_verdict(
+    message: str | bytes, server_public_key_b64: str, lock_id: str, now: float, seen: set[str]
+) -> tuple[str, dict[str, Any] | None]:
+    """FIRMWARE.md, "What the lock must check, in this order": ``("act", command)`` or ``(reason, None)``.
+
+    On ``act`` the nonce is added to ``seen`` (before acting), as the lock must."""
+    try:
+        outer = json.loads(message)
+        if (
+            not isinstance(outer, dict)
+            or not isinstance(outer.get("cmd"), str)
+            or not isinstance(outer.get("sig"), str)
+        ):
+            return "malformed", None
+        cmd: str = outer["cmd"]
+        signature = base64.b64decode(outer["sig"], validate=True)
+    except (ValueError, binascii.Error):
+        return "malformed", None
+    public = Ed25519PublicKey.from_public_bytes(base64.b64decode(server_public_key_b64, validate=True))
+    try:
+        public.verify(signature, cmd.encode("utf-8"))
+    except InvalidSignature:
+        return "bad_signature", None
+    fields = json.loads(cmd)
+    if not isinstance(fields, dict):
+        return "malformed", None
+    if fields.pop("v", None) != 1:
+        return "unsupported_version", None
+    if set(fields) != COMMAND_FIELDS:
+        return "malformed", None
+    if fields["lock"] != lock_id:
+        return "wrong_lock", None
+    if fields["expires_at"] <= now:
+        return "expired", None
+    if fields["nonce"] in seen:
+        return "replayed", None
+    seen.add(fields["nonce"])
+    return "act", fields
+
+
+# ------------------------------------------------------------------------------- 1. the vectors, rebuilt here
+
+
+def test_the_keys_are_the_documented_fixed_seeds() -> None:
+    assert bytes.fromhex(VECTORS["lock_key"]["seed_hex"]) == bytes(range(32))
+    assert bytes.fromhex(VECTORS["server_key"]["seed_hex"]) == bytes(range(32, 64))
+    assert public_b64(LOCK_KEY) == VECTORS["lock_key"]["public_key_b64"]
+    assert public_b64(SERVER_KEY) == VECTORS["server_key"]["public_key_b64"]
+    # RFC 8032 is the same Ed25519 everywhere: this seed's public key is a published value
+    assert base64.b64decode(VECTORS["lock_key"]["public_key_b64"]).hex() == (
+        "03a107bff3ce10be1d70dd18e74bc09967e4d6309ba50d5f1ddc8664125531b8"
+    )
+
+
+def test_the_vectors_cover_the_required_cases() -> None:
+    by_name = {v["name"]: v for v in REQUESTS}
+    config = by_name["lock_config"]
+    assert (config["method"], config["target"], config["body_hex"], config["content_type"]) == (
+        "GET",
+        "/devices/lock/config",
+        "",
+        "",
+    )
+    pcm = by_name["verify_pcm_sample_rate_header"]
+    assert (pcm["content_type"], pcm["sample_rate"], len(bytes.fromhex(pcm["body_hex"]))) == (
+        "application/octet-stream",
+        "44100",
+        16,
+    )
+    assert any("?" in v["target"] for v in REQUESTS)
+    assert len({v["nonce"] for v in REQUESTS}) == len(REQUESTS)
+
+
+@pytest.mark.parametrize("vector", REQUESTS, ids=[v["name"] for v in REQUESTS])
+def test_signed_request_vector_is_rebuilt_exactly(vector: dict[str, Any]) -> None:
+    body = bytes.fromhex(vector["body_hex"])
+    assert hashlib.sha256(body).hexdigest() == vector["body_sha256_hex"]
+    message = signed_string(
+        vector["method"],
+        vector["target"],
+        vector["timestamp"],
+        vector["nonce"],
+        vector["content_type"],
+        vector["sample_rate"],
+        body,
+    )
+    assert message == vector["signed_string"].encode("ascii")
+    assert message.count(b"\n") == 7 and not message.endswith(b"\n") and b"\r" not in message
+    assert base64.b64encode(LOCK_KEY.sign(message)).decode() == vector["signature_b64"]
+    Ed25519PublicKey.from_public_bytes(base64.b64decode(VECTORS["lock_key"]["public_key_b64"])).verify(
+        base64.b64decode(vector["signature_b64"]), message
+    )
+    headers = sign_request(
+        LOCK_KEY,
+        VECTORS["lock_id"],
+        vector["method"],
+        vector["target"],
+        body,
+        content_type=vector["content_type"],
+        sample_rate=vector["sample_rate"],
+        timestamp=vector["timestamp"],
+        nonce=vector["nonce"],
+    )
+    assert headers == vector["headers"]
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=[c["name"] for c in COMMANDS])
+def test_command_vector_is_rebuilt_and_checked_as_a_lock_would(command: dict[str, Any]) -> None:
+    canonical = json.dumps({"v": 1, **command["command"]}, sort_keys=True, separators=(",", ":"))
+    assert canonical == command["canonical"]
+    signature = base64.b64encode(SERVER_KEY.sign(canonical.encode("utf-8"))).decode()
+    assert signature == command["signature_b64"]
+    assert json.dumps({"cmd": canonical, "sig": signature}, separators=(",", ":")) == command["message"]
+    server_public = VECTORS["server_key"]["public_key_b64"]
+    for check in command["checks"]:
+        verdict, fields = lock_verdict(
+            command["message"], server_public, check["lock_id"], check["now"], set(check["nonces_seen"])
+        )
+        assert verdict == check["expect"], check
+        if verdict == "act":
+            assert fields == command["command"]
+    assert lock_verdict(command["tampered_message"], server_public, VECTORS["lock_id"], 0, set()) == (
+        command["tampered_expect"],
+        None,
+    )
+    # a repeat after acting is recognised; its ack is the same ack again
+    seen: set[str] = set()
+    issued = command["command"]["issued_at"]
+    assert lock_verdict(command["message"], server_public, VECTORS["lock_id"], issued, seen)[0] == "act"
+    assert command["command"]["nonce"] in seen
+    assert lock_verdict(command["message"], server_public, VECTORS["lock_id"], issued, seen) == ("replayed", None)
+    assert command["ack"] == {"id": command["command"]["id"], "nonce": command["command"]["nonce"], "result": "ok"}
+
+
+def test_a_message_signed_by_another_key_is_refused() -> None:
+    command = COMMANDS[0]
+    forged_sig = base64.b64encode(LOCK_KEY.sign(command["canonical"].encode())).decode()
+    forged = json.dumps({"cmd": command["canonical"], "sig": forged_sig})
+    public = VECTORS["server_key"]["public_key_b64"]
+    assert lock_verdict(forged, public, VECTORS["lock_id"], 0, set())[0] == "bad_signature"
+    assert lock_verdict(b"not json", public, VECTORS["lock_id"], 0, set())[0] == "malformed"
+    assert lock_verdict('{"cmd": "x", "sig": "%%%"}', public, VECTORS["lock_id"], 0, set())[0] == "malformed"
+
+
+# --------------------------------------------------------------------- 2. cross-check: the server agrees
+
+
+class _FakeConnection:
+    """Answers lock_auth's two queries: the lock's public key, then the nonce insert (new once, then a replay)."""
+
+    columns: list[dict[str, Any]] | None = None
+
+    def __init__(self, public_key: bytes) -> None:
+        self.public_key = public_key
+        self.nonces: set[tuple[str, str]] = set()
+
+    def run(self, sql: str, stream: Any = None, types: Any = None, **params: Any) -> Any:
+        if sql.lstrip().startswith("SELECT signing_public_key"):
+            return [[self.public_key]]
+        if sql.lstrip().startswith("INSERT INTO lock_request_nonces"):
+            key = (params["l"], params["n"])
+            if key in self.nonces:
+                return []
+            self.nonces.add(key)
+            return [[1]]
+        if sql.lstrip().startswith("DELETE FROM lock_request_nonces"):
+            return []
+        raise AssertionError(f"unexpected query: {sql}")
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("vector", REQUESTS, ids=[v["name"] for v in REQUESTS])
+def test_server_builds_the_same_signed_string(vector: dict[str, Any]) -> None:
+    from lockwise import lock_auth
+
+    server = lock_auth.message(
+        vector["method"],
+        vector["target"],
+        vector["timestamp"],
+        vector["nonce"],
+        bytes.fromhex(vector["body_hex"]),
+        vector["content_type"],
+        vector["sample_rate"],
+    )
+    assert server == vector["signed_string"].encode("ascii")
+
+
+@pytest.mark.parametrize("vector", REQUESTS, ids=[v["name"] for v in REQUESTS])
+def test_server_accepts_the_vector_headers_and_reads_the_target_as_documented(vector: dict[str, Any]) -> None:
+    from lockwise import errors, lock_auth
+    from lockwise.config import Settings
+    from lockwise.db import Connection
+    from lockwise.http import Ctx
+
+    app = flask.Flask("firmware-vectors")
+    with app.test_request_context(vector["target"], method=vector["method"], headers=vector["headers"]):
+        ctx = Ctx(request=flask.request, request_id="vectors", settings=cast(Settings, None))
+        assert ctx.target == vector["target"]  # path + "?" + raw query, as FIRMWARE.md says
+        assert ctx.request.headers.get("Content-Type", "") == vector["content_type"]
+        assert ctx.request.headers.get("X-Sample-Rate", "") == vector["sample_rate"]
+
+    con = _FakeConnection(base64.b64decode(VECTORS["lock_key"]["public_key_b64"]))
+    body = bytes.fromhex(vector["body_hex"])
+    now = int(vector["timestamp"])
+
+    def authenticate(headers: dict[str, str], at: float = now) -> str:
+        return lock_auth.authenticate(
+            cast(Connection, con), Headers(headers), vector["method"], vector["target"], body, skew_s=60, now=at
+        )
+
+    assert authenticate(vector["headers"]) == VECTORS["lock_id"]
+    with pytest.raises(errors.Unauthenticated) as replay:
+        authenticate(vector["headers"])
+    assert replay.value.code == "replayed_request"
+    changed = {**vector["headers"], "X-LockWise-Nonce": "another-nonce-0000", "X-Sample-Rate": "22050"}
+    with pytest.raises(errors.Unauthenticated) as tampered:
+        authenticate(changed)
+    assert tampered.value.code == "bad_lock_signature"
+    with pytest.raises(errors.Unauthenticated) as stale:
+        authenticate({**vector["headers"], "X-LockWise-Nonce": "yet-another-nonce-1"}, at=now + 61)
+    assert stale.value.code == "stale_request"
+    with pytest.raises(errors.Unauthenticated) as renonced:  # the nonce is signed too
+        authenticate({**vector["headers"], "X-LockWise-Nonce": "x" * 16})
+    assert renonced.value.code == "bad_lock_signature"
+    # exactly the skew away is still in time: only |now - timestamp| > skew is stale
+    in_time = sign_request(
+        LOCK_KEY,
+        VECTORS["lock_id"],
+        vector["method"],
+        vector["target"],
+        body,
+        content_type=vector["content_type"],
+        sample_rate=vector["sample_rate"],
+        timestamp=vector["timestamp"],
+    )
+    assert authenticate(in_time, at=now - 60) == VECTORS["lock_id"]
+    missing = {k: v for k, v in vector["headers"].items() if k != "X-LockWise-Nonce"}
+    with pytest.raises(errors.Unauthenticated) as unsigned:
+        authenticate(missing)
+    assert unsigned.value.code == "missing_lock_signature"
+
+
+@pytest.mark.parametrize("vector", [v for v in REQUESTS if v["target"].startswith("/verify")], ids=lambda v: v["name"])
+def test_verify_serves_the_vectors_content_types(vector: dict[str, Any]) -> None:
+    from lockwise import audio
+
+    target = vector["target"]
+    query_rate = target.split("sample_rate=", 1)[1] if "sample_rate=" in target else None
+    clip = audio.from_body(
+        bytes.fromhex(vector["body_hex"]), vector["content_type"] or None, vector["sample_rate"] or query_rate
+    )
+    assert len(clip.samples) == 8
+    expected_rate = {"verify_pcm_sample_rate_header": 44100, "verify_pcm_query_rate": 16000, "verify_wav": 16000}
+    assert clip.rate == expected_rate[vector["name"]]
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=[c["name"] for c in COMMANDS])
+def test_server_signs_and_verifies_commands_the_same_way(command: dict[str, Any]) -> None:
+    from lockwise import command_signing
+
+    public = VECTORS["server_key"]["public_key_b64"]
+    checked = command_signing.verify(command["message"], public)
+    assert checked == command_signing.Command(**command["command"])
+    assert checked.canonical() == command["canonical"]
+    seed_b64 = base64.b64encode(bytes.fromhex(VECTORS["server_key"]["seed_hex"])).decode()
+    assert command_signing.sign(checked, command_signing.private_key(seed_b64)) == command["message"]
+    assert command_signing.public_key_b64(command_signing.private_key(seed_b64)) == public
+    with pytest.raises(command_signing.BadCommand) as bad:
+        command_signing.verify(command["tampered_message"], public)
+    assert bad.value.reason == command["tampered_expect"]
+
+
+# ------------------------------------------------------------------------------ 3. the page shows the vectors
+
+
+def test_firmware_md_shows_every_expected_value() -> None:
+    page = FIRMWARE_MD.read_text()
+    for vector in REQUESTS:
+        assert vector["signature_b64"] in page, f"FIRMWARE.md lacks the signature of {vector['name']}"
+        assert f"`{vector['name']}`" in page
+    for command in COMMANDS:
+        assert command["signature_b64"] in page, f"FIRMWARE.md lacks the signature of command {command['name']}"
+    assert VECTORS["lock_key"]["public_key_b64"] in page
+    assert VECTORS["server_key"]["public_key_b64"] in page
+    config = next(v for v in REQUESTS if v["name"] == "lock_config")
+    assert config["signed_string"] in page  # the worked example, line by line
+    assert "firmware/vectors.json" in page
+    assert "## Pairing and broker identity" in page and "## Known-answer test vectors" in page
