@@ -24,10 +24,10 @@ log = logging.getLogger("mqtt_relay.forwarder")
 
 @dataclass(frozen=True)
 class Event:
-    mid: int
-    qos: int
     topic: str
     payload: str
+    #: acknowledges the message to the broker (on the session it came from), once the devices function took it
+    ack: Callable[[], None]
 
 
 class Forwarder:
@@ -35,7 +35,6 @@ class Forwarder:
         self,
         devices_url: str,
         service_token: str,
-        ack: Callable[[int, int], None],
         *,
         batch: int = 100,
         timeout_s: float = 10.0,
@@ -44,7 +43,6 @@ class Forwarder:
         self.url = f"{devices_url}/devices/relay/events"
         self.flush_url = f"{devices_url}/devices/relay/flush"
         self.headers = {SERVICE_TOKEN_HEADER: service_token}
-        self.ack = ack
         self.identity = identity or dict
         self.batch = batch
         self.timeout_s = timeout_s
@@ -93,7 +91,7 @@ class Forwarder:
             while not self._stop.is_set():
                 if self._post(events):
                     for event in events:
-                        self.ack(event.mid, event.qos)
+                        event.ack()
                     self.forwarded += len(events)
                     backoff = 0.2
                     break

@@ -13,22 +13,18 @@ queued once it has been gone that long; a replica that stops cleanly unsubscribe
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import select
-import ssl
 import threading
 import time
 from typing import Any
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from lockwise import topics
 from lockwise.db import Connection, Database
-from mqtt_relay import outbox
+from mqtt_relay import outbox, sessions
 from mqtt_relay.forwarder import Event, Forwarder
 from mqtt_relay.identity import IdTokens
 from mqtt_relay.settings import RelaySettings
@@ -36,9 +32,7 @@ from mqtt_relay.slots import Lease, LeaseLost
 
 log = logging.getLogger("mqtt_relay")
 
-#: every replica is in one shared-subscription group: the broker hands each lock event to one of them
-SHARE_GROUP = "lockwise-relay"
-EVENT_TOPICS = [f"$share/{SHARE_GROUP}/{topics.ROOT}/+/{kind}" for kind in ("state", "ack", "status")]
+EVENT_TOPICS = sessions.EVENT_TOPICS
 PUBACK_TIMEOUT_S = 5.0
 LEASE_CHECK_S = 1.0
 
@@ -54,14 +48,7 @@ class Relay:
         self.delivered = 0
         self.exit_code = 0
         # persistent session (clean_start=False with an expiry): unacknowledged events are redelivered after a crash
-        self.client = mqtt.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=lease.client_id,
-            protocol=mqtt.MQTTv5,
-            manual_ack=True,
-        )
-        self.client.username_pw_set(settings.mqtt_username, settings.mqtt_password)
-        self.client.tls_set(ca_certs=settings.mqtt_ca_file, tls_version=ssl.PROTOCOL_TLS_CLIENT)
+        self.client = sessions.new_client(settings, lease.client_id)
         self.client.reconnect_delay_set(min_delay=1, max_delay=30)
         self.client.max_inflight_messages_set(100)
         self.client.on_connect = self._on_connect
@@ -69,8 +56,9 @@ class Relay:
         self.client.on_message = self._on_message
         identity = IdTokens(settings.id_token_audience).header if settings.id_token_audience else None
         self.forwarder = Forwarder(
-            settings.devices_url, settings.service_token, self._ack, batch=settings.event_batch, identity=identity
+            settings.devices_url, settings.service_token, batch=settings.event_batch, identity=identity
         )
+        self.drained = 0
 
     # ------------------------------------------------------------------------------------------------ MQTT side
 
@@ -90,7 +78,7 @@ class Relay:
 
     def _on_message(self, _c: mqtt.Client, _ud: Any, msg: mqtt.MQTTMessage) -> None:
         payload = bytes(msg.payload).decode("utf-8", errors="replace")
-        self.forwarder.submit(Event(msg.mid, msg.qos, msg.topic, payload))
+        self.forwarder.submit(Event(msg.topic, payload, functools.partial(self._ack, msg.mid, msg.qos)))
 
     def _ack(self, mid: int, qos: int) -> None:
         if qos > 0:
@@ -139,14 +127,17 @@ class Relay:
     def run(self) -> None:
         """Run until ``stop()``: connect, forward events, deliver commands."""
         self.forwarder.start()
-        connect = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-        connect.SessionExpiryInterval = self.settings.session_expiry_s
         self.client.connect_async(
-            self.settings.mqtt_host, self.settings.mqtt_port, keepalive=30, clean_start=False, properties=connect
+            self.settings.mqtt_host,
+            self.settings.mqtt_port,
+            keepalive=30,
+            clean_start=False,
+            properties=sessions.session_properties(self.settings.session_expiry_s),
         )
         self.client.loop_start()
         listener = threading.Thread(target=self._listen, name="listen", daemon=True)
         listener.start()
+        threading.Thread(target=self._empty_abandoned_sessions, name="orphans", daemon=True).start()
         last_flush = last_lease_check = 0.0
         while not self.stopping.is_set():
             self._wake.wait(self.settings.poll_s)
@@ -168,6 +159,19 @@ class Relay:
                 last_lease_check = time.monotonic()
                 self._check_lease()
         self._shutdown(listener)
+
+    def _empty_abandoned_sessions(self) -> None:
+        """Now and every ``orphan_scan_s``: forward and end the sessions of slots no live replica holds."""
+        self.connected.wait(30)
+        while not self.stopping.is_set():
+            try:
+                for slot in range(1, self.lease.slots + 1):
+                    with self.lease.borrow(slot) as client_id:
+                        if client_id is not None and not self.stopping.is_set():
+                            self.drained += sessions.drain(self.settings, client_id, self.forwarder)
+            except Exception:  # noqa: BLE001 - retried at the next scan
+                log.exception("emptying abandoned relay sessions failed")
+            self.stopping.wait(self.settings.orphan_scan_s)
 
     def _check_lease(self) -> None:
         try:
@@ -221,6 +225,7 @@ class Relay:
         body = {
             "service": "relay",
             "relay_id": self.lease.client_id,
+            "drained": self.drained,
             "status": "ok" if healthy else "degraded",
             "delivered": self.delivered,
             "checks": checks,

@@ -32,6 +32,8 @@ class RelaySettings:
     #: replicas lease a slot 1..slots in PostgreSQL; the slot names the MQTT session (see mqtt_relay.slots)
     slots: int
     session_expiry_s: int
+    #: how often to look for abandoned replicas' sessions to empty (also once right after connecting)
+    orphan_scan_s: int
     mqtt_host: str
     mqtt_port: int
     mqtt_ca_file: str
@@ -75,6 +77,7 @@ class RelaySettings:
             service_token=read_secret(env, SERVICE_TOKEN, mode, LOCAL_SERVICE_TOKEN),
             slots=env_int(env, "LOCKWISE_RELAY_SLOTS", 8, minimum=1),
             session_expiry_s=env_int(env, "LOCKWISE_RELAY_SESSION_EXPIRY_S", 3600, minimum=60),
+            orphan_scan_s=env_int(env, "LOCKWISE_RELAY_ORPHAN_SCAN_S", 300, minimum=1),
             mqtt_host=required("MQTT_HOST", "127.0.0.1"),
             mqtt_port=env_int(env, "MQTT_PORT", 8883, minimum=1),
             mqtt_ca_file=ca_file,

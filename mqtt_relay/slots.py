@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Iterator
 
 from lockwise.db import Connection, Database
 
 log = logging.getLogger("mqtt_relay.slots")
 
+CLIENT_ID_PREFIX = "lockwise-relay-"
 #: first key of the two-key advisory lock (the second is the slot number): "lockwise relay slots"
 _LOCK_CLASS = 0x10C4_5E1A
 
@@ -41,7 +43,7 @@ class Lease:
     def client_id(self) -> str:
         if self.slot is None:
             raise RuntimeError("no slot leased yet")
-        return f"lockwise-relay-{self.slot}"
+        return f"{CLIENT_ID_PREFIX}{self.slot}"
 
     def acquire(self) -> int:
         """Lease the lowest free slot; raises ``NoFreeSlot``."""
@@ -75,6 +77,23 @@ class Lease:
             return True
         con.close()
         raise LeaseLost(f"relay slot {self.slot} was taken by another replica while the database was away")
+
+    @contextlib.contextmanager
+    def borrow(self, slot: int) -> Iterator[str | None]:
+        """Hold another slot for a moment (to empty its abandoned session): its client id, or None when a live
+        replica (or this one) holds it."""
+        if slot == self.slot:
+            yield None
+            return
+        con = self.db.connect()
+        try:
+            if not con.run("SELECT pg_try_advisory_lock(:c, :s)", c=_LOCK_CLASS, s=slot)[0][0]:
+                yield None
+                return
+            yield f"{CLIENT_ID_PREFIX}{slot}"
+        finally:
+            with contextlib.suppress(Exception):
+                con.close()  # ends the session and with it the advisory lock
 
     def others_alive(self) -> bool:
         """Whether another replica holds a slot now (then it takes all lock events when this one leaves)."""

@@ -31,7 +31,8 @@ def workdir() -> Iterator[Path]:
     path = Path(tempfile.mkdtemp(prefix="lockwise-test-"))
     path.chmod(0o755)
     yield path
-    shutil.rmtree(path, ignore_errors=True)
+    if not os.environ.get("LOCKWISE_KEEP_TEST_STATE"):  # set it to read the services' logs after a run
+        shutil.rmtree(path, ignore_errors=True)
 
 
 # ------------------------------------------------------------------------------------------------- PostgreSQL

@@ -73,9 +73,9 @@ def relays(e2e: dict[str, Any], workdir: Path) -> Iterator[Callable[..., service
     """Start relays; all are stopped at the end of the test."""
     started: list[services.Process] = []
 
-    def start(relay_id: str | None = None) -> services.Process:
+    def start(relay_id: str | None = None, **env: str) -> services.Process:
         proc = services.start_relay(
-            workdir / "relays", e2e["env"], relay_id=relay_id or f"relay-{secrets.token_hex(3)}"
+            workdir / "relays", {**e2e["env"], **env}, relay_id=relay_id or f"relay-{secrets.token_hex(3)}"
         )
         started.append(proc)
         return proc

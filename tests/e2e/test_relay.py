@@ -207,3 +207,35 @@ def test_relay_stops_gracefully_on_sigterm(e2e: dict[str, Any], relays: Any) -> 
     relay.popen.send_signal(signal.SIGTERM)
     assert relay.popen.wait(20) == 0
     assert "relay stopped" in relay.log_path.read_text()
+
+
+def test_events_queued_for_a_crashed_replica_are_forwarded_by_the_survivor(
+    e2e: dict[str, Any], relays: Any, paired_lock: Pair
+) -> None:
+    """The broker keeps handing part of the shared lock events to a dead replica's persistent session; a live relay
+    takes the free slot, forwards what the session holds and ends it."""
+    survivor = relays("relay-survivor", LOCKWISE_RELAY_ORPHAN_SCAN_S="1")
+    doomed = relays("relay-doomed")
+    lock_id, lock = paired_lock()
+    wait_for(
+        lambda: db_one(e2e, "SELECT online FROM lock_state WHERE lock_id = CAST(:l AS uuid)", l=lock_id) == [True],
+        what="lock online",
+    )
+    doomed.popen.send_signal(signal.SIGKILL)
+    doomed.popen.wait(5)
+    for battery in range(60, 20, -1):  # 40 reports, each newer than the last (their ts has millisecond steps)
+        lock.battery_pct = battery
+        lock.publish_state().wait_for_publish(5)
+        time.sleep(0.003)
+    wait_for(
+        lambda: db_one(e2e, "SELECT battery_pct FROM lock_state WHERE lock_id = CAST(:l AS uuid)", l=lock_id) == [21],
+        timeout=30,
+        what=f"the last report applied (survivor's log: {survivor.log_path})",
+    )
+
+    def health() -> dict[str, Any]:
+        body: dict[str, Any] = requests.get(f"http://127.0.0.1:{survivor.port}/health", timeout=5).json()
+        return body
+
+    wait_for(lambda: health()["drained"] > 0, what="the dead replica's session emptied by the survivor")
+    assert health()["checks"]["forwarder"]["forwarded"] >= 40

@@ -196,6 +196,7 @@ def _each_event_forwarded_once(deployed: Rehearsal, lock: SimulatedLock) -> None
     for i in range(burst):
         lock.battery_pct = 100 - i
         lock.publish_state().wait_for_publish(5)
+        time.sleep(0.003)  # each report newer than the last (ts in milliseconds)
     wait_for(lambda: forwarded() >= before + burst, what="the burst forwarded")
     time.sleep(1.0)  # a doubled event would arrive within this
     assert forwarded() == before + burst

@@ -1,0 +1,115 @@
+"""The relay's MQTT sessions: how a relay client is made, and how an abandoned replica's session is emptied.
+
+The broker hands each lock event to one member of the relays' shared subscription, including members that are
+offline with a persistent session (Mosquitto 2.0 queues for them). A replica that crashed, or the last one to stop,
+leaves such a session behind, and the broker keeps queueing part of the events there. A live relay that finds a
+slot free (no replica holds its lease) takes the slot for a moment, connects as that slot, forwards what the session
+holds, leaves the share group and ends the session (session expiry 0 on disconnect), so nothing stays stranded.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import ssl
+import threading
+import time
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+from lockwise import topics
+from mqtt_relay.forwarder import Event, Forwarder
+from mqtt_relay.settings import RelaySettings
+
+log = logging.getLogger("mqtt_relay.sessions")
+
+#: every replica is in one shared-subscription group: the broker hands each lock event to one of them
+SHARE_GROUP = "lockwise-relay"
+EVENT_TOPICS = [f"$share/{SHARE_GROUP}/{topics.ROOT}/+/{kind}" for kind in ("state", "ack", "status")]
+
+
+def new_client(settings: RelaySettings, client_id: str) -> mqtt.Client:
+    """An MQTT 5 client for a relay session (TLS, the relay's credentials, manual acks)."""
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5, manual_ack=True)
+    client.username_pw_set(settings.mqtt_username, settings.mqtt_password)
+    client.tls_set(ca_certs=settings.mqtt_ca_file, tls_version=ssl.PROTOCOL_TLS_CLIENT)
+    return client
+
+
+def session_properties(expiry_s: int, packet: int = PacketTypes.CONNECT) -> Properties:
+    props = Properties(packet)  # type: ignore[no-untyped-call]
+    props.SessionExpiryInterval = expiry_s
+    return props
+
+
+def drain(settings: RelaySettings, client_id: str, forwarder: Forwarder, *, quiet_s: float = 1.0) -> int:
+    """Forward what the abandoned session ``client_id`` holds, then end it; returns how many events it held.
+
+    The caller holds the slot's lease, so no replica uses this session meanwhile."""
+    client = new_client(settings, client_id)
+    connected = threading.Event()
+    refused: list[str] = []
+    present: list[bool] = []
+    lock = threading.Lock()
+    counts = {"received": 0, "acked": 0}
+    last_message = [time.monotonic()]
+
+    def on_connect(c: mqtt.Client, _ud: Any, flags: Any, rc: ReasonCode, _props: Any) -> None:
+        if rc.is_failure:
+            refused.append(str(rc))
+        present.append(bool(flags.session_present))
+        connected.set()
+
+    def acked(mid: int, qos: int) -> None:
+        if qos > 0:
+            client.ack(mid, qos)
+        with lock:
+            counts["acked"] += 1
+
+    def on_message(_c: mqtt.Client, _ud: Any, msg: mqtt.MQTTMessage) -> None:
+        with lock:
+            counts["received"] += 1
+        last_message[0] = time.monotonic()
+        payload = bytes(msg.payload).decode("utf-8", errors="replace")
+        forwarder.submit(Event(msg.topic, payload, functools.partial(acked, msg.mid, msg.qos)))
+
+    client.on_connect = on_connect
+    client.on_message = on_message
+    client.connect(
+        settings.mqtt_host,
+        settings.mqtt_port,
+        keepalive=30,
+        clean_start=False,
+        properties=session_properties(settings.session_expiry_s),
+    )
+    client.loop_start()
+    try:
+        if not connected.wait(10) or refused:
+            log.warning("could not open an abandoned relay session", extra={"fields": {"client_id": client_id}})
+            return 0
+        if not present[0]:  # no session was left behind: end the empty one the connect made
+            client.disconnect(properties=session_properties(0, PacketTypes.DISCONNECT))
+            return 0
+        client.unsubscribe(EVENT_TOPICS)  # out of the share group: the broker queues nothing more here
+        deadline = time.monotonic() + 60
+        idle = False
+        while time.monotonic() < deadline and not idle:
+            time.sleep(0.05)
+            with lock:
+                idle = counts["received"] == counts["acked"] and time.monotonic() - last_message[0] >= quiet_s
+        if idle:  # everything forwarded and acknowledged: the session ends now
+            client.disconnect(properties=session_properties(0, PacketTypes.DISCONNECT))
+        else:  # the devices function did not take it all: the session keeps the rest for the next scan
+            client.disconnect()
+    finally:
+        client.loop_stop()
+    if counts["received"]:
+        log.info(
+            "abandoned relay session emptied", extra={"fields": {"client_id": client_id, "events": counts["received"]}}
+        )
+    return counts["received"]
