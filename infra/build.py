@@ -5,8 +5,8 @@ A function bundle is what Cloud Functions / Cloud Run receives as source: the fu
 ``requirements.txt``, plus the shared ``lockwise`` package copied in (the one place it is edited is
 ``functions/lockwise``); embed and verify also carry ``models/ge2e`` (the GE2E export, 5.5 MB: the encoder used
 when no ECAPA model directory is configured). The relay's context holds ``mqtt_relay/``, ``lockwise/``, its
-requirements and Dockerfile; the migration job's and the broker host's account sync's hold ``lockwise/`` and what
-``infra/bundles/<name>/`` has (requirements, Dockerfile). Nothing else of the repository is needed to run any of
+requirements and Dockerfile; the migration job's holds ``lockwise/`` and what ``infra/bundles/migrate/`` has
+(requirements, Dockerfile). Nothing else of the repository is needed to run any of
 them: the production rehearsal (tests/rehearsal) installs each into its own virtualenv from its own requirements.
 """
 
@@ -28,9 +28,8 @@ VOICE_FUNCTIONS = ("embed", "verify")
 GE2E_DIR = FUNCTIONS_DIR / "models" / "ge2e"
 RELAY = "relay"
 MIGRATE = "migrate"
-BROKER = "broker"
 #: bundles that are the shared package plus their own requirements (and Dockerfile): infra/bundles/<name>/
-PACKAGE_BUNDLES = (MIGRATE, BROKER)
+PACKAGE_BUNDLES = (MIGRATE,)
 TARGETS = (*FUNCTIONS, RELAY, *PACKAGE_BUNDLES)
 _IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", ".mypy_cache")
 

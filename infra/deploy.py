@@ -21,7 +21,6 @@ from pathlib import Path
 
 from infra.build import VOICE_FUNCTIONS as VOICE
 from infra.deploy_config import (
-    BROKER_SYNC,
     MIGRATE,
     ROLES,
     SECRET_DATABASE_URL,
@@ -292,10 +291,7 @@ def relay(t: Target) -> list[Command]:
 def broker(t: Target) -> list[Command]:
     py = sys.executable
     out = REPO / ".build" / "broker-host"
-    return [
-        [py, "-m", "infra.broker.render", "--out", str(out), "--host", t.broker_host],
-        [py, "-m", "infra.build", BROKER_SYNC.bundle, "--out", str(out / "lockwise-broker")],
-    ]
+    return [[py, "-m", "infra.broker.render", "--out", str(out), "--host", t.broker_host]]
 
 
 def firebase(t: Target) -> list[Command]:

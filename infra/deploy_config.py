@@ -13,8 +13,12 @@ from dataclasses import dataclass, field
 SECRET_DATABASE_URL = "lockwise-database-url"
 SECRET_SERVICE_TOKEN = "lockwise-service-token"
 SECRET_COMMAND_KEY = "lockwise-command-signing-key"
-SECRET_MQTT_RELAY_PASSWORD = "lockwise-mqtt-relay-password"
-SECRET_MQTT_CA = "lockwise-mqtt-ca"  # the broker's CA certificate, mounted as a file
+SECRET_MQTT_CA = "lockwise-mqtt-ca"  # the CA of the broker's server certificate, mounted as a file
+SECRET_LOCK_CA = "lockwise-lock-ca"  # the lock CA's certificate and key: signs the locks' broker certificates
+SECRET_RELAY_CERTS = "lockwise-relay-certs"  # one client certificate per relay slot (python -m infra.lock_ca)
+
+#: how many relay replicas may run at once: each leases a slot, whose certificate identity the broker's ACL lists
+RELAY_SLOTS = 8
 
 
 @dataclass(frozen=True)
@@ -109,6 +113,7 @@ def secret_targets(spec: ServiceSpec | JobSpec, place: Place) -> dict[str, str]:
 DB = {"DATABASE_URL": SECRET_DATABASE_URL}
 TOKEN = {"LOCKWISE_SERVICE_TOKEN": SECRET_SERVICE_TOKEN}
 SIGNING = {"LOCKWISE_COMMAND_SIGNING_KEY": SECRET_COMMAND_KEY}
+LOCK_CA = {"LOCKWISE_LOCK_CA": SECRET_LOCK_CA}
 
 SERVICES: tuple[ServiceSpec, ...] = (
     ServiceSpec(
@@ -170,7 +175,7 @@ SERVICES: tuple[ServiceSpec, ...] = (
         public=True,
         ingress="all",
         # no service token: this copy serves no trusted caller (LOCKWISE_RELAY_ROUTES=off)
-        secrets={**DB, **SIGNING},
+        secrets={**DB, **SIGNING, **LOCK_CA},
         env={
             "LOCKWISE_RELAY_ROUTES": "off",
             "LOCKWISE_DB_POOL_SIZE": "8",
@@ -194,7 +199,7 @@ SERVICES: tuple[ServiceSpec, ...] = (
         # Only the relay calls this: internal ingress, IAM invoker = the relay's service account, plus the token.
         public=False,
         ingress="internal",
-        secrets={**DB, **TOKEN, **SIGNING},
+        secrets={**DB, **TOKEN, **SIGNING, **LOCK_CA},
         env={"LOCKWISE_RELAY_ROUTES": "on"},
         why="lock events from the relay",
     ),
@@ -215,12 +220,18 @@ SERVICES: tuple[ServiceSpec, ...] = (
         public=False,
         ingress="internal",
         # never the command-signing key: commands are signed by the functions, the relay only carries them
-        secrets={**DB, **TOKEN, "MQTT_PASSWORD": SECRET_MQTT_RELAY_PASSWORD, "{mounts}/ca.crt": SECRET_MQTT_CA},
+        secrets={
+            **DB,
+            **TOKEN,
+            "{mounts}/ca.crt": SECRET_MQTT_CA,
+            "{mounts}/relay-certs.json": SECRET_RELAY_CERTS,
+        },
         env={
             "MQTT_HOST": "{broker_host}",
             "MQTT_PORT": "{broker_port}",
-            "MQTT_USERNAME": "lockwise-relay",
             "MQTT_CA_FILE": "{mounts}/ca.crt",
+            "MQTT_CLIENT_CERTS": "{mounts}/relay-certs.json",
+            "LOCKWISE_RELAY_SLOTS": str(RELAY_SLOTS),
             "LOCKWISE_DEVICES_URL": "{devices_relay_url}",
             "LOCKWISE_RELAY_ID_TOKEN_AUDIENCE": "{devices_relay_url}",
         },
@@ -234,26 +245,6 @@ MIGRATE = JobSpec(
     argv=("python", "-m", "lockwise.migrate"),
     secrets=dict(DB),
     why="applies the database migrations before new code goes live",
-)
-
-#: The broker host's account sync (until locks authenticate with certificates): writes the active lock accounts from
-#: PostgreSQL into Mosquitto's password file and signals a reload. Runs on the broker VM as a systemd service.
-BROKER_SYNC = JobSpec(
-    name="lockwise-broker-accounts",
-    bundle="broker",
-    argv=(
-        "python",
-        "-m",
-        "lockwise.broker_accounts",
-        "--password-file",
-        "{broker_dir}/passwd",
-        "--static-file",
-        "{broker_dir}/passwd.static",
-        "--pid-file",
-        "{broker_pid_file}",
-    ),
-    secrets=dict(DB),
-    why="lock broker accounts from PostgreSQL into the broker's password file",
 )
 
 # Least privilege: each service account gets only these roles (plus access to the secrets its service mounts).

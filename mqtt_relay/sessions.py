@@ -10,10 +10,13 @@ holds, leaves the share group and ends the session (session expiry 0 on disconne
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import ssl
+import tempfile
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -33,12 +36,39 @@ SHARE_GROUP = "lockwise-relay"
 EVENT_TOPICS = [f"$share/{SHARE_GROUP}/{topics.ROOT}/+/{kind}" for kind in ("state", "ack", "status")]
 
 
+class MissingIdentity(RuntimeError):
+    """``MQTT_CLIENT_CERTS`` holds no certificate for a slot the relay leased."""
+
+
 def new_client(settings: RelaySettings, client_id: str) -> mqtt.Client:
-    """An MQTT 5 client for a relay session (TLS, the relay's credentials, manual acks)."""
+    """An MQTT 5 client for a relay session: TLS with the slot's own client certificate (the broker takes its
+    common name as username and client id), manual acks."""
     client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5, manual_ack=True)
-    client.username_pw_set(settings.mqtt_username, settings.mqtt_password)
-    client.tls_set(ca_certs=settings.mqtt_ca_file, tls_version=ssl.PROTOCOL_TLS_CLIENT)
+    cert, key = _identity_files(settings.mqtt_client_certs, client_id)
+    client.tls_set(
+        ca_certs=settings.mqtt_ca_file, certfile=str(cert), keyfile=str(key), tls_version=ssl.PROTOCOL_TLS_CLIENT
+    )
     return client
+
+
+_files_dir: Path | None = None
+
+
+def _identity_files(bundle: str, identity: str) -> tuple[Path, Path]:
+    """The identity's certificate and key from the bundle, as files (what OpenSSL loads), in a private folder."""
+    global _files_dir
+    try:
+        entry = json.loads(Path(bundle).read_text())[identity]
+        cert_pem, key_pem = str(entry["cert"]), str(entry["key"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise MissingIdentity(f"MQTT_CLIENT_CERTS ({bundle}) has no certificate for {identity}") from exc
+    if _files_dir is None:
+        _files_dir = Path(tempfile.mkdtemp(prefix="lockwise-relay-"))  # mode 700
+    cert, key = _files_dir / f"{identity}.crt", _files_dir / f"{identity}.key"
+    cert.write_text(cert_pem)
+    key.touch(mode=0o600)
+    key.write_text(key_pem)
+    return cert, key
 
 
 def session_properties(expiry_s: int, packet: int = PacketTypes.CONNECT) -> Properties:

@@ -1,8 +1,9 @@
 """The relay's configuration: its database, its broker session and the devices function's address.
 
 The relay reads only what it uses: ``DATABASE_URL`` and ``LOCKWISE_SERVICE_TOKEN`` (its credential towards the
-devices function) are its secrets, plus ``MQTT_PASSWORD``. It never reads the command-signing key (commands are
-signed by the functions and stored signed in the outbox; the relay only carries them).
+devices function) are its secrets, plus its slots' broker certificates (a mounted file). It never reads the
+command-signing key (commands are signed by the functions and stored signed in the outbox; the relay only carries
+them) nor the lock CA.
 """
 
 from __future__ import annotations
@@ -37,8 +38,8 @@ class RelaySettings:
     mqtt_host: str
     mqtt_port: int
     mqtt_ca_file: str
-    mqtt_username: str
-    mqtt_password: str
+    #: JSON ``{identity: {"cert": PEM, "key": PEM}}``: one client certificate per slot (``python -m infra.lock_ca``)
+    mqtt_client_certs: str
     devices_url: str
     health_port: int
     poll_s: float
@@ -65,11 +66,14 @@ class RelaySettings:
                 raise ConfigError(f"{name} is required for the relay and is not set")
             return value
 
-        ca_file = env.get("MQTT_CA_FILE") or ""
-        if not ca_file:
-            raise ConfigError("MQTT_CA_FILE is required for the relay and is not set")
-        if not os.path.isfile(ca_file):
-            raise ConfigError(f"MQTT_CA_FILE={ca_file} does not exist")
+        def file(name: str) -> str:
+            path = env.get(name) or ""
+            if not path:
+                raise ConfigError(f"{name} is required for the relay and is not set")
+            if not os.path.isfile(path):
+                raise ConfigError(f"{name}={path} does not exist")
+            return path
+
         return cls(
             mode=mode,
             log_level=env.get("LOG_LEVEL", "INFO").upper(),
@@ -80,9 +84,8 @@ class RelaySettings:
             orphan_scan_s=env_int(env, "LOCKWISE_RELAY_ORPHAN_SCAN_S", 300, minimum=1),
             mqtt_host=required("MQTT_HOST", "127.0.0.1"),
             mqtt_port=env_int(env, "MQTT_PORT", 8883, minimum=1),
-            mqtt_ca_file=ca_file,
-            mqtt_username=required("MQTT_USERNAME", "lockwise-relay"),
-            mqtt_password=read_secret(env, "MQTT_PASSWORD", mode, ""),
+            mqtt_ca_file=file("MQTT_CA_FILE"),
+            mqtt_client_certs=file("MQTT_CLIENT_CERTS"),
             devices_url=required("LOCKWISE_DEVICES_URL", "http://127.0.0.1:8083").rstrip("/"),
             # the platform names the port it probes (Cloud Run sets PORT from --port); 0 serves no health endpoint
             health_port=env_int(env, "PORT", 8090, minimum=0),

@@ -19,14 +19,17 @@ from simlock.lock import LockConfig, SimulatedLock, provision
 def main(argv: list[str] | None = None) -> int:
     env = os.environ
     parser = argparse.ArgumentParser(prog="simlock", description=__doc__)
-    parser.add_argument("--lock-id", default=env.get("LOCKWISE_DEMO_LOCK_USER"), help="broker username of the lock")
-    parser.add_argument("--password", default=env.get("LOCKWISE_DEMO_LOCK_PASSWORD"))
     parser.add_argument("--host", default=env.get("MQTT_HOST", "127.0.0.1"))
     parser.add_argument("--port", type=int, default=int(env.get("MQTT_PORT", "8883")))
     parser.add_argument("--ca-file", default=env.get("MQTT_CA_FILE"))
     parser.add_argument("--once", action="store_true", help="connect, publish state, disconnect")
     parser.add_argument("--pair", metavar="CODE", help="redeem this pairing code first (saves to --identity)")
-    parser.add_argument("--identity", type=Path, help="JSON file with a paired lock's identity (see --pair)")
+    parser.add_argument(
+        "--identity",
+        type=Path,
+        default=env.get("LOCKWISE_DEMO_LOCK_IDENTITY"),
+        help="JSON file with a paired lock's identity (see --pair; default: the stack's demo lock)",
+    )
     parser.add_argument("--devices-url", default=env.get("LOCKWISE_DEVICES_URL", "http://127.0.0.1:8083"))
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s simlock %(levelname)s %(message)s")
@@ -35,20 +38,19 @@ def main(argv: list[str] | None = None) -> int:
             parser.error("--pair needs --identity (where to save the lock) and --ca-file")
         provision(args.devices_url, args.pair, args.ca_file, host=args.host).save(args.identity)
         logging.info("paired; identity saved to %s", args.identity)
-    if args.identity:
-        config = LockConfig.load(args.identity)
-    else:
-        missing = [n for n in ("lock_id", "password", "ca_file") if not getattr(args, n)]
-        if missing:
-            parser.error(f"missing {', '.join('--' + m.replace('_', '-') for m in missing)} (or start ./dev stack)")
-        config = LockConfig(args.lock_id, args.password, args.host, args.port, args.ca_file)
+    if not args.identity or not Path(args.identity).is_file():
+        parser.error("no lock identity: pair with --pair CODE --identity FILE, or start ./dev stack (its demo lock)")
+    config = LockConfig.load(Path(args.identity))
     lock = SimulatedLock(config)
     try:
         lock.start()
     except (ConnectionError, OSError) as exc:
         logging.error("could not connect: %s", exc)
         return 1
-    logging.info("lock %s connected over TLS to %s:%d; state=%s", config.lock_id, config.host, config.port, lock.state)
+    logging.info(
+        "lock %s connected over TLS as %s to %s:%d; state=%s",
+        config.lock_id, config.identity, config.host, config.port, lock.state,
+    )  # fmt: skip
     if args.once:
         lock.stop()
         return 0

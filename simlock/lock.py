@@ -1,7 +1,10 @@
-"""The simulated lock: pairing, one MQTT-over-TLS session with its own credentials, signed commands, acks, state.
+"""The simulated lock: pairing, one MQTT-over-TLS session with its own certificate, signed commands, acks, state.
 
-It behaves as the ESP32 firmware does: it generates its own Ed25519 key and redeems the owner's one-time pairing
-code for its broker account; it subscribes to its command topic in ``on_connect`` (so the subscription survives
+It behaves as the ESP32 firmware does (docs/FIRMWARE.md): it generates its own Ed25519 key (to sign its HTTP
+requests) and EC P-256 key (its TLS identity, never sent anywhere), redeems the owner's one-time pairing code with the
+public half of the first and a CSR for the second, and gets back its broker identity and a client certificate; it
+renews the certificate before it expires with a signed request. It subscribes to its command topic in
+``on_connect`` (so the subscription survives
 reconnects), announces ``online`` (retained) with ``offline`` as its last will, checks each command's server
 signature, target lock, expiry and nonce (refusing forged, expired and replayed ones), acts, acknowledges and
 publishes its new state. ``drop_acks``, ``delay_s`` and ``go_offline`` let tests misbehave on purpose.
@@ -13,6 +16,7 @@ import base64
 import json
 import logging
 import ssl
+import tempfile
 import threading
 import time
 import urllib.error
@@ -22,8 +26,12 @@ from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, PublicFormat
+from cryptography.x509.oid import NameOID
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
@@ -34,11 +42,13 @@ log = logging.getLogger("simlock")
 
 @dataclass
 class LockConfig:
-    lock_id: str  # also the broker username
-    password: str
+    lock_id: str
+    identity: str  # the broker identity: its certificate's common name, MQTT username and client id
+    cert_pem: str  # the client certificate (signed by the lock CA) ...
+    key_pem: str  # ... and its EC P-256 key, which never leaves the lock
     host: str
     port: int
-    ca_file: str
+    ca_file: str  # the CA of the broker's server certificate
     server_public_key: str | None = None  # without it, commands cannot be checked and are all refused
     signing_key_b64: str | None = None  # the lock's own Ed25519 seed (for signed HTTP requests)
     firmware: str = "sim-1.0.0"
@@ -52,28 +62,56 @@ class LockConfig:
     def load(cls, path: Path) -> LockConfig:
         return cls(**json.loads(path.read_text()))
 
+    def tls_files(self, directory: Path) -> tuple[str, str]:
+        """The certificate and key as files (what the TLS library loads), written into ``directory``."""
+        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        cert, key = directory / "client.crt", directory / "client.key"
+        cert.write_text(self.cert_pem)
+        key.touch(mode=0o600)
+        key.write_text(self.key_pem)
+        return str(cert), str(key)
+
     def signing_key(self) -> Ed25519PrivateKey:
         if not self.signing_key_b64:
             raise ValueError("this lock has no signing key (it was not provisioned)")
         return Ed25519PrivateKey.from_private_bytes(base64.b64decode(self.signing_key_b64))
 
 
+def new_tls_key() -> tuple[ec.EllipticCurvePrivateKey, str]:
+    """The lock's TLS key and a CSR for it (PEM); the subject is ignored by the server."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "lockwise-lock")]))
+        .sign(key, hashes.SHA256())
+    )
+    return key, csr.public_bytes(Encoding.PEM).decode()
+
+
+def pem_of(key: ec.EllipticCurvePrivateKey) -> str:
+    return key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()).decode()
+
+
 def provision(devices_url: str, code: str, ca_file: str, *, host: str | None = None) -> LockConfig:
-    """Redeem a pairing code as a new lock would: generate a key, send its public half, keep what comes back."""
+    """Redeem a pairing code as a new lock would: generate both keys, send the public halves, keep the answer."""
     key = Ed25519PrivateKey.generate()
     public = base64.b64encode(key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)).decode()
-    body = json.dumps({"code": code, "public_key": public}).encode()
+    tls_key, csr = new_tls_key()
+    body = json.dumps({"code": code, "public_key": public, "csr": csr}).encode()
     req = urllib.request.Request(
         f"{devices_url}/devices/provision", data=body, headers={"Content-Type": "application/json"}
     )
     with urllib.request.urlopen(req, timeout=10) as resp:
         creds: dict[str, Any] = json.loads(resp.read())
     seed = key.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
+    mqtt_ = creds["mqtt"]
     return LockConfig(
-        lock_id=creds["mqtt"]["username"],
-        password=creds["mqtt"]["password"],
-        host=host or creds["mqtt"]["host"],
-        port=int(creds["mqtt"]["port"]),
+        lock_id=creds["lock_id"],
+        identity=mqtt_["client_id"],
+        cert_pem=mqtt_["certificate"],
+        key_pem=pem_of(tls_key),
+        host=host or mqtt_["host"],
+        port=int(mqtt_["port"]),
         ca_file=ca_file,
         server_public_key=creds["server_public_key"],
         signing_key_b64=base64.b64encode(seed).decode(),
@@ -93,24 +131,29 @@ class SimulatedLock:
     subscribed: threading.Event = field(default_factory=threading.Event)
 
     def __post_init__(self) -> None:
-        cfg = self.config
         self._seen_nonces: set[str] = set()
         self._lock = threading.Lock()
-        self.client = mqtt.Client(
+        self._files = Path(tempfile.mkdtemp(prefix="simlock-"))
+        self.client = self._new_client()
+        self.connect_result: ReasonCode | None = None
+
+    def _new_client(self) -> mqtt.Client:
+        cfg = self.config
+        client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
-            client_id=f"lock-{cfg.lock_id}",
+            client_id=cfg.identity,  # the broker forces it to the certificate's identity anyway
             clean_session=False,
             protocol=mqtt.MQTTv311,
         )
-        self.client.username_pw_set(cfg.lock_id, cfg.password)
-        self.client.tls_set(ca_certs=cfg.ca_file, tls_version=ssl.PROTOCOL_TLS_CLIENT)
-        self.client.will_set(topics.status(cfg.lock_id), "offline", qos=1, retain=True)
-        self.client.reconnect_delay_set(min_delay=1, max_delay=5)
-        self.client.on_connect = self._on_connect
-        self.client.on_disconnect = self._on_disconnect
-        self.client.on_subscribe = self._on_subscribe
-        self.client.on_message = self._on_message
-        self.connect_result: ReasonCode | None = None
+        certfile, keyfile = cfg.tls_files(self._files)
+        client.tls_set(ca_certs=cfg.ca_file, certfile=certfile, keyfile=keyfile, tls_version=ssl.PROTOCOL_TLS_CLIENT)
+        client.will_set(topics.status(cfg.identity), "offline", qos=1, retain=True)
+        client.reconnect_delay_set(min_delay=1, max_delay=5)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_subscribe = self._on_subscribe
+        client.on_message = self._on_message
+        return client
 
     # ----------------------------------------------------------------------------------------------- lifecycle
 
@@ -124,7 +167,7 @@ class SimulatedLock:
 
     def stop(self, *, graceful: bool = True) -> None:
         if graceful and self.connected.is_set():
-            self.client.publish(topics.status(self.config.lock_id), "offline", qos=1, retain=True).wait_for_publish(5)
+            self.client.publish(topics.status(self.config.identity), "offline", qos=1, retain=True).wait_for_publish(5)
             self.client.disconnect()
         self.client.loop_stop()
 
@@ -138,6 +181,7 @@ class SimulatedLock:
         self.subscribed.clear()
 
     def come_back(self, timeout: float = 10.0) -> None:
+        """Reconnect (with the current certificate)."""
         self.client.reconnect()
         self.client.loop_start()
         if not self.subscribed.wait(timeout):
@@ -149,8 +193,8 @@ class SimulatedLock:
             log.warning("lock %s: connection refused: %s", self.config.lock_id, rc)
             return
         self.connected.set()
-        client.subscribe(topics.commands(self.config.lock_id), qos=1)
-        client.publish(topics.status(self.config.lock_id), "online", qos=1, retain=True)
+        client.subscribe(topics.commands(self.config.identity), qos=1)
+        client.publish(topics.status(self.config.identity), "online", qos=1, retain=True)
         self.publish_state()
 
     def _on_subscribe(self, _c: mqtt.Client, _ud: Any, _mid: int, rcs: list[ReasonCode], _p: Any) -> None:
@@ -171,7 +215,7 @@ class SimulatedLock:
             "firmware": self.config.firmware,
             "ts": round(time.time(), 3),  # seconds, millisecond precision
         }
-        return self.client.publish(topics.state(self.config.lock_id), json.dumps(payload), qos=1)
+        return self.client.publish(topics.state(self.config.identity), json.dumps(payload), qos=1)
 
     def check(self, payload: bytes) -> command_signing.Command:
         """Refuse what the firmware must refuse; raises ``BadCommand`` with the reason."""
@@ -210,7 +254,7 @@ class SimulatedLock:
     def _ack(self, command: command_signing.Command) -> None:
         if not self.drop_acks:
             ack = {"id": command.id, "nonce": command.nonce, "result": "ok"}
-            self.client.publish(topics.acks(self.config.lock_id), json.dumps(ack), qos=1)
+            self.client.publish(topics.acks(self.config.identity), json.dumps(ack), qos=1)
 
     def _ack_again(self, payload: bytes) -> None:
         """A repeat of a command already executed (its ack was lost): acknowledge again, never act again."""
@@ -222,14 +266,44 @@ class SimulatedLock:
 
     # --------------------------------------------------------------------------------------------- HTTP side
 
-    def signed_request(self, base_url: str, method: str, path: str, body: bytes = b"", **headers: str) -> Any:
-        """Send an HTTP request signed with this lock's key; returns ``(status, parsed JSON body)``."""
-        signed = lock_auth.sign_headers(self.config.signing_key(), self.config.lock_id, method, path, body)
-        req = urllib.request.Request(
-            f"{base_url}{path}", data=body or None, method=method, headers={**signed, **headers}
+    def signed_request(
+        self, base_url: str, method: str, path: str, body: bytes = b"", *, content_type: str = "", sample_rate: str = ""
+    ) -> Any:
+        """Send an HTTP request signed with this lock's key (content type and sample rate signed with it, as
+        docs/FIRMWARE.md says); returns ``(status, parsed JSON body)``."""
+        signed = lock_auth.sign_headers(
+            self.config.signing_key(),
+            self.config.lock_id,
+            method,
+            path,
+            body,
+            content_type=content_type or ("application/octet-stream" if body else ""),
+            sample_rate=sample_rate,
         )
+        req = urllib.request.Request(f"{base_url}{path}", data=body or None, method=method, headers=signed)
         try:
             with urllib.request.urlopen(req, timeout=30) as resp:
                 return resp.status, json.loads(resp.read() or b"null")
         except urllib.error.HTTPError as exc:
             return exc.code, json.loads(exc.read() or b"null")
+
+    def renew_certificate(self, devices_url: str) -> dict[str, Any]:
+        """Renew the broker certificate with a new TLS key (before it expires, as the firmware does at
+        ``renew_after``); the next connection uses it. Raises ``PermissionError`` when the server refuses."""
+        tls_key, csr = new_tls_key()
+        status, answer = self.signed_request(
+            devices_url, "POST", "/devices/lock/certificate", json.dumps({"csr": csr}).encode(),
+            content_type="application/json",
+        )  # fmt: skip
+        if status != 201:
+            raise PermissionError(f"certificate renewal refused: {status} {answer}")
+        self.config.cert_pem, self.config.key_pem = answer["certificate"], pem_of(tls_key)
+        was_connected = self.connected.is_set()
+        if was_connected:  # the firmware reconnects with its new certificate; the session (same identity) resumes
+            self.client.disconnect()
+            self.client.loop_stop()
+        self.client = self._new_client()
+        if was_connected:
+            self.start()
+        result: dict[str, Any] = answer
+        return result

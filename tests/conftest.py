@@ -79,7 +79,7 @@ def _reset_database(pg: services.Postgres) -> None:
 
 @pytest.fixture(scope="session")
 def broker(workdir: Path) -> Iterator[services.Broker]:
-    b = services.start_mosquitto(workdir / "broker", services.free_port(), secrets.token_urlsafe(12))
+    b = services.start_mosquitto(workdir / "broker", services.free_port())
     try:
         yield b
     finally:
@@ -171,6 +171,7 @@ def services_env(
         "LOCKWISE_COMMAND_SIGNING_KEY": command_signing_key,
         "LOCKWISE_MQTT_PUBLIC_HOST": "127.0.0.1",
         "LOCKWISE_MQTT_PUBLIC_PORT": str(broker.port),
+        "LOCKWISE_LOCK_CA": broker.lock_ca_pem,  # the broker trusts what this CA signs at pairing
     }
 
 

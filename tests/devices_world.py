@@ -10,7 +10,8 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, PublicFormat
 
-from simlock.lock import LockConfig
+from simlock.lock import LockConfig, new_tls_key
+from simlock.lock import pem_of as tls_pem
 
 ROLES = ("owner", "admin", "member", "guest_in", "guest_out", "stranger", "revoked")
 
@@ -31,6 +32,7 @@ class World:
     lock_id: str
     credentials: dict[str, Any]
     lock_key: Ed25519PrivateKey
+    tls_key_pem: str  # the lock's TLS key, for its broker certificate
 
     def headers(self, role: str) -> dict[str, str]:
         return bearer(self.accounts[role])
@@ -41,8 +43,10 @@ class World:
     def lock_config(self, broker: Any) -> LockConfig:
         seed = self.lock_key.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
         return LockConfig(
-            lock_id=self.credentials["mqtt"]["username"],
-            password=self.credentials["mqtt"]["password"],
+            lock_id=self.lock_id,
+            identity=self.credentials["mqtt"]["client_id"],
+            cert_pem=self.credentials["mqtt"]["certificate"],
+            key_pem=self.tls_key_pem,
             host="127.0.0.1",
             port=broker.port,
             ca_file=str(broker.ca_file),
@@ -60,11 +64,13 @@ def create_lock(
     return body
 
 
-def provision(devices: Any, code: str) -> tuple[dict[str, Any], Ed25519PrivateKey]:
+def provision(devices: Any, code: str) -> tuple[dict[str, Any], Ed25519PrivateKey, str]:
+    """Pair as a lock does: an Ed25519 key for its requests, a CSR for its TLS key; returns the answer and both keys."""
     key, public = new_lock_key()
-    resp = devices.post("/devices/provision", json={"code": code, "public_key": public})
+    tls_key, csr = new_tls_key()
+    resp = devices.post("/devices/provision", json={"code": code, "public_key": public, "csr": csr})
     assert resp.status_code == 201, resp.get_json()
-    return resp.get_json(), key
+    return resp.get_json(), key, tls_pem(tls_key)
 
 
 def build_world(devices: Any, sign_up: Any, supports_open: bool = False) -> World:
@@ -73,7 +79,7 @@ def build_world(devices: Any, sign_up: Any, supports_open: bool = False) -> Worl
         assert devices.get("/devices/me", headers=bearer(account)).status_code == 200
     created = create_lock(devices, accounts["owner"], supports_open=supports_open)
     lock_id = created["lock"]["id"]
-    credentials, key = provision(devices, created["provisioning"]["code"])
+    credentials, key, tls_key = provision(devices, created["provisioning"]["code"])
     future = (dt.datetime.now(dt.UTC) + dt.timedelta(days=30)).isoformat()
     grants: dict[str, dict[str, Any]] = {
         "admin": {"role": "admin"},
@@ -93,4 +99,4 @@ def build_world(devices: Any, sign_up: Any, supports_open: bool = False) -> Worl
         f"/devices/locks/{lock_id}/members/{accounts['revoked']['localId']}", headers=bearer(accounts["owner"])
     )
     assert resp.status_code == 204
-    return World(devices, accounts, lock_id, credentials, key)
+    return World(devices, accounts, lock_id, credentials, key, tls_key)

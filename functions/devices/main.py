@@ -8,6 +8,7 @@ key) and the relay (service token). Handlers only parse the request, call the do
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,15 +25,15 @@ from lockwise import (
     errors,
     health,
     lock_auth,
+    lock_certs,
     lock_events,
     lockout,
     locks,
     members,
     provisioning,
-    topics,
     users,
 )
-from lockwise.http import Api, Ctx, JsonBody, Result
+from lockwise.http import Api, Ctx, JsonBody, Result, parse_json_object
 from lockwise.runtime import get_runtime
 
 rt = get_runtime("devices")
@@ -46,6 +47,11 @@ def now() -> dt.datetime:
 
 def server_public_key() -> str:
     return command_signing.public_key_b64(command_signing.private_key(rt.settings.signing_key()))
+
+
+@functools.cache
+def lock_ca() -> lock_certs.LockCa:
+    return lock_certs.LockCa.from_pem(rt.settings.lock_ca_pem())
 
 
 def lock_param(value: str) -> str:
@@ -325,7 +331,9 @@ def redeem_provisioning_code(ctx: Ctx) -> Result:
     body = ctx.json()
     public_key = provisioning.parse_public_key(body.get("public_key"))
     with rt.db.transaction() as con:
-        credentials = provisioning.redeem(con, body.get("code"), public_key)
+        credentials = provisioning.redeem(
+            con, body.get("code"), public_key, body.get("csr"), lock_ca(), rt.settings.lock_cert_ttl_s
+        )
     rt.flush_mirror()
     return credentials.public(
         rt.settings.mqtt_public_host, rt.settings.mqtt_public_port, server_public_key(), rt.settings.command_ttl_s
@@ -339,20 +347,27 @@ def lock_config(ctx: Ctx) -> JsonBody:
         lock_id = lock_auth.authenticate(
             con, ctx.request.headers, "GET", ctx.target, body, skew_s=rt.settings.lock_request_skew_s
         )
-        name, supports_open = con.run("SELECT name, supports_open FROM locks WHERE id = CAST(:l AS uuid)", l=lock_id)[0]
+        config = locks.lock_config(con, lock_id)
     return {
-        "lock_id": lock_id,
-        "name": name,
-        "supports_open": supports_open,
+        **config,
         "server_public_key": server_public_key(),
         "command_ttl_s": rt.settings.command_ttl_s,
-        "topics": {
-            "commands": topics.commands(lock_id),
-            "state": topics.state(lock_id),
-            "acks": topics.acks(lock_id),
-            "status": topics.status(lock_id),
-        },
+        "topics": provisioning.lock_topics(config["mqtt_identity"]),
     }
+
+
+@api.route("POST", "/devices/lock/certificate")
+def renew_lock_certificate(ctx: Ctx) -> Result:
+    """A lock renews its broker certificate (before expiry; a lock paired with a broker password gets its first)."""
+    body = ctx.body(16_384)
+    with rt.db.transaction() as con:
+        lock_id = lock_auth.authenticate(
+            con, ctx.request.headers, "POST", ctx.target, body, skew_s=rt.settings.lock_request_skew_s
+        )
+        certificate = provisioning.renew(
+            con, lock_id, parse_json_object(body).get("csr"), lock_ca(), rt.settings.lock_cert_ttl_s
+        )
+    return {"client_id": certificate.identity, **certificate.public()}, 201
 
 
 # ------------------------------------------------------------------------------------------------ relay-facing

@@ -33,12 +33,14 @@ CLOUD_RUN_MARKERS = ("K_SERVICE", "CLOUD_RUN_JOB")
 DATABASE_URL = "DATABASE_URL"
 SERVICE_TOKEN = "LOCKWISE_SERVICE_TOKEN"
 COMMAND_SIGNING_KEY = "LOCKWISE_COMMAND_SIGNING_KEY"
+LOCK_CA = "LOCKWISE_LOCK_CA"
 
 #: The secrets each function reads. devices reads the service token only where it serves the relay's routes.
 FUNCTION_SECRETS: dict[str, frozenset[str]] = {
     "embed": frozenset({DATABASE_URL, SERVICE_TOKEN}),  # POST /embed: the original contract, for service callers
     "verify": frozenset({DATABASE_URL, SERVICE_TOKEN, COMMAND_SIGNING_KEY}),  # signs the unlock it decides
-    "devices": frozenset({DATABASE_URL, COMMAND_SIGNING_KEY}),  # + SERVICE_TOKEN with LOCKWISE_RELAY_ROUTES=on
+    # + SERVICE_TOKEN with LOCKWISE_RELAY_ROUTES=on; the lock CA signs the locks' broker certificates
+    "devices": frozenset({DATABASE_URL, COMMAND_SIGNING_KEY, LOCK_CA}),
 }
 FUNCTIONS = tuple(FUNCTION_SECRETS)
 
@@ -116,6 +118,9 @@ class Settings:
     db_pool_size: int
     #: Ed25519 private key (base64 of the 32-byte seed) that signs every command a lock receives; None where unused.
     command_signing_key: str | None
+    #: the lock CA (certificate and key, PEM) that signs the locks' broker certificates; None where unused
+    lock_ca: str | None
+    lock_cert_ttl_s: int
     command_ttl_s: int
     provisioning_ttl_s: int
     invitation_ttl_s: int
@@ -147,6 +152,12 @@ class Settings:
     @property
     def is_production(self) -> bool:
         return self.mode == "production"
+
+    def lock_ca_pem(self) -> str:
+        """The lock CA; only the devices function holds it."""
+        if self.lock_ca is None:
+            raise ConfigError(f"the {self.component} function does not hold {LOCK_CA}")
+        return self.lock_ca
 
     def signing_key(self) -> str:
         """The command-signing key; only functions that sign commands hold it."""
@@ -193,6 +204,8 @@ class Settings:
             max_body_bytes=env_int(env, "LOCKWISE_MAX_BODY_BYTES", 2_000_000, minimum=1024),
             db_pool_size=env_int(env, "LOCKWISE_DB_POOL_SIZE", 4, minimum=1),
             command_signing_key=_signing_key(env, local) if COMMAND_SIGNING_KEY in needs else None,
+            lock_ca=_lock_ca(env, mode) if LOCK_CA in needs else None,
+            lock_cert_ttl_s=env_int(env, "LOCKWISE_LOCK_CERT_TTL_S", 7 * 24 * 3600, minimum=60),
             command_ttl_s=env_int(env, "LOCKWISE_COMMAND_TTL_S", 30, minimum=5),
             provisioning_ttl_s=env_int(env, "LOCKWISE_PROVISIONING_TTL_S", 600, minimum=60),
             invitation_ttl_s=env_int(env, "LOCKWISE_INVITATION_TTL_S", 7 * 24 * 3600, minimum=3600),
@@ -251,6 +264,19 @@ def _debug_dir(env: Mapping[str, str], local: bool) -> str | None:
     value = env.get("LOCKWISE_DEBUG_REJECTED_DIR") or None
     if value and not local:
         raise ConfigError("LOCKWISE_DEBUG_REJECTED_DIR (saving rejected voice samples) is refused in production mode")
+    return value
+
+
+def _lock_ca(env: Mapping[str, str], mode: Mode) -> str:
+    from lockwise.lock_certs import CaError, LockCa, new_ca
+
+    value = read_secret(env, LOCK_CA, mode, "")
+    if not value:  # local only: a per-process CA (the local stack and the broker tests set the variable)
+        return new_ca("LockWise per-process lock CA")
+    try:
+        LockCa.from_pem(value)
+    except CaError as exc:
+        raise ConfigError(f"{LOCK_CA}: {exc}") from exc
     return value
 
 

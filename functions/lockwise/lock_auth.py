@@ -22,7 +22,6 @@ import hashlib
 import re
 import secrets
 import time
-import uuid
 from typing import TYPE_CHECKING
 
 from cryptography.exceptions import InvalidSignature
@@ -36,6 +35,7 @@ if TYPE_CHECKING:
 
 PREFIX = "LOCKWISE-V1"
 _NONCE_RE = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
+_LOCK_ID_RE = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 
 
 def message(
@@ -91,8 +91,10 @@ def authenticate(
     signature_b64 = headers.get("X-LockWise-Signature", "")
     if not (lock_id and timestamp and nonce and signature_b64):
         raise errors.Unauthenticated("request is not signed by a lock", code="missing_lock_signature")
+    if not _LOCK_ID_RE.match(lock_id):  # the canonical form only (uuid.UUID also takes urn:, braces, no hyphens)
+        raise errors.Unauthenticated("malformed lock id", code="bad_lock_signature")
+    lock_id = lock_id.lower()
     try:
-        uuid.UUID(lock_id)
         ts = int(timestamp)
         signature = base64.b64decode(signature_b64, validate=True)
     except (ValueError, binascii.Error) as exc:

@@ -150,6 +150,24 @@ def delete(con: Connection, lock_id: str, uid: str) -> None:
     mirror.enqueue(con, mirror.lock_doc(lock_id), "delete")
 
 
+def lock_config(con: Connection, lock_id: str) -> dict[str, Any]:
+    """What an authenticated lock learns about itself: its name, capabilities and broker identity, plus whether its
+    certificate needs renewing (``certificate_expires_at`` is None for a lock paired with a broker password: it must
+    renew now, ``POST /devices/lock/certificate``)."""
+    name, supports_open, identity, not_after = con.run(
+        "SELECT l.name, l.supports_open, c.mqtt_username, c.cert_not_after FROM locks l"
+        " JOIN lock_credentials c ON c.lock_id = l.id AND c.revoked_at IS NULL WHERE l.id = CAST(:l AS uuid)",
+        l=lock_id,
+    )[0]
+    return {
+        "lock_id": lock_id,
+        "name": name,
+        "supports_open": supports_open,
+        "mqtt_identity": identity,
+        "certificate_expires_at": not_after.isoformat() if not_after else None,
+    }
+
+
 # --------------------------------------------------------------------------------------------------- members
 
 

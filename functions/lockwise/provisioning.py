@@ -1,8 +1,11 @@
 """Pairing: a one-time, short-lived code the owner's app hands to the lock, redeemed once for the lock's credentials.
 
-The lock sends the public half of an Ed25519 key it generated; the server answers with a broker username (the lock
-id) and a random password. PostgreSQL keeps only the password's PBKDF2 hash and the public key, so a dump lets nobody
-impersonate the lock. Redeeming a new code revokes the lock's previous credentials.
+The lock sends the public half of an Ed25519 key it generated (it signs the lock's HTTP requests) and a CSR for an EC
+P-256 key it generated (its TLS key towards the broker); the server answers with a new broker identity and a client
+certificate for it (``lockwise.lock_certs``). PostgreSQL keeps only public keys and the certificate's serial, so a
+dump lets nobody impersonate the lock. Redeeming a new code revokes the lock's previous credentials: their identity's
+topics go dead and their certificate cannot be renewed. ``renew`` issues a new certificate for the active identity
+(before expiry, and once for credentials paired with a broker password, which the broker no longer accepts).
 """
 
 from __future__ import annotations
@@ -12,13 +15,13 @@ import binascii
 import datetime as dt
 import hashlib
 import secrets
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from lockwise import audit, errors, mirror
-from lockwise.broker_passwords import hash_password
+from lockwise import audit, errors, lock_certs, mirror, topics
 from lockwise.db import Connection
 
 CODE_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"  # no 0/O/1/I
@@ -56,32 +59,53 @@ def issue(con: Connection, lock_id: str, uid: str, ttl_s: int) -> tuple[str, dt.
 
 
 @dataclass(frozen=True)
+class Certificate:
+    """A lock's broker certificate and where to use it."""
+
+    identity: str  # the certificate's common name: the MQTT username and client id
+    pem: str
+    ca_pem: str  # the lock CA's certificate (the chain up to what the broker trusts)
+    not_after: dt.datetime
+
+    def public(self) -> dict[str, Any]:
+        return {
+            "certificate": self.pem,
+            "ca_certificate": self.ca_pem,
+            "expires_at": self.not_after.isoformat(),
+            # renew once half the lifetime is gone: a lock that is offline for a while still has time
+            "renew_after": (self.not_after - (self.not_after - dt.datetime.now(dt.UTC)) / 2).isoformat(),
+        }
+
+
+@dataclass(frozen=True)
 class Credentials:
     lock_id: str
-    mqtt_username: str
-    mqtt_password: str
+    certificate: Certificate
 
     def public(self, host: str, port: int, server_public_key: str, command_ttl_s: int) -> dict[str, Any]:
-        from lockwise import topics
-
+        identity = self.certificate.identity
         return {
             "lock_id": self.lock_id,
             "mqtt": {
                 "host": host,
                 "port": port,
                 "tls": True,
-                "username": self.mqtt_username,
-                "password": self.mqtt_password,
-                "topics": {
-                    "commands": topics.commands(self.mqtt_username),
-                    "state": topics.state(self.mqtt_username),
-                    "acks": topics.acks(self.mqtt_username),
-                    "status": topics.status(self.mqtt_username),
-                },
+                "client_id": identity,
+                "topics": lock_topics(identity),
+                **self.certificate.public(),
             },
             "server_public_key": server_public_key,
             "command_ttl_s": command_ttl_s,
         }
+
+
+def lock_topics(identity: str) -> dict[str, str]:
+    return {
+        "commands": topics.commands(identity),
+        "state": topics.state(identity),
+        "acks": topics.acks(identity),
+        "status": topics.status(identity),
+    }
 
 
 def parse_public_key(value: Any) -> bytes:
@@ -98,10 +122,13 @@ def parse_public_key(value: Any) -> bytes:
     return raw
 
 
-def redeem(con: Connection, code: Any, public_key: bytes) -> Credentials:
+def redeem(
+    con: Connection, code: Any, public_key: bytes, csr: Any, ca: lock_certs.LockCa, cert_ttl_s: int
+) -> Credentials:
     """Exchange a valid code for new credentials (once); the lock's old credentials are revoked."""
     if not isinstance(code, str) or not 4 <= len(code) <= 64:
         raise errors.BadRequest("code must be a string", code="invalid_code_format")
+    request = lock_certs.parse_csr(csr)  # before the code is used: a bad CSR leaves the code valid
     rows = con.run(
         "SELECT lock_id::text, redeemed_at IS NOT NULL, expires_at <= now() FROM provisioning_codes"
         " WHERE code_hash = :h FOR UPDATE",
@@ -117,14 +144,16 @@ def redeem(con: Connection, code: Any, public_key: bytes) -> Credentials:
         " RETURNING id",
         l=lock_id,
     )
-    password = secrets.token_urlsafe(24)
+    identity = str(uuid.uuid4())  # a new broker identity per pairing: the old one's topics go dead with it
+    certificate = _certify(ca, request, identity, cert_ttl_s)
     con.run(
-        "INSERT INTO lock_credentials (lock_id, mqtt_username, mqtt_password_hash, signing_public_key)"
-        " VALUES (CAST(:l AS uuid), :u, :h, :k)",
+        "INSERT INTO lock_credentials (lock_id, mqtt_username, signing_public_key, cert_serial, cert_not_after)"
+        " VALUES (CAST(:l AS uuid), :u, :k, :s, :n)",
         l=lock_id,
-        u=lock_id,
-        h=hash_password(password),
+        u=identity,
         k=public_key,
+        s=certificate[1],
+        n=certificate[0].not_after,
     )
     con.run(
         "INSERT INTO lock_state (lock_id) VALUES (CAST(:l AS uuid)) ON CONFLICT (lock_id) DO NOTHING",
@@ -139,4 +168,32 @@ def redeem(con: Connection, code: Any, public_key: bytes) -> Credentials:
         details={"revoked_previous": len(revoked)},
     )
     mirror.activity(con, lock_id, "provisioned", replaced_credentials=bool(revoked))
-    return Credentials(lock_id=lock_id, mqtt_username=lock_id, mqtt_password=password)
+    return Credentials(lock_id=lock_id, certificate=certificate[0])
+
+
+def renew(con: Connection, lock_id: str, csr: Any, ca: lock_certs.LockCa, cert_ttl_s: int) -> Certificate:
+    """A new certificate for the lock's active identity (the caller authenticated the lock's signed request)."""
+    request = lock_certs.parse_csr(csr)
+    rows = con.run(
+        "SELECT id::text, mqtt_username FROM lock_credentials WHERE lock_id = CAST(:l AS uuid) AND revoked_at IS NULL"
+        " FOR UPDATE",
+        l=lock_id,
+    )
+    if not rows:
+        raise errors.Unauthenticated("unknown lock", code="unknown_lock")
+    credential_id, identity = str(rows[0][0]), str(rows[0][1])
+    certificate, serial = _certify(ca, request, identity, cert_ttl_s)
+    con.run(  # a credential paired with a broker password moves to its certificate here for good
+        "UPDATE lock_credentials SET cert_serial = :s, cert_not_after = :n, mqtt_password_hash = NULL"
+        " WHERE id = CAST(:i AS uuid)",
+        s=serial,
+        n=certificate.not_after,
+        i=credential_id,
+    )
+    audit.record(con, audit.lock_actor(lock_id), "credentials.renew", "ok", lock_id=lock_id, details={"serial": serial})
+    return certificate
+
+
+def _certify(ca: lock_certs.LockCa, request: Any, identity: str, ttl_s: int) -> tuple[Certificate, str]:
+    issued = lock_certs.issue(ca, request, identity, ttl_s, dt.datetime.now(dt.UTC))
+    return Certificate(identity, issued.pem, ca.cert_pem(), issued.not_after), issued.serial

@@ -1,9 +1,9 @@
-"""Render the broker VM's configuration: ``python -m infra.broker.render --out DIR --host HOST``.
+"""Render the broker's configuration: ``python -m infra.broker.render --out DIR --host HOST``.
 
-Writes ``mosquitto.conf``, ``acl`` and ``nanomq.conf`` for the conventional Debian paths (/etc/mosquitto,
-/var/lib/mosquitto), and ``lockwise-broker-accounts.service``, the systemd unit of the account sync
-(``infra.deploy_config.BROKER_SYNC``; its bundle is ``python -m infra.build broker``). The local stack and the tests
-render the same templates with local paths.
+Writes ``mosquitto.conf`` and ``acl`` (tested here), ``emqx.conf`` and ``emqx_acl.conf`` (a cluster), and
+``nanomq.conf`` for the conventional Debian paths (/etc/mosquitto, /var/lib/mosquitto). The local stack and the tests
+render the same templates with local paths through ``mosquitto_conf`` and ``acl``. The broker needs the lock CA's
+certificate (never its key) as ``lock-ca.crt``: it checks every client certificate against it.
 """
 
 from __future__ import annotations
@@ -13,52 +13,41 @@ import sys
 from pathlib import Path
 from string import Template
 
+from infra.deploy_config import RELAY_SLOTS
+
 TEMPLATES = Path(__file__).parent
+TOPIC_ROOT = "lockwise"
+#: the largest MQTT packet the broker takes: commands, acks and state reports are a few hundred bytes
+MAX_PACKET_SIZE = 65536
 PROD = {
-    "PASSWORD_FILE": "/etc/mosquitto/passwd",
     "ACL_FILE": "/etc/mosquitto/acl",
+    "EMQX_ACL_FILE": "/etc/emqx/emqx_acl.conf",
     "PERSISTENCE_DIR": "/var/lib/mosquitto",
     "LOG_DEST": "syslog",
     "PORT": "8883",
     "BIND_ADDRESS": "0.0.0.0",
-    "CAFILE": "/etc/mosquitto/certs/ca.crt",
+    "CLIENT_CAFILE": "/etc/mosquitto/certs/lock-ca.crt",
     "CERTFILE": "/etc/mosquitto/certs/server.crt",
     "KEYFILE": "/etc/mosquitto/certs/server.key",
-    "RELAY_USER": "lockwise-relay",
-    "TOPIC_ROOT": "lockwise",
 }
+
+
+def relay_identities(slots: int = RELAY_SLOTS) -> list[str]:
+    """The certificate identities of the relay replicas (``mqtt_relay.slots``: one per slot)."""
+    return [f"lockwise-relay-{slot}" for slot in range(1, slots + 1)]
 
 
 def render(name: str, values: dict[str, str]) -> str:
     return Template((TEMPLATES / name).read_text()).substitute(values)
 
 
-def sync_unit(host: str) -> str:
-    """The systemd unit of the broker host's account sync: its bundle and venv in /opt/lockwise-broker, its one
-    secret (DATABASE_URL, Cloud SQL through the Auth Proxy on the VM) in an environment file only root reads."""
-    import shlex
+def mosquitto_conf(values: dict[str, str]) -> str:
+    return render("mosquitto.conf.template", {"MAX_PACKET_SIZE": str(MAX_PACKET_SIZE), **values})
 
-    from infra.deploy_config import BROKER_SYNC, Place, command, environment
 
-    place = Place(project="", broker_host=host)
-    return "\n".join(
-        [
-            "[Unit]",
-            f"Description=LockWise: {BROKER_SYNC.why}",
-            "After=network-online.target mosquitto.service",
-            "",
-            "[Service]",
-            "WorkingDirectory=/opt/lockwise-broker",
-            "EnvironmentFile=/etc/lockwise/broker-accounts.env",
-            *(f"Environment={k}={v}" for k, v in sorted(environment(BROKER_SYNC, place).items())),
-            "ExecStart=/opt/lockwise-broker/venv/bin/" + shlex.join(command(BROKER_SYNC, place)),
-            "Restart=always",
-            "",
-            "[Install]",
-            "WantedBy=multi-user.target",
-            "",
-        ]
-    )
+def acl(slots: int = RELAY_SLOTS) -> str:
+    users = "\n".join(f"user {name}\ntopic readwrite {TOPIC_ROOT}/#\n" for name in relay_identities(slots))
+    return render("acl.template", {"RELAY_USERS": users, "TOPIC_ROOT": TOPIC_ROOT})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -67,11 +56,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", required=True, help="the broker's DNS name (its certificate must name it)")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "mosquitto.conf").write_text(render("mosquitto.conf.template", PROD))
-    (args.out / "acl").write_text(render("acl.template", PROD))
-    nanomq = dict(PROD, PASSWORD_FILE="/etc/nanomq_pwd.conf", PERSISTENCE_DIR="/var/lib/nanomq")
+    values = {**PROD, "MAX_PACKET_SIZE": str(MAX_PACKET_SIZE), "TOPIC_ROOT": TOPIC_ROOT}
+    (args.out / "mosquitto.conf").write_text(mosquitto_conf(PROD))
+    (args.out / "acl").write_text(acl())
+    rules = "\n".join(f'{{allow, {{username, "{n}"}}, all, ["{TOPIC_ROOT}/#"]}}.' for n in relay_identities())
+    (args.out / "emqx.conf").write_text(render("emqx.conf.template", values))
+    (args.out / "emqx_acl.conf").write_text(render("emqx_acl.conf.template", {**values, "EMQX_RELAY_RULES": rules}))
+    nanomq = dict(values, PERSISTENCE_DIR="/var/lib/nanomq")
     (args.out / "nanomq.conf").write_text(render("nanomq.conf.template", nanomq))
-    (args.out / "lockwise-broker-accounts.service").write_text(sync_unit(args.host))
     sys.stdout.write(f"broker config for {args.host} written to {args.out}\n")
     return 0
 

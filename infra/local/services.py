@@ -262,48 +262,37 @@ def start_postgres(state_dir: Path, port: int, password: str, *, durable: bool) 
 
 # ---------------------------------------------------------------------------------------------------- Mosquitto
 
-RELAY_USER = "lockwise-relay"
-
 
 @dataclass
 class Broker:
-    """A running mosquitto. ``passwd`` = static accounts (``passwd.static``) + the locks' accounts, which the
-    ``lockwise.broker_accounts`` sidecar keeps in step with PostgreSQL; ``mosquitto.pid`` lets it signal a reload."""
+    """A running mosquitto that admits clients by certificate only: the locks' (signed by the lock CA at pairing)
+    and the relay slots' (``relay_certs``); it keeps nothing per lock."""
 
     process: Process
     port: int
     tls: TlsFiles
-    password_file: Path
-    static_file: Path
-    pid_file: Path
-    acl_file: Path
-    relay_user: str
-    relay_password: str
+    #: the lock CA, certificate and key (what the devices function holds as LOCKWISE_LOCK_CA)
+    lock_ca_pem: str
+    lock_ca_file: Path  # its certificate alone: what the broker checks client certificates against
+    relay_certs: Path  # MQTT_CLIENT_CERTS for the relays
     config_file: Path
 
     @property
     def ca_file(self) -> Path:
+        """The CA of the broker's server certificate: what clients pin."""
         return self.tls.ca_cert
 
-    def add_user(self, username: str, password: str) -> None:
-        """Add or replace a static broker account and make mosquitto reload its password file."""
-        from lockwise.broker_accounts import read_static, write_password_file
-        from lockwise.broker_passwords import hash_password, render_password_file
+    def client_files(self, identity: str, directory: Path, days: int = 1) -> tuple[Path, Path]:
+        """A certificate for ``identity`` from the lock CA, written as (cert, key) files: for tests and tools."""
+        from infra.lock_ca import client_cert
 
-        hashed = hash_password(password)
-        static = read_static(self.static_file)
-        static[username] = hashed
-        self.static_file.write_text(render_password_file(static))
-        current = read_static(self.password_file)
-        current[username] = hashed
-        write_password_file(self.password_file, current)
-        _share_with_mosquitto(self.password_file)
-        self.reload()
-
-    def reload(self) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(self.process.popen.pid, signal.SIGHUP)
-        time.sleep(0.2)
+        cert_pem, key_pem = client_cert(self.lock_ca_pem, identity, days)
+        directory.mkdir(parents=True, exist_ok=True)
+        cert, key = directory / f"{identity}.crt", directory / f"{identity}.key"
+        cert.write_text(cert_pem)
+        key.write_text(key_pem)
+        key.chmod(0o600)
+        return cert, key
 
     def restart(self) -> None:
         """Stop and start the same broker (same port, config and persistence), as after a crash or upgrade."""
@@ -313,35 +302,10 @@ class Broker:
     def start_again(self) -> None:
         binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
         self.process = spawn("mosquitto", [binary, "-c", str(self.config_file)], self.process.log_path, self.port)
-        self.pid_file.write_text(f"{self.process.popen.pid}\n")
         wait_until(self.process, lambda: port_open(self.port), 15)
 
     def stop(self) -> None:
         self.process.stop()
-
-
-def start_broker_sync(broker: Broker, database_url: str, state_dir: Path) -> Process:
-    """The sidecar that writes the locks' broker accounts from PostgreSQL into mosquitto's password file."""
-    env = dict(os.environ, DATABASE_URL=database_url, LOCKWISE_MODE=os.environ.get("LOCKWISE_MODE", "local"))
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(FUNCTIONS_DIR), env.get("PYTHONPATH", "")) if p)
-    argv = [
-        sys.executable,
-        "-m",
-        "lockwise.broker_accounts",
-        "--password-file",
-        str(broker.password_file),
-        "--static-file",
-        str(broker.static_file),
-        "--pid-file",
-        str(broker.pid_file),
-        "--poll-s",
-        "2",
-    ]
-    proc = spawn("broker-accounts", argv, state_dir / "broker-accounts.log", 0, env=env)
-    time.sleep(0.3)
-    if not proc.alive():
-        raise StartupFailed(f"broker account sync exited:\n{proc.log_tail()}")
-    return proc
 
 
 def start_relay(
@@ -375,54 +339,38 @@ def _share_with_mosquitto(path: Path, mode: int = 0o640) -> None:
     path.chmod(mode)
 
 
-BROKER_TEMPLATES = REPO / "infra" / "broker"
+def ensure_lock_ca(state_dir: Path) -> tuple[str, Path]:
+    """The local lock CA (made once per state folder, like the server certificate) and a relay certificate per
+    slot; returns the CA's PEM (certificate and key) and the relay certificates' file."""
+    from infra.lock_ca import relay_certs
+    from lockwise.lock_certs import new_ca
+
+    state_dir.mkdir(parents=True, exist_ok=True)
+    ca_file, relays = state_dir / "lock-ca.pem", state_dir / "relay-certs.json"
+    if not ca_file.exists():
+        ca_file.touch(mode=0o600)
+        ca_file.write_text(new_ca("LockWise local lock CA"))
+        relays.unlink(missing_ok=True)
+    pem = ca_file.read_text()
+    if not relays.exists():
+        relays.touch(mode=0o600)
+        relays.write_text(json.dumps(relay_certs(pem)))
+    return pem, relays
 
 
-def render_mosquitto_conf(
-    *,
-    port: int,
-    tls: TlsFiles,
-    password_file: Path,
-    acl_file: Path,
-    persistence_dir: Path,
-    log_dest: str,
-    bind_address: str = "127.0.0.1",
-) -> str:
-    """``infra/broker/mosquitto.conf.template`` filled in (the same template the broker VM gets)."""
-    from string import Template
-
-    return Template((BROKER_TEMPLATES / "mosquitto.conf.template").read_text()).substitute(
-        PASSWORD_FILE=password_file,
-        ACL_FILE=acl_file,
-        PERSISTENCE_DIR=persistence_dir,
-        LOG_DEST=log_dest,
-        PORT=port,
-        BIND_ADDRESS=bind_address,
-        CAFILE=tls.ca_cert,
-        CERTFILE=tls.server_cert,
-        KEYFILE=tls.server_key,
-    )
-
-
-def render_acl(relay_user: str, topic_root: str = "lockwise") -> str:
-    """The relay may use every lock's topics; each lock (username = lock's broker user) only its own."""
-    from string import Template
-
-    return Template((BROKER_TEMPLATES / "acl.template").read_text()).substitute(
-        RELAY_USER=relay_user, TOPIC_ROOT=topic_root
-    )
-
-
-def start_mosquitto(state_dir: Path, port: int, relay_password: str) -> Broker:
+def start_mosquitto(state_dir: Path, port: int) -> Broker:
     binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
     if not Path(binary).exists():
         raise MissingComponent("mosquitto not found: apt-get install mosquitto mosquitto-clients")
-    from lockwise.broker_accounts import read_static, write_password_file
-    from lockwise.broker_passwords import check_password, hash_password, render_password_file
+    from infra.broker import render
+    from lockwise.lock_certs import LockCa
 
     state_dir.mkdir(parents=True, exist_ok=True)
     tls = ensure_tls(state_dir / "tls")
     _share_with_mosquitto(tls.server_key)
+    lock_ca_pem, relay_certs = ensure_lock_ca(state_dir / "identity")
+    client_ca = state_dir / "tls" / "lock-ca.crt"
+    client_ca.write_text(LockCa.from_pem(lock_ca_pem).cert_pem())
     persistence = state_dir / "persistence"
     persistence.mkdir(exist_ok=True)
     if is_root():
@@ -430,41 +378,33 @@ def start_mosquitto(state_dir: Path, port: int, relay_password: str) -> Broker:
         for p in (state_dir, *state_dir.parents):
             if p.stat().st_mode & 0o011 != 0o011:
                 p.chmod(p.stat().st_mode | 0o011)
-    password_file, static_file = state_dir / "passwd", state_dir / "passwd.static"
     acl_file = state_dir / "acl"
-    acl_file.write_text(render_acl(RELAY_USER))
+    acl_file.write_text(render.acl())
     _share_with_mosquitto(acl_file)
-    static = read_static(static_file)
-    if RELAY_USER not in static or not check_password(relay_password, static[RELAY_USER]):
-        static[RELAY_USER] = hash_password(relay_password)
-    static_file.write_text(render_password_file(static))
-    write_password_file(password_file, {**read_static(password_file), **static})
-    _share_with_mosquitto(password_file)
     conf = state_dir / "mosquitto.conf"
     conf.write_text(
-        render_mosquitto_conf(
-            port=port,
-            tls=tls,
-            password_file=password_file,
-            acl_file=acl_file,
-            persistence_dir=persistence,
-            log_dest="stdout",
+        render.mosquitto_conf(
+            {
+                "ACL_FILE": str(acl_file),
+                "PERSISTENCE_DIR": str(persistence),
+                "LOG_DEST": "stdout",
+                "PORT": str(port),
+                "BIND_ADDRESS": "127.0.0.1",
+                "CLIENT_CAFILE": str(client_ca),
+                "CERTFILE": str(tls.server_cert),
+                "KEYFILE": str(tls.server_key),
+            }
         )
     )
     process = spawn("mosquitto", [binary, "-c", str(conf)], state_dir / "mosquitto.log", port)
-    pid_file = state_dir / "mosquitto.pid"
-    pid_file.write_text(f"{process.popen.pid}\n")
     wait_until(process, lambda: port_open(port), 15)
     return Broker(
         process=process,
         port=port,
         tls=tls,
-        password_file=password_file,
-        static_file=static_file,
-        pid_file=pid_file,
-        acl_file=acl_file,
-        relay_user=RELAY_USER,
-        relay_password=relay_password,
+        lock_ca_pem=lock_ca_pem,
+        lock_ca_file=client_ca,
+        relay_certs=relay_certs,
         config_file=conf,
     )
 

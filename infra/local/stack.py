@@ -49,7 +49,7 @@ def _local_secrets(state: Path) -> dict[str, str]:
         data: dict[str, str] = json.loads(path.read_text())
     else:
         data = {}
-    for key in ("db_password", "relay_password", "service_token", "demo_lock_password"):
+    for key in ("db_password", "service_token"):
         data.setdefault(key, secrets.token_urlsafe(18))
     data.setdefault("command_signing_key", base64.b64encode(secrets.token_bytes(32)).decode())
     path.write_text(json.dumps(data, indent=2))
@@ -100,18 +100,20 @@ def main(argv: list[str] | None = None) -> int:
         _migrate(database_url)
 
         # Broker
-        if env.get("MQTT_HOST"):
+        demo_identity = state / "demo-lock.json"
+        if env.get("MQTT_HOST"):  # an external broker: its lock CA and the relay's certificates come with it
             mqtt_host, mqtt_port = env["MQTT_HOST"], int(env.get("MQTT_PORT", "8883"))
             ca_file = env.get("MQTT_CA_FILE", "")
+            lock_ca, relay_certs = env.get("LOCKWISE_LOCK_CA", ""), env.get("MQTT_CLIENT_CERTS", "")
             table.append(("broker", "external", f"{mqtt_host}:{mqtt_port}"))
         else:
-            broker = services.start_mosquitto(state / "broker", ports["broker"], secrets_["relay_password"])
+            broker = services.start_mosquitto(state / "broker", ports["broker"])
             started.append(broker)
-            broker.add_user(DEMO_LOCK_USER, secrets_["demo_lock_password"])
             mqtt_host, mqtt_port, ca_file = "127.0.0.1", broker.port, str(broker.ca_file)
-            table.append(("broker (mqtts)", f"127.0.0.1:{broker.port}", str(state / "broker" / "mosquitto.log")))
-            started.append(services.start_broker_sync(broker, database_url, logs))
-            table.append(("broker account sync", "-", str(logs / "broker-accounts.log")))
+            lock_ca, relay_certs = broker.lock_ca_pem, str(broker.relay_certs)
+            _write_demo_lock(broker, demo_identity)
+            table.append(("broker (mqtts)", f"127.0.0.1:{broker.port}", "client certificates only; lock CA in " +
+                          str(state / "broker" / "identity")))  # fmt: skip
 
         # Emulators
         fs_host = env.get("FIRESTORE_EMULATOR_HOST")
@@ -147,6 +149,7 @@ def main(argv: list[str] | None = None) -> int:
             "LOCKWISE_COMMAND_SIGNING_KEY": secrets_["command_signing_key"],
             "LOCKWISE_MQTT_PUBLIC_HOST": mqtt_host,
             "LOCKWISE_MQTT_PUBLIC_PORT": str(mqtt_port),
+            "LOCKWISE_LOCK_CA": lock_ca,
         }
         if model_dir:
             fn_env["LOCKWISE_MODEL_DIR"] = model_dir
@@ -155,16 +158,15 @@ def main(argv: list[str] | None = None) -> int:
             started.append(server)
             table.append((f"function {name}", server.url + f"/{name}", str(logs / f"{name}.log")))
 
-        if env.get("MQTT_HOST") and not env.get("MQTT_PASSWORD"):
-            table.append(("relay", "not started", "set MQTT_USERNAME/MQTT_PASSWORD for an external broker"))
+        if not relay_certs:
+            table.append(("relay", "not started", "set MQTT_CLIENT_CERTS (python -m infra.lock_ca) for that broker"))
         else:
             relay_env = dict(
                 fn_env,
                 MQTT_HOST=mqtt_host,
                 MQTT_PORT=str(mqtt_port),
                 MQTT_CA_FILE=ca_file,
-                MQTT_USERNAME=env.get("MQTT_USERNAME", services.RELAY_USER),
-                MQTT_PASSWORD=env.get("MQTT_PASSWORD", secrets_["relay_password"]),
+                MQTT_CLIENT_CERTS=relay_certs,
                 LOCKWISE_DEVICES_URL=f"http://127.0.0.1:{ports['devices']}",
             )
             relay = services.start_relay(logs, relay_env, health_port=ports["relay"])
@@ -176,13 +178,13 @@ def main(argv: list[str] | None = None) -> int:
             MQTT_HOST=mqtt_host,
             MQTT_PORT=str(mqtt_port),
             MQTT_CA_FILE=ca_file,
-            LOCKWISE_DEMO_LOCK_USER=DEMO_LOCK_USER,
-            LOCKWISE_DEMO_LOCK_PASSWORD=secrets_["demo_lock_password"],
+            LOCKWISE_DEMO_LOCK_IDENTITY=str(demo_identity),
             LOCKWISE_EMBED_URL=f"http://127.0.0.1:{ports['embed']}",
             LOCKWISE_VERIFY_URL=f"http://127.0.0.1:{ports['verify']}",
             LOCKWISE_DEVICES_URL=f"http://127.0.0.1:{ports['devices']}",
             LOCKWISE_RELAY_HEALTH_URL=f"http://127.0.0.1:{ports['relay']}/health",
         )
+        stack_env.pop("LOCKWISE_LOCK_CA")  # the functions' secret, not the clients' (and a multi-line PEM)
         env_file = state / "stack.env"
         env_file.write_text("".join(f"{k}={v}\n" for k, v in stack_env.items()))
         env_file.chmod(0o600)
@@ -206,6 +208,17 @@ def main(argv: list[str] | None = None) -> int:
         for svc in reversed(started):
             svc.stop()
         log.info("stopped %d services", len(started))
+
+
+def _write_demo_lock(broker: services.Broker, path: Path) -> None:
+    """A lock identity for ``./dev simlock`` without pairing: a certificate for ``lock-demo-0001`` from the local
+    lock CA (it reaches only its own topics, like any lock; pair a real one with ``./dev simlock --pair``)."""
+    from infra.lock_ca import client_cert
+    from simlock.lock import LockConfig
+
+    cert, key = client_cert(broker.lock_ca_pem, DEMO_LOCK_USER, 365)
+    config = LockConfig(DEMO_LOCK_USER, DEMO_LOCK_USER, cert, key, "127.0.0.1", broker.port, str(broker.ca_file))
+    config.save(path)
 
 
 def _ensure_exported(model_dir: Path) -> None:
@@ -246,7 +259,7 @@ def _print_table(rows: list[tuple[str, str, str]], env_file: Path) -> None:
     lines += [
         "",
         f"  environment for clients: {env_file}",
-        "  simulated lock:          ./dev simlock   (connects over TLS with the demo lock's account)",
+        "  simulated lock:          ./dev simlock   (connects over TLS with the demo lock's certificate)",
         "",
     ]
     sys.stdout.write("\n".join(lines) + "\n")

@@ -12,7 +12,6 @@ import pytest
 import requests
 
 from infra.local import services
-from lockwise import broker_accounts
 from lockwise.db import Database
 from simlock.lock import LockConfig, SimulatedLock, provision
 from tests.conftest import _reset_database, reset_auth, reset_firestore, services_env
@@ -34,8 +33,7 @@ def e2e_env(
         "MQTT_HOST": "127.0.0.1",
         "MQTT_PORT": str(broker.port),
         "MQTT_CA_FILE": str(broker.ca_file),
-        "MQTT_USERNAME": broker.relay_user,
-        "MQTT_PASSWORD": broker.relay_password,
+        "MQTT_CLIENT_CERTS": str(broker.relay_certs),
         "LOCKWISE_RELAY_POLL_MS": "200",
         "LOCKWISE_RELAY_RESEND_AFTER_S": "2",
         "LOCKWISE_RELAY_FLUSH_EVERY_S": "1",
@@ -125,7 +123,6 @@ def paired_lock(
         config: LockConfig = provision(
             e2e["url"], created["provisioning"]["code"], str(broker.ca_file), host="127.0.0.1"
         )
-        broker_accounts.sync_once(e2e["db"], broker.password_file, broker.static_file, broker.pid_file)
         lock = SimulatedLock(config)
         lock.start()
         locks.append(lock)

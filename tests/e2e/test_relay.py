@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import signal
+import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -138,12 +140,24 @@ def test_command_that_expired_while_the_lock_was_offline_is_never_executed(
 
 
 def relay_client(e2e: dict[str, Any]) -> mqtt.Client:
+    """A client with a relay's rights (the last slot's certificate, which no relay of these tests leases)."""
     import ssl
 
+    from infra.deploy_config import RELAY_SLOTS
+
     env = e2e["env"]
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="test-replayer")
-    client.username_pw_set(env["MQTT_USERNAME"], env["MQTT_PASSWORD"])
-    client.tls_set(ca_certs=env["MQTT_CA_FILE"], tls_version=ssl.PROTOCOL_TLS_CLIENT)
+    identity = f"lockwise-relay-{RELAY_SLOTS}"
+    entry = json.loads(Path(env["MQTT_CLIENT_CERTS"]).read_text())[identity]
+    folder = Path(tempfile.mkdtemp())
+    (folder / "c.crt").write_text(entry["cert"])
+    (folder / "c.key").write_text(entry["key"])
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=identity)
+    client.tls_set(
+        ca_certs=env["MQTT_CA_FILE"],
+        certfile=str(folder / "c.crt"),
+        keyfile=str(folder / "c.key"),
+        tls_version=ssl.PROTOCOL_TLS_CLIENT,
+    )
     client.connect("127.0.0.1", int(env["MQTT_PORT"]))
     client.loop_start()
     return client
@@ -160,7 +174,7 @@ def test_a_replayed_command_is_refused_by_the_lock(
     lock.state = "locked"
     replayer = relay_client(e2e)
     try:
-        replayer.publish(topics.commands(lock_id), payload, qos=1).wait_for_publish(5)
+        replayer.publish(topics.commands(lock.config.identity), payload, qos=1).wait_for_publish(5)
         wait_for(lambda: [r for r in lock.refused if r[0] == "replayed"], what="replay refused")
     finally:
         replayer.loop_stop()
@@ -171,7 +185,7 @@ def test_a_replayed_command_is_refused_by_the_lock(
     forged["cmd"] = forged["cmd"].replace(command["id"], "00000000-0000-0000-0000-000000000000")
     replayer = relay_client(e2e)
     try:
-        replayer.publish(topics.commands(lock_id), json.dumps(forged), qos=1).wait_for_publish(5)
+        replayer.publish(topics.commands(lock.config.identity), json.dumps(forged), qos=1).wait_for_publish(5)
         wait_for(lambda: [r for r in lock.refused if r[0] == "bad_signature"], what="forgery refused")
     finally:
         replayer.loop_stop()
@@ -188,8 +202,8 @@ def test_one_lock_cannot_publish_state_for_another(
         what="B reported",
     )
     forged = json.dumps({"state": "unlocked", "battery_pct": 1, "ts": time.time() + 1})
-    a.client.publish(topics.state(lock_b), forged, qos=1).wait_for_publish(5)
-    a.client.publish(topics.status(lock_b), "offline", qos=1).wait_for_publish(5)
+    a.client.publish(topics.state(b.config.identity), forged, qos=1).wait_for_publish(5)
+    a.client.publish(topics.status(b.config.identity), "offline", qos=1).wait_for_publish(5)
     a.battery_pct = 11
     a.publish_state().wait_for_publish(5)  # A's own report goes through, so the relay was listening
     wait_for(

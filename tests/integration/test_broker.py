@@ -1,36 +1,46 @@
-"""The real Mosquitto broker: TLS only, passwords, and a per-lock ACL."""
+"""The real Mosquitto broker: TLS only, every client admitted by its certificate alone, the certificate's identity as
+username and client id, and a per-identity ACL. The broker holds nothing per lock."""
 
 from __future__ import annotations
 
+import datetime as dt
 import secrets
 import ssl
 import threading
 import time
-from collections.abc import Iterator
+from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from paho.mqtt.enums import CallbackAPIVersion
 
+from infra.deploy_config import RELAY_SLOTS
 from infra.local.services import Broker
 from lockwise import topics
-from simlock.lock import LockConfig, SimulatedLock
+from lockwise.lock_certs import LockCa, issue, new_ca
+from simlock.lock import new_tls_key
+
+RELAY = f"lockwise-relay-{RELAY_SLOTS}"  # a relay slot the tests' relays never lease
 
 
 class Peer:
-    """A minimal MQTT client that records what it receives."""
+    """A minimal MQTT client with a client certificate that records what it receives."""
 
-    def __init__(self, broker: Broker, user: str, password: str, *, ca: str | None) -> None:
+    def __init__(self, broker: Broker, files: tuple[Path, Path] | None, *, client_id: str, ca: str | None = "ours"):
         self.messages: list[tuple[str, bytes]] = []
         self.connected = threading.Event()
+        self.disconnects: list[str] = []
         self.result: object = None
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"peer-{secrets.token_hex(4)}")
-        self.client.username_pw_set(user, password)
-        if ca is not None:
-            self.client.tls_set(ca_certs=ca, tls_version=ssl.PROTOCOL_TLS_CLIENT)
-        else:
-            self.client.tls_set(tls_version=ssl.PROTOCOL_TLS_CLIENT)  # system CAs only: must not trust ours
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=False)
+        certfile, keyfile = (str(files[0]), str(files[1])) if files else (None, None)
+        ca_certs = str(broker.ca_file) if ca == "ours" else None  # None: system CAs only, which do not know ours
+        self.client.tls_set(ca_certs=ca_certs, certfile=certfile, keyfile=keyfile, tls_version=ssl.PROTOCOL_TLS_CLIENT)
         self.client.on_connect = self._on_connect
+        self.client.on_disconnect = lambda _c, _u, _f, rc, _p: self.disconnects.append(str(rc))
         self.client.on_message = lambda _c, _u, m: self.messages.append((m.topic, bytes(m.payload)))
         self.broker = broker
 
@@ -39,13 +49,13 @@ class Peer:
         if not rc.is_failure:  # type: ignore[attr-defined]
             self.connected.set()
 
-    def start(self) -> bool:
+    def start(self, wait_s: float = 5) -> bool:
         try:
             self.client.connect("127.0.0.1", self.broker.port, keepalive=10)
         except (ssl.SSLError, OSError):
             return False
         self.client.loop_start()
-        return self.connected.wait(5)
+        return self.connected.wait(wait_s)
 
     def subscribe(self, topic: str) -> None:
         info = threading.Event()
@@ -58,50 +68,115 @@ class Peer:
         self.client.loop_stop()
 
 
+def wait_until(predicate: object, seconds: float = 3) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and not predicate():  # type: ignore[operator]
+        time.sleep(0.05)
+
+
 @pytest.fixture
-def two_locks(broker: Broker) -> Iterator[dict[str, str]]:
-    creds = {f"lock-{secrets.token_hex(6)}": secrets.token_urlsafe(12) for _ in range(2)}
-    for user, pw in creds.items():
-        broker.add_user(user, pw)
-    yield creds
+def lock_files(broker: Broker, tmp_path: Path) -> dict[str, tuple[Path, Path]]:
+    """Two locks' certificates from the lock CA, as pairing would issue them (identity = the credential's)."""
+    identities = [f"lk-{secrets.token_hex(6)}" for _ in range(2)]
+    return {identity: broker.client_files(identity, tmp_path / identity) for identity in identities}
 
 
-def test_lock_connects_over_tls_with_its_own_account(broker: Broker, two_locks: dict[str, str]) -> None:
-    user, pw = next(iter(two_locks.items()))
-    lock = SimulatedLock(LockConfig(user, pw, "127.0.0.1", broker.port, str(broker.ca_file)))
-    relay = Peer(broker, broker.relay_user, broker.relay_password, ca=str(broker.ca_file))
-    assert relay.start()
-    relay.subscribe(f"{topics.ROOT}/+/state")
-    lock.start()
+def identity_of(files: tuple[Path, Path]) -> str:
+    cert = x509.load_pem_x509_certificate(files[0].read_bytes())
+    return str(cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value)
+
+
+def two(lock_files: dict[str, tuple[Path, Path]]) -> tuple[tuple[Path, Path], tuple[Path, Path]]:
+    a, b = lock_files.values()
+    return a, b
+
+
+def test_a_lock_connects_with_its_own_certificate_and_the_relay_sees_its_state(
+    broker: Broker, lock_files: dict[str, tuple[Path, Path]], tmp_path: Path
+) -> None:
+    a, _ = two(lock_files)
+    lock = Peer(broker, a, client_id=identity_of(a))
+    relay = Peer(broker, broker.client_files(RELAY, tmp_path / "relay"), client_id=RELAY)
+    assert relay.start() and lock.start()
     try:
-        deadline = time.monotonic() + 5
-        while not any(t == topics.state(user) for t, _ in relay.messages) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert any(t == topics.state(user) for t, _ in relay.messages), "the relay never saw the lock's state"
+        relay.subscribe(f"{topics.ROOT}/+/state")
+        lock.client.publish(topics.state(identity_of(a)), b"{}", qos=1).wait_for_publish(5)
+        wait_until(lambda: relay.messages)
+        assert relay.messages == [(topics.state(identity_of(a)), b"{}")]
     finally:
         lock.stop()
         relay.stop()
 
 
-def test_connection_without_our_ca_is_refused(broker: Broker, two_locks: dict[str, str]) -> None:
-    user, pw = next(iter(two_locks.items()))
-    peer = Peer(broker, user, pw, ca=None)
-    assert not peer.start(), "a client that does not trust the LockWise CA must not get a session"
+def _cert(
+    key: ec.EllipticCurvePrivateKey,
+    identity: str,
+    signer: ec.EllipticCurvePrivateKey,
+    issuer: x509.Name,
+    **when: dt.datetime,
+) -> x509.Certificate:
+    now = dt.datetime.now(dt.UTC)
+    return (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, identity)]))
+        .issuer_name(issuer)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(when.get("not_before", now - dt.timedelta(hours=1)))
+        .not_valid_after(when.get("not_after", now + dt.timedelta(hours=1)))
+        .sign(signer, hashes.SHA256())
+    )
+
+
+def _files(directory: Path, cert: x509.Certificate, key: ec.EllipticCurvePrivateKey) -> tuple[Path, Path]:
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "c.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (directory / "c.key").write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    return directory / "c.crt", directory / "c.key"
+
+
+@pytest.mark.parametrize("kind", ["expired", "not_yet_valid", "other_ca", "self_signed", "none"])
+def test_a_certificate_the_lock_ca_did_not_issue_or_that_is_not_valid_now_is_refused(
+    broker: Broker, tmp_path: Path, kind: str
+) -> None:
+    ca = LockCa.from_pem(broker.lock_ca_pem)
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = dt.datetime.now(dt.UTC)
+    identity = f"lk-{secrets.token_hex(6)}"
+    files: tuple[Path, Path] | None
+    if kind == "expired":
+        past = now - dt.timedelta(minutes=1)
+        files = _files(tmp_path, _cert(key, identity, ca.key, ca.cert.subject, not_after=past), key)
+    elif kind == "not_yet_valid":
+        later = now + dt.timedelta(hours=1)
+        cert = _cert(key, identity, ca.key, ca.cert.subject, not_before=later, not_after=later + dt.timedelta(hours=1))
+        files = _files(tmp_path, cert, key)
+    elif kind == "other_ca":  # a look-alike CA with the same name
+        other = LockCa.from_pem(new_ca(ca.cert.subject.rfc4514_string().removeprefix("CN=")))
+        files = _files(tmp_path, _cert(key, identity, other.key, other.cert.subject), key)
+    elif kind == "self_signed":
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, identity)])
+        files = _files(tmp_path, _cert(key, identity, key, name), key)
+    else:
+        files = None
+    peer = Peer(broker, files, client_id=identity)
+    assert not peer.start(wait_s=3), f"a client with a {kind} certificate got a session"
     peer.client.loop_stop()
 
 
-def test_wrong_password_is_refused(broker: Broker, two_locks: dict[str, str]) -> None:
-    user = next(iter(two_locks))
-    peer = Peer(broker, user, "not-the-password", ca=str(broker.ca_file))
-    assert not peer.start()
-    assert peer.result is not None and peer.result.is_failure  # type: ignore[attr-defined]
-    peer.stop()
+def test_a_client_that_does_not_trust_our_broker_ca_gets_no_session(
+    broker: Broker, lock_files: dict[str, tuple[Path, Path]]
+) -> None:
+    a, _ = two(lock_files)
+    peer = Peer(broker, a, client_id=identity_of(a), ca=None)
+    assert not peer.start(wait_s=3)
+    peer.client.loop_stop()
 
 
-def test_plain_tcp_is_not_offered(broker: Broker, two_locks: dict[str, str]) -> None:
-    user, pw = next(iter(two_locks.items()))
+def test_plain_tcp_is_not_offered(broker: Broker) -> None:
     client = mqtt.Client(CallbackAPIVersion.VERSION2)
-    client.username_pw_set(user, pw)
     got = threading.Event()
     client.on_connect = lambda *_a: got.set()
     client.connect("127.0.0.1", broker.port, keepalive=5)
@@ -112,11 +187,40 @@ def test_plain_tcp_is_not_offered(broker: Broker, two_locks: dict[str, str]) -> 
         client.loop_stop()
 
 
-def test_one_lock_cannot_read_or_write_another_locks_topics(broker: Broker, two_locks: dict[str, str]) -> None:
-    (a, pw_a), (b, pw_b) = two_locks.items()
-    ca = str(broker.ca_file)
-    spy, victim, relay = Peer(broker, a, pw_a, ca=ca), Peer(broker, b, pw_b, ca=ca), None
-    relay = Peer(broker, broker.relay_user, broker.relay_password, ca=ca)
+@pytest.mark.parametrize("target", ["other_lock", "relay"])
+def test_nobody_takes_over_another_identitys_session(
+    broker: Broker, lock_files: dict[str, tuple[Path, Path]], tmp_path: Path, target: str
+) -> None:
+    """A lock asking for another lock's (or a relay's) client id gets its own identity; the real session stays."""
+    a, b = two(lock_files)
+    victim_files = b if target == "other_lock" else broker.client_files(RELAY, tmp_path / "relay")
+    victim_id = identity_of(victim_files)
+    victim = Peer(broker, victim_files, client_id=victim_id)
+    attacker = Peer(broker, a, client_id=victim_id)
+    assert victim.start()
+    try:
+        assert attacker.start(), "the attacker connects, but as itself"
+        victim.subscribe(topics.commands(victim_id) if target == "other_lock" else f"{topics.ROOT}/+/state")
+        time.sleep(1.0)
+        assert victim.disconnects == [], f"the {target}'s session was thrown off: {victim.disconnects}"
+        assert victim.connected.is_set()
+        attacker.client.publish(topics.state(identity_of(a)), b"mine", qos=1).wait_for_publish(5)
+        if target == "relay":  # the relay's session still receives, so it was never replaced
+            mine = (topics.state(identity_of(a)), b"mine")
+            wait_until(lambda: mine in victim.messages)
+            assert mine in victim.messages
+    finally:
+        attacker.stop()
+        victim.stop()
+
+
+def test_one_lock_cannot_read_or_write_another_locks_topics(
+    broker: Broker, lock_files: dict[str, tuple[Path, Path]], tmp_path: Path
+) -> None:
+    a_files, b_files = two(lock_files)
+    a, b = identity_of(a_files), identity_of(b_files)
+    spy, victim = Peer(broker, a_files, client_id=a), Peer(broker, b_files, client_id=b)
+    relay = Peer(broker, broker.client_files(RELAY, tmp_path / "relay"), client_id=RELAY)
     for peer in (spy, victim, relay):
         assert peer.start()
     try:
@@ -126,9 +230,7 @@ def test_one_lock_cannot_read_or_write_another_locks_topics(broker: Broker, two_
         relay.client.publish(topics.commands(b), b"for-b-only", qos=1).wait_for_publish(5)
         spy.client.publish(topics.state(b), b"forged-by-a", qos=1).wait_for_publish(5)
         victim.client.publish(topics.state(b), b"real-from-b", qos=1).wait_for_publish(5)
-        deadline = time.monotonic() + 3
-        while time.monotonic() < deadline and (not victim.messages or len(relay.messages) < 1):
-            time.sleep(0.05)
+        wait_until(lambda: victim.messages and relay.messages)
         time.sleep(0.5)  # give a wrongly-delivered message time to arrive
         assert victim.messages == [(topics.commands(b), b"for-b-only")]
         assert spy.messages == [], "lock A received lock B's command"
@@ -136,3 +238,32 @@ def test_one_lock_cannot_read_or_write_another_locks_topics(broker: Broker, two_
     finally:
         for peer in (spy, victim, relay):
             peer.stop()
+
+
+def test_an_oversized_message_is_refused_by_the_broker(
+    broker: Broker, lock_files: dict[str, tuple[Path, Path]], tmp_path: Path
+) -> None:
+    a_files, _ = two(lock_files)
+    a = identity_of(a_files)
+    lock = Peer(broker, a_files, client_id=a)
+    relay = Peer(broker, broker.client_files(RELAY, tmp_path / "relay"), client_id=RELAY)
+    assert lock.start() and relay.start()
+    try:
+        relay.subscribe(topics.state(a))
+        lock.client.publish(topics.state(a), b"x" * 2_000_000, qos=1)
+        wait_until(lambda: lock.disconnects, 5)
+        assert lock.disconnects, "the broker kept a client that sent a 2 MB packet"
+        assert relay.messages == []
+    finally:
+        lock.client.loop_stop()
+        relay.stop()
+
+
+def test_the_csr_subject_never_becomes_the_identity(broker: Broker) -> None:
+    """What the lock asks for in its CSR is ignored: the CA names the identity."""
+    _, csr_pem = new_tls_key()
+    csr = x509.load_pem_x509_csr(csr_pem.encode())
+    issued = issue(LockCa.from_pem(broker.lock_ca_pem), csr, "lk-chosen-by-server", 600, dt.datetime.now(dt.UTC))
+    cert = x509.load_pem_x509_certificate(issued.pem.encode())
+    assert cert.subject.rfc4514_string() == "CN=lk-chosen-by-server"
+    assert cert.not_valid_after_utc - dt.datetime.now(dt.UTC) <= dt.timedelta(seconds=600)

@@ -8,11 +8,15 @@ import urllib.request
 from typing import Any
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.x509.oid import NameOID
 
 from infra.local.services import Broker
-from lockwise import broker_accounts, command_signing
+from lockwise import command_signing
 from lockwise.runtime import get_runtime
-from simlock.lock import SimulatedLock
+from simlock.lock import SimulatedLock, new_tls_key
 from tests.devices_world import World, bearer, build_world, create_lock, new_lock_key, provision
 
 
@@ -26,10 +30,6 @@ def world(devices: Any, sign_up: Any) -> World:
     return build_world(devices, sign_up)
 
 
-def sync_broker(broker: Broker) -> None:
-    broker_accounts.sync_once(get_runtime("devices").db, broker.password_file, broker.static_file, broker.pid_file)
-
-
 def db_rows(sql: str, **params: Any) -> Any:
     with get_runtime("devices").db.connection() as con:
         return con.run(sql, **params)
@@ -40,40 +40,62 @@ def test_pairing_flow_with_the_simulated_lock(devices: Any, sign_up: Any, broker
     created = create_lock(devices, owner)
     lock_id, code = created["lock"]["id"], created["provisioning"]["code"]
     assert created["lock"]["provisioned"] is False
-    credentials, key = provision(devices, code)
-    assert credentials["lock_id"] == lock_id and credentials["mqtt"]["username"] == lock_id
+    credentials, key, tls_key = provision(devices, code)
+    identity = credentials["mqtt"]["client_id"]
+    assert credentials["lock_id"] == lock_id and identity != lock_id  # a broker identity of its own, per pairing
     assert credentials["mqtt"]["port"] == broker.port and credentials["mqtt"]["tls"] is True
+    cert = x509.load_pem_x509_certificate(credentials["mqtt"]["certificate"].encode())
+    assert cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == identity  # not the CSR's subject
+    assert credentials["mqtt"]["topics"]["commands"] == f"lockwise/{identity}/cmd"
     # the code works once
     _, again = new_lock_key()
-    resp = devices.post("/devices/provision", json={"code": code, "public_key": again})
+    resp = devices.post("/devices/provision", json={"code": code, "public_key": again, "csr": new_tls_key()[1]})
     assert resp.status_code == 401 and resp.get_json()["error"]["code"] == "invalid_provisioning_code"
-    # only verifiers are stored
-    ((stored_hash, stored_key),) = db_rows(
-        "SELECT mqtt_password_hash, signing_public_key FROM lock_credentials WHERE lock_id = CAST(:l AS uuid)",
+    # only public things are stored: no broker password, the certificate's serial
+    ((stored_hash, stored_key, serial),) = db_rows(
+        "SELECT mqtt_password_hash, signing_public_key, cert_serial FROM lock_credentials"
+        " WHERE lock_id = CAST(:l AS uuid)",
         l=lock_id,
     )
-    assert stored_hash.startswith("$7$") and credentials["mqtt"]["password"] not in stored_hash
-    assert len(bytes(stored_key)) == 32
-    sync_broker(broker)
-    world = World(devices, {"owner": owner}, lock_id, credentials, key)
+    assert stored_hash is None and len(bytes(stored_key)) == 32 and int(serial, 16) == cert.serial_number
+    world = World(devices, {"owner": owner}, lock_id, credentials, key, tls_key)
     lock = SimulatedLock(world.lock_config(broker))
     lock.start()
     lock.stop()
     assert devices.get(f"/devices/locks/{lock_id}", headers=bearer(owner)).get_json()["provisioned"] is True
 
-    # re-provisioning revokes the old credentials at the broker
+    # re-provisioning: a new identity; the old one is revoked
     code2 = devices.post(f"/devices/locks/{lock_id}/provisioning", headers=bearer(owner)).get_json()["code"]
-    credentials2, key2 = provision(devices, code2)
-    sync_broker(broker)
-    old = SimulatedLock(world.lock_config(broker))
-    with pytest.raises(ConnectionError):
-        old.start(timeout=3)
-    new = SimulatedLock(World(devices, {}, lock_id, credentials2, key2).lock_config(broker))
+    credentials2, key2, tls_key2 = provision(devices, code2)
+    assert credentials2["mqtt"]["client_id"] != identity
+    new = SimulatedLock(World(devices, {}, lock_id, credentials2, key2, tls_key2).lock_config(broker))
     new.start()
     new.stop()
     assert db_rows(
         "SELECT count(*) FROM lock_credentials WHERE lock_id = CAST(:l AS uuid) AND revoked_at IS NULL", l=lock_id
     ) == [[1]]
+
+
+def test_a_bad_csr_is_refused_and_uses_no_code(devices: Any, sign_up: Any) -> None:
+    created = create_lock(devices, sign_up())
+    code = created["provisioning"]["code"]
+    _, public = new_lock_key()
+    rsa_csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "x")]))
+        .sign(rsa.generate_private_key(public_exponent=65537, key_size=2048), hashes.SHA256())
+        .public_bytes(serialization.Encoding.PEM)
+        .decode()
+    )
+    for csr in (None, "not a csr", rsa_csr, "x" * 5000):
+        resp = devices.post("/devices/provision", json={"code": code, "public_key": public, "csr": csr})
+        assert resp.status_code == 400 and resp.get_json()["error"]["code"] == "invalid_csr", csr
+    assert (
+        devices.post(
+            "/devices/provision", json={"code": code, "public_key": public, "csr": new_tls_key()[1]}
+        ).status_code
+        == 201
+    )
 
 
 def test_commands_are_signed_for_the_lock(world: World) -> None:

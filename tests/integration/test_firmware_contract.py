@@ -25,8 +25,12 @@ RATE = 44100
 
 
 def pair_with_key(devices: Any, code: str, public_key_b64: str) -> dict[str, Any]:
-    """Redeem a pairing code for a lock whose public signing key is ``public_key_b64``; returns the credentials."""
-    resp = devices.post("/devices/provision", json={"code": code, "public_key": public_key_b64})
+    """Redeem a pairing code for a lock whose public signing key is ``public_key_b64`` (and a CSR for a new TLS key,
+    as docs/FIRMWARE.md says); returns the credentials."""
+    from simlock.lock import new_tls_key
+
+    body = {"code": code, "public_key": public_key_b64, "csr": new_tls_key()[1]}
+    resp = devices.post("/devices/provision", json=body)
     assert resp.status_code == 201, resp.get_json()
     credentials: dict[str, Any] = resp.get_json()
     return credentials
@@ -72,7 +76,7 @@ def test_lock_config_answers_a_request_signed_as_documented(clients: dict[str, A
     config = resp.get_json()
     assert config["lock_id"] == lock.lock_id
     assert config["server_public_key"] == lock.credentials["server_public_key"]
-    assert config["topics"]["commands"] == f"lockwise/{lock.lock_id}/cmd"
+    assert config["topics"]["commands"] == f"lockwise/{lock.credentials['mqtt']['client_id']}/cmd"
 
 
 def test_the_documented_401_codes(clients: dict[str, Any], lock: PairedLock) -> None:

@@ -7,7 +7,7 @@ Secret Manager hands them over (variables, and files where the deploy mounts the
 stood in for, and only through what ``STAND_INS`` adds: the ``LOCKWISE_REHEARSAL`` switch (refused on Cloud Run),
 the Firestore and Auth emulators for the functions, and a local metadata server for the relay's identity tokens.
 Cloud SQL is the local PostgreSQL (a fresh database the migration job migrates first); the broker VM is the local
-Mosquitto with the same rendered configuration, and its account sync runs from its own bundle.
+Mosquitto with the same rendered configuration (client certificates only, from the lock CA).
 """
 
 from __future__ import annotations
@@ -28,7 +28,6 @@ import pytest
 
 from infra.build import TARGETS, build
 from infra.deploy_config import (
-    BROKER_SYNC,
     SERVICES,
     JobSpec,
     Place,
@@ -142,17 +141,6 @@ class Rehearsal:
         services.wait_until(proc, lambda: services.http_ok(f"http://127.0.0.1:{port}/health", (200, 503)), 60)
         return proc
 
-    def start_broker_sync(self) -> services.Process:
-        argv = command(BROKER_SYNC, self.place)
-        argv[0] = str(self.pythons["broker"])
-        argv += ["--poll-s", "2"]
-        proc = services.spawn(
-            BROKER_SYNC.name, argv, self.root / "logs" / "broker-sync.log", 0,
-            env=self.env_of(BROKER_SYNC, "job"), cwd=self.bundles["broker"],
-        )  # fmt: skip
-        self.processes[BROKER_SYNC.name] = proc
-        return proc
-
     def _at(self, bundle: Path) -> Place:
         from dataclasses import replace
 
@@ -201,7 +189,8 @@ def rehearsal(
     threading.Thread(target=metadata.serve_forever, daemon=True).start()
     mounts = root / "mounts"
     mounts.mkdir()
-    shutil.copy(broker.ca_file, mounts / "ca.crt")  # the broker CA, mounted as the deploy mounts it
+    shutil.copy(broker.ca_file, mounts / "ca.crt")  # the broker CA and the relay slots' certificates, mounted
+    shutil.copy(broker.relay_certs, mounts / "relay-certs.json")  # as the deploy mounts them
     database_url = _fresh_database(postgres)
     place = Place(
         project=PROJECT_ID,
@@ -209,14 +198,12 @@ def rehearsal(
         broker_public_host="127.0.0.1",
         broker_port=broker.port,
         mounts=str(mounts),
-        broker_dir=str(broker.password_file.parent),
-        broker_pid_file=str(broker.pid_file),
     )
     secret_values = {
         "DATABASE_URL": database_url,
         "LOCKWISE_SERVICE_TOKEN": secrets.token_urlsafe(24),
         "LOCKWISE_COMMAND_SIGNING_KEY": base64.b64encode(secrets.token_bytes(32)).decode(),
-        "MQTT_PASSWORD": broker.relay_password,
+        "LOCKWISE_LOCK_CA": broker.lock_ca_pem,
     }
     stand_ins = {
         "LOCKWISE_REHEARSAL": "1",

@@ -7,6 +7,7 @@ import base64
 import pytest
 
 from lockwise.config import ConfigError, Settings
+from lockwise.lock_certs import new_ca
 
 PROD_OK = {
     "LOCKWISE_MODE": "production",
@@ -14,6 +15,7 @@ PROD_OK = {
     "DATABASE_URL": "postgresql://app:Zx9-long-random@10.0.0.5:5432/lockwise",
     "LOCKWISE_SERVICE_TOKEN": "s3rv1ce-t0ken-long-random-value",
     "LOCKWISE_COMMAND_SIGNING_KEY": base64.b64encode(bytes(range(32))).decode(),
+    "LOCKWISE_LOCK_CA": new_ca(),
 }
 
 

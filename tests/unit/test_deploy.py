@@ -17,7 +17,6 @@ import pytest
 
 from infra.build import TARGETS, build
 from infra.deploy_config import (
-    BROKER_SYNC,
     MIGRATE,
     SERVICES,
     JobSpec,
@@ -28,6 +27,7 @@ from infra.deploy_config import (
 )
 from infra.model import fetch
 from lockwise.config import ConfigError, DatabaseSettings, Settings
+from lockwise.lock_certs import new_ca
 from mqtt_relay.settings import RelaySettings
 
 REPO = Path(__file__).resolve().parents[2]
@@ -164,9 +164,11 @@ def _secret_values(spec: ServiceSpec | JobSpec, place: Place) -> dict[str, str]:
     for target in secret_targets(spec, place):
         if target.startswith("/"):
             Path(target).parent.mkdir(parents=True, exist_ok=True)
-            Path(target).write_text("-----BEGIN CERTIFICATE-----\n")
+            Path(target).write_text("{}" if target.endswith(".json") else "-----BEGIN CERTIFICATE-----\n")
         elif target == "LOCKWISE_COMMAND_SIGNING_KEY":
             values[target] = base64.b64encode(bytes(range(32))).decode()
+        elif target == "LOCKWISE_LOCK_CA":
+            values[target] = new_ca()
         elif target == "DATABASE_URL":
             values[target] = "postgresql://app:Zx9-long-random@10.0.0.5:5432/lockwise"
         else:
@@ -182,7 +184,7 @@ def _start_settings(spec: ServiceSpec | JobSpec, env: dict[str, str]) -> object:
     return DatabaseSettings.from_env(env)
 
 
-@pytest.mark.parametrize("spec", [*SERVICES, MIGRATE, BROKER_SYNC], ids=lambda s: s.name)
+@pytest.mark.parametrize("spec", [*SERVICES, MIGRATE], ids=lambda s: s.name)
 def test_each_deployable_starts_with_exactly_the_secrets_deploy_gives_it(
     spec: ServiceSpec | JobSpec, tmp_path: Path
 ) -> None:
@@ -199,6 +201,11 @@ def test_each_deployable_starts_with_exactly_the_secrets_deploy_gives_it(
     for name in secrets:  # and each secret it is given is one it needs
         with pytest.raises(ConfigError, match=name):
             _start_settings(spec, {k: v for k, v in env.items() if k != name})
+    for path in (t for t in secret_targets(spec, place) if t.startswith("/")):  # mounted files too
+        Path(path).unlink()
+        with pytest.raises(ConfigError, match=path):
+            _start_settings(spec, env)
+        _secret_values(spec, place)
 
 
 def test_the_relay_never_holds_the_signing_key() -> None:
@@ -231,14 +238,24 @@ def test_deploy_flags_and_the_rehearsal_render_one_environment() -> None:
     assert "LOCKWISE_REHEARSAL" not in "\n".join(" ".join(c) for c in cmds)
 
 
-def test_the_broker_host_gets_its_account_sync_as_a_service(tmp_path: Path) -> None:
+def test_the_broker_knows_nothing_per_lock_and_every_relay_slot(tmp_path: Path) -> None:
     from infra.broker import render
+    from infra.deploy_config import RELAY_SLOTS
 
     render.main(["--out", str(tmp_path), "--host", "broker.lockwise.internal"])
-    unit = (tmp_path / "lockwise-broker-accounts.service").read_text()
-    assert "lockwise.broker_accounts" in unit and "--password-file /etc/mosquitto/passwd" in unit
-    assert "Environment=LOCKWISE_MODE=production" in unit and "postgresql://" not in unit
-    assert any(c[:4] == [sys.executable, "-m", "infra.build", "broker"] for c in dry_run("broker"))
+    conf = (tmp_path / "mosquitto.conf").read_text()
+    for line in ("require_certificate true", "use_identity_as_username true", "use_username_as_clientid true",
+                 "tls_version tlsv1.2", "allow_anonymous false", "max_packet_size 65536"):  # fmt: skip
+        assert line in conf.splitlines(), line
+    assert "password_file" not in conf
+    acl = (tmp_path / "acl").read_text()
+    assert [line for line in acl.splitlines() if line.startswith("user ")] == [
+        f"user lockwise-relay-{slot}" for slot in range(1, RELAY_SLOTS + 1)
+    ]
+    assert "pattern readwrite lockwise/%u/#" in acl
+    emqx = (tmp_path / "emqx.conf").read_text()
+    assert "peer_cert_as_username = cn" in emqx and "fail_if_no_peer_cert = true" in emqx
+    assert "lockwise/${username}/#" in (tmp_path / "emqx_acl.conf").read_text()
 
 
 def test_model_fetch_checks_checksums(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

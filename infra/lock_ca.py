@@ -1,0 +1,83 @@
+"""The lock CA and the relay replicas' broker certificates: ``python -m infra.lock_ca init|relay-certs``.
+
+``init --out DIR`` makes a new lock CA: ``lock-ca.pem`` (certificate and key: the ``lockwise-lock-ca`` secret, held
+by the devices function only) and ``lock-ca.crt`` (the certificate alone: the broker checks client certificates
+against it). ``relay-certs --ca DIR/lock-ca.pem --out relay-certs.json`` issues one client certificate per relay slot
+(``lockwise-relay-1`` ..., as the broker's ACL lists them): the ``lockwise-relay-certs`` secret. The local stack and
+the tests use the same functions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import sys
+from pathlib import Path
+
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509 import CertificateSigningRequest, CertificateSigningRequestBuilder, Name, NameAttribute
+from cryptography.x509.oid import NameOID
+
+from infra.broker.render import relay_identities
+from infra.deploy_config import RELAY_SLOTS
+from lockwise.lock_certs import LockCa, issue, new_ca
+
+
+def client_cert(ca_pem: str, identity: str, days: int) -> tuple[str, str]:
+    """A new EC P-256 key and a certificate for ``identity`` signed by the CA: ``(cert PEM, key PEM)``."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    csr = make_csr(key)
+    issued = issue(LockCa.from_pem(ca_pem), csr, identity, days * 86400, dt.datetime.now(dt.UTC))
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode()
+    return issued.pem, key_pem
+
+
+def make_csr(key: ec.EllipticCurvePrivateKey, subject: str = "lockwise") -> CertificateSigningRequest:
+    """A CSR for ``key`` (the CA ignores its subject: the identity is the CA's to choose)."""
+    return (
+        CertificateSigningRequestBuilder()
+        .subject_name(Name([NameAttribute(NameOID.COMMON_NAME, subject)]))
+        .sign(key, hashes.SHA256())
+    )
+
+
+def relay_certs(ca_pem: str, slots: int = RELAY_SLOTS, days: int = 365) -> dict[str, dict[str, str]]:
+    """``{identity: {"cert", "key"}}`` for every relay slot: what ``MQTT_CLIENT_CERTS`` holds."""
+    bundle = {}
+    for identity in relay_identities(slots):
+        cert, key = client_cert(ca_pem, identity, days)
+        bundle[identity] = {"cert": cert, "key": key}
+    return bundle
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    init = commands.add_parser("init", help="a new lock CA")
+    init.add_argument("--out", type=Path, required=True)
+    relay = commands.add_parser("relay-certs", help="one client certificate per relay slot")
+    relay.add_argument("--ca", type=Path, required=True, help="lock-ca.pem (certificate and key)")
+    relay.add_argument("--out", type=Path, required=True)
+    relay.add_argument("--slots", type=int, default=RELAY_SLOTS)
+    relay.add_argument("--days", type=int, default=365)
+    args = parser.parse_args(argv)
+    if args.command == "init":
+        args.out.mkdir(parents=True, exist_ok=True)
+        pem = new_ca()
+        (args.out / "lock-ca.pem").touch(mode=0o600)
+        (args.out / "lock-ca.pem").write_text(pem)
+        (args.out / "lock-ca.crt").write_text(LockCa.from_pem(pem).cert_pem())
+        sys.stdout.write(f"lock CA written to {args.out}/lock-ca.pem (secret) and lock-ca.crt (for the broker)\n")
+    else:
+        args.out.touch(mode=0o600)
+        args.out.write_text(json.dumps(relay_certs(args.ca.read_text(), args.slots, args.days), indent=2))
+        sys.stdout.write(f"{args.slots} relay certificates written to {args.out}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

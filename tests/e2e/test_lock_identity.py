@@ -1,0 +1,109 @@
+"""Lock identity end to end: certificates from pairing, renewal, and what re-pairing does to the old identity, with
+the served devices function, a relay and the real broker."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from cryptography import x509
+
+from lockwise import topics
+from simlock.lock import LockConfig, SimulatedLock, provision
+from tests.e2e.conftest import App
+from tests.waiting import wait_for
+
+Pair = Callable[..., tuple[str, SimulatedLock]]
+
+
+def db_one(e2e: dict[str, Any], sql: str, **params: Any) -> Any:
+    with e2e["db"].connection() as con:
+        rows = con.run(sql, **params)
+    return rows[0] if rows else None
+
+
+def test_renewal_keeps_the_identity_and_the_session(
+    e2e: dict[str, Any], app: App, relays: Any, paired_lock: Pair
+) -> None:
+    relays()
+    lock_id, lock = paired_lock()
+    before = x509.load_pem_x509_certificate(lock.config.cert_pem.encode())
+    time.sleep(1.1)  # a later validity start than the first certificate's
+    renewed = lock.renew_certificate(e2e["url"])  # reconnects with the new certificate and key
+    after = x509.load_pem_x509_certificate(renewed["certificate"].encode())
+    assert renewed["client_id"] == lock.config.identity
+    assert after.subject == before.subject and after.serial_number != before.serial_number
+    assert after.not_valid_after_utc > before.not_valid_after_utc
+    assert after.public_key() != before.public_key()  # a new TLS key with every renewal
+    (serial,) = db_one(e2e, "SELECT cert_serial FROM lock_credentials WHERE lock_id = CAST(:l AS uuid)", l=lock_id)
+    assert int(serial, 16) == after.serial_number
+    command = app.unlock(lock_id)
+    wait_for(lambda: [c for c in lock.executed if c.id == command["id"]], what="a command after renewal")
+    wait_for(lambda: app.command_status(lock_id, command["id"]) == "acked", what="acked after renewal")
+
+
+def test_after_re_pairing_the_old_certificate_reaches_no_live_topic_and_cannot_renew(
+    e2e: dict[str, Any], app: App, relays: Any, paired_lock: Pair, broker: Any
+) -> None:
+    relays()
+    lock_id, old = paired_lock()
+    code = app.call("POST", f"/devices/locks/{lock_id}/provisioning").json()["code"]
+    new = SimulatedLock(provision(e2e["url"], code, str(broker.ca_file), host="127.0.0.1"))
+    new.start()
+    try:
+        assert new.config.identity != old.config.identity
+        # the old certificate still connects until it expires (nothing per lock at the broker to revoke) ...
+        assert old.connected.is_set()
+        command = app.unlock(lock_id)
+        wait_for(lambda: [c for c in new.executed if c.id == command["id"]], what="the new lock got the command")
+        wait_for(lambda: app.command_status(lock_id, command["id"]) == "acked", what="acked by the new lock")
+        # ... but reaches nothing live: no command, and its reports are refused
+        old.client.publish(
+            topics.state(old.config.identity),
+            json.dumps({"state": "jammed", "battery_pct": 3, "ts": time.time() + 1}),
+            qos=1,
+        ).wait_for_publish(5)
+        new.battery_pct = 55
+        new.publish_state().wait_for_publish(5)
+        wait_for(
+            lambda: (
+                db_one(e2e, "SELECT battery_pct FROM lock_state WHERE lock_id = CAST(:l AS uuid)", l=lock_id) == [55]
+            ),
+            what="the new lock's report",
+        )
+        time.sleep(0.5)
+        assert db_one(e2e, "SELECT state FROM lock_state WHERE lock_id = CAST(:l AS uuid)", l=lock_id) != ["jammed"]
+        assert [c for c in old.executed if c.id == command["id"]] == []
+        with pytest.raises(PermissionError, match="401"):
+            old.renew_certificate(e2e["url"])
+    finally:
+        new.stop(graceful=False)
+
+
+def test_a_lock_paired_with_a_password_moves_to_a_certificate(e2e: dict[str, Any], app: App, paired_lock: Pair) -> None:
+    """Migration: a credential from before certificates (a broker password, no certificate) learns from its config
+    that it has none and gets its first certificate, for the same identity; the password hash is cleared."""
+    lock_id, lock = paired_lock()
+    with e2e["db"].transaction() as con:
+        con.run(
+            "UPDATE lock_credentials SET cert_serial = NULL, cert_not_after = NULL, mqtt_password_hash = '$7$101$x$y'"
+            " WHERE lock_id = CAST(:l AS uuid) AND revoked_at IS NULL",
+            l=lock_id,
+        )
+    status, config = lock.signed_request(e2e["url"], "GET", "/devices/lock/config")
+    assert status == 200 and config["certificate_expires_at"] is None
+    renewed = lock.renew_certificate(e2e["url"])
+    assert renewed["client_id"] == lock.config.identity == config["mqtt_identity"]
+    sql = "SELECT mqtt_password_hash, cert_serial IS NOT NULL FROM lock_credentials WHERE lock_id = CAST(:l AS uuid)"
+    row = db_one(e2e, sql, l=lock_id)
+    assert row == [None, True]
+    assert lock.connected.is_set()
+
+
+def test_the_simulated_lock_config_round_trips(tmp_path: Any, paired_lock: Pair) -> None:
+    _, lock = paired_lock()
+    lock.config.save(tmp_path / "lock.json")
+    assert LockConfig.load(tmp_path / "lock.json") == lock.config
