@@ -103,6 +103,15 @@ def local_stack(model_dir: Path | None = None) -> Iterator[dict[str, str]]:
         proc.wait(90)
 
 
+def slot_files(relay_certs: Path, slot: int) -> tuple[str, str]:
+    """The certificate and key of relay slot ``slot`` from a relay certificates file, as files (for paho)."""
+    entry = json.loads(relay_certs.read_text())[f"lockwise-relay-{slot}"]
+    folder = Path(tempfile.mkdtemp(prefix="lockwise-bench-slot-"))
+    (folder / "c.crt").write_text(entry["cert"])
+    (folder / "c.key").write_text(entry["key"])
+    return str(folder / "c.crt"), str(folder / "c.key")
+
+
 def full_random_ecapa() -> Path:
     """A full-size ECAPA-TDNN with random weights (the real model's size and speed) and its ONNX export, made once
     in ~/.cache/lockwise/models: what the benchmarks time, since the real weights cannot be fetched here."""

@@ -22,7 +22,8 @@ import paho.mqtt.client as mqtt
 import requests
 from paho.mqtt.enums import CallbackAPIVersion
 
-from bench.common import local_stack, machine, out, summary, table
+from bench.common import local_stack, machine, out, slot_files, summary, table
+from infra.deploy_config import RELAY_SLOTS
 from lockwise import topics
 from lockwise.db import Database
 from simlock.lock import SimulatedLock, provision
@@ -62,10 +63,13 @@ class TimedLock(SimulatedLock):
 
 
 def relay_peer(env: dict[str, str], secrets_path: Path) -> mqtt.Client:
-    password = json.loads(secrets_path.read_text())["relay_password"]
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"bench-plain-{time.time_ns()}")
-    client.username_pw_set("lockwise-relay", password)
-    client.tls_set(ca_certs=env["MQTT_CA_FILE"], tls_version=ssl.PROTOCOL_TLS_CLIENT)
+    """A plain MQTT client with a relay's rights: the last relay slot's certificate, which the stack's relay does not
+    lease (``secrets_path`` is the stack's state folder's secrets file; the certificates sit beside it)."""
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"lockwise-relay-{RELAY_SLOTS}")
+    certfile, keyfile = slot_files(secrets_path.parent / "broker" / "identity" / "relay-certs.json", RELAY_SLOTS)
+    client.tls_set(
+        ca_certs=env["MQTT_CA_FILE"], certfile=certfile, keyfile=keyfile, tls_version=ssl.PROTOCOL_TLS_CLIENT
+    )
     client.connect(env["MQTT_HOST"], int(env["MQTT_PORT"]))
     client.loop_start()
     return client

@@ -24,7 +24,7 @@ from tests.waiting import wait_for
 
 def relay_event(world: World, service_token: str, topic_kind: str, payload: Any) -> dict[str, Any]:
     body = {
-        "topic": f"lockwise/{world.lock_id}/{topic_kind}",
+        "topic": f"lockwise/{world.credentials['mqtt']['client_id']}/{topic_kind}",
         "payload": payload if isinstance(payload, str) else json.dumps(payload),
     }
     resp = world.devices.post(
