@@ -27,12 +27,16 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
 from bench.common import machine, out, pct, slot_files, table
 from infra.deploy_config import RELAY_SLOTS
 from infra.local import services
 from infra.lock_ca import client_cert
 from lockwise import commands, locks, topics
 from lockwise.db import Database
+from mqtt_relay.slots import Lease
 
 
 @dataclass
@@ -161,32 +165,32 @@ async def fan_out_through_relay(db: Database, fleet: list[FleetLock], signing_ke
     return [lock.received["relay"] - committed for lock in fleet if "relay" in lock.received]
 
 
-async def fan_out_plain(env: dict[str, str], certs: Path, fleet: list[FleetLock]) -> list[float]:
-    import paho.mqtt.client as mqtt
-    from paho.mqtt.enums import CallbackAPIVersion
-
+def plain_publisher(env: dict[str, str], certs: Path) -> mqtt.Client:
+    """One client with a relay's rights (the last slot's certificate), connected before the fleet: paho waits on its
+    socket with select(), which cannot watch a descriptor numbered past 1024."""
     certfile, keyfile = slot_files(certs, RELAY_SLOTS)
     client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"lockwise-relay-{RELAY_SLOTS}")
     client.tls_set(ca_certs=env["MQTT_CA_FILE"], certfile=certfile, keyfile=keyfile)
     client.max_inflight_messages_set(100)
     client.connect("127.0.0.1", int(env["MQTT_PORT"]))
     client.loop_start()
-    try:
-        started = time.perf_counter()
-        for i, lock in enumerate(fleet):
-            client.publish(topics.commands(lock.identity), f"plain-{i:06d}", qos=1)
-        deadline = time.monotonic() + 120
-        while any(not [k for k in lock.received if k.startswith("plain-")] for lock in fleet):
-            if time.monotonic() > deadline:
-                break
-            await asyncio.sleep(0.05)
-        return [
-            min(t for k, t in lock.received.items() if k.startswith("plain-")) - started
-            for lock in fleet
-            if any(k.startswith("plain-") for k in lock.received)
-        ]
-    finally:
-        client.loop_stop()
+    return client
+
+
+async def fan_out_plain(client: mqtt.Client, fleet: list[FleetLock]) -> list[float]:
+    started = time.perf_counter()
+    for i, lock in enumerate(fleet):
+        client.publish(topics.commands(lock.identity), f"plain-{i:06d}", qos=1)
+    deadline = time.monotonic() + 120
+    while any(not [k for k in lock.received if k.startswith("plain-")] for lock in fleet):
+        if time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.05)
+    return [
+        min(t for k, t in lock.received.items() if k.startswith("plain-")) - started
+        for lock in fleet
+        if any(k.startswith("plain-") for k in lock.received)
+    ]
 
 
 async def bench(n: int, concurrency: int) -> None:
@@ -221,6 +225,11 @@ async def bench(n: int, concurrency: int) -> None:
             "LOCKWISE_RELAY_POLL_MS": "50",
         }
         relay = services.start_relay(root, env)
+        # the plain path's client holds the last relay slot's lease, so the relay never borrows that slot meanwhile
+        slot = Lease(db, RELAY_SLOTS).borrow(RELAY_SLOTS)
+        if slot.__enter__() is None:
+            raise RuntimeError("a relay holds the last slot")
+        plain = plain_publisher(env, broker.relay_certs)
         before = rss_kb(broker.process.popen.pid)
         gate, connected = asyncio.Semaphore(concurrency), list[float]()
         started = time.perf_counter()
@@ -237,7 +246,9 @@ async def bench(n: int, concurrency: int) -> None:
         await asyncio.sleep(1.0)
         after = rss_kb(broker.process.popen.pid)
         relay_latency = await fan_out_through_relay(db, fleet, signing_key)
-        plain_latency = await fan_out_plain(env, broker.relay_certs, fleet)
+        plain_latency = await fan_out_plain(plain, fleet)
+        plain.loop_stop()
+        slot.__exit__(None, None, None)
         for task in tasks:
             task.cancel()
         ms = [1000 * x for x in connected]

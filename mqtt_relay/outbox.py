@@ -17,8 +17,9 @@ from lockwise.db import Connection, Database
 
 log = logging.getLogger("mqtt_relay.outbox")
 
-#: publish(topic, payload) -> True once the broker acknowledged it (PUBACK)
-Publish = Callable[[str, str], bool]
+#: publish([(topic, payload), ...]) -> for each, True once the broker acknowledged it (PUBACK); the messages are in
+#: flight together, so a round costs about one broker round trip, not one per command
+Publish = Callable[[list[tuple[str, str]]], list[bool]]
 
 
 @dataclass(frozen=True)
@@ -35,7 +36,7 @@ def expire(con: Connection) -> int:
     return len(rows)
 
 
-def deliver_due(db: Database, publish: Publish, *, resend_after_s: int, limit: int = 50) -> list[Delivery]:
+def deliver_due(db: Database, publish: Publish, *, resend_after_s: int, limit: int = 500) -> list[Delivery]:
     """Publish what is due now; returns what was delivered to the broker."""
     delivered: list[Delivery] = []
     with db.transaction() as con:
@@ -51,23 +52,29 @@ def deliver_due(db: Database, publish: Publish, *, resend_after_s: int, limit: i
             resend=resend_after_s,
             n=limit,
         )
-        for command_id, lock_id, payload, username in rows:
-            if username is None:
-                con.run(
-                    "UPDATE commands SET status = 'failed', last_error = 'lock has no active credentials'"
-                    " WHERE id = CAST(:i AS uuid)",
-                    i=command_id,
-                )
-                continue
-            topic = topics.commands(str(username))
-            if not publish(topic, str(payload)):
-                break  # broker unavailable: leave the rest for the next round
+        orphans = [str(command_id) for command_id, _, _, username in rows if username is None]
+        if orphans:
+            con.run(
+                "UPDATE commands SET status = 'failed', last_error = 'lock has no active credentials'"
+                " WHERE id = ANY(CAST(:ids AS uuid[]))",
+                ids=orphans,
+            )
+        due = [
+            Delivery(str(command_id), str(lock_id), topics.commands(str(username)))
+            for command_id, lock_id, _, username in rows
+            if username is not None
+        ]
+        payloads = [str(payload) for _, _, payload, username in rows if username is not None]
+        if not due:
+            return delivered
+        published = publish([(d.topic, payload) for d, payload in zip(due, payloads, strict=True)])
+        delivered = [d for d, ok in zip(due, published, strict=True) if ok]  # the rest: next round
+        if delivered:
             con.run(
                 "UPDATE commands SET status = 'sent', sent_at = now(), send_count = send_count + 1"
-                " WHERE id = CAST(:i AS uuid)",
-                i=command_id,
+                " WHERE id = ANY(CAST(:ids AS uuid[]))",
+                ids=[d.command_id for d in delivered],
             )
-            delivered.append(Delivery(command_id, lock_id, topic))
     return delivered
 
 

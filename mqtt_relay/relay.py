@@ -84,16 +84,22 @@ class Relay:
         if qos > 0:
             self.client.ack(mid, qos)
 
-    def publish(self, topic: str, payload: str) -> bool:
-        """QoS 1, never retained (a retained unlock would open the door on the next reconnect)."""
+    def publish(self, messages: list[tuple[str, str]]) -> list[bool]:
+        """QoS 1, never retained (a retained unlock would open the door on the next reconnect); all in flight at
+        once, then each waited for until its PUBACK."""
         if not self.connected.is_set():
-            return False
-        info = self.client.publish(topic, payload, qos=1, retain=False)
-        try:
-            info.wait_for_publish(PUBACK_TIMEOUT_S)
-        except (RuntimeError, ValueError):
-            return False
-        return info.is_published()
+            return [False] * len(messages)
+        infos = [self.client.publish(topic, payload, qos=1, retain=False) for topic, payload in messages]
+        deadline = time.monotonic() + PUBACK_TIMEOUT_S
+        results = []
+        for info in infos:
+            try:
+                info.wait_for_publish(max(0.0, deadline - time.monotonic()))
+            except (RuntimeError, ValueError):
+                results.append(False)
+                continue
+            results.append(info.is_published())
+        return results
 
     # ------------------------------------------------------------------------------------------ outbox side
 

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -139,28 +140,36 @@ def test_command_that_expired_while_the_lock_was_offline_is_never_executed(
     assert row == ["expired"]
 
 
-def relay_client(e2e: dict[str, Any]) -> mqtt.Client:
-    """A client with a relay's rights (the last slot's certificate, which no relay of these tests leases)."""
+@contextlib.contextmanager
+def relay_client(e2e: dict[str, Any]) -> Iterator[mqtt.Client]:
+    """A client with a relay's rights: the last slot's certificate, with the slot's lease held meanwhile (so that no
+    relay borrows the slot to empty its session while this client uses it)."""
     import ssl
 
     from infra.deploy_config import RELAY_SLOTS
+    from mqtt_relay.slots import Lease
 
     env = e2e["env"]
-    identity = f"lockwise-relay-{RELAY_SLOTS}"
-    entry = json.loads(Path(env["MQTT_CLIENT_CERTS"]).read_text())[identity]
-    folder = Path(tempfile.mkdtemp())
-    (folder / "c.crt").write_text(entry["cert"])
-    (folder / "c.key").write_text(entry["key"])
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=identity)
-    client.tls_set(
-        ca_certs=env["MQTT_CA_FILE"],
-        certfile=str(folder / "c.crt"),
-        keyfile=str(folder / "c.key"),
-        tls_version=ssl.PROTOCOL_TLS_CLIENT,
-    )
-    client.connect("127.0.0.1", int(env["MQTT_PORT"]))
-    client.loop_start()
-    return client
+    with Lease(e2e["db"], RELAY_SLOTS).borrow(RELAY_SLOTS) as identity:
+        assert identity is not None, "a relay holds the last slot"
+        entry = json.loads(Path(env["MQTT_CLIENT_CERTS"]).read_text())[identity]
+        folder = Path(tempfile.mkdtemp())
+        (folder / "c.crt").write_text(entry["cert"])
+        (folder / "c.key").write_text(entry["key"])
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=identity)
+        client.tls_set(
+            ca_certs=env["MQTT_CA_FILE"],
+            certfile=str(folder / "c.crt"),
+            keyfile=str(folder / "c.key"),
+            tls_version=ssl.PROTOCOL_TLS_CLIENT,
+        )
+        client.connect("127.0.0.1", int(env["MQTT_PORT"]))
+        client.loop_start()
+        try:
+            yield client
+        finally:
+            client.disconnect()
+            client.loop_stop()
 
 
 def test_a_replayed_command_is_refused_by_the_lock(
@@ -172,23 +181,17 @@ def test_a_replayed_command_is_refused_by_the_lock(
     wait_for(lambda: app.command_status(lock_id, command["id"]) == "acked", what="acked")
     (payload,) = db_one(e2e, "SELECT payload FROM commands WHERE id = CAST(:i AS uuid)", i=command["id"])
     lock.state = "locked"
-    replayer = relay_client(e2e)
-    try:
+    with relay_client(e2e) as replayer:
         replayer.publish(topics.commands(lock.config.identity), payload, qos=1).wait_for_publish(5)
         wait_for(lambda: [r for r in lock.refused if r[0] == "replayed"], what="replay refused")
-    finally:
-        replayer.loop_stop()
     assert len([c for c in lock.executed if c.id == command["id"]]) == 1
     assert lock.state == "locked"
     # a forged command (not signed by the server) is refused too
     forged = json.loads(payload)
     forged["cmd"] = forged["cmd"].replace(command["id"], "00000000-0000-0000-0000-000000000000")
-    replayer = relay_client(e2e)
-    try:
+    with relay_client(e2e) as replayer:
         replayer.publish(topics.commands(lock.config.identity), json.dumps(forged), qos=1).wait_for_publish(5)
         wait_for(lambda: [r for r in lock.refused if r[0] == "bad_signature"], what="forgery refused")
-    finally:
-        replayer.loop_stop()
 
 
 def test_one_lock_cannot_publish_state_for_another(
