@@ -4,6 +4,12 @@ Messages arrive on paho's network thread and are queued; one worker posts them i
 ``/devices/relay/events`` with the relay's service token and calls ``ack`` for each only when the function has
 accepted the batch. If the relay dies first, the broker redelivers (persistent session, QoS 1): nothing is lost, and
 the devices side is idempotent on redelivery.
+
+No event can hold up the others. The devices function judges each event alone (a bad one comes back ``rejected``,
+counted here, and is acknowledged with the batch). A payload over ``MAX_PAYLOAD_CHARS`` is dropped here, logged and
+counted, never posted. A batch the function refuses as a whole with 400 or 413 is split in halves until the one
+event it refuses is found, which is dropped the same way; an unreachable function, a 5xx or a refused service token
+keeps the batch, unacknowledged, and retries it.
 """
 
 from __future__ import annotations
@@ -18,6 +24,13 @@ from dataclasses import dataclass
 import requests
 
 from lockwise.headers import SERVICE_TOKEN_HEADER
+
+#: the devices function refuses larger payloads (lockwise.lock_events.MAX_PAYLOAD_CHARS; the broker, 64 KiB packets)
+MAX_PAYLOAD_CHARS = 16_384
+#: a batch's payloads stop growing past this many characters (the function takes bodies up to 4 MB)
+MAX_BATCH_CHARS = 1_000_000
+#: what the function answers for a batch one of whose events it cannot take at all: split the batch to find it
+SPLIT_ON = (400, 413)
 
 log = logging.getLogger("mqtt_relay.forwarder")
 
@@ -48,6 +61,8 @@ class Forwarder:
         self.timeout_s = timeout_s
         self.queue: queue.Queue[Event] = queue.Queue()
         self.forwarded = 0
+        self.rejected = 0  # events the devices function judged and refused (kept in its lock_event_rejects)
+        self.dropped = 0  # events that could not be delivered at all (oversized, or refused alone with 400/413)
         self.in_flight = 0
         self.last_error: str | None = None
         self._stop = threading.Event()
@@ -58,7 +73,15 @@ class Forwarder:
         self._thread.start()
 
     def submit(self, event: Event) -> None:
+        if len(event.payload) > MAX_PAYLOAD_CHARS:
+            self._drop(event, f"payload of {len(event.payload)} characters")
+            return
         self.queue.put(event)
+
+    def _drop(self, event: Event, why: str) -> None:
+        log.warning("lock event dropped", extra={"fields": {"topic": event.topic[:200], "reason": why}})
+        self.dropped += 1
+        event.ack()
 
     def stop(self, drain_timeout_s: float = 10.0) -> None:
         """Forward what is queued (up to the timeout), then stop; anything left is redelivered by the broker."""
@@ -73,12 +96,13 @@ class Forwarder:
             first = self.queue.get(timeout=0.2)
         except queue.Empty:
             return []
-        events = [first]
-        while len(events) < self.batch:
+        events, size = [first], len(first.payload)
+        while len(events) < self.batch and size < MAX_BATCH_CHARS:
             try:
                 events.append(self.queue.get_nowait())
             except queue.Empty:
                 break
+            size += len(events[-1].payload)
         return events
 
     def _run(self) -> None:
@@ -88,18 +112,27 @@ class Forwarder:
             if not events:
                 continue
             self.in_flight = len(events)
-            while not self._stop.is_set():
-                if self._post(events):
-                    for event in events:
+            pending = [events]
+            while pending and not self._stop.is_set():
+                verdict = self._post(pending[0])
+                if verdict == "taken":
+                    for event in pending.pop(0):
                         event.ack()
-                    self.forwarded += len(events)
                     backoff = 0.2
-                    break
-                time.sleep(backoff)  # keep the batch, unacknowledged, until the function takes it
-                backoff = min(backoff * 2, 5.0)
+                elif verdict == "refused":  # one of these events poisons the batch: find it, drop it alone
+                    batch = pending.pop(0)
+                    if len(batch) == 1:
+                        self._drop(batch[0], "refused by the devices function")
+                    else:
+                        pending[:0] = [batch[: len(batch) // 2], batch[len(batch) // 2 :]]
+                else:
+                    time.sleep(backoff)  # keep the batch, unacknowledged, until the function takes it
+                    backoff = min(backoff * 2, 5.0)
             self.in_flight = 0
 
-    def _post(self, events: list[Event]) -> bool:
+    def _post(self, events: list[Event]) -> str:
+        """``taken`` (each event judged: applied, duplicate, stale or rejected), ``refused`` (400/413 for the batch
+        as a whole) or ``retry``."""
         body = {"events": [{"topic": e.topic, "payload": e.payload} for e in events]}
         try:
             headers = {**self.headers, **self.identity()}
@@ -107,13 +140,22 @@ class Forwarder:
         except (requests.RequestException, OSError) as exc:
             self.last_error = type(exc).__name__
             log.warning("devices function unreachable; will retry", extra={"fields": {"error": self.last_error}})
-            return False
+            return "retry"
+        if resp.status_code in SPLIT_ON:
+            log.warning("devices function refused a batch", extra={"fields": {"status": resp.status_code}})
+            return "refused"
         if resp.status_code != 200:
             self.last_error = f"HTTP {resp.status_code}"
             log.warning("devices function refused events; will retry", extra={"fields": {"status": resp.status_code}})
-            return False
+            return "retry"
         self.last_error = None
-        return True
+        self.forwarded += len(events)
+        try:
+            outcomes = resp.json()["results"]
+            self.rejected += sum(1 for o in outcomes if isinstance(o, dict) and o.get("outcome") == "rejected")
+        except (ValueError, KeyError, TypeError):
+            pass
+        return "taken"
 
     def flush_mirror(self) -> None:
         """Ask the devices function to write queued Firestore mirror rows (the app's view converges)."""

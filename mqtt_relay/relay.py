@@ -225,6 +225,8 @@ class Relay:
             "ok": self.forwarder.last_error is None,
             "queued": self.forwarder.queue.qsize(),
             "forwarded": self.forwarder.forwarded,
+            "rejected": self.forwarder.rejected,
+            "dropped": self.forwarder.dropped,
             **({"error": self.forwarder.last_error} if self.forwarder.last_error else {}),
         }
         healthy = all(c["ok"] for c in checks.values())

@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.identity or not Path(args.identity).is_file():
         parser.error("no lock identity: pair with --pair CODE --identity FILE, or start ./dev stack (its demo lock)")
     config = LockConfig.load(Path(args.identity))
-    lock = SimulatedLock(config)
+    lock = SimulatedLock(config, nonce_file=Path(args.identity).with_suffix(".nonces.json"))
     try:
         lock.start()
     except (ConnectionError, OSError) as exc:

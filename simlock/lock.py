@@ -129,9 +129,11 @@ class SimulatedLock:
     refused: list[tuple[str, str]] = field(default_factory=list)  # (reason, raw payload)
     connected: threading.Event = field(default_factory=threading.Event)
     subscribed: threading.Event = field(default_factory=threading.Event)
+    #: where used command nonces survive a restart (the firmware's NVS); None: memory only
+    nonce_file: Path | None = None
 
     def __post_init__(self) -> None:
-        self._seen_nonces: set[str] = set()
+        self._seen_nonces: dict[str, int] = self._load_nonces()  # nonce -> the command's expires_at
         self._lock = threading.Lock()
         self._files = Path(tempfile.mkdtemp(prefix="simlock-"))
         self.client = self._new_client()
@@ -229,8 +231,27 @@ class SimulatedLock:
         with self._lock:
             if command.nonce in self._seen_nonces:
                 raise command_signing.BadCommand("replayed")
-            self._seen_nonces.add(command.nonce)
+            self._seen_nonces[command.nonce] = command.expires_at
+            self._save_nonces()
         return command
+
+    def _load_nonces(self) -> dict[str, int]:
+        """The nonces of commands acted on that have not expired yet: a command whose nonce is here is a replay, also
+        after a restart; one that has expired is refused for its expiry, so the set stays small."""
+        if self.nonce_file is None or not self.nonce_file.exists():
+            return {}
+        stored: dict[str, int] = json.loads(self.nonce_file.read_text())
+        now = time.time()
+        return {nonce: expires for nonce, expires in stored.items() if expires > now}
+
+    def _save_nonces(self) -> None:
+        if self.nonce_file is None:
+            return
+        now = time.time()
+        live = {nonce: expires for nonce, expires in self._seen_nonces.items() if expires > now}
+        tmp = self.nonce_file.with_name(self.nonce_file.name + ".tmp")
+        tmp.write_text(json.dumps(live))
+        tmp.replace(self.nonce_file)  # written before the lock acts: a crash never forgets an executed command
 
     def _on_message(self, _c: mqtt.Client, _ud: Any, msg: mqtt.MQTTMessage) -> None:
         if self.delay_s:
@@ -261,7 +282,7 @@ class SimulatedLock:
         if not self.config.server_public_key:
             return
         repeat = command_signing.verify(payload, self.config.server_public_key)
-        if any(c.id == repeat.id and c.nonce == repeat.nonce for c in self.executed):
+        if repeat.nonce in self._seen_nonces:  # acted on (before a restart too): the nonces are persisted
             self._ack(repeat)
 
     # --------------------------------------------------------------------------------------------- HTTP side

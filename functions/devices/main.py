@@ -39,6 +39,8 @@ from lockwise.runtime import get_runtime
 rt = get_runtime("devices")
 api = Api("devices")
 MAX_EVENTS = 500
+#: a relay batch: MAX_EVENTS payloads of a few hundred bytes, or fewer of up to lock_events.MAX_PAYLOAD_CHARS
+MAX_EVENTS_BODY = 4_000_000
 
 
 def now() -> dt.datetime:
@@ -382,18 +384,13 @@ def require_relay(ctx: Ctx) -> None:
 @api.route("POST", "/devices/relay/events")
 def relay_events(ctx: Ctx) -> JsonBody:
     require_relay(ctx)
-    events = ctx.json().get("events")
+    events = ctx.json(MAX_EVENTS_BODY).get("events")
     if not isinstance(events, list) or not 1 <= len(events) <= MAX_EVENTS:
         raise errors.BadRequest(f"events must be a list of 1 to {MAX_EVENTS} items", code="invalid_events")
-    results = []
     with rt.db.transaction() as con:
-        for event in events:
-            if not isinstance(event, dict):
-                results.append(lock_events.Outcome("rejected", "event must be an object").as_dict())
-                continue
-            results.append(lock_events.apply(con, event.get("topic"), event.get("payload"), now()).as_dict())
+        outcomes = lock_events.apply_batch(con, events, now())
     rt.flush_mirror()
-    return {"results": results}
+    return {"results": [o.as_dict() for o in outcomes]}
 
 
 @api.route("POST", "/devices/relay/flush")

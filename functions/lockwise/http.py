@@ -20,7 +20,7 @@ from werkzeug.exceptions import MethodNotAllowed as WzMethodNotAllowed
 from werkzeug.exceptions import NotFound as WzNotFound
 from werkzeug.routing import Map, Rule
 
-from lockwise import errors
+from lockwise import errors, inputs
 from lockwise.config import Settings, get_settings
 from lockwise.headers import SERVICE_TOKEN_HEADER
 from lockwise.log import event, request_id_var
@@ -85,10 +85,7 @@ def read_body(request: flask.Request, limit: int) -> bytes:
 def parse_json_object(raw: bytes) -> JsonBody:
     if not raw:
         raise errors.BadRequest("request body is empty; a JSON object is expected", code="empty_body")
-    try:
-        value = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise errors.BadRequest(f"body is not valid JSON: {exc}", code="malformed_json") from exc
+    value = inputs.loads(raw)  # nesting, number and text limits: one boundary for every JSON body
     if not isinstance(value, dict):
         raise errors.BadRequest("body must be a JSON object", code="expected_object")
     return value

@@ -1,19 +1,22 @@
 """Lock events handed over by the relay: state reports, command acknowledgements, online/offline.
 
-The relay forwards each MQTT message as ``{"topic", "payload"}``; the topic names the lock (its broker username).
+The relay forwards each MQTT message as ``{"topic", "payload"}``; the topic names the lock (its broker identity).
 Applying an event is idempotent, so a redelivery after a relay crash changes nothing: a state report older than the
 one applied is ignored, an ack of a command that is no longer pending or sent is a duplicate.
+
+Each event is checked and applied on its own (``apply_batch``: one savepoint per event): a bad event from one lock
+(malformed, oversized, NUL bytes, deeply nested, or one the database refuses) is ``rejected`` alone, with a reason,
+and kept in ``lock_event_rejects`` for an operator; it never fails the batch, so it never holds up another lock.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import json
-import uuid
+import logging
 from dataclasses import dataclass
 from typing import Any
 
-from lockwise import audit, lockout, mirror, topics
+from lockwise import audit, errors, inputs, lockout, mirror, topics
 from lockwise.db import Connection
 
 STATES = ("locked", "unlocked", "locking", "unlocking", "jammed")
@@ -30,9 +33,61 @@ class Outcome:
         return {"outcome": self.outcome, **({"reason": self.reason} if self.reason else {})}
 
 
+#: the largest event payload taken (the broker refuses packets over 64 KiB; state and acks are a few hundred bytes)
+MAX_PAYLOAD_CHARS = 16_384
+#: state and ack payloads are flat objects
+MAX_PAYLOAD_DEPTH = 2
+log = logging.getLogger("lockwise.lock_events")
+
+
+def apply_batch(con: Connection, events: list[Any], now: dt.datetime) -> list[Outcome]:
+    """Apply each event in its own savepoint; a rejected one is recorded in ``lock_event_rejects``."""
+    outcomes = []
+    for event in events:
+        con.run("SAVEPOINT lock_event")
+        try:
+            if not isinstance(event, dict):
+                outcome = Outcome("rejected", "event must be an object")
+            else:
+                outcome = apply(con, event.get("topic"), event.get("payload"), now)
+        except Exception:  # noqa: BLE001 - whatever one event does to the database, the others go on
+            log.exception("lock event could not be applied")
+            con.run("ROLLBACK TO SAVEPOINT lock_event")
+            outcome = Outcome("rejected", "the event could not be applied")
+        con.run("RELEASE SAVEPOINT lock_event")
+        if outcome.outcome == "rejected":
+            _park(con, event, outcome.reason or "rejected")
+        outcomes.append(outcome)
+    return outcomes
+
+
+def _park(con: Connection, event: Any, reason: str) -> None:
+    """Keep a rejected event for an operator: its topic and a printable excerpt (NUL and bad text escaped)."""
+    topic = event.get("topic") if isinstance(event, dict) else None
+    payload = event.get("payload") if isinstance(event, dict) else event
+    con.run(
+        "INSERT INTO lock_event_rejects (topic, reason, payload_excerpt, payload_chars) VALUES (:t, :r, :p, :n)",
+        t=_printable(topic)[:200] if isinstance(topic, str) else None,
+        r=reason[:200],
+        p=_printable(payload if isinstance(payload, str) else repr(payload))[:500],
+        n=len(payload) if isinstance(payload, str) else None,
+    )
+
+
+def _printable(text: str) -> str:
+    return text.replace("\x00", "\\0").encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def apply(con: Connection, topic: Any, payload: Any, now: dt.datetime) -> Outcome:
     if not isinstance(topic, str) or not isinstance(payload, str):
         return Outcome("rejected", "topic and payload must be strings")
+    if len(payload) > MAX_PAYLOAD_CHARS:
+        return Outcome("rejected", f"payload over {MAX_PAYLOAD_CHARS} characters")
+    try:
+        inputs.check_text(topic, "topic")
+        inputs.check_text(payload, "payload")
+    except errors.BadRequest as exc:
+        return Outcome("rejected", exc.message)
     lock_user = topics.lock_of(topic)
     kind = topic.rsplit("/", 1)[-1]
     if lock_user is None:
@@ -46,9 +101,9 @@ def apply(con: Connection, topic: Any, payload: Any, now: dt.datetime) -> Outcom
     if kind == "status":
         return _status(con, lock_id, payload, now)
     try:
-        body = json.loads(payload)
-    except ValueError:
-        return Outcome("rejected", "payload is not JSON")
+        body = inputs.loads(payload, max_depth=MAX_PAYLOAD_DEPTH)
+    except errors.BadRequest as exc:
+        return Outcome("rejected", f"payload: {exc.message}")
     if not isinstance(body, dict):
         return Outcome("rejected", "payload is not a JSON object")
     if kind == "state":
@@ -123,9 +178,8 @@ def _ack(con: Connection, lock_id: str, body: dict[str, Any], now: dt.datetime) 
         return Outcome("rejected", "ack needs id, nonce and result (ok, failed or refused)")
     if reason is not None and not isinstance(reason, str):
         return Outcome("rejected", "reason must be a string")
-    try:
-        uuid.UUID(command_id)
-    except ValueError:
+    command_id = inputs.canonical_uuid(command_id)
+    if command_id is None:
         return Outcome("rejected", "id is not a command id")
     rows = con.run(
         "UPDATE commands SET status = :st, acked_at = CASE WHEN :st = 'acked' THEN :now ELSE acked_at END,"

@@ -31,12 +31,12 @@ class Result:
     stale_voiceprints: int = 0
 
     def body(self) -> dict[str, Any]:
+        # the decision only: a score or the threshold would let whoever holds a lock hill-climb towards a voiceprint
+        # (they are in the attempts log, for the owner and operators)
         out: dict[str, Any] = {
             "decision": self.decision,
             "attempt_id": self.attempt_id,
             "reason": self.reason,
-            "score": None if self.score is None else round(self.score, 4),
-            "threshold": None if self.threshold is None else round(self.threshold, 4),
             "stale_voiceprints": self.stale_voiceprints,
         }
         if self.decision == "accepted":

@@ -256,3 +256,70 @@ def test_events_queued_for_a_crashed_replica_are_forwarded_by_the_survivor(
 
     wait_for(lambda: health()["drained"] > 0, what="the dead replica's session emptied by the survivor")
     assert health()["checks"]["forwarder"]["forwarded"] >= 40
+
+
+def test_one_locks_poison_events_never_hold_up_another_locks(
+    e2e: dict[str, Any], relays: Any, paired_lock: Pair
+) -> None:
+    """A lock that publishes what the devices function cannot take (NUL in a string, a lone surrogate, deep nesting,
+    a huge number, an oversized payload) has those events refused alone; every other event, its own included, is
+    applied, and the relay counts what it refused."""
+    relay = relays()
+    lock_a, a = paired_lock("A")
+    lock_b, b = paired_lock("B")
+    state_a = topics.state(a.config.identity)
+    poison = [
+        json.dumps({"state": "locked", "firmware": "\u0000", "ts": time.time()}),
+        '{"state": "locked", "firmware": "\\ud800", "ts": 1}',
+        "[" * 5000 + "]" * 5000,
+        '{"state": "locked", "battery_pct": 1' + "0" * 5000 + ', "ts": 1}',
+        json.dumps({"state": "locked", "firmware": "x" * 40_000, "ts": time.time()}),  # under 64 KiB, over 16 KiB
+    ]
+    for payload in poison:
+        a.client.publish(state_a, payload, qos=1).wait_for_publish(5)
+    b.battery_pct, a.battery_pct = 33, 44
+    b.publish_state().wait_for_publish(5)
+    time.sleep(0.01)
+    a.publish_state().wait_for_publish(5)
+    for lock_id, battery in ((lock_b, 33), (lock_a, 44)):
+        wait_for(
+            lambda lock_id=lock_id, battery=battery: (
+                db_one(  # type: ignore[misc]
+                    e2e, "SELECT battery_pct FROM lock_state WHERE lock_id = CAST(:l AS uuid)", l=lock_id
+                )
+                == [battery]
+            ),
+            what=f"{battery}% applied behind the poison",
+        )
+    health = requests.get(f"http://127.0.0.1:{relay.port}/health", timeout=5).json()["checks"]["forwarder"]
+    assert health["rejected"] >= 4 and health["dropped"] >= 1, health
+    with e2e["db"].connection() as con:
+        reasons = [r[0] for r in con.run("SELECT reason FROM lock_event_rejects ORDER BY id")]
+    assert any("NUL" in r for r in reasons) and any("surrogate" in r for r in reasons), reasons
+    assert any("deeper" in r for r in reasons) and any("digits" in r for r in reasons), reasons
+
+
+def test_a_restarted_lock_still_refuses_a_command_it_already_executed(
+    e2e: dict[str, Any], app: App, relays: Any, paired_lock: Pair, tmp_path: Path
+) -> None:
+    """The simulated lock keeps the nonces of executed commands until they expire, across a restart, as the
+    firmware must (docs/FIRMWARE.md): a replayed grant does not open the door again after a reboot."""
+    relays()
+    lock_id, first = paired_lock()
+    first.stop(graceful=False)
+    nonces = tmp_path / "nonces.json"
+    lock = SimulatedLock(first.config, nonce_file=nonces)
+    lock.start()
+    command = app.unlock(lock_id)
+    wait_for(lambda: app.command_status(lock_id, command["id"]) == "acked", what="acked")
+    (payload,) = db_one(e2e, "SELECT payload FROM commands WHERE id = CAST(:i AS uuid)", i=command["id"])
+    lock.stop(graceful=False)
+    rebooted = SimulatedLock(first.config, nonce_file=nonces)  # a new process: nothing in memory
+    rebooted.start()
+    try:
+        with relay_client(e2e) as replayer:
+            replayer.publish(topics.commands(lock.config.identity), payload, qos=1).wait_for_publish(5)
+            wait_for(lambda: [r for r in rebooted.refused if r[0] == "replayed"], what="replay refused after reboot")
+        assert rebooted.executed == [] and rebooted.state == "locked"
+    finally:
+        rebooted.stop(graceful=False)

@@ -110,7 +110,7 @@ def test_verify_takes_pcm_with_a_signed_sample_rate(clients: dict[str, Any], loc
     # decoded, validated and scored: nobody at this lock has a voiceprint, so the answer is this rejection
     assert resp.status_code == 200, resp.get_json()
     result = resp.get_json()
-    assert (result["decision"], result["reason"], result["score"]) == ("rejected", "no_candidates", None)
+    assert (result["decision"], result["reason"]) == ("rejected", "no_candidates") and "score" not in result
 
     # the sample rate is signed: changing it after signing is refused before anything is decoded
     tampered = sign_request(

@@ -172,4 +172,4 @@ def test_a_real_voice_opens_the_door_and_other_real_voices_do_not(
         for path in sorted((corpus / stranger).glob("*.wav"))[40:42]:
             result = verify(path)
             assert result["decision"] == "rejected", (stranger, result)
-            assert result["score"] < GE2E.threshold
+            assert "score" not in result  # the lock learns the decision only

@@ -1,0 +1,66 @@
+"""The input boundary: what JSON and text from outside may hold before anything keeps it or hands it to SQL."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from lockwise import errors, inputs
+from lockwise.http import parse_json_object
+
+
+@pytest.mark.parametrize(
+    ("raw", "code"),
+    [
+        (b"[" * 10_000 + b"]" * 10_000, "json_too_deep"),  # json.loads alone raises RecursionError: a 500
+        (b'{"a": ' + b"[" * 33 + b"]" * 33 + b"}", "json_too_deep"),
+        (b'{"n": 1' + b"0" * 5000 + b"}", "number_too_large"),  # int() alone raises ValueError past 4300 digits
+        (b'{"n": -123456789012345678901}', "number_too_large"),
+        (b'{"name": "a\\u0000b"}', "invalid_text"),  # PostgreSQL refuses NUL in text
+        (b'{"name": "\\ud800"}', "invalid_text"),  # a lone surrogate cannot be encoded as UTF-8
+        (b'{"\\u0000": 1}', "invalid_text"),
+        (b"[NaN]", "malformed_json"),
+        (b'{"a": Infinity}', "malformed_json"),
+        (b"\xff\xfe", "malformed_json"),
+        (b'{"a": 1', "malformed_json"),
+    ],
+)
+def test_json_from_outside_is_refused_with_a_code(raw: bytes, code: str) -> None:
+    with pytest.raises(errors.BadRequest) as caught:
+        inputs.loads(raw)
+    assert caught.value.code == code and caught.value.status == 400
+
+
+def test_every_json_body_crosses_the_same_boundary() -> None:
+    with pytest.raises(errors.BadRequest, match="deeper"):
+        parse_json_object(b'{"a": ' + b"[" * 100 + b"]" * 100 + b"}")
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        {"name": 'brackets "[[[[{{{{" and escapes \\" inside strings do not count as nesting'},
+        {"n": 12345678901234567890, "f": 1.5e300, "neg": -5},
+        {"emoji": "🔒", "accents": "Fechadura da porta"},
+        [[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]],  # exactly 32 deep
+    ],
+)
+def test_ordinary_json_passes_unchanged(value: object) -> None:
+    assert inputs.loads(json.dumps(value).encode()) == value
+    assert inputs.loads(json.dumps(value, ensure_ascii=False)) == value
+
+
+def test_canonical_uuid_takes_only_the_canonical_form() -> None:
+    canonical = "0f8fad5b-d9cb-469f-a165-70867728950e"
+    assert inputs.canonical_uuid(canonical) == canonical
+    assert inputs.canonical_uuid(canonical.upper()) == canonical
+    for other in (
+        f"urn:uuid:{canonical}",
+        f"{{{canonical}}}",
+        canonical.replace("-", ""),
+        "0f8fad5bd9cb-469f-a165-70867728950e-",
+        None,
+        7,
+    ):
+        assert inputs.canonical_uuid(other) is None, other
