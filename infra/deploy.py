@@ -51,6 +51,7 @@ class Target:
     vpc_connector: str
     broker_host: str
     broker_public_host: str
+    api_host: str  # where the app and the locks reach the functions (Firebase Hosting's rewrites)
     image_repo: str  # REGION-docker.pkg.dev/PROJECT/REPO
     devices_relay_url: str
 
@@ -82,6 +83,7 @@ class Target:
             vpc_connector=args.vpc_connector,
             broker_host=args.broker_host,
             broker_public_host=args.broker_public_host,
+            api_host=args.api_host or f"{args.project}.web.app",
             image_repo=f"{args.region}-docker.pkg.dev/{args.project}/lockwise",
             devices_relay_url=args.devices_relay_url,
         )
@@ -291,7 +293,8 @@ def relay(t: Target) -> list[Command]:
 def broker(t: Target) -> list[Command]:
     py = sys.executable
     out = REPO / ".build" / "broker-host"
-    return [[py, "-m", "infra.broker.render", "--out", str(out), "--host", t.broker_host]]
+    crl_url = f"https://{t.api_host}/devices/lock-ca/crl"
+    return [[py, "-m", "infra.broker.render", "--out", str(out), "--host", t.broker_host, "--crl-url", crl_url]]
 
 
 def firebase(t: Target) -> list[Command]:
@@ -336,6 +339,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--vpc-connector", default="lockwise-connector")
     parser.add_argument("--broker-host", default="broker.lockwise.internal", help="the broker on the private network")
     parser.add_argument("--broker-public-host", default="", help="the broker's public DNS name, for the locks")
+    parser.add_argument("--api-host", default="", help="the API's public host name (default: PROJECT.web.app)")
     parser.add_argument("--devices-relay-url", default="", help="URL of the internal devices service (for the relay)")
     parser.add_argument("--dry-run", action="store_true", help="validate and print the commands; run nothing")
     args = parser.parse_args(argv)

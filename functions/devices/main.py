@@ -358,6 +358,15 @@ def lock_config(ctx: Ctx) -> JsonBody:
     }
 
 
+@api.route("GET", "/devices/lock-ca/crl")
+def lock_ca_crl(ctx: Ctx) -> flask.Response:
+    """The lock CA's revocation list (public, as CRLs are): what the broker reloads every minute."""
+    with rt.db.connection() as con:
+        revoked = provisioning.revoked_certificates(con)
+    pem = lock_certs.crl(lock_ca(), revoked, now())
+    return flask.Response(pem, mimetype="application/pkix-crl", headers={"Cache-Control": "max-age=30"})
+
+
 @api.route("POST", "/devices/lock/certificate")
 def renew_lock_certificate(ctx: Ctx) -> Result:
     """A lock renews its broker certificate (before expiry; a lock paired with a broker password gets its first)."""

@@ -21,6 +21,10 @@ class LockwiseError(Exception):
         self.code = code or self.default_code
         self.details = details or {}
 
+    def headers(self) -> dict[str, str]:
+        """HTTP headers the answer carries (``Retry-After``, ``Allow``)."""
+        return {}
+
 
 class BadRequest(LockwiseError):
     status, default_code = 400, "bad_request"
@@ -53,6 +57,13 @@ class NotFound(LockwiseError):
 class MethodNotAllowed(LockwiseError):
     status, default_code = 405, "method_not_allowed"
 
+    def __init__(self, message: str, *, allowed: list[str]) -> None:
+        super().__init__(message, details={"allowed": allowed})
+        self.allowed = allowed
+
+    def headers(self) -> dict[str, str]:
+        return {"Allow": ", ".join(self.allowed)}
+
 
 class Conflict(LockwiseError):
     status, default_code = 409, "conflict"
@@ -64,6 +75,9 @@ class RateLimited(LockwiseError):
     def __init__(self, message: str, *, retry_after_s: int, code: str | None = None) -> None:
         super().__init__(message, code=code, details={"retry_after_s": retry_after_s})
         self.retry_after_s = retry_after_s
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after_s)}
 
 
 class Unavailable(LockwiseError):

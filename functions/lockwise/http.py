@@ -159,17 +159,17 @@ class Api:
             except WzNotFound as exc:
                 raise errors.NotFound(f"no route for {request.path}", code="no_route") from exc
             except WzMethodNotAllowed as exc:
-                raise errors.MethodNotAllowed(f"{request.method} is not allowed on {request.path}") from exc
+                allowed = sorted(set(exc.valid_methods or ()) - {"HEAD", "OPTIONS"})
+                raise errors.MethodNotAllowed(
+                    f"{request.method} is not allowed on {request.path}", allowed=allowed
+                ) from exc
             ctx = Ctx(request=request, request_id=request_id, settings=self._settings())
             result = self._handlers[str(endpoint)](ctx, **params)
             return _to_response(result)
         except errors.LockwiseError as err:
             level = logging.WARNING if err.status < 500 else logging.ERROR
             event(log, "request failed", level=level, code=err.code, status=err.status, error=err.message)
-            headers = {}
-            if isinstance(err, errors.RateLimited):
-                headers["Retry-After"] = str(err.retry_after_s)
-            return json_response(errors.error_body(err, request_id), err.status, headers)
+            return json_response(errors.error_body(err, request_id), err.status, err.headers())
         except Exception:
             log.exception("unhandled error")
             internal = errors.LockwiseError("internal error; quote the request id when reporting it")

@@ -6,10 +6,12 @@ broker identity: the credential's ``mqtt_username``, new at every pairing. The b
 username and client id (Mosquitto: ``use_identity_as_username``, ``use_username_as_clientid``) and the per-lock ACL
 allows ``lockwise/<identity>/#`` only, so the broker keeps nothing per lock.
 
-Revocation without a broker reload: re-pairing or deleting a lock revokes its credential, so the old identity's
-topics are dead at once (commands go to the new identity, events from the old one are refused) and the old
-certificate cannot renew. It can still open a connection until it expires (``LOCKWISE_LOCK_CERT_TTL_S``), and reaches
-nothing there.
+Revocation, in three layers: re-pairing or deleting a lock revokes its credential, so the old identity's topics are
+dead at once (commands go to the new identity, events from the old one are refused) and the old certificate cannot
+renew; the lock CA's revocation list (``crl``, served at ``GET /devices/lock-ca/crl``) names every revoked certificate
+that has not expired yet, and a broker that reloads it refuses the old certificate at the TLS handshake from its next
+reload on (``infra/broker``: every minute); and a certificate lives ``LOCKWISE_LOCK_CERT_TTL_S`` (7 days) at most, so a
+broker that never reloads still stops it then.
 
 The CA (``LOCKWISE_LOCK_CA``: its certificate and key, PEM) is a deploy secret of the devices function only.
 """
@@ -117,6 +119,27 @@ def issue(ca: LockCa, csr: x509.CertificateSigningRequest, identity: str, ttl_s:
         .sign(ca.key, hashes.SHA256())
     )
     return Issued(cert.public_bytes(serialization.Encoding.PEM).decode(), format(cert.serial_number, "x"), not_after)
+
+
+#: a revocation list stays valid this long: a broker whose refresh stalls keeps admitting the certificates it knows
+#: are good rather than refusing every lock (OpenSSL refuses all when the CRL it holds has passed its nextUpdate)
+CRL_VALIDITY = dt.timedelta(days=30)
+
+
+def crl(ca: LockCa, revoked: list[tuple[str, dt.datetime]], now: dt.datetime) -> str:
+    """The CA's revocation list (PEM) naming ``revoked`` certificates (hex serial, when revoked)."""
+    builder = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(ca.cert.subject)
+        .last_update(now - BACKDATE)
+        .next_update(now + CRL_VALIDITY)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.key.public_key()), critical=False)
+    )
+    for serial, when in revoked:
+        builder = builder.add_revoked_certificate(
+            x509.RevokedCertificateBuilder().serial_number(int(serial, 16)).revocation_date(when).build()
+        )
+    return builder.sign(ca.key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM).decode()
 
 
 def new_ca(common_name: str = "LockWise lock CA", days: int = 3650) -> str:

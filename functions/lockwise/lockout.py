@@ -11,6 +11,8 @@ import datetime as dt
 
 from lockwise.db import Connection
 
+DAY = dt.timedelta(days=1)
+
 
 def refused_for(con: Connection, lock_id: str, now: dt.datetime) -> int:
     """Seconds until voice unlock is allowed again at ``lock_id`` (0: allowed). Locks the row for this attempt."""
@@ -40,6 +42,26 @@ def record_failure(con: Connection, lock_id: str, now: dt.datetime, *, after: in
         l=lock_id,
     )
     return seconds
+
+
+def daily_ceiling_wait(con: Connection, lock_id: str, now: dt.datetime, ceiling: int) -> int:
+    """Seconds until the lock is under its daily ceiling of scored rejections again (0: under it).
+
+    The lockout above slows guessing; an owner's reset ends it, so on its own it would buy an owner with a lock
+    unlimited guesses at a member's voiceprint. The ceiling counts what the attempts log holds (no reset touches it):
+    at most ``ceiling`` rejected, scored attempts (below the threshold, or ambiguous) per lock in any 24 hours; past it
+    only the app opens the door until the oldest of them is a day old.
+    """
+    rows = con.run(
+        "SELECT count(*), min(created_at) FROM verification_attempts WHERE lock_id = CAST(:l AS uuid)"
+        " AND outcome = 'rejected' AND reason IN ('below_threshold', 'ambiguous') AND created_at > :since",
+        l=lock_id,
+        since=now - DAY,
+    )
+    count, oldest = int(rows[0][0]), rows[0][1]
+    if count < ceiling or oldest is None:
+        return 0
+    return max(1, int((oldest + DAY - now).total_seconds() + 0.999))
 
 
 def clear(con: Connection, lock_id: str) -> None:

@@ -197,3 +197,11 @@ def renew(con: Connection, lock_id: str, csr: Any, ca: lock_certs.LockCa, cert_t
 def _certify(ca: lock_certs.LockCa, request: Any, identity: str, ttl_s: int) -> tuple[Certificate, str]:
     issued = lock_certs.issue(ca, request, identity, ttl_s, dt.datetime.now(dt.UTC))
     return Certificate(identity, issued.pem, ca.cert_pem(), issued.not_after), issued.serial
+
+
+def revoked_certificates(con: Connection) -> list[tuple[str, dt.datetime]]:
+    """``(serial, revoked_at)`` of every revoked lock certificate that has not expired yet: the CRL's entries."""
+    rows = con.run(  # listed by a trigger on lock_credentials (migration 0004), deleted locks' included
+        "SELECT serial, revoked_at FROM revoked_lock_certificates WHERE not_after > now() ORDER BY revoked_at"
+    )
+    return [(str(serial), when) for serial, when in rows]

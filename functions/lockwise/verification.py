@@ -92,6 +92,10 @@ def verify(
         if wait:
             attempt = record_attempt(con, lock_id, "refused", "locked_out")
             return Result("refused", attempt, "locked_out", retry_after_s=wait)
+        wait = lockout.daily_ceiling_wait(con, lock_id, now, settings.voice_daily_rejections)
+        if wait:
+            attempt = record_attempt(con, lock_id, "refused", "daily_limit")
+            return Result("refused", attempt, "daily_limit", retry_after_s=wait)
         rules = policy(settings, encoder, found_lock[0][0])
         found = voiceprints.candidates(con, lock_id, encoder.model_id, encoder.dim, now)
         probe = encoder.embed(clip.samples, clip.rate)

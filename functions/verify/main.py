@@ -49,10 +49,13 @@ def verify_at_lock(ctx: Ctx) -> Result:
     result = verification.verify(rt.db, lock_id, clip, encoder, rt.settings, dt.datetime.now(dt.UTC))
     rt.flush_mirror_soon()  # the person at the door does not wait for the app's activity feed
     if result.decision == "refused":
+        daily = result.reason == "daily_limit"
         raise errors.RateLimited(
-            "voice unlock is locked out after repeated failures",
+            "voice unlock has reached its daily limit of rejected attempts; the app still opens the door"
+            if daily
+            else "voice unlock is locked out after repeated failures",
             retry_after_s=result.retry_after_s or 1,
-            code="voice_locked_out",
+            code="voice_daily_limit" if daily else "voice_locked_out",
         )
     if result.decision == "rejected" and rt.settings.debug_rejected_dir:
         save_rejected(clip, result.attempt_id)

@@ -1,7 +1,8 @@
 """Render the broker's configuration: ``python -m infra.broker.render --out DIR --host HOST``.
 
-Writes ``mosquitto.conf`` and ``acl`` (tested here), ``emqx.conf`` and ``emqx_acl.conf`` (a cluster), and
-``nanomq.conf`` for the conventional Debian paths (/etc/mosquitto, /var/lib/mosquitto). The local stack and the tests
+Writes ``mosquitto.conf`` and ``acl`` (tested here), the lock CA's CRL refresh (``lockwise-crl-refresh``, with its
+systemd service and one-minute timer), ``emqx.conf`` and ``emqx_acl.conf`` (a cluster), and ``nanomq.conf`` for the
+conventional Debian paths (/etc/mosquitto, /var/lib/mosquitto). The local stack and the tests
 render the same templates with local paths through ``mosquitto_conf`` and ``acl``. The broker needs the lock CA's
 certificate (never its key) as ``lock-ca.crt``: it checks every client certificate against it.
 """
@@ -27,6 +28,7 @@ PROD = {
     "PORT": "8883",
     "BIND_ADDRESS": "0.0.0.0",
     "CLIENT_CAFILE": "/etc/mosquitto/certs/lock-ca.crt",
+    "CRLFILE": "/etc/mosquitto/certs/lock-ca.crl",
     "CERTFILE": "/etc/mosquitto/certs/server.crt",
     "KEYFILE": "/etc/mosquitto/certs/server.key",
 }
@@ -54,10 +56,18 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--host", required=True, help="the broker's DNS name (its certificate must name it)")
+    parser.add_argument(
+        "--crl-url", required=True, help="the devices function's GET /devices/lock-ca/crl (the lock CA's CRL)"
+    )
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     values = {**PROD, "MAX_PACKET_SIZE": str(MAX_PACKET_SIZE), "TOPIC_ROOT": TOPIC_ROOT}
     (args.out / "mosquitto.conf").write_text(mosquitto_conf(PROD))
+    crl = {**values, "CRL_URL": args.crl_url}
+    (args.out / "lockwise-crl-refresh").write_text(render("lockwise-crl-refresh.sh.template", crl))
+    (args.out / "lockwise-crl-refresh").chmod(0o755)
+    for unit in ("lockwise-crl.service", "lockwise-crl.timer"):
+        (args.out / unit).write_text(render(f"{unit}.template", crl))
     (args.out / "acl").write_text(acl())
     rules = "\n".join(f'{{allow, {{username, "{n}"}}, all, ["{TOPIC_ROOT}/#"]}}.' for n in relay_identities())
     (args.out / "emqx.conf").write_text(render("emqx.conf.template", values))

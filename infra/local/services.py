@@ -8,6 +8,7 @@ its port is closed.
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import glob
 import json
 import logging
@@ -274,6 +275,7 @@ class Broker:
     #: the lock CA, certificate and key (what the devices function holds as LOCKWISE_LOCK_CA)
     lock_ca_pem: str
     lock_ca_file: Path  # its certificate alone: what the broker checks client certificates against
+    crl_file: Path  # the lock CA's revocation list the broker holds (``update_crl``)
     relay_certs: Path  # MQTT_CLIENT_CERTS for the relays
     config_file: Path
 
@@ -293,6 +295,15 @@ class Broker:
         key.write_text(key_pem)
         key.chmod(0o600)
         return cert, key
+
+    def update_crl(self, pem: str) -> None:
+        """Install a new revocation list and make mosquitto re-read it (what the broker host's timer does)."""
+        tmp = self.crl_file.with_name(self.crl_file.name + ".tmp")
+        tmp.write_text(pem)
+        tmp.chmod(0o644)
+        tmp.replace(self.crl_file)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.process.popen.pid, signal.SIGHUP)
 
     def restart(self) -> None:
         """Stop and start the same broker (same port, config and persistence), as after a crash or upgrade."""
@@ -363,14 +374,18 @@ def start_mosquitto(state_dir: Path, port: int) -> Broker:
     if not Path(binary).exists():
         raise MissingComponent("mosquitto not found: apt-get install mosquitto mosquitto-clients")
     from infra.broker import render
-    from lockwise.lock_certs import LockCa
+    from lockwise.lock_certs import LockCa, crl
 
     state_dir.mkdir(parents=True, exist_ok=True)
     tls = ensure_tls(state_dir / "tls")
     _share_with_mosquitto(tls.server_key)
     lock_ca_pem, relay_certs = ensure_lock_ca(state_dir / "identity")
-    client_ca = state_dir / "tls" / "lock-ca.crt"
-    client_ca.write_text(LockCa.from_pem(lock_ca_pem).cert_pem())
+    client_ca, crl_file = state_dir / "tls" / "lock-ca.crt", state_dir / "tls" / "lock-ca.crl"
+    lock_ca = LockCa.from_pem(lock_ca_pem)
+    client_ca.write_text(lock_ca.cert_pem())
+    if not crl_file.exists():  # mosquitto needs one from the start: an empty list, until the first refresh
+        crl_file.write_text(crl(lock_ca, [], dt.datetime.now(dt.UTC)))
+        crl_file.chmod(0o644)
     persistence = state_dir / "persistence"
     persistence.mkdir(exist_ok=True)
     if is_root():
@@ -391,6 +406,7 @@ def start_mosquitto(state_dir: Path, port: int) -> Broker:
                 "PORT": str(port),
                 "BIND_ADDRESS": "127.0.0.1",
                 "CLIENT_CAFILE": str(client_ca),
+                "CRLFILE": str(crl_file),
                 "CERTFILE": str(tls.server_cert),
                 "KEYFILE": str(tls.server_key),
             }
@@ -404,6 +420,7 @@ def start_mosquitto(state_dir: Path, port: int) -> Broker:
         tls=tls,
         lock_ca_pem=lock_ca_pem,
         lock_ca_file=client_ca,
+        crl_file=crl_file,
         relay_certs=relay_certs,
         config_file=conf,
     )

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+import requests
 from cryptography import x509
 
 from lockwise import topics
@@ -79,8 +80,37 @@ def test_after_re_pairing_the_old_certificate_reaches_no_live_topic_and_cannot_r
         assert [c for c in old.executed if c.id == command["id"]] == []
         with pytest.raises(PermissionError, match="401"):
             old.renew_certificate(e2e["url"])
+        # and once the broker reloads the lock CA's revocation list (every minute on the broker host), the old
+        # certificate cannot even open a session; the new one still can
+        crl_pem = requests.get(f"{e2e['url']}/devices/lock-ca/crl", timeout=10).text
+        revoked = x509.load_pem_x509_crl(crl_pem.encode())
+        old_serial = x509.load_pem_x509_certificate(old.config.cert_pem.encode()).serial_number
+        assert revoked.get_revoked_certificate_by_serial_number(old_serial) is not None
+        broker.update_crl(crl_pem)
+        old.stop(graceful=False)
+        with pytest.raises(ConnectionError):
+            SimulatedLock(old.config).start(timeout=3)
+        again = SimulatedLock(new.config)
+        again.start()
+        again.stop(graceful=False)
     finally:
         new.stop(graceful=False)
+
+
+def test_a_deleted_locks_certificate_is_listed_as_revoked(
+    e2e: dict[str, Any], app: App, paired_lock: Pair, broker: Any
+) -> None:
+    lock_id, lock = paired_lock()
+    serial = x509.load_pem_x509_certificate(lock.config.cert_pem.encode()).serial_number
+    crl = x509.load_pem_x509_crl(requests.get(f"{e2e['url']}/devices/lock-ca/crl", timeout=10).content)
+    assert crl.get_revoked_certificate_by_serial_number(serial) is None
+    assert app.call("DELETE", f"/devices/locks/{lock_id}").status_code == 204
+    resp = requests.get(f"{e2e['url']}/devices/lock-ca/crl", timeout=10)
+    assert resp.headers["Content-Type"].startswith("application/pkix-crl")
+    crl = x509.load_pem_x509_crl(resp.content)
+    assert crl.get_revoked_certificate_by_serial_number(serial) is not None
+    ca = x509.load_pem_x509_certificate(broker.lock_ca_file.read_bytes())
+    assert crl.issuer == ca.subject and crl.is_signature_valid(ca.public_key())  # type: ignore[arg-type]
 
 
 def test_a_lock_paired_with_a_password_moves_to_a_certificate(e2e: dict[str, Any], app: App, paired_lock: Pair) -> None:

@@ -21,7 +21,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from infra.deploy_config import RELAY_SLOTS
 from infra.local.services import Broker
 from lockwise import topics
-from lockwise.lock_certs import LockCa, issue, new_ca
+from lockwise.lock_certs import LockCa, crl, issue, new_ca
 from simlock.lock import new_tls_key
 
 RELAY = f"lockwise-relay-{RELAY_SLOTS}"  # a relay slot the tests' relays never lease
@@ -137,7 +137,7 @@ def _files(directory: Path, cert: x509.Certificate, key: ec.EllipticCurvePrivate
     return directory / "c.crt", directory / "c.key"
 
 
-@pytest.mark.parametrize("kind", ["expired", "not_yet_valid", "other_ca", "self_signed", "none"])
+@pytest.mark.parametrize("kind", ["expired", "not_yet_valid", "other_ca", "self_signed", "none", "revoked"])
 def test_a_certificate_the_lock_ca_did_not_issue_or_that_is_not_valid_now_is_refused(
     broker: Broker, tmp_path: Path, kind: str
 ) -> None:
@@ -159,6 +159,14 @@ def test_a_certificate_the_lock_ca_did_not_issue_or_that_is_not_valid_now_is_ref
     elif kind == "self_signed":
         name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, identity)])
         files = _files(tmp_path, _cert(key, identity, key, name), key)
+    elif kind == "revoked":  # valid, but on the lock CA's revocation list the broker reloaded
+        cert = _cert(key, identity, ca.key, ca.cert.subject)
+        files = _files(tmp_path, cert, key)
+        before = Peer(broker, files, client_id=identity)
+        assert before.start(), "a valid certificate connects before it is revoked"
+        before.stop()
+        broker.update_crl(crl(ca, [(format(cert.serial_number, "x"), now)], now))
+        time.sleep(0.3)  # the SIGHUP is handled between connections
     else:
         files = None
     peer = Peer(broker, files, client_id=identity)

@@ -282,7 +282,7 @@ LONG = "x" * 101
         ("POST", "/devices/locks", {"name": LONG}, 400, "invalid_name"),
         ("POST", "/devices/locks", {"name": 42}, 400, "invalid_name"),
         ("POST", "/devices/locks", {"name": "  "}, 400, "invalid_name"),
-        ("POST", "/devices/locks", {"name": "a\u0000b"}, 400, "invalid_name"),
+        ("POST", "/devices/locks", {"name": "a\u0000b"}, 400, "invalid_text"),  # the JSON boundary refuses NUL anywhere
         ("POST", "/devices/locks", {"name": "ok", "supports_open": "yes"}, 400, "invalid_supports_open"),
         ("POST", "/devices/locks", None, 400, "empty_body"),
         ("GET", "/devices/locks/not-a-uuid", None, 404, "lock_not_found"),

@@ -178,6 +178,41 @@ def test_lockout_engages_on_the_sixth_attempt_and_releases_on_time(clients: dict
     assert signed_verify(clients, world, wav(VOICE)).get_json()["decision"] == "rejected"
 
 
+def test_an_owners_resets_do_not_buy_more_than_the_daily_ceiling_of_guesses(
+    clients: dict[str, Any], world: World, monkeypatch: pytest.MonkeyPatch, make_client: Any
+) -> None:
+    """An owner who resets the lockout after every few rejections still gets at most the daily ceiling of scored
+    attempts against a member's voiceprint at their lock; then only the app opens the door."""
+    from lockwise.config import get_settings
+    from lockwise.runtime import get_runtime
+
+    monkeypatch.setenv("LOCKWISE_VOICE_DAILY_REJECTIONS", "7")
+    get_settings.cache_clear()
+    get_runtime.cache_clear()
+    clients = {**clients, "verify": make_client("verify")}  # an instance started with the ceiling set
+    assert enroll(clients, world.accounts["member"]).status_code == 201
+    negate_voiceprint(world.uid("member"))
+    guesses = 0
+    for _ in range(4):  # bursts of three, each ended by an owner's reset: the lockout alone would allow forever
+        for _ in range(3):
+            resp = signed_verify(clients, world, wav(VOICE))
+            if resp.status_code == 200:
+                assert resp.get_json()["decision"] == "rejected"
+                guesses += 1
+        reset = clients["devices"].delete(
+            f"/devices/locks/{world.lock_id}/voice-lockout", headers=world.headers("owner")
+        )
+        assert reset.status_code == 204
+    assert guesses == 7
+    refused = signed_verify(clients, world, wav(VOICE))
+    assert refused.status_code == 429 and refused.get_json()["error"]["code"] == "voice_daily_limit"
+    assert 23 * 3600 < int(refused.headers["Retry-After"]) <= 24 * 3600
+    unlock = clients["devices"].post(
+        f"/devices/locks/{world.lock_id}/commands", json={"action": "unlock"}, headers=world.headers("member")
+    )
+    assert unlock.status_code == 202  # the app still opens the door
+
+
 def test_default_lockout_is_thirty_seconds_doubling() -> None:
     import datetime as dt
 

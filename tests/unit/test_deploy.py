@@ -242,8 +242,13 @@ def test_the_broker_knows_nothing_per_lock_and_every_relay_slot(tmp_path: Path) 
     from infra.broker import render
     from infra.deploy_config import RELAY_SLOTS
 
-    render.main(["--out", str(tmp_path), "--host", "broker.lockwise.internal"])
+    crl_url = "https://lockwise-prod.web.app/devices/lock-ca/crl"
+    render.main(["--out", str(tmp_path), "--host", "broker.lockwise.internal", "--crl-url", crl_url])
     conf = (tmp_path / "mosquitto.conf").read_text()
+    assert "crlfile /etc/mosquitto/certs/lock-ca.crl" in conf
+    refresh = (tmp_path / "lockwise-crl-refresh").read_text()
+    assert crl_url in refresh and "systemctl kill --signal=HUP mosquitto" in refresh and "$tmp" in refresh
+    assert "OnUnitActiveSec=60s" in (tmp_path / "lockwise-crl.timer").read_text()
     for line in ("require_certificate true", "use_identity_as_username true", "use_username_as_clientid true",
                  "tls_version tlsv1.2", "allow_anonymous false", "max_packet_size 65536"):  # fmt: skip
         assert line in conf.splitlines(), line

@@ -87,6 +87,7 @@ def test_unknown_route_and_wrong_method_are_json_errors() -> None:
     assert json.loads(call(api, "GET", "/unit/nope").get_data())["error"]["code"] == "no_route"
     resp = call(api, "DELETE", "/unit/echo")
     assert resp.status_code == 405 and json.loads(resp.get_data())["error"]["code"] == "method_not_allowed"
+    assert resp.headers["Allow"] == "POST"  # RFC 9110: a 405 names the methods the resource has
 
 
 @pytest.mark.parametrize(
