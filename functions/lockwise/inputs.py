@@ -7,6 +7,7 @@ text) and of lone UTF-16 surrogates (not encodable as UTF-8). Each refusal is a 
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import re
 from typing import Any
@@ -68,6 +69,28 @@ def check_text(value: str, field: str) -> str:
     except UnicodeEncodeError as exc:
         raise errors.BadRequest(f"{field} contains a lone UTF-16 surrogate", code="invalid_text") from exc
     return value
+
+
+#: times from outside must fall in this range (year 1 or 9999 near an offset overflows, and PostgreSQL would store
+#: a year-1 time as a BC date that later reads fail on)
+EARLIEST = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
+LATEST = dt.datetime(2200, 1, 1, tzinfo=dt.UTC)
+
+
+def parse_time(value: Any, field: str, *, code: str) -> dt.datetime:
+    """An ISO 8601 time with a UTC offset, between 2000 and 2200, in UTC (400 ``code`` otherwise)."""
+    if not isinstance(value, str) or len(value) > 40:
+        raise errors.BadRequest(f"{field} must be an ISO 8601 time with offset", code=code)
+    try:
+        parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+        if parsed.tzinfo is None:
+            raise errors.BadRequest(f"{field} needs a UTC offset", code=code)
+        utc = parsed.astimezone(dt.UTC)
+    except (ValueError, OverflowError) as exc:
+        raise errors.BadRequest(f"{field} must be an ISO 8601 time with offset", code=code) from exc
+    if not EARLIEST <= utc < LATEST:
+        raise errors.BadRequest(f"{field} must be between 2000 and 2200", code=code)
+    return utc
 
 
 def canonical_uuid(value: Any) -> str | None:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any, TypeGuard
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from lockwise import errors
+from lockwise import errors, inputs
 from lockwise.db import Connection, rows_as_dicts
 
 ROLES = ("owner", "admin", "member", "guest")
@@ -182,12 +182,4 @@ def _is_int(value: Any) -> TypeGuard[int]:
 
 
 def _parse_time(name: str, value: Any) -> dt.datetime:
-    if not isinstance(value, str) or len(value) > 40:
-        raise errors.BadRequest(f"{name} must be an ISO 8601 time with offset", code="invalid_access")
-    try:
-        parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError as exc:
-        raise errors.BadRequest(f"{name} must be an ISO 8601 time with offset", code="invalid_access") from exc
-    if parsed.tzinfo is None:
-        raise errors.BadRequest(f"{name} needs a UTC offset", code="invalid_access")
-    return parsed
+    return inputs.parse_time(value, name, code="invalid_access")

@@ -65,8 +65,16 @@ def status(con: Connection, uid: str, current_model_id: str) -> dict[str, Any]:
 
 
 def delete(con: Connection, uid: str) -> int:
-    """Delete all of the user's voice data; returns the number of voiceprint rows removed."""
+    """Delete all of the user's voice data; returns the number of voiceprint rows removed.
+
+    Comparison results tied to it go too: the scores of every attempt it matched. An accepted attempt keeps who
+    opened the door (an access record, not biometric data); a rejected one never names the closest voiceprint."""
     removed = len(con.run("DELETE FROM voiceprints WHERE user_uid = :u RETURNING 1", u=uid))
+    con.run(
+        "UPDATE verification_attempts SET score = NULL, runner_up_score = NULL,"
+        " matched_uid = CASE WHEN outcome = 'accepted' THEN matched_uid END WHERE matched_uid = :u",
+        u=uid,
+    )
     mirror.enqueue(con, f"users/{uid}", "set", {"voice_enrolled": False})
     return removed
 

@@ -213,6 +213,26 @@ def test_an_owners_resets_do_not_buy_more_than_the_daily_ceiling_of_guesses(
     assert unlock.status_code == 202  # the app still opens the door
 
 
+def test_deleting_voice_data_removes_the_scores_it_produced(clients: dict[str, Any], world: World) -> None:
+    assert enroll(clients, world.accounts["member"]).status_code == 201
+    accepted = signed_verify(clients, world, wav(VOICE)).get_json()
+    negate_voiceprint(world.uid("member"))
+    rejected = signed_verify(clients, world, wav(VOICE)).get_json()
+    assert (accepted["decision"], rejected["decision"]) == ("accepted", "rejected")
+    deleted = clients["embed"].delete("/embed/enrollment", headers=world.headers("member"))
+    assert deleted.status_code == 204
+    with get_runtime("verify").db.connection() as con:
+        rows = con.run(
+            "SELECT outcome, matched_uid, score, runner_up_score FROM verification_attempts"
+            " WHERE lock_id = CAST(:l AS uuid) ORDER BY created_at",
+            l=world.lock_id,
+        )
+    # who opened the door stays (an access record); the scores tied to the voiceprint go; a rejection never named
+    # the person it came closest to
+    assert rows[0] == ["accepted", world.uid("member"), None, None]
+    assert rows[1][:2] == ["rejected", None]
+
+
 def test_default_lockout_is_thirty_seconds_doubling() -> None:
     import datetime as dt
 

@@ -64,3 +64,19 @@ def test_canonical_uuid_takes_only_the_canonical_form() -> None:
         7,
     ):
         assert inputs.canonical_uuid(other) is None, other
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["0001-01-01T00:00:00+14:00", "9999-12-31T23:59:59-14:00", "1999-12-31T23:59:59Z", "2200-01-01T00:00:00Z",
+     "2030-01-01T00:00:00", "not a time", 1893456000, "2030-01-01T00:00:00+00:00" + " " * 40],
+)  # fmt: skip
+def test_times_from_outside_are_bounded_and_need_an_offset(value: object) -> None:
+    with pytest.raises(errors.BadRequest) as caught:
+        inputs.parse_time(value, "valid_from", code="invalid_access")
+    assert caught.value.code == "invalid_access"
+
+
+def test_a_time_with_an_offset_comes_back_in_utc() -> None:
+    parsed = inputs.parse_time("2030-06-01T12:00:00+02:00", "valid_from", code="invalid_access")
+    assert parsed.isoformat() == "2030-06-01T10:00:00+00:00"
