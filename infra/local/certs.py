@@ -42,37 +42,13 @@ def _name(common_name: str) -> x509.Name:
 
 
 def make_ca(directory: Path, common_name: str = "LockWise local CA") -> tuple[Path, Path]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(_name(common_name))
-        .issuer_name(_name(common_name))
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=3650))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                key_cert_sign=True,
-                crl_sign=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .sign(key, hashes.SHA256())
-    )
+    """A CA made the way the lock CA is (``lockwise.lock_certs.new_ca``), written as certificate and key files."""
+    from lockwise.lock_certs import LockCa, new_ca
+
+    ca = LockCa.from_pem(new_ca(common_name))
     cert_path, key_path = directory / "ca.crt", directory / "ca.key"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    _write_key(key_path, key)
+    cert_path.write_text(ca.cert_pem())
+    _write_key(key_path, ca.key)
     return cert_path, key_path
 
 

@@ -131,3 +131,10 @@ def paired_lock(
     yield pair
     for lock in locks:
         lock.stop(graceful=False)
+
+
+def db_one(e2e: dict[str, Any], sql: str, **params: Any) -> Any:
+    """The first row of a query on the test's database, or None."""
+    with e2e["db"].connection() as con:
+        rows = con.run(sql, **params)
+    return rows[0] if rows else None

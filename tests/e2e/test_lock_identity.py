@@ -14,16 +14,10 @@ from cryptography import x509
 
 from lockwise import topics
 from simlock.lock import LockConfig, SimulatedLock, provision
-from tests.e2e.conftest import App
+from tests.e2e.conftest import App, db_one
 from tests.waiting import wait_for
 
 Pair = Callable[..., tuple[str, SimulatedLock]]
-
-
-def db_one(e2e: dict[str, Any], sql: str, **params: Any) -> Any:
-    with e2e["db"].connection() as con:
-        rows = con.run(sql, **params)
-    return rows[0] if rows else None
 
 
 def test_renewal_keeps_the_identity_and_the_session(

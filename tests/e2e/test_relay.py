@@ -20,7 +20,7 @@ from lockwise import topics
 from lockwise.firestore import make_client
 from simlock.lock import SimulatedLock
 from tests.conftest import PROJECT_ID
-from tests.e2e.conftest import COMMAND_TTL_S, App
+from tests.e2e.conftest import COMMAND_TTL_S, App, db_one
 from tests.waiting import wait_for
 
 Pair = Callable[..., tuple[str, SimulatedLock]]
@@ -28,12 +28,6 @@ Pair = Callable[..., tuple[str, SimulatedLock]]
 
 def status_is(app: App, lock_id: str, command_id: str, status: str) -> Callable[[], bool]:
     return lambda: app.command_status(lock_id, command_id) == status
-
-
-def db_one(e2e: dict[str, Any], sql: str, **params: Any) -> Any:
-    with e2e["db"].connection() as con:
-        rows = con.run(sql, **params)
-    return rows[0] if rows else None
 
 
 def test_app_unlock_reaches_the_lock_and_the_ack_comes_home(
@@ -144,32 +138,44 @@ def test_command_that_expired_while_the_lock_was_offline_is_never_executed(
 def relay_client(e2e: dict[str, Any]) -> Iterator[mqtt.Client]:
     """A client with a relay's rights: the last slot's certificate, with the slot's lease held meanwhile (so that no
     relay borrows the slot to empty its session while this client uses it)."""
-    import ssl
 
     from infra.deploy_config import RELAY_SLOTS
     from mqtt_relay.slots import Lease
 
     env = e2e["env"]
-    with Lease(e2e["db"], RELAY_SLOTS).borrow(RELAY_SLOTS) as identity:
-        assert identity is not None, "a relay holds the last slot"
-        entry = json.loads(Path(env["MQTT_CLIENT_CERTS"]).read_text())[identity]
-        folder = Path(tempfile.mkdtemp())
-        (folder / "c.crt").write_text(entry["cert"])
-        (folder / "c.key").write_text(entry["key"])
-        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=identity)
-        client.tls_set(
-            ca_certs=env["MQTT_CA_FILE"],
-            certfile=str(folder / "c.crt"),
-            keyfile=str(folder / "c.key"),
-            tls_version=ssl.PROTOCOL_TLS_CLIENT,
-        )
-        client.connect("127.0.0.1", int(env["MQTT_PORT"]))
-        client.loop_start()
-        try:
-            yield client
-        finally:
-            client.disconnect()
-            client.loop_stop()
+    deadline = time.monotonic() + 15
+    while True:  # a relay may be borrowing the slot for a moment, to empty its session
+        with Lease(e2e["db"], RELAY_SLOTS).borrow(RELAY_SLOTS) as identity:
+            if identity is not None:
+                with _slot_client(env, identity) as client:
+                    yield client
+                return
+        assert time.monotonic() < deadline, "a relay holds the last slot"
+        time.sleep(0.2)
+
+
+@contextlib.contextmanager
+def _slot_client(env: dict[str, str], identity: str) -> Iterator[mqtt.Client]:
+    import ssl
+
+    entry = json.loads(Path(env["MQTT_CLIENT_CERTS"]).read_text())[identity]
+    folder = Path(tempfile.mkdtemp())
+    (folder / "c.crt").write_text(entry["cert"])
+    (folder / "c.key").write_text(entry["key"])
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=identity)
+    client.tls_set(
+        ca_certs=env["MQTT_CA_FILE"],
+        certfile=str(folder / "c.crt"),
+        keyfile=str(folder / "c.key"),
+        tls_version=ssl.PROTOCOL_TLS_CLIENT,
+    )
+    client.connect("127.0.0.1", int(env["MQTT_PORT"]))
+    client.loop_start()
+    try:
+        yield client
+    finally:
+        client.disconnect()
+        client.loop_stop()
 
 
 def test_a_replayed_command_is_refused_by_the_lock(

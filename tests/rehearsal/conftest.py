@@ -6,13 +6,16 @@ production mode with exactly the environment ``infra.deploy_config.environment``
 Secret Manager hands them over (variables, and files where the deploy mounts them). Only the managed services are
 stood in for, and only through what ``STAND_INS`` adds: the ``LOCKWISE_REHEARSAL`` switch (refused on Cloud Run),
 the Firestore and Auth emulators for the functions, and a local metadata server for the relay's identity tokens.
-Cloud SQL is the local PostgreSQL (a fresh database the migration job migrates first); the broker VM is the local
-Mosquitto with the same rendered configuration (client certificates only, from the lock CA).
+Cloud SQL is the local PostgreSQL (a fresh database the migration job migrates first); the broker VM is a Mosquitto of
+its own with the same rendered configuration (client certificates only, from its own lock CA), so no session another
+test left on the shared broker under a relay slot's identity meets these relays (relay slots are leased per
+database, and the other tests' database is another one).
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import secrets
 import shutil
 import subprocess
@@ -171,7 +174,6 @@ def _fresh_database(pg: services.Postgres) -> str:
 def rehearsal(
     tmp_path_factory: pytest.TempPathFactory,
     postgres: services.Postgres,
-    broker: services.Broker,
     firestore_emulator: services.Emulator,
     auth_emulator: services.Emulator,
     model_dir: Path,
@@ -185,35 +187,36 @@ def rehearsal(
     for name in ("embed", "verify"):
         shutil.copytree(model_dir / "onnx", bundles[name] / "model")
     pythons = {name: install(bundle, root / "venvs" / name) for name, bundle in bundles.items()}
-    metadata = ThreadingHTTPServer(("127.0.0.1", 0), Metadata)
-    threading.Thread(target=metadata.serve_forever, daemon=True).start()
-    mounts = root / "mounts"
-    mounts.mkdir()
-    shutil.copy(broker.ca_file, mounts / "ca.crt")  # the broker CA and the relay slots' certificates, mounted
-    shutil.copy(broker.relay_certs, mounts / "relay-certs.json")  # as the deploy mounts them
-    database_url = _fresh_database(postgres)
-    place = Place(
-        project=PROJECT_ID,
-        broker_host="127.0.0.1",
-        broker_public_host="127.0.0.1",
-        broker_port=broker.port,
-        mounts=str(mounts),
-    )
-    secret_values = {
-        "DATABASE_URL": database_url,
-        "LOCKWISE_SERVICE_TOKEN": secrets.token_urlsafe(24),
-        "LOCKWISE_COMMAND_SIGNING_KEY": base64.b64encode(secrets.token_bytes(32)).decode(),
-        "LOCKWISE_LOCK_CA": broker.lock_ca_pem,
-    }
-    stand_ins = {
-        "LOCKWISE_REHEARSAL": "1",
-        "FIRESTORE_EMULATOR_HOST": firestore_emulator.host,
-        "FIREBASE_AUTH_EMULATOR_HOST": auth_emulator.host,
-        "GCE_METADATA_HOST": f"127.0.0.1:{metadata.server_port}",
-    }
-    r = Rehearsal(root, place, pythons, bundles, secret_values, stand_ins, database_url)
-    try:
+    with contextlib.ExitStack() as stack:
+        broker = services.start_mosquitto(root / "broker", services.free_port())
+        stack.callback(broker.stop)
+        metadata = ThreadingHTTPServer(("127.0.0.1", 0), Metadata)
+        threading.Thread(target=metadata.serve_forever, daemon=True).start()
+        stack.callback(metadata.shutdown)
+        mounts = root / "mounts"
+        mounts.mkdir()
+        shutil.copy(broker.ca_file, mounts / "ca.crt")  # the broker CA and the relay slots' certificates, mounted
+        shutil.copy(broker.relay_certs, mounts / "relay-certs.json")  # as the deploy mounts them
+        database_url = _fresh_database(postgres)
+        place = Place(
+            project=PROJECT_ID,
+            broker_host="127.0.0.1",
+            broker_public_host="127.0.0.1",
+            broker_port=broker.port,
+            mounts=str(mounts),
+        )
+        secret_values = {
+            "DATABASE_URL": database_url,
+            "LOCKWISE_SERVICE_TOKEN": secrets.token_urlsafe(24),
+            "LOCKWISE_COMMAND_SIGNING_KEY": base64.b64encode(secrets.token_bytes(32)).decode(),
+            "LOCKWISE_LOCK_CA": broker.lock_ca_pem,
+        }
+        stand_ins = {
+            "LOCKWISE_REHEARSAL": "1",
+            "FIRESTORE_EMULATOR_HOST": firestore_emulator.host,
+            "FIREBASE_AUTH_EMULATOR_HOST": auth_emulator.host,
+            "GCE_METADATA_HOST": f"127.0.0.1:{metadata.server_port}",
+        }
+        r = Rehearsal(root, place, pythons, bundles, secret_values, stand_ins, database_url)
+        stack.callback(r.stop)
         yield r
-    finally:
-        r.stop()
-        metadata.shutdown()
