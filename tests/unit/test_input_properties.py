@@ -5,12 +5,27 @@ from __future__ import annotations
 
 import json
 import struct
+import sys
+from collections.abc import Iterator
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lockwise import audio, errors, inputs
+
+
+@pytest.fixture(autouse=True)
+def _no_lazy_modules() -> Iterator[None]:
+    """Hypothesis reads ``__file__`` of every module in ``sys.modules``; SpeechBrain's lazy modules import on any
+    attribute read (k2, absent here), so they are set aside while these tests run when an earlier test loaded them."""
+    lazy = {name: m for name, m in list(sys.modules.items()) if type(m).__module__.startswith("speechbrain")}
+    for name in lazy:
+        del sys.modules[name]
+    yield
+    sys.modules.update(lazy)
+
 
 JSON_SCALARS = (
     st.none()
