@@ -68,9 +68,6 @@ class Place:
     bundle_root: str = "/workspace"
     #: where secret files are mounted (Secret Manager volumes)
     mounts: str = "/etc/lockwise"
-    #: the broker host's Mosquitto files (the account sync writes the password file there)
-    broker_dir: str = "/etc/mosquitto"
-    broker_pid_file: str = "/run/mosquitto/mosquitto.pid"
 
     def fields(self) -> dict[str, str]:
         return {
@@ -81,8 +78,6 @@ class Place:
             "devices_relay_url": self.devices_relay_url,
             "bundle_root": self.bundle_root,
             "mounts": self.mounts,
-            "broker_dir": self.broker_dir,
-            "broker_pid_file": self.broker_pid_file,
         }
 
 

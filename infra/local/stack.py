@@ -1,6 +1,6 @@
 """The whole LockWise back-end on this machine: ``./dev stack`` (runs ``python -m infra.local.stack``).
 
-Starts PostgreSQL, Mosquitto (TLS, password file, per-lock ACL), the Firestore and Auth emulators, applies the
+Starts PostgreSQL, Mosquitto (TLS, client certificates only), the Firestore and Auth emulators, applies the
 migrations, serves the three functions with functions-framework, prints where everything listens and waits. Ctrl-C
 (or SIGTERM) stops every process it started. State (database, broker persistence, certificates, generated local
 secrets, logs) lives in ``.local/`` so a restart keeps enrolled voices and locks.
