@@ -73,6 +73,21 @@ def provision(devices: Any, code: str) -> tuple[dict[str, Any], Ed25519PrivateKe
     return resp.get_json(), key, tls_pem(tls_key)
 
 
+def join(
+    devices: Any, lock_id: str, inviter: dict[str, Any], invitee: dict[str, Any], grant: dict[str, Any]
+) -> dict[str, Any]:
+    """``inviter`` invites ``invitee`` by uid and the invitee accepts: the only way into a lock. Returns the member."""
+    resp = devices.post(
+        f"/devices/locks/{lock_id}/members", json={"uid": invitee["localId"], **grant}, headers=bearer(inviter)
+    )
+    assert resp.status_code == 202, resp.get_json()
+    invitation = resp.get_json()["invitation"]["id"]
+    accepted = devices.post(f"/devices/invitations/{invitation}/accept", headers=bearer(invitee))
+    assert accepted.status_code == 201, accepted.get_json()
+    member: dict[str, Any] = accepted.get_json()["member"]
+    return member
+
+
 def build_world(devices: Any, sign_up: Any, supports_open: bool = False) -> World:
     accounts = {role: sign_up() for role in ROLES}
     for account in accounts.values():
@@ -89,12 +104,7 @@ def build_world(devices: Any, sign_up: Any, supports_open: bool = False) -> Worl
         "revoked": {"role": "member"},
     }
     for role, grant in grants.items():
-        resp = devices.post(
-            f"/devices/locks/{lock_id}/members",
-            json={"uid": accounts[role]["localId"], **grant},
-            headers=bearer(accounts["owner"]),
-        )
-        assert resp.status_code == 201, resp.get_json()
+        join(devices, lock_id, accounts["owner"], accounts[role], grant)
     resp = devices.delete(
         f"/devices/locks/{lock_id}/members/{accounts['revoked']['localId']}", headers=bearer(accounts["owner"])
     )

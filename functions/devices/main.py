@@ -24,6 +24,7 @@ from lockwise import (
     commands,
     errors,
     health,
+    invitations,
     lock_auth,
     lock_certs,
     lock_events,
@@ -205,15 +206,8 @@ def list_members(ctx: Ctx, lock_id: str) -> JsonBody:
     with rt.db.connection() as con:
         members.require(con, lock_id, user.uid, now(), at_least="admin")
         listed = [m.public() for m in members.list_for_lock(con, lock_id) if m.active(now())]
-        invitations = [
-            {"id": i, "email": e, "role": r, "expires_at": x.isoformat()}
-            for i, e, r, x in con.run(
-                "SELECT id::text, email, role, expires_at FROM invitations WHERE lock_id = CAST(:l AS uuid)"
-                " AND accepted_at IS NULL AND expires_at > now() ORDER BY created_at",
-                l=lock_id,
-            )
-        ]
-    return {"members": listed, "invitations": invitations}
+        waiting = invitations.open_for_lock(con, lock_id)
+    return {"members": listed, "invitations": waiting}
 
 
 @api.route("POST", "/devices/locks/<lock_id>/members")
@@ -224,17 +218,44 @@ def add_member(ctx: Ctx, lock_id: str) -> Result:
     access = members.parse_access(role, body)
     if ("uid" in body) == ("email" in body):
         raise errors.BadRequest("give exactly one of uid or email", code="invalid_invitee")
-    with with_denials_audited(user.uid, lock_id, "member.add"), rt.db.transaction() as con:
+    invitee = {"uid": _uid(body["uid"])} if "uid" in body else {"email": _email(body["email"])}
+    with with_denials_audited(user.uid, lock_id, "member.invite"), rt.db.transaction() as con:
         actor = members.require(con, lock_id, user.uid, now(), at_least="admin")
-        if "uid" in body:
-            added = locks.add_member(con, lock_id, actor, _uid(body["uid"]), role, access)
-            result: Result = {"member": added.public()}, 201
-        else:
-            email = _email(body["email"])
-            invitation_id = locks.invite(con, lock_id, actor, email, role, access, rt.settings.invitation_ttl_s)
-            result = {"invitation": {"id": invitation_id, "email": email, "role": role}}, 202
+        invitation = invitations.invite(con, lock_id, actor, role, access, rt.settings.invitation_ttl_s, **invitee)
+    return {"invitation": invitation}, 202
+
+
+@api.route("DELETE", "/devices/locks/<lock_id>/invitations/<invitation_id>")
+def withdraw_invitation(ctx: Ctx, lock_id: str, invitation_id: str) -> Result:
+    user, lock_id = app_user(ctx), lock_param(lock_id)
+    with with_denials_audited(user.uid, lock_id, "member.withdraw_invitation"), rt.db.transaction() as con:
+        actor = members.require(con, lock_id, user.uid, now(), at_least="admin")
+        invitations.withdraw(con, lock_id, invitation_id, actor)
+    return flask.Response(status=204)
+
+
+@api.route("GET", "/devices/invitations")
+def my_invitations(ctx: Ctx) -> JsonBody:
+    user = app_user(ctx)
+    with rt.db.connection() as con:
+        return {"invitations": invitations.for_user(con, user)}
+
+
+@api.route("POST", "/devices/invitations/<invitation_id>/accept")
+def accept_invitation(ctx: Ctx, invitation_id: str) -> Result:
+    user = app_user(ctx)
+    with rt.db.transaction() as con:
+        joined = invitations.accept(con, invitation_id, user)
     rt.flush_mirror()
-    return result
+    return {"lock_id": joined.lock_id, "member": joined.public()}, 201
+
+
+@api.route("POST", "/devices/invitations/<invitation_id>/decline")
+def decline_invitation(ctx: Ctx, invitation_id: str) -> Result:
+    user = app_user(ctx)
+    with rt.db.transaction() as con:
+        invitations.decline(con, invitation_id, user)
+    return flask.Response(status=204)
 
 
 @api.route("PATCH", "/devices/locks/<lock_id>/members/<uid>")

@@ -1,13 +1,13 @@
-"""Locks: create, list, read, rename, transfer and delete, with their memberships and invitations."""
+"""Locks: create, list, read, rename, transfer and delete, and changes to their memberships (joining is
+``lockwise.invitations``)."""
 
 from __future__ import annotations
 
 import datetime as dt
-import json
 from typing import Any
 
 from lockwise import audit, errors, members, mirror
-from lockwise.db import UNIQUE_VIOLATION, Connection, rows_as_dicts, sqlstate
+from lockwise.db import Connection, rows_as_dicts
 
 MAX_NAME = 100
 
@@ -171,120 +171,6 @@ def lock_config(con: Connection, lock_id: str) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------------- members
 
 
-def add_member(
-    con: Connection, lock_id: str, actor: members.Membership, uid: str, role: str, access: dict[str, Any]
-) -> members.Membership:
-    _check_can_grant(actor, role)
-    exists = con.run("SELECT 1 FROM users WHERE uid = :u", u=uid)
-    if not exists:
-        raise errors.NotFound("no such user; invite them by email instead", code="user_not_found")
-    current = members.get(con, lock_id, uid, for_update=True)
-    if current is not None and current.revoked_at is None:
-        raise errors.Conflict("already a member of this lock", code="already_member")
-    con.run(
-        "INSERT INTO lock_members (lock_id, user_uid, role, invited_by, valid_from, valid_until, weekdays,"
-        " day_start_minute, day_end_minute, timezone, expires_at)"
-        " VALUES (CAST(:l AS uuid), :u, :r, :by, :valid_from, :valid_until, :weekdays, :day_start_minute,"
-        " :day_end_minute, :timezone, :expires_at)"
-        " ON CONFLICT (lock_id, user_uid) DO UPDATE SET role = EXCLUDED.role, invited_by = EXCLUDED.invited_by,"
-        " valid_from = EXCLUDED.valid_from, valid_until = EXCLUDED.valid_until, weekdays = EXCLUDED.weekdays,"
-        " day_start_minute = EXCLUDED.day_start_minute, day_end_minute = EXCLUDED.day_end_minute,"
-        " timezone = EXCLUDED.timezone, expires_at = EXCLUDED.expires_at, revoked_at = NULL, created_at = now()",
-        l=lock_id,
-        u=uid,
-        r=role,
-        by=actor.user_uid,
-        **access,
-    )
-    audit.record(
-        con, audit.user_actor(actor.user_uid), "member.add", "ok", lock_id=lock_id, target=uid, details={"role": role}
-    )
-    mirror.activity(con, lock_id, "member_added", actor_uid=actor.user_uid, target_uid=uid, role=role)
-    mirror.refresh_members(con, lock_id)
-    added = members.get(con, lock_id, uid)
-    if added is None:
-        raise RuntimeError("membership vanished inside its own transaction")
-    return added
-
-
-def invite(
-    con: Connection, lock_id: str, actor: members.Membership, email: str, role: str, access: dict[str, Any], ttl_s: int
-) -> str:
-    _check_can_grant(actor, role)
-    try:
-        con.run("SAVEPOINT invite")
-        invitation_id = str(
-            con.run(
-                "INSERT INTO invitations (lock_id, email, role, access, invited_by, expires_at)"
-                " VALUES (CAST(:l AS uuid), :e, :r, CAST(:a AS jsonb), :by, now() + make_interval(secs => :ttl))"
-                " RETURNING id::text",
-                l=lock_id,
-                e=email,
-                r=role,
-                a=json.dumps({k: v for k, v in access.items()}, default=str),
-                by=actor.user_uid,
-                ttl=ttl_s,
-            )[0][0]
-        )
-    except Exception as exc:
-        con.run("ROLLBACK TO SAVEPOINT invite")
-        if sqlstate(exc) == UNIQUE_VIOLATION:
-            raise errors.Conflict(
-                "this email already has an open invitation to this lock", code="already_invited"
-            ) from exc
-        raise
-    audit.record(
-        con,
-        audit.user_actor(actor.user_uid),
-        "member.invite",
-        "ok",
-        lock_id=lock_id,
-        target=email,
-        details={"role": role},
-    )
-    return invitation_id
-
-
-def accept_invitations(con: Connection, uid: str, email: str | None, email_verified: bool) -> int:
-    """Turn open invitations for the caller's verified email into memberships; return how many."""
-    if not email or not email_verified:
-        return 0
-    rows = con.run(
-        "UPDATE invitations SET accepted_at = now() WHERE lower(email) = lower(:e) AND accepted_at IS NULL"
-        " AND expires_at > now() RETURNING lock_id::text, role, access, invited_by",
-        e=email,
-    )
-    for lock_id, role, access, invited_by in rows:
-        existing = members.get(con, lock_id, uid, for_update=True)
-        if existing is not None and existing.revoked_at is None:
-            continue
-        fields = dict.fromkeys(members.ACCESS_FIELDS)
-        fields["timezone"] = "UTC"
-        fields.update(access if isinstance(access, dict) else json.loads(access))
-        con.run(
-            "INSERT INTO lock_members (lock_id, user_uid, role, invited_by, valid_from, valid_until, weekdays,"
-            " day_start_minute, day_end_minute, timezone, expires_at)"
-            " VALUES (CAST(:l AS uuid), :u, :r, :by, CAST(:valid_from AS timestamptz),"
-            " CAST(:valid_until AS timestamptz),"
-            " :weekdays, :day_start_minute, :day_end_minute, :timezone, CAST(:expires_at AS timestamptz))"
-            " ON CONFLICT (lock_id, user_uid) DO UPDATE SET role = EXCLUDED.role, revoked_at = NULL,"
-            " valid_from = EXCLUDED.valid_from, valid_until = EXCLUDED.valid_until, weekdays = EXCLUDED.weekdays,"
-            " day_start_minute = EXCLUDED.day_start_minute, day_end_minute = EXCLUDED.day_end_minute,"
-            " timezone = EXCLUDED.timezone, expires_at = EXCLUDED.expires_at",
-            l=lock_id,
-            u=uid,
-            r=role,
-            by=invited_by,
-            **fields,
-        )
-        audit.record(
-            con, audit.user_actor(uid), "member.accept_invitation", "ok", lock_id=lock_id, details={"role": role}
-        )
-        mirror.activity(con, lock_id, "member_joined", target_uid=uid, role=role)
-        mirror.refresh_members(con, lock_id)
-    return len(rows)
-
-
 def update_member(
     con: Connection,
     lock_id: str,
@@ -294,7 +180,7 @@ def update_member(
     access: dict[str, Any],
 ) -> None:
     _check_can_manage(actor, target)
-    _check_can_grant(actor, role)
+    members.check_can_grant(actor, role)
     con.run(
         "UPDATE lock_members SET role = :r, valid_from = :valid_from, valid_until = :valid_until,"
         " weekdays = :weekdays, day_start_minute = :day_start_minute, day_end_minute = :day_end_minute,"
@@ -330,15 +216,6 @@ def revoke_member(con: Connection, lock_id: str, actor: members.Membership, targ
     audit.record(con, audit.user_actor(actor.user_uid), "member.revoke", "ok", lock_id=lock_id, target=target.user_uid)
     mirror.activity(con, lock_id, "member_removed", actor_uid=actor.user_uid, target_uid=target.user_uid)
     mirror.refresh_members(con, lock_id)
-
-
-def _check_can_grant(actor: members.Membership, role: str) -> None:
-    if role not in ("admin", "member", "guest"):
-        raise errors.BadRequest("role must be admin, member or guest", code="invalid_role")
-    if actor.role not in ("owner", "admin"):
-        raise errors.Forbidden("only the owner and admins manage members", code="role_too_low")
-    if role == "admin" and actor.role != "owner":
-        raise errors.Forbidden("only the owner appoints admins", code="role_too_low")
 
 
 def _check_can_manage(actor: members.Membership, target: members.Membership) -> None:

@@ -135,6 +135,16 @@ def require(
     return membership
 
 
+def check_can_grant(actor: Membership, role: str) -> None:
+    """``actor`` may give ``role`` to someone: owners and admins grant, only the owner grants admin."""
+    if role not in ("admin", "member", "guest"):
+        raise errors.BadRequest("role must be admin, member or guest", code="invalid_role")
+    if actor.role not in ("owner", "admin"):
+        raise errors.Forbidden("only the owner and admins manage members", code="role_too_low")
+    if role == "admin" and actor.role != "owner":
+        raise errors.Forbidden("only the owner appoints admins", code="role_too_low")
+
+
 def parse_access(role: str, body: dict[str, Any]) -> dict[str, Any]:
     """Validate the ``access`` object of a member request into column values (400 naming the bad field)."""
     raw = body.get("access") or {}

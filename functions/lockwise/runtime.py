@@ -36,12 +36,10 @@ class Runtime:
         return Flusher(self.db, lambda: make_client(self.settings.project_id, self.settings.firestore_emulator_host))
 
     def app_user(self, id_token: str) -> User:
-        """The signed-in app user: token verified, recorded in PostgreSQL, invitations to a verified email accepted."""
+        """The signed-in app user: token verified and recorded in PostgreSQL (invitations wait for an answer)."""
         user = self.verifier.verify(id_token)
         with self.db.transaction() as con:
-            accepted = users.sign_in(con, user)
-        if accepted:
-            self.flush_mirror()
+            users.upsert(con, user)
         return user
 
     def flush_mirror(self, *, force: bool = False) -> int:

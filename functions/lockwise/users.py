@@ -29,11 +29,3 @@ def upsert(con: Connection, user: User) -> None:
         uid=user.uid,
         email=email,
     )
-
-
-def sign_in(con: Connection, user: User) -> int:
-    """Record the user and accept open invitations to their verified email; returns how many were accepted."""
-    from lockwise.locks import accept_invitations
-
-    upsert(con, user)
-    return accept_invitations(con, user.uid, user.email, user.email_verified)

@@ -196,31 +196,117 @@ def sign_in(auth_host: str, email: str, password: str = "correct-horse-9") -> di
     return result
 
 
-def test_invitation_by_email_needs_a_verified_email(world: World, sign_up: Any, stack_env: dict[str, str]) -> None:
+def test_invitation_by_email_is_seen_only_verified_and_joins_only_when_accepted(
+    world: World, sign_up: Any, stack_env: dict[str, str]
+) -> None:
     resp = world.devices.post(
         f"/devices/locks/{world.lock_id}/members",
         json={"email": "Friend@Example.com", "role": "guest", "access": {"weekdays": ["sat", "sun"]}},
         headers=world.headers("admin"),
     )
-    assert resp.status_code == 202
+    assert resp.status_code == 202 and resp.get_json()["invitation"]["email"] == "friend@example.com"
     again = world.devices.post(
         f"/devices/locks/{world.lock_id}/members",
         json={"email": "friend@example.com", "role": "member"},
         headers=world.headers("owner"),
     )
-    assert again.status_code == 409
+    assert again.status_code == 409 and again.get_json()["error"]["code"] == "already_invited"
     friend = sign_up(email="friend@example.com")
-    # an unverified email does not claim the invitation (anyone can sign up with any address)
-    assert world.devices.get(f"/devices/locks/{world.lock_id}", headers=bearer(friend)).status_code == 404
+    # an unverified address sees nothing (anyone can sign up with any address)
+    assert world.devices.get("/devices/invitations", headers=bearer(friend)).get_json() == {"invitations": []}
+    invitation = resp.get_json()["invitation"]["id"]
+    refused = world.devices.post(f"/devices/invitations/{invitation}/accept", headers=bearer(friend))
+    assert refused.status_code == 404 and refused.get_json()["error"]["code"] == "invitation_not_found"
     host, project = stack_env["FIREBASE_AUTH_EMULATOR_HOST"], stack_env["LOCKWISE_PROJECT_ID"]
     verify_email(host, project, friend["localId"])
     friend = sign_in(host, "friend@example.com")
+    # verified, signed in: still not a member until they say so
+    assert world.devices.get(f"/devices/locks/{world.lock_id}", headers=bearer(friend)).status_code == 404
+    waiting = world.devices.get("/devices/invitations", headers=bearer(friend)).get_json()["invitations"]
+    assert [(i["id"], i["lock"]["id"], i["role"], i["invited_by"]) for i in waiting] == [
+        (invitation, world.lock_id, "guest", world.uid("admin"))
+    ]
+    assert waiting[0]["access"]["weekdays"] == ["sat", "sun"]
+    accepted = world.devices.post(f"/devices/invitations/{invitation}/accept", headers=bearer(friend))
+    assert accepted.status_code == 201 and accepted.get_json()["lock_id"] == world.lock_id
     view = world.devices.get(f"/devices/locks/{world.lock_id}", headers=bearer(friend))
     assert view.status_code == 200 and view.get_json()["role"] == "guest"
     members = world.devices.get(f"/devices/locks/{world.lock_id}/members", headers=world.headers("owner")).get_json()
     joined = [m for m in members["members"] if m["uid"] == friend["localId"]]
     assert joined and joined[0]["access"]["weekdays"] == ["sat", "sun"]
     assert members["invitations"] == []
+    # an answered invitation cannot be used again
+    assert world.devices.post(f"/devices/invitations/{invitation}/accept", headers=bearer(friend)).status_code == 404
+
+
+def test_invitation_by_uid_waits_for_consent_and_can_be_declined_or_withdrawn(world: World, sign_up: Any) -> None:
+    lock, owner = world.lock_id, world.headers("owner")
+    invitee = sign_up()
+    assert world.devices.get("/devices/me", headers=bearer(invitee)).status_code == 200
+    made = world.devices.post(
+        f"/devices/locks/{lock}/members", json={"uid": invitee["localId"], "role": "member"}, headers=owner
+    )
+    assert made.status_code == 202 and made.get_json()["invitation"]["uid"] == invitee["localId"]
+    first = made.get_json()["invitation"]["id"]
+    # not a member, and nobody else can answer for them
+    assert world.devices.get(f"/devices/locks/{lock}", headers=bearer(invitee)).status_code == 404
+    for other in ("member", "stranger", "owner"):
+        stolen = world.devices.post(f"/devices/invitations/{first}/accept", headers=world.headers(other))
+        assert stolen.status_code == 404, other
+    listed = world.devices.get(f"/devices/locks/{lock}/members", headers=owner).get_json()
+    assert [i["uid"] for i in listed["invitations"]] == [invitee["localId"]]
+    assert invitee["localId"] not in [m["uid"] for m in listed["members"]]
+    # declined: gone, and it never made a membership
+    assert world.devices.post(f"/devices/invitations/{first}/decline", headers=bearer(invitee)).status_code == 204
+    assert world.devices.get("/devices/invitations", headers=bearer(invitee)).get_json() == {"invitations": []}
+    assert world.devices.post(f"/devices/invitations/{first}/accept", headers=bearer(invitee)).status_code == 404
+    # asked again, then withdrawn by the owner before the answer
+    second = world.devices.post(
+        f"/devices/locks/{lock}/members", json={"uid": invitee["localId"], "role": "member"}, headers=owner
+    ).get_json()["invitation"]["id"]
+    path = f"/devices/locks/{lock}/invitations/{second}"
+    assert world.devices.delete(path, headers=world.headers("member")).status_code == 403
+    assert world.devices.delete(path, headers=owner).status_code == 204
+    assert world.devices.delete(path, headers=owner).status_code == 404
+    assert world.devices.post(f"/devices/invitations/{second}/accept", headers=bearer(invitee)).status_code == 404
+    assert world.devices.get(f"/devices/locks/{lock}", headers=bearer(invitee)).status_code == 404
+
+
+def test_inviting_an_unknown_uid_answers_as_a_known_one(world: World, sign_up: Any) -> None:
+    """The add-member answer does not tell an admin which uids exist."""
+    known = sign_up()
+    assert world.devices.get("/devices/me", headers=bearer(known)).status_code == 200
+    answers = []
+    for uid in (known["localId"], "no-such-user-" + known["localId"][:8]):
+        resp = world.devices.post(
+            f"/devices/locks/{world.lock_id}/members",
+            json={"uid": uid, "role": "member"},
+            headers=world.headers("owner"),
+        )
+        body = resp.get_json()["invitation"]
+        answers.append((resp.status_code, sorted(body), body["uid"] == uid))
+    assert answers[0] == answers[1] == (202, ["id", "role", "uid"], True)
+
+
+def test_an_expired_invitation_cannot_be_accepted_and_does_not_block_a_new_one(world: World, sign_up: Any) -> None:
+    invitee = sign_up()
+    assert world.devices.get("/devices/me", headers=bearer(invitee)).status_code == 200
+    body = {"uid": invitee["localId"], "role": "guest"}
+    old = world.devices.post(f"/devices/locks/{world.lock_id}/members", json=body, headers=world.headers("owner"))
+    old_id = old.get_json()["invitation"]["id"]
+    with get_runtime("devices").db.transaction() as con:
+        con.run(
+            "UPDATE invitations SET created_at = now() - interval '2 days', expires_at = now() - interval '1 day'"
+            " WHERE id = CAST(:i AS uuid)",
+            i=old_id,
+        )
+    assert world.devices.post(f"/devices/invitations/{old_id}/accept", headers=bearer(invitee)).status_code == 404
+    new = world.devices.post(f"/devices/locks/{world.lock_id}/members", json=body, headers=world.headers("owner"))
+    assert new.status_code == 202
+    accepted = world.devices.post(
+        f"/devices/invitations/{new.get_json()['invitation']['id']}/accept", headers=bearer(invitee)
+    )
+    assert accepted.status_code == 201 and accepted.get_json()["member"]["role"] == "guest"
 
 
 def test_deleting_a_lock_removes_its_credentials_members_and_attempts(world: World) -> None:
@@ -263,7 +349,8 @@ def test_audit_log_records_commands_credentials_members_and_denials(world: World
     for expected in [
         ("lock.create", "ok"),
         ("credentials.provision", "ok"),
-        ("member.add", "ok"),
+        ("member.invite", "ok"),
+        ("member.accept_invitation", "ok"),
         ("member.revoke", "ok"),
         ("command.unlock", "ok"),
         ("command.unlock", "denied"),
@@ -310,7 +397,6 @@ LONG = "x" * 101
             400,
             "invalid_invitee",
         ),
-        ("POST", "/devices/locks/{lock}/members", {"uid": "no-such-user", "role": "member"}, 404, "user_not_found"),
         ("POST", "/devices/locks/{lock}/members", {"email": "not-an-email", "role": "member"}, 400, "invalid_email"),
         ("POST", "/devices/locks/{lock}/members", {"uid": 12, "role": "member"}, 400, "invalid_uid"),
         ("PATCH", "/devices/locks/{lock}/members/ghost", {"role": "member"}, 404, "member_not_found"),

@@ -18,7 +18,7 @@ from lockwise.config import get_settings
 from lockwise.firestore import make_client as firestore_client
 from lockwise.runtime import get_runtime
 from tests.conftest import PROJECT_ID
-from tests.devices_world import World, build_world
+from tests.devices_world import World, build_world, join
 from tests.waiting import wait_for
 
 
@@ -108,12 +108,7 @@ def test_view_converges_after_a_firestore_outage(
     assert view["state"]["state"] == "jammed"
     newcomer = sign_up()
     world.devices.get("/devices/me", headers={"Authorization": f"Bearer {newcomer['idToken']}"})
-    added = world.devices.post(
-        f"/devices/locks/{world.lock_id}/members",
-        json={"uid": newcomer["localId"], "role": "member"},
-        headers=world.headers("owner"),
-    )
-    assert added.status_code == 201
+    join(world.devices, world.lock_id, world.accounts["owner"], newcomer, {"role": "member"})
     # the emulator keeps data in memory: what it held before the outage is gone, what was queued must arrive
     flaky_firestore["emulator"] = services.start_firestore(workdir / "flaky", flaky_firestore["port"], PROJECT_ID)
     token = {"X-LockWise-Service-Token": stack_env["LOCKWISE_SERVICE_TOKEN"]}

@@ -18,7 +18,7 @@ from lockwise import command_signing, lock_auth, scoring
 from lockwise.firestore import make_client as firestore_client
 from lockwise.runtime import get_runtime
 from tests.conftest import PROJECT_ID
-from tests.devices_world import World, bearer, build_world
+from tests.devices_world import World, bearer, build_world, join
 from tests.voices import pcm16, pcm_json, speech_like, wav
 
 pytestmark = pytest.mark.model
@@ -113,6 +113,33 @@ def test_enroll_then_verify_the_same_voice_unlocks(clients: dict[str, Any], worl
     )
     assert command["status"] == "pending" and command["issuer"] == {"kind": "voice", "uid": world.uid("member")}
     assert attempts(world) == [("accepted", "accepted")]
+
+
+def test_a_voice_is_never_scored_at_a_lock_its_owner_has_not_accepted(
+    clients: dict[str, Any], world: World, sign_up: Any
+) -> None:
+    """The oracle attack: an owner "adds" someone by uid so their lock can guess against that person's voiceprint.
+    Adding is an invitation; until the invitee accepts, their voiceprint is not a candidate at that lock."""
+    victim = sign_up()
+    assert enroll(clients, victim).status_code == 201
+    invited = clients["devices"].post(
+        f"/devices/locks/{world.lock_id}/members",
+        json={"uid": victim["localId"], "role": "member"},
+        headers=world.headers("owner"),
+    )
+    assert invited.status_code == 202
+    result = signed_verify(clients, world, wav(VOICE)).get_json()
+    assert result["decision"] == "rejected" and result["reason"] == "no_candidates"
+    invitation = invited.get_json()["invitation"]["id"]
+    assert (
+        clients["devices"].post(f"/devices/invitations/{invitation}/decline", headers=bearer(victim)).status_code == 204
+    )
+    result = signed_verify(clients, world, wav(VOICE)).get_json()
+    assert result["decision"] == "rejected" and result["reason"] == "no_candidates"
+    # with consent the same voice is a candidate (the check above is not blind)
+    join(clients["devices"], world.lock_id, world.accounts["owner"], victim, {"role": "member"})
+    result = signed_verify(clients, world, wav(VOICE)).get_json()
+    assert result["decision"] == "accepted" and result["member_uid"] == victim["localId"]
 
 
 def test_raw_pcm_and_json_bodies_are_accepted_too(clients: dict[str, Any], world: World) -> None:
