@@ -13,6 +13,7 @@ import functions_framework
 import numpy as np
 
 from lockwise import audio, auth, errors, health, scoring, voiceprints
+from lockwise.db import Connection
 from lockwise.http import Api, Ctx, JsonBody, Result
 from lockwise.runtime import get_runtime
 from lockwise.voice.encoder import describe, load_encoder, policy
@@ -75,10 +76,24 @@ def enroll(ctx: Ctx) -> Result:
             details={"sample": outlier, "lowest_agreement": round(lowest, 4), "required": rules.agreement},
         )
     with rt.db.transaction() as con:
+        refuse_a_neighbours_voice(con, user.uid, scoring.voiceprint(embeddings))
         voiceprints.store(con, user.uid, encoder.model_id, embeddings)
         status = voiceprints.status(con, user.uid, encoder.model_id)
     rt.flush_mirror()
     return {**status, "agreement": round(lowest, 4)}, 201
+
+
+def refuse_a_neighbours_voice(con: Connection, uid: str, voiceprint: scoring.Vector) -> None:
+    """409 when the new voiceprint would pass as someone who shares a lock with ``uid``, at that lock's threshold:
+    enrolling another member's recordings would otherwise make their own voice ambiguous (and lock them out)."""
+    neighbours = voiceprints.co_members(con, uid, encoder.model_id, encoder.dim)
+    scores = scoring.cosine_scores(voiceprint, neighbours.prints)
+    for score, lock_threshold in zip(scores, neighbours.lock_thresholds, strict=True):
+        if score >= policy(rt.settings, encoder, lock_threshold).threshold:
+            raise errors.Conflict(
+                "this voice already belongs to someone who shares a lock with you; enroll your own voice",
+                code="voice_matches_member",
+            )
 
 
 @api.route("GET", "/embed/enrollment")

@@ -79,6 +79,35 @@ def delete(con: Connection, uid: str) -> int:
     return removed
 
 
+@dataclass(frozen=True)
+class Neighbours:
+    """Voiceprints of the people who share a lock with a user, each with the lowest voice threshold among the locks
+    they share (None where a shared lock uses the encoder's default)."""
+
+    uids: list[str]
+    prints: scoring.Matrix  # (k, dim)
+    lock_thresholds: list[float | None]
+
+
+def co_members(con: Connection, uid: str, model_id: str, dim: int) -> Neighbours:
+    """The voiceprints (of ``model_id``) of everyone holding an active membership of a lock ``uid`` belongs to."""
+    rows = con.run(
+        "SELECT v.user_uid, v.embedding, bool_or(l.voice_threshold IS NULL), min(l.voice_threshold)"
+        " FROM lock_members mine"
+        " JOIN lock_members theirs ON theirs.lock_id = mine.lock_id AND theirs.user_uid <> mine.user_uid"
+        " JOIN locks l ON l.id = mine.lock_id"
+        " JOIN voiceprints v ON v.user_uid = theirs.user_uid"
+        " WHERE mine.user_uid = :u AND mine.revoked_at IS NULL AND (mine.expires_at IS NULL OR mine.expires_at > now())"
+        " AND theirs.revoked_at IS NULL AND (theirs.expires_at IS NULL OR theirs.expires_at > now())"
+        " AND v.model_id = :m AND v.dim = :d GROUP BY v.user_uid, v.embedding ORDER BY v.user_uid",
+        u=uid,
+        m=model_id,
+        d=dim,
+    )
+    prints = scoring.from_bytes(b"".join(bytes(r[1]) for r in rows), dim) if rows else np.zeros((0, dim), np.float32)
+    return Neighbours([r[0] for r in rows], prints, [None if r[2] else float(r[3]) for r in rows])
+
+
 def candidates(con: Connection, lock_id: str, model_id: str, dim: int, now: dt.datetime) -> Candidates:
     """The voiceprints of members allowed to open ``lock_id`` at ``now`` (role, window, not revoked or expired)."""
     rows = rows_as_dicts(

@@ -173,3 +173,25 @@ def test_a_real_voice_opens_the_door_and_other_real_voices_do_not(
             result = verify(path)
             assert result["decision"] == "rejected", (stranger, result)
             assert "score" not in result  # the lock learns the decision only
+
+
+def test_enrollment_refuses_a_voice_that_already_belongs_to_someone_sharing_a_lock(
+    ge2e_env: dict[str, str], make_client: Any, sign_up: Any, corpus: Path
+) -> None:
+    """A member enrolling another member's recordings would make the victim's own voice ambiguous at the door."""
+    devices, embed = make_client("devices"), make_client("embed")
+    world: World = build_world(devices, sign_up)
+
+    def enroll(role: str, speaker: str, start: int) -> Any:
+        clips = [p for p in sorted((corpus / speaker).glob("*.wav")) if audio.speech_seconds(*_samples(p)) >= 3.0]
+        samples = [_wav_json(p) for p in clips[start : start + 3]]
+        return embed.put("/embed/enrollment", json={"samples": samples}, headers=world.headers(role))
+
+    assert enroll("member", "allison", 0).status_code == 201
+    stolen = enroll("admin", "allison", 3)  # other recordings of the same person
+    assert stolen.status_code == 409, stolen.get_json()
+    assert stolen.get_json()["error"]["code"] == "voice_matches_member"
+    assert "allison" not in json.dumps(stolen.get_json()) and world.uid("member") not in json.dumps(stolen.get_json())
+    assert enroll("admin", "june", 0).status_code == 201  # their own, different voice
+    # someone who shares no lock with her is not compared (enrollment is not a search of everyone's voice)
+    assert enroll("stranger", "allison", 3).status_code == 201
