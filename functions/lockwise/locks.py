@@ -26,8 +26,8 @@ def parse_name(value: Any) -> str:
 def parse_threshold(value: Any) -> float | None:
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or not -1.0 <= float(value) <= 1.0:
-        raise errors.BadRequest("voice_threshold must be a number in [-1, 1] or null", code="invalid_threshold")
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= float(value) <= 1.0:
+        raise errors.BadRequest("voice_threshold must be a number in [0, 1] or null", code="invalid_threshold")
     return float(value)
 
 

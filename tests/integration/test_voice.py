@@ -17,6 +17,7 @@ import pytest
 from lockwise import command_signing, lock_auth, scoring
 from lockwise.firestore import make_client as firestore_client
 from lockwise.runtime import get_runtime
+from lockwise.voice.encoder import CALIBRATIONS
 from tests.conftest import PROJECT_ID
 from tests.devices_world import World, bearer, build_world, join
 from tests.voices import pcm16, pcm_json, speech_like, wav
@@ -80,6 +81,22 @@ def attempts(world: World) -> list[tuple[str, str]]:
     return [(r[0], r[1]) for r in rows]
 
 
+def aim_voiceprint(uid: str, voice: Any, cosine: float) -> None:
+    """Replace a user's voiceprint by one whose cosine with ``voice``'s embedding (as verify computes it) is
+    exactly ``cosine``."""
+    from lockwise.config import get_settings
+    from lockwise.voice.encoder import open_encoder
+
+    settings = get_settings("verify")
+    encoder = open_encoder(settings.encoder, settings.model_dir, exported=True)
+    probe = scoring.normalise(encoder.embed(voice, 44100))
+    other = np.random.default_rng(0).standard_normal(probe.shape).astype(np.float32)
+    other = scoring.normalise(other - (other @ probe) * probe)
+    aimed = cosine * probe + np.sqrt(1 - cosine**2) * other
+    with get_runtime("verify").db.transaction() as con:
+        con.run("UPDATE voiceprints SET embedding = :e WHERE user_uid = :u", e=scoring.to_bytes(aimed), u=uid)
+
+
 def negate_voiceprint(uid: str) -> None:
     """Replace a user's voiceprint by minus itself: every probe of that voice then scores -1."""
     with get_runtime("verify").db.transaction() as con:
@@ -140,6 +157,21 @@ def test_a_voice_is_never_scored_at_a_lock_its_owner_has_not_accepted(
     join(clients["devices"], world.lock_id, world.accounts["owner"], victim, {"role": "member"})
     result = signed_verify(clients, world, wav(VOICE)).get_json()
     assert result["decision"] == "accepted" and result["member_uid"] == victim["localId"]
+
+
+def test_a_lock_threshold_cannot_open_the_door_to_any_voice(clients: dict[str, Any], world: World) -> None:
+    """An owner's own threshold is a cosine in [0, 1], and verify never goes below the encoder's floor."""
+    path, owner = f"/devices/locks/{world.lock_id}", world.headers("owner")
+    refused = clients["devices"].patch(path, json={"voice_threshold": -1}, headers=owner)
+    assert refused.status_code == 400 and refused.get_json()["error"]["code"] == "invalid_threshold"
+    assert clients["devices"].patch(path, json={"voice_threshold": 0}, headers=owner).status_code == 200
+    assert enroll(clients, world.accounts["member"]).status_code == 201
+    floor = CALIBRATIONS["ecapa-tdnn"].floor
+    aim_voiceprint(world.uid("member"), VOICE, cosine=floor / 2)  # above the lock's 0, below the floor
+    result = signed_verify(clients, world, wav(VOICE)).get_json()
+    assert result["decision"] == "rejected" and result["reason"] == "below_threshold"
+    score, threshold = scored(result["attempt_id"])
+    assert score == pytest.approx(floor / 2, abs=1e-3) and threshold == pytest.approx(floor)
 
 
 def test_raw_pcm_and_json_bodies_are_accepted_too(clients: dict[str, Any], world: World) -> None:

@@ -45,6 +45,8 @@ class Calibration:
     # what the calibration measured at ``threshold`` (95 % upper bounds); None where nothing was measured
     fmr_upper: float | None = None
     fnmr_upper: float | None = None
+    #: the lowest threshold a lock may set: the encoder's threshold for a false-match rate of 1 in 100
+    floor: float = 0.5
 
 
 CALIBRATIONS: dict[str, Calibration] = {
@@ -61,14 +63,22 @@ CALIBRATIONS: dict[str, Calibration] = {
         source="measured: Asterisk corpus, 4 speakers, 34,160 impostor trials",
         fmr_upper=0.00099,
         fnmr_upper=0.2699,
+        # FMR 1e-2: between the measured 0.82 (FMR 6.3 %) and 0.87 (0.22 %), log-interpolated
+        floor=0.847,
     ),
     # ECAPA-TDNN (speechbrain/spkrec-ecapa-voxceleb): published VoxCeleb1-O score distributions put the EER
     # threshold near 0.25-0.30 cosine; 0.45 trades a higher false-reject rate for a false-match rate well under
     # 1 in 1,000. Not measured here (the weights cannot be fetched on this machine): operators run
     # `calibrate` on their own recordings with the production weights and set LOCKWISE_VOICE_THRESHOLD.
     # The enrollment speech floor is GE2E's measured one, pending an ECAPA calibration.
+    # Its floor is the published EER point (about 1 % FMR on VoxCeleb1-O).
     "ecapa-tdnn": Calibration(
-        threshold=0.45, margin=0.05, agreement=0.40, enroll_min_speech_s=2.4, source="literature (VoxCeleb1-O)"
+        threshold=0.45,
+        margin=0.05,
+        agreement=0.40,
+        enroll_min_speech_s=2.4,
+        source="literature (VoxCeleb1-O)",
+        floor=0.25,
     ),
 }
 
@@ -83,11 +93,12 @@ class Policy:
 
 
 def policy(settings: Settings, encoder: Encoder, lock_threshold: float | None = None) -> Policy:
-    """The encoder's calibration, overridden by settings, and a lock's own threshold above all."""
+    """The encoder's calibration, overridden by settings (the operator's), and a lock's own threshold above all,
+    which is never taken below the encoder's floor (a lock owner cannot make their door open to anyone)."""
     base = CALIBRATIONS.get(encoder.name, Calibration(0.5, 0.05, 0.4, 2.4, "fallback default"))
     threshold = settings.voice_threshold if settings.voice_threshold is not None else base.threshold
     if lock_threshold is not None:
-        threshold = lock_threshold
+        threshold = max(lock_threshold, base.floor)
     return Policy(
         threshold=threshold,
         margin=settings.voice_margin if settings.voice_margin is not None else base.margin,
