@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from lockwise import lock_auth
-from tests.devices_world import ROLES, World, build_world, join, new_lock_key
+from tests.devices_world import ROLES, World, build_world, join, new_lock_key, provision
 
 OK_ALL_MEMBERS = {"owner": 200, "admin": 200, "member": 200, "guest_in": 200, "guest_out": 200}
 DENIED_OUTSIDERS = {"stranger": 404, "revoked": 404}
@@ -207,5 +207,12 @@ def test_lock_signature_checks(world: World) -> None:
     assert world.devices.get(path, headers=world.headers("owner")).status_code == 401
     import uuid
 
+    # a lock id nobody paired answers as a wrong key does: which lock ids exist is not revealed
     ghost = lock_auth.sign_headers(world.lock_key, str(uuid.uuid4()), "GET", path, b"")
-    assert world.devices.get(path, headers=ghost).get_json()["error"]["code"] == "unknown_lock"
+    assert world.devices.get(path, headers=ghost).get_json()["error"]["code"] == "bad_lock_signature"
+    # the lock itself, once paired again elsewhere, learns its key was revoked (it proves it held it)
+    code = world.devices.post(f"/devices/locks/{world.lock_id}/provisioning", headers=world.headers("owner"))
+    provision(world.devices, code.get_json()["code"])
+    revoked = lock_auth.sign_headers(world.lock_key, world.lock_id, "GET", path, b"")
+    assert world.devices.get(path, headers=revoked).get_json()["error"]["code"] == "unknown_lock"
+    assert world.devices.get(path, headers=forged).get_json()["error"]["code"] == "bad_lock_signature"

@@ -272,7 +272,7 @@ class _FakeConnection:
 
     def run(self, sql: str, stream: Any = None, types: Any = None, **params: Any) -> Any:
         if sql.lstrip().startswith("SELECT signing_public_key"):
-            return [[self.public_key]]
+            return [[self.public_key, True]]  # the active key
         if sql.lstrip().startswith("INSERT INTO lock_request_nonces"):
             key = (params["l"], params["n"])
             if key in self.nonces:
