@@ -177,6 +177,9 @@ SERVICES: tuple[ServiceSpec, ...] = (
             # handed to a lock at pairing: where it connects
             "LOCKWISE_MQTT_PUBLIC_HOST": "{broker_public_host}",
             "LOCKWISE_MQTT_PUBLIC_PORT": "{broker_port}",
+            # Cloud Run's front end appends the caller's address to X-Forwarded-For: the pairing-code limit counts
+            # per that address (one more hop if a load balancer is put in front)
+            "LOCKWISE_TRUSTED_PROXY_HOPS": "1",
         },
         why="the app's locks, members and commands; the public copy does not serve the relay's endpoints",
     ),

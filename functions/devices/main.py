@@ -353,10 +353,24 @@ def get_command(ctx: Ctx, lock_id: str, command_id: str) -> JsonBody:
 def redeem_provisioning_code(ctx: Ctx) -> Result:
     body = ctx.json()
     public_key = provisioning.parse_public_key(body.get("public_key"))
-    with rt.db.transaction() as con:
-        credentials = provisioning.redeem(
-            con, body.get("code"), public_key, body.get("csr"), lock_ca(), rt.settings.lock_cert_ttl_s
+    source, limit = ctx.client_address, rt.settings.pairing_failures_per_hour
+    with rt.db.connection() as con:
+        wait = provisioning.pairing_wait(con, source, limit)
+    if wait:
+        raise errors.RateLimited(
+            "too many wrong pairing codes from this address; try later",
+            retry_after_s=wait,
+            code="too_many_pairing_attempts",
         )
+    try:
+        with rt.db.transaction() as con:
+            credentials = provisioning.redeem(
+                con, body.get("code"), public_key, body.get("csr"), lock_ca(), rt.settings.lock_cert_ttl_s
+            )
+    except errors.Unauthenticated:
+        with rt.db.transaction() as con:
+            provisioning.record_pairing_failure(con, source)
+        raise
     rt.flush_mirror()
     return credentials.public(
         rt.settings.mqtt_public_host, rt.settings.mqtt_public_port, server_public_key(), rt.settings.command_ttl_s

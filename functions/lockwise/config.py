@@ -124,6 +124,11 @@ class Settings:
     command_ttl_s: int
     provisioning_ttl_s: int
     invitation_ttl_s: int
+    #: failed pairing-code redemptions allowed per client address per hour (then 429 until the hour turns)
+    pairing_failures_per_hour: int
+    #: proxies in front of the function that append to X-Forwarded-For (the client address is that many from the
+    #: right; 0: the connection's address)
+    trusted_proxy_hops: int
     lock_request_skew_s: int
     #: The broker address handed to a lock when it is provisioned.
     mqtt_public_host: str
@@ -211,6 +216,8 @@ class Settings:
             command_ttl_s=env_int(env, "LOCKWISE_COMMAND_TTL_S", 30, minimum=5),
             provisioning_ttl_s=env_int(env, "LOCKWISE_PROVISIONING_TTL_S", 600, minimum=60),
             invitation_ttl_s=env_int(env, "LOCKWISE_INVITATION_TTL_S", 7 * 24 * 3600, minimum=3600),
+            pairing_failures_per_hour=env_int(env, "LOCKWISE_PAIRING_FAILURES_PER_HOUR", 20, minimum=1),
+            trusted_proxy_hops=env_int(env, "LOCKWISE_TRUSTED_PROXY_HOPS", 0, minimum=0),
             lock_request_skew_s=env_int(env, "LOCKWISE_LOCK_REQUEST_SKEW_S", 60, minimum=5),
             mqtt_public_host=env.get("LOCKWISE_MQTT_PUBLIC_HOST", "127.0.0.1"),
             mqtt_public_port=env_int(env, "LOCKWISE_MQTT_PUBLIC_PORT", 8883, minimum=1),

@@ -56,6 +56,16 @@ class Ctx:
         """The body as a JSON object (400 ``malformed_json`` / ``expected_object`` otherwise)."""
         return parse_json_object(self.body(limit))
 
+    @property
+    def client_address(self) -> str:
+        """The caller's address: ``settings.trusted_proxy_hops`` entries from the right of X-Forwarded-For (what
+        the platform's own proxies appended; whatever the client wrote further left is not trusted)."""
+        hops = self.settings.trusted_proxy_hops
+        forwarded = [a.strip() for a in self.request.headers.get("X-Forwarded-For", "").split(",") if a.strip()]
+        if hops and len(forwarded) >= hops:
+            return forwarded[-hops][:64]
+        return str(self.request.remote_addr or "unknown")[:64]
+
     def service_token(self) -> str:
         """The trusted caller's secret, in ``X-LockWise-Service-Token`` (``Authorization`` stays free for the
         platform's IAM identity token in front of internal services)."""

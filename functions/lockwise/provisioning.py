@@ -122,6 +122,26 @@ def parse_public_key(value: Any) -> bytes:
     return raw
 
 
+def pairing_wait(con: Connection, source: str, limit: int) -> int:
+    """Seconds ``source`` must wait before trying a pairing code again (0: go ahead)."""
+    rows = con.run(
+        "SELECT failures, ceil(extract(epoch FROM date_trunc('hour', now()) + interval '1 hour' - now()))::int"
+        " FROM pairing_failures WHERE source = :s AND hour = date_trunc('hour', now())",
+        s=source,
+    )
+    return max(1, int(rows[0][1])) if rows and rows[0][0] >= limit else 0
+
+
+def record_pairing_failure(con: Connection, source: str) -> None:
+    con.run(
+        "INSERT INTO pairing_failures (source, hour, failures) VALUES (:s, date_trunc('hour', now()), 1)"
+        " ON CONFLICT (source, hour) DO UPDATE SET failures = pairing_failures.failures + 1",
+        s=source,
+    )
+    if secrets.randbelow(50) == 0:
+        con.run("DELETE FROM pairing_failures WHERE hour < now() - interval '1 day'")
+
+
 def redeem(
     con: Connection, code: Any, public_key: bytes, csr: Any, ca: lock_certs.LockCa, cert_ttl_s: int
 ) -> Credentials:

@@ -429,3 +429,31 @@ def test_malformed_json_and_oversized_bodies(world: World, monkeypatch: pytest.M
         headers=world.headers("owner"),
     )
     assert resp.status_code == 413
+
+
+def test_wrong_pairing_codes_are_limited_per_client_address(
+    make_client: Any, sign_up: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from lockwise.config import get_settings
+
+    monkeypatch.setenv("LOCKWISE_PAIRING_FAILURES_PER_HOUR", "3")
+    monkeypatch.setenv("LOCKWISE_TRUSTED_PROXY_HOPS", "1")  # one proxy in front appends the caller's address
+    get_settings.cache_clear()
+    get_runtime.cache_clear()
+    devices = make_client("devices")
+    _, public = new_lock_key()
+    _, csr = new_tls_key()
+
+    def redeem(code: str, address: str, forged: str = "") -> Any:
+        forwarded = f"{forged}, {address}" if forged else address
+        body = {"code": code, "public_key": public, "csr": csr}
+        return devices.post("/devices/provision", json=body, headers={"X-Forwarded-For": forwarded})
+
+    for _ in range(3):
+        assert redeem("WRONG-CODE-1", "203.0.113.7").status_code == 401
+    blocked = redeem("WRONG-CODE-2", "203.0.113.7", forged="198.51.100.1")  # what the client adds is not trusted
+    assert blocked.status_code == 429 and blocked.get_json()["error"]["code"] == "too_many_pairing_attempts"
+    assert 1 <= int(blocked.headers["Retry-After"]) <= 3600
+    good = create_lock(devices, sign_up())["provisioning"]["code"]
+    assert redeem(good, "203.0.113.7").status_code == 429, "blocked even with a valid code: guessing stops here"
+    assert redeem(good, "192.0.2.44").status_code == 201, "another address is not held up"
