@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import flask
+from werkzeug.exceptions import HTTPException
 from werkzeug.exceptions import MethodNotAllowed as WzMethodNotAllowed
 from werkzeug.exceptions import NotFound as WzNotFound
 from werkzeug.routing import Map, Rule
@@ -128,6 +129,13 @@ class Api:
         self._settings = settings or (lambda: get_settings(service))
         self._map = Map(strict_slashes=False, merge_slashes=False)
         self._handlers: dict[str, Handler] = {}
+        if flask.has_app_context():  # loaded by functions-framework: its own routes' errors answer as ours do
+            flask.current_app.register_error_handler(HTTPException, self._platform_error)
+
+    def _platform_error(self, exc: HTTPException) -> flask.Response:
+        """A request functions-framework's routes refuse before our function runs (a path its ``<path:path>`` rule
+        does not match, such as one holding a newline, or ``/robots.txt``): answered by our router, as JSON."""
+        return self(flask.request)
 
     def route(self, method: str, path: str) -> Callable[[Handler], Handler]:
         def register(fn: Handler) -> Handler:

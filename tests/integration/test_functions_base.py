@@ -51,3 +51,25 @@ def test_me_records_the_user_in_postgres(make_client: Any, sign_up: Any) -> None
     assert resp.get_json() == {"uid": account["localId"], "email": "me@example.com"}
     with get_runtime("devices").db.connection() as con:
         assert con.run("SELECT email FROM users WHERE uid = :u", u=account["localId"]) == [["me@example.com"]]
+
+
+@pytest.mark.parametrize("name", ["embed", "verify", "devices"])
+def test_every_refusal_is_the_json_error_body_even_before_the_function_runs(stack_env: Any, name: str) -> None:
+    """functions-framework's own routes refuse some paths before our function sees them (a newline in a segment
+    does not match its ``<path:path>`` rule; it answers /robots.txt itself): those too get the JSON error body with
+    a request id, never Flask's HTML page. A 405 names the allowed methods."""
+    import functions_framework
+
+    from tests.conftest import REPO
+
+    app = functions_framework.create_app(target=name, source=str(REPO / "functions" / name / "main.py"))  # type: ignore[no-untyped-call]
+    client = app.test_client()
+    for path in (f"/{name}/%0A/x", "/%0A", f"/{name}/health%0A", "/robots.txt", "/favicon.ico", f"/{name}/a%0Ab/c"):
+        resp = client.get(path)
+        assert resp.status_code in (401, 404), (path, resp.status_code)
+        assert resp.content_type == "application/json", (path, resp.get_data()[:80])
+        error = resp.get_json()["error"]
+        assert error["code"] and error["request_id"] == resp.headers["X-Request-Id"], path
+    refused = client.delete(f"/{name}/health")
+    assert refused.status_code == 405 and refused.headers["Allow"] == "GET"
+    assert refused.get_json()["error"]["code"] == "method_not_allowed"
