@@ -440,6 +440,8 @@ def relay_events(ctx: Ctx) -> JsonBody:
 @api.route("POST", "/devices/relay/flush")
 def relay_flush(ctx: Ctx) -> JsonBody:
     require_relay(ctx)
+    with rt.db.transaction() as con:
+        members.mirror_access_due(con)
     written = rt.flush_mirror(force=True)
     return {"written": written, "pending": rt.mirror.pending()}
 

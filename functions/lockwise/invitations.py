@@ -150,7 +150,7 @@ def accept(con: Connection, invitation_id: str, user: User) -> members.Membershi
         details={"role": row["role"]},
     )
     mirror.activity(con, lock_id, "member_joined", target_uid=user.uid, role=row["role"], invited_by=row["invited_by"])
-    mirror.refresh_members(con, lock_id)
+    members.mirror_access(con, lock_id)
     joined = members.get(con, lock_id, user.uid)
     if joined is None:
         raise RuntimeError("membership vanished inside its own transaction")

@@ -51,8 +51,9 @@ def create(con: Connection, owner_uid: str, name: str, supports_open: bool) -> s
         con,
         mirror.lock_doc(lock_id),
         "set",
-        {"name": name, "state": "unknown", "online": False, "member_uids": [owner_uid], "supports_open": supports_open},
+        {"name": name, "state": "unknown", "online": False, "supports_open": supports_open},
     )
+    members.mirror_access(con, lock_id)
     mirror.activity(con, lock_id, "lock_created", actor_uid=owner_uid)
     return lock_id
 
@@ -200,7 +201,7 @@ def update_member(
         details={"role": role},
     )
     mirror.activity(con, lock_id, "member_updated", actor_uid=actor.user_uid, target_uid=target.user_uid, role=role)
-    mirror.refresh_members(con, lock_id)
+    members.mirror_access(con, lock_id)
 
 
 def revoke_member(con: Connection, lock_id: str, actor: members.Membership, target: members.Membership) -> None:
@@ -215,7 +216,7 @@ def revoke_member(con: Connection, lock_id: str, actor: members.Membership, targ
     )
     audit.record(con, audit.user_actor(actor.user_uid), "member.revoke", "ok", lock_id=lock_id, target=target.user_uid)
     mirror.activity(con, lock_id, "member_removed", actor_uid=actor.user_uid, target_uid=target.user_uid)
-    mirror.refresh_members(con, lock_id)
+    members.mirror_access(con, lock_id)
 
 
 def _check_can_manage(actor: members.Membership, target: members.Membership) -> None:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any, TypeGuard
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from lockwise import errors, inputs
+from lockwise import errors, inputs, mirror
 from lockwise.db import Connection, rows_as_dicts
 
 ROLES = ("owner", "admin", "member", "guest")
@@ -70,6 +70,34 @@ class Membership:
         """May open or lock the door right now (commands and voice)."""
         return self.active(now) and self.in_window(now)
 
+    def rules_access(self, now: dt.datetime) -> dict[str, Any]:
+        """What the Firestore security rules need to end this member's reads when the API ends their access:
+        bounds as epoch milliseconds, and for a recurring guest window its days (0 = Monday), minutes and the time
+        zone's UTC offset, valid until the zone's next offset change (after which the rules refuse until the mirror
+        is refreshed: ``offset_until_ms``)."""
+        guest = self.role == "guest"
+        out: dict[str, Any] = {
+            "expires_ms": _ms(self.expires_at),
+            "valid_from_ms": _ms(self.valid_from) if guest else None,
+            "valid_until_ms": _ms(self.valid_until) if guest else None,
+            "weekdays": None,
+            "day_start_minute": None,
+            "day_end_minute": None,
+            "utc_offset_min": 0,
+            "offset_until_ms": None,
+        }
+        if guest and (self.weekdays is not None or self.day_start_minute is not None):
+            zone = ZoneInfo(self.timezone)
+            offset, until = utc_offset(zone, now)
+            out.update(
+                weekdays=None if self.weekdays is None else [d for d in range(7) if (self.weekdays >> d) & 1],
+                day_start_minute=self.day_start_minute,
+                day_end_minute=self.day_end_minute,
+                utc_offset_min=offset,
+                offset_until_ms=_ms(until),
+            )
+        return out
+
     def public(self) -> dict[str, Any]:
         out: dict[str, Any] = {"uid": self.user_uid, "role": self.role}
         access = {
@@ -83,6 +111,32 @@ class Membership:
         }
         out["access"] = {k: v for k, v in access.items() if v is not None}
         return out
+
+
+def utc_offset(zone: ZoneInfo, now: dt.datetime, horizon_days: int = 366) -> tuple[int, dt.datetime]:
+    """``zone``'s UTC offset at ``now`` in minutes, and when it next changes (to the minute; ``now`` plus the
+    horizon when it does not change within it)."""
+
+    def minutes_at(t: dt.datetime) -> int:
+        offset = t.astimezone(zone).utcoffset()
+        return int(offset.total_seconds() // 60) if offset is not None else 0
+
+    current = minutes_at(now)
+    step = dt.timedelta(days=1)
+    day = now
+    for _ in range(horizon_days):
+        if minutes_at(day + step) != current:
+            low, high = day, day + step  # the change lies in (low, high]: narrow it to the minute
+            while high - low > dt.timedelta(minutes=1):
+                middle = low + (high - low) / 2
+                low, high = (middle, high) if minutes_at(middle) == current else (low, middle)
+            return current, high.replace(second=0, microsecond=0)
+        day += step
+    return current, now + dt.timedelta(days=horizon_days)
+
+
+def _ms(value: dt.datetime | None) -> int | None:
+    return None if value is None else int(value.timestamp() * 1000)
 
 
 def _iso(value: dt.datetime | None) -> str | None:
@@ -143,6 +197,43 @@ def check_can_grant(actor: Membership, role: str) -> None:
         raise errors.Forbidden("only the owner and admins manage members", code="role_too_low")
     if role == "admin" and actor.role != "owner":
         raise errors.Forbidden("only the owner appoints admins", code="role_too_low")
+
+
+def mirror_access(con: Connection, lock_id: str) -> None:
+    """Mirror who may read the lock's documents and until when: ``member_uids`` (the app's query) and ``access``
+    (per uid: expiry, guest window and its zone's offset), which the security rules compare with ``request.time``,
+    so access ends in Firestore when it ends in the API, not at the next membership change. Both fields are
+    replaced whole. A window whose zone's offset will change is refreshed again then (``mirror_access_due``)."""
+    now = dt.datetime.now(dt.UTC)
+    current = [m for m in list_for_lock(con, lock_id) if m.active(now)]
+    access = {m.user_uid: m.rules_access(now) for m in current}
+    mirror.enqueue(con, mirror.lock_doc(lock_id), "replace_fields", {"member_uids": sorted(access), "access": access})
+    changes = [a["offset_until_ms"] for a in access.values() if a["offset_until_ms"] is not None]
+    if changes:
+        con.run(
+            "INSERT INTO mirror_refresh_due (lock_id, due_at) VALUES (CAST(:l AS uuid), to_timestamp(:t / 1000.0))"
+            " ON CONFLICT (lock_id) DO UPDATE SET due_at = EXCLUDED.due_at",
+            l=lock_id,
+            t=min(changes),
+        )
+    else:
+        con.run("DELETE FROM mirror_refresh_due WHERE lock_id = CAST(:l AS uuid)", l=lock_id)
+
+
+def mirror_access_due(con: Connection, limit: int = 100) -> int:
+    """Mirror again the members of locks whose guest windows' zones changed offset (run by the relay's periodic
+    flush); returns how many locks."""
+    due = [
+        r[0]
+        for r in con.run(
+            "SELECT lock_id::text FROM mirror_refresh_due WHERE due_at <= now() ORDER BY due_at LIMIT :n FOR UPDATE"
+            " SKIP LOCKED",
+            n=limit,
+        )
+    ]
+    for lock_id in due:
+        mirror_access(con, lock_id)
+    return len(due)
 
 
 def parse_access(role: str, body: dict[str, Any]) -> dict[str, Any]:

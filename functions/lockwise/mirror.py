@@ -5,7 +5,7 @@ Firestore afterwards, oldest first, and deletes each once Firestore took it. Whe
 queued and a later flush (next request, or the relay's periodic flush) writes them: the view converges and a
 Firestore outage never blocks or undoes a PostgreSQL commit.
 
-Documents: ``locks/{lock_id}`` (state, battery, online, firmware, last_seen, name, member_uids),
+Documents: ``locks/{lock_id}`` (state, battery, online, firmware, last_seen, name, member_uids, access),
 ``locks/{lock_id}/activity/{entry_id}`` (commands, voice attempts without biometric data, membership changes),
 ``users/{uid}`` (voice enrollment status only).
 """
@@ -24,7 +24,7 @@ from lockwise.db import Connection, Database
 
 log = logging.getLogger("lockwise.mirror")
 
-Op = Literal["merge", "set", "delete", "delete_collection"]
+Op = Literal["merge", "replace_fields", "set", "delete", "delete_collection"]
 FIRESTORE_TIMEOUT_S = 3.0
 BACKOFF_S = 5.0
 
@@ -46,19 +46,6 @@ def activity(con: Connection, lock_id: str, kind: str, **fields: Any) -> None:
     """Add an entry to the lock's activity feed (never biometric data)."""
     entry = {"kind": kind, "at": _now_iso(), **fields}
     enqueue(con, f"locks/{lock_id}/activity/{uuid.uuid4()}", "set", entry)
-
-
-def refresh_members(con: Connection, lock_id: str) -> None:
-    """Mirror the uids that may read the lock's documents (the security rules check this list)."""
-    uids = [
-        r[0]
-        for r in con.run(
-            "SELECT user_uid FROM lock_members WHERE lock_id = :l AND revoked_at IS NULL"
-            " AND (expires_at IS NULL OR expires_at > now()) ORDER BY user_uid",
-            l=lock_id,
-        )
-    ]
-    enqueue(con, lock_doc(lock_id), "merge", {"member_uids": uids})
 
 
 def _now_iso() -> str:
@@ -144,5 +131,7 @@ def _apply(client: Any, path: str, op: str, data: dict[str, Any]) -> None:
         doc.delete(retry=None, timeout=FIRESTORE_TIMEOUT_S)
     elif op == "set":
         doc.set(data, retry=None, timeout=FIRESTORE_TIMEOUT_S)
+    elif op == "replace_fields":  # these top-level fields whole (a map loses the keys it no longer has)
+        doc.set(data, merge=list(data), retry=None, timeout=FIRESTORE_TIMEOUT_S)
     else:
         doc.set(data, merge=True, retry=None, timeout=FIRESTORE_TIMEOUT_S)

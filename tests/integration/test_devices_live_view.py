@@ -3,6 +3,7 @@ outage, and the security rules (members read their locks; nobody else reads; cli
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import time
 import urllib.error
@@ -10,10 +11,12 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 
 from infra.local import services
+from lockwise import members
 from lockwise.config import get_settings
 from lockwise.firestore import make_client as firestore_client
 from lockwise.runtime import get_runtime
@@ -160,7 +163,7 @@ def test_rules_let_members_read_and_nobody_else(world: World, stack_env: dict[st
         token = world.accounts[role]["idToken"]
         assert rest_get(host, lock_doc, token) == 200, role
         assert rest_get(host, entry_path, token) == 200, role
-    for role in ("stranger", "revoked"):
+    for role in ("stranger", "revoked", "guest_out"):  # guest_out: a window that opens in 30 days
         token = world.accounts[role]["idToken"]
         assert rest_get(host, lock_doc, token) == 403, role
         assert rest_get(host, entry_path, token) == 403, role
@@ -192,3 +195,91 @@ def test_ack_marks_the_command_and_a_user_unlock_ends_a_voice_lockout(world: Wor
             "SELECT consecutive_failures, locked_until FROM voice_lockouts WHERE lock_id = CAST(:l AS uuid)",
             l=world.lock_id,
         ) == [[0, None]]
+
+
+def test_access_ends_in_firestore_when_the_api_ends_it_without_any_membership_change(
+    world: World, stack_env: dict[str, str]
+) -> None:
+    """A member given an expiry a few seconds ahead reads the live view until then and not after: the rules compare
+    the mirrored expiry with request.time; nothing is written to Firestore in between."""
+    host, lock_doc = stack_env["FIRESTORE_EMULATOR_HOST"], f"locks/{world.lock_id}"
+    ends = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=4)
+    resp = world.devices.patch(
+        f"/devices/locks/{world.lock_id}/members/{world.uid('member')}",
+        json={"role": "member", "access": {"expires_at": ends.isoformat()}},
+        headers=world.headers("owner"),
+    )
+    assert resp.status_code == 200, resp.get_json()
+    token = world.accounts["member"]["idToken"]
+    assert rest_get(host, lock_doc, token) == 200
+    written = firestore_client(PROJECT_ID, host).document(lock_doc).get().update_time
+    wait_for(lambda: dt.datetime.now(dt.UTC) > ends + dt.timedelta(seconds=1), timeout=10)
+    assert world.devices.get(f"/devices/locks/{world.lock_id}", headers=world.headers("member")).status_code == 404
+    assert rest_get(host, lock_doc, token) == 403
+    assert firestore_client(PROJECT_ID, host).document(lock_doc).get().update_time == written, "no write needed"
+
+
+def _windows(now: dt.datetime) -> list[dict[str, Any]]:
+    """Guest windows around ``now`` in several zones: weekdays today or not, minutes now or not, across midnight."""
+    out: list[dict[str, Any]] = []
+    for tz in ("UTC", "America/New_York", "Asia/Kolkata", "Pacific/Chatham", "Australia/Lord_Howe"):
+        local = now.astimezone(ZoneInfo(tz))
+        minute, today = local.hour * 60 + local.minute, local.weekday()
+        names = members.WEEKDAY_NAMES
+        for days in ([names[today]], [names[(today + 1) % 7]], [n for i, n in enumerate(names) if i != today]):
+            out.append({"timezone": tz, "weekdays": days})
+        for start, end in (
+            (max(0, minute - 30), min(1440, minute + 30)),  # now inside
+            ((minute + 20) % 1440, (minute + 80) % 1440 or 1440),  # later today or tomorrow
+            ((minute - 90) % 1440, (minute - 10) % 1440 or 1440),  # ended ten minutes ago
+            ((minute + 60) % 1440, (minute + 30) % 1440 or 1440),  # across midnight, now inside
+        ):
+            if start != end:
+                out.append({"timezone": tz, "day_start_minute": start, "day_end_minute": end})
+        out.append({"timezone": tz, "weekdays": [names[today]], "day_start_minute": 0, "day_end_minute": 1440})
+    return out
+
+
+def test_rules_decide_guest_windows_as_the_api_does(world: World, stack_env: dict[str, str]) -> None:
+    """For each window, the guest reads the lock document from Firestore exactly when the API's own check
+    (``Membership.in_window``) says they are inside it; also the absolute bounds and a stale zone offset."""
+    host, lock_doc = stack_env["FIRESTORE_EMULATOR_HOST"], f"locks/{world.lock_id}"
+    path = f"/devices/locks/{world.lock_id}/members/{world.uid('guest_in')}"
+    token = world.accounts["guest_in"]["idToken"]
+    now = dt.datetime.now(dt.UTC)
+    bounds = [
+        {"valid_until": (now - dt.timedelta(minutes=1)).isoformat()},
+        {"valid_from": (now - dt.timedelta(minutes=1)).isoformat()},
+    ]
+    outcomes = []
+    for access in _windows(now) + bounds:
+        resp = world.devices.patch(path, json={"role": "guest", "access": access}, headers=world.headers("owner"))
+        assert resp.status_code == 200, (access, resp.get_json())
+        with get_runtime("devices").db.connection() as con:
+            inside = members.get(con, world.lock_id, world.uid("guest_in")).in_window(dt.datetime.now(dt.UTC))  # type: ignore[union-attr]
+        read = rest_get(host, lock_doc, token)
+        outcomes.append((access, inside, read))
+    wrong = [(a, inside, read) for a, inside, read in outcomes if read != (200 if inside else 403)]
+    assert not wrong, wrong
+    assert {inside for _, inside, _ in outcomes} == {True, False}
+    # a zone offset past its validity is refused until the back-end mirrors the new one (fail closed)
+    world.devices.patch(
+        path,
+        json={"role": "guest", "access": {"timezone": "Europe/Berlin", "weekdays": list(members.WEEKDAY_NAMES)}},
+        headers=world.headers("owner"),
+    )
+    assert rest_get(host, lock_doc, token) == 200
+    doc = firestore_client(PROJECT_ID, host).document(lock_doc)
+    doc.update({f"access.`{world.uid('guest_in')}`.offset_until_ms": int(time.time() * 1000) - 1000})
+    assert rest_get(host, lock_doc, token) == 403
+    # when the zone's offset is due to change, the relay's periodic flush mirrors the new one
+    with get_runtime("devices").db.transaction() as con:
+        con.run("UPDATE mirror_refresh_due SET due_at = now() - interval '1 second'")
+    service = {"X-LockWise-Service-Token": stack_env["LOCKWISE_SERVICE_TOKEN"]}
+    assert world.devices.post("/devices/relay/flush", headers=service).status_code == 200
+    assert rest_get(host, lock_doc, token) == 200
+    with get_runtime("devices").db.connection() as con:
+        (due,) = con.run(
+            "SELECT due_at > now() FROM mirror_refresh_due WHERE lock_id = CAST(:l AS uuid)", l=world.lock_id
+        )
+    assert due == [True]

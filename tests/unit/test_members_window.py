@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import datetime as dt
+from zoneinfo import ZoneInfo
 
 import pytest
 
-from lockwise import errors
+from lockwise import errors, members
 from lockwise.members import Membership, parse_access
 
 UTC = dt.UTC
@@ -92,3 +93,33 @@ def test_parse_access_rejects_bad_input(role: str, access: object) -> None:
     with pytest.raises(errors.BadRequest) as info:
         parse_access(role, {"access": access})
     assert info.value.code == "invalid_access"
+
+
+def test_utc_offset_finds_the_next_change_to_the_minute() -> None:
+    berlin = ZoneInfo("Europe/Berlin")
+    before = dt.datetime(2026, 3, 20, 12, 0, tzinfo=dt.UTC)
+    assert members.utc_offset(berlin, before) == (60, dt.datetime(2026, 3, 29, 1, 0, tzinfo=dt.UTC))
+    summer = dt.datetime(2026, 7, 1, tzinfo=dt.UTC)
+    assert members.utc_offset(berlin, summer) == (120, dt.datetime(2026, 10, 25, 1, 0, tzinfo=dt.UTC))
+    kolkata = members.utc_offset(ZoneInfo("Asia/Kolkata"), summer)
+    assert kolkata == (330, summer + dt.timedelta(days=366))  # no change within the horizon
+
+
+def test_rules_access_carries_the_window_for_the_security_rules() -> None:
+    now = dt.datetime(2026, 7, 1, 8, 0, tzinfo=dt.UTC)
+    guest = members.Membership(
+        "L",
+        "g",
+        "guest",
+        weekdays=0b0010101,
+        day_start_minute=540,
+        day_end_minute=720,
+        timezone="America/New_York",
+        expires_at=now + dt.timedelta(days=2),
+    )
+    access = guest.rules_access(now)
+    assert access["weekdays"] == [0, 2, 4] and access["utc_offset_min"] == -240
+    assert access["expires_ms"] == int((now + dt.timedelta(days=2)).timestamp() * 1000)
+    assert access["offset_until_ms"] == int(dt.datetime(2026, 11, 1, 6, 0, tzinfo=dt.UTC).timestamp() * 1000)
+    member = members.Membership("L", "m", "member", valid_from=now)  # only guests have windows
+    assert member.rules_access(now)["valid_from_ms"] is None and member.rules_access(now)["offset_until_ms"] is None
