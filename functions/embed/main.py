@@ -16,11 +16,12 @@ from lockwise import audio, auth, errors, health, scoring, voiceprints
 from lockwise.db import Connection
 from lockwise.http import Api, Ctx, JsonBody, Result
 from lockwise.runtime import get_runtime
-from lockwise.voice.encoder import describe, load_encoder, policy
+from lockwise.voice.encoder import describe, load_encoder, load_scorer, policy
 
 rt = get_runtime("embed")
 api = Api("embed")
 encoder = load_encoder(rt.settings, exported=True)
+scorer = load_scorer(rt.settings, encoder)
 limits = audio.Limits.from_settings(rt.settings)
 
 
@@ -87,9 +88,10 @@ def refuse_a_neighbours_voice(con: Connection, uid: str, voiceprint: scoring.Vec
     """409 when the new voiceprint would pass as someone who shares a lock with ``uid``, at that lock's threshold:
     enrolling another member's recordings would otherwise make their own voice ambiguous (and lock them out)."""
     neighbours = voiceprints.co_members(con, uid, encoder.model_id, encoder.dim)
-    scores = scoring.cosine_scores(voiceprint, neighbours.prints)
-    for score, lock_threshold in zip(scores, neighbours.lock_thresholds, strict=True):
-        if score >= policy(rt.settings, encoder, lock_threshold).threshold:
+    raw, scores = scorer.scores(voiceprint, neighbours.prints)  # as verify would score this voice against them
+    for cosine, score, lock_threshold in zip(raw, scores, neighbours.lock_thresholds, strict=True):
+        rules = policy(rt.settings, encoder, lock_threshold, normalised=scorer.normalised)
+        if score >= rules.threshold and (rules.raw_gate is None or cosine >= rules.raw_gate):
             raise errors.Conflict(
                 "this voice already belongs to someone who shares a lock with you; enroll your own voice",
                 code="voice_matches_member",

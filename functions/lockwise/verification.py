@@ -14,7 +14,7 @@ from typing import Any
 from lockwise import audio, commands, errors, lockout, mirror, scoring, voiceprints
 from lockwise.config import Settings
 from lockwise.db import Connection, Database
-from lockwise.voice.encoder import Encoder, policy
+from lockwise.voice.encoder import Encoder, Scorer, policy
 
 
 @dataclass(frozen=True)
@@ -82,8 +82,15 @@ def record_invalid(db: Database, lock_id: str, code: str) -> None:
 
 
 def verify(
-    db: Database, lock_id: str, clip: audio.Clip, encoder: Encoder, settings: Settings, now: dt.datetime
+    db: Database,
+    lock_id: str,
+    clip: audio.Clip,
+    encoder: Encoder,
+    settings: Settings,
+    now: dt.datetime,
+    scorer: Scorer | None = None,
 ) -> Result:
+    scorer = scorer or Scorer()
     with db.transaction() as con:
         found_lock = con.run("SELECT voice_threshold FROM locks WHERE id = CAST(:l AS uuid) FOR SHARE", l=lock_id)
         if not found_lock:  # deleted since its signature was checked
@@ -96,11 +103,15 @@ def verify(
         if wait:
             attempt = record_attempt(con, lock_id, "refused", "daily_limit")
             return Result("refused", attempt, "daily_limit", retry_after_s=wait)
-        rules = policy(settings, encoder, found_lock[0][0])
+        rules = policy(settings, encoder, found_lock[0][0], normalised=scorer.normalised)
         found = voiceprints.candidates(con, lock_id, encoder.model_id, encoder.dim, now)
         probe = encoder.embed(clip.samples, clip.rate)
-        scores = scoring.cosine_scores(probe, found.prints)
+        raw, scores = scorer.scores(probe, found.prints)
         decision = scoring.decide(scores, rules.threshold, rules.margin)
+        if decision.accepted and rules.raw_gate is not None and raw[decision.best_index] < rules.raw_gate:
+            decision = scoring.Decision(
+                False, decision.best_index, decision.best, decision.runner_up, "below_threshold"
+            )
         matched = found.uids[decision.best_index] if decision.best_index is not None else None
         if not decision.accepted:
             attempt = record_attempt(

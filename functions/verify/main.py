@@ -16,11 +16,12 @@ import functions_framework
 from lockwise import audio, auth, errors, health, lock_auth, scoring, verification
 from lockwise.http import Api, Ctx, JsonBody, Result
 from lockwise.runtime import get_runtime
-from lockwise.voice.encoder import describe, load_encoder
+from lockwise.voice.encoder import describe, load_encoder, load_scorer
 
 rt = get_runtime("verify")
 api = Api("verify")
 encoder = load_encoder(rt.settings, exported=rt.settings.verify_runtime == "onnx")
+scorer = load_scorer(rt.settings, encoder)
 limits = audio.Limits.from_settings(rt.settings)
 
 
@@ -46,7 +47,7 @@ def verify_at_lock(ctx: Ctx) -> Result:
     except errors.BadRequest as exc:  # InvalidAudio, malformed input: logged as an invalid attempt
         verification.record_invalid(rt.db, lock_id, exc.code)
         raise
-    result = verification.verify(rt.db, lock_id, clip, encoder, rt.settings, dt.datetime.now(dt.UTC))
+    result = verification.verify(rt.db, lock_id, clip, encoder, rt.settings, dt.datetime.now(dt.UTC), scorer)
     rt.flush_mirror_soon()  # the person at the door does not wait for the app's activity feed
     if result.decision == "refused":
         daily = result.reason == "daily_limit"

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -137,12 +138,15 @@ def load_corpus(
     """Every WAV of every speaker folder through intake and the encoder; returns (clips, refusals by code)."""
     clips: list[Clip] = []
     refused: dict[str, int] = {}
+    started = time.monotonic()
     for folder in sorted(p for p in Path(corpus).iterdir() if p.is_dir() and not p.name.startswith(".")):
         files = sorted(folder.glob("*.wav"))
         if not files:
             continue
         if max_clips:
             files = _spread(files, max_clips)
+        so_far = time.monotonic() - started
+        print(f"embedding {folder.name}: {len(files)} clips ({so_far:.0f} s so far)", file=sys.stderr)  # noqa: T201
         for path in files:
             try:
                 clip = audio.validate(audio.parse_wav(path.read_bytes()), limits)
@@ -288,6 +292,93 @@ def cross_voice(trials: Trials, threshold: float) -> dict[str, dict[str, Any]]:
     }
 
 
+Labels = npt.NDArray[np.str_]
+
+
+def _as_norm(raw: F64, probes: F32, prints: F32, cohort: F32, top_k: int) -> F64:
+    """AS-norm of the ``raw`` (t, p) score matrix against ``cohort`` (the product's formula, vectorised)."""
+    from lockwise.voice.cohort import Cohort
+
+    scorer = Cohort(cohort, top_k, "calibration")
+    probe_mean, probe_std = scorer.stats(probes)
+    print_mean, print_std = scorer.stats(prints)
+    return ((raw - print_mean[None]) / print_std[None] + (raw - probe_mean[:, None]) / probe_std[:, None]) / 2
+
+
+def speaker_disjoint(
+    prints: dict[Key, list[F32]],
+    trial_clips: Sequence[Clip],
+    cohort_clips: Sequence[Clip],
+    top_k: int,
+    operating: dict[str, float | None] | None = None,
+) -> dict[str, Any]:
+    """Raw and AS-normalised scores evaluated so that no number about a speaker was fitted on that speaker.
+
+    Each trial is normalised against a cohort without either of its two speakers (as a user of the product is never
+    in the shipped cohort). Leave one speaker out: the threshold meeting FMR 1 in 1,000 is fitted on the trials that
+    do not involve speaker X, then applied to X's genuine trials and to the impostor trials X takes part in; the
+    rates are pooled over all speakers. Also the pooled (all-speaker) threshold whose 95 % bound meets the target:
+    the product's operating point on that scale.
+    """
+    keys = [k for k, vps in prints.items() for _ in vps]
+    p_matrix = np.stack([v for vps in prints.values() for v in vps]).astype(np.float32)
+    t_matrix = np.stack([c.embedding for c in trial_clips]).astype(np.float32)
+    t_speaker, t_voice = np.array([c.speaker for c in trial_clips]), np.array([c.voice for c in trial_clips])
+    p_speaker, p_voice = np.array([k[0] for k in keys]), np.array([k[1] for k in keys])
+    c_matrix = np.stack([c.embedding for c in cohort_clips]).astype(np.float32)
+    c_speaker = np.array([c.speaker for c in cohort_clips])
+    raw = (t_matrix @ p_matrix.T).astype(np.float64)
+    normed = np.zeros_like(raw)
+    speakers = sorted(set(t_speaker) | set(p_speaker))
+    for a in speakers:  # voiceprint speaker
+        for b in speakers:  # probe speaker
+            rows, cols = t_speaker == b, p_speaker == a
+            if rows.any() and cols.any():
+                cohort = c_matrix[(c_speaker != a) & (c_speaker != b)]
+                normed[np.ix_(rows, cols)] = _as_norm(
+                    raw[np.ix_(rows, cols)], t_matrix[rows], p_matrix[cols], cohort, top_k
+                )
+    genuine = (t_speaker[:, None] == p_speaker[None]) & (t_voice[:, None] == p_voice[None])
+    impostor = t_speaker[:, None] != p_speaker[None]
+    involves = {x: (t_speaker[:, None] == x) | (p_speaker[None] == x) for x in speakers}
+    out: dict[str, Any] = {"top_k": top_k, "cohort_clips": len(cohort_clips), "speakers": speakers}
+    for name, scores in (("raw", raw), ("normalised", normed)):
+        pooled = Trials(scores[genuine], scores[impostor])
+        result: dict[str, Any] = {"eer": eer(pooled)[0], "targets": [threshold_for(pooled, t) for t in TARGET_FMRS]}
+        chosen = (operating or {}).get(name)
+        if chosen is None:
+            chosen = result["targets"][0]["bounded_threshold"] or result["targets"][0]["threshold"]
+        fmr, fnmr = rates(pooled, chosen)
+        result["operating"] = {"threshold": chosen, "fmr": fmr, "fnmr": fnmr}
+        for target in TARGET_FMRS:
+            misses = false_matches = n_genuine = n_impostor = 0
+            per: dict[str, dict[str, float]] = {}
+            for x in speakers:
+                fitted = threshold_for(Trials(scores[genuine & ~involves[x]], scores[impostor & ~involves[x]]), target)
+                own = scores[genuine & (t_speaker[:, None] == x)]
+                theirs = scores[impostor & involves[x]]
+                per[x] = {
+                    "threshold": fitted["threshold"],
+                    "fnmr": float(np.mean(own < fitted["threshold"])) if len(own) else 0.0,
+                    "fmr": float(np.mean(theirs >= fitted["threshold"])) if len(theirs) else 0.0,
+                }
+                misses += int(np.sum(own < fitted["threshold"]))
+                false_matches += int(np.sum(theirs >= fitted["threshold"]))
+                n_genuine, n_impostor = n_genuine + len(own), n_impostor + len(theirs)
+            result[f"loso_{target:g}"] = {
+                "fnmr": misses / max(n_genuine, 1),
+                "fnmr_upper_95": clopper_pearson_upper(misses, n_genuine),
+                "fmr": false_matches / max(n_impostor, 1),
+                "fmr_upper_95": clopper_pearson_upper(false_matches, n_impostor),
+                "genuine_trials": n_genuine,
+                "impostor_trials": n_impostor,
+                "per_speaker": per,
+            }
+        out[name] = result
+        out[f"_{name}_trials"] = pooled
+    return out
+
+
 def calibrate(
     corpus: Path,
     encoder: Encoder,
@@ -297,6 +388,9 @@ def calibrate(
     max_clips: int | None = None,
     seed: int = 0,
     threshold: float | None = None,
+    norm_threshold: float | None = None,
+    cohort_per_voice: int = 80,
+    top_k: int = 100,
 ) -> dict[str, Any]:
     """Run the whole calibration; writes the report files to ``out`` and returns the report."""
     started = time.perf_counter()
@@ -307,6 +401,11 @@ def calibrate(
         raise SystemExit(f"{corpus}: need at least two speaker folders with usable clips, found {speakers}")
     prints, trial_clips = split(clips, voiceprints, rng)
     trials = score(prints, trial_clips)
+    cohort_clips = cohort_of(clips, cohort_per_voice)
+    disjoint = speaker_disjoint(
+        prints, trial_clips, cohort_clips, top_k, {"raw": threshold, "normalised": norm_threshold}
+    )
+    curves = {name: disjoint.pop(f"_{name}_trials") for name in ("raw", "normalised")}
     equal, eer_t = eer(trials)
     targets = [threshold_for(trials, t) for t in TARGET_FMRS]
     default = targets[0]["bounded_threshold"] or targets[0]["threshold"]
@@ -341,6 +440,7 @@ def calibrate(
         "agreement": agreement_floor(clips, rng),
         "speech": speech_floor(encoder, prints, trial_clips, operating),
         "cross_voice": cross_voice(trials, operating),
+        "disjoint": disjoint,
         "seconds": 0.0,
     }
     report["seconds"] = round(time.perf_counter() - started, 1)
@@ -349,7 +449,56 @@ def calibrate(
     (out / "report.md").write_text(markdown(report) + "\n")
     np.savez_compressed(out / "scores.npz", genuine=trials.genuine, impostor=trials.impostor)
     plot(trials, report, out)
+    plot_det(curves, disjoint, out / "det-disjoint.png")
     return report
+
+
+def cohort_of(clips: Sequence[Clip], per_voice: int) -> list[Clip]:
+    """Up to ``per_voice`` clips of every speaker's voice, evenly spaced (as ``infra.voice.cohort`` picks them)."""
+    chosen: list[Clip] = []
+    for key in sorted({(c.speaker, c.voice) for c in clips}):
+        own = sorted((c for c in clips if (c.speaker, c.voice) == key), key=lambda c: c.path.name)
+        chosen.extend(own[:: max(1, len(own) // per_voice)][:per_voice])
+    return chosen
+
+
+def plot_det(curves: dict[str, Trials], disjoint: dict[str, Any], path: Path) -> None:
+    """Raw and normalised DET curves on one plot, each with its pooled operating point at FMR 1 in 1,000."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from scipy.stats import norm
+
+    clip = (1e-5, 1 - 1e-5)
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    for name, trials in curves.items():
+        _, fmr, fnmr = det_curve(trials)
+        loso = disjoint[name]["loso_0.001"]
+        ax.plot(
+            norm.ppf(np.clip(fmr, *clip)),
+            norm.ppf(np.clip(fnmr, *clip)),
+            label=f"{name}: EER {disjoint[name]['eer']:.2%}",
+        )
+        ax.plot(
+            norm.ppf(np.clip(loso["fmr"], *clip)),
+            norm.ppf(np.clip(loso["fnmr"], *clip)),
+            "o",
+            label=f"{name}, speaker-disjoint at 1e-3: FNMR {loso['fnmr']:.1%}",
+        )
+    ticks = [1e-4, 1e-3, 1e-2, 0.05, 0.2, 0.5]
+    ax.set_xticks(norm.ppf(ticks), [f"{t:g}" for t in ticks])
+    ax.set_yticks(norm.ppf(ticks), [f"{t:g}" for t in ticks])
+    ax.set_xlim(norm.ppf(5e-5), norm.ppf(0.6))
+    ax.set_ylim(norm.ppf(5e-3), norm.ppf(0.6))
+    ax.set_xlabel("false match rate")
+    ax.set_ylabel("false non-match rate")
+    ax.set_title("DET, raw vs AS-norm (cohort without the trial's speakers)")
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="upper right", fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def _summary(x: F64) -> dict[str, float]:
@@ -387,6 +536,28 @@ def markdown(r: dict[str, Any]) -> str:
         f"The bounds treat the {r['impostor_trials']:,} impostor trials as independent; they come from "
         f"{len(r['speakers'])} speakers, so they are optimistic: set a production threshold from many speakers.",
     ]
+    d = r["disjoint"]
+    lines += [
+        "",
+        f"**Speaker-disjoint** (leave one speaker out; AS-norm with top-{d['top_k']} of a {d['cohort_clips']}-clip "
+        "cohort that never holds the trial's speakers):",
+        "",
+        "| scores | EER | FNMR at FMR 1e-3 (95% upper) | its FMR (95% upper) | FNMR at FMR 1e-4 | its FMR "
+        "| pooled threshold, 95% bound meets 1e-3 |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name in ("raw", "normalised"):
+        x, lo3, lo4 = d[name], d[name]["loso_0.001"], d[name]["loso_0.0001"]
+        bounded = x["targets"][0]["bounded_threshold"]
+        lines.append(
+            f"| {name} | {x['eer']:.2%} | {lo3['fnmr']:.2%} ({lo3['fnmr_upper_95']:.2%}) | {lo3['fmr']:.4%} "
+            f"({lo3['fmr_upper_95']:.3%}) | {lo4['fnmr']:.2%} | {lo4['fmr']:.4%} | "
+            f"{'-' if bounded is None else f'{bounded:.4f}'} |"
+        )
+    lines += ["", "| speaker | raw FNMR / FMR | normalised FNMR / FMR (speaker-disjoint, 1e-3) |", "|---|---|---|"]
+    for s in d["speakers"]:
+        rw, nm = d["raw"]["loso_0.001"]["per_speaker"][s], d["normalised"]["loso_0.001"]["per_speaker"][s]
+        lines.append(f"| {s} | {rw['fnmr']:.2%} / {rw['fmr']:.4%} | {nm['fnmr']:.2%} / {nm['fmr']:.4%} |")
     lines += ["", "| speaker | FNMR | FMR of their clips against others |", "|---|---|---|"]
     lines += [f"| {s} | {v['fnmr']:.2%} | {v['fmr']:.4%} |" for s, v in r["per_speaker"].items()]
     lines += ["", "| threshold | FMR | FNMR |", "|---|---|---|"]
@@ -471,6 +642,12 @@ def main(argv: list[str] | None = None) -> int:
         "--threshold", type=float, help="operating threshold (default: the one whose 95%% bound meets 1 in 1,000)"
     )
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--write-cohort",
+        type=Path,
+        metavar="MODEL_DIR",
+        help="also write the score cohort built from these recordings beside the model (an ECAPA deployment's)",
+    )
     args = parser.parse_args(argv)
     encoder = open_encoder(args.encoder, args.model_dir)
     report = calibrate(
@@ -483,6 +660,11 @@ def main(argv: list[str] | None = None) -> int:
         threshold=args.threshold,
     )
     print((args.out / "report.md").read_text())  # noqa: T201
+    if args.write_cohort:
+        from infra.voice.cohort import build as build_cohort
+
+        build_cohort(args.write_cohort, args.corpus, held_out=())  # the operator's recordings: every speaker
+        print(f"wrote the score cohort into {args.write_cohort}")  # noqa: T201
     print(f"wrote {args.out}/report.json, report.md, det.png, scores.png in {report['seconds']} s")  # noqa: T201
     return 0
 

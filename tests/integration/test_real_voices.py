@@ -35,20 +35,29 @@ def encoder() -> Encoder:
 @pytest.fixture(scope="module")
 def report(corpus: Path, encoder: Encoder, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     out = tmp_path_factory.mktemp("calibration")
-    return cal.calibrate(corpus, encoder, out, voiceprints=4, max_clips=60, seed=1, threshold=GE2E.threshold) | {
-        "out": str(out)
-    }
+    report = cal.calibrate(
+        corpus,
+        encoder,
+        out,
+        voiceprints=4,
+        max_clips=60,
+        seed=1,
+        threshold=GE2E.threshold,
+        norm_threshold=GE2E.norm_threshold,
+    )
+    return report | {"out": str(out)}
 
 
 def test_corpus_records_its_sources_and_keeps_en_and_es_as_one_speaker(corpus: Path) -> None:
     sources = json.loads((corpus / "SOURCES.json").read_text())
     assert sources["speakers"]["allison"] == ["en_US_f_Allison", "es_MX_f_Allison"]
-    assert {p["licence"] for p in sources["packages"].values()} <= {"CC-BY-SA-3.0", "CC-BY-3.0"}
+    assert {p["licence"] for p in sources["packages"].values()} <= {"CC-BY-SA-3.0", "CC-BY-3.0", "GPL-2+"}
     assert all(len(p["sha256"]) == 64 and p["version"] for p in sources["packages"].values())
-    assert len(list((corpus / "licences").glob("*.copyright"))) == 5
-    for speaker in ("allison", "june", "carlo", "ivrvoice-ru"):
+    assert len(list((corpus / "licences").glob("*.copyright"))) == len(corpus_builder.PACKAGES) == 8
+    assert len(sources["speakers"]) == 7
+    for speaker in ("allison", "june", "carlo", "ivrvoice-ru", "es-co", "armelle", "menardi"):
         clips = sorted((corpus / speaker).glob("*.wav"))
-        assert len(clips) > 200, speaker
+        assert len(clips) > 120, speaker
         clip = audio.parse_wav(clips[0].read_bytes())
         assert clip.rate == 8000 and corpus_builder.MIN_CLIP_S <= clip.seconds <= corpus_builder.MAX_CLIP_S
     allison = {p.name.split("-")[0] for p in (corpus / "allison").glob("*.wav")}
@@ -85,12 +94,31 @@ def test_impostors_are_rejected_and_speakers_accepted_within_the_calibrated_boun
     assert _lower_99(fmr, report["impostor_trials"]) <= GE2E.fmr_upper, report["operating"]
     assert _lower_99(fnmr, report["genuine_trials"]) <= GE2E.fnmr_upper, report["operating"]
     assert report["eer"] < 0.10
-    # every speaker is accepted on their own voiceprints most of the time, and none is a universal impostor
-    for speaker, rates in report["per_speaker"].items():
+    # with normalised scores (the product's, when the cohort ships), evaluated speaker-disjoint, every speaker is
+    # accepted on their own voiceprints most of the time and none is a universal impostor (raw cosines reject some
+    # speakers more often than not: es-co 46 %, menardi 49 % in the full calibration)
+    for speaker, rates in report["disjoint"]["normalised"]["loso_0.001"]["per_speaker"].items():
         assert rates["fnmr"] <= 0.5, (speaker, rates)
         assert rates["fmr"] <= 0.01, (speaker, rates)
     genuine, impostor = report["genuine_scores"]["median"], report["impostor_scores"]["median"]
     assert genuine - impostor > 0.1
+
+
+def test_normalised_scores_hold_the_shipped_bounds_and_beat_raw_speaker_disjoint(report: dict[str, Any]) -> None:
+    """At the shipped AS-norm threshold the subset's rates are consistent with the recorded bounds, and evaluated
+    speaker-disjoint (no threshold or cohort fitted on the speaker under test) AS-norm rejects fewer owners than raw
+    cosines at the same false-match target."""
+    assert GE2E.norm_threshold is not None and GE2E.norm_fmr_upper is not None and GE2E.norm_fnmr_upper is not None
+    d = report["disjoint"]
+    shipped = d["normalised"]["operating"]
+    assert shipped["threshold"] == GE2E.norm_threshold
+    genuine, impostor = report["genuine_trials"], report["impostor_trials"]
+    assert _lower_99(shipped["fmr"], impostor) <= GE2E.norm_fmr_upper, shipped
+    assert _lower_99(shipped["fnmr"], genuine) <= GE2E.norm_fnmr_upper, shipped
+    raw, normalised = d["raw"]["loso_0.001"], d["normalised"]["loso_0.001"]
+    assert normalised["fnmr"] < raw["fnmr"], (raw, normalised)
+    assert d["normalised"]["eer"] < d["raw"]["eer"]
+    assert (Path(report["out"]) / "det-disjoint.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_allison_in_spanish_is_the_same_person_but_a_different_voice(report: dict[str, Any]) -> None:

@@ -16,6 +16,11 @@ import numpy as np
 import numpy.typing as npt
 
 from lockwise.config import Settings
+from lockwise.voice import cohort
+from lockwise.voice.cohort import Cohort
+from lockwise.voice.model_files import ModelError
+
+F32 = npt.NDArray[np.float32]
 
 
 class Encoder(Protocol):
@@ -47,24 +52,36 @@ class Calibration:
     fnmr_upper: float | None = None
     #: the lowest threshold a lock may set: the encoder's threshold for a false-match rate of 1 in 100
     floor: float = 0.5
+    #: the decision on AS-normalised scores (lockwise.voice.cohort), used when the encoder ships a cohort: threshold
+    #: and margin on that scale, and what the speaker-disjoint calibration measured there (95 % upper bounds)
+    norm_threshold: float | None = None
+    norm_margin: float | None = None
+    norm_fmr_upper: float | None = None
+    norm_fnmr_upper: float | None = None
 
 
 CALIBRATIONS: dict[str, Calibration] = {
-    # GE2E (resemblyzer 0.1.4 weights), measured by `./dev calibrate` on the Asterisk corpus (4 speakers, 8 kHz
-    # studio prompts; docs/calibration/ge2e-asterisk): the threshold is the lowest whose 95 % upper bound on the FMR
-    # meets 1 in 1,000 over 34,160 impostor trials (measured FMR 0.070 %, FNMR 26.2 %, EER 5.2 %). The agreement
-    # floor is the 1st percentile of honest 3-clip enrollments; 2.4 s is the least speech whose false-rejection
-    # rate stays within twice the full clips' (39 % vs 25 %; 74 % at 1.6 s).
+    # GE2E (resemblyzer 0.1.4 weights), measured by `./dev calibrate` on the Asterisk corpus (7 speakers, 8 kHz
+    # studio prompts; docs/calibration/ge2e-asterisk). Raw cosine (no cohort): the lowest threshold whose 95 % upper
+    # bound on the FMR meets 1 in 1,000 over 89,816 impostor trials (FMR 0.082 %, FNMR 29.1 %, EER 4.3 %); its floor
+    # is the threshold at FMR 1 in 100. AS-normalised (the cohort ./dev builds; top-100 of 640 clips): the pooled
+    # threshold whose bound meets 1 in 1,000 (FNMR 17.0 %), speaker-disjoint FNMR 15.9 % at FMR 0.13 % (raw: 27.6 %
+    # at 0.27 %); the margin is the raw 0.05 over the cohort's typical deviation (0.043). The agreement floor is the
+    # 1st percentile of honest 3-clip enrollments; 2.4 s is the least speech whose false-rejection rate stays within
+    # about twice the full clips'.
     "ge2e": Calibration(
-        threshold=0.879,
+        threshold=0.876,
         margin=0.05,
-        agreement=0.67,
+        agreement=0.58,
         enroll_min_speech_s=2.4,
-        source="measured: Asterisk corpus, 4 speakers, 34,160 impostor trials",
-        fmr_upper=0.00099,
-        fnmr_upper=0.2699,
-        # FMR 1e-2: between the measured 0.82 (FMR 6.3 %) and 0.87 (0.22 %), log-interpolated
-        floor=0.847,
+        source="measured: Asterisk corpus, 7 speakers, 89,816 impostor trials",
+        fmr_upper=0.0010,
+        fnmr_upper=0.2979,
+        floor=0.843,
+        norm_threshold=4.683,
+        norm_margin=1.0,
+        norm_fmr_upper=0.0010,
+        norm_fnmr_upper=0.1754,
     ),
     # ECAPA-TDNN (speechbrain/spkrec-ecapa-voxceleb): published VoxCeleb1-O score distributions put the EER
     # threshold near 0.25-0.30 cosine; 0.45 trades a higher false-reject rate for a false-match rate well under
@@ -85,23 +102,70 @@ CALIBRATIONS: dict[str, Calibration] = {
 
 @dataclass(frozen=True)
 class Policy:
-    threshold: float
+    threshold: float  # on the decision score: the AS-normalised score when the encoder has a cohort, else cosine
     margin: float
     agreement: float
     enroll_min_speech_s: float
     source: str
+    #: with normalised scores, a lock's own threshold is a cosine the best voiceprint must also reach (it can only
+    #: make that door stricter)
+    raw_gate: float | None = None
 
 
-def policy(settings: Settings, encoder: Encoder, lock_threshold: float | None = None) -> Policy:
-    """The encoder's calibration, overridden by settings (the operator's), and a lock's own threshold above all,
-    which is never taken below the encoder's floor (a lock owner cannot make their door open to anyone)."""
+@dataclass(frozen=True)
+class Scorer:
+    """How a probe is scored against voiceprints: raw cosines, or those normalised against the encoder's cohort."""
+
+    cohort: Cohort | None = None
+
+    @property
+    def normalised(self) -> bool:
+        return self.cohort is not None
+
+    def scores(self, probe: npt.NDArray[np.float32], prints: npt.NDArray[np.float32]) -> tuple[F32, F32]:
+        """(raw cosines, decision scores) of ``probe`` (d,) with each row of ``prints`` (k, d)."""
+        from lockwise import scoring
+
+        raw = scoring.cosine_scores(probe, prints)
+        if self.cohort is None:
+            return raw, raw
+        return raw, self.cohort.normalise(raw, scoring.normalise(probe), scoring.normalise(prints))
+
+
+def load_scorer(settings: Settings, encoder: Encoder) -> Scorer:
+    """The encoder's scorer: AS-norm when its files carry a cohort (checked against its model id), else raw."""
+    folder = Path(settings.model_dir) if settings.model_dir else DEFAULT_GE2E_DIR
+    found = cohort.load(folder, encoder.model_id, encoder.dim)
+    if found is not None:
+        base = CALIBRATIONS.get(encoder.name)
+        if settings.voice_threshold is None and (base is None or base.norm_threshold is None):
+            raise ModelError(
+                f"{folder} has a score cohort but {encoder.name} has no calibrated threshold on normalised scores: "
+                "set LOCKWISE_VOICE_THRESHOLD from calibrate's report"
+            )
+    return Scorer(found)
+
+
+def policy(
+    settings: Settings, encoder: Encoder, lock_threshold: float | None = None, *, normalised: bool = False
+) -> Policy:
+    """The encoder's calibration (raw or normalised), overridden by settings (the operator's), and a lock's own
+    threshold: on raw cosines it replaces the threshold but never goes below the encoder's floor (a lock owner
+    cannot make their door open to anyone); on normalised scores it is an extra gate on the cosine."""
     base = CALIBRATIONS.get(encoder.name, Calibration(0.5, 0.05, 0.4, 2.4, "fallback default"))
-    threshold = settings.voice_threshold if settings.voice_threshold is not None else base.threshold
-    if lock_threshold is not None:
+    raw_gate = None
+    threshold, margin = base.threshold, base.margin
+    if normalised:  # a cohort without a calibrated normalised threshold needs the operator's (load_scorer)
+        threshold = base.norm_threshold if base.norm_threshold is not None else threshold
+        margin = base.norm_margin if base.norm_margin is not None else margin
+        raw_gate = lock_threshold
+    threshold = settings.voice_threshold if settings.voice_threshold is not None else threshold
+    if lock_threshold is not None and not normalised:
         threshold = max(lock_threshold, base.floor)
     return Policy(
         threshold=threshold,
-        margin=settings.voice_margin if settings.voice_margin is not None else base.margin,
+        raw_gate=raw_gate,
+        margin=settings.voice_margin if settings.voice_margin is not None else margin,
         agreement=settings.enroll_agreement if settings.enroll_agreement is not None else base.agreement,
         enroll_min_speech_s=(
             settings.enroll_min_speech_s if settings.enroll_min_speech_s is not None else base.enroll_min_speech_s
@@ -127,7 +191,6 @@ def load_encoder(settings: Settings, *, exported: bool = False) -> Encoder:
 @lru_cache(maxsize=8)
 def open_encoder(kind: str, model_dir: str | None, *, exported: bool = False) -> Encoder:
     """``kind`` ecapa | ge2e | auto (what ``model_dir`` holds; GE2E when there is none)."""
-    from lockwise.voice.model_files import ModelError
 
     if kind == "auto":
         kind = _kind_of(Path(model_dir)) if model_dir else "ge2e"

@@ -1,0 +1,104 @@
+"""Build an encoder's score cohort from recorded speakers: ``python -m infra.voice.cohort MODEL_DIR CORPUS``.
+
+Takes up to ``--per-voice`` clips (80) of every speaker and voice in ``CORPUS`` but the held-out ones (the layout
+``infra.voice.corpus`` writes: one folder per speaker, ``<voice>-<n>.wav``), spread evenly over each voice's
+clips, through the product's intake and the encoder in ``MODEL_DIR`` (GE2E when it holds a GE2E export), and
+writes ``cohort.npz`` and ``cohort.json`` (model id, ``top_k``, the corpus's packages and checksums) beside the
+model. ``./dev`` builds GE2E's this way; ``lockwise.voice.cohort`` explains what the functions do with it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from lockwise import audio, errors
+from lockwise.voice import cohort
+from lockwise.voice.encoder import Encoder, open_encoder
+
+PER_VOICE = 80
+TOP_K = 100
+#: left out of the shipped cohort: the speakers the tests and the demo enroll (a user is never in the cohort, and a
+#: voiceprint normalised against clips of its own speaker would be judged against itself)
+HELD_OUT = ("allison", "june")
+
+
+def select(corpus: Path, per_voice: int, held_out: tuple[str, ...] = HELD_OUT) -> list[Path]:
+    """Up to ``per_voice`` clips of each speaker's voice, evenly spaced through its sorted files."""
+    chosen: list[Path] = []
+    for folder in sorted(p for p in corpus.iterdir() if p.is_dir() and p.name not in ("licences", *held_out)):
+        by_voice: dict[str, list[Path]] = {}
+        for path in sorted(folder.glob("*.wav")):
+            by_voice.setdefault(path.stem.split("-")[0], []).append(path)
+        for files in by_voice.values():
+            step = max(1, len(files) // per_voice)
+            chosen.extend(files[::step][:per_voice])
+    return chosen
+
+
+def embed_clips(paths: list[Path], encoder: Encoder, label: str = "embedding") -> tuple[np.ndarray, list[Path]]:
+    """Each clip through intake and the encoder, with a progress line on stderr; clips intake refuses are left out."""
+    limits = audio.Limits()
+    vectors, kept = [], []
+    started = time.monotonic()
+    for i, path in enumerate(paths, 1):
+        try:
+            clip = audio.validate(audio.parse_wav(path.read_bytes()), limits)
+        except errors.BadRequest:
+            continue
+        vectors.append(encoder.embed(clip.samples, clip.rate))
+        kept.append(path)
+        if i % 50 == 0 or i == len(paths):
+            elapsed = time.monotonic() - started
+            progress = f"\r{label}: {i}/{len(paths)} clips, {elapsed:.0f} s"
+            print(progress, end="", file=sys.stderr, flush=True)  # noqa: T201
+    print(file=sys.stderr)  # noqa: T201
+    return np.stack(vectors).astype(np.float32), kept
+
+
+def build(
+    model_dir: Path,
+    corpus: Path,
+    per_voice: int = PER_VOICE,
+    top_k: int = TOP_K,
+    held_out: tuple[str, ...] = HELD_OUT,
+) -> Path:
+    encoder = open_encoder("auto", str(model_dir))
+    embeddings, kept = embed_clips(select(corpus, per_voice, held_out), encoder, "cohort")
+    sources_file = corpus / "SOURCES.json"
+    corpus_sources = json.loads(sources_file.read_text()) if sources_file.is_file() else {}
+    speakers = sorted({p.parent.name for p in kept})
+    sources = {
+        "corpus": corpus_sources.get("description", str(corpus)),
+        "packages": {
+            name: {k: v for k, v in info.items() if k in ("version", "sha256", "licence")}
+            for name, info in corpus_sources.get("packages", {}).items()
+        },
+        "speakers": {s: sum(p.parent.name == s for p in kept) for s in speakers},
+        "per_voice": per_voice,
+        "held_out": list(held_out),
+    }
+    return cohort.save(model_dir, embeddings, top_k, encoder.model_id, sources)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("model_dir", type=Path)
+    parser.add_argument("corpus", type=Path)
+    parser.add_argument("--per-voice", type=int, default=PER_VOICE)
+    parser.add_argument("--top-k", type=int, default=TOP_K)
+    parser.add_argument("--hold-out", nargs="*", default=list(HELD_OUT), help="speakers left out of the cohort")
+    args = parser.parse_args(argv)
+    folder = build(args.model_dir, args.corpus, args.per_voice, args.top_k, tuple(args.hold_out))
+    manifest = json.loads((folder / cohort.COHORT_MANIFEST).read_text())
+    print(f"cohort: {manifest['clips']} clips of {len(manifest['sources']['speakers'])} speakers -> {folder}")  # noqa: T201
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
