@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import unicodedata
 from typing import Any
 
 from lockwise import audit, errors, members, mirror
@@ -18,7 +19,7 @@ def parse_name(value: Any) -> str:
     name = value.strip()
     if not 1 <= len(name) <= MAX_NAME:
         raise errors.BadRequest(f"name must be 1 to {MAX_NAME} characters", code="invalid_name")
-    if any(ord(c) < 32 for c in name):
+    if any(unicodedata.category(c) == "Cc" for c in name):  # C0, DEL and C1 controls
         raise errors.BadRequest("name must not contain control characters", code="invalid_name")
     return name
 
@@ -28,7 +29,7 @@ def parse_threshold(value: Any) -> float | None:
         return None
     if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= float(value) <= 1.0:
         raise errors.BadRequest("voice_threshold must be a number in [0, 1] or null", code="invalid_threshold")
-    return float(value)
+    return round(float(value), 4)  # stored as float4: a value it cannot hold (5e-324) would fail there
 
 
 def create(con: Connection, owner_uid: str, name: str, supports_open: bool) -> str:
