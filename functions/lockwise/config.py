@@ -146,6 +146,8 @@ class Settings:
     #: overrides of the encoder's calibrated defaults (None: use the encoder's)
     voice_threshold: float | None
     voice_margin: float | None
+    #: normalised scores only: how far under the threshold a first utterance gets "say it again" (0: never)
+    voice_retry_band: float | None
     enroll_agreement: float | None
     enroll_min_speech_s: float | None
     lockout_after: int
@@ -229,8 +231,10 @@ class Settings:
             audio_min_speech_s=env_float(env, "LOCKWISE_AUDIO_MIN_SPEECH_S", 1.0, 0.0, 60),
             enroll_min_samples=env_int(env, "LOCKWISE_ENROLL_MIN_SAMPLES", 3, minimum=1),
             enroll_max_samples=env_int(env, "LOCKWISE_ENROLL_MAX_SAMPLES", 5, minimum=1),
-            voice_threshold=_optional_float(env, "LOCKWISE_VOICE_THRESHOLD", -1, 1),
-            voice_margin=_optional_float(env, "LOCKWISE_VOICE_MARGIN", 0, 2),
+            # a cosine in [-1, 1], or on the normalised scale (z-scores) when the encoder ships a cohort
+            voice_threshold=_optional_float(env, "LOCKWISE_VOICE_THRESHOLD", -1, 50),
+            voice_margin=_optional_float(env, "LOCKWISE_VOICE_MARGIN", 0, 10),
+            voice_retry_band=_optional_float(env, "LOCKWISE_VOICE_RETRY_BAND", 0, 10),
             enroll_agreement=_optional_float(env, "LOCKWISE_ENROLL_AGREEMENT", -1, 1),
             enroll_min_speech_s=_optional_float(env, "LOCKWISE_ENROLL_MIN_SPEECH_S", 0, 60),
             lockout_after=env_int(env, "LOCKWISE_LOCKOUT_AFTER", 5, minimum=1),

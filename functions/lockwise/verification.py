@@ -8,8 +8,11 @@ feed without biometric data (no embedding, no score).
 from __future__ import annotations
 
 import datetime as dt
+import json
 from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
 
 from lockwise import audio, commands, errors, lockout, mirror, scoring, voiceprints
 from lockwise.config import Settings
@@ -76,6 +79,21 @@ def record_attempt(
     return attempt_id
 
 
+def take_follow_up(con: Connection, lock_id: str, attempt_id: str) -> dict[str, float] | None:
+    """The per-candidate scores of the first utterance ``attempt_id`` at ``lock_id``, if it still waits (once)."""
+    con.run("DELETE FROM verify_follow_ups WHERE expires_at <= now()")
+    rows = con.run(
+        "DELETE FROM verify_follow_ups WHERE attempt_id = CAST(:a AS uuid) AND lock_id = CAST(:l AS uuid)"
+        " RETURNING scores",
+        a=attempt_id,
+        l=lock_id,
+    )
+    if not rows:
+        return None
+    stored = rows[0][0] if isinstance(rows[0][0], dict) else json.loads(rows[0][0])
+    return {str(uid): float(score) for uid, score in stored.items()}
+
+
 def record_invalid(db: Database, lock_id: str, code: str) -> None:
     with db.transaction() as con:
         record_attempt(con, lock_id, "invalid", code)
@@ -89,7 +107,10 @@ def verify(
     settings: Settings,
     now: dt.datetime,
     scorer: Scorer | None = None,
+    follow_up: str | None = None,
 ) -> Result:
+    """Decide on ``clip`` at ``lock_id``. ``follow_up``: the attempt id of a first utterance answered "say_again";
+    while it waits (30 s, once) the two utterances' normalised scores are fused, else this one is decided alone."""
     scorer = scorer or Scorer()
     with db.transaction() as con:
         found_lock = con.run("SELECT voice_threshold FROM locks WHERE id = CAST(:l AS uuid) FOR SHARE", l=lock_id)
@@ -107,11 +128,25 @@ def verify(
         found = voiceprints.candidates(con, lock_id, encoder.model_id, encoder.dim, now)
         probe = encoder.embed(clip.samples, clip.rate)
         raw, scores = scorer.scores(probe, found.prints)
+        first = take_follow_up(con, lock_id, follow_up) if follow_up else None
+        if first is not None:
+            scores = np.array(
+                [(s + first[uid]) / 2 if uid in first else s for uid, s in zip(found.uids, scores, strict=True)],
+                dtype=np.float32,
+            )
         decision = scoring.decide(scores, rules.threshold, rules.margin)
         if decision.accepted and rules.raw_gate is not None and raw[decision.best_index] < rules.raw_gate:
             decision = scoring.Decision(
                 False, decision.best_index, decision.best, decision.runner_up, "below_threshold"
             )
+        if (
+            first is None
+            and rules.retry_band is not None
+            and decision.reason == "below_threshold"
+            and decision.best is not None
+            and decision.best >= rules.threshold - rules.retry_band
+        ):  # just under: the lock asks the person to say it again, and the two are fused
+            decision = scoring.Decision(False, decision.best_index, decision.best, decision.runner_up, "say_again")
         matched = found.uids[decision.best_index] if decision.best_index is not None else None
         if not decision.accepted:
             attempt = record_attempt(
@@ -124,6 +159,14 @@ def verify(
                 threshold=rules.threshold,
                 model_id=encoder.model_id,
             )
+            if decision.reason == "say_again":
+                con.run(
+                    "INSERT INTO verify_follow_ups (attempt_id, lock_id, scores, expires_at) VALUES (CAST(:a AS uuid),"
+                    " CAST(:l AS uuid), CAST(:s AS jsonb), now() + interval '30 seconds')",
+                    a=attempt,
+                    l=lock_id,
+                    s=json.dumps({uid: float(s) for uid, s in zip(found.uids, scores, strict=True)}),
+                )
             if decision.reason != "no_candidates":  # nobody to guess at: nothing to throttle
                 lockout.record_failure(con, lock_id, now, after=settings.lockout_after, base_s=settings.lockout_base_s)
             return Result(

@@ -75,6 +75,8 @@ def delete(con: Connection, uid: str) -> int:
         " matched_uid = CASE WHEN outcome = 'accepted' THEN matched_uid END WHERE matched_uid = :u",
         u=uid,
     )
+    # a waiting first utterance's scores against them
+    con.run("DELETE FROM verify_follow_ups WHERE (scores ->> :u) IS NOT NULL", u=uid)
     mirror.enqueue(con, f"users/{uid}", "set", {"voice_enrolled": False})
     return removed
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import flask
 import functions_framework
 
-from lockwise import audio, auth, errors, health, lock_auth, scoring, verification
+from lockwise import audio, auth, errors, health, inputs, lock_auth, scoring, verification
 from lockwise.http import Api, Ctx, JsonBody, Result
 from lockwise.runtime import get_runtime
 from lockwise.voice.encoder import describe, load_encoder, load_scorer
@@ -47,7 +47,12 @@ def verify_at_lock(ctx: Ctx) -> Result:
     except errors.BadRequest as exc:  # InvalidAudio, malformed input: logged as an invalid attempt
         verification.record_invalid(rt.db, lock_id, exc.code)
         raise
-    result = verification.verify(rt.db, lock_id, clip, encoder, rt.settings, dt.datetime.now(dt.UTC), scorer)
+    follow_up = ctx.request.args.get("follow_up")
+    if follow_up is not None and inputs.canonical_uuid(follow_up) is None:
+        raise errors.BadRequest("follow_up must be the attempt id of a say_again answer", code="invalid_follow_up")
+    result = verification.verify(
+        rt.db, lock_id, clip, encoder, rt.settings, dt.datetime.now(dt.UTC), scorer, follow_up=follow_up
+    )
     rt.flush_mirror_soon()  # the person at the door does not wait for the app's activity feed
     if result.decision == "refused":
         daily = result.reason == "daily_limit"

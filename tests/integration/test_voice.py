@@ -9,12 +9,13 @@ from __future__ import annotations
 import base64
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
-from lockwise import command_signing, lock_auth, scoring
+from lockwise import audio, command_signing, lock_auth, scoring
 from lockwise.firestore import make_client as firestore_client
 from lockwise.runtime import get_runtime
 from lockwise.voice.encoder import CALIBRATIONS
@@ -457,3 +458,85 @@ def test_attempts_reach_the_activity_feed_without_biometrics(
         time.sleep(0.1)
     assert voice and voice[0]["outcome"] == "accepted"
     assert not {"score", "embedding", "threshold", "audio"} & set(voice[0])
+
+
+def test_a_voice_just_under_the_threshold_is_asked_again_and_both_utterances_decide(
+    world: World, voice_env: dict[str, str], make_client: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With normalised scores (a model directory that ships a cohort), a first utterance within the retry band
+    under the threshold is answered ``say_again``; the lock's second clip, sent with ``?follow_up=<attempt_id>``, is
+    decided on the mean of both normalised scores, once. The scores are placed exactly by aiming the voiceprint."""
+    from lockwise.config import get_settings
+    from lockwise.voice import cohort
+    from lockwise.voice.encoder import Scorer, open_encoder
+
+    folder = tmp_path / "model"  # the session's model, plus a cohort of random voices
+    folder.mkdir()
+    for entry in Path(voice_env["LOCKWISE_MODEL_DIR"]).iterdir():
+        (folder / entry.name).symlink_to(entry)
+    encoder = open_encoder("auto", str(folder), exported=True)
+    members = np.random.default_rng(11).standard_normal((200, encoder.dim)).astype(np.float32)
+    cohort.save(folder, scoring.normalise(members), 20, encoder.model_id, {"corpus": "random test voices"})
+    threshold, band = 3.0, 1.0
+    for key, value in {
+        "LOCKWISE_MODEL_DIR": str(folder),
+        "LOCKWISE_VOICE_THRESHOLD": str(threshold),
+        "LOCKWISE_VOICE_RETRY_BAND": str(band),
+        "LOCKWISE_LOCKOUT_AFTER": "50",
+    }.items():
+        monkeypatch.setenv(key, value)
+    get_settings.cache_clear()
+    get_runtime.cache_clear()
+    clients = {"embed": make_client("embed"), "verify": make_client("verify")}
+    assert clients["verify"].get("/verify/health").status_code == 200
+    assert enroll(clients, world.accounts["member"]).status_code == 201
+    scorer = Scorer(cohort.load(folder, encoder.model_id, encoder.dim))
+    probe = scoring.normalise(encoder.embed(audio.parse_wav(wav(VOICE)).samples, 44100))
+    uid = world.uid("member")
+
+    def aim(normalised: float) -> None:
+        """Set the member's voiceprint so that this probe's normalised score is ``normalised`` (bisection on the
+        cosine: the cohort statistics move with the voiceprint)."""
+        lo, hi = -0.99, 0.9999
+        for _ in range(60):
+            mid = (lo + hi) / 2
+            aim_voiceprint(uid, VOICE, cosine=mid)
+            with get_runtime("verify").db.connection() as con:
+                ((data,),) = con.run("SELECT embedding FROM voiceprints WHERE user_uid = :u", u=uid)
+            _, score = scorer.scores(probe, scoring.from_bytes(bytes(data), encoder.dim))
+            lo, hi = (mid, hi) if score[0] < normalised else (lo, mid)
+        assert abs(float(score[0]) - normalised) < 0.01
+
+    def verify(follow_up: str | None = None) -> dict[str, Any]:
+        body = wav(VOICE)
+        path = "/verify" + (f"?follow_up={follow_up}" if follow_up else "")
+        signed = lock_auth.sign_headers(world.lock_key, world.lock_id, "POST", path, body, content_type="audio/wav")
+        resp = clients["verify"].post(path, data=body, headers=signed)
+        assert resp.status_code == 200, resp.get_json()
+        result: dict[str, Any] = resp.get_json()
+        return result
+
+    aim(threshold - 0.5)  # just under: asked again
+    first = verify()
+    assert (first["decision"], first["reason"]) == ("rejected", "say_again")
+    aim(threshold + 1.5)  # the second utterance is better: the mean of both passes
+    second = verify(first["attempt_id"])
+    assert second["decision"] == "accepted" and second["member_uid"] == uid
+    assert scored(second["attempt_id"])[0] == pytest.approx(threshold + 0.5, abs=0.02)
+    # once only: the same follow-up again is decided alone (just under again: asked again, not fused)
+    aim(threshold - 0.3)
+    alone = verify(first["attempt_id"])
+    assert alone["reason"] == "say_again"
+    aim(threshold - 0.9)  # a worse second utterance: the mean fails, and there is no third chance
+    last = verify(alone["attempt_id"])
+    assert (last["decision"], last["reason"]) == ("rejected", "below_threshold")
+    aim(threshold - 2.5)  # far under: rejected outright
+    assert verify()["reason"] == "below_threshold"
+    body = wav(VOICE)
+    bad = lock_auth.sign_headers(
+        world.lock_key, world.lock_id, "POST", "/verify?follow_up=nope", body, content_type="audio/wav"
+    )
+    refused = clients["verify"].post("/verify?follow_up=nope", data=body, headers=bad)
+    assert refused.status_code == 400 and refused.get_json()["error"]["code"] == "invalid_follow_up"
+    with get_runtime("verify").db.connection() as con:
+        assert con.run("SELECT count(*) FROM verify_follow_ups") == [[0]], "used follow-ups are gone"
