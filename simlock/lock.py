@@ -308,6 +308,30 @@ class SimulatedLock:
         except urllib.error.HTTPError as exc:
             return exc.code, json.loads(exc.read() or b"null")
 
+    def hear(self, verify_url: str, wav: bytes, again: bytes | None = None) -> dict[str, Any]:
+        """What a lock does at the door: send the clip it recorded (WAV) to verify, signed; on ``say_again`` send
+        ``again`` (the person speaking a second time) as the follow-up; on ``accepted`` check the grant as any
+        command and act on it (unlock, ack, report state). Returns the final answer (with ``status``)."""
+        status, answer = self.signed_request(verify_url, "POST", "/verify", wav, content_type="audio/wav")
+        if status == 200 and answer.get("reason") == "say_again" and again is not None:
+            log.info("lock %s: say that again, please", self.config.lock_id)
+            target = f"/verify?follow_up={answer['attempt_id']}"
+            status, answer = self.signed_request(verify_url, "POST", target, again, content_type="audio/wav")
+        result: dict[str, Any] = {"status": status, **(answer if isinstance(answer, dict) else {})}
+        if status == 200 and answer.get("decision") == "accepted":
+            try:
+                command = self.check(answer["grant"].encode())  # BadCommand if the grant is not good: never act
+            except command_signing.BadCommand as exc:
+                if exc.reason != "replayed":
+                    raise
+                return result  # the same command came over MQTT first and was acted on then: not twice
+            self.executed.append(command)
+            self.state = "unlocked"
+            if self.connected.is_set():
+                self._ack(command)
+                self.publish_state()
+        return result
+
     def renew_certificate(self, devices_url: str) -> dict[str, Any]:
         """Renew the broker certificate with a new TLS key (before it expires, as the firmware does at
         ``renew_after``); the next connection uses it. Raises ``PermissionError`` when the server refuses."""

@@ -126,6 +126,25 @@ def test_stack_starts_serves_stops_and_keeps_data(tmp_path: Path) -> None:
         )
         assert paired.returncode == 0, paired.stderr
         assert json.loads(identity.read_text())["lock_id"] == created["lock"]["id"]
+        # README's "Try it": the narrated demo against this stack, every step behaving
+        demo = subprocess.run(
+            [sys.executable, "-m", "infra.local.demo", "--env-file", str(state / "stack.env")],
+            cwd=REPO,
+            env={**os.environ, "PYTHONPATH": PYTHONPATH},
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert demo.returncode == 0, demo.stdout + demo.stderr
+        for step in (
+            "the door opens",
+            "acknowledged",
+            "live view",
+            "stranger's voice is refused",
+            "lock voice unlock out",
+            "from the app instead",
+        ):
+            assert step in demo.stdout, (step, demo.stdout)
     except BaseException:
         os.killpg(proc.pid, signal.SIGKILL)
         raise
