@@ -6,6 +6,7 @@ Options default to the environment the local stack writes to ``.local/stack.env`
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import signal
@@ -31,6 +32,9 @@ def main(argv: list[str] | None = None) -> int:
         help="JSON file with a paired lock's identity (see --pair; default: the stack's demo lock)",
     )
     parser.add_argument("--devices-url", default=env.get("LOCKWISE_DEVICES_URL", "http://127.0.0.1:8083"))
+    parser.add_argument("--verify-url", default=env.get("LOCKWISE_VERIFY_URL", "http://127.0.0.1:8082"))
+    parser.add_argument("--say", type=Path, metavar="WAV", help="what the lock hears at the door: sent to verify")
+    parser.add_argument("--again", type=Path, metavar="WAV", help="the second utterance, if verify says say_again")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s simlock %(levelname)s %(message)s")
     if args.pair:
@@ -51,7 +55,10 @@ def main(argv: list[str] | None = None) -> int:
         "lock %s connected over TLS as %s to %s:%d; state=%s",
         config.lock_id, config.identity, config.host, config.port, lock.state,
     )  # fmt: skip
-    if args.once:
+    if args.say:
+        answer = lock.hear(args.verify_url, args.say.read_bytes(), args.again.read_bytes() if args.again else None)
+        logging.info("verify answered %s; door %s", json.dumps(answer, sort_keys=True), lock.state)
+    if args.once or args.say:
         lock.stop()
         return 0
     done = threading.Event()
