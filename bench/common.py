@@ -5,15 +5,15 @@ from __future__ import annotations
 import json
 import os
 import platform
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
+
+from infra.local.stack import background
+
+local_stack = background  # the benchmarks' throwaway stack
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -58,49 +58,6 @@ def table(title: str, header: Sequence[str], rows: Sequence[Sequence[object]]) -
 def out(text: str) -> None:
     sys.stdout.write(text)
     sys.stdout.flush()
-
-
-@contextmanager
-def local_stack(model_dir: Path | None = None) -> Iterator[dict[str, str]]:
-    """The whole stack (``python -m infra.local.stack --free-ports``) in a temporary state folder; ``model_dir``:
-    an ECAPA-TDNN directory (default: the stack's GE2E)."""
-    state = Path(tempfile.mkdtemp(prefix="lockwise-bench-"))
-    state.chmod(0o755)
-    ready = state / "ready.json"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("LOCKWISE_", "MQTT_"))}
-    for key in ("DATABASE_URL", "FIRESTORE_EMULATOR_HOST", "FIREBASE_AUTH_EMULATOR_HOST"):
-        env.pop(key, None)
-    env["PYTHONPATH"] = f"{REPO / 'functions'}:{REPO}"
-    if model_dir is not None:
-        env["LOCKWISE_MODEL_DIR"] = str(model_dir)
-    with open(state / "stack.out", "wb") as log:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "infra.local.stack",
-                "--state-dir",
-                str(state / "s"),
-                "--free-ports",
-                "--ready-file",
-                str(ready),
-            ],
-            cwd=REPO,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    try:
-        deadline = time.monotonic() + 240
-        while not ready.exists():
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError((state / "stack.out").read_text()[-3000:])
-            time.sleep(0.3)
-        yield json.loads(ready.read_text())
-    finally:
-        os.killpg(proc.pid, signal.SIGINT)
-        proc.wait(90)
 
 
 def slot_files(relay_certs: Path, slot: int) -> tuple[str, str]:

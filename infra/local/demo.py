@@ -14,9 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -24,6 +22,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from infra.local.stack import background
 
 REPO = Path(__file__).resolve().parents[2]
 TOOLS_HOME = Path(os.environ.get("LOCKWISE_TOOLS_HOME", Path.home() / ".cache" / "lockwise"))
@@ -99,34 +99,13 @@ def running_stack(env_file: Path) -> Iterator[dict[str, str]]:
     if env_file.is_file() and stack_is_up(env := read_env(env_file)):
         yield env
         return
-    say("the stack is not running: starting it (./dev stack; the first start installs and builds, minutes)")
-    with tempfile.TemporaryDirectory(prefix="lockwise-demo-") as tmp:
-        ready = Path(tmp) / "ready.json"
-        log = Path(tmp) / "stack.log"
-        with open(log, "wb") as out:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "infra.local.stack", "--ready-file", str(ready)],
-                cwd=REPO,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        try:
-            deadline = time.monotonic() + 900
-            while not ready.is_file():
-                if proc.poll() is not None:
-                    tail = log.read_text(errors="replace").strip().splitlines()[-1:] or ["no output"]
-                    raise StepFailed(f"the stack stopped while starting: {tail[0]} (run ./dev stack to see why)")
-                if time.monotonic() > deadline:
-                    raise StepFailed("the stack did not come up in 15 minutes (run ./dev stack to see why)")
-                time.sleep(0.5)
-            yield json.loads(ready.read_text())
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+    say("the stack is not running: starting one for the demo (stopped at the end; ./dev stack keeps one up)")
+    try:
+        with background(timeout_s=600) as started:
+            yield started
+    except RuntimeError as exc:
+        tail = str(exc).strip().splitlines()[-1:] or ["no output"]
+        raise StepFailed(f"the stack could not start: {tail[0]} (run ./dev stack to see why)") from exc
 
 
 def corpus_voices(corpus: Path) -> tuple[list[Path], list[Path]]:

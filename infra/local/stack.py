@@ -18,9 +18,13 @@ import logging
 import os
 import secrets
 import signal
+import subprocess
 import sys
+import tempfile
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -208,6 +212,50 @@ def main(argv: list[str] | None = None) -> int:
         for svc in reversed(started):
             svc.stop()
         log.info("stopped %d services", len(started))
+
+
+@contextmanager
+def background(model_dir: Path | None = None, timeout_s: float = 240) -> Iterator[dict[str, str]]:
+    """The whole stack (``python -m infra.local.stack --free-ports``) in a temporary state folder, stopped when the
+    block ends; yields its environment. ``model_dir``: an ECAPA-TDNN directory (default: the stack's GE2E). Used by
+    the benchmarks and by ``./dev demo`` when no stack is running."""
+    state = Path(tempfile.mkdtemp(prefix="lockwise-bench-"))
+    state.chmod(0o755)
+    ready = state / "ready.json"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LOCKWISE_", "MQTT_"))}
+    for key in ("DATABASE_URL", "FIRESTORE_EMULATOR_HOST", "FIREBASE_AUTH_EMULATOR_HOST"):
+        env.pop(key, None)
+    env["PYTHONPATH"] = f"{REPO / 'functions'}:{REPO}"
+    if model_dir is not None:
+        env["LOCKWISE_MODEL_DIR"] = str(model_dir)
+    with open(state / "stack.out", "wb") as log:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "infra.local.stack",
+                "--state-dir",
+                str(state / "s"),
+                "--free-ports",
+                "--ready-file",
+                str(ready),
+            ],
+            cwd=REPO,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + timeout_s
+        while not ready.exists():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError((state / "stack.out").read_text()[-3000:])
+            time.sleep(0.3)
+        yield json.loads(ready.read_text())
+    finally:
+        os.killpg(proc.pid, signal.SIGINT)
+        proc.wait(90)
 
 
 def _write_demo_lock(broker: services.Broker, path: Path) -> None:
