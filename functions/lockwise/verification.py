@@ -1,6 +1,7 @@
 """The verify decision at the server: lockout, candidates, one vectorised scoring, the attempt log, the unlock.
 
-One transaction per attempt holds the lock's lockout row, so concurrent attempts at one lock are counted exactly.
+The probe is embedded first; then one transaction per attempt holds the lock's lockout row, so concurrent attempts
+at one lock are counted exactly.
 Every attempt (accepted, rejected, refused, invalid) is logged in PostgreSQL and mirrored to the lock's activity
 feed without biometric data (no embedding, no score).
 """
@@ -112,6 +113,9 @@ def verify(
     """Decide on ``clip`` at ``lock_id``. ``follow_up``: the attempt id of a first utterance answered "say_again";
     while it waits (30 s, once) the two utterances' normalised scores are fused, else this one is decided alone."""
     scorer = scorer or Scorer()
+    # the forward pass (~100 ms) before the transaction: the lock's row and its lockout row are held for the
+    # decision only, not while the model runs
+    probe = encoder.embed(clip.samples, clip.rate)
     with db.transaction() as con:
         found_lock = con.run("SELECT voice_threshold FROM locks WHERE id = CAST(:l AS uuid) FOR SHARE", l=lock_id)
         if not found_lock:  # deleted since its signature was checked
@@ -126,7 +130,6 @@ def verify(
             return Result("refused", attempt, "daily_limit", retry_after_s=wait)
         rules = policy(settings, encoder, found_lock[0][0], normalised=scorer.normalised)
         found = voiceprints.candidates(con, lock_id, encoder.model_id, encoder.dim, now)
-        probe = encoder.embed(clip.samples, clip.rate)
         raw, scores = scorer.scores(probe, found.prints)
         first = take_follow_up(con, lock_id, follow_up) if follow_up else None
         if first is not None:
