@@ -13,6 +13,7 @@ import glob
 import json
 import logging
 import os
+import random
 import shutil
 import signal
 import socket
@@ -43,10 +44,26 @@ class StartupFailed(RuntimeError):
     """A service did not become ready; the message carries the tail of its log."""
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A free TCP port below the kernel's ephemeral range (32768 and up on Linux): a port taken from that range can
+    be grabbed as the local port of some outgoing connection before its service binds it (seen: a relay's health
+    port, "address already in use"). Never the same port twice from one process."""
+    rng = random.SystemRandom()
+    for _ in range(500):
+        port = rng.randrange(20000, 32000)
+        if port in _HANDED_OUT:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("0.0.0.0", port))
+            except OSError:
+                continue
+        _HANDED_OUT.add(port)
+        return port
+    raise RuntimeError("no free TCP port between 20000 and 32000")
 
 
 def port_open(port: int, host: str = "127.0.0.1") -> bool:
