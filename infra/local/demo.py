@@ -23,6 +23,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from infra.local.services import poll
 from infra.local.stack import background
 
 REPO = Path(__file__).resolve().parents[2]
@@ -53,13 +54,10 @@ def request(url: str, body: Any = None, token: str | None = None, method: str | 
 
 
 def wait_until(check: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = check()
-        if result:
-            return result
-        time.sleep(0.05)
-    raise StepFailed(f"{what} did not happen within {timeout:g} s")
+    result = poll(check, timeout, interval=0.05)
+    if not result:
+        raise StepFailed(f"{what} did not happen within {timeout:g} s")
+    return result
 
 
 class Story:

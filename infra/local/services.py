@@ -25,6 +25,7 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from infra.local.certs import TlsFiles, ensure_tls
 
@@ -136,6 +137,17 @@ def spawn(
     )
     out.close()
     return Process(name, popen, log_path, port, stop_signal)
+
+
+def poll(check: Callable[[], Any], timeout: float, interval: float = 0.1) -> Any:
+    """The first truthy value ``check`` returns within ``timeout`` seconds, else None."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(interval)
+    return None
 
 
 def wait_until(proc: Process, ready: Callable[[], bool], timeout: float) -> None:
