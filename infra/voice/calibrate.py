@@ -311,14 +311,15 @@ def speaker_disjoint(
     cohort_clips: Sequence[Clip],
     top_k: int,
     operating: dict[str, float | None] | None = None,
-) -> dict[str, Any]:
+) -> tuple[dict[str, Any], dict[str, Trials]]:
     """Raw and AS-normalised scores evaluated so that no number about a speaker was fitted on that speaker.
 
     Each trial is normalised against a cohort without either of its two speakers (as a user of the product is never
     in the shipped cohort). Leave one speaker out: the threshold meeting FMR 1 in 1,000 is fitted on the trials that
     do not involve speaker X, then applied to X's genuine trials and to the impostor trials X takes part in; the
     rates are pooled over all speakers. Also the pooled (all-speaker) threshold whose 95 % bound meets the target:
-    the product's operating point on that scale.
+    the product's operating point on that scale. Returns the report and the pooled trials of each scale (for the
+    DET plot).
     """
     keys = [k for k, vps in prints.items() for _ in vps]
     p_matrix = np.stack([v for vps in prints.values() for v in vps]).astype(np.float32)
@@ -342,6 +343,7 @@ def speaker_disjoint(
     impostor = t_speaker[:, None] != p_speaker[None]
     involves = {x: (t_speaker[:, None] == x) | (p_speaker[None] == x) for x in speakers}
     out: dict[str, Any] = {"top_k": top_k, "cohort_clips": len(cohort_clips), "speakers": speakers}
+    curves: dict[str, Trials] = {}
     for name, scores in (("raw", raw), ("normalised", normed)):
         pooled = Trials(scores[genuine], scores[impostor])
         result: dict[str, Any] = {"eer": eer(pooled)[0], "targets": [threshold_for(pooled, t) for t in TARGET_FMRS]}
@@ -375,7 +377,7 @@ def speaker_disjoint(
                 "per_speaker": per,
             }
         out[name] = result
-        out[f"_{name}_trials"] = pooled
+        curves[name] = pooled
     out["second_utterance"] = second_utterance(normed, genuine, impostor, involves, t_speaker, t_voice, speakers)
     shipped = (operating or {}).get("normalised")
     band = (operating or {}).get("retry_band")
@@ -387,7 +389,7 @@ def speaker_disjoint(
             "fnmr": float(np.mean(~decided[genuine])),
             "fmr": float(np.mean(decided[impostor])),
         }
-    return out
+    return out, curves
 
 
 RETRY_BANDS = (0.5, 1.0, 2.0)
@@ -488,14 +490,13 @@ def calibrate(
     prints, trial_clips = split(clips, voiceprints, rng)
     trials = score(prints, trial_clips)
     cohort_clips = cohort_of(clips, cohort_per_voice)
-    disjoint = speaker_disjoint(
+    disjoint, curves = speaker_disjoint(
         prints,
         trial_clips,
         cohort_clips,
         top_k,
         {"raw": threshold, "normalised": norm_threshold, "retry_band": retry_band},
     )
-    curves = {name: disjoint.pop(f"_{name}_trials") for name in ("raw", "normalised")}
     equal, eer_t = eer(trials)
     targets = [threshold_for(trials, t) for t in TARGET_FMRS]
     default = targets[0]["bounded_threshold"] or targets[0]["threshold"]
@@ -544,12 +545,11 @@ def calibrate(
 
 
 def cohort_of(clips: Sequence[Clip], per_voice: int) -> list[Clip]:
-    """Up to ``per_voice`` clips of every speaker's voice, evenly spaced (as ``infra.voice.cohort`` picks them)."""
-    chosen: list[Clip] = []
-    for key in sorted({(c.speaker, c.voice) for c in clips}):
-        own = sorted((c for c in clips if (c.speaker, c.voice) == key), key=lambda c: c.path.name)
-        chosen.extend(own[:: max(1, len(own) // per_voice)][:per_voice])
-    return chosen
+    """The clips the product's cohort builder would pick from these (``infra.voice.cohort.evenly``)."""
+    from infra.voice.cohort import evenly
+
+    chosen = set(evenly((c.path for c in clips), per_voice))
+    return [c for c in clips if c.path in chosen]
 
 
 def plot_det(curves: dict[str, Trials], disjoint: dict[str, Any], path: Path) -> None:

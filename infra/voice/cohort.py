@@ -13,6 +13,7 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -28,17 +29,19 @@ TOP_K = 100
 HELD_OUT = ("allison", "june")
 
 
+def evenly(paths: Iterable[Path], per_voice: int) -> list[Path]:
+    """Up to ``per_voice`` clips of each speaker's voice (folder, and file name up to the first "-"), evenly spaced
+    through its sorted files: the cohort's pick, also what ``calibrate`` normalises its trials against."""
+    by_voice: dict[tuple[str, str], list[Path]] = {}
+    for path in sorted(paths):
+        by_voice.setdefault((path.parent.name, path.stem.split("-")[0]), []).append(path)
+    return [p for files in by_voice.values() for p in files[:: max(1, len(files) // per_voice)][:per_voice]]
+
+
 def select(corpus: Path, per_voice: int, held_out: tuple[str, ...] = HELD_OUT) -> list[Path]:
-    """Up to ``per_voice`` clips of each speaker's voice, evenly spaced through its sorted files."""
-    chosen: list[Path] = []
-    for folder in sorted(p for p in corpus.iterdir() if p.is_dir() and p.name not in ("licences", *held_out)):
-        by_voice: dict[str, list[Path]] = {}
-        for path in sorted(folder.glob("*.wav")):
-            by_voice.setdefault(path.stem.split("-")[0], []).append(path)
-        for files in by_voice.values():
-            step = max(1, len(files) // per_voice)
-            chosen.extend(files[::step][:per_voice])
-    return chosen
+    """The cohort's clips in ``corpus``: ``evenly`` over every speaker but the held-out ones."""
+    folders = [p for p in corpus.iterdir() if p.is_dir() and p.name not in ("licences", *held_out)]
+    return evenly((path for folder in folders for path in folder.glob("*.wav")), per_voice)
 
 
 def embed_clips(paths: list[Path], encoder: Encoder, label: str = "embedding") -> tuple[np.ndarray, list[Path]]:
