@@ -259,10 +259,12 @@ class SimulatedLock:
         try:
             command = self.check(bytes(msg.payload))
         except command_signing.BadCommand as exc:
-            log.warning("lock %s refused a command: %s", self.config.lock_id, exc.reason)
             self.refused.append((exc.reason, bytes(msg.payload).decode(errors="replace")))
-            if exc.reason == "replayed":
+            if exc.reason == "replayed":  # a repeat (an ack was lost, or the grant came first): ack, never act
+                log.info("lock %s got a command again: acknowledging, not acting", self.config.lock_id)
                 self._ack_again(bytes(msg.payload))
+            else:
+                log.warning("lock %s refused a command: %s", self.config.lock_id, exc.reason)
             return
         self.executed.append(command)
         if command.action in ("unlock", "open"):
@@ -311,13 +313,18 @@ class SimulatedLock:
     def hear(self, verify_url: str, wav: bytes, again: bytes | None = None) -> dict[str, Any]:
         """What a lock does at the door: send the clip it recorded (WAV) to verify, signed; on ``say_again`` send
         ``again`` (the person speaking a second time) as the follow-up; on ``accepted`` check the grant as any
-        command and act on it (unlock, ack, report state). Returns the final answer (with ``status``)."""
+        command and act on it (unlock, ack, report state). Returns the final answer, with ``status`` and whether the
+        grant was acted on here (``acted_on_grant``; False when the same command came over MQTT first)."""
         status, answer = self.signed_request(verify_url, "POST", "/verify", wav, content_type="audio/wav")
         if status == 200 and answer.get("reason") == "say_again" and again is not None:
             log.info("lock %s: say that again, please", self.config.lock_id)
             target = f"/verify?follow_up={answer['attempt_id']}"
             status, answer = self.signed_request(verify_url, "POST", target, again, content_type="audio/wav")
-        result: dict[str, Any] = {"status": status, **(answer if isinstance(answer, dict) else {})}
+        result: dict[str, Any] = {
+            "status": status,
+            "acted_on_grant": False,
+            **(answer if isinstance(answer, dict) else {}),
+        }
         if status == 200 and answer.get("decision") == "accepted":
             try:
                 command = self.check(answer["grant"].encode())  # BadCommand if the grant is not good: never act
@@ -327,6 +334,7 @@ class SimulatedLock:
                 return result  # the same command came over MQTT first and was acted on then: not twice
             self.executed.append(command)
             self.state = "unlocked"
+            result["acted_on_grant"] = True
             if self.connected.is_set():
                 self._ack(command)
                 self.publish_state()

@@ -192,7 +192,8 @@ def run(env: dict[str, str], corpus: Path) -> None:
             answer = lock.hear(verify, allison[4].read_bytes(), again=allison[5].read_bytes())
             if answer.get("decision") != "accepted":
                 raise StepFailed(f"her voice was not accepted: {answer}")
-            notes.append(f"accepted, grant checked and acted on by the lock, state {lock.state}")
+            how = "its grant checked and acted on" if answer["acted_on_grant"] else "the command came over MQTT first"
+            notes.append(f"accepted ({how}), state {lock.state}")
             command_id = answer["command_id"]
         with story.step("The unlock command arrives over MQTT through the relay and is acknowledged") as notes:
             path = f"{devices}/devices/locks/{lock_id}/commands/{command_id}"
