@@ -11,6 +11,7 @@ import json
 import os
 import secrets
 import shutil
+import sys
 import tempfile
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -300,3 +301,15 @@ def pytest_configure(config: pytest.Config) -> None:
         raise KeyboardInterrupt(f"signal {signum}")
 
     signal.signal(signal.SIGTERM, interrupt)
+
+
+@pytest.fixture
+def no_lazy_speechbrain_modules() -> Iterator[None]:
+    """Hypothesis reads ``__file__`` of every module in ``sys.modules``; SpeechBrain's lazy modules import on any
+    attribute read (k2, absent here), so they are set aside while a Hypothesis test runs (when an earlier test or
+    the model fixture loaded them), and put back after."""
+    lazy = {name: m for name, m in list(sys.modules.items()) if type(m).__module__.startswith("speechbrain")}
+    for name in lazy:
+        del sys.modules[name]
+    yield
+    sys.modules.update(lazy)

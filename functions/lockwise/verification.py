@@ -107,12 +107,11 @@ def verify(
     encoder: Encoder,
     settings: Settings,
     now: dt.datetime,
-    scorer: Scorer | None = None,
+    scorer: Scorer,
     follow_up: str | None = None,
 ) -> Result:
     """Decide on ``clip`` at ``lock_id``. ``follow_up``: the attempt id of a first utterance answered "say_again";
     while it waits (30 s, once) the two utterances' normalised scores are fused, else this one is decided alone."""
-    scorer = scorer or Scorer()
     # the forward pass (~100 ms) before the transaction: the lock's row and its lockout row are held for the
     # decision only, not while the model runs
     probe = encoder.embed(clip.samples, clip.rate)

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import struct
-import sys
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -15,16 +13,8 @@ from hypothesis import strategies as st
 
 from lockwise import audio, errors, inputs
 
-
-@pytest.fixture(autouse=True)
-def _no_lazy_modules() -> Iterator[None]:
-    """Hypothesis reads ``__file__`` of every module in ``sys.modules``; SpeechBrain's lazy modules import on any
-    attribute read (k2, absent here), so they are set aside while these tests run when an earlier test loaded them."""
-    lazy = {name: m for name, m in list(sys.modules.items()) if type(m).__module__.startswith("speechbrain")}
-    for name in lazy:
-        del sys.modules[name]
-    yield
-    sys.modules.update(lazy)
+#: Hypothesis scans sys.modules: SpeechBrain's lazy modules are set aside (tests/conftest.py)
+pytestmark = pytest.mark.usefixtures("no_lazy_speechbrain_modules")
 
 
 JSON_SCALARS = (
