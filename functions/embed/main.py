@@ -12,10 +12,11 @@ import flask
 import functions_framework
 import numpy as np
 
-from lockwise import audio, auth, errors, health, scoring, voiceprints
+from lockwise import audio, auth, errors, health, known_recordings, scoring, voiceprints
 from lockwise.db import Connection
 from lockwise.http import Api, Ctx, JsonBody, Result
 from lockwise.runtime import get_runtime
+from lockwise.voice import fingerprint
 from lockwise.voice.encoder import describe, load_encoder, load_scorer, policy
 
 rt = get_runtime("embed")
@@ -76,9 +77,11 @@ def enroll(ctx: Ctx) -> Result:
             code="samples_disagree",
             details={"sample": outlier, "lowest_agreement": round(lowest, 4), "required": rules.agreement},
         )
+    takes = [fingerprint.landmarks(c.samples, c.rate) for c in clips]  # to refuse their replay at the door
     with rt.db.transaction() as con:
         refuse_a_neighbours_voice(con, user.uid, scoring.voiceprint(embeddings))
         voiceprints.store(con, user.uid, encoder.model_id, embeddings)
+        known_recordings.replace_enrollment(con, user.uid, takes)
         status = voiceprints.status(con, user.uid, encoder.model_id)
     rt.flush_mirror()
     return {**status, "agreement": round(lowest, 4)}, 201

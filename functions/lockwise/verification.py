@@ -15,9 +15,10 @@ from typing import Any
 
 import numpy as np
 
-from lockwise import audio, commands, errors, lockout, mirror, scoring, voiceprints
+from lockwise import audio, commands, errors, known_recordings, lockout, mirror, scoring, voiceprints
 from lockwise.config import Settings
 from lockwise.db import Connection, Database
+from lockwise.voice import fingerprint
 from lockwise.voice.encoder import Encoder, Scorer, policy
 
 
@@ -111,10 +112,14 @@ def verify(
     follow_up: str | None = None,
 ) -> Result:
     """Decide on ``clip`` at ``lock_id``. ``follow_up``: the attempt id of a first utterance answered "say_again";
-    while it waits (30 s, once) the two utterances' normalised scores are fused, else this one is decided alone."""
+    while it waits (30 s, once) the two utterances' normalised scores are fused, else this one is decided alone.
+
+    A clip that is a replay of a known recording (an enrollment sample of a candidate, an earlier attempt at this
+    lock) is rejected as ``replay`` before any voice is scored, and counts as a failed attempt."""
     # the forward pass (~100 ms) before the transaction: the lock's row and its lockout row are held for the
     # decision only, not while the model runs
     probe = encoder.embed(clip.samples, clip.rate)
+    heard = fingerprint.landmarks(clip.samples, clip.rate)
     with db.transaction() as con:
         found_lock = con.run("SELECT voice_threshold FROM locks WHERE id = CAST(:l AS uuid) FOR SHARE", l=lock_id)
         if not found_lock:  # deleted since its signature was checked
@@ -129,6 +134,10 @@ def verify(
             return Result("refused", attempt, "daily_limit", retry_after_s=wait)
         rules = policy(settings, encoder, found_lock[0][0], normalised=scorer.normalised)
         found = voiceprints.candidates(con, lock_id, encoder.model_id, encoder.dim, now)
+        if known_recordings.is_replay(heard, known_recordings.at_lock(con, lock_id, found.uids)):
+            attempt = record_attempt(con, lock_id, "rejected", "replay", model_id=encoder.model_id)
+            lockout.record_failure(con, lock_id, now, after=settings.lockout_after, base_s=settings.lockout_base_s)
+            return Result("rejected", attempt, "replay", stale_voiceprints=len(found.stale_uids))
         raw, scores = scorer.scores(probe, found.prints)
         first = take_follow_up(con, lock_id, follow_up) if follow_up else None
         if first is not None:
@@ -161,6 +170,7 @@ def verify(
                 threshold=rules.threshold,
                 model_id=encoder.model_id,
             )
+            known_recordings.remember_attempt(con, lock_id, attempt, heard, settings.replay_memory_hours, None)
             if decision.reason == "say_again":
                 con.run(
                     "INSERT INTO verify_follow_ups (attempt_id, lock_id, scores, expires_at) VALUES (CAST(:a AS uuid),"
@@ -190,6 +200,7 @@ def verify(
             threshold=rules.threshold,
             model_id=encoder.model_id,
         )
+        known_recordings.remember_attempt(con, lock_id, attempt, heard, settings.replay_memory_hours, matched)
         lockout.clear(con, lock_id)
         command, _ = commands.create(
             con,

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from lockwise import mirror, scoring
+from lockwise import known_recordings, mirror, scoring
 from lockwise.db import Connection, rows_as_dicts
 from lockwise.members import Membership
 
@@ -67,9 +67,11 @@ def status(con: Connection, uid: str, current_model_id: str) -> dict[str, Any]:
 def delete(con: Connection, uid: str) -> int:
     """Delete all of the user's voice data; returns the number of voiceprint rows removed.
 
-    Comparison results tied to it go too: the scores of every attempt it matched. An accepted attempt keeps who
+    Comparison results tied to it go too: the scores of every attempt it matched, and the fingerprints of the
+    enrollment samples and of every attempt that opened a door with this voice. An accepted attempt keeps who
     opened the door (an access record, not biometric data); a rejected one never names the closest voiceprint."""
-    removed = len(con.run("DELETE FROM voiceprints WHERE user_uid = :u RETURNING 1", u=uid))
+    removed = len(con.run("DELETE FROM voiceprints WHERE user_uid = :u RETURNING 1", u=uid))  # + its samples' prints
+    known_recordings.forget_speaker(con, uid)
     con.run(
         "UPDATE verification_attempts SET score = NULL, runner_up_score = NULL,"
         " matched_uid = CASE WHEN outcome = 'accepted' THEN matched_uid END WHERE matched_uid = :u",

@@ -1,0 +1,77 @@
+"""What replay detection adds at the door: ``./dev bench replay``.
+
+In process, on real speech from the corpus (``./dev setup`` builds it): the time to fingerprint a 3 s clip at the
+lock's 44.1 kHz and to match it against 3, 30 and 300 stored recordings (a member's enrollment samples; a busy
+lock's week of attempts), beside the plain path it sits next to, the GE2E forward pass on the same clip.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from bench.common import machine, out, pct, table
+from lockwise import audio
+from lockwise.voice import fingerprint
+from lockwise.voice.encoder import open_encoder
+from lockwise.voice.resample import resample
+
+CORPUS = Path.home() / ".cache" / "lockwise" / "corpus" / "asterisk"
+
+
+def timed(call: Callable[[], object], rounds: int) -> list[float]:
+    samples = []
+    for _ in range(rounds):
+        started = time.perf_counter()
+        call()
+        samples.append((time.perf_counter() - started) * 1000)
+    return samples
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=50)
+    parser.add_argument("--corpus", type=Path, default=CORPUS)
+    args = parser.parse_args(argv)
+    files = sorted((args.corpus / "allison").glob("*.wav"))
+    if len(files) < 300:
+        raise SystemExit(f"no corpus in {args.corpus}: run ./dev setup (it builds it)")
+    clips = [audio.parse_wav(p.read_bytes()) for p in files[:301]]
+    probe = clips[0]
+    wave = resample(probe.samples[: 3 * probe.rate], probe.rate, 44_100)  # 3 s as a lock sends it
+    stored = [fingerprint.landmarks(c.samples, c.rate) for c in clips[1:]]
+    heard = fingerprint.landmarks(wave, 44_100)
+    encoder = open_encoder("ge2e", None)
+    forward = timed(lambda: encoder.embed(wave, 44_100), args.rounds)
+    rows: list[list[object]] = [["GE2E forward pass (the plain path)", pct(forward, 50), pct(forward, 99), "1.00x"]]
+    fp = timed(lambda: fingerprint.landmarks(wave, 44_100), args.rounds)
+    rows.append(["fingerprint the clip", pct(fp, 50), pct(fp, 99), f"{pct(fp, 50) / pct(forward, 50):.2f}x"])
+    for n in (3, 30, 300):
+        refs = stored[:n]
+
+        def match(refs: list[fingerprint.Landmarks] = refs) -> object:
+            return fingerprint.match_scores(heard, refs)
+
+        ms = timed(match, args.rounds)
+        rows.append(
+            [
+                f"match against {n} recordings",
+                pct(ms, 50),
+                pct(ms, 99),
+                f"{pct(ms, 50) / pct(forward, 50):.2f}x",
+            ]
+        )
+    out(
+        table(
+            f"Replay detection for 3 s at 44.1 kHz, real speech ({args.rounds} rounds; {machine()})",
+            ["step", "p50 ms", "p99 ms", "vs forward pass"],
+            rows,
+        )
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
