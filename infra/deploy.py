@@ -300,6 +300,7 @@ def broker(t: Target) -> list[Command]:
 def firebase(t: Target) -> list[Command]:
     cli = str(Path.home() / ".cache" / "lockwise" / "firebase-tools" / "node_modules" / ".bin" / "firebase")
     return [
+        ["bash", str(REPO / "infra" / "console" / "build.sh")],  # the web console's SDK bundle, from pinned versions
         [
             cli,
             "deploy",

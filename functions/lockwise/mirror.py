@@ -49,7 +49,9 @@ def activity(con: Connection, lock_id: str, kind: str, **fields: Any) -> None:
 
 
 def _now_iso() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    """UTC to the millisecond: entries of one second (a command, its ack) sort in the order they happened."""
+    now = time.time()
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now * 1000) % 1000:03d}Z"
 
 
 class Flusher:

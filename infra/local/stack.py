@@ -1,7 +1,8 @@
 """The whole LockWise back-end on this machine: ``./dev stack`` (runs ``python -m infra.local.stack``).
 
 Starts PostgreSQL, Mosquitto (TLS, client certificates only), the Firestore and Auth emulators, applies the
-migrations, serves the three functions with functions-framework, prints where everything listens and waits. Ctrl-C
+migrations, serves the three functions with functions-framework and the web console (``infra.local.console``), prints
+where everything listens and waits. Ctrl-C
 (or SIGTERM) stops every process it started. State (database, broker persistence, certificates, generated local
 secrets, logs) lives in ``.local/`` so a restart keeps enrolled voices and locks.
 
@@ -28,7 +29,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from infra.local import services
+from infra.local import console, services
 from infra.local.services import REPO
 
 log = logging.getLogger("lockwise.stack")
@@ -42,6 +43,7 @@ DEFAULT_PORTS = {
     "verify": 8082,
     "devices": 8083,
     "relay": 8090,
+    "console": 5000,
 }
 DEMO_LOCK_USER = "lock-demo-0001"
 
@@ -177,6 +179,14 @@ def main(argv: list[str] | None = None) -> int:
             started.append(relay)
             table.append(("mqtt relay", f"http://127.0.0.1:{ports['relay']}/health", str(relay.log_path)))
 
+        web = console.Console(
+            ports["console"],
+            {name: f"http://127.0.0.1:{ports[name]}" for name in services.FUNCTIONS},
+            console.emulator_init(project, auth_host, fs_host),
+        ).start()
+        started.append(web)
+        table.append(("web console", web.url, "infra/hosting (the app's side: sign in, locks, live view, enroll)"))
+
         stack_env = dict(
             fn_env,
             MQTT_HOST=mqtt_host,
@@ -187,6 +197,7 @@ def main(argv: list[str] | None = None) -> int:
             LOCKWISE_VERIFY_URL=f"http://127.0.0.1:{ports['verify']}",
             LOCKWISE_DEVICES_URL=f"http://127.0.0.1:{ports['devices']}",
             LOCKWISE_RELAY_HEALTH_URL=f"http://127.0.0.1:{ports['relay']}/health",
+            LOCKWISE_CONSOLE_URL=web.url,
         )
         stack_env.pop("LOCKWISE_LOCK_CA")  # the functions' secret, not the clients' (and a multi-line PEM)
         env_file = state / "stack.env"
@@ -202,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
                     log.error("%s exited unexpectedly:\n%s", proc.name, proc.log_tail())
                     stop_event.set()
         return 0
-    except services.MissingComponent as exc:
+    except (services.MissingComponent, console.ConsoleNotBuilt) as exc:
         log.error("missing component: %s", exc)
         return 2
     except services.StartupFailed as exc:

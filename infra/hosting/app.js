@@ -1,0 +1,400 @@
+// The LockWise web console: the app's side of the back-end in one page, for the people who build on it.
+// Signs in with Firebase Auth, calls the functions through Hosting's rewrites (/devices, /embed), and reads the
+// live view (lock state, activity feed, voice status) straight from Firestore with the Firebase JS SDK, so the
+// security rules are exercised by the real client SDK. Locally `./dev stack` serves it with emulators
+// (/__/firebase/init.json says where they are); deployed, Firebase Hosting serves it beside the API rewrites.
+import {
+  collection,
+  connectAuthEmulator,
+  connectFirestoreEmulator,
+  createUserWithEmailAndPassword,
+  doc,
+  getAuth,
+  getFirestore,
+  initializeApp,
+  limit,
+  onAuthStateChanged,
+  onSnapshot,
+  orderBy,
+  query,
+  signInWithEmailAndPassword,
+  signOut,
+} from "./vendor/firebase.js";
+
+const SAMPLES = 3;
+const SAMPLE_SECONDS = 4.5;
+const $ = (selector, root = document) => root.querySelector(selector);
+const unsubscribers = [];
+
+function notice(text, kind = "info") {
+  const el = $("#notice");
+  el.textContent = text;
+  el.dataset.kind = kind;
+}
+
+async function start() {
+  let config;
+  try {
+    const resp = await fetch("/__/firebase/init.json");
+    if (!resp.ok) throw new Error(`HTTP ${resp.status}`);
+    config = await resp.json();
+  } catch (err) {
+    notice(`Cannot load the Firebase configuration (/__/firebase/init.json): ${err.message}. Is the stack up (./dev stack)?`, "error");
+    return;
+  }
+  const app = initializeApp(config);
+  const auth = getAuth(app);
+  const db = getFirestore(app);
+  if (config.emulators) {
+    connectAuthEmulator(auth, config.emulators.auth, { disableWarnings: true });
+    connectFirestoreEmulator(db, config.emulators.firestore.host, config.emulators.firestore.port);
+  }
+  const ui = new Console(auth, db);
+  ui.wire();
+  onAuthStateChanged(auth, (user) => ui.show(user));
+}
+
+class ApiError extends Error {
+  constructor(status, body) {
+    super(body?.error?.message || `HTTP ${status}`);
+    this.status = status;
+    this.code = body?.error?.code;
+  }
+}
+
+class Console {
+  constructor(auth, db) {
+    this.auth = auth;
+    this.db = db;
+  }
+
+  async api(method, path, body) {
+    const token = await this.auth.currentUser.getIdToken();
+    const headers = { Authorization: `Bearer ${token}` };
+    if (body !== undefined) headers["Content-Type"] = "application/json";
+    let resp;
+    try {
+      resp = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
+    } catch (err) {
+      throw new ApiError(0, { error: { message: `the API did not answer (${err.message}); is the stack up?` } });
+    }
+    const data = resp.status === 204 ? {} : await resp.json().catch(() => ({}));
+    if (!resp.ok) throw new ApiError(resp.status, data);
+    return data;
+  }
+
+  wire() {
+    $("#sign-in-form").addEventListener("submit", (e) => {
+      e.preventDefault();
+      this.signIn(signInWithEmailAndPassword);
+    });
+    $("#sign-up-button").addEventListener("click", () => this.signIn(createUserWithEmailAndPassword));
+    $("#sign-out").addEventListener("click", () => signOut(this.auth));
+    $("#new-lock-form").addEventListener("submit", (e) => {
+      e.preventDefault();
+      this.createLock($("#new-lock-name").value.trim());
+    });
+    $("#enroll").addEventListener("click", () => this.enroll());
+    $("#forget-voice").addEventListener("click", () => this.forgetVoice());
+  }
+
+  async signIn(method) {
+    try {
+      await method(this.auth, $("#email").value.trim(), $("#password").value);
+      notice("");
+    } catch (err) {
+      notice(`Sign-in failed: ${err.code || err.message}`, "error");
+    }
+  }
+
+  show(user) {
+    while (unsubscribers.length) unsubscribers.pop()();
+    $("#sign-in").hidden = Boolean(user);
+    $("#signed-in").hidden = !user;
+    $("#sign-out").hidden = !user;
+    $("#who").textContent = user ? user.email || user.uid : "";
+    document.body.dataset.uid = user ? user.uid : "";
+    if (!user) {
+      $("#locks").replaceChildren();
+      return;
+    }
+    unsubscribers.push(
+      onSnapshot(
+        doc(this.db, "users", user.uid),
+        (snap) => {
+          const enrolled = snap.exists() && snap.data().voice_enrolled;
+          $("#voice-status").textContent = enrolled ? `enrolled (${snap.data().samples} samples)` : "not enrolled";
+          $("#voice-status").dataset.enrolled = String(Boolean(enrolled));
+        },
+        (err) => notice(`Live voice status unavailable: ${err.code}`, "error"),
+      ),
+    );
+    this.refresh();
+  }
+
+  async refresh() {
+    try {
+      const [{ locks }, { invitations }] = await Promise.all([
+        this.api("GET", "/devices/locks"),
+        this.api("GET", "/devices/invitations"),
+      ]);
+      this.renderInvitations(invitations);
+      this.renderLocks(locks);
+    } catch (err) {
+      notice(`Could not load your locks: ${err.message}`, "error");
+    }
+  }
+
+  renderInvitations(invitations) {
+    $("#invitations-section").hidden = invitations.length === 0;
+    $("#invitations").replaceChildren(
+      ...invitations.map((inv) => {
+        const li = document.createElement("li");
+        li.textContent = `${inv.lock.name} as ${inv.role} `;
+        for (const answer of ["accept", "decline"]) {
+          const b = document.createElement("button");
+          b.textContent = answer;
+          b.addEventListener("click", async () => {
+            try {
+              await this.api("POST", `/devices/invitations/${inv.id}/${answer}`);
+              this.refresh();
+            } catch (err) {
+              notice(err.message, "error");
+            }
+          });
+          li.append(b);
+        }
+        return li;
+      }),
+    );
+  }
+
+  renderLocks(locks) {
+    const box = $("#locks");
+    box.replaceChildren();
+    for (const lock of locks) {
+      const card = $("#lock-template").content.firstElementChild.cloneNode(true);
+      card.dataset.lockId = lock.id;
+      $(".lock-name", card).textContent = lock.name;
+      $(".role", card).textContent = `you: ${lock.role}`;
+      this.showState(card, lock.state);
+      const admin = lock.role === "owner" || lock.role === "admin";
+      $(".pairing", card).hidden = lock.role !== "owner";
+      $(".members-box", card).hidden = !admin;
+      $(".unlock", card).addEventListener("click", () => this.command(card, lock.id, "unlock"));
+      $(".lock-button", card).addEventListener("click", () => this.command(card, lock.id, "lock"));
+      $(".pairing", card).addEventListener("click", () => this.pairingCode(card, lock.id));
+      $(".invite-form", card).addEventListener("submit", (e) => {
+        e.preventDefault();
+        this.invite(card, lock.id);
+      });
+      if (admin) this.loadMembers(card, lock.id);
+      box.append(card);
+      this.watch(card, lock.id);
+    }
+  }
+
+  showState(card, state) {
+    const door = $(".door", card);
+    door.textContent = state.state || "unknown";
+    door.dataset.state = state.state || "unknown";
+    $(".online", card).textContent = state.online ? "online" : "offline";
+    $(".battery", card).textContent = state.battery_pct == null ? "" : `battery ${state.battery_pct}%`;
+  }
+
+  watch(card, lockId) {
+    // the live view: the lock's document and its activity feed, read under the security rules
+    unsubscribers.push(
+      onSnapshot(
+        doc(this.db, "locks", lockId),
+        (snap) => snap.exists() && this.showState(card, snap.data()),
+        (err) => notice(`Live view of ${lockId} unavailable: ${err.code}`, "error"),
+      ),
+    );
+    const feed = query(collection(this.db, "locks", lockId, "activity"), orderBy("at", "desc"), limit(12));
+    unsubscribers.push(
+      onSnapshot(
+        feed,
+        (snap) => {
+          $(".activity", card).replaceChildren(
+            ...snap.docs.map((d) => {
+              const e = d.data();
+              const li = document.createElement("li");
+              li.dataset.kind = e.kind;
+              const detail = e.outcome ? `${e.outcome} (${e.reason})` : e.action || e.state || e.result || "";
+              li.textContent = `${e.at.slice(11, 19)} ${e.kind.replaceAll("_", " ")} ${detail}`;
+              return li;
+            }),
+          );
+        },
+        (err) => notice(`Activity of ${lockId} unavailable: ${err.code}`, "error"),
+      ),
+    );
+  }
+
+  async createLock(name) {
+    try {
+      const created = await this.api("POST", "/devices/locks", { name });
+      notice(`Created ${name}. Pairing code for the lock: ${created.provisioning.code}`);
+      $("#new-lock-name").value = "";
+      await this.refresh();
+      const card = document.querySelector(`[data-lock-id="${created.lock.id}"]`);
+      if (card) $(".pairing-code", card).textContent = created.provisioning.code;
+    } catch (err) {
+      notice(`Could not create the lock: ${err.message}`, "error");
+    }
+  }
+
+  async pairingCode(card, lockId) {
+    try {
+      const { code } = await this.api("POST", `/devices/locks/${lockId}/provisioning`);
+      $(".pairing-code", card).textContent = code;
+    } catch (err) {
+      notice(err.message, "error");
+    }
+  }
+
+  async command(card, lockId, action) {
+    try {
+      await this.api("POST", `/devices/locks/${lockId}/commands`, { action, idempotency_key: crypto.randomUUID() });
+      notice(`${action} sent to ${$(".lock-name", card).textContent}`);
+    } catch (err) {
+      notice(`${action} refused: ${err.message}`, "error");
+    }
+  }
+
+  async loadMembers(card, lockId) {
+    try {
+      const { members, invitations } = await this.api("GET", `/devices/locks/${lockId}/members`);
+      $(".members", card).replaceChildren(
+        ...members.map((m) => {
+          const li = document.createElement("li");
+          li.textContent = `${m.uid} ${m.role} ${describeAccess(m.access)}`;
+          return li;
+        }),
+        ...invitations.map((i) => {
+          const li = document.createElement("li");
+          li.textContent = `invited: ${i.email || i.uid} ${i.role} (until ${i.expires_at.slice(0, 10)})`;
+          return li;
+        }),
+      );
+    } catch (err) {
+      notice(err.message, "error");
+    }
+  }
+
+  async invite(card, lockId) {
+    try {
+      await this.api("POST", `/devices/locks/${lockId}/members`, {
+        email: $(".invite-email", card).value.trim(),
+        role: $(".invite-role", card).value,
+      });
+      this.loadMembers(card, lockId);
+    } catch (err) {
+      notice(`Invitation refused: ${err.message}`, "error");
+    }
+  }
+
+  async enroll() {
+    const progress = $("#enroll-progress");
+    const button = $("#enroll");
+    button.disabled = true;
+    let stream;
+    try {
+      stream = await navigator.mediaDevices.getUserMedia({
+        audio: { channelCount: 1, echoCancellation: false, noiseSuppression: false, autoGainControl: false },
+      });
+    } catch (err) {
+      notice(`Microphone refused (${err.name}): allow this site to use the microphone and try again.`, "error");
+      button.disabled = false;
+      return;
+    }
+    try {
+      const samples = [];
+      for (let i = 1; i <= SAMPLES; i++) {
+        progress.textContent = `Sample ${i} of ${SAMPLES}: say your sentence now…`;
+        samples.push({ wav_base64: await recordWav(stream, SAMPLE_SECONDS) });
+      }
+      progress.textContent = "Uploading…";
+      const result = await this.api("PUT", "/embed/enrollment", { samples });
+      progress.textContent = `Enrolled from ${result.samples} samples.`;
+      progress.dataset.done = "true";
+    } catch (err) {
+      progress.textContent = `Enrollment refused: ${err.message}`;
+      progress.dataset.done = "error";
+    } finally {
+      stream.getTracks().forEach((t) => t.stop());
+      button.disabled = false;
+    }
+  }
+
+  async forgetVoice() {
+    try {
+      await this.api("DELETE", "/embed/enrollment");
+      notice("Your voice data is deleted.");
+    } catch (err) {
+      notice(err.message, "error");
+    }
+  }
+}
+
+function describeAccess(access) {
+  const parts = [];
+  if (access.weekdays) parts.push(access.weekdays.join(","));
+  if (access.day_start_minute != null) {
+    const hm = (m) => `${String(Math.floor(m / 60)).padStart(2, "0")}:${String(m % 60).padStart(2, "0")}`;
+    parts.push(`${hm(access.day_start_minute)}-${hm(access.day_end_minute)} ${access.timezone || ""}`);
+  }
+  if (access.valid_until) parts.push(`until ${access.valid_until.slice(0, 16)}`);
+  if (access.expires_at) parts.push(`expires ${access.expires_at.slice(0, 16)}`);
+  return parts.join(" ");
+}
+
+// Record `seconds` of the microphone as a mono PCM16 WAV (base64), at the audio context's own rate.
+async function recordWav(stream, seconds) {
+  const ctx = new AudioContext();
+  await ctx.audioWorklet.addModule("/recorder.js");
+  const source = ctx.createMediaStreamSource(stream);
+  const node = new AudioWorkletNode(ctx, "recorder");
+  const chunks = [];
+  node.port.onmessage = (e) => chunks.push(e.data);
+  source.connect(node);
+  await new Promise((resolve) => setTimeout(resolve, seconds * 1000));
+  source.disconnect();
+  await ctx.close();
+  const length = chunks.reduce((n, c) => n + c.length, 0);
+  const pcm = new Int16Array(length);
+  let at = 0;
+  for (const c of chunks) {
+    for (let i = 0; i < c.length; i++) pcm[at++] = Math.max(-32768, Math.min(32767, Math.round(c[i] * 32767)));
+  }
+  return base64(wav(pcm, ctx.sampleRate));
+}
+
+function wav(pcm, rate) {
+  const header = new DataView(new ArrayBuffer(44));
+  const text = (offset, s) => [...s].forEach((ch, i) => header.setUint8(offset + i, ch.charCodeAt(0)));
+  text(0, "RIFF");
+  header.setUint32(4, 36 + pcm.byteLength, true);
+  text(8, "WAVE");
+  text(12, "fmt ");
+  header.setUint32(16, 16, true);
+  header.setUint16(20, 1, true);
+  header.setUint16(22, 1, true);
+  header.setUint32(24, rate, true);
+  header.setUint32(28, rate * 2, true);
+  header.setUint16(32, 2, true);
+  header.setUint16(34, 16, true);
+  text(36, "data");
+  header.setUint32(40, pcm.byteLength, true);
+  return new Blob([header, pcm]);
+}
+
+async function base64(blob) {
+  const bytes = new Uint8Array(await blob.arrayBuffer());
+  let s = "";
+  for (let i = 0; i < bytes.length; i += 0x8000) s += String.fromCharCode(...bytes.subarray(i, i + 0x8000));
+  return btoa(s);
+}
+
+start();

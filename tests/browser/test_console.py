@@ -1,0 +1,178 @@
+"""The web console in a real browser: Debian's Chromium, driven by playwright, against the whole stack.
+
+Chromium's fake microphone plays corpus speech (``--use-file-for-fake-audio-capture``), so "enroll my voice" records
+real speech through getUserMedia and the page's AudioWorklet. The live view is read by the Firebase JS SDK under
+the security rules. Screenshots of the key states go to ``.artefacts/console/`` (kept by CI as artefacts), with the
+measured delay between the lock's acknowledgement and the page showing the door unlocked.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from infra.local import stack
+from lockwise import audio
+from lockwise.voice.resample import resample
+
+pytestmark = [pytest.mark.browser, pytest.mark.timeout(600)]
+REPO = Path(__file__).resolve().parents[2]
+ARTEFACTS = REPO / ".artefacts" / "console"
+
+
+@pytest.fixture(scope="module")
+def env() -> Iterator[dict[str, str]]:
+    with stack.background() as stack_env:
+        yield stack_env
+
+
+@pytest.fixture(scope="module")
+def chromium() -> str:
+    path = shutil.which("chromium")
+    if path is None:
+        pytest.fail("Chromium is missing: ./dev test installs Debian's chromium (apt-get install chromium)")
+    return path
+
+
+def _speech(corpus: Path) -> list[Path]:
+    clips = []
+    for path in sorted((corpus / "allison").glob("en-*.wav"))[:40]:
+        clip = audio.parse_wav(path.read_bytes())
+        if audio.speech_seconds(clip.samples, clip.rate) >= 3.5:
+            clips.append(path)
+    return clips
+
+
+def _microphone(clips: list[Path], out: Path) -> Path:
+    """What the fake microphone plays (looped): several takes of one speaker, at 48 kHz."""
+    parts = []
+    for path in clips:
+        clip = audio.parse_wav(path.read_bytes())
+        parts += [resample(clip.samples, clip.rate, 48_000), np.zeros(12_000, dtype=np.float32)]
+    out.write_bytes(audio.to_wav(audio.Clip(np.concatenate(parts), 48_000)))
+    return out
+
+
+def test_the_console_signs_in_enrolls_by_microphone_and_shows_the_door_open(
+    env: dict[str, str], chromium: str, corpus: Path, tmp_path: Path
+) -> None:
+    from playwright.sync_api import expect, sync_playwright
+
+    from simlock.lock import SimulatedLock, provision
+
+    ARTEFACTS.mkdir(parents=True, exist_ok=True)
+    speech = _speech(corpus)
+    mic = _microphone(speech[:4], tmp_path / "microphone.wav")
+    url = env["LOCKWISE_CONSOLE_URL"]
+    measured: dict[str, Any] = {}
+    with sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=chromium,
+            args=[
+                "--no-sandbox",
+                "--use-fake-ui-for-media-stream",
+                "--use-fake-device-for-media-stream",
+                f"--use-file-for-fake-audio-capture={mic}",
+            ],
+        )
+        page = browser.new_page(viewport={"width": 1100, "height": 900})
+        page.goto(url)
+        stamp = int(time.time() * 1000)
+        page.fill("#email", f"owner-{stamp}@example.com")
+        page.fill("#password", "correct horse battery")
+        page.click("#sign-up-button")
+        expect(page.locator("#signed-in")).to_be_visible(timeout=15_000)
+        expect(page.locator("#voice-status")).to_have_text("not enrolled", timeout=15_000)
+
+        page.fill("#new-lock-name", "Front door")
+        page.click("#new-lock-form button[type=submit]")
+        card = page.locator(".lock").first
+        expect(card.locator(".pairing-code")).not_to_be_empty(timeout=15_000)
+        code = card.locator(".pairing-code").inner_text().strip()
+        lock_id = card.get_attribute("data-lock-id")
+        assert lock_id
+        page.screenshot(path=str(ARTEFACTS / "1-lock-created.png"))
+
+        page.click("#enroll")
+        expect(page.locator("#enroll-progress")).to_have_attribute("data-done", "true", timeout=60_000)
+        expect(page.locator("#voice-status")).to_contain_text("enrolled (3 samples)", timeout=15_000)
+        page.screenshot(path=str(ARTEFACTS / "2-voice-enrolled.png"))
+
+        lock = SimulatedLock(provision(env["LOCKWISE_DEVICES_URL"], code, env["MQTT_CA_FILE"]))
+        lock.start()
+        try:
+            expect(card.locator(".online")).to_have_text("online", timeout=15_000)
+            # the lock hears the owner (a take the microphone never played) and opens
+            page.evaluate(
+                """() => { window.unlockedAt = null;
+                  new MutationObserver(() => {
+                    if (!window.unlockedAt && document.querySelector('.door[data-state="unlocked"]'))
+                      window.unlockedAt = performance.now();
+                  }).observe(document.body, {subtree: true, attributes: true, childList: true}); }"""
+            )
+            answer = lock.hear(env["LOCKWISE_VERIFY_URL"], speech[6].read_bytes(), again=speech[7].read_bytes())
+            acked_at = page.evaluate("performance.now()")
+            assert answer["decision"] == "accepted", answer
+            expect(card.locator(".door")).to_have_attribute("data-state", "unlocked", timeout=15_000)
+            measured["ack_to_page_ms"] = round(page.evaluate("window.unlockedAt") - acked_at, 1)
+            expect(card.locator(".activity li[data-kind=voice_attempt]").first).to_contain_text("accepted")
+            page.screenshot(path=str(ARTEFACTS / "3-door-unlocked.png"))
+
+            # the lock button: a command through the relay, executed and reported back to the page
+            card.locator(".lock-button").click()
+            expect(card.locator(".door")).to_have_attribute("data-state", "locked", timeout=15_000)
+            assert lock.executed[-1].action == "lock"
+        finally:
+            lock.stop()
+
+        # a second user sees no lock, and the rules refuse the owner's lock to their SDK
+        other = browser.new_context().new_page()
+        other.goto(url)
+        other.fill("#email", f"neighbour-{stamp}@example.com")
+        other.fill("#password", "another good password")
+        other.click("#sign-up-button")
+        expect(other.locator("#signed-in")).to_be_visible(timeout=15_000)
+        expect(other.locator("#voice-status")).to_have_text("not enrolled", timeout=15_000)
+        assert other.locator(".lock").count() == 0
+        denied = other.evaluate(
+            """async (lockId) => {
+              const sdk = await import('/vendor/firebase.js');
+              const db = sdk.getFirestore(sdk.getApp());
+              const read = (ref) => new Promise((resolve) => {
+                const stop = sdk.onSnapshot(ref, () => { stop(); resolve('read'); }, (e) => resolve(e.code));
+              });
+              return [await read(sdk.doc(db, 'locks', lockId)),
+                      await read(sdk.collection(db, 'locks', lockId, 'activity'))];
+            }""",
+            lock_id,
+        )
+        assert denied == ["permission-denied", "permission-denied"]
+        other.screenshot(path=str(ARTEFACTS / "4-neighbour-sees-nothing.png"))
+        browser.close()
+    (ARTEFACTS / "measured.json").write_text(json.dumps(measured, indent=2) + "\n")
+    for name in ("1-lock-created", "2-voice-enrolled", "3-door-unlocked", "4-neighbour-sees-nothing"):
+        assert (ARTEFACTS / f"{name}.png").stat().st_size > 10_000
+
+
+def test_the_console_says_what_to_do_when_the_microphone_is_refused(env: dict[str, str], chromium: str) -> None:
+    from playwright.sync_api import expect, sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox", "--deny-permission-prompts"])
+        page = browser.new_page()
+        page.goto(env["LOCKWISE_CONSOLE_URL"])
+        page.fill("#email", f"nomic-{int(time.time() * 1000)}@example.com")
+        page.fill("#password", "correct horse battery")
+        page.click("#sign-up-button")
+        expect(page.locator("#signed-in")).to_be_visible(timeout=15_000)
+        page.click("#enroll")
+        expect(page.locator("#notice")).to_contain_text("Microphone refused", timeout=15_000)
+        expect(page.locator("#notice")).to_have_attribute("data-kind", "error")
+        browser.close()
