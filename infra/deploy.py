@@ -311,7 +311,7 @@ def firebase(t: Target) -> list[Command]:
             "--config",
             str(REPO / "firebase.json"),
             "--non-interactive",
-        ]
+        ],
     ]
 
 
