@@ -33,6 +33,9 @@ def voice_env(stack_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Ite
     from lockwise.config import get_settings
 
     monkeypatch.setenv("LOCKWISE_LOCKOUT_BASE_S", str(LOCKOUT_BASE_S))
+    # these tests send one take many times to check the decision and the lockout; remembering attempts (and
+    # refusing their replays) is tested in test_replay.py
+    monkeypatch.setenv("LOCKWISE_REPLAY_MEMORY_HOURS", "0")
     get_settings.cache_clear()
     yield stack_env
 
@@ -48,6 +51,8 @@ def world(clients: dict[str, Any], sign_up: Any) -> World:
 
 
 VOICE = speech_like(3.0, f0=140, seed=1)
+#: the same person at the door: another take, never one of the enrollment samples (that would be a replay)
+TAKE = speech_like(3.0, f0=150, seed=2)
 
 
 def enroll(clients: dict[str, Any], account: dict[str, Any], voice: Any = VOICE) -> Any:
@@ -114,7 +119,7 @@ def test_enroll_then_verify_the_same_voice_unlocks(clients: dict[str, Any], worl
     assert resp.status_code == 201, resp.get_json()
     status = resp.get_json()
     assert status["enrolled"] and not status["needs_reenrollment"] and status["samples"] == 3
-    resp = signed_verify(clients, world, wav(VOICE))
+    resp = signed_verify(clients, world, wav(TAKE))
     assert resp.status_code == 200, resp.get_json()
     result = resp.get_json()
     assert result["decision"] == "accepted" and result["member_uid"] == world.uid("member")
@@ -146,17 +151,17 @@ def test_a_voice_is_never_scored_at_a_lock_its_owner_has_not_accepted(
         headers=world.headers("owner"),
     )
     assert invited.status_code == 202
-    result = signed_verify(clients, world, wav(VOICE)).get_json()
+    result = signed_verify(clients, world, wav(TAKE)).get_json()
     assert result["decision"] == "rejected" and result["reason"] == "no_candidates"
     invitation = invited.get_json()["invitation"]["id"]
     assert (
         clients["devices"].post(f"/devices/invitations/{invitation}/decline", headers=bearer(victim)).status_code == 204
     )
-    result = signed_verify(clients, world, wav(VOICE)).get_json()
+    result = signed_verify(clients, world, wav(TAKE)).get_json()
     assert result["decision"] == "rejected" and result["reason"] == "no_candidates"
     # with consent the same voice is a candidate (the check above is not blind)
     join(clients["devices"], world.lock_id, world.accounts["owner"], victim, {"role": "member"})
-    result = signed_verify(clients, world, wav(VOICE)).get_json()
+    result = signed_verify(clients, world, wav(TAKE)).get_json()
     assert result["decision"] == "accepted" and result["member_uid"] == victim["localId"]
 
 
@@ -168,8 +173,8 @@ def test_a_lock_threshold_cannot_open_the_door_to_any_voice(clients: dict[str, A
     assert clients["devices"].patch(path, json={"voice_threshold": 0}, headers=owner).status_code == 200
     assert enroll(clients, world.accounts["member"]).status_code == 201
     floor = CALIBRATIONS["ecapa-tdnn"].floor
-    aim_voiceprint(world.uid("member"), VOICE, cosine=floor / 2)  # above the lock's 0, below the floor
-    result = signed_verify(clients, world, wav(VOICE)).get_json()
+    aim_voiceprint(world.uid("member"), TAKE, cosine=floor / 2)  # above the lock's 0, below the floor
+    result = signed_verify(clients, world, wav(TAKE)).get_json()
     assert result["decision"] == "rejected" and result["reason"] == "below_threshold"
     score, threshold = scored(result["attempt_id"])
     assert score == pytest.approx(floor / 2, abs=1e-3) and threshold == pytest.approx(floor)
@@ -177,7 +182,7 @@ def test_a_lock_threshold_cannot_open_the_door_to_any_voice(clients: dict[str, A
 
 def test_raw_pcm_and_json_bodies_are_accepted_too(clients: dict[str, Any], world: World) -> None:
     assert enroll(clients, world.accounts["owner"]).status_code == 201
-    resp = signed_verify(clients, world, pcm16(VOICE), "application/octet-stream", sample_rate="44100")
+    resp = signed_verify(clients, world, pcm16(TAKE), "application/octet-stream", sample_rate="44100")
     assert resp.get_json()["decision"] == "accepted"
     # the sample rate is signed: changing it in transit breaks the signature
     signed = lock_auth.sign_headers(
@@ -185,23 +190,23 @@ def test_raw_pcm_and_json_bodies_are_accepted_too(clients: dict[str, Any], world
         world.lock_id,
         "POST",
         "/verify",
-        pcm16(VOICE),
+        pcm16(TAKE),
         content_type="application/octet-stream",
         sample_rate="44100",
     )
     signed["X-Sample-Rate"] = "22050"
-    resp = clients["verify"].post("/verify", data=pcm16(VOICE), headers=signed)
+    resp = clients["verify"].post("/verify", data=pcm16(TAKE), headers=signed)
     assert resp.status_code == 401 and resp.get_json()["error"]["code"] == "bad_lock_signature"
     import json
 
-    body = json.dumps(pcm_json(VOICE)).encode()
+    body = json.dumps(pcm_json(TAKE)).encode()
     assert signed_verify(clients, world, body, "application/json").get_json()["decision"] == "accepted"
 
 
 def test_a_different_voiceprint_is_rejected(clients: dict[str, Any], world: World) -> None:
     assert enroll(clients, world.accounts["owner"]).status_code == 201
     negate_voiceprint(world.uid("owner"))
-    result = signed_verify(clients, world, wav(VOICE)).get_json()
+    result = signed_verify(clients, world, wav(TAKE)).get_json()
     assert result["decision"] == "rejected" and result["reason"] == "below_threshold"
     assert scored(result["attempt_id"])[0] < -0.9 and "grant" not in result and "member_uid" not in result
     assert "score" not in result and "threshold" not in result
@@ -213,13 +218,13 @@ def test_lockout_engages_on_the_sixth_attempt_and_releases_on_time(clients: dict
     assert enroll(clients, world.accounts["owner"]).status_code == 201
     negate_voiceprint(world.uid("owner"))
     for _ in range(5):
-        assert signed_verify(clients, world, wav(VOICE)).get_json()["decision"] == "rejected"
-    sixth = signed_verify(clients, world, wav(VOICE))
+        assert signed_verify(clients, world, wav(TAKE)).get_json()["decision"] == "rejected"
+    sixth = signed_verify(clients, world, wav(TAKE))
     assert sixth.status_code == 429 and sixth.get_json()["error"]["code"] == "voice_locked_out"
     assert 1 <= int(sixth.headers["Retry-After"]) <= LOCKOUT_BASE_S
     time.sleep(LOCKOUT_BASE_S + 0.2)
-    assert signed_verify(clients, world, wav(VOICE)).get_json()["decision"] == "rejected"  # allowed again...
-    doubled = signed_verify(clients, world, wav(VOICE))  # ... and that failure doubled the lockout
+    assert signed_verify(clients, world, wav(TAKE)).get_json()["decision"] == "rejected"  # allowed again...
+    doubled = signed_verify(clients, world, wav(TAKE))  # ... and that failure doubled the lockout
     assert doubled.status_code == 429 and int(doubled.headers["Retry-After"]) > LOCKOUT_BASE_S
     assert [o for o, _ in attempts(world)] == ["rejected"] * 5 + ["refused", "rejected", "refused"]
     # the owner ends it
@@ -235,7 +240,7 @@ def test_lockout_engages_on_the_sixth_attempt_and_releases_on_time(clients: dict
         .status_code
         == 204
     )
-    assert signed_verify(clients, world, wav(VOICE)).get_json()["decision"] == "rejected"
+    assert signed_verify(clients, world, wav(TAKE)).get_json()["decision"] == "rejected"
 
 
 def test_an_owners_resets_do_not_buy_more_than_the_daily_ceiling_of_guesses(
@@ -255,7 +260,7 @@ def test_an_owners_resets_do_not_buy_more_than_the_daily_ceiling_of_guesses(
     guesses = 0
     for _ in range(4):  # bursts of three, each ended by an owner's reset: the lockout alone would allow forever
         for _ in range(3):
-            resp = signed_verify(clients, world, wav(VOICE))
+            resp = signed_verify(clients, world, wav(TAKE))
             if resp.status_code == 200:
                 assert resp.get_json()["decision"] == "rejected"
                 guesses += 1
@@ -264,7 +269,7 @@ def test_an_owners_resets_do_not_buy_more_than_the_daily_ceiling_of_guesses(
         )
         assert reset.status_code == 204
     assert guesses == 7
-    refused = signed_verify(clients, world, wav(VOICE))
+    refused = signed_verify(clients, world, wav(TAKE))
     assert refused.status_code == 429 and refused.get_json()["error"]["code"] == "voice_daily_limit"
     assert 23 * 3600 < int(refused.headers["Retry-After"]) <= 24 * 3600
     unlock = clients["devices"].post(
@@ -275,9 +280,9 @@ def test_an_owners_resets_do_not_buy_more_than_the_daily_ceiling_of_guesses(
 
 def test_deleting_voice_data_removes_the_scores_it_produced(clients: dict[str, Any], world: World) -> None:
     assert enroll(clients, world.accounts["member"]).status_code == 201
-    accepted = signed_verify(clients, world, wav(VOICE)).get_json()
+    accepted = signed_verify(clients, world, wav(TAKE)).get_json()
     negate_voiceprint(world.uid("member"))
-    rejected = signed_verify(clients, world, wav(VOICE)).get_json()
+    rejected = signed_verify(clients, world, wav(TAKE)).get_json()
     assert (accepted["decision"], rejected["decision"]) == ("accepted", "rejected")
     deleted = clients["embed"].delete("/embed/enrollment", headers=world.headers("member"))
     assert deleted.status_code == 204
@@ -317,17 +322,17 @@ def test_default_lockout_is_thirty_seconds_doubling() -> None:
 
 def test_revoked_member_is_rejected_at_once(clients: dict[str, Any], world: World) -> None:
     assert enroll(clients, world.accounts["member"]).status_code == 201
-    assert signed_verify(clients, world, wav(VOICE)).get_json()["decision"] == "accepted"
+    assert signed_verify(clients, world, wav(TAKE)).get_json()["decision"] == "accepted"
     clients["devices"].delete(
         f"/devices/locks/{world.lock_id}/members/{world.uid('member')}", headers=world.headers("owner")
     )
-    result = signed_verify(clients, world, wav(VOICE)).get_json()
+    result = signed_verify(clients, world, wav(TAKE)).get_json()
     assert result["decision"] == "rejected" and result["reason"] == "no_candidates"
 
 
 def test_guest_outside_window_is_not_a_candidate(clients: dict[str, Any], world: World) -> None:
     assert enroll(clients, world.accounts["guest_out"]).status_code == 201
-    result = signed_verify(clients, world, wav(VOICE)).get_json()
+    result = signed_verify(clients, world, wav(TAKE)).get_json()
     assert result["decision"] == "rejected" and result["reason"] == "no_candidates"
 
 
@@ -335,7 +340,7 @@ def test_stale_model_voiceprint_is_not_compared(clients: dict[str, Any], world: 
     assert enroll(clients, world.accounts["owner"]).status_code == 201
     with get_runtime("verify").db.transaction() as con:
         con.run("UPDATE voiceprints SET model_id = 'ecapa-0000000000000000' WHERE user_uid = :u", u=world.uid("owner"))
-    result = signed_verify(clients, world, wav(VOICE)).get_json()
+    result = signed_verify(clients, world, wav(TAKE)).get_json()
     assert result["decision"] == "rejected" and result["reason"] == "no_candidates" and result["stale_voiceprints"] == 1
     status = clients["embed"].get("/embed/enrollment", headers=world.headers("owner")).get_json()
     assert status["enrolled"] and status["needs_reenrollment"]
@@ -358,13 +363,13 @@ def test_deleting_voice_data_removes_every_row(
 def test_enrollment_samples_are_checked(clients: dict[str, Any], world: World, monkeypatch: pytest.MonkeyPatch) -> None:
     owner = world.accounts["owner"]
     put = clients["embed"].put
-    resp = put("/embed/enrollment", json={"samples": [pcm_json(VOICE)] * 2}, headers=bearer(owner))
+    resp = put("/embed/enrollment", json={"samples": [pcm_json(TAKE)] * 2}, headers=bearer(owner))
     assert resp.status_code == 400 and resp.get_json()["error"]["code"] == "wrong_sample_count"
-    bad = [pcm_json(VOICE), pcm_json(VOICE), pcm_json(VOICE[:44100])]
+    bad = [pcm_json(TAKE), pcm_json(TAKE), pcm_json(VOICE[:44100])]
     resp = put("/embed/enrollment", json={"samples": bad}, headers=bearer(owner))
     error = resp.get_json()["error"]
     assert resp.status_code == 422 and error["code"] == "too_short" and error["details"]["sample"] == 2
-    assert put("/embed/enrollment", json={"samples": [pcm_json(VOICE)] * 3}).status_code == 401
+    assert put("/embed/enrollment", json={"samples": [pcm_json(TAKE)] * 3}).status_code == 401
 
 
 def test_enrollment_samples_that_disagree_name_the_outlier(
@@ -378,7 +383,7 @@ def test_enrollment_samples_that_disagree_name_the_outlier(
     runtime.cache_clear()
     embed = make_client("embed")
     other = speech_like(3.0, f0=220, seed=9)
-    samples = [pcm_json(VOICE), pcm_json(VOICE), pcm_json(other)]
+    samples = [pcm_json(TAKE), pcm_json(TAKE), pcm_json(other)]
     resp = embed.put("/embed/enrollment", json={"samples": samples}, headers=bearer(sign_up()))
     error = resp.get_json()["error"]
     assert resp.status_code == 422 and error["code"] == "samples_disagree" and error["details"]["sample"] == 2
@@ -388,7 +393,7 @@ def test_enrollment_samples_that_disagree_name_the_outlier(
     ("body", "ctype", "status", "code"),
     [
         (b"", "audio/wav", 400, "empty_audio"),
-        (pcm16(VOICE) + b"\0", "application/octet-stream", 400, "odd_byte_count"),
+        (pcm16(TAKE) + b"\0", "application/octet-stream", 400, "odd_byte_count"),
         (b"RIFFxxxxWAVEjunkjunk", "audio/wav", 400, "malformed_wav"),
         (wav(VOICE[:22050]), "audio/wav", 422, "too_short"),
         (wav(np.tile(VOICE, 6)), "audio/wav", 422, "too_long"),
@@ -413,7 +418,7 @@ def test_oversized_body_is_refused_before_reading(clients: dict[str, Any], world
 
 
 def test_verify_needs_a_lock_signature_and_refuses_replays(clients: dict[str, Any], world: World) -> None:
-    body = wav(VOICE)
+    body = wav(TAKE)
     resp = clients["verify"].post("/verify", data=body, content_type="audio/wav")
     assert resp.status_code == 401 and resp.get_json()["error"]["code"] == "missing_lock_signature"
     signed = lock_auth.sign_headers(world.lock_key, world.lock_id, "POST", "/verify", body, content_type="audio/wav")
@@ -428,19 +433,17 @@ def test_verify_needs_a_lock_signature_and_refuses_replays(clients: dict[str, An
 
 def test_original_contracts_for_service_callers(clients: dict[str, Any], voice_env: dict[str, str]) -> None:
     service = {"X-LockWise-Service-Token": voice_env["LOCKWISE_SERVICE_TOKEN"]}
-    resp = clients["embed"].post("/embed", json=pcm_json(VOICE), headers=service)
+    resp = clients["embed"].post("/embed", json=pcm_json(TAKE), headers=service)
     assert resp.status_code == 200, resp.get_json()
     vector = scoring.from_bytes(base64.b64decode(resp.get_json()["embedding"]), 192)[0]
     assert abs(float(np.linalg.norm(vector)) - 1) < 1e-5
-    assert clients["embed"].post("/embed", json=pcm_json(VOICE)).status_code == 401
+    assert clients["embed"].post("/embed", json=pcm_json(TAKE)).status_code == 401
     candidates = [base64.b64encode(scoring.to_bytes(-vector)).decode(), resp.get_json()["embedding"]]
     resp = clients["verify"].post(
-        "/verify/candidates", json={**pcm_json(VOICE), "candidates": candidates}, headers=service
+        "/verify/candidates", json={**pcm_json(TAKE), "candidates": candidates}, headers=service
     )
     assert resp.status_code == 200 and resp.get_json()["best_index"] == 1 and resp.get_json()["score"] > 0.99
-    bad = clients["verify"].post(
-        "/verify/candidates", json={**pcm_json(VOICE), "candidates": ["AAAA"]}, headers=service
-    )
+    bad = clients["verify"].post("/verify/candidates", json={**pcm_json(TAKE), "candidates": ["AAAA"]}, headers=service)
     assert bad.status_code == 400 and bad.get_json()["error"]["code"] == "invalid_candidates"
 
 
@@ -448,7 +451,7 @@ def test_attempts_reach_the_activity_feed_without_biometrics(
     clients: dict[str, Any], world: World, voice_env: dict[str, str]
 ) -> None:
     assert enroll(clients, world.accounts["owner"]).status_code == 201
-    signed_verify(clients, world, wav(VOICE))
+    signed_verify(clients, world, wav(TAKE))
     client = firestore_client(PROJECT_ID, voice_env["FIRESTORE_EMULATOR_HOST"])
     voice: list[dict[str, Any]] = []
     deadline = time.monotonic() + 10  # verify flushes the mirror in the background
@@ -491,7 +494,7 @@ def test_a_voice_just_under_the_threshold_is_asked_again_and_both_utterances_dec
     assert clients["verify"].get("/verify/health").status_code == 200
     assert enroll(clients, world.accounts["member"]).status_code == 201
     scorer = Scorer(cohort.load(folder, encoder.model_id, encoder.dim))
-    probe = scoring.normalise(encoder.embed(audio.parse_wav(wav(VOICE)).samples, 44100))
+    probe = scoring.normalise(encoder.embed(audio.parse_wav(wav(TAKE)).samples, 44100))
     uid = world.uid("member")
 
     def aim(normalised: float) -> None:
@@ -500,7 +503,7 @@ def test_a_voice_just_under_the_threshold_is_asked_again_and_both_utterances_dec
         lo, hi = -0.99, 0.9999
         for _ in range(60):
             mid = (lo + hi) / 2
-            aim_voiceprint(uid, VOICE, cosine=mid)
+            aim_voiceprint(uid, TAKE, cosine=mid)
             with get_runtime("verify").db.connection() as con:
                 ((data,),) = con.run("SELECT embedding FROM voiceprints WHERE user_uid = :u", u=uid)
             _, score = scorer.scores(probe, scoring.from_bytes(bytes(data), encoder.dim))
@@ -508,7 +511,7 @@ def test_a_voice_just_under_the_threshold_is_asked_again_and_both_utterances_dec
         assert abs(float(score[0]) - normalised) < 0.01
 
     def verify(follow_up: str | None = None) -> dict[str, Any]:
-        body = wav(VOICE)
+        body = wav(TAKE)
         path = "/verify" + (f"?follow_up={follow_up}" if follow_up else "")
         signed = lock_auth.sign_headers(world.lock_key, world.lock_id, "POST", path, body, content_type="audio/wav")
         resp = clients["verify"].post(path, data=body, headers=signed)
@@ -532,7 +535,7 @@ def test_a_voice_just_under_the_threshold_is_asked_again_and_both_utterances_dec
     assert (last["decision"], last["reason"]) == ("rejected", "below_threshold")
     aim(threshold - 2.5)  # far under: rejected outright
     assert verify()["reason"] == "below_threshold"
-    body = wav(VOICE)
+    body = wav(TAKE)
     bad = lock_auth.sign_headers(
         world.lock_key, world.lock_id, "POST", "/verify?follow_up=nope", body, content_type="audio/wav"
     )
