@@ -313,3 +313,16 @@ def no_lazy_speechbrain_modules() -> Iterator[None]:
         del sys.modules[name]
     yield
     sys.modules.update(lazy)
+
+
+@pytest.fixture
+def ge2e_env(stack_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:
+    """The stack with no model directory configured: the functions fall back to GE2E (real weights, real speech).
+    Lockout is raised out of the way: several strangers in a row would (rightly) lock voice unlock, and each
+    decision is what those tests measure."""
+    from lockwise.config import get_settings
+
+    monkeypatch.delenv("LOCKWISE_MODEL_DIR")
+    monkeypatch.setenv("LOCKWISE_LOCKOUT_AFTER", "50")
+    get_settings.cache_clear()
+    yield {k: v for k, v in stack_env.items() if k != "LOCKWISE_MODEL_DIR"}

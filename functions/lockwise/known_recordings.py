@@ -56,7 +56,7 @@ def at_lock(con: Connection, lock_id: str, uids: Sequence[str]) -> list[fingerpr
 
 
 def is_replay(probe: fingerprint.Landmarks, known: Sequence[fingerprint.Landmarks]) -> bool:
-    return bool(len(known)) and bool(np.max(fingerprint.match_scores(probe, known)) >= fingerprint.REPLAY_Z)
+    return bool(np.any(fingerprint.match_scores(probe, known) >= fingerprint.REPLAY_Z))
 
 
 def forget_speaker(con: Connection, uid: str) -> None:

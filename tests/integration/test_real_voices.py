@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -140,18 +139,6 @@ def test_enrollment_floors_hold_on_the_subset(report: dict[str, Any]) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ over HTTP
-
-
-@pytest.fixture
-def ge2e_env(stack_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:
-    """The stack with no model directory configured: the functions fall back to GE2E. Lockout is raised out of
-    the way: six strangers in a row would (rightly) lock voice unlock, and each decision is what is measured here."""
-    from lockwise.config import get_settings
-
-    monkeypatch.delenv("LOCKWISE_MODEL_DIR")
-    monkeypatch.setenv("LOCKWISE_LOCKOUT_AFTER", "50")
-    get_settings.cache_clear()
-    yield {k: v for k, v in stack_env.items() if k != "LOCKWISE_MODEL_DIR"}
 
 
 def _samples(path: Path) -> tuple[Any, int]:

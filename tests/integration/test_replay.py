@@ -9,7 +9,6 @@ over HTTP, keeps the fingerprints no longer than it says, and deletes them with 
 from __future__ import annotations
 
 import base64
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -70,16 +69,6 @@ def test_a_fingerprint_holds_no_audio_and_survives_storage(clips: list[replay.Cl
 
 
 # ------------------------------------------------------------------------------------------------ over HTTP
-
-
-@pytest.fixture
-def ge2e_env(stack_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:
-    from lockwise.config import get_settings
-
-    monkeypatch.delenv("LOCKWISE_MODEL_DIR")
-    monkeypatch.setenv("LOCKWISE_LOCKOUT_AFTER", "50")
-    get_settings.cache_clear()
-    yield {k: v for k, v in stack_env.items() if k != "LOCKWISE_MODEL_DIR"}
 
 
 def _wav(samples: Any, rate: int) -> bytes:
