@@ -4,7 +4,9 @@
 
 * app ``POST /commands`` -> lock receipt, and -> ack recorded in PostgreSQL (p50/p95/p99), next to a plain MQTT
   round trip (publish to the lock topic -> lock receipt -> ack received by the publisher) on the same broker;
-* lock events forwarded per second through the relay into PostgreSQL, next to a plain MQTT subscriber.
+* lock state reports from ``--locks`` locks at once, per second through the relay into PostgreSQL and the Firestore
+  mirror (timed until the last is applied and mirrored), next to a plain MQTT subscriber on the same broker; then
+  counts the state entries in the locks' Firestore feeds: each report applied once, none lost or doubled.
 """
 
 from __future__ import annotations
@@ -15,17 +17,21 @@ import ssl
 import threading
 import time
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
 import requests
+from google.cloud.firestore_v1.base_query import FieldFilter
 from paho.mqtt.enums import CallbackAPIVersion
 
 from bench.common import local_stack, machine, out, slot_files, summary, table
 from infra.deploy_config import RELAY_SLOTS
 from lockwise import topics
 from lockwise.db import Database
+from lockwise.firestore import make_client as firestore_client
+from mqtt_relay.sessions import no_delay
 from simlock.lock import SimulatedLock, provision
 
 
@@ -70,25 +76,33 @@ def relay_peer(env: dict[str, str], secrets_path: Path) -> mqtt.Client:
     client.tls_set(
         ca_certs=env["MQTT_CA_FILE"], certfile=certfile, keyfile=keyfile, tls_version=ssl.PROTOCOL_TLS_CLIENT
     )
+    client.on_socket_open = no_delay  # as the relay and the locks do
     client.connect(env["MQTT_HOST"], int(env["MQTT_PORT"]))
     client.loop_start()
     return client
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--commands", type=int, default=200)
-    parser.add_argument("--events", type=int, default=2000)
-    args = parser.parse_args(argv)
-    with local_stack() as env:
-        state_dir = Path(env["MQTT_CA_FILE"]).parents[2]
-        db = Database(env["DATABASE_URL"])
-        account = sign_up(env["FIREBASE_AUTH_EMULATOR_HOST"])
-        headers = {"Authorization": f"Bearer {account['idToken']}"}
-        devices = env["LOCKWISE_DEVICES_URL"]
-        created = requests.post(f"{devices}/devices/locks", json={"name": "Bench"}, headers=headers, timeout=10).json()
-        config = provision(devices, created["provisioning"]["code"], env["MQTT_CA_FILE"], host="127.0.0.1")
-        lock_id = created["lock"]["id"]
+@dataclass
+class RelayResult:
+    receipt: dict[str, float]
+    acked: dict[str, float]
+    plain_rt: dict[str, float]
+    relay_rate: float
+    plain_rate: float
+    events: int
+    locks: int
+    applied: int  # state entries in the Firestore activity feeds: each event applied once, none lost or doubled
+    rejected: int
+
+
+def paired_locks(env: dict[str, str], headers: dict[str, str], n: int) -> list[tuple[str, TimedLock]]:
+    """``n`` locks paired through the API, each connected to the broker with its own certificate."""
+    devices = env["LOCKWISE_DEVICES_URL"]
+    locks = []
+    for i in range(n):
+        created = requests.post(f"{devices}/devices/locks", json={"name": f"Bench {i}"}, headers=headers, timeout=10)
+        body = created.json()
+        config = provision(devices, body["provisioning"]["code"], env["MQTT_CA_FILE"], host="127.0.0.1")
         lock = TimedLock(config)
         deadline = time.monotonic() + 20
         while True:  # the broker account sidecar needs a moment to write the new account
@@ -98,102 +112,176 @@ def main(argv: list[str] | None = None) -> int:
             except ConnectionError:
                 if time.monotonic() > deadline:
                     raise
-        session = requests.Session()
-        receipt, acked = [], []
-        listener = db.connect()
-        for i in range(args.commands):
-            t0 = time.perf_counter()
-            wall0 = time.time()
-            resp = session.post(
-                f"{devices}/devices/locks/{lock_id}/commands",
-                json={"action": "unlock" if i % 2 else "lock"},
-                headers=headers,
-                timeout=10,
-            )
-            command_id = resp.json()["command"]["id"]
-            while True:
-                row = listener.run(
-                    "SELECT EXTRACT(EPOCH FROM acked_at) FROM commands WHERE id = CAST(:i AS uuid)", i=command_id
-                )
-                if row and row[0][0] is not None:
-                    acked.append((float(row[0][0]) - wall0) * 1000)
-                    break
-                if time.perf_counter() - t0 > 10:
-                    raise RuntimeError(f"command {command_id} not acked in 10 s")
-                time.sleep(0.002)
-            receipt.append((lock.arrived[command_id] - t0) * 1000)
+        locks.append((body["lock"]["id"], lock))
+    return locks
 
-        # plain path: publish straight to the lock's topic and wait for its ack on the same broker
-        plain = relay_peer(env, state_dir / "secrets.json")
-        got_ack = threading.Event()
-        plain.on_message = lambda _c, _u, _m: got_ack.set()
-        plain.subscribe(topics.acks(lock_id), qos=1)
-        time.sleep(0.5)
-        plain_rt = []
-        with db.connection() as con:
-            payloads = [r[0] for r in con.run("SELECT payload FROM commands ORDER BY created_at DESC LIMIT 1")]
-        # the lock refuses a repeated nonce but still acknowledges it: a fair echo of the same work on the lock
-        for _ in range(args.commands):
-            got_ack.clear()
-            t0 = time.perf_counter()
-            plain.publish(topics.commands(lock_id), payloads[0], qos=1)
-            if not got_ack.wait(5):
-                raise RuntimeError("plain MQTT round trip timed out")
-            plain_rt.append((time.perf_counter() - t0) * 1000)
-        plain.unsubscribe(topics.acks(lock_id))
 
-        # events: the lock floods state reports; the relay forwards them into PostgreSQL
-        relay_url = env["LOCKWISE_RELAY_HEALTH_URL"]
-        before = requests.get(relay_url, timeout=5).json()["checks"]["forwarder"]["forwarded"]
-        counted = {"n": 0}
-        done = threading.Event()
+def state_entries(env: dict[str, str], locks: list[tuple[str, TimedLock]]) -> int:
+    """How many state entries the locks' Firestore activity feeds hold."""
+    feed = firestore_client(env["LOCKWISE_PROJECT_ID"], env["FIRESTORE_EMULATOR_HOST"])
+    kind_state = FieldFilter("kind", "==", "state")
+    return sum(
+        1 for lid, _ in locks for _doc in feed.collection(f"locks/{lid}/activity").where(filter=kind_state).stream()
+    )
 
-        def count(_c: mqtt.Client, _u: Any, _m: mqtt.MQTTMessage) -> None:
-            counted["n"] += 1
-            if counted["n"] >= args.events:
-                done.set()
 
-        plain.on_message = count
-        plain.subscribe(topics.state(lock_id), qos=1)
-        time.sleep(0.5)
+def wait_until(predicate: Any, timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise RuntimeError("timed out")
+        time.sleep(0.05)
+
+
+def measure(env: dict[str, str], commands: int, events: int, n_locks: int) -> RelayResult:
+    """Command round trips, then ``events`` state reports from ``n_locks`` locks at once, on a running stack."""
+    state_dir = Path(env["MQTT_CA_FILE"]).parents[2]
+    db = Database(env["DATABASE_URL"])
+    account = sign_up(env["FIREBASE_AUTH_EMULATOR_HOST"])
+    headers = {"Authorization": f"Bearer {account['idToken']}"}
+    devices = env["LOCKWISE_DEVICES_URL"]
+    locks = paired_locks(env, headers, n_locks)
+    lock_id, lock = locks[0]
+    session = requests.Session()
+    receipt, acked = [], []
+    listener = db.connect()
+    for i in range(commands):
         t0 = time.perf_counter()
-        for _ in range(args.events):
-            lock.publish_state()
-        done.wait(120)
-        plain_rate = args.events / (time.perf_counter() - t0)
-        while requests.get(relay_url, timeout=5).json()["checks"]["forwarder"]["forwarded"] - before < args.events:
-            if time.perf_counter() - t0 > 300:
-                raise RuntimeError("relay did not forward every event in 300 s")
-            time.sleep(0.05)
-        relay_rate = args.events / (time.perf_counter() - t0)
-        lock.stop()
-        plain.loop_stop()
-        listener.close()
-        db.close()
+        wall0 = time.time()
+        resp = session.post(
+            f"{devices}/devices/locks/{lock_id}/commands",
+            json={"action": "unlock" if i % 2 else "lock"},
+            headers=headers,
+            timeout=10,
+        )
+        command_id = resp.json()["command"]["id"]
+        while True:
+            row = listener.run(
+                "SELECT EXTRACT(EPOCH FROM acked_at) FROM commands WHERE id = CAST(:i AS uuid)", i=command_id
+            )
+            if row and row[0][0] is not None:
+                acked.append((float(row[0][0]) - wall0) * 1000)
+                break
+            if time.perf_counter() - t0 > 10:
+                raise RuntimeError(f"command {command_id} not acked in 10 s")
+            time.sleep(0.002)
+        receipt.append((lock.arrived[command_id] - t0) * 1000)
 
-    r, a, p = summary(receipt), summary(acked), summary(plain_rt)
+    # plain path: publish straight to the lock's topic and wait for its ack on the same broker
+    plain = relay_peer(env, state_dir / "secrets.json")
+    got_ack = threading.Event()
+    plain.on_message = lambda _c, _u, _m: got_ack.set()
+    plain.subscribe(topics.acks(lock.config.identity), qos=1)
+    time.sleep(0.5)
+    plain_rt = []
+    with db.connection() as con:
+        payloads = [r[0] for r in con.run("SELECT payload FROM commands ORDER BY created_at DESC LIMIT 1")]
+    # the lock refuses a repeated nonce but still acknowledges it: a fair echo of the same work on the lock
+    for _ in range(commands):
+        got_ack.clear()
+        t0 = time.perf_counter()
+        plain.publish(topics.commands(lock.config.identity), payloads[0], qos=1)
+        if not got_ack.wait(5):
+            raise RuntimeError("plain MQTT round trip timed out")
+        plain_rt.append((time.perf_counter() - t0) * 1000)
+    plain.unsubscribe(topics.acks(lock.config.identity))
+
+    # events: every lock floods state reports (distinct, increasing times); the relay forwards them into
+    # PostgreSQL and the Firestore mirror; a plain subscriber on the same broker counts the same messages
+    relay_url = env["LOCKWISE_RELAY_HEALTH_URL"]
+    before = requests.get(relay_url, timeout=5).json()["checks"]["forwarder"]
+    counted = {"n": 0}
+    done = threading.Event()
+
+    def count(_c: mqtt.Client, _u: Any, _m: mqtt.MQTTMessage) -> None:
+        counted["n"] += 1
+        if counted["n"] >= events:
+            done.set()
+
+    plain.on_message = count
+    plain.subscribe(topics.state("+"), qos=1)
+    like = [f"locks/{lid}%" for lid, _ in locks]
+    with db.connection() as con:  # the command phase's state reports mirrored first, then counted
+        wait_until(
+            lambda: con.run("SELECT count(*) FROM firestore_outbox WHERE doc_path LIKE ANY(:l)", l=like)[0][0] == 0
+        )
+    entries_before = state_entries(env, locks)
+    base = time.time()
+    per_lock = events // n_locks
+    events = per_lock * n_locks
+    t0 = time.perf_counter()
+    for i in range(per_lock):
+        for _lock_id, each in locks:
+            body = {"state": "locked" if i % 2 else "unlocked", "battery_pct": i % 101, "ts": round(base + i / 1000, 3)}
+            each.client.publish(topics.state(each.config.identity), json.dumps(body), qos=1)
+    done.wait(120)
+    plain_rate = events / (time.perf_counter() - t0)
+    with db.connection() as con:
+        while True:
+            forwarded = requests.get(relay_url, timeout=5).json()["checks"]["forwarder"]["forwarded"]
+            queued = con.run("SELECT count(*) FROM firestore_outbox WHERE doc_path LIKE ANY(:l)", l=like)[0][0]
+            if forwarded - before["forwarded"] >= events and queued == 0:
+                break
+            if time.perf_counter() - t0 > 300:
+                raise RuntimeError("relay did not bring every event into PostgreSQL and Firestore in 300 s")
+            time.sleep(0.02)
+    relay_rate = events / (time.perf_counter() - t0)
+    after = requests.get(relay_url, timeout=5).json()["checks"]["forwarder"]
+    applied = state_entries(env, locks) - entries_before
+    for _lid, each in locks:
+        each.stop()
+    plain.loop_stop()
+    listener.close()
+    db.close()
+    return RelayResult(
+        receipt=summary(receipt),
+        acked=summary(acked),
+        plain_rt=summary(plain_rt),
+        relay_rate=relay_rate,
+        plain_rate=plain_rate,
+        events=events,
+        locks=n_locks,
+        applied=applied,
+        rejected=after["rejected"] - before["rejected"],
+    )
+
+
+def report(result: RelayResult) -> str:
+    r, a, p = result.receipt, result.acked, result.plain_rt
+    return table(
+        "Command round trip (ms)",
+        ["path", "p50", "p95", "p99", "p50 ratio to plain MQTT"],
+        [
+            ["app POST -> lock receipt (relay)", r["p50"], r["p95"], r["p99"], f"{r['p50'] / p['p50']:.1f}x"],
+            ["app POST -> ack recorded (relay)", a["p50"], a["p95"], a["p99"], f"{a['p50'] / p['p50']:.1f}x"],
+            ["plain MQTT publish -> lock -> ack", p["p50"], p["p95"], p["p99"], "1.0x"],
+        ],
+    ) + table(
+        f"Lock events: {result.events} state reports (QoS 1) from {result.locks} locks",
+        ["path", "events/s", "ratio", "applied once", "lost or doubled"],
+        [
+            [
+                "relay -> devices -> PostgreSQL + Firestore mirror",
+                result.relay_rate,
+                f"{result.relay_rate / result.plain_rate:.2f}x",
+                f"{result.applied} of {result.events}",
+                abs(result.events - result.applied),
+            ],
+            ["plain MQTT subscriber", result.plain_rate, "1.00x", "", ""],
+        ],
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--commands", type=int, default=200)
+    parser.add_argument("--events", type=int, default=2000)
+    parser.add_argument("--locks", type=int, default=10)
+    args = parser.parse_args(argv)
+    with local_stack() as env:
+        result = measure(env, args.commands, args.events, args.locks)
     out(f"\nmachine: {machine()}\n")
-    out(
-        table(
-            f"Command round trip, {args.commands} commands (ms)",
-            ["path", "p50", "p95", "p99", "p50 ratio to plain MQTT"],
-            [
-                ["app POST -> lock receipt (relay)", r["p50"], r["p95"], r["p99"], f"{r['p50'] / p['p50']:.1f}x"],
-                ["app POST -> ack recorded (relay)", a["p50"], a["p95"], a["p99"], f"{a['p50'] / p['p50']:.1f}x"],
-                ["plain MQTT publish -> lock -> ack", p["p50"], p["p95"], p["p99"], "1.0x"],
-            ],
-        )
-    )
-    out(
-        table(
-            f"Lock events, {args.events} state reports (QoS 1)",
-            ["path", "events/s", "ratio"],
-            [
-                ["relay -> devices function -> PostgreSQL", relay_rate, f"{relay_rate / plain_rate:.2f}x"],
-                ["plain MQTT subscriber", plain_rate, "1.00x"],
-            ],
-        )
-    )
+    out(report(result))
     return 0
 
 

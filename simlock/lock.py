@@ -36,6 +36,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
 from lockwise import command_signing, lock_auth, topics
+from mqtt_relay.sessions import no_delay
 
 log = logging.getLogger("simlock")
 
@@ -151,6 +152,7 @@ class SimulatedLock:
         client.tls_set(ca_certs=cfg.ca_file, certfile=certfile, keyfile=keyfile, tls_version=ssl.PROTOCOL_TLS_CLIENT)
         client.will_set(topics.status(cfg.identity), "offline", qos=1, retain=True)
         client.reconnect_delay_set(min_delay=1, max_delay=5)
+        client.on_socket_open = no_delay  # as docs/FIRMWARE.md asks of the firmware (TCP_NODELAY)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_subscribe = self._on_subscribe

@@ -41,24 +41,69 @@ log = logging.getLogger("lockwise.lock_events")
 
 
 def apply_batch(con: Connection, events: list[Any], now: dt.datetime) -> list[Outcome]:
-    """Apply each event in its own savepoint; a rejected one is recorded in ``lock_event_rejects``."""
-    outcomes = []
-    for event in events:
-        con.run("SAVEPOINT lock_event")
-        try:
-            if not isinstance(event, dict):
-                outcome = Outcome("rejected", "event must be an object")
-            else:
-                outcome = apply(con, event.get("topic"), event.get("payload"), now)
-        except Exception:  # noqa: BLE001 - whatever one event does to the database, the others go on
-            log.exception("lock event could not be applied")
-            con.run("ROLLBACK TO SAVEPOINT lock_event")
-            outcome = Outcome("rejected", "the event could not be applied")
-        con.run("RELEASE SAVEPOINT lock_event")
+    """Apply each event on its own; a rejected one is recorded in ``lock_event_rejects``.
+
+    The batch runs under one savepoint with the locks' identities looked up in one query. If any event makes the
+    database raise, the batch is rolled back to that savepoint and applied again one savepoint per event, so the
+    failing event alone is rejected and every other one is applied exactly as if it had come alone.
+    """
+    locks = _lock_ids(con, events)
+    con.run("SAVEPOINT lock_events")
+    try:
+        writes: list[mirror.Write] = []  # the batch's mirror rows, queued in one statement at the end
+        outcomes = [_judge(con, event, locks, now, writes) for event in events]
+        mirror.enqueue_many(con, writes)
+    except Exception:  # noqa: BLE001 - some event broke the database's rules: find it, one savepoint per event
+        con.run("ROLLBACK TO SAVEPOINT lock_events")
+        outcomes = [_one_by_one(con, event, locks, now) for event in events]
+    con.run("RELEASE SAVEPOINT lock_events")
+    for event, outcome in zip(events, outcomes, strict=True):
         if outcome.outcome == "rejected":
             _park(con, event, outcome.reason or "rejected")
-        outcomes.append(outcome)
     return outcomes
+
+
+def _judge(
+    con: Connection, event: Any, locks: dict[str, str], now: dt.datetime, writes: list[mirror.Write] | None = None
+) -> Outcome:
+    if not isinstance(event, dict):
+        return Outcome("rejected", "event must be an object")
+    return apply(con, event.get("topic"), event.get("payload"), now, locks, writes)
+
+
+def _one_by_one(con: Connection, event: Any, locks: dict[str, str], now: dt.datetime) -> Outcome:
+    con.run("SAVEPOINT lock_event")
+    try:
+        outcome = _judge(con, event, locks, now)
+    except Exception:  # noqa: BLE001 - whatever one event does to the database, the others go on
+        log.exception("lock event could not be applied")
+        con.run("ROLLBACK TO SAVEPOINT lock_event")
+        outcome = Outcome("rejected", "the event could not be applied")
+    con.run("RELEASE SAVEPOINT lock_event")
+    return outcome
+
+
+def _lock_ids(con: Connection, events: list[Any]) -> dict[str, str]:
+    """Broker identity -> lock id, for the events' topics whose lock holds a live credential."""
+    identities = set()
+    for event in events:
+        topic = event.get("topic") if isinstance(event, dict) else None
+        if not isinstance(topic, str):
+            continue
+        try:
+            identity = topics.lock_of(inputs.check_text(topic, "topic"))
+        except errors.BadRequest:
+            continue  # judged and rejected on its own
+        if identity is not None:
+            identities.add(identity)
+    if not identities:
+        return {}
+    rows = con.run(
+        "SELECT mqtt_username, lock_id::text FROM lock_credentials"
+        " WHERE mqtt_username = ANY(CAST(:u AS text[])) AND revoked_at IS NULL",
+        u=sorted(identities),
+    )
+    return {str(user): str(lock_id) for user, lock_id in rows}
 
 
 def _park(con: Connection, event: Any, reason: str) -> None:
@@ -78,7 +123,31 @@ def _printable(text: str) -> str:
     return text.replace("\x00", "\\0").encode("utf-8", "backslashreplace").decode("utf-8")
 
 
-def apply(con: Connection, topic: Any, payload: Any, now: dt.datetime) -> Outcome:
+def apply(
+    con: Connection,
+    topic: Any,
+    payload: Any,
+    now: dt.datetime,
+    locks: dict[str, str] | None = None,
+    writes: list[mirror.Write] | None = None,
+) -> Outcome:
+    """Apply one event. ``locks``: identity -> lock id for live credentials, when already looked up (a batch);
+    ``writes``: where state and status mirror rows go when the caller queues them itself (else queued now)."""
+    own = [] if writes is None else writes
+    outcome = _apply(con, topic, payload, now, locks, own)
+    if writes is None:
+        mirror.enqueue_many(con, own)
+    return outcome
+
+
+def _apply(
+    con: Connection,
+    topic: Any,
+    payload: Any,
+    now: dt.datetime,
+    locks: dict[str, str] | None,
+    writes: list[mirror.Write],
+) -> Outcome:
     if not isinstance(topic, str) or not isinstance(payload, str):
         return Outcome("rejected", "topic and payload must be strings")
     if len(payload) > MAX_PAYLOAD_CHARS:
@@ -92,14 +161,16 @@ def apply(con: Connection, topic: Any, payload: Any, now: dt.datetime) -> Outcom
     kind = topic.rsplit("/", 1)[-1]
     if lock_user is None:
         return Outcome("rejected", "not a lock topic")
-    rows = con.run(
-        "SELECT lock_id::text FROM lock_credentials WHERE mqtt_username = :u AND revoked_at IS NULL", u=lock_user
-    )
-    if not rows:
+    if locks is None:
+        rows = con.run(
+            "SELECT lock_id::text FROM lock_credentials WHERE mqtt_username = :u AND revoked_at IS NULL", u=lock_user
+        )
+        locks = {lock_user: str(rows[0][0])} if rows else {}
+    lock_id = locks.get(lock_user)
+    if lock_id is None:
         return Outcome("rejected", "unknown or revoked lock")
-    lock_id = str(rows[0][0])
     if kind == "status":
-        return _status(con, lock_id, payload, now)
+        return _status(con, lock_id, payload, now, writes)
     try:
         body = inputs.loads(payload, max_depth=MAX_PAYLOAD_DEPTH)
     except errors.BadRequest as exc:
@@ -107,13 +178,13 @@ def apply(con: Connection, topic: Any, payload: Any, now: dt.datetime) -> Outcom
     if not isinstance(body, dict):
         return Outcome("rejected", "payload is not a JSON object")
     if kind == "state":
-        return _state(con, lock_id, body, now)
+        return _state(con, lock_id, body, now, writes)
     if kind == "ack":
         return _ack(con, lock_id, body, now)
     return Outcome("rejected", f"unknown event kind {kind!r}")
 
 
-def _status(con: Connection, lock_id: str, payload: str, now: dt.datetime) -> Outcome:
+def _status(con: Connection, lock_id: str, payload: str, now: dt.datetime, writes: list[mirror.Write]) -> Outcome:
     if payload not in ("online", "offline"):
         return Outcome("rejected", "status must be online or offline")
     online = payload == "online"
@@ -123,12 +194,14 @@ def _status(con: Connection, lock_id: str, payload: str, now: dt.datetime) -> Ou
         now=now,
         l=lock_id,
     )
-    mirror.enqueue(con, mirror.lock_doc(lock_id), "merge", {"online": online, "last_seen": now.isoformat()})
-    mirror.activity(con, lock_id, "online" if online else "offline")
+    writes.append((mirror.lock_doc(lock_id), "merge", {"online": online, "last_seen": now.isoformat()}))
+    writes.append(mirror.activity_entry(lock_id, "online" if online else "offline"))
     return Outcome("applied")
 
 
-def _state(con: Connection, lock_id: str, body: dict[str, Any], now: dt.datetime) -> Outcome:
+def _state(
+    con: Connection, lock_id: str, body: dict[str, Any], now: dt.datetime, writes: list[mirror.Write]
+) -> Outcome:
     state, battery, firmware, ts = body.get("state"), body.get("battery_pct"), body.get("firmware"), body.get("ts")
     if state not in STATES:
         return Outcome("rejected", f"state must be one of {', '.join(STATES)}")
@@ -155,20 +228,16 @@ def _state(con: Connection, lock_id: str, body: dict[str, Any], now: dt.datetime
     )
     if not updated:
         return Outcome("stale", "an equal or newer report was already applied")
-    mirror.enqueue(
-        con,
-        mirror.lock_doc(lock_id),
-        "merge",
-        {
-            "state": state,
-            "battery_pct": updated[0][0],
-            "firmware": updated[0][1],
-            "online": True,
-            "last_seen": now.isoformat(),
-            "reported_at": reported.isoformat(),
-        },
-    )
-    mirror.activity(con, lock_id, "state", state=state)
+    doc = {
+        "state": state,
+        "battery_pct": updated[0][0],
+        "firmware": updated[0][1],
+        "online": True,
+        "last_seen": now.isoformat(),
+        "reported_at": reported.isoformat(),
+    }
+    writes.append((mirror.lock_doc(lock_id), "merge", doc))
+    writes.append(mirror.activity_entry(lock_id, "state", state=state))
     return Outcome("applied")
 
 

@@ -1,7 +1,8 @@
 """The Firestore mirror of what the app reads live, fed through a queue in PostgreSQL.
 
 A change and its mirror writes commit together (``enqueue`` in the same transaction); ``flush`` writes them to
-Firestore afterwards, oldest first, and deletes each once Firestore took it. When Firestore is down the rows stay
+Firestore afterwards, oldest first, up to ``MAX_BATCH_WRITES`` in one commit, and deletes them once Firestore took
+them. When Firestore is down the rows stay
 queued and a later flush (next request, or the relay's periodic flush) writes them: the view converges and a
 Firestore outage never blocks or undoes a PostgreSQL commit.
 
@@ -17,7 +18,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 from lockwise.db import Connection, Database
@@ -26,15 +27,32 @@ log = logging.getLogger("lockwise.mirror")
 
 Op = Literal["merge", "replace_fields", "set", "delete", "delete_collection"]
 FIRESTORE_TIMEOUT_S = 3.0
+#: writes per Firestore commit (its limit is 500)
+MAX_BATCH_WRITES = 500
+#: a flush stops starting new commits after this long (the relay's periodic flush writes the rest)
+FLUSH_BUDGET_S = 2.0
 BACKOFF_S = 5.0
 
 
+#: one queued Firestore write: document path, operation, data
+Write = tuple[str, Op, dict[str, Any] | None]
+
+
 def enqueue(con: Connection, doc_path: str, op: Op, data: dict[str, Any] | None = None) -> None:
+    enqueue_many(con, [(doc_path, op, data)])
+
+
+def enqueue_many(con: Connection, writes: Sequence[Write]) -> None:
+    """Queue ``writes`` in one statement; they are written to Firestore in this order."""
+    if not writes:
+        return
     con.run(
-        "INSERT INTO firestore_outbox (doc_path, op, data) VALUES (:p, :op, CAST(:d AS jsonb))",
-        p=doc_path,
-        op=op,
-        d=json.dumps(data or {}, default=str),
+        "INSERT INTO firestore_outbox (doc_path, op, data)"
+        " SELECT p, o, d FROM unnest(CAST(:p AS text[]), CAST(:o AS text[]), CAST(CAST(:d AS text[]) AS jsonb[]))"
+        " WITH ORDINALITY AS w(p, o, d, n) ORDER BY n",
+        p=[w[0] for w in writes],
+        o=[w[1] for w in writes],
+        d=[json.dumps(w[2] or {}, default=str) for w in writes],
     )
 
 
@@ -42,10 +60,14 @@ def lock_doc(lock_id: str) -> str:
     return f"locks/{lock_id}"
 
 
+def activity_entry(lock_id: str, kind: str, **fields: Any) -> Write:
+    """A new entry of the lock's activity feed (never biometric data), to queue with ``enqueue_many``."""
+    return f"locks/{lock_id}/activity/{uuid.uuid4()}", "set", {"kind": kind, "at": _now_iso(), **fields}
+
+
 def activity(con: Connection, lock_id: str, kind: str, **fields: Any) -> None:
     """Add an entry to the lock's activity feed (never biometric data)."""
-    entry = {"kind": kind, "at": _now_iso(), **fields}
-    enqueue(con, f"locks/{lock_id}/activity/{uuid.uuid4()}", "set", entry)
+    enqueue_many(con, [activity_entry(lock_id, kind, **fields)])
 
 
 def _now_iso() -> str:
@@ -63,6 +85,7 @@ class Flusher:
         self._client: Any = None
         self._retry_at = 0.0
         self._lock = threading.Lock()
+        self._wanted = threading.Event()  # rows were queued since the last pass began
 
     def client(self) -> Any:
         """The Firestore client, made on first use and made anew after a failed write."""
@@ -73,14 +96,25 @@ class Flusher:
     def retry_now(self) -> None:
         self._retry_at = 0.0
 
-    def flush(self, limit: int = 200) -> int:
-        """Write up to ``limit`` queued rows; return how many were written. Never raises for Firestore errors."""
-        if time.monotonic() < self._retry_at or not self._lock.acquire(blocking=False):
-            return 0
-        try:
-            return self._flush(limit)
-        finally:
-            self._lock.release()
+    def flush(self, limit: int = MAX_BATCH_WRITES, budget_s: float = FLUSH_BUDGET_S) -> int:
+        """Write queued rows, ``limit`` per commit, until none are left or ``budget_s`` has passed; return how many
+        were written. Never raises for Firestore errors. A call while another thread is flushing returns at once and
+        hands its rows to that thread, which makes one more pass for them."""
+        written = 0
+        deadline = time.monotonic() + budget_s
+        self._wanted.set()
+        while self._wanted.is_set() and time.monotonic() >= self._retry_at and time.monotonic() < deadline:
+            if not self._lock.acquire(blocking=False):
+                return written  # the thread holding the lock checks _wanted after its pass
+            try:
+                self._wanted.clear()
+                passed = self._flush(limit)
+                written += passed
+                if passed >= limit:
+                    self._wanted.set()
+            finally:
+                self._lock.release()
+        return written
 
     def _flush(self, limit: int) -> int:
         written = 0
@@ -96,14 +130,14 @@ class Flusher:
             except Exception as exc:  # noqa: BLE001 - no client, nothing written; rows stay queued
                 self._failed(con, rows[0][0], exc)
                 return 0
-            for row_id, path, op, data in rows:
+            for group in _groups(rows):
                 try:
-                    _apply(client, str(path), str(op), data if isinstance(data, dict) else json.loads(data))
+                    _write(client, group)
                 except Exception as exc:  # noqa: BLE001 - Firestore errors come in many types; keep order, retry later
-                    self._failed(con, row_id, exc)
+                    self._failed(con, group[0][0], exc)
                     break
-                con.run("DELETE FROM firestore_outbox WHERE id = :i", i=row_id)
-                written += 1
+                con.run("DELETE FROM firestore_outbox WHERE id = ANY(:ids)", ids=[row[0] for row in group])
+                written += len(group)
         return written
 
     def _failed(self, con: Connection, row_id: int, exc: Exception) -> None:
@@ -121,19 +155,67 @@ class Flusher:
             return int(con.run("SELECT count(*) FROM firestore_outbox")[0][0])
 
 
-def _apply(client: Any, path: str, op: str, data: dict[str, Any]) -> None:
-    if op == "delete_collection":
-        collection = client.collection(path)
-        while docs := list(collection.limit(200).stream(retry=None, timeout=FIRESTORE_TIMEOUT_S)):
-            for snapshot in docs:
-                snapshot.reference.delete(retry=None, timeout=FIRESTORE_TIMEOUT_S)
+def _groups(rows: list[list[Any]]) -> list[list[list[Any]]]:
+    """Consecutive rows in commit-sized groups, in queue order; a ``delete_collection`` row stands alone (it reads
+    the collection before deleting it)."""
+    groups: list[list[list[Any]]] = []
+    for row in rows:
+        alone = row[2] == "delete_collection"
+        if alone or not groups or len(groups[-1]) >= MAX_BATCH_WRITES or groups[-1][0][2] == "delete_collection":
+            groups.append([row])
+        else:
+            groups[-1].append(row)
+    return groups
+
+
+def _write(client: Any, group: list[list[Any]]) -> None:
+    """One commit for the group (Firestore applies a batch's writes in order, all or none)."""
+    if group[0][2] == "delete_collection":
+        _delete_collection(client, str(group[0][1]))
         return
-    doc = client.document(path)
+    batch = client.batch()
+    for path, op, data in _coalesced(group):
+        _add(batch, client.document(path), op, data)
+    batch.commit(retry=None, timeout=FIRESTORE_TIMEOUT_S)
+
+
+def _coalesced(group: list[list[Any]]) -> list[tuple[str, str, dict[str, Any]]]:
+    """The group's writes, with the flat ``merge`` writes to one document since its last other write combined into
+    the first (later values win): what the document holds after the commit is the same, in fewer writes (a lock
+    reporting its state 50 times in a batch is one lock document write and 50 feed entries). Writes to different
+    documents are independent within one atomic commit, so only each document's own order matters."""
+    writes: list[tuple[str, str, dict[str, Any]]] = []
+    open_merge: dict[str, int] = {}  # document -> index of its merge that later flat merges fold into
+    for _row_id, raw_path, raw_op, raw in group:
+        path, op = str(raw_path), str(raw_op)
+        data = raw if isinstance(raw, dict) else json.loads(raw)
+        flat = op == "merge" and not any(isinstance(v, dict) for v in data.values())
+        if flat and path in open_merge:
+            index = open_merge[path]
+            writes[index] = (path, op, {**writes[index][2], **data})
+            continue
+        open_merge.pop(path, None)
+        if flat:
+            open_merge[path] = len(writes)
+        writes.append((path, op, data))
+    return writes
+
+
+def _delete_collection(client: Any, path: str) -> None:
+    collection = client.collection(path)
+    while docs := list(collection.limit(MAX_BATCH_WRITES).stream(retry=None, timeout=FIRESTORE_TIMEOUT_S)):
+        batch = client.batch()
+        for snapshot in docs:
+            batch.delete(snapshot.reference)
+        batch.commit(retry=None, timeout=FIRESTORE_TIMEOUT_S)
+
+
+def _add(batch: Any, doc: Any, op: str, data: dict[str, Any]) -> None:
     if op == "delete":
-        doc.delete(retry=None, timeout=FIRESTORE_TIMEOUT_S)
+        batch.delete(doc)
     elif op == "set":
-        doc.set(data, retry=None, timeout=FIRESTORE_TIMEOUT_S)
+        batch.set(doc, data)
     elif op == "replace_fields":  # these top-level fields whole (a map loses the keys it no longer has)
-        doc.set(data, merge=list(data), retry=None, timeout=FIRESTORE_TIMEOUT_S)
+        batch.set(doc, data, merge=list(data))
     else:
-        doc.set(data, merge=True, retry=None, timeout=FIRESTORE_TIMEOUT_S)
+        batch.set(doc, data, merge=True)

@@ -53,7 +53,13 @@ def test_state_change_updates_the_lock_document_and_feed(world: World, stack_env
     assert relay_event(world, token, "state", {"state": "locked", "ts": now - 5})["outcome"] == "stale"
     assert relay_event(world, token, "status", "offline")["outcome"] == "applied"
     client = firestore_client(PROJECT_ID, stack_env["FIRESTORE_EMULATOR_HOST"])
-    doc = client.document(f"locks/{world.lock_id}").get().to_dict()
+
+    def mirrored() -> dict[str, Any] | None:  # relay events are mirrored after the answer, not before it
+        doc: dict[str, Any] | None = client.document(f"locks/{world.lock_id}").get().to_dict()
+        kinds = {d.to_dict()["kind"] for d in client.collection(f"locks/{world.lock_id}/activity").stream()}
+        return doc if doc and doc.get("online") is False and {"state", "offline"} <= kinds else None
+
+    doc = wait_for(mirrored, what="the lock document and feed mirrored")
     assert doc["state"] == "unlocked" and doc["battery_pct"] == 64 and doc["firmware"] == "2.1"
     assert doc["online"] is False and doc["name"] == "Front door"
     assert sorted(doc["member_uids"]) == sorted(
@@ -81,6 +87,59 @@ def test_bad_events_are_rejected_not_failed(world: World, stack_env: dict[str, s
     assert [r["outcome"] for r in resp.get_json()["results"]] == ["rejected", "rejected"]
     resp = world.devices.post("/devices/relay/events", json={"events": []}, headers={"X-LockWise-Service-Token": token})
     assert resp.status_code == 400 and resp.get_json()["error"]["code"] == "invalid_events"
+
+
+def test_an_event_the_database_refuses_is_rejected_alone_and_the_rest_of_its_batch_applies(
+    world: World, stack_env: dict[str, str]
+) -> None:
+    """A batch runs under one savepoint; when one event makes PostgreSQL raise (here a trigger refuses one firmware
+    string), the batch is rolled back and applied again one savepoint per event: that event alone is rejected and
+    undone, the events before and after it are applied once (not twice: a second application would be "stale")."""
+    db = get_runtime("devices").db
+    with db.transaction() as con:
+        con.run(
+            "CREATE OR REPLACE FUNCTION test_refuse_firmware() RETURNS trigger LANGUAGE plpgsql AS"
+            " $$ BEGIN RAISE EXCEPTION 'refused by a test trigger'; END $$"
+        )
+        con.run(
+            "CREATE TRIGGER test_refuse_firmware BEFORE UPDATE ON lock_state FOR EACH ROW"
+            " WHEN (NEW.firmware = 'refuse-me') EXECUTE FUNCTION test_refuse_firmware()"
+        )
+    try:
+        topic = f"lockwise/{world.credentials['mqtt']['client_id']}/state"
+        feed = firestore_client(PROJECT_ID, stack_env["FIRESTORE_EMULATOR_HOST"]).collection(
+            f"locks/{world.lock_id}/activity"
+        )
+        states_before = sum(1 for d in feed.stream() if d.to_dict()["kind"] == "state")
+        t = time.time()
+        reports = [
+            {"state": "locked", "battery_pct": 11, "ts": t},
+            {"state": "unlocked", "firmware": "refuse-me", "ts": t + 1},
+            {"state": "locked", "battery_pct": 77, "ts": t + 2},
+        ]
+        resp = world.devices.post(
+            "/devices/relay/events",
+            json={"events": [{"topic": topic, "payload": json.dumps(r)} for r in reports]},
+            headers={"X-LockWise-Service-Token": stack_env["LOCKWISE_SERVICE_TOKEN"]},
+        )
+        results = resp.get_json()["results"]
+        assert [r["outcome"] for r in results] == ["applied", "rejected", "applied"], results
+        assert results[1]["reason"] == "the event could not be applied"
+        with db.connection() as con:
+            (row,) = con.run(
+                "SELECT battery_pct, firmware, state FROM lock_state WHERE lock_id = CAST(:l AS uuid)", l=world.lock_id
+            )
+            parked = con.run("SELECT count(*) FROM lock_event_rejects WHERE payload_excerpt LIKE '%refuse-me%'")
+        assert row[0] == 77 and row[1] != "refuse-me" and row[2] == "locked"
+        assert parked[0][0] >= 1
+        wait_for(
+            lambda: sum(1 for d in feed.stream() if d.to_dict()["kind"] == "state") == states_before + 2,
+            what="two state entries in the feed, none for the refused event",
+        )
+    finally:
+        with db.transaction() as con:
+            con.run("DROP TRIGGER IF EXISTS test_refuse_firmware ON lock_state")
+            con.run("DROP FUNCTION IF EXISTS test_refuse_firmware()")
 
 
 @pytest.fixture
