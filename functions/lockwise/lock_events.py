@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from typing import Any
 
 from lockwise import audit, errors, inputs, lockout, mirror, topics
@@ -43,16 +44,17 @@ log = logging.getLogger("lockwise.lock_events")
 def apply_batch(con: Connection, events: list[Any], now: dt.datetime) -> list[Outcome]:
     """Apply each event on its own; a rejected one is recorded in ``lock_event_rejects``.
 
-    The batch runs under one savepoint with the locks' identities looked up in one query. If any event makes the
-    database raise, the batch is rolled back to that savepoint and applied again one savepoint per event, so the
-    failing event alone is rejected and every other one is applied exactly as if it had come alone.
+    The batch runs under one savepoint: the locks' identities looked up in one query, their ``lock_state`` rows
+    read once and written once (``LockStates``), the mirror rows queued in one statement. If the database refuses
+    anything, the batch is rolled back to that savepoint and applied again one savepoint per event, so the failing
+    event alone is rejected and every other one is applied exactly as if it had come alone.
     """
     locks = _lock_ids(con, events)
     con.run("SAVEPOINT lock_events")
     try:
-        writes: list[mirror.Write] = []  # the batch's mirror rows, queued in one statement at the end
-        outcomes = [_judge(con, event, locks, now, writes) for event in events]
-        mirror.enqueue_many(con, writes)
+        batch = Pending(LockStates(con, locks.values()))
+        outcomes = [_judge(con, event, locks, now, batch) for event in events]
+        batch.write(con)
     except Exception:  # noqa: BLE001 - some event broke the database's rules: find it, one savepoint per event
         con.run("ROLLBACK TO SAVEPOINT lock_events")
         outcomes = [_one_by_one(con, event, locks, now) for event in events]
@@ -63,24 +65,97 @@ def apply_batch(con: Connection, events: list[Any], now: dt.datetime) -> list[Ou
     return outcomes
 
 
-def _judge(
-    con: Connection, event: Any, locks: dict[str, str], now: dt.datetime, writes: list[mirror.Write] | None = None
-) -> Outcome:
+def _judge(con: Connection, event: Any, locks: dict[str, str], now: dt.datetime, batch: Pending | None) -> Outcome:
     if not isinstance(event, dict):
         return Outcome("rejected", "event must be an object")
-    return apply(con, event.get("topic"), event.get("payload"), now, locks, writes)
+    return apply(con, event.get("topic"), event.get("payload"), now, locks, batch)
 
 
 def _one_by_one(con: Connection, event: Any, locks: dict[str, str], now: dt.datetime) -> Outcome:
     con.run("SAVEPOINT lock_event")
     try:
-        outcome = _judge(con, event, locks, now)
+        outcome = _judge(con, event, locks, now, None)
     except Exception:  # noqa: BLE001 - whatever one event does to the database, the others go on
         log.exception("lock event could not be applied")
         con.run("ROLLBACK TO SAVEPOINT lock_event")
         outcome = Outcome("rejected", "the event could not be applied")
     con.run("RELEASE SAVEPOINT lock_event")
     return outcome
+
+
+@dataclass
+class _State:
+    """One ``lock_state`` row as the events of a batch leave it."""
+
+    state: str
+    battery_pct: int | None
+    firmware: str | None
+    online: bool
+    last_seen: dt.datetime | None
+    reported_at: dt.datetime | None
+    changed: bool = False
+
+
+class LockStates:
+    """The ``lock_state`` rows of a batch's locks: read once (``FOR UPDATE``, in lock id order, so two batches never
+    deadlock), changed in memory event by event, written in one statement by ``write``."""
+
+    def __init__(self, con: Connection, lock_ids: Iterable[str] = ()) -> None:
+        self._con = con
+        self._rows: dict[str, _State | None] = {}
+        self._load(set(lock_ids))
+
+    def _load(self, lock_ids: set[str]) -> None:
+        missing = sorted(i for i in lock_ids if i not in self._rows)
+        if not missing:
+            return
+        rows = self._con.run(
+            "SELECT lock_id::text, state, battery_pct, firmware, online, last_seen, reported_at FROM lock_state"
+            " WHERE lock_id = ANY(CAST(:l AS uuid[])) ORDER BY lock_id FOR UPDATE",
+            l=missing,
+        )
+        found = {str(r[0]): _State(*r[1:]) for r in rows}
+        for lock_id in missing:
+            self._rows[lock_id] = found.get(lock_id)
+
+    def get(self, lock_id: str) -> _State | None:
+        """The lock's row as this batch has left it so far (None: the lock has no state row)."""
+        self._load({lock_id})
+        return self._rows[lock_id]
+
+    def write(self) -> None:
+        changed = [(lock_id, row) for lock_id, row in self._rows.items() if row is not None and row.changed]
+        if not changed:
+            return
+        self._con.run(
+            "UPDATE lock_state AS s SET state = v.state, battery_pct = v.battery_pct, firmware = v.firmware,"
+            " online = v.online, last_seen = v.last_seen, reported_at = v.reported_at, updated_at = now()"
+            " FROM unnest(CAST(:l AS uuid[]), CAST(:s AS text[]), CAST(CAST(:b AS text[]) AS smallint[]),"
+            " CAST(:f AS text[]), CAST(CAST(:o AS text[]) AS boolean[]), CAST(CAST(:ls AS text[]) AS timestamptz[]),"
+            " CAST(CAST(:r AS text[]) AS timestamptz[]))"
+            " AS v(lock_id, state, battery_pct, firmware, online, last_seen, reported_at) WHERE s.lock_id = v.lock_id",
+            l=[lock_id for lock_id, _ in changed],
+            s=[row.state for _, row in changed],
+            b=[None if row.battery_pct is None else str(row.battery_pct) for _, row in changed],
+            f=[row.firmware for _, row in changed],
+            o=["true" if row.online else "false" for _, row in changed],
+            ls=[None if row.last_seen is None else row.last_seen.isoformat() for _, row in changed],
+            r=[None if row.reported_at is None else row.reported_at.isoformat() for _, row in changed],
+        )
+        for _, row in changed:
+            row.changed = False
+
+
+@dataclass
+class Pending:
+    """What the events of a batch leave to write at its end: the lock rows and the mirror rows."""
+
+    states: LockStates
+    writes: list[mirror.Write] = field(default_factory=list)
+
+    def write(self, con: Connection) -> None:
+        self.states.write()
+        mirror.enqueue_many(con, self.writes)
 
 
 def _lock_ids(con: Connection, events: list[Any]) -> dict[str, str]:
@@ -129,14 +204,15 @@ def apply(
     payload: Any,
     now: dt.datetime,
     locks: dict[str, str] | None = None,
-    writes: list[mirror.Write] | None = None,
+    batch: Pending | None = None,
 ) -> Outcome:
     """Apply one event. ``locks``: identity -> lock id for live credentials, when already looked up (a batch);
-    ``writes``: where state and status mirror rows go when the caller queues them itself (else queued now)."""
-    own = [] if writes is None else writes
+    ``batch``: where the lock's row and the mirror rows wait when the caller writes them at the end of a batch
+    (otherwise written before this returns)."""
+    own = batch or Pending(LockStates(con))
     outcome = _apply(con, topic, payload, now, locks, own)
-    if writes is None:
-        mirror.enqueue_many(con, own)
+    if batch is None:
+        own.write(con)
     return outcome
 
 
@@ -146,7 +222,7 @@ def _apply(
     payload: Any,
     now: dt.datetime,
     locks: dict[str, str] | None,
-    writes: list[mirror.Write],
+    batch: Pending,
 ) -> Outcome:
     if not isinstance(topic, str) or not isinstance(payload, str):
         return Outcome("rejected", "topic and payload must be strings")
@@ -170,7 +246,7 @@ def _apply(
     if lock_id is None:
         return Outcome("rejected", "unknown or revoked lock")
     if kind == "status":
-        return _status(con, lock_id, payload, now, writes)
+        return _status(lock_id, payload, now, batch)
     try:
         body = inputs.loads(payload, max_depth=MAX_PAYLOAD_DEPTH)
     except errors.BadRequest as exc:
@@ -178,30 +254,25 @@ def _apply(
     if not isinstance(body, dict):
         return Outcome("rejected", "payload is not a JSON object")
     if kind == "state":
-        return _state(con, lock_id, body, now, writes)
+        return _state(lock_id, body, now, batch)
     if kind == "ack":
         return _ack(con, lock_id, body, now)
     return Outcome("rejected", f"unknown event kind {kind!r}")
 
 
-def _status(con: Connection, lock_id: str, payload: str, now: dt.datetime, writes: list[mirror.Write]) -> Outcome:
+def _status(lock_id: str, payload: str, now: dt.datetime, batch: Pending) -> Outcome:
     if payload not in ("online", "offline"):
         return Outcome("rejected", "status must be online or offline")
     online = payload == "online"
-    con.run(
-        "UPDATE lock_state SET online = :o, last_seen = :now, updated_at = now() WHERE lock_id = CAST(:l AS uuid)",
-        o=online,
-        now=now,
-        l=lock_id,
-    )
-    writes.append((mirror.lock_doc(lock_id), "merge", {"online": online, "last_seen": now.isoformat()}))
-    writes.append(mirror.activity_entry(lock_id, "online" if online else "offline"))
+    row = batch.states.get(lock_id)
+    if row is not None:
+        row.online, row.last_seen, row.changed = online, now, True
+    batch.writes.append((mirror.lock_doc(lock_id), "merge", {"online": online, "last_seen": now.isoformat()}))
+    batch.writes.append(mirror.activity_entry(lock_id, "online" if online else "offline"))
     return Outcome("applied")
 
 
-def _state(
-    con: Connection, lock_id: str, body: dict[str, Any], now: dt.datetime, writes: list[mirror.Write]
-) -> Outcome:
+def _state(lock_id: str, body: dict[str, Any], now: dt.datetime, batch: Pending) -> Outcome:
     state, battery, firmware, ts = body.get("state"), body.get("battery_pct"), body.get("firmware"), body.get("ts")
     if state not in STATES:
         return Outcome("rejected", f"state must be one of {', '.join(STATES)}")
@@ -214,30 +285,22 @@ def _state(
     reported = dt.datetime.fromtimestamp(ts, dt.UTC)
     if reported > now + dt.timedelta(seconds=MAX_FUTURE_S):
         return Outcome("rejected", "ts is in the future")
-    updated = con.run(
-        "UPDATE lock_state SET state = :s, battery_pct = COALESCE(:b, battery_pct), firmware = COALESCE(:f, firmware),"
-        " reported_at = :r, last_seen = :now, online = true, updated_at = now()"
-        " WHERE lock_id = CAST(:l AS uuid) AND (reported_at IS NULL OR reported_at < :r)"
-        " RETURNING battery_pct, firmware",
-        s=state,
-        b=battery,
-        f=firmware,
-        r=reported,
-        now=now,
-        l=lock_id,
-    )
-    if not updated:
+    row = batch.states.get(lock_id)
+    if row is None or (row.reported_at is not None and row.reported_at >= reported):
         return Outcome("stale", "an equal or newer report was already applied")
+    row.state, row.reported_at, row.last_seen, row.online, row.changed = state, reported, now, True, True
+    row.battery_pct = battery if battery is not None else row.battery_pct
+    row.firmware = firmware if firmware is not None else row.firmware
     doc = {
         "state": state,
-        "battery_pct": updated[0][0],
-        "firmware": updated[0][1],
+        "battery_pct": row.battery_pct,
+        "firmware": row.firmware,
         "online": True,
         "last_seen": now.isoformat(),
         "reported_at": reported.isoformat(),
     }
-    writes.append((mirror.lock_doc(lock_id), "merge", doc))
-    writes.append(mirror.activity_entry(lock_id, "state", state=state))
+    batch.writes.append((mirror.lock_doc(lock_id), "merge", doc))
+    batch.writes.append(mirror.activity_entry(lock_id, "state", state=state))
     return Outcome("applied")
 
 

@@ -89,6 +89,37 @@ def test_bad_events_are_rejected_not_failed(world: World, stack_env: dict[str, s
     assert resp.status_code == 400 and resp.get_json()["error"]["code"] == "invalid_events"
 
 
+def test_a_batch_judges_each_report_against_the_ones_before_it_in_the_same_batch(
+    world: World, stack_env: dict[str, str]
+) -> None:
+    """A batch reads the lock's row once and writes it once: each event must still see what the events before it
+    left (an older report after a newer one is stale, a report without battery keeps the last one, a report after
+    "offline" brings the lock back online), exactly as if the events had come one by one."""
+    topic = f"lockwise/{world.credentials['mqtt']['client_id']}"
+    t = time.time()
+    events = [
+        (f"{topic}/state", json.dumps({"state": "unlocked", "battery_pct": 10, "firmware": "a", "ts": t})),
+        (f"{topic}/state", json.dumps({"state": "jammed", "battery_pct": 99, "ts": t - 1})),
+        (f"{topic}/status", "offline"),
+        (f"{topic}/state", json.dumps({"state": "locked", "ts": t + 1})),
+        (f"{topic}/state", json.dumps({"state": "unlocked", "ts": t + 1})),
+    ]
+    resp = world.devices.post(
+        "/devices/relay/events",
+        json={"events": [{"topic": topic_, "payload": payload} for topic_, payload in events]},
+        headers={"X-LockWise-Service-Token": stack_env["LOCKWISE_SERVICE_TOKEN"]},
+    )
+    assert [r["outcome"] for r in resp.get_json()["results"]] == ["applied", "stale", "applied", "applied", "stale"]
+    with get_runtime("devices").db.connection() as con:
+        (row,) = con.run(
+            "SELECT state, battery_pct, firmware, online, EXTRACT(EPOCH FROM reported_at) FROM lock_state"
+            " WHERE lock_id = CAST(:l AS uuid)",
+            l=world.lock_id,
+        )
+    assert row[:4] == ["locked", 10, "a", True]
+    assert abs(float(row[4]) - (t + 1)) < 1e-3
+
+
 def test_an_event_the_database_refuses_is_rejected_alone_and_the_rest_of_its_batch_applies(
     world: World, stack_env: dict[str, str]
 ) -> None:
