@@ -310,18 +310,11 @@ def create_command(ctx: Ctx, lock_id: str) -> Result:
     audited_action = f"command.{body['action']}" if body.get("action") in commands.ACTIONS else "command.invalid"
     with with_denials_audited(user.uid, lock_id, audited_action), rt.db.transaction() as con:
         members.require(con, lock_id, user.uid, now(), operate=True)
-        supports_open = bool(con.run("SELECT supports_open FROM locks WHERE id = CAST(:l AS uuid)", l=lock_id)[0][0])
-        action = commands.parse_action(body.get("action"), supports_open)
-        if not con.run(
-            "SELECT 1 FROM lock_credentials WHERE lock_id = CAST(:l AS uuid) AND revoked_at IS NULL", l=lock_id
-        ):
-            raise errors.Conflict("the lock has not been provisioned yet", code="lock_not_provisioned")
-        command, created = commands.create(
+        command, created = commands.from_app(
             con,
             lock_id=lock_id,
-            action=action,
-            issuer_kind="user",
-            issuer_uid=user.uid,
+            uid=user.uid,
+            action=body.get("action"),
             signing_key_b64=rt.settings.signing_key(),
             ttl_s=rt.settings.command_ttl_s,
             idempotency_key=key,

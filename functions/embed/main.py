@@ -10,14 +10,11 @@ from typing import Any
 
 import flask
 import functions_framework
-import numpy as np
 
-from lockwise import audio, auth, errors, health, known_recordings, scoring, voiceprints
-from lockwise.db import Connection
+from lockwise import audio, auth, enrollment, errors, health, scoring, voiceprints
 from lockwise.http import Api, Ctx, JsonBody, Result
 from lockwise.runtime import get_runtime
-from lockwise.voice import fingerprint
-from lockwise.voice.encoder import describe, load_encoder, load_scorer, policy
+from lockwise.voice.encoder import describe, load_encoder, load_scorer
 
 rt = get_runtime("embed")
 api = Api("embed")
@@ -60,45 +57,9 @@ def enroll(ctx: Ctx) -> Result:
             f"give {settings.enroll_min_samples} to {settings.enroll_max_samples} samples", code="wrong_sample_count"
         )
     clips = [sample_clip(i, s) for i, s in enumerate(samples)]  # every sample is checked before any model work
-    rules = policy(settings, encoder)
-    for i, clip in enumerate(clips):
-        speech = audio.speech_seconds(clip.samples, clip.rate)
-        if speech < rules.enroll_min_speech_s:
-            raise errors.InvalidAudio(
-                f"sample {i}: only {speech:.2f} s of speech; enrollment needs {rules.enroll_min_speech_s:g} s",
-                code="too_little_speech",
-                details={"sample": i, "speech_s": round(speech, 2), "required_s": rules.enroll_min_speech_s},
-            )
-    embeddings = np.stack([encoder.embed(c.samples, c.rate) for c in clips])
-    lowest, outlier = scoring.agreement(embeddings)
-    if lowest < rules.agreement:
-        raise errors.InvalidAudio(
-            f"sample {outlier} does not sound like the others; record it again",
-            code="samples_disagree",
-            details={"sample": outlier, "lowest_agreement": round(lowest, 4), "required": rules.agreement},
-        )
-    takes = [fingerprint.landmarks(c.samples, c.rate) for c in clips]  # to refuse their replay at the door
-    with rt.db.transaction() as con:
-        refuse_a_neighbours_voice(con, user.uid, scoring.voiceprint(embeddings))
-        voiceprints.store(con, user.uid, encoder.model_id, embeddings)
-        known_recordings.replace_enrollment(con, user.uid, takes)
-        status = voiceprints.status(con, user.uid, encoder.model_id)
+    status = enrollment.enroll(rt.db, user.uid, clips, encoder, scorer, settings)
     rt.flush_mirror()
-    return {**status, "agreement": round(lowest, 4)}, 201
-
-
-def refuse_a_neighbours_voice(con: Connection, uid: str, voiceprint: scoring.Vector) -> None:
-    """409 when the new voiceprint would pass as someone who shares a lock with ``uid``, at that lock's threshold:
-    enrolling another member's recordings would otherwise make their own voice ambiguous (and lock them out)."""
-    neighbours = voiceprints.co_members(con, uid, encoder.model_id, encoder.dim)
-    raw, scores = scorer.scores(voiceprint, neighbours.prints)  # as verify would score this voice against them
-    for cosine, score, lock_threshold in zip(raw, scores, neighbours.lock_thresholds, strict=True):
-        rules = policy(rt.settings, encoder, lock_threshold, normalised=scorer.normalised)
-        if score >= rules.threshold and (rules.raw_gate is None or cosine >= rules.raw_gate):
-            raise errors.Conflict(
-                "this voice already belongs to someone who shares a lock with you; enroll your own voice",
-                code="voice_matches_member",
-            )
+    return status, 201
 
 
 @api.route("GET", "/embed/enrollment")

@@ -40,6 +40,34 @@ def parse_idempotency_key(value: Any) -> str | None:
     return value
 
 
+def from_app(
+    con: Connection,
+    *,
+    lock_id: str,
+    uid: str,
+    action: Any,
+    signing_key_b64: str,
+    ttl_s: int,
+    idempotency_key: str | None,
+) -> tuple[dict[str, Any], bool]:
+    """A command a member sent from the app (their right to operate the lock already checked): the action must be
+    one this lock supports and the lock must hold a live credential (paired), else 400 / 409."""
+    rows = con.run("SELECT supports_open FROM locks WHERE id = CAST(:l AS uuid)", l=lock_id)
+    checked = parse_action(action, bool(rows and rows[0][0]))
+    if not con.run("SELECT 1 FROM lock_credentials WHERE lock_id = CAST(:l AS uuid) AND revoked_at IS NULL", l=lock_id):
+        raise errors.Conflict("the lock has not been provisioned yet", code="lock_not_provisioned")
+    return create(
+        con,
+        lock_id=lock_id,
+        action=checked,
+        issuer_kind="user",
+        issuer_uid=uid,
+        signing_key_b64=signing_key_b64,
+        ttl_s=ttl_s,
+        idempotency_key=idempotency_key,
+    )
+
+
 _COLUMNS = (
     "id::text AS id, lock_id::text AS lock_id, action, issuer_kind, issuer_uid, status, created_at, expires_at,"
     " sent_at, acked_at, send_count, last_error, idempotency_key"
