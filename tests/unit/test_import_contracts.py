@@ -1,8 +1,10 @@
 """The borders of the shared package (pyproject's import-linter contracts): kept by the code as it is, and a
-forbidden import is caught (each contract broken on purpose in a copy of the package)."""
+forbidden import is caught (each contract broken on purpose in a copy of the package); and the handlers in
+functions/*/main.py run no SQL of their own."""
 
 from __future__ import annotations
 
+import ast
 import os
 import shutil
 import subprocess
@@ -53,3 +55,22 @@ def test_a_forbidden_import_is_caught(tmp_path: Path, module: str, forbidden: st
     done = lint_imports(copy)
     assert done.returncode != 0, done.stdout
     assert "BROKEN" in done.stdout and contract in done.stdout.replace("\n", " ")
+
+
+def test_handlers_run_no_sql() -> None:
+    """Handlers parse, call one domain function and shape the answer: no statement is run in functions/*/main.py."""
+    for main in sorted((REPO / "functions").glob("*/main.py")):
+        tree = ast.parse(main.read_text())
+        runs = [
+            node.lineno
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "run"
+        ]
+        sql = [
+            node.lineno
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Constant)
+            and isinstance(node.value, str)
+            and node.value.lstrip().upper().startswith(("SELECT ", "INSERT ", "UPDATE ", "DELETE "))
+        ]
+        assert not runs and not sql, f"{main.relative_to(REPO)}: statements at lines {runs + sql}"
