@@ -70,15 +70,8 @@ def slot_files(relay_certs: Path, slot: int) -> tuple[str, str]:
 
 
 def full_random_ecapa() -> Path:
-    """A full-size ECAPA-TDNN with random weights (the real model's size and speed) and its ONNX export, made once
-    in ~/.cache/lockwise/models: what the benchmarks time, since the real weights cannot be fetched here."""
-    from infra.model.export_onnx import export
-    from infra.model.random_ecapa import build_model_dir
-    from lockwise.voice.encoder import onnx_dir
+    """A full-size ECAPA-TDNN with random weights (the real model's size and speed) and its ONNX export, built once
+    per machine (``infra.model.cache``): what the benchmarks time, since the real weights cannot be fetched here."""
+    from infra.model.cache import random_model
 
-    target = Path.home() / ".cache" / "lockwise" / "models" / "ecapa-random-full"
-    if not (target / "embedding_model.ckpt").exists():
-        build_model_dir(target, size="full", seed=0)
-    if not (onnx_dir(target) / "manifest.json").exists():
-        export(target, target / "onnx")
-    return target
+    return random_model("full", 0, exported=True)

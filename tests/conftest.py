@@ -126,15 +126,12 @@ def reset_auth(emu: services.Emulator) -> None:
 
 
 @pytest.fixture(scope="session")
-def model_dir(workdir: Path) -> Path:
+def model_dir() -> Path:
     """A real ECAPA-TDNN (SpeechBrain's class, tiny size) with random weights, in the Hub's layout, with its ONNX
     export in ``onnx/``: embed enrolls through SpeechBrain, verify serves the export, as deployed."""
-    from infra.model.export_onnx import export
-    from infra.model.random_ecapa import build_model_dir
+    from infra.model.cache import random_model
 
-    folder = build_model_dir(workdir / "ecapa-tiny", size="tiny", seed=1)
-    export(folder, folder / "onnx")
-    return folder
+    return random_model("tiny", 1, exported=True)  # built once per machine (no torch import when cached)
 
 
 @pytest.fixture(scope="session")

@@ -33,6 +33,7 @@ class Peer:
     def __init__(self, broker: Broker, files: tuple[Path, Path] | None, *, client_id: str, ca: str | None = "ours"):
         self.messages: list[tuple[str, bytes]] = []
         self.connected = threading.Event()
+        self.answered = threading.Event()  # the broker said yes or no: CONNACK, a refusal, or a dropped connection
         self.disconnects: list[str] = []
         self.result: object = None
         # clean sessions: a test must not leave a persistent session behind for the relay slots' identities (an
@@ -42,7 +43,7 @@ class Peer:
         ca_certs = str(broker.ca_file) if ca == "ours" else None  # None: system CAs only, which do not know ours
         self.client.tls_set(ca_certs=ca_certs, certfile=certfile, keyfile=keyfile, tls_version=ssl.PROTOCOL_TLS_CLIENT)
         self.client.on_connect = self._on_connect
-        self.client.on_disconnect = lambda _c, _u, _f, rc, _p: self.disconnects.append(str(rc))
+        self.client.on_disconnect = self._on_disconnect
         self.client.on_message = lambda _c, _u, m: self.messages.append((m.topic, bytes(m.payload)))
         self.broker = broker
 
@@ -50,14 +51,22 @@ class Peer:
         self.result = rc
         if not rc.is_failure:  # type: ignore[attr-defined]
             self.connected.set()
+        self.answered.set()
+
+    def _on_disconnect(self, _c: mqtt.Client, _u: object, _f: object, rc: object, _p: object) -> None:
+        self.disconnects.append(str(rc))
+        self.answered.set()
 
     def start(self, wait_s: float = 5) -> bool:
+        """True when the broker gives this client a session; waits for its answer (a refusal or a closed
+        connection ends the wait at once), at most ``wait_s``."""
         try:
             self.client.connect("127.0.0.1", self.broker.port, keepalive=10)
         except (ssl.SSLError, OSError):
             return False
         self.client.loop_start()
-        return self.connected.wait(wait_s)
+        self.answered.wait(wait_s)
+        return self.connected.is_set()
 
     def subscribe(self, topic: str) -> None:
         info = threading.Event()
@@ -187,12 +196,14 @@ def test_a_client_that_does_not_trust_our_broker_ca_gets_no_session(
 
 def test_plain_tcp_is_not_offered(broker: Broker) -> None:
     client = mqtt.Client(CallbackAPIVersion.VERSION2)
-    got = threading.Event()
+    got, closed = threading.Event(), threading.Event()
     client.on_connect = lambda *_a: got.set()
+    client.on_disconnect = lambda *_a: closed.set()
     client.connect("127.0.0.1", broker.port, keepalive=5)
     client.loop_start()
     try:
-        assert not got.wait(3), "the broker accepted MQTT without TLS"
+        assert closed.wait(10), "the broker neither answered nor closed a plain MQTT connection"
+        assert not got.is_set(), "the broker accepted MQTT without TLS"
     finally:
         client.loop_stop()
 

@@ -12,6 +12,8 @@ import pytest
 from infra.build import build
 from infra.local import services
 
+pytestmark = pytest.mark.bundle
+
 
 @pytest.mark.parametrize("name", ["devices", "verify", "embed"])
 def test_bundle_serves_its_health_endpoint_alone(name: str, tmp_path: Path, stack_env: dict[str, str]) -> None:

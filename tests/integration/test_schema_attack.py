@@ -67,7 +67,7 @@ from tests.devices_world import World, bearer, build_world, create_lock, new_loc
 from tests.voices import pcm16, pcm_json, speech_like, wav
 
 #: Hypothesis scans sys.modules: SpeechBrain's lazy modules are set aside (tests/conftest.py)
-pytestmark = pytest.mark.usefixtures("no_lazy_speechbrain_modules")
+pytestmark = [pytest.mark.usefixtures("no_lazy_speechbrain_modules"), pytest.mark.attack]
 
 SPEC = REPO / "functions" / "openapi.yaml"
 #: the CI bounds; a deeper hunt on a workstation: SCHEMA_ATTACK_EXAMPLES=300 SCHEMA_ATTACK_SEED=7 (not LOCKWISE_*:

@@ -16,6 +16,7 @@ import numpy.typing as npt
 import pytest
 import torch
 
+from infra.model.cache import random_model
 from infra.model.random_ecapa import HUB_ID, build_model_dir
 from lockwise.errors import InvalidAudio
 from lockwise.voice.ecapa import EcapaEncoder, model_identity
@@ -45,13 +46,13 @@ def harmonic_clip(rate: int, seconds: float = 3.0, seed: int = 0) -> npt.NDArray
 
 
 @pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_model_dir(tmp_path_factory.mktemp("ecapa") / "tiny", size="tiny", seed=0)
+def tiny_dir() -> Path:
+    return random_model("tiny", 0, exported=False)  # built once per machine
 
 
 @pytest.fixture(scope="module")
-def full_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_model_dir(tmp_path_factory.mktemp("ecapa") / "full", size="full", seed=0)
+def full_dir() -> Path:
+    return random_model("full", 0, exported=False)
 
 
 @pytest.fixture(scope="module")

@@ -26,9 +26,9 @@ import torchaudio.functional  # type: ignore[import-untyped]
 from torch import nn
 
 from infra.model import export_onnx
+from infra.model.cache import random_model
 from infra.model.clips import speech_like_clip
 from infra.model.export_onnx import ParityError, ParityReport, export
-from infra.model.random_ecapa import build_model_dir
 from lockwise.errors import InvalidAudio
 from lockwise.voice.ecapa import EcapaEncoder, model_identity
 from lockwise.voice.model_files import ModelError
@@ -47,13 +47,13 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def tiny_dir(models: Path) -> Path:
-    return build_model_dir(models / "tiny", size="tiny", seed=0)
+def tiny_dir() -> Path:
+    return random_model("tiny", 0, exported=False)
 
 
 @pytest.fixture(scope="module")
-def full_dir(models: Path) -> Path:
-    return build_model_dir(models / "full", size="full", seed=0)
+def full_dir() -> Path:
+    return random_model("full", 0, exported=False)
 
 
 @pytest.fixture(scope="module")
