@@ -56,7 +56,14 @@ def call(api: Api, method: str, path: str, **kw: object) -> flask.Response:
 )
 def test_each_error_maps_to_one_status_and_code(error: errors.LockwiseError, status: int, code: str) -> None:
     assert (error.status, error.code) == (status, code)
-    assert isinstance(error, errors.LockwiseError)
+    api = Api("unit", settings=lambda: Settings.from_env({}))
+
+    @api.route("GET", "/unit/raise")
+    def raise_it(ctx: Ctx) -> JsonBody:
+        raise error
+
+    resp = call(api, "GET", "/unit/raise")  # what a client sees: the one mapping, in http.Api
+    assert resp.status_code == status and json.loads(resp.get_data())["error"]["code"] == code
 
 
 def test_domain_error_becomes_json_with_code_and_request_id() -> None:

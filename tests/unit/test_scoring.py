@@ -11,7 +11,8 @@ from lockwise import scoring
 
 
 def test_doctests() -> None:
-    assert doctest.testmod(scoring).failed == 0
+    result = doctest.testmod(scoring)
+    assert result.attempted >= 3 and result.failed == 0  # a runner that found no example would pass on nothing
 
 
 def unit(*values: float) -> np.ndarray:
