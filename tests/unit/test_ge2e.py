@@ -161,3 +161,16 @@ def test_staged_builds_create_missing_parents_and_leave_nothing_on_failure(
         raise RuntimeError("parity failed")
     assert (built / "manifest.json").read_text() == "{}"  # the previous build survives a failed one
     assert [p.name for p in (tmp_path / "functions/models").iterdir()] == ["ge2e"]  # no staging folder left
+
+
+def test_embedding_many_clips_at_once_gives_each_clips_own_embedding(encoder: ge2e.Ge2eEncoder) -> None:
+    """Calibration embeds clips in batches (one network pass for many): row k must be clip k's ``embed``, for
+    clips of different lengths (1 to 9 partial windows) and rates."""
+    clips = [
+        (speech_like(1.0 + 1.1 * k, rate=(8000, 16000, 44100)[k % 3], seed=k), (8000, 16000, 44100)[k % 3])
+        for k in range(8)
+    ]
+    many = encoder.embed_many(clips)
+    one = np.stack([encoder.embed(samples, rate) for samples, rate in clips])
+    assert many.shape == (8, 256) and float(np.abs(many - one).max()) < 1e-5
+    assert float(np.abs(many[0] - many[1]).max()) > 0.01  # distinct clips stay distinct rows

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -167,10 +168,10 @@ class Ge2eNetwork:
 
     def __init__(self, weights: dict[str, F32]) -> None:
         self.layers = [
-            (
-                np.ascontiguousarray(weights[f"lstm.weight_ih_l{i}"].T),
-                np.ascontiguousarray(weights[f"lstm.weight_hh_l{i}"].T),
-                (weights[f"lstm.bias_ih_l{i}"] + weights[f"lstm.bias_hh_l{i}"]).astype(np.float32),
+            _gates_for_tanh(
+                weights[f"lstm.weight_ih_l{i}"].T,
+                weights[f"lstm.weight_hh_l{i}"].T,
+                weights[f"lstm.bias_ih_l{i}"] + weights[f"lstm.bias_hh_l{i}"],
             )
             for i in range(LAYERS)
         ]
@@ -189,17 +190,26 @@ class Ge2eNetwork:
         x = mels
         batch, frames, _ = mels.shape
         h = np.zeros((batch, HIDDEN), np.float32)
+        gates = np.empty((batch, 4 * HIDDEN), np.float32)
+        ifo = np.empty((batch, 3 * HIDDEN), np.float32)
+        new_c = np.empty((batch, HIDDEN), np.float32)
         for w_ih, w_hh, bias in self.layers:
-            inputs = x @ w_ih + bias  # (batch, frames, 4H): gates i, f, g, o as torch orders them
+            inputs = x @ w_ih + bias  # (batch, frames, 4H), gates i, f, o (halved) then g: see _gates_for_tanh
             h = np.zeros((batch, HIDDEN), np.float32)
             c = np.zeros((batch, HIDDEN), np.float32)
             outputs = np.empty((batch, frames, HIDDEN), np.float32)
             for t in range(frames):
-                gates = inputs[:, t] + h @ w_hh
-                i, f, g, o = np.split(gates, 4, axis=1)
-                c = _sigmoid(f) * c + _sigmoid(i) * np.tanh(g)
-                h = _sigmoid(o) * np.tanh(c)
-                outputs[:, t] = h
+                np.matmul(h, w_hh, out=gates)
+                gates += inputs[:, t]
+                np.tanh(gates, out=gates)  # tanh(g) for g; tanh(z / 2) for i, f, o
+                np.multiply(gates[:, : 3 * HIDDEN], 0.5, out=ifo)
+                ifo += 0.5  # sigmoid(z) = (tanh(z / 2) + 1) / 2
+                np.multiply(ifo[:, :HIDDEN], gates[:, 3 * HIDDEN :], out=new_c)  # i * g
+                c *= ifo[:, HIDDEN : 2 * HIDDEN]  # f * c
+                c += new_c
+                h = outputs[:, t]
+                np.tanh(c, out=h)
+                h *= ifo[:, 2 * HIDDEN :]  # o * tanh(c)
             x = outputs
         raw = np.maximum(h @ self.linear_t + self.linear_b, 0)
         norm = np.linalg.norm(raw, axis=1, keepdims=True)
@@ -207,14 +217,21 @@ class Ge2eNetwork:
         return out
 
 
+def _gates_for_tanh(w_ih: F32, w_hh: F32, bias: F32) -> tuple[F32, F32, F32]:
+    """torch's LSTM weights (gate columns i, f, g, o) reordered to i, f, o, g with the i, f, o columns halved, so that
+    one tanh over all four gives tanh(g) and the sigmoids as (tanh(z / 2) + 1) / 2 (halving is exact in float32)."""
+
+    def reorder(m: F32) -> F32:
+        i, f, g, o = np.split(np.asarray(m, np.float32), 4, axis=-1)
+        out: F32 = np.ascontiguousarray(np.concatenate((i / 2, f / 2, o / 2, g), axis=-1), dtype=np.float32)
+        return out
+
+    return reorder(w_ih), reorder(w_hh), reorder(bias)
+
+
 @lru_cache(maxsize=1)
 def _blas_controller() -> ThreadpoolController:
     return ThreadpoolController()
-
-
-def _sigmoid(x: F32) -> F32:
-    out: F32 = (0.5 * (np.tanh(0.5 * x) + 1)).astype(np.float32)
-    return out
 
 
 # ------------------------------------------------------------------------------------------------ encoder
@@ -286,12 +303,34 @@ class Ge2eEncoder:
 
     def embed_preprocessed(self, wav: F32) -> F32:
         """Resemblyzer's ``embed_utterance`` on an already preprocessed 16 kHz clip (used by the parity check)."""
-        slices = partial_slices(len(wav))
-        needed = slices[-1].stop * HOP
-        if needed >= len(wav):
-            wav = np.pad(wav, (0, needed - len(wav)))
-        mel = mel_spectrogram(wav)
-        partials = self._net(np.stack([mel[s] for s in slices]))
-        mean = partials.mean(axis=0)
-        out: F32 = (mean / np.linalg.norm(mean)).astype(np.float32)
-        return out
+        return _utterance(self._net(_partial_mels(wav)))
+
+    def embed_many(self, clips: Sequence[tuple[npt.NDArray[np.floating[Any]], int]]) -> F32:
+        """Embed several ``(samples, sample_rate)`` clips in one batched pass of the network: row k is ``embed`` of
+        clip k (to float rounding), several times faster for many clips (calibration). Shape (len(clips), 256)."""
+        stacks = [
+            _partial_mels(
+                shorten_pauses(raise_volume(at_least_40ms(resample(mono_float32(s), checked_rate(r), SAMPLE_RATE))))
+            )
+            for s, r in clips
+        ]
+        partials = self._net(np.concatenate(stacks))
+        ends = np.cumsum([len(stack) for stack in stacks])
+        return np.stack([_utterance(p) for p in np.split(partials, ends[:-1])])
+
+
+def _partial_mels(wav: F32) -> F32:
+    """The (partials, 160, 40) mel windows Resemblyzer's ``embed_utterance`` feeds the network for one clip."""
+    slices = partial_slices(len(wav))
+    needed = slices[-1].stop * HOP
+    if needed >= len(wav):
+        wav = np.pad(wav, (0, needed - len(wav)))
+    mel = mel_spectrogram(wav)
+    return np.stack([mel[s] for s in slices])
+
+
+def _utterance(partials: F32) -> F32:
+    """The utterance embedding: the mean of its partial embeddings, unit length."""
+    mean = partials.mean(axis=0)
+    out: F32 = (mean / np.linalg.norm(mean)).astype(np.float32)
+    return out
