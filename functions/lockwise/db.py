@@ -112,7 +112,10 @@ class Database:
             if p.unix_sock:
                 kwargs["unix_sock"] = p.unix_sock
             else:
-                kwargs["sock"] = sock = tcp_socket(p.host or "127.0.0.1", p.port, self.connect_timeout_s)
+                host = p.host or "127.0.0.1"
+                sock = tcp_socket(host, p.port, self.connect_timeout_s)
+                # pg8000 still needs the host beside its own socket: TLS checks the server's name against it
+                kwargs.update(host=host, sock=sock)
             return cast(Connection, pg8000.native.Connection(timeout=self.connect_timeout_s, **kwargs))
         except (InterfaceError, OSError) as exc:
             if sock is not None:

@@ -73,3 +73,20 @@ def test_every_refusal_is_the_json_error_body_even_before_the_function_runs(stac
     refused = client.delete(f"/{name}/health")
     assert refused.status_code == 405 and refused.headers["Allow"] == "GET"
     assert refused.get_json()["error"]["code"] == "method_not_allowed"
+
+
+def test_database_connections_send_each_statement_at_once(stack_env: dict[str, str]) -> None:
+    """TCP_NODELAY on every PostgreSQL socket (pg8000 leaves Nagle on): without it a statement with a large parameter
+    waited ~40 ms for the server's delayed ACK. The connection still works (and carries the host for TLS)."""
+    import socket
+
+    from lockwise.db import Database
+
+    db = Database(stack_env["DATABASE_URL"])
+    try:
+        with db.connection() as con:
+            assert con.run("SELECT length(CAST(:b AS bytea))", b=b"x" * 20_000) == [[20_000]]
+            raw = con._usock  # type: ignore[attr-defined]  # pg8000's socket under its buffered file
+            assert raw.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
+    finally:
+        db.close()
