@@ -4,9 +4,10 @@ The relay forwards each MQTT message as ``{"topic", "payload"}``; the topic name
 Applying an event is idempotent, so a redelivery after a relay crash changes nothing: a state report older than the
 one applied is ignored, an ack of a command that is no longer pending or sent is a duplicate.
 
-Each event is checked and applied on its own (``apply_batch``: one savepoint per event): a bad event from one lock
-(malformed, oversized, NUL bytes, deeply nested, or one the database refuses) is ``rejected`` alone, with a reason,
-and kept in ``lock_event_rejects`` for an operator; it never fails the batch, so it never holds up another lock.
+Each event is checked and judged on its own (``apply_batch``; the database work of a batch is done once for it, and
+one event at a time only when the database refuses something): a bad event from one lock (malformed, oversized, NUL
+bytes, deeply nested, or one the database refuses) is ``rejected`` alone, with a reason, and kept in
+``lock_event_rejects`` for an operator; it never fails the batch, so it never holds up another lock.
 """
 
 from __future__ import annotations
@@ -199,16 +200,11 @@ def _printable(text: str) -> str:
 
 
 def apply(
-    con: Connection,
-    topic: Any,
-    payload: Any,
-    now: dt.datetime,
-    locks: dict[str, str] | None = None,
-    batch: Pending | None = None,
+    con: Connection, topic: Any, payload: Any, now: dt.datetime, locks: dict[str, str], batch: Pending | None = None
 ) -> Outcome:
-    """Apply one event. ``locks``: identity -> lock id for live credentials, when already looked up (a batch);
-    ``batch``: where the lock's row and the mirror rows wait when the caller writes them at the end of a batch
-    (otherwise written before this returns)."""
+    """Apply one event. ``locks``: identity -> lock id for live credentials (``_lock_ids``); ``batch``: where the
+    lock's row and the mirror rows wait when the caller writes them at the end of a batch (otherwise written before
+    this returns)."""
     own = batch or Pending(LockStates(con))
     outcome = _apply(con, topic, payload, now, locks, own)
     if batch is None:
@@ -221,7 +217,7 @@ def _apply(
     topic: Any,
     payload: Any,
     now: dt.datetime,
-    locks: dict[str, str] | None,
+    locks: dict[str, str],
     batch: Pending,
 ) -> Outcome:
     if not isinstance(topic, str) or not isinstance(payload, str):
@@ -237,11 +233,6 @@ def _apply(
     kind = topic.rsplit("/", 1)[-1]
     if lock_user is None:
         return Outcome("rejected", "not a lock topic")
-    if locks is None:
-        rows = con.run(
-            "SELECT lock_id::text FROM lock_credentials WHERE mqtt_username = :u AND revoked_at IS NULL", u=lock_user
-        )
-        locks = {lock_user: str(rows[0][0])} if rows else {}
     lock_id = locks.get(lock_user)
     if lock_id is None:
         return Outcome("rejected", "unknown or revoked lock")

@@ -2,9 +2,8 @@
 
 A change and its mirror writes commit together (``enqueue`` in the same transaction); ``flush`` writes them to
 Firestore afterwards, oldest first, up to ``MAX_BATCH_WRITES`` in one commit, and deletes them once Firestore took
-them. When Firestore is down the rows stay
-queued and a later flush (next request, or the relay's periodic flush) writes them: the view converges and a
-Firestore outage never blocks or undoes a PostgreSQL commit.
+them. When Firestore is down the rows stay queued and a later flush (next request, or the relay's periodic flush)
+writes them: the view converges and a Firestore outage never blocks or undoes a PostgreSQL commit.
 
 Documents: ``locks/{lock_id}`` (state, battery, online, firmware, last_seen, name, member_uids, access),
 ``locks/{lock_id}/activity/{entry_id}`` (commands, voice attempts without biometric data, membership changes),
