@@ -39,7 +39,7 @@ import numpy as np
 import numpy.typing as npt
 
 from lockwise import audio, errors, scoring
-from lockwise.voice.encoder import Encoder, open_encoder
+from lockwise.voice.encoder import Encoder, embed_all, open_encoder
 
 F32 = npt.NDArray[np.float32]
 F64 = npt.NDArray[np.float64]
@@ -166,19 +166,6 @@ def load_corpus(
             for (path, clip), embedding in zip(taken, embeddings, strict=True)
         ]
     return clips, refused
-
-
-#: clips per batched pass of an encoder that embeds many at once (GE2E: ~100 MB of activations at this size)
-EMBED_BATCH = 32
-
-
-def embed_all(encoder: Encoder, clips: Sequence[tuple[F32, int]]) -> list[F32]:
-    """The product encoder's embedding of each clip: batched when the encoder can (``embed_many``), one by one
-    otherwise; the same vectors either way (to float rounding)."""
-    many = getattr(encoder, "embed_many", None)
-    if many is None:
-        return [encoder.embed(samples, rate) for samples, rate in clips]
-    return [row for k in range(0, len(clips), EMBED_BATCH) for row in many(clips[k : k + EMBED_BATCH])]
 
 
 def _spread(files: list[Path], limit: int) -> list[Path]:

@@ -20,7 +20,7 @@ import numpy as np
 
 from lockwise import audio, errors
 from lockwise.voice import cohort
-from lockwise.voice.encoder import Encoder, open_encoder
+from lockwise.voice.encoder import Encoder, embed_all, open_encoder
 
 PER_VOICE = 80
 TOP_K = 100
@@ -47,19 +47,20 @@ def select(corpus: Path, per_voice: int, held_out: tuple[str, ...] = HELD_OUT) -
 def embed_clips(paths: list[Path], encoder: Encoder, label: str = "embedding") -> tuple[np.ndarray, list[Path]]:
     """Each clip through intake and the encoder, with a progress line on stderr; clips intake refuses are left out."""
     limits = audio.Limits()
-    vectors, kept = [], []
-    started = time.monotonic()
-    for i, path in enumerate(paths, 1):
+    taken: list[tuple[Path, audio.Clip]] = []
+    for path in paths:
         try:
-            clip = audio.validate(audio.parse_wav(path.read_bytes()), limits)
+            taken.append((path, audio.validate(audio.parse_wav(path.read_bytes()), limits)))
         except errors.BadRequest:
             continue
-        vectors.append(encoder.embed(clip.samples, clip.rate))
-        kept.append(path)
-        if i % 50 == 0 or i == len(paths):
-            elapsed = time.monotonic() - started
-            progress = f"\r{label}: {i}/{len(paths)} clips, {elapsed:.0f} s"
-            print(progress, end="", file=sys.stderr, flush=True)  # noqa: T201
+    started = time.monotonic()
+
+    def progress(done: int) -> None:
+        elapsed = time.monotonic() - started
+        print(f"\r{label}: {done}/{len(taken)} clips, {elapsed:.0f} s", end="", file=sys.stderr, flush=True)  # noqa: T201
+
+    vectors = embed_all(encoder, [(clip.samples, clip.rate) for _, clip in taken], progress)
+    kept = [path for path, _ in taken]
     print(file=sys.stderr)  # noqa: T201
     return np.stack(vectors).astype(np.float32), kept
 

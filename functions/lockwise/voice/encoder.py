@@ -6,7 +6,7 @@ has a ``model_id`` (a hash of its weights): voiceprints are only ever compared w
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -31,6 +31,29 @@ class Encoder(Protocol):
     def embed(self, samples: npt.NDArray[np.float32], sample_rate: int) -> npt.NDArray[np.float32]:
         """(n,) float32 in [-1, 1] at ``sample_rate`` -> (dim,) float32, unit L2 norm."""
         ...
+
+
+#: clips per batched pass of an encoder that embeds many at once (GE2E: ~100 MB of activations at this size)
+EMBED_BATCH = 32
+
+
+def embed_all(
+    encoder: Encoder,
+    clips: Sequence[tuple[npt.NDArray[np.float32], int]],
+    done: Callable[[int], None] | None = None,
+) -> list[npt.NDArray[np.float32]]:
+    """Each ``(samples, sample_rate)`` clip's embedding, for tools that embed many (calibration, the cohort):
+    batched when the encoder can (GE2E's ``embed_many``), one by one otherwise; the same vectors either way (to float
+    rounding). ``done`` is told how many clips are embedded so far, after each batch."""
+    many = getattr(encoder, "embed_many", None)
+    out: list[npt.NDArray[np.float32]] = []
+    step = EMBED_BATCH if many is not None else 1
+    for k in range(0, len(clips), step):
+        part = clips[k : k + step]
+        out += list(many(part)) if many is not None else [encoder.embed(samples, rate) for samples, rate in part]
+        if done is not None:
+            done(len(out))
+    return out
 
 
 def describe(encoder: Encoder) -> Callable[[], dict[str, object]]:
