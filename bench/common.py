@@ -10,12 +10,36 @@ import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from infra.local.stack import background
 
 local_stack = background  # the benchmarks' throwaway stack
 
 REPO = Path(__file__).resolve().parents[1]
+
+#: what a function process is given of the stack's environment (as a deployment sets it): its services, and of the
+#: LOCKWISE_ variables only these (the stack's own URLs and tuning stay out)
+FUNCTION_KEYS = (
+    "LOCKWISE_MODE",
+    "LOCKWISE_PROJECT_ID",
+    "LOCKWISE_SERVICE_TOKEN",
+    "LOCKWISE_COMMAND_SIGNING_KEY",
+    "LOCKWISE_MODEL_DIR",
+)
+
+
+def function_env(stack_env: dict[str, str]) -> dict[str, str]:
+    """The environment for a fresh function process (cold starts) from a running stack's."""
+    return {k: v for k, v in stack_env.items() if not k.startswith("LOCKWISE_") or k in FUNCTION_KEYS}
+
+
+def forget_attempts(db: Any, lock_id: str) -> None:
+    """Clear a lock's voice lockout and attempt log, so the lockout and the daily ceiling stay out of a measurement
+    that sends one clip many times (``db``: a ``lockwise.db.Database``)."""
+    with db.transaction() as con:
+        con.run("DELETE FROM voice_lockouts WHERE lock_id = CAST(:l AS uuid)", l=lock_id)
+        con.run("DELETE FROM verification_attempts WHERE lock_id = CAST(:l AS uuid)", l=lock_id)
 
 
 def machine() -> str:

@@ -29,23 +29,13 @@ import requests
 from packaging.requirements import Requirement
 
 from bench import relay as relay_bench
-from bench.common import REPO, full_random_ecapa, local_stack, machine, out, pct, table
+from bench.common import REPO, forget_attempts, full_random_ecapa, function_env, local_stack, machine, out, pct, table
 from bench.verify import add_members, cold_start, peak_rss_mb, sign_up, signed_post
 from infra.local.services import free_port
 from lockwise import scoring
 from lockwise.headers import SERVICE_TOKEN_HEADER
 from simlock.lock import provision
 from tests.voices import speech_like, wav
-
-#: the environment a cold function process gets (as a deployment sets it), from the stack's
-FUNCTION_ENV = (
-    "LOCKWISE_MODE",
-    "LOCKWISE_PROJECT_ID",
-    "LOCKWISE_SERVICE_TOKEN",
-    "LOCKWISE_COMMAND_SIGNING_KEY",
-    "LOCKWISE_MODEL_DIR",
-)
-
 
 #: between two measured calls: on 2 cores, a pool still spinning after the previous call slows the next one
 PAUSE_S = 0.25
@@ -174,18 +164,13 @@ def main(argv: list[str] | None = None) -> int:
 
         # -- cold starts, one process at a time (the original's first: it takes seconds)
         original, original_url, original_cold = original_service(model_dir)
-        fn_env = {k: v for k, v in env.items() if not k.startswith("LOCKWISE_") or k in FUNCTION_ENV}
+        fn_env = function_env(env)
         pcm = {"pcm_base64": base64.b64encode((clip * 32767).astype("<i2").tobytes()).decode()}
         token = {SERVICE_TOKEN_HEADER: env["LOCKWISE_SERVICE_TOKEN"]}
 
-        def reset_lockout() -> None:
-            with db.transaction() as con:
-                con.run("DELETE FROM voice_lockouts WHERE lock_id = CAST(:l AS uuid)", l=lock_id)
-                con.run("DELETE FROM verification_attempts WHERE lock_id = CAST(:l AS uuid)", l=lock_id)
-
         def verify_probe(base: str) -> bool:
             ok = signed_post(base, key, lock_id, body, requests.Session()).status_code == 200
-            reset_lockout()
+            forget_attempts(db, lock_id)
             return ok
 
         probes = {
@@ -210,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
             original_session.post(original_url + "/verify", json=original_json, timeout=60)
             speechbrain.embed(clip, 44100)
             onnx.embed(clip, 44100)
-        reset_lockout()
+        forget_attempts(db, lock_id)
         ours, theirs, bare, in_process = [], [], [], []
 
         def settled(call: Callable[[], Any]) -> float:
@@ -222,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
             ours.append(settled(lambda: answers.append(signed_post(verify_url, key, lock_id, body, session))))
             if answers[-1].status_code != 200:
                 raise RuntimeError(answers[-1].text)
-            reset_lockout()  # keeps the lockout and the daily ceiling out of the measurement
+            forget_attempts(db, lock_id)  # keeps the lockout and the daily ceiling out of the measurement
             theirs.append(
                 settled(lambda: original_session.post(original_url + "/verify", json=original_json, timeout=60))
             )

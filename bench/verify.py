@@ -23,7 +23,18 @@ from typing import Any
 import numpy as np
 import requests
 
-from bench.common import REPO, full_random_ecapa, local_stack, machine, out, pct, summary, table
+from bench.common import (
+    REPO,
+    forget_attempts,
+    full_random_ecapa,
+    function_env,
+    local_stack,
+    machine,
+    out,
+    pct,
+    summary,
+    table,
+)
 from infra.local.services import free_port, function_argv
 from lockwise import audio, lock_auth, scoring
 from lockwise.db import Database
@@ -177,9 +188,7 @@ def main(argv: list[str] | None = None) -> int:
                 times.append((time.perf_counter() - t0) * 1000)
                 if resp.status_code != 200:
                     raise RuntimeError(resp.text)
-                with db.transaction() as con:  # keep the lockout and the daily ceiling out of the measurement
-                    con.run("DELETE FROM voice_lockouts WHERE lock_id = CAST(:l AS uuid)", l=lock_id)
-                    con.run("DELETE FROM verification_attempts WHERE lock_id = CAST(:l AS uuid)", l=lock_id)
+                forget_attempts(db, lock_id)
             s = summary(times)
             overhead = (s["p50"] - fwd["p50"]) / fwd["p50"]
             rows.append([f"POST /verify, {n} members", s["p50"], s["p95"], f"{overhead:+.0%}"])
@@ -201,19 +210,7 @@ def main(argv: list[str] | None = None) -> int:
                 [f"{n} candidates", pct(orig, 50), pct(ours, 50), f"{pct(orig, 50) / pct(ours, 50):.2f}x"]
             )
 
-        fn_env = {
-            k: v
-            for k, v in env.items()
-            if not k.startswith("LOCKWISE_")
-            or k
-            in (
-                "LOCKWISE_MODE",
-                "LOCKWISE_PROJECT_ID",
-                "LOCKWISE_SERVICE_TOKEN",
-                "LOCKWISE_COMMAND_SIGNING_KEY",
-                "LOCKWISE_MODEL_DIR",
-            )
-        }
+        fn_env = function_env(env)
         lock_for_cold = lock_id
 
         def verify_probe(base: str) -> bool:

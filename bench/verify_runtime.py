@@ -26,7 +26,18 @@ from pathlib import Path
 
 import requests
 
-from bench.common import REPO, full_random_ecapa, local_stack, machine, out, pct, summary, table
+from bench.common import (
+    REPO,
+    forget_attempts,
+    full_random_ecapa,
+    function_env,
+    local_stack,
+    machine,
+    out,
+    pct,
+    summary,
+    table,
+)
 from bench.verify import add_members, cold_start, peak_rss_mb, sign_up, signed_post
 from infra.build import build
 from infra.local.services import free_port, start_function
@@ -38,7 +49,6 @@ SECONDS = (2.0, 3.0, 5.0, 10.0)
 # to the two processes on 2 cores would time each one against the other's spinning threads.
 PAUSE_S = 0.3
 MALLOC = {"MALLOC_MMAP_THRESHOLD_": "33554432", "MALLOC_TRIM_THRESHOLD_": "268435456"}
-FN_KEYS = ("LOCKWISE_MODE", "LOCKWISE_PROJECT_ID", "LOCKWISE_SERVICE_TOKEN", "LOCKWISE_COMMAND_SIGNING_KEY")
 
 TUNING_PROBE = """
 import json, sys, time
@@ -151,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
         from lockwise.db import Database
 
         db = Database(env["DATABASE_URL"])
-        fn_env = {k: v for k, v in env.items() if not k.startswith("LOCKWISE_") or k in FN_KEYS}
+        fn_env = function_env(env)
         fn_env["LOCKWISE_MODEL_DIR"] = str(model)
         fn_env.update(MALLOC)
         fn_env["LOCKWISE_LOCKOUT_AFTER"] = "1000000"  # random voiceprints: every attempt is a rejection
@@ -172,10 +182,6 @@ def main(argv: list[str] | None = None) -> int:
             health = requests.get(urls["onnx"] + "/verify/health", timeout=10).json()["checks"]["model"]
             add_members(db, lock_id, 1, health["model_id"], health["dim"])
             session = requests.Session()
-
-            def clear_lockout() -> None:
-                with db.transaction() as con:
-                    con.run("DELETE FROM voice_lockouts WHERE lock_id = CAST(:l AS uuid)", l=lock_id)
 
             for seconds in SECONDS:
                 body = wav(speech_like(seconds, rate=44100, seed=int(seconds)))
@@ -200,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
 
             def verify_probe(base: str) -> bool:
                 ok = signed_post(base, key, lock_id, body, requests.Session()).status_code == 200
-                clear_lockout()
+                forget_attempts(db, lock_id)
                 return ok
 
             runs: dict[str, list[float]] = {"speechbrain": [], "onnx": []}
