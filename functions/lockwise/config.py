@@ -231,7 +231,7 @@ class Settings:
             audio_min_s=env_float(env, "LOCKWISE_AUDIO_MIN_S", 2.0, 0.5, 60),
             audio_max_s=env_float(env, "LOCKWISE_AUDIO_MAX_S", 15.0, 1.0, 120),
             audio_min_speech_s=env_float(env, "LOCKWISE_AUDIO_MIN_SPEECH_S", 1.0, 0.0, 60),
-            enroll_min_samples=env_int(env, "LOCKWISE_ENROLL_MIN_SAMPLES", 3, minimum=1),
+            enroll_min_samples=env_int(env, "LOCKWISE_ENROLL_MIN_SAMPLES", 5, minimum=1),
             enroll_max_samples=env_int(env, "LOCKWISE_ENROLL_MAX_SAMPLES", 5, minimum=1),
             # a cosine in [-1, 1], or on the normalised scale (z-scores) when the encoder ships a cohort
             voice_threshold=_optional_float(env, "LOCKWISE_VOICE_THRESHOLD", -1, 50),

@@ -21,7 +21,7 @@ import {
   signOut,
 } from "./vendor/firebase.js";
 
-const SAMPLES = 3;
+const SAMPLES = 5;
 const SAMPLE_SECONDS = 4.5;
 const $ = (selector, root = document) => root.querySelector(selector);
 const unsubscribers = [];

@@ -1,7 +1,7 @@
 """The product's main job, narrated: ``./dev demo`` (``python -m infra.local.demo``).
 
 Against the running local stack (``./dev stack``; started here, and stopped afterwards, when it is not up): an owner
-signs up (Auth emulator), creates a lock, a simulated lock pairs and connects over MQTT/TLS, the owner enrolls three
+signs up (Auth emulator), creates a lock, a simulated lock pairs and connects over MQTT/TLS, the owner enrolls five
 clips of a real voice (Allison, from the Asterisk corpus), the lock hears another clip of her and opens (the grant
 checked and acted on at once; the same command delivered over MQTT through the relay, acknowledged, and shown in the
 app's Firestore live view, read with the owner's token through the security rules), a stranger is refused, strangers
@@ -158,7 +158,7 @@ def run(env: dict[str, str], corpus: Path) -> None:
     story = Story()
     devices, embed, verify = env["LOCKWISE_DEVICES_URL"], env["LOCKWISE_EMBED_URL"], env["LOCKWISE_VERIFY_URL"]
     allison, strangers = corpus_voices(corpus)
-    if len(allison) < 6 or len(strangers) < 6:
+    if len(allison) < 7 or len(strangers) < 6:
         raise StepFailed(f"the corpus in {corpus} has too few clips (./dev setup rebuilds it)")
 
     with story.step("An owner signs up (Auth emulator)") as notes:
@@ -180,16 +180,16 @@ def run(env: dict[str, str], corpus: Path) -> None:
         lock.start()
         notes.append(f"broker identity {config.identity[:8]}..., state {lock.state}")
     try:
-        with story.step("The owner enrolls three clips of her voice") as notes:
+        with story.step("The owner enrolls five clips of her voice") as notes:
             import base64
 
-            samples = [{"wav_base64": base64.b64encode(p.read_bytes()).decode()} for p in allison[:3]]
+            samples = [{"wav_base64": base64.b64encode(p.read_bytes()).decode()} for p in allison[:5]]
             status, enrolled = request(embed + "/embed/enrollment", {"samples": samples}, token, method="PUT")
             if status != 201:
                 raise StepFailed(f"enrollment answered {status}: {enrolled}")
             notes.append(f"{enrolled['samples']} samples, agreement {enrolled['agreement']}")
         with story.step("The lock hears her at the door: the door opens") as notes:
-            answer = lock.hear(verify, allison[4].read_bytes(), again=allison[5].read_bytes())
+            answer = lock.hear(verify, allison[5].read_bytes(), again=allison[6].read_bytes())
             if answer.get("decision") != "accepted":
                 raise StepFailed(f"her voice was not accepted: {answer}")
             how = "its grant checked and acted on" if answer["acted_on_grant"] else "the command came over MQTT first"

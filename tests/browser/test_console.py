@@ -102,7 +102,7 @@ def test_the_console_signs_in_enrolls_by_microphone_and_shows_the_door_open(
 
         page.click("#enroll")
         expect(page.locator("#enroll-progress")).to_have_attribute("data-done", "true", timeout=60_000)
-        expect(page.locator("#voice-status")).to_contain_text("enrolled (3 samples)", timeout=15_000)
+        expect(page.locator("#voice-status")).to_contain_text("enrolled (5 samples)", timeout=15_000)
         page.screenshot(path=str(ARTEFACTS / "2-voice-enrolled.png"))
 
         lock = SimulatedLock(provision(env["LOCKWISE_DEVICES_URL"], code, env["MQTT_CA_FILE"]))

@@ -86,7 +86,7 @@ def test_verify_refuses_replays_of_enrollment_samples_and_of_earlier_attempts(
     devices, embed, verify = make_client("devices"), make_client("embed"), make_client("verify")
     world: World = build_world(devices, sign_up)
     takes = [p for p in sorted((corpus / "allison").glob("en-*.wav"))[:60] if _speech(p) >= 3.0]
-    enrolled = takes[:3]
+    enrolled = takes[:5]
     resp = embed.put(
         "/embed/enrollment",
         json={"samples": [{"wav_base64": base64.b64encode(p.read_bytes()).decode()} for p in enrolled]},
@@ -94,7 +94,7 @@ def test_verify_refuses_replays_of_enrollment_samples_and_of_earlier_attempts(
     )
     assert resp.status_code == 201, resp.get_json()
     member = world.uid("member")
-    assert _count("SELECT count(*) FROM voice_fingerprints WHERE user_uid = :u", u=member) == 3
+    assert _count("SELECT count(*) FROM voice_fingerprints WHERE user_uid = :u", u=member) == 5
 
     def post(body: bytes) -> dict[str, Any]:
         signed = lock_auth.sign_headers(

@@ -242,7 +242,7 @@ def build_scene(function: str, make_client: Callable[[str], Any], sign_up: Any, 
     scene.invitation_id = scene.invitation("owner", "stranger")
     if function == "verify":  # an enrolled owner, so that a clip gets a decision; an embedding for the candidates
         embed = make_client("embed")
-        samples = [pcm_json(VOICE), pcm_json(VOICE * 0.9), pcm_json(VOICE * 1.1)]
+        samples = [pcm_json(VOICE * gain) for gain in (1.0, 0.9, 1.1, 0.95, 1.05)]
         assert embed.put("/embed/enrollment", json={"samples": samples}, headers=bearer(owner)).status_code == 201
         resp = embed.post("/embed", json=pcm_json(VOICE), headers={SERVICE_TOKEN_HEADER: scene.service_token})
         assert resp.status_code == 200, resp.get_json()
@@ -352,7 +352,12 @@ EXPLICIT: dict[str, Explicit] = {
     "renewLockCertificate": lambda s: [{"body": {"csr": new_tls_key()[1]}}],
     "relayEvents": _relay_events,
     "enrollVoice": lambda s: [
-        {"body": {"samples": [pcm_json(VOICE), wav_json(VOICE * 0.9), pcm_json(VOICE * 1.1, rate=44100)]}}
+        {
+            "body": {
+                "samples": [pcm_json(VOICE), wav_json(VOICE * 0.9), pcm_json(VOICE * 1.1, rate=44100)]
+                + [pcm_json(VOICE * 0.95), wav_json(VOICE * 1.05)]
+            }
+        }
     ],
     "embedClip": lambda s: [{"body": pcm_json(VOICE)}, {"body": wav_json(VOICE)}],
     "verifyVoice": _verify_voice,

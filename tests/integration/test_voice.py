@@ -56,7 +56,7 @@ TAKE = speech_like(3.0, f0=150, seed=2)
 
 
 def enroll(clients: dict[str, Any], account: dict[str, Any], voice: Any = VOICE) -> Any:
-    samples = [pcm_json(voice), pcm_json(voice * 0.9), pcm_json(voice * 1.1)]
+    samples = [pcm_json(voice * gain) for gain in (1.0, 0.9, 1.1, 0.95, 1.05)]
     return clients["embed"].put("/embed/enrollment", json={"samples": samples}, headers=bearer(account))
 
 
@@ -118,7 +118,7 @@ def test_enroll_then_verify_the_same_voice_unlocks(clients: dict[str, Any], worl
     resp = enroll(clients, world.accounts["member"])
     assert resp.status_code == 201, resp.get_json()
     status = resp.get_json()
-    assert status["enrolled"] and not status["needs_reenrollment"] and status["samples"] == 3
+    assert status["enrolled"] and not status["needs_reenrollment"] and status["samples"] == 5
     resp = signed_verify(clients, world, wav(TAKE))
     assert resp.status_code == 200, resp.get_json()
     result = resp.get_json()
@@ -365,11 +365,11 @@ def test_enrollment_samples_are_checked(clients: dict[str, Any], world: World, m
     put = clients["embed"].put
     resp = put("/embed/enrollment", json={"samples": [pcm_json(TAKE)] * 2}, headers=bearer(owner))
     assert resp.status_code == 400 and resp.get_json()["error"]["code"] == "wrong_sample_count"
-    bad = [pcm_json(TAKE), pcm_json(TAKE), pcm_json(VOICE[:44100])]
+    bad = [pcm_json(TAKE), pcm_json(TAKE), pcm_json(VOICE[:44100]), pcm_json(TAKE), pcm_json(TAKE)]
     resp = put("/embed/enrollment", json={"samples": bad}, headers=bearer(owner))
     error = resp.get_json()["error"]
     assert resp.status_code == 422 and error["code"] == "too_short" and error["details"]["sample"] == 2
-    assert put("/embed/enrollment", json={"samples": [pcm_json(TAKE)] * 3}).status_code == 401
+    assert put("/embed/enrollment", json={"samples": [pcm_json(TAKE)] * 5}).status_code == 401
 
 
 def test_enrollment_samples_that_disagree_name_the_outlier(
@@ -383,7 +383,7 @@ def test_enrollment_samples_that_disagree_name_the_outlier(
     runtime.cache_clear()
     embed = make_client("embed")
     other = speech_like(3.0, f0=220, seed=9)
-    samples = [pcm_json(TAKE), pcm_json(TAKE), pcm_json(other)]
+    samples = [pcm_json(TAKE), pcm_json(TAKE), pcm_json(other), pcm_json(TAKE), pcm_json(TAKE)]
     resp = embed.put("/embed/enrollment", json={"samples": samples}, headers=bearer(sign_up()))
     error = resp.get_json()["error"]
     assert resp.status_code == 422 and error["code"] == "samples_disagree" and error["details"]["sample"] == 2

@@ -124,7 +124,7 @@ def test_a_voice_opens_the_door_through_the_deployed_processes(
     lock = SimulatedLock(config)
     lock.start()  # with the certificate it got at pairing: the broker knew nothing of this lock before
     try:
-        *enroll, heard = _speaker_clips(corpus, "allison", 4)
+        *enroll, heard = _speaker_clips(corpus, "allison", 6)
         samples = [{"wav_base64": base64.b64encode(c.read_bytes()).decode()} for c in enroll]
         enrolled = requests.put(
             f"{deployed.urls['lockwise-embed']}/embed/enrollment", json={"samples": samples}, headers=auth, timeout=60
