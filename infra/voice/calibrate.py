@@ -413,6 +413,47 @@ def speaker_disjoint(
 
 
 RETRY_BANDS = (0.5, 1.0, 2.0)
+NOISY_SNRS_DB = (40.0, 30.0, 20.0)
+
+
+def noisy_probes(
+    encoder: Encoder,
+    prints: dict[Key, list[F32]],
+    trial_clips: Sequence[Clip],
+    cohort_clips: Sequence[Clip],
+    top_k: int,
+    operating: dict[str, float],
+    clips: int = 300,
+) -> list[dict[str, Any]]:
+    """One utterance, normalised as in :func:`speaker_disjoint`, at the normalised operating threshold, for up to
+    ``clips`` trial clips (evenly spaced) with white noise at each of ``NOISY_SNRS_DB``: how noise at the door moves
+    false rejections and false matches (a noisy probe must not match strangers more often than a clean one)."""
+    from infra.voice.channel import noise
+
+    chosen = list(trial_clips)[:: max(1, len(trial_clips) // clips)][:clips]
+    rows: list[dict[str, Any]] = []
+    for snr in (None, *NOISY_SNRS_DB):
+        rng = np.random.default_rng(11)
+        parts = [(c.samples if snr is None else noise(c.samples, snr, rng), c.rate) for c in chosen]
+        probes = [
+            Clip(c.speaker, c.voice, c.path, e, p, c.rate)
+            for c, (p, _), e in zip(chosen, parts, embed_all(encoder, parts), strict=True)
+        ]
+        report, curves = speaker_disjoint(prints, probes, cohort_clips, top_k, {"normalised": operating["threshold"]})
+        at = report["normalised"]["operating"]
+        n = report["normalised"]["loso_0.001"]
+        rows.append(  # snr_db None: the clean clips
+            {
+                "snr_db": snr,
+                "fnmr": at["fnmr"],
+                "fmr": at["fmr"],
+                "genuine_trials": n["genuine_trials"],
+                "impostor_trials": n["impostor_trials"] // 2,  # leave-one-out counts each impostor trial twice
+                "impostor_p99": float(np.percentile(curves["normalised"].impostor, 99)),
+                "impostor_mean": float(np.mean(curves["normalised"].impostor)),
+            }
+        )
+    return rows
 
 
 def _fused(scores: F64, t_speaker: Labels, t_voice: Labels) -> F64:
@@ -501,6 +542,7 @@ def calibrate(
     retry_band: float | None = None,
     cohort_per_voice: int = 80,
     top_k: int = 100,
+    noisy_clips: int = 300,
 ) -> dict[str, Any]:
     """Run the whole calibration; writes the report files to ``out`` and returns the report."""
     started = time.perf_counter()
@@ -511,7 +553,7 @@ def calibrate(
         raise SystemExit(f"{corpus}: need at least two speaker folders with usable clips, found {speakers}")
     prints, trial_clips = split(clips, voiceprints, rng, enroll_clips)
     trials = score(prints, trial_clips)
-    cohort_clips = cohort_of(clips, cohort_per_voice)
+    cohort_clips = cohort_of(clips, cohort_per_voice, encoder)
     disjoint, curves = speaker_disjoint(
         prints,
         trial_clips,
@@ -519,6 +561,8 @@ def calibrate(
         top_k,
         {"raw": threshold, "normalised": norm_threshold, "retry_band": retry_band},
     )
+    operating_norm = disjoint["normalised"]["operating"]
+    noisy = noisy_probes(encoder, prints, trial_clips, cohort_clips, top_k, operating_norm, noisy_clips)
     equal, eer_t = eer(trials)
     targets = [threshold_for(trials, t) for t in TARGET_FMRS]
     operating = threshold if threshold is not None else fitted_threshold(trials, TARGET_FMRS[0])
@@ -555,6 +599,7 @@ def calibrate(
         "speech": speech_floor(encoder, prints, trial_clips, operating),
         "cross_voice": cross_voice(trials, operating),
         "disjoint": disjoint,
+        "noisy_probes": noisy,
         "seconds": 0.0,
     }
     report["seconds"] = round(time.perf_counter() - started, 1)
@@ -567,12 +612,18 @@ def calibrate(
     return report
 
 
-def cohort_of(clips: Sequence[Clip], per_voice: int) -> list[Clip]:
-    """The clips the product's cohort builder would pick from these (``infra.voice.cohort.evenly``)."""
-    from infra.voice.cohort import evenly
+def cohort_of(clips: Sequence[Clip], per_voice: int, encoder: Encoder) -> list[Clip]:
+    """The cohort the product's builder would make from these clips: its pick (``infra.voice.cohort.evenly``), and
+    each picked clip's noisy copy (``infra.voice.cohort.noisy_copy``) embedded by ``encoder``."""
+    from infra.voice.cohort import clip_name, evenly, noisy_copy
 
     chosen = set(evenly((c.path for c in clips), per_voice))
-    return [c for c in clips if c.path in chosen]
+    picked = [c for c in clips if c.path in chosen]
+    copies = [(noisy_copy(c.samples, clip_name(c.path)), c.rate) for c in picked]
+    return picked + [
+        Clip(c.speaker, c.voice, c.path, embedding, samples, c.rate)
+        for c, (samples, _), embedding in zip(picked, copies, embed_all(encoder, copies), strict=True)
+    ]
 
 
 def plot_det(curves: dict[str, Trials], disjoint: dict[str, Any], path: Path) -> None:
@@ -695,6 +746,11 @@ def markdown(r: dict[str, Any]) -> str:
     lines += [f"| {s} | {v['fnmr']:.2%} | {v['fmr']:.4%} |" for s, v in r["per_speaker"].items()]
     lines += ["", "| threshold | FMR | FNMR |", "|---|---|---|"]
     lines += [f"| {row['threshold']:.3f} | {row['fmr']:.4%} | {row['fnmr']:.2%} |" for row in r["thresholds"]]
+    lines += ["", "One utterance at the normalised operating threshold, trial clips with white noise added:", ""]
+    lines += ["| SNR | FNMR | FMR |", "|---|---|---|"]
+    for x in r["noisy_probes"]:
+        snr = "clean" if x["snr_db"] is None else f"{x['snr_db']:g} dB"
+        lines.append(f"| {snr} | {x['fnmr']:.1%} | {x['fmr']:.4%} |")
     a = r["agreement"]
     lines += [
         "",

@@ -44,6 +44,7 @@ def report(corpus: Path, encoder: Encoder, tmp_path_factory: pytest.TempPathFact
         threshold=GE2E.threshold,
         norm_threshold=GE2E.norm_threshold,
         retry_band=GE2E.norm_retry_band,
+        noisy_clips=80,
     )
     return report | {"out": str(out)}
 
@@ -120,6 +121,22 @@ def test_normalised_scores_hold_the_shipped_bounds_and_beat_raw_speaker_disjoint
     assert normalised["fnmr"] < raw["fnmr"], (raw, normalised)
     assert d["normalised"]["eer"] < d["raw"]["eer"]
     assert (Path(report["out"]) / "det-disjoint.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_noise_at_the_door_costs_owners_but_never_lets_strangers_in_more_often(report: dict[str, Any]) -> None:
+    """White noise lowers every score; normalised against a clean-only cohort it also inflated impostors' scores
+    (0.26 % false matches at 30 dB SNR against 0.067 % clean, measured): the shipped cohort holds noisy copies so
+    that a noisy probe's cohort statistics move with it. Failing here means noise helps an impostor again."""
+    assert GE2E.norm_fmr_upper is not None
+    rows = {r["snr_db"]: r for r in report["noisy_probes"]}
+    assert set(rows) == {None, *cal.NOISY_SNRS_DB}
+    for snr, row in rows.items():
+        assert _lower_99(row["fmr"], row["impostor_trials"]) <= GE2E.norm_fmr_upper, (snr, row)
+        # false matches are too rare in a subset to compare, the top of the impostor distribution is not: with a
+        # clean-only cohort it rose at 30 dB (p99 3.21 -> 3.70 here); with the noisy copies it falls (40 dB: about
+        # level, 3.10 -> 3.11 in the full calibration)
+        assert row["impostor_p99"] <= rows[None]["impostor_p99"] + 0.1, (snr, row, rows[None])
+    assert rows[20.0]["fnmr"] > rows[None]["fnmr"] + 0.3  # the owner pays: noise is refused, never waved through
 
 
 def test_allison_in_spanish_is_the_same_person_but_a_different_voice(report: dict[str, Any]) -> None:
