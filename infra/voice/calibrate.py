@@ -835,6 +835,9 @@ def main(argv: list[str] | None = None) -> int:
         "--threshold", type=float, help="operating threshold (default: fitted so its 95%% bound meets 0.8 in 1,000)"
     )
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--cohort-per-voice", type=int, default=80, help="cohort clips per speaker and voice (with their noisy copies)"
+    )
     parser.add_argument("--norm-threshold", type=float, help="the normalised threshold to report the procedure at")
     parser.add_argument("--retry-band", type=float, help="the say-again band to report the procedure at")
     parser.add_argument(
@@ -856,12 +859,14 @@ def main(argv: list[str] | None = None) -> int:
         threshold=args.threshold,
         norm_threshold=args.norm_threshold,
         retry_band=args.retry_band,
+        cohort_per_voice=args.cohort_per_voice,
     )
     print((args.out / "report.md").read_text())  # noqa: T201
     if args.write_cohort:
         from infra.voice.cohort import build as build_cohort
 
-        build_cohort(args.write_cohort, args.corpus, held_out=())  # the operator's recordings: every speaker
+        # the operator's recordings: every speaker
+        build_cohort(args.write_cohort, args.corpus, per_voice=args.cohort_per_voice, held_out=())
         print(f"wrote the score cohort into {args.write_cohort}")  # noqa: T201
     print(f"wrote {args.out}/report.json, report.md, det.png, scores.png in {report['seconds']} s")  # noqa: T201
     return 0
