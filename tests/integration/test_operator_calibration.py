@@ -18,7 +18,8 @@ import pytest
 from infra.voice import calibrate as cal
 from lockwise.config import Settings
 from lockwise.voice import cohort
-from lockwise.voice.encoder import ModelError, load_scorer, open_encoder
+from lockwise.voice.encoder import load_scorer, open_encoder
+from lockwise.voice.model_files import ModelError
 
 pytestmark = pytest.mark.model
 
