@@ -36,7 +36,7 @@ def function_env(stack_env: dict[str, str]) -> dict[str, str]:
 
 def forget_attempts(db: Any, lock_id: str) -> None:
     """Clear a lock's voice lockout and attempt log, so the lockout and the daily ceiling stay out of a measurement
-    that sends one clip many times (``db``: a ``lockwise.db.Database``)."""
+    that sends one clip many times (``db``: a ``lockwise.core.db.Database``)."""
     with db.transaction() as con:
         con.run("DELETE FROM voice_lockouts WHERE lock_id = CAST(:l AS uuid)", l=lock_id)
         con.run("DELETE FROM verification_attempts WHERE lock_id = CAST(:l AS uuid)", l=lock_id)

@@ -34,8 +34,8 @@ from bench.common import machine, out, pct, slot_files, table
 from infra.deploy_config import RELAY_SLOTS
 from infra.local import services
 from infra.lock_ca import client_cert
-from lockwise import commands, locks, topics
-from lockwise.db import Database
+from lockwise.core.db import Database
+from lockwise.devices import commands, locks, topics
 from mqtt_relay.slots import Lease
 
 
@@ -203,7 +203,7 @@ async def bench(n: int, concurrency: int) -> None:
     broker = services.start_mosquitto(root / "broker", services.free_port())
     relay: services.Process | None = None
     try:
-        from lockwise import migrate
+        from lockwise.core import migrate
 
         db = Database(pg.url, pool_size=2)
         con = db.connect()

@@ -32,8 +32,8 @@ from bench import relay as relay_bench
 from bench.common import REPO, forget_attempts, full_random_ecapa, function_env, local_stack, machine, out, pct, table
 from bench.verify import add_members, cold_start, peak_rss_mb, sign_up, signed_post
 from infra.local.services import free_port
-from lockwise import scoring
-from lockwise.headers import SERVICE_TOKEN_HEADER
+from lockwise.core.headers import SERVICE_TOKEN_HEADER
+from lockwise.voice import scoring
 from simlock.lock import provision
 from tests.voices import speech_like, wav
 
@@ -147,9 +147,9 @@ def main(argv: list[str] | None = None) -> int:
     body = wav(clip)
     rows: list[Row] = []
     with local_stack(model_dir) as env:
-        from lockwise.db import Database
-        from lockwise.voice.ecapa import EcapaEncoder
-        from lockwise.voice.onnx_ecapa import OnnxEcapaEncoder
+        from lockwise.core.db import Database
+        from lockwise.voice.model.ecapa import EcapaEncoder
+        from lockwise.voice.model.onnx_ecapa import OnnxEcapaEncoder
 
         db = Database(env["DATABASE_URL"])
         account = sign_up(env["FIREBASE_AUTH_EMULATOR_HOST"])

@@ -28,9 +28,9 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from bench.common import local_stack, machine, out, slot_files, summary, table
 from infra.deploy_config import RELAY_SLOTS
-from lockwise import topics
-from lockwise.db import Database
-from lockwise.firestore import make_client as firestore_client
+from lockwise.core.db import Database
+from lockwise.core.firestore import make_client as firestore_client
+from lockwise.devices import topics
 from mqtt_relay.sessions import no_delay
 from simlock.lock import SimulatedLock, provision
 

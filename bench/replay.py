@@ -13,10 +13,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 from bench.common import machine, out, pct, table
-from lockwise import audio
-from lockwise.voice import fingerprint
-from lockwise.voice.encoder import open_encoder
-from lockwise.voice.resample import resample
+from lockwise.voice import audio
+from lockwise.voice.model import fingerprint
+from lockwise.voice.model.encoder import open_encoder
+from lockwise.voice.model.resample import resample
 
 CORPUS = Path.home() / ".cache" / "lockwise" / "corpus" / "asterisk"
 

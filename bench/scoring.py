@@ -2,7 +2,7 @@
 
 In process, with GE2E's shipped cohort (``functions/models/ge2e/cohort.npz``, built by ``./dev``) and a real probe
 embedding: the time to score one probe against 1, 10 and 100 voiceprints as raw cosines (the plain path) and with
-AS-norm (lockwise.voice.cohort), and the ratio. The embedding itself (the forward pass, about 100 ms for 3 s of
+AS-norm (lockwise.voice.model.cohort), and the ratio. The embedding itself (the forward pass, about 100 ms for 3 s of
 audio) is the same for both and is left out.
 """
 
@@ -14,8 +14,8 @@ import time
 import numpy as np
 
 from bench.common import machine, out, pct, table
-from lockwise.voice import cohort
-from lockwise.voice.encoder import DEFAULT_GE2E_DIR, Scorer, open_encoder
+from lockwise.voice.model import cohort
+from lockwise.voice.model.encoder import DEFAULT_GE2E_DIR, Scorer, open_encoder
 
 
 def timed(scorer: Scorer, probe: np.ndarray, prints: np.ndarray, rounds: int) -> list[float]:

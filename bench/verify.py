@@ -36,8 +36,9 @@ from bench.common import (
     table,
 )
 from infra.local.services import free_port, function_argv
-from lockwise import audio, lock_auth, scoring
-from lockwise.db import Database
+from lockwise.core.db import Database
+from lockwise.devices import lock_auth
+from lockwise.voice import audio, scoring
 from simlock.lock import provision
 from tests.voices import speech_like, wav
 
@@ -161,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
         devices, verify_url = env["LOCKWISE_DEVICES_URL"], env["LOCKWISE_VERIFY_URL"]
         health = requests.get(verify_url + "/verify/health", timeout=10).json()["checks"]["model"]
 
-        from lockwise.voice.ecapa import EcapaEncoder
+        from lockwise.voice.model.ecapa import EcapaEncoder
 
         encoder = EcapaEncoder(Path(env["LOCKWISE_MODEL_DIR"]))
         forward = []

@@ -54,7 +54,7 @@ TUNING_PROBE = """
 import json, sys, time
 import numpy as np
 t0 = time.perf_counter()
-from lockwise.voice.onnx_ecapa import OnnxEcapaEncoder
+from lockwise.voice.model.onnx_ecapa import OnnxEcapaEncoder
 enc = OnnxEcapaEncoder(sys.argv[1], threads=int(sys.argv[2]))
 loaded = time.perf_counter() - t0
 rng = np.random.default_rng(0)
@@ -158,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     cold_rows: list[list[object]] = []
     rss_rows: list[list[object]] = []
     with local_stack(model) as env, tempfile.TemporaryDirectory() as logs:
-        from lockwise.db import Database
+        from lockwise.core.db import Database
 
         db = Database(env["DATABASE_URL"])
         fn_env = function_env(env)

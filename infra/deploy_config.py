@@ -103,7 +103,7 @@ def secret_targets(spec: ServiceSpec | JobSpec, place: Place) -> dict[str, str]:
     return {target.format(**place.fields()): secret for target, secret in spec.secrets.items()}
 
 
-# Each deployable gets exactly the secrets its settings read (lockwise.config.FUNCTION_SECRETS, the relay's
+# Each deployable gets exactly the secrets its settings read (lockwise.core.config.FUNCTION_SECRETS, the relay's
 # RelaySettings, DatabaseSettings); tests/unit/test_deploy.py checks the two agree.
 DB = {"DATABASE_URL": SECRET_DATABASE_URL}
 TOKEN = {"LOCKWISE_SERVICE_TOKEN": SECRET_SERVICE_TOKEN}
@@ -240,7 +240,7 @@ SERVICES: tuple[ServiceSpec, ...] = (
 MIGRATE = JobSpec(
     name="lockwise-migrate",
     bundle="migrate",
-    argv=("python", "-m", "lockwise.migrate"),
+    argv=("python", "-m", "lockwise.core.migrate"),
     secrets=dict(DB),
     why="applies the database migrations before new code goes live",
 )

@@ -22,7 +22,7 @@ from cryptography.x509.oid import NameOID
 
 from infra.broker.render import relay_identities
 from infra.deploy_config import RELAY_SLOTS
-from lockwise.lock_certs import LockCa, issue, new_ca
+from lockwise.devices.lock_certs import LockCa, issue, new_ca
 
 
 def client_cert(ca_pem: str, identity: str, days: int) -> tuple[str, str]:

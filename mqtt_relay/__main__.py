@@ -6,9 +6,9 @@ import logging
 import signal
 import sys
 
-from lockwise import log as lwlog
-from lockwise.config import ConfigError
-from lockwise.db import Database
+from lockwise.core import log as lwlog
+from lockwise.core.config import ConfigError
+from lockwise.core.db import Database
 from mqtt_relay.health_server import serve
 from mqtt_relay.relay import Relay
 from mqtt_relay.settings import RelaySettings

@@ -23,9 +23,10 @@ from dataclasses import dataclass
 
 import requests
 
-from lockwise.headers import SERVICE_TOKEN_HEADER
+from lockwise.core.headers import SERVICE_TOKEN_HEADER
 
-#: the devices function refuses larger payloads (lockwise.lock_events.MAX_PAYLOAD_CHARS; the broker, 64 KiB packets)
+#: the devices function refuses larger payloads (lockwise.devices.lock_events.MAX_PAYLOAD_CHARS; the broker, 64 KiB
+#: packets)
 MAX_PAYLOAD_CHARS = 16_384
 #: a batch's payloads stop growing past this many characters (the function takes bodies up to 4 MB)
 MAX_BATCH_CHARS = 1_000_000

@@ -12,8 +12,8 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from lockwise import topics
-from lockwise.db import Connection, Database
+from lockwise.core.db import Connection, Database
+from lockwise.devices import topics
 
 log = logging.getLogger("mqtt_relay.outbox")
 

@@ -23,7 +23,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.reasoncodes import ReasonCode
 
-from lockwise.db import Connection, Database
+from lockwise.core.db import Connection, Database
 from mqtt_relay import outbox, sessions
 from mqtt_relay.forwarder import Event, Forwarder
 from mqtt_relay.identity import IdTokens

@@ -26,7 +26,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from lockwise import topics
+from lockwise.devices import topics
 from mqtt_relay.forwarder import Event, Forwarder
 from mqtt_relay.settings import RelaySettings
 

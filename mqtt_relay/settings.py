@@ -12,7 +12,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from lockwise.config import (
+from lockwise.core.config import (
     LOCAL_SERVICE_TOKEN,
     SERVICE_TOKEN,
     ConfigError,

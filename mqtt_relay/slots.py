@@ -15,7 +15,7 @@ import contextlib
 import logging
 from collections.abc import Iterator
 
-from lockwise.db import Connection, Database
+from lockwise.core.db import Connection, Database
 
 log = logging.getLogger("mqtt_relay.slots")
 

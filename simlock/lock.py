@@ -35,7 +35,7 @@ from cryptography.x509.oid import NameOID
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
-from lockwise import command_signing, lock_auth, topics
+from lockwise.devices import command_signing, lock_auth, topics
 from mqtt_relay.sessions import no_delay
 
 log = logging.getLogger("simlock")

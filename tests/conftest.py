@@ -43,8 +43,8 @@ def workdir() -> Iterator[Path]:
 def postgres(workdir: Path) -> Iterator[services.Postgres]:
     pg = services.start_postgres(workdir / "pg", services.free_port(), secrets.token_urlsafe(12), durable=False)
     try:
-        from lockwise import migrate
-        from lockwise.db import Database
+        from lockwise.core import migrate
+        from lockwise.core.db import Database
 
         con = Database(pg.url).connect()
         try:
@@ -184,8 +184,8 @@ def stack_env(
     model_dir: Path,
 ) -> Iterator[dict[str, str]]:
     """An isolated environment pointing at the session's services, with their data reset after the test."""
-    from lockwise.config import get_settings
-    from lockwise.runtime import get_runtime
+    from lockwise.core.config import get_settings
+    from lockwise.core.runtime import get_runtime
 
     for key in list(os.environ):
         if key.startswith("LOCKWISE_") or key in (
@@ -317,7 +317,7 @@ def ge2e_env(stack_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Iter
     """The stack with no model directory configured: the functions fall back to GE2E (real weights, real speech).
     Lockout is raised out of the way: several strangers in a row would (rightly) lock voice unlock, and each
     decision is what those tests measure."""
-    from lockwise.config import get_settings
+    from lockwise.core.config import get_settings
 
     monkeypatch.delenv("LOCKWISE_MODEL_DIR")
     monkeypatch.setenv("LOCKWISE_LOCKOUT_AFTER", "50")

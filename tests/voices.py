@@ -11,7 +11,7 @@ import base64
 import numpy as np
 import numpy.typing as npt
 
-from lockwise.audio import Clip, to_wav
+from lockwise.voice.audio import Clip, to_wav
 
 
 def speech_like(seconds: float = 3.0, rate: int = 44100, f0: float = 140.0, seed: int = 0) -> npt.NDArray[np.float32]:

@@ -2,7 +2,7 @@
 
 Three kinds of caller: the app (Firebase ID token), a lock (its pairing code, then requests signed with its own
 key) and the relay (service token). Handlers only parse the request, call the domain and shape the response;
-``lockwise.http.Api`` maps errors to HTTP in one place.
+``lockwise.core.http.Api`` maps errors to HTTP in one place.
 """
 
 from __future__ import annotations
@@ -17,13 +17,12 @@ from typing import Any
 import flask
 import functions_framework
 
-from lockwise import (
-    audit,
-    auth,
+from lockwise.core import audit, auth, errors, health, users
+from lockwise.core.http import Api, Ctx, JsonBody, Result, parse_json_object
+from lockwise.core.runtime import get_runtime
+from lockwise.devices import (
     command_signing,
     commands,
-    errors,
-    health,
     invitations,
     lock_auth,
     lock_certs,
@@ -32,10 +31,7 @@ from lockwise import (
     locks,
     members,
     provisioning,
-    users,
 )
-from lockwise.http import Api, Ctx, JsonBody, Result, parse_json_object
-from lockwise.runtime import get_runtime
 
 rt = get_runtime("devices")
 api = Api("devices")

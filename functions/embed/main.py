@@ -11,10 +11,11 @@ from typing import Any
 import flask
 import functions_framework
 
-from lockwise import audio, auth, enrollment, errors, health, scoring, voiceprints
-from lockwise.http import Api, Ctx, JsonBody, Result
-from lockwise.runtime import get_runtime
-from lockwise.voice.encoder import describe, load_encoder, load_scorer
+from lockwise.core import auth, errors, health
+from lockwise.core.http import Api, Ctx, JsonBody, Result
+from lockwise.core.runtime import get_runtime
+from lockwise.voice import audio, enrollment, scoring, voiceprints
+from lockwise.voice.model.encoder import describe, load_encoder, load_scorer
 
 rt = get_runtime("embed")
 api = Api("embed")

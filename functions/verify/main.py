@@ -13,10 +13,12 @@ from pathlib import Path
 import flask
 import functions_framework
 
-from lockwise import audio, auth, errors, health, inputs, lock_auth, scoring, verification
-from lockwise.http import Api, Ctx, JsonBody, Result
-from lockwise.runtime import get_runtime
-from lockwise.voice.encoder import describe, load_encoder, load_scorer
+from lockwise.core import auth, errors, health, inputs
+from lockwise.core.http import Api, Ctx, JsonBody, Result
+from lockwise.core.runtime import get_runtime
+from lockwise.devices import lock_auth
+from lockwise.voice import audio, scoring, verification
+from lockwise.voice.model.encoder import describe, load_encoder, load_scorer
 
 rt = get_runtime("verify")
 api = Api("verify")

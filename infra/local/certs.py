@@ -42,8 +42,9 @@ def _name(common_name: str) -> x509.Name:
 
 
 def make_ca(directory: Path, common_name: str = "LockWise local CA") -> tuple[Path, Path]:
-    """A CA made the way the lock CA is (``lockwise.lock_certs.new_ca``), written as certificate and key files."""
-    from lockwise.lock_certs import LockCa, new_ca
+    """A CA made the way the lock CA is (``lockwise.devices.lock_certs.new_ca``), written as certificate and key
+    files."""
+    from lockwise.devices.lock_certs import LockCa, new_ca
 
     ca = LockCa.from_pem(new_ca(common_name))
     cert_path, key_path = directory / "ca.crt", directory / "ca.key"

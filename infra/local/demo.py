@@ -108,7 +108,7 @@ def running_stack(env_file: Path) -> Iterator[dict[str, str]]:
 
 def corpus_voices(corpus: Path) -> tuple[list[Path], list[Path]]:
     """Allison's clips with ample speech (she is held out of the score cohort, as a real user is) and strangers'."""
-    from lockwise import audio
+    from lockwise.voice import audio
 
     if not (corpus / "allison").is_dir():
         from infra.voice.corpus import CorpusError, build

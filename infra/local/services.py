@@ -383,7 +383,7 @@ def ensure_lock_ca(state_dir: Path) -> tuple[str, Path]:
     """The local lock CA (made once per state folder, like the server certificate) and a relay certificate per
     slot; returns the CA's PEM (certificate and key) and the relay certificates' file."""
     from infra.lock_ca import relay_certs
-    from lockwise.lock_certs import new_ca
+    from lockwise.devices.lock_certs import new_ca
 
     state_dir.mkdir(parents=True, exist_ok=True)
     ca_file, relays = state_dir / "lock-ca.pem", state_dir / "relay-certs.json"
@@ -403,7 +403,7 @@ def start_mosquitto(state_dir: Path, port: int) -> Broker:
     if not Path(binary).exists():
         raise MissingComponent("mosquitto not found: apt-get install mosquitto mosquitto-clients")
     from infra.broker import render
-    from lockwise.lock_certs import LockCa, crl
+    from lockwise.devices.lock_certs import LockCa, crl
 
     state_dir.mkdir(parents=True, exist_ok=True)
     tls = ensure_tls(state_dir / "tls")

@@ -283,10 +283,10 @@ def _write_demo_lock(broker: services.Broker, path: Path) -> None:
 def _ensure_exported(model_dir: Path) -> None:
     """Verify serves ECAPA from its ONNX export: make it next to the SpeechBrain files, parity-checked, once per
     set of weights (an export of older weights would give verify another model_id than embed)."""
-    from lockwise.voice.ecapa import model_identity
-    from lockwise.voice.encoder import onnx_dir
-    from lockwise.voice.model_files import ModelError
-    from lockwise.voice.onnx_ecapa import load_artifact_manifest
+    from lockwise.voice.model.ecapa import model_identity
+    from lockwise.voice.model.encoder import onnx_dir
+    from lockwise.voice.model.model_files import ModelError
+    from lockwise.voice.model.onnx_ecapa import load_artifact_manifest
 
     try:
         if load_artifact_manifest(onnx_dir(model_dir))["model_id"] == model_identity(model_dir):
@@ -300,8 +300,8 @@ def _ensure_exported(model_dir: Path) -> None:
 
 
 def _migrate(database_url: str) -> None:
-    from lockwise import migrate
-    from lockwise.db import Database
+    from lockwise.core import migrate
+    from lockwise.core.db import Database
 
     con = Database(database_url).connect()
     try:

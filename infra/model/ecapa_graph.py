@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lockwise.voice.model_files import ModelError
+from lockwise.voice.model.model_files import ModelError
 
 
 class DftPowerSpectrum(nn.Module):

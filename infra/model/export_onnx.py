@@ -32,9 +32,9 @@ from torch import nn
 from infra.model.clips import speech_like_clip
 from infra.model.ecapa_graph import build_export_module
 from infra.staging import staged_dir
-from lockwise.voice.ecapa import EcapaEncoder
-from lockwise.voice.model_files import ModelError, file_sha256
-from lockwise.voice.onnx_ecapa import (
+from lockwise.voice.model.ecapa import EcapaEncoder
+from lockwise.voice.model.model_files import ModelError, file_sha256
+from lockwise.voice.model.onnx_ecapa import (
     ARTIFACT_FORMAT,
     EMBEDDING_DIM,
     ENCODER_NAME,

@@ -4,7 +4,7 @@
 Build-time only (needs torch and the ``resemblyzer`` wheel, which carries ``pretrained.pt``; nothing is downloaded).
 Writes ``OUT/ge2e.npz`` (the LSTM and linear weights, float32) and ``OUT/manifest.json`` (model identity, checksums,
 source package and licence, parity report). Parity: for a fixed set of clips of varied length the embedding of
-:class:`lockwise.voice.ge2e.Ge2eEncoder` must match Resemblyzer's ``VoiceEncoder.embed_utterance`` on the same
+:class:`lockwise.voice.model.ge2e.Ge2eEncoder` must match Resemblyzer's ``VoiceEncoder.embed_utterance`` on the same
 preprocessed audio within ``tolerance`` (max abs difference), and the mel spectrogram must match librosa's; otherwise
 nothing is left in ``OUT`` and the command exits 1.
 """
@@ -25,8 +25,8 @@ import numpy.typing as npt
 
 from infra.model.clips import speech_like_clip
 from infra.staging import staged_dir
-from lockwise.voice import ge2e
-from lockwise.voice.model_files import file_sha256
+from lockwise.voice.model import ge2e
+from lockwise.voice.model.model_files import file_sha256
 
 # resemblyzer 0.1.4's pretrained.pt: the export refuses any other file unless --weights names one explicitly
 PINNED_SHA256 = "39373b86598fa3da9fcddee6142382efe09777e8d37dc9c0561f41f0070f134e"
@@ -101,7 +101,7 @@ def export(
         manifest = {
             "format": ge2e.FORMAT,
             "encoder": "ge2e",
-            "model_id": f"ge2e-{source_sha[:16]}",  # what lockwise.voice.model_files.file_identity gives
+            "model_id": f"ge2e-{source_sha[:16]}",  # what lockwise.voice.model.model_files.file_identity gives
             "dim": ge2e.Ge2eEncoder.dim,
             "sample_rate": ge2e.SAMPLE_RATE,
             "sha256": file_sha256(staging / ge2e.WEIGHTS),

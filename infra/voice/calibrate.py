@@ -2,7 +2,7 @@
 
 ``CORPUS`` holds one folder per speaker with 16-bit WAV clips (``infra.voice.corpus`` builds one from Debian's
 Asterisk prompts; operators point it at their own recordings). Every clip goes through the product's intake
-(:func:`lockwise.audio.parse_wav`, :func:`lockwise.audio.validate`) and encoder, then:
+(:func:`lockwise.voice.audio.parse_wav`, :func:`lockwise.voice.audio.validate`) and encoder, then:
 
 * each speaker is enrolled as the product enrolls (``--voiceprints`` voiceprints per speaker and voice, each the
   normalised mean of ``--enroll-clips`` clips, 5 as the product asks) and the remaining clips are trials: genuine
@@ -38,8 +38,9 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from lockwise import audio, errors, scoring
-from lockwise.voice.encoder import Encoder, embed_all, open_encoder
+from lockwise.core import errors
+from lockwise.voice import audio, scoring
+from lockwise.voice.model.encoder import Encoder, embed_all, open_encoder
 
 F32 = npt.NDArray[np.float32]
 F64 = npt.NDArray[np.float64]
@@ -315,7 +316,7 @@ Labels = npt.NDArray[np.str_]
 
 def _as_norm(raw: F64, probes: F32, prints: F32, cohort: F32, top_k: int) -> F64:
     """AS-norm of the ``raw`` (t, p) score matrix against ``cohort`` (the product's formula, vectorised)."""
-    from lockwise.voice.cohort import Cohort
+    from lockwise.voice.model.cohort import Cohort
 
     scorer = Cohort(cohort, top_k, "calibration")
     probe_mean, probe_std = scorer.stats(probes)

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from lockwise.voice.resample import resample
+from lockwise.voice.model.resample import resample
 
 F32 = npt.NDArray[np.float32]
 

@@ -5,7 +5,7 @@ Takes up to ``--per-voice`` clips (80) of every speaker and voice in ``CORPUS`` 
 clips, through the product's intake and the encoder in ``MODEL_DIR`` (GE2E when it holds a GE2E export), each
 clip also once with white noise at 15-35 dB SNR (see ``NOISE_SNR_DB``), and writes ``cohort.npz`` and
 ``cohort.json`` (model id, ``top_k``, the corpus's packages and checksums, the noise) beside the model. ``./dev``
-builds GE2E's this way; ``lockwise.voice.cohort`` explains what the functions do with it.
+builds GE2E's this way; ``lockwise.voice.model.cohort`` explains what the functions do with it.
 """
 
 from __future__ import annotations
@@ -22,9 +22,10 @@ import numpy as np
 import numpy.typing as npt
 
 from infra.voice import channel
-from lockwise import audio, errors
-from lockwise.voice import cohort
-from lockwise.voice.encoder import Encoder, embed_all, open_encoder
+from lockwise.core import errors
+from lockwise.voice import audio
+from lockwise.voice.model import cohort
+from lockwise.voice.model.encoder import Encoder, embed_all, open_encoder
 
 PER_VOICE = 80
 TOP_K = 100

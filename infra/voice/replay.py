@@ -1,6 +1,6 @@
 """Measure replay detection on the corpus: ``python -m infra.voice.replay CORPUS [--clips N] [--out FILE]``.
 
-Two numbers decide whether ``lockwise.voice.fingerprint`` is fit for the door:
+Two numbers decide whether ``lockwise.voice.model.fingerprint`` is fit for the door:
 
 * **False alarms.** Every pair of distinct clips of one speaker (the same voice, often the same words) is scored
   as the product scores a probe against a stored recording. A pair at or over ``REPLAY_Z`` is a false alarm unless
@@ -32,8 +32,9 @@ import numpy as np
 import numpy.typing as npt
 
 from infra.voice import channel
-from lockwise import audio, errors
-from lockwise.voice import fingerprint
+from lockwise.core import errors
+from lockwise.voice import audio
+from lockwise.voice.model import fingerprint
 
 SAME_TAKE_CORRELATION = 0.95
 CLIPS = 120

@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 
 from infra.local import stack
-from lockwise import audio
-from lockwise.voice.resample import resample
+from lockwise.voice import audio
+from lockwise.voice.model.resample import resample
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(600)]
 REPO = Path(__file__).resolve().parents[2]

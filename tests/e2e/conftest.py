@@ -12,7 +12,7 @@ import pytest
 import requests
 
 from infra.local import services
-from lockwise.db import Database
+from lockwise.core.db import Database
 from simlock.lock import LockConfig, SimulatedLock, provision
 from tests.conftest import _reset_database, reset_auth, reset_firestore, services_env
 

@@ -12,7 +12,7 @@ import pytest
 import requests
 from cryptography import x509
 
-from lockwise import topics
+from lockwise.devices import topics
 from simlock.lock import LockConfig, SimulatedLock, provision
 from tests.e2e.conftest import App, db_one
 from tests.waiting import wait_for

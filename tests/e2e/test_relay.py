@@ -16,8 +16,8 @@ import requests
 from paho.mqtt.enums import CallbackAPIVersion
 
 from infra.local import services
-from lockwise import topics
-from lockwise.firestore import make_client
+from lockwise.core.firestore import make_client
+from lockwise.devices import topics
 from simlock.lock import SimulatedLock
 from tests.conftest import PROJECT_ID
 from tests.e2e.conftest import COMMAND_TTL_S, App, db_one

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from infra.local.services import port_open
-from lockwise.db import Database
+from lockwise.core.db import Database
 
 REPO = Path(__file__).resolve().parents[2]
 PYTHONPATH = f"{REPO / 'functions'}:{REPO}"

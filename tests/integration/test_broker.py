@@ -20,8 +20,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from infra.deploy_config import RELAY_SLOTS
 from infra.local.services import Broker
-from lockwise import topics
-from lockwise.lock_certs import LockCa, crl, issue, new_ca
+from lockwise.devices import topics
+from lockwise.devices.lock_certs import LockCa, crl, issue, new_ca
 from simlock.lock import new_tls_key
 
 RELAY = f"lockwise-relay-{RELAY_SLOTS}"  # a relay slot the tests' relays never lease

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from lockwise import lock_auth
+from lockwise.devices import lock_auth
 from tests.devices_world import ROLES, World, build_world, join, new_lock_key, provision
 
 OK_ALL_MEMBERS = {"owner": 200, "admin": 200, "member": 200, "guest_in": 200, "guest_out": 200}

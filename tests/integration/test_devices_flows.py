@@ -14,8 +14,8 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
 from infra.local.services import Broker
-from lockwise import command_signing
-from lockwise.runtime import get_runtime
+from lockwise.core.runtime import get_runtime
+from lockwise.devices import command_signing
 from simlock.lock import SimulatedLock, new_tls_key
 from tests.devices_world import World, bearer, build_world, create_lock, new_lock_key, provision
 
@@ -434,7 +434,7 @@ def test_malformed_json_and_oversized_bodies(world: World, monkeypatch: pytest.M
 def test_wrong_pairing_codes_are_limited_per_client_address(
     make_client: Any, sign_up: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from lockwise.config import get_settings
+    from lockwise.core.config import get_settings
 
     monkeypatch.setenv("LOCKWISE_PAIRING_FAILURES_PER_HOUR", "3")
     monkeypatch.setenv("LOCKWISE_TRUSTED_PROXY_HOPS", "1")  # one proxy in front appends the caller's address

@@ -16,10 +16,10 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from infra.local import services
-from lockwise import members
-from lockwise.config import get_settings
-from lockwise.firestore import make_client as firestore_client
-from lockwise.runtime import get_runtime
+from lockwise.core.config import get_settings
+from lockwise.core.firestore import make_client as firestore_client
+from lockwise.core.runtime import get_runtime
+from lockwise.devices import members
 from tests.conftest import PROJECT_ID
 from tests.devices_world import World, build_world, join
 from tests.waiting import wait_for

@@ -11,9 +11,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from infra.local.services import Emulator
-from lockwise import errors
-from lockwise.auth import IdTokenVerifier, StaticKeys
-from lockwise.firestore import make_client
+from lockwise.core import errors
+from lockwise.core.auth import IdTokenVerifier, StaticKeys
+from lockwise.core.firestore import make_client
 from tests.conftest import PROJECT_ID, reset_firestore
 
 

@@ -1,5 +1,5 @@
 """docs/FIRMWARE.md against the real server: a lock paired with the vectors' fixed key signs its requests with the
-independent implementation of the document (tests/unit/test_firmware_vectors.py, no ``lockwise.lock_auth``), and
+independent implementation of the document (tests/unit/test_firmware_vectors.py, no ``lockwise.devices.lock_auth``), and
 commands the server signed verify the way the document tells a lock to check them (no ``command_signing``).
 
 Nothing here signs with the server's own code, so a server that drifts from the document fails these tests."""
@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from lockwise.runtime import get_runtime
+from lockwise.core.runtime import get_runtime
 from tests.devices_world import bearer, create_lock
 from tests.unit.test_firmware_vectors import LOCK_KEY, VECTORS, lock_verdict, sign_request
 

@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from lockwise.config import get_settings
-from lockwise.runtime import get_runtime
+from lockwise.core.config import get_settings
+from lockwise.core.runtime import get_runtime
 
 
 @pytest.mark.parametrize("name", ["embed", "verify", "devices"])
@@ -80,7 +80,7 @@ def test_database_connections_send_each_statement_at_once(stack_env: dict[str, s
     waited ~40 ms for the server's delayed ACK. The connection still works (and carries the host for TLS)."""
     import socket
 
-    from lockwise.db import Database
+    from lockwise.core.db import Database
 
     db = Database(stack_env["DATABASE_URL"])
     try:

@@ -11,8 +11,8 @@ import pytest
 from pg8000.exceptions import DatabaseError
 
 from infra.local.services import Postgres
-from lockwise import migrate
-from lockwise.db import CHECK_VIOLATION, FOREIGN_KEY_VIOLATION, UNIQUE_VIOLATION, Database, sqlstate
+from lockwise.core import migrate
+from lockwise.core.db import CHECK_VIOLATION, FOREIGN_KEY_VIOLATION, UNIQUE_VIOLATION, Database, sqlstate
 
 
 @pytest.fixture

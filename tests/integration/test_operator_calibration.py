@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 
 from infra.voice import calibrate as cal
-from lockwise.config import Settings
-from lockwise.voice import cohort
-from lockwise.voice.encoder import load_scorer, open_encoder
-from lockwise.voice.model_files import ModelError
+from lockwise.core.config import Settings
+from lockwise.voice.model import cohort
+from lockwise.voice.model.encoder import load_scorer, open_encoder
+from lockwise.voice.model.model_files import ModelError
 
 pytestmark = pytest.mark.model
 

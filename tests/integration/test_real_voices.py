@@ -2,8 +2,8 @@
 
 The corpus is built by ``infra.voice.corpus`` (apt-get download + dpkg -x + sox; cached in ~/.cache/lockwise/corpus)
 and ``infra.voice.calibrate`` runs on a deterministic subset of it. The bounds asserted are the ones the full
-calibration recorded in ``lockwise.voice.encoder.CALIBRATIONS["ge2e"]``: a subset that falls outside them means the
-encoder, the intake or the scoring changed how speakers are told apart.
+calibration recorded in ``lockwise.voice.model.encoder.CALIBRATIONS["ge2e"]``: a subset that falls outside them
+means the encoder, the intake or the scoring changed how speakers are told apart.
 """
 
 from __future__ import annotations
@@ -18,8 +18,9 @@ import pytest
 
 from infra.voice import calibrate as cal
 from infra.voice import corpus as corpus_builder
-from lockwise import audio, lock_auth
-from lockwise.voice.encoder import CALIBRATIONS, Encoder, open_encoder
+from lockwise.devices import lock_auth
+from lockwise.voice import audio
+from lockwise.voice.model.encoder import CALIBRATIONS, Encoder, open_encoder
 from tests.devices_world import World, bearer, build_world
 
 pytestmark = pytest.mark.model

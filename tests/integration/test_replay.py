@@ -1,7 +1,7 @@
 """Known recordings refused: replays of enrollment samples and of earlier attempts, on real speech.
 
 The channel is ``infra.voice.channel`` (player clock, loudspeaker band, room, noise, gain); the fingerprint and its
-threshold are ``lockwise.voice.fingerprint``'s; ``infra.voice.replay`` is the full measurement (README "Known
+threshold are ``lockwise.voice.model.fingerprint``'s; ``infra.voice.replay`` is the full measurement (README "Known
 recordings"). Here: a subset of the corpus reproduces it within the bounds stated there, and verify refuses replays
 over HTTP, keeps the fingerprints no longer than it says, and deletes them with the voice data.
 """
@@ -16,9 +16,10 @@ import numpy as np
 import pytest
 
 from infra.voice import channel, replay
-from lockwise import audio, lock_auth
-from lockwise.runtime import get_runtime
-from lockwise.voice import fingerprint
+from lockwise.core.runtime import get_runtime
+from lockwise.devices import lock_auth
+from lockwise.voice import audio
+from lockwise.voice.model import fingerprint
 from tests.devices_world import World, build_world
 
 pytestmark = pytest.mark.model

@@ -59,8 +59,8 @@ from schemathesis.specs.openapi.checks import (
 )
 from werkzeug.wrappers import Request
 
-from lockwise import lock_auth
-from lockwise.headers import SERVICE_TOKEN_HEADER
+from lockwise.core.headers import SERVICE_TOKEN_HEADER
+from lockwise.devices import lock_auth
 from simlock.lock import new_tls_key
 from tests.conftest import REPO
 from tests.devices_world import World, bearer, build_world, create_lock, new_lock_key

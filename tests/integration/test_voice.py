@@ -15,10 +15,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-from lockwise import audio, command_signing, lock_auth, scoring
-from lockwise.firestore import make_client as firestore_client
-from lockwise.runtime import get_runtime
-from lockwise.voice.encoder import CALIBRATIONS
+from lockwise.core.firestore import make_client as firestore_client
+from lockwise.core.runtime import get_runtime
+from lockwise.devices import command_signing, lock_auth
+from lockwise.voice import audio, scoring
+from lockwise.voice.model.encoder import CALIBRATIONS
 from tests.conftest import PROJECT_ID
 from tests.devices_world import World, bearer, build_world, join
 from tests.voices import pcm16, pcm_json, speech_like, wav
@@ -30,7 +31,7 @@ LOCKOUT_BASE_S = 2
 
 @pytest.fixture
 def voice_env(stack_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:
-    from lockwise.config import get_settings
+    from lockwise.core.config import get_settings
 
     monkeypatch.setenv("LOCKWISE_LOCKOUT_BASE_S", str(LOCKOUT_BASE_S))
     # these tests send one take many times to check the decision and the lockout; remembering attempts (and
@@ -90,8 +91,8 @@ def attempts(world: World) -> list[tuple[str, str]]:
 def aim_voiceprint(uid: str, voice: Any, cosine: float) -> None:
     """Replace a user's voiceprint by one whose cosine with ``voice``'s embedding (as verify computes it) is
     exactly ``cosine``."""
-    from lockwise.config import get_settings
-    from lockwise.voice.encoder import open_encoder
+    from lockwise.core.config import get_settings
+    from lockwise.voice.model.encoder import open_encoder
 
     settings = get_settings("verify")
     encoder = open_encoder(settings.encoder, settings.model_dir, exported=True)
@@ -248,8 +249,8 @@ def test_an_owners_resets_do_not_buy_more_than_the_daily_ceiling_of_guesses(
 ) -> None:
     """An owner who resets the lockout after every few rejections still gets at most the daily ceiling of scored
     attempts against a member's voiceprint at their lock; then only the app opens the door."""
-    from lockwise.config import get_settings
-    from lockwise.runtime import get_runtime
+    from lockwise.core.config import get_settings
+    from lockwise.core.runtime import get_runtime
 
     monkeypatch.setenv("LOCKWISE_VOICE_DAILY_REJECTIONS", "7")
     get_settings.cache_clear()
@@ -301,7 +302,7 @@ def test_deleting_voice_data_removes_the_scores_it_produced(clients: dict[str, A
 def test_default_lockout_is_thirty_seconds_doubling() -> None:
     import datetime as dt
 
-    from lockwise import lockout
+    from lockwise.devices import lockout
 
     class FakeCon:
         def __init__(self) -> None:
@@ -375,8 +376,8 @@ def test_enrollment_samples_are_checked(clients: dict[str, Any], world: World, m
 def test_enrollment_samples_that_disagree_name_the_outlier(
     voice_env: dict[str, str], make_client: Any, sign_up: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from lockwise.config import get_settings
-    from lockwise.runtime import get_runtime as runtime
+    from lockwise.core.config import get_settings
+    from lockwise.core.runtime import get_runtime as runtime
 
     monkeypatch.setenv("LOCKWISE_ENROLL_AGREEMENT", "0.9999999")  # random weights agree > 0.98: demand more
     get_settings.cache_clear()
@@ -469,9 +470,9 @@ def test_a_voice_just_under_the_threshold_is_asked_again_and_both_utterances_dec
     """With normalised scores (a model directory that ships a cohort), a first utterance within the retry band
     under the threshold is answered ``say_again``; the lock's second clip, sent with ``?follow_up=<attempt_id>``, is
     decided on the mean of both normalised scores, once. The scores are placed exactly by aiming the voiceprint."""
-    from lockwise.config import get_settings
-    from lockwise.voice import cohort
-    from lockwise.voice.encoder import Scorer, open_encoder
+    from lockwise.core.config import get_settings
+    from lockwise.voice.model import cohort
+    from lockwise.voice.model.encoder import Scorer, open_encoder
 
     folder = tmp_path / "model"  # the session's model, plus a cohort of random voices
     folder.mkdir()

@@ -18,10 +18,11 @@ import requests
 
 from infra.deploy_config import MIGRATE, SERVICES
 from infra.local import services
-from lockwise import audio, lock_auth
-from lockwise.db import Database
-from lockwise.firestore import make_client
-from lockwise.voice.resample import resample
+from lockwise.core.db import Database
+from lockwise.core.firestore import make_client
+from lockwise.devices import lock_auth
+from lockwise.voice import audio
+from lockwise.voice.model.resample import resample
 from simlock.lock import SimulatedLock, provision
 from tests.conftest import PROJECT_ID
 from tests.rehearsal.conftest import Rehearsal

@@ -9,7 +9,8 @@ import struct
 import numpy as np
 import pytest
 
-from lockwise import audio, errors
+from lockwise.core import errors
+from lockwise.voice import audio
 from tests.voices import pcm16, speech_like, wav
 
 LIMITS = audio.Limits()

@@ -25,7 +25,7 @@ def test_bundle_imports_on_its_own(tmp_path: Path, name: str, model_dir: Path) -
     out = build(name, tmp_path / name)
     assert (out / "main.py").exists() and (out / "requirements.txt").exists()
     manifest = json.loads((out / "bundle.json").read_text())
-    assert "lockwise/config.py" in manifest["files"]
+    assert "lockwise/core/config.py" in manifest["files"]
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH",)}
     env["LOCKWISE_MODE"] = "local"
     env["LOCKWISE_MODEL_DIR"] = str(model_dir)  # embed and verify load their model at import

@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lockwise import scoring
-from lockwise.voice import cohort
-from lockwise.voice.model_files import ModelError
+from lockwise.voice import scoring
+from lockwise.voice.model import cohort
+from lockwise.voice.model.model_files import ModelError
 
 
 def unit(rows: np.ndarray) -> np.ndarray:

@@ -6,8 +6,8 @@ import base64
 
 import pytest
 
-from lockwise.config import ConfigError, Settings
-from lockwise.lock_certs import new_ca
+from lockwise.core.config import ConfigError, Settings
+from lockwise.devices.lock_certs import new_ca
 
 PROD_OK = {
     "LOCKWISE_MODE": "production",
@@ -88,7 +88,7 @@ def test_each_function_reads_only_its_own_secrets() -> None:
 
 
 def test_a_function_without_a_token_refuses_every_service_caller() -> None:
-    from lockwise import auth, errors
+    from lockwise.core import auth, errors
 
     with pytest.raises(errors.Unauthenticated):
         auth.check_service_token("", None)
@@ -97,7 +97,7 @@ def test_a_function_without_a_token_refuses_every_service_caller() -> None:
 
 
 def test_the_migration_job_needs_only_the_database_url() -> None:
-    from lockwise.config import DatabaseSettings
+    from lockwise.core.config import DatabaseSettings
 
     settings = DatabaseSettings.from_env({"LOCKWISE_MODE": "production", "DATABASE_URL": PROD_OK["DATABASE_URL"]})
     assert settings.database_url == PROD_OK["DATABASE_URL"]

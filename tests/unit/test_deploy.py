@@ -26,8 +26,8 @@ from infra.deploy_config import (
     secret_targets,
 )
 from infra.model import fetch
-from lockwise.config import ConfigError, DatabaseSettings, Settings
-from lockwise.lock_certs import new_ca
+from lockwise.core.config import ConfigError, DatabaseSettings, Settings
+from lockwise.devices.lock_certs import new_ca
 from mqtt_relay.settings import RelaySettings
 
 REPO = Path(__file__).resolve().parents[2]

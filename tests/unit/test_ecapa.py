@@ -18,9 +18,9 @@ import torch
 
 from infra.model.cache import random_model
 from infra.model.random_ecapa import HUB_ID, build_model_dir
-from lockwise.errors import InvalidAudio
-from lockwise.voice.ecapa import EcapaEncoder, model_identity
-from lockwise.voice.model_files import ModelError
+from lockwise.core.errors import InvalidAudio
+from lockwise.voice.model.ecapa import EcapaEncoder, model_identity
+from lockwise.voice.model.model_files import ModelError
 
 pytestmark = pytest.mark.model
 

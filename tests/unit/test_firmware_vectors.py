@@ -2,8 +2,9 @@
 
 1. An implementation of docs/FIRMWARE.md written here from the document alone, with plain ``hashlib`` and
    ``cryptography`` calls (``signed_string``, ``sign_request``, ``lock_verdict``), rebuilds every vector exactly.
-2. The server's own code (``lockwise.lock_auth``, ``lockwise.http.Ctx.target``, ``lockwise.audio.from_body``,
-   ``lockwise.command_signing``) agrees with the vectors: drift between the document and the server fails here.
+2. The server's own code (``lockwise.devices.lock_auth``, ``lockwise.core.http.Ctx.target``,
+   ``lockwise.voice.audio.from_body``, ``lockwise.devices.command_signing``) agrees with the vectors: drift between
+   the document and the server fails here.
 3. FIRMWARE.md shows every expected signature, so the page and the JSON cannot drift apart either.
 
 The helpers are reused by tests/integration/test_firmware_contract.py against the real server.
@@ -289,7 +290,7 @@ class _FakeConnection:
 
 @pytest.mark.parametrize("vector", REQUESTS, ids=[v["name"] for v in REQUESTS])
 def test_server_builds_the_same_signed_string(vector: dict[str, Any]) -> None:
-    from lockwise import lock_auth
+    from lockwise.devices import lock_auth
 
     server = lock_auth.message(
         vector["method"],
@@ -305,10 +306,11 @@ def test_server_builds_the_same_signed_string(vector: dict[str, Any]) -> None:
 
 @pytest.mark.parametrize("vector", REQUESTS, ids=[v["name"] for v in REQUESTS])
 def test_server_accepts_the_vector_headers_and_reads_the_target_as_documented(vector: dict[str, Any]) -> None:
-    from lockwise import errors, lock_auth
-    from lockwise.config import Settings
-    from lockwise.db import Connection
-    from lockwise.http import Ctx
+    from lockwise.core import errors
+    from lockwise.core.config import Settings
+    from lockwise.core.db import Connection
+    from lockwise.core.http import Ctx
+    from lockwise.devices import lock_auth
 
     app = flask.Flask("firmware-vectors")
     with app.test_request_context(vector["target"], method=vector["method"], headers=vector["headers"]):
@@ -351,7 +353,7 @@ def test_server_accepts_the_vector_headers_and_reads_the_target_as_documented(ve
 
 @pytest.mark.parametrize("vector", [v for v in REQUESTS if v["target"].startswith("/verify")], ids=lambda v: v["name"])
 def test_verify_serves_the_vectors_content_types(vector: dict[str, Any]) -> None:
-    from lockwise import audio
+    from lockwise.voice import audio
 
     target = vector["target"]
     query_rate = target.split("sample_rate=", 1)[1] if "sample_rate=" in target else None
@@ -365,7 +367,7 @@ def test_verify_serves_the_vectors_content_types(vector: dict[str, Any]) -> None
 
 @pytest.mark.parametrize("command", COMMANDS, ids=[c["name"] for c in COMMANDS])
 def test_server_signs_and_verifies_commands_the_same_way(command: dict[str, Any]) -> None:
-    from lockwise import command_signing
+    from lockwise.devices import command_signing
 
     public = VECTORS["server_key"]["public_key_b64"]
     checked = command_signing.verify(command["message"], public)

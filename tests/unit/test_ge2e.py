@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 from infra.model import ge2e_export
-from lockwise.errors import InvalidAudio
-from lockwise.voice import ge2e
-from lockwise.voice.model_files import ModelError
+from lockwise.core.errors import InvalidAudio
+from lockwise.voice.model import ge2e
+from lockwise.voice.model.model_files import ModelError
 from tests.voices import speech_like
 
 pytestmark = pytest.mark.model
@@ -95,7 +95,7 @@ def test_changed_weights_or_missing_manifest_refuse_to_load(
 def test_embeddings_are_unit_256_and_resampled_by_the_product_path(
     exported: tuple[Path, ge2e_export.ParityReport],
 ) -> None:
-    from lockwise.voice.resample import resample
+    from lockwise.voice.model.resample import resample
 
     encoder = ge2e.Ge2eEncoder(exported[0])
     clip = speech_like(3.0, 44100, seed=3)
@@ -133,7 +133,7 @@ def test_long_pauses_are_shortened_and_speech_kept() -> None:
 def test_serving_imports_neither_torch_nor_librosa(exported: tuple[Path, ge2e_export.ParityReport]) -> None:
     probe = (
         "import sys, numpy as np\n"
-        "from lockwise.voice.ge2e import Ge2eEncoder\n"
+        "from lockwise.voice.model.ge2e import Ge2eEncoder\n"
         f"e = Ge2eEncoder({str(exported[0])!r})\n"
         "e.embed(np.sin(np.arange(44100 * 2) * 0.03).astype(np.float32) * 0.2, 44100)\n"
         "print(sorted(m for m in ('torch', 'librosa', 'resemblyzer', 'speechbrain') if m in sys.modules))\n"

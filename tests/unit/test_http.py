@@ -8,9 +8,9 @@ import logging
 import flask
 import pytest
 
-from lockwise import errors
-from lockwise.config import Settings
-from lockwise.http import Api, Ctx, JsonBody
+from lockwise.core import errors
+from lockwise.core.config import Settings
+from lockwise.core.http import Api, Ctx, JsonBody
 
 
 def make_api(max_body: int = 4096) -> Api:

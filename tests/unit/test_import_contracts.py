@@ -41,10 +41,10 @@ def test_the_package_keeps_every_contract() -> None:
 @pytest.mark.parametrize(
     ("module", "forbidden", "contract"),
     [
-        ("lockwise/db.py", "from lockwise import locks", "imports no domain"),
-        ("lockwise/locks.py", "import numpy", "no numpy"),
-        ("lockwise/lock_events.py", "from lockwise import scoring", "no voice code"),
-        ("lockwise/voice/encoder.py", "from lockwise import db", "no database"),
+        ("lockwise/core/db.py", "from lockwise.devices import locks", "imports no domain"),
+        ("lockwise/devices/locks.py", "import numpy", "no numpy"),
+        ("lockwise/devices/lock_events.py", "from lockwise.voice import scoring", "no voice code"),
+        ("lockwise/voice/model/encoder.py", "from lockwise.core import db", "no database"),
     ],
 )
 def test_a_forbidden_import_is_caught(tmp_path: Path, module: str, forbidden: str, contract: str) -> None:
@@ -74,3 +74,45 @@ def test_handlers_run_no_sql() -> None:
             and node.value.lstrip().upper().startswith(("SELECT ", "INSERT ", "UPDATE ", "DELETE "))
         ]
         assert not runs and not sql, f"{main.relative_to(REPO)}: statements at lines {runs + sql}"
+
+
+#: what each function's handler may import from the shared package: the platform and its own domain (verify also
+#: checks the lock's request signature, which the devices domain owns)
+HANDLER_IMPORTS = {
+    "devices": ("lockwise.core", "lockwise.devices"),
+    "embed": ("lockwise.core", "lockwise.voice"),
+    "verify": ("lockwise.core", "lockwise.voice", "lockwise.devices.lock_auth"),
+}
+
+
+def foreign_imports(source: str, allowed: tuple[str, ...]) -> list[str]:
+    """The ``lockwise`` modules ``source`` imports that are not under one of ``allowed``."""
+    found: list[str] = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            names = [f"{node.module}.{alias.name}" for alias in node.names]  # a module or a name in one: same test
+        elif isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        else:
+            continue
+        found += [
+            n for n in names if n.startswith("lockwise") and not any(n == a or n.startswith(a + ".") for a in allowed)
+        ]
+    return found
+
+
+def test_handlers_import_only_the_platform_and_their_domain() -> None:
+    assert sorted(p.parent.name for p in (REPO / "functions").glob("*/main.py")) == sorted(HANDLER_IMPORTS)
+    for name, allowed in HANDLER_IMPORTS.items():
+        source = (REPO / "functions" / name / "main.py").read_text()
+        assert foreign_imports(source, allowed) == [], name
+    # and the check sees a domain reached into from the wrong handler, in each import form
+    bad = "from lockwise.voice import scoring\nimport lockwise.voice.audio\nfrom lockwise import voice\n"
+    assert foreign_imports(bad, HANDLER_IMPORTS["devices"]) == [
+        "lockwise.voice.scoring",
+        "lockwise.voice.audio",
+        "lockwise.voice",
+    ]
+    assert foreign_imports("from lockwise.devices import locks\n", HANDLER_IMPORTS["verify"]) == [
+        "lockwise.devices.locks"
+    ]

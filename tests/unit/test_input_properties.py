@@ -11,7 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lockwise import audio, errors, inputs
+from lockwise.core import errors, inputs
+from lockwise.voice import audio
 
 #: Hypothesis scans sys.modules: SpeechBrain's lazy modules are set aside (tests/conftest.py)
 pytestmark = pytest.mark.usefixtures("no_lazy_speechbrain_modules")

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from lockwise import errors, inputs
-from lockwise.http import parse_json_object
+from lockwise.core import errors, inputs
+from lockwise.core.http import parse_json_object
 
 
 @pytest.mark.parametrize(

@@ -7,7 +7,7 @@ import logging
 
 import pytest
 
-from lockwise import log as lwlog
+from lockwise.core import log as lwlog
 
 
 def test_records_are_json_lines_with_severity_message_and_request_id(capsys: pytest.CaptureFixture[str]) -> None:

@@ -7,8 +7,9 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from lockwise import errors, members
-from lockwise.members import Membership, parse_access
+from lockwise.core import errors
+from lockwise.devices import members
+from lockwise.devices.members import Membership, parse_access
 
 UTC = dt.UTC
 

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lockwise import mirror
+from lockwise.core import mirror
 
 pytestmark = pytest.mark.usefixtures("no_lazy_speechbrain_modules")
 

@@ -29,11 +29,11 @@ from infra.model import export_onnx
 from infra.model.cache import random_model
 from infra.model.clips import speech_like_clip
 from infra.model.export_onnx import ParityError, ParityReport, export
-from lockwise.errors import InvalidAudio
-from lockwise.voice.ecapa import EcapaEncoder, model_identity
-from lockwise.voice.model_files import ModelError
-from lockwise.voice.onnx_ecapa import MANIFEST, OnnxEcapaEncoder, load_artifact_manifest
-from lockwise.voice.resample import _kernel, resample
+from lockwise.core.errors import InvalidAudio
+from lockwise.voice.model.ecapa import EcapaEncoder, model_identity
+from lockwise.voice.model.model_files import ModelError
+from lockwise.voice.model.onnx_ecapa import MANIFEST, OnnxEcapaEncoder, load_artifact_manifest
+from lockwise.voice.model.resample import _kernel, resample
 
 pytestmark = pytest.mark.model
 
@@ -297,7 +297,7 @@ def test_garbage_manifest_is_a_model_error(tiny_export: tuple[Path, ParityReport
 def test_loading_logs_the_model_and_honours_threads(
     tiny_export: tuple[Path, ParityReport], caplog: pytest.LogCaptureFixture
 ) -> None:
-    with caplog.at_level(logging.INFO, logger="lockwise.voice.onnx_ecapa"):
+    with caplog.at_level(logging.INFO, logger="lockwise.voice.model.onnx_ecapa"):
         encoder = OnnxEcapaEncoder(tiny_export[0], threads=2)
     (record,) = [r for r in caplog.records if r.getMessage() == "ecapa onnx model loaded"]
     fields = record.fields  # type: ignore[attr-defined]
@@ -352,7 +352,7 @@ def test_serving_imports_neither_torch_nor_speechbrain(
         "import json, sys\n"
         "from pathlib import Path\n"
         "import numpy as np\n"
-        "from lockwise.voice.onnx_ecapa import OnnxEcapaEncoder\n"
+        "from lockwise.voice.model.onnx_ecapa import OnnxEcapaEncoder\n"
         f"encoder = OnnxEcapaEncoder(Path({str(tiny_export[0])!r}))\n"
         "clip = (np.random.RandomState(3).standard_normal(44_100) * 0.3).astype(np.float32)\n"
         "embedding = encoder.embed(clip, 44_100)\n"
@@ -373,7 +373,7 @@ def test_serving_imports_neither_torch_nor_speechbrain(
 FORK_PROBE = """
 import json, os, sys
 import numpy as np
-from lockwise.voice.onnx_ecapa import OnnxEcapaEncoder
+from lockwise.voice.model.onnx_ecapa import OnnxEcapaEncoder
 enc = OnnxEcapaEncoder(sys.argv[1])
 clip = (np.random.RandomState(5).standard_normal(44100 * 2) * 0.3).astype(np.float32)
 assert enc._serving is None  # instance start made no thread pool: safe to fork

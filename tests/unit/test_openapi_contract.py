@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 import yaml
 
-from lockwise import audio, errors
+from lockwise.core import errors
+from lockwise.voice import audio
 
 SPEC: dict[str, Any] = yaml.safe_load((Path(__file__).resolve().parents[2] / "functions" / "openapi.yaml").read_text())
 METHODS = ("get", "put", "post", "patch", "delete")

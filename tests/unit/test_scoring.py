@@ -7,7 +7,7 @@ import doctest
 import numpy as np
 import pytest
 
-from lockwise import scoring
+from lockwise.voice import scoring
 
 
 def test_doctests() -> None:

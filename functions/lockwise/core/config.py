@@ -1,0 +1,347 @@
+"""Settings, read from the environment once per process, each deployable reading only what it uses.
+
+``Settings.from_env(component=...)`` serves the three functions; the relay (``mqtt_relay.settings``), the migration
+job (``DatabaseSettings``) and the broker-host sync read their own, smaller sets with the same readers. Outside local
+mode a missing or placeholder secret *of that process* stops start-up with a message naming the variable; a secret
+the process does not use is never read, so no process demands another's (the relay never holds the command-signing
+key).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Literal
+
+Mode = Literal["local", "test", "production"]
+MODES: tuple[Mode, ...] = ("local", "test", "production")
+
+#: Values that mark a secret as "not really set"; refused outside local/test mode.
+PLACEHOLDERS = frozenset({"", "changeme", "change-me", "local-dev-only", "secret", "password", "lockwise", "test"})
+
+LOCAL_DATABASE_URL = "postgresql://lockwise:local-dev-only@127.0.0.1:55432/lockwise"
+LOCAL_SERVICE_TOKEN = "local-dev-only"
+
+#: The one switch that lets a production-mode process use the local stand-ins of managed services (the Firestore and
+#: Auth emulators) for the production rehearsal (tests/rehearsal). Refused on Cloud Run, where the platform sets
+#: ``K_SERVICE`` (services) or ``CLOUD_RUN_JOB`` (jobs); ``infra/deploy.py`` never sets it (tested).
+REHEARSAL_SWITCH = "LOCKWISE_REHEARSAL"
+CLOUD_RUN_MARKERS = ("K_SERVICE", "CLOUD_RUN_JOB")
+
+DATABASE_URL = "DATABASE_URL"
+SERVICE_TOKEN = "LOCKWISE_SERVICE_TOKEN"
+COMMAND_SIGNING_KEY = "LOCKWISE_COMMAND_SIGNING_KEY"
+LOCK_CA = "LOCKWISE_LOCK_CA"
+
+#: The secrets each function reads. devices reads the service token only where it serves the relay's routes.
+FUNCTION_SECRETS: dict[str, frozenset[str]] = {
+    "embed": frozenset({DATABASE_URL, SERVICE_TOKEN}),  # POST /embed: the original contract, for service callers
+    "verify": frozenset({DATABASE_URL, SERVICE_TOKEN, COMMAND_SIGNING_KEY}),  # signs the unlock it decides
+    # + SERVICE_TOKEN with LOCKWISE_RELAY_ROUTES=on; the lock CA signs the locks' broker certificates
+    "devices": frozenset({DATABASE_URL, COMMAND_SIGNING_KEY, LOCK_CA}),
+}
+FUNCTIONS = tuple(FUNCTION_SECRETS)
+
+
+class ConfigError(RuntimeError):
+    """Configuration is missing or unsafe; raised at start-up, never per request."""
+
+
+def read_mode(env: Mapping[str, str]) -> Mode:
+    """``LOCKWISE_MODE`` (local by default); in production, refuses the rehearsal switch on Cloud Run."""
+    raw = env.get("LOCKWISE_MODE", "local").strip().lower()
+    if raw not in MODES:
+        raise ConfigError(f"LOCKWISE_MODE must be one of {', '.join(MODES)}, got {raw!r}")
+    mode: Mode = raw
+    if rehearsal(env) and mode != "production":
+        raise ConfigError(f"{REHEARSAL_SWITCH} only applies in production mode")
+    if rehearsal(env) and any(env.get(marker) for marker in CLOUD_RUN_MARKERS):
+        raise ConfigError(f"{REHEARSAL_SWITCH} is refused on Cloud Run: it admits local stand-ins for managed services")
+    return mode
+
+
+def rehearsal(env: Mapping[str, str]) -> bool:
+    return env.get(REHEARSAL_SWITCH, "") not in ("", "0", "false")
+
+
+def read_secret(env: Mapping[str, str], name: str, mode: Mode, local_default: str) -> str:
+    """A secret: required and not a placeholder in production; ``local_default`` elsewhere when unset."""
+    value = env.get(name)
+    if value is None or value == "":
+        if mode != "production":
+            return local_default
+        raise ConfigError(f"{name} is required in production mode and is not set")
+    if mode == "production" and is_placeholder(value):
+        raise ConfigError(f"{name} holds a placeholder value; set a real secret in production mode")
+    return value
+
+
+def read_database_url(env: Mapping[str, str], mode: Mode) -> str:
+    url = read_secret(env, DATABASE_URL, mode, LOCAL_DATABASE_URL)
+    if mode == "production" and is_placeholder(_password_of(url)):
+        raise ConfigError("DATABASE_URL carries a placeholder password; set a real one in production mode")
+    return url
+
+
+@dataclass(frozen=True)
+class DatabaseSettings:
+    """What a process that only talks to PostgreSQL reads: the migration job, the broker-host account sync."""
+
+    mode: Mode
+    database_url: str
+    log_level: str
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> DatabaseSettings:
+        env = os.environ if environ is None else environ
+        mode = read_mode(env)
+        return cls(mode=mode, database_url=read_database_url(env, mode), log_level=env.get("LOG_LEVEL", "INFO").upper())
+
+
+@dataclass(frozen=True)
+class Settings:
+    """One function's configuration (see README "Environment variables" for each one)."""
+
+    component: str
+    mode: Mode
+    project_id: str
+    database_url: str
+    #: the trusted callers' shared secret; None where this function does not serve them (see FUNCTION_SECRETS)
+    service_token: str | None
+    firestore_emulator_host: str | None
+    auth_emulator_host: str | None
+    release: str
+    log_level: str
+    max_body_bytes: int
+    db_pool_size: int
+    #: Ed25519 private key (base64 of the 32-byte seed) that signs every command a lock receives; None where unused.
+    command_signing_key: str | None
+    #: the lock CA (certificate and key, PEM) that signs the locks' broker certificates; None where unused
+    lock_ca: str | None
+    lock_cert_ttl_s: int
+    command_ttl_s: int
+    provisioning_ttl_s: int
+    invitation_ttl_s: int
+    #: failed pairing-code redemptions allowed per client address per hour (then 429 until the hour turns)
+    pairing_failures_per_hour: int
+    #: proxies in front of the function that append to X-Forwarded-For (the client address is that many from the
+    #: right; 0: the connection's address)
+    trusted_proxy_hops: int
+    lock_request_skew_s: int
+    #: The broker address handed to a lock when it is provisioned.
+    mqtt_public_host: str
+    mqtt_public_port: int
+    #: voice: which encoder and where its files are (see lockwise.voice.model.encoder)
+    encoder: str
+    model_dir: str | None
+    #: how verify runs ECAPA-TDNN: its ONNX export (no torch, the default) or SpeechBrain (the reference)
+    verify_runtime: str
+    audio_min_s: float
+    audio_max_s: float
+    audio_min_speech_s: float
+    enroll_min_samples: int
+    enroll_max_samples: int
+    #: overrides of the encoder's calibrated defaults (None: use the encoder's)
+    voice_threshold: float | None
+    voice_margin: float | None
+    #: normalised scores only: how far under the threshold a first utterance gets "say it again" (0: never)
+    voice_retry_band: float | None
+    enroll_agreement: float | None
+    enroll_min_speech_s: float | None
+    lockout_after: int
+    #: at most this many rejected, scored voice attempts per lock in any 24 hours (no reset lifts it)
+    voice_daily_rejections: int
+    #: how long an attempt's fingerprint stays at its lock to refuse a replay of it (0: attempts are not kept)
+    replay_memory_hours: int
+    lockout_base_s: int
+    debug_rejected_dir: str | None
+    #: serve the relay's endpoints (off on the public devices service; on for the internal one)
+    relay_routes: bool
+
+    @property
+    def is_production(self) -> bool:
+        return self.mode == "production"
+
+    def lock_ca_pem(self) -> str:
+        """The lock CA; only the devices function holds it."""
+        if self.lock_ca is None:
+            raise ConfigError(f"the {self.component} function does not hold {LOCK_CA}")
+        return self.lock_ca
+
+    def signing_key(self) -> str:
+        """The command-signing key; only functions that sign commands hold it."""
+        if self.command_signing_key is None:
+            raise ConfigError(f"the {self.component} function does not hold {COMMAND_SIGNING_KEY}")
+        return self.command_signing_key
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, *, component: str = "devices") -> Settings:
+        """``component``: the function reading (embed | verify | devices); it decides which secrets are read."""
+        env = os.environ if environ is None else environ
+        if component not in FUNCTION_SECRETS:
+            raise ConfigError(f"unknown function {component!r}; expected one of {', '.join(FUNCTIONS)}")
+        mode = read_mode(env)
+        local = mode != "production"
+        relay_routes = _choice(env, "LOCKWISE_RELAY_ROUTES", ("on", "off"), "on") == "on"
+        needs = FUNCTION_SECRETS[component] | ({SERVICE_TOKEN} if component == "devices" and relay_routes else set())
+
+        firestore_emulator = env.get("FIRESTORE_EMULATOR_HOST") or None
+        auth_emulator = env.get("FIREBASE_AUTH_EMULATOR_HOST") or None
+        if not local and (firestore_emulator or auth_emulator) and not rehearsal(env):
+            raise ConfigError(
+                "FIRESTORE_EMULATOR_HOST / FIREBASE_AUTH_EMULATOR_HOST must not be set in production mode "
+                "(emulator tokens are unsigned)"
+            )
+        project_id = env.get("LOCKWISE_PROJECT_ID") or env.get("GOOGLE_CLOUD_PROJECT") or ""
+        if not project_id:
+            if not local:
+                raise ConfigError("LOCKWISE_PROJECT_ID (or GOOGLE_CLOUD_PROJECT) is required in production mode")
+            project_id = "demo-lockwise"
+
+        settings = cls(
+            component=component,
+            mode=mode,
+            project_id=project_id,
+            database_url=read_database_url(env, mode),
+            service_token=read_secret(env, SERVICE_TOKEN, mode, LOCAL_SERVICE_TOKEN)
+            if SERVICE_TOKEN in needs
+            else None,
+            firestore_emulator_host=firestore_emulator,
+            auth_emulator_host=auth_emulator,
+            release=env.get("LOCKWISE_RELEASE", "dev"),
+            log_level=env.get("LOG_LEVEL", "INFO").upper(),
+            max_body_bytes=env_int(env, "LOCKWISE_MAX_BODY_BYTES", 2_000_000, minimum=1024),
+            db_pool_size=env_int(env, "LOCKWISE_DB_POOL_SIZE", 4, minimum=1),
+            command_signing_key=_signing_key(env, local) if COMMAND_SIGNING_KEY in needs else None,
+            lock_ca=_lock_ca(env, mode) if LOCK_CA in needs else None,
+            lock_cert_ttl_s=env_int(env, "LOCKWISE_LOCK_CERT_TTL_S", 7 * 24 * 3600, minimum=60),
+            command_ttl_s=env_int(env, "LOCKWISE_COMMAND_TTL_S", 30, minimum=5),
+            provisioning_ttl_s=env_int(env, "LOCKWISE_PROVISIONING_TTL_S", 600, minimum=60),
+            invitation_ttl_s=env_int(env, "LOCKWISE_INVITATION_TTL_S", 7 * 24 * 3600, minimum=3600),
+            pairing_failures_per_hour=env_int(env, "LOCKWISE_PAIRING_FAILURES_PER_HOUR", 20, minimum=1),
+            trusted_proxy_hops=env_int(env, "LOCKWISE_TRUSTED_PROXY_HOPS", 0, minimum=0),
+            lock_request_skew_s=env_int(env, "LOCKWISE_LOCK_REQUEST_SKEW_S", 60, minimum=5),
+            mqtt_public_host=env.get("LOCKWISE_MQTT_PUBLIC_HOST", "127.0.0.1"),
+            mqtt_public_port=env_int(env, "LOCKWISE_MQTT_PUBLIC_PORT", 8883, minimum=1),
+            encoder=_choice(env, "LOCKWISE_ENCODER", ("ecapa", "ge2e", "auto"), "auto"),
+            model_dir=env.get("LOCKWISE_MODEL_DIR") or None,
+            verify_runtime=_choice(env, "LOCKWISE_VERIFY_RUNTIME", ("onnx", "speechbrain"), "onnx"),
+            audio_min_s=env_float(env, "LOCKWISE_AUDIO_MIN_S", 2.0, 0.5, 60),
+            audio_max_s=env_float(env, "LOCKWISE_AUDIO_MAX_S", 15.0, 1.0, 120),
+            audio_min_speech_s=env_float(env, "LOCKWISE_AUDIO_MIN_SPEECH_S", 1.0, 0.0, 60),
+            enroll_min_samples=env_int(env, "LOCKWISE_ENROLL_MIN_SAMPLES", 5, minimum=1),
+            enroll_max_samples=env_int(env, "LOCKWISE_ENROLL_MAX_SAMPLES", 5, minimum=1),
+            # a cosine in [-1, 1], or on the normalised scale (z-scores) when the encoder ships a cohort
+            voice_threshold=_optional_float(env, "LOCKWISE_VOICE_THRESHOLD", -1, 50),
+            voice_margin=_optional_float(env, "LOCKWISE_VOICE_MARGIN", 0, 10),
+            voice_retry_band=_optional_float(env, "LOCKWISE_VOICE_RETRY_BAND", 0, 10),
+            enroll_agreement=_optional_float(env, "LOCKWISE_ENROLL_AGREEMENT", -1, 1),
+            enroll_min_speech_s=_optional_float(env, "LOCKWISE_ENROLL_MIN_SPEECH_S", 0, 60),
+            lockout_after=env_int(env, "LOCKWISE_LOCKOUT_AFTER", 5, minimum=1),
+            voice_daily_rejections=env_int(env, "LOCKWISE_VOICE_DAILY_REJECTIONS", 20, minimum=1),
+            replay_memory_hours=env_int(env, "LOCKWISE_REPLAY_MEMORY_HOURS", 168, minimum=0),
+            lockout_base_s=env_int(env, "LOCKWISE_LOCKOUT_BASE_S", 30, minimum=1 if local else 30),
+            debug_rejected_dir=_debug_dir(env, local),
+            relay_routes=relay_routes,
+        )
+        if not 2 <= settings.enroll_min_samples <= settings.enroll_max_samples <= 20:
+            raise ConfigError("LOCKWISE_ENROLL_MIN_SAMPLES/MAX_SAMPLES must satisfy 2 <= min <= max <= 20")
+        if settings.audio_min_s >= settings.audio_max_s:
+            raise ConfigError("LOCKWISE_AUDIO_MIN_S must be below LOCKWISE_AUDIO_MAX_S")
+        return settings
+
+
+def env_float(env: Mapping[str, str], name: str, default: float, low: float, high: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{name} must be a number, got {raw!r}") from exc
+    if not low <= value <= high:
+        raise ConfigError(f"{name} must be between {low:g} and {high:g}, got {value:g}")
+    return value
+
+
+def _optional_float(env: Mapping[str, str], name: str, low: float, high: float) -> float | None:
+    return env_float(env, name, 0.0, low, high) if env.get(name) else None
+
+
+def _choice(env: Mapping[str, str], name: str, options: tuple[str, ...], default: str) -> str:
+    value = env.get(name) or default
+    if value not in options:
+        raise ConfigError(f"{name} must be one of {', '.join(options)}, got {value!r}")
+    return value
+
+
+def _debug_dir(env: Mapping[str, str], local: bool) -> str | None:
+    value = env.get("LOCKWISE_DEBUG_REJECTED_DIR") or None
+    if value and not local:
+        raise ConfigError("LOCKWISE_DEBUG_REJECTED_DIR (saving rejected voice samples) is refused in production mode")
+    return value
+
+
+def _lock_ca(env: Mapping[str, str], mode: Mode) -> str:
+    from lockwise.devices.lock_certs import CaError, LockCa, new_ca
+
+    value = read_secret(env, LOCK_CA, mode, "")
+    if not value:  # local only: a per-process CA (the local stack and the broker tests set the variable)
+        return new_ca("LockWise per-process lock CA")
+    try:
+        LockCa.from_pem(value)
+    except CaError as exc:
+        raise ConfigError(f"{LOCK_CA}: {exc}") from exc
+    return value
+
+
+def _signing_key(env: Mapping[str, str], local: bool) -> str:
+    import base64
+    import binascii
+
+    raw = env.get("LOCKWISE_COMMAND_SIGNING_KEY", "")
+    if not raw:
+        if not local:
+            raise ConfigError("LOCKWISE_COMMAND_SIGNING_KEY is required in production mode and is not set")
+        # Local only: a per-process key. Set the variable when several processes sign (./dev stack does).
+        return base64.b64encode(os.urandom(32)).decode()
+    try:
+        seed = base64.b64decode(raw, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise ConfigError("LOCKWISE_COMMAND_SIGNING_KEY must be base64 of a 32-byte Ed25519 seed") from exc
+    if len(seed) != 32:
+        raise ConfigError("LOCKWISE_COMMAND_SIGNING_KEY must be base64 of a 32-byte Ed25519 seed")
+    if not local and len(set(seed)) < 8:
+        raise ConfigError("LOCKWISE_COMMAND_SIGNING_KEY looks like a placeholder; generate a random key")
+    return raw
+
+
+def is_placeholder(value: str | None) -> bool:
+    return value is None or value.strip().lower() in PLACEHOLDERS
+
+
+def _password_of(url: str) -> str | None:
+    from urllib.parse import urlsplit
+
+    return urlsplit(url).password
+
+
+def env_int(env: Mapping[str, str], name: str, default: int, *, minimum: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{name} must be an integer, got {raw!r}") from exc
+    if value < minimum:
+        raise ConfigError(f"{name} must be at least {minimum}, got {value}")
+    return value
+
+
+@lru_cache(maxsize=4)
+def get_settings(component: str) -> Settings:
+    """The function's settings, read once per process."""
+    return Settings.from_env(component=component)

@@ -1,0 +1,92 @@
+"""The one error tree of the back-end, and the one table that maps it to HTTP.
+
+Domain code raises these; ``lockwise.core.http`` turns them into ``{"error": {"code", "message"}}`` responses.
+Messages are written for the caller: they never carry SQL, stack traces, or whether some other user exists.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class LockwiseError(Exception):
+    """Base of every error a caller may see. ``code`` is stable and machine-readable."""
+
+    status: int = 500
+    default_code: str = "internal"
+
+    def __init__(self, message: str, *, code: str | None = None, details: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code or self.default_code
+        self.details = details or {}
+
+    def headers(self) -> dict[str, str]:
+        """HTTP headers the answer carries (``Retry-After``, ``Allow``)."""
+        return {}
+
+
+class BadRequest(LockwiseError):
+    status, default_code = 400, "bad_request"
+
+
+class InvalidAudio(BadRequest):
+    status, default_code = 422, "invalid_audio"
+
+
+class PayloadTooLarge(BadRequest):
+    status, default_code = 413, "payload_too_large"
+
+
+class UnsupportedMediaType(BadRequest):
+    status, default_code = 415, "unsupported_media_type"
+
+
+class Unauthenticated(LockwiseError):
+    status, default_code = 401, "unauthenticated"
+
+
+class Forbidden(LockwiseError):
+    status, default_code = 403, "forbidden"
+
+
+class NotFound(LockwiseError):
+    status, default_code = 404, "not_found"
+
+
+class MethodNotAllowed(LockwiseError):
+    status, default_code = 405, "method_not_allowed"
+
+    def __init__(self, message: str, *, allowed: list[str]) -> None:
+        super().__init__(message, details={"allowed": allowed})
+        self.allowed = allowed
+
+    def headers(self) -> dict[str, str]:
+        return {"Allow": ", ".join(self.allowed)}
+
+
+class Conflict(LockwiseError):
+    status, default_code = 409, "conflict"
+
+
+class RateLimited(LockwiseError):
+    status, default_code = 429, "rate_limited"
+
+    def __init__(self, message: str, *, retry_after_s: int, code: str | None = None) -> None:
+        super().__init__(message, code=code, details={"retry_after_s": retry_after_s})
+        self.retry_after_s = retry_after_s
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after_s)}
+
+
+class Unavailable(LockwiseError):
+    status, default_code = 503, "unavailable"
+
+
+def error_body(err: LockwiseError, request_id: str) -> dict[str, Any]:
+    """The JSON body for an error response (the shape the OpenAPI ``Error`` schema describes)."""
+    body: dict[str, Any] = {"code": err.code, "message": err.message, "request_id": request_id}
+    if err.details:
+        body["details"] = err.details
+    return {"error": body}

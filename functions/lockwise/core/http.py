@@ -1,0 +1,203 @@
+"""HTTP plumbing shared by the functions: routing, request ids, bounded body reads, JSON responses.
+
+Every handler runs inside ``Api.__call__``, the one place where ``LockwiseError`` becomes an HTTP response and any
+other exception becomes a logged 500 that reveals nothing but the request id.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import flask
+from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import MethodNotAllowed as WzMethodNotAllowed
+from werkzeug.exceptions import NotFound as WzNotFound
+from werkzeug.routing import Map, Rule
+
+from lockwise.core import errors, inputs
+from lockwise.core.config import Settings, get_settings
+from lockwise.core.headers import SERVICE_TOKEN_HEADER
+from lockwise.core.log import event, request_id_var
+
+log = logging.getLogger("lockwise.core.http")
+
+_REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+JsonBody = dict[str, Any]
+Result = flask.Response | tuple[JsonBody | list[Any], int] | JsonBody
+Handler = Callable[..., Result]
+
+
+@dataclass(frozen=True)
+class Ctx:
+    """What a route handler gets besides its path parameters."""
+
+    request: flask.Request
+    request_id: str
+    settings: Settings
+
+    @property
+    def target(self) -> str:
+        """The request target a lock signs: the path, and ``?query`` when there is one."""
+        query = self.request.query_string.decode("latin-1")
+        return self.request.path + (f"?{query}" if query else "")
+
+    def body(self, limit: int | None = None) -> bytes:
+        """The raw body, refused with 413 before it is read whole when over ``limit`` (default: the setting)."""
+        return read_body(self.request, limit or self.settings.max_body_bytes)
+
+    def json(self, limit: int | None = None) -> JsonBody:
+        """The body as a JSON object (400 ``malformed_json`` / ``expected_object`` otherwise)."""
+        return parse_json_object(self.body(limit))
+
+    @property
+    def client_address(self) -> str:
+        """The caller's address: ``settings.trusted_proxy_hops`` entries from the right of X-Forwarded-For (what
+        the platform's own proxies appended; whatever the client wrote further left is not trusted)."""
+        hops = self.settings.trusted_proxy_hops
+        forwarded = [a.strip() for a in self.request.headers.get("X-Forwarded-For", "").split(",") if a.strip()]
+        if hops and len(forwarded) >= hops:
+            return forwarded[-hops][:64]
+        return str(self.request.remote_addr or "unknown")[:64]
+
+    def service_token(self) -> str:
+        """The trusted caller's secret, in ``X-LockWise-Service-Token`` (``Authorization`` stays free for the
+        platform's IAM identity token in front of internal services)."""
+        token = self.request.headers.get(SERVICE_TOKEN_HEADER, "").strip()
+        if not token:
+            raise errors.Unauthenticated(f"missing {SERVICE_TOKEN_HEADER}", code="missing_service_token")
+        return token
+
+    def bearer_token(self) -> str:
+        header = self.request.headers.get("Authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise errors.Unauthenticated("missing bearer token", code="missing_token")
+        return token.strip()
+
+
+def read_body(request: flask.Request, limit: int) -> bytes:
+    length = request.content_length
+    if length is not None and length > limit:
+        raise errors.PayloadTooLarge(f"body of {length} bytes exceeds the limit of {limit} bytes")
+    data: bytes = request.stream.read(limit + 1)
+    if len(data) > limit:
+        raise errors.PayloadTooLarge(f"body exceeds the limit of {limit} bytes")
+    return data
+
+
+def parse_json_object(raw: bytes) -> JsonBody:
+    if not raw:
+        raise errors.BadRequest("request body is empty; a JSON object is expected", code="empty_body")
+    value = inputs.loads(raw)  # nesting, number and text limits: one boundary for every JSON body
+    if not isinstance(value, dict):
+        raise errors.BadRequest("body must be a JSON object", code="expected_object")
+    return value
+
+
+def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> flask.Response:
+    return flask.Response(
+        json.dumps(body, separators=(",", ":"), default=str),
+        status=status,
+        mimetype="application/json",
+        headers=headers,
+    )
+
+
+def _request_id(request: flask.Request) -> str:
+    given = request.headers.get("X-Request-Id", "")
+    if _REQUEST_ID_RE.match(given):
+        return given
+    trace = request.headers.get("X-Cloud-Trace-Context", "").split("/", 1)[0]
+    if _REQUEST_ID_RE.match(trace):
+        return trace
+    return uuid.uuid4().hex
+
+
+class Api:
+    """A small router over werkzeug's URL map; one instance per function."""
+
+    def __init__(self, service: str, settings: Callable[[], Settings] | None = None) -> None:
+        self.service = service
+        self._settings = settings or (lambda: get_settings(service))
+        self._map = Map(strict_slashes=False, merge_slashes=False)
+        self._handlers: dict[str, Handler] = {}
+        if flask.has_app_context():  # loaded by functions-framework: its own routes' errors answer as ours do
+            flask.current_app.register_error_handler(HTTPException, self._platform_error)
+
+    def _platform_error(self, exc: HTTPException) -> flask.Response:
+        """A request functions-framework's routes refuse before our function runs (a path its ``<path:path>`` rule
+        does not match, such as one holding a newline, or ``/robots.txt``): answered by our router, as JSON."""
+        return self(flask.request)
+
+    def route(self, method: str, path: str) -> Callable[[Handler], Handler]:
+        def register(fn: Handler) -> Handler:
+            endpoint = f"{method} {path}"
+            self._map.add(Rule(path, methods=[method], endpoint=endpoint))
+            self._handlers[endpoint] = fn
+            return fn
+
+        return register
+
+    def __call__(self, request: flask.Request) -> flask.Response:
+        request_id = _request_id(request)
+        token = request_id_var.set(request_id)
+        started = time.perf_counter()
+        status = 500
+        try:
+            response = self._dispatch(request, request_id)
+            status = response.status_code
+            response.headers["X-Request-Id"] = request_id
+            return response
+        finally:
+            event(
+                log,
+                "request",
+                service=self.service,
+                method=request.method,
+                path=request.path,
+                status=status,
+                latency_ms=round((time.perf_counter() - started) * 1000, 2),
+                httpRequest={"requestMethod": request.method, "requestUrl": request.path, "status": status},
+            )
+            request_id_var.reset(token)
+
+    def _dispatch(self, request: flask.Request, request_id: str) -> flask.Response:
+        try:
+            adapter = self._map.bind("localhost")
+            try:
+                endpoint, params = adapter.match(request.path, method=request.method)
+            except WzNotFound as exc:
+                raise errors.NotFound(f"no route for {request.path}", code="no_route") from exc
+            except WzMethodNotAllowed as exc:
+                allowed = sorted(set(exc.valid_methods or ()) - {"HEAD", "OPTIONS"})
+                raise errors.MethodNotAllowed(
+                    f"{request.method} is not allowed on {request.path}", allowed=allowed
+                ) from exc
+            ctx = Ctx(request=request, request_id=request_id, settings=self._settings())
+            result = self._handlers[str(endpoint)](ctx, **params)
+            return _to_response(result)
+        except errors.LockwiseError as err:
+            level = logging.WARNING if err.status < 500 else logging.ERROR
+            event(log, "request failed", level=level, code=err.code, status=err.status, error=err.message)
+            return json_response(errors.error_body(err, request_id), err.status, err.headers())
+        except Exception:
+            log.exception("unhandled error")
+            internal = errors.LockwiseError("internal error; quote the request id when reporting it")
+            return json_response(errors.error_body(internal, request_id), 500)
+
+
+def _to_response(result: Result) -> flask.Response:
+    if isinstance(result, flask.Response):
+        return result
+    if isinstance(result, tuple):
+        body, status = result
+        return json_response(body, status)
+    return json_response(result)

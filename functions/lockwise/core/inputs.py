@@ -1,0 +1,102 @@
+"""The input boundary: JSON and text from outside, parsed into values that are safe to keep and to hand to SQL.
+
+JSON is parsed with a nesting limit (checked before parsing, so a deeply nested value never reaches the recursive
+parser), integers of at most 20 digits, no NaN or Infinity, and every string free of NUL (PostgreSQL refuses 0x00 in
+text) and of lone UTF-16 surrogates (not encodable as UTF-8). Each refusal is a ``BadRequest`` with a stable code.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+from typing import Any
+
+from lockwise.core import errors
+
+MAX_JSON_DEPTH = 32
+MAX_INT_DIGITS = 20
+_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.S)
+_BRACKETS = re.compile(rb"[\[\]{}]")
+_UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+
+
+def loads(raw: bytes | str, *, max_depth: int = MAX_JSON_DEPTH) -> Any:
+    """Parse JSON from outside (400 ``malformed_json``, ``json_too_deep``, ``number_too_large``, ``invalid_text``)."""
+    data = raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else raw
+    depth = deepest = 0
+    for match in _BRACKETS.finditer(_STRING.sub(b'""', data)):  # structure only: strings blanked out
+        depth += 1 if match.group() in b"[{" else -1
+        deepest = max(deepest, depth)
+        if deepest > max_depth:
+            raise errors.BadRequest(f"JSON nested deeper than {max_depth} levels", code="json_too_deep")
+    try:
+        value = json.loads(data, parse_int=_integer, parse_constant=_no_constant)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise errors.BadRequest(f"body is not valid JSON: {exc}", code="malformed_json") from exc
+    _check_strings(value)
+    return value
+
+
+def _integer(text: str) -> int:
+    if len(text.lstrip("-")) > MAX_INT_DIGITS:
+        raise errors.BadRequest(f"integers have at most {MAX_INT_DIGITS} digits", code="number_too_large")
+    return int(text)
+
+
+def _no_constant(name: str) -> Any:
+    raise errors.BadRequest(f"{name} is not a JSON number", code="malformed_json")
+
+
+def _check_strings(value: Any, path: str = "$") -> None:
+    if isinstance(value, str):
+        check_text(value, path)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            check_text(key, path)
+            _check_strings(item, f"{path}.{key}" if len(path) < 200 else path)
+    elif isinstance(value, list):
+        for item in value:
+            _check_strings(item, path)
+
+
+def check_text(value: str, field: str) -> str:
+    """``value`` unchanged, or 400 ``invalid_text`` when it holds NUL or a lone surrogate."""
+    if "\x00" in value:
+        raise errors.BadRequest(f"{field} contains a NUL character", code="invalid_text")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise errors.BadRequest(f"{field} contains a lone UTF-16 surrogate", code="invalid_text") from exc
+    return value
+
+
+#: times from outside must fall in this range (year 1 or 9999 near an offset overflows, and PostgreSQL would store
+#: a year-1 time as a BC date that later reads fail on)
+EARLIEST = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
+LATEST = dt.datetime(2200, 1, 1, tzinfo=dt.UTC)
+
+
+def parse_time(value: Any, field: str, *, code: str) -> dt.datetime:
+    """An ISO 8601 time with a UTC offset, between 2000 and 2200, in UTC (400 ``code`` otherwise)."""
+    if not isinstance(value, str) or len(value) > 40:
+        raise errors.BadRequest(f"{field} must be an ISO 8601 time with offset", code=code)
+    try:
+        parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+        if parsed.tzinfo is None:
+            raise errors.BadRequest(f"{field} needs a UTC offset", code=code)
+        utc = parsed.astimezone(dt.UTC)
+    except (ValueError, OverflowError) as exc:
+        raise errors.BadRequest(f"{field} must be an ISO 8601 time with offset", code=code) from exc
+    if not EARLIEST <= utc < LATEST:
+        raise errors.BadRequest(f"{field} must be between 2000 and 2200", code=code)
+    return utc
+
+
+def canonical_uuid(value: Any) -> str | None:
+    """The canonical (lower-case, hyphenated) form of a UUID given in that form, else None (``uuid.UUID`` also takes
+    ``urn:uuid:``, braces and missing hyphens, which PostgreSQL's cast does not)."""
+    if not isinstance(value, str) or len(value) != 36:
+        return None
+    lowered = value.lower()
+    return lowered if _UUID.match(lowered) else None

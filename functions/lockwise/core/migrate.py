@@ -1,0 +1,110 @@
+"""Versioned SQL migrations: ``migrations/NNNN_name.sql`` applied in order, each once, each in a transaction.
+
+Applied versions are recorded in ``schema_migrations`` with a checksum; an applied file that later changes is an
+error (write a new migration instead). A session advisory lock makes concurrent runs safe.
+
+Run: ``python -m lockwise.core.migrate`` (uses ``DATABASE_URL``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from lockwise.core.db import Connection, Database
+
+log = logging.getLogger("lockwise.core.migrate")
+
+MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+_NAME_RE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
+_ADVISORY_KEY = 0x10C4_3153  # arbitrary, stable: "lockwise migrations"
+
+
+class MigrationError(RuntimeError):
+    """The database's recorded migrations disagree with the files."""
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    sql: str
+
+    @property
+    def checksum(self) -> str:
+        return hashlib.sha256(self.sql.encode()).hexdigest()
+
+
+def load(directory: Path = MIGRATIONS_DIR) -> list[Migration]:
+    found: list[Migration] = []
+    for path in sorted(directory.glob("*.sql")):
+        match = _NAME_RE.match(path.name)
+        if not match:
+            raise MigrationError(f"migration file name {path.name!r} is not NNNN_lower_snake.sql")
+        found.append(Migration(int(match.group(1)), match.group(2), path.read_text()))
+    versions = [m.version for m in found]
+    if len(set(versions)) != len(versions):
+        raise MigrationError("two migration files share a version number")
+    return found
+
+
+def apply(con: Connection, migrations: list[Migration] | None = None) -> list[Migration]:
+    """Apply what is missing; return the migrations applied now (empty when up to date)."""
+    migrations = load() if migrations is None else migrations
+    con.run("SELECT pg_advisory_lock(:k)", k=_ADVISORY_KEY)
+    try:
+        con.run(
+            "CREATE TABLE IF NOT EXISTS schema_migrations ("
+            " version integer PRIMARY KEY, name text NOT NULL, checksum text NOT NULL,"
+            " applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        recorded = {int(v): str(c) for v, c in con.run("SELECT version, checksum FROM schema_migrations")}
+        applied: list[Migration] = []
+        for migration in migrations:
+            if migration.version in recorded:
+                if recorded[migration.version] != migration.checksum:
+                    raise MigrationError(
+                        f"migration {migration.version:04d}_{migration.name} was changed after it was applied"
+                    )
+                continue
+            con.run("START TRANSACTION")
+            try:
+                con.run(migration.sql)
+                con.run(
+                    "INSERT INTO schema_migrations (version, name, checksum) VALUES (:v, :n, :c)",
+                    v=migration.version,
+                    n=migration.name,
+                    c=migration.checksum,
+                )
+                con.run("COMMIT")
+            except BaseException:
+                con.run("ROLLBACK")
+                raise
+            log.info("applied migration %04d_%s", migration.version, migration.name)
+            applied.append(migration)
+        return applied
+    finally:
+        con.run("SELECT pg_advisory_unlock(:k)", k=_ADVISORY_KEY)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from lockwise.core import log as lwlog
+    from lockwise.core.config import DatabaseSettings
+
+    settings = DatabaseSettings.from_env()
+    lwlog.configure("migrate", settings.log_level)
+    con = Database(settings.database_url).connect()
+    try:
+        applied = apply(con)
+    finally:
+        con.close()
+    log.info("database is at the latest migration", extra={"fields": {"applied_now": len(applied)}})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,220 @@
+"""The Firestore mirror of what the app reads live, fed through a queue in PostgreSQL.
+
+A change and its mirror writes commit together (``enqueue`` in the same transaction); ``flush`` writes them to
+Firestore afterwards, oldest first, up to ``MAX_BATCH_WRITES`` in one commit, and deletes them once Firestore took
+them. When Firestore is down the rows stay queued and a later flush (next request, or the relay's periodic flush)
+writes them: the view converges and a Firestore outage never blocks or undoes a PostgreSQL commit.
+
+Documents: ``locks/{lock_id}`` (state, battery, online, firmware, last_seen, name, member_uids, access),
+``locks/{lock_id}/activity/{entry_id}`` (commands, voice attempts without biometric data, membership changes),
+``users/{uid}`` (voice enrollment status only).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from typing import Any, Literal
+
+from lockwise.core.db import Connection, Database
+
+log = logging.getLogger("lockwise.core.mirror")
+
+Op = Literal["merge", "replace_fields", "set", "delete", "delete_collection"]
+FIRESTORE_TIMEOUT_S = 3.0
+#: writes per Firestore commit (its limit is 500)
+MAX_BATCH_WRITES = 500
+#: a flush stops starting new commits after this long (the relay's periodic flush writes the rest)
+FLUSH_BUDGET_S = 2.0
+BACKOFF_S = 5.0
+
+
+#: one queued Firestore write: document path, operation, data
+Write = tuple[str, Op, dict[str, Any] | None]
+
+
+def enqueue(con: Connection, doc_path: str, op: Op, data: dict[str, Any] | None = None) -> None:
+    enqueue_many(con, [(doc_path, op, data)])
+
+
+def enqueue_many(con: Connection, writes: Sequence[Write]) -> None:
+    """Queue ``writes`` in one statement; they are written to Firestore in this order."""
+    if not writes:
+        return
+    con.run(
+        "INSERT INTO firestore_outbox (doc_path, op, data)"
+        " SELECT p, o, d FROM unnest(CAST(:p AS text[]), CAST(:o AS text[]), CAST(CAST(:d AS text[]) AS jsonb[]))"
+        " WITH ORDINALITY AS w(p, o, d, n) ORDER BY n",
+        p=[w[0] for w in writes],
+        o=[w[1] for w in writes],
+        d=[json.dumps(w[2] or {}, default=str) for w in writes],
+    )
+
+
+def lock_doc(lock_id: str) -> str:
+    return f"locks/{lock_id}"
+
+
+def activity_entry(lock_id: str, kind: str, **fields: Any) -> Write:
+    """A new entry of the lock's activity feed (never biometric data), to queue with ``enqueue_many``."""
+    return f"locks/{lock_id}/activity/{uuid.uuid4()}", "set", {"kind": kind, "at": _now_iso(), **fields}
+
+
+def activity(con: Connection, lock_id: str, kind: str, **fields: Any) -> None:
+    """Add an entry to the lock's activity feed (never biometric data)."""
+    enqueue_many(con, [activity_entry(lock_id, kind, **fields)])
+
+
+def _now_iso() -> str:
+    """UTC to the millisecond: entries of one second (a command, its ack) sort in the order they happened."""
+    now = time.time()
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now * 1000) % 1000:03d}Z"
+
+
+class Flusher:
+    """Writes queued rows to Firestore; after a failure it waits ``BACKOFF_S`` before trying again."""
+
+    def __init__(self, db: Database, make_client: Callable[[], Any]) -> None:
+        self.db = db
+        self._make_client = make_client
+        self._client: Any = None
+        self._retry_at = 0.0
+        self._lock = threading.Lock()
+        self._wanted = threading.Event()  # rows were queued since the last pass began
+
+    def client(self) -> Any:
+        """The Firestore client, made on first use and made anew after a failed write."""
+        if self._client is None:
+            self._client = self._make_client()
+        return self._client
+
+    def retry_now(self) -> None:
+        self._retry_at = 0.0
+
+    def flush(self, limit: int = MAX_BATCH_WRITES, budget_s: float = FLUSH_BUDGET_S) -> int:
+        """Write queued rows, ``limit`` per commit, until none are left or ``budget_s`` has passed; return how many
+        were written. Never raises for Firestore errors. A call while another thread is flushing returns at once and
+        hands its rows to that thread, which makes one more pass for them."""
+        written = 0
+        deadline = time.monotonic() + budget_s
+        self._wanted.set()
+        while self._wanted.is_set() and time.monotonic() >= self._retry_at and time.monotonic() < deadline:
+            if not self._lock.acquire(blocking=False):
+                return written  # the thread holding the lock checks _wanted after its pass
+            try:
+                self._wanted.clear()
+                passed = self._flush(limit)
+                written += passed
+                if passed >= limit:
+                    self._wanted.set()
+            finally:
+                self._lock.release()
+        return written
+
+    def _flush(self, limit: int) -> int:
+        written = 0
+        with self.db.transaction() as con:
+            rows = con.run(
+                "SELECT id, doc_path, op, data FROM firestore_outbox ORDER BY id LIMIT :n FOR UPDATE SKIP LOCKED",
+                n=limit,
+            )
+            if not rows:
+                return 0
+            try:
+                client = self.client()
+            except Exception as exc:  # noqa: BLE001 - no client, nothing written; rows stay queued
+                self._failed(con, rows[0][0], exc)
+                return 0
+            for group in _groups(rows):
+                try:
+                    _write(client, group)
+                except Exception as exc:  # noqa: BLE001 - Firestore errors come in many types; keep order, retry later
+                    self._failed(con, group[0][0], exc)
+                    break
+                con.run("DELETE FROM firestore_outbox WHERE id = ANY(:ids)", ids=[row[0] for row in group])
+                written += len(group)
+        return written
+
+    def _failed(self, con: Connection, row_id: int, exc: Exception) -> None:
+        self._retry_at = time.monotonic() + BACKOFF_S
+        self._client = None  # a fresh channel next time, not one stuck in gRPC's reconnect backoff
+        con.run(
+            "UPDATE firestore_outbox SET attempts = attempts + 1, last_error = :e WHERE id = :i",
+            i=row_id,
+            e=f"{type(exc).__name__}: {exc}"[:500],
+        )
+        log.warning("firestore mirror write failed; queued for retry", extra={"fields": {"error": type(exc).__name__}})
+
+    def pending(self) -> int:
+        with self.db.connection() as con:
+            return int(con.run("SELECT count(*) FROM firestore_outbox")[0][0])
+
+
+def _groups(rows: list[list[Any]]) -> list[list[list[Any]]]:
+    """Consecutive rows in commit-sized groups, in queue order; a ``delete_collection`` row stands alone (it reads
+    the collection before deleting it)."""
+    groups: list[list[list[Any]]] = []
+    for row in rows:
+        alone = row[2] == "delete_collection"
+        if alone or not groups or len(groups[-1]) >= MAX_BATCH_WRITES or groups[-1][0][2] == "delete_collection":
+            groups.append([row])
+        else:
+            groups[-1].append(row)
+    return groups
+
+
+def _write(client: Any, group: list[list[Any]]) -> None:
+    """One commit for the group (Firestore applies a batch's writes in order, all or none)."""
+    if group[0][2] == "delete_collection":
+        _delete_collection(client, str(group[0][1]))
+        return
+    batch = client.batch()
+    for path, op, data in _coalesced(group):
+        _add(batch, client.document(path), op, data)
+    batch.commit(retry=None, timeout=FIRESTORE_TIMEOUT_S)
+
+
+def _coalesced(group: list[list[Any]]) -> list[tuple[str, str, dict[str, Any]]]:
+    """The group's writes, with the flat ``merge`` writes to one document since its last other write combined into
+    the first (later values win): what the document holds after the commit is the same, in fewer writes (a lock
+    reporting its state 50 times in a batch is one lock document write and 50 feed entries). Writes to different
+    documents are independent within one atomic commit, so only each document's own order matters."""
+    writes: list[tuple[str, str, dict[str, Any]]] = []
+    open_merge: dict[str, int] = {}  # document -> index of its merge that later flat merges fold into
+    for _row_id, raw_path, raw_op, raw in group:
+        path, op = str(raw_path), str(raw_op)
+        data = raw if isinstance(raw, dict) else json.loads(raw)
+        flat = op == "merge" and not any(isinstance(v, dict) for v in data.values())
+        if flat and path in open_merge:
+            index = open_merge[path]
+            writes[index] = (path, op, {**writes[index][2], **data})
+            continue
+        open_merge.pop(path, None)
+        if flat:
+            open_merge[path] = len(writes)
+        writes.append((path, op, data))
+    return writes
+
+
+def _delete_collection(client: Any, path: str) -> None:
+    collection = client.collection(path)
+    while docs := list(collection.limit(MAX_BATCH_WRITES).stream(retry=None, timeout=FIRESTORE_TIMEOUT_S)):
+        batch = client.batch()
+        for snapshot in docs:
+            batch.delete(snapshot.reference)
+        batch.commit(retry=None, timeout=FIRESTORE_TIMEOUT_S)
+
+
+def _add(batch: Any, doc: Any, op: str, data: dict[str, Any]) -> None:
+    if op == "delete":
+        batch.delete(doc)
+    elif op == "set":
+        batch.set(doc, data)
+    elif op == "replace_fields":  # these top-level fields whole (a map loses the keys it no longer has)
+        batch.set(doc, data, merge=list(data))
+    else:
+        batch.set(doc, data, merge=True)

@@ -1,0 +1,71 @@
+"""Per-instance clients, made once and reused across requests (heavy ones on first use)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from functools import cached_property, lru_cache
+from typing import Any
+
+from lockwise.core import log, users
+from lockwise.core.auth import IdTokenVerifier, User, verifier_for
+from lockwise.core.config import Settings, get_settings
+from lockwise.core.db import Database
+from lockwise.core.mirror import Flusher
+
+
+class Runtime:
+    """What a function instance holds between requests."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    @cached_property
+    def db(self) -> Database:
+        return Database(self.settings.database_url, pool_size=self.settings.db_pool_size)
+
+    @cached_property
+    def verifier(self) -> IdTokenVerifier:
+        return verifier_for(self.settings.project_id, self.settings.auth_emulator_host)
+
+    @cached_property
+    def mirror(self) -> Flusher:
+        """The Firestore mirror, which owns the instance's one Firestore client (made on first use)."""
+        from lockwise.core.firestore import make_client
+
+        return Flusher(self.db, lambda: make_client(self.settings.project_id, self.settings.firestore_emulator_host))
+
+    def app_user(self, id_token: str) -> User:
+        """The signed-in app user: token verified and recorded in PostgreSQL (invitations wait for an answer)."""
+        user = self.verifier.verify(id_token)
+        with self.db.transaction() as con:
+            users.upsert(con, user)
+        return user
+
+    def flush_mirror(self, *, force: bool = False) -> int:
+        """Write queued Firestore mirror rows now (best effort: a Firestore outage leaves them queued)."""
+        if force:
+            self.mirror.retry_now()
+        return self.mirror.flush()
+
+    def flush_mirror_soon(self) -> None:
+        """Flush in the background: rows stay queued in PostgreSQL until written, so nothing is lost if the
+        instance is throttled after the response (the next request or the relay's periodic flush writes them)."""
+        threading.Thread(target=self.mirror.flush, name="mirror-flush", daemon=True).start()
+
+    def ping_firestore(self) -> None:
+        from lockwise.core.firestore import ping
+
+        ping(self.mirror.client())
+
+    def probes(self) -> dict[str, Callable[[], Any]]:
+        """The dependency checks every function's health endpoint runs."""
+        return {"database": self.db.ping, "firestore": self.ping_firestore}
+
+
+@lru_cache(maxsize=1)
+def get_runtime(component: str) -> Runtime:
+    """The instance's runtime; configures JSON logging the first time."""
+    settings = get_settings(component)
+    log.configure(component, settings.log_level)
+    return Runtime(settings)

@@ -1,0 +1,182 @@
+"""The commands outbox: one row per lock/unlock/open, signed by the server, delivered by the relay.
+
+A command carries a random nonce and a short expiry; the payload the lock receives is signed at creation
+(``command_signing``), so the relay holds no key. A retried POST with the same idempotency key returns the same
+command, never a second unlock. An expired command is never delivered (the relay checks ``expires_at`` when it
+claims rows) and reads back as ``expired``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+import secrets
+from typing import Any, Literal
+
+from lockwise.core import audit, errors, mirror
+from lockwise.core.db import Connection, rows_as_dicts
+from lockwise.devices import command_signing
+
+ACTIONS = ("lock", "unlock", "open")
+_IDEMPOTENCY_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
+
+IssuerKind = Literal["user", "voice"]
+
+
+def parse_action(value: Any, supports_open: bool) -> str:
+    if value not in ACTIONS:
+        raise errors.BadRequest(f"action must be one of {', '.join(ACTIONS)}", code="invalid_action")
+    if value == "open" and not supports_open:
+        raise errors.BadRequest("this lock cannot unlatch (open)", code="action_not_supported")
+    return str(value)
+
+
+def parse_idempotency_key(value: Any) -> str | None:
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str) or not _IDEMPOTENCY_RE.match(value):
+        raise errors.BadRequest(
+            "idempotency key must be 1-128 chars of [A-Za-z0-9_.:-]", code="invalid_idempotency_key"
+        )
+    return value
+
+
+def from_app(
+    con: Connection,
+    *,
+    lock_id: str,
+    uid: str,
+    action: Any,
+    signing_key_b64: str,
+    ttl_s: int,
+    idempotency_key: str | None,
+) -> tuple[dict[str, Any], bool]:
+    """A command a member sent from the app (their right to operate the lock already checked): the action must be
+    one this lock supports and the lock must hold a live credential (paired), else 400 / 409."""
+    rows = con.run("SELECT supports_open FROM locks WHERE id = CAST(:l AS uuid)", l=lock_id)
+    checked = parse_action(action, bool(rows and rows[0][0]))
+    if not con.run("SELECT 1 FROM lock_credentials WHERE lock_id = CAST(:l AS uuid) AND revoked_at IS NULL", l=lock_id):
+        raise errors.Conflict("the lock has not been provisioned yet", code="lock_not_provisioned")
+    return create(
+        con,
+        lock_id=lock_id,
+        action=checked,
+        issuer_kind="user",
+        issuer_uid=uid,
+        signing_key_b64=signing_key_b64,
+        ttl_s=ttl_s,
+        idempotency_key=idempotency_key,
+    )
+
+
+_COLUMNS = (
+    "id::text AS id, lock_id::text AS lock_id, action, issuer_kind, issuer_uid, status, created_at, expires_at,"
+    " sent_at, acked_at, send_count, last_error, idempotency_key"
+)
+
+
+def create(
+    con: Connection,
+    *,
+    lock_id: str,
+    action: str,
+    issuer_kind: IssuerKind,
+    issuer_uid: str | None,
+    signing_key_b64: str,
+    ttl_s: int,
+    idempotency_key: str | None = None,
+    attempt_id: str | None = None,
+) -> tuple[dict[str, Any], bool]:
+    """Insert and sign a command; returns ``(command, created)``; ``created`` is False for an idempotent retry."""
+    if idempotency_key is not None:
+        existing = _by_idempotency_key(con, lock_id, issuer_uid, idempotency_key)
+        if existing is not None:
+            if existing["action"] != action:
+                raise errors.Conflict("idempotency key was used for a different action", code="idempotency_key_reused")
+            return present(existing), False
+    now = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    expires = now + dt.timedelta(seconds=ttl_s)
+    command_id = str(con.run("SELECT gen_random_uuid()::text")[0][0])
+    nonce = secrets.token_urlsafe(18)
+    payload = command_signing.sign(
+        command_signing.Command(
+            id=command_id,
+            lock=lock_id,
+            action=action,
+            nonce=nonce,
+            issued_at=int(now.timestamp()),
+            expires_at=int(expires.timestamp()),
+        ),
+        command_signing.private_key(signing_key_b64),
+    )
+    inserted = con.run(
+        "INSERT INTO commands (id, lock_id, action, issuer_kind, issuer_uid, attempt_id, idempotency_key, nonce,"
+        " created_at, expires_at, payload)"
+        " VALUES (CAST(:id AS uuid), CAST(:l AS uuid), :a, :k, :u, CAST(:att AS uuid), :ik, :n, :c, :e, :p)"
+        " ON CONFLICT (lock_id, issuer_uid, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING"
+        " RETURNING 1",
+        id=command_id,
+        l=lock_id,
+        a=action,
+        k=issuer_kind,
+        u=issuer_uid,
+        att=attempt_id,
+        ik=idempotency_key,
+        n=nonce,
+        c=now,
+        e=expires,
+        p=payload,
+    )
+    if not inserted and idempotency_key is not None:  # a concurrent retry with the same key won the race
+        raced = _by_idempotency_key(con, lock_id, issuer_uid, idempotency_key)
+        if raced is None or raced["action"] != action:
+            raise errors.Conflict("idempotency key was used for a different action", code="idempotency_key_reused")
+        return present(raced), False
+    actor = audit.user_actor(issuer_uid) if issuer_uid else f"voice:{attempt_id}"
+    audit.record(
+        con, actor, f"command.{action}", "ok", lock_id=lock_id, target=command_id, details={"issuer": issuer_kind}
+    )
+    mirror.activity(
+        con, lock_id, "command", action=action, command_id=command_id, actor_uid=issuer_uid, via=issuer_kind
+    )
+    row = get(con, command_id)
+    if row is None:
+        raise RuntimeError("command vanished inside its own transaction")
+    return present(row), True
+
+
+def _by_idempotency_key(con: Connection, lock_id: str, uid: str | None, key: str) -> dict[str, Any] | None:
+    rows = rows_as_dicts(
+        con,
+        f"SELECT {_COLUMNS} FROM commands WHERE lock_id = CAST(:l AS uuid) AND issuer_uid IS NOT DISTINCT FROM :u"
+        " AND idempotency_key = :k",
+        l=lock_id,
+        u=uid,
+        k=key,
+    )
+    return rows[0] if rows else None
+
+
+def get(con: Connection, command_id: str) -> dict[str, Any] | None:
+    rows = rows_as_dicts(con, f"SELECT {_COLUMNS} FROM commands WHERE id = CAST(:i AS uuid)", i=command_id)
+    return rows[0] if rows else None
+
+
+def present(row: dict[str, Any], now: dt.datetime | None = None) -> dict[str, Any]:
+    """The API view of a command; a pending or sent command past its expiry reads as ``expired``."""
+    now = now or dt.datetime.now(dt.UTC)
+    status = row["status"]
+    if status in ("pending", "sent") and row["expires_at"] <= now:
+        status = "expired"
+    return {
+        "id": row["id"],
+        "lock_id": row["lock_id"],
+        "action": row["action"],
+        "status": status,
+        "issuer": {"kind": row["issuer_kind"], "uid": row["issuer_uid"]},
+        "created_at": row["created_at"].isoformat(),
+        "expires_at": row["expires_at"].isoformat(),
+        "sent_at": row["sent_at"].isoformat() if row["sent_at"] else None,
+        "acked_at": row["acked_at"].isoformat() if row["acked_at"] else None,
+        "error": row["last_error"],
+    }

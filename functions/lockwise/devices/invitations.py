@@ -1,0 +1,222 @@
+"""Invitations: the only way into a lock. An owner or admin invites a user (by uid) or an address (by email); the
+invitee sees the invitation in the app and accepts or declines it. Until they accept, nothing of theirs is used at
+that lock: no membership, so no voiceprint is ever scored there (consent before biometrics).
+
+Inviting a uid that does not exist answers exactly as inviting one that does (202): the API does not tell an admin
+which uids exist. An email invitation is seen only by a user whose token carries that address *verified*.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from typing import Any
+
+from lockwise.core import audit, errors, inputs, mirror
+from lockwise.core.auth import User
+from lockwise.core.db import UNIQUE_VIOLATION, Connection, rows_as_dicts, sqlstate
+from lockwise.devices import members
+
+_OPEN = "accepted_at IS NULL AND closed_at IS NULL"
+_LIVE = _OPEN + " AND expires_at > now()"
+_ADDRESSED_TO = "(invitee_uid = :u OR (CAST(:verified AS boolean) AND lower(email) = lower(:e)))"
+
+
+def invite(
+    con: Connection,
+    lock_id: str,
+    actor: members.Membership,
+    role: str,
+    access: dict[str, Any],
+    ttl_s: int,
+    *,
+    uid: str | None = None,
+    email: str | None = None,
+) -> dict[str, Any]:
+    """Invite ``uid`` or ``email`` (exactly one); returns the invitation as the add-member answer shows it."""
+    members.check_can_grant(actor, role)
+    if (uid is None) == (email is None):
+        raise errors.BadRequest("give exactly one of uid or email", code="invalid_invitee")
+    if uid is not None:
+        current = members.get(con, lock_id, uid)
+        if current is not None and current.active(_now()):
+            raise errors.Conflict("already a member of this lock", code="already_member")
+    # an expired invitation no longer stands in the way of a new one
+    con.run(
+        "UPDATE invitations SET closed_at = now() WHERE lock_id = CAST(:l AS uuid) AND "
+        + _OPEN
+        + " AND expires_at <= now() AND (invitee_uid = :u OR lower(email) = lower(:e))",
+        l=lock_id,
+        u=uid,
+        e=email,
+    )
+    try:
+        con.run("SAVEPOINT invite")
+        invitation_id = str(
+            con.run(
+                "INSERT INTO invitations (lock_id, email, invitee_uid, role, access, invited_by, expires_at)"
+                " VALUES (CAST(:l AS uuid), :e, :u, :r, CAST(:a AS jsonb), :by, now() + make_interval(secs => :ttl))"
+                " RETURNING id::text",
+                l=lock_id,
+                e=email,
+                u=uid,
+                r=role,
+                a=json.dumps(access, default=str),
+                by=actor.user_uid,
+                ttl=ttl_s,
+            )[0][0]
+        )
+    except Exception as exc:
+        con.run("ROLLBACK TO SAVEPOINT invite")
+        if sqlstate(exc) == UNIQUE_VIOLATION:
+            raise errors.Conflict("there is already an open invitation for them", code="already_invited") from exc
+        raise
+    audit.record(
+        con,
+        audit.user_actor(actor.user_uid),
+        "member.invite",
+        "ok",
+        lock_id=lock_id,
+        target=uid or email,
+        details={"role": role},
+    )
+    invitee = {"uid": uid} if uid is not None else {"email": email}
+    return {"id": invitation_id, **invitee, "role": role}
+
+
+def open_for_lock(con: Connection, lock_id: str) -> list[dict[str, Any]]:
+    """The lock's invitations still waiting for an answer (for its owner and admins)."""
+    rows = rows_as_dicts(
+        con,
+        "SELECT id::text AS id, invitee_uid, email, role, expires_at FROM invitations"
+        " WHERE lock_id = CAST(:l AS uuid) AND " + _LIVE + " ORDER BY created_at",
+        l=lock_id,
+    )
+    return [_public(row) for row in rows]
+
+
+def for_user(con: Connection, user: User) -> list[dict[str, Any]]:
+    """The invitations waiting for ``user``'s answer, with the lock's name and who invited them."""
+    rows = rows_as_dicts(
+        con,
+        "SELECT i.id::text AS id, i.invitee_uid, i.email, i.role, i.access, i.expires_at, i.invited_by,"
+        " l.id::text AS lock_id, l.name AS lock_name FROM invitations i JOIN locks l ON l.id = i.lock_id"
+        " WHERE " + _LIVE + " AND " + _ADDRESSED_TO + " ORDER BY i.created_at",
+        u=user.uid,
+        e=user.email,
+        verified=user.email_verified,
+    )
+    out = []
+    for row in rows:
+        access = _access(row["access"])
+        out.append(
+            {
+                **_public(row),
+                "lock": {"id": row["lock_id"], "name": row["lock_name"]},
+                "invited_by": row["invited_by"],
+                "access": members.Membership(row["lock_id"], user.uid, row["role"], **access).public()["access"],
+            }
+        )
+    return out
+
+
+def accept(con: Connection, invitation_id: str, user: User) -> members.Membership:
+    """Make the invitee a member on the invitation's terms (404 ``invitation_not_found`` if it is not theirs)."""
+    row = _take(con, invitation_id, user)
+    lock_id = row["lock_id"]
+    existing = members.get(con, lock_id, user.uid, for_update=True)
+    if existing is None or not existing.active(_now()):
+        con.run(
+            "INSERT INTO lock_members (lock_id, user_uid, role, invited_by, valid_from, valid_until, weekdays,"
+            " day_start_minute, day_end_minute, timezone, expires_at)"
+            " VALUES (CAST(:l AS uuid), :u, :r, :by, :valid_from, :valid_until, :weekdays, :day_start_minute,"
+            " :day_end_minute, :timezone, :expires_at)"
+            " ON CONFLICT (lock_id, user_uid) DO UPDATE SET role = EXCLUDED.role, invited_by = EXCLUDED.invited_by,"
+            " valid_from = EXCLUDED.valid_from, valid_until = EXCLUDED.valid_until, weekdays = EXCLUDED.weekdays,"
+            " day_start_minute = EXCLUDED.day_start_minute, day_end_minute = EXCLUDED.day_end_minute,"
+            " timezone = EXCLUDED.timezone, expires_at = EXCLUDED.expires_at, revoked_at = NULL, created_at = now()",
+            l=lock_id,
+            u=user.uid,
+            r=row["role"],
+            by=row["invited_by"],
+            **_access(row["access"]),
+        )
+    con.run("UPDATE invitations SET accepted_at = now() WHERE id = CAST(:i AS uuid)", i=row["id"])
+    audit.record(
+        con,
+        audit.user_actor(user.uid),
+        "member.accept_invitation",
+        "ok",
+        lock_id=lock_id,
+        details={"role": row["role"]},
+    )
+    mirror.activity(con, lock_id, "member_joined", target_uid=user.uid, role=row["role"], invited_by=row["invited_by"])
+    members.mirror_access(con, lock_id)
+    joined = members.get(con, lock_id, user.uid)
+    if joined is None:
+        raise RuntimeError("membership vanished inside its own transaction")
+    return joined
+
+
+def decline(con: Connection, invitation_id: str, user: User) -> None:
+    row = _take(con, invitation_id, user)
+    con.run("UPDATE invitations SET closed_at = now() WHERE id = CAST(:i AS uuid)", i=row["id"])
+    audit.record(con, audit.user_actor(user.uid), "member.decline_invitation", "ok", lock_id=row["lock_id"])
+
+
+def withdraw(con: Connection, lock_id: str, invitation_id: str, actor: members.Membership) -> None:
+    """An owner or admin takes back an invitation not yet answered (404 if there is none open by that id)."""
+    found = rows_as_dicts(
+        con,
+        "SELECT id::text AS id, role FROM invitations WHERE id = CAST(:i AS uuid) AND lock_id = CAST(:l AS uuid)"
+        " AND " + _LIVE + " FOR UPDATE",
+        i=_invitation_id(invitation_id),
+        l=lock_id,
+    )
+    if not found:
+        raise errors.NotFound("no such invitation", code="invitation_not_found")
+    members.check_can_grant(actor, found[0]["role"])
+    con.run("UPDATE invitations SET closed_at = now() WHERE id = CAST(:i AS uuid)", i=found[0]["id"])
+    audit.record(con, audit.user_actor(actor.user_uid), "member.withdraw_invitation", "ok", lock_id=lock_id)
+
+
+def _take(con: Connection, invitation_id: str, user: User) -> dict[str, Any]:
+    rows = rows_as_dicts(
+        con,
+        "SELECT id::text AS id, lock_id::text AS lock_id, role, access, invited_by FROM invitations"
+        " WHERE id = CAST(:i AS uuid) AND " + _LIVE + " AND " + _ADDRESSED_TO + " FOR UPDATE",
+        i=_invitation_id(invitation_id),
+        u=user.uid,
+        e=user.email,
+        verified=user.email_verified,
+    )
+    if not rows:
+        raise errors.NotFound("no such invitation", code="invitation_not_found")
+    return rows[0]
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def _invitation_id(value: str) -> str:
+    canonical = inputs.canonical_uuid(value)
+    if canonical is None:
+        raise errors.NotFound("no such invitation", code="invitation_not_found")
+    return canonical
+
+
+def _access(stored: Any) -> dict[str, Any]:
+    """The access columns an invitation carries (JSON), as ``lock_members`` values."""
+    fields: dict[str, Any] = dict.fromkeys(members.ACCESS_FIELDS)
+    fields["timezone"] = "UTC"
+    fields.update(stored if isinstance(stored, dict) else json.loads(stored))
+    for name in ("valid_from", "valid_until", "expires_at"):
+        if isinstance(fields[name], str):
+            fields[name] = inputs.parse_time(fields[name], name, code="invalid_access")
+    return fields
+
+
+def _public(row: dict[str, Any]) -> dict[str, Any]:
+    invitee = {"uid": row["invitee_uid"]} if row["invitee_uid"] is not None else {"email": row["email"]}
+    return {"id": row["id"], **invitee, "role": row["role"], "expires_at": row["expires_at"].isoformat()}

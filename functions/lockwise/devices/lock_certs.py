@@ -1,0 +1,179 @@
+"""Lock client certificates: how a lock proves to the broker who it is.
+
+At pairing the lock sends a certificate signing request (CSR) for an EC P-256 key it generated and never shares; the
+devices function ignores the CSR's subject and signs a short-lived client certificate whose common name is the lock's
+broker identity: the credential's ``mqtt_username``, new at every pairing. The broker takes that name as the MQTT
+username and client id (Mosquitto: ``use_identity_as_username``, ``use_username_as_clientid``) and the per-lock ACL
+allows ``lockwise/<identity>/#`` only, so the broker keeps nothing per lock.
+
+Revocation, in three layers: re-pairing or deleting a lock revokes its credential, so the old identity's topics are
+dead at once (commands go to the new identity, events from the old one are refused) and the old certificate cannot
+renew; the lock CA's revocation list (``crl``, served at ``GET /devices/lock-ca/crl``) names every revoked certificate
+that has not expired yet, and a broker that reloads it refuses the old certificate at the TLS handshake from its next
+reload on (``infra/broker``: every minute); and a certificate lives ``LOCKWISE_LOCK_CERT_TTL_S`` (7 days) at most, so a
+broker that never reloads still stops it then.
+
+The CA (``LOCKWISE_LOCK_CA``: its certificate and key, PEM) is a deploy secret of the devices function only.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from lockwise.core import errors
+
+MAX_CSR_CHARS = 4096
+#: the certificate's validity starts this much before issuance, for locks whose clock runs a little behind
+BACKDATE = dt.timedelta(minutes=5)
+
+
+class CaError(ValueError):
+    """The configured lock CA is unusable (raised at start-up)."""
+
+
+@dataclass(frozen=True)
+class LockCa:
+    cert: x509.Certificate
+    key: ec.EllipticCurvePrivateKey
+
+    @classmethod
+    def from_pem(cls, pem: str) -> LockCa:
+        """The CA from one PEM text holding its certificate and its (unencrypted) EC private key."""
+        data = pem.encode()
+        try:
+            cert = x509.load_pem_x509_certificate(data)
+            key = serialization.load_pem_private_key(data[data.index(b"-----BEGIN PRIVATE KEY-----") :], None)
+        except ValueError as exc:
+            raise CaError("LOCKWISE_LOCK_CA must hold a PEM certificate and its PKCS#8 private key") from exc
+        if not isinstance(key, ec.EllipticCurvePrivateKey):
+            raise CaError("the lock CA key must be an EC key")
+        if key.public_key().public_numbers() != cert.public_key().public_numbers():  # type: ignore[union-attr]
+            raise CaError("the lock CA certificate and key do not belong together")
+        return cls(cert, key)
+
+    def cert_pem(self) -> str:
+        return self.cert.public_bytes(serialization.Encoding.PEM).decode()
+
+
+def parse_csr(value: Any) -> x509.CertificateSigningRequest:
+    """A well-formed, self-signed CSR for an EC P-256 key (400 ``invalid_csr`` otherwise)."""
+    if not isinstance(value, str) or not 0 < len(value) <= MAX_CSR_CHARS:
+        raise errors.BadRequest("csr must be a PEM certificate signing request", code="invalid_csr")
+    try:
+        csr = x509.load_pem_x509_csr(value.encode())
+        key = csr.public_key()
+    except ValueError as exc:
+        raise errors.BadRequest("csr is not a PEM certificate signing request", code="invalid_csr") from exc
+    if not isinstance(key, ec.EllipticCurvePublicKey) or not isinstance(key.curve, ec.SECP256R1):
+        raise errors.BadRequest("csr must be for an EC P-256 key", code="invalid_csr")
+    if not csr.is_signature_valid:
+        raise errors.BadRequest("csr is not signed by its own key", code="invalid_csr")
+    return csr
+
+
+@dataclass(frozen=True)
+class Issued:
+    pem: str
+    serial: str  # hex
+    not_after: dt.datetime
+
+
+def issue(ca: LockCa, csr: x509.CertificateSigningRequest, identity: str, ttl_s: int, now: dt.datetime) -> Issued:
+    """A client certificate for ``csr``'s key whose common name is ``identity`` (the CSR's subject is ignored)."""
+    not_after = now + dt.timedelta(seconds=ttl_s)
+    public_key = csr.public_key()
+    if not isinstance(public_key, ec.EllipticCurvePublicKey):
+        raise errors.BadRequest("csr must be for an EC P-256 key", code="invalid_csr")
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, identity)]))
+        .issuer_name(ca.cert.subject)
+        .public_key(public_key)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - BACKDATE)
+        .not_valid_after(not_after)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                key_agreement=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_cert_sign=False,
+                crl_sign=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.key.public_key()), critical=False)
+        .sign(ca.key, hashes.SHA256())
+    )
+    return Issued(cert.public_bytes(serialization.Encoding.PEM).decode(), format(cert.serial_number, "x"), not_after)
+
+
+#: a revocation list stays valid this long: a broker whose refresh stalls keeps admitting the certificates it knows
+#: are good rather than refusing every lock (OpenSSL refuses all when the CRL it holds has passed its nextUpdate)
+CRL_VALIDITY = dt.timedelta(days=30)
+
+
+def crl(ca: LockCa, revoked: list[tuple[str, dt.datetime]], now: dt.datetime) -> str:
+    """The CA's revocation list (PEM) naming ``revoked`` certificates (hex serial, when revoked)."""
+    builder = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(ca.cert.subject)
+        .last_update(now - BACKDATE)
+        .next_update(now + CRL_VALIDITY)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.key.public_key()), critical=False)
+    )
+    for serial, when in revoked:
+        builder = builder.add_revoked_certificate(
+            x509.RevokedCertificateBuilder().serial_number(int(serial, 16)).revocation_date(when).build()
+        )
+    return builder.sign(ca.key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM).decode()
+
+
+def new_ca(common_name: str = "LockWise lock CA", days: int = 3650) -> str:
+    """A fresh lock CA as one PEM text (certificate + key): for ``infra.lock_ca`` and the local stack."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - BACKDATE)
+        .not_valid_after(now + dt.timedelta(days=days))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                key_cert_sign=True,
+                crl_sign=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    return cert.public_bytes(serialization.Encoding.PEM).decode() + key_pem.decode()

@@ -1,0 +1,333 @@
+"""Lock events handed over by the relay: state reports, command acknowledgements, online/offline.
+
+The relay forwards each MQTT message as ``{"topic", "payload"}``; the topic names the lock (its broker identity).
+Applying an event is idempotent, so a redelivery after a relay crash changes nothing: a state report older than the
+one applied is ignored, an ack of a command that is no longer pending or sent is a duplicate.
+
+Each event is checked and judged on its own (``apply_batch``; the database work of a batch is done once for it, and
+one event at a time only when the database refuses something): a bad event from one lock (malformed, oversized, NUL
+bytes, deeply nested, or one the database refuses) is ``rejected`` alone, with a reason, and kept in
+``lock_event_rejects`` for an operator; it never fails the batch, so it never holds up another lock.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from lockwise.core import audit, errors, inputs, mirror
+from lockwise.core.db import Connection
+from lockwise.devices import lockout, topics
+
+STATES = ("locked", "unlocked", "locking", "unlocking", "jammed")
+ACK_RESULTS = {"ok": "acked", "failed": "failed", "refused": "failed"}
+MAX_FUTURE_S = 300
+
+
+@dataclass(frozen=True)
+class Outcome:
+    outcome: str  # applied | duplicate | stale | rejected
+    reason: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"outcome": self.outcome, **({"reason": self.reason} if self.reason else {})}
+
+
+#: the largest event payload taken (the broker refuses packets over 64 KiB; state and acks are a few hundred bytes)
+MAX_PAYLOAD_CHARS = 16_384
+#: state and ack payloads are flat objects
+MAX_PAYLOAD_DEPTH = 2
+log = logging.getLogger("lockwise.devices.lock_events")
+
+
+def apply_batch(con: Connection, events: list[Any], now: dt.datetime) -> list[Outcome]:
+    """Apply each event on its own; a rejected one is recorded in ``lock_event_rejects``.
+
+    The batch runs under one savepoint: the locks' identities looked up in one query, their ``lock_state`` rows
+    read once and written once (``LockStates``), the mirror rows queued in one statement. If the database refuses
+    anything, the batch is rolled back to that savepoint and applied again one savepoint per event, so the failing
+    event alone is rejected and every other one is applied exactly as if it had come alone.
+    """
+    locks = _lock_ids(con, events)
+    con.run("SAVEPOINT lock_events")
+    try:
+        batch = Pending(LockStates(con, locks.values()))
+        outcomes = [_judge(con, event, locks, now, batch) for event in events]
+        batch.write(con)
+    except Exception:  # noqa: BLE001 - some event broke the database's rules: find it, one savepoint per event
+        con.run("ROLLBACK TO SAVEPOINT lock_events")
+        outcomes = [_one_by_one(con, event, locks, now) for event in events]
+    con.run("RELEASE SAVEPOINT lock_events")
+    for event, outcome in zip(events, outcomes, strict=True):
+        if outcome.outcome == "rejected":
+            _park(con, event, outcome.reason or "rejected")
+    return outcomes
+
+
+def _judge(con: Connection, event: Any, locks: dict[str, str], now: dt.datetime, batch: Pending | None) -> Outcome:
+    if not isinstance(event, dict):
+        return Outcome("rejected", "event must be an object")
+    return apply(con, event.get("topic"), event.get("payload"), now, locks, batch)
+
+
+def _one_by_one(con: Connection, event: Any, locks: dict[str, str], now: dt.datetime) -> Outcome:
+    con.run("SAVEPOINT lock_event")
+    try:
+        outcome = _judge(con, event, locks, now, None)
+    except Exception:  # noqa: BLE001 - whatever one event does to the database, the others go on
+        log.exception("lock event could not be applied")
+        con.run("ROLLBACK TO SAVEPOINT lock_event")
+        outcome = Outcome("rejected", "the event could not be applied")
+    con.run("RELEASE SAVEPOINT lock_event")
+    return outcome
+
+
+@dataclass
+class _State:
+    """One ``lock_state`` row as the events of a batch leave it."""
+
+    state: str
+    battery_pct: int | None
+    firmware: str | None
+    online: bool
+    last_seen: dt.datetime | None
+    reported_at: dt.datetime | None
+    changed: bool = False
+
+
+class LockStates:
+    """The ``lock_state`` rows of a batch's locks: read once (``FOR UPDATE``, in lock id order, so two batches never
+    deadlock), changed in memory event by event, written in one statement by ``write``."""
+
+    def __init__(self, con: Connection, lock_ids: Iterable[str] = ()) -> None:
+        self._con = con
+        self._rows: dict[str, _State | None] = {}
+        self._load(set(lock_ids))
+
+    def _load(self, lock_ids: set[str]) -> None:
+        missing = sorted(i for i in lock_ids if i not in self._rows)
+        if not missing:
+            return
+        rows = self._con.run(
+            "SELECT lock_id::text, state, battery_pct, firmware, online, last_seen, reported_at FROM lock_state"
+            " WHERE lock_id = ANY(CAST(:l AS uuid[])) ORDER BY lock_id FOR UPDATE",
+            l=missing,
+        )
+        found = {str(r[0]): _State(*r[1:]) for r in rows}
+        for lock_id in missing:
+            self._rows[lock_id] = found.get(lock_id)
+
+    def get(self, lock_id: str) -> _State | None:
+        """The lock's row as this batch has left it so far (None: the lock has no state row)."""
+        self._load({lock_id})
+        return self._rows[lock_id]
+
+    def write(self) -> None:
+        changed = [(lock_id, row) for lock_id, row in self._rows.items() if row is not None and row.changed]
+        if not changed:
+            return
+        self._con.run(
+            "UPDATE lock_state AS s SET state = v.state, battery_pct = v.battery_pct, firmware = v.firmware,"
+            " online = v.online, last_seen = v.last_seen, reported_at = v.reported_at, updated_at = now()"
+            " FROM unnest(CAST(:l AS uuid[]), CAST(:s AS text[]), CAST(CAST(:b AS text[]) AS smallint[]),"
+            " CAST(:f AS text[]), CAST(CAST(:o AS text[]) AS boolean[]), CAST(CAST(:ls AS text[]) AS timestamptz[]),"
+            " CAST(CAST(:r AS text[]) AS timestamptz[]))"
+            " AS v(lock_id, state, battery_pct, firmware, online, last_seen, reported_at) WHERE s.lock_id = v.lock_id",
+            l=[lock_id for lock_id, _ in changed],
+            s=[row.state for _, row in changed],
+            b=[None if row.battery_pct is None else str(row.battery_pct) for _, row in changed],
+            f=[row.firmware for _, row in changed],
+            o=["true" if row.online else "false" for _, row in changed],
+            ls=[None if row.last_seen is None else row.last_seen.isoformat() for _, row in changed],
+            r=[None if row.reported_at is None else row.reported_at.isoformat() for _, row in changed],
+        )
+        for _, row in changed:
+            row.changed = False
+
+
+@dataclass
+class Pending:
+    """What the events of a batch leave to write at its end: the lock rows and the mirror rows."""
+
+    states: LockStates
+    writes: list[mirror.Write] = field(default_factory=list)
+
+    def write(self, con: Connection) -> None:
+        self.states.write()
+        mirror.enqueue_many(con, self.writes)
+
+
+def _lock_ids(con: Connection, events: list[Any]) -> dict[str, str]:
+    """Broker identity -> lock id, for the events' topics whose lock holds a live credential."""
+    identities = set()
+    for event in events:
+        topic = event.get("topic") if isinstance(event, dict) else None
+        if not isinstance(topic, str):
+            continue
+        try:
+            identity = topics.lock_of(inputs.check_text(topic, "topic"))
+        except errors.BadRequest:
+            continue  # judged and rejected on its own
+        if identity is not None:
+            identities.add(identity)
+    if not identities:
+        return {}
+    rows = con.run(
+        "SELECT mqtt_username, lock_id::text FROM lock_credentials"
+        " WHERE mqtt_username = ANY(CAST(:u AS text[])) AND revoked_at IS NULL",
+        u=sorted(identities),
+    )
+    return {str(user): str(lock_id) for user, lock_id in rows}
+
+
+def _park(con: Connection, event: Any, reason: str) -> None:
+    """Keep a rejected event for an operator: its topic and a printable excerpt (NUL and bad text escaped)."""
+    topic = event.get("topic") if isinstance(event, dict) else None
+    payload = event.get("payload") if isinstance(event, dict) else event
+    con.run(
+        "INSERT INTO lock_event_rejects (topic, reason, payload_excerpt, payload_chars) VALUES (:t, :r, :p, :n)",
+        t=_printable(topic)[:200] if isinstance(topic, str) else None,
+        r=reason[:200],
+        p=_printable(payload if isinstance(payload, str) else repr(payload))[:500],
+        n=len(payload) if isinstance(payload, str) else None,
+    )
+
+
+def _printable(text: str) -> str:
+    return text.replace("\x00", "\\0").encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def apply(
+    con: Connection, topic: Any, payload: Any, now: dt.datetime, locks: dict[str, str], batch: Pending | None = None
+) -> Outcome:
+    """Apply one event. ``locks``: identity -> lock id for live credentials (``_lock_ids``); ``batch``: where the
+    lock's row and the mirror rows wait when the caller writes them at the end of a batch (otherwise written before
+    this returns)."""
+    own = batch or Pending(LockStates(con))
+    outcome = _apply(con, topic, payload, now, locks, own)
+    if batch is None:
+        own.write(con)
+    return outcome
+
+
+def _apply(
+    con: Connection,
+    topic: Any,
+    payload: Any,
+    now: dt.datetime,
+    locks: dict[str, str],
+    batch: Pending,
+) -> Outcome:
+    if not isinstance(topic, str) or not isinstance(payload, str):
+        return Outcome("rejected", "topic and payload must be strings")
+    if len(payload) > MAX_PAYLOAD_CHARS:
+        return Outcome("rejected", f"payload over {MAX_PAYLOAD_CHARS} characters")
+    try:
+        inputs.check_text(topic, "topic")
+        inputs.check_text(payload, "payload")
+    except errors.BadRequest as exc:
+        return Outcome("rejected", exc.message)
+    lock_user = topics.lock_of(topic)
+    kind = topic.rsplit("/", 1)[-1]
+    if lock_user is None:
+        return Outcome("rejected", "not a lock topic")
+    lock_id = locks.get(lock_user)
+    if lock_id is None:
+        return Outcome("rejected", "unknown or revoked lock")
+    if kind == "status":
+        return _status(lock_id, payload, now, batch)
+    try:
+        body = inputs.loads(payload, max_depth=MAX_PAYLOAD_DEPTH)
+    except errors.BadRequest as exc:
+        return Outcome("rejected", f"payload: {exc.message}")
+    if not isinstance(body, dict):
+        return Outcome("rejected", "payload is not a JSON object")
+    if kind == "state":
+        return _state(lock_id, body, now, batch)
+    if kind == "ack":
+        return _ack(con, lock_id, body, now)
+    return Outcome("rejected", f"unknown event kind {kind!r}")
+
+
+def _status(lock_id: str, payload: str, now: dt.datetime, batch: Pending) -> Outcome:
+    if payload not in ("online", "offline"):
+        return Outcome("rejected", "status must be online or offline")
+    online = payload == "online"
+    row = batch.states.get(lock_id)
+    if row is not None:
+        row.online, row.last_seen, row.changed = online, now, True
+    batch.writes.append((mirror.lock_doc(lock_id), "merge", {"online": online, "last_seen": now.isoformat()}))
+    batch.writes.append(mirror.activity_entry(lock_id, "online" if online else "offline"))
+    return Outcome("applied")
+
+
+def _state(lock_id: str, body: dict[str, Any], now: dt.datetime, batch: Pending) -> Outcome:
+    state, battery, firmware, ts = body.get("state"), body.get("battery_pct"), body.get("firmware"), body.get("ts")
+    if state not in STATES:
+        return Outcome("rejected", f"state must be one of {', '.join(STATES)}")
+    if battery is not None and (isinstance(battery, bool) or not isinstance(battery, int) or not 0 <= battery <= 100):
+        return Outcome("rejected", "battery_pct must be an integer 0-100")
+    if firmware is not None and (not isinstance(firmware, str) or len(firmware) > 64):
+        return Outcome("rejected", "firmware must be a string of at most 64 characters")
+    if isinstance(ts, bool) or not isinstance(ts, int | float) or not 0 < ts < 1e11:
+        return Outcome("rejected", "ts must be the lock's unix time in seconds")
+    reported = dt.datetime.fromtimestamp(ts, dt.UTC)
+    if reported > now + dt.timedelta(seconds=MAX_FUTURE_S):
+        return Outcome("rejected", "ts is in the future")
+    row = batch.states.get(lock_id)
+    if row is None or (row.reported_at is not None and row.reported_at >= reported):
+        return Outcome("stale", "an equal or newer report was already applied")
+    row.state, row.reported_at, row.last_seen, row.online, row.changed = state, reported, now, True, True
+    row.battery_pct = battery if battery is not None else row.battery_pct
+    row.firmware = firmware if firmware is not None else row.firmware
+    doc = {
+        "state": state,
+        "battery_pct": row.battery_pct,
+        "firmware": row.firmware,
+        "online": True,
+        "last_seen": now.isoformat(),
+        "reported_at": reported.isoformat(),
+    }
+    batch.writes.append((mirror.lock_doc(lock_id), "merge", doc))
+    batch.writes.append(mirror.activity_entry(lock_id, "state", state=state))
+    return Outcome("applied")
+
+
+def _ack(con: Connection, lock_id: str, body: dict[str, Any], now: dt.datetime) -> Outcome:
+    command_id, nonce, result, reason = body.get("id"), body.get("nonce"), body.get("result"), body.get("reason")
+    if not isinstance(command_id, str) or not isinstance(nonce, str) or result not in ACK_RESULTS:
+        return Outcome("rejected", "ack needs id, nonce and result (ok, failed or refused)")
+    if reason is not None and not isinstance(reason, str):
+        return Outcome("rejected", "reason must be a string")
+    command_id = inputs.canonical_uuid(command_id)
+    if command_id is None:
+        return Outcome("rejected", "id is not a command id")
+    rows = con.run(
+        "UPDATE commands SET status = :st, acked_at = CASE WHEN :st = 'acked' THEN :now ELSE acked_at END,"
+        " last_error = :err WHERE id = CAST(:i AS uuid) AND lock_id = CAST(:l AS uuid) AND nonce = :n"
+        " AND status IN ('pending', 'sent') RETURNING action, issuer_kind",
+        st=ACK_RESULTS[result],
+        now=now,
+        err=None if result == "ok" else f"{result}: {reason or 'no reason given'}"[:200],
+        i=command_id,
+        l=lock_id,
+        n=nonce,
+    )
+    if not rows:
+        return Outcome("duplicate", "no pending or sent command with this id and nonce")
+    if result == "ok" and rows[0][0] in ("unlock", "open") and rows[0][1] == "user":
+        lockout.clear(con, lock_id)  # a successful app unlock ends a voice lockout
+    audit.record(
+        con,
+        audit.lock_actor(lock_id),
+        "command.ack",
+        "ok" if result == "ok" else "failed",
+        lock_id=lock_id,
+        target=command_id,
+        details={"result": result},
+    )
+    mirror.activity(con, lock_id, "command_ack", command_id=command_id, action=rows[0][0], result=result)
+    return Outcome("applied")

@@ -1,0 +1,72 @@
+"""Voice brute-force lockout per lock, as NIST SP 800-63B asks for biometric verification.
+
+After ``after`` consecutive rejected voice attempts at a lock, voice unlock is refused for ``base_s`` seconds; each
+further rejection (once the lockout has passed) doubles the wait. An accepted voice, an owner's reset or a
+successful app unlock clears it. Refused attempts (during a lockout) do not count as failures.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from lockwise.core.db import Connection
+
+DAY = dt.timedelta(days=1)
+
+
+def refused_for(con: Connection, lock_id: str, now: dt.datetime) -> int:
+    """Seconds until voice unlock is allowed again at ``lock_id`` (0: allowed). Locks the row for this attempt."""
+    con.run("INSERT INTO voice_lockouts (lock_id) VALUES (CAST(:l AS uuid)) ON CONFLICT DO NOTHING", l=lock_id)
+    rows = con.run("SELECT locked_until FROM voice_lockouts WHERE lock_id = CAST(:l AS uuid) FOR UPDATE", l=lock_id)
+    until = rows[0][0]
+    if until is None or until <= now:
+        return 0
+    return max(1, int((until - now).total_seconds() + 0.999))
+
+
+def record_failure(con: Connection, lock_id: str, now: dt.datetime, *, after: int, base_s: int) -> int:
+    """Count a rejected attempt; return the lockout in seconds it starts (0 if none)."""
+    failures = int(
+        con.run(
+            "UPDATE voice_lockouts SET consecutive_failures = consecutive_failures + 1, updated_at = now()"
+            " WHERE lock_id = CAST(:l AS uuid) RETURNING consecutive_failures",
+            l=lock_id,
+        )[0][0]
+    )
+    if failures < after:
+        return 0
+    seconds = int(base_s * 2 ** min(failures - after, 16))
+    con.run(
+        "UPDATE voice_lockouts SET locked_until = :u WHERE lock_id = CAST(:l AS uuid)",
+        u=now + dt.timedelta(seconds=seconds),
+        l=lock_id,
+    )
+    return seconds
+
+
+def daily_ceiling_wait(con: Connection, lock_id: str, now: dt.datetime, ceiling: int) -> int:
+    """Seconds until the lock is under its daily ceiling of scored rejections again (0: under it).
+
+    The lockout above slows guessing; an owner's reset ends it, so on its own it would buy an owner with a lock
+    unlimited guesses at a member's voiceprint. The ceiling counts what the attempts log holds (no reset touches it):
+    at most ``ceiling`` rejected, scored attempts (below the threshold, or ambiguous) per lock in any 24 hours; past it
+    only the app opens the door until the oldest of them is a day old.
+    """
+    rows = con.run(
+        "SELECT count(*), min(created_at) FROM verification_attempts WHERE lock_id = CAST(:l AS uuid)"
+        " AND outcome = 'rejected' AND reason IN ('below_threshold', 'ambiguous') AND created_at > :since",
+        l=lock_id,
+        since=now - DAY,
+    )
+    count, oldest = int(rows[0][0]), rows[0][1]
+    if count < ceiling or oldest is None:
+        return 0
+    return max(1, int((oldest + DAY - now).total_seconds() + 0.999))
+
+
+def clear(con: Connection, lock_id: str) -> None:
+    con.run(
+        "UPDATE voice_lockouts SET consecutive_failures = 0, locked_until = NULL, updated_at = now()"
+        " WHERE lock_id = CAST(:l AS uuid)",
+        l=lock_id,
+    )

@@ -1,0 +1,230 @@
+"""Locks: create, list, read, rename, transfer and delete, and changes to their memberships (joining is
+``lockwise.devices.invitations``)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import unicodedata
+from typing import Any
+
+from lockwise.core import audit, errors, mirror
+from lockwise.core.db import Connection, rows_as_dicts
+from lockwise.devices import members
+
+MAX_NAME = 100
+
+
+def parse_name(value: Any) -> str:
+    if not isinstance(value, str):
+        raise errors.BadRequest("name must be a string", code="invalid_name")
+    name = value.strip()
+    if not 1 <= len(name) <= MAX_NAME:
+        raise errors.BadRequest(f"name must be 1 to {MAX_NAME} characters", code="invalid_name")
+    if any(unicodedata.category(c) == "Cc" for c in name):  # C0, DEL and C1 controls
+        raise errors.BadRequest("name must not contain control characters", code="invalid_name")
+    return name
+
+
+def parse_threshold(value: Any) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= float(value) <= 1.0:
+        raise errors.BadRequest("voice_threshold must be a number in [0, 1] or null", code="invalid_threshold")
+    return round(float(value), 4)  # stored as float4: a value it cannot hold (5e-324) would fail there
+
+
+def create(con: Connection, owner_uid: str, name: str, supports_open: bool) -> str:
+    lock_id = str(
+        con.run(
+            "INSERT INTO locks (name, owner_uid, supports_open) VALUES (:n, :o, :s) RETURNING id::text",
+            n=name,
+            o=owner_uid,
+            s=supports_open,
+        )[0][0]
+    )
+    con.run(
+        "INSERT INTO lock_members (lock_id, user_uid, role) VALUES (CAST(:l AS uuid), :u, 'owner')",
+        l=lock_id,
+        u=owner_uid,
+    )
+    con.run("INSERT INTO lock_state (lock_id) VALUES (CAST(:l AS uuid))", l=lock_id)
+    audit.record(con, audit.user_actor(owner_uid), "lock.create", "ok", lock_id=lock_id, details={"name": name})
+    mirror.enqueue(
+        con,
+        mirror.lock_doc(lock_id),
+        "set",
+        {"name": name, "state": "unknown", "online": False, "supports_open": supports_open},
+    )
+    members.mirror_access(con, lock_id)
+    mirror.activity(con, lock_id, "lock_created", actor_uid=owner_uid)
+    return lock_id
+
+
+_VIEW = (
+    "SELECT l.id::text AS id, l.name, l.owner_uid, l.supports_open, l.voice_threshold, l.created_at,"
+    " s.state, s.battery_pct, s.online, s.firmware, s.last_seen,"
+    " EXISTS (SELECT 1 FROM lock_credentials c WHERE c.lock_id = l.id AND c.revoked_at IS NULL) AS provisioned"
+    " FROM locks l LEFT JOIN lock_state s ON s.lock_id = l.id"
+)
+
+
+def _present(row: dict[str, Any], role: str) -> dict[str, Any]:
+    return {
+        "id": row["id"],
+        "name": row["name"],
+        "role": role,
+        "owner_uid": row["owner_uid"],
+        "supports_open": row["supports_open"],
+        "voice_threshold": row["voice_threshold"],
+        "provisioned": row["provisioned"],
+        "created_at": row["created_at"].isoformat(),
+        "state": {
+            "state": row["state"] or "unknown",
+            "battery_pct": row["battery_pct"],
+            "online": bool(row["online"]),
+            "firmware": row["firmware"],
+            "last_seen": row["last_seen"].isoformat() if row["last_seen"] else None,
+        },
+    }
+
+
+def view(con: Connection, lock_id: str, role: str) -> dict[str, Any]:
+    rows = rows_as_dicts(con, _VIEW + " WHERE l.id = CAST(:l AS uuid)", l=lock_id)
+    if not rows:
+        raise errors.NotFound("lock not found", code="lock_not_found")
+    return _present(rows[0], role)
+
+
+def list_for_user(con: Connection, uid: str) -> list[dict[str, Any]]:
+    rows = rows_as_dicts(
+        con,
+        _VIEW + ", lock_members m WHERE m.lock_id = l.id AND m.user_uid = :u AND m.revoked_at IS NULL"
+        " AND (m.expires_at IS NULL OR m.expires_at > now()) ORDER BY l.created_at",
+        u=uid,
+    )
+    roles = {r[0]: r[1] for r in con.run("SELECT lock_id::text, role FROM lock_members WHERE user_uid = :u", u=uid)}
+    return [_present(row, roles[row["id"]]) for row in rows]
+
+
+def update(con: Connection, lock_id: str, uid: str, changes: dict[str, Any]) -> None:
+    if "name" in changes:
+        con.run(
+            "UPDATE locks SET name = :n, updated_at = now() WHERE id = CAST(:l AS uuid)", n=changes["name"], l=lock_id
+        )
+        mirror.enqueue(con, mirror.lock_doc(lock_id), "merge", {"name": changes["name"]})
+    if "voice_threshold" in changes:
+        con.run(
+            "UPDATE locks SET voice_threshold = :t, updated_at = now() WHERE id = CAST(:l AS uuid)",
+            t=changes["voice_threshold"],
+            l=lock_id,
+        )
+    audit.record(con, audit.user_actor(uid), "lock.update", "ok", lock_id=lock_id, details=changes)
+
+
+def transfer(con: Connection, lock_id: str, from_uid: str, to_uid: str) -> None:
+    """Make an existing active member the owner; the previous owner becomes an admin."""
+    if to_uid == from_uid:
+        raise errors.BadRequest("you already own this lock", code="already_owner")
+    target = members.get(con, lock_id, to_uid, for_update=True)
+    if target is None or not target.active(dt.datetime.now(dt.UTC)):
+        raise errors.NotFound("the new owner must be a current member of the lock", code="member_not_found")
+    con.run(
+        "UPDATE lock_members SET role = 'admin' WHERE lock_id = CAST(:l AS uuid) AND user_uid = :u",
+        l=lock_id,
+        u=from_uid,
+    )
+    con.run(
+        "UPDATE lock_members SET role = 'owner', valid_from = NULL, valid_until = NULL, weekdays = NULL,"
+        " day_start_minute = NULL, day_end_minute = NULL, expires_at = NULL"
+        " WHERE lock_id = CAST(:l AS uuid) AND user_uid = :u",
+        l=lock_id,
+        u=to_uid,
+    )
+    con.run("UPDATE locks SET owner_uid = :u, updated_at = now() WHERE id = CAST(:l AS uuid)", u=to_uid, l=lock_id)
+    audit.record(con, audit.user_actor(from_uid), "lock.transfer", "ok", lock_id=lock_id, target=to_uid)
+    mirror.activity(con, lock_id, "ownership_transferred", actor_uid=from_uid, target_uid=to_uid)
+
+
+def delete(con: Connection, lock_id: str, uid: str) -> None:
+    """Delete the lock with its credentials, members, attempts and commands (the audit log keeps its record)."""
+    con.run("DELETE FROM locks WHERE id = CAST(:l AS uuid)", l=lock_id)
+    audit.record(con, audit.user_actor(uid), "lock.delete", "ok", lock_id=lock_id)
+    mirror.enqueue(con, f"locks/{lock_id}/activity", "delete_collection")
+    mirror.enqueue(con, mirror.lock_doc(lock_id), "delete")
+
+
+def lock_config(con: Connection, lock_id: str) -> dict[str, Any]:
+    """What an authenticated lock learns about itself: its name, capabilities and broker identity, plus whether its
+    certificate needs renewing (``certificate_expires_at`` is None for a lock paired with a broker password: it must
+    renew now, ``POST /devices/lock/certificate``)."""
+    name, supports_open, identity, not_after = con.run(
+        "SELECT l.name, l.supports_open, c.mqtt_username, c.cert_not_after FROM locks l"
+        " JOIN lock_credentials c ON c.lock_id = l.id AND c.revoked_at IS NULL WHERE l.id = CAST(:l AS uuid)",
+        l=lock_id,
+    )[0]
+    return {
+        "lock_id": lock_id,
+        "name": name,
+        "supports_open": supports_open,
+        "mqtt_identity": identity,
+        "certificate_expires_at": not_after.isoformat() if not_after else None,
+    }
+
+
+# --------------------------------------------------------------------------------------------------- members
+
+
+def update_member(
+    con: Connection,
+    lock_id: str,
+    actor: members.Membership,
+    target: members.Membership,
+    role: str,
+    access: dict[str, Any],
+) -> None:
+    _check_can_manage(actor, target)
+    members.check_can_grant(actor, role)
+    con.run(
+        "UPDATE lock_members SET role = :r, valid_from = :valid_from, valid_until = :valid_until,"
+        " weekdays = :weekdays, day_start_minute = :day_start_minute, day_end_minute = :day_end_minute,"
+        " timezone = :timezone, expires_at = :expires_at WHERE lock_id = CAST(:l AS uuid) AND user_uid = :u",
+        r=role,
+        l=lock_id,
+        u=target.user_uid,
+        **access,
+    )
+    audit.record(
+        con,
+        audit.user_actor(actor.user_uid),
+        "member.update",
+        "ok",
+        lock_id=lock_id,
+        target=target.user_uid,
+        details={"role": role},
+    )
+    mirror.activity(con, lock_id, "member_updated", actor_uid=actor.user_uid, target_uid=target.user_uid, role=role)
+    members.mirror_access(con, lock_id)
+
+
+def revoke_member(con: Connection, lock_id: str, actor: members.Membership, target: members.Membership) -> None:
+    if target.role == "owner":
+        raise errors.Forbidden("the owner cannot be removed; transfer or delete the lock", code="cannot_remove_owner")
+    if actor.user_uid != target.user_uid:  # leaving a lock yourself is always allowed
+        _check_can_manage(actor, target)
+    con.run(
+        "UPDATE lock_members SET revoked_at = now() WHERE lock_id = CAST(:l AS uuid) AND user_uid = :u",
+        l=lock_id,
+        u=target.user_uid,
+    )
+    audit.record(con, audit.user_actor(actor.user_uid), "member.revoke", "ok", lock_id=lock_id, target=target.user_uid)
+    mirror.activity(con, lock_id, "member_removed", actor_uid=actor.user_uid, target_uid=target.user_uid)
+    members.mirror_access(con, lock_id)
+
+
+def _check_can_manage(actor: members.Membership, target: members.Membership) -> None:
+    if actor.role not in ("owner", "admin"):
+        raise errors.Forbidden("only the owner and admins manage members", code="role_too_low")
+    if target.role == "owner":
+        raise errors.Forbidden("the owner's membership cannot be changed", code="cannot_change_owner")
+    if target.role == "admin" and actor.role != "owner":
+        raise errors.Forbidden("only the owner manages admins", code="role_too_low")

@@ -1,0 +1,286 @@
+"""Who may do what at a lock: roles, guest access windows, revocation.
+
+Roles, strongest first: owner (one per lock), admin, member, guest. A guest may carry an access window (absolute
+bounds, weekdays, minutes of the day in a time zone) and any non-owner an expiry. Every check reads the membership
+row at request time, so a revocation takes effect on the very next verify or command.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from typing import Any, TypeGuard
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from lockwise.core import errors, inputs, mirror
+from lockwise.core.db import Connection, rows_as_dicts
+
+ROLES = ("owner", "admin", "member", "guest")
+RANK = {role: len(ROLES) - i for i, role in enumerate(ROLES)}  # owner 4 ... guest 1
+ACCESS_FIELDS = (
+    "valid_from",
+    "valid_until",
+    "weekdays",
+    "day_start_minute",
+    "day_end_minute",
+    "timezone",
+    "expires_at",
+)
+WEEKDAY_NAMES = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+
+
+@dataclass(frozen=True)
+class Membership:
+    lock_id: str
+    user_uid: str
+    role: str
+    valid_from: dt.datetime | None = None
+    valid_until: dt.datetime | None = None
+    weekdays: int | None = None  # bit 0 = Monday
+    day_start_minute: int | None = None
+    day_end_minute: int | None = None
+    timezone: str = "UTC"
+    expires_at: dt.datetime | None = None
+    revoked_at: dt.datetime | None = None
+
+    def active(self, now: dt.datetime) -> bool:
+        """Not revoked and not expired."""
+        return self.revoked_at is None and (self.expires_at is None or self.expires_at > now)
+
+    def in_window(self, now: dt.datetime) -> bool:
+        """True when the access window (guests only) includes ``now``."""
+        if self.role != "guest":
+            return True
+        if self.valid_from is not None and now < self.valid_from:
+            return False
+        if self.valid_until is not None and now >= self.valid_until:
+            return False
+        local = now.astimezone(ZoneInfo(self.timezone))
+        if self.weekdays is not None and not (self.weekdays >> local.weekday()) & 1:
+            return False
+        if self.day_start_minute is not None and self.day_end_minute is not None:
+            minute = local.hour * 60 + local.minute
+            start, end = self.day_start_minute, self.day_end_minute
+            inside = start <= minute < end if start < end else (minute >= start or minute < end)  # overnight
+            if not inside:
+                return False
+        return True
+
+    def may_operate(self, now: dt.datetime) -> bool:
+        """May open or lock the door right now (commands and voice)."""
+        return self.active(now) and self.in_window(now)
+
+    def rules_access(self, now: dt.datetime) -> dict[str, Any]:
+        """What the Firestore security rules need to end this member's reads when the API ends their access:
+        bounds as epoch milliseconds, and for a recurring guest window its days (0 = Monday), minutes and the time
+        zone's UTC offset, valid until the zone's next offset change (after which the rules refuse until the mirror
+        is refreshed: ``offset_until_ms``)."""
+        guest = self.role == "guest"
+        out: dict[str, Any] = {
+            "expires_ms": _ms(self.expires_at),
+            "valid_from_ms": _ms(self.valid_from) if guest else None,
+            "valid_until_ms": _ms(self.valid_until) if guest else None,
+            "weekdays": None,
+            "day_start_minute": None,
+            "day_end_minute": None,
+            "utc_offset_min": 0,
+            "offset_until_ms": None,
+        }
+        if guest and (self.weekdays is not None or self.day_start_minute is not None):
+            zone = ZoneInfo(self.timezone)
+            offset, until = utc_offset(zone, now)
+            out.update(
+                weekdays=None if self.weekdays is None else [d for d in range(7) if (self.weekdays >> d) & 1],
+                day_start_minute=self.day_start_minute,
+                day_end_minute=self.day_end_minute,
+                utc_offset_min=offset,
+                offset_until_ms=_ms(until),
+            )
+        return out
+
+    def public(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"uid": self.user_uid, "role": self.role}
+        access = {
+            "valid_from": _iso(self.valid_from),
+            "valid_until": _iso(self.valid_until),
+            "weekdays": _weekday_names(self.weekdays),
+            "day_start_minute": self.day_start_minute,
+            "day_end_minute": self.day_end_minute,
+            "timezone": self.timezone if self.role == "guest" else None,
+            "expires_at": _iso(self.expires_at),
+        }
+        out["access"] = {k: v for k, v in access.items() if v is not None}
+        return out
+
+
+def utc_offset(zone: ZoneInfo, now: dt.datetime, horizon_days: int = 366) -> tuple[int, dt.datetime]:
+    """``zone``'s UTC offset at ``now`` in minutes, and when it next changes (to the minute; ``now`` plus the
+    horizon when it does not change within it)."""
+
+    def minutes_at(t: dt.datetime) -> int:
+        offset = t.astimezone(zone).utcoffset()
+        return int(offset.total_seconds() // 60) if offset is not None else 0
+
+    current = minutes_at(now)
+    step = dt.timedelta(days=1)
+    day = now
+    for _ in range(horizon_days):
+        if minutes_at(day + step) != current:
+            low, high = day, day + step  # the change lies in (low, high]: narrow it to the minute
+            while high - low > dt.timedelta(minutes=1):
+                middle = low + (high - low) / 2
+                low, high = (middle, high) if minutes_at(middle) == current else (low, middle)
+            return current, high.replace(second=0, microsecond=0)
+        day += step
+    return current, now + dt.timedelta(days=horizon_days)
+
+
+def _ms(value: dt.datetime | None) -> int | None:
+    return None if value is None else int(value.timestamp() * 1000)
+
+
+def _iso(value: dt.datetime | None) -> str | None:
+    return value.isoformat() if value else None
+
+
+def _weekday_names(mask: int | None) -> list[str] | None:
+    return None if mask is None else [name for i, name in enumerate(WEEKDAY_NAMES) if (mask >> i) & 1]
+
+
+_SELECT = (
+    "SELECT lock_id::text AS lock_id, user_uid, role, valid_from, valid_until, weekdays, day_start_minute,"
+    " day_end_minute, timezone, expires_at, revoked_at FROM lock_members"
+)
+
+
+def get(con: Connection, lock_id: str, uid: str, *, for_update: bool = False) -> Membership | None:
+    sql = _SELECT + " WHERE lock_id = CAST(:l AS uuid) AND user_uid = :u" + (" FOR UPDATE" if for_update else "")
+    rows = rows_as_dicts(con, sql, l=lock_id, u=uid)
+    return Membership(**rows[0]) if rows else None
+
+
+def list_for_lock(con: Connection, lock_id: str) -> list[Membership]:
+    sql = _SELECT + " WHERE lock_id = CAST(:l AS uuid) AND revoked_at IS NULL ORDER BY created_at, user_uid"
+    return [Membership(**row) for row in rows_as_dicts(con, sql, l=lock_id)]
+
+
+def require(
+    con: Connection,
+    lock_id: str,
+    uid: str,
+    now: dt.datetime,
+    *,
+    at_least: str = "guest",
+    operate: bool = False,
+    for_update: bool = False,
+) -> Membership:
+    """The caller's active membership with at least role ``at_least``.
+
+    Not a member, revoked or expired: 404 (whether the lock exists is not revealed). Too weak a role: 403. With
+    ``operate``, outside the guest's access window: 403 ``outside_access_window``.
+    """
+    membership = get(con, lock_id, uid, for_update=for_update)
+    if membership is None or not membership.active(now):
+        raise errors.NotFound("lock not found", code="lock_not_found")
+    if RANK[membership.role] < RANK[at_least]:
+        raise errors.Forbidden(f"this needs the {at_least} role or higher", code="role_too_low")
+    if operate and not membership.in_window(now):
+        raise errors.Forbidden("outside your access window", code="outside_access_window")
+    return membership
+
+
+def check_can_grant(actor: Membership, role: str) -> None:
+    """``actor`` may give ``role`` to someone: owners and admins grant, only the owner grants admin."""
+    if role not in ("admin", "member", "guest"):
+        raise errors.BadRequest("role must be admin, member or guest", code="invalid_role")
+    if actor.role not in ("owner", "admin"):
+        raise errors.Forbidden("only the owner and admins manage members", code="role_too_low")
+    if role == "admin" and actor.role != "owner":
+        raise errors.Forbidden("only the owner appoints admins", code="role_too_low")
+
+
+def mirror_access(con: Connection, lock_id: str) -> None:
+    """Mirror who may read the lock's documents and until when: ``member_uids`` (the app's query) and ``access``
+    (per uid: expiry, guest window and its zone's offset), which the security rules compare with ``request.time``,
+    so access ends in Firestore when it ends in the API, not at the next membership change. Both fields are
+    replaced whole. A window whose zone's offset will change is refreshed again then (``mirror_access_due``)."""
+    now = dt.datetime.now(dt.UTC)
+    current = [m for m in list_for_lock(con, lock_id) if m.active(now)]
+    access = {m.user_uid: m.rules_access(now) for m in current}
+    mirror.enqueue(con, mirror.lock_doc(lock_id), "replace_fields", {"member_uids": sorted(access), "access": access})
+    changes = [a["offset_until_ms"] for a in access.values() if a["offset_until_ms"] is not None]
+    if changes:
+        con.run(
+            "INSERT INTO mirror_refresh_due (lock_id, due_at) VALUES (CAST(:l AS uuid), to_timestamp(:t / 1000.0))"
+            " ON CONFLICT (lock_id) DO UPDATE SET due_at = EXCLUDED.due_at",
+            l=lock_id,
+            t=min(changes),
+        )
+    else:
+        con.run("DELETE FROM mirror_refresh_due WHERE lock_id = CAST(:l AS uuid)", l=lock_id)
+
+
+def mirror_access_due(con: Connection, limit: int = 100) -> int:
+    """Mirror again the members of locks whose guest windows' zones changed offset (run by the relay's periodic
+    flush); returns how many locks."""
+    due = [
+        r[0]
+        for r in con.run(
+            "SELECT lock_id::text FROM mirror_refresh_due WHERE due_at <= now() ORDER BY due_at LIMIT :n FOR UPDATE"
+            " SKIP LOCKED",
+            n=limit,
+        )
+    ]
+    for lock_id in due:
+        mirror_access(con, lock_id)
+    return len(due)
+
+
+def parse_access(role: str, body: dict[str, Any]) -> dict[str, Any]:
+    """Validate the ``access`` object of a member request into column values (400 naming the bad field)."""
+    raw = body.get("access") or {}
+    if not isinstance(raw, dict):
+        raise errors.BadRequest("access must be an object", code="invalid_access")
+    unknown = set(raw) - set(ACCESS_FIELDS)
+    if unknown:
+        raise errors.BadRequest(f"unknown access field(s): {', '.join(sorted(unknown))}", code="invalid_access")
+    out: dict[str, Any] = dict.fromkeys(ACCESS_FIELDS)
+    out["timezone"] = "UTC"
+    window_fields = {k for k in raw if k not in ("expires_at",)}
+    if window_fields and role != "guest":
+        raise errors.BadRequest("only guests have access windows", code="invalid_access")
+    for name in ("valid_from", "valid_until", "expires_at"):
+        if raw.get(name) is not None:
+            out[name] = _parse_time(name, raw[name])
+    if raw.get("weekdays") is not None:
+        days = raw["weekdays"]
+        if not isinstance(days, list) or not days or any(d not in WEEKDAY_NAMES for d in days):
+            raise errors.BadRequest(f"weekdays must be a non-empty list of {WEEKDAY_NAMES}", code="invalid_access")
+        out["weekdays"] = sum(1 << WEEKDAY_NAMES.index(d) for d in set(days))
+    start, end = raw.get("day_start_minute"), raw.get("day_end_minute")
+    if (start is None) != (end is None):
+        raise errors.BadRequest("day_start_minute and day_end_minute go together", code="invalid_access")
+    if start is not None:
+        if not (_is_int(start) and _is_int(end) and 0 <= start <= 1439 and 1 <= end <= 1440 and start != end):
+            raise errors.BadRequest("day minutes must be integers: start 0-1439, end 1-1440", code="invalid_access")
+        out["day_start_minute"], out["day_end_minute"] = start, end
+    if raw.get("timezone") is not None:
+        tz = raw["timezone"]
+        try:
+            if not isinstance(tz, str) or len(tz) > 64:
+                raise ZoneInfoNotFoundError(tz)
+            ZoneInfo(tz)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise errors.BadRequest(f"unknown time zone {tz!r}", code="invalid_access") from exc
+        out["timezone"] = tz
+    if out["valid_from"] and out["valid_until"] and out["valid_until"] <= out["valid_from"]:
+        raise errors.BadRequest("valid_until must be after valid_from", code="invalid_access")
+    return out
+
+
+def _is_int(value: Any) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _parse_time(name: str, value: Any) -> dt.datetime:
+    return inputs.parse_time(value, name, code="invalid_access")

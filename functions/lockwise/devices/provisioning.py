@@ -1,0 +1,229 @@
+"""Pairing: a one-time, short-lived code the owner's app hands to the lock, redeemed once for the lock's credentials.
+
+The lock sends the public half of an Ed25519 key it generated (it signs the lock's HTTP requests) and a CSR for an EC
+P-256 key it generated (its TLS key towards the broker); the server answers with a new broker identity and a client
+certificate for it (``lockwise.devices.lock_certs``). PostgreSQL keeps only public keys and the certificate's
+serial, so a dump lets nobody impersonate the lock. Redeeming a new code revokes the lock's previous credentials:
+their identity's topics go dead and their certificate cannot be renewed. ``renew`` issues a new certificate for the
+active identity (before expiry, and once for credentials paired with a broker password, which the broker no longer
+accepts).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime as dt
+import hashlib
+import secrets
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from lockwise.core import audit, errors, mirror
+from lockwise.core.db import Connection
+from lockwise.devices import lock_certs, topics
+
+CODE_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"  # no 0/O/1/I
+CODE_LENGTH = 24  # ~120 bits
+
+
+def new_code() -> str:
+    raw = "".join(secrets.choice(CODE_ALPHABET) for _ in range(CODE_LENGTH))
+    return "-".join(raw[i : i + 4] for i in range(0, CODE_LENGTH, 4))
+
+
+def _hash(code: str) -> bytes:
+    normalised = code.replace("-", "").replace(" ", "").upper()
+    return hashlib.sha256(normalised.encode()).digest()
+
+
+def issue(con: Connection, lock_id: str, uid: str, ttl_s: int) -> tuple[str, dt.datetime]:
+    """A fresh one-time code for ``lock_id``; earlier unredeemed codes of the lock stop working."""
+    con.run(
+        "UPDATE provisioning_codes SET expires_at = now() WHERE lock_id = CAST(:l AS uuid)"
+        " AND redeemed_at IS NULL AND expires_at > now()",
+        l=lock_id,
+    )
+    code = new_code()
+    rows = con.run(
+        "INSERT INTO provisioning_codes (code_hash, lock_id, created_by, expires_at)"
+        " VALUES (:h, CAST(:l AS uuid), :u, now() + make_interval(secs => :ttl)) RETURNING expires_at",
+        h=_hash(code),
+        l=lock_id,
+        u=uid,
+        ttl=ttl_s,
+    )
+    audit.record(con, audit.user_actor(uid), "provisioning.issue", "ok", lock_id=lock_id)
+    return code, rows[0][0]
+
+
+@dataclass(frozen=True)
+class Certificate:
+    """A lock's broker certificate and where to use it."""
+
+    identity: str  # the certificate's common name: the MQTT username and client id
+    pem: str
+    ca_pem: str  # the lock CA's certificate (the chain up to what the broker trusts)
+    not_after: dt.datetime
+
+    def public(self) -> dict[str, Any]:
+        return {
+            "certificate": self.pem,
+            "ca_certificate": self.ca_pem,
+            "expires_at": self.not_after.isoformat(),
+            # renew once half the lifetime is gone: a lock that is offline for a while still has time
+            "renew_after": (self.not_after - (self.not_after - dt.datetime.now(dt.UTC)) / 2).isoformat(),
+        }
+
+
+@dataclass(frozen=True)
+class Credentials:
+    lock_id: str
+    certificate: Certificate
+
+    def public(self, host: str, port: int, server_public_key: str, command_ttl_s: int) -> dict[str, Any]:
+        identity = self.certificate.identity
+        return {
+            "lock_id": self.lock_id,
+            "mqtt": {
+                "host": host,
+                "port": port,
+                "tls": True,
+                "client_id": identity,
+                "topics": lock_topics(identity),
+                **self.certificate.public(),
+            },
+            "server_public_key": server_public_key,
+            "command_ttl_s": command_ttl_s,
+        }
+
+
+def lock_topics(identity: str) -> dict[str, str]:
+    return {
+        "commands": topics.commands(identity),
+        "state": topics.state(identity),
+        "acks": topics.acks(identity),
+        "status": topics.status(identity),
+    }
+
+
+def parse_public_key(value: Any) -> bytes:
+    """Raw 32-byte Ed25519 public key from base64 (400 ``invalid_public_key`` otherwise)."""
+    if not isinstance(value, str) or len(value) > 100:
+        raise errors.BadRequest("public_key must be base64 of a 32-byte Ed25519 key", code="invalid_public_key")
+    try:
+        raw = base64.b64decode(value, validate=True)
+        Ed25519PublicKey.from_public_bytes(raw)
+    except (binascii.Error, ValueError) as exc:
+        raise errors.BadRequest(
+            "public_key must be base64 of a 32-byte Ed25519 key", code="invalid_public_key"
+        ) from exc
+    return raw
+
+
+def pairing_wait(con: Connection, source: str, limit: int) -> int:
+    """Seconds ``source`` must wait before trying a pairing code again (0: go ahead)."""
+    rows = con.run(
+        "SELECT failures, ceil(extract(epoch FROM date_trunc('hour', now()) + interval '1 hour' - now()))::int"
+        " FROM pairing_failures WHERE source = :s AND hour = date_trunc('hour', now())",
+        s=source,
+    )
+    return max(1, int(rows[0][1])) if rows and rows[0][0] >= limit else 0
+
+
+def record_pairing_failure(con: Connection, source: str) -> None:
+    con.run(
+        "INSERT INTO pairing_failures (source, hour, failures) VALUES (:s, date_trunc('hour', now()), 1)"
+        " ON CONFLICT (source, hour) DO UPDATE SET failures = pairing_failures.failures + 1",
+        s=source,
+    )
+    if secrets.randbelow(50) == 0:
+        con.run("DELETE FROM pairing_failures WHERE hour < now() - interval '1 day'")
+
+
+def redeem(
+    con: Connection, code: Any, public_key: bytes, csr: Any, ca: lock_certs.LockCa, cert_ttl_s: int
+) -> Credentials:
+    """Exchange a valid code for new credentials (once); the lock's old credentials are revoked."""
+    if not isinstance(code, str) or not 4 <= len(code) <= 64:
+        raise errors.BadRequest("code must be a string", code="invalid_code_format")
+    request = lock_certs.parse_csr(csr)  # before the code is used: a bad CSR leaves the code valid
+    rows = con.run(
+        "SELECT lock_id::text, redeemed_at IS NOT NULL, expires_at <= now() FROM provisioning_codes"
+        " WHERE code_hash = :h FOR UPDATE",
+        h=_hash(code),
+    )
+    if not rows or rows[0][1] or rows[0][2]:
+        # one message for unknown, used and expired codes: the caller learns nothing about which
+        raise errors.Unauthenticated("provisioning code is invalid, used or expired", code="invalid_provisioning_code")
+    lock_id = str(rows[0][0])
+    con.run("UPDATE provisioning_codes SET redeemed_at = now() WHERE code_hash = :h", h=_hash(code))
+    revoked = con.run(
+        "UPDATE lock_credentials SET revoked_at = now() WHERE lock_id = CAST(:l AS uuid) AND revoked_at IS NULL"
+        " RETURNING id",
+        l=lock_id,
+    )
+    identity = str(uuid.uuid4())  # a new broker identity per pairing: the old one's topics go dead with it
+    certificate = _certify(ca, request, identity, cert_ttl_s)
+    con.run(
+        "INSERT INTO lock_credentials (lock_id, mqtt_username, signing_public_key, cert_serial, cert_not_after)"
+        " VALUES (CAST(:l AS uuid), :u, :k, :s, :n)",
+        l=lock_id,
+        u=identity,
+        k=public_key,
+        s=certificate[1],
+        n=certificate[0].not_after,
+    )
+    con.run(
+        "INSERT INTO lock_state (lock_id) VALUES (CAST(:l AS uuid)) ON CONFLICT (lock_id) DO NOTHING",
+        l=lock_id,
+    )
+    audit.record(
+        con,
+        audit.lock_actor(lock_id),
+        "credentials.provision",
+        "ok",
+        lock_id=lock_id,
+        details={"revoked_previous": len(revoked)},
+    )
+    mirror.activity(con, lock_id, "provisioned", replaced_credentials=bool(revoked))
+    return Credentials(lock_id=lock_id, certificate=certificate[0])
+
+
+def renew(con: Connection, lock_id: str, csr: Any, ca: lock_certs.LockCa, cert_ttl_s: int) -> Certificate:
+    """A new certificate for the lock's active identity (the caller authenticated the lock's signed request)."""
+    request = lock_certs.parse_csr(csr)
+    rows = con.run(
+        "SELECT id::text, mqtt_username FROM lock_credentials WHERE lock_id = CAST(:l AS uuid) AND revoked_at IS NULL"
+        " FOR UPDATE",
+        l=lock_id,
+    )
+    if not rows:
+        raise errors.Unauthenticated("unknown lock", code="unknown_lock")
+    credential_id, identity = str(rows[0][0]), str(rows[0][1])
+    certificate, serial = _certify(ca, request, identity, cert_ttl_s)
+    con.run(  # a credential paired with a broker password moves to its certificate here for good
+        "UPDATE lock_credentials SET cert_serial = :s, cert_not_after = :n, mqtt_password_hash = NULL"
+        " WHERE id = CAST(:i AS uuid)",
+        s=serial,
+        n=certificate.not_after,
+        i=credential_id,
+    )
+    audit.record(con, audit.lock_actor(lock_id), "credentials.renew", "ok", lock_id=lock_id, details={"serial": serial})
+    return certificate
+
+
+def _certify(ca: lock_certs.LockCa, request: Any, identity: str, ttl_s: int) -> tuple[Certificate, str]:
+    issued = lock_certs.issue(ca, request, identity, ttl_s, dt.datetime.now(dt.UTC))
+    return Certificate(identity, issued.pem, ca.cert_pem(), issued.not_after), issued.serial
+
+
+def revoked_certificates(con: Connection) -> list[tuple[str, dt.datetime]]:
+    """``(serial, revoked_at)`` of every revoked lock certificate that has not expired yet: the CRL's entries."""
+    rows = con.run(  # listed by a trigger on lock_credentials (migration 0004), deleted locks' included
+        "SELECT serial, revoked_at FROM revoked_lock_certificates WHERE not_after > now() ORDER BY revoked_at"
+    )
+    return [(str(serial), when) for serial, when in rows]

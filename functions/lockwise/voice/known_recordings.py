@@ -1,0 +1,64 @@
+"""Fingerprints of recordings the system has heard, kept to refuse their replay at the door.
+
+An enrollment sample's fingerprint lives as long as its voiceprint; an attempt's lives ``replay_memory_hours`` at
+its lock. Verify compares a probe with the enrollment samples of the lock's candidates and with the lock's recent
+attempts, in one vectorised pass (``lockwise.voice.model.fingerprint.match_scores``). Stored in PostgreSQL only: never
+mirrored, deleted with the voice data (``voiceprints.delete``), the lock, or the attempt.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from lockwise.core.db import Connection
+from lockwise.voice.model import fingerprint
+
+
+def replace_enrollment(con: Connection, uid: str, prints: Sequence[fingerprint.Landmarks]) -> None:
+    """The user's enrollment samples are now ``prints`` (their voiceprint row must exist)."""
+    con.run("DELETE FROM voice_fingerprints WHERE user_uid = :u", u=uid)
+    for fp in prints:
+        con.run(
+            "INSERT INTO voice_fingerprints (user_uid, landmarks) VALUES (:u, :b)", u=uid, b=fingerprint.to_bytes(fp)
+        )
+
+
+def remember_attempt(
+    con: Connection, lock_id: str, attempt_id: str, fp: fingerprint.Landmarks, hours: int, speaker_uid: str | None
+) -> None:
+    """Keep an attempt's fingerprint at its lock for ``hours`` (0: not at all)."""
+    if hours <= 0 or len(fp) == 0:
+        return
+    con.run(
+        "INSERT INTO voice_fingerprints (lock_id, attempt_id, speaker_uid, landmarks, expires_at)"
+        " VALUES (CAST(:l AS uuid), CAST(:a AS uuid), :s, :b, now() + make_interval(hours => :h))",
+        l=lock_id,
+        a=attempt_id,
+        s=speaker_uid,
+        b=fingerprint.to_bytes(fp),
+        h=hours,
+    )
+
+
+def at_lock(con: Connection, lock_id: str, uids: Sequence[str]) -> list[fingerprint.Landmarks]:
+    """The known recordings a probe at ``lock_id`` is checked against: the enrollment samples of ``uids`` and the
+    lock's unexpired attempts. Expired attempt fingerprints (of any lock) are deleted on the way."""
+    con.run("DELETE FROM voice_fingerprints WHERE expires_at <= now()")
+    rows = con.run(
+        "SELECT landmarks FROM voice_fingerprints WHERE lock_id = CAST(:l AS uuid)"
+        " OR user_uid = ANY(CAST(:u AS text[]))",
+        l=lock_id,
+        u=list(uids),
+    )
+    return [fingerprint.from_bytes(bytes(r[0])) for r in rows]
+
+
+def is_replay(probe: fingerprint.Landmarks, known: Sequence[fingerprint.Landmarks]) -> bool:
+    return bool(np.any(fingerprint.match_scores(probe, known) >= fingerprint.REPLAY_Z))
+
+
+def forget_speaker(con: Connection, uid: str) -> None:
+    """Every attempt fingerprint of a door opened by ``uid``'s voice (their enrollment ones go with the voiceprint)."""
+    con.run("DELETE FROM voice_fingerprints WHERE speaker_uid = :u", u=uid)

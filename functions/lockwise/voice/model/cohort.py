@@ -1,0 +1,91 @@
+"""Score normalisation against a cohort of other speakers: adaptive symmetric normalisation (AS-norm).
+
+A raw cosine means different things for different voices: some voiceprints sit close to many voices, some probes
+too. AS-norm (Matějka et al., Interspeech 2017) measures that against a cohort of other speakers' clips: the mean and
+deviation of the top ``k`` cohort scores of the voiceprint, and of the probe, and averages the two z-scores::
+
+    s' = ((s - mean_k(print, cohort)) / std_k(print, cohort) + (s - mean_k(probe, cohort)) / std_k(probe, cohort)) / 2
+
+The cohort ships with the encoder's files (``cohort.npz`` and ``cohort.json`` beside the model, the same
+``model_id``): GE2E's is built at build time from the corpus speakers (``python -m infra.voice.cohort``), an ECAPA
+deployment's by ``calibrate --write-cohort`` from the operator's recordings. Without one the product scores raw
+cosines. Voiceprints are unchanged: normalisation happens at scoring time, so nobody enrolls again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from lockwise.voice.model.model_files import ModelError
+
+COHORT_FILE = "cohort.npz"
+COHORT_MANIFEST = "cohort.json"
+F32 = npt.NDArray[np.float32]
+
+
+@dataclass(frozen=True)
+class Cohort:
+    embeddings: F32  # (n, d), unit rows
+    top_k: int
+    model_id: str
+
+    def stats(self, vectors: F32) -> tuple[F32, F32]:
+        """Mean and deviation of each row's ``top_k`` highest cosines with the cohort: (m,) and (m,)."""
+        scores = np.atleast_2d(vectors) @ self.embeddings.T
+        k = min(self.top_k, scores.shape[1])
+        top = -np.partition(-scores, k - 1, axis=1)[:, :k]
+        return top.mean(axis=1).astype(np.float32), (top.std(axis=1) + 1e-6).astype(np.float32)
+
+    def normalise(self, raw: F32, probe: F32, prints: F32) -> F32:
+        """AS-norm of ``raw`` (k,), the cosines of ``probe`` (d,) with the voiceprints ``prints`` (k, d)."""
+        if len(raw) == 0:
+            return np.zeros(0, np.float32)
+        probe_mean, probe_std = self.stats(probe)
+        print_mean, print_std = self.stats(prints)
+        normalised: F32 = (((raw - print_mean) / print_std + (raw - probe_mean[0]) / probe_std[0]) / 2).astype(
+            np.float32
+        )
+        return normalised
+
+
+def save(folder: Path, embeddings: F32, top_k: int, model_id: str, sources: dict[str, Any]) -> Path:
+    """Write ``cohort.npz`` and its manifest (model, size, checksum and where the clips came from) into ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    unit = embeddings / np.linalg.norm(embeddings, axis=1, keepdims=True)
+    np.savez(folder / COHORT_FILE, embeddings=unit.astype(np.float32))
+    manifest = {
+        "model_id": model_id,
+        "top_k": top_k,
+        "clips": int(unit.shape[0]),
+        "dim": int(unit.shape[1]),
+        "sha256": hashlib.sha256((folder / COHORT_FILE).read_bytes()).hexdigest(),
+        "sources": sources,
+    }
+    (folder / COHORT_MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    return folder
+
+
+def load(folder: Path, model_id: str, dim: int) -> Cohort | None:
+    """The cohort in ``folder``, or None when there is none; ``ModelError`` when it is there but not for this model
+    or not intact (a cohort of another model would normalise against the wrong space)."""
+    manifest_file = folder / COHORT_MANIFEST
+    if not manifest_file.is_file():
+        return None
+    manifest = json.loads(manifest_file.read_text())
+    data_file = folder / COHORT_FILE
+    if manifest.get("model_id") != model_id:
+        raise ModelError(f"{manifest_file}: the cohort is for {manifest.get('model_id')}, the encoder is {model_id}")
+    if not data_file.is_file() or hashlib.sha256(data_file.read_bytes()).hexdigest() != manifest.get("sha256"):
+        raise ModelError(f"{data_file} is missing or does not match {COHORT_MANIFEST} (sha256)")
+    with np.load(data_file) as data:
+        embeddings = np.asarray(data["embeddings"], dtype=np.float32)
+    if embeddings.ndim != 2 or embeddings.shape[1] != dim or embeddings.shape[0] < 2:
+        raise ModelError(f"{data_file}: expected (n >= 2, {dim}) embeddings, got {embeddings.shape}")
+    return Cohort(embeddings, int(manifest["top_k"]), model_id)

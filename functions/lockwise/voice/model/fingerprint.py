@@ -1,0 +1,160 @@
+"""Audio fingerprints that recognise a recording played back through a loudspeaker, a room and a microphone.
+
+Speaker embeddings cannot tell a replay from a new utterance (two distinct recordings of one speaker reach cosine
+0.99 in GE2E), so known recordings are recognised by what one take itself is: the constellation of its spectral
+peaks. This is the landmark method of Wang (2003, "An industrial-strength audio search algorithm", the Shazam
+paper) as D. Ellis's ``audfprint`` implements it, fitted to short speech (Chromaprint, the maintained library,
+fingerprints chroma, built for music and for clips of tens of seconds; speech at the door lasts 2-8 s):
+
+* audio is resampled to 8 kHz and only 300-3400 Hz is used (the band every loudspeaker and microphone pass); each
+  frequency row of the log spectrogram (64 ms frames every 16 ms) has its median removed, which takes out a
+  channel's fixed colouring;
+* a peak is the largest value within +-48 ms and +-94 Hz, stands 6 dB over its frame's median and 12 dB over its
+  frequency's median, and lies within 40 dB of the clip's loudest point (silence and hiss give none);
+* each peak is paired with the next ten peaks in a zone 16-768 ms ahead and +-984 Hz; each pair is hashed as
+  ``(f1, f2 - f1, t2 - t1)``, which gain, a shift in time and noise that leaves the peaks alone do not change;
+* a probe matches a reference when many hashes agree **at one time offset**, each allowed one bin and one frame of
+  slack (a replay's peaks move a little); the count at the best offset is compared with what chance gives at any
+  offset between these two clips (``z = (best - chance) / sqrt(chance + 1)``), so a long, dense clip does not look
+  like a replay only because it has more peaks.
+
+Distinct takes of one speaker share hashes only by chance, scattered over offsets. The threshold ``REPLAY_Z`` and
+what it detects through a simulated channel are measured on the corpus (``python -m infra.voice.replay``; README
+"Known recordings"). A fingerprint holds hashes and frame indices, never audio, and cannot be turned back into
+speech; it is still derived from a voice, so it is kept only as long as needed and deleted with the voice data.
+
+>>> import numpy as np
+>>> rng = np.random.default_rng(0)
+>>> take = rng.standard_normal(8000 * 4).astype(np.float32) * np.repeat(rng.random(200) > 0.5, 160)
+>>> replayed = 0.3 * take[800:] + 0.01 * rng.standard_normal(len(take) - 800).astype(np.float32)
+>>> bool(match_scores(landmarks(replayed, 8000), [landmarks(take, 8000)])[0] >= REPLAY_Z)
+True
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from lockwise.voice.model.resample import resample
+
+RATE = 8000
+N_FFT = 512  # 64 ms
+HOP = 128  # 16 ms
+LOW_BIN = 19  # 297 Hz
+HIGH_BIN = 218  # 3406 Hz
+PEAK_FRAMES = 3  # a peak is the largest within +-3 frames (48 ms) ...
+PEAK_BINS = 6  # ... and +-6 bins (94 Hz),
+PEAK_OVER_MEDIAN_DB = 6.0  # stands this far above its frame's median,
+FLOOR_DB = 40.0  # is within this of the loudest point of the clip
+PEAK_OVER_BIN_MEDIAN_DB = 12.0  # and stands this far above its frequency's median (noise gives few such peaks)
+FAN_OUT = 10  # pairs per anchor peak
+PAIR_FRAMES = 48  # target zone: 1-48 frames (16-768 ms) after the anchor ...
+PAIR_BINS = 63  # ... and within +-63 bins (984 Hz)
+REPLAY_Z = 105.0  # a probe this far above chance at one offset is a replay (README "Known recordings")
+
+_F1_SHIFT, _DF_SHIFT = 13, 6  # hash = f1 << 13 | (df + 63) << 6 | dt
+_SLACK = np.array(
+    [a * (1 << _F1_SHIFT) + b * (1 << _DF_SHIFT) + c for a in (-1, 0, 1) for b in (-1, 0, 1) for c in (-1, 0, 1)],
+    dtype=np.int32,
+)
+_SPAN = 1 << 20  # more frames than any clip has (15 s are ~940)
+
+Landmarks = npt.NDArray[np.int32]  # shape (n, 2): hash, anchor frame; sorted by hash
+
+
+def landmarks(samples: npt.NDArray[np.floating[Any]], rate: int) -> Landmarks:
+    """The landmark hashes of a mono clip: ``(n, 2)`` int32 rows of (hash, anchor frame), sorted by hash."""
+    wave = np.asarray(samples, dtype=np.float32)
+    if rate != RATE:
+        wave = resample(wave, rate, RATE)
+    if len(wave) < N_FFT:
+        return np.zeros((0, 2), dtype=np.int32)
+    frames = np.lib.stride_tricks.sliding_window_view(wave, N_FFT)[::HOP]
+    spectrum = np.abs(np.fft.rfft(frames * np.hanning(N_FFT).astype(np.float32), axis=1))[:, LOW_BIN:HIGH_BIN]
+    db = 20 * np.log10(spectrum + 1e-9)
+    loud = db > db.max() - FLOOR_DB
+    db = db - np.median(db, axis=0, keepdims=True)  # a channel's fixed colouring out
+    local_max = _max_filter(_max_filter(db, PEAK_FRAMES, axis=0), PEAK_BINS, axis=1)
+    peaks = (
+        (db == local_max)
+        & loud
+        & (db > np.median(db, axis=1, keepdims=True) + PEAK_OVER_MEDIAN_DB)
+        & (db > PEAK_OVER_BIN_MEDIAN_DB)
+    )
+    times, bins = np.nonzero(peaks)  # in time order
+    rows: list[npt.NDArray[np.int64]] = []
+    for i in range(len(times)):
+        ahead = slice(i + 1, min(len(times), i + 1 + 8 * FAN_OUT))
+        dt = times[ahead] - times[i]
+        df = bins[ahead] - bins[i]
+        keep = (dt >= 1) & (dt <= PAIR_FRAMES) & (np.abs(df) <= PAIR_BINS)
+        dt, df = dt[keep][:FAN_OUT], df[keep][:FAN_OUT]
+        if len(dt):
+            hashes = (bins[i] << _F1_SHIFT) | ((df + PAIR_BINS) << _DF_SHIFT) | dt
+            rows.append(np.stack([hashes, np.full_like(hashes, times[i])], axis=1))
+    if not rows:
+        return np.zeros((0, 2), dtype=np.int32)
+    out = np.concatenate(rows).astype(np.int32)
+    return out[np.argsort(out[:, 0], kind="stable")]
+
+
+def _max_filter(x: npt.NDArray[np.float32], radius: int, axis: int) -> npt.NDArray[np.float32]:
+    pad = [(0, 0), (0, 0)]
+    pad[axis] = (radius, radius)
+    padded = np.pad(x, pad, constant_values=-np.inf)
+    out: npt.NDArray[np.float32] = np.lib.stride_tricks.sliding_window_view(padded, 2 * radius + 1, axis=axis).max(
+        axis=-1
+    )
+    return out
+
+
+def match_scores(probe: Landmarks, references: Sequence[Landmarks]) -> npt.NDArray[np.float64]:
+    """For each reference, how far above chance the probe's hashes agree with it at their best common offset (a
+    z-score; compare with ``REPLAY_Z``). One vectorised pass over all references."""
+    out = np.zeros(len(references), dtype=np.float64)
+    if len(probe) == 0 or not references or not any(len(r) for r in references):
+        return out
+    ref = np.concatenate(list(references))
+    owner = np.repeat(np.arange(len(references)), [len(r) for r in references])
+    order = np.argsort(ref[:, 0], kind="stable")
+    ref, owner = ref[order], owner[order]
+    query = (probe[None, :, :] + np.stack([_SLACK, np.zeros_like(_SLACK)], axis=1)[:, None, :]).reshape(-1, 2)
+    lo = np.searchsorted(ref[:, 0], query[:, 0], side="left")
+    counts = np.searchsorted(ref[:, 0], query[:, 0], side="right") - lo
+    if not counts.any():
+        return out
+    # every (probe hash, equal reference hash) pair: its reference and its time offset
+    query_idx = np.repeat(np.arange(len(query)), counts)
+    ref_idx = np.repeat(lo - np.cumsum(counts) + counts, counts) + np.arange(int(counts.sum()))
+    offsets = ref[ref_idx, 1].astype(np.int64) - query[query_idx, 1]
+    keys = owner[ref_idx].astype(np.int64) * _SPAN + offsets + _SPAN // 2  # one bin per (reference, offset)
+    unique, tally = np.unique(keys, return_counts=True)
+    near = tally.copy()  # +-1 frame of slack
+    for step in (-1, 1):
+        at = np.minimum(np.searchsorted(unique, unique + step), len(unique) - 1)
+        hit = unique[at] == unique + step
+        near[hit] += tally[at[hit]]
+    best = np.zeros(len(references), dtype=np.int64)
+    np.maximum.at(best, unique // _SPAN, near)
+    # chance: all of a reference's agreeing hashes spread over every offset the two clips could have
+    total = np.bincount(unique // _SPAN, weights=tally, minlength=len(references))
+    spans = np.array([_frames(probe) + _frames(r) for r in references], dtype=np.float64)
+    chance = 3 * total / np.maximum(spans, 1)
+    out[:] = (best - chance) / np.sqrt(chance + 1)
+    return out
+
+
+def _frames(fp: Landmarks) -> int:
+    return int(fp[:, 1].max()) + 1 if len(fp) else 0
+
+
+def to_bytes(fp: Landmarks) -> bytes:
+    return np.ascontiguousarray(fp, dtype="<i4").tobytes()
+
+
+def from_bytes(blob: bytes) -> Landmarks:
+    return np.frombuffer(blob, dtype="<i4").reshape(-1, 2).astype(np.int32)

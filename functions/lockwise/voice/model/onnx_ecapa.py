@@ -1,0 +1,247 @@
+"""ECAPA-TDNN speaker embeddings served from an ONNX export, without torch: numpy and onnxruntime only.
+
+The artifact directory is written at build time by ``python -m infra.model.export_onnx`` from a SpeechBrain model
+directory, and only after the exported graph matched SpeechBrain on a fixed set of clips::
+
+    manifest.json       {"format": 1, "encoder": "ecapa-tdnn", "model_id": ..., "dim": 192, "sample_rate": 16000,
+                         "onnx": {"file": "ecapa-tdnn.onnx", "sha256": ..., "input": "wav", "output": "embedding"},
+                         "parity": {...}, "exported_with": {...}}
+    ecapa-tdnn.onnx     wav (batch, samples) float32 at 16 kHz -> raw embedding (batch, 192) float32; the graph holds
+                        SpeechBrain's Fbank (STFT as a real convolution), sentence mean normalisation and ECAPA_TDNN
+
+``model_id`` is the SpeechBrain model's own (``lockwise.voice.model.ecapa.model_identity``), so voiceprints enrolled
+through either encoder compare with probes from the other. Resampling is ``lockwise.voice.model.resample``, a numpy port
+of the ``torchaudio.functional.resample`` the SpeechBrain path uses.
+
+Create one ``OnnxEcapaEncoder`` per instance at start-up and reuse it. Measured on a 2-core machine with the full
+model: a fresh process imports, loads (read and hash 84 MB ~0.15 s, session ~0.4 s) and embeds a 3 s clip in ~1 s of
+wall time (SpeechBrain: ~6 s); a 3 s clip then takes ~100-130 ms (SpeechBrain: ~150-200 ms). An earlier trial
+found glibc's malloc made the first calls ~50% slower, cured by ``MALLOC_MMAP_THRESHOLD_``/``MALLOC_TRIM_THRESHOLD_``;
+``./dev bench verify_runtime`` measures both and found no difference with this graph, so the defaults are kept.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+import weakref
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import onnxruntime as ort  # type: ignore[import-untyped]
+
+from lockwise.core import log as lwlog
+from lockwise.voice.model.model_files import ModelError
+from lockwise.voice.model.resample import resample
+from lockwise.voice.model.samples import at_least_40ms, mono_float32
+from lockwise.voice.model.samples import sample_rate as checked_rate
+
+logger = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+ARTIFACT_FORMAT = 1
+ENCODER_NAME = "ecapa-tdnn"
+EMBEDDING_DIM = 192
+SAMPLE_RATE = 16_000
+_PROBE_SAMPLES_16K = 16_000  # the start-up probe: 1 s of silence
+
+
+def load_artifact_manifest(artifact_dir: Path) -> dict[str, Any]:
+    """The checked ``manifest.json`` of an ONNX ECAPA artifact directory.
+
+    Raises
+    ------
+    ModelError
+        The directory or manifest is missing or unreadable, or the manifest is not a format-1 manifest of a
+        192-dim 16 kHz ``ecapa-tdnn`` export (the message names the file and the field).
+    """
+    path = Path(artifact_dir) / MANIFEST
+    if not Path(artifact_dir).is_dir():
+        raise ModelError(f"ONNX ECAPA artifact directory {artifact_dir} does not exist (or is not a directory)")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise ModelError(f"ONNX ECAPA artifact {path} is missing (export with infra.model.export_onnx)") from exc
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelError(f"ONNX ECAPA artifact {path} is not readable JSON ({exc})") from exc
+    if not isinstance(manifest, dict):
+        raise ModelError(f"ONNX ECAPA artifact {path}: expected a JSON object")
+    expected: dict[str, object] = {
+        "format": ARTIFACT_FORMAT,
+        "encoder": ENCODER_NAME,
+        "dim": EMBEDDING_DIM,
+        "sample_rate": SAMPLE_RATE,
+    }
+    for key, value in expected.items():
+        if manifest.get(key) != value:
+            raise ModelError(f"ONNX ECAPA artifact {path}: {key} is {manifest.get(key)!r}, expected {value!r}")
+    if not isinstance(manifest.get("model_id"), str) or not manifest["model_id"]:
+        raise ModelError(f"ONNX ECAPA artifact {path}: model_id is missing")
+    onnx = manifest.get("onnx")
+    if not isinstance(onnx, dict) or not all(
+        isinstance(onnx.get(key), str) and onnx[key] for key in ("file", "sha256", "input", "output")
+    ):
+        raise ModelError(f"ONNX ECAPA artifact {path}: onnx must name file, sha256, input and output")
+    if Path(onnx["file"]).name != onnx["file"]:
+        raise ModelError(f"ONNX ECAPA artifact {path}: onnx.file must be a file name in the directory")
+    return manifest
+
+
+class OnnxEcapaEncoder:
+    """Speaker embedding model: mono audio at any rate -> unit-length float32 vector of shape (192,).
+
+    Behaves as ``lockwise.voice.model.ecapa.EcapaEncoder`` on the same weights (within 1e-4, checked at export),
+    with the same ``model_id``, without importing torch.
+
+    Arguments
+    ---------
+    artifact_dir : Path
+        A directory written by ``infra.model.export_onnx`` (``manifest.json`` and the ``.onnx`` file it names).
+    threads : int, optional
+        onnxruntime's intra-op threads for this session; otherwise onnxruntime's default (one per physical core).
+
+    Raises
+    ------
+    ModelError
+        The manifest or the ``.onnx`` file is missing, unreadable, does not match its recorded SHA-256, or does not
+        make a 192-dim embedding.
+    """
+
+    name: str = ENCODER_NAME
+    dim: int = EMBEDDING_DIM
+    sample_rate: int = SAMPLE_RATE
+
+    def __init__(self, artifact_dir: Path, *, threads: int | None = None) -> None:
+        if threads is not None and threads < 1:
+            raise ValueError(f"threads must be at least 1, not {threads}")
+        self.artifact_dir = Path(artifact_dir).absolute()
+        started = time.perf_counter()
+        manifest = load_artifact_manifest(self.artifact_dir)
+        self.model_id: str = manifest["model_id"]
+        self.onnx_path = self.artifact_dir / manifest["onnx"]["file"]
+        model_bytes = _read_verified(self.onnx_path, manifest["onnx"]["sha256"])
+        self._threads = threads
+        # functions-framework serves with gunicorn, which loads main.py (and this model) in its master process and
+        # forks the worker. onnxruntime's thread pool does not survive a fork: a session made before the fork runs
+        # every call on one thread in the worker (measured: a 10 s clip 571 ms over HTTP instead of ~320 ms), and a
+        # new session in a child whose parent had pool threads deadlocks. So the session made here, at instance
+        # start, has no pool (one thread): it checks the graph and warms up, and is safe to fork. The serving
+        # session (``threads``, default one per core) is made in the forked worker as it starts, or on the first
+        # call in a process that never forks.
+        self._session = _session(self.onnx_path, model_bytes, 1)
+        self._serving: Any = None
+        self._serving_pid = -1
+        renew = weakref.WeakMethod(self._after_fork)
+        os.register_at_fork(after_in_child=lambda: _call(renew))
+        self._input: str = manifest["onnx"]["input"]
+        self._output: str = manifest["onnx"]["output"]
+        inputs = [i.name for i in self._session.get_inputs()]
+        outputs = [o.name for o in self._session.get_outputs()]
+        if inputs != [self._input] or self._output not in outputs:
+            raise ModelError(
+                f"ONNX ECAPA model {self.onnx_path}: graph has inputs {inputs} and outputs {outputs}, "
+                f"the manifest names {self._input!r} -> {self._output!r}"
+            )
+        probe = self._embed(np.zeros(_PROBE_SAMPLES_16K, dtype=np.float32), self._session)  # warm-up, shape check
+        lwlog.event(
+            logger,
+            "ecapa onnx model loaded",
+            model_id=self.model_id,
+            artifact_dir=str(self.artifact_dir),
+            seconds=round(time.perf_counter() - started, 3),
+            threads=threads,
+            dim=int(probe.shape[0]),
+            onnxruntime=ort.__version__,
+        )
+
+    def _serving_session(self) -> Any:
+        """This process's serving session, made once per process (the file was verified when the model loaded)."""
+        if self._serving is None or self._serving_pid != os.getpid():
+            self._serving = _session(self.onnx_path, self.onnx_path.read_bytes(), self._threads)
+            self._serving_pid = os.getpid()
+        return self._serving
+
+    def _after_fork(self) -> None:
+        """In a forked child: make the serving session now, unless the parent already served (its pool threads
+        would deadlock a new session here; such a child gets one on its first call, if at all)."""
+        if self._serving is None:
+            self._serving_session()
+
+    def embed(self, samples: npt.NDArray[np.floating[Any]], sample_rate: int) -> npt.NDArray[np.float32]:
+        """Embed one mono clip.
+
+        Arguments
+        ---------
+        samples : np.ndarray, shape (n,), float
+            Mono samples in [-1, 1] (float32 preferred; other float dtypes are converted).
+        sample_rate : int
+            Rate of ``samples`` in Hz; anything but 16 kHz is resampled with ``lockwise.voice.model.resample``.
+
+        Returns
+        -------
+        np.ndarray, shape (192,), float32, unit L2 norm.
+
+        Raises
+        ------
+        InvalidAudio
+            Not 1-D floats, non-finite values, or shorter than 40 ms.
+        """
+        rate = checked_rate(sample_rate)
+        wave = mono_float32(samples)
+        if rate != self.sample_rate:
+            wave = resample(wave, rate, self.sample_rate)
+        return self._embed(wave)
+
+    def embed_16k(self, samples16k: npt.NDArray[np.floating[Any]]) -> npt.NDArray[np.float32]:
+        """Embed one mono clip already at 16 kHz: shape (n,) float in [-1, 1] -> shape (192,) float32, unit norm."""
+        return self._embed(mono_float32(samples16k))
+
+    def _embed(self, wave: npt.NDArray[np.float32], session: Any = None) -> npt.NDArray[np.float32]:
+        """wave: shape (n,) float32 at 16 kHz -> shape (192,) float32, unit L2 norm."""
+        session = session or self._serving_session()
+        (raw,) = session.run([self._output], {self._input: at_least_40ms(wave)[np.newaxis, :]})
+        embedding = np.asarray(raw, dtype=np.float32).reshape(-1)
+        norm = np.linalg.norm(embedding)
+        if embedding.shape != (self.dim,) or not np.isfinite(norm) or norm == 0.0:
+            raise ModelError(
+                f"ONNX ECAPA model {self.onnx_path} gave an embedding of shape {np.shape(raw)} and norm {norm}, "
+                f"expected a finite, non-zero (1, {self.dim})"
+            )
+        unit: npt.NDArray[np.float32] = (embedding / norm).astype(np.float32)
+        return unit
+
+
+def _call(method: weakref.WeakMethod[Any]) -> None:
+    bound = method()
+    if bound is not None:
+        bound()
+
+
+def _read_verified(path: Path, sha256: str) -> bytes:
+    """The bytes of ``path``, read once, refused unless their SHA-256 is the one the manifest recorded."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ModelError(f"ONNX ECAPA model {path} is not readable ({exc})") from exc
+    actual = hashlib.sha256(data).hexdigest()
+    if actual != sha256.lower():
+        raise ModelError(f"ONNX ECAPA model {path}: SHA-256 {actual} does not match the manifest's {sha256}")
+    return data
+
+
+def _session(path: Path, model_bytes: bytes, threads: int | None) -> Any:
+    """One CPU ``InferenceSession``: sequential execution, one inter-op thread, ``threads`` intra-op threads."""
+    options = ort.SessionOptions()
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.inter_op_num_threads = 1
+    if threads is not None:
+        options.intra_op_num_threads = threads
+    try:
+        return ort.InferenceSession(model_bytes, sess_options=options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own exception types for any unusable graph
+        raise ModelError(f"ONNX ECAPA model {path} cannot be loaded by onnxruntime ({exc})") from exc

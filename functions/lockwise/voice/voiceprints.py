@@ -1,0 +1,141 @@
+"""Voiceprints in PostgreSQL: store (replacing), read, delete, and the candidates allowed at a lock right now.
+
+A voiceprint row holds the normalised mean embedding and the sample embeddings (float32 little-endian), tagged with
+the ``model_id`` of the encoder that made them. Scores are only ever computed between embeddings of the same model:
+a voiceprint of another model is reported as needing re-enrollment, never compared.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from lockwise.core import mirror
+from lockwise.core.db import Connection, rows_as_dicts
+from lockwise.devices.members import Membership
+from lockwise.voice import known_recordings, scoring
+
+
+@dataclass(frozen=True)
+class Candidates:
+    uids: list[str]
+    prints: scoring.Matrix  # (k, dim)
+    stale_uids: list[str]  # allowed now, but enrolled with another model: must re-enroll
+
+
+def store(con: Connection, uid: str, model_id: str, samples: scoring.Matrix) -> scoring.Vector:
+    """Replace the user's voiceprint with one made from ``samples`` ``(n, dim)``; returns the voiceprint."""
+    vp = scoring.voiceprint(samples)
+    con.run(
+        "INSERT INTO voiceprints (user_uid, model_id, dim, embedding, sample_count, sample_embeddings)"
+        " VALUES (:u, :m, :d, :e, :n, :s) ON CONFLICT (user_uid) DO UPDATE SET model_id = EXCLUDED.model_id,"
+        " dim = EXCLUDED.dim, embedding = EXCLUDED.embedding, sample_count = EXCLUDED.sample_count,"
+        " sample_embeddings = EXCLUDED.sample_embeddings, created_at = now()",
+        u=uid,
+        m=model_id,
+        d=int(samples.shape[1]),
+        e=scoring.to_bytes(vp),
+        n=int(samples.shape[0]),
+        s=scoring.to_bytes(scoring.normalise(samples)),
+    )
+    mirror.enqueue(
+        con,
+        f"users/{uid}",
+        "set",
+        {"voice_enrolled": True, "samples": int(samples.shape[0]), "enrolled_at": dt.datetime.now(dt.UTC).isoformat()},
+    )
+    return vp
+
+
+def status(con: Connection, uid: str, current_model_id: str) -> dict[str, Any]:
+    rows = rows_as_dicts(con, "SELECT model_id, sample_count, created_at FROM voiceprints WHERE user_uid = :u", u=uid)
+    if not rows:
+        return {"enrolled": False, "needs_reenrollment": False, "current_model_id": current_model_id}
+    row = rows[0]
+    return {
+        "enrolled": True,
+        "model_id": row["model_id"],
+        "current_model_id": current_model_id,
+        "needs_reenrollment": row["model_id"] != current_model_id,
+        "samples": row["sample_count"],
+        "enrolled_at": row["created_at"].isoformat(),
+    }
+
+
+def delete(con: Connection, uid: str) -> int:
+    """Delete all of the user's voice data; returns the number of voiceprint rows removed.
+
+    Comparison results tied to it go too: the scores of every attempt it matched, and the fingerprints of the
+    enrollment samples and of every attempt that opened a door with this voice. An accepted attempt keeps who
+    opened the door (an access record, not biometric data); a rejected one never names the closest voiceprint."""
+    removed = len(con.run("DELETE FROM voiceprints WHERE user_uid = :u RETURNING 1", u=uid))  # + its samples' prints
+    known_recordings.forget_speaker(con, uid)
+    con.run(
+        "UPDATE verification_attempts SET score = NULL, runner_up_score = NULL,"
+        " matched_uid = CASE WHEN outcome = 'accepted' THEN matched_uid END WHERE matched_uid = :u",
+        u=uid,
+    )
+    # a waiting first utterance's scores against them
+    con.run("DELETE FROM verify_follow_ups WHERE (scores ->> :u) IS NOT NULL", u=uid)
+    mirror.enqueue(con, f"users/{uid}", "set", {"voice_enrolled": False})
+    return removed
+
+
+@dataclass(frozen=True)
+class Neighbours:
+    """Voiceprints of the people who share a lock with a user, each with the lowest voice threshold among the locks
+    they share (None where a shared lock uses the encoder's default)."""
+
+    uids: list[str]
+    prints: scoring.Matrix  # (k, dim)
+    lock_thresholds: list[float | None]
+
+
+def co_members(con: Connection, uid: str, model_id: str, dim: int) -> Neighbours:
+    """The voiceprints (of ``model_id``) of everyone holding an active membership of a lock ``uid`` belongs to."""
+    rows = con.run(
+        "SELECT v.user_uid, v.embedding, bool_or(l.voice_threshold IS NULL), min(l.voice_threshold)"
+        " FROM lock_members mine"
+        " JOIN lock_members theirs ON theirs.lock_id = mine.lock_id AND theirs.user_uid <> mine.user_uid"
+        " JOIN locks l ON l.id = mine.lock_id"
+        " JOIN voiceprints v ON v.user_uid = theirs.user_uid"
+        " WHERE mine.user_uid = :u AND mine.revoked_at IS NULL AND (mine.expires_at IS NULL OR mine.expires_at > now())"
+        " AND theirs.revoked_at IS NULL AND (theirs.expires_at IS NULL OR theirs.expires_at > now())"
+        " AND v.model_id = :m AND v.dim = :d GROUP BY v.user_uid, v.embedding ORDER BY v.user_uid",
+        u=uid,
+        m=model_id,
+        d=dim,
+    )
+    prints = scoring.from_bytes(b"".join(bytes(r[1]) for r in rows), dim) if rows else np.zeros((0, dim), np.float32)
+    return Neighbours([r[0] for r in rows], prints, [None if r[2] else float(r[3]) for r in rows])
+
+
+def candidates(con: Connection, lock_id: str, model_id: str, dim: int, now: dt.datetime) -> Candidates:
+    """The voiceprints of members allowed to open ``lock_id`` at ``now`` (role, window, not revoked or expired)."""
+    rows = rows_as_dicts(
+        con,
+        "SELECT m.lock_id::text AS lock_id, m.user_uid, m.role, m.valid_from, m.valid_until, m.weekdays,"
+        " m.day_start_minute, m.day_end_minute, m.timezone, m.expires_at, m.revoked_at,"
+        " v.model_id AS vp_model, v.dim AS vp_dim, v.embedding AS vp_embedding"
+        " FROM lock_members m JOIN voiceprints v ON v.user_uid = m.user_uid"
+        " WHERE m.lock_id = CAST(:l AS uuid) AND m.revoked_at IS NULL"
+        " AND (m.expires_at IS NULL OR m.expires_at > now()) ORDER BY m.user_uid",
+        l=lock_id,
+    )
+    uids: list[str] = []
+    vectors: list[bytes] = []
+    stale: list[str] = []
+    for row in rows:
+        vp_model, vp_dim, vp_embedding = row.pop("vp_model"), row.pop("vp_dim"), row.pop("vp_embedding")
+        if not Membership(**row).may_operate(now):
+            continue
+        if vp_model != model_id or vp_dim != dim:
+            stale.append(row["user_uid"])
+            continue
+        uids.append(row["user_uid"])
+        vectors.append(bytes(vp_embedding))
+    prints = scoring.from_bytes(b"".join(vectors), dim) if vectors else np.zeros((0, dim), np.float32)
+    return Candidates(uids, prints, stale)
