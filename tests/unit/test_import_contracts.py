@@ -22,7 +22,7 @@ def lint_imports(functions_dir: Path) -> subprocess.CompletedProcess[str]:
     if not LINT_IMPORTS.exists():
         pytest.fail(f"{LINT_IMPORTS} is missing: import-linter is in requirements-dev.txt (./dev setup installs it)")
     return subprocess.run(
-        [str(LINT_IMPORTS), "--config", str(REPO / "pyproject.toml"), "--no-cache"],
+        [str(LINT_IMPORTS), str(REPO / "pyproject.toml"), "--no-cache"],
         cwd=functions_dir,
         env={**os.environ, "PYTHONPATH": str(functions_dir)},
         capture_output=True,
