@@ -38,7 +38,11 @@ class Peer:
         self.result: object = None
         # clean sessions: a test must not leave a persistent session behind for the relay slots' identities (an
         # MQTT 3.1.1 session that a relay later resumes as MQTT 5 once brought Mosquitto 2.0.11 down in a full run)
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=True)
+        # no reconnecting: a refused or dropped connection ends the network thread at once (paho's reconnect wait
+        # and its 1 s select otherwise held every test that stops a refused client for a second)
+        self.client = mqtt.Client(
+            CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=True, reconnect_on_failure=False
+        )
         certfile, keyfile = (str(files[0]), str(files[1])) if files else (None, None)
         ca_certs = str(broker.ca_file) if ca == "ours" else None  # None: system CAs only, which do not know ours
         self.client.tls_set(ca_certs=ca_certs, certfile=certfile, keyfile=keyfile, tls_version=ssl.PROTOCOL_TLS_CLIENT)
@@ -195,7 +199,7 @@ def test_a_client_that_does_not_trust_our_broker_ca_gets_no_session(
 
 
 def test_plain_tcp_is_not_offered(broker: Broker) -> None:
-    client = mqtt.Client(CallbackAPIVersion.VERSION2)
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, reconnect_on_failure=False)
     got, closed = threading.Event(), threading.Event()
     client.on_connect = lambda *_a: got.set()
     client.on_disconnect = lambda *_a: closed.set()
@@ -221,8 +225,10 @@ def test_nobody_takes_over_another_identitys_session(
     assert victim.start()
     try:
         assert attacker.start(), "the attacker connects, but as itself"
+        # a takeover happens when the broker accepts the attacker's CONNECT, before its CONNACK (awaited above); the
+        # victim's SUBACK round trip comes after that, so a thrown-off session has had its answer by then
         victim.subscribe(topics.commands(victim_id) if target == "other_lock" else f"{topics.ROOT}/+/state")
-        time.sleep(1.0)
+        time.sleep(0.1)
         assert victim.disconnects == [], f"the {target}'s session was thrown off: {victim.disconnects}"
         assert victim.connected.is_set()
         attacker.client.publish(topics.state(identity_of(a)), b"mine", qos=1).wait_for_publish(5)
