@@ -6,6 +6,7 @@ A component this machine lacks makes its fixture fail with the reason (``Missing
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import json
 import os
@@ -13,6 +14,7 @@ import secrets
 import shutil
 import sys
 import tempfile
+import threading
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -27,33 +29,92 @@ REPO = Path(__file__).resolve().parents[1]
 PROJECT_ID = "demo-lockwise-test"
 
 
+class _Services:
+    """PostgreSQL (migrated), Mosquitto and the Firestore and Auth emulators, each started once per session in a
+    thread of its own: they start side by side, and from the session's start while pytest collects (the Auth
+    emulator alone takes ~7 s) when the run holds more than unit tests. Stopped when the session ends."""
+
+    def __init__(self) -> None:
+        self.workdir = Path(tempfile.mkdtemp(prefix="lockwise-test-"))
+        self.workdir.chmod(0o755)
+        self._pool = concurrent.futures.ThreadPoolExecutor(4, thread_name_prefix="start")
+        self._started: dict[str, concurrent.futures.Future[Any]] = {}
+        self._lock = threading.Lock()
+
+    def _start(self, name: str) -> Any:
+        ports = services.free_port()
+        if name == "postgres":
+            pg = services.start_postgres(self.workdir / "pg", ports, secrets.token_urlsafe(12), durable=False)
+            from lockwise.core import migrate
+            from lockwise.core.db import Database
+
+            con = Database(pg.url).connect()
+            try:
+                migrate.apply(con)
+            finally:
+                con.close()
+            return pg
+        if name == "broker":
+            return services.start_mosquitto(self.workdir / "broker", ports)
+        if name == "firestore":
+            return services.start_firestore(self.workdir / "firestore", ports, PROJECT_ID)
+        return services.start_auth(self.workdir / "auth", ports, PROJECT_ID)
+
+    def begin(self, *names: str) -> None:
+        with self._lock:
+            for name in names:
+                if name not in self._started:
+                    self._started[name] = self._pool.submit(self._start, name)
+
+    def get(self, name: str) -> Any:
+        """The started service; the reason it could not start (``MissingComponent``, ``StartupFailed``) if not."""
+        self.begin(name)
+        return self._started[name].result()
+
+    def stop(self) -> None:
+        for future in self._started.values():
+            with contextlib.suppress(Exception):  # its failure was reported by the test that needed it
+                future.result().stop()
+        self._pool.shutdown()
+        if not os.environ.get("LOCKWISE_KEEP_TEST_STATE"):  # set it to read the services' logs after a run
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+_SERVICES: list[_Services] = []  # the session's, made when first needed
+SERVICE_NAMES = ("postgres", "broker", "firestore", "auth")
+
+
+def _services() -> _Services:
+    if not _SERVICES:
+        _SERVICES.append(_Services())
+    return _SERVICES[0]
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Start the services now, beside collection, unless every path given is under tests/unit."""
+    unit = REPO / "tests" / "unit"
+    paths = [Path(str(a).split("::")[0]).resolve() for a in session.config.args] or [REPO / "tests"]
+    if not all(p == unit or unit in p.parents for p in paths):
+        _services().begin(*SERVICE_NAMES)
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    while _SERVICES:
+        _SERVICES.pop().stop()
+
+
 @pytest.fixture(scope="session")
-def workdir() -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="lockwise-test-"))
-    path.chmod(0o755)
-    yield path
-    if not os.environ.get("LOCKWISE_KEEP_TEST_STATE"):  # set it to read the services' logs after a run
-        shutil.rmtree(path, ignore_errors=True)
+def workdir() -> Path:
+    return _services().workdir
 
 
 # ------------------------------------------------------------------------------------------------- PostgreSQL
 
 
 @pytest.fixture(scope="session")
-def postgres(workdir: Path) -> Iterator[services.Postgres]:
-    pg = services.start_postgres(workdir / "pg", services.free_port(), secrets.token_urlsafe(12), durable=False)
-    try:
-        from lockwise.core import migrate
-        from lockwise.core.db import Database
-
-        con = Database(pg.url).connect()
-        try:
-            migrate.apply(con)
-        finally:
-            con.close()
-        yield pg
-    finally:
-        pg.stop()
+def postgres() -> services.Postgres:
+    pg: services.Postgres = _services().get("postgres")
+    return pg
 
 
 def _reset_database(pg: services.Postgres) -> None:
@@ -79,33 +140,24 @@ def _reset_database(pg: services.Postgres) -> None:
 
 
 @pytest.fixture(scope="session")
-def broker(workdir: Path) -> Iterator[services.Broker]:
-    b = services.start_mosquitto(workdir / "broker", services.free_port())
-    try:
-        yield b
-    finally:
-        b.stop()
+def broker() -> services.Broker:
+    b: services.Broker = _services().get("broker")
+    return b
 
 
 # ------------------------------------------------------------------------------------------ Firebase emulators
 
 
 @pytest.fixture(scope="session")
-def firestore_emulator(workdir: Path) -> Iterator[services.Emulator]:
-    emu = services.start_firestore(workdir / "firestore", services.free_port(), PROJECT_ID)
-    try:
-        yield emu
-    finally:
-        emu.stop()
+def firestore_emulator() -> services.Emulator:
+    emu: services.Emulator = _services().get("firestore")
+    return emu
 
 
 @pytest.fixture(scope="session")
-def auth_emulator(workdir: Path) -> Iterator[services.Emulator]:
-    emu = services.start_auth(workdir / "auth", services.free_port(), PROJECT_ID)
-    try:
-        yield emu
-    finally:
-        emu.stop()
+def auth_emulator() -> services.Emulator:
+    emu: services.Emulator = _services().get("auth")
+    return emu
 
 
 def _delete(url: str) -> None:
@@ -291,7 +343,7 @@ def hub_offline() -> Iterator[None]:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """SIGTERM (a CI timeout, a killed run) becomes KeyboardInterrupt, so the fixtures still stop every service."""
+    """SIGTERM (a CI timeout, a killed run) becomes KeyboardInterrupt, so the session still stops every service."""
     import signal
 
     def interrupt(signum: int, frame: object) -> None:

@@ -19,6 +19,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -46,6 +47,7 @@ class StartupFailed(RuntimeError):
 
 
 _HANDED_OUT: set[int] = set()
+_HANDING_OUT = threading.Lock()  # services may be started from several threads (the tests start them together)
 
 
 def free_port() -> int:
@@ -53,17 +55,18 @@ def free_port() -> int:
     be grabbed as the local port of some outgoing connection before its service binds it (seen: a relay's health
     port, "address already in use"). Never the same port twice from one process."""
     rng = random.SystemRandom()
-    for _ in range(500):
-        port = rng.randrange(20000, 32000)
-        if port in _HANDED_OUT:
-            continue
-        with socket.socket() as s:
-            try:
-                s.bind(("0.0.0.0", port))
-            except OSError:
+    with _HANDING_OUT:
+        for _ in range(500):
+            port = rng.randrange(20000, 32000)
+            if port in _HANDED_OUT:
                 continue
-        _HANDED_OUT.add(port)
-        return port
+            with socket.socket() as s:
+                try:
+                    s.bind(("0.0.0.0", port))
+                except OSError:
+                    continue
+            _HANDED_OUT.add(port)
+            return port
     raise RuntimeError("no free TCP port between 20000 and 32000")
 
 
