@@ -120,7 +120,9 @@ def postgres() -> services.Postgres:
 def _reset_database(pg: services.Postgres) -> None:
     import pg8000.native
 
-    con = pg8000.native.Connection("postgres", unix_sock=f"{pg.socket_dir}/.s.PGSQL.{pg.port}", database=pg.database)
+    con = pg8000.native.Connection(
+        "postgres", unix_sock=f"{pg.socket_dir}/.s.PGSQL.{pg.port}", database=pg.database, ssl_context=False
+    )
     try:
         tables = [
             r[0]

@@ -90,3 +90,30 @@ def test_database_connections_send_each_statement_at_once(stack_env: dict[str, s
             assert raw.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
     finally:
         db.close()
+
+
+def test_database_connections_without_tls_skip_pg8000s_tls_probe(
+    stack_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """pg8000's default builds a TLS context (loading the system CAs, ~30 ms) and asks the server for TLS on every
+    connection; a URL without ``sslmode=require`` must not, and one with it gets TLS (this server has none: refused)."""
+    import ssl
+
+    from lockwise.core import errors
+    from lockwise.core.db import Database
+
+    def no_context(*_a: object, **_k: object) -> ssl.SSLContext:
+        raise AssertionError("a TLS context was built for a connection without TLS")
+
+    plain = Database(stack_env["DATABASE_URL"])
+    try:
+        with monkeypatch.context() as patched:
+            patched.setattr(ssl, "create_default_context", no_context)
+            with plain.connection() as con:  # a new connection, built under the patch
+                assert con.run("SELECT 1") == [[1]]
+    finally:
+        plain.close()
+    url = stack_env["DATABASE_URL"]
+    tls = Database(url + ("&" if "?" in url else "?") + "sslmode=require")
+    with pytest.raises(errors.Unavailable):
+        tls.connect()  # asked for TLS, and this server offers none: no silent fallback to the clear

@@ -98,15 +98,15 @@ class Database:
         self._idle: list[Connection] = []
         self._slots = threading.BoundedSemaphore(pool_size)
         self._lock = threading.Lock()
+        self._tls: Any = None  # one ssl.SSLContext for every connection (loading the system CAs takes ~30 ms)
 
     def connect(self) -> Connection:
         """A new connection outside the pool (for LISTEN, migrations and tools)."""
         p = self.params
         kwargs: dict[str, Any] = {"user": p.user, "password": p.password, "database": p.database}
-        if p.ssl:
-            import ssl
-
-            kwargs["ssl_context"] = ssl.create_default_context()
+        # without TLS, say so: pg8000's default (None) builds a CA-loading context (~30 ms) and asks the server for
+        # TLS first (one more round trip) on every connection, then goes on in the clear when it is refused
+        kwargs["ssl_context"] = self._tls_context() if p.ssl else False
         sock: socket.socket | None = None
         try:
             if p.unix_sock:
@@ -121,6 +121,14 @@ class Database:
             if sock is not None:
                 sock.close()
             raise errors.Unavailable("database is unreachable", code="database_unavailable") from exc
+
+    def _tls_context(self) -> Any:
+        with self._lock:
+            if self._tls is None:
+                import ssl
+
+                self._tls = ssl.create_default_context()
+            return self._tls
 
     @contextmanager
     def connection(self) -> Iterator[Connection]:
