@@ -435,11 +435,14 @@ def noisy_probes(
     rows: list[dict[str, Any]] = []
     for snr in (None, *NOISY_SNRS_DB):
         rng = np.random.default_rng(11)
-        parts = [(c.samples if snr is None else noise(c.samples, snr, rng), c.rate) for c in chosen]
-        probes = [
-            Clip(c.speaker, c.voice, c.path, e, p, c.rate)
-            for c, (p, _), e in zip(chosen, parts, embed_all(encoder, parts), strict=True)
-        ]
+        if snr is None:
+            probes = chosen  # the clean clips, already embedded
+        else:
+            parts = [(noise(c.samples, snr, rng), c.rate) for c in chosen]
+            probes = [
+                Clip(c.speaker, c.voice, c.path, e, p, c.rate)
+                for c, (p, _), e in zip(chosen, parts, embed_all(encoder, parts), strict=True)
+            ]
         report, curves = speaker_disjoint(prints, probes, cohort_clips, top_k, {"normalised": operating["threshold"]})
         at = report["normalised"]["operating"]
         n = report["normalised"]["loso_0.001"]
@@ -544,6 +547,7 @@ def calibrate(
     cohort_per_voice: int = 80,
     top_k: int = 100,
     noisy_clips: int = 300,
+    speech_per_voice: int = 20,
 ) -> dict[str, Any]:
     """Run the whole calibration; writes the report files to ``out`` and returns the report."""
     started = time.perf_counter()
@@ -597,7 +601,7 @@ def calibrate(
         "thresholds": table,
         "per_speaker": per_speaker(trials, operating),
         "agreement": agreement_floor(clips, rng, per_set=enroll_clips),
-        "speech": speech_floor(encoder, prints, trial_clips, operating),
+        "speech": speech_floor(encoder, prints, trial_clips, operating, speech_per_voice),
         "cross_voice": cross_voice(trials, operating),
         "disjoint": disjoint,
         "noisy_probes": noisy,

@@ -46,6 +46,7 @@ def report(corpus: Path, encoder: Encoder, tmp_path_factory: pytest.TempPathFact
         norm_threshold=GE2E.norm_threshold,
         retry_band=GE2E.norm_retry_band,
         noisy_clips=80,
+        speech_per_voice=10,
     )
     return report | {"out": str(out)}
 
