@@ -15,6 +15,7 @@ database, and the other tests' database is another one).
 from __future__ import annotations
 
 import base64
+import concurrent.futures
 import contextlib
 import secrets
 import shutil
@@ -56,11 +57,15 @@ def _base_env() -> dict[str, str]:
 
 
 def install(bundle: Path, venv: Path) -> Path:
-    """A fresh virtualenv with the bundle's own requirements and nothing else; returns its python."""
-    subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True, capture_output=True)
+    """A fresh virtualenv with the bundle's own requirements and nothing else; returns its python. pip runs from
+    this test run's environment into the new one (``pip --python``): the same pip and resolver, without
+    bootstrapping a copy of pip into every virtualenv (~3.5 s each)."""
+    make = [sys.executable, "-m", "venv", "--clear", "--without-pip", str(venv)]
+    subprocess.run(make, check=True, capture_output=True)
     python = venv / "bin" / "python"
+    pip = [sys.executable, "-m", "pip", "--python", str(python)]
     result = subprocess.run(
-        [str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", "-r", "requirements.txt"],
+        [*pip, "install", "-q", "--disable-pip-version-check", "-r", "requirements.txt"],
         cwd=bundle,
         capture_output=True,
         text=True,
@@ -186,7 +191,9 @@ def rehearsal(
     # export of the tests' small random ECAPA-TDNN: the real weights are fetched by checksum at deploy time)
     for name in ("embed", "verify"):
         shutil.copytree(model_dir / "onnx", bundles[name] / "model")
-    pythons = {name: install(bundle, root / "venvs" / name) for name, bundle in bundles.items()}
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:  # two installs at a time: pip waits on disk and cache
+        installed = {name: pool.submit(install, bundle, root / "venvs" / name) for name, bundle in bundles.items()}
+        pythons = {name: future.result() for name, future in installed.items()}
     with contextlib.ExitStack() as stack:
         broker = services.start_mosquitto(root / "broker", services.free_port())
         stack.callback(broker.stop)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -87,7 +88,8 @@ def test_each_process_is_healthy_in_production_mode_without_the_secrets_of_other
 
 
 def _installed(python: Path) -> str:
-    return subprocess.run([str(python), "-m", "pip", "freeze"], capture_output=True, text=True, check=True).stdout
+    freeze = [sys.executable, "-m", "pip", "--python", str(python), "freeze"]  # the bundle's own venv holds no pip
+    return subprocess.run(freeze, capture_output=True, text=True, check=True).stdout
 
 
 def test_relay_replicas_hold_distinct_broker_sessions(deployed: Rehearsal) -> None:
