@@ -843,6 +843,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--cohort-per-voice", type=int, default=80, help="cohort clips per speaker and voice (with their noisy copies)"
     )
+    parser.add_argument("--noisy-clips", type=int, default=300, help="trial clips the noise table uses")
+    parser.add_argument("--speech-per-voice", type=int, default=20, help="trial clips per voice the speech floor cuts")
     parser.add_argument("--norm-threshold", type=float, help="the normalised threshold to report the procedure at")
     parser.add_argument("--retry-band", type=float, help="the say-again band to report the procedure at")
     parser.add_argument(
@@ -865,6 +867,8 @@ def main(argv: list[str] | None = None) -> int:
         norm_threshold=args.norm_threshold,
         retry_band=args.retry_band,
         cohort_per_voice=args.cohort_per_voice,
+        noisy_clips=args.noisy_clips,
+        speech_per_voice=args.speech_per_voice,
     )
     print((args.out / "report.md").read_text())  # noqa: T201
     if args.write_cohort:

@@ -32,6 +32,7 @@ def test_calibrate_writes_an_ecapa_cohort_the_functions_normalise_with(
     out = tmp_path / "report"
     argv = [str(corpus), "--encoder", "ecapa", "--model-dir", str(deployed), "--out", str(out)]
     argv += ["--max-clips", "16", "--voiceprints", "1", "--cohort-per-voice", "4", "--write-cohort", str(deployed)]
+    argv += ["--noisy-clips", "20", "--speech-per-voice", "3"]
     assert cal.main(argv) == 0
     assert "wrote the score cohort" in capsys.readouterr().out
 
