@@ -9,9 +9,9 @@ import shlex
 import subprocess
 import sys
 import threading
-from functools import partial
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -263,36 +263,74 @@ def test_the_broker_knows_nothing_per_lock_and_every_relay_slot(tmp_path: Path) 
     assert "lockwise/${username}/#" in (tmp_path / "emqx_acl.conf").read_text()
 
 
-def test_model_fetch_checks_checksums(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    served = tmp_path / "hub" / "speechbrain" / "spkrec-ecapa-voxceleb" / "resolve" / "main"
-    served.mkdir(parents=True)
+class _Hub(BaseHTTPRequestHandler):
+    """What hf_hub_download asks of the Hub: ``/<repo>/resolve/<revision>/<file>`` (HEAD, then GET), answered with
+    the commit the revision names and the file's ETag. ``main`` points at ``commit``; any other revision must be
+    that commit."""
+
+    files: dict[str, bytes] = {}
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    asked: list[str] = []
+
+    def _answer(self, body: bool) -> None:
+        *_, revision, name = self.path.split("?")[0].split("/")
+        self.asked.append(revision)
+        if name not in self.files or revision not in ("main", self.commit):
+            self.send_response(404)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        data = self.files[name]
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(data)))
+        self.send_header("X-Repo-Commit", self.commit)
+        self.send_header("ETag", f'"{hashlib.sha256(data).hexdigest()}"')
+        self.end_headers()
+        if body:
+            self.wfile.write(data)
+
+    def do_HEAD(self) -> None:  # noqa: N802 - http.server's naming
+        self._answer(body=False)
+
+    def do_GET(self) -> None:  # noqa: N802
+        self._answer(body=True)
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+        pass
+
+
+def test_model_fetch_pins_a_commit_and_checks_checksums(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)  # the session is offline; this Hub is local
     files = {"hyperparams.yaml": b"n_mels: 80\n", "embedding_model.ckpt": b"\x00" * 300_000}
-    for name, data in files.items():
-        (served / name).write_bytes(data)
+    monkeypatch.setattr(_Hub, "files", dict(files))
+    monkeypatch.setattr(_Hub, "asked", [])
     lock = tmp_path / "lock.json"
-    lock.write_text(
-        json.dumps(
-            {
-                "repo": "speechbrain/spkrec-ecapa-voxceleb",
-                "revision": "main",
-                "base_url": "unused",
-                "files": dict.fromkeys(files),
-            }
-        )
-    )
-    server = ThreadingHTTPServer(("127.0.0.1", 0), partial(SimpleHTTPRequestHandler, directory=str(tmp_path / "hub")))
+    unpinned = {"repo": "speechbrain/spkrec-ecapa-voxceleb", "track": "main", "revision": None}
+    lock.write_text(json.dumps({**unpinned, "files": dict.fromkeys(files)}))
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Hub)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     base = f"http://127.0.0.1:{server.server_port}"
     try:
-        with pytest.raises(fetch.FetchError, match="no pinned checksum"):
+        with pytest.raises(fetch.FetchError, match="not a pinned commit"):
+            fetch.fetch(tmp_path / "out", base_url=base, lock_file=lock)
+        lock.write_text(json.dumps({**unpinned, "revision": "main", "files": dict.fromkeys(files)}))
+        with pytest.raises(fetch.FetchError, match="not a pinned commit"):  # a branch moves: never fetched by name
             fetch.fetch(tmp_path / "out", base_url=base, lock_file=lock)
         recorded = fetch.fetch(tmp_path / "out", record=True, base_url=base, lock_file=lock)
+        pinned = json.loads(lock.read_text())
+        assert pinned["revision"] == _Hub.commit and pinned["files"] == recorded
         assert recorded["embedding_model.ckpt"] == hashlib.sha256(files["embedding_model.ckpt"]).hexdigest()
-        assert json.loads(lock.read_text())["files"] == recorded
-        assert "embedding_model.ckpt" in capsys.readouterr().err  # the progress bar
-        (served / "embedding_model.ckpt").write_bytes(b"\x01" * 300_000)  # the upstream file changed
+        assert (tmp_path / "out" / "embedding_model.ckpt").read_bytes() == files["embedding_model.ckpt"]
+        assert not (tmp_path / "out" / ".cache").exists()
+        _Hub.asked.clear()
+        assert fetch.fetch(tmp_path / "again", base_url=base, lock_file=lock) == recorded
+        assert set(_Hub.asked) == {_Hub.commit}  # fetched by the pinned commit only
+        _Hub.files["embedding_model.ckpt"] = b"\x01" * 300_000  # the file changed upstream under the same commit
         with pytest.raises(fetch.FetchError, match="does not match the pinned"):
-            fetch.fetch(tmp_path / "again", base_url=base, lock_file=lock)
-        assert not (tmp_path / "again" / "embedding_model.ckpt").exists()
+            fetch.fetch(tmp_path / "third", base_url=base, lock_file=lock)
+        assert not (tmp_path / "third" / "embedding_model.ckpt").exists()
+        assert fetch.main([str(tmp_path / "fourth"), "--base-url", base]) == 1  # the command says so and fails
     finally:
         server.shutdown()
