@@ -42,9 +42,9 @@ class _Services:
         self._lock = threading.Lock()
 
     def _start(self, name: str) -> Any:
-        ports = services.free_port()
+        port = services.free_port()
         if name == "postgres":
-            pg = services.start_postgres(self.workdir / "pg", ports, secrets.token_urlsafe(12), durable=False)
+            pg = services.start_postgres(self.workdir / "pg", port, secrets.token_urlsafe(12), durable=False)
             from lockwise.core import migrate
             from lockwise.core.db import Database
 
@@ -55,10 +55,10 @@ class _Services:
                 con.close()
             return pg
         if name == "broker":
-            return services.start_mosquitto(self.workdir / "broker", ports)
+            return services.start_mosquitto(self.workdir / "broker", port)
         if name == "firestore":
-            return services.start_firestore(self.workdir / "firestore", ports, PROJECT_ID)
-        return services.start_auth(self.workdir / "auth", ports, PROJECT_ID)
+            return services.start_firestore(self.workdir / "firestore", port, PROJECT_ID)
+        return services.start_auth(self.workdir / "auth", port, PROJECT_ID)
 
     def begin(self, *names: str) -> None:
         with self._lock:

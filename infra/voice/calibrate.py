@@ -324,22 +324,22 @@ def _as_norm(raw: F64, probes: F32, prints: F32, cohort: F32, top_k: int) -> F64
     return ((raw - print_mean[None]) / print_std[None] + (raw - probe_mean[:, None]) / probe_std[:, None]) / 2
 
 
-def speaker_disjoint(
-    prints: dict[Key, list[F32]],
-    trial_clips: Sequence[Clip],
-    cohort_clips: Sequence[Clip],
-    top_k: int,
-    operating: dict[str, float | None] | None = None,
-) -> tuple[dict[str, Any], dict[str, Trials]]:
-    """Raw and AS-normalised scores evaluated so that no number about a speaker was fitted on that speaker.
+@dataclass
+class DisjointScores:
+    """Every trial against every voiceprint, raw and AS-normalised against a cohort without either speaker."""
 
-    Each trial is normalised against a cohort without either of its two speakers (as a user of the product is never
-    in the shipped cohort). Leave one speaker out: the threshold for FMR 1 in 1,000 is fitted as the product fits
-    its own (:func:`fitted_threshold`) on the trials that do not involve speaker X, then applied to X's genuine
-    trials and to the impostor trials X takes part in; the rates are pooled over all speakers. Also the pooled
-    (all-speaker) threshold fitted the same way: the product's operating point on that scale. Returns the report
-    and the pooled trials of each scale (for the DET plot).
-    """
+    raw: F64
+    normalised: F64
+    genuine: npt.NDArray[np.bool_]  # same speaker, same voice
+    impostor: npt.NDArray[np.bool_]  # another speaker
+    t_speaker: Labels
+    t_voice: Labels
+    p_speaker: Labels
+
+
+def disjoint_scores(
+    prints: dict[Key, list[F32]], trial_clips: Sequence[Clip], cohort_clips: Sequence[Clip], top_k: int
+) -> DisjointScores:
     keys = [k for k, vps in prints.items() for _ in vps]
     p_matrix = np.stack([v for vps in prints.values() for v in vps]).astype(np.float32)
     t_matrix = np.stack([c.embedding for c in trial_clips]).astype(np.float32)
@@ -360,6 +360,36 @@ def speaker_disjoint(
                 )
     genuine = (t_speaker[:, None] == p_speaker[None]) & (t_voice[:, None] == p_voice[None])
     impostor = t_speaker[:, None] != p_speaker[None]
+    return DisjointScores(raw, normed, genuine, impostor, t_speaker, t_voice, p_speaker)
+
+
+def speaker_disjoint(
+    prints: dict[Key, list[F32]],
+    trial_clips: Sequence[Clip],
+    cohort_clips: Sequence[Clip],
+    top_k: int,
+    operating: dict[str, float | None] | None = None,
+) -> tuple[dict[str, Any], dict[str, Trials]]:
+    """Raw and AS-normalised scores evaluated so that no number about a speaker was fitted on that speaker.
+
+    Each trial is normalised against a cohort without either of its two speakers (as a user of the product is never
+    in the shipped cohort). Leave one speaker out: the threshold for FMR 1 in 1,000 is fitted as the product fits
+    its own (:func:`fitted_threshold`) on the trials that do not involve speaker X, then applied to X's genuine
+    trials and to the impostor trials X takes part in; the rates are pooled over all speakers. Also the pooled
+    (all-speaker) threshold fitted the same way: the product's operating point on that scale. Returns the report
+    and the pooled trials of each scale (for the DET plot).
+    """
+    scored = disjoint_scores(prints, trial_clips, cohort_clips, top_k)
+    raw, normed, genuine, impostor, t_speaker, t_voice, p_speaker = (
+        scored.raw,
+        scored.normalised,
+        scored.genuine,
+        scored.impostor,
+        scored.t_speaker,
+        scored.t_voice,
+        scored.p_speaker,
+    )
+    speakers = sorted(set(t_speaker) | set(p_speaker))
     involves = {x: (t_speaker[:, None] == x) | (p_speaker[None] == x) for x in speakers}
     out: dict[str, Any] = {"top_k": top_k, "cohort_clips": len(cohort_clips), "speakers": speakers}
     curves: dict[str, Trials] = {}
@@ -443,18 +473,17 @@ def noisy_probes(
                 Clip(c.speaker, c.voice, c.path, e, p, c.rate)
                 for c, (p, _), e in zip(chosen, parts, embed_all(encoder, parts), strict=True)
             ]
-        report, curves = speaker_disjoint(prints, probes, cohort_clips, top_k, {"normalised": operating["threshold"]})
-        at = report["normalised"]["operating"]
-        n = report["normalised"]["loso_0.001"]
+        scored = disjoint_scores(prints, probes, cohort_clips, top_k)
+        genuine, impostor = scored.normalised[scored.genuine], scored.normalised[scored.impostor]
         rows.append(  # snr_db None: the clean clips
             {
                 "snr_db": snr,
-                "fnmr": at["fnmr"],
-                "fmr": at["fmr"],
-                "genuine_trials": n["genuine_trials"],
-                "impostor_trials": n["impostor_trials"] // 2,  # leave-one-out counts each impostor trial twice
-                "impostor_p99": float(np.percentile(curves["normalised"].impostor, 99)),
-                "impostor_mean": float(np.mean(curves["normalised"].impostor)),
+                "fnmr": float(np.mean(genuine < operating["threshold"])),
+                "fmr": float(np.mean(impostor >= operating["threshold"])),
+                "genuine_trials": len(genuine),
+                "impostor_trials": len(impostor),
+                "impostor_p99": float(np.percentile(impostor, 99)),
+                "impostor_mean": float(np.mean(impostor)),
             }
         )
     return rows
