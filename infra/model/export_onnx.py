@@ -46,6 +46,7 @@ from lockwise.voice.model.onnx_ecapa import (
 logger = logging.getLogger(__name__)
 
 ONNX_FILE = "ecapa-tdnn.onnx"
+WEIGHTS_FILE = "ecapa-tdnn.weights"  # the initializers, as ONNX external data (mapped, not parsed, at load)
 OPSET = 17
 INPUT, OUTPUT = "wav", "embedding"
 PARITY_SECONDS = (0.5, 1.0, 2.0, 3.0, 5.0, 10.0)
@@ -185,7 +186,8 @@ def export(
     with staged_dir(out_dir) as staging:
         onnx_path = staging / ONNX_FILE
         _export_graph(module, onnx_path)
-        manifest = _manifest(reference.model_id, onnx_path)
+        _move_weights_out(onnx_path, WEIGHTS_FILE)
+        manifest = _manifest(reference.model_id, onnx_path, staging / WEIGHTS_FILE)
         # Loadable only inside the hidden staging directory, which is removed unless parity passes.
         _write_json(staging / MANIFEST, manifest)
         report = measure_parity(reference, OnnxEcapaEncoder(staging), tolerance=tolerance)
@@ -219,7 +221,21 @@ def _export_graph(module: nn.Module, path: Path) -> None:
         )
 
 
-def _manifest(model_id: str, onnx_path: Path) -> dict[str, Any]:
+def _move_weights_out(onnx_path: Path, weights_file: str) -> None:
+    """Rewrite the graph at ``onnx_path`` with its initializers in ``weights_file`` beside it (ONNX external data):
+    onnxruntime maps that file instead of parsing them out of the protobuf (session creation ~0.2 -> ~0.07 s for
+    the full model, measured on 2 cores). Both files readable by any user (the serving image's user is not root)."""
+    import onnx
+
+    model = onnx.load(str(onnx_path))
+    onnx.save_model(
+        model, str(onnx_path), save_as_external_data=True, all_tensors_to_one_file=True, location=weights_file
+    )
+    for path in (onnx_path, onnx_path.with_name(weights_file)):
+        path.chmod(0o644)
+
+
+def _manifest(model_id: str, onnx_path: Path, weights_path: Path) -> dict[str, Any]:
     import onnx
     import speechbrain  # type: ignore[import-untyped]
 
@@ -232,6 +248,8 @@ def _manifest(model_id: str, onnx_path: Path) -> dict[str, Any]:
         "onnx": {
             "file": onnx_path.name,
             "sha256": file_sha256(onnx_path),
+            "weights": weights_path.name,
+            "weights_sha256": file_sha256(weights_path),
             "input": INPUT,
             "output": OUTPUT,
             "opset": OPSET,

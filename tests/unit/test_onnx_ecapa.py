@@ -11,6 +11,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -20,6 +21,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+import onnx
 import pytest
 import torch
 import torchaudio.functional  # type: ignore[import-untyped]
@@ -156,17 +158,23 @@ def test_export_passes_parity_and_writes_the_manifest(request: pytest.FixtureReq
     assert manifest == load_artifact_manifest(out)
     assert manifest["model_id"] == model_identity(model_dir)
     assert (manifest["format"], manifest["encoder"], manifest["dim"], manifest["sample_rate"]) == (
-        1,
+        2,
         "ecapa-tdnn",
         192,
         16_000,
     )
-    onnx_file = out / manifest["onnx"]["file"]
+    onnx_file, weights_file = out / manifest["onnx"]["file"], out / manifest["onnx"]["weights"]
     assert manifest["onnx"]["sha256"] == hashlib.sha256(onnx_file.read_bytes()).hexdigest()
+    assert manifest["onnx"]["weights_sha256"] == hashlib.sha256(weights_file.read_bytes()).hexdigest()
+    # every initializer (but a few scalars) is read from the weights file, which onnxruntime maps at load
+    graph = onnx.load(str(onnx_file), load_external_data=False).graph
+    external = [t.data_location == onnx.TensorProto.EXTERNAL for t in graph.initializer]
+    assert any(external) and all(e or len(t.raw_data) <= 1024 for e, t in zip(external, graph.initializer, strict=True))
+    assert all(p.stat().st_mode & 0o444 == 0o444 for p in (onnx_file, weights_file))
     assert manifest["parity"]["max_abs_diff"] == report.max_abs_diff
     assert len(manifest["parity"]["clips"]) == len(report.rows)
     assert set(manifest["exported_with"]) == {"torch", "speechbrain", "onnx"}
-    assert sorted(p.name for p in out.iterdir()) == sorted([MANIFEST, "ecapa-tdnn.onnx"])
+    assert sorted(p.name for p in out.iterdir()) == sorted([MANIFEST, "ecapa-tdnn.onnx", "ecapa-tdnn.weights"])
     assert not [p for p in models.iterdir() if p.name.startswith(".")]  # no staging directory left behind
 
 
@@ -240,20 +248,33 @@ def test_cli_prints_the_parity_table(tiny_dir: Path, tmp_path: Path, capsys: pyt
 # ------------------------------------------------------------------------------------------------- artifact checks
 
 
-def test_tampered_onnx_file_is_refused_naming_the_file(tiny_export: tuple[Path, ParityReport], tmp_path: Path) -> None:
+@pytest.mark.parametrize("name", ["ecapa-tdnn.onnx", "ecapa-tdnn.weights"])
+def test_tampered_file_is_refused_naming_the_file(
+    tiny_export: tuple[Path, ParityReport], tmp_path: Path, name: str
+) -> None:
     out = copy_artifact(tiny_export[0], tmp_path / "artifact")
-    onnx_file = out / "ecapa-tdnn.onnx"
-    data = bytearray(onnx_file.read_bytes())
+    data = bytearray((out / name).read_bytes())
     data[len(data) // 2] ^= 0x01
-    onnx_file.write_bytes(bytes(data))
-    with pytest.raises(ModelError, match=r"ecapa-tdnn\.onnx.*SHA-256"):
+    (out / name).write_bytes(bytes(data))
+    encoder = OnnxEcapaEncoder(out)  # reads the manifest only: the files are checked as the session is made
+    with pytest.raises(ModelError, match=rf"{re.escape(name)}.*SHA-256"):
+        encoder.embed(noise(16_000), 16_000)
+    assert encoder._serving is None  # nothing was served from the tampered files
+
+
+@pytest.mark.parametrize("name", ["ecapa-tdnn.onnx", "ecapa-tdnn.weights"])
+def test_missing_file_is_named(tiny_export: tuple[Path, ParityReport], tmp_path: Path, name: str) -> None:
+    out = copy_artifact(tiny_export[0], tmp_path / "artifact")
+    (out / name).unlink()
+    with pytest.raises(ModelError, match=re.escape(name)):
         OnnxEcapaEncoder(out)
 
 
-def test_missing_onnx_file_is_named(tiny_export: tuple[Path, ParityReport], tmp_path: Path) -> None:
+def test_a_format_1_artifact_asks_to_be_exported_again(tiny_export: tuple[Path, ParityReport], tmp_path: Path) -> None:
     out = copy_artifact(tiny_export[0], tmp_path / "artifact")
-    (out / "ecapa-tdnn.onnx").unlink()
-    with pytest.raises(ModelError, match=r"ecapa-tdnn\.onnx"):
+    manifest = json.loads((out / MANIFEST).read_text())
+    (out / MANIFEST).write_text(json.dumps({**manifest, "format": 1}))
+    with pytest.raises(ModelError, match="format is 1, expected 2"):
         OnnxEcapaEncoder(out)
 
 
@@ -266,16 +287,29 @@ def test_missing_manifest_or_directory_is_a_model_error(tiny_export: tuple[Path,
         OnnxEcapaEncoder(tmp_path / "nowhere")
 
 
+ONNX_FIELDS = {
+    "file": "ecapa-tdnn.onnx",
+    "sha256": "0",
+    "weights": "ecapa-tdnn.weights",
+    "weights_sha256": "0",
+    "input": "wav",
+    "output": "embedding",
+}
+
+
 @pytest.mark.parametrize(
     ("change", "named"),
     [
-        ({"format": 2}, "format"),
+        ({"format": 3}, "format"),
         ({"encoder": "x-vector"}, "encoder"),
         ({"dim": 256}, "dim"),
         ({"model_id": ""}, "model_id"),
-        ({"onnx": {"file": "../ecapa-tdnn.onnx", "sha256": "0", "input": "wav", "output": "embedding"}}, "onnx.file"),
+        ({"onnx": {**ONNX_FIELDS, "file": "../ecapa-tdnn.onnx"}}, "onnx.file"),
+        ({"onnx": {**ONNX_FIELDS, "weights": "/etc/passwd"}}, "onnx.weights"),
+        ({"onnx": {**ONNX_FIELDS, "weights": ".."}}, "onnx.weights"),
+        ({"onnx": {k: v for k, v in ONNX_FIELDS.items() if k != "weights_sha256"}}, "weights_sha256"),
     ],
-    ids=["format", "encoder", "dim", "model_id", "path"],
+    ids=["format", "encoder", "dim", "model_id", "path", "weights-path", "weights-parent", "weights-hash"],
 )
 def test_a_manifest_for_something_else_is_refused(
     tiny_export: tuple[Path, ParityReport], tmp_path: Path, change: dict[str, Any], named: str
@@ -299,10 +333,13 @@ def test_loading_logs_the_model_and_honours_threads(
 ) -> None:
     with caplog.at_level(logging.INFO, logger="lockwise.voice.model.onnx_ecapa"):
         encoder = OnnxEcapaEncoder(tiny_export[0], threads=2)
-    (record,) = [r for r in caplog.records if r.getMessage() == "ecapa onnx model loaded"]
-    fields = record.fields  # type: ignore[attr-defined]
-    assert fields["model_id"] == encoder.model_id and fields["threads"] == 2 and fields["dim"] == 192
-    assert encoder._session.get_session_options().intra_op_num_threads == 1  # start-up: no pool, safe to fork
+        assert encoder._serving is None  # construction makes no session (no thread pool): safe to fork
+        encoder.prepare()
+    (checked,) = [r for r in caplog.records if r.getMessage() == "ecapa onnx model checked"]
+    (ready,) = [r for r in caplog.records if r.getMessage() == "ecapa onnx session ready"]
+    fields = checked.fields  # type: ignore[attr-defined]
+    assert fields["model_id"] == encoder.model_id and fields["threads"] == 2
+    assert ready.fields["threads"] == 2  # type: ignore[attr-defined]
     assert encoder._serving_session().get_session_options().intra_op_num_threads == 2
     with pytest.raises(ValueError):
         OnnxEcapaEncoder(tiny_export[0], threads=0)
@@ -404,3 +441,35 @@ def test_a_forked_worker_gets_its_own_serving_session(tiny_export: tuple[Path, P
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["made_at_fork"] is True and result["diff"] < 1e-6
+
+
+BOOT_PROBE = """
+import os, sys
+from lockwise.voice.model.onnx_ecapa import OnnxEcapaEncoder
+enc = OnnxEcapaEncoder(sys.argv[1])  # the files are intact: construction passes
+pid = os.fork()
+if pid == 0:
+    os._exit(0)  # not reached: the worker's session fails to load and the worker exits first
+print(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
+"""
+
+
+def test_a_graph_that_does_not_load_stops_the_worker_as_it_boots(
+    tiny_export: tuple[Path, ParityReport], tmp_path: Path
+) -> None:
+    """A manifest naming an output the graph lacks: nothing is wrong with the files, so construction passes, but
+    the session cannot serve. ``prepare()`` says so, and a forked worker exits with gunicorn's "failed to boot"
+    status (its master then stops the instance instead of serving errors)."""
+    out = copy_artifact(tiny_export[0], tmp_path / "artifact")
+    manifest = json.loads((out / MANIFEST).read_text())
+    (out / MANIFEST).write_text(json.dumps({**manifest, "onnx": {**manifest["onnx"], "output": "logits"}}))
+    encoder = OnnxEcapaEncoder(out)
+    with pytest.raises(ModelError, match="'logits'"):
+        encoder.prepare()
+    env = {**os.environ, "PYTHONPATH": str(REPO / "functions")}
+    done = subprocess.run(
+        [sys.executable, "-c", BOOT_PROBE, str(out)], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "3"
+    assert "failed to load in the worker" in done.stderr

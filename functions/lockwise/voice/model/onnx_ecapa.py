@@ -3,21 +3,28 @@
 The artifact directory is written at build time by ``python -m infra.model.export_onnx`` from a SpeechBrain model
 directory, and only after the exported graph matched SpeechBrain on a fixed set of clips::
 
-    manifest.json       {"format": 1, "encoder": "ecapa-tdnn", "model_id": ..., "dim": 192, "sample_rate": 16000,
-                         "onnx": {"file": "ecapa-tdnn.onnx", "sha256": ..., "input": "wav", "output": "embedding"},
+    manifest.json       {"format": 2, "encoder": "ecapa-tdnn", "model_id": ..., "dim": 192, "sample_rate": 16000,
+                         "onnx": {"file": "ecapa-tdnn.onnx", "sha256": ..., "weights": "ecapa-tdnn.weights",
+                                  "weights_sha256": ..., "input": "wav", "output": "embedding"},
                          "parity": {...}, "exported_with": {...}}
     ecapa-tdnn.onnx     wav (batch, samples) float32 at 16 kHz -> raw embedding (batch, 192) float32; the graph holds
                         SpeechBrain's Fbank (STFT as a real convolution), sentence mean normalisation and ECAPA_TDNN
+    ecapa-tdnn.weights  the graph's initializers (ONNX external data, page-aligned): onnxruntime maps this file into
+                        memory instead of parsing 84 MB of protobuf (session creation ~0.2 s -> ~0.07 s, measured)
 
 ``model_id`` is the SpeechBrain model's own (``lockwise.voice.model.ecapa.model_identity``), so voiceprints enrolled
 through either encoder compare with probes from the other. Resampling is ``lockwise.voice.model.resample``, a numpy port
 of the ``torchaudio.functional.resample`` the SpeechBrain path uses.
 
-Create one ``OnnxEcapaEncoder`` per instance at start-up and reuse it. Measured on a 2-core machine with the full
-model: a fresh process imports, loads (read and hash 84 MB ~0.15 s, session ~0.4 s) and embeds a 3 s clip in ~1 s of
-wall time (SpeechBrain: ~6 s); a 3 s clip then takes ~100-130 ms (SpeechBrain: ~150-200 ms). An earlier trial
-found glibc's malloc made the first calls ~50% slower, cured by ``MALLOC_MMAP_THRESHOLD_``/``MALLOC_TRIM_THRESHOLD_``;
-``./dev bench verify_runtime`` measures both and found no difference with this graph, so the defaults are kept.
+Create one ``OnnxEcapaEncoder`` per instance at start-up and reuse it. Construction reads the manifest and makes no
+onnxruntime session: a function's master process (gunicorn's) forks its worker after loading ``main.py``, and
+onnxruntime's thread pool does not survive a fork, so the one session a process serves from is made in the forked
+worker as it starts (or on first use, or by ``prepare()``, in a process that does not fork). Making it checks both
+files' SHA-256 (hashed from a memory map while onnxruntime loads the graph) before anything is embedded; a worker
+whose model fails this exits as it boots. A 3 s clip then takes ~100-130 ms (SpeechBrain: ~150-200
+ms). An earlier trial found glibc's malloc made the first calls ~50% slower, cured by
+``MALLOC_MMAP_THRESHOLD_``/``MALLOC_TRIM_THRESHOLD_``; ``./dev bench verify_runtime`` measures both and found no
+difference with this graph, so the defaults are kept.
 """
 
 from __future__ import annotations
@@ -25,9 +32,11 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import mmap
 import os
 import time
 import weakref
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -44,11 +53,12 @@ from lockwise.voice.model.samples import sample_rate as checked_rate
 logger = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
-ARTIFACT_FORMAT = 1
+ARTIFACT_FORMAT = 2  # 1: one self-contained .onnx file (re-export it: ./dev does, for the local stack)
 ENCODER_NAME = "ecapa-tdnn"
 EMBEDDING_DIM = 192
 SAMPLE_RATE = 16_000
-_PROBE_SAMPLES_16K = 16_000  # the start-up probe: 1 s of silence
+#: gunicorn's exit status for "worker failed to boot": its master stops instead of forking the worker again
+WORKER_BOOT_ERROR = 3
 
 
 def load_artifact_manifest(artifact_dir: Path) -> dict[str, Any]:
@@ -83,12 +93,12 @@ def load_artifact_manifest(artifact_dir: Path) -> dict[str, Any]:
     if not isinstance(manifest.get("model_id"), str) or not manifest["model_id"]:
         raise ModelError(f"ONNX ECAPA artifact {path}: model_id is missing")
     onnx = manifest.get("onnx")
-    if not isinstance(onnx, dict) or not all(
-        isinstance(onnx.get(key), str) and onnx[key] for key in ("file", "sha256", "input", "output")
-    ):
-        raise ModelError(f"ONNX ECAPA artifact {path}: onnx must name file, sha256, input and output")
-    if Path(onnx["file"]).name != onnx["file"]:
-        raise ModelError(f"ONNX ECAPA artifact {path}: onnx.file must be a file name in the directory")
+    named = ("file", "sha256", "weights", "weights_sha256", "input", "output")
+    if not isinstance(onnx, dict) or not all(isinstance(onnx.get(key), str) and onnx[key] for key in named):
+        raise ModelError(f"ONNX ECAPA artifact {path}: onnx must name {', '.join(named)}")
+    for key in ("file", "weights"):
+        if Path(onnx[key]).name != onnx[key] or onnx[key] in (".", ".."):
+            raise ModelError(f"ONNX ECAPA artifact {path}: onnx.{key} must be a file name in the directory")
     return manifest
 
 
@@ -124,53 +134,88 @@ class OnnxEcapaEncoder:
         manifest = load_artifact_manifest(self.artifact_dir)
         self.model_id: str = manifest["model_id"]
         self.onnx_path = self.artifact_dir / manifest["onnx"]["file"]
-        model_bytes = _read_verified(self.onnx_path, manifest["onnx"]["sha256"])
+        self.weights_path = self.artifact_dir / manifest["onnx"]["weights"]
+        self._checksums = {
+            self.onnx_path: manifest["onnx"]["sha256"],
+            self.weights_path: manifest["onnx"]["weights_sha256"],
+        }
+        for path in self._checksums:
+            if not path.is_file():
+                raise ModelError(f"ONNX ECAPA model file {path} is missing (export with infra.model.export_onnx)")
         self._threads = threads
-        # functions-framework serves with gunicorn, which loads main.py (and this model) in its master process and
-        # forks the worker. onnxruntime's thread pool does not survive a fork: a session made before the fork runs
-        # every call on one thread in the worker (measured: a 10 s clip 571 ms over HTTP instead of ~320 ms), and a
-        # new session in a child whose parent had pool threads deadlocks. So the session made here, at instance
-        # start, has no pool (one thread): it checks the graph and warms up, and is safe to fork. The serving
-        # session (``threads``, default one per core) is made in the forked worker as it starts, or on the first
-        # call in a process that never forks.
-        self._session = _session(self.onnx_path, model_bytes, 1)
+        self._input: str = manifest["onnx"]["input"]
+        self._output: str = manifest["onnx"]["output"]
+        # No session here (see the module docstring): a session made before gunicorn forks its worker would run
+        # every call on one thread there (measured: a 10 s clip 571 ms over HTTP instead of ~320 ms), and a new
+        # session in a child whose parent has pool threads deadlocks. The worker makes its own as it starts.
         self._serving: Any = None
         self._serving_pid = -1
         renew = weakref.WeakMethod(self._after_fork)
         os.register_at_fork(after_in_child=lambda: _call(renew))
-        self._input: str = manifest["onnx"]["input"]
-        self._output: str = manifest["onnx"]["output"]
-        inputs = [i.name for i in self._session.get_inputs()]
-        outputs = [o.name for o in self._session.get_outputs()]
-        if inputs != [self._input] or self._output not in outputs:
-            raise ModelError(
-                f"ONNX ECAPA model {self.onnx_path}: graph has inputs {inputs} and outputs {outputs}, "
-                f"the manifest names {self._input!r} -> {self._output!r}"
-            )
-        probe = self._embed(np.zeros(_PROBE_SAMPLES_16K, dtype=np.float32), self._session)  # warm-up, shape check
         lwlog.event(
             logger,
-            "ecapa onnx model loaded",
+            "ecapa onnx model checked",
             model_id=self.model_id,
             artifact_dir=str(self.artifact_dir),
             seconds=round(time.perf_counter() - started, 3),
             threads=threads,
-            dim=int(probe.shape[0]),
             onnxruntime=ort.__version__,
         )
 
+    def prepare(self) -> None:
+        """Make this process's session now (else the first call does): checks both files' SHA-256 while
+        onnxruntime loads them, and the graph's input and output against the manifest.
+
+        Raises
+        ------
+        ModelError
+            A file does not match its recorded SHA-256, onnxruntime cannot load the graph, or the graph's input or
+            output is not the manifest's.
+        """
+        self._serving_session()
+
     def _serving_session(self) -> Any:
-        """This process's serving session, made once per process (the file was verified when the model loaded)."""
+        """This process's session, made once per process."""
         if self._serving is None or self._serving_pid != os.getpid():
-            self._serving = _session(self.onnx_path, self.onnx_path.read_bytes(), self._threads)
-            self._serving_pid = os.getpid()
+            started = time.perf_counter()
+            # hashing (~0.06 s for 84 MB) and onnxruntime's loading both release the GIL: side by side
+            with ThreadPoolExecutor(max_workers=1, thread_name_prefix="model-checksum") as pool:
+                verified = pool.submit(_verify_all, self._checksums)
+                try:
+                    session = _session(self.onnx_path, self._threads)
+                except ModelError:
+                    verified.result()  # a file that fails its checksum is the better reason
+                    raise
+                verified.result()
+            inputs = [i.name for i in session.get_inputs()]
+            outputs = {o.name: o.shape for o in session.get_outputs()}
+            if inputs != [self._input] or outputs.get(self._output, [None])[-1] != self.dim:
+                raise ModelError(
+                    f"ONNX ECAPA model {self.onnx_path}: graph has inputs {inputs} and outputs {outputs}, "
+                    f"the manifest names {self._input!r} -> {self._output!r} of {self.dim} values"
+                )
+            self._serving, self._serving_pid = session, os.getpid()
+            lwlog.event(
+                logger,
+                "ecapa onnx session ready",
+                model_id=self.model_id,
+                seconds=round(time.perf_counter() - started, 3),
+                threads=session.get_session_options().intra_op_num_threads,
+            )
         return self._serving
 
     def _after_fork(self) -> None:
-        """In a forked child: make the serving session now, unless the parent already served (its pool threads
-        would deadlock a new session here; such a child gets one on its first call, if at all)."""
-        if self._serving is None:
+        """In a forked child (a gunicorn worker): make the session now, before the first request, unless the
+        parent already had one (its pool threads would deadlock a new session here; such a child gets one on its
+        first call, if at all). A worker whose model does not load exits as gunicorn's "failed to boot", which
+        stops the instance instead of answering every request with an error."""
+        if self._serving is not None:
+            return
+        try:
             self._serving_session()
+        except ModelError as exc:
+            lwlog.event(logger, "ecapa onnx model failed to load in the worker", level=logging.ERROR, error=str(exc))
+            os._exit(WORKER_BOOT_ERROR)
 
     def embed(self, samples: npt.NDArray[np.floating[Any]], sample_rate: int) -> npt.NDArray[np.float32]:
         """Embed one mono clip.
@@ -201,9 +246,9 @@ class OnnxEcapaEncoder:
         """Embed one mono clip already at 16 kHz: shape (n,) float in [-1, 1] -> shape (192,) float32, unit norm."""
         return self._embed(mono_float32(samples16k))
 
-    def _embed(self, wave: npt.NDArray[np.float32], session: Any = None) -> npt.NDArray[np.float32]:
+    def _embed(self, wave: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
         """wave: shape (n,) float32 at 16 kHz -> shape (192,) float32, unit L2 norm."""
-        session = session or self._serving_session()
+        session = self._serving_session()
         (raw,) = session.run([self._output], {self._input: at_least_40ms(wave)[np.newaxis, :]})
         embedding = np.asarray(raw, dtype=np.float32).reshape(-1)
         norm = np.linalg.norm(embedding)
@@ -222,26 +267,34 @@ def _call(method: weakref.WeakMethod[Any]) -> None:
         bound()
 
 
-def _read_verified(path: Path, sha256: str) -> bytes:
-    """The bytes of ``path``, read once, refused unless their SHA-256 is the one the manifest recorded."""
+def _verify_all(checksums: dict[Path, str]) -> None:
+    for path, sha256 in checksums.items():
+        _verify(path, sha256)
+
+
+def _verify(path: Path, sha256: str) -> None:
+    """Refuse ``path`` unless its SHA-256 is the one the manifest recorded (hashed from a memory map: no copy).
+
+    onnxruntime opens the files again by name, so this checks what is on disk at start-up; the bundle is read-only.
+    """
     try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise ModelError(f"ONNX ECAPA model {path} is not readable ({exc})") from exc
-    actual = hashlib.sha256(data).hexdigest()
+        with path.open("rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+            actual = hashlib.sha256(mapped).hexdigest()
+    except (OSError, ValueError) as exc:  # ValueError: an empty file cannot be mapped
+        raise ModelError(f"ONNX ECAPA model file {path} is not readable ({exc})") from exc
     if actual != sha256.lower():
-        raise ModelError(f"ONNX ECAPA model {path}: SHA-256 {actual} does not match the manifest's {sha256}")
-    return data
+        raise ModelError(f"ONNX ECAPA model file {path}: SHA-256 {actual} does not match the manifest's {sha256}")
 
 
-def _session(path: Path, model_bytes: bytes, threads: int | None) -> Any:
-    """One CPU ``InferenceSession``: sequential execution, one inter-op thread, ``threads`` intra-op threads."""
+def _session(path: Path, threads: int | None) -> Any:
+    """One CPU ``InferenceSession`` of the graph at ``path`` (its weights mapped from the file it names):
+    sequential execution, one inter-op thread, ``threads`` intra-op threads (default: one per physical core)."""
     options = ort.SessionOptions()
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.inter_op_num_threads = 1
     if threads is not None:
         options.intra_op_num_threads = threads
     try:
-        return ort.InferenceSession(model_bytes, sess_options=options, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own exception types for any unusable graph
         raise ModelError(f"ONNX ECAPA model {path} cannot be loaded by onnxruntime ({exc})") from exc
