@@ -2,11 +2,11 @@
 ``python -m infra.model.ge2e_export OUT [--weights PRETRAINED_PT] [--tolerance T]``.
 
 Build-time only (needs torch and the ``resemblyzer`` wheel, which carries ``pretrained.pt``; nothing is downloaded).
-Writes ``OUT/ge2e.npz`` (the LSTM and linear weights, float32) and ``OUT/manifest.json`` (model identity, checksums,
-source package and licence, parity report). Parity: for a fixed set of clips of varied length the embedding of
-:class:`lockwise.voice.model.ge2e.Ge2eEncoder` must match Resemblyzer's ``VoiceEncoder.embed_utterance`` on the same
-preprocessed audio within ``tolerance`` (max abs difference), and the mel spectrogram must match librosa's; otherwise
-nothing is left in ``OUT`` and the command exits 1.
+Writes ``OUT/ge2e.npz`` (the LSTM and linear weights and librosa's mel filterbank, float32) and ``OUT/manifest.json``
+(model identity, checksums, source package and licence, parity report). Parity: for a fixed set of clips of varied
+length the embedding of :class:`lockwise.voice.model.ge2e.Ge2eEncoder` must match Resemblyzer's
+``VoiceEncoder.embed_utterance`` on the same preprocessed audio within ``tolerance`` (max abs difference), and the mel
+spectrogram must match librosa's; otherwise nothing is left in ``OUT`` and the command exits 1.
 """
 
 from __future__ import annotations
@@ -93,6 +93,7 @@ def export(
         raise SystemExit(f"{source}: SHA-256 {source_sha} is not resemblyzer 0.1.4's ({PINNED_SHA256})")
     state = torch.load(source, map_location="cpu", weights_only=False)["model_state"]
     arrays = {name: state[name].numpy().astype(np.float32) for name in ge2e.WEIGHT_NAMES}
+    arrays[ge2e.MEL_FILTERBANK] = mel_filterbank()
     if _tamper is not None:
         _tamper(arrays)
 
@@ -119,6 +120,14 @@ def export(
     return report
 
 
+def mel_filterbank() -> npt.NDArray[np.float32]:
+    """Resemblyzer's mel matrix, from librosa (Slaney scale and norm), stored with the weights: (40, 201)."""
+    import librosa
+
+    basis = librosa.filters.mel(sr=ge2e.SAMPLE_RATE, n_fft=ge2e.N_FFT, n_mels=ge2e.N_MELS)
+    return np.asarray(basis, dtype=np.float32)
+
+
 def check_parity(model_dir: Path, reference: object, tolerance: float) -> ParityReport:
     """Ours vs Resemblyzer's on the same preprocessed audio; raises ``ParityError`` above ``tolerance``."""
     import librosa
@@ -139,7 +148,7 @@ def check_parity(model_dir: Path, reference: object, tolerance: float) -> Parity
         mel_ref = librosa.feature.melspectrogram(
             y=wav, sr=ge2e.SAMPLE_RATE, n_fft=ge2e.N_FFT, hop_length=ge2e.HOP, n_mels=ge2e.N_MELS
         ).T
-        mel = ge2e.mel_spectrogram(wav)
+        mel = ours.mel_spectrogram(wav)
         rel = float(np.abs(mel - mel_ref).max() / max(float(np.abs(mel_ref).max()), 1e-12))
         report.mel_max_rel = max(report.mel_max_rel, rel)
     if report.max_abs > tolerance or report.mel_max_rel > tolerance:

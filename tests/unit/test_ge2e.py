@@ -14,7 +14,7 @@ import pytest
 from infra.model import ge2e_export
 from lockwise.core.errors import InvalidAudio
 from lockwise.voice.model import ge2e
-from lockwise.voice.model.model_files import ModelError
+from lockwise.voice.model.model_files import ModelError, file_sha256
 from tests.voices import speech_like
 
 pytestmark = pytest.mark.model
@@ -58,11 +58,26 @@ def test_resemblyzer_and_ours_agree_on_real_length_clips_the_export_did_not_use(
         np.testing.assert_allclose(ours.embed_preprocessed(wav), theirs.embed_utterance(wav), atol=1e-5)
 
 
-def test_mel_filterbank_is_librosas() -> None:
+def test_the_mel_filterbank_comes_from_librosa_at_export_and_a_model_without_it_is_refused(
+    tmp_path: Path, exported: tuple[Path, ge2e_export.ParityReport]
+) -> None:
+    import shutil
+
     import librosa
 
-    want = librosa.filters.mel(sr=16000, n_fft=400, n_mels=40)
-    np.testing.assert_allclose(ge2e.mel_filterbank(), want, rtol=1e-5, atol=1e-8)
+    with np.load(exported[0] / "ge2e.npz") as archive:
+        stored = archive[ge2e.MEL_FILTERBANK]
+    np.testing.assert_array_equal(stored, librosa.filters.mel(sr=16000, n_fft=400, n_mels=40).astype(np.float32))
+    assert exported[1].mel_max_rel < 1e-5  # the served spectrogram (our STFT, that matrix) against librosa's
+    copy = tmp_path / "copy"
+    shutil.copytree(exported[0], copy)
+    with np.load(copy / "ge2e.npz") as archive:
+        arrays = {name: archive[name] for name in archive.files if name != ge2e.MEL_FILTERBANK}
+    np.savez(copy / "ge2e.npz", **arrays)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    (copy / "manifest.json").write_text(json.dumps({**manifest, "sha256": file_sha256(copy / "ge2e.npz")}))
+    with pytest.raises(ModelError, match="lacks.*mel_filterbank"):
+        ge2e.Ge2eEncoder(copy)
 
 
 def test_a_broken_conversion_fails_the_export_and_leaves_nothing(tmp_path: Path) -> None:

@@ -4,8 +4,9 @@ The network is Resemblyzer 0.1.4's ``VoiceEncoder``: 40-band mel power spectrogr
 16 kHz) -> 3-layer LSTM (256 units) -> linear 256 -> ReLU -> L2 norm, applied to 1.6 s partial utterances (160
 frames, 1.3 partials a second) whose embeddings are averaged and normalised. Its weights ship inside the PyPI wheel
 (``resemblyzer/pretrained.pt``); ``infra.model.ge2e_export`` converts them once, at build time, into ``ge2e.npz``
-plus ``manifest.json`` and checks this module against Resemblyzer's own torch forward pass. Serving needs neither
-torch nor librosa: the mel filterbank (Slaney scale and norm, as librosa's default) and the LSTM are written here.
+plus ``manifest.json`` and checks this module against Resemblyzer's own torch forward pass. The npz also holds the
+mel filterbank, computed at export by librosa (``librosa.filters.mel``, what Resemblyzer uses), so serving needs
+neither torch nor librosa: the STFT and the LSTM are written here.
 
 Preprocessing is the product's, not Resemblyzer's: resampling to 16 kHz with :mod:`lockwise.voice.model.resample`,
 loudness raised (never lowered) to -30 dBFS as Resemblyzer does, and long pauses shortened with the energy speech
@@ -42,7 +43,7 @@ F32 = npt.NDArray[np.float32]
 
 MANIFEST = "manifest.json"
 WEIGHTS = "ge2e.npz"
-FORMAT = 1
+FORMAT = 2  # 1: no mel filterbank in the npz (re-export: ./dev does)
 SAMPLE_RATE = 16_000
 N_FFT = 400  # 25 ms
 HOP = 160  # 10 ms
@@ -54,6 +55,8 @@ TARGET_DBFS = -30.0
 PAUSE_FRAMES = 6  # a pause longer than this many 30 ms frames is shortened (Resemblyzer's vad_max_silence_length)
 SMOOTH_FRAMES = 8  # moving average over the speech flags (Resemblyzer's vad_moving_average_width)
 VAD_FRAME = 480  # 30 ms at 16 kHz
+N_BINS = N_FFT // 2 + 1
+MEL_FILTERBANK = "mel_filterbank"  # (N_MELS, N_BINS) float32 in ge2e.npz, from librosa at export
 LAYERS = 3
 HIDDEN = 256
 WEIGHT_NAMES = tuple(
@@ -64,55 +67,19 @@ WEIGHT_NAMES = tuple(
 # ------------------------------------------------------------------------------------------------ features
 
 
-def _hz_to_mel(hz: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
-    """Slaney's mel scale (librosa ``htk=False``): linear below 1 kHz, logarithmic above."""
-    f_sp, min_log_hz = 200.0 / 3, 1000.0
-    min_log_mel, logstep = min_log_hz / f_sp, np.log(6.4) / 27.0
-    mel = hz / f_sp
-    high = hz >= min_log_hz
-    mel[high] = min_log_mel + np.log(hz[high] / min_log_hz) / logstep
-    return mel
-
-
-def _mel_to_hz(mel: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
-    f_sp, min_log_hz = 200.0 / 3, 1000.0
-    min_log_mel, logstep = min_log_hz / f_sp, np.log(6.4) / 27.0
-    hz = f_sp * mel
-    high = mel >= min_log_mel
-    hz[high] = min_log_hz * np.exp(logstep * (mel[high] - min_log_mel))
-    return hz
-
-
-@lru_cache(maxsize=1)
-def mel_filterbank() -> F32:
-    """(40, 201) float32: librosa.filters.mel(sr=16000, n_fft=400, n_mels=40) (Slaney scale, Slaney norm)."""
-    fft_freqs = np.fft.rfftfreq(N_FFT, 1.0 / SAMPLE_RATE)
-    mel_edges = _mel_to_hz(
-        np.linspace(_hz_to_mel(np.array([0.0]))[0], _hz_to_mel(np.array([SAMPLE_RATE / 2]))[0], N_MELS + 2)
-    )
-    widths = np.diff(mel_edges)
-    ramps = np.subtract.outer(mel_edges, fft_freqs)
-    weights = np.zeros((N_MELS, len(fft_freqs)), dtype=np.float32)
-    for i in range(N_MELS):
-        lower = -ramps[i] / widths[i]
-        upper = ramps[i + 2] / widths[i + 1]
-        weights[i] = np.maximum(0, np.minimum(lower, upper))
-    weights *= (2.0 / (mel_edges[2 : N_MELS + 2] - mel_edges[:N_MELS]))[:, None]
-    return weights
-
-
 @lru_cache(maxsize=1)
 def _window() -> F32:
     """Periodic Hann window of N_FFT samples (scipy ``get_window("hann", 400)``, what librosa uses)."""
     return (0.5 - 0.5 * np.cos(2 * np.pi * np.arange(N_FFT) / N_FFT)).astype(np.float32)
 
 
-def mel_spectrogram(wav: F32) -> F32:
-    """(n,) float32 at 16 kHz -> (1 + n // 160, 40) float32 mel power spectrogram (librosa's, not log)."""
+def mel_spectrogram(wav: F32, filterbank: F32) -> F32:
+    """(n,) float32 at 16 kHz -> (1 + n // 160, 40) float32 mel power spectrogram (librosa's, not log);
+    ``filterbank``: the (40, 201) mel matrix stored with the weights."""
     padded = np.pad(wav.astype(np.float32, copy=False), N_FFT // 2)  # center=True, zero padding
     frames = np.lib.stride_tricks.sliding_window_view(padded, N_FFT)[::HOP]
     power = np.abs(np.fft.rfft(frames * _window(), axis=1)).astype(np.float32) ** 2
-    mel: F32 = (power @ mel_filterbank().T).astype(np.float32)
+    mel: F32 = (power @ filterbank.T).astype(np.float32)
     return mel
 
 
@@ -283,9 +250,15 @@ class Ge2eEncoder:
         self.model_id: str = str(manifest["model_id"])
         with np.load(weights_file) as archive:
             weights = {name: archive[name].astype(np.float32) for name in archive.files}
-        missing = [n for n in WEIGHT_NAMES if n not in weights]
+        missing = [n for n in (*WEIGHT_NAMES, MEL_FILTERBANK) if n not in weights]
         if missing:
             raise ModelError(f"GE2E model directory {self.model_dir}: {WEIGHTS} lacks {missing[:3]}")
+        self._filterbank = weights.pop(MEL_FILTERBANK)
+        if self._filterbank.shape != (N_MELS, N_BINS):
+            raise ModelError(
+                f"GE2E model directory {self.model_dir}: {WEIGHTS} {MEL_FILTERBANK} has shape "
+                f"{self._filterbank.shape}, expected {(N_MELS, N_BINS)}"
+            )
         self._net = Ge2eNetwork(weights)
         probe = self.embed_16k(np.sin(np.arange(SAMPLE_RATE, dtype=np.float32) * 0.05) * np.float32(0.1))
         lwlog.event(
@@ -310,13 +283,13 @@ class Ge2eEncoder:
 
     def embed_preprocessed(self, wav: F32) -> F32:
         """Resemblyzer's ``embed_utterance`` on an already preprocessed 16 kHz clip (used by the parity check)."""
-        return _utterance(self._net(_partial_mels(wav)))
+        return _utterance(self._net(self._partial_mels(wav)))
 
     def embed_many(self, clips: Sequence[tuple[npt.NDArray[np.floating[Any]], int]]) -> F32:
         """Embed several ``(samples, sample_rate)`` clips in one batched pass of the network: row k is ``embed`` of
         clip k (to float rounding), several times faster for many clips (calibration). Shape (len(clips), 256)."""
         stacks = [
-            _partial_mels(
+            self._partial_mels(
                 shorten_pauses(raise_volume(at_least_40ms(resample(mono_float32(s), checked_rate(r), SAMPLE_RATE))))
             )
             for s, r in clips
@@ -325,15 +298,18 @@ class Ge2eEncoder:
         ends = np.cumsum([len(stack) for stack in stacks])
         return np.stack([_utterance(p) for p in np.split(partials, ends[:-1])])
 
+    def mel_spectrogram(self, wav: F32) -> F32:
+        """``mel_spectrogram`` with this model's filterbank (the parity check compares it with librosa's)."""
+        return mel_spectrogram(wav, self._filterbank)
 
-def _partial_mels(wav: F32) -> F32:
-    """The (partials, 160, 40) mel windows Resemblyzer's ``embed_utterance`` feeds the network for one clip."""
-    slices = partial_slices(len(wav))
-    needed = slices[-1].stop * HOP
-    if needed >= len(wav):
-        wav = np.pad(wav, (0, needed - len(wav)))
-    mel = mel_spectrogram(wav)
-    return np.stack([mel[s] for s in slices])
+    def _partial_mels(self, wav: F32) -> F32:
+        """The (partials, 160, 40) mel windows Resemblyzer's ``embed_utterance`` feeds the network for one clip."""
+        slices = partial_slices(len(wav))
+        needed = slices[-1].stop * HOP
+        if needed >= len(wav):
+            wav = np.pad(wav, (0, needed - len(wav)))
+        mel = self.mel_spectrogram(wav)
+        return np.stack([mel[s] for s in slices])
 
 
 def _utterance(partials: F32) -> F32:
