@@ -41,7 +41,7 @@ MAX_EVENTS_BODY = 4_000_000
 
 
 def now() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
+    return rt.now()
 
 
 def server_public_key() -> str:

@@ -7,7 +7,6 @@ is served without torch: ECAPA-TDNN from its ONNX export (``infra.model.export_o
 
 from __future__ import annotations
 
-import datetime as dt
 from pathlib import Path
 
 import flask
@@ -52,9 +51,7 @@ def verify_at_lock(ctx: Ctx) -> Result:
     follow_up = ctx.request.args.get("follow_up")
     if follow_up is not None and inputs.canonical_uuid(follow_up) is None:
         raise errors.BadRequest("follow_up must be the attempt id of a say_again answer", code="invalid_follow_up")
-    result = verification.verify(
-        rt.db, lock_id, clip, encoder, rt.settings, dt.datetime.now(dt.UTC), scorer, follow_up=follow_up
-    )
+    result = verification.verify(rt.db, lock_id, clip, encoder, rt.settings, rt.now(), scorer, follow_up=follow_up)
     rt.flush_mirror_soon()  # the person at the door does not wait for the app's activity feed
     if result.decision == "refused":
         daily = result.reason == "daily_limit"

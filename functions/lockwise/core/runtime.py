@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import threading
 from collections.abc import Callable
 from functools import cached_property, lru_cache
@@ -14,11 +15,20 @@ from lockwise.core.db import Database
 from lockwise.core.mirror import Flusher
 
 
+def utc_now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
 class Runtime:
     """What a function instance holds between requests."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, clock: Callable[[], dt.datetime] = utc_now) -> None:
         self.settings = settings
+        self.clock = clock  # a test moves time by replacing it (lockout expiry, membership windows)
+
+    def now(self) -> dt.datetime:
+        """The time every time-dependent decision of a handler is made at (UTC)."""
+        return self.clock()
 
     @cached_property
     def db(self) -> Database:
