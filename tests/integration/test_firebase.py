@@ -12,8 +12,8 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from infra.local.services import Emulator
 from lockwise.core import errors
-from lockwise.core.auth import IdTokenVerifier, StaticKeys
 from lockwise.core.firestore import make_client
+from lockwise.core.id_tokens import IdTokenVerifier, StaticKeys
 from tests.conftest import PROJECT_ID, reset_firestore
 
 

@@ -15,8 +15,8 @@ from infra.build import build
 PROBE = """
 import json, sys
 import main, lockwise
-print(json.dumps({"lockwise": lockwise.__file__, "torch": "torch" in sys.modules, "target": hasattr(main, NAME),
-                  "speechbrain": "speechbrain" in sys.modules}))
+print(json.dumps({"lockwise": lockwise.__file__, "target": hasattr(main, NAME),
+                  **{m: m in sys.modules for m in ("torch", "speechbrain", "jwt", "google.cloud.firestore")}}))
 """
 
 
@@ -43,6 +43,9 @@ def test_bundle_imports_on_its_own(tmp_path: Path, name: str, model_dir: Path) -
     assert report["lockwise"].startswith(str(out)), "the bundle used the source tree's lockwise package"
     if name in ("devices", "verify"):  # verify serves the ONNX export: neither torch nor SpeechBrain
         assert report["torch"] is False and report["speechbrain"] is False
+    # a cold start imports neither the Firestore client (its first write does, ~0.3 s) nor PyJWT (the first app
+    # request does; verify serves none)
+    assert report["google.cloud.firestore"] is False and report["jwt"] is False
     if name in ("embed", "verify"):  # both carry the GE2E export, the encoder when no model directory is set
         assert "models/ge2e/manifest.json" in manifest["files"]
 

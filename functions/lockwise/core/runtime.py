@@ -6,13 +6,16 @@ import datetime as dt
 import threading
 from collections.abc import Callable
 from functools import cached_property, lru_cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lockwise.core import log, users
-from lockwise.core.auth import IdTokenVerifier, User, verifier_for
+from lockwise.core.auth import User
 from lockwise.core.config import Settings, get_settings
 from lockwise.core.db import Database
 from lockwise.core.mirror import Flusher
+
+if TYPE_CHECKING:
+    from lockwise.core.id_tokens import IdTokenVerifier
 
 
 def utc_now() -> dt.datetime:
@@ -36,6 +39,9 @@ class Runtime:
 
     @cached_property
     def verifier(self) -> IdTokenVerifier:
+        """Made on the first app request (PyJWT is not imported before: see ``lockwise.core.id_tokens``)."""
+        from lockwise.core.id_tokens import verifier_for
+
         return verifier_for(self.settings.project_id, self.settings.auth_emulator_host)
 
     @cached_property

@@ -1,0 +1,161 @@
+"""Firebase ID tokens for app users, verified with PyJWT against Google's published securetoken keys (RS256).
+
+Checks audience, issuer, expiry, issue time and subject as Firebase documents. The Auth emulator issues unsigned
+tokens; they are accepted only when ``FIREBASE_AUTH_EMULATOR_HOST`` is set, which the settings refuse in production
+mode. Its own module because PyJWT and the x509 parser cost ~0.06 s to import: a function that serves only locks and
+trusted callers (verify) never loads them; one that serves the app loads them on its first app request.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+import urllib.request
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
+
+import jwt
+from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
+from cryptography.x509 import load_pem_x509_certificate
+
+from lockwise.core import errors
+from lockwise.core.auth import User
+
+GOOGLE_CERTS_URL = "https://www.googleapis.com/robot/v1/metadata/x509/securetoken@system.gserviceaccount.com"
+LEEWAY_S = 5
+
+
+class KeySource(Protocol):
+    def key_for(self, kid: str) -> RSAPublicKey | None: ...
+
+
+class StaticKeys:
+    """Fixed ``{kid: public key}``: for tests and for operators who pin keys."""
+
+    def __init__(self, keys: Mapping[str, RSAPublicKey]) -> None:
+        self._keys = dict(keys)
+
+    def key_for(self, kid: str) -> RSAPublicKey | None:
+        return self._keys.get(kid)
+
+
+class GoogleKeys:
+    """Google's securetoken x509 certificates, cached for as long as their ``Cache-Control`` allows."""
+
+    def __init__(self, url: str = GOOGLE_CERTS_URL, fetch: Callable[[str], tuple[bytes, int]] | None = None) -> None:
+        self._url = url
+        self._fetch = fetch or _fetch_with_max_age
+        self._keys: dict[str, RSAPublicKey] = {}
+        self._expires = 0.0
+        self._lock = threading.Lock()
+
+    def key_for(self, kid: str) -> RSAPublicKey | None:
+        with self._lock:
+            if time.monotonic() >= self._expires or kid not in self._keys:
+                try:
+                    body, max_age = self._fetch(self._url)
+                except OSError as exc:
+                    raise errors.Unavailable("token keys unavailable", code="auth_keys_unavailable") from exc
+                keys = {}
+                for key_id, pem in json.loads(body).items():
+                    public = load_pem_x509_certificate(pem.encode()).public_key()
+                    if isinstance(public, RSAPublicKey):
+                        keys[key_id] = public
+                self._keys, self._expires = keys, time.monotonic() + max(60, max_age)
+            return self._keys.get(kid)
+
+
+def _fetch_with_max_age(url: str) -> tuple[bytes, int]:
+    with urllib.request.urlopen(url, timeout=5) as resp:
+        match = re.search(r"max-age=(\d+)", resp.headers.get("Cache-Control", ""))
+        return resp.read(), int(match.group(1)) if match else 3600
+
+
+class IdTokenVerifier:
+    """Verifies Firebase ID tokens for one project."""
+
+    def __init__(
+        self,
+        project_id: str,
+        keys: KeySource | None,
+        *,
+        emulator: bool = False,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if keys is None and not emulator:
+            raise ValueError("a key source is required outside emulator mode")
+        self.project_id = project_id
+        self.keys = keys
+        self.emulator = emulator
+        self.clock = clock
+
+    def verify(self, token: str) -> User:
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.PyJWTError as exc:
+            raise errors.Unauthenticated("malformed ID token", code="invalid_token") from exc
+        alg = header.get("alg")
+        try:
+            if self.emulator and alg == "none":
+                claims = jwt.decode(token, options={"verify_signature": False})
+                self._check_times(claims)
+            else:
+                claims = self._decode_signed(token, header)
+        except jwt.ExpiredSignatureError as exc:
+            raise errors.Unauthenticated("ID token has expired", code="token_expired") from exc
+        except jwt.PyJWTError as exc:
+            raise errors.Unauthenticated(f"ID token rejected: {exc}", code="invalid_token") from exc
+        self._check_claims(claims)
+        return User(
+            uid=str(claims["sub"]),
+            email=claims.get("email"),
+            email_verified=bool(claims.get("email_verified", False)),
+            claims=claims,
+        )
+
+    def _decode_signed(self, token: str, header: Mapping[str, Any]) -> dict[str, Any]:
+        if header.get("alg") != "RS256":
+            raise jwt.InvalidAlgorithmError("ID tokens must be RS256-signed")
+        kid = header.get("kid")
+        key = self.keys.key_for(str(kid)) if (self.keys is not None and kid) else None
+        if key is None:
+            raise jwt.InvalidKeyError("ID token signed with an unknown key")
+        claims: dict[str, Any] = jwt.decode(
+            token,
+            key=key,
+            algorithms=["RS256"],
+            audience=self.project_id,
+            issuer=f"https://securetoken.google.com/{self.project_id}",
+            leeway=LEEWAY_S,
+            options={"require": ["exp", "iat", "sub", "aud", "iss"]},
+        )
+        return claims
+
+    def _check_times(self, claims: Mapping[str, Any]) -> None:
+        now = self.clock()
+        exp = claims.get("exp")
+        if not isinstance(exp, int | float) or exp + LEEWAY_S < now:
+            raise jwt.ExpiredSignatureError("expired")
+
+    def _check_claims(self, claims: Mapping[str, Any]) -> None:
+        if claims.get("aud") != self.project_id:
+            raise errors.Unauthenticated("ID token is for another project", code="wrong_audience")
+        if claims.get("iss") != f"https://securetoken.google.com/{self.project_id}":
+            raise errors.Unauthenticated("ID token has the wrong issuer", code="invalid_token")
+        sub = claims.get("sub")
+        if not isinstance(sub, str) or not 0 < len(sub) <= 128:
+            raise errors.Unauthenticated("ID token has no valid subject", code="invalid_token")
+        now = self.clock()
+        iat, auth_time = claims.get("iat"), claims.get("auth_time", claims.get("iat"))
+        if not isinstance(iat, int | float) or iat > now + LEEWAY_S:
+            raise errors.Unauthenticated("ID token issued in the future", code="invalid_token")
+        if not isinstance(auth_time, int | float) or auth_time > now + LEEWAY_S:
+            raise errors.Unauthenticated("ID token authenticated in the future", code="invalid_token")
+
+
+def verifier_for(project_id: str, auth_emulator_host: str | None) -> IdTokenVerifier:
+    if auth_emulator_host:
+        return IdTokenVerifier(project_id, None, emulator=True)
+    return IdTokenVerifier(project_id, GoogleKeys())
