@@ -14,9 +14,11 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
 from infra.local.services import Broker
+from lockwise.core import users
 from lockwise.core.runtime import get_runtime
 from lockwise.devices import command_signing
 from simlock.lock import SimulatedLock, new_tls_key
+from tests.conftest import PROJECT_ID
 from tests.devices_world import World, bearer, build_world, create_lock, new_lock_key, provision
 
 
@@ -194,6 +196,34 @@ def sign_in(auth_host: str, email: str, password: str = "correct-horse-9") -> di
     with urllib.request.urlopen(req, timeout=10) as resp:
         result: dict[str, Any] = json.loads(resp.read())
     return result
+
+
+def test_a_signed_in_request_writes_the_user_row_only_when_it_is_new_or_its_email_changed(
+    devices: Any, sign_up: Any, stack_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    written: list[str | None] = []
+    record = users.upsert
+
+    def counted(con: Any, user: Any) -> None:
+        written.append(user.email)
+        record(con, user)
+
+    monkeypatch.setattr(users, "upsert", counted)
+    account = sign_up()
+    for _ in range(3):
+        assert devices.get("/devices/me", headers=bearer(account)).status_code == 200
+    assert written == [account["email"]]  # one write transaction, not one per request
+    host, new_email = stack_env["FIREBASE_AUTH_EMULATOR_HOST"], f"moved-{account['email']}"
+    req = urllib.request.Request(
+        f"http://{host}/identitytoolkit.googleapis.com/v1/projects/{PROJECT_ID}/accounts:update",
+        data=json.dumps({"localId": account["localId"], "email": new_email}).encode(),
+        headers={"Content-Type": "application/json", "Authorization": "Bearer owner"},
+    )
+    urllib.request.urlopen(req, timeout=10).close()
+    moved = sign_in(host, new_email)
+    assert devices.get("/devices/me", headers=bearer(moved)).status_code == 200
+    assert written == [account["email"], new_email]
+    assert db_rows("SELECT email FROM users WHERE uid = :u", u=account["localId"]) == [[new_email]]
 
 
 def test_invitation_by_email_is_seen_only_verified_and_joins_only_when_accepted(

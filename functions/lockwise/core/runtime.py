@@ -18,6 +18,11 @@ if TYPE_CHECKING:
     from lockwise.core.id_tokens import IdTokenVerifier
 
 
+#: app users an instance remembers having recorded (a uid and an email: ~100 bytes each)
+RECORDED_USERS_MAX = 10_000
+_UNRECORDED = object()
+
+
 def utc_now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
@@ -28,6 +33,7 @@ class Runtime:
     def __init__(self, settings: Settings, clock: Callable[[], dt.datetime] = utc_now) -> None:
         self.settings = settings
         self.clock = clock  # a test moves time by replacing it (lockout expiry, membership windows)
+        self._recorded_users: dict[str, str | None] = {}  # uid -> the email this instance recorded for it
 
     def now(self) -> dt.datetime:
         """The time every time-dependent decision of a handler is made at (UTC)."""
@@ -52,10 +58,18 @@ class Runtime:
         return Flusher(self.db, lambda: make_client(self.settings.project_id, self.settings.firestore_emulator_host))
 
     def app_user(self, id_token: str) -> User:
-        """The signed-in app user: token verified and recorded in PostgreSQL (invitations wait for an answer)."""
+        """The signed-in app user: token verified and recorded in PostgreSQL (invitations wait for an answer).
+
+        The user row is written when this instance has not recorded this uid with this email yet, not on every
+        request (users are never deleted, so a recorded row stays)."""
         user = self.verifier.verify(id_token)
-        with self.db.transaction() as con:
-            users.upsert(con, user)
+        email = users.stored_email(user)
+        if self._recorded_users.get(user.uid, _UNRECORDED) != email:
+            with self.db.transaction() as con:
+                users.upsert(con, user)
+            if len(self._recorded_users) >= RECORDED_USERS_MAX:  # bounded: start over rather than grow
+                self._recorded_users.clear()
+            self._recorded_users[user.uid] = email
         return user
 
     def flush_mirror(self, *, force: bool = False) -> int:

@@ -14,13 +14,18 @@ def valid_email(value: str) -> bool:
     return len(value) <= 320 and bool(_EMAIL_RE.match(value))
 
 
+def stored_email(user: User) -> str | None:
+    """The email ``upsert`` records for ``user``: theirs, or None where the database would refuse it."""
+    return user.email if user.email and valid_email(user.email) else None
+
+
 def upsert(con: Connection, user: User) -> None:
     """Record ``user`` (and their current email) so locks and voiceprints can refer to them.
 
     An email now held by this uid is released from any older account that had it (a Firebase account deleted and
     made again gets a new uid); an address the database would refuse is stored as NULL.
     """
-    email = user.email if user.email and valid_email(user.email) else None
+    email = stored_email(user)
     if email is not None:
         con.run("UPDATE users SET email = NULL WHERE lower(email) = lower(:e) AND uid <> :u", e=email, u=user.uid)
     con.run(
