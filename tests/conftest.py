@@ -90,11 +90,29 @@ def _services() -> _Services:
     return _SERVICES[0]
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The tiers mean what they say: everything in tests/model is a ``model`` test (``--fast`` leaves it out), and a
+    test in tests/unit that needs a model or a service is refused (move it to tests/model or tests/integration)."""
+    model_tier, unit_tier = REPO / "tests" / "model", REPO / "tests" / "unit"
+    service_fixtures = {"postgres", "broker", "firestore_emulator", "auth_emulator", "stack_env", "make_client"}
+    for item in items:
+        path = Path(str(item.fspath)).resolve()
+        if model_tier in path.parents:
+            item.add_marker(pytest.mark.model)
+        elif unit_tier in path.parents:
+            needs = service_fixtures.intersection(getattr(item, "fixturenames", ()))
+            if item.get_closest_marker("model") or needs:
+                raise pytest.UsageError(
+                    f"{item.nodeid} is in tests/unit but needs {sorted(needs) or 'a model'}: unit tests need neither"
+                )
+
+
 def pytest_sessionstart(session: pytest.Session) -> None:
-    """Start the services now, beside collection, unless every path given is under tests/unit."""
-    unit = REPO / "tests" / "unit"
+    """Start the services now, beside collection, unless every path given is under tests/unit or tests/model (the
+    tiers that need no service)."""
+    quiet = (REPO / "tests" / "unit", REPO / "tests" / "model")
     paths = [Path(str(a).split("::")[0]).resolve() for a in session.config.args] or [REPO / "tests"]
-    if not all(p == unit or unit in p.parents for p in paths):
+    if not all(any(p == tier or tier in p.parents for tier in quiet) for p in paths):
         _services().begin(*SERVICE_NAMES)
 
 

@@ -22,8 +22,6 @@ from lockwise.core.errors import InvalidAudio
 from lockwise.voice.model.ecapa import EcapaEncoder, model_identity
 from lockwise.voice.model.model_files import ModelError
 
-pytestmark = pytest.mark.model
-
 
 def harmonic_clip(rate: int, seconds: float = 3.0, seed: int = 0) -> npt.NDArray[np.float32]:
     """A voiced-sounding test signal computed analytically at ``rate``: shape (rate * seconds,), float32, peak 0.3.

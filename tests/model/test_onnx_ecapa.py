@@ -37,8 +37,6 @@ from lockwise.voice.model.model_files import ModelError
 from lockwise.voice.model.onnx_ecapa import MANIFEST, OnnxEcapaEncoder, load_artifact_manifest
 from lockwise.voice.model.resample import _kernel, resample
 
-pytestmark = pytest.mark.model
-
 REPO = Path(__file__).resolve().parents[2]
 RESAMPLE_RATES = (8_000, 11_025, 22_050, 44_100, 48_000)
 

@@ -17,7 +17,6 @@ from lockwise.voice.model import ge2e
 from lockwise.voice.model.model_files import ModelError, file_sha256
 from tests.voices import speech_like
 
-pytestmark = pytest.mark.model
 REPO = Path(__file__).resolve().parents[2]
 
 

@@ -1,0 +1,79 @@
+"""Firebase ID tokens as production signs them (RS256, Google's keys): what the verifier accepts and refuses.
+
+Pure: keys made here, no emulator (the Auth emulator's unsigned tokens: tests/integration/test_firebase.py).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import jwt
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from lockwise.core import errors
+from lockwise.core.id_tokens import IdTokenVerifier, StaticKeys
+
+PROJECT_ID = "demo-lockwise"
+
+
+@pytest.fixture(scope="module")
+def keys() -> dict[str, rsa.RSAPrivateKey]:
+    return {kid: rsa.generate_private_key(public_exponent=65537, key_size=2048) for kid in ("k1", "k2")}
+
+
+def signed(key: rsa.RSAPrivateKey, kid: str = "k1", **overrides: Any) -> str:
+    now = int(time.time())
+    claims = {
+        "iss": f"https://securetoken.google.com/{PROJECT_ID}",
+        "aud": PROJECT_ID,
+        "sub": "uid-123",
+        "iat": now - 10,
+        "auth_time": now - 10,
+        "exp": now + 3600,
+        "email": "a@example.com",
+    }
+    claims.update(overrides)
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    return jwt.encode(claims, pem, algorithm="RS256", headers={"kid": kid})
+
+
+def verifier(keys: dict[str, rsa.RSAPrivateKey]) -> IdTokenVerifier:
+    return IdTokenVerifier(PROJECT_ID, StaticKeys({"k1": keys["k1"].public_key()}))
+
+
+def test_signed_token_is_accepted(keys: dict[str, rsa.RSAPrivateKey]) -> None:
+    assert verifier(keys).verify(signed(keys["k1"])).uid == "uid-123"
+
+
+@pytest.mark.parametrize(
+    ("make", "code"),
+    [
+        (lambda k: signed(k["k2"], kid="k1"), "invalid_token"),  # signature by the wrong key
+        (lambda k: signed(k["k2"], kid="k2"), "invalid_token"),  # unknown key id
+        (lambda k: signed(k["k1"], exp=int(time.time()) - 60), "token_expired"),
+        (lambda k: signed(k["k1"], aud="demo-other"), "invalid_token"),
+        (lambda k: signed(k["k1"], iss="https://evil.example.com"), "invalid_token"),
+        (lambda k: signed(k["k1"], sub=""), "invalid_token"),
+        (lambda k: signed(k["k1"], iat=int(time.time()) + 600), "invalid_token"),
+        (lambda k: signed(k["k1"])[:-4] + "AAAA", "invalid_token"),  # tampered signature
+        (lambda k: "not.a.jwt", "invalid_token"),
+    ],
+)
+def test_bad_tokens_are_rejected(keys: dict[str, rsa.RSAPrivateKey], make: Any, code: str) -> None:
+    with pytest.raises(errors.Unauthenticated) as info:
+        verifier(keys).verify(make(keys))
+    assert info.value.code == code
+
+
+def test_hs256_token_with_the_public_key_as_secret_is_rejected(keys: dict[str, rsa.RSAPrivateKey]) -> None:
+    pub = (
+        keys["k1"]
+        .public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
+    forged = jwt.encode({"sub": "x", "aud": PROJECT_ID}, pub.decode()[:40], algorithm="HS256", headers={"kid": "k1"})
+    with pytest.raises(errors.Unauthenticated):
+        verifier(keys).verify(forged)
