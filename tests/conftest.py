@@ -90,17 +90,23 @@ def _services() -> _Services:
     return _SERVICES[0]
 
 
+#: fixtures a unit test may not ask for: the services, and the model directory (built with torch on first use)
+NOT_FOR_UNIT_TESTS = frozenset(
+    {"postgres", "broker", "firestore_emulator", "auth_emulator", "stack_env", "make_client", "model_dir"}
+)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """The tiers mean what they say: everything in tests/model is a ``model`` test (``--fast`` leaves it out), and a
-    test in tests/unit that needs a model or a service is refused (move it to tests/model or tests/integration)."""
+    test in tests/unit that needs a model, the model directory or a service is refused (move it to tests/model or
+    tests/integration)."""
     model_tier, unit_tier = REPO / "tests" / "model", REPO / "tests" / "unit"
-    service_fixtures = {"postgres", "broker", "firestore_emulator", "auth_emulator", "stack_env", "make_client"}
     for item in items:
         path = Path(str(item.fspath)).resolve()
         if model_tier in path.parents:
             item.add_marker(pytest.mark.model)
         elif unit_tier in path.parents:
-            needs = service_fixtures.intersection(getattr(item, "fixturenames", ()))
+            needs = NOT_FOR_UNIT_TESTS.intersection(getattr(item, "fixturenames", ()))
             if item.get_closest_marker("model") or needs:
                 raise pytest.UsageError(
                     f"{item.nodeid} is in tests/unit but needs {sorted(needs) or 'a model'}: unit tests need neither"

@@ -45,8 +45,9 @@ def test_everything_in_the_model_folder_is_a_model_test() -> None:
         Item(REPO / "tests" / "unit" / "test_x.py", markers=["model"]),
         Item(REPO / "tests" / "unit" / "test_x.py", fixturenames=("tmp_path", "stack_env")),
         Item(REPO / "tests" / "unit" / "test_x.py", fixturenames=("postgres",)),
+        Item(REPO / "tests" / "unit" / "test_x.py", fixturenames=("model_dir",)),
     ],
-    ids=["model", "stack", "database"],
+    ids=["model", "stack", "database", "model-directory"],
 )
 def test_a_unit_test_that_needs_a_model_or_a_service_is_refused(item: Item) -> None:
     with pytest.raises(pytest.UsageError, match="tests/unit"):
