@@ -24,10 +24,11 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from infra.local import console, services
 from infra.local.services import REPO
@@ -94,57 +95,24 @@ def main(argv: list[str] | None = None) -> int:
         log.error("ports already in use: %s. Is another stack running? (--free-ports picks others)", ", ".join(busy))
         return 1
     try:
-        # PostgreSQL
-        database_url = env.get("DATABASE_URL")
-        if database_url:
-            table.append(("postgres", "external", "DATABASE_URL"))
-        else:
-            pg = services.start_postgres(state / "postgres", ports["postgres"], secrets_["db_password"], durable=True)
-            started.append(pg)
-            database_url = pg.url
-            table.append(("postgres", f"127.0.0.1:{pg.port}", str(state / "postgres" / "postgres.log")))
-        _migrate(database_url)
-
-        # Broker
-        demo_identity = state / "demo-lock.json"
-        if env.get("MQTT_HOST"):  # an external broker: its lock CA and the relay's certificates come with it
-            mqtt_host, mqtt_port = env["MQTT_HOST"], int(env.get("MQTT_PORT", "8883"))
-            ca_file = env.get("MQTT_CA_FILE", "")
-            lock_ca, relay_certs = env.get("LOCKWISE_LOCK_CA", ""), env.get("MQTT_CLIENT_CERTS", "")
-            table.append(("broker", "external", f"{mqtt_host}:{mqtt_port}"))
-        else:
-            broker = services.start_mosquitto(state / "broker", ports["broker"])
-            started.append(broker)
-            mqtt_host, mqtt_port, ca_file = "127.0.0.1", broker.port, str(broker.ca_file)
-            lock_ca, relay_certs = broker.lock_ca_pem, str(broker.relay_certs)
-            _write_demo_lock(broker, demo_identity)
-            table.append(("broker (mqtts)", f"127.0.0.1:{broker.port}", "client certificates only; lock CA in " +
-                          str(state / "broker" / "identity")))  # fmt: skip
-
-        # Emulators
-        fs_host = env.get("FIRESTORE_EMULATOR_HOST")
-        if fs_host:
-            table.append(("firestore", "external", fs_host))
-        else:
-            fs = services.start_firestore(logs, ports["firestore"], project)
-            started.append(fs)
-            fs_host = fs.host
-            table.append(("firestore emulator", fs.host, str(logs / "firestore.log")))
-        auth_host = env.get("FIREBASE_AUTH_EMULATOR_HOST")
-        if auth_host:
-            table.append(("auth", "external", auth_host))
-        else:
-            auth = services.start_auth(state / "auth", ports["auth"], project)
-            started.append(auth)
-            auth_host = auth.host
-            table.append(("auth emulator", auth.host, str(state / "auth" / "auth.log")))
-
-        model_dir = env.get("LOCKWISE_MODEL_DIR")
-        if model_dir:
-            _ensure_exported(Path(model_dir))
-            table.append(("speaker model", "ECAPA-TDNN", f"{model_dir} (verify serves its ONNX export)"))
-        else:
-            table.append(("speaker model", "GE2E", "resemblyzer's real weights; LOCKWISE_MODEL_DIR selects ECAPA"))
+        # The services start side by side (the Auth emulator alone takes ~5 s), each appending what it started to
+        # ``started`` as soon as it runs, so a failure anywhere still stops everything in ``finally``.
+        with ThreadPoolExecutor(max_workers=5, thread_name_prefix="start") as pool:
+            database = pool.submit(_database, env, state, ports["postgres"], secrets_["db_password"], started)
+            broker_ = pool.submit(_broker, env, state, ports["broker"], started)
+            firestore = pool.submit(_firestore, env, logs, ports["firestore"], project, started)
+            auth = pool.submit(_auth, env, state, ports["auth"], project, started)
+            model = pool.submit(_model, env.get("LOCKWISE_MODEL_DIR"))
+            database_url, rows = database.result()
+            table += rows
+            (mqtt_host, mqtt_port, ca_file, lock_ca, relay_certs, demo_identity), rows = broker_.result()
+            table += rows
+            fs_host, rows = firestore.result()
+            table += rows
+            auth_host, rows = auth.result()
+            table += rows
+            model_dir, rows = model.result()
+            table += rows
         fn_env = {
             "LOCKWISE_MODE": "local",
             "LOCKWISE_PROJECT_ID": project,
@@ -159,10 +127,14 @@ def main(argv: list[str] | None = None) -> int:
         }
         if model_dir:
             fn_env["LOCKWISE_MODEL_DIR"] = model_dir
-        for name in services.FUNCTIONS:
+
+        def serve(name: str) -> tuple[str, str, str]:
             server = services.start_function(name, ports[name], fn_env, logs)
             started.append(server)
-            table.append((f"function {name}", server.url + f"/{name}", str(logs / f"{name}.log")))
+            return (f"function {name}", server.url + f"/{name}", str(logs / f"{name}.log"))
+
+        with ThreadPoolExecutor(max_workers=len(services.FUNCTIONS), thread_name_prefix="start") as pool:
+            table += list(pool.map(serve, services.FUNCTIONS))
 
         if not relay_certs:
             table.append(("relay", "not started", "set MQTT_CLIENT_CERTS (python -m infra.lock_ca) for that broker"))
@@ -278,6 +250,86 @@ def _write_demo_lock(broker: services.Broker, path: Path) -> None:
     cert, key = client_cert(broker.lock_ca_pem, DEMO_LOCK_USER, 365)
     config = LockConfig(DEMO_LOCK_USER, DEMO_LOCK_USER, cert, key, "127.0.0.1", broker.port, str(broker.ca_file))
     config.save(path)
+
+
+Row = tuple[str, str, str]
+
+
+def _database(
+    env: Mapping[str, str], state: Path, port: int, password: str, started: list[Any]
+) -> tuple[str, list[Row]]:
+    """PostgreSQL (or ``DATABASE_URL``'s), migrated: its URL and table rows."""
+    database_url = env.get("DATABASE_URL")
+    if database_url:
+        rows = [("postgres", "external", "DATABASE_URL")]
+    else:
+        pg = services.start_postgres(state / "postgres", port, password, durable=True)
+        started.append(pg)
+        database_url = pg.url
+        rows = [("postgres", f"127.0.0.1:{pg.port}", str(state / "postgres" / "postgres.log"))]
+    _migrate(database_url)
+    return database_url, rows
+
+
+class BrokerAccess(NamedTuple):
+    host: str
+    port: int
+    ca_file: str
+    lock_ca: str  # PEM
+    relay_certs: str  # the relay slots' certificates file ("" when the broker came without them)
+    demo_identity: Path
+
+
+def _broker(env: Mapping[str, str], state: Path, port: int, started: list[Any]) -> tuple[BrokerAccess, list[Row]]:
+    """Mosquitto (or ``MQTT_HOST``'s broker, whose lock CA and relay certificates come with it)."""
+    demo_identity = state / "demo-lock.json"
+    if env.get("MQTT_HOST"):
+        host, port = env["MQTT_HOST"], int(env.get("MQTT_PORT", "8883"))
+        access = BrokerAccess(
+            host,
+            port,
+            ca_file=env.get("MQTT_CA_FILE", ""),
+            lock_ca=env.get("LOCKWISE_LOCK_CA", ""),
+            relay_certs=env.get("MQTT_CLIENT_CERTS", ""),
+            demo_identity=demo_identity,
+        )
+        return access, [("broker", "external", f"{host}:{port}")]
+    broker = services.start_mosquitto(state / "broker", port)
+    started.append(broker)
+    _write_demo_lock(broker, demo_identity)
+    rows = [("broker (mqtts)", f"127.0.0.1:{broker.port}", "client certificates only; lock CA in " +
+             str(state / "broker" / "identity"))]  # fmt: skip
+    access = BrokerAccess(
+        "127.0.0.1", broker.port, str(broker.ca_file), broker.lock_ca_pem, str(broker.relay_certs), demo_identity
+    )
+    return access, rows
+
+
+def _firestore(
+    env: Mapping[str, str], logs: Path, port: int, project: str, started: list[Any]
+) -> tuple[str, list[Row]]:
+    host = env.get("FIRESTORE_EMULATOR_HOST")
+    if host:
+        return host, [("firestore", "external", host)]
+    fs = services.start_firestore(logs, port, project)
+    started.append(fs)
+    return fs.host, [("firestore emulator", fs.host, str(logs / "firestore.log"))]
+
+
+def _auth(env: Mapping[str, str], state: Path, port: int, project: str, started: list[Any]) -> tuple[str, list[Row]]:
+    host = env.get("FIREBASE_AUTH_EMULATOR_HOST")
+    if host:
+        return host, [("auth", "external", host)]
+    auth = services.start_auth(state / "auth", port, project)
+    started.append(auth)
+    return auth.host, [("auth emulator", auth.host, str(state / "auth" / "auth.log"))]
+
+
+def _model(model_dir: str | None) -> tuple[str | None, list[Row]]:
+    if not model_dir:
+        return None, [("speaker model", "GE2E", "resemblyzer's real weights; LOCKWISE_MODEL_DIR selects ECAPA")]
+    _ensure_exported(Path(model_dir))
+    return model_dir, [("speaker model", "ECAPA-TDNN", f"{model_dir} (verify serves its ONNX export)")]
 
 
 def _ensure_exported(model_dir: Path) -> None:

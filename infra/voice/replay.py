@@ -23,7 +23,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,10 +52,11 @@ class Clip:
     prints: fingerprint.Landmarks
 
 
-def load(corpus: Path, limits: audio.Limits) -> list[Clip]:
-    """Every clip the product's intake accepts, fingerprinted."""
+def load(corpus: Path, limits: audio.Limits, speakers: Collection[str] | None = None) -> list[Clip]:
+    """Every clip the product's intake accepts (of ``speakers`` only, when given), fingerprinted."""
     clips: list[Clip] = []
-    for folder in sorted(p for p in corpus.iterdir() if p.is_dir() and p.name != "licences"):
+    folders = (p for p in corpus.iterdir() if p.is_dir() and p.name != "licences")
+    for folder in sorted(f for f in folders if speakers is None or f.name in speakers):
         for path in sorted(folder.glob("*.wav")):
             try:
                 clip = audio.validate(audio.parse_wav(path.read_bytes()), limits)
