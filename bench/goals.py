@@ -265,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
             cold["embed"] <= 0.5,
         ),
         Row(
-            "embed peak RSS / verify's",
+            "embed peak RSS / verify's (master + worker)",
             f"{rss['embed']:.0f} / {rss['verify']:.0f} MB = {rss['embed'] / rss['verify']:.2f}x",
             "<= 1.10x",
             rss["embed"] / rss["verify"] <= 1.10,

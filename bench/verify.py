@@ -135,17 +135,21 @@ def cold_start(env: dict[str, str], name: str, probe: Any) -> float:
 
 
 def peak_rss_mb(port: int) -> float:
-    """VmHWM of the process serving ``port`` (found by its command line)."""
+    """Peak resident memory of the function serving ``port``: the VmHWM of gunicorn's master and of its worker(s)
+    (found by their command line), summed. The master holds no model (the worker makes its session after the fork),
+    so the worker's figure alone would leave the master out and the master's alone the model."""
     needle = f"--port\0{port}\0".encode()
+    total, found = 0.0, False
     for proc in Path("/proc").iterdir():
         try:
             if proc.name.isdigit() and needle in (proc / "cmdline").read_bytes() + b"\0":
                 for line in (proc / "status").read_text().splitlines():
                     if line.startswith("VmHWM:"):
-                        return int(line.split()[1]) / 1024
+                        total += int(line.split()[1]) / 1024
+                        found = True
         except OSError:
             continue
-    return float("nan")
+    return total if found else float("nan")
 
 
 def main(argv: list[str] | None = None) -> int:
