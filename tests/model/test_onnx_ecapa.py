@@ -333,7 +333,7 @@ def test_loading_logs_the_model_and_honours_threads(
         encoder = OnnxEcapaEncoder(tiny_export[0], threads=2)
         assert encoder._serving is None  # construction makes no session (no thread pool): safe to fork
         encoder.prepare()
-    (checked,) = [r for r in caplog.records if r.getMessage() == "ecapa onnx model checked"]
+    (checked,) = [r for r in caplog.records if r.getMessage() == "ecapa onnx model found"]
     (ready,) = [r for r in caplog.records if r.getMessage() == "ecapa onnx session ready"]
     fields = checked.fields  # type: ignore[attr-defined]
     assert fields["model_id"] == encoder.model_id and fields["threads"] == 2

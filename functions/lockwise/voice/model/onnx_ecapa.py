@@ -9,7 +9,7 @@ directory, and only after the exported graph matched SpeechBrain on a fixed set 
                          "parity": {...}, "exported_with": {...}}
     ecapa-tdnn.onnx     wav (batch, samples) float32 at 16 kHz -> raw embedding (batch, 192) float32; the graph holds
                         SpeechBrain's Fbank (STFT as a real convolution), sentence mean normalisation and ECAPA_TDNN
-    ecapa-tdnn.weights  the graph's initializers (ONNX external data, page-aligned): onnxruntime maps this file into
+    ecapa-tdnn.weights  the graph's initializers (ONNX external data): onnxruntime maps this file into
                         memory instead of parsing 84 MB of protobuf (session creation ~0.2 s -> ~0.07 s, measured)
 
 ``model_id`` is the SpeechBrain model's own (``lockwise.voice.model.ecapa.model_identity``), so voiceprints enrolled
@@ -111,15 +111,17 @@ class OnnxEcapaEncoder:
     Arguments
     ---------
     artifact_dir : Path
-        A directory written by ``infra.model.export_onnx`` (``manifest.json`` and the ``.onnx`` file it names).
+        A directory written by ``infra.model.export_onnx`` (``manifest.json`` and the graph and weights files it
+        names).
     threads : int, optional
         onnxruntime's intra-op threads for this session; otherwise onnxruntime's default (one per physical core).
 
     Raises
     ------
     ModelError
-        The manifest or the ``.onnx`` file is missing, unreadable, does not match its recorded SHA-256, or does not
-        make a 192-dim embedding.
+        At construction: the manifest is missing, unreadable or not a format-2 ECAPA manifest, or a file it names is
+        missing. When the session is made (``prepare()``, the first call, or a forked worker's boot): a file does not
+        match its recorded SHA-256, or the graph does not load or has not the manifest's input and output.
     """
 
     name: str = ENCODER_NAME
@@ -154,7 +156,7 @@ class OnnxEcapaEncoder:
         os.register_at_fork(after_in_child=lambda: _call(renew))
         lwlog.event(
             logger,
-            "ecapa onnx model checked",
+            "ecapa onnx model found",
             model_id=self.model_id,
             artifact_dir=str(self.artifact_dir),
             seconds=round(time.perf_counter() - started, 3),
