@@ -33,7 +33,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -324,8 +324,7 @@ def _as_norm(raw: F64, probes: F32, prints: F32, cohort: F32, top_k: int) -> F64
     return ((raw - print_mean[None]) / print_std[None] + (raw - probe_mean[:, None]) / probe_std[:, None]) / 2
 
 
-@dataclass
-class DisjointScores:
+class DisjointScores(NamedTuple):
     """Every trial against every voiceprint, raw and AS-normalised against a cohort without either speaker."""
 
     raw: F64
@@ -379,15 +378,8 @@ def speaker_disjoint(
     (all-speaker) threshold fitted the same way: the product's operating point on that scale. Returns the report
     and the pooled trials of each scale (for the DET plot).
     """
-    scored = disjoint_scores(prints, trial_clips, cohort_clips, top_k)
-    raw, normed, genuine, impostor, t_speaker, t_voice, p_speaker = (
-        scored.raw,
-        scored.normalised,
-        scored.genuine,
-        scored.impostor,
-        scored.t_speaker,
-        scored.t_voice,
-        scored.p_speaker,
+    raw, normed, genuine, impostor, t_speaker, t_voice, p_speaker = disjoint_scores(
+        prints, trial_clips, cohort_clips, top_k
     )
     speakers = sorted(set(t_speaker) | set(p_speaker))
     involves = {x: (t_speaker[:, None] == x) | (p_speaker[None] == x) for x in speakers}

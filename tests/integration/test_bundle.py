@@ -1,4 +1,4 @@
-"""A built bundle is self-contained: it imports from its own folder alone; devices and verify never import torch."""
+"""A built bundle is self-contained: it imports from its own folder alone; no function bundle imports torch."""
 
 from __future__ import annotations
 
@@ -41,8 +41,8 @@ def test_bundle_imports_on_its_own(tmp_path: Path, name: str, model_dir: Path) -
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report["target"]
     assert report["lockwise"].startswith(str(out)), "the bundle used the source tree's lockwise package"
-    if name in ("devices", "verify"):  # verify serves the ONNX export: neither torch nor SpeechBrain
-        assert report["torch"] is False and report["speechbrain"] is False
+    # embed and verify serve the ONNX export: no bundle imports torch or SpeechBrain
+    assert report["torch"] is False and report["speechbrain"] is False
     # a cold start imports neither the Firestore client (its first write does, ~0.3 s) nor PyJWT (the first app
     # request does; verify serves none)
     assert report["google.cloud.firestore"] is False and report["jwt"] is False
