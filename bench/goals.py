@@ -17,6 +17,7 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ from packaging.requirements import Requirement
 from bench import relay as relay_bench
 from bench.common import REPO, forget_attempts, full_random_ecapa, function_env, local_stack, machine, out, pct, table
 from bench.verify import add_members, cold_start, peak_rss_mb, sign_up, signed_post
+from infra.build import build
 from infra.local.services import free_port
 from lockwise.core.headers import SERVICE_TOKEN_HEADER
 from lockwise.voice import scoring
@@ -180,10 +182,12 @@ def main(argv: list[str] | None = None) -> int:
             ),
             "devices": lambda base: requests.get(base + "/devices/health", timeout=5).status_code in (200, 503),
         }
-        cold = {
-            name: pct([cold_start(fn_env, name, probe) for _ in range(args.cold_runs)], 50)
-            for name, probe in probes.items()
-        }
+        with tempfile.TemporaryDirectory(prefix="lockwise-bundles-") as folder:  # cold starts serve the bundles
+            bundles = {name: build(name, Path(folder) / name) for name in probes}
+            cold = {
+                name: pct([cold_start(fn_env, name, probe, bundles[name]) for _ in range(args.cold_runs)], 50)
+                for name, probe in probes.items()
+            }
 
         # -- warm, interleaved: our POST /verify, the original's /verify, bare SpeechBrain, our ONNX in process
         speechbrain = EcapaEncoder(model_dir)

@@ -6,7 +6,8 @@ the same as with the real weights), pairs a lock, gives it 1, 10 and 100 enrolle
 * warm ``POST /verify`` latency over HTTP (3 s of 44.1 kHz audio, signed by the lock) with 1/10/100 members, next to
   the bare model forward on the same audio, with the overhead as a share of the forward pass;
 * the original design's flow (JSON base64 audio, per-candidate Python loop) against this code's pipeline, in process;
-* cold start: process start to the first answered verify, and to the first answered devices call;
+* cold start: process start to the first answered verify, and to the first answered devices call (each served
+  from its built bundle, as deployed);
 * peak RSS of the verify function.
 """
 
@@ -16,6 +17,7 @@ import argparse
 import base64
 import os
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -24,7 +26,6 @@ import numpy as np
 import requests
 
 from bench.common import (
-    REPO,
     forget_attempts,
     full_random_ecapa,
     function_env,
@@ -35,6 +36,7 @@ from bench.common import (
     summary,
     table,
 )
+from infra.build import build
 from infra.local.services import free_port, function_argv
 from lockwise.core.db import Database
 from lockwise.devices import lock_auth
@@ -103,13 +105,15 @@ def this_flow(encoder: Any, body: dict[str, Any], prints: np.ndarray) -> tuple[i
     return best, float(scores[best])
 
 
-def cold_start(env: dict[str, str], name: str, probe: Any) -> float:
-    """Seconds from spawning a fresh function process to its first answered request."""
+def cold_start(env: dict[str, str], name: str, probe: Any, bundle: Path) -> float:
+    """Seconds from spawning a fresh function process to its first answered request. The function is served from
+    ``bundle``, its deployable bundle (``infra.build``: the shared package copied in, compiled to bytecode), as a
+    deployment serves it: nothing of the source tree on the path."""
     port = free_port()
-    child = dict(os.environ, **env, PYTHONPATH=f"{REPO / 'functions'}:{REPO}")
+    child = {k: v for k, v in dict(os.environ, **env).items() if k != "PYTHONPATH"}
     t0 = time.perf_counter()
     proc = subprocess.Popen(
-        function_argv(name, REPO / "functions" / name, port),
+        function_argv(name, bundle, port),
         env=child,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -224,9 +228,11 @@ def main(argv: list[str] | None = None) -> int:
         def devices_probe(base: str) -> bool:
             return requests.get(base + "/devices/health", timeout=5).status_code in (200, 503)
 
-        for name, probe in (("verify", verify_probe), ("devices", devices_probe)):
-            runs = [cold_start(fn_env, name, probe) for _ in range(3)]
-            cold_rows.append([f"{name}: process start -> first answer", min(runs), pct(runs, 50)])
+        with tempfile.TemporaryDirectory(prefix="lockwise-bundles-") as folder:
+            for name, probe in (("verify", verify_probe), ("devices", devices_probe)):
+                bundle = build(name, Path(folder) / name)
+                runs = [cold_start(fn_env, name, probe, bundle) for _ in range(3)]
+                cold_rows.append([f"{name}: process start -> first answer", min(runs), pct(runs, 50)])
         rss = peak_rss_mb(int(verify_url.rsplit(":", 1)[1]))
         db.close()
 

@@ -210,9 +210,12 @@ def main(argv: list[str] | None = None) -> int:
                 return ok
 
             runs: dict[str, list[float]] = {"speechbrain": [], "onnx": []}
-            for _ in range(args.cold_runs):
-                for name in runs:
-                    runs[name].append(cold_start(dict(fn_env, LOCKWISE_VERIFY_RUNTIME=name), "verify", verify_probe))
+            with tempfile.TemporaryDirectory(prefix="lockwise-bundles-") as folder:
+                bundle = build("verify", Path(folder) / "verify")
+                for _ in range(args.cold_runs):
+                    for name in runs:
+                        runtime_env = dict(fn_env, LOCKWISE_VERIFY_RUNTIME=name)
+                        runs[name].append(cold_start(runtime_env, "verify", verify_probe, bundle))
             for name, values in runs.items():
                 ratio = pct(runs["speechbrain"], 50) / pct(values, 50)
                 cold_rows.append([name, min(values), pct(values, 50), max(values), f"{ratio:.1f}x"])

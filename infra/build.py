@@ -13,8 +13,10 @@ them: the production rehearsal (tests/rehearsal) installs each into its own virt
 from __future__ import annotations
 
 import argparse
+import compileall
 import hashlib
 import json
+import py_compile
 import shutil
 import sys
 from pathlib import Path
@@ -57,6 +59,7 @@ def build(name: str, out: Path) -> Path:
         if not (GE2E_DIR / "manifest.json").is_file():
             raise SystemExit(f"{GE2E_DIR} is missing: run ./dev setup (it exports the GE2E weights there)")
         shutil.copytree(GE2E_DIR, out / "models" / "ge2e")
+    compile_bytecode(out)
     manifest = {
         "function": name,
         "files": {
@@ -67,6 +70,18 @@ def build(name: str, out: Path) -> Path:
     }
     (out / "bundle.json").write_text(json.dumps(manifest, indent=2) + "\n")
     return out
+
+
+def compile_bytecode(out: Path) -> None:
+    """Compile every module of the bundle into its ``__pycache__``, so an instance imports bytecode instead of
+    compiling ~50 modules at each cold start (~45 ms of verify's, measured). The ``.pyc`` files are checked by the
+    source's hash, not its modification time, which an upload or an unzip does not keep; a source edited after the
+    build is compiled again as usual. They are the building Python's (``cpython-311`` from ``./dev``'s virtualenv,
+    the deployment's ``python311`` too); another version ignores them and compiles the source.
+    """
+    ok = compileall.compile_dir(out, quiet=1, invalidation_mode=py_compile.PycInvalidationMode.CHECKED_HASH, workers=1)
+    if not ok:
+        raise SystemExit(f"the bundle in {out} has Python that does not compile")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,9 +13,16 @@ import pytest
 from infra.build import build
 
 PROBE = """
-import json, sys
+import importlib._bootstrap_external as loaders, json, os, sys
+compiled = []  # the modules imported from source: compiled here, not by the build
+_source_to_code = loaders.SourceLoader.source_to_code
+def source_to_code(self, data, path, *, _optimize=-1):
+    compiled.append(os.path.relpath(path))
+    return _source_to_code(self, data, path, _optimize=_optimize)
+loaders.SourceLoader.source_to_code = source_to_code
 import main, lockwise
 print(json.dumps({"lockwise": lockwise.__file__, "target": hasattr(main, NAME),
+                  "compiled": [p for p in compiled if not p.startswith("..")],
                   **{m: m in sys.modules for m in ("torch", "speechbrain", "jwt", "google.cloud.firestore")}}))
 """
 
@@ -26,7 +33,10 @@ def test_bundle_imports_on_its_own(tmp_path: Path, name: str, model_dir: Path) -
     assert (out / "main.py").exists() and (out / "requirements.txt").exists()
     manifest = json.loads((out / "bundle.json").read_text())
     assert "lockwise/core/config.py" in manifest["files"]
+    for source in out.rglob("*.py"):  # an upload or an unzip keeps no modification times: the bytecode must not care
+        os.utime(source, (source.stat().st_atime, source.stat().st_mtime + 3600))
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH",)}
+    env["PYTHONDONTWRITEBYTECODE"] = "1"
     env["LOCKWISE_MODE"] = "local"
     env["LOCKWISE_MODEL_DIR"] = str(model_dir)  # embed and verify load their model at import
     result = subprocess.run(
@@ -41,6 +51,8 @@ def test_bundle_imports_on_its_own(tmp_path: Path, name: str, model_dir: Path) -
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report["target"]
     assert report["lockwise"].startswith(str(out)), "the bundle used the source tree's lockwise package"
+    # the build compiled the bundle (the deployment's Python is the build's): a cold start compiles none of it
+    assert report["compiled"] == [], f"imported from source, not the bundle's bytecode: {report['compiled']}"
     # embed and verify serve the ONNX export: no bundle imports torch or SpeechBrain
     assert report["torch"] is False and report["speechbrain"] is False
     # a cold start imports neither the Firestore client (its first write does, ~0.3 s) nor PyJWT (the first app
