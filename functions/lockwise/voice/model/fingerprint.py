@@ -86,29 +86,31 @@ def landmarks(samples: npt.NDArray[np.floating[Any]], rate: int) -> Landmarks:
         & (db > PEAK_OVER_BIN_MEDIAN_DB)
     )
     times, bins = np.nonzero(peaks)  # in time order
-    rows: list[npt.NDArray[np.int64]] = []
-    for i in range(len(times)):
-        ahead = slice(i + 1, min(len(times), i + 1 + 8 * FAN_OUT))
-        dt = times[ahead] - times[i]
-        df = bins[ahead] - bins[i]
-        keep = (dt >= 1) & (dt <= PAIR_FRAMES) & (np.abs(df) <= PAIR_BINS)
-        dt, df = dt[keep][:FAN_OUT], df[keep][:FAN_OUT]
-        if len(dt):
-            hashes = (bins[i] << _F1_SHIFT) | ((df + PAIR_BINS) << _DF_SHIFT) | dt
-            rows.append(np.stack([hashes, np.full_like(hashes, times[i])], axis=1))
-    if not rows:
+    if not len(times):
         return np.zeros((0, 2), dtype=np.int32)
-    out = np.concatenate(rows).astype(np.int32)
+    # each peak pairs with the first FAN_OUT of the 8 * FAN_OUT peaks after it that fall in its target zone
+    ahead = np.arange(len(times))[:, np.newaxis] + np.arange(1, 8 * FAN_OUT + 1)
+    exists = ahead < len(times)
+    ahead = np.minimum(ahead, len(times) - 1)
+    dt = times[ahead] - times[:, np.newaxis]
+    df = bins[ahead] - bins[:, np.newaxis]
+    keep = exists & (dt >= 1) & (dt <= PAIR_FRAMES) & (np.abs(df) <= PAIR_BINS)
+    keep &= np.cumsum(keep, axis=1) <= FAN_OUT
+    anchor, nth = np.nonzero(keep)  # by anchor, then in time order: the order the hashes are sorted stably from
+    hashes = (bins[anchor] << _F1_SHIFT) | ((df[anchor, nth] + PAIR_BINS) << _DF_SHIFT) | dt[anchor, nth]
+    out = np.stack([hashes, times[anchor]], axis=1).astype(np.int32)
     return out[np.argsort(out[:, 0], kind="stable")]
 
 
 def _max_filter(x: npt.NDArray[np.float32], radius: int, axis: int) -> npt.NDArray[np.float32]:
+    """The largest value within ``radius`` of each element along ``axis`` (the edges see only what is there)."""
     pad = [(0, 0), (0, 0)]
     pad[axis] = (radius, radius)
     padded = np.pad(x, pad, constant_values=-np.inf)
-    out: npt.NDArray[np.float32] = np.lib.stride_tricks.sliding_window_view(padded, 2 * radius + 1, axis=axis).max(
-        axis=-1
-    )
+    length = x.shape[axis]
+    out = np.take(padded, np.arange(length), axis=axis)
+    for shift in range(1, 2 * radius + 1):
+        np.maximum(out, np.take(padded, np.arange(shift, shift + length), axis=axis), out=out)
     return out
 
 
