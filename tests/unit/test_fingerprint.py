@@ -31,9 +31,9 @@ def reference_landmarks(samples: npt.NDArray[np.floating[Any]], rate: int) -> np
         pad = [(0, 0), (0, 0)]
         pad[axis] = (radius, radius)
         padded = np.pad(x, pad, constant_values=-np.inf)
-        out: npt.NDArray[np.float32] = np.lib.stride_tricks.sliding_window_view(
-            padded, 2 * radius + 1, axis=axis
-        ).max(axis=-1)
+        out: npt.NDArray[np.float32] = np.lib.stride_tricks.sliding_window_view(padded, 2 * radius + 1, axis=axis).max(
+            axis=-1
+        )
         return out
 
     local_max = max_filter(max_filter(db, fp.PEAK_FRAMES, axis=0), fp.PEAK_BINS, axis=1)
