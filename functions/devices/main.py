@@ -17,7 +17,7 @@ from typing import Any
 import flask
 import functions_framework
 
-from lockwise.core import audit, auth, errors, health, users
+from lockwise.core import audit, auth, errors, health, retention, users
 from lockwise.core.http import Api, Ctx, JsonBody, Result, parse_json_object
 from lockwise.core.runtime import get_runtime
 from lockwise.devices import (
@@ -431,6 +431,7 @@ def relay_flush(ctx: Ctx) -> JsonBody:
     require_relay(ctx)
     with rt.db.transaction() as con:
         members.mirror_access_due(con)
+        retention.prune_expired(con)
     written = rt.flush_mirror(force=True)
     return {"written": written, "pending": rt.mirror.pending()}
 

@@ -44,10 +44,9 @@ def remember_attempt(
 
 def at_lock(con: Connection, lock_id: str, uids: Sequence[str]) -> list[fingerprint.Landmarks]:
     """The known recordings a probe at ``lock_id`` is checked against: the enrollment samples of ``uids`` and the
-    lock's unexpired attempts. Expired attempt fingerprints (of any lock) are deleted on the way."""
-    con.run("DELETE FROM voice_fingerprints WHERE expires_at <= now()")
+    lock's unexpired attempts (expired ones are deleted by ``lockwise.core.retention``, not here)."""
     rows = con.run(
-        "SELECT landmarks FROM voice_fingerprints WHERE lock_id = CAST(:l AS uuid)"
+        "SELECT landmarks FROM voice_fingerprints WHERE (lock_id = CAST(:l AS uuid) AND expires_at > now())"
         " OR user_uid = ANY(CAST(:u AS text[]))",
         l=lock_id,
         u=list(uids),

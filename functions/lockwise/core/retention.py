@@ -1,0 +1,34 @@
+"""Rows kept for a limited time and deleted once it has passed, by the relay's periodic flush
+(``POST /devices/relay/flush``, every ``LOCKWISE_RELAY_FLUSH_EVERY_S``, 10 s by default): how long they outlive
+their expiry depends on that clock, not on how busy a door is, and no verify request pays for the deletes.
+
+Readers skip expired rows themselves (``expires_at > now()``), so a late prune never lets one count.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from lockwise.core import log
+from lockwise.core.db import Connection
+
+logger = logging.getLogger(__name__)
+
+#: table -> what a row of it holds; each has an ``expires_at`` (NULL: kept until its owner goes)
+EXPIRING = {
+    "voice_fingerprints": "the landmark hashes of an attempt at a lock, kept LOCKWISE_REPLAY_MEMORY_HOURS",
+    "verify_follow_ups": "a say-again attempt's per-member scores, kept 30 s for the second utterance",
+}
+
+
+def prune_expired(con: Connection) -> dict[str, int]:
+    """Delete every expired row of the tables in ``EXPIRING``; return how many per table."""
+    pruned: dict[str, int] = {}
+    for table in EXPIRING:
+        rows = con.run(
+            f"WITH gone AS (DELETE FROM {table} WHERE expires_at <= now() RETURNING 1) SELECT count(*) FROM gone"
+        )
+        pruned[table] = int(rows[0][0])
+    if any(pruned.values()):
+        log.event(logger, "expired rows deleted", **pruned)
+    return pruned
