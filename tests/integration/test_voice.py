@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -248,6 +250,26 @@ def test_lockout_engages_on_the_sixth_attempt_and_releases_on_time(
         == 204
     )
     assert signed_verify(clients, world, wav(TAKE)).get_json()["decision"] == "rejected"
+
+
+def test_attempts_sent_side_by_side_get_no_more_guesses_than_one_after_another(
+    clients: dict[str, Any], world: World
+) -> None:
+    """Twelve signed attempts at once (the pool's four connections busy): each decision holds the lock's lockout
+    row, so the sixth still meets a lockout and only five voices are scored."""
+    assert enroll(clients, world.accounts["owner"]).status_code == 201
+    negate_voiceprint(world.uid("owner"))
+    start = threading.Barrier(12, timeout=30)
+
+    def attempt(_: int) -> int:
+        start.wait()
+        return int(signed_verify(clients, world, wav(TAKE)).status_code)
+
+    with ThreadPoolExecutor(max_workers=12) as pool:
+        statuses = sorted(pool.map(attempt, range(12)))
+    assert statuses == [200] * 5 + [429] * 7
+    outcomes = [o for o, _ in attempts(world)]
+    assert outcomes.count("rejected") == 5 and outcomes.count("refused") == 7
 
 
 def test_an_owners_resets_do_not_buy_more_than_the_daily_ceiling_of_guesses(

@@ -15,9 +15,14 @@ DAY = dt.timedelta(days=1)
 
 
 def refused_for(con: Connection, lock_id: str, now: dt.datetime) -> int:
-    """Seconds until voice unlock is allowed again at ``lock_id`` (0: allowed). Locks the row for this attempt."""
-    con.run("INSERT INTO voice_lockouts (lock_id) VALUES (CAST(:l AS uuid)) ON CONFLICT DO NOTHING", l=lock_id)
-    rows = con.run("SELECT locked_until FROM voice_lockouts WHERE lock_id = CAST(:l AS uuid) FOR UPDATE", l=lock_id)
+    """Seconds until voice unlock is allowed again at ``lock_id`` (0: allowed). Locks the row for this attempt:
+    one statement makes the lock's row if it has none, or locks the one it has (an upsert that changes nothing
+    locks the row as ``FOR UPDATE`` does) and returns it."""
+    rows = con.run(
+        "INSERT INTO voice_lockouts (lock_id) VALUES (CAST(:l AS uuid))"
+        " ON CONFLICT (lock_id) DO UPDATE SET lock_id = EXCLUDED.lock_id RETURNING locked_until",
+        l=lock_id,
+    )
     until = rows[0][0]
     if until is None or until <= now:
         return 0
