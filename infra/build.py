@@ -79,7 +79,11 @@ def compile_bytecode(out: Path) -> None:
     build is compiled again as usual. They are the building Python's (``cpython-311`` from ``./dev``'s virtualenv,
     the deployment's ``python311`` too); another version ignores them and compiles the source.
     """
-    ok = compileall.compile_dir(out, quiet=1, invalidation_mode=py_compile.PycInvalidationMode.CHECKED_HASH, workers=1)
+    # stripdir: the code objects name their files relative to the bundle (Python points them at the real file when
+    # it imports them), so two builds of the same source give the same bytes wherever they were built
+    ok = compileall.compile_dir(
+        out, quiet=1, stripdir=str(out), invalidation_mode=py_compile.PycInvalidationMode.CHECKED_HASH, workers=1
+    )
     if not ok:
         raise SystemExit(f"the bundle in {out} has Python that does not compile")
 

@@ -62,6 +62,13 @@ def test_bundle_imports_on_its_own(tmp_path: Path, name: str, model_dir: Path) -
         assert "models/ge2e/manifest.json" in manifest["files"]
 
 
+def test_builds_of_the_same_source_are_the_same_bytes_wherever_they_are_built(tmp_path: Path) -> None:
+    first = json.loads((build("verify", tmp_path / "a" / "verify") / "bundle.json").read_text())
+    second = json.loads((build("verify", tmp_path / "elsewhere" / "b") / "bundle.json").read_text())
+    assert any(name.endswith(".pyc") for name in first["files"])
+    assert first["files"] == second["files"]
+
+
 def test_relay_context_imports_on_its_own(tmp_path: Path) -> None:
     out = build("relay", tmp_path / "relay")
     assert (out / "Dockerfile").exists() and (out / "requirements.txt").exists()
