@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from lockwise.core import retention
 from lockwise.core.firestore import make_client as firestore_client
 from lockwise.core.runtime import get_runtime
 from lockwise.devices import command_signing, lock_auth
@@ -564,6 +565,18 @@ def test_a_voice_just_under_the_threshold_is_asked_again_and_both_utterances_dec
     assert (last["decision"], last["reason"]) == ("rejected", "below_threshold")
     aim(threshold - 2.5)  # far under: rejected outright
     assert verify()["reason"] == "below_threshold"
+    # a follow-up past its 30 s is not fused (the second utterance is decided alone), and is left for the relay's
+    # flush to delete (lockwise.core.retention)
+    aim(threshold - 0.5)
+    waiting = verify()
+    with get_runtime("verify").db.transaction() as con:
+        con.run("UPDATE verify_follow_ups SET expires_at = now() - interval '1 second'")
+    aim(threshold + 1.5)
+    late = verify(waiting["attempt_id"])
+    assert late["decision"] == "accepted"
+    assert scored(late["attempt_id"])[0] == pytest.approx(threshold + 1.5, abs=0.02)  # its own score, not a mean
+    with get_runtime("verify").db.transaction() as con:
+        assert retention.prune_expired(con)["verify_follow_ups"] == 1
     body = wav(TAKE)
     bad = lock_auth.sign_headers(
         world.lock_key, world.lock_id, "POST", "/verify?follow_up=nope", body, content_type="audio/wav"

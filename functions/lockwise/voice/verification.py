@@ -90,11 +90,11 @@ def record_attempt(
 
 
 def take_follow_up(con: Connection, lock_id: str, attempt_id: str) -> dict[str, float] | None:
-    """The per-candidate scores of the first utterance ``attempt_id`` at ``lock_id``, if it still waits (once)."""
-    con.run("DELETE FROM verify_follow_ups WHERE expires_at <= now()")
+    """The per-candidate scores of the first utterance ``attempt_id`` at ``lock_id``, if it still waits (once).
+    Expired ones are skipped here and deleted by ``lockwise.core.retention``."""
     rows = con.run(
         "DELETE FROM verify_follow_ups WHERE attempt_id = CAST(:a AS uuid) AND lock_id = CAST(:l AS uuid)"
-        " RETURNING scores",
+        " AND expires_at > now() RETURNING scores",
         a=attempt_id,
         l=lock_id,
     )
