@@ -7,7 +7,6 @@ key) and the relay (service token). Handlers only parse the request, call the do
 
 from __future__ import annotations
 
-import datetime as dt
 import functools
 import uuid
 from collections.abc import Iterator
@@ -38,10 +37,6 @@ api = Api("devices")
 MAX_EVENTS = 500
 #: a relay batch: MAX_EVENTS payloads of a few hundred bytes, or fewer of up to lock_events.MAX_PAYLOAD_CHARS
 MAX_EVENTS_BODY = 4_000_000
-
-
-def now() -> dt.datetime:
-    return rt.now()
 
 
 def server_public_key() -> str:
@@ -120,7 +115,7 @@ def list_locks(ctx: Ctx) -> JsonBody:
 def get_lock(ctx: Ctx, lock_id: str) -> JsonBody:
     user, lock_id = app_user(ctx), lock_param(lock_id)
     with rt.db.connection() as con:
-        membership = members.require(con, lock_id, user.uid, now())
+        membership = members.require(con, lock_id, user.uid, rt.now())
         return locks.view(con, lock_id, membership.role)
 
 
@@ -137,7 +132,7 @@ def update_lock(ctx: Ctx, lock_id: str) -> JsonBody:
     if unknown or not changes:
         raise errors.BadRequest("give name and/or voice_threshold, nothing else", code="invalid_update")
     with rt.db.transaction() as con:
-        members.require(con, lock_id, user.uid, now(), at_least="owner", for_update=True)
+        members.require(con, lock_id, user.uid, rt.now(), at_least="owner", for_update=True)
         locks.update(con, lock_id, user.uid, changes)
         view = locks.view(con, lock_id, "owner")
     rt.flush_mirror()
@@ -148,7 +143,7 @@ def update_lock(ctx: Ctx, lock_id: str) -> JsonBody:
 def delete_lock(ctx: Ctx, lock_id: str) -> Result:
     user, lock_id = app_user(ctx), lock_param(lock_id)
     with rt.db.transaction() as con:
-        members.require(con, lock_id, user.uid, now(), at_least="owner", for_update=True)
+        members.require(con, lock_id, user.uid, rt.now(), at_least="owner", for_update=True)
         locks.delete(con, lock_id, user.uid)
     rt.flush_mirror()
     return flask.Response(status=204)
@@ -159,7 +154,7 @@ def transfer_lock(ctx: Ctx, lock_id: str) -> JsonBody:
     user, lock_id = app_user(ctx), lock_param(lock_id)
     to_uid = _uid(ctx.json().get("uid"))
     with rt.db.transaction() as con:
-        members.require(con, lock_id, user.uid, now(), at_least="owner", for_update=True)
+        members.require(con, lock_id, user.uid, rt.now(), at_least="owner", for_update=True)
         locks.transfer(con, lock_id, user.uid, to_uid)
         view = locks.view(con, lock_id, "admin")
     rt.flush_mirror()
@@ -170,7 +165,7 @@ def transfer_lock(ctx: Ctx, lock_id: str) -> JsonBody:
 def new_provisioning_code(ctx: Ctx, lock_id: str) -> Result:
     user, lock_id = app_user(ctx), lock_param(lock_id)
     with rt.db.transaction() as con:
-        members.require(con, lock_id, user.uid, now(), at_least="owner")
+        members.require(con, lock_id, user.uid, rt.now(), at_least="owner")
         code, expires = provisioning.issue(con, lock_id, user.uid, rt.settings.provisioning_ttl_s)
     return {"code": code, "expires_at": expires.isoformat()}, 201
 
@@ -200,8 +195,8 @@ def _email(value: Any) -> str:
 def list_members(ctx: Ctx, lock_id: str) -> JsonBody:
     user, lock_id = app_user(ctx), lock_param(lock_id)
     with rt.db.connection() as con:
-        members.require(con, lock_id, user.uid, now(), at_least="admin")
-        listed = [m.public() for m in members.list_for_lock(con, lock_id) if m.active(now())]
+        members.require(con, lock_id, user.uid, rt.now(), at_least="admin")
+        listed = [m.public() for m in members.list_for_lock(con, lock_id) if m.active(rt.now())]
         waiting = invitations.open_for_lock(con, lock_id)
     return {"members": listed, "invitations": waiting}
 
@@ -216,7 +211,7 @@ def add_member(ctx: Ctx, lock_id: str) -> Result:
         raise errors.BadRequest("give exactly one of uid or email", code="invalid_invitee")
     invitee = {"uid": _uid(body["uid"])} if "uid" in body else {"email": _email(body["email"])}
     with with_denials_audited(user.uid, lock_id, "member.invite"), rt.db.transaction() as con:
-        actor = members.require(con, lock_id, user.uid, now(), at_least="admin")
+        actor = members.require(con, lock_id, user.uid, rt.now(), at_least="admin")
         invitation = invitations.invite(con, lock_id, actor, role, access, rt.settings.invitation_ttl_s, **invitee)
     return {"invitation": invitation}, 202
 
@@ -225,7 +220,7 @@ def add_member(ctx: Ctx, lock_id: str) -> Result:
 def withdraw_invitation(ctx: Ctx, lock_id: str, invitation_id: str) -> Result:
     user, lock_id = app_user(ctx), lock_param(lock_id)
     with with_denials_audited(user.uid, lock_id, "member.withdraw_invitation"), rt.db.transaction() as con:
-        actor = members.require(con, lock_id, user.uid, now(), at_least="admin")
+        actor = members.require(con, lock_id, user.uid, rt.now(), at_least="admin")
         invitations.withdraw(con, lock_id, invitation_id, actor)
     return flask.Response(status=204)
 
@@ -261,7 +256,7 @@ def update_member(ctx: Ctx, lock_id: str, uid: str) -> JsonBody:
     role = _role(body.get("role"))
     access = members.parse_access(role, body)
     with with_denials_audited(user.uid, lock_id, "member.update"), rt.db.transaction() as con:
-        actor = members.require(con, lock_id, user.uid, now(), at_least="admin")
+        actor = members.require(con, lock_id, user.uid, rt.now(), at_least="admin")
         target = members.get(con, lock_id, uid, for_update=True)
         if target is None or target.revoked_at is not None:
             raise errors.NotFound("no such member", code="member_not_found")
@@ -275,7 +270,7 @@ def update_member(ctx: Ctx, lock_id: str, uid: str) -> JsonBody:
 def remove_member(ctx: Ctx, lock_id: str, uid: str) -> Result:
     user, lock_id = app_user(ctx), lock_param(lock_id)
     with with_denials_audited(user.uid, lock_id, "member.revoke"), rt.db.transaction() as con:
-        actor = members.require(con, lock_id, user.uid, now())
+        actor = members.require(con, lock_id, user.uid, rt.now())
         target = members.get(con, lock_id, uid, for_update=True)
         if target is None or target.revoked_at is not None:
             raise errors.NotFound("no such member", code="member_not_found")
@@ -289,7 +284,7 @@ def reset_voice_lockout(ctx: Ctx, lock_id: str) -> Result:
     """An owner or admin ends a voice lockout at their lock."""
     user, lock_id = app_user(ctx), lock_param(lock_id)
     with with_denials_audited(user.uid, lock_id, "voice.reset_lockout"), rt.db.transaction() as con:
-        members.require(con, lock_id, user.uid, now(), at_least="admin")
+        members.require(con, lock_id, user.uid, rt.now(), at_least="admin")
         lockout.clear(con, lock_id)
         audit.record(con, audit.user_actor(user.uid), "voice.reset_lockout", "ok", lock_id=lock_id)
     return flask.Response(status=204)
@@ -305,7 +300,7 @@ def create_command(ctx: Ctx, lock_id: str) -> Result:
     key = commands.parse_idempotency_key(ctx.request.headers.get("Idempotency-Key") or body.get("idempotency_key"))
     audited_action = f"command.{body['action']}" if body.get("action") in commands.ACTIONS else "command.invalid"
     with with_denials_audited(user.uid, lock_id, audited_action), rt.db.transaction() as con:
-        members.require(con, lock_id, user.uid, now(), operate=True)
+        members.require(con, lock_id, user.uid, rt.now(), operate=True)
         command, created = commands.from_app(
             con,
             lock_id=lock_id,
@@ -323,7 +318,7 @@ def create_command(ctx: Ctx, lock_id: str) -> Result:
 def get_command(ctx: Ctx, lock_id: str, command_id: str) -> JsonBody:
     user, lock_id = app_user(ctx), lock_param(lock_id)
     with rt.db.connection() as con:
-        membership = members.require(con, lock_id, user.uid, now())
+        membership = members.require(con, lock_id, user.uid, rt.now())
         try:
             row = commands.get(con, str(uuid.UUID(command_id)))
         except ValueError:
@@ -387,7 +382,7 @@ def lock_ca_crl(ctx: Ctx) -> flask.Response:
     """The lock CA's revocation list (public, as CRLs are): what the broker reloads every minute."""
     with rt.db.connection() as con:
         revoked = provisioning.revoked_certificates(con)
-    pem = lock_certs.crl(lock_ca(), revoked, now())
+    pem = lock_certs.crl(lock_ca(), revoked, rt.now())
     return flask.Response(pem, mimetype="application/pkix-crl", headers={"Cache-Control": "max-age=30"})
 
 
@@ -421,7 +416,7 @@ def relay_events(ctx: Ctx) -> JsonBody:
     if not isinstance(events, list) or not 1 <= len(events) <= MAX_EVENTS:
         raise errors.BadRequest(f"events must be a list of 1 to {MAX_EVENTS} items", code="invalid_events")
     with rt.db.transaction() as con:
-        outcomes = lock_events.apply_batch(con, events, now())
+        outcomes = lock_events.apply_batch(con, events, rt.now())
     rt.flush_mirror_soon()  # the relay's next batch need not wait for Firestore: the rows are queued, not lost
     return {"results": [o.as_dict() for o in outcomes]}
 
