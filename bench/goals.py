@@ -17,7 +17,6 @@ import os
 import re
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,8 +30,7 @@ from packaging.requirements import Requirement
 
 from bench import relay as relay_bench
 from bench.common import REPO, forget_attempts, full_random_ecapa, function_env, local_stack, machine, out, pct, table
-from bench.verify import add_members, cold_start, peak_rss_mb, sign_up, signed_post
-from infra.build import build
+from bench.verify import add_members, built_bundles, cold_start, peak_rss_mb, sign_up, signed_post
 from infra.local.services import free_port
 from lockwise.core.headers import SERVICE_TOKEN_HEADER
 from lockwise.voice import scoring
@@ -182,8 +180,7 @@ def main(argv: list[str] | None = None) -> int:
             ),
             "devices": lambda base: requests.get(base + "/devices/health", timeout=5).status_code in (200, 503),
         }
-        with tempfile.TemporaryDirectory(prefix="lockwise-bundles-") as folder:  # cold starts serve the bundles
-            bundles = {name: build(name, Path(folder) / name) for name in probes}
+        with built_bundles(*probes) as bundles:
             cold = {
                 name: pct([cold_start(fn_env, name, probe, bundles[name]) for _ in range(args.cold_runs)], 50)
                 for name, probe in probes.items()

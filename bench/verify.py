@@ -19,6 +19,8 @@ import os
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -103,6 +105,14 @@ def this_flow(encoder: Any, body: dict[str, Any], prints: np.ndarray) -> tuple[i
     scores = scoring.cosine_scores(encoder.embed(clip.samples, clip.rate), prints)
     best = int(scores.argmax())
     return best, float(scores[best])
+
+
+@contextmanager
+def built_bundles(*names: str) -> Iterator[dict[str, Path]]:
+    """Each named function's deployable bundle (``infra.build``), in a folder removed afterwards: what cold starts
+    serve."""
+    with tempfile.TemporaryDirectory(prefix="lockwise-bundles-") as folder:
+        yield {name: build(name, Path(folder) / name) for name in names}
 
 
 def cold_start(env: dict[str, str], name: str, probe: Any, bundle: Path) -> float:
@@ -228,10 +238,9 @@ def main(argv: list[str] | None = None) -> int:
         def devices_probe(base: str) -> bool:
             return requests.get(base + "/devices/health", timeout=5).status_code in (200, 503)
 
-        with tempfile.TemporaryDirectory(prefix="lockwise-bundles-") as folder:
+        with built_bundles("verify", "devices") as bundles:
             for name, probe in (("verify", verify_probe), ("devices", devices_probe)):
-                bundle = build(name, Path(folder) / name)
-                runs = [cold_start(fn_env, name, probe, bundle) for _ in range(3)]
+                runs = [cold_start(fn_env, name, probe, bundles[name]) for _ in range(3)]
                 cold_rows.append([f"{name}: process start -> first answer", min(runs), pct(runs, 50)])
         rss = peak_rss_mb(int(verify_url.rsplit(":", 1)[1]))
         db.close()

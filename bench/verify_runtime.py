@@ -38,7 +38,7 @@ from bench.common import (
     summary,
     table,
 )
-from bench.verify import add_members, cold_start, peak_rss_mb, sign_up, signed_post
+from bench.verify import add_members, built_bundles, cold_start, peak_rss_mb, sign_up, signed_post
 from infra.build import build
 from infra.local.services import free_port, start_function
 from simlock.lock import provision
@@ -210,12 +210,11 @@ def main(argv: list[str] | None = None) -> int:
                 return ok
 
             runs: dict[str, list[float]] = {"speechbrain": [], "onnx": []}
-            with tempfile.TemporaryDirectory(prefix="lockwise-bundles-") as folder:
-                bundle = build("verify", Path(folder) / "verify")
+            with built_bundles("verify") as bundles:
                 for _ in range(args.cold_runs):
                     for name in runs:
                         runtime_env = dict(fn_env, LOCKWISE_VERIFY_RUNTIME=name)
-                        runs[name].append(cold_start(runtime_env, "verify", verify_probe, bundle))
+                        runs[name].append(cold_start(runtime_env, "verify", verify_probe, bundles["verify"]))
             for name, values in runs.items():
                 ratio = pct(runs["speechbrain"], 50) / pct(values, 50)
                 cold_rows.append([name, min(values), pct(values, 50), max(values), f"{ratio:.1f}x"])
