@@ -14,11 +14,9 @@ from lockwise.core.db import Connection
 
 logger = logging.getLogger(__name__)
 
-#: table -> what a row of it holds; each has an ``expires_at`` (NULL: kept until its owner goes)
-EXPIRING = {
-    "voice_fingerprints": "the landmark hashes of an attempt at a lock, kept LOCKWISE_REPLAY_MEMORY_HOURS",
-    "verify_follow_ups": "a say-again attempt's per-member scores, kept 30 s for the second utterance",
-}
+#: tables whose rows carry an ``expires_at`` (NULL: kept until their owner goes): attempts' fingerprints (kept
+#: ``LOCKWISE_REPLAY_MEMORY_HOURS``) and say-again attempts' per-member scores (kept 30 s for the second utterance)
+EXPIRING = ("voice_fingerprints", "verify_follow_ups")
 
 
 def prune_expired(con: Connection) -> dict[str, int]:
