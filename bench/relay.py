@@ -28,8 +28,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from bench.common import local_stack, machine, out, slot_files, summary, table
 from infra.deploy_config import RELAY_SLOTS
+from infra.local.firestore_sdk import sdk_client as firestore_client
 from lockwise.core.db import Database
-from lockwise.core.firestore import make_client as firestore_client
 from lockwise.devices import topics
 from mqtt_relay.sessions import no_delay
 from simlock.lock import SimulatedLock, provision

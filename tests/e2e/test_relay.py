@@ -16,7 +16,7 @@ import requests
 from paho.mqtt.enums import CallbackAPIVersion
 
 from infra.local import services
-from lockwise.core.firestore import make_client
+from infra.local.firestore_sdk import sdk_client
 from lockwise.devices import topics
 from simlock.lock import SimulatedLock
 from tests.conftest import PROJECT_ID
@@ -43,7 +43,7 @@ def test_app_unlock_reaches_the_lock_and_the_ack_comes_home(
         lambda: db_one(e2e, "SELECT state FROM lock_state WHERE lock_id = CAST(:l AS uuid)", l=lock_id) == ["unlocked"],
         what="state stored",
     )
-    client = make_client(PROJECT_ID, e2e["env"]["FIRESTORE_EMULATOR_HOST"])
+    client = sdk_client(PROJECT_ID, e2e["env"]["FIRESTORE_EMULATOR_HOST"])
     wait_for(
         lambda: (client.document(f"locks/{lock_id}").get().to_dict() or {}).get("state") == "unlocked",
         what="Firestore shows unlocked",

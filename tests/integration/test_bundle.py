@@ -23,7 +23,7 @@ loaders.SourceLoader.source_to_code = source_to_code
 import main, lockwise
 print(json.dumps({"lockwise": lockwise.__file__, "target": hasattr(main, NAME),
                   "compiled": [p for p in compiled if not p.startswith("..")],
-                  **{m: m in sys.modules for m in ("torch", "speechbrain", "jwt", "google.cloud.firestore")}}))
+                  **{m: m in sys.modules for m in ("torch", "speechbrain", "jwt", "grpc", "google.auth")}}))
 """
 
 
@@ -55,9 +55,11 @@ def test_bundle_imports_on_its_own(tmp_path: Path, name: str, model_dir: Path) -
     assert report["compiled"] == [], f"imported from source, not the bundle's bytecode: {report['compiled']}"
     # embed and verify serve the ONNX export: no bundle imports torch or SpeechBrain
     assert report["torch"] is False and report["speechbrain"] is False
-    # a cold start imports neither the Firestore client (its first write does, ~0.3 s) nor PyJWT (the first app
-    # request does; verify serves none)
-    assert report["google.cloud.firestore"] is False and report["jwt"] is False
+    # a cold start imports no PyJWT (the first app request does; verify serves none) and no google-auth (production's
+    # Firestore credentials do); Firestore is spoken over REST: no bundle carries gRPC or the Firestore client library
+    assert report["jwt"] is False and report["google.auth"] is False and report["grpc"] is False
+    pins = (out / "requirements.txt").read_text().lower()
+    assert "google-cloud-firestore" not in pins and "grpcio" not in pins
     if name in ("embed", "verify"):  # both carry the GE2E export, the encoder when no model directory is set
         assert "models/ge2e/manifest.json" in manifest["files"]
 

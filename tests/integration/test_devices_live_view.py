@@ -16,8 +16,8 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from infra.local import services
+from infra.local.firestore_sdk import sdk_client as firestore_client
 from lockwise.core.config import get_settings
-from lockwise.core.firestore import make_client as firestore_client
 from lockwise.core.runtime import get_runtime
 from lockwise.devices import members
 from tests.conftest import PROJECT_ID

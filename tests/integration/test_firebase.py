@@ -1,5 +1,5 @@
-"""The Firestore emulator through the shared client, and the Auth emulator's tokens through the shared verifier
-(the RS256 checks production tokens get: tests/unit/test_id_tokens.py)."""
+"""The Firestore emulator through the functions' REST client, read back with Google's client library, and the Auth
+emulator's tokens through the shared verifier (the RS256 checks production tokens get: tests/unit/test_id_tokens.py)."""
 
 from __future__ import annotations
 
@@ -8,20 +8,54 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from infra.local.firestore_sdk import sdk_client
 from infra.local.services import Emulator
-from lockwise.core import errors
-from lockwise.core.firestore import make_client
+from lockwise.core import errors, firestore
 from lockwise.core.id_tokens import IdTokenVerifier, StaticKeys
 from tests.conftest import PROJECT_ID, reset_firestore
 
 
 def test_firestore_emulator_write_then_read(firestore_emulator: Emulator) -> None:
-    client = make_client(PROJECT_ID, firestore_emulator.host)
+    client = sdk_client(PROJECT_ID, firestore_emulator.host)
     doc = client.collection("locks").document("lock-1")
     doc.set({"state": "locked", "member_uids": ["u1"]})
     assert doc.get().to_dict() == {"state": "locked", "member_uids": ["u1"]}
     reset_firestore(firestore_emulator)
     assert not doc.get().exists, "the emulator's DELETE endpoint did not reset the data"
+
+
+def test_rest_writes_mean_what_the_client_library_reads(firestore_emulator: Emulator) -> None:
+    ours = firestore.make_client(PROJECT_ID, firestore_emulator.host)
+    library = sdk_client(PROJECT_ID, firestore_emulator.host)
+    doc = "locks/rest-1"
+    odd = {"9uid": "member", "a.b": "guest", "we`ird": None}  # keys that need quoting in a field path
+    ours.commit([firestore.set_write(ours.name(doc), {"state": "locked", "access": odd, "n": 2, "x": 0.5, "on": True})])
+    ours.commit(
+        [
+            firestore.merge_write(ours.name(doc), {"access": {"9uid": "admin"}, "battery": 80}),
+            firestore.set_write(ours.name(f"{doc}/activity/e1"), {"kind": "state", "tags": ["a", 1, None]}),
+            firestore.set_write(ours.name(f"{doc}/activity/e2"), {"kind": "command"}),
+        ]
+    )
+    assert library.document(doc).get().to_dict() == {
+        "state": "locked",
+        "access": {**odd, "9uid": "admin"},  # merged into the map, its other keys kept
+        "n": 2,
+        "x": 0.5,
+        "on": True,
+        "battery": 80,
+    }
+    ours.commit([firestore.replace_fields_write(ours.name(doc), {"access": {"new": "member"}})])
+    assert library.document(doc).get().to_dict()["access"] == {"new": "member"}, "the map is replaced whole"
+    assert ours.get(doc) == library.document(doc).get().to_dict()
+    names = ours.list_names(f"{doc}/activity", 500)
+    assert sorted(name.rsplit("/", 1)[1] for name in names) == ["e1", "e2"]
+    ours.commit([firestore.delete_write(name) for name in names] + [firestore.delete_write(ours.name(doc))])
+    assert ours.get(doc) is None and not library.document(doc).get().exists
+    assert ours.list_names(f"{doc}/activity", 500) == []
+    firestore.ping(ours)  # a missing document is a healthy answer
+    with pytest.raises(firestore.FirestoreError, match="400"):  # the emulator refuses an empty field path
+        ours.commit([firestore.merge_write(ours.name(doc), {"": 1})])
 
 
 def test_auth_emulator_token_is_accepted(sign_up: Any, auth_emulator: Emulator) -> None:

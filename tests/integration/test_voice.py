@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 import pytest
 
+from infra.local.firestore_sdk import sdk_client as firestore_client
 from lockwise.core import retention
-from lockwise.core.firestore import make_client as firestore_client
 from lockwise.core.runtime import get_runtime
 from lockwise.devices import command_signing, lock_auth
 from lockwise.voice import audio, scoring

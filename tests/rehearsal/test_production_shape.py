@@ -19,8 +19,8 @@ import requests
 
 from infra.deploy_config import MIGRATE, SERVICES
 from infra.local import services
+from infra.local.firestore_sdk import sdk_client
 from lockwise.core.db import Database
-from lockwise.core.firestore import make_client
 from lockwise.devices import lock_auth
 from lockwise.voice import audio
 from lockwise.voice.model.resample import resample
@@ -155,7 +155,7 @@ def test_a_voice_opens_the_door_through_the_deployed_processes(
             assert _one(db, "SELECT send_count FROM commands WHERE id = CAST(:i AS uuid)", result["command_id"]) == 1
         finally:
             db.close()
-        firestore = make_client(PROJECT_ID, deployed.stand_ins["FIRESTORE_EMULATOR_HOST"])
+        firestore = sdk_client(PROJECT_ID, deployed.stand_ins["FIRESTORE_EMULATOR_HOST"])
         wait_for(
             lambda: (firestore.document(f"locks/{lock_id}").get().to_dict() or {}).get("state") == "unlocked",
             what="the Firestore live view shows the door unlocked",

@@ -20,12 +20,12 @@ import uuid
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
+from lockwise.core import firestore
 from lockwise.core.db import Connection, Database
 
 log = logging.getLogger("lockwise.core.mirror")
 
 Op = Literal["merge", "replace_fields", "set", "delete", "delete_collection"]
-FIRESTORE_TIMEOUT_S = 3.0
 #: writes per Firestore commit (its limit is 500)
 MAX_BATCH_WRITES = 500
 #: a flush stops starting new commits after this long (the relay's periodic flush writes the rest)
@@ -78,16 +78,16 @@ def _now_iso() -> str:
 class Flusher:
     """Writes queued rows to Firestore; after a failure it waits ``BACKOFF_S`` before trying again."""
 
-    def __init__(self, db: Database, make_client: Callable[[], Any]) -> None:
+    def __init__(self, db: Database, make_client: Callable[[], firestore.Client]) -> None:
         self.db = db
         self._make_client = make_client
-        self._client: Any = None
+        self._client: firestore.Client | None = None
         self._retry_at = 0.0
         self._lock = threading.Lock()
         self._wanted = threading.Event()  # rows were queued since the last pass began
 
-    def client(self) -> Any:
-        """The Firestore client, made on first use and made anew after a failed write."""
+    def client(self) -> firestore.Client:
+        """The Firestore client, made on first use (a failed request closes its own connection: the client stays)."""
         if self._client is None:
             self._client = self._make_client()
         return self._client
@@ -141,7 +141,6 @@ class Flusher:
 
     def _failed(self, con: Connection, row_id: int, exc: Exception) -> None:
         self._retry_at = time.monotonic() + BACKOFF_S
-        self._client = None  # a fresh channel next time, not one stuck in gRPC's reconnect backoff
         con.run(
             "UPDATE firestore_outbox SET attempts = attempts + 1, last_error = :e WHERE id = :i",
             i=row_id,
@@ -167,15 +166,12 @@ def _groups(rows: list[list[Any]]) -> list[list[list[Any]]]:
     return groups
 
 
-def _write(client: Any, group: list[list[Any]]) -> None:
-    """One commit for the group (Firestore applies a batch's writes in order, all or none)."""
+def _write(client: firestore.Client, group: list[list[Any]]) -> None:
+    """One commit for the group (Firestore applies a commit's writes in order, all or none)."""
     if group[0][2] == "delete_collection":
         _delete_collection(client, str(group[0][1]))
         return
-    batch = client.batch()
-    for path, op, data in _coalesced(group):
-        _add(batch, client.document(path), op, data)
-    batch.commit(retry=None, timeout=FIRESTORE_TIMEOUT_S)
+    client.commit([_rest_write(client.name(path), op, data) for path, op, data in _coalesced(group)])
 
 
 def _coalesced(group: list[list[Any]]) -> list[tuple[str, str, dict[str, Any]]]:
@@ -200,21 +196,16 @@ def _coalesced(group: list[list[Any]]) -> list[tuple[str, str, dict[str, Any]]]:
     return writes
 
 
-def _delete_collection(client: Any, path: str) -> None:
-    collection = client.collection(path)
-    while docs := list(collection.limit(MAX_BATCH_WRITES).stream(retry=None, timeout=FIRESTORE_TIMEOUT_S)):
-        batch = client.batch()
-        for snapshot in docs:
-            batch.delete(snapshot.reference)
-        batch.commit(retry=None, timeout=FIRESTORE_TIMEOUT_S)
+def _delete_collection(client: firestore.Client, path: str) -> None:
+    while names := client.list_names(path, MAX_BATCH_WRITES):
+        client.commit([firestore.delete_write(name) for name in names])
 
 
-def _add(batch: Any, doc: Any, op: str, data: dict[str, Any]) -> None:
+def _rest_write(name: str, op: str, data: dict[str, Any]) -> dict[str, Any]:
     if op == "delete":
-        batch.delete(doc)
-    elif op == "set":
-        batch.set(doc, data)
-    elif op == "replace_fields":  # these top-level fields whole (a map loses the keys it no longer has)
-        batch.set(doc, data, merge=list(data))
-    else:
-        batch.set(doc, data, merge=True)
+        return firestore.delete_write(name)
+    if op == "set":
+        return firestore.set_write(name, data)
+    if op == "replace_fields":  # these top-level fields whole (a map loses the keys it no longer has)
+        return firestore.replace_fields_write(name, data)
+    return firestore.merge_write(name, data)

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from functools import cached_property, lru_cache
 from typing import TYPE_CHECKING, Any
 
-from lockwise.core import log, users
+from lockwise.core import firestore, log, users
 from lockwise.core.auth import User
 from lockwise.core.config import Settings, get_settings
 from lockwise.core.db import Database
@@ -53,9 +53,8 @@ class Runtime:
     @cached_property
     def mirror(self) -> Flusher:
         """The Firestore mirror, which owns the instance's one Firestore client (made on first use)."""
-        from lockwise.core.firestore import make_client
-
-        return Flusher(self.db, lambda: make_client(self.settings.project_id, self.settings.firestore_emulator_host))
+        settings = self.settings
+        return Flusher(self.db, lambda: firestore.make_client(settings.project_id, settings.firestore_emulator_host))
 
     def app_user(self, id_token: str) -> User:
         """The signed-in app user: token verified and recorded in PostgreSQL (invitations wait for an answer).
@@ -84,9 +83,7 @@ class Runtime:
         threading.Thread(target=self.mirror.flush, name="mirror-flush", daemon=True).start()
 
     def ping_firestore(self) -> None:
-        from lockwise.core.firestore import ping
-
-        ping(self.mirror.client())
+        firestore.ping(self.mirror.client())
 
     def probes(self) -> dict[str, Callable[[], Any]]:
         """The dependency checks every function's health endpoint runs."""

@@ -1,0 +1,251 @@
+"""The Firestore REST client (lockwise.core.firestore): its writes are the ones Google's client library makes for the
+same call (compared as protobuf messages), values survive the round trip, a connection the server closed is replaced,
+errors name Firestore's answer, and production credentials come from the metadata server through google-auth.
+tests/integration/test_firebase.py writes to the real emulator and reads back with the library."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+from google.cloud.firestore_v1 import _helpers
+from google.cloud.firestore_v1.types import write as write_pb
+from google.protobuf import json_format
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from lockwise.core import firestore
+
+REPO = Path(__file__).resolve().parents[2]
+NAME = "projects/p/databases/(default)/documents/locks/a"
+keys = st.sampled_from(["state", "access", "9uid", "a.b", "we`ird", "back\\slash", "_x", "ünï", "member_uids"])
+scalars = st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.floats(allow_nan=False) | st.text()
+values = st.recursive(
+    scalars, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(keys, inner, max_size=3), max_leaves=8
+)
+documents = st.dictionaries(keys, values, max_size=4)
+
+
+def as_proto(rest: dict[str, Any]) -> Any:
+    return json_format.ParseDict(rest, write_pb.Write.pb()())
+
+
+def library(pbs: list[Any]) -> Any:
+    (pb,) = pbs
+    return write_pb.Write.pb(pb)
+
+
+@settings(max_examples=150, deadline=None)
+@given(documents)
+def test_a_set_is_the_library_s_set(data: dict[str, Any]) -> None:
+    assert as_proto(firestore.set_write(NAME, data)) == library(_helpers.pbs_for_set_no_merge(NAME, data))
+
+
+@settings(max_examples=150, deadline=None)
+@given(documents.filter(bool))
+def test_a_merge_is_the_library_s_merge_true(data: dict[str, Any]) -> None:
+    ours = as_proto(firestore.merge_write(NAME, data))
+    assert ours == library(_helpers.pbs_for_set_with_merge(NAME, data, merge=True))
+
+
+@settings(max_examples=150, deadline=None)
+@given(documents.filter(bool))
+def test_replacing_fields_is_the_library_s_merge_of_those_fields(data: dict[str, Any]) -> None:
+    fields = [firestore.render_path((key,)) for key in data]
+    ours = as_proto(firestore.replace_fields_write(NAME, data))
+    assert ours == library(_helpers.pbs_for_set_with_merge(NAME, data, merge=fields))
+
+
+def test_a_delete_is_the_library_s_delete() -> None:
+    assert as_proto(firestore.delete_write(NAME)) == library([_helpers.pb_for_delete(NAME, None)])
+
+
+@pytest.mark.parametrize(
+    ("parts", "path"),
+    [(("a", "b_1"), "a.b_1"), (("9uid",), "`9uid`"), (("a.b",), "`a.b`"), (("x`y\\z",), "`x\\`y\\\\z`")],
+)
+def test_field_paths_quote_what_is_not_a_plain_name(parts: tuple[str, ...], path: str) -> None:
+    assert firestore.render_path(parts) == path
+
+
+@settings(max_examples=200, deadline=None)
+@given(documents)
+def test_values_survive_encoding_and_decoding(data: dict[str, Any]) -> None:
+    assert firestore.decode_fields(json.loads(json.dumps(firestore.encode_fields(data)))) == data
+
+
+def test_a_value_json_cannot_hold_is_refused() -> None:
+    with pytest.raises(TypeError, match="bytes"):
+        firestore.encode(b"raw")
+
+
+class Server(ThreadingHTTPServer):
+    daemon_threads = True
+    connections = 0
+    requests: list[tuple[str, str, dict[str, str]]]
+    answer: tuple[int, dict[str, Any]] = (200, {})
+    close_after_answer = False
+
+
+class Handler(BaseHTTPRequestHandler):
+    """Answers every request with ``server.answer``; with ``close_after_answer`` it drops the connection after
+    answering without saying so (what a front end does to a connection left idle too long)."""
+
+    protocol_version = "HTTP/1.1"
+    server: Server
+
+    def setup(self) -> None:
+        super().setup()
+        self.server.connections += 1
+
+    def _answer(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length).decode() if length else ""
+        self.server.requests.append((self.command, self.path, {**dict(self.headers), "body": body}))
+        status, obj = self.server.answer
+        data = json.dumps(obj).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+        self.close_connection = self.server.close_after_answer
+
+    do_GET = do_POST = _answer  # noqa: N815 - http.server's naming
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+        return
+
+
+@pytest.fixture
+def server() -> Iterator[Server]:
+    srv = Server(("127.0.0.1", 0), Handler)
+    srv.requests = []
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    yield srv
+    srv.shutdown()
+    srv.server_close()
+
+
+def client_of(server: Server) -> firestore.Client:
+    return firestore.make_client("p", f"127.0.0.1:{server.server_port}")
+
+
+def test_requests_reuse_one_connection_and_carry_the_emulator_s_owner_token(server: Server) -> None:
+    client = client_of(server)
+    server.answer = (200, {"fields": {"state": {"stringValue": "locked"}}})
+    assert client.get("locks/a") == {"state": "locked"}
+    client.commit([firestore.set_write(client.name("locks/a"), {"n": 1})])
+    assert server.connections == 1
+    (get, commit) = server.requests
+    assert get[:2] == ("GET", "/v1/projects/p/databases/(default)/documents/locks/a")
+    assert commit[:2] == ("POST", "/v1/projects/p/databases/(default)/documents:commit")
+    assert json.loads(commit[2]["body"])["writes"][0]["update"]["fields"] == {"n": {"integerValue": "1"}}
+    assert {get[2]["Authorization"], commit[2]["Authorization"]} == {"Bearer owner"}
+
+
+def test_a_connection_the_server_dropped_is_replaced_and_the_request_sent_again(server: Server) -> None:
+    client = client_of(server)
+    server.close_after_answer = True
+    assert client.get("locks/a") == {}
+    assert client.get("locks/a") == {}, "the second request went out on the dropped connection and failed"
+    assert server.connections == 2 and len(server.requests) == 2
+
+
+def test_a_missing_document_reads_as_none_and_an_error_names_firestore_s_answer(server: Server) -> None:
+    client = client_of(server)
+    server.answer = (404, {"error": {"code": 404, "message": "not found"}})
+    assert client.get("locks/a") is None
+    server.answer = (400, {"error": {"code": 400, "message": "Invalid field path"}})
+    with pytest.raises(firestore.FirestoreError, match="400: Invalid field path"):
+        client.commit([firestore.delete_write(client.name("locks/a"))])
+    server.answer = (404, {"error": {"code": 404, "message": "no such database"}})
+    with pytest.raises(firestore.FirestoreError, match="404"):
+        client.list_names("locks", 10)
+
+
+def test_an_unreachable_firestore_is_a_firestore_error() -> None:
+    port = _closed_port()
+    with pytest.raises(firestore.FirestoreError, match="could not be reached"):
+        firestore.make_client("p", f"127.0.0.1:{port}").get("locks/a")
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class MetadataServer(Server):
+    token_requests = 0
+
+
+class Metadata(BaseHTTPRequestHandler):
+    """Stand-in for the Cloud Run metadata server: a short-lived access token per request."""
+
+    server: MetadataServer
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        if self.headers.get("Metadata-Flavor") != "Google":
+            return self._send(403, "text/plain", b"missing Metadata-Flavor")
+        path = self.path.split("?")[0]
+        if "/service-accounts/" in path and path.endswith("/token"):
+            self.server.token_requests += 1
+            n = self.server.token_requests
+            body = json.dumps({"access_token": f"token-{n}", "expires_in": 1, "token_type": "Bearer"})
+            return self._send(200, "application/json", body.encode())
+        if "/service-accounts/" in path:  # the account's details (by alias, then by email), read before each token
+            body = json.dumps({"email": "functions@p.iam.gserviceaccount.com", "aliases": ["default"]})
+            return self._send(200, "application/json", body.encode())
+        if path == "/computeMetadata/v1/project/project-id":
+            return self._send(200, "text/plain", b"p")
+        return self._send(200, "application/text", b"")  # the ping google-auth sends to detect the server
+
+    def _send(self, status: int, kind: str, body: bytes) -> None:
+        self.send_response(status)
+        self.send_header("Metadata-Flavor", "Google")
+        self.send_header("Content-Type", kind)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+        return
+
+
+def test_production_credentials_come_from_the_metadata_server_and_are_refreshed(tmp_path: Path) -> None:
+    """google-auth reads where the metadata server is when it is imported, so the client runs in a process of its
+    own. The token lives 1 s here: google-auth refreshes a token that expires within its refresh margin, so each
+    request asks for a new one; the request carries the newest."""
+    srv = MetadataServer(("127.0.0.1", 0), Metadata)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    host = f"127.0.0.1:{srv.server_port}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("GOOGLE_", "GCE_", "CLOUDSDK_"))}
+    env.update(HOME=str(tmp_path), GCE_METADATA_HOST=host, GCE_METADATA_IP=host, PYTHONPATH=str(REPO / "functions"))
+    script = (
+        "from lockwise.core import firestore\n"
+        "authorize = firestore.default_credentials()\n"
+        "seen = []\n"
+        "for _ in range(2):\n"
+        "    headers = {}\n"
+        "    authorize(headers)\n"
+        "    seen.append(headers['authorization'])\n"
+        "print(seen)\n"
+    )
+    try:
+        done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60)
+    finally:
+        srv.shutdown()
+        srv.server_close()
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "['Bearer token-1', 'Bearer token-2']"
