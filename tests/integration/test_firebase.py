@@ -53,6 +53,10 @@ def test_rest_writes_mean_what_the_client_library_reads(firestore_emulator: Emul
     ours.commit([firestore.delete_write(name) for name in names] + [firestore.delete_write(ours.name(doc))])
     assert ours.get(doc) is None and not library.document(doc).get().exists
     assert ours.list_names(f"{doc}/activity", 500) == []
+    odd_id = "a b?c#d%e"  # a document id may hold any character but /: the URL must carry it whole
+    ours.commit([firestore.set_write(ours.name(f"odd/{odd_id}"), {"n": 1})])
+    assert ours.get(f"odd/{odd_id}") == {"n": 1} == library.document("odd", odd_id).get().to_dict()
+    assert ours.list_names("odd", 10) == [ours.name(f"odd/{odd_id}")]
     firestore.ping(ours)  # a missing document is a healthy answer
     with pytest.raises(firestore.FirestoreError, match="400"):  # the emulator refuses an empty field path
         ours.commit([firestore.merge_write(ours.name(doc), {"": 1})])

@@ -24,6 +24,8 @@ from hypothesis import strategies as st
 
 from lockwise.core import firestore
 
+pytestmark = pytest.mark.usefixtures("no_lazy_speechbrain_modules")  # hypothesis walks sys.modules
+
 REPO = Path(__file__).resolve().parents[2]
 NAME = "projects/p/databases/(default)/documents/locks/a"
 keys = st.sampled_from(["state", "access", "9uid", "a.b", "we`ird", "back\\slash", "_x", "ünï", "member_uids"])

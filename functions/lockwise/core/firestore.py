@@ -29,6 +29,8 @@ from lockwise.core.errors import LockwiseError
 PRODUCTION_HOST = "firestore.googleapis.com"
 SCOPE = "https://www.googleapis.com/auth/datastore"
 TIMEOUT_S = 3.0
+#: kept-alive connections a client holds between requests (more are closed after use)
+MAX_IDLE = 4
 _NON_FINITE = {"inf": "Infinity", "-inf": "-Infinity", "nan": "NaN"}
 _SIMPLE_FIELD = re.compile(r"[_a-zA-Z][_a-zA-Z0-9]*")
 #: the exceptions that mean a kept-alive connection was closed by the other side before this request was sent
@@ -74,13 +76,13 @@ class Client:
 
     def get(self, path: str) -> dict[str, Any] | None:
         """The document's fields as plain values, or None when it does not exist."""
-        found = self._call("GET", f"/v1/{self.name(path)}", missing_ok=True)
+        found = self._call("GET", _target(self.name(path)), missing_ok=True)
         return None if found is None else decode_fields(found.get("fields", {}))
 
     def list_names(self, collection_path: str, page_size: int) -> list[str]:
         """The full names of up to ``page_size`` documents of the collection (no fields are read)."""
         query = urllib.parse.urlencode({"pageSize": page_size, "mask.fieldPaths": "__name__"})
-        found = self._call("GET", f"/v1/{self.name(collection_path)}?{query}")
+        found = self._call("GET", f"{_target(self.name(collection_path))}?{query}")
         return [str(doc["name"]) for doc in (found or {}).get("documents", [])]
 
     def close(self) -> None:
@@ -109,11 +111,12 @@ class Client:
         except (OSError, http.client.HTTPException) as exc:
             con.close()
             raise FirestoreError(f"Firestore could not be reached: {type(exc).__name__}") from exc
-        if resp.will_close:
-            con.close()
-        else:
-            with self._lock:
+        with self._lock:
+            kept = not resp.will_close and len(self._idle) < MAX_IDLE
+            if kept:
                 self._idle.append(con)
+        if not kept:
+            con.close()
         if resp.status == 404 and missing_ok:
             return None
         if resp.status >= 400:
@@ -131,6 +134,11 @@ class Client:
         if self._tls is None:
             return http.client.HTTPConnection(self._host, timeout=self._timeout_s)
         return http.client.HTTPSConnection(self._host, timeout=self._timeout_s, context=self._tls)
+
+
+def _target(name: str) -> str:
+    """The URL path of a resource name: each segment percent-encoded (a document id may hold any character but /)."""
+    return "/v1/" + urllib.parse.quote(name, safe="/()")
 
 
 def _send(
