@@ -80,8 +80,9 @@ class Client:
         return None if found is None else decode_fields(found.get("fields", {}))
 
     def list_names(self, collection_path: str, page_size: int) -> list[str]:
-        """The full names of up to ``page_size`` documents of the collection (no fields are read)."""
-        query = urllib.parse.urlencode({"pageSize": page_size, "mask.fieldPaths": "__name__"})
+        """The full names of up to ``page_size`` documents of the collection (read whole: a field mask naming only
+        ``__name__`` is what the emulator takes, not what production's documentation promises)."""
+        query = urllib.parse.urlencode({"pageSize": page_size})
         found = self._call("GET", f"{_target(self.name(collection_path))}?{query}")
         return [str(doc["name"]) for doc in (found or {}).get("documents", [])]
 
