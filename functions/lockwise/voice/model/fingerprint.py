@@ -79,12 +79,7 @@ def landmarks(samples: npt.NDArray[np.floating[Any]], rate: int) -> Landmarks:
     loud = db > db.max() - FLOOR_DB
     db = db - _median(db, axis=0)  # a channel's fixed colouring out
     local_max = _max_filter(_max_filter(db, PEAK_FRAMES, axis=0), PEAK_BINS, axis=1)
-    peaks = (
-        (db == local_max)
-        & loud
-        & (db > _median(db, axis=1) + PEAK_OVER_MEDIAN_DB)
-        & (db > PEAK_OVER_BIN_MEDIAN_DB)
-    )
+    peaks = (db == local_max) & loud & (db > _median(db, axis=1) + PEAK_OVER_MEDIAN_DB) & (db > PEAK_OVER_BIN_MEDIAN_DB)
     times, bins = np.nonzero(peaks)  # in time order
     if not len(times):
         return np.zeros((0, 2), dtype=np.int32)
