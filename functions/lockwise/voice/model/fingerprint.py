@@ -107,8 +107,7 @@ def _median(x: npt.NDArray[np.float32], axis: int) -> npt.NDArray[np.float32]:
     upper = np.take(part, [half], axis=axis)
     if n % 2:
         return upper
-    middle: npt.NDArray[np.float32] = (np.take(part, [half - 1], axis=axis) + upper) / 2
-    return middle
+    return ((np.take(part, [half - 1], axis=axis) + upper) / 2).astype(np.float32, copy=False)
 
 
 def _max_filter(x: npt.NDArray[np.float32], radius: int, axis: int) -> npt.NDArray[np.float32]:
