@@ -11,6 +11,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from infra.local.firestore_sdk import sdk_client
 from infra.local.services import Emulator
 from lockwise.core import errors, firestore
+from lockwise.core import firestore_json as fj
 from lockwise.core.id_tokens import IdTokenVerifier, StaticKeys
 from tests.conftest import PROJECT_ID, reset_firestore
 
@@ -29,12 +30,12 @@ def test_rest_writes_mean_what_the_client_library_reads(firestore_emulator: Emul
     library = sdk_client(PROJECT_ID, firestore_emulator.host)
     doc = "locks/rest-1"
     odd = {"9uid": "member", "a.b": "guest", "we`ird": None}  # keys that need quoting in a field path
-    ours.commit([firestore.set_write(ours.name(doc), {"state": "locked", "access": odd, "n": 2, "x": 0.5, "on": True})])
+    ours.commit([fj.set_write(ours.name(doc), {"state": "locked", "access": odd, "n": 2, "x": 0.5, "on": True})])
     ours.commit(
         [
-            firestore.merge_write(ours.name(doc), {"access": {"9uid": "admin"}, "battery": 80}),
-            firestore.set_write(ours.name(f"{doc}/activity/e1"), {"kind": "state", "tags": ["a", 1, None]}),
-            firestore.set_write(ours.name(f"{doc}/activity/e2"), {"kind": "command"}),
+            fj.merge_write(ours.name(doc), {"access": {"9uid": "admin"}, "battery": 80}),
+            fj.set_write(ours.name(f"{doc}/activity/e1"), {"kind": "state", "tags": ["a", 1, None]}),
+            fj.set_write(ours.name(f"{doc}/activity/e2"), {"kind": "command"}),
         ]
     )
     assert library.document(doc).get().to_dict() == {
@@ -45,21 +46,21 @@ def test_rest_writes_mean_what_the_client_library_reads(firestore_emulator: Emul
         "on": True,
         "battery": 80,
     }
-    ours.commit([firestore.replace_fields_write(ours.name(doc), {"access": {"new": "member"}})])
+    ours.commit([fj.replace_fields_write(ours.name(doc), {"access": {"new": "member"}})])
     assert library.document(doc).get().to_dict()["access"] == {"new": "member"}, "the map is replaced whole"
     assert ours.get(doc) == library.document(doc).get().to_dict()
     names = ours.list_names(f"{doc}/activity", 500)
     assert sorted(name.rsplit("/", 1)[1] for name in names) == ["e1", "e2"]
-    ours.commit([firestore.delete_write(name) for name in names] + [firestore.delete_write(ours.name(doc))])
+    ours.commit([fj.delete_write(name) for name in names] + [fj.delete_write(ours.name(doc))])
     assert ours.get(doc) is None and not library.document(doc).get().exists
     assert ours.list_names(f"{doc}/activity", 500) == []
     odd_id = "a b?c#d%e"  # a document id may hold any character but /: the URL must carry it whole
-    ours.commit([firestore.set_write(ours.name(f"odd/{odd_id}"), {"n": 1})])
+    ours.commit([fj.set_write(ours.name(f"odd/{odd_id}"), {"n": 1})])
     assert ours.get(f"odd/{odd_id}") == {"n": 1} == library.document("odd", odd_id).get().to_dict()
     assert ours.list_names("odd", 10) == [ours.name(f"odd/{odd_id}")]
     firestore.ping(ours)  # a missing document is a healthy answer
     with pytest.raises(firestore.FirestoreError, match="400"):  # the emulator refuses an empty field path
-        ours.commit([firestore.merge_write(ours.name(doc), {"": 1})])
+        ours.commit([fj.merge_write(ours.name(doc), {"": 1})])
 
 
 def test_auth_emulator_token_is_accepted(sign_up: Any, auth_emulator: Emulator) -> None:

@@ -22,7 +22,7 @@ from google.protobuf import json_format
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lockwise.core import firestore
+from lockwise.core import firestore, firestore_json
 
 pytestmark = pytest.mark.usefixtures("no_lazy_speechbrain_modules")  # hypothesis walks sys.modules
 
@@ -48,26 +48,26 @@ def library(pbs: list[Any]) -> Any:
 @settings(max_examples=150, deadline=None)
 @given(documents)
 def test_a_set_is_the_library_s_set(data: dict[str, Any]) -> None:
-    assert as_proto(firestore.set_write(NAME, data)) == library(_helpers.pbs_for_set_no_merge(NAME, data))
+    assert as_proto(firestore_json.set_write(NAME, data)) == library(_helpers.pbs_for_set_no_merge(NAME, data))
 
 
 @settings(max_examples=150, deadline=None)
 @given(documents.filter(bool))
 def test_a_merge_is_the_library_s_merge_true(data: dict[str, Any]) -> None:
-    ours = as_proto(firestore.merge_write(NAME, data))
+    ours = as_proto(firestore_json.merge_write(NAME, data))
     assert ours == library(_helpers.pbs_for_set_with_merge(NAME, data, merge=True))
 
 
 @settings(max_examples=150, deadline=None)
 @given(documents.filter(bool))
 def test_replacing_fields_is_the_library_s_merge_of_those_fields(data: dict[str, Any]) -> None:
-    fields = [firestore.render_path((key,)) for key in data]
-    ours = as_proto(firestore.replace_fields_write(NAME, data))
+    fields = [firestore_json.render_path((key,)) for key in data]
+    ours = as_proto(firestore_json.replace_fields_write(NAME, data))
     assert ours == library(_helpers.pbs_for_set_with_merge(NAME, data, merge=fields))
 
 
 def test_a_delete_is_the_library_s_delete() -> None:
-    assert as_proto(firestore.delete_write(NAME)) == library([_helpers.pb_for_delete(NAME, None)])
+    assert as_proto(firestore_json.delete_write(NAME)) == library([_helpers.pb_for_delete(NAME, None)])
 
 
 @pytest.mark.parametrize(
@@ -75,18 +75,18 @@ def test_a_delete_is_the_library_s_delete() -> None:
     [(("a", "b_1"), "a.b_1"), (("9uid",), "`9uid`"), (("a.b",), "`a.b`"), (("x`y\\z",), "`x\\`y\\\\z`")],
 )
 def test_field_paths_quote_what_is_not_a_plain_name(parts: tuple[str, ...], path: str) -> None:
-    assert firestore.render_path(parts) == path
+    assert firestore_json.render_path(parts) == path
 
 
 @settings(max_examples=200, deadline=None)
 @given(documents)
 def test_values_survive_encoding_and_decoding(data: dict[str, Any]) -> None:
-    assert firestore.decode_fields(json.loads(json.dumps(firestore.encode_fields(data)))) == data
+    assert firestore_json.decode_fields(json.loads(json.dumps(firestore_json.encode_fields(data)))) == data
 
 
 def test_a_value_json_cannot_hold_is_refused() -> None:
     with pytest.raises(TypeError, match="bytes"):
-        firestore.encode(b"raw")
+        firestore_json.encode(b"raw")
 
 
 class Server(ThreadingHTTPServer):
@@ -145,7 +145,7 @@ def test_requests_reuse_one_connection_and_carry_the_emulator_s_owner_token(serv
     client = client_of(server)
     server.answer = (200, {"fields": {"state": {"stringValue": "locked"}}})
     assert client.get("locks/a") == {"state": "locked"}
-    client.commit([firestore.set_write(client.name("locks/a"), {"n": 1})])
+    client.commit([firestore_json.set_write(client.name("locks/a"), {"n": 1})])
     assert server.connections == 1
     (get, commit) = server.requests
     assert get[:2] == ("GET", "/v1/projects/p/databases/(default)/documents/locks/a")
@@ -168,7 +168,7 @@ def test_a_missing_document_reads_as_none_and_an_error_names_firestore_s_answer(
     assert client.get("locks/a") is None
     server.answer = (400, {"error": {"code": 400, "message": "Invalid field path"}})
     with pytest.raises(firestore.FirestoreError, match="400: Invalid field path"):
-        client.commit([firestore.delete_write(client.name("locks/a"))])
+        client.commit([firestore_json.delete_write(client.name("locks/a"))])
     server.answer = (404, {"error": {"code": 404, "message": "no such database"}})
     with pytest.raises(firestore.FirestoreError, match="404"):
         client.list_names("locks", 10)

@@ -3,9 +3,8 @@
 The mirror needs four calls: a commit of ordered writes, a document read, a collection listing and a health read.
 They go over the standard library's ``http.client`` (already imported by the web server), not the
 google-cloud-firestore client, which imports gRPC and protobuf: ~0.3 s on the first write or health check of a cold
-instance, measured, and gRPC, protobuf and google-api-core in every bundle. The writes mean what the client library's
-``batch.set``, ``set(..., merge=True)`` and ``set(..., merge=[fields])`` mean: same update masks, same field-path
-quoting (``tests/integration/test_firebase.py`` reads what this writes with that library).
+instance, measured, and gRPC, protobuf and google-api-core in every bundle. The messages it sends are made in
+``lockwise.core.firestore_json``; ``tests/integration/test_firebase.py`` reads what it writes with Google's library.
 
 Production authenticates with Application Default Credentials (google-auth: the metadata server on Cloud Run, or a
 key file) and the datastore scope; google-auth is imported only there. The emulator takes the token ``owner``, which
@@ -16,23 +15,20 @@ from __future__ import annotations
 
 import http.client
 import json
-import math
-import re
 import ssl
 import threading
 import urllib.parse
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
 from lockwise.core.errors import LockwiseError
+from lockwise.core.firestore_json import decode_fields
 
 PRODUCTION_HOST = "firestore.googleapis.com"
 SCOPE = "https://www.googleapis.com/auth/datastore"
 TIMEOUT_S = 3.0
 #: kept-alive connections a client holds between requests (more are closed after use)
 MAX_IDLE = 4
-_NON_FINITE = {"inf": "Infinity", "-inf": "-Infinity", "nan": "NaN"}
-_SIMPLE_FIELD = re.compile(r"[_a-zA-Z][_a-zA-Z0-9]*")
 #: the exceptions that mean a kept-alive connection was closed by the other side before this request was sent
 _STALE = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError)
 
@@ -70,7 +66,7 @@ class Client:
         return f"{self.database}/documents/{path.strip('/')}"
 
     def commit(self, writes: list[dict[str, Any]]) -> None:
-        """Apply ``writes`` (made with ``set_write``, ``merge_write``, ``delete_write``) in order, all or none."""
+        """Apply ``writes`` (``lockwise.core.firestore_json``'s ``Write`` messages) in order, all or none."""
         if writes:
             self._call("POST", f"/v1/{self.database}/documents:commit", {"writes": writes})
 
@@ -187,92 +183,3 @@ def default_credentials() -> Authorize:
 def ping(client: Client) -> None:
     """A cheap read that fails when Firestore cannot be reached (the document need not exist)."""
     client.get("_health/ping")
-
-
-# --- writes (the REST ``Write`` message) -------------------------------------------------------------------------
-
-
-def set_write(name: str, data: Mapping[str, Any]) -> dict[str, Any]:
-    """Replace the document with ``data``."""
-    return {"update": {"name": name, "fields": encode_fields(data)}}
-
-
-def merge_write(name: str, data: Mapping[str, Any]) -> dict[str, Any]:
-    """Write every leaf of ``data`` and keep the document's other fields (the client library's ``merge=True``: a
-    nested map merges into the stored map; an empty map is a leaf)."""
-    return _masked(name, data, [render_path(path) for path in leaf_paths(data)])
-
-
-def replace_fields_write(name: str, data: Mapping[str, Any]) -> dict[str, Any]:
-    """Write ``data``'s top-level fields whole (a map loses the keys it no longer has) and keep the others."""
-    return _masked(name, data, [render_path((key,)) for key in sorted(data)])
-
-
-def delete_write(name: str) -> dict[str, Any]:
-    return {"delete": name}
-
-
-def _masked(name: str, data: Mapping[str, Any], paths: list[str]) -> dict[str, Any]:
-    return {"update": {"name": name, "fields": encode_fields(data)}, "updateMask": {"fieldPaths": paths}}
-
-
-def leaf_paths(data: Mapping[str, Any], prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
-    """The field path of every leaf value, depth first in key order; a non-empty map is not a leaf."""
-    paths: list[tuple[str, ...]] = []
-    for key, value in sorted(data.items()):
-        if isinstance(value, Mapping) and value:
-            paths += leaf_paths(value, (*prefix, key))
-        else:
-            paths.append((*prefix, key))
-    return paths
-
-
-def render_path(parts: tuple[str, ...]) -> str:
-    """A field path as the API reads it: dotted, with a name that is not a plain identifier in backquotes."""
-    return ".".join(
-        part if _SIMPLE_FIELD.fullmatch(part) else "`" + part.replace("\\", "\\\\").replace("`", "\\`") + "`"
-        for part in parts
-    )
-
-
-# --- values (the REST ``Value`` message; the mirror's data is JSON, so JSON's types are all it needs) ------------
-
-
-def encode_fields(data: Mapping[str, Any]) -> dict[str, Any]:
-    return {str(key): encode(value) for key, value in data.items()}
-
-
-def encode(value: Any) -> dict[str, Any]:
-    if value is None:
-        return {"nullValue": None}
-    if isinstance(value, bool):
-        return {"booleanValue": value}
-    if isinstance(value, int):
-        return {"integerValue": str(value)}
-    if isinstance(value, float):  # JSON has no infinities or NaN: the API reads them as these strings
-        return {"doubleValue": value if math.isfinite(value) else _NON_FINITE[str(value)]}
-    if isinstance(value, str):
-        return {"stringValue": value}
-    if isinstance(value, Mapping):
-        return {"mapValue": {"fields": encode_fields(value)}}
-    if isinstance(value, list | tuple):
-        return {"arrayValue": {"values": [encode(item) for item in value]}}
-    raise TypeError(f"no Firestore value for {type(value).__name__}")
-
-
-def decode_fields(fields: Mapping[str, Any]) -> dict[str, Any]:
-    return {key: decode(value) for key, value in fields.items()}
-
-
-def decode(value: Mapping[str, Any]) -> Any:
-    """A REST ``Value`` as a plain value (timestamps stay RFC 3339 strings, references full names)."""
-    kind, inner = next(iter(value.items()))
-    if kind == "integerValue":
-        return int(inner)
-    if kind == "doubleValue":
-        return float(inner)
-    if kind == "mapValue":
-        return decode_fields(inner.get("fields", {}))
-    if kind == "arrayValue":
-        return [decode(item) for item in inner.get("values", [])]
-    return inner  # nullValue, booleanValue, stringValue, timestampValue, referenceValue, bytesValue (base64)

@@ -20,7 +20,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
-from lockwise.core import firestore
+from lockwise.core import firestore, firestore_json
 from lockwise.core.db import Connection, Database
 
 log = logging.getLogger("lockwise.core.mirror")
@@ -198,14 +198,14 @@ def _coalesced(group: list[list[Any]]) -> list[tuple[str, str, dict[str, Any]]]:
 
 def _delete_collection(client: firestore.Client, path: str) -> None:
     while names := client.list_names(path, MAX_BATCH_WRITES):
-        client.commit([firestore.delete_write(name) for name in names])
+        client.commit([firestore_json.delete_write(name) for name in names])
 
 
 def _rest_write(name: str, op: str, data: dict[str, Any]) -> dict[str, Any]:
     if op == "delete":
-        return firestore.delete_write(name)
+        return firestore_json.delete_write(name)
     if op == "set":
-        return firestore.set_write(name, data)
+        return firestore_json.set_write(name, data)
     if op == "replace_fields":  # these top-level fields whole (a map loses the keys it no longer has)
-        return firestore.replace_fields_write(name, data)
-    return firestore.merge_write(name, data)
+        return firestore_json.replace_fields_write(name, data)
+    return firestore_json.merge_write(name, data)
