@@ -174,6 +174,47 @@ def test_a_missing_document_reads_as_none_and_an_error_names_firestore_s_answer(
         client.list_names("locks", 10)
 
 
+class RawServer(Server):
+    raw = b"<html>bad gateway</html>"
+
+
+class RawHandler(Handler):
+    """Answers 200 with ``server.raw`` as it is (what a misbehaving proxy in between may send)."""
+
+    server: RawServer
+
+    def _answer(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(self.server.raw)))
+        self.end_headers()
+        self.wfile.write(self.server.raw)
+
+    do_GET = do_POST = _answer  # noqa: N815 - http.server's naming
+
+
+@pytest.mark.parametrize("raw", [b"<html>bad gateway</html>", b"[1, 2]"])
+def test_an_answer_that_is_not_a_json_object_is_a_firestore_error(raw: bytes) -> None:
+    srv = RawServer(("127.0.0.1", 0), RawHandler)
+    srv.raw, srv.requests = raw, []
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        with pytest.raises(firestore.FirestoreError, match="200"):
+            firestore.make_client("p", f"127.0.0.1:{srv.server_port}").get("locks/a")
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
+def test_credentials_that_cannot_be_refreshed_are_a_firestore_error(server: Server) -> None:
+    def refuse(headers: dict[str, str]) -> None:
+        raise RuntimeError("metadata server unreachable")
+
+    client = firestore.Client("p", f"127.0.0.1:{server.server_port}", authorize=refuse)
+    with pytest.raises(firestore.FirestoreError, match="credentials could not be refreshed: RuntimeError"):
+        client.get("locks/a")
+    assert server.requests == [], "nothing is sent without credentials"
+
+
 def test_an_unreachable_firestore_is_a_firestore_error() -> None:
     port = _closed_port()
     with pytest.raises(firestore.FirestoreError, match="could not be reached"):

@@ -93,7 +93,10 @@ class Client:
     ) -> dict[str, Any] | None:
         payload = None if body is None else json.dumps(body).encode()
         headers = {"Content-Type": "application/json", "Accept": "application/json"}
-        self._authorize(headers)
+        try:
+            self._authorize(headers)
+        except Exception as exc:  # noqa: BLE001 - google-auth's refresh fails in its own types (RefreshError, ...)
+            raise FirestoreError(f"Firestore credentials could not be refreshed: {type(exc).__name__}") from exc
         con, reused = self._connection()
         try:
             try:
@@ -118,7 +121,12 @@ class Client:
             return None
         if resp.status >= 400:
             raise FirestoreError(f"Firestore answered {resp.status}: {_error_message(data)}")
-        found: dict[str, Any] = json.loads(data) if data else {}
+        try:
+            found = json.loads(data) if data else {}
+        except ValueError as exc:  # something between us and Firestore answered (a proxy's error page)
+            raise FirestoreError(f"Firestore answered {resp.status} with a body that is not JSON") from exc
+        if not isinstance(found, dict):
+            raise FirestoreError(f"Firestore answered {resp.status} with JSON that is not an object")
         return found
 
     def _connection(self) -> tuple[http.client.HTTPConnection, bool]:
