@@ -132,7 +132,10 @@ class Database:
 
     @contextmanager
     def connection(self) -> Iterator[Connection]:
-        """Borrow a pooled connection; a connection that failed is closed instead of returned."""
+        """Borrow a pooled connection. It goes back to the pool when the block ends, also when the block raised one
+        of our errors (a 4xx: a bad signature, a missing lock) or PostgreSQL refused a statement (pg8000 has read up
+        to the server's ready message by then), provided no transaction is left open; after anything else (a lost
+        socket, an error in the middle of reading an answer) it is closed instead."""
         if not self._slots.acquire(timeout=30):
             raise errors.Unavailable("database pool exhausted", code="database_busy")
         con: Connection | None = None
@@ -147,15 +150,20 @@ class Database:
                 _close_quietly(con)
                 con = None
                 raise errors.Unavailable("database connection lost", code="database_unavailable") from exc
-            except BaseException:
-                if con is not None and not _in_idle_state(con):
+            except (errors.LockwiseError, DatabaseError):
+                if not _in_idle_state(con):
                     _close_quietly(con)
                     con = None
                 raise
-            if con is not None:
-                with self._lock:
-                    self._idle.append(con)
+            except BaseException:
+                _close_quietly(con)
                 con = None
+                raise
+            finally:
+                if con is not None:
+                    with self._lock:
+                        self._idle.append(con)
+                    con = None
         finally:
             self._slots.release()
 
