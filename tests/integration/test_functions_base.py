@@ -168,3 +168,58 @@ def test_unsigned_requests_to_verify_reuse_one_database_connection(make_client: 
         with db.connection() as con:
             pids.add(con.run("SELECT pg_backend_pid()")[0][0])
     assert len(pids) == 1, f"each refused request opened a new database connection: {len(pids)} backends"
+
+
+def test_a_statement_with_parameters_is_prepared_once_per_connection_and_then_one_round_trip(
+    stack_env: dict[str, str],
+) -> None:
+    """pg8000 runs an unnamed statement in three round trips; the pool's connections prepare each statement once and
+    run it in one. Results, column names and constraint errors are as before; a statement made stale by a migration
+    is prepared anew."""
+    from pg8000.exceptions import DatabaseError
+
+    from lockwise.core.db import Database, rows_as_dicts, sqlstate
+
+    class Counting:  # pg8000's buffered socket, counting what it sends to the server
+        def __init__(self, inner: Any) -> None:
+            self.inner, self.flushes = inner, 0
+
+        def flush(self) -> None:
+            self.flushes += 1
+            self.inner.flush()
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.inner, name)
+
+    db = Database(stack_env["DATABASE_URL"], pool_size=1)
+    table = "prepared_probe"
+    try:
+        with db.connection() as con:
+            con.run(f"CREATE TABLE {table} (id int PRIMARY KEY, name text)")
+            counting = Counting(con._sock)  # type: ignore[attr-defined]
+            con._sock = counting  # type: ignore[attr-defined]
+            insert = f"INSERT INTO {table} (id, name) VALUES (:i, :n) RETURNING id"
+            assert con.run(insert, i=1, n="a") == [[1]]
+            first = counting.flushes
+            assert con.run(insert, i=2, n="b") == [[2]]
+            assert counting.flushes - first == 1, "a prepared statement's run is one round trip"
+            prepared = con.run("SELECT count(*) FROM pg_prepared_statements WHERE statement LIKE :s", s=f"%{table}%")
+            assert prepared == [[1]]
+            with pytest.raises(DatabaseError) as refused:
+                con.run(insert, i=2, n="again")
+            assert sqlstate(refused.value) == "23505"
+            assert con.run(insert, i=3, n="c") == [[3]], "the statement stays prepared after a refused row"
+            select = f"SELECT * FROM {table} WHERE id = :i"
+            assert rows_as_dicts(con, select, i=3) == [{"id": 3, "name": "c"}]
+            con._sock = counting.inner  # type: ignore[attr-defined]
+        with db.connect() as other:  # a migration, from elsewhere, changes what the prepared SELECT returns
+            other.run(f"ALTER TABLE {table} ADD COLUMN note text DEFAULT 'n'")
+        with db.connection() as con:
+            with pytest.raises(DatabaseError) as stale:
+                con.run(select, i=3)
+            assert sqlstate(stale.value) == "0A000"
+            assert rows_as_dicts(con, select, i=3) == [{"id": 3, "name": "c", "note": "n"}], "prepared anew"
+    finally:
+        with db.connect() as other:
+            other.run(f"DROP TABLE IF EXISTS {table}")
+        db.close()
