@@ -176,6 +176,8 @@ def test_a_statement_with_parameters_is_prepared_once_per_connection_and_then_on
     """pg8000 runs an unnamed statement in three round trips; the pool's connections prepare each statement once and
     run it in one. Results, column names and constraint errors are as before; a statement made stale by a migration
     is prepared anew."""
+    from contextlib import closing
+
     from pg8000.exceptions import DatabaseError
 
     from lockwise.core.db import Database, rows_as_dicts, sqlstate
@@ -212,7 +214,7 @@ def test_a_statement_with_parameters_is_prepared_once_per_connection_and_then_on
             select = f"SELECT * FROM {table} WHERE id = :i"
             assert rows_as_dicts(con, select, i=3) == [{"id": 3, "name": "c"}]
             con._sock = counting.inner  # type: ignore[attr-defined]
-        with db.connect() as other:  # a migration, from elsewhere, changes what the prepared SELECT returns
+        with closing(db.connect()) as other:  # a migration, from elsewhere, changes what the prepared SELECT returns
             other.run(f"ALTER TABLE {table} ADD COLUMN note text DEFAULT 'n'")
         with db.connection() as con:
             with pytest.raises(DatabaseError) as stale:
@@ -220,6 +222,6 @@ def test_a_statement_with_parameters_is_prepared_once_per_connection_and_then_on
             assert sqlstate(stale.value) == "0A000"
             assert rows_as_dicts(con, select, i=3) == [{"id": 3, "name": "c", "note": "n"}], "prepared anew"
     finally:
-        with db.connect() as other:
+        with closing(db.connect()) as other:
             other.run(f"DROP TABLE IF EXISTS {table}")
         db.close()
