@@ -216,11 +216,16 @@ def test_a_statement_with_parameters_is_prepared_once_per_connection_and_then_on
             con._sock = counting.inner  # type: ignore[attr-defined]
         with closing(db.connect()) as other:  # a migration, from elsewhere, changes what the prepared SELECT returns
             other.run(f"ALTER TABLE {table} ADD COLUMN note text DEFAULT 'n'")
+        # inside a transaction the stale statement's error is the caller's (the server aborted the transaction)
+        with pytest.raises(DatabaseError) as stale, db.transaction() as con:
+            con.run(select, i=3)
+        assert sqlstate(stale.value) == "0A000"
         with db.connection() as con:
-            with pytest.raises(DatabaseError) as stale:
-                con.run(select, i=3)
-            assert sqlstate(stale.value) == "0A000"
             assert rows_as_dicts(con, select, i=3) == [{"id": 3, "name": "c", "note": "n"}], "prepared anew"
+        with closing(db.connect()) as other:
+            other.run(f"ALTER TABLE {table} ADD COLUMN extra int DEFAULT 7")
+        with db.connection() as con:  # outside a transaction the stale statement is prepared anew and run at once
+            assert rows_as_dicts(con, select, i=3) == [{"id": 3, "name": "c", "note": "n", "extra": 7}]
     finally:
         with closing(db.connect()) as other:
             other.run(f"DROP TABLE IF EXISTS {table}")
