@@ -207,6 +207,8 @@ def test_a_statement_with_parameters_is_prepared_once_per_connection_and_then_on
             assert counting.flushes - first == 1, "a prepared statement's run is one round trip"
             prepared = con.run("SELECT count(*) FROM pg_prepared_statements WHERE statement LIKE :s", s=f"%{table}%")
             assert prepared == [[1]]
+            # planned for each run's values, as the unnamed statement was, never a generic plan
+            assert con.run("SHOW plan_cache_mode") == [["force_custom_plan"]]
             with pytest.raises(DatabaseError) as refused:
                 con.run(insert, i=2, n="again")
             assert sqlstate(refused.value) == "23505"

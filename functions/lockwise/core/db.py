@@ -146,6 +146,9 @@ class Database:
         """A new connection outside the pool (for LISTEN, migrations and tools)."""
         p = self.params
         kwargs: dict[str, Any] = {"user": p.user, "password": p.password, "database": p.database}
+        # each run of a prepared statement planned for its parameters, as an unnamed statement is: a generic plan
+        # (the server's choice after five runs) may scan where the values at hand would use an index
+        kwargs["startup_params"] = {"plan_cache_mode": "force_custom_plan"}
         # without TLS, say so: pg8000's default (None) builds a CA-loading context (~30 ms) and asks the server for
         # TLS first (one more round trip) on every connection, then goes on in the clear when it is refused
         kwargs["ssl_context"] = self._tls_context() if p.ssl else False
