@@ -226,7 +226,7 @@ def test_a_statement_with_parameters_is_prepared_once_per_connection_and_then_on
             assert rows_as_dicts(con, select, i=3) == [{"id": 3, "name": "c", "note": "n"}], "prepared anew"
         with closing(db.connect()) as other:
             other.run(f"ALTER TABLE {table} ADD COLUMN extra int DEFAULT 7")
-        with db.connection() as con:  # outside a transaction the stale statement is prepared anew and run at once
+        with db.connection() as con:  # outside a transaction the refused run is made again at once
             assert rows_as_dicts(con, select, i=3) == [{"id": 3, "name": "c", "note": "n", "extra": 7}]
     finally:
         with closing(db.connect()) as other:

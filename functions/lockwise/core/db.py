@@ -41,8 +41,8 @@ class PreparingConnection(pg8000.native.Connection):  # type: ignore[misc]  # pg
     run is one round trip (Bind, Execute, Sync). The server decides the parameter and result types at preparation
     exactly as it does for the unnamed statement, so results are the same. At most ``MAX_PREPARED`` statements are
     kept (the code's SQL is static text; beyond that, statements run unnamed). A prepared statement whose run the
-    server refused as stale (a migration changed what it reads) is forgotten and prepared anew: at once outside a
-    transaction, on its next use inside one (the error has aborted that transaction).
+    server refused as stale (a migration changed what it reads) is forgotten and prepared anew on its next use; outside
+    a transaction the refused run is made again at once, unnamed (inside one, the error has aborted the transaction).
     """
 
     MAX_PREPARED = 256
@@ -67,7 +67,7 @@ class PreparingConnection(pg8000.native.Connection):  # type: ignore[misc]  # pg
             del self._prepared[sql]
             if getattr(self, "_transaction_status", None) != b"I":
                 raise  # the error aborted the caller's transaction: only the caller can run it again
-            return self.run(sql, **params)  # outside a transaction: prepared anew and run, once
+            return super().run(sql, **params)  # outside a transaction: run once unnamed; prepared anew next time
         self._context = statement._context  # what ``columns`` and ``row_count`` read
         return rows
 
