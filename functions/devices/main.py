@@ -193,10 +193,10 @@ def _email(value: Any) -> str:
 
 @api.route("GET", "/devices/locks/<lock_id>/members")
 def list_members(ctx: Ctx, lock_id: str) -> JsonBody:
-    user, lock_id = app_user(ctx), lock_param(lock_id)
+    user, lock_id, now = app_user(ctx), lock_param(lock_id), rt.now()
     with rt.db.connection() as con:
-        members.require(con, lock_id, user.uid, rt.now(), at_least="admin")
-        listed = [m.public() for m in members.list_for_lock(con, lock_id) if m.active(rt.now())]
+        members.require(con, lock_id, user.uid, now, at_least="admin")
+        listed = [m.public() for m in members.list_for_lock(con, lock_id) if m.active(now)]
         waiting = invitations.open_for_lock(con, lock_id)
     return {"members": listed, "invitations": waiting}
 
