@@ -116,9 +116,15 @@ def _max_filter(x: npt.NDArray[np.float32], radius: int, axis: int) -> npt.NDArr
     pad[axis] = (radius, radius)
     padded = np.pad(x, pad, constant_values=-np.inf)
     length = x.shape[axis]
-    out = np.take(padded, np.arange(length), axis=axis)
+
+    def shifted(shift: int) -> npt.NDArray[np.float32]:  # a view of ``padded``, ``shift`` along ``axis``
+        index = [slice(None), slice(None)]
+        index[axis] = slice(shift, shift + length)
+        return padded[tuple(index)]
+
+    out = shifted(0).copy()
     for shift in range(1, 2 * radius + 1):
-        np.maximum(out, np.take(padded, np.arange(shift, shift + length), axis=axis), out=out)
+        np.maximum(out, shifted(shift), out=out)
     return out
 
 
