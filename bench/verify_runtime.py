@@ -39,7 +39,6 @@ from bench.common import (
     table,
 )
 from bench.verify import add_members, built_bundles, cold_start, peak_rss_mb, sign_up, signed_post
-from infra.build import build
 from infra.local.services import free_port, start_function
 from simlock.lock import provision
 from tests.voices import speech_like, wav
@@ -102,15 +101,17 @@ def requirement_lines(path: Path) -> list[str]:
 
 
 def sizes() -> list[list[object]]:
-    with tempfile.TemporaryDirectory() as tmp:
-        bundle = build("verify", Path(tmp) / "verify")
+    with built_bundles("verify") as bundles:
+        bundle = bundles["verify"]
         bundle_mb = sum(p.stat().st_size for p in bundle.rglob("*") if p.is_file()) / 2**20
         onnx_reqs = requirement_lines(bundle / "requirements.txt")
     artifact = full_random_ecapa() / "onnx"
     artifact_mb = sum(p.stat().st_size for p in artifact.iterdir()) / 2**20
     checkpoints_mb = sum(p.stat().st_size for p in full_random_ecapa().glob("*.ckpt")) / 2**20
     onnx = distribution_closure(onnx_reqs)
-    torch_reqs = requirement_lines(REPO / "functions" / "embed" / "requirements.txt")  # the SpeechBrain variant
+    # the SpeechBrain variant: the same bundle with torch, torchaudio and SpeechBrain instead of onnxruntime (no
+    # function pins them any more: embed serves the ONNX export too; their pins are requirements-dev's)
+    torch_reqs = [r for r in onnx_reqs if not r.startswith("onnxruntime")] + ["torch", "torchaudio", "speechbrain"]
     sb = distribution_closure(torch_reqs)
     cuda = {n for n in sb if n.startswith(("nvidia-", "triton"))}
     onnx_mb = installed_mb(onnx) + bundle_mb + artifact_mb

@@ -65,7 +65,7 @@ class PreparingConnection(pg8000.native.Connection):  # type: ignore[misc]  # pg
             if sqlstate(exc) not in STALE_PLAN:  # a constraint refusing a row, say: the statement stays prepared
                 raise
             del self._prepared[sql]
-            if getattr(self, "_transaction_status", None) != b"I":
+            if not _in_idle_state(self):
                 raise  # the error aborted the caller's transaction: only the caller can run it again
             return super().run(sql, **params)  # outside a transaction: run once unnamed; prepared anew next time
         self._context = statement._context  # what ``columns`` and ``row_count`` read
