@@ -22,6 +22,7 @@ from google.protobuf import json_format
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from infra.local import services
 from lockwise.core import firestore, firestore_json
 
 pytestmark = pytest.mark.usefixtures("no_lazy_speechbrain_modules")  # hypothesis walks sys.modules
@@ -93,7 +94,7 @@ class Server(ThreadingHTTPServer):
     daemon_threads = True
     connections = 0
     requests: list[tuple[str, str, dict[str, str]]]
-    answer: tuple[int, dict[str, Any]] = (200, {})
+    answer: tuple[int, dict[str, Any] | bytes] = (200, {})  # bytes: sent as they are
     close_after_answer = False
 
 
@@ -113,7 +114,7 @@ class Handler(BaseHTTPRequestHandler):
         body = self.rfile.read(length).decode() if length else ""
         self.server.requests.append((self.command, self.path, {**dict(self.headers), "body": body}))
         status, obj = self.server.answer
-        data = json.dumps(obj).encode()
+        data = obj if isinstance(obj, bytes) else json.dumps(obj).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
@@ -174,35 +175,11 @@ def test_a_missing_document_reads_as_none_and_an_error_names_firestore_s_answer(
         client.list_names("locks", 10)
 
 
-class RawServer(Server):
-    raw = b"<html>bad gateway</html>"
-
-
-class RawHandler(Handler):
-    """Answers 200 with ``server.raw`` as it is (what a misbehaving proxy in between may send)."""
-
-    server: RawServer
-
-    def _answer(self) -> None:
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(self.server.raw)))
-        self.end_headers()
-        self.wfile.write(self.server.raw)
-
-    do_GET = do_POST = _answer  # noqa: N815 - http.server's naming
-
-
 @pytest.mark.parametrize("raw", [b"<html>bad gateway</html>", b"[1, 2]"])
-def test_an_answer_that_is_not_a_json_object_is_a_firestore_error(raw: bytes) -> None:
-    srv = RawServer(("127.0.0.1", 0), RawHandler)
-    srv.raw, srv.requests = raw, []
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    try:
-        with pytest.raises(firestore.FirestoreError, match="200"):
-            firestore.make_client("p", f"127.0.0.1:{srv.server_port}").get("locks/a")
-    finally:
-        srv.shutdown()
-        srv.server_close()
+def test_an_answer_that_is_not_a_json_object_is_a_firestore_error(server: Server, raw: bytes) -> None:
+    server.answer = (200, raw)  # what a misbehaving proxy in between may send
+    with pytest.raises(firestore.FirestoreError, match="200"):
+        client_of(server).get("locks/a")
 
 
 def test_credentials_that_cannot_be_refreshed_are_a_firestore_error(server: Server) -> None:
@@ -216,17 +193,8 @@ def test_credentials_that_cannot_be_refreshed_are_a_firestore_error(server: Serv
 
 
 def test_an_unreachable_firestore_is_a_firestore_error() -> None:
-    port = _closed_port()
-    with pytest.raises(firestore.FirestoreError, match="could not be reached"):
-        firestore.make_client("p", f"127.0.0.1:{port}").get("locks/a")
-
-
-def _closed_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    with pytest.raises(firestore.FirestoreError, match="could not be reached"):  # nothing listens on a free port
+        firestore.make_client("p", f"127.0.0.1:{services.free_port()}").get("locks/a")
 
 
 class MetadataServer(Server):
