@@ -59,8 +59,9 @@ class StdlibRequest(transport.Request):
             target += "?" + parts.query
         con: http.client.HTTPConnection
         if parts.scheme == "https":
-            tls = self._tls or ssl.create_default_context()
-            con = http.client.HTTPSConnection(parts.netloc, timeout=timeout or DEFAULT_TIMEOUT_S, context=tls)
+            if self._tls is None:
+                self._tls = ssl.create_default_context()  # the system's CAs, loaded once (~30 ms)
+            con = http.client.HTTPSConnection(parts.netloc, timeout=timeout or DEFAULT_TIMEOUT_S, context=self._tls)
         else:
             con = http.client.HTTPConnection(parts.netloc, timeout=timeout or DEFAULT_TIMEOUT_S)
         try:
