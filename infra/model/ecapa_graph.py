@@ -4,7 +4,9 @@ raw embedding (batch, 192), what ``EncoderClassifier.encode_batch`` computes, in
 ``torch.stft`` (complex-valued) does not export, so ``Fbank`` is re-implemented with the numbers read from the loaded
 modules: the STFT as a real 1-D convolution with the window-weighted cosine and sine DFT kernels (stride = hop), then
 the power spectrum, the mel matrix, and ``amplitude_to_DB`` with its per-utterance top_db clamp. Sentence mean
-normalisation and a copy of ``ECAPA_TDNN`` follow. Used by :mod:`infra.model.export_onnx`.
+normalisation and a copy of ``ECAPA_TDNN`` follow, the copy computing the same in fewer graph operations (its
+attentive pooling for whole clips, its 1x1 convolutions without empty padding). Used by
+:mod:`infra.model.export_onnx`.
 """
 
 from __future__ import annotations
@@ -97,6 +99,73 @@ class SentenceMeanNorm(nn.Module):
         return feats - feats.mean(dim=1, keepdim=True)
 
 
+class WholeClipAttentivePooling(nn.Module):
+    """SpeechBrain's ``AttentiveStatisticsPooling`` with global context, for whole clips (no ``lengths``), in fewer
+    operations: x (batch, channels, frames) -> pooled mean and std (batch, 2 * channels, 1), as it computes them.
+
+    Its attention TDNN is a 1x1 convolution over ``cat([x, mean, std])``, ``mean`` and ``std`` repeated over every
+    frame; that equals ``W_x x + (W_m mean + W_s std)`` with the second term, one column, added to every frame. So
+    the graph has no two (channels, frames) Tiles, no (3 * channels, frames) Concat and zero Pad, and a convolution a
+    third the size. The all-ones padding mask of a whole clip, which only filled nothing with -inf, goes too.
+    Statistics are computed as SpeechBrain's are. Measured with ``_without_zero_padding`` (full model, 3 s at 44.1 kHz,
+    2 cores, 30 interleaved runs): onnxruntime's kernels 99.7 -> 89.1 ms a clip, ``embed`` 105.8 -> 87.8 ms.
+    """
+
+    x_weight: torch.Tensor
+    context_weight: torch.Tensor
+    bias: torch.Tensor | None
+
+    def __init__(self, asp: Any) -> None:  # speechbrain.lobes.models.ECAPA_TDNN.AttentiveStatisticsPooling
+        super().__init__()
+        conv = asp.tdnn.conv.conv  # TDNNBlock -> SpeechBrain Conv1d -> torch Conv1d
+        if not asp.global_context or conv.kernel_size != (1,) or conv.stride != (1,) or conv.groups != 1:
+            raise ModelError("attentive pooling must have global context and a 1x1 attention TDNN")
+        weight = conv.weight.detach()[:, :, 0]  # (attention, 3 * channels)
+        channels = weight.shape[1] // 3
+        self.register_buffer("x_weight", weight[:, :channels, None].clone())
+        self.register_buffer("context_weight", weight[:, channels:].clone())  # (attention, 2 * channels)
+        self.register_buffer("bias", None if conv.bias is None else conv.bias.detach().clone())
+        self.eps = float(asp.eps)
+        self.activation, self.norm, self.tanh, self.conv = asp.tdnn.activation, asp.tdnn.norm, asp.tanh, asp.conv
+
+    def _statistics(self, x: torch.Tensor, m: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mean = (m * x).sum(2)
+        std = torch.sqrt((m * (x - mean.unsqueeze(2)).pow(2)).sum(2).clamp(self.eps))
+        return mean, std
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        if lengths is not None:
+            raise ModelError("the exported graph embeds whole clips: no lengths")
+        ones = torch.ones_like(x[:, :1, :])  # SpeechBrain's mask of a whole clip, and its weights mask / total
+        mean, std = self._statistics(x, ones / ones.sum(dim=2, keepdim=True))
+        context = F.linear(torch.cat([mean, std], dim=1), self.context_weight, self.bias)  # (batch, attention)
+        attn = F.conv1d(x, self.x_weight) + context.unsqueeze(2)
+        attn = self.conv(self.tanh(self.norm(self.activation(attn))))
+        mean, std = self._statistics(x, F.softmax(attn, dim=2))
+        return torch.cat((mean, std), dim=1).unsqueeze(2)
+
+
+def _without_zero_padding(model: nn.Module) -> None:
+    """SpeechBrain's ``Conv1d`` pads "same" even for a 1x1 kernel, by nothing: a Pad node that copies its input.
+    Those convolutions pad "valid" instead, which is the same computation."""
+    from speechbrain.nnet.CNN import Conv1d  # type: ignore[import-untyped]
+
+    for module in model.modules():
+        if isinstance(module, Conv1d) and module.padding == "same" and module.kernel_size == 1 and module.stride == 1:
+            module.padding = "valid"
+
+
+def lean_embedding_model(model: nn.Module) -> nn.Module:
+    """``model`` (an ``ECAPA_TDNN``, changed in place) with the same computation in fewer graph operations."""
+    from speechbrain.lobes.models.ECAPA_TDNN import AttentiveStatisticsPooling  # type: ignore[import-untyped]
+
+    _without_zero_padding(model)
+    asp = getattr(model, "asp", None)
+    if isinstance(asp, AttentiveStatisticsPooling) and asp.global_context:
+        model.asp = WholeClipAttentivePooling(asp)
+    return model
+
+
 class EcapaWaveformEncoder(nn.Module):
     """wav (batch, samples) float32 at 16 kHz -> raw embedding (batch, 192) float32, as ``encode_batch`` computes."""
 
@@ -121,6 +190,6 @@ def build_export_module(classifier: Any) -> EcapaWaveformEncoder:
         DftPowerSpectrum(features.compute_STFT),
         LogMelFilterbank(features.compute_fbanks),
         SentenceMeanNorm(),
-        copy.deepcopy(classifier.mods.embedding_model),
+        lean_embedding_model(copy.deepcopy(classifier.mods.embedding_model)),
     )
     return module.eval()

@@ -7,6 +7,7 @@ imports no torch. The models are random (``infra.model.random_ecapa``): equality
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
@@ -30,6 +31,7 @@ from torch import nn
 from infra.model import export_onnx
 from infra.model.cache import random_model
 from infra.model.clips import speech_like_clip
+from infra.model.ecapa_graph import WholeClipAttentivePooling
 from infra.model.export_onnx import ParityError, ParityReport, export
 from lockwise.core.errors import InvalidAudio
 from lockwise.voice.model.ecapa import EcapaEncoder, model_identity
@@ -341,6 +343,39 @@ def test_loading_logs_the_model_and_honours_threads(
     assert encoder._serving_session().get_session_options().intra_op_num_threads == 2
     with pytest.raises(ValueError):
         OnnxEcapaEncoder(tiny_export[0], threads=0)
+
+
+# ------------------------------------------------------------------------------------------------- the lean graph
+
+
+def test_whole_clip_pooling_computes_what_speechbrains_does(full_pair: tuple[EcapaEncoder, OnnxEcapaEncoder]) -> None:
+    asp = copy.deepcopy(full_pair[0]._model.mods.embedding_model.asp).eval()
+    lean = WholeClipAttentivePooling(copy.deepcopy(asp)).eval()
+    channels = asp.tdnn.conv.conv.in_channels // 3
+    generator = torch.Generator().manual_seed(0)
+    with torch.inference_mode():
+        for frames in (1, 4, 51, 301, 1001):
+            x = torch.randn(2, channels, frames, generator=generator) * 3
+            want, got = asp(x), lean(x)
+            assert got.shape == want.shape == (2, 2 * channels, 1)
+            assert float((got - want).abs().max()) <= 1e-5 * float(want.abs().max()), frames
+        with pytest.raises(ModelError, match="whole clips"):
+            lean(x, lengths=torch.ones(2))
+
+
+def test_the_exported_graph_has_no_tiles_and_pads_only_wide_kernels(tiny_export: tuple[Path, ParityReport]) -> None:
+    # what the lean copy of the model leaves out; parity (above) shows it computes the same
+    graph = onnx.load(str(tiny_export[0] / "ecapa-tdnn.onnx"), load_external_data=False).graph
+    made_by = {out: node for node in graph.node for out in node.output}
+    assert not [n.name for n in graph.node if n.op_type in ("Tile", "Where")]
+    one_wide = [n for n in graph.node if n.op_type == "Conv" and _kernel_shape(n) == [1]]
+    assert len(one_wide) >= 10  # the Res2Net blocks' TDNNs, SE, MFA, the pooling's attention, the last layer
+    assert not [n.name for n in one_wide if made_by.get(n.input[0]) and made_by[n.input[0]].op_type == "Pad"]
+    assert [n for n in graph.node if n.op_type == "Pad"]  # wider kernels still pad (reflect), as SpeechBrain does
+
+
+def _kernel_shape(node: onnx.NodeProto) -> list[int]:
+    return [list(a.ints) for a in node.attribute if a.name == "kernel_shape"][0]
 
 
 # ------------------------------------------------------------------------------------------------- audio checks
