@@ -101,10 +101,3 @@ def test_each_bad_input_has_its_code() -> None:
     }
     for (name, status, code), fn in cases.items():
         assert refusal(fn) == (status, code), name
-
-
-@pytest.mark.parametrize("n", [1, 2, 7, 150, 751])
-def test_percentile_is_numpys(n: int) -> None:
-    values = np.random.default_rng(n).normal(-30.0, 12.0, n)
-    for q in (0, 5, 50, 95, 99.9, 100):
-        assert audio.percentile(values, q) == pytest.approx(float(np.percentile(values, q)), rel=1e-12, abs=1e-12)

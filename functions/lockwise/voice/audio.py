@@ -23,6 +23,7 @@ import numpy.typing as npt
 
 from lockwise.core import errors
 from lockwise.core.config import Settings
+from lockwise.voice import order_statistics
 
 SUPPORTED_RATES = (8000, 11025, 16000, 22050, 24000, 32000, 44100, 48000)
 DEFAULT_RATE = 44100
@@ -183,22 +184,12 @@ def frame_levels_db(x: Samples, frame: int) -> npt.NDArray[np.float64]:
     return levels
 
 
-def percentile(values: npt.NDArray[np.float64], q: float) -> float:
-    """``np.percentile(values, q)`` (numpy's default, linear interpolation between the two nearest ranks) for a
-    non-empty 1-D array. Not numpy's own: its first call imports ``numpy.ma`` (~10 ms of every cold start)."""
-    ordered = np.sort(values)
-    position = (len(ordered) - 1) * q / 100
-    low = int(position)
-    high = min(low + 1, len(ordered) - 1)
-    return float(ordered[low] + (ordered[high] - ordered[low]) * (position - low))
-
-
 def speech_frames(x: Samples, frame: int) -> npt.NDArray[np.bool_]:
     """Which ``frame``-sample frames are loud enough to be speech: above -45 dBFS and within 30 dB of the loudest
     frames (their 95th percentile). An energy measure, not a voice detector: it tells speech from silence and
     hum-level noise, which is what the enrollment and pause rules need."""
     levels = frame_levels_db(x, frame)
-    threshold = max(SPEECH_FLOOR_DBFS, percentile(levels, 95) - SPEECH_BELOW_PEAK_DB)
+    threshold = max(SPEECH_FLOOR_DBFS, order_statistics.percentile(levels, 95) - SPEECH_BELOW_PEAK_DB)
     flags: npt.NDArray[np.bool_] = levels > threshold
     return flags
 

@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from lockwise.voice import order_statistics
 from lockwise.voice.model.resample import resample
 
 RATE = 8000
@@ -77,9 +78,14 @@ def landmarks(samples: npt.NDArray[np.floating[Any]], rate: int) -> Landmarks:
     spectrum = np.abs(np.fft.rfft(frames * np.hanning(N_FFT).astype(np.float32), axis=1))[:, LOW_BIN:HIGH_BIN]
     db = 20 * np.log10(spectrum + 1e-9)
     loud = db > db.max() - FLOOR_DB
-    db = db - _median(db, axis=0)  # a channel's fixed colouring out
+    db = db - order_statistics.median(db, axis=0)  # a channel's fixed colouring out
     local_max = _max_filter(_max_filter(db, PEAK_FRAMES, axis=0), PEAK_BINS, axis=1)
-    peaks = (db == local_max) & loud & (db > _median(db, axis=1) + PEAK_OVER_MEDIAN_DB) & (db > PEAK_OVER_BIN_MEDIAN_DB)
+    peaks = (
+        (db == local_max)
+        & loud
+        & (db > order_statistics.median(db, axis=1) + PEAK_OVER_MEDIAN_DB)
+        & (db > PEAK_OVER_BIN_MEDIAN_DB)
+    )
     times, bins = np.nonzero(peaks)  # in time order
     if not len(times):
         return np.zeros((0, 2), dtype=np.int32)
@@ -95,19 +101,6 @@ def landmarks(samples: npt.NDArray[np.floating[Any]], rate: int) -> Landmarks:
     hashes = (bins[anchor] << _F1_SHIFT) | ((df[anchor, nth] + PAIR_BINS) << _DF_SHIFT) | dt[anchor, nth]
     out = np.stack([hashes, times[anchor]], axis=1).astype(np.int32)
     return out[np.argsort(out[:, 0], kind="stable")]
-
-
-def _median(x: npt.NDArray[np.float32], axis: int) -> npt.NDArray[np.float32]:
-    """``np.median(x, axis, keepdims=True)`` for finite values (the mean of the two middle values when their count
-    is even). Not numpy's own: its first call imports ``numpy.ma`` (~11 ms, on the thread beside a cold instance's
-    first forward pass)."""
-    n = x.shape[axis]
-    half = n // 2
-    part = np.partition(x, [half - 1, half] if n % 2 == 0 else half, axis=axis)
-    upper = np.take(part, [half], axis=axis)
-    if n % 2:
-        return upper
-    return ((np.take(part, [half - 1], axis=axis) + upper) / 2).astype(np.float32, copy=False)
 
 
 def _max_filter(x: npt.NDArray[np.float32], radius: int, axis: int) -> npt.NDArray[np.float32]:
