@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -156,6 +162,50 @@ def test_a_refused_request_gives_its_connection_back_to_the_pool(stack_env: dict
         assert backend() != second, "a connection that saw an unknown exception went back to the pool"
     finally:
         db.close()
+
+
+FORKED_WORKER = """
+import json, os, time
+from lockwise.core.runtime import get_runtime
+rt = get_runtime("verify")  # main.py's module scope, in gunicorn's master
+read, write = os.pipe()
+pid = os.fork()
+if pid == 0:  # the worker: no request yet
+    deadline = time.monotonic() + 10
+    while not rt.db._idle and time.monotonic() < deadline:
+        time.sleep(0.005)
+    opened = list(rt.db._idle)
+    with rt.db.connection() as con:  # the first request's
+        reused = bool(opened) and con is opened[0]
+    os.write(write, json.dumps({"opened": len(opened), "reused": reused}).encode())
+    os._exit(0)
+os.close(write)
+child = json.loads(os.read(read, 1000))
+os.waitpid(pid, 0)
+print(json.dumps({"master": len(rt.db._idle), **child}))
+"""
+
+
+def test_a_forked_worker_opens_its_database_connection_as_it_boots(stack_env: dict[str, str]) -> None:
+    """The worker connects while its model loads, so its first request does not wait for the handshakes (8-9 ms
+    of the first request locally, more over TLS to a managed database); the master, which forks, opens none."""
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2] / "functions")}
+    done = subprocess.run(
+        [sys.executable, "-c", FORKED_WORKER], env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == {"master": 0, "opened": 1, "reused": True}
+
+
+def test_a_database_down_at_boot_is_left_to_the_first_request(caplog: pytest.LogCaptureFixture) -> None:
+    from infra.local.services import free_port
+    from lockwise.core.db import Database
+
+    db = Database(f"postgresql://lockwise:x@127.0.0.1:{free_port()}/lockwise", connect_timeout_s=1)
+    with caplog.at_level(logging.WARNING, logger="lockwise.core.db"):
+        db.open_one()  # does not raise
+    assert db._idle == []
+    assert "no database connection opened ahead (database_unavailable)" in caplog.text
 
 
 def test_unsigned_requests_to_verify_reuse_one_database_connection(make_client: Any, stack_env: dict[str, str]) -> None:

@@ -232,6 +232,16 @@ class Database:
         with self.connection() as con:
             con.run("SELECT 1")
 
+    def open_one(self) -> None:
+        """Have a connection waiting in the pool (an instance opens one as it boots, while its model loads, so
+        that its first request does not wait for the TCP, TLS and SCRAM handshakes). Never raises: a database that
+        is down now is reported by the request that needs it."""
+        try:
+            with self.connection():
+                pass
+        except Exception as exc:  # noqa: BLE001 - best effort: whatever failed, the first request meets it again
+            log.warning("no database connection opened ahead (%s)", getattr(exc, "code", type(exc).__name__))
+
     def close(self) -> None:
         with self._lock:
             idle, self._idle = self._idle, []

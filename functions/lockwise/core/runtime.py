@@ -12,6 +12,7 @@ from lockwise.core import firestore, log, users
 from lockwise.core.auth import User
 from lockwise.core.config import Settings, get_settings
 from lockwise.core.db import Database
+from lockwise.core.forking import in_each_child
 from lockwise.core.mirror import Flusher
 
 if TYPE_CHECKING:
@@ -34,6 +35,9 @@ class Runtime:
         self.settings = settings
         self.clock = clock  # a test moves time by replacing it (lockout expiry, membership windows)
         self._recorded_users: dict[str, str | None] = {}  # uid -> the email this instance recorded for it
+        # functions-framework's gunicorn loads main.py in its master and forks the worker that serves: the worker
+        # opens its first database connection as it boots (never the master: a socket must not cross the fork)
+        in_each_child(self._after_fork)
 
     def now(self) -> dt.datetime:
         """The time every time-dependent decision of a handler is made at (UTC)."""
@@ -88,6 +92,10 @@ class Runtime:
     def probes(self) -> dict[str, Callable[[], Any]]:
         """The dependency checks every function's health endpoint runs."""
         return {"database": self.db.ping, "firestore": self.ping_firestore}
+
+    def _after_fork(self) -> None:
+        if self.settings.database_url:
+            threading.Thread(target=self.db.open_one, name="database-connect", daemon=True).start()
 
 
 @lru_cache(maxsize=1)

@@ -35,7 +35,6 @@ import logging
 import mmap
 import os
 import time
-import weakref
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -45,6 +44,7 @@ import numpy.typing as npt
 import onnxruntime as ort  # type: ignore[import-untyped]
 
 from lockwise.core import log as lwlog
+from lockwise.core.forking import in_each_child
 from lockwise.voice.model.model_files import ModelError
 from lockwise.voice.model.resample import resample
 from lockwise.voice.model.samples import at_least_40ms, mono_float32
@@ -152,8 +152,7 @@ class OnnxEcapaEncoder:
         # session in a child whose parent has pool threads deadlocks. The worker makes its own as it starts.
         self._serving: Any = None
         self._serving_pid = -1
-        renew = weakref.WeakMethod(self._after_fork)
-        os.register_at_fork(after_in_child=lambda: _call(renew))
+        in_each_child(self._after_fork)
         lwlog.event(
             logger,
             "ecapa onnx model found",
@@ -261,12 +260,6 @@ class OnnxEcapaEncoder:
             )
         unit: npt.NDArray[np.float32] = (embedding / norm).astype(np.float32)
         return unit
-
-
-def _call(method: weakref.WeakMethod[Any]) -> None:
-    bound = method()
-    if bound is not None:
-        bound()
 
 
 def _verify_all(checksums: dict[Path, str]) -> None:
