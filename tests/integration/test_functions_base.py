@@ -7,11 +7,11 @@ import logging
 import os
 import subprocess
 import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
 
+from infra.local import services
 from lockwise.core.config import get_settings
 from lockwise.core.runtime import get_runtime
 
@@ -26,9 +26,7 @@ def test_health_reports_version_and_dependencies(make_client: Any, name: str) ->
 
 
 def test_health_is_degraded_when_the_database_is_down(make_client: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    from infra.local.services import free_port
-
-    monkeypatch.setenv("DATABASE_URL", f"postgresql://x:y@127.0.0.1:{free_port()}/none")
+    monkeypatch.setenv("DATABASE_URL", f"postgresql://x:y@127.0.0.1:{services.free_port()}/none")
     get_settings.cache_clear()
     get_runtime.cache_clear()
     resp = make_client("devices").get("/devices/health")
@@ -189,7 +187,7 @@ print(json.dumps({"master": len(rt.db._idle), **child}))
 def test_a_forked_worker_opens_its_database_connection_as_it_boots(stack_env: dict[str, str]) -> None:
     """The worker connects while its model loads, so its first request does not wait for the handshakes (8-9 ms
     of the first request locally, more over TLS to a managed database); the master, which forks, opens none."""
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2] / "functions")}
+    env = {**os.environ, "PYTHONPATH": str(services.FUNCTIONS_DIR)}
     done = subprocess.run(
         [sys.executable, "-c", FORKED_WORKER], env=env, capture_output=True, text=True, timeout=60, check=False
     )
@@ -198,10 +196,9 @@ def test_a_forked_worker_opens_its_database_connection_as_it_boots(stack_env: di
 
 
 def test_a_database_down_at_boot_is_left_to_the_first_request(caplog: pytest.LogCaptureFixture) -> None:
-    from infra.local.services import free_port
     from lockwise.core.db import Database
 
-    db = Database(f"postgresql://lockwise:x@127.0.0.1:{free_port()}/lockwise", connect_timeout_s=1)
+    db = Database(f"postgresql://lockwise:x@127.0.0.1:{services.free_port()}/lockwise", connect_timeout_s=1)
     with caplog.at_level(logging.WARNING, logger="lockwise.core.db"):
         db.open_one()  # does not raise
     assert db._idle == []

@@ -27,7 +27,6 @@ from lockwise.core import firestore, firestore_json
 
 pytestmark = pytest.mark.usefixtures("no_lazy_speechbrain_modules")  # hypothesis walks sys.modules
 
-REPO = Path(__file__).resolve().parents[2]
 NAME = "projects/p/databases/(default)/documents/locks/a"
 keys = st.sampled_from(["state", "access", "9uid", "a.b", "we`ird", "back\\slash", "_x", "ünï", "member_uids"])
 scalars = st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.floats(allow_nan=False) | st.text()
@@ -242,7 +241,7 @@ def test_production_credentials_come_from_the_metadata_server_and_are_refreshed(
     threading.Thread(target=srv.serve_forever, daemon=True).start()
     host = f"127.0.0.1:{srv.server_port}"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("GOOGLE_", "GCE_", "CLOUDSDK_"))}
-    env.update(HOME=str(tmp_path), GCE_METADATA_HOST=host, GCE_METADATA_IP=host, PYTHONPATH=str(REPO / "functions"))
+    env.update(HOME=str(tmp_path), GCE_METADATA_HOST=host, GCE_METADATA_IP=host, PYTHONPATH=str(services.FUNCTIONS_DIR))
     script = (
         "from lockwise.core import firestore\n"
         "authorize = firestore.default_credentials()\n"

@@ -94,8 +94,7 @@ class Runtime:
         return {"database": self.db.ping, "firestore": self.ping_firestore}
 
     def _after_fork(self) -> None:
-        if self.settings.database_url:
-            threading.Thread(target=self.db.open_one, name="database-connect", daemon=True).start()
+        threading.Thread(target=self.db.open_one, name="database-connect", daemon=True).start()
 
 
 @lru_cache(maxsize=1)
