@@ -443,7 +443,12 @@ def test_serving_imports_neither_torch_nor_speechbrain(
 FORK_PROBE = """
 import json, os, sys
 import numpy as np
+from threadpoolctl import threadpool_info, threadpool_limits
 from lockwise.voice.model.onnx_ecapa import OnnxEcapaEncoder
+def blas_threads():
+    return [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
+threadpool_limits(4, user_api="blas")  # a BLAS that would spread its products over threads, on any machine
+before = blas_threads()
 enc = OnnxEcapaEncoder(sys.argv[1])
 clip = (np.random.RandomState(5).standard_normal(44100 * 2) * 0.3).astype(np.float32)
 assert enc._serving is None  # instance start made no thread pool: safe to fork
@@ -452,15 +457,16 @@ pid = os.fork()
 if pid == 0:  # what a gunicorn worker is: the serving session is made as the child starts
     os.close(read)
     made_at_fork = enc._serving_pid == os.getpid()
-    os.write(write, json.dumps([made_at_fork, enc.embed(clip, 44100).tolist()]).encode())
+    os.write(write, json.dumps([made_at_fork, enc.embed(clip, 44100).tolist(), blas_threads()]).encode())
     os._exit(0)
 os.close(write)
 data = b""
 while chunk := os.read(read, 65536):
     data += chunk
 os.waitpid(pid, 0)
-made_at_fork, child = json.loads(data)
-print(json.dumps({"made_at_fork": made_at_fork, "diff": float(np.abs(enc.embed(clip, 44100) - child).max())}))
+made_at_fork, child, child_blas = json.loads(data)
+diff = float(np.abs(enc.embed(clip, 44100) - child).max())
+print(json.dumps({"made_at_fork": made_at_fork, "diff": diff, "blas": [before, blas_threads(), child_blas]}))
 """
 
 
@@ -474,6 +480,9 @@ def test_a_forked_worker_gets_its_own_serving_session(tiny_export: tuple[Path, P
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["made_at_fork"] is True and result["diff"] < 1e-6
+    # numpy's BLAS (resampling) on one thread in the master and the worker: its pool spinning beside onnxruntime's
+    # would slow the forward pass (lockwise.voice.model.blas)
+    assert result["blas"] == [[4], [1], [1]]
 
 
 BOOT_PROBE = """

@@ -28,10 +28,10 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from threadpoolctl import ThreadpoolController  # type: ignore[import-untyped]
 
 from lockwise.core import log as lwlog
 from lockwise.voice.audio import speech_frames
+from lockwise.voice.model import blas
 from lockwise.voice.model.model_files import ModelError, file_sha256
 from lockwise.voice.model.resample import resample
 from lockwise.voice.model.samples import at_least_40ms, mono_float32
@@ -157,7 +157,7 @@ class Ge2eNetwork:
         batch (calibration's ``embed_many``) has products big enough to share: every core (64 clips: 3.0-4.1 s on
         one thread, 2.0-2.1 s on two)."""
         threads = None if len(mels) >= THREADED_BATCH else 1
-        with _blas_controller().limit(limits=threads, user_api="blas"):
+        with blas.limited(threads):
             return self._forward(mels)
 
     def _forward(self, mels: F32) -> F32:
@@ -203,11 +203,6 @@ def _gates_for_tanh(w_ih: F32, w_hh: F32, bias: F32) -> tuple[F32, F32, F32]:
     return reorder(w_ih), reorder(w_hh), reorder(bias)
 
 
-@lru_cache(maxsize=1)
-def _blas_controller() -> ThreadpoolController:
-    return ThreadpoolController()
-
-
 # ------------------------------------------------------------------------------------------------ encoder
 
 
@@ -243,6 +238,7 @@ class Ge2eEncoder:
     def __init__(self, model_dir: Path) -> None:
         started = time.perf_counter()
         self.model_dir = Path(model_dir).absolute()
+        blas.one_thread()  # as beside onnxruntime; the LSTM takes more threads for a large batch only
         manifest = read_manifest(self.model_dir)
         weights_file = self.model_dir / WEIGHTS
         if file_sha256(weights_file) != manifest.get("sha256"):

@@ -45,6 +45,7 @@ import onnxruntime as ort  # type: ignore[import-untyped]
 
 from lockwise.core import log as lwlog
 from lockwise.core.forking import in_each_child
+from lockwise.voice.model import blas
 from lockwise.voice.model.model_files import ModelError
 from lockwise.voice.model.resample import resample
 from lockwise.voice.model.samples import at_least_40ms, mono_float32
@@ -153,6 +154,7 @@ class OnnxEcapaEncoder:
         self._serving: Any = None
         self._serving_pid = -1
         in_each_child(self._after_fork)
+        blas.one_thread()  # numpy's resampling beside onnxruntime's pool: see lockwise.voice.model.blas
         lwlog.event(
             logger,
             "ecapa onnx model found",

@@ -6,7 +6,7 @@ would drift on the other; it must also not import torch. This is torchaudio's ``
 filters of ``2 * width + orig`` taps is built, and the zero-padded signal is cross-correlated with every filter at a
 stride of ``orig`` samples; the interleaved outputs are cut to ``ceil(new * n / orig)`` samples. The kernel is
 computed in float32 step by step as torchaudio computes it for a float32 waveform, so both round alike. 3 s at
-44.1 kHz take ~4 ms.
+44.1 kHz take ~1 ms on one thread.
 
 >>> import numpy as np
 >>> resample(np.zeros(44_100, dtype=np.float32), 44_100, 16_000).shape
@@ -55,10 +55,10 @@ def resample(samples: npt.NDArray[np.floating[Any]], orig: int, new: int) -> npt
     padded = np.pad(wave, (width, width + orig_r))
     # Row f holds padded[f * orig_r : f * orig_r + taps]: the window every filter sees for output block f.
     frames = np.lib.stride_tricks.sliding_window_view(padded, kernel.shape[1])[::orig_r]
-    # (frames, 1, taps) . (1, new_r, taps) -> (frames, new_r) -> interleaved (frames * new_r,). Not ``frames @
-    # kernel.T``: that ~8x faster GEMM wakes OpenBLAS's thread pool, whose threads then spin for ~80 ms of CPU and
-    # slowed the onnxruntime call after it by ~50% on 2 cores; vecdot's short dot products stay on this thread.
-    out = np.vecdot(frames[:, np.newaxis, :], kernel[np.newaxis, :, :]).reshape(-1)
+    # (frames, taps) @ (taps, new_r) -> (frames, new_r) -> interleaved (frames * new_r,): one GEMM, ~4x faster than
+    # the same dot products one by one (``np.vecdot``). Where the model is served, BLAS runs on one thread
+    # (``lockwise.voice.model.blas``): OpenBLAS's pool would otherwise spin after it and slow onnxruntime's forward.
+    out = (frames @ kernel.T).reshape(-1)
     target = math.ceil(new_r * length / orig_r)
     return np.ascontiguousarray(out[:target], dtype=np.float32)
 
