@@ -11,13 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from infra.local import services
 from infra.model import ge2e_export
 from lockwise.core.errors import InvalidAudio
 from lockwise.voice.model import ge2e
 from lockwise.voice.model.model_files import ModelError, file_sha256
 from tests.voices import speech_like
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -152,7 +151,7 @@ def test_serving_imports_neither_torch_nor_librosa(exported: tuple[Path, ge2e_ex
         "e.embed(np.sin(np.arange(44100 * 2) * 0.03).astype(np.float32) * 0.2, 44100)\n"
         "print(sorted(m for m in ('torch', 'librosa', 'resemblyzer', 'speechbrain') if m in sys.modules))\n"
     )
-    env = {**os.environ, "PYTHONPATH": str(REPO / "functions")}
+    env = {**os.environ, "PYTHONPATH": str(services.FUNCTIONS_DIR)}
     done = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"

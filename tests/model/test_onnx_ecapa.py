@@ -28,6 +28,7 @@ import torch
 import torchaudio.functional  # type: ignore[import-untyped]
 from torch import nn
 
+from infra.local import services
 from infra.model import export_onnx
 from infra.model.cache import random_model
 from infra.model.clips import speech_like_clip
@@ -39,7 +40,6 @@ from lockwise.voice.model.model_files import ModelError
 from lockwise.voice.model.onnx_ecapa import MANIFEST, OnnxEcapaEncoder, load_artifact_manifest
 from lockwise.voice.model.resample import _kernel, resample
 
-REPO = Path(__file__).resolve().parents[2]
 RESAMPLE_RATES = (8_000, 11_025, 22_050, 44_100, 48_000)
 
 
@@ -429,9 +429,15 @@ def test_serving_imports_neither_torch_nor_speechbrain(
         "heavy = sorted(m for m in sys.modules if m.split('.')[0] in {'torch', 'torchaudio', 'speechbrain'})\n"
         "print(json.dumps({'heavy': heavy, 'embedding': embedding.tolist()}))\n"
     )
-    env = {**os.environ, "PYTHONPATH": str(REPO / "functions")}
+    env = {**os.environ, "PYTHONPATH": str(services.FUNCTIONS_DIR)}
     result = subprocess.run(
-        [sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=120, check=False
+        [sys.executable, "-c", code],
+        cwd=services.REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout.strip().splitlines()[-1])
@@ -473,7 +479,7 @@ print(json.dumps({"made_at_fork": made_at_fork, "diff": diff, "blas": [before, b
 def test_a_forked_worker_gets_its_own_serving_session(tiny_export: tuple[Path, ParityReport]) -> None:
     """functions-framework's gunicorn loads the model in its master and forks the worker: the worker must serve
     from a session made after the fork (onnxruntime's thread pool does not survive one) and embed the same."""
-    env = {**os.environ, "PYTHONPATH": str(REPO / "functions")}
+    env = {**os.environ, "PYTHONPATH": str(services.FUNCTIONS_DIR)}
     done = subprocess.run(
         [sys.executable, "-c", FORK_PROBE, str(tiny_export[0])], env=env, capture_output=True, text=True, timeout=120
     )
@@ -508,7 +514,7 @@ def test_a_graph_that_does_not_load_stops_the_worker_as_it_boots(
     encoder = OnnxEcapaEncoder(out)
     with pytest.raises(ModelError, match="'logits'"):
         encoder.prepare()
-    env = {**os.environ, "PYTHONPATH": str(REPO / "functions")}
+    env = {**os.environ, "PYTHONPATH": str(services.FUNCTIONS_DIR)}
     done = subprocess.run(
         [sys.executable, "-c", BOOT_PROBE, str(out)], env=env, capture_output=True, text=True, timeout=120
     )
