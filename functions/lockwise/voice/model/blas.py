@@ -2,7 +2,7 @@
 
 OpenBLAS runs a product big enough on every core, and its threads then spin for tens of milliseconds waiting for
 the next one; on a 2-core instance that spinning slows the onnxruntime forward pass that follows by ~50 %. A serving
-process therefore runs numpy's BLAS on one thread (:func:`one_thread`, called as an encoder is made): its products
+process therefore runs numpy's BLAS on one thread (:func:`one_thread`, called as any encoder is made): its products
 (resampling, ~1 ms for 3 s of audio; scoring; GE2E's recurrent steps) are small, and onnxruntime's own thread pool
 keeps the cores. A large batch takes more threads for one block (:func:`limited`). The setting is a global of the loaded
 library, so it also holds in a process forked after it (gunicorn's worker).

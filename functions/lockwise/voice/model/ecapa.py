@@ -27,6 +27,7 @@ import torch
 import torchaudio.functional  # type: ignore[import-untyped]
 
 from lockwise.core import log as lwlog
+from lockwise.voice.model import blas
 from lockwise.voice.model.model_files import ModelError, file_identity
 from lockwise.voice.model.samples import at_least_40ms, mono_float32
 from lockwise.voice.model.samples import sample_rate as checked_rate
@@ -74,6 +75,7 @@ class EcapaEncoder:
 
     def __init__(self, model_dir: Path, *, threads: int | None = None) -> None:
         self.model_dir = Path(model_dir).absolute()
+        blas.one_thread()  # numpy's products (the replay fingerprint's resampling) beside torch's threads
         _check_files(self.model_dir)
         self.model_id: str = model_identity(self.model_dir)
         if threads is not None:

@@ -75,12 +75,11 @@ def landmarks(samples: npt.NDArray[np.floating[Any]], rate: int) -> Landmarks:
     if len(wave) < N_FFT:
         return np.zeros((0, 2), dtype=np.int32)
     frames = np.lib.stride_tricks.sliding_window_view(wave, N_FFT)[::HOP]
-    # in float64: numpy's float32 FFT is ~4x slower (1.5 vs 0.35 ms for 3 s); the rest stays float32
+    # the FFT in float64 (numpy's float32 FFT is ~4x slower: 1.5 vs 0.35 ms for 3 s), the rest in float32; dB from
+    # the natural log (float32 ``log`` is ~4x ``log10``'s speed)
     windowed = (frames * np.hanning(N_FFT).astype(np.float32)).astype(np.float64)
     spectrum = np.abs(np.fft.rfft(windowed, axis=1)[:, LOW_BIN:HIGH_BIN]).astype(np.float32)
-    db = np.float32(20 / np.log(10)) * np.log(
-        spectrum + np.float32(1e-9)
-    )  # dB; numpy's float32 log is ~4x log10's speed
+    db = np.float32(20 / np.log(10)) * np.log(spectrum + np.float32(1e-9))
     loud = db > db.max() - FLOOR_DB
     db = db - order_statistics.median(db, axis=0)  # a channel's fixed colouring out
     local_max = _max_filter(_max_filter(db, PEAK_FRAMES, axis=0), PEAK_BINS, axis=1)
