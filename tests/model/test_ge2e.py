@@ -187,3 +187,22 @@ def test_embedding_many_clips_at_once_gives_each_clips_own_embedding(encoder: ge
     one = np.stack([encoder.embed(samples, rate) for samples, rate in clips])
     assert many.shape == (8, 256) and float(np.abs(many - one).max()) < 1e-5
     assert float(np.abs(many[0] - many[1]).max()) > 0.01  # distinct clips stay distinct rows
+
+
+def test_a_clip_runs_on_one_blas_thread_and_a_large_batch_on_every_core(
+    encoder: ge2e.Ge2eEncoder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The encoder has numpy's BLAS on one thread (its small recurrent products, beside other work); only a batch of
+    ``THREADED_BATCH`` partial windows (calibration's) spreads over every core, and the count is one again after."""
+    from threadpoolctl import threadpool_info  # type: ignore[import-untyped]
+
+    def blas_threads() -> int:
+        return int(next(i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"))
+
+    seen: list[int] = []
+    monkeypatch.setattr(encoder._net, "_forward", lambda mels: seen.append(blas_threads()))
+    mels = np.zeros((ge2e.THREADED_BATCH, 160, 40), np.float32)
+    encoder._net(mels[:3])
+    encoder._net(mels)
+    assert seen == [1, os.cpu_count()]
+    assert blas_threads() == 1

@@ -4,8 +4,8 @@ OpenBLAS runs a product big enough on every core, and its threads then spin for 
 the next one; on a 2-core instance that spinning slows the onnxruntime forward pass that follows by ~50 %. A serving
 process therefore runs numpy's BLAS on one thread (:func:`one_thread`, called as any encoder is made): its products
 (resampling, ~1 ms for 3 s of audio; scoring; GE2E's recurrent steps) are small, and onnxruntime's own thread pool
-keeps the cores. A large batch takes more threads for one block (:func:`limited`). The setting is a global of the loaded
-library, so it also holds in a process forked after it (gunicorn's worker).
+keeps the cores. A large batch takes every core for one block (:func:`every_core`). The setting is a global of the
+loaded library, so it also holds in a process forked after it (gunicorn's worker).
 """
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ def one_thread() -> None:
     _controller().limit(limits=1, user_api="blas")
 
 
-def limited(threads: int | None) -> AbstractContextManager[object]:
-    """numpy's BLAS on ``threads`` threads inside the block (``None``: one per CPU), as before after it. Not for
-    two threads of one process at once: the count is global, and the second block would restore the first's."""
-    block: AbstractContextManager[object] = _controller().limit(limits=threads or os.cpu_count() or 1, user_api="blas")
+def every_core() -> AbstractContextManager[object]:
+    """numpy's BLAS on one thread per CPU inside the block, as before after it (offline work: the count is global,
+    so a product on another thread meanwhile also spreads)."""
+    block: AbstractContextManager[object] = _controller().limit(limits=os.cpu_count() or 1, user_api="blas")
     return block

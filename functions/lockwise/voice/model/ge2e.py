@@ -135,7 +135,8 @@ THREADED_BATCH = 64
 
 
 class Ge2eNetwork:
-    """The LSTM + linear + ReLU forward pass on a batch of partial mel spectrograms, in float32 numpy."""
+    """The LSTM + linear + ReLU forward pass on a batch of partial mel spectrograms, in float32 numpy (made by
+    ``Ge2eEncoder``, which has numpy's BLAS run on one thread: ``lockwise.voice.model.blas``)."""
 
     def __init__(self, weights: dict[str, F32]) -> None:
         self.layers = [
@@ -152,12 +153,13 @@ class Ge2eNetwork:
     def __call__(self, mels: F32) -> F32:
         """(batch, frames, 40) -> (batch, 256) unit-norm partial embeddings.
 
-        Runs BLAS on one thread for a clip or a few: the 480 small recurrent products are ~10x slower when BLAS
-        threads contend with other work on a 2-core instance (measured 1.3 s vs 0.13 s for a 3 s clip). A large
+        A clip or a few run on the process's one BLAS thread: the 480 small recurrent products are ~10x slower when
+        BLAS threads contend with other work on a 2-core instance (measured 1.3 s vs 0.13 s for a 3 s clip). A large
         batch (calibration's ``embed_many``) has products big enough to share: every core (64 clips: 3.0-4.1 s on
         one thread, 2.0-2.1 s on two)."""
-        threads = None if len(mels) >= THREADED_BATCH else 1
-        with blas.limited(threads):
+        if len(mels) < THREADED_BATCH:
+            return self._forward(mels)
+        with blas.every_core():
             return self._forward(mels)
 
     def _forward(self, mels: F32) -> F32:
@@ -238,7 +240,7 @@ class Ge2eEncoder:
     def __init__(self, model_dir: Path) -> None:
         started = time.perf_counter()
         self.model_dir = Path(model_dir).absolute()
-        blas.one_thread()  # as beside onnxruntime; the LSTM takes more threads for a large batch only
+        blas.one_thread()  # as beside onnxruntime: a clip's small products; a large batch takes every core
         manifest = read_manifest(self.model_dir)
         weights_file = self.model_dir / WEIGHTS
         if file_sha256(weights_file) != manifest.get("sha256"):
