@@ -208,7 +208,6 @@ class Database:
                 if con is not None:
                     with self._lock:
                         self._idle.append(con)
-                    con = None
         finally:
             self._slots.release()
 
