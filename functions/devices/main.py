@@ -301,7 +301,7 @@ def create_command(ctx: Ctx, lock_id: str) -> Result:
     audited_action = f"command.{body['action']}" if body.get("action") in commands.ACTIONS else "command.invalid"
     with with_denials_audited(user.uid, lock_id, audited_action), rt.db.transaction() as con:
         members.require(con, lock_id, user.uid, rt.now(), operate=True)
-        command, created = commands.from_app(
+        issued = commands.from_app(
             con,
             lock_id=lock_id,
             uid=user.uid,
@@ -311,7 +311,7 @@ def create_command(ctx: Ctx, lock_id: str) -> Result:
             idempotency_key=key,
         )
     rt.flush_mirror()
-    return {"command": command}, 202 if created else 200
+    return {"command": issued.command}, 202 if issued.created else 200
 
 
 @api.route("GET", "/devices/locks/<lock_id>/commands/<command_id>")

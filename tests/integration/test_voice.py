@@ -253,6 +253,32 @@ def test_lockout_engages_on_the_sixth_attempt_and_releases_on_time(
     assert signed_verify(clients, world, wav(TAKE)).get_json()["decision"] == "rejected"
 
 
+def test_an_accepted_voice_clears_the_failures_counted_before_it(clients: dict[str, Any], world: World) -> None:
+    """An accepted attempt resets the count only when there is one (its clearing statement is skipped otherwise):
+    after four rejections the owner's voice opens and the next stranger starts from one again."""
+
+    def failures() -> int:
+        with get_runtime("verify").db.connection() as con:
+            rows = con.run(
+                "SELECT consecutive_failures FROM voice_lockouts WHERE lock_id = CAST(:l AS uuid)", l=world.lock_id
+            )
+        return int(rows[0][0])
+
+    assert enroll(clients, world.accounts["owner"]).status_code == 201
+    assert signed_verify(clients, world, wav(TAKE)).get_json()["decision"] == "accepted"
+    assert failures() == 0
+    negate_voiceprint(world.uid("owner"))
+    for _ in range(4):
+        assert signed_verify(clients, world, wav(TAKE)).get_json()["decision"] == "rejected"
+    assert failures() == 4
+    negate_voiceprint(world.uid("owner"))  # minus minus: the owner's own voiceprint again
+    assert signed_verify(clients, world, wav(TAKE)).get_json()["decision"] == "accepted"
+    assert failures() == 0
+    negate_voiceprint(world.uid("owner"))
+    assert signed_verify(clients, world, wav(TAKE)).get_json()["decision"] == "rejected"
+    assert failures() == 1
+
+
 def test_attempts_sent_side_by_side_get_no_more_guesses_than_one_after_another(
     clients: dict[str, Any], world: World
 ) -> None:

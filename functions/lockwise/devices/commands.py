@@ -11,6 +11,8 @@ from __future__ import annotations
 import datetime as dt
 import re
 import secrets
+import uuid
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from lockwise.core import audit, errors, mirror
@@ -21,6 +23,15 @@ ACTIONS = ("lock", "unlock", "open")
 _IDEMPOTENCY_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
 
 IssuerKind = Literal["user", "voice"]
+
+
+@dataclass(frozen=True)
+class Issued:
+    """A command as :func:`create` left it."""
+
+    command: dict[str, Any]  # the API view (``present``)
+    created: bool  # False: an idempotent retry, answered with the command its key made first
+    payload: str  # the signed message the lock checks (a voice unlock's grant)
 
 
 def parse_action(value: Any, supports_open: bool) -> str:
@@ -50,12 +61,17 @@ def from_app(
     signing_key_b64: str,
     ttl_s: int,
     idempotency_key: str | None,
-) -> tuple[dict[str, Any], bool]:
+) -> Issued:
     """A command a member sent from the app (their right to operate the lock already checked): the action must be
     one this lock supports and the lock must hold a live credential (paired), else 400 / 409."""
-    rows = con.run("SELECT supports_open FROM locks WHERE id = CAST(:l AS uuid)", l=lock_id)
-    checked = parse_action(action, bool(rows and rows[0][0]))
-    if not con.run("SELECT 1 FROM lock_credentials WHERE lock_id = CAST(:l AS uuid) AND revoked_at IS NULL", l=lock_id):
+    rows = con.run(
+        "SELECT supports_open, EXISTS (SELECT 1 FROM lock_credentials c"
+        " WHERE c.lock_id = l.id AND c.revoked_at IS NULL) FROM locks l WHERE l.id = CAST(:l AS uuid)",
+        l=lock_id,
+    )
+    supports_open, provisioned = (bool(rows[0][0]), bool(rows[0][1])) if rows else (False, False)
+    checked = parse_action(action, supports_open)
+    if not provisioned:
         raise errors.Conflict("the lock has not been provisioned yet", code="lock_not_provisioned")
     return create(
         con,
@@ -73,6 +89,7 @@ _COLUMNS = (
     "id::text AS id, lock_id::text AS lock_id, action, issuer_kind, issuer_uid, status, created_at, expires_at,"
     " sent_at, acked_at, send_count, last_error, idempotency_key"
 )
+_WITH_PAYLOAD = _COLUMNS + ", payload"
 
 
 def create(
@@ -86,17 +103,15 @@ def create(
     ttl_s: int,
     idempotency_key: str | None = None,
     attempt_id: str | None = None,
-) -> tuple[dict[str, Any], bool]:
-    """Insert and sign a command; returns ``(command, created)``; ``created`` is False for an idempotent retry."""
+) -> Issued:
+    """Insert and sign a command (its row read back by the insert itself)."""
     if idempotency_key is not None:
         existing = _by_idempotency_key(con, lock_id, issuer_uid, idempotency_key)
         if existing is not None:
-            if existing["action"] != action:
-                raise errors.Conflict("idempotency key was used for a different action", code="idempotency_key_reused")
-            return present(existing), False
+            return _retried(existing, action)
     now = dt.datetime.now(dt.UTC).replace(microsecond=0)
     expires = now + dt.timedelta(seconds=ttl_s)
-    command_id = str(con.run("SELECT gen_random_uuid()::text")[0][0])
+    command_id = str(uuid.uuid4())  # random (os.urandom), as gen_random_uuid() is: known before the row, to sign
     nonce = secrets.token_urlsafe(18)
     payload = command_signing.sign(
         command_signing.Command(
@@ -109,12 +124,13 @@ def create(
         ),
         command_signing.private_key(signing_key_b64),
     )
-    inserted = con.run(
+    inserted = rows_as_dicts(
+        con,
         "INSERT INTO commands (id, lock_id, action, issuer_kind, issuer_uid, attempt_id, idempotency_key, nonce,"
         " created_at, expires_at, payload)"
         " VALUES (CAST(:id AS uuid), CAST(:l AS uuid), :a, :k, :u, CAST(:att AS uuid), :ik, :n, :c, :e, :p)"
         " ON CONFLICT (lock_id, issuer_uid, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING"
-        " RETURNING 1",
+        f" RETURNING {_COLUMNS}",
         id=command_id,
         l=lock_id,
         a=action,
@@ -127,11 +143,13 @@ def create(
         e=expires,
         p=payload,
     )
-    if not inserted and idempotency_key is not None:  # a concurrent retry with the same key won the race
-        raced = _by_idempotency_key(con, lock_id, issuer_uid, idempotency_key)
-        if raced is None or raced["action"] != action:
+    if not inserted:
+        if idempotency_key is None:  # the insert's only conflict target is the idempotency key
+            raise RuntimeError("a command without an idempotency key was not inserted")
+        raced = _by_idempotency_key(con, lock_id, issuer_uid, idempotency_key)  # a concurrent retry won the race
+        if raced is None:
             raise errors.Conflict("idempotency key was used for a different action", code="idempotency_key_reused")
-        return present(raced), False
+        return _retried(raced, action)
     actor = audit.user_actor(issuer_uid) if issuer_uid else f"voice:{attempt_id}"
     audit.record(
         con, actor, f"command.{action}", "ok", lock_id=lock_id, target=command_id, details={"issuer": issuer_kind}
@@ -139,16 +157,19 @@ def create(
     mirror.activity(
         con, lock_id, "command", action=action, command_id=command_id, actor_uid=issuer_uid, via=issuer_kind
     )
-    row = get(con, command_id)
-    if row is None:
-        raise RuntimeError("command vanished inside its own transaction")
-    return present(row), True
+    return Issued(present(inserted[0]), True, payload)
+
+
+def _retried(existing: dict[str, Any], action: str) -> Issued:
+    if existing["action"] != action:
+        raise errors.Conflict("idempotency key was used for a different action", code="idempotency_key_reused")
+    return Issued(present(existing), False, str(existing["payload"]))
 
 
 def _by_idempotency_key(con: Connection, lock_id: str, uid: str | None, key: str) -> dict[str, Any] | None:
     rows = rows_as_dicts(
         con,
-        f"SELECT {_COLUMNS} FROM commands WHERE lock_id = CAST(:l AS uuid) AND issuer_uid IS NOT DISTINCT FROM :u"
+        f"SELECT {_WITH_PAYLOAD} FROM commands WHERE lock_id = CAST(:l AS uuid) AND issuer_uid IS NOT DISTINCT FROM :u"
         " AND idempotency_key = :k",
         l=lock_id,
         u=uid,

@@ -8,25 +8,32 @@ successful app unlock clears it. Refused attempts (during a lockout) do not coun
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import dataclass
 
 from lockwise.core.db import Connection
 
 DAY = dt.timedelta(days=1)
 
 
-def refused_for(con: Connection, lock_id: str, now: dt.datetime) -> int:
-    """Seconds until voice unlock is allowed again at ``lock_id`` (0: allowed). Locks the row for this attempt:
-    one statement makes the lock's row if it has none, or locks the one it has (an upsert that changes nothing
-    locks the row as ``FOR UPDATE`` does) and returns it."""
+@dataclass(frozen=True)
+class Hold:
+    """The lock's lockout row, held (locked) for this attempt's transaction."""
+
+    wait_s: int  # seconds until voice unlock is allowed again (0: allowed)
+    counting: bool  # failures are counted or a lockout stands: an accepted voice has something to clear
+
+
+def hold(con: Connection, lock_id: str, now: dt.datetime) -> Hold:
+    """Lock ``lock_id``'s lockout row for this attempt and read it: one statement makes the row if it has none, or
+    locks the one it has (an upsert that changes nothing locks the row as ``FOR UPDATE`` does) and returns it."""
     rows = con.run(
         "INSERT INTO voice_lockouts (lock_id) VALUES (CAST(:l AS uuid))"
-        " ON CONFLICT (lock_id) DO UPDATE SET lock_id = EXCLUDED.lock_id RETURNING locked_until",
+        " ON CONFLICT (lock_id) DO UPDATE SET lock_id = EXCLUDED.lock_id RETURNING locked_until, consecutive_failures",
         l=lock_id,
     )
-    until = rows[0][0]
-    if until is None or until <= now:
-        return 0
-    return max(1, int((until - now).total_seconds() + 0.999))
+    until, failures = rows[0][0], int(rows[0][1])
+    wait = 0 if until is None or until <= now else max(1, int((until - now).total_seconds() + 0.999))
+    return Hold(wait, failures > 0 or until is not None)
 
 
 def record_failure(con: Connection, lock_id: str, now: dt.datetime, *, after: int, base_s: int) -> int:
