@@ -5,9 +5,10 @@ Threads: paho's network loop (callbacks), the forwarder worker, a LISTEN connect
 ``stop()``; SIGTERM finishes in-flight work, then exits.
 
 Replicas: each leases a slot (``mqtt_relay.slots``) that names its MQTT session, so no two live replicas share a
-client id. Lock events arrive through MQTT shared subscriptions (``$share/lockwise-relay/...``), so each event goes to
-one replica. The session is MQTT 5 with a session expiry, so the broker drops what an abandoned slot's session
-queued once it has been gone that long; a replica that stops cleanly unsubscribes first, so nothing is queued for it.
+client id. Lock events arrive through MQTT shared subscriptions (``$share/<group>/...``, a group only the relays can
+name: ``sessions.event_topics``), so each event goes to one replica. The session is MQTT 5 with a session expiry,
+so the broker drops what an abandoned slot's session queued once it has been gone that long; a replica that stops
+cleanly unsubscribes first, so nothing is queued for it.
 """
 
 from __future__ import annotations
@@ -32,7 +33,6 @@ from mqtt_relay.slots import Lease, LeaseLost
 
 log = logging.getLogger("mqtt_relay")
 
-EVENT_TOPICS = sessions.EVENT_TOPICS
 PUBACK_TIMEOUT_S = 5.0
 LEASE_CHECK_S = 1.0
 
@@ -49,6 +49,7 @@ class Relay:
         self.exit_code = 0
         # persistent session (clean_start=False with an expiry): unacknowledged events are redelivered after a crash
         self.client = sessions.new_client(settings, lease.client_id)
+        self.event_topics = sessions.event_topics(settings.mqtt_client_certs)
         self.client.reconnect_delay_set(min_delay=1, max_delay=30)
         self.client.max_inflight_messages_set(100)
         self.client.on_connect = self._on_connect
@@ -66,7 +67,8 @@ class Relay:
         if rc.is_failure:
             log.error("broker refused the relay", extra={"fields": {"reason": str(rc)}})
             return
-        client.subscribe([(t, 1) for t in EVENT_TOPICS])  # here, so subscriptions survive reconnects
+        client.subscribe([(t, 1) for t in self.event_topics])  # here, so subscriptions survive reconnects
+        client.unsubscribe(sessions.LEGACY_EVENT_TOPICS)  # a session resumed from before the group had a secret name
         self.connected.set()
         self._wake.set()
         log.info("connected to broker", extra={"fields": {"session_present": bool(flags.session_present)}})
@@ -202,7 +204,7 @@ class Relay:
             # leave the share group first, so the broker queues nothing more for this session while it is away; the
             # last replica stays in it, so that the events of a restart's gap wait for it in its session
             with contextlib.suppress(RuntimeError, ValueError):
-                self.client.unsubscribe(EVENT_TOPICS)
+                self.client.unsubscribe(self.event_topics)
         self.forwarder.stop()
         listener.join(timeout=3)
         self.client.disconnect()

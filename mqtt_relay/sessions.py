@@ -10,6 +10,7 @@ holds, leaves the share group and ends the session (session expiry 0 on disconne
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import logging
 import socket
@@ -32,13 +33,34 @@ from mqtt_relay.settings import RelaySettings
 
 log = logging.getLogger("mqtt_relay.sessions")
 
-#: every replica is in one shared-subscription group: the broker hands each lock event to one of them
-SHARE_GROUP = "lockwise-relay"
-EVENT_TOPICS = [f"$share/{SHARE_GROUP}/{topics.ROOT}/+/{kind}" for kind in ("state", "ack", "status")]
-
 
 class MissingIdentity(RuntimeError):
-    """``MQTT_CLIENT_CERTS`` holds no certificate for a slot the relay leased."""
+    """``MQTT_CLIENT_CERTS`` is unreadable or holds no certificate for a slot the relay leased."""
+
+
+EVENT_KINDS = ("state", "ack", "status")
+#: the group every replica used to share under a fixed name: a lock could join it (see ``event_topics``); a relay
+#: leaves it as it connects, since a resumed session keeps the subscriptions it had
+LEGACY_EVENT_TOPICS = [f"$share/lockwise-relay/{topics.ROOT}/+/{kind}" for kind in EVENT_KINDS]
+
+
+def event_topics(bundle: str) -> list[str]:
+    """The replicas' shared subscriptions: the broker hands each lock event to one member of the group.
+
+    The group is named by a digest of the relay identities' private keys (the ``MQTT_CLIENT_CERTS`` bundle every
+    replica holds), so only a relay can name it. Mosquitto's ``acl_file`` never refuses a subscription (it checks
+    ``read`` only as it delivers), so a lock could subscribe to ``$share/<group>/lockwise/+/state``; in the relays'
+    group it would be handed its share of every lock's events, each then dropped by that read check (an attacker's
+    four paired locks lost 8 of a victim's 10 state reports under the fixed name this replaced). A group of its own
+    takes nothing from the relays'. New relay certificates name a new group: sessions resumed from before keep the
+    old group's subscription too, so each event comes twice until they expire; applying an event is idempotent."""
+    try:
+        identities = json.loads(Path(bundle).read_text())
+        keys = sorted(f"{name}\n{entry['key']}" for name, entry in identities.items())
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise MissingIdentity(f"MQTT_CLIENT_CERTS ({bundle}) is not a bundle of relay identities") from exc
+    group = "lockwise-relay-" + hashlib.sha256("\n".join(keys).encode()).hexdigest()[:32]
+    return [f"$share/{group}/{topics.ROOT}/+/{kind}" for kind in EVENT_KINDS]
 
 
 def new_client(settings: RelaySettings, client_id: str) -> mqtt.Client:
@@ -137,7 +159,8 @@ def drain(settings: RelaySettings, client_id: str, forwarder: Forwarder, *, quie
         if not present[0]:  # no session was left behind: end the empty one the connect made
             client.disconnect(properties=session_properties(0, PacketTypes.DISCONNECT))
             return 0
-        client.unsubscribe(EVENT_TOPICS)  # out of the share group: the broker queues nothing more here
+        # out of the share group (and the fixed-name one of before): the broker queues nothing more here
+        client.unsubscribe([*event_topics(settings.mqtt_client_certs), *LEGACY_EVENT_TOPICS])
         deadline = time.monotonic() + 60
         idle = False
         while time.monotonic() < deadline and not idle:

@@ -4,6 +4,7 @@ username and client id, and a per-identity ACL. The broker holds nothing per loc
 from __future__ import annotations
 
 import datetime as dt
+import json
 import secrets
 import ssl
 import threading
@@ -22,9 +23,11 @@ from infra.deploy_config import RELAY_SLOTS
 from infra.local.services import Broker
 from lockwise.devices import topics
 from lockwise.devices.lock_certs import LockCa, crl, issue, new_ca
+from mqtt_relay import sessions
 from simlock.lock import new_tls_key
 
 RELAY = f"lockwise-relay-{RELAY_SLOTS}"  # a relay slot the tests' relays never lease
+LEGACY = sessions.LEGACY_EVENT_TOPICS  # the relays' shared subscriptions under the fixed group name of before
 
 
 class Peer:
@@ -265,6 +268,46 @@ def test_one_lock_cannot_read_or_write_another_locks_topics(
     finally:
         for peer in (spy, victim, relay):
             peer.stop()
+
+
+def test_a_lock_takes_no_share_of_the_relays_events(
+    broker: Broker, lock_files: dict[str, tuple[Path, Path]], tmp_path: Path
+) -> None:
+    """Mosquitto grants any shared subscription (its ACL file checks ``read`` only as it delivers) and hands each
+    event to one member of a group: a lock in the relays' group would take a share of every lock's events, each
+    then dropped. The premise is shown first (a lock that knows the group's name steals), then that a lock cannot
+    name it: in the old fixed-name group and a group of its own it takes nothing, and every report reaches the relay."""
+    a_files, b_files = two(lock_files)
+    a, b = identity_of(a_files), identity_of(b_files)
+    relay_files = broker.client_files(RELAY, tmp_path / "relay")
+    bundle = tmp_path / "relay-certs.json"
+    bundle.write_text(json.dumps({RELAY: {"cert": relay_files[0].read_text(), "key": relay_files[1].read_text()}}))
+    group_topics = sessions.event_topics(str(bundle))
+    assert group_topics[0].startswith("$share/lockwise-relay-") and all(t not in group_topics for t in LEGACY)
+
+    def reports_reaching_the_relay(spy_topics: list[str], count: int = 10) -> int:
+        spy, victim = Peer(broker, a_files, client_id=a), Peer(broker, b_files, client_id=b)
+        relay = Peer(broker, relay_files, client_id=RELAY)
+        for peer in (spy, victim, relay):
+            assert peer.start()
+        try:
+            for topic in group_topics:
+                relay.subscribe(topic)
+            for topic in spy_topics:
+                spy.subscribe(topic)
+            for i in range(count):
+                victim.client.publish(topics.state(b), f'{{"seq": {i}}}'.encode(), qos=1).wait_for_publish(5)
+            wait_until(lambda: len(relay.messages) == count)
+            time.sleep(0.3)
+            assert spy.messages == []
+            return len(relay.messages)
+        finally:
+            for peer in (spy, victim, relay):
+                peer.stop()
+
+    assert reports_reaching_the_relay(group_topics) < 10  # the broker's behaviour this guards against
+    own_group = [t.replace("$share/lockwise-relay/", "$share/spy/") for t in LEGACY]
+    assert reports_reaching_the_relay([*LEGACY, *own_group, f"{topics.ROOT}/+/state"]) == 10
 
 
 def test_an_oversized_message_is_refused_by_the_broker(
