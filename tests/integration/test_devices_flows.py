@@ -430,6 +430,16 @@ BAD_INPUT: list[tuple[str, str, Any, int, str]] = [
     ("POST", "/devices/locks/{lock}/members", {"uid": 12, "role": "member"}, 400, "invalid_uid"),
     ("PATCH", "/devices/locks/{lock}/members/ghost", {"role": "member"}, 404, "member_not_found"),
     ("DELETE", "/devices/locks/{lock}/members/ghost", None, 404, "member_not_found"),
+    # path parameters cross the input boundary too (PostgreSQL refuses NUL: once a 500)
+    ("DELETE", "/devices/locks/{lock}/members/a%00b", None, 400, "invalid_text"),
+    ("PATCH", "/devices/locks/{lock}/members/%00", {"role": "member"}, 400, "invalid_text"),
+    (
+        "POST",
+        "/devices/locks/{lock}/members",
+        {"uid": "x", "role": "guest", "access": {"timezone": "America", "weekdays": ["mon"]}},
+        400,
+        "invalid_access",
+    ),
     ("POST", "/devices/locks/{lock}/transfer", {"uid": "ghost"}, 404, "member_not_found"),
     ("POST", "/devices/provision", {"code": "AAAA-BBBB", "public_key": "bm90IGEga2V5"}, 400, "invalid_public_key"),
     ("POST", "/devices/provision", {"code": 5, "public_key": "A" * 43 + "="}, 400, "invalid_code_format"),

@@ -456,6 +456,10 @@ def test_enrollment_samples_that_disagree_name_the_outlier(
         (wav(np.zeros(3 * 44100, np.float32)), "audio/wav", 422, "silence"),
         (wav(np.clip(VOICE * 30, -1, 1)), "audio/wav", 422, "clipped"),
         (b'{"pcm_base64": "%%%"}', "application/json", 400, "malformed_base64"),
+        # the one JSON boundary (a plain json.loads here once took these: deep nesting was a 500)
+        (b"[" * 100_000 + b"]" * 100_000, "application/json", 400, "json_too_deep"),
+        (b'{"pcm_base64": "AAAA", "sample_rate": NaN}', "application/json", 400, "malformed_json"),
+        ('{"pcm_base64": "AAAA"}'.encode("utf-16"), "application/json", 400, "malformed_json"),
         (b"OggS" + b"\0" * 100, "audio/ogg", 415, "unsupported_media_type"),
     ],
 )

@@ -57,6 +57,9 @@ def test_signed_token_is_accepted(keys: dict[str, rsa.RSAPrivateKey]) -> None:
         (lambda k: signed(k["k1"], aud="demo-other"), "invalid_token"),
         (lambda k: signed(k["k1"], iss="https://evil.example.com"), "invalid_token"),
         (lambda k: signed(k["k1"], sub=""), "invalid_token"),
+        (lambda k: signed(k["k1"], sub="a\u0000b"), "invalid_token"),  # PostgreSQL refuses NUL in text: once a 500
+        (lambda k: signed(k["k1"], sub="\ud800"), "invalid_token"),  # a lone surrogate: not UTF-8
+        (lambda k: signed(k["k1"], sub=["uid"]), "invalid_token"),
         (lambda k: signed(k["k1"], iat=int(time.time()) + 600), "invalid_token"),
         (lambda k: signed(k["k1"])[:-4] + "AAAA", "invalid_token"),  # tampered signature
         (lambda k: "not.a.jwt", "invalid_token"),
@@ -77,3 +80,11 @@ def test_hs256_token_with_the_public_key_as_secret_is_rejected(keys: dict[str, r
     forged = jwt.encode({"sub": "x", "aud": PROJECT_ID}, pub.decode()[:40], algorithm="HS256", headers={"kid": "k1"})
     with pytest.raises(errors.Unauthenticated):
         verifier(keys).verify(forged)
+
+
+@pytest.mark.parametrize("email", ["a\u0000@example.com", "\ud800@example.com", ["a@example.com"], 5])
+def test_an_email_claim_that_is_not_text_is_as_none(keys: dict[str, rsa.RSAPrivateKey], email: object) -> None:
+    """Google signs no such claim; a custom token may carry one. The user is the token's subject all the same, with
+    no email (a list once reached the email check as a list: a 500)."""
+    user = verifier(keys).verify(signed(keys["k1"], email=email))
+    assert user.uid == "uid-123" and user.email is None

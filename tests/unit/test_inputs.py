@@ -23,6 +23,9 @@ from lockwise.core.http import parse_json_object
         (b"[NaN]", "malformed_json"),
         (b'{"a": Infinity}', "malformed_json"),
         (b"\xff\xfe", "malformed_json"),
+        ('{"a": 1}'.encode("utf-16"), "malformed_json"),  # UTF-8 only: json.loads would take UTF-16 and -32 bytes
+        ('{"a": 1}'.encode("utf-32-le"), "malformed_json"),
+        (b'\xef\xbb\xbf{"a": 1}', "malformed_json"),  # a byte-order mark
         (b'{"a": 1', "malformed_json"),
     ],
 )

@@ -83,6 +83,8 @@ def test_parse_access_builds_columns() -> None:
         ("guest", {"day_start_minute": 60, "day_end_minute": 60}),
         ("guest", {"day_start_minute": True, "day_end_minute": 60}),
         ("guest", {"timezone": "Mars/Olympus"}),
+        ("guest", {"timezone": "America"}),  # a folder of the tz database: IsADirectoryError, once a 500
+        ("guest", {"timezone": "Etc"}),
         ("guest", {"valid_from": "yesterday"}),
         ("guest", {"valid_from": "2030-01-01T00:00:00"}),  # no offset
         ("guest", {"valid_from": "2030-01-02T00:00:00Z", "valid_until": "2030-01-01T00:00:00Z"}),

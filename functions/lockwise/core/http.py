@@ -181,6 +181,8 @@ class Api:
                 raise errors.MethodNotAllowed(
                     f"{request.method} is not allowed on {request.path}", allowed=allowed
                 ) from exc
+            for name, value in params.items():  # path parameters cross the same input boundary as bodies
+                inputs.check_text(value, name)
             ctx = Ctx(request=request, request_id=request_id, settings=self._settings())
             result = self._handlers[str(endpoint)](ctx, **params)
             return _to_response(result)

@@ -20,7 +20,7 @@ import jwt
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 from cryptography.x509 import load_pem_x509_certificate
 
-from lockwise.core import errors
+from lockwise.core import errors, inputs
 from lockwise.core.auth import User
 
 GOOGLE_CERTS_URL = "https://www.googleapis.com/robot/v1/metadata/x509/securetoken@system.gserviceaccount.com"
@@ -108,9 +108,10 @@ class IdTokenVerifier:
         except jwt.PyJWTError as exc:
             raise errors.Unauthenticated(f"ID token rejected: {exc}", code="invalid_token") from exc
         self._check_claims(claims)
+        email = claims.get("email")
         return User(
             uid=str(claims["sub"]),
-            email=claims.get("email"),
+            email=email if isinstance(email, str) and _is_text(email) else None,  # else as if it had none
             email_verified=bool(claims.get("email_verified", False)),
             claims=claims,
         )
@@ -145,7 +146,7 @@ class IdTokenVerifier:
         if claims.get("iss") != f"https://securetoken.google.com/{self.project_id}":
             raise errors.Unauthenticated("ID token has the wrong issuer", code="invalid_token")
         sub = claims.get("sub")
-        if not isinstance(sub, str) or not 0 < len(sub) <= 128:
+        if not isinstance(sub, str) or not 0 < len(sub) <= 128 or not _is_text(sub):
             raise errors.Unauthenticated("ID token has no valid subject", code="invalid_token")
         now = self.clock()
         iat, auth_time = claims.get("iat"), claims.get("auth_time", claims.get("iat"))
@@ -153,6 +154,16 @@ class IdTokenVerifier:
             raise errors.Unauthenticated("ID token issued in the future", code="invalid_token")
         if not isinstance(auth_time, int | float) or auth_time > now + LEEWAY_S:
             raise errors.Unauthenticated("ID token authenticated in the future", code="invalid_token")
+
+
+def _is_text(value: str) -> bool:
+    """Text PostgreSQL keeps: no NUL, no lone surrogate (Google signs no such claim; a custom token or the Auth
+    emulator's unsigned ones may carry them)."""
+    try:
+        inputs.check_text(value, "claim")
+    except errors.BadRequest:
+        return False
+    return True
 
 
 def verifier_for(project_id: str, auth_emulator_host: str | None) -> IdTokenVerifier:

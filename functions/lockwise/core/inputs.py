@@ -30,8 +30,9 @@ def loads(raw: bytes | str, *, max_depth: int = MAX_JSON_DEPTH) -> Any:
         deepest = max(deepest, depth)
         if deepest > max_depth:
             raise errors.BadRequest(f"JSON nested deeper than {max_depth} levels", code="json_too_deep")
-    try:
-        value = json.loads(data, parse_int=_integer, parse_constant=_no_constant)
+    try:  # UTF-8 only (RFC 8259 8.1); json.loads would also take UTF-16 and UTF-32 bytes
+        text = raw if isinstance(raw, str) else raw.decode("utf-8")
+        value = json.loads(text, parse_int=_integer, parse_constant=_no_constant)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise errors.BadRequest(f"body is not valid JSON: {exc}", code="malformed_json") from exc
     _check_strings(value)

@@ -270,7 +270,7 @@ def parse_access(role: str, body: dict[str, Any]) -> dict[str, Any]:
             if not isinstance(tz, str) or len(tz) > 64:
                 raise ZoneInfoNotFoundError(tz)
             ZoneInfo(tz)
-        except (ZoneInfoNotFoundError, ValueError) as exc:
+        except (ZoneInfoNotFoundError, ValueError, OSError) as exc:  # OSError: a tz database folder ("America")
             raise errors.BadRequest(f"unknown time zone {tz!r}", code="invalid_access") from exc
         out["timezone"] = tz
     if out["valid_from"] and out["valid_until"] and out["valid_until"] <= out["valid_from"]:

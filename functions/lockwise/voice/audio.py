@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from lockwise.core import errors
+from lockwise.core import errors, inputs
 from lockwise.core.config import Settings
 from lockwise.voice import order_statistics
 
@@ -146,12 +146,7 @@ def from_body(body: bytes, content_type: str | None, rate_hint: str | None) -> C
     if not body:
         raise errors.BadRequest("audio is empty", code="empty_audio")
     if ctype == "application/json":
-        import json
-
-        try:
-            obj = json.loads(body)
-        except (UnicodeDecodeError, ValueError) as exc:
-            raise errors.BadRequest("body is not valid JSON", code="malformed_json") from exc
+        obj = inputs.loads(body)  # the one JSON boundary: nesting, NaN, NUL and surrogates refused by name
         if not isinstance(obj, dict):
             raise errors.BadRequest("body must be a JSON object", code="expected_object")
         return from_json(obj)
