@@ -334,6 +334,24 @@ def test_an_owners_resets_do_not_buy_more_than_the_daily_ceiling_of_guesses(
     assert unlock.status_code == 202  # the app still opens the door
 
 
+@pytest.mark.parametrize(("reason", "counted"), [("say_again", True), ("below_threshold", True), ("replay", False)])
+def test_the_daily_ceiling_counts_every_scored_rejection(world: World, reason: str, counted: bool) -> None:
+    """A ``say_again`` (scored, just under the threshold: the most telling answer) counts like a plain rejection;
+    a replay was never scored and counts towards the lockout only."""
+    from lockwise.devices import lockout
+
+    now = dt.datetime.now(dt.UTC)
+    with get_runtime("verify").db.transaction() as con:
+        for _ in range(3):
+            con.run(
+                "INSERT INTO verification_attempts (lock_id, outcome, reason)"
+                " VALUES (CAST(:l AS uuid), 'rejected', :r)",
+                l=world.lock_id,
+                r=reason,
+            )
+        assert (lockout.daily_ceiling_wait(con, world.lock_id, now, 3) > 0) is counted
+
+
 def test_deleting_voice_data_removes_the_scores_it_produced(clients: dict[str, Any], world: World) -> None:
     assert enroll(clients, world.accounts["member"]).status_code == 201
     accepted = signed_verify(clients, world, wav(TAKE)).get_json()

@@ -61,12 +61,13 @@ def daily_ceiling_wait(con: Connection, lock_id: str, now: dt.datetime, ceiling:
 
     The lockout above slows guessing; an owner's reset ends it, so on its own it would buy an owner with a lock
     unlimited guesses at a member's voiceprint. The ceiling counts what the attempts log holds (no reset touches it):
-    at most ``ceiling`` rejected, scored attempts (below the threshold, or ambiguous) per lock in any 24 hours; past it
-    only the app opens the door until the oldest of them is a day old.
+    at most ``ceiling`` rejected, scored attempts (below the threshold, ambiguous, or just under it and asked again:
+    the most telling answer to someone tuning a recording) per lock in any 24 hours; past it only the app opens the
+    door until the oldest of them is a day old.
     """
     rows = con.run(
         "SELECT count(*), min(created_at) FROM verification_attempts WHERE lock_id = CAST(:l AS uuid)"
-        " AND outcome = 'rejected' AND reason IN ('below_threshold', 'ambiguous') AND created_at > :since",
+        " AND outcome = 'rejected' AND reason IN ('below_threshold', 'ambiguous', 'say_again') AND created_at > :since",
         l=lock_id,
         since=now - DAY,
     )
