@@ -352,6 +352,34 @@ def test_the_daily_ceiling_counts_every_scored_rejection(world: World, reason: s
         assert (lockout.daily_ceiling_wait(con, world.lock_id, now, 3) > 0) is counted
 
 
+def test_whether_a_voice_is_a_co_members_is_answered_a_few_times_a_day(
+    clients: dict[str, Any], world: World, monkeypatch: pytest.MonkeyPatch, make_client: Any
+) -> None:
+    """Enrollment's 409 ``voice_matches_member`` is an accept/reject bit on a co-member's voiceprint that the door's
+    lockout never sees (an attack run probed six voices in 2.6 s): each is counted per user, and past the day's
+    share the answer is 429 before any voice is scored, whatever the voice, including in parallel."""
+    from lockwise.core.config import get_settings
+
+    monkeypatch.setenv("LOCKWISE_ENROLL_MATCH_REFUSALS", "2")
+    get_settings.cache_clear()
+    get_runtime.cache_clear()
+    clients = {**clients, "embed": make_client("embed")}
+    assert enroll(clients, world.accounts["member"]).status_code == 201
+    with ThreadPoolExecutor(max_workers=4) as pool:  # a burst gets no more answers than one after another
+        answers = list(pool.map(lambda _: enroll(clients, world.accounts["admin"]), range(4)))
+    assert sorted(a.status_code for a in answers) == [409, 409, 429, 429]
+    own_voice = enroll(clients, world.accounts["admin"], speech_like(3.0, f0=220, seed=9))
+    assert own_voice.status_code == 429 and own_voice.get_json()["error"]["code"] == "enrollment_limit"
+    assert 23 * 3600 < int(own_voice.headers["Retry-After"]) <= 24 * 3600
+    with get_runtime("embed").db.connection() as con:
+        rows = con.run("SELECT count(*) FROM voiceprints WHERE user_uid = :u", u=world.uid("admin"))
+        audited = con.run(
+            "SELECT count(*) FROM audit_log WHERE actor = :a AND action = 'voice.enroll' AND outcome = 'denied'",
+            a=f"user:{world.uid('admin')}",
+        )
+    assert rows[0][0] == 0 and audited[0][0] == 2
+
+
 def test_deleting_voice_data_removes_the_scores_it_produced(clients: dict[str, Any], world: World) -> None:
     assert enroll(clients, world.accounts["member"]).status_code == 201
     accepted = signed_verify(clients, world, wav(TAKE)).get_json()
