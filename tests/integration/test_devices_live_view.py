@@ -330,6 +330,33 @@ def _windows(now: dt.datetime) -> list[dict[str, Any]]:
     return out
 
 
+def test_a_guest_made_owner_reads_the_live_view_outside_their_old_window(
+    world: World, stack_env: dict[str, str]
+) -> None:
+    """A transfer clears the new owner's guest window and expiry in PostgreSQL and in the rules' data alike (the
+    mirror was once left as it was: the new owner was refused their own lock's live view; attack run)."""
+    host, lock_doc, guest = stack_env["FIRESTORE_EMULATOR_HOST"], f"locks/{world.lock_id}", world.uid("guest_in")
+    today = members.WEEKDAY_NAMES[dt.datetime.now(dt.UTC).weekday()]
+    other_days = [d for d in members.WEEKDAY_NAMES if d != today]
+    resp = world.devices.patch(
+        f"/devices/locks/{world.lock_id}/members/{guest}",
+        json={"role": "guest", "access": {"timezone": "UTC", "weekdays": other_days}},
+        headers=world.headers("owner"),
+    )
+    assert resp.status_code == 200, resp.get_json()
+    token = world.accounts["guest_in"]["idToken"]
+    assert rest_get(host, lock_doc, token) == 403  # outside the window today
+    moved = world.devices.post(
+        f"/devices/locks/{world.lock_id}/transfer", json={"uid": guest}, headers=world.headers("owner")
+    )
+    assert moved.status_code == 200, moved.get_json()
+    deadline = time.monotonic() + 5
+    while rest_get(host, lock_doc, token) != 200 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert rest_get(host, lock_doc, token) == 200
+    assert rest_get(host, lock_doc, world.accounts["owner"]["idToken"]) == 200  # the old owner, now an admin
+
+
 def test_rules_decide_guest_windows_as_the_api_does(world: World, stack_env: dict[str, str]) -> None:
     """For each window, the guest reads the lock document from Firestore exactly when the API's own check
     (``Membership.in_window``) says they are inside it; also the absolute bounds and a stale zone offset."""

@@ -143,6 +143,7 @@ def transfer(con: Connection, lock_id: str, from_uid: str, to_uid: str) -> None:
     con.run("UPDATE locks SET owner_uid = :u, updated_at = now() WHERE id = CAST(:l AS uuid)", u=to_uid, l=lock_id)
     audit.record(con, audit.user_actor(from_uid), "lock.transfer", "ok", lock_id=lock_id, target=to_uid)
     mirror.activity(con, lock_id, "ownership_transferred", actor_uid=from_uid, target_uid=to_uid)
+    members.mirror_access(con, lock_id)  # the new owner's window and expiry are gone in the rules' data too
 
 
 def delete(con: Connection, lock_id: str, uid: str) -> None:
