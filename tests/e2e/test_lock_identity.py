@@ -35,6 +35,10 @@ def test_renewal_keeps_the_identity_and_the_session(
     assert after.public_key() != before.public_key()  # a new TLS key with every renewal
     (serial,) = db_one(e2e, "SELECT cert_serial FROM lock_credentials WHERE lock_id = CAST(:l AS uuid)", l=lock_id)
     assert int(serial, 16) == after.serial_number
+    # the certificate it replaced is revoked at once (the lock reconnected with the new one); the new one is not
+    crl = x509.load_pem_x509_crl(requests.get(f"{e2e['url']}/devices/lock-ca/crl", timeout=10).text.encode())
+    assert crl.get_revoked_certificate_by_serial_number(before.serial_number) is not None
+    assert crl.get_revoked_certificate_by_serial_number(after.serial_number) is None
     command = app.unlock(lock_id)
     wait_for(lambda: [c for c in lock.executed if c.id == command["id"]], what="a command after renewal")
     wait_for(lambda: app.command_status(lock_id, command["id"]) == "acked", what="acked after renewal")
