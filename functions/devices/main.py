@@ -338,8 +338,8 @@ def redeem_provisioning_code(ctx: Ctx) -> Result:
     body = ctx.json()
     public_key = provisioning.parse_public_key(body.get("public_key"))
     source, limit = ctx.client_address, rt.settings.pairing_failures_per_hour
-    with rt.db.connection() as con:
-        wait = provisioning.pairing_wait(con, source, limit)
+    with rt.db.transaction() as con:
+        wait = provisioning.reserve_pairing_attempt(con, source, limit)
     if wait:
         raise errors.RateLimited(
             "too many wrong pairing codes from this address; try later",
@@ -351,9 +351,12 @@ def redeem_provisioning_code(ctx: Ctx) -> Result:
             credentials = provisioning.redeem(
                 con, body.get("code"), public_key, body.get("csr"), lock_ca(), rt.settings.lock_cert_ttl_s
             )
+            provisioning.release_pairing_attempt(con, source)  # paired: not a failure
     except errors.Unauthenticated:
+        raise  # a wrong code: the attempt stays counted
+    except Exception:
         with rt.db.transaction() as con:
-            provisioning.record_pairing_failure(con, source)
+            provisioning.release_pairing_attempt(con, source)
         raise
     rt.flush_mirror()
     return credentials.public(

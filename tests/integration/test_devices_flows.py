@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -511,3 +512,17 @@ def test_wrong_pairing_codes_are_limited_per_client_address(
     good = create_lock(devices, sign_up())["provisioning"]["code"]
     assert redeem(good, "203.0.113.7").status_code == 429, "blocked even with a valid code: guessing stops here"
     assert redeem(good, "192.0.2.44").status_code == 201, "another address is not held up"
+    # a parallel burst gets exactly the limit's worth of tries, not what was in flight when the count was read
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        burst = list(pool.map(lambda i: redeem(f"WRONG-CODE-{i}", "192.0.2.99").status_code, range(24)))
+    assert sorted(burst) == [401] * 3 + [429] * 21, burst
+    # a request refused for something else (a bad CSR) does not use up a try
+    bad_csr = devices.post(
+        "/devices/provision",
+        json={"code": "WRONG-CODE-X", "public_key": public, "csr": "not a csr"},
+        headers={"X-Forwarded-For": "192.0.2.100"},
+    )
+    assert bad_csr.status_code == 400
+    for _ in range(3):
+        assert redeem("WRONG-CODE-1", "192.0.2.100").status_code == 401
+    assert redeem("WRONG-CODE-1", "192.0.2.100").status_code == 429

@@ -124,24 +124,34 @@ def parse_public_key(value: Any) -> bytes:
     return raw
 
 
-def pairing_wait(con: Connection, source: str, limit: int) -> int:
-    """Seconds ``source`` must wait before trying a pairing code again (0: go ahead)."""
+def reserve_pairing_attempt(con: Connection, source: str, limit: int) -> int:
+    """Count a pairing attempt from ``source`` before its code is tried; return the seconds it must wait instead (0:
+    counted, go ahead). Counting first makes the limit exact under a parallel burst (checking, then counting the
+    failure after the code was tried, let 22 wrong codes through a limit of 20). A wrong code leaves it counted;
+    any other outcome gives it back (``release_pairing_attempt``)."""
     rows = con.run(
-        "SELECT failures, ceil(extract(epoch FROM date_trunc('hour', now()) + interval '1 hour' - now()))::int"
-        " FROM pairing_failures WHERE source = :s AND hour = date_trunc('hour', now())",
-        s=source,
-    )
-    return max(1, int(rows[0][1])) if rows and rows[0][0] >= limit else 0
-
-
-def record_pairing_failure(con: Connection, source: str) -> None:
-    con.run(
         "INSERT INTO pairing_failures (source, hour, failures) VALUES (:s, date_trunc('hour', now()), 1)"
-        " ON CONFLICT (source, hour) DO UPDATE SET failures = pairing_failures.failures + 1",
+        " ON CONFLICT (source, hour) DO UPDATE SET failures = pairing_failures.failures + 1"
+        " WHERE pairing_failures.failures < :n RETURNING failures",
         s=source,
+        n=limit,
     )
     if secrets.randbelow(50) == 0:
         con.run("DELETE FROM pairing_failures WHERE hour < now() - interval '1 day'")
+    if rows:
+        return 0
+    wait = con.run("SELECT ceil(extract(epoch FROM date_trunc('hour', now()) + interval '1 hour' - now()))::int")
+    return max(1, int(wait[0][0]))
+
+
+def release_pairing_attempt(con: Connection, source: str) -> None:
+    """Give back an attempt counted by ``reserve_pairing_attempt`` whose code was not wrong (paired, or refused for
+    another reason, such as a bad CSR)."""
+    con.run(
+        "UPDATE pairing_failures SET failures = greatest(failures - 1, 0)"
+        " WHERE source = :s AND hour = date_trunc('hour', now())",
+        s=source,
+    )
 
 
 def redeem(
