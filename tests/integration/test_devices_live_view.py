@@ -259,6 +259,17 @@ def test_rules_let_members_read_and_nobody_else(world: World, stack_env: dict[st
         assert rest_get(host, entry_path, token) == 403, role
     assert rest_get(host, lock_doc, None) == 403
     assert rest_write(host, lock_doc, world.accounts["owner"]["idToken"]) == 403
+    # nobody reads when anyone's access ends or their guest window: not on the lock document (a guest once read
+    # every member's there: attack run), not in the access documents the rules read, not even their own
+    doc = client.document(lock_doc).get().to_dict() or {}
+    assert not doc.get("access") and "expires_ms" not in json.dumps(doc)
+    guest = world.accounts["guest_in"]["idToken"]
+    for uid in (world.uid("guest_out"), world.uid("member"), world.uid("guest_in")):
+        assert rest_get(host, f"{lock_doc}/access/{uid}", guest) == 403
+    assert rest_get(host, f"{lock_doc}/access/{world.uid('guest_in')}", world.accounts["owner"]["idToken"]) == 403
+    # the rules' data is there, per member, and a removed member's is gone
+    access = [d.id for d in client.collection(f"{lock_doc}/access").stream()]
+    assert sorted(access) == sorted(world.uid(r) for r in ("owner", "admin", "member", "guest_in", "guest_out"))
     assert rest_write(host, f"users/{world.uid('owner')}", world.accounts["owner"]["idToken"]) == 403
 
 
@@ -386,8 +397,8 @@ def test_rules_decide_guest_windows_as_the_api_does(world: World, stack_env: dic
         headers=world.headers("owner"),
     )
     assert rest_get(host, lock_doc, token) == 200
-    doc = firestore_client(PROJECT_ID, host).document(lock_doc)
-    doc.update({f"access.`{world.uid('guest_in')}`.offset_until_ms": int(time.time() * 1000) - 1000})
+    access = firestore_client(PROJECT_ID, host).document(f"{lock_doc}/access/{world.uid('guest_in')}")
+    access.update({"offset_until_ms": int(time.time() * 1000) - 1000})
     assert rest_get(host, lock_doc, token) == 403
     # when the zone's offset is due to change, the relay's periodic flush mirrors the new one
     with get_runtime("devices").db.transaction() as con:

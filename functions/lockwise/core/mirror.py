@@ -5,8 +5,9 @@ Firestore afterwards, oldest first, up to ``MAX_BATCH_WRITES`` in one commit, an
 them. When Firestore is down the rows stay queued and a later flush (next request, or the relay's periodic flush)
 writes them: the view converges and a Firestore outage never blocks or undoes a PostgreSQL commit.
 
-Documents: ``locks/{lock_id}`` (state, battery, online, firmware, last_seen, name, member_uids, access),
+Documents: ``locks/{lock_id}`` (state, battery, online, firmware, last_seen, name, member_uids),
 ``locks/{lock_id}/activity/{entry_id}`` (commands, voice attempts without biometric data, membership changes),
+``locks/{lock_id}/access/{uid}`` (a member's expiry and guest window, for the security rules only),
 ``users/{uid}`` (voice enrollment status only).
 """
 
@@ -57,6 +58,11 @@ def enqueue_many(con: Connection, writes: Sequence[Write]) -> None:
 
 def lock_doc(lock_id: str) -> str:
     return f"locks/{lock_id}"
+
+
+def access_doc(lock_id: str, uid: str) -> str:
+    """A member's access to the lock, read by the security rules only (``lockwise.devices.members.mirror_access``)."""
+    return f"locks/{lock_id}/access/{uid}"
 
 
 def activity_entry(lock_id: str, kind: str, **fields: Any) -> Write:

@@ -151,6 +151,7 @@ def delete(con: Connection, lock_id: str, uid: str) -> None:
     con.run("DELETE FROM locks WHERE id = CAST(:l AS uuid)", l=lock_id)
     audit.record(con, audit.user_actor(uid), "lock.delete", "ok", lock_id=lock_id)
     mirror.enqueue(con, f"locks/{lock_id}/activity", "delete_collection")
+    mirror.enqueue(con, f"locks/{lock_id}/access", "delete_collection")
     mirror.enqueue(con, mirror.lock_doc(lock_id), "delete")
 
 
