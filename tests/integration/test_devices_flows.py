@@ -101,6 +101,24 @@ def test_a_bad_csr_is_refused_and_uses_no_code(devices: Any, sign_up: Any) -> No
     )
 
 
+def test_a_signing_key_pairs_one_lock_at_a_time(devices: Any, sign_up: Any) -> None:
+    """The lock header is not under the signature, so two locks sharing a key could replay each other's requests:
+    a key another lock holds is refused (409, the code left unused), and the same lock may pair again with it."""
+    owner = sign_up()
+    first, second = create_lock(devices, owner), create_lock(devices, owner, name="Back door")
+    _, public = new_lock_key()
+
+    def pair(code: str) -> Any:
+        return devices.post("/devices/provision", json={"code": code, "public_key": public, "csr": new_tls_key()[1]})
+
+    assert pair(first["provisioning"]["code"]).status_code == 201
+    taken = pair(second["provisioning"]["code"])
+    assert taken.status_code == 409 and taken.get_json()["error"]["code"] == "public_key_in_use"
+    assert pair(second["provisioning"]["code"]).status_code == 409  # the code is still unused: refused again
+    again = devices.post(f"/devices/locks/{first['lock']['id']}/provisioning", headers=bearer(owner))
+    assert pair(again.get_json()["code"]).status_code == 201  # re-pairing the lock that holds it
+
+
 def test_commands_are_signed_for_the_lock(world: World) -> None:
     resp = world.devices.post(
         f"/devices/locks/{world.lock_id}/commands", json={"action": "unlock"}, headers=world.headers("owner")

@@ -176,6 +176,7 @@ def redeem(
         " RETURNING id",
         l=lock_id,
     )
+    refuse_a_shared_signing_key(con, public_key)
     identity = str(uuid.uuid4())  # a new broker identity per pairing: the old one's topics go dead with it
     certificate = _certify(ca, request, identity, cert_ttl_s)
     con.run(
@@ -201,6 +202,19 @@ def redeem(
     )
     mirror.activity(con, lock_id, "provisioned", replaced_credentials=bool(revoked))
     return Credentials(lock_id=lock_id, certificate=certificate[0])
+
+
+def refuse_a_shared_signing_key(con: Connection, public_key: bytes) -> None:
+    """409 when another lock's live credential has this signing key. A lock's signed request names its lock in a
+    header the signature does not cover (the firmware contract), so two locks with one key could have each other's
+    requests replayed within the skew window (nonces are per lock). Pairings with one key are decided one at a time
+    (a transaction-scoped advisory lock on the key), so two at once cannot both pass."""
+    key_lock = int.from_bytes(hashlib.sha256(b"lockwise signing key " + public_key).digest()[:8], "big", signed=True)
+    con.run("SELECT pg_advisory_xact_lock(:k)", k=key_lock)
+    if con.run("SELECT 1 FROM lock_credentials WHERE signing_public_key = :k AND revoked_at IS NULL", k=public_key):
+        raise errors.Conflict(
+            "this signing key belongs to another lock; every lock makes its own key", code="public_key_in_use"
+        )
 
 
 def renew(con: Connection, lock_id: str, csr: Any, ca: lock_certs.LockCa, cert_ttl_s: int) -> Certificate:
