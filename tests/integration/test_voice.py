@@ -355,29 +355,39 @@ def test_the_daily_ceiling_counts_every_scored_rejection(world: World, reason: s
 def test_whether_a_voice_is_a_co_members_is_answered_a_few_times_a_day(
     clients: dict[str, Any], world: World, monkeypatch: pytest.MonkeyPatch, make_client: Any
 ) -> None:
-    """Enrollment's 409 ``voice_matches_member`` is an accept/reject bit on a co-member's voiceprint that the door's
-    lockout never sees (an attack run probed six voices in 2.6 s): each is counted per user, and past the day's
-    share the answer is 429 before any voice is scored, whatever the voice, including in parallel."""
+    """An enrollment compared with co-members' voices answers an accept/reject bit on their voiceprints that the
+    door's lockout never sees: 409 ``voice_matches_member`` or, as much, 201 (an attack run probed six voices in 2.6
+    s). Each is counted per user; past the day's share the answer is 429 before any voice is compared, whatever the
+    voice, in parallel too. An enrollment with nobody to compare with tells nothing and is not counted."""
     from lockwise.core.config import get_settings
 
-    monkeypatch.setenv("LOCKWISE_ENROLL_MATCH_REFUSALS", "2")
+    monkeypatch.setenv("LOCKWISE_ENROLL_COMPARISONS", "3")
     get_settings.cache_clear()
     get_runtime.cache_clear()
     clients = {**clients, "embed": make_client("embed")}
-    assert enroll(clients, world.accounts["member"]).status_code == 201
+    for _ in range(4):  # nobody who shares a lock with the member has a voiceprint yet: never counted
+        assert enroll(clients, world.accounts["member"]).status_code == 201
+    negate_voiceprint(world.uid("member"))  # for now nothing passes as the member
+    assert enroll(clients, world.accounts["admin"]).status_code == 201  # compared with the member's, stored: 1
+    negate_voiceprint(world.uid("member"))  # minus minus: the member's own again, which this voice passes as
     with ThreadPoolExecutor(max_workers=4) as pool:  # a burst gets no more answers than one after another
         answers = list(pool.map(lambda _: enroll(clients, world.accounts["admin"]), range(4)))
     assert sorted(a.status_code for a in answers) == [409, 409, 429, 429]
-    own_voice = enroll(clients, world.accounts["admin"], speech_like(3.0, f0=220, seed=9))
-    assert own_voice.status_code == 429 and own_voice.get_json()["error"]["code"] == "enrollment_limit"
-    assert 23 * 3600 < int(own_voice.headers["Retry-After"]) <= 24 * 3600
+    again = enroll(clients, world.accounts["admin"], speech_like(3.0, f0=220, seed=9))
+    assert again.status_code == 429 and again.get_json()["error"]["code"] == "enrollment_limit"
+    assert 23 * 3600 < int(again.headers["Retry-After"]) <= 24 * 3600
     with get_runtime("embed").db.connection() as con:
-        rows = con.run("SELECT count(*) FROM voiceprints WHERE user_uid = :u", u=world.uid("admin"))
+        counted = con.run(
+            "SELECT matched, count(*) FROM enrollment_comparisons WHERE user_uid = :u"
+            " GROUP BY matched ORDER BY matched",
+            u=world.uid("admin"),
+        )
         audited = con.run(
             "SELECT count(*) FROM audit_log WHERE actor = :a AND action = 'voice.enroll' AND outcome = 'denied'",
             a=f"user:{world.uid('admin')}",
         )
-    assert rows[0][0] == 0 and audited[0][0] == 2
+        member = con.run("SELECT count(*) FROM enrollment_comparisons WHERE user_uid = :u", u=world.uid("member"))
+    assert counted == [[False, 1], [True, 2]] and audited[0][0] == 2 and member[0][0] == 0
 
 
 def test_deleting_voice_data_removes_the_scores_it_produced(clients: dict[str, Any], world: World) -> None:

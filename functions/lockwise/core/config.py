@@ -153,8 +153,8 @@ class Settings:
     lockout_after: int
     #: at most this many rejected, scored voice attempts per lock in any 24 hours (no reset lifts it)
     voice_daily_rejections: int
-    #: at most this many enrollments per user in any 24 hours refused as another member's voice (each is a probe)
-    enroll_match_refusals: int
+    #: at most this many enrollments per user in any 24 hours compared with co-members' voices (each is a probe)
+    enroll_comparisons: int
     #: how long an attempt's fingerprint stays at its lock to refuse a replay of it (0: attempts are not kept)
     replay_memory_hours: int
     lockout_base_s: int
@@ -243,7 +243,7 @@ class Settings:
             enroll_min_speech_s=_optional_float(env, "LOCKWISE_ENROLL_MIN_SPEECH_S", 0, 60),
             lockout_after=env_int(env, "LOCKWISE_LOCKOUT_AFTER", 5, minimum=1),
             voice_daily_rejections=env_int(env, "LOCKWISE_VOICE_DAILY_REJECTIONS", 20, minimum=1),
-            enroll_match_refusals=env_int(env, "LOCKWISE_ENROLL_MATCH_REFUSALS", 3, minimum=1),
+            enroll_comparisons=env_int(env, "LOCKWISE_ENROLL_COMPARISONS", 5, minimum=1),
             replay_memory_hours=env_int(env, "LOCKWISE_REPLAY_MEMORY_HOURS", 168, minimum=0),
             lockout_base_s=env_int(env, "LOCKWISE_LOCKOUT_BASE_S", 30, minimum=1 if local else 30),
             debug_rejected_dir=_debug_dir(env, local),

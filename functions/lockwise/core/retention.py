@@ -15,9 +15,10 @@ from lockwise.core.db import Connection
 logger = logging.getLogger(__name__)
 
 #: tables whose rows carry an ``expires_at`` (NULL: kept until their owner goes): attempts' fingerprints (kept
-#: ``LOCKWISE_REPLAY_MEMORY_HOURS``), say-again attempts' per-member scores (kept 30 s for the second utterance) and
-#: enrollments refused as another member's voice (counted for a day)
-EXPIRING = ("voice_fingerprints", "verify_follow_ups", "enrollment_refusals")
+#: ``LOCKWISE_REPLAY_MEMORY_HOURS``), say-again attempts' per-member scores (kept 30 s for the second utterance),
+#: enrollments compared with co-members' voices (counted for a day) and the lock certificates issued (kept until
+#: they expire, to be revoked with their credential)
+EXPIRING = ("voice_fingerprints", "verify_follow_ups", "enrollment_comparisons", "lock_certificates")
 
 
 def prune_expired(con: Connection) -> dict[str, int]:

@@ -28,8 +28,8 @@ def enroll(
     replacing any earlier one; return the enrollment status and the samples' lowest agreement.
 
     Raises ``InvalidAudio`` (422) naming the sample with too little speech or the one least like the others,
-    ``Conflict`` (409) when the voice would pass as someone who shares a lock with ``uid`` (counted), and
-    ``RateLimited`` (429) once ``uid`` has had the day's share of those answers.
+    ``Conflict`` (409) when the voice would pass as someone who shares a lock with ``uid``, and ``RateLimited``
+    (429) once ``uid`` has had the day's comparisons with co-members' voices (``comparisons_wait``).
     """
     rules = policy(settings, encoder)
     for i, clip in enumerate(clips):
@@ -40,6 +40,8 @@ def enroll(
                 code="too_little_speech",
                 details={"sample": i, "speech_s": round(speech, 2), "required_s": rules.enroll_min_speech_s},
             )
+    with db.connection() as con:  # early: a user past the day's comparisons costs no model work
+        _refuse_past_the_limit(comparisons_wait(con, uid, settings.enroll_comparisons))
     embeddings = np.stack([encoder.embed(c.samples, c.rate) for c in clips])
     lowest, outlier = scoring.agreement(embeddings)
     if lowest < rules.agreement:
@@ -50,16 +52,14 @@ def enroll(
         )
     takes = [fingerprint.landmarks(c.samples, c.rate) for c in clips]  # to refuse their replay at the door
     with db.transaction() as con:
-        wait = match_refusals_wait(con, uid, settings.enroll_match_refusals)
-        if wait:
-            raise errors.RateLimited(
-                "too many enrollments were refused as another member's voice today; try again later",
-                retry_after_s=wait,
-                code="enrollment_limit",
-            )
-        matched = matches_a_neighbour(con, uid, scoring.voiceprint(embeddings), encoder, scorer, settings)
-        if matched:  # counted, and kept: the refusal is committed, the voiceprint is not stored
-            con.run("INSERT INTO enrollment_refusals (user_uid) VALUES (:u)", u=uid)
+        # one user's enrollments are decided one at a time: a burst in parallel gets no more answers than in a row
+        con.run("SELECT 1 FROM users WHERE uid = :u FOR NO KEY UPDATE", u=uid)
+        _refuse_past_the_limit(comparisons_wait(con, uid, settings.enroll_comparisons))
+        neighbours = voiceprints.co_members(con, uid, encoder.model_id, encoder.dim)
+        matched = matches_a_neighbour(scoring.voiceprint(embeddings), neighbours, encoder, scorer, settings)
+        if len(neighbours.prints):  # an answer about co-members' voices, whichever it is: counted (and kept)
+            con.run("INSERT INTO enrollment_comparisons (user_uid, matched) VALUES (:u, :m)", u=uid, m=matched)
+        if matched:  # the voiceprint is not stored; the count is committed
             audit.record(con, audit.user_actor(uid), "voice.enroll", "denied", details={"code": "voice_matches_member"})
         else:
             voiceprints.store(con, uid, encoder.model_id, embeddings)
@@ -73,14 +73,14 @@ def enroll(
     return {**status, "agreement": round(lowest, 4)}
 
 
-def match_refusals_wait(con: Connection, uid: str, limit: int) -> int:
-    """Seconds until ``uid`` may be told again whether a voice matches a co-member (0: now). Each such answer is a
-    probe of a co-member's voiceprint that the door's lockout never sees, so they are counted per user: at most
-    ``limit`` in any 24 hours. Locks the user's row, so one user's enrollments are decided one at a time and a burst
-    in parallel gets no more answers than one after another."""
-    con.run("SELECT 1 FROM users WHERE uid = :u FOR UPDATE", u=uid)
+def comparisons_wait(con: Connection, uid: str, limit: int) -> int:
+    """Seconds until ``uid``'s next enrollment may be compared with co-members' voices (0: now). Whatever it answers
+    (stored, or 409 ``voice_matches_member``), such an enrollment tells whether a voice passes as someone who shares
+    a lock with ``uid``: a probe of their voiceprint that the door's lockout never sees. So at most ``limit`` of them
+    per user in any 24 hours (an enrollment with no co-member's voiceprint to compare tells nothing and is free)."""
     rows = con.run(
-        "SELECT count(*), min(created_at), now() FROM enrollment_refusals WHERE user_uid = :u AND expires_at > now()",
+        "SELECT count(*), min(created_at), now() FROM enrollment_comparisons"
+        " WHERE user_uid = :u AND expires_at > now()",
         u=uid,
     )
     count, oldest, now = int(rows[0][0]), rows[0][1], rows[0][2]
@@ -89,12 +89,27 @@ def match_refusals_wait(con: Connection, uid: str, limit: int) -> int:
     return max(1, int((oldest + dt.timedelta(days=1) - now).total_seconds() + 0.999))
 
 
+def _refuse_past_the_limit(wait: int) -> None:
+    if wait:
+        raise errors.RateLimited(
+            "too many enrollments were compared with the voices of people who share a lock with you today;"
+            " try again later",
+            retry_after_s=wait,
+            code="enrollment_limit",
+        )
+
+
 def matches_a_neighbour(
-    con: Connection, uid: str, voiceprint: scoring.Vector, encoder: Encoder, scorer: Scorer, settings: Settings
+    voiceprint: scoring.Vector,
+    neighbours: voiceprints.Neighbours,
+    encoder: Encoder,
+    scorer: Scorer,
+    settings: Settings,
 ) -> bool:
-    """Whether the new voiceprint would pass as someone who shares a lock with ``uid``, at that lock's threshold:
+    """Whether the new voiceprint would pass as someone who shares a lock with the user, at that lock's threshold:
     enrolling another member's recordings would otherwise make their own voice ambiguous (and lock them out)."""
-    neighbours = voiceprints.co_members(con, uid, encoder.model_id, encoder.dim)
+    if not len(neighbours.prints):
+        return False
     raw, scores = scorer.scores(voiceprint, neighbours.prints)  # as verify would score this voice against them
     for cosine, score, lock_threshold in zip(raw, scores, neighbours.lock_thresholds, strict=True):
         rules = policy(settings, encoder, lock_threshold, normalised=scorer.normalised)
