@@ -6,7 +6,7 @@ Threads: paho's network loop (callbacks), the forwarder worker, a LISTEN connect
 
 Replicas: each leases a slot (``mqtt_relay.slots``) that names its MQTT session, so no two live replicas share a
 client id. Lock events arrive through MQTT shared subscriptions (``$share/<group>/...``, a group only the relays can
-name: ``sessions.event_topics``), so each event goes to one replica. The session is MQTT 5 with a session expiry,
+name: ``sessions.share_group``), so each event goes to one replica. The session is MQTT 5 with a session expiry,
 so the broker drops what an abandoned slot's session queued once it has been gone that long; a replica that stops
 cleanly unsubscribes first, so nothing is queued for it.
 """
@@ -49,7 +49,8 @@ class Relay:
         self.exit_code = 0
         # persistent session (clean_start=False with an expiry): unacknowledged events are redelivered after a crash
         self.client = sessions.new_client(settings, lease.client_id)
-        self.event_topics = sessions.event_topics(settings.mqtt_client_certs)
+        with self.db.connection() as con:
+            self.event_topics = sessions.event_topics(sessions.share_group(con))
         self.client.reconnect_delay_set(min_delay=1, max_delay=30)
         self.client.max_inflight_messages_set(100)
         self.client.on_connect = self._on_connect
@@ -176,7 +177,7 @@ class Relay:
                 for slot in range(1, self.lease.slots + 1):
                     with self.lease.borrow(slot) as client_id:
                         if client_id is not None and not self.stopping.is_set():
-                            self.drained += sessions.drain(self.settings, client_id, self.forwarder)
+                            self.drained += sessions.drain(self.settings, client_id, self.forwarder, self.event_topics)
             except Exception:  # noqa: BLE001 - retried at the next scan
                 log.exception("emptying abandoned relay sessions failed")
             self.stopping.wait(self.settings.orphan_scan_s)

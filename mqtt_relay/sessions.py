@@ -10,7 +10,6 @@ holds, leaves the share group and ends the session (session expiry 0 on disconne
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import logging
 import socket
@@ -27,6 +26,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
+from lockwise.core.db import Connection
 from lockwise.devices import topics
 from mqtt_relay.forwarder import Event, Forwarder
 from mqtt_relay.settings import RelaySettings
@@ -35,31 +35,32 @@ log = logging.getLogger("mqtt_relay.sessions")
 
 
 class MissingIdentity(RuntimeError):
-    """``MQTT_CLIENT_CERTS`` is unreadable or holds no certificate for a slot the relay leased."""
+    """``MQTT_CLIENT_CERTS`` holds no certificate for a slot the relay leased."""
 
 
 EVENT_KINDS = ("state", "ack", "status")
-#: the group every replica used to share under a fixed name: a lock could join it (see ``event_topics``); a relay
+#: the group every replica used to share under a fixed name: a lock could join it (see ``share_group``); a relay
 #: leaves it as it connects, since a resumed session keeps the subscriptions it had
 LEGACY_EVENT_TOPICS = [f"$share/lockwise-relay/{topics.ROOT}/+/{kind}" for kind in EVENT_KINDS]
 
 
-def event_topics(bundle: str) -> list[str]:
-    """The replicas' shared subscriptions: the broker hands each lock event to one member of the group.
+def share_group(con: Connection) -> str:
+    """The replicas' shared-subscription group: the broker hands each lock event to one member of it.
 
-    The group is named by a digest of the relay identities' private keys (the ``MQTT_CLIENT_CERTS`` bundle every
-    replica holds), so only a relay can name it. Mosquitto's ``acl_file`` never refuses a subscription (it checks
-    ``read`` only as it delivers), so a lock could subscribe to ``$share/<group>/lockwise/+/state``; in the relays'
-    group it would be handed its share of every lock's events, each then dropped by that read check (an attacker's
-    four paired locks lost 8 of a victim's 10 state reports under the fixed name this replaced). A group of its own
-    takes nothing from the relays'. New relay certificates name a new group: sessions resumed from before keep the
-    old group's subscription too, so each event comes twice until they expire; applying an event is idempotent."""
-    try:
-        identities = json.loads(Path(bundle).read_text())
-        keys = sorted(f"{name}\n{entry['key']}" for name, entry in identities.items())
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise MissingIdentity(f"MQTT_CLIENT_CERTS ({bundle}) is not a bundle of relay identities") from exc
-    group = "lockwise-relay-" + hashlib.sha256("\n".join(keys).encode()).hexdigest()[:32]
+    Mosquitto's ``acl_file`` never refuses a subscription (it checks ``read`` only as it delivers), so a lock that
+    could name the group could subscribe to ``$share/<group>/lockwise/+/state`` and be handed its share of every
+    lock's events, each then dropped by that read check (an attacker's four paired locks lost 8 of a victim's 10
+    state reports under the fixed name this replaced). The name is random, made once by a migration and kept in
+    PostgreSQL, which no lock reaches (made again, by the first replica to look, if the row is ever gone); a group
+    of a lock's own takes nothing from the relays'."""
+    con.run(
+        "INSERT INTO relay_share_group (name) VALUES ('lockwise-relay-' || replace(gen_random_uuid()::text, '-', ''))"
+        " ON CONFLICT DO NOTHING"
+    )
+    return str(con.run("SELECT name FROM relay_share_group")[0][0])
+
+
+def event_topics(group: str) -> list[str]:
     return [f"$share/{group}/{topics.ROOT}/+/{kind}" for kind in EVENT_KINDS]
 
 
@@ -111,7 +112,9 @@ def session_properties(expiry_s: int, packet: int = PacketTypes.CONNECT) -> Prop
     return props
 
 
-def drain(settings: RelaySettings, client_id: str, forwarder: Forwarder, *, quiet_s: float = 1.0) -> int:
+def drain(
+    settings: RelaySettings, client_id: str, forwarder: Forwarder, subscribed: list[str], *, quiet_s: float = 1.0
+) -> int:
     """Forward what the abandoned session ``client_id`` holds, then end it; returns how many events it held.
 
     The caller holds the slot's lease, so no replica uses this session meanwhile."""
@@ -160,7 +163,7 @@ def drain(settings: RelaySettings, client_id: str, forwarder: Forwarder, *, quie
             client.disconnect(properties=session_properties(0, PacketTypes.DISCONNECT))
             return 0
         # out of the share group (and the fixed-name one of before): the broker queues nothing more here
-        client.unsubscribe([*event_topics(settings.mqtt_client_certs), *LEGACY_EVENT_TOPICS])
+        client.unsubscribe([*subscribed, *LEGACY_EVENT_TOPICS])
         deadline = time.monotonic() + 60
         idle = False
         while time.monotonic() < deadline and not idle:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
@@ -146,6 +147,28 @@ def test_constraints_live_in_the_database(fresh_db: Database) -> None:
             n="m" * 24,
         )
         con.run("ROLLBACK")
+    finally:
+        con.close()
+
+
+def test_the_relays_share_group_is_random_per_database_and_one(fresh_db: Database, postgres: Postgres) -> None:
+    """The relays' shared-subscription group (``mqtt_relay.sessions.share_group``): 32 hex digits made by the
+    migration, so no two deployments (and no lock) share a name, and there is only ever one."""
+    con = fresh_db.connect()
+    migrate.apply(con)
+    try:
+        ((name,),) = con.run("SELECT name FROM relay_share_group")
+        assert re.fullmatch(r"lockwise-relay-[0-9a-f]{32}", name)
+        con.run("START TRANSACTION")
+        _expect(
+            con, UNIQUE_VIOLATION, "INSERT INTO relay_share_group (name) VALUES ('lockwise-relay-' || repeat('0', 32))"
+        )
+        con.run("ROLLBACK")
+        other = Database(postgres.url).connect()  # the session's database, migrated on its own
+        try:
+            assert other.run("SELECT name FROM relay_share_group")[0][0] != name
+        finally:
+            other.close()
     finally:
         con.close()
 
