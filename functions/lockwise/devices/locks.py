@@ -150,9 +150,10 @@ def delete(con: Connection, lock_id: str, uid: str) -> None:
     """Delete the lock with its credentials, members, attempts and commands (the audit log keeps its record)."""
     con.run("DELETE FROM locks WHERE id = CAST(:l AS uuid)", l=lock_id)
     audit.record(con, audit.user_actor(uid), "lock.delete", "ok", lock_id=lock_id)
+    # the lock document first, while its members may still read it: their live views see it gone, not refused
+    mirror.enqueue(con, mirror.lock_doc(lock_id), "delete")
     mirror.enqueue(con, f"locks/{lock_id}/activity", "delete_collection")
     mirror.enqueue(con, f"locks/{lock_id}/access", "delete_collection")
-    mirror.enqueue(con, mirror.lock_doc(lock_id), "delete")
 
 
 def lock_config(con: Connection, lock_id: str) -> dict[str, Any]:

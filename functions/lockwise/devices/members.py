@@ -202,19 +202,22 @@ def check_can_grant(actor: Membership, role: str) -> None:
 def mirror_access(con: Connection, lock_id: str) -> None:
     """Mirror who may read the lock's documents and until when: per member, a document ``locks/{lock}/access/{uid}``
     (expiry, guest window and its zone's offset) that the security rules read and compare with ``request.time``, so
-    access ends in Firestore when it ends in the API, not at the next membership change; and ``member_uids`` on the
-    lock document. The access documents are readable by nobody: on the lock document, which every member reads, a
-    guest learnt every other member's expiry and window (attack run). Each member's is written before the lock
-    document, and those of former members deleted. A window whose zone's offset will change is refreshed again then
-    (``mirror_access_due``)."""
+    access ends in Firestore when it ends in the API, not at the next membership change. The access documents are
+    readable by nobody: on the lock document (``access``, with ``member_uids``), which every member reads, a guest
+    learnt every other member's uid, expiry and window (attack run); those fields are emptied. Each member's is
+    written before the lock document, and those of former members deleted. A window whose zone's offset will change
+    is refreshed again then (``mirror_access_due``)."""
+    # one lock's mirrors one at a time: each reads the members after the one before it committed, so its writes
+    # (queued after that one's) are the newest, and a revoked member's access is never set again after its delete
+    con.run("SELECT pg_advisory_xact_lock(hashtextextended('mirror_access ' || :l, 0))", l=lock_id)
     now = dt.datetime.now(dt.UTC)
     current = [m for m in list_for_lock(con, lock_id) if m.active(now)]
     access = {m.user_uid: m.rules_access(now) for m in current}
     everyone = [r[0] for r in con.run("SELECT user_uid FROM lock_members WHERE lock_id = CAST(:l AS uuid)", l=lock_id)]
     writes: list[mirror.Write] = [(mirror.access_doc(lock_id, uid), "set", a) for uid, a in sorted(access.items())]
     writes += [(mirror.access_doc(lock_id, uid), "delete", None) for uid in sorted(set(everyone) - set(access))]
-    # "access": {} empties the map lock documents held before (the rules no longer read it)
-    writes.append((mirror.lock_doc(lock_id), "replace_fields", {"member_uids": sorted(access), "access": {}}))
+    # what lock documents held before, which every member read (the rules read the access documents now): emptied
+    writes.append((mirror.lock_doc(lock_id), "replace_fields", {"member_uids": [], "access": {}}))
     mirror.enqueue_many(con, writes)
     changes = [a["offset_until_ms"] for a in access.values() if a["offset_until_ms"] is not None]
     if changes:
