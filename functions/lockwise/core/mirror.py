@@ -5,7 +5,7 @@ Firestore afterwards, oldest first, up to ``MAX_BATCH_WRITES`` in one commit, an
 them. When Firestore is down the rows stay queued and a later flush (next request, or the relay's periodic flush)
 writes them: the view converges and a Firestore outage never blocks or undoes a PostgreSQL commit.
 
-Documents: ``locks/{lock_id}`` (state, battery, online, firmware, last_seen, name, member_uids),
+Documents: ``locks/{lock_id}`` (state, battery, online, firmware, last_seen, name),
 ``locks/{lock_id}/activity/{entry_id}`` (commands, voice attempts without biometric data, membership changes),
 ``locks/{lock_id}/access/{uid}`` (a member's expiry and guest window, for the security rules only),
 ``users/{uid}`` (voice enrollment status only).
