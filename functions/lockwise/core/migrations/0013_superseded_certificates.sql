@@ -17,15 +17,11 @@ INSERT INTO lock_certificates (serial, credential_id, expires_at)
 
 CREATE FUNCTION keep_issued_certificate() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    IF NEW.cert_serial IS NOT NULL AND NEW.cert_serial IS DISTINCT FROM OLD.cert_serial THEN
-        INSERT INTO lock_certificates (serial, credential_id, expires_at)
-            VALUES (NEW.cert_serial, NEW.id, NEW.cert_not_after) ON CONFLICT DO NOTHING;
+    IF TG_OP = 'UPDATE' THEN
+        IF NEW.cert_serial IS NOT DISTINCT FROM OLD.cert_serial THEN
+            RETURN NEW;
+        END IF;
     END IF;
-    RETURN NEW;
-END;
-$$;
-CREATE FUNCTION keep_first_certificate() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
     IF NEW.cert_serial IS NOT NULL THEN
         INSERT INTO lock_certificates (serial, credential_id, expires_at)
             VALUES (NEW.cert_serial, NEW.id, NEW.cert_not_after) ON CONFLICT DO NOTHING;
@@ -33,10 +29,8 @@ BEGIN
     RETURN NEW;
 END;
 $$;
-CREATE TRIGGER lock_credentials_issued AFTER UPDATE OF cert_serial ON lock_credentials
+CREATE TRIGGER lock_credentials_issued AFTER INSERT OR UPDATE OF cert_serial ON lock_credentials
     FOR EACH ROW EXECUTE FUNCTION keep_issued_certificate();
-CREATE TRIGGER lock_credentials_first_issued AFTER INSERT ON lock_credentials
-    FOR EACH ROW EXECUTE FUNCTION keep_first_certificate();
 
 CREATE OR REPLACE FUNCTION list_revoked_certificate() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE
