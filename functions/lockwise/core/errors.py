@@ -6,6 +6,8 @@ Messages are written for the caller: they never carry SQL, stack traces, or whet
 
 from __future__ import annotations
 
+import datetime as dt
+import math
 from typing import Any
 
 
@@ -78,6 +80,11 @@ class RateLimited(LockwiseError):
 
     def headers(self) -> dict[str, str]:
         return {"Retry-After": str(self.retry_after_s)}
+
+
+def seconds_until(moment: dt.datetime, now: dt.datetime) -> int:
+    """Whole seconds from ``now`` until ``moment``, at least 1: a ``Retry-After`` never invites a retry too early."""
+    return max(1, math.ceil((moment - now).total_seconds()))
 
 
 class Unavailable(LockwiseError):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 
+from lockwise.core import errors
 from lockwise.core.db import Connection
 
 DAY = dt.timedelta(days=1)
@@ -32,7 +33,7 @@ def hold(con: Connection, lock_id: str, now: dt.datetime) -> Hold:
         l=lock_id,
     )
     until, failures = rows[0][0], int(rows[0][1])
-    wait = 0 if until is None or until <= now else max(1, int((until - now).total_seconds() + 0.999))
+    wait = 0 if until is None or until <= now else errors.seconds_until(until, now)
     return Hold(wait, failures > 0 or until is not None)
 
 
@@ -74,7 +75,7 @@ def daily_ceiling_wait(con: Connection, lock_id: str, now: dt.datetime, ceiling:
     count, oldest = int(rows[0][0]), rows[0][1]
     if count < ceiling or oldest is None:
         return 0
-    return max(1, int((oldest + DAY - now).total_seconds() + 0.999))
+    return errors.seconds_until(oldest + DAY, now)
 
 
 def clear(con: Connection, lock_id: str) -> None:

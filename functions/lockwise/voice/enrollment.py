@@ -58,7 +58,7 @@ def enroll(
         neighbours = voiceprints.co_members(con, uid, encoder.model_id, encoder.dim)
         matched = matches_a_neighbour(scoring.voiceprint(embeddings), neighbours, encoder, scorer, settings)
         if len(neighbours.prints):  # an answer about co-members' voices, whichever it is: counted (and kept)
-            con.run("INSERT INTO enrollment_comparisons (user_uid, matched) VALUES (:u, :m)", u=uid, m=matched)
+            con.run("INSERT INTO enrollment_comparisons (user_uid) VALUES (:u)", u=uid)
         if matched:  # the voiceprint is not stored; the count is committed
             audit.record(con, audit.user_actor(uid), "voice.enroll", "denied", details={"code": "voice_matches_member"})
         else:
@@ -86,7 +86,7 @@ def comparisons_wait(con: Connection, uid: str, limit: int) -> int:
     count, oldest, now = int(rows[0][0]), rows[0][1], rows[0][2]
     if count < limit or oldest is None:
         return 0
-    return max(1, int((oldest + dt.timedelta(days=1) - now).total_seconds() + 0.999))
+    return errors.seconds_until(oldest + dt.timedelta(days=1), now)
 
 
 def _refuse_past_the_limit(wait: int) -> None:
@@ -108,8 +108,6 @@ def matches_a_neighbour(
 ) -> bool:
     """Whether the new voiceprint would pass as someone who shares a lock with the user, at that lock's threshold:
     enrolling another member's recordings would otherwise make their own voice ambiguous (and lock them out)."""
-    if not len(neighbours.prints):
-        return False
     raw, scores = scorer.scores(voiceprint, neighbours.prints)  # as verify would score this voice against them
     for cosine, score, lock_threshold in zip(raw, scores, neighbours.lock_thresholds, strict=True):
         rules = policy(settings, encoder, lock_threshold, normalised=scorer.normalised)
