@@ -53,10 +53,7 @@ def share_group(con: Connection) -> str:
     state reports under the fixed name this replaced). The name is random, made once by a migration and kept in
     PostgreSQL, which no lock reaches (made again, by the first replica to look, if the row is ever gone); a group
     of a lock's own takes nothing from the relays'."""
-    con.run(
-        "INSERT INTO relay_share_group (name) VALUES ('lockwise-relay-' || replace(gen_random_uuid()::text, '-', ''))"
-        " ON CONFLICT DO NOTHING"
-    )
+    con.run("INSERT INTO relay_share_group DEFAULT VALUES ON CONFLICT DO NOTHING")  # the name: the table's default
     return str(con.run("SELECT name FROM relay_share_group")[0][0])
 
 

@@ -151,8 +151,7 @@ def _reset_database(pg: services.Postgres) -> None:
         tables = [
             r[0]
             for r in con.run(
-                "SELECT tablename FROM pg_tables WHERE schemaname = 'public'"
-                " AND tablename NOT IN ('schema_migrations', 'relay_share_group')"  # what migrations made, not data
+                "SELECT tablename FROM pg_tables WHERE schemaname = 'public' AND tablename <> 'schema_migrations'"
             )
         ]
         if tables:

@@ -14,6 +14,7 @@ from pg8000.exceptions import DatabaseError
 from infra.local.services import Postgres
 from lockwise.core import migrate
 from lockwise.core.db import CHECK_VIOLATION, FOREIGN_KEY_VIOLATION, UNIQUE_VIOLATION, Database, sqlstate
+from mqtt_relay import sessions
 
 
 @pytest.fixture
@@ -153,20 +154,21 @@ def test_constraints_live_in_the_database(fresh_db: Database) -> None:
 
 def test_the_relays_share_group_is_random_per_database_and_one(fresh_db: Database, postgres: Postgres) -> None:
     """The relays' shared-subscription group (``mqtt_relay.sessions.share_group``): 32 hex digits made by the
-    migration, so no two deployments (and no lock) share a name, and there is only ever one."""
+    migration, so no two deployments (and no lock) share a name; only ever one, made again if the row is gone."""
     con = fresh_db.connect()
     migrate.apply(con)
     try:
         ((name,),) = con.run("SELECT name FROM relay_share_group")
-        assert re.fullmatch(r"lockwise-relay-[0-9a-f]{32}", name)
+        assert re.fullmatch(r"lockwise-relay-[0-9a-f]{32}", name) and sessions.share_group(con) == name
         con.run("START TRANSACTION")
-        _expect(
-            con, UNIQUE_VIOLATION, "INSERT INTO relay_share_group (name) VALUES ('lockwise-relay-' || repeat('0', 32))"
-        )
+        _expect(con, UNIQUE_VIOLATION, "INSERT INTO relay_share_group DEFAULT VALUES")
         con.run("ROLLBACK")
-        other = Database(postgres.url).connect()  # the session's database, migrated on its own
+        con.run("DELETE FROM relay_share_group")
+        again = sessions.share_group(con)
+        assert re.fullmatch(r"lockwise-relay-[0-9a-f]{32}", again) and again != name
+        other = Database(postgres.url).connect()  # the session's database
         try:
-            assert other.run("SELECT name FROM relay_share_group")[0][0] != name
+            assert sessions.share_group(other) not in (name, again)
         finally:
             other.close()
     finally:

@@ -5,9 +5,10 @@
 -- not change with the relays' certificates.
 CREATE TABLE relay_share_group (
     only_row  boolean PRIMARY KEY DEFAULT true CHECK (only_row),
-    name      text NOT NULL CHECK (name ~ '^lockwise-relay-[0-9a-f]{32}$')
+    name      text NOT NULL DEFAULT 'lockwise-relay-' || replace(gen_random_uuid()::text, '-', '')
+              CHECK (name ~ '^lockwise-relay-[0-9a-f]{32}$')
 );
-INSERT INTO relay_share_group (name) VALUES ('lockwise-relay-' || replace(gen_random_uuid()::text, '-', ''));
+INSERT INTO relay_share_group DEFAULT VALUES;
 
 -- Pairing refuses a signing key another lock's live credential holds (lockwise.devices.provisioning): looked up here.
 CREATE INDEX lock_credentials_live_signing_key ON lock_credentials (signing_public_key) WHERE revoked_at IS NULL;
