@@ -38,23 +38,15 @@ DECLARE
 BEGIN
     IF TG_OP = 'DELETE' THEN
         gone := OLD;
-        IF OLD.revoked_at IS NOT NULL THEN  -- listed when it was revoked
-            DELETE FROM lock_certificates WHERE credential_id = OLD.id;
-            RETURN OLD;
-        END IF;
     ELSIF NEW.revoked_at IS NOT NULL AND OLD.revoked_at IS NULL THEN
         gone := NEW;
     ELSE
         RETURN NEW;
     END IF;
+    -- every unexpired certificate it was issued (a credential revoked before its delete: listed then, a no-op now)
     INSERT INTO revoked_lock_certificates (serial, revoked_at, not_after)
         SELECT serial, coalesce(gone.revoked_at, now()), expires_at FROM lock_certificates
-        WHERE credential_id = gone.id AND expires_at > now()
-        ON CONFLICT DO NOTHING;
-    IF gone.cert_serial IS NOT NULL THEN  -- a serial issued before this migration kept no row of its own
-        INSERT INTO revoked_lock_certificates (serial, revoked_at, not_after)
-            VALUES (gone.cert_serial, coalesce(gone.revoked_at, now()), gone.cert_not_after) ON CONFLICT DO NOTHING;
-    END IF;
+        WHERE credential_id = gone.id AND expires_at > now() ON CONFLICT DO NOTHING;
     IF TG_OP = 'DELETE' THEN
         DELETE FROM lock_certificates WHERE credential_id = OLD.id;
         RETURN OLD;
