@@ -83,3 +83,13 @@ def test_times_from_outside_are_bounded_and_need_an_offset(value: object) -> Non
 def test_a_time_with_an_offset_comes_back_in_utc() -> None:
     parsed = inputs.parse_time("2030-06-01T12:00:00+02:00", "valid_from", code="invalid_access")
     assert parsed.isoformat() == "2030-06-01T10:00:00+00:00"
+
+
+@pytest.mark.parametrize("value", ["", "plain", "ünïcødé ✓", "a\x00b", "\ud800", "x\udfffy", "\U0001f512"])
+def test_is_text_answers_as_check_text_does(value: str) -> None:
+    try:
+        inputs.check_text(value, "v")
+        taken = True
+    except errors.BadRequest:
+        taken = False
+    assert inputs.is_text(value) is taken

@@ -111,7 +111,7 @@ class IdTokenVerifier:
         email = claims.get("email")
         return User(
             uid=str(claims["sub"]),
-            email=email if isinstance(email, str) and _is_text(email) else None,  # else as if it had none
+            email=email if isinstance(email, str) and inputs.is_text(email) else None,  # else as if it had none
             email_verified=bool(claims.get("email_verified", False)),
             claims=claims,
         )
@@ -146,7 +146,7 @@ class IdTokenVerifier:
         if claims.get("iss") != f"https://securetoken.google.com/{self.project_id}":
             raise errors.Unauthenticated("ID token has the wrong issuer", code="invalid_token")
         sub = claims.get("sub")
-        if not isinstance(sub, str) or not 0 < len(sub) <= 128 or not _is_text(sub):
+        if not isinstance(sub, str) or not 0 < len(sub) <= 128 or not inputs.is_text(sub):
             raise errors.Unauthenticated("ID token has no valid subject", code="invalid_token")
         now = self.clock()
         iat, auth_time = claims.get("iat"), claims.get("auth_time", claims.get("iat"))
@@ -154,16 +154,6 @@ class IdTokenVerifier:
             raise errors.Unauthenticated("ID token issued in the future", code="invalid_token")
         if not isinstance(auth_time, int | float) or auth_time > now + LEEWAY_S:
             raise errors.Unauthenticated("ID token authenticated in the future", code="invalid_token")
-
-
-def _is_text(value: str) -> bool:
-    """Text PostgreSQL keeps: no NUL, no lone surrogate (Google signs no such claim; a custom token or the Auth
-    emulator's unsigned ones may carry them)."""
-    try:
-        inputs.check_text(value, "claim")
-    except errors.BadRequest:
-        return False
-    return True
 
 
 def verifier_for(project_id: str, auth_emulator_host: str | None) -> IdTokenVerifier:

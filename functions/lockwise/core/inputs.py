@@ -63,13 +63,21 @@ def _check_strings(value: Any, path: str = "$") -> None:
 
 def check_text(value: str, field: str) -> str:
     """``value`` unchanged, or 400 ``invalid_text`` when it holds NUL or a lone surrogate."""
+    if is_text(value):
+        return value
+    what = "a NUL character" if "\x00" in value else "a lone UTF-16 surrogate"
+    raise errors.BadRequest(f"{field} contains {what}", code="invalid_text")
+
+
+def is_text(value: str) -> bool:
+    """Text PostgreSQL keeps: no NUL, and encodable as UTF-8 (no lone surrogate). In C: audio's base64 runs to MBs."""
     if "\x00" in value:
-        raise errors.BadRequest(f"{field} contains a NUL character", code="invalid_text")
+        return False
     try:
         value.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise errors.BadRequest(f"{field} contains a lone UTF-16 surrogate", code="invalid_text") from exc
-    return value
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 #: times from outside must fall in this range (year 1 or 9999 near an offset overflows, and PostgreSQL would store
