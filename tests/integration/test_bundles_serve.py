@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -24,5 +25,60 @@ def test_bundle_serves_its_health_endpoint_alone(name: str, tmp_path: Path, stac
             body: dict[str, Any] = json.loads(resp.read())
         assert resp.status == 200 and body["status"] == "ok"
         assert body["checks"]["database"]["ok"]
+    finally:
+        server.stop()
+
+
+#: requests gunicorn's parser refuses (before the function runs, or as its body is read) -> status, error code
+MALFORMED = [
+    (b"NOT AN HTTP REQUEST\r\n\r\n", 400, "malformed_request"),
+    (b"GET / HTTP/7.1\r\nHost: x\r\n\r\n", 400, "malformed_request"),
+    (b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 9000 + b"\r\n\r\n", 431, "header_fields_too_large"),
+    (b"GET / HTTP/1.1\r\nHost: x\r\nBad Name: 1\r\n\r\n", 400, "malformed_request"),
+    (
+        b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: brotli, chunked\r\n\r\n0\r\n\r\n",
+        501,
+        "unsupported_transfer_coding",
+    ),
+    (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab", 400, "malformed_request"),
+    # a malformed chunk where the handler reads the body, and where it answers without reading it
+    (
+        b"POST /devices/provision HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n2\r\n{}\r\nzz\r\n",
+        400,
+        "malformed_body",
+    ),
+    (b"POST /nowhere HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", 404, "no_route"),
+]
+
+
+def raw_exchange(url: str, request: bytes) -> tuple[int, dict[str, str], bytes]:
+    """Send bytes no HTTP client would, read the whole answer (the server closes after a refusal)."""
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(request)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    status_line, *lines = head.decode("latin-1").split("\r\n")
+    headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines)}
+    return int(status_line.split()[1]), headers, body
+
+
+def test_a_request_the_web_server_refuses_is_answered_in_json(tmp_path: Path, stack_env: dict[str, str]) -> None:
+    """gunicorn answers a malformed request itself, before Flask: as the API does, not with its HTML page."""
+    bundle = build("devices", tmp_path / "bundle" / "devices")
+    server = services.start_function("devices", services.free_port(), stack_env, tmp_path, source_dir=bundle)
+    try:
+        for request, status, code in MALFORMED:
+            got, headers, body = raw_exchange(server.url, request)
+            assert got == status, (request[:60], got, body[:200])
+            assert headers["content-type"] == "application/json"
+            error = json.loads(body)["error"]
+            assert error["code"] == code and error["message"]
+            assert len(error["request_id"]) == 32
+        with urllib.request.urlopen(f"{server.url}/devices/health", timeout=10) as resp:  # and still serves
+            assert resp.status == 200
     finally:
         server.stop()

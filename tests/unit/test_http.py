@@ -123,3 +123,23 @@ def test_request_id_is_generated_when_absent_or_unsafe() -> None:
     assert resp.status_code == 200
     rid = resp.headers["X-Request-Id"]
     assert len(rid) == 32 and " " not in rid
+
+
+def test_a_request_gunicorn_refuses_is_answered_in_the_api_error_shape() -> None:
+    """The unit half of tests/integration/test_bundles_serve.py's raw-socket test: the bytes gunicorn now writes."""
+    from gunicorn import util
+
+    from lockwise.core import server_errors
+
+    server_errors.answer_in_json()  # idempotent; Api() ran it already
+    assert getattr(util.write_error, "lockwise_json", False)
+    head, _, body = server_errors.error_response(431, "Request Header Fields Too Large", "x" * 999).partition(
+        b"\r\n\r\n"
+    )
+    lines = head.decode("latin-1").split("\r\n")
+    assert lines[0] == "HTTP/1.1 431 Request Header Fields Too Large"
+    assert "Content-Type: application/json" in lines and f"Content-Length: {len(body)}" in lines
+    error = json.loads(body)["error"]
+    assert error["code"] == "header_fields_too_large" and error["message"] == "x" * server_errors.MESSAGE_MAX
+    internal = json.loads(server_errors.error_response(500, "Internal Server Error", "").partition(b"\r\n\r\n")[2])
+    assert internal["error"]["code"] == "internal" and "request id" in internal["error"]["message"]

@@ -21,7 +21,7 @@ from werkzeug.exceptions import MethodNotAllowed as WzMethodNotAllowed
 from werkzeug.exceptions import NotFound as WzNotFound
 from werkzeug.routing import Map, Rule
 
-from lockwise.core import errors, inputs
+from lockwise.core import errors, inputs, server_errors
 from lockwise.core.config import Settings, get_settings
 from lockwise.core.headers import SERVICE_TOKEN_HEADER
 from lockwise.core.log import event, request_id_var
@@ -87,7 +87,10 @@ def read_body(request: flask.Request, limit: int) -> bytes:
     length = request.content_length
     if length is not None and length > limit:
         raise errors.PayloadTooLarge(f"body of {length} bytes exceeds the limit of {limit} bytes")
-    data: bytes = request.stream.read(limit + 1)
+    try:
+        data: bytes = request.stream.read(limit + 1)
+    except server_errors.BODY_ERRORS as exc:  # a malformed chunk, a client gone before its Content-Length
+        raise errors.BadRequest(f"the request body could not be read: {exc}"[:200], code="malformed_body") from exc
     if len(data) > limit:
         raise errors.PayloadTooLarge(f"body exceeds the limit of {limit} bytes")
     return data
@@ -131,6 +134,7 @@ class Api:
         self._handlers: dict[str, Handler] = {}
         if flask.has_app_context():  # loaded by functions-framework: its own routes' errors answer as ours do
             flask.current_app.register_error_handler(HTTPException, self._platform_error)
+        server_errors.answer_in_json()  # and so do the requests its web server refuses before Flask sees them
 
     def _platform_error(self, exc: HTTPException) -> flask.Response:
         """A request functions-framework's routes refuse before our function runs (a path its ``<path:path>`` rule
@@ -153,6 +157,7 @@ class Api:
         status = 500
         try:
             response = self._dispatch(request, request_id)
+            server_errors.finish_body(request)
             status = response.status_code
             response.headers["X-Request-Id"] = request_id
             return response
