@@ -29,7 +29,18 @@ import requests
 from packaging.requirements import Requirement
 
 from bench import relay as relay_bench
-from bench.common import REPO, forget_attempts, full_random_ecapa, function_env, local_stack, machine, out, pct, table
+from bench.common import (
+    BENCH_FUNCTION_SETTINGS,
+    REPO,
+    forget_attempts,
+    full_random_ecapa,
+    function_env,
+    local_stack,
+    machine,
+    out,
+    pct,
+    table,
+)
 from bench.verify import add_members, built_bundles, cold_start, peak_rss_mb, sign_up, signed_post
 from infra.local.services import free_port
 from lockwise.core.headers import SERVICE_TOKEN_HEADER
@@ -146,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     clip = speech_like(3.0, rate=44100, seed=3)
     body = wav(clip)
     rows: list[Row] = []
-    with local_stack(model_dir) as env:
+    with local_stack(model_dir, settings=BENCH_FUNCTION_SETTINGS) as env:
         from lockwise.core.db import Database
         from lockwise.voice.model.ecapa import EcapaEncoder
         from lockwise.voice.model.onnx_ecapa import OnnxEcapaEncoder

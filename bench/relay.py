@@ -26,7 +26,7 @@ import requests
 from google.cloud.firestore_v1.base_query import FieldFilter
 from paho.mqtt.enums import CallbackAPIVersion
 
-from bench.common import local_stack, machine, out, slot_files, summary, table
+from bench.common import BENCH_FUNCTION_SETTINGS, local_stack, machine, out, slot_files, summary, table
 from infra.deploy_config import RELAY_SLOTS
 from infra.local.firestore_sdk import sdk_client as firestore_client
 from lockwise.core.db import Database
@@ -278,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--events", type=int, default=2000)
     parser.add_argument("--locks", type=int, default=10)
     args = parser.parse_args(argv)
-    with local_stack() as env:
+    with local_stack(settings=BENCH_FUNCTION_SETTINGS) as env:
         result = measure(env, args.commands, args.events, args.locks)
     out(f"\nmachine: {machine()}\n")
     out(report(result))

@@ -419,7 +419,7 @@ def relay_events(ctx: Ctx) -> JsonBody:
     if not isinstance(events, list) or not 1 <= len(events) <= MAX_EVENTS:
         raise errors.BadRequest(f"events must be a list of 1 to {MAX_EVENTS} items", code="invalid_events")
     with rt.db.transaction() as con:
-        outcomes = lock_events.apply_batch(con, events, rt.now())
+        outcomes = lock_events.apply_batch(con, events, rt.now(), rt.settings.feed_reports_per_minute)
     rt.flush_mirror_soon()  # the relay's next batch need not wait for Firestore: the rows are queued, not lost
     return {"results": [o.as_dict() for o in outcomes]}
 

@@ -222,7 +222,8 @@ class Console {
               const li = document.createElement("li");
               li.dataset.kind = e.kind;
               const detail = e.outcome ? `${e.outcome} (${e.reason})` : e.action || e.state || e.result || "";
-              li.textContent = `${e.at.slice(11, 19)} ${e.kind.replaceAll("_", " ")} ${detail}`;
+              const unlisted = e.unlisted_before ? ` (${e.unlisted_before} earlier reports not listed)` : "";
+              li.textContent = `${e.at.slice(11, 19)} ${e.kind.replaceAll("_", " ")} ${detail}${unlisted}`;
               return li;
             }),
           );

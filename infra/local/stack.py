@@ -198,10 +198,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 @contextmanager
-def background(model_dir: Path | None = None, timeout_s: float = 240) -> Iterator[dict[str, str]]:
+def background(
+    model_dir: Path | None = None, timeout_s: float = 240, settings: Mapping[str, str] | None = None
+) -> Iterator[dict[str, str]]:
     """The whole stack (``python -m infra.local.stack --free-ports``) in a temporary state folder, stopped when the
-    block ends; yields its environment. ``model_dir``: an ECAPA-TDNN directory (default: the stack's GE2E). Used by
-    the benchmarks and by ``./dev demo`` when no stack is running."""
+    block ends; yields its environment. ``model_dir``: an ECAPA-TDNN directory (default: the stack's GE2E);
+    ``settings``: ``LOCKWISE_`` variables its functions read. Used by the benchmarks and by ``./dev demo`` when no
+    stack is running."""
     state = Path(tempfile.mkdtemp(prefix="lockwise-bench-"))
     state.chmod(0o755)
     ready = state / "ready.json"
@@ -211,6 +214,7 @@ def background(model_dir: Path | None = None, timeout_s: float = 240) -> Iterato
     env["PYTHONPATH"] = f"{REPO / 'functions'}:{REPO}"
     if model_dir is not None:
         env["LOCKWISE_MODEL_DIR"] = str(model_dir)
+    env.update(settings or {})
     with open(state / "stack.out", "wb") as log:
         proc = subprocess.Popen(
             [

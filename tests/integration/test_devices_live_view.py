@@ -19,7 +19,7 @@ from infra.local import services
 from infra.local.firestore_sdk import sdk_client as firestore_client
 from lockwise.core.config import get_settings
 from lockwise.core.runtime import get_runtime
-from lockwise.devices import members
+from lockwise.devices import lock_events, members
 from tests.conftest import PROJECT_ID
 from tests.devices_world import World, build_world, join
 from tests.waiting import wait_for
@@ -444,3 +444,60 @@ def test_rules_decide_guest_windows_as_the_api_does(world: World, stack_env: dic
             "SELECT due_at > now() FROM mirror_refresh_due WHERE lock_id = CAST(:l AS uuid)", l=world.lock_id
         )
     assert due == [True]
+
+
+def test_a_lock_reporting_in_a_loop_fills_its_feed_only_to_its_budget(
+    world: World, stack_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Attack run: one lock reporting ~1,000 times a second made as many Firestore feed entries. Past its budget a
+    report still changes the lock's row and document; it is not listed, and the next entry listed says how many were
+    left out."""
+    topic = f"lockwise/{world.credentials['mqtt']['client_id']}"
+    budget = get_settings("devices").feed_reports_per_minute
+    start = dt.datetime.now(dt.UTC)
+    rt = get_runtime("devices")
+    monkeypatch.setattr(rt, "clock", lambda: start)
+
+    def report(events: list[tuple[str, str]]) -> list[str]:
+        resp = world.devices.post(
+            "/devices/relay/events",
+            json={"events": [{"topic": f"{topic}/{kind}", "payload": payload} for kind, payload in events]},
+            headers={"X-LockWise-Service-Token": stack_env["LOCKWISE_SERVICE_TOKEN"]},
+        )
+        assert resp.status_code == 200, resp.get_json()
+        return [r["outcome"] for r in resp.get_json()["results"]]
+
+    t = start.timestamp()
+    states = ("locked", "unlocked")
+    flood = [("state", json.dumps({"state": states[i % 2], "ts": t - 100 + i})) for i in range(budget + 15)]
+    assert report(flood[:20]) == ["applied"] * 20  # two batches: the budget is the lock's, not the batch's
+    assert report([*flood[20:], ("status", "offline")]) == ["applied"] * (budget - 5 + 1)
+    client = firestore_client(PROJECT_ID, stack_env["FIRESTORE_EMULATOR_HOST"])
+
+    def feed() -> list[dict[str, Any]]:
+        return [d.to_dict() for d in client.collection(f"locks/{world.lock_id}/activity").stream()]
+
+    def reports() -> list[dict[str, Any]]:
+        return [e for e in feed() if e["kind"] in ("state", "online", "offline")]
+
+    def mirrored() -> dict[str, Any] | None:
+        doc: dict[str, Any] | None = client.document(f"locks/{world.lock_id}").get().to_dict()
+        return doc if doc and doc.get("online") is False else None
+
+    doc = wait_for(mirrored, what="the last report in the lock's document")
+    assert doc["state"] == states[(budget + 14) % 2]  # the last report the lock sent, though not listed
+    assert len(reports()) == budget
+    with rt.db.connection() as con:
+        (row,) = con.run(
+            "SELECT state, online, feed_entries, feed_unlisted FROM lock_state WHERE lock_id = CAST(:l AS uuid)",
+            l=world.lock_id,
+        )
+    assert row == [states[(budget + 14) % 2], False, budget, 16]
+    # the next window lists again, and its first entry counts what was left out
+    monkeypatch.setattr(rt, "clock", lambda: start + lock_events.FEED_WINDOW)
+    assert report([("status", "online")]) == ["applied"]
+    listed = wait_for(
+        lambda: [e for e in reports() if e.get("unlisted_before")] or None, what="the entry after the window"
+    )
+    assert [(e["kind"], e["unlisted_before"]) for e in listed] == [("online", 16)]
+    assert len(reports()) == budget + 1

@@ -157,6 +157,8 @@ class Settings:
     enroll_comparisons: int
     #: how long an attempt's fingerprint stays at its lock to refuse a replay of it (0: attempts are not kept)
     replay_memory_hours: int
+    #: a lock's state and online/offline reports listed in its activity feed per minute, at most (devices)
+    feed_reports_per_minute: int
     lockout_base_s: int
     debug_rejected_dir: str | None
     #: serve the relay's endpoints (off on the public devices service; on for the internal one)
@@ -245,6 +247,7 @@ class Settings:
             voice_daily_rejections=env_int(env, "LOCKWISE_VOICE_DAILY_REJECTIONS", 20, minimum=1),
             enroll_comparisons=env_int(env, "LOCKWISE_ENROLL_COMPARISONS", 5, minimum=1),
             replay_memory_hours=env_int(env, "LOCKWISE_REPLAY_MEMORY_HOURS", 168, minimum=0),
+            feed_reports_per_minute=env_int(env, "LOCKWISE_FEED_REPORTS_PER_MINUTE", 30, minimum=1),
             lockout_base_s=env_int(env, "LOCKWISE_LOCKOUT_BASE_S", 30, minimum=1 if local else 30),
             debug_rejected_dir=_debug_dir(env, local),
             relay_routes=relay_routes,

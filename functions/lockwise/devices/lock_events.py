@@ -40,10 +40,15 @@ class Outcome:
 MAX_PAYLOAD_CHARS = 16_384
 #: state and ack payloads are flat objects
 MAX_PAYLOAD_DEPTH = 2
+#: the window of a lock's feed budget (``LOCKWISE_FEED_REPORTS_PER_MINUTE``): at most that many of its state and
+#: online/offline reports are listed in its activity feed per window (a lock reports a few an hour; one reporting in a
+#: loop filled its feed and the Firestore bill); past it they still change its row and its document, and the next
+#: entry listed carries ``unlisted_before``, how many were left out
+FEED_WINDOW = dt.timedelta(minutes=1)
 log = logging.getLogger("lockwise.devices.lock_events")
 
 
-def apply_batch(con: Connection, events: list[Any], now: dt.datetime) -> list[Outcome]:
+def apply_batch(con: Connection, events: list[Any], now: dt.datetime, feed_budget: int) -> list[Outcome]:
     """Apply each event on its own; a rejected one is recorded in ``lock_event_rejects``.
 
     The batch runs under one savepoint: the locks' identities looked up in one query, their ``lock_state`` rows
@@ -54,12 +59,12 @@ def apply_batch(con: Connection, events: list[Any], now: dt.datetime) -> list[Ou
     locks = _lock_ids(con, events)
     con.run("SAVEPOINT lock_events")
     try:
-        batch = Pending(LockStates(con, locks.values()))
+        batch = Pending(LockStates(con, locks.values()), feed_budget)
         outcomes = [_judge(con, event, locks, now, batch) for event in events]
         batch.write(con)
     except Exception:  # noqa: BLE001 - some event broke the database's rules: find it, one savepoint per event
         con.run("ROLLBACK TO SAVEPOINT lock_events")
-        outcomes = [_one_by_one(con, event, locks, now) for event in events]
+        outcomes = [_one_by_one(con, event, locks, now, feed_budget) for event in events]
     con.run("RELEASE SAVEPOINT lock_events")
     for event, outcome in zip(events, outcomes, strict=True):
         if outcome.outcome == "rejected":
@@ -67,16 +72,18 @@ def apply_batch(con: Connection, events: list[Any], now: dt.datetime) -> list[Ou
     return outcomes
 
 
-def _judge(con: Connection, event: Any, locks: dict[str, str], now: dt.datetime, batch: Pending | None) -> Outcome:
+def _judge(con: Connection, event: Any, locks: dict[str, str], now: dt.datetime, batch: Pending) -> Outcome:
     if not isinstance(event, dict):
         return Outcome("rejected", "event must be an object")
     return apply(con, event.get("topic"), event.get("payload"), now, locks, batch)
 
 
-def _one_by_one(con: Connection, event: Any, locks: dict[str, str], now: dt.datetime) -> Outcome:
+def _one_by_one(con: Connection, event: Any, locks: dict[str, str], now: dt.datetime, feed_budget: int) -> Outcome:
     con.run("SAVEPOINT lock_event")
     try:
-        outcome = _judge(con, event, locks, now, None)
+        alone = Pending(LockStates(con), feed_budget)
+        outcome = _judge(con, event, locks, now, alone)
+        alone.write(con)
     except Exception:  # noqa: BLE001 - whatever one event does to the database, the others go on
         log.exception("lock event could not be applied")
         con.run("ROLLBACK TO SAVEPOINT lock_event")
@@ -95,6 +102,9 @@ class _State:
     online: bool
     last_seen: dt.datetime | None
     reported_at: dt.datetime | None
+    feed_window_start: dt.datetime | None = None
+    feed_entries: int = 0
+    feed_unlisted: int = 0
     changed: bool = False
 
 
@@ -112,8 +122,9 @@ class LockStates:
         if not missing:
             return
         rows = self._con.run(
-            "SELECT lock_id::text, state, battery_pct, firmware, online, last_seen, reported_at FROM lock_state"
-            " WHERE lock_id = ANY(CAST(:l AS uuid[])) ORDER BY lock_id FOR UPDATE",
+            "SELECT lock_id::text, state, battery_pct, firmware, online, last_seen, reported_at, feed_window_start,"
+            " feed_entries, feed_unlisted FROM lock_state WHERE lock_id = ANY(CAST(:l AS uuid[]))"
+            " ORDER BY lock_id FOR UPDATE",
             l=missing,
         )
         found = {str(r[0]): _State(*r[1:]) for r in rows}
@@ -131,11 +142,15 @@ class LockStates:
             return
         self._con.run(
             "UPDATE lock_state AS s SET state = v.state, battery_pct = v.battery_pct, firmware = v.firmware,"
-            " online = v.online, last_seen = v.last_seen, reported_at = v.reported_at, updated_at = now()"
+            " online = v.online, last_seen = v.last_seen, reported_at = v.reported_at,"
+            " feed_window_start = v.feed_window_start, feed_entries = v.feed_entries, feed_unlisted = v.feed_unlisted,"
+            " updated_at = now()"
             " FROM unnest(CAST(:l AS uuid[]), CAST(:s AS text[]), CAST(CAST(:b AS text[]) AS smallint[]),"
             " CAST(:f AS text[]), CAST(CAST(:o AS text[]) AS boolean[]), CAST(CAST(:ls AS text[]) AS timestamptz[]),"
-            " CAST(CAST(:r AS text[]) AS timestamptz[]))"
-            " AS v(lock_id, state, battery_pct, firmware, online, last_seen, reported_at) WHERE s.lock_id = v.lock_id",
+            " CAST(CAST(:r AS text[]) AS timestamptz[]), CAST(CAST(:fw AS text[]) AS timestamptz[]),"
+            " CAST(:fe AS integer[]), CAST(:fu AS integer[]))"
+            " AS v(lock_id, state, battery_pct, firmware, online, last_seen, reported_at, feed_window_start,"
+            " feed_entries, feed_unlisted) WHERE s.lock_id = v.lock_id",
             l=[lock_id for lock_id, _ in changed],
             s=[row.state for _, row in changed],
             b=[None if row.battery_pct is None else str(row.battery_pct) for _, row in changed],
@@ -143,6 +158,9 @@ class LockStates:
             o=["true" if row.online else "false" for _, row in changed],
             ls=[None if row.last_seen is None else row.last_seen.isoformat() for _, row in changed],
             r=[None if row.reported_at is None else row.reported_at.isoformat() for _, row in changed],
+            fw=[None if row.feed_window_start is None else row.feed_window_start.isoformat() for _, row in changed],
+            fe=[row.feed_entries for _, row in changed],
+            fu=[row.feed_unlisted for _, row in changed],
         )
         for _, row in changed:
             row.changed = False
@@ -153,6 +171,8 @@ class Pending:
     """What the events of a batch leave to write at its end: the lock rows and the mirror rows."""
 
     states: LockStates
+    #: the lock's reports listed in its feed per ``FEED_WINDOW``, at most
+    feed_budget: int
     writes: list[mirror.Write] = field(default_factory=list)
 
     def write(self, con: Connection) -> None:
@@ -201,19 +221,6 @@ def _printable(text: str) -> str:
 
 
 def apply(
-    con: Connection, topic: Any, payload: Any, now: dt.datetime, locks: dict[str, str], batch: Pending | None = None
-) -> Outcome:
-    """Apply one event. ``locks``: identity -> lock id for live credentials (``_lock_ids``); ``batch``: where the
-    lock's row and the mirror rows wait when the caller writes them at the end of a batch (otherwise written before
-    this returns)."""
-    own = batch or Pending(LockStates(con))
-    outcome = _apply(con, topic, payload, now, locks, own)
-    if batch is None:
-        own.write(con)
-    return outcome
-
-
-def _apply(
     con: Connection,
     topic: Any,
     payload: Any,
@@ -221,6 +228,8 @@ def _apply(
     locks: dict[str, str],
     batch: Pending,
 ) -> Outcome:
+    """Judge and apply one event. ``locks``: identity -> lock id for live credentials (``_lock_ids``); ``batch``:
+    where the lock's row and the mirror rows wait until the caller writes them (``Pending.write``)."""
     if not isinstance(topic, str) or not isinstance(payload, str):
         return Outcome("rejected", "topic and payload must be strings")
     if len(payload) > MAX_PAYLOAD_CHARS:
@@ -260,8 +269,23 @@ def _status(lock_id: str, payload: str, now: dt.datetime, batch: Pending) -> Out
     if row is not None:
         row.online, row.last_seen, row.changed = online, now, True
     batch.writes.append((mirror.lock_doc(lock_id), "merge", {"online": online, "last_seen": now.isoformat()}))
-    batch.writes.append(mirror.activity_entry(lock_id, "online" if online else "offline"))
+    _list_in_feed(batch, lock_id, row, now, "online" if online else "offline")
     return Outcome("applied")
+
+
+def _list_in_feed(batch: Pending, lock_id: str, row: _State | None, now: dt.datetime, kind: str, **fields: Any) -> None:
+    """Add a report's entry to the lock's activity feed, within its budget (``Pending.feed_budget``)."""
+    if row is not None:
+        if row.feed_window_start is None or not row.feed_window_start <= now < row.feed_window_start + FEED_WINDOW:
+            row.feed_window_start, row.feed_entries = now, 0
+        row.changed = True
+        if row.feed_entries >= batch.feed_budget:
+            row.feed_unlisted += 1
+            return
+        row.feed_entries += 1
+        if row.feed_unlisted:
+            fields["unlisted_before"], row.feed_unlisted = row.feed_unlisted, 0
+    batch.writes.append(mirror.activity_entry(lock_id, kind, **fields))
 
 
 def _state(lock_id: str, body: dict[str, Any], now: dt.datetime, batch: Pending) -> Outcome:
@@ -292,7 +316,7 @@ def _state(lock_id: str, body: dict[str, Any], now: dt.datetime, batch: Pending)
         "reported_at": reported.isoformat(),
     }
     batch.writes.append((mirror.lock_doc(lock_id), "merge", doc))
-    batch.writes.append(mirror.activity_entry(lock_id, "state", state=state))
+    _list_in_feed(batch, lock_id, row, now, "state", state=state)
     return Outcome("applied")
 
 
