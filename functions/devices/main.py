@@ -398,7 +398,12 @@ def renew_lock_certificate(ctx: Ctx) -> Result:
             con, ctx.request.headers, "POST", ctx.target, body, skew_s=rt.settings.lock_request_skew_s
         )
         certificate = provisioning.renew(
-            con, lock_id, parse_json_object(body).get("csr"), lock_ca(), rt.settings.lock_cert_ttl_s
+            con,
+            lock_id,
+            parse_json_object(body).get("csr"),
+            lock_ca(),
+            rt.settings.lock_cert_ttl_s,
+            rt.settings.lock_renewals_per_day,
         )
     return {"client_id": certificate.identity, **certificate.public()}, 201
 

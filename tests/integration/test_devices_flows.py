@@ -16,8 +16,9 @@ from cryptography.x509.oid import NameOID
 
 from infra.local.services import Broker
 from lockwise.core import users
+from lockwise.core.config import get_settings
 from lockwise.core.runtime import get_runtime
-from lockwise.devices import command_signing
+from lockwise.devices import command_signing, lock_auth
 from simlock.lock import SimulatedLock, new_tls_key
 from tests.conftest import PROJECT_ID
 from tests.devices_world import World, bearer, build_world, create_lock, new_lock_key, provision
@@ -117,6 +118,41 @@ def test_a_signing_key_pairs_one_lock_at_a_time(devices: Any, sign_up: Any) -> N
     assert pair(second["provisioning"]["code"]).status_code == 409  # the code is still unused: refused again
     again = devices.post(f"/devices/locks/{first['lock']['id']}/provisioning", headers=bearer(owner))
     assert pair(again.get_json()["code"]).status_code == 201  # re-pairing the lock that holds it
+
+
+def test_a_lock_renews_its_certificate_a_few_times_a_day_and_no_more(world: World) -> None:
+    """Attack run: renewals were not limited, and each signs a certificate and keeps its row for 7 days. The
+    pairing's certificate counts: at most LOCKWISE_LOCK_RENEWALS_PER_DAY issued to a credential in any 24 hours."""
+    per_day = get_settings("devices").lock_renewals_per_day
+
+    def renew() -> Any:
+        body = json.dumps({"csr": new_tls_key()[1]}).encode()
+        headers = lock_auth.sign_headers(
+            world.lock_key, world.lock_id, "POST", "/devices/lock/certificate", body, content_type="application/json"
+        )
+        return world.devices.post("/devices/lock/certificate", data=body, headers=headers)
+
+    for _ in range(per_day - 1):
+        assert renew().status_code == 201
+    refused = renew()
+    assert refused.status_code == 429, refused.get_json()
+    assert refused.get_json()["error"]["code"] == "renewal_limit"
+    assert 86_000 < int(refused.headers["Retry-After"]) <= 86_400
+    (issued,) = db_rows(
+        "SELECT count(*) FROM lock_certificates c JOIN lock_credentials l ON l.id = c.credential_id"
+        " WHERE l.lock_id = CAST(:l AS uuid)",
+        l=world.lock_id,
+    )
+    assert issued == [per_day]  # the refused one signed nothing and kept nothing
+    # a day after the pairing's certificate, one more
+    db_rows(
+        "UPDATE lock_certificates SET issued_at = issued_at - interval '1 day' WHERE issued_at ="
+        " (SELECT min(issued_at) FROM lock_certificates c JOIN lock_credentials l ON l.id = c.credential_id"
+        " WHERE l.lock_id = CAST(:l AS uuid))",
+        l=world.lock_id,
+    )
+    assert renew().status_code == 201
+    assert renew().status_code == 429
 
 
 def test_commands_are_signed_for_the_lock(world: World) -> None:

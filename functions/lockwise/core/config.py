@@ -121,6 +121,8 @@ class Settings:
     #: the lock CA (certificate and key, PEM) that signs the locks' broker certificates; None where unused
     lock_ca: str | None
     lock_cert_ttl_s: int
+    #: certificates a lock's credential may be issued in any 24 hours (pairing's and renewals)
+    lock_renewals_per_day: int
     command_ttl_s: int
     provisioning_ttl_s: int
     invitation_ttl_s: int
@@ -221,6 +223,7 @@ class Settings:
             command_signing_key=_signing_key(env, local) if COMMAND_SIGNING_KEY in needs else None,
             lock_ca=_lock_ca(env, mode) if LOCK_CA in needs else None,
             lock_cert_ttl_s=env_int(env, "LOCKWISE_LOCK_CERT_TTL_S", 7 * 24 * 3600, minimum=60),
+            lock_renewals_per_day=env_int(env, "LOCKWISE_LOCK_RENEWALS_PER_DAY", 6, minimum=2),
             command_ttl_s=env_int(env, "LOCKWISE_COMMAND_TTL_S", 30, minimum=5),
             provisioning_ttl_s=env_int(env, "LOCKWISE_PROVISIONING_TTL_S", 600, minimum=60),
             invitation_ttl_s=env_int(env, "LOCKWISE_INVITATION_TTL_S", 7 * 24 * 3600, minimum=3600),

@@ -217,17 +217,29 @@ def refuse_a_shared_signing_key(con: Connection, public_key: bytes) -> None:
         )
 
 
-def renew(con: Connection, lock_id: str, csr: Any, ca: lock_certs.LockCa, cert_ttl_s: int) -> Certificate:
-    """A new certificate for the lock's active identity (the caller authenticated the lock's signed request)."""
+def renew(con: Connection, lock_id: str, csr: Any, ca: lock_certs.LockCa, cert_ttl_s: int, per_day: int) -> Certificate:
+    """A new certificate for the lock's active identity (the caller authenticated the lock's signed request); at
+    most ``per_day`` issued to the credential in any 24 hours, pairing's included (then 429 ``renewal_limit``)."""
     request = lock_certs.parse_csr(csr)
     rows = con.run(
         "SELECT id::text, mqtt_username FROM lock_credentials WHERE lock_id = CAST(:l AS uuid) AND revoked_at IS NULL"
-        " FOR UPDATE",
+        " FOR UPDATE",  # renewals of one lock one at a time: the count below is exact
         l=lock_id,
     )
     if not rows:
         raise errors.Unauthenticated("unknown lock", code="unknown_lock")
     credential_id, identity = str(rows[0][0]), str(rows[0][1])
+    issued, oldest, now = con.run(
+        "SELECT count(*), min(issued_at), now() FROM lock_certificates"
+        " WHERE credential_id = CAST(:c AS uuid) AND issued_at > now() - interval '1 day'",
+        c=credential_id,
+    )[0]
+    if int(issued) >= per_day:
+        raise errors.RateLimited(
+            f"this lock was issued {per_day} certificates in the last 24 hours; it renews again later",
+            retry_after_s=errors.seconds_until(oldest + dt.timedelta(days=1), now),
+            code="renewal_limit",
+        )
     certificate, serial = _certify(ca, request, identity, cert_ttl_s)
     con.run(  # a credential paired with a broker password moves to its certificate here for good
         "UPDATE lock_credentials SET cert_serial = :s, cert_not_after = :n, mqtt_password_hash = NULL"
