@@ -64,7 +64,7 @@ from lockwise.devices import lock_auth
 from simlock.lock import new_tls_key
 from tests.conftest import REPO
 from tests.devices_world import World, bearer, build_world, create_lock, new_lock_key
-from tests.voices import pcm16, pcm_json, speech_like, wav
+from tests.voices import pcm16, pcm_json, speech_like, takes, wav
 
 #: Hypothesis scans sys.modules: SpeechBrain's lazy modules are set aside (tests/conftest.py)
 pytestmark = [pytest.mark.usefixtures("no_lazy_speechbrain_modules"), pytest.mark.attack]
@@ -97,6 +97,7 @@ FUZZ_SETTINGS = settings(
     print_blob=False,
 )
 VOICE = speech_like(3.0, f0=140, seed=1)
+TAKES = takes(5, f0=140, seed=1)  # VOICE and four more takes of it
 AnyCase = Case[Any]
 Operation = APIOperation[Any, Any, Any, Any]
 
@@ -242,7 +243,7 @@ def build_scene(function: str, make_client: Callable[[str], Any], sign_up: Any, 
     scene.invitation_id = scene.invitation("owner", "stranger")
     if function == "verify":  # an enrolled owner, so that a clip gets a decision; an embedding for the candidates
         embed = make_client("embed")
-        samples = [pcm_json(VOICE * gain) for gain in (1.0, 0.9, 1.1, 0.95, 1.05)]
+        samples = [pcm_json(take) for take in TAKES]
         assert embed.put("/embed/enrollment", json={"samples": samples}, headers=bearer(owner)).status_code == 201
         resp = embed.post("/embed", json=pcm_json(VOICE), headers={SERVICE_TOKEN_HEADER: scene.service_token})
         assert resp.status_code == 200, resp.get_json()
@@ -354,8 +355,8 @@ EXPLICIT: dict[str, Explicit] = {
     "enrollVoice": lambda s: [
         {
             "body": {
-                "samples": [pcm_json(VOICE), wav_json(VOICE * 0.9), pcm_json(VOICE * 1.1, rate=44100)]
-                + [pcm_json(VOICE * 0.95), wav_json(VOICE * 1.05)]
+                "samples": [pcm_json(TAKES[0]), wav_json(TAKES[1]), pcm_json(TAKES[2], rate=44100)]
+                + [pcm_json(TAKES[3]), wav_json(TAKES[4])]
             }
         }
     ],

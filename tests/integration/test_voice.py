@@ -26,7 +26,7 @@ from lockwise.voice import audio, scoring
 from lockwise.voice.model.encoder import CALIBRATIONS
 from tests.conftest import PROJECT_ID
 from tests.devices_world import World, bearer, build_world, join
-from tests.voices import pcm16, pcm_json, speech_like, wav
+from tests.voices import pcm16, pcm_json, speech_like, takes, wav
 
 pytestmark = pytest.mark.model
 
@@ -60,8 +60,9 @@ VOICE = speech_like(3.0, f0=140, seed=1)
 TAKE = speech_like(3.0, f0=150, seed=2)
 
 
-def enroll(clients: dict[str, Any], account: dict[str, Any], voice: Any = VOICE) -> Any:
-    samples = [pcm_json(voice * gain) for gain in (1.0, 0.9, 1.1, 0.95, 1.05)]
+def enroll(clients: dict[str, Any], account: dict[str, Any], f0: float = 140, seed: int = 1) -> Any:
+    """Five takes of a voice (the first of the default voice's is ``VOICE``)."""
+    samples = [pcm_json(take) for take in takes(5, f0=f0, seed=seed)]
     return clients["embed"].put("/embed/enrollment", json={"samples": samples}, headers=bearer(account))
 
 
@@ -373,7 +374,7 @@ def test_whether_a_voice_is_a_co_members_is_answered_a_few_times_a_day(
     with ThreadPoolExecutor(max_workers=4) as pool:  # a burst gets no more answers than one after another
         answers = list(pool.map(lambda _: enroll(clients, world.accounts["admin"]), range(4)))
     assert sorted(a.status_code for a in answers) == [409, 409, 429, 429]
-    again = enroll(clients, world.accounts["admin"], speech_like(3.0, f0=220, seed=9))
+    again = enroll(clients, world.accounts["admin"], f0=220, seed=9)
     assert again.status_code == 429 and again.get_json()["error"]["code"] == "enrollment_limit"
     assert 23 * 3600 < int(again.headers["Retry-After"]) <= 24 * 3600
     with get_runtime("embed").db.connection() as con:
@@ -480,6 +481,22 @@ def test_enrollment_samples_are_checked(clients: dict[str, Any], world: World, m
     assert put("/embed/enrollment", json={"samples": [pcm_json(TAKE)] * 5}).status_code == 401
 
 
+def test_enrollment_refuses_one_recording_sent_as_two_samples(clients: dict[str, Any], world: World) -> None:
+    """Five copies of one recording (here at five gains) made a voiceprint of one take: the samples' replay
+    fingerprints name the copy, before any model work."""
+    member = world.accounts["member"]
+    copies = [pcm_json(VOICE * gain) for gain in (1.0, 0.9, 1.1, 0.95, 1.05)]
+    resp = clients["embed"].put("/embed/enrollment", json={"samples": copies}, headers=bearer(member))
+    error = resp.get_json()["error"]
+    assert resp.status_code == 422 and error["code"] == "duplicate_samples"
+    assert error["details"] == {"sample": 1, "copy_of": 0}
+    five = [pcm_json(take) for take in takes(5)]
+    five[3] = pcm_json(takes(5)[1] * 0.7)  # one copy among distinct takes
+    resp = clients["embed"].put("/embed/enrollment", json={"samples": five}, headers=bearer(member))
+    assert resp.status_code == 422 and resp.get_json()["error"]["details"] == {"sample": 3, "copy_of": 1}
+    assert enroll(clients, member).status_code == 201  # five takes of one voice
+
+
 def test_enrollment_samples_that_disagree_name_the_outlier(
     voice_env: dict[str, str], make_client: Any, sign_up: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -491,7 +508,8 @@ def test_enrollment_samples_that_disagree_name_the_outlier(
     runtime.cache_clear()
     embed = make_client("embed")
     other = speech_like(3.0, f0=220, seed=9)
-    samples = [pcm_json(TAKE), pcm_json(TAKE), pcm_json(other), pcm_json(TAKE), pcm_json(TAKE)]
+    samples = [pcm_json(take) for take in takes(5)]
+    samples[2] = pcm_json(other)
     resp = embed.put("/embed/enrollment", json={"samples": samples}, headers=bearer(sign_up()))
     error = resp.get_json()["error"]
     assert resp.status_code == 422 and error["code"] == "samples_disagree" and error["details"]["sample"] == 2

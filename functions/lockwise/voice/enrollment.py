@@ -27,7 +27,8 @@ def enroll(
     """Make ``uid``'s voiceprint from ``clips`` (validated audio) and store it with its takes' fingerprints,
     replacing any earlier one; return the enrollment status and the samples' lowest agreement.
 
-    Raises ``InvalidAudio`` (422) naming the sample with too little speech or the one least like the others,
+    Raises ``InvalidAudio`` (422) naming the sample with too little speech, one that is a copy of another (the
+    replay check's fingerprints: a recording sent twice, at any gain) or the one least like the others,
     ``Conflict`` (409) when the voice would pass as someone who shares a lock with ``uid``, and ``RateLimited``
     (429) once ``uid`` has had the day's comparisons with co-members' voices (``comparisons_wait``).
     """
@@ -40,6 +41,15 @@ def enroll(
                 code="too_little_speech",
                 details={"sample": i, "speech_s": round(speech, 2), "required_s": rules.enroll_min_speech_s},
             )
+    takes = [fingerprint.landmarks(c.samples, c.rate) for c in clips]  # to refuse their replay at the door
+    for i, take in enumerate(takes[1:], start=1):
+        copied = known_recordings.replayed(take, takes[:i])
+        if copied is not None:  # one recording sent twice (or played again): a voiceprint of fewer takes than asked
+            raise errors.InvalidAudio(
+                f"sample {i} is a copy of sample {copied}; record each sample separately",
+                code="duplicate_samples",
+                details={"sample": i, "copy_of": copied},
+            )
     with db.connection() as con:  # early: a user past the day's comparisons costs no model work
         _refuse_past_the_limit(comparisons_wait(con, uid, settings.enroll_comparisons))
     embeddings = np.stack([encoder.embed(c.samples, c.rate) for c in clips])
@@ -50,7 +60,6 @@ def enroll(
             code="samples_disagree",
             details={"sample": outlier, "lowest_agreement": round(lowest, 4), "required": rules.agreement},
         )
-    takes = [fingerprint.landmarks(c.samples, c.rate) for c in clips]  # to refuse their replay at the door
     with db.transaction() as con:
         # one user's enrollments are decided one at a time: a burst in parallel gets no more answers than in a row
         con.run("SELECT 1 FROM users WHERE uid = :u FOR NO KEY UPDATE", u=uid)

@@ -55,7 +55,13 @@ def at_lock(con: Connection, lock_id: str, uids: Sequence[str]) -> list[fingerpr
 
 
 def is_replay(probe: fingerprint.Landmarks, known: Sequence[fingerprint.Landmarks]) -> bool:
-    return bool(np.any(fingerprint.match_scores(probe, known) >= fingerprint.REPLAY_Z))
+    return replayed(probe, known) is not None
+
+
+def replayed(probe: fingerprint.Landmarks, known: Sequence[fingerprint.Landmarks]) -> int | None:
+    """The index of the first of ``known`` that ``probe`` is a replay of, or None."""
+    hits = np.flatnonzero(fingerprint.match_scores(probe, known) >= fingerprint.REPLAY_Z)
+    return int(hits[0]) if len(hits) else None
 
 
 def forget_speaker(con: Connection, uid: str) -> None:
