@@ -18,4 +18,5 @@ export {
   onSnapshot,
   orderBy,
   query,
+  where,
 } from "firebase/firestore";

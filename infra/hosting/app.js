@@ -19,6 +19,7 @@ import {
   query,
   signInWithEmailAndPassword,
   signOut,
+  where,
 } from "./vendor/firebase.js";
 
 const SAMPLES = 5;
@@ -190,7 +191,7 @@ class Console {
       });
       if (admin) this.loadMembers(card, lock.id);
       box.append(card);
-      this.watch(card, lock.id);
+      this.watch(card, lock.id, admin);
     }
   }
 
@@ -202,7 +203,7 @@ class Console {
     $(".battery", card).textContent = state.battery_pct == null ? "" : `battery ${state.battery_pct}%`;
   }
 
-  watch(card, lockId) {
+  watch(card, lockId, admin) {
     // the live view: the lock's document and its activity feed, read under the security rules
     unsubscribers.push(
       onSnapshot(
@@ -211,25 +212,41 @@ class Console {
         (err) => notice(`Live view of ${lockId} unavailable: ${err.code}`, "error"),
       ),
     );
-    const feed = query(collection(this.db, "locks", lockId, "activity"), orderBy("at", "desc"), limit(12));
-    unsubscribers.push(
-      onSnapshot(
-        feed,
-        (snap) => {
-          $(".activity", card).replaceChildren(
-            ...snap.docs.map((d) => {
-              const e = d.data();
-              const li = document.createElement("li");
-              li.dataset.kind = e.kind;
-              const detail = e.outcome ? `${e.outcome} (${e.reason})` : e.action || e.state || e.result || "";
-              const unlisted = e.unlisted_before ? ` (${e.unlisted_before} earlier reports not listed)` : "";
-              li.textContent = `${e.at.slice(11, 19)} ${e.kind.replaceAll("_", " ")} ${detail}${unlisted}`;
-              return li;
-            }),
-          );
-        },
-        (err) => notice(`Activity of ${lockId} unavailable: ${err.code}`, "error"),
+    // owners and admins read the whole feed; anyone else the lock's own reports and the entries naming them (the
+    // security rules allow no more, so those queries say so), merged here
+    const activity = collection(this.db, "locks", lockId, "activity");
+    const feeds = admin
+      ? [query(activity, orderBy("at", "desc"), limit(12))]
+      : [
+          query(activity, where("about", "array-contains", this.auth.currentUser.uid), orderBy("at", "desc"), limit(12)),
+          query(activity, where("audience", "==", "everyone"), orderBy("at", "desc"), limit(12)),
+        ];
+    const seen = feeds.map(() => []);
+    feeds.forEach((feed, i) =>
+      unsubscribers.push(
+        onSnapshot(
+          feed,
+          (snap) => {
+            seen[i] = snap.docs.map((d) => d.data());
+            this.showActivity(card, seen.flat());
+          },
+          (err) => notice(`Activity of ${lockId} unavailable: ${err.code}`, "error"),
+        ),
       ),
+    );
+  }
+
+  showActivity(card, entries) {
+    entries.sort((a, b) => (a.at < b.at ? 1 : a.at > b.at ? -1 : 0));
+    $(".activity", card).replaceChildren(
+      ...entries.slice(0, 12).map((e) => {
+        const li = document.createElement("li");
+        li.dataset.kind = e.kind;
+        const detail = e.outcome ? `${e.outcome} (${e.reason})` : e.action || e.state || e.result || "";
+        const unlisted = e.unlisted_before ? ` (${e.unlisted_before} earlier reports not listed)` : "";
+        li.textContent = `${e.at.slice(11, 19)} ${e.kind.replaceAll("_", " ")} ${detail}${unlisted}`;
+        return li;
+      }),
     );
   }
 

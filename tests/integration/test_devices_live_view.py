@@ -241,13 +241,46 @@ def rest_write(host: str, path: str, token: str) -> int:
         return exc.code
 
 
+def rest_query(host: str, lock_id: str, token: str, where: dict[str, Any] | None = None) -> tuple[int, list[Any]]:
+    """A list query of the lock's activity feed through the REST API, as a client under the rules: status, entries."""
+    url = f"http://{host}/v1/projects/{PROJECT_ID}/databases/(default)/documents/locks/{lock_id}:runQuery"
+    query: dict[str, Any] = {
+        "from": [{"collectionId": "activity"}],
+        "orderBy": [{"field": {"fieldPath": "at"}, "direction": "DESCENDING"}],
+        "limit": 100,
+    }
+    if where:
+        query["where"] = {"fieldFilter": where}
+    req = urllib.request.Request(
+        url,
+        data=json.dumps({"structuredQuery": query}).encode(),
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            rows = json.loads(resp.read())
+            return int(resp.status), [r["document"]["fields"] for r in rows if "document" in r]
+    except urllib.error.HTTPError as exc:
+        return exc.code, []
+
+
+def naming(uid: str) -> dict[str, Any]:
+    return {"field": {"fieldPath": "about"}, "op": "ARRAY_CONTAINS", "value": {"stringValue": uid}}
+
+
+EVERYONE = {"field": {"fieldPath": "audience"}, "op": "EQUAL", "value": {"stringValue": "everyone"}}
+
+
 def test_rules_let_members_read_and_nobody_else(world: World, stack_env: dict[str, str]) -> None:
     host = stack_env["FIRESTORE_EMULATOR_HOST"]
     lock_doc = f"locks/{world.lock_id}"
     client = firestore_client(PROJECT_ID, host)
-    entries = list(client.collection(f"{lock_doc}/activity").limit(1).stream())
-    assert entries, "the feed should have entries"
-    entry_path = f"{lock_doc}/activity/{entries[0].id}"
+    relay_event(world, stack_env["LOCKWISE_SERVICE_TOKEN"], "state", {"state": "locked", "ts": time.time()})
+    flushed = wait_for(
+        lambda: [e for e in client.collection(f"{lock_doc}/activity").stream() if e.to_dict()["kind"] == "state"],
+        what="the lock's report in its feed",
+    )
+    entry_path = f"{lock_doc}/activity/{flushed[0].id}"  # an entry every member reads (see the next test)
     for role in ("owner", "admin", "member", "guest_in"):
         token = world.accounts[role]["idToken"]
         assert rest_get(host, lock_doc, token) == 200, role
@@ -349,7 +382,9 @@ def test_a_lock_mirrored_before_the_access_documents_stays_readable_until_mirror
     host, lock_doc = stack_env["FIRESTORE_EMULATOR_HOST"], f"locks/{world.lock_id}"
     client = firestore_client(PROJECT_ID, host)
     member, stranger = world.accounts["member"]["idToken"], world.accounts["stranger"]["idToken"]
-    entry = next(iter(client.collection(f"{lock_doc}/activity").limit(1).stream())).id
+    entry = next(  # one the member reads: it names them
+        e.id for e in client.collection(f"{lock_doc}/activity").stream() if world.uid("member") in e.to_dict()["about"]
+    )
     for d in client.collection(f"{lock_doc}/access").stream():  # the lock as the old back-end left it
         d.reference.delete()
     old_map = {world.uid("member"): {"expires_ms": None, "valid_from_ms": None, "valid_until_ms": None,
@@ -501,3 +536,76 @@ def test_a_lock_reporting_in_a_loop_fills_its_feed_only_to_its_budget(
     )
     assert [(e["kind"], e["unlisted_before"]) for e in listed] == [("online", 16)]
     assert len(reports()) == budget + 1
+
+
+def test_the_feed_shows_admins_everything_and_others_the_locks_reports_and_what_names_them(
+    world: World, stack_env: dict[str, str]
+) -> None:
+    """Attack run: every member, a guest too, read the whole feed: who else came and went (voice attempts, commands)
+    and who invited whom, which the API shows admins only. Now a guest or member reads the lock's own reports and
+    the entries naming them; the owner and admins everything."""
+    host = stack_env["FIRESTORE_EMULATOR_HOST"]
+    client = firestore_client(PROJECT_ID, host)
+    relay_event(world, stack_env["LOCKWISE_SERVICE_TOKEN"], "state", {"state": "unlocked", "ts": time.time()})
+    for role in ("guest_in", "member"):
+        resp = world.devices.post(
+            f"/devices/locks/{world.lock_id}/commands", json={"action": "lock"}, headers=world.headers(role)
+        )
+        assert resp.status_code == 202, resp.get_json()
+    world.devices.post(
+        "/devices/relay/flush", headers={"X-LockWise-Service-Token": stack_env["LOCKWISE_SERVICE_TOKEN"]}
+    )
+
+    def feed() -> list[dict[str, Any]]:
+        return [e.to_dict() for e in client.collection(f"locks/{world.lock_id}/activity").stream()]
+
+    wait_for(lambda: len([e for e in feed() if e["kind"] in ("command", "state")]) >= 3, what="the entries mirrored")
+    everything = feed()
+    guest, member = world.uid("guest_in"), world.uid("member")
+    assert {e["audience"] for e in everything if e["kind"] == "state"} == {"everyone"}
+    assert all(e["audience"] == "admins" for e in everything if e["kind"] != "state")
+    joined = [e for e in everything if e["kind"] == "member_joined" and e["target_uid"] == guest]
+    assert joined and sorted(joined[0]["about"]) == sorted({guest, joined[0]["invited_by"]})
+
+    def kinds(fields: list[dict[str, Any]]) -> list[tuple[str, list[str]]]:
+        return sorted(
+            (f["kind"]["stringValue"], sorted(v["stringValue"] for v in f["about"]["arrayValue"].get("values", [])))
+            for f in fields
+        )
+
+    for role in ("owner", "admin"):
+        status, entries = rest_query(host, world.lock_id, world.accounts[role]["idToken"])
+        assert status == 200 and len(entries) == len(everything), role
+    for role, uid in (("guest_in", guest), ("member", member)):
+        token = world.accounts[role]["idToken"]
+        assert rest_query(host, world.lock_id, token)[0] == 403, role  # the whole feed: refused
+        status, mine = rest_query(host, world.lock_id, token, naming(uid))
+        assert status == 200 and mine and all(uid in about for _, about in kinds(mine)), role
+        assert ("command", [uid]) in kinds(mine)
+        assert rest_query(host, world.lock_id, token, naming(world.uid("admin")))[0] == 403, role
+        status, reports = rest_query(host, world.lock_id, token, EVERYONE)
+        assert status == 200 and {k for k, _ in kinds(reports)} == {"state"}, role
+    # one entry at a time too: the guest's own command, not the member's, nor who joined when
+    by_id = {e.id: e.to_dict() for e in client.collection(f"locks/{world.lock_id}/activity").stream()}
+    theirs = next(i for i, e in by_id.items() if e["kind"] == "command" and e["actor_uid"] == member)
+    own = next(i for i, e in by_id.items() if e["kind"] == "command" and e["actor_uid"] == guest)
+    state = next(i for i, e in by_id.items() if e["kind"] == "state")
+    token = world.accounts["guest_in"]["idToken"]
+    base = f"locks/{world.lock_id}/activity"
+    assert rest_get(host, f"{base}/{own}", token) == 200
+    assert rest_get(host, f"{base}/{theirs}", token) == 403
+    assert rest_get(host, f"{base}/{theirs}", world.accounts["admin"]["idToken"]) == 200
+    # an entry written before entries said who reads them: the owner and admins only
+    client.document(f"{base}/old-entry").set({"kind": "voice_attempt", "at": "2026-01-01T00:00:00.000Z"})
+    assert rest_get(host, f"{base}/old-entry", world.accounts["owner"]["idToken"]) == 200
+    assert rest_get(host, f"{base}/old-entry", token) == 403
+    # and an owner whose access document predates the role (the transition): what a member reads, no more
+    client.document(f"locks/{world.lock_id}/access/{world.uid('owner')}").update({"role": firestore_delete()})
+    assert rest_get(host, f"{base}/{theirs}", world.accounts["owner"]["idToken"]) == 403
+    assert rest_get(host, f"{base}/{state}", world.accounts["owner"]["idToken"]) == 200
+
+
+def firestore_delete() -> Any:
+    from google.cloud.firestore import DELETE_FIELD
+
+    return DELETE_FIELD

@@ -65,9 +65,20 @@ def access_doc(lock_id: str, uid: str) -> str:
     return f"locks/{lock_id}/access/{uid}"
 
 
+#: feed entries every member reads: what the lock reports of itself (its document shows the same)
+EVERYONE_KINDS = frozenset({"state", "online", "offline"})
+#: the fields of an entry that name people: an entry is read by the lock's owner and admins and by the people it names
+#: (``about``), so a guest does not learn who else comes and goes, who invited whom (the API lists members to admins)
+PEOPLE_FIELDS = ("actor_uid", "target_uid", "member_uid", "invited_by")
+
+
 def activity_entry(lock_id: str, kind: str, **fields: Any) -> Write:
-    """A new entry of the lock's activity feed (never biometric data), to queue with ``enqueue_many``."""
-    return f"locks/{lock_id}/activity/{uuid.uuid4()}", "set", {"kind": kind, "at": _now_iso(), **fields}
+    """A new entry of the lock's activity feed (never biometric data), to queue with ``enqueue_many``; its
+    ``audience`` and ``about`` say who reads it (``infra/firestore.rules``)."""
+    about = sorted({uid for name in PEOPLE_FIELDS if isinstance(uid := fields.get(name), str)})
+    audience = "everyone" if kind in EVERYONE_KINDS else "admins"
+    data = {"kind": kind, "at": _now_iso(), **fields, "audience": audience, "about": about}
+    return f"locks/{lock_id}/activity/{uuid.uuid4()}", "set", data
 
 
 def activity(con: Connection, lock_id: str, kind: str, **fields: Any) -> None:

@@ -332,7 +332,7 @@ def _ack(con: Connection, lock_id: str, body: dict[str, Any], now: dt.datetime) 
     rows = con.run(
         "UPDATE commands SET status = :st, acked_at = CASE WHEN :st = 'acked' THEN :now ELSE acked_at END,"
         " last_error = :err WHERE id = CAST(:i AS uuid) AND lock_id = CAST(:l AS uuid) AND nonce = :n"
-        " AND status IN ('pending', 'sent') RETURNING action, issuer_kind",
+        " AND status IN ('pending', 'sent') RETURNING action, issuer_kind, issuer_uid",
         st=ACK_RESULTS[result],
         now=now,
         err=None if result == "ok" else f"{result}: {reason or 'no reason given'}"[:200],
@@ -353,5 +353,7 @@ def _ack(con: Connection, lock_id: str, body: dict[str, Any], now: dt.datetime) 
         target=command_id,
         details={"result": result},
     )
-    mirror.activity(con, lock_id, "command_ack", command_id=command_id, action=rows[0][0], result=result)
+    mirror.activity(
+        con, lock_id, "command_ack", command_id=command_id, action=rows[0][0], result=result, actor_uid=rows[0][2]
+    )
     return Outcome("applied")

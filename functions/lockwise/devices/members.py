@@ -77,6 +77,7 @@ class Membership:
         is refreshed: ``offset_until_ms``)."""
         guest = self.role == "guest"
         out: dict[str, Any] = {
+            "role": self.role,  # owners and admins read the whole activity feed, others what names them
             "expires_ms": _ms(self.expires_at),
             "valid_from_ms": _ms(self.valid_from) if guest else None,
             "valid_until_ms": _ms(self.valid_until) if guest else None,
