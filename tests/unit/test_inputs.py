@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 
@@ -93,3 +96,25 @@ def test_is_text_answers_as_check_text_does(value: str) -> None:
     except errors.BadRequest:
         taken = False
     assert inputs.is_text(value) is taken
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"a": "' + b'\\"' * 500_000,  # one open quote, then escaped ones: the old pre-scan's worst case
+        b'"' + b'\\"' * 500_000 + b"\\",
+        b'{"a": ' + b"[" * 500_000,  # deep and never closed
+    ],
+)
+def test_json_is_refused_in_time_linear_in_its_size(raw: bytes) -> None:
+    """Attack run: the regular expression that blanked strings out before counting brackets took time growing with
+    the square of a body holding one open quote and many escaped ones (40 KB: 10 s with the GIL held, the 2 MB limit:
+    hours). 1 MB of each, in a fresh process whose 60 s limit is a hang detector, not a speed measure."""
+    code = (
+        "import sys; from lockwise.core import errors, inputs\n"
+        "try:\n    inputs.loads(sys.stdin.buffer.read())\nexcept errors.BadRequest as e:\n    print(e.code)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], input=raw, capture_output=True, timeout=60, env={**os.environ}, check=True
+    )
+    assert done.stdout.decode().strip() in ("malformed_json", "json_too_deep")
