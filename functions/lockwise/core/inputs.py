@@ -1,7 +1,8 @@
 """The input boundary: JSON and text from outside, parsed into values that are safe to keep and to hand to SQL.
 
-JSON is parsed with a nesting limit (past the recursion limit the parser itself refuses), integers of at most 20 digits, no NaN or Infinity, and every string free of NUL (PostgreSQL refuses 0x00 in
-text) and of lone UTF-16 surrogates (not encodable as UTF-8). Each refusal is a ``BadRequest`` with a stable code.
+JSON is parsed with a nesting limit (past the recursion limit the parser itself refuses), integers of at most 20
+digits, no NaN or Infinity, and every string free of NUL (PostgreSQL refuses 0x00 in text) and of lone UTF-16
+surrogates (not encodable as UTF-8). Each refusal is a ``BadRequest`` with a stable code.
 """
 
 from __future__ import annotations
