@@ -157,7 +157,7 @@ class Api:
         status = 500
         try:
             response = self._dispatch(request, request_id)
-            server_errors.finish_body(request)
+            server_errors.leave_rest_of_body(request)
             status = response.status_code
             response.headers["X-Request-Id"] = request_id
             return response

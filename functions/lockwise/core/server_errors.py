@@ -9,9 +9,8 @@ Behind Google's front end most of these never reach the instance; served anywher
 self-hosted deployment) they do.
 
 A body the parser refuses only once it is read (a malformed chunk, a client gone mid-body) raises from the stream:
-:data:`BODY_ERRORS` are those exceptions, which the router answers 400 ``malformed_body``. After every response
-functions-framework reads whatever is left of the body, whole, into memory, and answered a malformed one with its
-own text 500: :func:`finish_body` reads the rest first, bounded, so that read finds nothing.
+:data:`BODY_ERRORS` are those exceptions, which the router answers 400 ``malformed_body``. What a handler leaves of
+a body stays unread (:func:`leave_rest_of_body`).
 """
 
 from __future__ import annotations
@@ -43,9 +42,6 @@ CODES = {
 }
 #: the parser's message quotes what it refused (the request line, a header): kept short
 MESSAGE_MAX = 200
-#: how much of a body its handler left unread is read after the answer (a client still sending a modest body gets
-#: the answer rather than a reset); past it, gunicorn's own capped drain or closing the connection deals with it
-DRAIN_MAX = 1 << 20
 
 
 def error_response(status: int, reason: str, message: str) -> bytes:
@@ -80,13 +76,10 @@ def answer_in_json() -> None:
     util.write_error = write_error
 
 
-def finish_body(request: flask.Request) -> None:
-    """Read what the handler left of the body, at most :data:`DRAIN_MAX` bytes, whatever it holds; then mark the
-    body read, so functions-framework's unbounded read after the response finds nothing."""
-    left = DRAIN_MAX
-    try:
-        while left > 0 and (chunk := request.stream.read(min(left, 65536))):
-            left -= len(chunk)
-    except BODY_ERRORS:  # malformed or cut short: gunicorn closes the connection after the answer
-        pass
+def leave_rest_of_body(request: flask.Request) -> None:
+    """Leave what the handler left of the body unread, and say it was read: functions-framework reads the whole
+    body after every response, unbounded, into memory (a malformed chunk there was its text 500), and that read
+    now finds nothing. The answer goes out at once; gunicorn then discards the rest (its own drain, capped for a
+    connection kept alive) or closes the connection. (Reading the rest here first, up to 1 MiB, held the answer
+    back until the client sent it: a refused request whose body never came got no answer at all. Attack run.)"""
     request._cached_data = b""  # werkzeug's Request.get_data returns this instead of reading the stream
