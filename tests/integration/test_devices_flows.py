@@ -21,7 +21,7 @@ from lockwise.core.runtime import get_runtime
 from lockwise.devices import command_signing, lock_auth
 from simlock.lock import SimulatedLock, new_tls_key
 from tests.conftest import PROJECT_ID
-from tests.devices_world import World, bearer, build_world, create_lock, new_lock_key, provision
+from tests.devices_world import World, bearer, build_world, create_lock, join, new_lock_key, provision
 
 
 @pytest.fixture
@@ -153,6 +153,62 @@ def test_a_lock_renews_its_certificate_a_few_times_a_day_and_no_more(world: Worl
     )
     assert renew().status_code == 201
     assert renew().status_code == 429
+
+
+def test_an_invitation_falls_with_the_right_of_who_sent_it(world: World, sign_up: Any) -> None:
+    """Attack run: an admin invited their own address (or a friend), was removed, demoted or expired, and the
+    invitation still let them in. An invitation stands only while its sender may grant its role."""
+    devices, lock = world.devices, world.lock_id
+
+    def invite(by: str, invitee: dict[str, Any], role: str = "member") -> str:
+        resp = devices.post(
+            f"/devices/locks/{lock}/members", json={"uid": invitee["localId"], "role": role}, headers=world.headers(by)
+        )
+        assert resp.status_code == 202, resp.get_json()
+        return str(resp.get_json()["invitation"]["id"])
+
+    def accept(invitation: str, invitee: dict[str, Any]) -> Any:
+        return devices.post(f"/devices/invitations/{invitation}/accept", headers=bearer(invitee))
+
+    friends = [sign_up() for _ in range(3)]
+    for friend in friends:
+        assert devices.get("/devices/me", headers=bearer(friend)).status_code == 200
+    # removed: what they sent falls at once
+    removed = invite("admin", friends[0])
+    assert (
+        devices.delete(
+            f"/devices/locks/{lock}/members/{world.uid('admin')}", headers=world.headers("owner")
+        ).status_code
+        == 204
+    )
+    refused = accept(removed, friends[0])
+    assert refused.status_code == 404 and refused.get_json()["error"]["code"] == "invitation_not_found"
+    assert devices.get(f"/devices/locks/{lock}", headers=bearer(friends[0])).status_code == 404
+    # demoted (the old admin invited back as a member by the owner, who then demotes a new admin)
+    join(devices, lock, world.accounts["owner"], world.accounts["admin"], {"role": "admin"})
+    demoted = invite("admin", friends[1])
+    resp = devices.patch(
+        f"/devices/locks/{lock}/members/{world.uid('admin')}", json={"role": "member"}, headers=world.headers("owner")
+    )
+    assert resp.status_code == 200, resp.get_json()
+    assert accept(demoted, friends[1]).status_code == 404
+    # expired (no change went through the API: the accept itself checks)
+    resp = devices.patch(
+        f"/devices/locks/{lock}/members/{world.uid('admin')}", json={"role": "admin"}, headers=world.headers("owner")
+    )
+    assert resp.status_code == 200, resp.get_json()
+    expired = invite("admin", friends[2])
+    db_rows(
+        "UPDATE lock_members SET expires_at = now() - interval '1 second' WHERE lock_id = CAST(:l AS uuid)"
+        " AND user_uid = :u",
+        l=lock,
+        u=world.uid("admin"),
+    )
+    listed = devices.get("/devices/invitations", headers=bearer(friends[2])).get_json()["invitations"]
+    assert expired not in [i["id"] for i in listed]  # not offered
+    assert accept(expired, friends[2]).status_code == 404
+    # an owner's invitation stands as ever
+    assert accept(invite("owner", friends[2]), friends[2]).status_code == 201
 
 
 def test_commands_are_signed_for_the_lock(world: World) -> None:

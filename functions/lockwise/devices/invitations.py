@@ -18,7 +18,14 @@ from lockwise.core.db import UNIQUE_VIOLATION, Connection, rows_as_dicts, sqlsta
 from lockwise.devices import members
 
 _OPEN = "accepted_at IS NULL AND closed_at IS NULL"
-_LIVE = _OPEN + " AND expires_at > now()"
+#: whoever sent it may still grant its role (active; the owner for an admin): an invitation falls with its sender's
+#: right (an admin once invited their own address, was removed, and accepted their way back in: attack run)
+_STANDING = (
+    "EXISTS (SELECT 1 FROM lock_members s WHERE s.lock_id = invitations.lock_id AND s.user_uid = invitations.invited_by"
+    " AND s.revoked_at IS NULL AND (s.expires_at IS NULL OR s.expires_at > now())"
+    " AND (s.role = 'owner' OR (s.role = 'admin' AND invitations.role <> 'admin')))"
+)
+_LIVE = _OPEN + " AND expires_at > now() AND " + _STANDING
 _ADDRESSED_TO = "(invitee_uid = :u OR (CAST(:verified AS boolean) AND lower(email) = lower(:e)))"
 
 
@@ -41,11 +48,13 @@ def invite(
         current = members.get(con, lock_id, uid)
         if current is not None and current.active(_now()):
             raise errors.Conflict("already a member of this lock", code="already_member")
-    # an expired invitation no longer stands in the way of a new one
+    # an expired invitation, or one whose sender lost the right to send it, no longer stands in the way of a new one
     con.run(
         "UPDATE invitations SET closed_at = now() WHERE lock_id = CAST(:l AS uuid) AND "
         + _OPEN
-        + " AND expires_at <= now() AND (invitee_uid = :u OR lower(email) = lower(:e))",
+        + " AND (expires_at <= now() OR NOT "
+        + _STANDING
+        + ") AND (invitee_uid = :u OR lower(email) = lower(:e))",
         l=lock_id,
         u=uid,
         e=email,
@@ -99,9 +108,9 @@ def for_user(con: Connection, user: User) -> list[dict[str, Any]]:
     """The invitations waiting for ``user``'s answer, with the lock's name and who invited them."""
     rows = rows_as_dicts(
         con,
-        "SELECT i.id::text AS id, i.invitee_uid, i.email, i.role, i.access, i.expires_at, i.invited_by,"
-        " l.id::text AS lock_id, l.name AS lock_name FROM invitations i JOIN locks l ON l.id = i.lock_id"
-        " WHERE " + _LIVE + " AND " + _ADDRESSED_TO + " ORDER BY i.created_at",
+        "SELECT invitations.id::text AS id, invitee_uid, email, invitations.role, access, invitations.expires_at,"
+        " invited_by, l.id::text AS lock_id, l.name AS lock_name FROM invitations JOIN locks l"
+        " ON l.id = invitations.lock_id WHERE " + _LIVE + " AND " + _ADDRESSED_TO + " ORDER BY invitations.created_at",
         u=user.uid,
         e=user.email,
         verified=user.email_verified,
@@ -121,7 +130,12 @@ def for_user(con: Connection, user: User) -> list[dict[str, Any]]:
 
 
 def accept(con: Connection, invitation_id: str, user: User) -> members.Membership:
-    """Make the invitee a member on the invitation's terms (404 ``invitation_not_found`` if it is not theirs)."""
+    """Make the invitee a member on the invitation's terms (404 ``invitation_not_found`` if it is not theirs, or no
+    longer stands: see ``_STANDING``)."""
+    seen = _take(con, invitation_id, user, lock=False)
+    # the sender's membership kept from changing before the invitation is taken, in the order a removal takes them
+    # (no deadlock): a removal committed first is seen here, one after waits for this to commit
+    members.get(con, seen["lock_id"], seen["invited_by"], for_share=True)
     row = _take(con, invitation_id, user)
     lock_id = row["lock_id"]
     existing = members.get(con, lock_id, user.uid, for_update=True)
@@ -158,6 +172,15 @@ def accept(con: Connection, invitation_id: str, user: User) -> members.Membershi
     return joined
 
 
+def close_made_by(con: Connection, lock_id: str, uid: str) -> None:
+    """Close the open invitations ``uid`` sent for the lock (they were removed or no longer manage members)."""
+    con.run(
+        "UPDATE invitations SET closed_at = now() WHERE lock_id = CAST(:l AS uuid) AND invited_by = :u AND " + _OPEN,
+        l=lock_id,
+        u=uid,
+    )
+
+
 def decline(con: Connection, invitation_id: str, user: User) -> None:
     row = _take(con, invitation_id, user)
     con.run("UPDATE invitations SET closed_at = now() WHERE id = CAST(:i AS uuid)", i=row["id"])
@@ -180,11 +203,11 @@ def withdraw(con: Connection, lock_id: str, invitation_id: str, actor: members.M
     audit.record(con, audit.user_actor(actor.user_uid), "member.withdraw_invitation", "ok", lock_id=lock_id)
 
 
-def _take(con: Connection, invitation_id: str, user: User) -> dict[str, Any]:
+def _take(con: Connection, invitation_id: str, user: User, *, lock: bool = True) -> dict[str, Any]:
     rows = rows_as_dicts(
         con,
         "SELECT id::text AS id, lock_id::text AS lock_id, role, access, invited_by FROM invitations"
-        " WHERE id = CAST(:i AS uuid) AND " + _LIVE + " AND " + _ADDRESSED_TO + " FOR UPDATE",
+        " WHERE id = CAST(:i AS uuid) AND " + _LIVE + " AND " + _ADDRESSED_TO + (" FOR UPDATE" if lock else ""),
         i=_invitation_id(invitation_id),
         u=user.uid,
         e=user.email,

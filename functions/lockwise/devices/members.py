@@ -154,8 +154,12 @@ _SELECT = (
 )
 
 
-def get(con: Connection, lock_id: str, uid: str, *, for_update: bool = False) -> Membership | None:
-    sql = _SELECT + " WHERE lock_id = CAST(:l AS uuid) AND user_uid = :u" + (" FOR UPDATE" if for_update else "")
+def get(
+    con: Connection, lock_id: str, uid: str, *, for_update: bool = False, for_share: bool = False
+) -> Membership | None:
+    """The membership row (``for_update``: locked to change it; ``for_share``: kept from changing until commit)."""
+    locking = " FOR UPDATE" if for_update else " FOR SHARE" if for_share else ""
+    sql = _SELECT + " WHERE lock_id = CAST(:l AS uuid) AND user_uid = :u" + locking
     rows = rows_as_dicts(con, sql, l=lock_id, u=uid)
     return Membership(**rows[0]) if rows else None
 
