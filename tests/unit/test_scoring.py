@@ -49,3 +49,15 @@ def test_voiceprint_and_agreement_find_the_outlier() -> None:
     assert outlier == 2 and lowest < 0.2
     vp = scoring.voiceprint(samples[:2])
     assert abs(float(np.linalg.norm(vp)) - 1) < 1e-6 and vp[0] > 0.9
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_a_score_that_is_not_a_number_never_opens_the_door(bad: float) -> None:
+    """NaN >= threshold and NaN < threshold are both False: an unguarded NaN best score was accepted (attack run).
+    inf is no score either: whatever made it is not a voice the model measured."""
+    alone = scoring.decide(np.array([bad], dtype=np.float32), 0.5, 0.0)
+    assert not alone.accepted and alone.reason == "below_threshold"
+    beside = scoring.decide(np.array([0.2, bad, 0.3], dtype=np.float32), 0.5, 0.05)
+    assert not beside.accepted
+    genuine = scoring.decide(np.array([bad, 0.9, 0.1], dtype=np.float32), 0.5, 0.05)
+    assert genuine.accepted and genuine.best_index == 1  # the others' scores still decide

@@ -53,6 +53,13 @@ def enroll(
     with db.connection() as con:  # early: a user past the day's comparisons costs no model work
         _refuse_past_the_limit(comparisons_wait(con, uid, settings.enroll_comparisons))
     embeddings = np.stack([encoder.embed(c.samples, c.rate) for c in clips])
+    unusable = np.flatnonzero(~np.isfinite(embeddings).all(axis=1))
+    if len(unusable):  # a voiceprint of NaN would compare as nothing and pass every check after this one
+        raise errors.InvalidAudio(
+            f"sample {int(unusable[0])} could not be turned into a voiceprint; record it again",
+            code="samples_disagree",
+            details={"sample": int(unusable[0])},
+        )
     lowest, outlier = scoring.agreement(embeddings)
     if lowest < rules.agreement:
         raise errors.InvalidAudio(

@@ -57,14 +57,18 @@ class Decision:
 
 
 def decide(scores: npt.NDArray[np.float32], threshold: float, margin: float) -> Decision:
-    """Accept only when the best score reaches ``threshold`` and beats the runner-up by ``margin``."""
+    """Accept only when the best score reaches ``threshold`` and beats the runner-up by ``margin``. A score that is
+    not a finite number (an encoder's NaN) counts as the lowest possible: it never opens the door (NaN compared
+    with the threshold is False either way, so an unguarded NaN best score was accepted: attack run, no input found
+    that makes one)."""
     if scores.size == 0:
         return Decision(False, None, None, None, "no_candidates")
+    scores = np.where(np.isfinite(scores), scores, -np.inf).astype(scores.dtype)
     order = np.argsort(scores)[::-1]
     best_i = int(order[0])
     best = float(scores[best_i])
     runner = float(scores[order[1]]) if scores.size > 1 else None
-    if best < threshold:
+    if not best >= threshold:
         return Decision(False, best_i, best, runner, "below_threshold")
     if runner is not None and best - runner < margin:
         return Decision(False, best_i, best, runner, "ambiguous")
