@@ -269,6 +269,40 @@ def test_one_lock_cannot_read_or_write_another_locks_topics(
             peer.stop()
 
 
+def test_a_lock_publishes_its_four_topics_only_and_retains_nothing_elsewhere(
+    broker: Broker, lock_files: dict[str, tuple[Path, Path]], tmp_path: Path
+) -> None:
+    """Attack run: ``readwrite lockwise/%u/#`` let a lock keep any number of retained messages under its own name
+    (3,000 x 16 KB: the broker from 13 to 57 MB, rewritten to disk every second). Now it writes state, ack and
+    status, reads cmd, and nothing else under its name."""
+    a_files, _ = two(lock_files)
+    a = identity_of(a_files)
+    lock = Peer(broker, a_files, client_id=a)
+    relay = Peer(broker, broker.client_files(RELAY, tmp_path / "relay"), client_id=RELAY)
+    for peer in (lock, relay):
+        assert peer.start()
+    try:
+        relay.subscribe(f"{topics.ROOT}/{a}/#")
+        for i in range(5):
+            lock.client.publish(f"{topics.ROOT}/{a}/junk/{i}", b"x" * 1000, qos=1, retain=True).wait_for_publish(5)
+        lock.client.publish(topics.commands(a), b"a command from the lock itself", qos=1).wait_for_publish(5)
+        lock.client.publish(topics.state(a), b"state", qos=1).wait_for_publish(5)
+        wait_until(lambda: relay.messages)
+        time.sleep(0.5)
+        assert relay.messages == [(topics.state(a), b"state")]
+        late = Peer(broker, broker.client_files(RELAY, tmp_path / "late"), client_id=RELAY + "-late")
+        assert late.start()
+        try:
+            late.subscribe(f"{topics.ROOT}/{a}/#")  # retained messages arrive on subscribing: none were kept
+            time.sleep(0.5)
+            assert late.messages == []
+        finally:
+            late.stop()
+    finally:
+        for peer in (lock, relay):
+            peer.stop()
+
+
 def test_a_lock_takes_no_share_of_the_relays_events(
     broker: Broker, lock_files: dict[str, tuple[Path, Path]], tmp_path: Path
 ) -> None:

@@ -257,10 +257,18 @@ def test_the_broker_knows_nothing_per_lock_and_every_relay_slot(tmp_path: Path) 
     assert [line for line in acl.splitlines() if line.startswith("user ")] == [
         f"user lockwise-relay-{slot}" for slot in range(1, RELAY_SLOTS + 1)
     ]
-    assert "pattern readwrite lockwise/%u/#" in acl
+    patterns = [line for line in acl.splitlines() if line.startswith("pattern ")]
+    assert patterns == [
+        "pattern read lockwise/%u/cmd",
+        "pattern write lockwise/%u/state",
+        "pattern write lockwise/%u/ack",
+        "pattern write lockwise/%u/status",
+    ]
     emqx = (tmp_path / "emqx.conf").read_text()
     assert "peer_cert_as_username = cn" in emqx and "fail_if_no_peer_cert = true" in emqx
-    assert "lockwise/${username}/#" in (tmp_path / "emqx_acl.conf").read_text()
+    emqx_acl = (tmp_path / "emqx_acl.conf").read_text()
+    assert '{allow, all, subscribe, ["lockwise/${username}/cmd"]}.' in emqx_acl
+    assert "lockwise/${username}/#" not in emqx_acl
 
 
 class _Hub(BaseHTTPRequestHandler):

@@ -1,7 +1,7 @@
 """MQTT topic layout, shared by the relay and the simulated lock.
 
-Every topic of a lock sits under ``lockwise/<broker username>/``, which is what the broker's per-lock ACL
-(``pattern readwrite lockwise/%u/#``) allows that lock and no other.
+Every topic of a lock sits under ``lockwise/<broker username>/``; the broker's per-lock ACL lets that lock, and no
+other, read its ``cmd`` and write its ``state``, ``ack`` and ``status`` (``infra/broker/acl.template``).
 """
 
 from __future__ import annotations
