@@ -147,3 +147,19 @@ def test_verify_refuses_replays_of_enrollment_samples_and_of_earlier_attempts(
 def _speech(path: Path) -> float:
     clip = audio.parse_wav(path.read_bytes())
     return audio.speech_seconds(clip.samples, clip.rate)
+
+
+def test_attempts_at_a_lock_where_nobody_is_enrolled_are_not_kept(
+    ge2e_env: dict[str, str], make_client: Any, sign_up: Any, corpus: Path
+) -> None:
+    """Attack run: ``no_candidates`` attempts count towards no lockout or ceiling, yet each kept an 8 KB fingerprint
+    for a week, all of which every later attempt at that lock loaded and matched (5,000: 3.3 s a request)."""
+    world: World = build_world(make_client("devices"), sign_up)
+    verify = make_client("verify")
+    for path in sorted((corpus / "allison").glob("en-*.wav"))[:3]:
+        body = path.read_bytes()
+        signed = lock_auth.sign_headers(
+            world.lock_key, world.lock_id, "POST", "/verify", body, content_type="audio/wav"
+        )
+        assert verify.post("/verify", data=body, headers=signed).get_json()["reason"] == "no_candidates"
+    assert _count("SELECT count(*) FROM voice_fingerprints WHERE lock_id = CAST(:l AS uuid)", l=world.lock_id) == 0

@@ -179,7 +179,8 @@ def verify(
                 threshold=rules.threshold,
                 model_id=encoder.model_id,
             )
-            known_recordings.remember_attempt(con, lock_id, attempt, heard, settings.replay_memory_hours, None)
+            if decision.reason != "no_candidates":  # nobody to pass as, and uncounted: kept, they grew without bound
+                known_recordings.remember_attempt(con, lock_id, attempt, heard, settings.replay_memory_hours, None)
             if decision.reason == "say_again":
                 con.run(
                     "INSERT INTO verify_follow_ups (attempt_id, lock_id, scores, expires_at) VALUES (CAST(:a AS uuid),"
