@@ -609,3 +609,30 @@ def firestore_delete() -> Any:
     from google.cloud.firestore import DELETE_FIELD
 
     return DELETE_FIELD
+
+
+def test_a_write_firestore_refuses_is_set_aside_and_holds_up_nothing(world: World, stack_env: dict[str, str]) -> None:
+    """Attack run: a mirror row Firestore refuses (a document id of the reserved form __x__) was retried first
+    forever, and no lock's view changed again. Now it is set aside with Firestore's answer; the rest are written."""
+    from lockwise.core import mirror
+
+    rt = get_runtime("devices")
+    rt.flush_mirror(force=True)
+    with rt.db.transaction() as con:
+        mirror.enqueue_many(
+            con,
+            [
+                ("users/__poison__", "set", {"voice_enrolled": False}),
+                (mirror.lock_doc(world.lock_id), "merge", {"name": "After the bad one"}),
+            ],
+        )
+    rt.flush_mirror(force=True)
+    client = firestore_client(PROJECT_ID, stack_env["FIRESTORE_EMULATOR_HOST"])
+    assert (client.document(f"locks/{world.lock_id}").get().to_dict() or {}).get("name") == "After the bad one"
+    with rt.db.connection() as con:
+        rows = con.run(
+            "SELECT refused_at IS NOT NULL, last_error FROM firestore_outbox WHERE doc_path = 'users/__poison__'"
+        )
+        assert len(rows) == 1 and rows[0][0] and "400" in rows[0][1]
+        con.run("DELETE FROM firestore_outbox WHERE doc_path = 'users/__poison__'")
+    assert rt.mirror.pending() == 0

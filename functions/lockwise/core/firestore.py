@@ -39,6 +39,11 @@ class FirestoreError(LockwiseError):
     status, default_code = 503, "firestore_unavailable"
 
 
+class FirestoreRefused(FirestoreError):
+    """Firestore answered 400: the request itself is wrong (an invalid document name or value), so sending it again
+    never succeeds."""
+
+
 #: adds the request's credentials to its headers (the bearer token, refreshed when it has expired)
 Authorize = Callable[[dict[str, str]], None]
 
@@ -120,7 +125,8 @@ class Client:
         if resp.status == 404 and missing_ok:
             return None
         if resp.status >= 400:
-            raise FirestoreError(f"Firestore answered {resp.status}: {_error_message(data)}")
+            refused = FirestoreRefused if resp.status == 400 else FirestoreError
+            raise refused(f"Firestore answered {resp.status}: {_error_message(data)}")
         try:
             found = json.loads(data) if data else {}
         except ValueError as exc:  # something between us and Firestore answered (a proxy's error page)

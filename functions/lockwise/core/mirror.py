@@ -92,6 +92,10 @@ def _now_iso() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now * 1000) % 1000:03d}Z"
 
 
+#: a write that can never be taken: Firestore refused it (400), or it could not even be made into one
+REFUSED = (firestore.FirestoreRefused, TypeError, ValueError)
+
+
 class Flusher:
     """Writes queued rows to Firestore; after a failure it waits ``BACKOFF_S`` before trying again."""
 
@@ -136,7 +140,8 @@ class Flusher:
         written = 0
         with self.db.transaction() as con:
             rows = con.run(
-                "SELECT id, doc_path, op, data FROM firestore_outbox ORDER BY id LIMIT :n FOR UPDATE SKIP LOCKED",
+                "SELECT id, doc_path, op, data FROM firestore_outbox WHERE refused_at IS NULL ORDER BY id LIMIT :n"
+                " FOR UPDATE SKIP LOCKED",
                 n=limit,
             )
             if not rows:
@@ -149,12 +154,42 @@ class Flusher:
             for group in _groups(rows):
                 try:
                     _write(client, group)
+                except REFUSED:  # some write of the group can never be taken: the others one by one, it set aside
+                    done, stopped = self._one_by_one(con, client, group)
+                    written += done
+                    if stopped:
+                        break
+                    continue
                 except Exception as exc:  # noqa: BLE001 - Firestore errors come in many types; keep order, retry later
                     self._failed(con, group[0][0], exc)
                     break
                 con.run("DELETE FROM firestore_outbox WHERE id = ANY(:ids)", ids=[row[0] for row in group])
                 written += len(group)
         return written
+
+    def _one_by_one(self, con: Connection, client: firestore.Client, group: list[list[Any]]) -> tuple[int, bool]:
+        """Write a refused group's rows one commit each, in order; set aside (``refused_at``) each that Firestore
+        refuses, so one bad row never holds up every lock's view (attack run: a uid Firestore refuses as a document
+        name froze the mirror). Returns how many were written, and whether another error stopped it."""
+        written = 0
+        for row in group:
+            try:
+                _write(client, [row])
+            except REFUSED as exc:
+                con.run(
+                    "UPDATE firestore_outbox SET refused_at = now(), attempts = attempts + 1, last_error = :e"
+                    " WHERE id = :i",
+                    i=row[0],
+                    e=f"{type(exc).__name__}: {exc}"[:500],
+                )
+                log.error("firestore refused a mirror write; set aside", extra={"fields": {"doc_path": row[1]}})
+                continue
+            except Exception as exc:  # noqa: BLE001 - as in _flush: keep order, retry later
+                self._failed(con, row[0], exc)
+                return written, True
+            con.run("DELETE FROM firestore_outbox WHERE id = :i", i=row[0])
+            written += 1
+        return written, False
 
     def _failed(self, con: Connection, row_id: int, exc: Exception) -> None:
         self._retry_at = time.monotonic() + BACKOFF_S
@@ -167,7 +202,7 @@ class Flusher:
 
     def pending(self) -> int:
         with self.db.connection() as con:
-            return int(con.run("SELECT count(*) FROM firestore_outbox")[0][0])
+            return int(con.run("SELECT count(*) FROM firestore_outbox WHERE refused_at IS NULL")[0][0])
 
 
 def _groups(rows: list[list[Any]]) -> list[list[list[Any]]]:
