@@ -34,6 +34,7 @@ from lockwise.devices import (
 
 rt = get_runtime("devices")
 api = Api("devices")
+crls = lock_certs.CrlCache()  # the revocation list, signed again when the revocations change
 MAX_EVENTS = 500
 #: a relay batch: MAX_EVENTS payloads of a few hundred bytes, or fewer of up to lock_events.MAX_PAYLOAD_CHARS
 MAX_EVENTS_BODY = 4_000_000
@@ -97,8 +98,10 @@ def create_lock(ctx: Ctx) -> Result:
     if not isinstance(supports_open, bool):
         raise errors.BadRequest("supports_open must be true or false", code="invalid_supports_open")
     with rt.db.transaction() as con:
-        lock_id = locks.create(con, user.uid, name, supports_open)
-        code, expires = provisioning.issue(con, lock_id, user.uid, rt.settings.provisioning_ttl_s)
+        lock_id = locks.create(con, user.uid, name, supports_open, rt.settings.locks_per_owner)
+        code, expires = provisioning.issue(
+            con, lock_id, user.uid, rt.settings.provisioning_ttl_s, rt.settings.pairings_per_day
+        )
         view = locks.view(con, lock_id, "owner")
     rt.flush_mirror()
     return {"lock": view, "provisioning": {"code": code, "expires_at": expires.isoformat()}}, 201
@@ -166,7 +169,9 @@ def new_provisioning_code(ctx: Ctx, lock_id: str) -> Result:
     user, lock_id = app_user(ctx), lock_param(lock_id)
     with rt.db.transaction() as con:
         members.require(con, lock_id, user.uid, rt.now(), at_least="owner")
-        code, expires = provisioning.issue(con, lock_id, user.uid, rt.settings.provisioning_ttl_s)
+        code, expires = provisioning.issue(
+            con, lock_id, user.uid, rt.settings.provisioning_ttl_s, rt.settings.pairings_per_day
+        )
     return {"code": code, "expires_at": expires.isoformat()}, 201
 
 
@@ -382,10 +387,13 @@ def lock_config(ctx: Ctx) -> JsonBody:
 
 @api.route("GET", "/devices/lock-ca/crl")
 def lock_ca_crl(ctx: Ctx) -> flask.Response:
-    """The lock CA's revocation list (public, as CRLs are): what the broker reloads every minute."""
+    """The lock CA's revocation list (public, as CRLs are): what the broker reloads every minute; signed again only
+    when the revocations change (``lock_certs.CrlCache``)."""
     with rt.db.connection() as con:
-        revoked = provisioning.revoked_certificates(con)
-    pem = lock_certs.crl(lock_ca(), revoked, rt.now())
+        version = provisioning.revocations_version(con)
+        pem = crls.get(
+            version, rt.now(), lambda: lock_certs.crl(lock_ca(), provisioning.revoked_certificates(con), rt.now())
+        )
     return flask.Response(pem, mimetype="application/pkix-crl", headers={"Cache-Control": "max-age=30"})
 
 

@@ -3,6 +3,7 @@ deletion, audit, and bad input: each a 4xx with a code, never a 500."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -209,6 +210,27 @@ def test_an_invitation_falls_with_the_right_of_who_sent_it(world: World, sign_up
     assert accept(expired, friends[2]).status_code == 404
     # an owner's invitation stands as ever
     assert accept(invite("owner", friends[2]), friends[2]).status_code == 201
+
+
+def test_pairing_codes_and_owned_locks_are_bounded(world: World, sign_up: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Attack run: an owner re-pairing in a loop put 1,630 entries in the public revocation list in 20 s (each
+    pairing revokes the last credential), and one account made 307 locks in 8 s."""
+    settings = get_settings("devices")
+    owner = world.headers("owner")
+    # the lock's pairing at creation was one of the day's codes
+    for _ in range(settings.pairings_per_day - 1):
+        assert world.devices.post(f"/devices/locks/{world.lock_id}/provisioning", headers=owner).status_code == 201
+    refused = world.devices.post(f"/devices/locks/{world.lock_id}/provisioning", headers=owner)
+    assert refused.status_code == 429 and refused.get_json()["error"]["code"] == "pairing_limit"
+    assert 86_000 < int(refused.headers["Retry-After"]) <= 86_400
+    # locks one account owns
+    monkeypatch.setattr(get_runtime("devices"), "settings", dataclasses.replace(settings, locks_per_owner=3))
+    someone = sign_up()
+    assert world.devices.get("/devices/me", headers=bearer(someone)).status_code == 200
+    for i in range(3):
+        create_lock(world.devices, someone, name=f"Door {i}")
+    too_many = world.devices.post("/devices/locks", json={"name": "One more"}, headers=bearer(someone))
+    assert too_many.status_code == 409 and too_many.get_json()["error"]["code"] == "too_many_locks"
 
 
 def test_commands_are_signed_for_the_lock(world: World) -> None:

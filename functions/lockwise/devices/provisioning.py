@@ -40,8 +40,22 @@ def _hash(code: str) -> bytes:
     return hashlib.sha256(normalised.encode()).digest()
 
 
-def issue(con: Connection, lock_id: str, uid: str, ttl_s: int) -> tuple[str, dt.datetime]:
-    """A fresh one-time code for ``lock_id``; earlier unredeemed codes of the lock stop working."""
+def issue(con: Connection, lock_id: str, uid: str, ttl_s: int, per_day: int) -> tuple[str, dt.datetime]:
+    """A fresh one-time code for ``lock_id``; earlier unredeemed codes of the lock stop working. At most ``per_day``
+    in any 24 hours (then 429 ``pairing_limit``): each pairing revokes the lock's last credential, an entry in the
+    public revocation list (attack run: an owner re-pairing in a loop listed 1,630 in 20 s)."""
+    con.run("SELECT 1 FROM locks WHERE id = CAST(:l AS uuid) FOR NO KEY UPDATE", l=lock_id)  # one count at a time
+    issued, oldest, now = con.run(
+        "SELECT count(*), min(created_at), now() FROM provisioning_codes WHERE lock_id = CAST(:l AS uuid)"
+        " AND created_at > now() - interval '1 day'",
+        l=lock_id,
+    )[0]
+    if int(issued) >= per_day:
+        raise errors.RateLimited(
+            f"this lock was given {per_day} pairing codes in the last 24 hours; pair it again later",
+            retry_after_s=errors.seconds_until(oldest + dt.timedelta(days=1), now),
+            code="pairing_limit",
+        )
     con.run(
         "UPDATE provisioning_codes SET expires_at = now() WHERE lock_id = CAST(:l AS uuid)"
         " AND redeemed_at IS NULL AND expires_at > now()",
@@ -255,6 +269,14 @@ def renew(con: Connection, lock_id: str, csr: Any, ca: lock_certs.LockCa, cert_t
 def _certify(ca: lock_certs.LockCa, request: Any, identity: str, ttl_s: int) -> tuple[Certificate, str]:
     issued = lock_certs.issue(ca, request, identity, ttl_s, dt.datetime.now(dt.UTC))
     return Certificate(identity, issued.pem, ca.cert_pem(), issued.not_after), issued.serial
+
+
+def revocations_version(con: Connection) -> tuple[int, dt.datetime | None]:
+    """What changes whenever the revocation list does: how many unexpired entries, the latest revocation."""
+    count, latest = con.run("SELECT count(*), max(revoked_at) FROM revoked_lock_certificates WHERE not_after > now()")[
+        0
+    ]
+    return int(count), latest
 
 
 def revoked_certificates(con: Connection) -> list[tuple[str, dt.datetime]]:
