@@ -5,17 +5,18 @@ Messages arrive on paho's network thread and are queued; one worker posts them i
 accepted the batch. If the relay dies first, the broker redelivers (persistent session, QoS 1): nothing is lost, and
 the devices side is idempotent on redelivery.
 
-No event can hold up the others. The devices function judges each event alone (a bad one comes back ``rejected``,
-counted here, and is acknowledged with the batch). A payload over ``MAX_PAYLOAD_CHARS`` is dropped here, logged and
-counted, never posted. A batch the function refuses as a whole with 400 or 413 is split in halves until the one
-event it refuses is found, which is dropped the same way; an unreachable function, a 5xx or a refused service token
-keeps the batch, unacknowledged, and retries it.
+No event can hold up the others. Events wait in one line per lock, served in turn (``mqtt_relay.lines``), and a lock
+with ``PER_LOCK_WAITING`` events already waiting has its next ones dropped, logged and counted: one lock's flood
+neither stands in front of the others nor fills the relay's memory. The devices function judges each event alone (a
+bad one comes back ``rejected``, counted here, and is acknowledged with the batch). A payload over
+``MAX_PAYLOAD_CHARS`` is dropped here, logged and counted, never posted. A batch the function refuses as a whole with
+400 or 413 is split in halves until the one event it refuses is found, which is dropped the same way; an unreachable
+function, a 5xx or a refused service token keeps the batch, unacknowledged, and retries it.
 """
 
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 import time
 from collections.abc import Callable
@@ -24,14 +25,17 @@ from dataclasses import dataclass
 import requests
 
 from lockwise.core.headers import SERVICE_TOKEN_HEADER
+from lockwise.devices import topics
+from mqtt_relay.lines import Lines
 
 #: the devices function refuses larger payloads (lockwise.devices.lock_events.MAX_PAYLOAD_CHARS; the broker, 64 KiB
 #: packets)
 MAX_PAYLOAD_CHARS = 16_384
-#: a batch's payloads stop growing past this many characters (the function takes bodies up to 4 MB)
-MAX_BATCH_CHARS = 1_000_000
 #: what the function answers for a batch one of whose events it cannot take at all: split the batch to find it
 SPLIT_ON = (400, 413)
+#: events of one lock waiting at most (a lock reports a few times an hour; a relay back from an outage finds each
+#: lock's few): past it the lock is flooding, and its next events are dropped until its line moves
+PER_LOCK_WAITING = 500
 
 log = logging.getLogger("mqtt_relay.forwarder")
 
@@ -60,10 +64,11 @@ class Forwarder:
         self.identity = identity or dict
         self.batch = batch
         self.timeout_s = timeout_s
-        self.queue: queue.Queue[Event] = queue.Queue()
+        self.queue: Lines[Event] = Lines(PER_LOCK_WAITING)
         self.forwarded = 0
         self.rejected = 0  # events the devices function judged and refused (kept in its lock_event_rejects)
-        self.dropped = 0  # events that could not be delivered at all (oversized, or refused alone with 400/413)
+        self.dropped = 0  # events not delivered at all (oversized, refused alone with 400/413, a full lock line)
+        self.flooded = 0  # of those, events of a lock with PER_LOCK_WAITING already waiting
         self.in_flight = 0
         self.last_error: str | None = None
         self._stop = threading.Event()
@@ -77,7 +82,13 @@ class Forwarder:
         if len(event.payload) > MAX_PAYLOAD_CHARS:
             self._drop(event, f"payload of {len(event.payload)} characters")
             return
-        self.queue.put(event)
+        if not self.queue.put(topics.lock_of(event.topic) or "", event):  # a flood: counted, logged now and then
+            self.flooded += 1
+            if self.flooded % 1000 == 1:
+                self._drop(event, f"its lock has {PER_LOCK_WAITING} events waiting ({self.flooded} so far)")
+            else:
+                self.dropped += 1
+                event.ack()
 
     def _drop(self, event: Event, why: str) -> None:
         log.warning("lock event dropped", extra={"fields": {"topic": event.topic[:200], "reason": why}})
@@ -93,18 +104,9 @@ class Forwarder:
         self._thread.join(timeout=self.timeout_s + 1)
 
     def _take(self) -> list[Event]:
-        try:
-            first = self.queue.get(timeout=0.2)
-        except queue.Empty:
-            return []
-        events, size = [first], len(first.payload)
-        while len(events) < self.batch and size < MAX_BATCH_CHARS:
-            try:
-                events.append(self.queue.get_nowait())
-            except queue.Empty:
-                break
-            size += len(events[-1].payload)
-        return events
+        """A batch: every waiting lock's next events in turn, up to ``batch`` (a body the function finds too large,
+        413, is split like any refused batch)."""
+        return self.queue.take(self.batch, timeout_s=0.2)
 
     def _run(self) -> None:
         backoff = 0.2

@@ -230,6 +230,7 @@ class Relay:
             "forwarded": self.forwarder.forwarded,
             "rejected": self.forwarder.rejected,
             "dropped": self.forwarder.dropped,
+            "flooded": self.forwarder.flooded,
             **({"error": self.forwarder.last_error} if self.forwarder.last_error else {}),
         }
         healthy = all(c["ok"] for c in checks.values())
