@@ -636,3 +636,20 @@ def test_a_write_firestore_refuses_is_set_aside_and_holds_up_nothing(world: Worl
         assert len(rows) == 1 and rows[0][0] and "400" in rows[0][1]
         con.run("DELETE FROM firestore_outbox WHERE doc_path = 'users/__poison__'")
     assert rt.mirror.pending() == 0
+
+
+def test_refused_events_of_one_topic_are_kept_a_hundred_an_hour(world: World, stack_env: dict[str, str]) -> None:
+    """Attack run: a paired lock publishing junk in a loop added 121,000 rows a minute, every one kept forever."""
+    topic = f"lockwise/{world.credentials['mqtt']['client_id']}/state"
+    for _ in range(3):
+        resp = world.devices.post(
+            "/devices/relay/events",
+            json={"events": [{"topic": topic, "payload": "junk"}] * 50},
+            headers={"X-LockWise-Service-Token": stack_env["LOCKWISE_SERVICE_TOKEN"]},
+        )
+        assert [r["outcome"] for r in resp.get_json()["results"]] == ["rejected"] * 50  # each still judged
+    with get_runtime("devices").db.connection() as con:
+        (kept,) = con.run("SELECT count(*) FROM lock_event_rejects WHERE topic = :t", t=topic)[0]
+        (expiry,) = con.run("SELECT min(expires_at - received_at) FROM lock_event_rejects WHERE topic = :t", t=topic)[0]
+    assert kept == lock_events.REJECTS_KEPT_PER_HOUR
+    assert expiry == dt.timedelta(days=30)

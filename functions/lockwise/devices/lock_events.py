@@ -45,6 +45,8 @@ MAX_PAYLOAD_DEPTH = 2
 #: loop filled its feed and the Firestore bill); past it they still change its row and its document, and the next
 #: entry listed carries ``unlisted_before``, how many were left out
 FEED_WINDOW = dt.timedelta(minutes=1)
+#: refused events kept per topic and hour for an operator (each refusal is counted by the relay all the same)
+REJECTS_KEPT_PER_HOUR = 100
 log = logging.getLogger("lockwise.devices.lock_events")
 
 
@@ -204,11 +206,16 @@ def _lock_ids(con: Connection, events: list[Any]) -> dict[str, str]:
 
 
 def _park(con: Connection, event: Any, reason: str) -> None:
-    """Keep a rejected event for an operator: its topic and a printable excerpt (NUL and bad text escaped)."""
+    """Keep a rejected event for an operator: its topic and a printable excerpt (NUL and bad text escaped); at most
+    ``REJECTS_KEPT_PER_HOUR`` a topic (a lock publishing junk in a loop added 121,000 rows a minute: attack run)."""
     topic = event.get("topic") if isinstance(event, dict) else None
     payload = event.get("payload") if isinstance(event, dict) else event
     con.run(
-        "INSERT INTO lock_event_rejects (topic, reason, payload_excerpt, payload_chars) VALUES (:t, :r, :p, :n)",
+        "INSERT INTO lock_event_rejects (topic, reason, payload_excerpt, payload_chars)"
+        " SELECT CAST(:t AS text), CAST(:r AS text), CAST(:p AS text), CAST(:n AS integer)"
+        " WHERE (SELECT count(*) FROM lock_event_rejects WHERE topic IS NOT DISTINCT FROM CAST(:t AS text)"
+        " AND received_at > now() - interval '1 hour') < :kept",
+        kept=REJECTS_KEPT_PER_HOUR,
         t=_printable(topic)[:200] if isinstance(topic, str) else None,
         r=reason[:200],
         p=_printable(payload if isinstance(payload, str) else repr(payload))[:500],
