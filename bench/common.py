@@ -18,7 +18,11 @@ local_stack = background  # the benchmarks' throwaway stack
 
 #: the relay benchmarks' locks report hundreds of times a second each, standing in for a fleet whose locks report a
 #: few times an hour: every report is listed in its lock's feed (no feed budget), so the Firestore mirror writes all
-BENCH_FUNCTION_SETTINGS = {"LOCKWISE_FEED_REPORTS_PER_MINUTE": "1000000000"}
+BENCH_FUNCTION_SETTINGS = {
+    "LOCKWISE_FEED_REPORTS_PER_MINUTE": "1000000000",
+    # and one lock is sent hundreds of signed requests a minute, to measure the request itself
+    "LOCKWISE_LOCK_REQUESTS_PER_MINUTE": "1000000000",
+}
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -34,8 +38,10 @@ FUNCTION_KEYS = (
 
 
 def function_env(stack_env: dict[str, str]) -> dict[str, str]:
-    """The environment for a fresh function process (cold starts) from a running stack's."""
-    return {k: v for k, v in stack_env.items() if not k.startswith("LOCKWISE_") or k in FUNCTION_KEYS}
+    """The environment for a fresh function process (cold starts) from a running stack's, with the benchmarks'
+    settings (``BENCH_FUNCTION_SETTINGS``)."""
+    kept = {k: v for k, v in stack_env.items() if not k.startswith("LOCKWISE_") or k in FUNCTION_KEYS}
+    return {**kept, **BENCH_FUNCTION_SETTINGS}
 
 
 def forget_attempts(db: Any, lock_id: str) -> None:

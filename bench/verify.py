@@ -28,6 +28,7 @@ import numpy as np
 import requests
 
 from bench.common import (
+    BENCH_FUNCTION_SETTINGS,
     forget_attempts,
     full_random_ecapa,
     function_env,
@@ -173,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     clip = speech_like(3.0, rate=44100, seed=3)
     body = wav(clip)
     rows, ratio_rows, cold_rows = [], [], []
-    with local_stack(full_random_ecapa()) as env:
+    with local_stack(full_random_ecapa(), settings=BENCH_FUNCTION_SETTINGS) as env:
         db = Database(env["DATABASE_URL"])
         account = sign_up(env["FIREBASE_AUTH_EMULATOR_HOST"])
         headers = {"Authorization": f"Bearer {account['idToken']}"}

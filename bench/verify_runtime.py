@@ -27,6 +27,7 @@ from pathlib import Path
 import requests
 
 from bench.common import (
+    BENCH_FUNCTION_SETTINGS,
     REPO,
     forget_attempts,
     full_random_ecapa,
@@ -158,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     warm_rows: list[list[object]] = []
     cold_rows: list[list[object]] = []
     rss_rows: list[list[object]] = []
-    with local_stack(model) as env, tempfile.TemporaryDirectory() as logs:
+    with local_stack(model, settings=BENCH_FUNCTION_SETTINGS) as env, tempfile.TemporaryDirectory() as logs:
         from lockwise.core.db import Database
 
         db = Database(env["DATABASE_URL"])

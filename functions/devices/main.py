@@ -374,7 +374,13 @@ def lock_config(ctx: Ctx) -> JsonBody:
     body = ctx.body()
     with rt.db.transaction() as con:
         lock_id = lock_auth.authenticate(
-            con, ctx.request.headers, "GET", ctx.target, body, skew_s=rt.settings.lock_request_skew_s
+            con,
+            ctx.request.headers,
+            "GET",
+            ctx.target,
+            body,
+            skew_s=rt.settings.lock_request_skew_s,
+            per_minute=rt.settings.lock_requests_per_minute,
         )
         config = locks.lock_config(con, lock_id)
     return {
@@ -403,7 +409,13 @@ def renew_lock_certificate(ctx: Ctx) -> Result:
     body = ctx.body(16_384)
     with rt.db.transaction() as con:
         lock_id = lock_auth.authenticate(
-            con, ctx.request.headers, "POST", ctx.target, body, skew_s=rt.settings.lock_request_skew_s
+            con,
+            ctx.request.headers,
+            "POST",
+            ctx.target,
+            body,
+            skew_s=rt.settings.lock_request_skew_s,
+            per_minute=rt.settings.lock_requests_per_minute,
         )
         certificate = provisioning.renew(
             con,

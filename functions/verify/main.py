@@ -41,7 +41,13 @@ def verify_at_lock(ctx: Ctx) -> Result:
     body = ctx.body(audio.max_body_bytes(limits))
     with rt.db.connection() as con:  # no transaction: a read, then the nonce's insert commits on its own
         lock_id = lock_auth.authenticate(
-            con, ctx.request.headers, "POST", ctx.target, body, skew_s=rt.settings.lock_request_skew_s
+            con,
+            ctx.request.headers,
+            "POST",
+            ctx.target,
+            body,
+            skew_s=rt.settings.lock_request_skew_s,
+            per_minute=rt.settings.lock_requests_per_minute,
         )
     try:
         clip = clip_from(ctx, body)

@@ -233,6 +233,29 @@ def test_pairing_codes_and_owned_locks_are_bounded(world: World, sign_up: Any, m
     assert too_many.status_code == 409 and too_many.get_json()["error"]["code"] == "too_many_locks"
 
 
+def test_a_lock_makes_so_many_signed_requests_a_minute(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Attack run: a lock (or its stolen key) sent 150 signed verify requests a second, each an attempt row and a
+    feed entry. Every signed request counts, whatever its answer; past the minute's limit nothing is recorded."""
+    rt = get_runtime("devices")
+    monkeypatch.setattr(rt, "settings", dataclasses.replace(rt.settings, lock_requests_per_minute=10))
+
+    def config() -> Any:
+        headers = lock_auth.sign_headers(world.lock_key, world.lock_id, "GET", "/devices/lock/config", b"")
+        return world.devices.get("/devices/lock/config", headers=headers)
+
+    assert [config().status_code for _ in range(10)] == [200] * 10
+    refused = config()
+    assert refused.status_code == 429 and refused.get_json()["error"]["code"] == "lock_rate_limited"
+    assert 1 <= int(refused.headers["Retry-After"]) <= 60
+    (seen,) = db_rows("SELECT count(*) FROM lock_request_nonces WHERE lock_id = CAST(:l AS uuid)", l=world.lock_id)
+    assert seen[0] == 10  # the refused request's nonce is not kept
+    db_rows(  # a minute later
+        "UPDATE lock_request_nonces SET seen_at = seen_at - interval '61 seconds' WHERE lock_id = CAST(:l AS uuid)",
+        l=world.lock_id,
+    )
+    assert config().status_code == 200
+
+
 def test_commands_are_signed_for_the_lock(world: World) -> None:
     resp = world.devices.post(
         f"/devices/locks/{world.lock_id}/commands", json={"action": "unlock"}, headers=world.headers("owner")

@@ -60,6 +60,7 @@ from schemathesis.specs.openapi.checks import (
 from werkzeug.wrappers import Request
 
 from lockwise.core.headers import SERVICE_TOKEN_HEADER
+from lockwise.core.runtime import get_runtime
 from lockwise.devices import lock_auth
 from simlock.lock import new_tls_key
 from tests.conftest import REPO
@@ -261,7 +262,13 @@ def _later(days: int) -> str:
 
 
 def _redeem(s: Scene) -> list[dict[str, Any]]:
-    """Re-pair the lock with a fresh code (issued now: the fuzzer's new codes expire the earlier ones)."""
+    """Re-pair the lock with a fresh code (issued now: the fuzzer's new codes expire the earlier ones). The fuzzer's
+    codes of the day, made a day older here, leave room under the lock's daily limit (``LOCKWISE_PAIRINGS_PER_DAY``)."""
+    with get_runtime("devices").db.transaction() as con:
+        con.run(
+            "UPDATE provisioning_codes SET created_at = created_at - interval '1 day' WHERE lock_id = CAST(:l AS uuid)",
+            l=s.world.lock_id,
+        )
     resp = s.world.devices.post(f"/devices/locks/{s.world.lock_id}/provisioning", headers=s.world.headers("owner"))
     assert resp.status_code == 201, resp.get_json()
     _, public = new_lock_key()

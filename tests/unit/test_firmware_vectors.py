@@ -274,12 +274,12 @@ class _FakeConnection:
     def run(self, sql: str, stream: Any = None, types: Any = None, **params: Any) -> Any:
         if sql.lstrip().startswith("SELECT signing_public_key"):
             return [[self.public_key, True]]  # the active key
-        if sql.lstrip().startswith("INSERT INTO lock_request_nonces"):
+        if sql.lstrip().startswith("WITH recent AS"):  # the nonce's insert, with the lock's count of the minute
             key = (params["l"], params["n"])
             if key in self.nonces:
-                return []
+                return [[0, len(self.nonces), 60]]
             self.nonces.add(key)
-            return [[1]]
+            return [[1, len(self.nonces) - 1, 60]]
         if sql.lstrip().startswith("DELETE FROM lock_request_nonces"):
             return []
         raise AssertionError(f"unexpected query: {sql}")
@@ -325,7 +325,14 @@ def test_server_accepts_the_vector_headers_and_reads_the_target_as_documented(ve
 
     def authenticate(headers: dict[str, str], at: float = now) -> str:
         return lock_auth.authenticate(
-            cast(Connection, con), Headers(headers), vector["method"], vector["target"], body, skew_s=60, now=at
+            cast(Connection, con),
+            Headers(headers),
+            vector["method"],
+            vector["target"],
+            body,
+            skew_s=60,
+            per_minute=120,
+            now=at,
         )
 
     assert authenticate(vector["headers"]) == VECTORS["lock_id"]

@@ -136,6 +136,8 @@ class Settings:
     #: right; 0: the connection's address)
     trusted_proxy_hops: int
     lock_request_skew_s: int
+    #: signed requests one lock may make in any minute (then 429 lock_rate_limited)
+    lock_requests_per_minute: int
     #: The broker address handed to a lock when it is provisioned.
     mqtt_public_host: str
     mqtt_public_port: int
@@ -236,6 +238,7 @@ class Settings:
             pairing_failures_per_hour=env_int(env, "LOCKWISE_PAIRING_FAILURES_PER_HOUR", 20, minimum=1),
             trusted_proxy_hops=env_int(env, "LOCKWISE_TRUSTED_PROXY_HOPS", 0, minimum=0),
             lock_request_skew_s=env_int(env, "LOCKWISE_LOCK_REQUEST_SKEW_S", 60, minimum=5),
+            lock_requests_per_minute=env_int(env, "LOCKWISE_LOCK_REQUESTS_PER_MINUTE", 120, minimum=10),
             mqtt_public_host=env.get("LOCKWISE_MQTT_PUBLIC_HOST", "127.0.0.1"),
             mqtt_public_port=env_int(env, "LOCKWISE_MQTT_PUBLIC_PORT", 8883, minimum=1),
             encoder=_choice(env, "LOCKWISE_ENCODER", ("ecapa", "ge2e", "auto"), "auto"),

@@ -89,9 +89,13 @@ def authenticate(
     body: bytes,
     *,
     skew_s: int,
+    per_minute: int,
     now: float | None = None,
 ) -> str:
-    """The id of the lock that signed this request; records its nonce. Raises ``Unauthenticated`` otherwise."""
+    """The id of the lock that signed this request; records its nonce. Raises ``Unauthenticated`` otherwise, and
+    ``RateLimited`` (429 ``lock_rate_limited``) past ``per_minute`` signed requests of the lock in the last minute:
+    a door hears a few people a minute, and a lock (or its stolen key) sending 150 a second filled the attempt log
+    and the app's feed (attack run)."""
     now = time.time() if now is None else now
     lock_id = headers.get("X-LockWise-Lock", "")
     timestamp = headers.get("X-LockWise-Timestamp", "")
@@ -127,12 +131,23 @@ def authenticate(
         raise errors.Unauthenticated("bad lock signature", code="bad_lock_signature")
     if not verified:
         raise errors.Unauthenticated("this lock's key was revoked: pair it again", code="unknown_lock")
-    inserted = con.run(
-        "INSERT INTO lock_request_nonces (lock_id, nonce) VALUES (CAST(:l AS uuid), :n)"
-        " ON CONFLICT DO NOTHING RETURNING 1",
+    inserted, recent, wait_s = con.run(  # counted and recorded in the one round trip the nonce took before
+        "WITH recent AS (SELECT count(*) AS n, min(seen_at) AS oldest FROM lock_request_nonces"
+        " WHERE lock_id = CAST(:l AS uuid) AND seen_at > now() - interval '1 minute'),"
+        " fresh AS (INSERT INTO lock_request_nonces (lock_id, nonce) SELECT CAST(:l AS uuid), :n FROM recent"
+        " WHERE recent.n < :most ON CONFLICT DO NOTHING RETURNING 1)"
+        " SELECT (SELECT count(*) FROM fresh), recent.n,"
+        " CAST(ceil(EXTRACT(EPOCH FROM recent.oldest + interval '1 minute' - now())) AS integer) FROM recent",
         l=lock_id,
         n=nonce,
-    )
+        most=per_minute,
+    )[0]
+    if not inserted and recent >= per_minute:
+        raise errors.RateLimited(
+            f"this lock sent {per_minute} signed requests in the last minute; try again shortly",
+            retry_after_s=max(1, int(wait_s or 1)),
+            code="lock_rate_limited",
+        )
     if not inserted:
         raise errors.Unauthenticated("replayed request", code="replayed_request")
     if secrets.randbelow(50) == 0:  # prune now and then; a nonce outside the skew window cannot be replayed anyway
