@@ -111,7 +111,7 @@ def create_lock(ctx: Ctx) -> Result:
 def list_locks(ctx: Ctx) -> JsonBody:
     user = app_user(ctx)
     with rt.db.connection() as con:
-        return {"locks": locks.list_for_user(con, user.uid)}
+        return {"locks": locks.list_for_user(con, user.uid, rt.now())}
 
 
 @api.route("GET", "/devices/locks/<lock_id>")
@@ -119,7 +119,7 @@ def get_lock(ctx: Ctx, lock_id: str) -> JsonBody:
     user, lock_id = app_user(ctx), lock_param(lock_id)
     with rt.db.connection() as con:
         membership = members.require(con, lock_id, user.uid, rt.now())
-        return locks.view(con, lock_id, membership.role)
+        return locks.view(con, lock_id, membership.role, membership.in_window(rt.now()))
 
 
 @api.route("PATCH", "/devices/locks/<lock_id>")

@@ -197,6 +197,12 @@ class Console {
 
   showState(card, state) {
     const door = $(".door", card);
+    if (!state) {
+      // a guest outside their access window: the live view is theirs only inside it
+      door.textContent = "outside your access hours";
+      door.dataset.state = "unknown";
+      return;
+    }
     door.textContent = state.state || "unknown";
     door.dataset.state = state.state || "unknown";
     $(".online", card).textContent = state.online ? "online" : "offline";

@@ -94,6 +94,16 @@ def test_guest_outside_window_is_refused_with_a_reason(world: World) -> None:
     assert resp.status_code == 403 and resp.get_json()["error"]["code"] == "outside_access_window"
 
 
+def test_a_guest_outside_their_window_sees_the_lock_but_not_its_live_state(world: World) -> None:
+    """Attack run: a guest whose window had not opened read the door's state, online and last seen from the API,
+    which Firestore refused them (the live view is a guest's only inside their window)."""
+    for role, inside in (("guest_in", True), ("guest_out", False), ("member", True)):
+        one = world.devices.get(f"/devices/locks/{world.lock_id}", headers=world.headers(role)).get_json()
+        listed = world.devices.get("/devices/locks", headers=world.headers(role)).get_json()["locks"]
+        assert (one["state"] is not None) is inside, role
+        assert [(lock["id"], lock["state"] is not None) for lock in listed] == [(world.lock_id, inside)], role
+
+
 def test_command_status_is_visible_to_issuer_and_managers_only(world: World) -> None:
     created = world.devices.post(
         f"/devices/locks/{world.lock_id}/commands", json={"action": "lock"}, headers=world.headers("member")

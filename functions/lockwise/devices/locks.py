@@ -74,7 +74,8 @@ _VIEW = (
 )
 
 
-def _present(row: dict[str, Any], role: str) -> dict[str, Any]:
+def _present(row: dict[str, Any], role: str, in_window: bool = True) -> dict[str, Any]:
+    """The lock as a member sees it; its live state only inside their access window (guests), as in Firestore."""
     return {
         "id": row["id"],
         "name": row["name"],
@@ -90,26 +91,28 @@ def _present(row: dict[str, Any], role: str) -> dict[str, Any]:
             "online": bool(row["online"]),
             "firmware": row["firmware"],
             "last_seen": row["last_seen"].isoformat() if row["last_seen"] else None,
-        },
+        }
+        if in_window
+        else None,
     }
 
 
-def view(con: Connection, lock_id: str, role: str) -> dict[str, Any]:
+def view(con: Connection, lock_id: str, role: str, in_window: bool = True) -> dict[str, Any]:
     rows = rows_as_dicts(con, _VIEW + " WHERE l.id = CAST(:l AS uuid)", l=lock_id)
     if not rows:
         raise errors.NotFound("lock not found", code="lock_not_found")
-    return _present(rows[0], role)
+    return _present(rows[0], role, in_window)
 
 
-def list_for_user(con: Connection, uid: str) -> list[dict[str, Any]]:
+def list_for_user(con: Connection, uid: str, now: dt.datetime) -> list[dict[str, Any]]:
     rows = rows_as_dicts(
         con,
         _VIEW + ", lock_members m WHERE m.lock_id = l.id AND m.user_uid = :u AND m.revoked_at IS NULL"
         " AND (m.expires_at IS NULL OR m.expires_at > now()) ORDER BY l.created_at",
         u=uid,
     )
-    roles = {r[0]: r[1] for r in con.run("SELECT lock_id::text, role FROM lock_members WHERE user_uid = :u", u=uid)}
-    return [_present(row, roles[row["id"]]) for row in rows]
+    mine = {m.lock_id: m for m in members.list_for_user(con, uid)}
+    return [_present(row, mine[row["id"]].role, mine[row["id"]].in_window(now)) for row in rows]
 
 
 def update(con: Connection, lock_id: str, uid: str, changes: dict[str, Any]) -> None:

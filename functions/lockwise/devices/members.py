@@ -164,6 +164,11 @@ def get(
     return Membership(**rows[0]) if rows else None
 
 
+def list_for_user(con: Connection, uid: str) -> list[Membership]:
+    """The user's memberships, revoked ones too (the caller filters)."""
+    return [Membership(**row) for row in rows_as_dicts(con, _SELECT + " WHERE user_uid = :u", u=uid)]
+
+
 def list_for_lock(con: Connection, lock_id: str) -> list[Membership]:
     sql = _SELECT + " WHERE lock_id = CAST(:l AS uuid) AND revoked_at IS NULL ORDER BY created_at, user_uid"
     return [Membership(**row) for row in rows_as_dicts(con, sql, l=lock_id)]
