@@ -497,6 +497,29 @@ def test_enrollment_refuses_one_recording_sent_as_two_samples(clients: dict[str,
     assert enroll(clients, member).status_code == 201  # five takes of one voice
 
 
+def test_enrollments_that_reach_the_model_are_counted_per_day(
+    clients: dict[str, Any], world: World, make_client: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Attack run: an enrollment with no co-member to compare was free and unlimited (~1.7 s of CPU each). A failed
+    one counts too; the samples' own checks (cheap, before the model) do not."""
+    from lockwise.core.config import get_settings
+
+    monkeypatch.setenv("LOCKWISE_ENROLLMENTS_PER_DAY", "2")
+    get_settings.cache_clear()
+    get_runtime.cache_clear()
+    clients = {**clients, "embed": make_client("embed")}
+    stranger = world.accounts["stranger"]
+    short = [pcm_json(take[:22050]) for take in takes(5)]
+    put = clients["embed"].put
+    assert put("/embed/enrollment", json={"samples": short}, headers=bearer(stranger)).status_code == 422
+    assert enroll(clients, stranger).status_code == 201
+    assert enroll(clients, stranger).status_code == 201
+    refused = enroll(clients, stranger)
+    assert refused.status_code == 429 and refused.get_json()["error"]["code"] == "enrollment_limit"
+    assert 86_000 < int(refused.headers["Retry-After"]) <= 86_400
+    assert enroll(clients, world.accounts["guest_in"]).status_code == 201  # per user
+
+
 def test_enrollment_samples_that_disagree_name_the_outlier(
     voice_env: dict[str, str], make_client: Any, sign_up: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -163,6 +163,8 @@ class Settings:
     voice_daily_rejections: int
     #: at most this many enrollments per user in any 24 hours compared with co-members' voices (each is a probe)
     enroll_comparisons: int
+    #: at most this many enrollments per user in any 24 hours that reach the model (each embeds every sample)
+    enrollments_per_day: int
     #: how long an attempt's fingerprint stays at its lock to refuse a replay of it (0: attempts are not kept)
     replay_memory_hours: int
     #: a lock's state and online/offline reports listed in its activity feed per minute, at most (devices)
@@ -258,6 +260,7 @@ class Settings:
             lockout_after=env_int(env, "LOCKWISE_LOCKOUT_AFTER", 5, minimum=1),
             voice_daily_rejections=env_int(env, "LOCKWISE_VOICE_DAILY_REJECTIONS", 20, minimum=1),
             enroll_comparisons=env_int(env, "LOCKWISE_ENROLL_COMPARISONS", 5, minimum=1),
+            enrollments_per_day=env_int(env, "LOCKWISE_ENROLLMENTS_PER_DAY", 20, minimum=1),
             replay_memory_hours=env_int(env, "LOCKWISE_REPLAY_MEMORY_HOURS", 168, minimum=0),
             feed_reports_per_minute=env_int(env, "LOCKWISE_FEED_REPORTS_PER_MINUTE", 30, minimum=1),
             lockout_base_s=env_int(env, "LOCKWISE_LOCKOUT_BASE_S", 30, minimum=1 if local else 30),

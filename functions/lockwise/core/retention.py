@@ -22,6 +22,7 @@ EXPIRING = (
     "voice_fingerprints",
     "verify_follow_ups",
     "enrollment_comparisons",
+    "enrollment_runs",
     "lock_certificates",
     "lock_event_rejects",
 )

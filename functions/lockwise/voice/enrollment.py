@@ -50,8 +50,9 @@ def enroll(
                 code="duplicate_samples",
                 details={"sample": i, "copy_of": copied},
             )
-    with db.connection() as con:  # early: a user past the day's comparisons costs no model work
+    with db.connection() as con:  # early: a user past the day's comparisons or runs costs no model work
         _refuse_past_the_limit(comparisons_wait(con, uid, settings.enroll_comparisons))
+        _count_a_run(con, uid, settings.enrollments_per_day)
     embeddings = np.stack([encoder.embed(c.samples, c.rate) for c in clips])
     unusable = np.flatnonzero(~np.isfinite(embeddings).all(axis=1))
     if len(unusable):  # a voiceprint of NaN would compare as nothing and pass every check after this one
@@ -103,6 +104,28 @@ def comparisons_wait(con: Connection, uid: str, limit: int) -> int:
     if count < limit or oldest is None:
         return 0
     return errors.seconds_until(oldest + dt.timedelta(days=1), now)
+
+
+def _count_a_run(con: Connection, uid: str, limit: int) -> None:
+    """Count an enrollment that goes on to the model (every sample embedded), or refuse it (429 ``enrollment_limit``)
+    once ``uid`` had ``limit`` in the last 24 hours: one with no co-member to compare was free, and one account could
+    keep an instance busy (attack run). Counted and recorded in one statement, committed at once (a failing
+    enrollment counts too)."""
+    taken, wait_s = con.run(
+        "WITH recent AS (SELECT count(*) AS n, min(created_at) AS oldest FROM enrollment_runs"
+        " WHERE user_uid = :u AND expires_at > now()),"
+        " fresh AS (INSERT INTO enrollment_runs (user_uid) SELECT :u FROM recent WHERE recent.n < :most RETURNING 1)"
+        " SELECT (SELECT count(*) FROM fresh),"
+        " CAST(ceil(EXTRACT(EPOCH FROM recent.oldest + interval '1 day' - now())) AS integer) FROM recent",
+        u=uid,
+        most=limit,
+    )[0]
+    if not taken:
+        raise errors.RateLimited(
+            f"you enrolled your voice {limit} times in the last 24 hours; try again later",
+            retry_after_s=max(1, int(wait_s or 1)),
+            code="enrollment_limit",
+        )
 
 
 def _refuse_past_the_limit(wait: int) -> None:
