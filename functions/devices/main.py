@@ -158,7 +158,7 @@ def transfer_lock(ctx: Ctx, lock_id: str) -> JsonBody:
     to_uid = _uid(ctx.json().get("uid"))
     with rt.db.transaction() as con:
         members.require(con, lock_id, user.uid, rt.now(), at_least="owner", for_update=True)
-        locks.transfer(con, lock_id, user.uid, to_uid)
+        locks.transfer(con, lock_id, user.uid, to_uid, rt.settings.locks_per_owner)
         view = locks.view(con, lock_id, "admin")
     rt.flush_mirror()
     return view
@@ -369,19 +369,26 @@ def redeem_provisioning_code(ctx: Ctx) -> Result:
     ), 201
 
 
-@api.route("GET", "/devices/lock/config")
-def lock_config(ctx: Ctx) -> JsonBody:
-    body = ctx.body()
-    with rt.db.transaction() as con:
-        lock_id = lock_auth.authenticate(
+def signed_by_lock(ctx: Ctx, method: str, body: bytes) -> str:
+    """The lock that signed the request. Its nonce and its count of the minute commit at once, outside the handler's
+    transaction: a refusal after it (a bad CSR, a renewal limit) still counts the request."""
+    with rt.db.connection() as con:
+        return lock_auth.authenticate(
             con,
             ctx.request.headers,
-            "GET",
+            method,
             ctx.target,
             body,
             skew_s=rt.settings.lock_request_skew_s,
             per_minute=rt.settings.lock_requests_per_minute,
         )
+
+
+@api.route("GET", "/devices/lock/config")
+def lock_config(ctx: Ctx) -> JsonBody:
+    body = ctx.body()
+    lock_id = signed_by_lock(ctx, "GET", body)
+    with rt.db.transaction() as con:
         config = locks.lock_config(con, lock_id)
     return {
         **config,
@@ -407,16 +414,8 @@ def lock_ca_crl(ctx: Ctx) -> flask.Response:
 def renew_lock_certificate(ctx: Ctx) -> Result:
     """A lock renews its broker certificate (before expiry; a lock paired with a broker password gets its first)."""
     body = ctx.body(16_384)
+    lock_id = signed_by_lock(ctx, "POST", body)
     with rt.db.transaction() as con:
-        lock_id = lock_auth.authenticate(
-            con,
-            ctx.request.headers,
-            "POST",
-            ctx.target,
-            body,
-            skew_s=rt.settings.lock_request_skew_s,
-            per_minute=rt.settings.lock_requests_per_minute,
-        )
         certificate = provisioning.renew(
             con,
             lock_id,

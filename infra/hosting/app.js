@@ -220,26 +220,38 @@ class Console {
     );
     // owners and admins read the whole feed; anyone else the lock's own reports and the entries naming them (the
     // security rules allow no more, so those queries say so), merged here
+    // (an admin whose access document predates the role, until the lock is mirrored again, is refused the whole
+    // feed: then a member's queries)
     const activity = collection(this.db, "locks", lockId, "activity");
-    const feeds = admin
-      ? [query(activity, orderBy("at", "desc"), limit(12))]
-      : [
-          query(activity, where("about", "array-contains", this.auth.currentUser.uid), orderBy("at", "desc"), limit(12)),
-          query(activity, where("audience", "==", "everyone"), orderBy("at", "desc"), limit(12)),
-        ];
-    const seen = feeds.map(() => []);
-    feeds.forEach((feed, i) =>
-      unsubscribers.push(
-        onSnapshot(
+    const whole = [query(activity, orderBy("at", "desc"), limit(12))];
+    const members = [
+      query(activity, where("about", "array-contains", this.auth.currentUser.uid), orderBy("at", "desc"), limit(12)),
+      query(activity, where("audience", "==", "everyone"), orderBy("at", "desc"), limit(12)),
+    ];
+    const listen = (feeds, fallback) => {
+      const seen = feeds.map(() => []);
+      const stops = [];
+      feeds.forEach((feed, i) => {
+        const stop = onSnapshot(
           feed,
           (snap) => {
             seen[i] = snap.docs.map((d) => d.data());
             this.showActivity(card, seen.flat());
           },
-          (err) => notice(`Activity of ${lockId} unavailable: ${err.code}`, "error"),
-        ),
-      ),
-    );
+          (err) => {
+            if (err.code === "permission-denied" && fallback) {
+              stops.forEach((s) => s());
+              listen(fallback, null);
+            } else {
+              notice(`Activity of ${lockId} unavailable: ${err.code}`, "error");
+            }
+          },
+        );
+        stops.push(stop);
+        unsubscribers.push(stop);
+      });
+    };
+    listen(admin ? whole : members, admin ? members : null);
   }
 
   showActivity(card, entries) {

@@ -274,13 +274,13 @@ class _FakeConnection:
     def run(self, sql: str, stream: Any = None, types: Any = None, **params: Any) -> Any:
         if sql.lstrip().startswith("SELECT signing_public_key"):
             return [[self.public_key, True]]  # the active key
-        if sql.lstrip().startswith("WITH recent AS"):  # the nonce's insert, with the lock's count of the minute
+        if sql.lstrip().startswith("WITH slot AS"):  # the nonce's insert, with the lock's count of the minute
             key = (params["l"], params["n"])
             if key in self.nonces:
-                return [[0, len(self.nonces), 60]]
+                return [[1, 0, 60]]
             self.nonces.add(key)
-            return [[1, len(self.nonces) - 1, 60]]
-        if sql.lstrip().startswith("DELETE FROM lock_request_nonces"):
+            return [[1, 1, 60]]
+        if sql.lstrip().startswith(("DELETE FROM lock_request_nonces", "DELETE FROM lock_request_counts")):
             return []
         raise AssertionError(f"unexpected query: {sql}")
 

@@ -123,7 +123,8 @@ class Settings:
     lock_cert_ttl_s: int
     #: certificates a lock's credential may be issued in any 24 hours (pairing's and renewals)
     lock_renewals_per_day: int
-    #: pairing codes a lock may be issued in any 24 hours (each pairing revokes the last credential: a CRL entry)
+    #: pairing codes one account may be given in any 24 hours, over all its locks (each pairing revokes the last
+    #: credential: a CRL entry)
     pairings_per_day: int
     #: locks one account may own
     locks_per_owner: int
@@ -232,7 +233,7 @@ class Settings:
             lock_ca=_lock_ca(env, mode) if LOCK_CA in needs else None,
             lock_cert_ttl_s=env_int(env, "LOCKWISE_LOCK_CERT_TTL_S", 7 * 24 * 3600, minimum=60),
             lock_renewals_per_day=env_int(env, "LOCKWISE_LOCK_RENEWALS_PER_DAY", 6, minimum=2),
-            pairings_per_day=env_int(env, "LOCKWISE_PAIRINGS_PER_DAY", 10, minimum=2),
+            pairings_per_day=env_int(env, "LOCKWISE_PAIRINGS_PER_DAY", 50, minimum=2),
             locks_per_owner=env_int(env, "LOCKWISE_LOCKS_PER_OWNER", 100, minimum=1),
             command_ttl_s=env_int(env, "LOCKWISE_COMMAND_TTL_S", 30, minimum=5),
             provisioning_ttl_s=env_int(env, "LOCKWISE_PROVISIONING_TTL_S", 600, minimum=60),

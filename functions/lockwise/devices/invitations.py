@@ -172,15 +172,6 @@ def accept(con: Connection, invitation_id: str, user: User) -> members.Membershi
     return joined
 
 
-def close_made_by(con: Connection, lock_id: str, uid: str) -> None:
-    """Close the open invitations ``uid`` sent for the lock (they were removed or no longer manage members)."""
-    con.run(
-        "UPDATE invitations SET closed_at = now() WHERE lock_id = CAST(:l AS uuid) AND invited_by = :u AND " + _OPEN,
-        l=lock_id,
-        u=uid,
-    )
-
-
 def decline(con: Connection, invitation_id: str, user: User) -> None:
     row = _take(con, invitation_id, user)
     con.run("UPDATE invitations SET closed_at = now() WHERE id = CAST(:i AS uuid)", i=row["id"])

@@ -93,8 +93,9 @@ def authenticate(
     now: float | None = None,
 ) -> str:
     """The id of the lock that signed this request; records its nonce. Raises ``Unauthenticated`` otherwise, and
-    ``RateLimited`` (429 ``lock_rate_limited``) past ``per_minute`` signed requests of the lock in the last minute:
-    a door hears a few people a minute, and a lock (or its stolen key) sending 150 a second filled the attempt log
+    ``RateLimited`` (429 ``lock_rate_limited``) past ``per_minute`` signed requests of the lock in a clock minute
+    (the nonce is recorded, so the caller authenticates outside any transaction its later errors roll back): a door
+    hears a few people a minute, and a lock (or its stolen key) sending 150 a second filled the attempt log
     and the app's feed (attack run)."""
     now = time.time() if now is None else now
     lock_id = headers.get("X-LockWise-Lock", "")
@@ -131,20 +132,21 @@ def authenticate(
         raise errors.Unauthenticated("bad lock signature", code="bad_lock_signature")
     if not verified:
         raise errors.Unauthenticated("this lock's key was revoked: pair it again", code="unknown_lock")
-    inserted, recent, wait_s = con.run(  # counted and recorded in the one round trip the nonce took before
-        "WITH recent AS (SELECT count(*) AS n, min(seen_at) AS oldest FROM lock_request_nonces"
-        " WHERE lock_id = CAST(:l AS uuid) AND seen_at > now() - interval '1 minute'),"
-        " fresh AS (INSERT INTO lock_request_nonces (lock_id, nonce) SELECT CAST(:l AS uuid), :n FROM recent"
-        " WHERE recent.n < :most ON CONFLICT DO NOTHING RETURNING 1)"
-        " SELECT (SELECT count(*) FROM fresh), recent.n,"
-        " CAST(ceil(EXTRACT(EPOCH FROM recent.oldest + interval '1 minute' - now())) AS integer) FROM recent",
+    counted, inserted, wait_s = con.run(  # the minute's count raised with the nonce, in the nonce's round trip
+        "WITH slot AS (INSERT INTO lock_request_counts (lock_id, minute)"
+        " VALUES (CAST(:l AS uuid), date_trunc('minute', now())) ON CONFLICT (lock_id, minute)"
+        " DO UPDATE SET n = lock_request_counts.n + 1 WHERE lock_request_counts.n < :most RETURNING n),"
+        " fresh AS (INSERT INTO lock_request_nonces (lock_id, nonce) SELECT CAST(:l AS uuid), :n FROM slot"
+        " ON CONFLICT DO NOTHING RETURNING 1)"
+        " SELECT (SELECT count(*) FROM slot), (SELECT count(*) FROM fresh),"
+        " CAST(ceil(EXTRACT(EPOCH FROM date_trunc('minute', now()) + interval '1 minute' - now())) AS integer)",
         l=lock_id,
         n=nonce,
         most=per_minute,
     )[0]
-    if not inserted and recent >= per_minute:
+    if not counted:  # the lock's minute is full: nothing recorded (atomic, so a parallel burst gets no more)
         raise errors.RateLimited(
-            f"this lock sent {per_minute} signed requests in the last minute; try again shortly",
+            f"this lock sent {per_minute} signed requests this minute; try again shortly",
             retry_after_s=max(1, int(wait_s or 1)),
             code="lock_rate_limited",
         )
@@ -155,4 +157,5 @@ def authenticate(
             "DELETE FROM lock_request_nonces WHERE seen_at < now() - make_interval(secs => :s)",
             s=2 * skew_s,
         )
+        con.run("DELETE FROM lock_request_counts WHERE minute < now() - interval '2 minutes'")
     return lock_id

@@ -210,10 +210,11 @@ def _park(con: Connection, event: Any, reason: str) -> None:
     ``REJECTS_KEPT_PER_HOUR`` a topic (a lock publishing junk in a loop added 121,000 rows a minute: attack run)."""
     topic = event.get("topic") if isinstance(event, dict) else None
     payload = event.get("payload") if isinstance(event, dict) else event
+    same_topic = "topic = CAST(:t AS text)" if isinstance(topic, str) else "topic IS NULL"  # each uses the index
     con.run(
         "INSERT INTO lock_event_rejects (topic, reason, payload_excerpt, payload_chars)"
         " SELECT CAST(:t AS text), CAST(:r AS text), CAST(:p AS text), CAST(:n AS integer)"
-        " WHERE (SELECT count(*) FROM lock_event_rejects WHERE topic IS NOT DISTINCT FROM CAST(:t AS text)"
+        f" WHERE (SELECT count(*) FROM lock_event_rejects WHERE {same_topic}"
         " AND received_at > now() - interval '1 hour') < :kept",
         kept=REJECTS_KEPT_PER_HOUR,
         t=_printable(topic)[:200] if isinstance(topic, str) else None,

@@ -22,7 +22,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from lockwise.core import audit, errors, mirror
+from lockwise.core import audit, errors, mirror, quotas
 from lockwise.core.db import Connection
 from lockwise.devices import lock_certs, topics
 
@@ -41,21 +41,19 @@ def _hash(code: str) -> bytes:
 
 
 def issue(con: Connection, lock_id: str, uid: str, ttl_s: int, per_day: int) -> tuple[str, dt.datetime]:
-    """A fresh one-time code for ``lock_id``; earlier unredeemed codes of the lock stop working. At most ``per_day``
-    in any 24 hours (then 429 ``pairing_limit``): each pairing revokes the lock's last credential, an entry in the
-    public revocation list (attack run: an owner re-pairing in a loop listed 1,630 in 20 s)."""
-    con.run("SELECT 1 FROM locks WHERE id = CAST(:l AS uuid) FOR NO KEY UPDATE", l=lock_id)  # one count at a time
-    issued, oldest, now = con.run(
-        "SELECT count(*), min(created_at), now() FROM provisioning_codes WHERE lock_id = CAST(:l AS uuid)"
-        " AND created_at > now() - interval '1 day'",
-        l=lock_id,
-    )[0]
-    if int(issued) >= per_day:
+    """A fresh one-time code for ``lock_id``; earlier unredeemed codes of the lock stop working. ``uid`` gets at most
+    ``per_day`` in any 24 hours, over all their locks, deleted ones too (then 429 ``pairing_limit``): each pairing
+    and each deletion of a paired lock revokes a credential, an entry in the public revocation list (attack run: an
+    owner re-pairing in a loop listed 1,630 in 20 s)."""
+    con.run("SELECT 1 FROM users WHERE uid = :u FOR NO KEY UPDATE", u=uid)  # the user's codes one at a time
+    wait = quotas.day_wait(con, "pairing_issues", "user_uid", uid, per_day)
+    if wait:
         raise errors.RateLimited(
-            f"this lock was given {per_day} pairing codes in the last 24 hours; pair it again later",
-            retry_after_s=errors.seconds_until(oldest + dt.timedelta(days=1), now),
+            f"you were given {per_day} pairing codes in the last 24 hours; pair again later",
+            retry_after_s=wait,
             code="pairing_limit",
         )
+    con.run("INSERT INTO pairing_issues (user_uid) VALUES (:u)", u=uid)
     con.run(
         "UPDATE provisioning_codes SET expires_at = now() WHERE lock_id = CAST(:l AS uuid)"
         " AND redeemed_at IS NULL AND expires_at > now()",
@@ -243,15 +241,13 @@ def renew(con: Connection, lock_id: str, csr: Any, ca: lock_certs.LockCa, cert_t
     if not rows:
         raise errors.Unauthenticated("unknown lock", code="unknown_lock")
     credential_id, identity = str(rows[0][0]), str(rows[0][1])
-    issued, oldest, now = con.run(
-        "SELECT count(*), min(issued_at), now() FROM lock_certificates"
-        " WHERE credential_id = CAST(:c AS uuid) AND issued_at > now() - interval '1 day'",
-        c=credential_id,
-    )[0]
-    if int(issued) >= per_day:
+    wait = quotas.day_wait(
+        con, "lock_certificates", "credential_id", credential_id, per_day, since_column="issued_at", key_type="uuid"
+    )
+    if wait:
         raise errors.RateLimited(
             f"this lock was issued {per_day} certificates in the last 24 hours; it renews again later",
-            retry_after_s=errors.seconds_until(oldest + dt.timedelta(days=1), now),
+            retry_after_s=wait,
             code="renewal_limit",
         )
     certificate, serial = _certify(ca, request, identity, cert_ttl_s)

@@ -7,13 +7,12 @@ floor), samples that agree with each other, and no collision with the voice of s
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-from lockwise.core import audit, errors
+from lockwise.core import audit, errors, quotas
 from lockwise.core.config import Settings
 from lockwise.core.db import Connection, Database
 from lockwise.voice import audio, known_recordings, scoring, voiceprints
@@ -30,7 +29,8 @@ def enroll(
     Raises ``InvalidAudio`` (422) naming the sample with too little speech, one that is a copy of another (the
     replay check's fingerprints: a recording sent twice, at any gain) or the one least like the others,
     ``Conflict`` (409) when the voice would pass as someone who shares a lock with ``uid``, and ``RateLimited``
-    (429) once ``uid`` has had the day's comparisons with co-members' voices (``comparisons_wait``).
+    (429) once ``uid`` has had the day's comparisons with co-members' voices (``comparisons_wait``) or the day's
+    enrollments that reach the model (``_count_a_run``).
     """
     rules = policy(settings, encoder)
     for i, clip in enumerate(clips):
@@ -50,7 +50,8 @@ def enroll(
                 code="duplicate_samples",
                 details={"sample": i, "copy_of": copied},
             )
-    with db.connection() as con:  # early: a user past the day's comparisons or runs costs no model work
+    with db.transaction() as con:  # early: a user past the day's comparisons or runs costs no model work
+        con.run("SELECT 1 FROM users WHERE uid = :u FOR NO KEY UPDATE", u=uid)  # a burst is counted one at a time
         _refuse_past_the_limit(comparisons_wait(con, uid, settings.enroll_comparisons))
         _count_a_run(con, uid, settings.enrollments_per_day)
     embeddings = np.stack([encoder.embed(c.samples, c.rate) for c in clips])
@@ -95,37 +96,21 @@ def comparisons_wait(con: Connection, uid: str, limit: int) -> int:
     (stored, or 409 ``voice_matches_member``), such an enrollment tells whether a voice passes as someone who shares
     a lock with ``uid``: a probe of their voiceprint that the door's lockout never sees. So at most ``limit`` of them
     per user in any 24 hours (an enrollment with no co-member's voiceprint to compare tells nothing and is free)."""
-    rows = con.run(
-        "SELECT count(*), min(created_at), now() FROM enrollment_comparisons"
-        " WHERE user_uid = :u AND expires_at > now()",
-        u=uid,
-    )
-    count, oldest, now = int(rows[0][0]), rows[0][1], rows[0][2]
-    if count < limit or oldest is None:
-        return 0
-    return errors.seconds_until(oldest + dt.timedelta(days=1), now)
+    return quotas.day_wait(con, "enrollment_comparisons", "user_uid", uid, limit)
 
 
 def _count_a_run(con: Connection, uid: str, limit: int) -> None:
     """Count an enrollment that goes on to the model (every sample embedded), or refuse it (429 ``enrollment_limit``)
     once ``uid`` had ``limit`` in the last 24 hours: one with no co-member to compare was free, and one account could
-    keep an instance busy (attack run). Counted and recorded in one statement, committed at once (a failing
-    enrollment counts too)."""
-    taken, wait_s = con.run(
-        "WITH recent AS (SELECT count(*) AS n, min(created_at) AS oldest FROM enrollment_runs"
-        " WHERE user_uid = :u AND expires_at > now()),"
-        " fresh AS (INSERT INTO enrollment_runs (user_uid) SELECT :u FROM recent WHERE recent.n < :most RETURNING 1)"
-        " SELECT (SELECT count(*) FROM fresh),"
-        " CAST(ceil(EXTRACT(EPOCH FROM recent.oldest + interval '1 day' - now())) AS integer) FROM recent",
-        u=uid,
-        most=limit,
-    )[0]
-    if not taken:
+    keep an instance busy (attack run). The caller holds the user's row; a failing enrollment counts too."""
+    wait = quotas.day_wait(con, "enrollment_runs", "user_uid", uid, limit)
+    if wait:
         raise errors.RateLimited(
             f"you enrolled your voice {limit} times in the last 24 hours; try again later",
-            retry_after_s=max(1, int(wait_s or 1)),
+            retry_after_s=wait,
             code="enrollment_limit",
         )
+    con.run("INSERT INTO enrollment_runs (user_uid) VALUES (:u)", u=uid)
 
 
 def _refuse_past_the_limit(wait: int) -> None:

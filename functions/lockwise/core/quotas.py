@@ -1,0 +1,35 @@
+"""Daily quotas kept as rows: how many a key (a user, a lock's credential) had in the last 24 hours, and when one
+more fits. The caller holds a lock that serializes the key's quota (its user row, its credential row), so a parallel
+burst is counted exactly; it records the new row itself, in the same transaction."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from lockwise.core import errors
+from lockwise.core.db import Connection
+
+DAY = dt.timedelta(days=1)
+
+
+def day_wait(
+    con: Connection,
+    table: str,
+    key_column: str,
+    key: str,
+    limit: int,
+    *,
+    since_column: str = "created_at",
+    key_type: str = "text",
+) -> int:
+    """Seconds until ``key`` may have one more row in ``table`` (0: now): at most ``limit`` whose ``since_column`` is
+    in the last day and that have not expired (``expires_at``; a late prune never lets one count). ``table`` and the
+    columns are this code's names, never input."""
+    count, oldest, now = con.run(
+        f"SELECT count(*), min({since_column}), now() FROM {table} WHERE {key_column} = CAST(:k AS {key_type})"
+        f" AND {since_column} > now() - interval '1 day' AND expires_at > now()",
+        k=key,
+    )[0]
+    if int(count) < limit or oldest is None:
+        return 0
+    return errors.seconds_until(oldest + DAY, now)
