@@ -33,3 +33,16 @@ def day_wait(
     if int(count) < limit or oldest is None:
         return 0
     return errors.seconds_until(oldest + DAY, now)
+
+
+def refuse_when_full(wait: int, message: str, code: str) -> None:
+    """429 ``code`` with ``Retry-After: wait`` when a quota's wait (``day_wait``) is not over."""
+    if wait:
+        raise errors.RateLimited(message, retry_after_s=wait, code=code)
+
+
+def take(con: Connection, table: str, uid: str, limit: int, *, message: str, code: str) -> None:
+    """One more row for ``uid`` in ``table``, a per-user daily quota (``user_uid``, ``created_at``, ``expires_at``),
+    or 429 ``code``."""
+    refuse_when_full(day_wait(con, table, "user_uid", uid, limit), message, code)
+    con.run(f"INSERT INTO {table} (user_uid) VALUES (:u)", u=uid)

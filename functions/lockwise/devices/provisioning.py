@@ -46,14 +46,14 @@ def issue(con: Connection, lock_id: str, uid: str, ttl_s: int, per_day: int) -> 
     and each deletion of a paired lock revokes a credential, an entry in the public revocation list (attack run: an
     owner re-pairing in a loop listed 1,630 in 20 s)."""
     con.run("SELECT 1 FROM users WHERE uid = :u FOR NO KEY UPDATE", u=uid)  # the user's codes one at a time
-    wait = quotas.day_wait(con, "pairing_issues", "user_uid", uid, per_day)
-    if wait:
-        raise errors.RateLimited(
-            f"you were given {per_day} pairing codes in the last 24 hours; pair again later",
-            retry_after_s=wait,
-            code="pairing_limit",
-        )
-    con.run("INSERT INTO pairing_issues (user_uid) VALUES (:u)", u=uid)
+    quotas.take(
+        con,
+        "pairing_issues",
+        uid,
+        per_day,
+        message=f"you were given {per_day} pairing codes in the last 24 hours; pair again later",
+        code="pairing_limit",
+    )
     con.run(
         "UPDATE provisioning_codes SET expires_at = now() WHERE lock_id = CAST(:l AS uuid)"
         " AND redeemed_at IS NULL AND expires_at > now()",
@@ -241,15 +241,13 @@ def renew(con: Connection, lock_id: str, csr: Any, ca: lock_certs.LockCa, cert_t
     if not rows:
         raise errors.Unauthenticated("unknown lock", code="unknown_lock")
     credential_id, identity = str(rows[0][0]), str(rows[0][1])
-    wait = quotas.day_wait(
-        con, "lock_certificates", "credential_id", credential_id, per_day, since_column="issued_at", key_type="uuid"
+    quotas.refuse_when_full(
+        quotas.day_wait(
+            con, "lock_certificates", "credential_id", credential_id, per_day, since_column="issued_at", key_type="uuid"
+        ),
+        f"this lock was issued {per_day} certificates in the last 24 hours; it renews again later",
+        "renewal_limit",
     )
-    if wait:
-        raise errors.RateLimited(
-            f"this lock was issued {per_day} certificates in the last 24 hours; it renews again later",
-            retry_after_s=wait,
-            code="renewal_limit",
-        )
     certificate, serial = _certify(ca, request, identity, cert_ttl_s)
     con.run(  # a credential paired with a broker password moves to its certificate here for good
         "UPDATE lock_credentials SET cert_serial = :s, cert_not_after = :n, mqtt_password_hash = NULL"

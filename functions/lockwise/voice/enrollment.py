@@ -103,24 +103,22 @@ def _count_a_run(con: Connection, uid: str, limit: int) -> None:
     """Count an enrollment that goes on to the model (every sample embedded), or refuse it (429 ``enrollment_limit``)
     once ``uid`` had ``limit`` in the last 24 hours: one with no co-member to compare was free, and one account could
     keep an instance busy (attack run). The caller holds the user's row; a failing enrollment counts too."""
-    wait = quotas.day_wait(con, "enrollment_runs", "user_uid", uid, limit)
-    if wait:
-        raise errors.RateLimited(
-            f"you enrolled your voice {limit} times in the last 24 hours; try again later",
-            retry_after_s=wait,
-            code="enrollment_limit",
-        )
-    con.run("INSERT INTO enrollment_runs (user_uid) VALUES (:u)", u=uid)
+    quotas.take(
+        con,
+        "enrollment_runs",
+        uid,
+        limit,
+        message=f"you enrolled your voice {limit} times in the last 24 hours; try again later",
+        code="enrollment_limit",
+    )
 
 
 def _refuse_past_the_limit(wait: int) -> None:
-    if wait:
-        raise errors.RateLimited(
-            "too many enrollments were compared with the voices of people who share a lock with you today;"
-            " try again later",
-            retry_after_s=wait,
-            code="enrollment_limit",
-        )
+    quotas.refuse_when_full(
+        wait,
+        "too many enrollments were compared with the voices of people who share a lock with you today; try again later",
+        "enrollment_limit",
+    )
 
 
 def matches_a_neighbour(
