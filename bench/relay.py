@@ -201,10 +201,16 @@ def measure(env: dict[str, str], commands: int, events: int, n_locks: int) -> Re
     plain.on_message = count
     plain.subscribe(topics.state("+"), qos=1)
     like = [f"locks/{lid}%" for lid, _ in locks]
-    with db.connection() as con:  # the command phase's state reports mirrored first, then counted
-        wait_until(
-            lambda: con.run("SELECT count(*) FROM firestore_outbox WHERE doc_path LIKE ANY(:l)", l=like)[0][0] == 0
-        )
+
+    def settled(con: Any) -> bool:  # nothing of the phases before waits in the relay or the mirror's queue
+        forwarder = requests.get(relay_url, timeout=5).json()["checks"]["forwarder"]
+        queued = con.run("SELECT count(*) FROM firestore_outbox WHERE doc_path LIKE ANY(:l)", l=like)[0][0]
+        return bool(forwarder["queued"] == 0 and queued == 0)
+
+    with db.connection() as con:  # the command phase's state reports forwarded and mirrored first, then counted
+        wait_until(lambda: settled(con))
+        time.sleep(0.5)  # and still so a moment later (an event between the relay's queue and its post)
+        wait_until(lambda: settled(con))
     entries_before = state_entries(env, locks)
     base = time.time()
     per_lock = events // n_locks
