@@ -369,25 +369,10 @@ def redeem_provisioning_code(ctx: Ctx) -> Result:
     ), 201
 
 
-def signed_by_lock(ctx: Ctx, method: str, body: bytes) -> str:
-    """The lock that signed the request. Its nonce and its count of the minute commit at once, outside the handler's
-    transaction: a refusal after it (a bad CSR, a renewal limit) still counts the request."""
-    with rt.db.connection() as con:
-        return lock_auth.authenticate(
-            con,
-            ctx.request.headers,
-            method,
-            ctx.target,
-            body,
-            skew_s=rt.settings.lock_request_skew_s,
-            per_minute=rt.settings.lock_requests_per_minute,
-        )
-
-
 @api.route("GET", "/devices/lock/config")
 def lock_config(ctx: Ctx) -> JsonBody:
     body = ctx.body()
-    lock_id = signed_by_lock(ctx, "GET", body)
+    lock_id = lock_auth.signed_by(rt.db, ctx.request.headers, "GET", ctx.target, body, rt.settings)
     with rt.db.transaction() as con:
         config = locks.lock_config(con, lock_id)
     return {
@@ -414,7 +399,7 @@ def lock_ca_crl(ctx: Ctx) -> flask.Response:
 def renew_lock_certificate(ctx: Ctx) -> Result:
     """A lock renews its broker certificate (before expiry; a lock paired with a broker password gets its first)."""
     body = ctx.body(16_384)
-    lock_id = signed_by_lock(ctx, "POST", body)
+    lock_id = lock_auth.signed_by(rt.db, ctx.request.headers, "POST", ctx.target, body, rt.settings)
     with rt.db.transaction() as con:
         certificate = provisioning.renew(
             con,

@@ -39,16 +39,7 @@ def get_health(ctx: Ctx) -> tuple[JsonBody, int]:
 @api.route("POST", "/verify")
 def verify_at_lock(ctx: Ctx) -> Result:
     body = ctx.body(audio.max_body_bytes(limits))
-    with rt.db.connection() as con:  # no transaction: a read, then the nonce's insert commits on its own
-        lock_id = lock_auth.authenticate(
-            con,
-            ctx.request.headers,
-            "POST",
-            ctx.target,
-            body,
-            skew_s=rt.settings.lock_request_skew_s,
-            per_minute=rt.settings.lock_requests_per_minute,
-        )
+    lock_id = lock_auth.signed_by(rt.db, ctx.request.headers, "POST", ctx.target, body, rt.settings)
     try:
         clip = clip_from(ctx, body)
     except errors.BadRequest as exc:  # InvalidAudio, malformed input: logged as an invalid attempt

@@ -28,7 +28,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from lockwise.core import errors
-from lockwise.core.db import Connection
+from lockwise.core.config import Settings
+from lockwise.core.db import Connection, Database
 
 if TYPE_CHECKING:
     from werkzeug.datastructures import Headers
@@ -79,6 +80,22 @@ def sign_headers(
     if sample_rate:
         headers["X-Sample-Rate"] = sample_rate
     return headers
+
+
+def signed_by(db: Database, headers: Headers, method: str, target: str, body: bytes, settings: Settings) -> str:
+    """The lock that signed this request (``authenticate`` with the function's skew and per-minute limit). Its nonce
+    and its count of the minute commit at once, on a connection of their own: a refusal after this (bad audio, a
+    bad CSR, a renewal limit) still counts the request, and no transaction is held while the caller works."""
+    with db.connection() as con:
+        return authenticate(
+            con,
+            headers,
+            method,
+            target,
+            body,
+            skew_s=settings.lock_request_skew_s,
+            per_minute=settings.lock_requests_per_minute,
+        )
 
 
 def authenticate(
