@@ -101,13 +101,11 @@ def view(con: Connection, lock_id: str, role: str, in_window: bool = True) -> di
 
 
 def list_for_user(con: Connection, uid: str, now: dt.datetime) -> list[dict[str, Any]]:
-    rows = rows_as_dicts(
-        con,
-        _VIEW + ", lock_members m WHERE m.lock_id = l.id AND m.user_uid = :u AND m.revoked_at IS NULL"
-        " AND (m.expires_at IS NULL OR m.expires_at > now()) ORDER BY l.created_at",
-        u=uid,
-    )
-    mine = {m.lock_id: m for m in members.list_for_user(con, uid)}
+    """The locks ``uid`` is an active member of (``Membership.active``: the API's one rule), as they see each."""
+    mine = {m.lock_id: m for m in members.list_for_user(con, uid) if m.active(now)}
+    if not mine:
+        return []
+    rows = rows_as_dicts(con, _VIEW + " WHERE l.id = ANY(CAST(:ids AS uuid[])) ORDER BY l.created_at", ids=sorted(mine))
     return [_present(row, mine[row["id"]].role, mine[row["id"]].in_window(now)) for row in rows]
 
 
