@@ -152,53 +152,42 @@ class Flusher:
                 self._failed(con, rows[0][0], exc)
                 return 0
             for group in _groups(rows):
-                try:
-                    _write(client, group)
-                except REFUSED as exc:  # some write of the group can never be taken: the others written, it set aside
-                    done, stopped = self._bisect(con, client, group, exc)
-                    written += done
-                    if stopped:
-                        break
-                    continue
-                except Exception as exc:  # noqa: BLE001 - Firestore errors come in many types; keep order, retry later
-                    self._failed(con, group[0][0], exc)
+                done, stopped = self._settle(con, client, group)
+                written += done
+                if stopped:
                     break
-                con.run("DELETE FROM firestore_outbox WHERE id = ANY(:ids)", ids=[row[0] for row in group])
-                written += len(group)
         return written
 
-    def _bisect(
-        self, con: Connection, client: firestore.Client, group: list[list[Any]], refusal: Exception
-    ) -> tuple[int, bool]:
-        """Write a group Firestore refused in halves, in order, down to the rows it refuses alone, which are set
-        aside (``refused_at``): one bad row never holds up every lock's view (attack run: a uid Firestore refuses as
-        a document name froze the mirror), and finding it costs about two commits per halving, not one per row.
-        Returns how many were written, and whether another error stopped it."""
-        if len(group) == 1:
-            con.run(
-                "UPDATE firestore_outbox SET refused_at = now(), attempts = attempts + 1, last_error = :e"
-                " WHERE id = :i",
-                i=group[0][0],
-                e=f"{type(refusal).__name__}: {refusal}"[:500],
-            )
-            log.error("firestore refused a mirror write; set aside", extra={"fields": {"doc_path": group[0][1]}})
-            return 0, False
-        written = 0
-        for half in (group[: len(group) // 2], group[len(group) // 2 :]):
-            try:
-                _write(client, half)
-            except REFUSED as exc:
-                done, stopped = self._bisect(con, client, half, exc)
+    def _settle(self, con: Connection, client: firestore.Client, group: list[list[Any]]) -> tuple[int, bool]:
+        """Write ``group`` in one commit and take its rows off the queue; if Firestore refuses it, write its halves the
+        same way, down to the rows it refuses alone, which are set aside (``refused_at``): one bad row never holds up
+        every lock's view (attack run: a uid Firestore refuses as a document name froze the mirror), and finding it
+        costs about two commits per halving. Returns how many were written, and whether another error (Firestore
+        away: keep the order, retry later) stopped it."""
+        try:
+            _write(client, group)
+        except REFUSED as exc:
+            if len(group) == 1:
+                con.run(
+                    "UPDATE firestore_outbox SET refused_at = now(), attempts = attempts + 1, last_error = :e"
+                    " WHERE id = :i",
+                    i=group[0][0],
+                    e=f"{type(exc).__name__}: {exc}"[:500],
+                )
+                log.error("firestore refused a mirror write; set aside", extra={"fields": {"doc_path": group[0][1]}})
+                return 0, False
+            written = 0
+            for half in (group[: len(group) // 2], group[len(group) // 2 :]):
+                done, stopped = self._settle(con, client, half)
                 written += done
                 if stopped:
                     return written, True
-                continue
-            except Exception as exc:  # noqa: BLE001 - as in _flush: keep order, retry later
-                self._failed(con, half[0][0], exc)
-                return written, True
-            con.run("DELETE FROM firestore_outbox WHERE id = ANY(:ids)", ids=[row[0] for row in half])
-            written += len(half)
-        return written, False
+            return written, False
+        except Exception as exc:  # noqa: BLE001 - Firestore errors come in many types; keep order, retry later
+            self._failed(con, group[0][0], exc)
+            return 0, True
+        con.run("DELETE FROM firestore_outbox WHERE id = ANY(:ids)", ids=[row[0] for row in group])
+        return len(group), False
 
     def _failed(self, con: Connection, row_id: int, exc: Exception) -> None:
         self._retry_at = time.monotonic() + BACKOFF_S
