@@ -653,3 +653,19 @@ def test_refused_events_of_one_topic_are_kept_a_hundred_an_hour(world: World, st
         (expiry,) = con.run("SELECT min(expires_at - received_at) FROM lock_event_rejects WHERE topic = :t", t=topic)[0]
     assert kept == lock_events.REJECTS_KEPT_PER_HOUR
     assert expiry == dt.timedelta(days=30)
+
+
+def test_rows_a_request_had_no_time_for_are_written_without_another_flush(world: World) -> None:
+    """A flush that runs out of its budget hands the rest to a background flush. It used to leave them queued for the
+    next request or the relay's periodic flush (10 s): the relay benchmark's last reports of a flood waited there."""
+    from lockwise.core import mirror
+
+    rt = get_runtime("devices")
+    rt.flush_mirror(force=True)
+    with rt.db.transaction() as con:
+        mirror.enqueue_many(
+            con,
+            [(f"locks/{world.lock_id}/activity/budget-{i}", "set", {"kind": "state", "n": i}) for i in range(300)],
+        )
+    assert rt.mirror.flush(limit=50, budget_s=0.0) == 0  # no time at all: every row is left to the background
+    wait_for(lambda: rt.mirror.pending() == 0, timeout=30, what="the queue emptied by the background flush alone")

@@ -84,7 +84,7 @@ class Runtime:
     def flush_mirror_soon(self) -> None:
         """Flush in the background: rows stay queued in PostgreSQL until written, so nothing is lost if the
         instance is throttled after the response (the next request or the relay's periodic flush writes them)."""
-        threading.Thread(target=self.mirror.flush, name="mirror-flush", daemon=True).start()
+        self.mirror.flush_soon()
 
     def ping_firestore(self) -> None:
         firestore.ping(self.mirror.client())
