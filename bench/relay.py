@@ -224,9 +224,9 @@ def measure(env: dict[str, str], commands: int, events: int, n_locks: int) -> Re
     plain_rate = events / (time.perf_counter() - t0)
     with db.connection() as con:
         while True:
-            forwarded = requests.get(relay_url, timeout=5).json()["checks"]["forwarder"]["forwarded"]
+            forwarder = requests.get(relay_url, timeout=5).json()["checks"]["forwarder"]
             queued = con.run("SELECT count(*) FROM firestore_outbox WHERE doc_path LIKE ANY(:l)", l=like)[0][0]
-            if forwarded - before["forwarded"] >= events and queued == 0:
+            if forwarder["forwarded"] - before["forwarded"] >= events and forwarder["queued"] == 0 and queued == 0:
                 break
             if time.perf_counter() - t0 > 300:
                 raise RuntimeError("relay did not bring every event into PostgreSQL and Firestore in 300 s")

@@ -67,6 +67,7 @@ class Forwarder:
         self.queue: Lines[Event] = Lines(PER_LOCK_WAITING)
         self.forwarded = 0
         self.rejected = 0  # events the devices function judged and refused (kept in its lock_event_rejects)
+        self.stale = 0  # state reports it ignored, a newer one of the lock's being applied (out of order, or repeated)
         self.dropped = 0  # events not delivered at all (oversized, refused alone with 400/413, a full lock line)
         self.flooded = 0  # of those, events of a lock with PER_LOCK_WAITING already waiting
         self.in_flight = 0
@@ -155,7 +156,9 @@ class Forwarder:
         self.forwarded += len(events)
         try:
             outcomes = resp.json()["results"]
-            self.rejected += sum(1 for o in outcomes if isinstance(o, dict) and o.get("outcome") == "rejected")
+            judged = [o.get("outcome") for o in outcomes if isinstance(o, dict)]
+            self.rejected += judged.count("rejected")
+            self.stale += judged.count("stale")
         except (ValueError, KeyError, TypeError):
             pass
         return "taken"

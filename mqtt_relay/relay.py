@@ -229,6 +229,7 @@ class Relay:
             "queued": self.forwarder.queue.qsize(),
             "forwarded": self.forwarder.forwarded,
             "rejected": self.forwarder.rejected,
+            "stale": self.forwarder.stale,
             "dropped": self.forwarder.dropped,
             "flooded": self.forwarder.flooded,
             **({"error": self.forwarder.last_error} if self.forwarder.last_error else {}),
