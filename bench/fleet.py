@@ -30,13 +30,12 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from bench.common import machine, out, pct, slot_files, table
+from bench.common import last_relay_slot, machine, out, pct, slot_files, table
 from infra.deploy_config import RELAY_SLOTS
 from infra.local import services
 from infra.lock_ca import client_cert
 from lockwise.core.db import Database
 from lockwise.devices import commands, locks, topics
-from mqtt_relay.slots import Lease
 
 
 @dataclass
@@ -226,14 +225,8 @@ async def bench(n: int, concurrency: int) -> None:
         }
         relay = services.start_relay(root, env)
         # the plain path's client holds the last relay slot's lease, so the relay never borrows that slot meanwhile
-        for _ in range(100):  # the relay may be borrowing the slot for a moment, to empty its session
-            slot = Lease(db, RELAY_SLOTS).borrow(RELAY_SLOTS)
-            if slot.__enter__() is not None:
-                break
-            slot.__exit__(None, None, None)
-            await asyncio.sleep(0.2)
-        else:
-            raise RuntimeError("a relay holds the last slot")
+        slot = last_relay_slot(db)
+        slot.__enter__()
         plain = plain_publisher(env, broker.relay_certs)
         before = rss_kb(broker.process.popen.pid)
         gate, connected = asyncio.Semaphore(concurrency), list[float]()

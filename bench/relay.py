@@ -26,7 +26,7 @@ import requests
 from google.cloud.firestore_v1.base_query import FieldFilter
 from paho.mqtt.enums import CallbackAPIVersion
 
-from bench.common import BENCH_FUNCTION_SETTINGS, local_stack, machine, out, slot_files, summary, table
+from bench.common import BENCH_FUNCTION_SETTINGS, last_relay_slot, local_stack, machine, out, slot_files, summary, table
 from infra.deploy_config import RELAY_SLOTS
 from infra.local.firestore_sdk import sdk_client as firestore_client
 from lockwise.core.db import Database
@@ -135,8 +135,16 @@ def wait_until(predicate: Any, timeout_s: float = 60) -> None:
 
 def measure(env: dict[str, str], commands: int, events: int, n_locks: int) -> RelayResult:
     """Command round trips, then ``events`` state reports from ``n_locks`` locks at once, on a running stack."""
-    state_dir = Path(env["MQTT_CA_FILE"]).parents[2]
     db = Database(env["DATABASE_URL"])
+    try:
+        with last_relay_slot(db):  # the plain client's slot: no relay borrows it meanwhile
+            return _measure(env, db, commands, events, n_locks)
+    finally:
+        db.close()
+
+
+def _measure(env: dict[str, str], db: Database, commands: int, events: int, n_locks: int) -> RelayResult:
+    state_dir = Path(env["MQTT_CA_FILE"]).parents[2]
     account = sign_up(env["FIREBASE_AUTH_EMULATOR_HOST"])
     headers = {"Authorization": f"Bearer {account['idToken']}"}
     devices = env["LOCKWISE_DEVICES_URL"]
@@ -236,9 +244,9 @@ def measure(env: dict[str, str], commands: int, events: int, n_locks: int) -> Re
     applied = state_entries(env, locks) - entries_before
     for _lid, each in locks:
         each.stop()
+    plain.disconnect()
     plain.loop_stop()
     listener.close()
-    db.close()
     return RelayResult(
         receipt=summary(receipt),
         acked=summary(acked),
