@@ -67,7 +67,7 @@ class Forwarder:
         self.queue: Lines[Event] = Lines(PER_LOCK_WAITING)
         self.forwarded = 0
         self.rejected = 0  # events the devices function judged and refused (kept in its lock_event_rejects)
-        self.stale = 0  # state reports it ignored, a newer one of the lock's being applied (out of order, or repeated)
+        self.stale = 0  # state reports it ignored as not newer than the last applied (a repeat, or out of order)
         self.dropped = 0  # events not delivered at all (oversized, refused alone with 400/413, a full lock line)
         self.flooded = 0  # of those, events of a lock with PER_LOCK_WAITING already waiting
         self.in_flight = 0

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import threading
 import time
 import uuid
@@ -32,6 +31,9 @@ Op = Literal["merge", "replace_fields", "set", "delete", "delete_collection"]
 MAX_BATCH_WRITES = 500
 #: a request's own flush hands the rest to a background one after this long
 FLUSH_BUDGET_S = 2.0
+#: a background flush stops starting new commits after this long (an instance's CPU may be throttled once it has
+#: answered: the relay's periodic flush writes what is left)
+BACKGROUND_BUDGET_S = 30.0
 BACKOFF_S = 5.0
 
 
@@ -117,19 +119,20 @@ class Flusher:
     def retry_now(self) -> None:
         self._retry_at = 0.0
 
-    def flush(self, limit: int = MAX_BATCH_WRITES, budget_s: float = FLUSH_BUDGET_S) -> int:
+    def flush(self, limit: int = MAX_BATCH_WRITES, budget_s: float = FLUSH_BUDGET_S, *, hand_off: bool = True) -> int:
         """Write queued rows, ``limit`` per commit, until none are left; return how many were written. Never raises
         for Firestore errors. A call while another thread is flushing returns at once and hands its rows to that
-        thread, which makes one more pass for them. After ``budget_s`` the caller goes back to its request and a
-        background flush (``flush_soon``) takes over the rest: rows queued during a flood are written as soon as
-        Firestore takes them, not at the relay's next periodic flush (measured: a relay benchmark's last reports
-        waited 6-10 s in the queue, a third of its runs' time)."""
+        thread, which makes one more pass for them. Once ``budget_s`` has passed no new pass starts, and with
+        ``hand_off`` a background flush (``flush_soon``) takes over the rest: rows queued during a flood are written
+        as soon as Firestore takes them, not at the relay's next periodic flush (measured: a relay benchmark's last
+        reports of a flood waited 6-10 s in the queue, most of such a run's time)."""
         written = 0
         deadline = time.monotonic() + budget_s
         self._wanted.set()
         while self._wanted.is_set() and time.monotonic() >= self._retry_at:
             if time.monotonic() >= deadline:
-                self.flush_soon()
+                if hand_off:
+                    self.flush_soon()
                 return written
             if not self._lock.acquire(blocking=False):
                 return written  # the thread holding the lock checks _wanted after its pass
@@ -144,9 +147,10 @@ class Flusher:
         return written
 
     def flush_soon(self) -> None:
-        """Flush in a background thread, with no budget: until the queue is empty or Firestore fails (rows stay queued
-        in PostgreSQL until written, so an instance throttled after its response loses nothing)."""
-        threading.Thread(target=self.flush, kwargs={"budget_s": math.inf}, name="mirror-flush", daemon=True).start()
+        """Flush in a background thread, for up to ``BACKGROUND_BUDGET_S`` (rows stay queued in PostgreSQL until
+        written, so an instance throttled after its response loses nothing)."""
+        kwargs = {"budget_s": BACKGROUND_BUDGET_S, "hand_off": False}
+        threading.Thread(target=self.flush, kwargs=kwargs, name="mirror-flush", daemon=True).start()
 
     def _flush(self, limit: int) -> int:
         written = 0
