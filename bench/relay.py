@@ -236,6 +236,9 @@ def _measure(env: dict[str, str], db: Database, commands: int, events: int, n_lo
             queued = con.run("SELECT count(*) FROM firestore_outbox WHERE doc_path LIKE ANY(:l)", l=like)[0][0]
             if forwarder["forwarded"] - before["forwarded"] >= events and forwarder["queued"] == 0 and queued == 0:
                 break
+            dropped = forwarder["dropped"] - before["dropped"]
+            if dropped and forwarder["queued"] == 0 and queued == 0:  # never forwarded: waiting on is pointless
+                raise RuntimeError(f"the relay dropped {dropped} of the flood's events (a lock's line full: a flood)")
             if time.perf_counter() - t0 > 300:
                 raise RuntimeError("relay did not bring every event into PostgreSQL and Firestore in 300 s")
             time.sleep(0.02)
