@@ -43,10 +43,10 @@ class MissingIdentity(RuntimeError):
 #: benchmark's flood arrived partly out of order: in 13 of 56 runs, 1-114 of 3,000 reports after a later report of
 #: the same lock, each then ignored as stale and missing from the app's feed (yet the relay held over 2,000
 #: unacknowledged events at once, more than that window: the broker's accounting is not what its setting says, and
-#: the mechanism was not pinned down). Asked for explicitly, none in 26 runs of 3,000; a flood larger than the
-#: window can still arrive partly out of order (227 of a second 8,000-report flood on one stack). Bounded so that
-#: what a relay holds stays small: at most this many events (at most 16 KiB each) per session, the rest waiting in
-#: the broker's queue
+#: the mechanism was not pinned down). Asked for explicitly, none in 26 runs of 3,000 (8 of them at 4,000); a
+#: flood larger than the window can still arrive partly out of order (227 of a second 8,000-report flood on one
+#: stack). Bounded so that what a relay holds stays small: at most this many events (at most 16 KiB each) per
+#: session, the rest waiting in the broker's queue
 RECEIVE_MAXIMUM = 4000
 EVENT_KINDS = ("state", "ack", "status")
 #: the group every replica used to share under a fixed name: a lock could join it (see ``share_group``); a relay
