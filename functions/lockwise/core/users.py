@@ -34,3 +34,9 @@ def upsert(con: Connection, user: User) -> None:
         uid=user.uid,
         email=email,
     )
+
+
+def hold(con: Connection, uid: str) -> None:
+    """Hold ``uid``'s row until the transaction ends: what is counted per user (daily quotas, locks owned) is then
+    decided one request at a time, so a burst in parallel gets no more than the same requests in a row."""
+    con.run("SELECT 1 FROM users WHERE uid = :u FOR NO KEY UPDATE", u=uid)

@@ -7,7 +7,7 @@ import datetime as dt
 import unicodedata
 from typing import Any
 
-from lockwise.core import audit, errors, mirror
+from lockwise.core import audit, errors, mirror, users
 from lockwise.core.db import Connection, rows_as_dicts
 from lockwise.devices import members
 
@@ -127,7 +127,7 @@ def update(con: Connection, lock_id: str, uid: str, changes: dict[str, Any]) -> 
 def refuse_past_owned(con: Connection, uid: str, max_owned: int) -> None:
     """409 ``too_many_locks`` when ``uid`` owns ``max_owned`` locks already (an attack run made 307 in 8 s with one
     account); the user's row is held, so locks made or handed over in parallel are counted one at a time."""
-    con.run("SELECT 1 FROM users WHERE uid = :u FOR NO KEY UPDATE", u=uid)
+    users.hold(con, uid)
     (owned,) = con.run("SELECT count(*) FROM locks WHERE owner_uid = :o", o=uid)[0]
     if int(owned) >= max_owned:
         raise errors.Conflict(f"an account may own at most {max_owned} locks", code="too_many_locks")

@@ -22,7 +22,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from lockwise.core import audit, errors, mirror, quotas
+from lockwise.core import audit, errors, mirror, quotas, users
 from lockwise.core.db import Connection
 from lockwise.devices import lock_certs, topics
 
@@ -45,7 +45,7 @@ def issue(con: Connection, lock_id: str, uid: str, ttl_s: int, per_day: int) -> 
     ``per_day`` in any 24 hours, over all their locks, deleted ones too (then 429 ``pairing_limit``): each pairing
     and each deletion of a paired lock revokes a credential, an entry in the public revocation list (attack run: an
     owner re-pairing in a loop listed 1,630 in 20 s)."""
-    con.run("SELECT 1 FROM users WHERE uid = :u FOR NO KEY UPDATE", u=uid)  # the user's codes one at a time
+    users.hold(con, uid)
     quotas.take(
         con,
         "pairing_issues",

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from lockwise.core import audit, errors, quotas
+from lockwise.core import audit, errors, quotas, users
 from lockwise.core.config import Settings
 from lockwise.core.db import Connection, Database
 from lockwise.voice import audio, known_recordings, scoring, voiceprints
@@ -51,7 +51,7 @@ def enroll(
                 details={"sample": i, "copy_of": copied},
             )
     with db.transaction() as con:  # early: a user past the day's comparisons or runs costs no model work
-        con.run("SELECT 1 FROM users WHERE uid = :u FOR NO KEY UPDATE", u=uid)  # a burst is counted one at a time
+        users.hold(con, uid)
         _refuse_past_the_limit(comparisons_wait(con, uid, settings.enroll_comparisons))
         _count_a_run(con, uid, settings.enrollments_per_day)
     embeddings = np.stack([encoder.embed(c.samples, c.rate) for c in clips])
@@ -70,8 +70,7 @@ def enroll(
             details={"sample": outlier, "lowest_agreement": round(lowest, 4), "required": rules.agreement},
         )
     with db.transaction() as con:
-        # one user's enrollments are decided one at a time: a burst in parallel gets no more answers than in a row
-        con.run("SELECT 1 FROM users WHERE uid = :u FOR NO KEY UPDATE", u=uid)
+        users.hold(con, uid)  # one user's enrollments are decided one at a time
         _refuse_past_the_limit(comparisons_wait(con, uid, settings.enroll_comparisons))
         neighbours = voiceprints.co_members(con, uid, encoder.model_id, encoder.dim)
         matched = matches_a_neighbour(scoring.voiceprint(embeddings), neighbours, encoder, scorer, settings)
