@@ -2,41 +2,19 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import platform
 import statistics
 import sys
 import tempfile
-import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from infra.local.stack import background
 
 local_stack = background  # the benchmarks' throwaway stack
-
-
-@contextlib.contextmanager
-def last_relay_slot(db: Any) -> Iterator[str]:
-    """The last relay slot's client id, for a benchmark's plain client with a relay's rights, with the slot's lease held
-    meanwhile (``db``: a ``lockwise.core.db.Database``). A relay empties the sessions of free slots at its start and
-    every 300 s by connecting as them, which throws off a client using the same id: unheld, the relay benchmark's
-    plain subscriber could lose its subscription in the middle of a flood."""
-    from infra.deploy_config import RELAY_SLOTS
-    from mqtt_relay.slots import Lease
-
-    deadline = time.monotonic() + 20
-    while True:  # a relay may be borrowing the slot for a moment, to empty its session
-        with Lease(db, RELAY_SLOTS).borrow(RELAY_SLOTS) as identity:
-            if identity is not None:
-                yield identity
-                return
-        if time.monotonic() > deadline:
-            raise RuntimeError("a relay holds the last slot")
-        time.sleep(0.2)
 
 
 #: the relay benchmarks' locks report hundreds of times a second each, standing in for a fleet whose locks report a

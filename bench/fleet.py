@@ -30,12 +30,13 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from bench.common import last_relay_slot, machine, out, pct, slot_files, table
+from bench.common import machine, out, pct, slot_files, table
 from infra.deploy_config import RELAY_SLOTS
 from infra.local import services
 from infra.lock_ca import client_cert
 from lockwise.core.db import Database
 from lockwise.devices import commands, locks, topics
+from mqtt_relay.slots import Lease
 
 
 @dataclass
@@ -225,28 +226,26 @@ async def bench(n: int, concurrency: int) -> None:
         }
         relay = services.start_relay(root, env)
         # the plain path's client holds the last relay slot's lease, so the relay never borrows that slot meanwhile
-        slot = last_relay_slot(db)
-        slot.__enter__()
-        plain = plain_publisher(env, broker.relay_certs)
-        before = rss_kb(broker.process.popen.pid)
-        gate, connected = asyncio.Semaphore(concurrency), list[float]()
-        started = time.perf_counter()
-        tasks = [
-            asyncio.create_task(run_lock(lock, "127.0.0.1", broker.port, str(broker.ca_file), gate, connected))
-            for lock in fleet
-        ]
-        while len(connected) < n:
-            failed = [t for t in tasks if t.done() and t.exception()]
-            if failed:
-                raise RuntimeError(f"{len(failed)} locks could not connect: {failed[0].exception()}")
-            await asyncio.sleep(0.02)
-        connect_s = time.perf_counter() - started
-        await asyncio.sleep(1.0)
-        after = rss_kb(broker.process.popen.pid)
-        relay_latency = await fan_out_through_relay(db, fleet, signing_key)
-        plain_latency = await fan_out_plain(plain, fleet)
-        plain.loop_stop()
-        slot.__exit__(None, None, None)
+        with Lease(db, RELAY_SLOTS).borrow_when_free(RELAY_SLOTS, 20):
+            plain = plain_publisher(env, broker.relay_certs)
+            before = rss_kb(broker.process.popen.pid)
+            gate, connected = asyncio.Semaphore(concurrency), list[float]()
+            started = time.perf_counter()
+            tasks = [
+                asyncio.create_task(run_lock(lock, "127.0.0.1", broker.port, str(broker.ca_file), gate, connected))
+                for lock in fleet
+            ]
+            while len(connected) < n:
+                failed = [t for t in tasks if t.done() and t.exception()]
+                if failed:
+                    raise RuntimeError(f"{len(failed)} locks could not connect: {failed[0].exception()}")
+                await asyncio.sleep(0.02)
+            connect_s = time.perf_counter() - started
+            await asyncio.sleep(1.0)
+            after = rss_kb(broker.process.popen.pid)
+            relay_latency = await fan_out_through_relay(db, fleet, signing_key)
+            plain_latency = await fan_out_plain(plain, fleet)
+            plain.loop_stop()
         for task in tasks:
             task.cancel()
         ms = [1000 * x for x in connected]

@@ -26,12 +26,13 @@ import requests
 from google.cloud.firestore_v1.base_query import FieldFilter
 from paho.mqtt.enums import CallbackAPIVersion
 
-from bench.common import BENCH_FUNCTION_SETTINGS, last_relay_slot, local_stack, machine, out, slot_files, summary, table
+from bench.common import BENCH_FUNCTION_SETTINGS, local_stack, machine, out, slot_files, summary, table
 from infra.deploy_config import RELAY_SLOTS
 from infra.local.firestore_sdk import sdk_client as firestore_client
 from lockwise.core.db import Database
 from lockwise.devices import topics
 from mqtt_relay.sessions import no_delay
+from mqtt_relay.slots import Lease
 from simlock.lock import SimulatedLock, provision
 
 
@@ -137,7 +138,7 @@ def measure(env: dict[str, str], commands: int, events: int, n_locks: int) -> Re
     """Command round trips, then ``events`` state reports from ``n_locks`` locks at once, on a running stack."""
     db = Database(env["DATABASE_URL"])
     try:
-        with last_relay_slot(db):  # the plain client's slot: no relay borrows it meanwhile
+        with Lease(db, RELAY_SLOTS).borrow_when_free(RELAY_SLOTS, 20):  # the plain client's: no relay borrows it
             return _measure(env, db, commands, events, n_locks)
     finally:
         db.close()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from collections.abc import Iterator
 
 from lockwise.core.db import Connection, Database
@@ -94,6 +95,21 @@ class Lease:
         finally:
             with contextlib.suppress(Exception):
                 con.close()  # ends the session and with it the advisory lock
+
+    @contextlib.contextmanager
+    def borrow_when_free(self, slot: int, timeout_s: float) -> Iterator[str]:
+        """``borrow``, waiting while a relay holds the slot for a moment (to empty its session); raises ``NoFreeSlot``
+        when it is still held after ``timeout_s`` (a live replica leases it). For a client with a relay's rights
+        beside the relays (benchmarks, tests): holding the slot keeps every relay from connecting as it."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            with self.borrow(slot) as client_id:
+                if client_id is not None:
+                    yield client_id
+                    return
+            if time.monotonic() > deadline:
+                raise NoFreeSlot(f"relay slot {slot} stayed held for {timeout_s} s")
+            time.sleep(0.2)
 
     def others_alive(self) -> bool:
         """Whether another replica holds a slot now (then it takes all lock events when this one leaves)."""

@@ -144,16 +144,11 @@ def relay_client(e2e: dict[str, Any]) -> Iterator[mqtt.Client]:
     from infra.deploy_config import RELAY_SLOTS
     from mqtt_relay.slots import Lease
 
-    env = e2e["env"]
-    deadline = time.monotonic() + 15
-    while True:  # a relay may be borrowing the slot for a moment, to empty its session
-        with Lease(e2e["db"], RELAY_SLOTS).borrow(RELAY_SLOTS) as identity:
-            if identity is not None:
-                with _slot_client(env, identity) as client:
-                    yield client
-                return
-        assert time.monotonic() < deadline, "a relay holds the last slot"
-        time.sleep(0.2)
+    with (
+        Lease(e2e["db"], RELAY_SLOTS).borrow_when_free(RELAY_SLOTS, 15) as identity,
+        _slot_client(e2e["env"], identity) as client,
+    ):
+        yield client
 
 
 @contextlib.contextmanager
