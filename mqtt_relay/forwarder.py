@@ -85,14 +85,12 @@ class Forwarder:
             return
         if not self.queue.put(topics.lock_of(event.topic) or "", event):  # a flood: counted, logged now and then
             self.flooded += 1
-            if self.flooded % 1000 == 1:
-                self._drop(event, f"its lock has {PER_LOCK_WAITING} events waiting ({self.flooded} so far)")
-            else:
-                self.dropped += 1
-                event.ack()
+            why = f"its lock has {PER_LOCK_WAITING} events waiting ({self.flooded} so far)"
+            self._drop(event, why, logged=self.flooded % 1000 == 1)
 
-    def _drop(self, event: Event, why: str) -> None:
-        log.warning("lock event dropped", extra={"fields": {"topic": event.topic[:200], "reason": why}})
+    def _drop(self, event: Event, why: str, *, logged: bool = True) -> None:
+        if logged:
+            log.warning("lock event dropped", extra={"fields": {"topic": event.topic[:200], "reason": why}})
         self.dropped += 1
         event.ack()
 

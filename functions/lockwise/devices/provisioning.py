@@ -267,9 +267,9 @@ def _certify(ca: lock_certs.LockCa, request: Any, identity: str, ttl_s: int) -> 
 
 def revocations_version(con: Connection) -> tuple[int, dt.datetime | None]:
     """What changes whenever the revocation list does: how many unexpired entries, the latest revocation."""
-    count, latest = con.run("SELECT count(*), max(revoked_at) FROM revoked_lock_certificates WHERE not_after > now()")[
-        0
-    ]
+    ((count, latest),) = con.run(
+        "SELECT count(*), max(revoked_at) FROM revoked_lock_certificates WHERE not_after > now()"
+    )
     return int(count), latest
 
 
