@@ -294,7 +294,14 @@ def test_one_locks_poison_events_never_hold_up_another_locks(
             ),
             what=f"{battery}% applied behind the poison",
         )
-    health = requests.get(f"http://127.0.0.1:{relay.port}/health", timeout=5).json()["checks"]["forwarder"]
+    older = json.dumps({"state": "unlocked", "battery_pct": 1, "ts": time.time() - 3600})  # judged, not applied
+    a.client.publish(state_a, older, qos=1).wait_for_publish(5)
+
+    def forwarder() -> dict[str, Any]:
+        checks: dict[str, Any] = requests.get(f"http://127.0.0.1:{relay.port}/health", timeout=5).json()["checks"]
+        return dict(checks["forwarder"])
+
+    health = wait_for(lambda: (h := forwarder())["stale"] >= 1 and h, what="the older report counted as stale")
     assert health["rejected"] >= 4 and health["dropped"] >= 1, health
     with e2e["db"].connection() as con:
         reasons = [r[0] for r in con.run("SELECT reason FROM lock_event_rejects ORDER BY id")]
