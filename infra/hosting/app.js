@@ -262,7 +262,8 @@ class Console {
         li.dataset.kind = e.kind;
         const detail = e.outcome ? `${e.outcome} (${e.reason})` : e.action || e.state || e.result || "";
         const unlisted = e.unlisted_before ? ` (${e.unlisted_before} earlier reports not listed)` : "";
-        li.textContent = `${e.at.slice(11, 19)} ${e.kind.replaceAll("_", " ")} ${detail}${unlisted}`;
+        const late = e.late ? ` (late: the lock's time ${e.reported_at.slice(11, 19)})` : "";
+        li.textContent = `${e.at.slice(11, 19)} ${e.kind.replaceAll("_", " ")} ${detail}${unlisted}${late}`;
         return li;
       }),
     );

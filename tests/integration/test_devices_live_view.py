@@ -118,6 +118,54 @@ def test_a_batch_judges_each_report_against_the_ones_before_it_in_the_same_batch
     assert abs(float(row[4]) - (t + 1)) < 1e-3
 
 
+def test_a_report_that_comes_after_a_newer_one_is_listed_once_as_late_and_changes_no_state(
+    world: World, stack_env: dict[str, str]
+) -> None:
+    """Reports of one lock can reach the back-end out of order (the broker redelivers, a flood passes the relay's
+    receive window): a late one must not undo the newer state, yet the app's feed must not lose it, nor list a
+    report twice however often it is delivered (a redelivery after a relay restart)."""
+    topic = f"lockwise/{world.credentials['mqtt']['client_id']}/state"
+    t = round(time.time(), 3)
+
+    def send(*reports: tuple[str, float]) -> list[str]:
+        resp = world.devices.post(
+            "/devices/relay/events",
+            json={"events": [{"topic": topic, "payload": json.dumps({"state": s, "ts": ts})} for s, ts in reports]},
+            headers={"X-LockWise-Service-Token": stack_env["LOCKWISE_SERVICE_TOKEN"]},
+        )
+        assert resp.status_code == 200, resp.get_json()
+        return [r["outcome"] for r in resp.get_json()["results"]]
+
+    assert send(("unlocking", t - 2), ("locked", t)) == ["applied", "applied"]
+    assert send(("unlocked", t - 1), ("unlocked", t - 1)) == ["stale", "stale"]  # late, and delivered twice
+    assert send(("unlocking", t - 2), ("locked", t)) == ["stale", "stale"]  # both delivered again
+    client = firestore_client(PROJECT_ID, stack_env["FIRESTORE_EMULATOR_HOST"])
+
+    def queued() -> int:
+        with get_runtime("devices").db.connection() as con:
+            ((n,),) = con.run(
+                "SELECT count(*) FROM firestore_outbox WHERE doc_path LIKE :p AND refused_at IS NULL",
+                p=f"locks/{world.lock_id}%",
+            )
+        return int(n)
+
+    wait_for(lambda: queued() == 0 or None, what="the lock's mirror writes flushed")
+    entries = [d.to_dict() for d in client.collection(f"locks/{world.lock_id}/activity").stream()]
+    entries = sorted((e for e in entries if e["kind"] == "state"), key=lambda e: e["reported_at"])
+    assert [(e["state"], e.get("late", False)) for e in entries] == [
+        ("unlocking", True),  # delivered again after a newer one: the same entry, now marked late
+        ("unlocked", True),
+        ("locked", False),
+    ]
+    assert [dt.datetime.fromisoformat(e["reported_at"]).timestamp() for e in entries] == pytest.approx(
+        [t - 2, t - 1, t], abs=1e-3
+    )
+    doc = client.document(f"locks/{world.lock_id}").get().to_dict() or {}
+    assert doc.get("state") == "locked"
+    view = world.devices.get(f"/devices/locks/{world.lock_id}", headers=world.headers("member")).get_json()
+    assert view["state"]["state"] == "locked"
+
+
 def test_an_event_the_database_refuses_is_rejected_alone_and_the_rest_of_its_batch_applies(
     world: World, stack_env: dict[str, str]
 ) -> None:

@@ -75,13 +75,14 @@ EVERYONE_KINDS = frozenset({"state", "online", "offline"})
 PEOPLE_FIELDS = ("actor_uid", "target_uid", "member_uid", "invited_by")
 
 
-def activity_entry(lock_id: str, kind: str, **fields: Any) -> Write:
+def activity_entry(lock_id: str, kind: str, *, entry_id: str | None = None, **fields: Any) -> Write:
     """A new entry of the lock's activity feed (never biometric data), to queue with ``enqueue_many``; its
-    ``audience`` and ``about`` say who reads it (``infra/firestore.rules``)."""
+    ``audience`` and ``about`` say who reads it (``infra/firestore.rules``). ``entry_id``: the document's id when
+    the same event may come again and must stay one entry (a lock's report, by its own time); a random one if not."""
     about = sorted({uid for name in PEOPLE_FIELDS if isinstance(uid := fields.get(name), str)})
     audience = "everyone" if kind in EVERYONE_KINDS else "admins"
     data = {"kind": kind, "at": _now_iso(), **fields, "audience": audience, "about": about}
-    return f"locks/{lock_id}/activity/{uuid.uuid4()}", "set", data
+    return f"locks/{lock_id}/activity/{entry_id or uuid.uuid4()}", "set", data
 
 
 def activity(con: Connection, lock_id: str, kind: str, **fields: Any) -> None:

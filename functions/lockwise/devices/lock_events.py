@@ -281,7 +281,15 @@ def _status(lock_id: str, payload: str, now: dt.datetime, batch: Pending) -> Out
     return Outcome("applied")
 
 
-def _list_in_feed(batch: Pending, lock_id: str, row: _State | None, now: dt.datetime, kind: str, **fields: Any) -> None:
+def _list_in_feed(
+    batch: Pending,
+    lock_id: str,
+    row: _State | None,
+    now: dt.datetime,
+    kind: str,
+    entry_id: str | None = None,
+    **fields: Any,
+) -> None:
     """Add a report's entry to the lock's activity feed, within its budget (``Pending.feed_budget``)."""
     if row is not None:
         if row.feed_window_start is None or not row.feed_window_start <= now < row.feed_window_start + FEED_WINDOW:
@@ -293,7 +301,7 @@ def _list_in_feed(batch: Pending, lock_id: str, row: _State | None, now: dt.date
         row.feed_entries += 1
         if row.feed_unlisted:
             fields["unlisted_before"], row.feed_unlisted = row.feed_unlisted, 0
-    batch.writes.append(mirror.activity_entry(lock_id, kind, **fields))
+    batch.writes.append(mirror.activity_entry(lock_id, kind, entry_id=entry_id, **fields))
 
 
 def _state(lock_id: str, body: dict[str, Any], now: dt.datetime, batch: Pending) -> Outcome:
@@ -310,8 +318,19 @@ def _state(lock_id: str, body: dict[str, Any], now: dt.datetime, batch: Pending)
     if reported > now + dt.timedelta(seconds=MAX_FUTURE_S):
         return Outcome("rejected", "ts is in the future")
     row = batch.states.get(lock_id)
-    if row is None or (row.reported_at is not None and row.reported_at >= reported):
-        return Outcome("stale", "an equal or newer report was already applied")
+    if row is None:
+        return Outcome("stale", "the lock has no state yet")
+    # one entry per report, however often it comes (a redelivery after a relay restart, a late copy): named by the
+    # lock's own time and state
+    entry_id = f"state-{round(reported.timestamp() * 1000)}-{state}"
+    if row.reported_at is not None and row.reported_at >= reported:
+        if row.reported_at == reported:
+            return Outcome("stale", "an equal report was already applied")
+        # it came after a newer one (delivered out of order): the state stays the newer one's; the feed still lists
+        # it, marked late, with the lock's time of it
+        fields = {"state": state, "reported_at": reported.isoformat(), "late": True}
+        _list_in_feed(batch, lock_id, row, now, "state", entry_id, **fields)
+        return Outcome("stale", "a newer report was already applied: listed in the feed as late, state unchanged")
     row.state, row.reported_at, row.last_seen, row.online, row.changed = state, reported, now, True, True
     row.battery_pct = battery if battery is not None else row.battery_pct
     row.firmware = firmware if firmware is not None else row.firmware
@@ -324,7 +343,7 @@ def _state(lock_id: str, body: dict[str, Any], now: dt.datetime, batch: Pending)
         "reported_at": reported.isoformat(),
     }
     batch.writes.append((mirror.lock_doc(lock_id), "merge", doc))
-    _list_in_feed(batch, lock_id, row, now, "state", state=state)
+    _list_in_feed(batch, lock_id, row, now, "state", entry_id, state=state, reported_at=reported.isoformat())
     return Outcome("applied")
 
 
