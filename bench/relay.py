@@ -6,7 +6,8 @@
   round trip (publish to the lock topic -> lock receipt -> ack received by the publisher) on the same broker;
 * lock state reports from ``--locks`` locks at once, per second through the relay into PostgreSQL and the Firestore
   mirror (timed until the last is applied and mirrored), next to a plain MQTT subscriber on the same broker; then
-  counts the state entries in the locks' Firestore feeds: each report applied once, none lost or doubled.
+  counts the state entries in the locks' Firestore feeds: each report listed once (a report that reached the
+  devices function after a newer one is listed as late), none lost or doubled.
 """
 
 from __future__ import annotations
@@ -92,7 +93,8 @@ class RelayResult:
     plain_rate: float
     events: int
     locks: int
-    applied: int  # state entries in the Firestore activity feeds: each event applied once, none lost or doubled
+    applied: int  # state entries in the Firestore activity feeds: each event listed once, none lost or doubled
+    late: int  # stale reports: listed late (they came after a newer one of the same lock), or repeats
     rejected: int
 
 
@@ -260,6 +262,7 @@ def _measure(env: dict[str, str], db: Database, commands: int, events: int, n_lo
         events=events,
         locks=n_locks,
         applied=applied,
+        late=after["stale"] - before["stale"],
         rejected=after["rejected"] - before["rejected"],
     )
 
@@ -276,16 +279,17 @@ def report(result: RelayResult) -> str:
         ],
     ) + table(
         f"Lock events: {result.events} state reports (QoS 1) from {result.locks} locks",
-        ["path", "events/s", "ratio", "applied once", "lost or doubled"],
+        ["path", "events/s", "ratio", "in the feed once", "late or repeated", "lost or doubled"],
         [
             [
                 "relay -> devices -> PostgreSQL + Firestore mirror",
                 result.relay_rate,
                 f"{result.relay_rate / result.plain_rate:.2f}x",
                 f"{result.applied} of {result.events}",
+                result.late,
                 abs(result.events - result.applied),
             ],
-            ["plain MQTT subscriber", result.plain_rate, "1.00x", "", ""],
+            ["plain MQTT subscriber", result.plain_rate, "1.00x", "", "", ""],
         ],
     )
 
