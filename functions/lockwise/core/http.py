@@ -21,7 +21,7 @@ from werkzeug.exceptions import MethodNotAllowed as WzMethodNotAllowed
 from werkzeug.exceptions import NotFound as WzNotFound
 from werkzeug.routing import Map, Rule
 
-from lockwise.core import errors, inputs, server_errors
+from lockwise.core import errors, inputs, server_errors, whole_requests
 from lockwise.core.config import Settings, get_settings
 from lockwise.core.headers import SERVICE_TOKEN_HEADER
 from lockwise.core.log import event, request_id_var
@@ -135,6 +135,7 @@ class Api:
         if flask.has_app_context():  # loaded by functions-framework: its own routes' errors answer as ours do
             flask.current_app.register_error_handler(HTTPException, self._platform_error)
         server_errors.answer_in_json()  # and so do the requests its web server refuses before Flask sees them
+        whole_requests.serve_whole_requests()  # and a slow client holds none of its threads
 
     def _platform_error(self, exc: HTTPException) -> flask.Response:
         """A request functions-framework's routes refuse before our function runs (a path its ``<path:path>`` rule

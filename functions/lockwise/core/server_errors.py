@@ -34,6 +34,7 @@ else:
 CODES = {
     400: "malformed_request",
     403: "forbidden",
+    408: "request_timeout",
     414: "request_line_too_long",
     417: "expectation_failed",
     431: "header_fields_too_large",

@@ -1,0 +1,126 @@
+"""Clients that send their requests slowly hold none of a function's threads (``lockwise.core.whole_requests``).
+
+Attack run: 20 clients each sending a header line every 2 s left the devices function answering nobody, since
+gunicorn's threads read requests themselves. The function here is served as deployed, by functions-framework.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from infra.local import services
+from lockwise.core import whole_requests
+
+#: more slow clients than the function has threads (functions-framework: four a core)
+SLOW_CLIENTS = 48
+
+
+@pytest.fixture
+def devices(tmp_path: Path, stack_env: dict[str, str]) -> Iterator[services.FunctionServer]:
+    server = services.start_function("devices", services.free_port(), stack_env, tmp_path)
+    yield server
+    server.stop()
+
+
+def connect(server: services.FunctionServer) -> socket.socket:
+    return socket.create_connection(("127.0.0.1", server.port), timeout=30)
+
+
+def answer(sock: socket.socket) -> tuple[int, dict[str, Any]]:
+    """The status and JSON body of the one answer on ``sock`` (read until the server closes or the body is in)."""
+    got = b""
+    while b"\r\n\r\n" not in got or len(got.partition(b"\r\n\r\n")[2]) < _length(got):
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        got += chunk
+    head, _, body = got.partition(b"\r\n\r\n")
+    return int(head.split()[1]), json.loads(body[: _length(got)])
+
+
+def _length(got: bytes) -> int:
+    for line in got.partition(b"\r\n\r\n")[0].split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            return int(value)
+    return 0
+
+
+def health(server: services.FunctionServer) -> int:
+    with urllib.request.urlopen(f"{server.url}/devices/health", timeout=10) as resp:
+        return int(resp.status)
+
+
+def test_clients_sending_slowly_do_not_keep_others_from_an_answer(devices: services.FunctionServer) -> None:
+    stop = threading.Event()
+    socks: list[socket.socket] = []
+
+    def trickle(head_only: bool) -> None:
+        sock = connect(devices)
+        socks.append(sock)
+        if head_only:  # a header line every second, never the blank line
+            sock.sendall(b"GET /devices/health HTTP/1.1\r\nHost: x\r\n")
+            while not stop.wait(1):
+                sock.sendall(b"X-Slow: 1\r\n")
+        else:  # a whole head, then a body announced and never sent
+            sock.sendall(b"POST /devices/provision HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n{")
+
+    threads = [threading.Thread(target=trickle, args=(i % 2 == 0,), daemon=True) for i in range(SLOW_CLIENTS)]
+    try:
+        for thread in threads:
+            thread.start()
+        time.sleep(2)
+        assert len(socks) == SLOW_CLIENTS
+        assert health(devices) == 200  # a thread for it: before, this timed out
+        with connect(devices) as sock:  # and a request with a body, refused by the function itself
+            body = b'{"code": "not-a-code"}'
+            sock.sendall(
+                b"POST /devices/provision HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+            )
+            status, error = answer(sock)
+        assert 400 <= status < 500 and error["error"]["code"]
+    finally:
+        stop.set()
+        for sock in socks:
+            sock.close()
+
+
+def test_a_request_not_in_by_its_deadline_is_answered_408_and_closed(devices: services.FunctionServer) -> None:
+    """The head must be in ``HEAD_S`` after the connection; a body then keeps its deadline only by coming in."""
+    with connect(devices) as no_end, connect(devices) as stalled_body:
+        t0 = time.monotonic()
+        no_end.sendall(b"GET /devices/health HTTP/1.1\r\nHost: x\r\n")
+        stalled_body.sendall(b"POST /devices/provision HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{")
+        for sock, limit in ((no_end, whole_requests.HEAD_S), (stalled_body, whole_requests.BODY_GRACE_S)):
+            status, body = answer(sock)
+            assert (status, body["error"]["code"]) == (408, "request_timeout")
+            assert sock.recv(1) == b""  # closed
+            assert time.monotonic() - t0 < limit + 5
+    assert health(devices) == 200
+
+
+def test_requests_sent_together_on_one_connection_are_each_answered(devices: services.FunctionServer) -> None:
+    """Keep-alive and pipelining still work: what one request's read took of the next is handed on with it."""
+    one = b"GET /devices/health HTTP/1.1\r\nHost: x\r\n\r\n"
+    chunked = (
+        b"POST /devices/provision HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b'Transfer-Encoding: chunked\r\n\r\n4\r\n{"co\r\n10\r\nde": "not-a-code\r\n2\r\n"}\r\n0\r\n\r\n'
+    )
+    with connect(devices) as sock:
+        sock.sendall(one + chunked + one)
+        got = b""
+        deadline = time.monotonic() + 20
+        while got.count(b"HTTP/1.1 ") < 3 and time.monotonic() < deadline:
+            got += sock.recv(65536)
+    statuses = [int(part.split(b" ", 1)[0]) for part in got.split(b"HTTP/1.1 ")[1:]]
+    assert statuses[0] == 200 and 400 <= statuses[1] < 500 and statuses[2] == 200, got[:500]
