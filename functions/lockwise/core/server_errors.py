@@ -37,9 +37,11 @@ CODES = {
     408: "request_timeout",
     414: "request_line_too_long",
     417: "expectation_failed",
+    413: "payload_too_large",
     431: "header_fields_too_large",
     500: "internal",
     501: "unsupported_transfer_coding",
+    503: "overloaded",
 }
 #: the parser's message quotes what it refused (the request line, a header): kept short
 MESSAGE_MAX = 200
@@ -49,7 +51,7 @@ def error_response(status: int, reason: str, message: str) -> bytes:
     """The whole HTTP answer (status line, headers, JSON body) for a request gunicorn refused."""
     code = CODES.get(status, "bad_request" if 400 <= status < 500 else "internal")
     text = message[:MESSAGE_MAX] if message else reason
-    if status >= 500:
+    if status >= 500 and status != 503:
         text = "internal error; quote the request id when reporting it"
     err = errors.LockwiseError(text, code=code)
     body = json.dumps(errors.error_body(err, uuid.uuid4().hex), separators=(",", ":")).encode()

@@ -3,16 +3,19 @@
 functions-framework serves each function through gunicorn's threaded worker (``gthread``, four threads a core),
 whose threads read the request themselves. A client that sends its request slowly holds a thread for as long as it
 likes: 20 clients each sending one header line every 2 s left the devices function answering nobody (a health check
-timed out after 10 s; measured on the local stack). Google's front end stands before a deployed function; the local
+timed out after 10 s; measured on the local stack). A deployed function has Google's front end before it; the local
 stack and a self-hosted deployment have nothing in front.
 
-:class:`WholeRequestWorker` reads a request's head, and its body up to ``MAX_BODY_BYTES`` by ``Content-Length``,
-(or chunked, to its last chunk), into memory in gunicorn's event loop (the thread that accepts connections, which
-never blocks on one), and hands the connection to a thread only once the request is whole. A request not whole by
-its deadline (``HEAD_S`` for the head; then ``BODY_GRACE_S``, plus 1 s for every ``MIN_BODY_RATE`` bytes of body
-that come, as Apache's ``mod_reqtimeout`` does) is answered 408 in the API's JSON shape and the connection closed;
-a head over ``MAX_HEAD_BYTES`` is answered 431. A request with ``Expect: 100-continue`` (its client waits for the
-"100 Continue" a thread sends) is handed over at its head, as is everything when ``MAX_HELD_BYTES`` are held.
+:class:`WholeRequestWorker` reads each request into memory in gunicorn's event loop (the thread that accepts
+connections, which never waits on one of them) and hands the connection to a thread only once the request is whole,
+judged by gunicorn's own parser: its head parsed by gunicorn's ``Request``, its body in to its ``Content-Length`` or
+to its last chunk and trailers (each chunk size line checked by gunicorn's chunked reader). A request gunicorn would
+refuse is handed over as soon as the bytes that make it wrong are in, so the thread refuses it at once, as before.
+The loop answers itself, in the API's JSON shape, and closes the connection: 408 for a request not whole by its
+deadline (``HEAD_S`` for the head; then ``BODY_GRACE_S`` plus 1 s for every ``MIN_BODY_RATE`` bytes of body that
+come, as Apache's ``mod_reqtimeout`` does, and never past ``BODY_MAX_S``), 431 for a head over ``MAX_HEAD_BYTES``,
+413 for a body over ``MAX_BODY_BYTES``, 503 while ``MAX_HELD_BYTES`` are held for all connections together. A client
+that asked for ``100 Continue`` gets it from the loop (and once more from the thread, which RFC 9110 allows).
 
 :func:`serve_whole_requests` makes functions-framework's gunicorn use it (``main.py`` runs it through
 ``lockwise.core.http.Api`` as it loads, in the master, before gunicorn starts).
@@ -33,118 +36,132 @@ from lockwise.core import server_errors
 
 log = logging.getLogger("lockwise.core.whole_requests")
 
-#: the head (request line and headers) must be in this long after the first byte could be sent
+#: the head (request line and headers) must be in this long after the connection could send it
 HEAD_S = 10.0
-#: the body then has this long, plus its length at ``MIN_BODY_RATE``
+#: the body then has this long, plus 1 s for every ``MIN_BODY_RATE`` bytes that come ...
 BODY_GRACE_S = 10.0
-#: bytes a second a body must average (a 3 s clip of 44.1 kHz PCM16 is 265 KB: 16 s more at this rate)
-MIN_BODY_RATE = 16 * 1024
-#: a head longer than this is refused (gunicorn's own limits: 100 fields of 8,190 bytes; functions-framework lifts
-#: the request line's)
+MIN_BODY_RATE = 8 * 1024
+#: ... and never more than this after the head (the deployed functions' own request timeout is 30-60 s)
+BODY_MAX_S = 60.0
+#: a longer head is refused 431 (gunicorn's limits: 100 fields of 8,190 bytes; functions-framework lifts the request
+#: line's)
 MAX_HEAD_BYTES = 64 * 1024
-#: a body longer than this is handed to a thread at its head (the largest a function takes: five 10 s clips of 48 kHz
-#: stereo in base64, 12.8 MB; a function refuses a longer one by its length, unread)
+#: a longer body is refused 413 (the largest a function takes: five 10 s clips of 48 kHz stereo in base64, 12.8 MB;
+#: each function refuses a body over its own limit)
 MAX_BODY_BYTES = 16 * 1024 * 1024
-#: past this much held for all connections together, a request is handed to a thread as soon as its head is in
+#: past this much held for all connections together, a connection that sends more is refused 503
 MAX_HELD_BYTES = 128 * 1024 * 1024
 RECV_BYTES = 256 * 1024
-#: a chunk's size line longer than this is malformed (the thread's parser refuses it)
-MAX_CHUNK_LINE = 4096
 
 try:
+    from gunicorn.http.body import ChunkedReader, LengthReader
+    from gunicorn.http.errors import NoMoreData
+    from gunicorn.http.message import Request
+    from gunicorn.http.unreader import IterUnreader
     from gunicorn.http2.negotiation import prior_knowledge_allowed
     from gunicorn.workers.gthread import ThreadWorker
 except ImportError:  # not served by gunicorn (Flask's test client, a platform without it)
     ThreadWorker = object
 
-    def prior_knowledge_allowed(cfg: Any, peer_addr: Any) -> bool:
-        return False
+
+class Refused(Exception):
+    """The loop answers the request itself: ``status``, ``reason``, ``message``."""
+
+    def __init__(self, status: int, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.reason, self.message = status, reason, message
 
 
 @dataclass
 class Filling:
     """What a connection has sent of its request so far, and by when the rest must come."""
 
+    cfg: Any
+    peer: Any
     deadline: float
     buf: bytearray = field(default_factory=bytearray)
-    head_end: int = -1  # index just past the head's blank line, once seen
-    head_at: float = 0.0  # when the head was in
-    body_length: int | None = None  # by Content-Length
-    chunked: bool = False  # by its chunks (Transfer-Encoding)
-    handed_at_head: bool = False  # 100-continue, no body, or a length the parser must judge
-    next_chunk: int = 0  # where the next chunk's size line of a chunked body starts (0: at the body's start)
+    head_end: int = -1  # index just past the head, once gunicorn's parser took it
+    head_at: float = 0.0
+    searched: int = 0  # how far the buffer was searched for the head's end
+    body_length: int | None = None  # by Content-Length; None with a chunked body
+    chunks: Any = None  # gunicorn's ChunkedReader for this request, to check each chunk size line
+    next_chunk: int = 0  # where the next chunk size line starts
+    in_trailers: int = -1  # where the trailers start, once the last chunk is in
+    whole: bool = False  # a thread may take it: whole, or wrong in bytes already in (the thread refuses it)
+    continue_wanted: bool = False  # the client waits for "100 Continue" before its body
 
     def add(self, data: bytes, now: float) -> None:
+        """Take ``data``; raises :class:`Refused` when the loop must answer."""
         self.buf += data
         if self.head_end < 0:
-            end = self.buf.find(b"\r\n\r\n")
-            if end < 0:
-                return
-            self.head_end, self.head_at = end + 4, now
-            self._read_head(bytes(self.buf[: self.head_end]))
-        # the body keeps its deadline only by coming in: BODY_GRACE_S, plus 1 s for every MIN_BODY_RATE bytes in
-        self.deadline = self.head_at + BODY_GRACE_S + (len(self.buf) - self.head_end) / MIN_BODY_RATE
+            self._try_head(now)
+        if self.head_end >= 0 and not self.whole:
+            self._try_body()
+            body = len(self.buf) - self.head_end
+            self.deadline = self.head_at + min(BODY_MAX_S, BODY_GRACE_S + body / MIN_BODY_RATE)
 
-    def _read_head(self, head: bytes) -> None:
-        lengths, coded, continues = set(), False, False
-        for line in head.split(b"\r\n")[1:]:
-            name, _, value = line.partition(b":")
-            name = name.strip().lower()
-            if name == b"content-length":
-                lengths.add(value.strip())
-            elif name == b"transfer-encoding":
-                coded = True
-            elif name == b"expect" and value.strip().lower() == b"100-continue":
-                continues = True  # the client waits for the thread's "100 Continue" before its body
-        if continues:
-            self.handed_at_head = True
-        elif coded:
-            self.chunked = True  # (the parser in the thread judges the coding and refuses a bad one)
-        elif len(lengths) == 1 and (text := lengths.pop()).isdigit() and int(text) <= MAX_BODY_BYTES:
-            self.body_length = int(text)
-        else:  # no body, several lengths, a bad one or one too long: the parser or the function refuses it
-            self.handed_at_head = True
+    def _try_head(self, now: float) -> None:
+        # gunicorn's parser runs only once the buffer holds a line ending twice (CRLF CRLF, or a bare LF it refuses)
+        start, self.searched = max(0, self.searched - 3), len(self.buf)
+        if self.buf.find(b"\n\r\n", start) < 0 and self.buf.find(b"\n\n", start) < 0:
+            if len(self.buf) > MAX_HEAD_BYTES:
+                raise Refused(431, "Request Header Fields Too Large", f"request head over {MAX_HEAD_BYTES} bytes")
+            return
+        unreader = IterUnreader([bytes(self.buf)])
+        try:
+            req = Request(self.cfg, unreader, self.peer)
+        except NoMoreData:  # not the end of the head after all
+            return
+        except Exception:  # noqa: BLE001 - gunicorn refuses it from these bytes: so will the thread, at once
+            self.whole = True
+            return
+        self.head_end, self.head_at = len(self.buf) - len(unreader.take_buffered()), now
+        reader = req.body.reader
+        if isinstance(reader, LengthReader):
+            if reader.length > MAX_BODY_BYTES:
+                raise Refused(413, "Content Too Large", f"body over {MAX_BODY_BYTES} bytes")
+            self.body_length = reader.length
+        elif isinstance(reader, ChunkedReader):
+            self.chunks, self.next_chunk = reader, self.head_end
+        else:  # a body gunicorn reads another way: the thread reads it, as before
+            self.whole = True
+            return
+        self.continue_wanted = bool(req._expected_100_continue)
 
-    def whole(self) -> bool:
-        """Enough is in for a thread to read the request without waiting on the client."""
-        if self.head_end < 0:
-            return False
-        if self.handed_at_head:
-            return True
-        if self.chunked:
-            return self._chunks_in()
-        return len(self.buf) - self.head_end >= (self.body_length or 0)
-
-    def _chunks_in(self) -> bool:
-        """A chunked body is in to its last chunk and trailers, or is malformed (the thread's parser refuses it) or
-        over ``MAX_BODY_BYTES``: each chunk's size line is read once (``next_chunk``)."""
-        buf = self.buf
-        if len(buf) - self.head_end > MAX_BODY_BYTES:
-            return True
-        while True:
-            pos = self.next_chunk or self.head_end
-            eol = buf.find(b"\r\n", pos)
+    def _try_body(self) -> None:
+        body = len(self.buf) - self.head_end
+        if body > MAX_BODY_BYTES:
+            raise Refused(413, "Content Too Large", f"body over {MAX_BODY_BYTES} bytes")
+        if self.chunks is None:
+            self.whole = body >= (self.body_length or 0)
+            return
+        while self.in_trailers < 0:  # walk the chunks: each size line as gunicorn's chunked reader reads it
+            eol = self.buf.find(b"\r\n", self.next_chunk)
             if eol < 0:
-                return len(buf) - pos > MAX_CHUNK_LINE
-            size = buf[pos:eol].split(b";", 1)[0].strip()
-            if not size or len(size) > 16 or size.strip(b"0123456789abcdefABCDEF"):
-                return True  # not a chunk size
-            if int(size, 16) == 0:  # the last chunk: trailer lines end at a blank line
-                return buf.startswith(b"\r\n", eol + 2) or buf.find(b"\r\n\r\n", eol) >= 0
-            end = eol + 2 + int(size, 16)
-            if len(buf) < end + 2:
-                return False
-            if buf[end : end + 2] != b"\r\n":
-                return True  # a chunk longer than its size says
-            self.next_chunk = end + 2
-
-    @property
-    def head_in(self) -> bool:
-        return self.head_end >= 0
-
-    @property
-    def head_too_long(self) -> bool:
-        return self.head_end < 0 and len(self.buf) > MAX_HEAD_BYTES
+                if len(self.buf) - self.next_chunk > self.chunks.limit_chunk_size_line:
+                    self.whole = True  # gunicorn refuses a line this long
+                return
+            line = bytes(self.buf[self.next_chunk : eol + 2])
+            try:  # (an empty trailer section after it, so that the last chunk's line parses alone too)
+                size, _ = self.chunks.parse_chunk_size(IterUnreader([]), data=line + b"\r\n")
+            except Exception:  # noqa: BLE001 - a size line gunicorn refuses
+                self.whole = True
+                return
+            if size == 0:
+                self.in_trailers = eol + 2
+                break
+            end = eol + 2 + size
+            if len(self.buf) < end + 2:
+                return
+            self.next_chunk = end + 2  # (the thread refuses a chunk whose CRLF is missing)
+            if self.buf[end : end + 2] != b"\r\n":
+                self.whole = True
+                return
+        trailers = self.buf[self.in_trailers :]
+        if trailers.startswith(b"\r\n") or trailers.find(b"\r\n\r\n") >= 0:
+            self.whole = True
+        elif len(trailers) > self.chunks.limit_trailer_section or trailers.count(b"\n") != trailers.count(b"\r\n"):
+            self.whole = True  # gunicorn refuses trailers this long, or with a bare LF
 
 
 class WholeRequestWorker(ThreadWorker):  # type: ignore[misc]
@@ -163,17 +180,12 @@ class WholeRequestWorker(ThreadWorker):  # type: ignore[misc]
             conn.lockwise_whole = False
             super().enqueue_req(conn)
             return
-        now = time.monotonic()
-        filling = Filling(deadline=now + HEAD_S)
-        if conn.parser is not None:  # a kept-alive connection: what the last request's read left over comes first
-            left = conn.parser.unreader.take_buffered()
-            filling.add(left, now)
-            self.held += len(left)
+        filling = Filling(self.cfg, conn.client, deadline=time.monotonic() + HEAD_S)
         conn.sock.setblocking(False)
         self.filling[conn] = filling
         self.poller.register(conn.sock, selectors.EVENT_READ, partial(self._readable, conn))
-        if filling.whole():  # the read-ahead held a whole request
-            self._hand_over(conn)
+        if conn.parser is not None:  # a kept-alive connection: what the last request's read left over comes first
+            self._take(conn, filling, conn.parser.unreader.take_buffered())
 
     def _readable(self, conn: Any, _sock: Any) -> None:
         filling = self.filling.get(conn)
@@ -185,14 +197,32 @@ class WholeRequestWorker(ThreadWorker):  # type: ignore[misc]
             return
         except OSError:
             data = b""
-        if not data:  # the client went away before its request was in
+        if data:
+            self._take(conn, filling, data)
+        elif filling.head_end >= 0:  # gone mid-body: the thread answers what gunicorn answers (it reads the end)
+            self._hand_over(conn)
+        else:  # gone before its head was in
             self._close(conn)
+
+    def _take(self, conn: Any, filling: Filling, data: bytes) -> None:
+        if not data:
             return
-        filling.add(data, time.monotonic())
         self.held += len(data)
-        if filling.head_too_long:
-            self._refuse(conn, 431, "Request Header Fields Too Large", f"request head over {MAX_HEAD_BYTES} bytes")
-        elif filling.whole() or (filling.head_in and self.held > MAX_HELD_BYTES):
+        try:
+            had_head = filling.head_end >= 0
+            filling.add(data, time.monotonic())
+            if self.held > MAX_HELD_BYTES:
+                raise Refused(503, "Service Unavailable", "too many requests being received; try again shortly")
+        except Refused as refused:
+            self._refuse(conn, refused.status, refused.reason, refused.message)
+            return
+        except Exception:  # noqa: BLE001 - never the event loop's end: gunicorn's thread reads it, as before
+            log.exception("reading a request in the event loop failed; a thread reads it")
+            filling.whole = True
+        if filling.continue_wanted and not had_head and not filling.whole:
+            with contextlib.suppress(OSError):  # (the thread sends it once more; RFC 9110 allows several)
+                conn.sock.send(b"HTTP/1.1 100 Continue\r\n\r\n")
+        if filling.whole:
             self._hand_over(conn)
 
     def _hand_over(self, conn: Any) -> None:
@@ -225,8 +255,7 @@ class WholeRequestWorker(ThreadWorker):  # type: ignore[misc]
         super().murder_pending()
         now = time.monotonic()
         for conn in [c for c, f in self.filling.items() if f.deadline <= now]:
-            got = self.filling[conn]
-            log.info("request not in by its deadline: %d bytes received, closed", len(got.buf))
+            log.info("request not in by its deadline: %d bytes received, closed", len(self.filling[conn].buf))
             self._refuse(conn, 408, "Request Timeout", "the request did not arrive in time")
 
 
