@@ -120,7 +120,16 @@ REFUSED_AT_ONCE = [
     # over 4,300 digits, which Python's int() refuses: the first cut ended the worker with it
     (b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: " + b"0" * 4400 + b"5\r\n\r\nhello", 400, "malformed_request"),
     (b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999999999999999\r\n\r\n", 413, "payload_too_large"),
-    (b"GET /" + b"a" * 70_000, 431, "header_fields_too_large"),
+    (b"GET /" + b"a" * 70_000, 414, "request_line_too_long"),
+    (b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 70_000, 431, "header_fields_too_large"),
+    (b"BAD\r\nHost: x\r\n", 400, "malformed_request"),  # a bad request line: refused before the head is in
+    # 16 MiB of 1-byte chunks held the event loop for 6.7 s (attack run): a body of that many chunks is refused
+    (
+        b"POST /x HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+        + b"1\r\nx\r\n" * (whole_requests.MAX_CHUNKS + 1),
+        400,
+        "malformed_request",
+    ),
     (b"GET / HTTP/1.1\nHost: x\n\n", 400, "malformed_request"),  # bare LF: refused at once, not at the deadline
     (b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n", 400, "malformed_request"),
 ]
@@ -165,3 +174,19 @@ def test_requests_sent_together_on_one_connection_are_each_answered(devices: ser
             got += sock.recv(65536)
     statuses = [int(part.split(b" ", 1)[0]) for part in got.split(b"HTTP/1.1 ")[1:]]
     assert statuses[0] == 200 and 400 <= statuses[1] < 500 and statuses[2] == 200, got[:500]
+
+
+def test_connections_that_close_slowly_hold_up_nobody(devices: services.FunctionServer) -> None:
+    """A connection that is not kept alive is closed gracefully (a FIN, then what the client still sends read for up
+    to 2 s): gunicorn waited for that in its event loop, so clients that kept their end open after the answer held
+    up every other connection for 2 s each (attack run: fresh requests took 17-19 s)."""
+    kept_open = [connect(devices) for _ in range(10)]
+    try:
+        for sock in kept_open:
+            sock.settimeout(5)  # the answers took 14 s when the closes were waited for one after another
+            sock.sendall(b"GET /devices/nowhere HTTP/1.0\r\n\r\n")
+        assert [answer(sock)[0] for sock in kept_open] == [404] * 10  # answered, and never closed from this end
+        assert health(devices) == 200
+    finally:
+        for sock in kept_open:
+            sock.close()

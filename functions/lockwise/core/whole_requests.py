@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import selectors
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -51,6 +52,12 @@ MAX_HEAD_BYTES = 64 * 1024
 MAX_BODY_BYTES = 16 * 1024 * 1024
 #: past this much held for all connections together, a connection that sends more is refused 503
 MAX_HELD_BYTES = 128 * 1024 * 1024
+#: a chunked body of more chunks is refused (walking one costs the event loop a few microseconds: 16 MiB of 1-byte
+#: chunks held it for 6.7 s in an attack run; a client that sends chunks sends kilobytes at a time)
+MAX_CHUNKS = 16_384
+#: a closing connection's end: what the client still sends is read and dropped for this long, up to this much
+LINGER_S = 2.0
+LINGER_BYTES = 64 * 1024
 RECV_BYTES = 256 * 1024
 
 try:
@@ -80,11 +87,13 @@ class Filling:
     peer: Any
     deadline: float
     buf: bytearray = field(default_factory=bytearray)
+    line_checked: bool = False  # the request line went through gunicorn's parser once it was in
+    searched: int = 0  # how far the buffer was searched for the head's end
     head_end: int = -1  # index just past the head, once gunicorn's parser took it
     head_at: float = 0.0
-    searched: int = 0  # how far the buffer was searched for the head's end
     body_length: int | None = None  # by Content-Length; None with a chunked body
     chunks: Any = None  # gunicorn's ChunkedReader for this request, to check each chunk size line
+    chunk_count: int = 0
     next_chunk: int = 0  # where the next chunk size line starts
     in_trailers: int = -1  # where the trailers start, once the last chunk is in
     whole: bool = False  # a thread may take it: whole, or wrong in bytes already in (the thread refuses it)
@@ -100,22 +109,39 @@ class Filling:
             body = len(self.buf) - self.head_end
             self.deadline = self.head_at + min(BODY_MAX_S, BODY_GRACE_S + body / MIN_BODY_RATE)
 
-    def _try_head(self, now: float) -> None:
-        # gunicorn's parser runs only once the buffer holds a line ending twice (CRLF CRLF, or a bare LF it refuses)
-        start, self.searched = max(0, self.searched - 3), len(self.buf)
-        if self.buf.find(b"\n\r\n", start) < 0 and self.buf.find(b"\n\n", start) < 0:
-            if len(self.buf) > MAX_HEAD_BYTES:
-                raise Refused(431, "Request Header Fields Too Large", f"request head over {MAX_HEAD_BYTES} bytes")
-            return
-        unreader = IterUnreader([bytes(self.buf)])
+    def _parse(self, head: bytes) -> Any:
+        """gunicorn's ``Request`` over ``head`` (None: it needs more; ``whole`` set: it refuses these bytes)."""
+        unreader = IterUnreader([head])
         try:
             req = Request(self.cfg, unreader, self.peer)
-        except NoMoreData:  # not the end of the head after all
-            return
+        except NoMoreData:
+            return None
         except Exception:  # noqa: BLE001 - gunicorn refuses it from these bytes: so will the thread, at once
             self.whole = True
+            return None
+        req.lockwise_rest = len(unreader.take_buffered())
+        return req
+
+    def _try_head(self, now: float) -> None:
+        start, self.searched = max(0, self.searched - 3), len(self.buf)
+        if not self.line_checked and self.buf.find(b"\n", start) >= 0:  # a bad request line is refused at once
+            self.line_checked = True
+            self._parse(bytes(self.buf))
+            if self.whole:
+                return
+        # then gunicorn's parser runs once a line ends twice (CRLF CRLF, or a bare LF it refuses), over the head only
+        ends = [i + n for i, n in ((self.buf.find(b"\n\r\n", start), 3), (self.buf.find(b"\n\n", start), 2)) if i >= 0]
+        if not ends:
+            if len(self.buf) > MAX_HEAD_BYTES:
+                if not self.line_checked:
+                    raise Refused(414, "URI Too Long", f"request line over {MAX_HEAD_BYTES} bytes")
+                raise Refused(431, "Request Header Fields Too Large", f"request head over {MAX_HEAD_BYTES} bytes")
             return
-        self.head_end, self.head_at = len(self.buf) - len(unreader.take_buffered()), now
+        end = min(ends)
+        req = self._parse(bytes(self.buf[:end]))
+        if req is None:
+            return
+        self.head_end, self.head_at = end - req.lockwise_rest, now
         reader = req.body.reader
         if isinstance(reader, LengthReader):
             if reader.length > MAX_BODY_BYTES:
@@ -129,18 +155,20 @@ class Filling:
         self.continue_wanted = bool(req._expected_100_continue)
 
     def _try_body(self) -> None:
-        body = len(self.buf) - self.head_end
-        if body > MAX_BODY_BYTES:
-            raise Refused(413, "Content Too Large", f"body over {MAX_BODY_BYTES} bytes")
-        if self.chunks is None:
-            self.whole = body >= (self.body_length or 0)
+        if self.chunks is None:  # (what follows the body is the next request's)
+            self.whole = len(self.buf) - self.head_end >= (self.body_length or 0)
             return
+        if len(self.buf) - self.head_end > MAX_BODY_BYTES:
+            raise Refused(413, "Content Too Large", f"body over {MAX_BODY_BYTES} bytes")
         while self.in_trailers < 0:  # walk the chunks: each size line as gunicorn's chunked reader reads it
             eol = self.buf.find(b"\r\n", self.next_chunk)
             if eol < 0:
                 if len(self.buf) - self.next_chunk > self.chunks.limit_chunk_size_line:
                     self.whole = True  # gunicorn refuses a line this long
                 return
+            self.chunk_count += 1
+            if self.chunk_count > MAX_CHUNKS:
+                raise Refused(400, "Bad Request", f"a chunked body of more than {MAX_CHUNKS} chunks")
             line = bytes(self.buf[self.next_chunk : eol + 2])
             try:  # (an empty trailer section after it, so that the last chunk's line parses alone too)
                 size, _ = self.chunks.parse_chunk_size(IterUnreader([]), data=line + b"\r\n")
@@ -148,7 +176,7 @@ class Filling:
                 self.whole = True
                 return
             if size == 0:
-                self.in_trailers = eol + 2
+                self.in_trailers = self.searched = eol + 2
                 break
             end = eol + 2 + size
             if len(self.buf) < end + 2:
@@ -157,11 +185,19 @@ class Filling:
             if self.buf[end : end + 2] != b"\r\n":
                 self.whole = True
                 return
-        trailers = self.buf[self.in_trailers :]
-        if trailers.startswith(b"\r\n") or trailers.find(b"\r\n\r\n") >= 0:
+        # the trailers: searched from where the last read left off, as gunicorn's chunked reader does
+        new, self.searched = max(self.in_trailers, self.searched), len(self.buf)
+        if self.buf.startswith(b"\r\n", self.in_trailers) or self.buf.find(b"\r\n\r\n", max(0, new - 3)) >= 0:
             self.whole = True
-        elif len(trailers) > self.chunks.limit_trailer_section or trailers.count(b"\n") != trailers.count(b"\r\n"):
-            self.whole = True  # gunicorn refuses trailers this long, or with a bare LF
+            return
+        lf = self.buf.find(b"\n", new)
+        while lf >= 0:
+            if self.buf[lf - 1] != 0x0D:
+                self.whole = True  # gunicorn refuses a bare LF there
+                return
+            lf = self.buf.find(b"\n", lf + 1)
+        if len(self.buf) - self.in_trailers > MAX_HEAD_BYTES:
+            raise Refused(431, "Request Header Fields Too Large", f"trailers over {MAX_HEAD_BYTES} bytes")
 
 
 class WholeRequestWorker(ThreadWorker):  # type: ignore[misc]
@@ -171,6 +207,7 @@ class WholeRequestWorker(ThreadWorker):  # type: ignore[misc]
         super().__init__(*args, **kwargs)
         self.filling: dict[Any, Filling] = {}
         self.held = 0  # bytes held for all of them
+        self.lingering: dict[Any, list[float]] = {}  # connections closing: [deadline, bytes drained]
 
     def enqueue_req(self, conn: Any) -> None:
         """Called for a new connection, a kept-alive one that became readable and one with read-ahead left: read
@@ -180,6 +217,8 @@ class WholeRequestWorker(ThreadWorker):  # type: ignore[misc]
             conn.lockwise_whole = False
             super().enqueue_req(conn)
             return
+        if "close" not in vars(conn):  # its graceful close lingers in the loop, not blocking it (close_graceful)
+            conn.close = partial(self._close_gracefully, conn, conn.close)
         filling = Filling(self.cfg, conn.client, deadline=time.monotonic() + HEAD_S)
         conn.sock.setblocking(False)
         self.filling[conn] = filling
@@ -202,17 +241,16 @@ class WholeRequestWorker(ThreadWorker):  # type: ignore[misc]
         elif filling.head_end >= 0:  # gone mid-body: the thread answers what gunicorn answers (it reads the end)
             self._hand_over(conn)
         else:  # gone before its head was in
-            self._close(conn)
+            self._release(conn)
+            conn.close()
 
     def _take(self, conn: Any, filling: Filling, data: bytes) -> None:
         if not data:
             return
         self.held += len(data)
+        had_head = filling.head_end >= 0
         try:
-            had_head = filling.head_end >= 0
             filling.add(data, time.monotonic())
-            if self.held > MAX_HELD_BYTES:
-                raise Refused(503, "Service Unavailable", "too many requests being received; try again shortly")
         except Refused as refused:
             self._refuse(conn, refused.status, refused.reason, refused.message)
             return
@@ -224,11 +262,13 @@ class WholeRequestWorker(ThreadWorker):  # type: ignore[misc]
                 conn.sock.send(b"HTTP/1.1 100 Continue\r\n\r\n")
         if filling.whole:
             self._hand_over(conn)
+        while self.held > MAX_HELD_BYTES:  # the connection holding the most goes, not the one that came last
+            largest = max(self.filling, key=lambda c: len(self.filling[c].buf))
+            self._refuse(largest, 503, "Service Unavailable", "too many requests being received; try again shortly")
 
     def _hand_over(self, conn: Any) -> None:
-        filling = self.filling.pop(conn)
-        self.held -= len(filling.buf)
-        self.poller.unregister(conn.sock)
+        filling = self._release(conn)
+        self.nr_conns += 1  # (still open: a thread serves it)
         conn.init()  # the plain HTTP/1 parser: no I/O without TLS or HTTP/2 by prior knowledge (enqueue_req)
         conn.parser.unreader.unread(bytes(filling.buf))
         conn.data_ready = True
@@ -236,27 +276,68 @@ class WholeRequestWorker(ThreadWorker):  # type: ignore[misc]
         conn.sock.setblocking(True)
         self.enqueue_req(conn)
 
-    def _refuse(self, conn: Any, status: int, reason: str, message: str) -> None:
-        with contextlib.suppress(OSError):
-            conn.sock.send(server_errors.error_response(status, reason, message))
-        self._close(conn)
-
-    def _close(self, conn: Any) -> None:
-        filling = self.filling.pop(conn, None)
-        self.held -= len(filling.buf) if filling else 0
+    def _release(self, conn: Any) -> Filling:
+        """Forget ``conn``'s request in the loop (the connection no longer counts towards ``worker_connections``)."""
+        filling = self.filling.pop(conn)
+        self.held -= len(filling.buf)
         with contextlib.suppress(KeyError, ValueError, OSError):
             self.poller.unregister(conn.sock)
         self.nr_conns -= 1
-        conn.close()
+        return filling
+
+    def _refuse(self, conn: Any, status: int, reason: str, message: str) -> None:
+        self._release(conn)
+        with contextlib.suppress(OSError):
+            conn.sock.send(server_errors.error_response(status, reason, message))
+        conn.close(graceful=True)
+
+    def _close_gracefully(self, conn: Any, close: Callable[..., None], graceful: bool = False) -> None:
+        """As gunicorn's ``close_graceful`` (a FIN, then what the client still sends read and dropped for up to
+        ``LINGER_S``, so that the answer is not cut off by a reset), but in the event loop, never waiting in it: it
+        waited there, and clients that kept their end open held up every other connection (attack run)."""
+        if not graceful or not self.alive:
+            close(graceful=graceful)
+            return
+        try:
+            conn.sock.setblocking(False)
+            conn.sock.shutdown(socket.SHUT_WR)
+            self.poller.register(conn.sock, selectors.EVENT_READ, partial(self._drain, conn))
+        except (OSError, ValueError, KeyError):
+            close()
+            return
+        self.lingering[conn] = [time.monotonic() + LINGER_S, 0]
+
+    def _drain(self, conn: Any, _sock: Any) -> None:
+        try:
+            data = conn.sock.recv(RECV_BYTES)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        linger = self.lingering[conn]
+        linger[1] += len(data)
+        if not data or linger[1] >= LINGER_BYTES:
+            self._end_linger(conn)
+
+    def _end_linger(self, conn: Any) -> None:
+        del self.lingering[conn]
+        with contextlib.suppress(KeyError, ValueError, OSError):
+            self.poller.unregister(conn.sock)
+        with contextlib.suppress(OSError):
+            conn.sock.close()
 
     def murder_pending(self) -> None:
-        """Also answer 408 and close every connection whose request is not in by its deadline (the event loop runs
-        this at least once a second)."""
+        """Also answer 408 and close every connection whose request is not in by its deadline, after reading what
+        it sent last, and end the lingering closes past theirs (the event loop runs this at least once a second)."""
         super().murder_pending()
         now = time.monotonic()
         for conn in [c for c, f in self.filling.items() if f.deadline <= now]:
-            log.info("request not in by its deadline: %d bytes received, closed", len(self.filling[conn].buf))
-            self._refuse(conn, 408, "Request Timeout", "the request did not arrive in time")
+            self._readable(conn, conn.sock)  # what came while the loop was busy counts
+            if conn in self.filling and self.filling[conn].deadline <= now:
+                log.info("request not in by its deadline: %d bytes received, closed", len(self.filling[conn].buf))
+                self._refuse(conn, 408, "Request Timeout", "the request did not arrive in time")
+        for conn in [c for c, (deadline, _) in self.lingering.items() if deadline <= now]:
+            self._end_linger(conn)
 
 
 def serve_whole_requests() -> None:
