@@ -24,6 +24,7 @@ that asked for ``100 Continue`` gets it from the loop (and once more from the th
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import selectors
 import socket
@@ -59,6 +60,8 @@ MAX_CHUNKS = 16_384
 LINGER_S = 2.0
 LINGER_BYTES = 64 * 1024
 RECV_BYTES = 256 * 1024
+#: out of file descriptors, the event loop waits this long before it accepts again
+ACCEPT_BACKOFF_S = 0.05
 
 try:
     from gunicorn.http.body import ChunkedReader, LengthReader
@@ -69,6 +72,15 @@ try:
     from gunicorn.workers.gthread import ThreadWorker
 except ImportError:  # not served by gunicorn (Flask's test client, a platform without it)
     ThreadWorker = object
+
+
+def _bare_lf(buf: bytearray, lf: int) -> bool:
+    """Whether a LF at or after ``lf`` in ``buf`` has no CR before it."""
+    while lf >= 0:
+        if lf == 0 or buf[lf - 1] != 0x0D:
+            return True
+        lf = buf.find(b"\n", lf + 1)
+    return False
 
 
 class Refused(Exception):
@@ -94,6 +106,8 @@ class Filling:
     body_length: int | None = None  # by Content-Length; None with a chunked body
     chunks: Any = None  # gunicorn's ChunkedReader for this request, to check each chunk size line
     chunk_count: int = 0
+    counted_chunk: int = -1  # where the last chunk counted starts
+    last_at: float = 0.0  # when the last bytes came
     next_chunk: int = 0  # where the next chunk size line starts
     in_trailers: int = -1  # where the trailers start, once the last chunk is in
     whole: bool = False  # a thread may take it: whole, or wrong in bytes already in (the thread refuses it)
@@ -102,6 +116,7 @@ class Filling:
     def add(self, data: bytes, now: float) -> None:
         """Take ``data``; raises :class:`Refused` when the loop must answer."""
         self.buf += data
+        self.last_at = now
         if self.head_end < 0:
             self._try_head(now)
         if self.head_end >= 0 and not self.whole:
@@ -124,7 +139,9 @@ class Filling:
 
     def _try_head(self, now: float) -> None:
         start, self.searched = max(0, self.searched - 3), len(self.buf)
-        if not self.line_checked and self.buf.find(b"\n", start) >= 0:  # a bad request line is refused at once
+        lf = self.buf.find(b"\n", start)
+        if lf >= 0 and (not self.line_checked or _bare_lf(self.buf, lf)):
+            # the request line once it is in, and a head with a bare LF: gunicorn refuses them from these bytes
             self.line_checked = True
             self._parse(bytes(self.buf))
             if self.whole:
@@ -166,9 +183,11 @@ class Filling:
                 if len(self.buf) - self.next_chunk > self.chunks.limit_chunk_size_line:
                     self.whole = True  # gunicorn refuses a line this long
                 return
-            self.chunk_count += 1
-            if self.chunk_count > MAX_CHUNKS:
-                raise Refused(400, "Bad Request", f"a chunked body of more than {MAX_CHUNKS} chunks")
+            if self.counted_chunk != self.next_chunk:  # (a chunk read in many pieces is one chunk)
+                self.counted_chunk = self.next_chunk
+                self.chunk_count += 1
+                if self.chunk_count > MAX_CHUNKS:
+                    raise Refused(400, "Bad Request", f"a chunked body of more than {MAX_CHUNKS} chunks")
             line = bytes(self.buf[self.next_chunk : eol + 2])
             try:  # (an empty trailer section after it, so that the last chunk's line parses alone too)
                 size, _ = self.chunks.parse_chunk_size(IterUnreader([]), data=line + b"\r\n")
@@ -226,6 +245,17 @@ class WholeRequestWorker(ThreadWorker):  # type: ignore[misc]
         if conn.parser is not None:  # a kept-alive connection: what the last request's read left over comes first
             self._take(conn, filling, conn.parser.unreader.take_buffered())
 
+    def accept(self, listener: Any) -> None:
+        """gunicorn's, but out of file descriptors it waits a moment instead of ending the worker (every connection
+        it holds with it: attack run, at ``ulimit -n 1024``)."""
+        try:
+            super().accept(listener)
+        except OSError as exc:
+            if exc.errno not in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                raise
+            log.warning("cannot accept a connection: %s", exc.strerror)
+            time.sleep(ACCEPT_BACKOFF_S)
+
     def _readable(self, conn: Any, _sock: Any) -> None:
         filling = self.filling.get(conn)
         if filling is None:
@@ -262,9 +292,9 @@ class WholeRequestWorker(ThreadWorker):  # type: ignore[misc]
                 conn.sock.send(b"HTTP/1.1 100 Continue\r\n\r\n")
         if filling.whole:
             self._hand_over(conn)
-        while self.held > MAX_HELD_BYTES:  # the connection holding the most goes, not the one that came last
-            largest = max(self.filling, key=lambda c: len(self.filling[c].buf))
-            self._refuse(largest, 503, "Service Unavailable", "too many requests being received; try again shortly")
+        while self.held > MAX_HELD_BYTES:  # the connection idle the longest goes, not the one that came last
+            idlest = min(self.filling, key=lambda c: self.filling[c].last_at)
+            self._refuse(idlest, 503, "Service Unavailable", "too many requests being received; try again shortly")
 
     def _hand_over(self, conn: Any) -> None:
         filling = self._release(conn)
@@ -295,8 +325,8 @@ class WholeRequestWorker(ThreadWorker):  # type: ignore[misc]
         """As gunicorn's ``close_graceful`` (a FIN, then what the client still sends read and dropped for up to
         ``LINGER_S``, so that the answer is not cut off by a reset), but in the event loop, never waiting in it: it
         waited there, and clients that kept their end open held up every other connection (attack run)."""
-        if not graceful or not self.alive:
-            close(graceful=graceful)
+        if not graceful:
+            close()
             return
         try:
             conn.sock.setblocking(False)
@@ -306,6 +336,7 @@ class WholeRequestWorker(ThreadWorker):  # type: ignore[misc]
             close()
             return
         self.lingering[conn] = [time.monotonic() + LINGER_S, 0]
+        self.nr_conns += 1  # (an open file all the same: it counts towards worker_connections until its end)
 
     def _drain(self, conn: Any, _sock: Any) -> None:
         try:
@@ -321,6 +352,7 @@ class WholeRequestWorker(ThreadWorker):  # type: ignore[misc]
 
     def _end_linger(self, conn: Any) -> None:
         del self.lingering[conn]
+        self.nr_conns -= 1
         with contextlib.suppress(KeyError, ValueError, OSError):
             self.poller.unregister(conn.sock)
         with contextlib.suppress(OSError):

@@ -1,0 +1,97 @@
+"""When the event loop judges a request whole (``lockwise.core.whole_requests.Filling``), byte by byte and in pieces.
+
+The served behaviour (slow clients holding no thread, the loop's own answers) is in
+``tests/integration/test_slow_clients.py``; here, that the loop hands a request over exactly when a thread can
+read it without waiting, however its bytes are split.
+"""
+
+from __future__ import annotations
+
+import pytest
+from gunicorn.config import Config
+
+from lockwise.core.whole_requests import MAX_CHUNKS, Filling, Refused
+
+POST = b"POST / HTTP/1.1\r\nHost: x\r\n"
+CHUNKED = POST + b"Transfer-Encoding: chunked\r\n\r\n"
+
+
+def feed(request: bytes, piece: int) -> int | None:
+    """How many bytes of ``request``, sent ``piece`` at a time, the loop needs to hand it over (None: never)."""
+    cfg = Config()
+    cfg.set("limit_request_line", 0)  # as functions-framework sets it
+    filling = Filling(cfg, ("127.0.0.1", 1), deadline=0.0)
+    for start in range(0, len(request), piece):
+        filling.add(request[start : start + piece], 0.0)
+        if filling.whole:
+            return min(start + piece, len(request))
+    return None
+
+
+#: whole requests: handed over with their last byte, not before
+WHOLE = [
+    b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+    POST + b"Content-Length: 3\r\n\r\nabc",
+    CHUNKED + b"2\r\n{}\r\n0\r\n\r\n",
+    CHUNKED + b"2;a=b\r\n{}\r\n0\r\nX-T: 1\r\nX-U: 2\r\n\r\n",
+    CHUNKED + b"0\r\n\r\n",
+]
+#: requests not whole yet: a thread would wait on the client
+UNFINISHED = [
+    b"GET / HTTP/1.1\r\nHost: x\r\n",
+    POST + b"Content-Length: 3\r\n\r\nab",
+    POST + b"Expect: 100-continue\r\nContent-Length: 5\r\n\r\n",
+    CHUNKED + b"2\r\n{}\r\n",
+    CHUNKED + b"000000000000000005\r\n{",  # gunicorn reads an 18-digit size
+    CHUNKED + b"5;" + b"a" * 5000,  # a size line gunicorn reads on (up to 8,190 bytes)
+    CHUNKED + b"0\r\nX-T: 1\r\n",
+]
+#: requests gunicorn refuses from these bytes: handed over at once, so that the thread refuses them at once
+WRONG = [
+    b"BAD\r\nHost: x\r\n",
+    b"GET / HTTP/1.1\nHost: x\n\n",
+    b"GET / HTTP/1.1\r\nHost: x\nA: b",
+    POST + b"Content-Length: " + b"0" * 4400 + b"5\r\n\r\nhello",  # over what Python's int() takes
+    POST + b"Content-Length: 1\r\nContent-Length: 2\r\n\r\nab",
+    POST + b"Transfer-Encoding: gzip\r\n\r\n",
+    CHUNKED + b"2\r\n{}\r\nzz\r\n",
+    CHUNKED + b"5 \r\n",
+    CHUNKED + b"2\r\n{}xx",
+    CHUNKED + b"0\r\nX-T: 1\n\r\n",
+]
+
+
+@pytest.mark.parametrize("piece", [1, 3, 7, 4096])
+def test_a_request_is_handed_over_when_whole_and_not_before(piece: int) -> None:
+    for request in WHOLE:
+        assert feed(request, piece) == len(request), request
+    for request in UNFINISHED:
+        assert feed(request, piece) is None, request
+
+
+@pytest.mark.parametrize("piece", [1, 7, 4096])
+def test_a_request_gunicorn_refuses_is_handed_over_without_waiting_for_more(piece: int) -> None:
+    for request in WRONG:
+        assert feed(request, piece) is not None, request
+
+
+def test_one_chunk_read_in_many_pieces_counts_once() -> None:
+    """Each read used to count the chunk being read again: a 1.7 MB chunk in 100-byte segments was refused."""
+    size = (MAX_CHUNKS + 10) * 10
+    request = CHUNKED + b"%x\r\n" % size + b"a" * size + b"\r\n0\r\n\r\n"
+    assert feed(request, 10) == len(request)
+
+
+@pytest.mark.parametrize(
+    ("request_", "status"),
+    [
+        (POST + b"Content-Length: 99999999999999999999\r\n\r\n", 413),
+        (b"GET /" + b"a" * 70_000, 414),
+        (b"GET / HTTP/1.1\r\nX: " + b"a" * 70_000, 431),
+        (CHUNKED + b"1\r\nx\r\n" * (MAX_CHUNKS + 1), 400),
+    ],
+)
+def test_the_loop_refuses_what_it_must_not_hold(request_: bytes, status: int) -> None:
+    with pytest.raises(Refused) as refused:
+        feed(request_, 4096)
+    assert refused.value.status == status
