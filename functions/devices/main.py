@@ -157,8 +157,9 @@ def transfer_lock(ctx: Ctx, lock_id: str) -> JsonBody:
     user, lock_id = app_user(ctx), lock_param(lock_id)
     to_uid = _uid(ctx.json().get("uid"))
     with rt.db.transaction() as con:
-        members.require(con, lock_id, user.uid, rt.now(), at_least="owner", for_update=True)
-        locks.transfer(con, lock_id, user.uid, to_uid, rt.settings.locks_per_owner)
+        now = rt.now()
+        members.require(con, lock_id, user.uid, now, at_least="owner", for_update=True)
+        locks.transfer(con, lock_id, user.uid, to_uid, rt.settings.locks_per_owner, now)
         view = locks.view(con, lock_id, "admin")
     rt.flush_mirror()
     return view

@@ -3,13 +3,15 @@ outside their window, a lock acting for another lock, and app users on the relay
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 
+from lockwise.core.runtime import get_runtime
 from lockwise.devices import lock_auth
-from tests.devices_world import ROLES, World, build_world, join, new_lock_key, provision
+from tests.devices_world import ROLES, World, bearer, build_world, join, new_lock_key, provision
 
 OK_ALL_MEMBERS = {"owner": 200, "admin": 200, "member": 200, "guest_in": 200, "guest_out": 200}
 DENIED_OUTSIDERS = {"stranger": 404, "revoked": 404}
@@ -226,3 +228,22 @@ def test_lock_signature_checks(world: World) -> None:
     revoked = lock_auth.sign_headers(world.lock_key, world.lock_id, "GET", path, b"")
     assert world.devices.get(path, headers=revoked).get_json()["error"]["code"] == "unknown_lock"
     assert world.devices.get(path, headers=forged).get_json()["error"]["code"] == "bad_lock_signature"
+
+
+def test_a_member_expired_by_the_functions_clock_cannot_be_made_owner(
+    world: World, sign_up: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The transfer judges the new owner's membership at the same moment as every other check of the request (the
+    runtime's clock), not the machine's: it used its own wall clock."""
+    expires = dt.datetime.now(dt.UTC) + dt.timedelta(days=1)
+    account = sign_up()
+    assert world.devices.get("/devices/me", headers=bearer(account)).status_code == 200
+    grant = {"role": "member", "access": {"expires_at": expires.isoformat()}}
+    join(world.devices, world.lock_id, world.accounts["owner"], account, grant)
+    monkeypatch.setattr(get_runtime("devices"), "clock", lambda: expires + dt.timedelta(hours=1))
+    resp = world.devices.post(
+        f"/devices/locks/{world.lock_id}/transfer", json={"uid": account["localId"]}, headers=world.headers("owner")
+    )
+    assert resp.status_code == 404 and resp.get_json()["error"]["code"] == "member_not_found"
+    view = world.devices.get(f"/devices/locks/{world.lock_id}", headers=world.headers("owner")).get_json()
+    assert view["role"] == "owner"

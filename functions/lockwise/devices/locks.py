@@ -133,13 +133,13 @@ def refuse_past_owned(con: Connection, uid: str, max_owned: int) -> None:
         raise errors.Conflict(f"an account may own at most {max_owned} locks", code="too_many_locks")
 
 
-def transfer(con: Connection, lock_id: str, from_uid: str, to_uid: str, max_owned: int) -> None:
-    """Make an existing active member the owner (if they may own one more); the previous owner becomes an admin."""
+def transfer(con: Connection, lock_id: str, from_uid: str, to_uid: str, max_owned: int, now: dt.datetime) -> None:
+    """Make a member active at ``now`` the owner (if they may own one more); the previous owner becomes an admin."""
     if to_uid == from_uid:
         raise errors.BadRequest("you already own this lock", code="already_owner")
     refuse_past_owned(con, to_uid, max_owned)
     target = members.get(con, lock_id, to_uid, for_update=True)
-    if target is None or not target.active(dt.datetime.now(dt.UTC)):
+    if target is None or not target.active(now):
         raise errors.NotFound("the new owner must be a current member of the lock", code="member_not_found")
     con.run(
         "UPDATE lock_members SET role = 'admin' WHERE lock_id = CAST(:l AS uuid) AND user_uid = :u",
