@@ -605,6 +605,21 @@ BAD_INPUT: list[tuple[str, str, Any, int, str]] = [
         400,
         "invalid_access",
     ),
+    # an access limit beside role instead of in access: ignored, it granted access that never ended
+    (
+        "POST",
+        "/devices/locks/{lock}/members",
+        {"uid": "x", "role": "member", "expires_at": "2030-01-01T00:00:00Z"},
+        400,
+        "invalid_access",
+    ),
+    (
+        "PATCH",
+        "/devices/locks/{lock}/members/ghost",
+        {"role": "guest", "valid_until": "2030-01-01"},
+        400,
+        "invalid_access",
+    ),
     ("POST", "/devices/locks/{lock}/transfer", {"uid": "ghost"}, 404, "member_not_found"),
     ("POST", "/devices/provision", {"code": "AAAA-BBBB", "public_key": "bm90IGEga2V5"}, 400, "invalid_public_key"),
     ("POST", "/devices/provision", {"code": 5, "public_key": "A" * 43 + "="}, 400, "invalid_code_format"),

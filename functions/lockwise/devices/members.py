@@ -259,6 +259,11 @@ def mirror_access_due(con: Connection, limit: int = 100) -> int:
 
 def parse_access(role: str, body: dict[str, Any]) -> dict[str, Any]:
     """Validate the ``access`` object of a member request into column values (400 naming the bad field)."""
+    misplaced = sorted(set(ACCESS_FIELDS) & set(body))
+    if misplaced:  # ignored like any unknown field, `expires_at` beside `role` granted access that never ended
+        raise errors.BadRequest(
+            f"{', '.join(misplaced)}: put access limits in the access object", code="invalid_access"
+        )
     raw = body.get("access") or {}
     if not isinstance(raw, dict):
         raise errors.BadRequest("access must be an object", code="invalid_access")
