@@ -74,6 +74,16 @@ except ImportError:  # not served by gunicorn (Flask's test client, a platform w
     ThreadWorker = object
 
 
+def _recv(sock: socket.socket) -> bytes | None:
+    """What a readable socket holds (b"": the client closed it or it failed; None: nothing after all)."""
+    try:
+        return sock.recv(RECV_BYTES)
+    except (BlockingIOError, InterruptedError):
+        return None
+    except OSError:
+        return b""
+
+
 def _bare_lf(buf: bytearray, lf: int) -> bool:
     """Whether a LF at or after ``lf`` in ``buf`` has no CR before it."""
     while lf >= 0:
@@ -258,14 +268,8 @@ class WholeRequestWorker(ThreadWorker):  # type: ignore[misc]
 
     def _readable(self, conn: Any, _sock: Any) -> None:
         filling = self.filling.get(conn)
-        if filling is None:
+        if filling is None or (data := _recv(conn.sock)) is None:
             return
-        try:
-            data = conn.sock.recv(RECV_BYTES)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError:
-            data = b""
         if data:
             self._take(conn, filling, data)
         elif filling.head_end >= 0:  # gone mid-body: the thread answers what gunicorn answers (it reads the end)
@@ -339,12 +343,8 @@ class WholeRequestWorker(ThreadWorker):  # type: ignore[misc]
         self.nr_conns += 1  # (an open file all the same: it counts towards worker_connections until its end)
 
     def _drain(self, conn: Any, _sock: Any) -> None:
-        try:
-            data = conn.sock.recv(RECV_BYTES)
-        except (BlockingIOError, InterruptedError):
+        if (data := _recv(conn.sock)) is None:
             return
-        except OSError:
-            data = b""
         linger = self.lingering[conn]
         linger[1] += len(data)
         if not data or linger[1] >= LINGER_BYTES:
