@@ -139,6 +139,7 @@ def test_a_report_that_comes_after_a_newer_one_is_listed_once_as_late_and_change
     assert send(("unlocking", t - 2), ("locked", t)) == ["applied", "applied"]
     assert send(("unlocked", t - 1), ("unlocked", t - 1)) == ["stale", "stale"]  # late, and delivered twice
     assert send(("unlocking", t - 2), ("locked", t)) == ["stale", "stale"]  # both delivered again
+    assert send(("unlocked", t)) == ["stale"]  # the same moment as the applied one, another state: late too
     client = firestore_client(PROJECT_ID, stack_env["FIRESTORE_EMULATOR_HOST"])
 
     def queued() -> int:
@@ -151,15 +152,21 @@ def test_a_report_that_comes_after_a_newer_one_is_listed_once_as_late_and_change
 
     wait_for(lambda: queued() == 0 or None, what="the lock's mirror writes flushed")
     entries = [d.to_dict() for d in client.collection(f"locks/{world.lock_id}/activity").stream()]
-    entries = sorted((e for e in entries if e["kind"] == "state"), key=lambda e: e["reported_at"])
+    entries = sorted(
+        (e for e in entries if e["kind"] == "state"), key=lambda e: (e["reported_at"], e.get("late", False))
+    )
     assert [(e["state"], e.get("late", False)) for e in entries] == [
-        ("unlocking", True),  # delivered again after a newer one: the same entry, now marked late
+        ("unlocking", False),  # delivered again after a newer one: known, its entry left as it was
         ("unlocked", True),
         ("locked", False),
+        ("unlocked", True),
     ]
     assert [dt.datetime.fromisoformat(e["reported_at"]).timestamp() for e in entries] == pytest.approx(
-        [t - 2, t - 1, t], abs=1e-3
+        [t - 2, t - 1, t, t], abs=1e-3
     )
+    with get_runtime("devices").db.connection() as con:  # each report taken once: charged once on the feed budget
+        ((listed,),) = con.run("SELECT feed_entries FROM lock_state WHERE lock_id = CAST(:l AS uuid)", l=world.lock_id)
+    assert listed == 4
     doc = client.document(f"locks/{world.lock_id}").get().to_dict() or {}
     assert doc.get("state") == "locked"
     view = world.devices.get(f"/devices/locks/{world.lock_id}", headers=world.headers("member")).get_json()

@@ -1,8 +1,9 @@
 """Lock events handed over by the relay: state reports, command acknowledgements, online/offline.
 
 The relay forwards each MQTT message as ``{"topic", "payload"}``; the topic names the lock (its broker identity).
-Applying an event is idempotent, so a redelivery after a relay crash changes nothing: a state report older than the
-one applied is ignored, an ack of a command that is no longer pending or sent is a duplicate.
+Applying an event is idempotent, so a redelivery after a relay crash changes nothing: a state report is known by its
+time and state among the lock's last ``RECENT_REPORTS`` and taken once; one older than the last applied changes no
+state but is listed in the feed as late; an ack of a command that is no longer pending or sent is a duplicate.
 
 Each event is checked and judged on its own (``apply_batch``; the database work of a batch is done once for it, and
 one event at a time only when the database refuses something): a bad event from one lock (malformed, oversized, NUL
@@ -13,6 +14,7 @@ bytes, deeply nested, or one the database refuses) is ``rejected`` alone, with a
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -47,6 +49,10 @@ MAX_PAYLOAD_DEPTH = 2
 FEED_WINDOW = dt.timedelta(minutes=1)
 #: refused events kept per topic and hour for an operator (each refusal is counted by the relay all the same)
 REJECTS_KEPT_PER_HOUR = 100
+#: a lock's last state reports known by their key (``lock_state.recent_reports``), so that one delivered again is
+#: taken once (a lock reports a few an hour; a relay restart redelivers what it had not acknowledged)
+RECENT_REPORTS = 64
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 log = logging.getLogger("lockwise.devices.lock_events")
 
 
@@ -107,6 +113,7 @@ class _State:
     feed_window_start: dt.datetime | None = None
     feed_entries: int = 0
     feed_unlisted: int = 0
+    recent_reports: list[str] = field(default_factory=list)
     changed: bool = False
 
 
@@ -125,7 +132,7 @@ class LockStates:
             return
         rows = self._con.run(
             "SELECT lock_id::text, state, battery_pct, firmware, online, last_seen, reported_at, feed_window_start,"
-            " feed_entries, feed_unlisted FROM lock_state WHERE lock_id = ANY(CAST(:l AS uuid[]))"
+            " feed_entries, feed_unlisted, recent_reports FROM lock_state WHERE lock_id = ANY(CAST(:l AS uuid[]))"
             " ORDER BY lock_id FOR UPDATE",
             l=missing,
         )
@@ -146,13 +153,13 @@ class LockStates:
             "UPDATE lock_state AS s SET state = v.state, battery_pct = v.battery_pct, firmware = v.firmware,"
             " online = v.online, last_seen = v.last_seen, reported_at = v.reported_at,"
             " feed_window_start = v.feed_window_start, feed_entries = v.feed_entries, feed_unlisted = v.feed_unlisted,"
-            " updated_at = now()"
+            " recent_reports = ARRAY(SELECT jsonb_array_elements_text(CAST(v.recent AS jsonb))), updated_at = now()"
             " FROM unnest(CAST(:l AS uuid[]), CAST(:s AS text[]), CAST(CAST(:b AS text[]) AS smallint[]),"
             " CAST(:f AS text[]), CAST(CAST(:o AS text[]) AS boolean[]), CAST(CAST(:ls AS text[]) AS timestamptz[]),"
             " CAST(CAST(:r AS text[]) AS timestamptz[]), CAST(CAST(:fw AS text[]) AS timestamptz[]),"
-            " CAST(:fe AS integer[]), CAST(:fu AS integer[]))"
+            " CAST(:fe AS integer[]), CAST(:fu AS integer[]), CAST(:rr AS text[]))"
             " AS v(lock_id, state, battery_pct, firmware, online, last_seen, reported_at, feed_window_start,"
-            " feed_entries, feed_unlisted) WHERE s.lock_id = v.lock_id",
+            " feed_entries, feed_unlisted, recent) WHERE s.lock_id = v.lock_id",
             l=[lock_id for lock_id, _ in changed],
             s=[row.state for _, row in changed],
             b=[None if row.battery_pct is None else str(row.battery_pct) for _, row in changed],
@@ -163,6 +170,7 @@ class LockStates:
             fw=[None if row.feed_window_start is None else row.feed_window_start.isoformat() for _, row in changed],
             fe=[row.feed_entries for _, row in changed],
             fu=[row.feed_unlisted for _, row in changed],
+            rr=[json.dumps(row.recent_reports) for _, row in changed],
         )
         for _, row in changed:
             row.changed = False
@@ -320,14 +328,16 @@ def _state(lock_id: str, body: dict[str, Any], now: dt.datetime, batch: Pending)
     row = batch.states.get(lock_id)
     if row is None:
         return Outcome("stale", "the lock has no state yet")
-    # one entry per report, however often it comes (a redelivery after a relay restart, a late copy): named by the
-    # lock's own time and state
-    entry_id = f"state-{round(reported.timestamp() * 1000)}-{state}"
+    # a report is known by the lock's own time of it, to the microsecond, and its state
+    key = f"{(reported - _EPOCH) // dt.timedelta(microseconds=1)}-{state}"
+    if key in row.recent_reports or (reported == row.reported_at and state == row.state):  # delivered again
+        return Outcome("stale", "this report was already taken")
+    row.recent_reports = [*row.recent_reports, key][-RECENT_REPORTS:]
+    row.changed = True
+    entry_id = f"state-{key}"
     if row.reported_at is not None and row.reported_at >= reported:
-        if row.reported_at == reported:
-            return Outcome("stale", "an equal report was already applied")
-        # it came after a newer one (delivered out of order): the state stays the newer one's; the feed still lists
-        # it, marked late, with the lock's time of it
+        # it came after a report of the same moment or a newer one (delivered out of order): the state stays; the
+        # feed still lists it, marked late, with the lock's time of it
         fields = {"state": state, "reported_at": reported.isoformat(), "late": True}
         _list_in_feed(batch, lock_id, row, now, "state", entry_id, **fields)
         return Outcome("stale", "a newer report was already applied: listed in the feed as late, state unchanged")
