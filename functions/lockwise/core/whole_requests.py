@@ -110,7 +110,7 @@ class Filling:
     deadline: float
     buf: bytearray = field(default_factory=bytearray)
     line_checked: bool = False  # the request line went through gunicorn's parser once it was in
-    searched: int = 0  # how far the buffer was searched for the head's end
+    searched: int = 0  # how far the buffer was searched for the head's end (then for the trailers' end)
     head_end: int = -1  # index just past the head, once gunicorn's parser took it
     head_at: float = 0.0
     body_length: int | None = None  # by Content-Length; None with a chunked body
@@ -219,12 +219,9 @@ class Filling:
         if self.buf.startswith(b"\r\n", self.in_trailers) or self.buf.find(b"\r\n\r\n", max(0, new - 3)) >= 0:
             self.whole = True
             return
-        lf = self.buf.find(b"\n", new)
-        while lf >= 0:
-            if self.buf[lf - 1] != 0x0D:
-                self.whole = True  # gunicorn refuses a bare LF there
-                return
-            lf = self.buf.find(b"\n", lf + 1)
+        if _bare_lf(self.buf, self.buf.find(b"\n", new)):
+            self.whole = True  # gunicorn refuses a bare LF there
+            return
         if len(self.buf) - self.in_trailers > MAX_HEAD_BYTES:
             raise Refused(431, "Request Header Fields Too Large", f"trailers over {MAX_HEAD_BYTES} bytes")
 
@@ -296,7 +293,9 @@ class WholeRequestWorker(ThreadWorker):  # type: ignore[misc]
                 conn.sock.send(b"HTTP/1.1 100 Continue\r\n\r\n")
         if filling.whole:
             self._hand_over(conn)
-        while self.held > MAX_HELD_BYTES:  # the connection idle the longest goes, not the one that came last
+        while (
+            self.held > MAX_HELD_BYTES and self.filling
+        ):  # the connection idle the longest goes, not the one that came last
             idlest = min(self.filling, key=lambda c: self.filling[c].last_at)
             self._refuse(idlest, 503, "Service Unavailable", "too many requests being received; try again shortly")
 
@@ -345,7 +344,9 @@ class WholeRequestWorker(ThreadWorker):  # type: ignore[misc]
     def _drain(self, conn: Any, _sock: Any) -> None:
         if (data := _recv(conn.sock)) is None:
             return
-        linger = self.lingering[conn]
+        linger = self.lingering.get(conn)
+        if linger is None:
+            return
         linger[1] += len(data)
         if not data or linger[1] >= LINGER_BYTES:
             self._end_linger(conn)
@@ -375,6 +376,8 @@ class WholeRequestWorker(ThreadWorker):  # type: ignore[misc]
 def serve_whole_requests() -> None:
     """Make functions-framework's gunicorn serve with :class:`WholeRequestWorker` (once per process; nothing
     without gunicorn, or where functions-framework chose another worker, e.g. its request-timeout one)."""
+    if ThreadWorker is object:  # gunicorn is not there: nothing to serve with
+        return
     try:
         from functions_framework._http import gunicorn as ff_gunicorn
     except ImportError:

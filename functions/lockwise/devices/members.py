@@ -258,7 +258,8 @@ def mirror_access_due(con: Connection, limit: int = 100) -> int:
 
 
 def parse_access(role: str, body: dict[str, Any]) -> dict[str, Any]:
-    """Validate the ``access`` object of a member request into column values (400 naming the bad field)."""
+    """Validate the ``access`` object of a member request into column values (400 naming the bad field); an access
+    field beside it, at the top of the body, is refused too."""
     misplaced = sorted(set(ACCESS_FIELDS) & set(body))
     if misplaced:  # ignored like any unknown field, `expires_at` beside `role` granted access that never ended
         raise errors.BadRequest(
