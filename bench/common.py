@@ -16,7 +16,6 @@ from infra.local.stack import background
 
 local_stack = background  # the benchmarks' throwaway stack
 
-
 #: the relay benchmarks' locks report hundreds of times a second each, standing in for a fleet whose locks report a
 #: few times an hour: every report is listed in its lock's feed (no feed budget), so the Firestore mirror writes all
 BENCH_FUNCTION_SETTINGS = {

@@ -94,7 +94,7 @@ class RelayResult:
     events: int
     locks: int
     applied: int  # state entries in the Firestore activity feeds: each event listed once, none lost or doubled
-    late: int  # stale reports: listed late (they came after a newer one of the same lock), or repeats
+    stale: int  # reports listed late (they came after a newer one of the same lock), or repeats
     rejected: int
 
 
@@ -262,7 +262,7 @@ def _measure(env: dict[str, str], db: Database, commands: int, events: int, n_lo
         events=events,
         locks=n_locks,
         applied=applied,
-        late=after["stale"] - before["stale"],
+        stale=after["stale"] - before["stale"],
         rejected=after["rejected"] - before["rejected"],
     )
 
@@ -286,7 +286,7 @@ def report(result: RelayResult) -> str:
                 result.relay_rate,
                 f"{result.relay_rate / result.plain_rate:.2f}x",
                 f"{result.applied} of {result.events}",
-                result.late,
+                result.stale,
                 abs(result.events - result.applied),
             ],
             ["plain MQTT subscriber", result.plain_rate, "1.00x", "", "", ""],

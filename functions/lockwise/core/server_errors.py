@@ -51,7 +51,7 @@ def error_response(status: int, reason: str, message: str) -> bytes:
     """The whole HTTP answer (status line, headers, JSON body) for a request gunicorn refused."""
     code = CODES.get(status, "bad_request" if 400 <= status < 500 else "internal")
     text = message[:MESSAGE_MAX] if message else reason
-    if status >= 500 and status != 503:
+    if status == 500:  # (a 501 or 503 says what it refuses or why)
         text = "internal error; quote the request id when reporting it"
     err = errors.LockwiseError(text, code=code)
     body = json.dumps(errors.error_body(err, uuid.uuid4().hex), separators=(",", ":")).encode()

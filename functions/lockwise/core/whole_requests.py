@@ -115,8 +115,7 @@ class Filling:
     head_at: float = 0.0
     body_length: int | None = None  # by Content-Length; None with a chunked body
     chunks: Any = None  # gunicorn's ChunkedReader for this request, to check each chunk size line
-    chunk_count: int = 0
-    counted_chunk: int = -1  # where the last chunk counted starts
+    chunk_count: int = 0  # chunks wholly in
     last_at: float = 0.0  # when the last bytes came
     next_chunk: int = 0  # where the next chunk size line starts
     in_trailers: int = -1  # where the trailers start, once the last chunk is in
@@ -193,11 +192,6 @@ class Filling:
                 if len(self.buf) - self.next_chunk > self.chunks.limit_chunk_size_line:
                     self.whole = True  # gunicorn refuses a line this long
                 return
-            if self.counted_chunk != self.next_chunk:  # (a chunk read in many pieces is one chunk)
-                self.counted_chunk = self.next_chunk
-                self.chunk_count += 1
-                if self.chunk_count > MAX_CHUNKS:
-                    raise Refused(400, "Bad Request", f"a chunked body of more than {MAX_CHUNKS} chunks")
             line = bytes(self.buf[self.next_chunk : eol + 2])
             try:  # (an empty trailer section after it, so that the last chunk's line parses alone too)
                 size, _ = self.chunks.parse_chunk_size(IterUnreader([]), data=line + b"\r\n")
@@ -214,6 +208,9 @@ class Filling:
             if self.buf[end : end + 2] != b"\r\n":
                 self.whole = True
                 return
+            self.chunk_count += 1  # (once it is whole: a chunk read in many pieces is one chunk)
+            if self.chunk_count > MAX_CHUNKS:
+                raise Refused(400, "Bad Request", f"a chunked body of more than {MAX_CHUNKS} chunks")
         # the trailers: searched from where the last read left off, as gunicorn's chunked reader does
         new, self.searched = max(self.in_trailers, self.searched), len(self.buf)
         if self.buf.startswith(b"\r\n", self.in_trailers) or self.buf.find(b"\r\n\r\n", max(0, new - 3)) >= 0:
@@ -272,8 +269,8 @@ class WholeRequestWorker(ThreadWorker):  # type: ignore[misc]
         elif filling.head_end >= 0:  # gone mid-body: the thread answers what gunicorn answers (it reads the end)
             self._hand_over(conn)
         else:  # gone before its head was in
-            self._release(conn)
-            conn.close()
+            self._forget(conn)
+            self._close(conn)
 
     def _take(self, conn: Any, filling: Filling, data: bytes) -> None:
         if not data:
@@ -293,15 +290,13 @@ class WholeRequestWorker(ThreadWorker):  # type: ignore[misc]
                 conn.sock.send(b"HTTP/1.1 100 Continue\r\n\r\n")
         if filling.whole:
             self._hand_over(conn)
-        while (
-            self.held > MAX_HELD_BYTES and self.filling
-        ):  # the connection idle the longest goes, not the one that came last
+        # past the cap, the connection idle the longest goes, not the one that came last
+        while self.held > MAX_HELD_BYTES and self.filling:
             idlest = min(self.filling, key=lambda c: self.filling[c].last_at)
             self._refuse(idlest, 503, "Service Unavailable", "too many requests being received; try again shortly")
 
     def _hand_over(self, conn: Any) -> None:
-        filling = self._release(conn)
-        self.nr_conns += 1  # (still open: a thread serves it)
+        filling = self._forget(conn)
         conn.init()  # the plain HTTP/1 parser: no I/O without TLS or HTTP/2 by prior knowledge (enqueue_req)
         conn.parser.unreader.unread(bytes(filling.buf))
         conn.data_ready = True
@@ -309,20 +304,25 @@ class WholeRequestWorker(ThreadWorker):  # type: ignore[misc]
         conn.sock.setblocking(True)
         self.enqueue_req(conn)
 
-    def _release(self, conn: Any) -> Filling:
-        """Forget ``conn``'s request in the loop (the connection no longer counts towards ``worker_connections``)."""
+    def _forget(self, conn: Any) -> Filling:
+        """Stop reading ``conn``'s request in the loop; what it sent so far is returned."""
         filling = self.filling.pop(conn)
         self.held -= len(filling.buf)
         with contextlib.suppress(KeyError, ValueError, OSError):
             self.poller.unregister(conn.sock)
-        self.nr_conns -= 1
         return filling
 
+    def _close(self, conn: Any, graceful: bool = False) -> None:
+        """As gunicorn's ``finish_request`` closes: the connection leaves the count (a lingering close counts it
+        again until its end, ``_close_gracefully``)."""
+        self.nr_conns -= 1
+        conn.close(graceful=graceful)
+
     def _refuse(self, conn: Any, status: int, reason: str, message: str) -> None:
-        self._release(conn)
+        self._forget(conn)
         with contextlib.suppress(OSError):
             conn.sock.send(server_errors.error_response(status, reason, message))
-        conn.close(graceful=True)
+        self._close(conn, graceful=True)
 
     def _close_gracefully(self, conn: Any, close: Callable[..., None], graceful: bool = False) -> None:
         """As gunicorn's ``close_graceful`` (a FIN, then what the client still sends read and dropped for up to
