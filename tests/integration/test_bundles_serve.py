@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -12,6 +11,7 @@ import pytest
 
 from infra.build import build
 from infra.local import services
+from tests.raw_http import exchange
 
 pytestmark = pytest.mark.bundle
 
@@ -53,18 +53,10 @@ MALFORMED = [
 
 
 def raw_exchange(url: str, request: bytes) -> tuple[int, dict[str, str], bytes]:
-    """Send bytes no HTTP client would, read the whole answer (the server closes after a refusal)."""
+    """Send bytes no HTTP client would, read the first answer (after it gunicorn may refuse the rest of a malformed
+    body the handler left unread)."""
     host, port = url.removeprefix("http://").split(":")
-    with socket.create_connection((host, int(port)), timeout=10) as sock:
-        sock.sendall(request)
-        answer = b""
-        while chunk := sock.recv(65536):
-            answer += chunk
-    head, _, body = answer.partition(b"\r\n\r\n")
-    status_line, *lines = head.decode("latin-1").split("\r\n")
-    headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines)}
-    # the first answer only: after it gunicorn may refuse the rest of a malformed body the handler left unread
-    return int(status_line.split()[1]), headers, body[: int(headers["content-length"])]
+    return exchange(host, int(port), request)
 
 
 def test_a_request_the_web_server_refuses_is_answered_in_json(tmp_path: Path, stack_env: dict[str, str]) -> None:
@@ -81,15 +73,9 @@ def test_a_request_the_web_server_refuses_is_answered_in_json(tmp_path: Path, st
             assert len(error["request_id"]) == 32
         # a body announced and never sent: answered at once (a drain of the rest before answering waited for it:
         # attack run); over 16 MiB, by the web server's event loop before the handler (lockwise.core.whole_requests)
-        host, port = server.url.removeprefix("http://").split(":")
-        with socket.create_connection((host, int(port)), timeout=10) as sock:
-            sock.sendall(b"POST /devices/locks HTTP/1.1\r\nHost: x\r\nContent-Length: 900000000\r\n\r\n{")
-            head = b""
-            while b"\r\n\r\n" not in head:
-                chunk = sock.recv(65536)  # socket.timeout here: no answer within 10 s
-                assert chunk, "closed without an answer"
-                head += chunk
-            assert head.startswith(b"HTTP/1.1 413 "), head[:200]
+        request = b"POST /devices/locks HTTP/1.1\r\nHost: x\r\nContent-Length: 900000000\r\n\r\n{"
+        got, _, body = raw_exchange(server.url, request)  # socket.timeout here: no answer within 10 s
+        assert got == 413, body[:200]
         with urllib.request.urlopen(f"{server.url}/devices/health", timeout=10) as resp:  # and still serves
             assert resp.status == 200
     finally:

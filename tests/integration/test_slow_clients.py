@@ -19,6 +19,7 @@ import pytest
 
 from infra.local import services
 from lockwise.core import whole_requests
+from tests.raw_http import read_answer
 
 #: more slow clients than the function has threads (functions-framework: four a core)
 SLOW_CLIENTS = 48
@@ -36,23 +37,9 @@ def connect(server: services.FunctionServer) -> socket.socket:
 
 
 def answer(sock: socket.socket) -> tuple[int, dict[str, Any]]:
-    """The status and JSON body of the one answer on ``sock`` (read until the server closes or the body is in)."""
-    got = b""
-    while b"\r\n\r\n" not in got or len(got.partition(b"\r\n\r\n")[2]) < _length(got):
-        chunk = sock.recv(65536)
-        if not chunk:
-            break
-        got += chunk
-    head, _, body = got.partition(b"\r\n\r\n")
-    return int(head.split()[1]), json.loads(body[: _length(got)])
-
-
-def _length(got: bytes) -> int:
-    for line in got.partition(b"\r\n\r\n")[0].split(b"\r\n")[1:]:
-        name, _, value = line.partition(b":")
-        if name.strip().lower() == b"content-length":
-            return int(value)
-    return 0
+    """The status and JSON body of the first answer on ``sock``."""
+    status, _, body = read_answer(sock)
+    return status, json.loads(body)
 
 
 def health(server: services.FunctionServer) -> int:
