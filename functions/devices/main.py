@@ -203,7 +203,7 @@ def list_members(ctx: Ctx, lock_id: str) -> JsonBody:
     with rt.db.connection() as con:
         members.require(con, lock_id, user.uid, now, at_least="admin")
         listed = [m.public() for m in members.list_for_lock(con, lock_id) if m.active(now)]
-        waiting = invitations.open_for_lock(con, lock_id)
+        waiting = invitations.open_for_lock(con, lock_id, now)
     return {"members": listed, "invitations": waiting}
 
 
@@ -217,8 +217,9 @@ def add_member(ctx: Ctx, lock_id: str) -> Result:
         raise errors.BadRequest("give exactly one of uid or email", code="invalid_invitee")
     invitee = {"uid": _uid(body["uid"])} if "uid" in body else {"email": _email(body["email"])}
     with with_denials_audited(user.uid, lock_id, "member.invite"), rt.db.transaction() as con:
-        actor = members.require(con, lock_id, user.uid, rt.now(), at_least="admin")
-        invitation = invitations.invite(con, lock_id, actor, role, access, rt.settings.invitation_ttl_s, **invitee)
+        now = rt.now()
+        actor = members.require(con, lock_id, user.uid, now, at_least="admin")
+        invitation = invitations.invite(con, lock_id, actor, role, access, rt.settings.invitation_ttl_s, now, **invitee)
     return {"invitation": invitation}, 202
 
 
@@ -226,8 +227,9 @@ def add_member(ctx: Ctx, lock_id: str) -> Result:
 def withdraw_invitation(ctx: Ctx, lock_id: str, invitation_id: str) -> Result:
     user, lock_id = app_user(ctx), lock_param(lock_id)
     with with_denials_audited(user.uid, lock_id, "member.withdraw_invitation"), rt.db.transaction() as con:
-        actor = members.require(con, lock_id, user.uid, rt.now(), at_least="admin")
-        invitations.withdraw(con, lock_id, invitation_id, actor)
+        now = rt.now()
+        actor = members.require(con, lock_id, user.uid, now, at_least="admin")
+        invitations.withdraw(con, lock_id, invitation_id, actor, now)
     return flask.Response(status=204)
 
 
@@ -235,14 +237,14 @@ def withdraw_invitation(ctx: Ctx, lock_id: str, invitation_id: str) -> Result:
 def my_invitations(ctx: Ctx) -> JsonBody:
     user = app_user(ctx)
     with rt.db.connection() as con:
-        return {"invitations": invitations.for_user(con, user)}
+        return {"invitations": invitations.for_user(con, user, rt.now())}
 
 
 @api.route("POST", "/devices/invitations/<invitation_id>/accept")
 def accept_invitation(ctx: Ctx, invitation_id: str) -> Result:
     user = app_user(ctx)
     with rt.db.transaction() as con:
-        joined = invitations.accept(con, invitation_id, user)
+        joined = invitations.accept(con, invitation_id, user, rt.now())
     rt.flush_mirror()
     return {"lock_id": joined.lock_id, "member": joined.public()}, 201
 
@@ -251,7 +253,7 @@ def accept_invitation(ctx: Ctx, invitation_id: str) -> Result:
 def decline_invitation(ctx: Ctx, invitation_id: str) -> Result:
     user = app_user(ctx)
     with rt.db.transaction() as con:
-        invitations.decline(con, invitation_id, user)
+        invitations.decline(con, invitation_id, user, rt.now())
     return flask.Response(status=204)
 
 

@@ -247,3 +247,58 @@ def test_a_member_expired_by_the_functions_clock_cannot_be_made_owner(
     assert resp.status_code == 404 and resp.get_json()["error"]["code"] == "member_not_found"
     view = world.devices.get(f"/devices/locks/{world.lock_id}", headers=world.headers("owner")).get_json()
     assert view["role"] == "owner"
+
+
+def test_invitations_live_and_expire_on_the_functions_clock(
+    world: World, sign_up: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An invitation's lifetime and its sender's standing are judged at the request's moment (the runtime's clock),
+    as every membership check is: they were judged on the database's clock and the machine's."""
+    rt = get_runtime("devices")
+    start = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    monkeypatch.setattr(rt, "clock", lambda: start)
+    invitee, admin, guest = sign_up(), sign_up(), sign_up()
+    for account in (invitee, admin, guest):
+        assert world.devices.get("/devices/me", headers=bearer(account)).status_code == 200
+    members_url = f"/devices/locks/{world.lock_id}/members"
+
+    def invite(account: dict[str, Any], by: dict[str, Any]) -> Any:
+        return world.devices.post(members_url, json={"uid": account["localId"], "role": "guest"}, headers=bearer(by))
+
+    def waiting(account: dict[str, Any]) -> list[dict[str, Any]]:
+        listed: list[dict[str, Any]] = world.devices.get("/devices/invitations", headers=bearer(account)).get_json()[
+            "invitations"
+        ]
+        return listed
+
+    sent = invite(invitee, world.accounts["owner"])
+    assert sent.status_code == 202
+    [seen] = waiting(invitee)
+    lifetime = dt.timedelta(seconds=rt.settings.invitation_ttl_s)
+    assert dt.datetime.fromisoformat(seen["expires_at"]) == start + lifetime
+
+    # past its lifetime by the runtime's clock (the database's is a week behind): gone for both sides, not to be
+    # accepted, and no longer in the way of a new one
+    monkeypatch.setattr(rt, "clock", lambda: start + lifetime + dt.timedelta(seconds=1))
+    assert waiting(invitee) == []
+    accepted = world.devices.post(f"/devices/invitations/{seen['id']}/accept", headers=bearer(invitee))
+    assert accepted.status_code == 404 and accepted.get_json()["error"]["code"] == "invitation_not_found"
+    assert world.devices.get(members_url, headers=world.headers("owner")).get_json()["invitations"] == []
+    assert invite(invitee, world.accounts["owner"]).status_code == 202
+
+    # an admin whose membership ends in a day invites a guest: it stands until then, by the runtime's clock
+    monkeypatch.setattr(rt, "clock", lambda: start)
+    ends = start + dt.timedelta(days=1)
+    join(
+        world.devices,
+        world.lock_id,
+        world.accounts["owner"],
+        admin,
+        {"role": "admin", "access": {"expires_at": ends.isoformat()}},
+    )
+    assert invite(guest, admin).status_code == 202
+    [from_admin] = waiting(guest)
+    monkeypatch.setattr(rt, "clock", lambda: ends + dt.timedelta(seconds=1))
+    assert waiting(guest) == []
+    accepted = world.devices.post(f"/devices/invitations/{from_admin['id']}/accept", headers=bearer(guest))
+    assert accepted.status_code == 404 and accepted.get_json()["error"]["code"] == "invitation_not_found"

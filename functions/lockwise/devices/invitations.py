@@ -22,11 +22,13 @@ _OPEN = "accepted_at IS NULL AND closed_at IS NULL"
 #: right (an admin once invited their own address, was removed, and accepted their way back in: attack run)
 _STANDING = (
     "EXISTS (SELECT 1 FROM lock_members s WHERE s.lock_id = invitations.lock_id AND s.user_uid = invitations.invited_by"
-    " AND s.revoked_at IS NULL AND (s.expires_at IS NULL OR s.expires_at > now())"
+    " AND s.revoked_at IS NULL AND (s.expires_at IS NULL OR s.expires_at > :now)"
     " AND (s.role = 'owner' OR (s.role = 'admin' AND invitations.role <> 'admin')))"
 )
-_LIVE = _OPEN + " AND expires_at > now() AND " + _STANDING
+_LIVE = _OPEN + " AND expires_at > :now AND " + _STANDING
 _ADDRESSED_TO = "(invitee_uid = :u OR (CAST(:verified AS boolean) AND lower(email) = lower(:e)))"
+# every moment here is the request's ``now`` (the runtime's clock, as the handlers judge membership), not the
+# database's: an invitation expires, and its sender's standing is judged, on the same clock as everything else
 
 
 def invite(
@@ -36,6 +38,7 @@ def invite(
     role: str,
     access: dict[str, Any],
     ttl_s: int,
+    now: dt.datetime,
     *,
     uid: str | None = None,
     email: str | None = None,
@@ -46,25 +49,27 @@ def invite(
         raise errors.BadRequest("give exactly one of uid or email", code="invalid_invitee")
     if uid is not None:
         current = members.get(con, lock_id, uid)
-        if current is not None and current.active(_now()):
+        if current is not None and current.active(now):
             raise errors.Conflict("already a member of this lock", code="already_member")
     # an expired invitation, or one whose sender lost the right to send it, no longer stands in the way of a new one
     con.run(
-        "UPDATE invitations SET closed_at = now() WHERE lock_id = CAST(:l AS uuid) AND "
+        "UPDATE invitations SET closed_at = :now WHERE lock_id = CAST(:l AS uuid) AND "
         + _OPEN
-        + " AND (expires_at <= now() OR NOT "
+        + " AND (expires_at <= :now OR NOT "
         + _STANDING
         + ") AND (invitee_uid = :u OR lower(email) = lower(:e))",
         l=lock_id,
         u=uid,
         e=email,
+        now=now,
     )
     try:
         con.run("SAVEPOINT invite")
         invitation_id = str(
             con.run(
-                "INSERT INTO invitations (lock_id, email, invitee_uid, role, access, invited_by, expires_at)"
-                " VALUES (CAST(:l AS uuid), :e, :u, :r, CAST(:a AS jsonb), :by, now() + make_interval(secs => :ttl))"
+                "INSERT INTO invitations (lock_id, email, invitee_uid, role, access, invited_by, created_at, expires_at)"
+                " VALUES (CAST(:l AS uuid), :e, :u, :r, CAST(:a AS jsonb), :by, :now,"
+                " CAST(:now AS timestamptz) + make_interval(secs => :ttl))"
                 " RETURNING id::text",
                 l=lock_id,
                 e=email,
@@ -73,6 +78,7 @@ def invite(
                 a=json.dumps(access, default=str),
                 by=actor.user_uid,
                 ttl=ttl_s,
+                now=now,
             )[0][0]
         )
     except Exception as exc:
@@ -93,18 +99,19 @@ def invite(
     return {"id": invitation_id, **invitee, "role": role}
 
 
-def open_for_lock(con: Connection, lock_id: str) -> list[dict[str, Any]]:
+def open_for_lock(con: Connection, lock_id: str, now: dt.datetime) -> list[dict[str, Any]]:
     """The lock's invitations still waiting for an answer (for its owner and admins)."""
     rows = rows_as_dicts(
         con,
         "SELECT id::text AS id, invitee_uid, email, role, expires_at FROM invitations"
         " WHERE lock_id = CAST(:l AS uuid) AND " + _LIVE + " ORDER BY created_at",
         l=lock_id,
+        now=now,
     )
     return [_public(row) for row in rows]
 
 
-def for_user(con: Connection, user: User) -> list[dict[str, Any]]:
+def for_user(con: Connection, user: User, now: dt.datetime) -> list[dict[str, Any]]:
     """The invitations waiting for ``user``'s answer, with the lock's name and who invited them."""
     rows = rows_as_dicts(
         con,
@@ -114,6 +121,7 @@ def for_user(con: Connection, user: User) -> list[dict[str, Any]]:
         u=user.uid,
         e=user.email,
         verified=user.email_verified,
+        now=now,
     )
     out = []
     for row in rows:
@@ -129,33 +137,34 @@ def for_user(con: Connection, user: User) -> list[dict[str, Any]]:
     return out
 
 
-def accept(con: Connection, invitation_id: str, user: User) -> members.Membership:
+def accept(con: Connection, invitation_id: str, user: User, now: dt.datetime) -> members.Membership:
     """Make the invitee a member on the invitation's terms (404 ``invitation_not_found`` if it is not theirs, or no
     longer stands: see ``_STANDING``)."""
-    seen = _take(con, invitation_id, user, lock=False)
+    seen = _take(con, invitation_id, user, now, lock=False)
     # the sender's membership kept from changing before the invitation is taken, in the order a removal takes them
     # (no deadlock): a removal committed first is seen here, one after waits for this to commit
     members.get(con, seen["lock_id"], seen["invited_by"], for_share=True)
-    row = _take(con, invitation_id, user)
+    row = _take(con, invitation_id, user, now)
     lock_id = row["lock_id"]
     existing = members.get(con, lock_id, user.uid, for_update=True)
-    if existing is None or not existing.active(_now()):
+    if existing is None or not existing.active(now):
         con.run(
             "INSERT INTO lock_members (lock_id, user_uid, role, invited_by, valid_from, valid_until, weekdays,"
-            " day_start_minute, day_end_minute, timezone, expires_at)"
+            " day_start_minute, day_end_minute, timezone, expires_at, created_at)"
             " VALUES (CAST(:l AS uuid), :u, :r, :by, :valid_from, :valid_until, :weekdays, :day_start_minute,"
-            " :day_end_minute, :timezone, :expires_at)"
+            " :day_end_minute, :timezone, :expires_at, :now)"
             " ON CONFLICT (lock_id, user_uid) DO UPDATE SET role = EXCLUDED.role, invited_by = EXCLUDED.invited_by,"
             " valid_from = EXCLUDED.valid_from, valid_until = EXCLUDED.valid_until, weekdays = EXCLUDED.weekdays,"
             " day_start_minute = EXCLUDED.day_start_minute, day_end_minute = EXCLUDED.day_end_minute,"
-            " timezone = EXCLUDED.timezone, expires_at = EXCLUDED.expires_at, revoked_at = NULL, created_at = now()",
+            " timezone = EXCLUDED.timezone, expires_at = EXCLUDED.expires_at, revoked_at = NULL, created_at = :now",
             l=lock_id,
             u=user.uid,
             r=row["role"],
             by=row["invited_by"],
+            now=now,
             **_access(row["access"]),
         )
-    con.run("UPDATE invitations SET accepted_at = now() WHERE id = CAST(:i AS uuid)", i=row["id"])
+    con.run("UPDATE invitations SET accepted_at = :now WHERE id = CAST(:i AS uuid)", i=row["id"], now=now)
     audit.record(
         con,
         audit.user_actor(user.uid),
@@ -172,13 +181,13 @@ def accept(con: Connection, invitation_id: str, user: User) -> members.Membershi
     return joined
 
 
-def decline(con: Connection, invitation_id: str, user: User) -> None:
-    row = _take(con, invitation_id, user)
-    con.run("UPDATE invitations SET closed_at = now() WHERE id = CAST(:i AS uuid)", i=row["id"])
+def decline(con: Connection, invitation_id: str, user: User, now: dt.datetime) -> None:
+    row = _take(con, invitation_id, user, now)
+    con.run("UPDATE invitations SET closed_at = :now WHERE id = CAST(:i AS uuid)", i=row["id"], now=now)
     audit.record(con, audit.user_actor(user.uid), "member.decline_invitation", "ok", lock_id=row["lock_id"])
 
 
-def withdraw(con: Connection, lock_id: str, invitation_id: str, actor: members.Membership) -> None:
+def withdraw(con: Connection, lock_id: str, invitation_id: str, actor: members.Membership, now: dt.datetime) -> None:
     """An owner or admin takes back an invitation not yet answered (404 if there is none open by that id)."""
     found = rows_as_dicts(
         con,
@@ -186,15 +195,16 @@ def withdraw(con: Connection, lock_id: str, invitation_id: str, actor: members.M
         " AND " + _LIVE + " FOR UPDATE",
         i=_invitation_id(invitation_id),
         l=lock_id,
+        now=now,
     )
     if not found:
         raise errors.NotFound("no such invitation", code="invitation_not_found")
     members.check_can_grant(actor, found[0]["role"])
-    con.run("UPDATE invitations SET closed_at = now() WHERE id = CAST(:i AS uuid)", i=found[0]["id"])
+    con.run("UPDATE invitations SET closed_at = :now WHERE id = CAST(:i AS uuid)", i=found[0]["id"], now=now)
     audit.record(con, audit.user_actor(actor.user_uid), "member.withdraw_invitation", "ok", lock_id=lock_id)
 
 
-def _take(con: Connection, invitation_id: str, user: User, *, lock: bool = True) -> dict[str, Any]:
+def _take(con: Connection, invitation_id: str, user: User, now: dt.datetime, *, lock: bool = True) -> dict[str, Any]:
     rows = rows_as_dicts(
         con,
         "SELECT id::text AS id, lock_id::text AS lock_id, role, access, invited_by FROM invitations"
@@ -203,14 +213,11 @@ def _take(con: Connection, invitation_id: str, user: User, *, lock: bool = True)
         u=user.uid,
         e=user.email,
         verified=user.email_verified,
+        now=now,
     )
     if not rows:
         raise errors.NotFound("no such invitation", code="invitation_not_found")
     return rows[0]
-
-
-def _now() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
 
 
 def _invitation_id(value: str) -> str:
