@@ -67,8 +67,8 @@ def invite(
         con.run("SAVEPOINT invite")
         invitation_id = str(
             con.run(
-                "INSERT INTO invitations (lock_id, email, invitee_uid, role, access, invited_by, created_at, expires_at)"
-                " VALUES (CAST(:l AS uuid), :e, :u, :r, CAST(:a AS jsonb), :by, :now,"
+                "INSERT INTO invitations (lock_id, email, invitee_uid, role, access, invited_by, created_at,"
+                " expires_at) VALUES (CAST(:l AS uuid), :e, :u, :r, CAST(:a AS jsonb), :by, :now,"
                 " CAST(:now AS timestamptz) + make_interval(secs => :ttl))"
                 " RETURNING id::text",
                 l=lock_id,
