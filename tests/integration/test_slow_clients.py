@@ -134,7 +134,7 @@ def test_a_request_refused_from_its_first_bytes_is_answered_at_once(devices: ser
 
 def test_a_request_not_in_by_its_deadline_is_answered_408_and_closed(devices: services.FunctionServer) -> None:
     """The head must be in ``HEAD_S`` after the connection; a body then keeps its deadline only by coming in."""
-    with connect(devices) as no_end, connect(devices) as stalled_body:
+    with connect(devices) as no_end, connect(devices) as stalled_body, connect(devices) as silent:
         t0 = time.monotonic()
         no_end.sendall(b"GET /devices/health HTTP/1.1\r\nHost: x\r\n")
         stalled_body.sendall(b"POST /devices/provision HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{")
@@ -143,7 +143,31 @@ def test_a_request_not_in_by_its_deadline_is_answered_408_and_closed(devices: se
             assert (status, body["error"]["code"]) == (408, "request_timeout")
             assert sock.recv(1) == b""  # closed
             assert time.monotonic() - t0 < limit + 5
+        # a connection that sent nothing has no request to answer: closed without a word, as an idle one is
+        assert silent.recv(1) == b""
+        assert time.monotonic() - t0 < whole_requests.HEAD_S + 5
     assert health(devices) == 200
+
+
+def test_an_empty_line_after_a_request_keeps_the_connection_idle(devices: services.FunctionServer) -> None:
+    """Some clients send an empty line after a request's body; RFC 9112 has a server ignore one before the next
+    request. It is ignored, and a kept-alive connection that sends no more is closed as an idle one is (gunicorn's
+    keep-alive, 2 s), without an answer: it was answered 408 after 10 s, an answer the client could take for its
+    next request's."""
+    request = b"GET /devices/health HTTP/1.1\r\nHost: x\r\n\r\n"
+    with connect(devices) as trailing, connect(devices) as going_on:
+        trailing.sendall(request + b"\r\n")
+        assert answer(trailing)[0] == 200
+        t0 = time.monotonic()
+        going_on.sendall(request)
+        assert answer(going_on)[0] == 200
+        going_on.sendall(b"\r\n")
+        time.sleep(0.5)
+        going_on.sendall(request)  # the request after the empty line is answered
+        assert answer(going_on)[0] == 200
+        trailing.settimeout(whole_requests.HEAD_S - 3)  # well before a 408 would come
+        assert trailing.recv(1) == b""  # closed, nothing sent
+        assert time.monotonic() - t0 < 5
 
 
 def test_requests_sent_together_on_one_connection_are_each_answered(devices: services.FunctionServer) -> None:

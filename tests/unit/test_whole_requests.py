@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 from gunicorn.config import Config
 
-from lockwise.core.whole_requests import MAX_CHUNKS, Filling, Refused
+from lockwise.core.whole_requests import HEAD_S, MAX_CHUNKS, Filling, Refused
 
 POST = b"POST / HTTP/1.1\r\nHost: x\r\n"
 CHUNKED = POST + b"Transfer-Encoding: chunked\r\n\r\n"
@@ -35,6 +35,7 @@ WHOLE = [
     CHUNKED + b"2\r\n{}\r\n0\r\n\r\n",
     CHUNKED + b"2;a=b\r\n{}\r\n0\r\nX-T: 1\r\nX-U: 2\r\n\r\n",
     CHUNKED + b"0\r\n\r\n",
+    b"\r\nGET / HTTP/1.1\r\nHost: x\r\n\r\n",  # one empty line before it: ignored (RFC 9112 section 2.2)
 ]
 #: requests not whole yet: a thread would wait on the client
 UNFINISHED = [
@@ -58,6 +59,7 @@ WRONG = [
     CHUNKED + b"5 \r\n",
     CHUNKED + b"2\r\n{}xx",
     CHUNKED + b"0\r\nX-T: 1\n\r\n",
+    b"\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\n\r\n",  # one empty line is ignored, not two
 ]
 
 
@@ -73,6 +75,21 @@ def test_a_request_is_handed_over_when_whole_and_not_before(piece: int) -> None:
 def test_a_request_gunicorn_refuses_is_handed_over_without_waiting_for_more(piece: int) -> None:
     for request in WRONG:
         assert feed(request, piece) is not None, request
+
+
+@pytest.mark.parametrize("kept_alive", [True, False])
+def test_an_empty_line_before_a_request_starts_nothing(kept_alive: bool) -> None:
+    """A kept-alive connection that sends the empty line some clients send after a body, and no more, is idle: it
+    keeps its idle deadline and is closed without an answer (it was answered 408 after waiting 10 s). A request's
+    first byte starts it: a kept-alive connection's head then has ``HEAD_S``, a new one's keeps its time."""
+    filling = Filling(Config(), ("127.0.0.1", 1), deadline=2.0, kept_alive=kept_alive)
+    filling.add(b"\r", 1.0)
+    filling.add(b"\n", 1.5)
+    assert not filling.started and filling.deadline == 2.0
+    filling.add(b"G", 1.8)
+    assert filling.started and filling.deadline == (1.8 + HEAD_S if kept_alive else 2.0)
+    filling.add(b"ET / HTTP/1.1\r\nHost: x\r\n\r\n", 1.9)
+    assert filling.whole
 
 
 def test_one_chunk_read_in_many_pieces_counts_once() -> None:

@@ -15,7 +15,10 @@ The loop answers itself, in the API's JSON shape, and closes the connection: 408
 deadline (``HEAD_S`` for the head; then ``BODY_GRACE_S`` plus 1 s for every ``MIN_BODY_RATE`` bytes of body that
 come, as Apache's ``mod_reqtimeout`` does, and never past ``BODY_MAX_S``), 431 for a head over ``MAX_HEAD_BYTES``,
 413 for a body over ``MAX_BODY_BYTES``, 503 while ``MAX_HELD_BYTES`` are held for all connections together. A client
-that asked for ``100 Continue`` gets it from the loop (and once more from the thread, which RFC 9110 allows).
+that asked for ``100 Continue`` gets it from the loop (and once more from the thread, which RFC 9110 allows). A
+connection that sent nothing of a request (at most the one empty line RFC 9112 has a server ignore before one) is
+closed without an answer when its time is up, as gunicorn closes an idle one: ``HEAD_S`` for a new connection,
+gunicorn's keep-alive for one answered before (a 408 there could be taken for the answer to the client's next request).
 
 :func:`serve_whole_requests` makes functions-framework's gunicorn use it (``main.py`` runs it through
 ``lockwise.core.http.Api`` as it loads, in the master, before gunicorn starts).
@@ -107,8 +110,10 @@ class Filling:
 
     cfg: Any
     peer: Any
-    deadline: float
+    deadline: float  # (until it starts, by when it must: then it is closed without an answer, as an idle one is)
     buf: bytearray = field(default_factory=bytearray)
+    kept_alive: bool = False  # a connection that was answered before (else a new one: its head has HEAD_S from it)
+    started: bool = False  # something of a request came: more than the empty line RFC 9112 lets come before one
     line_checked: bool = False  # the request line went through gunicorn's parser once it was in
     searched: int = 0  # how far the buffer was searched for the head's end (then for the trailers' end)
     head_end: int = -1  # index just past the head, once gunicorn's parser took it
@@ -126,6 +131,12 @@ class Filling:
         """Take ``data``; raises :class:`Refused` when the loop must answer."""
         self.buf += data
         self.last_at = now
+        if not self.started:
+            if bytes(self.buf) in (b"\r", b"\r\n"):  # (gunicorn's parser ignores it, one and no more, as RFC 9112 asks)
+                return
+            self.started = True
+            if self.kept_alive:  # its head has HEAD_S from now
+                self.deadline = now + HEAD_S
         if self.head_end < 0:
             self._try_head(now)
         if self.head_end >= 0 and not self.whole:
@@ -242,7 +253,11 @@ class WholeRequestWorker(ThreadWorker):  # type: ignore[misc]
             return
         if "close" not in vars(conn):  # its graceful close lingers in the loop, not blocking it (close_graceful)
             conn.close = partial(self._close_gracefully, conn, conn.close)
-        filling = Filling(self.cfg, conn.client, deadline=time.monotonic() + HEAD_S)
+        # a kept-alive connection that sent an empty line and no more stays as long as gunicorn keeps an idle one; a
+        # new one has the time its request's head has
+        kept_alive = conn.parser is not None
+        idle_s = self.cfg.keepalive if kept_alive else HEAD_S
+        filling = Filling(self.cfg, conn.client, deadline=time.monotonic() + idle_s, kept_alive=kept_alive)
         conn.sock.setblocking(False)
         self.filling[conn] = filling
         self.poller.register(conn.sock, selectors.EVENT_READ, partial(self._readable, conn))
@@ -366,9 +381,15 @@ class WholeRequestWorker(ThreadWorker):  # type: ignore[misc]
         now = time.monotonic()
         for conn in [c for c, f in self.filling.items() if f.deadline <= now]:
             self._readable(conn, conn.sock)  # what came while the loop was busy counts
-            if conn in self.filling and self.filling[conn].deadline <= now:
-                log.info("request not in by its deadline: %d bytes received, closed", len(self.filling[conn].buf))
-                self._refuse(conn, 408, "Request Timeout", "the request did not arrive in time")
+            filling = self.filling.get(conn)
+            if filling is None or filling.deadline > now:
+                continue
+            if not filling.started:  # no request to answer: an idle connection, closed as gunicorn closes one
+                self._forget(conn)
+                self._close(conn)
+                continue
+            log.info("request not in by its deadline: %d bytes received, closed", len(filling.buf))
+            self._refuse(conn, 408, "Request Timeout", "the request did not arrive in time")
         for conn in [c for c, (deadline, _) in self.lingering.items() if deadline <= now]:
             self._end_linger(conn)
 
