@@ -103,12 +103,14 @@ def test_one_chunk_read_in_many_pieces_counts_once() -> None:
     ("request_", "status"),
     [
         (POST + b"Content-Length: 99999999999999999999\r\n\r\n", 413),
-        (b"GET /" + b"a" * 70_000, 414),
-        (b"GET / HTTP/1.1\r\nX: " + b"a" * 70_000, 431),
+        (b"GET /" + b"a" * 70_000 + b" HTTP/1.1\r\nHost: x", 414),
+        (b"GET / HTTP/1.1\r\n" + b"".join(b"X-%d: %s\r\n" % (i, b"a" * 7_000) for i in range(10)) + b"Host: x", 431),
         (CHUNKED + b"1\r\nx\r\n" * (MAX_CHUNKS + 1), 400),
     ],
 )
-def test_the_loop_refuses_what_it_must_not_hold(request_: bytes, status: int) -> None:
+@pytest.mark.parametrize("piece", [4096, 1 << 20])
+def test_the_loop_refuses_what_it_must_not_hold(request_: bytes, status: int, piece: int) -> None:
+    """In pieces or in one read (a head over the limit that came whole in one read was taken)."""
     with pytest.raises(Refused) as refused:
-        feed(request_, 4096)
+        feed(request_ + b"\r\n\r\n" if status in (414, 431) else request_, piece)
     assert refused.value.status == status

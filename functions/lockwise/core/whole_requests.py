@@ -170,11 +170,11 @@ class Filling:
         ends = [i + n for i, n in ((self.buf.find(b"\n\r\n", start), 3), (self.buf.find(b"\n\n", start), 2)) if i >= 0]
         if not ends:
             if len(self.buf) > MAX_HEAD_BYTES:
-                if not self.line_checked:
-                    raise Refused(414, "URI Too Long", f"request line over {MAX_HEAD_BYTES} bytes")
-                raise Refused(431, "Request Header Fields Too Large", f"request head over {MAX_HEAD_BYTES} bytes")
+                raise self._head_too_long()
             return
         end = min(ends)
+        if end > MAX_HEAD_BYTES:  # (refused as when it comes in pieces, however many reads brought it)
+            raise self._head_too_long()
         req = self._parse(bytes(self.buf[:end]))
         if req is None:
             return
@@ -190,6 +190,11 @@ class Filling:
             self.whole = True
             return
         self.continue_wanted = bool(req._expected_100_continue)
+
+    def _head_too_long(self) -> Refused:
+        if self.buf.find(b"\n", 0, MAX_HEAD_BYTES) < 0:
+            return Refused(414, "URI Too Long", f"request line over {MAX_HEAD_BYTES} bytes")
+        return Refused(431, "Request Header Fields Too Large", f"request head over {MAX_HEAD_BYTES} bytes")
 
     def _try_body(self) -> None:
         if self.chunks is None:  # (what follows the body is the next request's)
