@@ -7,6 +7,7 @@ gunicorn's threads read requests themselves. The function here is served as depl
 from __future__ import annotations
 
 import json
+import resource
 import socket
 import threading
 import time
@@ -201,3 +202,41 @@ def test_connections_that_close_slowly_hold_up_nobody(devices: services.Function
     finally:
         for sock in kept_open:
             sock.close()
+
+
+def test_out_of_file_descriptors_the_worker_pauses_accepting_and_serves_the_rest(
+    tmp_path: Path, stack_env: dict[str, str]
+) -> None:
+    """A function at its file limit neither ends its worker (it did, with every connection it held) nor spins on
+    the connections waiting to be accepted: it stops accepting for ``ACCEPT_PAUSE_S`` at a time (it slept 50 ms in
+    its event loop at each try, 20 tries a second), answers the connections it holds, and accepts again once
+    descriptors are free."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))  # inherited by the function's processes
+    try:
+        server = services.start_function("devices", services.free_port(), stack_env, tmp_path)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    log_file = tmp_path / "devices.log"
+    clients: list[socket.socket] = []
+    try:
+        assert health(server) == 200
+        clients = [connect(server) for _ in range(300)]  # past the limit: the rest wait in the listen backlog
+        time.sleep(0.5)
+        before = log_file.read_text().count("cannot accept a connection")
+        assert before >= 1  # it ran out
+        t0 = time.monotonic()
+        time.sleep(2)
+        held = clients[0]  # accepted before it ran out: served (so the worker that holds it did not end)
+        held.sendall(b"GET /devices/health HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert answer(held)[0] == 200
+        tries = log_file.read_text().count("cannot accept a connection") - before
+        assert tries <= (time.monotonic() - t0) / whole_requests.ACCEPT_PAUSE_S + 2, tries
+        for sock in clients:
+            sock.close()
+        clients = []
+        assert health(server) == 200  # accepting again
+    finally:
+        for sock in clients:
+            sock.close()
+        server.stop()

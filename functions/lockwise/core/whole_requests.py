@@ -63,8 +63,8 @@ MAX_CHUNKS = 16_384
 LINGER_S = 2.0
 LINGER_BYTES = 64 * 1024
 RECV_BYTES = 256 * 1024
-#: out of file descriptors, the event loop waits this long before it accepts again
-ACCEPT_BACKOFF_S = 0.05
+#: out of file descriptors, the event loop stops accepting for this long (nginx: 500 ms), serving the others meanwhile
+ACCEPT_PAUSE_S = 0.5
 
 try:
     from gunicorn.http.body import ChunkedReader, LengthReader
@@ -247,6 +247,7 @@ class WholeRequestWorker(ThreadWorker):  # type: ignore[misc]
         self.filling: dict[Any, Filling] = {}
         self.held = 0  # bytes held for all of them
         self.lingering: dict[Any, list[float]] = {}  # connections closing: [deadline, bytes drained]
+        self.accept_paused_until = 0.0
 
     def enqueue_req(self, conn: Any) -> None:
         """Called for a new connection, a kept-alive one that became readable and one with read-ahead left: read
@@ -270,15 +271,24 @@ class WholeRequestWorker(ThreadWorker):  # type: ignore[misc]
             self._take(conn, filling, conn.parser.unreader.take_buffered())
 
     def accept(self, listener: Any) -> None:
-        """gunicorn's, but out of file descriptors it waits a moment instead of ending the worker (every connection
-        it holds with it: attack run, at ``ulimit -n 1024``)."""
+        """gunicorn's, but out of file descriptors it stops accepting for ``ACCEPT_PAUSE_S`` instead of ending the
+        worker (every connection it holds with it: attack run, at ``ulimit -n 1024``); it slept 50 ms in the loop at
+        each try, holding up every connection's reading."""
         try:
             super().accept(listener)
         except OSError as exc:
             if exc.errno not in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
                 raise
-            log.warning("cannot accept a connection: %s", exc.strerror)
-            time.sleep(ACCEPT_BACKOFF_S)
+            log.warning("cannot accept a connection (%s): not accepting for %.1f s", exc.strerror, ACCEPT_PAUSE_S)
+            self.accept_paused_until = time.monotonic() + ACCEPT_PAUSE_S
+            self.set_accept_enabled(False)
+
+    def set_accept_enabled(self, enabled: bool) -> None:
+        """gunicorn's (its loop asks for accepting again at each turn while below ``worker_connections``), but not
+        before a pause ends (``accept``)."""
+        if enabled and time.monotonic() < self.accept_paused_until:
+            return
+        super().set_accept_enabled(enabled)
 
     def _readable(self, conn: Any, _sock: Any) -> None:
         filling = self.filling.get(conn)
