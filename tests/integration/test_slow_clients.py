@@ -188,6 +188,24 @@ def test_requests_sent_together_on_one_connection_are_each_answered(devices: ser
     assert statuses[0] == 200 and 400 <= statuses[1] < 500 and statuses[2] == 200, got[:500]
 
 
+def test_a_client_that_waits_for_100_continue_gets_it_once(devices: services.FunctionServer) -> None:
+    """The loop sends ``100 Continue`` while it reads the request; the thread that answers it sent one more."""
+    body = b'{"code": "not-a-code"}'
+    with connect(devices) as sock:
+        sock.sendall(
+            b"POST /devices/provision HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Expect: 100-continue\r\nContent-Length: %d\r\n\r\n" % len(body)
+        )
+        interim = b"HTTP/1.1 100 Continue\r\n\r\n"
+        got = b""
+        while len(got) < len(interim):
+            got += sock.recv(len(interim) - len(got))
+        assert got == interim
+        sock.sendall(body)
+        status, headers, _ = read_answer(sock)
+    assert 400 <= status < 500 and headers.get("content-type", "").startswith("application/json")
+
+
 def test_connections_that_close_slowly_hold_up_nobody(devices: services.FunctionServer) -> None:
     """A connection that is not kept alive is closed gracefully (a FIN, then what the client still sends read for up
     to 2 s): gunicorn waited for that in its event loop, so clients that kept their end open after the answer held

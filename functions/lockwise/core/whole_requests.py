@@ -15,7 +15,7 @@ The loop answers itself, in the API's JSON shape, and closes the connection: 408
 deadline (``HEAD_S`` for the head; then ``BODY_GRACE_S`` plus 1 s for every ``MIN_BODY_RATE`` bytes of body that
 come, as Apache's ``mod_reqtimeout`` does, and never past ``BODY_MAX_S``), 431 for a head over ``MAX_HEAD_BYTES``,
 413 for a body over ``MAX_BODY_BYTES``, 503 while ``MAX_HELD_BYTES`` are held for all connections together. A client
-that asked for ``100 Continue`` gets it from the loop (and once more from the thread, which RFC 9110 allows). A
+that asked for ``100 Continue`` gets it from the loop, once (the thread, which sends its own, is told it was sent). A
 connection that sent nothing of a request (at most the one empty line RFC 9112 has a server ignore before one) is
 closed without an answer when its time is up, as gunicorn closes an idle one: ``HEAD_S`` for a new connection,
 gunicorn's keep-alive for one answered before (a 408 there could be taken for the answer to the client's next request).
@@ -316,8 +316,9 @@ class WholeRequestWorker(ThreadWorker):  # type: ignore[misc]
             log.exception("reading a request in the event loop failed; a thread reads it")
             filling.whole = True
         if filling.continue_wanted and not had_head and not filling.whole:
-            with contextlib.suppress(OSError):  # (the thread sends it once more; RFC 9110 allows several)
+            with contextlib.suppress(OSError):
                 conn.sock.send(b"HTTP/1.1 100 Continue\r\n\r\n")
+            conn.lockwise_continued = True  # (handle_request: the thread does not send it again)
         if filling.whole:
             self._hand_over(conn)
         # past the cap, the connection idle the longest goes, not the one that came last
@@ -333,6 +334,13 @@ class WholeRequestWorker(ThreadWorker):  # type: ignore[misc]
         conn.lockwise_whole = True
         conn.sock.setblocking(True)
         self.enqueue_req(conn)
+
+    def handle_request(self, req: Any, conn: Any) -> Any:
+        """gunicorn's, without a second ``100 Continue`` where the loop sent one for this request."""
+        if getattr(conn, "lockwise_continued", False):
+            conn.lockwise_continued = False
+            req._expected_100_continue = False
+        return super().handle_request(req, conn)
 
     def _forget(self, conn: Any) -> Filling:
         """Stop reading ``conn``'s request in the loop; what it sent so far is returned."""
