@@ -17,6 +17,8 @@ from lockwise.core.auth import User
 from lockwise.core.db import UNIQUE_VIOLATION, Connection, rows_as_dicts, sqlstate
 from lockwise.devices import members
 
+# every moment here is the request's ``:now`` (the runtime's clock, on which the handlers judge membership), not the
+# database's: an invitation expires, and its sender's standing is judged, on the same clock as everything else
 _OPEN = "accepted_at IS NULL AND closed_at IS NULL"
 #: whoever sent it may still grant its role (active; the owner for an admin): an invitation falls with its sender's
 #: right (an admin once invited their own address, was removed, and accepted their way back in: attack run)
@@ -27,8 +29,6 @@ _STANDING = (
 )
 _LIVE = _OPEN + " AND expires_at > :now AND " + _STANDING
 _ADDRESSED_TO = "(invitee_uid = :u OR (CAST(:verified AS boolean) AND lower(email) = lower(:e)))"
-# every moment here is the request's ``now`` (the runtime's clock, as the handlers judge membership), not the
-# database's: an invitation expires, and its sender's standing is judged, on the same clock as everything else
 
 
 def invite(
