@@ -63,7 +63,8 @@ MAX_CHUNKS = 16_384
 LINGER_S = 2.0
 LINGER_BYTES = 64 * 1024
 RECV_BYTES = 256 * 1024
-#: out of file descriptors, the event loop stops accepting for this long (nginx: 500 ms), serving the others meanwhile
+#: out of file descriptors, the event loop stops accepting for at least this long (nginx: 500 ms; it accepts again at
+#: its next turn after it, within a second), serving the connections it holds meanwhile
 ACCEPT_PAUSE_S = 0.5
 
 try:
