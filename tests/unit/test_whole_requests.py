@@ -104,6 +104,7 @@ def test_one_chunk_read_in_many_pieces_counts_once() -> None:
     [
         (POST + b"Content-Length: 99999999999999999999\r\n\r\n", 413),
         (b"GET /" + b"a" * 70_000 + b" HTTP/1.1\r\nHost: x", 414),
+        (b"\r\nGET /" + b"a" * 70_000 + b" HTTP/1.1\r\nHost: x", 414),  # after the empty line gunicorn ignores
         (b"GET / HTTP/1.1\r\n" + b"".join(b"X-%d: %s\r\n" % (i, b"a" * 7_000) for i in range(10)) + b"Host: x", 431),
         (CHUNKED + b"1\r\nx\r\n" * (MAX_CHUNKS + 1), 400),
     ],

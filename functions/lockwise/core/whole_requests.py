@@ -193,7 +193,8 @@ class Filling:
         self.continue_wanted = bool(req._expected_100_continue)
 
     def _head_too_long(self) -> Refused:
-        if self.buf.find(b"\n", 0, MAX_HEAD_BYTES) < 0:
+        line = 2 if self.buf.startswith(b"\r\n") else 0  # (past the empty line gunicorn ignores before a request)
+        if self.buf.find(b"\n", line, line + MAX_HEAD_BYTES) < 0:
             return Refused(414, "URI Too Long", f"request line over {MAX_HEAD_BYTES} bytes")
         return Refused(431, "Request Header Fields Too Large", f"request head over {MAX_HEAD_BYTES} bytes")
 
