@@ -114,7 +114,6 @@ class Filling:
     deadline: float  # (until it starts, by when it must: then it is closed without an answer, as an idle one is)
     buf: bytearray = field(default_factory=bytearray)
     kept_alive: bool = False  # a connection that was answered before (else a new one: its head has HEAD_S from it)
-    started: bool = False  # something of a request came: more than the empty line RFC 9112 lets come before one
     line_checked: bool = False  # the request line went through gunicorn's parser once it was in
     searched: int = 0  # how far the buffer was searched for the head's end (then for the trailers' end)
     head_end: int = -1  # index just past the head, once gunicorn's parser took it
@@ -128,16 +127,21 @@ class Filling:
     whole: bool = False  # a thread may take it: whole, or wrong in bytes already in (the thread refuses it)
     continue_wanted: bool = False  # the client waits for "100 Continue" before its body
 
+    @property
+    def started(self) -> bool:
+        """Something of a request came: more than the one empty line RFC 9112 has a server ignore before one (and
+        gunicorn's parser does)."""
+        return len(self.buf) > 2 or not b"\r\n".startswith(self.buf)
+
     def add(self, data: bytes, now: float) -> None:
         """Take ``data``; raises :class:`Refused` when the loop must answer."""
+        starting = not self.started
         self.buf += data
         self.last_at = now
         if not self.started:
-            if bytes(self.buf) in (b"\r", b"\r\n"):  # (gunicorn's parser ignores it, one and no more, as RFC 9112 asks)
-                return
-            self.started = True
-            if self.kept_alive:  # its head has HEAD_S from now
-                self.deadline = now + HEAD_S
+            return
+        if starting and self.kept_alive:  # its head has HEAD_S from its first byte
+            self.deadline = now + HEAD_S
         if self.head_end < 0:
             self._try_head(now)
         if self.head_end >= 0 and not self.whole:
@@ -160,16 +164,17 @@ class Filling:
 
     def _try_head(self, now: float) -> None:
         start, self.searched = max(0, self.searched - 3), len(self.buf)
-        lf = self.buf.find(b"\n", start)
-        if lf >= 0 and (not self.line_checked or _bare_lf(self.buf, lf)):
-            # the request line once it is in, and a head with a bare LF: gunicorn refuses them from these bytes
-            self.line_checked = True
-            self._parse(bytes(self.buf))
-            if self.whole:
-                return
-        # then gunicorn's parser runs once a line ends twice (CRLF CRLF, or a bare LF it refuses), over the head only
+        # gunicorn's parser runs over the head once a line ends twice (CRLF CRLF, or a bare LF it refuses) ...
         ends = [i + n for i, n in ((self.buf.find(b"\n\r\n", start), 3), (self.buf.find(b"\n\n", start), 2)) if i >= 0]
         if not ends:
+            # ... and before, over what is in, once the request line is and at a bare LF: it refuses them from
+            # these bytes (the head's end is not in: at most MAX_HEAD_BYTES of it, or refused below)
+            lf = self.buf.find(b"\n", start)
+            if lf >= 0 and (not self.line_checked or _bare_lf(self.buf, lf)):
+                self.line_checked = True
+                self._parse(bytes(self.buf[: MAX_HEAD_BYTES + 1]))
+                if self.whole:
+                    return
             if len(self.buf) > MAX_HEAD_BYTES:
                 raise self._head_too_long()
             return
