@@ -198,8 +198,8 @@ def test_a_client_that_waits_for_100_continue_gets_it_once(devices: services.Fun
         )
         interim = b"HTTP/1.1 100 Continue\r\n\r\n"
         got = b""
-        while len(got) < len(interim):
-            got += sock.recv(len(interim) - len(got))
+        while len(got) < len(interim) and (chunk := sock.recv(len(interim) - len(got))):
+            got += chunk
         assert got == interim
         sock.sendall(body)
         status, headers, _ = read_answer(sock)

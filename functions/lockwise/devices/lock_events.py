@@ -341,7 +341,7 @@ def _state(lock_id: str, body: dict[str, Any], now: dt.datetime, batch: Pending)
         fields = {"state": state, "reported_at": reported.isoformat(), "late": True}
         _list_in_feed(batch, lock_id, row, now, "state", entry_id, **fields)
         return Outcome("stale", "a newer report was already applied: listed in the feed as late, state unchanged")
-    row.state, row.reported_at, row.last_seen, row.online, row.changed = state, reported, now, True, True
+    row.state, row.reported_at, row.last_seen, row.online = state, reported, now, True
     row.battery_pct = battery if battery is not None else row.battery_pct
     row.firmware = firmware if firmware is not None else row.firmware
     doc = {
