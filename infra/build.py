@@ -4,7 +4,8 @@
 A function bundle is what Cloud Functions / Cloud Run receives as source: the function's ``main.py`` and
 ``requirements.txt``, plus the shared ``lockwise`` package copied in (the one place it is edited is
 ``functions/lockwise``); embed and verify also carry ``models/ge2e`` (the GE2E export, 5.5 MB: the encoder used
-when no ECAPA model directory is configured). The relay's context holds ``mqtt_relay/``, ``lockwise/``, its
+when no ECAPA model directory is configured), and embed ``models/vad`` (Silero VAD's graph, 1.2 MB: enrollment
+samples must hold a voice). The relay's context holds ``mqtt_relay/``, ``lockwise/``, its
 requirements and Dockerfile; the migration job's holds ``lockwise/`` and what ``infra/bundles/migrate/`` has
 (requirements, Dockerfile). Nothing else of the repository is needed to run any of
 them: the production rehearsal (tests/rehearsal) installs each into its own virtualenv from its own requirements.
@@ -28,6 +29,9 @@ FUNCTIONS = ("embed", "verify", "devices")
 #: functions that load a speaker model: they carry the GE2E export (the encoder when no model directory is set)
 VOICE_FUNCTIONS = ("embed", "verify")
 GE2E_DIR = FUNCTIONS_DIR / "models" / "ge2e"
+#: the voice activity graph (``python -m infra.model.vad_export``): embed refuses enrollment samples without a voice
+VAD_DIR = FUNCTIONS_DIR / "models" / "vad"
+VAD_FUNCTIONS = ("embed",)
 RELAY = "relay"
 MIGRATE = "migrate"
 #: bundles that are the shared package plus their own requirements (and Dockerfile): infra/bundles/<name>/
@@ -59,6 +63,10 @@ def build(name: str, out: Path) -> Path:
         if not (GE2E_DIR / "manifest.json").is_file():
             raise SystemExit(f"{GE2E_DIR} is missing: run ./dev setup (it exports the GE2E weights there)")
         shutil.copytree(GE2E_DIR, out / "models" / "ge2e")
+    if name in VAD_FUNCTIONS:
+        if not (VAD_DIR / "manifest.json").is_file():
+            raise SystemExit(f"{VAD_DIR} is missing: run ./dev setup (it copies Silero VAD's graph there)")
+        shutil.copytree(VAD_DIR, out / "models" / "vad")
     compile_bytecode(out)
     manifest = {
         "function": name,

@@ -216,10 +216,9 @@ def model_dir() -> Path:
 def corpus() -> Path:
     """Real recorded speech: Debian's Asterisk prompts, one folder per speaker (``infra.voice.corpus``; the .debs
     and the decoded clips are cached in ~/.cache/lockwise/corpus)."""
-    from infra.voice import corpus as corpus_builder
+    from tests.voices import corpus_dir
 
-    cache = Path(os.environ.get("LOCKWISE_CORPUS_CACHE", Path.home() / ".cache" / "lockwise" / "corpus"))
-    return corpus_builder.build(cache / "asterisk", cache / "debs")
+    return corpus_dir()
 
 
 @pytest.fixture(scope="session")

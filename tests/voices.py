@@ -1,17 +1,53 @@
-"""Synthetic speech-like audio for the plumbing tests (real speech comes from the corpus tests).
+"""Audio for the tests: real speech from the corpus (``spoken``), and synthetic speech-like signals.
 
-A voiced signal: harmonics of a wavering fundamental under a 4 Hz syllable envelope, with a little noise. It is loud
-enough, long enough and unclipped, so it passes intake; ``f0`` and ``seed`` make different "voices".
+``spoken`` gives recordings of one real speaker (Debian's Asterisk prompts, ``infra.voice.corpus``) at the lock's
+44.1 kHz: what enrollment takes, since it refuses samples in which its voice activity model hears no voice.
+
+``speech_like`` is a voiced-looking signal (harmonics of a wavering fundamental under a 4 Hz syllable envelope, with a
+little noise): loud enough, long enough and unclipped, so it passes intake's checks, which are about level. The voice
+activity model hears little or no voice in it (README "Audio intake"), so it serves the tests of decoding, intake
+and the door's plumbing, never an enrollment's.
 """
 
 from __future__ import annotations
 
 import base64
+import functools
+import os
+from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
 
+from lockwise.voice import audio
 from lockwise.voice.audio import Clip, to_wav
+from lockwise.voice.model.resample import resample
+
+LOCK_RATE = 44100
+CORPUS_CACHE = Path(os.environ.get("LOCKWISE_CORPUS_CACHE", Path.home() / ".cache" / "lockwise" / "corpus"))
+
+
+@functools.cache
+def corpus_dir() -> Path:
+    """The real-speech corpus, one folder per speaker (built on first use, then cached with its .debs in
+    ``CORPUS_CACHE``; ``./dev setup`` builds it)."""
+    from infra.voice import corpus as corpus_builder
+
+    return corpus_builder.build(CORPUS_CACHE / "asterisk", CORPUS_CACHE / "debs")
+
+
+@functools.cache
+def spoken(speaker: str = "allison", n: int = 5, start: int = 0) -> tuple[npt.NDArray[np.float32], ...]:
+    """``n`` recordings of one real ``speaker``, each of 3-12 s holding at least 2.5 s of speech (enough for any
+    encoder's enrollment floor), the ``start``-th such clip of theirs first, resampled to 44.1 kHz."""
+    found: list[npt.NDArray[np.float32]] = []
+    for path in sorted((corpus_dir() / speaker).glob("*.wav")):
+        clip = audio.parse_wav(path.read_bytes())
+        if 3.0 <= clip.seconds <= 12.0 and audio.speech_seconds(clip.samples, clip.rate) >= 2.5:
+            found.append(resample(clip.samples, clip.rate, LOCK_RATE))
+        if len(found) == start + n:
+            return tuple(found[start:])
+    raise LookupError(f"the corpus has {len(found)} usable clips of {speaker!r}, not {start + n}")
 
 
 def speech_like(
@@ -32,19 +68,6 @@ def speech_like(
     return np.asarray(signal / max(1.0, float(np.abs(signal).max()) / 0.8), dtype=np.float32)
 
 
-def takes(n: int = 5, f0: float = 140.0, seed: int = 1) -> list[npt.NDArray[np.float32]]:
-    """``n`` takes of one synthetic voice (``f0``), each a recording of its own: enrollment refuses copies of one
-    recording, at any gain (their replay fingerprints match), and takes differing in their random phases only match
-    too (z 80-145 against a replay threshold of 105), so each also speaks a little higher, with its own vibrato and
-    syllable rate (z 4-37). The first is ``speech_like(f0=f0, seed=seed)``."""
-    return [
-        speech_like(
-            3.0, f0=f0 * (1 + 0.02 * k), seed=seed + 1000 * k, vibrato_hz=0.7 + 0.15 * k, syllables_hz=4 + 0.5 * k
-        )
-        for k in range(n)
-    ]
-
-
 def pcm16(samples: npt.NDArray[np.float32]) -> bytes:
     return (np.clip(samples, -1, 1) * 32767).astype("<i2").tobytes()
 
@@ -55,3 +78,32 @@ def wav(samples: npt.NDArray[np.float32], rate: int = 44100) -> bytes:
 
 def pcm_json(samples: npt.NDArray[np.float32], rate: int = 44100) -> dict[str, object]:
     return {"pcm_base64": base64.b64encode(pcm16(samples)).decode(), "sample_rate": rate}
+
+
+def noises(seconds: float = 4.0, rate: int = LOCK_RATE, seed: int = 0) -> dict[str, npt.NDArray[np.float32]]:
+    """Sounds that are not a voice, each loud for most of its length (intake's level checks and its energy measure
+    of speech pass them all) and at a 0.3 peak: broadband noises, a fan, mains hum, tones, rain, noise swelling at a
+    syllable's rate, a buzz, a chirp."""
+    rng = np.random.default_rng(seed)
+    n = int(seconds * rate)
+    t = np.arange(n) / rate
+    bins = np.arange(n // 2 + 1, dtype=np.float64)
+    white = rng.standard_normal(n)
+    pink = np.fft.irfft(np.fft.rfft(white) / np.sqrt(np.maximum(1.0, bins)), n)
+    brown = np.cumsum(white)
+    brown -= np.convolve(brown, np.ones(rate // 10) / (rate // 10), "same")
+    fan = np.fft.irfft(np.fft.rfft(white) / np.maximum(1.0, bins / 30.0), n) + 0.3 * np.sin(2 * np.pi * 50 * t)
+    sounds = {
+        "white": white,
+        "pink": pink,
+        "brown": brown,
+        "fan": fan * np.std(white) / np.std(fan),
+        "hum": sum(np.sin(2 * np.pi * f * t) / k for k, f in enumerate((100, 200, 300, 400, 500), 1)) + 0.05 * white,
+        "tone": np.sin(2 * np.pi * 440 * t),
+        "chord": sum(np.sin(2 * np.pi * f * t) for f in (150, 300, 450)),
+        "rain": white * (rng.random(n) < 0.01) * 5 + 0.3 * white,
+        "swelling noise": pink * (1.2 + np.sin(2 * np.pi * 4 * t)),
+        "buzz": ((t * 120) % 1 - 0.5) * (1.2 + np.sin(2 * np.pi * 5 * t)),
+        "chirp": np.sin(2 * np.pi * (200 + 300 * t) * t),
+    }
+    return {name: np.asarray(0.3 * x / np.abs(x).max(), dtype=np.float32) for name, x in sounds.items()}

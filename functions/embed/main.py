@@ -16,11 +16,13 @@ from lockwise.core.http import Api, Ctx, JsonBody, Result
 from lockwise.core.runtime import get_runtime
 from lockwise.voice import audio, enrollment, scoring, voiceprints
 from lockwise.voice.model.encoder import describe, load_encoder, load_scorer
+from lockwise.voice.model.voice_activity import VoiceActivity
 
 rt = get_runtime("embed")
 api = Api("embed")
 encoder = load_encoder(rt.settings, exported=True)
 scorer = load_scorer(rt.settings, encoder)
+voice = VoiceActivity()  # the bundle's models/vad: an enrollment sample must hold a voice, not only sound
 limits = audio.Limits.from_settings(rt.settings)
 
 
@@ -44,7 +46,9 @@ def sample_clip(index: int, value: Any) -> audio.Clip:
 
 @api.route("GET", "/embed/health")
 def get_health(ctx: Ctx) -> tuple[JsonBody, int]:
-    return health.check({**rt.probes(), "model": describe(encoder)}, "embed", rt.settings.release)
+    return health.check(
+        {**rt.probes(), "model": describe(encoder), "voice_activity": voice.describe}, "embed", rt.settings.release
+    )
 
 
 @api.route("PUT", "/embed/enrollment")
@@ -58,7 +62,7 @@ def enroll(ctx: Ctx) -> Result:
             f"give {settings.enroll_min_samples} to {settings.enroll_max_samples} samples", code="wrong_sample_count"
         )
     clips = [sample_clip(i, s) for i, s in enumerate(samples)]  # every sample is checked before any model work
-    status = enrollment.enroll(rt.db, user.uid, clips, encoder, scorer, settings)
+    status = enrollment.enroll(rt.db, user.uid, clips, encoder, scorer, voice, settings)
     rt.flush_mirror()
     return status, 201
 

@@ -62,6 +62,9 @@ def test_bundle_imports_on_its_own(tmp_path: Path, name: str, model_dir: Path) -
     assert "google-cloud-firestore" not in pins and "grpcio" not in pins
     if name in ("embed", "verify"):  # both carry the GE2E export, the encoder when no model directory is set
         assert "models/ge2e/manifest.json" in manifest["files"]
+    # embed checks each enrollment sample for a voice (Silero VAD's graph, with its licence); nothing else carries it
+    assert ("models/vad/silero_vad_16k_sequence.onnx" in manifest["files"]) is (name == "embed")
+    assert ("models/vad/LICENSE" in manifest["files"]) is (name == "embed")
 
 
 def test_builds_of_the_same_source_are_the_same_bytes_wherever_they_are_built(tmp_path: Path) -> None:

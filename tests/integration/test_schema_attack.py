@@ -65,7 +65,7 @@ from lockwise.devices import lock_auth
 from simlock.lock import new_tls_key
 from tests.conftest import REPO
 from tests.devices_world import World, bearer, build_world, create_lock, new_lock_key
-from tests.voices import pcm16, pcm_json, speech_like, takes, wav
+from tests.voices import pcm16, pcm_json, speech_like, spoken, wav
 
 #: Hypothesis scans sys.modules: SpeechBrain's lazy modules are set aside (tests/conftest.py)
 pytestmark = [pytest.mark.usefixtures("no_lazy_speechbrain_modules"), pytest.mark.attack]
@@ -97,8 +97,8 @@ FUZZ_SETTINGS = settings(
     suppress_health_check=list(HealthCheck),
     print_blob=False,
 )
-VOICE = speech_like(3.0, f0=140, seed=1)
-TAKES = takes(5, f0=140, seed=1)  # VOICE and four more takes of it
+VOICE = speech_like(3.0, f0=140, seed=1)  # the door's bodies: loud enough for intake, and short
+TAKES = spoken()  # enrollment's: five recordings of a real voice (noise and synthetic voices are refused there)
 AnyCase = Case[Any]
 Operation = APIOperation[Any, Any, Any, Any]
 

@@ -159,6 +159,8 @@ class Settings:
     voice_retry_band: float | None
     enroll_agreement: float | None
     enroll_min_speech_s: float | None
+    #: seconds of voice (the voice activity model's, not loudness) each enrollment sample must hold: noise holds none
+    enroll_min_voice_s: float
     lockout_after: int
     #: at most this many rejected, scored voice attempts per lock in any 24 hours (no reset lifts it)
     voice_daily_rejections: int
@@ -258,6 +260,7 @@ class Settings:
             voice_retry_band=_optional_float(env, "LOCKWISE_VOICE_RETRY_BAND", 0, 10),
             enroll_agreement=_optional_float(env, "LOCKWISE_ENROLL_AGREEMENT", -1, 1),
             enroll_min_speech_s=_optional_float(env, "LOCKWISE_ENROLL_MIN_SPEECH_S", 0, 60),
+            enroll_min_voice_s=env_float(env, "LOCKWISE_ENROLL_MIN_VOICE_S", 0.3, 0.0, 60),
             lockout_after=env_int(env, "LOCKWISE_LOCKOUT_AFTER", 5, minimum=1),
             voice_daily_rejections=env_int(env, "LOCKWISE_VOICE_DAILY_REJECTIONS", 20, minimum=1),
             enroll_comparisons=env_int(env, "LOCKWISE_ENROLL_COMPARISONS", 5, minimum=1),

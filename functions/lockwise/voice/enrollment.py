@@ -2,7 +2,8 @@
 
 The embed function's handler parses the request into clips (``lockwise.voice.audio``) and calls ``enroll``; everything
 that decides whether a set of samples makes a voiceprint lives here: enough speech in every sample (the encoder's
-floor), samples that agree with each other, and no collision with the voice of someone who shares a lock.
+floor) and a voice in it (a voice activity model's: noise is loud too), samples that agree with each other, and no
+collision with the voice of someone who shares a lock.
 """
 
 from __future__ import annotations
@@ -18,15 +19,23 @@ from lockwise.core.db import Connection, Database
 from lockwise.voice import audio, known_recordings, scoring, voiceprints
 from lockwise.voice.model import fingerprint
 from lockwise.voice.model.encoder import Encoder, Scorer, policy
+from lockwise.voice.model.voice_activity import VoiceActivity
 
 
 def enroll(
-    db: Database, uid: str, clips: Sequence[audio.Clip], encoder: Encoder, scorer: Scorer, settings: Settings
+    db: Database,
+    uid: str,
+    clips: Sequence[audio.Clip],
+    encoder: Encoder,
+    scorer: Scorer,
+    voice: VoiceActivity,
+    settings: Settings,
 ) -> dict[str, Any]:
     """Make ``uid``'s voiceprint from ``clips`` (validated audio) and store it with its takes' fingerprints,
     replacing any earlier one; return the enrollment status and the samples' lowest agreement.
 
-    Raises ``InvalidAudio`` (422) naming the sample with too little speech, one that is a copy of another (the
+    Raises ``InvalidAudio`` (422) naming the sample with too little speech or too little voice in it (loud noise
+    passes the first, not the second), one that is a copy of another (the
     replay check's fingerprints: a recording sent twice, at any gain) or the one least like the others,
     ``Conflict`` (409) when the voice would pass as someone who shares a lock with ``uid``, and ``RateLimited``
     (429) once ``uid`` has had the day's comparisons with co-members' voices (``comparisons_wait``) or the day's
@@ -40,6 +49,13 @@ def enroll(
                 f"sample {i}: only {speech:.2f} s of speech; enrollment needs {rules.enroll_min_speech_s:g} s",
                 code="too_little_speech",
                 details={"sample": i, "speech_s": round(speech, 2), "required_s": rules.enroll_min_speech_s},
+            )
+        voiced = voice.voiced_seconds(clip.samples, clip.rate)
+        if voiced < settings.enroll_min_voice_s:
+            raise errors.InvalidAudio(
+                f"sample {i}: no voice heard ({voiced:.2f} s); record your voice, close to the phone",
+                code="no_voice",
+                details={"sample": i, "voice_s": round(voiced, 2), "required_s": settings.enroll_min_voice_s},
             )
     takes = [fingerprint.landmarks(c.samples, c.rate) for c in clips]  # to refuse their replay at the door
     for i, take in enumerate(takes[1:], start=1):
