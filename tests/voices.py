@@ -37,6 +37,15 @@ def corpus_dir() -> Path:
 
 
 @functools.cache
+def wideband_dir() -> Path:
+    """Four of the corpus's voices recorded at 16 kHz (the G.722 packages; ``infra.voice.corpus --wideband``): the
+    band a lock's microphone hears. Built on first use and cached beside the corpus."""
+    from infra.voice import corpus as corpus_builder
+
+    return corpus_builder.build_wideband(CORPUS_CACHE / "wideband", CORPUS_CACHE / "debs")
+
+
+@functools.cache
 def spoken(speaker: str = "allison", n: int = 5, start: int = 0) -> tuple[npt.NDArray[np.float32], ...]:
     """``n`` recordings of one real ``speaker``, each of 3-12 s holding at least 2.5 s of speech (enough for any
     encoder's enrollment floor), the ``start``-th such clip of theirs first, resampled to 44.1 kHz."""

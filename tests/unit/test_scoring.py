@@ -61,3 +61,28 @@ def test_a_score_that_is_not_a_number_never_opens_the_door(bad: float) -> None:
     assert not beside.accepted
     genuine = scoring.decide(np.array([bad, 0.9, 0.1], dtype=np.float32), 0.5, 0.05)
     assert genuine.accepted and genuine.best_index == 1  # the others' scores still decide
+
+
+def test_normalised_scores_pass_nobody_whose_cosine_is_under_the_encoders_floor() -> None:
+    """A cohort of another channel than the probe's inflates normalised scores (README "Wideband speech"): the door
+    also wants the best voiceprint's raw cosine at the encoder's floor, or at a lock's own threshold above it."""
+    from types import SimpleNamespace
+
+    from lockwise.core.config import Settings
+    from lockwise.voice.model.encoder import CALIBRATIONS, policy
+    from lockwise.voice.verification import decide
+
+    settings = Settings.from_env({"LOCKWISE_MODE": "local"}, component="verify")
+    ge2e, encoder = CALIBRATIONS["ge2e"], SimpleNamespace(name="ge2e")
+    rules = policy(settings, encoder, normalised=True)
+    assert rules.raw_gate == ge2e.floor and rules.threshold == ge2e.norm_threshold
+    high = np.array([9.0, 1.0], np.float32)  # far above the normalised threshold, far ahead of the runner-up
+    assert decide(np.array([ge2e.floor, 0.1], np.float32), high, rules).accepted
+    below = decide(np.array([ge2e.floor - 0.01, 0.1], np.float32), high, rules)
+    assert not below.accepted and below.reason == "below_threshold" and below.best_index == 0
+    stricter = policy(settings, encoder, 0.95, normalised=True)
+    assert stricter.raw_gate == 0.95 and not decide(np.array([0.94, 0.1], np.float32), high, stricter).accepted
+    looser = policy(settings, encoder, 0.5, normalised=True)
+    assert looser.raw_gate == ge2e.floor  # a lock cannot lower it
+    raw = policy(settings, encoder)
+    assert raw.raw_gate is None and raw.threshold == ge2e.threshold  # raw cosines: the threshold is the gate

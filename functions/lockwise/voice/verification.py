@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from lockwise.core import errors, mirror
 from lockwise.core.config import Settings
@@ -22,7 +23,7 @@ from lockwise.core.db import Connection, Database
 from lockwise.devices import commands, lockout
 from lockwise.voice import audio, known_recordings, scoring, voiceprints
 from lockwise.voice.model import fingerprint
-from lockwise.voice.model.encoder import Encoder, Scorer, policy
+from lockwise.voice.model.encoder import Encoder, Policy, Scorer, policy
 
 #: the clip's fingerprint is computed here while the model's forward pass runs (onnxruntime and numpy release the
 #: GIL; measured in process: 95 -> 83 ms for both on a 3 s clip). Its thread starts on first use, so a process that
@@ -109,6 +110,16 @@ def record_invalid(db: Database, lock_id: str, code: str) -> None:
         record_attempt(con, lock_id, "invalid", code)
 
 
+def decide(raw: npt.NDArray[np.float32], scores: npt.NDArray[np.float32], rules: Policy) -> scoring.Decision:
+    """The door's decision on one probe's ``scores`` (normalised, or raw cosines) against the candidates' voiceprints:
+    the best must reach the threshold and beat the runner-up by the margin, and its raw cosine must reach the
+    policy's gate (with normalised scores: the encoder's floor, or a lock's own threshold above it)."""
+    decision = scoring.decide(scores, rules.threshold, rules.margin)
+    if decision.accepted and rules.raw_gate is not None and raw[decision.best_index] < rules.raw_gate:
+        return scoring.Decision(False, decision.best_index, decision.best, decision.runner_up, "below_threshold")
+    return decision
+
+
 def verify(
     db: Database,
     lock_id: str,
@@ -154,11 +165,7 @@ def verify(
                 [(s + first[uid]) / 2 if uid in first else s for uid, s in zip(found.uids, scores, strict=True)],
                 dtype=np.float32,
             )
-        decision = scoring.decide(scores, rules.threshold, rules.margin)
-        if decision.accepted and rules.raw_gate is not None and raw[decision.best_index] < rules.raw_gate:
-            decision = scoring.Decision(
-                False, decision.best_index, decision.best, decision.runner_up, "below_threshold"
-            )
+        decision = decide(raw, scores, rules)
         if (
             first is None
             and rules.retry_band is not None

@@ -1,0 +1,127 @@
+"""What the shipped decision does with speech of another band than it was calibrated on:
+``python -m infra.voice.bandwidth [--draws N]`` prints one table (about two minutes here).
+
+The GE2E calibration and its score cohort are the Asterisk corpus, telephone band (8 kHz, GSM). A lock records
+44.1 kHz. Four of the corpus's voices also exist at 16 kHz (G.722, ``infra.voice.corpus --wideband``): the same
+prompts, the band a microphone hears. For Allison and June (held out of the cohort, as users are) each draw enrolls
+a voiceprint of 5 of their first 40 clips and scores their clips 40-80 (owners) and the other one's (strangers),
+under four conditions: the telephone-band corpus; the wideband clips at 16 kHz; the same sent at 44.1 kHz, as a lock
+sends; the wideband clips cut to 8 kHz. Each row gives the owners refused and the strangers accepted on one
+utterance with normalised scores alone, with the raw gate the product now uses (the encoder's floor) and with a gate
+at the raw threshold.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+from infra.voice import corpus
+from lockwise.core.config import Settings
+from lockwise.voice import audio, scoring
+from lockwise.voice.model.encoder import CALIBRATIONS, Encoder, load_scorer, open_encoder
+from lockwise.voice.model.resample import resample
+
+F32 = npt.NDArray[np.float32]
+TARGETS = ("allison", "june")
+LOCK_RATE = 44100
+Condition = Callable[[F32, int], tuple[F32, int]]
+CONDITIONS: dict[str, tuple[str, Condition]] = {
+    "telephone band, 8 kHz (the calibration's)": ("narrow", lambda x, r: (x, r)),
+    "wideband, 16 kHz": ("wide", lambda x, r: (x, r)),
+    "wideband, sent at 44.1 kHz (a lock)": ("wide", lambda x, r: (resample(x, r, LOCK_RATE), LOCK_RATE)),
+    "wideband cut to 8 kHz": ("wide", lambda x, r: (resample(x, r, 8000), 8000)),
+}
+
+
+def clips(folder: Path, speaker: str, limit: int = 80) -> list[tuple[F32, int]]:
+    """The speaker's first ``limit`` clips with enrollment's speech floor (only the language the corpus enrolls)."""
+    found = []
+    for path in sorted((folder / speaker).glob("*.wav")):
+        if speaker == "allison" and not path.name.startswith("en-"):
+            continue  # her Spanish is another voice to the model (README "Calibration on real speech")
+        clip = audio.parse_wav(path.read_bytes())
+        if audio.speech_seconds(clip.samples, clip.rate) >= CALIBRATIONS["ge2e"].enroll_min_speech_s:
+            found.append((clip.samples, clip.rate))
+        if len(found) == limit:
+            break
+    return found
+
+
+@dataclass(frozen=True)
+class Row:
+    condition: str
+    owners: int
+    strangers: int
+    #: per gate (none, floor, raw threshold): (the share of owners refused, the strangers accepted)
+    gates: dict[str, tuple[float, int]]
+    strangers_raw_max: float
+
+
+def measure(narrow: Path, wide: Path, encoder: Encoder, draws: int) -> list[Row]:
+    settings = Settings.from_env({"LOCKWISE_MODE": "local"}, component="verify")
+    scorer = load_scorer(settings, encoder)
+    ge2e = CALIBRATIONS["ge2e"]
+    threshold = ge2e.norm_threshold if ge2e.norm_threshold is not None else ge2e.threshold
+    rows = []
+    for name, (band, condition) in CONDITIONS.items():
+        folder = narrow if band == "narrow" else wide
+        embedded = {s: np.stack([encoder.embed(*condition(x, r)) for x, r in clips(folder, s)]) for s in TARGETS}
+        rng = np.random.default_rng(0)
+        owners: list[tuple[float, float]] = []
+        strangers: list[tuple[float, float]] = []
+        for target in TARGETS:
+            for _ in range(draws):
+                voiceprint = scoring.voiceprint(embedded[target][rng.choice(40, 5, replace=False)])[np.newaxis, :]
+                for speaker, probes in embedded.items():
+                    for probe in probes[40:80]:
+                        raw, normalised = scorer.scores(probe, voiceprint)
+                        (owners if speaker == target else strangers).append((float(normalised[0]), float(raw[0])))
+        own, other = np.array(owners), np.array(strangers)
+        gates = {
+            gate_name: (
+                float(np.mean((own[:, 0] < threshold) | (own[:, 1] < gate))),
+                int(np.sum((other[:, 0] >= threshold) & (other[:, 1] >= gate))),
+            )
+            for gate_name, gate in (("none", -1.0), ("floor", ge2e.floor), ("raw threshold", ge2e.threshold))
+        }
+        rows.append(Row(name, len(own), len(other), gates, float(other[:, 1].max())))
+    return rows
+
+
+def table(rows: list[Row]) -> str:
+    ge2e = CALIBRATIONS["ge2e"]
+    lines = [
+        f"owners refused / strangers accepted, one utterance, normalised threshold {ge2e.norm_threshold}",
+        f"{'condition':44} {'trials':>11} | {'no gate':>14} | {f'gate {ge2e.floor} (floor)':>22} | "
+        f"{f'gate {ge2e.threshold}':>14} | strangers' raw max",
+    ]
+    for row in rows:
+        cells = [f"{refused * 100:5.1f}% / {accepted:3d}" for refused, accepted in row.gates.values()]
+        lines.append(
+            f"{row.condition:44} {row.owners:>5}/{row.strangers:>5} | {cells[0]:>14} | {cells[1]:>22} | "
+            f"{cells[2]:>14} | {row.strangers_raw_max:.3f}"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    cache = Path.home() / ".cache" / "lockwise" / "corpus"
+    parser.add_argument("--corpus", type=Path, default=cache / "asterisk")
+    parser.add_argument("--wideband", type=Path, default=cache / "wideband")
+    parser.add_argument("--draws", type=int, default=10, help="voiceprints drawn per target voice")
+    args = parser.parse_args(argv)
+    narrow = corpus.build(args.corpus, cache / "debs")
+    wide = corpus.build_wideband(args.wideband, cache / "debs")
+    print(table(measure(narrow, wide, open_encoder("ge2e", None), args.draws)))  # noqa: T201
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
