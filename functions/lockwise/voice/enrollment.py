@@ -44,19 +44,9 @@ def enroll(
     rules = policy(settings, encoder)
     for i, clip in enumerate(clips):
         speech = audio.speech_seconds(clip.samples, clip.rate)
-        if speech < rules.enroll_min_speech_s:
-            raise errors.InvalidAudio(
-                f"sample {i}: only {speech:.2f} s of speech; enrollment needs {rules.enroll_min_speech_s:g} s",
-                code="too_little_speech",
-                details={"sample": i, "speech_s": round(speech, 2), "required_s": rules.enroll_min_speech_s},
-            )
-        voiced = voice.voiced_seconds(clip.samples, clip.rate)
-        if voiced < settings.enroll_min_voice_s:
-            raise errors.InvalidAudio(
-                f"sample {i}: no voice heard ({voiced:.2f} s); record your voice, close to the phone",
-                code="no_voice",
-                details={"sample": i, "voice_s": round(voiced, 2), "required_s": settings.enroll_min_voice_s},
-            )
+        _at_least(i, "speech_s", speech, rules.enroll_min_speech_s, "too_little_speech", "of speech")
+        voiced = voice.voiced_seconds(clip.samples, clip.rate)  # only once it is loud enough: noise is loud too
+        _at_least(i, "voice_s", voiced, settings.enroll_min_voice_s, "no_voice", "of a voice in it")
     takes = [fingerprint.landmarks(c.samples, c.rate) for c in clips]  # to refuse their replay at the door
     for i, take in enumerate(takes[1:], start=1):
         copied = known_recordings.replayed(take, takes[:i])
@@ -104,6 +94,16 @@ def enroll(
             code="voice_matches_member",
         )
     return {**status, "agreement": round(lowest, 4)}
+
+
+def _at_least(sample: int, key: str, seconds: float, required: float, code: str, what: str) -> None:
+    """Refuse ``sample`` (422 ``code``, with ``key`` and ``required_s``) when it holds under ``required`` seconds."""
+    if seconds < required:
+        raise errors.InvalidAudio(
+            f"sample {sample}: only {seconds:.2f} s {what}; enrollment needs {required:g} s",
+            code=code,
+            details={"sample": sample, key: round(seconds, 2), "required_s": required},
+        )
 
 
 def comparisons_wait(con: Connection, uid: str, limit: int) -> int:

@@ -6,7 +6,9 @@ Torch-free on purpose: the verify bundle serves an exported model without torch 
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
+from typing import Any
 
 #: the shortest clip any encoder embeds: 40 ms at 16 kHz (fewer than 5 frames starve ECAPA's dilated convolutions)
 MIN_SAMPLES_16K = 640
@@ -31,3 +33,17 @@ def file_sha256(path: Path) -> str:
             return hashlib.file_digest(f, "sha256").hexdigest()
     except OSError as exc:
         raise ModelError(f"cannot read model file {path} ({exc})") from exc
+
+
+def read_manifest(path: Path, what: str, how_to_make: str) -> dict[str, Any]:
+    """The JSON object in ``path``, the manifest of ``what``; ``ModelError`` naming it when it is missing (with
+    ``how_to_make`` it), unreadable, not JSON or not an object."""
+    try:
+        manifest = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise ModelError(f"{what} {path} is missing ({how_to_make})") from exc
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelError(f"{what} {path} is not readable JSON ({exc})") from exc
+    if not isinstance(manifest, dict):
+        raise ModelError(f"{what} {path}: expected a JSON object")
+    return manifest

@@ -30,7 +30,6 @@ difference with this graph, so the defaults are kept.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import mmap
 import os
@@ -46,7 +45,7 @@ import onnxruntime as ort  # type: ignore[import-untyped]
 from lockwise.core import log as lwlog
 from lockwise.core.forking import in_each_child
 from lockwise.voice.model import blas
-from lockwise.voice.model.model_files import ModelError
+from lockwise.voice.model.model_files import ModelError, read_manifest
 from lockwise.voice.model.resample import resample
 from lockwise.voice.model.samples import at_least_40ms, mono_float32
 from lockwise.voice.model.samples import sample_rate as checked_rate
@@ -74,14 +73,7 @@ def load_artifact_manifest(artifact_dir: Path) -> dict[str, Any]:
     path = Path(artifact_dir) / MANIFEST
     if not Path(artifact_dir).is_dir():
         raise ModelError(f"ONNX ECAPA artifact directory {artifact_dir} does not exist (or is not a directory)")
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as exc:
-        raise ModelError(f"ONNX ECAPA artifact {path} is missing (export with infra.model.export_onnx)") from exc
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ModelError(f"ONNX ECAPA artifact {path} is not readable JSON ({exc})") from exc
-    if not isinstance(manifest, dict):
-        raise ModelError(f"ONNX ECAPA artifact {path}: expected a JSON object")
+    manifest = read_manifest(path, "ONNX ECAPA artifact", "export with infra.model.export_onnx")
     expected: dict[str, object] = {
         "format": ARTIFACT_FORMAT,
         "encoder": ENCODER_NAME,

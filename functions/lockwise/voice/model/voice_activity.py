@@ -22,7 +22,6 @@ process makes its own (one-thread, ~10 ms) session on first use.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -31,7 +30,7 @@ import numpy as np
 import numpy.typing as npt
 import onnxruntime as ort  # type: ignore[import-untyped]
 
-from lockwise.voice.model.model_files import ModelError, file_sha256
+from lockwise.voice.model.model_files import ModelError, file_sha256, read_manifest
 from lockwise.voice.model.resample import resample
 from lockwise.voice.model.samples import mono_float32
 from lockwise.voice.model.samples import sample_rate as checked_rate
@@ -130,14 +129,9 @@ def frame_blocks(wave: F32) -> list[F32]:
 
 def _manifest(folder: Path) -> dict[str, Any]:
     path = folder / MANIFEST
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as exc:
-        raise ModelError(f"no voice activity model in {folder}: `python -m infra.model.vad_export {folder}`") from exc
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ModelError(f"voice activity manifest {path} is not readable JSON ({exc})") from exc
+    manifest = read_manifest(path, "voice activity manifest", f"python -m infra.model.vad_export {folder}")
     expected = {"format": FORMAT, "detector": DETECTOR, "sample_rate": SAMPLE_RATE, "frame": FRAME, "context": CONTEXT}
-    if not isinstance(manifest, dict) or any(manifest.get(k) != v for k, v in expected.items()):
+    if any(manifest.get(k) != v for k, v in expected.items()):
         raise ModelError(f"voice activity manifest {path} is not a format-{FORMAT} {DETECTOR} manifest")
     name, sha = manifest.get("file"), manifest.get("sha256")
     if not isinstance(name, str) or Path(name).name != name or name in ("", ".", "..") or not isinstance(sha, str):
