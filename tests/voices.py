@@ -53,7 +53,9 @@ def spoken(speaker: str = "allison", n: int = 5, start: int = 0) -> tuple[npt.ND
     for path in sorted((corpus_dir() / speaker).glob("*.wav")):
         clip = audio.parse_wav(path.read_bytes())
         if 3.0 <= clip.seconds <= 12.0 and audio.speech_seconds(clip.samples, clip.rate) >= 2.5:
-            found.append(resample(clip.samples, clip.rate, LOCK_RATE))
+            take = resample(clip.samples, clip.rate, LOCK_RATE)
+            take.flags.writeable = False  # cached and shared between tests
+            found.append(take)
         if len(found) == start + n:
             return tuple(found[start:])
     raise LookupError(f"the corpus has {len(found)} usable clips of {speaker!r}, not {start + n}")

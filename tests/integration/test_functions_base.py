@@ -23,6 +23,14 @@ def test_health_reports_version_and_dependencies(make_client: Any, name: str) ->
     body = resp.get_json()
     assert body["service"] == name and body["status"] == "ok"
     assert body["checks"]["database"]["ok"] and body["checks"]["firestore"]["ok"]
+    # embed's voice activity model, its session made by the probe (an unusable graph would answer 503 here, not
+    # a 500 at the first enrollment)
+    if name == "embed":
+        assert (
+            body["checks"]["voice_activity"]["ok"] and body["checks"]["voice_activity"]["package"] == "silero-vad 6.2.3"
+        )
+    else:
+        assert "voice_activity" not in body["checks"]
 
 
 def test_health_is_degraded_when_the_database_is_down(make_client: Any, monkeypatch: pytest.MonkeyPatch) -> None:

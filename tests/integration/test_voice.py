@@ -10,8 +10,9 @@ import base64
 import datetime as dt
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -638,62 +639,103 @@ def test_attempts_reach_the_activity_feed_without_biometrics(
     assert not {"score", "embedding", "threshold", "audio"} & set(voice[0])
 
 
-def test_a_voice_just_under_the_threshold_is_asked_again_and_both_utterances_decide(
+@dataclass
+class NormalisedDoor:
+    """The stack serving the session's model with a cohort of random voices (normalised scores), the member
+    enrolled, and how to place this take's normalised score exactly (by aiming the member's voiceprint)."""
+
+    clients: dict[str, Any]
+    uid: str
+    aim: Callable[[float], None]
+    verify: Callable[..., dict[str, Any]]
+
+
+@pytest.fixture
+def normalised_door(
     world: World, voice_env: dict[str, str], make_client: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Callable[[float, float], NormalisedDoor]:
+    def open_door(threshold: float, band: float) -> NormalisedDoor:
+        from lockwise.core.config import get_settings
+        from lockwise.voice.model import cohort
+        from lockwise.voice.model.encoder import Scorer, open_encoder
+
+        folder = tmp_path / "model"  # the session's model, plus a cohort of random voices
+        folder.mkdir()
+        for entry in Path(voice_env["LOCKWISE_MODEL_DIR"]).iterdir():
+            (folder / entry.name).symlink_to(entry)
+        encoder = open_encoder("auto", str(folder), exported=True)
+        members = np.random.default_rng(11).standard_normal((200, encoder.dim)).astype(np.float32)
+        cohort.save(folder, scoring.normalise(members), 20, encoder.model_id, {"corpus": "random test voices"})
+        for key, value in {
+            "LOCKWISE_MODEL_DIR": str(folder),
+            "LOCKWISE_VOICE_THRESHOLD": str(threshold),
+            "LOCKWISE_VOICE_RETRY_BAND": str(band),
+            "LOCKWISE_LOCKOUT_AFTER": "50",
+        }.items():
+            monkeypatch.setenv(key, value)
+        get_settings.cache_clear()
+        get_runtime.cache_clear()
+        clients = {"embed": make_client("embed"), "verify": make_client("verify")}
+        assert clients["verify"].get("/verify/health").status_code == 200
+        assert enroll(clients, world.accounts["member"]).status_code == 201
+        scorer = Scorer(cohort.load(folder, encoder.model_id, encoder.dim))
+        probe = scoring.normalise(encoder.embed(audio.parse_wav(wav(TAKE)).samples, 44100))
+        uid = world.uid("member")
+
+        def aim(normalised: float) -> None:
+            """Set the member's voiceprint so that this probe's normalised score is ``normalised`` (bisection on the
+            cosine: the cohort statistics move with the voiceprint)."""
+            lo, hi = -0.99, 0.9999
+            for _ in range(60):
+                mid = (lo + hi) / 2
+                aim_voiceprint(uid, TAKE, cosine=mid)
+                with get_runtime("verify").db.connection() as con:
+                    ((data,),) = con.run("SELECT embedding FROM voiceprints WHERE user_uid = :u", u=uid)
+                _, score = scorer.scores(probe, scoring.from_bytes(bytes(data), encoder.dim))
+                lo, hi = (mid, hi) if score[0] < normalised else (lo, mid)
+            assert abs(float(score[0]) - normalised) < 0.01
+
+        def verify(follow_up: str | None = None) -> dict[str, Any]:
+            body = wav(TAKE)
+            path = "/verify" + (f"?follow_up={follow_up}" if follow_up else "")
+            signed = lock_auth.sign_headers(world.lock_key, world.lock_id, "POST", path, body, content_type="audio/wav")
+            resp = clients["verify"].post(path, data=body, headers=signed)
+            assert resp.status_code == 200, resp.get_json()
+            result: dict[str, Any] = resp.get_json()
+            return result
+
+        return NormalisedDoor(clients, uid, aim, verify)
+
+    return open_door
+
+
+def test_a_voice_the_raw_floor_refuses_is_not_asked_again(
+    world: World, normalised_door: Callable[[float, float], NormalisedDoor]
+) -> None:
+    """A normalised score at or over the threshold whose cosine is under the encoder's floor (what a cohort of
+    another recording chain does to strangers: README "Wideband speech") is refused outright: asked again, its
+    inflated first score would be averaged into the second's (review: a stranger could pass on two utterances
+    neither of which passes alone)."""
+    door = normalised_door(3.0, 1.0)  # this cohort puts a normalised 4.0 at a cosine of 0.23, under the floor 0.25
+    door.aim(4.0)
+    refused = door.verify()
+    assert (refused["decision"], refused["reason"]) == ("rejected", "below_threshold")
+    assert scored(refused["attempt_id"])[0] >= 3.0  # logged with its normalised score, over the threshold
+    with get_runtime("verify").db.connection() as con:
+        assert con.run("SELECT count(*) FROM verify_follow_ups") == [[0]]
+    door.aim(2.6)  # just under the threshold: asked again, as before
+    assert door.verify()["reason"] == "say_again"
+
+
+def test_a_voice_just_under_the_threshold_is_asked_again_and_both_utterances_decide(
+    world: World, normalised_door: Callable[[float, float], NormalisedDoor]
 ) -> None:
     """With normalised scores (a model directory that ships a cohort), a first utterance within the retry band
     under the threshold is answered ``say_again``; the lock's second clip, sent with ``?follow_up=<attempt_id>``, is
     decided on the mean of both normalised scores, once. The scores are placed exactly by aiming the voiceprint."""
-    from lockwise.core.config import get_settings
-    from lockwise.voice.model import cohort
-    from lockwise.voice.model.encoder import Scorer, open_encoder
-
-    folder = tmp_path / "model"  # the session's model, plus a cohort of random voices
-    folder.mkdir()
-    for entry in Path(voice_env["LOCKWISE_MODEL_DIR"]).iterdir():
-        (folder / entry.name).symlink_to(entry)
-    encoder = open_encoder("auto", str(folder), exported=True)
-    members = np.random.default_rng(11).standard_normal((200, encoder.dim)).astype(np.float32)
-    cohort.save(folder, scoring.normalise(members), 20, encoder.model_id, {"corpus": "random test voices"})
     threshold, band = 8.0, 1.0  # this cohort puts a normalised 5.5-9.5 at cosines over the ECAPA floor (0.25)
-    for key, value in {
-        "LOCKWISE_MODEL_DIR": str(folder),
-        "LOCKWISE_VOICE_THRESHOLD": str(threshold),
-        "LOCKWISE_VOICE_RETRY_BAND": str(band),
-        "LOCKWISE_LOCKOUT_AFTER": "50",
-    }.items():
-        monkeypatch.setenv(key, value)
-    get_settings.cache_clear()
-    get_runtime.cache_clear()
-    clients = {"embed": make_client("embed"), "verify": make_client("verify")}
-    assert clients["verify"].get("/verify/health").status_code == 200
-    assert enroll(clients, world.accounts["member"]).status_code == 201
-    scorer = Scorer(cohort.load(folder, encoder.model_id, encoder.dim))
-    probe = scoring.normalise(encoder.embed(audio.parse_wav(wav(TAKE)).samples, 44100))
-    uid = world.uid("member")
-
-    def aim(normalised: float) -> None:
-        """Set the member's voiceprint so that this probe's normalised score is ``normalised`` (bisection on the
-        cosine: the cohort statistics move with the voiceprint)."""
-        lo, hi = -0.99, 0.9999
-        for _ in range(60):
-            mid = (lo + hi) / 2
-            aim_voiceprint(uid, TAKE, cosine=mid)
-            with get_runtime("verify").db.connection() as con:
-                ((data,),) = con.run("SELECT embedding FROM voiceprints WHERE user_uid = :u", u=uid)
-            _, score = scorer.scores(probe, scoring.from_bytes(bytes(data), encoder.dim))
-            lo, hi = (mid, hi) if score[0] < normalised else (lo, mid)
-        assert abs(float(score[0]) - normalised) < 0.01
-
-    def verify(follow_up: str | None = None) -> dict[str, Any]:
-        body = wav(TAKE)
-        path = "/verify" + (f"?follow_up={follow_up}" if follow_up else "")
-        signed = lock_auth.sign_headers(world.lock_key, world.lock_id, "POST", path, body, content_type="audio/wav")
-        resp = clients["verify"].post(path, data=body, headers=signed)
-        assert resp.status_code == 200, resp.get_json()
-        result: dict[str, Any] = resp.get_json()
-        return result
-
+    door = normalised_door(threshold, band)
+    clients, uid, aim, verify = door.clients, door.uid, door.aim, door.verify
     aim(threshold - 0.5)  # just under: asked again
     first = verify()
     assert (first["decision"], first["reason"]) == ("rejected", "say_again")

@@ -77,7 +77,8 @@ def test_normalised_scores_pass_nobody_whose_cosine_is_under_the_encoders_floor(
     rules = policy(settings, encoder, normalised=True)
     assert rules.raw_gate == ge2e.floor and rules.threshold == ge2e.norm_threshold
     high = np.array([9.0, 1.0], np.float32)  # far above the normalised threshold, far ahead of the runner-up
-    assert decide(np.array([ge2e.floor, 0.1], np.float32), high, rules).accepted
+    assert decide(np.array([ge2e.floor + 1e-4, 0.1], np.float32), high, rules).accepted
+    assert not decide(np.array([np.nan, 0.1], np.float32), high, rules).accepted  # a NaN cosine passes no gate
     below = decide(np.array([ge2e.floor - 0.01, 0.1], np.float32), high, rules)
     assert not below.accepted and below.reason == "below_threshold" and below.best_index == 0
     stricter = policy(settings, encoder, 0.95, normalised=True)

@@ -115,7 +115,7 @@ def decide(raw: npt.NDArray[np.float32], scores: npt.NDArray[np.float32], rules:
     the best must reach the threshold and beat the runner-up by the margin, and its raw cosine must reach the
     policy's gate (with normalised scores: the encoder's floor, or a lock's own threshold above it)."""
     decision = scoring.decide(scores, rules.threshold, rules.margin)
-    if decision.accepted and rules.raw_gate is not None and raw[decision.best_index] < rules.raw_gate:
+    if decision.accepted and rules.raw_gate is not None and not raw[decision.best_index] >= rules.raw_gate:
         return scoring.Decision(False, decision.best_index, decision.best, decision.runner_up, "below_threshold")
     return decision
 
@@ -171,8 +171,9 @@ def verify(
             and rules.retry_band is not None
             and decision.reason == "below_threshold"
             and decision.best is not None
-            and decision.best >= rules.threshold - rules.retry_band
-        ):  # just under: the lock asks the person to say it again, and the two are fused
+            and rules.threshold - rules.retry_band <= decision.best < rules.threshold
+        ):  # just under: the lock asks the person to say it again, and the two are fused (not a voice the raw gate
+            # refused at or over the threshold: its normalised scores are the inflated ones the gate is there for)
             decision = scoring.Decision(False, decision.best_index, decision.best, decision.runner_up, "say_again")
         matched = found.uids[decision.best_index] if decision.best_index is not None else None
         if not decision.accepted:
