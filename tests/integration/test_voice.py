@@ -395,17 +395,22 @@ def test_deleting_voice_data_removes_the_scores_it_produced(clients: dict[str, A
     negate_voiceprint(world.uid("member"))
     rejected = signed_verify(clients, world, wav(TAKE)).get_json()
     assert (accepted["decision"], rejected["decision"]) == ("accepted", "rejected")
+    with get_runtime("verify").db.connection() as con:  # each logged its score and its cosine
+        logged = con.run(
+            "SELECT score, cosine FROM verification_attempts WHERE lock_id = CAST(:l AS uuid)", l=world.lock_id
+        )
+    assert len(logged) == 2 and all(value is not None for row in logged for value in row)
     deleted = clients["embed"].delete("/embed/enrollment", headers=world.headers("member"))
     assert deleted.status_code == 204
     with get_runtime("verify").db.connection() as con:
         rows = con.run(
-            "SELECT outcome, matched_uid, score, runner_up_score FROM verification_attempts"
+            "SELECT outcome, matched_uid, score, runner_up_score, cosine FROM verification_attempts"
             " WHERE lock_id = CAST(:l AS uuid) ORDER BY created_at",
             l=world.lock_id,
         )
     # who opened the door stays (an access record); the scores tied to the voiceprint go; a rejection never named
     # the person it came closest to
-    assert rows[0] == ["accepted", world.uid("member"), None, None]
+    assert rows[0] == ["accepted", world.uid("member"), None, None, None]
     assert rows[1][:2] == ["rejected", None]
 
 
@@ -720,7 +725,11 @@ def test_a_voice_the_raw_floor_refuses_is_not_asked_again(
     door.aim(4.0)
     refused = door.verify()
     assert (refused["decision"], refused["reason"]) == ("rejected", "below_threshold")
-    assert scored(refused["attempt_id"])[0] >= 3.0  # logged with its normalised score, over the threshold
+    with get_runtime("verify").db.connection() as con:  # logged: its normalised score over the threshold, and why
+        ((score, cosine),) = con.run(
+            "SELECT score, cosine FROM verification_attempts WHERE id = CAST(:i AS uuid)", i=refused["attempt_id"]
+        )
+    assert score >= 3.0 and 0.2 < cosine < CALIBRATIONS["ecapa-tdnn"].floor
     with get_runtime("verify").db.connection() as con:
         assert con.run("SELECT count(*) FROM verify_follow_ups") == [[0]]
     door.aim(2.6)  # just under the threshold: asked again, as before

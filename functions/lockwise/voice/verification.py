@@ -71,11 +71,13 @@ def record_attempt(
     runner_up: float | None = None,
     threshold: float | None = None,
     model_id: str | None = None,
+    cosine: float | None = None,
 ) -> str:
     attempt_id = str(
         con.run(
             "INSERT INTO verification_attempts (lock_id, outcome, reason, matched_uid, score, runner_up_score,"
-            " threshold, model_id) VALUES (CAST(:l AS uuid), :o, :r, :u, :s, :ru, :t, :m) RETURNING id::text",
+            " threshold, model_id, cosine) VALUES (CAST(:l AS uuid), :o, :r, :u, :s, :ru, :t, :m, :c)"
+            " RETURNING id::text",
             l=lock_id,
             o=outcome,
             r=reason[:200],
@@ -84,6 +86,7 @@ def record_attempt(
             ru=runner_up,
             t=threshold,
             m=model_id,
+            c=cosine,
         )[0][0]
     )
     mirror.activity(con, lock_id, "voice_attempt", outcome=outcome, reason=reason, member_uid=matched_uid)
@@ -176,6 +179,7 @@ def verify(
             # refused at or over the threshold: its normalised scores are the inflated ones the gate is there for)
             decision = scoring.Decision(False, decision.best_index, decision.best, decision.runner_up, "say_again")
         matched = found.uids[decision.best_index] if decision.best_index is not None else None
+        cosine = float(raw[decision.best_index]) if decision.best_index is not None else None  # for the log
         if not decision.accepted:
             attempt = record_attempt(
                 con,
@@ -186,6 +190,7 @@ def verify(
                 runner_up=decision.runner_up,
                 threshold=rules.threshold,
                 model_id=encoder.model_id,
+                cosine=cosine,
             )
             if decision.reason != "no_candidates":  # nobody to pass as, and uncounted: kept, they grew without bound
                 known_recordings.remember_attempt(con, lock_id, attempt, heard, settings.replay_memory_hours, None)
@@ -217,6 +222,7 @@ def verify(
             runner_up=decision.runner_up,
             threshold=rules.threshold,
             model_id=encoder.model_id,
+            cosine=cosine,
         )
         known_recordings.remember_attempt(con, lock_id, attempt, heard, settings.replay_memory_hours, matched)
         if held.counting:  # an owner's usual accepted attempt has nothing to clear: one statement fewer

@@ -74,7 +74,7 @@ def delete(con: Connection, uid: str) -> int:
     removed = len(con.run("DELETE FROM voiceprints WHERE user_uid = :u RETURNING 1", u=uid))  # + its samples' prints
     known_recordings.forget_speaker(con, uid)
     con.run(
-        "UPDATE verification_attempts SET score = NULL, runner_up_score = NULL,"
+        "UPDATE verification_attempts SET score = NULL, runner_up_score = NULL, cosine = NULL,"
         " matched_uid = CASE WHEN outcome = 'accepted' THEN matched_uid END WHERE matched_uid = :u",
         u=uid,
     )
