@@ -46,7 +46,7 @@ def enroll(
         speech = audio.speech_seconds(clip.samples, clip.rate)
         _at_least(i, "speech_s", speech, rules.enroll_min_speech_s, "too_little_speech", "of speech")
         voiced = voice.voiced_seconds(clip.samples, clip.rate)  # only once it is loud enough: noise is loud too
-        _at_least(i, "voice_s", voiced, settings.enroll_min_voice_s, "no_voice", "of a voice in it")
+        _at_least(i, "voice_s", voiced, settings.enroll_min_voice_s, "no_voice", "of voice")
     takes = [fingerprint.landmarks(c.samples, c.rate) for c in clips]  # to refuse their replay at the door
     for i, take in enumerate(takes[1:], start=1):
         copied = known_recordings.replayed(take, takes[:i])
