@@ -98,7 +98,6 @@ FUZZ_SETTINGS = settings(
     print_blob=False,
 )
 VOICE = speech_like(3.0, f0=140, seed=1)  # the door's bodies: loud enough for intake, and short
-TAKES = spoken()  # enrollment's: five recordings of a real voice (noise and synthetic voices are refused there)
 AnyCase = Case[Any]
 Operation = APIOperation[Any, Any, Any, Any]
 
@@ -244,7 +243,7 @@ def build_scene(function: str, make_client: Callable[[str], Any], sign_up: Any, 
     scene.invitation_id = scene.invitation("owner", "stranger")
     if function == "verify":  # an enrolled owner, so that a clip gets a decision; an embedding for the candidates
         embed = make_client("embed")
-        samples = [pcm_json(take) for take in TAKES]
+        samples = [pcm_json(sample) for sample in spoken()]
         assert embed.put("/embed/enrollment", json={"samples": samples}, headers=bearer(owner)).status_code == 201
         resp = embed.post("/embed", json=pcm_json(VOICE), headers={SERVICE_TOKEN_HEADER: scene.service_token})
         assert resp.status_code == 200, resp.get_json()
@@ -362,8 +361,8 @@ EXPLICIT: dict[str, Explicit] = {
     "enrollVoice": lambda s: [
         {
             "body": {
-                "samples": [pcm_json(TAKES[0]), wav_json(TAKES[1]), pcm_json(TAKES[2], rate=44100)]
-                + [pcm_json(TAKES[3]), wav_json(TAKES[4])]
+                "samples": [pcm_json(spoken()[0]), wav_json(spoken()[1]), pcm_json(spoken()[2], rate=44100)]
+                + [pcm_json(spoken()[3]), wav_json(spoken()[4])]
             }
         }
     ],

@@ -56,15 +56,24 @@ def world(clients: dict[str, Any], sign_up: Any) -> World:
     return build_world(clients["devices"], sign_up)
 
 
-#: a real voice (the corpus's Allison): the first of her enrollment takes
-VOICE = spoken("allison")[0]
-#: the same person at the door: another take, never one of the enrollment samples (that would be a replay)
-TAKE = spoken("allison", 1, start=5)[0]
+def voice() -> Any:
+    """A real voice (the corpus's Allison): the first of her enrollment takes (read on first use, not when the
+    tests are collected)."""
+    return spoken("allison")[0]
+
+
+def take() -> Any:
+    """The same person at the door: another take, never one of the enrollment samples (that would be a replay)."""
+    return spoken("allison", 1, start=5)[0]
+
+
+#: what intake refuses before any model looks at it needs no real voice
+SYNTHETIC = speech_like(3.0, f0=140, seed=1)
 
 
 def enroll(clients: dict[str, Any], account: dict[str, Any], speaker: str = "allison") -> Any:
-    """Five recordings of a real speaker (the first of Allison's is ``VOICE``)."""
-    samples = [pcm_json(take) for take in spoken(speaker)]
+    """Five recordings of a real speaker (the first of Allison's is ``voice()``)."""
+    samples = [pcm_json(sample) for sample in spoken(speaker)]
     return clients["embed"].put("/embed/enrollment", json={"samples": samples}, headers=bearer(account))
 
 
@@ -127,7 +136,7 @@ def test_enroll_then_verify_the_same_voice_unlocks(clients: dict[str, Any], worl
     assert resp.status_code == 201, resp.get_json()
     status = resp.get_json()
     assert status["enrolled"] and not status["needs_reenrollment"] and status["samples"] == 5
-    resp = signed_verify(clients, world, wav(TAKE))
+    resp = signed_verify(clients, world, wav(take()))
     assert resp.status_code == 200, resp.get_json()
     result = resp.get_json()
     assert result["decision"] == "accepted" and result["member_uid"] == world.uid("member")
@@ -159,17 +168,17 @@ def test_a_voice_is_never_scored_at_a_lock_its_owner_has_not_accepted(
         headers=world.headers("owner"),
     )
     assert invited.status_code == 202
-    result = signed_verify(clients, world, wav(TAKE)).get_json()
+    result = signed_verify(clients, world, wav(take())).get_json()
     assert result["decision"] == "rejected" and result["reason"] == "no_candidates"
     invitation = invited.get_json()["invitation"]["id"]
     assert (
         clients["devices"].post(f"/devices/invitations/{invitation}/decline", headers=bearer(victim)).status_code == 204
     )
-    result = signed_verify(clients, world, wav(TAKE)).get_json()
+    result = signed_verify(clients, world, wav(take())).get_json()
     assert result["decision"] == "rejected" and result["reason"] == "no_candidates"
     # with consent the same voice is a candidate (the check above is not blind)
     join(clients["devices"], world.lock_id, world.accounts["owner"], victim, {"role": "member"})
-    result = signed_verify(clients, world, wav(TAKE)).get_json()
+    result = signed_verify(clients, world, wav(take())).get_json()
     assert result["decision"] == "accepted" and result["member_uid"] == victim["localId"]
 
 
@@ -181,8 +190,8 @@ def test_a_lock_threshold_cannot_open_the_door_to_any_voice(clients: dict[str, A
     assert clients["devices"].patch(path, json={"voice_threshold": 0}, headers=owner).status_code == 200
     assert enroll(clients, world.accounts["member"]).status_code == 201
     floor = CALIBRATIONS["ecapa-tdnn"].floor
-    aim_voiceprint(world.uid("member"), TAKE, cosine=floor / 2)  # above the lock's 0, below the floor
-    result = signed_verify(clients, world, wav(TAKE)).get_json()
+    aim_voiceprint(world.uid("member"), take(), cosine=floor / 2)  # above the lock's 0, below the floor
+    result = signed_verify(clients, world, wav(take())).get_json()
     assert result["decision"] == "rejected" and result["reason"] == "below_threshold"
     score, threshold = scored(result["attempt_id"])
     assert score == pytest.approx(floor / 2, abs=1e-3) and threshold == pytest.approx(floor)
@@ -190,7 +199,7 @@ def test_a_lock_threshold_cannot_open_the_door_to_any_voice(clients: dict[str, A
 
 def test_raw_pcm_and_json_bodies_are_accepted_too(clients: dict[str, Any], world: World) -> None:
     assert enroll(clients, world.accounts["owner"]).status_code == 201
-    resp = signed_verify(clients, world, pcm16(TAKE), "application/octet-stream", sample_rate="44100")
+    resp = signed_verify(clients, world, pcm16(take()), "application/octet-stream", sample_rate="44100")
     assert resp.get_json()["decision"] == "accepted"
     # the sample rate is signed: changing it in transit breaks the signature
     signed = lock_auth.sign_headers(
@@ -198,23 +207,23 @@ def test_raw_pcm_and_json_bodies_are_accepted_too(clients: dict[str, Any], world
         world.lock_id,
         "POST",
         "/verify",
-        pcm16(TAKE),
+        pcm16(take()),
         content_type="application/octet-stream",
         sample_rate="44100",
     )
     signed["X-Sample-Rate"] = "22050"
-    resp = clients["verify"].post("/verify", data=pcm16(TAKE), headers=signed)
+    resp = clients["verify"].post("/verify", data=pcm16(take()), headers=signed)
     assert resp.status_code == 401 and resp.get_json()["error"]["code"] == "bad_lock_signature"
     import json
 
-    body = json.dumps(pcm_json(TAKE)).encode()
+    body = json.dumps(pcm_json(take())).encode()
     assert signed_verify(clients, world, body, "application/json").get_json()["decision"] == "accepted"
 
 
 def test_a_different_voiceprint_is_rejected(clients: dict[str, Any], world: World) -> None:
     assert enroll(clients, world.accounts["owner"]).status_code == 201
     negate_voiceprint(world.uid("owner"))
-    result = signed_verify(clients, world, wav(TAKE)).get_json()
+    result = signed_verify(clients, world, wav(take())).get_json()
     assert result["decision"] == "rejected" and result["reason"] == "below_threshold"
     assert scored(result["attempt_id"])[0] < -0.9 and "grant" not in result and "member_uid" not in result
     assert "score" not in result and "threshold" not in result
@@ -228,16 +237,16 @@ def test_lockout_engages_on_the_sixth_attempt_and_releases_on_time(
     assert enroll(clients, world.accounts["owner"]).status_code == 201
     negate_voiceprint(world.uid("owner"))
     for _ in range(5):
-        assert signed_verify(clients, world, wav(TAKE)).get_json()["decision"] == "rejected"
-    sixth = signed_verify(clients, world, wav(TAKE))
+        assert signed_verify(clients, world, wav(take())).get_json()["decision"] == "rejected"
+    sixth = signed_verify(clients, world, wav(take()))
     assert sixth.status_code == 429 and sixth.get_json()["error"]["code"] == "voice_locked_out"
     assert 1 <= int(sixth.headers["Retry-After"]) <= LOCKOUT_BASE_S
     # the lockout ends: the verify instance's clock moves past it (no sleeping; the lock's signature still
     # carries real time, which the skew check allows)
     later = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=LOCKOUT_BASE_S + 0.2)
     monkeypatch.setattr(get_runtime("verify"), "clock", lambda: later)
-    assert signed_verify(clients, world, wav(TAKE)).get_json()["decision"] == "rejected"  # allowed again...
-    doubled = signed_verify(clients, world, wav(TAKE))  # ... and that failure doubled the lockout
+    assert signed_verify(clients, world, wav(take())).get_json()["decision"] == "rejected"  # allowed again...
+    doubled = signed_verify(clients, world, wav(take()))  # ... and that failure doubled the lockout
     assert doubled.status_code == 429 and int(doubled.headers["Retry-After"]) > LOCKOUT_BASE_S
     assert [o for o, _ in attempts(world)] == ["rejected"] * 5 + ["refused", "rejected", "refused"]
     # the owner ends it
@@ -253,7 +262,7 @@ def test_lockout_engages_on_the_sixth_attempt_and_releases_on_time(
         .status_code
         == 204
     )
-    assert signed_verify(clients, world, wav(TAKE)).get_json()["decision"] == "rejected"
+    assert signed_verify(clients, world, wav(take())).get_json()["decision"] == "rejected"
 
 
 def test_an_accepted_voice_clears_the_failures_counted_before_it(clients: dict[str, Any], world: World) -> None:
@@ -268,17 +277,17 @@ def test_an_accepted_voice_clears_the_failures_counted_before_it(clients: dict[s
         return int(rows[0][0])
 
     assert enroll(clients, world.accounts["owner"]).status_code == 201
-    assert signed_verify(clients, world, wav(TAKE)).get_json()["decision"] == "accepted"
+    assert signed_verify(clients, world, wav(take())).get_json()["decision"] == "accepted"
     assert failures() == 0
     negate_voiceprint(world.uid("owner"))
     for _ in range(4):
-        assert signed_verify(clients, world, wav(TAKE)).get_json()["decision"] == "rejected"
+        assert signed_verify(clients, world, wav(take())).get_json()["decision"] == "rejected"
     assert failures() == 4
     negate_voiceprint(world.uid("owner"))  # minus minus: the owner's own voiceprint again
-    assert signed_verify(clients, world, wav(TAKE)).get_json()["decision"] == "accepted"
+    assert signed_verify(clients, world, wav(take())).get_json()["decision"] == "accepted"
     assert failures() == 0
     negate_voiceprint(world.uid("owner"))
-    assert signed_verify(clients, world, wav(TAKE)).get_json()["decision"] == "rejected"
+    assert signed_verify(clients, world, wav(take())).get_json()["decision"] == "rejected"
     assert failures() == 1
 
 
@@ -293,7 +302,7 @@ def test_attempts_sent_side_by_side_get_no_more_guesses_than_one_after_another(
 
     def attempt(_: int) -> int:
         start.wait()
-        return int(signed_verify(clients, world, wav(TAKE)).status_code)
+        return int(signed_verify(clients, world, wav(take())).status_code)
 
     with ThreadPoolExecutor(max_workers=12) as pool:
         statuses = sorted(pool.map(attempt, range(12)))
@@ -319,7 +328,7 @@ def test_an_owners_resets_do_not_buy_more_than_the_daily_ceiling_of_guesses(
     guesses = 0
     for _ in range(4):  # bursts of three, each ended by an owner's reset: the lockout alone would allow forever
         for _ in range(3):
-            resp = signed_verify(clients, world, wav(TAKE))
+            resp = signed_verify(clients, world, wav(take()))
             if resp.status_code == 200:
                 assert resp.get_json()["decision"] == "rejected"
                 guesses += 1
@@ -328,7 +337,7 @@ def test_an_owners_resets_do_not_buy_more_than_the_daily_ceiling_of_guesses(
         )
         assert reset.status_code == 204
     assert guesses == 7
-    refused = signed_verify(clients, world, wav(TAKE))
+    refused = signed_verify(clients, world, wav(take()))
     assert refused.status_code == 429 and refused.get_json()["error"]["code"] == "voice_daily_limit"
     assert 23 * 3600 < int(refused.headers["Retry-After"]) <= 24 * 3600
     unlock = clients["devices"].post(
@@ -391,9 +400,9 @@ def test_whether_a_voice_is_a_co_members_is_answered_a_few_times_a_day(
 
 def test_deleting_voice_data_removes_the_scores_it_produced(clients: dict[str, Any], world: World) -> None:
     assert enroll(clients, world.accounts["member"]).status_code == 201
-    accepted = signed_verify(clients, world, wav(TAKE)).get_json()
+    accepted = signed_verify(clients, world, wav(take())).get_json()
     negate_voiceprint(world.uid("member"))
-    rejected = signed_verify(clients, world, wav(TAKE)).get_json()
+    rejected = signed_verify(clients, world, wav(take())).get_json()
     assert (accepted["decision"], rejected["decision"]) == ("accepted", "rejected")
     with get_runtime("verify").db.connection() as con:  # each logged its score and its cosine
         logged = con.run(
@@ -438,17 +447,17 @@ def test_default_lockout_is_thirty_seconds_doubling() -> None:
 
 def test_revoked_member_is_rejected_at_once(clients: dict[str, Any], world: World) -> None:
     assert enroll(clients, world.accounts["member"]).status_code == 201
-    assert signed_verify(clients, world, wav(TAKE)).get_json()["decision"] == "accepted"
+    assert signed_verify(clients, world, wav(take())).get_json()["decision"] == "accepted"
     clients["devices"].delete(
         f"/devices/locks/{world.lock_id}/members/{world.uid('member')}", headers=world.headers("owner")
     )
-    result = signed_verify(clients, world, wav(TAKE)).get_json()
+    result = signed_verify(clients, world, wav(take())).get_json()
     assert result["decision"] == "rejected" and result["reason"] == "no_candidates"
 
 
 def test_guest_outside_window_is_not_a_candidate(clients: dict[str, Any], world: World) -> None:
     assert enroll(clients, world.accounts["guest_out"]).status_code == 201
-    result = signed_verify(clients, world, wav(TAKE)).get_json()
+    result = signed_verify(clients, world, wav(take())).get_json()
     assert result["decision"] == "rejected" and result["reason"] == "no_candidates"
 
 
@@ -456,7 +465,7 @@ def test_stale_model_voiceprint_is_not_compared(clients: dict[str, Any], world: 
     assert enroll(clients, world.accounts["owner"]).status_code == 201
     with get_runtime("verify").db.transaction() as con:
         con.run("UPDATE voiceprints SET model_id = 'ecapa-0000000000000000' WHERE user_uid = :u", u=world.uid("owner"))
-    result = signed_verify(clients, world, wav(TAKE)).get_json()
+    result = signed_verify(clients, world, wav(take())).get_json()
     assert result["decision"] == "rejected" and result["reason"] == "no_candidates" and result["stale_voiceprints"] == 1
     status = clients["embed"].get("/embed/enrollment", headers=world.headers("owner")).get_json()
     assert status["enrolled"] and status["needs_reenrollment"]
@@ -479,25 +488,25 @@ def test_deleting_voice_data_removes_every_row(
 def test_enrollment_samples_are_checked(clients: dict[str, Any], world: World, monkeypatch: pytest.MonkeyPatch) -> None:
     owner = world.accounts["owner"]
     put = clients["embed"].put
-    resp = put("/embed/enrollment", json={"samples": [pcm_json(TAKE)] * 2}, headers=bearer(owner))
+    resp = put("/embed/enrollment", json={"samples": [pcm_json(take())] * 2}, headers=bearer(owner))
     assert resp.status_code == 400 and resp.get_json()["error"]["code"] == "wrong_sample_count"
-    bad = [pcm_json(TAKE), pcm_json(TAKE), pcm_json(VOICE[:44100]), pcm_json(TAKE), pcm_json(TAKE)]
+    bad = [pcm_json(take()), pcm_json(take()), pcm_json(voice()[:44100]), pcm_json(take()), pcm_json(take())]
     resp = put("/embed/enrollment", json={"samples": bad}, headers=bearer(owner))
     error = resp.get_json()["error"]
     assert resp.status_code == 422 and error["code"] == "too_short" and error["details"]["sample"] == 2
-    assert put("/embed/enrollment", json={"samples": [pcm_json(TAKE)] * 5}).status_code == 401
+    assert put("/embed/enrollment", json={"samples": [pcm_json(take())] * 5}).status_code == 401
 
 
 def test_enrollment_refuses_one_recording_sent_as_two_samples(clients: dict[str, Any], world: World) -> None:
     """Five copies of one recording (here at five gains) made a voiceprint of one take: the samples' replay
     fingerprints name the copy, before any model work."""
     member = world.accounts["member"]
-    copies = [pcm_json(VOICE * gain) for gain in (1.0, 0.9, 1.1, 0.95, 1.05)]
+    copies = [pcm_json(voice() * gain) for gain in (1.0, 0.9, 1.1, 0.95, 1.05)]
     resp = clients["embed"].put("/embed/enrollment", json={"samples": copies}, headers=bearer(member))
     error = resp.get_json()["error"]
     assert resp.status_code == 422 and error["code"] == "duplicate_samples"
     assert error["details"] == {"sample": 1, "copy_of": 0}
-    five = [pcm_json(take) for take in spoken()]
+    five = [pcm_json(sample) for sample in spoken()]
     five[3] = pcm_json(spoken()[1] * 0.7)  # one copy among distinct takes
     resp = clients["embed"].put("/embed/enrollment", json={"samples": five}, headers=bearer(member))
     assert resp.status_code == 422 and resp.get_json()["error"]["details"] == {"sample": 3, "copy_of": 1}
@@ -513,7 +522,7 @@ def test_enrollment_refuses_a_sample_that_holds_no_voice(clients: dict[str, Any]
     it as seconds of speech, and a voiceprint could be made of it. The voice activity model hears no voice in it:
     422 ``no_voice`` names the sample, before any model work (nothing stored, no enrollment counted)."""
     member = world.accounts["member"]
-    samples = [pcm_json(take) for take in spoken()]
+    samples = [pcm_json(sample) for sample in spoken()]
     samples[2] = pcm_json(NOT_VOICES[sound])
     resp = clients["embed"].put("/embed/enrollment", json={"samples": samples}, headers=bearer(member))
     error = resp.get_json()["error"]
@@ -537,7 +546,7 @@ def test_enrollments_that_reach_the_model_are_counted_per_day(
     get_runtime.cache_clear()
     clients = {**clients, "embed": make_client("embed")}
     stranger = world.accounts["stranger"]
-    short = [pcm_json(take[:22050]) for take in spoken()]
+    short = [pcm_json(sample[:22050]) for sample in spoken()]
     put = clients["embed"].put
     assert put("/embed/enrollment", json={"samples": short}, headers=bearer(stranger)).status_code == 422
     assert enroll(clients, stranger).status_code == 201
@@ -559,7 +568,7 @@ def test_enrollment_samples_that_disagree_name_the_outlier(
     runtime.cache_clear()
     embed = make_client("embed")
     other = spoken("es-co")[0]  # another speaker (with these random weights, each of her first three clips is named)
-    samples = [pcm_json(take) for take in spoken()]
+    samples = [pcm_json(sample) for sample in spoken()]
     samples[2] = pcm_json(other)
     resp = embed.put("/embed/enrollment", json={"samples": samples}, headers=bearer(sign_up()))
     error = resp.get_json()["error"]
@@ -570,12 +579,12 @@ def test_enrollment_samples_that_disagree_name_the_outlier(
     ("body", "ctype", "status", "code"),
     [
         (b"", "audio/wav", 400, "empty_audio"),
-        (pcm16(TAKE) + b"\0", "application/octet-stream", 400, "odd_byte_count"),
+        (pcm16(SYNTHETIC) + b"\0", "application/octet-stream", 400, "odd_byte_count"),
         (b"RIFFxxxxWAVEjunkjunk", "audio/wav", 400, "malformed_wav"),
-        (wav(VOICE[:22050]), "audio/wav", 422, "too_short"),
-        (wav(np.tile(VOICE, 3)[: 16 * 44100]), "audio/wav", 422, "too_long"),
+        (wav(SYNTHETIC[:22050]), "audio/wav", 422, "too_short"),
+        (wav(np.tile(SYNTHETIC, 6)), "audio/wav", 422, "too_long"),
         (wav(np.zeros(3 * 44100, np.float32)), "audio/wav", 422, "silence"),
-        (wav(np.clip(VOICE * 30, -1, 1)), "audio/wav", 422, "clipped"),
+        (wav(np.clip(SYNTHETIC * 30, -1, 1)), "audio/wav", 422, "clipped"),
         (b'{"pcm_base64": "%%%"}', "application/json", 400, "malformed_base64"),
         # the one JSON boundary (a plain json.loads here once took these: deep nesting was a 500)
         (b"[" * 100_000 + b"]" * 100_000, "application/json", 400, "json_too_deep"),
@@ -599,7 +608,7 @@ def test_oversized_body_is_refused_before_reading(clients: dict[str, Any], world
 
 
 def test_verify_needs_a_lock_signature_and_refuses_replays(clients: dict[str, Any], world: World) -> None:
-    body = wav(TAKE)
+    body = wav(take())
     resp = clients["verify"].post("/verify", data=body, content_type="audio/wav")
     assert resp.status_code == 401 and resp.get_json()["error"]["code"] == "missing_lock_signature"
     signed = lock_auth.sign_headers(world.lock_key, world.lock_id, "POST", "/verify", body, content_type="audio/wav")
@@ -608,23 +617,25 @@ def test_verify_needs_a_lock_signature_and_refuses_replays(clients: dict[str, An
     again = clients["verify"].post("/verify", data=body, headers=signed)
     assert again.status_code == 401 and again.get_json()["error"]["code"] == "replayed_request"
     resigned = lock_auth.sign_headers(world.lock_key, world.lock_id, "POST", "/verify", body, content_type="audio/wav")
-    tampered = clients["verify"].post("/verify", data=wav(VOICE * 0.5), headers=resigned)
+    tampered = clients["verify"].post("/verify", data=wav(voice() * 0.5), headers=resigned)
     assert tampered.status_code == 401 and tampered.get_json()["error"]["code"] == "bad_lock_signature"
 
 
 def test_original_contracts_for_service_callers(clients: dict[str, Any], voice_env: dict[str, str]) -> None:
     service = {"X-LockWise-Service-Token": voice_env["LOCKWISE_SERVICE_TOKEN"]}
-    resp = clients["embed"].post("/embed", json=pcm_json(TAKE), headers=service)
+    resp = clients["embed"].post("/embed", json=pcm_json(take()), headers=service)
     assert resp.status_code == 200, resp.get_json()
     vector = scoring.from_bytes(base64.b64decode(resp.get_json()["embedding"]), 192)[0]
     assert abs(float(np.linalg.norm(vector)) - 1) < 1e-5
-    assert clients["embed"].post("/embed", json=pcm_json(TAKE)).status_code == 401
+    assert clients["embed"].post("/embed", json=pcm_json(take())).status_code == 401
     candidates = [base64.b64encode(scoring.to_bytes(-vector)).decode(), resp.get_json()["embedding"]]
     resp = clients["verify"].post(
-        "/verify/candidates", json={**pcm_json(TAKE), "candidates": candidates}, headers=service
+        "/verify/candidates", json={**pcm_json(take()), "candidates": candidates}, headers=service
     )
     assert resp.status_code == 200 and resp.get_json()["best_index"] == 1 and resp.get_json()["score"] > 0.99
-    bad = clients["verify"].post("/verify/candidates", json={**pcm_json(TAKE), "candidates": ["AAAA"]}, headers=service)
+    bad = clients["verify"].post(
+        "/verify/candidates", json={**pcm_json(take()), "candidates": ["AAAA"]}, headers=service
+    )
     assert bad.status_code == 400 and bad.get_json()["error"]["code"] == "invalid_candidates"
 
 
@@ -632,7 +643,7 @@ def test_attempts_reach_the_activity_feed_without_biometrics(
     clients: dict[str, Any], world: World, voice_env: dict[str, str]
 ) -> None:
     assert enroll(clients, world.accounts["owner"]).status_code == 201
-    signed_verify(clients, world, wav(TAKE))
+    signed_verify(clients, world, wav(take()))
     client = firestore_client(PROJECT_ID, voice_env["FIRESTORE_EMULATOR_HOST"])
     voice: list[dict[str, Any]] = []
     deadline = time.monotonic() + 10  # verify flushes the mirror in the background
@@ -684,7 +695,7 @@ def normalised_door(
         assert clients["verify"].get("/verify/health").status_code == 200
         assert enroll(clients, world.accounts["member"]).status_code == 201
         scorer = Scorer(cohort.load(folder, encoder.model_id, encoder.dim))
-        probe = scoring.normalise(encoder.embed(audio.parse_wav(wav(TAKE)).samples, 44100))
+        probe = scoring.normalise(encoder.embed(audio.parse_wav(wav(take())).samples, 44100))
         uid = world.uid("member")
 
         def aim(normalised: float) -> None:
@@ -693,7 +704,7 @@ def normalised_door(
             lo, hi = -0.99, 0.9999
             for _ in range(60):
                 mid = (lo + hi) / 2
-                aim_voiceprint(uid, TAKE, cosine=mid)
+                aim_voiceprint(uid, take(), cosine=mid)
                 with get_runtime("verify").db.connection() as con:
                     ((data,),) = con.run("SELECT embedding FROM voiceprints WHERE user_uid = :u", u=uid)
                 _, score = scorer.scores(probe, scoring.from_bytes(bytes(data), encoder.dim))
@@ -701,7 +712,7 @@ def normalised_door(
             assert abs(float(score[0]) - normalised) < 0.01
 
         def verify(follow_up: str | None = None) -> dict[str, Any]:
-            body = wav(TAKE)
+            body = wav(take())
             path = "/verify" + (f"?follow_up={follow_up}" if follow_up else "")
             signed = lock_auth.sign_headers(world.lock_key, world.lock_id, "POST", path, body, content_type="audio/wav")
             resp = clients["verify"].post(path, data=body, headers=signed)
@@ -773,7 +784,7 @@ def test_a_voice_just_under_the_threshold_is_asked_again_and_both_utterances_dec
     assert scored(late["attempt_id"])[0] == pytest.approx(threshold + 1.5, abs=0.02)  # its own score, not a mean
     with get_runtime("verify").db.transaction() as con:
         assert retention.prune_expired(con)["verify_follow_ups"] == 1
-    body = wav(TAKE)
+    body = wav(take())
     bad = lock_auth.sign_headers(
         world.lock_key, world.lock_id, "POST", "/verify?follow_up=nope", body, content_type="audio/wav"
     )
