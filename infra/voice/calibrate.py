@@ -14,6 +14,9 @@ Asterisk prompts; operators point it at their own recordings). Every clip goes t
 * the enrollment floors the product uses, read from the same data: the sample-agreement floor (lowest pairwise
   cosine of honest 3-clip enrollments, 1st percentile, and how many enrollments with one other speaker's clip it
   stops) and the minimum speech duration (FNMR at the threshold for trial clips cut to shorter lengths);
+* with ``--norm-threshold`` and ``--retry-band``, the product's whole procedure on normalised scores (a second
+  utterance fused when the first lands in the band), and with ``--floor`` also as the product decides it: each
+  utterance it takes must reach that raw cosine too (the encoder's floor; README "Wideband speech");
 * speakers recorded under several voices (folder ``allison`` holds ``en-*`` and ``es-*``: file names up to the first
   "-" name the voice) are enrolled per voice, and their trials in another voice are reported on their own: neither
   genuine (the model hears a partly different voice) nor impostor (it is the same person).
@@ -432,6 +435,18 @@ def speaker_disjoint(
             "fnmr": float(np.mean(~decided[genuine])),
             "fmr": float(np.mean(decided[impostor])),
         }
+        floor = (operating or {}).get("floor")
+        if floor is not None:  # and each utterance the door takes must reach the floor on its raw cosine
+            partner = _partners(t_speaker, t_voice)
+            first = (normed >= shipped) & (raw >= floor)
+            asked = (normed >= shipped - band) & (normed < shipped)
+            second = asked & ((normed + normed[partner]) / 2 >= shipped) & (raw[partner] >= floor)
+            floored = first | second
+            out["second_utterance_operating"] |= {
+                "floor": floor,
+                "floored_fnmr": float(np.mean(~floored[genuine])),
+                "floored_fmr": float(np.mean(floored[impostor])),
+            }
     return out, curves
 
 
@@ -481,15 +496,21 @@ def noisy_probes(
     return rows
 
 
-def _fused(scores: F64, t_speaker: Labels, t_voice: Labels) -> F64:
-    """Each trial's score averaged with a second utterance: another trial clip of the same speaker and voice
-    against the same voiceprint (a fixed pairing, so every run pairs alike)."""
+def _partners(t_speaker: Labels, t_voice: Labels) -> npt.NDArray[np.intp]:
+    """Each trial clip's second utterance: another trial clip of the same speaker and voice (a fixed pairing, so
+    every run pairs alike)."""
     rng = np.random.default_rng(7)
     partner = np.arange(len(t_speaker))
     for key in sorted(set(zip(t_speaker.tolist(), t_voice.tolist(), strict=True))):
         idx = np.where((t_speaker == key[0]) & (t_voice == key[1]))[0]
         if len(idx) > 1:
             partner[idx] = np.roll(rng.permutation(idx), 1)
+    return partner
+
+
+def _fused(scores: F64, t_speaker: Labels, t_voice: Labels) -> F64:
+    """Each trial's score averaged with its second utterance's against the same voiceprint (``_partners``)."""
+    partner = _partners(t_speaker, t_voice)
     fused: F64 = (scores + scores[partner]) / 2
     return fused
 
@@ -565,6 +586,7 @@ def calibrate(
     threshold: float | None = None,
     norm_threshold: float | None = None,
     retry_band: float | None = None,
+    floor: float | None = None,
     cohort_per_voice: int = 80,
     top_k: int = 100,
     noisy_clips: int = 300,
@@ -585,7 +607,7 @@ def calibrate(
         trial_clips,
         cohort_clips,
         top_k,
-        {"raw": threshold, "normalised": norm_threshold, "retry_band": retry_band},
+        {"raw": threshold, "normalised": norm_threshold, "retry_band": retry_band, "floor": floor},
     )
     operating_norm = disjoint["normalised"]["operating"]
     noisy = noisy_probes(encoder, prints, trial_clips, cohort_clips, top_k, operating_norm, noisy_clips)
@@ -764,6 +786,11 @@ def markdown(r: dict[str, Any]) -> str:
             f"As configured (threshold {op['threshold']:g}, band {op['band']:g}): FNMR {op['fnmr']:.2%} per attempt, "
             f"FMR {op['fmr']:.4%}.",
         ]
+        if "floor" in op:
+            lines[-1] += (
+                f" With each utterance's raw cosine at least {op['floor']:g} (the product's floor): FNMR "
+                f"{op['floored_fnmr']:.2%}, FMR {op['floored_fmr']:.4%}."
+            )
     lines += ["", "| speaker | raw FNMR / FMR | normalised FNMR / FMR (speaker-disjoint, 1e-3) |", "|---|---|---|"]
     for s in d["speakers"]:
         rw, nm = d["raw"]["loso_0.001"]["per_speaker"][s], d["normalised"]["loso_0.001"]["per_speaker"][s]
@@ -868,6 +895,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--speech-per-voice", type=int, default=20, help="trial clips per voice the speech floor cuts")
     parser.add_argument("--norm-threshold", type=float, help="the normalised threshold to report the procedure at")
     parser.add_argument("--retry-band", type=float, help="the say-again band to report the procedure at")
+    parser.add_argument("--floor", type=float, help="the raw cosine each accepted utterance must also reach")
     parser.add_argument(
         "--write-cohort",
         type=Path,
@@ -887,6 +915,7 @@ def main(argv: list[str] | None = None) -> int:
         threshold=args.threshold,
         norm_threshold=args.norm_threshold,
         retry_band=args.retry_band,
+        floor=args.floor,
         cohort_per_voice=args.cohort_per_voice,
         noisy_clips=args.noisy_clips,
         speech_per_voice=args.speech_per_voice,
