@@ -428,7 +428,8 @@ def speaker_disjoint(
     shipped = (operating or {}).get("normalised")
     band = (operating or {}).get("retry_band")
     if shipped is not None and band is not None:  # the product's procedure as configured, on these trials
-        decided = (normed >= shipped) | ((normed >= shipped - band) & (_fused(normed, t_speaker, t_voice) >= shipped))
+        partner = _partners(t_speaker, t_voice)
+        decided = _door(normed, raw, partner, shipped, band, -np.inf)
         out["second_utterance_operating"] = {
             "threshold": shipped,
             "band": band,
@@ -437,11 +438,7 @@ def speaker_disjoint(
         }
         floor = (operating or {}).get("floor")
         if floor is not None:  # and each utterance the door takes must reach the floor on its raw cosine
-            partner = _partners(t_speaker, t_voice)
-            first = (normed >= shipped) & (raw >= floor)
-            asked = (normed >= shipped - band) & (normed < shipped)
-            second = asked & ((normed + normed[partner]) / 2 >= shipped) & (raw[partner] >= floor)
-            floored = first | second
+            floored = _door(normed, raw, partner, shipped, band, floor)
             out["second_utterance_operating"] |= {
                 "floor": floor,
                 "floored_fnmr": float(np.mean(~floored[genuine])),
@@ -506,6 +503,17 @@ def _partners(t_speaker: Labels, t_voice: Labels) -> npt.NDArray[np.intp]:
         if len(idx) > 1:
             partner[idx] = np.roll(rng.permutation(idx), 1)
     return partner
+
+
+def _door(
+    normed: F64, raw: F64, partner: npt.NDArray[np.intp], threshold: float, band: float, floor: float
+) -> npt.NDArray[np.bool_]:
+    """Each trial as ``lockwise.voice.verification`` decides it: accepted on its normalised score with its cosine at
+    ``floor``, or, landing within ``band`` under the threshold, asked again and accepted on the mean with its second
+    utterance's (``_partners``), whose cosine must reach ``floor`` itself."""
+    first = (normed >= threshold) & (raw >= floor)
+    asked = (normed >= threshold - band) & (normed < threshold)
+    return first | (asked & ((normed + normed[partner]) / 2 >= threshold) & (raw[partner] >= floor))
 
 
 def _fused(scores: F64, t_speaker: Labels, t_voice: Labels) -> F64:
