@@ -23,7 +23,7 @@ from lockwise.voice import audio
 from lockwise.voice.audio import Clip, to_wav
 from lockwise.voice.model.resample import resample
 
-LOCK_RATE = 44100
+LOCK_RATE = audio.DEFAULT_RATE  # what a lock sends
 CORPUS_CACHE = Path(os.environ.get("LOCKWISE_CORPUS_CACHE", Path.home() / ".cache" / "lockwise" / "corpus"))
 
 

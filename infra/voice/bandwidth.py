@@ -1,5 +1,5 @@
 """What the shipped decision does with speech of another band than it was calibrated on:
-``python -m infra.voice.bandwidth [--draws N]`` prints one table (47 s here, the corpora built).
+``python -m infra.voice.bandwidth [--draws N]`` prints one table (39 s here, the corpora built).
 
 The GE2E calibration and its score cohort are the Asterisk corpus, telephone band (8 kHz, GSM). A lock records
 44.1 kHz. Four of the corpus's voices also exist at 16 kHz (G.722, ``infra.voice.corpus --wideband``): the same
@@ -25,12 +25,12 @@ import numpy.typing as npt
 from infra.voice import corpus
 from lockwise.core.config import Settings
 from lockwise.voice import audio, scoring, verification
+from lockwise.voice.audio import DEFAULT_RATE as LOCK_RATE
 from lockwise.voice.model.encoder import CALIBRATIONS, Encoder, load_scorer, open_encoder, policy
 from lockwise.voice.model.resample import resample
 
 F32 = npt.NDArray[np.float32]
 TARGETS = ("allison", "june")
-LOCK_RATE = 44100
 Condition = Callable[[F32, int], tuple[F32, int]]
 CONDITIONS: dict[str, tuple[str, Condition]] = {
     "telephone band, 8 kHz (the calibration's)": ("narrow", lambda x, r: (x, r)),
@@ -64,7 +64,10 @@ class Row:
     strangers_raw_max: float
 
 
-def measure(narrow: Path, wide: Path, encoder: Encoder, draws: int) -> list[Row]:
+def measure(
+    narrow: Path, wide: Path, encoder: Encoder, draws: int, conditions: tuple[str, ...] = tuple(CONDITIONS)
+) -> list[Row]:
+    """A ``Row`` per condition named (``CONDITIONS``' keys)."""
     settings = Settings.from_env({"LOCKWISE_MODE": "local"}, component="verify")
     scorer = load_scorer(settings, encoder)
     shipped = policy(settings, encoder, normalised=scorer.normalised)
@@ -74,7 +77,8 @@ def measure(narrow: Path, wide: Path, encoder: Encoder, draws: int) -> list[Row]
         "raw threshold": dataclasses.replace(shipped, raw_gate=CALIBRATIONS["ge2e"].threshold),
     }
     rows = []
-    for name, (band, condition) in CONDITIONS.items():
+    for name in conditions:
+        band, condition = CONDITIONS[name]
         folder = narrow if band == "narrow" else wide
         embedded = {}
         for speaker in TARGETS:

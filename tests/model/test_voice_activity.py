@@ -15,8 +15,9 @@ from infra.voice import channel
 from lockwise.core.config import Settings
 from lockwise.voice import audio
 from lockwise.voice.model.model_files import ModelError
+from lockwise.voice.model.resample import resample
 from lockwise.voice.model.voice_activity import FRAME, MAX_FRAMES, SAMPLE_RATE, VoiceActivity
-from tests.voices import corpus_dir, noises, speech_like, spoken
+from tests.voices import LOCK_RATE, corpus_dir, noises, speech_like, spoken
 
 FLOOR = Settings.from_env({"LOCKWISE_MODE": "local"}, component="embed").enroll_min_voice_s
 
@@ -46,7 +47,7 @@ def test_probabilities_are_the_wheels_own_front_ends(vad: VoiceActivity, exporte
     from silero_vad.sequence_vad import SileroVADSequence  # type: ignore[import-untyped]  # the wheel's own
 
     reference = SileroVADSequence(str(exported / vad_export.GRAPH))
-    speech = np.concatenate([audio_16k(x) for x in spoken("june", 4)])
+    speech = np.concatenate([resample(x, LOCK_RATE, SAMPLE_RATE) for x in spoken("june", 4)])
     speech = np.concatenate([speech, speech])[: (MAX_FRAMES + 37) * FRAME + 100]
     speech = (speech * (0.5 / np.abs(speech).max())).astype(np.float32)  # at the peak ours scales to
     ours = vad.probabilities(speech, SAMPLE_RATE)
@@ -118,9 +119,3 @@ def test_the_export_refuses_any_other_graph(exported: Path, tmp_path: Path, monk
     with pytest.raises(SystemExit, match="is not silero-vad 6.2.3's"):
         vad_export.export(tmp_path / "out")
     assert not (tmp_path / "out").exists()
-
-
-def audio_16k(samples: np.ndarray) -> np.ndarray:
-    from lockwise.voice.model.resample import resample
-
-    return resample(samples, 44100, SAMPLE_RATE)
