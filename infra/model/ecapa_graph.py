@@ -5,8 +5,9 @@ raw embedding (batch, 192), what ``EncoderClassifier.encode_batch`` computes, in
 modules: the STFT as a real 1-D convolution with the window-weighted cosine and sine DFT kernels (stride = hop), then
 the power spectrum, the mel matrix, and ``amplitude_to_DB`` with its per-utterance top_db clamp. Sentence mean
 normalisation and a copy of ``ECAPA_TDNN`` follow, the copy computing the same in fewer graph operations (its
-attentive pooling for whole clips, its 1x1 convolutions without empty padding). Used by
-:mod:`infra.model.export_onnx`.
+attentive pooling for whole clips, its 1x1 convolutions without empty padding). Every 1-D convolution is written as a
+2-D one of height 1 (``conv1d_as_2d``), which onnxruntime's CPU provider runs with its blocked-layout (NCHWc) kernels.
+Used by :mod:`infra.model.export_onnx`.
 """
 
 from __future__ import annotations
@@ -20,6 +21,50 @@ import torch.nn.functional as F
 from torch import nn
 
 from lockwise.voice.model.model_files import ModelError
+
+
+def conv1d_as_2d(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    stride: int = 1,
+    padding: int = 0,
+    dilation: int = 1,
+    groups: int = 1,
+) -> torch.Tensor:
+    """``F.conv1d(x, weight, ...)`` computed as a 2-D convolution over a height of 1: the same sums, exported as
+    Unsqueeze -> Conv (2-D) -> Squeeze. onnxruntime's CPU provider gives only 2-D convolutions its blocked-layout
+    (NCHWc) kernels; for 1-D ones it unfolds the input and multiplies. Full model, 3 s at 16 kHz, 2 threads, 40
+    interleaved runs: 48.0 -> 41.8 ms a forward pass (the 1-D graph rewritten node by node), max abs diff 5e-7."""
+    out = F.conv2d(x.unsqueeze(2), weight.unsqueeze(2), bias, (1, stride), (0, padding), (1, dilation), groups)
+    return out.squeeze(2)
+
+
+class Conv1dAs2d(nn.Module):
+    """A ``torch.nn.Conv1d`` (zero padding given as a number) that computes with ``conv1d_as_2d``."""
+
+    weight: torch.Tensor
+    bias: torch.Tensor | None
+
+    def __init__(self, conv: nn.Conv1d) -> None:
+        super().__init__()
+        if isinstance(conv.padding, str) or conv.padding_mode != "zeros":
+            raise ModelError(f"a 1-D convolution padded {conv.padding!r} ({conv.padding_mode}) cannot be rewritten")
+        self.register_buffer("weight", conv.weight.detach().clone())
+        self.register_buffer("bias", None if conv.bias is None else conv.bias.detach().clone())
+        self.stride, self.padding, self.dilation = conv.stride[0], conv.padding[0], conv.dilation[0]
+        self.groups = conv.groups
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return conv1d_as_2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+
+
+def _as_2d_convolutions(model: nn.Module) -> None:
+    """Every ``torch.nn.Conv1d`` inside ``model`` replaced, in place, by its ``Conv1dAs2d``."""
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, nn.Conv1d):
+                setattr(parent, name, Conv1dAs2d(child))
 
 
 class DftPowerSpectrum(nn.Module):
@@ -56,7 +101,7 @@ class DftPowerSpectrum(nn.Module):
         x = wav.unsqueeze(1)  # (batch, 1, samples)
         if self.center:
             x = F.pad(x, (self.n_fft // 2, self.n_fft // 2), mode=self.pad_mode)
-        spec = F.conv1d(x, self.kernel, stride=self.hop)  # (batch, 2 * bins, frames)
+        spec = conv1d_as_2d(x, self.kernel, stride=self.hop)  # (batch, 2 * bins, frames)
         real, imag = spec[:, : self.bins], spec[:, self.bins :]
         return (real * real + imag * imag).transpose(1, 2)
 
@@ -139,7 +184,7 @@ class WholeClipAttentivePooling(nn.Module):
         ones = torch.ones_like(x[:, :1, :])  # SpeechBrain's mask of a whole clip, and its weights mask / total
         mean, std = self._statistics(x, ones / ones.sum(dim=2, keepdim=True))
         context = F.linear(torch.cat([mean, std], dim=1), self.context_weight, self.bias)  # (batch, attention)
-        attn = F.conv1d(x, self.x_weight) + context.unsqueeze(2)
+        attn = conv1d_as_2d(x, self.x_weight) + context.unsqueeze(2)
         attn = self.conv(self.tanh(self.norm(self.activation(attn))))
         mean, std = self._statistics(x, F.softmax(attn, dim=2))
         return torch.cat((mean, std), dim=1).unsqueeze(2)
@@ -156,13 +201,15 @@ def _without_zero_padding(model: nn.Module) -> None:
 
 
 def lean_embedding_model(model: nn.Module) -> nn.Module:
-    """``model`` (an ``ECAPA_TDNN``, changed in place) with the same computation in fewer graph operations."""
+    """``model`` (an ``ECAPA_TDNN``, changed in place) with the same computation in fewer graph operations, its
+    convolutions 2-D ones."""
     from speechbrain.lobes.models.ECAPA_TDNN import AttentiveStatisticsPooling  # type: ignore[import-untyped]
 
     _without_zero_padding(model)
     asp = getattr(model, "asp", None)
     if isinstance(asp, AttentiveStatisticsPooling) and asp.global_context:
         model.asp = WholeClipAttentivePooling(asp)
+    _as_2d_convolutions(model)
     return model
 
 

@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 import os
+import platform
 import re
 import shutil
 import subprocess
@@ -23,6 +24,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import onnx
+import onnxruntime  # type: ignore[import-untyped]
 import pytest
 import torch
 import torchaudio.functional  # type: ignore[import-untyped]
@@ -32,9 +34,10 @@ from infra.local import services
 from infra.model import export_onnx
 from infra.model.cache import random_model
 from infra.model.clips import speech_like_clip
-from infra.model.ecapa_graph import WholeClipAttentivePooling
+from infra.model.ecapa_graph import Conv1dAs2d, WholeClipAttentivePooling
 from infra.model.export_onnx import ParityError, ParityReport, export
 from lockwise.core.errors import InvalidAudio
+from lockwise.voice.model import cpu_graph
 from lockwise.voice.model.ecapa import EcapaEncoder, model_identity
 from lockwise.voice.model.model_files import ModelError
 from lockwise.voice.model.onnx_ecapa import MANIFEST, OnnxEcapaEncoder, load_artifact_manifest
@@ -99,6 +102,12 @@ def noise(n: int, seed: int = 0) -> npt.NDArray[np.float32]:
 def copy_artifact(src: Path, dst: Path) -> Path:
     shutil.copytree(src, dst)
     return dst
+
+
+def needs_cpu_graph(name: str = ".cpu.") -> None:
+    """Fail loudly where a test of the CPU graph runs on a machine that makes none (not x86-64 with AVX)."""
+    if ".cpu." in name and cpu_graph.made_for() is None:
+        pytest.fail("this machine makes no CPU graph (not x86-64 with AVX): the CPU graph's tests cannot run here")
 
 
 # ------------------------------------------------------------------------------------------------- resampling
@@ -174,7 +183,20 @@ def test_export_passes_parity_and_writes_the_manifest(request: pytest.FixtureReq
     assert manifest["parity"]["max_abs_diff"] == report.max_abs_diff
     assert len(manifest["parity"]["clips"]) == len(report.rows)
     assert set(manifest["exported_with"]) == {"torch", "speechbrain", "onnx"}
-    assert sorted(p.name for p in out.iterdir()) == sorted([MANIFEST, "ecapa-tdnn.onnx", "ecapa-tdnn.weights"])
+    files = [MANIFEST, "ecapa-tdnn.onnx", "ecapa-tdnn.weights"]
+    if cpu_graph.made_for() is not None:  # x86-64 with AVX (every machine these tests run on so far)
+        cpu = manifest["cpu_graph"]
+        files += ["ecapa-tdnn.cpu.onnx", "ecapa-tdnn.cpu.weights"]
+        assert cpu["made_for"] == cpu_graph.made_for() and len(cpu["check"]) == 192
+        assert cpu["sha256"] == hashlib.sha256((out / cpu["file"]).read_bytes()).hexdigest()
+        assert cpu["weights_sha256"] == hashlib.sha256((out / cpu["weights"]).read_bytes()).hexdigest()
+        assert cpu["parity"]["graph"] == "cpu" and cpu["parity"]["max_abs_diff"] < 1e-5
+        assert len(cpu["parity"]["clips"]) == len(report.rows)
+        nodes = onnx.load(str(out / cpu["file"]), load_external_data=False).graph.node
+        assert any(n.domain == "com.microsoft.nchwc" for n in nodes)
+    else:
+        assert "cpu_graph" not in manifest
+    assert sorted(p.name for p in out.iterdir()) == sorted(files)
     assert not [p for p in models.iterdir() if p.name.startswith(".")]  # no staging directory left behind
 
 
@@ -241,30 +263,39 @@ def test_a_failed_export_leaves_an_existing_artifact_as_it_was(
 def test_cli_prints_the_parity_table(tiny_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert export_onnx.main([str(tiny_dir), str(tmp_path / "cli")]) == 0
     out = capsys.readouterr().out
-    assert "max |diff|" in out and "PASS" in out and len(out.splitlines()) == 2 + 12 + 1
+    assert "max |diff|" in out and "PASS" in out and len(out.splitlines()) == 2 + 12 + 2
+    assert ("CPU graph for x86_64 with" in out) == (cpu_graph.made_for() is not None)
     assert OnnxEcapaEncoder(tmp_path / "cli").model_id == model_identity(tiny_dir)
 
 
 # ------------------------------------------------------------------------------------------------- artifact checks
 
 
-@pytest.mark.parametrize("name", ["ecapa-tdnn.onnx", "ecapa-tdnn.weights"])
+@pytest.mark.parametrize(
+    "name", ["ecapa-tdnn.onnx", "ecapa-tdnn.weights", "ecapa-tdnn.cpu.onnx", "ecapa-tdnn.cpu.weights"]
+)
 def test_tampered_file_is_refused_naming_the_file(
     tiny_export: tuple[Path, ParityReport], tmp_path: Path, name: str
 ) -> None:
     out = copy_artifact(tiny_export[0], tmp_path / "artifact")
+    needs_cpu_graph(name)
     data = bytearray((out / name).read_bytes())
     data[len(data) // 2] ^= 0x01
     (out / name).write_bytes(bytes(data))
-    encoder = OnnxEcapaEncoder(out)  # reads the manifest only: the files are checked as the session is made
+    # the files of the graph that serves are checked, as its session is made (construction reads the manifest only);
+    # the portable graph's serve where the CPU graph is not used, and are checked then
+    encoder = OnnxEcapaEncoder(out, use_cpu_graph=".cpu." in name)
     with pytest.raises(ModelError, match=rf"{re.escape(name)}.*SHA-256"):
         encoder.embed(noise(16_000), 16_000)
     assert encoder._serving is None  # nothing was served from the tampered files
 
 
-@pytest.mark.parametrize("name", ["ecapa-tdnn.onnx", "ecapa-tdnn.weights"])
+@pytest.mark.parametrize(
+    "name", ["ecapa-tdnn.onnx", "ecapa-tdnn.weights", "ecapa-tdnn.cpu.onnx", "ecapa-tdnn.cpu.weights"]
+)
 def test_missing_file_is_named(tiny_export: tuple[Path, ParityReport], tmp_path: Path, name: str) -> None:
     out = copy_artifact(tiny_export[0], tmp_path / "artifact")
+    needs_cpu_graph(name)
     (out / name).unlink()
     with pytest.raises(ModelError, match=re.escape(name)):
         OnnxEcapaEncoder(out)
@@ -296,6 +327,15 @@ ONNX_FIELDS = {
     "output": "embedding",
 }
 
+CPU_FIELDS = {
+    "file": "ecapa-tdnn.cpu.onnx",
+    "sha256": "0",
+    "weights": "ecapa-tdnn.cpu.weights",
+    "weights_sha256": "0",
+    "made_for": {"machine": "x86_64", "features": ["avx"], "onnxruntime": "1"},
+    "check": [0.0] * 192,
+}
+
 
 @pytest.mark.parametrize(
     ("change", "named"),
@@ -308,8 +348,27 @@ ONNX_FIELDS = {
         ({"onnx": {**ONNX_FIELDS, "weights": "/etc/passwd"}}, "onnx.weights"),
         ({"onnx": {**ONNX_FIELDS, "weights": ".."}}, "onnx.weights"),
         ({"onnx": {k: v for k, v in ONNX_FIELDS.items() if k != "weights_sha256"}}, "weights_sha256"),
+        ({"cpu_graph": {**CPU_FIELDS, "file": "../x.onnx"}}, "cpu_graph.file"),
+        ({"cpu_graph": {**CPU_FIELDS, "weights": "ecapa-tdnn.weights"}}, "cpu_graph.weights"),
+        ({"cpu_graph": {**CPU_FIELDS, "check": [0.0] * 191}}, "cpu_graph needs"),
+        ({"cpu_graph": {**CPU_FIELDS, "made_for": "x86_64"}}, "cpu_graph needs"),
+        ({"cpu_graph": {k: v for k, v in CPU_FIELDS.items() if k != "sha256"}}, "cpu_graph must name"),
     ],
-    ids=["format", "encoder", "dim", "model_id", "path", "weights-path", "weights-parent", "weights-hash"],
+    ids=[
+        "format",
+        "encoder",
+        "dim",
+        "model_id",
+        "path",
+        "weights-path",
+        "weights-parent",
+        "weights-hash",
+        "cpu-path",
+        "cpu-weights-shared",
+        "cpu-check",
+        "cpu-made-for",
+        "cpu-hash",
+    ],
 )
 def test_a_manifest_for_something_else_is_refused(
     tiny_export: tuple[Path, ParityReport], tmp_path: Path, change: dict[str, Any], named: str
@@ -345,6 +404,90 @@ def test_loading_logs_the_model_and_honours_threads(
         OnnxEcapaEncoder(tiny_export[0], threads=0)
 
 
+# ------------------------------------------------------------------------------------------------- the CPU graph
+
+
+def test_the_cpu_graph_serves_here_and_embeds_as_the_portable_one(
+    full_export: tuple[Path, ParityReport], caplog: pytest.LogCaptureFixture
+) -> None:
+    needs_cpu_graph()
+    cpu, portable = OnnxEcapaEncoder(full_export[0]), OnnxEcapaEncoder(full_export[0], use_cpu_graph=False)
+    assert (cpu.graph, portable.graph) == ("cpu", "portable")
+    with caplog.at_level(logging.INFO, logger="lockwise.voice.model.onnx_ecapa"):
+        cpu.prepare()
+    (ready,) = [r for r in caplog.records if r.getMessage() == "ecapa onnx session ready"]
+    assert ready.fields["graph"] == "cpu" and cpu.graph == "cpu"  # type: ignore[attr-defined]
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    for i, seconds in enumerate((1.0, 3.0, 7.0)):
+        clip = speech_like_clip(44_100, seconds, seed=700 + i)
+        assert float(np.abs(cpu.embed(clip, 44_100) - portable.embed(clip, 44_100)).max()) <= 1e-5
+
+
+def test_a_cpu_graph_made_for_another_kind_of_cpu_is_passed_over(
+    tiny_export: tuple[Path, ParityReport], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    needs_cpu_graph()
+    here = cpu_graph.made_for()
+    assert here is not None
+    others = [
+        {**here, "features": [f for f in here["features"] if f != "avx512f"] or ["avx"]},
+        {**here, "features": sorted({*here["features"], "avx512f"} - {"avx2"})},
+        {**here, "onnxruntime": "0.0.1"},
+    ]
+    out = copy_artifact(tiny_export[0], tmp_path / "artifact")
+    want = OnnxEcapaEncoder(out, use_cpu_graph=False).embed(noise(16_000), 16_000)
+    (out / "ecapa-tdnn.cpu.weights").unlink()  # not needed by a machine it was not made for
+    for other in [o for o in others if o != here]:
+        monkeypatch.setattr(cpu_graph, "made_for", lambda other=other: other)
+        encoder = OnnxEcapaEncoder(out)
+        assert encoder.graph == "portable"
+        assert np.array_equal(encoder.embed(noise(16_000), 16_000), want)
+    monkeypatch.setattr(cpu_graph, "made_for", lambda: None)  # a machine that makes no CPU graph at all
+    assert OnnxEcapaEncoder(out).graph == "portable"
+
+
+def test_a_cpu_graph_that_misses_its_check_is_passed_over_loudly(
+    tiny_export: tuple[Path, ParityReport], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Made for this kind of CPU, but not computing the build's numbers here (a CPU whose kernels differ in a way
+    ``made_for`` does not see): the portable graph serves, and the log says why."""
+    needs_cpu_graph()
+    out = copy_artifact(tiny_export[0], tmp_path / "artifact")
+    manifest = json.loads((out / MANIFEST).read_text())
+    check = list(manifest["cpu_graph"]["check"])
+    check[7] += 1e-3
+    (out / MANIFEST).write_text(json.dumps({**manifest, "cpu_graph": {**manifest["cpu_graph"], "check": check}}))
+    encoder = OnnxEcapaEncoder(out)
+    assert encoder.graph == "cpu"
+    with caplog.at_level(logging.INFO, logger="lockwise.voice.model.onnx_ecapa"):
+        encoder.prepare()
+    assert encoder.graph == "portable"
+    (passed_over,) = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert "cpu graph not used here" in passed_over.getMessage()
+    assert "check clip" in passed_over.fields["error"]  # type: ignore[attr-defined]
+    want = OnnxEcapaEncoder(out, use_cpu_graph=False).embed(noise(16_000), 16_000)
+    assert np.array_equal(encoder.embed(noise(16_000), 16_000), want)
+
+
+def test_made_for_names_what_chooses_onnxruntimes_kernels(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    info = tmp_path / "cpuinfo"
+    info.write_text(
+        "processor\t: 0\nflags\t\t: fpu sse sse2 avx fma avx2 avx512f avx512bw avx512_vnni amx_tile\n\n"
+        "processor\t: 1\nflags\t\t: fpu sse sse2 avx fma avx2 avx512f avx512bw avx512_vnni amx_tile\n"
+    )
+    monkeypatch.setattr(platform, "machine", lambda: "x86_64")
+    assert cpu_graph.made_for(info) == {
+        "machine": "x86_64",
+        "features": ["avx", "avx2", "avx512f", "fma"],
+        "onnxruntime": onnxruntime.__version__,
+    }
+    info.write_text("processor\t: 0\nflags\t\t: fpu sse sse2 sse4_2\n")
+    assert cpu_graph.made_for(info) is None  # no AVX: onnxruntime has no blocked-layout kernels there
+    assert cpu_graph.made_for(tmp_path / "missing") is None
+    monkeypatch.setattr(platform, "machine", lambda: "aarch64")
+    assert cpu_graph.made_for(info) is None
+
+
 # ------------------------------------------------------------------------------------------------- the lean graph
 
 
@@ -367,11 +510,46 @@ def test_the_exported_graph_has_no_tiles_and_pads_only_wide_kernels(tiny_export:
     # what the lean copy of the model leaves out; parity (above) shows it computes the same
     graph = onnx.load(str(tiny_export[0] / "ecapa-tdnn.onnx"), load_external_data=False).graph
     made_by = {out: node for node in graph.node for out in node.output}
+
+    def conv_input(conv: onnx.NodeProto) -> onnx.NodeProto | None:  # what feeds it, through its Unsqueeze to 2-D
+        node = made_by.get(conv.input[0])
+        return made_by.get(node.input[0]) if node is not None and node.op_type == "Unsqueeze" else node
+
     assert not [n.name for n in graph.node if n.op_type in ("Tile", "Where")]
-    one_wide = [n for n in graph.node if n.op_type == "Conv" and _kernel_shape(n) == [1]]
+    one_wide = [n for n in graph.node if n.op_type == "Conv" and _kernel_shape(n) == [1, 1]]
     assert len(one_wide) >= 10  # the Res2Net blocks' TDNNs, SE, MFA, the pooling's attention, the last layer
-    assert not [n.name for n in one_wide if made_by.get(n.input[0]) and made_by[n.input[0]].op_type == "Pad"]
+    assert not [n.name for n in one_wide if (fed := conv_input(n)) is not None and fed.op_type == "Pad"]
     assert [n for n in graph.node if n.op_type == "Pad"]  # wider kernels still pad (reflect), as SpeechBrain does
+
+
+def test_every_convolution_of_the_exported_graph_is_two_dimensional(tiny_export: tuple[Path, ParityReport]) -> None:
+    # onnxruntime's blocked-layout (NCHWc) CPU kernels take 2-D convolutions only
+    graph = onnx.load(str(tiny_export[0] / "ecapa-tdnn.onnx"), load_external_data=False).graph
+    convs = [n for n in graph.node if n.op_type == "Conv"]
+    assert len(convs) >= 20
+    assert [n.name for n in convs if len(_kernel_shape(n)) != 2 or _kernel_shape(n)[0] != 1] == []
+
+
+@pytest.mark.parametrize(
+    ("stride", "padding", "dilation", "groups", "bias"),
+    [(1, 0, 1, 1, True), (1, 2, 2, 1, True), (160, 0, 1, 1, False), (2, 1, 3, 4, True), (1, 0, 1, 8, False)],
+)
+def test_a_1d_convolution_as_2d_computes_what_torch_does(
+    stride: int, padding: int, dilation: int, groups: int, bias: bool
+) -> None:
+    generator = torch.Generator().manual_seed(stride + padding + dilation + groups)
+    conv = torch.nn.Conv1d(16, 24, 5, stride=stride, padding=padding, dilation=dilation, groups=groups, bias=bias)
+    as_2d = Conv1dAs2d(conv)
+    with torch.inference_mode():
+        for frames in (stride * 5 + 16, 301):
+            x = torch.randn(2, 16, frames, generator=generator)
+            want, got = conv(x), as_2d(x)
+            assert got.shape == want.shape
+            assert float((got - want).abs().max()) <= 1e-5 * float(want.abs().max())
+    with pytest.raises(ModelError, match="cannot be rewritten"):
+        Conv1dAs2d(torch.nn.Conv1d(16, 24, 5, padding="same"))
+    with pytest.raises(ModelError, match="cannot be rewritten"):
+        Conv1dAs2d(torch.nn.Conv1d(16, 24, 5, padding=2, padding_mode="reflect"))
 
 
 def _kernel_shape(node: onnx.NodeProto) -> list[int]:

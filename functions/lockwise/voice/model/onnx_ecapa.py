@@ -6,11 +6,20 @@ directory, and only after the exported graph matched SpeechBrain on a fixed set 
     manifest.json       {"format": 2, "encoder": "ecapa-tdnn", "model_id": ..., "dim": 192, "sample_rate": 16000,
                          "onnx": {"file": "ecapa-tdnn.onnx", "sha256": ..., "weights": "ecapa-tdnn.weights",
                                   "weights_sha256": ..., "input": "wav", "output": "embedding"},
-                         "parity": {...}, "exported_with": {...}}
+                         "parity": {...}, "exported_with": {...},
+                         "cpu_graph": {"file": "ecapa-tdnn.cpu.onnx", "sha256": ...,
+                                       "weights": "ecapa-tdnn.cpu.weights", "weights_sha256": ...,
+                                       "made_for": {...}, "check": [192 floats], "parity": {...}}}
     ecapa-tdnn.onnx     wav (batch, samples) float32 at 16 kHz -> raw embedding (batch, 192) float32; the graph holds
                         SpeechBrain's Fbank (STFT as a real convolution), sentence mean normalisation and ECAPA_TDNN
     ecapa-tdnn.weights  the graph's initializers (ONNX external data): onnxruntime maps this file into
                         memory instead of parsing 84 MB of protobuf (session creation ~0.2 s -> ~0.07 s, measured)
+    ecapa-tdnn.cpu.*    optional: the same graph as onnxruntime optimises it for the build machine's kind of CPU
+                        (blocked-layout convolutions; ``lockwise.voice.model.cpu_graph``), with its own parity record
+
+Which graph serves: the CPU one where ``cpu_graph.made_for()`` here equals the manifest's ``made_for`` and, once its
+session is made, it reproduces the recorded ``check`` embedding within 1e-4; otherwise (logged) the portable one. A
+file that does not match its SHA-256 is refused either way, never passed over.
 
 ``model_id`` is the SpeechBrain model's own (``lockwise.voice.model.ecapa.model_identity``), so voiceprints enrolled
 through either encoder compare with probes from the other. Resampling is ``lockwise.voice.model.resample``, a numpy port
@@ -35,6 +44,7 @@ import mmap
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +54,7 @@ import onnxruntime as ort  # type: ignore[import-untyped]
 
 from lockwise.core import log as lwlog
 from lockwise.core.forking import in_each_child
-from lockwise.voice.model import blas
+from lockwise.voice.model import blas, cpu_graph
 from lockwise.voice.model.model_files import ModelError, read_manifest
 from lockwise.voice.model.resample import resample
 from lockwise.voice.model.samples import at_least_40ms, mono_float32
@@ -92,7 +102,42 @@ def load_artifact_manifest(artifact_dir: Path) -> dict[str, Any]:
     for key in ("file", "weights"):
         if Path(onnx[key]).name != onnx[key] or onnx[key] in (".", ".."):
             raise ModelError(f"ONNX ECAPA artifact {path}: onnx.{key} must be a file name in the directory")
+    cpu = manifest.get("cpu_graph")
+    if cpu is not None:
+        files = ("file", "sha256", "weights", "weights_sha256")
+        if not isinstance(cpu, dict) or not all(isinstance(cpu.get(key), str) and cpu[key] for key in files):
+            raise ModelError(f"ONNX ECAPA artifact {path}: cpu_graph must name {', '.join(files)}")
+        for key in ("file", "weights"):
+            if Path(cpu[key]).name != cpu[key] or cpu[key] in (".", "..", onnx["file"], onnx["weights"]):
+                raise ModelError(f"ONNX ECAPA artifact {path}: cpu_graph.{key} must be a file name of its own")
+        check = cpu.get("check")
+        if not isinstance(cpu.get("made_for"), dict) or not (
+            isinstance(check, list) and len(check) == EMBEDDING_DIM and all(isinstance(v, float) for v in check)
+        ):
+            raise ModelError(f"ONNX ECAPA artifact {path}: cpu_graph needs made_for and a check of {EMBEDDING_DIM}")
     return manifest
+
+
+@dataclass(frozen=True)
+class Graph:
+    """One servable graph of an artifact: its two files with their recorded SHA-256, and how a session loads it."""
+
+    name: str  # "portable" or "cpu"
+    onnx_path: Path
+    weights_path: Path
+    sha256: str
+    weights_sha256: str
+    #: the portable graph is optimised short of onnxruntime's layout rewrite (its ~130 ms would be paid at every
+    #: start); the CPU graph was optimised in full at build time and is loaded as it is
+    optimization: Any
+    check: tuple[float, ...] | None = None  # the CPU graph's unit embedding of cpu_graph.check_clip()
+
+    def checksums(self) -> dict[Path, str]:
+        return {self.onnx_path: self.sha256, self.weights_path: self.weights_sha256}
+
+
+class GraphUnusable(ModelError):
+    """The CPU graph cannot serve here (onnxruntime refuses it, or it misses its check): the portable one serves."""
 
 
 class OnnxEcapaEncoder:
@@ -108,6 +153,8 @@ class OnnxEcapaEncoder:
         names).
     threads : int, optional
         onnxruntime's intra-op threads for this session; otherwise onnxruntime's default (one per physical core).
+    use_cpu_graph : bool
+        Serve the artifact's CPU graph where it was made for this machine (default); False: the portable graph.
 
     Raises
     ------
@@ -121,22 +168,40 @@ class OnnxEcapaEncoder:
     dim: int = EMBEDDING_DIM
     sample_rate: int = SAMPLE_RATE
 
-    def __init__(self, artifact_dir: Path, *, threads: int | None = None) -> None:
+    def __init__(self, artifact_dir: Path, *, threads: int | None = None, use_cpu_graph: bool = True) -> None:
         if threads is not None and threads < 1:
             raise ValueError(f"threads must be at least 1, not {threads}")
         self.artifact_dir = Path(artifact_dir).absolute()
         started = time.perf_counter()
         manifest = load_artifact_manifest(self.artifact_dir)
         self.model_id: str = manifest["model_id"]
-        self.onnx_path = self.artifact_dir / manifest["onnx"]["file"]
-        self.weights_path = self.artifact_dir / manifest["onnx"]["weights"]
-        self._checksums = {
-            self.onnx_path: manifest["onnx"]["sha256"],
-            self.weights_path: manifest["onnx"]["weights_sha256"],
-        }
-        for path in self._checksums:
-            if not path.is_file():
-                raise ModelError(f"ONNX ECAPA model file {path} is missing (export with infra.model.export_onnx)")
+        onnx = manifest["onnx"]
+        self.portable = Graph(
+            "portable",
+            self.artifact_dir / onnx["file"],
+            self.artifact_dir / onnx["weights"],
+            onnx["sha256"],
+            onnx["weights_sha256"],
+            ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+        )
+        self.onnx_path, self.weights_path = self.portable.onnx_path, self.portable.weights_path
+        #: the CPU graph, where the manifest has one made for this machine's kind of CPU (and it is wanted)
+        self.cpu: Graph | None = None
+        cpu = manifest.get("cpu_graph")
+        if use_cpu_graph and cpu is not None and cpu["made_for"] == cpu_graph.made_for():
+            self.cpu = Graph(
+                "cpu",
+                self.artifact_dir / cpu["file"],
+                self.artifact_dir / cpu["weights"],
+                cpu["sha256"],
+                cpu["weights_sha256"],
+                ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+                tuple(cpu["check"]),
+            )
+        for graph in (self.portable, self.cpu):
+            for path in graph.checksums() if graph else ():
+                if not path.is_file():
+                    raise ModelError(f"ONNX ECAPA model file {path} is missing (export with infra.model.export_onnx)")
         self._threads = threads
         self._input: str = manifest["onnx"]["input"]
         self._output: str = manifest["onnx"]["output"]
@@ -155,11 +220,13 @@ class OnnxEcapaEncoder:
             seconds=round(time.perf_counter() - started, 3),
             threads=threads,
             onnxruntime=ort.__version__,
+            graph=self.graph,
         )
 
     def prepare(self) -> None:
         """Make this process's session now (else the first call does): checks both files' SHA-256 while
-        onnxruntime loads them, and the graph's input and output against the manifest.
+        onnxruntime loads them, and the graph's input and output against the manifest (the CPU graph also its
+        check clip; failing that, the portable graph is loaded instead).
 
         Raises
         ------
@@ -169,35 +236,79 @@ class OnnxEcapaEncoder:
         """
         self._serving_session()
 
+    @property
+    def graph(self) -> str:
+        """Which graph serves (or will, unless its check fails as the session is made): "cpu" or "portable"."""
+        return "cpu" if self.cpu is not None else "portable"
+
     def _serving_session(self) -> Any:
-        """This process's session, made once per process."""
+        """This process's session, made once per process: the CPU graph's where it passes its check, else the
+        portable graph's."""
         if self._serving is None or self._serving_pid != os.getpid():
             started = time.perf_counter()
-            # hashing (~0.06 s for 84 MB) and onnxruntime's loading both release the GIL: side by side
-            with ThreadPoolExecutor(max_workers=1, thread_name_prefix="model-checksum") as pool:
-                verified = pool.submit(_verify_all, self._checksums)
+            session = None
+            if self.cpu is not None:
                 try:
-                    session = _session(self.onnx_path, self._threads)
-                except ModelError:
-                    verified.result()  # a file that fails its checksum is the better reason
-                    raise
-                verified.result()
-            inputs = [i.name for i in session.get_inputs()]
-            outputs = {o.name: o.shape for o in session.get_outputs()}
-            if inputs != [self._input] or outputs.get(self._output, [None])[-1] != self.dim:
-                raise ModelError(
-                    f"ONNX ECAPA model {self.onnx_path}: graph has inputs {inputs} and outputs {outputs}, "
-                    f"the manifest names {self._input!r} -> {self._output!r} of {self.dim} values"
-                )
+                    session = self._checked(self._open(self.cpu), self.cpu)
+                except GraphUnusable as exc:
+                    lwlog.event(
+                        logger,
+                        "ecapa onnx cpu graph not used here: serving the portable graph",
+                        level=logging.WARNING,
+                        model_id=self.model_id,
+                        error=str(exc),
+                    )
+                    self.cpu = None
+            if session is None:
+                session = self._open(self.portable)
             self._serving, self._serving_pid = session, os.getpid()
             lwlog.event(
                 logger,
                 "ecapa onnx session ready",
                 model_id=self.model_id,
+                graph=self.graph,
                 seconds=round(time.perf_counter() - started, 3),
                 threads=session.get_session_options().intra_op_num_threads,
             )
         return self._serving
+
+    def _open(self, graph: Graph) -> Any:
+        """A session of ``graph``, its files' SHA-256 checked while onnxruntime loads them (hashing, ~0.06 s for
+        84 MB, and the loading both release the GIL: side by side), and its input and output the manifest's.
+
+        Raises ``ModelError`` for a file that fails its checksum, ``GraphUnusable`` where onnxruntime cannot load
+        the graph or it has not the manifest's input and output."""
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="model-checksum") as pool:
+            verified = pool.submit(_verify_all, graph.checksums())
+            try:
+                session = _session(graph.onnx_path, self._threads, graph.optimization)
+            except GraphUnusable:
+                verified.result()  # a file that fails its checksum is the better reason
+                raise
+            verified.result()
+        inputs = [i.name for i in session.get_inputs()]
+        outputs = {o.name: o.shape for o in session.get_outputs()}
+        if inputs != [self._input] or outputs.get(self._output, [None])[-1] != self.dim:
+            raise GraphUnusable(
+                f"ONNX ECAPA model {graph.onnx_path}: graph has inputs {inputs} and outputs {outputs}, "
+                f"the manifest names {self._input!r} -> {self._output!r} of {self.dim} values"
+            )
+        return session
+
+    def _checked(self, session: Any, graph: Graph) -> Any:
+        """``session`` if it embeds ``cpu_graph.check_clip()`` as recorded at build time (``GraphUnusable`` if not)."""
+        try:
+            (raw,) = session.run([self._output], {self._input: cpu_graph.check_clip()[np.newaxis, :]})
+        except Exception as exc:  # onnxruntime's own exception types
+            raise GraphUnusable(f"ONNX ECAPA model {graph.onnx_path} does not run here ({exc})") from exc
+        got, want = cpu_graph.unit(raw), np.asarray(graph.check, dtype=np.float64)
+        diff = float(np.max(np.abs(got - want))) if got.shape == want.shape else float("inf")
+        if not diff <= cpu_graph.CHECK_TOLERANCE:
+            raise GraphUnusable(
+                f"ONNX ECAPA model {graph.onnx_path} embeds the check clip {diff:.3g} away from the build's "
+                f"(tolerance {cpu_graph.CHECK_TOLERANCE})"
+            )
+        return session
 
     def _after_fork(self) -> None:
         """In a forked child (a gunicorn worker): make the session now, before the first request, unless the
@@ -275,15 +386,17 @@ def _verify(path: Path, sha256: str) -> None:
         raise ModelError(f"ONNX ECAPA model file {path}: SHA-256 {actual} does not match the manifest's {sha256}")
 
 
-def _session(path: Path, threads: int | None) -> Any:
+def _session(path: Path, threads: int | None, optimization: Any) -> Any:
     """One CPU ``InferenceSession`` of the graph at ``path`` (its weights mapped from the file it names):
-    sequential execution, one inter-op thread, ``threads`` intra-op threads (default: one per physical core)."""
+    sequential execution, one inter-op thread, ``threads`` intra-op threads (default: one per physical core),
+    onnxruntime's graph ``optimization`` level."""
     options = ort.SessionOptions()
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.inter_op_num_threads = 1
+    options.graph_optimization_level = optimization
     if threads is not None:
         options.intra_op_num_threads = threads
     try:
         return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own exception types for any unusable graph
-        raise ModelError(f"ONNX ECAPA model {path} cannot be loaded by onnxruntime ({exc})") from exc
+        raise GraphUnusable(f"ONNX ECAPA model {path} cannot be loaded by onnxruntime ({exc})") from exc
