@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +29,9 @@ from lockwise.voice.model.encoder import Encoder, Policy, Scorer, policy
 #: GIL; measured in process: 95 -> 83 ms for both on a 3 s clip). Its thread starts on first use, so a process that
 #: forks after loading this module (gunicorn's master) has none to lose.
 _BESIDE_FORWARD = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fingerprint")
+#: the forward pass itself runs here, while the request's thread reads what the decision needs (the lock, its
+#: lockout, the candidates' voiceprints and recordings) in the decision's transaction; at most this many at once
+_FORWARD = ThreadPoolExecutor(max_workers=4, thread_name_prefix="forward")
 
 
 @dataclass(frozen=True)
@@ -138,11 +141,28 @@ def verify(
 
     A clip that is a replay of a known recording (an enrollment sample of a candidate, an earlier attempt at this
     lock) is rejected as ``replay`` before any voice is scored, and counts as a failed attempt."""
-    # the forward pass (~100 ms) before the transaction: the lock's row and its lockout row are held for the
-    # decision only, not while the model runs
+    # the forward pass (~40-100 ms) and the fingerprint run on their threads while this one reads what the decision
+    # needs; the lock's row and its lockout row are held from those reads to the decision, as one transaction
+    probe_soon = _FORWARD.submit(encoder.embed, clip.samples, clip.rate)
     heard_soon = _BESIDE_FORWARD.submit(fingerprint.landmarks, clip.samples, clip.rate)
-    probe = encoder.embed(clip.samples, clip.rate)
-    heard = heard_soon.result()
+    try:
+        return _decide(db, lock_id, encoder, settings, now, scorer, follow_up, probe_soon, heard_soon)
+    finally:  # a refusal answered before the model finished: its result is not wanted, its error not either
+        for pending in (probe_soon, heard_soon):
+            pending.cancel()
+
+
+def _decide(
+    db: Database,
+    lock_id: str,
+    encoder: Encoder,
+    settings: Settings,
+    now: dt.datetime,
+    scorer: Scorer,
+    follow_up: str | None,
+    probe_soon: Future[npt.NDArray[np.float32]],
+    heard_soon: Future[fingerprint.Landmarks],
+) -> Result:
     with db.transaction() as con:
         found_lock = con.run("SELECT voice_threshold FROM locks WHERE id = CAST(:l AS uuid) FOR SHARE", l=lock_id)
         if not found_lock:  # deleted since its signature was checked
@@ -157,7 +177,9 @@ def verify(
             return Result("refused", attempt, "daily_limit", retry_after_s=wait)
         rules = policy(settings, encoder, found_lock[0][0], normalised=scorer.normalised)
         found = voiceprints.candidates(con, lock_id, encoder.model_id, encoder.dim, now)
-        if known_recordings.is_replay(heard, known_recordings.at_lock(con, lock_id, found.uids)):
+        recordings = known_recordings.at_lock(con, lock_id, found.uids)
+        heard, probe = heard_soon.result(), probe_soon.result()
+        if known_recordings.is_replay(heard, recordings):
             attempt = record_attempt(con, lock_id, "rejected", "replay", model_id=encoder.model_id)
             lockout.record_failure(con, lock_id, now, after=settings.lockout_after, base_s=settings.lockout_base_s)
             return Result("rejected", attempt, "replay", stale_voiceprints=len(found.stale_uids))
