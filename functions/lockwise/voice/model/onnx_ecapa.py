@@ -249,7 +249,7 @@ class OnnxEcapaEncoder:
             session = None
             if self.cpu is not None:
                 try:
-                    session = self._checked(self._open(self.cpu), self.cpu)
+                    session = self._open(self.cpu)
                 except GraphUnusable as exc:
                     lwlog.event(
                         logger,
@@ -273,30 +273,33 @@ class OnnxEcapaEncoder:
         return self._serving
 
     def _open(self, graph: Graph) -> Any:
-        """A session of ``graph``, its files' SHA-256 checked while onnxruntime loads them (hashing, ~0.06 s for
-        84 MB, and the loading both release the GIL: side by side), and its input and output the manifest's.
+        """A session of ``graph``, its files' SHA-256 checked while onnxruntime loads them and the session is tried
+        (hashing, ~0.06 s for 84 MB, loading and running all release the GIL: side by side), its input and output
+        the manifest's, and the CPU graph's embedding of the check clip the build's.
 
-        Raises ``ModelError`` for a file that fails its checksum, ``GraphUnusable`` where onnxruntime cannot load
-        the graph or it has not the manifest's input and output."""
+        Raises ``ModelError`` for a file that fails its checksum (whatever else failed), ``GraphUnusable`` where
+        onnxruntime cannot load or run the graph, it has not the manifest's input and output, or misses its check."""
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="model-checksum") as pool:
             verified = pool.submit(_verify_all, graph.checksums())
             try:
                 session = _session(graph.onnx_path, self._threads, graph.optimization)
+                inputs = [i.name for i in session.get_inputs()]
+                outputs = {o.name: o.shape for o in session.get_outputs()}
+                if inputs != [self._input] or outputs.get(self._output, [None])[-1] != self.dim:
+                    raise GraphUnusable(
+                        f"ONNX ECAPA model {graph.onnx_path}: graph has inputs {inputs} and outputs {outputs}, "
+                        f"the manifest names {self._input!r} -> {self._output!r} of {self.dim} values"
+                    )
+                if graph.check is not None:
+                    self._check(session, graph)
             except GraphUnusable:
-                verified.result()  # a file that fails its checksum is the better reason
+                verified.result()  # a file that fails its checksum is the better reason, and never passed over
                 raise
             verified.result()
-        inputs = [i.name for i in session.get_inputs()]
-        outputs = {o.name: o.shape for o in session.get_outputs()}
-        if inputs != [self._input] or outputs.get(self._output, [None])[-1] != self.dim:
-            raise GraphUnusable(
-                f"ONNX ECAPA model {graph.onnx_path}: graph has inputs {inputs} and outputs {outputs}, "
-                f"the manifest names {self._input!r} -> {self._output!r} of {self.dim} values"
-            )
         return session
 
-    def _checked(self, session: Any, graph: Graph) -> Any:
-        """``session`` if it embeds ``cpu_graph.check_clip()`` as recorded at build time (``GraphUnusable`` if not)."""
+    def _check(self, session: Any, graph: Graph) -> None:
+        """``GraphUnusable`` unless ``session`` embeds ``cpu_graph.check_clip()`` as recorded at build time."""
         try:
             (raw,) = session.run([self._output], {self._input: cpu_graph.check_clip()[np.newaxis, :]})
         except Exception as exc:  # onnxruntime's own exception types
@@ -308,7 +311,6 @@ class OnnxEcapaEncoder:
                 f"ONNX ECAPA model {graph.onnx_path} embeds the check clip {diff:.3g} away from the build's "
                 f"(tolerance {cpu_graph.CHECK_TOLERANCE})"
             )
-        return session
 
     def _after_fork(self) -> None:
         """In a forked child (a gunicorn worker): make the session now, before the first request, unless the
