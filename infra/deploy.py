@@ -54,6 +54,9 @@ class Target:
     api_host: str  # where the app and the locks reach the functions (Firebase Hosting's rewrites)
     image_repo: str  # REGION-docker.pkg.dev/PROJECT/REPO
     devices_relay_url: str
+    #: the voice bundles also carry the ONNX graph pre-optimised for the build machine's kind of CPU
+    #: (lockwise.voice.model.cpu_graph); off where this machine is unlike the ones that serve
+    cpu_graph: bool = True
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> Target:
@@ -86,6 +89,7 @@ class Target:
             api_host=args.api_host or f"{args.project}.web.app",
             image_repo=f"{args.region}-docker.pkg.dev/{args.project}/lockwise",
             devices_relay_url=args.devices_relay_url,
+            cpu_graph=not args.no_cpu_graph,
         )
 
     def sa(self, service: str) -> str:
@@ -160,11 +164,15 @@ def accounts(t: Target) -> list[Command]:
 def build(t: Target) -> list[Command]:
     py = sys.executable
     source = REPO / ".build" / "model-source"  # SpeechBrain's files: build-time only, never deployed
+    no_cpu_graph = [] if t.cpu_graph else ["--no-cpu-graph"]
     return [
         [py, "-m", "infra.build", "--out", str(REPO / ".build")],
         [py, "-m", "infra.model.fetch", str(source)],
         # embed and verify serve the ONNX export (no torch in either bundle), checked against SpeechBrain here
-        *([py, "-m", "infra.model.export_onnx", str(source), str(REPO / ".build" / f / "model")] for f in VOICE),
+        *(
+            [py, "-m", "infra.model.export_onnx", str(source), str(REPO / ".build" / f / "model"), *no_cpu_graph]
+            for f in VOICE
+        ),
         [
             "gcloud",
             "builds",
@@ -342,6 +350,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--broker-public-host", default="", help="the broker's public DNS name, for the locks")
     parser.add_argument("--api-host", default="", help="the API's public host name (default: PROJECT.web.app)")
     parser.add_argument("--devices-relay-url", default="", help="URL of the internal devices service (for the relay)")
+    parser.add_argument(
+        "--no-cpu-graph",
+        action="store_true",
+        help="build: voice bundles without the ONNX graph pre-optimised for this machine's kind of CPU (build here"
+        " only for serving machines like this one: the same onnxruntime kernels, see README)",
+    )
     parser.add_argument("--dry-run", action="store_true", help="validate and print the commands; run nothing")
     args = parser.parse_args(argv)
     try:

@@ -265,6 +265,10 @@ def test_cli_prints_the_parity_table(tiny_dir: Path, tmp_path: Path, capsys: pyt
     out = capsys.readouterr().out
     assert "max |diff|" in out and "PASS" in out and len(out.splitlines()) == 2 + 12 + 2
     assert ("CPU graph for x86_64 with" in out) == (cpu_graph.made_for() is not None)
+    assert export_onnx.main([str(tiny_dir), str(tmp_path / "portable"), "--no-cpu-graph"]) == 0
+    assert "no CPU graph: not asked for" in capsys.readouterr().out
+    assert "cpu_graph" not in json.loads((tmp_path / "portable" / MANIFEST).read_text())
+    assert not list((tmp_path / "portable").glob("*.cpu.*"))
     assert OnnxEcapaEncoder(tmp_path / "cli").model_id == model_identity(tiny_dir)
 
 

@@ -342,3 +342,13 @@ def test_model_fetch_pins_a_commit_and_checks_checksums(tmp_path: Path, monkeypa
         assert fetch.main([str(tmp_path / "fourth"), "--base-url", base]) == 1  # the command says so and fails
     finally:
         server.shutdown()
+
+
+def test_build_exports_the_cpu_graph_unless_told_not_to() -> None:
+    def exports(commands: list[list[str]]) -> list[list[str]]:
+        return [c for c in commands if c[1:3] == ["-m", "infra.model.export_onnx"]]
+
+    default, without = exports(dry_run("build")), exports(dry_run("build", "--no-cpu-graph"))
+    assert len(default) == len(without) == 2  # embed's bundle and verify's
+    assert not [c for c in default if "--no-cpu-graph" in c]
+    assert all(c[-1] == "--no-cpu-graph" for c in without)
