@@ -28,12 +28,12 @@ of the ``torchaudio.functional.resample`` the SpeechBrain path uses.
 Create one ``OnnxEcapaEncoder`` per instance at start-up and reuse it. Construction reads the manifest and makes no
 onnxruntime session: a function's master process (gunicorn's) forks its worker after loading ``main.py``, and
 onnxruntime's thread pool does not survive a fork, so the one session a process serves from is made in the forked
-worker as it starts (or on first use, or by ``prepare()``, in a process that does not fork). Making it checks both
-files' SHA-256 (hashed from a memory map while onnxruntime loads the graph) before anything is embedded; a worker
-whose model fails this exits as it boots. A 3 s clip at 44.1 kHz then takes ~38-49 ms on 2 cores with the CPU
-graph, ~46-48 ms with the portable one (SpeechBrain's forward: 73-78 ms in the same ``./dev bench`` runs; all three
-~1.4x that on this machine's slower days). An earlier trial found glibc's malloc made the first calls ~50% slower, cured by
-``MALLOC_MMAP_THRESHOLD_``/``MALLOC_TRIM_THRESHOLD_``; ``./dev bench verify_runtime`` measures both and found no
+worker as it starts (or on first use, or by ``prepare()``, in a process that does not fork). Making it checks its
+graph's two files' SHA-256 (hashed while onnxruntime loads the graph) before anything is embedded; a worker whose
+model fails this exits as it boots. A 3 s clip at 44.1 kHz then takes ~38-49 ms on 2 cores with the CPU graph,
+~46-48 ms with the portable one (SpeechBrain's forward: 73-78 ms in the same ``./dev bench`` runs; all three ~1.4x
+that on this machine's slower days). An earlier trial found glibc's malloc made the first calls ~50% slower, cured
+by ``MALLOC_MMAP_THRESHOLD_``/``MALLOC_TRIM_THRESHOLD_``; ``./dev bench verify_runtime`` measures both and found no
 difference with this graph, so the defaults are kept.
 """
 
