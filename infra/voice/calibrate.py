@@ -53,6 +53,8 @@ TARGET_FMRS = (1e-3, 1e-4)
 #: the target. Leave-one-speaker-out showed why: thresholds fitted at the bound of 1 in 1,000 on six speakers let
 #: 0.087-0.107 % of the seventh's impostor trials through (five enrollment draws), so a new speaker needs the margin.
 FIT_MARGIN = 0.8
+#: the encoder's floor on raw cosines (``Calibration.floor``): its threshold for this FMR
+FLOOR_FMR = 1e-2
 CUT_SECONDS = (1.0, 1.5, 2.0, 3.0, 4.0, 5.0)
 CONFIDENCE = 0.95
 
@@ -424,7 +426,9 @@ def speaker_disjoint(
             }
         out[name] = result
         curves[name] = pooled
-    out["second_utterance"] = second_utterance(normed, genuine, impostor, involves, t_speaker, t_voice, speakers)
+    out["second_utterance"] = second_utterance(
+        normed, genuine, impostor, involves, t_speaker, t_voice, speakers, raw=raw
+    )
     shipped = (operating or {}).get("normalised")
     band = (operating or {}).get("retry_band")
     if shipped is not None and band is not None:  # the product's procedure as configured, on these trials
@@ -532,53 +536,90 @@ def second_utterance(
     t_voice: Labels,
     speakers: list[str],
     target: float = 1e-3,
+    raw: F64 | None = None,
 ) -> list[dict[str, Any]]:
     """The "say it again" procedure on normalised scores: accept when the first utterance reaches the threshold, or
     when it lands within ``band`` under it and the mean of its score and a second utterance's (another clip of the
     same speaker and voice; an impostor tries again with their own voice) reaches it. Per band: the pooled threshold
     whose 95 % bound on the procedure's FMR meets ``FIT_MARGIN`` times ``target`` (as :func:`fitted_threshold`), and
-    leave-one-speaker-out FNMR/FMR per attempt with each fold's threshold fitted the same way without the speaker."""
-    fused = _fused(scores, t_speaker, t_voice)
+    leave-one-speaker-out FNMR/FMR per attempt with each fold's threshold fitted the same way without the speaker.
 
-    def accepted(threshold: float, band: float) -> npt.NDArray[np.bool_]:
-        out: npt.NDArray[np.bool_] = (scores >= threshold) | ((scores >= threshold - band) & (fused >= threshold))
-        return out
+    With the trials' ``raw`` cosines, also the product's whole door (:func:`_door`) speaker-disjoint: each fold's
+    floor is its raw threshold for FMR ``FLOOR_FMR`` without the speaker (as the shipped floor was set on all of
+    them), and every utterance the door takes must reach it; once with each fold's threshold fitted without the
+    floor (as the shipped one was), once with the threshold fitted on the door with its floor (``refit``), and the
+    pooled threshold fitted that way too."""
+    partner = _partners(t_speaker, t_voice)
+    cosines = raw if raw is not None else np.zeros_like(scores)
 
-    def fitted(band: float, mask: npt.NDArray[np.bool_]) -> float:
+    def accepted(threshold: float, band: float, floor: float = -np.inf) -> npt.NDArray[np.bool_]:
+        return _door(scores, cosines, partner, threshold, band, floor)
+
+    def fitted(band: float, mask: npt.NDArray[np.bool_], floor: float = -np.inf) -> float:
         n, goal = int(mask.sum()), target * FIT_MARGIN
         lo, hi = float(scores.min()), float(scores.max()) + 1
         for _ in range(40):
             mid = (lo + hi) / 2
-            matches = int(accepted(mid, band)[mask].sum())
+            matches = int(accepted(mid, band, floor)[mask].sum())
             ok = clopper_pearson_upper(matches, n) <= goal
             lo, hi = (lo, mid) if ok else (mid, hi)
         return float(np.ceil(hi * 1000) / 1000)
 
+    def floor_of(mask: npt.NDArray[np.bool_]) -> float:
+        return float(threshold_for(Trials(cosines[genuine & mask], cosines[impostor & mask]), FLOOR_FMR)["threshold"])
+
+    floors = {x: floor_of(~involves[x]) for x in speakers}
     rows = []
     for band in RETRY_BANDS:
-        misses = false_matches = n_genuine = n_impostor = 0
+        counts = {kind: [0, 0, 0, 0] for kind in ("plain", "floored", "refit")}  # misses, false matches, n, n
         for x in speakers:
             threshold = fitted(band, impostor & ~involves[x])
-            decided = accepted(threshold, band)
-            own = decided[genuine & (t_speaker[:, None] == x)]
-            theirs = decided[impostor & involves[x]]
-            misses, false_matches = misses + int((~own).sum()), false_matches + int(theirs.sum())
-            n_genuine, n_impostor = n_genuine + len(own), n_impostor + len(theirs)
+            refit = fitted(band, impostor & ~involves[x], floors[x]) if raw is not None else threshold
+            for kind, at, floor in (
+                ("plain", threshold, -np.inf),
+                ("floored", threshold, floors[x]),
+                ("refit", refit, floors[x]),
+            ):
+                decided = accepted(at, band, floor)
+                own = decided[genuine & (t_speaker[:, None] == x)]
+                theirs = decided[impostor & involves[x]]
+                tally = counts[kind]
+                tally[0], tally[1] = tally[0] + int((~own).sum()), tally[1] + int(theirs.sum())
+                tally[2], tally[3] = tally[2] + len(own), tally[3] + len(theirs)
         pooled = fitted(band, impostor)
         decided = accepted(pooled, band)
-        rows.append(
-            {
-                "band": band,
-                "pooled_threshold": pooled,
-                "pooled_fnmr": float(np.mean(~decided[genuine])),
-                "pooled_fmr": float(np.mean(decided[impostor])),
-                "asked_again": float(np.mean(((scores < pooled) & (scores >= pooled - band))[genuine])),
-                "loso_fnmr": misses / max(n_genuine, 1),
-                "loso_fnmr_upper_95": clopper_pearson_upper(misses, n_genuine),
-                "loso_fmr": false_matches / max(n_impostor, 1),
-                "loso_fmr_upper_95": clopper_pearson_upper(false_matches, n_impostor),
+        misses, false_matches, n_genuine, n_impostor = counts["plain"]
+        row: dict[str, Any] = {
+            "band": band,
+            "pooled_threshold": pooled,
+            "pooled_fnmr": float(np.mean(~decided[genuine])),
+            "pooled_fmr": float(np.mean(decided[impostor])),
+            "asked_again": float(np.mean(((scores < pooled) & (scores >= pooled - band))[genuine])),
+            "loso_fnmr": misses / max(n_genuine, 1),
+            "loso_fnmr_upper_95": clopper_pearson_upper(misses, n_genuine),
+            "loso_fmr": false_matches / max(n_impostor, 1),
+            "loso_fmr_upper_95": clopper_pearson_upper(false_matches, n_impostor),
+        }
+        if raw is not None:
+            row["floors"] = [min(floors.values()), max(floors.values())]
+            for kind in ("floored", "refit"):
+                misses, false_matches, n_genuine, n_impostor = counts[kind]
+                row |= {
+                    f"loso_{kind}_fnmr": misses / max(n_genuine, 1),
+                    f"loso_{kind}_fnmr_upper_95": clopper_pearson_upper(misses, n_genuine),
+                    f"loso_{kind}_fmr": false_matches / max(n_impostor, 1),
+                    f"loso_{kind}_fmr_upper_95": clopper_pearson_upper(false_matches, n_impostor),
+                }
+            floor = floor_of(np.ones_like(genuine))
+            refit_pooled = fitted(band, impostor, floor)
+            decided = accepted(refit_pooled, band, floor)
+            row |= {
+                "pooled_floor": floor,
+                "refit_pooled_threshold": refit_pooled,
+                "refit_pooled_fnmr": float(np.mean(~decided[genuine])),
+                "refit_pooled_fmr": float(np.mean(decided[impostor])),
             }
-        )
+        rows.append(row)
     return rows
 
 
@@ -778,15 +819,40 @@ def markdown(r: dict[str, Any]) -> str:
         "mean of the two scores), per attempt:",
         "",
         "| band | pooled threshold (95% bound meets 0.8e-3) | its FNMR | asked again (genuine) | speaker-disjoint FNMR "
-        "(95% upper) | its FMR (95% upper) |",
-        "|---|---|---|---|---|---|",
+        "(95% upper) | its FMR (95% upper) | with each fold's floor: FNMR (95% upper) | its FMR (95% upper) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for row in d["second_utterance"]:
+        floored = (
+            f"{row['loso_floored_fnmr']:.2%} ({row['loso_floored_fnmr_upper_95']:.2%}) | "
+            f"{row['loso_floored_fmr']:.4%} ({row['loso_floored_fmr_upper_95']:.3%})"
+            if "loso_floored_fnmr" in row
+            else "- | -"
+        )
         lines.append(
             f"| {row['band']:g} | {row['pooled_threshold']:.3f} | {row['pooled_fnmr']:.2%} | {row['asked_again']:.1%} "
             f"| {row['loso_fnmr']:.2%} ({row['loso_fnmr_upper_95']:.2%}) | {row['loso_fmr']:.4%} "
-            f"({row['loso_fmr_upper_95']:.3%}) |"
+            f"({row['loso_fmr_upper_95']:.3%}) | {floored} |"
         )
+    floors = d["second_utterance"][0].get("floors")
+    if floors:
+        lines += [
+            "",
+            f"Each fold's floor is its raw threshold for FMR {FLOOR_FMR:g} without the held-out speaker "
+            f"({floors[0]:.4f}-{floors[1]:.4f}); every utterance the door takes must reach it, as the product decides.",
+            "With the threshold fitted on that whole door, floor included (the same 95 % bound rule):",
+            "",
+            "| band | floor (all speakers) | pooled threshold | its FNMR | its FMR | speaker-disjoint FNMR (95% upper) "
+            "| its FMR (95% upper) |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for row in d["second_utterance"]:
+            lines.append(
+                f"| {row['band']:g} | {row['pooled_floor']:.4f} | {row['refit_pooled_threshold']:.3f} "
+                f"| {row['refit_pooled_fnmr']:.2%} | {row['refit_pooled_fmr']:.4%} "
+                f"| {row['loso_refit_fnmr']:.2%} ({row['loso_refit_fnmr_upper_95']:.2%}) "
+                f"| {row['loso_refit_fmr']:.4%} ({row['loso_refit_fmr_upper_95']:.3%}) |"
+            )
     if "second_utterance_operating" in d:
         op = d["second_utterance_operating"]
         lines += [

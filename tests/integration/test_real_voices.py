@@ -126,6 +126,10 @@ def test_normalised_scores_hold_the_shipped_bounds_and_beat_raw_speaker_disjoint
     # band (the full calibration: FNMR 6.50 -> 10.17 % per attempt, FMR 0.063 -> 0.028 %; this subset ~2 -> ~8 %)
     assert shipped["floor"] == GE2E.floor and shipped["floored_fmr"] <= shipped["fmr"]
     assert shipped["fnmr"] <= shipped["floored_fnmr"] <= 0.12, shipped
+    # and speaker-disjoint, each fold's floor fitted without the speaker: the same direction in every band
+    for row in d["second_utterance"]:
+        assert row["floors"][0] <= row["floors"][1] and abs(row["floors"][0] - GE2E.floor) < 0.05, row
+        assert row["loso_floored_fmr"] <= row["loso_fmr"] and row["loso_floored_fnmr"] >= row["loso_fnmr"], row
     raw, normalised = d["raw"]["loso_0.001"], d["normalised"]["loso_0.001"]
     assert normalised["fnmr"] < raw["fnmr"], (raw, normalised)
     assert d["normalised"]["eer"] < d["raw"]["eer"]
