@@ -265,6 +265,89 @@ def test_lockout_engages_on_the_sixth_attempt_and_releases_on_time(
     assert signed_verify(clients, world, wav(take())).get_json()["decision"] == "rejected"
 
 
+def test_a_locked_out_lock_runs_no_forward_pass(
+    clients: dict[str, Any], world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A refusal is decided before the model runs: an attempt at a locked-out lock costs no forward pass (none left
+    running after its answer either, to slow the next request)."""
+    assert enroll(clients, world.accounts["owner"]).status_code == 201
+    negate_voiceprint(world.uid("owner"))
+    for _ in range(5):
+        assert signed_verify(clients, world, wav(take())).get_json()["decision"] == "rejected"
+    calls = counting_forwards(monkeypatch)
+    for _ in range(3):
+        refused = signed_verify(clients, world, wav(take()))
+        assert refused.status_code == 429 and refused.get_json()["error"]["code"] == "voice_locked_out"
+    time.sleep(0.3)  # a forward begun beside the refusal would have started by now
+    assert calls == []
+    assert [o for o, _ in attempts(world)] == ["rejected"] * 5 + ["refused"] * 3
+
+
+def test_a_forward_pass_that_fails_or_hangs_leaves_nothing_half_written(
+    clients: dict[str, Any], world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The forward runs while the decision's transaction holds the lock's lockout row: a model that fails rolls the
+    attempt back (503 ``model_unavailable``, nothing logged or counted), and one that does not answer in time is a
+    503 ``model_timeout`` after ``FORWARD_WAIT_S``, rolled back the same, so the lock's next attempt is not left
+    waiting behind it."""
+    from lockwise.voice import verification
+    from lockwise.voice.model.model_files import ModelError
+
+    assert enroll(clients, world.accounts["owner"]).status_code == 201
+    negate_voiceprint(world.uid("owner"))
+    assert signed_verify(clients, world, wav(take())).get_json()["decision"] == "rejected"
+    encoder_class = served_encoder_class()
+    real = encoder_class.embed
+
+    def broken(self: Any, samples: Any, rate: int) -> Any:
+        raise ModelError("the model broke")
+
+    monkeypatch.setattr(encoder_class, "embed", broken)
+    failed = signed_verify(clients, world, wav(take()))
+    assert failed.status_code == 503 and failed.get_json()["error"]["code"] == "model_unavailable"
+
+    def slow(self: Any, samples: Any, rate: int) -> Any:
+        time.sleep(0.6)
+        return real(self, samples, rate)
+
+    monkeypatch.setattr(encoder_class, "embed", slow)
+    monkeypatch.setattr(verification, "FORWARD_WAIT_S", 0.2)
+    started = time.monotonic()
+    timed_out = signed_verify(clients, world, wav(take()))
+    assert timed_out.status_code == 503 and timed_out.get_json()["error"]["code"] == "model_timeout"
+    assert time.monotonic() - started < 0.55  # answered at the wait's end, not the model's
+    monkeypatch.setattr(encoder_class, "embed", real)
+    time.sleep(0.5)  # the slow forward finishes on its thread
+    assert signed_verify(clients, world, wav(take())).get_json()["decision"] == "rejected"
+    assert [o for o, _ in attempts(world)] == ["rejected", "rejected"]  # the two failures left no row
+    with get_runtime("verify").db.connection() as con:
+        rows = con.run(
+            "SELECT consecutive_failures FROM voice_lockouts WHERE lock_id = CAST(:l AS uuid)", l=world.lock_id
+        )
+    assert rows == [[2]]
+
+
+def served_encoder_class() -> Any:
+    """The class of the encoder verify serves (the local stack's: loaded once per process and configuration)."""
+    from lockwise.voice.model.encoder import load_encoder
+
+    settings = get_runtime("verify").settings
+    return type(load_encoder(settings, exported=settings.verify_runtime == "onnx"))
+
+
+def counting_forwards(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Count forward passes of verify's encoder from now on (its class's ``embed``, wrapped)."""
+    encoder_class = served_encoder_class()
+    real, calls = encoder_class.embed, []
+
+    def counted(self: Any, samples: Any, rate: int) -> Any:
+        calls.append(len(samples))
+        return real(self, samples, rate)
+
+    monkeypatch.setattr(encoder_class, "embed", counted)
+    return calls
+
+
 def test_an_accepted_voice_clears_the_failures_counted_before_it(clients: dict[str, Any], world: World) -> None:
     """An accepted attempt resets the count only when there is one (its clearing statement is skipped otherwise):
     after four rejections the owner's voice opens and the next stranger starts from one again."""

@@ -18,6 +18,7 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -473,6 +474,18 @@ def test_a_cpu_graph_that_misses_its_check_is_passed_over_loudly(
     assert np.array_equal(encoder.embed(noise(16_000), 16_000), want)
 
 
+def test_threads_that_embed_at_once_on_a_fresh_encoder_make_one_session(
+    tiny_export: tuple[Path, ParityReport], caplog: pytest.LogCaptureFixture
+) -> None:
+    encoder = OnnxEcapaEncoder(tiny_export[0])
+    clip = noise(16_000)
+    with caplog.at_level(logging.INFO, logger="lockwise.voice.model.onnx_ecapa"):
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            embeddings = list(pool.map(lambda _: encoder.embed(clip, 16_000), range(4)))
+    assert len([r for r in caplog.records if r.getMessage() == "ecapa onnx session ready"]) == 1
+    assert all(np.array_equal(e, embeddings[0]) for e in embeddings)
+
+
 def test_made_for_names_what_chooses_onnxruntimes_kernels(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     info = tmp_path / "cpuinfo"
     info.write_text(
@@ -485,8 +498,14 @@ def test_made_for_names_what_chooses_onnxruntimes_kernels(tmp_path: Path, monkey
         "features": ["avx", "avx2", "avx512f", "fma"],
         "onnxruntime": onnxruntime.__version__,
     }
+    info.write_text(  # the virtualisation line below it names no instruction set
+        "processor\t: 0\nflags\t\t: fpu sse avx fma avx2\nvmx flags\t: vnmi preemption_timer avx512f\n"
+    )
+    assert cpu_graph.made_for(info)["features"] == ["avx", "avx2", "fma"]  # type: ignore[index]
     info.write_text("processor\t: 0\nflags\t\t: fpu sse sse2 sse4_2\n")
     assert cpu_graph.made_for(info) is None  # no AVX: onnxruntime has no blocked-layout kernels there
+    info.write_text("processor\t: 0\nmodel name\t: a CPU that lists no flags\n")
+    assert cpu_graph.made_for(info) is None
     assert cpu_graph.made_for(tmp_path / "missing") is None
     monkeypatch.setattr(platform, "machine", lambda: "aarch64")
     assert cpu_graph.made_for(info) is None

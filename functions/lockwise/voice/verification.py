@@ -1,7 +1,8 @@
 """The verify decision at the server: lockout, candidates, one vectorised scoring, the attempt log, the unlock.
 
-The probe is embedded first; then one transaction per attempt holds the lock's lockout row, so concurrent attempts
-at one lock are counted exactly.
+One transaction per attempt holds the lock's lockout row, so concurrent attempts at one lock are counted exactly;
+once the lockout and the daily ceiling allow the attempt, the probe is embedded on a thread of its own while that
+transaction reads the candidates.
 Every attempt (accepted, rejected, refused, invalid) is logged in PostgreSQL and mirrored to the lock's activity
 feed without biometric data (no embedding, no score).
 """
@@ -10,9 +11,12 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
+import threading
 from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -20,18 +24,50 @@ import numpy.typing as npt
 from lockwise.core import errors, mirror
 from lockwise.core.config import Settings
 from lockwise.core.db import Connection, Database
+from lockwise.core.forking import in_each_child
 from lockwise.devices import commands, lockout
 from lockwise.voice import audio, known_recordings, scoring, voiceprints
 from lockwise.voice.model import fingerprint
 from lockwise.voice.model.encoder import Encoder, Policy, Scorer, policy
+from lockwise.voice.model.model_files import ModelError
 
-#: the clip's fingerprint is computed here while the model's forward pass runs (onnxruntime and numpy release the
-#: GIL; measured in process: 95 -> 83 ms for both on a 3 s clip). Its thread starts on first use, so a process that
-#: forks after loading this module (gunicorn's master) has none to lose.
-_BESIDE_FORWARD = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fingerprint")
-#: the forward pass itself runs here, while the request's thread reads what the decision needs (the lock, its
-#: lockout, the candidates' voiceprints and recordings) in the decision's transaction; at most this many at once
-_FORWARD = ThreadPoolExecutor(max_workers=4, thread_name_prefix="forward")
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class Beside:
+    """The threads a verification runs beside its request's: the model's forward pass on one, the clip's fingerprint
+    on the other (onnxruntime and numpy release the GIL; measured in process: 95 -> 83 ms for both on a 3 s clip),
+    while the request's thread reads what the decision needs. One of each: the model's own thread pool takes every
+    core, so a second forward beside it would only slow both. Made per process on first use (a pool made before
+    gunicorn forks its worker would have no thread there: work submitted to it would never run)."""
+
+    def __init__(self) -> None:
+        self._pools: tuple[ThreadPoolExecutor, ThreadPoolExecutor] | None = None
+        self._lock = threading.Lock()
+        in_each_child(self._forget)
+
+    def pools(self) -> tuple[ThreadPoolExecutor, ThreadPoolExecutor]:
+        """(forward, fingerprint) of this process."""
+        with self._lock:
+            if self._pools is None:
+                self._pools = (
+                    ThreadPoolExecutor(max_workers=1, thread_name_prefix="forward"),
+                    ThreadPoolExecutor(max_workers=1, thread_name_prefix="fingerprint"),
+                )
+            return self._pools
+
+    def _forget(self) -> None:
+        """In a forked child: the parent's pools' threads did not come along."""
+        self._lock = threading.Lock()
+        self._pools = None
+
+
+_BESIDE = Beside()
+#: how long a decision waits for its forward pass (a 30 s clip takes ~1 s on 2 cores) while it holds the lock's
+#: lockout row: past it the attempt is answered 503 and the transaction rolled back, instead of every later attempt
+#: at the lock waiting behind it
+FORWARD_WAIT_S = 20.0
 
 
 @dataclass(frozen=True)
@@ -141,132 +177,146 @@ def verify(
 
     A clip that is a replay of a known recording (an enrollment sample of a candidate, an earlier attempt at this
     lock) is rejected as ``replay`` before any voice is scored, and counts as a failed attempt."""
-    # the forward pass (~40-100 ms) and the fingerprint run on their threads while this one reads what the decision
-    # needs; the lock's row and its lockout row are held from those reads to the decision, as one transaction
-    probe_soon = _FORWARD.submit(encoder.embed, clip.samples, clip.rate)
-    heard_soon = _BESIDE_FORWARD.submit(fingerprint.landmarks, clip.samples, clip.rate)
-    try:
-        return _decide(db, lock_id, encoder, settings, now, scorer, follow_up, probe_soon, heard_soon)
-    finally:  # a refusal answered before the model finished: its result is not wanted, its error not either
-        for pending in (probe_soon, heard_soon):
-            pending.cancel()
-
-
-def _decide(
-    db: Database,
-    lock_id: str,
-    encoder: Encoder,
-    settings: Settings,
-    now: dt.datetime,
-    scorer: Scorer,
-    follow_up: str | None,
-    probe_soon: Future[npt.NDArray[np.float32]],
-    heard_soon: Future[fingerprint.Landmarks],
-) -> Result:
     with db.transaction() as con:
         found_lock = con.run("SELECT voice_threshold FROM locks WHERE id = CAST(:l AS uuid) FOR SHARE", l=lock_id)
         if not found_lock:  # deleted since its signature was checked
             raise errors.Unauthenticated("unknown lock", code="unknown_lock")
         held = lockout.hold(con, lock_id, now)
-        if held.wait_s:
+        if held.wait_s:  # refused before the model runs: a locked-out lock costs no forward pass
             attempt = record_attempt(con, lock_id, "refused", "locked_out")
             return Result("refused", attempt, "locked_out", retry_after_s=held.wait_s)
         wait = lockout.daily_ceiling_wait(con, lock_id, now, settings.voice_daily_rejections)
         if wait:
             attempt = record_attempt(con, lock_id, "refused", "daily_limit")
             return Result("refused", attempt, "daily_limit", retry_after_s=wait)
-        rules = policy(settings, encoder, found_lock[0][0], normalised=scorer.normalised)
-        found = voiceprints.candidates(con, lock_id, encoder.model_id, encoder.dim, now)
-        recordings = known_recordings.at_lock(con, lock_id, found.uids)
-        heard, probe = heard_soon.result(), probe_soon.result()
-        if known_recordings.is_replay(heard, recordings):
-            attempt = record_attempt(con, lock_id, "rejected", "replay", model_id=encoder.model_id)
-            lockout.record_failure(con, lock_id, now, after=settings.lockout_after, base_s=settings.lockout_base_s)
-            return Result("rejected", attempt, "replay", stale_voiceprints=len(found.stale_uids))
-        raw, scores = scorer.scores(probe, found.prints)
-        first = take_follow_up(con, lock_id, follow_up) if follow_up else None
-        if first is not None:
-            scores = np.array(
-                [(s + first[uid]) / 2 if uid in first else s for uid, s in zip(found.uids, scores, strict=True)],
-                dtype=np.float32,
-            )
-        decision = decide(raw, scores, rules)
-        if (
-            first is None
-            and rules.retry_band is not None
-            and decision.reason == "below_threshold"
-            and decision.best is not None
-            and rules.threshold - rules.retry_band <= decision.best < rules.threshold
-        ):  # just under: the lock asks the person to say it again, and the two are fused (not a voice the raw gate
-            # refused at or over the threshold: its normalised scores are the inflated ones the gate is there for)
-            decision = scoring.Decision(False, decision.best_index, decision.best, decision.runner_up, "say_again")
-        matched = found.uids[decision.best_index] if decision.best_index is not None else None
-        cosine = float(raw[decision.best_index]) if decision.best_index is not None else None  # for the log
-        if not decision.accepted:
-            attempt = record_attempt(
-                con,
-                lock_id,
-                "rejected",
-                decision.reason,
-                score=decision.best,
-                runner_up=decision.runner_up,
-                threshold=rules.threshold,
-                model_id=encoder.model_id,
-                cosine=cosine,
-            )
-            if decision.reason != "no_candidates":  # nobody to pass as, and uncounted: kept, they grew without bound
-                known_recordings.remember_attempt(con, lock_id, attempt, heard, settings.replay_memory_hours, None)
-            if decision.reason == "say_again":
-                con.run(
-                    "INSERT INTO verify_follow_ups (attempt_id, lock_id, scores, expires_at) VALUES (CAST(:a AS uuid),"
-                    " CAST(:l AS uuid), CAST(:s AS jsonb), now() + interval '30 seconds')",
-                    a=attempt,
-                    l=lock_id,
-                    s=json.dumps({uid: float(s) for uid, s in zip(found.uids, scores, strict=True)}),
-                )
-            if decision.reason != "no_candidates":  # nobody to guess at: nothing to throttle
-                lockout.record_failure(con, lock_id, now, after=settings.lockout_after, base_s=settings.lockout_base_s)
-            return Result(
-                "rejected",
-                attempt,
-                decision.reason,
-                decision.best,
-                rules.threshold,
-                stale_voiceprints=len(found.stale_uids),
-            )
+        # the forward pass (~40-100 ms) and the fingerprint on their threads, while this one reads the candidates
+        forward, fingerprints = _BESIDE.pools()
+        probe_soon = forward.submit(encoder.embed, clip.samples, clip.rate)
+        heard_soon = fingerprints.submit(fingerprint.landmarks, clip.samples, clip.rate)
+        return _decide(
+            con, lock_id, encoder, settings, now, scorer, follow_up, held, found_lock[0][0], probe_soon, heard_soon
+        )
+
+
+def _finished(soon: Future[T]) -> T:
+    """The result of work begun beside the decision, waited for at most ``FORWARD_WAIT_S``; a model that fails or
+    does not answer is a 503 (the decision's transaction, rolled back, has written nothing)."""
+    try:
+        return soon.result(timeout=FORWARD_WAIT_S)
+    except FutureTimeout as exc:
+        raise errors.Unavailable("the voice model did not answer in time; try again", code="model_timeout") from exc
+    except ModelError as exc:
+        logger.error("the voice model failed during a verification", extra={"fields": {"error": str(exc)}})
+        raise errors.Unavailable("the voice model failed; try again", code="model_unavailable") from exc
+
+
+def _decide(
+    con: Connection,
+    lock_id: str,
+    encoder: Encoder,
+    settings: Settings,
+    now: dt.datetime,
+    scorer: Scorer,
+    follow_up: str | None,
+    held: lockout.Hold,
+    voice_threshold: float | None,
+    probe_soon: Future[npt.NDArray[np.float32]],
+    heard_soon: Future[fingerprint.Landmarks],
+) -> Result:
+    """The decision once the attempt is allowed, in ``con``'s transaction, with the probe and its fingerprint on
+    their way."""
+    rules = policy(settings, encoder, voice_threshold, normalised=scorer.normalised)
+    found = voiceprints.candidates(con, lock_id, encoder.model_id, encoder.dim, now)
+    recordings = known_recordings.at_lock(con, lock_id, found.uids)
+    heard, probe = _finished(heard_soon), _finished(probe_soon)
+    if known_recordings.is_replay(heard, recordings):
+        attempt = record_attempt(con, lock_id, "rejected", "replay", model_id=encoder.model_id)
+        lockout.record_failure(con, lock_id, now, after=settings.lockout_after, base_s=settings.lockout_base_s)
+        return Result("rejected", attempt, "replay", stale_voiceprints=len(found.stale_uids))
+    raw, scores = scorer.scores(probe, found.prints)
+    first = take_follow_up(con, lock_id, follow_up) if follow_up else None
+    if first is not None:
+        scores = np.array(
+            [(s + first[uid]) / 2 if uid in first else s for uid, s in zip(found.uids, scores, strict=True)],
+            dtype=np.float32,
+        )
+    decision = decide(raw, scores, rules)
+    if (
+        first is None
+        and rules.retry_band is not None
+        and decision.reason == "below_threshold"
+        and decision.best is not None
+        and rules.threshold - rules.retry_band <= decision.best < rules.threshold
+    ):  # just under: the lock asks the person to say it again, and the two are fused (not a voice the raw gate
+        # refused at or over the threshold: its normalised scores are the inflated ones the gate is there for)
+        decision = scoring.Decision(False, decision.best_index, decision.best, decision.runner_up, "say_again")
+    matched = found.uids[decision.best_index] if decision.best_index is not None else None
+    cosine = float(raw[decision.best_index]) if decision.best_index is not None else None  # for the log
+    if not decision.accepted:
         attempt = record_attempt(
             con,
             lock_id,
-            "accepted",
-            "accepted",
-            matched_uid=matched,
+            "rejected",
+            decision.reason,
             score=decision.best,
             runner_up=decision.runner_up,
             threshold=rules.threshold,
             model_id=encoder.model_id,
             cosine=cosine,
         )
-        known_recordings.remember_attempt(con, lock_id, attempt, heard, settings.replay_memory_hours, matched)
-        if held.counting:  # an owner's usual accepted attempt has nothing to clear: one statement fewer
-            lockout.clear(con, lock_id)
-        issued = commands.create(
-            con,
-            lock_id=lock_id,
-            action="unlock",
-            issuer_kind="voice",
-            issuer_uid=matched,
-            signing_key_b64=settings.signing_key(),
-            ttl_s=settings.command_ttl_s,
-            attempt_id=attempt,
-        )
+        if decision.reason != "no_candidates":  # nobody to pass as, and uncounted: kept, they grew without bound
+            known_recordings.remember_attempt(con, lock_id, attempt, heard, settings.replay_memory_hours, None)
+        if decision.reason == "say_again":
+            con.run(
+                "INSERT INTO verify_follow_ups (attempt_id, lock_id, scores, expires_at) VALUES (CAST(:a AS uuid),"
+                " CAST(:l AS uuid), CAST(:s AS jsonb), now() + interval '30 seconds')",
+                a=attempt,
+                l=lock_id,
+                s=json.dumps({uid: float(s) for uid, s in zip(found.uids, scores, strict=True)}),
+            )
+        if decision.reason != "no_candidates":  # nobody to guess at: nothing to throttle
+            lockout.record_failure(con, lock_id, now, after=settings.lockout_after, base_s=settings.lockout_base_s)
         return Result(
-            "accepted",
+            "rejected",
             attempt,
-            "accepted",
+            decision.reason,
             decision.best,
             rules.threshold,
-            matched,
-            issued.command,
-            issued.payload,
             stale_voiceprints=len(found.stale_uids),
         )
+    attempt = record_attempt(
+        con,
+        lock_id,
+        "accepted",
+        "accepted",
+        matched_uid=matched,
+        score=decision.best,
+        runner_up=decision.runner_up,
+        threshold=rules.threshold,
+        model_id=encoder.model_id,
+        cosine=cosine,
+    )
+    known_recordings.remember_attempt(con, lock_id, attempt, heard, settings.replay_memory_hours, matched)
+    if held.counting:  # an owner's usual accepted attempt has nothing to clear: one statement fewer
+        lockout.clear(con, lock_id)
+    issued = commands.create(
+        con,
+        lock_id=lock_id,
+        action="unlock",
+        issuer_kind="voice",
+        issuer_uid=matched,
+        signing_key_b64=settings.signing_key(),
+        ttl_s=settings.command_ttl_s,
+        attempt_id=attempt,
+    )
+    return Result(
+        "accepted",
+        attempt,
+        "accepted",
+        decision.best,
+        rules.threshold,
+        matched,
+        issued.command,
+        issued.payload,
+        stale_voiceprints=len(found.stale_uids),
+    )

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -209,6 +210,7 @@ class OnnxEcapaEncoder:
         # session in a child whose parent has pool threads deadlocks. The worker makes its own as it starts.
         self._serving: Any = None
         self._serving_pid = -1
+        self._making = threading.Lock()
         in_each_child(self._after_fork)
         blas.one_thread()  # numpy's resampling beside onnxruntime's pool: see lockwise.voice.model.blas
         lwlog.event(
@@ -241,8 +243,14 @@ class OnnxEcapaEncoder:
         return "cpu" if self.cpu is not None else "portable"
 
     def _serving_session(self) -> Any:
-        """This process's session, made once per process: the CPU graph's where it passes its check, else the
-        portable graph's."""
+        """This process's session, made once per process (by one thread: others wait for it): the CPU graph's where
+        it passes its check, else the portable graph's."""
+        if self._serving is not None and self._serving_pid == os.getpid():
+            return self._serving
+        with self._making:
+            return self._make_session()
+
+    def _make_session(self) -> Any:
         if self._serving is None or self._serving_pid != os.getpid():
             started = time.perf_counter()
             session = None
@@ -316,6 +324,7 @@ class OnnxEcapaEncoder:
         parent already had one (its pool threads would deadlock a new session here; such a child gets one on its
         first call, if at all). A worker whose model does not load exits as gunicorn's "failed to boot", which
         stops the instance instead of answering every request with an error."""
+        self._making = threading.Lock()  # the parent's, held by a thread that did not come along, would never open
         if self._serving is not None:
             return
         try:
@@ -360,8 +369,9 @@ class OnnxEcapaEncoder:
         embedding = np.asarray(raw, dtype=np.float32).reshape(-1)
         norm = np.linalg.norm(embedding)
         if embedding.shape != (self.dim,) or not np.isfinite(norm) or norm == 0.0:
+            serving = (self.cpu or self.portable).onnx_path
             raise ModelError(
-                f"ONNX ECAPA model {self.onnx_path} gave an embedding of shape {np.shape(raw)} and norm {norm}, "
+                f"ONNX ECAPA model {serving} gave an embedding of shape {np.shape(raw)} and norm {norm}, "
                 f"expected a finite, non-zero (1, {self.dim})"
             )
         unit: npt.NDArray[np.float32] = (embedding / norm).astype(np.float32)
