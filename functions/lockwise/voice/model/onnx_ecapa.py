@@ -132,6 +132,13 @@ class Graph:
     optimization: Any
     check: tuple[float, ...] | None = None  # the CPU graph's unit embedding of cpu_graph.check_clip()
 
+    @classmethod
+    def named(cls, name: str, folder: Path, entry: dict[str, Any], optimization: Any) -> Graph:
+        """The graph a manifest entry (``onnx`` or ``cpu_graph``, checked by ``load_artifact_manifest``) names."""
+        check = tuple(entry["check"]) if "check" in entry else None
+        files = (folder / entry["file"], folder / entry["weights"])
+        return cls(name, *files, entry["sha256"], entry["weights_sha256"], optimization, check)
+
     def checksums(self) -> dict[Path, str]:
         return {self.onnx_path: self.sha256, self.weights_path: self.weights_sha256}
 
@@ -175,29 +182,15 @@ class OnnxEcapaEncoder:
         started = time.perf_counter()
         manifest = load_artifact_manifest(self.artifact_dir)
         self.model_id: str = manifest["model_id"]
-        onnx = manifest["onnx"]
-        self.portable = Graph(
-            "portable",
-            self.artifact_dir / onnx["file"],
-            self.artifact_dir / onnx["weights"],
-            onnx["sha256"],
-            onnx["weights_sha256"],
-            ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+        self.portable = Graph.named(
+            "portable", self.artifact_dir, manifest["onnx"], ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
         )
         self.onnx_path, self.weights_path = self.portable.onnx_path, self.portable.weights_path
         #: the CPU graph, where the manifest has one made for this machine's kind of CPU (and it is wanted)
         self.cpu: Graph | None = None
         cpu = manifest.get("cpu_graph")
         if use_cpu_graph and cpu is not None and cpu["made_for"] == cpu_graph.made_for():
-            self.cpu = Graph(
-                "cpu",
-                self.artifact_dir / cpu["file"],
-                self.artifact_dir / cpu["weights"],
-                cpu["sha256"],
-                cpu["weights_sha256"],
-                ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-                tuple(cpu["check"]),
-            )
+            self.cpu = Graph.named("cpu", self.artifact_dir, cpu, ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
         for graph in (self.portable, self.cpu):
             for path in graph.checksums() if graph else ():
                 if not path.is_file():
