@@ -16,17 +16,25 @@ from pathlib import Path
 from typing import Literal
 
 from infra.staging import staged_dir
+from lockwise.voice.model import cpu_graph
 
 MODELS_HOME = Path(os.environ.get("LOCKWISE_MODEL_CACHE", Path.home() / ".cache" / "lockwise" / "models"))
-#: what a cached model is made by: a change to any of these files makes a new cache entry
-SOURCES = ("random_ecapa.py", "export_onnx.py", "ecapa_graph.py", "clips.py")
+#: what a cached model is made by: a change to any of these files makes a new cache entry (cpu_graph.py: the CPU
+#: graph's check clip, whose embedding the export records)
+SOURCES = (
+    Path(__file__).with_name("random_ecapa.py"),
+    Path(__file__).with_name("export_onnx.py"),
+    Path(__file__).with_name("ecapa_graph.py"),
+    Path(__file__).with_name("clips.py"),
+    Path(cpu_graph.__file__),
+)
 PACKAGES = ("torch", "torchaudio", "speechbrain", "onnx", "onnxruntime")
 
 
 def key() -> str:
     digest = hashlib.sha256()
-    for name in SOURCES:
-        digest.update((Path(__file__).with_name(name)).read_bytes())
+    for path in SOURCES:
+        digest.update(path.read_bytes())
     for package in PACKAGES:
         digest.update(f"{package}=={metadata.version(package)}".encode())
     return digest.hexdigest()[:12]
