@@ -274,11 +274,26 @@ def _move_weights_out(onnx_path: Path, weights_file: str) -> None:
     onnx.save_model(
         model, str(onnx_path), save_as_external_data=True, all_tensors_to_one_file=True, location=weights_file
     )
-    for path in (onnx_path, onnx_path.with_name(weights_file)):
+    _readable(onnx_path, onnx_path.with_name(weights_file))
+
+
+def _readable(*paths: Path) -> None:
+    """Readable by any user (the serving image's user is not root)."""
+    for path in paths:
         path.chmod(0o644)
 
 
-def _write_cpu_graph(staging: Path, portable: OnnxEcapaEncoder) -> dict[str, Any] | None:
+def _files_entry(onnx_path: Path, weights_path: Path) -> dict[str, str]:
+    """A graph's two files in the manifest: their names and SHA-256."""
+    return {
+        "file": onnx_path.name,
+        "sha256": file_sha256(onnx_path),
+        "weights": weights_path.name,
+        "weights_sha256": file_sha256(weights_path),
+    }
+
+
+def _write_cpu_graph(staging: Path, portable_encoder: OnnxEcapaEncoder) -> dict[str, Any] | None:
     """Save the portable graph as onnxruntime optimises it in full on this machine (its 2-D convolutions in the
     blocked NCHWc layout, ``lockwise.voice.model.cpu_graph``) beside it, weights apart as for the portable graph;
     return its ``cpu_graph`` manifest entry (parity still to measure), or None where this machine makes no such graph
@@ -296,22 +311,20 @@ def _write_cpu_graph(staging: Path, portable: OnnxEcapaEncoder) -> dict[str, Any
     options.add_session_config_entry("session.optimized_model_external_initializers_file_name", weights_path.name)
     options.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
     options.log_severity_level = 3  # its warning that the result is for this kind of CPU only: that is the point
-    ort.InferenceSession(str(portable.onnx_path), sess_options=options, providers=["CPUExecutionProvider"])
+    ort.InferenceSession(
+        str(portable_encoder.portable.onnx_path), sess_options=options, providers=["CPUExecutionProvider"]
+    )
     nodes = onnx.load(str(graph_path), load_external_data=False).graph.node
     if not any(node.domain == NCHWC_DOMAIN for node in nodes) or not weights_path.is_file():
         graph_path.unlink(missing_ok=True)
         weights_path.unlink(missing_ok=True)
         return None
-    for path in (graph_path, weights_path):
-        path.chmod(0o644)
+    _readable(graph_path, weights_path)
     return {
-        "file": graph_path.name,
-        "sha256": file_sha256(graph_path),
-        "weights": weights_path.name,
-        "weights_sha256": file_sha256(weights_path),
+        **_files_entry(graph_path, weights_path),
         "made_for": made_for,
         # what the portable graph (parity-checked below) makes of the check clip: the CPU graph's test at start
-        "check": [float(v) for v in portable.embed_16k(cpu_graph.check_clip())],
+        "check": [float(v) for v in portable_encoder.embed_16k(cpu_graph.check_clip())],
         "parity": None,
     }
 
@@ -327,10 +340,7 @@ def _manifest(model_id: str, onnx_path: Path, weights_path: Path) -> dict[str, A
         "dim": EMBEDDING_DIM,
         "sample_rate": SAMPLE_RATE,
         "onnx": {
-            "file": onnx_path.name,
-            "sha256": file_sha256(onnx_path),
-            "weights": weights_path.name,
-            "weights_sha256": file_sha256(weights_path),
+            **_files_entry(onnx_path, weights_path),
             "input": INPUT,
             "output": OUTPUT,
             "opset": OPSET,

@@ -21,7 +21,7 @@ import onnxruntime as ort  # type: ignore[import-untyped]
 
 #: the x86 features onnxruntime's MLAS chooses its NCHWc block size and kernels by
 NCHWC_FEATURES = frozenset({"avx", "avx2", "fma", "avx512f"})
-#: the check's length at 16 kHz (0.25 s: every layer runs, ~5 ms on 2 cores)
+#: the check's length at 16 kHz (0.25 s: every layer runs; 8-14 ms on 2 cores, a session's first run)
 CHECK_SAMPLES = 4_000
 #: the largest difference from the recorded unit embedding that still counts as the same computation (the export's
 #: parity tolerance against SpeechBrain)
@@ -56,10 +56,3 @@ def check_clip() -> npt.NDArray[np.float32]:
     chirp = np.sin(2 * np.pi * (200 * t + 3_000 * t * t))
     tone = np.sin(2 * np.pi * 130 * t)
     return (0.3 * chirp + 0.2 * tone).astype(np.float32)
-
-
-def unit(raw: npt.NDArray[np.floating[Any]]) -> npt.NDArray[np.float64]:
-    """A raw embedding (any shape) as one unit-length float64 vector."""
-    vector = np.asarray(raw, dtype=np.float64).reshape(-1)
-    norm = float(np.linalg.norm(vector))
-    return vector / norm if norm > 0 and np.isfinite(norm) else vector

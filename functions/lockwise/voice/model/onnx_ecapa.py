@@ -30,9 +30,9 @@ onnxruntime session: a function's master process (gunicorn's) forks its worker a
 onnxruntime's thread pool does not survive a fork, so the one session a process serves from is made in the forked
 worker as it starts (or on first use, or by ``prepare()``, in a process that does not fork). Making it checks its
 graph's two files' SHA-256 (hashed while onnxruntime loads the graph) before anything is embedded; a worker whose
-model fails this exits as it boots. A 3 s clip at 44.1 kHz then takes ~38-49 ms on 2 cores with the CPU graph,
-~46-48 ms with the portable one (SpeechBrain's forward: 73-78 ms in the same ``./dev bench`` runs; all three ~1.4x
-that on this machine's slower days). An earlier trial found glibc's malloc made the first calls ~50% slower, cured
+model fails this exits as it boots. A 3 s clip at 44.1 kHz then takes ~38.5 ms on 2 cores with the CPU graph and
+~46-48 ms with the portable one, alone; 49-52 ms with the CPU graph in ``./dev bench``'s interleaved rounds, where
+SpeechBrain's forward took 73-82 ms. An earlier trial found glibc's malloc made the first calls ~50% slower, cured
 by ``MALLOC_MMAP_THRESHOLD_``/``MALLOC_TRIM_THRESHOLD_``; ``./dev bench verify_runtime`` measures both and found no
 difference with this graph, so the defaults are kept.
 """
@@ -185,7 +185,6 @@ class OnnxEcapaEncoder:
         self.portable = Graph.named(
             "portable", self.artifact_dir, manifest["onnx"], ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
         )
-        self.onnx_path, self.weights_path = self.portable.onnx_path, self.portable.weights_path
         #: the CPU graph, where the manifest has one made for this machine's kind of CPU (and it is wanted)
         self.cpu: Graph | None = None
         cpu = manifest.get("cpu_graph")
@@ -299,13 +298,13 @@ class OnnxEcapaEncoder:
         return session
 
     def _check(self, session: Any, graph: Graph) -> None:
-        """``GraphUnusable`` unless ``session`` embeds ``cpu_graph.check_clip()`` as recorded at build time."""
+        """``GraphUnusable`` unless ``session`` embeds ``cpu_graph.check_clip()`` as the portable graph did at build
+        time (recorded by ``embed_16k``, the same computation)."""
         try:
-            (raw,) = session.run([self._output], {self._input: cpu_graph.check_clip()[np.newaxis, :]})
-        except Exception as exc:  # onnxruntime's own exception types
+            got = self._unit_embedding(session, cpu_graph.check_clip(), graph)
+        except Exception as exc:  # onnxruntime's own exception types, or an unusable embedding (ModelError)
             raise GraphUnusable(f"ONNX ECAPA model {graph.onnx_path} does not run here ({exc})") from exc
-        got, want = cpu_graph.unit(raw), np.asarray(graph.check, dtype=np.float64)
-        diff = float(np.max(np.abs(got - want))) if got.shape == want.shape else float("inf")
+        diff = float(np.max(np.abs(got.astype(np.float64) - np.asarray(graph.check, dtype=np.float64))))
         if not diff <= cpu_graph.CHECK_TOLERANCE:
             raise GraphUnusable(
                 f"ONNX ECAPA model {graph.onnx_path} embeds the check clip {diff:.3g} away from the build's "
@@ -357,14 +356,17 @@ class OnnxEcapaEncoder:
 
     def _embed(self, wave: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
         """wave: shape (n,) float32 at 16 kHz -> shape (192,) float32, unit L2 norm."""
-        session = self._serving_session()
-        (raw,) = session.run([self._output], {self._input: at_least_40ms(wave)[np.newaxis, :]})
+        return self._unit_embedding(self._serving_session(), at_least_40ms(wave), self.cpu or self.portable)
+
+    def _unit_embedding(self, session: Any, wave: npt.NDArray[np.float32], graph: Graph) -> npt.NDArray[np.float32]:
+        """``session``'s embedding of ``wave`` (16 kHz), unit length; ``ModelError`` for one that is not a finite,
+        non-zero vector of ``dim`` values."""
+        (raw,) = session.run([self._output], {self._input: wave[np.newaxis, :]})
         embedding = np.asarray(raw, dtype=np.float32).reshape(-1)
         norm = np.linalg.norm(embedding)
         if embedding.shape != (self.dim,) or not np.isfinite(norm) or norm == 0.0:
-            serving = (self.cpu or self.portable).onnx_path
             raise ModelError(
-                f"ONNX ECAPA model {serving} gave an embedding of shape {np.shape(raw)} and norm {norm}, "
+                f"ONNX ECAPA model {graph.onnx_path} gave an embedding of shape {np.shape(raw)} and norm {norm}, "
                 f"expected a finite, non-zero (1, {self.dim})"
             )
         unit: npt.NDArray[np.float32] = (embedding / norm).astype(np.float32)
