@@ -13,6 +13,7 @@ import datetime as dt
 import json
 import logging
 import threading
+import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
@@ -198,11 +199,11 @@ def verify(
         )
 
 
-def _finished(soon: Future[T]) -> T:
-    """The result of work begun beside the decision, waited for at most ``FORWARD_WAIT_S``; a model that fails or
-    does not answer is a 503 (the decision's transaction, rolled back, has written nothing)."""
+def _finished(soon: Future[T], deadline: float) -> T:
+    """The result of work begun beside the decision, waited for until ``deadline`` (``time.monotonic()``); a model
+    that fails or does not answer is a 503 (the decision's transaction, rolled back, has written nothing)."""
     try:
-        return soon.result(timeout=FORWARD_WAIT_S)
+        return soon.result(timeout=max(0.0, deadline - time.monotonic()))
     except FutureTimeout as exc:
         raise errors.Unavailable("the voice model did not answer in time; try again", code="model_timeout") from exc
     except ModelError as exc:
@@ -228,7 +229,8 @@ def _decide(
     rules = policy(settings, encoder, voice_threshold, normalised=scorer.normalised)
     found = voiceprints.candidates(con, lock_id, encoder.model_id, encoder.dim, now)
     recordings = known_recordings.at_lock(con, lock_id, found.uids)
-    heard, probe = _finished(heard_soon), _finished(probe_soon)
+    deadline = time.monotonic() + FORWARD_WAIT_S  # one wait for both, not one each
+    heard, probe = _finished(heard_soon, deadline), _finished(probe_soon, deadline)
     if known_recordings.is_replay(heard, recordings):
         attempt = record_attempt(con, lock_id, "rejected", "replay", model_id=encoder.model_id)
         lockout.record_failure(con, lock_id, now, after=settings.lockout_after, base_s=settings.lockout_base_s)
