@@ -426,9 +426,7 @@ def speaker_disjoint(
             }
         out[name] = result
         curves[name] = pooled
-    out["second_utterance"] = second_utterance(
-        normed, genuine, impostor, involves, t_speaker, t_voice, speakers, raw=raw
-    )
+    out["second_utterance"] = second_utterance(normed, raw, genuine, impostor, involves, t_speaker, t_voice, speakers)
     shipped = (operating or {}).get("normalised")
     band = (operating or {}).get("retry_band")
     if shipped is not None and band is not None:  # the product's procedure as configured, on these trials
@@ -520,15 +518,9 @@ def _door(
     return first | (asked & ((normed + normed[partner]) / 2 >= threshold) & (raw[partner] >= floor))
 
 
-def _fused(scores: F64, t_speaker: Labels, t_voice: Labels) -> F64:
-    """Each trial's score averaged with its second utterance's against the same voiceprint (``_partners``)."""
-    partner = _partners(t_speaker, t_voice)
-    fused: F64 = (scores + scores[partner]) / 2
-    return fused
-
-
 def second_utterance(
     scores: F64,
+    raw: F64,
     genuine: npt.NDArray[np.bool_],
     impostor: npt.NDArray[np.bool_],
     involves: dict[str, npt.NDArray[np.bool_]],
@@ -536,24 +528,22 @@ def second_utterance(
     t_voice: Labels,
     speakers: list[str],
     target: float = 1e-3,
-    raw: F64 | None = None,
 ) -> list[dict[str, Any]]:
-    """The "say it again" procedure on normalised scores: accept when the first utterance reaches the threshold, or
-    when it lands within ``band`` under it and the mean of its score and a second utterance's (another clip of the
+    """The "say it again" procedure on normalised ``scores``: accept when the first utterance reaches the threshold,
+    or when it lands within ``band`` under it and the mean of its score and a second utterance's (another clip of the
     same speaker and voice; an impostor tries again with their own voice) reaches it. Per band: the pooled threshold
     whose 95 % bound on the procedure's FMR meets ``FIT_MARGIN`` times ``target`` (as :func:`fitted_threshold`), and
     leave-one-speaker-out FNMR/FMR per attempt with each fold's threshold fitted the same way without the speaker.
 
-    With the trials' ``raw`` cosines, also the product's whole door (:func:`_door`) speaker-disjoint: each fold's
-    floor is its raw threshold for FMR ``FLOOR_FMR`` without the speaker (as the shipped floor was set on all of
-    them), and every utterance the door takes must reach it; once with each fold's threshold fitted without the
-    floor (as the shipped one was), once with the threshold fitted on the door with its floor (``refit``), and the
-    pooled threshold fitted that way too."""
+    Also the product's whole door (:func:`_door`) speaker-disjoint, on the trials' ``raw`` cosines: each fold's floor
+    is its raw threshold for FMR ``FLOOR_FMR`` without the speaker (as the shipped floor was set on all of them), and
+    every utterance the door takes must reach it; once with each fold's threshold fitted without the floor (as the
+    shipped one was: ``loso_floored_*``), once fitted on the door with its floor (``loso_refit_*``, and the pooled
+    threshold fitted that way too)."""
     partner = _partners(t_speaker, t_voice)
-    cosines = raw if raw is not None else np.zeros_like(scores)
 
     def accepted(threshold: float, band: float, floor: float = -np.inf) -> npt.NDArray[np.bool_]:
-        return _door(scores, cosines, partner, threshold, band, floor)
+        return _door(scores, raw, partner, threshold, band, floor)
 
     def fitted(band: float, mask: npt.NDArray[np.bool_], floor: float = -np.inf) -> float:
         n, goal = int(mask.sum()), target * FIT_MARGIN
@@ -566,58 +556,49 @@ def second_utterance(
         return float(np.ceil(hi * 1000) / 1000)
 
     def floor_of(mask: npt.NDArray[np.bool_]) -> float:
-        return float(threshold_for(Trials(cosines[genuine & mask], cosines[impostor & mask]), FLOOR_FMR)["threshold"])
+        return float(threshold_for(Trials(raw[genuine & mask], raw[impostor & mask]), FLOOR_FMR)["threshold"])
 
     floors = {x: floor_of(~involves[x]) for x in speakers}
+    pooled_floor = floor_of(np.ones_like(genuine))
     rows = []
     for band in RETRY_BANDS:
-        counts = {kind: [0, 0, 0, 0] for kind in ("plain", "floored", "refit")}  # misses, false matches, n, n
+        counts = {prefix: [0, 0, 0, 0] for prefix in ("loso", "loso_floored", "loso_refit")}  # misses, FMs, n, n
         for x in speakers:
             threshold = fitted(band, impostor & ~involves[x])
-            refit = fitted(band, impostor & ~involves[x], floors[x]) if raw is not None else threshold
-            for kind, at, floor in (
-                ("plain", threshold, -np.inf),
-                ("floored", threshold, floors[x]),
-                ("refit", refit, floors[x]),
+            refit = fitted(band, impostor & ~involves[x], floors[x])
+            for prefix, at, floor in (
+                ("loso", threshold, -np.inf),
+                ("loso_floored", threshold, floors[x]),
+                ("loso_refit", refit, floors[x]),
             ):
                 decided = accepted(at, band, floor)
                 own = decided[genuine & (t_speaker[:, None] == x)]
                 theirs = decided[impostor & involves[x]]
-                tally = counts[kind]
+                tally = counts[prefix]
                 tally[0], tally[1] = tally[0] + int((~own).sum()), tally[1] + int(theirs.sum())
                 tally[2], tally[3] = tally[2] + len(own), tally[3] + len(theirs)
         pooled = fitted(band, impostor)
         decided = accepted(pooled, band)
-        misses, false_matches, n_genuine, n_impostor = counts["plain"]
+        refit_pooled = fitted(band, impostor, pooled_floor)
+        refit_decided = accepted(refit_pooled, band, pooled_floor)
         row: dict[str, Any] = {
             "band": band,
             "pooled_threshold": pooled,
             "pooled_fnmr": float(np.mean(~decided[genuine])),
             "pooled_fmr": float(np.mean(decided[impostor])),
             "asked_again": float(np.mean(((scores < pooled) & (scores >= pooled - band))[genuine])),
-            "loso_fnmr": misses / max(n_genuine, 1),
-            "loso_fnmr_upper_95": clopper_pearson_upper(misses, n_genuine),
-            "loso_fmr": false_matches / max(n_impostor, 1),
-            "loso_fmr_upper_95": clopper_pearson_upper(false_matches, n_impostor),
+            "floors": [min(floors.values()), max(floors.values())],
+            "pooled_floor": pooled_floor,
+            "refit_pooled_threshold": refit_pooled,
+            "refit_pooled_fnmr": float(np.mean(~refit_decided[genuine])),
+            "refit_pooled_fmr": float(np.mean(refit_decided[impostor])),
         }
-        if raw is not None:
-            row["floors"] = [min(floors.values()), max(floors.values())]
-            for kind in ("floored", "refit"):
-                misses, false_matches, n_genuine, n_impostor = counts[kind]
-                row |= {
-                    f"loso_{kind}_fnmr": misses / max(n_genuine, 1),
-                    f"loso_{kind}_fnmr_upper_95": clopper_pearson_upper(misses, n_genuine),
-                    f"loso_{kind}_fmr": false_matches / max(n_impostor, 1),
-                    f"loso_{kind}_fmr_upper_95": clopper_pearson_upper(false_matches, n_impostor),
-                }
-            floor = floor_of(np.ones_like(genuine))
-            refit_pooled = fitted(band, impostor, floor)
-            decided = accepted(refit_pooled, band, floor)
+        for prefix, (misses, false_matches, n_genuine, n_impostor) in counts.items():
             row |= {
-                "pooled_floor": floor,
-                "refit_pooled_threshold": refit_pooled,
-                "refit_pooled_fnmr": float(np.mean(~decided[genuine])),
-                "refit_pooled_fmr": float(np.mean(decided[impostor])),
+                f"{prefix}_fnmr": misses / max(n_genuine, 1),
+                f"{prefix}_fnmr_upper_95": clopper_pearson_upper(misses, n_genuine),
+                f"{prefix}_fmr": false_matches / max(n_impostor, 1),
+                f"{prefix}_fmr_upper_95": clopper_pearson_upper(false_matches, n_impostor),
             }
         rows.append(row)
     return rows
@@ -826,33 +807,30 @@ def markdown(r: dict[str, Any]) -> str:
         floored = (
             f"{row['loso_floored_fnmr']:.2%} ({row['loso_floored_fnmr_upper_95']:.2%}) | "
             f"{row['loso_floored_fmr']:.4%} ({row['loso_floored_fmr_upper_95']:.3%})"
-            if "loso_floored_fnmr" in row
-            else "- | -"
         )
         lines.append(
             f"| {row['band']:g} | {row['pooled_threshold']:.3f} | {row['pooled_fnmr']:.2%} | {row['asked_again']:.1%} "
             f"| {row['loso_fnmr']:.2%} ({row['loso_fnmr_upper_95']:.2%}) | {row['loso_fmr']:.4%} "
             f"({row['loso_fmr_upper_95']:.3%}) | {floored} |"
         )
-    floors = d["second_utterance"][0].get("floors")
-    if floors:
-        lines += [
-            "",
-            f"Each fold's floor is its raw threshold for FMR {FLOOR_FMR:g} without the held-out speaker "
-            f"({floors[0]:.4f}-{floors[1]:.4f}); every utterance the door takes must reach it, as the product decides.",
-            "With the threshold fitted on that whole door, floor included (the same 95 % bound rule):",
-            "",
-            "| band | floor (all speakers) | pooled threshold | its FNMR | its FMR | speaker-disjoint FNMR (95% upper) "
-            "| its FMR (95% upper) |",
-            "|---|---|---|---|---|---|---|",
-        ]
-        for row in d["second_utterance"]:
-            lines.append(
-                f"| {row['band']:g} | {row['pooled_floor']:.4f} | {row['refit_pooled_threshold']:.3f} "
-                f"| {row['refit_pooled_fnmr']:.2%} | {row['refit_pooled_fmr']:.4%} "
-                f"| {row['loso_refit_fnmr']:.2%} ({row['loso_refit_fnmr_upper_95']:.2%}) "
-                f"| {row['loso_refit_fmr']:.4%} ({row['loso_refit_fmr_upper_95']:.3%}) |"
-            )
+    floors = d["second_utterance"][0]["floors"]
+    lines += [
+        "",
+        f"Each fold's floor is its raw threshold for FMR {FLOOR_FMR:g} without the held-out speaker "
+        f"({floors[0]:.4f}-{floors[1]:.4f}); every utterance the door takes must reach it, as the product decides.",
+        "With the threshold fitted on that whole door, floor included (the same 95 % bound rule):",
+        "",
+        "| band | floor (all speakers) | pooled threshold | its FNMR | its FMR | speaker-disjoint FNMR (95% upper) "
+        "| its FMR (95% upper) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in d["second_utterance"]:
+        lines.append(
+            f"| {row['band']:g} | {row['pooled_floor']:.4f} | {row['refit_pooled_threshold']:.3f} "
+            f"| {row['refit_pooled_fnmr']:.2%} | {row['refit_pooled_fmr']:.4%} "
+            f"| {row['loso_refit_fnmr']:.2%} ({row['loso_refit_fnmr_upper_95']:.2%}) "
+            f"| {row['loso_refit_fmr']:.4%} ({row['loso_refit_fmr_upper_95']:.3%}) |"
+        )
     if "second_utterance_operating" in d:
         op = d["second_utterance_operating"]
         lines += [
