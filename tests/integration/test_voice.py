@@ -274,11 +274,14 @@ def test_a_locked_out_lock_runs_no_forward_pass(
     negate_voiceprint(world.uid("owner"))
     for _ in range(5):
         assert signed_verify(clients, world, wav(take())).get_json()["decision"] == "rejected"
+    from lockwise.voice import verification
+
     calls = counting_forwards(monkeypatch)
     for _ in range(3):
         refused = signed_verify(clients, world, wav(take()))
         assert refused.status_code == 429 and refused.get_json()["error"]["code"] == "voice_locked_out"
-    time.sleep(0.3)  # a forward begun beside the refusal would have started by now
+    forward, _ = verification._BESIDE.pools()
+    forward.submit(lambda: None).result(timeout=10)  # one thread, first in first out: anything submitted has run
     assert calls == []
     assert [o for o, _ in attempts(world)] == ["rejected"] * 5 + ["refused"] * 3
 
@@ -306,18 +309,23 @@ def test_a_forward_pass_that_fails_or_hangs_leaves_nothing_half_written(
     failed = signed_verify(clients, world, wav(take()))
     assert failed.status_code == 503 and failed.get_json()["error"]["code"] == "model_unavailable"
 
-    def slow(self: Any, samples: Any, rate: int) -> Any:
-        time.sleep(0.6)
-        return real(self, samples, rate)
+    release, finished = threading.Event(), threading.Event()
 
-    monkeypatch.setattr(encoder_class, "embed", slow)
+    def stuck(self: Any, samples: Any, rate: int) -> Any:  # answers only once the test lets it
+        release.wait(30)
+        try:
+            return real(self, samples, rate)
+        finally:
+            finished.set()
+
+    monkeypatch.setattr(encoder_class, "embed", stuck)
     monkeypatch.setattr(verification, "FORWARD_WAIT_S", 0.2)
-    started = time.monotonic()
-    timed_out = signed_verify(clients, world, wav(take()))
+    timed_out = signed_verify(clients, world, wav(take()))  # answered while the model still has not
     assert timed_out.status_code == 503 and timed_out.get_json()["error"]["code"] == "model_timeout"
-    assert time.monotonic() - started < 0.55  # answered at the wait's end, not the model's
+    assert not finished.is_set()
     monkeypatch.setattr(encoder_class, "embed", real)
-    time.sleep(0.5)  # the slow forward finishes on its thread
+    release.set()
+    assert finished.wait(30)  # the stuck forward ends on its thread; the next attempt queues behind nothing
     assert signed_verify(clients, world, wav(take())).get_json()["decision"] == "rejected"
     assert [o for o, _ in attempts(world)] == ["rejected", "rejected"]  # the two failures left no row
     with get_runtime("verify").db.connection() as con:
