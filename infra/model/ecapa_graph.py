@@ -34,7 +34,7 @@ def conv1d_as_2d(
 ) -> torch.Tensor:
     """``F.conv1d(x, weight, ...)`` computed as a 2-D convolution over a height of 1: the same sums, exported as
     Unsqueeze -> Conv (2-D) -> Squeeze. onnxruntime's CPU provider gives only 2-D convolutions its blocked-layout
-    (NCHWc) kernels; for 1-D ones it unfolds the input and multiplies. Full model, 3 s at 16 kHz, 2 threads, 40
+    (NCHWc) kernels. Full model, 3 s at 16 kHz, 2 threads, 40
     interleaved runs: 48.0 -> 41.8 ms a forward pass (the 1-D graph rewritten node by node), max abs diff 5e-7."""
     out = F.conv2d(x.unsqueeze(2), weight.unsqueeze(2), bias, (1, stride), (0, padding), (1, dilation), groups)
     return out.squeeze(2)

@@ -105,9 +105,9 @@ def copy_artifact(src: Path, dst: Path) -> Path:
     return dst
 
 
-def needs_cpu_graph(name: str = ".cpu.") -> None:
+def needs_cpu_graph() -> None:
     """Fail loudly where a test of the CPU graph runs on a machine that makes none (not x86-64 with AVX)."""
-    if ".cpu." in name and cpu_graph.made_for() is None:
+    if cpu_graph.made_for() is None:
         pytest.fail("this machine makes no CPU graph (not x86-64 with AVX): the CPU graph's tests cannot run here")
 
 
@@ -283,7 +283,8 @@ def test_tampered_file_is_refused_naming_the_file(
     tiny_export: tuple[Path, ParityReport], tmp_path: Path, name: str
 ) -> None:
     out = copy_artifact(tiny_export[0], tmp_path / "artifact")
-    needs_cpu_graph(name)
+    if ".cpu." in name:
+        needs_cpu_graph()
     data = bytearray((out / name).read_bytes())
     data[len(data) // 2] ^= 0x01
     (out / name).write_bytes(bytes(data))
@@ -300,7 +301,8 @@ def test_tampered_file_is_refused_naming_the_file(
 )
 def test_missing_file_is_named(tiny_export: tuple[Path, ParityReport], tmp_path: Path, name: str) -> None:
     out = copy_artifact(tiny_export[0], tmp_path / "artifact")
-    needs_cpu_graph(name)
+    if ".cpu." in name:
+        needs_cpu_graph()
     (out / name).unlink()
     with pytest.raises(ModelError, match=re.escape(name)):
         OnnxEcapaEncoder(out)
