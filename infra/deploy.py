@@ -1,9 +1,10 @@
 """Deploy LockWise to Google Cloud: ``python -m infra.deploy COMPONENT --project P [--dry-run]``.
 
 Components: ``accounts`` (service accounts and roles), ``build`` (bundles; model fetched by checksum, exported to
-ONNX for verify), ``migrate`` (database migrations as a Cloud Run job, run before any new code goes live),
-``functions`` (verify, embed, devices, devices-relay), ``relay`` (the always-on container), ``broker`` (Mosquitto
-config for the broker VM), ``firebase`` (Firestore rules and indexes, Hosting rewrites), ``all`` (in that order).
+ONNX once for embed and verify), ``migrate`` (database migrations as a Cloud Run job, run before any new code goes
+live), ``functions`` (verify, embed, devices, devices-relay), ``relay`` (the always-on container), ``broker``
+(Mosquitto config for the broker VM), ``firebase`` (Firestore rules and indexes, Hosting rewrites), ``all`` (in that
+order).
 
 ``--dry-run`` validates the configuration and prints exactly the commands that would run, one per line, without
 running anything; the tests check that output. Secret values never appear: services mount them from Secret Manager.
@@ -164,15 +165,15 @@ def accounts(t: Target) -> list[Command]:
 def build(t: Target) -> list[Command]:
     py = sys.executable
     source = REPO / ".build" / "model-source"  # SpeechBrain's files: build-time only, never deployed
+    exported = REPO / ".build" / "model-onnx"
     no_cpu_graph = [] if t.cpu_graph else ["--no-cpu-graph"]
     return [
         [py, "-m", "infra.build", "--out", str(REPO / ".build")],
         [py, "-m", "infra.model.fetch", str(source)],
-        # embed and verify serve the ONNX export (no torch in either bundle), checked against SpeechBrain here
-        *(
-            [py, "-m", "infra.model.export_onnx", str(source), str(REPO / ".build" / f / "model"), *no_cpu_graph]
-            for f in VOICE
-        ),
+        # embed and verify serve the ONNX export (no torch in either bundle), checked against SpeechBrain here, once:
+        # both bundles carry the same files
+        [py, "-m", "infra.model.export_onnx", str(source), str(exported), *no_cpu_graph],
+        *(["cp", "-R", str(exported), str(REPO / ".build" / f / "model")] for f in VOICE),
         [
             "gcloud",
             "builds",

@@ -349,6 +349,16 @@ def test_build_exports_the_cpu_graph_unless_told_not_to() -> None:
         return [c for c in commands if c[1:3] == ["-m", "infra.model.export_onnx"]]
 
     default, without = exports(dry_run("build")), exports(dry_run("build", "--no-cpu-graph"))
-    assert len(default) == len(without) == 2  # embed's bundle and verify's
-    assert not [c for c in default if "--no-cpu-graph" in c]
-    assert all(c[-1] == "--no-cpu-graph" for c in without)
+    assert len(default) == len(without) == 1  # one export (with its parity run), copied into both bundles
+    assert "--no-cpu-graph" not in default[0]
+    assert without[0][-1] == "--no-cpu-graph"
+
+
+def test_build_copies_the_one_export_into_each_voice_bundle() -> None:
+    commands = dry_run("build")
+    export = next(i for i, c in enumerate(commands) if c[1:3] == ["-m", "infra.model.export_onnx"])
+    exported = commands[export][4]
+    copies = [c for c in commands if c[:2] == ["cp", "-R"]]
+    assert sorted(Path(c[3]).parent.name for c in copies) == ["embed", "verify"]
+    assert all(c[2] == exported and Path(c[3]).name == "model" for c in copies)
+    assert all(commands.index(c) > export for c in copies)  # after the export wrote it
