@@ -24,7 +24,9 @@ from lockwise.core import retention
 from lockwise.core.runtime import get_runtime
 from lockwise.devices import command_signing, lock_auth
 from lockwise.voice import audio, scoring
+from lockwise.voice.model import fingerprint
 from lockwise.voice.model.encoder import CALIBRATIONS
+from lockwise.voice.model.voice_activity import VoiceActivity
 from tests.conftest import PROJECT_ID
 from tests.devices_world import World, bearer, build_world, join
 from tests.voices import noises, pcm16, pcm_json, speech_like, spoken, wav
@@ -625,11 +627,22 @@ def test_enrollment_refuses_a_sample_that_holds_no_voice(clients: dict[str, Any]
     assert enroll(clients, member).status_code == 201  # her own five recordings: a voice in each
 
 
+def counted(call: Callable[..., Any], name: str, calls: list[str]) -> Callable[..., Any]:
+    """``call``, noting ``name`` in ``calls`` each time it runs."""
+
+    def noted(*args: Any, **kwargs: Any) -> Any:
+        calls.append(name)
+        return call(*args, **kwargs)
+
+    return noted
+
+
 def test_enrollments_that_reach_the_model_are_counted_per_day(
     clients: dict[str, Any], world: World, make_client: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Attack run: an enrollment with no co-member to compare was free and unlimited (~1.7 s of CPU each). A failed
-    one counts too; the samples' own checks (cheap, before the model) do not."""
+    one counts too; the samples' own checks (cheap, before the model) do not. Past the day's share the refusal comes
+    before any voice model runs (voice activity and fingerprints were ~10 ms a sample)."""
     from lockwise.core.config import get_settings
 
     monkeypatch.setenv("LOCKWISE_ENROLLMENTS_PER_DAY", "2")
@@ -642,10 +655,16 @@ def test_enrollments_that_reach_the_model_are_counted_per_day(
     assert put("/embed/enrollment", json={"samples": short}, headers=bearer(stranger)).status_code == 422
     assert enroll(clients, stranger).status_code == 201
     assert enroll(clients, stranger).status_code == 201
+    ran: list[str] = []  # past the day's share, no voice model runs either: neither voice activity nor fingerprints
+    monkeypatch.setattr(VoiceActivity, "voiced_seconds", counted(VoiceActivity.voiced_seconds, "vad", ran))
+    monkeypatch.setattr(fingerprint, "landmarks", counted(fingerprint.landmarks, "fingerprint", ran))
     refused = enroll(clients, stranger)
     assert refused.status_code == 429 and refused.get_json()["error"]["code"] == "enrollment_limit"
     assert 86_000 < int(refused.headers["Retry-After"]) <= 86_400
+    assert refused.get_json()["error"]["message"].startswith("you enrolled your voice 2 times")
+    assert ran == []
     assert enroll(clients, world.accounts["guest_in"]).status_code == 201  # per user
+    assert "vad" in ran and "fingerprint" in ran  # the counting reaches the models that run
 
 
 def test_enrollment_samples_that_disagree_name_the_outlier(
