@@ -261,12 +261,14 @@ def _later(days: int) -> str:
 
 
 def _redeem(s: Scene) -> list[dict[str, Any]]:
-    """Re-pair the lock with a fresh code (issued now: the fuzzer's new codes expire the earlier ones). The fuzzer's
-    codes of the day, made a day older here, leave room under the lock's daily limit (``LOCKWISE_PAIRINGS_PER_DAY``)."""
+    """Re-pair the lock with a fresh code (issued now: the fuzzer's new codes expire the earlier ones). The codes the
+    fuzzer had issued to the owner today, made a day older here, leave room under the owner's daily limit
+    (``LOCKWISE_PAIRINGS_PER_DAY``, counted per account in ``pairing_issues``)."""
     with get_runtime("devices").db.transaction() as con:
         con.run(
-            "UPDATE provisioning_codes SET created_at = created_at - interval '1 day' WHERE lock_id = CAST(:l AS uuid)",
-            l=s.world.lock_id,
+            "UPDATE pairing_issues SET created_at = created_at - interval '1 day', expires_at = now()"
+            " WHERE user_uid = :u",
+            u=s.world.uid("owner"),
         )
     resp = s.world.devices.post(f"/devices/locks/{s.world.lock_id}/provisioning", headers=s.world.headers("owner"))
     assert resp.status_code == 201, resp.get_json()
