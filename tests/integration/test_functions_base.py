@@ -14,6 +14,7 @@ import pytest
 from infra.local import services
 from lockwise.core.config import get_settings
 from lockwise.core.runtime import get_runtime
+from tests.waiting import wait_for
 
 
 @pytest.mark.parametrize("name", ["embed", "verify", "devices"])
@@ -170,9 +171,36 @@ def test_a_refused_request_gives_its_connection_back_to_the_pool(stack_env: dict
         db.close()
 
 
+def test_pooled_connections_the_server_ended_are_replaced_not_failed(stack_env: dict[str, str]) -> None:
+    """A database restart or failover ends every idle pooled connection; the next requests used to meet them one by
+    one (each a 503 ``database_unavailable`` as its first statement failed). Each is now noticed as it is taken from
+    the pool and replaced: the next transactions run, on new backends; one still alive is reused."""
+    from lockwise.core.db import Database
+
+    db = Database(stack_env["DATABASE_URL"], pool_size=3)
+    admin = Database(stack_env["DATABASE_URL"], pool_size=1)
+    try:
+        with db.connection() as a, db.connection() as b, db.connection() as c:
+            ended = {int(con.run("SELECT pg_backend_pid()")[0][0]) for con in (a, b)}
+            alive = int(c.run("SELECT pg_backend_pid()")[0][0])
+        with admin.connection() as con:  # as a restart does to each of them
+            for pid in ended:
+                assert con.run("SELECT pg_terminate_backend(:p)", p=pid) == [[True]]
+            wait_for(lambda: not con.run("SELECT 1 FROM pg_stat_activity WHERE pid = ANY(:p)", p=list(ended)))
+        served = []
+        for _ in range(3):
+            with db.transaction() as con:
+                served.append(int(con.run("SELECT pg_backend_pid()")[0][0]))
+        assert alive in served and not ended & set(served), served
+    finally:
+        db.close()
+        admin.close()
+
+
 FORKED_WORKER = """
 import json, os, time
 from lockwise.core.runtime import get_runtime
+from tests.waiting import wait_for
 rt = get_runtime("verify")  # main.py's module scope, in gunicorn's master
 read, write = os.pipe()
 pid = os.fork()

@@ -1,12 +1,15 @@
 """PostgreSQL access through pg8000: a small per-instance connection pool and transactions.
 
-Connections are made lazily, reused across requests, and dropped when the server goes away (the next request
-reconnects). Network failures surface as ``Unavailable("database")``, never as a 500 with driver text.
+Connections are made lazily, reused across requests, and dropped when the server goes away: an idle one the server
+ended (a restart, a failover) is noticed as it is taken from the pool and replaced, so the first requests after a
+restart are served; one lost in the middle of a request surfaces as ``Unavailable("database")`` (503), never as a
+500 with driver text.
 """
 
 from __future__ import annotations
 
 import logging
+import select
 import socket
 import threading
 from collections.abc import Iterator
@@ -185,8 +188,7 @@ class Database:
             raise errors.Unavailable("database pool exhausted", code="database_busy")
         con: Connection | None = None
         try:
-            with self._lock:
-                con = self._idle.pop() if self._idle else None
+            con = self._take_idle()
             if con is None:
                 con = self.connect()
             try:
@@ -241,11 +243,39 @@ class Database:
         except Exception as exc:  # noqa: BLE001 - best effort: whatever failed, the first request meets it again
             log.warning("no database connection opened ahead (%s)", getattr(exc, "code", type(exc).__name__))
 
+    def _take_idle(self) -> Connection | None:
+        """The most recently used idle connection the server has not ended; ended ones are closed on the way."""
+        while True:
+            with self._lock:
+                con = self._idle.pop() if self._idle else None
+            if con is None or not _ended_by_server(con):
+                return con
+            log.info("a pooled database connection was ended by the server (a restart or failover): replaced")
+            _close_quietly(con)
+
     def close(self) -> None:
         with self._lock:
             idle, self._idle = self._idle, []
         for con in idle:
             _close_quietly(con)
+
+
+def _ended_by_server(con: Connection) -> bool:
+    """Whether the server has ended this idle connection (a restart, a failover, an idle timeout). An idle
+    connection is asked nothing, so anything to read on its socket is the server's goodbye or the end of the stream:
+    one poll of the socket, no round trip. (pg8000 keeps the socket as ``_usock``; a connection without one is taken
+    as it is.)"""
+    sock = getattr(con, "_usock", False)
+    if sock is False:
+        return False
+    if sock is None:  # pg8000 closed it
+        return True
+    try:
+        poller = select.poll()
+        poller.register(sock, select.POLLIN)
+        return bool(poller.poll(0))
+    except (OSError, ValueError):  # closed underneath
+        return True
 
 
 def _in_idle_state(con: Connection) -> bool:
