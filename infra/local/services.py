@@ -24,7 +24,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -196,6 +196,7 @@ class Postgres:
     socket_dir: Path
     database: str = "lockwise"
     user: str = "lockwise"
+    argv: list[str] = field(default_factory=list)  # the server's command line, for ``start_again``
 
     @property
     def url(self) -> str:
@@ -207,6 +208,27 @@ class Postgres:
 
     def stop(self) -> None:
         self.process.stop()
+
+    def start_again(self) -> None:
+        """The server stopped (``stop``: a fast shutdown) started again on its data, port and socket."""
+        self.process = _spawn_postgres(self.argv, self.process.log_path, self.port, self.socket_dir)
+
+
+def _spawn_postgres(argv: list[str], log_path: Path, port: int, sock: Path) -> Process:
+    """Start the server; return once it takes connections."""
+    import pg8000.native
+
+    proc = spawn("postgres", _as_postgres(argv), log_path, port, stop_signal=signal.SIGINT)
+
+    def ready() -> bool:
+        try:
+            pg8000.native.Connection("postgres", unix_sock=f"{sock}/.s.PGSQL.{port}", timeout=1).close()
+            return True
+        except Exception:  # noqa: BLE001 - not up yet
+            return False
+
+    wait_until(proc, ready, 30)
+    return proc
 
 
 def _as_postgres(argv: list[str]) -> list[str]:
@@ -271,17 +293,7 @@ def start_postgres(state_dir: Path, port: int, password: str, *, durable: bool) 
         "-c",
         "max_connections=200",
     ]
-    proc = spawn("postgres", _as_postgres(argv), state_dir / "postgres.log", port, stop_signal=signal.SIGINT)
-    pg = Postgres(proc, port, password, sock)
-
-    def ready() -> bool:
-        try:
-            pg8000.native.Connection("postgres", unix_sock=f"{sock}/.s.PGSQL.{port}", timeout=1).close()
-            return True
-        except Exception:  # noqa: BLE001 - not up yet
-            return False
-
-    wait_until(proc, ready, 30)
+    pg = Postgres(_spawn_postgres(argv, state_dir / "postgres.log", port, sock), port, password, sock, argv=argv)
     admin = pg8000.native.Connection("postgres", unix_sock=f"{sock}/.s.PGSQL.{port}")
     try:
         if not admin.run("SELECT 1 FROM pg_roles WHERE rolname = :u", u=pg.user):

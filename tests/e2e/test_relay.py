@@ -96,6 +96,48 @@ def test_relay_killed_and_restarted_delivers_once_and_loses_no_event(
     )
 
 
+def test_nothing_is_lost_while_the_database_restarts(
+    e2e: dict[str, Any], app: App, relays: Any, paired_lock: Pair, postgres: services.Postgres
+) -> None:
+    """PostgreSQL restarts (a fast shutdown, as a managed database's restart or failover does). A quick restart with
+    nothing asked meanwhile: the next requests are served, the function's pooled connections the server ended
+    replaced, not failed (they were answered 503 one by one). A longer outage while a lock reports: the relay holds the
+    reports (unacknowledged at the broker) until the devices function takes them again, and the app's command
+    meanwhile is answered 503, not taken and lost; once the database is back every report arrives, each once."""
+    relays()
+    lock_id, lock = paired_lock()
+
+    def reports() -> tuple[int | None, int]:
+        """The lock's battery as last reported, and how many of its reports are known."""
+        row = db_one(
+            e2e, "SELECT battery_pct, recent_reports FROM lock_state WHERE lock_id = CAST(:l AS uuid)", l=lock_id
+        )
+        return (row[0], len(row[1] or [])) if row else (None, 0)
+
+    wait_for(lambda: reports()[1], what="the lock's first report")
+    known = reports()[1]
+    postgres.stop()  # a quick restart, nothing asked meanwhile: the pools still hold the ended connections
+    postgres.start_again()
+    for _ in range(3):  # the app's next requests, each on a pooled connection the server ended
+        assert app.call("GET", f"/devices/locks/{lock_id}").status_code == 200
+    postgres.stop()  # a longer outage, with a lock and the app at work
+    try:
+        refused = app.call("POST", f"/devices/locks/{lock_id}/commands", json={"action": "unlock"})
+        assert refused.status_code == 503, refused.text
+        assert refused.json()["error"]["code"] in {"database_unavailable", "database_busy"}
+        for battery in (41, 42, 43):
+            lock.battery_pct = battery
+            lock.publish_state().wait_for_publish(5)
+            time.sleep(0.01)  # distinct report times
+        time.sleep(1.5)  # the relay tries to hand them over meanwhile
+    finally:
+        postgres.start_again()
+    wait_for(lambda: reports()[0] == 43, what="the reports sent while the database was down")
+    assert reports()[1] == known + 3, "each of the three reports taken once"
+    command = app.unlock(lock_id)
+    wait_for(status_is(app, lock_id, command["id"], "acked"), what="the command after the restart acked")
+
+
 def test_two_relays_never_deliver_a_command_twice(
     e2e: dict[str, Any], app: App, relays: Any, paired_lock: Pair
 ) -> None:
