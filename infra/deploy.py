@@ -173,7 +173,7 @@ def build(t: Target) -> list[Command]:
         # embed and verify serve the ONNX export (no torch in either bundle), checked against SpeechBrain here, once:
         # both bundles carry the same files
         [py, "-m", "infra.model.export_onnx", str(source), str(exported), *no_cpu_graph],
-        *(["cp", "-R", str(exported), str(REPO / ".build" / f / "model")] for f in VOICE),
+        *(["cp", "-R", f"{exported}/.", str(REPO / ".build" / f / "model")] for f in VOICE),
         [
             "gcloud",
             "builds",

@@ -104,7 +104,7 @@ def test_nothing_is_lost_while_the_database_restarts(
     replaced, not failed (they were answered 503 one by one). A longer outage while a lock reports: the relay holds the
     reports (unacknowledged at the broker) until the devices function takes them again, and the app's command
     meanwhile is answered 503, not taken and lost; once the database is back every report arrives, each once."""
-    relays()
+    relays(LOCKWISE_RELAY_FLUSH_EVERY_S="3600")  # no periodic flush: nothing but this test's requests meets the pool
     lock_id, lock = paired_lock()
 
     def reports() -> tuple[int | None, int]:
@@ -116,12 +116,12 @@ def test_nothing_is_lost_while_the_database_restarts(
 
     wait_for(lambda: reports()[1], what="the lock's first report")
     known = reports()[1]
-    postgres.stop()  # a quick restart, nothing asked meanwhile: the pools still hold the ended connections
-    postgres.start_again()
-    for _ in range(3):  # the app's next requests, each on a pooled connection the server ended
-        assert app.call("GET", f"/devices/locks/{lock_id}").status_code == 200
-    postgres.stop()  # a longer outage, with a lock and the app at work
     try:
+        postgres.stop()  # a quick restart, nothing asked meanwhile: the pools still hold the ended connections
+        postgres.start_again()
+        for _ in range(3):  # the app's next requests, each on a pooled connection the server ended
+            assert app.call("GET", f"/devices/locks/{lock_id}").status_code == 200
+        postgres.stop()  # a longer outage, with a lock and the app at work
         refused = app.call("POST", f"/devices/locks/{lock_id}/commands", json={"action": "unlock"})
         assert refused.status_code == 503, refused.text
         assert refused.json()["error"]["code"] in {"database_unavailable", "database_busy"}
@@ -130,8 +130,10 @@ def test_nothing_is_lost_while_the_database_restarts(
             lock.publish_state().wait_for_publish(5)
             time.sleep(0.01)  # distinct report times
         time.sleep(1.5)  # the relay tries to hand them over meanwhile
-    finally:
         postgres.start_again()
+    finally:  # the session's server is shared: never leave it stopped (one more try if a start failed)
+        if not postgres.process.alive():
+            postgres.start_again()
     wait_for(lambda: reports()[0] == 43, what="the reports sent while the database was down")
     assert reports()[1] == known + 3, "each of the three reports taken once"
     command = app.unlock(lock_id)

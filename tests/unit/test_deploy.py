@@ -360,5 +360,5 @@ def test_build_copies_the_one_export_into_each_voice_bundle() -> None:
     exported = commands[export][4]
     copies = [c for c in commands if c[:2] == ["cp", "-R"]]
     assert sorted(Path(c[3]).parent.name for c in copies) == ["embed", "verify"]
-    assert all(c[2] == exported and Path(c[3]).name == "model" for c in copies)
+    assert all(c[2] == f"{exported}/." and Path(c[3]).name == "model" for c in copies)  # its files, not nested
     assert all(commands.index(c) > export for c in copies)  # after the export wrote it

@@ -1,9 +1,9 @@
 """PostgreSQL access through pg8000: a small per-instance connection pool and transactions.
 
 Connections are made lazily, reused across requests, and dropped when the server goes away: an idle one the server
-ended (a restart, a failover) is noticed as it is taken from the pool and replaced, so the first requests after a
-restart are served; one lost in the middle of a request surfaces as ``Unavailable("database")`` (503), never as a
-500 with driver text.
+ended (a restart, a failover that closes its connections) is noticed as it is taken from the pool and replaced, so
+the first requests after a restart are served; one lost without a word (a connection dropped silently on the way)
+or in the middle of a request surfaces as ``Unavailable("database")`` (503), never as a 500 with driver text.
 """
 
 from __future__ import annotations
@@ -250,7 +250,7 @@ class Database:
                 con = self._idle.pop() if self._idle else None
             if con is None or not _ended_by_server(con):
                 return con
-            log.info("a pooled database connection was ended by the server (a restart or failover): replaced")
+            log.info("a pooled database connection was ended by the server (a restart, say): replaced")
             _close_quietly(con)
 
     def close(self) -> None:
@@ -261,10 +261,10 @@ class Database:
 
 
 def _ended_by_server(con: Connection) -> bool:
-    """Whether the server has ended this idle connection (a restart, a failover, an idle timeout). An idle
-    connection is asked nothing, so anything to read on its socket is the server's goodbye or the end of the stream:
-    one poll of the socket, no round trip. (pg8000 keeps the socket as ``_usock``; a connection without one is taken
-    as it is.)"""
+    """Whether the server has ended this idle connection (a restart, an idle timeout, a failover that closes it). An
+    idle connection is asked nothing, so anything to read on its socket is the server's goodbye or the end of the
+    stream: one poll of the socket, no round trip. (pg8000 keeps the socket as ``_usock``; a connection without one
+    is taken as it is.)"""
     sock = getattr(con, "_usock", False)
     if sock is False:
         return False
@@ -274,7 +274,7 @@ def _ended_by_server(con: Connection) -> bool:
         poller = select.poll()
         poller.register(sock, select.POLLIN)
         return bool(poller.poll(0))
-    except (OSError, ValueError):  # closed underneath
+    except Exception:  # noqa: BLE001 - closed underneath, or a socket poll refuses: not worth keeping
         return True
 
 
