@@ -19,7 +19,7 @@ import os
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -116,10 +116,13 @@ def built_bundles(*names: str) -> Iterator[dict[str, Path]]:
         yield {name: build(name, Path(folder) / name) for name in names}
 
 
-def cold_start(env: dict[str, str], name: str, probe: Any, bundle: Path) -> float:
+def cold_start(
+    env: dict[str, str], name: str, probe: Any, bundle: Path, after: Callable[[], object] | None = None
+) -> float:
     """Seconds from spawning a fresh function process to its first answered request. The function is served from
     ``bundle``, its deployable bundle (``infra.build``: the shared package copied in, compiled to bytecode), as a
-    deployment serves it: nothing of the source tree on the path."""
+    deployment serves it: nothing of the source tree on the path. ``after``: the bench's own clean-up once the probe
+    was answered (run after the clock stops, not timed)."""
     port = free_port()
     child = {k: v for k, v in dict(os.environ, **env).items() if k != "PYTHONPATH"}
     t0 = time.perf_counter()
@@ -134,7 +137,10 @@ def cold_start(env: dict[str, str], name: str, probe: Any, bundle: Path) -> floa
         while True:
             try:
                 if probe(f"http://127.0.0.1:{port}"):
-                    return time.perf_counter() - t0
+                    seconds = time.perf_counter() - t0
+                    if after is not None:
+                        after()
+                    return seconds
             except requests.RequestException:
                 pass
             if proc.poll() is not None or time.perf_counter() - t0 > 120:
