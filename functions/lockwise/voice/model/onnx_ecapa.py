@@ -95,27 +95,30 @@ def load_artifact_manifest(artifact_dir: Path) -> dict[str, Any]:
             raise ModelError(f"ONNX ECAPA artifact {path}: {key} is {manifest.get(key)!r}, expected {value!r}")
     if not isinstance(manifest.get("model_id"), str) or not manifest["model_id"]:
         raise ModelError(f"ONNX ECAPA artifact {path}: model_id is missing")
-    onnx = manifest.get("onnx")
-    named = ("file", "sha256", "weights", "weights_sha256", "input", "output")
-    if not isinstance(onnx, dict) or not all(isinstance(onnx.get(key), str) and onnx[key] for key in named):
-        raise ModelError(f"ONNX ECAPA artifact {path}: onnx must name {', '.join(named)}")
-    for key in ("file", "weights"):
-        if Path(onnx[key]).name != onnx[key] or onnx[key] in (".", ".."):
-            raise ModelError(f"ONNX ECAPA artifact {path}: onnx.{key} must be a file name in the directory")
+    onnx = _graph_entry(path, "onnx", manifest.get("onnx"), ("input", "output"))
     cpu = manifest.get("cpu_graph")
     if cpu is not None:
-        files = ("file", "sha256", "weights", "weights_sha256")
-        if not isinstance(cpu, dict) or not all(isinstance(cpu.get(key), str) and cpu[key] for key in files):
-            raise ModelError(f"ONNX ECAPA artifact {path}: cpu_graph must name {', '.join(files)}")
-        for key in ("file", "weights"):
-            if Path(cpu[key]).name != cpu[key] or cpu[key] in (".", "..", onnx["file"], onnx["weights"]):
-                raise ModelError(f"ONNX ECAPA artifact {path}: cpu_graph.{key} must be a file name of its own")
+        cpu = _graph_entry(path, "cpu_graph", cpu, taken=(onnx["file"], onnx["weights"]))
         check = cpu.get("check")
         if not isinstance(cpu.get("made_for"), dict) or not (
             isinstance(check, list) and len(check) == EMBEDDING_DIM and all(isinstance(v, float) for v in check)
         ):
             raise ModelError(f"ONNX ECAPA artifact {path}: cpu_graph needs made_for and a check of {EMBEDDING_DIM}")
     return manifest
+
+
+def _graph_entry(path: Path, section: str, entry: Any, also: tuple[str, ...] = (), taken: tuple[str, ...] = ()) -> Any:
+    """A manifest's entry for one graph (``onnx`` or ``cpu_graph``), refused unless it names its two files and their
+    SHA-256 (and ``also``), each file a name in the directory, none of them ``taken`` by another graph."""
+    named = ("file", "sha256", "weights", "weights_sha256", *also)
+    if not isinstance(entry, dict) or not all(isinstance(entry.get(key), str) and entry[key] for key in named):
+        raise ModelError(f"ONNX ECAPA artifact {path}: {section} must name {', '.join(named)}")
+    for key in ("file", "weights"):
+        if Path(entry[key]).name != entry[key] or entry[key] in (".", "..", *taken):
+            raise ModelError(
+                f"ONNX ECAPA artifact {path}: {section}.{key} must be a file name of its own in the directory"
+            )
+    return entry
 
 
 @dataclass(frozen=True)
