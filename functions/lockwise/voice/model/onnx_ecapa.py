@@ -147,7 +147,8 @@ class Graph:
 
 
 class GraphUnusable(ModelError):
-    """The CPU graph cannot serve here (onnxruntime refuses it, or it misses its check): the portable one serves."""
+    """A graph cannot serve here (onnxruntime refuses it, its input or output is not the manifest's, or it misses its
+    check): for the CPU graph the portable one serves instead; for the portable graph it is the load's error."""
 
 
 class OnnxEcapaEncoder:
