@@ -7,13 +7,17 @@ import logging
 import os
 import subprocess
 import sys
+import time
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
 from infra.local import services
 from lockwise.core.config import get_settings
 from lockwise.core.runtime import get_runtime
+from tests import tcp_cut
+from tests.tcp_cut import TcpCut
 from tests.waiting import wait_for
 
 
@@ -201,6 +205,38 @@ def test_pooled_connections_the_server_ended_are_replaced_not_failed(stack_env: 
     finally:
         db.close()
         admin.close()
+
+
+def _through(cut: TcpCut, url: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(netloc=parts.netloc.rsplit(":", 1)[0] + f":{cut.port}"))
+
+
+@pytest.mark.parametrize("mode", [tcp_cut.RESET, tcp_cut.SILENT])
+def test_pooled_connections_lost_without_a_word_are_replaced_not_failed(stack_env: dict[str, str], mode: str) -> None:
+    """A failover that gives the server's address to a new machine (a reset on the next byte) or a NAT that forgot
+    an idle flow (bytes go nowhere) ends no connection the poll could see: the next request's first statement failed
+    (503 ``database_unavailable``, after the socket's timeout when silent). A connection idle past the pool's window
+    is now asked one round trip first, and it and every other idle one replaced when it does not answer."""
+    from lockwise.core.db import Database
+
+    target = urlsplit(stack_env["DATABASE_URL"])
+    with TcpCut((target.hostname or "127.0.0.1", target.port or 5432)) as cut:
+        db = Database(_through(cut, stack_env["DATABASE_URL"]), pool_size=3, connect_timeout_s=1.0)
+        try:
+            with db.connection() as a, db.connection() as b:
+                lost = {int(con.run("SELECT pg_backend_pid()")[0][0]) for con in (a, b)}
+            cut.cut(mode)
+            time.sleep(0.6)  # past the pool's window (0.5 s by default)
+            started = time.monotonic()
+            with db.transaction() as con:
+                served = int(con.run("SELECT pg_backend_pid()")[0][0])
+            took = time.monotonic() - started
+            assert served not in lost
+            assert cut.flows == 3  # one round trip lost, then one new connection: the other idle one not tried
+            assert took < db.connect_timeout_s * 2, took  # one timeout at most (silent), not one per idle connection
+        finally:
+            db.close()
 
 
 FORKED_WORKER = """

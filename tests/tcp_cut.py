@@ -1,0 +1,98 @@
+"""A TCP relay between a client and a server whose open flows can be cut the ways a network loses a connection
+without the server saying goodbye: reset on the client's next byte (a failover that gave the server's address to a
+new machine, which knows no such connection), or silent (a NAT or firewall that forgot the flow: bytes go nowhere)."""
+
+from __future__ import annotations
+
+import socket
+import struct
+import threading
+from types import TracebackType
+
+PASS, RESET, SILENT = "pass", "reset", "silent"
+
+
+class TcpCut:
+    """Listens on 127.0.0.1:``port`` and relays each accepted connection to ``target``. ``cut(mode)`` changes what
+    the flows open now do with the client's next bytes; flows opened after it pass as before."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        self.target = target
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port: int = self._listener.getsockname()[1]
+        self._flows: list[_Flow] = []
+        self._lock = threading.Lock()
+        self._closed = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @property
+    def flows(self) -> int:
+        with self._lock:
+            return len(self._flows)
+
+    def cut(self, mode: str) -> None:
+        with self._lock:
+            for flow in self._flows:
+                flow.mode = mode
+
+    def close(self) -> None:
+        self._closed = True
+        self._listener.close()
+        with self._lock:
+            for flow in self._flows:
+                flow.close()
+
+    def __enter__(self) -> TcpCut:
+        return self
+
+    def __exit__(self, *exc: type[BaseException] | BaseException | TracebackType | None) -> None:
+        self.close()
+
+    def _accept(self) -> None:
+        while not self._closed:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(self.target)
+            flow = _Flow(client, upstream)
+            with self._lock:
+                self._flows.append(flow)
+            threading.Thread(target=flow.to_server, daemon=True).start()
+            threading.Thread(target=flow.to_client, daemon=True).start()
+
+
+class _Flow:
+    def __init__(self, client: socket.socket, upstream: socket.socket) -> None:
+        self.client = client
+        self.upstream = upstream
+        self.mode = PASS
+
+    def to_server(self) -> None:
+        try:
+            while data := self.client.recv(65536):
+                if self.mode == SILENT:
+                    continue
+                if self.mode == RESET:  # an RST, not a FIN: the client's read fails with ECONNRESET
+                    self.client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                    self.close()
+                    return
+                self.upstream.sendall(data)
+        except OSError:
+            pass
+        self.close()
+
+    def to_client(self) -> None:
+        try:
+            while data := self.upstream.recv(65536):
+                if self.mode == PASS:
+                    self.client.sendall(data)
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        for sock in (self.client, self.upstream):
+            try:
+                sock.close()
+            except OSError:
+                pass

@@ -1,0 +1,92 @@
+"""The pool's round trip before lending a connection idle past its window (a fast check beside the real one in
+``tests/integration/test_functions_base.py``, which cuts real connections to the test PostgreSQL)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from lockwise.core import db as db_module
+from lockwise.core.db import Database
+
+
+class Recorded:
+    """A connection that records what it was asked; ``answers`` False makes its round trip fail as a reset does."""
+
+    made = 0
+
+    def __init__(self) -> None:
+        Recorded.made += 1
+        self.number = Recorded.made
+        self.asked: list[str] = []
+        self.answers = True
+        self.closed = False
+        self.columns: list[dict[str, Any]] | None = None
+
+    def run(self, sql: str, stream: Any = None, types: Any = None, **params: Any) -> Any:
+        self.asked.append(sql)
+        if not self.answers:
+            raise ConnectionResetError("reset by peer")
+        return []
+
+    def close(self) -> None:
+        self.closed = True
+
+
+@pytest.fixture
+def pool(monkeypatch: pytest.MonkeyPatch) -> Database:
+    db = Database("postgresql://u:p@127.0.0.1:1/d", pool_size=3, check_idle_after_s=60)
+    monkeypatch.setattr(db, "connect", Recorded)
+    return db
+
+
+def test_a_connection_used_within_the_window_is_lent_without_a_round_trip(pool: Database) -> None:
+    with pool.connection() as first:
+        pass
+    with pool.connection() as again:
+        assert again is first
+    assert first.asked == []  # type: ignore[attr-defined]
+
+
+def test_a_connection_idle_past_the_window_is_asked_first(pool: Database) -> None:
+    with pool.connection() as first:
+        pass
+    pool.check_idle_after_s = 0.0
+    with pool.connection() as again:
+        assert again is first
+    assert first.asked == [""]  # type: ignore[attr-defined]
+
+
+def test_one_that_does_not_answer_is_replaced_with_every_other_idle_one(
+    pool: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with pool.connection() as a, pool.connection() as b:
+        pass
+    for con in (a, b):
+        con.answers = False  # type: ignore[attr-defined]
+    pool.check_idle_after_s = 0.0
+    with pool.connection() as served:
+        assert served not in (a, b)
+    assert a.closed and b.closed  # type: ignore[attr-defined]
+    # a went back last (the inner block ends first): the most recent is asked, the other dropped unasked
+    assert a.asked == [""] and b.asked == []  # type: ignore[attr-defined]
+    assert db_module._answers(served)
+
+
+def test_database_sockets_probe_an_idle_path_within_a_minute() -> None:
+    """Linux waits 2 h before its first keepalive probe; the pool's sockets probe after 30 s idle, every 10 s, three
+    times, so a path gone silent shows as the socket's error to the pool's poll (no round trip) within ~a minute."""
+    import socket
+
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        sock = db_module.tcp_socket("127.0.0.1", server.getsockname()[1], 1.0)
+        try:
+            got = {
+                name: sock.getsockopt(socket.IPPROTO_TCP, getattr(socket, name))
+                for name in ("TCP_NODELAY", "TCP_KEEPIDLE", "TCP_KEEPINTVL", "TCP_KEEPCNT")
+            }
+            assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+        finally:
+            sock.close()
+    assert got == {"TCP_NODELAY": 1, "TCP_KEEPIDLE": 30, "TCP_KEEPINTVL": 10, "TCP_KEEPCNT": 3}
