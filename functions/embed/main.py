@@ -55,7 +55,7 @@ def get_health(ctx: Ctx) -> tuple[JsonBody, int]:
 def enroll(ctx: Ctx) -> Result:
     user = app_user(ctx)
     settings = rt.settings
-    body = ctx.json(audio.max_body_bytes(limits, settings.enroll_max_samples))
+    body = ctx.json(("samples",), audio.max_body_bytes(limits, settings.enroll_max_samples))
     samples = body.get("samples")
     if not isinstance(samples, list) or not settings.enroll_min_samples <= len(samples) <= settings.enroll_max_samples:
         raise errors.BadRequest(
@@ -87,7 +87,7 @@ def delete_voice_data(ctx: Ctx) -> Result:
 def embed_original(ctx: Ctx) -> JsonBody:
     """The original contract, fixed, for trusted service callers: ``{"pcm_base64"}`` -> ``{"embedding"}``."""
     auth.check_service_token(ctx.service_token(), rt.settings.service_token)
-    clip = audio.validate(audio.from_json(ctx.json(audio.max_body_bytes(limits))), limits)
+    clip = audio.validate(audio.from_json(ctx.json(None, audio.max_body_bytes(limits)), fields=None), limits)
     vector = encoder.embed(clip.samples, clip.rate)
     import base64
 

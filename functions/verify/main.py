@@ -75,8 +75,8 @@ def save_rejected(clip: audio.Clip, attempt_id: str) -> None:
 def verify_candidates(ctx: Ctx) -> JsonBody:
     """The original contract, for trusted service callers: audio and candidate embeddings in, best match out."""
     auth.check_service_token(ctx.service_token(), rt.settings.service_token)
-    obj = ctx.json(audio.max_body_bytes(limits) + 1_500_000)  # + 1000 base64 candidates
-    clip = audio.validate(audio.from_json(obj), limits)
+    obj = ctx.json(None, audio.max_body_bytes(limits) + 1_500_000)  # + 1000 base64 candidates
+    clip = audio.validate(audio.from_json(obj, fields=None), limits)
     raw = obj.get("candidates")
     if not isinstance(raw, list) or not 1 <= len(raw) <= 1000:
         raise errors.BadRequest("candidates must be a list of 1 to 1000 base64 embeddings", code="invalid_candidates")

@@ -593,6 +593,12 @@ def test_enrollment_samples_are_checked(clients: dict[str, Any], world: World, m
     resp = put("/embed/enrollment", json={"samples": bad}, headers=bearer(owner))
     error = resp.get_json()["error"]
     assert resp.status_code == 422 and error["code"] == "too_short" and error["details"]["sample"] == 2
+    misnamed = [pcm_json(take()) for _ in range(5)]
+    misnamed[3] = {**misnamed[3], "samplerate": 8000}
+    error = put("/embed/enrollment", json={"samples": misnamed}, headers=bearer(owner)).get_json()["error"]
+    assert (error["code"], error["details"]) == ("unknown_field", {"fields": ["samplerate"], "sample": 3})
+    resp = put("/embed/enrollment", json={"samples": [pcm_json(take())] * 5, "name": "me"}, headers=bearer(owner))
+    assert resp.status_code == 400 and resp.get_json()["error"]["code"] == "unknown_field"
     assert put("/embed/enrollment", json={"samples": [pcm_json(take())] * 5}).status_code == 401
 
 
@@ -692,6 +698,8 @@ def test_enrollment_samples_that_disagree_name_the_outlier(
         (wav(np.zeros(3 * 44100, np.float32)), "audio/wav", 422, "silence"),
         (wav(np.clip(SYNTHETIC * 30, -1, 1)), "audio/wav", 422, "clipped"),
         (b'{"pcm_base64": "%%%"}', "application/json", 400, "malformed_base64"),
+        (b'{"pcm_base64": "AAAA", "rate": 16000}', "application/json", 400, "unknown_field"),  # not decoded at 44.1
+        (b'{"pcm_base64": "AAAA", "wav_base64": "AAAA"}', "application/json", 400, "conflicting_audio"),
         # the one JSON boundary (a plain json.loads here once took these: deep nesting was a 500)
         (b"[" * 100_000 + b"]" * 100_000, "application/json", 400, "json_too_deep"),
         (b'{"pcm_base64": "AAAA", "sample_rate": NaN}', "application/json", 400, "malformed_json"),

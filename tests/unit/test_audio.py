@@ -88,7 +88,9 @@ def test_each_bad_input_has_its_code() -> None:
         ),
         ("base64", 400, "malformed_base64"): lambda: audio.from_json({"pcm_base64": "!!not base64!!"}),
         ("base64 type", 400, "malformed_base64"): lambda: audio.from_json({"pcm_base64": 42}),
-        ("no audio", 400, "missing_audio"): lambda: audio.from_json({"audio": "x"}),
+        ("no audio", 400, "missing_audio"): lambda: audio.from_json({"sample_rate": 16000}),
+        ("unknown field", 400, "unknown_field"): lambda: audio.from_json({"pcm_base64": "AAAA", "samplerate": 8000}),
+        ("both audio", 400, "conflicting_audio"): lambda: audio.from_json({"pcm_base64": "AAAA", "wav_base64": "AAAA"}),
         ("wav header", 400, "malformed_wav"): lambda: audio.from_body(b"RIFF\x10\0\0\0WAVEjunk", "audio/wav", None),
         ("wav no fmt", 400, "malformed_wav"): lambda: audio.from_body(b"RIFF\x04\0\0\0WAVE", "audio/wav", None),
         ("wav float", 400, "unsupported_wav_format"): lambda: audio.parse_wav(

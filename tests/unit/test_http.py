@@ -19,7 +19,7 @@ def make_api(max_body: int = 4096) -> Api:
 
     @api.route("POST", "/unit/echo")
     def echo(ctx: Ctx) -> JsonBody:
-        return {"got": ctx.json()}
+        return {"got": ctx.json(("a", "b"))}
 
     @api.route("GET", "/unit/items/<item_id>")
     def item(ctx: Ctx, item_id: str) -> JsonBody:
@@ -110,6 +110,15 @@ def test_bad_json_bodies_are_400_with_a_code(data: bytes, code: str) -> None:
     resp = call(make_api(), "POST", "/unit/echo", data=data, content_type="application/json")
     assert resp.status_code == 400
     assert json.loads(resp.get_data())["error"]["code"] == code
+
+
+def test_a_field_the_route_does_not_take_is_refused_by_name() -> None:
+    resp = call(make_api(), "POST", "/unit/echo", json={"a": 1, "bb": 2, "c": None})
+    assert resp.status_code == 400
+    error = json.loads(resp.get_data())["error"]
+    assert error["code"] == "unknown_field" and error["details"] == {"fields": ["bb", "c"]}
+    assert "'bb', 'c'" in error["message"] and "it takes a, b" in error["message"]
+    assert json.loads(call(make_api(), "POST", "/unit/echo", json={"b": 2}).get_data()) == {"got": {"b": 2}}
 
 
 def test_oversized_body_is_refused_before_it_is_read() -> None:

@@ -40,7 +40,7 @@ def test_json_from_outside_is_refused_with_a_code(raw: bytes, code: str) -> None
 
 def test_every_json_body_crosses_the_same_boundary() -> None:
     with pytest.raises(errors.BadRequest, match="deeper"):
-        parse_json_object(b'{"a": ' + b"[" * 100 + b"]" * 100 + b"}")
+        parse_json_object(b'{"a": ' + b"[" * 100 + b"]" * 100 + b"}", None)
 
 
 @pytest.mark.parametrize(

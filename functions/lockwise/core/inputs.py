@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
+from collections.abc import Collection
 from typing import Any
 
 from lockwise.core import errors
@@ -35,6 +36,21 @@ def loads(raw: bytes | str, *, max_depth: int = MAX_JSON_DEPTH) -> Any:
         raise errors.BadRequest(f"body is not valid JSON: {exc}"[:300], code="malformed_json") from exc
     _check_strings(value, max_depth)
     return value
+
+
+def only_fields(obj: dict[str, Any], fields: Collection[str], where: str = "the body") -> dict[str, Any]:
+    """``obj`` unchanged, or 400 ``unknown_field`` naming every key it holds that ``fields`` does not: a misspelt or
+    misplaced field (a member's ``expires_at`` beside ``access`` instead of in it) is refused, not silently ignored
+    and the request carried out without it (as Google's JSON APIs answer "Unknown name")."""
+    unknown = sorted(key for key in obj if key not in fields)
+    if unknown:
+        names = ", ".join(repr(k[:40]) for k in unknown[:5]) + (", ..." if len(unknown) > 5 else "")
+        raise errors.BadRequest(
+            f"unknown field{'s' if len(unknown) > 1 else ''} {names} in {where}; it takes {', '.join(sorted(fields))}",
+            code="unknown_field",
+            details={"fields": [k[:40] for k in unknown[:20]]},
+        )
+    return obj
 
 
 def _too_deep(max_depth: int) -> errors.BadRequest:

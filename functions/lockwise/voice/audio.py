@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import binascii
 import struct
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -127,8 +128,17 @@ def b64_field(value: Any, field: str) -> bytes:
         raise errors.BadRequest(f"{field} is not valid base64", code="malformed_base64") from exc
 
 
-def from_json(obj: dict[str, Any]) -> Clip:
-    """``{"pcm_base64", "sample_rate"?}`` or ``{"wav_base64"}``."""
+#: what an audio object (a lock's JSON body, an enrollment sample) may hold
+JSON_FIELDS = ("pcm_base64", "sample_rate", "wav_base64")
+
+
+def from_json(obj: dict[str, Any], fields: Collection[str] | None = JSON_FIELDS) -> Clip:
+    """``{"pcm_base64", "sample_rate"?}`` or ``{"wav_base64"}``; a field outside ``fields`` is refused (400
+    ``unknown_field``). ``None``: any other field is let be (the original contracts, whose bodies carry more)."""
+    if fields is not None:
+        inputs.only_fields(obj, fields, "the audio object")
+    if "wav_base64" in obj and "pcm_base64" in obj:
+        raise errors.BadRequest("give pcm_base64 or wav_base64, not both", code="conflicting_audio")
     if "wav_base64" in obj:
         return parse_wav(b64_field(obj["wav_base64"], "wav_base64"))
     if "pcm_base64" not in obj:
