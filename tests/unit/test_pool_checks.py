@@ -8,11 +8,12 @@ from typing import Any
 import pytest
 
 from lockwise.core import db as db_module
+from lockwise.core import errors
 from lockwise.core.db import Database
 
 
 class Recorded:
-    """A connection that records what it was asked; ``answers`` False makes its round trip fail as a reset does."""
+    """A connection that records what it was asked; ``answers`` False makes every statement fail as a reset does."""
 
     made = 0
 
@@ -74,7 +75,36 @@ def test_one_that_does_not_answer_is_replaced_with_every_other_idle_one(
     assert db_module._answers(served)
 
 
-def test_database_sockets_probe_an_idle_path_within_a_minute() -> None:
+def test_a_transaction_that_meets_a_lost_pooled_connection_begins_again_on_a_new_one(pool: Database) -> None:
+    with pool.connection() as a, pool.connection() as b:
+        pass
+    for con in (a, b):
+        con.answers = False  # type: ignore[attr-defined]
+    with pool.transaction() as served:  # within the window: lent unasked
+        assert served not in (a, b)
+    assert a.asked == ["START TRANSACTION"] and b.asked == []  # type: ignore[attr-defined]
+    assert a.closed and b.closed  # type: ignore[attr-defined]  # the lost one took the idle one with it
+    assert served.asked == ["START TRANSACTION", "COMMIT"]  # type: ignore[attr-defined]
+
+
+def test_a_new_connection_lost_as_its_transaction_begins_is_closed_and_a_503(
+    pool: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    made: list[Recorded] = []
+
+    def lost() -> Recorded:
+        con = Recorded()
+        con.answers = False
+        made.append(con)
+        return con
+
+    monkeypatch.setattr(pool, "connect", lost)
+    with pytest.raises(errors.Unavailable), pool.transaction():
+        pass
+    assert len(made) == 1 and made[0].closed and pool._idle == []  # not begun again: nothing was pooled
+
+
+def test_database_sockets_are_set_to_probe_an_idle_path_within_a_minute() -> None:
     """Linux waits 2 h before its first keepalive probe; the pool's sockets probe after 30 s idle, every 10 s, three
     times, so a path gone silent shows as the socket's error to the pool's poll (no round trip) within ~a minute."""
     import socket

@@ -5,13 +5,15 @@ ended (a restart, a failover that closes its connections) is noticed as it is ta
 the first requests after a restart are served. One lost without a word (a failover that moved the server's address to
 a new machine, a NAT or firewall that forgot an idle flow) is found by a round trip before it is used again after
 more than ``check_idle_after_s`` idle, as HikariCP checks a connection idle past its "alive bypass window", and
-replaced with every other idle one. A connection lost in the middle of a request surfaces as
-``Unavailable("database")`` (503), never as a 500 with driver text.
+replaced with every other idle one. One used more recently is lent unasked (a busy instance pays no round trip): a
+transaction that finds it lost as it begins is begun again on a new connection. A connection lost anywhere else
+takes every idle one with it and surfaces as ``Unavailable("database")`` (503), never as a 500 with driver text.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import select
 import socket
 import threading
@@ -129,8 +131,10 @@ def tcp_socket(host: str, port: int, timeout_s: float) -> socket.socket:
     # a path gone silent is found by the kernel within ~a minute of idling (Linux's default waits 2 h before the
     # first probe); the pool's poll then sees the socket's error without a round trip
     for option, value in (("TCP_KEEPIDLE", 30), ("TCP_KEEPINTVL", 10), ("TCP_KEEPCNT", 3)):
-        if hasattr(socket, option):
+        try:
             sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, option), value)
+        except (AttributeError, OSError):  # a platform without it keeps its own timers: no reason to refuse
+            pass
     return sock
 
 
@@ -200,28 +204,39 @@ class Database:
         """Borrow a pooled connection. It goes back to the pool when the block ends, also when the block raised one
         of our errors (a 4xx: a bad signature, a missing lock) or PostgreSQL refused a statement (pg8000 has read up
         to the server's ready message by then), provided no transaction is left open; after anything else (a lost
-        socket, an error in the middle of reading an answer) it is closed instead."""
+        socket, an error in the middle of reading an answer) it is closed instead; a lost one takes every idle one
+        with it (what lost one, a failover or a path gone, lost them all: each would cost a request the same wait)."""
+        with self._borrowed(begin=False) as con:
+            yield con
+
+    @contextmanager
+    def _borrowed(self, begin: bool) -> Iterator[Connection]:
         if not self._slots.acquire(timeout=30):
             raise errors.Unavailable("database pool exhausted", code="database_busy")
         con: Connection | None = None
         try:
-            con = self._take_idle()
-            if con is None:
-                con = self.connect()
+            pooled = self._take_idle()
+            con = pooled or self.connect()
             try:
+                if begin:
+                    handed, con = con, None
+                    con = self._begin(handed, pooled is not None)
                 yield con
             except (InterfaceError, OSError) as exc:
-                _close_quietly(con)
-                con = None
+                if con is not None:
+                    _close_quietly(con)
+                    con = None
+                self._drop_idle()
                 raise errors.Unavailable("database connection lost", code="database_unavailable") from exc
             except (errors.LockwiseError, DatabaseError):
-                if not _in_idle_state(con):
+                if con is not None and not _in_idle_state(con):
                     _close_quietly(con)
                     con = None
                 raise
             except BaseException:
-                _close_quietly(con)
-                con = None
+                if con is not None:
+                    _close_quietly(con)
+                    con = None
                 raise
             finally:
                 if con is not None:
@@ -233,9 +248,10 @@ class Database:
 
     @contextmanager
     def transaction(self) -> Iterator[Connection]:
-        """Run the block in one transaction: committed when it returns, rolled back when it raises."""
-        with self.connection() as con:
-            con.run("START TRANSACTION")
+        """Run the block in one transaction: committed when it returns, rolled back when it raises. A pooled
+        connection found lost as the transaction begins (used within the window, so lent unasked) is replaced and
+        the transaction begun again on a new one: nothing has run on it yet."""
+        with self._borrowed(begin=True) as con:
             try:
                 yield con
             except BaseException:
@@ -246,6 +262,29 @@ class Database:
                     raise
                 raise
             con.run("COMMIT")
+
+    def _begin(self, con: Connection, pooled: bool) -> Connection:
+        """``con`` with a transaction begun, or a new connection with one when pooled ``con`` was found lost (nothing
+        has run on it yet, so nothing runs twice). What it does not return, it closes."""
+        try:
+            con.run("START TRANSACTION")
+            return con
+        except (InterfaceError, OSError):
+            _close_quietly(con)
+            if not pooled:
+                raise
+        except BaseException:
+            _close_quietly(con)
+            raise
+        log.warning("a pooled database connection was lost as a transaction began: begun again on a new one")
+        self._drop_idle()
+        fresh = self.connect()
+        try:
+            fresh.run("START TRANSACTION")
+        except BaseException:
+            _close_quietly(fresh)
+            raise
+        return fresh
 
     def ping(self) -> None:
         with self.connection() as con:
@@ -268,23 +307,26 @@ class Database:
         while True:
             with self._lock:
                 con = self._idle.pop() if self._idle else None
-                since = self._idle_since.pop(id(con), None) if con is not None else None
+                since = self._idle_since.pop(id(con), -math.inf) if con is not None else -math.inf
             if con is None:
                 return None
             if _ended_by_server(con):
                 log.info("a pooled database connection was ended by the server (a restart, say): replaced")
                 _close_quietly(con)
                 continue
-            idle_s = time.monotonic() - since if since is not None else 0.0
+            idle_s = time.monotonic() - since
             if idle_s <= self.check_idle_after_s or _answers(con):
                 return con
             log.warning(
                 "a pooled database connection idle %.1f s did not answer: it and every idle one replaced", idle_s
             )
             _close_quietly(con)
-            self.close()
+            self._drop_idle()
 
     def close(self) -> None:
+        self._drop_idle()
+
+    def _drop_idle(self) -> None:
         with self._lock:
             idle, self._idle = self._idle, []
             self._idle_since.clear()
