@@ -85,8 +85,8 @@ def test_bad_events_are_rejected_not_failed(world: World, stack_env: dict[str, s
     assert [r["outcome"] for r in resp.get_json()["results"]] == ["rejected", "rejected"]
     resp = world.devices.post("/devices/relay/events", json={"events": []}, headers={"X-LockWise-Service-Token": token})
     assert resp.status_code == 400 and resp.get_json()["error"]["code"] == "invalid_events"
-    # a field this function does not know (a relay deployed ahead of it) is let be: a batch refused whole would be
-    # split and its events dropped by the relay, where every other body of the API is refused (400 unknown_field)
+    # a field this function does not know (a relay deployed ahead of it) is let be, where the app's bodies are
+    # refused (400 unknown_field): a batch refused whole would be split and its events dropped by the relay
     event = {"topic": f"lockwise/{world.credentials['mqtt']['client_id']}/status", "payload": "online"}
     resp = world.devices.post(
         "/devices/relay/events",

@@ -23,6 +23,8 @@ from lockwise.core.http import parse_json_object
         (b'{"name": "a\\u0000b"}', "invalid_text"),  # PostgreSQL refuses NUL in text
         (b'{"name": "\\ud800"}', "invalid_text"),  # a lone surrogate cannot be encoded as UTF-8
         (b'{"\\u0000": 1}', "invalid_text"),
+        (b'{"access": {"expires_at": "2030-01-01T00:00:00Z"}, "access": null}', "duplicate_field"),
+        (b'[{"a": {"b": 1, "c": 2, "b": 3}}]', "duplicate_field"),  # at any depth
         (b"[NaN]", "malformed_json"),
         (b'{"a": Infinity}', "malformed_json"),
         (b"\xff\xfe", "malformed_json"),

@@ -126,3 +126,15 @@ def test_rules_access_carries_the_window_for_the_security_rules() -> None:
     assert access["offset_until_ms"] == int(dt.datetime(2026, 11, 1, 6, 0, tzinfo=dt.UTC).timestamp() * 1000)
     member = members.Membership("L", "m", "member", valid_from=now)  # only guests have windows
     assert member.rules_access(now)["valid_from_ms"] is None and member.rules_access(now)["offset_until_ms"] is None
+
+
+def test_a_member_request_names_what_is_misplaced_and_what_is_unknown() -> None:
+    with pytest.raises(errors.BadRequest) as misplaced:
+        members.request_body({"role": "member", "uid": "x", "expires_at": "2030-01-01T00:00:00Z"}, ("role", "uid"))
+    assert misplaced.value.code == "invalid_access" and "put access limits in the access object" in str(misplaced.value)
+    with pytest.raises(errors.BadRequest) as unknown:
+        members.request_body({"role": "member", "uid": "x", "acess": {}}, ("role", "uid", "email", "access"))
+    assert unknown.value.code == "unknown_field" and unknown.value.details == {"fields": ["acess"]}
+    assert str(unknown.value).endswith("it takes access, email, role, uid")  # the top level only, not the limits
+    body = {"role": "guest", "uid": "x", "access": {"weekdays": ["mon"]}}
+    assert members.request_body(body, ("role", "uid", "email", "access")) is body

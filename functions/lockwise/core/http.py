@@ -55,8 +55,9 @@ class Ctx:
 
     def json(self, fields: Collection[str] | None, limit: int | None = None) -> JsonBody:
         """The body as a JSON object of at most ``fields`` (400 ``malformed_json``, ``expected_object``,
-        ``unknown_field`` otherwise). ``None`` takes any field: only the original design's contracts, whose Pydantic
-        models ignored what they did not name."""
+        ``unknown_field`` otherwise). ``None`` takes any field: for routes that check their fields themselves and for
+        the bodies whose refusal would do harm (a lock's, the relay's) or break a contract (the original design's,
+        whose Pydantic models ignored what they did not name)."""
         return parse_json_object(self.body(limit), fields)
 
     @property

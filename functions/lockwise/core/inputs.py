@@ -21,7 +21,8 @@ _UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{1
 
 
 def loads(raw: bytes | str, *, max_depth: int = MAX_JSON_DEPTH) -> Any:
-    """Parse JSON from outside (400 ``malformed_json``, ``json_too_deep``, ``number_too_large``, ``invalid_text``).
+    """Parse JSON from outside (400 ``malformed_json``, ``json_too_deep``, ``number_too_large``, ``invalid_text``,
+    ``duplicate_field``).
 
     Linear in the input: the parser refuses nesting past the interpreter's recursion limit with a RecursionError
     (its C scanner counts its depth), and the walk that checks every string checks the depth too. (A regular
@@ -29,7 +30,7 @@ def loads(raw: bytes | str, *, max_depth: int = MAX_JSON_DEPTH) -> Any:
     holding one open quote and many escaped ones: 40 KB froze a function for 10 s. Attack run.)"""
     try:  # UTF-8 only (RFC 8259 8.1); json.loads would also take UTF-16 and UTF-32 bytes
         text = raw if isinstance(raw, str) else raw.decode("utf-8")
-        value = json.loads(text, parse_int=_integer, parse_constant=_no_constant)
+        value = json.loads(text, parse_int=_integer, parse_constant=_no_constant, object_pairs_hook=_object)
     except RecursionError as exc:
         raise _too_deep(max_depth) from exc
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -55,6 +56,19 @@ def only_fields(obj: dict[str, Any], fields: Collection[str], where: str = "the 
 
 def _too_deep(max_depth: int) -> errors.BadRequest:
     return errors.BadRequest(f"JSON nested deeper than {max_depth} levels", code="json_too_deep")
+
+
+def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """An object whose names are unique (RFC 8259 4: with a name twice, what it means depends on which one a parser
+    keeps: ``{"access": {...}, "access": null}`` kept the last here, a member without limits)."""
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        for name, _ in pairs:
+            if name in seen:
+                raise errors.BadRequest(f"field {name[:40]!r} appears twice in one object", code="duplicate_field")
+            seen.add(name)
+    return obj
 
 
 def _integer(text: str) -> int:

@@ -257,14 +257,21 @@ def mirror_access_due(con: Connection, limit: int = 100) -> int:
     return len(due)
 
 
-def parse_access(role: str, body: dict[str, Any]) -> dict[str, Any]:
-    """Validate the ``access`` object of a member request into column values (400 naming the bad field); an access
-    field beside it, at the top of the body, is refused too."""
+def request_body(body: dict[str, Any], fields: tuple[str, ...]) -> dict[str, Any]:
+    """The body of a member request holding only ``fields``: an access limit beside ``access`` instead of in it is
+    400 ``invalid_access`` saying where it goes (ignored, `expires_at` beside `role` granted access that never
+    ended), any other field 400 ``unknown_field``."""
     misplaced = sorted(set(ACCESS_FIELDS) & set(body))
-    if misplaced:  # ignored like any unknown field, `expires_at` beside `role` granted access that never ended
+    if misplaced:
         raise errors.BadRequest(
             f"{', '.join(misplaced)}: put access limits in the access object", code="invalid_access"
         )
+    return inputs.only_fields(body, fields)
+
+
+def parse_access(role: str, body: dict[str, Any]) -> dict[str, Any]:
+    """Validate the ``access`` object of a member request (``request_body``) into column values (400 naming the bad
+    field)."""
     raw = body.get("access") or {}
     if not isinstance(raw, dict):
         raise errors.BadRequest("access must be an object", code="invalid_access")
