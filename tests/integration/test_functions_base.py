@@ -8,6 +8,8 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -15,6 +17,7 @@ import pytest
 
 from infra.local import services
 from lockwise.core.config import get_settings
+from lockwise.core.db import Connection, Database
 from lockwise.core.runtime import get_runtime
 from tests import tcp_cut
 from tests.tcp_cut import TcpCut
@@ -97,8 +100,6 @@ def test_database_connections_send_each_statement_at_once(stack_env: dict[str, s
     waited ~40 ms for the server's delayed ACK. The connection still works (and carries the host for TLS)."""
     import socket
 
-    from lockwise.core.db import Database
-
     db = Database(stack_env["DATABASE_URL"])
     try:
         with db.connection() as con:
@@ -117,7 +118,6 @@ def test_database_connections_without_tls_skip_pg8000s_tls_probe(
     import ssl
 
     from lockwise.core import errors
-    from lockwise.core.db import Database
 
     def no_context(*_a: object, **_k: object) -> ssl.SSLContext:
         raise AssertionError("a TLS context was built for a connection without TLS")
@@ -144,7 +144,6 @@ def test_a_refused_request_gives_its_connection_back_to_the_pool(stack_env: dict
     from pg8000.exceptions import DatabaseError
 
     from lockwise.core import errors
-    from lockwise.core.db import Database
 
     db = Database(stack_env["DATABASE_URL"], pool_size=1)
 
@@ -179,7 +178,6 @@ def test_pooled_connections_the_server_ended_are_replaced_not_failed(stack_env: 
     """A database restart or failover ends every idle pooled connection; the next requests used to meet them one by
     one (each a 503 ``database_unavailable`` as its first statement failed). Each is now noticed as it is taken from
     the pool and replaced: the next transactions run, on one still alive or on a new one."""
-    from lockwise.core.db import Database
 
     db = Database(stack_env["DATABASE_URL"], pool_size=3)
     admin = Database(stack_env["DATABASE_URL"], pool_size=1)
@@ -207,9 +205,24 @@ def test_pooled_connections_the_server_ended_are_replaced_not_failed(stack_env: 
         admin.close()
 
 
-def _through(cut: TcpCut, url: str) -> str:
-    parts = urlsplit(url)
-    return urlunsplit(parts._replace(netloc=parts.netloc.rsplit(":", 1)[0] + f":{cut.port}"))
+@contextmanager
+def _two_pooled_through_a_cut(url: str) -> Iterator[tuple[TcpCut, Database, set[int]]]:
+    """A pool (1 s socket timeout) reaching PostgreSQL through a ``TcpCut``, two connections idle in it, and their
+    backends' pids."""
+    target = urlsplit(url)
+    with TcpCut((target.hostname or "127.0.0.1", target.port or 5432)) as cut:
+        netloc = target.netloc.rsplit(":", 1)[0] + f":{cut.port}"
+        db = Database(urlunsplit(target._replace(netloc=netloc)), pool_size=3, connect_timeout_s=1.0)
+        try:
+            with db.connection() as a, db.connection() as b:
+                pooled = {_backend(a), _backend(b)}
+            yield cut, db, pooled
+        finally:
+            db.close()
+
+
+def _backend(con: Connection) -> int:
+    return int(con.run("SELECT pg_backend_pid()")[0][0])
 
 
 @pytest.mark.parametrize("mode", [tcp_cut.RESET, tcp_cut.SILENT])
@@ -218,26 +231,17 @@ def test_pooled_connections_lost_without_a_word_are_replaced_not_failed(stack_en
     an idle flow (bytes go nowhere) ends no connection the poll could see: the next request's first statement failed
     (503 ``database_unavailable``, after the socket's timeout when silent). A connection idle past the pool's window
     is now asked one round trip first, and it and every other idle one replaced when it does not answer."""
-    from lockwise.core.db import Database
-
-    target = urlsplit(stack_env["DATABASE_URL"])
-    with TcpCut((target.hostname or "127.0.0.1", target.port or 5432)) as cut:
-        db = Database(_through(cut, stack_env["DATABASE_URL"]), pool_size=3, connect_timeout_s=1.0)
-        try:
-            with db.connection() as a, db.connection() as b:
-                lost = {int(con.run("SELECT pg_backend_pid()")[0][0]) for con in (a, b)}
-            cut.cut(mode)
-            time.sleep(0.6)  # past the pool's window (0.5 s by default)
-            started = time.monotonic()
-            with db.transaction() as con:
-                served = int(con.run("SELECT pg_backend_pid()")[0][0])
-            took = time.monotonic() - started
-            assert served not in lost
-            assert cut.flows == 3  # one round trip lost, then one new connection: the other idle one not tried
-            # one timeout at most (silent), not one per idle connection; a reset is seen at once
-            assert took < (db.connect_timeout_s * 1.8 if mode == tcp_cut.SILENT else 0.5), took
-        finally:
-            db.close()
+    with _two_pooled_through_a_cut(stack_env["DATABASE_URL"]) as (cut, db, lost):
+        cut.cut(mode)
+        time.sleep(0.6)  # past the pool's window (0.5 s by default)
+        started = time.monotonic()
+        with db.transaction() as con:
+            served = _backend(con)
+        took = time.monotonic() - started
+        assert served not in lost
+        assert cut.flows == 3  # one round trip lost, then one new connection: the other idle one not tried
+        # one timeout at most (silent), not one per idle connection; a reset is seen at once
+        assert took < (db.connect_timeout_s * 1.8 if mode == tcp_cut.SILENT else 0.5), took
 
 
 @pytest.mark.parametrize("mode", [tcp_cut.RESET, tcp_cut.SILENT])
@@ -248,27 +252,19 @@ def test_a_busy_pools_lost_connections_cost_no_transaction(stack_env: dict[str, 
     transaction (a read, the signature check) cannot be run again safely: it is answered 503 once, and the next
     one is served on a new connection."""
     from lockwise.core import errors
-    from lockwise.core.db import Database
 
-    target = urlsplit(stack_env["DATABASE_URL"])
-    with TcpCut((target.hostname or "127.0.0.1", target.port or 5432)) as cut:
-        db = Database(_through(cut, stack_env["DATABASE_URL"]), pool_size=3, connect_timeout_s=1.0)
-        try:
-            with db.connection() as a, db.connection() as b:
-                lost = {int(con.run("SELECT pg_backend_pid()")[0][0]) for con in (a, b)}
-            cut.cut(mode)
-            with db.transaction() as con:  # at once: within the window
-                served = int(con.run("SELECT pg_backend_pid()")[0][0])
-            assert served not in lost and cut.flows == 3  # the other lost one dropped unasked
-            with db.connection() as con:
-                assert int(con.run("SELECT pg_backend_pid()")[0][0]) == served
-            cut.cut(mode)
-            with pytest.raises(errors.Unavailable), db.connection() as con:
-                con.run("SELECT 1")
-            with db.connection() as con:
-                assert con.run("SELECT 1") == [[1]]
-        finally:
-            db.close()
+    with _two_pooled_through_a_cut(stack_env["DATABASE_URL"]) as (cut, db, lost):
+        cut.cut(mode)
+        with db.transaction() as con:  # at once: within the window
+            served = _backend(con)
+        assert served not in lost and cut.flows == 3  # the other lost one dropped unasked
+        with db.connection() as con:
+            assert _backend(con) == served
+        cut.cut(mode)
+        with pytest.raises(errors.Unavailable), db.connection() as con:
+            con.run("SELECT 1")
+        with db.connection() as con:
+            assert con.run("SELECT 1") == [[1]]
 
 
 FORKED_WORKER = """
@@ -305,7 +301,6 @@ def test_a_forked_worker_opens_its_database_connection_as_it_boots(stack_env: di
 
 
 def test_a_database_down_at_boot_is_left_to_the_first_request(caplog: pytest.LogCaptureFixture) -> None:
-    from lockwise.core.db import Database
 
     db = Database(f"postgresql://lockwise:x@127.0.0.1:{services.free_port()}/lockwise", connect_timeout_s=1)
     with caplog.at_level(logging.WARNING, logger="lockwise.core.db"):
@@ -336,7 +331,7 @@ def test_a_statement_with_parameters_is_prepared_once_per_connection_and_then_on
 
     from pg8000.exceptions import DatabaseError
 
-    from lockwise.core.db import Database, rows_as_dicts, sqlstate
+    from lockwise.core.db import rows_as_dicts, sqlstate
 
     class Counting:  # pg8000's buffered socket, counting what it sends to the server
         def __init__(self, inner: Any) -> None:
