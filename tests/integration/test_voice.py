@@ -283,7 +283,7 @@ def test_a_locked_out_lock_runs_no_forward_pass(
     for _ in range(3):
         refused = signed_verify(clients, world, wav(take()))
         assert refused.status_code == 429 and refused.get_json()["error"]["code"] == "voice_locked_out"
-    forward, _ = verification._BESIDE.pools()
+    forward, _ = verification.BESIDE.pools()
     forward.submit(lambda: None).result(timeout=10)  # one thread, first in first out: anything submitted has run
     assert len(calls) == 5
     assert [o for o, _ in attempts(world)] == ["rejected"] * 5 + ["refused"] * 3

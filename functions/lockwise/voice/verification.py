@@ -64,7 +64,8 @@ class Beside:
         self._pools = None
 
 
-_BESIDE = Beside()
+#: this process's threads beside its requests (a test waits on the forward pool to see that nothing is left to run)
+BESIDE = Beside()
 #: how long a decision waits for its forward pass (a 30 s clip takes ~1 s on 2 cores) while it holds the lock's
 #: lockout row: past it the attempt is answered 503 and the transaction rolled back, instead of every later attempt
 #: at the lock waiting behind it
@@ -191,7 +192,7 @@ def verify(
             attempt = record_attempt(con, lock_id, "refused", "daily_limit")
             return Result("refused", attempt, "daily_limit", retry_after_s=wait)
         # the forward pass (~40-100 ms) and the fingerprint on their threads, while this one reads the candidates
-        forward, fingerprints = _BESIDE.pools()
+        forward, fingerprints = BESIDE.pools()
         probe_soon = forward.submit(encoder.embed, clip.samples, clip.rate)
         heard_soon = fingerprints.submit(fingerprint.landmarks, clip.samples, clip.rate)
         return _decide(
