@@ -267,6 +267,44 @@ def test_a_busy_pools_lost_connections_cost_no_transaction(stack_env: dict[str, 
             assert con.run("SELECT 1") == [[1]]
 
 
+def test_a_statement_that_outwaits_the_socket_costs_its_own_connection_only(stack_env: dict[str, str]) -> None:
+    """A statement waiting on a lock (a second attempt at a door whose first holds the lockout row) past the socket's
+    timeout is a 503 and its connection closed (its read stopped mid-message); the server is slow, not gone, so the
+    other idle connections stay pooled."""
+    from lockwise.core import errors
+
+    holder = Database(stack_env["DATABASE_URL"], pool_size=1)
+    db = Database(stack_env["DATABASE_URL"], pool_size=2, connect_timeout_s=1.0)
+    try:
+        with db.connection() as a, db.connection() as b:
+            pass
+        with holder.connection() as held:
+            held.run("SELECT pg_advisory_lock(20261202)")
+            try:
+                with pytest.raises(errors.Unavailable, match="did not answer in time"), db.connection() as con:
+                    assert con is a
+                    con.run("SELECT pg_advisory_lock(20261202)")
+            finally:
+                held.run("SELECT pg_advisory_unlock(20261202)")
+        assert db._idle == [b]
+        with db.connection() as con:
+            assert con is b and con.run("SELECT 1") == [[1]]
+    finally:
+        db.close()
+        holder.close()
+
+
+def test_a_server_refusing_a_connection_at_startup_is_a_503_not_a_500(stack_env: dict[str, str]) -> None:
+    """pg8000 raises what the server refuses at startup (a database that does not exist here; starting up, too
+    many clients in a failover) as a DatabaseError, which the API answered 500 ``internal``."""
+    from lockwise.core import errors
+
+    url = urlsplit(stack_env["DATABASE_URL"])
+    with pytest.raises(errors.Unavailable) as caught:
+        Database(urlunsplit(url._replace(path="/no_such_database"))).connect()
+    assert caught.value.code == "database_unavailable"
+
+
 FORKED_WORKER = """
 import json, os, time
 from lockwise.core.runtime import get_runtime

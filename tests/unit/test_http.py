@@ -119,6 +119,9 @@ def test_a_field_the_route_does_not_take_is_refused_by_name() -> None:
     assert error["code"] == "unknown_field" and error["details"] == {"fields": ["bb", "c"]}
     assert "'bb', 'c'" in error["message"] and "it takes a, b" in error["message"]
     assert json.loads(call(make_api(), "POST", "/unit/echo", json={"b": 2}).get_data()) == {"got": {"b": 2}}
+    twice = call(make_api(), "POST", "/unit/echo", data=b'{"a": 1, "a": null}', content_type="application/json")
+    error = json.loads(twice.get_data())["error"]
+    assert twice.status_code == 400 and (error["code"], error["details"]) == ("duplicate_field", {"fields": ["a"]})
 
 
 def test_oversized_body_is_refused_before_it_is_read() -> None:

@@ -22,6 +22,7 @@ class Recorded:
         self.number = Recorded.made
         self.asked: list[str] = []
         self.answers = True
+        self.slow: str | None = None  # a statement that outlasts the socket's timeout
         self.closed = False
         self.columns: list[dict[str, Any]] | None = None
 
@@ -29,6 +30,8 @@ class Recorded:
         self.asked.append(sql)
         if not self.answers:
             raise ConnectionResetError("reset by peer")
+        if sql == self.slow:
+            raise TimeoutError("timed out")
         return []
 
     def close(self) -> None:
@@ -102,6 +105,40 @@ def test_a_new_connection_lost_as_its_transaction_begins_is_closed_and_a_503(
     with pytest.raises(errors.Unavailable), pool.transaction():
         pass
     assert len(made) == 1 and made[0].closed and pool._idle == []  # not begun again: nothing was pooled
+
+
+def test_a_lost_connection_takes_the_idle_ones_with_it_and_a_timed_out_one_goes_alone(pool: Database) -> None:
+    with pool.connection() as a, pool.connection() as b:
+        pass
+    with pytest.raises(errors.Unavailable, match="did not answer in time"), pool.connection() as con:
+        assert con is a
+        a.slow = "SELECT pg_sleep(10)"  # type: ignore[attr-defined]  # waiting on a row lock, say
+        con.run("SELECT pg_sleep(10)")
+    assert a.closed and not b.closed and pool._idle == [b]  # type: ignore[attr-defined]
+    with pytest.raises(errors.Unavailable, match="connection lost"), pool.connection() as con:
+        assert con is b
+        b.answers = False  # type: ignore[attr-defined]
+        con.run("SELECT 1")
+    with pool.connection() as c, pool.connection() as d:
+        pass
+    with pytest.raises(errors.Unavailable, match="connection lost"), pool.connection() as con:
+        con.answers = False  # type: ignore[attr-defined]
+        con.run("SELECT 1")
+    assert c.closed and d.closed and pool._idle == []  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(("state", "code"), [("53300", "database_busy"), ("57P03", "database_unavailable")])
+def test_a_server_refusing_a_new_connection_is_a_503(monkeypatch: pytest.MonkeyPatch, state: str, code: str) -> None:
+    """pg8000 raises the server's startup refusal (too many clients, starting up) as a DatabaseError: it was a 500."""
+    from pg8000.exceptions import DatabaseError
+
+    def refused(*args: Any, **kwargs: Any) -> None:
+        raise DatabaseError({"S": "FATAL", "C": state, "M": "refused"})
+
+    monkeypatch.setattr(db_module.PreparingConnection, "__init__", refused)
+    with pytest.raises(errors.Unavailable) as caught:
+        Database("postgresql://u:p@127.0.0.1:1/d?host=/nonexistent").connect()
+    assert caught.value.code == code
 
 
 def test_database_sockets_are_set_to_probe_an_idle_path_within_a_minute() -> None:

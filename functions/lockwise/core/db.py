@@ -7,7 +7,10 @@ a new machine, a NAT or firewall that forgot an idle flow) is found by a round t
 more than ``check_idle_after_s`` idle, as HikariCP checks a connection idle past its "alive bypass window", and
 replaced with every other idle one. One used more recently is lent unasked (a busy instance pays no round trip): a
 transaction that finds it lost as it begins is begun again on a new connection. A connection lost anywhere else
-takes every idle one with it and surfaces as ``Unavailable("database")`` (503), never as a 500 with driver text.
+(reset, or its stream ended) takes every idle one with it; one whose statement outlasted the socket's timeout is
+closed alone (the server may only be slow: a statement waiting on a row lock). Either surfaces as
+``Unavailable("database")`` (503), as does a server refusing a new connection (starting up, full), never as a 500
+with driver text.
 """
 
 from __future__ import annotations
@@ -85,6 +88,7 @@ UNIQUE_VIOLATION = "23505"
 FOREIGN_KEY_VIOLATION = "23503"
 CHECK_VIOLATION = "23514"
 SERIALIZATION_FAILURE = "40001"
+TOO_MANY_CONNECTIONS = "53300"
 #: "cached plan must not change result type" (a table the statement reads was altered), "prepared statement does
 #: not exist"
 STALE_PLAN = frozenset({"0A000", "26000"})
@@ -190,6 +194,13 @@ class Database:
             if sock is not None:
                 sock.close()
             raise errors.Unavailable("database is unreachable", code="database_unavailable") from exc
+        except DatabaseError as exc:  # refused at startup: starting up or shutting down (57P03), full (53300)...
+            if sock is not None:
+                sock.close()
+            log.warning("the database refused a connection", extra={"fields": {"sqlstate": sqlstate(exc)}})
+            if sqlstate(exc) == TOO_MANY_CONNECTIONS:
+                raise errors.Unavailable("database is busy", code="database_busy") from exc
+            raise errors.Unavailable("database is unavailable", code="database_unavailable") from exc
 
     def _tls_context(self) -> Any:
         with self._lock:
@@ -204,8 +215,9 @@ class Database:
         """Borrow a pooled connection. It goes back to the pool when the block ends, also when the block raised one
         of our errors (a 4xx: a bad signature, a missing lock) or PostgreSQL refused a statement (pg8000 has read up
         to the server's ready message by then), provided no transaction is left open; after anything else (a lost
-        socket, an error in the middle of reading an answer) it is closed instead; a lost one takes every idle one
-        with it (what lost one, a failover or a path gone, lost them all: each would cost a request the same wait)."""
+        socket, an error in the middle of reading an answer) it is closed instead; a lost one (reset, or its stream
+        ended) takes every idle one with it (what lost one, a failover or a path gone, lost them all: each would cost
+        a request the same wait), a timed-out one goes alone."""
         with self._borrowed(begin=False) as con:
             yield con
 
@@ -216,7 +228,7 @@ class Database:
         con: Connection | None = None
         try:
             pooled = self._take_idle()
-            con = pooled or self.connect()
+            con = pooled if pooled is not None else self.connect()
             try:
                 if begin:
                     handed, con = con, None
@@ -224,8 +236,10 @@ class Database:
                 yield con
             except (InterfaceError, OSError) as exc:
                 if con is not None:
-                    _close_quietly(con)
+                    _close_quietly(con)  # a timed-out read leaves the protocol mid-message: never reused
                     con = None
+                if _timed_out(exc):  # a statement that waited too long (on a row lock, say): only this one
+                    raise errors.Unavailable("database did not answer in time", code="database_unavailable") from exc
                 self._drop_idle()
                 raise errors.Unavailable("database connection lost", code="database_unavailable") from exc
             except (errors.LockwiseError, DatabaseError):
@@ -269,14 +283,18 @@ class Database:
         try:
             con.run("START TRANSACTION")
             return con
-        except (InterfaceError, OSError):
+        except (InterfaceError, OSError) as exc:
             _close_quietly(con)
             if not pooled:
                 raise
+            lost = exc
         except BaseException:
             _close_quietly(con)
             raise
-        log.warning("a pooled database connection was lost as a transaction began: begun again on a new one")
+        log.warning(  # START TRANSACTION waits on nothing: a timeout here is a path or server gone, as a reset is
+            "a pooled database connection was lost as a transaction began: begun again on a new one",
+            extra={"fields": {"error": type(lost.__cause__ or lost).__name__}},
+        )
         self._drop_idle()
         fresh = self.connect()
         try:
@@ -350,6 +368,17 @@ def _ended_by_server(con: Connection) -> bool:
         return bool(poller.poll(0))
     except Exception:  # noqa: BLE001 - closed underneath, or a socket poll refuses: not worth keeping
         return True
+
+
+def _timed_out(exc: BaseException) -> bool:
+    """Whether a network error is the socket's timeout (the server may only be slow) rather than a reset or the end
+    of the stream (it is gone)."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, TimeoutError):
+            return True
+        seen = seen.__cause__
+    return False
 
 
 def _answers(con: Connection) -> bool:

@@ -66,7 +66,11 @@ def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
         seen: set[str] = set()
         for name, _ in pairs:
             if name in seen:
-                raise errors.BadRequest(f"field {name[:40]!r} appears twice in one object", code="duplicate_field")
+                raise errors.BadRequest(
+                    f"field {name[:40]!r} appears twice in one object",
+                    code="duplicate_field",
+                    details={"fields": [name[:40]]},
+                )
             seen.add(name)
     return obj
 
