@@ -267,7 +267,10 @@ def test_a_busy_pools_lost_connections_cost_no_transaction(stack_env: dict[str, 
             assert con.run("SELECT 1") == [[1]]
 
 
-def test_a_statement_that_outwaits_the_socket_costs_its_own_connection_only(stack_env: dict[str, str]) -> None:
+@pytest.mark.parametrize("in_transaction", [False, True])
+def test_a_statement_that_outwaits_the_socket_costs_its_own_connection_only(
+    stack_env: dict[str, str], in_transaction: bool
+) -> None:
     """A statement waiting on a lock (a second attempt at a door whose first holds the lockout row) past the socket's
     timeout is a 503 and its connection closed (its read stopped mid-message); the server is slow, not gone, so the
     other idle connections stay pooled."""
@@ -281,8 +284,9 @@ def test_a_statement_that_outwaits_the_socket_costs_its_own_connection_only(stac
         with holder.connection() as held:
             held.run("SELECT pg_advisory_lock(20261202)")
             try:
-                with pytest.raises(errors.Unavailable, match="did not answer in time"), db.connection() as con:
-                    assert con is a
+                borrowed = db.transaction() if in_transaction else db.connection()
+                with pytest.raises(errors.Unavailable, match="did not answer in time"), borrowed as con:
+                    assert con is a  # (in a transaction, its ROLLBACK then fails on the timed-out socket too)
                     con.run("SELECT pg_advisory_lock(20261202)")
             finally:
                 held.run("SELECT pg_advisory_unlock(20261202)")

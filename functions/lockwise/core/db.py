@@ -372,12 +372,15 @@ def _ended_by_server(con: Connection) -> bool:
 
 def _timed_out(exc: BaseException) -> bool:
     """Whether a network error is the socket's timeout (the server may only be slow) rather than a reset or the end
-    of the stream (it is gone)."""
+    of the stream (it is gone). Read through causes and contexts: pg8000 wraps the socket's error, and a transaction
+    whose statement timed out raises its ROLLBACK's failure ("cannot read from timed out object") over it."""
     seen: BaseException | None = exc
-    while seen is not None:
+    for _ in range(8):
+        if seen is None:
+            return False
         if isinstance(seen, TimeoutError):
             return True
-        seen = seen.__cause__
+        seen = seen.__cause__ or seen.__context__
     return False
 
 
