@@ -26,8 +26,11 @@ scorer = load_scorer(rt.settings, encoder)
 limits = audio.Limits.from_settings(rt.settings)
 
 
+QUERY = ("sample_rate", "follow_up")
+
+
 def clip_from(ctx: Ctx, body: bytes) -> audio.Clip:
-    rate = ctx.request.headers.get("X-Sample-Rate") or ctx.request.args.get("sample_rate")
+    rate = ctx.request.headers.get("X-Sample-Rate") or ctx.query(QUERY).get("sample_rate")
     return audio.validate(audio.from_body(body, ctx.request.content_type, rate), limits)
 
 
@@ -45,7 +48,7 @@ def verify_at_lock(ctx: Ctx) -> Result:
     except errors.BadRequest as exc:  # InvalidAudio, malformed input: logged as an invalid attempt
         verification.record_invalid(rt.db, lock_id, exc.code)
         raise
-    follow_up = ctx.request.args.get("follow_up")
+    follow_up = ctx.query(QUERY).get("follow_up")
     if follow_up is not None and inputs.canonical_uuid(follow_up) is None:
         raise errors.BadRequest("follow_up must be the attempt id of a say_again answer", code="invalid_follow_up")
     result = verification.verify(rt.db, lock_id, clip, encoder, rt.settings, rt.now(), scorer, follow_up=follow_up)

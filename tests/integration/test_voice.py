@@ -222,6 +222,29 @@ def test_raw_pcm_and_json_bodies_are_accepted_too(clients: dict[str, Any], world
     assert signed_verify(clients, world, body, "application/json").get_json()["decision"] == "accepted"
 
 
+def test_the_query_takes_its_two_parameters_once_each(clients: dict[str, Any], world: World) -> None:
+    """A misspelt ``sample_rate`` in the query was ignored and the clip decoded at 44.1 kHz (a wrong voice, scored and
+    counted); a repeated one meant whichever copy the reader kept. Both are refused, logged as invalid attempts."""
+    assert enroll(clients, world.accounts["owner"]).status_code == 201
+    pcm = pcm16(take())
+
+    def post(query: str) -> Any:
+        target = f"/verify?{query}"
+        signed = lock_auth.sign_headers(
+            world.lock_key, world.lock_id, "POST", target, pcm, content_type="application/octet-stream"
+        )
+        return clients["verify"].post(target, data=pcm, headers=signed)
+
+    assert post("sample_rate=44100").get_json()["decision"] == "accepted"
+    for query, code, field in (
+        ("samplerate=44100", "unknown_field", "samplerate"),
+        ("sample_rate=44100&sample_rate=22050", "duplicate_field", "sample_rate"),
+    ):
+        error = post(query).get_json()["error"]
+        assert (error["code"], error["details"]) == (code, {"fields": [field]})
+    assert attempts(world)[-2:] == [("invalid", "unknown_field"), ("invalid", "duplicate_field")]
+
+
 def test_a_different_voiceprint_is_rejected(clients: dict[str, Any], world: World) -> None:
     assert enroll(clients, world.accounts["owner"]).status_code == 201
     negate_voiceprint(world.uid("owner"))

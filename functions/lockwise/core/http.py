@@ -49,6 +49,20 @@ class Ctx:
         query = self.request.query_string.decode("latin-1")
         return self.request.path + (f"?{query}" if query else "")
 
+    def query(self, fields: Collection[str]) -> dict[str, str]:
+        """The query's parameters, each at most once and each one of ``fields`` (400 ``unknown_field``,
+        ``duplicate_field``): a misspelt ``sample_rate`` would have the clip decoded at another rate."""
+        args: dict[str, str] = {}
+        for name, value in self.request.args.items(multi=True):
+            if name in args:
+                raise errors.BadRequest(
+                    f"query parameter {name[:40]!r} appears twice",
+                    code="duplicate_field",
+                    details={"fields": [name[:40]]},
+                )
+            args[name] = value
+        return inputs.only_fields(args, fields, "the query")
+
     def body(self, limit: int | None = None) -> bytes:
         """The raw body, refused with 413 before it is read whole when over ``limit`` (default: the setting)."""
         return read_body(self.request, limit or self.settings.max_body_bytes)
