@@ -26,12 +26,17 @@ scorer = load_scorer(rt.settings, encoder)
 limits = audio.Limits.from_settings(rt.settings)
 
 
-QUERY = ("sample_rate", "follow_up")
-
-
-def clip_from(ctx: Ctx, body: bytes) -> audio.Clip:
-    rate = ctx.request.headers.get("X-Sample-Rate") or ctx.query(QUERY).get("sample_rate")
-    return audio.validate(audio.from_body(body, ctx.request.content_type, rate), limits)
+def attempt_from(ctx: Ctx, body: bytes) -> tuple[audio.Clip, str | None]:
+    """The clip a lock sent and the ``follow_up`` it names (400, 415 or 422 naming what is wrong; the query is
+    checked first, so the answer does not depend on whether the rate came in a header)."""
+    query = ctx.query(("sample_rate", "follow_up"))
+    if query.get("sample_rate") == "":  # named but blank: not "absent", which would decode at 44.1 kHz
+        raise errors.BadRequest("sample_rate is empty", code="unsupported_sample_rate")
+    follow_up = query.get("follow_up")
+    if follow_up is not None and inputs.canonical_uuid(follow_up) is None:
+        raise errors.BadRequest("follow_up must be the attempt id of a say_again answer", code="invalid_follow_up")
+    rate = ctx.request.headers.get("X-Sample-Rate") or query.get("sample_rate")
+    return audio.validate(audio.from_body(body, ctx.request.content_type, rate), limits), follow_up
 
 
 @api.route("GET", "/verify/health")
@@ -44,13 +49,10 @@ def verify_at_lock(ctx: Ctx) -> Result:
     body = ctx.body(audio.max_body_bytes(limits))
     lock_id = lock_auth.signed_by(rt.db, ctx.request.headers, "POST", ctx.target, body, rt.settings)
     try:
-        clip = clip_from(ctx, body)
+        clip, follow_up = attempt_from(ctx, body)
     except errors.BadRequest as exc:  # InvalidAudio, malformed input: logged as an invalid attempt
         verification.record_invalid(rt.db, lock_id, exc.code)
         raise
-    follow_up = ctx.query(QUERY).get("follow_up")
-    if follow_up is not None and inputs.canonical_uuid(follow_up) is None:
-        raise errors.BadRequest("follow_up must be the attempt id of a say_again answer", code="invalid_follow_up")
     result = verification.verify(rt.db, lock_id, clip, encoder, rt.settings, rt.now(), scorer, follow_up=follow_up)
     rt.flush_mirror_soon()  # the person at the door does not wait for the app's activity feed
     if result.decision == "refused":

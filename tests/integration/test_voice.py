@@ -228,21 +228,33 @@ def test_the_query_takes_its_two_parameters_once_each(clients: dict[str, Any], w
     assert enroll(clients, world.accounts["owner"]).status_code == 201
     pcm = pcm16(take())
 
-    def post(query: str) -> Any:
+    def post(query: str, header_rate: str = "") -> Any:  # the rate in the X-Sample-Rate header, or not
         target = f"/verify?{query}"
         signed = lock_auth.sign_headers(
-            world.lock_key, world.lock_id, "POST", target, pcm, content_type="application/octet-stream"
+            world.lock_key,
+            world.lock_id,
+            "POST",
+            target,
+            pcm,
+            content_type="application/octet-stream",
+            sample_rate=header_rate,
         )
         return clients["verify"].post(target, data=pcm, headers=signed)
 
     assert post("sample_rate=44100").get_json()["decision"] == "accepted"
-    for query, code, field in (
-        ("samplerate=44100", "unknown_field", "samplerate"),
-        ("sample_rate=44100&sample_rate=22050", "duplicate_field", "sample_rate"),
-    ):
-        error = post(query).get_json()["error"]
-        assert (error["code"], error["details"]) == (code, {"fields": [field]})
-    assert attempts(world)[-2:] == [("invalid", "unknown_field"), ("invalid", "duplicate_field")]
+    refusals = [
+        ("samplerate=44100", "", "unknown_field", {"fields": ["samplerate"]}),
+        ("sample_rate=44100&sample_rate=22050", "", "duplicate_field", {"fields": ["sample_rate"]}),
+        # with the rate in the header (the firmware guide's choice) the query is checked all the same, first
+        ("samplerate=44100", "44100", "unknown_field", {"fields": ["samplerate"]}),
+        ("follow_up=a&follow_up=b", "44100", "duplicate_field", {"fields": ["follow_up"]}),
+        ("sample_rate=", "", "unsupported_sample_rate", None),  # blank is not "absent" (44.1 kHz)
+        ("sample_rate", "", "unsupported_sample_rate", None),
+    ]
+    for query, header_rate, code, details in refusals:
+        error = post(query, header_rate).get_json()["error"]
+        assert (error["code"], error.get("details")) == (code, details), query
+    assert attempts(world)[-len(refusals) :] == [("invalid", code) for _, _, code, _ in refusals]
 
 
 def test_a_different_voiceprint_is_rejected(clients: dict[str, Any], world: World) -> None:

@@ -141,6 +141,25 @@ def test_a_server_refusing_a_new_connection_is_a_503(monkeypatch: pytest.MonkeyP
     assert caught.value.code == code
 
 
+def test_only_the_sockets_own_timeout_reads_as_a_slow_server() -> None:
+    from pg8000.exceptions import InterfaceError
+
+    def raised(exc: BaseException, cause: BaseException | None = None, context: BaseException | None = None) -> Any:
+        exc.__cause__, exc.__context__ = cause, context
+        return exc
+
+    read = raised(InterfaceError("network error"), TimeoutError("timed out"))
+    assert db_module._timed_out(read)
+    # a transaction's ROLLBACK failing on the timed-out socket is raised over the timeout
+    assert db_module._timed_out(raised(OSError("cannot read from timed out object"), context=read))
+    # the kernel gave up on the path (keepalive or retransmissions): gone, not slow
+    assert not db_module._timed_out(raised(InterfaceError("network error"), TimeoutError(110, "Connection timed out")))
+    assert not db_module._timed_out(raised(InterfaceError("network error"), ConnectionResetError(104, "reset")))
+    # a reset met while rolling back after the model's timeout (not the database's)
+    model = raised(errors.Unavailable("the voice model did not answer in time"), TimeoutError())
+    assert not db_module._timed_out(raised(InterfaceError("network error"), ConnectionResetError(), context=model))
+
+
 def test_database_sockets_are_set_to_probe_an_idle_path_within_a_minute() -> None:
     """Linux waits 2 h before its first keepalive probe; the pool's sockets probe after 30 s idle, every 10 s, three
     times, so a path gone silent shows as the socket's error to the pool's poll (no round trip) within ~a minute."""

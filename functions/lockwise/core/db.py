@@ -197,8 +197,11 @@ class Database:
         except DatabaseError as exc:  # refused at startup: starting up or shutting down (57P03), full (53300)...
             if sock is not None:
                 sock.close()
-            log.warning("the database refused a connection", extra={"fields": {"sqlstate": sqlstate(exc)}})
-            if sqlstate(exc) == TOO_MANY_CONNECTIONS:
+            state = sqlstate(exc) or ""
+            # a wrong password, pg_hba or database name is a misconfiguration, not an outage: say so loudly
+            level = logging.ERROR if state.startswith("28") or state == "3D000" else logging.WARNING
+            log.log(level, "the database refused a connection", extra={"fields": {"sqlstate": state}})
+            if state == TOO_MANY_CONNECTIONS:
                 raise errors.Unavailable("database is busy", code="database_busy") from exc
             raise errors.Unavailable("database is unavailable", code="database_unavailable") from exc
 
@@ -376,10 +379,10 @@ def _timed_out(exc: BaseException) -> bool:
     whose statement timed out raises its ROLLBACK's failure ("cannot read from timed out object") over it."""
     seen: BaseException | None = exc
     for _ in range(8):
-        if seen is None:
+        if not isinstance(seen, InterfaceError | OSError):  # past the network's errors (a model's timeout, say)
             return False
-        if isinstance(seen, TimeoutError):
-            return True
+        if isinstance(seen, TimeoutError) and seen.errno is None:  # the socket's; ETIMEDOUT (errno 110) is a path
+            return True  # the kernel gave up on: gone, not slow
         seen = seen.__cause__ or seen.__context__
     return False
 

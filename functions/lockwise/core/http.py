@@ -53,7 +53,11 @@ class Ctx:
         """The query's parameters, each at most once and each one of ``fields`` (400 ``unknown_field``,
         ``duplicate_field``): a misspelt ``sample_rate`` would have the clip decoded at another rate."""
         args: dict[str, str] = {}
-        for name, value in self.request.args.items(multi=True):
+        try:
+            pairs = list(self.request.args.items(multi=True))
+        except UnicodeDecodeError as exc:  # gunicorn refuses such a request line first; a test client does not
+            raise errors.BadRequest("the query is not UTF-8", code="invalid_text") from exc
+        for name, value in pairs:
             if name in args:
                 raise errors.BadRequest(
                     f"query parameter {name[:40]!r} appears twice",
