@@ -52,20 +52,11 @@ class Ctx:
     def query(self, fields: Collection[str]) -> dict[str, str]:
         """The query's parameters, each at most once and each one of ``fields`` (400 ``unknown_field``,
         ``duplicate_field``): a misspelt ``sample_rate`` would have the clip decoded at another rate."""
-        args: dict[str, str] = {}
         try:
             pairs = list(self.request.args.items(multi=True))
         except UnicodeDecodeError as exc:  # gunicorn refuses such a request line first; a test client does not
             raise errors.BadRequest("the query is not UTF-8", code="invalid_text") from exc
-        for name, value in pairs:
-            if name in args:
-                raise errors.BadRequest(
-                    f"query parameter {name[:40]!r} appears twice",
-                    code="duplicate_field",
-                    details={"fields": [name[:40]]},
-                )
-            args[name] = value
-        return inputs.only_fields(args, fields, "the query")
+        return inputs.only_fields(inputs.unique_fields(pairs, "the query"), fields, "the query")
 
     def body(self, limit: int | None = None) -> bytes:
         """The raw body, refused with 413 before it is read whole when over ``limit`` (default: the setting)."""

@@ -11,9 +11,11 @@ import datetime as dt
 import json
 import re
 from collections.abc import Collection
-from typing import Any
+from typing import Any, TypeVar
 
 from lockwise.core import errors
+
+V = TypeVar("V")
 
 MAX_JSON_DEPTH = 32
 MAX_INT_DIGITS = 20
@@ -58,21 +60,26 @@ def _too_deep(max_depth: int) -> errors.BadRequest:
     return errors.BadRequest(f"JSON nested deeper than {max_depth} levels", code="json_too_deep")
 
 
-def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    """An object whose names are unique (RFC 8259 4: with a name twice, what it means depends on which one a parser
-    keeps: ``{"access": {...}, "access": null}`` kept the last here, a member without limits)."""
+def unique_fields(pairs: list[tuple[str, V]], where: str) -> dict[str, V]:
+    """``pairs`` as a dict, or 400 ``duplicate_field`` naming the first name given twice (RFC 8259 4: with a name
+    twice, what it means depends on which one a reader keeps: ``{"access": {...}, "access": null}`` kept the last
+    here, a member without limits)."""
     obj = dict(pairs)
     if len(obj) != len(pairs):
         seen: set[str] = set()
         for name, _ in pairs:
             if name in seen:
                 raise errors.BadRequest(
-                    f"field {name[:40]!r} appears twice in one object",
+                    f"field {name[:40]!r} appears twice in {where}",
                     code="duplicate_field",
                     details={"fields": [name[:40]]},
                 )
             seen.add(name)
     return obj
+
+
+def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    return unique_fields(pairs, "one object")
 
 
 def _integer(text: str) -> int:
