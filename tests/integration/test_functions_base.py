@@ -290,7 +290,7 @@ def test_a_statement_that_outwaits_the_socket_costs_its_own_connection_only(
                     con.run("SELECT pg_advisory_lock(20261202)")
             finally:
                 held.run("SELECT pg_advisory_unlock(20261202)")
-        assert db._idle == [b]
+        assert db.idle == [b]
         with db.connection() as con:
             assert con is b and con.run("SELECT 1") == [[1]]
     finally:
@@ -317,9 +317,9 @@ read, write = os.pipe()
 pid = os.fork()
 if pid == 0:  # the worker: no request yet
     deadline = time.monotonic() + 10
-    while not rt.db._idle and time.monotonic() < deadline:
+    while not rt.db.idle and time.monotonic() < deadline:
         time.sleep(0.005)
-    opened = list(rt.db._idle)
+    opened = list(rt.db.idle)
     with rt.db.connection() as con:  # the first request's
         reused = bool(opened) and con is opened[0]
     os.write(write, json.dumps({"opened": len(opened), "reused": reused}).encode())
@@ -327,7 +327,7 @@ if pid == 0:  # the worker: no request yet
 os.close(write)
 child = json.loads(os.read(read, 1000))
 os.waitpid(pid, 0)
-print(json.dumps({"master": len(rt.db._idle), **child}))
+print(json.dumps({"master": len(rt.db.idle), **child}))
 """
 
 
@@ -347,7 +347,7 @@ def test_a_database_down_at_boot_is_left_to_the_first_request(caplog: pytest.Log
     db = Database(f"postgresql://lockwise:x@127.0.0.1:{services.free_port()}/lockwise", connect_timeout_s=1)
     with caplog.at_level(logging.WARNING, logger="lockwise.core.db"):
         db.open_one()  # does not raise
-    assert db._idle == []
+    assert db.idle == []
     assert "no database connection opened ahead (database_unavailable)" in caplog.text
 
 

@@ -15,11 +15,7 @@ from lockwise.core.db import Database
 class Recorded:
     """A connection that records what it was asked; ``answers`` False makes every statement fail as a reset does."""
 
-    made = 0
-
     def __init__(self) -> None:
-        Recorded.made += 1
-        self.number = Recorded.made
         self.asked: list[str] = []
         self.answers = True
         self.slow: str | None = None  # a statement that outlasts the socket's timeout
@@ -62,9 +58,7 @@ def test_a_connection_idle_past_the_window_is_asked_first(pool: Database) -> Non
     assert first.asked == [""]  # type: ignore[attr-defined]
 
 
-def test_one_that_does_not_answer_is_replaced_with_every_other_idle_one(
-    pool: Database, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_one_that_does_not_answer_is_replaced_with_every_other_idle_one(pool: Database) -> None:
     with pool.connection() as a, pool.connection() as b:
         pass
     for con in (a, b):
@@ -104,7 +98,7 @@ def test_a_new_connection_lost_as_its_transaction_begins_is_closed_and_a_503(
     monkeypatch.setattr(pool, "connect", lost)
     with pytest.raises(errors.Unavailable), pool.transaction():
         pass
-    assert len(made) == 1 and made[0].closed and pool._idle == []  # not begun again: nothing was pooled
+    assert len(made) == 1 and made[0].closed and pool.idle == []  # not begun again: nothing was pooled
 
 
 def test_a_lost_connection_takes_the_idle_ones_with_it_and_a_timed_out_one_goes_alone(pool: Database) -> None:
@@ -114,7 +108,7 @@ def test_a_lost_connection_takes_the_idle_ones_with_it_and_a_timed_out_one_goes_
         assert con is a
         a.slow = "SELECT pg_sleep(10)"  # type: ignore[attr-defined]  # waiting on a row lock, say
         con.run("SELECT pg_sleep(10)")
-    assert a.closed and not b.closed and pool._idle == [b]  # type: ignore[attr-defined]
+    assert a.closed and not b.closed and pool.idle == [b]  # type: ignore[attr-defined]  # not emptied
     with pytest.raises(errors.Unavailable, match="connection lost"), pool.connection() as con:
         assert con is b
         b.answers = False  # type: ignore[attr-defined]
@@ -124,7 +118,7 @@ def test_a_lost_connection_takes_the_idle_ones_with_it_and_a_timed_out_one_goes_
     with pytest.raises(errors.Unavailable, match="connection lost"), pool.connection() as con:
         con.answers = False  # type: ignore[attr-defined]
         con.run("SELECT 1")
-    assert c.closed and d.closed and pool._idle == []  # type: ignore[attr-defined]
+    assert c.closed and d.closed and pool.idle == []  # type: ignore[attr-defined]
 
 
 @pytest.mark.parametrize(("state", "code"), [("53300", "database_busy"), ("57P03", "database_unavailable")])

@@ -16,7 +16,6 @@ with driver text.
 from __future__ import annotations
 
 import logging
-import math
 import select
 import socket
 import threading
@@ -164,8 +163,7 @@ class Database:
         self.pool_size = pool_size
         self.connect_timeout_s = connect_timeout_s
         self.check_idle_after_s = check_idle_after_s
-        self._idle: list[Connection] = []
-        self._idle_since: dict[int, float] = {}  # id(connection) -> when it went back to the pool
+        self._idle: list[tuple[Connection, float]] = []  # each with when it went back (``time.monotonic``)
         self._slots = threading.BoundedSemaphore(pool_size)
         self._lock = threading.Lock()
         self._tls: Any = None  # one ssl.SSLContext for every connection (loading the system CAs takes ~30 ms)
@@ -258,8 +256,7 @@ class Database:
             finally:
                 if con is not None:
                     with self._lock:
-                        self._idle.append(con)
-                        self._idle_since[id(con)] = time.monotonic()
+                        self._idle.append((con, time.monotonic()))
         finally:
             self._slots.release()
 
@@ -327,10 +324,9 @@ class Database:
         path, and each would cost a request the same wait."""
         while True:
             with self._lock:
-                con = self._idle.pop() if self._idle else None
-                since = self._idle_since.pop(id(con), -math.inf) if con is not None else -math.inf
-            if con is None:
-                return None
+                if not self._idle:
+                    return None
+                con, since = self._idle.pop()
             if _ended_by_server(con):
                 log.info("a pooled database connection was ended by the server (a restart, say): replaced")
                 _close_quietly(con)
@@ -344,14 +340,19 @@ class Database:
             _close_quietly(con)
             self._drop_idle()
 
+    @property
+    def idle(self) -> list[Connection]:
+        """The connections waiting in the pool, the most recently used last."""
+        with self._lock:
+            return [con for con, _ in self._idle]
+
     def close(self) -> None:
         self._drop_idle()
 
     def _drop_idle(self) -> None:
         with self._lock:
             idle, self._idle = self._idle, []
-            self._idle_since.clear()
-        for con in idle:
+        for con, _ in idle:
             _close_quietly(con)
 
 
