@@ -88,7 +88,6 @@ def test_parse_access_builds_columns() -> None:
         ("guest", {"valid_from": "yesterday"}),
         ("guest", {"valid_from": "2030-01-01T00:00:00"}),  # no offset
         ("guest", {"valid_from": "2030-01-02T00:00:00Z", "valid_until": "2030-01-01T00:00:00Z"}),
-        ("guest", {"colour": "red"}),
         ("guest", "not an object"),
     ],
 )
@@ -138,3 +137,10 @@ def test_a_member_request_names_what_is_misplaced_and_what_is_unknown() -> None:
     assert str(unknown.value).endswith("it takes access, email, role, uid")  # the top level only, not the limits
     body = {"role": "guest", "uid": "x", "access": {"weekdays": ["mon"]}}
     assert members.request_body(body, ("role", "uid", "email", "access")) is body
+
+
+def test_a_field_access_does_not_take_is_named_as_any_unknown_field_is() -> None:
+    with pytest.raises(errors.BadRequest) as caught:
+        parse_access("guest", {"access": {"colour": "red", "weekdays": ["mon"]}})
+    assert caught.value.code == "unknown_field" and caught.value.details == {"fields": ["colour"]}
+    assert "in access" in str(caught.value)

@@ -41,8 +41,13 @@ def refuse_when_full(wait: int, message: str, code: str) -> None:
         raise errors.RateLimited(message, retry_after_s=wait, code=code)
 
 
-def take(con: Connection, table: str, uid: str, limit: int, *, message: str, code: str) -> None:
-    """One more row for ``uid`` in ``table``, a per-user daily quota (``user_uid``, ``created_at``, ``expires_at``),
-    or 429 ``code``."""
+def check(con: Connection, table: str, uid: str, limit: int, *, message: str, code: str) -> None:
+    """429 ``code`` when ``uid``'s per-user daily quota in ``table`` (``user_uid``, ``created_at``, ``expires_at``)
+    is full; nothing recorded (a read ahead of costly work; ``take`` then counts, under the user's lock)."""
     refuse_when_full(day_wait(con, table, "user_uid", uid, limit), message, code)
+
+
+def take(con: Connection, table: str, uid: str, limit: int, *, message: str, code: str) -> None:
+    """One more row for ``uid`` in ``table``, a per-user daily quota, or 429 ``code`` (``check``)."""
+    check(con, table, uid, limit, message=message, code=code)
     con.run(f"INSERT INTO {table} (user_uid) VALUES (:u)", u=uid)

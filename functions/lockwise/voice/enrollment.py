@@ -46,8 +46,7 @@ def enroll(
     # sample); the share is taken, exactly, under the user's row below
     with db.connection() as con:
         _refuse_past_the_limit(comparisons_wait(con, uid, settings.enroll_comparisons))
-        runs_wait = quotas.day_wait(con, "enrollment_runs", "user_uid", uid, settings.enrollments_per_day)
-        quotas.refuse_when_full(runs_wait, _runs_message(settings.enrollments_per_day), "enrollment_limit")
+        _count_a_run(con, uid, settings.enrollments_per_day, count=False)
     for i, clip in enumerate(clips):
         speech = audio.speech_seconds(clip.samples, clip.rate)
         _at_least(i, "speech_s", speech, rules.enroll_min_speech_s, "too_little_speech", "of speech")
@@ -120,22 +119,14 @@ def comparisons_wait(con: Connection, uid: str, limit: int) -> int:
     return quotas.day_wait(con, "enrollment_comparisons", "user_uid", uid, limit)
 
 
-def _runs_message(limit: int) -> str:
-    return f"you enrolled your voice {limit} times in the last 24 hours; try again later"
-
-
-def _count_a_run(con: Connection, uid: str, limit: int) -> None:
+def _count_a_run(con: Connection, uid: str, limit: int, *, count: bool = True) -> None:
     """Count an enrollment that goes on to the model (every sample embedded), or refuse it (429 ``enrollment_limit``)
     once ``uid`` had ``limit`` in the last 24 hours: one with no co-member to compare was free, and one account could
-    keep an instance busy (attack run). The caller holds the user's row; a failing enrollment counts too."""
-    quotas.take(
-        con,
-        "enrollment_runs",
-        uid,
-        limit,
-        message=_runs_message(limit),
-        code="enrollment_limit",
-    )
+    keep an instance busy (attack run). The caller holds the user's row; a failing enrollment counts too.
+    ``count=False``: only refuse (the read before any voice model runs)."""
+    quota = quotas.take if count else quotas.check
+    message = f"you enrolled your voice {limit} times in the last 24 hours; try again later"
+    quota(con, "enrollment_runs", uid, limit, message=message, code="enrollment_limit")
 
 
 def _refuse_past_the_limit(wait: int) -> None:
