@@ -20,6 +20,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -182,9 +183,6 @@ def main(argv: list[str] | None = None) -> int:
         def verify_probe(base: str) -> bool:
             return signed_post(base, key, lock_id, body, requests.Session()).status_code == 200
 
-        def forget() -> None:  # after each cold start's answer, untimed: the lockout stays out of the next
-            forget_attempts(db, lock_id)
-
         probes = {
             "verify": verify_probe,
             "embed": lambda base: (
@@ -192,6 +190,7 @@ def main(argv: list[str] | None = None) -> int:
             ),
             "devices": lambda base: requests.get(base + "/devices/health", timeout=5).status_code in (200, 503),
         }
+        forget = partial(forget_attempts, db, lock_id)  # after each cold start's answer, untimed
         with built_bundles(*probes) as bundles:
             cold = {
                 name: pct([cold_start(fn_env, name, probe, bundles[name], forget) for _ in range(args.cold_runs)], 50)

@@ -22,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import requests
@@ -209,9 +210,7 @@ def main(argv: list[str] | None = None) -> int:
             def verify_probe(base: str) -> bool:
                 return signed_post(base, key, lock_id, body, requests.Session()).status_code == 200
 
-            def forget() -> None:  # after each cold start's answer, untimed
-                forget_attempts(db, lock_id)
-
+            forget = partial(forget_attempts, db, lock_id)  # after each cold start's answer, untimed
             runs: dict[str, list[float]] = {"speechbrain": [], "onnx": []}
             with built_bundles("verify") as bundles:
                 for _ in range(args.cold_runs):
