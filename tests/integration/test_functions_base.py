@@ -298,6 +298,134 @@ def test_a_statement_that_outwaits_the_socket_costs_its_own_connection_only(
         holder.close()
 
 
+@pytest.mark.parametrize("in_transaction", [False, True])
+def test_the_server_stops_a_statement_at_its_timeout_and_the_connection_is_kept(
+    stack_env: dict[str, str], in_transaction: bool
+) -> None:
+    """A statement waiting on a lock used to wait until the socket gave up, with the server still waiting after the
+    caller had gone (a write outside a transaction was then made after its 503, once the lock came free): the
+    server now stops it itself (``statement_timeout``, below the socket's), a 503 ``database_busy`` to try again,
+    and the connection, whose protocol is intact, is kept."""
+    from lockwise.core import errors
+
+    holder = Database(stack_env["DATABASE_URL"], pool_size=1)
+    db = Database(stack_env["DATABASE_URL"], pool_size=1, statement_timeout_s=0.3)
+    try:
+        with db.connection() as con:
+            assert con.run("SHOW statement_timeout") == [["300ms"]]
+            assert con.run("SHOW idle_in_transaction_session_timeout") == [["1min"]]
+            kept = con
+            pid = con.run("SELECT pg_backend_pid()")[0][0]
+        with holder.connection() as held:
+            held.run("SELECT pg_advisory_lock(20261204)")
+            try:
+                borrowed = db.transaction() if in_transaction else db.connection()
+                started = time.monotonic()
+                with pytest.raises(errors.Unavailable, match="did not answer in time; try again") as caught:
+                    with borrowed as con:
+                        con.run("SELECT pg_advisory_lock(20261204)")
+                assert caught.value.code == "database_busy" and time.monotonic() - started < 3
+                # the server is no longer waiting for the lock on the caller's behalf
+                waiting = held.run("SELECT wait_event_type FROM pg_stat_activity WHERE pid = :p", p=pid)
+                assert waiting == [[None]] or waiting == [["Client"]]
+            finally:
+                held.run("SELECT pg_advisory_unlock(20261204)")
+        assert db.idle == [kept]
+        with db.connection() as con:
+            assert con is kept and con.run("SELECT pg_try_advisory_lock(20261204)") == [[True]]
+            con.run("SELECT pg_advisory_unlock(20261204)")
+    finally:
+        db.close()
+        holder.close()
+
+
+def test_a_deadlock_is_a_503_to_try_again_not_a_500(stack_env: dict[str, str]) -> None:
+    """Two transactions taking the same two locks in opposite orders: PostgreSQL stops one (40P01), which pg8000
+    raised as a DatabaseError, answered 500 ``internal`` with no hint that a second try succeeds. The other commits;
+    both connections stay pooled."""
+    import threading
+
+    from lockwise.core import errors
+
+    db = Database(stack_env["DATABASE_URL"], pool_size=2)
+    both_hold_one = threading.Barrier(2, timeout=10)
+    outcomes: dict[int, str] = {}
+
+    def take(first: int, second: int) -> None:
+        try:
+            with db.transaction() as con:
+                con.run("SELECT pg_advisory_xact_lock(:k)", k=first)
+                both_hold_one.wait()
+                con.run("SELECT pg_advisory_xact_lock(:k)", k=second)
+            outcomes[first] = "committed"
+        except errors.Unavailable as exc:
+            outcomes[first] = f"{exc.code}: {exc.message}"
+
+    try:
+        threads = [threading.Thread(target=take, args=pair) for pair in ((20261205, 20261206), (20261206, 20261205))]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=30)
+        assert sorted(outcomes.values()) == [
+            "committed",
+            "database_busy: the database stopped a transaction that ran into another; try again",
+        ]
+        assert len(db.idle) == 2
+    finally:
+        db.close()
+
+
+def test_a_server_that_can_no_longer_write_is_a_503_and_its_connections_are_replaced(
+    stack_env: dict[str, str],
+) -> None:
+    """After a failover the old primary, now a standby, refuses every write (25006, read-only): each pooled
+    connection made to it would fail the same way, so all of them go."""
+    from lockwise.core import errors
+
+    db = Database(stack_env["DATABASE_URL"], pool_size=2)
+    try:
+        with db.connection() as a, db.connection() as b:
+            pass
+        with pytest.raises(errors.Unavailable, match="cannot write now") as caught, db.transaction() as con:
+            assert con is a
+            con.run("SET TRANSACTION READ ONLY")  # as every transaction on a standby is
+            con.run("CREATE TEMP TABLE failover_probe (x int)")
+        assert caught.value.code == "database_unavailable"
+        assert db.idle == []
+        with db.connection() as con:
+            assert con not in (a, b) and con.run("SELECT 1") == [[1]]
+    finally:
+        db.close()
+
+
+def test_a_request_waiting_on_a_busy_table_is_a_json_503_and_writes_nothing(make_client: Any, sign_up: Any) -> None:
+    """An app request whose first write waits on rows another session holds (a long migration, a stuck
+    transaction): the server stops the statement, the app gets 503 ``database_busy`` (not a 500), nothing is written,
+    and the same request succeeds once the table is free."""
+    account = sign_up()
+    rt = get_runtime("devices")
+    rt.db.statement_timeout_s = 0.3
+    rt.db.close()  # the pooled connections were made with the default
+    holder = Database(os.environ["DATABASE_URL"], pool_size=1)
+    client = make_client("devices")
+    headers = {"Authorization": f"Bearer {account['idToken']}"}
+    try:
+        with holder.transaction() as held:
+            held.run("LOCK TABLE users IN SHARE MODE")  # reads go on, writes wait
+            resp = client.get("/devices/me", headers=headers)
+            assert resp.status_code == 503, resp.get_data(as_text=True)
+            assert resp.get_json()["error"]["code"] == "database_busy"
+        with holder.connection() as con:
+            assert con.run("SELECT count(*) FROM users WHERE uid = :u", u=account["localId"]) == [[0]]
+        resp = client.get("/devices/me", headers=headers)
+        assert resp.status_code == 200 and resp.get_json()["uid"] == account["localId"]
+    finally:
+        holder.close()
+        rt.db.close()
+        get_runtime.cache_clear()
+
+
 def test_a_server_refusing_a_connection_at_startup_is_a_503_not_a_500(stack_env: dict[str, str]) -> None:
     """pg8000 raises what the server refuses at startup (a database that does not exist here; starting up, too
     many clients in a failover) as a DatabaseError, which the API answered 500 ``internal``."""

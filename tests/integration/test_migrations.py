@@ -86,6 +86,46 @@ def test_a_failing_migration_leaves_nothing_behind(fresh_db: Database) -> None:
         con.close()
 
 
+def test_a_migration_waiting_on_a_busy_table_gives_up_and_applies_nothing(
+    fresh_db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An ALTER waiting for a table's lock (a long transaction holds it) queues every request on that table behind
+    it: the migration gives up after its lock timeout with a message saying so, and nothing of it is applied."""
+    con, holder = fresh_db.connect(), fresh_db.connect()
+    try:
+        migrate.apply(con)
+        monkeypatch.setattr(migrate, "LOCK_TIMEOUT_S", 0.3)
+        holder.run("START TRANSACTION")
+        holder.run("SELECT count(*) FROM users")  # a reader in a long transaction
+        alter = migrate.Migration(9998, "busy", "CREATE TABLE first_half (id int); ALTER TABLE users ADD note text;")
+        with pytest.raises(migrate.MigrationError, match="0.3 s for a lock another session holds"):
+            migrate.apply(con, [*migrate.load(), alter])
+        holder.run("COMMIT")
+        assert "first_half" not in tables(con)
+        assert con.run("SELECT count(*) FROM schema_migrations WHERE version = 9998") == [[0]]
+        assert [m.version for m in migrate.apply(con, [*migrate.load(), alter])] == [9998]  # run again: applied
+    finally:
+        holder.close()
+        con.close()
+
+
+def test_the_migration_job_lets_a_long_statement_run(
+    fresh_db: Database, postgres: Postgres, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The request path's connections are stopped after 4 s; the job's are not (an index over a large table)."""
+    seen: list[object] = []
+
+    def record(con: object) -> list[migrate.Migration]:
+        seen.append(con.run("SHOW statement_timeout"))  # type: ignore[attr-defined]
+        return []
+
+    monkeypatch.setenv("DATABASE_URL", postgres.url.rsplit("/", 1)[0] + f"/{fresh_db.params.database}")
+    monkeypatch.setattr(migrate, "apply", record)
+    monkeypatch.setattr("lockwise.core.log.configure", lambda *_a, **_k: None)  # leave the test run's logging be
+    assert migrate.main([]) == 0
+    assert seen == [[["10min"]]]
+
+
 def _expect(con: object, state: str, sql: str, **params: object) -> None:
     run = con.run  # type: ignore[attr-defined]
     run("SAVEPOINT s")

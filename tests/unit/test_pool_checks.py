@@ -19,6 +19,7 @@ class Recorded:
         self.asked: list[str] = []
         self.answers = True
         self.slow: str | None = None  # a statement that outlasts the socket's timeout
+        self.refused: dict[str, str] = {}  # a statement the server refuses, with its SQLSTATE
         self.closed = False
         self.columns: list[dict[str, Any]] | None = None
 
@@ -28,6 +29,10 @@ class Recorded:
             raise ConnectionResetError("reset by peer")
         if sql == self.slow:
             raise TimeoutError("timed out")
+        if sql in self.refused:
+            from pg8000.exceptions import DatabaseError
+
+            raise DatabaseError({"S": "ERROR", "C": self.refused[sql], "M": "refused"})
         return []
 
     def close(self) -> None:
@@ -170,3 +175,56 @@ def test_database_sockets_are_set_to_probe_an_idle_path_within_a_minute() -> Non
         finally:
             sock.close()
     assert got == {"TCP_NODELAY": 1, "TCP_KEEPIDLE": 30, "TCP_KEEPINTVL": 10, "TCP_KEEPCNT": 3}
+
+
+@pytest.mark.parametrize(
+    ("state", "code", "what"),
+    [
+        ("40P01", "database_busy", "ran into another"),  # deadlock detected
+        ("40001", "database_busy", "ran into another"),  # serialization failure
+        ("55P03", "database_busy", "waited too long for a lock"),  # lock_timeout
+        ("57014", "database_busy", "did not answer in time"),  # statement_timeout
+        ("53100", "database_busy", "out of resources"),  # disk full
+    ],
+)
+def test_what_the_server_refuses_for_now_is_a_503_to_try_again_and_the_connection_stays(
+    pool: Database, state: str, code: str, what: str
+) -> None:
+    """pg8000 raises these as a DatabaseError, which the API answered 500 ``internal`` (no hint to try again)."""
+    with pool.connection() as a, pool.connection() as b:
+        pass
+    for borrowed in (pool.connection, pool.transaction):
+        with pytest.raises(errors.Unavailable, match=f"{what}; try again") as caught, borrowed() as con:
+            assert con is a
+            a.refused["UPDATE locks"] = state  # type: ignore[attr-defined]
+            con.run("UPDATE locks")
+        assert caught.value.code == code
+        assert not a.closed and pool.idle == [b, a]  # type: ignore[attr-defined]  # the server is there: kept
+    assert a.asked[-2:] == ["UPDATE locks", "ROLLBACK"]  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("state", ["25006", "57P01", "08006", "25P03"])
+def test_a_server_that_is_going_away_or_can_no_longer_write_costs_every_idle_connection(
+    pool: Database, state: str
+) -> None:
+    """Read-only (a failover's old primary, now a standby), shutting down, or the connection failed: a 503, and the
+    pooled connections, all made to that server, are replaced."""
+    with pool.connection() as a, pool.connection() as b:
+        pass
+    with pytest.raises(errors.Unavailable, match="try again") as caught, pool.transaction() as con:
+        assert con is a
+        a.refused["INSERT INTO attempts"] = state  # type: ignore[attr-defined]
+        con.run("INSERT INTO attempts")
+    assert caught.value.code == "database_unavailable"
+    assert a.closed and b.closed and pool.idle == []  # type: ignore[attr-defined]
+
+
+def test_what_the_server_refuses_for_good_is_raised_as_it_is(pool: Database) -> None:
+    """A constraint (the caller's to handle: a pairing code taken) or a fault in the SQL stays the driver's error."""
+    from pg8000.exceptions import DatabaseError
+
+    for state in ("23505", "42P01", "22P02"):
+        with pytest.raises(DatabaseError), pool.transaction() as con:
+            con.refused["INSERT"] = state  # type: ignore[attr-defined]
+            con.run("INSERT")
+        assert pool.idle == [con]

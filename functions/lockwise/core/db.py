@@ -8,9 +8,10 @@ more than ``check_idle_after_s`` idle, as HikariCP checks a connection idle past
 replaced with every other idle one. One used more recently is lent unasked (a busy instance pays no round trip): a
 transaction that finds it lost as it begins is begun again on a new connection. A connection lost anywhere else
 (reset, or its stream ended) takes every idle one with it; one whose statement outlasted the socket's timeout is
-closed alone (the server may only be slow: a statement waiting on a row lock). Either surfaces as
-``Unavailable("database")`` (503), as does a server refusing a new connection (starting up, full), never as a 500
-with driver text.
+closed alone (the server may only be slow; a statement waiting on a row lock is stopped by the server first, at
+``STATEMENT_TIMEOUT_S``). Either surfaces as ``Unavailable("database")`` (503), as does a server refusing a new
+connection (starting up, full) or a statement for now (``PASSING_REFUSALS``: a deadlock, a timeout, a read-only
+server after a failover), never as a 500 with driver text.
 """
 
 from __future__ import annotations
@@ -86,8 +87,31 @@ class PreparingConnection(pg8000.native.Connection):  # type: ignore[misc]  # pg
 UNIQUE_VIOLATION = "23505"
 FOREIGN_KEY_VIOLATION = "23503"
 CHECK_VIOLATION = "23514"
-SERIALIZATION_FAILURE = "40001"
 TOO_MANY_CONNECTIONS = "53300"
+#: what the server answers when it could not run a statement now but may on the next try, by SQLSTATE (or its
+#: class's first two characters): a 503 with the caller's words, not a 500 with the driver's. "busy": the server is
+#: there and the connection stays usable; "gone": it is going away or can no longer write (a fast shutdown, a
+#: failover's old primary now a read-only standby), so the connection and every idle one are replaced.
+PASSING_REFUSALS: dict[str, tuple[str, str]] = {
+    "40001": ("busy", "the database stopped a transaction that ran into another"),  # serialization failure
+    "40P01": ("busy", "the database stopped a transaction that ran into another"),  # deadlock detected
+    "55P03": ("busy", "the database waited too long for a lock"),  # lock not available (lock_timeout)
+    "57014": ("busy", "the database did not answer in time"),  # canceled: statement_timeout, or an operator
+    "53": ("busy", "the database is out of resources"),  # disk full, out of memory, too many connections
+    "57P": ("gone", "the database is restarting"),  # admin or crash shutdown, cannot connect now
+    "08": ("gone", "the database connection failed"),
+    "25006": ("gone", "the database cannot write now (a failover is under way)"),  # read-only transaction
+    "25P03": ("gone", "the database ended a transaction left idle"),  # idle_in_transaction_session_timeout
+}
+#: a pooled connection's statement is stopped by the server after this long (``statement_timeout``, which counts
+#: the wait for a row lock), a little before the socket's own timeout gives up on it: the server then stops waiting
+#: as the caller does (a write given up on by the caller is never made later) and the connection is kept
+STATEMENT_TIMEOUT_S = 4.0
+#: a transaction left open without a statement this long is ended by the server, with its row locks
+#: (``idle_in_transaction_session_timeout``): an instance frozen or cut off mid-request does not hold a lock's rows
+#: for the server's TCP keepalive (2 h by default). Far above the longest wait inside one (verify's forward pass,
+#: ``FORWARD_WAIT_S``, 20 s).
+IDLE_IN_TRANSACTION_S = 60.0
 #: "cached plan must not change result type" (a table the statement reads was altered), "prepared statement does
 #: not exist"
 STALE_PLAN = frozenset({"0A000", "26000"})
@@ -157,11 +181,17 @@ class Database:
     pause pays one round trip, 0.07-0.23 ms locally: ``./dev bench pool``)."""
 
     def __init__(
-        self, url: str, pool_size: int = 4, connect_timeout_s: float = 5.0, check_idle_after_s: float = 0.5
+        self,
+        url: str,
+        pool_size: int = 4,
+        connect_timeout_s: float = 5.0,
+        check_idle_after_s: float = 0.5,
+        statement_timeout_s: float = STATEMENT_TIMEOUT_S,
     ) -> None:
         self.params = ConnectParams.from_url(url)
         self.pool_size = pool_size
         self.connect_timeout_s = connect_timeout_s
+        self.statement_timeout_s = statement_timeout_s
         self.check_idle_after_s = check_idle_after_s
         self._idle: list[tuple[Connection, float]] = []  # each with when it went back (``time.monotonic``)
         self._slots = threading.BoundedSemaphore(pool_size)
@@ -174,7 +204,11 @@ class Database:
         kwargs: dict[str, Any] = {"user": p.user, "password": p.password, "database": p.database}
         # each run of a prepared statement planned for its parameters, as an unnamed statement is: a generic plan
         # (the server's choice after five runs) may scan where the values at hand would use an index
-        kwargs["startup_params"] = {"plan_cache_mode": "force_custom_plan"}
+        kwargs["startup_params"] = {
+            "plan_cache_mode": "force_custom_plan",
+            "statement_timeout": f"{round(self.statement_timeout_s * 1000)}",
+            "idle_in_transaction_session_timeout": f"{round(IDLE_IN_TRANSACTION_S * 1000)}",
+        }
         # without TLS, say so: pg8000's default (None) builds a CA-loading context (~30 ms) and asks the server for
         # TLS first (one more round trip) on every connection, then goes on in the clear when it is refused
         kwargs["ssl_context"] = self._tls_context() if p.ssl else False
@@ -243,11 +277,21 @@ class Database:
                     raise errors.Unavailable("database did not answer in time", code="database_unavailable") from exc
                 self._drop_idle()
                 raise errors.Unavailable("database connection lost", code="database_unavailable") from exc
-            except (errors.LockwiseError, DatabaseError):
-                if con is not None and not _in_idle_state(con):
+            except (errors.LockwiseError, DatabaseError) as exc:
+                state = sqlstate(exc)
+                refusal = _passing_refusal(state)
+                gone = refusal is not None and refusal[0] == "gone"
+                if con is not None and (gone or not _in_idle_state(con)):
                     _close_quietly(con)
                     con = None
-                raise
+                if refusal is None:
+                    raise
+                if gone:
+                    self._drop_idle()
+                log.warning("the database refused a statement for now", extra={"fields": {"sqlstate": state}})
+                raise errors.Unavailable(
+                    f"{refusal[1]}; try again", code="database_unavailable" if gone else "database_busy"
+                ) from exc
             except BaseException:
                 if con is not None:
                     _close_quietly(con)
@@ -372,6 +416,14 @@ def _ended_by_server(con: Connection) -> bool:
         return bool(poller.poll(0))
     except Exception:  # noqa: BLE001 - closed underneath, or a socket poll refuses: not worth keeping
         return True
+
+
+def _passing_refusal(state: str | None) -> tuple[str, str] | None:
+    """``PASSING_REFUSALS``' entry for this SQLSTATE (its own, else its class's), or None: anything else the server
+    refuses (a constraint, a type) is the caller's to handle or a fault in the code, raised as it is."""
+    if state is None:
+        return None
+    return PASSING_REFUSALS.get(state) or PASSING_REFUSALS.get(state[:3]) or PASSING_REFUSALS.get(state[:2])
 
 
 def _timed_out(exc: BaseException) -> bool:

@@ -15,13 +15,20 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from lockwise.core.db import Connection, Database
+from lockwise.core.db import Connection, Database, sqlstate
 
 log = logging.getLogger("lockwise.core.migrate")
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 _NAME_RE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 _ADVISORY_KEY = 0x10C4_3153  # arbitrary, stable: "lockwise migrations"
+#: the job's statements may run long (an index built over a large table; the request path's connections are stopped
+#: after ``db.STATEMENT_TIMEOUT_S``), and a second run waits this long for the first to finish ...
+STATEMENT_TIMEOUT_S = 600.0
+#: ... but a migration waiting for a table's lock queues every request that touches the table behind it: it gives
+#: up after this long (55P03), nothing applied, and the job is run again
+LOCK_TIMEOUT_S = 5.0
+LOCK_NOT_AVAILABLE = "55P03"
 
 
 class MigrationError(RuntimeError):
@@ -73,6 +80,7 @@ def apply(con: Connection, migrations: list[Migration] | None = None) -> list[Mi
                 continue
             con.run("START TRANSACTION")
             try:
+                con.run(f"SET LOCAL lock_timeout = '{round(LOCK_TIMEOUT_S * 1000)}ms'")
                 con.run(migration.sql)
                 con.run(
                     "INSERT INTO schema_migrations (version, name, checksum) VALUES (:v, :n, :c)",
@@ -81,8 +89,13 @@ def apply(con: Connection, migrations: list[Migration] | None = None) -> list[Mi
                     c=migration.checksum,
                 )
                 con.run("COMMIT")
-            except BaseException:
+            except BaseException as exc:
                 con.run("ROLLBACK")
+                if sqlstate(exc) == LOCK_NOT_AVAILABLE:
+                    raise MigrationError(
+                        f"migration {migration.version:04d}_{migration.name} waited over {LOCK_TIMEOUT_S:g} s for a"
+                        " lock another session holds (a long transaction?); nothing applied: run the job again"
+                    ) from exc
                 raise
             log.info("applied migration %04d_%s", migration.version, migration.name)
             applied.append(migration)
@@ -97,7 +110,10 @@ def main(argv: list[str] | None = None) -> int:
 
     settings = DatabaseSettings.from_env()
     lwlog.configure("migrate", settings.log_level)
-    con = Database(settings.database_url).connect()
+    job = Database(
+        settings.database_url, connect_timeout_s=STATEMENT_TIMEOUT_S + 30, statement_timeout_s=STATEMENT_TIMEOUT_S
+    )
+    con = job.connect()
     try:
         applied = apply(con)
     finally:
