@@ -557,6 +557,52 @@ def test_deleting_voice_data_removes_the_scores_it_produced(clients: dict[str, A
     assert rows[1][:2] == ["rejected", None]
 
 
+def test_deleting_voice_data_waits_for_a_decision_already_reading_it(
+    clients: dict[str, Any], world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A verify decision that has read the member's voiceprint and is still deciding when the member deletes their
+    voice data: the deletion used to answer 204 at once, then the door opened on that voice and its score (and
+    fingerprint) were written after the deletion (an attack run, 11 of 12 rounds). Now the deletion waits for that
+    decision, then scrubs what it wrote; the next attempt finds no voiceprint."""
+    from lockwise.voice import voiceprints
+
+    assert enroll(clients, world.accounts["member"]).status_code == 201
+    encoder_class = served_encoder_class()
+    real_embed, real_candidates = encoder_class.embed, voiceprints.candidates
+    read, release = threading.Event(), threading.Event()
+
+    def candidates_then_note(*args: Any, **kwargs: Any) -> Any:
+        found = real_candidates(*args, **kwargs)
+        read.set()
+        return found
+
+    def held_embed(self: Any, samples: Any, rate: int) -> Any:
+        release.wait(30)
+        return real_embed(self, samples, rate)
+
+    monkeypatch.setattr(voiceprints, "candidates", candidates_then_note)
+    monkeypatch.setattr(encoder_class, "embed", held_embed)
+    with ThreadPoolExecutor(2) as pool:
+        deciding = pool.submit(signed_verify, clients, world, wav(take()))
+        assert read.wait(30)  # the voiceprint is read; the forward pass waits for the test
+        deleting = pool.submit(clients["embed"].delete, "/embed/enrollment", headers=world.headers("member"))
+        time.sleep(0.5)
+        assert not deleting.done()  # it waits for the decision under way
+        release.set()
+        decided = deciding.result(30).get_json()
+        assert deleting.result(30).status_code == 204
+    assert decided["decision"] == "accepted"  # decided before the deletion: the door opened then
+    with get_runtime("verify").db.connection() as con:
+        rows = con.run(
+            "SELECT outcome, matched_uid, score, cosine FROM verification_attempts WHERE lock_id = CAST(:l AS uuid)",
+            l=world.lock_id,
+        )
+        prints = con.run("SELECT count(*) FROM voice_fingerprints WHERE speaker_uid = :u", u=world.uid("member"))
+    assert rows == [["accepted", world.uid("member"), None, None]] and prints == [[0]]
+    again = signed_verify(clients, world, wav(take())).get_json()
+    assert again["decision"] == "rejected"
+
+
 def test_default_lockout_is_thirty_seconds_doubling() -> None:
     import datetime as dt
 

@@ -70,7 +70,18 @@ def delete(con: Connection, uid: str) -> int:
 
     Comparison results tied to it go too: the scores of every attempt it matched, and the fingerprints of the
     enrollment samples and of every attempt that opened a door with this voice. An accepted attempt keeps who
-    opened the door (an access record, not biometric data); a rejected one never names the closest voiceprint."""
+    opened the door (an access record, not biometric data); a rejected one never names the closest voiceprint.
+
+    First it takes every lock the user belongs to (``FOR NO KEY UPDATE``, in id order): a verify decision holds its
+    lock's row (``FOR SHARE``) from before it reads the candidates until it commits, so a decision already reading
+    this voiceprint finishes first (its attempt and fingerprint, committed, are then scrubbed below) and one that
+    begins meanwhile waits and finds no voiceprint. Without it a door could open on this voice after the deletion
+    was answered, leaving its score and fingerprint behind."""
+    con.run(
+        "SELECT 1 FROM locks WHERE id IN (SELECT lock_id FROM lock_members WHERE user_uid = :u)"
+        " ORDER BY id FOR NO KEY UPDATE",
+        u=uid,
+    )
     removed = len(con.run("DELETE FROM voiceprints WHERE user_uid = :u RETURNING 1", u=uid))  # + its samples' prints
     known_recordings.forget_speaker(con, uid)
     con.run(
