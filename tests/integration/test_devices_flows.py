@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -465,6 +466,53 @@ def test_invitation_by_uid_waits_for_consent_and_can_be_declined_or_withdrawn(wo
     assert world.devices.delete(path, headers=owner).status_code == 404
     assert world.devices.post(f"/devices/invitations/{second}/accept", headers=bearer(invitee)).status_code == 404
     assert world.devices.get(f"/devices/locks/{lock}", headers=bearer(invitee)).status_code == 404
+
+
+@pytest.mark.parametrize("at_once", [False, True])
+def test_two_invitations_to_one_lock_make_one_membership_and_the_answers_say_which(
+    world: World, sign_up: Any, stack_env: dict[str, str], at_once: bool
+) -> None:
+    """Invited twice (by uid as a guest, by address as an admin): accepting both used to answer 201 twice, each with
+    its own role while one was stored (at once: whichever committed last; one after the other: the second marked
+    accepted, its role audited, nothing changed). The second is now 409 ``already_member`` and stays open."""
+    from lockwise.devices import invitations
+
+    lock, host, project = world.lock_id, stack_env["FIREBASE_AUTH_EMULATOR_HOST"], stack_env["LOCKWISE_PROJECT_ID"]
+    invitee = sign_up(email="twice@example.com")
+    verify_email(host, project, invitee["localId"])
+    invitee = sign_in(host, "twice@example.com")
+    assert world.devices.get("/devices/me", headers=bearer(invitee)).status_code == 200
+    add = f"/devices/locks/{lock}/members"
+    by_uid = world.devices.post(
+        add,
+        json={"uid": invitee["localId"], "role": "guest", "access": {"weekdays": ["mon"]}},
+        headers=world.headers("owner"),
+    ).get_json()["invitation"]["id"]
+    by_email = world.devices.post(
+        add, json={"email": "twice@example.com", "role": "admin"}, headers=world.headers("owner")
+    ).get_json()["invitation"]["id"]
+    second = f"/devices/invitations/{by_email}/accept"
+    if at_once:  # the first accepted, not yet committed, as the second arrives
+        db = get_runtime("devices").db
+        user = get_runtime("devices").verifier.verify(invitee["idToken"])
+        with ThreadPoolExecutor(1) as pool:
+            with db.transaction() as con:
+                first = invitations.accept(con, by_uid, user, get_runtime("devices").now())
+                answered = pool.submit(world.devices.post, second, headers=bearer(invitee))
+                time.sleep(0.5)
+                assert not answered.done()  # it waits for the first
+            refused = answered.result(30)
+        assert first.role == "guest"
+    else:
+        accepted = world.devices.post(f"/devices/invitations/{by_uid}/accept", headers=bearer(invitee))
+        assert accepted.status_code == 201 and accepted.get_json()["member"]["role"] == "guest"
+        refused = world.devices.post(second, headers=bearer(invitee))
+    assert refused.status_code == 409 and refused.get_json()["error"]["code"] == "already_member"
+    view = world.devices.get(f"/devices/locks/{lock}", headers=bearer(invitee)).get_json()
+    assert view["role"] == "guest"
+    waiting = world.devices.get("/devices/invitations", headers=bearer(invitee)).get_json()["invitations"]
+    assert [i["id"] for i in waiting] == [by_email]  # still open: the invitee may decline it
+    assert world.devices.post(f"/devices/invitations/{by_email}/decline", headers=bearer(invitee)).status_code == 204
 
 
 def test_inviting_an_unknown_uid_answers_as_a_known_one(world: World, sign_up: Any) -> None:

@@ -146,23 +146,31 @@ def accept(con: Connection, invitation_id: str, user: User, now: dt.datetime) ->
     members.get(con, seen["lock_id"], seen["invited_by"], for_share=True)
     row = _take(con, invitation_id, user, now)
     lock_id = row["lock_id"]
-    existing = members.get(con, lock_id, user.uid, for_update=True)
-    if existing is None or not existing.active(now):
-        con.run(
-            "INSERT INTO lock_members (lock_id, user_uid, role, invited_by, valid_from, valid_until, weekdays,"
-            " day_start_minute, day_end_minute, timezone, expires_at, created_at)"
-            " VALUES (CAST(:l AS uuid), :u, :r, :by, :valid_from, :valid_until, :weekdays, :day_start_minute,"
-            " :day_end_minute, :timezone, :expires_at, :now)"
-            " ON CONFLICT (lock_id, user_uid) DO UPDATE SET role = EXCLUDED.role, invited_by = EXCLUDED.invited_by,"
-            " valid_from = EXCLUDED.valid_from, valid_until = EXCLUDED.valid_until, weekdays = EXCLUDED.weekdays,"
-            " day_start_minute = EXCLUDED.day_start_minute, day_end_minute = EXCLUDED.day_end_minute,"
-            " timezone = EXCLUDED.timezone, expires_at = EXCLUDED.expires_at, revoked_at = NULL, created_at = :now",
-            l=lock_id,
-            u=user.uid,
-            r=row["role"],
-            by=row["invited_by"],
-            now=now,
-            **_access(row["access"]),
+    # one statement decides, so two invitations to one lock accepted at once cannot both answer 201 with a role
+    # each while one is stored (attack run): an active membership (also one committed meanwhile: the insert waits
+    # for it) is left as it is and the invitation stays open
+    joined_now = con.run(
+        "INSERT INTO lock_members (lock_id, user_uid, role, invited_by, valid_from, valid_until, weekdays,"
+        " day_start_minute, day_end_minute, timezone, expires_at, created_at)"
+        " VALUES (CAST(:l AS uuid), :u, :r, :by, :valid_from, :valid_until, :weekdays, :day_start_minute,"
+        " :day_end_minute, :timezone, :expires_at, :now)"
+        " ON CONFLICT (lock_id, user_uid) DO UPDATE SET role = EXCLUDED.role, invited_by = EXCLUDED.invited_by,"
+        " valid_from = EXCLUDED.valid_from, valid_until = EXCLUDED.valid_until, weekdays = EXCLUDED.weekdays,"
+        " day_start_minute = EXCLUDED.day_start_minute, day_end_minute = EXCLUDED.day_end_minute,"
+        " timezone = EXCLUDED.timezone, expires_at = EXCLUDED.expires_at, revoked_at = NULL, created_at = :now"
+        " WHERE lock_members.revoked_at IS NOT NULL OR lock_members.expires_at <= :now RETURNING 1",
+        l=lock_id,
+        u=user.uid,
+        r=row["role"],
+        by=row["invited_by"],
+        now=now,
+        **_access(row["access"]),
+    )
+    if not joined_now:
+        raise errors.Conflict(
+            "you are already a member of this lock: decline this invitation, or ask an owner or admin to change your"
+            " role",
+            code="already_member",
         )
     con.run("UPDATE invitations SET accepted_at = :now WHERE id = CAST(:i AS uuid)", i=row["id"], now=now)
     audit.record(

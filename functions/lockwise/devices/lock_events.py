@@ -27,6 +27,8 @@ from lockwise.devices import lockout, topics
 STATES = ("locked", "unlocked", "locking", "unlocking", "jammed")
 ACK_RESULTS = {"ok": "acked", "failed": "failed", "refused": "failed"}
 MAX_FUTURE_S = 300
+#: a lock's state row is made with the lock: one missing is a lock deleted since its credential was read
+NO_STATE = "the lock has no state: deleted"
 
 
 @dataclass(frozen=True)
@@ -282,8 +284,9 @@ def _status(lock_id: str, payload: str, now: dt.datetime, batch: Pending) -> Out
         return Outcome("rejected", "status must be online or offline")
     online = payload == "online"
     row = batch.states.get(lock_id)
-    if row is not None:
-        row.online, row.last_seen, row.changed = online, now, True
+    if row is None:  # deleted since its credential was read: writing its document would bring it back in the app
+        return Outcome("stale", NO_STATE)
+    row.online, row.last_seen, row.changed = online, now, True
     batch.writes.append((mirror.lock_doc(lock_id), "merge", {"online": online, "last_seen": now.isoformat()}))
     _list_in_feed(batch, lock_id, row, now, "online" if online else "offline")
     return Outcome("applied")
@@ -292,23 +295,22 @@ def _status(lock_id: str, payload: str, now: dt.datetime, batch: Pending) -> Out
 def _list_in_feed(
     batch: Pending,
     lock_id: str,
-    row: _State | None,
+    row: _State,
     now: dt.datetime,
     kind: str,
     entry_id: str | None = None,
     **fields: Any,
 ) -> None:
     """Add a report's entry to the lock's activity feed, within its budget (``Pending.feed_budget``)."""
-    if row is not None:
-        if row.feed_window_start is None or not row.feed_window_start <= now < row.feed_window_start + FEED_WINDOW:
-            row.feed_window_start, row.feed_entries = now, 0
-        row.changed = True
-        if row.feed_entries >= batch.feed_budget:
-            row.feed_unlisted += 1
-            return
-        row.feed_entries += 1
-        if row.feed_unlisted:
-            fields["unlisted_before"], row.feed_unlisted = row.feed_unlisted, 0
+    if row.feed_window_start is None or not row.feed_window_start <= now < row.feed_window_start + FEED_WINDOW:
+        row.feed_window_start, row.feed_entries = now, 0
+    row.changed = True
+    if row.feed_entries >= batch.feed_budget:
+        row.feed_unlisted += 1
+        return
+    row.feed_entries += 1
+    if row.feed_unlisted:
+        fields["unlisted_before"], row.feed_unlisted = row.feed_unlisted, 0
     batch.writes.append(mirror.activity_entry(lock_id, kind, entry_id=entry_id, **fields))
 
 
@@ -327,7 +329,7 @@ def _state(lock_id: str, body: dict[str, Any], now: dt.datetime, batch: Pending)
         return Outcome("rejected", "ts is in the future")
     row = batch.states.get(lock_id)
     if row is None:
-        return Outcome("stale", "the lock has no state yet")
+        return Outcome("stale", NO_STATE)
     # a report is known by the lock's own time of it, to the microsecond, and its state
     key = f"{(reported - _EPOCH) // dt.timedelta(microseconds=1)}-{state}"
     if key in row.recent_reports or (reported == row.reported_at and state == row.state):  # delivered again

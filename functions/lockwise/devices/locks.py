@@ -173,11 +173,14 @@ def lock_config(con: Connection, lock_id: str) -> dict[str, Any]:
     """What an authenticated lock learns about itself: its name, capabilities and broker identity, plus whether its
     certificate needs renewing (``certificate_expires_at`` is None for a lock paired with a broker password: it must
     renew now, ``POST /devices/lock/certificate``)."""
-    name, supports_open, identity, not_after = con.run(
+    found = con.run(
         "SELECT l.name, l.supports_open, c.mqtt_username, c.cert_not_after FROM locks l"
         " JOIN lock_credentials c ON c.lock_id = l.id AND c.revoked_at IS NULL WHERE l.id = CAST(:l AS uuid)",
         l=lock_id,
-    )[0]
+    )
+    if not found:  # deleted (or its key revoked) since its signature was checked
+        raise errors.Unauthenticated("unknown lock", code="unknown_lock")
+    name, supports_open, identity, not_after = found[0]
     return {
         "lock_id": lock_id,
         "name": name,

@@ -155,11 +155,21 @@ _SELECT = (
 
 
 def get(
-    con: Connection, lock_id: str, uid: str, *, for_update: bool = False, for_share: bool = False
+    con: Connection,
+    lock_id: str,
+    uid: str,
+    *,
+    for_update: bool = False,
+    for_share: bool = False,
+    keep_lock: bool = False,
 ) -> Membership | None:
-    """The membership row (``for_update``: locked to change it; ``for_share``: kept from changing until commit)."""
+    """The membership row (``for_update``: locked to change it; ``for_share``: kept from changing until commit;
+    ``keep_lock``: the lock's own row kept from being deleted until commit, so what the caller then writes for the
+    lock (a command, an invitation, a pairing code) cannot meet its deletion half way: a deletion under way is
+    waited for and the lock then found gone)."""
     locking = " FOR UPDATE" if for_update else " FOR SHARE" if for_share else ""
-    sql = _SELECT + " WHERE lock_id = CAST(:l AS uuid) AND user_uid = :u" + locking
+    kept = " AND lock_id IN (SELECT id FROM locks WHERE id = CAST(:l AS uuid) FOR KEY SHARE)" if keep_lock else ""
+    sql = _SELECT + " WHERE lock_id = CAST(:l AS uuid) AND user_uid = :u" + kept + locking
     rows = rows_as_dicts(con, sql, l=lock_id, u=uid)
     return Membership(**rows[0]) if rows else None
 
@@ -187,9 +197,11 @@ def require(
     """The caller's active membership with at least role ``at_least``.
 
     Not a member, revoked or expired: 404 (whether the lock exists is not revealed). Too weak a role: 403. With
-    ``operate``, outside the guest's access window: 403 ``outside_access_window``.
+    ``operate``, outside the guest's access window: 403 ``outside_access_window``. Inside a transaction the lock is
+    kept from being deleted until it ends (``get``'s ``keep_lock``; ``for_update``'s row does that already: deleting
+    the lock cascades to it); a deletion that came first is waited for and answered 404, as the deleted lock is.
     """
-    membership = get(con, lock_id, uid, for_update=for_update)
+    membership = get(con, lock_id, uid, for_update=for_update, keep_lock=not for_update)
     if membership is None or not membership.active(now):
         raise errors.NotFound("lock not found", code="lock_not_found")
     if RANK[membership.role] < RANK[at_least]:

@@ -54,9 +54,11 @@ def issue(con: Connection, lock_id: str, uid: str, ttl_s: int, per_day: int) -> 
         message=f"you were given {per_day} pairing codes in the last 24 hours; pair again later",
         code="pairing_limit",
     )
+    # the statement's time, not the transaction's: a code issued by a request that began after this one but held the
+    # owner's row first is younger than this transaction's now() (its expiry may not precede its creation)
     con.run(
-        "UPDATE provisioning_codes SET expires_at = now() WHERE lock_id = CAST(:l AS uuid)"
-        " AND redeemed_at IS NULL AND expires_at > now()",
+        "UPDATE provisioning_codes SET expires_at = greatest(statement_timestamp(), created_at + interval '1 ms')"
+        " WHERE lock_id = CAST(:l AS uuid) AND redeemed_at IS NULL AND expires_at > statement_timestamp()",
         l=lock_id,
     )
     code = new_code()

@@ -150,7 +150,11 @@ def take_follow_up(con: Connection, lock_id: str, attempt_id: str) -> dict[str, 
 
 
 def record_invalid(db: Database, lock_id: str, code: str) -> None:
+    """Log a refused attempt (bad audio, a bad query) of a lock whose signature was checked; a lock deleted since
+    is answered as the deleted lock is (401 ``unknown_lock``), not with its attempt's foreign key (a 500)."""
     with db.transaction() as con:
+        if not con.run("SELECT 1 FROM locks WHERE id = CAST(:l AS uuid) FOR KEY SHARE", l=lock_id):
+            raise errors.Unauthenticated("unknown lock", code="unknown_lock")
         record_attempt(con, lock_id, "invalid", code)
 
 

@@ -1,0 +1,182 @@
+"""Requests that meet each other in the database, each race made to happen on purpose (a transaction held open at
+the worst moment) rather than hoped for: a lock deleted under the requests that write for it, two pairing codes of
+one lock at once. An attack run firing these at the stack got 500s (a foreign key, a check) and a deleted lock's
+documents brought back in the app; each is now answered as the request that lost the race should be."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from typing import Any
+
+import pytest
+
+from infra.local.firestore_sdk import sdk_client as firestore_client
+from lockwise.core import mirror
+from lockwise.core.config import get_settings
+from lockwise.core.runtime import get_runtime
+from lockwise.devices import commands, invitations, lock_auth, locks, members, provisioning
+from tests.conftest import PROJECT_ID
+from tests.devices_world import World, build_world
+
+#: how long a request is given to show that it waits (one that does not answers in ~10-50 ms here)
+SHOWS_IT_WAITS_S = 0.5
+
+
+@pytest.fixture
+def world(make_client: Any, sign_up: Any) -> World:
+    return build_world(make_client("devices"), sign_up)
+
+
+@contextmanager
+def lock_being_deleted(world: World) -> Iterator[None]:
+    """The owner's deletion of the lock (``DELETE /devices/locks/{id}``'s transaction), done but not committed while
+    the block runs; committed as it ends."""
+    db = get_runtime("devices").db
+    with db.transaction() as con:
+        members.require(con, world.lock_id, world.uid("owner"), _now(), at_least="owner", for_update=True)
+        locks.delete(con, world.lock_id, world.uid("owner"))
+        yield
+
+
+def _now() -> Any:
+    return get_runtime("devices").now()
+
+
+def while_held(hold: Callable[[], Any], request: Callable[[], Any]) -> tuple[bool, Any]:
+    """Send ``request`` on a thread while the context ``hold()`` is open; whether it was still waiting when the
+    context ended, and its answer."""
+    with ThreadPoolExecutor(1) as pool:
+        with hold():
+            sent = pool.submit(request)
+            time.sleep(SHOWS_IT_WAITS_S)
+            waited = not sent.done()
+        return waited, sent.result(30)
+
+
+def signed(world: World, method: str, path: str, body: bytes = b"", content_type: str = "") -> dict[str, str]:
+    return lock_auth.sign_headers(world.lock_key, world.lock_id, method, path, body, content_type=content_type)
+
+
+def test_a_command_sent_while_its_lock_is_being_deleted_is_a_404_not_a_500(world: World) -> None:
+    """The admin's command checked its membership, then its insert met the deleted lock's foreign key: a 500."""
+    path = f"/devices/locks/{world.lock_id}/commands"
+    waited, resp = while_held(
+        lambda: lock_being_deleted(world),
+        lambda: world.devices.post(path, json={"action": "unlock"}, headers=world.headers("admin")),
+    )
+    assert waited  # for the deletion under way; then it finds the lock gone
+    assert resp.status_code == 404 and resp.get_json()["error"]["code"] == "lock_not_found"
+
+
+@pytest.mark.parametrize("what", ["command", "invitation", "pairing code"])
+def test_deleting_a_lock_waits_for_a_request_that_has_checked_its_member(world: World, sign_up: Any, what: str) -> None:
+    """A request that has checked the caller's membership keeps the lock from being deleted until it ends, so what it
+    writes for the lock is written (and then deleted with the lock), never refused half way by a foreign key."""
+    db, settings, invitee = get_runtime("devices").db, get_settings("devices"), sign_up()
+    assert (
+        world.devices.get("/devices/me", headers={"Authorization": f"Bearer {invitee['idToken']}"}).status_code == 200
+    )
+
+    @contextmanager
+    def request_under_way() -> Iterator[None]:
+        with db.transaction() as con:
+            if what == "pairing code":
+                members.require(con, world.lock_id, world.uid("owner"), _now(), at_least="owner")
+            else:
+                actor = members.require(con, world.lock_id, world.uid("admin"), _now(), at_least="admin")
+            yield
+            if what == "command":
+                commands.from_app(
+                    con,
+                    lock_id=world.lock_id,
+                    uid=world.uid("admin"),
+                    action="unlock",
+                    signing_key_b64=settings.signing_key(),
+                    ttl_s=settings.command_ttl_s,
+                    idempotency_key=None,
+                )
+            elif what == "invitation":
+                invitations.invite(con, world.lock_id, actor, "member", {}, 600, _now(), uid=invitee["localId"])
+            else:
+                provisioning.issue(con, world.lock_id, world.uid("owner"), 600, 50)
+
+    waited, resp = while_held(
+        request_under_way,
+        lambda: world.devices.delete(f"/devices/locks/{world.lock_id}", headers=world.headers("owner")),
+    )
+    assert waited and resp.status_code == 204
+    with db.connection() as con:
+        left = [
+            con.run(f"SELECT count(*) FROM {table} WHERE {key} = CAST(:l AS uuid)", l=world.lock_id)[0][0]
+            for table, key in (
+                ("locks", "id"),
+                ("commands", "lock_id"),
+                ("invitations", "lock_id"),
+                ("provisioning_codes", "lock_id"),
+            )
+        ]
+    assert left == [0, 0, 0, 0]
+
+
+def test_a_lock_deleted_as_it_signs_a_request_is_answered_as_a_deleted_lock(world: World) -> None:
+    """The request's nonce (recorded first, in a statement of its own) met the deleted lock's foreign key: a 500. A
+    nonce now needs no lock row; the request is answered as of before the deletion, or as a deleted lock."""
+    path = "/devices/lock/config"
+    waited, resp = while_held(
+        lambda: lock_being_deleted(world), lambda: world.devices.get(path, headers=signed(world, "GET", path))
+    )
+    assert not waited and resp.status_code == 200  # the deletion is not committed: the lock still exists
+    again = world.devices.get(path, headers=signed(world, "GET", path))
+    assert again.status_code == 401 and again.get_json()["error"]["code"] == "bad_lock_signature"
+
+
+def test_a_door_attempt_refused_as_its_lock_is_deleted_is_a_401_not_a_500(world: World, make_client: Any) -> None:
+    """A lock's attempt whose audio is refused is logged; a lock deleted meanwhile failed that row's foreign key."""
+    verify = make_client("verify")
+    body = b"RIFF, but no audio"
+    waited, resp = while_held(
+        lambda: lock_being_deleted(world),
+        lambda: verify.post("/verify", data=body, headers=signed(world, "POST", "/verify", body, "audio/wav")),
+    )
+    assert waited  # the attempt's log waits for the deletion, then finds the lock gone
+    assert resp.status_code == 401 and resp.get_json()["error"]["code"] == "unknown_lock"
+
+
+def test_a_lock_status_delivered_as_its_lock_is_deleted_does_not_bring_it_back(
+    world: World, stack_env: dict[str, str]
+) -> None:
+    """The relay's batch read the lock's credential before the deletion committed; its status event then wrote the
+    deleted lock's document and a feed entry again, shown in the app as a lock without a name."""
+    event = {"topic": f"lockwise/{world.credentials['mqtt']['client_id']}/status", "payload": "online"}
+    token = {"X-LockWise-Service-Token": stack_env["LOCKWISE_SERVICE_TOKEN"]}
+    waited, resp = while_held(  # the credential read (the deletion not committed), then the state row waited for
+        lambda: lock_being_deleted(world),
+        lambda: world.devices.post("/devices/relay/events", json={"events": [event]}, headers=token),
+    )
+    assert waited and resp.status_code == 200
+    assert resp.get_json()["results"][0]["outcome"] == "stale"
+    get_runtime("devices").flush_mirror()  # the deletion's writes, and whatever the batch queued after them
+    client = firestore_client(PROJECT_ID, stack_env["FIRESTORE_EMULATOR_HOST"])
+    assert not client.document(mirror.lock_doc(world.lock_id)).get().exists
+
+
+def test_two_pairing_codes_of_one_lock_at_once_are_both_issued_and_only_the_last_works(world: World) -> None:
+    """A code issued by a request that began after this one but took the owner's row first is younger than this
+    transaction's clock: expiring it at that clock broke the table's check (expiry after creation), a 500."""
+    db, owner = get_runtime("devices").db, world.uid("owner")
+    with db.transaction() as earlier:  # begun first: its now() is the older
+        earlier.run("SELECT 1")
+        time.sleep(0.01)
+        with db.transaction() as later:
+            first, _ = provisioning.issue(later, world.lock_id, owner, 600, 50)
+        second, _ = provisioning.issue(earlier, world.lock_id, owner, 600, 50)
+    with db.connection() as con:
+        live = con.run(
+            "SELECT count(*) FROM provisioning_codes WHERE lock_id = CAST(:l AS uuid) AND redeemed_at IS NULL"
+            " AND expires_at > now()",
+            l=world.lock_id,
+        )
+    assert first != second and live == [[1]]
