@@ -603,6 +603,67 @@ def test_deleting_voice_data_waits_for_a_decision_already_reading_it(
     assert again["decision"] == "rejected"
 
 
+def test_deleting_voice_data_waits_for_a_decision_at_a_lock_joined_meanwhile(
+    clients: dict[str, Any], world: World, sign_up: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The deletion waited only for decisions at the locks the member belonged to as it began: one at a lock they
+    joined while it waited (an invitation accepted a moment later) read the voiceprint unguarded, opened the door
+    after the 204 and kept its score (attack run, 18 of 20 rounds). A decision now guards the voiceprints it reads,
+    whatever the lock."""
+    from lockwise.voice import voiceprints
+
+    assert enroll(clients, world.accounts["member"]).status_code == 201
+    other = build_world(clients["devices"], sign_up)
+    encoder_class = served_encoder_class()
+    real_embed, real_candidates = encoder_class.embed, voiceprints.candidates
+    reads: list[str] = []
+    releases = [threading.Event(), threading.Event()]  # the first forward pass's, the second's
+    forwards: list[int] = []
+
+    def candidates_then_note(*args: Any, **kwargs: Any) -> Any:
+        found = real_candidates(*args, **kwargs)
+        reads.append(args[1])
+        return found
+
+    def held_embed(self: Any, samples: Any, rate: int) -> Any:  # each forward pass waits for the test
+        forwards.append(len(forwards))
+        releases[min(forwards[-1], 1)].wait(30)
+        return real_embed(self, samples, rate)
+
+    def wait_for_reads(n: int) -> None:
+        deadline = time.monotonic() + 30
+        while len(reads) < n and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert len(reads) == n
+
+    monkeypatch.setattr(voiceprints, "candidates", candidates_then_note)
+    monkeypatch.setattr(encoder_class, "embed", held_embed)
+    with ThreadPoolExecutor(3) as pool:
+        first = pool.submit(signed_verify, clients, world, wav(take()))  # at the member's lock
+        wait_for_reads(1)
+        deleting = pool.submit(clients["embed"].delete, "/embed/enrollment", headers=world.headers("member"))
+        time.sleep(0.3)
+        join(clients["devices"], other.lock_id, other.accounts["owner"], world.accounts["member"], {"role": "member"})
+        second = pool.submit(signed_verify, clients, other, wav(take()))  # at the lock joined meanwhile
+        wait_for_reads(2)
+        releases[0].set()
+        decided = [first.result(30).get_json()["decision"]]
+        time.sleep(0.5)
+        assert not deleting.done()  # the second decision, still under way, holds the voiceprint it read
+        releases[1].set()
+        decided.append(second.result(30).get_json()["decision"])
+        assert deleting.result(30).status_code == 204
+    assert decided == ["accepted", "accepted"]  # both decided before the deletion: the doors opened then
+    with get_runtime("verify").db.connection() as con:
+        scored = con.run(
+            "SELECT count(*) FROM verification_attempts WHERE score IS NOT NULL AND lock_id IN"
+            " (CAST(:a AS uuid), CAST(:b AS uuid))",
+            a=world.lock_id,
+            b=other.lock_id,
+        )
+    assert scored == [[0]]
+
+
 def test_default_lockout_is_thirty_seconds_doubling() -> None:
     import datetime as dt
 

@@ -72,16 +72,11 @@ def delete(con: Connection, uid: str) -> int:
     enrollment samples and of every attempt that opened a door with this voice. An accepted attempt keeps who
     opened the door (an access record, not biometric data); a rejected one never names the closest voiceprint.
 
-    First it takes every lock the user belongs to (``FOR NO KEY UPDATE``, in id order): a verify decision holds its
-    lock's row (``FOR SHARE``) from before it reads the candidates until it commits, so a decision already reading
-    this voiceprint finishes first (its attempt and fingerprint, committed, are then scrubbed below) and one that
-    begins meanwhile waits and finds no voiceprint. Without it a door could open on this voice after the deletion
-    was answered, leaving its score and fingerprint behind."""
-    con.run(
-        "SELECT 1 FROM locks WHERE id IN (SELECT lock_id FROM lock_members WHERE user_uid = :u)"
-        " ORDER BY id FOR NO KEY UPDATE",
-        u=uid,
-    )
+    A verify decision holds the voiceprints it read (``candidates``: ``FOR KEY SHARE``) until it commits, so the
+    voiceprint's deletion waits for every decision already reading it, at any lock (one the user joined a moment ago
+    too), and the statements after it, each reading afresh, scrub what those decisions wrote; a decision that begins
+    meanwhile waits and finds no voiceprint. Before, a door could open on this voice after the deletion was
+    answered, its score and fingerprint left behind (attack runs)."""
     removed = len(con.run("DELETE FROM voiceprints WHERE user_uid = :u RETURNING 1", u=uid))  # + its samples' prints
     known_recordings.forget_speaker(con, uid)
     con.run(
@@ -133,7 +128,10 @@ def candidates(con: Connection, lock_id: str, model_id: str, dim: int, now: dt.d
         " v.model_id AS vp_model, v.dim AS vp_dim, v.embedding AS vp_embedding"
         " FROM lock_members m JOIN voiceprints v ON v.user_uid = m.user_uid"
         " WHERE m.lock_id = CAST(:l AS uuid) AND m.revoked_at IS NULL"
-        " AND (m.expires_at IS NULL OR m.expires_at > now()) ORDER BY m.user_uid",
+        " AND (m.expires_at IS NULL OR m.expires_at > now()) ORDER BY m.user_uid"
+        # held until the decision commits: deleting this voice data waits for it (``delete``); re-enrolling (an
+        # UPDATE of no key) does not
+        " FOR KEY SHARE OF v",
         l=lock_id,
     )
     uids: list[str] = []
