@@ -5,10 +5,12 @@ documents brought back in the app; each is now answered as the request that lost
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from functools import partial
 from typing import Any
 
 import pytest
@@ -16,10 +18,12 @@ import pytest
 from infra.local.firestore_sdk import sdk_client as firestore_client
 from lockwise.core import mirror
 from lockwise.core.config import get_settings
+from lockwise.core.db import Database
 from lockwise.core.runtime import get_runtime
 from lockwise.devices import commands, invitations, lock_auth, locks, members, provisioning
 from tests.conftest import PROJECT_ID
 from tests.devices_world import World, build_world
+from tests.waiting import wait_for
 
 #: how long a request is given to show that it waits (one that does not answers in ~10-50 ms here)
 SHOWS_IT_WAITS_S = 0.5
@@ -158,7 +162,8 @@ def test_a_lock_status_delivered_as_its_lock_is_deleted_does_not_bring_it_back(
     )
     assert waited and resp.status_code == 200
     assert resp.get_json()["results"][0]["outcome"] == "stale"
-    get_runtime("devices").flush_mirror()  # the deletion's writes, and whatever the batch queued after them
+    rt = get_runtime("devices")  # the deletion's writes, and whatever the batch queued after them, all written
+    wait_for(lambda: rt.flush_mirror() >= 0 and rt.mirror.pending() == 0, what="the mirror's queue written")
     client = firestore_client(PROJECT_ID, stack_env["FIRESTORE_EMULATOR_HOST"])
     assert not client.document(mirror.lock_doc(world.lock_id)).get().exists
 
@@ -180,3 +185,54 @@ def test_two_pairing_codes_of_one_lock_at_once_are_both_issued_and_only_the_last
             l=world.lock_id,
         )
     assert first != second and live == [[1]]
+
+
+def test_an_admin_removing_the_owner_as_the_lock_is_deleted_waits_and_finds_it_gone(world: World) -> None:
+    """The deletion held the owner's membership, the admin's request the lock's row (its member check) and then
+    asked for the owner's membership, and the deletion then asked for the lock's row: a deadlock (a 503 after
+    PostgreSQL's 1 s check). Every path now takes the lock's row before any membership row."""
+    db, lock, owner = get_runtime("devices").db, world.lock_id, world.uid("owner")
+    with ThreadPoolExecutor(1) as pool:
+        with db.transaction() as con:
+            members.require(con, lock, owner, _now(), at_least="owner", for_update=True)  # DELETE's first step
+            removing = pool.submit(
+                world.devices.delete, f"/devices/locks/{lock}/members/{owner}", headers=world.headers("admin")
+            )
+            time.sleep(SHOWS_IT_WAITS_S)
+            waited = not removing.done()
+            locks.delete(con, lock, owner)
+        resp = removing.result(30)
+    assert waited and resp.status_code == 404 and resp.get_json()["error"]["code"] == "lock_not_found"
+
+
+def test_a_relay_batch_that_meets_a_held_row_is_sent_again_not_dropped(world: World, stack_env: dict[str, str]) -> None:
+    """An event whose statement the server stopped (a row held past the statement limit) was judged bad and
+    dropped ("rejected: could not be applied", which the relay acknowledges); the batch is now a 503, which the
+    relay sends again, and nothing is set aside as rejected."""
+    rt = get_runtime("devices")
+    rt.db.statement_timeout_s = 0.3
+    rt.db.close()  # the pooled connections were made with the default
+    event = {
+        "topic": f"lockwise/{world.credentials['mqtt']['client_id']}/state",
+        "payload": json.dumps({"state": "unlocked", "ts": time.time()}),
+    }
+    send = partial(
+        world.devices.post,
+        "/devices/relay/events",
+        json={"events": [event]},
+        headers={"X-LockWise-Service-Token": stack_env["LOCKWISE_SERVICE_TOKEN"]},
+    )
+    holder = Database(stack_env["DATABASE_URL"], pool_size=1)
+    try:
+        with holder.transaction() as held:
+            held.run("SELECT 1 FROM lock_state WHERE lock_id = CAST(:l AS uuid) FOR UPDATE", l=world.lock_id)
+            refused = send()
+        assert refused.status_code == 503 and refused.get_json()["error"]["code"] == "database_busy"
+        with holder.connection() as con:
+            assert con.run("SELECT count(*) FROM lock_event_rejects") == [[0]]
+        again = send()
+        assert again.status_code == 200 and again.get_json()["results"][0]["outcome"] == "applied"
+    finally:
+        holder.close()
+        rt.db.close()
+        get_runtime.cache_clear()

@@ -90,18 +90,18 @@ CHECK_VIOLATION = "23514"
 TOO_MANY_CONNECTIONS = "53300"
 #: what the server answers when it could not run a statement now but may on the next try, by SQLSTATE (or its
 #: class's first two characters): a 503 with the caller's words, not a 500 with the driver's. "busy": the server is
-#: there and the connection stays usable; "gone": it is going away or can no longer write (a fast shutdown, a
-#: failover's old primary now a read-only standby), so the connection and every idle one are replaced.
+#: there and the connection stays usable; "gone": it can no longer write (a failover's old primary, now a read-only
+#: standby), so the connection and every idle one are replaced.
 PASSING_REFUSALS: dict[str, tuple[str, str]] = {
     "40001": ("busy", "the database stopped a transaction that ran into another"),  # serialization failure
     "40P01": ("busy", "the database stopped a transaction that ran into another"),  # deadlock detected
     "55P03": ("busy", "the database waited too long for a lock"),  # lock not available (lock_timeout)
     "57014": ("busy", "the database did not answer in time"),  # canceled: statement_timeout, or an operator
     "53": ("busy", "the database is out of resources"),  # disk full, out of memory, too many connections
-    "57P": ("gone", "the database is restarting"),  # admin or crash shutdown, cannot connect now
-    "08": ("gone", "the database connection failed"),
     "25006": ("gone", "the database cannot write now (a failover is under way)"),  # read-only transaction
-    "25P03": ("gone", "the database ended a transaction left idle"),  # idle_in_transaction_session_timeout
+    # (a shutdown's 57P01, an idle transaction ended by the server's limit (25P03) are fatal: the server closes the
+    # connection with them, which pg8000 raises as the lost connection it is; an 08P01 protocol violation is a fault
+    # in the code, not the server's passing state)
 }
 #: a pooled connection's statement is stopped by the server after this long (``statement_timeout``, which counts
 #: the wait for a row lock), a little before the socket's own timeout gives up on it: the server then stops waiting
@@ -288,7 +288,11 @@ class Database:
                     raise
                 if gone:
                     self._drop_idle()
-                log.warning("the database refused a statement for now", extra={"fields": {"sqlstate": state}})
+                detail = exc.args[0].get("D") if exc.args and isinstance(exc.args[0], dict) else None
+                log.warning(  # a deadlock's detail names the cycle: the fix is in the code's lock order
+                    "the database refused a statement for now",
+                    extra={"fields": {"sqlstate": state, "detail": str(detail or "")[:500]}},
+                )
                 raise errors.Unavailable(
                     f"{refusal[1]}; try again", code="database_unavailable" if gone else "database_busy"
                 ) from exc
@@ -418,6 +422,12 @@ def _ended_by_server(con: Connection) -> bool:
         return True
 
 
+def refused_for_now(exc: BaseException) -> bool:
+    """Whether ``exc`` is the server refusing a statement for now (``PASSING_REFUSALS``): code that catches the
+    server's errors to judge its own input lets these through, to be answered 503 and tried again, not judged."""
+    return _passing_refusal(sqlstate(exc)) is not None
+
+
 def _passing_refusal(state: str | None) -> tuple[str, str] | None:
     """``PASSING_REFUSALS``' entry for this SQLSTATE (its own, else its class's), or None: anything else the server
     refuses (a constraint, a type) is the caller's to handle or a fault in the code, raised as it is."""
@@ -448,6 +458,11 @@ def _answers(con: Connection) -> bool:
     except Exception:  # noqa: BLE001 - reset, timed out, refused by a server shutting down: not worth keeping
         return False
     return _in_idle_state(con)
+
+
+def in_transaction(con: Connection) -> bool:
+    """Whether ``con`` is inside a transaction (``Database.transaction``), where a row lock lasts until it ends."""
+    return getattr(con, "_transaction_status", None) in (b"T", b"E")
 
 
 def _in_idle_state(con: Connection) -> bool:

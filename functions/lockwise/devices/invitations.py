@@ -142,8 +142,9 @@ def accept(con: Connection, invitation_id: str, user: User, now: dt.datetime) ->
     longer stands: see ``_STANDING``)."""
     seen = _take(con, invitation_id, user, now, lock=False)
     # the sender's membership kept from changing before the invitation is taken, in the order a removal takes them
-    # (no deadlock): a removal committed first is seen here, one after waits for this to commit
-    members.get(con, seen["lock_id"], seen["invited_by"], for_share=True)
+    # (no deadlock): a removal committed first is seen here, one after waits for this to commit; the lock's row
+    # before it, as a deletion of the lock takes them (the membership row first deadlocked with one)
+    members.get(con, seen["lock_id"], seen["invited_by"], for_share=True, lock_row="KEY SHARE")
     row = _take(con, invitation_id, user, now)
     lock_id = row["lock_id"]
     # one statement decides, so two invitations to one lock accepted at once cannot both answer 201 with a role

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lockwise.core import audit, errors, inputs, mirror
-from lockwise.core.db import Connection
+from lockwise.core.db import Connection, refused_for_now
 from lockwise.devices import lockout, topics
 
 STATES = ("locked", "unlocked", "locking", "unlocking", "jammed")
@@ -72,7 +72,9 @@ def apply_batch(con: Connection, events: list[Any], now: dt.datetime, feed_budge
         batch = Pending(LockStates(con, locks.values()), feed_budget)
         outcomes = [_judge(con, event, locks, now, batch) for event in events]
         batch.write(con)
-    except Exception:  # noqa: BLE001 - some event broke the database's rules: find it, one savepoint per event
+    except Exception as exc:  # noqa: BLE001 - some event broke the database's rules: find it, one savepoint per event
+        if refused_for_now(exc):  # a lock wait, a deadlock: the batch's 503 has the relay send it again
+            raise
         con.run("ROLLBACK TO SAVEPOINT lock_events")
         outcomes = [_one_by_one(con, event, locks, now, feed_budget) for event in events]
     con.run("RELEASE SAVEPOINT lock_events")
@@ -94,7 +96,9 @@ def _one_by_one(con: Connection, event: Any, locks: dict[str, str], now: dt.date
         alone = Pending(LockStates(con), feed_budget)
         outcome = _judge(con, event, locks, now, alone)
         alone.write(con)
-    except Exception:  # noqa: BLE001 - whatever one event does to the database, the others go on
+    except Exception as exc:  # noqa: BLE001 - whatever one event does to the database, the others go on
+        if refused_for_now(exc):  # not the event's fault: the whole batch is tried again, nothing dropped
+            raise
         log.exception("lock event could not be applied")
         con.run("ROLLBACK TO SAVEPOINT lock_event")
         outcome = Outcome("rejected", "the event could not be applied")
@@ -121,7 +125,8 @@ class _State:
 
 class LockStates:
     """The ``lock_state`` rows of a batch's locks: read once (``FOR UPDATE``, in lock id order, so two batches never
-    deadlock), changed in memory event by event, written in one statement by ``write``."""
+    deadlock; each lock's own row held first, ``FOR KEY SHARE``, so a deletion of the lock never deadlocks with the
+    batch either), changed in memory event by event, written in one statement by ``write``."""
 
     def __init__(self, con: Connection, lock_ids: Iterable[str] = ()) -> None:
         self._con = con
@@ -132,6 +137,9 @@ class LockStates:
         missing = sorted(i for i in lock_ids if i not in self._rows)
         if not missing:
             return
+        # the locks' own rows first, as a lock's deletion takes them (which then removes its commands before its
+        # state row: a batch holding the state row while acknowledging a command deadlocked with it)
+        self._con.run("SELECT 1 FROM locks WHERE id = ANY(CAST(:l AS uuid[])) ORDER BY id FOR KEY SHARE", l=missing)
         rows = self._con.run(
             "SELECT lock_id::text, state, battery_pct, firmware, online, last_seen, reported_at, feed_window_start,"
             " feed_entries, feed_unlisted, recent_reports FROM lock_state WHERE lock_id = ANY(CAST(:l AS uuid[]))"

@@ -13,7 +13,7 @@ from typing import Any, TypeGuard
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from lockwise.core import errors, inputs, mirror
-from lockwise.core.db import Connection, rows_as_dicts
+from lockwise.core.db import Connection, in_transaction, rows_as_dicts
 
 ROLES = ("owner", "admin", "member", "guest")
 RANK = {role: len(ROLES) - i for i, role in enumerate(ROLES)}  # owner 4 ... guest 1
@@ -161,14 +161,19 @@ def get(
     *,
     for_update: bool = False,
     for_share: bool = False,
-    keep_lock: bool = False,
+    lock_row: str | None = None,
 ) -> Membership | None:
-    """The membership row (``for_update``: locked to change it; ``for_share``: kept from changing until commit;
-    ``keep_lock``: the lock's own row kept from being deleted until commit, so what the caller then writes for the
-    lock (a command, an invitation, a pairing code) cannot meet its deletion half way: a deletion under way is
-    waited for and the lock then found gone)."""
+    """The membership row (``for_update``: locked to change it; ``for_share``: kept from changing until commit).
+
+    ``lock_row`` locks the lock's own row first, in the same statement: ``"KEY SHARE"`` keeps the lock from being
+    deleted until commit, so what the caller then writes for it (a command, an invitation, a pairing code) cannot
+    meet its deletion half way (a deletion under way is waited for and the lock then found gone); ``"UPDATE"`` is
+    for the owner's changes to the lock itself (deletion, transfer, re-pairing). Every path takes the lock's row
+    before any membership row, so none waits in a cycle with another."""
     locking = " FOR UPDATE" if for_update else " FOR SHARE" if for_share else ""
-    kept = " AND lock_id IN (SELECT id FROM locks WHERE id = CAST(:l AS uuid) FOR KEY SHARE)" if keep_lock else ""
+    if lock_row not in (None, "KEY SHARE", "UPDATE"):
+        raise ValueError(f"lock_row must be KEY SHARE or UPDATE, not {lock_row!r}")
+    kept = f" AND lock_id IN (SELECT id FROM locks WHERE id = CAST(:l AS uuid) FOR {lock_row})" if lock_row else ""
     sql = _SELECT + " WHERE lock_id = CAST(:l AS uuid) AND user_uid = :u" + kept + locking
     rows = rows_as_dicts(con, sql, l=lock_id, u=uid)
     return Membership(**rows[0]) if rows else None
@@ -197,11 +202,13 @@ def require(
     """The caller's active membership with at least role ``at_least``.
 
     Not a member, revoked or expired: 404 (whether the lock exists is not revealed). Too weak a role: 403. With
-    ``operate``, outside the guest's access window: 403 ``outside_access_window``. Inside a transaction the lock is
-    kept from being deleted until it ends (``get``'s ``keep_lock``; ``for_update``'s row does that already: deleting
-    the lock cascades to it); a deletion that came first is waited for and answered 404, as the deleted lock is.
+    ``operate``, outside the guest's access window: 403 ``outside_access_window``. Inside a transaction the lock's
+    row is held until it ends (``get``'s ``lock_row``: ``KEY SHARE``, or ``UPDATE`` with ``for_update``, the owner's
+    changes to the lock); a deletion that came first is waited for and answered 404, as the deleted lock is. Outside
+    one (a read) nothing is locked.
     """
-    membership = get(con, lock_id, uid, for_update=for_update, keep_lock=not for_update)
+    lock_row = "UPDATE" if for_update else "KEY SHARE" if in_transaction(con) else None
+    membership = get(con, lock_id, uid, for_update=for_update, lock_row=lock_row)
     if membership is None or not membership.active(now):
         raise errors.NotFound("lock not found", code="lock_not_found")
     if RANK[membership.role] < RANK[at_least]:
