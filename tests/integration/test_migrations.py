@@ -126,6 +126,28 @@ def test_the_migration_job_lets_a_long_statement_run(
     assert seen == [[["10min"]]]
 
 
+def test_every_foreign_key_has_an_index_led_by_its_columns(fresh_db: Database) -> None:
+    """Deleting a row looks up the rows that refer to it: without an index led by the foreign key's columns each
+    lookup reads the whole table (a lock with 1,500 attempts among 100,000 commands took 24.6 s to delete, past the
+    4 s statement limit: it could never be deleted). A partial index leaving out NULLs serves as well."""
+    con = fresh_db.connect()
+    try:
+        migrate.apply(con)
+        bare = con.run(
+            "SELECT c.conrelid::regclass::text || '.' || c.conname FROM pg_constraint c WHERE c.contype = 'f'"
+            " AND NOT EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.conrelid"
+            " AND (i.indkey::int2[])[0:cardinality(c.conkey) - 1] @> c.conkey"
+            " AND (i.indkey::int2[])[0:cardinality(c.conkey) - 1] <@ c.conkey"
+            " AND (i.indpred IS NULL OR pg_get_expr(i.indpred, i.indrelid) = '(' || (SELECT a.attname FROM"
+            " pg_attribute a WHERE a.attrelid = c.conrelid AND a.attnum = c.conkey[1]) || ' IS NOT NULL)'))"
+            " ORDER BY 1"
+        )
+        assert [r[0] for r in con.run("SELECT count(*) FROM pg_constraint WHERE contype = 'f'")] != [0]
+        assert bare == []
+    finally:
+        con.close()
+
+
 def _expect(con: object, state: str, sql: str, **params: object) -> None:
     run = con.run  # type: ignore[attr-defined]
     run("SAVEPOINT s")
