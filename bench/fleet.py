@@ -206,7 +206,7 @@ async def bench(n: int, concurrency: int) -> None:
         from lockwise.core import migrate
 
         db = Database(pg.url, pool_size=2)
-        con = db.connect()
+        con = migrate.job_connection(pg.url)
         migrate.apply(con)
         con.close()
         out(f"making {n} locks and their certificates ...\n")

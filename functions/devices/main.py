@@ -442,10 +442,13 @@ def relay_events(ctx: Ctx) -> JsonBody:
 @api.route("POST", "/devices/relay/flush")
 def relay_flush(ctx: Ctx) -> JsonBody:
     require_relay(ctx)
-    with rt.db.transaction() as con:
-        members.mirror_access_due(con)
-        retention.prune_expired(con)
-    written = rt.flush_mirror(force=True)
+    try:  # each in its own transaction: a prune the database refuses for now does not hold up the others
+        with rt.db.transaction() as con:
+            members.mirror_access_due(con)
+        with rt.db.transaction() as con:
+            retention.prune_expired(con)
+    finally:
+        written = rt.flush_mirror(force=True)
     return {"written": written, "pending": rt.mirror.pending()}
 
 

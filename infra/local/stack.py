@@ -357,9 +357,8 @@ def _ensure_exported(model_dir: Path) -> None:
 
 def _migrate(database_url: str) -> None:
     from lockwise.core import migrate
-    from lockwise.core.db import Database
 
-    con = Database(database_url).connect()
+    con = migrate.job_connection(database_url)
     try:
         applied = migrate.apply(con)
     finally:

@@ -740,3 +740,31 @@ def test_rows_a_request_had_no_time_for_are_written_without_another_flush(
     client = firestore_client(PROJECT_ID, stack_env["FIRESTORE_EMULATOR_HOST"])
     written = {d.id for d in client.collection(f"locks/{world.lock_id}/activity").stream()}
     assert {f"budget-{i}" for i in range(1200)} <= written  # in Firestore, over more than one commit (500 each)
+
+
+def test_the_relays_flush_prunes_a_backlog_in_bounded_steps(
+    world: World, stack_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Expired rows were deleted in one statement a table: a backlog (after the flush had not run for a while) past
+    the statement limit failed the flush every time, and the mirror's writes and the guests' window refreshes with
+    it. Each flush now deletes a bounded number a table, in its own transaction, and a backlog drains flush by flush."""
+    from lockwise.core import retention
+
+    monkeypatch.setattr(retention, "PRUNE_BATCH", 3)
+    with get_runtime("devices").db.transaction() as con:
+        con.run(
+            "INSERT INTO pairing_issues (user_uid, created_at, expires_at)"
+            " SELECT :u, now() - interval '2 days', now() - interval '1 day' FROM generate_series(1, 7)",
+            u=world.uid("owner"),
+        )
+    service = {"X-LockWise-Service-Token": stack_env["LOCKWISE_SERVICE_TOKEN"]}
+
+    def expired() -> int:
+        with get_runtime("devices").db.connection() as con:
+            return int(con.run("SELECT count(*) FROM pairing_issues WHERE expires_at <= now()")[0][0])
+
+    left = []
+    for _ in range(3):
+        assert world.devices.post("/devices/relay/flush", headers=service).status_code == 200
+        left.append(expired())
+    assert left == [4, 1, 0]

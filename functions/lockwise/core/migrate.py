@@ -104,16 +104,20 @@ def apply(con: Connection, migrations: list[Migration] | None = None) -> list[Mi
         con.run("SELECT pg_advisory_unlock(:k)", k=_ADVISORY_KEY)
 
 
+def job_connection(database_url: str) -> Connection:
+    """A connection with the migration job's limits (``STATEMENT_TIMEOUT_S``; the request path's 4 s would stop a
+    long migration, and a lock wait past ``LOCK_TIMEOUT_S`` with the server's own error, not ``MigrationError``)."""
+    job = Database(database_url, connect_timeout_s=STATEMENT_TIMEOUT_S + 30, statement_timeout_s=STATEMENT_TIMEOUT_S)
+    return job.connect()
+
+
 def main(argv: list[str] | None = None) -> int:
     from lockwise.core import log as lwlog
     from lockwise.core.config import DatabaseSettings
 
     settings = DatabaseSettings.from_env()
     lwlog.configure("migrate", settings.log_level)
-    job = Database(
-        settings.database_url, connect_timeout_s=STATEMENT_TIMEOUT_S + 30, statement_timeout_s=STATEMENT_TIMEOUT_S
-    )
-    con = job.connect()
+    con = job_connection(settings.database_url)
     try:
         applied = apply(con)
     finally:

@@ -35,6 +35,9 @@ FLUSH_BUDGET_S = 2.0
 #: answered: the relay's periodic flush writes what is left)
 BACKGROUND_BUDGET_S = 30.0
 BACKOFF_S = 5.0
+#: a flush's transaction may sit this long without a statement while Firestore writes its rows (the connections'
+#: own limit, ``db.IDLE_IN_TRANSACTION_S``, is 60 s: a collection's deletion pages through every document)
+FLUSH_IDLE_S = 900.0
 
 
 #: one queued Firestore write: document path, operation, data
@@ -156,6 +159,9 @@ class Flusher:
     def _flush(self, limit: int) -> int:
         written = 0
         with self.db.transaction() as con:
+            # its rows stay claimed while Firestore writes them, with no statement meanwhile: a deleted lock's feed
+            # of tens of thousands of entries takes longer than the server's limit for an idle transaction (60 s)
+            con.run(f"SET LOCAL idle_in_transaction_session_timeout = '{round(FLUSH_IDLE_S * 1000)}ms'")
             rows = con.run(
                 "SELECT id, doc_path, op, data FROM firestore_outbox WHERE refused_at IS NULL ORDER BY id LIMIT :n"
                 " FOR UPDATE SKIP LOCKED",

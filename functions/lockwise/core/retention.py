@@ -30,12 +30,22 @@ EXPIRING = (
 )
 
 
-def prune_expired(con: Connection) -> dict[str, int]:
-    """Delete every expired row of the tables in ``EXPIRING``; return how many per table."""
+#: rows deleted per table and flush, at most: one statement stays well inside the request path's statement limit
+#: (``db.STATEMENT_TIMEOUT_S``) however large a backlog grew while the flush did not run (a relay outage, a longer
+#: retention made shorter); a backlog then drains flush by flush (10 s apart: up to 500 rows/s a table) instead of
+#: failing the whole flush, and the mirror's writes with it, every time
+PRUNE_BATCH = 5000
+
+
+def prune_expired(con: Connection, most: int | None = None) -> dict[str, int]:
+    """Delete up to ``most`` (``PRUNE_BATCH``) expired rows of each table in ``EXPIRING``; return how many a table."""
+    most = PRUNE_BATCH if most is None else most
     pruned: dict[str, int] = {}
     for table in EXPIRING:
         rows = con.run(
-            f"WITH gone AS (DELETE FROM {table} WHERE expires_at <= now() RETURNING 1) SELECT count(*) FROM gone"
+            f"WITH gone AS (DELETE FROM {table} WHERE ctid = ANY(ARRAY(SELECT ctid FROM {table}"
+            " WHERE expires_at <= now() LIMIT :n)) RETURNING 1) SELECT count(*) FROM gone",
+            n=most,
         )
         pruned[table] = int(rows[0][0])
     if any(pruned.values()):
