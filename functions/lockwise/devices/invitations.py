@@ -190,6 +190,19 @@ def accept(con: Connection, invitation_id: str, user: User, now: dt.datetime) ->
     return joined
 
 
+def close_for_member(con: Connection, lock_id: str, uid: str) -> None:
+    """Close the open invitations to ``lock_id`` addressed to ``uid`` (by uid, or by their address): a member removed
+    (or leaving) does not come back, in whatever role, through an invitation left open from before (attack run: a
+    second invitation, refused as ``already_member`` while they were one, let a removed member back in as an admin).
+    Whoever may invite can invite again."""
+    con.run(
+        "UPDATE invitations SET closed_at = now() WHERE lock_id = CAST(:l AS uuid) AND " + _OPEN + " AND"
+        " (invitee_uid = :u OR lower(email) = (SELECT lower(email) FROM users WHERE uid = :u))",
+        l=lock_id,
+        u=uid,
+    )
+
+
 def decline(con: Connection, invitation_id: str, user: User, now: dt.datetime) -> None:
     row = _take(con, invitation_id, user, now)
     con.run("UPDATE invitations SET closed_at = :now WHERE id = CAST(:i AS uuid)", i=row["id"], now=now)

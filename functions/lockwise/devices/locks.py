@@ -9,7 +9,7 @@ from typing import Any
 
 from lockwise.core import audit, errors, mirror, users
 from lockwise.core.db import Connection, rows_as_dicts
-from lockwise.devices import members
+from lockwise.devices import invitations, members
 
 MAX_NAME = 100
 
@@ -235,6 +235,7 @@ def revoke_member(con: Connection, lock_id: str, actor: members.Membership, targ
         l=lock_id,
         u=target.user_uid,
     )
+    invitations.close_for_member(con, lock_id, target.user_uid)
     audit.record(con, audit.user_actor(actor.user_uid), "member.revoke", "ok", lock_id=lock_id, target=target.user_uid)
     mirror.activity(con, lock_id, "member_removed", actor_uid=actor.user_uid, target_uid=target.user_uid)
     members.mirror_access(con, lock_id)
