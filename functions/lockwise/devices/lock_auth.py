@@ -98,6 +98,12 @@ def signed_by(db: Database, headers: Headers, method: str, target: str, body: by
         )
 
 
+def deleted_lock() -> errors.Unauthenticated:
+    """What a lock hears when it was deleted (or its key revoked) after ``authenticate`` passed its request: the
+    answer a deleted lock gets (401 ``unknown_lock``), not the foreign key its request's rows would meet."""
+    return errors.Unauthenticated("unknown lock", code="unknown_lock")
+
+
 def authenticate(
     con: Connection,
     headers: Headers,

@@ -9,7 +9,7 @@ from typing import Any
 
 from lockwise.core import audit, errors, mirror, users
 from lockwise.core.db import Connection, rows_as_dicts
-from lockwise.devices import invitations, members
+from lockwise.devices import invitations, lock_auth, members
 
 MAX_NAME = 100
 
@@ -179,7 +179,7 @@ def lock_config(con: Connection, lock_id: str) -> dict[str, Any]:
         l=lock_id,
     )
     if not found:  # deleted (or its key revoked) since its signature was checked
-        raise errors.Unauthenticated("unknown lock", code="unknown_lock")
+        raise lock_auth.deleted_lock()
     name, supports_open, identity, not_after = found[0]
     return {
         "lock_id": lock_id,

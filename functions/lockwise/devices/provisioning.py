@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from lockwise.core import audit, errors, mirror, quotas, users
 from lockwise.core.db import Connection
-from lockwise.devices import lock_certs, topics
+from lockwise.devices import lock_auth, lock_certs, topics
 
 CODE_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"  # no 0/O/1/I
 CODE_LENGTH = 24  # ~120 bits
@@ -241,7 +241,7 @@ def renew(con: Connection, lock_id: str, csr: Any, ca: lock_certs.LockCa, cert_t
         l=lock_id,
     )
     if not rows:
-        raise errors.Unauthenticated("unknown lock", code="unknown_lock")
+        raise lock_auth.deleted_lock()
     credential_id, identity = str(rows[0][0]), str(rows[0][1])
     quotas.refuse_when_full(
         quotas.day_wait(

@@ -26,7 +26,7 @@ from lockwise.core import errors, mirror
 from lockwise.core.config import Settings
 from lockwise.core.db import Connection, Database
 from lockwise.core.forking import in_each_child
-from lockwise.devices import commands, lockout
+from lockwise.devices import commands, lock_auth, lockout
 from lockwise.voice import audio, known_recordings, scoring, voiceprints
 from lockwise.voice.model import fingerprint
 from lockwise.voice.model.encoder import Encoder, Policy, Scorer, policy
@@ -154,7 +154,7 @@ def record_invalid(db: Database, lock_id: str, code: str) -> None:
     is answered as the deleted lock is (401 ``unknown_lock``), not with its attempt's foreign key (a 500)."""
     with db.transaction() as con:
         if not con.run("SELECT 1 FROM locks WHERE id = CAST(:l AS uuid) FOR KEY SHARE", l=lock_id):
-            raise errors.Unauthenticated("unknown lock", code="unknown_lock")
+            raise lock_auth.deleted_lock()
         record_attempt(con, lock_id, "invalid", code)
 
 
@@ -186,7 +186,7 @@ def verify(
     with db.transaction() as con:
         found_lock = con.run("SELECT voice_threshold FROM locks WHERE id = CAST(:l AS uuid) FOR SHARE", l=lock_id)
         if not found_lock:  # deleted since its signature was checked
-            raise errors.Unauthenticated("unknown lock", code="unknown_lock")
+            raise lock_auth.deleted_lock()
         held = lockout.hold(con, lock_id, now)
         if held.wait_s:  # refused before the model runs: a locked-out lock costs no forward pass
             attempt = record_attempt(con, lock_id, "refused", "locked_out")
