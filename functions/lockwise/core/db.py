@@ -77,7 +77,7 @@ class PreparingConnection(pg8000.native.Connection):  # type: ignore[misc]  # pg
             if sqlstate(exc) not in STALE_PLAN:  # a constraint refusing a row, say: the statement stays prepared
                 raise
             del self._prepared[sql]
-            if not _in_idle_state(self):
+            if in_transaction(self):
                 raise  # the error aborted the caller's transaction: only the caller can run it again
             return super().run(sql, **params)  # outside a transaction: run once unnamed; prepared anew next time
         self._context = statement._context  # what ``columns`` and ``row_count`` read
@@ -88,17 +88,38 @@ UNIQUE_VIOLATION = "23505"
 FOREIGN_KEY_VIOLATION = "23503"
 CHECK_VIOLATION = "23514"
 TOO_MANY_CONNECTIONS = "53300"
+
+
 #: what the server answers when it could not run a statement now but may on the next try, by SQLSTATE (or its
 #: class's first two characters): a 503 with the caller's words, not a 500 with the driver's. "busy": the server is
 #: there and the connection stays usable; "gone": it can no longer write (a failover's old primary, now a read-only
 #: standby), so the connection and every idle one are replaced.
-PASSING_REFUSALS: dict[str, tuple[str, str]] = {
-    "40001": ("busy", "the database stopped a transaction that ran into another"),  # serialization failure
-    "40P01": ("busy", "the database stopped a transaction that ran into another"),  # deadlock detected
-    "55P03": ("busy", "the database waited too long for a lock"),  # lock not available (lock_timeout)
-    "57014": ("busy", "the database did not answer in time"),  # canceled: statement_timeout, or an operator
-    "53": ("busy", "the database is out of resources"),  # disk full, out of memory, too many connections
-    "25006": ("gone", "the database cannot write now (a failover is under way)"),  # read-only transaction
+@dataclass(frozen=True)
+class Refusal:
+    """One of ``PASSING_REFUSALS``: ``gone`` when the connection (and every idle one) must be replaced."""
+
+    what: str
+    gone: bool = False
+
+    def unavailable(self, exc: DatabaseError) -> errors.Unavailable:
+        """The 503 for it, logged with the server's detail (a deadlock's names the cycle: the fix is in the code's
+        lock order)."""
+        fields = exc.args[0] if exc.args and isinstance(exc.args[0], dict) else {}
+        log.warning(
+            "the database refused a statement for now",
+            extra={"fields": {"sqlstate": fields.get("C"), "detail": str(fields.get("D") or "")[:500]}},
+        )
+        code = "database_unavailable" if self.gone else "database_busy"
+        return errors.Unavailable(f"{self.what}; try again", code=code)
+
+
+PASSING_REFUSALS: dict[str, Refusal] = {
+    "40001": Refusal("the database stopped a transaction that ran into another"),  # serialization failure
+    "40P01": Refusal("the database stopped a transaction that ran into another"),  # deadlock detected
+    "55P03": Refusal("the database waited too long for a lock"),  # lock not available (lock_timeout)
+    "57014": Refusal("the database did not answer in time"),  # canceled: statement_timeout, or an operator
+    "53": Refusal("the database is out of resources"),  # disk full, out of memory, too many connections
+    "25006": Refusal("the database cannot write now (a failover is under way)", gone=True),  # read-only
     # (a shutdown's 57P01, an idle transaction ended by the server's limit (25P03) are fatal: the server closes the
     # connection with them, which pg8000 raises as the lost connection it is; an 08P01 protocol violation is a fault
     # in the code, not the server's passing state)
@@ -278,24 +299,16 @@ class Database:
                 self._drop_idle()
                 raise errors.Unavailable("database connection lost", code="database_unavailable") from exc
             except (errors.LockwiseError, DatabaseError) as exc:
-                state = sqlstate(exc)
-                refusal = _passing_refusal(state)
-                gone = refusal is not None and refusal[0] == "gone"
-                if con is not None and (gone or not _in_idle_state(con)):
+                refusal = _passing_refusal(sqlstate(exc))
+                gone = refusal is not None and refusal.gone
+                if con is not None and (gone or in_transaction(con)):
                     _close_quietly(con)
                     con = None
-                if refusal is None:
+                if refusal is None or not isinstance(exc, DatabaseError):
                     raise
                 if gone:
                     self._drop_idle()
-                detail = exc.args[0].get("D") if exc.args and isinstance(exc.args[0], dict) else None
-                log.warning(  # a deadlock's detail names the cycle: the fix is in the code's lock order
-                    "the database refused a statement for now",
-                    extra={"fields": {"sqlstate": state, "detail": str(detail or "")[:500]}},
-                )
-                raise errors.Unavailable(
-                    f"{refusal[1]}; try again", code="database_unavailable" if gone else "database_busy"
-                ) from exc
+                raise refusal.unavailable(exc) from exc
             except BaseException:
                 if con is not None:
                     _close_quietly(con)
@@ -428,12 +441,12 @@ def refused_for_now(exc: BaseException) -> bool:
     return _passing_refusal(sqlstate(exc)) is not None
 
 
-def _passing_refusal(state: str | None) -> tuple[str, str] | None:
+def _passing_refusal(state: str | None) -> Refusal | None:
     """``PASSING_REFUSALS``' entry for this SQLSTATE (its own, else its class's), or None: anything else the server
     refuses (a constraint, a type) is the caller's to handle or a fault in the code, raised as it is."""
     if state is None:
         return None
-    return PASSING_REFUSALS.get(state) or PASSING_REFUSALS.get(state[:3]) or PASSING_REFUSALS.get(state[:2])
+    return PASSING_REFUSALS.get(state) or PASSING_REFUSALS.get(state[:2])
 
 
 def _timed_out(exc: BaseException) -> bool:
@@ -457,17 +470,14 @@ def _answers(con: Connection) -> bool:
         con.run("")
     except Exception:  # noqa: BLE001 - reset, timed out, refused by a server shutting down: not worth keeping
         return False
-    return _in_idle_state(con)
+    return not in_transaction(con)
 
 
 def in_transaction(con: Connection) -> bool:
-    """Whether ``con`` is inside a transaction (``Database.transaction``), where a row lock lasts until it ends."""
+    """Whether ``con`` is inside a transaction (``Database.transaction``), where a row lock lasts until it ends.
+    pg8000 tracks the server's transaction status byte: b"I" idle, b"T" in a transaction, b"E" in a failed one (a
+    connection without it, a test's fake, counts as idle)."""
     return getattr(con, "_transaction_status", None) in (b"T", b"E")
-
-
-def _in_idle_state(con: Connection) -> bool:
-    # pg8000 tracks the server's transaction status byte: b"I" idle, b"T" in transaction, b"E" failed.
-    return getattr(con, "_transaction_status", None) in (None, b"I")
 
 
 def _close_quietly(con: Connection) -> None:

@@ -37,15 +37,14 @@ EXPIRING = (
 PRUNE_BATCH = 5000
 
 
-def prune_expired(con: Connection, most: int | None = None) -> dict[str, int]:
-    """Delete up to ``most`` (``PRUNE_BATCH``) expired rows of each table in ``EXPIRING``; return how many a table."""
-    most = PRUNE_BATCH if most is None else most
+def prune_expired(con: Connection) -> dict[str, int]:
+    """Delete up to ``PRUNE_BATCH`` expired rows of each table in ``EXPIRING``; return how many a table."""
     pruned: dict[str, int] = {}
     for table in EXPIRING:
         rows = con.run(
             f"WITH gone AS (DELETE FROM {table} WHERE ctid = ANY(ARRAY(SELECT ctid FROM {table}"
             " WHERE expires_at <= now() LIMIT :n)) RETURNING 1) SELECT count(*) FROM gone",
-            n=most,
+            n=PRUNE_BATCH,
         )
         pruned[table] = int(rows[0][0])
     if any(pruned.values()):

@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
-from typing import Any, TypeGuard
+from typing import Any, Literal, TypeGuard
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from lockwise.core import errors, inputs, mirror
 from lockwise.core.db import Connection, in_transaction, rows_as_dicts
 
 ROLES = ("owner", "admin", "member", "guest")
+#: how ``get`` holds the lock's own row (``FOR KEY SHARE`` / ``FOR UPDATE``)
+LockRowMode = Literal["KEY SHARE", "UPDATE"]
 RANK = {role: len(ROLES) - i for i, role in enumerate(ROLES)}  # owner 4 ... guest 1
 ACCESS_FIELDS = (
     "valid_from",
@@ -161,7 +163,7 @@ def get(
     *,
     for_update: bool = False,
     for_share: bool = False,
-    lock_row: str | None = None,
+    lock_row: LockRowMode | None = None,
 ) -> Membership | None:
     """The membership row (``for_update``: locked to change it; ``for_share``: kept from changing until commit).
 
@@ -171,8 +173,6 @@ def get(
     for the owner's changes to the lock itself (deletion, transfer, re-pairing). Every path takes the lock's row
     before any membership row, so none waits in a cycle with another."""
     locking = " FOR UPDATE" if for_update else " FOR SHARE" if for_share else ""
-    if lock_row not in (None, "KEY SHARE", "UPDATE"):
-        raise ValueError(f"lock_row must be KEY SHARE or UPDATE, not {lock_row!r}")
     kept = f" AND lock_id IN (SELECT id FROM locks WHERE id = CAST(:l AS uuid) FOR {lock_row})" if lock_row else ""
     sql = _SELECT + " WHERE lock_id = CAST(:l AS uuid) AND user_uid = :u" + kept + locking
     rows = rows_as_dicts(con, sql, l=lock_id, u=uid)
@@ -207,7 +207,7 @@ def require(
     changes to the lock); a deletion that came first is waited for and answered 404, as the deleted lock is. Outside
     one (a read) nothing is locked.
     """
-    lock_row = "UPDATE" if for_update else "KEY SHARE" if in_transaction(con) else None
+    lock_row: LockRowMode | None = "UPDATE" if for_update else "KEY SHARE" if in_transaction(con) else None
     membership = get(con, lock_id, uid, for_update=for_update, lock_row=lock_row)
     if membership is None or not membership.active(now):
         raise errors.NotFound("lock not found", code="lock_not_found")
