@@ -324,6 +324,25 @@ class CheckedClient:
 
 
 @pytest.fixture
+def impatient_devices(stack_env: dict[str, str]) -> Iterator[Any]:
+    """The devices function's statements stopped by the server after 0.3 s (4 s deployed, which a test need not
+    wait), and a database session of the test's own (returned) to hold rows meanwhile."""
+    from lockwise.core.db import Database
+    from lockwise.core.runtime import get_runtime
+
+    rt = get_runtime("devices")
+    rt.db.statement_timeout_s = 0.3
+    rt.db.close()  # the pooled connections were made with the default
+    holder = Database(stack_env["DATABASE_URL"], pool_size=1)
+    try:
+        yield holder
+    finally:
+        holder.close()
+        rt.db.close()
+        get_runtime.cache_clear()
+
+
+@pytest.fixture
 def make_client(stack_env: dict[str, str], openapi_spec: OpenApiSpec) -> Callable[[str], CheckedClient]:
     """``make_client("devices")``: the function's Flask app, loaded from its folder as functions-framework does."""
     import functions_framework

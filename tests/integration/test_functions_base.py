@@ -399,31 +399,24 @@ def test_a_server_that_can_no_longer_write_is_a_503_and_its_connections_are_repl
         db.close()
 
 
-def test_a_request_waiting_on_a_busy_table_is_a_json_503_and_writes_nothing(make_client: Any, sign_up: Any) -> None:
+def test_a_request_waiting_on_a_busy_table_is_a_json_503_and_writes_nothing(
+    make_client: Any, sign_up: Any, impatient_devices: Database
+) -> None:
     """An app request whose first write waits on rows another session holds (a long migration, a stuck
     transaction): the server stops the statement, the app gets 503 ``database_busy`` (not a 500), nothing is written,
     and the same request succeeds once the table is free."""
-    account = sign_up()
-    rt = get_runtime("devices")
-    rt.db.statement_timeout_s = 0.3
-    rt.db.close()  # the pooled connections were made with the default
-    holder = Database(os.environ["DATABASE_URL"], pool_size=1)
+    account, holder = sign_up(), impatient_devices
     client = make_client("devices")
     headers = {"Authorization": f"Bearer {account['idToken']}"}
-    try:
-        with holder.transaction() as held:
-            held.run("LOCK TABLE users IN SHARE MODE")  # reads go on, writes wait
-            resp = client.get("/devices/me", headers=headers)
-            assert resp.status_code == 503, resp.get_data(as_text=True)
-            assert resp.get_json()["error"]["code"] == "database_busy"
-        with holder.connection() as con:
-            assert con.run("SELECT count(*) FROM users WHERE uid = :u", u=account["localId"]) == [[0]]
+    with holder.transaction() as held:
+        held.run("LOCK TABLE users IN SHARE MODE")  # reads go on, writes wait
         resp = client.get("/devices/me", headers=headers)
-        assert resp.status_code == 200 and resp.get_json()["uid"] == account["localId"]
-    finally:
-        holder.close()
-        rt.db.close()
-        get_runtime.cache_clear()
+        assert resp.status_code == 503, resp.get_data(as_text=True)
+        assert resp.get_json()["error"]["code"] == "database_busy"
+    with holder.connection() as con:
+        assert con.run("SELECT count(*) FROM users WHERE uid = :u", u=account["localId"]) == [[0]]
+    resp = client.get("/devices/me", headers=headers)
+    assert resp.status_code == 200 and resp.get_json()["uid"] == account["localId"]
 
 
 def test_a_server_refusing_a_connection_at_startup_is_a_503_not_a_500(stack_env: dict[str, str]) -> None:

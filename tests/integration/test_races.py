@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from infra.local.firestore_sdk import sdk_client as firestore_client
-from lockwise.core import mirror
+from lockwise.core import errors, mirror
 from lockwise.core.config import get_settings
 from lockwise.core.db import Database
 from lockwise.core.runtime import get_runtime
@@ -137,6 +137,17 @@ def test_a_lock_deleted_as_it_signs_a_request_is_answered_as_a_deleted_lock(worl
     assert again.status_code == 401 and again.get_json()["error"]["code"] == "bad_lock_signature"
 
 
+def test_a_lock_deleted_after_its_signature_was_checked_reads_its_config_as_a_deleted_lock(world: World) -> None:
+    """Between the signature check (its own statement) and the config's read, the lock was deleted: the read found no
+    row and unpacked nothing (a 500); it is the deleted lock's 401."""
+    db = get_runtime("devices").db
+    with lock_being_deleted(world):
+        pass
+    with pytest.raises(errors.Unauthenticated) as refused, db.transaction() as con:
+        locks.lock_config(con, world.lock_id)
+    assert refused.value.code == "unknown_lock"
+
+
 def test_a_door_attempt_refused_as_its_lock_is_deleted_is_a_401_not_a_500(world: World, make_client: Any) -> None:
     """A lock's attempt whose audio is refused is logged; a lock deleted meanwhile failed that row's foreign key."""
     verify = make_client("verify")
@@ -205,13 +216,12 @@ def test_an_admin_removing_the_owner_as_the_lock_is_deleted_waits_and_finds_it_g
     assert waited and resp.status_code == 404 and resp.get_json()["error"]["code"] == "lock_not_found"
 
 
-def test_a_relay_batch_that_meets_a_held_row_is_sent_again_not_dropped(world: World, stack_env: dict[str, str]) -> None:
+def test_a_relay_batch_that_meets_a_held_row_is_sent_again_not_dropped(
+    world: World, stack_env: dict[str, str], impatient_devices: Database
+) -> None:
     """An event whose statement the server stopped (a row held past the statement limit) was judged bad and
     dropped ("rejected: could not be applied", which the relay acknowledges); the batch is now a 503, which the
     relay sends again, and nothing is set aside as rejected."""
-    rt = get_runtime("devices")
-    rt.db.statement_timeout_s = 0.3
-    rt.db.close()  # the pooled connections were made with the default
     event = {
         "topic": f"lockwise/{world.credentials['mqtt']['client_id']}/state",
         "payload": json.dumps({"state": "unlocked", "ts": time.time()}),
@@ -222,17 +232,11 @@ def test_a_relay_batch_that_meets_a_held_row_is_sent_again_not_dropped(world: Wo
         json={"events": [event]},
         headers={"X-LockWise-Service-Token": stack_env["LOCKWISE_SERVICE_TOKEN"]},
     )
-    holder = Database(stack_env["DATABASE_URL"], pool_size=1)
-    try:
-        with holder.transaction() as held:
-            held.run("SELECT 1 FROM lock_state WHERE lock_id = CAST(:l AS uuid) FOR UPDATE", l=world.lock_id)
-            refused = send()
-        assert refused.status_code == 503 and refused.get_json()["error"]["code"] == "database_busy"
-        with holder.connection() as con:
-            assert con.run("SELECT count(*) FROM lock_event_rejects") == [[0]]
-        again = send()
-        assert again.status_code == 200 and again.get_json()["results"][0]["outcome"] == "applied"
-    finally:
-        holder.close()
-        rt.db.close()
-        get_runtime.cache_clear()
+    with impatient_devices.transaction() as held:
+        held.run("SELECT 1 FROM lock_state WHERE lock_id = CAST(:l AS uuid) FOR UPDATE", l=world.lock_id)
+        refused = send()
+    assert refused.status_code == 503 and refused.get_json()["error"]["code"] == "database_busy"
+    with impatient_devices.connection() as con:
+        assert con.run("SELECT count(*) FROM lock_event_rejects") == [[0]]
+    again = send()
+    assert again.status_code == 200 and again.get_json()["results"][0]["outcome"] == "applied"
