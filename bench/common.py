@@ -5,13 +5,17 @@ from __future__ import annotations
 import json
 import os
 import platform
+import secrets
+import shutil
 import statistics
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from infra.local import services
 from infra.local.stack import background
 
 local_stack = background  # the benchmarks' throwaway stack
@@ -50,6 +54,19 @@ def forget_attempts(db: Any, lock_id: str) -> None:
     with db.transaction() as con:
         con.run("DELETE FROM voice_lockouts WHERE lock_id = CAST(:l AS uuid)", l=lock_id)
         con.run("DELETE FROM verification_attempts WHERE lock_id = CAST(:l AS uuid)", l=lock_id)
+
+
+@contextmanager
+def throwaway_postgres(name: str) -> Iterator[services.Postgres]:
+    """A PostgreSQL of the bench's own (TCP on 127.0.0.1, not durable), stopped and removed when the block ends."""
+    root = Path(tempfile.mkdtemp(prefix=f"lockwise-{name}-"))
+    root.chmod(0o755)
+    pg = services.start_postgres(root / "pg", services.free_port(), secrets.token_urlsafe(12), durable=False)
+    try:
+        yield pg
+    finally:
+        pg.stop()
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def machine() -> str:

@@ -9,15 +9,10 @@ an empty query first: the first borrow after a pause), in interleaved rounds, an
 from __future__ import annotations
 
 import argparse
-import secrets
-import shutil
-import tempfile
 import time
 from collections.abc import Callable
-from pathlib import Path
 
-from bench.common import machine, out, pct, table
-from infra.local import services
+from bench.common import machine, out, pct, table, throwaway_postgres
 from lockwise.core.db import Database
 
 
@@ -41,43 +36,43 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=2000)
     args = parser.parse_args(argv)
-    root = Path(tempfile.mkdtemp(prefix="lockwise-pool-"))
-    root.chmod(0o755)
-    pg = services.start_postgres(root / "pg", services.free_port(), secrets.token_urlsafe(12), durable=False)
-    busy = Database(pg.url, pool_size=1)  # the window's default: each borrow follows the last at once
-    idle = Database(pg.url, pool_size=1, check_idle_after_s=0.0)  # as if every borrow came after a pause
-    try:
-        rows: list[list[object]] = []
-        for name, work in (("connection + SELECT 1", borrow_and_read), ("transaction + SELECT 1", transaction_read)):
-            for db in (busy, idle):
-                work(db)  # the connection made, its statement prepared
-            plain: list[float] = []
-            asked: list[float] = []
-            for _ in range(args.rounds):
-                plain.append(timed(work, busy))
-                asked.append(timed(work, idle))
-            rows.append(
-                [
-                    name,
-                    pct(plain, 50),
-                    pct(asked, 50),
-                    pct(asked, 50) - pct(plain, 50),
-                    f"{pct(asked, 50) / pct(plain, 50):.2f}x",
-                ]
-            )
-        out(
-            table(
-                f"Borrowing a pooled database connection ({args.rounds} interleaved rounds; {machine()})",
-                ["borrow", "within the window p50 us", "idle past it (asked) p50 us", "added us", "ratio"],
-                rows,
-            )
-        )
-    finally:
-        busy.close()
-        idle.close()
-        pg.stop()
-        shutil.rmtree(root, ignore_errors=True)
+    with throwaway_postgres("pool") as pg:
+        busy = Database(pg.url, pool_size=1)  # the window's default: each borrow follows the last at once
+        idle = Database(pg.url, pool_size=1, check_idle_after_s=0.0)  # as if every borrow came after a pause
+        try:
+            _measure(busy, idle, args.rounds)
+        finally:
+            busy.close()
+            idle.close()
     return 0
+
+
+def _measure(busy: Database, idle: Database, rounds: int) -> None:
+    rows: list[list[object]] = []
+    for name, work in (("connection + SELECT 1", borrow_and_read), ("transaction + SELECT 1", transaction_read)):
+        for db in (busy, idle):
+            work(db)  # the connection made, its statement prepared
+        plain: list[float] = []
+        asked: list[float] = []
+        for _ in range(rounds):
+            plain.append(timed(work, busy))
+            asked.append(timed(work, idle))
+        rows.append(
+            [
+                name,
+                pct(plain, 50),
+                pct(asked, 50),
+                pct(asked, 50) - pct(plain, 50),
+                f"{pct(asked, 50) / pct(plain, 50):.2f}x",
+            ]
+        )
+    out(
+        table(
+            f"Borrowing a pooled database connection ({rounds} interleaved rounds; {machine()})",
+            ["borrow", "within the window p50 us", "idle past it (asked) p50 us", "added us", "ratio"],
+            rows,
+        )
+    )
 
 
 if __name__ == "__main__":
