@@ -413,6 +413,8 @@ def test_a_request_waiting_on_a_busy_table_is_a_json_503_and_writes_nothing(
         resp = client.get("/devices/me", headers=headers)
         assert resp.status_code == 503, resp.get_data(as_text=True)
         assert resp.get_json()["error"]["code"] == "database_busy"
+        # when to try again, in the header and the body alike
+        assert resp.headers["Retry-After"] == "1" and resp.get_json()["error"]["details"] == {"retry_after_s": 1}
     with holder.connection() as con:
         assert con.run("SELECT count(*) FROM users WHERE uid = :u", u=account["localId"]) == [[0]]
     resp = client.get("/devices/me", headers=headers)

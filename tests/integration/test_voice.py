@@ -360,6 +360,7 @@ def test_a_forward_pass_that_fails_or_hangs_leaves_nothing_half_written(
     monkeypatch.setattr(verification, "FORWARD_WAIT_S", 0.2)
     timed_out = signed_verify(clients, world, wav(take()))  # answered while the model still has not
     assert timed_out.status_code == 503 and timed_out.get_json()["error"]["code"] == "model_timeout"
+    assert timed_out.headers["Retry-After"] == "1"
     assert not finished.is_set()
     monkeypatch.setattr(encoder_class, "embed", real)
     release.set()

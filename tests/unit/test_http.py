@@ -79,6 +79,18 @@ def test_rate_limit_sets_retry_after() -> None:
     assert resp.status_code == 429 and resp.headers["Retry-After"] == "30"
 
 
+def test_every_503_says_when_to_try_again() -> None:
+    api = Api("unit", settings=lambda: Settings.from_env({}))
+
+    @api.route("GET", "/unit/busy")
+    def busy(ctx: Ctx) -> JsonBody:
+        raise errors.Unavailable("database is busy", code="database_busy")
+
+    resp = call(api, "GET", "/unit/busy")
+    assert resp.status_code == 503 and resp.headers["Retry-After"] == "1"
+    assert json.loads(resp.get_data())["error"]["details"] == {"retry_after_s": 1}
+
+
 def test_unexpected_exception_is_a_500_that_leaks_nothing(caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.ERROR):
         resp = call(make_api(), "GET", "/unit/items/boom")

@@ -88,7 +88,18 @@ def seconds_until(moment: dt.datetime, now: dt.datetime) -> int:
 
 
 class Unavailable(LockwiseError):
+    """503: a dependency is down or busy; nothing was done. ``Retry-After`` (and ``details.retry_after_s``) says
+    when to try again: a second, since what it meets (a lock wait, a pooled connection lost, a slow forward) is
+    usually over by then, and a client told nothing either hammers or gives up."""
+
     status, default_code = 503, "unavailable"
+
+    def __init__(self, message: str, *, code: str | None = None, retry_after_s: int = 1) -> None:
+        super().__init__(message, code=code, details={"retry_after_s": retry_after_s})
+        self.retry_after_s = retry_after_s
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after_s)}
 
 
 def error_body(err: LockwiseError, request_id: str) -> dict[str, Any]:
