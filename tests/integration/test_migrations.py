@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 import secrets
+import socket
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,7 +14,7 @@ import pytest
 from pg8000.exceptions import DatabaseError
 
 from infra.local.services import Postgres
-from lockwise.core import migrate
+from lockwise.core import errors, migrate
 from lockwise.core.db import CHECK_VIOLATION, FOREIGN_KEY_VIOLATION, UNIQUE_VIOLATION, Database, sqlstate
 from mqtt_relay import sessions
 
@@ -117,13 +119,38 @@ def test_the_migration_job_lets_a_long_statement_run(
 
     def record(con: object) -> list[migrate.Migration]:
         seen.append(con.run("SHOW statement_timeout"))  # type: ignore[attr-defined]
+        con.run("SELECT pg_sleep(0.6)")  # type: ignore[attr-defined]  # past the connect timeout: the socket waits
         return []
 
     monkeypatch.setenv("DATABASE_URL", postgres.url.rsplit("/", 1)[0] + f"/{fresh_db.params.database}")
     monkeypatch.setattr(migrate, "apply", record)
+    monkeypatch.setattr(migrate, "CONNECT_TIMEOUT_S", 0.3)
     monkeypatch.setattr("lockwise.core.log.configure", lambda *_a, **_k: None)  # leave the test run's logging be
     assert migrate.main([]) == 0
     assert seen == [[["10min"]]]
+
+
+def test_the_migration_job_gives_up_on_a_server_that_never_answers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A job pointed at an address that takes the connection and says nothing (a wrong host, a proxy whose backend
+    is not up) fails within its connect timeout, not after the 10 min a statement may run."""
+    silent = socket.create_server(("127.0.0.1", 0))  # the kernel completes the handshake; nobody ever answers
+    monkeypatch.setattr(migrate, "CONNECT_TIMEOUT_S", 0.5)
+    outcome: list[BaseException] = []
+
+    def connect() -> None:
+        try:
+            migrate.job_connection(f"postgresql://lockwise:x@127.0.0.1:{silent.getsockname()[1]}/lockwise").close()
+        except BaseException as exc:  # noqa: BLE001 - what the job met, read below
+            outcome.append(exc)
+
+    try:
+        attempt = threading.Thread(target=connect, daemon=True)
+        attempt.start()
+        attempt.join(timeout=10)
+        assert not attempt.is_alive(), "the job still waits on a server that never answers"
+    finally:
+        silent.close()
+    assert len(outcome) == 1 and isinstance(outcome[0], errors.Unavailable)
 
 
 def test_every_foreign_key_has_an_index_led_by_its_columns(fresh_db: Database) -> None:

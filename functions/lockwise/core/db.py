@@ -63,6 +63,11 @@ class PreparingConnection(pg8000.native.Connection):  # type: ignore[misc]  # pg
         super().__init__(*args, **kwargs)
         self._prepared: dict[str, Any] = {}
 
+    def settimeout(self, seconds: float) -> None:
+        """How long a read or write on the connection's socket (the TLS one, when wrapped) may wait from now on;
+        pg8000 takes one ``timeout`` for connecting and for every statement after."""
+        self._usock.settimeout(seconds)
+
     def run(self, sql: str, stream: Any = None, types: Any = None, **params: Any) -> Any:
         if not params or stream is not None or types is not None:
             return super().run(sql, stream=stream, types=types, **params)
@@ -208,10 +213,14 @@ class Database:
         connect_timeout_s: float = 5.0,
         check_idle_after_s: float = 0.5,
         statement_timeout_s: float = STATEMENT_TIMEOUT_S,
+        read_timeout_s: float | None = None,
     ) -> None:
         self.params = ConnectParams.from_url(url)
         self.pool_size = pool_size
         self.connect_timeout_s = connect_timeout_s
+        #: a statement's wait for its answer once connected (``connect_timeout_s`` unless given: a job whose
+        #: statements run minutes still gives up on an unreachable server within the connect timeout)
+        self.read_timeout_s = connect_timeout_s if read_timeout_s is None else read_timeout_s
         self.statement_timeout_s = statement_timeout_s
         self.check_idle_after_s = check_idle_after_s
         self._idle: list[tuple[Connection, float]] = []  # each with when it went back (``time.monotonic``)
@@ -242,7 +251,7 @@ class Database:
                 sock = tcp_socket(host, p.port, self.connect_timeout_s)
                 # pg8000 still needs the host beside its own socket: TLS checks the server's name against it
                 kwargs.update(host=host, sock=sock)
-            return cast(Connection, PreparingConnection(timeout=self.connect_timeout_s, **kwargs))
+            con = PreparingConnection(timeout=self.connect_timeout_s, **kwargs)
         except (InterfaceError, OSError) as exc:
             if sock is not None:
                 sock.close()
@@ -257,6 +266,9 @@ class Database:
             if state == TOO_MANY_CONNECTIONS:
                 raise errors.Unavailable("database is busy", code="database_busy") from exc
             raise errors.Unavailable("database is unavailable", code="database_unavailable") from exc
+        if self.read_timeout_s != self.connect_timeout_s:
+            con.settimeout(self.read_timeout_s)
+        return cast(Connection, con)
 
     def _tls_context(self) -> Any:
         with self._lock:

@@ -29,6 +29,9 @@ STATEMENT_TIMEOUT_S = 600.0
 #: up after this long (55P03), nothing applied, and the job is run again
 LOCK_TIMEOUT_S = 5.0
 LOCK_NOT_AVAILABLE = "55P03"
+#: reaching the server and its startup answer: a job pointed at an unreachable host (a wrong address, a private IP
+#: not routed yet) fails in seconds, not after a statement's 10 minutes
+CONNECT_TIMEOUT_S = 10.0
 
 
 class MigrationError(RuntimeError):
@@ -106,8 +109,14 @@ def apply(con: Connection, migrations: list[Migration] | None = None) -> list[Mi
 
 def job_connection(database_url: str) -> Connection:
     """A connection with the migration job's limits (``STATEMENT_TIMEOUT_S``; the request path's 4 s would stop a
-    long migration, and a lock wait past ``LOCK_TIMEOUT_S`` with the server's own error, not ``MigrationError``)."""
-    job = Database(database_url, connect_timeout_s=STATEMENT_TIMEOUT_S + 30, statement_timeout_s=STATEMENT_TIMEOUT_S)
+    long migration, and a lock wait past ``LOCK_TIMEOUT_S`` with the server's own error, not ``MigrationError``),
+    reached within ``CONNECT_TIMEOUT_S`` (``errors.Unavailable`` past it)."""
+    job = Database(
+        database_url,
+        connect_timeout_s=CONNECT_TIMEOUT_S,
+        read_timeout_s=STATEMENT_TIMEOUT_S + 30,  # the server stops a statement first, with its own error
+        statement_timeout_s=STATEMENT_TIMEOUT_S,
+    )
     return job.connect()
 
 
