@@ -240,3 +240,43 @@ def test_a_relay_batch_that_meets_a_held_row_is_sent_again_not_dropped(
         assert con.run("SELECT count(*) FROM lock_event_rejects") == [[0]]
     again = send()
     assert again.status_code == 200 and again.get_json()["results"][0]["outcome"] == "applied"
+
+
+def test_a_relay_batch_acknowledging_a_command_as_its_lock_is_deleted_waits_and_finds_it_gone(
+    world: World, stack_env: dict[str, str]
+) -> None:
+    """A deletion takes the lock's row, then removes the lock's commands, then its state row. A relay batch took the
+    state row first and then acknowledged a command: each waited for what the other held (a deadlock, a 503 after
+    PostgreSQL's 1 s check, and the relay sending the batch again into the same race). The batch now takes the
+    lock's row before its state row: begun after the deletion's first step, it waits holding nothing the deletion
+    needs, and then finds the lock gone."""
+    db, lock, owner = get_runtime("devices").db, world.lock_id, world.uid("owner")
+    issued = world.devices.post(
+        f"/devices/locks/{lock}/commands", json={"action": "lock"}, headers=world.headers("owner")
+    )
+    assert issued.status_code == 202
+    command_id = issued.get_json()["command"]["id"]
+    with db.connection() as con:
+        ((nonce,),) = con.run("SELECT nonce FROM commands WHERE id = CAST(:i AS uuid)", i=command_id)
+    client_id = world.credentials["mqtt"]["client_id"]
+    events = [
+        {"topic": f"lockwise/{client_id}/state", "payload": json.dumps({"state": "locked", "ts": time.time()})},
+        {
+            "topic": f"lockwise/{client_id}/ack",
+            "payload": json.dumps({"id": command_id, "nonce": nonce, "result": "ok"}),
+        },
+    ]
+    token = {"X-LockWise-Service-Token": stack_env["LOCKWISE_SERVICE_TOKEN"]}
+    with ThreadPoolExecutor(1) as pool:
+        with db.transaction() as con:
+            members.require(con, lock, owner, _now(), at_least="owner", for_update=True)  # DELETE's first step
+            sent = pool.submit(world.devices.post, "/devices/relay/events", json={"events": events}, headers=token)
+            time.sleep(SHOWS_IT_WAITS_S)
+            waited = not sent.done()
+            locks.delete(con, lock, owner)  # its commands, then its state row: neither held by the batch
+        resp = sent.result(30)
+    assert waited and resp.status_code == 200, resp.get_data(as_text=True)
+    # the state of a lock gone is stale; its command went with it (nothing pending to acknowledge)
+    assert [r["outcome"] for r in resp.get_json()["results"]] == ["stale", "duplicate"]
+    with db.connection() as con:
+        assert con.run("SELECT count(*) FROM locks WHERE id = CAST(:l AS uuid)", l=lock) == [[0]]
