@@ -96,6 +96,33 @@ def test_bad_events_are_rejected_not_failed(world: World, stack_env: dict[str, s
     assert resp.status_code == 200 and [r["outcome"] for r in resp.get_json()["results"]] == ["applied"]
 
 
+def test_a_locks_raw_nul_or_bad_text_is_judged_with_its_event_not_the_batch(
+    world: World, stack_env: dict[str, str], make_client: Any, sign_up: Any
+) -> None:
+    """MQTT payloads may hold NUL bytes and the relay passes them on: the body's text check refused the whole batch
+    (400 invalid_text), and the relay split it in halves down to each such event (999 requests for 499 of them in a
+    batch of 500, every other lock's events waiting behind), then dropped them unrecorded. Each is now rejected with
+    its event and kept for an operator; the other events of the batch are applied."""
+    token = {"X-LockWise-Service-Token": stack_env["LOCKWISE_SERVICE_TOKEN"]}
+    other = build_world(make_client("devices"), sign_up)
+    mine, theirs = world.credentials["mqtt"]["client_id"], other.credentials["mqtt"]["client_id"]
+    events = [
+        {"topic": f"lockwise/{mine}/status", "payload": "on\x00line"},
+        {"topic": f"lockwise/{mine}/state", "payload": '{"state": "locked", "firmware": "a\x00b", "ts": 1}'},
+        {"topic": f"lockwise/{mine}/st\x00ate", "payload": "{}"},
+        {"topic": f"lockwise/{mine}/status", "payload": "\ud800"},
+        {"topic": f"lockwise/{theirs}/state", "payload": json.dumps({"state": "unlocked", "ts": time.time()})},
+    ]
+    resp = world.devices.post("/devices/relay/events", json={"events": events}, headers=token)
+    assert resp.status_code == 200, resp.get_data(as_text=True)
+    assert [r["outcome"] for r in resp.get_json()["results"]] == ["rejected"] * 4 + ["applied"]
+    with get_runtime("devices").db.connection() as con:
+        kept = con.run(
+            "SELECT topic, payload_excerpt FROM lock_event_rejects WHERE topic LIKE :t", t=f"lockwise/{mine}/%"
+        )
+    assert len(kept) == 4 and any("\\0" in excerpt for _, excerpt in kept), kept
+
+
 def test_a_batch_judges_each_report_against_the_ones_before_it_in_the_same_batch(
     world: World, stack_env: dict[str, str]
 ) -> None:

@@ -45,6 +45,17 @@ def test_every_json_body_crosses_the_same_boundary() -> None:
         parse_json_object(b'{"a": ' + b"[" * 100 + b"]" * 100 + b"}", None)
 
 
+def test_a_body_judged_item_by_item_leaves_the_text_check_to_its_items_but_not_the_others() -> None:
+    body = b'{"events": [{"payload": "on\\u0000line"}, {"payload": "\\ud800"}]}'
+    with pytest.raises(errors.BadRequest, match="NUL"):
+        inputs.loads(body)
+    events = inputs.loads(body, check_strings=False)["events"]
+    assert [inputs.is_text(e["payload"]) for e in events] == [False, False]
+    for refused in (b'{"a": ' + b"[" * 40 + b"]" * 40 + b"}", b'{"n": 1' + b"0" * 30 + b"}", b'{"a": 1, "a": 2}'):
+        with pytest.raises(errors.BadRequest):  # nesting, numbers and names twice still refused
+            inputs.loads(refused, check_strings=False)
+
+
 @pytest.mark.parametrize(
     "value",
     [

@@ -62,12 +62,13 @@ class Ctx:
         """The raw body, refused with 413 before it is read whole when over ``limit`` (default: the setting)."""
         return read_body(self.request, limit or self.settings.max_body_bytes)
 
-    def json(self, fields: Collection[str] | None, limit: int | None = None) -> JsonBody:
+    def json(self, fields: Collection[str] | None, limit: int | None = None, *, check_strings: bool = True) -> JsonBody:
         """The body as a JSON object of at most ``fields`` (400 ``malformed_json``, ``expected_object``,
         ``unknown_field`` otherwise). ``None`` takes any field: for routes that check their fields themselves and for
         the bodies whose refusal would do harm (a lock's, the relay's) or break a contract (the original design's,
-        whose Pydantic models ignored what they did not name)."""
-        return parse_json_object(self.body(limit), fields)
+        whose Pydantic models ignored what they did not name). ``check_strings=False``: the route checks each
+        string's text itself (``inputs.check_text``), item by item (``inputs.loads``)."""
+        return parse_json_object(self.body(limit), fields, check_strings=check_strings)
 
     @property
     def client_address(self) -> str:
@@ -108,10 +109,11 @@ def read_body(request: flask.Request, limit: int) -> bytes:
     return data
 
 
-def parse_json_object(raw: bytes, fields: Collection[str] | None) -> JsonBody:
+def parse_json_object(raw: bytes, fields: Collection[str] | None, *, check_strings: bool = True) -> JsonBody:
     if not raw:
         raise errors.BadRequest("request body is empty; a JSON object is expected", code="empty_body")
-    value = inputs.loads(raw)  # nesting, number and text limits: one boundary for every JSON body
+    # nesting, number and text limits: one boundary for every JSON body
+    value = inputs.loads(raw, check_strings=check_strings)
     if not isinstance(value, dict):
         raise errors.BadRequest("body must be a JSON object", code="expected_object")
     return value if fields is None else inputs.only_fields(value, fields)

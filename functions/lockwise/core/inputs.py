@@ -22,9 +22,11 @@ MAX_INT_DIGITS = 20
 _UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 
 
-def loads(raw: bytes | str, *, max_depth: int = MAX_JSON_DEPTH) -> Any:
+def loads(raw: bytes | str, *, max_depth: int = MAX_JSON_DEPTH, check_strings: bool = True) -> Any:
     """Parse JSON from outside (400 ``malformed_json``, ``json_too_deep``, ``number_too_large``, ``invalid_text``,
-    ``duplicate_field``).
+    ``duplicate_field``). ``check_strings=False`` leaves ``invalid_text`` to the caller, for a body that carries
+    many items judged one by one (the relay's batch: one lock's NUL byte refused the whole batch, and every other
+    lock's events with it, while the relay split it down to that event).
 
     Linear in the input: the parser refuses nesting past the interpreter's recursion limit with a RecursionError
     (its C scanner counts its depth), and the walk that checks every string checks the depth too. (A regular
@@ -37,7 +39,7 @@ def loads(raw: bytes | str, *, max_depth: int = MAX_JSON_DEPTH) -> Any:
         raise _too_deep(max_depth) from exc
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise errors.BadRequest(f"body is not valid JSON: {exc}"[:300], code="malformed_json") from exc
-    _check_strings(value, max_depth)
+    _check_strings(value, max_depth, check=check_strings)
     return value
 
 
@@ -92,9 +94,11 @@ def _no_constant(name: str) -> Any:
     raise errors.BadRequest(f"{name} is not a JSON number", code="malformed_json")
 
 
-def _check_strings(value: Any, max_depth: int, path: str = "$", depth: int = 0) -> None:
+def _check_strings(value: Any, max_depth: int, path: str = "$", depth: int = 0, *, check: bool = True) -> None:
+    """Every string's text (``check``) and the nesting depth (always)."""
     if isinstance(value, str):
-        check_text(value, path)
+        if check:
+            check_text(value, path)
         return
     if not isinstance(value, dict | list):
         return
@@ -102,11 +106,12 @@ def _check_strings(value: Any, max_depth: int, path: str = "$", depth: int = 0) 
         raise _too_deep(max_depth)
     if isinstance(value, dict):
         for key, item in value.items():
-            check_text(key, path)
-            _check_strings(item, max_depth, f"{path}.{key}" if len(path) < 200 else path, depth + 1)
+            if check:
+                check_text(key, path)
+            _check_strings(item, max_depth, f"{path}.{key}" if len(path) < 200 else path, depth + 1, check=check)
     else:
         for item in value:
-            _check_strings(item, max_depth, path, depth + 1)
+            _check_strings(item, max_depth, path, depth + 1, check=check)
 
 
 def check_text(value: str, field: str) -> str:
