@@ -89,6 +89,13 @@ def verify_candidates(ctx: Ctx) -> JsonBody:
     if any(len(d) != 4 * encoder.dim for d in decoded):
         raise errors.BadRequest(f"each candidate must be {encoder.dim} float32 values", code="invalid_candidates")
     prints = scoring.from_bytes(b"".join(decoded), encoder.dim)
+    unusable = scoring.unusable_rows(prints)
+    if unusable:
+        raise errors.BadRequest(
+            f"candidates[{unusable[0]}] is not a voiceprint: its values must be finite and not all zero",
+            code="invalid_candidates",
+            details={"candidates": unusable[:20]},
+        )
     scores = scoring.cosine_scores(encoder.embed(clip.samples, clip.rate), prints)
     best = int(scores.argmax())
     return {"best_index": best, "score": float(scores[best]), "model_id": encoder.model_id}

@@ -895,6 +895,21 @@ def test_original_contracts_for_service_callers(clients: dict[str, Any], voice_e
         "/verify/candidates", json={**pcm_json(take()), "candidates": ["AAAA"]}, headers=service
     )
     assert bad.status_code == 400 and bad.get_json()["error"]["code"] == "invalid_candidates"
+    # a candidate no cosine can be taken with: NaN was scored the best of the list and went out as a bare NaN, not
+    # JSON (an attack run); 3e38s overflowed float32's norm and scored past 1
+    for junk in (np.nan, np.inf, 0.0):
+        vectors = [candidates[1], base64.b64encode(scoring.to_bytes(np.full(192, junk))).decode()]
+        bad = clients["verify"].post(
+            "/verify/candidates", json={**pcm_json(take()), "candidates": vectors}, headers=service
+        )
+        assert bad.status_code == 400, bad.get_data(as_text=True)
+        assert bad.get_json()["error"]["code"] == "invalid_candidates"
+        assert bad.get_json()["error"]["details"] == {"candidates": [1]}
+    huge = base64.b64encode(scoring.to_bytes(np.full(192, 3e38) * np.sign(vector))).decode()
+    resp = clients["verify"].post(
+        "/verify/candidates", json={**pcm_json(take()), "candidates": [huge]}, headers=service
+    )
+    assert resp.status_code == 200 and -1.0 <= resp.get_json()["score"] <= 1.0
 
 
 def test_attempts_reach_the_activity_feed_without_biometrics(

@@ -87,3 +87,18 @@ def test_normalised_scores_pass_nobody_whose_cosine_is_under_the_encoders_floor(
     assert looser.raw_gate == ge2e.floor  # a lock cannot lower it
     raw = policy(settings, encoder)
     assert raw.raw_gate is None and raw.threshold == ge2e.threshold  # raw cosines: the threshold is the gate
+
+
+def test_rows_no_cosine_can_be_taken_with_are_named() -> None:
+    prints = np.ones((5, 4), np.float32)
+    prints[1, 2], prints[2, 0], prints[3] = np.nan, -np.inf, 0.0
+    assert scoring.unusable_rows(prints) == [1, 2, 3]
+    assert scoring.unusable_rows(np.full((2, 192), 3e38, np.float32)) == []  # large but a direction
+
+
+def test_a_cosine_stays_within_one_whatever_the_scale() -> None:
+    probe = np.linspace(-1, 1, 192).astype(np.float32)
+    prints = np.stack([np.sign(probe) * np.float32(3e38), probe * np.float32(1e20), probe])
+    scores = scoring.cosine_scores(probe, prints)
+    assert np.all(np.abs(scores) <= 1.0) and scores[1] == pytest.approx(1.0) and scores[2] == pytest.approx(1.0)
+    assert scoring.unusable_rows((probe * np.float32(1e-30))[None, :]) == [0]  # no direction left to score

@@ -121,7 +121,9 @@ def parse_json_object(raw: bytes, fields: Collection[str] | None, *, check_strin
 
 def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> flask.Response:
     return flask.Response(
-        json.dumps(body, separators=(",", ":"), default=str),
+        # NaN and Infinity are not JSON (RFC 8259): a value that reaches here is a bug, answered as one (a 500),
+        # never a body a client's parser refuses
+        json.dumps(body, separators=(",", ":"), default=str, allow_nan=False),
         status=status,
         mimetype="application/json",
         headers=headers,

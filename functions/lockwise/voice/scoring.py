@@ -21,11 +21,21 @@ Matrix = npt.NDArray[np.float32]
 
 
 def normalise(x: npt.NDArray[np.floating]) -> Vector:
-    """Unit L2 norm along the last axis (float32)."""
-    arr = np.asarray(x, dtype=np.float32)
+    """Unit L2 norm along the last axis (float32; the norm taken in float64, where float32's squares of values
+    past ~1e19 overflow)."""
+    arr = np.asarray(x, dtype=np.float64)
     norm = np.linalg.norm(arr, axis=-1, keepdims=True)
     out: Vector = (arr / np.maximum(norm, 1e-12)).astype(np.float32)
     return out
+
+
+def unusable_rows(prints: Matrix) -> list[int]:
+    """The rows of ``prints`` no cosine can be taken with: a value that is not finite (NaN scored as the best of
+    every list, and went out as JSON no client reads), or no direction (all zeros, or a norm that underflows)."""
+    wide = prints.astype(np.float64)  # float32 squares of values near 3e38 overflow to inf
+    finite = np.isfinite(wide).all(axis=-1)
+    norms = np.linalg.norm(np.where(np.isfinite(wide), wide, 0.0), axis=-1)
+    return [int(i) for i in np.flatnonzero(~finite | (norms < 1e-12))]
 
 
 def to_bytes(x: npt.NDArray[np.floating]) -> bytes:
@@ -44,7 +54,9 @@ def cosine_scores(probe: Vector, prints: Matrix) -> npt.NDArray[np.float32]:
     """Cosine of ``probe`` (d,) with each row of ``prints`` (k, d) -> (k,)."""
     if prints.ndim != 2 or prints.shape[1] != probe.shape[-1]:
         raise ValueError(f"dimension mismatch: probe {probe.shape}, prints {prints.shape}")
-    return (normalise(prints) @ normalise(probe)).astype(np.float32)
+    # a cosine, kept within [-1, 1] where float32's rounding of two unit vectors' product strays past it
+    scores: npt.NDArray[np.float32] = np.clip(normalise(prints) @ normalise(probe), -1.0, 1.0).astype(np.float32)
+    return scores
 
 
 @dataclass(frozen=True)
