@@ -212,6 +212,7 @@ def add_member(ctx: Ctx, lock_id: str) -> Result:
     body = members.request_body(ctx.json(None), ("role", "uid", "email", "access"))
     role = _role(body.get("role"))
     access = members.parse_access(role, body)
+    members.require_future(access, rt.now())
     if ("uid" in body) == ("email" in body):
         raise errors.BadRequest("give exactly one of uid or email", code="invalid_invitee")
     invitee = {"uid": _uid(body["uid"])} if "uid" in body else {"email": _email(body["email"])}

@@ -4,6 +4,7 @@ deletion, audit, and bad input: each a 4xx with a code, never a 500."""
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import json
 import time
 import urllib.request
@@ -785,3 +786,40 @@ def test_wrong_pairing_codes_are_limited_per_client_address(
     for _ in range(3):
         assert redeem("WRONG-CODE-1", "192.0.2.100").status_code == 401
     assert redeem("WRONG-CODE-1", "192.0.2.100").status_code == 429
+
+
+def test_an_invitation_whose_access_has_ended_grants_nothing_and_says_so(world: World, sign_up: Any) -> None:
+    """An invitation with an `expires_at` already past was sent, accepted (201, "joined") and the member never got
+    in (attack run). It is refused when sent (400), and one whose end has passed since it was sent is refused when
+    accepted (409 access_ended), nothing written."""
+    lock, invitee = world.lock_id, sign_up()
+    assert world.devices.get("/devices/me", headers=bearer(invitee)).status_code == 200
+    add = f"/devices/locks/{lock}/members"
+    past = "2001-01-01T00:00:00Z"
+    for role, access in (("member", {"expires_at": past}), ("guest", {"valid_until": past})):
+        resp = world.devices.post(
+            add, json={"uid": invitee["localId"], "role": role, "access": access}, headers=world.headers("owner")
+        )
+        assert resp.status_code == 400 and resp.get_json()["error"]["code"] == "invalid_access", resp.get_json()
+    soon = dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)
+    sent = world.devices.post(
+        add,
+        json={"uid": invitee["localId"], "role": "member", "access": {"expires_at": soon.isoformat()}},
+        headers=world.headers("owner"),
+    )
+    assert sent.status_code == 202, sent.get_json()
+    invitation = sent.get_json()["invitation"]["id"]
+    with get_runtime("devices").db.transaction() as con:  # the hour passes before the invitee answers
+        con.run(
+            "UPDATE invitations SET access = jsonb_set(access, '{expires_at}', to_jsonb(CAST(:p AS text)))"
+            " WHERE id = CAST(:i AS uuid)",
+            p=past,
+            i=invitation,
+        )
+    resp = world.devices.post(f"/devices/invitations/{invitation}/accept", headers=bearer(invitee))
+    assert resp.status_code == 409 and resp.get_json()["error"]["code"] == "access_ended", resp.get_json()
+    assert db_rows(
+        "SELECT count(*) FROM lock_members WHERE lock_id = CAST(:l AS uuid) AND user_uid = :u",
+        l=lock,
+        u=invitee["localId"],
+    ) == [[0]]

@@ -147,6 +147,11 @@ def accept(con: Connection, invitation_id: str, user: User, now: dt.datetime) ->
     members.get(con, seen["lock_id"], seen["invited_by"], for_share=True, lock_row="KEY SHARE")
     row = _take(con, invitation_id, user, now)
     lock_id = row["lock_id"]
+    terms = _access(row["access"])
+    if members.ended(terms, now) is not None:  # sent with a future end that has passed since: joining lets nobody in
+        raise errors.Conflict(
+            "the access this invitation offers has ended; ask an owner or admin for a new one", code="access_ended"
+        )
     # one statement decides, so two invitations to one lock accepted at once cannot both answer 201 with a role
     # each while one is stored (attack run): an active membership (also one committed meanwhile: the insert waits
     # for it) is left as it is and the invitation stays open
@@ -165,7 +170,7 @@ def accept(con: Connection, invitation_id: str, user: User, now: dt.datetime) ->
         r=row["role"],
         by=row["invited_by"],
         now=now,
-        **_access(row["access"]),
+        **terms,
     )
     if not joined_now:
         raise errors.Conflict(

@@ -329,6 +329,24 @@ def parse_access(role: str, body: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def ended(access: dict[str, Any], now: dt.datetime) -> str | None:
+    """The access field (``expires_at``, ``valid_until``) of ``parse_access``'s values that is already past at
+    ``now``, if one is: such terms never let their member in."""
+    for name in ("expires_at", "valid_until"):
+        moment = access.get(name)
+        if moment is not None and moment <= now:
+            return name
+    return None
+
+
+def require_future(access: dict[str, Any], now: dt.datetime) -> None:
+    """400 ``invalid_access`` for an invitation whose terms have already ended (its invitee would accept, be told
+    they joined, and never get in)."""
+    name = ended(access, now)
+    if name is not None:
+        raise errors.BadRequest(f"access {name} is in the past: nobody could use it", code="invalid_access")
+
+
 def _is_int(value: Any) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
 
