@@ -76,6 +76,10 @@ def test_bad_events_are_rejected_not_failed(world: World, stack_env: dict[str, s
     assert relay_event(world, token, "state", {"state": "exploded", "ts": time.time()})["outcome"] == "rejected"
     assert relay_event(world, token, "state", "not json")["outcome"] == "rejected"
     assert relay_event(world, token, "status", "sleepy")["outcome"] == "rejected"
+    for firmware in ("\u202ex", "1.0\u0007", "1.\u200b0"):  # shown to every member as the lock wrote it
+        assert relay_event(world, token, "state", {"state": "locked", "firmware": firmware, "ts": 5})["outcome"] == (
+            "rejected"
+        )
     assert relay_event(world, token, "ack", {"id": "nope", "nonce": "n", "result": "ok"})["outcome"] == "rejected"
     resp = world.devices.post(
         "/devices/relay/events",

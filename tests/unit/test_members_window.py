@@ -85,6 +85,12 @@ def test_parse_access_builds_columns() -> None:
         ("guest", {"timezone": "Mars/Olympus"}),
         ("guest", {"timezone": "America"}),  # a folder of the tz database: IsADirectoryError, once a 500
         ("guest", {"timezone": "Etc"}),
+        # zones that are the serving host's setting or copies of the database, not places (attack run)
+        ("guest", {"timezone": "localtime"}),
+        ("guest", {"timezone": "posixrules"}),
+        ("guest", {"timezone": "Factory"}),
+        ("guest", {"timezone": "posix/UTC"}),
+        ("guest", {"timezone": "right/UTC"}),
         ("guest", {"valid_from": "yesterday"}),
         ("guest", {"valid_from": "2030-01-01T00:00:00"}),  # no offset
         ("guest", {"valid_from": "2030-01-02T00:00:00Z", "valid_until": "2030-01-01T00:00:00Z"}),

@@ -16,6 +16,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -328,8 +329,8 @@ def _state(lock_id: str, body: dict[str, Any], now: dt.datetime, batch: Pending)
         return Outcome("rejected", f"state must be one of {', '.join(STATES)}")
     if battery is not None and (isinstance(battery, bool) or not isinstance(battery, int) or not 0 <= battery <= 100):
         return Outcome("rejected", "battery_pct must be an integer 0-100")
-    if firmware is not None and (not isinstance(firmware, str) or len(firmware) > 64):
-        return Outcome("rejected", "firmware must be a string of at most 64 characters")
+    if firmware is not None and (not isinstance(firmware, str) or len(firmware) > 64 or not _plain_text(firmware)):
+        return Outcome("rejected", "firmware must be printable text of at most 64 characters")
     if isinstance(ts, bool) or not isinstance(ts, int | float) or not 0 < ts < 1e11:
         return Outcome("rejected", "ts must be the lock's unix time in seconds")
     reported = dt.datetime.fromtimestamp(ts, dt.UTC)
@@ -365,6 +366,12 @@ def _state(lock_id: str, body: dict[str, Any], now: dt.datetime, batch: Pending)
     batch.writes.append((mirror.lock_doc(lock_id), "merge", doc))
     _list_in_feed(batch, lock_id, row, now, "state", entry_id, state=state, reported_at=reported.isoformat())
     return Outcome("applied")
+
+
+def _plain_text(text: str) -> bool:
+    """No control or format character (C0/C1 controls, bidi overrides, zero-width marks): the text is shown to every
+    member of the lock as the lock wrote it."""
+    return not any(unicodedata.category(c) in ("Cc", "Cf") for c in text)
 
 
 def _ack(con: Connection, lock_id: str, body: dict[str, Any], now: dt.datetime) -> Outcome:

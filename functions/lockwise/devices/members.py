@@ -288,6 +288,12 @@ def request_body(body: dict[str, Any], fields: tuple[str, ...]) -> dict[str, Any
     return inputs.only_fields(body, fields)
 
 
+#: names a host's zone database answers that are not places: ``localtime`` is whatever the serving machine is set
+#: to (a guest's window would move between instances), the others aliases or placeholders; ``posix/`` and
+#: ``right/`` (leap seconds) are copies of the database, also refused
+HOST_ZONES = frozenset({"localtime", "posixrules", "Factory"})
+
+
 def parse_access(role: str, body: dict[str, Any]) -> dict[str, Any]:
     """Validate the ``access`` object of a member request (``request_body``) into column values (400 naming the bad
     field)."""
@@ -318,7 +324,7 @@ def parse_access(role: str, body: dict[str, Any]) -> dict[str, Any]:
     if raw.get("timezone") is not None:
         tz = raw["timezone"]
         try:
-            if not isinstance(tz, str) or len(tz) > 64:
+            if not isinstance(tz, str) or len(tz) > 64 or tz in HOST_ZONES or tz.startswith(("posix/", "right/")):
                 raise ZoneInfoNotFoundError(tz)
             ZoneInfo(tz)
         except (ZoneInfoNotFoundError, ValueError, OSError) as exc:  # OSError: a tz database folder ("America")
