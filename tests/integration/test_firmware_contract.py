@@ -97,6 +97,11 @@ def test_the_documented_401_codes(clients: dict[str, Any], lock: PairedLock) -> 
     assert code_for({**sign_request(LOCK_KEY, lock.lock_id, "GET", path), "Content-Type": "text/plain"}) == (
         "bad_lock_signature"
     )
+    # the contract's spellings only, each signed as sent (an attack run found these taken: int() and lower())
+    now = int(time.time())
+    for timestamp in (f"+{now}", f" {now}", f"{now} ", f"{now:_}", f"{now}.0", f"-{now}"):
+        assert code_for(sign_request(LOCK_KEY, lock.lock_id, "GET", path, timestamp=timestamp)) == "bad_lock_signature"
+    assert code_for(sign_request(LOCK_KEY, lock.lock_id.upper(), "GET", path)) == "bad_lock_signature"
     assert devices.get(path, headers=signed).status_code == 200
     assert code_for(signed) == "replayed_request"
 

@@ -76,6 +76,10 @@ def test_each_bad_input_has_its_code() -> None:
             pcm16(x), "application/octet-stream", "12345"
         ),
         ("rate text", 400, "unsupported_sample_rate"): lambda: audio.from_body(pcm16(x), None, "fast"),
+        # digits only: int() took these (attack run)
+        ("rate spaced", 400, "unsupported_sample_rate"): lambda: audio.from_body(pcm16(x), None, " 44100"),
+        ("rate signed", 400, "unsupported_sample_rate"): lambda: audio.from_body(pcm16(x), None, "+44100"),
+        ("rate underscore", 400, "unsupported_sample_rate"): lambda: audio.from_body(pcm16(x), None, "44_100"),
         ("short", 422, "too_short"): lambda: audio.validate(audio.Clip(x[:rate], rate), LIMITS),
         ("long", 422, "too_long"): lambda: audio.validate(audio.Clip(np.tile(x, 6), rate), LIMITS),
         ("silence", 422, "silence"): lambda: audio.validate(audio.Clip(np.zeros(3 * rate, np.float32), rate), LIMITS),

@@ -36,7 +36,9 @@ if TYPE_CHECKING:
 
 PREFIX = "LOCKWISE-V1"
 _NONCE_RE = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
-_LOCK_ID_RE = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+_LOCK_ID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+#: unix seconds as the firmware contract gives them: digits only (``int()`` also takes a sign, spaces and "_")
+_TIMESTAMP_RE = re.compile(r"^[0-9]{1,12}$")
 
 
 def message(
@@ -127,15 +129,16 @@ def authenticate(
     signature_b64 = headers.get("X-LockWise-Signature", "")
     if not (lock_id and timestamp and nonce and signature_b64):
         raise errors.Unauthenticated("request is not signed by a lock", code="missing_lock_signature")
-    if not _LOCK_ID_RE.match(lock_id):  # the canonical form only (uuid.UUID also takes urn:, braces, no hyphens)
+    if not _LOCK_ID_RE.fullmatch(lock_id):  # the canonical form only (uuid.UUID also takes urn:, braces, no hyphens)
         raise errors.Unauthenticated("malformed lock id", code="bad_lock_signature")
-    lock_id = lock_id.lower()
+    if not _TIMESTAMP_RE.fullmatch(timestamp):
+        raise errors.Unauthenticated("malformed timestamp", code="bad_lock_signature")
+    ts = int(timestamp)
     try:
-        ts = int(timestamp)
         signature = base64.b64decode(signature_b64, validate=True)
     except (ValueError, binascii.Error) as exc:
         raise errors.Unauthenticated("malformed lock signature headers", code="bad_lock_signature") from exc
-    if not _NONCE_RE.match(nonce):
+    if not _NONCE_RE.fullmatch(nonce):
         raise errors.Unauthenticated("malformed nonce", code="bad_lock_signature")
     if abs(now - ts) > skew_s:
         raise errors.Unauthenticated("request timestamp outside the allowed clock skew", code="stale_request")

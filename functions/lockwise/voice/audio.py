@@ -163,10 +163,10 @@ def from_body(body: bytes, content_type: str | None, rate_hint: str | None) -> C
     if ctype in ("audio/wav", "audio/x-wav", "audio/wave", "audio/vnd.wave") or body[:4] == b"RIFF":
         return parse_wav(body)
     if ctype in ("application/octet-stream", "audio/pcm", ""):
-        try:
-            rate = int(rate_hint) if rate_hint else DEFAULT_RATE
-        except ValueError as exc:
-            raise errors.BadRequest("sample rate must be an integer", code="unsupported_sample_rate") from exc
+        # digits only: int() also takes " 44100", "+44100" and "44_100"
+        if rate_hint and not (rate_hint.isascii() and rate_hint.isdigit() and len(rate_hint) <= 6):
+            raise errors.BadRequest("sample rate must be a decimal integer", code="unsupported_sample_rate")
+        rate = int(rate_hint) if rate_hint else DEFAULT_RATE
         return Clip(pcm16_to_float(body), _check_rate(rate))
     raise errors.UnsupportedMediaType(f"unsupported content type {ctype!r}", code="unsupported_media_type")
 
