@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -799,3 +800,43 @@ def test_the_relays_flush_prunes_a_backlog_in_bounded_steps(
         assert world.devices.post("/devices/relay/flush", headers=service).status_code == 200
         left.append(expired())
     assert left == [4, 1, 0]
+
+
+def test_a_slow_flush_of_an_older_access_write_cannot_let_a_removed_member_back_in(
+    world: World, stack_env: dict[str, str]
+) -> None:
+    """Attack run: two instances flush side by side, each its own rows (SKIP LOCKED). One still writing a member's
+    access document (a slow Firestore answer) while the other wrote its later deletion landed last: the removed member
+    read the lock's live view until the next membership change. A document's newer row now waits for its older one."""
+    from lockwise.core import firestore, mirror
+
+    rt = get_runtime("devices")
+    host, member = stack_env["FIRESTORE_EMULATOR_HOST"], world.uid("member")
+    token = world.accounts["member"]["idToken"]
+    rt.flush_mirror(force=True)
+    assert rest_get(host, f"locks/{world.lock_id}", token) == 200
+    writing, release = threading.Event(), threading.Event()
+
+    class SlowFirestore(firestore.Client):
+        def commit(self, writes: list[dict[str, Any]]) -> None:
+            writing.set()
+            assert release.wait(30)
+            super().commit(writes)
+
+    def slow_client() -> firestore.Client:
+        return SlowFirestore(PROJECT_ID, host, authorize=lambda headers: headers.update(Authorization="Bearer owner"))
+
+    with rt.db.transaction() as con:
+        members.mirror_access(con, world.lock_id)  # what any change of the lock's members queues: the member's set
+    slow = threading.Thread(target=mirror.Flusher(rt.db, slow_client).flush, kwargs={"hand_off": False})
+    slow.start()
+    assert writing.wait(10), "the other instance's flush is writing the older rows"
+    resp = world.devices.delete(f"/devices/locks/{world.lock_id}/members/{member}", headers=world.headers("owner"))
+    assert resp.status_code == 204, resp.get_json()
+    assert rt.mirror.pending() > 0, "the deletion waits behind the older set of the same document"
+    release.set()
+    slow.join(30)
+    wait_for(lambda: rt.mirror.pending() == 0 or None, timeout=40, what="every mirror row written")
+    client = firestore_client(PROJECT_ID, host)
+    assert not client.document(mirror.access_doc(world.lock_id, member)).get().exists
+    assert rest_get(host, f"locks/{world.lock_id}", token) == 403

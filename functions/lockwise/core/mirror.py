@@ -2,8 +2,10 @@
 
 A change and its mirror writes commit together (``enqueue`` in the same transaction); ``flush`` writes them to
 Firestore afterwards, oldest first, up to ``MAX_BATCH_WRITES`` in one commit, and deletes them once Firestore took
-them. When Firestore is down the rows stay queued and a later flush (next request, or the relay's periodic flush)
-writes them: the view converges and a Firestore outage never blocks or undoes a PostgreSQL commit.
+them. Flushes of several instances run side by side on different rows; a document's writes still land in the order
+they were queued (a row waits while an older one of its document is being written elsewhere). When Firestore is
+down the rows stay queued and a later flush (next request, or the relay's periodic flush) writes them: the view
+converges and a Firestore outage never blocks or undoes a PostgreSQL commit.
 
 Documents: ``locks/{lock_id}`` (state, battery, online, firmware, last_seen, name),
 ``locks/{lock_id}/activity/{entry_id}`` (commands, voice attempts without biometric data, membership changes),
@@ -38,6 +40,8 @@ BACKOFF_S = 5.0
 #: a flush's transaction may sit this long without a statement while Firestore writes its rows (the connections'
 #: own limit, ``db.IDLE_IN_TRANSACTION_S``, is 60 s: a collection's deletion pages through every document)
 FLUSH_IDLE_S = 900.0
+#: a background flush whose rows wait behind another instance's older writes to the same documents tries again after
+HELD_BACK_RETRY_S = 0.1
 
 
 #: one queued Firestore write: document path, operation, data
@@ -142,12 +146,17 @@ class Flusher:
                 return written  # the thread holding the lock checks _wanted after its pass
             try:
                 self._wanted.clear()
-                passed = self._flush(limit)
+                passed, held_back = self._flush(limit)
                 written += passed
-                if passed >= limit:
+                if held_back or passed >= limit:
                     self._wanted.set()
             finally:
                 self._lock.release()
+            if held_back:  # another instance is writing older rows of the same documents: theirs go first
+                if hand_off:
+                    self.flush_soon()  # a request does not wait for them
+                    return written
+                time.sleep(HELD_BACK_RETRY_S)
         return written
 
     def flush_soon(self) -> None:
@@ -156,7 +165,9 @@ class Flusher:
         kwargs = {"budget_s": BACKGROUND_BUDGET_S, "hand_off": False}
         threading.Thread(target=self.flush, kwargs=kwargs, name="mirror-flush", daemon=True).start()
 
-    def _flush(self, limit: int) -> int:
+    def _flush(self, limit: int) -> tuple[int, int]:
+        """One pass: claim up to ``limit`` rows and write them; return how many were written and how many were held
+        back behind another flush's older rows of the same documents."""
         written = 0
         with self.db.transaction() as con:
             # its rows stay claimed while Firestore writes them, with no statement meanwhile: a deleted lock's feed
@@ -168,18 +179,22 @@ class Flusher:
                 n=limit,
             )
             if not rows:
-                return 0
+                return 0, 0
+            held = _held_back(rows, _claimed_elsewhere(con, rows))
+            rows = [row for row in rows if row[0] not in held]
+            if not rows:
+                return 0, len(held)
             try:
                 client = self.client()
             except Exception as exc:  # noqa: BLE001 - no client, nothing written; rows stay queued
                 self._failed(con, rows[0][0], exc)
-                return 0
+                return 0, len(held)
             for group in _groups(rows):
                 done, stopped = self._settle(con, client, group)
                 written += done
                 if stopped:
                     break
-        return written
+        return written, len(held)
 
     def _settle(self, con: Connection, client: firestore.Client, group: list[list[Any]]) -> tuple[int, bool]:
         """Write ``group`` in one commit and take its rows off the queue; if Firestore refuses it, write its halves the
@@ -224,6 +239,47 @@ class Flusher:
     def pending(self) -> int:
         with self.db.connection() as con:
             return int(con.run("SELECT count(*) FROM firestore_outbox WHERE refused_at IS NULL")[0][0])
+
+
+def _claimed_elsewhere(con: Connection, rows: list[list[Any]]) -> list[tuple[int, str, str]]:
+    """The queued rows older than the newest of ``rows`` that this flush did not claim: another instance's flush holds
+    them (``SKIP LOCKED`` passed over them), or their transaction committed after this one's began."""
+    ids = [row[0] for row in rows]
+    found = con.run(
+        "SELECT id, doc_path, op FROM firestore_outbox WHERE id < :top AND refused_at IS NULL AND NOT (id = ANY(:ids))"
+        " ORDER BY id",
+        top=max(ids),
+        ids=ids,
+    )
+    return [(int(i), str(path), str(op)) for i, path, op in found]
+
+
+def _held_back(rows: list[list[Any]], elsewhere: list[tuple[int, str, str]]) -> set[int]:
+    """The ids of ``rows`` that must wait: an older write to the same document, or a collection's deletion that holds
+    it or is held by it, is not written yet (in ``elsewhere``, or held back itself). Two instances' flushes commit to
+    Firestore in either order, so writing them now could let the older land last (attack run: a removed member's
+    access document deleted, then set again by a slower flush, let them read the lock's live view until the next
+    membership change). Writes to other documents do not wait."""
+    if not elsewhere:
+        return set()
+    mine = {int(row[0]) for row in rows}
+    waiting_docs: set[str] = set()
+    waiting_collections: list[str] = []
+    held: set[int] = set()
+    for row_id, path, op in sorted([(int(r[0]), str(r[1]), str(r[2])) for r in rows] + elsewhere):
+        if row_id in mine:
+            behind = (
+                path in waiting_docs
+                or any(path.startswith(f"{c}/") for c in waiting_collections)
+                or (op == "delete_collection" and any(d.startswith(f"{path}/") for d in waiting_docs))
+            )
+            if not behind:
+                continue
+            held.add(row_id)
+        waiting_docs.add(path)
+        if op == "delete_collection":
+            waiting_collections.append(path)
+    return held
 
 
 def _groups(rows: list[list[Any]]) -> list[list[list[Any]]]:
