@@ -11,6 +11,7 @@ import pytest
 
 from lockwise.core.runtime import get_runtime
 from lockwise.devices import lock_auth
+from simlock.lock import new_tls_key
 from tests.devices_world import ROLES, World, bearer, build_world, join, new_lock_key, provision
 
 OK_ALL_MEMBERS = {"owner": 200, "admin": 200, "member": 200, "guest_in": 200, "guest_out": 200}
@@ -170,6 +171,38 @@ def test_only_the_owner_deletes_or_transfers(world: World) -> None:
     # the previous owner, now admin, can no longer delete; the new owner can
     assert world.devices.delete(f"/devices/locks/{lock}", headers=world.headers("owner")).status_code == 403
     assert world.devices.delete(f"/devices/locks/{lock}", headers=world.headers("member")).status_code == 204
+
+
+def test_a_pairing_code_pairs_nothing_once_its_issuer_no_longer_owns_the_lock(world: World) -> None:
+    """Attack run: an owner's pairing code, issued before they gave the lock away and were removed from it, still
+    paired the lock to a device of theirs (201, the lock's credentials replaced). A transfer ends the lock's open
+    codes, and a code is redeemed only while whoever issued it owns the lock (a code issued as a transfer commits)."""
+    lock, path = world.lock_id, f"/devices/locks/{world.lock_id}/provisioning"
+    issued = world.devices.post(path, headers=world.headers("owner"))
+    assert issued.status_code == 201, issued.get_json()
+    resp = world.devices.post(
+        f"/devices/locks/{lock}/transfer", json={"uid": world.uid("admin")}, headers=world.headers("owner")
+    )
+    assert resp.status_code == 200, resp.get_json()
+    resp = world.devices.delete(f"/devices/locks/{lock}/members/{world.uid('owner')}", headers=world.headers("admin"))
+    assert resp.status_code == 204, resp.get_json()
+    _key, public = new_lock_key()
+    pairing = {"code": issued.get_json()["code"], "public_key": public, "csr": new_tls_key()[1]}
+    resp = world.devices.post("/devices/provision", json=pairing)
+    assert resp.status_code == 401 and resp.get_json()["error"]["code"] == "invalid_provisioning_code"
+    with get_runtime("devices").db.connection() as con:  # as if issued while the transfer committed: still open
+        con.run(
+            "UPDATE provisioning_codes SET expires_at = now() + interval '10 minutes' WHERE lock_id = CAST(:l AS uuid)",
+            l=lock,
+        )
+    resp = world.devices.post("/devices/provision", json=pairing)
+    assert resp.status_code == 401 and resp.get_json()["error"]["code"] == "invalid_provisioning_code"
+    with get_runtime("devices").db.connection() as con:
+        assert con.run("SELECT count(*) FROM lock_credentials WHERE lock_id = CAST(:l AS uuid)", l=lock)[0][0] == 1
+    issued = world.devices.post(path, headers=world.headers("admin"))  # the new owner's code pairs the lock
+    assert issued.status_code == 201, issued.get_json()
+    credentials, _key, _tls = provision(world.devices, issued.get_json()["code"])
+    assert credentials["lock_id"] == lock
 
 
 def test_users_see_only_their_locks(world: World) -> None:

@@ -26,6 +26,9 @@ from simlock.lock import SimulatedLock, new_tls_key
 from tests.conftest import PROJECT_ID
 from tests.devices_world import World, bearer, build_world, create_lock, join, new_lock_key, provision
 
+#: a usable public key (the curve's base point): these cases are about the fields after it
+BASE_POINT = "WGZmZmZmZmZmZmZmZmZmZmZmZmZmZmZmZmZmZmZmZmY="
+
 
 @pytest.fixture
 def devices(make_client: Any) -> Any:
@@ -646,7 +649,7 @@ BAD_INPUT: list[tuple[str, str, Any, int, str]] = [
     (
         "POST",
         "/devices/provision",
-        {"code": 5, "public_key": "A" * 43 + "=", "firmware": "9"},
+        {"code": 5, "public_key": BASE_POINT, "firmware": "9"},
         400,
         "invalid_code_format",
     ),
@@ -703,7 +706,15 @@ BAD_INPUT: list[tuple[str, str, Any, int, str]] = [
     ),
     ("POST", "/devices/locks/{lock}/transfer", {"uid": "ghost"}, 404, "member_not_found"),
     ("POST", "/devices/provision", {"code": "AAAA-BBBB", "public_key": "bm90IGEga2V5"}, 400, "invalid_public_key"),
-    ("POST", "/devices/provision", {"code": 5, "public_key": "A" * 43 + "="}, 400, "invalid_code_format"),
+    # the identity's encoding: OpenSSL takes one signature of it for every message
+    (
+        "POST",
+        "/devices/provision",
+        {"code": "AAAA-BBBB", "public_key": "AQ" + "A" * 41 + "="},
+        400,
+        "invalid_public_key",
+    ),
+    ("POST", "/devices/provision", {"code": 5, "public_key": BASE_POINT}, 400, "invalid_code_format"),
     ("POST", "/devices/provision", [1, 2], 400, "expected_object"),
 ]
 

@@ -9,7 +9,7 @@ from typing import Any
 
 from lockwise.core import audit, errors, mirror, users
 from lockwise.core.db import Connection, rows_as_dicts
-from lockwise.devices import invitations, lock_auth, members
+from lockwise.devices import invitations, lock_auth, members, provisioning
 
 MAX_NAME = 100
 
@@ -134,7 +134,8 @@ def refuse_past_owned(con: Connection, uid: str, max_owned: int) -> None:
 
 
 def transfer(con: Connection, lock_id: str, from_uid: str, to_uid: str, max_owned: int, now: dt.datetime) -> None:
-    """Make a member active at ``now`` the owner (if they may own one more); the previous owner becomes an admin."""
+    """Make a member active at ``now`` the owner (if they may own one more); the previous owner becomes an admin and
+    the codes they issued to pair the lock stop working."""
     if to_uid == from_uid:
         raise errors.BadRequest("you already own this lock", code="already_owner")
     refuse_past_owned(con, to_uid, max_owned)
@@ -154,6 +155,7 @@ def transfer(con: Connection, lock_id: str, from_uid: str, to_uid: str, max_owne
         u=to_uid,
     )
     con.run("UPDATE locks SET owner_uid = :u, updated_at = now() WHERE id = CAST(:l AS uuid)", u=to_uid, l=lock_id)
+    provisioning.close_codes(con, lock_id)  # the old owner's codes pair nothing now (redemption checks it too)
     audit.record(con, audit.user_actor(from_uid), "lock.transfer", "ok", lock_id=lock_id, target=to_uid)
     mirror.activity(con, lock_id, "ownership_transferred", actor_uid=from_uid, target_uid=to_uid)
     members.mirror_access(con, lock_id)  # the new owner's window and expiry are gone in the rules' data too

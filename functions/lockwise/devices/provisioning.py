@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from lockwise.core import audit, errors, mirror, quotas, users
 from lockwise.core.db import Connection
-from lockwise.devices import lock_auth, lock_certs, topics
+from lockwise.devices import ed25519_points, lock_auth, lock_certs, topics
 
 CODE_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"  # no 0/O/1/I
 CODE_LENGTH = 24  # ~120 bits
@@ -54,13 +54,7 @@ def issue(con: Connection, lock_id: str, uid: str, ttl_s: int, per_day: int) -> 
         message=f"you were given {per_day} pairing codes in the last 24 hours; pair again later",
         code="pairing_limit",
     )
-    # the statement's time, not the transaction's: a code issued by a request that began after this one but held the
-    # owner's row first is younger than this transaction's now() (its expiry may not precede its creation)
-    con.run(
-        "UPDATE provisioning_codes SET expires_at = greatest(statement_timestamp(), created_at + interval '1 ms')"
-        " WHERE lock_id = CAST(:l AS uuid) AND redeemed_at IS NULL AND expires_at > statement_timestamp()",
-        l=lock_id,
-    )
+    close_codes(con, lock_id)
     code = new_code()
     rows = con.run(
         "INSERT INTO provisioning_codes (code_hash, lock_id, created_by, expires_at)"
@@ -72,6 +66,17 @@ def issue(con: Connection, lock_id: str, uid: str, ttl_s: int, per_day: int) -> 
     )
     audit.record(con, audit.user_actor(uid), "provisioning.issue", "ok", lock_id=lock_id)
     return code, rows[0][0]
+
+
+def close_codes(con: Connection, lock_id: str) -> None:
+    """End the lock's unredeemed codes now (a new code is issued, or the lock changes owner)."""
+    # the statement's time, not the transaction's: a code issued by a request that began after this one but held the
+    # owner's row first is younger than this transaction's now() (its expiry may not precede its creation)
+    con.run(
+        "UPDATE provisioning_codes SET expires_at = greatest(statement_timestamp(), created_at + interval '1 ms')"
+        " WHERE lock_id = CAST(:l AS uuid) AND redeemed_at IS NULL AND expires_at > statement_timestamp()",
+        l=lock_id,
+    )
 
 
 @dataclass(frozen=True)
@@ -135,6 +140,11 @@ def parse_public_key(value: Any) -> bytes:
         raise errors.BadRequest(
             "public_key must be base64 of a 32-byte Ed25519 key", code="invalid_public_key"
         ) from exc
+    # OpenSSL verifies with any 32 bytes: the identity's encoding takes one signature for every message (attack run)
+    if not ed25519_points.usable_public_key(raw):
+        raise errors.BadRequest(
+            "public_key is not a point of the curve, or one of small order", code="invalid_public_key"
+        )
     return raw
 
 
@@ -175,12 +185,15 @@ def redeem(
     if not isinstance(code, str) or not 4 <= len(code) <= 64:
         raise errors.BadRequest("code must be a string", code="invalid_code_format")
     request = lock_certs.parse_csr(csr)  # before the code is used: a bad CSR leaves the code valid
+    # a code is good only while whoever issued it still owns the lock (attack run: an owner's code, issued before
+    # they gave the lock away and were removed from it, still paired the lock to a device of theirs)
     rows = con.run(
-        "SELECT lock_id::text, redeemed_at IS NOT NULL, expires_at <= now() FROM provisioning_codes"
-        " WHERE code_hash = :h FOR UPDATE",
+        "SELECT c.lock_id::text, c.redeemed_at IS NOT NULL, c.expires_at <= now(), l.owner_uid IS DISTINCT FROM"
+        " c.created_by FROM provisioning_codes c JOIN locks l ON l.id = c.lock_id WHERE c.code_hash = :h"
+        " FOR UPDATE OF c",
         h=_hash(code),
     )
-    if not rows or rows[0][1] or rows[0][2]:
+    if not rows or rows[0][1] or rows[0][2] or rows[0][3]:
         # one message for unknown, used and expired codes: the caller learns nothing about which
         raise errors.Unauthenticated("provisioning code is invalid, used or expired", code="invalid_provisioning_code")
     lock_id = str(rows[0][0])
