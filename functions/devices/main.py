@@ -278,11 +278,12 @@ def update_member(ctx: Ctx, lock_id: str, uid: str) -> JsonBody:
 def remove_member(ctx: Ctx, lock_id: str, uid: str) -> Result:
     user, lock_id = app_user(ctx), lock_param(lock_id)
     with with_denials_audited(user.uid, lock_id, "member.revoke"), rt.db.transaction() as con:
-        actor = members.require(con, lock_id, user.uid, rt.now())
+        now = rt.now()
+        actor = members.require(con, lock_id, user.uid, now)
         target = members.get(con, lock_id, uid, for_update=True)
         if target is None or target.revoked_at is not None:
             raise errors.NotFound("no such member", code="member_not_found")
-        locks.revoke_member(con, lock_id, actor, target)
+        locks.revoke_member(con, lock_id, actor, target, now)
     rt.flush_mirror()
     return flask.Response(status=204)
 

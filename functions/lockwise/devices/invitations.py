@@ -29,6 +29,14 @@ _STANDING = (
 )
 _LIVE = _OPEN + " AND expires_at > :now AND " + _STANDING
 _ADDRESSED_TO = "(invitee_uid = :u OR (CAST(:verified AS boolean) AND lower(email) = lower(:e)))"
+#: sent after the invitee's last removal from the lock (or their leaving it): a removal ends whatever was sent before
+#: it, also to an address they no longer held when removed (attack run: a member moved their account to another
+#: address, was removed, moved back and accepted an admin invitation to the first address left open)
+_SINCE_REMOVAL = (
+    "NOT EXISTS (SELECT 1 FROM lock_members r WHERE r.lock_id = invitations.lock_id AND r.user_uid = :u"
+    " AND r.revoked_at >= invitations.created_at)"
+)
+_FOR_INVITEE = _LIVE + " AND " + _ADDRESSED_TO + " AND " + _SINCE_REMOVAL
 
 
 def invite(
@@ -117,7 +125,7 @@ def for_user(con: Connection, user: User, now: dt.datetime) -> list[dict[str, An
         con,
         "SELECT invitations.id::text AS id, invitee_uid, email, invitations.role, access, invitations.expires_at,"
         " invited_by, l.id::text AS lock_id, l.name AS lock_name FROM invitations JOIN locks l"
-        " ON l.id = invitations.lock_id WHERE " + _LIVE + " AND " + _ADDRESSED_TO + " ORDER BY invitations.created_at",
+        " ON l.id = invitations.lock_id WHERE " + _FOR_INVITEE + " ORDER BY invitations.created_at",
         u=user.uid,
         e=user.email,
         verified=user.email_verified,
@@ -154,7 +162,8 @@ def accept(con: Connection, invitation_id: str, user: User, now: dt.datetime) ->
         )
     # one statement decides, so two invitations to one lock accepted at once cannot both answer 201 with a role
     # each while one is stored (attack run): an active membership (also one committed meanwhile: the insert waits
-    # for it) is left as it is and the invitation stays open
+    # for it) is left as it is and the invitation stays open; so is one removed after the invitation was sent (a
+    # removal committed while this waited: the condition is judged again on the row it committed)
     joined_now = con.run(
         "INSERT INTO lock_members (lock_id, user_uid, role, invited_by, valid_from, valid_until, weekdays,"
         " day_start_minute, day_end_minute, timezone, expires_at, created_at)"
@@ -164,12 +173,14 @@ def accept(con: Connection, invitation_id: str, user: User, now: dt.datetime) ->
         " valid_from = EXCLUDED.valid_from, valid_until = EXCLUDED.valid_until, weekdays = EXCLUDED.weekdays,"
         " day_start_minute = EXCLUDED.day_start_minute, day_end_minute = EXCLUDED.day_end_minute,"
         " timezone = EXCLUDED.timezone, expires_at = EXCLUDED.expires_at, revoked_at = NULL, created_at = :now"
-        " WHERE lock_members.revoked_at IS NOT NULL OR lock_members.expires_at <= :now RETURNING 1",
+        " WHERE (lock_members.revoked_at IS NOT NULL AND lock_members.revoked_at < :sent)"
+        " OR (lock_members.revoked_at IS NULL AND lock_members.expires_at <= :now) RETURNING 1",
         l=lock_id,
         u=user.uid,
         r=row["role"],
         by=row["invited_by"],
         now=now,
+        sent=row["created_at"],
         **terms,
     )
     if not joined_now:
@@ -234,8 +245,8 @@ def withdraw(con: Connection, lock_id: str, invitation_id: str, actor: members.M
 def _take(con: Connection, invitation_id: str, user: User, now: dt.datetime, *, lock: bool = True) -> dict[str, Any]:
     rows = rows_as_dicts(
         con,
-        "SELECT id::text AS id, lock_id::text AS lock_id, role, access, invited_by FROM invitations"
-        " WHERE id = CAST(:i AS uuid) AND " + _LIVE + " AND " + _ADDRESSED_TO + (" FOR UPDATE" if lock else ""),
+        "SELECT id::text AS id, lock_id::text AS lock_id, role, access, invited_by, created_at FROM invitations"
+        " WHERE id = CAST(:i AS uuid) AND " + _FOR_INVITEE + (" FOR UPDATE" if lock else ""),
         i=_invitation_id(invitation_id),
         u=user.uid,
         e=user.email,

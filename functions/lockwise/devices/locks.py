@@ -227,15 +227,19 @@ def update_member(
     members.mirror_access(con, lock_id)
 
 
-def revoke_member(con: Connection, lock_id: str, actor: members.Membership, target: members.Membership) -> None:
+def revoke_member(
+    con: Connection, lock_id: str, actor: members.Membership, target: members.Membership, now: dt.datetime
+) -> None:
+    """End ``target``'s membership at ``now`` (the clock invitations are sent on: one sent before it stands no more)."""
     if target.role == "owner":
         raise errors.Forbidden("the owner cannot be removed; transfer or delete the lock", code="cannot_remove_owner")
     if actor.user_uid != target.user_uid:  # leaving a lock yourself is always allowed
         _check_can_manage(actor, target)
     con.run(
-        "UPDATE lock_members SET revoked_at = now() WHERE lock_id = CAST(:l AS uuid) AND user_uid = :u",
+        "UPDATE lock_members SET revoked_at = :now WHERE lock_id = CAST(:l AS uuid) AND user_uid = :u",
         l=lock_id,
         u=target.user_uid,
+        now=now,
     )
     invitations.close_for_member(con, lock_id, target.user_uid)
     audit.record(con, audit.user_actor(actor.user_uid), "member.revoke", "ok", lock_id=lock_id, target=target.user_uid)
