@@ -86,6 +86,17 @@ def get_me(ctx: Ctx) -> JsonBody:
     return {"uid": user.uid, "email": user.email}
 
 
+@api.route("DELETE", "/devices/me")
+def leave_everything(ctx: Ctx) -> Result:
+    """The devices side of deleting an account: the app calls it (and ``DELETE /embed/enrollment``) before it deletes
+    the Firebase account; 409 ``owns_locks`` while the user owns a lock."""
+    user = app_user(ctx)
+    with rt.db.transaction() as con:
+        locks.leave_every_lock(con, user.uid, rt.now())
+    rt.flush_mirror()
+    return flask.Response(status=204)
+
+
 # ------------------------------------------------------------------------------------------------------- locks
 
 

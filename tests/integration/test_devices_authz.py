@@ -153,6 +153,45 @@ def test_member_management_rules(world: World, sign_up: Any) -> None:
     assert resp.status_code == 200 and resp.get_json()["member"]["role"] == "admin"
 
 
+def test_an_account_about_to_be_deleted_leaves_every_lock_and_an_owner_is_told_to_hand_theirs_over_first(
+    world: World, stack_env: dict[str, str]
+) -> None:
+    """Attack run: an account deleted in Firebase stayed a member everywhere, and the door still opened to its voice.
+    ``DELETE /devices/me`` (the app calls it before deleting the account) leaves every lock as a removal does; an
+    owner is refused, naming their locks, so that no lock is left without anyone to manage it."""
+    from tests.integration.test_devices_live_view import rest_get
+
+    lock, owner = world.lock_id, world.headers("owner")
+    other = world.devices.post("/devices/locks", json={"name": "Back door"}, headers=owner).get_json()["lock"]["id"]
+    join(world.devices, other, world.accounts["owner"], world.accounts["member"], {"role": "admin"})
+    pending = world.devices.post(
+        f"/devices/locks/{lock}/members", json={"uid": world.uid("stranger"), "role": "member"}, headers=owner
+    )
+    assert pending.status_code == 202
+    get_runtime("devices").flush_mirror(force=True)
+    host, token = stack_env["FIRESTORE_EMULATOR_HOST"], world.accounts["member"]["idToken"]
+    assert rest_get(host, f"locks/{lock}", token) == 200
+
+    refused = world.devices.delete("/devices/me", headers=owner)
+    assert refused.status_code == 409 and refused.get_json()["error"]["code"] == "owns_locks"
+    assert refused.get_json()["error"]["details"]["locks"] == sorted([lock, other])
+    assert world.devices.get(f"/devices/locks/{lock}", headers=owner).get_json()["role"] == "owner"
+
+    assert world.devices.delete("/devices/me", headers=world.headers("member")).status_code == 204
+    for lock_id in (lock, other):
+        assert world.devices.get(f"/devices/locks/{lock_id}", headers=world.headers("member")).status_code == 404
+        listed = world.devices.get(f"/devices/locks/{lock_id}/members", headers=owner).get_json()["members"]
+        assert world.uid("member") not in [m["uid"] for m in listed]
+    assert rest_get(host, f"locks/{lock}", token) == 403  # the live view's access ended with it
+    with get_runtime("devices").db.connection() as con:
+        assert con.run("SELECT email FROM users WHERE uid = :u", u=world.uid("member")) == [[None]]
+    assert world.devices.delete("/devices/me", headers=world.headers("stranger")).status_code == 204
+    assert world.devices.get("/devices/invitations", headers=world.headers("stranger")).get_json() == {
+        "invitations": []
+    }
+    assert world.devices.delete("/devices/me", headers=world.headers("stranger")).status_code == 204  # idempotent
+
+
 def test_only_the_owner_deletes_or_transfers(world: World) -> None:
     lock = world.lock_id
     for role in ("admin", "member", "guest_in"):

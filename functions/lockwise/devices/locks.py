@@ -247,6 +247,39 @@ def revoke_member(
     members.mirror_access(con, lock_id)
 
 
+def leave_every_lock(con: Connection, uid: str, now: dt.datetime) -> int:
+    """What an account's deletion asks of the devices domain: leave every lock ``uid`` is a member of (as each removal
+    does: invitations to them closed, the live view's access ended), close the invitations sent to their uid, and
+    forget their address. Refused (409 ``owns_locks``, naming them) while they own a lock: its owner transfers or
+    deletes it first, or it would be left with nobody able to manage it. Returns how many locks were left."""
+    owned = [r[0] for r in con.run("SELECT id::text FROM locks WHERE owner_uid = :u ORDER BY id", u=uid)]
+    if owned:
+        raise errors.Conflict(
+            "you own locks: transfer or delete each first", code="owns_locks", details={"locks": owned}
+        )
+    left = 0
+    for lock_id in sorted({m.lock_id for m in members.list_for_user(con, uid) if m.revoked_at is None}):
+        # the lock's row first, then the membership (every path's order); a transfer to them committed meanwhile
+        # is seen here
+        me = members.get(con, lock_id, uid, for_update=True, lock_row="KEY SHARE")
+        if me is None or me.revoked_at is not None:
+            continue
+        if me.role == "owner":
+            raise errors.Conflict(
+                "you own locks: transfer or delete each first", code="owns_locks", details={"locks": [lock_id]}
+            )
+        revoke_member(con, lock_id, me, me, now)
+        left += 1
+    con.run(
+        "UPDATE invitations SET closed_at = :now WHERE invitee_uid = :u AND accepted_at IS NULL AND closed_at IS NULL",
+        u=uid,
+        now=now,
+    )
+    con.run("UPDATE users SET email = NULL WHERE uid = :u", u=uid)
+    audit.record(con, audit.user_actor(uid), "user.leave_every_lock", "ok", details={"locks_left": left})
+    return left
+
+
 def _check_can_manage(actor: members.Membership, target: members.Membership) -> None:
     if actor.role not in ("owner", "admin"):
         raise errors.Forbidden("only the owner and admins manage members", code="role_too_low")
