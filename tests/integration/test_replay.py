@@ -20,7 +20,7 @@ from lockwise.core.runtime import get_runtime
 from lockwise.devices import lock_auth
 from lockwise.voice import audio
 from lockwise.voice.model import fingerprint
-from tests.devices_world import World, build_world
+from tests.devices_world import World, build_world, create_lock, join, provision
 
 pytestmark = pytest.mark.model
 
@@ -142,6 +142,44 @@ def test_verify_refuses_replays_of_enrollment_samples_and_of_earlier_attempts(
     assert _count("SELECT count(*) FROM voice_fingerprints WHERE speaker_uid = :u", u=member) >= 1
     assert embed.delete("/embed/enrollment", headers=world.headers("member")).status_code == 204
     assert _count("SELECT count(*) FROM voice_fingerprints WHERE user_uid = :u OR speaker_uid = :u", u=member) == 0
+
+
+def test_a_recording_that_opened_one_door_is_a_replay_at_the_members_other_doors(
+    ge2e_env: dict[str, str], make_client: Any, sign_up: Any, corpus: Path
+) -> None:
+    """Attack run: a recording refused as a replay at the door that heard it opened the same member's other door (a
+    compromised lock, or a listener at one door, holds what opened it). The doors that opened to a candidate's voice
+    are checked too; a new take still opens either door."""
+    devices, embed, verify = make_client("devices"), make_client("embed"), make_client("verify")
+    world: World = build_world(devices, sign_up)
+    home = create_lock(devices, world.accounts["owner"], name="Home")
+    _credentials, home_key, _tls = provision(devices, home["provisioning"]["code"])
+    home_id = home["lock"]["id"]
+    join(devices, home_id, world.accounts["owner"], world.accounts["member"], {"role": "member"})
+    takes = [p for p in sorted((corpus / "allison").glob("en-*.wav"))[:60] if _speech(p) >= 3.0]
+    resp = embed.put(
+        "/embed/enrollment",
+        json={"samples": [{"wav_base64": base64.b64encode(p.read_bytes()).decode()} for p in takes[:5]]},
+        headers=world.headers("member"),
+    )
+    assert resp.status_code == 201, resp.get_json()
+
+    def post(lock_id: str, key: Any, body: bytes) -> dict[str, Any]:
+        signed = lock_auth.sign_headers(key, lock_id, "POST", "/verify", body, content_type="audio/wav")
+        result: dict[str, Any] = verify.post("/verify", data=body, headers=signed).get_json()
+        return result
+
+    opened = next(
+        p.read_bytes()
+        for p in takes[5:12]
+        if post(world.lock_id, world.lock_key, p.read_bytes())["decision"] == "accepted"
+    )
+    assert post(world.lock_id, world.lock_key, opened)["reason"] == "replay"  # the door that heard it
+    elsewhere = post(home_id, home_key, opened)
+    assert elsewhere["decision"] == "rejected" and elsewhere["reason"] == "replay", elsewhere
+    fresh = [post(home_id, home_key, p.read_bytes()) for p in takes[12:16]]
+    assert any(r["decision"] == "accepted" for r in fresh), fresh
+    assert all(r["reason"] != "replay" for r in fresh), fresh
 
 
 def _speech(path: Path) -> float:

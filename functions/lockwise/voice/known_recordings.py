@@ -1,8 +1,9 @@
 """Fingerprints of recordings the system has heard, kept to refuse their replay at the door.
 
 An enrollment sample's fingerprint lives as long as its voiceprint; an attempt's lives ``replay_memory_hours`` at
-its lock. Verify compares a probe with the enrollment samples of the lock's candidates and with the lock's recent
-attempts, in one vectorised pass (``lockwise.voice.model.fingerprint.match_scores``). Stored in PostgreSQL only: never
+its lock. Verify compares a probe with the enrollment samples of the lock's candidates, the lock's recent attempts
+and the attempts that opened the candidates' other doors, in one vectorised pass
+(``lockwise.voice.model.fingerprint.match_scores``). Stored in PostgreSQL only: never
 mirrored, deleted with the voice data (``voiceprints.delete``), the lock, or the attempt.
 """
 
@@ -45,18 +46,27 @@ def remember_attempt(
 #: the most recent attempts at a lock a probe is compared with: rejected ones are bounded by the daily ceiling, and
 #: a door opens a few dozen times a day, so this is a bound for the unforeseen (each costs ~0.6 ms and 8 KB)
 ATTEMPTS_COMPARED = 1000
+#: the most recent attempts that opened other doors to the candidates' voices a probe is also compared with: a member
+#: opening three other doors 15 times a day each is 315 a week (matching 300 costs ~40 ms, ``./dev bench replay``)
+OTHER_DOORS_COMPARED = 300
 
 
 def at_lock(con: Connection, lock_id: str, uids: Sequence[str]) -> list[fingerprint.Landmarks]:
-    """The known recordings a probe at ``lock_id`` is checked against: the enrollment samples of ``uids`` and the
-    lock's newest ``ATTEMPTS_COMPARED`` unexpired attempts (expired ones are deleted by ``lockwise.core.retention``)."""
+    """The known recordings a probe at ``lock_id`` is checked against: the enrollment samples of ``uids``, the lock's
+    newest ``ATTEMPTS_COMPARED`` unexpired attempts, and the newest ``OTHER_DOORS_COMPARED`` that opened another door
+    to the voice of one of ``uids`` (expired ones are deleted by ``lockwise.core.retention``). A recording that opened
+    one door (which a compromised lock or a listener there holds) is a replay at every door of that member, not only
+    at the one that heard it (attack run: it opened the member's other door)."""
     rows = con.run(
         "(SELECT landmarks FROM voice_fingerprints WHERE lock_id = CAST(:l AS uuid) AND expires_at > now()"
         " ORDER BY expires_at DESC LIMIT :n) UNION ALL"
-        " (SELECT landmarks FROM voice_fingerprints WHERE user_uid = ANY(CAST(:u AS text[])))",
+        " (SELECT landmarks FROM voice_fingerprints WHERE user_uid = ANY(CAST(:u AS text[]))) UNION ALL"
+        " (SELECT landmarks FROM voice_fingerprints WHERE speaker_uid = ANY(CAST(:u AS text[]))"
+        " AND lock_id <> CAST(:l AS uuid) AND expires_at > now() ORDER BY expires_at DESC LIMIT :m)",
         l=lock_id,
         u=list(uids),
         n=ATTEMPTS_COMPARED,
+        m=OTHER_DOORS_COMPARED,
     )
     return [fingerprint.from_bytes(bytes(r[0])) for r in rows]
 
