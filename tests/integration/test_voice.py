@@ -30,6 +30,7 @@ from lockwise.voice.model.voice_activity import VoiceActivity
 from tests.conftest import PROJECT_ID
 from tests.devices_world import World, bearer, build_world, join
 from tests.voices import noises, pcm16, pcm_json, speech_like, spoken, wav
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.model
 
@@ -926,6 +927,33 @@ def test_attempts_reach_the_activity_feed_without_biometrics(
         time.sleep(0.1)
     assert voice and voice[0]["outcome"] == "accepted"
     assert not {"score", "embedding", "threshold", "audio"} & set(voice[0])
+
+
+def test_a_lock_posting_junk_in_a_loop_keeps_every_attempt_but_lists_ten_a_minute(
+    clients: dict[str, Any], world: World, voice_env: dict[str, str]
+) -> None:
+    """Attack run: every signed attempt that never reached the model (bad audio, a lockout) wrote a feed entry, up
+    to the lock's request limit (120 a minute, ~170,000 a day), burying the rest of the lock's history in the app.
+    Each is kept in PostgreSQL; the feed lists ten a minute and says once that more came."""
+    from lockwise.voice.verification import FEED_REFUSALS_PER_MINUTE
+
+    for _ in range(FEED_REFUSALS_PER_MINUTE + 5):
+        assert signed_verify(clients, world, b"RIFF not a wav").status_code == 400
+    assert [a for a in attempts(world) if a[0] == "invalid"] and len(attempts(world)) == FEED_REFUSALS_PER_MINUTE + 5
+    token = {"X-LockWise-Service-Token": voice_env["LOCKWISE_SERVICE_TOKEN"]}
+
+    def lock_rows_queued() -> int:
+        get_runtime("verify").flush_mirror(force=True)
+        with get_runtime("verify").db.connection() as con:
+            queued = "SELECT count(*) FROM firestore_outbox WHERE doc_path LIKE :p AND refused_at IS NULL"
+            return int(con.run(queued, p=f"locks/{world.lock_id}/%")[0][0])
+
+    assert clients["devices"].post("/devices/relay/flush", headers=token).status_code == 200
+    wait_for(lambda: lock_rows_queued() == 0 or None, timeout=30, what="the lock's feed entries written")
+    client = firestore_client(PROJECT_ID, voice_env["FIRESTORE_EMULATOR_HOST"])
+    kinds = [d.to_dict()["kind"] for d in client.collection(f"locks/{world.lock_id}/activity").stream()]
+    assert kinds.count("voice_attempt") == FEED_REFUSALS_PER_MINUTE
+    assert kinds.count("voice_attempts_unlisted") == 1
 
 
 @dataclass

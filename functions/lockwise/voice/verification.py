@@ -101,6 +101,13 @@ class Result:
         return out
 
 
+#: attempts that never reached the model (bad audio, a lockout, the daily ceiling): a lock posting junk in a loop
+#: (up to its signed-request limit, 120 a minute) wrote an entry to the feed each, burying the rest of the lock's
+#: history (attack run); at most ``FEED_REFUSALS_PER_MINUTE`` a minute are listed, every one is kept in PostgreSQL
+FEED_BUDGETED = ("invalid", "refused")
+FEED_REFUSALS_PER_MINUTE = 10
+
+
 def record_attempt(
     con: Connection,
     lock_id: str,
@@ -130,6 +137,17 @@ def record_attempt(
             c=cosine,
         )[0][0]
     )
+    if outcome in FEED_BUDGETED:
+        (recent,) = con.run(
+            "SELECT count(*) FROM verification_attempts WHERE lock_id = CAST(:l AS uuid) AND outcome = ANY(:o)"
+            " AND created_at > now() - interval '1 minute'",
+            l=lock_id,
+            o=list(FEED_BUDGETED),
+        )[0]
+        if recent > FEED_REFUSALS_PER_MINUTE:
+            if recent == FEED_REFUSALS_PER_MINUTE + 1:  # once a minute: the feed says more came than it lists
+                mirror.activity(con, lock_id, "voice_attempts_unlisted", listed_per_minute=FEED_REFUSALS_PER_MINUTE)
+            return attempt_id
     mirror.activity(con, lock_id, "voice_attempt", outcome=outcome, reason=reason, member_uid=matched_uid)
     return attempt_id
 
