@@ -17,9 +17,11 @@ from lockwise.devices import topics
 
 log = logging.getLogger("mqtt_relay.outbox")
 
-#: publish([(topic, payload), ...]) -> for each, True once the broker acknowledged it (PUBACK); the messages are in
-#: flight together, so a round costs about one broker round trip, not one per command
-Publish = Callable[[list[tuple[str, str]]], list[bool]]
+#: publish([(topic, payload, expires_in_s), ...]) -> for each, True once the broker acknowledged it (PUBACK); the
+#: messages are in flight together, so a round costs about one broker round trip, not one per command. The broker
+#: drops a message not delivered within ``expires_in_s`` (MQTT 5's message expiry): an offline lock's queue holds
+#: only commands it could still act on
+Publish = Callable[[list[tuple[str, str, int]]], list[bool]]
 
 
 @dataclass(frozen=True)
@@ -36,6 +38,15 @@ def expire(con: Connection) -> int:
     return len(rows)
 
 
+def _fail(con: Connection, command_ids: list[str], why: str) -> None:
+    if command_ids:
+        con.run(
+            "UPDATE commands SET status = 'failed', last_error = :e WHERE id = ANY(CAST(:ids AS uuid[]))",
+            ids=command_ids,
+            e=why,
+        )
+
+
 def deliver_due(db: Database, publish: Publish, *, resend_after_s: int, limit: int = 500) -> list[Delivery]:
     """Publish what is due now; returns what was delivered to the broker."""
     delivered: list[Delivery] = []
@@ -43,32 +54,37 @@ def deliver_due(db: Database, publish: Publish, *, resend_after_s: int, limit: i
         expired = expire(con)
         if expired:
             log.info("expired commands", extra={"fields": {"count": expired}})
+        # a re-send waits for nothing newer to its lock (a lost unlock re-sent after a later lock left the door
+        # unlocked: attack run), and for an issuer still a member (a removed member's unlock was re-sent)
         rows = con.run(
-            "SELECT c.id::text, c.lock_id::text, c.payload, cr.mqtt_username FROM commands c"
+            "SELECT c.id::text, c.lock_id::text, c.payload, cr.mqtt_username, c.status,"
+            " CAST(floor(EXTRACT(EPOCH FROM c.expires_at - now())) AS integer),"
+            " c.issuer_uid IS NOT NULL AND NOT EXISTS (SELECT 1 FROM lock_members m WHERE m.lock_id = c.lock_id"
+            "   AND m.user_uid = c.issuer_uid AND m.revoked_at IS NULL"
+            "   AND (m.expires_at IS NULL OR m.expires_at > now()))"
+            " FROM commands c"
             " LEFT JOIN lock_credentials cr ON cr.lock_id = c.lock_id AND cr.revoked_at IS NULL"
             " WHERE c.expires_at > now() AND (c.status = 'pending'"
-            "   OR (c.status = 'sent' AND c.sent_at < now() - make_interval(secs => :resend)))"
+            "   OR (c.status = 'sent' AND c.sent_at < now() - make_interval(secs => :resend)"
+            "     AND NOT EXISTS (SELECT 1 FROM commands n"
+            "       WHERE n.lock_id = c.lock_id AND n.created_at > c.created_at)))"
             " ORDER BY c.created_at LIMIT :n FOR UPDATE OF c SKIP LOCKED",
             resend=resend_after_s,
             n=limit,
         )
-        orphans = [str(command_id) for command_id, _, _, username in rows if username is None]
-        if orphans:
-            con.run(
-                "UPDATE commands SET status = 'failed', last_error = 'lock has no active credentials'"
-                " WHERE id = ANY(CAST(:ids AS uuid[]))",
-                ids=orphans,
-            )
+        _fail(con, [r[0] for r in rows if r[3] is None], "lock has no active credentials")
+        # never sent: failed; sent: not sent again, and its ack still taken (the lock may have acted on it)
+        _fail(con, [r[0] for r in rows if r[6] and r[4] == "pending"], "withdrawn: the issuer is no longer a member")
         due = [
-            Delivery(str(command_id), str(lock_id), topics.commands(str(username)))
-            for command_id, lock_id, _, username in rows
-            if username is not None
+            (Delivery(str(command_id), str(lock_id), topics.commands(str(username))), str(payload), max(1, int(ttl)))
+            for command_id, lock_id, payload, username, _status, ttl, issuer_gone in rows
+            if username is not None and not issuer_gone
         ]
-        payloads = [str(payload) for _, _, payload, username in rows if username is not None]
         if not due:
             return delivered
-        published = publish([(d.topic, payload) for d, payload in zip(due, payloads, strict=True)])
-        delivered = [d for d, ok in zip(due, published, strict=True) if ok]  # the rest: next round
+        published = publish([(d.topic, payload, ttl) for d, payload, ttl in due])
+        due_deliveries = [d for d, _, _ in due]
+        delivered = [d for d, ok in zip(due_deliveries, published, strict=True) if ok]  # the rest: next round
         if delivered:
             con.run(
                 "UPDATE commands SET status = 'sent', sent_at = now(), send_count = send_count + 1"

@@ -22,6 +22,8 @@ import time
 from typing import Any
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from lockwise.core.db import Connection, Database
@@ -87,12 +89,16 @@ class Relay:
         if qos > 0:
             self.client.ack(mid, qos)
 
-    def publish(self, messages: list[tuple[str, str]]) -> list[bool]:
-        """QoS 1, never retained (a retained unlock would open the door on the next reconnect); all in flight at
-        once, then each waited for until its PUBACK."""
+    def publish(self, messages: list[tuple[str, str, int]]) -> list[bool]:
+        """QoS 1, never retained (a retained unlock would open the door on the next reconnect), expiring in the
+        broker with the command (an offline lock's session kept every copy of every re-send: attack run); all in
+        flight at once, then each waited for until its PUBACK."""
         if not self.connected.is_set():
             return [False] * len(messages)
-        infos = [self.client.publish(topic, payload, qos=1, retain=False) for topic, payload in messages]
+        infos = [
+            self.client.publish(topic, payload, qos=1, retain=False, properties=_expiring(expires_in_s))
+            for topic, payload, expires_in_s in messages
+        ]
         deadline = time.monotonic() + PUBACK_TIMEOUT_S
         results = []
         for info in infos:
@@ -244,3 +250,10 @@ class Relay:
             "checks": checks,
         }
         return body, 200 if healthy else 503
+
+
+def _expiring(seconds: int) -> Properties:
+    """A PUBLISH's MQTT 5 properties: the broker drops the message once ``seconds`` have passed undelivered."""
+    properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+    properties.MessageExpiryInterval = max(1, seconds)
+    return properties

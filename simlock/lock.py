@@ -135,6 +135,7 @@ class SimulatedLock:
 
     def __post_init__(self) -> None:
         self._seen_nonces: dict[str, int] = self._load_nonces()  # nonce -> the command's expires_at
+        self._last_issued_at = 0  # the newest command acted on: an older one arriving later must not undo it
         self._lock = threading.Lock()
         self._files = Path(tempfile.mkdtemp(prefix="simlock-"))
         self.client = self._new_client()
@@ -233,6 +234,9 @@ class SimulatedLock:
         with self._lock:
             if command.nonce in self._seen_nonces:
                 raise command_signing.BadCommand("replayed")
+            if command.issued_at < self._last_issued_at:
+                raise command_signing.BadCommand("superseded")
+            self._last_issued_at = command.issued_at
             self._seen_nonces[command.nonce] = command.expires_at
             self._save_nonces()
         return command

@@ -126,11 +126,17 @@ def sign_vector(vector: dict[str, Any], body: bytes, **nonce: str) -> dict[str, 
 
 
 def lock_verdict(
-    message: str | bytes, server_public_key_b64: str, lock_id: str, now: float, seen: set[str]
+    message: str | bytes,
+    server_public_key_b64: str,
+    lock_id: str,
+    now: float,
+    seen: set[str],
+    last_issued_at: int = 0,
 ) -> tuple[str, dict[str, Any] | None]:
     """FIRMWARE.md, "What the lock must check, in this order": ``("act", command)`` or ``(reason, None)``.
 
-    On ``act`` the nonce is added to ``seen`` (before acting), as the lock must."""
+    On ``act`` the nonce is added to ``seen`` (before acting), as the lock must. ``last_issued_at``: the
+    ``issued_at`` of the last command the lock carried out."""
     try:
         outer = json.loads(message)
         if (
@@ -161,6 +167,8 @@ def lock_verdict(
         return "expired", None
     if fields["nonce"] in seen:
         return "replayed", None
+    if fields["issued_at"] < last_issued_at:
+        return "superseded", None
     seen.add(fields["nonce"])
     return "act", fields
 
@@ -247,6 +255,17 @@ def test_command_vector_is_rebuilt_and_checked_as_a_lock_would(command: dict[str
     assert command["command"]["nonce"] in seen
     assert lock_verdict(command["message"], server_public, VECTORS["lock_id"], issued, seen) == ("replayed", None)
     assert command["ack"] == {"id": command["command"]["id"], "nonce": command["command"]["nonce"], "result": "ok"}
+
+
+def test_a_command_older_than_the_last_one_carried_out_is_refused_as_superseded() -> None:
+    """Step 7: an unlock re-sent after a later lock was carried out must not leave the door unlocked; one of the
+    same second is carried out (two commands of one second arrive in the order sent)."""
+    server_public = VECTORS["server_key"]["public_key_b64"]
+    for command in COMMANDS:
+        issued = command["command"]["issued_at"]
+        verdict = lock_verdict(command["message"], server_public, VECTORS["lock_id"], issued, set(), issued + 1)
+        assert verdict == ("superseded", None)
+        assert lock_verdict(command["message"], server_public, VECTORS["lock_id"], issued, set(), issued)[0] == "act"
 
 
 def test_a_message_signed_by_another_key_is_refused() -> None:

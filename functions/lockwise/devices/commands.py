@@ -52,6 +52,38 @@ def parse_idempotency_key(value: Any) -> str | None:
     return value
 
 
+#: commands the app may send to one lock in a minute, all its members together (then 429 ``command_limit``): each is
+#: signed, queued, published and re-sent until acknowledged or expired; unlimited, one account's loop filled the
+#: broker's queue for an offline lock (attack run)
+APP_COMMANDS_PER_MINUTE = 30
+
+
+def withdraw_unsent(con: Connection, lock_id: str, uid: str) -> None:
+    """``uid``'s commands to ``lock_id`` not yet sent fail: their issuer was removed, or their access changed. One
+    already sent is not re-sent once the issuer is no longer a member (``mqtt_relay.outbox.deliver_due``); its ack
+    is still taken (the lock may have acted on it)."""
+    con.run(
+        "UPDATE commands SET status = 'failed', last_error = 'withdrawn: the issuer''s access changed'"
+        " WHERE lock_id = CAST(:l AS uuid) AND issuer_uid = :u AND status = 'pending'",
+        l=lock_id,
+        u=uid,
+    )
+
+
+def _limit_app_commands(con: Connection, lock_id: str) -> None:
+    (recent,) = con.run(
+        "SELECT count(*) FROM commands WHERE lock_id = CAST(:l AS uuid) AND issuer_kind = 'user'"
+        " AND created_at > now() - interval '1 minute'",
+        l=lock_id,
+    )[0]
+    if recent >= APP_COMMANDS_PER_MINUTE:
+        raise errors.RateLimited(
+            f"this lock was sent {APP_COMMANDS_PER_MINUTE} commands in the last minute; try again shortly",
+            retry_after_s=60,
+            code="command_limit",
+        )
+
+
 def from_app(
     con: Connection,
     *,
@@ -73,6 +105,8 @@ def from_app(
     checked = parse_action(action, supports_open)
     if not provisioned:
         raise errors.Conflict("the lock has not been provisioned yet", code="lock_not_provisioned")
+    if idempotency_key is None or _by_idempotency_key(con, lock_id, uid, idempotency_key) is None:
+        _limit_app_commands(con, lock_id)  # a retry of a command already made is answered, not counted
     return create(
         con,
         lock_id=lock_id,
@@ -109,7 +143,10 @@ def create(
         existing = _by_idempotency_key(con, lock_id, issuer_uid, idempotency_key)
         if existing is not None:
             return _retried(existing, action)
-    now = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    # the row keeps the exact moment (which of two commands of one second is the newer: ``mqtt_relay.outbox`` re-sends
+    # none once a newer one exists); the signed times are whole seconds
+    created = dt.datetime.now(dt.UTC)
+    now = created.replace(microsecond=0)
     expires = now + dt.timedelta(seconds=ttl_s)
     command_id = str(uuid.uuid4())  # random (os.urandom), as gen_random_uuid() is: known before the row, to sign
     nonce = secrets.token_urlsafe(18)
@@ -139,7 +176,7 @@ def create(
         att=attempt_id,
         ik=idempotency_key,
         n=nonce,
-        c=now,
+        c=created,
         e=expires,
         p=payload,
     )

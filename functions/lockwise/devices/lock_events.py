@@ -397,7 +397,9 @@ def _ack(con: Connection, lock_id: str, body: dict[str, Any], now: dt.datetime) 
     if not rows:
         return Outcome("duplicate", "no pending or sent command with this id and nonce")
     if result == "ok" and rows[0][0] in ("unlock", "open") and rows[0][1] == "user":
-        lockout.clear(con, lock_id)  # a successful app unlock ends a voice lockout
+        # a successful app unlock ends a voice lockout, unless a voice decision there holds it now (it records its
+        # own outcome; the owner can still end the lockout: DELETE .../voice-lockout)
+        lockout.clear_unless_busy(con, lock_id)
     audit.record(
         con,
         audit.lock_actor(lock_id),

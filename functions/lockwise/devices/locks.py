@@ -9,7 +9,7 @@ from typing import Any
 
 from lockwise.core import audit, errors, mirror, users
 from lockwise.core.db import Connection, rows_as_dicts
-from lockwise.devices import invitations, lock_auth, members, provisioning
+from lockwise.devices import commands, invitations, lock_auth, members, provisioning
 
 MAX_NAME = 100
 
@@ -214,6 +214,8 @@ def update_member(
         u=target.user_uid,
         **access,
     )
+    if members.RANK[role] < members.RANK[target.role] or any(v is not None for v in access.values()):
+        commands.withdraw_unsent(con, lock_id, target.user_uid)  # sent under the access they had
     audit.record(
         con,
         audit.user_actor(actor.user_uid),
@@ -242,6 +244,7 @@ def revoke_member(
         now=now,
     )
     invitations.close_for_member(con, lock_id, target.user_uid)
+    commands.withdraw_unsent(con, lock_id, target.user_uid)  # an unlock they sent is not delivered after this
     audit.record(con, audit.user_actor(actor.user_uid), "member.revoke", "ok", lock_id=lock_id, target=target.user_uid)
     mirror.activity(con, lock_id, "member_removed", actor_uid=actor.user_uid, target_uid=target.user_uid)
     members.mirror_access(con, lock_id)

@@ -1,0 +1,154 @@
+"""What the relay delivers of the commands outbox (``mqtt_relay.outbox.deliver_due``), against the real database:
+nothing for an issuer who lost access, no re-send once a newer command to the lock exists, every message expiring
+with its command, and the app's commands to one lock limited per minute. An attack run found each (the broker's
+side of message expiry: tests/e2e/test_relay.py)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from lockwise.core.db import Database
+from lockwise.devices import command_signing, commands, lockout
+from mqtt_relay import outbox
+from tests.devices_world import World, build_world
+
+
+@pytest.fixture
+def world(make_client: Any, sign_up: Any) -> World:
+    return build_world(make_client("devices"), sign_up)
+
+
+@pytest.fixture
+def relay_db(stack_env: dict[str, str]) -> Iterator[Database]:
+    db = Database(stack_env["DATABASE_URL"], pool_size=1)
+    try:
+        yield db
+    finally:
+        db.close()
+
+
+def deliver(db: Database, world: World, resend_after_s: int = 5) -> list[tuple[command_signing.Command, int]]:
+    """One round of the relay: what it published for ``world``'s lock, each with its message expiry."""
+    sent: list[tuple[str, str, int]] = []
+
+    def publish(messages: list[tuple[str, str, int]]) -> list[bool]:
+        sent.extend(messages)
+        return [True] * len(messages)
+
+    outbox.deliver_due(db, publish, resend_after_s=resend_after_s)
+    key = world.credentials["server_public_key"]
+    ours = [(command_signing.verify(payload, key), ttl) for _topic, payload, ttl in sent]
+    return [(c, ttl) for c, ttl in ours if c.lock == world.lock_id]
+
+
+def send(world: World, role: str, action: str = "unlock", **body: Any) -> Any:
+    return world.devices.post(
+        f"/devices/locks/{world.lock_id}/commands", json={"action": action, **body}, headers=world.headers(role)
+    )
+
+
+def status(db: Database, command_id: str) -> tuple[str, str | None]:
+    with db.connection() as con:
+        found, why = con.run("SELECT status, last_error FROM commands WHERE id = CAST(:i AS uuid)", i=command_id)[0]
+    return str(found), why
+
+
+def test_a_removed_members_unlock_is_not_delivered_after_the_removal(world: World, relay_db: Database) -> None:
+    waiting = send(world, "member").get_json()["command"]["id"]  # the relay has not run yet
+    resp = world.devices.delete(
+        f"/devices/locks/{world.lock_id}/members/{world.uid('member')}", headers=world.headers("owner")
+    )
+    assert resp.status_code == 204
+    assert waiting not in [c.id for c, _ in deliver(relay_db, world)]
+    assert status(relay_db, waiting)[0] == "failed"
+
+
+def test_an_unlock_sent_once_is_not_sent_again_after_its_issuer_is_removed(world: World, relay_db: Database) -> None:
+    """Sent once (the lock may have acted on it: its ack is still taken), never re-sent after the removal."""
+    sent = send(world, "member").get_json()["command"]["id"]
+    assert [c.id for c, _ in deliver(relay_db, world)] == [sent]
+    resp = world.devices.delete(
+        f"/devices/locks/{world.lock_id}/members/{world.uid('member')}", headers=world.headers("owner")
+    )
+    assert resp.status_code == 204
+    time.sleep(1.1)
+    assert deliver(relay_db, world, resend_after_s=1) == []
+    assert status(relay_db, sent)[0] == "sent"
+
+
+def test_a_guest_moved_out_of_their_window_has_their_unsent_unlock_withdrawn(world: World, relay_db: Database) -> None:
+    waiting = send(world, "guest_in").get_json()["command"]["id"]
+    tomorrow = (dt.datetime.now(dt.UTC) + dt.timedelta(days=1)).isoformat()
+    resp = world.devices.patch(
+        f"/devices/locks/{world.lock_id}/members/{world.uid('guest_in')}",
+        json={"role": "guest", "access": {"valid_from": tomorrow}},
+        headers=world.headers("owner"),
+    )
+    assert resp.status_code == 200, resp.get_json()
+    assert waiting not in [c.id for c, _ in deliver(relay_db, world)]
+    assert status(relay_db, waiting) == ("failed", "withdrawn: the issuer's access changed")
+
+
+def test_a_lost_unlock_is_not_sent_again_once_a_newer_command_exists(world: World, relay_db: Database) -> None:
+    """The owner taps unlock (its first copy lost on the way), then lock: re-sending the unlock after the lock ran
+    left the door unlocked. Only the newest is re-sent; both were sent once, in the order they were made."""
+    unlock = send(world, "owner").get_json()["command"]["id"]
+    assert [c.id for c, _ in deliver(relay_db, world)] == [unlock]
+    lock = send(world, "owner", "lock").get_json()["command"]["id"]
+    assert [c.id for c, _ in deliver(relay_db, world)] == [lock]
+    time.sleep(1.1)
+    assert [c.id for c, _ in deliver(relay_db, world, resend_after_s=1)] == [lock]
+
+
+def test_each_message_expires_in_the_broker_with_its_command(world: World, relay_db: Database) -> None:
+    send(world, "owner")
+    ((command, ttl),) = deliver(relay_db, world)
+    assert 1 <= ttl <= command.expires_at - command.issued_at and command.expires_at - time.time() <= ttl + 1
+
+
+def test_the_apps_commands_to_one_lock_are_limited_per_minute(world: World, relay_db: Database) -> None:
+    first = send(world, "owner", idempotency_key="tap-0")
+    assert first.status_code == 202
+    for i in range(1, commands.APP_COMMANDS_PER_MINUTE):
+        assert send(world, "member" if i % 2 else "owner").status_code == 202
+    refused = send(world, "admin")
+    assert refused.status_code == 429 and refused.get_json()["error"]["code"] == "command_limit"
+    assert refused.headers["Retry-After"] == "60"
+    retried = send(world, "owner", idempotency_key="tap-0")  # a retry of one already made is answered, not counted
+    assert (
+        retried.status_code in (200, 202) and retried.get_json()["command"]["id"] == first.get_json()["command"]["id"]
+    )
+
+
+def test_an_ack_does_not_wait_for_a_voice_decision_holding_the_lockout(
+    world: World, stack_env: dict[str, str], impatient_devices: Database
+) -> None:
+    """A voice decision holds its lock's lockout row through the forward pass (up to 20 s). The ack of an app unlock
+    at that lock, which ends a lockout, waited for it past the statement limit and made the relay's whole batch,
+    every lock's events in it, a 503. It now applies without ending the lockout (the owner can end it)."""
+    command_id = send(world, "owner").get_json()["command"]["id"]
+    with impatient_devices.connection() as con:
+        ((nonce,),) = con.run("SELECT nonce FROM commands WHERE id = CAST(:i AS uuid)", i=command_id)
+    with impatient_devices.transaction() as con:
+        con.run(
+            "INSERT INTO voice_lockouts (lock_id) VALUES (CAST(:l AS uuid)) ON CONFLICT DO NOTHING", l=world.lock_id
+        )
+    ack = {
+        "topic": f"lockwise/{world.credentials['mqtt']['client_id']}/ack",
+        "payload": f'{{"id": "{command_id}", "nonce": "{nonce}", "result": "ok"}}',
+    }
+    with impatient_devices.transaction() as verifying:
+        lockout.hold(verifying, world.lock_id, dt.datetime.now(dt.UTC))  # what a voice decision takes first
+        resp = world.devices.post(
+            "/devices/relay/events",
+            json={"events": [ack]},
+            headers={"X-LockWise-Service-Token": stack_env["LOCKWISE_SERVICE_TOKEN"]},
+        )
+    assert resp.status_code == 200, resp.get_json()
+    assert resp.get_json()["results"][0]["outcome"] == "applied"
+    assert status(impatient_devices, command_id)[0] == "acked"
