@@ -152,11 +152,12 @@ def _measure(env: dict[str, str], db: Database, commands: int, events: int, n_lo
     headers = {"Authorization": f"Bearer {account['idToken']}"}
     devices = env["LOCKWISE_DEVICES_URL"]
     locks = paired_locks(env, headers, n_locks)
-    lock_id, lock = locks[0]
     session = requests.Session()
     receipt, acked = [], []
     listener = db.connect()
     for i in range(commands):
+        # round the locks: the app may send one lock 30 commands a minute (LOCKWISE_APP_COMMANDS_PER_MINUTE)
+        lock_id, lock = locks[i % len(locks)]
         t0 = time.perf_counter()
         wall0 = time.time()
         resp = session.post(

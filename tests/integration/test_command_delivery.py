@@ -12,8 +12,9 @@ from typing import Any
 
 import pytest
 
+from lockwise.core.config import get_settings
 from lockwise.core.db import Database
-from lockwise.devices import command_signing, commands, lockout
+from lockwise.devices import command_signing, lockout
 from mqtt_relay import outbox
 from tests.devices_world import World, build_world
 
@@ -114,7 +115,7 @@ def test_each_message_expires_in_the_broker_with_its_command(world: World, relay
 def test_the_apps_commands_to_one_lock_are_limited_per_minute(world: World, relay_db: Database) -> None:
     first = send(world, "owner", idempotency_key="tap-0")
     assert first.status_code == 202
-    for i in range(1, commands.APP_COMMANDS_PER_MINUTE):
+    for i in range(1, get_settings("devices").app_commands_per_minute):
         assert send(world, "member" if i % 2 else "owner").status_code == 202
     refused = send(world, "admin")
     assert refused.status_code == 429 and refused.get_json()["error"]["code"] == "command_limit"

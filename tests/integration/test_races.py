@@ -101,6 +101,7 @@ def test_deleting_a_lock_waits_for_a_request_that_has_checked_its_member(world: 
                     signing_key_b64=settings.signing_key(),
                     ttl_s=settings.command_ttl_s,
                     idempotency_key=None,
+                    per_minute=settings.app_commands_per_minute,
                 )
             elif what == "invitation":
                 invitations.invite(con, world.lock_id, actor, "member", {}, 600, _now(), uid=invitee["localId"])

@@ -52,12 +52,6 @@ def parse_idempotency_key(value: Any) -> str | None:
     return value
 
 
-#: commands the app may send to one lock in a minute, all its members together (then 429 ``command_limit``): each is
-#: signed, queued, published and re-sent until acknowledged or expired; unlimited, one account's loop filled the
-#: broker's queue for an offline lock (attack run)
-APP_COMMANDS_PER_MINUTE = 30
-
-
 def withdraw_unsent(con: Connection, lock_id: str, uid: str) -> None:
     """``uid``'s commands to ``lock_id`` not yet sent fail: their issuer was removed, or their access changed. One
     already sent is not re-sent once the issuer is no longer a member (``mqtt_relay.outbox.deliver_due``); its ack
@@ -70,15 +64,18 @@ def withdraw_unsent(con: Connection, lock_id: str, uid: str) -> None:
     )
 
 
-def _limit_app_commands(con: Connection, lock_id: str) -> None:
+def _limit_app_commands(con: Connection, lock_id: str, per_minute: int) -> None:
+    """At most ``per_minute`` commands from the app to one lock in any minute, all its members together (then 429
+    ``command_limit``): each is signed, queued, published and re-sent until acknowledged or expired; unlimited, one
+    account's loop filled the broker's queue for an offline lock (attack run)."""
     (recent,) = con.run(
         "SELECT count(*) FROM commands WHERE lock_id = CAST(:l AS uuid) AND issuer_kind = 'user'"
         " AND created_at > now() - interval '1 minute'",
         l=lock_id,
     )[0]
-    if recent >= APP_COMMANDS_PER_MINUTE:
+    if recent >= per_minute:
         raise errors.RateLimited(
-            f"this lock was sent {APP_COMMANDS_PER_MINUTE} commands in the last minute; try again shortly",
+            f"this lock was sent {per_minute} commands in the last minute; try again shortly",
             retry_after_s=60,
             code="command_limit",
         )
@@ -93,6 +90,7 @@ def from_app(
     signing_key_b64: str,
     ttl_s: int,
     idempotency_key: str | None,
+    per_minute: int,
 ) -> Issued:
     """A command a member sent from the app (their right to operate the lock already checked): the action must be
     one this lock supports and the lock must hold a live credential (paired), else 400 / 409."""
@@ -106,7 +104,7 @@ def from_app(
     if not provisioned:
         raise errors.Conflict("the lock has not been provisioned yet", code="lock_not_provisioned")
     if idempotency_key is None or _by_idempotency_key(con, lock_id, uid, idempotency_key) is None:
-        _limit_app_commands(con, lock_id)  # a retry of a command already made is answered, not counted
+        _limit_app_commands(con, lock_id, per_minute)  # a retry of a command already made is answered, not counted
     return create(
         con,
         lock_id=lock_id,
