@@ -151,7 +151,7 @@ class SimulatedLock:
         )
         certfile, keyfile = cfg.tls_files(self._files)
         client.tls_set(ca_certs=cfg.ca_file, certfile=certfile, keyfile=keyfile, tls_version=ssl.PROTOCOL_TLS_CLIENT)
-        client.will_set(topics.status(cfg.identity), "offline", qos=1, retain=True)
+        self._next_connection(client)
         client.reconnect_delay_set(min_delay=1, max_delay=5)
         client.on_socket_open = no_delay  # as docs/FIRMWARE.md asks of the firmware (TCP_NODELAY)
         client.on_connect = self._on_connect
@@ -159,6 +159,12 @@ class SimulatedLock:
         client.on_subscribe = self._on_subscribe
         client.on_message = self._on_message
         return client
+
+    def _next_connection(self, client: mqtt.Client) -> None:
+        """Number the next connection (milliseconds since the epoch, always above the last) and set its last will
+        to match: its reports read ``online <n>`` and ``offline <n>`` (docs/FIRMWARE.md, "Online and offline")."""
+        self.connection_no = max(int(time.time() * 1000), getattr(self, "connection_no", 0) + 1)
+        client.will_set(topics.status(self.config.identity), f"offline {self.connection_no}", qos=1, retain=True)
 
     # ----------------------------------------------------------------------------------------------- lifecycle
 
@@ -172,7 +178,8 @@ class SimulatedLock:
 
     def stop(self, *, graceful: bool = True) -> None:
         if graceful and self.connected.is_set():
-            self.client.publish(topics.status(self.config.identity), "offline", qos=1, retain=True).wait_for_publish(5)
+            goodbye = f"offline {self.connection_no}"
+            self.client.publish(topics.status(self.config.identity), goodbye, qos=1, retain=True).wait_for_publish(5)
             self.client.disconnect()
         self.client.loop_stop()
 
@@ -186,7 +193,8 @@ class SimulatedLock:
         self.subscribed.clear()
 
     def come_back(self, timeout: float = 10.0) -> None:
-        """Reconnect (with the current certificate)."""
+        """Reconnect (with the current certificate), as a new numbered connection."""
+        self._next_connection(self.client)
         self.client.reconnect()
         self.client.loop_start()
         if not self.subscribed.wait(timeout):
@@ -199,16 +207,17 @@ class SimulatedLock:
             return
         self.connected.set()
         client.subscribe(topics.commands(self.config.identity), qos=1)
-        client.publish(topics.status(self.config.identity), "online", qos=1, retain=True)
+        client.publish(topics.status(self.config.identity), f"online {self.connection_no}", qos=1, retain=True)
         self.publish_state()
 
     def _on_subscribe(self, _c: mqtt.Client, _ud: Any, _mid: int, rcs: list[ReasonCode], _p: Any) -> None:
         if all(not rc.is_failure for rc in rcs):
             self.subscribed.set()
 
-    def _on_disconnect(self, _c: mqtt.Client, _ud: Any, _flags: Any, rc: ReasonCode, _p: Any) -> None:
+    def _on_disconnect(self, client: mqtt.Client, _ud: Any, _flags: Any, rc: ReasonCode, _p: Any) -> None:
         self.connected.clear()
         self.subscribed.clear()
+        self._next_connection(client)  # before the reconnect: the next session's will carries its own number
         log.info("lock %s disconnected: %s", self.config.lock_id, rc)
 
     # ------------------------------------------------------------------------------------------------ behaviour

@@ -840,3 +840,33 @@ def test_a_slow_flush_of_an_older_access_write_cannot_let_a_removed_member_back_
     client = firestore_client(PROJECT_ID, host)
     assert not client.document(mirror.access_doc(world.lock_id, member)).get().exists
     assert rest_get(host, f"locks/{world.lock_id}", token) == 403
+
+
+def test_numbered_online_and_offline_reports_are_applied_only_when_newer(
+    world: World, stack_env: dict[str, str]
+) -> None:
+    """Attack runs: relay replicas share the status subscription and an abandoned session is drained late, so a
+    lock's reports reach the function in either order; an older "online" applied after a newer "offline" showed an
+    offline lock online until its next report. Numbered reports (the connection's number, its last will naming the
+    same) are applied only when newer: online n < offline n < online n+1."""
+    token = stack_env["LOCKWISE_SERVICE_TOKEN"]
+
+    def online() -> bool:
+        with get_runtime("devices").db.connection() as con:
+            return bool(
+                con.run("SELECT online FROM lock_state WHERE lock_id = CAST(:l AS uuid)", l=world.lock_id)[0][0]
+            )
+
+    def outcome(payload: str) -> str:
+        return str(relay_event(world, token, "status", payload)["outcome"])
+
+    assert outcome("online 1700000000001") == "applied" and online()
+    assert outcome("offline 1700000000002") == "applied" and not online()  # the next connection's end came first
+    assert outcome("online 1700000000002") == "stale" and not online()  # ... then its start, late
+    assert outcome("online 1700000000001") == "stale" and not online()
+    assert outcome("offline 1700000000002") == "duplicate"
+    assert outcome("online 1700000000003") == "applied" and online()
+    assert outcome("offline 1700000000001") == "stale" and online()  # an old session's will, drained late
+    for bad in ("online -1", "online 1.5", "offline  7", "online 1234567890123456", "online\n1"):
+        assert relay_event(world, token, "status", bad)["outcome"] == "rejected", bad
+    assert outcome("offline") == "applied" and not online()  # a bare report (older firmware) applies as it comes

@@ -16,6 +16,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import re
 import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -121,6 +122,7 @@ class _State:
     feed_entries: int = 0
     feed_unlisted: int = 0
     recent_reports: list[str] = field(default_factory=list)
+    status_order: int | None = None
     changed: bool = False
 
 
@@ -143,7 +145,8 @@ class LockStates:
         self._con.run("SELECT 1 FROM locks WHERE id = ANY(CAST(:l AS uuid[])) ORDER BY id FOR KEY SHARE", l=missing)
         rows = self._con.run(
             "SELECT lock_id::text, state, battery_pct, firmware, online, last_seen, reported_at, feed_window_start,"
-            " feed_entries, feed_unlisted, recent_reports FROM lock_state WHERE lock_id = ANY(CAST(:l AS uuid[]))"
+            " feed_entries, feed_unlisted, recent_reports, status_order FROM lock_state"
+            " WHERE lock_id = ANY(CAST(:l AS uuid[]))"
             " ORDER BY lock_id FOR UPDATE",
             l=missing,
         )
@@ -164,13 +167,14 @@ class LockStates:
             "UPDATE lock_state AS s SET state = v.state, battery_pct = v.battery_pct, firmware = v.firmware,"
             " online = v.online, last_seen = v.last_seen, reported_at = v.reported_at,"
             " feed_window_start = v.feed_window_start, feed_entries = v.feed_entries, feed_unlisted = v.feed_unlisted,"
-            " recent_reports = ARRAY(SELECT jsonb_array_elements_text(CAST(v.recent AS jsonb))), updated_at = now()"
+            " recent_reports = ARRAY(SELECT jsonb_array_elements_text(CAST(v.recent AS jsonb))),"
+            " status_order = v.status_order, updated_at = now()"
             " FROM unnest(CAST(:l AS uuid[]), CAST(:s AS text[]), CAST(CAST(:b AS text[]) AS smallint[]),"
             " CAST(:f AS text[]), CAST(CAST(:o AS text[]) AS boolean[]), CAST(CAST(:ls AS text[]) AS timestamptz[]),"
             " CAST(CAST(:r AS text[]) AS timestamptz[]), CAST(CAST(:fw AS text[]) AS timestamptz[]),"
-            " CAST(:fe AS integer[]), CAST(:fu AS integer[]), CAST(:rr AS text[]))"
+            " CAST(:fe AS integer[]), CAST(:fu AS integer[]), CAST(:rr AS text[]), CAST(:so AS bigint[]))"
             " AS v(lock_id, state, battery_pct, firmware, online, last_seen, reported_at, feed_window_start,"
-            " feed_entries, feed_unlisted, recent) WHERE s.lock_id = v.lock_id",
+            " feed_entries, feed_unlisted, recent, status_order) WHERE s.lock_id = v.lock_id",
             l=[lock_id for lock_id, _ in changed],
             s=[row.state for _, row in changed],
             b=[None if row.battery_pct is None else str(row.battery_pct) for _, row in changed],
@@ -182,6 +186,7 @@ class LockStates:
             fe=[row.feed_entries for _, row in changed],
             fu=[row.feed_unlisted for _, row in changed],
             rr=[json.dumps(row.recent_reports) for _, row in changed],
+            so=[row.status_order for _, row in changed],
         )
         for _, row in changed:
             row.changed = False
@@ -288,13 +293,25 @@ def apply(
     return Outcome("rejected", f"unknown event kind {kind!r}")
 
 
+#: ``online`` or ``offline``, with the number of the connection it is about (docs/FIRMWARE.md, "Online and offline")
+_STATUS = re.compile(r"(online|offline)(?: ([0-9]{1,15}))?")
+
+
 def _status(lock_id: str, payload: str, now: dt.datetime, batch: Pending) -> Outcome:
-    if payload not in ("online", "offline"):
-        return Outcome("rejected", "status must be online or offline")
-    online = payload == "online"
+    parsed = _STATUS.fullmatch(payload)
+    if parsed is None:
+        return Outcome("rejected", "status must be online or offline, optionally followed by the connection's number")
+    online = parsed[1] == "online"
     row = batch.states.get(lock_id)
     if row is None:  # deleted since its credential was read: writing its document would bring it back in the app
         return Outcome("stale", NO_STATE)
+    if parsed[2] is not None:  # numbered: applied only when newer than the last one applied
+        order = 2 * int(parsed[2]) + (0 if online else 1)
+        if row.status_order is not None and order == row.status_order:
+            return Outcome("duplicate", "this connection's report was already applied")
+        if row.status_order is not None and order < row.status_order:
+            return Outcome("stale", "a report of a newer connection, or this one's end, was already applied")
+        row.status_order = order
     row.online, row.last_seen, row.changed = online, now, True
     batch.writes.append((mirror.lock_doc(lock_id), "merge", {"online": online, "last_seen": now.isoformat()}))
     _list_in_feed(batch, lock_id, row, now, "online" if online else "offline")
