@@ -523,6 +523,37 @@ def test_a_removal_ends_every_invitation_sent_before_it_whatever_address_it_went
     assert joined.status_code == 201 and joined.get_json()["member"]["role"] == "member", joined.get_json()
 
 
+def test_an_invitation_sent_before_a_removal_stays_ended_after_the_member_rejoins(
+    world: World, sign_up: Any, stack_env: dict[str, str]
+) -> None:
+    """Attack run: the removal was read from revoked_at, which rejoining clears; once the rejoined (short) membership
+    lapsed, the admin invitation sent before the removal stood again and made the member an admin."""
+    lock, host, project = world.lock_id, stack_env["FIREBASE_AUTH_EMULATOR_HOST"], stack_env["LOCKWISE_PROJECT_ID"]
+    owner, add = world.headers("owner"), f"/devices/locks/{world.lock_id}/members"
+    bob = move_account(host, project, sign_up(email="bob@example.com"), "bob@example.com")
+    assert world.devices.get("/devices/me", headers=bearer(bob)).status_code == 200
+    join(world.devices, lock, world.accounts["owner"], bob, {"role": "member"})
+    resp = world.devices.post(add, json={"email": "bob@example.com", "role": "admin"}, headers=owner)
+    before = resp.get_json()["invitation"]["id"]  # left open: already a member
+    bob = move_account(host, project, bob, "bob2@example.com")
+    assert world.devices.get("/devices/me", headers=bearer(bob)).status_code == 200
+    assert world.devices.delete(f"{add}/{bob['localId']}", headers=owner).status_code == 204
+    tomorrow = (dt.datetime.now(dt.UTC) + dt.timedelta(days=1)).isoformat()
+    join(world.devices, lock, world.accounts["owner"], bob, {"role": "guest", "access": {"expires_at": tomorrow}})
+    bob = move_account(host, project, bob, "bob@example.com")
+    with get_runtime("devices").db.connection() as con:  # the guest's day passes
+        con.run(
+            "UPDATE lock_members SET expires_at = now() - interval '1 second' WHERE lock_id = CAST(:l AS uuid)"
+            " AND user_uid = :u",
+            l=lock,
+            u=bob["localId"],
+        )
+    assert world.devices.get("/devices/invitations", headers=bearer(bob)).get_json() == {"invitations": []}
+    back = world.devices.post(f"/devices/invitations/{before}/accept", headers=bearer(bob))
+    assert back.status_code == 404 and back.get_json()["error"]["code"] == "invitation_not_found", back.get_json()
+    assert world.devices.get(f"/devices/locks/{lock}", headers=bearer(bob)).status_code == 404
+
+
 @pytest.mark.parametrize("at_once", [False, True])
 def test_two_invitations_to_one_lock_make_one_membership_and_the_answers_say_which(
     world: World, sign_up: Any, stack_env: dict[str, str], at_once: bool

@@ -31,10 +31,11 @@ _LIVE = _OPEN + " AND expires_at > :now AND " + _STANDING
 _ADDRESSED_TO = "(invitee_uid = :u OR (CAST(:verified AS boolean) AND lower(email) = lower(:e)))"
 #: sent after the invitee's last removal from the lock (or their leaving it): a removal ends whatever was sent before
 #: it, also to an address they no longer held when removed (attack run: a member moved their account to another
-#: address, was removed, moved back and accepted an admin invitation to the first address left open)
+#: address, was removed, moved back and accepted an admin invitation to the first address left open), also after
+#: they rejoined (``last_removed_at`` outlives the rejoin, which clears ``revoked_at``: a later attack run)
 _SINCE_REMOVAL = (
     "NOT EXISTS (SELECT 1 FROM lock_members r WHERE r.lock_id = invitations.lock_id AND r.user_uid = :u"
-    " AND r.revoked_at >= invitations.created_at)"
+    " AND r.last_removed_at >= invitations.created_at)"
 )
 _FOR_INVITEE = _LIVE + " AND " + _ADDRESSED_TO + " AND " + _SINCE_REMOVAL
 
@@ -173,8 +174,8 @@ def accept(con: Connection, invitation_id: str, user: User, now: dt.datetime) ->
         " valid_from = EXCLUDED.valid_from, valid_until = EXCLUDED.valid_until, weekdays = EXCLUDED.weekdays,"
         " day_start_minute = EXCLUDED.day_start_minute, day_end_minute = EXCLUDED.day_end_minute,"
         " timezone = EXCLUDED.timezone, expires_at = EXCLUDED.expires_at, revoked_at = NULL, created_at = :now"
-        " WHERE (lock_members.revoked_at IS NOT NULL AND lock_members.revoked_at < :sent)"
-        " OR (lock_members.revoked_at IS NULL AND lock_members.expires_at <= :now) RETURNING 1",
+        " WHERE (lock_members.revoked_at IS NOT NULL OR lock_members.expires_at <= :now)"
+        " AND (lock_members.last_removed_at IS NULL OR lock_members.last_removed_at < :sent) RETURNING 1",
         l=lock_id,
         u=user.uid,
         r=row["role"],

@@ -238,7 +238,8 @@ def revoke_member(
     if actor.user_uid != target.user_uid:  # leaving a lock yourself is always allowed
         _check_can_manage(actor, target)
     con.run(
-        "UPDATE lock_members SET revoked_at = :now WHERE lock_id = CAST(:l AS uuid) AND user_uid = :u",
+        "UPDATE lock_members SET revoked_at = :now, last_removed_at = :now"
+        " WHERE lock_id = CAST(:l AS uuid) AND user_uid = :u",
         l=lock_id,
         u=target.user_uid,
         now=now,
