@@ -870,3 +870,23 @@ def test_numbered_online_and_offline_reports_are_applied_only_when_newer(
     for bad in ("online -1", "online 1.5", "offline  7", "online 1234567890123456", "online\n1"):
         assert relay_event(world, token, "status", bad)["outcome"] == "rejected", bad
     assert outcome("offline") == "applied" and not online()  # a bare report (older firmware) applies as it comes
+
+
+def test_a_new_pairing_numbers_its_connections_afresh_and_no_number_runs_ahead_of_time(
+    world: World, stack_env: dict[str, str]
+) -> None:
+    """Attack run: the order was kept across a re-pairing, so the device being replaced (or a counter restarted by a
+    factory reset) left every numbered report of the new pairing stale for good; one report numbered
+    999999999999999 did it. Such a number is refused, and a new pairing starts the order again."""
+    import dataclasses
+
+    from tests.devices_world import provision
+
+    token, now_ms = stack_env["LOCKWISE_SERVICE_TOKEN"], int(time.time() * 1000)
+    assert relay_event(world, token, "status", "online 999999999999999")["outcome"] == "rejected"
+    assert relay_event(world, token, "status", f"online {now_ms + 3_600_000}")["outcome"] == "applied"  # a fast clock
+    code = world.devices.post(f"/devices/locks/{world.lock_id}/provisioning", headers=world.headers("owner"))
+    credentials, _key, _tls = provision(world.devices, code.get_json()["code"])
+    repaired = dataclasses.replace(world, credentials=credentials)
+    assert relay_event(repaired, token, "status", "online 1")["outcome"] == "applied"  # a counter from zero
+    assert relay_event(repaired, token, "status", "offline 1")["outcome"] == "applied"

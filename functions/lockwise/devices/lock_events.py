@@ -295,6 +295,8 @@ def apply(
 
 #: ``online`` or ``offline``, with the number of the connection it is about (docs/FIRMWARE.md, "Online and offline")
 _STATUS = re.compile(r"(online|offline)(?: ([0-9]{1,15}))?")
+#: how far a connection's number may be ahead of the server's time in milliseconds (a lock's clock may run fast)
+STATUS_AHEAD_MS = 24 * 3600 * 1000
 
 
 def _status(lock_id: str, payload: str, now: dt.datetime, batch: Pending) -> Outcome:
@@ -306,6 +308,9 @@ def _status(lock_id: str, payload: str, now: dt.datetime, batch: Pending) -> Out
     if row is None:  # deleted since its credential was read: writing its document would bring it back in the app
         return Outcome("stale", NO_STATE)
     if parsed[2] is not None:  # numbered: applied only when newer than the last one applied
+        if int(parsed[2]) > now.timestamp() * 1000 + STATUS_AHEAD_MS:
+            # a number no clock or counter reaches: one report of it would make every later one stale
+            return Outcome("rejected", "the connection's number is ahead of any time in milliseconds")
         order = 2 * int(parsed[2]) + (0 if online else 1)
         if row.status_order is not None and order == row.status_order:
             return Outcome("duplicate", "this connection's report was already applied")
