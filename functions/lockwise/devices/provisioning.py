@@ -218,7 +218,8 @@ def redeem(
     # a new pairing numbers its connections afresh (a counter from zero, a factory reset): the old device's numbers,
     # which it could push as far ahead as it liked, no longer order its reports
     con.run(
-        "INSERT INTO lock_state (lock_id) VALUES (CAST(:l AS uuid)) ON CONFLICT (lock_id) DO UPDATE SET status_order = NULL",
+        "INSERT INTO lock_state (lock_id) VALUES (CAST(:l AS uuid))"
+        " ON CONFLICT (lock_id) DO UPDATE SET status_order = NULL",
         l=lock_id,
     )
     audit.record(
