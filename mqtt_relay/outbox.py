@@ -66,8 +66,8 @@ def deliver_due(db: Database, publish: Publish, *, resend_after_s: int, limit: i
             " LEFT JOIN lock_credentials cr ON cr.lock_id = c.lock_id AND cr.revoked_at IS NULL"
             " WHERE c.expires_at > now() AND (c.status = 'pending'"
             "   OR (c.status = 'sent' AND c.sent_at < now() - make_interval(secs => :resend)"
-            "     AND NOT EXISTS (SELECT 1 FROM commands n"
-            "       WHERE n.lock_id = c.lock_id AND n.created_at > c.created_at)))"
+            "     AND NOT EXISTS (SELECT 1 FROM commands n WHERE n.lock_id = c.lock_id"
+            "       AND n.created_at > c.created_at AND n.status IN ('pending', 'sent', 'acked'))))"
             " ORDER BY c.created_at LIMIT :n FOR UPDATE OF c SKIP LOCKED",
             resend=resend_after_s,
             n=limit,

@@ -139,7 +139,7 @@ class Settings:
     lock_request_skew_s: int
     #: signed requests one lock may make in any minute (then 429 lock_rate_limited)
     lock_requests_per_minute: int
-    #: commands the app may send one lock in any minute, all its members together (then 429 command_limit)
+    #: commands one member's app may send one lock in any minute (then 429 command_limit)
     app_commands_per_minute: int
     #: The broker address handed to a lock when it is provisioned.
     mqtt_public_host: str

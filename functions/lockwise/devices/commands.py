@@ -15,7 +15,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from lockwise.core import audit, errors, mirror
+from lockwise.core import audit, errors, mirror, users
 from lockwise.core.db import Connection, rows_as_dicts
 from lockwise.devices import command_signing
 
@@ -64,18 +64,21 @@ def withdraw_unsent(con: Connection, lock_id: str, uid: str) -> None:
     )
 
 
-def _limit_app_commands(con: Connection, lock_id: str, per_minute: int) -> None:
-    """At most ``per_minute`` commands from the app to one lock in any minute, all its members together (then 429
-    ``command_limit``): each is signed, queued, published and re-sent until acknowledged or expired; unlimited, one
-    account's loop filled the broker's queue for an offline lock (attack run)."""
+def _limit_app_commands(con: Connection, lock_id: str, uid: str, per_minute: int) -> None:
+    """At most ``per_minute`` commands from one member's app to one lock in any minute (then 429 ``command_limit``),
+    decided one request at a time per member (their user row held): each is signed, queued, published and re-sent
+    until acknowledged or expired; unlimited, one account's loop filled the broker's queue for an offline lock
+    (attack run). Per member, so a guest's loop does not take the owner's commands away."""
+    users.hold(con, uid)
     (recent,) = con.run(
-        "SELECT count(*) FROM commands WHERE lock_id = CAST(:l AS uuid) AND issuer_kind = 'user'"
+        "SELECT count(*) FROM commands WHERE lock_id = CAST(:l AS uuid) AND issuer_uid = :u AND issuer_kind = 'user'"
         " AND created_at > now() - interval '1 minute'",
         l=lock_id,
+        u=uid,
     )[0]
     if recent >= per_minute:
         raise errors.RateLimited(
-            f"this lock was sent {per_minute} commands in the last minute; try again shortly",
+            f"you sent this lock {per_minute} commands in the last minute; try again shortly",
             retry_after_s=60,
             code="command_limit",
         )
@@ -104,7 +107,7 @@ def from_app(
     if not provisioned:
         raise errors.Conflict("the lock has not been provisioned yet", code="lock_not_provisioned")
     if idempotency_key is None or _by_idempotency_key(con, lock_id, uid, idempotency_key) is None:
-        _limit_app_commands(con, lock_id, per_minute)  # a retry of a command already made is answered, not counted
+        _limit_app_commands(con, lock_id, uid, per_minute)  # a retry of one already made is answered, not counted
     return create(
         con,
         lock_id=lock_id,
