@@ -199,6 +199,36 @@ def test_two_pairing_codes_of_one_lock_at_once_are_both_issued_and_only_the_last
     assert first != second and live == [[1]]
 
 
+def test_a_pairing_code_redeemed_as_its_lock_changes_owner_waits_and_pairs_nothing(world: World) -> None:
+    """Attack run: a redemption begun before a transfer, whose statement waited for the transfer that ended its
+    code, re-read only the code's row: it judged the owner from the lock's row as it was before the transfer, and the
+    code's end on its transaction's older clock, and the old owner's code paired the lock after the transfer."""
+    import base64
+
+    from lockwise.devices import lock_certs
+    from simlock.lock import new_tls_key
+    from tests.devices_world import new_lock_key
+
+    rt, owner, admin = get_runtime("devices"), world.uid("owner"), world.uid("admin")
+    code = world.devices.post(f"/devices/locks/{world.lock_id}/provisioning", headers=world.headers("owner"))
+    public_key, csr = base64.b64decode(new_lock_key()[1]), new_tls_key()[1]
+    ca = lock_certs.LockCa.from_pem(rt.settings.lock_ca_pem())
+    with rt.db.transaction() as redeeming:  # the redemption's transaction begins (its clock) before the transfer
+        redeeming.run("SELECT 1")
+        pool = ThreadPoolExecutor(1)
+        with rt.db.transaction() as con:  # the owner's transfer, done and not yet committed
+            members.require(con, world.lock_id, owner, rt.now(), at_least="owner", for_update=True)
+            locks.transfer(con, world.lock_id, owner, admin, 100, rt.now())
+            redeemed = pool.submit(provisioning.redeem, redeeming, code.get_json()["code"], public_key, csr, ca, 3600)
+            time.sleep(SHOWS_IT_WAITS_S)
+            assert not redeemed.done()  # it waits for the transfer
+        pool.shutdown()
+        with pytest.raises(errors.Unauthenticated):
+            redeemed.result(30)
+        redeeming.run("ROLLBACK")
+        redeeming.run("START TRANSACTION")
+
+
 def test_an_admin_removing_the_owner_as_the_lock_is_deleted_waits_and_finds_it_gone(world: World) -> None:
     """The deletion held the owner's membership, the admin's request the lock's row (its member check) and then
     asked for the owner's membership, and the deletion then asked for the lock's row: a deadlock (a 503 after
