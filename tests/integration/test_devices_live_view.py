@@ -11,7 +11,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -890,3 +890,55 @@ def test_a_new_pairing_numbers_its_connections_afresh_and_no_number_runs_ahead_o
     repaired = dataclasses.replace(world, credentials=credentials)
     assert relay_event(repaired, token, "status", "online 1")["outcome"] == "applied"  # a counter from zero
     assert relay_event(repaired, token, "status", "offline 1")["outcome"] == "applied"
+
+
+class RecordingFirestore:
+    """A stand-in for Firestore that records what each commit wrote, and can hold a commit until released."""
+
+    def __init__(self, hold: threading.Event | None = None) -> None:
+        self.hold, self.writing, self.names = hold, threading.Event(), list[str]()
+
+    def name(self, path: str) -> str:
+        return path
+
+    def commit(self, writes: list[dict[str, Any]]) -> None:
+        self.writing.set()
+        if self.hold is not None:
+            assert self.hold.wait(60)
+        self.names += [json.dumps(w) for w in writes]
+
+    def list_names(self, collection_path: str, page_size: int) -> list[str]:
+        return []
+
+
+def test_rows_held_back_behind_a_slow_flush_do_not_hold_up_other_documents(world: World) -> None:
+    """Attack run: a pass claimed the oldest 500 rows, all of one document whose older row another instance's flush
+    was still writing; it held them back, wrote nothing, and claimed the same 500 again: no other document's row
+    behind them was written while that flush lasted (up to 15 min for a big feed's deletion). A pass now claims past
+    the rows it holds back."""
+    from lockwise.core import firestore, mirror
+
+    rt = get_runtime("devices")
+    rt.flush_mirror(force=True)
+    busy = mirror.lock_doc(world.lock_id)
+    with rt.db.transaction() as con:
+        mirror.enqueue(con, busy, "merge", {"battery_pct": 1})
+    release = threading.Event()
+    slow = RecordingFirestore(release)
+    other_instance = threading.Thread(
+        target=mirror.Flusher(rt.db, lambda: cast(firestore.Client, slow)).flush, kwargs={"hand_off": False}
+    )
+    other_instance.start()
+    try:
+        assert slow.writing.wait(10)
+        with rt.db.transaction() as con:  # a flood of the busy lock's reports, then another user's document
+            mirror.enqueue_many(con, [(busy, "merge", {"battery_pct": i}) for i in range(mirror.MAX_BATCH_WRITES)])
+            mirror.enqueue(con, f"users/{world.uid('member')}", "set", {"voice_enrolled": True})
+        fast = RecordingFirestore()
+        mirror.Flusher(rt.db, lambda: cast(firestore.Client, fast)).flush(hand_off=False, budget_s=1.0)
+        assert any(world.uid("member") in name for name in fast.names)
+        assert not any(world.lock_id in name for name in fast.names)  # the busy lock's rows still wait their turn
+    finally:
+        release.set()
+        other_instance.join(30)
+        rt.flush_mirror(force=True)

@@ -42,6 +42,8 @@ BACKOFF_S = 5.0
 FLUSH_IDLE_S = 900.0
 #: a background flush whose rows wait behind another instance's older writes to the same documents tries again after
 HELD_BACK_RETRY_S = 0.1
+#: claims per pass past rows held back (each one statement and a read of the rows other flushes hold)
+CLAIMS_PER_PASS = 4
 
 
 #: one queued Firestore write: document path, operation, data
@@ -173,15 +175,7 @@ class Flusher:
             # its rows stay claimed while Firestore writes them, with no statement meanwhile: a deleted lock's feed
             # of tens of thousands of entries takes longer than the server's limit for an idle transaction (60 s)
             con.run(f"SET LOCAL idle_in_transaction_session_timeout = '{round(FLUSH_IDLE_S * 1000)}ms'")
-            rows = con.run(
-                "SELECT id, doc_path, op, data FROM firestore_outbox WHERE refused_at IS NULL ORDER BY id LIMIT :n"
-                " FOR UPDATE SKIP LOCKED",
-                n=limit,
-            )
-            if not rows:
-                return 0, 0
-            held = _held_back(rows, _claimed_elsewhere(con, rows))
-            rows = [row for row in rows if row[0] not in held]
+            rows, held = self._claim(con, limit)
             if not rows:
                 return 0, len(held)
             try:
@@ -195,6 +189,28 @@ class Flusher:
                 if stopped:
                     break
         return written, len(held)
+
+    def _claim(self, con: Connection, limit: int) -> tuple[list[list[Any]], set[int]]:
+        """Up to ``limit`` rows this pass may write, oldest first, and the ids of those it claimed but holds back.
+        Rows held back do not count: it claims further, up to ``CLAIMS_PER_PASS`` times, so that other documents'
+        rows behind them are written (attack run: 500 rows of one document behind another instance's slow flush
+        filled every pass, and no other lock's view changed meanwhile)."""
+        claimed: list[list[Any]] = []
+        held: set[int] = set()
+        for _ in range(CLAIMS_PER_PASS):
+            more = con.run(
+                "SELECT id, doc_path, op, data FROM firestore_outbox WHERE refused_at IS NULL"
+                " AND NOT (id = ANY(:mine)) ORDER BY id LIMIT :n FOR UPDATE SKIP LOCKED",
+                mine=[row[0] for row in claimed],
+                n=limit - (len(claimed) - len(held)),
+            )
+            if not more:
+                break
+            claimed = sorted(claimed + more, key=lambda row: int(row[0]))
+            held = _held_back(claimed, _claimed_elsewhere(con, claimed))
+            if not held or len(claimed) - len(held) >= limit:
+                break
+        return [row for row in claimed if row[0] not in held], held
 
     def _settle(self, con: Connection, client: firestore.Client, group: list[list[Any]]) -> tuple[int, bool]:
         """Write ``group`` in one commit and take its rows off the queue; if Firestore refuses it, write its halves the
