@@ -135,7 +135,8 @@ class SimulatedLock:
 
     def __post_init__(self) -> None:
         self._seen_nonces: dict[str, int] = self._load_nonces()  # nonce -> the command's expires_at
-        self._last_issued_at = 0  # the newest command acted on: an older one arriving later must not undo it
+        # the newest command acted on: an older one arriving later must not undo it (kept with the nonces)
+        self._last_issued_at = self._load_last_issued_at()
         self._lock = threading.Lock()
         self._files = Path(tempfile.mkdtemp(prefix="simlock-"))
         self.client = self._new_client()
@@ -259,9 +260,19 @@ class SimulatedLock:
         now = time.time()
         return {nonce: expires for nonce, expires in stored.items() if expires > now}
 
+    def _issued_file(self) -> Path | None:
+        return None if self.nonce_file is None else self.nonce_file.with_name(self.nonce_file.name + ".issued_at")
+
+    def _load_last_issued_at(self) -> int:
+        found = self._issued_file()
+        return int(found.read_text()) if found is not None and found.exists() else 0
+
     def _save_nonces(self) -> None:
         if self.nonce_file is None:
             return
+        issued = self._issued_file()
+        if issued is not None:
+            issued.write_text(str(self._last_issued_at))
         now = time.time()
         live = {nonce: expires for nonce, expires in self._seen_nonces.items() if expires > now}
         tmp = self.nonce_file.with_name(self.nonce_file.name + ".tmp")
