@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from lockwise.core.db import Connection, Database
 from lockwise.devices import topics
@@ -47,6 +48,24 @@ def _fail(con: Connection, command_ids: list[str], why: str) -> None:
         )
 
 
+def _behind_another_relay(con: Connection, rows: list[list[Any]]) -> set[str]:
+    """The claimed commands that wait this round: an older command to the same lock, not yet sent, is claimed by
+    another relay replica (``SKIP LOCKED`` passed over it). Published side by side by two replicas, a lock's
+    "unlock, then lock" could reach it as lock, then unlock; each lock's commands now go out in the order made."""
+    mine = [r[0] for r in rows]
+    older = con.run(
+        "SELECT lock_id::text, created_at FROM commands WHERE lock_id = ANY(CAST(:l AS uuid[])) AND status = 'pending'"
+        " AND expires_at > now() AND NOT (id = ANY(CAST(:mine AS uuid[])))",
+        l=sorted({r[1] for r in rows}),
+        mine=mine,
+    )
+    first_elsewhere: dict[str, Any] = {}
+    for lock_id, created in older:
+        if lock_id not in first_elsewhere or created < first_elsewhere[lock_id]:
+            first_elsewhere[lock_id] = created
+    return {r[0] for r in rows if r[1] in first_elsewhere and first_elsewhere[r[1]] < r[5]}
+
+
 def deliver_due(db: Database, publish: Publish, *, resend_after_s: int, limit: int = 500) -> list[Delivery]:
     """Publish what is due now; returns what was delivered to the broker."""
     delivered: list[Delivery] = []
@@ -57,7 +76,7 @@ def deliver_due(db: Database, publish: Publish, *, resend_after_s: int, limit: i
         # a re-send waits for nothing newer to its lock (a lost unlock re-sent after a later lock left the door
         # unlocked: attack run), and for an issuer still a member (a removed member's unlock was re-sent)
         rows = con.run(
-            "SELECT c.id::text, c.lock_id::text, c.payload, cr.mqtt_username, c.status,"
+            "SELECT c.id::text, c.lock_id::text, c.payload, cr.mqtt_username, c.status, c.created_at,"
             " CAST(floor(EXTRACT(EPOCH FROM c.expires_at - now())) AS integer),"
             " c.issuer_uid IS NOT NULL AND NOT EXISTS (SELECT 1 FROM lock_members m WHERE m.lock_id = c.lock_id"
             "   AND m.user_uid = c.issuer_uid AND m.revoked_at IS NULL"
@@ -74,11 +93,12 @@ def deliver_due(db: Database, publish: Publish, *, resend_after_s: int, limit: i
         )
         _fail(con, [r[0] for r in rows if r[3] is None], "lock has no active credentials")
         # never sent: failed; sent: not sent again, and its ack still taken (the lock may have acted on it)
-        _fail(con, [r[0] for r in rows if r[6] and r[4] == "pending"], "withdrawn: the issuer is no longer a member")
+        _fail(con, [r[0] for r in rows if r[7] and r[4] == "pending"], "withdrawn: the issuer is no longer a member")
+        behind = _behind_another_relay(con, rows)
         due = [
             (Delivery(str(command_id), str(lock_id), topics.commands(str(username))), str(payload), max(1, int(ttl)))
-            for command_id, lock_id, payload, username, _status, ttl, issuer_gone in rows
-            if username is not None and not issuer_gone
+            for command_id, lock_id, payload, username, _status, _created, ttl, issuer_gone in rows
+            if username is not None and not issuer_gone and command_id not in behind
         ]
         if not due:
             return delivered

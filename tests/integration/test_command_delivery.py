@@ -155,3 +155,21 @@ def test_an_ack_does_not_wait_for_a_voice_decision_holding_the_lockout(
     assert resp.status_code == 200, resp.get_json()
     assert resp.get_json()["results"][0]["outcome"] == "applied"
     assert status(impatient_devices, command_id)[0] == "acked"
+
+
+def test_a_locks_commands_go_out_in_the_order_made_across_relay_replicas(
+    world: World, relay_db: Database, stack_env: dict[str, str]
+) -> None:
+    """Attack run: two replicas each claimed one of a lock's two commands (SKIP LOCKED) and published them side by
+    side, so "unlock, then lock" could reach the lock as lock, then unlock. A command waits while an older one to
+    its lock, not yet sent, is claimed by another replica."""
+    unlock = send(world, "owner").get_json()["command"]["id"]
+    lock = send(world, "owner", "lock").get_json()["command"]["id"]
+    other_replica = Database(stack_env["DATABASE_URL"], pool_size=1)
+    try:
+        with other_replica.transaction() as claiming:  # has claimed the unlock and is publishing it
+            claiming.run("SELECT 1 FROM commands WHERE id = CAST(:i AS uuid) FOR UPDATE", i=unlock)
+            assert deliver(relay_db, world) == []  # the lock command waits its turn
+    finally:
+        other_replica.close()
+    assert [c.id for c, _ in deliver(relay_db, world)] == [unlock, lock]
