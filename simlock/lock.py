@@ -272,7 +272,9 @@ class SimulatedLock:
             return
         issued = self._issued_file()
         if issued is not None:
-            issued.write_text(str(self._last_issued_at))
+            partial = issued.with_name(issued.name + ".tmp")
+            partial.write_text(str(self._last_issued_at))
+            partial.replace(issued)
         now = time.time()
         live = {nonce: expires for nonce, expires in self._seen_nonces.items() if expires > now}
         tmp = self.nonce_file.with_name(self.nonce_file.name + ".tmp")

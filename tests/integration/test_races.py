@@ -229,6 +229,93 @@ def test_a_pairing_code_redeemed_as_its_lock_changes_owner_waits_and_pairs_nothi
         redeeming.run("START TRANSACTION")
 
 
+@pytest.mark.parametrize("what", ["transfer", "delete"])
+def test_a_pairing_code_redeemed_after_a_transfer_or_deletion_took_the_lock_waits_without_a_deadlock(
+    world: World, what: str
+) -> None:
+    """Attack run: a redemption took the code's row, then waited for the lock's row, which the owner's transfer (or
+    deletion) held, while the transfer waited for the code's row (ending the codes, or the deletion's cascade): a
+    deadlock, answered 503. The lock's row is now taken first, as every path takes it."""
+    import base64
+
+    from lockwise.devices import lock_certs
+    from simlock.lock import new_tls_key
+    from tests.devices_world import new_lock_key
+
+    rt, owner, admin = get_runtime("devices"), world.uid("owner"), world.uid("admin")
+    code = world.devices.post(f"/devices/locks/{world.lock_id}/provisioning", headers=world.headers("owner"))
+    public_key, csr = base64.b64decode(new_lock_key()[1]), new_tls_key()[1]
+    ca = lock_certs.LockCa.from_pem(rt.settings.lock_ca_pem())
+
+    def redeem() -> Any:
+        with rt.db.transaction() as con:
+            return provisioning.redeem(con, code.get_json()["code"], public_key, csr, ca, 3600)
+
+    with ThreadPoolExecutor(1) as pool:
+        with rt.db.transaction() as con:  # the owner's request has taken the lock's row, its first step
+            members.require(con, world.lock_id, owner, rt.now(), at_least="owner", for_update=True)
+            redeemed = pool.submit(redeem)
+            time.sleep(SHOWS_IT_WAITS_S)
+            assert not redeemed.done()
+            if what == "transfer":
+                locks.transfer(con, world.lock_id, owner, admin, 100, rt.now())
+            else:
+                locks.delete(con, world.lock_id, owner)
+        with pytest.raises(errors.Unauthenticated):
+            redeemed.result(30)
+
+
+def test_an_idempotent_retry_of_the_minutes_last_command_made_meanwhile_is_answered_not_refused(world: World) -> None:
+    """Attack run: a retry sent while its first request was still in its transaction did not find that request's
+    command, waited for the member's turn and was then counted against the budget the first had just filled: a 429
+    for a command that was made. The member's turn is now taken before the retry looks for its command."""
+    rt, owner = get_runtime("devices"), world.uid("owner")
+
+    def make(con: Any) -> commands.Issued:
+        members.require(con, world.lock_id, owner, rt.now(), operate=True)
+        return commands.from_app(
+            con,
+            lock_id=world.lock_id,
+            uid=owner,
+            action="unlock",
+            signing_key_b64=rt.settings.signing_key(),
+            ttl_s=60,
+            idempotency_key="tap-1",
+            per_minute=1,
+        )
+
+    def retry() -> commands.Issued:
+        with rt.db.transaction() as con:
+            return make(con)
+
+    with ThreadPoolExecutor(1) as pool:
+        with rt.db.transaction() as first:
+            made = make(first)
+            retried = pool.submit(retry)
+            time.sleep(SHOWS_IT_WAITS_S)
+            assert not retried.done()
+        again = retried.result(30)
+    assert not again.created and again.command["id"] == made.command["id"]
+
+
+def test_removing_a_member_does_not_wait_for_the_relay_publishing_their_command(
+    world: World, stack_env: dict[str, str], impatient_devices: Database
+) -> None:
+    """Attack run: the removal withdrew the member's unsent commands with an UPDATE that waited for the relay's
+    claim, held through a publish (up to 5 s, past the 4 s statement limit): a 503. A claimed command is as good as
+    sent: passed over (never re-sent to a removed member's lock), its ack still taken."""
+    sent = world.devices.post(
+        f"/devices/locks/{world.lock_id}/commands", json={"action": "unlock"}, headers=world.headers("member")
+    )
+    command_id = sent.get_json()["command"]["id"]
+    with impatient_devices.transaction() as relay_claim:  # deliver_due's claim, held while the broker acknowledges
+        relay_claim.run("SELECT 1 FROM commands WHERE id = CAST(:i AS uuid) FOR UPDATE", i=command_id)
+        resp = world.devices.delete(
+            f"/devices/locks/{world.lock_id}/members/{world.uid('member')}", headers=world.headers("owner")
+        )
+    assert resp.status_code == 204, resp.get_json()
+
+
 def test_an_admin_removing_the_owner_as_the_lock_is_deleted_waits_and_finds_it_gone(world: World) -> None:
     """The deletion held the owner's membership, the admin's request the lock's row (its member check) and then
     asked for the owner's membership, and the deletion then asked for the lock's row: a deadlock (a 503 after

@@ -56,20 +56,22 @@ def withdraw_unsent(con: Connection, lock_id: str, uid: str) -> None:
     """``uid``'s commands to ``lock_id`` not yet sent fail: their issuer was removed, or their access changed. One
     already sent is not re-sent once the issuer is no longer a member (``mqtt_relay.outbox.deliver_due``); its ack
     is still taken (the lock may have acted on it)."""
+    # one a relay has claimed (it is publishing it) is as good as sent: passed over, never waited for (the relay may
+    # hold it past the statement limit: the removal was a 503)
     con.run(
         "UPDATE commands SET status = 'failed', last_error = 'withdrawn: the issuer''s access changed'"
-        " WHERE lock_id = CAST(:l AS uuid) AND issuer_uid = :u AND status = 'pending'",
+        " WHERE id IN (SELECT id FROM commands WHERE lock_id = CAST(:l AS uuid) AND issuer_uid = :u"
+        " AND status = 'pending' FOR UPDATE SKIP LOCKED)",
         l=lock_id,
         u=uid,
     )
 
 
 def _limit_app_commands(con: Connection, lock_id: str, uid: str, per_minute: int) -> None:
-    """At most ``per_minute`` commands from one member's app to one lock in any minute (then 429 ``command_limit``),
-    decided one request at a time per member (their user row held): each is signed, queued, published and re-sent
-    until acknowledged or expired; unlimited, one account's loop filled the broker's queue for an offline lock
-    (attack run). Per member, so a guest's loop does not take the owner's commands away."""
-    users.hold(con, uid)
+    """At most ``per_minute`` commands from one member's app to one lock in any minute (then 429
+    ``command_limit``), decided one request at a time per member (the caller holds their user row): each is signed,
+    queued, published and re-sent until acknowledged or expired; unlimited, one account's loop filled the broker's
+    queue for an offline lock (attack run). Per member, so a guest's loop does not take the owner's commands away."""
     (recent,) = con.run(
         "SELECT count(*) FROM commands WHERE lock_id = CAST(:l AS uuid) AND issuer_uid = :u AND issuer_kind = 'user'"
         " AND created_at > now() - interval '1 minute'",
@@ -106,6 +108,7 @@ def from_app(
     checked = parse_action(action, supports_open)
     if not provisioned:
         raise errors.Conflict("the lock has not been provisioned yet", code="lock_not_provisioned")
+    users.hold(con, uid)  # one of the member's requests at a time: a retry meets its first request's command
     if idempotency_key is None or _by_idempotency_key(con, lock_id, uid, idempotency_key) is None:
         _limit_app_commands(con, lock_id, uid, per_minute)  # a retry of one already made is answered, not counted
     return create(

@@ -187,12 +187,17 @@ def redeem(
     request = lock_certs.parse_csr(csr)  # before the code is used: a bad CSR leaves the code valid
     # a code is good only while whoever issued it still owns the lock (attack run: an owner's code, issued before
     # they gave the lock away and were removed from it, still paired the lock to a device of theirs)
-    # the lock's row kept too (a transfer takes it first, then ends the codes): one committed while this waited is
-    # seen, in the owner and in the code's end, judged on the statement's clock (this transaction's began earlier)
+    # the lock's row first, as a transfer or a deletion takes it before the codes (the code's row first deadlocked
+    # with them): one committed while this waited is then seen by the next statement, in the owner and in the code's
+    # end, judged on the statement's clock (this transaction's began earlier: attack run)
+    con.run(
+        "SELECT 1 FROM locks WHERE id = (SELECT lock_id FROM provisioning_codes WHERE code_hash = :h) FOR KEY SHARE",
+        h=_hash(code),
+    )
     rows = con.run(
         "SELECT c.lock_id::text, c.redeemed_at IS NOT NULL, c.expires_at <= statement_timestamp(),"
         " l.owner_uid IS DISTINCT FROM c.created_by FROM provisioning_codes c JOIN locks l ON l.id = c.lock_id"
-        " WHERE c.code_hash = :h FOR UPDATE OF c FOR SHARE OF l",
+        " WHERE c.code_hash = :h FOR UPDATE OF c",
         h=_hash(code),
     )
     if not rows or rows[0][1] or rows[0][2] or rows[0][3]:
