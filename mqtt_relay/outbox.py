@@ -66,6 +66,30 @@ def _behind_another_relay(con: Connection, rows: list[list[Any]]) -> set[str]:
     return {r[0] for r in rows if r[1] in first_elsewhere and first_elsewhere[r[1]] < r[5]}
 
 
+def _in_waves(publish: Publish, due: list[tuple[Delivery, str, int]]) -> list[Delivery]:
+    """Publish ``due`` (in the order made) so that each lock gets its commands one after another: a wave holds the
+    next command of every lock whose earlier ones the broker took, and a lock whose command was not taken gets no
+    later one this round (published together, a later command acknowledged while an earlier one timed out reached the
+    lock first, and the earlier one came after it next round). One wave is one broker round trip; a lock rarely has
+    two commands due at once."""
+    queues: dict[str, list[tuple[Delivery, str, int]]] = {}
+    for item in due:
+        queues.setdefault(item[0].lock_id, []).append(item)
+    delivered: list[Delivery] = []
+    while queues:
+        wave = [queue[0] for queue in queues.values()]
+        taken = publish([(d.topic, payload, ttl) for d, payload, ttl in wave])
+        for (delivery, _, _), ok in zip(wave, taken, strict=True):
+            if ok:
+                delivered.append(delivery)
+                queues[delivery.lock_id].pop(0)
+                if not queues[delivery.lock_id]:
+                    del queues[delivery.lock_id]
+            else:
+                del queues[delivery.lock_id]
+    return delivered
+
+
 def deliver_due(db: Database, publish: Publish, *, resend_after_s: int, limit: int = 500) -> list[Delivery]:
     """Publish what is due now; returns what was delivered to the broker."""
     delivered: list[Delivery] = []
@@ -102,9 +126,7 @@ def deliver_due(db: Database, publish: Publish, *, resend_after_s: int, limit: i
         ]
         if not due:
             return delivered
-        published = publish([(d.topic, payload, ttl) for d, payload, ttl in due])
-        due_deliveries = [d for d, _, _ in due]
-        delivered = [d for d, ok in zip(due_deliveries, published, strict=True) if ok]  # the rest: next round
+        delivered = _in_waves(publish, due)  # the rest: next round
         if delivered:
             con.run(
                 "UPDATE commands SET status = 'sent', sent_at = now(), send_count = send_count + 1"

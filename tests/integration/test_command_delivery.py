@@ -173,3 +173,27 @@ def test_a_locks_commands_go_out_in_the_order_made_across_relay_replicas(
     finally:
         other_replica.close()
     assert [c.id for c, _ in deliver(relay_db, world)] == [unlock, lock]
+
+
+def test_a_command_the_broker_did_not_take_holds_back_its_locks_later_ones(world: World, relay_db: Database) -> None:
+    """Attack run: published together, a later command the broker acknowledged while an earlier one timed out was
+    marked sent and reached the lock first; the earlier one came after it next round. A lock's commands now go in
+    waves, and one not taken stops its lock's later ones until next round."""
+    unlock = send(world, "owner").get_json()["command"]["id"]
+    lock = send(world, "owner", "lock").get_json()["command"]["id"]
+    key = world.credentials["server_public_key"]
+    offered: list[list[str]] = []
+
+    def broker_times_out_on(refused: str) -> outbox.Publish:
+        def publish(messages: list[tuple[str, str, int]]) -> list[bool]:
+            ids = [command_signing.verify(payload, key).id for _topic, payload, _ttl in messages]
+            offered.append([i for i in ids if i in (unlock, lock)])
+            return [i != refused for i in ids]
+
+        return publish
+
+    outbox.deliver_due(relay_db, broker_times_out_on(unlock), resend_after_s=5)
+    assert [ids for ids in offered if ids] == [[unlock]]  # the lock command was not offered behind it
+    offered.clear()
+    outbox.deliver_due(relay_db, broker_times_out_on(""), resend_after_s=5)
+    assert [ids for ids in offered if ids] == [[unlock], [lock]]  # next round: one after the other
