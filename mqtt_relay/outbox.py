@@ -9,6 +9,7 @@ marked ``expired`` and never published. A ``sent`` row that is not acknowledged 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -66,6 +67,10 @@ def _behind_another_relay(con: Connection, rows: list[list[Any]]) -> set[str]:
     return {r[0] for r in rows if r[1] in first_elsewhere and first_elsewhere[r[1]] < r[5]}
 
 
+#: a round starts no new wave after this long (each wave may wait a broker timeout, holding the round's claims)
+ROUND_BUDGET_S = 5.0
+
+
 def _in_waves(publish: Publish, due: list[tuple[Delivery, str, int]]) -> list[Delivery]:
     """Publish ``due`` (in the order made) so that each lock gets its commands one after another: a wave holds the
     next command of every lock whose earlier ones the broker took, and a lock whose command was not taken gets no
@@ -76,7 +81,8 @@ def _in_waves(publish: Publish, due: list[tuple[Delivery, str, int]]) -> list[De
     for item in due:
         queues.setdefault(item[0].lock_id, []).append(item)
     delivered: list[Delivery] = []
-    while queues:
+    deadline = time.monotonic() + ROUND_BUDGET_S
+    while queues and time.monotonic() < deadline:  # the first wave always goes
         wave = [queue[0] for queue in queues.values()]
         taken = publish([(d.topic, payload, ttl) for d, payload, ttl in wave])
         for (delivery, _, _), ok in zip(wave, taken, strict=True):
@@ -98,13 +104,15 @@ def deliver_due(db: Database, publish: Publish, *, resend_after_s: int, limit: i
         if expired:
             log.info("expired commands", extra={"fields": {"count": expired}})
         # a re-send waits for nothing newer to its lock (a lost unlock re-sent after a later lock left the door
-        # unlocked: attack run), and for an issuer still a member (a removed member's unlock was re-sent)
+        # unlocked: attack run), and for an issuer still a member whose commands were not withdrawn since (a removed
+        # member's unlock was re-sent; one claimed but not published as a guest's window moved went out after it)
         rows = con.run(
             "SELECT c.id::text, c.lock_id::text, c.payload, cr.mqtt_username, c.status, c.created_at,"
             " CAST(floor(EXTRACT(EPOCH FROM c.expires_at - now())) AS integer),"
             " c.issuer_uid IS NOT NULL AND NOT EXISTS (SELECT 1 FROM lock_members m WHERE m.lock_id = c.lock_id"
             "   AND m.user_uid = c.issuer_uid AND m.revoked_at IS NULL"
-            "   AND (m.expires_at IS NULL OR m.expires_at > now()))"
+            "   AND (m.expires_at IS NULL OR m.expires_at > now())"
+            "   AND (m.commands_withdrawn_before IS NULL OR c.created_at > m.commands_withdrawn_before))"
             " FROM commands c"
             " LEFT JOIN lock_credentials cr ON cr.lock_id = c.lock_id AND cr.revoked_at IS NULL"
             " WHERE c.expires_at > now() AND (c.status = 'pending'"
@@ -117,7 +125,7 @@ def deliver_due(db: Database, publish: Publish, *, resend_after_s: int, limit: i
         )
         _fail(con, [r[0] for r in rows if r[3] is None], "lock has no active credentials")
         # never sent: failed; sent: not sent again, and its ack still taken (the lock may have acted on it)
-        _fail(con, [r[0] for r in rows if r[7] and r[4] == "pending"], "withdrawn: the issuer is no longer a member")
+        _fail(con, [r[0] for r in rows if r[7] and r[4] == "pending"], "withdrawn: the issuer's access changed")
         behind = _behind_another_relay(con, rows)
         due = [
             (Delivery(str(command_id), str(lock_id), topics.commands(str(username))), str(payload), max(1, int(ttl)))

@@ -197,3 +197,34 @@ def test_a_command_the_broker_did_not_take_holds_back_its_locks_later_ones(world
     offered.clear()
     outbox.deliver_due(relay_db, broker_times_out_on(""), resend_after_s=5)
     assert [ids for ids in offered if ids] == [[unlock], [lock]]  # next round: one after the other
+
+
+def test_a_command_claimed_but_not_published_as_its_issuers_access_narrows_is_withdrawn(
+    world: World, relay_db: Database
+) -> None:
+    """Attack run: the withdrawal passed over the relay's claim on a guest's unlock (not to wait past the statement
+    limit); the publish then timed out, the row stayed pending, and the next round published it though the guest's
+    window had moved to tomorrow meanwhile. The withdrawal is now recorded on the membership as well."""
+    waiting = send(world, "guest_in").get_json()["command"]["id"]
+    answers: list[int] = []
+
+    def broker_times_out(messages: list[tuple[str, str, int]]) -> list[bool]:
+        tomorrow = (dt.datetime.now(dt.UTC) + dt.timedelta(days=1)).isoformat()
+        resp = world.devices.patch(  # while the relay holds its claim, the owner moves the guest's window
+            f"/devices/locks/{world.lock_id}/members/{world.uid('guest_in')}",
+            json={"role": "guest", "access": {"valid_from": tomorrow}},
+            headers=world.headers("owner"),
+        )
+        answers.append(resp.status_code)
+        return [False] * len(messages)  # a PUBACK timeout: next round
+
+    outbox.deliver_due(relay_db, broker_times_out, resend_after_s=5)
+    assert answers == [200]
+    assert waiting not in [c.id for c, _ in deliver(relay_db, world)]
+    assert status(relay_db, waiting) == ("failed", "withdrawn: the issuer's access changed")
+
+
+def test_an_idle_round_publishes_nothing(relay_db: Database) -> None:
+    with relay_db.transaction() as con:
+        con.run("UPDATE commands SET status = 'expired' WHERE status IN ('pending', 'sent')")
+    assert outbox.deliver_due(relay_db, lambda messages: [True] * len(messages), resend_after_s=5) == []

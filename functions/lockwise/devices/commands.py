@@ -53,11 +53,17 @@ def parse_idempotency_key(value: Any) -> str | None:
 
 
 def withdraw_unsent(con: Connection, lock_id: str, uid: str) -> None:
-    """``uid``'s commands to ``lock_id`` not yet sent fail: their issuer was removed, or their access changed. One
-    already sent is not re-sent once the issuer is no longer a member (``mqtt_relay.outbox.deliver_due``); its ack
-    is still taken (the lock may have acted on it)."""
-    # one a relay has claimed (it is publishing it) is as good as sent: passed over, never waited for (the relay may
-    # hold it past the statement limit: the removal was a 503)
+    """``uid``'s commands to ``lock_id`` made until now are withdrawn: their issuer was removed, or their access
+    changed. Not yet sent: failed here, or by the relay's next round when one is claimed by it now (passed over, not
+    waited for: the relay holds its claims through a publish, past the statement limit, and the removal was a 503);
+    already sent: never sent again (``mqtt_relay.outbox.deliver_due`` reads ``commands_withdrawn_before``), its ack
+    still taken (the lock may have acted on it)."""
+    con.run(
+        "UPDATE lock_members SET commands_withdrawn_before = :now WHERE lock_id = CAST(:l AS uuid) AND user_uid = :u",
+        l=lock_id,
+        u=uid,
+        now=dt.datetime.now(dt.UTC),  # the clock commands' created_at is read from
+    )
     con.run(
         "UPDATE commands SET status = 'failed', last_error = 'withdrawn: the issuer''s access changed'"
         " WHERE id IN (SELECT id FROM commands WHERE lock_id = CAST(:l AS uuid) AND issuer_uid = :u"
