@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from lockwise.core.db import Connection, Database
+from lockwise.core.db import Connection, Database, rows_as_dicts
 from lockwise.devices import topics
 
 log = logging.getLogger("mqtt_relay.outbox")
@@ -49,22 +49,21 @@ def _fail(con: Connection, command_ids: list[str], why: str) -> None:
         )
 
 
-def _behind_another_relay(con: Connection, rows: list[list[Any]]) -> set[str]:
+def _behind_another_relay(con: Connection, rows: list[dict[str, Any]]) -> set[str]:
     """The claimed commands that wait this round: an older command to the same lock, not yet sent, is claimed by
     another relay replica (``SKIP LOCKED`` passed over it). Published side by side by two replicas, a lock's
     "unlock, then lock" could reach it as lock, then unlock; each lock's commands now go out in the order made."""
-    mine = [r[0] for r in rows]
-    older = con.run(
-        "SELECT lock_id::text, created_at FROM commands WHERE lock_id = ANY(CAST(:l AS uuid[])) AND status = 'pending'"
-        " AND expires_at > now() AND NOT (id = ANY(CAST(:mine AS uuid[])))",
-        l=sorted({r[1] for r in rows}),
-        mine=mine,
+    oldest_elsewhere = dict(
+        con.run(
+            "SELECT lock_id::text, min(created_at) FROM commands WHERE lock_id = ANY(CAST(:l AS uuid[]))"
+            " AND status = 'pending' AND expires_at > now() AND NOT (id = ANY(CAST(:mine AS uuid[]))) GROUP BY lock_id",
+            l=sorted({r["lock_id"] for r in rows}),
+            mine=[r["id"] for r in rows],
+        )
     )
-    first_elsewhere: dict[str, Any] = {}
-    for lock_id, created in older:
-        if lock_id not in first_elsewhere or created < first_elsewhere[lock_id]:
-            first_elsewhere[lock_id] = created
-    return {r[0] for r in rows if r[1] in first_elsewhere and first_elsewhere[r[1]] < r[5]}
+    return {
+        r["id"] for r in rows if r["lock_id"] in oldest_elsewhere and oldest_elsewhere[r["lock_id"]] < r["created_at"]
+    }
 
 
 #: a round starts no new wave after this long (each wave may wait a broker timeout, holding the round's claims)
@@ -106,13 +105,15 @@ def deliver_due(db: Database, publish: Publish, *, resend_after_s: int, limit: i
         # a re-send waits for nothing newer to its lock (a lost unlock re-sent after a later lock left the door
         # unlocked: attack run), and for an issuer still a member whose commands were not withdrawn since (a removed
         # member's unlock was re-sent; one claimed but not published as a guest's window moved went out after it)
-        rows = con.run(
-            "SELECT c.id::text, c.lock_id::text, c.payload, cr.mqtt_username, c.status, c.created_at,"
-            " CAST(floor(EXTRACT(EPOCH FROM c.expires_at - now())) AS integer),"
+        rows = rows_as_dicts(
+            con,
+            "SELECT c.id::text AS id, c.lock_id::text AS lock_id, c.payload, cr.mqtt_username AS identity, c.status,"
+            " c.created_at, CAST(floor(EXTRACT(EPOCH FROM c.expires_at - now())) AS integer) AS ttl,"
             " c.issuer_uid IS NOT NULL AND NOT EXISTS (SELECT 1 FROM lock_members m WHERE m.lock_id = c.lock_id"
             "   AND m.user_uid = c.issuer_uid AND m.revoked_at IS NULL"
             "   AND (m.expires_at IS NULL OR m.expires_at > now())"
             "   AND (m.commands_withdrawn_before IS NULL OR c.created_at > m.commands_withdrawn_before))"
+            " AS issuer_gone"
             " FROM commands c"
             " LEFT JOIN lock_credentials cr ON cr.lock_id = c.lock_id AND cr.revoked_at IS NULL"
             " WHERE c.expires_at > now() AND (c.status = 'pending'"
@@ -123,14 +124,15 @@ def deliver_due(db: Database, publish: Publish, *, resend_after_s: int, limit: i
             resend=resend_after_s,
             n=limit,
         )
-        _fail(con, [r[0] for r in rows if r[3] is None], "lock has no active credentials")
+        _fail(con, [r["id"] for r in rows if r["identity"] is None], "lock has no active credentials")
         # never sent: failed; sent: not sent again, and its ack still taken (the lock may have acted on it)
-        _fail(con, [r[0] for r in rows if r[7] and r[4] == "pending"], "withdrawn: the issuer's access changed")
+        withdrawn = [r["id"] for r in rows if r["issuer_gone"] and r["status"] == "pending"]
+        _fail(con, withdrawn, "withdrawn: the issuer's access changed")
         behind = _behind_another_relay(con, rows)
         due = [
-            (Delivery(str(command_id), str(lock_id), topics.commands(str(username))), str(payload), max(1, int(ttl)))
-            for command_id, lock_id, payload, username, _status, _created, ttl, issuer_gone in rows
-            if username is not None and not issuer_gone and command_id not in behind
+            (Delivery(r["id"], r["lock_id"], topics.commands(str(r["identity"]))), str(r["payload"]), max(1, r["ttl"]))
+            for r in rows
+            if r["identity"] is not None and not r["issuer_gone"] and r["id"] not in behind
         ]
         if not due:
             return delivered

@@ -139,6 +139,7 @@ class SimulatedLock:
         self._last_issued_at = self._load_last_issued_at()
         self._lock = threading.Lock()
         self._files = Path(tempfile.mkdtemp(prefix="simlock-"))
+        self.connection_no = 0  # the current connection's number (docs/FIRMWARE.md, "Online and offline")
         self.client = self._new_client()
         self.connect_result: ReasonCode | None = None
 
@@ -164,7 +165,7 @@ class SimulatedLock:
     def _next_connection(self, client: mqtt.Client) -> None:
         """Number the next connection (milliseconds since the epoch, always above the last) and set its last will
         to match: its reports read ``online <n>`` and ``offline <n>`` (docs/FIRMWARE.md, "Online and offline")."""
-        self.connection_no = max(int(time.time() * 1000), getattr(self, "connection_no", 0) + 1)
+        self.connection_no = max(int(time.time() * 1000), self.connection_no + 1)
         client.will_set(topics.status(self.config.identity), f"offline {self.connection_no}", qos=1, retain=True)
 
     # ----------------------------------------------------------------------------------------------- lifecycle

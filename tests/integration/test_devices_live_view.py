@@ -833,7 +833,9 @@ def test_a_slow_flush_of_an_older_access_write_cannot_let_a_removed_member_back_
     assert writing.wait(10), "the other instance's flush is writing the older rows"
     resp = world.devices.delete(f"/devices/locks/{world.lock_id}/members/{member}", headers=world.headers("owner"))
     assert resp.status_code == 204, resp.get_json()
-    assert rt.mirror.pending() > 0, "the deletion waits behind the older set of the same document"
+    with rt.db.connection() as con:  # the deletion waits behind the older set of the same document
+        queued = "SELECT count(*) FROM firestore_outbox WHERE doc_path = :p AND op = 'delete'"
+        assert con.run(queued, p=mirror.access_doc(world.lock_id, member))[0][0] == 1
     release.set()
     slow.join(30)
     wait_for(lambda: rt.mirror.pending() == 0 or None, timeout=40, what="every mirror row written")

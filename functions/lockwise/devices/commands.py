@@ -114,9 +114,6 @@ def from_app(
     checked = parse_action(action, supports_open)
     if not provisioned:
         raise errors.Conflict("the lock has not been provisioned yet", code="lock_not_provisioned")
-    users.hold(con, uid)  # one of the member's requests at a time: a retry meets its first request's command
-    if idempotency_key is None or _by_idempotency_key(con, lock_id, uid, idempotency_key) is None:
-        _limit_app_commands(con, lock_id, uid, per_minute)  # a retry of one already made is answered, not counted
     return create(
         con,
         lock_id=lock_id,
@@ -126,6 +123,7 @@ def from_app(
         signing_key_b64=signing_key_b64,
         ttl_s=ttl_s,
         idempotency_key=idempotency_key,
+        per_minute=per_minute,
     )
 
 
@@ -147,12 +145,20 @@ def create(
     ttl_s: int,
     idempotency_key: str | None = None,
     attempt_id: str | None = None,
+    per_minute: int | None = None,
 ) -> Issued:
-    """Insert and sign a command (its row read back by the insert itself)."""
+    """Insert and sign a command (its row read back by the insert itself). With ``per_minute`` (the app's commands),
+    the issuer's requests are taken one at a time (their user row held, before the retry's lookup: a retry meets its
+    first request's command) and a new command counts against their minute's budget (a retry is answered, not
+    counted)."""
+    if per_minute is not None and issuer_uid is not None:
+        users.hold(con, issuer_uid)
     if idempotency_key is not None:
         existing = _by_idempotency_key(con, lock_id, issuer_uid, idempotency_key)
         if existing is not None:
             return _retried(existing, action)
+    if per_minute is not None and issuer_uid is not None:
+        _limit_app_commands(con, lock_id, issuer_uid, per_minute)
     # the row keeps the exact moment (which of two commands of one second is the newer: ``mqtt_relay.outbox`` re-sends
     # none once a newer one exists); the signed times are whole seconds
     created = dt.datetime.now(dt.UTC)

@@ -220,6 +220,11 @@ def close_for_member(con: Connection, lock_id: str, uid: str) -> None:
     )
 
 
+def close_all_for(con: Connection, uid: str, now: dt.datetime) -> None:
+    """Close every open invitation sent to ``uid``, at every lock (their account is being deleted)."""
+    con.run("UPDATE invitations SET closed_at = :now WHERE invitee_uid = :u AND " + _OPEN, u=uid, now=now)
+
+
 def decline(con: Connection, invitation_id: str, user: User, now: dt.datetime) -> None:
     row = _take(con, invitation_id, user, now)
     con.run("UPDATE invitations SET closed_at = :now WHERE id = CAST(:i AS uuid)", i=row["id"], now=now)

@@ -78,22 +78,16 @@ def daily_ceiling_wait(con: Connection, lock_id: str, now: dt.datetime, ceiling:
     return errors.seconds_until(oldest + DAY, now)
 
 
+_CLEAR = "UPDATE voice_lockouts SET consecutive_failures = 0, locked_until = NULL, updated_at = now() WHERE lock_id = "
+
+
 def clear_unless_busy(con: Connection, lock_id: str) -> bool:
     """``clear``, unless a voice decision at the lock holds the row (for its forward pass, up to 20 s): then nothing,
     at once, and False. For the relay's batches, which carry every lock's events: one lock's ack waiting for its own
     voice attempt held the whole batch past the statement limit (a 503 for every lock in it: attack run)."""
-    rows = con.run(
-        "UPDATE voice_lockouts SET consecutive_failures = 0, locked_until = NULL, updated_at = now()"
-        " WHERE lock_id = (SELECT lock_id FROM voice_lockouts WHERE lock_id = CAST(:l AS uuid)"
-        " FOR UPDATE SKIP LOCKED) RETURNING 1",
-        l=lock_id,
-    )
-    return bool(rows)
+    free = "(SELECT lock_id FROM voice_lockouts WHERE lock_id = CAST(:l AS uuid) FOR UPDATE SKIP LOCKED)"
+    return bool(con.run(_CLEAR + free + " RETURNING 1", l=lock_id))
 
 
 def clear(con: Connection, lock_id: str) -> None:
-    con.run(
-        "UPDATE voice_lockouts SET consecutive_failures = 0, locked_until = NULL, updated_at = now()"
-        " WHERE lock_id = CAST(:l AS uuid)",
-        l=lock_id,
-    )
+    con.run(_CLEAR + "CAST(:l AS uuid)", l=lock_id)

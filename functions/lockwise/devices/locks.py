@@ -258,9 +258,7 @@ def leave_every_lock(con: Connection, uid: str, now: dt.datetime) -> int:
     deletes it first, or it would be left with nobody able to manage it. Returns how many locks were left."""
     owned = [r[0] for r in con.run("SELECT id::text FROM locks WHERE owner_uid = :u ORDER BY id", u=uid)]
     if owned:
-        raise errors.Conflict(
-            "you own locks: transfer or delete each first", code="owns_locks", details={"locks": owned}
-        )
+        raise _owns_locks(owned)
     left = 0
     for lock_id in sorted({m.lock_id for m in members.list_for_user(con, uid) if m.revoked_at is None}):
         # the lock's row first, then the membership (every path's order); a transfer to them committed meanwhile
@@ -269,19 +267,19 @@ def leave_every_lock(con: Connection, uid: str, now: dt.datetime) -> int:
         if me is None or me.revoked_at is not None:
             continue
         if me.role == "owner":
-            raise errors.Conflict(
-                "you own locks: transfer or delete each first", code="owns_locks", details={"locks": [lock_id]}
-            )
+            raise _owns_locks([lock_id])
         revoke_member(con, lock_id, me, me, now)
         left += 1
-    con.run(
-        "UPDATE invitations SET closed_at = :now WHERE invitee_uid = :u AND accepted_at IS NULL AND closed_at IS NULL",
-        u=uid,
-        now=now,
-    )
+    invitations.close_all_for(con, uid, now)
     con.run("UPDATE users SET email = NULL WHERE uid = :u", u=uid)
     audit.record(con, audit.user_actor(uid), "user.leave_every_lock", "ok", details={"locks_left": left})
     return left
+
+
+def _owns_locks(lock_ids: list[str]) -> errors.Conflict:
+    return errors.Conflict(
+        "you own locks: transfer or delete each first", code="owns_locks", details={"locks": lock_ids}
+    )
 
 
 def _check_can_manage(actor: members.Membership, target: members.Membership) -> None:

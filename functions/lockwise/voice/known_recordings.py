@@ -47,7 +47,7 @@ def remember_attempt(
 #: a door opens a few dozen times a day, so this is a bound for the unforeseen (each costs ~0.6 ms and 8 KB)
 ATTEMPTS_COMPARED = 1000
 #: the most recent attempts that opened other doors to the candidates' voices a probe is also compared with: a member
-#: opening three other doors 15 times a day each is 315 a week (matching 300 costs ~40 ms, ``./dev bench replay``)
+#: opening three other doors 15 times a day each is 315 a week (matching 300: 33 ms p50, ``./dev bench replay``)
 OTHER_DOORS_COMPARED = 300
 
 
