@@ -26,6 +26,17 @@ scorer = load_scorer(rt.settings, encoder)
 limits = audio.Limits.from_settings(rt.settings)
 
 
+#: a refused attempt's reason -> its 429's code and message
+REFUSALS = {
+    "locked_out": ("voice_locked_out", "voice unlock is locked out after repeated failures"),
+    "daily_limit": (
+        "voice_daily_limit",
+        "voice unlock has reached its daily limit of rejected attempts; the app still opens the door",
+    ),
+    "in_progress": ("voice_attempt_in_progress", "another attempt at this lock is being decided; try again"),
+}
+
+
 def attempt_from(ctx: Ctx, body: bytes) -> tuple[audio.Clip, str | None]:
     """The clip a lock sent and the ``follow_up`` it names (400, 415 or 422 naming what is wrong; the query is
     checked first, so the answer does not depend on whether the rate came in a header)."""
@@ -56,14 +67,8 @@ def verify_at_lock(ctx: Ctx) -> Result:
     result = verification.verify(rt.db, lock_id, clip, encoder, rt.settings, rt.now(), scorer, follow_up=follow_up)
     rt.flush_mirror_soon()  # the person at the door does not wait for the app's activity feed
     if result.decision == "refused":
-        daily = result.reason == "daily_limit"
-        raise errors.RateLimited(
-            "voice unlock has reached its daily limit of rejected attempts; the app still opens the door"
-            if daily
-            else "voice unlock is locked out after repeated failures",
-            retry_after_s=result.retry_after_s or 1,
-            code="voice_daily_limit" if daily else "voice_locked_out",
-        )
+        code, message = REFUSALS[result.reason]
+        raise errors.RateLimited(message, retry_after_s=result.retry_after_s or 1, code=code)
     if result.decision == "rejected" and rt.settings.debug_rejected_dir:
         save_rejected(clip, result.attempt_id)
     return result.body()

@@ -430,21 +430,32 @@ def test_an_accepted_voice_clears_the_failures_counted_before_it(clients: dict[s
 def test_attempts_sent_side_by_side_get_no_more_guesses_than_one_after_another(
     clients: dict[str, Any], world: World
 ) -> None:
-    """Twelve signed attempts at once (the pool's four connections busy): each decision holds the lock's lockout
-    row, so the sixth still meets a lockout and only five voices are scored."""
+    """Twelve signed attempts at once (the pool's four connections busy): a lock's attempts are decided one at a
+    time, the ones that meet another being decided refused at once (429 ``voice_attempt_in_progress``), none a 503;
+    with the ones sent after the burst, still exactly five voices are scored before the lockout."""
     assert enroll(clients, world.accounts["owner"]).status_code == 201
     negate_voiceprint(world.uid("owner"))
     start = threading.Barrier(12, timeout=30)
 
-    def attempt(_: int) -> int:
+    def attempt(_: int) -> tuple[int, str]:
         start.wait()
-        return int(signed_verify(clients, world, wav(take())).status_code)
+        return attempt_after(clients, world)
 
     with ThreadPoolExecutor(max_workers=12) as pool:
-        statuses = sorted(pool.map(attempt, range(12)))
-    assert statuses == [200] * 5 + [429] * 7
+        answers = list(pool.map(attempt, range(12)))
+    scored = answers.count((200, "rejected"))
+    assert 1 <= scored <= 5 and scored + answers.count((429, "voice_attempt_in_progress")) == 12, answers
+    for _ in range(5 - scored):
+        assert attempt_after(clients, world) == (200, "rejected")
+    assert attempt_after(clients, world) == (429, "voice_locked_out")
     outcomes = [o for o, _ in attempts(world)]
-    assert outcomes.count("rejected") == 5 and outcomes.count("refused") == 7
+    assert outcomes.count("rejected") == 5 and outcomes.count("refused") == 12 - scored + 1
+
+
+def attempt_after(clients: dict[str, Any], world: World) -> tuple[int, str]:
+    """One signed attempt with a take of the owner's voice: its status and its decision or error code."""
+    resp = signed_verify(clients, world, wav(take()))
+    return int(resp.status_code), resp.get_json().get("decision") or resp.get_json()["error"]["code"]
 
 
 def test_an_owners_resets_do_not_buy_more_than_the_daily_ceiling_of_guesses(
@@ -603,6 +614,43 @@ def test_deleting_voice_data_waits_for_a_decision_already_reading_it(
     assert rows == [["accepted", world.uid("member"), None, None]] and prints == [[0]]
     again = signed_verify(clients, world, wav(take())).get_json()
     assert again["decision"] == "rejected"
+
+
+def test_a_second_attempt_while_the_locks_first_is_decided_is_refused_at_once(
+    clients: dict[str, Any], world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A lock's attempts are decided one at a time. One sent while the lock's first is still being decided waited
+    for that decision's lockout row, holding a server thread and a database connection up to the 4 s statement
+    limit: a lock posting attempts side by side kept an instance's threads from every other door. It is now answered
+    at once, 429 ``voice_attempt_in_progress``, logged as refused and decided on nothing; the first is decided as
+    usual, and the lock's next attempt too."""
+    assert enroll(clients, world.accounts["member"]).status_code == 201
+    encoder_class = served_encoder_class()
+    real_embed = encoder_class.embed
+    forwarding, release = threading.Event(), threading.Event()
+
+    def held_embed(self: Any, samples: Any, rate: int) -> Any:
+        forwarding.set()
+        release.wait(30)
+        return real_embed(self, samples, rate)
+
+    monkeypatch.setattr(encoder_class, "embed", held_embed)
+    with ThreadPoolExecutor(1) as pool:
+        first = pool.submit(signed_verify, clients, world, wav(take()))
+        assert forwarding.wait(30)  # the first attempt holds the lock's decision in its forward pass
+        try:
+            second = signed_verify(clients, world, wav(take()))
+            assert not first.done()  # answered while the first is still being decided
+        finally:
+            release.set()
+        decided = first.result(30)
+    assert second.status_code == 429, second.get_json()
+    assert second.get_json()["error"]["code"] == "voice_attempt_in_progress"
+    assert second.headers["Retry-After"] == "1"
+    assert decided.status_code == 200 and decided.get_json()["decision"] == "accepted"
+    assert sorted(attempts(world)) == [("accepted", "accepted"), ("refused", "in_progress")]
+    monkeypatch.setattr(encoder_class, "embed", real_embed)
+    assert signed_verify(clients, world, wav(take())).get_json()["decision"] == "accepted"  # nothing left held
 
 
 def test_deleting_voice_data_waits_for_a_decision_at_a_lock_joined_meanwhile(

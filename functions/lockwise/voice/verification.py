@@ -1,6 +1,7 @@
 """The verify decision at the server: lockout, candidates, one vectorised scoring, the attempt log, the unlock.
 
-One transaction per attempt holds the lock's lockout row, so concurrent attempts at one lock are counted exactly;
+One transaction per attempt holds the lock's lockout row, so a lock's attempts are counted exactly (one that comes
+while another is decided is refused at once);
 once the lockout and the daily ceiling allow the attempt, the probe is embedded on a thread of its own while that
 transaction reads the candidates.
 Every attempt (accepted, rejected, refused, invalid) is logged in PostgreSQL and mirrored to the lock's activity
@@ -100,6 +101,12 @@ class Result:
             )
         return out
 
+
+#: a lock's attempts are decided one at a time (they share its lockout row); one that comes while another is being
+#: decided is refused at once (429 ``voice_attempt_in_progress``) instead of waiting for that row: waiting, each held
+#: a server thread and a database connection for up to the statement limit (4 s) before its 503, so one lock sending
+#: attempts side by side (120 a minute are allowed) kept an instance's threads from every other lock's door
+IN_PROGRESS_RETRY_S = 1
 
 #: attempts that never reached the model (bad audio, a lockout, the daily ceiling): a lock posting junk in a loop
 #: (up to its signed-request limit, 120 a minute) wrote an entry to the feed each, burying the rest of the lock's
@@ -202,9 +209,16 @@ def verify(
     A clip that is a replay of a known recording (an enrollment sample of a candidate, an earlier attempt at this
     lock) is rejected as ``replay`` before any voice is scored, and counts as a failed attempt."""
     with db.transaction() as con:
-        found_lock = con.run("SELECT voice_threshold FROM locks WHERE id = CAST(:l AS uuid) FOR SHARE", l=lock_id)
+        found_lock = con.run(
+            "SELECT voice_threshold, pg_try_advisory_xact_lock(hashtextextended('voice_attempt ' || :l, 0))"
+            " FROM locks WHERE id = CAST(:l AS uuid) FOR SHARE",
+            l=lock_id,
+        )
         if not found_lock:  # deleted since its signature was checked
             raise lock_auth.deleted_lock()
+        if not found_lock[0][1]:  # another attempt at this lock is being decided: answered now, not after it
+            attempt = record_attempt(con, lock_id, "refused", "in_progress")
+            return Result("refused", attempt, "in_progress", retry_after_s=IN_PROGRESS_RETRY_S)
         held = lockout.hold(con, lock_id, now)
         if held.wait_s:  # refused before the model runs: a locked-out lock costs no forward pass
             attempt = record_attempt(con, lock_id, "refused", "locked_out")
