@@ -3,9 +3,10 @@
 ``./dev bench noisy_lock`` starts one throwaway stack with a full-size ECAPA-TDNN (random weights), pairs two locks
 with 10 members each, and measures the victim lock's signed ``POST /verify`` (3 s clips, one after another) twice in
 one run: alone, then while a noisy lock keeps ``--side-by-side`` attempts (``--noisy-seconds`` clips) in flight at
-once (within the 120 signed requests a minute a lock is allowed). The function serves them as deployed (functions-framework: one gunicorn worker, 8 threads, 4 database
-connections). The noisy lock's lockout and daily ceiling are lifted for the run (as an owner whose own voice is
-accepted each time would have them), so every one of its attempts that is decided runs the model.
+once (within the 120 signed requests a minute a lock is allowed). The function serves them as deployed
+(functions-framework: one gunicorn worker, 8 threads, 4 database connections). The noisy lock's lockout and daily
+ceiling are lifted for the run (as an owner whose own voice is accepted each time would have them), so every one of
+its attempts that is decided runs the model.
 """
 
 from __future__ import annotations
