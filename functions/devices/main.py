@@ -16,7 +16,7 @@ from typing import Any
 import flask
 import functions_framework
 
-from lockwise.core import audit, auth, errors, health, retention, users
+from lockwise.core import audit, auth, errors, health, inputs, retention
 from lockwise.core.http import Api, Ctx, JsonBody, Result, parse_json_object
 from lockwise.core.runtime import get_runtime
 from lockwise.devices import (
@@ -202,9 +202,10 @@ def _role(value: Any) -> str:
 
 
 def _email(value: Any) -> str:
-    if not isinstance(value, str) or not users.valid_email(value.strip()):
+    key = inputs.email_key(value)
+    if key is None:
         raise errors.BadRequest("email is not a valid address", code="invalid_email")
-    return value.strip().lower()
+    return key
 
 
 @api.route("GET", "/devices/locks/<lock_id>/members")

@@ -3,11 +3,14 @@ deletion, audit, and bad input: each a 4xx with a code, never a 500."""
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import datetime as dt
 import json
+import threading
 import time
 import urllib.request
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -379,14 +382,17 @@ def test_a_signed_in_request_writes_the_user_row_only_when_it_is_new_or_its_emai
         record(con, user)
 
     monkeypatch.setattr(users, "upsert", counted)
+    host = stack_env["FIREBASE_AUTH_EMULATOR_HOST"]
     account = sign_up()
+    verify_email(host, PROJECT_ID, account["localId"])  # only a verified address is recorded
+    account = sign_in(host, account["email"])
     for _ in range(3):
         assert devices.get("/devices/me", headers=bearer(account)).status_code == 200
     assert written == [account["email"]]  # one write transaction, not one per request
-    host, new_email = stack_env["FIREBASE_AUTH_EMULATOR_HOST"], f"moved-{account['email']}"
+    new_email = f"moved-{account['email']}"
     req = urllib.request.Request(
         f"http://{host}/identitytoolkit.googleapis.com/v1/projects/{PROJECT_ID}/accounts:update",
-        data=json.dumps({"localId": account["localId"], "email": new_email}).encode(),
+        data=json.dumps({"localId": account["localId"], "email": new_email, "emailVerified": True}).encode(),
         headers={"Content-Type": "application/json", "Authorization": "Bearer owner"},
     )
     urllib.request.urlopen(req, timeout=10).close()
@@ -437,6 +443,100 @@ def test_invitation_by_email_is_seen_only_verified_and_joins_only_when_accepted(
     assert members["invitations"] == []
     # an answered invitation cannot be used again
     assert world.devices.post(f"/devices/invitations/{invitation}/accept", headers=bearer(friend)).status_code == 404
+
+
+def emulator_token(uid: str, email: str | None = None, verified: bool = False) -> dict[str, Any]:
+    """An account as the Auth emulator's unsigned ID tokens carry it (the functions take them with the emulator
+    set), with any address, verified or not: ``{"idToken", "localId"}`` as ``sign_up`` answers."""
+
+    def part(obj: dict[str, Any]) -> str:
+        return base64.urlsafe_b64encode(json.dumps(obj).encode()).decode().rstrip("=")
+
+    now = int(time.time())
+    claims: dict[str, Any] = {
+        "iss": f"https://securetoken.google.com/{PROJECT_ID}",
+        "aud": PROJECT_ID,
+        "sub": uid,
+        "user_id": uid,
+        "iat": now,
+        "auth_time": now,
+        "exp": now + 3600,
+        "firebase": {"identities": {}, "sign_in_provider": "custom"},
+    }
+    if email is not None:
+        claims.update(email=email, email_verified=verified)
+    return {"idToken": part({"alg": "none", "typ": "JWT"}) + "." + part(claims) + ".", "localId": uid}
+
+
+def test_an_unverified_address_is_not_recorded_and_closes_nobody_elses_invitation(world: World) -> None:
+    """An address a token carries unverified is anyone's to claim (an account made with someone else's address
+    before they made theirs). It was recorded as the user's, taking it from its verified holder, and a guest leaving
+    with it closed the invitation the owner had sent to that holder (attack run). Only a verified address is
+    recorded; a leaving member's invitations are closed by uid and by that address only."""
+    tag = uuid.uuid4().hex[:8]
+    address = f"victim-{tag}@example.com"
+    victim = emulator_token(f"victim-{tag}", address, verified=True)
+    squatter = emulator_token(f"squatter-{tag}", address.upper(), verified=False)
+    join(world.devices, world.lock_id, world.accounts["owner"], squatter, {"role": "guest"})
+    sent = world.devices.post(
+        f"/devices/locks/{world.lock_id}/members",
+        json={"email": address, "role": "admin"},
+        headers=world.headers("owner"),
+    )
+    assert sent.status_code == 202
+    assert [
+        i["role"] for i in world.devices.get("/devices/invitations", headers=bearer(victim)).get_json()["invitations"]
+    ] == ["admin"]
+    assert world.devices.get("/devices/invitations", headers=bearer(squatter)).get_json() == {"invitations": []}
+    assert db_rows("SELECT uid FROM users WHERE lower(email) = :e", e=address) == [[victim["localId"]]]
+    assert db_rows("SELECT email FROM users WHERE uid = :u", u=squatter["localId"]) == [[None]]
+    # the squatter's next token writes its address again (another case: an instance records a user once per address)
+    again = emulator_token(squatter["localId"], address.capitalize(), verified=False)
+    assert world.devices.delete("/devices/me", headers=bearer(again)).status_code == 204
+    waiting = world.devices.get("/devices/invitations", headers=bearer(victim)).get_json()["invitations"]
+    assert [i["id"] for i in waiting] == [sent.get_json()["invitation"]["id"]]
+
+
+def test_accounts_carrying_one_address_make_their_first_requests_at_once(devices: Any) -> None:
+    """Six accounts whose tokens carry one verified address (in any case: an account deleted and made again, a
+    provider's), their first requests at once: each took the address from the others with an update, then inserted
+    it, and two that both found it free met the unique index (500s in an attack run). One at a time now: every
+    answer is 200 and one account holds the address."""
+    tag = uuid.uuid4().hex[:8]
+    address = f"shared-{tag}@example.com"
+    accounts = [emulator_token(f"u{i}-{tag}", address.upper() if i % 2 else address, True) for i in range(6)]
+    start = threading.Barrier(len(accounts), timeout=30)
+
+    def first_request(account: dict[str, Any]) -> int:
+        start.wait()
+        return int(devices.get("/devices/locks", headers=bearer(account)).status_code)
+
+    with ThreadPoolExecutor(len(accounts)) as pool:
+        assert list(pool.map(first_request, accounts)) == [200] * len(accounts)
+    assert len(db_rows("SELECT uid FROM users WHERE lower(email) = :e", e=address)) == 1
+
+
+def test_an_address_is_compared_as_one_lower_cased_form_everywhere(world: World) -> None:
+    """Python and PostgreSQL lower-case some letters differently (``İ``: two code points in Python, one or none in
+    the database): an invitation stored lower-cased by Python was not seen by its address's verified holder, and an
+    address that grew past 320 characters as it was lower-cased reached the database's check (500)."""
+    tag = uuid.uuid4().hex[:8]
+    address = f"\u0130nci-{tag}@example.com"
+    sent = world.devices.post(
+        f"/devices/locks/{world.lock_id}/members",
+        json={"email": address, "role": "member"},
+        headers=world.headers("owner"),
+    )
+    assert sent.status_code == 202
+    holder = emulator_token(f"inci-{tag}", address, verified=True)
+    waiting = world.devices.get("/devices/invitations", headers=bearer(holder)).get_json()["invitations"]
+    assert [i["id"] for i in waiting] == [sent.get_json()["invitation"]["id"]]
+    grows = world.devices.post(
+        f"/devices/locks/{world.lock_id}/members",
+        json={"email": "a@" + "\u0130" * 300 + ".com", "role": "member"},
+        headers=world.headers("owner"),
+    )
+    assert grows.status_code == 400 and grows.get_json()["error"]["code"] == "invalid_email"
 
 
 def test_invitation_by_uid_waits_for_consent_and_can_be_declined_or_withdrawn(world: World, sign_up: Any) -> None:
@@ -707,6 +807,10 @@ BAD_INPUT: list[tuple[str, str, Any, int, str]] = [
     ("POST", "/devices/locks", {"name": 42}, 400, "invalid_name"),
     ("POST", "/devices/locks", {"name": "  "}, 400, "invalid_name"),
     ("POST", "/devices/locks", {"name": "a\u0000b"}, 400, "invalid_text"),  # the JSON boundary refuses NUL anywhere
+    # shown to every member and invitee as written: no bidi override, isolate or zero-width space (attack run)
+    ("POST", "/devices/locks", {"name": "Front \u202erood"}, 400, "invalid_name"),
+    ("PATCH", "/devices/locks/{lock}", {"name": "\u2066Garage\u2069"}, 400, "invalid_name"),
+    ("POST", "/devices/locks", {"name": "Back\u200bdoor"}, 400, "invalid_name"),
     ("POST", "/devices/locks", {"name": "ok", "supports_open": "yes"}, 400, "invalid_supports_open"),
     ("POST", "/devices/locks", None, 400, "empty_body"),
     ("GET", "/devices/locks/not-a-uuid", None, 404, "lock_not_found"),

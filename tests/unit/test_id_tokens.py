@@ -60,6 +60,13 @@ def test_signed_token_is_accepted(keys: dict[str, rsa.RSAPrivateKey]) -> None:
         (lambda k: signed(k["k1"], sub="a\u0000b"), "invalid_token"),  # PostgreSQL refuses NUL in text: once a 500
         (lambda k: signed(k["k1"], sub="\ud800"), "invalid_token"),  # a lone surrogate: not UTF-8
         (lambda k: signed(k["k1"], sub=["uid"]), "invalid_token"),
+        # the uid names the user's Firestore documents (users/{uid}, locks/{id}/access/{uid}): a trailing slash was
+        # stripped into another user's (an attack run's uid "V/" wrote users/V), an inner one named a path below
+        (lambda k: signed(k["k1"], sub="victim-uid/"), "invalid_token"),
+        (lambda k: signed(k["k1"], sub="org/team/carol"), "invalid_token"),
+        (lambda k: signed(k["k1"], sub="."), "invalid_token"),
+        (lambda k: signed(k["k1"], sub=".."), "invalid_token"),
+        (lambda k: signed(k["k1"], sub="__reserved__"), "invalid_token"),
         (lambda k: signed(k["k1"], iat=int(time.time()) + 600), "invalid_token"),
         (lambda k: signed(k["k1"])[:-4] + "AAAA", "invalid_token"),  # tampered signature
         (lambda k: "not.a.jwt", "invalid_token"),
@@ -69,6 +76,11 @@ def test_bad_tokens_are_rejected(keys: dict[str, rsa.RSAPrivateKey], make: Any, 
     with pytest.raises(errors.Unauthenticated) as info:
         verifier(keys).verify(make(keys))
     assert info.value.code == code
+
+
+@pytest.mark.parametrize("uid", ["a.b", "%2F", "__x", "x__", "__", "...", "uid#?", "Zo\u00eb \u202e", "u" * 128])
+def test_subjects_firestore_takes_as_one_document_id_are_accepted(keys: dict[str, rsa.RSAPrivateKey], uid: str) -> None:
+    assert verifier(keys).verify(signed(keys["k1"], sub=uid)).uid == uid
 
 
 def test_hs256_token_with_the_public_key_as_secret_is_rejected(keys: dict[str, rsa.RSAPrivateKey]) -> None:

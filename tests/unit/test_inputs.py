@@ -131,3 +131,78 @@ def test_json_is_refused_in_time_linear_in_its_size(raw: bytes) -> None:
         [sys.executable, "-c", code], input=raw, capture_output=True, timeout=60, env={**os.environ}, check=True
     )
     assert done.stdout.decode().strip() in ("malformed_json", "json_too_deep")
+
+
+@pytest.mark.parametrize(
+    ("value", "key"),
+    [
+        ("  Friend@Example.COM ", "friend@example.com"),
+        ("\u0130nci@example.com", "i\u0307nci@example.com"),  # Python's lower-casing, the one form compared
+        ("a@" + "\u0130" * 150 + ".com", "a@" + "i\u0307" * 150 + ".com"),  # 306 characters lower-cased
+        ("a@" + "\u0130" * 300 + ".com", None),  # 606 lower-cased: past the database's 320, not only as sent
+        ("not-an-address", None),
+        ("two@@example.com", None),
+        ("a\u0000@example.com", None),
+        ("\ud800@example.com", None),
+        (["a@example.com"], None),
+        (None, None),
+    ],
+)
+def test_email_key_is_the_one_form_an_address_is_kept_and_compared_in(value: object, key: str | None) -> None:
+    assert inputs.email_key(value) == key
+
+
+@pytest.mark.parametrize(
+    ("value", "taken"),
+    [
+        ("uid-123", True),
+        ("a.b", True),
+        ("__x", True),
+        ("__", True),
+        ("%2F", True),
+        ("x" * 1500, True),
+        ("", False),
+        ("V/", False),
+        ("/V", False),
+        ("org/team/carol", False),
+        (".", False),
+        ("..", False),
+        ("__name__", False),
+        ("\u00e9" * 751, False),  # 1,502 bytes
+    ],
+)
+def test_is_document_id_takes_only_what_names_one_document(value: str, taken: bool) -> None:
+    assert inputs.is_document_id(value) is taken
+
+
+def test_a_mirror_write_to_a_path_that_is_not_one_of_ids_is_a_bug_not_a_write() -> None:
+    """A uid ``V/`` made ``users/V/``, which the Firestore client stripped into ``users/V``: another user's document."""
+    from lockwise.core import mirror
+
+    for path in ("users/V/", "users//x", "locks/l/access/..", "users/__name__"):
+        with pytest.raises(ValueError, match="not a Firestore path"):
+            mirror.enqueue_many(None, [(path, "set", {})])  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "\U0001f468\u200d\U0001f469\u200d\U0001f467 room",  # an emoji sequence: zero-width joiners
+        "\u062f\u0631\u200c\u0647\u0627",  # Persian: a zero-width non-joiner
+        "\u05d3\u05dc\u05ea\u200f 2",  # Hebrew and a digit: a right-to-left mark
+        "Caf\u00e9 door",
+    ],
+)
+def test_lock_names_keep_the_format_characters_writing_needs(name: str) -> None:
+    from lockwise.devices import locks
+
+    assert locks.parse_name(name) == name
+
+
+@pytest.mark.parametrize("mark", ["\u202e", "\u202a", "\u2066", "\u2069", "\u200b", "\u2060", "\ufeff", "\U000e0041"])
+def test_lock_names_refuse_invisible_format_characters(mark: str) -> None:
+    from lockwise.devices import locks
+
+    with pytest.raises(errors.BadRequest) as refused:
+        locks.parse_name(f"Front{mark}door")
+    assert refused.value.code == "invalid_name"

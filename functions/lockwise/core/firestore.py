@@ -67,8 +67,9 @@ class Client:
         self._lock = threading.Lock()
 
     def name(self, path: str) -> str:
-        """The full resource name of the document or collection at ``path`` (``locks/abc``)."""
-        return f"{self.database}/documents/{path.strip('/')}"
+        """The full resource name of the document or collection at ``path`` (``locks/abc``), as given: a slash it
+        began or ended with was stripped, so ``users/V/`` named ``users/V`` (Firestore refuses such a path)."""
+        return f"{self.database}/documents/{path}"
 
     def commit(self, writes: list[dict[str, Any]]) -> None:
         """Apply ``writes`` (``lockwise.core.firestore_json``'s ``Write`` messages) in order, all or none."""

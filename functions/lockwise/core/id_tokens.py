@@ -108,10 +108,9 @@ class IdTokenVerifier:
         except jwt.PyJWTError as exc:
             raise errors.Unauthenticated(f"ID token rejected: {exc}", code="invalid_token") from exc
         self._check_claims(claims)
-        email = claims.get("email")
         return User(
             uid=str(claims["sub"]),
-            email=email if isinstance(email, str) and inputs.is_text(email) else None,  # else as if it had none
+            email=inputs.email_key(claims.get("email")),  # lower-cased; not an address: as if it had none
             email_verified=bool(claims.get("email_verified", False)),
             claims=claims,
         )
@@ -148,6 +147,10 @@ class IdTokenVerifier:
         sub = claims.get("sub")
         if not isinstance(sub, str) or not 0 < len(sub) <= 128 or not inputs.is_text(sub):
             raise errors.Unauthenticated("ID token has no valid subject", code="invalid_token")
+        if not inputs.is_document_id(sub):  # the uid names the user's Firestore documents: it must name only those
+            raise errors.Unauthenticated(
+                "ID token's subject cannot name an account here (a '/', '.', '..' or '__name__')", code="invalid_token"
+            )
         now = self.clock()
         iat, auth_time = claims.get("iat"), claims.get("auth_time", claims.get("iat"))
         if not isinstance(iat, int | float) or iat > now + LEEWAY_S:

@@ -133,6 +133,34 @@ def is_text(value: str) -> bool:
     return True
 
 
+_EMAIL_RE = re.compile(r"^[^@\s]{1,64}@[^@\s]+\.[^@\s]+$")
+
+
+def email_key(value: object) -> str | None:
+    """An address as the back-end keeps and compares it (an invitation's, a token's), or None when it is not one.
+
+    Trimmed and lower-cased by Python on every side: PostgreSQL's ``lower()`` differs on some letters (``İ``), so an
+    invitation stored lower-cased here was missed by the same address lower-cased there. Checked after lowering,
+    which can lengthen it (``İ`` is two code points lower-cased: 306 characters sent became 606, past the
+    database's 320, a 500)."""
+    if not isinstance(value, str) or not is_text(value):
+        return None
+    key = value.strip().lower()
+    return key if len(key) <= 320 and _EMAIL_RE.match(key) else None
+
+
+def is_document_id(value: str) -> bool:
+    """A string Firestore takes as one document id, naming that document and no other: not empty, no ``/`` (it
+    would name a path below, and a trailing one was stripped into the id before it: a uid ``V/`` wrote ``users/V``),
+    not ``.`` or ``..``, not ``__name__`` (reserved), at most 1,500 bytes."""
+    return (
+        0 < len(value.encode("utf-8", "surrogatepass")) <= 1500
+        and "/" not in value
+        and value not in (".", "..")
+        and not (len(value) >= 4 and value.startswith("__") and value.endswith("__"))
+    )
+
+
 #: times from outside must fall in this range (year 1 or 9999 near an offset overflows, and PostgreSQL would store
 #: a year-1 time as a BC date that later reads fail on)
 EARLIEST = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)

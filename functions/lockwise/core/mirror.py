@@ -23,7 +23,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
-from lockwise.core import firestore, firestore_json
+from lockwise.core import firestore, firestore_json, inputs
 from lockwise.core.db import Connection, Database
 
 log = logging.getLogger("lockwise.core.mirror")
@@ -55,9 +55,14 @@ def enqueue(con: Connection, doc_path: str, op: Op, data: dict[str, Any] | None 
 
 
 def enqueue_many(con: Connection, writes: Sequence[Write]) -> None:
-    """Queue ``writes`` in one statement; they are written to Firestore in this order."""
+    """Queue ``writes`` in one statement; they are written to Firestore in this order. Each path's parts must be
+    ids that name one document or collection each (``inputs.is_document_id``): a path built from a uid or id that is
+    not one is a bug (the input boundary refuses such uids), not a write to queue."""
     if not writes:
         return
+    for path, _, _ in writes:
+        if not all(inputs.is_document_id(part) for part in path.split("/")):
+            raise ValueError(f"not a Firestore path of ids: {path!r}")
     con.run(
         "INSERT INTO firestore_outbox (doc_path, op, data)"
         " SELECT p, o, d FROM unnest(CAST(:p AS text[]), CAST(:o AS text[]), CAST(CAST(:d AS text[]) AS jsonb[]))"

@@ -2,31 +2,29 @@
 
 from __future__ import annotations
 
-import re
-
 from lockwise.core.auth import User
 from lockwise.core.db import Connection
 
-_EMAIL_RE = re.compile(r"^[^@\s]{1,64}@[^@\s]+\.[^@\s]+$")
-
-
-def valid_email(value: str) -> bool:
-    return len(value) <= 320 and bool(_EMAIL_RE.match(value))
-
 
 def stored_email(user: User) -> str | None:
-    """The email ``upsert`` records for ``user``: theirs, or None where the database would refuse it."""
-    return user.email if user.email and valid_email(user.email) else None
+    """The address ``upsert`` records for ``user``: theirs (``inputs.email_key``'s form, as the token verifier gives
+    it) when it is verified, else None. An unverified address is anyone's to claim: recorded, it took the address
+    from its verified holder's row, and closing a leaving member's invitations by their recorded address closed an
+    invitation sent to that holder (attack run)."""
+    return user.email if user.email is not None and user.email_verified else None
 
 
 def upsert(con: Connection, user: User) -> None:
     """Record ``user`` (and their current email) so locks and voiceprints can refer to them.
 
     An email now held by this uid is released from any older account that had it (a Firebase account deleted and
-    made again gets a new uid); an address the database would refuse is stored as NULL.
+    made again gets a new uid); an unverified address, or one the database would refuse, is stored as NULL.
     """
     email = stored_email(user)
     if email is not None:
+        # one account at a time takes an address: two first requests of accounts carrying it both found it free
+        # and the second's insert met the unique index (an attack run's 500s)
+        con.run("SELECT pg_advisory_xact_lock(hashtextextended('user_email ' || :e, 0))", e=email)
         con.run("UPDATE users SET email = NULL WHERE lower(email) = lower(:e) AND uid <> :u", e=email, u=user.uid)
     con.run(
         "INSERT INTO users (uid, email) VALUES (:uid, :email) "

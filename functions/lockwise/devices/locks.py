@@ -22,7 +22,19 @@ def parse_name(value: Any) -> str:
         raise errors.BadRequest(f"name must be 1 to {MAX_NAME} characters", code="invalid_name")
     if any(unicodedata.category(c) == "Cc" for c in name):  # C0, DEL and C1 controls
         raise errors.BadRequest("name must not contain control characters", code="invalid_name")
+    if any(unicodedata.category(c) == "Cf" and c not in WRITING_MARKS for c in name):
+        raise errors.BadRequest(
+            "name must not contain invisible format characters (bidi overrides or isolates, zero-width spaces)",
+            code="invalid_name",
+        )
     return name
+
+
+#: the format characters a name may hold: joiners that scripts and emoji sequences need (ZWNJ, ZWJ) and the marks
+#: that set the direction of mixed right-to-left text (LRM, RLM, ALM); every other one (bidi overrides and isolates,
+#: zero-width spaces, tags) is refused: a name is shown to every member and to whoever is invited, and U+202E turned
+#: one around for them (attack run; the firmware text a lock reports refuses them all)
+WRITING_MARKS = frozenset("\u200c\u200d\u200e\u200f\u061c")
 
 
 def parse_threshold(value: Any) -> float | None:
