@@ -30,6 +30,10 @@ EXPIRING = (
 )
 
 
+#: mirror writes Firestore refused (set aside by ``lockwise.core.mirror``) are kept this long for an operator, as
+#: refused lock events are, then deleted (they were kept for ever)
+REFUSED_MIRROR_WRITES_KEPT_DAYS = 30
+
 #: rows deleted per table and flush, at most: one statement stays well inside the request path's statement limit
 #: (``db.STATEMENT_TIMEOUT_S``) however large a backlog grew while the flush did not run (a relay outage, a longer
 #: retention made shorter); a backlog then drains flush by flush (10 s apart: up to 500 rows/s a table) instead of
@@ -47,6 +51,14 @@ def prune_expired(con: Connection) -> dict[str, int]:
             n=PRUNE_BATCH,
         )
         pruned[table] = int(rows[0][0])
+    rows = con.run(
+        "WITH gone AS (DELETE FROM firestore_outbox WHERE ctid = ANY(ARRAY(SELECT ctid FROM firestore_outbox"
+        " WHERE refused_at IS NOT NULL AND refused_at <= now() - make_interval(days => :d) LIMIT :n)) RETURNING 1)"
+        " SELECT count(*) FROM gone",
+        d=REFUSED_MIRROR_WRITES_KEPT_DAYS,
+        n=PRUNE_BATCH,
+    )
+    pruned["firestore_outbox"] = int(rows[0][0])
     if any(pruned.values()):
         log.event(logger, "expired rows deleted", **pruned)
     return pruned
