@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import json
+import urllib.request
 from dataclasses import dataclass
 from typing import Any
 
@@ -110,3 +112,23 @@ def build_world(devices: Any, sign_up: Any, supports_open: bool = False) -> Worl
     )
     assert resp.status_code == 204
     return World(devices, accounts, lock_id, credentials, key, tls_key)
+
+
+def verify_email(auth_host: str, project: str, uid: str) -> None:
+    req = urllib.request.Request(
+        f"http://{auth_host}/identitytoolkit.googleapis.com/v1/projects/{project}/accounts:update",
+        data=json.dumps({"localId": uid, "emailVerified": True}).encode(),
+        headers={"Content-Type": "application/json", "Authorization": "Bearer owner"},
+    )
+    urllib.request.urlopen(req, timeout=10).close()
+
+
+def sign_in(auth_host: str, email: str, password: str = "correct-horse-9") -> dict[str, Any]:
+    req = urllib.request.Request(
+        f"http://{auth_host}/identitytoolkit.googleapis.com/v1/accounts:signInWithPassword?key=fake",
+        data=json.dumps({"email": email, "password": password, "returnSecureToken": True}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        result: dict[str, Any] = json.loads(resp.read())
+    return result

@@ -154,7 +154,7 @@ def test_stack_starts_serves_stops_and_keeps_data(tmp_path: Path) -> None:
     try:
         db = Database(env2["DATABASE_URL"])
         with db.connection() as con:
-            assert con.run("SELECT email FROM users WHERE uid = :u", u=account["localId"]) == [["keeper@example.com"]]
+            assert con.run("SELECT uid FROM users WHERE uid = :u", u=account["localId"]) == [[account["localId"]]]
         db.close()
     except BaseException:
         os.killpg(proc.pid, signal.SIGKILL)

@@ -27,7 +27,17 @@ from lockwise.core.runtime import get_runtime
 from lockwise.devices import command_signing, lock_auth
 from simlock.lock import SimulatedLock, new_tls_key
 from tests.conftest import PROJECT_ID
-from tests.devices_world import World, bearer, build_world, create_lock, join, new_lock_key, provision
+from tests.devices_world import (
+    World,
+    bearer,
+    build_world,
+    create_lock,
+    join,
+    new_lock_key,
+    provision,
+    sign_in,
+    verify_email,
+)
 
 #: a usable public key (the curve's base point): these cases are about the fields after it
 BASE_POINT = "WGZmZmZmZmZmZmZmZmZmZmZmZmZmZmZmZmZmZmZmZmY="
@@ -349,26 +359,6 @@ def test_unprovisioned_lock_takes_no_commands(devices: Any, sign_up: Any) -> Non
     lock_id = create_lock(devices, owner)["lock"]["id"]
     resp = devices.post(f"/devices/locks/{lock_id}/commands", json={"action": "unlock"}, headers=bearer(owner))
     assert resp.status_code == 409 and resp.get_json()["error"]["code"] == "lock_not_provisioned"
-
-
-def verify_email(auth_host: str, project: str, uid: str) -> None:
-    req = urllib.request.Request(
-        f"http://{auth_host}/identitytoolkit.googleapis.com/v1/projects/{project}/accounts:update",
-        data=json.dumps({"localId": uid, "emailVerified": True}).encode(),
-        headers={"Content-Type": "application/json", "Authorization": "Bearer owner"},
-    )
-    urllib.request.urlopen(req, timeout=10).close()
-
-
-def sign_in(auth_host: str, email: str, password: str = "correct-horse-9") -> dict[str, Any]:
-    req = urllib.request.Request(
-        f"http://{auth_host}/identitytoolkit.googleapis.com/v1/accounts:signInWithPassword?key=fake",
-        data=json.dumps({"email": email, "password": password, "returnSecureToken": True}).encode(),
-        headers={"Content-Type": "application/json"},
-    )
-    with urllib.request.urlopen(req, timeout=10) as resp:
-        result: dict[str, Any] = json.loads(resp.read())
-    return result
 
 
 def test_a_signed_in_request_writes_the_user_row_only_when_it_is_new_or_its_email_changed(

@@ -20,6 +20,7 @@ from lockwise.core.config import get_settings
 from lockwise.core.db import Connection, Database
 from lockwise.core.runtime import get_runtime
 from tests import tcp_cut
+from tests.devices_world import sign_in, verify_email
 from tests.tcp_cut import TcpCut
 from tests.waiting import wait_for
 
@@ -64,13 +65,24 @@ def test_me_requires_a_token(make_client: Any) -> None:
     assert resp.status_code == 401 and resp.get_json()["error"]["code"] == "invalid_token"
 
 
-def test_me_records_the_user_in_postgres(make_client: Any, sign_up: Any) -> None:
+def test_me_records_the_user_in_postgres(make_client: Any, sign_up: Any, stack_env: dict[str, str]) -> None:
+    """The user's row, and their address once their token says it is verified (an unverified one is anyone's)."""
+    devices = make_client("devices")
     account = sign_up(email="me@example.com")
-    resp = make_client("devices").get("/devices/me", headers={"Authorization": f"Bearer {account['idToken']}"})
+    resp = devices.get("/devices/me", headers={"Authorization": f"Bearer {account['idToken']}"})
     assert resp.status_code == 200
     assert resp.get_json() == {"uid": account["localId"], "email": "me@example.com"}
-    with get_runtime("devices").db.connection() as con:
-        assert con.run("SELECT email FROM users WHERE uid = :u", u=account["localId"]) == [["me@example.com"]]
+
+    def recorded() -> Any:
+        with get_runtime("devices").db.connection() as con:
+            return con.run("SELECT email FROM users WHERE uid = :u", u=account["localId"])
+
+    assert recorded() == [[None]]
+    host = stack_env["FIREBASE_AUTH_EMULATOR_HOST"]
+    verify_email(host, stack_env["LOCKWISE_PROJECT_ID"], account["localId"])
+    verified = sign_in(host, "me@example.com")
+    assert devices.get("/devices/me", headers={"Authorization": f"Bearer {verified['idToken']}"}).status_code == 200
+    assert recorded() == [["me@example.com"]]
 
 
 @pytest.mark.parametrize("name", ["embed", "verify", "devices"])
