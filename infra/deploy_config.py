@@ -250,7 +250,8 @@ ROLES = {
     "lockwise-verify": ["roles/cloudsql.client", "roles/datastore.user"],
     "lockwise-embed": ["roles/cloudsql.client", "roles/datastore.user"],
     "lockwise-devices": ["roles/cloudsql.client", "roles/datastore.user"],
-    "lockwise-devices-relay": ["roles/cloudsql.client", "roles/datastore.user"],
+    # the relay's flush looks accounts up in Firebase Auth (lockwise.core.accounts): read-only
+    "lockwise-devices-relay": ["roles/cloudsql.client", "roles/datastore.user", "roles/firebaseauth.viewer"],
     "lockwise-relay": ["roles/cloudsql.client"],
     "lockwise-migrate": ["roles/cloudsql.client"],
 }

@@ -16,12 +16,13 @@ from typing import Any
 import flask
 import functions_framework
 
-from lockwise.core import audit, auth, errors, health, inputs, retention
+from lockwise.core import accounts, audit, auth, errors, health, inputs, retention
 from lockwise.core.http import Api, Ctx, JsonBody, Result, parse_json_object
 from lockwise.core.runtime import get_runtime
 from lockwise.devices import (
     command_signing,
     commands,
+    gone_accounts,
     invitations,
     lock_auth,
     lock_certs,
@@ -463,9 +464,16 @@ def relay_flush(ctx: Ctx) -> JsonBody:
             members.mirror_access_due(con)
         with rt.db.transaction() as con:
             retention.prune_expired(con)
+        gone_accounts.end(rt.db, accounts_directory, rt.settings, rt.now)
     finally:
         written = rt.flush_mirror(force=True)
     return {"written": written, "pending": rt.mirror.pending()}
+
+
+@functools.cache
+def accounts_directory() -> accounts.IdentityToolkit:
+    """Firebase Auth, asked which users' accounts still exist (made on the first flush, not at a cold start)."""
+    return accounts.directory_for(rt.settings.project_id, rt.settings.auth_emulator_host)
 
 
 @functions_framework.http

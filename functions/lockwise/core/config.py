@@ -174,6 +174,10 @@ class Settings:
     replay_memory_hours: int
     #: a lock's state and online/offline reports listed in its activity feed per minute, at most (devices)
     feed_reports_per_minute: int
+    #: users whose account the relay's flush asks Firebase Auth about, per flush (0: never; devices' relay routes)
+    account_check_batch: int
+    #: how long a user's account is taken as existing after Firebase Auth last said so
+    account_recheck_s: int
     lockout_base_s: int
     debug_rejected_dir: str | None
     #: serve the relay's endpoints (off on the public devices service; on for the internal one)
@@ -270,6 +274,8 @@ class Settings:
             enrollments_per_day=env_int(env, "LOCKWISE_ENROLLMENTS_PER_DAY", 20, minimum=1),
             replay_memory_hours=env_int(env, "LOCKWISE_REPLAY_MEMORY_HOURS", 168, minimum=0),
             feed_reports_per_minute=env_int(env, "LOCKWISE_FEED_REPORTS_PER_MINUTE", 30, minimum=1),
+            account_check_batch=min(env_int(env, "LOCKWISE_ACCOUNT_CHECK_BATCH", 100, minimum=0), 100),
+            account_recheck_s=env_int(env, "LOCKWISE_ACCOUNT_RECHECK_S", 3600, minimum=60),
             lockout_base_s=env_int(env, "LOCKWISE_LOCKOUT_BASE_S", 30, minimum=1 if local else 30),
             debug_rejected_dir=_debug_dir(env, local),
             relay_routes=relay_routes,

@@ -180,19 +180,22 @@ def _emulator_owner(headers: dict[str, str]) -> None:
     headers["Authorization"] = "Bearer owner"
 
 
-def default_credentials(tls: ssl.SSLContext | None = None) -> Authorize:
-    """Application Default Credentials with the datastore scope, refreshed when expired (one refresh at a time;
-    an HTTPS token endpoint is reached with ``tls``, a context of the system's CAs when None)."""
+def default_credentials(
+    tls: ssl.SSLContext | None = None, scope: str = SCOPE, host: str = PRODUCTION_HOST
+) -> Authorize:
+    """Application Default Credentials with ``scope`` (Firestore's by default) for ``host``, refreshed when expired
+    (one refresh at a time; an HTTPS token endpoint is reached with ``tls``, a context of the system's CAs when
+    None)."""
     import google.auth
 
     from lockwise.core.google_auth import StdlibRequest
 
-    credentials, _project = google.auth.default(scopes=[SCOPE])
+    credentials, _project = google.auth.default(scopes=[scope])
     request, lock = StdlibRequest(tls), threading.Lock()
 
     def authorize(headers: dict[str, str]) -> None:
         with lock:
-            credentials.before_request(request, "POST", f"https://{PRODUCTION_HOST}/", headers)  # type: ignore[no-untyped-call]
+            credentials.before_request(request, "POST", f"https://{host}/", headers)  # type: ignore[no-untyped-call]
 
     return authorize
 

@@ -263,13 +263,15 @@ def revoke_member(
     members.mirror_access(con, lock_id)
 
 
-def leave_every_lock(con: Connection, uid: str, now: dt.datetime) -> int:
+def leave_every_lock(con: Connection, uid: str, now: dt.datetime, *, account_gone: bool = False) -> int:
     """What an account's deletion asks of the devices domain: leave every lock ``uid`` is a member of (as each removal
     does: invitations to them closed, the live view's access ended), close the invitations sent to their uid, and
     forget their address. Refused (409 ``owns_locks``, naming them) while they own a lock: its owner transfers or
-    deletes it first, or it would be left with nobody able to manage it. Returns how many locks were left."""
+    deletes it first, or it would be left with nobody able to manage it. ``account_gone``: the account was deleted
+    outside the app (``lockwise.core.accounts``): nobody is there to answer, so the locks it owns keep it as their
+    owner (their voice is no longer scored anywhere) and the rest is done. Returns how many locks were left."""
     owned = [r[0] for r in con.run("SELECT id::text FROM locks WHERE owner_uid = :u ORDER BY id", u=uid)]
-    if owned:
+    if owned and not account_gone:
         raise _owns_locks(owned)
     left = 0
     for lock_id in sorted({m.lock_id for m in members.list_for_user(con, uid) if m.revoked_at is None}):
@@ -279,13 +281,36 @@ def leave_every_lock(con: Connection, uid: str, now: dt.datetime) -> int:
         if me is None or me.revoked_at is not None:
             continue
         if me.role == "owner":
+            if account_gone:
+                continue
             raise _owns_locks([lock_id])
         revoke_member(con, lock_id, me, me, now)
         left += 1
     invitations.close_all_for(con, uid, now)
     con.run("UPDATE users SET email = NULL WHERE uid = :u", u=uid)
-    audit.record(con, audit.user_actor(uid), "user.leave_every_lock", "ok", details={"locks_left": left})
+    audit.record(
+        con,
+        audit.user_actor(uid),
+        "user.leave_every_lock",
+        "ok",
+        details={"locks_left": left, "locks_kept_owned": len(owned), "account_gone": account_gone},
+    )
     return left
+
+
+def gone_accounts_holding(con: Connection, limit: int) -> list[str]:
+    """Users whose account was found deleted (``lockwise.core.accounts``) who still hold what ``leave_every_lock``
+    ends: a membership of a lock they do not own, an open invitation to their uid, or a recorded address. Every
+    relay flush takes these up, so one whose clean-up failed once is cleaned up by the next."""
+    rows = con.run(
+        "SELECT u.uid FROM users u WHERE u.account_gone_at IS NOT NULL AND (u.email IS NOT NULL"
+        " OR EXISTS (SELECT 1 FROM lock_members m WHERE m.user_uid = u.uid AND m.revoked_at IS NULL"
+        " AND m.role <> 'owner')"
+        " OR EXISTS (SELECT 1 FROM invitations WHERE invitee_uid = u.uid AND " + invitations.OPEN + "))"
+        " ORDER BY u.account_gone_at LIMIT :n",
+        n=limit,
+    )
+    return [str(row[0]) for row in rows]
 
 
 def _owns_locks(lock_ids: list[str]) -> errors.Conflict:

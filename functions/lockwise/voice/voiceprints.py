@@ -120,13 +120,16 @@ def co_members(con: Connection, uid: str, model_id: str, dim: int) -> Neighbours
 
 
 def candidates(con: Connection, lock_id: str, model_id: str, dim: int, now: dt.datetime) -> Candidates:
-    """The voiceprints of members allowed to open ``lock_id`` at ``now`` (role, window, not revoked or expired)."""
+    """The voiceprints of members allowed to open ``lock_id`` at ``now`` (role, window, not revoked or expired, an
+    account not found deleted)."""
     rows = rows_as_dicts(
         con,
         "SELECT m.lock_id::text AS lock_id, m.user_uid, m.role, m.valid_from, m.valid_until, m.weekdays,"
         " m.day_start_minute, m.day_end_minute, m.timezone, m.expires_at, m.revoked_at,"
         " v.model_id AS vp_model, v.dim AS vp_dim, v.embedding AS vp_embedding"
         " FROM lock_members m JOIN voiceprints v ON v.user_uid = m.user_uid"
+        # an account deleted outside the app (``lockwise.core.accounts``) opens no door, the locks it owns included
+        " JOIN users u ON u.uid = m.user_uid AND u.account_gone_at IS NULL"
         " WHERE m.lock_id = CAST(:l AS uuid) AND m.revoked_at IS NULL"
         " AND (m.expires_at IS NULL OR m.expires_at > now()) ORDER BY m.user_uid"
         # held until the decision commits: deleting this voice data waits for it (``delete``); re-enrolling (an

@@ -1,0 +1,50 @@
+"""Accounts deleted outside the app, as the devices domain ends them: found by ``lockwise.core.accounts``, each then
+leaves every lock it does not own (``locks.leave_every_lock``, as ``DELETE /devices/me`` does), on each relay flush."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import Callable
+
+from lockwise.core import accounts, log
+from lockwise.core.config import Settings
+from lockwise.core.db import Database
+from lockwise.devices import locks
+
+logger = logging.getLogger(__name__)
+
+#: accounts found deleted whose memberships are ended per flush, at most (each in its own transaction)
+ENDED_PER_FLUSH = 20
+
+
+def end(
+    db: Database,
+    directory: Callable[[], accounts.Directory],
+    settings: Settings,
+    now: Callable[[], dt.datetime],
+) -> int:
+    """Ask Firebase Auth (``directory()``) about the users due a check, then end what accounts found deleted hold
+    here (those found before whose clean-up has not run too: a failure is taken up again by the next flush).
+    Firebase Auth out of reach, or no credentials for it, marks nobody and holds up nothing else. Returns how many
+    accounts were ended."""
+    if settings.account_check_batch > 0:
+        _sweep(db, directory, settings)
+    with db.connection() as con:
+        gone = locks.gone_accounts_holding(con, ENDED_PER_FLUSH)
+    for uid in gone:
+        with db.transaction() as con:
+            locks.leave_every_lock(con, uid, now(), account_gone=True)
+    return len(gone)
+
+
+def _sweep(db: Database, directory: Callable[[], accounts.Directory], settings: Settings) -> None:
+    try:
+        found = accounts.sweep(
+            db, directory(), batch=settings.account_check_batch, recheck_s=settings.account_recheck_s
+        )
+    except accounts.DirectoryError as exc:
+        log.event(logger, "accounts not checked", level=logging.WARNING, error=str(exc))
+    else:
+        if found.gone:
+            log.event(logger, "accounts found deleted", level=logging.WARNING, users=found.gone)
