@@ -12,7 +12,7 @@ import pytest
 from lockwise.core import accounts
 from lockwise.core.runtime import get_runtime
 from tests.conftest import PROJECT_ID
-from tests.devices_world import World, build_world
+from tests.devices_world import World, bearer, build_world, sign_in, verify_email
 from tests.integration.test_voice import enroll, signed_verify, take
 from tests.voices import spoken, wav
 
@@ -27,15 +27,26 @@ def world(clients: dict[str, Any], sign_up: Any) -> World:
     return build_world(clients["devices"], sign_up)
 
 
-def delete_account(stack_env: dict[str, str], uid: str) -> None:
-    """As the Firebase console or the Admin SDK deletes an account: nothing of the back-end is asked."""
+def admin_call(stack_env: dict[str, str], method: str, body: dict[str, Any]) -> None:
+    """One of Firebase Auth's admin calls (``accounts:delete``, ``accounts:update``, ``accounts``) on the emulator,
+    as the Firebase console or the Admin SDK makes it: nothing of the back-end is asked."""
     req = urllib.request.Request(
         f"http://{stack_env['FIREBASE_AUTH_EMULATOR_HOST']}/identitytoolkit.googleapis.com/v1/projects/{PROJECT_ID}"
-        "/accounts:delete",
-        data=json.dumps({"localId": uid}).encode(),
+        f"/{method}",
+        data=json.dumps(body).encode(),
         headers={"Content-Type": "application/json", "Authorization": "Bearer owner"},
     )
     urllib.request.urlopen(req, timeout=10).close()
+
+
+def delete_account(stack_env: dict[str, str], uid: str) -> None:
+    admin_call(stack_env, "accounts:delete", {"localId": uid})
+
+
+def recheck_now(*uids: str) -> None:
+    """As if the recheck period had passed for ``uids``."""
+    with get_runtime("devices").db.transaction() as con:
+        con.run("UPDATE users SET account_checked_at = now() - interval '61 minutes' WHERE uid = ANY(:u)", u=list(uids))
 
 
 def flush(clients: dict[str, Any], stack_env: dict[str, str]) -> None:
@@ -75,9 +86,15 @@ def test_an_account_deleted_outside_the_app_opens_no_door_and_leaves_the_locks_i
     assert roles[world.uid("owner")] == "owner"  # the lock keeps its owner: nobody is there to hand it over
     with get_runtime("devices").db.connection() as con:
         found = con.run("SELECT actor, target FROM audit_log WHERE action = 'user.account_gone'")
-        left = con.run("SELECT actor, details FROM audit_log WHERE action = 'user.leave_every_lock'")
+        left = con.run("SELECT actor, target, details FROM audit_log WHERE action = 'user.leave_every_lock'")
+        revoked = con.run(
+            "SELECT actor, target FROM audit_log WHERE action = 'member.revoke' AND target = :u", u=world.uid("member")
+        )
+    # the system acted, not the deleted user: the audit log says so
     assert sorted(found) == sorted([["system:accounts", world.uid("member")], ["system:accounts", world.uid("owner")]])
-    assert left == [[f"user:{world.uid('member')}", {"locks_left": 1, "locks_kept_owned": 0, "account_gone": True}]]
+    details = {"locks_left": 1, "locks_kept_owned": 0, "account_gone": True}
+    assert left == [["system:accounts", world.uid("member"), details]]
+    assert revoked == [["system:accounts", world.uid("member")]]
 
 
 def test_a_lookup_that_fails_marks_nobody_and_holds_up_nothing(
@@ -87,10 +104,10 @@ def test_a_lookup_that_fails_marks_nobody_and_holds_up_nothing(
     unreachable: that it does is checked against a closed port below); nothing else of the flush is held up."""
     delete_account(stack_env, world.uid("member"))
 
-    def unreachable(self: accounts.IdentityToolkit, uids: Any) -> set[str]:
+    def unreachable(self: accounts.IdentityToolkit, uids: Any) -> dict[str, bool]:
         raise accounts.DirectoryError("Firebase Auth could not be reached: ConnectionRefusedError")
 
-    monkeypatch.setattr(accounts.IdentityToolkit, "existing", unreachable)
+    monkeypatch.setattr(accounts.IdentityToolkit, "lookup", unreachable)
     flush(clients, stack_env)
     assert users_row(world.uid("member"))[:2] == (False, False)
     assert users_row(world.uid("admin"))[:2] == (False, False)
@@ -105,13 +122,15 @@ def test_the_directory_names_the_accounts_that_exist(stack_env: dict[str, str], 
     kept, deleted = sign_up()["localId"], sign_up()["localId"]
     delete_account(stack_env, deleted)
     directory = accounts.directory_for(PROJECT_ID, stack_env["FIREBASE_AUTH_EMULATOR_HOST"])
-    assert directory.existing([kept, deleted, "never-made"]) == {kept}
-    assert directory.existing(["never-made"]) == set()
+    assert directory.lookup([kept, deleted, "never-made"]) == {kept: False}
+    assert directory.lookup(["never-made"]) == {}
+    admin_call(stack_env, "accounts:update", {"localId": kept, "disableUser": True})
+    assert directory.lookup([kept]) == {kept: True}
     with pytest.raises(ValueError):
-        directory.existing([])
+        directory.lookup([])
     closed = accounts.directory_for(PROJECT_ID, "127.0.0.1:9")
     with pytest.raises(accounts.DirectoryError):
-        closed.existing([kept])
+        closed.lookup([kept])
 
 
 def test_accounts_checked_recently_are_not_asked_again(
@@ -144,3 +163,74 @@ def test_no_account_is_looked_up_with_the_batch_set_to_none(
     delete_account(stack_env, world.uid("member"))
     flush({"devices": make_client("devices")}, stack_env)
     assert users_row(world.uid("member"))[:2] == (False, False)
+
+
+def test_a_disabled_account_opens_no_door_until_it_is_enabled_and_keeps_its_memberships(
+    clients: dict[str, Any], world: World, stack_env: dict[str, str]
+) -> None:
+    """An account an operator disables in the console (an abusive user, a lost phone) signs in no more, but its
+    voice opened the door: it is now not scored while disabled; it stays a member, and is scored again once enabled."""
+    assert enroll(clients, world.accounts["owner"]).status_code == 201
+    owner = world.uid("owner")
+    admin_call(stack_env, "accounts:update", {"localId": owner, "disableUser": True})
+    flush(clients, stack_env)
+    decided = signed_verify(clients, world, wav(spoken("allison", 1, start=5)[0])).get_json()
+    assert (decided["decision"], decided["reason"]) == ("rejected", "no_candidates"), decided
+    assert users_row(owner)[:2] == (True, False)  # not gone: nothing of theirs is ended
+    admin_call(stack_env, "accounts:update", {"localId": owner, "disableUser": False})
+    recheck_now(owner)
+    flush(clients, stack_env)
+    decided = signed_verify(clients, world, wav(spoken("allison", 1, start=6)[0])).get_json()
+    assert (decided["decision"], decided["member_uid"]) == ("accepted", owner), decided
+
+
+def test_an_account_made_again_with_its_uid_is_gone_no_more_and_its_address_keeps_its_invitation(
+    clients: dict[str, Any], world: World, stack_env: dict[str, str]
+) -> None:
+    """An account deleted by mistake and restored with its uid (the Admin SDK's createUser({uid})) was gone for
+    ever: it is looked up again and found. And the gone account's clean-up closed the invitations sent since to its
+    address, which belong to whoever holds the address now (the same person, signed up again)."""
+    host, member = stack_env["FIREBASE_AUTH_EMULATOR_HOST"], world.uid("member")
+    address = world.accounts["member"]["email"]
+    verify_email(host, PROJECT_ID, member)
+    verified = sign_in(host, address)
+    assert clients["devices"].get("/devices/me", headers=bearer(verified)).status_code == 200
+    assert users_row(member)[2] == address  # recorded: verified
+    delete_account(stack_env, member)
+    sent = clients["devices"].post(
+        f"/devices/locks/{world.lock_id}/members",
+        json={"email": address, "role": "member"},
+        headers=world.headers("owner"),
+    )
+    assert sent.status_code == 202  # to the address, for whoever signs up with it
+    flush(clients, stack_env)
+    assert users_row(member) == (True, True, None)
+    listed = (
+        clients["devices"].get(f"/devices/locks/{world.lock_id}/members", headers=world.headers("owner")).get_json()
+    )
+    assert [i["id"] for i in listed["invitations"]] == [sent.get_json()["invitation"]["id"]]
+    admin_call(stack_env, "accounts", {"localId": member, "email": address, "password": "correct-horse-9"})
+    recheck_now(member)
+    flush(clients, stack_env)
+    assert users_row(member)[:2] == (True, False)
+    with get_runtime("devices").db.connection() as con:
+        back = con.run("SELECT actor FROM audit_log WHERE action = 'user.account_back' AND target = :u", u=member)
+    assert back == [["system:accounts"]]
+
+
+def test_a_flush_step_that_fails_holds_up_none_of_the_others(
+    clients: dict[str, Any], world: World, stack_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The flush's steps each run whatever the one before did (a prune the database refuses for now stopped the
+    accounts' check, and with it every later flush's); the answer is still the failure."""
+    from lockwise.core import errors, retention
+
+    def busy(con: Any) -> dict[str, int]:
+        raise errors.Unavailable("the database did not answer in time; try again", code="database_busy")
+
+    monkeypatch.setattr(retention, "prune_expired", busy)
+    delete_account(stack_env, world.uid("member"))
+    service = {"X-LockWise-Service-Token": stack_env["LOCKWISE_SERVICE_TOKEN"]}
+    answered = clients["devices"].post("/devices/relay/flush", headers=service)
+    assert answered.status_code == 503 and answered.get_json()["error"]["code"] == "database_busy"
+    assert users_row(world.uid("member"))[:2] == (True, True)  # the accounts' check ran after the failed prune

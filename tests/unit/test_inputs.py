@@ -199,7 +199,9 @@ def test_lock_names_keep_the_format_characters_writing_needs(name: str) -> None:
     assert locks.parse_name(name) == name
 
 
-@pytest.mark.parametrize("mark", ["\u202e", "\u202a", "\u2066", "\u2069", "\u200b", "\u2060", "\ufeff", "\U000e0041"])
+@pytest.mark.parametrize(
+    "mark", ["\u202e", "\u202a", "\u2066", "\u2069", "\u200b", "\u2060", "\ufeff", "\U000e0041", "\u2028", "\u2029"]
+)
 def test_lock_names_refuse_invisible_format_characters(mark: str) -> None:
     from lockwise.devices import locks
 

@@ -1,4 +1,5 @@
-"""Accounts deleted outside the app: asked of Firebase Auth, the oldest checked first, by the relay's periodic flush.
+"""Accounts deleted or disabled outside the app: asked of Firebase Auth, the oldest checked first, by the relay's
+periodic flush.
 
 The app deletes an account through the back-end first (``DELETE /embed/enrollment``, ``DELETE /devices/me``). One
 deleted another way (the Firebase console, the Admin SDK, an operator's script) was never seen: ID tokens are checked
@@ -6,8 +7,10 @@ offline, so its memberships stayed and its voice still opened doors. Each flush 
 ``LOCKWISE_ACCOUNT_CHECK_BATCH`` users whose last check is older than ``LOCKWISE_ACCOUNT_RECHECK_S`` in Firebase
 Auth (one ``accounts:lookup`` call) and marks the ones it does not find ``account_gone_at``: the devices domain then
 ends what they hold (``lockwise.devices.locks.leave_every_lock``) and no lock scores their voice again
-(``lockwise.voice.voiceprints.candidates``). A lookup that fails marks nobody: only an answer that names the accounts
-it found is taken as telling which are gone.
+(``lockwise.voice.voiceprints``). A disabled account is marked ``account_disabled``: its voice is not scored while
+it is, its memberships stay. Every user is looked up again each period, gone ones too: one made again with its uid
+(an account deleted by mistake, restored) is gone no more. A lookup that fails marks nobody: only an answer that is
+a lookup's (its ``kind``) is taken as telling which are gone.
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ SCOPE = "https://www.googleapis.com/auth/cloud-platform"
 #: accounts one ``accounts:lookup`` call may name (the Admin SDK's ``get_users`` limit)
 LOOKUP_MAX = 100
 TIMEOUT_S = 5.0
+#: what every ``accounts:lookup`` answer says it is
+LOOKUP_KIND = "identitytoolkit#GetAccountInfoResponse"
 #: who the audit log names for what the sweep finds
 AUDIT_ACTOR = "system:accounts"
 
@@ -38,8 +43,9 @@ class DirectoryError(Exception):
 
 
 class Directory(Protocol):
-    def existing(self, uids: Sequence[str]) -> set[str]:
-        """Which of ``uids`` (at most ``LOOKUP_MAX``) name an account that exists; ``DirectoryError`` otherwise."""
+    def lookup(self, uids: Sequence[str]) -> dict[str, bool]:
+        """The accounts of ``uids`` (at most ``LOOKUP_MAX``) that exist, each with whether it is disabled;
+        ``DirectoryError`` when that cannot be told."""
         ...
 
 
@@ -52,7 +58,7 @@ class IdentityToolkit:
         self._target = f"{prefix}/v1/projects/{urllib.parse.quote(project_id, safe='')}/accounts:lookup"
         self._host, self._authorize, self._tls = host, authorize, tls
 
-    def existing(self, uids: Sequence[str]) -> set[str]:
+    def lookup(self, uids: Sequence[str]) -> dict[str, bool]:
         if not 0 < len(uids) <= LOOKUP_MAX:
             raise ValueError(f"look up 1 to {LOOKUP_MAX} accounts at a time, not {len(uids)}")
         headers = {"Content-Type": "application/json"}
@@ -77,11 +83,12 @@ class IdentityToolkit:
             raise DirectoryError(f"Firebase Auth answered {resp.status}: {data[:200].decode(errors='replace')}")
         try:
             found = json.loads(data)
-            users = found.get("users", [])
-            named = {str(user["localId"]) for user in users}
+            if found.get("kind") != LOOKUP_KIND:  # a proxy's or another API's 200 is not "none of them exist"
+                raise ValueError(found.get("kind"))
+            named = {str(user["localId"]): bool(user.get("disabled", False)) for user in found.get("users", [])}
         except (ValueError, AttributeError, KeyError, TypeError) as exc:
             raise DirectoryError("Firebase Auth answered with a body that is not a lookup's") from exc
-        return named & set(uids)
+        return {uid: disabled for uid, disabled in named.items() if uid in set(uids)}
 
 
 def directory_for(project_id: str, auth_emulator_host: str | None) -> IdentityToolkit:
@@ -106,35 +113,55 @@ def directory_for(project_id: str, auth_emulator_host: str | None) -> IdentityTo
 @dataclass(frozen=True)
 class Sweep:
     checked: int
-    gone: list[str]  # marked gone by this sweep
+    gone: list[str]  # found deleted by this sweep
+    back: list[str]  # found again after being marked gone (an account made again with its uid)
 
 
 def sweep(db: Database, directory: Directory, *, batch: int, recheck_s: int) -> Sweep:
-    """Check up to ``batch`` users due a check (never checked, or last checked ``recheck_s`` ago); mark the ones
-    Firebase Auth does not know gone. ``DirectoryError`` when it does not answer (nothing is marked)."""
+    """Check up to ``batch`` users due a check (never checked, or last checked ``recheck_s`` ago, gone ones too);
+    mark the ones Firebase Auth does not know gone, and whether the others are disabled; a gone one found again is
+    gone no more. ``DirectoryError`` when it does not answer (nothing is marked)."""
     if batch <= 0:
-        return Sweep(0, [])
+        return Sweep(0, [], [])
     with db.connection() as con:
         due = [
             str(row[0])
             for row in con.run(
-                "SELECT uid FROM users WHERE account_gone_at IS NULL AND (account_checked_at IS NULL"
-                " OR account_checked_at <= now() - make_interval(secs => :r)) ORDER BY account_checked_at NULLS FIRST"
+                "SELECT uid FROM users WHERE account_checked_at IS NULL"
+                " OR account_checked_at <= now() - make_interval(secs => :r) ORDER BY account_checked_at NULLS FIRST"
                 " LIMIT :n",
                 r=recheck_s,
                 n=min(batch, LOOKUP_MAX),
             )
         ]
     if not due:
-        return Sweep(0, [])
-    existing = directory.existing(due)  # outside any transaction: a slow answer holds no row
+        return Sweep(0, [], [])
+    found = directory.lookup(due)  # outside any transaction: a slow answer holds no row
     with db.transaction() as con:
-        con.run("UPDATE users SET account_checked_at = now() WHERE uid = ANY(:u)", u=due)
-        marked = con.run(
-            "UPDATE users SET account_gone_at = now() WHERE uid = ANY(:g) AND account_gone_at IS NULL RETURNING uid",
-            g=[uid for uid in due if uid not in existing],
+        # the rows nobody else holds (a user's first request writing theirs is not waited for: checked next time)
+        held = {
+            str(row[0]): bool(row[1])
+            for row in con.run(
+                "SELECT uid, account_gone_at IS NOT NULL FROM users WHERE uid = ANY(:u) ORDER BY uid"
+                " FOR NO KEY UPDATE SKIP LOCKED",
+                u=due,
+            )
+        }
+        con.run(
+            "UPDATE users SET account_checked_at = now(), account_disabled = f.disabled, account_gone_at = NULL"
+            " FROM unnest(CAST(:u AS text[]), CAST(:d AS boolean[])) AS f(uid, disabled) WHERE users.uid = f.uid",
+            u=[uid for uid in held if uid in found],
+            d=[found[uid] for uid in held if uid in found],
         )
-        gone = sorted(str(row[0]) for row in marked)
+        con.run(
+            "UPDATE users SET account_checked_at = now(), account_gone_at = coalesce(account_gone_at, now())"
+            " WHERE uid = ANY(:g)",
+            g=[uid for uid in held if uid not in found],
+        )
+        gone = sorted(uid for uid, was_gone in held.items() if uid not in found and not was_gone)
+        back = sorted(uid for uid, was_gone in held.items() if uid in found and was_gone)
         for uid in gone:
             audit.record(con, AUDIT_ACTOR, "user.account_gone", "ok", target=uid)
-    return Sweep(len(due), gone)
+        for uid in back:
+            audit.record(con, AUDIT_ACTOR, "user.account_back", "ok", target=uid)
+    return Sweep(len(held), gone, back)

@@ -67,8 +67,9 @@ class Client:
         self._lock = threading.Lock()
 
     def name(self, path: str) -> str:
-        """The full resource name of the document or collection at ``path`` (``locks/abc``), as given: a slash it
-        began or ended with was stripped, so ``users/V/`` named ``users/V`` (Firestore refuses such a path)."""
+        """The full resource name of the document or collection at ``path`` (``locks/abc``), as given (it once
+        stripped a leading or trailing slash, so ``users/V/`` named ``users/V``; now Firestore refuses such a
+        path, and ``lockwise.core.mirror`` queues none)."""
         return f"{self.database}/documents/{path}"
 
     def commit(self, writes: list[dict[str, Any]]) -> None:

@@ -25,10 +25,17 @@ def upsert(con: Connection, user: User) -> None:
         # one account at a time takes an address: two first requests of accounts carrying it both found it free
         # and the second's insert met the unique index (an attack run's 500s)
         con.run("SELECT pg_advisory_xact_lock(hashtextextended('user_email ' || :e, 0))", e=email)
-        con.run("UPDATE users SET email = NULL WHERE lower(email) = lower(:e) AND uid <> :u", e=email, u=user.uid)
+        # not by an account found deleted (its tokens live up to an hour): it would take the address from the
+        # account made again with it
+        con.run(
+            "UPDATE users SET email = NULL WHERE lower(email) = lower(:e) AND uid <> :u"
+            " AND NOT EXISTS (SELECT 1 FROM users gone WHERE gone.uid = :u AND gone.account_gone_at IS NOT NULL)",
+            e=email,
+            u=user.uid,
+        )
     con.run(
-        "INSERT INTO users (uid, email) VALUES (:uid, :email) "
-        "ON CONFLICT (uid) DO UPDATE SET email = EXCLUDED.email WHERE users.email IS DISTINCT FROM EXCLUDED.email",
+        "INSERT INTO users (uid, email) VALUES (:uid, :email) ON CONFLICT (uid) DO UPDATE SET email = EXCLUDED.email"
+        " WHERE users.email IS DISTINCT FROM EXCLUDED.email AND users.account_gone_at IS NULL",
         uid=user.uid,
         email=email,
     )

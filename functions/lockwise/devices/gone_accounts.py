@@ -32,10 +32,15 @@ def end(
         _sweep(db, directory, settings)
     with db.connection() as con:
         gone = locks.gone_accounts_holding(con, ENDED_PER_FLUSH)
+    ended = 0
     for uid in gone:
-        with db.transaction() as con:
-            locks.leave_every_lock(con, uid, now(), account_gone=True)
-    return len(gone)
+        try:
+            with db.transaction() as con:
+                locks.leave_every_lock(con, uid, now(), account_gone=True)
+            ended += 1
+        except Exception:  # one account's failure (the database busy with its lock) holds up none of the others
+            logger.exception("a deleted account's memberships were not ended", extra={"fields": {"user": uid}})
+    return ended
 
 
 def _sweep(db: Database, directory: Callable[[], accounts.Directory], settings: Settings) -> None:
@@ -48,3 +53,5 @@ def _sweep(db: Database, directory: Callable[[], accounts.Directory], settings: 
     else:
         if found.gone:
             log.event(logger, "accounts found deleted", level=logging.WARNING, users=found.gone)
+        if found.back:
+            log.event(logger, "accounts found again", level=logging.WARNING, users=found.back)

@@ -7,7 +7,7 @@ import datetime as dt
 import unicodedata
 from typing import Any
 
-from lockwise.core import audit, errors, mirror, users
+from lockwise.core import accounts, audit, errors, mirror, users
 from lockwise.core.db import Connection, rows_as_dicts
 from lockwise.devices import commands, invitations, lock_auth, members, provisioning
 
@@ -22,18 +22,22 @@ def parse_name(value: Any) -> str:
         raise errors.BadRequest(f"name must be 1 to {MAX_NAME} characters", code="invalid_name")
     if any(unicodedata.category(c) == "Cc" for c in name):  # C0, DEL and C1 controls
         raise errors.BadRequest("name must not contain control characters", code="invalid_name")
-    if any(unicodedata.category(c) == "Cf" and c not in WRITING_MARKS for c in name):
+    if any(unicodedata.category(c) in REFUSED_IN_NAMES and c not in WRITING_MARKS for c in name):
         raise errors.BadRequest(
-            "name must not contain invisible format characters (bidi overrides or isolates, zero-width spaces)",
+            "name must not contain invisible format characters (bidi overrides or isolates, zero-width spaces)"
+            " or line breaks",
             code="invalid_name",
         )
     return name
 
 
-#: the format characters a name may hold: joiners that scripts and emoji sequences need (ZWNJ, ZWJ) and the marks
-#: that set the direction of mixed right-to-left text (LRM, RLM, ALM); every other one (bidi overrides and isolates,
-#: zero-width spaces, tags) is refused: a name is shown to every member and to whoever is invited, and U+202E turned
-#: one around for them (attack run; the firmware text a lock reports refuses them all)
+#: categories refused in a name: format characters (bidi overrides and isolates, zero-width spaces, tags; so the
+#: emoji flags of subdivisions, made of tags, are refused too) and line and paragraph separators. A name is shown to
+#: every member and to whoever is invited, and U+202E turned one around for them (attack run); the firmware text a
+#: lock reports refuses every format character (``lock_events``: no writing there needs one)
+REFUSED_IN_NAMES = frozenset({"Cf", "Zl", "Zp"})
+#: the format characters a name may hold all the same: the joiners scripts and emoji sequences need (ZWNJ, ZWJ) and
+#: the marks that set the direction of mixed right-to-left text (LRM, RLM, ALM)
 WRITING_MARKS = frozenset("\u200c\u200d\u200e\u200f\u061c")
 
 
@@ -242,9 +246,17 @@ def update_member(
 
 
 def revoke_member(
-    con: Connection, lock_id: str, actor: members.Membership, target: members.Membership, now: dt.datetime
+    con: Connection,
+    lock_id: str,
+    actor: members.Membership,
+    target: members.Membership,
+    now: dt.datetime,
+    *,
+    by: str | None = None,
 ) -> None:
-    """End ``target``'s membership at ``now`` (the clock invitations are sent on: one sent before it stands no more)."""
+    """End ``target``'s membership at ``now`` (the clock invitations are sent on: one sent before it stands no more).
+    ``by``: who the audit log names instead of ``actor`` (the system, ending a deleted account's memberships; the
+    feed then names nobody as having removed them)."""
     if target.role == "owner":
         raise errors.Forbidden("the owner cannot be removed; transfer or delete the lock", code="cannot_remove_owner")
     if actor.user_uid != target.user_uid:  # leaving a lock yourself is always allowed
@@ -258,8 +270,13 @@ def revoke_member(
     )
     invitations.close_for_member(con, lock_id, target.user_uid)
     commands.withdraw_unsent(con, lock_id, target.user_uid)  # an unlock they sent is not delivered after this
-    audit.record(con, audit.user_actor(actor.user_uid), "member.revoke", "ok", lock_id=lock_id, target=target.user_uid)
-    mirror.activity(con, lock_id, "member_removed", actor_uid=actor.user_uid, target_uid=target.user_uid)
+    audit.record(
+        con, by or audit.user_actor(actor.user_uid), "member.revoke", "ok", lock_id=lock_id, target=target.user_uid
+    )
+    if by is None:
+        mirror.activity(con, lock_id, "member_removed", actor_uid=actor.user_uid, target_uid=target.user_uid)
+    else:
+        mirror.activity(con, lock_id, "member_removed", target_uid=target.user_uid, reason="account_deleted")
     members.mirror_access(con, lock_id)
 
 
@@ -273,6 +290,9 @@ def leave_every_lock(con: Connection, uid: str, now: dt.datetime, *, account_gon
     owned = [r[0] for r in con.run("SELECT id::text FROM locks WHERE owner_uid = :u ORDER BY id", u=uid)]
     if owned and not account_gone:
         raise _owns_locks(owned)
+    if account_gone:  # first: its removals close invitations by uid only, not ones sent to its address since, which
+        # belong to whoever holds it now (the same person, signed up again)
+        con.run("UPDATE users SET email = NULL WHERE uid = :u", u=uid)
     left = 0
     for lock_id in sorted({m.lock_id for m in members.list_for_user(con, uid) if m.revoked_at is None}):
         # the lock's row first, then the membership (every path's order); a transfer to them committed meanwhile
@@ -284,15 +304,16 @@ def leave_every_lock(con: Connection, uid: str, now: dt.datetime, *, account_gon
             if account_gone:
                 continue
             raise _owns_locks([lock_id])
-        revoke_member(con, lock_id, me, me, now)
+        revoke_member(con, lock_id, me, me, now, by=accounts.AUDIT_ACTOR if account_gone else None)
         left += 1
     invitations.close_all_for(con, uid, now)
     con.run("UPDATE users SET email = NULL WHERE uid = :u", u=uid)
     audit.record(
         con,
-        audit.user_actor(uid),
+        accounts.AUDIT_ACTOR if account_gone else audit.user_actor(uid),
         "user.leave_every_lock",
         "ok",
+        target=uid,
         details={"locks_left": left, "locks_kept_owned": len(owned), "account_gone": account_gone},
     )
     return left

@@ -68,8 +68,8 @@ class Beside:
 #: this process's threads beside its requests (a test waits on the forward pool to see that nothing is left to run)
 BESIDE = Beside()
 #: how long a decision waits for its forward pass (a 30 s clip takes ~1 s on 2 cores) while it holds the lock's
-#: lockout row: past it the attempt is answered 503 and the transaction rolled back, instead of every later attempt
-#: at the lock waiting behind it
+#: lockout row: past it the attempt is answered 503 and the transaction rolled back (the lock's other attempts are
+#: refused meanwhile: ``IN_PROGRESS_RETRY_S``)
 FORWARD_WAIT_S = 20.0
 
 

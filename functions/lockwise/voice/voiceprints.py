@@ -100,15 +100,24 @@ class Neighbours:
     lock_thresholds: list[float | None]
 
 
+#: whose voiceprint is scored at all (``{}``: the membership's alias): an account Firebase Auth no longer has or has
+#: disabled (``lockwise.core.accounts``) opens no door, at the locks it owns too, and stands in nobody's enrollment
+#: (the same person, signed up again, would be refused as their own old account's voice)
+_SCORED_ACCOUNT = " JOIN users u ON u.uid = {}.user_uid AND u.account_gone_at IS NULL AND NOT u.account_disabled"
+
+
 def co_members(con: Connection, uid: str, model_id: str, dim: int) -> Neighbours:
-    """The voiceprints (of ``model_id``) of everyone holding an active membership of a lock ``uid`` belongs to."""
+    """The voiceprints (of ``model_id``) of everyone holding an active membership of a lock ``uid`` belongs to (their
+    accounts scored: ``_SCORED_ACCOUNT``)."""
     rows = con.run(
         "SELECT v.user_uid, v.embedding, bool_or(l.voice_threshold IS NULL), min(l.voice_threshold)"
         " FROM lock_members mine"
         " JOIN lock_members theirs ON theirs.lock_id = mine.lock_id AND theirs.user_uid <> mine.user_uid"
         " JOIN locks l ON l.id = mine.lock_id"
         " JOIN voiceprints v ON v.user_uid = theirs.user_uid"
-        " WHERE mine.user_uid = :u AND mine.revoked_at IS NULL AND (mine.expires_at IS NULL OR mine.expires_at > now())"
+        + _SCORED_ACCOUNT.format("theirs")
+        + " WHERE mine.user_uid = :u AND mine.revoked_at IS NULL"
+        " AND (mine.expires_at IS NULL OR mine.expires_at > now())"
         " AND theirs.revoked_at IS NULL AND (theirs.expires_at IS NULL OR theirs.expires_at > now())"
         " AND v.model_id = :m AND v.dim = :d GROUP BY v.user_uid, v.embedding ORDER BY v.user_uid",
         u=uid,
@@ -121,16 +130,15 @@ def co_members(con: Connection, uid: str, model_id: str, dim: int) -> Neighbours
 
 def candidates(con: Connection, lock_id: str, model_id: str, dim: int, now: dt.datetime) -> Candidates:
     """The voiceprints of members allowed to open ``lock_id`` at ``now`` (role, window, not revoked or expired, an
-    account not found deleted)."""
+    account Firebase Auth still has and has not disabled)."""
     rows = rows_as_dicts(
         con,
         "SELECT m.lock_id::text AS lock_id, m.user_uid, m.role, m.valid_from, m.valid_until, m.weekdays,"
         " m.day_start_minute, m.day_end_minute, m.timezone, m.expires_at, m.revoked_at,"
         " v.model_id AS vp_model, v.dim AS vp_dim, v.embedding AS vp_embedding"
         " FROM lock_members m JOIN voiceprints v ON v.user_uid = m.user_uid"
-        # an account deleted outside the app (``lockwise.core.accounts``) opens no door, the locks it owns included
-        " JOIN users u ON u.uid = m.user_uid AND u.account_gone_at IS NULL"
-        " WHERE m.lock_id = CAST(:l AS uuid) AND m.revoked_at IS NULL"
+        + _SCORED_ACCOUNT.format("m")
+        + " WHERE m.lock_id = CAST(:l AS uuid) AND m.revoked_at IS NULL"
         " AND (m.expires_at IS NULL OR m.expires_at > now()) ORDER BY m.user_uid"
         # held until the decision commits: deleting this voice data waits for it (``delete``); re-enrolling (an
         # UPDATE of no key) does not
