@@ -80,6 +80,16 @@ def test_an_account_deleted_outside_the_app_opens_no_door_and_leaves_the_locks_i
     # the owner's voice is no longer scored at the lock it still owns (another take: the one heard is a replay now)
     decided = signed_verify(clients, world, wav(spoken("allison", 1, start=6)[0])).get_json()
     assert (decided["decision"], decided["reason"]) == ("rejected", "no_candidates"), decided
+    with get_runtime("devices").db.connection() as con:  # its voice data erased, its clean-up recorded as done
+        prints = con.run("SELECT count(*) FROM voiceprints WHERE user_uid = :u", u=world.uid("owner"))
+        takes = con.run("SELECT count(*) FROM voice_fingerprints WHERE speaker_uid = :u", u=world.uid("owner"))
+        scores = con.run(
+            "SELECT count(*) FROM verification_attempts WHERE score IS NOT NULL AND matched_uid = :u",
+            u=world.uid("owner"),
+        )
+        done = con.run("SELECT uid FROM users WHERE account_ended_at IS NOT NULL ORDER BY uid")
+    assert prints == takes == scores == [[0]]
+    assert done == sorted([[world.uid("member")], [world.uid("owner")]])
     listed = clients["devices"].get(f"/devices/locks/{world.lock_id}/members", headers=world.headers("admin"))
     roles = {m["uid"]: m["role"] for m in listed.get_json()["members"]}
     assert world.uid("member") not in roles  # left, as a removal ends a membership
@@ -92,8 +102,13 @@ def test_an_account_deleted_outside_the_app_opens_no_door_and_leaves_the_locks_i
         )
     # the system acted, not the deleted user: the audit log says so
     assert sorted(found) == sorted([["system:accounts", world.uid("member")], ["system:accounts", world.uid("owner")]])
-    details = {"locks_left": 1, "locks_kept_owned": 0, "account_gone": True}
-    assert left == [["system:accounts", world.uid("member"), details]]
+    member_left = {"locks_left": 1, "locks_kept_owned": 0, "account_gone": True}
+    owner_left = {"locks_left": 0, "locks_kept_owned": 1, "account_gone": True}
+    by_user = {row[1]: (row[0], row[2]) for row in left}
+    assert by_user == {
+        world.uid("member"): ("system:accounts", member_left),
+        world.uid("owner"): ("system:accounts", owner_left),
+    }
     assert revoked == [["system:accounts", world.uid("member")]]
 
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from lockwise.core import audit
-from lockwise.core.db import Database
+from lockwise.core.db import Connection, Database
 from lockwise.core.firestore import Authorize, default_credentials
 
 PRODUCTION_HOST = "identitytoolkit.googleapis.com"
@@ -148,7 +148,8 @@ def sweep(db: Database, directory: Directory, *, batch: int, recheck_s: int) -> 
             )
         }
         con.run(
-            "UPDATE users SET account_checked_at = now(), account_disabled = f.disabled, account_gone_at = NULL"
+            "UPDATE users SET account_checked_at = now(), account_disabled = f.disabled, account_gone_at = NULL,"
+            " account_ended_at = NULL"
             " FROM unnest(CAST(:u AS text[]), CAST(:d AS boolean[])) AS f(uid, disabled) WHERE users.uid = f.uid",
             u=[uid for uid in held if uid in found],
             d=[found[uid] for uid in held if uid in found],
@@ -165,3 +166,18 @@ def sweep(db: Database, directory: Directory, *, batch: int, recheck_s: int) -> 
         for uid in back:
             audit.record(con, AUDIT_ACTOR, "user.account_back", "ok", target=uid)
     return Sweep(len(held), gone, back)
+
+
+def to_end(con: Connection, limit: int) -> list[str]:
+    """Users found gone whose clean-up has not been done (``ended``), the longest gone first."""
+    rows = con.run(
+        "SELECT uid FROM users WHERE account_gone_at IS NOT NULL AND account_ended_at IS NULL"
+        " ORDER BY account_gone_at LIMIT :n",
+        n=limit,
+    )
+    return [str(row[0]) for row in rows]
+
+
+def ended(con: Connection, uid: str) -> None:
+    """``uid``'s clean-up is done (in its transaction): a flush takes it up no more."""
+    con.run("UPDATE users SET account_ended_at = now() WHERE uid = :u AND account_gone_at IS NOT NULL", u=uid)

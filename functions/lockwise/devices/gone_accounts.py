@@ -1,5 +1,6 @@
-"""Accounts deleted outside the app, as the devices domain ends them: found by ``lockwise.core.accounts``, each then
-leaves every lock it does not own (``locks.leave_every_lock``, as ``DELETE /devices/me`` does), on each relay flush."""
+"""Accounts deleted outside the app, ended on each relay flush: found by ``lockwise.core.accounts``, each then leaves
+every lock it does not own (``locks.leave_every_lock``, as ``DELETE /devices/me`` does) and its voice data is erased
+(``erasure.forget_voice``, as ``DELETE /embed/enrollment`` does), in one transaction."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import datetime as dt
 import logging
 from collections.abc import Callable
 
-from lockwise.core import accounts, log
+from lockwise.core import accounts, erasure, log
 from lockwise.core.config import Settings
 from lockwise.core.db import Database
 from lockwise.devices import locks
@@ -24,19 +25,21 @@ def end(
     settings: Settings,
     now: Callable[[], dt.datetime],
 ) -> int:
-    """Ask Firebase Auth (``directory()``) about the users due a check, then end what accounts found deleted hold
-    here (those found before whose clean-up has not run too: a failure is taken up again by the next flush).
+    """Ask Firebase Auth (``directory()``) about the users due a check, then end the accounts found deleted (those
+    found before whose clean-up has not run too: a failure is taken up again by the next flush).
     Firebase Auth out of reach, or no credentials for it, marks nobody and holds up nothing else. Returns how many
     accounts were ended."""
     if settings.account_check_batch > 0:
         _sweep(db, directory, settings)
     with db.connection() as con:
-        gone = locks.gone_accounts_holding(con, ENDED_PER_FLUSH)
+        gone = accounts.to_end(con, ENDED_PER_FLUSH)
     ended = 0
     for uid in gone:
         try:
             with db.transaction() as con:
                 locks.leave_every_lock(con, uid, now(), account_gone=True)
+                erasure.forget_voice(con, uid)  # biometric data kept for nobody
+                accounts.ended(con, uid)
             ended += 1
         except Exception:  # one account's failure (the database busy with its lock) holds up none of the others
             logger.exception("a deleted account's memberships were not ended", extra={"fields": {"user": uid}})

@@ -19,8 +19,7 @@ from lockwise.devices import members
 
 # every moment here is the request's ``:now`` (the runtime's clock, on which the handlers judge membership), not the
 # database's: an invitation expires, and its sender's standing is judged, on the same clock as everything else
-#: an invitation nobody has answered or closed
-OPEN = "accepted_at IS NULL AND closed_at IS NULL"
+_OPEN = "accepted_at IS NULL AND closed_at IS NULL"
 #: whoever sent it may still grant its role (active; the owner for an admin): an invitation falls with its sender's
 #: right (an admin once invited their own address, was removed, and accepted their way back in: attack run)
 _STANDING = (
@@ -28,7 +27,7 @@ _STANDING = (
     " AND s.revoked_at IS NULL AND (s.expires_at IS NULL OR s.expires_at > :now)"
     " AND (s.role = 'owner' OR (s.role = 'admin' AND invitations.role <> 'admin')))"
 )
-_LIVE = OPEN + " AND expires_at > :now AND " + _STANDING
+_LIVE = _OPEN + " AND expires_at > :now AND " + _STANDING
 _ADDRESSED_TO = "(invitee_uid = :u OR (CAST(:verified AS boolean) AND lower(email) = lower(:e)))"
 #: sent after the invitee's last removal from the lock (or their leaving it): a removal ends whatever was sent before
 #: it, also to an address they no longer held when removed (attack run: a member moved their account to another
@@ -64,7 +63,7 @@ def invite(
     # an expired invitation, or one whose sender lost the right to send it, no longer stands in the way of a new one
     con.run(
         "UPDATE invitations SET closed_at = :now WHERE lock_id = CAST(:l AS uuid) AND "
-        + OPEN
+        + _OPEN
         + " AND (expires_at <= :now OR NOT "
         + _STANDING
         + ") AND (invitee_uid = :u OR lower(email) = lower(:e))",
@@ -214,7 +213,7 @@ def close_for_member(con: Connection, lock_id: str, uid: str) -> None:
     second invitation, refused as ``already_member`` while they were one, let a removed member back in as an admin).
     Whoever may invite can invite again."""
     con.run(
-        "UPDATE invitations SET closed_at = now() WHERE lock_id = CAST(:l AS uuid) AND " + OPEN + " AND"
+        "UPDATE invitations SET closed_at = now() WHERE lock_id = CAST(:l AS uuid) AND " + _OPEN + " AND"
         " (invitee_uid = :u OR lower(email) = (SELECT lower(email) FROM users WHERE uid = :u))",
         l=lock_id,
         u=uid,
@@ -223,7 +222,7 @@ def close_for_member(con: Connection, lock_id: str, uid: str) -> None:
 
 def close_all_for(con: Connection, uid: str, now: dt.datetime) -> None:
     """Close every open invitation sent to ``uid``, at every lock (their account is being deleted)."""
-    con.run("UPDATE invitations SET closed_at = :now WHERE invitee_uid = :u AND " + OPEN, u=uid, now=now)
+    con.run("UPDATE invitations SET closed_at = :now WHERE invitee_uid = :u AND " + _OPEN, u=uid, now=now)
 
 
 def decline(con: Connection, invitation_id: str, user: User, now: dt.datetime) -> None:

@@ -319,21 +319,6 @@ def leave_every_lock(con: Connection, uid: str, now: dt.datetime, *, account_gon
     return left
 
 
-def gone_accounts_holding(con: Connection, limit: int) -> list[str]:
-    """Users whose account was found deleted (``lockwise.core.accounts``) who still hold what ``leave_every_lock``
-    ends: a membership of a lock they do not own, an open invitation to their uid, or a recorded address. Every
-    relay flush takes these up, so one whose clean-up failed once is cleaned up by the next."""
-    rows = con.run(
-        "SELECT u.uid FROM users u WHERE u.account_gone_at IS NOT NULL AND (u.email IS NOT NULL"
-        " OR EXISTS (SELECT 1 FROM lock_members m WHERE m.user_uid = u.uid AND m.revoked_at IS NULL"
-        " AND m.role <> 'owner')"
-        " OR EXISTS (SELECT 1 FROM invitations WHERE invitee_uid = u.uid AND " + invitations.OPEN + "))"
-        " ORDER BY u.account_gone_at LIMIT :n",
-        n=limit,
-    )
-    return [str(row[0]) for row in rows]
-
-
 def _owns_locks(lock_ids: list[str]) -> errors.Conflict:
     return errors.Conflict(
         "you own locks: transfer or delete each first", code="owns_locks", details={"locks": lock_ids}

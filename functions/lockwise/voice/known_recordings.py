@@ -4,7 +4,7 @@ An enrollment sample's fingerprint lives as long as its voiceprint; an attempt's
 its lock. Verify compares a probe with the enrollment samples of the lock's candidates, the lock's recent attempts
 and the attempts that opened the candidates' other doors, in one vectorised pass
 (``lockwise.voice.model.fingerprint.match_scores``). Stored in PostgreSQL only: never
-mirrored, deleted with the voice data (``voiceprints.delete``), the lock, or the attempt.
+mirrored, deleted with the voice data (``erasure.forget_voice``), the lock, or the attempt.
 """
 
 from __future__ import annotations
@@ -79,8 +79,3 @@ def replayed(probe: fingerprint.Landmarks, known: Sequence[fingerprint.Landmarks
     """The index of the first of ``known`` that ``probe`` is a replay of, or None."""
     hits = np.flatnonzero(fingerprint.match_scores(probe, known) >= fingerprint.REPLAY_Z)
     return int(hits[0]) if len(hits) else None
-
-
-def forget_speaker(con: Connection, uid: str) -> None:
-    """Every attempt fingerprint of a door opened by ``uid``'s voice (their enrollment ones go with the voiceprint)."""
-    con.run("DELETE FROM voice_fingerprints WHERE speaker_uid = :u", u=uid)

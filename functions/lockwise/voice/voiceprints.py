@@ -13,10 +13,10 @@ from typing import Any
 
 import numpy as np
 
-from lockwise.core import mirror
+from lockwise.core import erasure, mirror
 from lockwise.core.db import Connection, rows_as_dicts
 from lockwise.devices.members import Membership
-from lockwise.voice import known_recordings, scoring
+from lockwise.voice import scoring
 
 
 @dataclass(frozen=True)
@@ -66,28 +66,9 @@ def status(con: Connection, uid: str, current_model_id: str) -> dict[str, Any]:
 
 
 def delete(con: Connection, uid: str) -> int:
-    """Delete all of the user's voice data; returns the number of voiceprint rows removed.
-
-    Comparison results tied to it go too: the scores of every attempt it matched, and the fingerprints of the
-    enrollment samples and of every attempt that opened a door with this voice. An accepted attempt keeps who
-    opened the door (an access record, not biometric data); a rejected one never names the closest voiceprint.
-
-    A verify decision holds the voiceprints it read (``candidates``: ``FOR KEY SHARE``) until it commits, so the
-    voiceprint's deletion waits for every decision already reading it, at any lock (one the user joined a moment ago
-    too), and the statements after it, each reading afresh, scrub what those decisions wrote; a decision that begins
-    meanwhile waits and finds no voiceprint. Before, a door could open on this voice after the deletion was
-    answered, its score and fingerprint left behind (attack runs)."""
-    removed = len(con.run("DELETE FROM voiceprints WHERE user_uid = :u RETURNING 1", u=uid))  # + its samples' prints
-    known_recordings.forget_speaker(con, uid)
-    con.run(
-        "UPDATE verification_attempts SET score = NULL, runner_up_score = NULL, cosine = NULL,"
-        " matched_uid = CASE WHEN outcome = 'accepted' THEN matched_uid END WHERE matched_uid = :u",
-        u=uid,
-    )
-    # a waiting first utterance's scores against them
-    con.run("DELETE FROM verify_follow_ups WHERE (scores ->> :u) IS NOT NULL", u=uid)
-    mirror.enqueue(con, f"users/{uid}", "set", {"voice_enrolled": False})
-    return removed
+    """Delete all of the user's voice data (``erasure.forget_voice``: the voiceprint, the fingerprints, the scores
+    it produced); returns the number of voiceprint rows removed."""
+    return erasure.forget_voice(con, uid)
 
 
 @dataclass(frozen=True)

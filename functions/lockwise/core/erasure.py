@@ -1,0 +1,35 @@
+"""Erasing a user's voice data, written once: for the app's ``DELETE /embed/enrollment`` (the voice domain's
+``voiceprints.delete``) and for an account found deleted outside the app (``lockwise.devices.gone_accounts``, on the
+relay's flush: the devices bundle loads no voice code, so the statements live here, as the voice tables' retention
+does in ``lockwise.core.retention``)."""
+
+from __future__ import annotations
+
+from lockwise.core import mirror
+from lockwise.core.db import Connection
+
+
+def forget_voice(con: Connection, uid: str) -> int:
+    """Delete all of ``uid``'s voice data; returns the number of voiceprint rows removed.
+
+    Comparison results tied to it go too: the scores of every attempt it matched, and the fingerprints of the
+    enrollment samples (with the voiceprint) and of every attempt that opened a door with this voice. An accepted
+    attempt keeps who opened the door (an access record, not biometric data); a rejected one never names the
+    closest voiceprint.
+
+    A verify decision holds the voiceprints it read (``FOR KEY SHARE``) until it commits, so the voiceprint's
+    deletion waits for every decision already reading it, at any lock (one the user joined a moment ago too), and
+    the statements after it, each reading afresh, scrub what those decisions wrote; a decision that begins meanwhile
+    waits and finds no voiceprint. Before, a door could open on this voice after the deletion was answered, its
+    score and fingerprint left behind (attack runs)."""
+    removed = len(con.run("DELETE FROM voiceprints WHERE user_uid = :u RETURNING 1", u=uid))  # + its samples' prints
+    con.run("DELETE FROM voice_fingerprints WHERE speaker_uid = :u", u=uid)  # of the doors it opened
+    con.run(
+        "UPDATE verification_attempts SET score = NULL, runner_up_score = NULL, cosine = NULL,"
+        " matched_uid = CASE WHEN outcome = 'accepted' THEN matched_uid END WHERE matched_uid = :u",
+        u=uid,
+    )
+    # a waiting first utterance's scores against them
+    con.run("DELETE FROM verify_follow_ups WHERE (scores ->> :u) IS NOT NULL", u=uid)
+    mirror.enqueue(con, f"users/{uid}", "set", {"voice_enrolled": False})
+    return removed
