@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from lockwise.core import errors
 from lockwise.core.auth import User
 from lockwise.core.db import Connection
 
@@ -43,5 +44,11 @@ def upsert(con: Connection, user: User) -> None:
 
 def hold(con: Connection, uid: str) -> None:
     """Hold ``uid``'s row until the transaction ends: what is counted per user (daily quotas, locks owned) is then
-    decided one request at a time, so a burst in parallel gets no more than the same requests in a row."""
-    con.run("SELECT 1 FROM users WHERE uid = :u FOR NO KEY UPDATE", u=uid)
+    decided one request at a time, so a burst in parallel gets no more than the same requests in a row.
+
+    An account found deleted (``lockwise.core.accounts``) is refused here (401 ``account_deleted``): its ID tokens
+    live up to an hour after the deletion (they are checked offline), and one used after its clean-up enrolled a
+    voice again, or joined a lock, that nothing would ever end."""
+    rows = con.run("SELECT account_gone_at IS NOT NULL FROM users WHERE uid = :u FOR NO KEY UPDATE", u=uid)
+    if rows and rows[0][0]:
+        raise errors.Unauthenticated("this account has been deleted", code="account_deleted")

@@ -12,7 +12,7 @@ import datetime as dt
 import json
 from typing import Any
 
-from lockwise.core import audit, errors, inputs, mirror
+from lockwise.core import audit, errors, inputs, mirror, users
 from lockwise.core.auth import User
 from lockwise.core.db import UNIQUE_VIOLATION, Connection, rows_as_dicts, sqlstate
 from lockwise.devices import members
@@ -154,6 +154,7 @@ def accept(con: Connection, invitation_id: str, user: User, now: dt.datetime) ->
     # (no deadlock): a removal committed first is seen here, one after waits for this to commit; the lock's row
     # before it, as a deletion of the lock takes them (the membership row first deadlocked with one)
     members.get(con, seen["lock_id"], seen["invited_by"], for_share=True, lock_row="KEY SHARE")
+    users.hold(con, user.uid)  # after the lock's row, as a command takes them; an account found deleted joins nothing
     row = _take(con, invitation_id, user, now)
     lock_id = row["lock_id"]
     terms = _access(row["access"])
