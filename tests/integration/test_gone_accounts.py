@@ -287,3 +287,62 @@ def test_a_deleted_accounts_leftover_token_gets_nothing_back_after_its_clean_up(
             "SELECT count(*) FROM lock_members WHERE user_uid = :u AND revoked_at IS NULL", u=stranger["localId"]
         )
     assert voice == joined == [[0]]
+
+
+def test_a_deleted_owners_leftover_token_manages_nothing_once_its_account_is_found_gone(
+    clients: dict[str, Any], world: World, stack_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A deleted owner's token (valid up to an hour) renamed the lock, invited an account as admin, removed the real
+    admin and transferred the lock (attack run). Every app request of an account found gone is now 401
+    ``account_deleted``, at most ``RECORDED_USER_TTL_S`` after an instance last read its row (here: at once)."""
+    from lockwise.core import runtime
+
+    monkeypatch.setattr(runtime, "RECORDED_USER_TTL_S", 0.0)
+    owner, lock = world.headers("owner"), world.lock_id
+    assert clients["devices"].get(f"/devices/locks/{lock}", headers=owner).status_code == 200
+    delete_account(stack_env, world.uid("owner"))
+    flush(clients, stack_env)
+    for method, path, body in (
+        ("get", f"/devices/locks/{lock}", None),
+        ("patch", f"/devices/locks/{lock}", {"name": "Mine now"}),
+        ("post", f"/devices/locks/{lock}/members", {"uid": world.uid("stranger"), "role": "admin"}),
+        ("delete", f"/devices/locks/{lock}/members/{world.uid('admin')}", None),
+        ("post", f"/devices/locks/{lock}/transfer", {"uid": world.uid("admin")}),
+    ):
+        answer = getattr(clients["devices"], method)(path, json=body, headers=owner)
+        assert answer.status_code == 401 and answer.get_json()["error"]["code"] == "account_deleted", (path, answer)
+    listed = clients["devices"].get(f"/devices/locks/{lock}/members", headers=world.headers("admin")).get_json()
+    assert {m["uid"]: m["role"] for m in listed["members"]}[world.uid("admin")] == "admin"
+    assert listed["invitations"] == []
+
+
+def test_a_member_recorded_with_an_unusable_uid_holds_up_nothing_at_its_lock(
+    clients: dict[str, Any], world: World, stack_env: dict[str, str]
+) -> None:
+    """A uid recorded before such subjects were refused (``legacy-uid/``): every membership change at its lock was a
+    500 (its access document's path was refused), and a deleted account sharing the lock was never ended. Its
+    writes are left out now; migration 0032 marks it gone and the flush ends it like any deleted account."""
+    legacy = "legacy-uid/"  # its access document's path had an empty part; "org/x/carol" made a deeper document
+    with get_runtime("devices").db.transaction() as con:
+        con.run("INSERT INTO users (uid) VALUES (:u)", u=legacy)
+        con.run(
+            "INSERT INTO lock_members (lock_id, user_uid, role) VALUES (CAST(:l AS uuid), :u, 'member')",
+            l=world.lock_id,
+            u=legacy,
+        )
+    removed = clients["devices"].delete(
+        f"/devices/locks/{world.lock_id}/members/{world.uid('guest_in')}", headers=world.headers("owner")
+    )
+    assert removed.status_code == 204
+    delete_account(stack_env, world.uid("member"))
+    with get_runtime("devices").db.transaction() as con:  # as migration 0032 marks such a row
+        con.run("UPDATE users SET account_gone_at = now(), account_checked_at = now() WHERE uid = :u", u=legacy)
+    flush(clients, stack_env)
+    with get_runtime("devices").db.connection() as con:
+        ended = con.run("SELECT uid FROM users WHERE account_ended_at IS NOT NULL ORDER BY uid")
+        active = con.run(
+            "SELECT user_uid FROM lock_members WHERE lock_id = CAST(:l AS uuid) AND revoked_at IS NULL AND user_uid = ANY(:u)",
+            l=world.lock_id,
+            u=[legacy, world.uid("member")],
+        )
+    assert ended == sorted([[legacy], [world.uid("member")]]) and active == []

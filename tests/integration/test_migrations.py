@@ -275,3 +275,19 @@ def test_audit_log_is_append_only(fresh_db: Database) -> None:
         assert con.run("SELECT outcome FROM audit_log") == [["ok"]]
     finally:
         con.close()
+
+
+def test_users_whose_uid_cannot_be_a_document_id_are_marked_gone(fresh_db: Database) -> None:
+    """Migration 0032: users recorded before ID tokens with such subjects were refused sign in no more, and their
+    Firestore paths named other users' documents: each is an account found gone, which the relay's flush ends."""
+    con = fresh_db.connect()
+    try:
+        migrate.apply(con, [m for m in migrate.load() if m.version < 32])
+        uids = ["V/", "org/team/carol", ".", "..", "__x__", "ok-uid", "a.b", "__x"]
+        for uid in uids:
+            con.run("INSERT INTO users (uid) VALUES (:u)", u=uid)
+        migrate.apply(con)
+        gone = {r[0] for r in con.run("SELECT uid FROM users WHERE account_gone_at IS NOT NULL")}
+        assert gone == {"V/", "org/team/carol", ".", "..", "__x__"}
+    finally:
+        con.close()

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from lockwise.core import audit
+from lockwise.core import audit, inputs
 from lockwise.core.db import Connection, Database
 from lockwise.core.firestore import Authorize, default_credentials
 
@@ -136,7 +136,9 @@ def sweep(db: Database, directory: Directory, *, batch: int, recheck_s: int) -> 
         ]
     if not due:
         return Sweep(0, [], [])
-    found = directory.lookup(due)  # outside any transaction: a slow answer holds no row
+    # outside any transaction (a slow answer holds no row); a uid that cannot be one document id was recorded
+    # before such tokens were refused: it signs in no more and stays gone (migration 0032), whatever Auth holds
+    found = {uid: disabled for uid, disabled in directory.lookup(due).items() if inputs.is_document_id(uid)}
     with db.transaction() as con:
         # the rows nobody else holds (a user's first request writing theirs is not waited for: checked next time)
         held = {
@@ -169,10 +171,11 @@ def sweep(db: Database, directory: Directory, *, batch: int, recheck_s: int) -> 
 
 
 def to_end(con: Connection, limit: int) -> list[str]:
-    """Users found gone whose clean-up has not been done (``ended``), the longest gone first."""
+    """Users found gone whose clean-up has not been done (``ended``), the longest waiting first (one whose clean-up
+    failed goes to the back: ``put_back``)."""
     rows = con.run(
         "SELECT uid FROM users WHERE account_gone_at IS NOT NULL AND account_ended_at IS NULL"
-        " ORDER BY account_gone_at LIMIT :n",
+        " ORDER BY account_checked_at NULLS FIRST, account_gone_at LIMIT :n",
         n=limit,
     )
     return [str(row[0]) for row in rows]
@@ -181,3 +184,9 @@ def to_end(con: Connection, limit: int) -> list[str]:
 def ended(con: Connection, uid: str) -> None:
     """``uid``'s clean-up is done (in its transaction): a flush takes it up no more."""
     con.run("UPDATE users SET account_ended_at = now() WHERE uid = :u AND account_gone_at IS NOT NULL", u=uid)
+
+
+def put_back(con: Connection, uid: str) -> None:
+    """``uid``'s clean-up failed: the others are taken up before it again (a clean-up that failed every time, taken
+    first by every flush, kept the rest from ever being ended: an attack run's deleted member stayed for good)."""
+    con.run("UPDATE users SET account_checked_at = now() WHERE uid = :u", u=uid)

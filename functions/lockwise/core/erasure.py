@@ -31,5 +31,5 @@ def forget_voice(con: Connection, uid: str) -> int:
     )
     # a waiting first utterance's scores against them
     con.run("DELETE FROM verify_follow_ups WHERE (scores ->> :u) IS NOT NULL", u=uid)
-    mirror.enqueue(con, f"users/{uid}", "set", {"voice_enrolled": False})
+    mirror.enqueue(con, mirror.user_doc(uid), "set", {"voice_enrolled": False})
     return removed

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import datetime as dt
 import threading
+import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import cached_property, lru_cache
 from typing import TYPE_CHECKING, Any
 
-from lockwise.core import firestore, log, users
+from lockwise.core import errors, firestore, log, users
 from lockwise.core.auth import User
 from lockwise.core.config import Settings, get_settings
 from lockwise.core.db import Database
@@ -19,9 +21,18 @@ if TYPE_CHECKING:
     from lockwise.core.id_tokens import IdTokenVerifier
 
 
-#: app users an instance remembers having recorded (a uid and an email: ~100 bytes each)
+#: app users an instance remembers having recorded (a uid, an email, a time: ~150 bytes each)
 RECORDED_USERS_MAX = 10_000
-_UNRECORDED = object()
+#: how long an instance takes a recorded user's row as it last read it (their account found deleted since: their
+#: requests are refused at most this long after, besides the per-user writes refusing at once: ``users.hold``)
+RECORDED_USER_TTL_S = 60.0
+
+
+@dataclass(frozen=True)
+class Recorded:
+    email: str | None  # the address this instance recorded for the user
+    at: float  # when (``time.monotonic()``)
+    gone: bool  # their account was found deleted (``lockwise.core.accounts``)
 
 
 def utc_now() -> dt.datetime:
@@ -34,7 +45,7 @@ class Runtime:
     def __init__(self, settings: Settings, clock: Callable[[], dt.datetime] = utc_now) -> None:
         self.settings = settings
         self.clock = clock  # a test moves time by replacing it (lockout expiry, membership windows)
-        self._recorded_users: dict[str, str | None] = {}  # uid -> the email this instance recorded for it
+        self._recorded_users: dict[str, Recorded] = {}  # uid -> what this instance recorded of them
         # functions-framework's gunicorn loads main.py in its master and forks the worker that serves: the worker
         # opens its first database connection as it boots (never the master: a socket must not cross the fork)
         in_each_child(self._after_fork)
@@ -61,18 +72,22 @@ class Runtime:
         return Flusher(self.db, lambda: firestore.make_client(settings.project_id, settings.firestore_emulator_host))
 
     def app_user(self, id_token: str) -> User:
-        """The signed-in app user: token verified and recorded in PostgreSQL (invitations wait for an answer).
+        """The signed-in app user: token verified and recorded in PostgreSQL (invitations wait for an answer); 401
+        ``account_deleted`` once their account was found deleted (its tokens live up to an hour after).
 
-        The user row is written when this instance has not recorded this uid with this email yet, not on every
-        request (users are never deleted, so a recorded row stays)."""
+        The user row is written when this instance has not recorded this uid with this email in the last
+        ``RECORDED_USER_TTL_S``, not on every request (users are never deleted, so a recorded row stays)."""
         user = self.verifier.verify(id_token)
         email = users.stored_email(user)
-        if self._recorded_users.get(user.uid, _UNRECORDED) != email:
+        seen = self._recorded_users.get(user.uid)
+        if seen is None or seen.email != email or time.monotonic() - seen.at > RECORDED_USER_TTL_S:
             with self.db.transaction() as con:
-                users.upsert(con, user)
+                gone = users.upsert(con, user)
             if len(self._recorded_users) >= RECORDED_USERS_MAX:  # bounded: start over rather than grow
                 self._recorded_users.clear()
-            self._recorded_users[user.uid] = email
+            seen = self._recorded_users[user.uid] = Recorded(email, time.monotonic(), gone)
+        if seen.gone:
+            raise errors.Unauthenticated("this account has been deleted", code="account_deleted")
         return user
 
     def flush_mirror(self, *, force: bool = False) -> int:

@@ -15,11 +15,12 @@ def stored_email(user: User) -> str | None:
     return user.email if user.email is not None and user.email_verified else None
 
 
-def upsert(con: Connection, user: User) -> None:
+def upsert(con: Connection, user: User) -> bool:
     """Record ``user`` (and their current email) so locks and voiceprints can refer to them.
 
     An email now held by this uid is released from any older account that had it (a Firebase account deleted and
-    made again gets a new uid); an unverified address, or one the database would refuse, is stored as NULL.
+    made again gets a new uid); an unverified address, or one the database would refuse, is stored as NULL. Returns
+    whether their account was found deleted (``lockwise.core.accounts``).
     """
     email = stored_email(user)
     if email is not None:
@@ -40,6 +41,7 @@ def upsert(con: Connection, user: User) -> None:
         uid=user.uid,
         email=email,
     )
+    return bool(con.run("SELECT account_gone_at IS NOT NULL FROM users WHERE uid = :u", u=user.uid)[0][0])
 
 
 def hold(con: Connection, uid: str) -> None:

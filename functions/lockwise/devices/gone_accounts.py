@@ -4,6 +4,7 @@ every lock it does not own (``locks.leave_every_lock``, as ``DELETE /devices/me`
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 from collections.abc import Callable
@@ -43,6 +44,8 @@ def end(
             ended += 1
         except Exception:  # one account's failure (the database busy with its lock) holds up none of the others
             logger.exception("a deleted account's memberships were not ended", extra={"fields": {"user": uid}})
+            with contextlib.suppress(Exception), db.transaction() as con:
+                accounts.put_back(con, uid)
     return ended
 
 

@@ -43,7 +43,7 @@ def store(con: Connection, uid: str, model_id: str, samples: scoring.Matrix) -> 
     )
     mirror.enqueue(
         con,
-        f"users/{uid}",
+        mirror.user_doc(uid),
         "set",
         {"voice_enrolled": True, "samples": int(samples.shape[0]), "enrolled_at": dt.datetime.now(dt.UTC).isoformat()},
     )
