@@ -341,7 +341,8 @@ def test_a_member_recorded_with_an_unusable_uid_holds_up_nothing_at_its_lock(
     with get_runtime("devices").db.connection() as con:
         ended = con.run("SELECT uid FROM users WHERE account_ended_at IS NOT NULL ORDER BY uid")
         active = con.run(
-            "SELECT user_uid FROM lock_members WHERE lock_id = CAST(:l AS uuid) AND revoked_at IS NULL AND user_uid = ANY(:u)",
+            "SELECT user_uid FROM lock_members WHERE lock_id = CAST(:l AS uuid) AND revoked_at IS NULL"
+            " AND user_uid = ANY(:u)",
             l=world.lock_id,
             u=[legacy, world.uid("member")],
         )

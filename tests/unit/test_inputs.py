@@ -191,7 +191,8 @@ def test_a_mirror_write_to_a_path_that_is_not_one_of_ids_is_left_out_and_holds_u
             queued.append(params["p"])
             return []
 
-    writes = [(path, "set", {}) for path in ("users/V/", "users//x", "locks/l/access/..", "", "users/ok")]
+    paths = ("users/V/", "users//x", "locks/l/access/..", "", "users/ok")
+    writes: list[mirror.Write] = [(path, "set", {}) for path in paths]
     mirror.enqueue_many(Recording(), writes)  # type: ignore[arg-type]
     assert queued == [["users/ok"]]
 
