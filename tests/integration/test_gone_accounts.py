@@ -347,3 +347,81 @@ def test_a_member_recorded_with_an_unusable_uid_holds_up_nothing_at_its_lock(
             u=[legacy, world.uid("member")],
         )
     assert ended == sorted([[legacy], [world.uid("member")]]) and active == []
+
+
+def test_a_transfer_to_a_member_whose_account_is_gone_is_a_conflict_not_the_owners_401(
+    clients: dict[str, Any], world: World, stack_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The new owner's row is held to count the locks they own: a gone one answered the owner 401 account_deleted
+    (a client signs out on that), and any uid probed told whether it was a deleted account's. Now a member's gone
+    account is 409 ``member_account_deleted``, and a non-member is 404 before anything of its account is read."""
+    delete_account(stack_env, world.uid("admin"))
+    flush(clients, stack_env)
+    assert users_row(world.uid("admin"))[1]
+    with get_runtime("devices").db.transaction() as con:  # as if its clean-up had not run yet: still a member
+        con.run(
+            "UPDATE lock_members SET revoked_at = NULL WHERE user_uid = :u AND lock_id = CAST(:l AS uuid)",
+            u=world.uid("admin"),
+            l=world.lock_id,
+        )
+    path = f"/devices/locks/{world.lock_id}/transfer"
+    answer = clients["devices"].post(path, json={"uid": world.uid("admin")}, headers=world.headers("owner"))
+    assert answer.status_code == 409 and answer.get_json()["error"]["code"] == "member_account_deleted"
+    stranger = clients["devices"].post(path, json={"uid": "gone-or-never-was"}, headers=world.headers("owner"))
+    assert stranger.status_code == 404 and stranger.get_json()["error"]["code"] == "member_not_found"
+
+
+def test_an_account_restored_with_its_uid_is_checked_first_and_let_in_again(
+    clients: dict[str, Any], world: World, stack_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Firebase issues no token to a deleted account, so one issued after the account was found gone says it was
+    restored: its next check is the next flush, not up to an hour later; found, its requests are answered again."""
+    from lockwise.core import runtime
+
+    monkeypatch.setattr(runtime, "RECORDED_USER_TTL_S", 0.0)
+    host, member = stack_env["FIREBASE_AUTH_EMULATOR_HOST"], world.uid("member")
+    address = world.accounts["member"]["email"]
+    delete_account(stack_env, member)
+    flush(clients, stack_env)
+    with get_runtime("devices").db.transaction() as con:  # found gone a while ago (past the clocks' leeway)
+        con.run("UPDATE users SET account_gone_at = now() - interval '5 minutes' WHERE uid = :u", u=member)
+    admin_call(stack_env, "accounts", {"localId": member, "email": address, "password": "correct-horse-9"})
+    restored = sign_in(host, address)
+    answer = clients["devices"].get("/devices/locks", headers=bearer(restored))
+    assert answer.status_code == 401 and answer.get_json()["error"]["code"] == "account_deleted"
+    assert users_row(member)[0] is False  # due a check at once
+    flush(clients, stack_env)
+    assert users_row(member)[:2] == (True, False)
+    assert clients["devices"].get("/devices/locks", headers=bearer(restored)).status_code == 200
+
+
+def test_a_failed_clean_up_goes_to_the_back_and_keeps_its_accounts_recheck(
+    clients: dict[str, Any], world: World, stack_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One account's clean-up failing every time was taken first by every flush. It goes to the back now, in a
+    column of its own: moving the account's recheck (as a first cut did) kept a restored account from being found."""
+    from lockwise.devices import locks
+
+    real = locks.leave_every_lock
+    member, guest = world.uid("member"), world.uid("guest_in")
+
+    def failing_for_member(con: Any, uid: str, now: Any, **kwargs: Any) -> Any:
+        if uid == member:
+            raise RuntimeError("this one's clean-up fails")
+        return real(con, uid, now, **kwargs)
+
+    monkeypatch.setattr(locks, "leave_every_lock", failing_for_member)
+    delete_account(stack_env, member)
+    delete_account(stack_env, guest)
+    flush(clients, stack_env)
+    with get_runtime("devices").db.connection() as con:
+        rows = {
+            r[0]: r[1:]
+            for r in con.run(
+                "SELECT uid, account_ended_at IS NOT NULL, account_end_tried_at IS NOT NULL,"
+                " account_checked_at = account_gone_at FROM users WHERE uid = ANY(:u)",
+                u=[member, guest],
+            )
+        }
+    assert rows[guest][0] is True  # ended beside the failing one
+    assert rows[member] == [False, True, True]  # tried, at the back; its recheck still dated from when it was found

@@ -289,5 +289,7 @@ def test_users_whose_uid_cannot_be_a_document_id_are_marked_gone(fresh_db: Datab
         migrate.apply(con)
         gone = {r[0] for r in con.run("SELECT uid FROM users WHERE account_gone_at IS NOT NULL")}
         assert gone == {"V/", "org/team/carol", ".", "..", "__x__"}
+        audited = {r[0] for r in con.run("SELECT target FROM audit_log WHERE action = 'user.account_gone'")}
+        assert audited == gone
     finally:
         con.close()

@@ -171,11 +171,11 @@ def sweep(db: Database, directory: Directory, *, batch: int, recheck_s: int) -> 
 
 
 def to_end(con: Connection, limit: int) -> list[str]:
-    """Users found gone whose clean-up has not been done (``ended``), the longest waiting first (one whose clean-up
-    failed goes to the back: ``put_back``)."""
+    """Users found gone whose clean-up has not been done (``ended``), the longest waiting first: one whose clean-up
+    failed goes to the back (``tried``)."""
     rows = con.run(
         "SELECT uid FROM users WHERE account_gone_at IS NOT NULL AND account_ended_at IS NULL"
-        " ORDER BY account_checked_at NULLS FIRST, account_gone_at LIMIT :n",
+        " ORDER BY account_end_tried_at NULLS FIRST, account_gone_at LIMIT :n",
         n=limit,
     )
     return [str(row[0]) for row in rows]
@@ -186,7 +186,8 @@ def ended(con: Connection, uid: str) -> None:
     con.run("UPDATE users SET account_ended_at = now() WHERE uid = :u AND account_gone_at IS NOT NULL", u=uid)
 
 
-def put_back(con: Connection, uid: str) -> None:
-    """``uid``'s clean-up failed: the others are taken up before it again (a clean-up that failed every time, taken
-    first by every flush, kept the rest from ever being ended: an attack run's deleted member stayed for good)."""
-    con.run("UPDATE users SET account_checked_at = now() WHERE uid = :u", u=uid)
+def tried(con: Connection, uid: str) -> None:
+    """``uid``'s clean-up failed: the others are taken up before it again (one failing every time, taken first by
+    every flush, kept the rest from ever being ended: an attack run's deleted member stayed for good). Its own
+    column: the sweep's recheck of the account (``account_checked_at``) keeps its schedule."""
+    con.run("UPDATE users SET account_end_tried_at = now() WHERE uid = :u", u=uid)

@@ -80,7 +80,10 @@ def doc(*ids: str) -> str:
     """The path of the document or collection named by ``ids`` (``doc("users", uid)``), or "" when one of them is
     not an id (``inputs.is_document_id``): a uid ``org/team/carol`` made ``users/org/team/carol``, each part an id,
     a document nobody's; ``enqueue_many`` leaves such a write out."""
-    return "/".join(ids) if all(inputs.is_document_id(part) for part in ids) else ""
+    if all(inputs.is_document_id(part) for part in ids):
+        return "/".join(ids)
+    log.error("a mirror path with an id that is not one", extra={"fields": {"ids": list(ids)}})
+    return ""
 
 
 def lock_doc(lock_id: str) -> str:

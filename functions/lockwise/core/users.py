@@ -41,16 +41,34 @@ def upsert(con: Connection, user: User) -> bool:
         uid=user.uid,
         email=email,
     )
-    return bool(con.run("SELECT account_gone_at IS NOT NULL FROM users WHERE uid = :u", u=user.uid)[0][0])
+    # Firebase issues no token to a deleted account: one issued after the mark says it exists again (restored with
+    # its uid), and its next check comes first (the relay's next flush) instead of up to an hour later
+    issued = user.claims.get("iat")
+    gone = con.run(
+        "UPDATE users SET account_checked_at = CASE WHEN account_gone_at IS NOT NULL AND CAST(:iat AS float8)"
+        " > extract(epoch FROM account_gone_at) + :leeway THEN NULL ELSE account_checked_at END WHERE uid = :u"
+        " RETURNING account_gone_at IS NOT NULL",
+        iat=float(issued) if isinstance(issued, int | float) else 0.0,
+        leeway=RESTORED_LEEWAY_S,
+        u=user.uid,
+    )
+    return bool(gone[0][0])
 
 
-def hold(con: Connection, uid: str) -> None:
+#: a token issued this long after an account was found gone (clocks apart) says it exists again
+RESTORED_LEEWAY_S = 60
+
+
+def hold(con: Connection, uid: str, *, caller: bool = True) -> bool:
     """Hold ``uid``'s row until the transaction ends: what is counted per user (daily quotas, locks owned) is then
     decided one request at a time, so a burst in parallel gets no more than the same requests in a row.
 
     An account found deleted (``lockwise.core.accounts``) is refused here (401 ``account_deleted``): its ID tokens
     live up to an hour after the deletion (they are checked offline), and one used after its clean-up enrolled a
-    voice again, or joined a lock, that nothing would ever end."""
+    voice again, or joined a lock, that nothing would ever end. Not the ``caller`` (a transfer's new owner): returns
+    whether that account is gone, for the caller to answer."""
     rows = con.run("SELECT account_gone_at IS NOT NULL FROM users WHERE uid = :u FOR NO KEY UPDATE", u=uid)
-    if rows and rows[0][0]:
+    gone = bool(rows and rows[0][0])
+    if gone and caller:
         raise errors.Unauthenticated("this account has been deleted", code="account_deleted")
+    return gone

@@ -38,14 +38,15 @@ def end(
     for uid in gone:
         try:
             with db.transaction() as con:
-                locks.leave_every_lock(con, uid, now(), account_gone=True)
+                if locks.leave_every_lock(con, uid, now(), account_gone=True) is None:
+                    continue  # found again by another flush's sweep meanwhile: a live account, left as it is
                 erasure.forget_voice(con, uid)  # biometric data kept for nobody
                 accounts.ended(con, uid)
             ended += 1
         except Exception:  # one account's failure (the database busy with its lock) holds up none of the others
             logger.exception("a deleted account's memberships were not ended", extra={"fields": {"user": uid}})
             with contextlib.suppress(Exception), db.transaction() as con:
-                accounts.put_back(con, uid)
+                accounts.tried(con, uid)
     return ended
 
 

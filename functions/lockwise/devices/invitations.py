@@ -150,11 +150,13 @@ def accept(con: Connection, invitation_id: str, user: User, now: dt.datetime) ->
     """Make the invitee a member on the invitation's terms (404 ``invitation_not_found`` if it is not theirs, or no
     longer stands: see ``_STANDING``)."""
     seen = _take(con, invitation_id, user, now, lock=False)
-    # the sender's membership kept from changing before the invitation is taken, in the order a removal takes them
-    # (no deadlock): a removal committed first is seen here, one after waits for this to commit; the lock's row
-    # before it, as a deletion of the lock takes them (the membership row first deadlocked with one)
+    # every path's order: the lock's row (as a deletion of the lock takes it: the membership row first deadlocked
+    # with one), the user's (an account found deleted joins nothing), then the sender's membership, kept from
+    # changing before the invitation is taken, in the order a removal takes them: a removal committed first is seen
+    # here, one after waits for this to commit
+    con.run("SELECT 1 FROM locks WHERE id = CAST(:l AS uuid) FOR KEY SHARE", l=seen["lock_id"])
+    users.hold(con, user.uid)
     members.get(con, seen["lock_id"], seen["invited_by"], for_share=True, lock_row="KEY SHARE")
-    users.hold(con, user.uid)  # after the lock's row, as a command takes them; an account found deleted joins nothing
     row = _take(con, invitation_id, user, now)
     lock_id = row["lock_id"]
     terms = _access(row["access"])

@@ -140,10 +140,12 @@ def update(con: Connection, lock_id: str, uid: str, changes: dict[str, Any]) -> 
     audit.record(con, audit.user_actor(uid), "lock.update", "ok", lock_id=lock_id, details=changes)
 
 
-def refuse_past_owned(con: Connection, uid: str, max_owned: int) -> None:
+def refuse_past_owned(con: Connection, uid: str, max_owned: int, *, caller: bool = True) -> None:
     """409 ``too_many_locks`` when ``uid`` owns ``max_owned`` locks already (an attack run made 307 in 8 s with one
-    account); the user's row is held, so locks made or handed over in parallel are counted one at a time."""
-    users.hold(con, uid)
+    account); the user's row is held, so locks made or handed over in parallel are counted one at a time. ``uid``
+    not the ``caller`` (a transfer's new owner) whose account is gone: 409 ``member_account_deleted``."""
+    if users.hold(con, uid, caller=caller):
+        raise errors.Conflict("this member's account has been deleted", code="member_account_deleted")
     (owned,) = con.run("SELECT count(*) FROM locks WHERE owner_uid = :o", o=uid)[0]
     if int(owned) >= max_owned:
         raise errors.Conflict(f"an account may own at most {max_owned} locks", code="too_many_locks")
@@ -154,10 +156,10 @@ def transfer(con: Connection, lock_id: str, from_uid: str, to_uid: str, max_owne
     the codes they issued to pair the lock stop working."""
     if to_uid == from_uid:
         raise errors.BadRequest("you already own this lock", code="already_owner")
-    refuse_past_owned(con, to_uid, max_owned)
     target = members.get(con, lock_id, to_uid, for_update=True)
     if target is None or not target.active(now):
         raise errors.NotFound("the new owner must be a current member of the lock", code="member_not_found")
+    refuse_past_owned(con, to_uid, max_owned, caller=False)  # a member's: nobody else's account state is told
     con.run(
         "UPDATE lock_members SET role = 'admin' WHERE lock_id = CAST(:l AS uuid) AND user_uid = :u",
         l=lock_id,
@@ -280,16 +282,27 @@ def revoke_member(
     members.mirror_access(con, lock_id)
 
 
-def leave_every_lock(con: Connection, uid: str, now: dt.datetime, *, account_gone: bool = False) -> int:
+def leave_every_lock(con: Connection, uid: str, now: dt.datetime, *, account_gone: bool = False) -> int | None:
     """What an account's deletion asks of the devices domain: leave every lock ``uid`` is a member of (as each removal
     does: invitations to them closed, the live view's access ended), close the invitations sent to their uid, and
     forget their address. Refused (409 ``owns_locks``, naming them) while they own a lock: its owner transfers or
     deletes it first, or it would be left with nobody able to manage it. ``account_gone``: the account was deleted
     outside the app (``lockwise.core.accounts``): nobody is there to answer, so the locks it owns keep it as their
-    owner (their voice is no longer scored anywhere) and the rest is done. Returns how many locks were left."""
+    owner (their voice is no longer scored anywhere) and the rest is done; None when the account was found again
+    meanwhile (nothing is done). Returns how many locks were left."""
     owned = [r[0] for r in con.run("SELECT id::text FROM locks WHERE owner_uid = :u ORDER BY id", u=uid)]
     if owned and not account_gone:
         raise _owns_locks(owned)
+    # every path's order: the locks' rows, then the user's, then memberships and invitations (an acceptance holds
+    # the user's row and waits for its invitation; this closed the invitation, then waited for the user's row)
+    con.run(
+        "SELECT 1 FROM locks WHERE id IN (SELECT lock_id FROM lock_members WHERE user_uid = :u AND revoked_at IS NULL)"
+        " ORDER BY id FOR KEY SHARE",
+        u=uid,
+    )
+    gone = con.run("SELECT account_gone_at IS NOT NULL FROM users WHERE uid = :u FOR NO KEY UPDATE", u=uid)
+    if account_gone and not (gone and gone[0][0]):  # found again meanwhile (restored): nothing of it is ended
+        return None
     if account_gone:  # first: its removals close invitations by uid only, not ones sent to its address since, which
         # belong to whoever holds it now (the same person, signed up again)
         con.run("UPDATE users SET email = NULL WHERE uid = :u", u=uid)
