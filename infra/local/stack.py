@@ -124,6 +124,10 @@ def main(argv: list[str] | None = None) -> int:
             "LOCKWISE_MQTT_PUBLIC_HOST": mqtt_host,
             "LOCKWISE_MQTT_PUBLIC_PORT": str(mqtt_port),
             "LOCKWISE_LOCK_CA": lock_ca,
+            # the Auth emulator forgets its accounts when it stops while PostgreSQL keeps their rows: after a
+            # restart, the relay's flush would find every recorded user deleted and end them (lockwise.core.accounts;
+            # its tests run against the test stack's emulator). Set it to try the sweep here
+            "LOCKWISE_ACCOUNT_CHECK_BATCH": env.get("LOCKWISE_ACCOUNT_CHECK_BATCH", "0"),
         }
         if model_dir:
             fn_env["LOCKWISE_MODEL_DIR"] = model_dir
