@@ -88,7 +88,8 @@ class IdentityToolkit:
             named = {str(user["localId"]): bool(user.get("disabled", False)) for user in found.get("users", [])}
         except (ValueError, AttributeError, KeyError, TypeError) as exc:
             raise DirectoryError("Firebase Auth answered with a body that is not a lookup's") from exc
-        return {uid: disabled for uid, disabled in named.items() if uid in set(uids)}
+        asked = set(uids)
+        return {uid: disabled for uid, disabled in named.items() if uid in asked}
 
 
 def directory_for(project_id: str, auth_emulator_host: str | None) -> IdentityToolkit:
@@ -112,17 +113,14 @@ def directory_for(project_id: str, auth_emulator_host: str | None) -> IdentityTo
 
 @dataclass(frozen=True)
 class Sweep:
-    checked: int
     gone: list[str]  # found deleted by this sweep
     back: list[str]  # found again after being marked gone (an account made again with its uid)
 
 
 def sweep(db: Database, directory: Directory, *, batch: int, recheck_s: int) -> Sweep:
-    """Check up to ``batch`` users due a check (never checked, or last checked ``recheck_s`` ago, gone ones too);
-    mark the ones Firebase Auth does not know gone, and whether the others are disabled; a gone one found again is
-    gone no more. ``DirectoryError`` when it does not answer (nothing is marked)."""
-    if batch <= 0:
-        return Sweep(0, [], [])
+    """Check up to ``batch`` (at least 1) users due a check (never checked, or last checked ``recheck_s`` ago, gone
+    ones too); mark the ones Firebase Auth does not know gone, and whether the others are disabled; a gone one found
+    again is gone no more. ``DirectoryError`` when it does not answer (nothing is marked)."""
     with db.connection() as con:
         due = [
             str(row[0])
@@ -135,7 +133,7 @@ def sweep(db: Database, directory: Directory, *, batch: int, recheck_s: int) -> 
             )
         ]
     if not due:
-        return Sweep(0, [], [])
+        return Sweep([], [])
     # outside any transaction (a slow answer holds no row); a uid that cannot be one document id was recorded
     # before such tokens were refused: it signs in no more and stays gone (migration 0032), whatever Auth holds
     found = {uid: disabled for uid, disabled in directory.lookup(due).items() if inputs.is_document_id(uid)}
@@ -167,7 +165,7 @@ def sweep(db: Database, directory: Directory, *, batch: int, recheck_s: int) -> 
             audit.record(con, AUDIT_ACTOR, "user.account_gone", "ok", target=uid)
         for uid in back:
             audit.record(con, AUDIT_ACTOR, "user.account_back", "ok", target=uid)
-    return Sweep(len(held), gone, back)
+    return Sweep(gone, back)
 
 
 def to_end(con: Connection, limit: int) -> list[str]:

@@ -59,11 +59,11 @@ def enqueue_many(con: Connection, writes: Sequence[Write]) -> None:
     made of ids (``doc``: a uid recorded before they were checked, such as ``V/``, whose documents would be another
     user's) is left out and logged, and holds up nothing else: raising made every membership change at a lock with
     such a member, and every clean-up of a deleted account sharing a lock with one, a 500 (attack run)."""
-    kept = [w for w in writes if w[0] and all(inputs.is_document_id(part) for part in w[0].split("/"))]
-    if len(kept) < len(writes):
-        left_out = [w[0] for w in writes if w not in kept][:10]
-        log.error("mirror writes left out: not a path of ids", extra={"fields": {"paths": left_out}})
-    writes = kept
+    taken = [all(inputs.is_document_id(part) for part in write[0].split("/")) for write in writes]
+    left_out = [write[0] for write, ok in zip(writes, taken, strict=True) if not ok and write[0]]
+    if left_out:  # "" is ``doc``'s, which logged its ids
+        log.error("mirror writes left out: not a path of ids", extra={"fields": {"paths": left_out[:10]}})
+    writes = [write for write, ok in zip(writes, taken, strict=True) if ok]
     if not writes:
         return
     con.run(

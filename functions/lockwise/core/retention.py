@@ -42,23 +42,26 @@ PRUNE_BATCH = 5000
 
 
 def prune_expired(con: Connection) -> dict[str, int]:
-    """Delete up to ``PRUNE_BATCH`` expired rows of each table in ``EXPIRING``; return how many a table."""
-    pruned: dict[str, int] = {}
-    for table in EXPIRING:
-        rows = con.run(
-            f"WITH gone AS (DELETE FROM {table} WHERE ctid = ANY(ARRAY(SELECT ctid FROM {table}"
-            " WHERE expires_at <= now() LIMIT :n)) RETURNING 1) SELECT count(*) FROM gone",
-            n=PRUNE_BATCH,
-        )
-        pruned[table] = int(rows[0][0])
-    rows = con.run(
-        "WITH gone AS (DELETE FROM firestore_outbox WHERE ctid = ANY(ARRAY(SELECT ctid FROM firestore_outbox"
-        " WHERE refused_at IS NOT NULL AND refused_at <= now() - make_interval(days => :d) LIMIT :n)) RETURNING 1)"
-        " SELECT count(*) FROM gone",
+    """Delete up to ``PRUNE_BATCH`` expired rows of each table in ``EXPIRING``, and of the mirror writes Firestore
+    refused kept past ``REFUSED_MIRROR_WRITES_KEPT_DAYS``; return how many a table."""
+    pruned = {table: _prune(con, table, "expires_at <= now()") for table in EXPIRING}
+    pruned["firestore_outbox"] = _prune(
+        con,
+        "firestore_outbox",
+        "refused_at IS NOT NULL AND refused_at <= now() - make_interval(days => :d)",
         d=REFUSED_MIRROR_WRITES_KEPT_DAYS,
-        n=PRUNE_BATCH,
     )
-    pruned["firestore_outbox"] = int(rows[0][0])
     if any(pruned.values()):
         log.event(logger, "expired rows deleted", **pruned)
     return pruned
+
+
+def _prune(con: Connection, table: str, condition: str, **params: object) -> int:
+    """Delete up to ``PRUNE_BATCH`` rows of ``table`` meeting ``condition``; how many."""
+    rows = con.run(
+        f"WITH gone AS (DELETE FROM {table} WHERE ctid = ANY(ARRAY(SELECT ctid FROM {table}"
+        f" WHERE {condition} LIMIT :n)) RETURNING 1) SELECT count(*) FROM gone",
+        n=PRUNE_BATCH,
+        **params,
+    )
+    return int(rows[0][0])

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from functools import cached_property, lru_cache
 from typing import TYPE_CHECKING, Any
 
-from lockwise.core import errors, firestore, log, users
+from lockwise.core import firestore, log, users
 from lockwise.core.auth import User
 from lockwise.core.config import Settings, get_settings
 from lockwise.core.db import Database
@@ -75,19 +75,25 @@ class Runtime:
         """The signed-in app user: token verified and recorded in PostgreSQL (invitations wait for an answer); 401
         ``account_deleted`` once their account was found deleted (its tokens live up to an hour after).
 
-        The user row is written when this instance has not recorded this uid with this email in the last
-        ``RECORDED_USER_TTL_S``, not on every request (users are never deleted, so a recorded row stays)."""
+        The user row is written when this instance has not recorded this uid with this email yet, not on every
+        request (users are never deleted, so a recorded row stays); whether the account is gone is read again once
+        ``RECORDED_USER_TTL_S`` has passed."""
         user = self.verifier.verify(id_token)
         email = users.stored_email(user)
-        seen = self._recorded_users.get(user.uid)
-        if seen is None or seen.email != email or time.monotonic() - seen.at > RECORDED_USER_TTL_S:
-            with self.db.transaction() as con:
-                gone = users.upsert(con, user)
+        seen, now = self._recorded_users.get(user.uid), time.monotonic()
+        if seen is None or seen.email != email or now - seen.at > RECORDED_USER_TTL_S:
+            if seen is None or seen.email != email:
+                with self.db.transaction() as con:
+                    users.upsert(con, user)
+                    gone = users.account_gone(con, user)
+            else:  # recorded: only whether the account is gone is read again
+                with self.db.connection() as con:
+                    gone = users.account_gone(con, user)
             if len(self._recorded_users) >= RECORDED_USERS_MAX:  # bounded: start over rather than grow
                 self._recorded_users.clear()
-            seen = self._recorded_users[user.uid] = Recorded(email, time.monotonic(), gone)
+            seen = self._recorded_users[user.uid] = Recorded(email, now, gone)
         if seen.gone:
-            raise errors.Unauthenticated("this account has been deleted", code="account_deleted")
+            raise users.account_deleted()
         return user
 
     def flush_mirror(self, *, force: bool = False) -> int:

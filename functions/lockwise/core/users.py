@@ -15,12 +15,11 @@ def stored_email(user: User) -> str | None:
     return user.email if user.email is not None and user.email_verified else None
 
 
-def upsert(con: Connection, user: User) -> bool:
+def upsert(con: Connection, user: User) -> None:
     """Record ``user`` (and their current email) so locks and voiceprints can refer to them.
 
     An email now held by this uid is released from any older account that had it (a Firebase account deleted and
-    made again gets a new uid); an unverified address, or one the database would refuse, is stored as NULL. Returns
-    whether their account was found deleted (``lockwise.core.accounts``).
+    made again gets a new uid); an unverified address, or one the database would refuse, is stored as NULL.
     """
     email = stored_email(user)
     if email is not None:
@@ -41,22 +40,29 @@ def upsert(con: Connection, user: User) -> bool:
         uid=user.uid,
         email=email,
     )
-    # Firebase issues no token to a deleted account: one issued after the mark says it exists again (restored with
-    # its uid), and its next check comes first (the relay's next flush) instead of up to an hour later
-    issued = user.claims.get("iat")
-    gone = con.run(
-        "UPDATE users SET account_checked_at = CASE WHEN account_gone_at IS NOT NULL AND CAST(:iat AS float8)"
-        " > extract(epoch FROM account_gone_at) + :leeway THEN NULL ELSE account_checked_at END WHERE uid = :u"
-        " RETURNING account_gone_at IS NOT NULL",
-        iat=float(issued) if isinstance(issued, int | float) else 0.0,
-        leeway=RESTORED_LEEWAY_S,
-        u=user.uid,
-    )
-    return bool(gone[0][0])
 
 
 #: a token issued this long after an account was found gone (clocks apart) says it exists again
 RESTORED_LEEWAY_S = 60
+
+
+def account_gone(con: Connection, user: User) -> bool:
+    """Whether ``user``'s account was found deleted (``lockwise.core.accounts``): a read, but for a token issued
+    after the mark (Firebase issues none to a deleted account: it was restored with its uid), which makes the
+    account the relay's next flush's first check instead of up to an hour later."""
+    rows = con.run("SELECT extract(epoch FROM account_gone_at) FROM users WHERE uid = :u", u=user.uid)
+    gone_at = rows[0][0] if rows else None
+    if gone_at is None:
+        return False
+    issued = user.claims.get("iat")
+    if isinstance(issued, int | float) and issued > float(gone_at) + RESTORED_LEEWAY_S:
+        con.run("UPDATE users SET account_checked_at = NULL WHERE uid = :u", u=user.uid)
+    return True
+
+
+def account_deleted() -> errors.Unauthenticated:
+    """The answer to a request of an account found deleted (its ID tokens live up to an hour after)."""
+    return errors.Unauthenticated("this account has been deleted", code="account_deleted")
 
 
 def hold(con: Connection, uid: str, *, caller: bool = True) -> bool:
@@ -65,10 +71,10 @@ def hold(con: Connection, uid: str, *, caller: bool = True) -> bool:
 
     An account found deleted (``lockwise.core.accounts``) is refused here (401 ``account_deleted``): its ID tokens
     live up to an hour after the deletion (they are checked offline), and one used after its clean-up enrolled a
-    voice again, or joined a lock, that nothing would ever end. Not the ``caller`` (a transfer's new owner): returns
-    whether that account is gone, for the caller to answer."""
+    voice again, or joined a lock, that nothing would ever end. Not the ``caller`` (a transfer's new owner, a
+    deleted account's own clean-up): returns whether that account is gone, for the caller to act on."""
     rows = con.run("SELECT account_gone_at IS NOT NULL FROM users WHERE uid = :u FOR NO KEY UPDATE", u=uid)
     gone = bool(rows and rows[0][0])
     if gone and caller:
-        raise errors.Unauthenticated("this account has been deleted", code="account_deleted")
+        raise account_deleted()
     return gone

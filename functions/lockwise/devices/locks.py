@@ -300,12 +300,11 @@ def leave_every_lock(con: Connection, uid: str, now: dt.datetime, *, account_gon
         " ORDER BY id FOR KEY SHARE",
         u=uid,
     )
-    gone = con.run("SELECT account_gone_at IS NOT NULL FROM users WHERE uid = :u FOR NO KEY UPDATE", u=uid)
-    if account_gone and not (gone and gone[0][0]):  # found again meanwhile (restored): nothing of it is ended
+    if account_gone and not users.hold(con, uid, caller=False):  # found again meanwhile (restored): left as it is
         return None
-    if account_gone:  # first: its removals close invitations by uid only, not ones sent to its address since, which
-        # belong to whoever holds it now (the same person, signed up again)
-        con.run("UPDATE users SET email = NULL WHERE uid = :u", u=uid)
+    # first: its removals close invitations by uid only, not ones sent to its address since, which belong to whoever
+    # holds it now (the same person, signed up again)
+    con.run("UPDATE users SET email = NULL WHERE uid = :u", u=uid)
     left = 0
     for lock_id in sorted({m.lock_id for m in members.list_for_user(con, uid) if m.revoked_at is None}):
         # the lock's row first, then the membership (every path's order); a transfer to them committed meanwhile
@@ -320,7 +319,6 @@ def leave_every_lock(con: Connection, uid: str, now: dt.datetime, *, account_gon
         revoke_member(con, lock_id, me, me, now, by=accounts.AUDIT_ACTOR if account_gone else None)
         left += 1
     invitations.close_all_for(con, uid, now)
-    con.run("UPDATE users SET email = NULL WHERE uid = :u", u=uid)
     audit.record(
         con,
         accounts.AUDIT_ACTOR if account_gone else audit.user_actor(uid),
