@@ -24,6 +24,7 @@ api = Api("verify")
 encoder = load_encoder(rt.settings, exported=rt.settings.verify_runtime == "onnx")
 scorer = load_scorer(rt.settings, encoder)
 limits = audio.Limits.from_settings(rt.settings)
+doors = verification.Doors(rt.db, encoder, scorer, rt.settings)
 
 
 #: a refused attempt's reason -> its 429's code and message
@@ -64,7 +65,7 @@ def verify_at_lock(ctx: Ctx) -> Result:
     except errors.BadRequest as exc:  # InvalidAudio, malformed input: logged as an invalid attempt
         verification.record_invalid(rt.db, lock_id, exc.code)
         raise
-    result = verification.verify(rt.db, lock_id, clip, encoder, rt.settings, rt.now(), scorer, follow_up=follow_up)
+    result = doors.decide(lock_id, clip, rt.now(), follow_up=follow_up)
     rt.flush_mirror_soon()  # the person at the door does not wait for the app's activity feed
     if result.decision == "refused":
         code, message = REFUSALS[result.reason]

@@ -1,10 +1,9 @@
 """The verify decision at the server: lockout, candidates, one vectorised scoring, the attempt log, the unlock.
 
-One transaction per attempt holds the lock's lockout row, so a lock's attempts are counted exactly (one that comes
-while another is decided is refused at once);
-once the lockout and the daily ceiling allow the attempt, the probe is embedded on a thread of its own while that
-transaction reads the candidates.
-Every attempt (accepted, rejected, refused, invalid) is logged in PostgreSQL and mirrored to the lock's activity
+``Doors.decide`` decides one attempt in one transaction, which holds the lock's lockout row, so a lock's attempts are
+counted exactly (one that comes while another is decided is refused at once); once the lockout and the daily ceiling
+allow the attempt, the probe is embedded on a thread of its own while that transaction reads the candidates. Every
+attempt (accepted, rejected, refused, invalid) is logged in PostgreSQL and mirrored to the lock's activity
 feed without biometric data (no embedding, no score).
 """
 
@@ -193,47 +192,66 @@ def decide(raw: npt.NDArray[np.float32], scores: npt.NDArray[np.float32], rules:
     return decision
 
 
-def verify(
-    db: Database,
-    lock_id: str,
-    clip: audio.Clip,
-    encoder: Encoder,
-    settings: Settings,
-    now: dt.datetime,
-    scorer: Scorer,
-    follow_up: str | None = None,
-) -> Result:
-    """Decide on ``clip`` at ``lock_id``. ``follow_up``: the attempt id of a first utterance answered "say_again";
-    while it waits (30 s, once) the two utterances' normalised scores are fused, else this one is decided alone.
+@dataclass(frozen=True)
+class Doors:
+    """What decides at an instance's doors, made once at its start: the database, the model, how a probe is scored,
+    and the settings (``decide`` for each attempt)."""
 
-    A clip that is a replay of a known recording (an enrollment sample of a candidate, an earlier attempt at this
-    lock) is rejected as ``replay`` before any voice is scored, and counts as a failed attempt."""
-    with db.transaction() as con:
-        found_lock = con.run(
-            "SELECT voice_threshold, pg_try_advisory_xact_lock(hashtextextended('voice_attempt ' || :l, 0))"
-            " FROM locks WHERE id = CAST(:l AS uuid) FOR SHARE",
-            l=lock_id,
-        )
-        if not found_lock:  # deleted since its signature was checked
-            raise lock_auth.deleted_lock()
-        if not found_lock[0][1]:  # another attempt at this lock is being decided: answered now, not after it
-            attempt = record_attempt(con, lock_id, "refused", "in_progress")
-            return Result("refused", attempt, "in_progress", retry_after_s=IN_PROGRESS_RETRY_S)
-        held = lockout.hold(con, lock_id, now)
-        if held.wait_s:  # refused before the model runs: a locked-out lock costs no forward pass
-            attempt = record_attempt(con, lock_id, "refused", "locked_out")
-            return Result("refused", attempt, "locked_out", retry_after_s=held.wait_s)
-        wait = lockout.daily_ceiling_wait(con, lock_id, now, settings.voice_daily_rejections)
-        if wait:
-            attempt = record_attempt(con, lock_id, "refused", "daily_limit")
-            return Result("refused", attempt, "daily_limit", retry_after_s=wait)
-        # the forward pass (~40-100 ms) and the fingerprint on their threads, while this one reads the candidates
+    db: Database
+    encoder: Encoder
+    scorer: Scorer
+    settings: Settings
+
+    def decide(self, lock_id: str, clip: audio.Clip, now: dt.datetime, follow_up: str | None = None) -> Result:
+        """Decide on ``clip`` at ``lock_id``. ``follow_up``: the attempt id of a first utterance answered
+        "say_again"; while it waits (30 s, once) the two utterances' normalised scores are fused, else this one is
+        decided alone.
+
+        A clip that is a replay of a known recording (an enrollment sample of a candidate, an earlier attempt at this
+        lock) is rejected as ``replay`` before any voice is scored, and counts as a failed attempt."""
+        with self.db.transaction() as con:
+            found_lock = con.run(
+                "SELECT voice_threshold, pg_try_advisory_xact_lock(hashtextextended('voice_attempt ' || :l, 0))"
+                " FROM locks WHERE id = CAST(:l AS uuid) FOR SHARE",
+                l=lock_id,
+            )
+            if not found_lock:  # deleted since its signature was checked
+                raise lock_auth.deleted_lock()
+            attempt = _Attempt(self, con, lock_id, now)
+            if not found_lock[0][1]:  # another attempt at this lock is being decided: answered now, not after it
+                return attempt.refused("in_progress", IN_PROGRESS_RETRY_S)
+            held = lockout.hold(con, lock_id, now)
+            if held.wait_s:  # refused before the model runs: a locked-out lock costs no forward pass
+                return attempt.refused("locked_out", held.wait_s)
+            wait = lockout.daily_ceiling_wait(con, lock_id, now, self.settings.voice_daily_rejections)
+            if wait:
+                return attempt.refused("daily_limit", wait)
+            # the forward pass (~40-100 ms) and the fingerprint on their threads, while this one reads the candidates
+            heard = _Heard.begin(self.encoder, clip)
+            rules = policy(self.settings, self.encoder, found_lock[0][0], normalised=self.scorer.normalised)
+            return attempt.decide(heard, rules, held, follow_up)
+
+
+@dataclass(frozen=True)
+class _Heard:
+    """A probe's embedding and fingerprint on their threads (``Beside``), and, once the candidates are known, whether
+    it replays one of their recordings."""
+
+    probe: Future[npt.NDArray[np.float32]]
+    landmarks: Future[fingerprint.Landmarks]
+
+    @classmethod
+    def begin(cls, encoder: Encoder, clip: audio.Clip) -> _Heard:
         forward, fingerprints = BESIDE.pools()
-        probe_soon = forward.submit(encoder.embed, clip.samples, clip.rate)
-        heard_soon = fingerprints.submit(fingerprint.landmarks, clip.samples, clip.rate)
-        return _decide(
-            con, lock_id, encoder, settings, now, scorer, follow_up, held, found_lock[0][0], probe_soon, heard_soon
+        return cls(
+            forward.submit(encoder.embed, clip.samples, clip.rate),
+            fingerprints.submit(fingerprint.landmarks, clip.samples, clip.rate),
         )
+
+    def replay_of(self, recordings: list[fingerprint.Landmarks]) -> Future[bool]:
+        """Whether the probe replays one of ``recordings``, matched on the fingerprint's thread after its fingerprint,
+        while the forward pass runs (matching against a week of a busy door's recordings takes tens of ms)."""
+        return BESIDE.pools()[1].submit(_is_replay, self.landmarks, recordings)
 
 
 def _finished(soon: Future[T], deadline: float) -> T:
@@ -253,117 +271,119 @@ def _is_replay(heard_soon: Future[fingerprint.Landmarks], recordings: list[finge
     return known_recordings.is_replay(heard_soon.result(), recordings)
 
 
-def _decide(
-    con: Connection,
-    lock_id: str,
-    encoder: Encoder,
-    settings: Settings,
-    now: dt.datetime,
-    scorer: Scorer,
-    follow_up: str | None,
-    held: lockout.Hold,
-    voice_threshold: float | None,
-    probe_soon: Future[npt.NDArray[np.float32]],
-    heard_soon: Future[fingerprint.Landmarks],
-) -> Result:
-    """The decision once the attempt is allowed, in ``con``'s transaction, with the probe and its fingerprint on
-    their way."""
-    rules = policy(settings, encoder, voice_threshold, normalised=scorer.normalised)
-    found = voiceprints.candidates(con, lock_id, encoder.model_id, encoder.dim, now)
-    recordings = known_recordings.at_lock(con, lock_id, found.uids)
-    # the replay match on the fingerprint's thread, after its fingerprint, while the forward pass runs (matching
-    # against a week of a busy door's recordings takes tens of ms: it was added after the forward)
-    replay_soon = BESIDE.pools()[1].submit(_is_replay, heard_soon, recordings)
-    deadline = time.monotonic() + FORWARD_WAIT_S  # one wait for all, not one each
-    heard, probe = _finished(heard_soon, deadline), _finished(probe_soon, deadline)
-    if _finished(replay_soon, deadline):
-        attempt = record_attempt(con, lock_id, "rejected", "replay", model_id=encoder.model_id)
-        lockout.record_failure(con, lock_id, now, after=settings.lockout_after, base_s=settings.lockout_base_s)
-        return Result("rejected", attempt, "replay", stale_voiceprints=len(found.stale_uids))
-    raw, scores = scorer.scores(probe, found.prints)
-    first = take_follow_up(con, lock_id, follow_up) if follow_up else None
-    if first is not None:
-        scores = np.array(
-            [(s + first[uid]) / 2 if uid in first else s for uid, s in zip(found.uids, scores, strict=True)],
-            dtype=np.float32,
+@dataclass(frozen=True)
+class _Attempt:
+    """One attempt at a lock, decided in ``con``'s transaction (which holds the lock's lockout row)."""
+
+    doors: Doors
+    con: Connection
+    lock_id: str
+    now: dt.datetime
+
+    def refused(self, reason: str, retry_after_s: int) -> Result:
+        """Refused before any voice is scored (``in_progress``, ``locked_out``, ``daily_limit``)."""
+        return Result("refused", self._record("refused", reason), reason, retry_after_s=retry_after_s)
+
+    def decide(self, heard: _Heard, rules: Policy, held: lockout.Hold, follow_up: str | None) -> Result:
+        """The decision once the attempt is allowed, with the probe and its fingerprint on their way."""
+        encoder = self.doors.encoder
+        found = voiceprints.candidates(self.con, self.lock_id, encoder.model_id, encoder.dim, self.now)
+        replay_soon = heard.replay_of(known_recordings.at_lock(self.con, self.lock_id, found.uids))
+        deadline = time.monotonic() + FORWARD_WAIT_S  # one wait for all, not one each
+        landmarks, probe = _finished(heard.landmarks, deadline), _finished(heard.probe, deadline)
+        stale = len(found.stale_uids)
+        if _finished(replay_soon, deadline):
+            attempt = self._record("rejected", "replay", model_id=encoder.model_id)
+            self._count_failure()
+            return Result("rejected", attempt, "replay", stale_voiceprints=stale)
+        raw, scores = self.doors.scorer.scores(probe, found.prints)
+        first = take_follow_up(self.con, self.lock_id, follow_up) if follow_up else None
+        if first is not None:
+            scores = np.array(
+                [(s + first[uid]) / 2 if uid in first else s for uid, s in zip(found.uids, scores, strict=True)],
+                dtype=np.float32,
+            )
+        decision = decide(raw, scores, rules)
+        if first is None:
+            decision = _asked_again(decision, rules)
+        matched = found.uids[decision.best_index] if decision.best_index is not None else None
+        logged = {  # what the attempts log keeps of the scoring (not the feed, not the lock)
+            "score": decision.best,
+            "runner_up": decision.runner_up,
+            "threshold": rules.threshold,
+            "model_id": encoder.model_id,
+            "cosine": float(raw[decision.best_index]) if decision.best_index is not None else None,
+        }
+        if not decision.accepted:
+            attempt = self._record("rejected", decision.reason, **logged)
+            if decision.reason != "no_candidates":  # nobody to pass as, and uncounted: kept, they grew without bound
+                self._remember(attempt, landmarks, None)
+            if decision.reason == "say_again":
+                self._wait_for_follow_up(attempt, dict(zip(found.uids, scores.tolist(), strict=True)))
+            if decision.reason != "no_candidates":  # nobody to guess at: nothing to throttle
+                self._count_failure()
+            return Result("rejected", attempt, decision.reason, decision.best, rules.threshold, stale_voiceprints=stale)
+        attempt = self._record("accepted", "accepted", matched_uid=matched, **logged)
+        self._remember(attempt, landmarks, matched)
+        if held.counting:  # an owner's usual accepted attempt has nothing to clear: one statement fewer
+            lockout.clear(self.con, self.lock_id)
+        settings = self.doors.settings
+        issued = commands.create(
+            self.con,
+            lock_id=self.lock_id,
+            action="unlock",
+            issuer_kind="voice",
+            issuer_uid=matched,
+            signing_key_b64=settings.signing_key(),
+            ttl_s=settings.command_ttl_s,
+            attempt_id=attempt,
         )
-    decision = decide(raw, scores, rules)
+        return Result(
+            "accepted",
+            attempt,
+            "accepted",
+            decision.best,
+            rules.threshold,
+            matched,
+            issued.command,
+            issued.payload,
+            stale_voiceprints=stale,
+        )
+
+    def _record(self, outcome: str, reason: str, **logged: Any) -> str:
+        return record_attempt(self.con, self.lock_id, outcome, reason, **logged)
+
+    def _remember(self, attempt: str, landmarks: fingerprint.Landmarks, speaker: str | None) -> None:
+        """Keep the probe's fingerprint: a replay of it at this lock is refused for a while."""
+        hours = self.doors.settings.replay_memory_hours
+        known_recordings.remember_attempt(self.con, self.lock_id, attempt, landmarks, hours, speaker)
+
+    def _count_failure(self) -> None:
+        settings = self.doors.settings
+        lockout.record_failure(
+            self.con, self.lock_id, self.now, after=settings.lockout_after, base_s=settings.lockout_base_s
+        )
+
+    def _wait_for_follow_up(self, attempt: str, scores: dict[str, float]) -> None:
+        """Keep a "say_again" attempt's per-candidate scores for its follow-up (30 s, taken once)."""
+        self.con.run(
+            "INSERT INTO verify_follow_ups (attempt_id, lock_id, scores, expires_at) VALUES (CAST(:a AS uuid),"
+            " CAST(:l AS uuid), CAST(:s AS jsonb), now() + interval '30 seconds')",
+            a=attempt,
+            l=self.lock_id,
+            s=json.dumps(scores),
+        )
+
+
+def _asked_again(decision: scoring.Decision, rules: Policy) -> scoring.Decision:
+    """A first utterance just under the threshold is answered "say_again": the lock asks the person to say it again,
+    and the two are fused. Not a voice the raw gate refused at or over the threshold: its normalised scores are the
+    inflated ones the gate is there for."""
     if (
-        first is None
-        and rules.retry_band is not None
+        rules.retry_band is not None
         and decision.reason == "below_threshold"
         and decision.best is not None
         and rules.threshold - rules.retry_band <= decision.best < rules.threshold
-    ):  # just under: the lock asks the person to say it again, and the two are fused (not a voice the raw gate
-        # refused at or over the threshold: its normalised scores are the inflated ones the gate is there for)
-        decision = scoring.Decision(False, decision.best_index, decision.best, decision.runner_up, "say_again")
-    matched = found.uids[decision.best_index] if decision.best_index is not None else None
-    cosine = float(raw[decision.best_index]) if decision.best_index is not None else None  # for the log
-    if not decision.accepted:
-        attempt = record_attempt(
-            con,
-            lock_id,
-            "rejected",
-            decision.reason,
-            score=decision.best,
-            runner_up=decision.runner_up,
-            threshold=rules.threshold,
-            model_id=encoder.model_id,
-            cosine=cosine,
-        )
-        if decision.reason != "no_candidates":  # nobody to pass as, and uncounted: kept, they grew without bound
-            known_recordings.remember_attempt(con, lock_id, attempt, heard, settings.replay_memory_hours, None)
-        if decision.reason == "say_again":
-            con.run(
-                "INSERT INTO verify_follow_ups (attempt_id, lock_id, scores, expires_at) VALUES (CAST(:a AS uuid),"
-                " CAST(:l AS uuid), CAST(:s AS jsonb), now() + interval '30 seconds')",
-                a=attempt,
-                l=lock_id,
-                s=json.dumps({uid: float(s) for uid, s in zip(found.uids, scores, strict=True)}),
-            )
-        if decision.reason != "no_candidates":  # nobody to guess at: nothing to throttle
-            lockout.record_failure(con, lock_id, now, after=settings.lockout_after, base_s=settings.lockout_base_s)
-        return Result(
-            "rejected",
-            attempt,
-            decision.reason,
-            decision.best,
-            rules.threshold,
-            stale_voiceprints=len(found.stale_uids),
-        )
-    attempt = record_attempt(
-        con,
-        lock_id,
-        "accepted",
-        "accepted",
-        matched_uid=matched,
-        score=decision.best,
-        runner_up=decision.runner_up,
-        threshold=rules.threshold,
-        model_id=encoder.model_id,
-        cosine=cosine,
-    )
-    known_recordings.remember_attempt(con, lock_id, attempt, heard, settings.replay_memory_hours, matched)
-    if held.counting:  # an owner's usual accepted attempt has nothing to clear: one statement fewer
-        lockout.clear(con, lock_id)
-    issued = commands.create(
-        con,
-        lock_id=lock_id,
-        action="unlock",
-        issuer_kind="voice",
-        issuer_uid=matched,
-        signing_key_b64=settings.signing_key(),
-        ttl_s=settings.command_ttl_s,
-        attempt_id=attempt,
-    )
-    return Result(
-        "accepted",
-        attempt,
-        "accepted",
-        decision.best,
-        rules.threshold,
-        matched,
-        issued.command,
-        issued.payload,
-        stale_voiceprints=len(found.stale_uids),
-    )
+    ):
+        return scoring.Decision(False, decision.best_index, decision.best, decision.runner_up, "say_again")
+    return decision
