@@ -107,6 +107,22 @@ def test_a_guest_outside_their_window_sees_the_lock_but_not_its_live_state(world
         assert [(lock["id"], lock["state"] is not None) for lock in listed] == [(world.lock_id, inside)], role
 
 
+def test_the_locks_voice_threshold_is_shown_to_its_owner_only(world: World) -> None:
+    """How strict a door's voice check is was shown to every member and guest; only the owner may change it."""
+    assert (
+        world.devices.patch(
+            f"/devices/locks/{world.lock_id}", json={"voice_threshold": 0.9}, headers=world.headers("owner")
+        ).status_code
+        == 200
+    )
+    for role in ("owner", "admin", "member", "guest_in", "guest_out"):
+        one = world.devices.get(f"/devices/locks/{world.lock_id}", headers=world.headers(role)).get_json()
+        (listed,) = world.devices.get("/devices/locks", headers=world.headers(role)).get_json()["locks"]
+        expected = {"voice_threshold": 0.9} if role == "owner" else {}
+        assert {k: v for k, v in one.items() if k == "voice_threshold"} == expected, role
+        assert {k: v for k, v in listed.items() if k == "voice_threshold"} == expected, role
+
+
 def test_command_status_is_visible_to_issuer_and_managers_only(world: World) -> None:
     created = world.devices.post(
         f"/devices/locks/{world.lock_id}/commands", json={"action": "lock"}, headers=world.headers("member")

@@ -87,14 +87,15 @@ _VIEW = (
 
 
 def _present(row: dict[str, Any], role: str, in_window: bool = True) -> dict[str, Any]:
-    """The lock as a member sees it; its live state only inside their access window (guests), as in Firestore."""
+    """The lock as a member sees it; its live state only inside their access window (guests), as in Firestore; its
+    voice threshold to its owner only, who alone may change it (how strict a door is is nobody else's to know)."""
     return {
         "id": row["id"],
         "name": row["name"],
         "role": role,
         "owner_uid": row["owner_uid"],
         "supports_open": row["supports_open"],
-        "voice_threshold": row["voice_threshold"],
+        **({"voice_threshold": row["voice_threshold"]} if role == "owner" else {}),
         "provisioned": row["provisioned"],
         "created_at": row["created_at"].isoformat(),
         "state": {
