@@ -480,7 +480,7 @@ def refresh_access_due() -> None:
 
 def prune_expired() -> None:
     with rt.db.transaction() as con:
-        retention.prune_expired(con)
+        retention.prune_expired(con, nonces_kept_s=2 * rt.settings.lock_request_skew_s)
 
 
 def end_gone_accounts() -> None:

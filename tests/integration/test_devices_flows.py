@@ -283,6 +283,49 @@ def test_a_lock_makes_so_many_signed_requests_a_minute(world: World, monkeypatch
     assert statuses == [200] * 10 + [429] * 6
 
 
+def test_the_relays_flush_deletes_old_request_nonces_and_counts_and_no_request_does(
+    world: World, stack_env: dict[str, str]
+) -> None:
+    """One signed request in 50 deleted every lock's old nonces and counts, all at once, on its own path."""
+    skew = get_runtime("devices").settings.lock_request_skew_s
+
+    def config() -> Any:
+        headers = lock_auth.sign_headers(world.lock_key, world.lock_id, "GET", "/devices/lock/config", b"")
+        return world.devices.get("/devices/lock/config", headers=headers)
+
+    def kept() -> tuple[int, int, int]:
+        """(nonces, of them past twice the skew, counts of minutes over two minutes back) of the lock"""
+        ((nonces, stale_nonces, stale_counts),) = db_rows(
+            "SELECT (SELECT count(*) FROM lock_request_nonces WHERE lock_id = CAST(:l AS uuid)),"
+            " (SELECT count(*) FROM lock_request_nonces WHERE lock_id = CAST(:l AS uuid)"
+            "  AND seen_at < now() - make_interval(secs => :s)),"
+            " (SELECT count(*) FROM lock_request_counts WHERE lock_id = CAST(:l AS uuid)"
+            "  AND minute < now() - interval '2 minutes')",
+            l=world.lock_id,
+            s=2 * skew,
+        )
+        return nonces, stale_nonces, stale_counts
+
+    assert config().status_code == 200
+    db_rows(  # every nonce seen just over twice the skew ago, every count three minutes back
+        "UPDATE lock_request_nonces SET seen_at = now() - make_interval(secs => :s) WHERE lock_id = CAST(:l AS uuid)",
+        s=2 * skew + 5,
+        l=world.lock_id,
+    )
+    db_rows(
+        "UPDATE lock_request_counts SET minute = minute - interval '3 minutes' WHERE lock_id = CAST(:l AS uuid)",
+        l=world.lock_id,
+    )
+    nonces, stale, stale_counts = kept()
+    assert stale == nonces >= 1 and stale_counts >= 1
+    for _ in range(60):  # one in 50 of these used to delete the old ones
+        assert config().status_code == 200
+    assert kept() == (nonces + 60, stale, stale_counts)
+    token = {"X-LockWise-Service-Token": stack_env["LOCKWISE_SERVICE_TOKEN"]}
+    assert world.devices.post("/devices/relay/flush", headers=token).status_code == 200
+    assert kept() == (60, 0, 0)  # the nonces inside the window stay
+
+
 def test_commands_are_signed_for_the_lock(world: World) -> None:
     resp = world.devices.post(
         f"/devices/locks/{world.lock_id}/commands", json={"action": "unlock"}, headers=world.headers("owner")

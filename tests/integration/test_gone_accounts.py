@@ -240,7 +240,7 @@ def test_a_flush_step_that_fails_holds_up_none_of_the_others(
     accounts' check, and with it every later flush's); the answer is still the failure."""
     from lockwise.core import errors, retention
 
-    def busy(con: Any) -> dict[str, int]:
+    def busy(con: Any, nonces_kept_s: int) -> dict[str, int]:
         raise errors.Unavailable("the database did not answer in time; try again", code="database_busy")
 
     monkeypatch.setattr(retention, "prune_expired", busy)

@@ -1132,7 +1132,7 @@ def test_a_voice_just_under_the_threshold_is_asked_again_and_both_utterances_dec
     assert late["decision"] == "accepted"
     assert scored(late["attempt_id"])[0] == pytest.approx(threshold + 1.5, abs=0.02)  # its own score, not a mean
     with get_runtime("verify").db.transaction() as con:
-        assert retention.prune_expired(con)["verify_follow_ups"] == 1
+        assert retention.prune_expired(con, nonces_kept_s=600)["verify_follow_ups"] == 1
     body = wav(take())
     bad = lock_auth.sign_headers(
         world.lock_key, world.lock_id, "POST", "/verify?follow_up=nope", body, content_type="audio/wav"

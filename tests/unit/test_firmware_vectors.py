@@ -299,8 +299,6 @@ class _FakeConnection:
                 return [[1, 0, 60]]
             self.nonces.add(key)
             return [[1, 1, 60]]
-        if sql.lstrip().startswith(("DELETE FROM lock_request_nonces", "DELETE FROM lock_request_counts")):
-            return []
         raise AssertionError(f"unexpected query: {sql}")
 
     def close(self) -> None:

@@ -1,6 +1,6 @@
 """Rows kept for a limited time and deleted once it has passed, by the relay's periodic flush
 (``POST /devices/relay/flush``, every ``LOCKWISE_RELAY_FLUSH_EVERY_S``, 10 s by default): how long they outlive
-their expiry depends on that clock, not on how busy a door is, and no verify request pays for the deletes.
+their expiry depends on that clock, not on how busy a door is, and no request pays for the deletes.
 
 Readers skip expired rows themselves (``expires_at > now()``), so a late prune never lets one count.
 """
@@ -41,10 +41,17 @@ REFUSED_MIRROR_WRITES_KEPT_DAYS = 30
 PRUNE_BATCH = 5000
 
 
-def prune_expired(con: Connection) -> dict[str, int]:
-    """Delete up to ``PRUNE_BATCH`` expired rows of each table in ``EXPIRING``, and of the mirror writes Firestore
-    refused kept past ``REFUSED_MIRROR_WRITES_KEPT_DAYS``; return how many a table."""
+def prune_expired(con: Connection, nonces_kept_s: int) -> dict[str, int]:
+    """Delete up to ``PRUNE_BATCH`` expired rows of each table in ``EXPIRING``, of the mirror writes Firestore
+    refused kept past ``REFUSED_MIRROR_WRITES_KEPT_DAYS``, of the locks' request nonces seen over ``nonces_kept_s``
+    ago (twice the clock skew a signed request may have: an older one is refused for its timestamp) and of their
+    per-minute counts of past minutes; return how many a table. (The nonces and counts were deleted by one signed
+    request in 50, all at once: a request paid for every lock's.)"""
     pruned = {table: _prune(con, table, "expires_at <= now()") for table in EXPIRING}
+    pruned["lock_request_nonces"] = _prune(
+        con, "lock_request_nonces", "seen_at < now() - make_interval(secs => :s)", s=nonces_kept_s
+    )
+    pruned["lock_request_counts"] = _prune(con, "lock_request_counts", "minute < now() - interval '2 minutes'")
     pruned["firestore_outbox"] = _prune(
         con,
         "firestore_outbox",

@@ -11,7 +11,8 @@ Headers::
 Everything that changes how the body is read (query, content type, sample-rate header) is signed with it.
 
 The server refuses an unknown lock, a bad signature, a timestamp outside the allowed clock skew, and a nonce it has
-already seen (replay). Nonces are kept for twice the skew.
+already seen (replay). Nonces are kept for twice the skew (then deleted by the relay's flush:
+``lockwise.core.retention``).
 """
 
 from __future__ import annotations
@@ -178,10 +179,4 @@ def authenticate(
         )
     if not inserted:
         raise errors.Unauthenticated("replayed request", code="replayed_request")
-    if secrets.randbelow(50) == 0:  # prune now and then; a nonce outside the skew window cannot be replayed anyway
-        con.run(
-            "DELETE FROM lock_request_nonces WHERE seen_at < now() - make_interval(secs => :s)",
-            s=2 * skew_s,
-        )
-        con.run("DELETE FROM lock_request_counts WHERE minute < now() - interval '2 minutes'")
     return lock_id
