@@ -299,7 +299,8 @@ def _write_cpu_graph(staging: Path, portable_encoder: OnnxEcapaEncoder) -> dict[
     return its ``cpu_graph`` manifest entry (parity still to measure), or None where this machine makes no such graph
     (not x86-64 with AVX, or onnxruntime rewrote nothing into that layout: the portable graph is all there is)."""
     import onnx
-    import onnxruntime as ort  # type: ignore[import-untyped]
+
+    from lockwise.voice.model.onnx_runtime import ort
 
     made_for = cpu_graph.made_for()
     if made_for is None:

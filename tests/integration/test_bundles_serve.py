@@ -17,7 +17,12 @@ pytestmark = pytest.mark.bundle
 
 
 @pytest.mark.parametrize("name", ["devices", "verify", "embed"])
-def test_bundle_serves_its_health_endpoint_alone(name: str, tmp_path: Path, stack_env: dict[str, str]) -> None:
+def test_bundle_serves_its_health_endpoint_alone_and_stops_cleanly(
+    name: str, tmp_path: Path, stack_env: dict[str, str]
+) -> None:
+    """Stopped as the platform stops it (SIGTERM), its worker exits as it should: the voice functions' workers
+    aborted at every stop (onnxruntime's telemetry thread, started in gunicorn's master before the fork: see
+    ``lockwise.voice.model.onnx_runtime``)."""
     bundle = build(name, tmp_path / "bundle" / name)
     server = services.start_function(name, services.free_port(), stack_env, tmp_path, source_dir=bundle)
     try:
@@ -27,6 +32,9 @@ def test_bundle_serves_its_health_endpoint_alone(name: str, tmp_path: Path, stac
         assert body["checks"]["database"]["ok"]
     finally:
         server.stop()
+    assert server.process.popen.returncode == 0
+    log = server.process.log_path.read_text(errors="replace")
+    assert "terminate called" not in log and "was sent SIG" not in log, log[-2000:]
 
 
 #: requests gunicorn's parser refuses (before the function runs, or as its body is read) -> status, error code

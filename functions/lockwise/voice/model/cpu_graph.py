@@ -17,7 +17,8 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-import onnxruntime as ort  # type: ignore[import-untyped]
+
+from lockwise.voice.model.onnx_runtime import ort
 
 #: the x86 features onnxruntime's MLAS chooses its NCHWc block size and kernels by
 NCHWC_FEATURES = frozenset({"avx", "avx2", "fma", "avx512f"})

@@ -50,12 +50,12 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-import onnxruntime as ort  # type: ignore[import-untyped]
 
 from lockwise.core import log as lwlog
 from lockwise.core.forking import in_each_child
 from lockwise.voice.model import blas, cpu_graph
 from lockwise.voice.model.model_files import ModelError, file_sha256, read_manifest
+from lockwise.voice.model.onnx_runtime import ort
 from lockwise.voice.model.resample import resample
 from lockwise.voice.model.samples import at_least_40ms, mono_float32
 from lockwise.voice.model.samples import sample_rate as checked_rate
