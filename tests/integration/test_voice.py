@@ -325,6 +325,28 @@ def test_a_locked_out_lock_runs_no_forward_pass(
     assert [o for o, _ in attempts(world)] == ["rejected"] * 5 + ["refused"] * 3
 
 
+def test_an_attempt_at_a_lock_nobody_may_open_by_voice_runs_no_model(
+    clients: dict[str, Any], world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Attack run: the forward pass began before the candidates were read, and ``no_candidates`` counts towards no
+    lockout or ceiling, so a lock nobody is enrolled at got a full model pass on every request, without limit
+    (eight such locks posting 15 s clips made another door 13x slower)."""
+    from lockwise.voice import verification
+
+    calls = counting_forwards(monkeypatch)
+    for _ in range(8):  # more than the lockout's count: none is counted
+        result = signed_verify(clients, world, wav(take()))
+        assert result.status_code == 200 and result.get_json()["reason"] == "no_candidates"
+    forward, _ = verification.BESIDE.pools()
+    forward.submit(lambda: None).result(timeout=10)  # one thread, first in first out: anything submitted has run
+    assert calls == []
+    assert [o for o, _ in attempts(world)] == ["rejected"] * 8
+    assert enroll(clients, world.accounts["owner"]).status_code == 201  # someone to pass as: the model runs
+    enrolled = len(calls)  # enrollment's own passes, of the same encoder class
+    signed_verify(clients, world, wav(take()))
+    assert len(calls) == enrolled + 1
+
+
 def test_a_forward_pass_that_fails_or_hangs_leaves_nothing_half_written(
     clients: dict[str, Any], world: World, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -2,9 +2,10 @@
 
 ``Doors.decide`` decides one attempt in one transaction, which holds the lock's lockout row, so a lock's attempts are
 counted exactly (one that comes while another is decided is refused at once); once the lockout and the daily ceiling
-allow the attempt, the probe is embedded on a thread of its own while that transaction reads the candidates. Every
-attempt (accepted, rejected, refused, invalid) is logged in PostgreSQL and mirrored to the lock's activity
-feed without biometric data (no embedding, no score).
+allow the attempt and someone may open the door by voice (no model work otherwise), the probe is embedded on a thread
+of its own while that transaction reads the candidates' known recordings. Every attempt (accepted, rejected, refused,
+invalid) is logged in PostgreSQL and mirrored to the lock's activity feed without biometric data (no embedding, no
+score).
 """
 
 from __future__ import annotations
@@ -226,10 +227,13 @@ class Doors:
             wait = lockout.daily_ceiling_wait(con, lock_id, now, self.settings.voice_daily_rejections)
             if wait:
                 return attempt.refused("daily_limit", wait)
-            # the forward pass (~40-100 ms) and the fingerprint on their threads, while this one reads the candidates
-            heard = _Heard.begin(self.encoder, clip)
             rules = policy(self.settings, self.encoder, found_lock[0][0], normalised=self.scorer.normalised)
-            return attempt.decide(heard, rules, held, follow_up)
+            found = voiceprints.candidates(con, lock_id, self.encoder.model_id, self.encoder.dim, now)
+            if not found.uids:  # nobody to pass as: answered without the model (it ran for each such attempt,
+                # uncounted, unlimited: a lock nobody is enrolled at kept an instance's model busy: attack run)
+                return attempt.nobody(found, rules)
+            # the forward pass (~40-100 ms) and the fingerprint on their threads, while this one reads the recordings
+            return attempt.decide(_Heard.begin(self.encoder, clip), found, rules, held, follow_up)
 
 
 @dataclass(frozen=True)
@@ -284,10 +288,21 @@ class _Attempt:
         """Refused before any voice is scored (``in_progress``, ``locked_out``, ``daily_limit``)."""
         return Result("refused", self._record("refused", reason), reason, retry_after_s=retry_after_s)
 
-    def decide(self, heard: _Heard, rules: Policy, held: lockout.Hold, follow_up: str | None) -> Result:
-        """The decision once the attempt is allowed, with the probe and its fingerprint on their way."""
+    def nobody(self, found: voiceprints.Candidates, rules: Policy) -> Result:
+        """No voice may open the door now: rejected, uncounted (nobody to guess at), nothing of the clip kept."""
+        attempt = self._record(
+            "rejected", "no_candidates", threshold=rules.threshold, model_id=self.doors.encoder.model_id
+        )
+        return Result(
+            "rejected", attempt, "no_candidates", None, rules.threshold, stale_voiceprints=len(found.stale_uids)
+        )
+
+    def decide(
+        self, heard: _Heard, found: voiceprints.Candidates, rules: Policy, held: lockout.Hold, follow_up: str | None
+    ) -> Result:
+        """The decision once the attempt is allowed and someone may open the door, with the probe and its
+        fingerprint on their way."""
         encoder = self.doors.encoder
-        found = voiceprints.candidates(self.con, self.lock_id, encoder.model_id, encoder.dim, self.now)
         replay_soon = heard.replay_of(known_recordings.at_lock(self.con, self.lock_id, found.uids))
         deadline = time.monotonic() + FORWARD_WAIT_S  # one wait for all, not one each
         landmarks, probe = _finished(heard.landmarks, deadline), _finished(heard.probe, deadline)
@@ -316,12 +331,10 @@ class _Attempt:
         }
         if not decision.accepted:
             attempt = self._record("rejected", decision.reason, **logged)
-            if decision.reason != "no_candidates":  # nobody to pass as, and uncounted: kept, they grew without bound
-                self._remember(attempt, landmarks, None)
+            self._remember(attempt, landmarks, None)
             if decision.reason == "say_again":
                 self._wait_for_follow_up(attempt, dict(zip(found.uids, scores.tolist(), strict=True)))
-            if decision.reason != "no_candidates":  # nobody to guess at: nothing to throttle
-                self._count_failure()
+            self._count_failure()
             return Result("rejected", attempt, decision.reason, decision.best, rules.threshold, stale_voiceprints=stale)
         attempt = self._record("accepted", "accepted", matched_uid=matched, **logged)
         self._remember(attempt, landmarks, matched)
