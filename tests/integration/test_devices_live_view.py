@@ -957,3 +957,48 @@ def test_rows_held_back_behind_a_slow_flush_do_not_hold_up_other_documents(world
         release.set()
         other_instance.join(30)
         rt.flush_mirror(force=True)
+
+
+def test_a_long_feeds_deletion_is_done_a_part_each_pass_and_other_documents_are_written_between(
+    world: World, stack_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Attack run: one pass deleted a deleted lock's whole feed (30,000 entries: 38 s), holding the instance's flush,
+    and no other lock's view changed meanwhile; a feed a busy lock grows in a year would outlast the pass's limit
+    and start again for ever. A pass now deletes a part and writes the rest of its rows; a write into the collection
+    queued after its deletion still lands after it."""
+    from lockwise.core import firestore, mirror
+
+    monkeypatch.setattr(mirror, "DELETED_PER_PASS", mirror.MAX_BATCH_WRITES)
+    rt = get_runtime("devices")
+    rt.flush_mirror(force=True)
+    sdk = firestore_client(PROJECT_ID, stack_env["FIRESTORE_EMULATOR_HOST"])
+    feed_path = f"locks/{world.lock_id}/activity"
+    for start in range(0, 1200, 400):  # a busy lock's months of feed, written straight to the emulator
+        batch = sdk.batch()
+        for i in range(start, start + 400):
+            batch.set(sdk.collection(feed_path).document(f"old-{i:05d}"), {"kind": "state"})
+        batch.commit()
+    other = f"users/{world.uid('member')}"
+    with rt.db.transaction() as con:
+        mirror.enqueue(con, feed_path, "delete_collection")
+        mirror.enqueue(con, f"{feed_path}/after", "set", {"kind": "late"})
+        mirror.enqueue(con, other, "set", {"voice_enrolled": True})
+    settings = rt.settings
+    flusher = mirror.Flusher(
+        rt.db, lambda: firestore.make_client(settings.project_id, settings.firestore_emulator_host)
+    )
+
+    def feed() -> list[str]:
+        return sorted(doc.id for doc in sdk.collection(feed_path).list_documents())
+
+    def queued() -> list[str]:
+        with rt.db.connection() as con:
+            rows = con.run("SELECT doc_path FROM firestore_outbox WHERE refused_at IS NULL ORDER BY id")
+        return [str(row[0]) for row in rows]
+
+    assert flusher._flush(mirror.MAX_BATCH_WRITES) == (1, 0, True)  # the other document, and a part of the feed
+    assert sdk.document(other).get().to_dict() == {"voice_enrolled": True}
+    assert 0 < len(feed()) <= 700 and "after" not in feed()
+    assert queued() == [feed_path, f"{feed_path}/after"]
+    assert flusher.flush(hand_off=False, budget_s=30) >= 2
+    assert feed() == ["after"] and queued() == []

@@ -38,8 +38,13 @@ FLUSH_BUDGET_S = 2.0
 BACKGROUND_BUDGET_S = 30.0
 BACKOFF_S = 5.0
 #: a flush's transaction may sit this long without a statement while Firestore writes its rows (the connections'
-#: own limit, ``db.IDLE_IN_TRANSACTION_S``, is 60 s: a collection's deletion pages through every document)
+#: own limit, ``db.IDLE_IN_TRANSACTION_S``, is 60 s)
 FLUSH_IDLE_S = 900.0
+#: documents of a collection one pass deletes (a deleted lock's feed, its members' access documents): a larger one
+#: is deleted over several passes, its row queued until it is empty, while every other row is written between them
+#: (attack run: one pass deleted a whole feed, 30,000 entries in 38 s, and no other lock's view changed meanwhile;
+#: one of 700,000, a busy lock's year, would have outlasted ``FLUSH_IDLE_S`` and started again for ever)
+DELETED_PER_PASS = 1000
 #: a background flush whose rows wait behind another instance's older writes to the same documents tries again after
 HELD_BACK_RETRY_S = 0.1
 #: claims per pass past rows held back (each one statement and a read of the rows other flushes hold)
@@ -171,9 +176,9 @@ class Flusher:
                 return written  # the thread holding the lock checks _wanted after its pass
             try:
                 self._wanted.clear()
-                passed, held_back = self._flush(limit)
+                passed, held_back, unfinished = self._flush(limit)
                 written += passed
-                if held_back or passed >= limit:
+                if held_back or unfinished or passed >= limit:
                     self._wanted.set()
             finally:
                 self._lock.release()
@@ -190,28 +195,39 @@ class Flusher:
         kwargs = {"budget_s": BACKGROUND_BUDGET_S, "hand_off": False}
         threading.Thread(target=self.flush, kwargs=kwargs, name="mirror-flush", daemon=True).start()
 
-    def _flush(self, limit: int) -> tuple[int, int]:
-        """One pass: claim up to ``limit`` rows and write them; return how many were written and how many were held
-        back behind another flush's older rows of the same documents."""
+    def _flush(self, limit: int) -> tuple[int, int, bool]:
+        """One pass: claim up to ``limit`` rows and write them; return how many were written, how many were held
+        back behind another flush's older rows of the same documents, and whether a collection's deletion was left
+        for the next pass (``DELETED_PER_PASS``)."""
         written = 0
+        unfinished: list[str] = []  # collections this pass began deleting and did not finish
         with self.db.transaction() as con:
-            # its rows stay claimed while Firestore writes them, with no statement meanwhile: a deleted lock's feed
-            # of tens of thousands of entries takes longer than the server's limit for an idle transaction (60 s)
+            # its rows stay claimed while Firestore writes them, with no statement meanwhile (a commit refused, then
+            # its halves: ``_settle``)
             con.run(f"SET LOCAL idle_in_transaction_session_timeout = '{round(FLUSH_IDLE_S * 1000)}ms'")
             rows, held = self._claim(con, limit)
             if not rows:
-                return 0, len(held)
+                return 0, len(held), False
             try:
                 client = self.client()
             except Exception as exc:  # noqa: BLE001 - no client, nothing written; rows stay queued
                 self._failed(con, rows[0][0], exc)
-                return 0, len(held)
+                return 0, len(held), False
             for group in _groups(rows):
-                done, stopped = self._settle(con, client, group)
+                # a write into a collection still being deleted waits (queued) for the deletion, as across flushes
+                group = [row for row in group if not _inside(str(row[1]), unfinished)]
+                if not group:
+                    continue
+                if group[0][2] == "delete_collection":
+                    done, stopped, left = self._delete(con, client, group[0])
+                    if left:
+                        unfinished.append(str(group[0][1]))
+                else:
+                    done, stopped = self._settle(con, client, group)
                 written += done
                 if stopped:
                     break
-        return written, len(held)
+        return written, len(held), bool(unfinished)
 
     def _claim(self, con: Connection, limit: int) -> tuple[list[list[Any]], set[int]]:
         """Up to ``limit`` rows this pass may write, oldest first, and the ids of those it claimed but holds back.
@@ -245,13 +261,7 @@ class Flusher:
             _write(client, group)
         except REFUSED as exc:
             if len(group) == 1:
-                con.run(
-                    "UPDATE firestore_outbox SET refused_at = now(), attempts = attempts + 1, last_error = :e"
-                    " WHERE id = :i",
-                    i=group[0][0],
-                    e=f"{type(exc).__name__}: {exc}"[:500],
-                )
-                log.error("firestore refused a mirror write; set aside", extra={"fields": {"doc_path": group[0][1]}})
+                self._set_aside(con, group[0], exc)
                 return 0, False
             written = 0
             for half in (group[: len(group) // 2], group[len(group) // 2 :]):
@@ -265,6 +275,32 @@ class Flusher:
             return 0, True
         con.run("DELETE FROM firestore_outbox WHERE id = ANY(:ids)", ids=[row[0] for row in group])
         return len(group), False
+
+    def _delete(self, con: Connection, client: firestore.Client, row: list[Any]) -> tuple[int, bool, bool]:
+        """Some of a collection's deletion (``DELETED_PER_PASS`` documents): how many rows were taken off the queue
+        (its own, once the collection is empty), whether an error stopped the pass (as ``_settle``), and whether the
+        collection still has documents (its row stays queued for the next pass)."""
+        try:
+            finished = _delete_some(client, str(row[1]))
+        except REFUSED as exc:
+            self._set_aside(con, row, exc)
+            return 0, False, False
+        except Exception as exc:  # noqa: BLE001 - Firestore errors come in many types; keep order, retry later
+            self._failed(con, row[0], exc)
+            return 0, True, False
+        if not finished:
+            return 0, False, True
+        con.run("DELETE FROM firestore_outbox WHERE id = :i", i=row[0])
+        return 1, False, False
+
+    def _set_aside(self, con: Connection, row: list[Any], exc: Exception) -> None:
+        """A row Firestore refuses on its own: kept for an operator, never tried again."""
+        con.run(
+            "UPDATE firestore_outbox SET refused_at = now(), attempts = attempts + 1, last_error = :e WHERE id = :i",
+            i=row[0],
+            e=f"{type(exc).__name__}: {exc}"[:500],
+        )
+        log.error("firestore refused a mirror write; set aside", extra={"fields": {"doc_path": row[1]}})
 
     def _failed(self, con: Connection, row_id: int, exc: Exception) -> None:
         self._retry_at = time.monotonic() + BACKOFF_S
@@ -336,9 +372,6 @@ def _groups(rows: list[list[Any]]) -> list[list[list[Any]]]:
 
 def _write(client: firestore.Client, group: list[list[Any]]) -> None:
     """One commit for the group (Firestore applies a commit's writes in order, all or none)."""
-    if group[0][2] == "delete_collection":
-        _delete_collection(client, str(group[0][1]))
-        return
     client.commit([_rest_write(client.name(path), op, data) for path, op, data in _coalesced(group)])
 
 
@@ -364,9 +397,21 @@ def _coalesced(group: list[list[Any]]) -> list[tuple[str, str, dict[str, Any]]]:
     return writes
 
 
-def _delete_collection(client: firestore.Client, path: str) -> None:
-    while names := client.list_names(path, MAX_BATCH_WRITES):
+def _delete_some(client: firestore.Client, path: str) -> bool:
+    """Delete about ``DELETED_PER_PASS`` documents of the collection at ``path`` (a page at a time: Firestore may list
+    fewer than asked while more are left); whether it was found empty."""
+    deleted = 0
+    while deleted < DELETED_PER_PASS:
+        names = client.list_names(path, MAX_BATCH_WRITES)
+        if not names:
+            return True
         client.commit([firestore_json.delete_write(name) for name in names])
+        deleted += len(names)
+    return False
+
+
+def _inside(path: str, collections: list[str]) -> bool:
+    return any(path == c or path.startswith(f"{c}/") for c in collections)
 
 
 def _rest_write(name: str, op: str, data: dict[str, Any]) -> dict[str, Any]:
