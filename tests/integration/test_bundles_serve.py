@@ -18,11 +18,12 @@ pytestmark = pytest.mark.bundle
 
 @pytest.mark.parametrize("name", ["devices", "verify", "embed"])
 def test_bundle_serves_its_health_endpoint_alone_and_stops_cleanly(
-    name: str, tmp_path: Path, stack_env: dict[str, str]
+    name: str, tmp_path: Path, stack_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Stopped as the platform stops it (SIGTERM), its worker exits as it should: the voice functions' workers
     aborted at every stop (onnxruntime's telemetry thread, started in gunicorn's master before the fork: see
-    ``lockwise.voice.model.onnx_runtime``)."""
+    ``lockwise.voice.model.onnx_runtime``; the variable it sets is not handed down from this process)."""
+    monkeypatch.delenv("ORT_DISABLE_TELEMETRY", raising=False)
     bundle = build(name, tmp_path / "bundle" / name)
     server = services.start_function(name, services.free_port(), stack_env, tmp_path, source_dir=bundle)
     try:

@@ -6,9 +6,9 @@ thread's state but not the thread, and at exit it joins a thread that is not the
 verify and embed functions (gunicorn sends SIGTERM at scale-in and at every redeploy): the worker aborted
 ("terminate called after throwing an instance of 'std::system_error'", SIGABRT), and with one intra-op thread it
 hung instead, until the platform killed it. ``ORT_DISABLE_TELEMETRY`` set before the import starts no such thread,
-and a door lock's back-end sends no usage events to a third party. Every module here imports onnxruntime from this
-one (the import contracts do not check it; ``tests/integration/test_bundles_serve.py`` stops each voice bundle and
-sees its worker exit cleanly).
+and a door lock's back-end sends no usage events to a third party. Every module of the package imports onnxruntime
+from this one (an import contract in pyproject.toml; ``tests/integration/test_bundles_serve.py`` stops each voice
+bundle, started without the variable, and sees its worker exit cleanly).
 """
 
 from __future__ import annotations
