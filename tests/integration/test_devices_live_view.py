@@ -964,41 +964,50 @@ def test_a_long_feeds_deletion_is_done_a_part_each_pass_and_other_documents_are_
 ) -> None:
     """Attack run: one pass deleted a deleted lock's whole feed (30,000 entries: 38 s), holding the instance's flush,
     and no other lock's view changed meanwhile; a feed a busy lock grows in a year would outlast the pass's limit
-    and start again for ever. A pass now deletes a part and writes the rest of its rows; a write into the collection
-    queued after its deletion still lands after it."""
+    and start again for ever. A pass now deletes a part (one budget for all the collections it finds queued; none
+    in a request's own flush) and writes the rest of its rows; a write into the collection queued after its
+    deletion still lands after it."""
     from lockwise.core import firestore, mirror
 
     monkeypatch.setattr(mirror, "DELETED_PER_PASS", mirror.MAX_BATCH_WRITES)
     rt = get_runtime("devices")
     rt.flush_mirror(force=True)
+    wait_for(lambda: not any(t.name == "mirror-flush" for t in threading.enumerate()), timeout=40)
     sdk = firestore_client(PROJECT_ID, stack_env["FIRESTORE_EMULATOR_HOST"])
-    feed_path = f"locks/{world.lock_id}/activity"
+    feed_path, access_path = f"locks/{world.lock_id}/activity", f"locks/{world.lock_id}/access"
     for start in range(0, 1200, 400):  # a busy lock's months of feed, written straight to the emulator
         batch = sdk.batch()
         for i in range(start, start + 400):
             batch.set(sdk.collection(feed_path).document(f"old-{i:05d}"), {"kind": "state"})
         batch.commit()
-    other = f"users/{world.uid('member')}"
-    with rt.db.transaction() as con:
-        mirror.enqueue(con, feed_path, "delete_collection")
-        mirror.enqueue(con, f"{feed_path}/after", "set", {"kind": "late"})
-        mirror.enqueue(con, other, "set", {"voice_enrolled": True})
-    settings = rt.settings
-    flusher = mirror.Flusher(
-        rt.db, lambda: firestore.make_client(settings.project_id, settings.firestore_emulator_host)
-    )
 
-    def feed() -> list[str]:
-        return sorted(doc.id for doc in sdk.collection(feed_path).list_documents())
+    def names(path: str) -> list[str]:
+        return sorted(doc.id for doc in sdk.collection(path).list_documents())
 
     def queued() -> list[str]:
         with rt.db.connection() as con:
             rows = con.run("SELECT doc_path FROM firestore_outbox WHERE refused_at IS NULL ORDER BY id")
         return [str(row[0]) for row in rows]
 
-    assert flusher._flush(mirror.MAX_BATCH_WRITES) == (1, 0, True)  # the other document, and a part of the feed
+    feed, access = len(names(feed_path)), len(names(access_path))
+    assert feed > 1200 and access >= 2
+    other = f"users/{world.uid('member')}"
+    with rt.db.transaction() as con:
+        mirror.enqueue(con, feed_path, "delete_collection")
+        mirror.enqueue(con, access_path, "delete_collection")
+        mirror.enqueue(con, f"{feed_path}/after", "set", {"kind": "late"})
+        mirror.enqueue(con, other, "set", {"voice_enrolled": True})
+    settings = rt.settings
+    flusher = mirror.Flusher(
+        rt.db, lambda: firestore.make_client(settings.project_id, settings.firestore_emulator_host)
+    )
+    assert flusher._flush(mirror.MAX_BATCH_WRITES, 0) == (1, 0, True)  # a request's own flush: no deletion
     assert sdk.document(other).get().to_dict() == {"voice_enrolled": True}
-    assert 0 < len(feed()) <= 700 and "after" not in feed()
-    assert queued() == [feed_path, f"{feed_path}/after"]
-    assert flusher.flush(hand_off=False, budget_s=30) >= 2
-    assert feed() == ["after"] and queued() == []
+    assert (len(names(feed_path)), len(names(access_path))) == (feed, access)
+    assert flusher._flush(mirror.MAX_BATCH_WRITES, mirror.DELETED_PER_PASS) == (0, 0, True)
+    # one budget for the pass: the feed's first 500, nothing of the access documents, nothing written into them
+    assert (len(names(feed_path)), len(names(access_path))) == (feed - 500, access)
+    assert "after" not in names(feed_path)
+    assert queued() == [feed_path, access_path, f"{feed_path}/after"]
+    assert flusher.flush(hand_off=False, budget_s=30) == 3
+    assert names(feed_path) == ["after"] and names(access_path) == [] and queued() == []

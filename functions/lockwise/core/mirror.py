@@ -21,7 +21,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from lockwise.core import firestore, firestore_json, inputs
 from lockwise.core.db import Connection, Database
@@ -40,8 +40,9 @@ BACKOFF_S = 5.0
 #: a flush's transaction may sit this long without a statement while Firestore writes its rows (the connections'
 #: own limit, ``db.IDLE_IN_TRANSACTION_S``, is 60 s)
 FLUSH_IDLE_S = 900.0
-#: documents of a collection one pass deletes (a deleted lock's feed, its members' access documents): a larger one
-#: is deleted over several passes, its row queued until it is empty, while every other row is written between them
+#: documents one pass deletes of the collections whose deletion is queued (a deleted lock's feed, its members' access
+#: documents), however many they are: a larger deletion takes several passes, its row queued until the collection is
+#: found empty, while every other row is written between them; a request's own flush deletes none (``flush``)
 #: (attack run: one pass deleted a whole feed, 30,000 entries in 38 s, and no other lock's view changed meanwhile;
 #: one of 700,000, a busy lock's year, would have outlasted ``FLUSH_IDLE_S`` and started again for ever)
 DELETED_PER_PASS = 1000
@@ -137,6 +138,15 @@ def _now_iso() -> str:
 REFUSED = (firestore.FirestoreRefused, TypeError, ValueError)
 
 
+class _Deleted(NamedTuple):
+    """What a pass did of a collection's deletion (``Flusher._delete``)."""
+
+    written: int  # rows taken off the queue: its own, once the collection was found empty
+    stopped: bool  # Firestore failed: the pass stops, its rows stay queued in order
+    left: bool  # documents may be left: the row stays queued, and writes into the collection wait behind it
+    deleted: int  # documents deleted
+
+
 class Flusher:
     """Writes queued rows to Firestore; after a failure it waits ``BACKOFF_S`` before trying again."""
 
@@ -157,13 +167,22 @@ class Flusher:
     def retry_now(self) -> None:
         self._retry_at = 0.0
 
-    def flush(self, limit: int = MAX_BATCH_WRITES, budget_s: float = FLUSH_BUDGET_S, *, hand_off: bool = True) -> int:
+    def flush(
+        self,
+        limit: int = MAX_BATCH_WRITES,
+        budget_s: float = FLUSH_BUDGET_S,
+        *,
+        hand_off: bool = True,
+        deletes: bool = True,
+    ) -> int:
         """Write queued rows, ``limit`` per commit, until none are left; return how many were written. Never raises
         for Firestore errors. A call while another thread is flushing returns at once and hands its rows to that
         thread, which makes one more pass for them. Once ``budget_s`` has passed no new pass starts, and with
         ``hand_off`` a background flush (``flush_soon``) takes over the rest: rows queued during a flood are written
         as soon as Firestore takes them, not at the relay's next periodic flush (measured: a relay benchmark's last
-        reports of a flood waited 6-10 s in the queue, most of such a run's time)."""
+        reports of a flood waited 6-10 s in the queue, most of such a run's time). Without ``deletes`` (a request's
+        own flush) a collection's deletion is left to a background flush, which this one starts: a request whose
+        flush found a long feed's deletion queued first paid for a part of it (``DELETED_PER_PASS``: seconds)."""
         written = 0
         deadline = time.monotonic() + budget_s
         self._wanted.set()
@@ -176,12 +195,14 @@ class Flusher:
                 return written  # the thread holding the lock checks _wanted after its pass
             try:
                 self._wanted.clear()
-                passed, held_back, unfinished = self._flush(limit)
+                passed, held_back, unfinished = self._flush(limit, DELETED_PER_PASS if deletes else 0)
                 written += passed
-                if held_back or unfinished or passed >= limit:
+                if held_back or (unfinished and deletes) or passed >= limit:
                     self._wanted.set()
             finally:
                 self._lock.release()
+            if unfinished and not deletes:
+                self.flush_soon()  # the deletion, in the background (the relay's periodic flush also does it)
             if held_back:  # another instance is writing older rows of the same documents: theirs go first
                 if hand_off:
                     self.flush_soon()  # a request does not wait for them
@@ -195,12 +216,13 @@ class Flusher:
         kwargs = {"budget_s": BACKGROUND_BUDGET_S, "hand_off": False}
         threading.Thread(target=self.flush, kwargs=kwargs, name="mirror-flush", daemon=True).start()
 
-    def _flush(self, limit: int) -> tuple[int, int, bool]:
-        """One pass: claim up to ``limit`` rows and write them; return how many were written, how many were held
-        back behind another flush's older rows of the same documents, and whether a collection's deletion was left
-        for the next pass (``DELETED_PER_PASS``)."""
+    def _flush(self, limit: int, to_delete: int) -> tuple[int, int, bool]:
+        """One pass: claim up to ``limit`` rows and write them, deleting about ``to_delete`` documents of the
+        collections whose deletion is queued, whichever their number; return how many rows were written, how many
+        were held back behind another flush's older rows of the same documents, and whether a collection's deletion
+        was left for another pass."""
         written = 0
-        unfinished: list[str] = []  # collections this pass began deleting and did not finish
+        unfinished: list[str] = []  # collections whose deletion this pass did not finish (or begin)
         with self.db.transaction() as con:
             # its rows stay claimed while Firestore writes them, with no statement meanwhile (a commit refused, then
             # its halves: ``_settle``)
@@ -219,8 +241,9 @@ class Flusher:
                 if not group:
                     continue
                 if group[0][2] == "delete_collection":
-                    done, stopped, left = self._delete(con, client, group[0])
-                    if left:
+                    step = self._delete(con, client, group[0], to_delete)
+                    done, stopped, to_delete = step.written, step.stopped, to_delete - step.deleted
+                    if step.left:
                         unfinished.append(str(group[0][1]))
                 else:
                     done, stopped = self._settle(con, client, group)
@@ -276,22 +299,24 @@ class Flusher:
         con.run("DELETE FROM firestore_outbox WHERE id = ANY(:ids)", ids=[row[0] for row in group])
         return len(group), False
 
-    def _delete(self, con: Connection, client: firestore.Client, row: list[Any]) -> tuple[int, bool, bool]:
-        """Some of a collection's deletion (``DELETED_PER_PASS`` documents): how many rows were taken off the queue
-        (its own, once the collection is empty), whether an error stopped the pass (as ``_settle``), and whether the
-        collection still has documents (its row stays queued for the next pass)."""
+    def _delete(self, con: Connection, client: firestore.Client, row: list[Any], most: int) -> _Deleted:
+        """Some of a collection's deletion, about ``most`` documents (none: it only keeps its place). Its row is taken
+        off the queue once the collection is found empty (or set aside if Firestore refuses it); otherwise a later
+        pass deletes further."""
+        if most <= 0:
+            return _Deleted(0, False, True, 0)
         try:
-            finished = _delete_some(client, str(row[1]))
+            deleted, finished = _delete_some(client, str(row[1]), most)
         except REFUSED as exc:
             self._set_aside(con, row, exc)
-            return 0, False, False
+            return _Deleted(0, False, False, 0)
         except Exception as exc:  # noqa: BLE001 - Firestore errors come in many types; keep order, retry later
             self._failed(con, row[0], exc)
-            return 0, True, False
+            return _Deleted(0, True, False, 0)
         if not finished:
-            return 0, False, True
+            return _Deleted(0, False, True, deleted)
         con.run("DELETE FROM firestore_outbox WHERE id = :i", i=row[0])
-        return 1, False, False
+        return _Deleted(1, False, False, deleted)
 
     def _set_aside(self, con: Connection, row: list[Any], exc: Exception) -> None:
         """A row Firestore refuses on its own: kept for an operator, never tried again."""
@@ -397,17 +422,17 @@ def _coalesced(group: list[list[Any]]) -> list[tuple[str, str, dict[str, Any]]]:
     return writes
 
 
-def _delete_some(client: firestore.Client, path: str) -> bool:
-    """Delete about ``DELETED_PER_PASS`` documents of the collection at ``path`` (a page at a time: Firestore may list
-    fewer than asked while more are left); whether it was found empty."""
+def _delete_some(client: firestore.Client, path: str, most: int) -> tuple[int, bool]:
+    """Delete about ``most`` documents of the collection at ``path``, a page at a time (Firestore may list fewer
+    than asked while more are left): how many were deleted, and whether it was then found empty."""
     deleted = 0
-    while deleted < DELETED_PER_PASS:
-        names = client.list_names(path, MAX_BATCH_WRITES)
+    while deleted < most:
+        names = client.list_names(path, min(MAX_BATCH_WRITES, most - deleted))
         if not names:
-            return True
+            return deleted, True
         client.commit([firestore_json.delete_write(name) for name in names])
         deleted += len(names)
-    return False
+    return deleted, False
 
 
 def _inside(path: str, collections: list[str]) -> bool:

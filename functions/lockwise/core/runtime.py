@@ -97,10 +97,12 @@ class Runtime:
         return user
 
     def flush_mirror(self, *, force: bool = False) -> int:
-        """Write queued Firestore mirror rows now (best effort: a Firestore outage leaves them queued)."""
+        """Write queued Firestore mirror rows now (best effort: a Firestore outage leaves them queued). ``force``: the
+        relay's periodic flush, which tries again at once after a failure and deletes collections itself (a
+        request's flush leaves them to a background one)."""
         if force:
             self.mirror.retry_now()
-        return self.mirror.flush()
+        return self.mirror.flush(deletes=force)
 
     def flush_mirror_soon(self) -> None:
         """Flush in the background: rows stay queued in PostgreSQL until written, so nothing is lost if the
