@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
 from infra.local.services import Broker
-from lockwise.core import users
+from lockwise.core import retention, users
 from lockwise.core.config import get_settings
 from lockwise.core.runtime import get_runtime
 from lockwise.devices import command_signing, lock_auth
@@ -284,7 +284,7 @@ def test_a_lock_makes_so_many_signed_requests_a_minute(world: World, monkeypatch
 
 
 def test_the_relays_flush_deletes_old_request_nonces_and_counts_and_no_request_does(
-    world: World, stack_env: dict[str, str]
+    world: World, stack_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """One signed request in 50 deleted every lock's old nonces and counts, all at once, on its own path."""
     skew = get_runtime("devices").settings.lock_request_skew_s
@@ -321,9 +321,17 @@ def test_the_relays_flush_deletes_old_request_nonces_and_counts_and_no_request_d
     for _ in range(60):  # one in 50 of these used to delete the old ones
         assert config().status_code == 200
     assert kept() == (nonces + 60, stale, stale_counts)
+    db_rows(  # all but the last 5 aged too, and a flush's batch made small: its prune repeats while batches are full
+        "UPDATE lock_request_nonces SET seen_at = now() - make_interval(secs => :s) WHERE lock_id = CAST(:l AS uuid)"
+        " AND nonce NOT IN (SELECT nonce FROM lock_request_nonces WHERE lock_id = CAST(:l AS uuid)"
+        " ORDER BY seen_at DESC LIMIT 5)",
+        s=2 * skew + 5,
+        l=world.lock_id,
+    )
+    monkeypatch.setattr(retention, "PRUNE_BATCH", 7)
     token = {"X-LockWise-Service-Token": stack_env["LOCKWISE_SERVICE_TOKEN"]}
     assert world.devices.post("/devices/relay/flush", headers=token).status_code == 200
-    assert kept() == (60, 0, 0)  # the nonces inside the window stay
+    assert kept() == (5, 0, 0)  # the nonces inside the window stay
 
 
 def test_commands_are_signed_for_the_lock(world: World) -> None:

@@ -8,6 +8,7 @@ Readers skip expired rows themselves (``expires_at > now()``), so a late prune n
 from __future__ import annotations
 
 import logging
+import time
 
 from lockwise.core import log
 from lockwise.core.db import Connection
@@ -39,6 +40,10 @@ REFUSED_MIRROR_WRITES_KEPT_DAYS = 30
 #: retention made shorter); a backlog then drains flush by flush (10 s apart: up to 500 rows/s a table) instead of
 #: failing the whole flush, and the mirror's writes with it, every time
 PRUNE_BATCH = 5000
+#: the locks' request nonces and per-minute counts come faster than one batch a flush can delete (a lock at its
+#: request limit adds 2 nonces a second: 250 such locks fill a batch every 10 s flush), so their prune repeats while
+#: batches come back full, for up to this long a flush
+BUSY_PRUNE_S = 2.0
 
 
 def prune_expired(con: Connection, nonces_kept_s: int) -> dict[str, int]:
@@ -48,10 +53,12 @@ def prune_expired(con: Connection, nonces_kept_s: int) -> dict[str, int]:
     per-minute counts of past minutes; return how many a table. (The nonces and counts were deleted by one signed
     request in 50, all at once: a request paid for every lock's.)"""
     pruned = {table: _prune(con, table, "expires_at <= now()") for table in EXPIRING}
-    pruned["lock_request_nonces"] = _prune(
+    pruned["lock_request_nonces"] = _prune_while_full(
         con, "lock_request_nonces", "seen_at < now() - make_interval(secs => :s)", s=nonces_kept_s
     )
-    pruned["lock_request_counts"] = _prune(con, "lock_request_counts", "minute < now() - interval '2 minutes'")
+    pruned["lock_request_counts"] = _prune_while_full(
+        con, "lock_request_counts", "minute < now() - interval '2 minutes'"
+    )
     pruned["firestore_outbox"] = _prune(
         con,
         "firestore_outbox",
@@ -61,6 +68,16 @@ def prune_expired(con: Connection, nonces_kept_s: int) -> dict[str, int]:
     if any(pruned.values()):
         log.event(logger, "expired rows deleted", **pruned)
     return pruned
+
+
+def _prune_while_full(con: Connection, table: str, condition: str, **params: object) -> int:
+    """``_prune`` again while its batches come back full, for up to ``BUSY_PRUNE_S``: how many rows in all."""
+    total, deadline = 0, time.monotonic() + BUSY_PRUNE_S
+    while True:
+        deleted = _prune(con, table, condition, **params)
+        total += deleted
+        if deleted < PRUNE_BATCH or time.monotonic() >= deadline:
+            return total
 
 
 def _prune(con: Connection, table: str, condition: str, **params: object) -> int:
