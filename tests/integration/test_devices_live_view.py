@@ -18,6 +18,7 @@ import pytest
 
 from infra.local import services
 from infra.local.firestore_sdk import sdk_client as firestore_client
+from lockwise.core import mirror
 from lockwise.core.config import get_settings
 from lockwise.core.runtime import get_runtime
 from lockwise.devices import lock_events, members
@@ -66,8 +67,11 @@ def test_state_change_updates_the_lock_document_and_feed(world: World, stack_env
     assert doc["member_uids"] == [] and doc["access"] == {}  # who and until when: in the access documents
     kinds = [d.to_dict()["kind"] for d in client.collection(f"locks/{world.lock_id}/activity").stream()]
     assert "state" in kinds and "offline" in kinds and "member_removed" in kinds
+    soon, late = (dt.datetime.now(dt.UTC) + mirror.FEED_KEPT + dt.timedelta(minutes=m) for m in (-5, 5))
     for entry in client.collection(f"locks/{world.lock_id}/activity").stream():
         assert not {"embedding", "score", "audio"} & set(entry.to_dict())
+        # a timestamp Firestore's TTL policy deletes the entry after (infra/firestore.indexes.json)
+        assert soon < entry.to_dict()["expires_at"] < late
     view = world.devices.get(f"/devices/locks/{world.lock_id}", headers=world.headers("member")).get_json()
     assert view["state"]["state"] == "unlocked" and view["state"]["online"] is False
 

@@ -362,3 +362,12 @@ def test_build_copies_the_one_export_into_each_voice_bundle() -> None:
     assert sorted(Path(c[3]).parent.name for c in copies) == ["embed", "verify"]
     assert all(c[2] == f"{exported}/." and Path(c[3]).name == "model" for c in copies)  # its files, not nested
     assert all(commands.index(c) > export for c in copies)  # after the export wrote it
+
+
+def test_feed_entries_expire_by_a_firestore_ttl_policy_the_deploy_sets() -> None:
+    """The mirror gives each feed entry an ``expires_at`` timestamp (``mirror.FEED_KEPT``); the indexes file that
+    ``firebase deploy --only firestore:indexes`` applies makes it the activity collection group's TTL field."""
+    config = json.loads((REPO / "firebase.json").read_text())
+    indexes = json.loads((REPO / config["firestore"]["indexes"]).read_text())
+    ttl = [f for f in indexes.get("fieldOverrides", []) if f.get("ttl")]
+    assert ttl == [{"collectionGroup": "activity", "fieldPath": "expires_at", "ttl": True, "indexes": []}]

@@ -84,6 +84,18 @@ def test_values_survive_encoding_and_decoding(data: dict[str, Any]) -> None:
     assert firestore_json.decode_fields(json.loads(json.dumps(firestore_json.encode_fields(data)))) == data
 
 
+def test_a_timestamp_is_the_library_s_timestamp() -> None:
+    """A feed entry's ``expires_at`` (Firestore's TTL policy reads timestamps only), through the queue's JSON."""
+    import datetime as dt
+
+    when = dt.datetime(2027, 3, 1, 12, 30, 45, 123000, tzinfo=dt.UTC)
+    queued = json.loads(json.dumps({"kind": "state", "expires_at": firestore_json.timestamp(when)}))
+    ours = as_proto(firestore_json.set_write(NAME, queued))
+    assert ours == library(_helpers.pbs_for_set_no_merge(NAME, {"kind": "state", "expires_at": when}))
+    # any other map is a map, one whose only key is another name too
+    assert firestore_json.encode({"__timestamp__": "x", "y": 1})["mapValue"]
+
+
 def test_a_value_json_cannot_hold_is_refused() -> None:
     with pytest.raises(TypeError, match="bytes"):
         firestore_json.encode(b"raw")

@@ -3,11 +3,12 @@
 The writes mean what Google's client library means by ``batch.set``, ``set(..., merge=True)`` and
 ``set(..., merge=[fields])``: same update masks, same field-path quoting (``tests/unit/test_firestore_rest.py``
 compares each with the protobuf the library makes). The mirror's data is JSON, so JSON's types are all the values
-need.
+need, and one more: a timestamp, written as the one-key map ``timestamp`` makes.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import math
 import re
 from collections.abc import Mapping
@@ -64,6 +65,16 @@ def encode_fields(data: Mapping[str, Any]) -> dict[str, Any]:
     return {str(key): encode(value) for key, value in data.items()}
 
 
+#: the key of a map that stands for a Firestore timestamp (``timestamp``): mirror rows pass through JSON in the
+#: queue, which has no timestamps (Firestore reserves field names of the form ``__*__``: no data has this one)
+TIMESTAMP = "__timestamp__"
+
+
+def timestamp(when: dt.datetime) -> dict[str, str]:
+    """``when`` (aware) as a value ``encode`` makes a Firestore timestamp of (a TTL policy reads only those)."""
+    return {TIMESTAMP: when.astimezone(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")}
+
+
 def encode(value: Any) -> dict[str, Any]:
     if value is None:
         return {"nullValue": None}
@@ -76,6 +87,8 @@ def encode(value: Any) -> dict[str, Any]:
     if isinstance(value, str):
         return {"stringValue": value}
     if isinstance(value, Mapping):
+        if value.keys() == {TIMESTAMP}:
+            return {"timestampValue": str(value[TIMESTAMP])}
         return {"mapValue": {"fields": encode_fields(value)}}
     if isinstance(value, list | tuple):
         return {"arrayValue": {"values": [encode(item) for item in value]}}

@@ -15,6 +15,7 @@ Documents: ``locks/{lock_id}`` (state, battery, online, firmware, last_seen, nam
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
 import threading
@@ -113,13 +114,23 @@ EVERYONE_KINDS = frozenset({"state", "online", "offline"})
 PEOPLE_FIELDS = ("actor_uid", "target_uid", "member_uid", "invited_by")
 
 
+#: how long an entry stays in a lock's feed: Firestore deletes it once its ``expires_at`` has passed (a TTL policy on
+#: the ``activity`` collection group, ``infra/firestore.indexes.json``, within a day or so of that time). A feed grew
+#: without end: a lock may list ~57,600 reports and refused attempts a day (attack run), all kept, read by nobody
+#: past the app's last screens, and deleted in one go with the lock (``DELETED_PER_PASS``). The attempts log and the
+#: audit log in PostgreSQL keep their own time.
+FEED_KEPT = dt.timedelta(days=90)
+
+
 def activity_entry(lock_id: str, kind: str, *, entry_id: str | None = None, **fields: Any) -> Write:
     """A new entry of the lock's activity feed (never biometric data), to queue with ``enqueue_many``; its
-    ``audience`` and ``about`` say who reads it (``infra/firestore.rules``). ``entry_id``: the document's id when
-    the same event may come again and must stay one entry (a lock's report, by its own time); a random one if not."""
+    ``audience`` and ``about`` say who reads it (``infra/firestore.rules``), its ``expires_at`` when Firestore
+    deletes it (``FEED_KEPT``). ``entry_id``: the document's id when the same event may come again and must stay
+    one entry (a lock's report, by its own time); a random one if not."""
     about = sorted({uid for name in PEOPLE_FIELDS if isinstance(uid := fields.get(name), str)})
     audience = "everyone" if kind in EVERYONE_KINDS else "admins"
-    data = {"kind": kind, "at": _now_iso(), **fields, "audience": audience, "about": about}
+    expires = firestore_json.timestamp(dt.datetime.now(dt.UTC) + FEED_KEPT)
+    data = {"kind": kind, "at": _now_iso(), **fields, "audience": audience, "about": about, "expires_at": expires}
     return f"locks/{lock_id}/activity/{entry_id or uuid.uuid4()}", "set", data
 
 
