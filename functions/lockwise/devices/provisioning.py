@@ -222,11 +222,13 @@ def redeem(
         s=certificate[1],
         n=certificate[0].not_after,
     )
-    # a new pairing numbers its connections afresh (a counter from zero, a factory reset): the old device's numbers,
-    # which it could push as far ahead as it liked, no longer order its reports
+    # a new pairing numbers its connections afresh (a counter from zero, a factory reset), and its reports' times
+    # start again: the old device's numbers, which it could push as far ahead as it liked, and its last report's
+    # time, up to 5 min ahead of the clock, no longer order the new device's reports (attack run: a stolen device's
+    # last report left the replacement's reports stale for minutes)
     con.run(
-        "INSERT INTO lock_state (lock_id) VALUES (CAST(:l AS uuid))"
-        " ON CONFLICT (lock_id) DO UPDATE SET status_order = NULL",
+        "INSERT INTO lock_state (lock_id) VALUES (CAST(:l AS uuid)) ON CONFLICT (lock_id) DO UPDATE"
+        " SET status_order = NULL, reported_at = NULL, recent_reports = '{}'",
         l=lock_id,
     )
     audit.record(
