@@ -255,8 +255,8 @@ def test_production_credentials_come_from_the_metadata_server_and_are_refreshed(
     env = {k: v for k, v in os.environ.items() if not k.startswith(("GOOGLE_", "GCE_", "CLOUDSDK_"))}
     env.update(HOME=str(tmp_path), GCE_METADATA_HOST=host, GCE_METADATA_IP=host, PYTHONPATH=str(services.FUNCTIONS_DIR))
     script = (
-        "from lockwise.core import firestore\n"
-        "authorize = firestore.default_credentials()\n"
+        "from lockwise.core import firestore, google_api\n"
+        "authorize = google_api.default_credentials(None, firestore.SCOPE, firestore.PRODUCTION_HOST)\n"
         "seen = []\n"
         "for _ in range(2):\n"
         "    headers = {}\n"

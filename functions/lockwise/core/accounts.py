@@ -15,7 +15,6 @@ a lookup's (its ``kind``) is taken as telling which are gone.
 
 from __future__ import annotations
 
-import http.client
 import json
 import ssl
 import urllib.parse
@@ -23,9 +22,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from lockwise.core import audit, inputs
+from lockwise.core import audit, google_api, inputs
 from lockwise.core.db import Connection, Database
-from lockwise.core.firestore import Authorize, default_credentials
+from lockwise.core.google_api import Authorize
 
 PRODUCTION_HOST = "identitytoolkit.googleapis.com"
 SCOPE = "https://www.googleapis.com/auth/cloud-platform"
@@ -56,31 +55,19 @@ class IdentityToolkit:
         self, project_id: str, host: str, *, authorize: Authorize, tls: ssl.SSLContext | None, prefix: str = ""
     ) -> None:
         self._target = f"{prefix}/v1/projects/{urllib.parse.quote(project_id, safe='')}/accounts:lookup"
-        self._host, self._authorize, self._tls = host, authorize, tls
+        self._api = google_api.GoogleApi(host, authorize=authorize, tls=tls, timeout_s=TIMEOUT_S)
 
     def lookup(self, uids: Sequence[str]) -> dict[str, bool]:
         if not 0 < len(uids) <= LOOKUP_MAX:
             raise ValueError(f"look up 1 to {LOOKUP_MAX} accounts at a time, not {len(uids)}")
-        headers = {"Content-Type": "application/json"}
         try:
-            self._authorize(headers)
-        except Exception as exc:  # noqa: BLE001 - google-auth's refresh fails in its own types
-            raise DirectoryError(f"credentials could not be refreshed: {type(exc).__name__}") from exc
-        con = (
-            http.client.HTTPConnection(self._host, timeout=TIMEOUT_S)
-            if self._tls is None
-            else http.client.HTTPSConnection(self._host, timeout=TIMEOUT_S, context=self._tls)
-        )
-        try:
-            con.request("POST", self._target, body=json.dumps({"localId": list(uids)}).encode(), headers=headers)
-            resp = con.getresponse()
-            data = resp.read()
-        except (OSError, http.client.HTTPException) as exc:
-            raise DirectoryError(f"Firebase Auth could not be reached: {type(exc).__name__}") from exc
-        finally:
-            con.close()
-        if resp.status != 200:
-            raise DirectoryError(f"Firebase Auth answered {resp.status}: {data[:200].decode(errors='replace')}")
+            status, data = self._api.call("POST", self._target, {"localId": list(uids)})
+        except google_api.NoCredentials as exc:
+            raise DirectoryError(f"credentials could not be refreshed: {exc}") from exc
+        except google_api.Unreachable as exc:
+            raise DirectoryError(f"Firebase Auth could not be reached: {exc}") from exc
+        if status != 200:
+            raise DirectoryError(f"Firebase Auth answered {status}: {data[:200].decode(errors='replace')}")
         try:
             found = json.loads(data)
             if found.get("kind") != LOOKUP_KIND:  # a proxy's or another API's 200 is not "none of them exist"
@@ -96,16 +83,16 @@ def directory_for(project_id: str, auth_emulator_host: str | None) -> IdentityTo
     """Production's Firebase Auth with Application Default Credentials (``DirectoryError`` without any), or the
     emulator at ``auth_emulator_host``."""
     if auth_emulator_host:
-
-        def emulator_owner(headers: dict[str, str]) -> None:
-            headers["Authorization"] = "Bearer owner"
-
         return IdentityToolkit(
-            project_id, auth_emulator_host, authorize=emulator_owner, tls=None, prefix="/identitytoolkit.googleapis.com"
+            project_id,
+            auth_emulator_host,
+            authorize=google_api.emulator_owner,
+            tls=None,
+            prefix="/identitytoolkit.googleapis.com",
         )
     tls = ssl.create_default_context()
     try:
-        authorize = default_credentials(tls, scope=SCOPE, host=PRODUCTION_HOST)
+        authorize = google_api.default_credentials(tls, scope=SCOPE, host=PRODUCTION_HOST)
     except Exception as exc:  # noqa: BLE001 - google-auth finds no credentials in its own types
         raise DirectoryError(f"no credentials for Firebase Auth: {type(exc).__name__}") from exc
     return IdentityToolkit(project_id, PRODUCTION_HOST, authorize=authorize, tls=tls)

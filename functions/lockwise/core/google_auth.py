@@ -3,7 +3,7 @@
 google-auth ships transports for requests and urllib3 only; either would be imported for nothing but the token
 refresh (requests ~0.15 s at a cold start, measured). Its credentials need just this callable: one request, the
 status, headers and body back, ``TransportError`` when the other side cannot be reached (the metadata server's
-detection relies on that). Imported only where production credentials are made (``lockwise.core.firestore``).
+detection relies on that). Imported only where production credentials are made (``lockwise.core.google_api``).
 """
 
 from __future__ import annotations
