@@ -11,7 +11,7 @@ from typing import Any
 import flask
 import functions_framework
 
-from lockwise.core import auth, errors, health
+from lockwise.core import auth, erasure, errors, health
 from lockwise.core.http import Api, Ctx, JsonBody, Result
 from lockwise.core.runtime import get_runtime
 from lockwise.voice import audio, enrollment, scoring, voiceprints
@@ -78,7 +78,7 @@ def enrollment_status(ctx: Ctx) -> JsonBody:
 def delete_voice_data(ctx: Ctx) -> Result:
     user = app_user(ctx)
     with rt.db.transaction() as con:
-        voiceprints.delete(con, user.uid)
+        erasure.forget_voice(con, user.uid)
     rt.flush_mirror()
     return flask.Response(status=204)
 

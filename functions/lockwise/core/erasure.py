@@ -1,7 +1,6 @@
-"""Erasing a user's voice data, written once: for the app's ``DELETE /embed/enrollment`` (the voice domain's
-``voiceprints.delete``) and for an account found deleted outside the app (``lockwise.devices.gone_accounts``, on the
-relay's flush: the devices bundle loads no voice code, so the statements live here, as the voice tables' retention
-does in ``lockwise.core.retention``)."""
+"""Erasing a user's voice data, written once: for the app's ``DELETE /embed/enrollment`` and for an account found
+deleted outside the app (``lockwise.devices.gone_accounts``, on the relay's flush: the devices bundle loads no voice
+code, so the statements live here, as the voice tables' retention does in ``lockwise.core.retention``)."""
 
 from __future__ import annotations
 

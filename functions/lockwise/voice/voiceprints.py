@@ -1,4 +1,5 @@
-"""Voiceprints in PostgreSQL: store (replacing), read, delete, and the candidates allowed at a lock right now.
+"""Voiceprints in PostgreSQL: store (replacing), read, and the candidates allowed at a lock right now (their deletion,
+with every score and fingerprint of the voice: ``lockwise.core.erasure``).
 
 A voiceprint row holds the normalised mean embedding and the sample embeddings (float32 little-endian), tagged with
 the ``model_id`` of the encoder that made them. Scores are only ever computed between embeddings of the same model:
@@ -13,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from lockwise.core import erasure, mirror
+from lockwise.core import mirror
 from lockwise.core.db import Connection, rows_as_dicts
 from lockwise.devices.members import Membership
 from lockwise.voice import scoring
@@ -63,12 +64,6 @@ def status(con: Connection, uid: str, current_model_id: str) -> dict[str, Any]:
         "samples": row["sample_count"],
         "enrolled_at": row["created_at"].isoformat(),
     }
-
-
-def delete(con: Connection, uid: str) -> int:
-    """Delete all of the user's voice data (``erasure.forget_voice``: the voiceprint, the fingerprints, the scores
-    it produced); returns the number of voiceprint rows removed."""
-    return erasure.forget_voice(con, uid)
 
 
 @dataclass(frozen=True)
@@ -121,8 +116,8 @@ def candidates(con: Connection, lock_id: str, model_id: str, dim: int, now: dt.d
         + _SCORED_ACCOUNT.format("m")
         + " WHERE m.lock_id = CAST(:l AS uuid) AND m.revoked_at IS NULL"
         " AND (m.expires_at IS NULL OR m.expires_at > now()) ORDER BY m.user_uid"
-        # held until the decision commits: deleting this voice data waits for it (``delete``); re-enrolling (an
-        # UPDATE of no key) does not
+        # held until the decision commits: deleting this voice data waits for it (``erasure.forget_voice``);
+        # re-enrolling (an UPDATE of no key) does not
         " FOR KEY SHARE OF v",
         l=lock_id,
     )
