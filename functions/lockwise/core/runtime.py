@@ -81,20 +81,24 @@ class Runtime:
         user = self.verifier.verify(id_token)
         email = users.stored_email(user)
         seen, now = self._recorded_users.get(user.uid), time.monotonic()
-        if seen is None or seen.email != email or now - seen.at > RECORDED_USER_TTL_S:
-            if seen is None or seen.email != email:
-                with self.db.transaction() as con:
-                    users.upsert(con, user)
-                    gone = users.account_gone(con, user)
-            else:  # recorded: only whether the account is gone is read again
-                with self.db.connection() as con:
-                    gone = users.account_gone(con, user)
-            if len(self._recorded_users) >= RECORDED_USERS_MAX:  # bounded: start over rather than grow
-                self._recorded_users.clear()
-            seen = self._recorded_users[user.uid] = Recorded(email, now, gone)
+        if seen is None or seen.email != email:
+            with self.db.transaction() as con:  # remembered once committed
+                users.upsert(con, user)
+                gone = users.account_gone(con, user)
+            seen = self._recorded(user.uid, Recorded(email, now, gone))
+        elif now - seen.at > RECORDED_USER_TTL_S:  # recorded: only whether the account is gone is read again
+            with self.db.connection() as con:
+                gone = users.account_gone(con, user)
+            seen = self._recorded(user.uid, Recorded(email, now, gone))
         if seen.gone:
             raise users.account_deleted()
         return user
+
+    def _recorded(self, uid: str, seen: Recorded) -> Recorded:
+        if len(self._recorded_users) >= RECORDED_USERS_MAX:  # bounded: start over rather than grow
+            self._recorded_users.clear()
+        self._recorded_users[uid] = seen
+        return seen
 
     def flush_mirror(self, *, force: bool = False) -> int:
         """Write queued Firestore mirror rows now (best effort: a Firestore outage leaves them queued). ``force``: the
