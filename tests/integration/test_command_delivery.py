@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from lockwise.core.config import get_settings
-from lockwise.core.db import Database
+from lockwise.core.db import Connection, Database
 from lockwise.devices import command_signing, lockout
 from mqtt_relay import outbox
 from tests.devices_world import World, build_world
@@ -133,28 +133,55 @@ def test_an_ack_does_not_wait_for_a_voice_decision_holding_the_lockout(
 ) -> None:
     """A voice decision holds its lock's lockout row through the forward pass (up to 20 s). The ack of an app unlock
     at that lock, which ends a lockout, waited for it past the statement limit and made the relay's whole batch,
-    every lock's events in it, a 503. It now applies without ending the lockout (the owner can end it)."""
+    every lock's events in it, a 503. It now applies without waiting, and the decision, failing, ends the lockout
+    in its place instead of counting its failure; a failure with no app unlock meanwhile still counts."""
     command_id = send(world, "owner").get_json()["command"]["id"]
     with impatient_devices.connection() as con:
         ((nonce,),) = con.run("SELECT nonce FROM commands WHERE id = CAST(:i AS uuid)", i=command_id)
     with impatient_devices.transaction() as con:
         con.run(
-            "INSERT INTO voice_lockouts (lock_id) VALUES (CAST(:l AS uuid)) ON CONFLICT DO NOTHING", l=world.lock_id
+            "INSERT INTO voice_lockouts (lock_id, consecutive_failures) VALUES (CAST(:l AS uuid), 4)"
+            " ON CONFLICT (lock_id) DO UPDATE SET consecutive_failures = 4, locked_until = NULL",
+            l=world.lock_id,
         )
+    settings = get_settings("verify")
+
+    def fail(verifying: Connection, began: dt.datetime) -> int:  # a decision's rejection, as it ends
+        return lockout.record_failure(
+            verifying, world.lock_id, began, after=settings.lockout_after, base_s=settings.lockout_base_s
+        )
+
+    def failures() -> tuple[int, bool]:
+        with impatient_devices.connection() as con:
+            ((count, locked),) = con.run(
+                "SELECT consecutive_failures, locked_until IS NOT NULL FROM voice_lockouts"
+                " WHERE lock_id = CAST(:l AS uuid)",
+                l=world.lock_id,
+            )
+        return int(count), bool(locked)
+
+    assert settings.lockout_after == 5
     ack = {
         "topic": f"lockwise/{world.credentials['mqtt']['client_id']}/ack",
         "payload": f'{{"id": "{command_id}", "nonce": "{nonce}", "result": "ok"}}',
     }
     with impatient_devices.transaction() as verifying:
-        lockout.hold(verifying, world.lock_id, dt.datetime.now(dt.UTC))  # what a voice decision takes first
+        began = dt.datetime.now(dt.UTC)
+        lockout.hold(verifying, world.lock_id, began)  # what a voice decision takes first
         resp = world.devices.post(
             "/devices/relay/events",
             json={"events": [ack]},
             headers={"X-LockWise-Service-Token": stack_env["LOCKWISE_SERVICE_TOKEN"]},
         )
-    assert resp.status_code == 200, resp.get_json()
+        assert resp.status_code == 200, resp.get_json()
+        assert fail(verifying, began) == 0  # the fifth failure would have locked voice out
     assert resp.get_json()["results"][0]["outcome"] == "applied"
     assert status(impatient_devices, command_id)[0] == "acked"
+    assert failures() == (0, False)
+    # the app unlock ended the lockout before this attempt began: its failure counts
+    with impatient_devices.transaction() as verifying:
+        assert fail(verifying, dt.datetime.now(dt.UTC)) == 0
+    assert failures() == (1, False)
 
 
 def test_a_locks_commands_go_out_in_the_order_made_across_relay_replicas(

@@ -37,13 +37,26 @@ def hold(con: Connection, lock_id: str, now: dt.datetime) -> Hold:
     return Hold(wait, failures > 0 or until is not None)
 
 
+#: an app unlock acked since the attempt began ends the lockout in its place (``clear_unless_busy`` left it)
+_APP_OPENED = (
+    "EXISTS (SELECT 1 FROM commands WHERE lock_id = CAST(:l AS uuid) AND created_at > CAST(:since AS timestamptz)"
+    " - interval '1 day' AND acked_at >= :since AND status = 'acked' AND issuer_kind = 'user'"
+    " AND action IN ('unlock', 'open'))"
+)
+
+
 def record_failure(con: Connection, lock_id: str, now: dt.datetime, *, after: int, base_s: int) -> int:
-    """Count a rejected attempt; return the lockout in seconds it starts (0 if none)."""
+    """Count a rejected attempt begun at ``now``; return the lockout in seconds it starts (0 if none). If the app
+    opened the door meanwhile (an unlock acked while this attempt held the row, which the ack could not clear
+    without waiting for it: ``clear_unless_busy``) the lockout is cleared instead, as that ack would have done."""
     failures = int(
         con.run(
-            "UPDATE voice_lockouts SET consecutive_failures = consecutive_failures + 1, updated_at = now()"
+            "UPDATE voice_lockouts SET consecutive_failures = CASE WHEN o.opened THEN 0"
+            " ELSE consecutive_failures + 1 END, locked_until = CASE WHEN o.opened THEN NULL ELSE locked_until END,"
+            f" updated_at = now() FROM (SELECT {_APP_OPENED} AS opened) o"
             " WHERE lock_id = CAST(:l AS uuid) RETURNING consecutive_failures",
             l=lock_id,
+            since=now,
         )[0][0]
     )
     if failures < after:
@@ -83,8 +96,10 @@ _CLEAR = "UPDATE voice_lockouts SET consecutive_failures = 0, locked_until = NUL
 
 def clear_unless_busy(con: Connection, lock_id: str) -> bool:
     """``clear``, unless a voice decision at the lock holds the row (for its forward pass, up to 20 s): then nothing,
-    at once, and False. For the relay's batches, which carry every lock's events: one lock's ack waiting for its own
-    voice attempt held the whole batch past the statement limit (a 503 for every lock in it: attack run)."""
+    at once, and False; that decision clears it as it ends if it fails (``record_failure`` finds the ack; an
+    accepted one clears it anyway). For the relay's batches, which carry every lock's events: one lock's ack waiting
+    for its own voice attempt held the whole batch past the statement limit (a 503 for every lock in it: attack
+    run)."""
     free = "(SELECT lock_id FROM voice_lockouts WHERE lock_id = CAST(:l AS uuid) FOR UPDATE SKIP LOCKED)"
     return bool(con.run(_CLEAR + free + " RETURNING 1", l=lock_id))
 
