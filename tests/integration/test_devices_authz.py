@@ -169,6 +169,70 @@ def test_member_management_rules(world: World, sign_up: Any) -> None:
     assert resp.status_code == 200 and resp.get_json()["member"]["role"] == "admin"
 
 
+def test_an_admin_whose_access_ends_grants_nothing_that_outlives_it(
+    world: World, sign_up: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Attack run: an admin the owner let in until a set time invited their own second account as a member with no
+    end, and kept the door through it once their own access had ended. What such an admin grants (an invitation, a
+    member's or guest's new terms) must now end by the time their own access does; an admin with no end is not
+    limited."""
+    lock, now = world.lock_id, dt.datetime.now(dt.UTC)
+    ends = now + dt.timedelta(hours=1)
+    admin = sign_up()
+    assert world.devices.get("/devices/me", headers=bearer(admin)).status_code == 200
+    join(
+        world.devices,
+        lock,
+        world.accounts["owner"],
+        admin,
+        {"role": "admin", "access": {"expires_at": ends.isoformat()}},
+    )
+    second_account = sign_up()
+    assert world.devices.get("/devices/me", headers=bearer(second_account)).status_code == 200
+    second = str(second_account["localId"])
+
+    def invite(grant: dict[str, Any]) -> Any:
+        return world.devices.post(
+            f"/devices/locks/{lock}/members", json={"uid": second, **grant}, headers=bearer(admin)
+        )
+
+    def refused(resp: Any) -> bool:
+        return bool(resp.status_code == 403 and resp.get_json()["error"]["code"] == "grant_outlives_granter")
+
+    later, sooner = (ends + dt.timedelta(minutes=1)).isoformat(), (ends - dt.timedelta(minutes=1)).isoformat()
+    assert refused(invite({"role": "member"}))
+    assert refused(invite({"role": "member", "access": {"expires_at": later}}))
+    assert refused(invite({"role": "guest", "access": {"weekdays": ["mon"]}}))
+    assert refused(invite({"role": "guest", "access": {"valid_until": later}}))
+    # changing someone already in: the same limit, on the terms the change gives them
+    path = f"/devices/locks/{lock}/members/{world.uid('guest_in')}"
+    assert refused(world.devices.patch(path, json={"role": "member"}, headers=bearer(admin)))
+    assert refused(world.devices.patch(path, json={"role": "guest"}, headers=bearer(admin)))
+    resp = world.devices.patch(path, json={"role": "guest", "access": {"valid_until": sooner}}, headers=bearer(admin))
+    assert resp.status_code == 200, resp.get_json()
+    resp = invite({"role": "member", "access": {"expires_at": sooner}})
+    assert resp.status_code == 202, resp.get_json()
+    accepted = world.devices.post(
+        f"/devices/invitations/{resp.get_json()['invitation']['id']}/accept", headers=bearer(second_account)
+    )
+    assert accepted.status_code == 201 and "expires_at" in accepted.get_json()["member"]["access"]
+    # the owner, and an admin with no end, grant without an end
+    assert world.devices.patch(path, json={"role": "member"}, headers=world.headers("admin")).status_code == 200
+    other = fresh_user(world, sign_up)
+    resp = world.devices.post(
+        f"/devices/locks/{lock}/members", json={"uid": other, "role": "member"}, headers=world.headers("owner")
+    )
+    assert resp.status_code == 202
+    # once the admin's access has ended, what they granted has too
+    monkeypatch.setattr(get_runtime("devices"), "clock", lambda: ends + dt.timedelta(minutes=1))
+    listed = world.devices.get(f"/devices/locks/{lock}/members", headers=world.headers("owner")).get_json()
+    assert second not in {m["uid"] for m in listed["members"]}
+    resp = world.devices.post(
+        f"/devices/locks/{lock}/commands", json={"action": "unlock"}, headers=bearer(second_account)
+    )
+    assert resp.status_code == 404
+
+
 def test_an_account_about_to_be_deleted_leaves_every_lock_and_an_owner_is_told_to_hand_theirs_over_first(
     world: World, stack_env: dict[str, str]
 ) -> None:

@@ -54,6 +54,7 @@ def invite(
 ) -> dict[str, Any]:
     """Invite ``uid`` or ``email`` (exactly one); returns the invitation as the add-member answer shows it."""
     members.check_can_grant(actor, role)
+    members.check_ends_in_time(actor, access)
     if (uid is None) == (email is None):
         raise errors.BadRequest("give exactly one of uid or email", code="invalid_invitee")
     if uid is not None:

@@ -224,6 +224,7 @@ def update_member(
 ) -> None:
     _check_can_manage(actor, target)
     members.check_can_grant(actor, role)
+    members.check_ends_in_time(actor, access)
     con.run(
         "UPDATE lock_members SET role = :r, valid_from = :valid_from, valid_until = :valid_until,"
         " weekdays = :weekdays, day_start_minute = :day_start_minute, day_end_minute = :day_end_minute,"

@@ -228,6 +228,22 @@ def check_can_grant(actor: Membership, role: str) -> None:
         raise errors.Forbidden("only the owner appoints admins", code="role_too_low")
 
 
+def check_ends_in_time(actor: Membership, access: dict[str, Any]) -> None:
+    """An admin whose own access ends (``expires_at``, the owner's limit on them) grants only access that ends by
+    then: 403 ``grant_outlives_granter`` otherwise, naming the time. An admin the owner let in for a week once
+    invited their own second account as a member with no end, and kept the door through it (attack run).
+    ``access``: ``parse_access``'s values; a guest's ``valid_until`` ends it too."""
+    if actor.role != "admin" or actor.expires_at is None:
+        return
+    ends = [access[name] for name in ("expires_at", "valid_until") if access.get(name) is not None]
+    if not ends or min(ends) > actor.expires_at:
+        raise errors.Forbidden(
+            f"your access to this lock ends at {actor.expires_at.isoformat()}; what you grant must end by then"
+            " (access.expires_at)",
+            code="grant_outlives_granter",
+        )
+
+
 def mirror_access(con: Connection, lock_id: str) -> None:
     """Mirror who may read the lock's documents and until when: per member, a document ``locks/{lock}/access/{uid}``
     (expiry, guest window and its zone's offset) that the security rules read and compare with ``request.time``, so
