@@ -53,3 +53,19 @@ def test_bytes_that_encode_no_point_are_refused() -> None:
     assert len(not_points) > 10  # about half of all y have no x
     for raw in not_points:
         assert not ed25519_points.usable_public_key(raw)
+
+
+def test_a_second_encoding_of_a_point_is_refused() -> None:
+    """Attack run 11: 32 bytes of 0xff paired (y = 2^255 - 1, which OpenSSL reads as y = 18). Every y of p or more
+    is a second name of the point of y - p, and is refused whether or not that point is usable; the canonical
+    names of those points are judged as before."""
+    canonical = [y.to_bytes(32, "little") for y in range(19)]
+    usable = [raw for raw in canonical if ed25519_points.usable_public_key(raw)]
+    assert usable  # some of those points are of large order: their second names would have paired
+    for y in range(19):
+        for sign in (0, 1 << 255):
+            second = (y + ed25519_points.P + sign).to_bytes(32, "little")
+            assert ed25519_points.decode(second) is None and not ed25519_points.usable_public_key(second)
+            with pytest.raises(errors.BadRequest):
+                provisioning.parse_public_key(base64.b64encode(second).decode())
+    assert not ed25519_points.usable_public_key(b"\xff" * 32)

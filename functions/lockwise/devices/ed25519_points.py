@@ -4,7 +4,9 @@
 the curve verifies nothing; a point of small order (the identity, or one of the other seven points of the 8-torsion,
 in any of their encodings) verifies one signature for many messages: a signature ``(R, 0)`` holds for every message
 whose hash puts ``R + [k]A`` at the identity, one message in eight. Both are refused at pairing, as libsodium's
-``crypto_sign_verify`` refuses small-order keys.
+``crypto_sign_verify`` refuses small-order keys. An encoding of y that is p or more (RFC 8032's step 1) is refused
+too: OpenSSL's verification reduces it mod p, so such a key is a second name for the point of y - p, which the
+check that no two locks share a key (it compares bytes) would not see (attack run 11).
 """
 
 from __future__ import annotations
@@ -15,11 +17,13 @@ SQRT_M1 = pow(2, (P - 1) // 4, P)
 
 
 def decode(raw: bytes) -> tuple[int, int] | None:
-    """The point ``raw`` encodes, or None when it encodes none (y is taken mod p, as OpenSSL's verification does)."""
+    """The point ``raw`` encodes, or None when it encodes none or not in its one canonical form (y below p)."""
     if len(raw) != 32:
         return None
     encoded = int.from_bytes(raw, "little")
-    y, sign = (encoded & ((1 << 255) - 1)) % P, encoded >> 255
+    y, sign = encoded & ((1 << 255) - 1), encoded >> 255
+    if y >= P:
+        return None
     u, v = (y * y - 1) % P, (D * y * y + 1) % P
     x = u * pow(v, 3, P) * pow(u * pow(v, 7, P), (P - 5) // 8, P) % P
     if v * x * x % P == (-u) % P:
