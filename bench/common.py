@@ -26,6 +26,9 @@ BENCH_FUNCTION_SETTINGS = {
     "LOCKWISE_FEED_REPORTS_PER_MINUTE": "1000000000",
     # and one lock is sent hundreds of signed requests a minute, to measure the request itself
     "LOCKWISE_LOCK_REQUESTS_PER_MINUTE": "1000000000",
+    # and its voice attempts, each a forward pass, are what the verify benchmarks time
+    "LOCKWISE_VOICE_ATTEMPTS_PER_MINUTE": "1000000000",
+    "LOCKWISE_VOICE_ATTEMPTS_PER_OWNER_MINUTE": "1000000000",
     # the benchmarks' members are rows (``bench.verify.add_members``), not Firebase accounts: the relay's flush would
     # find them deleted and end their memberships mid-run
     "LOCKWISE_ACCOUNT_CHECK_BATCH": "0",

@@ -26,12 +26,15 @@ from lockwise.core.db import Database
 from simlock.lock import provision
 from tests.voices import speech_like, wav
 
-#: the noisy lock's attempts are all decided by the model: no lockout, no daily ceiling in the way; a lock's signed
-#: requests keep their limit (120 a minute), as deployed
+#: the noisy lock's attempts are all decided by the model: no lockout, no daily ceiling, no per-minute budget of
+#: model passes in the way (what this measures is the one-at-a-time rule); a lock's signed requests keep their limit
+#: (120 a minute), as deployed
 NOISY_SETTINGS = {
     "LOCKWISE_FEED_REPORTS_PER_MINUTE": BENCH_FUNCTION_SETTINGS["LOCKWISE_FEED_REPORTS_PER_MINUTE"],
     "LOCKWISE_LOCKOUT_AFTER": "1000000",
     "LOCKWISE_VOICE_DAILY_REJECTIONS": "1000000",
+    "LOCKWISE_VOICE_ATTEMPTS_PER_MINUTE": BENCH_FUNCTION_SETTINGS["LOCKWISE_VOICE_ATTEMPTS_PER_MINUTE"],
+    "LOCKWISE_VOICE_ATTEMPTS_PER_OWNER_MINUTE": BENCH_FUNCTION_SETTINGS["LOCKWISE_VOICE_ATTEMPTS_PER_OWNER_MINUTE"],
     "LOCKWISE_ACCOUNT_CHECK_BATCH": BENCH_FUNCTION_SETTINGS["LOCKWISE_ACCOUNT_CHECK_BATCH"],  # members are rows
 }
 

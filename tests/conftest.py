@@ -411,11 +411,14 @@ def no_lazy_speechbrain_modules() -> Iterator[None]:
 @pytest.fixture
 def ge2e_env(stack_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:
     """The stack with no model directory configured: the functions fall back to GE2E (real weights, real speech).
-    Lockout is raised out of the way: several strangers in a row would (rightly) lock voice unlock, and each
-    decision is what those tests measure."""
+    Lockout and the per-minute budgets of model passes are raised out of the way: several strangers in a row would
+    (rightly) lock voice unlock, dozens of voices a minute at one door would (rightly) be refused, and each decision
+    is what those tests measure."""
     from lockwise.core.config import get_settings
 
     monkeypatch.delenv("LOCKWISE_MODEL_DIR")
     monkeypatch.setenv("LOCKWISE_LOCKOUT_AFTER", "50")
+    monkeypatch.setenv("LOCKWISE_VOICE_ATTEMPTS_PER_MINUTE", "100000")
+    monkeypatch.setenv("LOCKWISE_VOICE_ATTEMPTS_PER_OWNER_MINUTE", "100000")
     get_settings.cache_clear()
     yield {k: v for k, v in stack_env.items() if k != "LOCKWISE_MODEL_DIR"}

@@ -35,6 +35,10 @@ REFUSALS = {
         "voice unlock has reached its daily limit of rejected attempts; the app still opens the door",
     ),
     "in_progress": ("voice_attempt_in_progress", "another attempt at this lock is being decided; try again"),
+    "attempt_rate": (
+        "voice_attempt_rate",
+        "too many voice attempts at this lock, or at its owner's locks, in the last minute; try again shortly",
+    ),
 }
 
 

@@ -7,6 +7,7 @@ rejections use a controlled voiceprint (the negated embedding), which scores -1 
 from __future__ import annotations
 
 import base64
+import dataclasses
 import datetime as dt
 import threading
 import time
@@ -28,7 +29,7 @@ from lockwise.voice.model import fingerprint
 from lockwise.voice.model.encoder import CALIBRATIONS
 from lockwise.voice.model.voice_activity import VoiceActivity
 from tests.conftest import PROJECT_ID
-from tests.devices_world import World, bearer, build_world, join
+from tests.devices_world import World, bearer, build_world, create_lock, join, provision
 from tests.voices import noises, pcm16, pcm_json, speech_like, spoken, wav
 from tests.waiting import wait_for
 
@@ -515,6 +516,48 @@ def test_an_owners_resets_do_not_buy_more_than_the_daily_ceiling_of_guesses(
     assert unlock.status_code == 202  # the app still opens the door
 
 
+def test_model_passes_are_budgeted_per_lock_and_per_owner_accepted_ones_too(
+    clients: dict[str, Any], world: World, monkeypatch: pytest.MonkeyPatch, make_client: Any
+) -> None:
+    """Attack run 11: an account with its own voice enrolled posted distinct recordings of it from eight of its own
+    locks, every one accepted, so neither the lockout nor the daily ceiling counted them, and another account's door
+    answered 5.9 times slower. Attempts that reach the model, accepted ones too, are now budgeted per lock and over
+    all the locks of its owner (429 ``voice_attempt_rate``, logged as refused, not a failure); an attempt nobody may
+    pass is answered as before (no model pass, not counted)."""
+    from lockwise.core.config import get_settings
+
+    monkeypatch.setenv("LOCKWISE_VOICE_ATTEMPTS_PER_MINUTE", "3")
+    monkeypatch.setenv("LOCKWISE_VOICE_ATTEMPTS_PER_OWNER_MINUTE", "5")
+    get_settings.cache_clear()
+    get_runtime.cache_clear()
+    clients = {**clients, "verify": make_client("verify")}  # an instance started with the budgets set
+    assert enroll(clients, world.accounts["owner"]).status_code == 201
+    created = create_lock(clients["devices"], world.accounts["owner"], name="Back door")
+    credentials, key, _ = provision(clients["devices"], created["provisioning"]["code"])
+    back = dataclasses.replace(world, lock_id=created["lock"]["id"], lock_key=key, credentials=credentials)
+    assert [attempt_after(clients, world) for _ in range(3)] == [(200, "accepted")] * 3
+    refused = signed_verify(clients, world, wav(take()))
+    assert refused.status_code == 429 and refused.get_json()["error"]["code"] == "voice_attempt_rate"
+    assert 1 <= int(refused.headers["Retry-After"]) <= 60
+    # the owner's other lock: its own budget is not spent, the owner's (5) is after two more
+    assert [attempt_after(clients, back) for _ in range(3)] == [(200, "accepted")] * 2 + [(429, "voice_attempt_rate")]
+    assert attempts(world)[-1] == ("refused", "attempt_rate") and attempts(back)[-1] == ("refused", "attempt_rate")
+    with get_runtime("verify").db.connection() as con:
+        ((failures,),) = con.run(
+            "SELECT consecutive_failures FROM voice_lockouts WHERE lock_id = CAST(:l AS uuid)", l=world.lock_id
+        )
+    assert failures == 0
+    # once the minute has passed (the log's times moved back a minute), the lock scores again
+    with get_runtime("verify").db.transaction() as con:
+        con.run(
+            "UPDATE verification_attempts SET created_at = created_at - interval '61 seconds'"
+            " WHERE lock_id IN (CAST(:a AS uuid), CAST(:b AS uuid))",
+            a=world.lock_id,
+            b=back.lock_id,
+        )
+    assert attempt_after(clients, world) == (200, "accepted")
+
+
 @pytest.mark.parametrize(("reason", "counted"), [("say_again", True), ("below_threshold", True), ("replay", False)])
 def test_the_daily_ceiling_counts_every_scored_rejection(world: World, reason: str, counted: bool) -> None:
     """A ``say_again`` (scored, just under the threshold: the most telling answer) counts like a plain rejection;
@@ -530,7 +573,9 @@ def test_the_daily_ceiling_counts_every_scored_rejection(world: World, reason: s
                 l=world.lock_id,
                 r=reason,
             )
-        assert (lockout.daily_ceiling_wait(con, world.lock_id, now, 3) > 0) is counted
+        budget = lockout.budgets(con, world.lock_id, now, daily_rejections=3, per_minute=3, per_owner_minute=3)
+        assert (budget.daily_wait_s > 0) is counted
+        assert budget.rate_wait_s > 0  # each of them reached the model (a replay too: its fingerprint beside it)
 
 
 def test_whether_a_voice_is_a_co_members_is_answered_a_few_times_a_day(

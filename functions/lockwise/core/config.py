@@ -166,6 +166,10 @@ class Settings:
     lockout_after: int
     #: at most this many rejected, scored voice attempts per lock in any 24 hours (no reset lifts it)
     voice_daily_rejections: int
+    #: at most this many voice attempts that reach the model, accepted ones too, per lock and over all the locks of
+    #: one owner, in any minute (then 429 voice_attempt_rate)
+    voice_attempts_per_minute: int
+    voice_attempts_per_owner_minute: int
     #: at most this many enrollments per user in any 24 hours compared with co-members' voices (each is a probe)
     enroll_comparisons: int
     #: at most this many enrollments per user in any 24 hours that reach the model (each embeds every sample)
@@ -270,6 +274,8 @@ class Settings:
             enroll_min_voice_s=env_float(env, "LOCKWISE_ENROLL_MIN_VOICE_S", 0.3, 0.0, 60),
             lockout_after=env_int(env, "LOCKWISE_LOCKOUT_AFTER", 5, minimum=1),
             voice_daily_rejections=env_int(env, "LOCKWISE_VOICE_DAILY_REJECTIONS", 20, minimum=1),
+            voice_attempts_per_minute=env_int(env, "LOCKWISE_VOICE_ATTEMPTS_PER_MINUTE", 10, minimum=1),
+            voice_attempts_per_owner_minute=env_int(env, "LOCKWISE_VOICE_ATTEMPTS_PER_OWNER_MINUTE", 60, minimum=1),
             enroll_comparisons=env_int(env, "LOCKWISE_ENROLL_COMPARISONS", 5, minimum=1),
             enrollments_per_day=env_int(env, "LOCKWISE_ENROLLMENTS_PER_DAY", 20, minimum=1),
             replay_memory_hours=env_int(env, "LOCKWISE_REPLAY_MEMORY_HOURS", 168, minimum=0),

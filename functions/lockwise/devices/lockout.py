@@ -14,6 +14,7 @@ from lockwise.core import errors
 from lockwise.core.db import Connection
 
 DAY = dt.timedelta(days=1)
+MINUTE = dt.timedelta(minutes=1)
 
 
 @dataclass(frozen=True)
@@ -70,25 +71,52 @@ def record_failure(con: Connection, lock_id: str, now: dt.datetime, *, after: in
     return seconds
 
 
-def daily_ceiling_wait(con: Connection, lock_id: str, now: dt.datetime, ceiling: int) -> int:
-    """Seconds until the lock is under its daily ceiling of scored rejections again (0: under it).
+@dataclass(frozen=True)
+class Budgets:
+    """What the lock's recent attempts leave it: seconds until the next one may be scored (0: now)."""
+
+    daily_wait_s: int  # under its daily ceiling of scored rejections again
+    rate_wait_s: int  # under the per-minute budgets of attempts that reach the model, the lock's and its owner's
+
+
+def budgets(
+    con: Connection, lock_id: str, now: dt.datetime, *, daily_rejections: int, per_minute: int, per_owner_minute: int
+) -> Budgets:
+    """The lock's budgets, read in one statement from what the attempts log holds (no reset touches it).
 
     The lockout above slows guessing; an owner's reset ends it, so on its own it would buy an owner with a lock
-    unlimited guesses at a member's voiceprint. The ceiling counts what the attempts log holds (no reset touches it):
-    at most ``ceiling`` rejected, scored attempts (below the threshold, ambiguous, or just under it and asked again:
-    the most telling answer to someone tuning a recording) per lock in any 24 hours; past it only the app opens the
-    door until the oldest of them is a day old.
-    """
-    rows = con.run(
-        "SELECT count(*), min(created_at) FROM verification_attempts WHERE lock_id = CAST(:l AS uuid)"
-        " AND outcome = 'rejected' AND reason IN ('below_threshold', 'ambiguous', 'say_again') AND created_at > :since",
-        l=lock_id,
-        since=now - DAY,
+    unlimited guesses at a member's voiceprint. The daily ceiling: at most ``daily_rejections`` rejected, scored
+    attempts (below the threshold, ambiguous, or just under it and asked again: the most telling answer to someone
+    tuning a recording) per lock in any 24 hours; past it only the app opens the door until the oldest of them is a
+    day old.
+
+    Neither counts an accepted attempt, and each costs a forward pass: an account with its own voice enrolled at its
+    own locks posted distinct recordings of it from eight of them, every one accepted, and another account's door
+    answered 5.9 times slower (attack run 11). So at most ``per_minute`` attempts that reach the model, accepted or
+    not, per lock, and ``per_owner_minute`` over all the locks of the lock's owner, in any minute."""
+    scored_at = (
+        "FROM verification_attempts WHERE created_at > :minute AND outcome IN ('accepted', 'rejected')"
+        " AND reason <> 'no_candidates'"
     )
-    count, oldest = int(rows[0][0]), rows[0][1]
-    if count < ceiling or oldest is None:
-        return 0
-    return errors.seconds_until(oldest + DAY, now)
+    (day, day_oldest, mine, mine_oldest, owned, owned_oldest), *_ = con.run(
+        "SELECT d.n, d.oldest, m.mine, m.mine_oldest, m.owned, m.owned_oldest FROM (SELECT count(*) AS n,"
+        " min(created_at) AS oldest FROM verification_attempts WHERE lock_id = CAST(:l AS uuid)"
+        " AND outcome = 'rejected' AND reason IN ('below_threshold', 'ambiguous', 'say_again')"
+        " AND created_at > :day) d,"
+        " (SELECT count(*) FILTER (WHERE lock_id = CAST(:l AS uuid)) AS mine,"
+        " min(created_at) FILTER (WHERE lock_id = CAST(:l AS uuid)) AS mine_oldest, count(*) AS owned,"
+        f" min(created_at) AS owned_oldest {scored_at} AND lock_id IN (SELECT id FROM locks WHERE owner_uid ="
+        " (SELECT owner_uid FROM locks WHERE id = CAST(:l AS uuid)))) m",
+        l=lock_id,
+        day=now - DAY,
+        minute=now - MINUTE,
+    )
+    daily = errors.seconds_until(day_oldest + DAY, now) if int(day) >= daily_rejections and day_oldest else 0
+    rate = 0
+    for count, oldest, most in ((mine, mine_oldest, per_minute), (owned, owned_oldest, per_owner_minute)):
+        if int(count) >= most and oldest is not None:
+            rate = max(rate, errors.seconds_until(oldest + MINUTE, now))
+    return Budgets(daily, rate)
 
 
 _CLEAR = "UPDATE voice_lockouts SET consecutive_failures = 0, locked_until = NULL, updated_at = now() WHERE lock_id = "

@@ -224,14 +224,24 @@ class Doors:
             held = lockout.hold(con, lock_id, now)
             if held.wait_s:  # refused before the model runs: a locked-out lock costs no forward pass
                 return attempt.refused("locked_out", held.wait_s)
-            wait = lockout.daily_ceiling_wait(con, lock_id, now, self.settings.voice_daily_rejections)
-            if wait:
-                return attempt.refused("daily_limit", wait)
-            rules = policy(self.settings, self.encoder, found_lock[0][0], normalised=self.scorer.normalised)
+            settings = self.settings
+            budget = lockout.budgets(
+                con,
+                lock_id,
+                now,
+                daily_rejections=settings.voice_daily_rejections,
+                per_minute=settings.voice_attempts_per_minute,
+                per_owner_minute=settings.voice_attempts_per_owner_minute,
+            )
+            if budget.daily_wait_s:
+                return attempt.refused("daily_limit", budget.daily_wait_s)
+            rules = policy(settings, self.encoder, found_lock[0][0], normalised=self.scorer.normalised)
             found = voiceprints.candidates(con, lock_id, self.encoder.model_id, self.encoder.dim, now)
             if not found.uids:  # nobody to pass as: answered without the model (it ran for each such attempt,
                 # uncounted, unlimited: a lock nobody is enrolled at kept an instance's model busy: attack run)
                 return attempt.nobody(found, rules)
+            if budget.rate_wait_s:  # the lock's, or its owner's locks', attempts this minute had their model passes
+                return attempt.refused("attempt_rate", budget.rate_wait_s)
             # the forward pass (~40-100 ms) and the fingerprint on their threads, while this one reads the recordings
             return attempt.decide(_Heard.begin(self.encoder, clip), found, rules, held, follow_up)
 
@@ -285,7 +295,7 @@ class _Attempt:
     now: dt.datetime
 
     def refused(self, reason: str, retry_after_s: int) -> Result:
-        """Refused before any voice is scored (``in_progress``, ``locked_out``, ``daily_limit``)."""
+        """Refused before any voice is scored (``in_progress``, ``locked_out``, ``daily_limit``, ``attempt_rate``)."""
         return Result("refused", self._record("refused", reason), reason, retry_after_s=retry_after_s)
 
     def nobody(self, found: voiceprints.Candidates, rules: Policy) -> Result:
