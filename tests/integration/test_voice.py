@@ -521,13 +521,14 @@ def test_model_passes_are_budgeted_per_lock_and_per_owner_accepted_ones_too(
 ) -> None:
     """Attack run 11: an account with its own voice enrolled posted distinct recordings of it from eight of its own
     locks, every one accepted, so neither the lockout nor the daily ceiling counted them, and another account's door
-    answered 5.9 times slower. Attempts that reach the model, accepted ones too, are now budgeted per lock and over
-    all the locks of its owner (429 ``voice_attempt_rate``, logged as refused, not a failure); an attempt nobody may
-    pass is answered as before (no model pass, not counted)."""
+    answered 5.9 times slower. Attempts that reach the model, accepted ones too, are now budgeted per lock, and over
+    all the locks of its owner per minute and, a sixth of that, per 10 s (429 ``voice_attempt_rate``, logged as
+    refused, not a failure)."""
     from lockwise.core.config import get_settings
+    from lockwise.devices import lockout
 
     monkeypatch.setenv("LOCKWISE_VOICE_ATTEMPTS_PER_MINUTE", "3")
-    monkeypatch.setenv("LOCKWISE_VOICE_ATTEMPTS_PER_OWNER_MINUTE", "5")
+    monkeypatch.setenv("LOCKWISE_VOICE_ATTEMPTS_PER_OWNER_MINUTE", "30")  # 5 in any 10 s
     get_settings.cache_clear()
     get_runtime.cache_clear()
     clients = {**clients, "verify": make_client("verify")}  # an instance started with the budgets set
@@ -535,26 +536,45 @@ def test_model_passes_are_budgeted_per_lock_and_per_owner_accepted_ones_too(
     created = create_lock(clients["devices"], world.accounts["owner"], name="Back door")
     credentials, key, _ = provision(clients["devices"], created["provisioning"]["code"])
     back = dataclasses.replace(world, lock_id=created["lock"]["id"], lock_key=key, credentials=credentials)
+    db = get_runtime("verify").db
+
+    def age(seconds: int) -> None:  # the log's times moved back, as if that long had passed
+        with db.transaction() as con:
+            con.run(
+                "UPDATE verification_attempts SET created_at = created_at - make_interval(secs => :s)"
+                " WHERE lock_id IN (CAST(:a AS uuid), CAST(:b AS uuid))",
+                s=seconds,
+                a=world.lock_id,
+                b=back.lock_id,
+            )
+
     assert [attempt_after(clients, world) for _ in range(3)] == [(200, "accepted")] * 3
     refused = signed_verify(clients, world, wav(take()))
     assert refused.status_code == 429 and refused.get_json()["error"]["code"] == "voice_attempt_rate"
-    assert 1 <= int(refused.headers["Retry-After"]) <= 60
-    # the owner's other lock: its own budget is not spent, the owner's (5) is after two more
-    assert [attempt_after(clients, back) for _ in range(3)] == [(200, "accepted")] * 2 + [(429, "voice_attempt_rate")]
+    assert 50 <= int(refused.headers["Retry-After"]) <= 60  # the lock's minute
+    # the owner's other lock: its own budget is not spent, the owner's burst (5 in 10 s) is after two more
+    assert [attempt_after(clients, back) for _ in range(2)] == [(200, "accepted")] * 2
+    refused = signed_verify(clients, back, wav(take()))
+    assert refused.status_code == 429 and refused.get_json()["error"]["code"] == "voice_attempt_rate"
+    assert 1 <= int(refused.headers["Retry-After"]) <= 10
     assert attempts(world)[-1] == ("refused", "attempt_rate") and attempts(back)[-1] == ("refused", "attempt_rate")
-    with get_runtime("verify").db.connection() as con:
+    with db.connection() as con:
         ((failures,),) = con.run(
             "SELECT consecutive_failures FROM voice_lockouts WHERE lock_id = CAST(:l AS uuid)", l=world.lock_id
         )
     assert failures == 0
-    # once the minute has passed (the log's times moved back a minute), the lock scores again
-    with get_runtime("verify").db.transaction() as con:
-        con.run(
-            "UPDATE verification_attempts SET created_at = created_at - interval '61 seconds'"
-            " WHERE lock_id IN (CAST(:a AS uuid), CAST(:b AS uuid))",
-            a=world.lock_id,
-            b=back.lock_id,
+    age(11)  # past the burst's 10 s: the back door scores its third; the front door's minute still stands
+    assert attempt_after(clients, back) == (200, "accepted")
+    assert attempt_after(clients, world) == (429, "voice_attempt_rate")
+    # the owner's minute: 6 scored by their two locks, a budget of 6 spent, whichever lock asks
+    with db.connection() as con:
+        now = dt.datetime.now(dt.UTC)
+        owner = lockout.budgets(con, back.lock_id, now, daily_rejections=20, per_minute=100, per_owner_minute=6)
+        assert 40 <= owner.rate_wait_s <= 50
+        assert lockout.budgets(con, back.lock_id, now, daily_rejections=20, per_minute=100, per_owner_minute=12) == (
+            lockout.Budgets(0, 0)
         )
+    age(50)  # a minute after the first ones: the front door scores again
     assert attempt_after(clients, world) == (200, "accepted")
 
 
