@@ -133,22 +133,43 @@ def test_an_ack_does_not_wait_for_a_voice_decision_holding_the_lockout(
 ) -> None:
     """A voice decision holds its lock's lockout row through the forward pass (up to 20 s). The ack of an app unlock
     at that lock, which ends a lockout, waited for it past the statement limit and made the relay's whole batch,
-    every lock's events in it, a 503. It now applies without waiting, and the decision, failing, ends the lockout
-    in its place instead of counting its failure; a failure with no app unlock meanwhile still counts."""
-    command_id = send(world, "owner").get_json()["command"]["id"]
-    with impatient_devices.connection() as con:
-        ((nonce,),) = con.run("SELECT nonce FROM commands WHERE id = CAST(:i AS uuid)", i=command_id)
-    with impatient_devices.transaction() as con:
-        con.run(
-            "INSERT INTO voice_lockouts (lock_id, consecutive_failures) VALUES (CAST(:l AS uuid), 4)"
-            " ON CONFLICT (lock_id) DO UPDATE SET consecutive_failures = 4, locked_until = NULL",
-            l=world.lock_id,
-        )
+    every lock's events in it, a 503. It now applies without waiting and leaves a marker: the decision, failing,
+    ends the lockout in its place instead of counting its failure, or, when the ack's batch commits after that
+    decision (which counted then), the lock's next attempt ends it first; a failure with no app unlock meanwhile
+    still counts."""
     settings = get_settings("verify")
 
-    def fail(verifying: Connection, began: dt.datetime) -> int:  # a decision's rejection, as it ends
+    def ack_of_an_app_unlock() -> dict[str, str]:
+        command_id = send(world, "owner").get_json()["command"]["id"]
+        with impatient_devices.connection() as con:
+            ((nonce,),) = con.run("SELECT nonce FROM commands WHERE id = CAST(:i AS uuid)", i=command_id)
+        payload = f'{{"id": "{command_id}", "nonce": "{nonce}", "result": "ok"}}'
+        return {"topic": f"lockwise/{world.credentials['mqtt']['client_id']}/ack", "payload": payload}
+
+    def acked(ack: dict[str, str]) -> None:
+        resp = world.devices.post(
+            "/devices/relay/events",
+            json={"events": [ack]},
+            headers={"X-LockWise-Service-Token": stack_env["LOCKWISE_SERVICE_TOKEN"]},
+        )
+        assert resp.status_code == 200, resp.get_json()
+        assert resp.get_json()["results"][0]["outcome"] == "applied"
+
+    def four_failures() -> None:
+        with impatient_devices.transaction() as con:
+            con.run(
+                "INSERT INTO voice_lockouts (lock_id, consecutive_failures) VALUES (CAST(:l AS uuid), 4)"
+                " ON CONFLICT (lock_id) DO UPDATE SET consecutive_failures = 4, locked_until = NULL",
+                l=world.lock_id,
+            )
+
+    def fail(verifying: Connection) -> int:  # a decision's rejection, as it ends
         return lockout.record_failure(
-            verifying, world.lock_id, began, after=settings.lockout_after, base_s=settings.lockout_base_s
+            verifying,
+            world.lock_id,
+            dt.datetime.now(dt.UTC),
+            after=settings.lockout_after,
+            base_s=settings.lockout_base_s,
         )
 
     def failures() -> tuple[int, bool]:
@@ -161,27 +182,36 @@ def test_an_ack_does_not_wait_for_a_voice_decision_holding_the_lockout(
         return int(count), bool(locked)
 
     assert settings.lockout_after == 5
-    ack = {
-        "topic": f"lockwise/{world.credentials['mqtt']['client_id']}/ack",
-        "payload": f'{{"id": "{command_id}", "nonce": "{nonce}", "result": "ok"}}',
-    }
+    four_failures()
+    ack = ack_of_an_app_unlock()
     with impatient_devices.transaction() as verifying:
-        began = dt.datetime.now(dt.UTC)
-        lockout.hold(verifying, world.lock_id, began)  # what a voice decision takes first
-        resp = world.devices.post(
-            "/devices/relay/events",
-            json={"events": [ack]},
-            headers={"X-LockWise-Service-Token": stack_env["LOCKWISE_SERVICE_TOKEN"]},
-        )
-        assert resp.status_code == 200, resp.get_json()
-        assert fail(verifying, began) == 0  # the fifth failure would have locked voice out
-    assert resp.get_json()["results"][0]["outcome"] == "applied"
-    assert status(impatient_devices, command_id)[0] == "acked"
+        lockout.hold(verifying, world.lock_id, dt.datetime.now(dt.UTC))  # what a voice decision takes first
+        acked(ack)  # answered while the row is held
+        assert fail(verifying) == 0  # the fifth failure would have locked voice out
     assert failures() == (0, False)
     # the app unlock ended the lockout before this attempt began: its failure counts
     with impatient_devices.transaction() as verifying:
-        assert fail(verifying, dt.datetime.now(dt.UTC)) == 0
+        assert fail(verifying) == 0
     assert failures() == (1, False)
+    # the ack's batch commits after the decision counted its fifth failure: the next attempt clears it first
+    four_failures()
+    ack = ack_of_an_app_unlock()
+    with impatient_devices.transaction() as verifying:
+        lockout.hold(verifying, world.lock_id, dt.datetime.now(dt.UTC))
+        assert fail(verifying) == settings.lockout_base_s
+        acked(ack)
+    assert failures() == (5, True)
+    with impatient_devices.transaction() as verifying:
+        assert lockout.hold(verifying, world.lock_id, dt.datetime.now(dt.UTC)).wait_s == 0
+    assert failures() == (0, False)
+    # an app unlock at a lock whose row nobody holds clears it at once and leaves no marker
+    four_failures()
+    acked(ack_of_an_app_unlock())
+    assert failures() == (0, False)
+    with impatient_devices.connection() as con:
+        assert con.run(
+            "SELECT count(*) FROM voice_lockout_clears WHERE lock_id = CAST(:l AS uuid)", l=world.lock_id
+        ) == [[0]]
 
 
 def test_a_locks_commands_go_out_in_the_order_made_across_relay_replicas(

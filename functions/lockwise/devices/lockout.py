@@ -26,12 +26,20 @@ class Hold:
     counting: bool  # failures are counted or a lockout stands: an accepted voice has something to clear
 
 
+#: the app unlocks acknowledged while a decision held the row (``clear_unless_busy``), taken by whoever counts next
+_TAKE_CLEARS = "WITH cleared AS (DELETE FROM voice_lockout_clears WHERE lock_id = CAST(:l AS uuid) RETURNING 1) "
+_CLEARED = "EXISTS (SELECT 1 FROM cleared)"
+
+
 def hold(con: Connection, lock_id: str, now: dt.datetime) -> Hold:
     """Lock ``lock_id``'s lockout row for this attempt and read it: one statement makes the row if it has none, or
-    locks the one it has (an upsert that changes nothing locks the row as ``FOR UPDATE`` does) and returns it."""
+    locks the one it has (an upsert's update locks the row as ``FOR UPDATE`` does) and returns it, cleared first if
+    an app unlock was acknowledged while an earlier decision held it."""
     rows = con.run(
-        "INSERT INTO voice_lockouts (lock_id) VALUES (CAST(:l AS uuid))"
-        " ON CONFLICT (lock_id) DO UPDATE SET lock_id = EXCLUDED.lock_id RETURNING locked_until, consecutive_failures",
+        _TAKE_CLEARS + "INSERT INTO voice_lockouts (lock_id) VALUES (CAST(:l AS uuid)) ON CONFLICT (lock_id) DO UPDATE"
+        f" SET consecutive_failures = CASE WHEN {_CLEARED} THEN 0 ELSE voice_lockouts.consecutive_failures END,"
+        f" locked_until = CASE WHEN {_CLEARED} THEN NULL ELSE voice_lockouts.locked_until END"
+        " RETURNING locked_until, consecutive_failures",
         l=lock_id,
     )
     until, failures = rows[0][0], int(rows[0][1])
@@ -39,26 +47,17 @@ def hold(con: Connection, lock_id: str, now: dt.datetime) -> Hold:
     return Hold(wait, failures > 0 or until is not None)
 
 
-#: an app unlock acked since the attempt began ends the lockout in its place (``clear_unless_busy`` left it)
-_APP_OPENED = (
-    "EXISTS (SELECT 1 FROM commands WHERE lock_id = CAST(:l AS uuid) AND created_at > CAST(:since AS timestamptz)"
-    " - interval '1 day' AND acked_at >= :since AND status = 'acked' AND issuer_kind = 'user'"
-    " AND action IN ('unlock', 'open'))"
-)
-
-
 def record_failure(con: Connection, lock_id: str, now: dt.datetime, *, after: int, base_s: int) -> int:
-    """Count a rejected attempt begun at ``now``; return the lockout in seconds it starts (0 if none). If the app
-    opened the door meanwhile (an unlock acked while this attempt held the row, which the ack could not clear
-    without waiting for it: ``clear_unless_busy``) the lockout is cleared instead, as that ack would have done."""
+    """Count a rejected attempt; return the lockout in seconds it starts (0 if none). If the app opened the door
+    while this attempt held the row (an unlock acknowledged meanwhile, which could not clear it without waiting:
+    ``clear_unless_busy``) the lockout is cleared instead, as that acknowledgement would have done; one whose batch
+    commits after this decision is taken by the lock's next attempt (``hold``)."""
     failures = int(
         con.run(
-            "UPDATE voice_lockouts SET consecutive_failures = CASE WHEN o.opened THEN 0"
-            " ELSE consecutive_failures + 1 END, locked_until = CASE WHEN o.opened THEN NULL ELSE locked_until END,"
-            f" updated_at = now() FROM (SELECT {_APP_OPENED} AS opened) o"
-            " WHERE lock_id = CAST(:l AS uuid) RETURNING consecutive_failures",
+            _TAKE_CLEARS + f"UPDATE voice_lockouts SET consecutive_failures = CASE WHEN {_CLEARED} THEN 0"
+            f" ELSE consecutive_failures + 1 END, locked_until = CASE WHEN {_CLEARED} THEN NULL ELSE locked_until END,"
+            " updated_at = now() WHERE lock_id = CAST(:l AS uuid) RETURNING consecutive_failures",
             l=lock_id,
-            since=now,
         )[0][0]
     )
     if failures < after:
@@ -77,11 +76,19 @@ class Budgets:
     """What the lock's recent attempts leave it: seconds until the next one may be scored (0: now)."""
 
     daily_wait_s: int  # under its daily ceiling of scored rejections again
-    rate_wait_s: int  # under the per-minute budgets of attempts that reach the model, the lock's and its owner's
+    rate_wait_s: int  # under the budgets of attempts that reach the model, the lock's and its owner's
+    slot: bool  # one of the owner's places in the model is held for this attempt (until its transaction ends)
 
 
 def budgets(
-    con: Connection, lock_id: str, now: dt.datetime, *, daily_rejections: int, per_minute: int, per_owner_minute: int
+    con: Connection,
+    lock_id: str,
+    now: dt.datetime,
+    *,
+    daily_rejections: int,
+    per_minute: int,
+    per_owner_minute: int,
+    per_owner_at_once: int = 1,
 ) -> Budgets:
     """The lock's budgets, read in one statement from what the attempts log holds (no reset touches it).
 
@@ -96,13 +103,19 @@ def budgets(
     answered 5.9 times slower (attack run 11). So at most ``per_minute`` attempts that reach the model, accepted or
     not, per lock, and ``per_owner_minute`` over all the locks of the lock's owner, in any minute; the owner's also
     a sixth of it in any 10 s, so that their locks side by side do not spend a minute's in one burst (measured: the
-    same eight locks, with a minute's budget only, still made that door 3.3 times slower for its first seconds)."""
+    same eight locks, with a minute's budget only, still made that door 3.3 times slower for its first seconds).
+    Those count attempts decided and committed; the owner's attempts side by side (each lock's are one at a time)
+    would all read the same count and all run the model (a review: four locks at once, four passes, against a burst
+    budget of one), so each also takes one of ``per_owner_at_once`` places (transaction-scoped advisory locks, seen
+    by every instance at once), and one that finds none taken is refused like the budgets."""
     scored_at = (
         "FROM verification_attempts WHERE created_at > :minute AND outcome IN ('accepted', 'rejected')"
         " AND reason <> 'no_candidates'"
     )
-    (day, day_oldest, mine, mine_oldest, owned, owned_oldest, burst, burst_oldest), *_ = con.run(
-        "SELECT d.n, d.oldest, m.mine, m.mine_oldest, m.owned, m.owned_oldest, m.burst, m.burst_oldest"
+    (day, day_oldest, mine, mine_oldest, owned, owned_oldest, burst, burst_oldest, slot), *_ = con.run(
+        "SELECT d.n, d.oldest, m.mine, m.mine_oldest, m.owned, m.owned_oldest, m.burst, m.burst_oldest,"
+        " (SELECT k FROM generate_series(0, :places - 1) k WHERE pg_try_advisory_xact_lock(hashtextextended("
+        "'voice_owner ' || (SELECT owner_uid FROM locks WHERE id = CAST(:l AS uuid)), k)) LIMIT 1)"
         " FROM (SELECT count(*) AS n,"
         " min(created_at) AS oldest FROM verification_attempts WHERE lock_id = CAST(:l AS uuid)"
         " AND outcome = 'rejected' AND reason IN ('below_threshold', 'ambiguous', 'say_again')"
@@ -117,6 +130,7 @@ def budgets(
         day=now - DAY,
         minute=now - MINUTE,
         burst=now - BURST,
+        places=per_owner_at_once,
     )
     daily = errors.seconds_until(day_oldest + DAY, now) if int(day) >= daily_rejections and day_oldest else 0
     rate = 0
@@ -127,20 +141,27 @@ def budgets(
     ):
         if int(count) >= most and oldest is not None:
             rate = max(rate, errors.seconds_until(oldest + window, now))
-    return Budgets(daily, rate)
+    return Budgets(daily, rate, slot is not None)
 
 
 _CLEAR = "UPDATE voice_lockouts SET consecutive_failures = 0, locked_until = NULL, updated_at = now() WHERE lock_id = "
 
 
 def clear_unless_busy(con: Connection, lock_id: str) -> bool:
-    """``clear``, unless a voice decision at the lock holds the row (for its forward pass, up to 20 s): then nothing,
-    at once, and False; that decision clears it as it ends if it fails (``record_failure`` finds the ack; an
-    accepted one clears it anyway). For the relay's batches, which carry every lock's events: one lock's ack waiting
-    for its own voice attempt held the whole batch past the statement limit (a 503 for every lock in it: attack
-    run)."""
+    """``clear``, unless a voice decision at the lock holds the row (for its forward pass, up to 20 s): then, at
+    once, a marker that decision or the lock's next attempt takes as it counts (``record_failure``, ``hold``), and
+    False. For the relay's batches, which carry every lock's events: one lock's ack waiting for its own voice
+    attempt held the whole batch past the statement limit (a 503 for every lock in it: attack run)."""
     free = "(SELECT lock_id FROM voice_lockouts WHERE lock_id = CAST(:l AS uuid) FOR UPDATE SKIP LOCKED)"
-    return bool(con.run(_CLEAR + free + " RETURNING 1", l=lock_id))
+    if con.run(_CLEAR + free + " RETURNING 1", l=lock_id):
+        return True
+    # held (a lock with no row has nothing to clear; a plain read of the row does not wait for its holder)
+    con.run(
+        "INSERT INTO voice_lockout_clears (lock_id)"
+        " SELECT lock_id FROM voice_lockouts WHERE lock_id = CAST(:l AS uuid)",
+        l=lock_id,
+    )
+    return False
 
 
 def clear(con: Connection, lock_id: str) -> None:
