@@ -22,6 +22,7 @@ import pytest
 
 from infra.local.firestore_sdk import sdk_client as firestore_client
 from lockwise.core import retention
+from lockwise.core.db import Database
 from lockwise.core.runtime import get_runtime
 from lockwise.devices import command_signing, lock_auth
 from lockwise.voice import audio, scoring
@@ -572,10 +573,63 @@ def test_model_passes_are_budgeted_per_lock_and_per_owner_accepted_ones_too(
         owner = lockout.budgets(con, back.lock_id, now, daily_rejections=20, per_minute=100, per_owner_minute=6)
         assert 40 <= owner.rate_wait_s <= 50
         assert lockout.budgets(con, back.lock_id, now, daily_rejections=20, per_minute=100, per_owner_minute=12) == (
-            lockout.Budgets(0, 0)
+            lockout.Budgets(0, 0, True)
         )
     age(50)  # a minute after the first ones: the front door scores again
     assert attempt_after(clients, world) == (200, "accepted")
+
+
+def test_an_owners_locks_side_by_side_get_no_more_model_passes_than_one_after_another(
+    clients: dict[str, Any],
+    world: World,
+    monkeypatch: pytest.MonkeyPatch,
+    make_client: Any,
+    stack_env: dict[str, str],
+) -> None:
+    """A review of the budgets: they count attempts decided and committed, so four of one owner's locks posting at
+    once all read the same count and all ran the model, against a budget of one in 10 s. Each attempt also takes
+    one of the owner's places in the model (``LOCKWISE_VOICE_ATTEMPTS_PER_OWNER_AT_ONCE``, advisory locks every
+    instance sees): side by side or one after another, one attempt is scored; while every place is held elsewhere
+    (another instance), the owner's locks are refused at once, and scored again once it is free."""
+    from lockwise.core.config import get_settings
+
+    monkeypatch.setenv("LOCKWISE_VOICE_ATTEMPTS_PER_MINUTE", "100")
+    monkeypatch.setenv("LOCKWISE_VOICE_ATTEMPTS_PER_OWNER_MINUTE", "6")  # one in any 10 s
+    monkeypatch.setenv("LOCKWISE_VOICE_ATTEMPTS_PER_OWNER_AT_ONCE", "1")
+    get_settings.cache_clear()
+    get_runtime.cache_clear()
+    clients = {**clients, "verify": make_client("verify")}
+    assert enroll(clients, world.accounts["owner"]).status_code == 201
+    doors = [world]
+    for i in range(3):
+        created = create_lock(clients["devices"], world.accounts["owner"], name=f"Door {i}")
+        credentials, key, _ = provision(clients["devices"], created["provisioning"]["code"])
+        doors.append(dataclasses.replace(world, lock_id=created["lock"]["id"], lock_key=key, credentials=credentials))
+    start = threading.Barrier(len(doors), timeout=30)
+
+    def attempt(door: World) -> tuple[int, str]:
+        start.wait()
+        return attempt_after(clients, door)
+
+    with ThreadPoolExecutor(max_workers=len(doors)) as pool:
+        answers = list(pool.map(attempt, doors))
+    assert sorted(answers) == [(200, "accepted")] + [(429, "voice_attempt_rate")] * 3, answers
+    db = get_runtime("verify").db
+    with db.transaction() as con:  # past the 10 s
+        con.run(
+            "UPDATE verification_attempts SET created_at = created_at - interval '11 seconds'"
+            " WHERE lock_id = ANY(CAST(:l AS uuid[]))",
+            l=[d.lock_id for d in doors],
+        )
+    other_instance = Database(stack_env["DATABASE_URL"], pool_size=1)
+    try:
+        with other_instance.connection() as con:  # every place of the owner's held (another instance's attempt)
+            con.run("SELECT pg_advisory_lock(hashtextextended('voice_owner ' || :o, 0))", o=world.uid("owner"))
+            assert attempt_after(clients, doors[1]) == (429, "voice_attempt_rate")
+            con.run("SELECT pg_advisory_unlock(hashtextextended('voice_owner ' || :o, 0))", o=world.uid("owner"))
+        assert attempt_after(clients, doors[1]) == (200, "accepted")
+    finally:
+        other_instance.close()
 
 
 @pytest.mark.parametrize(("reason", "counted"), [("say_again", True), ("below_threshold", True), ("replay", False)])
@@ -593,7 +647,7 @@ def test_the_daily_ceiling_counts_every_scored_rejection(world: World, reason: s
                 l=world.lock_id,
                 r=reason,
             )
-        budget = lockout.budgets(con, world.lock_id, now, daily_rejections=3, per_minute=3, per_owner_minute=3)
+        budget = lockout.budgets(con, world.lock_id, now, daily_rejections=3, per_minute=3, per_owner_minute=600)
         assert (budget.daily_wait_s > 0) is counted
         assert budget.rate_wait_s > 0  # each of them reached the model (a replay too: its fingerprint beside it)
 

@@ -232,6 +232,7 @@ class Doors:
                 daily_rejections=settings.voice_daily_rejections,
                 per_minute=settings.voice_attempts_per_minute,
                 per_owner_minute=settings.voice_attempts_per_owner_minute,
+                per_owner_at_once=settings.voice_attempts_per_owner_at_once,
             )
             if budget.daily_wait_s:
                 return attempt.refused("daily_limit", budget.daily_wait_s)
@@ -240,8 +241,9 @@ class Doors:
             if not found.uids:  # nobody to pass as: answered without the model (it ran for each such attempt,
                 # uncounted, unlimited: a lock nobody is enrolled at kept an instance's model busy: attack run)
                 return attempt.nobody(found, rules)
-            if budget.rate_wait_s:  # the lock's, or its owner's locks', attempts this minute had their model passes
-                return attempt.refused("attempt_rate", budget.rate_wait_s)
+            if budget.rate_wait_s or not budget.slot:  # the lock's, or its owner's locks', attempts had their model
+                # passes this minute, or as many as may be in the model at once are there now
+                return attempt.refused("attempt_rate", budget.rate_wait_s or IN_PROGRESS_RETRY_S)
             # the forward pass (~40-100 ms) and the fingerprint on their threads, while this one reads the recordings
             return attempt.decide(_Heard.begin(self.encoder, clip), found, rules, held, follow_up)
 
