@@ -223,6 +223,22 @@ def test_an_admin_whose_access_ends_grants_nothing_that_outlives_it(
         f"/devices/locks/{lock}/members", json={"uid": other, "role": "member"}, headers=world.headers("owner")
     )
     assert resp.status_code == 202
+    # an invitation the world's admin sent with no end stands only until the owner gives that admin an end
+    third = sign_up()
+    assert world.devices.get("/devices/me", headers=bearer(third)).status_code == 200
+    sent = world.devices.post(
+        f"/devices/locks/{lock}/members",
+        json={"uid": third["localId"], "role": "member"},
+        headers=world.headers("admin"),
+    )
+    assert sent.status_code == 202
+    limited = {"role": "admin", "access": {"expires_at": ends.isoformat()}}
+    admin_path = f"/devices/locks/{lock}/members/{world.uid('admin')}"
+    assert world.devices.patch(admin_path, json=limited, headers=world.headers("owner")).status_code == 200
+    accepting = world.devices.post(
+        f"/devices/invitations/{sent.get_json()['invitation']['id']}/accept", headers=bearer(third)
+    )
+    assert accepting.status_code == 404
     # once the admin's access has ended, what they granted has too
     monkeypatch.setattr(get_runtime("devices"), "clock", lambda: ends + dt.timedelta(minutes=1))
     listed = world.devices.get(f"/devices/locks/{lock}/members", headers=world.headers("owner")).get_json()
@@ -448,7 +464,8 @@ def test_invitations_live_and_expire_on_the_functions_clock(
         admin,
         {"role": "admin", "access": {"expires_at": ends.isoformat()}},
     )
-    assert invite(guest, admin).status_code == 202
+    ending = {"uid": guest["localId"], "role": "guest", "access": {"expires_at": ends.isoformat()}}  # as theirs
+    assert world.devices.post(members_url, json=ending, headers=bearer(admin)).status_code == 202
     [from_admin] = waiting(guest)
     monkeypatch.setattr(rt, "clock", lambda: ends + dt.timedelta(seconds=1))
     assert waiting(guest) == []

@@ -21,11 +21,14 @@ from lockwise.devices import members
 # database's: an invitation expires, and its sender's standing is judged, on the same clock as everything else
 _OPEN = "accepted_at IS NULL AND closed_at IS NULL"
 #: whoever sent it may still grant its role (active; the owner for an admin): an invitation falls with its sender's
-#: right (an admin once invited their own address, was removed, and accepted their way back in: attack run)
+#: right (an admin once invited their own address, was removed, and accepted their way back in: attack run), and
+#: with an admin's end set after it was sent, if it grants access ending later (``members.check_ends_in_time``)
 _STANDING = (
     "EXISTS (SELECT 1 FROM lock_members s WHERE s.lock_id = invitations.lock_id AND s.user_uid = invitations.invited_by"
     " AND s.revoked_at IS NULL AND (s.expires_at IS NULL OR s.expires_at > :now)"
-    " AND (s.role = 'owner' OR (s.role = 'admin' AND invitations.role <> 'admin')))"
+    " AND (s.role = 'owner' OR (s.role = 'admin' AND invitations.role <> 'admin' AND (s.expires_at IS NULL"
+    " OR LEAST(CAST(invitations.access->>'expires_at' AS timestamptz),"
+    " CAST(invitations.access->>'valid_until' AS timestamptz)) <= s.expires_at))))"
 )
 _LIVE = _OPEN + " AND expires_at > :now AND " + _STANDING
 _ADDRESSED_TO = "(invitee_uid = :u OR (CAST(:verified AS boolean) AND lower(email) = lower(:e)))"
