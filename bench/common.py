@@ -29,7 +29,6 @@ BENCH_FUNCTION_SETTINGS = {
     # and its voice attempts, each a forward pass, are what the verify benchmarks time
     "LOCKWISE_VOICE_ATTEMPTS_PER_MINUTE": "1000000000",
     "LOCKWISE_VOICE_ATTEMPTS_PER_OWNER_MINUTE": "1000000000",
-    "LOCKWISE_VOICE_OPENINGS_PER_VOICE_MINUTE": "1000000000",
     # the benchmarks' members are rows (``bench.verify.add_members``), not Firebase accounts: the relay's flush would
     # find them deleted and end their memberships mid-run
     "LOCKWISE_ACCOUNT_CHECK_BATCH": "0",

@@ -421,6 +421,5 @@ def ge2e_env(stack_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Iter
     monkeypatch.setenv("LOCKWISE_VOICE_ATTEMPTS_PER_MINUTE", "100000")
     monkeypatch.setenv("LOCKWISE_VOICE_ATTEMPTS_PER_OWNER_MINUTE", "100000")
     monkeypatch.setenv("LOCKWISE_VOICE_ATTEMPTS_PER_OWNER_AT_ONCE", "100")
-    monkeypatch.setenv("LOCKWISE_VOICE_OPENINGS_PER_VOICE_MINUTE", "100000")
     get_settings.cache_clear()
     yield {k: v for k, v in stack_env.items() if k != "LOCKWISE_MODEL_DIR"}

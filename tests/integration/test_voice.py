@@ -552,7 +552,7 @@ def test_model_passes_are_budgeted_per_lock_and_per_owner_accepted_ones_too(
     assert [attempt_after(clients, world) for _ in range(3)] == [(200, "accepted")] * 3
     refused = signed_verify(clients, world, wav(take()))
     assert refused.status_code == 429 and refused.get_json()["error"]["code"] == "voice_attempt_rate"
-    assert 11 <= int(refused.headers["Retry-After"]) <= 60  # the lock's minute, not the owner's 10 s
+    assert 50 <= int(refused.headers["Retry-After"]) <= 60  # the lock's minute
     # the owner's other lock: its own budget is not spent, the owner's burst (5 in 10 s) is after two more
     assert [attempt_after(clients, back) for _ in range(2)] == [(200, "accepted")] * 2
     refused = signed_verify(clients, back, wav(take()))
@@ -571,7 +571,7 @@ def test_model_passes_are_budgeted_per_lock_and_per_owner_accepted_ones_too(
     with db.connection() as con:
         now = dt.datetime.now(dt.UTC)
         owner = lockout.budgets(con, back.lock_id, now, daily_rejections=20, per_minute=100, per_owner_minute=6)
-        assert 15 <= owner.rate_wait_s <= 50  # the owner's minute
+        assert 40 <= owner.rate_wait_s <= 50
         assert lockout.budgets(con, back.lock_id, now, daily_rejections=20, per_minute=100, per_owner_minute=12) == (
             lockout.Budgets(0, 0, True)
         )
@@ -630,41 +630,6 @@ def test_an_owners_locks_side_by_side_get_no_more_model_passes_than_one_after_an
         assert attempt_after(clients, doors[1]) == (200, "accepted")
     finally:
         other_instance.close()
-
-
-def test_a_voice_opens_a_budget_of_doors_a_minute_whoever_owns_them(
-    clients: dict[str, Any], world: World, monkeypatch: pytest.MonkeyPatch, make_client: Any
-) -> None:
-    """A review of the budgets: accounts are free, so many owners with a lock each, all with one enrolled voice among
-    their members, each within its own budgets, would together run the model without bound. A voice's accepted
-    attempts are budgeted over every lock: past it, an attempt at any lock where that voice is a candidate waits;
-    a lock where it is not one is not held back by it."""
-    from lockwise.core.config import get_settings
-
-    monkeypatch.setenv("LOCKWISE_VOICE_OPENINGS_PER_VOICE_MINUTE", "3")
-    get_settings.cache_clear()
-    get_runtime.cache_clear()
-    clients = {**clients, "verify": make_client("verify")}
-    assert enroll(clients, world.accounts["owner"]).status_code == 201
-    other_owner = world.accounts["stranger"]  # another account, with a lock of its own where the voice is a member
-    created = create_lock(clients["devices"], other_owner, name="Their door")
-    credentials, key, _ = provision(clients["devices"], created["provisioning"]["code"])
-    theirs = dataclasses.replace(world, lock_id=created["lock"]["id"], lock_key=key, credentials=credentials)
-    join(clients["devices"], theirs.lock_id, other_owner, world.accounts["owner"], {"role": "member"})
-    assert [attempt_after(clients, world) for _ in range(2)] == [(200, "accepted")] * 2
-    assert attempt_after(clients, theirs) == (200, "accepted")
-    for door in (theirs, world):
-        refused = signed_verify(clients, door, wav(take()))
-        assert refused.status_code == 429 and refused.get_json()["error"]["code"] == "voice_attempt_rate"
-        assert 11 <= int(refused.headers["Retry-After"]) <= 60
-    with get_runtime("verify").db.transaction() as con:  # a minute on
-        con.run(
-            "UPDATE verification_attempts SET created_at = created_at - interval '61 seconds'"
-            " WHERE lock_id IN (CAST(:a AS uuid), CAST(:b AS uuid))",
-            a=world.lock_id,
-            b=theirs.lock_id,
-        )
-    assert attempt_after(clients, theirs) == (200, "accepted")
 
 
 @pytest.mark.parametrize(("reason", "counted"), [("say_again", True), ("below_threshold", True), ("replay", False)])

@@ -172,8 +172,6 @@ class Settings:
     voice_attempts_per_owner_minute: int
     #: and at most this many of one owner's locks' attempts in the model at once, cluster-wide
     voice_attempts_per_owner_at_once: int
-    #: and at most this many accepted attempts of one voice, over every lock, in any minute
-    voice_openings_per_voice_minute: int
     #: at most this many enrollments per user in any 24 hours compared with co-members' voices (each is a probe)
     enroll_comparisons: int
     #: at most this many enrollments per user in any 24 hours that reach the model (each embeds every sample)
@@ -281,7 +279,6 @@ class Settings:
             voice_attempts_per_minute=env_int(env, "LOCKWISE_VOICE_ATTEMPTS_PER_MINUTE", 10, minimum=1),
             voice_attempts_per_owner_minute=env_int(env, "LOCKWISE_VOICE_ATTEMPTS_PER_OWNER_MINUTE", 60, minimum=1),
             voice_attempts_per_owner_at_once=env_int(env, "LOCKWISE_VOICE_ATTEMPTS_PER_OWNER_AT_ONCE", 2, minimum=1),
-            voice_openings_per_voice_minute=env_int(env, "LOCKWISE_VOICE_OPENINGS_PER_VOICE_MINUTE", 10, minimum=1),
             enroll_comparisons=env_int(env, "LOCKWISE_ENROLL_COMPARISONS", 5, minimum=1),
             enrollments_per_day=env_int(env, "LOCKWISE_ENROLLMENTS_PER_DAY", 20, minimum=1),
             replay_memory_hours=env_int(env, "LOCKWISE_REPLAY_MEMORY_HOURS", 168, minimum=0),

@@ -89,8 +89,6 @@ def budgets(
     per_minute: int,
     per_owner_minute: int,
     per_owner_at_once: int = 1,
-    voices: list[str] | None = None,
-    per_voice_minute: int = 1,
 ) -> Budgets:
     """The lock's budgets, read in one statement from what the attempts log holds (no reset touches it).
 
@@ -109,41 +107,30 @@ def budgets(
     Those count attempts decided and committed; the owner's attempts side by side (each lock's are one at a time)
     would all read the same count and all run the model (a review: four locks at once, four passes, against a burst
     budget of one), so each also takes one of ``per_owner_at_once`` places (transaction-scoped advisory locks, seen
-    by every instance at once), and one that finds none taken is refused like the budgets. Owners are accounts, and
-    accounts are free: many of them, a lock each, all with one enrolled voice among their members, each within its
-    budgets, would together run it without bound. So a voice (``voices``: the lock's candidates) opens at most
-    ``per_voice_minute`` doors, over every lock, in any minute; past it, any attempt at a lock where it is a
-    candidate waits (a voice trying its luck by rejections meets each lock's lockout and daily ceiling instead)."""
+    by every instance at once), and one that finds none taken is refused like the budgets."""
     scored_at = (
         "FROM verification_attempts WHERE created_at > :minute AND outcome IN ('accepted', 'rejected')"
         " AND reason <> 'no_candidates'"
     )
-    (day, day_oldest, mine, mine_oldest, owned, owned_oldest, burst, burst_oldest, slot, voice, voice_oldest), *_ = (
-        con.run(
-            "SELECT d.n, d.oldest, m.mine, m.mine_oldest, m.owned, m.owned_oldest, m.burst, m.burst_oldest,"
-            " (SELECT k FROM generate_series(0, :places - 1) k WHERE pg_try_advisory_xact_lock(hashtextextended("
-            "'voice_owner ' || (SELECT owner_uid FROM locks WHERE id = CAST(:l AS uuid)), k)) LIMIT 1),"
-            " v.n, v.oldest"
-            " FROM (SELECT count(*) AS n,"
-            " min(created_at) AS oldest FROM verification_attempts WHERE lock_id = CAST(:l AS uuid)"
-            " AND outcome = 'rejected' AND reason IN ('below_threshold', 'ambiguous', 'say_again')"
-            " AND created_at > :day) d,"
-            " (SELECT count(*) FILTER (WHERE lock_id = CAST(:l AS uuid)) AS mine,"
-            " min(created_at) FILTER (WHERE lock_id = CAST(:l AS uuid)) AS mine_oldest, count(*) AS owned,"
-            " min(created_at) AS owned_oldest, count(*) FILTER (WHERE created_at > :burst) AS burst,"
-            f" min(created_at) FILTER (WHERE created_at > :burst) AS burst_oldest {scored_at}"
-            " AND lock_id IN (SELECT id FROM locks WHERE owner_uid ="
-            " (SELECT owner_uid FROM locks WHERE id = CAST(:l AS uuid)))) m"
-            " LEFT JOIN LATERAL (SELECT count(*) AS n, min(created_at) AS oldest FROM verification_attempts"
-            " WHERE matched_uid = ANY(CAST(:voices AS text[])) AND matched_uid IS NOT NULL AND created_at > :minute"
-            " GROUP BY matched_uid ORDER BY count(*) DESC, min(created_at) LIMIT 1) v ON true",
-            l=lock_id,
-            day=now - DAY,
-            minute=now - MINUTE,
-            burst=now - BURST,
-            places=per_owner_at_once,
-            voices=voices or [],
-        )
+    (day, day_oldest, mine, mine_oldest, owned, owned_oldest, burst, burst_oldest, slot), *_ = con.run(
+        "SELECT d.n, d.oldest, m.mine, m.mine_oldest, m.owned, m.owned_oldest, m.burst, m.burst_oldest,"
+        " (SELECT k FROM generate_series(0, :places - 1) k WHERE pg_try_advisory_xact_lock(hashtextextended("
+        "'voice_owner ' || (SELECT owner_uid FROM locks WHERE id = CAST(:l AS uuid)), k)) LIMIT 1)"
+        " FROM (SELECT count(*) AS n,"
+        " min(created_at) AS oldest FROM verification_attempts WHERE lock_id = CAST(:l AS uuid)"
+        " AND outcome = 'rejected' AND reason IN ('below_threshold', 'ambiguous', 'say_again')"
+        " AND created_at > :day) d,"
+        " (SELECT count(*) FILTER (WHERE lock_id = CAST(:l AS uuid)) AS mine,"
+        " min(created_at) FILTER (WHERE lock_id = CAST(:l AS uuid)) AS mine_oldest, count(*) AS owned,"
+        " min(created_at) AS owned_oldest, count(*) FILTER (WHERE created_at > :burst) AS burst,"
+        f" min(created_at) FILTER (WHERE created_at > :burst) AS burst_oldest {scored_at}"
+        " AND lock_id IN (SELECT id FROM locks WHERE owner_uid ="
+        " (SELECT owner_uid FROM locks WHERE id = CAST(:l AS uuid)))) m",
+        l=lock_id,
+        day=now - DAY,
+        minute=now - MINUTE,
+        burst=now - BURST,
+        places=per_owner_at_once,
     )
     daily = errors.seconds_until(day_oldest + DAY, now) if int(day) >= daily_rejections and day_oldest else 0
     rate = 0
@@ -151,7 +138,6 @@ def budgets(
         (mine, mine_oldest, per_minute, MINUTE),
         (owned, owned_oldest, per_owner_minute, MINUTE),
         (burst, burst_oldest, max(1, per_owner_minute // 6), BURST),
-        (voice or 0, voice_oldest, per_voice_minute, MINUTE),
     ):
         if int(count) >= most and oldest is not None:
             rate = max(rate, errors.seconds_until(oldest + window, now))

@@ -225,11 +225,6 @@ class Doors:
             if held.wait_s:  # refused before the model runs: a locked-out lock costs no forward pass
                 return attempt.refused("locked_out", held.wait_s)
             settings = self.settings
-            rules = policy(settings, self.encoder, found_lock[0][0], normalised=self.scorer.normalised)
-            found = voiceprints.candidates(con, lock_id, self.encoder.model_id, self.encoder.dim, now)
-            if not found.uids:  # nobody to pass as: answered without the model (it ran for each such attempt,
-                # uncounted, unlimited: a lock nobody is enrolled at kept an instance's model busy: attack run)
-                return attempt.nobody(found, rules)
             budget = lockout.budgets(
                 con,
                 lock_id,
@@ -238,13 +233,16 @@ class Doors:
                 per_minute=settings.voice_attempts_per_minute,
                 per_owner_minute=settings.voice_attempts_per_owner_minute,
                 per_owner_at_once=settings.voice_attempts_per_owner_at_once,
-                voices=found.uids,
-                per_voice_minute=settings.voice_openings_per_voice_minute,
             )
             if budget.daily_wait_s:
                 return attempt.refused("daily_limit", budget.daily_wait_s)
-            if budget.rate_wait_s or not budget.slot:  # the lock's, its owner's locks' or a candidate voice's
-                # attempts had their model passes this minute, or as many as may be in the model at once are there
+            rules = policy(settings, self.encoder, found_lock[0][0], normalised=self.scorer.normalised)
+            found = voiceprints.candidates(con, lock_id, self.encoder.model_id, self.encoder.dim, now)
+            if not found.uids:  # nobody to pass as: answered without the model (it ran for each such attempt,
+                # uncounted, unlimited: a lock nobody is enrolled at kept an instance's model busy: attack run)
+                return attempt.nobody(found, rules)
+            if budget.rate_wait_s or not budget.slot:  # the lock's, or its owner's locks', attempts had their model
+                # passes this minute, or as many as may be in the model at once are there now
                 return attempt.refused("attempt_rate", budget.rate_wait_s or IN_PROGRESS_RETRY_S)
             # the forward pass (~40-100 ms) and the fingerprint on their threads, while this one reads the recordings
             return attempt.decide(_Heard.begin(self.encoder, clip), found, rules, held, follow_up)
