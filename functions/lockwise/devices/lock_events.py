@@ -419,8 +419,8 @@ def _ack(con: Connection, lock_id: str, body: dict[str, Any], now: dt.datetime) 
     if not rows:
         return Outcome("duplicate", "no pending or sent command with this id and nonce")
     if result == "ok" and rows[0][0] in ("unlock", "open") and rows[0][1] == "user":
-        # a successful app unlock ends a voice lockout; if a voice decision there holds it now, that decision ends
-        # it as it finishes (``lockout.record_failure``; an accepted one clears it anyway)
+        # a successful app unlock ends a voice lockout; if a voice decision there holds it now, a marker that the
+        # decision (failing) or the lock's next attempt takes ends it (``lockout.clear_unless_busy``)
         lockout.clear_unless_busy(con, lock_id)
     audit.record(
         con,

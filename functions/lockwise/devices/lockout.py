@@ -76,7 +76,7 @@ class Budgets:
     """What the lock's recent attempts leave it: seconds until the next one may be scored (0: now)."""
 
     daily_wait_s: int  # under its daily ceiling of scored rejections again
-    rate_wait_s: int  # under the budgets of attempts that reach the model, the lock's and its owner's
+    rate_wait_s: int  # under the budgets of attempts that reach the model, the lock's and its owner's (0: now)
     slot: bool  # one of the owner's places in the model is held for this attempt (until its transaction ends)
 
 
