@@ -113,9 +113,10 @@ def budgets(
         " AND reason <> 'no_candidates'"
     )
     (day, day_oldest, mine, mine_oldest, owned, owned_oldest, burst, burst_oldest, slot), *_ = con.run(
-        "SELECT d.n, d.oldest, m.mine, m.mine_oldest, m.owned, m.owned_oldest, m.burst, m.burst_oldest,"
+        "WITH owner AS (SELECT owner_uid FROM locks WHERE id = CAST(:l AS uuid))"
+        " SELECT d.n, d.oldest, m.mine, m.mine_oldest, m.owned, m.owned_oldest, m.burst, m.burst_oldest,"
         " (SELECT k FROM generate_series(0, :places - 1) k WHERE pg_try_advisory_xact_lock(hashtextextended("
-        "'voice_owner ' || (SELECT owner_uid FROM locks WHERE id = CAST(:l AS uuid)), k)) LIMIT 1)"
+        "'voice_owner ' || (SELECT owner_uid FROM owner), k)) LIMIT 1)"
         " FROM (SELECT count(*) AS n,"
         " min(created_at) AS oldest FROM verification_attempts WHERE lock_id = CAST(:l AS uuid)"
         " AND outcome = 'rejected' AND reason IN ('below_threshold', 'ambiguous', 'say_again')"
@@ -124,8 +125,7 @@ def budgets(
         " min(created_at) FILTER (WHERE lock_id = CAST(:l AS uuid)) AS mine_oldest, count(*) AS owned,"
         " min(created_at) AS owned_oldest, count(*) FILTER (WHERE created_at > :burst) AS burst,"
         f" min(created_at) FILTER (WHERE created_at > :burst) AS burst_oldest {scored_at}"
-        " AND lock_id IN (SELECT id FROM locks WHERE owner_uid ="
-        " (SELECT owner_uid FROM locks WHERE id = CAST(:l AS uuid)))) m",
+        " AND lock_id IN (SELECT id FROM locks WHERE owner_uid = (SELECT owner_uid FROM owner))) m",
         l=lock_id,
         day=now - DAY,
         minute=now - MINUTE,
@@ -147,21 +147,20 @@ def budgets(
 _CLEAR = "UPDATE voice_lockouts SET consecutive_failures = 0, locked_until = NULL, updated_at = now() WHERE lock_id = "
 
 
-def clear_unless_busy(con: Connection, lock_id: str) -> bool:
+def clear_unless_busy(con: Connection, lock_id: str) -> None:
     """``clear``, unless a voice decision at the lock holds the row (for its forward pass, up to 20 s): then, at
-    once, a marker that decision or the lock's next attempt takes as it counts (``record_failure``, ``hold``), and
-    False. For the relay's batches, which carry every lock's events: one lock's ack waiting for its own voice
-    attempt held the whole batch past the statement limit (a 503 for every lock in it: attack run)."""
+    once, a marker that decision or the lock's next attempt takes as it counts (``record_failure``, ``hold``). For
+    the relay's batches, which carry every lock's events: one lock's ack waiting for its own voice attempt held the
+    whole batch past the statement limit (a 503 for every lock in it: attack run)."""
     free = "(SELECT lock_id FROM voice_lockouts WHERE lock_id = CAST(:l AS uuid) FOR UPDATE SKIP LOCKED)"
     if con.run(_CLEAR + free + " RETURNING 1", l=lock_id):
-        return True
+        return
     # held (a lock with no row has nothing to clear; a plain read of the row does not wait for its holder)
     con.run(
         "INSERT INTO voice_lockout_clears (lock_id)"
         " SELECT lock_id FROM voice_lockouts WHERE lock_id = CAST(:l AS uuid)",
         l=lock_id,
     )
-    return False
 
 
 def clear(con: Connection, lock_id: str) -> None:
