@@ -70,9 +70,14 @@ def encode_fields(data: Mapping[str, Any]) -> dict[str, Any]:
 TIMESTAMP = "__timestamp__"
 
 
+def iso_ms(when: dt.datetime) -> str:
+    """``when`` (aware) in UTC to the millisecond, as Firestore writes times (``...T03:04:05.678Z``)."""
+    return when.astimezone(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
 def timestamp(when: dt.datetime) -> dict[str, str]:
     """``when`` (aware) as a value ``encode`` makes a Firestore timestamp of (a TTL policy reads only those)."""
-    return {TIMESTAMP: when.astimezone(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")}
+    return {TIMESTAMP: iso_ms(when)}
 
 
 def encode(value: Any) -> dict[str, Any]:

@@ -38,14 +38,12 @@ FLUSH_BUDGET_S = 2.0
 #: answered: the relay's periodic flush writes what is left)
 BACKGROUND_BUDGET_S = 30.0
 BACKOFF_S = 5.0
-#: a flush's transaction may sit this long without a statement while Firestore writes its rows (the connections'
-#: own limit, ``db.IDLE_IN_TRANSACTION_S``, is 60 s)
-FLUSH_IDLE_S = 900.0
 #: documents one pass deletes of the collections whose deletion is queued (a deleted lock's feed, its members' access
 #: documents), however many they are: a larger deletion takes several passes, its row queued until the collection is
 #: found empty, while every other row is written between them; a request's own flush deletes none (``flush``)
 #: (attack run: one pass deleted a whole feed, 30,000 entries in 38 s, and no other lock's view changed meanwhile;
-#: one of 700,000, a busy lock's year, would have outlasted ``FLUSH_IDLE_S`` and started again for ever)
+#: one of 700,000, a busy lock's year, would have outlasted the 15 minutes a pass's transaction then had and started
+#: again for ever; a pass now sits idle in its transaction a few Firestore calls at most, within the connections' 60 s)
 DELETED_PER_PASS = 1000
 #: a background flush whose rows wait behind another instance's older writes to the same documents tries again after
 HELD_BACK_RETRY_S = 0.1
@@ -129,20 +127,23 @@ def activity_entry(lock_id: str, kind: str, *, entry_id: str | None = None, **fi
     one entry (a lock's report, by its own time); a random one if not."""
     about = sorted({uid for name in PEOPLE_FIELDS if isinstance(uid := fields.get(name), str)})
     audience = "everyone" if kind in EVERYONE_KINDS else "admins"
-    expires = firestore_json.timestamp(dt.datetime.now(dt.UTC) + FEED_KEPT)
-    data = {"kind": kind, "at": _now_iso(), **fields, "audience": audience, "about": about, "expires_at": expires}
+    now = dt.datetime.now(dt.UTC)
+    expires = firestore_json.timestamp(now + FEED_KEPT)
+    # "at" to the millisecond: entries of one second (a command, its ack) sort in the order they happened
+    data = {
+        "kind": kind,
+        "at": firestore_json.iso_ms(now),
+        **fields,
+        "audience": audience,
+        "about": about,
+        "expires_at": expires,
+    }
     return f"locks/{lock_id}/activity/{entry_id or uuid.uuid4()}", "set", data
 
 
 def activity(con: Connection, lock_id: str, kind: str, **fields: Any) -> None:
     """Add an entry to the lock's activity feed (never biometric data)."""
     enqueue_many(con, [activity_entry(lock_id, kind, **fields)])
-
-
-def _now_iso() -> str:
-    """UTC to the millisecond: entries of one second (a command, its ack) sort in the order they happened."""
-    now = time.time()
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now * 1000) % 1000:03d}Z"
 
 
 #: a write that can never be taken: Firestore refused it (400), or it could not even be made into one
@@ -235,9 +236,6 @@ class Flusher:
         written = 0
         unfinished: list[str] = []  # collections whose deletion this pass did not finish (or begin)
         with self.db.transaction() as con:
-            # its rows stay claimed while Firestore writes them, with no statement meanwhile (a commit refused, then
-            # its halves: ``_settle``)
-            con.run(f"SET LOCAL idle_in_transaction_session_timeout = '{round(FLUSH_IDLE_S * 1000)}ms'")
             rows, held = self._claim(con, limit)
             if not rows:
                 return 0, len(held), False
@@ -381,7 +379,7 @@ def _held_back(rows: list[list[Any]], elsewhere: list[tuple[int, str, str]]) -> 
         if row_id in mine:
             behind = (
                 path in waiting_docs
-                or any(path.startswith(f"{c}/") for c in waiting_collections)
+                or _inside(path, waiting_collections)
                 or (op == "delete_collection" and any(d.startswith(f"{path}/") for d in waiting_docs))
             )
             if not behind:
