@@ -480,7 +480,7 @@ def refresh_access_due() -> None:
 
 def prune_expired() -> None:
     with rt.db.transaction() as con:
-        retention.prune_expired(con, nonces_kept_s=2 * rt.settings.lock_request_skew_s)
+        retention.prune_expired(con, nonces_kept_s=lock_auth.nonces_kept_s(rt.settings))
 
 
 def end_gone_accounts() -> None:

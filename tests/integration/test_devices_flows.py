@@ -287,7 +287,7 @@ def test_the_relays_flush_deletes_old_request_nonces_and_counts_and_no_request_d
     world: World, stack_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """One signed request in 50 deleted every lock's old nonces and counts, all at once, on its own path."""
-    skew = get_runtime("devices").settings.lock_request_skew_s
+    kept_s = lock_auth.nonces_kept_s(get_runtime("devices").settings)
 
     def config() -> Any:
         headers = lock_auth.sign_headers(world.lock_key, world.lock_id, "GET", "/devices/lock/config", b"")
@@ -302,14 +302,14 @@ def test_the_relays_flush_deletes_old_request_nonces_and_counts_and_no_request_d
             " (SELECT count(*) FROM lock_request_counts WHERE lock_id = CAST(:l AS uuid)"
             "  AND minute < now() - interval '2 minutes')",
             l=world.lock_id,
-            s=2 * skew,
+            s=kept_s,
         )
         return nonces, stale_nonces, stale_counts
 
     assert config().status_code == 200
     db_rows(  # every nonce seen just over twice the skew ago, every count three minutes back
         "UPDATE lock_request_nonces SET seen_at = now() - make_interval(secs => :s) WHERE lock_id = CAST(:l AS uuid)",
-        s=2 * skew + 5,
+        s=kept_s + 5,
         l=world.lock_id,
     )
     db_rows(
@@ -325,7 +325,7 @@ def test_the_relays_flush_deletes_old_request_nonces_and_counts_and_no_request_d
         "UPDATE lock_request_nonces SET seen_at = now() - make_interval(secs => :s) WHERE lock_id = CAST(:l AS uuid)"
         " AND nonce NOT IN (SELECT nonce FROM lock_request_nonces WHERE lock_id = CAST(:l AS uuid)"
         " ORDER BY seen_at DESC LIMIT 5)",
-        s=2 * skew + 5,
+        s=kept_s + 5,
         l=world.lock_id,
     )
     monkeypatch.setattr(retention, "PRUNE_BATCH", 7)

@@ -85,6 +85,12 @@ def sign_headers(
     return headers
 
 
+def nonces_kept_s(settings: Settings) -> int:
+    """How long a lock's request nonces are kept: twice the skew, so that a request replayed within its accepted
+    window always meets its nonce."""
+    return 2 * settings.lock_request_skew_s
+
+
 def signed_by(db: Database, headers: Headers, method: str, target: str, body: bytes, settings: Settings) -> str:
     """The lock that signed this request (``authenticate`` with the function's skew and per-minute limit). Its nonce
     and its count of the minute commit at once, on a connection of their own: a refusal after this (bad audio, a
