@@ -832,7 +832,7 @@ def test_a_slow_flush_of_an_older_access_write_cannot_let_a_removed_member_back_
     """Attack run: two instances flush side by side, each its own rows (SKIP LOCKED). One still writing a member's
     access document (a slow Firestore answer) while the other wrote its later deletion landed last: the removed member
     read the lock's live view until the next membership change. A document's newer row now waits for its older one."""
-    from lockwise.core import firestore, mirror
+    from lockwise.core import firestore
 
     rt = get_runtime("devices")
     host, member = stack_env["FIRESTORE_EMULATOR_HOST"], world.uid("member")
@@ -947,7 +947,7 @@ def test_rows_held_back_behind_a_slow_flush_do_not_hold_up_other_documents(world
     was still writing; it held them back, wrote nothing, and claimed the same 500 again: no other document's row
     behind them was written while that flush lasted (up to 15 min for a big feed's deletion). A pass now claims past
     the rows it holds back."""
-    from lockwise.core import firestore, mirror
+    from lockwise.core import firestore
 
     rt = get_runtime("devices")
     rt.flush_mirror(force=True)
@@ -983,7 +983,7 @@ def test_a_long_feeds_deletion_is_done_a_part_each_pass_and_other_documents_are_
     and start again for ever. A pass now deletes a part (one budget for all the collections it finds queued; none
     in a request's own flush) and writes the rest of its rows; a write into the collection queued after its
     deletion still lands after it."""
-    from lockwise.core import firestore, mirror
+    from lockwise.core import firestore
 
     monkeypatch.setattr(mirror, "DELETED_PER_PASS", mirror.MAX_BATCH_WRITES)
     rt = get_runtime("devices")
