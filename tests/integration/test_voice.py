@@ -372,9 +372,10 @@ def test_a_forward_pass_that_fails_or_hangs_leaves_nothing_half_written(
     failed = signed_verify(clients, world, wav(take()))
     assert failed.status_code == 503 and failed.get_json()["error"]["code"] == "model_unavailable"
 
-    release, finished = threading.Event(), threading.Event()
+    release, finished, began = threading.Event(), threading.Event(), []
 
     def stuck(self: Any, samples: Any, rate: int) -> Any:  # answers only once the test lets it
+        began.append(rate)
         release.wait(30)
         try:
             return real(self, samples, rate)
@@ -387,11 +388,15 @@ def test_a_forward_pass_that_fails_or_hangs_leaves_nothing_half_written(
     assert timed_out.status_code == 503 and timed_out.get_json()["error"]["code"] == "model_timeout"
     assert timed_out.headers["Retry-After"] == "1"
     assert not finished.is_set()
+    # the next attempt's pass waits behind the stuck one until its own time is up: given up, it never runs
+    queued = signed_verify(clients, world, wav(take()))
+    assert queued.status_code == 503 and queued.get_json()["error"]["code"] == "model_timeout"
     monkeypatch.setattr(encoder_class, "embed", real)
     release.set()
     assert finished.wait(30)  # the stuck forward ends on its thread; the next attempt queues behind nothing
     assert signed_verify(clients, world, wav(take())).get_json()["decision"] == "rejected"
-    assert [o for o, _ in attempts(world)] == ["rejected", "rejected"]  # the two failures left no row
+    assert len(began) == 1  # the pass nobody waited for any more did not run after the stuck one
+    assert [o for o, _ in attempts(world)] == ["rejected", "rejected"]  # the three failures left no row
     with get_runtime("verify").db.connection() as con:
         rows = con.run(
             "SELECT consecutive_failures FROM voice_lockouts WHERE lock_id = CAST(:l AS uuid)", l=world.lock_id

@@ -264,6 +264,14 @@ class _Heard:
             fingerprints.submit(fingerprint.landmarks, clip.samples, clip.rate),
         )
 
+    def abandon(self, *more: Future[Any]) -> None:
+        """Nobody will wait for this work (the decision failed or ran out of time): what has not begun never does. A
+        pass left queued behind a slow one ran later for nobody, and kept the model's one thread from the attempts
+        still waiting (attack run)."""
+        begun: tuple[Future[Any], ...] = (self.probe, self.landmarks, *more)
+        for soon in begun:
+            soon.cancel()
+
     def replay_of(self, recordings: list[fingerprint.Landmarks]) -> Future[bool]:
         """Whether the probe replays one of ``recordings``, matched on the fingerprint's thread after its fingerprint,
         while the forward pass runs (matching against a week of a busy door's recordings takes tens of ms)."""
@@ -317,9 +325,14 @@ class _Attempt:
         encoder = self.doors.encoder
         replay_soon = heard.replay_of(known_recordings.at_lock(self.con, self.lock_id, found.uids))
         deadline = time.monotonic() + FORWARD_WAIT_S  # one wait for all, not one each
-        landmarks, probe = _finished(heard.landmarks, deadline), _finished(heard.probe, deadline)
+        try:
+            landmarks, probe = _finished(heard.landmarks, deadline), _finished(heard.probe, deadline)
+            replayed = _finished(replay_soon, deadline)
+        except BaseException:
+            heard.abandon(replay_soon)
+            raise
         stale = len(found.stale_uids)
-        if _finished(replay_soon, deadline):
+        if replayed:
             attempt = self._record("rejected", "replay", model_id=encoder.model_id)
             self._count_failure()
             return Result("rejected", attempt, "replay", stale_voiceprints=stale)
