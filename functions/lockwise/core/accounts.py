@@ -55,17 +55,15 @@ class IdentityToolkit:
         self, project_id: str, host: str, *, authorize: Authorize, tls: ssl.SSLContext | None, prefix: str = ""
     ) -> None:
         self._target = f"{prefix}/v1/projects/{urllib.parse.quote(project_id, safe='')}/accounts:lookup"
-        self._api = google_api.GoogleApi(host, authorize=authorize, tls=tls, timeout_s=TIMEOUT_S)
+        self._api = google_api.GoogleApi("Firebase Auth", host, authorize=authorize, tls=tls, timeout_s=TIMEOUT_S)
 
     def lookup(self, uids: Sequence[str]) -> dict[str, bool]:
         if not 0 < len(uids) <= LOOKUP_MAX:
             raise ValueError(f"look up 1 to {LOOKUP_MAX} accounts at a time, not {len(uids)}")
         try:
             status, data = self._api.call("POST", self._target, {"localId": list(uids)})
-        except google_api.NoCredentials as exc:
-            raise DirectoryError(f"credentials could not be refreshed: {exc}") from exc
-        except google_api.Unreachable as exc:
-            raise DirectoryError(f"Firebase Auth could not be reached: {exc}") from exc
+        except google_api.Unavailable as exc:
+            raise DirectoryError(str(exc)) from exc
         if status != 200:
             raise DirectoryError(f"Firebase Auth answered {status}: {data[:200].decode(errors='replace')}")
         try:

@@ -53,7 +53,7 @@ class Client:
         timeout_s: float = TIMEOUT_S,
     ) -> None:
         self.database = f"projects/{project_id}/databases/(default)"
-        self._api = google_api.GoogleApi(host, authorize=authorize, tls=tls, timeout_s=timeout_s)
+        self._api = google_api.GoogleApi("Firestore", host, authorize=authorize, tls=tls, timeout_s=timeout_s)
 
     def name(self, path: str) -> str:
         """The full resource name of the document or collection at ``path`` (``locks/abc``), as given (it once
@@ -86,10 +86,8 @@ class Client:
     ) -> dict[str, Any] | None:
         try:
             status, data = self._api.call(method, target, body)
-        except google_api.NoCredentials as exc:
-            raise FirestoreError(f"Firestore credentials could not be refreshed: {exc}") from exc
-        except google_api.Unreachable as exc:
-            raise FirestoreError(f"Firestore could not be reached: {exc}") from exc
+        except google_api.Unavailable as exc:
+            raise FirestoreError(str(exc)) from exc
         if status == 404 and missing_ok:
             return None
         if status >= 400:

@@ -25,12 +25,9 @@ MAX_IDLE = 4
 _STALE = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError)
 
 
-class NoCredentials(Exception):
-    """The credentials could not be refreshed (the message names google-auth's exception type)."""
-
-
-class Unreachable(Exception):
-    """The API could not be reached, or the connection failed mid-answer (the message names the exception type)."""
+class Unavailable(Exception):
+    """The API could not be used: its credentials could not be refreshed, it could not be reached, or the connection
+    failed mid-answer (the message names the API, which of these, and the exception's type)."""
 
 
 def emulator_owner(headers: dict[str, str]) -> None:
@@ -40,20 +37,21 @@ def emulator_owner(headers: dict[str, str]) -> None:
 class GoogleApi:
     """The API at ``host`` (HTTPS with ``tls``, plain HTTP without: an emulator). Safe to share between threads."""
 
-    def __init__(self, host: str, *, authorize: Authorize, tls: ssl.SSLContext | None, timeout_s: float) -> None:
-        self._host, self._authorize, self._tls, self._timeout_s = host, authorize, tls, timeout_s
+    def __init__(
+        self, name: str, host: str, *, authorize: Authorize, tls: ssl.SSLContext | None, timeout_s: float
+    ) -> None:
+        self._name, self._host, self._authorize, self._tls, self._timeout_s = name, host, authorize, tls, timeout_s
         self._idle: list[http.client.HTTPConnection] = []
         self._lock = threading.Lock()
 
     def call(self, method: str, target: str, body: dict[str, Any] | None = None) -> tuple[int, bytes]:
-        """Send ``body`` (JSON) to ``target``; the answer's status and body. ``NoCredentials`` or ``Unreachable``
-        when there is none."""
+        """Send ``body`` (JSON) to ``target``; the answer's status and body. ``Unavailable`` when there is none."""
         payload = None if body is None else json.dumps(body).encode()
         headers = {"Content-Type": "application/json", "Accept": "application/json"}
         try:
             self._authorize(headers)
         except Exception as exc:  # noqa: BLE001 - google-auth's refresh fails in its own types (RefreshError, ...)
-            raise NoCredentials(type(exc).__name__) from exc
+            raise Unavailable(f"{self._name} credentials could not be refreshed: {type(exc).__name__}") from exc
         con, reused = self._connection()
         try:
             try:
@@ -67,7 +65,7 @@ class GoogleApi:
             data = resp.read()
         except (OSError, http.client.HTTPException) as exc:
             con.close()
-            raise Unreachable(type(exc).__name__) from exc
+            raise Unavailable(f"{self._name} could not be reached: {type(exc).__name__}") from exc
         with self._lock:
             kept = not resp.will_close and len(self._idle) < MAX_IDLE
             if kept:
