@@ -72,6 +72,7 @@ class Forwarder:
         self.flooded = 0  # of those, events of a lock with PER_LOCK_WAITING already waiting
         self.in_flight = 0
         self.last_error: str | None = None
+        self.upkeep_error: str | None = None  # the last upkeep's failure (``flush_mirror``), None once one succeeds
         self._stop = threading.Event()
         self._session = requests.Session()
         self._thread = threading.Thread(target=self._run, name="forwarder", daemon=True)
@@ -162,8 +163,24 @@ class Forwarder:
         return "taken"
 
     def flush_mirror(self) -> None:
-        """Ask the devices function to write queued Firestore mirror rows (the app's view converges)."""
+        """Ask the devices function for its upkeep: write queued Firestore mirror rows (the app's view converges),
+        refresh guests' windows, prune expired rows, end gone accounts. A failure is logged with the function's
+        error and kept in ``upkeep_error`` until an upkeep succeeds (its answer was not read: a failing upkeep went
+        unseen). Not on the forwarder's session, which is its thread's."""
         try:
-            requests.post(self.flush_url, headers={**self.headers, **self.identity()}, timeout=self.timeout_s)
+            resp = requests.post(self.flush_url, headers={**self.headers, **self.identity()}, timeout=self.timeout_s)
         except (requests.RequestException, OSError) as exc:
-            log.warning("mirror flush failed", extra={"fields": {"error": type(exc).__name__}})
+            self.upkeep_error = type(exc).__name__
+        else:
+            self.upkeep_error = None if resp.status_code == 200 else f"HTTP {resp.status_code} {_error_code(resp)}"
+        if self.upkeep_error:
+            log.warning("devices upkeep failed; will retry", extra={"fields": {"error": self.upkeep_error}})
+
+
+def _error_code(resp: requests.Response) -> str:
+    """The error code of a function's JSON error body, or ``-`` (a proxy's page, a truncated body)."""
+    try:
+        code = resp.json()["error"]["code"]
+    except (ValueError, KeyError, TypeError):
+        return "-"
+    return code if isinstance(code, str) else "-"

@@ -248,6 +248,9 @@ class Relay:
             "status": "ok" if healthy else "degraded",
             "delivered": self.delivered,
             "checks": checks,
+            # Firestore or a prune failing for now: shown, not unhealthy (a restarted relay would meet the same)
+            "upkeep": {"ok": self.forwarder.upkeep_error is None}
+            | ({"error": self.forwarder.upkeep_error} if self.forwarder.upkeep_error else {}),
         }
         return body, 200 if healthy else 503
 
