@@ -27,21 +27,6 @@ limits = audio.Limits.from_settings(rt.settings)
 doors = verification.Doors(rt.db, encoder, scorer, rt.settings)
 
 
-#: a refused attempt's reason -> its 429's code and message
-REFUSALS = {
-    "locked_out": ("voice_locked_out", "voice unlock is locked out after repeated failures"),
-    "daily_limit": (
-        "voice_daily_limit",
-        "voice unlock has reached its daily limit of rejected attempts; the app still opens the door",
-    ),
-    "in_progress": ("voice_attempt_in_progress", "another attempt at this lock is being decided; try again"),
-    "attempt_rate": (
-        "voice_attempt_rate",
-        "too many voice attempts at this lock, or at its owner's locks, in the last minute; try again shortly",
-    ),
-}
-
-
 def attempt_from(ctx: Ctx, body: bytes) -> tuple[audio.Clip, str | None]:
     """The clip a lock sent and the ``follow_up`` it names (400, 415 or 422 naming what is wrong; the query is
     checked first, so the answer does not depend on whether the rate came in a header)."""
@@ -71,9 +56,8 @@ def verify_at_lock(ctx: Ctx) -> Result:
         raise
     result = doors.decide(lock_id, clip, rt.now(), follow_up=follow_up)
     rt.flush_mirror_soon()  # the person at the door does not wait for the app's activity feed
-    if result.decision == "refused":
-        code, message = REFUSALS[result.reason]
-        raise errors.RateLimited(message, retry_after_s=result.retry_after_s or 1, code=code)
+    if result.refusal is not None:
+        raise result.refusal.error(result.retry_after_s)
     if result.decision == "rejected" and rt.settings.debug_rejected_dir:
         save_rejected(clip, result.attempt_id)
     return result.body()

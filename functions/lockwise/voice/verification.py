@@ -74,8 +74,36 @@ FORWARD_WAIT_S = 20.0
 
 
 @dataclass(frozen=True)
+class Refusal:
+    """Why an attempt was refused before any voice was scored: its reason in the attempts log, and its 429."""
+
+    reason: str
+    code: str
+    message: str
+
+    def error(self, retry_after_s: int | None) -> errors.RateLimited:
+        return errors.RateLimited(self.message, retry_after_s=retry_after_s or 1, code=self.code)
+
+
+IN_PROGRESS = Refusal(
+    "in_progress", "voice_attempt_in_progress", "another attempt at this lock is being decided; try again"
+)
+LOCKED_OUT = Refusal("locked_out", "voice_locked_out", "voice unlock is locked out after repeated failures")
+DAILY_LIMIT = Refusal(
+    "daily_limit",
+    "voice_daily_limit",
+    "voice unlock has reached its daily limit of rejected attempts; the app still opens the door",
+)
+ATTEMPT_RATE = Refusal(
+    "attempt_rate",
+    "voice_attempt_rate",
+    "too many voice attempts at this lock, or at its owner's locks, in the last minute; try again shortly",
+)
+
+
+@dataclass(frozen=True)
 class Result:
-    decision: str  # accepted | rejected | refused
+    decision: str  # accepted | rejected | refused (then ``refusal`` says why)
     attempt_id: str
     reason: str
     score: float | None = None
@@ -85,6 +113,7 @@ class Result:
     grant: str | None = None
     retry_after_s: int | None = None
     stale_voiceprints: int = 0
+    refusal: Refusal | None = None
 
     def body(self) -> dict[str, Any]:
         # the decision only: a score or the threshold would let whoever holds a lock hill-climb towards a voiceprint
@@ -220,10 +249,10 @@ class Doors:
                 raise lock_auth.deleted_lock()
             attempt = _Attempt(self, con, lock_id, now)
             if not found_lock[0][1]:  # another attempt at this lock is being decided: answered now, not after it
-                return attempt.refused("in_progress", IN_PROGRESS_RETRY_S)
+                return attempt.refused(IN_PROGRESS, IN_PROGRESS_RETRY_S)
             held = lockout.hold(con, lock_id, now)
             if held.wait_s:  # refused before the model runs: a locked-out lock costs no forward pass
-                return attempt.refused("locked_out", held.wait_s)
+                return attempt.refused(LOCKED_OUT, held.wait_s)
             settings = self.settings
             budget = lockout.budgets(
                 con,
@@ -235,7 +264,7 @@ class Doors:
                 per_owner_at_once=settings.voice_attempts_per_owner_at_once,
             )
             if budget.daily_wait_s:
-                return attempt.refused("daily_limit", budget.daily_wait_s)
+                return attempt.refused(DAILY_LIMIT, budget.daily_wait_s)
             rules = policy(settings, self.encoder, found_lock[0][0], normalised=self.scorer.normalised)
             found = voiceprints.candidates(con, lock_id, self.encoder.model_id, self.encoder.dim, now)
             if not found.uids:  # nobody to pass as: answered without the model (it ran for each such attempt,
@@ -243,7 +272,7 @@ class Doors:
                 return attempt.nobody(found, rules)
             if budget.rate_wait_s or not budget.slot:  # the lock's, or its owner's locks', attempts had their model
                 # passes this minute, or as many as may be in the model at once are there now
-                return attempt.refused("attempt_rate", budget.rate_wait_s or IN_PROGRESS_RETRY_S)
+                return attempt.refused(ATTEMPT_RATE, budget.rate_wait_s or IN_PROGRESS_RETRY_S)
             # the forward pass (~40-100 ms) and the fingerprint on their threads, while this one reads the recordings
             return attempt.decide(_Heard.begin(self.encoder, clip), found, rules, held, follow_up)
 
@@ -304,9 +333,10 @@ class _Attempt:
     lock_id: str
     now: dt.datetime
 
-    def refused(self, reason: str, retry_after_s: int) -> Result:
-        """Refused before any voice is scored (``in_progress``, ``locked_out``, ``daily_limit``, ``attempt_rate``)."""
-        return Result("refused", self._record("refused", reason), reason, retry_after_s=retry_after_s)
+    def refused(self, refusal: Refusal, retry_after_s: int) -> Result:
+        """Refused before any voice is scored."""
+        attempt = self._record("refused", refusal.reason)
+        return Result("refused", attempt, refusal.reason, retry_after_s=retry_after_s, refusal=refusal)
 
     def nobody(self, found: voiceprints.Candidates, rules: Policy) -> Result:
         """No voice may open the door now: rejected, uncounted (nobody to guess at), nothing of the clip kept."""
