@@ -1025,6 +1025,29 @@ def test_enrollment_samples_that_disagree_name_the_outlier(
     assert resp.status_code == 422 and error["code"] == "samples_disagree" and error["details"]["sample"] == 2
 
 
+def test_a_sample_the_model_turns_into_no_direction_is_refused_by_name(
+    clients: dict[str, Any], world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An embedding no cosine can be taken with (not finite, or all zeros: a mean with it points anywhere) is
+    refused with the sample it came from; the check had caught only values that are not finite."""
+    encoder_class = served_encoder_class()
+    real, calls = encoder_class.embed, []
+
+    def third_is_silent(self: Any, samples: Any, rate: int) -> Any:
+        calls.append(rate)
+        out = real(self, samples, rate)
+        return np.zeros_like(out) if len(calls) == 3 else out
+
+    monkeypatch.setattr(encoder_class, "embed", third_is_silent)
+    resp = enroll(clients, world.accounts["owner"])
+    assert resp.status_code == 422, resp.get_json()
+    assert resp.get_json()["error"]["code"] == "samples_disagree" and resp.get_json()["error"]["details"] == {
+        "sample": 2
+    }
+    with get_runtime("embed").db.connection() as con:
+        assert con.run("SELECT count(*) FROM voiceprints WHERE user_uid = :u", u=world.uid("owner"))[0][0] == 0
+
+
 @pytest.mark.parametrize(
     ("body", "ctype", "status", "code"),
     [

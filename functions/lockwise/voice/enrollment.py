@@ -66,12 +66,12 @@ def enroll(
         _refuse_past_the_limit(comparisons_wait(con, uid, settings.enroll_comparisons))
         _count_a_run(con, uid, settings.enrollments_per_day)
     embeddings = np.stack([encoder.embed(c.samples, c.rate) for c in clips])
-    unusable = np.flatnonzero(~np.isfinite(embeddings).all(axis=1))
-    if len(unusable):  # a voiceprint of NaN would compare as nothing and pass every check after this one
+    unusable = scoring.unusable_rows(embeddings)
+    if unusable:  # a voiceprint of NaN (or of no direction) would compare as nothing and pass every check after this
         raise errors.InvalidAudio(
-            f"sample {int(unusable[0])} could not be turned into a voiceprint; record it again",
+            f"sample {unusable[0]} could not be turned into a voiceprint; record it again",
             code="samples_disagree",
-            details={"sample": int(unusable[0])},
+            details={"sample": unusable[0]},
         )
     lowest, outlier = scoring.agreement(embeddings)
     if lowest < rules.agreement:
