@@ -68,3 +68,20 @@ def test_cohort_files_are_checked_against_the_model(tmp_path: Path) -> None:
     (tmp_path / cohort.COHORT_FILE).write_bytes(b"altered")
     with pytest.raises(ModelError, match="sha256"):
         cohort.load(tmp_path, "ge2e-x", 8)
+
+
+@pytest.mark.parametrize(
+    ("manifest", "named"),
+    [
+        ("{not json", "not readable JSON"),
+        ("[1, 2]", "expected a JSON object"),
+        ('{"model_id": "ge2e-x", "top_k": "7"}', "top_k must be a positive integer"),
+        ('{"model_id": "ge2e-x", "top_k": 0}', "top_k must be a positive integer"),
+    ],
+)
+def test_a_damaged_cohort_manifest_stops_the_start_by_name(tmp_path: Path, manifest: str, named: str) -> None:
+    """It raised JSONDecodeError, AttributeError or KeyError at instance start, naming no file."""
+    cohort.save(tmp_path, unit(np.random.default_rng(6).standard_normal((20, 8))), 7, "ge2e-x", {"corpus": "test"})
+    (tmp_path / cohort.COHORT_MANIFEST).write_text(manifest)
+    with pytest.raises(ModelError, match=named):
+        cohort.load(tmp_path, "ge2e-x", 8)

@@ -14,7 +14,6 @@ cosines. Voiceprints are unchanged: normalisation happens at scoring time, so no
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +22,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from lockwise.voice.model.model_files import ModelError
+from lockwise.voice.model.model_files import ModelError, file_sha256, read_manifest
 
 COHORT_FILE = "cohort.npz"
 COHORT_MANIFEST = "cohort.json"
@@ -65,7 +64,7 @@ def save(folder: Path, embeddings: F32, top_k: int, model_id: str, sources: dict
         "top_k": top_k,
         "clips": int(unit.shape[0]),
         "dim": int(unit.shape[1]),
-        "sha256": hashlib.sha256((folder / COHORT_FILE).read_bytes()).hexdigest(),
+        "sha256": file_sha256(folder / COHORT_FILE),
         "sources": sources,
     }
     (folder / COHORT_MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
@@ -78,14 +77,17 @@ def load(folder: Path, model_id: str, dim: int) -> Cohort | None:
     manifest_file = folder / COHORT_MANIFEST
     if not manifest_file.is_file():
         return None
-    manifest = json.loads(manifest_file.read_text())
+    manifest = read_manifest(manifest_file, "the score cohort's manifest", "./dev setup makes it")
     data_file = folder / COHORT_FILE
     if manifest.get("model_id") != model_id:
         raise ModelError(f"{manifest_file}: the cohort is for {manifest.get('model_id')}, the encoder is {model_id}")
-    if not data_file.is_file() or hashlib.sha256(data_file.read_bytes()).hexdigest() != manifest.get("sha256"):
+    top_k = manifest.get("top_k")
+    if not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1:
+        raise ModelError(f"{manifest_file}: top_k must be a positive integer, not {top_k!r}")
+    if not data_file.is_file() or file_sha256(data_file) != manifest.get("sha256"):
         raise ModelError(f"{data_file} is missing or does not match {COHORT_MANIFEST} (sha256)")
     with np.load(data_file) as data:
         embeddings = np.asarray(data["embeddings"], dtype=np.float32)
     if embeddings.ndim != 2 or embeddings.shape[1] != dim or embeddings.shape[0] < 2:
         raise ModelError(f"{data_file}: expected (n >= 2, {dim}) embeddings, got {embeddings.shape}")
-    return Cohort(embeddings, int(manifest["top_k"]), model_id)
+    return Cohort(embeddings, top_k, model_id)

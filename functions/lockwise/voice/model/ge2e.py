@@ -18,7 +18,6 @@ export of the same weights is the same model wherever it was made.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Sequence
@@ -31,7 +30,7 @@ import numpy.typing as npt
 
 from lockwise.core import log as lwlog
 from lockwise.voice.audio import speech_frames
-from lockwise.voice.model import blas
+from lockwise.voice.model import blas, model_files
 from lockwise.voice.model.model_files import ModelError, file_sha256
 from lockwise.voice.model.resample import resample
 from lockwise.voice.model.samples import at_least_40ms, mono_float32
@@ -209,12 +208,9 @@ def _gates_for_tanh(w_ih: F32, w_hh: F32, bias: F32) -> tuple[F32, F32, F32]:
 
 
 def read_manifest(model_dir: Path) -> dict[str, Any]:
-    path = Path(model_dir) / MANIFEST
-    try:
-        manifest = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise ModelError(f"GE2E model directory {model_dir}: {MANIFEST} is missing or unreadable ({exc})") from exc
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT or manifest.get("encoder") != "ge2e":
+    """The GE2E directory's manifest; ``ModelError`` when it is missing, unreadable or not a GE2E one."""
+    manifest = model_files.read_manifest(Path(model_dir) / MANIFEST, "GE2E manifest", "./dev setup exports it")
+    if manifest.get("format") != FORMAT or manifest.get("encoder") != "ge2e":
         raise ModelError(f"GE2E model directory {model_dir}: {MANIFEST} is not a format-{FORMAT} GE2E manifest")
     return manifest
 
