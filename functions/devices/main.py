@@ -8,7 +8,6 @@ key) and the relay (service token). Handlers only parse the request, call the do
 from __future__ import annotations
 
 import functools
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -51,11 +50,12 @@ def lock_ca() -> lock_certs.LockCa:
 
 
 def lock_param(value: str) -> str:
-    """A path lock id; anything that is not a UUID is simply an unknown lock."""
-    try:
-        return str(uuid.UUID(value))
-    except ValueError as exc:
-        raise errors.NotFound("lock not found", code="lock_not_found") from exc
+    """A path lock id in its canonical form (any case); anything else is simply an unknown lock (``uuid.UUID``
+    also took ``urn:uuid:``, braces and no hyphens: one lock had many paths)."""
+    canonical = inputs.canonical_uuid(value)
+    if canonical is None:
+        raise errors.NotFound("lock not found", code="lock_not_found")
+    return canonical
 
 
 def app_user(ctx: Ctx) -> auth.User:
@@ -342,10 +342,8 @@ def get_command(ctx: Ctx, lock_id: str, command_id: str) -> JsonBody:
     user, lock_id = app_user(ctx), lock_param(lock_id)
     with rt.db.connection() as con:
         membership = members.require(con, lock_id, user.uid, rt.now())
-        try:
-            row = commands.get(con, str(uuid.UUID(command_id)))
-        except ValueError:
-            row = None
+        canonical = inputs.canonical_uuid(command_id)
+        row = commands.get(con, canonical) if canonical else None
         if row is None or row["lock_id"] != lock_id:
             raise errors.NotFound("command not found", code="command_not_found")
         if row["issuer_uid"] != user.uid and membership.role not in ("owner", "admin"):

@@ -975,6 +975,18 @@ def test_bad_input_gets_a_4xx_with_a_code(world: World, subtests: pytest.Subtest
     assert db_rows(WORLD_STATE) == before
 
 
+def test_a_lock_has_one_path(world: World) -> None:
+    """A lock id in a path is its canonical form, in either case: ``uuid.UUID`` also took it without hyphens, in
+    braces or as a URN, so one lock answered at many paths (a review), unlike invitation ids and lock headers."""
+    owner, hexed = world.headers("owner"), world.lock_id.replace("-", "")
+    assert world.devices.get(f"/devices/locks/{world.lock_id.upper()}", headers=owner).status_code == 200
+    for other in (hexed, "{" + world.lock_id + "}", f"urn:uuid:{world.lock_id}"):
+        resp = world.devices.get(f"/devices/locks/{other}", headers=owner)
+        assert (resp.status_code, resp.get_json()["error"]["code"]) == (404, "lock_not_found"), other
+    resp = world.devices.get(f"/devices/locks/{world.lock_id}/commands/{'1' * 32}", headers=owner)
+    assert (resp.status_code, resp.get_json()["error"]["code"]) == (404, "command_not_found")
+
+
 def test_malformed_json_and_oversized_bodies(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
     resp = world.devices.post(
         "/devices/locks", data=b"{oops", content_type="application/json", headers=world.headers("owner")

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from lockwise.core import errors
+from lockwise.core import errors, inputs
 from lockwise.core.config import Settings
 from lockwise.core.db import Connection, Database
 
@@ -37,7 +37,6 @@ if TYPE_CHECKING:
 
 PREFIX = "LOCKWISE-V1"
 _NONCE_RE = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
-_LOCK_ID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 #: unix seconds as the firmware contract gives them: digits only (``int()`` also takes a sign, spaces and "_")
 _TIMESTAMP_RE = re.compile(r"^[0-9]{1,12}$")
 
@@ -136,7 +135,7 @@ def authenticate(
     signature_b64 = headers.get("X-LockWise-Signature", "")
     if not (lock_id and timestamp and nonce and signature_b64):
         raise errors.Unauthenticated("request is not signed by a lock", code="missing_lock_signature")
-    if not _LOCK_ID_RE.fullmatch(lock_id):  # the canonical form only (uuid.UUID also takes urn:, braces, no hyphens)
+    if inputs.canonical_uuid(lock_id) != lock_id:  # the canonical form, lower case (what the signature covers)
         raise errors.Unauthenticated("malformed lock id", code="bad_lock_signature")
     if not _TIMESTAMP_RE.fullmatch(timestamp):
         raise errors.Unauthenticated("malformed timestamp", code="bad_lock_signature")
