@@ -9,9 +9,9 @@ No event can hold up the others. Events wait in one line per lock, served in tur
 with ``PER_LOCK_WAITING`` events already waiting has its next ones dropped, logged and counted: one lock's flood
 neither stands in front of the others nor fills the relay's memory. The devices function judges each event alone (a
 bad one comes back ``rejected``, counted here, and is acknowledged with the batch). A payload over
-``MAX_PAYLOAD_CHARS`` is dropped here, logged and counted, never posted. A batch the function refuses as a whole with
-400 or 413 is split in halves until the one event it refuses is found, which is dropped the same way; an unreachable
-function, a 5xx or a refused service token keeps the batch, unacknowledged, and retries it.
+``topics.MAX_PAYLOAD_CHARS`` is dropped here, logged and counted, never posted. A batch the function refuses as a
+whole with 400 or 413 is split in halves until the one event it refuses is found, which is dropped the same way; an
+unreachable function, a 5xx or a refused service token keeps the batch, unacknowledged, and retries it.
 """
 
 from __future__ import annotations
@@ -28,9 +28,6 @@ from lockwise.core.headers import SERVICE_TOKEN_HEADER
 from lockwise.devices import topics
 from mqtt_relay.lines import Lines
 
-#: the devices function refuses larger payloads (lockwise.devices.lock_events.MAX_PAYLOAD_CHARS; the broker, 64 KiB
-#: packets)
-MAX_PAYLOAD_CHARS = 16_384
 #: what the function answers for a batch one of whose events it cannot take at all: split the batch to find it
 SPLIT_ON = (400, 413)
 #: events of one lock waiting at most (a lock reports a few times an hour; a relay back from an outage finds each
@@ -81,7 +78,7 @@ class Forwarder:
         self._thread.start()
 
     def submit(self, event: Event) -> None:
-        if len(event.payload) > MAX_PAYLOAD_CHARS:
+        if len(event.payload) > topics.MAX_PAYLOAD_CHARS:
             self._drop(event, f"payload of {len(event.payload)} characters")
             return
         if not self.queue.put(topics.lock_of(event.topic) or "", event):  # a flood: counted, logged now and then

@@ -22,6 +22,7 @@ from lockwise.core.config import (
     read_mode,
     read_secret,
 )
+from lockwise.devices import topics
 
 
 @dataclass(frozen=True)
@@ -92,6 +93,6 @@ class RelaySettings:
             poll_s=float(env_int(env, "LOCKWISE_RELAY_POLL_MS", 1000, minimum=50)) / 1000,
             resend_after_s=env_int(env, "LOCKWISE_RELAY_RESEND_AFTER_S", 5, minimum=1),
             flush_every_s=env_int(env, "LOCKWISE_RELAY_FLUSH_EVERY_S", 10, minimum=1),
-            event_batch=env_int(env, "LOCKWISE_RELAY_EVENT_BATCH", 500, minimum=1),
+            event_batch=env_int(env, "LOCKWISE_RELAY_EVENT_BATCH", 500, minimum=1, maximum=topics.MAX_EVENTS_PER_BATCH),
             id_token_audience=env.get("LOCKWISE_RELAY_ID_TOKEN_AUDIENCE") or None,
         )

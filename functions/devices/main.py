@@ -30,13 +30,14 @@ from lockwise.devices import (
     locks,
     members,
     provisioning,
+    topics,
 )
 
 rt = get_runtime("devices")
 api = Api("devices")
 crls = lock_certs.CrlCache()  # the revocation list, signed again when the revocations change
-MAX_EVENTS = 500
-#: a relay batch: MAX_EVENTS payloads of a few hundred bytes, or fewer of up to lock_events.MAX_PAYLOAD_CHARS
+#: a relay batch: topics.MAX_EVENTS_PER_BATCH payloads of a few hundred bytes, or fewer of up to
+#: topics.MAX_PAYLOAD_CHARS
 MAX_EVENTS_BODY = 4_000_000
 
 
@@ -446,8 +447,9 @@ def relay_events(ctx: Ctx) -> JsonBody:
     # a relay deployed ahead of this function with a new field would lose every event it forwards; for the same
     # reason each event's text (a NUL byte a lock sent) is judged with the event, not for the batch
     events = ctx.json(None, MAX_EVENTS_BODY, check_strings=False).get("events")
-    if not isinstance(events, list) or not 1 <= len(events) <= MAX_EVENTS:
-        raise errors.BadRequest(f"events must be a list of 1 to {MAX_EVENTS} items", code="invalid_events")
+    if not isinstance(events, list) or not 1 <= len(events) <= topics.MAX_EVENTS_PER_BATCH:
+        most = topics.MAX_EVENTS_PER_BATCH
+        raise errors.BadRequest(f"events must be a list of 1 to {most} items", code="invalid_events")
     with rt.db.transaction() as con:
         outcomes = lock_events.apply_batch(con, events, rt.now(), rt.settings.feed_reports_per_minute)
     rt.flush_mirror_soon()  # the relay's next batch need not wait for Firestore: the rows are queued, not lost

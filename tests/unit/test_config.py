@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+from pathlib import Path
 
 import pytest
 
@@ -113,3 +114,16 @@ def test_the_rehearsal_switch_admits_emulators_in_production_but_never_on_cloud_
             Settings.from_env(dict(rehearsal, **{marker: "lockwise-verify"}))
     with pytest.raises(ConfigError, match="only applies in production"):
         Settings.from_env({"LOCKWISE_REHEARSAL": "1"})
+
+
+def test_the_relays_batch_is_at_most_what_the_devices_function_takes(tmp_path: Path) -> None:
+    """A larger batch was refused whole by the function (400) and split by the relay, every batch, at full size."""
+    from lockwise.devices import topics
+    from mqtt_relay.settings import RelaySettings
+
+    (tmp_path / "ca.pem").write_text("a CA")
+    files = {"MQTT_CA_FILE": str(tmp_path / "ca.pem"), "MQTT_CLIENT_CERTS": str(tmp_path / "ca.pem")}
+    most = topics.MAX_EVENTS_PER_BATCH
+    assert RelaySettings.from_env({**files, "LOCKWISE_RELAY_EVENT_BATCH": str(most)}).event_batch == most
+    with pytest.raises(ConfigError, match=f"LOCKWISE_RELAY_EVENT_BATCH must be at most {most}"):
+        RelaySettings.from_env({**files, "LOCKWISE_RELAY_EVENT_BATCH": str(most + 1)})

@@ -42,8 +42,6 @@ class Outcome:
         return {"outcome": self.outcome, **({"reason": self.reason} if self.reason else {})}
 
 
-#: the largest event payload taken (the broker refuses packets over 64 KiB; state and acks are a few hundred bytes)
-MAX_PAYLOAD_CHARS = 16_384
 #: state and ack payloads are flat objects
 MAX_PAYLOAD_DEPTH = 2
 #: the window of a lock's feed budget (``LOCKWISE_FEED_REPORTS_PER_MINUTE``): at most that many of its state and
@@ -264,8 +262,8 @@ def apply(
     where the lock's row and the mirror rows wait until the caller writes them (``Pending.write``)."""
     if not isinstance(topic, str) or not isinstance(payload, str):
         return Outcome("rejected", "topic and payload must be strings")
-    if len(payload) > MAX_PAYLOAD_CHARS:
-        return Outcome("rejected", f"payload over {MAX_PAYLOAD_CHARS} characters")
+    if len(payload) > topics.MAX_PAYLOAD_CHARS:  # state and acks are a few hundred bytes
+        return Outcome("rejected", f"payload over {topics.MAX_PAYLOAD_CHARS} characters")
     try:
         inputs.check_text(topic, "topic")
         inputs.check_text(payload, "payload")

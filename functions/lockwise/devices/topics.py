@@ -1,4 +1,5 @@
-"""MQTT topic layout, shared by the relay and the simulated lock.
+"""MQTT topic layout and the size of what a lock sends on them, shared by the relay, the devices function and the
+simulated lock.
 
 Every topic of a lock sits under ``lockwise/<broker username>/``; the broker's per-lock ACL lets that lock, and no
 other, read its ``cmd`` and write its ``state``, ``ack`` and ``status`` (``infra/broker/acl.template``).
@@ -7,6 +8,11 @@ other, read its ``cmd`` and write its ``state``, ``ack`` and ``status`` (``infra
 from __future__ import annotations
 
 ROOT = "lockwise"
+#: the longest payload of a lock's event the devices function takes; the relay drops longer ones unsent (the
+#: broker refuses packets over 64 KiB)
+MAX_PAYLOAD_CHARS = 16_384
+#: the most events in one relay batch the devices function takes (``LOCKWISE_RELAY_EVENT_BATCH`` at most)
+MAX_EVENTS_PER_BATCH = 500
 
 
 def commands(lock: str) -> str:
