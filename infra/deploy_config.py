@@ -44,7 +44,7 @@ class ServiceSpec:
 
 @dataclass(frozen=True)
 class JobSpec:
-    """A one-shot container (the migration job) or a process on the broker host."""
+    """A one-shot container (the migration job)."""
 
     name: str
     bundle: str

@@ -49,10 +49,6 @@ class RelaySettings:
     event_batch: int
     id_token_audience: str | None
 
-    @property
-    def is_production(self) -> bool:
-        return self.mode == "production"
-
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> RelaySettings:
         env = os.environ if environ is None else environ

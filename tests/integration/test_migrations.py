@@ -126,7 +126,7 @@ def test_the_migration_job_lets_a_long_statement_run(
     monkeypatch.setattr(migrate, "apply", record)
     monkeypatch.setattr(migrate, "CONNECT_TIMEOUT_S", 0.3)
     monkeypatch.setattr("lockwise.core.log.configure", lambda *_a, **_k: None)  # leave the test run's logging be
-    assert migrate.main([]) == 0
+    assert migrate.main() == 0
     assert seen == [[["10min"]]]
 
 

@@ -25,12 +25,11 @@ def test_local_mode_runs_on_embedded_defaults() -> None:
     assert s.mode == "local"
     assert s.project_id == "demo-lockwise"
     assert s.database_url.startswith("postgresql://")
-    assert not s.is_production
 
 
 def test_production_accepts_real_secrets() -> None:
     s = Settings.from_env(PROD_OK)
-    assert s.is_production and s.project_id == "lockwise-prod"
+    assert s.mode == "production" and s.project_id == "lockwise-prod"
 
 
 @pytest.mark.parametrize(

@@ -1,7 +1,7 @@
 """Settings, read from the environment once per process, each deployable reading only what it uses.
 
-``Settings.from_env(component=...)`` serves the three functions; the relay (``mqtt_relay.settings``), the migration
-job (``DatabaseSettings``) and the broker-host sync read their own, smaller sets with the same readers. Outside local
+``Settings.from_env(component=...)`` serves the three functions; the relay (``mqtt_relay.settings``) and the migration
+job (``DatabaseSettings``) read their own, smaller sets with the same readers. Outside local
 mode a missing or placeholder secret *of that process* stops start-up with a message naming the variable; a secret
 the process does not use is never read, so no process demands another's (the relay never holds the command-signing
 key).
@@ -87,7 +87,7 @@ def read_database_url(env: Mapping[str, str], mode: Mode) -> str:
 
 @dataclass(frozen=True)
 class DatabaseSettings:
-    """What a process that only talks to PostgreSQL reads: the migration job, the broker-host account sync."""
+    """What a process that only talks to PostgreSQL reads: the migration job."""
 
     mode: Mode
     database_url: str
@@ -188,10 +188,6 @@ class Settings:
     debug_rejected_dir: str | None
     #: serve the relay's endpoints (off on the public devices service; on for the internal one)
     relay_routes: bool
-
-    @property
-    def is_production(self) -> bool:
-        return self.mode == "production"
 
     def lock_ca_pem(self) -> str:
         """The lock CA; only the devices function holds it."""

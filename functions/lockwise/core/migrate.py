@@ -120,7 +120,9 @@ def job_connection(database_url: str) -> Connection:
     return job.connect()
 
 
-def main(argv: list[str] | None = None) -> int:
+def main() -> int:
+    """Apply every migration not applied yet (the deploy's migration job: no arguments; the database from
+    ``DATABASE_URL``)."""
     from lockwise.core import log as lwlog
     from lockwise.core.config import DatabaseSettings
 
@@ -136,4 +138,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(main())

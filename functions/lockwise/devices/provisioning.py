@@ -302,7 +302,7 @@ def revocations_version(con: Connection) -> tuple[int, dt.datetime | None]:
 
 def revoked_certificates(con: Connection) -> list[tuple[str, dt.datetime]]:
     """``(serial, revoked_at)`` of every revoked lock certificate that has not expired yet: the CRL's entries."""
-    rows = con.run(  # listed by a trigger on lock_credentials (migration 0004), deleted locks' included
+    rows = con.run(  # listed by a trigger on lock_credentials (migration 0013's), deleted locks' included
         "SELECT serial, revoked_at FROM revoked_lock_certificates WHERE not_after > now() ORDER BY revoked_at"
     )
     return [(str(serial), when) for serial, when in rows]
