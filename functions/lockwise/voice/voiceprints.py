@@ -115,11 +115,12 @@ def candidates(con: Connection, lock_id: str, model_id: str, dim: int, now: dt.d
         " FROM lock_members m JOIN voiceprints v ON v.user_uid = m.user_uid"
         + _SCORED_ACCOUNT.format("m")
         + " WHERE m.lock_id = CAST(:l AS uuid) AND m.revoked_at IS NULL"
-        " AND (m.expires_at IS NULL OR m.expires_at > now()) ORDER BY m.user_uid"
+        " AND (m.expires_at IS NULL OR m.expires_at > :now) ORDER BY m.user_uid"  # the decision's clock, as below
         # held until the decision commits: deleting this voice data waits for it (``erasure.forget_voice``);
         # re-enrolling (an UPDATE of no key) does not
         " FOR KEY SHARE OF v",
         l=lock_id,
+        now=now,
     )
     uids: list[str] = []
     vectors: list[bytes] = []
