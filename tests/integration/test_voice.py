@@ -25,7 +25,7 @@ from lockwise.core import retention
 from lockwise.core.db import Database
 from lockwise.core.runtime import get_runtime
 from lockwise.devices import command_signing, lock_auth
-from lockwise.voice import audio, scoring
+from lockwise.voice import audio, budgets, scoring
 from lockwise.voice.model import fingerprint
 from lockwise.voice.model.encoder import CALIBRATIONS
 from lockwise.voice.model.voice_activity import VoiceActivity
@@ -531,7 +531,6 @@ def test_model_passes_are_budgeted_per_lock_and_per_owner_accepted_ones_too(
     all the locks of its owner per minute and, a sixth of that, per 10 s (429 ``voice_attempt_rate``, logged as
     refused, not a failure)."""
     from lockwise.core.config import get_settings
-    from lockwise.devices import lockout
 
     monkeypatch.setenv("LOCKWISE_VOICE_ATTEMPTS_PER_MINUTE", "3")
     monkeypatch.setenv("LOCKWISE_VOICE_ATTEMPTS_PER_OWNER_MINUTE", "30")  # 5 in any 10 s
@@ -575,11 +574,13 @@ def test_model_passes_are_budgeted_per_lock_and_per_owner_accepted_ones_too(
     # the owner's minute: 6 scored by their two locks, a budget of 6 spent, whichever lock asks
     with db.connection() as con:
         now = dt.datetime.now(dt.UTC)
-        owner = lockout.budgets(con, back.lock_id, now, daily_rejections=20, per_minute=100, per_owner_minute=6)
-        assert 15 <= owner.rate_wait_s <= 50  # the owner's minute
-        assert lockout.budgets(con, back.lock_id, now, daily_rejections=20, per_minute=100, per_owner_minute=12) == (
-            lockout.Budgets(0, 0, True)
+        owner = budgets.budgets(
+            con, back.lock_id, now, daily_rejections=20, per_minute=100, per_owner_minute=6, per_owner_at_once=1
         )
+        assert 15 <= owner.rate_wait_s <= 50  # the owner's minute
+        assert budgets.budgets(
+            con, back.lock_id, now, daily_rejections=20, per_minute=100, per_owner_minute=12, per_owner_at_once=1
+        ) == (budgets.Budgets(0, 0, True))
     age(50)  # a minute after the first ones: the front door scores again
     assert attempt_after(clients, world) == (200, "accepted")
 
@@ -641,8 +642,6 @@ def test_an_owners_locks_side_by_side_get_no_more_model_passes_than_one_after_an
 def test_the_daily_ceiling_counts_every_scored_rejection(world: World, reason: str, counted: bool) -> None:
     """A ``say_again`` (scored, just under the threshold: the most telling answer) counts like a plain rejection;
     a replay was never scored and counts towards the lockout only."""
-    from lockwise.devices import lockout
-
     now = dt.datetime.now(dt.UTC)
     with get_runtime("verify").db.transaction() as con:
         for _ in range(3):
@@ -652,7 +651,9 @@ def test_the_daily_ceiling_counts_every_scored_rejection(world: World, reason: s
                 l=world.lock_id,
                 r=reason,
             )
-        budget = lockout.budgets(con, world.lock_id, now, daily_rejections=3, per_minute=3, per_owner_minute=600)
+        budget = budgets.budgets(
+            con, world.lock_id, now, daily_rejections=3, per_minute=3, per_owner_minute=600, per_owner_at_once=1
+        )
         assert (budget.daily_wait_s > 0) is counted
         assert budget.rate_wait_s > 0  # each of them reached the model (a replay too: its fingerprint beside it)
 

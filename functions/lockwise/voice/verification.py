@@ -28,7 +28,7 @@ from lockwise.core.config import Settings
 from lockwise.core.db import Connection, Database
 from lockwise.core.forking import in_each_child
 from lockwise.devices import commands, lock_auth, lockout
-from lockwise.voice import audio, known_recordings, scoring, voiceprints
+from lockwise.voice import audio, budgets, known_recordings, scoring, voiceprints
 from lockwise.voice.model import fingerprint
 from lockwise.voice.model.encoder import Encoder, Policy, Scorer, policy
 from lockwise.voice.model.model_files import ModelError
@@ -254,7 +254,7 @@ class Doors:
             if held.wait_s:  # refused before the model runs: a locked-out lock costs no forward pass
                 return attempt.refused(LOCKED_OUT, held.wait_s)
             settings = self.settings
-            budget = lockout.budgets(
+            budget = budgets.budgets(
                 con,
                 lock_id,
                 now,

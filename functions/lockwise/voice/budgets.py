@@ -1,0 +1,89 @@
+"""The budgets of a lock's voice attempts, beside its lockout (``lockwise.devices.lockout``): scored rejections a
+day, and passes of the model a minute, the lock's and its owner's, and places in the model at once. Read from the
+attempts log, which no reset touches; decided before the model runs, so an attempt over them costs no forward pass.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+from lockwise.core import errors
+from lockwise.core.db import Connection
+
+DAY = dt.timedelta(days=1)
+MINUTE = dt.timedelta(minutes=1)
+BURST = dt.timedelta(seconds=10)  # the window of an owner's burst: a sixth of their minute's budget
+
+
+@dataclass(frozen=True)
+class Budgets:
+    """What the lock's recent attempts leave it: seconds until the next one may be scored (0: now)."""
+
+    daily_wait_s: int  # under its daily ceiling of scored rejections again
+    rate_wait_s: int  # under the budgets of attempts that reach the model, the lock's and its owner's (0: now)
+    slot: bool  # one of the owner's places in the model is held for this attempt (until its transaction ends)
+
+
+def budgets(
+    con: Connection,
+    lock_id: str,
+    now: dt.datetime,
+    *,
+    daily_rejections: int,
+    per_minute: int,
+    per_owner_minute: int,
+    per_owner_at_once: int,
+) -> Budgets:
+    """The lock's budgets, read in one statement from what the attempts log holds (no reset touches it).
+
+    The lockout (``lockwise.devices.lockout``) slows guessing; an owner's reset ends it, so on its own it would buy
+    an owner with a lock unlimited guesses at a member's voiceprint. The daily ceiling: at most ``daily_rejections``
+    rejected, scored attempts (below the threshold, ambiguous, or just under it and asked again: the most telling
+    answer to someone tuning a recording) per lock in any 24 hours; past it only the app opens the door until the
+    oldest of them is a day old.
+
+    Neither counts an accepted attempt, and each costs a forward pass: an account with its own voice enrolled at its
+    own locks posted distinct recordings of it from eight of them, every one accepted, and another account's door
+    answered 5.9 times slower (attack run 11). So at most ``per_minute`` attempts that reach the model, accepted or
+    not, per lock, and ``per_owner_minute`` over all the locks of the lock's owner, in any minute; the owner's also
+    a sixth of it in any 10 s, so that their locks side by side do not spend a minute's in one burst (measured: the
+    same eight locks, with a minute's budget only, still made that door 3.3 times slower for its first seconds).
+    Those count attempts decided and committed; the owner's attempts side by side (each lock's are one at a time)
+    would all read the same count and all run the model (a review: four locks at once, four passes, against a burst
+    budget of one), so each also takes one of ``per_owner_at_once`` places (transaction-scoped advisory locks, seen
+    by every instance at once), and one that finds none taken is refused like the budgets."""
+    scored_at = (
+        "FROM verification_attempts WHERE created_at > :minute AND outcome IN ('accepted', 'rejected')"
+        " AND reason <> 'no_candidates'"
+    )
+    (day, day_oldest, mine, mine_oldest, owned, owned_oldest, burst, burst_oldest, slot), *_ = con.run(
+        "WITH owner AS (SELECT owner_uid FROM locks WHERE id = CAST(:l AS uuid))"
+        " SELECT d.n, d.oldest, m.mine, m.mine_oldest, m.owned, m.owned_oldest, m.burst, m.burst_oldest,"
+        " (SELECT k FROM generate_series(0, :places - 1) k WHERE pg_try_advisory_xact_lock(hashtextextended("
+        "'voice_owner ' || (SELECT owner_uid FROM owner), k)) LIMIT 1)"
+        " FROM (SELECT count(*) AS n,"
+        " min(created_at) AS oldest FROM verification_attempts WHERE lock_id = CAST(:l AS uuid)"
+        " AND outcome = 'rejected' AND reason IN ('below_threshold', 'ambiguous', 'say_again')"
+        " AND created_at > :day) d,"
+        " (SELECT count(*) FILTER (WHERE lock_id = CAST(:l AS uuid)) AS mine,"
+        " min(created_at) FILTER (WHERE lock_id = CAST(:l AS uuid)) AS mine_oldest, count(*) AS owned,"
+        " min(created_at) AS owned_oldest, count(*) FILTER (WHERE created_at > :burst) AS burst,"
+        f" min(created_at) FILTER (WHERE created_at > :burst) AS burst_oldest {scored_at}"
+        " AND lock_id IN (SELECT id FROM locks WHERE owner_uid = (SELECT owner_uid FROM owner))) m",
+        l=lock_id,
+        day=now - DAY,
+        minute=now - MINUTE,
+        burst=now - BURST,
+        places=per_owner_at_once,
+    )
+    daily = errors.seconds_until(day_oldest + DAY, now) if int(day) >= daily_rejections and day_oldest else 0
+    rate = 0
+    for count, oldest, most, window in (
+        (mine, mine_oldest, per_minute, MINUTE),
+        (owned, owned_oldest, per_owner_minute, MINUTE),
+        (burst, burst_oldest, max(1, per_owner_minute // 6), BURST),
+    ):
+        if int(count) >= most and oldest is not None:
+            rate = max(rate, errors.seconds_until(oldest + window, now))
+    return Budgets(daily, rate, slot is not None)
