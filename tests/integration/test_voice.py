@@ -574,11 +574,11 @@ def test_model_passes_are_budgeted_per_lock_and_per_owner_accepted_ones_too(
     # the owner's minute: 6 scored by their two locks, a budget of 6 spent, whichever lock asks
     with db.connection() as con:
         now = dt.datetime.now(dt.UTC)
-        owner = budgets.budgets(
+        owner = budgets.at_lock(
             con, back.lock_id, now, daily_rejections=20, per_minute=100, per_owner_minute=6, per_owner_at_once=1
         )
         assert 15 <= owner.rate_wait_s <= 50  # the owner's minute
-        assert budgets.budgets(
+        assert budgets.at_lock(
             con, back.lock_id, now, daily_rejections=20, per_minute=100, per_owner_minute=12, per_owner_at_once=1
         ) == (budgets.Budgets(0, 0, True))
     age(50)  # a minute after the first ones: the front door scores again
@@ -651,7 +651,7 @@ def test_the_daily_ceiling_counts_every_scored_rejection(world: World, reason: s
                 l=world.lock_id,
                 r=reason,
             )
-        budget = budgets.budgets(
+        budget = budgets.at_lock(
             con, world.lock_id, now, daily_rejections=3, per_minute=3, per_owner_minute=600, per_owner_at_once=1
         )
         assert (budget.daily_wait_s > 0) is counted

@@ -25,7 +25,7 @@ class Budgets:
     slot: bool  # one of the owner's places in the model is held for this attempt (until its transaction ends)
 
 
-def budgets(
+def at_lock(
     con: Connection,
     lock_id: str,
     now: dt.datetime,

@@ -254,7 +254,7 @@ class Doors:
             if held.wait_s:  # refused before the model runs: a locked-out lock costs no forward pass
                 return attempt.refused(LOCKED_OUT, held.wait_s)
             settings = self.settings
-            budget = budgets.budgets(
+            budget = budgets.at_lock(
                 con,
                 lock_id,
                 now,
