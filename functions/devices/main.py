@@ -36,9 +36,6 @@ from lockwise.devices import (
 rt = get_runtime("devices")
 api = Api("devices")
 crls = lock_certs.CrlCache()  # the revocation list, signed again when the revocations change
-#: a relay batch: topics.MAX_EVENTS_PER_BATCH payloads of a few hundred bytes, or fewer of up to
-#: topics.MAX_PAYLOAD_CHARS
-MAX_EVENTS_BODY = 4_000_000
 
 
 def server_public_key() -> str:
@@ -446,7 +443,7 @@ def relay_events(ctx: Ctx) -> JsonBody:
     # fields it does not name are let be: the relay splits a refused batch down to single events and drops them, so
     # a relay deployed ahead of this function with a new field would lose every event it forwards; for the same
     # reason each event's text (a NUL byte a lock sent) is judged with the event, not for the batch
-    events = ctx.json(None, MAX_EVENTS_BODY, check_strings=False).get("events")
+    events = ctx.json(None, topics.MAX_BATCH_BYTES, check_strings=False).get("events")
     if not isinstance(events, list) or not 1 <= len(events) <= topics.MAX_EVENTS_PER_BATCH:
         most = topics.MAX_EVENTS_PER_BATCH
         raise errors.BadRequest(f"events must be a list of 1 to {most} items", code="invalid_events")

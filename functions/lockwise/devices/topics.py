@@ -13,6 +13,8 @@ ROOT = "lockwise"
 MAX_PAYLOAD_CHARS = 16_384
 #: the most events in one relay batch the devices function takes (``LOCKWISE_RELAY_EVENT_BATCH`` at most)
 MAX_EVENTS_PER_BATCH = 500
+#: the largest relay batch body (JSON, UTF-8) the devices function takes
+MAX_BATCH_BYTES = 4_000_000
 
 
 def commands(lock: str) -> str:

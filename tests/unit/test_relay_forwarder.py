@@ -1,0 +1,108 @@
+"""The relay's forwarder against a devices function it posts to: batches sized by bytes, payloads judged as posted,
+and the periodic upkeep's failures seen (no services needed: a local HTTP server answers as the devices function
+would; ``tests/e2e/test_relay.py`` runs the relay against the real one)."""
+
+from __future__ import annotations
+
+import functools
+import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from lockwise.devices import topics
+from mqtt_relay.forwarder import Event, Forwarder
+from tests.waiting import wait_for
+
+batches: list[bytes] = []
+
+
+@pytest.fixture
+def devices() -> Iterator[tuple[str, list[tuple[int, bytes]]]]:
+    """A devices function that answers each upkeep with the next of its answers (status, body), and takes every
+    batch of events (kept in ``batches``, as posted)."""
+    answers: list[tuple[int, bytes]] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 - http.server's name
+            assert self.headers["X-LockWise-Service-Token"] == "token"
+            if self.path == "/devices/relay/events":
+                posted = self.rfile.read(int(self.headers["Content-Length"]))
+                batches.append(posted)
+                taken = [{"outcome": "applied"} for _ in json.loads(posted)["events"]]
+                status, body = 200, json.dumps({"results": taken}).encode()
+            else:
+                assert self.path == "/devices/relay/flush"
+                status, body = answers.pop(0)
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    batches.clear()
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", answers
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_failed_upkeep_is_kept_until_one_succeeds(devices: tuple[str, list[tuple[int, bytes]]]) -> None:
+    """The relay did not read the upkeep's answer: a prune or an account check failing every time went unseen."""
+    url, answers = devices
+    forwarder = Forwarder(url, "token", timeout_s=5)
+    failed = {"error": {"code": "database_unavailable", "message": "the database is not available"}}
+    answers += [(503, json.dumps(failed).encode()), (502, b"<html>bad gateway</html>"), (200, b'{"written": 0}')]
+    forwarder.flush_mirror()
+    assert forwarder.upkeep_error == "HTTP 503 database_unavailable"
+    forwarder.flush_mirror()
+    assert forwarder.upkeep_error == "HTTP 502 -"  # not the function's JSON: the status alone
+    forwarder.flush_mirror()
+    assert forwarder.upkeep_error is None and answers == []
+
+
+def test_an_unreachable_devices_function_is_an_upkeep_error() -> None:
+    forwarder = Forwarder("http://127.0.0.1:9", "token", timeout_s=2)  # the discard port: nothing listens
+    forwarder.flush_mirror()
+    assert forwarder.upkeep_error == "ConnectionError"
+
+
+def test_a_payload_is_judged_by_its_size_as_posted_and_batches_by_their_bodies(
+    devices: tuple[str, list[tuple[int, bytes]]],
+) -> None:
+    """Attack run: 64 KiB messages of emoji (16,334 characters, under the cap then counted in characters) were posted
+    with every character escaped to 12 bytes, a batch of 500 made 98 MB, which the function refused whole (or reset),
+    and every lock's events waited behind it. Now the body is UTF-8 as it is, a payload over the cap in posted bytes
+    is dropped before it is queued, and a batch is cut to bodies the function takes."""
+    url, _ = devices
+    forwarder = Forwarder(url, "token", batch=500, timeout_s=10)
+    acked: list[str] = []
+    smile = "\U0001f600"  # 4 bytes in UTF-8; 12 as a JSON escape pair
+    under = smile * (topics.MAX_PAYLOAD_CHARS // 4 - 1)  # fits as posted: 16,380 bytes and its quotes
+    over = smile * (topics.MAX_PAYLOAD_CHARS // 4 + 1)  # as many characters as the cap allows a quarter of
+    assert len(over) < topics.MAX_PAYLOAD_CHARS
+    forwarder.submit(Event("lockwise/big/state", over, lambda: acked.append("over")))
+    assert forwarder.dropped == 1 and acked == ["over"] and forwarder.queue.empty()  # never queued, acked
+    for i in range(600):  # two locks' lines, taken in turn
+        lock = f"lock{i % 2}"
+        forwarder.submit(Event(f"lockwise/{lock}/state", under, functools.partial(acked.append, str(i))))
+    forwarder.start()
+    try:
+        wait_for(lambda: len(acked) == 601, timeout=30, what="every event posted and acknowledged")
+    finally:
+        forwarder.stop(drain_timeout_s=5)
+    assert sorted(acked[1:], key=int) == [str(i) for i in range(600)]  # each once
+    assert len(batches) >= 3 and all(len(body) <= topics.MAX_BATCH_BYTES for body in batches)
+    assert smile.encode() in batches[0] and b"\\ud83d" not in batches[0]  # UTF-8 as it is, not escaped
+    posted = [json.loads(body)["events"] for body in batches]
+    assert sum(len(events) for events in posted) == 600
+    assert all(event["payload"] == under for events in posted for event in events)
