@@ -34,6 +34,8 @@ SPLIT_ON = (400, 413)
 #: events of one lock waiting at most (a lock reports a few times an hour; a relay back from an outage finds each
 #: lock's few): past it the lock is flooding, and its next events are dropped until its line moves
 PER_LOCK_WAITING = 500
+#: and their bytes as posted: 500 reports of a few hundred bytes, or 16 payloads at the cap
+PER_LOCK_WAITING_BYTES = 256 * 1024
 
 log = logging.getLogger("mqtt_relay.forwarder")
 
@@ -72,7 +74,7 @@ class Forwarder:
         self.identity = identity or dict
         self.batch = batch
         self.timeout_s = timeout_s
-        self.queue: Lines[Event] = Lines(PER_LOCK_WAITING)
+        self.queue: Lines[Event] = Lines(PER_LOCK_WAITING, PER_LOCK_WAITING_BYTES)
         self.forwarded = 0
         self.rejected = 0  # events the devices function judged and refused (kept in its lock_event_rejects)
         self.stale = 0  # state reports it ignored as not newer than the last applied (a repeat, or out of order)
@@ -96,9 +98,11 @@ class Forwarder:
         if posted > topics.MAX_PAYLOAD_CHARS:
             self._drop(event, f"payload of {posted} bytes as posted")
             return
-        if not self.queue.put(topics.lock_of(event.topic) or "", event):  # a flood: counted, logged now and then
+        if not self.queue.put(
+            topics.lock_of(event.topic) or "", event, posted
+        ):  # a flood: counted, logged now and then
             self.flooded += 1
-            why = f"its lock has {PER_LOCK_WAITING} events waiting ({self.flooded} so far)"
+            why = f"its lock's line is full ({self.flooded} so far)"
             self._drop(event, why, logged=self.flooded % 1000 == 1)
 
     def _drop(self, event: Event, why: str, *, logged: bool = True) -> None:

@@ -92,15 +92,15 @@ def test_a_payload_is_judged_by_its_size_as_posted_and_batches_by_their_bodies(
     assert len(over) < topics.MAX_PAYLOAD_CHARS
     forwarder.submit(Event("lockwise/big/state", over, lambda: acked.append("over")))
     assert forwarder.dropped == 1 and acked == ["over"] and forwarder.queue.empty()  # never queued, acked
-    for i in range(600):  # two locks' lines, taken in turn
-        lock = f"lock{i % 2}"
+    for i in range(600):  # forty locks' lines (each holds 16 payloads at the cap), taken in turn
+        lock = f"lock{i % 40}"
         forwarder.submit(Event(f"lockwise/{lock}/state", under, functools.partial(acked.append, str(i))))
     forwarder.start()
     try:
         wait_for(lambda: len(acked) == 601, timeout=30, what="every event posted and acknowledged")
     finally:
         forwarder.stop(drain_timeout_s=5)
-    assert sorted(acked[1:], key=int) == [str(i) for i in range(600)]  # each once
+    assert sorted(acked[1:], key=int) == [str(i) for i in range(600)] and forwarder.flooded == 0  # each once
     assert len(batches) >= 3 and all(len(body) <= topics.MAX_BATCH_BYTES for body in batches)
     assert smile.encode() in batches[0] and b"\\ud83d" not in batches[0]  # UTF-8 as it is, not escaped
     posted = [json.loads(body)["events"] for body in batches]
