@@ -458,6 +458,45 @@ def test_access_ends_in_firestore_when_the_api_ends_it_without_any_membership_ch
     assert firestore_client(PROJECT_ID, host).document(lock_doc).get().update_time == written, "no write needed"
 
 
+def test_at_a_members_access_edge_the_upkeep_writes_their_access_document(
+    world: World, stack_env: dict[str, str]
+) -> None:
+    """The rules refuse new reads at the expiry by themselves, but an open listener is checked again only when a
+    document the rules read changes (attack run 12: an expired member's and a guest's open listeners kept receiving
+    the lock's state and feed). The mirror is due again at each member's next edge, and the relay's upkeep then
+    deletes an ended member's access document, as removal does, and rewrites a window's."""
+    host = stack_env["FIRESTORE_EMULATOR_HOST"]
+    sdk = firestore_client(PROJECT_ID, host)
+    ends = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=2)
+    resp = world.devices.patch(
+        f"/devices/locks/{world.lock_id}/members/{world.uid('member')}",
+        json={"role": "member", "access": {"expires_at": ends.isoformat()}},
+        headers=world.headers("owner"),
+    )
+    assert resp.status_code == 200, resp.get_json()
+    world.devices.patch(  # a guest inside a window of every day, all day: its edges are the zone's midnights
+        f"/devices/locks/{world.lock_id}/members/{world.uid('guest_in')}",
+        json={"role": "guest", "access": {"timezone": "Asia/Kolkata", "weekdays": list(members.WEEKDAY_NAMES)}},
+        headers=world.headers("owner"),
+    )
+    get_runtime("devices").flush_mirror(force=True)
+    member_doc = sdk.document(f"locks/{world.lock_id}/access/{world.uid('member')}")
+    guest_doc = sdk.document(f"locks/{world.lock_id}/access/{world.uid('guest_in')}")
+    assert member_doc.get().exists and guest_doc.get().to_dict()["in_window"] is True  # type: ignore[index]
+    with get_runtime("devices").db.connection() as con:
+        (due,) = con.run("SELECT due_at FROM mirror_refresh_due WHERE lock_id = CAST(:l AS uuid)", l=world.lock_id)
+    assert abs((due[0] - ends).total_seconds()) < 0.01  # the nearest edge: the member's expiry
+    wait_for(lambda: dt.datetime.now(dt.UTC) > ends, timeout=10)
+    service = {"X-LockWise-Service-Token": stack_env["LOCKWISE_SERVICE_TOKEN"]}
+    assert world.devices.post("/devices/relay/flush", headers=service).status_code == 200
+    assert not member_doc.get().exists
+    assert guest_doc.get().exists
+    with get_runtime("devices").db.connection() as con:
+        (due,) = con.run("SELECT due_at FROM mirror_refresh_due WHERE lock_id = CAST(:l AS uuid)", l=world.lock_id)
+    midnight = dt.datetime.now(ZoneInfo("Asia/Kolkata")).replace(hour=0, minute=0, second=0, microsecond=0)
+    assert due[0] == midnight + dt.timedelta(days=1)  # the guest's next edge
+
+
 def _windows(now: dt.datetime) -> list[dict[str, Any]]:
     """Guest windows around ``now`` in several zones: weekdays today or not, minutes now or not, across midnight."""
     out: list[dict[str, Any]] = []

@@ -150,3 +150,30 @@ def test_a_field_access_does_not_take_is_named_as_any_unknown_field_is() -> None
         parse_access("guest", {"access": {"colour": "red", "weekdays": ["mon"]}})
     assert caught.value.code == "unknown_field" and caught.value.details == {"fields": ["colour"]}
     assert "in access" in str(caught.value)
+
+
+def test_the_next_edge_of_what_a_member_may_read() -> None:
+    """The mirror is refreshed at each member's next edge, so that a listener the rules let in is checked again
+    there (attack run 12: an expired member's and a guest's open listeners kept the live view)."""
+    now = at("2026-12-03T10:00:00+00:00")  # a Thursday; 11:00 in Berlin
+    assert Membership(lock_id="L", user_uid="m", role="member").next_edge(now) is None
+    ends = at("2026-12-03T10:05:00+00:00")
+    assert Membership(lock_id="L", user_uid="m", role="member", expires_at=ends).next_edge(now) == ends
+    office = guest(timezone="Europe/Berlin", day_start_minute=9 * 60, day_end_minute=17 * 60)
+    assert office.next_edge(now) == at("2026-12-03T16:00:00+00:00")  # 17:00 local, today's end
+    assert office.next_edge(at("2026-12-03T16:00:00+00:00")) == at("2026-12-04T08:00:00+00:00")  # tomorrow's start
+    night = guest(timezone="UTC", day_start_minute=22 * 60, day_end_minute=6 * 60)
+    assert night.next_edge(at("2026-12-03T23:00:00+00:00")) == at("2026-12-04T06:00:00+00:00")
+    thursdays = guest(timezone="America/New_York", weekdays=1 << 3)  # whole days: each local midnight
+    assert thursdays.next_edge(now) == at("2026-12-04T05:00:00+00:00")
+    closing = guest(timezone="UTC", day_start_minute=0, day_end_minute=1440, valid_until=ends)
+    assert closing.next_edge(now) == ends  # before the window's own edges
+
+
+def test_a_guest_past_their_last_day_has_ended_and_one_between_days_has_not() -> None:
+    last = at("2026-12-03T10:00:00+00:00")
+    assert guest(valid_until=last).ended(at("2026-12-03T10:00:00+00:00"))
+    assert not guest(valid_until=last).ended(at("2026-12-03T09:59:59+00:00"))
+    assert not guest(timezone="UTC", day_start_minute=0, day_end_minute=60).ended(at("2026-12-03T12:00:00+00:00"))
+    member = Membership(lock_id="L", user_uid="m", role="member", valid_until=last)  # a guest's bound only
+    assert not member.ended(at("2026-12-04T00:00:00+00:00"))

@@ -72,6 +72,26 @@ class Membership:
         """May open or lock the door right now (commands and voice)."""
         return self.active(now) and self.in_window(now)
 
+    def ended(self, now: dt.datetime) -> bool:
+        """Access over for good: revoked, expired, or a guest whose ``valid_until`` has passed."""
+        closed = self.role == "guest" and self.valid_until is not None and now >= self.valid_until
+        return not self.active(now) or closed
+
+    def next_edge(self, now: dt.datetime) -> dt.datetime | None:
+        """The next time after ``now`` at which what this member may read changes without anyone writing: their
+        expiry, a guest's ``valid_until``, or a start or end of a recurring window (its minutes on the next local
+        days; one on a day the window skips is a harmless extra refresh). None when there is none."""
+        guest = self.role == "guest"
+        edges = [t for t in (self.expires_at, self.valid_until if guest else None) if t is not None and t > now]
+        if guest and (self.weekdays is not None or self.day_start_minute is not None):
+            zone = ZoneInfo(self.timezone)
+            today = now.astimezone(zone).date()
+            minutes = {self.day_start_minute or 0, self.day_end_minute or 0}  # whole days: each midnight
+            for days in range(3):
+                midnight = dt.datetime.combine(today + dt.timedelta(days=days), dt.time(), tzinfo=zone)
+                edges += [t for m in minutes if (t := (midnight + dt.timedelta(minutes=m)).astimezone(dt.UTC)) > now]
+        return min(edges, default=None)
+
     def rules_access(self, now: dt.datetime) -> dict[str, Any]:
         """What the Firestore security rules need to end this member's reads when the API ends their access:
         bounds as epoch milliseconds, and for a recurring guest window its days (0 = Monday), minutes and the time
@@ -88,6 +108,10 @@ class Membership:
             "day_end_minute": None,
             "utc_offset_min": 0,
             "offset_until_ms": None,
+            # changes at each edge of a recurring window, when the mirror is refreshed (``next_edge``): a listener
+            # the rules let in is checked again only when a document they read changes (attack run 12: a guest's
+            # open listener kept the door's state and feed after their window ended)
+            "in_window": self.in_window(now) if guest else None,
         }
         if guest and (self.weekdays is not None or self.day_start_minute is not None):
             zone = ZoneInfo(self.timezone)
@@ -251,12 +275,16 @@ def mirror_access(con: Connection, lock_id: str) -> None:
     readable by nobody: on the lock document (``access``, with ``member_uids``), which every member reads, a guest
     learnt every other member's uid, expiry and window (attack run); those fields are emptied. Each member's is
     written before the lock document, and those of former members deleted. A window whose zone's offset will change
-    is refreshed again then (``mirror_access_due``)."""
+    is refreshed again then (``mirror_access_due``), and so is every member's access at its next edge (``next_edge``):
+    an expired member's document is deleted, a recurring window's rewritten. The rules compare with ``request.time``
+    for every new read, but a listener already open is checked again only when a document they read changes: an
+    expired member's and a guest's past their window's end kept receiving the lock's state and feed (attack run 12;
+    the relay's upkeep, every 10 s, now cuts them off as removal does)."""
     # one lock's mirrors one at a time: each reads the members after the one before it committed, so its writes
     # (queued after that one's) are the newest, and a revoked member's access is never set again after its delete
     con.run("SELECT pg_advisory_xact_lock(hashtextextended('mirror_access ' || :l, 0))", l=lock_id)
     now = dt.datetime.now(dt.UTC)
-    current = [m for m in list_for_lock(con, lock_id) if m.active(now)]
+    current = [m for m in list_for_lock(con, lock_id) if not m.ended(now)]
     access = {m.user_uid: m.rules_access(now) for m in current}
     everyone = [r[0] for r in con.run("SELECT user_uid FROM lock_members WHERE lock_id = CAST(:l AS uuid)", l=lock_id)]
     writes: list[mirror.Write] = [(mirror.access_doc(lock_id, uid), "set", a) for uid, a in sorted(access.items())]
@@ -265,6 +293,7 @@ def mirror_access(con: Connection, lock_id: str) -> None:
     writes.append((mirror.lock_doc(lock_id), "replace_fields", {"member_uids": [], "access": {}}))
     mirror.enqueue_many(con, writes)
     changes = [a["offset_until_ms"] for a in access.values() if a["offset_until_ms"] is not None]
+    changes += [_ms(edge) for m in current if (edge := m.next_edge(now)) is not None]
     if changes:
         con.run(
             "INSERT INTO mirror_refresh_due (lock_id, due_at) VALUES (CAST(:l AS uuid), to_timestamp(:t / 1000.0))"
@@ -277,8 +306,8 @@ def mirror_access(con: Connection, lock_id: str) -> None:
 
 
 def mirror_access_due(con: Connection, limit: int = 100) -> int:
-    """Mirror again the members of locks whose guest windows' zones changed offset (run by the relay's periodic
-    flush); returns how many locks."""
+    """Mirror again the members of locks where a member's access reached an edge (an expiry, a guest window's end or
+    start, a zone's change of offset; run by the relay's periodic upkeep); returns how many locks."""
     due = [
         r[0]
         for r in con.run(
