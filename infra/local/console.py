@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 HOSTING = Path(__file__).resolve().parents[1] / "hosting"
+FIREBASE_JSON = HOSTING.parents[1] / "firebase.json"
 SDK_BUNDLE = HOSTING / "vendor" / "firebase.js"
 REWRITES = ("embed", "verify", "devices")
 #: not forwarded either way (RFC 9110 7.6.1), nor the Host the browser used
@@ -74,10 +75,23 @@ def emulator_init(project: str, auth_host: str, firestore_host: str) -> dict[str
     }
 
 
+def hosting_headers() -> dict[str, str]:
+    """The headers ``firebase.json`` has Hosting add to every file it serves (its ``"**"`` rule)."""
+    rules = json.loads(FIREBASE_JSON.read_text())["hosting"].get("headers", [])
+    return {h["key"]: h["value"] for rule in rules if rule["source"] == "**" for h in rule["headers"]}
+
+
 class _Handler(http.server.SimpleHTTPRequestHandler):
     def __init__(self, console: Console, *args: Any, **kwargs: Any) -> None:
         self.console = console
         super().__init__(*args, **kwargs)
+
+    def end_headers(self) -> None:
+        """Every static answer carries the headers ``firebase.json`` gives Hosting's (no framing of the console)."""
+        if not self._function():
+            for key, value in hosting_headers().items():
+                self.send_header(key, value)
+        super().end_headers()
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
         pass  # the functions log the API calls; static files need no log

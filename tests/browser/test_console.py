@@ -161,6 +161,15 @@ def test_the_console_signs_in_enrolls_by_microphone_and_shows_the_door_open(
         assert (ARTEFACTS / f"{name}.png").stat().st_size > 10_000
 
 
+def test_the_console_may_not_be_framed(env: dict[str, str]) -> None:
+    """Served with the headers firebase.json gives Hosting (attack run 12: none were set): no page may frame it."""
+    import urllib.request
+
+    with urllib.request.urlopen(env["LOCKWISE_CONSOLE_URL"] + "/", timeout=10) as resp:
+        assert resp.headers["Content-Security-Policy"] == "frame-ancestors 'none'"
+        assert resp.headers["X-Frame-Options"] == "DENY" and resp.headers["X-Content-Type-Options"] == "nosniff"
+
+
 def test_the_console_says_what_to_do_when_the_microphone_is_refused(env: dict[str, str], chromium: str) -> None:
     from playwright.sync_api import expect, sync_playwright
 

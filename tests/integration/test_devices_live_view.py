@@ -482,7 +482,7 @@ def test_at_a_members_access_edge_the_upkeep_writes_their_access_document(
     get_runtime("devices").flush_mirror(force=True)
     member_doc = sdk.document(f"locks/{world.lock_id}/access/{world.uid('member')}")
     guest_doc = sdk.document(f"locks/{world.lock_id}/access/{world.uid('guest_in')}")
-    assert member_doc.get().exists and guest_doc.get().to_dict()["in_window"] is True  # type: ignore[index]
+    assert member_doc.get().exists and guest_doc.get().to_dict()["in_window"] is True
     with get_runtime("devices").db.connection() as con:
         (due,) = con.run("SELECT due_at FROM mirror_refresh_due WHERE lock_id = CAST(:l AS uuid)", l=world.lock_id)
     assert abs((due[0] - ends).total_seconds()) < 0.01  # the nearest edge: the member's expiry
