@@ -253,7 +253,7 @@ def my_invitations(ctx: Ctx) -> JsonBody:
 
 @api.route("POST", "/devices/invitations/<invitation_id>/accept")
 def accept_invitation(ctx: Ctx, invitation_id: str) -> Result:
-    user = app_user(ctx)
+    user = accounts.with_current_address(app_user(ctx), accounts_directory())
     with rt.db.transaction() as con:
         joined = invitations.accept(con, invitation_id, user, rt.now())
     rt.flush_mirror()

@@ -629,6 +629,33 @@ def move_account(auth_host: str, project: str, account: dict[str, Any], email: s
     return sign_in(auth_host, email)
 
 
+def test_a_token_issued_before_its_account_moved_address_accepts_nothing_sent_to_the_old_one(
+    world: World, sign_up: Any, stack_env: dict[str, str]
+) -> None:
+    """Attack run 12: ID tokens are checked offline and keep the address they were issued with for up to an hour.
+    A token of an account that had moved to another address accepted an invitation sent to the old one after its
+    new holder had verified it, and the new holder's accept was then 404. Each accept now asks Firebase Auth for the
+    account's address."""
+    host, project = stack_env["FIREBASE_AUTH_EMULATOR_HOST"], stack_env["LOCKWISE_PROJECT_ID"]
+    old = sign_up(email="handed-on@example.com")
+    verify_email(host, project, old["localId"])
+    old = sign_in(host, old["email"])  # a token naming the address, verified
+    invitation = world.devices.post(
+        f"/devices/locks/{world.lock_id}/members",
+        json={"email": "handed-on@example.com", "role": "member"},
+        headers=world.headers("owner"),
+    ).get_json()["invitation"]["id"]
+    assert [i["id"] for i in world.devices.get("/devices/invitations", headers=bearer(old)).get_json()["invitations"]]
+    move_account(host, project, old, "moved-on@example.com")  # the old token still names the first address
+    heir = sign_up(email="handed-on@example.com")
+    verify_email(host, project, heir["localId"])
+    heir = sign_in(host, heir["email"])
+    taken = world.devices.post(f"/devices/invitations/{invitation}/accept", headers=bearer(old))
+    assert (taken.status_code, taken.get_json()["error"]["code"]) == (404, "invitation_not_found")
+    assert world.devices.post(f"/devices/invitations/{invitation}/accept", headers=bearer(heir)).status_code == 201
+    assert world.devices.get(f"/devices/locks/{world.lock_id}", headers=bearer(old)).status_code == 404
+
+
 def test_a_removal_ends_every_invitation_sent_before_it_whatever_address_it_went_to(
     world: World, sign_up: Any, stack_env: dict[str, str]
 ) -> None:

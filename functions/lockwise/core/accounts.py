@@ -19,10 +19,11 @@ import json
 import ssl
 import urllib.parse
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
-from lockwise.core import audit, google_api, inputs
+from lockwise.core import audit, errors, google_api, inputs, users
+from lockwise.core.auth import User
 from lockwise.core.db import Connection, Database
 from lockwise.core.google_api import Authorize
 
@@ -47,6 +48,11 @@ class Directory(Protocol):
         ``DirectoryError`` when that cannot be told."""
         ...
 
+    def verified_email(self, uid: str) -> str | None:
+        """The address ``uid``'s account has now, verified (``inputs.email_key``'s form), or None (none, not
+        verified, no such account); ``DirectoryError`` when that cannot be told."""
+        ...
+
 
 class IdentityToolkit:
     """Firebase Auth's REST API (``accounts:lookup``), production's or the Auth emulator's."""
@@ -58,6 +64,17 @@ class IdentityToolkit:
         self._api = google_api.GoogleApi("Firebase Auth", host, authorize=authorize, tls=tls, timeout_s=TIMEOUT_S)
 
     def lookup(self, uids: Sequence[str]) -> dict[str, bool]:
+        asked = set(uids)
+        return {uid: bool(user.get("disabled", False)) for uid, user in self._users(uids).items() if uid in asked}
+
+    def verified_email(self, uid: str) -> str | None:
+        user = self._users([uid]).get(uid)
+        if user is None or user.get("emailVerified") is not True:
+            return None
+        return inputs.email_key(user.get("email"))
+
+    def _users(self, uids: Sequence[str]) -> dict[str, dict[str, object]]:
+        """The accounts ``accounts:lookup`` finds, by uid."""
         if not 0 < len(uids) <= LOOKUP_MAX:
             raise ValueError(f"look up 1 to {LOOKUP_MAX} accounts at a time, not {len(uids)}")
         try:
@@ -70,11 +87,26 @@ class IdentityToolkit:
             found = json.loads(data)
             if found.get("kind") != LOOKUP_KIND:  # a proxy's or another API's 200 is not "none of them exist"
                 raise ValueError(found.get("kind"))
-            named = {str(user["localId"]): bool(user.get("disabled", False)) for user in found.get("users", [])}
+            return {str(user["localId"]): dict(user) for user in found.get("users", [])}
         except (ValueError, AttributeError, KeyError, TypeError) as exc:
             raise DirectoryError("Firebase Auth answered with a body that is not a lookup's") from exc
-        asked = set(uids)
-        return {uid: disabled for uid, disabled in named.items() if uid in asked}
+
+
+def with_current_address(user: User, directory: Directory) -> User:
+    """``user`` with the address their token names only while Firebase Auth still has it, verified, for their
+    account. ID tokens are checked offline and keep the address they were issued with for up to an hour after the
+    account moved to another: a token of the old holder accepted an invitation sent to the address after its new
+    holder had verified it, and the new holder's accept was then 404 (attack run 12). One ``accounts:lookup`` call;
+    503 ``accounts_unavailable`` when Firebase Auth cannot tell."""
+    if users.stored_email(user) is None:
+        return user
+    try:
+        current = directory.verified_email(user.uid)
+    except DirectoryError as exc:
+        raise errors.Unavailable(
+            "your address could not be confirmed with Firebase Auth; try again", code="accounts_unavailable"
+        ) from exc
+    return user if current == user.email else replace(user, email=None, email_verified=False)
 
 
 def directory_for(project_id: str, auth_emulator_host: str | None) -> IdentityToolkit:

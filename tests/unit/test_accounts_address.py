@@ -1,0 +1,42 @@
+"""Which address an accept may use: the one Firebase Auth has now (a fake directory beside the real one, which
+``tests/integration/test_devices_flows.py`` asks through the Auth emulator)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pytest
+
+from lockwise.core import accounts, errors
+from lockwise.core.auth import User
+
+
+class Directory:
+    def __init__(self, address: str | None, *, down: bool = False) -> None:
+        self.address, self.down, self.asked = address, down, 0
+
+    def lookup(self, uids: Sequence[str]) -> dict[str, bool]:
+        raise AssertionError("not asked here")
+
+    def verified_email(self, uid: str) -> str | None:
+        self.asked += 1
+        if self.down:
+            raise accounts.DirectoryError("Firebase Auth could not be reached: ConnectionRefusedError")
+        return self.address
+
+
+def test_a_token_keeps_its_address_only_while_the_account_has_it() -> None:
+    user = User("u1", "a@example.com", True)
+    assert accounts.with_current_address(user, Directory("a@example.com")) == user
+    moved = accounts.with_current_address(user, Directory("b@example.com"))
+    assert (moved.uid, moved.email, moved.email_verified) == ("u1", None, False)
+    assert accounts.with_current_address(user, Directory(None)).email is None  # unverified now, or gone
+
+
+def test_no_address_to_confirm_asks_nobody_and_an_unreachable_directory_is_a_503() -> None:
+    quiet = Directory("a@example.com", down=True)
+    unverified = User("u1", "a@example.com", False)
+    assert accounts.with_current_address(unverified, quiet) == unverified and quiet.asked == 0
+    with pytest.raises(errors.Unavailable) as refused:
+        accounts.with_current_address(User("u1", "a@example.com", True), quiet)
+    assert refused.value.code == "accounts_unavailable"
