@@ -253,7 +253,7 @@ def my_invitations(ctx: Ctx) -> JsonBody:
 
 @api.route("POST", "/devices/invitations/<invitation_id>/accept")
 def accept_invitation(ctx: Ctx, invitation_id: str) -> Result:
-    user = accounts.with_current_address(app_user(ctx), accounts_directory())
+    user = accounts.with_current_address(app_user(ctx), accounts_directory)
     with rt.db.transaction() as con:
         joined = invitations.accept(con, invitation_id, user, rt.now())
     rt.flush_mirror()
@@ -262,7 +262,7 @@ def accept_invitation(ctx: Ctx, invitation_id: str) -> Result:
 
 @api.route("POST", "/devices/invitations/<invitation_id>/decline")
 def decline_invitation(ctx: Ctx, invitation_id: str) -> Result:
-    user = app_user(ctx)
+    user = accounts.with_current_address(app_user(ctx), accounts_directory)
     with rt.db.transaction() as con:
         invitations.decline(con, invitation_id, user, rt.now())
     return flask.Response(status=204)
@@ -471,8 +471,7 @@ def relay_flush(ctx: Ctx) -> JsonBody:
 
 
 def refresh_access_due() -> None:
-    with rt.db.transaction() as con:
-        members.mirror_access_due(con)
+    members.mirror_access_due(rt.db)
 
 
 def prune_expired() -> None:

@@ -652,6 +652,8 @@ def test_a_token_issued_before_its_account_moved_address_accepts_nothing_sent_to
     heir = sign_in(host, heir["email"])
     taken = world.devices.post(f"/devices/invitations/{invitation}/accept", headers=bearer(old))
     assert (taken.status_code, taken.get_json()["error"]["code"]) == (404, "invitation_not_found")
+    closed = world.devices.post(f"/devices/invitations/{invitation}/decline", headers=bearer(old))  # nor closes it
+    assert (closed.status_code, closed.get_json()["error"]["code"]) == (404, "invitation_not_found")
     assert world.devices.post(f"/devices/invitations/{invitation}/accept", headers=bearer(heir)).status_code == 201
     assert world.devices.get(f"/devices/locks/{world.lock_id}", headers=bearer(old)).status_code == 404
 

@@ -467,18 +467,19 @@ def test_at_a_members_access_edge_the_upkeep_writes_their_access_document(
     deletes an ended member's access document, as removal does, and rewrites a window's."""
     host = stack_env["FIRESTORE_EMULATOR_HOST"]
     sdk = firestore_client(PROJECT_ID, host)
-    ends = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=2)
+    resp = world.devices.patch(  # a guest inside a window of every day, all day: its edges are the zone's midnights
+        f"/devices/locks/{world.lock_id}/members/{world.uid('guest_in')}",
+        json={"role": "guest", "access": {"timezone": "Asia/Kolkata", "weekdays": list(members.WEEKDAY_NAMES)}},
+        headers=world.headers("owner"),
+    )
+    assert resp.status_code == 200, resp.get_json()
+    ends = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=8)  # time for the requests and flush before it
     resp = world.devices.patch(
         f"/devices/locks/{world.lock_id}/members/{world.uid('member')}",
         json={"role": "member", "access": {"expires_at": ends.isoformat()}},
         headers=world.headers("owner"),
     )
     assert resp.status_code == 200, resp.get_json()
-    world.devices.patch(  # a guest inside a window of every day, all day: its edges are the zone's midnights
-        f"/devices/locks/{world.lock_id}/members/{world.uid('guest_in')}",
-        json={"role": "guest", "access": {"timezone": "Asia/Kolkata", "weekdays": list(members.WEEKDAY_NAMES)}},
-        headers=world.headers("owner"),
-    )
     get_runtime("devices").flush_mirror(force=True)
     member_doc = sdk.document(f"locks/{world.lock_id}/access/{world.uid('member')}")
     guest_doc = sdk.document(f"locks/{world.lock_id}/access/{world.uid('guest_in')}")
@@ -486,7 +487,7 @@ def test_at_a_members_access_edge_the_upkeep_writes_their_access_document(
     with get_runtime("devices").db.connection() as con:
         (due,) = con.run("SELECT due_at FROM mirror_refresh_due WHERE lock_id = CAST(:l AS uuid)", l=world.lock_id)
     assert abs((due[0] - ends).total_seconds()) < 0.01  # the nearest edge: the member's expiry
-    wait_for(lambda: dt.datetime.now(dt.UTC) > ends, timeout=10)
+    wait_for(lambda: dt.datetime.now(dt.UTC) > ends, timeout=15)
     service = {"X-LockWise-Service-Token": stack_env["LOCKWISE_SERVICE_TOKEN"]}
     assert world.devices.post("/devices/relay/flush", headers=service).status_code == 200
     assert not member_doc.get().exists

@@ -27,16 +27,23 @@ class Directory:
 
 def test_a_token_keeps_its_address_only_while_the_account_has_it() -> None:
     user = User("u1", "a@example.com", True)
-    assert accounts.with_current_address(user, Directory("a@example.com")) == user
-    moved = accounts.with_current_address(user, Directory("b@example.com"))
+    assert accounts.with_current_address(user, lambda: Directory("a@example.com")) == user
+    moved = accounts.with_current_address(user, lambda: Directory("b@example.com"))
     assert (moved.uid, moved.email, moved.email_verified) == ("u1", None, False)
-    assert accounts.with_current_address(user, Directory(None)).email is None  # unverified now, or gone
+    assert accounts.with_current_address(user, lambda: Directory(None)).email is None  # unverified now, or gone
 
 
 def test_no_address_to_confirm_asks_nobody_and_an_unreachable_directory_is_a_503() -> None:
     quiet = Directory("a@example.com", down=True)
     unverified = User("u1", "a@example.com", False)
-    assert accounts.with_current_address(unverified, quiet) == unverified and quiet.asked == 0
+    assert accounts.with_current_address(unverified, lambda: quiet) == unverified and quiet.asked == 0
     with pytest.raises(errors.Unavailable) as refused:
-        accounts.with_current_address(User("u1", "a@example.com", True), quiet)
+        accounts.with_current_address(User("u1", "a@example.com", True), lambda: quiet)
+    assert refused.value.code == "accounts_unavailable"
+
+    def no_credentials() -> accounts.Directory:
+        raise accounts.DirectoryError("no Application Default Credentials")
+
+    with pytest.raises(errors.Unavailable) as refused:  # making the directory fails the same way, not a 500
+        accounts.with_current_address(User("u1", "a@example.com", True), no_credentials)
     assert refused.value.code == "accounts_unavailable"

@@ -177,3 +177,18 @@ def test_a_guest_past_their_last_day_has_ended_and_one_between_days_has_not() ->
     assert not guest(timezone="UTC", day_start_minute=0, day_end_minute=60).ended(at("2026-12-03T12:00:00+00:00"))
     member = Membership(lock_id="L", user_uid="m", role="member", valid_until=last)  # a guest's bound only
     assert not member.ended(at("2026-12-04T00:00:00+00:00"))
+
+
+def test_an_overnight_window_on_some_days_ends_at_midnight_and_a_change_of_clocks_is_an_edge() -> None:
+    """A review: a Monday-only 22:00-06:00 window closes at Tuesday's midnight (the rules and ``in_window`` read
+    the local weekday), where ``next_edge`` said 06:00; and a wall time the clocks pass twice is an edge at both
+    instants, the change of offset itself one too."""
+    mondays = guest(timezone="UTC", weekdays=1 << 0, day_start_minute=22 * 60, day_end_minute=6 * 60)
+    monday_night = at("2026-11-30T22:30:00+00:00")  # a Monday
+    assert mondays.in_window(monday_night) and not mondays.in_window(at("2026-12-01T00:00:00+00:00"))
+    assert mondays.next_edge(monday_night) == at("2026-12-01T00:00:00+00:00")
+    # New York's clocks go back on 2026-11-01 at 06:00Z (02:00 EDT): 01:30 local is 05:30Z and again 06:30Z
+    early = guest(timezone="America/New_York", day_start_minute=0, day_end_minute=90)
+    assert early.next_edge(at("2026-11-01T05:40:00+00:00")) == at("2026-11-01T06:00:00+00:00")
+    assert early.next_edge(at("2026-11-01T06:10:00+00:00")) == at("2026-11-01T06:30:00+00:00")
+    assert early.in_window(at("2026-11-01T06:10:00+00:00")) and not early.in_window(at("2026-11-01T06:30:00+00:00"))

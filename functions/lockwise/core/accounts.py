@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import ssl
 import urllib.parse
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Protocol
 
@@ -92,7 +92,7 @@ class IdentityToolkit:
             raise DirectoryError("Firebase Auth answered with a body that is not a lookup's") from exc
 
 
-def with_current_address(user: User, directory: Directory) -> User:
+def with_current_address(user: User, directory: Callable[[], Directory]) -> User:
     """``user`` with the address their token names only while Firebase Auth still has it, verified, for their
     account. ID tokens are checked offline and keep the address they were issued with for up to an hour after the
     account moved to another: a token of the old holder accepted an invitation sent to the address after its new
@@ -101,7 +101,7 @@ def with_current_address(user: User, directory: Directory) -> User:
     if users.stored_email(user) is None:
         return user
     try:
-        current = directory.verified_email(user.uid)
+        current = directory().verified_email(user.uid)  # made here: no credentials is a DirectoryError too
     except DirectoryError as exc:
         raise errors.Unavailable(
             "your address could not be confirmed with Firebase Auth; try again", code="accounts_unavailable"

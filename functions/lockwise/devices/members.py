@@ -8,12 +8,14 @@ row at request time, so a revocation takes effect on the very next verify or com
 from __future__ import annotations
 
 import datetime as dt
+import logging
+import time
 from dataclasses import dataclass
 from typing import Any, Literal, TypeGuard
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from lockwise.core import errors, inputs, mirror
-from lockwise.core.db import Connection, in_transaction, rows_as_dicts
+from lockwise.core.db import Connection, Database, in_transaction, rows_as_dicts
 
 ROLES = ("owner", "admin", "member", "guest")
 #: how ``get`` holds the lock's own row (``FOR KEY SHARE`` / ``FOR UPDATE``)
@@ -29,6 +31,11 @@ ACCESS_FIELDS = (
     "expires_at",
 )
 WEEKDAY_NAMES = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+#: locks whose access is mirrored again in one transaction of the upkeep, and how long it goes on taking batches
+REFRESH_BATCH = 100
+REFRESH_BUDGET_S = 5.0
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -79,18 +86,28 @@ class Membership:
 
     def next_edge(self, now: dt.datetime) -> dt.datetime | None:
         """The next time after ``now`` at which what this member may read changes without anyone writing: their
-        expiry, a guest's ``valid_until``, or a start or end of a recurring window (its minutes on the next local
-        days; one on a day the window skips is a harmless extra refresh). None when there is none."""
+        expiry, a guest's ``valid_until``, or a start or end of a recurring window: its minutes and, with weekdays,
+        each local midnight (an overnight window on Mondays only ends at Tuesday's; a review), on the next local
+        days, each wall time at both its instants when the clocks go back, and the zone's next change of offset
+        (where a wall time the clocks skip falls). One where nothing changes is a harmless extra refresh. None when
+        there is none."""
         guest = self.role == "guest"
         edges = [t for t in (self.expires_at, self.valid_until if guest else None) if t is not None and t > now]
         if guest and (self.weekdays is not None or self.day_start_minute is not None):
             zone = ZoneInfo(self.timezone)
             today = now.astimezone(zone).date()
             minutes = {self.day_start_minute or 0, self.day_end_minute or 0}  # whole days: each midnight
+            if self.weekdays is not None:
+                minutes.add(0)
             for days in range(3):
-                midnight = dt.datetime.combine(today + dt.timedelta(days=days), dt.time(), tzinfo=zone)
-                edges += [t for m in minutes if (t := (midnight + dt.timedelta(minutes=m)).astimezone(dt.UTC)) > now]
-        return min(edges, default=None)
+                for minute in minutes:
+                    wall = dt.datetime.combine(today + dt.timedelta(days=days), dt.time()) + dt.timedelta(
+                        minutes=minute
+                    )
+                    for fold in (0, 1):
+                        edges.append(wall.replace(tzinfo=zone, fold=fold).astimezone(dt.UTC))
+            edges.append(utc_offset(zone, now)[1])
+        return min((t for t in edges if t > now), default=None)
 
     def rules_access(self, now: dt.datetime) -> dict[str, Any]:
         """What the Firestore security rules need to end this member's reads when the API ends their access:
@@ -305,19 +322,44 @@ def mirror_access(con: Connection, lock_id: str) -> None:
         con.run("DELETE FROM mirror_refresh_due WHERE lock_id = CAST(:l AS uuid)", l=lock_id)
 
 
-def mirror_access_due(con: Connection, limit: int = 100) -> int:
+def mirror_access_due(db: Database, budget_s: float = REFRESH_BUDGET_S) -> int:
     """Mirror again the members of locks where a member's access reached an edge (an expiry, a guest window's end or
-    start, a zone's change of offset; run by the relay's periodic upkeep); returns how many locks."""
+    start, a zone's change of offset; run by the relay's periodic upkeep), ``REFRESH_BATCH`` locks a transaction,
+    until none is due or ``budget_s`` has passed (edges fall together: every whole-day guest of a zone at its
+    midnight); returns how many locks."""
+    deadline, done = time.monotonic() + budget_s, 0
+    while True:
+        with db.transaction() as con:
+            batch = _mirror_access_due(con)
+        done += batch
+        if batch < REFRESH_BATCH or time.monotonic() >= deadline:
+            return done
+
+
+def _mirror_access_due(con: Connection) -> int:
     due = [
         r[0]
         for r in con.run(
             "SELECT lock_id::text FROM mirror_refresh_due WHERE due_at <= now() ORDER BY due_at LIMIT :n FOR UPDATE"
             " SKIP LOCKED",
-            n=limit,
+            n=REFRESH_BATCH,
         )
     ]
-    for lock_id in due:
-        mirror_access(con, lock_id)
+    for lock_id in due:  # each on its own: one that fails every time (a zone gone from tzdata) holds up no other
+        con.run("SAVEPOINT refresh")
+        try:
+            mirror_access(con, lock_id)
+        except Exception:
+            con.run("ROLLBACK TO SAVEPOINT refresh")
+            logger.exception(
+                "a lock's access could not be mirrored; tried again later", extra={"fields": {"lock_id": lock_id}}
+            )
+            con.run(
+                "UPDATE mirror_refresh_due SET due_at = now() + interval '10 minutes' WHERE lock_id = CAST(:l AS uuid)",
+                l=lock_id,
+            )
+        else:
+            con.run("RELEASE SAVEPOINT refresh")
     return len(due)
 
 
