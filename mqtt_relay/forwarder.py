@@ -9,7 +9,7 @@ No event can hold up the others. Events wait in one line per lock, served in tur
 with ``PER_LOCK_WAITING`` events already waiting has its next ones dropped, logged and counted: one lock's flood
 neither stands in front of the others nor fills the relay's memory. The devices function judges each event alone (a
 bad one comes back ``rejected``, counted here, and is acknowledged with the batch). A payload over
-``topics.MAX_PAYLOAD_CHARS`` is dropped here, logged and counted, never posted. A batch the function refuses as a
+``topics.MAX_PAYLOAD_BYTES`` is dropped here, logged and counted, never posted. A batch the function refuses as a
 whole with 400 or 413 is split in halves until the one event it refuses is found, which is dropped the same way; an
 unreachable function, a 5xx or a refused service token keeps the batch, unacknowledged, and retries it.
 """
@@ -46,7 +46,7 @@ class Event:
     payload: str
     #: acknowledges the message to the broker (on the session it came from), once the devices function took it
     ack: Callable[[], None]
-    #: the payload as the function receives it: a JSON string, UTF-8 (what its size is judged by)
+    #: the payload as the function receives it: a JSON string, UTF-8 (its content's size: ``topics.posted_size``)
     payload_json: bytes = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -80,7 +80,6 @@ class Forwarder:
         self.stale = 0  # state reports it ignored as not newer than the last applied (a repeat, or out of order)
         self.dropped = 0  # events not delivered at all (oversized, refused alone with 400/413, a full lock line)
         self.flooded = 0  # of those, events of a lock with PER_LOCK_WAITING already waiting
-        self.in_flight = 0
         self.last_error: str | None = None
         self.upkeep_error: str | None = None  # the last upkeep's failure (``flush_mirror``), None once one succeeds
         self._stop = threading.Event()
@@ -94,8 +93,8 @@ class Forwarder:
         """Queue ``event`` in its lock's line, or drop it (acknowledged, counted): a payload longer than the function
         takes, measured as it would be posted (a 64 KiB message of emoji, posted with every character escaped to
         12 bytes, made a batch of 98 MB, refused whole, and every lock's events waited: attack run), or a flood."""
-        posted = len(event.payload_json) - 2  # inside its quotes
-        if posted > topics.MAX_PAYLOAD_CHARS:
+        posted = len(event.payload_json) - 2  # inside its quotes: topics.posted_size, already encoded
+        if posted > topics.MAX_PAYLOAD_BYTES:
             self._drop(event, f"payload of {posted} bytes as posted")
             return
         if not self.queue.put(
@@ -114,7 +113,7 @@ class Forwarder:
     def stop(self, drain_timeout_s: float = 10.0) -> None:
         """Forward what is queued (up to the timeout), then stop; anything left is redelivered by the broker."""
         deadline = time.monotonic() + drain_timeout_s
-        while (not self.queue.empty() or self.in_flight) and time.monotonic() < deadline:
+        while not self.queue.idle() and time.monotonic() < deadline:
             time.sleep(0.05)
         self._stop.set()
         self._thread.join(timeout=self.timeout_s + 1)
@@ -130,7 +129,7 @@ class Forwarder:
             pending = self._take()
             if not pending:
                 continue
-            self.in_flight = sum(len(batch) for batch in pending)
+            taken = sum(len(batch) for batch in pending)
             while pending and not self._stop.is_set():
                 verdict = self._post(pending[0])
                 if verdict == "taken":
@@ -146,7 +145,7 @@ class Forwarder:
                 else:
                     time.sleep(backoff)  # keep the batch, unacknowledged, until the function takes it
                     backoff = min(backoff * 2, 5.0)
-            self.in_flight = 0
+            self.queue.done(taken)
 
     def _post(self, events: list[Event]) -> str:
         """``taken`` (each event judged: applied, duplicate, stale or rejected), ``refused`` (400/413 for the batch

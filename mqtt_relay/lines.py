@@ -31,6 +31,7 @@ class Lines(Generic[T]):
         self.per_lock, self.per_lock_bytes = per_lock, per_lock_bytes
         self._lines: OrderedDict[str, _Line[T]] = OrderedDict()
         self._count = 0
+        self._out = 0  # taken and not yet ``done``
         self._ready = threading.Condition()
 
     def put(self, lock: str, item: T, size: int) -> bool:
@@ -63,7 +64,23 @@ class Lines(Generic[T]):
                 else:
                     del self._lines[lock]
             self._count -= len(taken)
+            self._out += len(taken)
             return taken
+
+    def done(self, taken: int) -> None:
+        """``taken`` items the taker has finished with (forwarded, dropped, or given up at a stop)."""
+        with self._ready:
+            self._out -= taken
+
+    def idle(self) -> bool:
+        """Nothing waits and nothing taken is unfinished: checked under the lock ``take`` holds, so there is no
+        moment between a take and its taker's count when both look empty (a stop then ended a batch unposted)."""
+        with self._ready:
+            return self._count == 0 and self._out == 0
+
+    def out(self) -> int:
+        with self._ready:
+            return self._out
 
     def qsize(self) -> int:
         with self._ready:

@@ -87,9 +87,9 @@ def test_a_payload_is_judged_by_its_size_as_posted_and_batches_by_their_bodies(
     forwarder = Forwarder(url, "token", batch=500, timeout_s=10)
     acked: list[str] = []
     smile = "\U0001f600"  # 4 bytes in UTF-8; 12 as a JSON escape pair
-    under = smile * (topics.MAX_PAYLOAD_CHARS // 4 - 1)  # fits as posted: 16,380 bytes and its quotes
-    over = smile * (topics.MAX_PAYLOAD_CHARS // 4 + 1)  # as many characters as the cap allows a quarter of
-    assert len(over) < topics.MAX_PAYLOAD_CHARS
+    under = smile * (topics.MAX_PAYLOAD_BYTES // 4 - 1)  # fits as posted: 16,380 bytes and its quotes
+    over = smile * (topics.MAX_PAYLOAD_BYTES // 4 + 1)  # as many characters as the cap allows a quarter of
+    assert len(over) < topics.MAX_PAYLOAD_BYTES
     forwarder.submit(Event("lockwise/big/state", over, lambda: acked.append("over")))
     assert forwarder.dropped == 1 and acked == ["over"] and forwarder.queue.empty()  # never queued, acked
     for i in range(600):  # forty locks' lines (each holds 16 payloads at the cap), taken in turn
