@@ -274,7 +274,12 @@ class Doors:
                 # passes this minute, or as many as may be in the model at once are there now
                 return attempt.refused(ATTEMPT_RATE, budget.rate_wait_s or IN_PROGRESS_RETRY_S)
             # the forward pass (~40-100 ms) and the fingerprint on their threads, while this one reads the recordings
-            return attempt.decide(_Heard.begin(self.encoder, clip), found, rules, held, follow_up)
+            heard = _Heard.begin(self.encoder, clip)
+            try:
+                return attempt.decide(heard, found, rules, held, follow_up)
+            except BaseException:
+                heard.abandon()  # a read that failed, a model that did not answer: nobody waits for what is left
+                raise
 
 
 @dataclass(frozen=True)
@@ -359,7 +364,7 @@ class _Attempt:
             landmarks, probe = _finished(heard.landmarks, deadline), _finished(heard.probe, deadline)
             replayed = _finished(replay_soon, deadline)
         except BaseException:
-            heard.abandon(replay_soon)
+            replay_soon.cancel()  # the rest: the caller's (``Doors.decide``)
             raise
         stale = len(found.stale_uids)
         if replayed:
