@@ -153,7 +153,8 @@ class Relay:
         listener = threading.Thread(target=self._listen, name="listen", daemon=True)
         listener.start()
         threading.Thread(target=self._empty_abandoned_sessions, name="orphans", daemon=True).start()
-        last_flush = last_lease_check = 0.0
+        threading.Thread(target=self._upkeep, name="upkeep", daemon=True).start()
+        last_lease_check = 0.0
         while not self.stopping.is_set():
             self._wake.wait(self.settings.poll_s)
             self._wake.clear()
@@ -167,13 +168,18 @@ class Relay:
             except Exception:  # noqa: BLE001 - database restarts are survived by retrying next round
                 log.exception("delivery round failed; retrying")
                 self.stopping.wait(1.0)
-            if time.monotonic() - last_flush > self.settings.flush_every_s:
-                last_flush = time.monotonic()
-                self.forwarder.flush_mirror()
             if time.monotonic() - last_lease_check > LEASE_CHECK_S:
                 last_lease_check = time.monotonic()
                 self._check_lease()
         self._shutdown(listener)
+
+    def _upkeep(self) -> None:
+        """Now and every ``flush_every_s``: the devices function's upkeep (``Forwarder.flush_mirror``), on a thread of
+        its own. In the delivery loop, commands waited for it: a call takes up to its timeout, and its refresh of
+        locks' access up to seconds when many edges fall together (a review)."""
+        while not self.stopping.is_set():
+            self.forwarder.flush_mirror()
+            self.stopping.wait(self.settings.flush_every_s)
 
     def _empty_abandoned_sessions(self) -> None:
         """Now and every ``orphan_scan_s``: forward and end the sessions of slots no live replica holds."""
