@@ -46,16 +46,16 @@ class Event:
     payload: str
     #: acknowledges the message to the broker (on the session it came from), once the devices function took it
     ack: Callable[[], None]
-    #: the payload as the function receives it: a JSON string, UTF-8 (its content's size: ``topics.posted_size``)
-    payload_json: bytes = field(init=False, repr=False)
+    #: the payload's size as posted (``topics.posted``), and the event as one item of a batch's ``events``, made once
+    size: int = field(init=False, repr=False)
+    wire: bytes = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        encoded = json.dumps(self.payload, ensure_ascii=False).encode(errors="replace")  # a lone surrogate: "?"
-        object.__setattr__(self, "payload_json", encoded)
-
-    def wire(self) -> bytes:
-        """The event as one item of a batch's ``events``."""
-        return b'{"topic":' + json.dumps(self.topic).encode() + b',"payload":' + self.payload_json + b"}"
+        payload = topics.posted(self.payload)
+        object.__setattr__(self, "size", len(payload))
+        object.__setattr__(
+            self, "wire", b'{"topic":' + json.dumps(self.topic).encode() + b',"payload":"' + payload + b'"}'
+        )
 
 
 class Forwarder:
@@ -93,13 +93,12 @@ class Forwarder:
         """Queue ``event`` in its lock's line, or drop it (acknowledged, counted): a payload longer than the function
         takes, measured as it would be posted (a 64 KiB message of emoji, posted with every character escaped to
         12 bytes, made a batch of 98 MB, refused whole, and every lock's events waited: attack run), or a flood."""
-        posted = len(event.payload_json) - 2  # inside its quotes: topics.posted_size, already encoded
-        if posted > topics.MAX_PAYLOAD_BYTES:
-            self._drop(event, f"payload of {posted} bytes as posted")
+        if event.size > topics.MAX_PAYLOAD_BYTES:
+            self._drop(event, f"payload of {event.size} bytes as posted")
             return
         if not self.queue.put(
-            topics.lock_of(event.topic) or "", event, posted
-        ):  # a flood: counted, logged now and then
+            topics.lock_of(event.topic) or "", event, event.size
+        ):  # a flood: counted, logged at times
             self.flooded += 1
             why = f"its lock's line is full ({self.flooded} so far)"
             self._drop(event, why, logged=self.flooded % 1000 == 1)
@@ -200,7 +199,7 @@ def _error_code(resp: requests.Response) -> str:
 
 
 def _body(events: list[Event]) -> bytes:
-    return b'{"events":[' + b",".join(event.wire() for event in events) + b"]}"
+    return b'{"events":[' + b",".join(event.wire for event in events) + b"]}"
 
 
 def _by_size(events: list[Event]) -> list[list[Event]]:
@@ -208,7 +207,7 @@ def _by_size(events: list[Event]) -> list[list[Event]]:
     batches: list[list[Event]] = []
     size = 0
     for event in events:
-        grows = len(event.wire()) + 1  # and its comma
+        grows = len(event.wire) + 1  # and its comma
         if not batches or size + grows > topics.MAX_BATCH_BYTES:
             batches.append([])
             size = len(b'{"events":[]}')

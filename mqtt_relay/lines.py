@@ -78,10 +78,6 @@ class Lines(Generic[T]):
         with self._ready:
             return self._count == 0 and self._out == 0
 
-    def out(self) -> int:
-        with self._ready:
-            return self._out
-
     def qsize(self) -> int:
         with self._ready:
             return self._count

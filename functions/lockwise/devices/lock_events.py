@@ -262,7 +262,7 @@ def apply(
     where the lock's row and the mirror rows wait until the caller writes them (``Pending.write``)."""
     if not isinstance(topic, str) or not isinstance(payload, str):
         return Outcome("rejected", "topic and payload must be strings")
-    if topics.posted_size(payload) > topics.MAX_PAYLOAD_BYTES:  # state and acks are a few hundred bytes
+    if len(topics.posted(payload)) > topics.MAX_PAYLOAD_BYTES:  # state and acks are a few hundred bytes
         return Outcome("rejected", f"payload over {topics.MAX_PAYLOAD_BYTES} bytes as posted")
     try:
         inputs.check_text(topic, "topic")

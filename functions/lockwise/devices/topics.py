@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 
 ROOT = "lockwise"
-#: the longest payload of a lock's event the devices function takes, in bytes as posted (``posted_size``); the
+#: the longest payload of a lock's event the devices function takes, in bytes as posted (``posted``); the
 #: relay drops longer ones unsent (the broker refuses packets over 64 KiB)
 MAX_PAYLOAD_BYTES = 16_384
 #: the most events in one relay batch the devices function takes (``LOCKWISE_RELAY_EVENT_BATCH`` at most)
@@ -45,7 +45,8 @@ def lock_of(topic: str) -> str | None:
     return parts[1] if len(parts) == 3 and parts[0] == ROOT and parts[1] else None
 
 
-def posted_size(payload: str) -> int:
-    """A payload's size as the relay posts it: its JSON string's content in UTF-8, escapes counted (a character
-    the JSON escapes, a control character, costs 6 bytes; an emoji 4), measured the same at both ends."""
-    return len(json.dumps(payload, ensure_ascii=False).encode(errors="replace")) - 2
+def posted(payload: str) -> bytes:
+    """A payload as the relay posts it: its JSON string's content (without the quotes) in UTF-8, escapes counted (a
+    character the JSON escapes, a control character, costs 6 bytes; an emoji 4; a lone surrogate is "?"): its length
+    is the payload's size at both ends."""
+    return json.dumps(payload, ensure_ascii=False).encode(errors="replace")[1:-1]
