@@ -7,6 +7,7 @@ reserved ``/__/firebase/init.json`` answering the project's configuration plus w
 
 from __future__ import annotations
 
+import functools
 import http.client
 import http.server
 import json
@@ -75,6 +76,7 @@ def emulator_init(project: str, auth_host: str, firestore_host: str) -> dict[str
     }
 
 
+@functools.cache
 def hosting_headers() -> dict[str, str]:
     """The headers ``firebase.json`` has Hosting add to every file it serves (its ``"**"`` rule)."""
     rules = json.loads(FIREBASE_JSON.read_text())["hosting"].get("headers", [])
