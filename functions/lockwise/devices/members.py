@@ -309,14 +309,13 @@ def mirror_access(con: Connection, lock_id: str) -> None:
     # what lock documents held before, which every member read (the rules read the access documents now): emptied
     writes.append((mirror.lock_doc(lock_id), "replace_fields", {"member_uids": [], "access": {}}))
     mirror.enqueue_many(con, writes)
-    changes = [a["offset_until_ms"] for a in access.values() if a["offset_until_ms"] is not None]
-    changes += [_ms(edge) for m in current if (edge := m.next_edge(now)) is not None]
-    if changes:
+    edges = [edge for m in current if (edge := m.next_edge(now)) is not None]  # the zones' changes of offset too
+    if edges:
         con.run(
-            "INSERT INTO mirror_refresh_due (lock_id, due_at) VALUES (CAST(:l AS uuid), to_timestamp(:t / 1000.0))"
+            "INSERT INTO mirror_refresh_due (lock_id, due_at) VALUES (CAST(:l AS uuid), :t)"
             " ON CONFLICT (lock_id) DO UPDATE SET due_at = EXCLUDED.due_at",
             l=lock_id,
-            t=min(changes),
+            t=min(edges),
         )
     else:
         con.run("DELETE FROM mirror_refresh_due WHERE lock_id = CAST(:l AS uuid)", l=lock_id)

@@ -298,13 +298,12 @@ class _Heard:
             fingerprints.submit(fingerprint.landmarks, clip.samples, clip.rate),
         )
 
-    def abandon(self, *more: Future[Any]) -> None:
+    def abandon(self) -> None:
         """Nobody will wait for this work (the decision failed or ran out of time): what has not begun never does. A
         pass left queued behind a slow one ran later for nobody, and kept the model's one thread from the attempts
         still waiting (attack run)."""
-        begun: tuple[Future[Any], ...] = (self.probe, self.landmarks, *more)
-        for soon in begun:
-            soon.cancel()
+        self.probe.cancel()
+        self.landmarks.cancel()
 
     def replay_of(self, recordings: list[fingerprint.Landmarks]) -> Future[bool]:
         """Whether the probe replays one of ``recordings``, matched on the fingerprint's thread after its fingerprint,
