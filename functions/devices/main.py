@@ -15,13 +15,12 @@ from typing import Any
 import flask
 import functions_framework
 
-from lockwise.core import accounts, audit, auth, errors, health, inputs, retention
+from lockwise.core import accounts, audit, auth, errors, health, inputs
 from lockwise.core.http import Api, Ctx, JsonBody, Result, parse_json_object
 from lockwise.core.runtime import get_runtime
 from lockwise.devices import (
     command_signing,
     commands,
-    gone_accounts,
     invitations,
     lock_auth,
     lock_certs,
@@ -31,6 +30,7 @@ from lockwise.devices import (
     members,
     provisioning,
     topics,
+    upkeep,
 )
 
 rt = get_runtime("devices")
@@ -164,7 +164,7 @@ def delete_lock(ctx: Ctx, lock_id: str) -> Result:
 @api.route("POST", "/devices/locks/<lock_id>/transfer")
 def transfer_lock(ctx: Ctx, lock_id: str) -> JsonBody:
     user, lock_id = app_user(ctx), lock_param(lock_id)
-    to_uid = _uid(ctx.json(("uid",)).get("uid"))
+    to_uid = members.parse_uid(ctx.json(("uid",)).get("uid"))
     with rt.db.transaction() as con:
         now = rt.now()
         members.require(con, lock_id, user.uid, now, at_least="owner", for_update=True)
@@ -188,25 +188,6 @@ def new_provisioning_code(ctx: Ctx, lock_id: str) -> Result:
 # ----------------------------------------------------------------------------------------------------- members
 
 
-def _uid(value: Any) -> str:
-    if not isinstance(value, str) or not 1 <= len(value) <= 128:
-        raise errors.BadRequest("uid must be a user id string", code="invalid_uid")
-    return value
-
-
-def _role(value: Any) -> str:
-    if value not in ("admin", "member", "guest"):
-        raise errors.BadRequest("role must be admin, member or guest", code="invalid_role")
-    return str(value)
-
-
-def _email(value: Any) -> str:
-    key = inputs.email_key(value)
-    if key is None:
-        raise errors.BadRequest("email is not a valid address", code="invalid_email")
-    return key
-
-
 @api.route("GET", "/devices/locks/<lock_id>/members")
 def list_members(ctx: Ctx, lock_id: str) -> JsonBody:
     user, lock_id, now = app_user(ctx), lock_param(lock_id), rt.now()
@@ -221,16 +202,14 @@ def list_members(ctx: Ctx, lock_id: str) -> JsonBody:
 def add_member(ctx: Ctx, lock_id: str) -> Result:
     user, lock_id = app_user(ctx), lock_param(lock_id)
     body = members.request_body(ctx.json(None), ("role", "uid", "email", "access"))
-    role = _role(body.get("role"))
+    role = members.parse_role(body.get("role"))
     access = members.parse_access(role, body)
     members.require_future(access, rt.now())
-    if ("uid" in body) == ("email" in body):
-        raise errors.BadRequest("give exactly one of uid or email", code="invalid_invitee")
-    invitee = {"uid": _uid(body["uid"])} if "uid" in body else {"email": _email(body["email"])}
+    invitee = invitations.parse_invitee(body)
     with with_denials_audited(user.uid, lock_id, "member.invite"), rt.db.transaction() as con:
         now = rt.now()
         actor = members.require(con, lock_id, user.uid, now, at_least="admin")
-        invitation = invitations.invite(con, lock_id, actor, role, access, rt.settings.invitation_ttl_s, now, **invitee)
+        invitation = invitations.invite(con, lock_id, actor, invitee, role, access, rt.settings.invitation_ttl_s, now)
     return {"invitation": invitation}, 202
 
 
@@ -272,17 +251,14 @@ def decline_invitation(ctx: Ctx, invitation_id: str) -> Result:
 def update_member(ctx: Ctx, lock_id: str, uid: str) -> JsonBody:
     user, lock_id = app_user(ctx), lock_param(lock_id)
     body = members.request_body(ctx.json(None), ("role", "access"))
-    role = _role(body.get("role"))
+    role = members.parse_role(body.get("role"))
     access = members.parse_access(role, body)
     with with_denials_audited(user.uid, lock_id, "member.update"), rt.db.transaction() as con:
         actor = members.require(con, lock_id, user.uid, rt.now(), at_least="admin")
-        target = members.get(con, lock_id, uid, for_update=True)
-        if target is None or target.revoked_at is not None:
-            raise errors.NotFound("no such member", code="member_not_found")
-        locks.update_member(con, lock_id, actor, target, role, access)
-        updated = members.get(con, lock_id, uid)
+        target = members.require_target(con, lock_id, uid)
+        updated = locks.update_member(con, lock_id, actor, target, role, access)
     rt.flush_mirror()
-    return {"member": updated.public() if updated else None}
+    return {"member": updated.public()}
 
 
 @api.route("DELETE", "/devices/locks/<lock_id>/members/<uid>")
@@ -291,9 +267,7 @@ def remove_member(ctx: Ctx, lock_id: str, uid: str) -> Result:
     with with_denials_audited(user.uid, lock_id, "member.revoke"), rt.db.transaction() as con:
         now = rt.now()
         actor = members.require(con, lock_id, user.uid, now)
-        target = members.get(con, lock_id, uid, for_update=True)
-        if target is None or target.revoked_at is not None:
-            raise errors.NotFound("no such member", code="member_not_found")
+        target = members.require_target(con, lock_id, uid)
         locks.revoke_member(con, lock_id, actor, target, now)
     rt.flush_mirror()
     return flask.Response(status=204)
@@ -340,13 +314,7 @@ def get_command(ctx: Ctx, lock_id: str, command_id: str) -> JsonBody:
     user, lock_id = app_user(ctx), lock_param(lock_id)
     with rt.db.connection() as con:
         membership = members.require(con, lock_id, user.uid, rt.now())
-        canonical = inputs.canonical_uuid(command_id)
-        row = commands.get(con, canonical) if canonical else None
-        if row is None or row["lock_id"] != lock_id:
-            raise errors.NotFound("command not found", code="command_not_found")
-        if row["issuer_uid"] != user.uid and membership.role not in ("owner", "admin"):
-            raise errors.NotFound("command not found", code="command_not_found")
-        return {"command": commands.present(row)}
+        return {"command": commands.present(commands.seen_by(con, lock_id, command_id, user.uid, membership.role))}
 
 
 # ------------------------------------------------------------------------------------------------ lock-facing
@@ -356,29 +324,14 @@ def get_command(ctx: Ctx, lock_id: str, command_id: str) -> JsonBody:
 def redeem_provisioning_code(ctx: Ctx) -> Result:
     # fields it does not name are let be, as in every body a lock sends but its audio: a lock's firmware may be newer
     # than this function, and a refused renewal would leave it offline once its certificate expires
-    body = ctx.json(None)
-    public_key = provisioning.parse_public_key(body.get("public_key"))
-    source, limit = ctx.client_address, rt.settings.pairing_failures_per_hour
-    with rt.db.transaction() as con:
-        wait = provisioning.reserve_pairing_attempt(con, source, limit)
-    if wait:
-        raise errors.RateLimited(
-            "too many wrong pairing codes from this address; try later",
-            retry_after_s=wait,
-            code="too_many_pairing_attempts",
-        )
-    try:
-        with rt.db.transaction() as con:
-            credentials = provisioning.redeem(
-                con, body.get("code"), public_key, body.get("csr"), lock_ca(), rt.settings.lock_cert_ttl_s
-            )
-            provisioning.release_pairing_attempt(con, source)  # paired: not a failure
-    except errors.Unauthenticated:
-        raise  # a wrong code: the attempt stays counted
-    except Exception:
-        with rt.db.transaction() as con:
-            provisioning.release_pairing_attempt(con, source)
-        raise
+    credentials = provisioning.pair(
+        rt.db,
+        ctx.client_address,
+        ctx.json(None),
+        lock_ca(),
+        rt.settings.lock_cert_ttl_s,
+        rt.settings.pairing_failures_per_hour,
+    )
     rt.flush_mirror()
     return credentials.public(
         rt.settings.mqtt_public_host, rt.settings.mqtt_public_port, server_public_key(), rt.settings.command_ttl_s
@@ -456,31 +409,11 @@ def relay_events(ctx: Ctx) -> JsonBody:
 @api.route("POST", "/devices/relay/flush")
 def relay_flush(ctx: Ctx) -> JsonBody:
     require_relay(ctx)
-    # each in its own transaction, and each run whatever the others did: a prune the database refuses for now does
-    # not hold up the guests' windows or the accounts' checks; the first failure is the answer, after the rest ran
-    failed: Exception | None = None
-    for step in (refresh_access_due, prune_expired, end_gone_accounts):
-        try:
-            step()
-        except Exception as exc:  # noqa: BLE001 - answered below, once every step has run
-            failed = failed or exc
-    written = rt.flush_mirror(force=True)
-    if failed is not None:
-        raise failed
+    try:
+        upkeep.every_step(rt.db, accounts_directory, rt.settings, rt.now)  # the first step's failure is the answer
+    finally:
+        written = rt.flush_mirror(force=True)  # what the steps that ran queued
     return {"written": written, "pending": rt.mirror.pending()}
-
-
-def refresh_access_due() -> None:
-    members.mirror_access_due(rt.db)
-
-
-def prune_expired() -> None:
-    with rt.db.transaction() as con:
-        retention.prune_expired(con, nonces_kept_s=lock_auth.nonces_kept_s(rt.settings))
-
-
-def end_gone_accounts() -> None:
-    gone_accounts.end(rt.db, accounts_directory, rt.settings, rt.now)
 
 
 @functools.cache

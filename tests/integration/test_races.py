@@ -104,7 +104,9 @@ def test_deleting_a_lock_waits_for_a_request_that_has_checked_its_member(world: 
                     per_minute=settings.app_commands_per_minute,
                 )
             elif what == "invitation":
-                invitations.invite(con, world.lock_id, actor, "member", {}, 600, _now(), uid=invitee["localId"])
+                invitations.invite(
+                    con, world.lock_id, actor, invitations.Invitee(uid=invitee["localId"]), "member", {}, 600, _now()
+                )
             else:
                 provisioning.issue(con, world.lock_id, world.uid("owner"), 600, 50)
 

@@ -15,7 +15,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from lockwise.core import audit, errors, mirror, users
+from lockwise.core import audit, errors, inputs, mirror, users
 from lockwise.core.db import Connection, rows_as_dicts
 from lockwise.devices import command_signing
 
@@ -234,6 +234,17 @@ def _by_idempotency_key(con: Connection, lock_id: str, uid: str | None, key: str
 def get(con: Connection, command_id: str) -> dict[str, Any] | None:
     rows = rows_as_dicts(con, f"SELECT {_COLUMNS} FROM commands WHERE id = CAST(:i AS uuid)", i=command_id)
     return rows[0] if rows else None
+
+
+def seen_by(con: Connection, lock_id: str, command_id: str, uid: str, role: str) -> dict[str, Any]:
+    """The command ``command_id`` of ``lock_id`` as a member (``uid`` with ``role``) may read it: their own, or any
+    for the owner and admins. 404 ``command_not_found`` otherwise, as for an id that is no canonical UUID: a member
+    learns nothing of others' commands, not even that they exist."""
+    canonical = inputs.canonical_uuid(command_id)
+    row = get(con, canonical) if canonical else None
+    if row is None or row["lock_id"] != lock_id or (row["issuer_uid"] != uid and role not in ("owner", "admin")):
+        raise errors.NotFound("command not found", code="command_not_found")
+    return row
 
 
 def present(row: dict[str, Any], now: dt.datetime | None = None) -> dict[str, Any]:

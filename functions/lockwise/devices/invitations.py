@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from dataclasses import dataclass
 from typing import Any
 
 from lockwise.core import audit, errors, inputs, mirror, users
@@ -43,23 +44,49 @@ _SINCE_REMOVAL = (
 _FOR_INVITEE = _LIVE + " AND " + _ADDRESSED_TO + " AND " + _SINCE_REMOVAL
 
 
+@dataclass(frozen=True)
+class Invitee:
+    """Whom an invitation is for: one account (``uid``) or whoever holds an address, verified (``email``,
+    ``inputs.email_key``'s form); exactly one of them."""
+
+    uid: str | None = None
+    email: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.uid is None) == (self.email is None):
+            raise ValueError("an invitee is a uid or an email, exactly one")
+
+    def public(self) -> dict[str, str]:
+        return {"uid": self.uid} if self.uid is not None else {"email": str(self.email)}
+
+
+def parse_invitee(body: dict[str, Any]) -> Invitee:
+    """The invitee an add-member body names (400 ``invalid_invitee`` unless exactly one of ``uid`` and ``email``,
+    ``invalid_uid`` / ``invalid_email`` for a bad one)."""
+    if ("uid" in body) == ("email" in body):
+        raise errors.BadRequest("give exactly one of uid or email", code="invalid_invitee")
+    if "uid" in body:
+        return Invitee(uid=members.parse_uid(body["uid"]))
+    email = inputs.email_key(body["email"])
+    if email is None:
+        raise errors.BadRequest("email is not a valid address", code="invalid_email")
+    return Invitee(email=email)
+
+
 def invite(
     con: Connection,
     lock_id: str,
     actor: members.Membership,
+    invitee: Invitee,
     role: str,
     access: dict[str, Any],
     ttl_s: int,
     now: dt.datetime,
-    *,
-    uid: str | None = None,
-    email: str | None = None,
 ) -> dict[str, Any]:
-    """Invite ``uid`` or ``email`` (exactly one); returns the invitation as the add-member answer shows it."""
+    """Invite ``invitee``; returns the invitation as the add-member answer shows it."""
     members.check_can_grant(actor, role)
     members.check_ends_in_time(actor, access)
-    if (uid is None) == (email is None):
-        raise errors.BadRequest("give exactly one of uid or email", code="invalid_invitee")
+    uid, email = invitee.uid, invitee.email
     if uid is not None:
         current = members.get(con, lock_id, uid)
         if current is not None and current.active(now):
@@ -108,8 +135,7 @@ def invite(
         target=uid or email,
         details={"role": role},
     )
-    invitee = {"uid": uid} if uid is not None else {"email": email}
-    return {"id": invitation_id, **invitee, "role": role}
+    return {"id": invitation_id, **invitee.public(), "role": role}
 
 
 def open_for_lock(con: Connection, lock_id: str, now: dt.datetime) -> list[dict[str, Any]]:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import unicodedata
 from typing import Any
@@ -221,7 +222,9 @@ def update_member(
     target: members.Membership,
     role: str,
     access: dict[str, Any],
-) -> None:
+) -> members.Membership:
+    """Give ``target`` ``role`` on the terms ``access`` (``members.parse_access``'s values); returns their
+    membership as it now stands."""
     _check_can_manage(actor, target)
     members.check_can_grant(actor, role)
     members.check_ends_in_time(actor, access)
@@ -247,6 +250,7 @@ def update_member(
     )
     mirror.activity(con, lock_id, "member_updated", actor_uid=actor.user_uid, target_uid=target.user_uid, role=role)
     members.mirror_access(con, lock_id)
+    return dataclasses.replace(target, role=role, **access)
 
 
 def revoke_member(

@@ -18,6 +18,8 @@ from lockwise.core import errors, inputs, mirror
 from lockwise.core.db import Connection, Database, in_transaction, rows_as_dicts
 
 ROLES = ("owner", "admin", "member", "guest")
+#: the roles a grant gives (the owner's is only ever transferred)
+GRANTABLE_ROLES = ROLES[1:]
 #: how ``get`` holds the lock's own row (``FOR KEY SHARE`` / ``FOR UPDATE``)
 LockRowMode = Literal["KEY SHARE", "UPDATE"]
 RANK = {role: len(ROLES) - i for i, role in enumerate(ROLES)}  # owner 4 ... guest 1
@@ -259,10 +261,32 @@ def require(
     return membership
 
 
+def require_target(con: Connection, lock_id: str, uid: str) -> Membership:
+    """The member ``uid`` an owner or admin acts on, locked to change it (404 ``member_not_found`` if they are not
+    one, or no longer)."""
+    target = get(con, lock_id, uid, for_update=True)
+    if target is None or target.revoked_at is not None:
+        raise errors.NotFound("no such member", code="member_not_found")
+    return target
+
+
+def parse_role(value: Any) -> str:
+    """A role a grant may give (400 ``invalid_role`` otherwise)."""
+    if value not in GRANTABLE_ROLES:
+        raise errors.BadRequest(f"role must be one of {', '.join(GRANTABLE_ROLES)}", code="invalid_role")
+    return str(value)
+
+
+def parse_uid(value: Any) -> str:
+    """A user id as a request names one (400 ``invalid_uid`` otherwise)."""
+    if not isinstance(value, str) or not 1 <= len(value) <= 128:
+        raise errors.BadRequest("uid must be a user id string of 1 to 128 characters", code="invalid_uid")
+    return value
+
+
 def check_can_grant(actor: Membership, role: str) -> None:
     """``actor`` may give ``role`` to someone: owners and admins grant, only the owner grants admin."""
-    if role not in ("admin", "member", "guest"):
-        raise errors.BadRequest("role must be admin, member or guest", code="invalid_role")
+    parse_role(role)
     if actor.role not in ("owner", "admin"):
         raise errors.Forbidden("only the owner and admins manage members", code="role_too_low")
     if role == "admin" and actor.role != "owner":

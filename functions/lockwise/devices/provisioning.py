@@ -23,7 +23,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from lockwise.core import audit, errors, mirror, quotas, users
-from lockwise.core.db import Connection
+from lockwise.core.db import Connection, Database
 from lockwise.devices import ed25519_points, lock_auth, lock_certs, topics
 
 CODE_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"  # no 0/O/1/I
@@ -176,6 +176,39 @@ def release_pairing_attempt(con: Connection, source: str) -> None:
         " WHERE source = :s AND hour = date_trunc('hour', now())",
         s=source,
     )
+
+
+def pair(
+    db: Database,
+    source: str,
+    body: dict[str, Any],
+    ca: lock_certs.LockCa,
+    cert_ttl_s: int,
+    failures_per_hour: int,
+) -> Credentials:
+    """A lock at ``source`` (its address) pairs with the code, key and CSR of ``body``: a wrong code counts against
+    the address (429 ``too_many_pairing_attempts`` past ``failures_per_hour``, before any code is tried); any other
+    outcome gives its attempt back."""
+    public_key = parse_public_key(body.get("public_key"))
+    with db.transaction() as con:
+        wait = reserve_pairing_attempt(con, source, failures_per_hour)
+    if wait:
+        raise errors.RateLimited(
+            "too many wrong pairing codes from this address; try later",
+            retry_after_s=wait,
+            code="too_many_pairing_attempts",
+        )
+    try:
+        with db.transaction() as con:
+            credentials = redeem(con, body.get("code"), public_key, body.get("csr"), ca, cert_ttl_s)
+            release_pairing_attempt(con, source)  # paired: not a failure
+    except errors.Unauthenticated:
+        raise  # a wrong code: the attempt stays counted
+    except Exception:
+        with db.transaction() as con:
+            release_pairing_attempt(con, source)
+        raise
+    return credentials
 
 
 def redeem(
