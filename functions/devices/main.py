@@ -226,13 +226,12 @@ def withdraw_invitation(ctx: Ctx, lock_id: str, invitation_id: str) -> Result:
 @api.route("GET", "/devices/invitations")
 def my_invitations(ctx: Ctx) -> JsonBody:
     user = app_user(ctx)
-    with rt.db.connection() as con:
-        return {"invitations": invitations.for_user(con, user, rt.now())}
+    return {"invitations": invitations.for_user(rt.db, user, rt.now(), current_address)}
 
 
 @api.route("POST", "/devices/invitations/<invitation_id>/accept")
 def accept_invitation(ctx: Ctx, invitation_id: str) -> Result:
-    user = accounts.with_current_address(app_user(ctx), accounts_directory)
+    user = invitations.answering_as(rt.db, invitation_id, app_user(ctx), current_address)
     with rt.db.transaction() as con:
         joined = invitations.accept(con, invitation_id, user, rt.now())
     rt.flush_mirror()
@@ -241,7 +240,7 @@ def accept_invitation(ctx: Ctx, invitation_id: str) -> Result:
 
 @api.route("POST", "/devices/invitations/<invitation_id>/decline")
 def decline_invitation(ctx: Ctx, invitation_id: str) -> Result:
-    user = accounts.with_current_address(app_user(ctx), accounts_directory)
+    user = invitations.answering_as(rt.db, invitation_id, app_user(ctx), current_address)
     with rt.db.transaction() as con:
         invitations.decline(con, invitation_id, user, rt.now())
     return flask.Response(status=204)
@@ -414,6 +413,10 @@ def relay_flush(ctx: Ctx) -> JsonBody:
     finally:
         written = rt.flush_mirror(force=True)  # what the steps that ran queued
     return {"written": written, "pending": rt.mirror.pending()}
+
+
+def current_address(user: auth.User) -> auth.User:
+    return accounts.with_current_address(user, accounts_directory)
 
 
 @functools.cache

@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
 from infra.local.services import Broker
-from lockwise.core import retention, users
+from lockwise.core import accounts, inputs, retention, users
 from lockwise.core.config import get_settings
 from lockwise.core.runtime import get_runtime
 from lockwise.devices import command_signing, lock_auth
@@ -514,7 +514,19 @@ def emulator_token(uid: str, email: str | None = None, verified: bool = False) -
     return {"idToken": part({"alg": "none", "typ": "JWT"}) + "." + part(claims) + ".", "localId": uid}
 
 
-def test_an_unverified_address_is_not_recorded_and_closes_nobody_elses_invitation(world: World) -> None:
+def auth_has(monkeypatch: pytest.MonkeyPatch, addresses: dict[str, str]) -> None:
+    """Firebase Auth answers that each uid's account has the address given, verified: for tokens made here for
+    accounts the Auth emulator does not hold (``emulator_token``), whose address an invitation is then found by."""
+
+    def verified_email(self: accounts.IdentityToolkit, uid: str) -> str | None:
+        return inputs.email_key(addresses.get(uid))
+
+    monkeypatch.setattr(accounts.IdentityToolkit, "verified_email", verified_email)
+
+
+def test_an_unverified_address_is_not_recorded_and_closes_nobody_elses_invitation(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """An address a token carries unverified is anyone's to claim (an account made with someone else's address
     before they made theirs). It was recorded as the user's, taking it from its verified holder, and a guest leaving
     with it closed the invitation the owner had sent to that holder (attack run). Only a verified address is
@@ -523,6 +535,7 @@ def test_an_unverified_address_is_not_recorded_and_closes_nobody_elses_invitatio
     address = f"victim-{tag}@example.com"
     victim = emulator_token(f"victim-{tag}", address, verified=True)
     squatter = emulator_token(f"squatter-{tag}", address.upper(), verified=False)
+    auth_has(monkeypatch, {victim["localId"]: address})
     join(world.devices, world.lock_id, world.accounts["owner"], squatter, {"role": "guest"})
     sent = world.devices.post(
         f"/devices/locks/{world.lock_id}/members",
@@ -562,7 +575,9 @@ def test_accounts_carrying_one_address_make_their_first_requests_at_once(devices
     assert len(db_rows("SELECT uid FROM users WHERE lower(email) = :e", e=address)) == 1
 
 
-def test_an_address_is_compared_as_one_lower_cased_form_everywhere(world: World) -> None:
+def test_an_address_is_compared_as_one_lower_cased_form_everywhere(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Python and PostgreSQL lower-case some letters differently (``İ``: two code points in Python, one or none in
     the database): an invitation stored lower-cased by Python was not seen by its address's verified holder, and an
     address that grew past 320 characters as it was lower-cased reached the database's check (500)."""
@@ -575,6 +590,7 @@ def test_an_address_is_compared_as_one_lower_cased_form_everywhere(world: World)
     )
     assert sent.status_code == 202
     holder = emulator_token(f"inci-{tag}", address, verified=True)
+    auth_has(monkeypatch, {holder["localId"]: address})
     waiting = world.devices.get("/devices/invitations", headers=bearer(holder)).get_json()["invitations"]
     assert [i["id"] for i in waiting] == [sent.get_json()["invitation"]["id"]]
     grows = world.devices.post(
@@ -647,6 +663,8 @@ def test_a_token_issued_before_its_account_moved_address_accepts_nothing_sent_to
     ).get_json()["invitation"]["id"]
     assert [i["id"] for i in world.devices.get("/devices/invitations", headers=bearer(old)).get_json()["invitations"]]
     move_account(host, project, old, "moved-on@example.com")  # the old token still names the first address
+    listed = world.devices.get("/devices/invitations", headers=bearer(old))
+    assert listed.status_code == 200 and listed.get_json()["invitations"] == []  # nor lists what went to it
     heir = sign_up(email="handed-on@example.com")
     verify_email(host, project, heir["localId"])
     heir = sign_in(host, heir["email"])
@@ -656,6 +674,49 @@ def test_a_token_issued_before_its_account_moved_address_accepts_nothing_sent_to
     assert (closed.status_code, closed.get_json()["error"]["code"]) == (404, "invitation_not_found")
     assert world.devices.post(f"/devices/invitations/{invitation}/accept", headers=bearer(heir)).status_code == 201
     assert world.devices.get(f"/devices/locks/{world.lock_id}", headers=bearer(old)).status_code == 404
+
+
+def test_only_an_invitation_found_by_address_needs_firebase_auth_to_confirm_the_address(
+    world: World, sign_up: Any, stack_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An invitation addressed to the caller's uid is listed, accepted and declined on their token alone; one found
+    by their token's address needs Firebase Auth to confirm the account still has it, and while Auth cannot tell
+    that is 503 ``accounts_unavailable``, not an answer on a stale address. Auth is asked only for the latter."""
+    host, project = stack_env["FIREBASE_AUTH_EMULATOR_HOST"], stack_env["LOCKWISE_PROJECT_ID"]
+    invitee = sign_up()
+    verify_email(host, project, invitee["localId"])
+    invitee = sign_in(host, invitee["email"])
+    assert world.devices.get("/devices/me", headers=bearer(invitee)).status_code == 200
+    asked: list[str] = []
+
+    def auth_down(self: accounts.IdentityToolkit, uid: str) -> str | None:
+        asked.append(uid)
+        raise accounts.DirectoryError("Firebase Auth could not be reached: ConnectionRefusedError")
+
+    monkeypatch.setattr(accounts.IdentityToolkit, "verified_email", auth_down)
+    owner, lock = world.headers("owner"), world.lock_id
+    by_uid = world.devices.post(
+        f"/devices/locks/{lock}/members", json={"uid": invitee["localId"], "role": "guest"}, headers=owner
+    ).get_json()["invitation"]["id"]
+    listed = world.devices.get("/devices/invitations", headers=bearer(invitee))
+    assert listed.status_code == 200 and [i["id"] for i in listed.get_json()["invitations"]] == [by_uid]
+    assert world.devices.post(f"/devices/invitations/{by_uid}/decline", headers=bearer(invitee)).status_code == 204
+    assert asked == []
+    by_address = world.devices.post(
+        f"/devices/locks/{lock}/members", json={"email": invitee["email"], "role": "member"}, headers=owner
+    ).get_json()["invitation"]["id"]
+    for answer in (
+        world.devices.get("/devices/invitations", headers=bearer(invitee)),
+        world.devices.post(f"/devices/invitations/{by_address}/accept", headers=bearer(invitee)),
+        world.devices.post(f"/devices/invitations/{by_address}/decline", headers=bearer(invitee)),
+    ):
+        assert (answer.status_code, answer.get_json()["error"]["code"]) == (503, "accounts_unavailable")
+    assert asked == [invitee["localId"]] * 3
+    again = world.devices.post(
+        f"/devices/locks/{lock}/members", json={"uid": invitee["localId"], "role": "guest"}, headers=owner
+    ).get_json()["invitation"]["id"]
+    assert world.devices.post(f"/devices/invitations/{again}/accept", headers=bearer(invitee)).status_code == 201
+    assert len(asked) == 3 and world.devices.get(f"/devices/locks/{lock}", headers=bearer(invitee)).status_code == 200
 
 
 def test_a_removal_ends_every_invitation_sent_before_it_whatever_address_it_went_to(

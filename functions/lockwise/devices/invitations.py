@@ -3,19 +3,21 @@ invitee sees the invitation in the app and accepts or declines it. Until they ac
 that lock: no membership, so no voiceprint is ever scored there (consent before biometrics).
 
 Inviting a uid that does not exist answers exactly as inviting one that does (202): the API does not tell an admin
-which uids exist. An email invitation is seen only by a user whose token carries that address *verified*.
+which uids exist. An email invitation is seen only by a user whose token carries that address *verified*, and
+whose account Firebase Auth says still has it (``ConfirmAddress``).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from lockwise.core import audit, errors, inputs, mirror, users
 from lockwise.core.auth import User
-from lockwise.core.db import UNIQUE_VIOLATION, Connection, rows_as_dicts, sqlstate
+from lockwise.core.db import UNIQUE_VIOLATION, Connection, Database, rows_as_dicts, sqlstate
 from lockwise.devices import members
 
 # every moment here is the request's ``:now`` (the runtime's clock, on which the handlers judge membership), not the
@@ -150,18 +152,28 @@ def open_for_lock(con: Connection, lock_id: str, now: dt.datetime) -> list[dict[
     return [_public(row) for row in rows]
 
 
-def for_user(con: Connection, user: User, now: dt.datetime) -> list[dict[str, Any]]:
-    """The invitations waiting for ``user``'s answer, with the lock's name and who invited them."""
-    rows = rows_as_dicts(
-        con,
-        "SELECT invitations.id::text AS id, invitee_uid, email, invitations.role, access, invitations.expires_at,"
-        " invited_by, l.id::text AS lock_id, l.name AS lock_name FROM invitations JOIN locks l"
-        " ON l.id = invitations.lock_id WHERE " + _FOR_INVITEE + " ORDER BY invitations.created_at",
-        u=user.uid,
-        e=user.email,
-        verified=user.email_verified,
-        now=now,
-    )
+#: ``user`` with the address their token names only while their account still has it (``accounts``'s
+#: ``with_current_address``: one call to Firebase Auth, 503 ``accounts_unavailable`` when it cannot tell)
+ConfirmAddress = Callable[[User], User]
+
+
+def for_user(db: Database, user: User, now: dt.datetime, confirm: ConfirmAddress) -> list[dict[str, Any]]:
+    """The invitations waiting for ``user``'s answer, with the lock's name and who invited them. One found by the
+    token's address only while the account still has it (``confirm``, asked only then): a token keeps its address
+    for up to an hour after the account moved to another, and listed the invitations sent to it meanwhile."""
+    with db.connection() as con:
+        rows = rows_as_dicts(
+            con,
+            "SELECT invitations.id::text AS id, invitee_uid, email, invitations.role, access, invitations.expires_at,"
+            " invited_by, l.id::text AS lock_id, l.name AS lock_name FROM invitations JOIN locks l"
+            " ON l.id = invitations.lock_id WHERE " + _FOR_INVITEE + " ORDER BY invitations.created_at",
+            u=user.uid,
+            e=user.email,
+            verified=user.email_verified,
+            now=now,
+        )
+    if any(row["invitee_uid"] != user.uid for row in rows) and confirm(user).email != user.email:
+        rows = [row for row in rows if row["invitee_uid"] == user.uid]
     out = []
     for row in rows:
         access = _access(row["access"])
@@ -174,6 +186,17 @@ def for_user(con: Connection, user: User, now: dt.datetime) -> list[dict[str, An
             }
         )
     return out
+
+
+def answering_as(db: Database, invitation_id: str, user: User, confirm: ConfirmAddress) -> User:
+    """``user`` as they may answer ``invitation_id``: as their token says when it is addressed to their uid (Firebase
+    Auth is not asked), else with the address their account has now (``confirm``: a token issued before the account
+    moved accepted an invitation sent to the old address after its new holder had verified it: attack run 12)."""
+    with db.connection() as con:
+        rows = con.run(
+            "SELECT invitee_uid FROM invitations WHERE id = CAST(:i AS uuid)", i=_invitation_id(invitation_id)
+        )
+    return user if rows and rows[0][0] == user.uid else confirm(user)
 
 
 def accept(con: Connection, invitation_id: str, user: User, now: dt.datetime) -> members.Membership:
