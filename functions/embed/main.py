@@ -62,7 +62,7 @@ def enroll(ctx: Ctx) -> Result:
             f"give {settings.enroll_min_samples} to {settings.enroll_max_samples} samples", code="wrong_sample_count"
         )
     clips = [sample_clip(i, s) for i, s in enumerate(samples)]  # every sample is checked before any model work
-    status = enrollment.enroll(rt.db, user.uid, clips, encoder, scorer, voice, settings)
+    status = enrollment.enroll(rt.db, user.uid, clips, encoder, scorer, voice, settings, rt.now)
     rt.flush_mirror()
     return status, 201
 

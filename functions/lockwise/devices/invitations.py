@@ -28,8 +28,9 @@ _OPEN = "accepted_at IS NULL AND closed_at IS NULL"
 #: with an admin's end set after it was sent, if it grants access ending later (``members.check_ends_in_time``)
 _STANDING = (
     "EXISTS (SELECT 1 FROM lock_members s WHERE s.lock_id = invitations.lock_id AND s.user_uid = invitations.invited_by"
-    " AND s.revoked_at IS NULL AND (s.expires_at IS NULL OR s.expires_at > :now)"
-    " AND (s.role = 'owner' OR (s.role = 'admin' AND invitations.role <> 'admin' AND (s.expires_at IS NULL"
+    " AND "
+    + members.active_sql("s")
+    + " AND (s.role = 'owner' OR (s.role = 'admin' AND invitations.role <> 'admin' AND (s.expires_at IS NULL"
     " OR LEAST(CAST(invitations.access->>'expires_at' AS timestamptz),"
     " CAST(invitations.access->>'valid_until' AS timestamptz)) <= s.expires_at))))"
 )

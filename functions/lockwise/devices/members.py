@@ -159,6 +159,12 @@ class Membership:
         return out
 
 
+def active_sql(alias: str) -> str:
+    """``Membership.active`` in SQL, for the ``lock_members`` row ``alias``, judged at the statement's ``:now`` (the
+    caller's clock, the one its other checks use; not the database's ``now()``)."""
+    return f"{alias}.revoked_at IS NULL AND ({alias}.expires_at IS NULL OR {alias}.expires_at > :now)"
+
+
 def utc_offset(zone: ZoneInfo, now: dt.datetime, horizon_days: int = 366) -> tuple[int, dt.datetime]:
     """``zone``'s UTC offset at ``now`` in minutes, and when it next changes (to the minute; ``now`` plus the
     horizon when it does not change within it)."""

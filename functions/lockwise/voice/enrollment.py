@@ -8,7 +8,8 @@ collision with the voice of someone who shares a lock.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import datetime as dt
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -30,6 +31,7 @@ def enroll(
     scorer: Scorer,
     voice: VoiceActivity,
     settings: Settings,
+    now: Callable[[], dt.datetime],
 ) -> dict[str, Any]:
     """Make ``uid``'s voiceprint from ``clips`` (validated audio) and store it with its takes' fingerprints,
     replacing any earlier one; return the enrollment status and the samples' lowest agreement.
@@ -83,7 +85,7 @@ def enroll(
     with db.transaction() as con:
         users.hold(con, uid)  # one user's enrollments are decided one at a time
         _refuse_past_the_limit(comparisons_wait(con, uid, settings.enroll_comparisons))
-        neighbours = voiceprints.co_members(con, uid, encoder.model_id, encoder.dim)
+        neighbours = voiceprints.co_members(con, uid, encoder.model_id, encoder.dim, now())
         matched = matches_a_neighbour(scoring.voiceprint(embeddings), neighbours, encoder, scorer, settings)
         if len(neighbours.prints):  # an answer about co-members' voices, whichever it is: counted (and kept)
             con.run("INSERT INTO enrollment_comparisons (user_uid) VALUES (:u)", u=uid)

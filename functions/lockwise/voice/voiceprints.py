@@ -16,7 +16,7 @@ import numpy as np
 
 from lockwise.core import mirror
 from lockwise.core.db import Connection, rows_as_dicts
-from lockwise.devices.members import Membership
+from lockwise.devices.members import Membership, active_sql
 from lockwise.voice import scoring
 
 
@@ -82,9 +82,9 @@ class Neighbours:
 _SCORED_ACCOUNT = " JOIN users u ON u.uid = {}.user_uid AND u.account_gone_at IS NULL AND NOT u.account_disabled"
 
 
-def co_members(con: Connection, uid: str, model_id: str, dim: int) -> Neighbours:
-    """The voiceprints (of ``model_id``) of everyone holding an active membership of a lock ``uid`` belongs to (their
-    accounts scored: ``_SCORED_ACCOUNT``)."""
+def co_members(con: Connection, uid: str, model_id: str, dim: int, now: dt.datetime) -> Neighbours:
+    """The voiceprints (of ``model_id``) of everyone holding an active membership at ``now`` of a lock ``uid``
+    belongs to at ``now`` (their accounts scored: ``_SCORED_ACCOUNT``)."""
     rows = con.run(
         "SELECT v.user_uid, v.embedding, bool_or(l.voice_threshold IS NULL), min(l.voice_threshold)"
         " FROM lock_members mine"
@@ -92,13 +92,15 @@ def co_members(con: Connection, uid: str, model_id: str, dim: int) -> Neighbours
         " JOIN locks l ON l.id = mine.lock_id"
         " JOIN voiceprints v ON v.user_uid = theirs.user_uid"
         + _SCORED_ACCOUNT.format("theirs")
-        + " WHERE mine.user_uid = :u AND mine.revoked_at IS NULL"
-        " AND (mine.expires_at IS NULL OR mine.expires_at > now())"
-        " AND theirs.revoked_at IS NULL AND (theirs.expires_at IS NULL OR theirs.expires_at > now())"
-        " AND v.model_id = :m AND v.dim = :d GROUP BY v.user_uid, v.embedding ORDER BY v.user_uid",
+        + " WHERE mine.user_uid = :u AND "
+        + active_sql("mine")
+        + " AND "
+        + active_sql("theirs")
+        + " AND v.model_id = :m AND v.dim = :d GROUP BY v.user_uid, v.embedding ORDER BY v.user_uid",
         u=uid,
         m=model_id,
         d=dim,
+        now=now,
     )
     prints = scoring.from_bytes(b"".join(bytes(r[1]) for r in rows), dim) if rows else np.zeros((0, dim), np.float32)
     return Neighbours([r[0] for r in rows], prints, [None if r[2] else float(r[3]) for r in rows])
@@ -114,8 +116,9 @@ def candidates(con: Connection, lock_id: str, model_id: str, dim: int, now: dt.d
         " v.model_id AS vp_model, v.dim AS vp_dim, v.embedding AS vp_embedding"
         " FROM lock_members m JOIN voiceprints v ON v.user_uid = m.user_uid"
         + _SCORED_ACCOUNT.format("m")
-        + " WHERE m.lock_id = CAST(:l AS uuid) AND m.revoked_at IS NULL"
-        " AND (m.expires_at IS NULL OR m.expires_at > :now) ORDER BY m.user_uid"  # the decision's clock, as below
+        + " WHERE m.lock_id = CAST(:l AS uuid) AND "
+        + active_sql("m")  # the decision's clock, as below
+        + " ORDER BY m.user_uid"
         # held until the decision commits: deleting this voice data waits for it (``erasure.forget_voice``);
         # re-enrolling (an UPDATE of no key) does not
         " FOR KEY SHARE OF v",
