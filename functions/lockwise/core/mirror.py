@@ -100,6 +100,11 @@ def user_doc(uid: str) -> str:
     return doc("users", uid)
 
 
+def lock_collection(lock_id: str, name: str) -> str:
+    """One of the lock's collections (``activity``, ``access``): deleted with the lock."""
+    return doc("locks", lock_id, name)
+
+
 def access_doc(lock_id: str, uid: str) -> str:
     """A member's access to the lock, read by the security rules only (``lockwise.devices.members.mirror_access``)."""
     return doc("locks", lock_id, "access", uid)
@@ -138,7 +143,7 @@ def activity_entry(lock_id: str, kind: str, *, entry_id: str | None = None, **fi
         "about": about,
         "expires_at": expires,
     }
-    return f"locks/{lock_id}/activity/{entry_id or uuid.uuid4()}", "set", data
+    return doc("locks", lock_id, "activity", entry_id or str(uuid.uuid4())), "set", data
 
 
 def activity(con: Connection, lock_id: str, kind: str, **fields: Any) -> None:

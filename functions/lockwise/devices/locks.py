@@ -187,8 +187,8 @@ def delete(con: Connection, lock_id: str, uid: str) -> None:
     audit.record(con, audit.user_actor(uid), "lock.delete", "ok", lock_id=lock_id)
     # the lock document first, while its members may still read it: their live views see it gone, not refused
     mirror.enqueue(con, mirror.lock_doc(lock_id), "delete")
-    mirror.enqueue(con, f"locks/{lock_id}/activity", "delete_collection")
-    mirror.enqueue(con, f"locks/{lock_id}/access", "delete_collection")
+    mirror.enqueue(con, mirror.lock_collection(lock_id, "activity"), "delete_collection")
+    mirror.enqueue(con, mirror.lock_collection(lock_id, "access"), "delete_collection")
 
 
 def lock_config(con: Connection, lock_id: str) -> dict[str, Any]:
