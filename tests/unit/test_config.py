@@ -3,11 +3,23 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
+import re
 from pathlib import Path
 
 import pytest
 
-from lockwise.core.config import ConfigError, Settings
+from lockwise.core import config
+from lockwise.core.config import (
+    COMMAND_SIGNING_KEY,
+    COMMON_VARIABLES,
+    FUNCTIONS,
+    LOCK_CA,
+    READ_BY,
+    SERVICE_TOKEN,
+    ConfigError,
+    Settings,
+)
 from lockwise.devices.lock_certs import new_ca
 
 PROD_OK = {
@@ -126,3 +138,34 @@ def test_the_relays_batch_is_at_most_what_the_devices_function_takes(tmp_path: P
     assert RelaySettings.from_env({**files, "LOCKWISE_RELAY_EVENT_BATCH": str(most)}).event_batch == most
     with pytest.raises(ConfigError, match=f"LOCKWISE_RELAY_EVENT_BATCH must be at most {most}"):
         RelaySettings.from_env({**files, "LOCKWISE_RELAY_EVENT_BATCH": str(most + 1)})
+
+
+def _plain(settings: Settings) -> dict[str, object]:
+    """The settings' values but the secrets (a local lock CA is made anew at each read)."""
+    values = dataclasses.asdict(settings)
+    for secret in ("lock_ca", "command_signing_key", "service_token"):
+        values.pop(secret)
+    return values
+
+
+def test_every_variable_the_functions_read_is_either_common_or_listed_with_its_readers() -> None:
+    source = (Path(config.__file__)).read_text()
+    named = set(re.findall(r'"(LOCKWISE_[A-Z0-9_]+)"', source))
+    secrets = {SERVICE_TOKEN, COMMAND_SIGNING_KEY, LOCK_CA}
+    assert named - secrets == (set(READ_BY) | COMMON_VARIABLES) & named
+    assert not set(READ_BY) & COMMON_VARIABLES
+    assert all(readers and readers <= set(FUNCTIONS) for readers in READ_BY.values())
+
+
+@pytest.mark.parametrize("name", sorted(READ_BY))
+def test_a_plain_value_one_function_uses_is_read_by_it_and_by_no_other(name: str) -> None:
+    """A value set only for devices (a bad one too) stops devices, or changes its settings, and leaves verify and
+    embed as they were: each deployable reads only what it uses."""
+    for component in FUNCTIONS:
+        default = _plain(Settings.from_env({}, component=component))
+        try:
+            read = _plain(Settings.from_env({name: "-7x"}, component=component))
+        except ConfigError as exc:
+            assert component in READ_BY[name] and name in str(exc)
+            continue
+        assert (read != default) == (component in READ_BY[name]), (component, name)

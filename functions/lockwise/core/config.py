@@ -44,6 +44,98 @@ FUNCTION_SECRETS: dict[str, frozenset[str]] = {
 }
 FUNCTIONS = tuple(FUNCTION_SECRETS)
 
+_VOICE = frozenset({"embed", "verify"})
+_DEVICES = frozenset({"devices"})
+#: The plain values only some functions use, and which: the others never read them, so a bad value set for one
+#: function stops that function alone (their fields keep the default elsewhere, unused). Every other variable
+#: ``Settings`` reads is read by all three (``COMMON_VARIABLES``); a test holds the two lists to ``from_env``.
+READ_BY: dict[str, frozenset[str]] = {
+    **dict.fromkeys(
+        (
+            "LOCKWISE_LOCK_CERT_TTL_S",
+            "LOCKWISE_LOCK_RENEWALS_PER_DAY",
+            "LOCKWISE_PAIRINGS_PER_DAY",
+            "LOCKWISE_LOCKS_PER_OWNER",
+            "LOCKWISE_PROVISIONING_TTL_S",
+            "LOCKWISE_INVITATION_TTL_S",
+            "LOCKWISE_PAIRING_FAILURES_PER_HOUR",
+            "LOCKWISE_APP_COMMANDS_PER_MINUTE",
+            "LOCKWISE_MQTT_PUBLIC_HOST",
+            "LOCKWISE_MQTT_PUBLIC_PORT",
+            "LOCKWISE_FEED_REPORTS_PER_MINUTE",
+            "LOCKWISE_ACCOUNT_CHECK_BATCH",
+            "LOCKWISE_ACCOUNT_RECHECK_S",
+            "LOCKWISE_RELAY_ROUTES",
+        ),
+        _DEVICES,
+    ),
+    # the lock's signed requests (devices' and verify's) and the commands they sign
+    **dict.fromkeys(
+        ("LOCKWISE_LOCK_REQUEST_SKEW_S", "LOCKWISE_LOCK_REQUESTS_PER_MINUTE", "LOCKWISE_COMMAND_TTL_S"),
+        frozenset({"devices", "verify"}),
+    ),
+    **dict.fromkeys(
+        (
+            "LOCKWISE_ENCODER",
+            "LOCKWISE_MODEL_DIR",
+            "LOCKWISE_AUDIO_MIN_S",
+            "LOCKWISE_AUDIO_MAX_S",
+            "LOCKWISE_AUDIO_MIN_SPEECH_S",
+            "LOCKWISE_VOICE_THRESHOLD",
+            "LOCKWISE_VOICE_MARGIN",
+            "LOCKWISE_VOICE_RETRY_BAND",
+            "LOCKWISE_ENROLL_AGREEMENT",
+            "LOCKWISE_ENROLL_MIN_SPEECH_S",
+        ),
+        _VOICE,
+    ),
+    **dict.fromkeys(
+        (
+            "LOCKWISE_VERIFY_RUNTIME",
+            "LOCKWISE_LOCKOUT_AFTER",
+            "LOCKWISE_LOCKOUT_BASE_S",
+            "LOCKWISE_VOICE_DAILY_REJECTIONS",
+            "LOCKWISE_VOICE_ATTEMPTS_PER_MINUTE",
+            "LOCKWISE_VOICE_ATTEMPTS_PER_OWNER_MINUTE",
+            "LOCKWISE_VOICE_ATTEMPTS_PER_OWNER_AT_ONCE",
+            "LOCKWISE_REPLAY_MEMORY_HOURS",
+            "LOCKWISE_DEBUG_REJECTED_DIR",
+        ),
+        frozenset({"verify"}),
+    ),
+    **dict.fromkeys(
+        (
+            "LOCKWISE_ENROLL_MIN_SAMPLES",
+            "LOCKWISE_ENROLL_MAX_SAMPLES",
+            "LOCKWISE_ENROLL_MIN_VOICE_S",
+            "LOCKWISE_ENROLL_COMPARISONS",
+            "LOCKWISE_ENROLLMENTS_PER_DAY",
+        ),
+        frozenset({"embed"}),
+    ),
+}
+#: what every function reads (besides its secrets, ``FUNCTION_SECRETS``)
+COMMON_VARIABLES = frozenset(
+    {
+        "LOCKWISE_MODE",
+        REHEARSAL_SWITCH,
+        "LOCKWISE_PROJECT_ID",
+        "GOOGLE_CLOUD_PROJECT",
+        "FIRESTORE_EMULATOR_HOST",
+        "FIREBASE_AUTH_EMULATOR_HOST",
+        "LOCKWISE_RELEASE",
+        "LOG_LEVEL",
+        "LOCKWISE_MAX_BODY_BYTES",
+        "LOCKWISE_DB_POOL_SIZE",
+        "LOCKWISE_TRUSTED_PROXY_HOPS",
+    }
+)
+
+
+def read_by(component: str, env: Mapping[str, str]) -> dict[str, str]:
+    """``env`` as ``component`` reads it: without the plain values only other functions use (``READ_BY``)."""
+    return {name: value for name, value in env.items() if component in READ_BY.get(name, (component,))}
+
 
 class ConfigError(RuntimeError):
     """Configuration is missing or unsafe; raised at start-up, never per request."""
@@ -204,9 +296,9 @@ class Settings:
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, *, component: str = "devices") -> Settings:
         """``component``: the function reading (embed | verify | devices); it decides which secrets are read."""
-        env = os.environ if environ is None else environ
         if component not in FUNCTION_SECRETS:
             raise ConfigError(f"unknown function {component!r}; expected one of {', '.join(FUNCTIONS)}")
+        env = read_by(component, os.environ if environ is None else environ)
         mode = read_mode(env)
         local = mode != "production"
         relay_routes = _choice(env, "LOCKWISE_RELAY_ROUTES", ("on", "off"), "on") == "on"
