@@ -111,6 +111,10 @@ def test_utc_offset_finds_the_next_change_to_the_minute() -> None:
     assert members.utc_offset(berlin, summer) == (120, dt.datetime(2026, 10, 25, 1, 0, tzinfo=dt.UTC))
     kolkata = members.utc_offset(ZoneInfo("Asia/Kolkata"), summer)
     assert kolkata == (330, summer + dt.timedelta(days=366))  # no change within the horizon
+    found = members._utc_offset.cache_info().misses
+    later_that_minute = before + dt.timedelta(seconds=42, microseconds=7)  # one guest's access, then its next edge
+    assert members.utc_offset(berlin, later_that_minute) == members.utc_offset(berlin, before)
+    assert members._utc_offset.cache_info().misses == found  # found once for the zone and the minute
 
 
 def test_rules_access_carries_the_window_for_the_security_rules() -> None:

@@ -8,6 +8,7 @@ row at request time, so a revocation takes effect on the very next verify or com
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import logging
 import time
 from dataclasses import dataclass
@@ -165,9 +166,16 @@ def active_sql(alias: str) -> str:
     return f"{alias}.revoked_at IS NULL AND ({alias}.expires_at IS NULL OR {alias}.expires_at > :now)"
 
 
-def utc_offset(zone: ZoneInfo, now: dt.datetime, horizon_days: int = 366) -> tuple[int, dt.datetime]:
-    """``zone``'s UTC offset at ``now`` in minutes, and when it next changes (to the minute; ``now`` plus the
-    horizon when it does not change within it)."""
+def utc_offset(zone: ZoneInfo, now: dt.datetime) -> tuple[int, dt.datetime]:
+    """``zone``'s UTC offset at ``now`` in minutes, and when it next changes (to the minute; a year on when it does
+    not change within one). Found once per zone and minute (about 1 ms each: a day's step through the year, then
+    halving to the minute), not for each guest's access and again for its next edge: offsets change on whole
+    minutes, so within one minute the answer is the same."""
+    return _utc_offset(zone, now.astimezone(dt.UTC).replace(second=0, microsecond=0))
+
+
+@functools.lru_cache(maxsize=512)
+def _utc_offset(zone: ZoneInfo, now: dt.datetime, horizon_days: int = 366) -> tuple[int, dt.datetime]:
 
     def minutes_at(t: dt.datetime) -> int:
         offset = t.astimezone(zone).utcoffset()
