@@ -491,14 +491,15 @@ def test_invitation_by_email_is_seen_only_verified_and_joins_only_when_accepted(
     assert world.devices.post(f"/devices/invitations/{invitation}/accept", headers=bearer(friend)).status_code == 404
 
 
-def emulator_token(uid: str, email: str | None = None, verified: bool = False) -> dict[str, Any]:
+def emulator_token(uid: str, email: str | None = None, verified: bool = False, *, age_s: int = 0) -> dict[str, Any]:
     """An account as the Auth emulator's unsigned ID tokens carry it (the functions take them with the emulator
-    set), with any address, verified or not: ``{"idToken", "localId"}`` as ``sign_up`` answers."""
+    set), with any address, verified or not, issued ``age_s`` ago: ``{"idToken", "localId"}`` as ``sign_up``
+    answers."""
 
     def part(obj: dict[str, Any]) -> str:
         return base64.urlsafe_b64encode(json.dumps(obj).encode()).decode().rstrip("=")
 
-    now = int(time.time())
+    now = int(time.time()) - age_s
     claims: dict[str, Any] = {
         "iss": f"https://securetoken.google.com/{PROJECT_ID}",
         "aud": PROJECT_ID,
@@ -554,6 +555,35 @@ def test_an_unverified_address_is_not_recorded_and_closes_nobody_elses_invitatio
     assert world.devices.delete("/devices/me", headers=bearer(again)).status_code == 204
     waiting = world.devices.get("/devices/invitations", headers=bearer(victim)).get_json()["invitations"]
     assert [i["id"] for i in waiting] == [sent.get_json()["invitation"]["id"]]
+
+
+def test_a_token_issued_before_its_account_moved_does_not_take_the_address_back(world: World) -> None:
+    """A token keeps its address for up to an hour after the account moved to another. One such, seen by an instance
+    for the first time, recorded the old address again, taking it from the account that had verified it since; and
+    a member's leaving then closed the invitations sent to that account. An address is now replaced, or taken from
+    another account, only by a token issued no earlier than the one that recorded it."""
+    tag = uuid.uuid4().hex[:8]
+    first, second = f"first-{tag}@example.com", f"second-{tag}@example.com"
+    stale = emulator_token(f"mover-{tag}", first, verified=True, age_s=600)  # issued before the account moved
+    moved = emulator_token(stale["localId"], second, verified=True, age_s=300)
+    heir = emulator_token(f"heir-{tag}", first, verified=True, age_s=60)  # verified the address after the move
+    for token in (heir, moved, stale):
+        assert world.devices.get("/devices/me", headers=bearer(token)).status_code == 200
+    recorded = "SELECT uid FROM users WHERE lower(email) = :e"
+    assert db_rows(recorded, e=first) == [[heir["localId"]]]
+    assert db_rows(recorded, e=second) == [[stale["localId"]]]  # the stale token left the newer address as it was
+    guest = emulator_token(stale["localId"], first, verified=True, age_s=600)
+    join(world.devices, world.lock_id, world.accounts["owner"], moved, {"role": "guest"})
+    sent = world.devices.post(
+        f"/devices/locks/{world.lock_id}/members",
+        json={"email": first, "role": "member"},
+        headers=world.headers("owner"),
+    ).get_json()["invitation"]["id"]
+    assert world.devices.delete("/devices/me", headers=bearer(guest)).status_code == 204  # the mover leaves
+    assert db_rows("SELECT closed_at IS NULL FROM invitations WHERE id = CAST(:i AS uuid)", i=sent) == [[True]]
+    newer = emulator_token(f"newer-{tag}", first, verified=True)  # a newer token of another account still takes it
+    assert world.devices.get("/devices/me", headers=bearer(newer)).status_code == 200
+    assert db_rows(recorded, e=first) == [[newer["localId"]]]
 
 
 def test_accounts_carrying_one_address_make_their_first_requests_at_once(devices: Any) -> None:

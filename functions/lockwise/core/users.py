@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime as dt
+
 from lockwise.core import errors
 from lockwise.core.auth import User
 from lockwise.core.db import Connection
@@ -19,9 +21,13 @@ def upsert(con: Connection, user: User) -> None:
     """Record ``user`` (and their current email) so locks and voiceprints can refer to them.
 
     An email now held by this uid is released from any older account that had it (a Firebase account deleted and
-    made again gets a new uid); an unverified address, or one the database would refuse, is stored as NULL.
-    """
+    made again gets a new uid); an unverified address, or one the database would refuse, is stored as NULL. Both
+    only for a token issued no earlier than the one that recorded what it replaces (``email_since``): a token keeps
+    its address for up to an hour after the account moved to another, and one such, seen by an instance for the
+    first time, took the address back from the account that holds it now (and a member's leaving then closed the
+    invitations sent to that account)."""
     email = stored_email(user)
+    since = issued_at(user)
     if email is not None:
         # one account at a time takes an address: two first requests of accounts carrying it both found it free
         # and the second's insert met the unique index (an attack run's 500s)
@@ -29,17 +35,32 @@ def upsert(con: Connection, user: User) -> None:
         # not by an account found deleted (its tokens live up to an hour): it would take the address from the
         # account made again with it
         con.run(
-            "UPDATE users SET email = NULL WHERE lower(email) = lower(:e) AND uid <> :u"
+            "UPDATE users SET email = NULL, email_since = :t WHERE lower(email) = lower(:e) AND uid <> :u"
+            " AND (email_since IS NULL OR email_since <= :t)"
             " AND NOT EXISTS (SELECT 1 FROM users gone WHERE gone.uid = :u AND gone.account_gone_at IS NOT NULL)",
             e=email,
             u=user.uid,
+            t=since,
         )
+        if con.run("SELECT 1 FROM users WHERE lower(email) = lower(:e) AND uid <> :u", e=email, u=user.uid):
+            email = None  # vouched for by a newer token of another account: this one's address is out of date
     con.run(
-        "INSERT INTO users (uid, email) VALUES (:uid, :email) ON CONFLICT (uid) DO UPDATE SET email = EXCLUDED.email"
-        " WHERE users.email IS DISTINCT FROM EXCLUDED.email AND users.account_gone_at IS NULL",
+        "INSERT INTO users (uid, email, email_since) VALUES (:uid, :email, :t) ON CONFLICT (uid) DO UPDATE"
+        " SET email = EXCLUDED.email, email_since = EXCLUDED.email_since"
+        " WHERE users.email IS DISTINCT FROM EXCLUDED.email AND users.account_gone_at IS NULL"
+        " AND (users.email_since IS NULL OR users.email_since <= EXCLUDED.email_since)",
         uid=user.uid,
         email=email,
+        t=since,
     )
+
+
+def issued_at(user: User) -> dt.datetime:
+    """When ``user``'s ID token was issued (its ``iat``; now for a token without one)."""
+    issued = user.claims.get("iat")
+    if isinstance(issued, int | float) and not isinstance(issued, bool):
+        return dt.datetime.fromtimestamp(issued, dt.UTC)
+    return dt.datetime.now(dt.UTC)
 
 
 #: a token issued this long after an account was found gone (clocks apart) says it exists again
