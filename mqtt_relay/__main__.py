@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import signal
 import sys
+import threading
+from typing import Any
 
 from lockwise.core import log as lwlog
 from lockwise.core.config import ConfigError
@@ -23,22 +25,39 @@ def main() -> int:
         logging.getLogger("mqtt_relay").error("configuration error: %s", exc)
         return 2
     lwlog.configure("relay", settings.log_level)
-    lease = Lease(Database(settings.database_url, pool_size=1), settings.slots)
+    stop = threading.Event()
+    relay: Relay | None = None
+
+    def on_signal(*_: object) -> None:
+        stop.set()
+        if relay is not None:
+            relay.stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+
+    def health() -> tuple[dict[str, Any], int]:
+        if relay is None:  # no slot leased yet: the database has not been reached
+            return {"service": "relay", "status": "starting", "checks": {"database": {"ok": False}}}, 503
+        return relay.health()
+
+    server = serve(settings.health_port, health) if settings.health_port else None
     try:
-        lease.acquire()
-    except NoFreeSlot as exc:
-        logging.getLogger("mqtt_relay").error("%s", exc)
-        return 2
-    relay = Relay(settings, lease)
-    signal.signal(signal.SIGTERM, lambda *_: relay.stop())
-    signal.signal(signal.SIGINT, lambda *_: relay.stop())
-    server = serve(settings.health_port, relay.health) if settings.health_port else None
-    try:
+        lease = Lease(Database(settings.database_url, pool_size=1), settings.slots)
+        try:
+            if lease.acquire_when_reachable(stop) is None:
+                return 0  # stopped before the database was reached
+        except NoFreeSlot as exc:
+            logging.getLogger("mqtt_relay").error("%s", exc)
+            return 2
+        relay = Relay(settings, lease)
+        if stop.is_set():
+            relay.stop()
         relay.run()
+        return relay.exit_code
     finally:
         if server is not None:
             server.shutdown()
-    return relay.exit_code
 
 
 if __name__ == "__main__":

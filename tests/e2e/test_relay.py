@@ -140,6 +140,33 @@ def test_nothing_is_lost_while_the_database_restarts(
     wait_for(status_is(app, lock_id, command["id"], "acked"), what="the command after the restart acked")
 
 
+def test_a_relay_started_while_the_database_is_down_waits_for_it(
+    e2e: dict[str, Any], app: App, relays: Any, paired_lock: Pair, postgres: services.Postgres
+) -> None:
+    """A relay (re)started during a database outage, as the platform restarts one that crashed, exited at once, and
+    no relay ran until one was started by hand: every command of the time expired unsent (attack run 13). It now
+    says it is starting (503) and waits; once the database is back it leases a slot and delivers."""
+    lock_id, _lock = paired_lock()
+    try:
+        postgres.stop()
+        relay = relays()  # ready once its health endpoint answers: 503, starting
+        health = requests.get(f"http://127.0.0.1:{relay.port}/health", timeout=5)
+        assert health.status_code == 503 and health.json()["status"] == "starting"
+        time.sleep(2)
+        assert relay.popen.poll() is None, relay.log_path.read_text()[-2000:]
+        postgres.start_again()
+    finally:  # the session's server is shared: never leave it stopped
+        if not postgres.process.alive():
+            postgres.start_again()
+    wait_for(
+        lambda: requests.get(f"http://127.0.0.1:{relay.port}/health", timeout=5).json().get("status") == "ok",
+        what="the relay leasing a slot once the database is back",
+    )
+    command = app.unlock(lock_id)
+    wait_for(status_is(app, lock_id, command["id"], "acked"), what="a command delivered by the waiting relay")
+    assert "waiting to lease a relay slot" in relay.log_path.read_text()
+
+
 def test_two_relays_never_deliver_a_command_twice(
     e2e: dict[str, Any], app: App, relays: Any, paired_lock: Pair
 ) -> None:
