@@ -6,6 +6,7 @@ side of message expiry: tests/e2e/test_relay.py)."""
 from __future__ import annotations
 
 import datetime as dt
+import json
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -285,3 +286,79 @@ def test_an_idle_round_publishes_nothing(relay_db: Database) -> None:
     with relay_db.transaction() as con:
         con.run("UPDATE commands SET status = 'expired' WHERE status IN ('pending', 'sent')")
     assert outbox.deliver_due(relay_db, lambda messages: [True] * len(messages), resend_after_s=5) == []
+
+
+def _ack(world: World, stack_env: dict[str, str], db: Database, command_id: str, result: str = "ok") -> str:
+    """The outcome of the lock's ack of ``command_id``, through the relay's route."""
+    with db.connection() as con:
+        ((nonce,),) = con.run("SELECT nonce FROM commands WHERE id = CAST(:i AS uuid)", i=command_id)
+    payload = json.dumps({"id": command_id, "nonce": nonce, "result": result})
+    resp = world.devices.post(
+        "/devices/relay/events",
+        json={"events": [{"topic": f"lockwise/{world.credentials['mqtt']['client_id']}/ack", "payload": payload}]},
+        headers={"X-LockWise-Service-Token": stack_env["LOCKWISE_SERVICE_TOKEN"]},
+    )
+    assert resp.status_code == 200, resp.get_json()
+    return str(resp.get_json()["results"][0]["outcome"])
+
+
+def test_an_ack_that_comes_after_its_command_expired_is_recorded_as_late(
+    world: World, relay_db: Database, stack_env: dict[str, str]
+) -> None:
+    """The lock acted in time (a voice grant, or the message before its expiry) and its ack was held up while the
+    relay or the broker was away: the command read ``expired`` for good, and the record said the door never opened
+    (attack run 13: 29 doors). The ack is now recorded, marked late in the audit log and the feed."""
+    command_id = send(world, "owner").get_json()["command"]["id"]
+    deliver(relay_db, world)
+    with relay_db.transaction() as con:
+        con.run(
+            "UPDATE commands SET created_at = now() - interval '40 seconds', expires_at = now() - interval '10 seconds'"
+            " WHERE id = CAST(:i AS uuid)",
+            i=command_id,
+        )
+        assert outbox.expire(con) >= 1
+    assert status(relay_db, command_id) == ("expired", None)
+    assert _ack(world, stack_env, relay_db, command_id) == "applied"
+    assert status(relay_db, command_id) == ("acked", None)
+    shown = world.devices.get(f"/devices/locks/{world.lock_id}/commands/{command_id}", headers=world.headers("owner"))
+    assert shown.get_json()["command"]["status"] == "acked"
+    with relay_db.connection() as con:
+        details = con.run("SELECT details FROM audit_log WHERE action = 'command.ack' AND target = :i", i=command_id)
+    assert [d[0] if isinstance(d[0], dict) else json.loads(d[0]) for d in details] == [{"result": "ok", "late": True}]
+    assert _ack(world, stack_env, relay_db, command_id) == "duplicate"  # once
+
+
+def test_a_newer_commands_ack_settles_the_older_ones_the_lock_will_refuse(
+    world: World, relay_db: Database, stack_env: dict[str, str]
+) -> None:
+    """The lock refuses, without an ack, a command signed in an earlier second than one it carried out (FIRMWARE.md
+    step 7): such a command read ``expired`` 30 s later although a newer one was done (attack run 13). The newer
+    one's ack now marks the older open ones failed, superseded; one of the same second stays open (the lock takes it);
+    and an older one's own ack, taken after the newer's (two replicas), is still recorded."""
+    older, same_second, newer, refused_older = (send(world, "owner").get_json()["command"]["id"] for _ in range(4))
+    with relay_db.transaction() as con:
+        con.run(
+            "UPDATE commands SET created_at = date_trunc('second', now()) - interval '2 seconds'"
+            " WHERE id = ANY(CAST(:ids AS uuid[]))",
+            ids=[older, refused_older],
+        )
+        con.run(
+            "UPDATE commands SET created_at = date_trunc('second', now()) + interval '0.2 seconds'"
+            " WHERE id = CAST(:i AS uuid)",
+            i=same_second,
+        )
+        con.run(
+            "UPDATE commands SET created_at = date_trunc('second', now()) + interval '0.5 seconds'"
+            " WHERE id = CAST(:i AS uuid)",
+            i=newer,
+        )
+    assert _ack(world, stack_env, relay_db, newer) == "applied"
+    superseded = status(relay_db, older)
+    assert superseded[0] == "failed" and (superseded[1] or "").startswith("superseded")
+    assert status(relay_db, refused_older)[0] == "failed"
+    assert status(relay_db, same_second) == ("pending", None)
+    assert _ack(world, stack_env, relay_db, older) == "applied"  # it was carried out after all: its ack came late
+    assert status(relay_db, older) == ("acked", None)
+    assert _ack(world, stack_env, relay_db, refused_older, "refused") == "applied"
+    assert status(relay_db, refused_older)[0] == "failed"
+    assert _ack(world, stack_env, relay_db, refused_older) == "duplicate"  # what the lock said stands

@@ -28,6 +28,9 @@ from lockwise.devices import lockout, topics
 
 STATES = ("locked", "unlocked", "locking", "unlocking", "jammed")
 ACK_RESULTS = {"ok": "acked", "failed": "failed", "refused": "failed"}
+#: what an open command older (by its signed second) than one the lock carried out reads: the lock refuses it without
+#: an ack (docs/FIRMWARE.md, step 7), and it read ``expired`` 30 s later although a newer one was done (attack run 13)
+SUPERSEDED = "superseded: the lock carried out a newer command first"
 MAX_FUTURE_S = 300
 #: a lock's state row is made with the lock: one missing is a lock deleted since its credential was read
 NO_STATE = "the lock has no state: deleted"
@@ -403,20 +406,37 @@ def _ack(con: Connection, lock_id: str, body: dict[str, Any], now: dt.datetime) 
     command_id = inputs.canonical_uuid(command_id)
     if command_id is None:
         return Outcome("rejected", "id is not a command id")
+    # an ack settles an open command, and also one that expired (the lock acted in time, by its grant or the message,
+    # and its ack was held up while the relay or the broker was away: 29 doors that opened read ``expired`` in attack
+    # run 13) or that a newer command's ack marked superseded (two relay replicas may take one lock's acks out of
+    # order); one already acked or failed by the lock is a duplicate
     rows = con.run(
         "UPDATE commands SET status = :st, acked_at = CASE WHEN :st = 'acked' THEN :now ELSE acked_at END,"
         " last_error = :err WHERE id = CAST(:i AS uuid) AND lock_id = CAST(:l AS uuid) AND nonce = :n"
-        " AND status IN ('pending', 'sent') RETURNING action, issuer_kind, issuer_uid",
+        " AND (status IN ('pending', 'sent', 'expired') OR (status = 'failed' AND last_error = :superseded))"
+        " RETURNING action, issuer_kind, issuer_uid, expires_at <= :now, created_at",
         st=ACK_RESULTS[result],
         now=now,
         err=None if result == "ok" else f"{result}: {reason or 'no reason given'}"[:200],
         i=command_id,
         l=lock_id,
         n=nonce,
+        superseded=SUPERSEDED,
     )
     if not rows:
-        return Outcome("duplicate", "no pending or sent command with this id and nonce")
-    if result == "ok" and rows[0][0] in ("unlock", "open") and rows[0][1] == "user":
+        return Outcome("duplicate", "no open, expired or superseded command with this id and nonce")
+    action, issuer_kind, issuer_uid, late, created = rows[0]
+    if result == "ok":
+        # the lock refuses, unacknowledged, every command signed in an earlier second than one it carried out
+        con.run(
+            "UPDATE commands SET status = 'failed', last_error = :superseded WHERE lock_id = CAST(:l AS uuid)"
+            " AND status IN ('pending', 'sent')"
+            " AND date_trunc('second', created_at) < date_trunc('second', CAST(:c AS timestamptz))",
+            l=lock_id,
+            c=created,
+            superseded=SUPERSEDED,
+        )
+    if result == "ok" and action in ("unlock", "open") and issuer_kind == "user":
         # a successful app unlock ends a voice lockout; if a voice decision there holds it now, a marker that the
         # decision (failing) or the lock's next attempt takes ends it (``lockout.clear_unless_busy``)
         lockout.clear_unless_busy(con, lock_id)
@@ -427,9 +447,17 @@ def _ack(con: Connection, lock_id: str, body: dict[str, Any], now: dt.datetime) 
         "ok" if result == "ok" else "failed",
         lock_id=lock_id,
         target=command_id,
-        details={"result": result},
+        details={"result": result, **({"late": True} if late else {})},
     )
+    late_mark = {"late": True} if late else {}  # acknowledged after its expiry
     mirror.activity(
-        con, lock_id, "command_ack", command_id=command_id, action=rows[0][0], result=result, actor_uid=rows[0][2]
+        con,
+        lock_id,
+        "command_ack",
+        command_id=command_id,
+        action=action,
+        result=result,
+        actor_uid=issuer_uid,
+        **late_mark,
     )
     return Outcome("applied")
