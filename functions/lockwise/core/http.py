@@ -97,6 +97,15 @@ class Ctx:
 
 
 def read_body(request: flask.Request, limit: int) -> bytes:
+    """The body as sent, at most ``limit`` bytes. One sent with a ``Content-Encoding`` is refused, 415 naming it: a
+    body is never decoded here, and a gzip body was read as the raw audio or JSON it is not (a plain one labelled
+    gzip was taken: attack run 13; RFC 9110 section 8.4.1)."""
+    coding = request.headers.get("Content-Encoding", "").strip().lower()
+    if coding not in ("", "identity"):
+        raise errors.UnsupportedMediaType(
+            f"Content-Encoding {coding[:40]!r} is not supported: send the body uncompressed",
+            code="unsupported_content_encoding",
+        )
     length = request.content_length
     if length is not None and length > limit:
         raise errors.PayloadTooLarge(f"body of {length} bytes exceeds the limit of {limit} bytes")
