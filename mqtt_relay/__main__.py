@@ -8,6 +8,7 @@ import sys
 import threading
 from typing import Any
 
+from lockwise.core import errors
 from lockwise.core import log as lwlog
 from lockwise.core.config import ConfigError
 from lockwise.core.db import Database
@@ -50,7 +51,9 @@ def main() -> int:
         except NoFreeSlot as exc:
             logging.getLogger("mqtt_relay").error("%s", exc)
             return 2
-        relay = Relay(settings, lease)
+        relay = _made(settings, lease, stop)
+        if relay is None:
+            return 0
         if stop.is_set():
             relay.stop()
         relay.run()
@@ -58,6 +61,18 @@ def main() -> int:
     finally:
         if server is not None:
             server.shutdown()
+
+
+def _made(settings: RelaySettings, lease: Lease, stop: threading.Event) -> Relay | None:
+    """The relay, once the database answers it (it reads its share group): one lost between the lease and this
+    waits as the lease did (the lease itself is taken again by the relay's first check); None when stopped."""
+    while not stop.is_set():
+        try:
+            return Relay(settings, lease)
+        except errors.Unavailable as exc:
+            logging.getLogger("mqtt_relay").warning("database unreachable: waiting to start the relay: %s", exc)
+            stop.wait(1.0)
+    return None
 
 
 if __name__ == "__main__":

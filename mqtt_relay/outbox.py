@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from lockwise.core.db import Connection, Database, rows_as_dicts
-from lockwise.devices import topics
+from lockwise.devices import command_outcomes, topics
 
 log = logging.getLogger("mqtt_relay.outbox")
 
@@ -127,7 +127,7 @@ def deliver_due(db: Database, publish: Publish, *, resend_after_s: int, limit: i
         _fail(con, [r["id"] for r in rows if r["identity"] is None], "lock has no active credentials")
         # never sent: failed; sent: not sent again, and its ack still taken (the lock may have acted on it)
         withdrawn = [r["id"] for r in rows if r["issuer_gone"] and r["status"] == "pending"]
-        _fail(con, withdrawn, "withdrawn: the issuer's access changed")
+        _fail(con, withdrawn, command_outcomes.WITHDRAWN)
         behind = _behind_another_relay(con, rows)
         due = [
             (Delivery(r["id"], r["lock_id"], topics.commands(str(r["identity"]))), str(r["payload"]), max(1, r["ttl"]))

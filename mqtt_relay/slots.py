@@ -17,6 +17,8 @@ import threading
 import time
 from collections.abc import Iterator
 
+from pg8000.exceptions import DatabaseError, InterfaceError
+
 from lockwise.core import errors
 from lockwise.core.db import Connection, Database
 
@@ -60,8 +62,8 @@ class Lease:
                     self._con, self.slot = con, slot
                     log.info("relay slot leased", extra={"fields": {"slot": slot}})
                     return slot
-        except Exception as exc:
-            with contextlib.suppress(Exception):
+        except (InterfaceError, DatabaseError, OSError) as exc:  # lost, or refused for now (shutting down)
+            with contextlib.suppress(InterfaceError, OSError):
                 con.close()
             raise errors.Unavailable("database lost while leasing a slot", code="database_unavailable") from exc
         con.close()

@@ -15,7 +15,7 @@ import pytest
 
 from lockwise.core.config import get_settings
 from lockwise.core.db import Connection, Database
-from lockwise.devices import command_signing, lockout
+from lockwise.devices import command_outcomes, command_signing, lockout
 from mqtt_relay import outbox
 from tests.devices_world import World, build_world
 
@@ -328,6 +328,45 @@ def test_an_ack_that_comes_after_its_command_expired_is_recorded_as_late(
     assert _ack(world, stack_env, relay_db, command_id) == "duplicate"  # once
 
 
+def test_a_late_ack_ends_no_lockout_and_one_past_a_day_is_not_taken(
+    world: World, relay_db: Database, stack_env: dict[str, str]
+) -> None:
+    """A late ack of an app unlock is recorded but does not end a voice lockout (one begun since is not the one
+    that unlock answered); an ack past a day after its command's expiry is a duplicate; an ack of a withdrawn
+    command (a voice grant the lock acted on by its HTTP answer) is taken."""
+    late, stale, withdrawn = (send(world, "owner").get_json()["command"]["id"] for _ in range(3))
+    with relay_db.transaction() as con:
+        con.run(
+            "UPDATE commands SET created_at = now() - interval '40 seconds',"
+            " expires_at = now() - interval '10 seconds', status = 'expired' WHERE id = CAST(:i AS uuid)",
+            i=late,
+        )
+        con.run(
+            "UPDATE commands SET created_at = now() - interval '25 hours',"
+            " expires_at = now() - interval '1441 minutes', status = 'expired' WHERE id = CAST(:i AS uuid)",
+            i=stale,
+        )
+        con.run(
+            "UPDATE commands SET status = 'failed', last_error = :w WHERE id = CAST(:i AS uuid)",
+            i=withdrawn,
+            w=command_outcomes.WITHDRAWN,
+        )
+        con.run(
+            "INSERT INTO voice_lockouts (lock_id, consecutive_failures) VALUES (CAST(:l AS uuid), 4)"
+            " ON CONFLICT (lock_id) DO UPDATE SET consecutive_failures = 4, locked_until = NULL",
+            l=world.lock_id,
+        )
+    assert _ack(world, stack_env, relay_db, late) == "applied"
+    with relay_db.connection() as con:
+        assert con.run(
+            "SELECT consecutive_failures FROM voice_lockouts WHERE lock_id = CAST(:l AS uuid)", l=world.lock_id
+        ) == [[4]]
+    assert _ack(world, stack_env, relay_db, stale) == "duplicate"
+    assert status(relay_db, stale) == ("expired", None)
+    assert _ack(world, stack_env, relay_db, withdrawn) == "applied"
+    assert status(relay_db, withdrawn) == ("acked", None)
+
+
 def test_a_newer_commands_ack_settles_the_older_ones_the_lock_will_refuse(
     world: World, relay_db: Database, stack_env: dict[str, str]
 ) -> None:
@@ -362,3 +401,13 @@ def test_a_newer_commands_ack_settles_the_older_ones_the_lock_will_refuse(
     assert _ack(world, stack_env, relay_db, refused_older, "refused") == "applied"
     assert status(relay_db, refused_older)[0] == "failed"
     assert _ack(world, stack_env, relay_db, refused_older) == "duplicate"  # what the lock said stands
+    # a command the lock tried and could not carry out (jammed) supersedes too: it recorded its time first
+    jammed_older, jammed = (send(world, "owner").get_json()["command"]["id"] for _ in range(2))
+    with relay_db.transaction() as con:
+        con.run(
+            "UPDATE commands SET created_at = date_trunc('second', now()) - interval '3 seconds'"
+            " WHERE id = CAST(:i AS uuid)",
+            i=jammed_older,
+        )
+    assert _ack(world, stack_env, relay_db, jammed, "failed") == "applied"
+    assert status(relay_db, jammed_older) == ("failed", command_outcomes.SUPERSEDED)

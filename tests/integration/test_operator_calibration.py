@@ -52,11 +52,12 @@ def test_calibrate_writes_an_ecapa_cohort_the_functions_normalise_with(
     half = manifest["clips"] // 2
     assert not np.allclose(vectors[:half], vectors[half:])  # the noisy copies are not the clean clips again
 
-    settings = Settings.from_env({"LOCKWISE_MODEL_DIR": str(deployed), "LOCKWISE_ENCODER": "ecapa"})
+    settings = Settings.from_env({"LOCKWISE_MODEL_DIR": str(deployed), "LOCKWISE_ENCODER": "ecapa"}, component="verify")
     with pytest.raises(ModelError, match="LOCKWISE_VOICE_THRESHOLD"):
         load_scorer(settings, encoder)  # a cohort, but no threshold on its scale: refuse to start
     settings = Settings.from_env(
-        {"LOCKWISE_MODEL_DIR": str(deployed), "LOCKWISE_ENCODER": "ecapa", "LOCKWISE_VOICE_THRESHOLD": "3.0"}
+        {"LOCKWISE_MODEL_DIR": str(deployed), "LOCKWISE_ENCODER": "ecapa", "LOCKWISE_VOICE_THRESHOLD": "3.0"},
+        component="verify",
     )
     scorer = load_scorer(settings, encoder)
     assert scorer.normalised

@@ -35,7 +35,7 @@ def upsert(con: Connection, user: User) -> None:
         # not by an account found deleted (its tokens live up to an hour): it would take the address from the
         # account made again with it
         con.run(
-            "UPDATE users SET email = NULL, email_since = :t WHERE lower(email) = lower(:e) AND uid <> :u"
+            "UPDATE users SET email = NULL WHERE lower(email) = lower(:e) AND uid <> :u"
             " AND (email_since IS NULL OR email_since <= :t)"
             " AND NOT EXISTS (SELECT 1 FROM users gone WHERE gone.uid = :u AND gone.account_gone_at IS NOT NULL)",
             e=email,
@@ -56,13 +56,15 @@ def upsert(con: Connection, user: User) -> None:
 
 
 def issued_at(user: User) -> dt.datetime:
-    """When ``user``'s ID token was issued (its ``iat``; now for a token without one)."""
+    """When ``user``'s ID token was issued (its ``iat``, which the verifier requires); one it cannot be (before the
+    epoch, or past what a date holds: an emulator's unsigned token) counts as the oldest, vouching for nothing."""
     issued = user.claims.get("iat")
-    if isinstance(issued, int | float) and not isinstance(issued, bool):
+    if isinstance(issued, int | float) and not isinstance(issued, bool) and 0 <= issued < 2**33:
         return dt.datetime.fromtimestamp(issued, dt.UTC)
-    return dt.datetime.now(dt.UTC)
+    return _EPOCH
 
 
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 #: a token issued this long after an account was found gone (clocks apart) says it exists again
 RESTORED_LEEWAY_S = 60
 

@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 from lockwise.core import audit, errors, inputs, mirror, users
 from lockwise.core.db import Connection, rows_as_dicts
-from lockwise.devices import command_signing
+from lockwise.devices import command_outcomes, command_signing
 
 ACTIONS = ("lock", "unlock", "open")
 _IDEMPOTENCY_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
@@ -65,11 +65,12 @@ def withdraw_unsent(con: Connection, lock_id: str, uid: str) -> None:
         now=dt.datetime.now(dt.UTC),  # the clock commands' created_at is read from
     )
     con.run(
-        "UPDATE commands SET status = 'failed', last_error = 'withdrawn: the issuer''s access changed'"
+        "UPDATE commands SET status = 'failed', last_error = :withdrawn"
         " WHERE id IN (SELECT id FROM commands WHERE lock_id = CAST(:l AS uuid) AND issuer_uid = :u"
         " AND status = 'pending' FOR UPDATE SKIP LOCKED)",
         l=lock_id,
         u=uid,
+        withdrawn=command_outcomes.WITHDRAWN,
     )
 
 

@@ -3,7 +3,8 @@
 The relay forwards each MQTT message as ``{"topic", "payload"}``; the topic names the lock (its broker identity).
 Applying an event is idempotent, so a redelivery after a relay crash changes nothing: a state report is known by its
 time and state among the lock's last ``RECENT_REPORTS`` and taken once; one older than the last applied changes no
-state but is listed in the feed as late; an ack of a command that is no longer pending or sent is a duplicate.
+state but is listed in the feed as late; an ack of a command the lock already answered, or unknown, is a duplicate
+(one that comes late, after the command expired, was withdrawn or superseded, is taken: the lock may have acted).
 
 Each event is checked and judged on its own (``apply_batch``; the database work of a batch is done once for it, and
 one event at a time only when the database refuses something): a bad event from one lock (malformed, oversized, NUL
@@ -24,13 +25,13 @@ from typing import Any
 
 from lockwise.core import audit, errors, inputs, mirror
 from lockwise.core.db import Connection, refused_for_now
-from lockwise.devices import lockout, topics
+from lockwise.devices import command_outcomes, lockout, topics
 
 STATES = ("locked", "unlocked", "locking", "unlocking", "jammed")
 ACK_RESULTS = {"ok": "acked", "failed": "failed", "refused": "failed"}
-#: what an open command older (by its signed second) than one the lock carried out reads: the lock refuses it without
-#: an ack (docs/FIRMWARE.md, step 7), and it read ``expired`` 30 s later although a newer one was done (attack run 13)
-SUPERSEDED = "superseded: the lock carried out a newer command first"
+#: how long after its expiry a command's ack is still taken (a lock that acted on a voice grant, then lost its
+#: network, acknowledges when it is back); later, a duplicate
+LATE_ACK_TAKEN = dt.timedelta(days=1)
 MAX_FUTURE_S = 300
 #: a lock's state row is made with the lock: one missing is a lock deleted since its credential was read
 NO_STATE = "the lock has no state: deleted"
@@ -408,12 +409,13 @@ def _ack(con: Connection, lock_id: str, body: dict[str, Any], now: dt.datetime) 
         return Outcome("rejected", "id is not a command id")
     # an ack settles an open command, and also one that expired (the lock acted in time, by its grant or the message,
     # and its ack was held up while the relay or the broker was away: 29 doors that opened read ``expired`` in attack
-    # run 13) or that a newer command's ack marked superseded (two relay replicas may take one lock's acks out of
-    # order); one already acked or failed by the lock is a duplicate
+    # run 13), one withdrawn (a voice grant the lock acted on by its HTTP answer) or one a newer command's ack marked
+    # superseded (two relay replicas may take one lock's acks out of order); one the lock answered is a duplicate
     rows = con.run(
         "UPDATE commands SET status = :st, acked_at = CASE WHEN :st = 'acked' THEN :now ELSE acked_at END,"
         " last_error = :err WHERE id = CAST(:i AS uuid) AND lock_id = CAST(:l AS uuid) AND nonce = :n"
-        " AND (status IN ('pending', 'sent', 'expired') OR (status = 'failed' AND last_error = :superseded))"
+        " AND (status IN ('pending', 'sent', 'expired') OR (status = 'failed' AND last_error = ANY(:settled)))"
+        " AND expires_at > CAST(:now AS timestamptz) - make_interval(secs => :late_s)"
         " RETURNING action, issuer_kind, issuer_uid, expires_at <= :now, created_at",
         st=ACK_RESULTS[result],
         now=now,
@@ -421,25 +423,32 @@ def _ack(con: Connection, lock_id: str, body: dict[str, Any], now: dt.datetime) 
         i=command_id,
         l=lock_id,
         n=nonce,
-        superseded=SUPERSEDED,
+        settled=list(command_outcomes.SETTLED_BY_AN_ACK),
+        late_s=LATE_ACK_TAKEN.total_seconds(),
     )
     if not rows:
-        return Outcome("duplicate", "no open, expired or superseded command with this id and nonce")
+        return Outcome("duplicate", "no command this lock has yet to answer with this id and nonce")
     action, issuer_kind, issuer_uid, late, created = rows[0]
-    if result == "ok":
-        # the lock refuses, unacknowledged, every command signed in an earlier second than one it carried out
+    if result in ("ok", "failed"):
+        # the lock refuses, unacknowledged, every command signed in an earlier second than one it carried out or
+        # tried (it records the time before it acts: step 8); one the relay holds while it publishes is passed over
+        # (it reads ``expired`` later, as before), not waited for past the statement limit with every lock's batch
         con.run(
-            "UPDATE commands SET status = 'failed', last_error = :superseded WHERE lock_id = CAST(:l AS uuid)"
-            " AND status IN ('pending', 'sent')"
-            " AND date_trunc('second', created_at) < date_trunc('second', CAST(:c AS timestamptz))",
+            "UPDATE commands SET status = 'failed', last_error = :superseded WHERE id IN (SELECT id FROM commands"
+            " WHERE lock_id = CAST(:l AS uuid) AND status IN ('pending', 'sent') AND expires_at > :now"
+            " AND date_trunc('second', created_at) < date_trunc('second', CAST(:c AS timestamptz))"
+            " FOR UPDATE SKIP LOCKED)",
             l=lock_id,
             c=created,
-            superseded=SUPERSEDED,
+            now=now,
+            superseded=command_outcomes.SUPERSEDED,
         )
-    if result == "ok" and action in ("unlock", "open") and issuer_kind == "user":
+    if result == "ok" and action in ("unlock", "open") and issuer_kind == "user" and not late:
         # a successful app unlock ends a voice lockout; if a voice decision there holds it now, a marker that the
-        # decision (failing) or the lock's next attempt takes ends it (``lockout.clear_unless_busy``)
+        # decision (failing) or the lock's next attempt takes ends it (``lockout.clear_unless_busy``); not one acked
+        # late: a lockout begun since is not the one that unlock answered
         lockout.clear_unless_busy(con, lock_id)
+    late_mark = {"late": True} if late else {}  # acknowledged after its expiry
     audit.record(
         con,
         audit.lock_actor(lock_id),
@@ -447,9 +456,8 @@ def _ack(con: Connection, lock_id: str, body: dict[str, Any], now: dt.datetime) 
         "ok" if result == "ok" else "failed",
         lock_id=lock_id,
         target=command_id,
-        details={"result": result, **({"late": True} if late else {})},
+        details={"result": result, **late_mark},
     )
-    late_mark = {"late": True} if late else {}  # acknowledged after its expiry
     mirror.activity(
         con,
         lock_id,

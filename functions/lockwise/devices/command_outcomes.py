@@ -1,0 +1,14 @@
+"""What a command that never reached its lock, or that the lock will refuse, says it failed for (``last_error``):
+written by the devices function and by the relay's outbox, read by the acks' handling (``lock_events``), which still
+takes a lock's ack of such a command: the lock may have acted on it all the same."""
+
+from __future__ import annotations
+
+#: its issuer was removed, or their access narrowed, before it was sent (``commands.withdraw_unsent``, the relay's
+#: outbox); a voice grant withdrawn so may have been acted on already, by the lock's HTTP answer
+WITHDRAWN = "withdrawn: the issuer's access changed"
+#: signed in an earlier second than a command the lock has carried out (or tried to): the lock refuses it without
+#: an ack (docs/FIRMWARE.md, step 7); it read ``expired`` 30 s later although a newer one was done (attack run 13)
+SUPERSEDED = "superseded: the lock carried out a newer command first"
+#: what an ack may still settle besides an open or expired command
+SETTLED_BY_AN_ACK = (WITHDRAWN, SUPERSEDED)
