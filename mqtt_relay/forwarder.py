@@ -174,19 +174,30 @@ class Forwarder:
             pass
         return "taken"
 
-    def flush_mirror(self) -> None:
+    def flush_mirror(self) -> bool:
         """Ask the devices function for its upkeep: write queued Firestore mirror rows (the app's view converges),
         refresh guests' windows, prune expired rows, end gone accounts. A failure is logged with the function's
         error and kept in ``upkeep_error`` until an upkeep succeeds (its answer was not read: a failing upkeep went
-        unseen). Not on the forwarder's session, which is its thread's."""
+        unseen). Not on the forwarder's session, which is its thread's. Returns whether the function says locks'
+        access is left due (ask again at once)."""
         try:
             resp = requests.post(self.flush_url, headers={**self.headers, **self.identity()}, timeout=self.timeout_s)
         except (requests.RequestException, OSError) as exc:
             self.upkeep_error = type(exc).__name__
         else:
             self.upkeep_error = None if resp.status_code == 200 else f"HTTP {resp.status_code} {_error_code(resp)}"
-        if self.upkeep_error:
-            log.warning("devices upkeep failed; will retry", extra={"fields": {"error": self.upkeep_error}})
+            if self.upkeep_error is None:
+                return _access_due(resp)
+        log.warning("devices upkeep failed; will retry", extra={"fields": {"error": self.upkeep_error}})
+        return False
+
+
+def _access_due(resp: requests.Response) -> bool:
+    """Whether an upkeep's answer says locks' access is left due (an older function's says nothing: no)."""
+    try:
+        return resp.json().get("access_due") is True
+    except (ValueError, AttributeError):
+        return False
 
 
 def _error_code(resp: requests.Response) -> str:

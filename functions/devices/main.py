@@ -409,10 +409,10 @@ def relay_events(ctx: Ctx) -> JsonBody:
 def relay_flush(ctx: Ctx) -> JsonBody:
     require_relay(ctx)
     try:
-        upkeep.every_step(rt.db, accounts_directory, rt.settings, rt.now)  # the first step's failure is the answer
+        access_due = upkeep.every_step(rt.db, accounts_directory, rt.settings, rt.now)  # the first failure answers
     finally:
         written = rt.flush_mirror(force=True)  # what the steps that ran queued
-    return {"written": written, "pending": rt.mirror.pending()}
+    return {"written": written, "pending": rt.mirror.pending(), "access_due": access_due}
 
 
 def current_address(user: auth.User) -> auth.User:

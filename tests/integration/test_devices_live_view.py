@@ -23,7 +23,7 @@ from lockwise.core.config import get_settings
 from lockwise.core.runtime import get_runtime
 from lockwise.devices import lock_events, members
 from tests.conftest import PROJECT_ID
-from tests.devices_world import World, build_world, join
+from tests.devices_world import World, build_world, create_lock, join
 from tests.waiting import wait_for
 
 
@@ -496,6 +496,39 @@ def test_at_a_members_access_edge_the_upkeep_writes_their_access_document(
         (due,) = con.run("SELECT due_at FROM mirror_refresh_due WHERE lock_id = CAST(:l AS uuid)", l=world.lock_id)
     midnight = dt.datetime.now(ZoneInfo("Asia/Kolkata")).replace(hour=0, minute=0, second=0, microsecond=0)
     assert due[0] == midnight + dt.timedelta(days=1)  # the guest's next edge
+
+
+def test_many_locks_due_at_once_are_refreshed_in_rounds_the_relay_asks_for_at_once(
+    world: World, stack_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Edges that fall together (every whole-day guest of a zone at its midnight) are more than one upkeep's budget
+    refreshes: the upkeep says so (``access_due``) and the relay asks again at once, not at its next period; once
+    none is left it says so too."""
+    extra = [create_lock(world.devices, world.accounts["owner"], name=f"Door {i}")["lock"]["id"] for i in range(3)]
+    ours = [world.lock_id, *extra]
+    with get_runtime("devices").db.transaction() as con:
+        con.run(
+            "INSERT INTO mirror_refresh_due (lock_id, due_at) SELECT id, now() - interval '1 second' FROM locks"
+            " WHERE id = ANY(CAST(:l AS uuid[])) ON CONFLICT (lock_id) DO UPDATE SET due_at = EXCLUDED.due_at",
+            l=ours,
+        )
+    monkeypatch.setattr(members, "REFRESH_BATCH", 1)
+    monkeypatch.setattr(members, "REFRESH_BUDGET_S", 0.0)
+    service = {"X-LockWise-Service-Token": stack_env["LOCKWISE_SERVICE_TOKEN"]}
+    answers = []
+    for _ in range(60):  # other tests' locks may be due too: at most a few dozen
+        resp = world.devices.post("/devices/relay/flush", headers=service)
+        assert resp.status_code == 200, resp.get_json()
+        answers.append(resp.get_json()["access_due"])
+        if not answers[-1]:
+            break
+    assert answers[0] is True and answers[-1] is False and len(answers) >= len(ours)
+    with get_runtime("devices").db.connection() as con:
+        left = con.run(
+            "SELECT count(*) FROM mirror_refresh_due WHERE lock_id = ANY(CAST(:l AS uuid[])) AND due_at <= now()",
+            l=ours,
+        )
+    assert left == [[0]]
 
 
 def _windows(now: dt.datetime) -> list[dict[str, Any]]:

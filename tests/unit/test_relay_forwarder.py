@@ -70,6 +70,20 @@ def test_a_failed_upkeep_is_kept_until_one_succeeds(devices: tuple[str, list[tup
     assert forwarder.upkeep_error is None and answers == []
 
 
+def test_an_upkeep_that_left_access_due_is_asked_again(devices: tuple[str, list[tuple[int, bytes]]]) -> None:
+    """Many access edges at one instant: the function's budget runs out and it says so; the relay asks again at
+    once instead of at its next period. An answer without the field (an older function) or a failure: not again."""
+    url, answers = devices
+    forwarder = Forwarder(url, "token", timeout_s=5)
+    answers += [
+        (200, b'{"written": 3, "pending": 0, "access_due": true}'),
+        (200, b'{"written": 0, "pending": 0, "access_due": false}'),
+        (200, b'{"written": 0}'),
+        (503, b'{"access_due": true}'),
+    ]
+    assert [forwarder.flush_mirror() for _ in range(4)] == [True, False, False, False]
+
+
 def test_an_unreachable_devices_function_is_an_upkeep_error() -> None:
     forwarder = Forwarder("http://127.0.0.1:9", "token", timeout_s=2)  # the discard port: nothing listens
     forwarder.flush_mirror()

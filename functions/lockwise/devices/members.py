@@ -359,18 +359,19 @@ def mirror_access(con: Connection, lock_id: str) -> None:
         con.run("DELETE FROM mirror_refresh_due WHERE lock_id = CAST(:l AS uuid)", l=lock_id)
 
 
-def mirror_access_due(db: Database, budget_s: float = REFRESH_BUDGET_S) -> int:
+def mirror_access_due(db: Database, budget_s: float | None = None) -> bool:
     """Mirror again the members of locks where a member's access reached an edge (an expiry, a guest window's end or
     start, a zone's change of offset; run by the relay's periodic upkeep), ``REFRESH_BATCH`` locks a transaction,
     until none is due or ``budget_s`` has passed (edges fall together: every whole-day guest of a zone at its
-    midnight); returns how many locks."""
-    deadline, done = time.monotonic() + budget_s, 0
+    midnight); returns whether locks may be left due (the budget ran out first: the relay asks again at once)."""
+    deadline = time.monotonic() + (REFRESH_BUDGET_S if budget_s is None else budget_s)
     while True:
         with db.transaction() as con:
             batch = _mirror_access_due(con)
-        done += batch
-        if batch < REFRESH_BATCH or time.monotonic() >= deadline:
-            return done
+        if batch < REFRESH_BATCH:
+            return False
+        if time.monotonic() >= deadline:
+            return True
 
 
 def _mirror_access_due(con: Connection) -> int:

@@ -18,15 +18,21 @@ def every_step(
     directory: Callable[[], accounts.Directory],
     settings: Settings,
     now: Callable[[], dt.datetime],
-) -> None:
-    """Run every step; the first step's failure is raised once all have run."""
+) -> bool:
+    """Run every step; the first step's failure is raised once all have run. Returns whether locks' access is left
+    due (many edges fell together: the relay asks again at once rather than at its next period)."""
+    access_due = False
+
+    def refresh_access() -> None:
+        nonlocal access_due
+        access_due = members.mirror_access_due(db)
 
     def prune_expired() -> None:
         with db.transaction() as con:
             retention.prune_expired(con, nonces_kept_s=lock_auth.nonces_kept_s(settings))
 
     steps: tuple[Callable[[], object], ...] = (
-        lambda: members.mirror_access_due(db),
+        refresh_access,
         prune_expired,
         lambda: gone_accounts.end(db, directory, settings, now),
     )
@@ -38,3 +44,4 @@ def every_step(
             failed = failed or exc
     if failed is not None:
         raise failed
+    return access_due
