@@ -116,7 +116,14 @@ def deliver_due(db: Database, publish: Publish, *, resend_after_s: int, limit: i
             " AS issuer_gone"
             " FROM commands c"
             " LEFT JOIN lock_credentials cr ON cr.lock_id = c.lock_id AND cr.revoked_at IS NULL"
-            " WHERE c.expires_at > now() AND (c.status = 'pending'"
+            " WHERE c.expires_at > now()"
+            # not to a lock known offline: the broker would keep it in the lock's session, out of reach, and a member
+            # removed meanwhile had their unlock carried out when the lock came back (attack run 14: 8 s after the
+            # removal was answered); held here it stays ``pending``, withdrawn by a removal, sent once the lock reports
+            # itself again (a lock never heard from is sent to, as before)
+            " AND NOT EXISTS (SELECT 1 FROM lock_state s WHERE s.lock_id = c.lock_id AND NOT s.online"
+            "   AND s.last_seen IS NOT NULL)"
+            " AND (c.status = 'pending'"
             "   OR (c.status = 'sent' AND c.sent_at < now() - make_interval(secs => :resend)"
             "     AND NOT EXISTS (SELECT 1 FROM commands n WHERE n.lock_id = c.lock_id"
             "       AND n.created_at > c.created_at AND n.status IN ('pending', 'sent', 'acked'))))"

@@ -83,6 +83,35 @@ def test_an_unlock_sent_once_is_not_sent_again_after_its_issuer_is_removed(world
     assert status(relay_db, sent)[0] == "sent"
 
 
+def test_nothing_is_sent_to_a_lock_known_offline_so_a_removal_still_withdraws_it(
+    world: World, relay_db: Database
+) -> None:
+    """Sent to an offline lock, a command waited in the broker's session for it, out of reach: a member removed
+    meanwhile had their unlock carried out when the lock came back, 8 s after the removal was answered (attack run
+    14). A lock known offline is sent nothing: the command stays pending (a removal withdraws it) and goes out once
+    the lock reports itself again."""
+
+    def lock_is(online: bool) -> None:
+        with relay_db.transaction() as con:
+            con.run(
+                "UPDATE lock_state SET online = :o, last_seen = now() WHERE lock_id = CAST(:l AS uuid)",
+                o=online,
+                l=world.lock_id,
+            )
+
+    lock_is(False)
+    removed, owners = (send(world, role).get_json()["command"]["id"] for role in ("member", "owner"))
+    assert deliver(relay_db, world) == []
+    assert status(relay_db, removed) == ("pending", None)
+    resp = world.devices.delete(
+        f"/devices/locks/{world.lock_id}/members/{world.uid('member')}", headers=world.headers("owner")
+    )
+    assert resp.status_code == 204
+    assert status(relay_db, removed) == ("failed", command_outcomes.WITHDRAWN)
+    lock_is(True)
+    assert [c.id for c, _ in deliver(relay_db, world)] == [owners]
+
+
 def test_a_guest_moved_out_of_their_window_has_their_unsent_unlock_withdrawn(world: World, relay_db: Database) -> None:
     waiting = send(world, "guest_in").get_json()["command"]["id"]
     tomorrow = (dt.datetime.now(dt.UTC) + dt.timedelta(days=1)).isoformat()
@@ -361,6 +390,25 @@ def test_a_late_ack_ends_no_lockout_and_one_past_a_day_is_not_taken(
         assert con.run(
             "SELECT consecutive_failures FROM voice_lockouts WHERE lock_id = CAST(:l AS uuid)", l=world.lock_id
         ) == [[4]]
+    # an app unlock made before the failures that locked voice out (its ack within its time) ends none of them
+    before = send(world, "owner").get_json()["command"]["id"]
+    time.sleep(0.05)
+    with relay_db.transaction() as con:
+        lockout.hold(con, world.lock_id, dt.datetime.now(dt.UTC))
+        lockout.record_failure(con, world.lock_id, dt.datetime.now(dt.UTC), after=5, base_s=30)
+    assert _ack(world, stack_env, relay_db, before) == "applied"
+    with relay_db.connection() as con:
+        assert con.run(
+            "SELECT consecutive_failures FROM voice_lockouts WHERE lock_id = CAST(:l AS uuid)", l=world.lock_id
+        ) == [[5]]
+    after = send(world, "owner").get_json()["command"]["id"]  # one made after them ends them
+    assert _ack(world, stack_env, relay_db, after) == "applied"
+    with relay_db.connection() as con:
+        assert con.run(
+            "SELECT consecutive_failures, locked_until FROM voice_lockouts WHERE lock_id = CAST(:l AS uuid)",
+            l=world.lock_id,
+        ) == [[0, None]]
+
     assert _ack(world, stack_env, relay_db, stale) == "duplicate"
     assert status(relay_db, stale) == ("expired", None)
     assert _ack(world, stack_env, relay_db, withdrawn) == "applied"

@@ -412,11 +412,12 @@ def _ack(con: Connection, lock_id: str, body: dict[str, Any], now: dt.datetime) 
     # run 13), one withdrawn (a voice grant the lock acted on by its HTTP answer) or one a newer command's ack marked
     # superseded (two relay replicas may take one lock's acks out of order); one the lock answered is a duplicate
     rows = con.run(
-        "UPDATE commands SET status = :st, acked_at = CASE WHEN :st = 'acked' THEN :now ELSE acked_at END,"
-        " last_error = :err WHERE id = CAST(:i AS uuid) AND lock_id = CAST(:l AS uuid) AND nonce = :n"
+        "UPDATE commands c SET status = :st, acked_at = CASE WHEN :st = 'acked' THEN :now ELSE acked_at END,"
+        " last_error = :err FROM (SELECT id, status AS was FROM commands WHERE id = CAST(:i AS uuid) FOR UPDATE) old"
+        " WHERE c.id = old.id AND lock_id = CAST(:l AS uuid) AND nonce = :n"
         " AND (status IN ('pending', 'sent', 'expired') OR (status = 'failed' AND last_error = ANY(:settled)))"
         " AND expires_at > CAST(:now AS timestamptz) - make_interval(secs => :late_s)"
-        " RETURNING action, issuer_kind, issuer_uid, expires_at <= :now, created_at",
+        " RETURNING action, issuer_kind, issuer_uid, expires_at <= :now, created_at, old.was = 'failed'",
         st=ACK_RESULTS[result],
         now=now,
         err=None if result == "ok" else f"{result}: {reason or 'no reason given'}"[:200],
@@ -428,7 +429,7 @@ def _ack(con: Connection, lock_id: str, body: dict[str, Any], now: dt.datetime) 
     )
     if not rows:
         return Outcome("duplicate", "no command this lock has yet to answer with this id and nonce")
-    action, issuer_kind, issuer_uid, late, created = rows[0]
+    action, issuer_kind, issuer_uid, late, created, settled_before = rows[0]
     if result in ("ok", "failed"):
         # the lock refuses, unacknowledged, every command signed in an earlier second than one it carried out or
         # tried (it records the time before it acts: step 8); one the relay holds while it publishes is passed over
@@ -443,11 +444,12 @@ def _ack(con: Connection, lock_id: str, body: dict[str, Any], now: dt.datetime) 
             now=now,
             superseded=command_outcomes.SUPERSEDED,
         )
-    if result == "ok" and action in ("unlock", "open") and issuer_kind == "user" and not late:
-        # a successful app unlock ends a voice lockout; if a voice decision there holds it now, a marker that the
-        # decision (failing) or the lock's next attempt takes ends it (``lockout.clear_unless_busy``); not one acked
-        # late: a lockout begun since is not the one that unlock answered
-        lockout.clear_unless_busy(con, lock_id)
+    if result == "ok" and action in ("unlock", "open") and issuer_kind == "user" and not (late or settled_before):
+        # a successful app unlock ends a voice lockout, the failures counted before it was made (``created``: one
+        # begun since is not the one it answered, attack run 14); if a voice decision there holds it now, a marker
+        # that the decision (failing) or the lock's next attempt takes ends it (``lockout.clear_unless_busy``); not
+        # one acked late, withdrawn (its issuer removed) or superseded
+        lockout.clear_unless_busy(con, lock_id, counted_before=created)
     late_mark = {"late": True} if late else {}  # acknowledged after its expiry
     audit.record(
         con,

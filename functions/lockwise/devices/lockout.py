@@ -70,19 +70,28 @@ def record_failure(con: Connection, lock_id: str, now: dt.datetime, *, after: in
 _CLEAR = "UPDATE voice_lockouts SET consecutive_failures = 0, locked_until = NULL, updated_at = now() WHERE lock_id = "
 
 
-def clear_unless_busy(con: Connection, lock_id: str) -> None:
+def clear_unless_busy(con: Connection, lock_id: str, *, counted_before: dt.datetime) -> None:
     """``clear``, unless a voice decision at the lock holds the row (for its forward pass, up to 20 s): then, at
     once, a marker that decision or the lock's next attempt takes as it counts (``record_failure``, ``hold``). For
     the relay's batches, which carry every lock's events: one lock's ack waiting for its own voice attempt held the
-    whole batch past the statement limit (a 503 for every lock in it: attack run)."""
-    free = "(SELECT lock_id FROM voice_lockouts WHERE lock_id = CAST(:l AS uuid) FOR UPDATE SKIP LOCKED)"
-    if con.run(_CLEAR + free + " RETURNING 1", l=lock_id):
+    whole batch past the statement limit (a 503 for every lock in it: attack run). Only when no failure was counted
+    after ``counted_before`` (the app unlock's making: it answers the failures before it, not a lockout begun
+    since)."""
+    rows = con.run(
+        "SELECT updated_at <= :t FROM voice_lockouts WHERE lock_id = CAST(:l AS uuid) FOR UPDATE SKIP LOCKED",
+        l=lock_id,
+        t=counted_before,
+    )
+    if rows:  # free, and now held here
+        if rows[0][0]:
+            clear(con, lock_id)
         return
-    # held (a lock with no row has nothing to clear; a plain read of the row does not wait for its holder)
+    # held, or none (nothing to clear; a plain read of the row does not wait for its holder)
     con.run(
         "INSERT INTO voice_lockout_clears (lock_id)"
-        " SELECT lock_id FROM voice_lockouts WHERE lock_id = CAST(:l AS uuid)",
+        " SELECT lock_id FROM voice_lockouts WHERE lock_id = CAST(:l AS uuid) AND updated_at <= :t",
         l=lock_id,
+        t=counted_before,
     )
 
 
