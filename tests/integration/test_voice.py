@@ -1008,6 +1008,28 @@ def test_enrollments_that_reach_the_model_are_counted_per_day(
     assert "vad" in ran and "fingerprint" in ran  # the counting reaches the models that run
 
 
+def test_voice_data_deleted_while_an_enrollment_runs_stays_deleted(
+    clients: dict[str, Any], world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``DELETE /embed/enrollment`` answered while an enrollment computed its voiceprint: the enrollment stored it
+    afterwards, and the account's deletion left it behind (attack run 14: 6 of 8 rounds). The enrollment now stores
+    nothing (409 ``voice_data_deleted``); one begun after the deletion enrolls as ever."""
+    account = world.accounts["stranger"]
+    agreement = scoring.agreement
+
+    def deleted_meanwhile(embeddings: Any) -> Any:  # between the model's passes and the store
+        assert clients["embed"].delete("/embed/enrollment", headers=bearer(account)).status_code == 204
+        return agreement(embeddings)
+
+    monkeypatch.setattr(scoring, "agreement", deleted_meanwhile)
+    refused = enroll(clients, account)
+    assert (refused.status_code, refused.get_json()["error"]["code"]) == (409, "voice_data_deleted")
+    with get_runtime("embed").db.connection() as con:
+        assert con.run("SELECT count(*) FROM voiceprints WHERE user_uid = :u", u=account["localId"]) == [[0]]
+    monkeypatch.setattr(scoring, "agreement", agreement)
+    assert enroll(clients, account).status_code == 201
+
+
 def test_enrollment_samples_that_disagree_name_the_outlier(
     voice_env: dict[str, str], make_client: Any, sign_up: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -7,6 +7,11 @@ from __future__ import annotations
 from lockwise.core import mirror
 from lockwise.core.db import Connection
 
+#: a user's voice data changes one transaction at a time: an enrollment storing it, its erasure (not the user's row,
+#: which the erasure would hold while it waits for the door decisions reading the voiceprint: every request holding
+#: that row, a command, an invitation's acceptance, would wait with it)
+VOICE_LOCK = "SELECT pg_advisory_xact_lock(hashtextextended('voice ' || :u, 0))"
+
 
 def forget_voice(con: Connection, uid: str) -> int:
     """Delete all of ``uid``'s voice data; returns the number of voiceprint rows removed.
@@ -21,6 +26,15 @@ def forget_voice(con: Connection, uid: str) -> int:
     the statements after it, each reading afresh, scrub what those decisions wrote; a decision that begins meanwhile
     waits and finds no voiceprint. Before, a door could open on this voice after the deletion was answered, its
     score and fingerprint left behind (attack runs)."""
+    # one at a time with the user's enrollments as they store (``VOICE_LOCK``), and marked: an enrollment that began
+    # before this stores nothing, also one computing its voiceprint now (``lockwise.voice.enrollment``); the time is
+    # taken once the lock is held, so it is later than the start of every enrollment that stored before
+    con.run(VOICE_LOCK, u=uid)
+    con.run(
+        "INSERT INTO voice_erasures (user_uid, erased_at) SELECT uid, clock_timestamp() FROM users WHERE uid = :u"
+        " ON CONFLICT (user_uid) DO UPDATE SET erased_at = EXCLUDED.erased_at",
+        u=uid,
+    )
     removed = len(con.run("DELETE FROM voiceprints WHERE user_uid = :u RETURNING 1", u=uid))  # + its samples' prints
     con.run("DELETE FROM voice_fingerprints WHERE speaker_uid = :u", u=uid)  # of the doors it opened
     con.run(

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from lockwise.core import audit, errors, quotas, users
+from lockwise.core import audit, erasure, errors, quotas, users
 from lockwise.core.config import Settings
 from lockwise.core.db import Connection, Database
 from lockwise.voice import audio, known_recordings, scoring, voiceprints
@@ -67,6 +67,7 @@ def enroll(
         users.hold(con, uid)
         _refuse_past_the_limit(comparisons_wait(con, uid, settings.enroll_comparisons))
         _count_a_run(con, uid, settings.enrollments_per_day)
+        began = con.run("SELECT now()")[0][0]  # this transaction's start: a deletion of voice data after it wins
     embeddings = np.stack([encoder.embed(c.samples, c.rate) for c in clips])
     unusable = scoring.unusable_rows(embeddings)
     if unusable:  # a voiceprint of NaN (or of no direction) would compare as nothing and pass every check after this
@@ -84,6 +85,8 @@ def enroll(
         )
     with db.transaction() as con:
         users.hold(con, uid)  # one user's enrollments are decided one at a time
+        con.run(erasure.VOICE_LOCK, u=uid)  # and with an erasure of their voice data
+        _refuse_if_erased_since(con, uid, began)
         _refuse_past_the_limit(comparisons_wait(con, uid, settings.enroll_comparisons))
         neighbours = voiceprints.co_members(con, uid, encoder.model_id, encoder.dim, now())
         matched = matches_a_neighbour(scoring.voiceprint(embeddings), neighbours, encoder, scorer, settings)
@@ -101,6 +104,16 @@ def enroll(
             code="voice_matches_member",
         )
     return {**status, "agreement": round(lowest, 4)}
+
+
+def _refuse_if_erased_since(con: Connection, uid: str, began: dt.datetime) -> None:
+    """409 ``voice_data_deleted`` when ``uid``'s voice data was erased after this enrollment began: the deletion was
+    answered first, and its voiceprint stored after it outlived the account's deletion (attack run 14)."""
+    if con.run("SELECT 1 FROM voice_erasures WHERE user_uid = :u AND erased_at >= :b", u=uid, b=began):
+        raise errors.Conflict(
+            "your voice data was deleted while this enrollment ran; nothing was stored: enroll again",
+            code="voice_data_deleted",
+        )
 
 
 def _at_least(sample: int, key: str, seconds: float, required: float, code: str, what: str) -> None:
