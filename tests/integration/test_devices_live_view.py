@@ -418,8 +418,9 @@ def test_ack_marks_the_command_and_a_user_unlock_ends_a_voice_lockout(world: Wor
     with get_runtime("devices").db.transaction() as con:
         nonce = con.run("SELECT nonce FROM commands WHERE id = CAST(:i AS uuid)", i=command["id"])[0][0]
         con.run(
-            "INSERT INTO voice_lockouts (lock_id, consecutive_failures, locked_until)"
-            " VALUES (CAST(:l AS uuid), 7, now() + interval '1 hour')",
+            # failures counted before the unlock was made: the unlock answers them
+            "INSERT INTO voice_lockouts (lock_id, consecutive_failures, locked_until, updated_at)"
+            " VALUES (CAST(:l AS uuid), 7, now() + interval '1 hour', now() - interval '1 minute')",
             l=world.lock_id,
         )
     token = stack_env["LOCKWISE_SERVICE_TOKEN"]
