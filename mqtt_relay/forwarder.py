@@ -67,11 +67,14 @@ class Forwarder:
         batch: int = 100,
         timeout_s: float = 10.0,
         identity: Callable[[], dict[str, str]] | None = None,
+        on_taken: Callable[[list[Event]], None] | None = None,
     ) -> None:
         self.url = f"{devices_url}/devices/relay/events"
         self.flush_url = f"{devices_url}/devices/relay/flush"
         self.headers = {SERVICE_TOKEN_HEADER: service_token}
         self.identity = identity or dict
+        #: told of each batch the devices function took (the relay: a lock that reported itself may be sent to)
+        self.on_taken = on_taken or (lambda _events: None)
         self.batch = batch
         self.timeout_s = timeout_s
         self.queue: Lines[Event] = Lines(PER_LOCK_WAITING, PER_LOCK_WAITING_BYTES)
@@ -132,8 +135,10 @@ class Forwarder:
             while pending and not self._stop.is_set():
                 verdict = self._post(pending[0])
                 if verdict == "taken":
-                    for event in pending.pop(0):
+                    taken_batch = pending.pop(0)
+                    for event in taken_batch:
                         event.ack()
+                    self.on_taken(taken_batch)
                     backoff = 0.2
                 elif verdict == "refused":  # one of these events poisons the batch: find it, drop it alone
                     batch = pending.pop(0)

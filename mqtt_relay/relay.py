@@ -27,6 +27,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from lockwise.core.db import Connection, Database
+from lockwise.devices import topics
 from mqtt_relay import outbox, sessions
 from mqtt_relay.forwarder import Event, Forwarder
 from mqtt_relay.identity import IdTokens
@@ -62,7 +63,11 @@ class Relay:
         self.client.on_message = self._on_message
         identity = IdTokens(settings.id_token_audience).header if settings.id_token_audience else None
         self.forwarder = Forwarder(
-            settings.devices_url, settings.service_token, batch=settings.event_batch, identity=identity
+            settings.devices_url,
+            settings.service_token,
+            batch=settings.event_batch,
+            identity=identity,
+            on_taken=self._after_reports,
         )
         self.drained = 0
 
@@ -174,6 +179,15 @@ class Relay:
                 last_lease_check = time.monotonic()
                 self._check_lease()
         self._shutdown(listener)
+
+    def _after_reports(self, events: list[Event]) -> None:
+        """A lock's report taken by the devices function may say it is back online: its commands, held while it was
+        known offline (``outbox.deliver_due``), go out in the next round at once, not at the next poll."""
+        for event in events:
+            lock = topics.lock_of(event.topic)
+            if lock is not None and event.topic in (topics.status(lock), topics.state(lock)):
+                self._wake.set()
+                return
 
     def _upkeep(self) -> None:
         """Now and every ``flush_every_s``: the devices function's upkeep (``Forwarder.flush_mirror``), on a thread of

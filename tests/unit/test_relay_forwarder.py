@@ -98,7 +98,8 @@ def test_a_payload_is_judged_by_its_size_as_posted_and_batches_by_their_bodies(
     and every lock's events waited behind it. Now the body is UTF-8 as it is, a payload over the cap in posted bytes
     is dropped before it is queued, and a batch is cut to bodies the function takes."""
     url, _ = devices
-    forwarder = Forwarder(url, "token", batch=500, timeout_s=10)
+    told: list[int] = []  # the relay is told of each batch taken (it wakes its delivery round for reports)
+    forwarder = Forwarder(url, "token", batch=500, timeout_s=10, on_taken=lambda events: told.append(len(events)))
     acked: list[str] = []
     smile = "\U0001f600"  # 4 bytes in UTF-8; 12 as a JSON escape pair
     under = smile * (topics.MAX_PAYLOAD_BYTES // 4 - 1)  # fits as posted: 16,380 bytes and its quotes
@@ -119,4 +120,5 @@ def test_a_payload_is_judged_by_its_size_as_posted_and_batches_by_their_bodies(
     assert smile.encode() in batches[0] and b"\\ud83d" not in batches[0]  # UTF-8 as it is, not escaped
     posted = [json.loads(body)["events"] for body in batches]
     assert sum(len(events) for events in posted) == 600
+    assert sum(told) == 600 and len(told) == len(batches)
     assert all(event["payload"] == under for events in posted for event in events)
