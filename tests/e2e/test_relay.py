@@ -211,6 +211,28 @@ def test_command_that_expired_while_the_lock_was_offline_is_never_executed(
     assert [reason for reason, _ in lock.refused] == []
 
 
+def test_a_command_to_a_lock_known_offline_waits_unsent_and_goes_out_when_it_is_back(
+    e2e: dict[str, Any], app: App, relays: Any, paired_lock: Pair
+) -> None:
+    """Attack run 14: a command published to an offline lock waited in its broker session, out of reach (a member
+    removed meanwhile had their unlock carried out when the lock came back). Once the lock's goodbye is taken, what
+    is made for it stays pending (a removal can withdraw it) and is sent when the lock is back, with its report."""
+    relays()
+    lock_id, lock = paired_lock()
+    lock.stop()  # a goodbye: "offline <n>"
+    wait_for(
+        lambda: db_one(e2e, "SELECT online FROM lock_state WHERE lock_id = CAST(:l AS uuid)", l=lock_id) == [False],
+        what="the lock known offline",
+    )
+    command = app.unlock(lock_id)
+    time.sleep(1.5)  # a relay round or more
+    row = db_one(e2e, "SELECT status, send_count FROM commands WHERE id = CAST(:i AS uuid)", i=command["id"])
+    assert row == ["pending", 0]
+    lock.come_back()
+    wait_for(lambda: [c for c in lock.executed if c.id == command["id"]], timeout=COMMAND_TTL_S, what="sent once back")
+    wait_for(status_is(app, lock_id, command["id"], "acked"), what="acked")
+
+
 @contextlib.contextmanager
 def relay_client(e2e: dict[str, Any]) -> Iterator[mqtt.Client]:
     """A client with a relay's rights: the last slot's certificate, with the slot's lease held meanwhile (so that no
