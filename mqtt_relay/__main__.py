@@ -6,7 +6,8 @@ import logging
 import signal
 import sys
 import threading
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from lockwise.core import errors
 from lockwise.core import log as lwlog
@@ -16,6 +17,8 @@ from mqtt_relay.health_server import serve
 from mqtt_relay.relay import Relay
 from mqtt_relay.settings import RelaySettings
 from mqtt_relay.slots import Lease, NoFreeSlot
+
+T = TypeVar("T")
 
 
 def main() -> int:
@@ -46,12 +49,14 @@ def main() -> int:
     try:
         lease = Lease(Database(settings.database_url, pool_size=1), settings.slots)
         try:
-            if lease.acquire_when_reachable(stop) is None:
+            if when_reachable(stop, lease.acquire, "lease a relay slot") is None:
                 return 0  # stopped before the database was reached
         except NoFreeSlot as exc:
             logging.getLogger("mqtt_relay").error("%s", exc)
             return 2
-        relay = _made(settings, lease, stop)
+        # it reads its share group: a database lost since the lease is waited for too (the lease itself is taken
+        # again by the relay's first check)
+        relay = when_reachable(stop, lambda: Relay(settings, lease), "start the relay")
         if relay is None:
             return 0
         if stop.is_set():
@@ -63,15 +68,27 @@ def main() -> int:
             server.shutdown()
 
 
-def _made(settings: RelaySettings, lease: Lease, stop: threading.Event) -> Relay | None:
-    """The relay, once the database answers it (it reads its share group): one lost between the lease and this
-    waits as the lease did (the lease itself is taken again by the relay's first check); None when stopped."""
+#: the longest wait between two tries to reach the database at start
+START_WAIT_MAX_S = 10.0
+
+
+def when_reachable(stop: threading.Event, attempt: Callable[[], T], doing: str) -> T | None:
+    """``attempt()``, tried again (after 0.5 s, doubling up to ``START_WAIT_MAX_S``) while the database cannot be
+    reached: a replica started during an outage (as the platform restarts one that crashed) exited at once, and none
+    ran until someone started one by hand (attack run 13: 2.5 minutes, every command of the time expired unsent).
+    None when ``stop`` is set meanwhile."""
+    wait = 0.5
     while not stop.is_set():
         try:
-            return Relay(settings, lease)
+            return attempt()
         except errors.Unavailable as exc:
-            logging.getLogger("mqtt_relay").warning("database unreachable: waiting to start the relay: %s", exc)
-            stop.wait(1.0)
+            logging.getLogger("mqtt_relay").warning(
+                "database unreachable: waiting to %s",
+                doing,
+                extra={"fields": {"error": str(exc.__cause__ or exc), "retry_in_s": wait}},
+            )
+        stop.wait(wait)
+        wait = min(wait * 2, START_WAIT_MAX_S)
     return None
 
 

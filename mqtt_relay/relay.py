@@ -183,11 +183,8 @@ class Relay:
     def _after_reports(self, events: list[Event]) -> None:
         """A lock's report taken by the devices function may say it is back online: its commands, held while it was
         known offline (``outbox.deliver_due``), go out in the next round at once, not at the next poll."""
-        for event in events:
-            lock = topics.lock_of(event.topic)
-            if lock is not None and event.topic in (topics.status(lock), topics.state(lock)):
-                self._wake.set()
-                return
+        if any(topics.is_report(event.topic) for event in events):
+            self._wake.set()
 
     def _upkeep(self) -> None:
         """Now and every ``flush_every_s``: the devices function's upkeep (``Forwarder.flush_mirror``), on a thread of

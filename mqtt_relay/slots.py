@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import threading
 import time
 from collections.abc import Iterator
 
@@ -25,8 +24,6 @@ from lockwise.core.db import Connection, Database
 log = logging.getLogger("mqtt_relay.slots")
 
 CLIENT_ID_PREFIX = "lockwise-relay-"
-#: the longest wait between two tries to reach the database at start
-START_WAIT_MAX_S = 10.0
 #: first key of the two-key advisory lock (the second is the slot number): "lockwise relay slots"
 _LOCK_CLASS = 0x10C4_5E1A
 
@@ -68,24 +65,6 @@ class Lease:
             raise errors.Unavailable("database lost while leasing a slot", code="database_unavailable") from exc
         con.close()
         raise NoFreeSlot(f"all {self.slots} relay slots are held by live replicas (LOCKWISE_RELAY_SLOTS)")
-
-    def acquire_when_reachable(self, stop: threading.Event, most_wait_s: float = START_WAIT_MAX_S) -> int | None:
-        """Lease a slot, waiting (0.5 s, doubling up to ``most_wait_s``) while the database cannot be reached: a
-        replica started during an outage (as the platform restarts one that crashed) exited at once, and none ran
-        until someone started one by hand (attack run 13: 2.5 minutes, every command of the time expired unsent).
-        None when ``stop`` is set meanwhile; raises ``NoFreeSlot``."""
-        wait = 0.5
-        while not stop.is_set():
-            try:
-                return self.acquire()
-            except errors.Unavailable as exc:
-                log.warning(
-                    "database unreachable: waiting to lease a relay slot",
-                    extra={"fields": {"error": str(exc.__cause__ or exc), "retry_in_s": wait}},
-                )
-            stop.wait(wait)
-            wait = min(wait * 2, most_wait_s)
-        return None
 
     def check(self) -> bool:
         """True while the lease holds; re-takes the same slot after a lost connection. Raises ``LeaseLost`` when

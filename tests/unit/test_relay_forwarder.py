@@ -122,3 +122,10 @@ def test_a_payload_is_judged_by_its_size_as_posted_and_batches_by_their_bodies(
     assert sum(len(events) for events in posted) == 600
     assert sum(told) == 600 and len(told) == len(batches)
     assert all(event["payload"] == under for events in posted for event in events)
+
+
+def test_a_report_is_a_locks_state_or_status_and_nothing_else() -> None:
+    """What wakes the relay's delivery round once taken (a lock back online is sent its held commands)."""
+    assert topics.is_report(topics.state("L1")) and topics.is_report(topics.status("L1"))
+    assert not topics.is_report(topics.acks("L1")) and not topics.is_report(topics.commands("L1"))
+    assert not topics.is_report("lockwise/L1/state/extra") and not topics.is_report("other/L1/state")

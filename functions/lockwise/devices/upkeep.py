@@ -6,11 +6,14 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable
+from typing import TypeVar
 
 from lockwise.core import accounts, retention
 from lockwise.core.config import Settings
 from lockwise.core.db import Database
 from lockwise.devices import gone_accounts, lock_auth, members
+
+T = TypeVar("T")
 
 
 def every_step(
@@ -21,27 +24,22 @@ def every_step(
 ) -> bool:
     """Run every step; the first step's failure is raised once all have run. Returns whether locks' access is left
     due (many edges fell together: the relay asks again at once rather than at its next period)."""
-    access_due = False
+    failures: list[Exception] = []
 
-    def refresh_access() -> None:
-        nonlocal access_due
-        access_due = members.mirror_access_due(db)
+    def attempted(step: Callable[[], T]) -> T | None:
+        try:
+            return step()
+        except Exception as exc:  # noqa: BLE001 - raised below, once every step has run
+            failures.append(exc)
+            return None
 
     def prune_expired() -> None:
         with db.transaction() as con:
             retention.prune_expired(con, nonces_kept_s=lock_auth.nonces_kept_s(settings))
 
-    steps: tuple[Callable[[], object], ...] = (
-        refresh_access,
-        prune_expired,
-        lambda: gone_accounts.end(db, directory, settings, now),
-    )
-    failed: Exception | None = None
-    for step in steps:
-        try:
-            step()
-        except Exception as exc:  # noqa: BLE001 - raised below, once every step has run
-            failed = failed or exc
-    if failed is not None:
-        raise failed
+    access_due = attempted(lambda: members.mirror_access_due(db)) is True
+    attempted(prune_expired)
+    attempted(lambda: gone_accounts.end(db, directory, settings, now))
+    if failures:
+        raise failures[0]
     return access_due
