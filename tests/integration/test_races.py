@@ -182,6 +182,28 @@ def test_a_lock_status_delivered_as_its_lock_is_deleted_does_not_bring_it_back(
     assert not client.document(mirror.lock_doc(world.lock_id)).get().exists
 
 
+def test_leaving_every_lock_as_a_lock_is_made_for_the_same_account_waits_and_counts_it(world: World) -> None:
+    """``DELETE /devices/me`` counted the caller's locks before anything was held: a ``POST /devices/locks`` of the
+    same account committing meanwhile was missed, and both succeeded, leaving a lock owned by an account that had
+    just left everything. The leaving now waits for the user's row, sees the new lock and is refused."""
+    rt = get_runtime("devices")
+    uid = world.uid("member")
+
+    @contextmanager
+    def lock_being_made() -> Iterator[None]:
+        with rt.db.transaction() as con:
+            locks.create(con, uid, "Back door", False, rt.settings.locks_per_owner)
+            yield
+
+    waited, resp = while_held(
+        lock_being_made, lambda: world.devices.delete("/devices/me", headers=world.headers("member"))
+    )
+    assert waited
+    assert resp.status_code == 409 and resp.get_json()["error"]["code"] == "owns_locks"
+    with rt.db.connection() as con:  # and nothing of the leaving was written: still a member of the world's lock
+        assert members.get(con, world.lock_id, uid).revoked_at is None  # type: ignore[union-attr]
+
+
 def test_two_pairing_codes_of_one_lock_at_once_are_both_issued_and_only_the_last_works(world: World) -> None:
     """A code issued by a request that began after this one but took the owner's row first is younger than this
     transaction's clock: expiring it at that clock broke the table's check (expiry after creation), a 500."""

@@ -296,9 +296,6 @@ def leave_every_lock(con: Connection, uid: str, now: dt.datetime, *, account_gon
     outside the app (``lockwise.core.accounts``): nobody is there to answer, so the locks it owns keep it as their
     owner (their voice is no longer scored anywhere) and the rest is done; None when the account was found again
     meanwhile (nothing is done). Returns how many locks were left."""
-    owned = [r[0] for r in con.run("SELECT id::text FROM locks WHERE owner_uid = :u ORDER BY id", u=uid)]
-    if owned and not account_gone:
-        raise _owns_locks(owned)
     # every path's order: the locks' rows, then the user's, then memberships and invitations (an acceptance holds
     # the user's row and waits for its invitation; this closed the invitation, then waited for the user's row)
     con.run(
@@ -306,8 +303,14 @@ def leave_every_lock(con: Connection, uid: str, now: dt.datetime, *, account_gon
         " ORDER BY id FOR KEY SHARE",
         u=uid,
     )
-    if account_gone and not users.hold(con, uid, caller=False):  # found again meanwhile (restored): left as it is
+    # the user's row before the locks they own are counted: a lock being made for them (``create`` holds the row) is
+    # counted once made, not missed and left owned by an account that has just left everything
+    gone = users.hold(con, uid, caller=not account_gone)
+    if account_gone and not gone:  # found again meanwhile (restored): left as it is
         return None
+    owned = [r[0] for r in con.run("SELECT id::text FROM locks WHERE owner_uid = :u ORDER BY id", u=uid)]
+    if owned and not account_gone:
+        raise _owns_locks(owned)
     # first: its removals close invitations by uid only, not ones sent to its address since, which belong to whoever
     # holds it now (the same person, signed up again)
     con.run("UPDATE users SET email = NULL WHERE uid = :u", u=uid)
