@@ -134,7 +134,9 @@ def make_fleet(db: Database, ca_pem: str, n: int, folder: Path) -> list[FleetLoc
     with db.transaction() as con:
         con.run("INSERT INTO users (uid, email) VALUES ('bench-owner', 'bench@example.com') ON CONFLICT DO NOTHING")
         for i in range(n):
-            lock_id = locks.create(con, "bench-owner", f"Bench {i}", False, max_owned=n)
+            lock_id = locks.create(
+                con, "bench-owner", f"Bench {i}", False, max_owned=n, signed_in=dt.datetime.now(dt.UTC)
+            )
             identity = f"lk-bench-{i:05d}"
             con.run(
                 "INSERT INTO lock_credentials (lock_id, mqtt_username, signing_public_key)"

@@ -15,7 +15,7 @@ from typing import Any
 import flask
 import functions_framework
 
-from lockwise.core import accounts, audit, auth, errors, health, inputs
+from lockwise.core import accounts, audit, auth, errors, health, inputs, users
 from lockwise.core.http import Api, Ctx, JsonBody, Result, parse_json_object
 from lockwise.core.runtime import get_runtime
 from lockwise.devices import (
@@ -108,7 +108,9 @@ def create_lock(ctx: Ctx) -> Result:
     if not isinstance(supports_open, bool):
         raise errors.BadRequest("supports_open must be true or false", code="invalid_supports_open")
     with rt.db.transaction() as con:
-        lock_id = locks.create(con, user.uid, name, supports_open, rt.settings.locks_per_owner)
+        lock_id = locks.create(
+            con, user.uid, name, supports_open, rt.settings.locks_per_owner, signed_in=users.issued_at(user)
+        )
         code, expires = provisioning.issue(
             con, lock_id, user.uid, rt.settings.provisioning_ttl_s, rt.settings.pairings_per_day
         )

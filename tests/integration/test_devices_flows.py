@@ -557,6 +557,22 @@ def test_an_unverified_address_is_not_recorded_and_closes_nobody_elses_invitatio
     assert [i["id"] for i in waiting] == [sent.get_json()["invitation"]["id"]]
 
 
+def test_a_token_from_before_its_account_left_every_lock_makes_no_lock_and_a_later_one_does(world: World) -> None:
+    """``DELETE /devices/me`` comes before the account's deletion; a lock made after it by a token issued before (the
+    account's other phone) is 409 ``account_left`` and nothing is made. Signed in again since, the account was kept:
+    it makes locks as before."""
+    uid = f"leaver-{uuid.uuid4().hex[:8]}"
+    other_phone = emulator_token(uid, age_s=5)
+    assert world.devices.delete("/devices/me", headers=bearer(other_phone)).status_code == 204
+    refused = world.devices.post("/devices/locks", json={"name": "Shed"}, headers=bearer(other_phone))
+    assert refused.status_code == 409 and refused.get_json()["error"]["code"] == "account_left"
+    assert db_rows("SELECT count(*) FROM locks WHERE owner_uid = :u", u=uid) == [[0]]
+    time.sleep(1.1)  # a token's issue time is in whole seconds
+    made = world.devices.post("/devices/locks", json={"name": "Shed"}, headers=bearer(emulator_token(uid)))
+    assert made.status_code == 201
+    assert db_rows("SELECT count(*) FROM locks WHERE owner_uid = :u", u=uid) == [[1]]
+
+
 def test_a_token_issued_before_its_account_moved_does_not_take_the_address_back(world: World) -> None:
     """A token keeps its address for up to an hour after the account moved to another. One such, seen by an instance
     for the first time, recorded the old address again, taking it from the account that had verified it since; and

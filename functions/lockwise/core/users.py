@@ -69,6 +69,25 @@ _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 RESTORED_LEEWAY_S = 60
 
 
+def mark_left(con: Connection, uid: str, now: dt.datetime) -> None:
+    """Record that ``uid`` left every lock at ``now`` (and forget their address), the devices side of deleting the
+    account (``refuse_if_left``)."""
+    con.run("UPDATE users SET email = NULL, left_at = :t WHERE uid = :u", u=uid, t=now)
+
+
+def refuse_if_left(con: Connection, uid: str, signed_in: dt.datetime) -> None:
+    """409 ``account_left`` when ``uid`` left every lock no earlier than ``signed_in``, their token's issue time: a
+    request made with a token from before the leaving (the account's other phone, as the account is being deleted)
+    would give the account a lock nobody could manage once it is gone. Signed in again since: the account was kept.
+    The caller holds the user's row (``hold``), as the leaving does."""
+    rows = con.run("SELECT left_at FROM users WHERE uid = :u", u=uid)
+    left = rows[0][0] if rows else None
+    if left is not None and signed_in <= left:
+        raise errors.Conflict(
+            "this account has left every lock (it is being deleted): sign in again to make a lock", code="account_left"
+        )
+
+
 def account_gone(con: Connection, user: User) -> bool:
     """Whether ``user``'s account was found deleted (``lockwise.core.accounts``): a read, but for a token issued
     after the mark (Firebase issues none to a deleted account: it was restored with its uid), which makes the

@@ -50,9 +50,13 @@ def parse_threshold(value: Any) -> float | None:
     return round(float(value), 4)  # stored as float4: a value it cannot hold (5e-324) would fail there
 
 
-def create(con: Connection, owner_uid: str, name: str, supports_open: bool, max_owned: int) -> str:
-    """A new lock owned by ``owner_uid``, who may own at most ``max_owned`` (``refuse_past_owned``)."""
+def create(
+    con: Connection, owner_uid: str, name: str, supports_open: bool, max_owned: int, *, signed_in: dt.datetime
+) -> str:
+    """A new lock owned by ``owner_uid``, who may own at most ``max_owned`` (``refuse_past_owned``) and has not left
+    every lock since ``signed_in``, their token's issue time (``users.refuse_if_left``)."""
     refuse_past_owned(con, owner_uid, max_owned)
+    users.refuse_if_left(con, owner_uid, signed_in)
     lock_id = str(
         con.run(
             "INSERT INTO locks (name, owner_uid, supports_open) VALUES (:n, :o, :s) RETURNING id::text",
@@ -313,7 +317,7 @@ def leave_every_lock(con: Connection, uid: str, now: dt.datetime, *, account_gon
         raise _owns_locks(owned)
     # first: its removals close invitations by uid only, not ones sent to its address since, which belong to whoever
     # holds it now (the same person, signed up again)
-    con.run("UPDATE users SET email = NULL WHERE uid = :u", u=uid)
+    users.mark_left(con, uid, now)
     left = 0
     for lock_id in sorted({m.lock_id for m in members.list_for_user(con, uid) if m.revoked_at is None}):
         # the lock's row first, then the membership (every path's order); a transfer to them committed meanwhile
