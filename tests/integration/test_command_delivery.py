@@ -415,6 +415,35 @@ def test_a_late_ack_ends_no_lockout_and_one_past_a_day_is_not_taken(
     assert status(relay_db, withdrawn) == ("acked", None)
 
 
+def test_an_app_unlock_made_on_a_clock_running_ahead_ends_no_lockout_begun_after_it(
+    world: World, relay_db: Database, stack_env: dict[str, str]
+) -> None:
+    """Whether a failure was counted before an app unlock was made compared the failure's time (the database's
+    clock) with the command's ``created_at`` (the devices instance's): an instance 5 s ahead made an unlock whose ack
+    ended the lockout the next failure began. The unlock's row now carries the database's time it was written."""
+    made = send(world, "owner").get_json()["command"]["id"]
+    with relay_db.transaction() as con:  # made on a machine whose clock runs 5 s ahead of the database's
+        con.run(
+            "UPDATE commands SET created_at = created_at + interval '5 seconds' WHERE id = CAST(:i AS uuid)", i=made
+        )
+        con.run(
+            "INSERT INTO voice_lockouts (lock_id, consecutive_failures) VALUES (CAST(:l AS uuid), 4)"
+            " ON CONFLICT (lock_id) DO UPDATE SET consecutive_failures = 4, locked_until = NULL",
+            l=world.lock_id,
+        )
+    with relay_db.transaction() as con:  # the fifth failure, after the unlock was made
+        lockout.hold(con, world.lock_id, dt.datetime.now(dt.UTC))
+        assert lockout.record_failure(con, world.lock_id, dt.datetime.now(dt.UTC), after=5, base_s=30) == 30
+    assert _ack(world, stack_env, relay_db, made) == "applied"
+    assert status(relay_db, made) == ("acked", None)
+    with relay_db.connection() as con:
+        assert con.run(
+            "SELECT consecutive_failures, locked_until IS NOT NULL FROM voice_lockouts"
+            " WHERE lock_id = CAST(:l AS uuid)",
+            l=world.lock_id,
+        ) == [[5, True]]
+
+
 def test_a_newer_commands_ack_settles_the_older_ones_the_lock_will_refuse(
     world: World, relay_db: Database, stack_env: dict[str, str]
 ) -> None:

@@ -417,7 +417,7 @@ def _ack(con: Connection, lock_id: str, body: dict[str, Any], now: dt.datetime) 
         " WHERE c.id = old.id AND lock_id = CAST(:l AS uuid) AND nonce = :n"
         " AND (status IN ('pending', 'sent', 'expired') OR (status = 'failed' AND last_error = ANY(:settled)))"
         " AND expires_at > CAST(:now AS timestamptz) - make_interval(secs => :late_s)"
-        " RETURNING action, issuer_kind, issuer_uid, expires_at <= :now, created_at, old.was = 'failed'",
+        " RETURNING action, issuer_kind, issuer_uid, expires_at <= :now, created_at, recorded_at, old.was = 'failed'",
         st=ACK_RESULTS[result],
         now=now,
         err=None if result == "ok" else f"{result}: {reason or 'no reason given'}"[:200],
@@ -429,7 +429,7 @@ def _ack(con: Connection, lock_id: str, body: dict[str, Any], now: dt.datetime) 
     )
     if not rows:
         return Outcome("duplicate", "no command this lock has yet to answer with this id and nonce")
-    action, issuer_kind, issuer_uid, late, created, settled_before = rows[0]
+    action, issuer_kind, issuer_uid, late, created, recorded, settled_before = rows[0]
     if result in ("ok", "failed"):
         # the lock refuses, unacknowledged, every command signed in an earlier second than one it carried out or
         # tried (it records the time before it acts: step 8); one the relay holds while it publishes is passed over
@@ -445,11 +445,11 @@ def _ack(con: Connection, lock_id: str, body: dict[str, Any], now: dt.datetime) 
             superseded=command_outcomes.SUPERSEDED,
         )
     if result == "ok" and action in ("unlock", "open") and issuer_kind == "user" and not (late or settled_before):
-        # a successful app unlock ends a voice lockout, the failures counted before it was made (``created``: one
-        # begun since is not the one it answered, attack run 14); if a voice decision there holds it now, a marker
-        # that the decision (failing) or the lock's next attempt takes ends it (``lockout.clear_unless_busy``); not
-        # one acked late, withdrawn (its issuer removed) or superseded
-        lockout.clear_unless_busy(con, lock_id, counted_before=created)
+        # a successful app unlock ends a voice lockout, the failures counted before it was made (``recorded``, the
+        # database's clock, as a failure's count is: one begun since is not the one it answered, attack run 14); if a
+        # voice decision there holds it now, a marker that the decision (failing) or the lock's next attempt takes
+        # ends it (``lockout.clear_unless_busy``); not one acked late, withdrawn (its issuer removed) or superseded
+        lockout.clear_unless_busy(con, lock_id, counted_before=recorded)
     late_mark = {"late": True} if late else {}  # acknowledged after its expiry
     audit.record(
         con,

@@ -52,7 +52,7 @@ def record_failure(con: Connection, lock_id: str, now: dt.datetime, *, after: in
         con.run(
             _TAKE_CLEARS + f"UPDATE voice_lockouts SET consecutive_failures = CASE WHEN {_CLEARED} THEN 0"
             f" ELSE consecutive_failures + 1 END, locked_until = CASE WHEN {_CLEARED} THEN NULL ELSE locked_until END,"
-            " updated_at = now() WHERE lock_id = CAST(:l AS uuid) RETURNING consecutive_failures",
+            " updated_at = statement_timestamp() WHERE lock_id = CAST(:l AS uuid) RETURNING consecutive_failures",
             l=lock_id,
         )[0][0]
     )
@@ -75,8 +75,8 @@ def clear_unless_busy(con: Connection, lock_id: str, *, counted_before: dt.datet
     once, a marker that decision or the lock's next attempt takes as it counts (``record_failure``, ``hold``). For
     the relay's batches, which carry every lock's events: one lock's ack waiting for its own voice attempt held the
     whole batch past the statement limit (a 503 for every lock in it: attack run). Only when no failure was counted
-    after ``counted_before`` (the app unlock's making: it answers the failures before it, not a lockout begun
-    since)."""
+    after ``counted_before`` (the app unlock's row written, on the database's clock as a failure's count is: it
+    answers the failures before it, not a lockout begun since)."""
     rows = con.run(
         "SELECT updated_at <= :t FROM voice_lockouts WHERE lock_id = CAST(:l AS uuid) FOR UPDATE SKIP LOCKED",
         l=lock_id,
