@@ -1,10 +1,11 @@
 """Render the broker's configuration: ``python -m infra.broker.render --out DIR --host HOST``.
 
-Writes ``mosquitto.conf`` and ``acl`` (tested here), the lock CA's CRL refresh (``lockwise-crl-refresh``, with its
-systemd service and one-minute timer), ``emqx.conf`` and ``emqx_acl.conf`` (a cluster), and ``nanomq.conf`` for the
-conventional Debian paths (/etc/mosquitto, /var/lib/mosquitto). The local stack and the tests
-render the same templates with local paths through ``mosquitto_conf`` and ``acl``. The broker needs the lock CA's
-certificate (never its key) as ``lock-ca.crt``: it checks every client certificate against it.
+Writes ``mosquitto.conf`` and ``acl`` (tested here), the subscription plugin's source and its build
+(``lockwise_acl.c``, ``build-lockwise-acl``: ``infra.broker.plugin``), the lock CA's CRL refresh
+(``lockwise-crl-refresh``, with its systemd service and one-minute timer), ``emqx.conf`` and ``emqx_acl.conf`` (a
+cluster), and ``nanomq.conf`` for the conventional Debian paths (/etc/mosquitto, /var/lib/mosquitto). The local stack
+and the tests render the same templates with local paths through ``mosquitto_conf`` and ``acl``. The broker needs the
+lock CA's certificate (never its key) as ``lock-ca.crt``: it checks every client certificate against it.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import sys
 from pathlib import Path
 from string import Template
 
+from infra.broker import plugin
 from infra.deploy_config import RELAY_SLOTS
 
 TEMPLATES = Path(__file__).parent
@@ -31,6 +33,7 @@ PROD = {
     "CRLFILE": "/etc/mosquitto/certs/lock-ca.crl",
     "CERTFILE": "/etc/mosquitto/certs/server.crt",
     "KEYFILE": "/etc/mosquitto/certs/server.key",
+    "ACL_PLUGIN": plugin.PROD_PATH,
 }
 
 
@@ -43,8 +46,15 @@ def render(name: str, values: dict[str, str]) -> str:
     return Template((TEMPLATES / name).read_text()).substitute(values)
 
 
-def mosquitto_conf(values: dict[str, str]) -> str:
-    return render("mosquitto.conf.template", {"MAX_PACKET_SIZE": str(MAX_PACKET_SIZE), **values})
+def mosquitto_conf(values: dict[str, str], slots: int = RELAY_SLOTS) -> str:
+    """``values`` name the files (``PROD``'s, or the local stack's): the ACL file, the subscription plugin
+    (``ACL_PLUGIN``: ``plugin.build``), the certificates, the persistence directory."""
+    fixed = {
+        "MAX_PACKET_SIZE": str(MAX_PACKET_SIZE),
+        "TOPIC_ROOT": TOPIC_ROOT,
+        "RELAY_USERS": ",".join(relay_identities(slots)),
+    }
+    return render("mosquitto.conf.template", {**fixed, **values})
 
 
 def acl(slots: int = RELAY_SLOTS) -> str:
@@ -69,6 +79,16 @@ def main(argv: list[str] | None = None) -> int:
     for unit in ("lockwise-crl.service", "lockwise-crl.timer"):
         (args.out / unit).write_text(render(f"{unit}.template", crl))
     (args.out / "acl").write_text(acl())
+    # the subscription plugin's source, and the build that puts it where mosquitto.conf loads it from
+    (args.out / plugin.SOURCE.name).write_bytes(plugin.SOURCE.read_bytes())
+    build = args.out / "build-lockwise-acl"
+    compile_line = " ".join(plugin.compile_command(plugin.PROD_PATH, f'"$(dirname "$0")/{plugin.SOURCE.name}"'))
+    build.write_text(
+        "#!/bin/sh\n# Mosquitto's subscription check (lockwise_acl.c): run on the broker host before starting it\n"
+        f"set -eu\napt-get install -y {' '.join(plugin.PACKAGES)}\nmkdir -p {Path(plugin.PROD_PATH).parent}\n"
+        f"{compile_line}\n"
+    )
+    build.chmod(0o755)
     rules = "\n".join(f'{{allow, {{username, "{n}"}}, all, ["{TOPIC_ROOT}/#"]}}.' for n in relay_identities())
     (args.out / "emqx.conf").write_text(render("emqx.conf.template", values))
     (args.out / "emqx_acl.conf").write_text(render("emqx_acl.conf.template", {**values, "EMQX_RELAY_RULES": rules}))

@@ -417,7 +417,7 @@ def start_mosquitto(state_dir: Path, port: int) -> Broker:
     binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
     if not Path(binary).exists():
         raise MissingComponent("mosquitto not found: apt-get install mosquitto mosquitto-clients")
-    from infra.broker import render
+    from infra.broker import plugin, render
     from lockwise.devices.lock_certs import LockCa, crl
 
     state_dir.mkdir(parents=True, exist_ok=True)
@@ -440,11 +440,16 @@ def start_mosquitto(state_dir: Path, port: int) -> Broker:
     acl_file = state_dir / "acl"
     acl_file.write_text(render.acl())
     _share_with_mosquitto(acl_file)
+    try:
+        acl_plugin = plugin.build(state_dir / "plugin")
+    except plugin.CannotBuild as exc:
+        raise MissingComponent(str(exc)) from exc
     conf = state_dir / "mosquitto.conf"
     conf.write_text(
         render.mosquitto_conf(
             {
                 "ACL_FILE": str(acl_file),
+                "ACL_PLUGIN": str(acl_plugin),
                 "PERSISTENCE_DIR": str(persistence),
                 "LOG_DEST": "stdout",
                 "PORT": str(port),

@@ -9,6 +9,7 @@ import ssl
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
@@ -74,11 +75,18 @@ class Peer:
         self.answered.wait(wait_s)
         return self.connected.is_set()
 
-    def subscribe(self, topic: str) -> None:
-        info = threading.Event()
-        self.client.on_subscribe = lambda *_a: info.set()
+    def subscribe(self, topic: str) -> bool:
+        """Whether the broker granted the subscription (its SUBACK)."""
+        info, granted = threading.Event(), list[bool]()
+
+        def on_subscribe(_c: mqtt.Client, _u: object, _mid: int, codes: list[Any], _p: object) -> None:
+            granted.extend(not code.is_failure for code in codes)
+            info.set()
+
+        self.client.on_subscribe = on_subscribe
         self.client.subscribe(topic, qos=1)
         assert info.wait(5), "no SUBACK"
+        return granted == [True]
 
     def stop(self) -> None:
         self.client.disconnect()
@@ -253,8 +261,8 @@ def test_one_lock_cannot_read_or_write_another_locks_topics(
     for peer in (spy, victim, relay):
         assert peer.start()
     try:
-        spy.subscribe(topics.commands(b))  # granted SUBACK, but must receive nothing
-        victim.subscribe(topics.commands(b))
+        assert not spy.subscribe(topics.commands(b))  # refused (lockwise_acl.c); delivery is checked too
+        assert victim.subscribe(topics.commands(b))
         relay.subscribe(topics.state(b))
         relay.client.publish(topics.commands(b), b"for-b-only", qos=1).wait_for_publish(5)
         spy.client.publish(topics.state(b), b"forged-by-a", qos=1).wait_for_publish(5)
@@ -303,13 +311,57 @@ def test_a_lock_publishes_its_four_topics_only_and_retains_nothing_elsewhere(
             peer.stop()
 
 
+def test_a_lock_may_subscribe_to_its_own_commands_and_nothing_else(
+    broker: Broker, lock_files: dict[str, tuple[Path, Path]], tmp_path: Path
+) -> None:
+    """Mosquitto's ACL file grants any subscription and checks ``read`` as it delivers each message, for every
+    subscription of every client. Attack run 15: one paired lock opened 200,000 shared-subscription groups on
+    ``lockwise/+/state`` (each granted, delivering nothing) in a 7-day session, and the broker then refused each
+    group on every lock's report: ~10 messages a second for the whole broker, every app command expired unsent. The
+    broker's plugin (``infra/broker/lockwise_acl.c``) now refuses at SUBACK every subscription of a lock but its own
+    command topic; the relays' are granted."""
+    a_files, b_files = two(lock_files)
+    a, b = identity_of(a_files), identity_of(b_files)
+    lock = Peer(broker, a_files, client_id=a)
+    relay = Peer(broker, broker.client_files(RELAY, tmp_path / "relay"), client_id=RELAY)
+    for peer in (lock, relay):
+        assert peer.start()
+    try:
+        refused = [
+            f"{topics.ROOT}/+/state",
+            f"$share/g0x/{topics.ROOT}/+/state",
+            f"$share/g1x/{topics.commands(a)}",
+            f"{topics.ROOT}/#",
+            "#",
+            "$SYS/#",
+            topics.commands(b),
+            f"{topics.ROOT}/{a}/#",
+            f"{topics.ROOT}/{a}/+",
+            topics.state(a),
+            f"{topics.commands(a)}/x",
+            f"{topics.ROOT}/{a}x/cmd",
+            f"{topics.ROOT}x/{a}/cmd",
+        ]
+        assert [t for t in refused if lock.subscribe(t)] == []
+        assert lock.subscribe(topics.commands(a))
+        assert all(relay.subscribe(t) for t in sessions.event_topics(f"lockwise-relay-{secrets.token_hex(16)}"))
+        assert relay.subscribe(topics.commands(a)) and relay.subscribe(f"{topics.ROOT}/#")
+        relay.client.publish(topics.commands(a), b"for-a", qos=1).wait_for_publish(5)
+        wait_until(lambda: lock.messages)
+        assert lock.messages == [(topics.commands(a), b"for-a")]
+    finally:
+        for peer in (lock, relay):
+            peer.stop()
+
+
 def test_a_lock_takes_no_share_of_the_relays_events(
     broker: Broker, lock_files: dict[str, tuple[Path, Path]], tmp_path: Path
 ) -> None:
-    """Mosquitto grants any shared subscription (its ACL file checks ``read`` only as it delivers) and hands each
-    event to one member of a group: a lock in the relays' group would take a share of every lock's events, each
-    then dropped. The premise is shown first (a lock that knows the group's name steals), then that a lock cannot
-    name it: in the old fixed-name group and a group of its own it takes nothing, and every report reaches the relay."""
+    """Mosquitto's ACL file grants any shared subscription and the broker hands each event to one member of a
+    group: a lock in the relays' group would take a share of every lock's events, each then dropped. A lock's
+    subscription to a group is now refused (``lockwise_acl.c``); and the group's name is one no lock can know: in the
+    relays' group, the old fixed-name group and a group of its own it takes nothing, and every report reaches the
+    relay."""
     a_files, b_files = two(lock_files)
     a, b = identity_of(a_files), identity_of(b_files)
     relay_files = broker.client_files(RELAY, tmp_path / "relay")
@@ -339,7 +391,7 @@ def test_a_lock_takes_no_share_of_the_relays_events(
             for peer in (spy, victim, relay):
                 peer.stop()
 
-    assert reports_reaching_the_relay(group_topics) < 10  # the broker's behaviour this guards against
+    assert reports_reaching_the_relay(group_topics) == 10  # took a share before the plugin (attack run)
     own_group = [t.replace("$share/lockwise-relay/", "$share/spy/") for t in LEGACY]
     assert reports_reaching_the_relay([*LEGACY, *own_group, f"{topics.ROOT}/+/state"]) == 10
 

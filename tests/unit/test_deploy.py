@@ -239,7 +239,7 @@ def test_deploy_flags_and_the_rehearsal_render_one_environment() -> None:
 
 
 def test_the_broker_knows_nothing_per_lock_and_every_relay_slot(tmp_path: Path) -> None:
-    from infra.broker import render
+    from infra.broker import plugin, render
     from infra.deploy_config import RELAY_SLOTS
 
     crl_url = "https://lockwise-prod.web.app/devices/lock-ca/crl"
@@ -253,6 +253,14 @@ def test_the_broker_knows_nothing_per_lock_and_every_relay_slot(tmp_path: Path) 
                  "tls_version tlsv1.2", "allow_anonymous false", "max_packet_size 65536"):  # fmt: skip
         assert line in conf.splitlines(), line
     assert "password_file" not in conf
+    # every subscription but a lock's own command topic refused by the plugin, built on the host from its source
+    relays = ",".join(f"lockwise-relay-{slot}" for slot in range(1, RELAY_SLOTS + 1))
+    for line in ("plugin /usr/local/lib/mosquitto/lockwise_acl.so", "plugin_opt_topic_root lockwise",
+                 f"plugin_opt_relay_users {relays}"):  # fmt: skip
+        assert line in conf.splitlines(), line
+    assert (tmp_path / "lockwise_acl.c").read_bytes() == plugin.SOURCE.read_bytes()
+    build = (tmp_path / "build-lockwise-acl").read_text()
+    assert "-o /usr/local/lib/mosquitto/lockwise_acl.so" in build and "mosquitto-dev" in build
     acl = (tmp_path / "acl").read_text()
     assert [line for line in acl.splitlines() if line.startswith("user ")] == [
         f"user lockwise-relay-{slot}" for slot in range(1, RELAY_SLOTS + 1)
