@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from lockwise.core.db import Connection, Database, rows_as_dicts
-from lockwise.devices import command_outcomes, topics
+from lockwise.devices import command_outcomes, members, topics
 
 log = logging.getLogger("mqtt_relay.outbox")
 
@@ -110,9 +110,9 @@ def deliver_due(db: Database, publish: Publish, *, resend_after_s: int, limit: i
             "SELECT c.id::text AS id, c.lock_id::text AS lock_id, c.payload, cr.mqtt_username AS identity, c.status,"
             " c.created_at, CAST(floor(EXTRACT(EPOCH FROM c.expires_at - now())) AS integer) AS ttl,"
             " c.issuer_uid IS NOT NULL AND NOT EXISTS (SELECT 1 FROM lock_members m WHERE m.lock_id = c.lock_id"
-            "   AND m.user_uid = c.issuer_uid AND m.revoked_at IS NULL"
-            "   AND (m.expires_at IS NULL OR m.expires_at > now())"
-            "   AND (m.commands_withdrawn_before IS NULL OR c.created_at > m.commands_withdrawn_before))"
+            "   AND m.user_uid = c.issuer_uid AND "
+            + members.active_sql("m", at="now()")
+            + "   AND (m.commands_withdrawn_before IS NULL OR c.created_at > m.commands_withdrawn_before))"
             " AS issuer_gone"
             " FROM commands c"
             " LEFT JOIN lock_credentials cr ON cr.lock_id = c.lock_id AND cr.revoked_at IS NULL"

@@ -160,10 +160,11 @@ class Membership:
         return out
 
 
-def active_sql(alias: str) -> str:
-    """``Membership.active`` in SQL, for the ``lock_members`` row ``alias``, judged at the statement's ``:now`` (the
-    caller's clock, the one its other checks use; not the database's ``now()``)."""
-    return f"{alias}.revoked_at IS NULL AND ({alias}.expires_at IS NULL OR {alias}.expires_at > :now)"
+def active_sql(alias: str, at: str = ":now") -> str:
+    """``Membership.active`` in SQL, for the ``lock_members`` row ``alias``, judged at ``at``: the statement's
+    ``:now`` (the caller's clock, the one its other checks use), or ``now()`` for a statement judged wholly on the
+    database's clock (the relay's outbox)."""
+    return f"{alias}.revoked_at IS NULL AND ({alias}.expires_at IS NULL OR {alias}.expires_at > {at})"
 
 
 def utc_offset(zone: ZoneInfo, now: dt.datetime) -> tuple[int, dt.datetime]:
