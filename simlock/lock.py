@@ -138,6 +138,9 @@ class SimulatedLock:
         # the newest command acted on: an older one arriving later must not undo it (kept with the nonces)
         self._last_issued_at = self._load_last_issued_at()
         self._lock = threading.Lock()
+        #: grants acted on while the broker was out of reach: acknowledged as the next connection is made (an ack is
+        #: recorded up to a day late; the app otherwise reads ``expired`` for a door that opened)
+        self._unacked: list[command_signing.Command] = []
         self._files = Path(tempfile.mkdtemp(prefix="simlock-"))
         self.connection_no = 0  # the current connection's number (docs/FIRMWARE.md, "Online and offline")
         self.client = self._new_client()
@@ -211,6 +214,7 @@ class SimulatedLock:
         client.subscribe(topics.commands(self.config.identity), qos=1)
         client.publish(topics.status(self.config.identity), f"online {self.connection_no}", qos=1, retain=True)
         self.publish_state()
+        self._ack_grants()
 
     def _on_subscribe(self, _c: mqtt.Client, _ud: Any, _mid: int, rcs: list[ReasonCode], _p: Any) -> None:
         if all(not rc.is_failure for rc in rcs):
@@ -364,10 +368,19 @@ class SimulatedLock:
             self.executed.append(command)
             self.state = "unlocked"
             result["acted_on_grant"] = True
+            with self._lock:
+                self._unacked.append(command)
             if self.connected.is_set():
-                self._ack(command)
+                self._ack_grants()
                 self.publish_state()
         return result
+
+    def _ack_grants(self) -> None:
+        """Acknowledge the grants acted on and not yet acknowledged (each once)."""
+        with self._lock:
+            unacked, self._unacked = self._unacked, []
+        for command in unacked:
+            self._ack(command)
 
     def renew_certificate(self, devices_url: str) -> dict[str, Any]:
         """Renew the broker certificate with a new TLS key (before it expires, as the firmware does at
