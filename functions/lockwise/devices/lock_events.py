@@ -432,11 +432,14 @@ def _ack(con: Connection, lock_id: str, body: dict[str, Any], now: dt.datetime) 
     action, issuer_kind, issuer_uid, late, created, recorded, settled_before = rows[0]
     if result in ("ok", "failed"):
         # the lock refuses, unacknowledged, every command signed in an earlier second than one it carried out or
-        # tried (it records the time before it acts: step 8); one the relay holds while it publishes is passed over
-        # (it reads ``expired`` later, as before), not waited for past the statement limit with every lock's batch
+        # tried (it records the time before it acts: step 8): one never sent is settled here. Not one already sent:
+        # the lock may have carried it out before the newer one and its ack been lost (a broker killed before it
+        # saved the ack: attack run 16 read ``failed`` for a door that opened); it reads ``expired`` unless its ack
+        # comes. One the relay holds while it publishes is passed over, not waited for past the statement limit with
+        # every lock's batch
         con.run(
             "UPDATE commands SET status = 'failed', last_error = :superseded WHERE id IN (SELECT id FROM commands"
-            " WHERE lock_id = CAST(:l AS uuid) AND status IN ('pending', 'sent') AND expires_at > :now"
+            " WHERE lock_id = CAST(:l AS uuid) AND status = 'pending' AND expires_at > :now"
             " AND date_trunc('second', created_at) < date_trunc('second', CAST(:c AS timestamptz))"
             " FOR UPDATE SKIP LOCKED)",
             l=lock_id,
