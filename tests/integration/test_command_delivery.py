@@ -450,7 +450,8 @@ def test_a_newer_commands_ack_settles_the_older_ones_the_lock_will_refuse(
     """The lock refuses, without an ack, a command signed in an earlier second than one it carried out (FIRMWARE.md
     step 7): such a command read ``expired`` 30 s later although a newer one was done (attack run 13). The newer
     one's ack now marks the older unsent ones failed, superseded (one sent may have been carried out, its ack lost);
-    one of the same second stays open (the lock takes it); and an older one's own ack, taken after the newer's (two replicas), is still recorded."""
+    one of the same second stays open (the lock takes it); and an older one's own ack, taken after the newer's (two
+    replicas), is still recorded."""
     older, same_second, newer, refused_older, sent_older = (
         send(world, "owner").get_json()["command"]["id"] for _ in range(5)
     )
