@@ -109,7 +109,7 @@ def create_lock(ctx: Ctx) -> Result:
         raise errors.BadRequest("supports_open must be true or false", code="invalid_supports_open")
     with rt.db.transaction() as con:
         lock_id = locks.create(
-            con, user.uid, name, supports_open, rt.settings.locks_per_owner, signed_in=users.issued_at(user)
+            con, user.uid, name, supports_open, rt.settings.locks_per_owner, signed_in=users.signed_in_at(user)
         )
         code, expires = provisioning.issue(
             con, lock_id, user.uid, rt.settings.provisioning_ttl_s, rt.settings.pairings_per_day

@@ -48,6 +48,7 @@ def upsert(con: Connection, user: User) -> None:
         "INSERT INTO users (uid, email, email_since) VALUES (:uid, :email, :t) ON CONFLICT (uid) DO UPDATE"
         " SET email = EXCLUDED.email, email_since = EXCLUDED.email_since"
         " WHERE users.email IS DISTINCT FROM EXCLUDED.email AND users.account_gone_at IS NULL"
+        " AND (users.left_at IS NULL OR users.left_at < EXCLUDED.email_since)"
         " AND (users.email_since IS NULL OR users.email_since <= EXCLUDED.email_since)",
         uid=user.uid,
         email=email,
@@ -75,16 +76,30 @@ def mark_left(con: Connection, uid: str, now: dt.datetime) -> None:
     con.run("UPDATE users SET email = NULL, left_at = :t WHERE uid = :u", u=uid, t=now)
 
 
+def signed_in_at(user: User) -> dt.datetime:
+    """When ``user`` last signed in (the token's ``auth_time``: a refreshed token keeps it, where its ``iat`` moves
+    on every hourly refresh); the token's issue time when it names none, as Firebase's always do."""
+    signed = user.claims.get("auth_time", user.claims.get("iat"))
+    if isinstance(signed, int | float) and not isinstance(signed, bool) and 0 <= signed < 2**33:
+        return dt.datetime.fromtimestamp(signed, dt.UTC)
+    return _EPOCH
+
+
+#: a sign-in this close after the leaving (by the instance's clock against Google's) still counts as before it
+LEFT_LEEWAY_S = 60
+
+
 def refuse_if_left(con: Connection, uid: str, signed_in: dt.datetime) -> None:
-    """409 ``account_left`` when ``uid`` left every lock no earlier than ``signed_in``, their token's issue time: a
-    request made with a token from before the leaving (the account's other phone, as the account is being deleted)
-    would give the account a lock nobody could manage once it is gone. Signed in again since: the account was kept.
-    The caller holds the user's row (``hold``), as the leaving does."""
+    """409 ``account_left`` when ``uid`` left every lock after signing in at ``signed_in`` (``signed_in_at``; within
+    ``LEFT_LEEWAY_S``, clocks apart): a request of a session from before the leaving (the account's other phone, as
+    the account is being deleted; a refreshed token of it too, so not the token's issue time) would give the account
+    a lock or a membership nobody could end once it is gone. Signed in again since: the account was kept. The caller
+    holds the user's row (``hold``), as the leaving does."""
     rows = con.run("SELECT left_at FROM users WHERE uid = :u", u=uid)
     left = rows[0][0] if rows else None
-    if left is not None and signed_in <= left:
+    if left is not None and signed_in <= left + dt.timedelta(seconds=LEFT_LEEWAY_S):
         raise errors.Conflict(
-            "this account has left every lock (it is being deleted): sign in again to make a lock", code="account_left"
+            "this account has left every lock (it is being deleted): sign in again first", code="account_left"
         )
 
 

@@ -210,6 +210,7 @@ def accept(con: Connection, invitation_id: str, user: User, now: dt.datetime) ->
     # here, one after waits for this to commit
     con.run("SELECT 1 FROM locks WHERE id = CAST(:l AS uuid) FOR KEY SHARE", l=seen["lock_id"])
     users.hold(con, user.uid)
+    users.refuse_if_left(con, user.uid, users.signed_in_at(user))  # a session from before the account left
     members.get(con, seen["lock_id"], seen["invited_by"], for_share=True, lock_row="KEY SHARE")
     row = _take(con, invitation_id, user, now)
     lock_id = row["lock_id"]

@@ -54,7 +54,7 @@ def create(
     con: Connection, owner_uid: str, name: str, supports_open: bool, max_owned: int, *, signed_in: dt.datetime
 ) -> str:
     """A new lock owned by ``owner_uid``, who may own at most ``max_owned`` (``refuse_past_owned``) and has not left
-    every lock since ``signed_in``, their token's issue time (``users.refuse_if_left``)."""
+    every lock since signing in at ``signed_in`` (``users.refuse_if_left``)."""
     refuse_past_owned(con, owner_uid, max_owned)
     users.refuse_if_left(con, owner_uid, signed_in)
     lock_id = str(
