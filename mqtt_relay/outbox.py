@@ -126,7 +126,9 @@ def deliver_due(db: Database, publish: Publish, *, resend_after_s: int, limit: i
             " AND (c.status = 'pending'"
             "   OR (c.status = 'sent' AND c.sent_at < now() - make_interval(secs => :resend)"
             "     AND NOT EXISTS (SELECT 1 FROM commands n WHERE n.lock_id = c.lock_id"
-            "       AND n.created_at > c.created_at AND n.status IN ('pending', 'sent', 'acked'))))"
+            "       AND n.created_at > c.created_at AND (n.status IN ('pending', 'sent', 'acked')"
+            # one the lock tried and could not carry out: it recorded its time first and refuses older ones
+            "         OR (n.status = 'failed' AND n.last_error LIKE 'failed:%')))))"
             " ORDER BY c.created_at LIMIT :n FOR UPDATE OF c SKIP LOCKED",
             resend=resend_after_s,
             n=limit,

@@ -136,6 +136,26 @@ def test_a_lost_unlock_is_not_sent_again_once_a_newer_command_exists(world: Worl
     assert [c.id for c, _ in deliver(relay_db, world, resend_after_s=1)] == [lock]
 
 
+def test_an_older_command_is_not_sent_again_once_the_lock_tried_a_newer_one(world: World, relay_db: Database) -> None:
+    """A newer command the lock tried and could not carry out (``failed: jammed``) stops the older one's re-sends as
+    one it carried out does (the lock recorded its time first and refuses older ones); since a newer ack no longer
+    settles an older sent command (it may have been carried out, its ack lost), the older one was re-sent every 5 s
+    until it expired (a review). A newer one the lock refused outright (``refused: ...``) stops nothing."""
+    unlock = send(world, "owner").get_json()["command"]["id"]
+    assert [c.id for c, _ in deliver(relay_db, world)] == [unlock]
+    lock = send(world, "owner", "lock").get_json()["command"]["id"]
+    with relay_db.transaction() as con:
+        con.run(
+            "UPDATE commands SET status = 'failed', last_error = :e WHERE id = CAST(:i AS uuid)", e="refused: x", i=lock
+        )
+    time.sleep(1.1)
+    assert [c.id for c, _ in deliver(relay_db, world, resend_after_s=1)] == [unlock]
+    with relay_db.transaction() as con:
+        con.run("UPDATE commands SET last_error = :e WHERE id = CAST(:i AS uuid)", e="failed: jammed", i=lock)
+    time.sleep(1.1)
+    assert deliver(relay_db, world, resend_after_s=1) == []
+
+
 def test_each_message_expires_in_the_broker_with_its_command(world: World, relay_db: Database) -> None:
     send(world, "owner")
     ((command, ttl),) = deliver(relay_db, world)

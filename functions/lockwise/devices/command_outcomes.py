@@ -9,6 +9,6 @@ from __future__ import annotations
 WITHDRAWN = "withdrawn: the issuer's access changed"
 #: signed in an earlier second than a command the lock has carried out (or tried to): the lock refuses it without
 #: an ack (docs/FIRMWARE.md, step 7); it read ``expired`` 30 s later although a newer one was done (attack run 13)
-SUPERSEDED = "superseded: the lock carried out a newer command first"
+SUPERSEDED = "superseded: the lock carried out or tried a newer command first"
 #: what an ack may still settle besides an open or expired command
 SETTLED_BY_AN_ACK = (WITHDRAWN, SUPERSEDED)
