@@ -52,7 +52,7 @@ def record_failure(con: Connection, lock_id: str, now: dt.datetime, *, after: in
         con.run(
             _TAKE_CLEARS + f"UPDATE voice_lockouts SET consecutive_failures = CASE WHEN {_CLEARED} THEN 0"
             f" ELSE consecutive_failures + 1 END, locked_until = CASE WHEN {_CLEARED} THEN NULL ELSE locked_until END,"
-            " updated_at = statement_timestamp() WHERE lock_id = CAST(:l AS uuid) RETURNING consecutive_failures",
+            " updated_at = now() WHERE lock_id = CAST(:l AS uuid) RETURNING consecutive_failures",
             l=lock_id,
         )[0][0]
     )
