@@ -13,11 +13,13 @@
  *   - any other client (a lock: its certificate's common name is its username): granted exactly
  *     <topic_root>/<username>/cmd, refused anything else (wildcards, $share groups, other locks' topics);
  *   - unsubscribing, reading and writing: deferred to acl_file (its per-lock patterns).
- * Build: cc -shared -fPIC -O2 -Wall -o lockwise_acl.so lockwise_acl.c (Debian: mosquitto-dev, libmosquitto-dev).
+ * Build: cc -shared -fPIC -O2 -Wall -Wextra -o lockwise_acl.so lockwise_acl.c (Debian: gcc, libc6-dev,
+ * mosquitto-dev, libmosquitto-dev).
  */
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <mosquitto.h>
 #include <mosquitto_broker.h>
@@ -33,7 +35,7 @@ static bool is_relay(const struct lockwise_acl *acl, const char *username)
 {
 	size_t len = strlen(username);
 	const char *at = acl->relays;
-	if(len == 0){
+	if(len == 0 || strchr(username, ',') != NULL){ /* a name spanning two of the list's is none of them */
 		return false;
 	}
 	while((at = strstr(at, username)) != NULL){
@@ -58,6 +60,24 @@ static bool own_commands(const struct lockwise_acl *acl, const char *username, c
 		&& strcmp(topic + root_len + 1 + user_len, "/cmd") == 0;
 }
 
+/* One line a second at most, the topic cut short: a lock sending refused subscriptions without end would otherwise
+ * write a line for each (up to 64 KiB of topic). */
+static void refused_log(const char *username, const char *topic)
+{
+	static time_t last;
+	static unsigned long more;
+	time_t now = time(NULL);
+
+	if(now == last){
+		more++;
+		return;
+	}
+	mosquitto_log_printf(MOSQ_LOG_NOTICE, "lockwise_acl: refused %.64s's subscription to %.128s (and %lu more since)",
+			username, topic, more);
+	last = now;
+	more = 0;
+}
+
 static int on_acl_check(int event, void *event_data, void *userdata)
 {
 	const struct mosquitto_evt_acl_check *ed = event_data;
@@ -78,7 +98,7 @@ static int on_acl_check(int event, void *event_data, void *userdata)
 	if(own_commands(acl, username, ed->topic)){
 		return MOSQ_ERR_SUCCESS;
 	}
-	mosquitto_log_printf(MOSQ_LOG_NOTICE, "lockwise_acl: refused %s's subscription to %s", username, ed->topic);
+	refused_log(username, ed->topic);
 	return MOSQ_ERR_ACL_DENIED;
 }
 

@@ -8,8 +8,10 @@ broker to ~10 messages a second for every lock)."""
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 SOURCE = Path(__file__).with_name("lockwise_acl.c")
@@ -17,7 +19,7 @@ SOURCE = Path(__file__).with_name("lockwise_acl.c")
 PROD_PATH = "/usr/local/lib/mosquitto/lockwise_acl.so"
 HEADERS = (Path("/usr/include/mosquitto_plugin.h"), Path("/usr/include/mosquitto.h"))
 #: Debian packages the build needs
-PACKAGES = ("gcc", "mosquitto-dev", "libmosquitto-dev")
+PACKAGES = ("gcc", "libc6-dev", "mosquitto-dev", "libmosquitto-dev")
 
 
 class CannotBuild(RuntimeError):
@@ -30,18 +32,23 @@ def compile_command(out: Path | str, source: Path | str = SOURCE) -> list[str]:
 
 def build(folder: Path) -> Path:
     """The plugin compiled into ``folder`` (once per version of its source: the file's name carries its hash)."""
-    digest = hashlib.sha256(SOURCE.read_bytes()).hexdigest()[:16]
-    out = folder / f"lockwise_acl-{digest}.so"
+    missing = [str(h) for h in HEADERS if not h.exists()]
+    digest = hashlib.sha256(SOURCE.read_bytes())  # its source, how it is compiled, and the headers it is built on
+    digest.update(" ".join(compile_command("")).encode())
+    for header in HEADERS:
+        digest.update(header.read_bytes() if header.exists() else b"")
+    out = folder / f"lockwise_acl-{digest.hexdigest()[:16]}.so"
     if out.exists():
         return out
-    missing = [str(h) for h in HEADERS if not h.exists()]
     if shutil.which("cc") is None or missing:
         raise CannotBuild(
             f"cannot build the broker's subscription plugin (no C compiler or {', '.join(missing) or 'headers'}):"
             f" apt-get install {' '.join(PACKAGES)}"
         )
     folder.mkdir(parents=True, exist_ok=True)
-    partial = out.with_suffix(".partial")
+    handle, name = tempfile.mkstemp(dir=folder, suffix=".partial")  # two builders never share one
+    os.close(handle)
+    partial = Path(name)
     done = subprocess.run(compile_command(partial), capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise CannotBuild(f"the broker's subscription plugin did not compile:\n{done.stderr}")
