@@ -213,8 +213,8 @@ class SimulatedLock:
         self.connected.set()
         client.subscribe(topics.commands(self.config.identity), qos=1)
         client.publish(topics.status(self.config.identity), f"online {self.connection_no}", qos=1, retain=True)
-        self.publish_state()
         self._ack_grants()
+        self.publish_state()
 
     def _on_subscribe(self, _c: mqtt.Client, _ud: Any, _mid: int, rcs: list[ReasonCode], _p: Any) -> None:
         if all(not rc.is_failure for rc in rcs):

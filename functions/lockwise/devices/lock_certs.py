@@ -4,7 +4,8 @@ At pairing the lock sends a certificate signing request (CSR) for an EC P-256 ke
 devices function ignores the CSR's subject and signs a short-lived client certificate whose common name is the lock's
 broker identity: the credential's ``mqtt_username``, new at every pairing. The broker takes that name as the MQTT
 username and client id (Mosquitto: ``use_identity_as_username``, ``use_username_as_clientid``) and the per-lock ACL
-allows ``lockwise/<identity>/#`` only, so the broker keeps nothing per lock.
+allows its four topics under ``lockwise/<identity>/`` only (and its subscriptions its command topic only:
+``infra/broker/lockwise_acl.c``), so the broker keeps nothing per lock.
 
 Revocation, in three layers: re-pairing or deleting a lock revokes its credential, so the old identity's topics are
 dead at once (commands go to the new identity, events from the old one are refused) and the old certificate cannot

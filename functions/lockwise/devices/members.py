@@ -160,7 +160,7 @@ class Membership:
         return out
 
 
-def active_sql(alias: str, at: str = ":now") -> str:
+def active_sql(alias: str, at: Literal[":now", "now()"] = ":now") -> str:
     """``Membership.active`` in SQL, for the ``lock_members`` row ``alias``, judged at ``at``: the statement's
     ``:now`` (the caller's clock, the one its other checks use), or ``now()`` for a statement judged wholly on the
     database's clock (the relay's outbox)."""
