@@ -59,9 +59,14 @@ def upsert(con: Connection, user: User) -> None:
 def issued_at(user: User) -> dt.datetime:
     """When ``user``'s ID token was issued (its ``iat``, which the verifier requires); one it cannot be (before the
     epoch, or past what a date holds: an emulator's unsigned token) counts as the oldest, vouching for nothing."""
-    issued = user.claims.get("iat")
-    if isinstance(issued, int | float) and not isinstance(issued, bool) and 0 <= issued < 2**33:
-        return dt.datetime.fromtimestamp(issued, dt.UTC)
+    return _claimed_time(user.claims.get("iat"))
+
+
+def _claimed_time(seconds: object) -> dt.datetime:
+    """A token's time claim as a date; one that is none (before the epoch, past what a date holds, not a number)
+    counts as the oldest."""
+    if isinstance(seconds, int | float) and not isinstance(seconds, bool) and 0 <= seconds < 2**33:
+        return dt.datetime.fromtimestamp(seconds, dt.UTC)
     return _EPOCH
 
 
@@ -79,10 +84,7 @@ def mark_left(con: Connection, uid: str, now: dt.datetime) -> None:
 def signed_in_at(user: User) -> dt.datetime:
     """When ``user`` last signed in (the token's ``auth_time``: a refreshed token keeps it, where its ``iat`` moves
     on every hourly refresh); the token's issue time when it names none, as Firebase's always do."""
-    signed = user.claims.get("auth_time", user.claims.get("iat"))
-    if isinstance(signed, int | float) and not isinstance(signed, bool) and 0 <= signed < 2**33:
-        return dt.datetime.fromtimestamp(signed, dt.UTC)
-    return _EPOCH
+    return _claimed_time(user.claims.get("auth_time", user.claims.get("iat")))
 
 
 #: a sign-in this close after the leaving (by the instance's clock against Google's) still counts as before it
