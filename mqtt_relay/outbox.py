@@ -128,9 +128,10 @@ def deliver_due(db: Database, publish: Publish, *, resend_after_s: int, limit: i
             "     AND NOT EXISTS (SELECT 1 FROM commands n WHERE n.lock_id = c.lock_id"
             "       AND n.created_at > c.created_at AND (n.status IN ('pending', 'sent', 'acked')"
             # one the lock tried and could not carry out: it recorded its time first and refuses older ones
-            "         OR (n.status = 'failed' AND n.last_error LIKE 'failed:%')))))"
+            "         OR (n.status = 'failed' AND starts_with(n.last_error, :tried))))))"
             " ORDER BY c.created_at LIMIT :n FOR UPDATE OF c SKIP LOCKED",
             resend=resend_after_s,
+            tried=command_outcomes.TRIED,
             n=limit,
         )
         _fail(con, [r["id"] for r in rows if r["identity"] is None], "lock has no active credentials")

@@ -12,3 +12,11 @@ WITHDRAWN = "withdrawn: the issuer's access changed"
 SUPERSEDED = "superseded: the lock carried out or tried a newer command first"
 #: what an ack may still settle besides an open or expired command
 SETTLED_BY_AN_ACK = (WITHDRAWN, SUPERSEDED)
+#: how a lock's ``failed`` ack (it tried and could not: jammed) begins its ``last_error``; ``refused`` ones begin
+#: ``"refused: "``
+TRIED = "failed: "
+
+
+def lock_said(result: str, reason: str | None) -> str:
+    """The ``last_error`` of a command the lock answered ``failed`` or ``refused`` (with its reason, if any)."""
+    return f"{result}: {reason or 'no reason given'}"[:200]

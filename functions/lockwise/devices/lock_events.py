@@ -420,7 +420,7 @@ def _ack(con: Connection, lock_id: str, body: dict[str, Any], now: dt.datetime) 
         " RETURNING action, issuer_kind, issuer_uid, expires_at <= :now, created_at, recorded_at, old.was = 'failed'",
         st=ACK_RESULTS[result],
         now=now,
-        err=None if result == "ok" else f"{result}: {reason or 'no reason given'}"[:200],
+        err=None if result == "ok" else command_outcomes.lock_said(result, reason),
         i=command_id,
         l=lock_id,
         n=nonce,
