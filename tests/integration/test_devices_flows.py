@@ -572,6 +572,15 @@ def test_a_token_from_before_its_account_left_every_lock_makes_no_lock_and_a_lat
         refused = world.devices.post("/devices/locks", json={"name": "Shed"}, headers=bearer(token))
         assert refused.status_code == 409 and refused.get_json()["error"]["code"] == "account_left"
     assert db_rows("SELECT count(*) FROM locks WHERE owner_uid = :u", u=uid) == [[0]]
+    # nor does that session join a lock: an invitation sent to the uid afterwards is not taken
+    sent = world.devices.post(
+        f"/devices/locks/{world.lock_id}/members", json={"uid": uid, "role": "guest"}, headers=world.headers("owner")
+    )
+    accepted = world.devices.post(
+        f"/devices/invitations/{sent.get_json()['invitation']['id']}/accept", headers=bearer(other_phone)
+    )
+    assert accepted.status_code == 409 and accepted.get_json()["error"]["code"] == "account_left"
+    assert db_rows("SELECT count(*) FROM lock_members WHERE user_uid = :u", u=uid) == [[0]]
     with get_runtime("devices").db.transaction() as con:  # the leaving was two minutes ago (past the clocks' leeway)
         con.run("UPDATE users SET left_at = left_at - interval '2 minutes' WHERE uid = :u", u=uid)
     made = world.devices.post("/devices/locks", json={"name": "Shed"}, headers=bearer(emulator_token(uid)))

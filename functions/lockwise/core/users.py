@@ -77,7 +77,7 @@ RESTORED_LEEWAY_S = 60
 
 def mark_left(con: Connection, uid: str, now: dt.datetime) -> None:
     """Record that ``uid`` left every lock at ``now`` (and forget their address), the devices side of deleting the
-    account (``refuse_if_left``)."""
+    account (``hold``'s ``signed_in``)."""
     con.run("UPDATE users SET email = NULL, left_at = :t WHERE uid = :u", u=uid, t=now)
 
 
@@ -89,20 +89,6 @@ def signed_in_at(user: User) -> dt.datetime:
 
 #: a sign-in this close after the leaving (by the instance's clock against Google's) still counts as before it
 LEFT_LEEWAY_S = 60
-
-
-def refuse_if_left(con: Connection, uid: str, signed_in: dt.datetime) -> None:
-    """409 ``account_left`` when ``uid`` left every lock after signing in at ``signed_in`` (``signed_in_at``; within
-    ``LEFT_LEEWAY_S``, clocks apart): a request of a session from before the leaving (the account's other phone, as
-    the account is being deleted; a refreshed token of it too, so not the token's issue time) would give the account
-    a lock or a membership nobody could end once it is gone. Signed in again since: the account was kept. The caller
-    holds the user's row (``hold``), as the leaving does."""
-    rows = con.run("SELECT left_at FROM users WHERE uid = :u", u=uid)
-    left = rows[0][0] if rows else None
-    if left is not None and signed_in <= left + dt.timedelta(seconds=LEFT_LEEWAY_S):
-        raise errors.Conflict(
-            "this account has left every lock (it is being deleted): sign in again first", code="account_left"
-        )
 
 
 def account_gone(con: Connection, user: User) -> bool:
@@ -124,16 +110,25 @@ def account_deleted() -> errors.Unauthenticated:
     return errors.Unauthenticated("this account has been deleted", code="account_deleted")
 
 
-def hold(con: Connection, uid: str, *, caller: bool = True) -> bool:
+def hold(con: Connection, uid: str, *, caller: bool = True, signed_in: dt.datetime | None = None) -> bool:
     """Hold ``uid``'s row until the transaction ends: what is counted per user (daily quotas, locks owned) is then
     decided one request at a time, so a burst in parallel gets no more than the same requests in a row.
 
     An account found deleted (``lockwise.core.accounts``) is refused here (401 ``account_deleted``): its ID tokens
     live up to an hour after the deletion (they are checked offline), and one used after its clean-up enrolled a
     voice again, or joined a lock, that nothing would ever end. Not the ``caller`` (a transfer's new owner, a
-    deleted account's own clean-up): returns whether that account is gone, for the caller to act on."""
-    rows = con.run("SELECT account_gone_at IS NOT NULL FROM users WHERE uid = :u FOR NO KEY UPDATE", u=uid)
-    gone = bool(rows and rows[0][0])
+    deleted account's own clean-up): returns whether that account is gone, for the caller to act on.
+
+    ``signed_in`` (``signed_in_at``, the caller's session): 409 ``account_left`` when the account left every lock
+    after it (within ``LEFT_LEEWAY_S``, clocks apart). A session from before the leaving (the account's other phone,
+    as the account is being deleted; a refreshed token of it too, so not the token's issue time) would give the
+    account a lock or a membership nobody could end once it is gone. Signed in again since: the account was kept."""
+    rows = con.run("SELECT account_gone_at IS NOT NULL, left_at FROM users WHERE uid = :u FOR NO KEY UPDATE", u=uid)
+    gone, left = (bool(rows[0][0]), rows[0][1]) if rows else (False, None)
     if gone and caller:
         raise account_deleted()
+    if signed_in is not None and left is not None and signed_in <= left + dt.timedelta(seconds=LEFT_LEEWAY_S):
+        raise errors.Conflict(
+            "this account has left every lock (it is being deleted): sign in again first", code="account_left"
+        )
     return gone

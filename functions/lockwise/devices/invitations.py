@@ -209,8 +209,7 @@ def accept(con: Connection, invitation_id: str, user: User, now: dt.datetime) ->
     # changing before the invitation is taken, in the order a removal takes them: a removal committed first is seen
     # here, one after waits for this to commit
     con.run("SELECT 1 FROM locks WHERE id = CAST(:l AS uuid) FOR KEY SHARE", l=seen["lock_id"])
-    users.hold(con, user.uid)
-    users.refuse_if_left(con, user.uid, users.signed_in_at(user))  # a session from before the account left
+    users.hold(con, user.uid, signed_in=users.signed_in_at(user))  # not a session from before the account left
     members.get(con, seen["lock_id"], seen["invited_by"], for_share=True, lock_row="KEY SHARE")
     row = _take(con, invitation_id, user, now)
     lock_id = row["lock_id"]

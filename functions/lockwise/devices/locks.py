@@ -54,9 +54,8 @@ def create(
     con: Connection, owner_uid: str, name: str, supports_open: bool, max_owned: int, *, signed_in: dt.datetime
 ) -> str:
     """A new lock owned by ``owner_uid``, who may own at most ``max_owned`` (``refuse_past_owned``) and has not left
-    every lock since signing in at ``signed_in`` (``users.refuse_if_left``)."""
-    refuse_past_owned(con, owner_uid, max_owned)
-    users.refuse_if_left(con, owner_uid, signed_in)
+    every lock since signing in at ``signed_in`` (``users.hold``)."""
+    refuse_past_owned(con, owner_uid, max_owned, signed_in=signed_in)
     lock_id = str(
         con.run(
             "INSERT INTO locks (name, owner_uid, supports_open) VALUES (:n, :o, :s) RETURNING id::text",
@@ -146,11 +145,14 @@ def update(con: Connection, lock_id: str, uid: str, changes: dict[str, Any]) -> 
     audit.record(con, audit.user_actor(uid), "lock.update", "ok", lock_id=lock_id, details=changes)
 
 
-def refuse_past_owned(con: Connection, uid: str, max_owned: int, *, caller: bool = True) -> None:
+def refuse_past_owned(
+    con: Connection, uid: str, max_owned: int, *, caller: bool = True, signed_in: dt.datetime | None = None
+) -> None:
     """409 ``too_many_locks`` when ``uid`` owns ``max_owned`` locks already (an attack run made 307 in 8 s with one
     account); the user's row is held, so locks made or handed over in parallel are counted one at a time. ``uid``
-    not the ``caller`` (a transfer's new owner) whose account is gone: 409 ``member_account_deleted``."""
-    if users.hold(con, uid, caller=caller):
+    not the ``caller`` (a transfer's new owner) whose account is gone: 409 ``member_account_deleted``. The caller's
+    ``signed_in``: ``users.hold``'s (409 ``account_left``)."""
+    if users.hold(con, uid, caller=caller, signed_in=signed_in):
         raise errors.Conflict("this member's account has been deleted", code="member_account_deleted")
     (owned,) = con.run("SELECT count(*) FROM locks WHERE owner_uid = :o", o=uid)[0]
     if int(owned) >= max_owned:
