@@ -57,8 +57,9 @@ class Relay:
         with self.db.connection() as con:
             self.event_topics = sessions.event_topics(sessions.share_group(con))
         # back within 2 s of a restarted broker: Mosquitto 2.0 does not persist shared subscriptions (persist_write.c
-        # saves a node's plain subscriptions only), so until a relay subscribes again every lock's events are PUBACKed
-        # and dropped (attack run 16: 48 reports of 10 locks in the 7 s the backoff, grown to 30 s, kept it away)
+        # saves a node's plain subscriptions only), and until a relay subscribes again the broker's plugin
+        # (lockwise_acl.c) turns every lock away with its events unacknowledged (before it, they were acknowledged
+        # and dropped: attack run 16, 48 reports of 10 locks in the 7 s the backoff, grown to 30 s, kept it away)
         self.client.reconnect_delay_set(min_delay=1, max_delay=2)
         self.client.max_inflight_messages_set(100)
         self.client.on_connect = self._on_connect

@@ -1,18 +1,32 @@
 /*
- * LockWise's subscription check for Mosquitto 2.0 (plugin interface v5): a lock may subscribe to its own command
- * topic and nothing else.
+ * LockWise's broker plugin for Mosquitto 2.0 (plugin interface v5). Its ACL callback runs before acl_file's (plugins
+ * register first) and keeps two rules; everything else is deferred to acl_file (its per-lock patterns).
  *
- * Mosquitto's acl_file never refuses a subscription (security_default.c: "FIXME - implement ACL subscription
- * strings") and checks read rights only as it delivers each message. Attack run 15: one paired lock subscribed
- * 200,000 shared-subscription groups to lockwise/+/state (granted, each delivering nothing) in a 7-day session;
- * the broker then checked and refused each group on every lock's report (85-135 ms of its one thread a message,
- * ~10 messages/s), every app command expired unsent, and the session outlived the lock's deletion.
+ * 1. A lock may subscribe to its own command topic and nothing else. Mosquitto's acl_file never refuses a
+ *    subscription (security_default.c: "FIXME - implement ACL subscription strings") and checks read rights only
+ *    as it delivers each message. Attack run 15: one paired lock subscribed 200,000 shared-subscription groups to
+ *    lockwise/+/state (granted, each delivering nothing) in a 7-day session; the broker then checked and refused
+ *    each group on every lock's report (85-135 ms of its one thread a message, ~10 messages/s), every app command
+ *    expired unsent, and the session outlived the lock's deletion. So:
+ *      - a relay identity (plugin_opt_relay_users, comma-separated): deferred to acl_file, which grants it;
+ *      - any other client (a lock: its certificate's common name is its username): granted exactly
+ *        <topic_root>/<username>/cmd, refused anything else (wildcards, $share groups, other locks' topics).
  *
- * This plugin's ACL callback runs before acl_file's (plugins register first) and decides subscriptions only:
- *   - a relay identity (plugin_opt_relay_users, comma-separated): deferred to acl_file, which grants it;
- *   - any other client (a lock: its certificate's common name is its username): granted exactly
- *     <topic_root>/<username>/cmd, refused anything else (wildcards, $share groups, other locks' topics);
- *   - unsubscribing, reading and writing: deferred to acl_file (its per-lock patterns).
+ * 2. A lock's event is taken only while a relay holds a subscription for it. Mosquitto 2.0 does not persist shared
+ *    subscriptions (persist_write.c saves a node's plain subscriptions only): a restarted broker restores each
+ *    relay's session without its $share/<group>/lockwise/+/state, and until a relay subscribes again every lock
+ *    event got its PUBACK and reached nobody (attack run 16: 3 and 48 state reports lost). The same happens while
+ *    every relay has left its group (a relay that stops cleanly unsubscribes first). So the plugin follows each
+ *    relay's subscriptions to the relayed topic filters (plugin_opt_relayed_topics, comma-separated), through their
+ *    SUBSCRIBE and UNSUBSCRIBE checks ($share group and all), and a relay's whole list when a clean MQTT 3.1.1 session
+ *    of it ends. While no relay holds one for a lock's publish to its own topic, the publish's check answers
+ *    MOSQ_ERR_ADMINISTRATIVE_ACTION: Mosquitto then closes the lock's connection without a PUBACK (handle_publish.c),
+ *    and the lock, which keeps a persistent session at QoS 1, sends the event again when it reconnects. Its last
+ *    will, checked as the connection closes, is not sent either (context.c). Not seen: a relay's session that ends
+ *    without unsubscribing and is not a clean 3.1.1 one (an MQTT 5 session that expires days after its relay
+ *    crashed); its events are lost, as they were. Retained messages' source checks (check_retain_source: a client
+ *    of no protocol) are deferred.
+ *
  * Build: cc -shared -fPIC -O2 -Wall -Wextra -o lockwise_acl.so lockwise_acl.c (Debian: gcc, libc6-dev,
  * mosquitto-dev, libmosquitto-dev).
  */
@@ -25,81 +39,266 @@
 #include <mosquitto_broker.h>
 #include <mosquitto_plugin.h>
 
-struct lockwise_acl {
-	mosquitto_plugin_id_t *id;
-	char *root;   /* the topic root, "lockwise" */
-	char *relays; /* ",lockwise-relay-1,lockwise-relay-2," */
+#define MAX_RELAYED 8 /* relayed topic filters */
+#define MAX_HELD 16   /* a relay's subscriptions to them ($share groups count apart) */
+
+struct relay {
+	char *name;
+	char *held[MAX_HELD];
 };
 
-static bool is_relay(const struct lockwise_acl *acl, const char *username)
+struct lockwise_acl {
+	mosquitto_plugin_id_t *id;
+	char *root; /* the topic root, "lockwise" */
+	struct relay *relays;
+	int relay_count;
+	char *relayed[MAX_RELAYED];
+	int relayed_count;
+	int cover[MAX_RELAYED]; /* how many relays' subscriptions hold each relayed filter */
+};
+
+/* One line a second at most for each kind: a client sending refused packets without end would otherwise have one
+ * written for each. */
+struct quiet {
+	time_t last;
+	unsigned long more;
+};
+
+static bool speak(struct quiet *q, unsigned long *more)
 {
-	size_t len = strlen(username);
-	const char *at = acl->relays;
-	if(len == 0 || strchr(username, ',') != NULL){ /* a name spanning two of the list's is none of them */
+	time_t now = time(NULL);
+
+	if(now == q->last){
+		q->more++;
 		return false;
 	}
-	while((at = strstr(at, username)) != NULL){
-		if(at > acl->relays && at[-1] == ',' && at[len] == ','){
+	*more = q->more;
+	q->last = now;
+	q->more = 0;
+	return true;
+}
+
+static struct relay *relay_named(const struct lockwise_acl *acl, const char *username)
+{
+	for(int i = 0; i < acl->relay_count; i++){
+		if(strcmp(acl->relays[i].name, username) == 0){
+			return &acl->relays[i];
+		}
+	}
+	return NULL;
+}
+
+/* Whether topic is <root>/<username>/<leaf> (any leaf when leaf is NULL). A username with a wildcard or a
+ * separator in it owns nothing. */
+static bool owns(const struct lockwise_acl *acl, const char *username, const char *topic, const char *leaf)
+{
+	size_t root_len = strlen(acl->root), user_len = strlen(username);
+	const char *rest;
+
+	if(user_len == 0 || strpbrk(username, "+#/") != NULL){
+		return false;
+	}
+	if(strncmp(topic, acl->root, root_len) != 0 || topic[root_len] != '/'
+			|| strncmp(topic + root_len + 1, username, user_len) != 0 || topic[root_len + 1 + user_len] != '/'){
+		return false;
+	}
+	rest = topic + root_len + 2 + user_len;
+	return leaf == NULL ? strchr(rest, '/') == NULL : strcmp(rest, leaf) == 0;
+}
+
+/* The filter a subscription is to: $share/<group>/<filter>, or the subscription itself. */
+static const char *filter_of(const char *sub)
+{
+	const char *slash;
+
+	if(strncmp(sub, "$share/", 7) != 0){
+		return sub;
+	}
+	slash = strchr(sub + 7, '/');
+	return slash == NULL ? "" : slash + 1;
+}
+
+static int relayed_index(const struct lockwise_acl *acl, const char *sub)
+{
+	const char *filter = filter_of(sub);
+
+	for(int i = 0; i < acl->relayed_count; i++){
+		if(strcmp(acl->relayed[i], filter) == 0){
+			return i;
+		}
+	}
+	return -1;
+}
+
+static void covered(struct lockwise_acl *acl, int index, int change)
+{
+	acl->cover[index] += change;
+	if(acl->cover[index] == 0){
+		mosquitto_log_printf(MOSQ_LOG_WARNING, "lockwise_acl: no relay holds %s: holding locks' events to it",
+				acl->relayed[index]);
+	}else if(acl->cover[index] == 1 && change > 0){
+		mosquitto_log_printf(MOSQ_LOG_NOTICE, "lockwise_acl: a relay holds %s: taking locks' events to it",
+				acl->relayed[index]);
+	}
+}
+
+static void relay_subscribes(struct lockwise_acl *acl, struct relay *relay, const char *sub)
+{
+	int index = relayed_index(acl, sub), free_slot = -1;
+
+	if(index < 0){
+		return;
+	}
+	for(int i = 0; i < MAX_HELD; i++){
+		if(relay->held[i] == NULL){
+			free_slot = free_slot < 0 ? i : free_slot;
+		}else if(strcmp(relay->held[i], sub) == 0){
+			return; /* subscribed again (a resumed session): already held */
+		}
+	}
+	if(free_slot < 0 || (relay->held[free_slot] = strdup(sub)) == NULL){
+		mosquitto_log_printf(MOSQ_LOG_WARNING, "lockwise_acl: %s's subscription to %s not followed (%d at most)",
+				relay->name, sub, MAX_HELD);
+		return;
+	}
+	covered(acl, index, 1);
+}
+
+static void relay_drops(struct lockwise_acl *acl, struct relay *relay, const char *sub)
+{
+	for(int i = 0; i < MAX_HELD; i++){
+		if(relay->held[i] != NULL && (sub == NULL || strcmp(relay->held[i], sub) == 0)){
+			covered(acl, relayed_index(acl, relay->held[i]), -1);
+			free(relay->held[i]);
+			relay->held[i] = NULL;
+		}
+	}
+}
+
+/* A lock's publish to one of its own relayed topics while no relay holds a subscription for it. */
+static bool nobody_relays(const struct lockwise_acl *acl, const char *username, const char *topic)
+{
+	bool match;
+
+	if(!owns(acl, username, topic, NULL)){
+		return false; /* not its topic: acl_file refuses it */
+	}
+	for(int i = 0; i < acl->relayed_count; i++){
+		if(acl->cover[i] == 0 && mosquitto_topic_matches_sub(acl->relayed[i], topic, &match) == MOSQ_ERR_SUCCESS
+				&& match){
 			return true;
 		}
-		at++;
 	}
 	return false;
 }
 
-/* Whether topic is exactly <root>/<username>/cmd. A username with a wildcard or a separator in it owns nothing. */
-static bool own_commands(const struct lockwise_acl *acl, const char *username, const char *topic)
-{
-	size_t root_len = strlen(acl->root), user_len = strlen(username);
-	if(user_len == 0 || strpbrk(username, "+#/") != NULL){
-		return false;
-	}
-	return strncmp(topic, acl->root, root_len) == 0
-		&& topic[root_len] == '/'
-		&& strncmp(topic + root_len + 1, username, user_len) == 0
-		&& strcmp(topic + root_len + 1 + user_len, "/cmd") == 0;
-}
-
-/* One line a second at most, the topic cut short: a lock sending refused subscriptions without end would otherwise
- * write a line for each (up to 64 KiB of topic). */
-static void refused_log(const char *username, const char *topic)
-{
-	static time_t last;
-	static unsigned long more;
-	time_t now = time(NULL);
-
-	if(now == last){
-		more++;
-		return;
-	}
-	mosquitto_log_printf(MOSQ_LOG_NOTICE, "lockwise_acl: refused %.64s's subscription to %.128s (and %lu more since)",
-			username, topic, more);
-	last = now;
-	more = 0;
-}
-
 static int on_acl_check(int event, void *event_data, void *userdata)
 {
+	static struct quiet refused, held;
 	const struct mosquitto_evt_acl_check *ed = event_data;
-	const struct lockwise_acl *acl = userdata;
-	const char *username;
+	struct lockwise_acl *acl = userdata;
+	struct relay *relay;
+	const char *username = mosquitto_client_username(ed->client);
+	unsigned long more;
 	(void)event;
 
-	if(ed->access != MOSQ_ACL_SUBSCRIBE){
-		return MOSQ_ERR_PLUGIN_DEFER;
-	}
-	username = mosquitto_client_username(ed->client);
 	if(username == NULL){
-		return MOSQ_ERR_ACL_DENIED;
+		return ed->access == MOSQ_ACL_SUBSCRIBE ? MOSQ_ERR_ACL_DENIED : MOSQ_ERR_PLUGIN_DEFER;
 	}
-	if(is_relay(acl, username)){
+	relay = relay_named(acl, username);
+	if(relay != NULL){
+		if(ed->access == MOSQ_ACL_SUBSCRIBE){
+			relay_subscribes(acl, relay, ed->topic);
+		}else if(ed->access == MOSQ_ACL_UNSUBSCRIBE){
+			relay_drops(acl, relay, ed->topic);
+		}
 		return MOSQ_ERR_PLUGIN_DEFER;
 	}
-	if(own_commands(acl, username, ed->topic)){
-		return MOSQ_ERR_SUCCESS;
+	switch(ed->access){
+		case MOSQ_ACL_SUBSCRIBE:
+			if(owns(acl, username, ed->topic, "cmd")){
+				return MOSQ_ERR_SUCCESS;
+			}
+			if(speak(&refused, &more)){
+				mosquitto_log_printf(MOSQ_LOG_NOTICE,
+						"lockwise_acl: refused %.64s's subscription to %.128s (and %lu more since)",
+						username, ed->topic, more);
+			}
+			return MOSQ_ERR_ACL_DENIED;
+		case MOSQ_ACL_WRITE:
+			/* protocol 0: no connection, the source of a retained message being checked */
+			if(mosquitto_client_protocol_version(ed->client) != 0 && nobody_relays(acl, username, ed->topic)){
+				if(speak(&held, &more)){
+					mosquitto_log_printf(MOSQ_LOG_NOTICE,
+							"lockwise_acl: holding %.64s's message to %.128s until a relay subscribes:"
+							" closing its connection unacknowledged (and %lu more since)",
+							username, ed->topic, more);
+				}
+				return MOSQ_ERR_ADMINISTRATIVE_ACTION;
+			}
+			return MOSQ_ERR_PLUGIN_DEFER;
+		default:
+			return MOSQ_ERR_PLUGIN_DEFER;
 	}
-	refused_log(username, ed->topic);
-	return MOSQ_ERR_ACL_DENIED;
+}
+
+static int on_disconnect(int event, void *event_data, void *userdata)
+{
+	const struct mosquitto_evt_disconnect *ed = event_data;
+	struct lockwise_acl *acl = userdata;
+	const char *username = mosquitto_client_username(ed->client);
+	struct relay *relay = username == NULL ? NULL : relay_named(acl, username);
+	(void)event;
+
+	/* an MQTT 3.1.1 clean session ends with its connection, and its subscriptions with it (an MQTT 5 session's end
+	 * depends on its expiry interval, which the plugin interface does not tell) */
+	if(relay != NULL && mosquitto_client_protocol_version(ed->client) != 5 && mosquitto_client_clean_session(ed->client)){
+		relay_drops(acl, relay, NULL);
+	}
+	return MOSQ_ERR_SUCCESS;
+}
+
+/* Splits a comma-separated list into out (at most max items, empty ones skipped); the count, or -1. */
+static int split(const char *list, char **out, int max)
+{
+	char *copy = strdup(list), *save = NULL, *item;
+	int count = 0;
+
+	if(copy == NULL){
+		return -1;
+	}
+	for(item = strtok_r(copy, ",", &save); item != NULL; item = strtok_r(NULL, ",", &save)){
+		if(count == max || (out[count] = strdup(item)) == NULL){
+			while(count > 0){
+				free(out[--count]);
+				out[count] = NULL;
+			}
+			count = -1;
+			break;
+		}
+		count++;
+	}
+	free(copy);
+	return count;
+}
+
+static void acl_free(struct lockwise_acl *acl)
+{
+	if(acl == NULL){
+		return;
+	}
+	for(int i = 0; i < acl->relay_count; i++){
+		free(acl->relays[i].name);
+		for(int j = 0; j < MAX_HELD; j++){
+			free(acl->relays[i].held[j]);
+		}
+	}
+	for(int i = 0; i < acl->relayed_count; i++){
+		free(acl->relayed[i]);
+	}
+	free(acl->relays);
+	free(acl->root);
+	free(acl);
 }
 
 int mosquitto_plugin_version(int supported_version_count, const int *supported_versions)
@@ -116,8 +315,9 @@ int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void **userdata, st
 		int option_count)
 {
 	struct lockwise_acl *acl = calloc(1, sizeof(*acl));
-	const char *root = "lockwise", *relays = "";
-	size_t len;
+	const char *root = "lockwise", *relays = "", *relayed = "";
+	char **names = NULL;
+	int count;
 
 	if(acl == NULL){
 		return MOSQ_ERR_NOMEM;
@@ -127,23 +327,48 @@ int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void **userdata, st
 			root = options[i].value;
 		}else if(strcmp(options[i].key, "relay_users") == 0){
 			relays = options[i].value;
+		}else if(strcmp(options[i].key, "relayed_topics") == 0){
+			relayed = options[i].value;
 		}
 	}
 	acl->id = identifier;
 	acl->root = strdup(root);
-	len = strlen(relays) + 3;
-	acl->relays = malloc(len);
-	if(acl->root == NULL || acl->relays == NULL){
-		free(acl->root);
-		free(acl->relays);
-		free(acl);
+	count = (int)strlen(relays) + 1; /* at most this many names */
+	names = calloc((size_t)count, sizeof(*names));
+	acl->relays = calloc((size_t)count, sizeof(*acl->relays));
+	if(acl->root == NULL || names == NULL || acl->relays == NULL){
+		free(names);
+		acl_free(acl);
 		return MOSQ_ERR_NOMEM;
 	}
-	strcpy(acl->relays, ",");
-	strcat(acl->relays, relays);
-	strcat(acl->relays, ",");
+	count = split(relays, names, count);
+	for(int i = 0; i < count; i++){
+		acl->relays[i].name = names[i];
+	}
+	acl->relay_count = count < 0 ? 0 : count;
+	free(names);
+	if(count < 0){
+		acl_free(acl);
+		return MOSQ_ERR_NOMEM;
+	}
+	acl->relayed_count = split(relayed, acl->relayed, MAX_RELAYED);
+	if(acl->relayed_count < 0){
+		mosquitto_log_printf(MOSQ_LOG_ERR, "lockwise_acl: plugin_opt_relayed_topics: at most %d filters", MAX_RELAYED);
+		acl->relayed_count = 0;
+		acl_free(acl);
+		return MOSQ_ERR_INVAL;
+	}
+	for(int i = 0; i < acl->relayed_count; i++){
+		mosquitto_log_printf(MOSQ_LOG_NOTICE, "lockwise_acl: holding locks' events to %s until a relay subscribes",
+				acl->relayed[i]);
+	}
 	*userdata = acl;
-	return mosquitto_callback_register(identifier, MOSQ_EVT_ACL_CHECK, on_acl_check, NULL, acl);
+	if(mosquitto_callback_register(identifier, MOSQ_EVT_ACL_CHECK, on_acl_check, NULL, acl) != MOSQ_ERR_SUCCESS
+			|| mosquitto_callback_register(identifier, MOSQ_EVT_DISCONNECT, on_disconnect, NULL, acl)
+				!= MOSQ_ERR_SUCCESS){
+		return MOSQ_ERR_UNKNOWN;
+	}
+	return MOSQ_ERR_SUCCESS;
 }
 
 int mosquitto_plugin_cleanup(void *userdata, struct mosquitto_opt *options, int option_count)
@@ -154,9 +379,8 @@ int mosquitto_plugin_cleanup(void *userdata, struct mosquitto_opt *options, int 
 
 	if(acl != NULL){
 		mosquitto_callback_unregister(acl->id, MOSQ_EVT_ACL_CHECK, on_acl_check, NULL);
-		free(acl->root);
-		free(acl->relays);
-		free(acl);
+		mosquitto_callback_unregister(acl->id, MOSQ_EVT_DISCONNECT, on_disconnect, NULL);
+		acl_free(acl);
 	}
 	return MOSQ_ERR_SUCCESS;
 }

@@ -20,6 +20,9 @@ from infra.deploy_config import RELAY_SLOTS
 
 TEMPLATES = Path(__file__).parent
 TOPIC_ROOT = "lockwise"
+#: what a lock publishes for the relays (``mqtt_relay.sessions.EVENT_KINDS``; the ACL's ``pattern write`` lines): the
+#: plugin takes a lock's message to one of them only while a relay holds a subscription for it
+LOCK_EVENTS = ("state", "ack", "status")
 #: the largest MQTT packet the broker takes: commands, acks and state reports are a few hundred bytes
 MAX_PACKET_SIZE = 65536
 PROD = {
@@ -42,6 +45,11 @@ def relay_identities(slots: int = RELAY_SLOTS) -> list[str]:
     return [f"lockwise-relay-{slot}" for slot in range(1, slots + 1)]
 
 
+def relayed_topics() -> list[str]:
+    """The topic filters the relays subscribe to (each in their shared-subscription group)."""
+    return [f"{TOPIC_ROOT}/+/{kind}" for kind in LOCK_EVENTS]
+
+
 def render(name: str, values: dict[str, str]) -> str:
     return Template((TEMPLATES / name).read_text()).substitute(values)
 
@@ -53,6 +61,7 @@ def mosquitto_conf(values: dict[str, str], slots: int = RELAY_SLOTS) -> str:
         "MAX_PACKET_SIZE": str(MAX_PACKET_SIZE),
         "TOPIC_ROOT": TOPIC_ROOT,
         "RELAY_USERS": ",".join(relay_identities(slots)),
+        "RELAYED_TOPICS": ",".join(relayed_topics()),
     }
     return render("mosquitto.conf.template", {**fixed, **values})
 

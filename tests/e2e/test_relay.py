@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import json
 import signal
 import tempfile
@@ -24,6 +25,7 @@ from tests.e2e.conftest import COMMAND_TTL_S, App, db_one
 from tests.waiting import wait_for
 
 Pair = Callable[..., tuple[str, SimulatedLock]]
+EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 
 def status_is(app: App, lock_id: str, command_id: str, status: str) -> Callable[[], bool]:
@@ -94,6 +96,43 @@ def test_relay_killed_and_restarted_delivers_once_and_loses_no_event(
         lambda: db_one(e2e, "SELECT battery_pct FROM lock_state WHERE lock_id = CAST(:l AS uuid)", l=lock_id) == [42],
         what="the event published during the outage arrived",
     )
+
+
+def test_a_broker_restart_loses_no_event_a_lock_sends_before_a_relay_is_back(
+    e2e: dict[str, Any], relays: Any, paired_lock: Pair, broker: services.Broker
+) -> None:
+    """Mosquitto 2.0 does not persist shared subscriptions: a restarted broker restored the relay's session without
+    them and acknowledged, and dropped, every lock event published before a relay subscribed again (attack run 16: 3
+    and 48 reports lost). Here the relay is away while the broker restarts and the lock reports three times: the
+    broker closes the lock's connection unacknowledged (``lockwise_acl.c``) and the lock sends them again on each
+    reconnect, until a relay is back. All three arrive."""
+    relay = relays("relay-crashy")
+    lock_id, lock = paired_lock()
+    wait_for(
+        lambda: db_one(e2e, "SELECT online FROM lock_state WHERE lock_id = CAST(:l AS uuid)", l=lock_id) == [True],
+        what="lock online",
+    )
+    relay.popen.send_signal(signal.SIGKILL)
+    relay.popen.wait(5)
+    broker.restart()
+    wait_for(lock.connected.is_set, what="the lock back on the broker")
+    lock.battery_pct, keys = 33, []
+    for battery in (31, 32, 33):
+        ts = round(time.time(), 3)
+        report = {"state": lock.state, "battery_pct": battery, "firmware": lock.config.firmware, "ts": ts}
+        lock.client.publish(topics.state(lock.config.identity), json.dumps(report), qos=1)
+        micros = (dt.datetime.fromtimestamp(ts, dt.UTC) - EPOCH) // dt.timedelta(microseconds=1)
+        keys.append(f"{micros}-{lock.state}")  # how lock_events knows a report
+        time.sleep(0.01)
+    time.sleep(2)  # the lock reconnects, is refused again and again meanwhile
+    relays("relay-crashy")
+
+    def known() -> list[str]:
+        row = db_one(e2e, "SELECT recent_reports FROM lock_state WHERE lock_id = CAST(:l AS uuid)", l=lock_id)
+        return list(row[0] or []) if row else []
+
+    wait_for(lambda: set(keys) <= set(known()), what="the three reports sent before the relay was back")
+    assert db_one(e2e, "SELECT battery_pct FROM lock_state WHERE lock_id = CAST(:l AS uuid)", l=lock_id) == [33]
 
 
 def test_nothing_is_lost_while_the_database_restarts(

@@ -8,6 +8,7 @@ import secrets
 import ssl
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +18,12 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from infra.deploy_config import RELAY_SLOTS
+from infra.local import services
 from infra.local.services import Broker
 from lockwise.devices import topics
 from lockwise.devices.lock_certs import LockCa, crl, issue, new_ca
@@ -33,19 +37,39 @@ LEGACY = sessions.LEGACY_EVENT_TOPICS  # the relays' shared subscriptions under 
 class Peer:
     """A minimal MQTT client with a client certificate that records what it receives."""
 
-    def __init__(self, broker: Broker, files: tuple[Path, Path] | None, *, client_id: str, ca: str | None = "ours"):
+    def __init__(
+        self,
+        broker: Broker,
+        files: tuple[Path, Path] | None,
+        *,
+        client_id: str,
+        ca: str | None = "ours",
+        persistent: MQTTProtocolVersion | None = None,
+    ):
         self.messages: list[tuple[str, bytes]] = []
         self.connected = threading.Event()
         self.answered = threading.Event()  # the broker said yes or no: CONNACK, a refusal, or a dropped connection
         self.disconnects: list[str] = []
         self.result: object = None
-        # clean sessions: a test must not leave a persistent session behind for the relay slots' identities (an
-        # MQTT 3.1.1 session that a relay later resumes as MQTT 5 once brought Mosquitto 2.0.11 down in a full run)
-        # no reconnecting: a refused or dropped connection ends the network thread at once (paho's reconnect wait
-        # and its 1 s select otherwise held every test that stops a refused client for a second)
-        self.client = mqtt.Client(
-            CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=True, reconnect_on_failure=False
-        )
+        self.persistent = persistent
+        if persistent is None:
+            # clean sessions: a test must not leave a persistent session behind for the relay slots' identities (an
+            # MQTT 3.1.1 session that a relay later resumes as MQTT 5 once brought Mosquitto 2.0.11 down in a full
+            # run); no reconnecting: a refused or dropped connection ends the network thread at once (paho's
+            # reconnect wait and its 1 s select otherwise held every test that stops a refused client for a second)
+            self.client = mqtt.Client(
+                CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=True, reconnect_on_failure=False
+            )
+        else:  # a session kept (only on a broker of the test's own), in MQTT ``persistent`` (3.1.1: 4, or 5), as a
+            # lock and a relay keep theirs; reconnecting at once, sending again what was not acknowledged
+            v5 = persistent == mqtt.MQTTv5
+            self.client = mqtt.Client(
+                CallbackAPIVersion.VERSION2,
+                client_id=client_id,
+                protocol=persistent,
+                clean_session=None if v5 else False,
+            )
+            self.client.reconnect_delay_set(min_delay=1, max_delay=1)
         certfile, keyfile = (str(files[0]), str(files[1])) if files else (None, None)
         ca_certs = str(broker.ca_file) if ca == "ours" else None  # None: system CAs only, which do not know ours
         self.client.tls_set(ca_certs=ca_certs, certfile=certfile, keyfile=keyfile, tls_version=ssl.PROTOCOL_TLS_CLIENT)
@@ -68,7 +92,12 @@ class Peer:
         """True when the broker gives this client a session; waits for its answer (a refusal or a closed
         connection ends the wait at once), at most ``wait_s``."""
         try:
-            self.client.connect("127.0.0.1", self.broker.port, keepalive=10)
+            if self.persistent == mqtt.MQTTv5:
+                expiry = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+                expiry.SessionExpiryInterval = 3600
+                self.client.connect("127.0.0.1", self.broker.port, 10, clean_start=False, properties=expiry)
+            else:
+                self.client.connect("127.0.0.1", self.broker.port, keepalive=10)
         except (ssl.SSLError, OSError):
             return False
         self.client.loop_start()
@@ -87,6 +116,16 @@ class Peer:
         self.client.subscribe(topic, qos=1)
         assert info.wait(5), "no SUBACK"
         return granted == [True]
+
+    def relays(self) -> None:
+        """Subscribe as a relay does (``sessions.event_topics``), in a group of its own: it gets every lock's events
+        (the broker is the test session's: other tests' locks' too), and the broker takes locks' events
+        (``lockwise_acl.c`` holds them while no relay subscribes)."""
+        assert all(self.subscribe(t) for t in sessions.event_topics(f"test-{secrets.token_hex(8)}"))
+
+    def of(self, lock: str) -> list[tuple[str, bytes]]:
+        """What it received on ``lock``'s topics."""
+        return [m for m in self.messages if m[0].startswith(f"{topics.ROOT}/{lock}/")]
 
     def stop(self) -> None:
         self.client.disconnect()
@@ -263,15 +302,16 @@ def test_one_lock_cannot_read_or_write_another_locks_topics(
     try:
         assert not spy.subscribe(topics.commands(b))  # refused (lockwise_acl.c); delivery is checked too
         assert victim.subscribe(topics.commands(b))
-        relay.subscribe(topics.state(b))
+        relay.relays()
         relay.client.publish(topics.commands(b), b"for-b-only", qos=1).wait_for_publish(5)
         spy.client.publish(topics.state(b), b"forged-by-a", qos=1).wait_for_publish(5)
         victim.client.publish(topics.state(b), b"real-from-b", qos=1).wait_for_publish(5)
-        wait_until(lambda: victim.messages and relay.messages)
+        wait_until(lambda: victim.messages and relay.of(b))
         time.sleep(0.5)  # give a wrongly-delivered message time to arrive
         assert victim.messages == [(topics.commands(b), b"for-b-only")]
         assert spy.messages == [], "lock A received lock B's command"
-        assert relay.messages == [(topics.state(b), b"real-from-b")], "lock A could publish as lock B"
+        assert relay.of(b) == [(topics.state(b), b"real-from-b")], "lock A could publish as lock B"
+        assert spy.disconnects == [], "refused, not disconnected"
     finally:
         for peer in (spy, victim, relay):
             peer.stop()
@@ -290,14 +330,15 @@ def test_a_lock_publishes_its_four_topics_only_and_retains_nothing_elsewhere(
     for peer in (lock, relay):
         assert peer.start()
     try:
+        relay.relays()
         relay.subscribe(f"{topics.ROOT}/{a}/#")
         for i in range(5):
             lock.client.publish(f"{topics.ROOT}/{a}/junk/{i}", b"x" * 1000, qos=1, retain=True).wait_for_publish(5)
         lock.client.publish(topics.commands(a), b"a command from the lock itself", qos=1).wait_for_publish(5)
         lock.client.publish(topics.state(a), b"state", qos=1).wait_for_publish(5)
-        wait_until(lambda: relay.messages)
+        wait_until(lambda: relay.of(a))
         time.sleep(0.5)
-        assert relay.messages == [(topics.state(a), b"state")]
+        assert set(relay.of(a)) == {(topics.state(a), b"state")}  # once for each of its two subscriptions
         late = Peer(broker, broker.client_files(RELAY, tmp_path / "late"), client_id=RELAY + "-late")
         assert late.start()
         try:
@@ -423,3 +464,106 @@ def test_the_csr_subject_never_becomes_the_identity(broker: Broker) -> None:
     cert = x509.load_pem_x509_certificate(issued.pem.encode())
     assert cert.subject.rfc4514_string() == "CN=lk-chosen-by-server"
     assert cert.not_valid_after_utc - dt.datetime.now(dt.UTC) <= dt.timedelta(seconds=600)
+
+
+@pytest.fixture
+def own_broker(tmp_path: Path) -> Iterator[Broker]:
+    """A broker of the test's own, started as the local stack starts one: what it holds depends on this test only."""
+    own = services.start_mosquitto(tmp_path / "own-broker", services.free_port())
+    try:
+        yield own
+    finally:
+        own.stop()
+
+
+def test_a_locks_event_waits_until_a_relay_subscribes_for_it_and_is_then_sent_again(
+    own_broker: Broker, tmp_path: Path
+) -> None:
+    """Mosquitto 2.0 does not persist shared subscriptions: a restarted broker restored the relays' sessions without
+    their ``$share/<group>/lockwise/+/state`` and acknowledged every lock event published before a relay subscribed
+    again, delivering it to nobody (attack run 16: 3 and 48 reports lost). The same while every relay has left its
+    group. The broker's plugin now closes the lock's connection unacknowledged while no relay holds a subscription
+    for its event, and the lock (a persistent session) sends it again on reconnecting: each of these events is
+    delivered once, after the relay subscribes, in MQTT 3.1.1 and 5."""
+    broker = own_broker
+    relay_files = broker.client_files(RELAY, tmp_path / "relay")
+    group = sessions.event_topics(f"lockwise-relay-{secrets.token_hex(16)}")
+    sent: list[tuple[str, bytes]] = []
+
+    def relay(protocol: MQTTProtocolVersion = mqtt.MQTTv5) -> Peer:
+        peer = Peer(broker, relay_files, client_id=RELAY, persistent=protocol)
+        assert peer.start()
+        return peer
+
+    def held(lock: Peer, identity: str, payload: bytes) -> mqtt.MQTTMessageInfo:
+        """The lock publishes an event; the broker closes its connection without acknowledging it."""
+        closed = len(lock.disconnects)
+        info = lock.client.publish(topics.state(identity), payload, qos=1)
+        sent.append((topics.state(identity), payload))
+        wait_until(lambda: len(lock.disconnects) > closed, 5)
+        assert len(lock.disconnects) > closed, "the broker took an event no relay subscribes for"
+        assert not info.is_published()
+        return info
+
+    locks = {}
+    for protocol in (mqtt.MQTTv311, mqtt.MQTTv5):
+        identity = f"lk-{secrets.token_hex(6)}"
+        locks[identity] = Peer(
+            broker, broker.client_files(identity, tmp_path / identity), client_id=identity, persistent=protocol
+        )
+        assert locks[identity].start()
+    try:
+        # 1. a fresh broker: nobody subscribes for the events yet; a lock's subscription is no relay's
+        infos = []
+        for identity, lock in locks.items():
+            assert lock.subscribe(topics.commands(identity))
+            infos.append(held(lock, identity, b"before any relay"))
+        first = relay()
+        for topic in group:
+            assert first.subscribe(topic)
+        wait_until(lambda: len(first.messages) == len(sent), 10)
+        assert sorted(first.messages) == sorted(sent)
+        assert all(info.is_published() for info in infos)
+
+        # 2. the broker restarts: the relay's session comes back without its shared subscriptions
+        first.client.loop_stop()  # the relay is away for now (its session kept), the locks reconnect on their own
+        broker.restart()
+        for lock in locks.values():
+            wait_until(lambda lock=lock: lock.client.is_connected(), 10)
+        for identity, lock in locks.items():
+            held(lock, identity, b"after the broker restarted")
+        again = relay()  # the same session, resumed: its shared subscriptions were not kept
+        for topic in group:
+            assert again.subscribe(topic)
+        wait_until(lambda: len(again.messages) == 2, 10)
+        assert sorted(again.messages) == sorted(sent[-2:])
+
+        # 3. the relay leaves its group (as a relay that stops does), then comes back
+        for topic in group:
+            again.client.unsubscribe(topic)
+        time.sleep(0.3)
+        for identity, lock in locks.items():
+            held(lock, identity, b"while no relay was subscribed")
+        for topic in group:
+            assert again.subscribe(topic)
+        wait_until(lambda: len(again.messages) == 4, 10)
+        assert sorted(again.messages[2:]) == sorted(sent[-2:])
+        again.stop()
+
+        # 4. a relay's clean MQTT 3.1.1 session ends with its connection, and its subscriptions with it
+        clean = Peer(broker, relay_files, client_id=RELAY)
+        assert clean.start()
+        assert clean.subscribe(f"{topics.ROOT}/+/state")
+        clean.stop()
+        for identity, lock in locks.items():
+            held(lock, identity, b"after a clean session ended")
+        last = relay(mqtt.MQTTv311)
+        assert last.subscribe(f"{topics.ROOT}/+/state")
+        wait_until(lambda: len(last.messages) == 2, 10)
+        assert sorted(last.messages) == sorted(sent[-2:])
+        time.sleep(0.5)
+        assert len(last.messages) == 2, "an event delivered twice"
+        last.stop()
+    finally:
+        for lock in locks.values():
+            lock.stop()

@@ -241,6 +241,7 @@ def test_deploy_flags_and_the_rehearsal_render_one_environment() -> None:
 def test_the_broker_knows_nothing_per_lock_and_every_relay_slot(tmp_path: Path) -> None:
     from infra.broker import plugin, render
     from infra.deploy_config import RELAY_SLOTS
+    from mqtt_relay import sessions
 
     crl_url = "https://lockwise-prod.web.app/devices/lock-ca/crl"
     render.main(["--out", str(tmp_path), "--host", "broker.lockwise.internal", "--crl-url", crl_url])
@@ -254,10 +255,13 @@ def test_the_broker_knows_nothing_per_lock_and_every_relay_slot(tmp_path: Path) 
         assert line in conf.splitlines(), line
     assert "password_file" not in conf
     # every subscription but a lock's own command topic refused by the plugin, built on the host from its source
+    # and a lock's events taken only while a relay holds a subscription to exactly what the relays subscribe to
     relays = ",".join(f"lockwise-relay-{slot}" for slot in range(1, RELAY_SLOTS + 1))
+    relayed = ",".join(t.removeprefix("$share/g/") for t in sessions.event_topics("g"))
     for line in ("plugin /usr/local/lib/mosquitto/lockwise_acl.so", "plugin_opt_topic_root lockwise",
-                 f"plugin_opt_relay_users {relays}"):  # fmt: skip
+                 f"plugin_opt_relay_users {relays}", f"plugin_opt_relayed_topics {relayed}"):  # fmt: skip
         assert line in conf.splitlines(), line
+    assert relayed == "lockwise/+/state,lockwise/+/ack,lockwise/+/status"
     assert (tmp_path / "lockwise_acl.c").read_bytes() == plugin.SOURCE.read_bytes()
     build = (tmp_path / "build-lockwise-acl").read_text()
     assert "-o /usr/local/lib/mosquitto/lockwise_acl.so" in build and "mosquitto-dev" in build
