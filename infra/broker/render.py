@@ -54,20 +54,20 @@ def render(name: str, values: dict[str, str]) -> str:
     return Template((TEMPLATES / name).read_text()).substitute(values)
 
 
-def mosquitto_conf(values: dict[str, str], slots: int = RELAY_SLOTS) -> str:
+def mosquitto_conf(values: dict[str, str]) -> str:
     """``values`` name the files (``PROD``'s, or the local stack's): the ACL file, the subscription plugin
     (``ACL_PLUGIN``: ``plugin.build``), the certificates, the persistence directory."""
     fixed = {
         "MAX_PACKET_SIZE": str(MAX_PACKET_SIZE),
         "TOPIC_ROOT": TOPIC_ROOT,
-        "RELAY_USERS": ",".join(relay_identities(slots)),
+        "RELAY_USERS": ",".join(relay_identities()),
         "RELAYED_TOPICS": ",".join(relayed_topics()),
     }
     return render("mosquitto.conf.template", {**fixed, **values})
 
 
-def acl(slots: int = RELAY_SLOTS) -> str:
-    users = "\n".join(f"user {name}\ntopic readwrite {TOPIC_ROOT}/#\n" for name in relay_identities(slots))
+def acl() -> str:
+    users = "\n".join(f"user {name}\ntopic readwrite {TOPIC_ROOT}/#\n" for name in relay_identities())
     return render("acl.template", {"RELAY_USERS": users, "TOPIC_ROOT": TOPIC_ROOT})
 
 
