@@ -17,15 +17,16 @@
  *    relay's session without its $share/<group>/lockwise/+/state, and until a relay subscribes again every lock
  *    event got its PUBACK and reached nobody (attack run 16: 3 and 48 state reports lost). The same happens while
  *    every relay has left its group (a relay that stops cleanly unsubscribes first). So the plugin follows each
- *    relay's subscriptions to the relayed topic filters (plugin_opt_relayed_topics, comma-separated), through their
- *    SUBSCRIBE and UNSUBSCRIBE checks ($share group and all), and a relay's whole list when a clean MQTT 3.1.1 session
- *    of it ends. While no relay holds one for a lock's publish to its own topic, the publish's check answers
- *    MOSQ_ERR_ADMINISTRATIVE_ACTION: Mosquitto then closes the lock's connection without a PUBACK (handle_publish.c),
- *    and the lock, which keeps a persistent session at QoS 1, sends the event again when it reconnects. Its last
- *    will, checked as the connection closes, is not sent either (context.c). Not seen: a relay's session that ends
- *    without unsubscribing and is not a clean 3.1.1 one (an MQTT 5 session that expires days after its relay
- *    crashed); its events are lost, as they were. Retained messages' source checks (check_retain_source: a client
- *    of no protocol) are deferred.
+ *    connected relay's subscriptions to the relayed topic filters (plugin_opt_relayed_topics, comma-separated),
+ *    through their SUBSCRIBE and UNSUBSCRIBE checks ($share group and all; at most MAX_HELD a relay, any more
+ *    refused), and forgets them all when the relay's connection ends: its session may end then or later, unseen
+ *    (an expiry, a takeover with a clean start; attack run 17), and a relay subscribes again on every connect.
+ *    While no connected relay holds a subscription for a lock's publish to its own topic, the publish's check
+ *    answers MOSQ_ERR_ADMINISTRATIVE_ACTION: Mosquitto then closes the lock's connection without a PUBACK
+ *    (handle_publish.c), and the lock, which keeps a persistent session at QoS 1, sends the event again when it
+ *    reconnects. Its last will, checked as the connection closes, is not sent either (context.c). Retained
+ *    messages' source checks (check_retain_source: a client of no protocol) are deferred. Each close costs the
+ *    broker a TLS handshake when the lock returns (about 1.5 ms of its one thread, attack run 17): locks back off.
  *
  * Build: cc -shared -fPIC -O2 -Wall -Wextra -o lockwise_acl.so lockwise_acl.c (Debian: gcc, libc6-dev,
  * mosquitto-dev, libmosquitto-dev).
@@ -142,26 +143,29 @@ static void covered(struct lockwise_acl *acl, int index, int change)
 	}
 }
 
-static void relay_subscribes(struct lockwise_acl *acl, struct relay *relay, const char *sub)
+/* False when the plugin cannot follow the subscription (MAX_HELD already): it is then refused, so that what the
+ * plugin counts never parts from what the broker holds. */
+static bool relay_subscribes(struct lockwise_acl *acl, struct relay *relay, const char *sub)
 {
 	int index = relayed_index(acl, sub), free_slot = -1;
 
 	if(index < 0){
-		return;
+		return true;
 	}
 	for(int i = 0; i < MAX_HELD; i++){
 		if(relay->held[i] == NULL){
 			free_slot = free_slot < 0 ? i : free_slot;
 		}else if(strcmp(relay->held[i], sub) == 0){
-			return; /* subscribed again (a resumed session): already held */
+			return true; /* subscribed again: already counted */
 		}
 	}
 	if(free_slot < 0 || (relay->held[free_slot] = strdup(sub)) == NULL){
-		mosquitto_log_printf(MOSQ_LOG_WARNING, "lockwise_acl: %s's subscription to %s not followed (%d at most)",
+		mosquitto_log_printf(MOSQ_LOG_WARNING, "lockwise_acl: refused %s's subscription to %s (%d followed at most)",
 				relay->name, sub, MAX_HELD);
-		return;
+		return false;
 	}
 	covered(acl, index, 1);
+	return true;
 }
 
 static void relay_drops(struct lockwise_acl *acl, struct relay *relay, const char *sub)
@@ -207,8 +211,8 @@ static int on_acl_check(int event, void *event_data, void *userdata)
 	}
 	relay = relay_named(acl, username);
 	if(relay != NULL){
-		if(ed->access == MOSQ_ACL_SUBSCRIBE){
-			relay_subscribes(acl, relay, ed->topic);
+		if(ed->access == MOSQ_ACL_SUBSCRIBE && !relay_subscribes(acl, relay, ed->topic)){
+			return MOSQ_ERR_ACL_DENIED;
 		}else if(ed->access == MOSQ_ACL_UNSUBSCRIBE){
 			relay_drops(acl, relay, ed->topic);
 		}
@@ -250,9 +254,10 @@ static int on_disconnect(int event, void *event_data, void *userdata)
 	struct relay *relay = username == NULL ? NULL : relay_named(acl, username);
 	(void)event;
 
-	/* an MQTT 3.1.1 clean session ends with its connection, and its subscriptions with it (an MQTT 5 session's end
-	 * depends on its expiry interval, which the plugin interface does not tell) */
-	if(relay != NULL && mosquitto_client_protocol_version(ed->client) != 5 && mosquitto_client_clean_session(ed->client)){
+	/* a relay's subscriptions count while it is connected: its session may end with the connection (a clean one),
+	 * at an expiry the plugin interface does not tell, or be taken over with a clean start; a relay subscribes
+	 * again every time it connects */
+	if(relay != NULL){
 		relay_drops(acl, relay, NULL);
 	}
 	return MOSQ_ERR_SUCCESS;

@@ -87,7 +87,8 @@ def test_relay_killed_and_restarted_delivers_once_and_loses_no_event(
     relay.popen.wait(5)
     commands = [app.unlock(lock_id), app.unlock(lock_id, "lock")]
     lock.battery_pct = 42
-    lock.publish_state().wait_for_publish(5)  # an event while no relay is there: the broker keeps it for the relay
+    lock.publish_state()  # while no relay is connected: the broker turns the lock away unacknowledged, and it keeps
+    # the event (before, the broker acknowledged it and kept it in the crashed relay's session; attack run 17)
     relays("relay-crashy")  # same client id: the persistent session resumes
     for command in commands:
         wait_for(status_is(app, lock_id, command["id"], "acked"), what=f"{command['action']} acked")
@@ -114,8 +115,8 @@ def test_a_broker_restart_loses_no_event_a_lock_sends_before_a_relay_is_back(
     )
     relay.popen.send_signal(signal.SIGKILL)
     relay.popen.wait(5)
-    broker.restart()
-    wait_for(lock.connected.is_set, what="the lock back on the broker")
+    broker.restart()  # the lock reconnects on its own, and is turned away again and again (attack run 17: it was
+    # connected for milliseconds at a time, so no wait for it here: paho keeps what it publishes meanwhile)
     lock.battery_pct, keys = 33, []
     for battery in (31, 32, 33):
         ts = round(time.time(), 3)

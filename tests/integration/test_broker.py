@@ -45,13 +45,14 @@ class Peer:
         client_id: str,
         ca: str | None = "ours",
         persistent: MQTTProtocolVersion | None = None,
+        expiry_s: int = 3600,
     ):
         self.messages: list[tuple[str, bytes]] = []
         self.connected = threading.Event()
         self.answered = threading.Event()  # the broker said yes or no: CONNACK, a refusal, or a dropped connection
         self.disconnects: list[str] = []
         self.result: object = None
-        self.persistent = persistent
+        self.persistent, self.expiry_s = persistent, expiry_s
         if persistent is None:
             # clean sessions: a test must not leave a persistent session behind for the relay slots' identities (an
             # MQTT 3.1.1 session that a relay later resumes as MQTT 5 once brought Mosquitto 2.0.11 down in a full
@@ -94,7 +95,7 @@ class Peer:
         try:
             if self.persistent == mqtt.MQTTv5:
                 expiry = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-                expiry.SessionExpiryInterval = 3600
+                expiry.SessionExpiryInterval = self.expiry_s
                 self.client.connect("127.0.0.1", self.broker.port, 10, clean_start=False, properties=expiry)
             else:
                 self.client.connect("127.0.0.1", self.broker.port, keepalive=10)
@@ -482,16 +483,17 @@ def test_a_locks_event_waits_until_a_relay_subscribes_for_it_and_is_then_sent_ag
     """Mosquitto 2.0 does not persist shared subscriptions: a restarted broker restored the relays' sessions without
     their ``$share/<group>/lockwise/+/state`` and acknowledged every lock event published before a relay subscribed
     again, delivering it to nobody (attack run 16: 3 and 48 reports lost). The same while every relay has left its
-    group. The broker's plugin now closes the lock's connection unacknowledged while no relay holds a subscription
-    for its event, and the lock (a persistent session) sends it again on reconnecting: each of these events is
-    delivered once, after the relay subscribes, in MQTT 3.1.1 and 5."""
+    group, and after a relay's session ended unseen (attack run 17). The broker's plugin now closes the lock's
+    connection unacknowledged while no connected relay holds a subscription for its event, and the lock (a
+    persistent session) sends it again on reconnecting: each of these events is delivered once, after a relay
+    subscribes, in MQTT 3.1.1 and 5."""
     broker = own_broker
     relay_files = broker.client_files(RELAY, tmp_path / "relay")
     group = sessions.event_topics(f"lockwise-relay-{secrets.token_hex(16)}")
     sent: list[tuple[str, bytes]] = []
 
-    def relay(protocol: MQTTProtocolVersion = mqtt.MQTTv5) -> Peer:
-        peer = Peer(broker, relay_files, client_id=RELAY, persistent=protocol)
+    def relay(protocol: MQTTProtocolVersion = mqtt.MQTTv5, expiry_s: int = 3600) -> Peer:
+        peer = Peer(broker, relay_files, client_id=RELAY, persistent=protocol, expiry_s=expiry_s)
         assert peer.start()
         return peer
 
@@ -564,6 +566,24 @@ def test_a_locks_event_waits_until_a_relay_subscribes_for_it_and_is_then_sent_ag
         time.sleep(0.5)
         assert len(last.messages) == 2, "an event delivered twice"
         last.stop()
+
+        # 5. a relay's MQTT 5 session that ends after its connection, at its expiry (attack run 17: counted still,
+        # the events were acknowledged and dropped)
+        brief = relay(expiry_s=1)
+        assert all(brief.subscribe(topic) for topic in group)
+        brief.stop()
+        time.sleep(2)
+        for identity, lock in locks.items():
+            held(lock, identity, b"after a relay session expired")
+        back = relay()
+        assert all(back.subscribe(topic) for topic in group)
+        wait_until(lambda: len(back.messages) == 2, 10)
+        assert sorted(back.messages) == sorted(sent[-2:])
+
+        # 6. a relay's subscriptions beyond what the plugin follows (16) are refused, not granted unseen
+        more = [t for n in range(6) for t in sessions.event_topics(f"more-{n}")]
+        assert [back.subscribe(topic) for topic in more] == [True] * 13 + [False] * 5  # 3 of its group already
+        back.stop()
     finally:
         for lock in locks.values():
             lock.stop()
