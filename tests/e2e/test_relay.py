@@ -32,6 +32,23 @@ def status_is(app: App, lock_id: str, command_id: str, status: str) -> Callable[
     return lambda: app.command_status(lock_id, command_id) == status
 
 
+def wait_online(e2e: dict[str, Any], lock_id: str) -> None:
+    wait_for(
+        lambda: db_one(e2e, "SELECT online FROM lock_state WHERE lock_id = CAST(:l AS uuid)", l=lock_id) == [True],
+        what="lock online",
+    )
+
+
+def online_beside_a_killed_relay(e2e: dict[str, Any], relays: Any, paired_lock: Pair) -> tuple[str, SimulatedLock]:
+    """A paired lock, seen online through the relay ``relay-crashy``, which is then killed (its session kept)."""
+    relay = relays("relay-crashy")
+    lock_id, lock = paired_lock()
+    wait_online(e2e, lock_id)
+    relay.popen.send_signal(signal.SIGKILL)
+    relay.popen.wait(5)
+    return lock_id, lock
+
+
 def test_app_unlock_reaches_the_lock_and_the_ack_comes_home(
     e2e: dict[str, Any], app: App, relays: Any, paired_lock: Pair
 ) -> None:
@@ -77,14 +94,7 @@ def test_command_survives_a_broker_restart(
 def test_relay_killed_and_restarted_delivers_once_and_loses_no_event(
     e2e: dict[str, Any], app: App, relays: Any, paired_lock: Pair
 ) -> None:
-    relay = relays("relay-crashy")
-    lock_id, lock = paired_lock()
-    wait_for(
-        lambda: db_one(e2e, "SELECT online FROM lock_state WHERE lock_id = CAST(:l AS uuid)", l=lock_id) == [True],
-        what="lock online",
-    )
-    relay.popen.send_signal(signal.SIGKILL)
-    relay.popen.wait(5)
+    lock_id, lock = online_beside_a_killed_relay(e2e, relays, paired_lock)
     commands = [app.unlock(lock_id), app.unlock(lock_id, "lock")]
     lock.battery_pct = 42
     lock.publish_state()  # while no relay is connected: the broker turns the lock away unacknowledged, and it keeps
@@ -107,14 +117,7 @@ def test_a_broker_restart_loses_no_event_a_lock_sends_before_a_relay_is_back(
     and 48 reports lost). Here the relay is away while the broker restarts and the lock reports three times: the
     broker closes the lock's connection unacknowledged (``lockwise_acl.c``) and the lock sends them again on each
     reconnect, until a relay is back. All three arrive."""
-    relay = relays("relay-crashy")
-    lock_id, lock = paired_lock()
-    wait_for(
-        lambda: db_one(e2e, "SELECT online FROM lock_state WHERE lock_id = CAST(:l AS uuid)", l=lock_id) == [True],
-        what="lock online",
-    )
-    relay.popen.send_signal(signal.SIGKILL)
-    relay.popen.wait(5)
+    lock_id, lock = online_beside_a_killed_relay(e2e, relays, paired_lock)
     broker.restart()  # the lock reconnects on its own, and is turned away again and again (attack run 17: it was
     # connected for milliseconds at a time, so no wait for it here: paho keeps what it publishes meanwhile)
     lock.battery_pct, keys = 33, []
@@ -374,10 +377,7 @@ def test_events_queued_for_a_crashed_replica_are_forwarded_by_the_survivor(
     survivor = relays("relay-survivor", LOCKWISE_RELAY_ORPHAN_SCAN_S="1")
     doomed = relays("relay-doomed")
     lock_id, lock = paired_lock()
-    wait_for(
-        lambda: db_one(e2e, "SELECT online FROM lock_state WHERE lock_id = CAST(:l AS uuid)", l=lock_id) == [True],
-        what="lock online",
-    )
+    wait_online(e2e, lock_id)
     doomed.popen.send_signal(signal.SIGKILL)
     doomed.popen.wait(5)
     for battery in range(60, 20, -1):  # 40 reports, each newer than the last (their ts has millisecond steps)
