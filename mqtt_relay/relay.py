@@ -8,7 +8,8 @@ Replicas: each leases a slot (``mqtt_relay.slots``) that names its MQTT session,
 client id. Lock events arrive through MQTT shared subscriptions (``$share/<group>/...``, a group only the relays can
 name: ``sessions.share_group``), so each event goes to one replica. The session is MQTT 5 with a session expiry,
 so the broker drops what an abandoned slot's session queued once it has been gone that long; a replica that stops
-cleanly unsubscribes first, so nothing is queued for it.
+cleanly unsubscribes first, so nothing is queued for it. While no replica is connected, the broker's plugin
+(``infra/broker/lockwise_acl.c``) turns locks away with their events unacknowledged: they wait at the locks.
 """
 
 from __future__ import annotations
@@ -233,8 +234,8 @@ class Relay:
 
     def _shutdown(self, listener: threading.Thread) -> None:
         if self.connected.is_set() and self.exit_code == 0 and self._another_replica_listens():
-            # leave the share group first, so the broker queues nothing more for this session while it is away; the
-            # last replica stays in it, so that the events of a restart's gap wait for it in its session
+            # leave the share group first, so the broker queues nothing more for this session while it is away (the
+            # last replica stays in it: once it is gone, the broker's plugin holds the locks' events at the locks)
             with contextlib.suppress(RuntimeError, ValueError):
                 self.client.unsubscribe(self.event_topics)
         self.forwarder.stop()

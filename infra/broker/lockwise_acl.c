@@ -24,7 +24,9 @@
  *    While no connected relay holds a subscription for a lock's publish to its own topic, the publish's check
  *    answers MOSQ_ERR_ADMINISTRATIVE_ACTION: Mosquitto then closes the lock's connection without a PUBACK
  *    (handle_publish.c), and the lock, which keeps a persistent session at QoS 1, sends the event again when it
- *    reconnects. Its last will, checked as the connection closes, is not sent either (context.c). Retained
+ *    reconnects. Its last will, checked as the connection closes, goes as it would without the plugin (nothing
+ *    would send it again: attack run 17, review). A relay's subscriptions are its identity's (its username, also
+ *    its client id: use_username_as_clientid). Retained
  *    messages' source checks (check_retain_source: a client of no protocol) are deferred. Each close costs the
  *    broker a TLS handshake when the lock returns (about 1.5 ms of its one thread, attack run 17): locks back off.
  *
@@ -56,6 +58,9 @@ struct lockwise_acl {
 	char *relayed[MAX_RELAYED];
 	int relayed_count;
 	int cover[MAX_RELAYED]; /* how many relays' subscriptions hold each relayed filter */
+	/* the client whose connection is ending: Mosquitto checks its last will next, if it has one (context.c:
+	 * context__disconnect calls the plugins, then context__send_will); any check consumes it */
+	const struct mosquitto *closing;
 };
 
 /* One line a second at most for each kind: a client sending refused packets without end would otherwise have one
@@ -204,8 +209,10 @@ static int on_acl_check(int event, void *event_data, void *userdata)
 	struct relay *relay;
 	const char *username = mosquitto_client_username(ed->client);
 	unsigned long more;
+	bool its_will = ed->client == acl->closing;
 	(void)event;
 
+	acl->closing = NULL;
 	if(username == NULL){
 		return ed->access == MOSQ_ACL_SUBSCRIBE ? MOSQ_ERR_ACL_DENIED : MOSQ_ERR_PLUGIN_DEFER;
 	}
@@ -230,8 +237,10 @@ static int on_acl_check(int event, void *event_data, void *userdata)
 			}
 			return MOSQ_ERR_ACL_DENIED;
 		case MOSQ_ACL_WRITE:
-			/* protocol 0: no connection, the source of a retained message being checked */
-			if(mosquitto_client_protocol_version(ed->client) != 0 && nobody_relays(acl, username, ed->topic)){
+			/* protocol 0: no connection, the source of a retained message being checked; a last will: nothing
+			 * would ever send it again (it goes as without the plugin: to the relays' sessions, if they hold any) */
+			if(!its_will && mosquitto_client_protocol_version(ed->client) != 0
+					&& nobody_relays(acl, username, ed->topic)){
 				if(speak(&held, &more)){
 					mosquitto_log_printf(MOSQ_LOG_NOTICE,
 							"lockwise_acl: holding %.64s's message to %.128s until a relay subscribes:"
@@ -259,6 +268,8 @@ static int on_disconnect(int event, void *event_data, void *userdata)
 	 * again every time it connects */
 	if(relay != NULL){
 		relay_drops(acl, relay, NULL);
+	}else{
+		acl->closing = ed->client;
 	}
 	return MOSQ_ERR_SUCCESS;
 }
@@ -358,7 +369,8 @@ int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void **userdata, st
 	}
 	acl->relayed_count = split(relayed, acl->relayed, MAX_RELAYED);
 	if(acl->relayed_count < 0){
-		mosquitto_log_printf(MOSQ_LOG_ERR, "lockwise_acl: plugin_opt_relayed_topics: at most %d filters", MAX_RELAYED);
+		mosquitto_log_printf(MOSQ_LOG_ERR, "lockwise_acl: plugin_opt_relayed_topics: at most %d filters (or no"
+				" memory)", MAX_RELAYED);
 		acl->relayed_count = 0;
 		acl_free(acl);
 		return MOSQ_ERR_INVAL;
@@ -366,6 +378,10 @@ int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void **userdata, st
 	for(int i = 0; i < acl->relayed_count; i++){
 		mosquitto_log_printf(MOSQ_LOG_NOTICE, "lockwise_acl: holding locks' events to %s until a relay subscribes",
 				acl->relayed[i]);
+	}
+	if(acl->relayed_count == 0){
+		mosquitto_log_printf(MOSQ_LOG_WARNING, "lockwise_acl: no plugin_opt_relayed_topics: locks' events are taken"
+				" while no relay subscribes (and lost)");
 	}
 	*userdata = acl;
 	if(mosquitto_callback_register(identifier, MOSQ_EVT_ACL_CHECK, on_acl_check, NULL, acl) != MOSQ_ERR_SUCCESS
