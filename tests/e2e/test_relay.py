@@ -192,7 +192,7 @@ def test_a_relay_started_while_the_database_is_down_waits_for_it(
     lock_id, _lock = paired_lock()
     try:
         postgres.stop()
-        relay = relays()  # ready once its health endpoint answers: 503, starting
+        relay = relays(listening=False)  # ready once its health endpoint answers: 503, starting
         health = requests.get(f"http://127.0.0.1:{relay.port}/health", timeout=5)
         assert health.status_code == 503 and health.json()["status"] == "starting"
         time.sleep(2)
