@@ -20,8 +20,9 @@ from infra.deploy_config import RELAY_SLOTS
 
 TEMPLATES = Path(__file__).parent
 TOPIC_ROOT = "lockwise"
-#: what a lock publishes for the relays (``mqtt_relay.sessions.EVENT_KINDS``; the ACL's ``pattern write`` lines): the
-#: plugin takes a lock's message to one of them only while a relay holds a subscription for it
+#: what a lock publishes for the relays (``mqtt_relay.sessions.EVENT_KINDS``, a unit test ties them): the ACL lets
+#: a lock write these and nothing else, and the plugin takes a lock's message to one of them only while a relay holds
+#: a subscription for it
 LOCK_EVENTS = ("state", "ack", "status")
 #: the largest MQTT packet the broker takes: commands, acks and state reports are a few hundred bytes
 MAX_PACKET_SIZE = 65536
@@ -68,7 +69,8 @@ def mosquitto_conf(values: dict[str, str]) -> str:
 
 def acl() -> str:
     users = "\n".join(f"user {name}\ntopic readwrite {TOPIC_ROOT}/#\n" for name in relay_identities())
-    return render("acl.template", {"RELAY_USERS": users, "TOPIC_ROOT": TOPIC_ROOT})
+    writes = "\n".join(f"pattern write {TOPIC_ROOT}/%u/{kind}" for kind in LOCK_EVENTS)
+    return render("acl.template", {"RELAY_USERS": users, "TOPIC_ROOT": TOPIC_ROOT, "LOCK_WRITES": writes})
 
 
 def main(argv: list[str] | None = None) -> int:

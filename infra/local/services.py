@@ -364,9 +364,16 @@ class Broker:
 
 
 def start_relay(
-    state_dir: Path, env: dict[str, str], *, relay_id: str = "relay-1", health_port: int | None = None
+    state_dir: Path,
+    env: dict[str, str],
+    *,
+    relay_id: str = "relay-1",
+    health_port: int | None = None,
+    listening: bool = False,
 ) -> Process:
-    """The MQTT relay as its own process (``python -m mqtt_relay``); ready once its health endpoint answers.
+    """The MQTT relay as its own process (``python -m mqtt_relay``); ready once its health endpoint answers, or with
+    ``listening`` once it says ``ok`` (connected, its subscriptions to the locks' events sent: the broker turns locks
+    away while no relay listens).
 
     ``relay_id`` names its log file; the relay's broker identity is the slot it leases (``mqtt_relay.slots``)."""
     port = health_port or free_port()
@@ -384,7 +391,8 @@ def start_relay(
         env=child_env,
         cwd=REPO,
     )
-    wait_until(proc, lambda: http_ok(f"http://127.0.0.1:{port}/health", accept=(200, 503)), 30)
+    ready = (200,) if listening else (200, 503)
+    wait_until(proc, lambda: http_ok(f"http://127.0.0.1:{port}/health", accept=ready), 30)
     return proc
 
 

@@ -15,7 +15,6 @@ from infra.local import services
 from lockwise.core.db import Database
 from simlock.lock import LockConfig, SimulatedLock, provision
 from tests.conftest import _reset_database, reset_auth, reset_firestore, services_env
-from tests.waiting import wait_for
 
 COMMAND_TTL_S = 6
 
@@ -73,15 +72,13 @@ def relays(e2e: dict[str, Any], workdir: Path) -> Iterator[Callable[..., service
     started: list[services.Process] = []
 
     def start(relay_id: str | None = None, *, listening: bool = True, **env: str) -> services.Process:
-        """``listening``: wait until it has subscribed to the locks' events (its health says ``ok``; the broker
-        turns locks away while no relay listens), not only until its health endpoint answers."""
         proc = services.start_relay(
-            workdir / "relays", {**e2e["env"], **env}, relay_id=relay_id or f"relay-{secrets.token_hex(3)}"
+            workdir / "relays",
+            {**e2e["env"], **env},
+            relay_id=relay_id or f"relay-{secrets.token_hex(3)}",
+            listening=listening,
         )
         started.append(proc)
-        if listening:
-            health = f"http://127.0.0.1:{proc.port}/health"
-            wait_for(lambda: requests.get(health, timeout=5).status_code == 200, what=f"relay {relay_id} listening")
         return proc
 
     yield start

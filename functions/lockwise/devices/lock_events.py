@@ -347,6 +347,12 @@ def _list_in_feed(
     batch.writes.append(mirror.activity_entry(lock_id, kind, entry_id=entry_id, **fields))
 
 
+def report_key(reported: dt.datetime, state: str) -> str:
+    """How a state report is known (``lock_state.recent_reports``): the lock's own time of it, to the microsecond,
+    and its state."""
+    return f"{(reported - _EPOCH) // dt.timedelta(microseconds=1)}-{state}"
+
+
 def _state(lock_id: str, body: dict[str, Any], now: dt.datetime, batch: Pending) -> Outcome:
     state, battery, firmware, ts = body.get("state"), body.get("battery_pct"), body.get("firmware"), body.get("ts")
     if state not in STATES:
@@ -363,8 +369,7 @@ def _state(lock_id: str, body: dict[str, Any], now: dt.datetime, batch: Pending)
     row = batch.states.get(lock_id)
     if row is None:
         return Outcome("stale", NO_STATE)
-    # a report is known by the lock's own time of it, to the microsecond, and its state
-    key = f"{(reported - _EPOCH) // dt.timedelta(microseconds=1)}-{state}"
+    key = report_key(reported, state)
     if key in row.recent_reports or (reported == row.reported_at and state == row.state):  # delivered again
         return Outcome("stale", "this report was already taken")
     row.recent_reports = [*row.recent_reports, key][-RECENT_REPORTS:]
