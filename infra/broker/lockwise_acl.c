@@ -26,9 +26,9 @@
  *    (handle_publish.c), and the lock, which keeps a persistent session at QoS 1, sends the event again when it
  *    reconnects. Its last will, checked as the connection closes, goes as it would without the plugin (nothing
  *    would send it again: attack run 17, review). A relay's subscriptions are its identity's (its username, also
- *    its client id: use_username_as_clientid). Retained
- *    messages' source checks (check_retain_source: a client of no protocol) are deferred. Each close costs the
- *    broker a TLS handshake when the lock returns (about 1.5 ms of its one thread, attack run 17): locks back off.
+ *    its client id: use_username_as_clientid). Retained messages' source checks (check_retain_source: a client of
+ *    no protocol) are deferred. Each close costs the broker a TLS handshake when the lock returns (about 1.5 ms of
+ *    its one thread, attack run 17): locks back off.
  *
  * Build: cc -shared -fPIC -O2 -Wall -Wextra -o lockwise_acl.so lockwise_acl.c (Debian: gcc, libc6-dev,
  * mosquitto-dev, libmosquitto-dev).

@@ -18,14 +18,13 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from infra.local import services
 from infra.local.firestore_sdk import sdk_client
-from lockwise.devices import topics
+from lockwise.devices import lock_events, topics
 from simlock.lock import SimulatedLock
 from tests.conftest import PROJECT_ID
 from tests.e2e.conftest import COMMAND_TTL_S, App, db_one
 from tests.waiting import wait_for
 
 Pair = Callable[..., tuple[str, SimulatedLock]]
-EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 
 def status_is(app: App, lock_id: str, command_id: str, status: str) -> Callable[[], bool]:
@@ -97,8 +96,9 @@ def test_relay_killed_and_restarted_delivers_once_and_loses_no_event(
     lock_id, lock = online_beside_a_killed_relay(e2e, relays, paired_lock)
     commands = [app.unlock(lock_id), app.unlock(lock_id, "lock")]
     lock.battery_pct = 42
-    lock.publish_state()  # while no relay is connected: the broker turns the lock away unacknowledged, and it keeps
-    # the event (before, the broker acknowledged it and kept it in the crashed relay's session; attack run 17)
+    # while no relay is connected, the broker turns the lock away unacknowledged and the lock keeps the event (before,
+    # the broker acknowledged it into the crashed relay's session; attack run 17)
+    lock.publish_state()
     relays("relay-crashy")  # same client id: the persistent session resumes
     for command in commands:
         wait_for(status_is(app, lock_id, command["id"], "acked"), what=f"{command['action']} acked")
@@ -118,15 +118,15 @@ def test_a_broker_restart_loses_no_event_a_lock_sends_before_a_relay_is_back(
     broker closes the lock's connection unacknowledged (``lockwise_acl.c``) and the lock sends them again on each
     reconnect, until a relay is back. All three arrive."""
     lock_id, lock = online_beside_a_killed_relay(e2e, relays, paired_lock)
-    broker.restart()  # the lock reconnects on its own, and is turned away again and again (attack run 17: it was
-    # connected for milliseconds at a time, so no wait for it here: paho keeps what it publishes meanwhile)
+    # the lock reconnects on its own and is turned away again and again, connected for milliseconds at a time
+    # (attack run 17): no wait for it here, paho keeps what it publishes meanwhile
+    broker.restart()
     lock.battery_pct, keys = 33, []
     for battery in (31, 32, 33):
         ts = round(time.time(), 3)
         report = {"state": lock.state, "battery_pct": battery, "firmware": lock.config.firmware, "ts": ts}
         lock.client.publish(topics.state(lock.config.identity), json.dumps(report), qos=1)
-        micros = (dt.datetime.fromtimestamp(ts, dt.UTC) - EPOCH) // dt.timedelta(microseconds=1)
-        keys.append(f"{micros}-{lock.state}")  # how lock_events knows a report
+        keys.append(lock_events.report_key(dt.datetime.fromtimestamp(ts, dt.UTC), lock.state))
         time.sleep(0.01)
     time.sleep(2)  # the lock reconnects, is refused again and again meanwhile
     relays("relay-crashy")

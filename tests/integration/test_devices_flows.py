@@ -83,8 +83,10 @@ def test_pairing_flow_with_the_simulated_lock(devices: Any, sign_up: Any, broker
     assert stored_hash is None and len(bytes(stored_key)) == 32 and int(serial, 16) == cert.serial_number
     world = World(devices, {"owner": owner}, lock_id, credentials, key, tls_key)
     lock = SimulatedLock(world.lock_config(broker))
-    lock.start()  # it connects with its certificate (no relay runs here: the broker holds its reports, and a
-    lock.stop(graceful=False)  # graceful goodbye would wait for an acknowledgement that never comes)
+    # it connects with its certificate; no relay runs here, so the broker holds its reports, and a graceful goodbye
+    # would wait for an acknowledgement that never comes
+    lock.start()
+    lock.stop(graceful=False)
     assert devices.get(f"/devices/locks/{lock_id}", headers=bearer(owner)).get_json()["provisioned"] is True
 
     # re-provisioning: a new identity; the old one is revoked
