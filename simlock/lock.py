@@ -234,6 +234,7 @@ class SimulatedLock:
             "battery_pct": self.battery_pct,
             "firmware": self.config.firmware,
             "ts": round(time.time(), 3),  # seconds, millisecond precision
+            "connection": self.connection_no,  # a report that comes after this connection's goodbye changes no status
         }
         return self.client.publish(topics.state(self.config.identity), json.dumps(payload), qos=1)
 

@@ -972,6 +972,51 @@ def test_numbered_online_and_offline_reports_are_applied_only_when_newer(
     assert outcome("offline") == "applied" and not online()  # a bare report (older firmware) applies as it comes
 
 
+def test_a_state_report_of_a_connection_that_has_ended_does_not_bring_its_lock_back_online(
+    world: World, stack_env: dict[str, str]
+) -> None:
+    """A lock's report published just before its goodbye can reach the function after it (the relays share a lock's
+    events; an abandoned session's come late): it showed the offline lock online, and its command was sent to it. A report naming its connection (``connection``) changes the state but not the status once that
+    connection's end is applied; one naming a newer connection stands for its ``online``, so an older goodbye coming
+    later is stale; one naming none says the lock is online, as before the field."""
+    token, base = stack_env["LOCKWISE_SERVICE_TOKEN"], 1700000000000
+    ts = iter(range(int(time.time()) - 100, int(time.time())))
+
+    def report(connection: Any = None) -> str:
+        body = {"state": "unlocked", "ts": next(ts), **({} if connection is None else {"connection": connection})}
+        return str(relay_event(world, token, "state", body)["outcome"])
+
+    def row() -> tuple[bool, int | None, Any]:
+        with get_runtime("devices").db.connection() as con:
+            found = con.run(
+                "SELECT online, status_order, reported_at FROM lock_state WHERE lock_id = CAST(:l AS uuid)",
+                l=world.lock_id,
+            )[0]
+        return bool(found[0]), found[1], found[2]
+
+    def status(payload: str) -> str:
+        return str(relay_event(world, token, "status", payload)["outcome"])
+
+    assert status(f"online {base + 1}") == "applied" and status(f"offline {base + 1}") == "applied"
+    before = row()[2]
+    assert report(base + 1) == "applied", "the state is taken"
+    online, order, reported = row()
+    assert not online and order == 2 * (base + 1) + 1 and reported != before, "... the status is not"
+    wait_until_mirrored(world.lock_id)
+    doc = firestore_client(PROJECT_ID, stack_env["FIRESTORE_EMULATOR_HOST"]).document(f"locks/{world.lock_id}").get()
+    assert doc.to_dict()["online"] is False
+    assert report(base + 2) == "applied" and row()[:2] == (True, 2 * (base + 2)), "a newer connection is online"
+    assert status(f"online {base + 2}") == "duplicate"  # its own online, come after its report
+    assert status(f"offline {base + 1}") == "stale" and row()[0], "an older goodbye, late"
+    assert status(f"offline {base + 2}") == "applied" and not row()[0]
+    assert report() == "applied" and row()[0], "a report naming no connection: online, as before the field"
+    for bad in (-1, 1.5, True, "7", 10**15, int(time.time() * 1000) + 2 * 86_400_000):
+        assert (
+            relay_event(world, token, "state", {"state": "locked", "ts": time.time(), "connection": bad})["outcome"]
+            == "rejected"
+        ), bad
+
+
 def test_a_new_pairing_numbers_its_connections_afresh_and_no_number_runs_ahead_of_time(
     world: World, stack_env: dict[str, str]
 ) -> None:

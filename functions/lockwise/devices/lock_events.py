@@ -299,6 +299,14 @@ def apply(
 _STATUS = re.compile(r"(online|offline)(?: ([0-9]{1,15}))?")
 #: how far a connection's number may be ahead of the server's time in milliseconds (a lock's clock may run fast)
 STATUS_AHEAD_MS = 24 * 3600 * 1000
+#: a connection's number has at most 15 digits
+MAX_CONNECTION = 10**15 - 1
+CONNECTION_AHEAD = "the connection's number is ahead of any time in milliseconds"
+
+
+def _ahead(connection: int, now: dt.datetime) -> bool:
+    """A number no clock or counter reaches: one report of it would make every later one stale."""
+    return connection > now.timestamp() * 1000 + STATUS_AHEAD_MS
 
 
 def _status(lock_id: str, payload: str, now: dt.datetime, batch: Pending) -> Outcome:
@@ -310,9 +318,8 @@ def _status(lock_id: str, payload: str, now: dt.datetime, batch: Pending) -> Out
     if row is None:  # deleted since its credential was read: writing its document would bring it back in the app
         return Outcome("stale", NO_STATE)
     if parsed[2] is not None:  # numbered: applied only when newer than the last one applied
-        if int(parsed[2]) > now.timestamp() * 1000 + STATUS_AHEAD_MS:
-            # a number no clock or counter reaches: one report of it would make every later one stale
-            return Outcome("rejected", "the connection's number is ahead of any time in milliseconds")
+        if _ahead(int(parsed[2]), now):
+            return Outcome("rejected", CONNECTION_AHEAD)
         order = 2 * int(parsed[2]) + (0 if online else 1)
         if row.status_order is not None and order == row.status_order:
             return Outcome("duplicate", "this connection's report was already applied")
@@ -363,6 +370,13 @@ def _state(lock_id: str, body: dict[str, Any], now: dt.datetime, batch: Pending)
         return Outcome("rejected", "firmware must be printable text of at most 64 characters")
     if isinstance(ts, bool) or not isinstance(ts, int | float) or not 0 < ts < 1e11:
         return Outcome("rejected", "ts must be the lock's unix time in seconds")
+    connection = body.get("connection")
+    if connection is not None and (
+        isinstance(connection, bool) or not isinstance(connection, int) or not 0 <= connection <= MAX_CONNECTION
+    ):
+        return Outcome("rejected", "connection must be the number of the connection it is sent on, at most 15 digits")
+    if connection is not None and _ahead(connection, now):
+        return Outcome("rejected", CONNECTION_AHEAD)
     reported = dt.datetime.fromtimestamp(ts, dt.UTC)
     if reported > now + dt.timedelta(seconds=MAX_FUTURE_S):
         return Outcome("rejected", "ts is in the future")
@@ -381,20 +395,37 @@ def _state(lock_id: str, body: dict[str, Any], now: dt.datetime, batch: Pending)
         fields = {"state": state, "reported_at": reported.isoformat(), "late": True}
         _list_in_feed(batch, lock_id, row, now, "state", entry_id, **fields)
         return Outcome("stale", "a newer report was already applied: listed in the feed as late, state unchanged")
-    row.state, row.reported_at, row.last_seen, row.online = state, reported, now, True
+    row.state, row.reported_at, row.last_seen = state, reported, now
+    _seen_on(row, connection)
     row.battery_pct = battery if battery is not None else row.battery_pct
     row.firmware = firmware if firmware is not None else row.firmware
     doc = {
         "state": state,
         "battery_pct": row.battery_pct,
         "firmware": row.firmware,
-        "online": True,
+        "online": row.online,
         "last_seen": now.isoformat(),
         "reported_at": reported.isoformat(),
     }
     batch.writes.append((mirror.lock_doc(lock_id), "merge", doc))
     _list_in_feed(batch, lock_id, row, now, "state", entry_id, state=state, reported_at=reported.isoformat())
     return Outcome("applied")
+
+
+def _seen_on(row: _State, connection: int | None) -> None:
+    """A state report says its lock is online, unless it names a connection whose end was already applied: relay
+    replicas share the lock's events and an abandoned session's are forwarded late, so a report sent just before a
+    goodbye could come after it, and it showed the offline lock online; commands were then sent into its broker
+    session. One naming a connection newer than the last status applied stands for that
+    connection's ``online`` (which may come after it): an older connection's goodbye, late, is then stale. One that
+    names no connection (firmware before the field) says the lock is online, as it always did."""
+    if connection is None:
+        row.online = True
+        return
+    if row.status_order is not None and row.status_order >= 2 * connection + 1:  # that connection has ended
+        return
+    row.online = True
+    row.status_order = max(row.status_order or 0, 2 * connection)
 
 
 def _plain_text(text: str) -> bool:
