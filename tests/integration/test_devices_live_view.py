@@ -976,9 +976,10 @@ def test_a_state_report_of_a_connection_that_has_ended_does_not_bring_its_lock_b
     world: World, stack_env: dict[str, str]
 ) -> None:
     """A lock's report published just before its goodbye can reach the function after it (the relays share a lock's
-    events; an abandoned session's come late): it showed the offline lock online, and its command was sent to it. A report naming its connection (``connection``) changes the state but not the status once that
-    connection's end is applied; one naming a newer connection stands for its ``online``, so an older goodbye coming
-    later is stale; one naming none says the lock is online, as before the field."""
+    events; an abandoned session's come late): it showed the offline lock online, and its command was sent to it. A
+    report naming its connection (``connection``) changes the state but not the status once that connection's end
+    is applied; one naming a newer connection stands for its ``online``, so an older goodbye coming later is stale;
+    one naming none says the lock is online, as before the field."""
     token, base = stack_env["LOCKWISE_SERVICE_TOKEN"], 1700000000000
     ts = iter(range(int(time.time()) - 100, int(time.time())))
 
