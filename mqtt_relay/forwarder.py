@@ -179,14 +179,17 @@ class Forwarder:
             pass
         return "taken"
 
-    def flush_mirror(self) -> bool:
+    def flush_mirror(self, broker_started_at: float | None = None) -> bool:
         """Ask the devices function for its upkeep: write queued Firestore mirror rows (the app's view converges),
-        refresh guests' windows, prune expired rows, end gone accounts. A failure is logged with the function's
+        refresh guests' windows, turn offline the locks not heard from since ``broker_started_at`` (when known:
+        ``mqtt_relay.broker_start``), prune expired rows, end gone accounts. A failure is logged with the function's
         error and kept in ``upkeep_error`` until an upkeep succeeds (its answer was not read: a failing upkeep went
         unseen). Not on the forwarder's session, which is its thread's. Returns whether the function says locks'
         access is left due (ask again at once)."""
+        body = None if broker_started_at is None else {"broker_started_at": broker_started_at}
         try:
-            resp = requests.post(self.flush_url, headers={**self.headers, **self.identity()}, timeout=self.timeout_s)
+            headers = {**self.headers, **self.identity()}
+            resp = requests.post(self.flush_url, json=body, headers=headers, timeout=self.timeout_s)
         except (requests.RequestException, OSError) as exc:
             self.upkeep_error = type(exc).__name__
         else:

@@ -30,6 +30,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from lockwise.core.db import Connection, Database
 from lockwise.devices import topics
 from mqtt_relay import outbox, sessions
+from mqtt_relay.broker_start import UPTIME_TOPIC, BrokerStart
 from mqtt_relay.forwarder import Event, Forwarder
 from mqtt_relay.identity import IdTokens
 from mqtt_relay.settings import RelaySettings
@@ -75,6 +76,8 @@ class Relay:
             on_taken=self._after_reports,
         )
         self.drained = 0
+        #: when the broker last started (its uptime, heard live): the upkeep turns locks not back since offline
+        self.broker_start = BrokerStart()
 
     # ------------------------------------------------------------------------------------------------ MQTT side
 
@@ -84,6 +87,8 @@ class Relay:
             return
         client.subscribe([(t, 1) for t in self.event_topics])  # here, so subscriptions survive reconnects
         client.unsubscribe(sessions.LEGACY_EVENT_TOPICS)  # a session resumed from before the group had a secret name
+        self.broker_start.forget()
+        client.subscribe(UPTIME_TOPIC, 0)  # every replica: a plain subscription (not shared), nothing queued
         self.connected.set()
         self._wake.set()
         log.info("connected to broker", extra={"fields": {"session_present": bool(flags.session_present)}})
@@ -94,6 +99,9 @@ class Relay:
             log.warning("disconnected from broker; reconnecting", extra={"fields": {"reason": str(rc)}})
 
     def _on_message(self, _c: mqtt.Client, _ud: Any, msg: mqtt.MQTTMessage) -> None:
+        if msg.topic == UPTIME_TOPIC:
+            self.broker_start.heard(bytes(msg.payload), retained=bool(msg.retain))
+            return
         payload = bytes(msg.payload).decode("utf-8", errors="replace")
         self.forwarder.submit(Event(msg.topic, payload, functools.partial(self._ack, msg.mid, msg.qos)))
 
@@ -198,7 +206,7 @@ class Relay:
         due, again at once (``UPKEEP_AGAIN_S``): edges that fall together (every whole-day guest of a zone at its
         midnight) took a 10 s period for each 5 s budget of refreshes, their guests' open listeners kept meanwhile."""
         while not self.stopping.is_set():
-            again = self.forwarder.flush_mirror()
+            again = self.forwarder.flush_mirror(self.broker_start.started_at)
             self.stopping.wait(UPKEEP_AGAIN_S if again else self.settings.flush_every_s)
 
     def _empty_abandoned_sessions(self) -> None:
@@ -251,7 +259,7 @@ class Relay:
     # ------------------------------------------------------------------------------------------------- health
 
     def health(self) -> tuple[dict[str, Any], int]:
-        checks: dict[str, Any] = {"broker": {"ok": self.connected.is_set()}}
+        checks: dict[str, Any] = {"broker": {"ok": self.connected.is_set(), "started_at": self.broker_start.started_at}}
         try:
             checks["database"] = {"ok": True, **outbox.lag(self.db)}
         except Exception as exc:  # noqa: BLE001 - health reports, never raises

@@ -24,6 +24,9 @@ TOPIC_ROOT = "lockwise"
 #: a lock write these and nothing else, and the plugin takes a lock's message to one of them only while a relay holds
 #: a subscription for it
 LOCK_EVENTS = ("state", "ack", "status")
+#: the broker's uptime, which every relay reads (``mqtt_relay.broker_start.UPTIME_TOPIC``, a unit test ties them):
+#: it dates the broker's start, and locks not heard from since are turned offline (no last will survives a restart)
+UPTIME_TOPIC = "$SYS/broker/uptime"
 #: the largest MQTT packet the broker takes: commands, acks and state reports are a few hundred bytes
 MAX_PACKET_SIZE = 65536
 PROD = {
@@ -68,7 +71,9 @@ def mosquitto_conf(values: dict[str, str]) -> str:
 
 
 def acl() -> str:
-    users = "\n".join(f"user {name}\ntopic readwrite {TOPIC_ROOT}/#\n" for name in relay_identities())
+    users = "\n".join(
+        f"user {name}\ntopic readwrite {TOPIC_ROOT}/#\ntopic read {UPTIME_TOPIC}\n" for name in relay_identities()
+    )
     writes = "\n".join(f"pattern write {TOPIC_ROOT}/%u/{kind}" for kind in LOCK_EVENTS)
     return render("acl.template", {"RELAY_USERS": users, "TOPIC_ROOT": TOPIC_ROOT, "LOCK_WRITES": writes})
 

@@ -139,6 +139,51 @@ def test_a_broker_restart_loses_no_event_a_lock_sends_before_a_relay_is_back(
     assert db_one(e2e, "SELECT battery_pct FROM lock_state WHERE lock_id = CAST(:l AS uuid)", l=lock_id) == [33]
 
 
+def test_a_lock_that_does_not_come_back_after_a_broker_restart_is_shown_offline(
+    e2e: dict[str, Any], app: App, relays: Any, paired_lock: Pair, broker: services.Broker
+) -> None:
+    """Mosquitto keeps no last will across a restart: a lock whose power was cut while the broker was away sent no
+    ``offline`` and was shown online until it came back, its commands sent into its broker session. The relay reads
+    the broker's start from its uptime and the upkeep turns offline the locks not heard from since; a lock that
+    reconnected stays online and is sent its command."""
+    relay = relays()
+    gone_id, gone = paired_lock("Garage")
+    back_id, back = paired_lock()
+    for lock_id in (gone_id, back_id):
+        wait_online(e2e, lock_id)
+    # both heard from a minute before the restart (the start may be dated up to 10 s late: BROKER_START_SLACK), so
+    # that staying online needs a report after it
+    with e2e["db"].transaction() as con:
+        con.run(
+            "UPDATE lock_state SET last_seen = last_seen - interval '1 minute' WHERE lock_id = ANY(CAST(:l AS uuid[]))",
+            l=[gone_id, back_id],
+        )
+    # a crash: a broker that stops cleanly sends the wills of the clients it still holds (the relay takes them)
+    broker.process.popen.send_signal(signal.SIGKILL)
+    broker.process.popen.wait(5)
+    gone.go_offline()  # its power cut meanwhile: no goodbye, and its will died with the broker
+    starting = time.time()
+    broker.start_again()
+    started = (starting, time.time())
+
+    def online(lock_id: str) -> bool:
+        return bool(db_one(e2e, "SELECT online FROM lock_state WHERE lock_id = CAST(:l AS uuid)", l=lock_id) == [True])
+
+    # a live uptime comes within the broker's sys_interval (10 s), the upkeep every second after
+    wait_for(lambda: not online(gone_id) and online(back_id), timeout=30, what="the lock not back shown offline")
+    client = sdk_client(PROJECT_ID, e2e["env"]["FIRESTORE_EMULATOR_HOST"])
+    wait_for(
+        lambda: (client.document(f"locks/{gone_id}").get().to_dict() or {}).get("online") is False,
+        what="the app shown it offline",
+    )
+    entries = [e.to_dict() for e in client.collection(f"locks/{gone_id}/activity").stream()]
+    assert [e.get("reason") for e in entries if e["kind"] == "offline"] == ["broker_restart"]
+    read = requests.get(f"http://127.0.0.1:{relay.port}/health", timeout=5).json()["checks"]["broker"]["started_at"]
+    assert started[0] - 1.5 < read < started[1] + 1.5, "the broker's start as the relay read it, within a second"
+    command = app.unlock(back_id)
+    wait_for(lambda: [c for c in back.executed if c.id == command["id"]], what="the lock back sent its command")
+
+
 def test_nothing_is_lost_while_the_database_restarts(
     e2e: dict[str, Any], app: App, relays: Any, paired_lock: Pair, postgres: services.Postgres
 ) -> None:

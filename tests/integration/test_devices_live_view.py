@@ -1018,6 +1018,61 @@ def test_a_state_report_of_a_connection_that_has_ended_does_not_bring_its_lock_b
         ), bad
 
 
+def test_locks_not_heard_from_since_their_broker_restarted_are_turned_offline(
+    world: World, stack_env: dict[str, str]
+) -> None:
+    """Mosquitto keeps no last will across a restart (``persist_write.c``), so a lock whose power was cut while the
+    broker was away sent no ``offline`` and was shown online until it came back; commands made for it were sent
+    into its broker session. With the broker's start (``broker_started_at``, from the relay), the relay's upkeep
+    turns offline the locks not heard from since; those heard from after it, and a relay from before the field
+    (no body), change nothing. The lock's connection counts as ended: its ``online``, late, is stale."""
+    token = stack_env["LOCKWISE_SERVICE_TOKEN"]
+    service = {"X-LockWise-Service-Token": token}
+    base = 1700000000000
+    # dated well before any other test's locks, so that only this one is turned offline in the shared database
+    started = dt.datetime(2021, 1, 1, tzinfo=dt.UTC)
+
+    def flush(body: Any = None, **kwargs: Any) -> Any:
+        return world.devices.post("/devices/relay/flush", headers=service, json=body, **kwargs)
+
+    def row() -> tuple[bool, int | None]:
+        with get_runtime("devices").db.connection() as con:
+            found = con.run(
+                "SELECT online, status_order FROM lock_state WHERE lock_id = CAST(:l AS uuid)", l=world.lock_id
+            )
+        return bool(found[0][0]), found[0][1]
+
+    def heard_from(when: dt.datetime) -> None:
+        with get_runtime("devices").db.transaction() as con:
+            con.run("UPDATE lock_state SET last_seen = :t WHERE lock_id = CAST(:l AS uuid)", t=when, l=world.lock_id)
+
+    assert relay_event(world, token, "status", f"online {base + 1}")["outcome"] == "applied"
+    heard_from(started - dt.timedelta(seconds=5))  # within the slack: its clock and the relay's may differ
+    assert flush({"broker_started_at": started.timestamp()}).status_code == 200 and row()[0]
+    assert flush().status_code == 200 and row()[0], "a relay from before the field sends no body"
+    heard_from(started - dt.timedelta(minutes=5))
+    resp = flush({"broker_started_at": started.timestamp(), "a_newer_field": 1})
+    assert resp.status_code == 200, resp.get_json()
+    assert row() == (False, 2 * (base + 1) + 1), "offline, its connection ended"
+    wait_until_mirrored(world.lock_id)
+    client = firestore_client(PROJECT_ID, stack_env["FIRESTORE_EMULATOR_HOST"])
+    assert client.document(f"locks/{world.lock_id}").get().to_dict()["online"] is False
+    entries = [e.to_dict() for e in client.collection(f"locks/{world.lock_id}/activity").stream()]
+    assert [e.get("reason") for e in entries if e["kind"] == "offline"] == ["broker_restart"]
+    assert relay_event(world, token, "status", f"online {base + 1}")["outcome"] == "stale"
+    report = {"state": "locked", "ts": time.time(), "connection": base + 1}
+    assert relay_event(world, token, "state", report)["outcome"] == "applied" and not row()[0], "a late report"
+    assert relay_event(world, token, "status", f"online {base + 2}")["outcome"] == "applied" and row()[0]
+    assert flush({"broker_started_at": started.timestamp()}).status_code == 200 and row()[0], "back: heard from since"
+    future = time.time() + 3600
+    for bad in ("2021-01-01", -1, 0, True, future, [1], {"s": 1}):
+        resp = flush({"broker_started_at": bad})
+        assert resp.status_code == 400 and resp.get_json()["error"]["code"] == "invalid_broker_started_at", bad
+    resp = flush(data=b"{", content_type="application/json")
+    assert resp.status_code == 400 and resp.get_json()["error"]["code"] == "malformed_json"
+    assert row()[0]
+
+
 def test_a_new_pairing_numbers_its_connections_afresh_and_no_number_runs_ahead_of_time(
     world: World, stack_env: dict[str, str]
 ) -> None:

@@ -17,6 +17,7 @@ from mqtt_relay.forwarder import Event, Forwarder
 from tests.waiting import wait_for
 
 batches: list[bytes] = []
+upkeeps: list[bytes] = []  # each upkeep's body, as posted
 
 
 @pytest.fixture
@@ -35,6 +36,7 @@ def devices() -> Iterator[tuple[str, list[tuple[int, bytes]]]]:
                 status, body = 200, json.dumps({"results": taken}).encode()
             else:
                 assert self.path == "/devices/relay/flush"
+                upkeeps.append(self.rfile.read(int(self.headers.get("Content-Length") or 0)))
                 status, body = answers.pop(0)
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
@@ -46,6 +48,7 @@ def devices() -> Iterator[tuple[str, list[tuple[int, bytes]]]]:
             pass
 
     batches.clear()
+    upkeeps.clear()
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -82,6 +85,17 @@ def test_an_upkeep_that_left_access_due_is_asked_again(devices: tuple[str, list[
         (503, b'{"access_due": true}'),
     ]
     assert [forwarder.flush_mirror() for _ in range(4)] == [True, False, False, False]
+
+
+def test_an_upkeep_tells_the_broker_start_once_known(devices: tuple[str, list[tuple[int, bytes]]]) -> None:
+    """The function turns offline the locks not heard from since the broker started; until the relay knows the
+    start (a live uptime on its connection), its upkeep has no body, as before the field."""
+    url, answers = devices
+    forwarder = Forwarder(url, "token", timeout_s=5)
+    answers += [(200, b'{"written": 0}'), (200, b'{"written": 0}')]
+    forwarder.flush_mirror(None)
+    forwarder.flush_mirror(1767225600.5)
+    assert upkeeps[0] == b"" and json.loads(upkeeps[1]) == {"broker_started_at": 1767225600.5}
 
 
 def test_an_unreachable_devices_function_is_an_upkeep_error() -> None:

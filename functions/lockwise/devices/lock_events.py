@@ -332,6 +332,48 @@ def _status(lock_id: str, payload: str, now: dt.datetime, batch: Pending) -> Out
     return Outcome("applied")
 
 
+#: a lock heard from this long before its broker's last start still counts as heard from after it: the start is
+#: dated on the relay's clock, a lock's ``last_seen`` on the devices instances'
+BROKER_START_SLACK = dt.timedelta(seconds=10)
+#: locks turned offline per transaction (``not_back_since``)
+NOT_BACK_PER_PASS = 1000
+
+
+def not_back_since(con: Connection, broker_started_at: dt.datetime, now: dt.datetime, feed_budget: int) -> int:
+    """Turn offline the locks shown online but not heard from since their broker last started (with
+    ``BROKER_START_SLACK``), listed in their feeds as ``offline`` with ``reason: broker_restart``; returns how many,
+    at most ``NOT_BACK_PER_PASS`` (call again, in a new transaction, while it returns that).
+
+    A broker restart ends every lock's connection, and Mosquitto 2.0 keeps no last will across it
+    (``persist_write.c`` saves none), so a lock that did not come back (its power cut while the broker was away) sent
+    no ``offline`` and was shown online until it returned; commands made for it were sent into its broker session.
+    Each lock turned offline has its connection's end applied (the status order made odd), so that connection's
+    ``online`` or state report, forwarded late, does not bring it back; its next connection's does. Idempotent: a lock
+    back since then was heard from after the start, and one turned offline is not online."""
+    before = broker_started_at - BROKER_START_SLACK
+    lock_ids = [
+        str(row[0])
+        for row in con.run(
+            "SELECT lock_id::text FROM lock_state WHERE online AND last_seen < :b ORDER BY lock_id LIMIT :n",
+            b=before,
+            n=NOT_BACK_PER_PASS,
+        )
+    ]
+    batch = Pending(LockStates(con, lock_ids), feed_budget)
+    turned = 0
+    for lock_id in lock_ids:
+        row = batch.states.get(lock_id)  # as locked: a report may have come since the query
+        if row is None or not row.online or row.last_seen is None or row.last_seen >= before:
+            continue
+        row.online, row.changed, turned = False, True, turned + 1
+        if row.status_order is not None:
+            row.status_order |= 1  # its connection's end: "online n" < "offline n"
+        batch.writes.append((mirror.lock_doc(lock_id), "merge", {"online": False}))
+        _list_in_feed(batch, lock_id, row, now, "offline", reason="broker_restart")
+    batch.write(con)
+    return turned
+
+
 def _list_in_feed(
     batch: Pending,
     lock_id: str,

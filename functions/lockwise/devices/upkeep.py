@@ -1,19 +1,22 @@
 """The devices side of the relay's periodic upkeep (``POST /devices/relay/flush``): access documents whose edge has
-come, expired rows, accounts deleted outside the app. Each step runs in its own transactions, and each runs whatever
-the others did: a prune the database refuses for now does not hold up the guests' windows or the accounts' checks."""
+come, locks not back since their broker restarted, expired rows, accounts deleted outside the app. Each step runs in
+its own transactions, and each runs whatever the others did: a prune the database refuses for now does not hold up
+the guests' windows or the accounts' checks."""
 
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from collections.abc import Callable
 from typing import TypeVar
 
 from lockwise.core import accounts, retention
 from lockwise.core.config import Settings
 from lockwise.core.db import Database
-from lockwise.devices import gone_accounts, lock_auth, members
+from lockwise.devices import gone_accounts, lock_auth, lock_events, members
 
 T = TypeVar("T")
+log = logging.getLogger("lockwise.devices.upkeep")
 
 
 def every_step(
@@ -21,9 +24,12 @@ def every_step(
     directory: Callable[[], accounts.Directory],
     settings: Settings,
     now: Callable[[], dt.datetime],
+    broker_started_at: dt.datetime | None = None,
 ) -> bool:
     """Run every step; the first step's failure is raised once all have run. Returns whether locks' access is left
-    due (many edges fell together: the relay asks again at once rather than at its next period)."""
+    due (many edges fell together: the relay asks again at once rather than at its next period).
+    ``broker_started_at``: when the relay's broker last started, if it knows: locks not heard from since are turned
+    offline (``lock_events.not_back_since``)."""
     failures: list[Exception] = []
 
     def attempted(step: Callable[[], T]) -> T | None:
@@ -37,7 +43,19 @@ def every_step(
         with db.transaction() as con:
             retention.prune_expired(con, nonces_kept_s=lock_auth.nonces_kept_s(settings))
 
+    def not_back(started_at: dt.datetime) -> None:
+        while True:
+            with db.transaction() as con:
+                turned = lock_events.not_back_since(con, started_at, now(), settings.feed_reports_per_minute)
+            if turned:
+                fields = {"count": turned, "broker_started_at": started_at.isoformat()}
+                log.info("locks not back since the broker started: offline", extra={"fields": fields})
+            if turned < lock_events.NOT_BACK_PER_PASS:
+                return
+
     access_due = attempted(lambda: members.mirror_access_due(db)) is True
+    if broker_started_at is not None:
+        attempted(lambda: not_back(broker_started_at))
     attempted(prune_expired)
     attempted(lambda: gone_accounts.end(db, directory, settings, now))
     if failures:
