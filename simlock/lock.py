@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import random
 import ssl
 import tempfile
 import threading
@@ -119,6 +120,12 @@ def provision(devices_url: str, code: str, ca_file: str, *, host: str | None = N
     )
 
 
+#: reconnecting: 1 s, doubling to 30 s while connections end with nothing of the lock's acknowledged, each wait
+#: drawn between half and all of it (docs/FIRMWARE.md, "Connecting"; paho's own backoff starts again at every CONNACK,
+#: and the broker turns a lock away right after it while no relay is connected)
+BACKOFF_MIN_S, BACKOFF_MAX_S = 1.0, 30.0
+
+
 @dataclass
 class SimulatedLock:
     config: LockConfig
@@ -145,6 +152,8 @@ class SimulatedLock:
         self.connection_no = 0  # the current connection's number (docs/FIRMWARE.md, "Online and offline")
         self.client = self._new_client()
         self.connect_result: ReasonCode | None = None
+        self.backoff_s = BACKOFF_MIN_S  # the next reconnect's wait, at most (before its jitter)
+        self._acked = False  # whether a message of this connection was acknowledged (its PUBACK)
 
     def _new_client(self) -> mqtt.Client:
         cfg = self.config
@@ -157,12 +166,13 @@ class SimulatedLock:
         certfile, keyfile = cfg.tls_files(self._files)
         client.tls_set(ca_certs=cfg.ca_file, certfile=certfile, keyfile=keyfile, tls_version=ssl.PROTOCOL_TLS_CLIENT)
         self._next_connection(client)
-        client.reconnect_delay_set(min_delay=1, max_delay=5)
+        client.reconnect_delay_set(min_delay=1, max_delay=1)  # drawn again at every disconnect (_on_disconnect)
         client.on_socket_open = no_delay  # as docs/FIRMWARE.md asks of the firmware (TCP_NODELAY)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_subscribe = self._on_subscribe
         client.on_message = self._on_message
+        client.on_publish = self._on_publish
         return client
 
     def _next_connection(self, client: mqtt.Client) -> None:
@@ -211,6 +221,7 @@ class SimulatedLock:
             log.warning("lock %s: connection refused: %s", self.config.lock_id, rc)
             return
         self.connected.set()
+        self._acked = False
         client.subscribe(topics.commands(self.config.identity), qos=1)
         client.publish(topics.status(self.config.identity), f"online {self.connection_no}", qos=1, retain=True)
         self._ack_grants()
@@ -224,7 +235,15 @@ class SimulatedLock:
         self.connected.clear()
         self.subscribed.clear()
         self._next_connection(client)  # before the reconnect: the next session's will carries its own number
-        log.info("lock %s disconnected: %s", self.config.lock_id, rc)
+        if self._acked:
+            self.backoff_s = BACKOFF_MIN_S
+        wait = random.uniform(self.backoff_s / 2, self.backoff_s)  # noqa: S311 - jitter, not a secret
+        self.backoff_s = min(self.backoff_s * 2, BACKOFF_MAX_S)  # the next one's, unless this one's are taken
+        client.reconnect_delay_set(wait, wait)  # type: ignore[arg-type]  # paho waits its min_delay next
+        log.info("lock %s disconnected: %s; reconnecting in %.1f s", self.config.lock_id, rc, wait)
+
+    def _on_publish(self, _c: mqtt.Client, _ud: Any, _mid: int, _rc: ReasonCode, _p: Any) -> None:
+        self._acked = True  # QoS 1: the broker took a message of ours (its PUBACK), so it is not turning us away
 
     # ------------------------------------------------------------------------------------------------ behaviour
 

@@ -28,7 +28,7 @@ from infra.local.services import Broker
 from lockwise.devices import topics
 from lockwise.devices.lock_certs import LockCa, crl, issue, new_ca
 from mqtt_relay import sessions
-from simlock.lock import new_tls_key
+from simlock.lock import LockConfig, SimulatedLock, new_tls_key
 
 RELAY = f"lockwise-relay-{RELAY_SLOTS}"  # a relay slot the tests' relays never lease
 LEGACY = sessions.LEGACY_EVENT_TOPICS  # the relays' shared subscriptions under the fixed group name of before
@@ -615,3 +615,50 @@ def test_a_locks_last_will_waits_for_a_relay_that_is_away(own_broker: Broker, tm
             back.stop()
     finally:
         lock.client.loop_stop()
+
+
+def test_the_simulated_lock_backs_off_while_turned_away_and_starts_again_once_acknowledged(
+    own_broker: Broker, tmp_path: Path
+) -> None:
+    """docs/FIRMWARE.md asks a lock the broker turns away (no relay connected) to reconnect after 1 s, doubling to
+    about 30 s, with jitter, reset only once a message of its own is acknowledged: each turn-away costs the broker a
+    TLS handshake (attack run 17). The simulated lock used paho's backoff, which starts again at every CONNACK, and
+    came back every second. Here: its waits double while it is turned away; once a relay takes its messages, the
+    next turn-away is waited for 1 s at most again."""
+    broker = own_broker
+    identity = f"lk-{secrets.token_hex(6)}"
+    cert, key = broker.client_files(identity, tmp_path / identity)
+    config = LockConfig(
+        "lock", identity, cert.read_text(), key.read_text(), "127.0.0.1", broker.port, str(broker.ca_file)
+    )
+    lock, connects = SimulatedLock(config), list[float]()
+    on_connect = lock.client.on_connect
+
+    def counted(*args: Any) -> None:
+        connects.append(time.monotonic())
+        on_connect(*args)  # type: ignore[misc]
+
+    lock.client.on_connect = counted
+    relay_files = broker.client_files(RELAY, tmp_path / "relay")
+    group = sessions.event_topics(f"lockwise-relay-{secrets.token_hex(16)}")
+    relay = Peer(broker, relay_files, client_id=RELAY, persistent=mqtt.MQTTv5)
+    try:
+        lock.client.connect(config.host, config.port, keepalive=config.keepalive_s)
+        lock.client.loop_start()
+        wait_until(lambda: len(connects) >= 4, 20)  # waits of 0.5-1, 1-2 and 2-4 s (3.5 to 7 s), and paho's slack
+        gaps = [b - a for a, b in zip(connects, connects[1:], strict=False)]
+        assert len(connects) >= 4, connects
+        assert all(gap > 0.5 * 2**i - 0.1 for i, gap in enumerate(gaps)), gaps  # paho's came every second
+        assert lock.backoff_s >= 8
+        assert relay.start() and all(relay.subscribe(topic) for topic in group)
+        # its next try, 4-8 s or 8-16 s after its last, is taken
+        wait_until(lambda: any(t == topics.state(identity) for t, _ in relay.messages), 25)
+        assert any(t == topics.state(identity) for t, _ in relay.messages), (connects, relay.messages, lock.backoff_s)
+        relay.stop()  # gone again: the lock's next message is turned away, after some of its own were taken
+        taken = len(connects)
+        lock.publish_state()
+        wait_until(lambda: len(connects) > taken, 5)
+        assert len(connects) > taken and connects[-1] - connects[taken - 1] < 5, "back within a second of its close"
+    finally:
+        lock.client.loop_stop()
+        relay.client.loop_stop()
