@@ -1,12 +1,18 @@
-"""When the broker last started, read from Mosquitto's ``$SYS/broker/uptime`` ("<n> seconds", every
-``sys_interval``).
+"""How long the broker has been up, read from Mosquitto's ``$SYS/broker/uptime`` ("<n> seconds", every
+``sys_interval`` + 1 s).
 
-A broker restart ends every lock's connection, and Mosquitto 2.0 keeps no last will across it (``persist_write.c``
-saves none): a lock that does not come back never sends ``offline``. The relay hands the start to the devices
-function with each upkeep, which turns offline the locks not heard from since (``lock_events.not_back_since``).
+A broker restart ends every lock's connection, and Mosquitto 2.0 keeps no last will across a crash
+(``persist_write.c`` saves none): a lock that does not come back never sends ``offline``. The relay hands the
+broker's uptime to the devices function with each upkeep, which turns offline the locks whose connection it heard of
+before the broker started (``lock_events.not_back_since``). An uptime, not a time of day: the function dates the start
+on its own clock, and the relay's clock running ahead of it turned live locks offline (a review). The delay of the
+upkeep's request only makes the start look earlier, which turns fewer locks offline, never more.
+
 Only a live publish is read: a retained copy, given on subscribing, is as old as the broker's last publish (up to
-``sys_interval``), and a start dated late would turn off a lock heard from just after it. A broker that publishes
-no uptime (another broker, ``sys_interval 0``) leaves the start unknown, and nothing is turned offline.
+11 s), and a start dated late would turn off a lock heard of just after the real start. Each reading is late by its
+delivery, so of a connection's readings the one that dates the start earliest is kept (one broker start per
+connection: a restart ends it). A broker that publishes no uptime (another broker, ``sys_interval 0``) leaves it
+unknown, and nothing is turned offline.
 """
 
 from __future__ import annotations
@@ -24,12 +30,11 @@ log = logging.getLogger("mqtt_relay.broker_start")
 
 
 class BrokerStart:
-    """The broker's last start in unix seconds on this relay's clock, once a live uptime was heard on this
-    connection (None until then: a new connection may be to a broker that has just restarted)."""
+    """The broker's start on this relay's monotonic clock, once a live uptime was heard on this connection."""
 
-    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
-        self.started_at: float | None = None
+        self._started: float | None = None
 
     def heard(self, payload: bytes, *, retained: bool) -> None:
         """A message on ``UPTIME_TOPIC``."""
@@ -39,11 +44,15 @@ class BrokerStart:
         if parsed is None:
             log.warning("broker uptime not understood", extra={"fields": {"payload": payload[:40].decode("latin-1")}})
             return
-        started_at = self._clock() - int(parsed[1])
-        if self.started_at is None or abs(started_at - self.started_at) > 5:  # not the same start, read again
-            log.info("broker start", extra={"fields": {"started_at": started_at}})
-        self.started_at = started_at
+        started = self._clock() - int(parsed[1])
+        if self._started is None:
+            log.info("broker uptime read", extra={"fields": {"uptime_s": int(parsed[1])}})
+        self._started = started if self._started is None else min(self._started, started)
+
+    def uptime_s(self) -> float | None:
+        """How long the broker has been up now, as far as this relay knows (None: not known on this connection)."""
+        return None if self._started is None else round(self._clock() - self._started, 3)
 
     def forget(self) -> None:
         """A new connection: the broker may have restarted since the last uptime heard."""
-        self.started_at = None
+        self._started = None

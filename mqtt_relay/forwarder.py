@@ -179,14 +179,14 @@ class Forwarder:
             pass
         return "taken"
 
-    def flush_mirror(self, broker_started_at: float | None = None) -> bool:
+    def flush_mirror(self, broker_uptime_s: float | None = None) -> bool:
         """Ask the devices function for its upkeep: write queued Firestore mirror rows (the app's view converges),
-        refresh guests' windows, turn offline the locks not heard from since ``broker_started_at`` (when known:
-        ``mqtt_relay.broker_start``), prune expired rows, end gone accounts. A failure is logged with the function's
-        error and kept in ``upkeep_error`` until an upkeep succeeds (its answer was not read: a failing upkeep went
-        unseen). Not on the forwarder's session, which is its thread's. Returns whether the function says locks'
-        access is left due (ask again at once)."""
-        body = None if broker_started_at is None else {"broker_started_at": broker_started_at}
+        refresh guests' windows, turn offline the locks not back since the broker started ``broker_uptime_s`` ago
+        (when known: ``mqtt_relay.broker_start``), prune expired rows, end gone accounts. A failure is logged with
+        the function's error and kept in ``upkeep_error`` until an upkeep succeeds (its answer was not read: a
+        failing upkeep went unseen). Not on the forwarder's session, which is its thread's. Returns whether the
+        function says locks' access is left due (ask again at once)."""
+        body = None if broker_uptime_s is None else {"broker_uptime_s": broker_uptime_s}
         try:
             headers = {**self.headers, **self.identity()}
             resp = requests.post(self.flush_url, json=body, headers=headers, timeout=self.timeout_s)

@@ -76,7 +76,7 @@ class Relay:
             on_taken=self._after_reports,
         )
         self.drained = 0
-        #: when the broker last started (its uptime, heard live): the upkeep turns locks not back since offline
+        #: how long the broker has been up (heard live): the upkeep turns offline the locks not back since it started
         self.broker_start = BrokerStart()
 
     # ------------------------------------------------------------------------------------------------ MQTT side
@@ -206,7 +206,7 @@ class Relay:
         due, again at once (``UPKEEP_AGAIN_S``): edges that fall together (every whole-day guest of a zone at its
         midnight) took a 10 s period for each 5 s budget of refreshes, their guests' open listeners kept meanwhile."""
         while not self.stopping.is_set():
-            again = self.forwarder.flush_mirror(self.broker_start.started_at)
+            again = self.forwarder.flush_mirror(self.broker_start.uptime_s())
             self.stopping.wait(UPKEEP_AGAIN_S if again else self.settings.flush_every_s)
 
     def _empty_abandoned_sessions(self) -> None:
@@ -245,7 +245,7 @@ class Relay:
             # leave the share group first, so the broker queues nothing more for this session while it is away (the
             # last replica stays in it: once it is gone, the broker's plugin holds the locks' events at the locks)
             with contextlib.suppress(RuntimeError, ValueError):
-                self.client.unsubscribe(self.event_topics)
+                self.client.unsubscribe([*self.event_topics, UPTIME_TOPIC])
         self.forwarder.stop()
         listener.join(timeout=3)
         self.client.disconnect()
@@ -259,7 +259,7 @@ class Relay:
     # ------------------------------------------------------------------------------------------------- health
 
     def health(self) -> tuple[dict[str, Any], int]:
-        checks: dict[str, Any] = {"broker": {"ok": self.connected.is_set(), "started_at": self.broker_start.started_at}}
+        checks: dict[str, Any] = {"broker": {"ok": self.connected.is_set(), "uptime_s": self.broker_start.uptime_s()}}
         try:
             checks["database"] = {"ok": True, **outbox.lag(self.db)}
         except Exception as exc:  # noqa: BLE001 - health reports, never raises

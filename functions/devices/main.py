@@ -7,7 +7,6 @@ key) and the relay (service token). Handlers only parse the request, call the do
 
 from __future__ import annotations
 
-import datetime as dt
 import functools
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -408,33 +407,11 @@ def relay_events(ctx: Ctx) -> JsonBody:
     return {"results": [o.as_dict() for o in outcomes]}
 
 
-#: how far ahead of this instance's clock the relay may date its broker's start (its own clock may run ahead)
-BROKER_START_AHEAD_S = 60
-
-
-def broker_started_at(ctx: Ctx) -> dt.datetime | None:
-    """The relay's ``broker_started_at`` (unix seconds), if it sent it: its body is optional (a relay from before
-    it sends none) and fields it does not name are let be, as for its events."""
-    raw = ctx.body(topics.MAX_PAYLOAD_BYTES)
-    started = parse_json_object(raw, None).get("broker_started_at") if raw else None
-    if started is None:
-        return None
-    if (
-        isinstance(started, bool)
-        or not isinstance(started, int | float)
-        or not 0 < started <= rt.now().timestamp() + BROKER_START_AHEAD_S
-    ):
-        raise errors.BadRequest(
-            "broker_started_at must be the broker's last start in unix seconds, not in the future",
-            code="invalid_broker_started_at",
-        )
-    return dt.datetime.fromtimestamp(started, dt.UTC)
-
-
 @api.route("POST", "/devices/relay/flush")
 def relay_flush(ctx: Ctx) -> JsonBody:
     require_relay(ctx)
-    started = broker_started_at(ctx)
+    raw = ctx.body(topics.MAX_PAYLOAD_BYTES)  # optional: a relay from before its fields sends none
+    started = upkeep.broker_start(parse_json_object(raw, None) if raw else {}, rt.now())
     try:  # the first failure answers
         access_due = upkeep.every_step(rt.db, accounts_directory, rt.settings, rt.now, started)
     finally:

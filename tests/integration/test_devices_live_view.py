@@ -972,105 +972,121 @@ def test_numbered_online_and_offline_reports_are_applied_only_when_newer(
     assert outcome("offline") == "applied" and not online()  # a bare report (older firmware) applies as it comes
 
 
+def lock_row(world: World) -> dict[str, Any]:
+    with get_runtime("devices").db.connection() as con:
+        rows = con.run(
+            "SELECT online, status_order, reported_at, last_seen, connected_at FROM lock_state"
+            " WHERE lock_id = CAST(:l AS uuid)",
+            l=world.lock_id,
+        )
+    return dict(zip(("online", "status_order", "reported_at", "last_seen", "connected_at"), rows[0], strict=True))
+
+
 def test_a_state_report_of_a_connection_that_has_ended_does_not_bring_its_lock_back_online(
     world: World, stack_env: dict[str, str]
 ) -> None:
     """A lock's report published just before its goodbye can reach the function after it (the relays share a lock's
     events; an abandoned session's come late): it showed the offline lock online, and its command was sent to it. A
     report naming its connection (``connection``) changes the state but not the status once that connection's end
-    is applied; one naming a newer connection stands for its ``online``, so an older goodbye coming later is stale;
-    one naming none says the lock is online, as before the field."""
+    is applied, nor when the lock was last seen; one naming a newer connection stands for its ``online``, so an
+    older goodbye coming later is stale; one naming none says the lock is online, as before the field. A report
+    made more than a minute after the lock was last heard from, naming an ended connection, is from a live one whose
+    number went back (a counter not kept across a reboot): it counts, and its numbering from then on."""
     token, base = stack_env["LOCKWISE_SERVICE_TOKEN"], 1700000000000
     ts = iter(range(int(time.time()) - 100, int(time.time())))
 
-    def report(connection: Any = None) -> str:
-        body = {"state": "unlocked", "ts": next(ts), **({} if connection is None else {"connection": connection})}
+    def report(connection: Any = None, at: float | None = None) -> str:
+        body = {"state": "unlocked", "ts": at or next(ts), **({} if connection is None else {"connection": connection})}
         return str(relay_event(world, token, "state", body)["outcome"])
-
-    def row() -> tuple[bool, int | None, Any]:
-        with get_runtime("devices").db.connection() as con:
-            found = con.run(
-                "SELECT online, status_order, reported_at FROM lock_state WHERE lock_id = CAST(:l AS uuid)",
-                l=world.lock_id,
-            )[0]
-        return bool(found[0]), found[1], found[2]
 
     def status(payload: str) -> str:
         return str(relay_event(world, token, "status", payload)["outcome"])
 
     assert status(f"online {base + 1}") == "applied" and status(f"offline {base + 1}") == "applied"
-    before = row()[2]
+    before = lock_row(world)
     assert report(base + 1) == "applied", "the state is taken"
-    online, order, reported = row()
-    assert not online and order == 2 * (base + 1) + 1 and reported != before, "... the status is not"
+    after = lock_row(world)
+    assert not after["online"] and after["status_order"] == 2 * (base + 1) + 1, "... the status is not"
+    assert after["reported_at"] != before["reported_at"] and after["last_seen"] == before["last_seen"]
     wait_until_mirrored(world.lock_id)
     doc = firestore_client(PROJECT_ID, stack_env["FIRESTORE_EMULATOR_HOST"]).document(f"locks/{world.lock_id}").get()
     assert doc.to_dict()["online"] is False
-    assert report(base + 2) == "applied" and row()[:2] == (True, 2 * (base + 2)), "a newer connection is online"
+    assert report(base + 2) == "applied"
+    after = lock_row(world)
+    assert after["online"] and after["status_order"] == 2 * (base + 2), "a newer connection is online"
+    assert after["connected_at"] is not None and after["last_seen"] > before["last_seen"]
     assert status(f"online {base + 2}") == "duplicate"  # its own online, come after its report
-    assert status(f"offline {base + 1}") == "stale" and row()[0], "an older goodbye, late"
-    assert status(f"offline {base + 2}") == "applied" and not row()[0]
-    assert report() == "applied" and row()[0], "a report naming no connection: online, as before the field"
+    assert status(f"offline {base + 1}") == "stale" and lock_row(world)["online"], "an older goodbye, late"
+    assert status(f"offline {base + 2}") == "applied" and not lock_row(world)["online"]
+    assert report() == "applied" and lock_row(world)["online"], "a report naming no connection: online, as before"
+    # a reboot that lost the counter: its "online 7" is stale, and so is its report at first; one made more than a
+    # minute after it was last heard from is from a live connection
+    assert status(f"offline {base + 3}") == "applied" and status("online 7") == "stale"
+    assert report(7, at=time.time()) == "applied" and not lock_row(world)["online"]
+    assert report(7, at=time.time() + 61) == "applied"
+    after = lock_row(world)
+    assert after["online"] and after["status_order"] == 14
+    assert status("offline 7") == "applied" and not lock_row(world)["online"], "its goodbye counts again"
     for bad in (-1, 1.5, True, "7", 10**15, int(time.time() * 1000) + 2 * 86_400_000):
-        assert (
-            relay_event(world, token, "state", {"state": "locked", "ts": time.time(), "connection": bad})["outcome"]
-            == "rejected"
-        ), bad
+        outcome = relay_event(world, token, "state", {"state": "locked", "ts": time.time(), "connection": bad})
+        assert outcome["outcome"] == "rejected", bad
 
 
-def test_locks_not_heard_from_since_their_broker_restarted_are_turned_offline(
+def test_locks_whose_connection_came_before_their_broker_restarted_are_turned_offline(
     world: World, stack_env: dict[str, str]
 ) -> None:
-    """Mosquitto keeps no last will across a restart (``persist_write.c``), so a lock whose power was cut while the
+    """Mosquitto keeps no last will across a crash (``persist_write.c``), so a lock whose power was cut while the
     broker was away sent no ``offline`` and was shown online until it came back; commands made for it were sent
-    into its broker session. With the broker's start (``broker_started_at``, from the relay), the relay's upkeep
-    turns offline the locks not heard from since; those heard from after it, and a relay from before the field
-    (no body), change nothing. The lock's connection counts as ended: its ``online``, late, is stale."""
+    into its broker session. With the broker's uptime (``broker_uptime_s``, from the relay), the relay's upkeep turns
+    offline the locks whose connection the function heard of before the broker started; a report of that
+    connection forwarded late does not keep it online (it did when ``last_seen`` was compared: a review), and counts
+    as ended afterwards; a lock on a newer connection, and a relay from before the field (no body), change nothing."""
     token = stack_env["LOCKWISE_SERVICE_TOKEN"]
     service = {"X-LockWise-Service-Token": token}
     base = 1700000000000
-    # dated well before any other test's locks, so that only this one is turned offline in the shared database
-    started = dt.datetime(2021, 1, 1, tzinfo=dt.UTC)
 
     def flush(body: Any = None, **kwargs: Any) -> Any:
         return world.devices.post("/devices/relay/flush", headers=service, json=body, **kwargs)
 
-    def row() -> tuple[bool, int | None]:
-        with get_runtime("devices").db.connection() as con:
-            found = con.run(
-                "SELECT online, status_order FROM lock_state WHERE lock_id = CAST(:l AS uuid)", l=world.lock_id
-            )
-        return bool(found[0][0]), found[0][1]
-
-    def heard_from(when: dt.datetime) -> None:
+    def connected(ago: dt.timedelta) -> None:
+        """The lock's connection heard of ``ago`` (only this lock's: nothing else in the shared database is older
+        than a broker a year up)."""
         with get_runtime("devices").db.transaction() as con:
-            con.run("UPDATE lock_state SET last_seen = :t WHERE lock_id = CAST(:l AS uuid)", t=when, l=world.lock_id)
+            con.run(
+                "UPDATE lock_state SET connected_at = now() - make_interval(secs => :a)"
+                " WHERE lock_id = CAST(:l AS uuid)",
+                a=ago.total_seconds(),
+                l=world.lock_id,
+            )
 
+    year = 365 * 86400.0
     assert relay_event(world, token, "status", f"online {base + 1}")["outcome"] == "applied"
-    heard_from(started - dt.timedelta(seconds=5))  # within the slack: its clock and the relay's may differ
-    assert flush({"broker_started_at": started.timestamp()}).status_code == 200 and row()[0]
-    assert flush().status_code == 200 and row()[0], "a relay from before the field sends no body"
-    heard_from(started - dt.timedelta(minutes=5))
-    resp = flush({"broker_started_at": started.timestamp(), "a_newer_field": 1})
+    connected(dt.timedelta(seconds=year + 5))  # within the slack: the start is dated to within seconds
+    assert flush({"broker_uptime_s": year}).status_code == 200 and lock_row(world)["online"]
+    assert flush().status_code == 200 and lock_row(world)["online"], "a relay from before the field sends no body"
+    connected(dt.timedelta(seconds=year + 60))
+    report = {"state": "locked", "ts": time.time(), "connection": base + 1}
+    assert relay_event(world, token, "state", report)["outcome"] == "applied", "its report, forwarded late"
+    resp = flush({"broker_uptime_s": year, "a_newer_field": 1})
     assert resp.status_code == 200, resp.get_json()
-    assert row() == (False, 2 * (base + 1) + 1), "offline, its connection ended"
+    after = lock_row(world)
+    assert not after["online"] and after["status_order"] == 2 * (base + 1) + 1, "offline, its connection ended"
     wait_until_mirrored(world.lock_id)
     client = firestore_client(PROJECT_ID, stack_env["FIRESTORE_EMULATOR_HOST"])
     assert client.document(f"locks/{world.lock_id}").get().to_dict()["online"] is False
     entries = [e.to_dict() for e in client.collection(f"locks/{world.lock_id}/activity").stream()]
     assert [e.get("reason") for e in entries if e["kind"] == "offline"] == ["broker_restart"]
     assert relay_event(world, token, "status", f"online {base + 1}")["outcome"] == "stale"
-    report = {"state": "locked", "ts": time.time(), "connection": base + 1}
-    assert relay_event(world, token, "state", report)["outcome"] == "applied" and not row()[0], "a late report"
-    assert relay_event(world, token, "status", f"online {base + 2}")["outcome"] == "applied" and row()[0]
-    assert flush({"broker_started_at": started.timestamp()}).status_code == 200 and row()[0], "back: heard from since"
-    future = time.time() + 3600
-    for bad in ("2021-01-01", -1, 0, True, future, [1], {"s": 1}):
-        resp = flush({"broker_started_at": bad})
-        assert resp.status_code == 400 and resp.get_json()["error"]["code"] == "invalid_broker_started_at", bad
+    report = {"state": "unlocked", "ts": time.time() + 1, "connection": base + 1}
+    assert relay_event(world, token, "state", report)["outcome"] == "applied" and not lock_row(world)["online"]
+    assert relay_event(world, token, "status", f"online {base + 2}")["outcome"] == "applied"
+    assert flush({"broker_uptime_s": year}).status_code == 200 and lock_row(world)["online"], "back: a new connection"
+    for bad in ("1", -1, True, year * 11, [1], {"s": 1}):
+        resp = flush({"broker_uptime_s": bad})
+        assert resp.status_code == 400 and resp.get_json()["error"]["code"] == "invalid_broker_uptime", bad
     resp = flush(data=b"{", content_type="application/json")
     assert resp.status_code == 400 and resp.get_json()["error"]["code"] == "malformed_json"
-    assert row()[0]
+    assert lock_row(world)["online"]
 
 
 def test_a_new_pairing_numbers_its_connections_afresh_and_no_number_runs_ahead_of_time(

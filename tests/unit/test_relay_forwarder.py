@@ -88,14 +88,14 @@ def test_an_upkeep_that_left_access_due_is_asked_again(devices: tuple[str, list[
 
 
 def test_an_upkeep_tells_the_broker_start_once_known(devices: tuple[str, list[tuple[int, bytes]]]) -> None:
-    """The function turns offline the locks not heard from since the broker started; until the relay knows the
-    start (a live uptime on its connection), its upkeep has no body, as before the field."""
+    """The function turns offline the locks whose connection it heard of before the broker started; until the relay
+    knows the broker's uptime (a live one on its connection), its upkeep has no body, as before the field."""
     url, answers = devices
     forwarder = Forwarder(url, "token", timeout_s=5)
     answers += [(200, b'{"written": 0}'), (200, b'{"written": 0}')]
     forwarder.flush_mirror(None)
-    forwarder.flush_mirror(1767225600.5)
-    assert upkeeps[0] == b"" and json.loads(upkeeps[1]) == {"broker_started_at": 1767225600.5}
+    forwarder.flush_mirror(125.5)
+    assert upkeeps[0] == b"" and json.loads(upkeeps[1]) == {"broker_uptime_s": 125.5}
 
 
 def test_an_unreachable_devices_function_is_an_upkeep_error() -> None:

@@ -125,6 +125,8 @@ class _State:
     feed_unlisted: int = 0
     recent_reports: list[str] = field(default_factory=list)
     status_order: int | None = None
+    #: when this function first heard of the lock's current connection (``not_back_since``)
+    connected_at: dt.datetime | None = None
     changed: bool = False
 
 
@@ -147,7 +149,7 @@ class LockStates:
         self._con.run("SELECT 1 FROM locks WHERE id = ANY(CAST(:l AS uuid[])) ORDER BY id FOR KEY SHARE", l=missing)
         rows = self._con.run(
             "SELECT lock_id::text, state, battery_pct, firmware, online, last_seen, reported_at, feed_window_start,"
-            " feed_entries, feed_unlisted, recent_reports, status_order FROM lock_state"
+            " feed_entries, feed_unlisted, recent_reports, status_order, connected_at FROM lock_state"
             " WHERE lock_id = ANY(CAST(:l AS uuid[]))"
             " ORDER BY lock_id FOR UPDATE",
             l=missing,
@@ -170,13 +172,14 @@ class LockStates:
             " online = v.online, last_seen = v.last_seen, reported_at = v.reported_at,"
             " feed_window_start = v.feed_window_start, feed_entries = v.feed_entries, feed_unlisted = v.feed_unlisted,"
             " recent_reports = ARRAY(SELECT jsonb_array_elements_text(CAST(v.recent AS jsonb))),"
-            " status_order = v.status_order, updated_at = now()"
+            " status_order = v.status_order, connected_at = v.connected_at, updated_at = now()"
             " FROM unnest(CAST(:l AS uuid[]), CAST(:s AS text[]), CAST(CAST(:b AS text[]) AS smallint[]),"
             " CAST(:f AS text[]), CAST(CAST(:o AS text[]) AS boolean[]), CAST(CAST(:ls AS text[]) AS timestamptz[]),"
             " CAST(CAST(:r AS text[]) AS timestamptz[]), CAST(CAST(:fw AS text[]) AS timestamptz[]),"
-            " CAST(:fe AS integer[]), CAST(:fu AS integer[]), CAST(:rr AS text[]), CAST(:so AS bigint[]))"
+            " CAST(:fe AS integer[]), CAST(:fu AS integer[]), CAST(:rr AS text[]), CAST(:so AS bigint[]),"
+            " CAST(CAST(:ca AS text[]) AS timestamptz[]))"
             " AS v(lock_id, state, battery_pct, firmware, online, last_seen, reported_at, feed_window_start,"
-            " feed_entries, feed_unlisted, recent, status_order) WHERE s.lock_id = v.lock_id",
+            " feed_entries, feed_unlisted, recent, status_order, connected_at) WHERE s.lock_id = v.lock_id",
             l=[lock_id for lock_id, _ in changed],
             s=[row.state for _, row in changed],
             b=[None if row.battery_pct is None else str(row.battery_pct) for _, row in changed],
@@ -189,6 +192,7 @@ class LockStates:
             fu=[row.feed_unlisted for _, row in changed],
             rr=[json.dumps(row.recent_reports) for _, row in changed],
             so=[row.status_order for _, row in changed],
+            ca=[None if row.connected_at is None else row.connected_at.isoformat() for _, row in changed],
         )
         for _, row in changed:
             row.changed = False
@@ -327,34 +331,42 @@ def _status(lock_id: str, payload: str, now: dt.datetime, batch: Pending) -> Out
             return Outcome("stale", "a report of a newer connection, or this one's end, was already applied")
         row.status_order = order
     row.online, row.last_seen, row.changed = online, now, True
+    if online:  # a new connection (numbered: newer than any applied), or a bare one as it comes
+        row.connected_at = now
     batch.writes.append((mirror.lock_doc(lock_id), "merge", {"online": online, "last_seen": now.isoformat()}))
     _list_in_feed(batch, lock_id, row, now, "online" if online else "offline")
     return Outcome("applied")
 
 
-#: a lock heard from this long before its broker's last start still counts as heard from after it: the start is
-#: dated on the relay's clock, a lock's ``last_seen`` on the devices instances'
+#: a lock's connection heard of this long before its broker's last start still counts as made after it: the start
+#: is dated from the broker's uptime in whole seconds, read a moment late, on one devices instance's clock, and
+#: ``connected_at`` on another's
 BROKER_START_SLACK = dt.timedelta(seconds=10)
+#: a report naming an ended connection, made this long after its lock was last heard from, was made on a live one (a
+#: lock's clock may be this far off: its signed requests are taken within it)
+LIVE_AFTER = dt.timedelta(seconds=60)
 #: locks turned offline per transaction (``not_back_since``)
 NOT_BACK_PER_PASS = 1000
 
 
 def not_back_since(con: Connection, broker_started_at: dt.datetime, now: dt.datetime, feed_budget: int) -> int:
-    """Turn offline the locks shown online but not heard from since their broker last started (with
-    ``BROKER_START_SLACK``), listed in their feeds as ``offline`` with ``reason: broker_restart``; returns how many,
-    at most ``NOT_BACK_PER_PASS`` (call again, in a new transaction, while it returns that).
+    """Turn offline the locks shown online whose connection this function heard of before their broker last started
+    (``connected_at``, with ``BROKER_START_SLACK``), listed in their feeds as ``offline`` with ``reason:
+    broker_restart``; returns how many, at most ``NOT_BACK_PER_PASS`` (call again, in a new transaction, while it
+    returns that).
 
-    A broker restart ends every lock's connection, and Mosquitto 2.0 keeps no last will across it
+    A broker restart ends every lock's connection, and Mosquitto 2.0 keeps no last will across a crash
     (``persist_write.c`` saves none), so a lock that did not come back (its power cut while the broker was away) sent
     no ``offline`` and was shown online until it returned; commands made for it were sent into its broker session.
     Each lock turned offline has its connection's end applied (the status order made odd), so that connection's
-    ``online`` or state report, forwarded late, does not bring it back; its next connection's does. Idempotent: a lock
-    back since then was heard from after the start, and one turned offline is not online."""
+    ``online`` or state report, forwarded late, does not bring it back (``_seen_on``); its next connection's does.
+    ``connected_at``, not ``last_seen``: such a late report counted as heard from since the start (a review).
+    Idempotent: a lock back since then has a newer connection, and one turned offline is not online."""
     before = broker_started_at - BROKER_START_SLACK
     lock_ids = [
         str(row[0])
         for row in con.run(
-            "SELECT lock_id::text FROM lock_state WHERE online AND last_seen < :b ORDER BY lock_id LIMIT :n",
+            "SELECT lock_id::text FROM lock_state WHERE online AND connected_at < :b ORDER BY lock_id LIMIT :n",
             b=before,
             n=NOT_BACK_PER_PASS,
         )
@@ -363,7 +375,7 @@ def not_back_since(con: Connection, broker_started_at: dt.datetime, now: dt.date
     turned = 0
     for lock_id in lock_ids:
         row = batch.states.get(lock_id)  # as locked: a report may have come since the query
-        if row is None or not row.online or row.last_seen is None or row.last_seen >= before:
+        if row is None or not row.online or row.connected_at is None or row.connected_at >= before:
             continue
         row.online, row.changed, turned = False, True, turned + 1
         if row.status_order is not None:
@@ -437,8 +449,8 @@ def _state(lock_id: str, body: dict[str, Any], now: dt.datetime, batch: Pending)
         fields = {"state": state, "reported_at": reported.isoformat(), "late": True}
         _list_in_feed(batch, lock_id, row, now, "state", entry_id, **fields)
         return Outcome("stale", "a newer report was already applied: listed in the feed as late, state unchanged")
-    row.state, row.reported_at, row.last_seen = state, reported, now
-    _seen_on(row, connection)
+    row.state, row.reported_at = state, reported
+    _seen_on(row, connection, reported, now)
     row.battery_pct = battery if battery is not None else row.battery_pct
     row.firmware = firmware if firmware is not None else row.firmware
     doc = {
@@ -446,7 +458,7 @@ def _state(lock_id: str, body: dict[str, Any], now: dt.datetime, batch: Pending)
         "battery_pct": row.battery_pct,
         "firmware": row.firmware,
         "online": row.online,
-        "last_seen": now.isoformat(),
+        "last_seen": None if row.last_seen is None else row.last_seen.isoformat(),
         "reported_at": reported.isoformat(),
     }
     batch.writes.append((mirror.lock_doc(lock_id), "merge", doc))
@@ -454,20 +466,24 @@ def _state(lock_id: str, body: dict[str, Any], now: dt.datetime, batch: Pending)
     return Outcome("applied")
 
 
-def _seen_on(row: _State, connection: int | None) -> None:
+def _seen_on(row: _State, connection: int | None, reported: dt.datetime, now: dt.datetime) -> None:
     """A state report says its lock is online, unless it names a connection whose end was already applied: relay
     replicas share the lock's events and an abandoned session's are forwarded late, so a report sent just before a
     goodbye could come after it, and it showed the offline lock online; commands were then sent into its broker
-    session. One naming a connection newer than the last status applied stands for that
-    connection's ``online`` (which may come after it): an older connection's goodbye, late, is then stale. One that
-    names no connection (firmware before the field) says the lock is online, as it always did."""
-    if connection is None:
-        row.online = True
-        return
-    if row.status_order is not None and row.status_order >= 2 * connection + 1:  # that connection has ended
-        return
-    row.online = True
-    row.status_order = max(row.status_order or 0, 2 * connection)
+    session. Such a report counts only when the lock made it more than ``LIVE_AFTER`` after it was last heard from:
+    then the lock is on a live connection whose number went back (a counter not kept across a reboot), which counts
+    from then on. One naming a connection newer than the last status applied stands for that connection's ``online``
+    (which may come after it): an older connection's goodbye, late, is then stale. One that names no connection
+    (firmware before the field) says the lock is online, as it always did."""
+    if connection is not None and row.status_order is not None and row.status_order >= 2 * connection + 1:
+        if row.last_seen is not None and reported <= row.last_seen + LIVE_AFTER:
+            return  # made before that connection's end was applied, or too near it to tell: not heard from now
+        row.status_order, row.connected_at = 2 * connection, now
+    elif connection is not None and (row.status_order is None or 2 * connection > row.status_order):
+        row.status_order, row.connected_at = 2 * connection, now
+    elif not row.online or row.connected_at is None:
+        row.connected_at = now  # back, on a connection it does not name (firmware before the field)
+    row.online, row.last_seen = True, now
 
 
 def _plain_text(text: str) -> bool:

@@ -8,15 +8,34 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
-from lockwise.core import accounts, retention
+from lockwise.core import accounts, errors, retention
 from lockwise.core.config import Settings
 from lockwise.core.db import Database
 from lockwise.devices import gone_accounts, lock_auth, lock_events, members
 
 T = TypeVar("T")
 log = logging.getLogger("lockwise.devices.upkeep")
+
+
+#: the longest uptime a broker is taken to report (ten years): past it, the relay is wrong
+MAX_BROKER_UPTIME_S = 10 * 365 * 86400
+
+
+def broker_start(body: dict[str, Any], now: dt.datetime) -> dt.datetime | None:
+    """When the relay's broker started, from its upkeep's ``broker_uptime_s`` (None: not sent). An uptime, dated on
+    this instance's clock: the relay's clock running ahead turned live locks offline (a review), and the request's
+    own delay only makes the start look earlier. Fields it does not name are let be (a newer relay's)."""
+    uptime = body.get("broker_uptime_s")
+    if uptime is None:
+        return None
+    if isinstance(uptime, bool) or not isinstance(uptime, int | float) or not 0 <= uptime <= MAX_BROKER_UPTIME_S:
+        raise errors.BadRequest(
+            f"broker_uptime_s must be the broker's uptime in seconds, 0 to {MAX_BROKER_UPTIME_S}",
+            code="invalid_broker_uptime",
+        )
+    return now - dt.timedelta(seconds=uptime)
 
 
 def every_step(
