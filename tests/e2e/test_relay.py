@@ -252,6 +252,13 @@ def test_a_relay_started_while_the_database_is_down_waits_for_it(
         lambda: requests.get(f"http://127.0.0.1:{relay.port}/health", timeout=5).json().get("status") == "ok",
         what="the relay leasing a slot once the database is back",
     )
+    # the lock was turned away while no relay was connected, and backs off up to 30 s meanwhile (docs/FIRMWARE.md):
+    # it takes a command once it is back (the test failed once in a full run, its lock still waiting to try again)
+    wait_for(
+        lambda: db_one(e2e, "SELECT online FROM lock_state WHERE lock_id = CAST(:l AS uuid)", l=lock_id) == [True],
+        timeout=45,
+        what="the lock back",
+    )
     command = app.unlock(lock_id)
     wait_for(status_is(app, lock_id, command["id"], "acked"), what="a command delivered by the waiting relay")
     assert "waiting to lease a relay slot" in relay.log_path.read_text()
