@@ -186,7 +186,7 @@ class Forwarder:
         the function's error and kept in ``upkeep_error`` until an upkeep succeeds (its answer was not read: a
         failing upkeep went unseen). Not on the forwarder's session, which is its thread's. Returns whether the
         function says locks' access is left due (ask again at once)."""
-        body = None if broker_uptime_s is None else {"broker_uptime_s": broker_uptime_s}
+        body = None if broker_uptime_s is None else {"broker_uptime_s": broker_uptime_s, "sent_at": time.time()}
         try:
             headers = {**self.headers, **self.identity()}
             resp = requests.post(self.flush_url, json=body, headers=headers, timeout=self.timeout_s)

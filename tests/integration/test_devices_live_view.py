@@ -1023,10 +1023,17 @@ def test_a_state_report_of_a_connection_that_has_ended_does_not_bring_its_lock_b
     # minute after it was last heard from is from a live connection
     assert status(f"offline {base + 3}") == "applied" and status("online 7") == "stale"
     assert report(7, at=time.time()) == "applied" and not lock_row(world)["online"]
-    assert report(7, at=time.time() + 61) == "applied"
+    with get_runtime("devices").db.transaction() as con:  # a minute and more goes by
+        con.run(
+            "UPDATE lock_state SET last_seen = last_seen - interval '61 seconds' WHERE lock_id = CAST(:l AS uuid)",
+            l=world.lock_id,
+        )
+    assert report(7, at=time.time() + 1) == "applied"
     after = lock_row(world)
     assert after["online"] and after["status_order"] == 14
     assert status("offline 7") == "applied" and not lock_row(world)["online"], "its goodbye counts again"
+    # a report dated further ahead of the server than a lock's clock may be (attack run 18: a dead lock came back)
+    assert report(7, at=time.time() + 90) == "applied" and not lock_row(world)["online"], "a clock too far ahead"
     for bad in (-1, 1.5, True, "7", 10**15, int(time.time() * 1000) + 2 * 86_400_000):
         outcome = relay_event(world, token, "state", {"state": "locked", "ts": time.time(), "connection": bad})
         assert outcome["outcome"] == "rejected", bad
@@ -1046,6 +1053,8 @@ def test_locks_whose_connection_came_before_their_broker_restarted_are_turned_of
     base = 1700000000000
 
     def flush(body: Any = None, **kwargs: Any) -> Any:
+        if isinstance(body, dict) and "broker_uptime_s" in body:
+            body = {"sent_at": time.time(), **body}  # as the relay sends it
         return world.devices.post("/devices/relay/flush", headers=service, json=body, **kwargs)
 
     def connected(ago: dt.timedelta) -> None:
@@ -1065,6 +1074,11 @@ def test_locks_whose_connection_came_before_their_broker_restarted_are_turned_of
     assert flush({"broker_uptime_s": year}).status_code == 200 and lock_row(world)["online"]
     assert flush().status_code == 200 and lock_row(world)["online"], "a relay from before the field sends no body"
     connected(dt.timedelta(seconds=year + 60))
+    # an upkeep held up (or a relay clock apart): its uptime would date the start late, so it sweeps nothing
+    # (attack run 18: 20 s late turned every live lock offline)
+    for sent_at in (time.time() - 5, time.time() + 5):
+        held_up = flush({"broker_uptime_s": year, "sent_at": sent_at})
+        assert held_up.status_code == 200 and lock_row(world)["online"], sent_at
     report = {"state": "locked", "ts": time.time(), "connection": base + 1}
     assert relay_event(world, token, "state", report)["outcome"] == "applied", "its report, forwarded late"
     resp = flush({"broker_uptime_s": year, "a_newer_field": 1})
@@ -1082,8 +1096,9 @@ def test_locks_whose_connection_came_before_their_broker_restarted_are_turned_of
     assert relay_event(world, token, "status", f"online {base + 2}")["outcome"] == "applied"
     assert flush({"broker_uptime_s": year}).status_code == 200 and lock_row(world)["online"], "back: a new connection"
     for bad in ("1", -1, True, year * 11, [1], {"s": 1}):
-        resp = flush({"broker_uptime_s": bad})
-        assert resp.status_code == 400 and resp.get_json()["error"]["code"] == "invalid_broker_uptime", bad
+        for body in ({"broker_uptime_s": bad}, {"broker_uptime_s": year, "sent_at": 1e12 if bad == year * 11 else bad}):
+            resp = flush(body)
+            assert resp.status_code == 400 and resp.get_json()["error"]["code"] == "invalid_broker_uptime", body
     resp = flush(data=b"{", content_type="application/json")
     assert resp.status_code == 400 and resp.get_json()["error"]["code"] == "malformed_json"
     assert lock_row(world)["online"]

@@ -476,8 +476,10 @@ def _seen_on(row: _State, connection: int | None, reported: dt.datetime, now: dt
     (which may come after it): an older connection's goodbye, late, is then stale. One that names no connection
     (firmware before the field) says the lock is online, as it always did."""
     if connection is not None and row.status_order is not None and row.status_order >= 2 * connection + 1:
-        if row.last_seen is not None and reported <= row.last_seen + LIVE_AFTER:
-            return  # made before that connection's end was applied, or too near it to tell: not heard from now
+        if (row.last_seen is not None and reported <= row.last_seen + LIVE_AFTER) or reported > now + LIVE_AFTER:
+            # made before that connection's end was applied, or too near it to tell, or by a clock further ahead
+            # than the lock's may be (90 s ahead brought a dead lock back: attack run 18): not heard from now
+            return
         row.status_order, row.connected_at = 2 * connection, now
     elif connection is not None and (row.status_order is None or 2 * connection > row.status_order):
         row.status_order, row.connected_at = 2 * connection, now

@@ -23,18 +23,28 @@ log = logging.getLogger("lockwise.devices.upkeep")
 MAX_BROKER_UPTIME_S = 10 * 365 * 86400
 
 
+#: how old (or how far ahead, by the relay's clock) an upkeep that carries the broker's uptime may be: the start is
+#: dated on arrival, and a request held up D seconds dated it D seconds late, turning live locks offline for a minute
+#: (attack run 18: 20 s, every live lock)
+MAX_UPKEEP_AGE_S = 2.0
+
+
 def broker_start(body: dict[str, Any], now: dt.datetime) -> dt.datetime | None:
-    """When the relay's broker started, from its upkeep's ``broker_uptime_s`` (None: not sent). An uptime, dated on
-    this instance's clock: the relay's clock running ahead turned live locks offline (a review), and the request's
-    own delay only makes the start look earlier. Fields it does not name are let be (a newer relay's)."""
-    uptime = body.get("broker_uptime_s")
+    """When the relay's broker started, from its upkeep's ``broker_uptime_s`` and ``sent_at`` (None: not sent, or
+    the request too old to date it: ``MAX_UPKEEP_AGE_S``). An uptime, dated on this instance's clock: the relay's
+    clock running ahead turned live locks offline (a review). Fields it does not name are let be (a newer relay's)."""
+    uptime, sent_at = body.get("broker_uptime_s"), body.get("sent_at")
     if uptime is None:
         return None
-    if isinstance(uptime, bool) or not isinstance(uptime, int | float) or not 0 <= uptime <= MAX_BROKER_UPTIME_S:
-        raise errors.BadRequest(
-            f"broker_uptime_s must be the broker's uptime in seconds, 0 to {MAX_BROKER_UPTIME_S}",
-            code="invalid_broker_uptime",
-        )
+    for name, value, most in (("broker_uptime_s", uptime, MAX_BROKER_UPTIME_S), ("sent_at", sent_at, 1e11)):
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= most:
+            raise errors.BadRequest(
+                f"{name} must be a number of seconds, 0 to {most:.0f}", code="invalid_broker_uptime"
+            )
+    assert isinstance(sent_at, int | float)  # checked above
+    if abs(now.timestamp() - sent_at) > MAX_UPKEEP_AGE_S:  # held up, or the two clocks apart: no sweep this time
+        log.warning("broker uptime not used: the upkeep is too old", extra={"fields": {"sent_at": sent_at}})
+        return None
     return now - dt.timedelta(seconds=uptime)
 
 
