@@ -139,6 +139,8 @@ class SimulatedLock:
     subscribed: threading.Event = field(default_factory=threading.Event)
     #: where used command nonces survive a restart (the firmware's NVS); None: memory only
     nonce_file: Path | None = None
+    #: the longest wait before reconnecting (``BACKOFF_MAX_S``; a test may want a lock quick to return)
+    backoff_max_s: float = BACKOFF_MAX_S
 
     def __post_init__(self) -> None:
         self._seen_nonces: dict[str, int] = self._load_nonces()  # nonce -> the command's expires_at
@@ -238,7 +240,7 @@ class SimulatedLock:
         if self._acked:
             self.backoff_s = BACKOFF_MIN_S
         wait = random.uniform(self.backoff_s / 2, self.backoff_s)  # noqa: S311 - jitter, not a secret
-        self.backoff_s = min(self.backoff_s * 2, BACKOFF_MAX_S)  # the next one's, unless this one's are taken
+        self.backoff_s = min(self.backoff_s * 2, self.backoff_max_s)  # the next one's, unless this one's are taken
         client.reconnect_delay_set(wait, wait)  # type: ignore[arg-type]  # paho waits its min_delay next
         log.info("lock %s disconnected: %s; reconnecting in %.1f s", self.config.lock_id, rc, wait)
 
