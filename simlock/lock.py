@@ -175,6 +175,7 @@ class SimulatedLock:
         client.on_subscribe = self._on_subscribe
         client.on_message = self._on_message
         client.on_publish = self._on_publish
+        client.on_connect_fail = self._on_connect_fail
         return client
 
     def _next_connection(self, client: mqtt.Client) -> None:
@@ -223,7 +224,6 @@ class SimulatedLock:
             log.warning("lock %s: connection refused: %s", self.config.lock_id, rc)
             return
         self.connected.set()
-        self._acked = False
         client.subscribe(topics.commands(self.config.identity), qos=1)
         client.publish(topics.status(self.config.identity), f"online {self.connection_no}", qos=1, retain=True)
         self._ack_grants()
@@ -237,12 +237,20 @@ class SimulatedLock:
         self.connected.clear()
         self.subscribed.clear()
         self._next_connection(client)  # before the reconnect: the next session's will carries its own number
+        log.info("lock %s disconnected: %s", self.config.lock_id, rc)
+        self._back_off(client)
+
+    def _on_connect_fail(self, client: mqtt.Client, _ud: Any) -> None:
+        self._back_off(client)  # no broker there (it is restarting): waited for like a close, doubling
+
+    def _back_off(self, client: mqtt.Client) -> None:
+        """Draw the wait before paho's next connection attempt (``BACKOFF_MIN_S`` again once a message of the last
+        connection was acknowledged)."""
         if self._acked:
-            self.backoff_s = BACKOFF_MIN_S
+            self.backoff_s, self._acked = BACKOFF_MIN_S, False
         wait = random.uniform(self.backoff_s / 2, self.backoff_s)  # noqa: S311 - jitter, not a secret
         self.backoff_s = min(self.backoff_s * 2, self.backoff_max_s)  # the next one's, unless this one's are taken
         client.reconnect_delay_set(wait, wait)  # type: ignore[arg-type]  # paho waits its min_delay next
-        log.info("lock %s disconnected: %s; reconnecting in %.1f s", self.config.lock_id, rc, wait)
 
     def _on_publish(self, _c: mqtt.Client, _ud: Any, _mid: int, _rc: ReasonCode, _p: Any) -> None:
         self._acked = True  # QoS 1: the broker took a message of ours (its PUBACK), so it is not turning us away

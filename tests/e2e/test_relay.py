@@ -31,11 +31,13 @@ def status_is(app: App, lock_id: str, command_id: str, status: str) -> Callable[
     return lambda: app.command_status(lock_id, command_id) == status
 
 
-def wait_online(e2e: dict[str, Any], lock_id: str) -> None:
-    wait_for(
-        lambda: db_one(e2e, "SELECT online FROM lock_state WHERE lock_id = CAST(:l AS uuid)", l=lock_id) == [True],
-        what="lock online",
-    )
+def online(e2e: dict[str, Any], lock_id: str) -> bool:
+    """Whether the server shows the lock online."""
+    return bool(db_one(e2e, "SELECT online FROM lock_state WHERE lock_id = CAST(:l AS uuid)", l=lock_id) == [True])
+
+
+def wait_online(e2e: dict[str, Any], lock_id: str, timeout: float = 15) -> None:
+    wait_for(lambda: online(e2e, lock_id), timeout=timeout, what="lock online")
 
 
 def online_beside_a_killed_relay(e2e: dict[str, Any], relays: Any, paired_lock: Pair) -> tuple[str, SimulatedLock]:
@@ -170,11 +172,10 @@ def test_a_lock_that_does_not_come_back_after_a_broker_restart_is_shown_offline(
     broker.start_again()
     started = (starting, time.time())
 
-    def online(lock_id: str) -> bool:
-        return bool(db_one(e2e, "SELECT online FROM lock_state WHERE lock_id = CAST(:l AS uuid)", l=lock_id) == [True])
-
     # a live uptime comes within the broker's sys_interval (10 s), the upkeep every second after
-    wait_for(lambda: not online(gone_id) and online(back_id), timeout=30, what="the lock not back shown offline")
+    wait_for(
+        lambda: not online(e2e, gone_id) and online(e2e, back_id), timeout=30, what="the lock not back shown offline"
+    )
     client = sdk_client(PROJECT_ID, e2e["env"]["FIRESTORE_EMULATOR_HOST"])
     wait_for(
         lambda: (client.document(f"locks/{gone_id}").get().to_dict() or {}).get("online") is False,
@@ -257,11 +258,7 @@ def test_a_relay_started_while_the_database_is_down_waits_for_it(
     )
     # the lock was turned away while no relay was connected, and backs off up to 30 s meanwhile (docs/FIRMWARE.md):
     # it takes a command once it is back (the test failed once in a full run, its lock still waiting to try again)
-    wait_for(
-        lambda: db_one(e2e, "SELECT online FROM lock_state WHERE lock_id = CAST(:l AS uuid)", l=lock_id) == [True],
-        timeout=45,
-        what="the lock back",
-    )
+    wait_online(e2e, lock_id, timeout=45)
     command = app.unlock(lock_id)
     wait_for(status_is(app, lock_id, command["id"], "acked"), what="a command delivered by the waiting relay")
     assert "waiting to lease a relay slot" in relay.log_path.read_text()

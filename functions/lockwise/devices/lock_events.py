@@ -475,14 +475,14 @@ def _seen_on(row: _State, connection: int | None, reported: dt.datetime, now: dt
     from then on. One naming a connection newer than the last status applied stands for that connection's ``online``
     (which may come after it): an older connection's goodbye, late, is then stale. One that names no connection
     (firmware before the field) says the lock is online, as it always did."""
-    if connection is not None and row.status_order is not None and row.status_order >= 2 * connection + 1:
+    order, last = (None if connection is None else 2 * connection), row.status_order
+    if order is not None and last is not None and last > order:  # that connection's end was applied
         if (row.last_seen is not None and reported <= row.last_seen + LIVE_AFTER) or reported > now + LIVE_AFTER:
-            # made before that connection's end was applied, or too near it to tell, or by a clock further ahead
-            # than the lock's may be (90 s ahead brought a dead lock back: attack run 18): not heard from now
+            # made before that end was applied, or too near it to tell, or by a clock further ahead than the lock's
+            # may be (90 s ahead brought a dead lock back: attack run 18): not heard from now
             return
-        row.status_order, row.connected_at = 2 * connection, now
-    elif connection is not None and (row.status_order is None or 2 * connection > row.status_order):
-        row.status_order, row.connected_at = 2 * connection, now
+    if order is not None and order != last:  # a connection first heard of now (newer, or its number went back)
+        row.status_order, row.connected_at = order, now
     elif not row.online or row.connected_at is None:
         row.connected_at = now  # back, on a connection it does not name (firmware before the field)
     row.online, row.last_seen = True, now

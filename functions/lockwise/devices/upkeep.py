@@ -21,8 +21,6 @@ log = logging.getLogger("lockwise.devices.upkeep")
 
 #: the longest uptime a broker is taken to report (ten years): past it, the relay is wrong
 MAX_BROKER_UPTIME_S = 10 * 365 * 86400
-
-
 #: how old (or how far ahead, by the relay's clock) an upkeep that carries the broker's uptime may be: the start is
 #: dated on arrival, and a request held up D seconds dated it D seconds late, turning live locks offline for a minute
 #: (attack run 18: 20 s, every live lock)
@@ -33,19 +31,21 @@ def broker_start(body: dict[str, Any], now: dt.datetime) -> dt.datetime | None:
     """When the relay's broker started, from its upkeep's ``broker_uptime_s`` and ``sent_at`` (None: not sent, or
     the request too old to date it: ``MAX_UPKEEP_AGE_S``). An uptime, dated on this instance's clock: the relay's
     clock running ahead turned live locks offline (a review). Fields it does not name are let be (a newer relay's)."""
-    uptime, sent_at = body.get("broker_uptime_s"), body.get("sent_at")
-    if uptime is None:
+    if body.get("broker_uptime_s") is None:
         return None
-    for name, value, most in (("broker_uptime_s", uptime, MAX_BROKER_UPTIME_S), ("sent_at", sent_at, 1e11)):
-        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= most:
-            raise errors.BadRequest(
-                f"{name} must be a number of seconds, 0 to {most:.0f}", code="invalid_broker_uptime"
-            )
-    assert isinstance(sent_at, int | float)  # checked above
+    uptime = _seconds(body, "broker_uptime_s", MAX_BROKER_UPTIME_S)
+    sent_at = _seconds(body, "sent_at", 1e11)
     if abs(now.timestamp() - sent_at) > MAX_UPKEEP_AGE_S:  # held up, or the two clocks apart: no sweep this time
         log.warning("broker uptime not used: the upkeep is too old", extra={"fields": {"sent_at": sent_at}})
         return None
     return now - dt.timedelta(seconds=uptime)
+
+
+def _seconds(body: dict[str, Any], name: str, most: float) -> float:
+    value = body.get(name)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= most:
+        raise errors.BadRequest(f"{name} must be a number of seconds, 0 to {most:.0f}", code="invalid_broker_uptime")
+    return float(value)
 
 
 def every_step(
