@@ -14,6 +14,15 @@ Only a live publish is read: a retained copy, given on subscribing, is as old as
 delivery, so of a connection's readings the one that dates the start earliest is kept (one broker start per
 connection: a restart ends it). A broker that publishes no uptime (another broker, ``sys_interval 0``) leaves it
 unknown, and nothing is turned offline.
+
+The uptime dates the start only to within seconds, so the function allows a slack, and a lock that connected in the
+seconds before a second crash fell within it and stayed online (attack run 18). So the broker's plugin
+(``infra/broker/lockwise_acl.c``) numbers its run (its start, in microseconds on the broker's clock), publishes the
+number on ``RUN_TOPIC`` (retained, under ``$SYS``: never persisted, so only the running broker's) and tags each
+lock message with it as it takes it (``RUN_PROPERTY``, an MQTT 5 user property; a lock's own is refused). The relay
+forwards each event's tag and sends the run it read with the upkeep: a lock heard from on an earlier run is not
+connected, whatever any clock says. The tag is the run the message was published in, even for one delivered after
+a restart from the relay's persisted session.
 """
 
 from __future__ import annotations
@@ -22,10 +31,18 @@ import logging
 import re
 import time
 from collections.abc import Callable
+from typing import Any
 
 #: the broker's uptime, published by Mosquitto every ``sys_interval`` seconds (retained)
 UPTIME_TOPIC = "$SYS/broker/uptime"
 _UPTIME = re.compile(rb"([0-9]{1,10}) seconds")
+#: the broker's run, published by its plugin once it runs (retained)
+RUN_TOPIC = "$SYS/broker/lockwise/run"
+#: the user property the plugin tags each lock message with: the run it was published in
+RUN_PROPERTY = "lockwise-run"
+_RUN = re.compile(r"[1-9][0-9]{0,18}")
+#: a run is a bigint in the function's database
+MAX_RUN = 2**63 - 1
 
 log = logging.getLogger("mqtt_relay.broker_start")
 
@@ -36,6 +53,17 @@ class BrokerStart:
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
         self._started: float | None = None
+        #: the broker's run, read on this connection (``RUN_TOPIC``)
+        self.run: int | None = None
+
+    def heard_run(self, payload: bytes) -> None:
+        """A message on ``RUN_TOPIC``: retained or live, it is the running broker's (``$SYS`` is never persisted)."""
+        run = parse_run(payload.decode("latin-1"))
+        if run is None:
+            log.warning("broker run not understood", extra={"fields": {"payload": payload[:40].decode("latin-1")}})
+        elif run != self.run:
+            log.info("broker run read", extra={"fields": {"run": run}})
+            self.run = run
 
     def heard(self, payload: bytes, *, retained: bool) -> None:
         """A message on ``UPTIME_TOPIC``."""
@@ -55,5 +83,19 @@ class BrokerStart:
         return None if self._started is None else round(self._clock() - self._started, 3)
 
     def forget(self) -> None:
-        """A new connection: the broker may have restarted since the last uptime heard."""
+        """A new connection: the broker may have restarted since the last uptime and run heard."""
         self._started = None
+        self.run = None
+
+
+def parse_run(text: str) -> int | None:
+    """A run's number as the plugin writes it (decimal, no sign or leading zero), or None."""
+    return int(text) if _RUN.fullmatch(text) and int(text) <= MAX_RUN else None
+
+
+def run_of(properties: Any) -> int | None:
+    """The run a lock message was published in: the plugin's tag among its MQTT 5 user properties (None: untagged,
+    a broker without the plugin)."""
+    pairs = getattr(properties, "UserProperty", None) or []
+    tags = [value for name, value in pairs if name == RUN_PROPERTY]
+    return parse_run(tags[0]) if len(tags) == 1 else None

@@ -46,6 +46,8 @@ class Event:
     payload: str
     #: acknowledges the message to the broker (on the session it came from), once the devices function took it
     ack: Callable[[], None]
+    #: the broker run it was published in (``mqtt_relay.broker_start.run_of``; None: untagged)
+    run: int | None = None
     #: the payload's size as posted (``topics.posted``), and the event as one item of a batch's ``events``, made once
     size: int = field(init=False, repr=False)
     wire: bytes = field(init=False, repr=False)
@@ -53,9 +55,9 @@ class Event:
     def __post_init__(self) -> None:
         payload = topics.posted(self.payload)
         object.__setattr__(self, "size", len(payload))
-        object.__setattr__(
-            self, "wire", b'{"topic":' + json.dumps(self.topic).encode() + b',"payload":"' + payload + b'"}'
-        )
+        run = b"" if self.run is None else b',"run":' + str(self.run).encode()
+        wire = b'{"topic":' + json.dumps(self.topic).encode() + b',"payload":"' + payload + b'"' + run + b"}"
+        object.__setattr__(self, "wire", wire)
 
 
 class Forwarder:
@@ -179,17 +181,19 @@ class Forwarder:
             pass
         return "taken"
 
-    def flush_mirror(self, broker_uptime_s: float | None = None) -> bool:
+    def flush_mirror(self, broker_uptime_s: float | None = None, broker_run: int | None = None) -> bool:
         """Ask the devices function for its upkeep: write queued Firestore mirror rows (the app's view converges),
-        refresh guests' windows, turn offline the locks not back since the broker started ``broker_uptime_s`` ago
-        (when known: ``mqtt_relay.broker_start``), prune expired rows, end gone accounts. A failure is logged with
-        the function's error and kept in ``upkeep_error`` until an upkeep succeeds (its answer was not read: a
-        failing upkeep went unseen). Not on the forwarder's session, which is its thread's. Returns whether the
-        function says locks' access is left due (ask again at once)."""
-        body = None if broker_uptime_s is None else {"broker_uptime_s": broker_uptime_s, "sent_at": time.time()}
+        refresh guests' windows, turn offline the locks not back since the broker started ``broker_uptime_s`` ago or
+        its run ``broker_run`` began (when known: ``mqtt_relay.broker_start``), prune expired rows, end gone
+        accounts. A failure is logged with the function's error and kept in ``upkeep_error`` until an upkeep
+        succeeds (its answer was not read: a failing upkeep went unseen). Not on the forwarder's session, which is
+        its thread's. Returns whether the function says locks' access is left due (ask again at once)."""
+        body: dict[str, float] = {} if broker_run is None else {"broker_run": broker_run}
+        if broker_uptime_s is not None:
+            body.update(broker_uptime_s=broker_uptime_s, sent_at=time.time())
         try:
             headers = {**self.headers, **self.identity()}
-            resp = requests.post(self.flush_url, json=body, headers=headers, timeout=self.timeout_s)
+            resp = requests.post(self.flush_url, json=body or None, headers=headers, timeout=self.timeout_s)
         except (requests.RequestException, OSError) as exc:
             self.upkeep_error = type(exc).__name__
         else:

@@ -30,7 +30,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from lockwise.core.db import Connection, Database
 from lockwise.devices import topics
 from mqtt_relay import outbox, sessions
-from mqtt_relay.broker_start import UPTIME_TOPIC, BrokerStart
+from mqtt_relay.broker_start import RUN_TOPIC, UPTIME_TOPIC, BrokerStart, run_of
 from mqtt_relay.forwarder import Event, Forwarder
 from mqtt_relay.identity import IdTokens
 from mqtt_relay.settings import RelaySettings
@@ -88,7 +88,8 @@ class Relay:
         client.subscribe([(t, 1) for t in self.event_topics])  # here, so subscriptions survive reconnects
         client.unsubscribe(sessions.LEGACY_EVENT_TOPICS)  # a session resumed from before the group had a secret name
         self.broker_start.forget()
-        client.subscribe(UPTIME_TOPIC, 0)  # every replica: a plain subscription (not shared), nothing queued
+        # every replica: plain subscriptions (not shared), nothing queued
+        client.subscribe([(UPTIME_TOPIC, 0), (RUN_TOPIC, 0)])
         self.connected.set()
         self._wake.set()
         log.info("connected to broker", extra={"fields": {"session_present": bool(flags.session_present)}})
@@ -102,8 +103,12 @@ class Relay:
         if msg.topic == UPTIME_TOPIC:
             self.broker_start.heard(bytes(msg.payload), retained=bool(msg.retain))
             return
+        if msg.topic == RUN_TOPIC:
+            self.broker_start.heard_run(bytes(msg.payload))
+            return
         payload = bytes(msg.payload).decode("utf-8", errors="replace")
-        self.forwarder.submit(Event(msg.topic, payload, functools.partial(self._ack, msg.mid, msg.qos)))
+        ack = functools.partial(self._ack, msg.mid, msg.qos)
+        self.forwarder.submit(Event(msg.topic, payload, ack, run_of(msg.properties)))
 
     def _ack(self, mid: int, qos: int) -> None:
         if qos > 0:
@@ -206,7 +211,7 @@ class Relay:
         due, again at once (``UPKEEP_AGAIN_S``): edges that fall together (every whole-day guest of a zone at its
         midnight) took a 10 s period for each 5 s budget of refreshes, their guests' open listeners kept meanwhile."""
         while not self.stopping.is_set():
-            again = self.forwarder.flush_mirror(self.broker_start.uptime_s())
+            again = self.forwarder.flush_mirror(self.broker_start.uptime_s(), self.broker_start.run)
             self.stopping.wait(UPKEEP_AGAIN_S if again else self.settings.flush_every_s)
 
     def _empty_abandoned_sessions(self) -> None:
@@ -245,7 +250,7 @@ class Relay:
             # leave the share group first, so the broker queues nothing more for this session while it is away (the
             # last replica stays in it: once it is gone, the broker's plugin holds the locks' events at the locks)
             with contextlib.suppress(RuntimeError, ValueError):
-                self.client.unsubscribe([*self.event_topics, UPTIME_TOPIC])
+                self.client.unsubscribe([*self.event_topics, UPTIME_TOPIC, RUN_TOPIC])
         self.forwarder.stop()
         listener.join(timeout=3)
         self.client.disconnect()
@@ -259,7 +264,8 @@ class Relay:
     # ------------------------------------------------------------------------------------------------- health
 
     def health(self) -> tuple[dict[str, Any], int]:
-        checks: dict[str, Any] = {"broker": {"ok": self.connected.is_set(), "uptime_s": self.broker_start.uptime_s()}}
+        broker = {"ok": self.connected.is_set(), "uptime_s": self.broker_start.uptime_s(), "run": self.broker_start.run}
+        checks: dict[str, Any] = {"broker": broker}
         try:
             checks["database"] = {"ok": True, **outbox.lag(self.db)}
         except Exception as exc:  # noqa: BLE001 - health reports, never raises

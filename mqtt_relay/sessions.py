@@ -28,7 +28,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from lockwise.core.db import Connection
 from lockwise.devices import topics
-from mqtt_relay.broker_start import UPTIME_TOPIC
+from mqtt_relay.broker_start import RUN_TOPIC, UPTIME_TOPIC, run_of
 from mqtt_relay.forwarder import Event, Forwarder
 from mqtt_relay.settings import RelaySettings
 
@@ -149,13 +149,13 @@ def drain(
             counts["acked"] += 1
 
     def on_message(_c: mqtt.Client, _ud: Any, msg: mqtt.MQTTMessage) -> None:
-        if msg.topic == UPTIME_TOPIC:  # the session's plain subscription, not an event (QoS 0: nothing to ack)
+        if msg.topic in (UPTIME_TOPIC, RUN_TOPIC):  # the session's plain subscriptions, not events (QoS 0: no ack)
             return
         with lock:
             counts["received"] += 1
         last_message[0] = time.monotonic()
         payload = bytes(msg.payload).decode("utf-8", errors="replace")
-        forwarder.submit(Event(msg.topic, payload, functools.partial(acked, msg.mid, msg.qos)))
+        forwarder.submit(Event(msg.topic, payload, functools.partial(acked, msg.mid, msg.qos), run_of(msg.properties)))
 
     client.on_connect = on_connect
     client.on_message = on_message
@@ -175,7 +175,7 @@ def drain(
             client.disconnect(properties=session_properties(0, PacketTypes.DISCONNECT))
             return 0
         # out of the share group (and the fixed-name one of before): the broker queues nothing more here
-        client.unsubscribe([*subscribed, *LEGACY_EVENT_TOPICS, UPTIME_TOPIC])
+        client.unsubscribe([*subscribed, *LEGACY_EVENT_TOPICS, UPTIME_TOPIC, RUN_TOPIC])
         deadline = time.monotonic() + 60
         idle = False
         while time.monotonic() < deadline and not idle:

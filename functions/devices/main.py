@@ -411,9 +411,9 @@ def relay_events(ctx: Ctx) -> JsonBody:
 def relay_flush(ctx: Ctx) -> JsonBody:
     require_relay(ctx)
     raw = ctx.body(topics.MAX_PAYLOAD_BYTES)  # optional: a relay from before its fields sends none
-    started = upkeep.broker_start(parse_json_object(raw, None) if raw else {}, rt.now())
+    broker = upkeep.broker_seen(parse_json_object(raw, None) if raw else {}, rt.now())
     try:  # the first failure answers
-        access_due = upkeep.every_step(rt.db, accounts_directory, rt.settings, rt.now, started)
+        access_due = upkeep.every_step(rt.db, accounts_directory, rt.settings, rt.now, broker)
     finally:
         written = rt.flush_mirror(force=True)  # what the steps that ran queued
     return {"written": written, "pending": rt.mirror.pending(), "access_due": access_due}

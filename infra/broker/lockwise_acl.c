@@ -1,6 +1,7 @@
 /*
  * LockWise's broker plugin for Mosquitto 2.0 (plugin interface v5). Its ACL callback runs before acl_file's (plugins
- * register first) and keeps two rules; everything else is deferred to acl_file (its per-lock patterns).
+ * register first) and keeps two rules; everything else is deferred to acl_file (its per-lock patterns). It also
+ * numbers the broker's run (3).
  *
  * 1. A lock may subscribe to its own command topic and nothing else. Mosquitto's acl_file never refuses a
  *    subscription (security_default.c: "FIXME - implement ACL subscription strings") and checks read rights only
@@ -30,10 +31,21 @@
  *    no protocol) are deferred. Each close costs the broker a TLS handshake when the lock returns (about 1.5 ms of
  *    its one thread, attack run 17): locks back off.
  *
+ * 3. A broker run's number: its start, in microseconds since 1970 on the broker's clock. Mosquitto 2.0 keeps no last
+ *    will across a crash, so the relays' upkeep turns offline the locks not back since the broker started
+ *    (mqtt_relay/broker_start.py). Dated from $SYS/broker/uptime, the start is known to within seconds, and a lock
+ *    that connected in the seconds before a second crash stayed online (attack run 18). So the plugin tags every
+ *    message it takes from a client that is not a relay with the run's number (RUN_PROPERTY, an MQTT 5 user
+ *    property, kept with the message in persistence: one delivered after a restart carries the run it was
+ *    published in), refuses one that carries the property already (a lock would name a newer run and stay online
+ *    for good), and publishes the number on RUN_TOPIC (retained, once the broker runs: a $SYS message is never
+ *    persisted, so no older run's is restored over it). A lock heard from on an earlier run is not connected.
+ *
  * Build: cc -shared -fPIC -O2 -Wall -Wextra -o lockwise_acl.so lockwise_acl.c (Debian: gcc, libc6-dev,
  * mosquitto-dev, libmosquitto-dev).
  */
 #include <stdbool.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -41,9 +53,14 @@
 #include <mosquitto.h>
 #include <mosquitto_broker.h>
 #include <mosquitto_plugin.h>
+#include <mqtt_protocol.h>
 
 #define MAX_RELAYED 8 /* relayed topic filters */
 #define MAX_HELD 16   /* a relay's subscriptions to them ($share groups count apart) */
+/* where the run's number is published (mqtt_relay.broker_start.RUN_TOPIC, infra.broker.render.RUN_TOPIC) */
+#define RUN_TOPIC "$SYS/broker/lockwise/run"
+/* the user property each taken message carries it in (mqtt_relay.broker_start.RUN_PROPERTY) */
+#define RUN_PROPERTY "lockwise-run"
 
 struct relay {
 	char *name;
@@ -61,6 +78,8 @@ struct lockwise_acl {
 	/* the client whose connection is ending: Mosquitto checks its last will next, if it has one (context.c:
 	 * context__disconnect calls the plugins, then context__send_will); any check consumes it */
 	const struct mosquitto *closing;
+	char run[24];       /* this run's number, in decimal */
+	bool run_published; /* on RUN_TOPIC, at the first tick */
 };
 
 /* One line a second at most for each kind: a client sending refused packets without end would otherwise have one
@@ -255,6 +274,57 @@ static int on_acl_check(int event, void *event_data, void *userdata)
 	}
 }
 
+/* 3: a message from a client that is not a relay is tagged with the run; one tagged already is refused. */
+static int on_message(int event, void *event_data, void *userdata)
+{
+	static struct quiet forged;
+	struct mosquitto_evt_message *ed = event_data;
+	struct lockwise_acl *acl = userdata;
+	const char *username = mosquitto_client_username(ed->client);
+	const mosquitto_property *prop;
+	char *name = NULL, *value = NULL;
+	unsigned long more;
+	bool tagged = false;
+	(void)event;
+
+	if(username != NULL && relay_named(acl, username) != NULL){
+		return MOSQ_ERR_SUCCESS; /* a relay's command: nobody reads a run from it */
+	}
+	prop = mosquitto_property_read_string_pair(ed->properties, MQTT_PROP_USER_PROPERTY, &name, &value, false);
+	while(prop != NULL && !tagged){
+		tagged = strcmp(name, RUN_PROPERTY) == 0;
+		mosquitto_free(name);
+		mosquitto_free(value);
+		name = value = NULL;
+		prop = mosquitto_property_read_string_pair(prop, MQTT_PROP_USER_PROPERTY, &name, &value, true);
+	}
+	mosquitto_free(name);
+	mosquitto_free(value);
+	if(tagged){
+		if(speak(&forged, &more)){
+			mosquitto_log_printf(MOSQ_LOG_NOTICE, "lockwise_acl: refused %.64s's message to %.128s: it names a"
+					" broker run (and %lu more since)", username == NULL ? "?" : username, ed->topic, more);
+		}
+		return MOSQ_ERR_ACL_DENIED;
+	}
+	return mosquitto_property_add_string_pair(&ed->properties, MQTT_PROP_USER_PROPERTY, RUN_PROPERTY, acl->run);
+}
+
+/* 3: the run's number on RUN_TOPIC, once: at the first tick, after the persisted state was restored. */
+static int on_tick(int event, void *event_data, void *userdata)
+{
+	struct lockwise_acl *acl = userdata;
+	(void)event;
+	(void)event_data;
+
+	if(!acl->run_published && mosquitto_broker_publish_copy(NULL, RUN_TOPIC, (int)strlen(acl->run), acl->run, 0,
+				true, NULL) == MOSQ_ERR_SUCCESS){
+		acl->run_published = true;
+		mosquitto_log_printf(MOSQ_LOG_NOTICE, "lockwise_acl: broker run %s", acl->run);
+	}
+	return MOSQ_ERR_SUCCESS;
+}
+
 static int on_disconnect(int event, void *event_data, void *userdata)
 {
 	const struct mosquitto_evt_disconnect *ed = event_data;
@@ -333,6 +403,7 @@ int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void **userdata, st
 	struct lockwise_acl *acl = calloc(1, sizeof(*acl));
 	const char *root = "lockwise", *relays = "", *relayed = "";
 	char **names = NULL;
+	struct timespec started;
 	int count;
 
 	if(acl == NULL){
@@ -383,10 +454,15 @@ int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void **userdata, st
 		mosquitto_log_printf(MOSQ_LOG_WARNING, "lockwise_acl: no plugin_opt_relayed_topics: locks' events are taken"
 				" while no relay subscribes (and lost)");
 	}
+	clock_gettime(CLOCK_REALTIME, &started);
+	snprintf(acl->run, sizeof(acl->run), "%llu",
+			(unsigned long long)started.tv_sec * 1000000ULL + (unsigned long long)started.tv_nsec / 1000ULL);
 	*userdata = acl;
 	if(mosquitto_callback_register(identifier, MOSQ_EVT_ACL_CHECK, on_acl_check, NULL, acl) != MOSQ_ERR_SUCCESS
 			|| mosquitto_callback_register(identifier, MOSQ_EVT_DISCONNECT, on_disconnect, NULL, acl)
-				!= MOSQ_ERR_SUCCESS){
+				!= MOSQ_ERR_SUCCESS
+			|| mosquitto_callback_register(identifier, MOSQ_EVT_MESSAGE, on_message, NULL, acl) != MOSQ_ERR_SUCCESS
+			|| mosquitto_callback_register(identifier, MOSQ_EVT_TICK, on_tick, NULL, acl) != MOSQ_ERR_SUCCESS){
 		return MOSQ_ERR_UNKNOWN;
 	}
 	return MOSQ_ERR_SUCCESS;
@@ -401,6 +477,8 @@ int mosquitto_plugin_cleanup(void *userdata, struct mosquitto_opt *options, int 
 	if(acl != NULL){
 		mosquitto_callback_unregister(acl->id, MOSQ_EVT_ACL_CHECK, on_acl_check, NULL);
 		mosquitto_callback_unregister(acl->id, MOSQ_EVT_DISCONNECT, on_disconnect, NULL);
+		mosquitto_callback_unregister(acl->id, MOSQ_EVT_MESSAGE, on_message, NULL);
+		mosquitto_callback_unregister(acl->id, MOSQ_EVT_TICK, on_tick, NULL);
 		acl_free(acl);
 	}
 	return MOSQ_ERR_SUCCESS;

@@ -17,7 +17,11 @@ from pathlib import Path
 SOURCE = Path(__file__).with_name("lockwise_acl.c")
 #: where the broker host's build puts it (``render``'s ``build-lockwise-acl``) and its configuration loads it from
 PROD_PATH = "/usr/local/lib/mosquitto/lockwise_acl.so"
-HEADERS = (Path("/usr/include/mosquitto_plugin.h"), Path("/usr/include/mosquitto.h"))
+HEADERS = (
+    Path("/usr/include/mosquitto_plugin.h"),
+    Path("/usr/include/mosquitto.h"),
+    Path("/usr/include/mqtt_protocol.h"),  # libmosquitto-dev
+)
 #: Debian packages the build needs
 PACKAGES = ("gcc", "libc6-dev", "mosquitto-dev", "libmosquitto-dev")
 

@@ -27,6 +27,9 @@ LOCK_EVENTS = ("state", "ack", "status")
 #: the broker's uptime, which every relay reads (``mqtt_relay.broker_start.UPTIME_TOPIC``, a unit test ties them):
 #: it dates the broker's start, and locks not heard from since are turned offline (no last will survives a restart)
 UPTIME_TOPIC = "$SYS/broker/uptime"
+#: the broker's run, which its plugin publishes and every relay reads (``mqtt_relay.broker_start.RUN_TOPIC`` and
+#: ``RUN_TOPIC`` in ``lockwise_acl.c``, a unit test ties them): a lock heard from on an earlier run is not connected
+RUN_TOPIC = "$SYS/broker/lockwise/run"
 #: the largest MQTT packet the broker takes: commands, acks and state reports are a few hundred bytes
 MAX_PACKET_SIZE = 65536
 PROD = {
@@ -72,7 +75,8 @@ def mosquitto_conf(values: dict[str, str]) -> str:
 
 def acl() -> str:
     users = "\n".join(
-        f"user {name}\ntopic readwrite {TOPIC_ROOT}/#\ntopic read {UPTIME_TOPIC}\n" for name in relay_identities()
+        f"user {name}\ntopic readwrite {TOPIC_ROOT}/#\ntopic read {UPTIME_TOPIC}\ntopic read {RUN_TOPIC}\n"
+        for name in relay_identities()
     )
     writes = "\n".join(f"pattern write {TOPIC_ROOT}/%u/{kind}" for kind in LOCK_EVENTS)
     return render("acl.template", {"RELAY_USERS": users, "TOPIC_ROOT": TOPIC_ROOT, "LOCK_WRITES": writes})

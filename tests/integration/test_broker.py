@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import secrets
+import signal
 import ssl
 import threading
 import time
@@ -662,3 +663,95 @@ def test_the_simulated_lock_backs_off_while_turned_away_and_starts_again_once_ac
     finally:
         lock.client.loop_stop()
         relay.client.loop_stop()
+
+
+def test_the_broker_tags_each_locks_message_with_its_run_and_a_restart_starts_a_newer_one(
+    own_broker: Broker, tmp_path: Path
+) -> None:
+    """Dated from ``$SYS/broker/uptime``, a broker's start is known to within seconds, and a lock that connected in
+    the seconds before a second crash stayed shown online (attack run 18). The plugin numbers the broker's run: it
+    publishes the number on ``RUN_TOPIC`` (retained) and tags each message it takes from a lock with it, in MQTT 3.1.1
+    and 5 alike, keeping the lock's own properties; a lock that names a run itself is refused. A message queued in a
+    relay's session across a restart keeps the run it was published in, and the new run's number is larger."""
+    from mqtt_relay.broker_start import RUN_PROPERTY, RUN_TOPIC, parse_run, run_of
+
+    broker = own_broker
+    group = sessions.event_topics(f"lockwise-relay-{secrets.token_hex(16)}")
+    runs: list[int | None] = []
+    received: list[tuple[str, bytes, int | None, list[tuple[str, str]]]] = []
+
+    def relay(slot: int) -> Peer:
+        files = broker.client_files(f"lockwise-relay-{slot}", tmp_path / f"relay-{slot}")
+        peer = Peer(broker, files, client_id=f"lockwise-relay-{slot}", persistent=mqtt.MQTTv5)
+
+        def on_message(_c: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
+            if msg.topic == RUN_TOPIC:
+                runs.append(parse_run(bytes(msg.payload).decode()))
+                return
+            pairs = list(getattr(msg.properties, "UserProperty", None) or [])
+            received.append((msg.topic, bytes(msg.payload), run_of(msg.properties), pairs))
+
+        peer.client.on_message = on_message
+        return peer
+
+    def run_now() -> int:
+        wait_until(lambda: runs and runs[-1] is not None, 5)
+        assert runs and runs[-1] is not None, runs
+        return runs[-1]
+
+    def got(payload: bytes) -> list[tuple[str, bytes, int | None, list[tuple[str, str]]]]:
+        wait_until(lambda: any(m[1] == payload for m in received), 5)
+        return [m for m in received if m[1] == payload]
+
+    watcher, away = relay(RELAY_SLOTS - 1), relay(RELAY_SLOTS)  # one keeps the events taken while the other is away
+    locks, names = {}, {}
+    try:
+        for peer in (watcher, away):
+            assert peer.start() and all(peer.subscribe(topic) for topic in group)
+        assert away.subscribe(f"{topics.ROOT}/+/ack"), "a plain subscription: queued in its session while away"
+        assert away.subscribe(RUN_TOPIC) and watcher.subscribe(RUN_TOPIC)
+        first = run_now()
+        assert abs(first / 1e6 - time.time()) < 60, "microseconds on the broker's clock, since it started"
+        for protocol in (mqtt.MQTTv311, mqtt.MQTTv5):
+            names[protocol] = identity = f"lk-{secrets.token_hex(6)}"
+            files = broker.client_files(identity, tmp_path / identity)
+            locks[protocol] = Peer(broker, files, client_id=identity, persistent=protocol)
+            assert locks[protocol].start()
+        v3, v5 = topics.state(names[mqtt.MQTTv311]), topics.state(names[mqtt.MQTTv5])
+        locks[mqtt.MQTTv311].client.publish(v3, b"from 3.1.1", qos=1)
+        own = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+        own.UserProperty = ("fw", "1.2")
+        locks[mqtt.MQTTv5].client.publish(v5, b"from 5", qos=1, properties=own)
+        assert [m[2] for m in got(b"from 3.1.1")] == [first]
+        [(_, _, run, pairs)] = got(b"from 5")
+        assert run == first and pairs == [("fw", "1.2"), (RUN_PROPERTY, str(first))], "its own kept, one tag added"
+        forged = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+        forged.UserProperty = (RUN_PROPERTY, str(first + 10**12))
+        locks[mqtt.MQTTv5].client.publish(v5, b"names a run", qos=1, properties=forged).wait_for_publish(5)
+        locks[mqtt.MQTTv5].client.publish(v5, b"after it", qos=1)
+        assert [m[2] for m in got(b"after it")] == [first], "the lock is still connected"
+        assert not [m for m in received if m[1] == b"names a run"], "a message naming a run is refused"
+
+        # a message queued in a relay's session across a restart keeps its run; the next run is newer
+        away.stop()
+        acks = topics.acks(names[mqtt.MQTTv311])
+        locks[mqtt.MQTTv311].client.publish(acks, b"queued", qos=1).wait_for_publish(5)
+        time.sleep(1.5)  # autosave_interval 1: in the persisted state
+        received.clear()  # the watcher's copy (its share group's)
+        for lock in locks.values():
+            lock.client.loop_stop()
+        broker.process.popen.send_signal(signal.SIGKILL)
+        broker.process.popen.wait(10)
+        runs.clear()
+        broker.start_again()
+        back = relay(RELAY_SLOTS)
+        assert back.start() and back.subscribe(RUN_TOPIC)
+        second = run_now()
+        assert second > first
+        [(_, _, run, _)] = got(b"queued")
+        assert run == first, "tagged as it was published, before the crash"
+        back.stop()
+    finally:
+        for peer in [*locks.values(), watcher, away]:
+            peer.client.disconnect()
+            peer.client.loop_stop()

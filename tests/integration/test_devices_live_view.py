@@ -27,10 +27,11 @@ from tests.devices_world import World, build_world, create_lock, join
 from tests.waiting import wait_for
 
 
-def relay_event(world: World, service_token: str, topic_kind: str, payload: Any) -> dict[str, Any]:
+def relay_event(world: World, service_token: str, topic_kind: str, payload: Any, run: Any = None) -> dict[str, Any]:
     body = {
         "topic": f"lockwise/{world.credentials['mqtt']['client_id']}/{topic_kind}",
         "payload": payload if isinstance(payload, str) else json.dumps(payload),
+        **({} if run is None else {"run": run}),
     }
     resp = world.devices.post(
         "/devices/relay/events", json={"events": [body]}, headers={"X-LockWise-Service-Token": service_token}
@@ -975,11 +976,12 @@ def test_numbered_online_and_offline_reports_are_applied_only_when_newer(
 def lock_row(world: World) -> dict[str, Any]:
     with get_runtime("devices").db.connection() as con:
         rows = con.run(
-            "SELECT online, status_order, reported_at, last_seen, connected_at FROM lock_state"
+            "SELECT online, status_order, reported_at, last_seen, connected_at, connected_run FROM lock_state"
             " WHERE lock_id = CAST(:l AS uuid)",
             l=world.lock_id,
         )
-    return dict(zip(("online", "status_order", "reported_at", "last_seen", "connected_at"), rows[0], strict=True))
+    names = ("online", "status_order", "reported_at", "last_seen", "connected_at", "connected_run")
+    return dict(zip(names, rows[0], strict=True))
 
 
 def test_a_state_report_of_a_connection_that_has_ended_does_not_bring_its_lock_back_online(
@@ -1102,6 +1104,71 @@ def test_locks_whose_connection_came_before_their_broker_restarted_are_turned_of
     resp = flush(data=b"{", content_type="application/json")
     assert resp.status_code == 400 and resp.get_json()["error"]["code"] == "malformed_json"
     assert lock_row(world)["online"]
+
+
+def test_a_lock_heard_from_on_an_earlier_broker_run_is_turned_offline_whatever_the_clocks(
+    world: World, stack_env: dict[str, str]
+) -> None:
+    """Attack run 18: two broker restarts within the slack the uptime needs (10 s) left a lock that connected
+    between them, and died, shown online. The broker's plugin tags each lock message with its run, and the relay
+    sends the current run with the upkeep: a lock whose connection was heard of on an earlier run is turned offline
+    however close the clocks put it, one on the current run stays online however old its connection, and a run held
+    up (an older one) turns no live lock offline. A report tagged with a newer run counts as heard from on it; a
+    connection heard of without a run is judged by the clocks, as before."""
+    token = stack_env["LOCKWISE_SERVICE_TOKEN"]
+    service = {"X-LockWise-Service-Token": token}
+    base, first = 1700000000000, 1764840000000000
+    year = 365 * 86400.0
+
+    def flush(**body: Any) -> Any:
+        if "broker_uptime_s" in body:
+            body["sent_at"] = time.time()
+        return world.devices.post("/devices/relay/flush", headers=service, json=body)
+
+    def connected(ago_s: float) -> None:
+        with get_runtime("devices").db.transaction() as con:
+            con.run(
+                "UPDATE lock_state SET connected_at = now() - make_interval(secs => :a)"
+                " WHERE lock_id = CAST(:l AS uuid)",
+                a=ago_s,
+                l=world.lock_id,
+            )
+
+    # connected on the first run 3 s before the second started (a year ago: only this lock's connection is as old in
+    # the shared database): the clocks alone keep it online
+    assert relay_event(world, token, "status", f"online {base + 1}", run=first)["outcome"] == "applied"
+    assert lock_row(world)["connected_run"] == first
+    connected(year + 3)
+    assert flush(broker_uptime_s=year).status_code == 200 and lock_row(world)["online"], "within the slack"
+    assert flush(broker_run=first + 5_000_000, broker_uptime_s=year).status_code == 200
+    after = lock_row(world)
+    assert not after["online"] and after["status_order"] == 2 * (base + 1) + 1, "an earlier run: offline, ended"
+    wait_until_mirrored(world.lock_id)
+    client = firestore_client(PROJECT_ID, stack_env["FIRESTORE_EMULATOR_HOST"])
+    entries = [e.to_dict() for e in client.collection(f"locks/{world.lock_id}/activity").stream()]
+    assert [e.get("reason") for e in entries if e["kind"] == "offline"] == ["broker_restart"]
+
+    # back on the current run: its connection a year old by the clocks, it stays online; an older run changes nothing
+    second = first + 5_000_000
+    assert relay_event(world, token, "status", f"online {base + 2}", run=second)["outcome"] == "applied"
+    connected(year + 60)
+    assert flush(broker_run=second, broker_uptime_s=year).status_code == 200 and lock_row(world)["online"]
+    assert flush(broker_run=first).status_code == 200 and lock_row(world)["online"], "an upkeep held up"
+    # a report published on a newer run, on the same connection number: heard from on that run
+    report = {"state": "locked", "ts": time.time(), "connection": base + 2}
+    assert relay_event(world, token, "state", report, run=second + 1)["outcome"] == "applied"
+    assert lock_row(world)["connected_run"] == second + 1
+    assert flush(broker_run=second + 1).status_code == 200 and lock_row(world)["online"]
+    # a connection heard of without a run (a relay from before the tag): the clocks judge it, run or not
+    assert relay_event(world, token, "status", f"online {base + 3}")["outcome"] == "applied"
+    assert lock_row(world)["connected_run"] is None
+    connected(year + 60)
+    assert flush(broker_run=second + 1, broker_uptime_s=year).status_code == 200 and not lock_row(world)["online"]
+    for bad in (0, -1, True, "5", 2**63, 1.5):
+        assert relay_event(world, token, "status", f"online {base + 4}", run=bad)["outcome"] == "rejected", bad
+        resp = flush(broker_run=bad)
+        assert resp.status_code == 400 and resp.get_json()["error"]["code"] == "invalid_broker_run", bad
+    assert not lock_row(world)["online"]
 
 
 def test_a_new_pairing_numbers_its_connections_afresh_and_no_number_runs_ahead_of_time(

@@ -269,10 +269,13 @@ def test_the_broker_knows_nothing_per_lock_and_every_relay_slot(tmp_path: Path) 
     assert [line for line in acl.splitlines() if line.startswith("user ")] == [
         f"user lockwise-relay-{slot}" for slot in range(1, RELAY_SLOTS + 1)
     ]
-    # every relay reads the broker's uptime, where the relay listens for it, published every 10 s
-    from mqtt_relay.broker_start import UPTIME_TOPIC
+    # every relay reads the broker's uptime, where the relay listens for it, published every 10 s, and its run,
+    # where the plugin publishes it
+    from mqtt_relay.broker_start import RUN_TOPIC, UPTIME_TOPIC
 
     assert acl.count(f"topic read {UPTIME_TOPIC}\n") == RELAY_SLOTS and "sys_interval 10" in conf.splitlines()
+    assert acl.count(f"topic read {RUN_TOPIC}\n") == RELAY_SLOTS
+    assert f'#define RUN_TOPIC "{RUN_TOPIC}"' in plugin.SOURCE.read_text()
     patterns = [line for line in acl.splitlines() if line.startswith("pattern ")]
     assert patterns == [
         "pattern read lockwise/%u/cmd",

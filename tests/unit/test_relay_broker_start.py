@@ -3,7 +3,10 @@
 
 from __future__ import annotations
 
-from mqtt_relay.broker_start import BrokerStart
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from mqtt_relay.broker_start import RUN_PROPERTY, BrokerStart, run_of
 
 
 def test_the_uptime_is_read_from_live_publishes_and_dates_the_start_earliest() -> None:
@@ -30,3 +33,28 @@ def test_the_uptime_is_read_from_live_publishes_and_dates_the_start_earliest() -
     start.heard(b"2 seconds", retained=False)
     now[0] += 1.5
     assert start.uptime_s() == 3.5
+
+
+def test_the_broker_run_is_read_from_its_topic_and_each_messages_tag() -> None:
+    """The plugin publishes its run's number (retained or live, it is the running broker's: ``$SYS`` is never
+    persisted) and tags each lock message with it; the relay forgets the run on a new connection, and takes a tag
+    only as the plugin writes it (one, decimal, a bigint)."""
+    start = BrokerStart()
+    assert start.run is None
+    start.heard_run(b"1764840000123456")
+    assert start.run == 1764840000123456
+    for junk in (b"", b"0", b"-5", b"012", b"1e6", b"17648400001234567890", b"12 ", b"\xff"):
+        start.heard_run(junk)
+        assert start.run == 1764840000123456, junk
+    start.forget()
+    assert start.run is None
+
+    def tagged(*pairs: tuple[str, str]) -> Properties:
+        properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+        properties.UserProperty = list(pairs)
+        return properties
+
+    assert run_of(None) is None and run_of(Properties(PacketTypes.PUBLISH)) is None  # type: ignore[no-untyped-call]
+    assert run_of(tagged(("fw", "1"), (RUN_PROPERTY, "42"))) == 42
+    assert run_of(tagged((RUN_PROPERTY, "42"), (RUN_PROPERTY, "43"))) is None, "two tags: not the plugin's"
+    assert run_of(tagged((RUN_PROPERTY, "x"))) is None and run_of(tagged(("other", "42"))) is None

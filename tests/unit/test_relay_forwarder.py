@@ -93,12 +93,28 @@ def test_an_upkeep_tells_the_broker_start_once_known(devices: tuple[str, list[tu
     knows the broker's uptime (a live one on its connection), its upkeep has no body, as before the field."""
     url, answers = devices
     forwarder = Forwarder(url, "token", timeout_s=5)
-    answers += [(200, b'{"written": 0}'), (200, b'{"written": 0}')]
+    answers += [(200, b'{"written": 0}')] * 4
     forwarder.flush_mirror(None)
     forwarder.flush_mirror(125.5)
     sent = json.loads(upkeeps[1])
     assert upkeeps[0] == b"" and sent.pop("broker_uptime_s") == 125.5 and abs(sent.pop("sent_at") - time.time()) < 5
     assert sent == {}
+    # and the broker's run, read from its plugin (an order: no time needed), with or without the uptime
+    forwarder.flush_mirror(None, 1764840000123456)
+    forwarder.flush_mirror(130.0, 1764840000123456)
+    assert json.loads(upkeeps[2]) == {"broker_run": 1764840000123456}
+    sent = json.loads(upkeeps[3])
+    assert sent.pop("sent_at") and sent == {"broker_uptime_s": 130.0, "broker_run": 1764840000123456}
+
+
+def test_an_event_carries_the_broker_run_it_was_published_in() -> None:
+    """The broker's plugin tags each lock message with its run; the event posted carries it (none when untagged)."""
+    tagged = Event("lockwise/lk/status", "online 7", lambda: None, 1764840000123456)
+    assert json.loads(tagged.wire) == {"topic": "lockwise/lk/status", "payload": "online 7", "run": 1764840000123456}
+    assert json.loads(Event("lockwise/lk/status", "online 7", lambda: None).wire) == {
+        "topic": "lockwise/lk/status",
+        "payload": "online 7",
+    }
 
 
 def test_an_unreachable_devices_function_is_an_upkeep_error() -> None:

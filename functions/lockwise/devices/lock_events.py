@@ -1,6 +1,7 @@
 """Lock events handed over by the relay: state reports, command acknowledgements, online/offline.
 
-The relay forwards each MQTT message as ``{"topic", "payload"}``; the topic names the lock (its broker identity).
+The relay forwards each MQTT message as ``{"topic", "payload"}``; the topic names the lock (its broker identity), and
+``run``, when the broker's plugin tagged the message, the broker run it was published in (``not_back_since``).
 Applying an event is idempotent, so a redelivery after a relay crash changes nothing: a state report is known by its
 time and state among the lock's last ``RECENT_REPORTS`` and taken once; one older than the last applied changes no
 state but is listed in the feed as late; an ack of a command the lock already answered, or unknown, is a duplicate
@@ -91,7 +92,7 @@ def apply_batch(con: Connection, events: list[Any], now: dt.datetime, feed_budge
 def _judge(con: Connection, event: Any, locks: dict[str, str], now: dt.datetime, batch: Pending) -> Outcome:
     if not isinstance(event, dict):
         return Outcome("rejected", "event must be an object")
-    return apply(con, event.get("topic"), event.get("payload"), now, locks, batch)
+    return apply(con, event.get("topic"), event.get("payload"), now, locks, batch, event.get("run"))
 
 
 def _one_by_one(con: Connection, event: Any, locks: dict[str, str], now: dt.datetime, feed_budget: int) -> Outcome:
@@ -127,6 +128,8 @@ class _State:
     status_order: int | None = None
     #: when this function first heard of the lock's current connection (``not_back_since``)
     connected_at: dt.datetime | None = None
+    #: the newest broker run the lock was heard from on that connection (None: not told)
+    connected_run: int | None = None
     changed: bool = False
 
 
@@ -149,7 +152,7 @@ class LockStates:
         self._con.run("SELECT 1 FROM locks WHERE id = ANY(CAST(:l AS uuid[])) ORDER BY id FOR KEY SHARE", l=missing)
         rows = self._con.run(
             "SELECT lock_id::text, state, battery_pct, firmware, online, last_seen, reported_at, feed_window_start,"
-            " feed_entries, feed_unlisted, recent_reports, status_order, connected_at FROM lock_state"
+            " feed_entries, feed_unlisted, recent_reports, status_order, connected_at, connected_run FROM lock_state"
             " WHERE lock_id = ANY(CAST(:l AS uuid[]))"
             " ORDER BY lock_id FOR UPDATE",
             l=missing,
@@ -172,14 +175,16 @@ class LockStates:
             " online = v.online, last_seen = v.last_seen, reported_at = v.reported_at,"
             " feed_window_start = v.feed_window_start, feed_entries = v.feed_entries, feed_unlisted = v.feed_unlisted,"
             " recent_reports = ARRAY(SELECT jsonb_array_elements_text(CAST(v.recent AS jsonb))),"
-            " status_order = v.status_order, connected_at = v.connected_at, updated_at = now()"
+            " status_order = v.status_order, connected_at = v.connected_at, connected_run = v.connected_run,"
+            " updated_at = now()"
             " FROM unnest(CAST(:l AS uuid[]), CAST(:s AS text[]), CAST(CAST(:b AS text[]) AS smallint[]),"
             " CAST(:f AS text[]), CAST(CAST(:o AS text[]) AS boolean[]), CAST(CAST(:ls AS text[]) AS timestamptz[]),"
             " CAST(CAST(:r AS text[]) AS timestamptz[]), CAST(CAST(:fw AS text[]) AS timestamptz[]),"
             " CAST(:fe AS integer[]), CAST(:fu AS integer[]), CAST(:rr AS text[]), CAST(:so AS bigint[]),"
-            " CAST(CAST(:ca AS text[]) AS timestamptz[]))"
+            " CAST(CAST(:ca AS text[]) AS timestamptz[]), CAST(:cr AS bigint[]))"
             " AS v(lock_id, state, battery_pct, firmware, online, last_seen, reported_at, feed_window_start,"
-            " feed_entries, feed_unlisted, recent, status_order, connected_at) WHERE s.lock_id = v.lock_id",
+            " feed_entries, feed_unlisted, recent, status_order, connected_at, connected_run)"
+            " WHERE s.lock_id = v.lock_id",
             l=[lock_id for lock_id, _ in changed],
             s=[row.state for _, row in changed],
             b=[None if row.battery_pct is None else str(row.battery_pct) for _, row in changed],
@@ -193,6 +198,7 @@ class LockStates:
             rr=[json.dumps(row.recent_reports) for _, row in changed],
             so=[row.status_order for _, row in changed],
             ca=[None if row.connected_at is None else row.connected_at.isoformat() for _, row in changed],
+            cr=[row.connected_run for _, row in changed],
         )
         for _, row in changed:
             row.changed = False
@@ -265,11 +271,15 @@ def apply(
     now: dt.datetime,
     locks: dict[str, str],
     batch: Pending,
+    run: Any = None,
 ) -> Outcome:
     """Judge and apply one event. ``locks``: identity -> lock id for live credentials (``_lock_ids``); ``batch``:
-    where the lock's row and the mirror rows wait until the caller writes them (``Pending.write``)."""
+    where the lock's row and the mirror rows wait until the caller writes them (``Pending.write``); ``run``: the
+    broker run the message was published in, as the relay read it from the broker plugin's tag (None: untagged)."""
     if not isinstance(topic, str) or not isinstance(payload, str):
         return Outcome("rejected", "topic and payload must be strings")
+    if run is not None and (isinstance(run, bool) or not isinstance(run, int) or not 0 < run <= MAX_RUN):
+        return Outcome("rejected", "run must be the broker run's number, a positive 64-bit integer")
     if len(topics.posted(payload)) > topics.MAX_PAYLOAD_BYTES:  # state and acks are a few hundred bytes
         return Outcome("rejected", f"payload over {topics.MAX_PAYLOAD_BYTES} bytes as posted")
     try:
@@ -285,7 +295,7 @@ def apply(
     if lock_id is None:
         return Outcome("rejected", "unknown or revoked lock")
     if kind == "status":
-        return _status(lock_id, payload, now, batch)
+        return _status(lock_id, payload, now, batch, run)
     try:
         body = inputs.loads(payload, max_depth=MAX_PAYLOAD_DEPTH)
     except errors.BadRequest as exc:
@@ -293,7 +303,7 @@ def apply(
     if not isinstance(body, dict):
         return Outcome("rejected", "payload is not a JSON object")
     if kind == "state":
-        return _state(lock_id, body, now, batch)
+        return _state(lock_id, body, now, batch, run)
     if kind == "ack":
         return _ack(con, lock_id, body, now)
     return Outcome("rejected", f"unknown event kind {kind!r}")
@@ -313,7 +323,7 @@ def _ahead(connection: int, now: dt.datetime) -> bool:
     return connection > now.timestamp() * 1000 + STATUS_AHEAD_MS
 
 
-def _status(lock_id: str, payload: str, now: dt.datetime, batch: Pending) -> Outcome:
+def _status(lock_id: str, payload: str, now: dt.datetime, batch: Pending, run: int | None) -> Outcome:
     parsed = _STATUS.fullmatch(payload)
     if parsed is None:
         return Outcome("rejected", "status must be online or offline, optionally followed by the connection's number")
@@ -332,7 +342,7 @@ def _status(lock_id: str, payload: str, now: dt.datetime, batch: Pending) -> Out
         row.status_order = order
     row.online, row.last_seen, row.changed = online, now, True
     if online:  # a new connection (numbered: newer than any applied), or a bare one as it comes
-        row.connected_at = now
+        row.connected_at, row.connected_run = now, run
     batch.writes.append((mirror.lock_doc(lock_id), "merge", {"online": online, "last_seen": now.isoformat()}))
     _list_in_feed(batch, lock_id, row, now, "online" if online else "offline")
     return Outcome("applied")
@@ -340,42 +350,72 @@ def _status(lock_id: str, payload: str, now: dt.datetime, batch: Pending) -> Out
 
 #: a lock's connection heard of this long before its broker's last start still counts as made after it: the start
 #: is dated from the broker's uptime in whole seconds, read a moment late, on one devices instance's clock, and
-#: ``connected_at`` on another's
+#: ``connected_at`` on another's (only for connections heard of without a broker run: ``not_back_since``)
 BROKER_START_SLACK = dt.timedelta(seconds=10)
 #: a report naming an ended connection, made this long after its lock was last heard from, was made on a live one (a
 #: lock's clock may be this far off: its signed requests are taken within it)
 LIVE_AFTER = dt.timedelta(seconds=60)
+#: the largest broker run taken (the plugin's are microseconds since 1970: a bigint)
+MAX_RUN = 2**63 - 1
 #: locks turned offline per transaction (``not_back_since``)
 NOT_BACK_PER_PASS = 1000
 
 
-def not_back_since(con: Connection, broker_started_at: dt.datetime, now: dt.datetime, feed_budget: int) -> int:
-    """Turn offline the locks shown online whose connection this function heard of before their broker last started
-    (``connected_at``, with ``BROKER_START_SLACK``), listed in their feeds as ``offline`` with ``reason:
-    broker_restart``; returns how many, at most ``NOT_BACK_PER_PASS`` (call again, in a new transaction, while it
-    returns that).
+def not_back_since(
+    con: Connection,
+    now: dt.datetime,
+    feed_budget: int,
+    *,
+    started_at: dt.datetime | None = None,
+    run: int | None = None,
+) -> int:
+    """Turn offline the locks shown online whose connection was made before their broker last started, listed in
+    their feeds as ``offline`` with ``reason: broker_restart``; returns how many, at most ``NOT_BACK_PER_PASS`` (call
+    again, in a new transaction, while it returns that).
 
     A broker restart ends every lock's connection, and Mosquitto 2.0 keeps no last will across a crash
     (``persist_write.c`` saves none), so a lock that did not come back (its power cut while the broker was away) sent
     no ``offline`` and was shown online until it returned; commands made for it were sent into its broker session.
+
+    ``run``, the broker's current run (its plugin's, as the relay read it): a lock heard from on an earlier run
+    (``connected_run``) is not connected, whatever the clocks say; a run is never newer than the broker's own, so this
+    never turns a live lock offline, and a lock that connected in the seconds before a second crash is caught (attack
+    run 18: two restarts within the slack left it online). ``started_at``, the broker's start dated from its uptime,
+    for the connections heard of without a run: ``connected_at`` more than ``BROKER_START_SLACK`` before it (not
+    ``last_seen``: a report sent before the crash, forwarded after it, counted as heard from since: a review).
+
     Each lock turned offline has its connection's end applied (the status order made odd), so that connection's
     ``online`` or state report, forwarded late, does not bring it back (``_seen_on``); its next connection's does.
-    ``connected_at``, not ``last_seen``: such a late report counted as heard from since the start (a review).
     Idempotent: a lock back since then has a newer connection, and one turned offline is not online."""
-    before = broker_started_at - BROKER_START_SLACK
+    before = None if started_at is None else started_at - BROKER_START_SLACK
+
+    def gone(connected_run: int | None, connected_at: dt.datetime | None) -> bool:
+        if run is not None and connected_run is not None:
+            return connected_run < run
+        return before is not None and connected_at is not None and connected_at < before
+
+    rules = []
+    if run is not None:
+        rules.append("connected_run < :r")
+    if before is not None:
+        rules.append(("connected_run IS NULL AND " if run is not None else "") + "connected_at < :b")
+    if not rules:
+        return 0
     lock_ids = [
         str(row[0])
         for row in con.run(
-            "SELECT lock_id::text FROM lock_state WHERE online AND connected_at < :b ORDER BY lock_id LIMIT :n",
-            b=before,
+            f"SELECT lock_id::text FROM lock_state WHERE online AND ({' OR '.join(f'({r})' for r in rules)})"
+            " ORDER BY lock_id LIMIT :n",
             n=NOT_BACK_PER_PASS,
+            **({"r": run} if run is not None else {}),
+            **({"b": before} if before is not None else {}),
         )
     ]
     batch = Pending(LockStates(con, lock_ids), feed_budget)
     turned = 0
     for lock_id in lock_ids:
         row = batch.states.get(lock_id)  # as locked: a report may have come since the query
-        if row is None or not row.online or row.connected_at is None or row.connected_at >= before:
+        if row is None or not row.online or not gone(row.connected_run, row.connected_at):
             continue
         row.online, row.changed, turned = False, True, turned + 1
         if row.status_order is not None:
@@ -414,7 +454,7 @@ def report_key(reported: dt.datetime, state: str) -> str:
     return f"{(reported - _EPOCH) // dt.timedelta(microseconds=1)}-{state}"
 
 
-def _state(lock_id: str, body: dict[str, Any], now: dt.datetime, batch: Pending) -> Outcome:
+def _state(lock_id: str, body: dict[str, Any], now: dt.datetime, batch: Pending, run: int | None) -> Outcome:
     state, battery, firmware, ts = body.get("state"), body.get("battery_pct"), body.get("firmware"), body.get("ts")
     if state not in STATES:
         return Outcome("rejected", f"state must be one of {', '.join(STATES)}")
@@ -450,7 +490,7 @@ def _state(lock_id: str, body: dict[str, Any], now: dt.datetime, batch: Pending)
         _list_in_feed(batch, lock_id, row, now, "state", entry_id, **fields)
         return Outcome("stale", "a newer report was already applied: listed in the feed as late, state unchanged")
     row.state, row.reported_at = state, reported
-    _seen_on(row, connection, reported, now)
+    _seen_on(row, connection, reported, now, run)
     row.battery_pct = battery if battery is not None else row.battery_pct
     row.firmware = firmware if firmware is not None else row.firmware
     doc = {
@@ -466,7 +506,7 @@ def _state(lock_id: str, body: dict[str, Any], now: dt.datetime, batch: Pending)
     return Outcome("applied")
 
 
-def _seen_on(row: _State, connection: int | None, reported: dt.datetime, now: dt.datetime) -> None:
+def _seen_on(row: _State, connection: int | None, reported: dt.datetime, now: dt.datetime, run: int | None) -> None:
     """A state report says its lock is online, unless it names a connection whose end was already applied: relay
     replicas share the lock's events and an abandoned session's are forwarded late, so a report sent just before a
     goodbye could come after it, and it showed the offline lock online; commands were then sent into its broker
@@ -474,7 +514,8 @@ def _seen_on(row: _State, connection: int | None, reported: dt.datetime, now: dt
     then the lock is on a live connection whose number went back (a counter not kept across a reboot), which counts
     from then on. One naming a connection newer than the last status applied stands for that connection's ``online``
     (which may come after it): an older connection's goodbye, late, is then stale. One that names no connection
-    (firmware before the field) says the lock is online, as it always did."""
+    (firmware before the field) says the lock is online, as it always did. A report published in a newer broker
+    run than the one its connection was last heard from on was made on a connection of that run."""
     order, last = (None if connection is None else 2 * connection), row.status_order
     if order is not None and last is not None and last > order:  # that connection's end was applied
         if (row.last_seen is not None and reported <= row.last_seen + LIVE_AFTER) or reported > now + LIVE_AFTER:
@@ -482,9 +523,12 @@ def _seen_on(row: _State, connection: int | None, reported: dt.datetime, now: dt
             # may be (90 s ahead brought a dead lock back: attack run 18): not heard from now
             return
     if order is not None and order != last:  # a connection first heard of now (newer, or its number went back)
-        row.status_order, row.connected_at = order, now
+        row.status_order, row.connected_at, row.connected_run = order, now, run
     elif not row.online or row.connected_at is None:
-        row.connected_at = now  # back, on a connection it does not name (firmware before the field)
+        # back, on a connection it does not name (firmware before the field)
+        row.connected_at, row.connected_run = now, run
+    elif run is not None and (row.connected_run is None or run > row.connected_run):
+        row.connected_run = run
     row.online, row.last_seen = True, now
 
 

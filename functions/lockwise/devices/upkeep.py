@@ -8,6 +8,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from lockwise.core import accounts, errors, retention
@@ -27,10 +28,29 @@ MAX_BROKER_UPTIME_S = 10 * 365 * 86400
 MAX_UPKEEP_AGE_S = 2.0
 
 
+@dataclass(frozen=True)
+class BrokerSeen:
+    """What the relay's upkeep says of its broker: which run it is in (its plugin's), and when it started."""
+
+    run: int | None = None
+    started_at: dt.datetime | None = None
+
+
+def broker_seen(body: dict[str, Any], now: dt.datetime) -> BrokerSeen | None:
+    """The relay's broker, from its upkeep's ``broker_run``, ``broker_uptime_s`` and ``sent_at`` (None: neither
+    sent). Fields it does not name are let be (a newer relay's)."""
+    run = body.get("broker_run")
+    if run is not None and (isinstance(run, bool) or not isinstance(run, int) or not 0 < run <= lock_events.MAX_RUN):
+        raise errors.BadRequest("broker_run must be a positive 64-bit integer", code="invalid_broker_run")
+    started_at = broker_start(body, now)
+    return None if run is None and started_at is None else BrokerSeen(run, started_at)
+
+
 def broker_start(body: dict[str, Any], now: dt.datetime) -> dt.datetime | None:
     """When the relay's broker started, from its upkeep's ``broker_uptime_s`` and ``sent_at`` (None: not sent, or
     the request too old to date it: ``MAX_UPKEEP_AGE_S``). An uptime, dated on this instance's clock: the relay's
-    clock running ahead turned live locks offline (a review). Fields it does not name are let be (a newer relay's)."""
+    clock running ahead turned live locks offline (a review). A run needs no such care: it is an order, and one
+    held up only names an older run, whose locks are gone."""
     if body.get("broker_uptime_s") is None:
         return None
     uptime = _seconds(body, "broker_uptime_s", MAX_BROKER_UPTIME_S)
@@ -53,11 +73,11 @@ def every_step(
     directory: Callable[[], accounts.Directory],
     settings: Settings,
     now: Callable[[], dt.datetime],
-    broker_started_at: dt.datetime | None = None,
+    broker: BrokerSeen | None = None,
 ) -> bool:
     """Run every step; the first step's failure is raised once all have run. Returns whether locks' access is left
     due (many edges fell together: the relay asks again at once rather than at its next period).
-    ``broker_started_at``: when the relay's broker last started, if it knows: locks not heard from since are turned
+    ``broker``: the relay's broker's run and start, as far as it knows: locks whose connection came before are turned
     offline (``lock_events.not_back_since``)."""
     failures: list[Exception] = []
 
@@ -72,19 +92,22 @@ def every_step(
         with db.transaction() as con:
             retention.prune_expired(con, nonces_kept_s=lock_auth.nonces_kept_s(settings))
 
-    def not_back(started_at: dt.datetime) -> None:
+    def not_back(broker: BrokerSeen) -> None:
         while True:
             with db.transaction() as con:
-                turned = lock_events.not_back_since(con, started_at, now(), settings.feed_reports_per_minute)
+                turned = lock_events.not_back_since(
+                    con, now(), settings.feed_reports_per_minute, started_at=broker.started_at, run=broker.run
+                )
             if turned:
-                fields = {"count": turned, "broker_started_at": started_at.isoformat()}
+                started = None if broker.started_at is None else broker.started_at.isoformat()
+                fields = {"count": turned, "broker_run": broker.run, "broker_started_at": started}
                 log.info("locks not back since the broker started: offline", extra={"fields": fields})
             if turned < lock_events.NOT_BACK_PER_PASS:
                 return
 
     access_due = attempted(lambda: members.mirror_access_due(db)) is True
-    if broker_started_at is not None:
-        attempted(lambda: not_back(broker_started_at))
+    if broker is not None:
+        attempted(lambda: not_back(broker))
     attempted(prune_expired)
     attempted(lambda: gone_accounts.end(db, directory, settings, now))
     if failures:
