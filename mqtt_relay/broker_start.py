@@ -4,10 +4,10 @@
 A broker restart ends every lock's connection, and Mosquitto 2.0 keeps no last will across a crash
 (``persist_write.c`` saves none): a lock that does not come back never sends ``offline``. The relay hands the
 broker's uptime to the devices function with each upkeep, which turns offline the locks whose connection it heard of
-before the broker started (``lock_events.not_back_since``). An uptime, not a time of day: the function dates the start
-on its own clock, and the relay's clock running ahead of it turned live locks offline (a review). A request held up
-dates the start late (attack run 18): the upkeep also says when it was sent, and the function skips the sweep for
-one more than 2 s old by its clock.
+before the broker started (``lockwise.devices.broker_restarts``). An uptime, not a time of day: the function dates
+the start on its own clock, and the relay's clock running ahead of it turned live locks offline (a review). A request
+held up dates the start late (attack run 18): the upkeep also says when it was sent, and the function skips the sweep
+for one more than 2 s old by its clock.
 
 Only a live publish is read: a retained copy, given on subscribing, is as old as the broker's last publish (up to
 11 s), and a start dated late would turn off a lock heard of just after the real start. Each reading is late by its

@@ -21,7 +21,7 @@ from infra.local.firestore_sdk import sdk_client as firestore_client
 from lockwise.core import mirror
 from lockwise.core.config import get_settings
 from lockwise.core.runtime import get_runtime
-from lockwise.devices import lock_events, members
+from lockwise.devices import broker_restarts, lock_events, members
 from tests.conftest import PROJECT_ID
 from tests.devices_world import World, build_world, create_lock, join
 from tests.waiting import wait_for
@@ -1169,6 +1169,41 @@ def test_a_lock_heard_from_on_an_earlier_broker_run_is_turned_offline_whatever_t
         resp = flush(broker_run=bad)
         assert resp.status_code == 400 and resp.get_json()["error"]["code"] == "invalid_broker_run", bad
     assert not lock_row(world)["online"]
+
+
+def test_an_upkeep_turns_offline_every_lock_not_back_a_transaction_at_a_time(
+    world: World, stack_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A broker restart can leave thousands of locks not back: the upkeep turns them offline
+    ``NOT_BACK_PER_PASS`` to a transaction, each pass in a new one, until a pass turns fewer; with 2 a pass, five
+    locks take three passes, and a lock back on the new run is left online."""
+    from tests.devices_world import provision
+
+    token = stack_env["LOCKWISE_SERVICE_TOKEN"]
+    first, second = 1764840000000000, 1764840005000000  # runs older than the stack's broker's: other locks untouched
+    worlds = [world]
+    for i in range(5):
+        code = create_lock(world.devices, world.accounts["owner"], name=f"Door {i}")["provisioning"]["code"]
+        credentials, _key, _tls = provision(world.devices, code)
+        worlds.append(World(world.devices, world.accounts, credentials["lock_id"], credentials, _key, _tls))
+    for each in worlds:
+        assert relay_event(each, token, "status", "online 1", run=first)["outcome"] == "applied"
+    assert relay_event(worlds[0], token, "status", "online 2", run=second)["outcome"] == "applied"  # back
+    passes: list[int] = []
+    real = broker_restarts.not_back_since
+
+    def counted(*args: Any, **kwargs: Any) -> int:
+        passes.append(real(*args, **kwargs))
+        return passes[-1]
+
+    monkeypatch.setattr(broker_restarts, "NOT_BACK_PER_PASS", 2)
+    monkeypatch.setattr(broker_restarts, "not_back_since", counted)
+    resp = world.devices.post(
+        "/devices/relay/flush", headers={"X-LockWise-Service-Token": token}, json={"broker_run": second}
+    )
+    assert resp.status_code == 200, resp.get_json()
+    assert passes == [2, 2, 1]
+    assert [lock_row(each)["online"] for each in worlds] == [True] + [False] * 5
 
 
 def test_a_new_pairing_numbers_its_connections_afresh_and_no_number_runs_ahead_of_time(

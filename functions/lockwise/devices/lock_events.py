@@ -1,7 +1,7 @@
 """Lock events handed over by the relay: state reports, command acknowledgements, online/offline.
 
-The relay forwards each MQTT message as ``{"topic", "payload"}``; the topic names the lock (its broker identity), and
-``run``, when the broker's plugin tagged the message, the broker run it was published in (``not_back_since``).
+The relay forwards each MQTT message as ``{"topic", "payload"}``; the topic names the lock (its broker identity),
+and ``run``, when the broker's plugin tagged the message, the broker run it was published in (``broker_restarts``).
 Applying an event is idempotent, so a redelivery after a relay crash changes nothing: a state report is known by its
 time and state among the lock's last ``RECENT_REPORTS`` and taken once; one older than the last applied changes no
 state but is listed in the feed as late; an ack of a command the lock already answered, or unknown, is a duplicate
@@ -126,7 +126,7 @@ class _State:
     feed_unlisted: int = 0
     recent_reports: list[str] = field(default_factory=list)
     status_order: int | None = None
-    #: when this function first heard of the lock's current connection (``not_back_since``)
+    #: when this function first heard of the lock's current connection (``broker_restarts.not_back_since``)
     connected_at: dt.datetime | None = None
     #: the newest broker run the lock was heard from on that connection (None: not told)
     connected_run: int | None = None
@@ -344,89 +344,18 @@ def _status(lock_id: str, payload: str, now: dt.datetime, batch: Pending, run: i
     if online:  # a new connection (numbered: newer than any applied), or a bare one as it comes
         row.connected_at, row.connected_run = now, run
     batch.writes.append((mirror.lock_doc(lock_id), "merge", {"online": online, "last_seen": now.isoformat()}))
-    _list_in_feed(batch, lock_id, row, now, "online" if online else "offline")
+    list_in_feed(batch, lock_id, row, now, "online" if online else "offline")
     return Outcome("applied")
 
 
-#: a lock's connection heard of this long before its broker's last start still counts as made after it: the start
-#: is dated from the broker's uptime in whole seconds, read a moment late, on one devices instance's clock, and
-#: ``connected_at`` on another's (only for connections heard of without a broker run: ``not_back_since``)
-BROKER_START_SLACK = dt.timedelta(seconds=10)
 #: a report naming an ended connection, made this long after its lock was last heard from, was made on a live one (a
 #: lock's clock may be this far off: its signed requests are taken within it)
 LIVE_AFTER = dt.timedelta(seconds=60)
 #: the largest broker run taken (the plugin's are microseconds since 1970: a bigint)
 MAX_RUN = 2**63 - 1
-#: locks turned offline per transaction (``not_back_since``)
-NOT_BACK_PER_PASS = 1000
 
 
-def not_back_since(
-    con: Connection,
-    now: dt.datetime,
-    feed_budget: int,
-    *,
-    started_at: dt.datetime | None = None,
-    run: int | None = None,
-) -> int:
-    """Turn offline the locks shown online whose connection was made before their broker last started, listed in
-    their feeds as ``offline`` with ``reason: broker_restart``; returns how many, at most ``NOT_BACK_PER_PASS`` (call
-    again, in a new transaction, while it returns that).
-
-    A broker restart ends every lock's connection, and Mosquitto 2.0 keeps no last will across a crash
-    (``persist_write.c`` saves none), so a lock that did not come back (its power cut while the broker was away) sent
-    no ``offline`` and was shown online until it returned; commands made for it were sent into its broker session.
-
-    ``run``, the broker's current run (its plugin's, as the relay read it): a lock heard from on an earlier run
-    (``connected_run``) is not connected, whatever the clocks say; a run is never newer than the broker's own, so this
-    never turns a live lock offline, and a lock that connected in the seconds before a second crash is caught (attack
-    run 18: two restarts within the slack left it online). ``started_at``, the broker's start dated from its uptime,
-    for the connections heard of without a run: ``connected_at`` more than ``BROKER_START_SLACK`` before it (not
-    ``last_seen``: a report sent before the crash, forwarded after it, counted as heard from since: a review).
-
-    Each lock turned offline has its connection's end applied (the status order made odd), so that connection's
-    ``online`` or state report, forwarded late, does not bring it back (``_seen_on``); its next connection's does.
-    Idempotent: a lock back since then has a newer connection, and one turned offline is not online."""
-    before = None if started_at is None else started_at - BROKER_START_SLACK
-
-    def gone(connected_run: int | None, connected_at: dt.datetime | None) -> bool:
-        if run is not None and connected_run is not None:
-            return connected_run < run
-        return before is not None and connected_at is not None and connected_at < before
-
-    rules = []
-    if run is not None:
-        rules.append("connected_run < :r")
-    if before is not None:
-        rules.append(("connected_run IS NULL AND " if run is not None else "") + "connected_at < :b")
-    if not rules:
-        return 0
-    lock_ids = [
-        str(row[0])
-        for row in con.run(
-            f"SELECT lock_id::text FROM lock_state WHERE online AND ({' OR '.join(f'({r})' for r in rules)})"
-            " ORDER BY lock_id LIMIT :n",
-            n=NOT_BACK_PER_PASS,
-            **({"r": run} if run is not None else {}),
-            **({"b": before} if before is not None else {}),
-        )
-    ]
-    batch = Pending(LockStates(con, lock_ids), feed_budget)
-    turned = 0
-    for lock_id in lock_ids:
-        row = batch.states.get(lock_id)  # as locked: a report may have come since the query
-        if row is None or not row.online or not gone(row.connected_run, row.connected_at):
-            continue
-        row.online, row.changed, turned = False, True, turned + 1
-        if row.status_order is not None:
-            row.status_order |= 1  # its connection's end: "online n" < "offline n"
-        batch.writes.append((mirror.lock_doc(lock_id), "merge", {"online": False}))
-        _list_in_feed(batch, lock_id, row, now, "offline", reason="broker_restart")
-    batch.write(con)
-    return turned
-
-
-def _list_in_feed(
+def list_in_feed(
     batch: Pending,
     lock_id: str,
     row: _State,
@@ -487,7 +416,7 @@ def _state(lock_id: str, body: dict[str, Any], now: dt.datetime, batch: Pending,
         # it came after a report of the same moment or a newer one (delivered out of order): the state stays; the
         # feed still lists it, marked late, with the lock's time of it
         fields = {"state": state, "reported_at": reported.isoformat(), "late": True}
-        _list_in_feed(batch, lock_id, row, now, "state", entry_id, **fields)
+        list_in_feed(batch, lock_id, row, now, "state", entry_id, **fields)
         return Outcome("stale", "a newer report was already applied: listed in the feed as late, state unchanged")
     row.state, row.reported_at = state, reported
     _seen_on(row, connection, reported, now, run)
@@ -502,7 +431,7 @@ def _state(lock_id: str, body: dict[str, Any], now: dt.datetime, batch: Pending,
         "reported_at": reported.isoformat(),
     }
     batch.writes.append((mirror.lock_doc(lock_id), "merge", doc))
-    _list_in_feed(batch, lock_id, row, now, "state", entry_id, state=state, reported_at=reported.isoformat())
+    list_in_feed(batch, lock_id, row, now, "state", entry_id, state=state, reported_at=reported.isoformat())
     return Outcome("applied")
 
 

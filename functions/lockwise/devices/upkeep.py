@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 from lockwise.core import accounts, errors, retention
 from lockwise.core.config import Settings
 from lockwise.core.db import Database
-from lockwise.devices import gone_accounts, lock_auth, lock_events, members
+from lockwise.devices import broker_restarts, gone_accounts, lock_auth, lock_events, members
 
 T = TypeVar("T")
 log = logging.getLogger("lockwise.devices.upkeep")
@@ -78,7 +78,7 @@ def every_step(
     """Run every step; the first step's failure is raised once all have run. Returns whether locks' access is left
     due (many edges fell together: the relay asks again at once rather than at its next period).
     ``broker``: the relay's broker's run and start, as far as it knows: locks whose connection came before are turned
-    offline (``lock_events.not_back_since``)."""
+    offline (``broker_restarts.not_back_since``)."""
     failures: list[Exception] = []
 
     def attempted(step: Callable[[], T]) -> T | None:
@@ -95,14 +95,14 @@ def every_step(
     def not_back(broker: BrokerSeen) -> None:
         while True:
             with db.transaction() as con:
-                turned = lock_events.not_back_since(
+                turned = broker_restarts.not_back_since(
                     con, now(), settings.feed_reports_per_minute, started_at=broker.started_at, run=broker.run
                 )
             if turned:
                 started = None if broker.started_at is None else broker.started_at.isoformat()
                 fields = {"count": turned, "broker_run": broker.run, "broker_started_at": started}
                 log.info("locks not back since the broker started: offline", extra={"fields": fields})
-            if turned < lock_events.NOT_BACK_PER_PASS:
+            if turned < broker_restarts.NOT_BACK_PER_PASS:
                 return
 
     access_due = attempted(lambda: members.mirror_access_due(db)) is True
