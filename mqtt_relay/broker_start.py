@@ -19,10 +19,11 @@ The uptime dates the start only to within seconds, so the function allows a slac
 seconds before a second crash fell within it and stayed online (attack run 18). So the broker's plugin
 (``infra/broker/lockwise_acl.c``) numbers its run (its start, in microseconds on the broker's clock), publishes the
 number on ``RUN_TOPIC`` (retained, under ``$SYS``: never persisted, so only the running broker's) and tags each
-lock message with it as it takes it (``RUN_PROPERTY``, an MQTT 5 user property; a lock's own is refused). The relay
+lock message with it as it takes it (``RUN_PROPERTY``, an MQTT 5 user property, in place of the lock's own). The relay
 forwards each event's tag and sends the run it read with the upkeep: a lock heard from on an earlier run is not
 connected, whatever any clock says. The tag is the run the message was published in, even for one delivered after
-a restart from the relay's persisted session.
+a restart from the relay's persisted session. A last will goes out without the plugin's tagging, with properties of
+its lock's choosing: a run newer than the broker's is not taken (``BrokerStart.tag``; the function bounds it too).
 """
 
 from __future__ import annotations
@@ -77,6 +78,12 @@ class BrokerStart:
         if self._started is None:
             log.info("broker uptime read", extra={"fields": {"uptime_s": int(parsed[1])}})
         self._started = started if self._started is None else min(self._started, started)
+
+    def tag(self, properties: Any) -> int | None:
+        """The run a lock message was published in (``run_of``), unless it is newer than the broker's own: only a last
+        will, which the plugin cannot tag, carries a run its lock chose."""
+        run = run_of(properties)
+        return None if run is None or (self.run is not None and run > self.run) else run
 
     def uptime_s(self) -> float | None:
         """How long the broker has been up now, as far as this relay knows (None: not known on this connection)."""

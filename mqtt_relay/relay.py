@@ -30,7 +30,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from lockwise.core.db import Connection, Database
 from lockwise.devices import topics
 from mqtt_relay import outbox, sessions
-from mqtt_relay.broker_start import RUN_TOPIC, UPTIME_TOPIC, BrokerStart, run_of
+from mqtt_relay.broker_start import RUN_TOPIC, UPTIME_TOPIC, BrokerStart
 from mqtt_relay.forwarder import Event, Forwarder
 from mqtt_relay.identity import IdTokens
 from mqtt_relay.settings import RelaySettings
@@ -108,7 +108,7 @@ class Relay:
             return
         payload = bytes(msg.payload).decode("utf-8", errors="replace")
         ack = functools.partial(self._ack, msg.mid, msg.qos)
-        self.forwarder.submit(Event(msg.topic, payload, ack, run_of(msg.properties)))
+        self.forwarder.submit(Event(msg.topic, payload, ack, self.broker_start.tag(msg.properties)))
 
     def _ack(self, mid: int, qos: int) -> None:
         if qos > 0:

@@ -37,9 +37,11 @@
  *    that connected in the seconds before a second crash stayed online (attack run 18). So the plugin tags every
  *    message it takes from a client that is not a relay with the run's number (RUN_PROPERTY, an MQTT 5 user
  *    property, kept with the message in persistence: one delivered after a restart carries the run it was
- *    published in), refuses one that carries the property already (a lock would name a newer run and stay online
- *    for good), and publishes the number on RUN_TOPIC (retained, once the broker runs: a $SYS message is never
- *    persisted, so no older run's is restored over it). A lock heard from on an earlier run is not connected.
+ *    published in), in place of the message's own properties (a lock that named a newer run would stay online),
+ *    and publishes the number on RUN_TOPIC (retained, once the broker runs: a $SYS message is never persisted, so
+ *    no older run's is restored over it). A lock heard from on an earlier run is not connected. A last will is
+ *    sent without the message callback and keeps the properties its lock gave it: the relay and the devices
+ *    function take no run that is ahead of the broker's. plugin_opt_run_file keeps the last run's number.
  *
  * Build: cc -shared -fPIC -O2 -Wall -Wextra -o lockwise_acl.so lockwise_acl.c (Debian: gcc, libc6-dev,
  * mosquitto-dev, libmosquitto-dev).
@@ -274,40 +276,59 @@ static int on_acl_check(int event, void *event_data, void *userdata)
 	}
 }
 
-/* 3: a message from a client that is not a relay is tagged with the run; one tagged already is refused. */
+/* 3: a message from a client that is not a relay carries the run and nothing else. Its own properties are dropped:
+ * nothing reads them, a tag of its own would name another run, and reading them takes functions Mosquitto's own
+ * builds do not export to plugins (src/linker.syms: only mosquitto_property_add_* and _free_all). */
 static int on_message(int event, void *event_data, void *userdata)
 {
-	static struct quiet forged;
 	struct mosquitto_evt_message *ed = event_data;
 	struct lockwise_acl *acl = userdata;
 	const char *username = mosquitto_client_username(ed->client);
-	const mosquitto_property *prop;
-	char *name = NULL, *value = NULL;
-	unsigned long more;
-	bool tagged = false;
 	(void)event;
 
 	if(username != NULL && relay_named(acl, username) != NULL){
 		return MOSQ_ERR_SUCCESS; /* a relay's command: nobody reads a run from it */
 	}
-	prop = mosquitto_property_read_string_pair(ed->properties, MQTT_PROP_USER_PROPERTY, &name, &value, false);
-	while(prop != NULL && !tagged){
-		tagged = strcmp(name, RUN_PROPERTY) == 0;
-		mosquitto_free(name);
-		mosquitto_free(value);
-		name = value = NULL;
-		prop = mosquitto_property_read_string_pair(prop, MQTT_PROP_USER_PROPERTY, &name, &value, true);
-	}
-	mosquitto_free(name);
-	mosquitto_free(value);
-	if(tagged){
-		if(speak(&forged, &more)){
-			mosquitto_log_printf(MOSQ_LOG_NOTICE, "lockwise_acl: refused %.64s's message to %.128s: it names a"
-					" broker run (and %lu more since)", username == NULL ? "?" : username, ed->topic, more);
-		}
-		return MOSQ_ERR_ACL_DENIED;
-	}
+	mosquitto_property_free_all(&ed->properties);
 	return mosquitto_property_add_string_pair(&ed->properties, MQTT_PROP_USER_PROPERTY, RUN_PROPERTY, acl->run);
+}
+
+/* 3: this run's number: the time in microseconds, or one more than the last run's (kept in run_file) when the clock
+ * is behind it (a host that stepped its clock back between two starts), so that runs only ever grow. */
+static unsigned long long next_run(const char *run_file)
+{
+	struct timespec now;
+	unsigned long long run, last = 0;
+	FILE *f;
+	bool kept;
+
+	clock_gettime(CLOCK_REALTIME, &now);
+	run = (unsigned long long)now.tv_sec * 1000000ULL + (unsigned long long)now.tv_nsec / 1000ULL;
+	if(run_file == NULL){
+		return run;
+	}
+	f = fopen(run_file, "r");
+	if(f != NULL){
+		if(fscanf(f, "%llu", &last) != 1){
+			last = 0;
+		}
+		fclose(f);
+	}
+	if(last >= run){
+		mosquitto_log_printf(MOSQ_LOG_WARNING, "lockwise_acl: the clock is behind the last run (%llu): numbering"
+				" this one after it", last);
+		run = last + 1;
+	}
+	f = fopen(run_file, "w");
+	kept = f != NULL && fprintf(f, "%llu\n", run) > 0;
+	if(f != NULL && fclose(f) != 0){
+		kept = false;
+	}
+	if(!kept){
+		mosquitto_log_printf(MOSQ_LOG_WARNING, "lockwise_acl: cannot keep the run in %s: a clock stepped back"
+				" before the next start would number it lower", run_file);
+	}
+	return run;
 }
 
 /* 3: the run's number on RUN_TOPIC, once: at the first tick, after the persisted state was restored. */
@@ -401,9 +422,8 @@ int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void **userdata, st
 		int option_count)
 {
 	struct lockwise_acl *acl = calloc(1, sizeof(*acl));
-	const char *root = "lockwise", *relays = "", *relayed = "";
+	const char *root = "lockwise", *relays = "", *relayed = "", *run_file = NULL;
 	char **names = NULL;
-	struct timespec started;
 	int count;
 
 	if(acl == NULL){
@@ -416,6 +436,8 @@ int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void **userdata, st
 			relays = options[i].value;
 		}else if(strcmp(options[i].key, "relayed_topics") == 0){
 			relayed = options[i].value;
+		}else if(strcmp(options[i].key, "run_file") == 0){
+			run_file = options[i].value;
 		}
 	}
 	acl->id = identifier;
@@ -454,9 +476,7 @@ int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void **userdata, st
 		mosquitto_log_printf(MOSQ_LOG_WARNING, "lockwise_acl: no plugin_opt_relayed_topics: locks' events are taken"
 				" while no relay subscribes (and lost)");
 	}
-	clock_gettime(CLOCK_REALTIME, &started);
-	snprintf(acl->run, sizeof(acl->run), "%llu",
-			(unsigned long long)started.tv_sec * 1000000ULL + (unsigned long long)started.tv_nsec / 1000ULL);
+	snprintf(acl->run, sizeof(acl->run), "%llu", next_run(run_file));
 	*userdata = acl;
 	if(mosquitto_callback_register(identifier, MOSQ_EVT_ACL_CHECK, on_acl_check, NULL, acl) != MOSQ_ERR_SUCCESS
 			|| mosquitto_callback_register(identifier, MOSQ_EVT_DISCONNECT, on_disconnect, NULL, acl)

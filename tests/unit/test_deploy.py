@@ -259,7 +259,8 @@ def test_the_broker_knows_nothing_per_lock_and_every_relay_slot(tmp_path: Path) 
     relays = ",".join(f"lockwise-relay-{slot}" for slot in range(1, RELAY_SLOTS + 1))
     relayed = ",".join(t.removeprefix("$share/g/") for t in sessions.event_topics("g"))
     for line in ("plugin /usr/local/lib/mosquitto/lockwise_acl.so", "plugin_opt_topic_root lockwise",
-                 f"plugin_opt_relay_users {relays}", f"plugin_opt_relayed_topics {relayed}"):  # fmt: skip
+                 f"plugin_opt_relay_users {relays}", f"plugin_opt_relayed_topics {relayed}",
+                 "plugin_opt_run_file /var/lib/mosquitto/lockwise-run"):  # fmt: skip
         assert line in conf.splitlines(), line
     assert relayed == "lockwise/+/state,lockwise/+/ack,lockwise/+/status"
     assert (tmp_path / "lockwise_acl.c").read_bytes() == plugin.SOURCE.read_bytes()

@@ -58,3 +58,9 @@ def test_the_broker_run_is_read_from_its_topic_and_each_messages_tag() -> None:
     assert run_of(tagged(("fw", "1"), (RUN_PROPERTY, "42"))) == 42
     assert run_of(tagged((RUN_PROPERTY, "42"), (RUN_PROPERTY, "43"))) is None, "two tags: not the plugin's"
     assert run_of(tagged((RUN_PROPERTY, "x"))) is None and run_of(tagged(("other", "42"))) is None
+    # a last will is not tagged by the plugin and keeps its lock's properties: a run newer than the broker's is not
+    # taken (none is known before the run is read: the function bounds it then)
+    assert start.tag(tagged((RUN_PROPERTY, "42"))) == 42
+    start.heard_run(b"100")
+    assert start.tag(tagged((RUN_PROPERTY, "100"))) == 100 and start.tag(tagged((RUN_PROPERTY, "99"))) == 99
+    assert start.tag(tagged((RUN_PROPERTY, "101"))) is None and start.tag(None) is None

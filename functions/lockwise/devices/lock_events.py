@@ -275,11 +275,10 @@ def apply(
 ) -> Outcome:
     """Judge and apply one event. ``locks``: identity -> lock id for live credentials (``_lock_ids``); ``batch``:
     where the lock's row and the mirror rows wait until the caller writes them (``Pending.write``); ``run``: the
-    broker run the message was published in, as the relay read it from the broker plugin's tag (None: untagged)."""
+    broker run the message was published in, as the relay read it from the broker plugin's tag (``taken_run``)."""
     if not isinstance(topic, str) or not isinstance(payload, str):
         return Outcome("rejected", "topic and payload must be strings")
-    if run is not None and (isinstance(run, bool) or not isinstance(run, int) or not 0 < run <= MAX_RUN):
-        return Outcome("rejected", "run must be the broker run's number, a positive 64-bit integer")
+    run = taken_run(run, now)
     if len(topics.posted(payload)) > topics.MAX_PAYLOAD_BYTES:  # state and acks are a few hundred bytes
         return Outcome("rejected", f"payload over {topics.MAX_PAYLOAD_BYTES} bytes as posted")
     try:
@@ -342,7 +341,7 @@ def _status(lock_id: str, payload: str, now: dt.datetime, batch: Pending, run: i
         row.status_order = order
     row.online, row.last_seen, row.changed = online, now, True
     if online:  # a new connection (numbered: newer than any applied), or a bare one as it comes
-        row.connected_at, row.connected_run = now, run
+        row.connected_at, row.connected_run = now, _newest(run, row.connected_run)
     batch.writes.append((mirror.lock_doc(lock_id), "merge", {"online": online, "last_seen": now.isoformat()}))
     list_in_feed(batch, lock_id, row, now, "online" if online else "offline")
     return Outcome("applied")
@@ -353,6 +352,34 @@ def _status(lock_id: str, payload: str, now: dt.datetime, batch: Pending, run: i
 LIVE_AFTER = dt.timedelta(seconds=60)
 #: the largest broker run taken (the plugin's are microseconds since 1970: a bigint)
 MAX_RUN = 2**63 - 1
+#: how far a broker run (its start in microseconds, on the broker's clock) may be ahead of this function's clock
+RUN_AHEAD = dt.timedelta(days=1)
+
+
+def taken_run(run: Any, now: dt.datetime) -> int | None:
+    """An event's broker run, or None: untagged, or not a run a broker could have numbered (not a positive integer,
+    or ahead of the time by more than ``RUN_AHEAD``). A lock's last will is sent without the plugin's tagging and
+    keeps user properties of its lock's choosing: a run it names far ahead would keep its row shown online through
+    every restart. Such an event is judged as untagged, never refused for it (its ``offline`` would be lost)."""
+    if run is None:
+        return None
+    if isinstance(run, bool) or not isinstance(run, int) or not 0 < run <= MAX_RUN or run > _run_at(now + RUN_AHEAD):
+        log.warning("lock event's broker run not taken", extra={"fields": {"run": repr(run)[:40]}})
+        return None
+    return run
+
+
+def _run_at(moment: dt.datetime) -> int:
+    """A run's number for a broker started at ``moment``."""
+    return (moment - _EPOCH) // dt.timedelta(microseconds=1)
+
+
+def _newest(run: int | None, known: int | None) -> int | None:
+    """The run a connection is heard from on: the newer of the event's and the one known for the lock's connection.
+    A message of an older run forwarded late (a relay's persisted session emptied after a restart) says nothing
+    against a newer one: it turned a live lock offline at the next upkeep (a review). Untagged: None, and the
+    connection is judged by its time (``broker_restarts``)."""
+    return None if run is None else max(run, known or 0)
 
 
 def list_in_feed(
@@ -452,12 +479,12 @@ def _seen_on(row: _State, connection: int | None, reported: dt.datetime, now: dt
             # may be (90 s ahead brought a dead lock back: attack run 18): not heard from now
             return
     if order is not None and order != last:  # a connection first heard of now (newer, or its number went back)
-        row.status_order, row.connected_at, row.connected_run = order, now, run
+        row.status_order, row.connected_at, row.connected_run = order, now, _newest(run, row.connected_run)
     elif not row.online or row.connected_at is None:
         # back, on a connection it does not name (firmware before the field)
-        row.connected_at, row.connected_run = now, run
-    elif run is not None and (row.connected_run is None or run > row.connected_run):
-        row.connected_run = run
+        row.connected_at, row.connected_run = now, _newest(run, row.connected_run)
+    elif run is not None:
+        row.connected_run = _newest(run, row.connected_run)
     row.online, row.last_seen = True, now
 
 

@@ -42,6 +42,7 @@ def broker_seen(body: dict[str, Any], now: dt.datetime) -> BrokerSeen | None:
     run = body.get("broker_run")
     if run is not None and (isinstance(run, bool) or not isinstance(run, int) or not 0 < run <= lock_events.MAX_RUN):
         raise errors.BadRequest("broker_run must be a positive 64-bit integer", code="invalid_broker_run")
+    run = lock_events.taken_run(run, now)  # one ahead of the time: its events' runs are not taken either
     started_at = broker_start(body, now)
     return None if run is None and started_at is None else BrokerSeen(run, started_at)
 
