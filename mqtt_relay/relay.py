@@ -222,7 +222,9 @@ class Relay:
                 for slot in range(1, self.lease.slots + 1):
                     with self.lease.borrow(slot) as client_id:
                         if client_id is not None and not self.stopping.is_set():
-                            self.drained += sessions.drain(self.settings, client_id, self.forwarder, self.event_topics)
+                            self.drained += sessions.drain(
+                                self.settings, client_id, self.forwarder, self.event_topics, tag=self.broker_start.tag
+                            )
             except Exception:  # noqa: BLE001 - retried at the next scan
                 log.exception("emptying abandoned relay sessions failed")
             self.stopping.wait(self.settings.orphan_scan_s)

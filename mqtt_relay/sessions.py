@@ -17,6 +17,7 @@ import ssl
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -123,9 +124,16 @@ def session_properties(expiry_s: int, packet: int = PacketTypes.CONNECT) -> Prop
 
 
 def drain(
-    settings: RelaySettings, client_id: str, forwarder: Forwarder, subscribed: list[str], *, quiet_s: float = 1.0
+    settings: RelaySettings,
+    client_id: str,
+    forwarder: Forwarder,
+    subscribed: list[str],
+    *,
+    quiet_s: float = 1.0,
+    tag: Callable[[Any], int | None] = run_of,
 ) -> int:
     """Forward what the abandoned session ``client_id`` holds, then end it; returns how many events it held.
+    ``tag``: each message's broker run, from its properties (the relay's ``BrokerStart.tag``).
 
     The caller holds the slot's lease, so no replica uses this session meanwhile."""
     client = new_client(settings, client_id)
@@ -155,7 +163,7 @@ def drain(
             counts["received"] += 1
         last_message[0] = time.monotonic()
         payload = bytes(msg.payload).decode("utf-8", errors="replace")
-        forwarder.submit(Event(msg.topic, payload, functools.partial(acked, msg.mid, msg.qos), run_of(msg.properties)))
+        forwarder.submit(Event(msg.topic, payload, functools.partial(acked, msg.mid, msg.qos), tag(msg.properties)))
 
     client.on_connect = on_connect
     client.on_message = on_message

@@ -352,8 +352,10 @@ def _status(lock_id: str, payload: str, now: dt.datetime, batch: Pending, run: i
 LIVE_AFTER = dt.timedelta(seconds=60)
 #: the largest broker run taken (the plugin's are microseconds since 1970: a bigint)
 MAX_RUN = 2**63 - 1
-#: how far a broker run (its start in microseconds, on the broker's clock) may be ahead of this function's clock
-RUN_AHEAD = dt.timedelta(days=1)
+#: how far a broker run (its start in microseconds, on the broker's clock) may be ahead of this function's clock: a
+#: broker started in the past, and both clocks are kept; a broker whose clock runs further ahead is judged by its
+#: uptime instead, and a last will's run of its lock's choosing keeps its row online through restarts for no longer
+RUN_AHEAD = dt.timedelta(minutes=10)
 
 
 def taken_run(run: Any, now: dt.datetime) -> int | None:
