@@ -81,7 +81,11 @@ class BrokerStart:
 
     def tag(self, properties: Any) -> int | None:
         """The run a lock message was published in (``run_of``), unless it is newer than the broker's own: only a last
-        will, which the plugin cannot tag, carries a run its lock chose."""
+        will, which the plugin cannot tag, carries a run its lock chose. Before the run is read (what a resumed
+        session held comes right after the CONNACK; the run topic is subscribed to before the events, so nothing
+        newer comes before it) a tag is taken as it is, and the devices function takes none more than 10 minutes
+        ahead: dropped, the tag of a live lock's new connection queued there was lost, and its row, left on the
+        run before, was turned offline at the next upkeep."""
         run = run_of(properties)
         return None if run is None or (self.run is not None and run > self.run) else run
 

@@ -85,11 +85,12 @@ class Relay:
         if rc.is_failure:
             log.error("broker refused the relay", extra={"fields": {"reason": str(rc)}})
             return
+        self.broker_start.forget()
+        # every replica: plain subscriptions (not shared), nothing queued; first, so that the broker's run (retained)
+        # comes before any event published since (``BrokerStart.tag``)
+        client.subscribe([(RUN_TOPIC, 0), (UPTIME_TOPIC, 0)])
         client.subscribe([(t, 1) for t in self.event_topics])  # here, so subscriptions survive reconnects
         client.unsubscribe(sessions.LEGACY_EVENT_TOPICS)  # a session resumed from before the group had a secret name
-        self.broker_start.forget()
-        # every replica: plain subscriptions (not shared), nothing queued
-        client.subscribe([(UPTIME_TOPIC, 0), (RUN_TOPIC, 0)])
         self.connected.set()
         self._wake.set()
         log.info("connected to broker", extra={"fields": {"session_present": bool(flags.session_present)}})

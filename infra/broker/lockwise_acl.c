@@ -43,6 +43,8 @@
  *    sent without the message callback and keeps the properties its lock gave it: the relay and the devices
  *    function take no run that is ahead of the broker's. plugin_opt_run_file keeps the last run's number.
  *
+ * 4. A lock's last will is taken only as its goodbye, "offline[ <n>]" on its own status topic (goodbye()).
+ *
  * Build: cc -shared -fPIC -O2 -Wall -Wextra -o lockwise_acl.so lockwise_acl.c (Debian: gcc, libc6-dev,
  * mosquitto-dev, libmosquitto-dev).
  */
@@ -51,6 +53,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <mosquitto.h>
 #include <mosquitto_broker.h>
@@ -205,6 +208,33 @@ static void relay_drops(struct lockwise_acl *acl, struct relay *relay, const cha
 	}
 }
 
+/* Whether a lock's last will is its goodbye: "offline" or "offline <n>" (at most 15 digits) on its own status topic.
+ * A will saying anything else is refused: one saying "online" showed a lock that had lost its power online for good,
+ * and a will keeps the properties its lock set (it is sent without MOSQ_EVT_MESSAGE), a broker run among them
+ * (attack run 19). A delayed will (MQTT 5 Will Delay Interval) is checked later, from the broker's loop, and cannot be
+ * told from a publish here: it goes as before. */
+static bool goodbye(const struct lockwise_acl *acl, const char *username, const char *topic, const void *payload,
+		uint32_t len)
+{
+	const char *text = payload;
+
+	if(!owns(acl, username, topic, "status") || len < 7 || memcmp(text, "offline", 7) != 0){
+		return false;
+	}
+	if(len == 7){
+		return true;
+	}
+	if(text[7] != ' ' || len == 8 || len > 8 + 15){
+		return false;
+	}
+	for(uint32_t i = 8; i < len; i++){
+		if(text[i] < '0' || text[i] > '9'){
+			return false;
+		}
+	}
+	return true;
+}
+
 /* A lock's publish to one of its own relayed topics while no relay holds a subscription for it. */
 static bool nobody_relays(const struct lockwise_acl *acl, const char *username, const char *topic)
 {
@@ -224,7 +254,7 @@ static bool nobody_relays(const struct lockwise_acl *acl, const char *username, 
 
 static int on_acl_check(int event, void *event_data, void *userdata)
 {
-	static struct quiet refused, held;
+	static struct quiet refused, held, wills;
 	const struct mosquitto_evt_acl_check *ed = event_data;
 	struct lockwise_acl *acl = userdata;
 	struct relay *relay;
@@ -258,6 +288,14 @@ static int on_acl_check(int event, void *event_data, void *userdata)
 			}
 			return MOSQ_ERR_ACL_DENIED;
 		case MOSQ_ACL_WRITE:
+			if(its_will && !goodbye(acl, username, ed->topic, ed->payload, ed->payloadlen)){
+				if(speak(&wills, &more)){
+					mosquitto_log_printf(MOSQ_LOG_NOTICE, "lockwise_acl: refused %.64s's last will to %.128s: a"
+							" lock's will is its offline on its status topic (and %lu more since)", username, ed->topic,
+							more);
+				}
+				return MOSQ_ERR_ACL_DENIED;
+			}
 			/* protocol 0: no connection, the source of a retained message being checked; a last will: nothing
 			 * would ever send it again (it goes as without the plugin: to the relays' sessions, if they hold any) */
 			if(!its_will && mosquitto_client_protocol_version(ed->client) != 0
@@ -294,11 +332,16 @@ static int on_message(int event, void *event_data, void *userdata)
 }
 
 /* 3: this run's number: the time in microseconds, or one more than the last run's (kept in run_file) when the clock
- * is behind it (a host that stepped its clock back between two starts), so that runs only ever grow. */
+ * is behind it by less than a day (a host that stepped its clock back between two starts), so that runs only grow.
+ * A last run further ahead, or past what a bigint holds, is not taken (an edited or damaged file would otherwise
+ * number every later run out of the devices function's reach: attack run 19). Written to a new file, then renamed:
+ * a crash while writing leaves the last one whole. */
 static unsigned long long next_run(const char *run_file)
 {
+	const unsigned long long day = 86400ULL * 1000000ULL, most = 9223372036854775806ULL; /* 2^63 - 2 */
 	struct timespec now;
 	unsigned long long run, last = 0;
+	char text[32] = "", *end = NULL, temp[4096];
 	FILE *f;
 	bool kept;
 
@@ -309,22 +352,32 @@ static unsigned long long next_run(const char *run_file)
 	}
 	f = fopen(run_file, "r");
 	if(f != NULL){
-		if(fscanf(f, "%llu", &last) != 1){
-			last = 0;
+		if(fgets(text, sizeof(text), f) != NULL && text[0] >= '0' && text[0] <= '9'){
+			last = strtoull(text, &end, 10);
+			if(end == text || (*end != '\n' && *end != '\0') || last > most){
+				last = 0;
+			}
 		}
 		fclose(f);
 	}
-	if(last >= run){
+	if(last >= run && last - run < day){
 		mosquitto_log_printf(MOSQ_LOG_WARNING, "lockwise_acl: the clock is behind the last run (%llu): numbering"
 				" this one after it", last);
 		run = last + 1;
+	}else if(last >= run){
+		mosquitto_log_printf(MOSQ_LOG_WARNING, "lockwise_acl: the last run in %s (%llu) is a day or more ahead of the"
+				" clock: not taken", run_file, last);
 	}
-	f = fopen(run_file, "w");
+	kept = snprintf(temp, sizeof(temp), "%s.new", run_file) < (int)sizeof(temp);
+	f = kept ? fopen(temp, "w") : NULL;
 	kept = f != NULL && fprintf(f, "%llu\n", run) > 0;
+	if(f != NULL && (fflush(f) != 0 || fsync(fileno(f)) != 0)){
+		kept = false;
+	}
 	if(f != NULL && fclose(f) != 0){
 		kept = false;
 	}
-	if(!kept){
+	if(!kept || rename(temp, run_file) != 0){
 		mosquitto_log_printf(MOSQ_LOG_WARNING, "lockwise_acl: cannot keep the run in %s: a clock stepped back"
 				" before the next start would number it lower", run_file);
 	}

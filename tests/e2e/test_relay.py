@@ -263,6 +263,53 @@ def test_a_lock_that_connected_just_before_a_second_broker_crash_is_shown_offlin
     assert [e.get("reason") for e in entries if e["kind"] == "offline"][-1] == "broker_restart", entries
 
 
+def test_a_delayed_online_will_sent_as_the_broker_stops_does_not_keep_a_dead_lock_online(
+    e2e: dict[str, Any], relays: Any, paired_lock: Pair, broker: services.Broker
+) -> None:
+    """Attack run 19: a lock's own firmware set a last will saying ``online``, delayed a day (MQTT 5 Will Delay
+    Interval: the broker's plugin cannot tell its check from a publish), and lost its power. Mosquitto sends pending
+    wills as it stops; the will reached the relay untagged after the restart, cleared the lock's run, and the row, its
+    connection dated within the clocks' slack, was shown online for good. An untagged message now keeps the run
+    known, and the upkeep turns the lock offline."""
+    import ssl
+
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
+
+    relays()
+    lock_id, lock = paired_lock()
+    _, other = paired_lock()
+    wait_online(e2e, lock_id)
+    lock.stop(graceful=True)  # the honest firmware leaves; firmware of the lock's own choosing takes its identity
+    wait_for(lambda: not online(e2e, lock_id), what="offline after its goodbye")
+    config = lock.config
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=config.identity, protocol=mqtt.MQTTv5)
+    cert, key = config.tls_files(Path(tempfile.mkdtemp(prefix="will-")))
+    client.tls_set(ca_certs=config.ca_file, certfile=cert, keyfile=key, tls_version=ssl.PROTOCOL_TLS_CLIENT)
+    delayed = Properties(PacketTypes.WILLMESSAGE)  # type: ignore[no-untyped-call]
+    delayed.WillDelayInterval = 86400
+    will = f"online {int(time.time() * 1000) + 5000}"
+    client.will_set(topics.status(config.identity), will, qos=1, properties=delayed)
+    session = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+    session.SessionExpiryInterval = 86400
+    client.connect(config.host, config.port, keepalive=60, clean_start=True, properties=session)
+    client.loop_start()
+    try:
+        client.publish(topics.status(config.identity), f"online {int(time.time() * 1000)}", qos=1).wait_for_publish(5)
+        wait_online(e2e, lock_id)
+    finally:
+        client.loop_stop()
+        sock = client.socket()
+        if sock is not None:
+            sock.close()  # its power cut: the will waits its delay in the broker
+    time.sleep(1)
+    other.publish_state().wait_for_publish(5)  # any check after the close: the will is no longer told from a publish
+    broker.restart()  # a clean stop sends it
+    wait_for(lambda: not online(e2e, lock_id), timeout=30, what="the dead lock shown offline after the restart")
+    time.sleep(3)  # the will, forwarded meanwhile, brings nothing back
+    assert not online(e2e, lock_id)
+
+
 def test_nothing_is_lost_while_the_database_restarts(
     e2e: dict[str, Any], app: App, relays: Any, paired_lock: Pair, postgres: services.Postgres
 ) -> None:

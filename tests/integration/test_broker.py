@@ -761,7 +761,48 @@ def test_the_broker_tags_each_locks_message_with_its_run_and_a_restart_starts_a_
         ahead = int(time.time() * 1e6) + 3_600_000_000  # a clock that was an hour ahead, then stepped back
         run_file.write_text(f"{ahead}\n")
         assert crash_and_start() == ahead + 1, "numbered after the last run, not by the clock"
+        # a last run a day or more ahead, or past a bigint, is not taken (attack run 19: it numbered every later run
+        # out of the devices function's reach): the clock numbers the run
+        for bogus in (int(time.time() * 1e6) + 2 * 86_400_000_000, 2**63 - 1, 2**64 - 1, "junk"):
+            run_file.write_text(f"{bogus}\n")
+            assert abs(crash_and_start() - time.time() * 1e6) < 60e6, bogus
     finally:
         for peer in [*locks.values(), watcher, away]:
             peer.client.disconnect()
             peer.client.loop_stop()
+
+
+def test_a_locks_last_will_is_taken_only_as_its_goodbye(own_broker: Broker, tmp_path: Path) -> None:
+    """A lock's last will that said ``online`` showed a lock that had lost its power online for good, and a will keeps
+    the properties its lock set, a broker run among them (the plugin's tagging never sees it): attack run 19. The
+    plugin takes a lock's will only as its goodbye, ``offline`` or ``offline <n>`` on its own status topic."""
+    broker = own_broker
+    relay_files = broker.client_files(RELAY, tmp_path / "relay")
+    relay = Peer(broker, relay_files, client_id=RELAY, persistent=mqtt.MQTTv5)
+    assert relay.start() and all(relay.subscribe(t) for t in sessions.event_topics(f"g-{secrets.token_hex(8)}"))
+    wills = {
+        "online 5": ("status", False),
+        "online": ("status", False),
+        "offline 5x": ("status", False),
+        "offline 1234567890123456": ("status", False),  # 16 digits
+        '{"state": "unlocked", "ts": 1}': ("state", False),
+        "offline 42": ("state", False),  # not its status topic
+        "offline 7": ("status", True),
+        "offline": ("status", True),
+    }
+    try:
+        for payload, (leaf, taken) in wills.items():
+            identity = f"lk-{secrets.token_hex(6)}"
+            lock = Peer(broker, broker.client_files(identity, tmp_path / identity), client_id=identity)
+            lock.client.will_set(f"{topics.ROOT}/{identity}/{leaf}", payload.encode(), qos=1)
+            assert lock.start()
+            lock.client.loop_stop()
+            sock = lock.client.socket()
+            assert sock is not None
+            sock.close()  # its power cut: the broker sends its will, or refuses it
+            wait_until(lambda identity=identity: bool(relay.of(identity)), 2 if taken else 1)
+            assert relay.of(identity) == ([(f"{topics.ROOT}/{identity}/{leaf}", payload.encode())] if taken else []), (
+                payload
+            )
+    finally:
+        relay.stop()

@@ -377,11 +377,15 @@ def _run_at(moment: dt.datetime) -> int:
 
 
 def _newest(run: int | None, known: int | None) -> int | None:
-    """The run a connection is heard from on: the newer of the event's and the one known for the lock's connection.
-    A message of an older run forwarded late (a relay's persisted session emptied after a restart) says nothing
-    against a newer one: it turned a live lock offline at the next upkeep (a review). Untagged: None, and the
-    connection is judged by its time (``broker_restarts``)."""
-    return None if run is None else max(run, known or 0)
+    """The run a connection is heard from on: the newer of the event's and the one known for the lock's row. A
+    message of an older run forwarded late (a relay's persisted session emptied after a restart) says nothing against
+    a newer one: it turned a live lock offline at the next upkeep (a review). Nor does an untagged one: with the
+    broker's plugin every message a lock publishes is tagged, and an untagged ``online`` is a last will (an ``online``
+    will sent as the broker stopped cleared the run, and the row, its connection dated within the clocks' slack,
+    stayed online for good: attack run 19). A row never told a run is judged by its time (``broker_restarts``)."""
+    if run is None:
+        return known
+    return run if known is None else max(run, known)
 
 
 def list_in_feed(
