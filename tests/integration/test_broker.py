@@ -806,3 +806,31 @@ def test_a_locks_last_will_is_taken_only_as_its_goodbye(own_broker: Broker, tmp_
             )
     finally:
         relay.stop()
+
+
+def test_the_simulated_lock_backs_off_while_the_broker_is_out_of_reach(own_broker: Broker, tmp_path: Path) -> None:
+    """A connection attempt that fails (nothing listens: a broker down, a network away) is paho's
+    ``on_connect_fail``, not a close after a CONNACK: the reference lock's wait stayed at its last value there until
+    it also backed off on it. Its waits double while the broker is out of reach, as docs/FIRMWARE.md asks."""
+    identity = f"lk-{secrets.token_hex(6)}"
+    cert, key = own_broker.client_files(identity, tmp_path / identity)
+    port = services.free_port()  # nothing listens there
+    config = LockConfig("lock", identity, cert.read_text(), key.read_text(), "127.0.0.1", port, str(own_broker.ca_file))
+    lock, failed = SimulatedLock(config), list[float]()
+    on_connect_fail = lock.client.on_connect_fail
+
+    def counted(*args: Any) -> None:
+        failed.append(time.monotonic())
+        on_connect_fail(*args)  # type: ignore[misc]
+
+    lock.client.on_connect_fail = counted
+    lock.client.connect_async(config.host, config.port, keepalive=config.keepalive_s)
+    lock.client.loop_start()
+    try:
+        wait_until(lambda: len(failed) >= 4, 20)  # waits of 0.5-1, 1-2 and 2-4 s (3.5 to 7 s), and paho's slack
+    finally:
+        lock.client.loop_stop()
+    gaps = [b - a for a, b in zip(failed, failed[1:], strict=False)]
+    assert len(failed) >= 4, failed
+    assert all(gap > 0.5 * 2**i - 0.1 for i, gap in enumerate(gaps)), gaps
+    assert lock.backoff_s >= 8
