@@ -34,6 +34,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from lockwise.devices import topics
+
 #: the broker's uptime, published by Mosquitto every ``sys_interval`` seconds (retained)
 UPTIME_TOPIC = "$SYS/broker/uptime"
 _UPTIME = re.compile(rb"([0-9]{1,10}) seconds")
@@ -42,8 +44,6 @@ RUN_TOPIC = "$SYS/broker/lockwise/run"
 #: the user property the plugin tags each lock message with: the run it was published in
 RUN_PROPERTY = "lockwise-run"
 _RUN = re.compile(r"[1-9][0-9]{0,18}")
-#: a run is a bigint in the function's database
-MAX_RUN = 2**63 - 1
 
 log = logging.getLogger("mqtt_relay.broker_start")
 
@@ -101,7 +101,7 @@ class BrokerStart:
 
 def parse_run(text: str) -> int | None:
     """A run's number as the plugin writes it (decimal, no sign or leading zero), or None."""
-    return int(text) if _RUN.fullmatch(text) and int(text) <= MAX_RUN else None
+    return int(text) if _RUN.fullmatch(text) and topics.is_run(int(text)) else None
 
 
 def run_of(properties: Any) -> int | None:

@@ -627,30 +627,15 @@ def test_the_simulated_lock_backs_off_while_turned_away_and_starts_again_once_ac
     came back every second. Here: its waits double while it is turned away; once a relay takes its messages, the
     next turn-away is waited for 1 s at most again."""
     broker = own_broker
-    identity = f"lk-{secrets.token_hex(6)}"
-    cert, key = broker.client_files(identity, tmp_path / identity)
-    config = LockConfig(
-        "lock", identity, cert.read_text(), key.read_text(), "127.0.0.1", broker.port, str(broker.ca_file)
-    )
-    lock, connects = SimulatedLock(config), list[float]()
-    on_connect = lock.client.on_connect
-
-    def counted(*args: Any) -> None:
-        connects.append(time.monotonic())
-        on_connect(*args)  # type: ignore[misc]
-
-    lock.client.on_connect = counted
+    lock, connects = _timed_lock(broker, tmp_path, broker.port, "on_connect")
+    config, identity = lock.config, lock.config.identity
     relay_files = broker.client_files(RELAY, tmp_path / "relay")
     group = sessions.event_topics(f"lockwise-relay-{secrets.token_hex(16)}")
     relay = Peer(broker, relay_files, client_id=RELAY, persistent=mqtt.MQTTv5)
     try:
         lock.client.connect(config.host, config.port, keepalive=config.keepalive_s)
         lock.client.loop_start()
-        wait_until(lambda: len(connects) >= 4, 20)  # waits of 0.5-1, 1-2 and 2-4 s (3.5 to 7 s), and paho's slack
-        gaps = [b - a for a, b in zip(connects, connects[1:], strict=False)]
-        assert len(connects) >= 4, connects
-        assert all(gap > 0.5 * 2**i - 0.1 for i, gap in enumerate(gaps)), gaps  # paho's came every second
-        assert lock.backoff_s >= 8
+        _assert_doubling(lock, connects)  # paho's came every second
         # the doubling is shown; from here the test waits two of the longest draws of 16 s, not two of 30 s
         lock.backoff_max_s, lock.backoff_s = 16, min(lock.backoff_s, 16)
         assert relay.start() and all(relay.subscribe(topic) for topic in group)
@@ -815,25 +800,37 @@ def test_the_simulated_lock_backs_off_while_the_broker_is_out_of_reach(own_broke
     """A connection attempt that fails (nothing listens: a broker down, a network away) is paho's
     ``on_connect_fail``, not a close after a CONNACK: the reference lock's wait stayed at its last value there until
     it also backed off on it. Its waits double while the broker is out of reach, as docs/FIRMWARE.md asks."""
-    identity = f"lk-{secrets.token_hex(6)}"
-    cert, key = own_broker.client_files(identity, tmp_path / identity)
-    port = services.free_port()  # nothing listens there
-    config = LockConfig("lock", identity, cert.read_text(), key.read_text(), "127.0.0.1", port, str(own_broker.ca_file))
-    lock, failed = SimulatedLock(config), list[float]()
-    on_connect_fail = lock.client.on_connect_fail
-
-    def counted(*args: Any) -> None:
-        failed.append(time.monotonic())
-        on_connect_fail(*args)  # type: ignore[misc]
-
-    lock.client.on_connect_fail = counted
-    lock.client.connect_async(config.host, config.port, keepalive=config.keepalive_s)
+    lock, failed = _timed_lock(own_broker, tmp_path, services.free_port(), "on_connect_fail")  # nothing listens there
+    lock.client.connect_async(lock.config.host, lock.config.port, keepalive=lock.config.keepalive_s)
     lock.client.loop_start()
     try:
-        wait_until(lambda: len(failed) >= 4, 20)  # waits of 0.5-1, 1-2 and 2-4 s (3.5 to 7 s), and paho's slack
+        _assert_doubling(lock, failed)
     finally:
         lock.client.loop_stop()
-    gaps = [b - a for a, b in zip(failed, failed[1:], strict=False)]
-    assert len(failed) >= 4, failed
+
+
+def _timed_lock(broker: Broker, tmp_path: Path, port: int, hook: str) -> tuple[SimulatedLock, list[float]]:
+    """A simulated lock with a certificate of ``broker``'s CA, set to connect to ``port``, and the times its paho
+    callback ``hook`` (``on_connect``, ``on_connect_fail``) ran."""
+    identity = f"lk-{secrets.token_hex(6)}"
+    cert, key = broker.client_files(identity, tmp_path / identity)
+    config = LockConfig("lock", identity, cert.read_text(), key.read_text(), "127.0.0.1", port, str(broker.ca_file))
+    lock, times = SimulatedLock(config), list[float]()
+    callback = getattr(lock.client, hook)
+
+    def timed(*args: Any) -> None:
+        times.append(time.monotonic())
+        callback(*args)
+
+    setattr(lock.client, hook, timed)
+    return lock, times
+
+
+def _assert_doubling(lock: SimulatedLock, times: list[float]) -> None:
+    """At least four tries, each wait at least half of a doubling back-off from 1 s (0.5-1, 1-2 and 2-4 s: 3.5 to
+    7 s, and paho's slack)."""
+    wait_until(lambda: len(times) >= 4, 20)
+    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    assert len(times) >= 4, times
     assert all(gap > 0.5 * 2**i - 0.1 for i, gap in enumerate(gaps)), gaps
     assert lock.backoff_s >= 8

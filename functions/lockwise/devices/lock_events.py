@@ -350,8 +350,6 @@ def _status(lock_id: str, payload: str, now: dt.datetime, batch: Pending, run: i
 #: a report naming an ended connection, made this long after its lock was last heard from, was made on a live one (a
 #: lock's clock may be this far off: its signed requests are taken within it)
 LIVE_AFTER = dt.timedelta(seconds=60)
-#: the largest broker run taken (the plugin's are microseconds since 1970: a bigint)
-MAX_RUN = 2**63 - 1
 #: how far a broker run (its start in microseconds, on the broker's clock) may be ahead of this function's clock: a
 #: broker started in the past, and both clocks are kept; a broker whose clock runs further ahead is judged by its
 #: uptime instead, and a last will's run of its lock's choosing keeps its row online through restarts for no longer
@@ -365,7 +363,7 @@ def taken_run(run: Any, now: dt.datetime) -> int | None:
     every restart. Such an event is judged as untagged, never refused for it (its ``offline`` would be lost)."""
     if run is None:
         return None
-    if isinstance(run, bool) or not isinstance(run, int) or not 0 < run <= MAX_RUN or run > _run_at(now + RUN_AHEAD):
+    if not topics.is_run(run) or run > _run_at(now + RUN_AHEAD):
         log.warning("lock event's broker run not taken", extra={"fields": {"run": repr(run)[:40]}})
         return None
     return run
@@ -485,13 +483,10 @@ def _seen_on(row: _State, connection: int | None, reported: dt.datetime, now: dt
             # may be (90 s ahead brought a dead lock back: attack run 18): not heard from now
             return
     if order is not None and order != last:  # a connection first heard of now (newer, or its number went back)
-        row.status_order, row.connected_at, row.connected_run = order, now, _newest(run, row.connected_run)
+        row.status_order, row.connected_at = order, now
     elif not row.online or row.connected_at is None:
-        # back, on a connection it does not name (firmware before the field)
-        row.connected_at, row.connected_run = now, _newest(run, row.connected_run)
-    elif run is not None:
-        row.connected_run = _newest(run, row.connected_run)
-    row.online, row.last_seen = True, now
+        row.connected_at = now  # back, on a connection it does not name (firmware before the field)
+    row.online, row.last_seen, row.connected_run = True, now, _newest(run, row.connected_run)
 
 
 def _plain_text(text: str) -> bool:

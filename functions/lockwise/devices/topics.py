@@ -8,6 +8,7 @@ other, read its ``cmd`` and write its ``state``, ``ack`` and ``status`` (``infra
 from __future__ import annotations
 
 import json
+from typing import TypeGuard
 
 ROOT = "lockwise"
 #: the longest payload of a lock's event the devices function takes, in bytes as posted (``posted``); the
@@ -56,3 +57,12 @@ def posted(payload: str) -> bytes:
     character the JSON escapes, a control character, costs 6 bytes; an emoji 4; a lone surrogate is "?"): its length
     is the payload's size at both ends."""
     return json.dumps(payload, ensure_ascii=False).encode(errors="replace")[1:-1]
+
+
+#: the largest broker run (the broker plugin's runs are microseconds since 1970, kept in a bigint)
+MAX_RUN = 2**63 - 1
+
+
+def is_run(value: object) -> TypeGuard[int]:
+    """Whether ``value`` can be a broker run's number (``mqtt_relay.broker_start``): a positive 64-bit integer."""
+    return isinstance(value, int) and not isinstance(value, bool) and 0 < value <= MAX_RUN

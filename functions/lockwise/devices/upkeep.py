@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 from lockwise.core import accounts, errors, retention
 from lockwise.core.config import Settings
 from lockwise.core.db import Database
-from lockwise.devices import broker_restarts, gone_accounts, lock_auth, lock_events, members
+from lockwise.devices import broker_restarts, gone_accounts, lock_auth, lock_events, members, topics
 
 T = TypeVar("T")
 log = logging.getLogger("lockwise.devices.upkeep")
@@ -40,7 +40,7 @@ def broker_seen(body: dict[str, Any], now: dt.datetime) -> BrokerSeen | None:
     """The relay's broker, from its upkeep's ``broker_run``, ``broker_uptime_s`` and ``sent_at`` (None: neither
     sent). Fields it does not name are let be (a newer relay's)."""
     run = body.get("broker_run")
-    if run is not None and (isinstance(run, bool) or not isinstance(run, int) or not 0 < run <= lock_events.MAX_RUN):
+    if run is not None and not topics.is_run(run):
         raise errors.BadRequest("broker_run must be a positive 64-bit integer", code="invalid_broker_run")
     run = lock_events.taken_run(run, now)  # one ahead of the time: its events' runs are not taken either
     started_at = broker_start(body, now)
