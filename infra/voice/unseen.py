@@ -1,0 +1,226 @@
+"""The shipped decision on voices the project never heard, sent at 44.1 kHz as a lock sends them:
+``python -m infra.voice.unseen [--draws N]`` prints one table (about 3 minutes here, 40 MB fetched once).
+
+The calibration, its score cohort and every test voice are Debian's Asterisk prompts (README "Calibration on real
+speech"). This measures the door's decision on other people, recorded through other microphones: KDE's KLettres
+letter and syllable recordings (Debian ``klettres-data``, GPL-2+, one native speaker per language, 44.1 kHz). Each
+language's recordings are trimmed of their silences, mixed to mono and joined in random order with 0.15 s gaps
+into clips of at least 6 s (the letters of one clip are never in another); a voice needs 5 clips with enrollment's
+speech floor and 8 in all. Each draw enrolls a voiceprint of 5 of a voice's clips as enrollment does (the samples
+must agree), then scores the voice's other clips (owners) and every clip of the other voices (strangers) on one
+utterance, with the door's decision (``verification.decide`` with the product's ``policy``): with no raw gate, with
+the gate the product uses (the encoder's floor) and with a gate at the raw threshold. The strangers speak other
+languages than the owners: an easier test than a household's, so read its strangers' row as a lower bound on
+what passes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+from infra.voice import corpus
+from lockwise.core.config import Settings
+from lockwise.voice import audio, scoring, verification
+from lockwise.voice.audio import DEFAULT_RATE as LOCK_RATE
+from lockwise.voice.model.encoder import CALIBRATIONS, Encoder, load_scorer, open_encoder, policy
+
+F32 = npt.NDArray[np.float32]
+PACKAGE = "klettres-data"
+LICENCE = "License: GPL-2+"
+GAP_S = 0.15
+CLIP_S = 6.0
+SAMPLES = 5  # enrollment samples per voiceprint, as the product enrolls
+MIN_CLIPS = 8
+
+
+def read_ogg(path: Path) -> F32:
+    """One recording, decoded by sox to mono 44.1 kHz float32 (sox mixes the channels and resamples)."""
+    raw = subprocess.run(
+        ["sox", str(path), "-t", "raw", "-e", "signed", "-b", "16", "-L", "-c", "1", "-r", str(LOCK_RATE), "-"],
+        check=True,
+        capture_output=True,
+    ).stdout
+    return np.frombuffer(raw, dtype="<i2").astype(np.float32) / 32768.0
+
+
+def trimmed(x: F32, rate: int = LOCK_RATE) -> F32:
+    """``x`` without its leading and trailing silence (under 2 % of its peak), 45 ms of margin kept."""
+    level = np.abs(x)
+    loud = np.flatnonzero(level > 0.02 * level.max()) if level.size and level.max() > 0 else np.array([], int)
+    if not loud.size:
+        return x[:0]
+    margin = int(0.045 * rate)
+    return x[max(0, loud[0] - margin) : loud[-1] + margin]
+
+
+def joined(recordings: list[F32], rng: np.random.Generator) -> list[F32]:
+    """The recordings in random order, joined into clips of at least ``CLIP_S`` (the leftover is dropped),
+    each scaled to a peak of 0.5."""
+    gap = np.zeros(int(GAP_S * LOCK_RATE), np.float32)
+    clips: list[F32] = []
+    current: list[F32] = []
+    for i in rng.permutation(len(recordings)):
+        current += [recordings[i], gap]
+        if sum(len(part) for part in current) >= CLIP_S * LOCK_RATE:
+            clip = np.concatenate(current)
+            clips.append((0.5 * clip / np.abs(clip).max()).astype(np.float32))
+            current = []
+    return clips
+
+
+@dataclass(frozen=True)
+class Voice:
+    name: str
+    embedded: F32  # (clips, dim)
+    enrollable: npt.NDArray[np.bool_]  # which clips hold enrollment's speech floor
+
+
+def voices(deb: Path, encoder: Encoder, rng: np.random.Generator) -> list[Voice]:
+    """Every language of the package with enough clips, embedded by ``encoder`` at 44.1 kHz."""
+    floor = CALIBRATIONS["ge2e"].enroll_min_speech_s
+    limits = audio.Limits()
+    found = []
+    with tempfile.TemporaryDirectory(prefix="unseen-deb-") as tmp:
+        subprocess.run(["dpkg", "-x", str(deb), tmp], check=True, capture_output=True)
+        root = Path(tmp) / "usr/share/klettres"
+        stated = (Path(tmp) / "usr/share/doc" / PACKAGE / "copyright").read_text(errors="replace")
+        if LICENCE not in stated:
+            raise corpus.CorpusError(f"{deb.name}: its copyright file no longer states GPL-2+; review the licence")
+        for language in sorted(p for p in root.iterdir() if p.is_dir()):
+            recordings = [trimmed(read_ogg(f)) for f in sorted(language.rglob("*.ogg"))]
+            clips = joined([r for r in recordings if r.size], rng)
+            speech = [audio.speech_seconds(c, LOCK_RATE) for c in clips]
+            kept = [(c, s) for c, s in zip(clips, speech, strict=True) if s >= limits.min_speech_seconds]
+            enrollable = np.array([s >= floor for _, s in kept], dtype=bool)
+            if len(kept) < MIN_CLIPS or enrollable.sum() < SAMPLES:
+                continue
+            embedded = np.stack([encoder.embed(c, LOCK_RATE) for c, _ in kept])
+            found.append(Voice(language.name, embedded, enrollable))
+    return found
+
+
+@dataclass(frozen=True)
+class Result:
+    voices: int
+    owners: int
+    strangers: int
+    #: per gate (none, floor, raw threshold): (owners refused, strangers accepted)
+    gates: dict[str, tuple[int, int]]
+    #: per voice, with the product's gate: (owner trials, refused)
+    per_voice: dict[str, tuple[int, int]]
+    strangers_raw_max: float
+    #: (voiceprint's voice, stranger's voice) of each stranger the product's gate let through
+    passed: list[tuple[str, str]]
+
+    def voice_mean(self) -> float:
+        """Owners refused with the product's gate, the mean over voices (each voice counts once, however many
+        clips it has)."""
+        return float(np.mean([refused / trials for trials, refused in self.per_voice.values() if trials]))
+
+
+def measure(found: list[Voice], encoder: Encoder, draws: int, rng: np.random.Generator) -> Result:
+    """Owners refused and strangers accepted over ``draws`` voiceprints per voice, per raw gate."""
+    settings = Settings.from_env({"LOCKWISE_MODE": "local"}, component="verify")
+    scorer = load_scorer(settings, encoder)
+    shipped = policy(settings, encoder, normalised=scorer.normalised)
+    rules = {
+        "none": dataclasses.replace(shipped, raw_gate=None),
+        "floor": shipped,
+        "raw threshold": dataclasses.replace(shipped, raw_gate=CALIBRATIONS["ge2e"].threshold),
+    }
+    counts = {gate: [0, 0] for gate in rules}
+    per_voice = {voice.name: [0, 0] for voice in found}
+    owners = strangers = 0
+    stranger_max = -1.0
+    passed = []
+    for voice in found:
+        pool = np.flatnonzero(voice.enrollable)
+        for _ in range(draws):
+            pick = rng.choice(pool, SAMPLES, replace=False)
+            if scoring.agreement(voice.embedded[pick])[0] < shipped.agreement:
+                continue  # enrollment would refuse these samples
+            voiceprint = scoring.voiceprint(voice.embedded[pick])[np.newaxis, :]
+            for other in found:
+                own = other is voice
+                probes = np.delete(other.embedded, pick, axis=0) if own else other.embedded
+                for probe in probes:
+                    raw, normalised = scorer.scores(probe, voiceprint)
+                    owners, strangers = owners + own, strangers + (not own)
+                    if not own:
+                        stranger_max = max(stranger_max, float(raw[0]))
+                    for gate, policy_ in rules.items():
+                        wrong = verification.decide(raw, normalised, policy_).accepted is not own
+                        counts[gate][0 if own else 1] += int(wrong)
+                        if gate != "floor":
+                            continue
+                        if own:
+                            per_voice[voice.name][0] += 1
+                            per_voice[voice.name][1] += int(wrong)
+                        elif wrong:
+                            passed.append((voice.name, other.name))
+    return Result(
+        len(found),
+        owners,
+        strangers,
+        {gate: (refused, accepted) for gate, (refused, accepted) in counts.items()},
+        {name: (trials, refused) for name, (trials, refused) in per_voice.items()},
+        stranger_max,
+        passed,
+    )
+
+
+def table(result: Result) -> str:
+    ge2e = CALIBRATIONS["ge2e"]
+    names = {
+        "none": "no raw gate",
+        "floor": f"gate {ge2e.floor} (the floor, shipped)",
+        "raw threshold": f"gate {ge2e.threshold} (the raw threshold)",
+    }
+    lines = [
+        f"{result.voices} voices never heard, 44.1 kHz, one utterance, normalised threshold {ge2e.norm_threshold}: "
+        f"{result.owners} owner / {result.strangers} stranger trials",
+        f"{'decision':40} | {'owners refused':>16} | {'strangers accepted':>20}",
+    ]
+    for gate, (refused, accepted) in result.gates.items():
+        lines.append(
+            f"{names[gate]:40} | {100 * refused / max(result.owners, 1):15.1f}% | "
+            f"{accepted:>6} ({100 * accepted / max(result.strangers, 1):.3f} %)"
+        )
+    lines.append(f"owners refused with the floor, the mean over voices: {100 * result.voice_mean():.1f} %")
+    lines.append(f"strangers' highest raw cosine: {result.strangers_raw_max:.3f}")
+    if result.passed:
+        pairs = sorted(set(result.passed))
+        lines.append(
+            "strangers through with the floor (voiceprint <- stranger): " + ", ".join(f"{a} <- {b}" for a, b in pairs)
+        )
+    lines.append(
+        "owners refused per voice (shipped): "
+        + ", ".join(f"{name} {refused}/{trials}" for name, (trials, refused) in result.per_voice.items())
+    )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    cache = Path.home() / ".cache" / "lockwise" / "corpus"
+    parser.add_argument("--debs", type=Path, default=cache / "debs", help="where the .deb is kept")
+    parser.add_argument("--draws", type=int, default=10, help="voiceprints drawn per voice")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    rng = np.random.default_rng(args.seed)
+    encoder = open_encoder("ge2e", None)
+    found = voices(corpus.fetch(PACKAGE, args.debs), encoder, rng)
+    print(table(measure(found, encoder, args.draws, rng)))  # noqa: T201
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
