@@ -459,7 +459,7 @@ def start_mosquitto(state_dir: Path, port: int) -> Broker:
                 "ACL_FILE": str(acl_file),
                 "ACL_PLUGIN": str(acl_plugin),
                 "PERSISTENCE_DIR": str(persistence),
-                "LOG_DEST": "stdout",
+                "LOG_DEST": "stderr",  # unbuffered: Mosquitto never flushes stdout, so a kill -9 lost the log's tail
                 "PORT": str(port),
                 "BIND_ADDRESS": "127.0.0.1",
                 "CLIENT_CAFILE": str(client_ca),

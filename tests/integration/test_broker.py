@@ -834,3 +834,28 @@ def _assert_doubling(lock: SimulatedLock, times: list[float]) -> None:
     assert len(times) >= 4, times
     assert all(gap > 0.5 * 2**i - 0.1 for i, gap in enumerate(gaps)), gaps
     assert lock.backoff_s >= 8
+
+
+def test_the_local_brokers_log_is_written_as_it_logs(own_broker: Broker, tmp_path: Path) -> None:
+    """Mosquitto writes its log to stdout without flushing it, so into a file it came in 4 KB blocks and a kill -9
+    lost the tail (the one log that says why a lock was turned away). The local stack logs to stderr, unbuffered:
+    a line is in the file as soon as the broker has written it, also when the broker is then killed."""
+    log = own_broker.process.log_path
+    deadline = time.monotonic() + 10
+    while "lockwise_acl: broker run" not in log.read_text(errors="replace"):
+        assert time.monotonic() < deadline, log.read_text(errors="replace")[-2000:]
+        time.sleep(0.1)
+    cert, key = own_broker.client_files("nobody-knows-me", tmp_path / "stranger")
+    stranger = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="nobody-knows-me")
+    stranger.tls_set(ca_certs=str(own_broker.ca_file), certfile=str(cert), keyfile=str(key))
+    stranger.connect("127.0.0.1", own_broker.port)
+    stranger.loop_start()
+    try:
+        while "nobody-knows-me" not in log.read_text(errors="replace"):
+            assert time.monotonic() < deadline, log.read_text(errors="replace")[-2000:]
+            time.sleep(0.1)
+    finally:
+        stranger.loop_stop()
+    own_broker.process.popen.kill()
+    own_broker.process.popen.wait()
+    assert "nobody-knows-me" in log.read_text(errors="replace")
