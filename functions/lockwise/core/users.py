@@ -67,10 +67,10 @@ def _claimed_time(seconds: object) -> dt.datetime:
     counts as the oldest."""
     if isinstance(seconds, int | float) and not isinstance(seconds, bool) and 0 <= seconds < 2**33:
         return dt.datetime.fromtimestamp(seconds, dt.UTC)
-    return _EPOCH
+    return _OLDEST
 
 
-_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+_OLDEST = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)  # what a time claim that is none counts as
 #: a token issued this long after an account was found gone (clocks apart) says it exists again
 RESTORED_LEEWAY_S = 60
 

@@ -371,7 +371,7 @@ def taken_run(run: Any, now: dt.datetime) -> int | None:
 
 def _run_at(moment: dt.datetime) -> int:
     """A run's number for a broker started at ``moment``."""
-    return (moment - _EPOCH) // dt.timedelta(microseconds=1)
+    return _microseconds(moment)
 
 
 def _newest(run: int | None, known: int | None) -> int | None:
@@ -411,7 +411,12 @@ def list_in_feed(
 def report_key(reported: dt.datetime, state: str) -> str:
     """How a state report is known (``lock_state.recent_reports``): the lock's own time of it, to the microsecond,
     and its state."""
-    return f"{(reported - _EPOCH) // dt.timedelta(microseconds=1)}-{state}"
+    return f"{_microseconds(reported)}-{state}"
+
+
+def _microseconds(moment: dt.datetime) -> int:
+    """``moment`` in whole microseconds since the epoch (the plugin's run numbers, report keys)."""
+    return (moment - _EPOCH) // dt.timedelta(microseconds=1)
 
 
 def _state(lock_id: str, body: dict[str, Any], now: dt.datetime, batch: Pending, run: int | None) -> Outcome:
