@@ -1,17 +1,17 @@
 """The shipped decision on voices the project never heard, sent at 44.1 kHz as a lock sends them:
-``python -m infra.voice.unseen [--draws N]`` prints one table (about 3 minutes here, 40 MB fetched once).
+``python -m infra.voice.unseen [--draws N]`` prints one table (about a minute here; 40 MB fetched once).
 
 The calibration, its score cohort and every test voice are Debian's Asterisk prompts (README "Calibration on real
 speech"). This measures the door's decision on other people, recorded through other microphones: KDE's KLettres
 letter and syllable recordings (Debian ``klettres-data``, GPL-2+, one native speaker per language, 44.1 kHz). Each
-language's recordings are trimmed of their silences, mixed to mono and joined in random order with 0.15 s gaps
-into clips of at least 6 s (the letters of one clip are never in another); a voice needs 5 clips with enrollment's
-speech floor and 8 in all. Each draw enrolls a voiceprint of 5 of a voice's clips as enrollment does (the samples
-must agree), then scores the voice's other clips (owners) and every clip of the other voices (strangers) on one
-utterance, with the door's decision (``verification.decide`` with the product's ``policy``): with no raw gate, with
-the gate the product uses (the encoder's floor) and with a gate at the raw threshold. The strangers speak other
-languages than the owners: an easier test than a household's, so read its strangers' row as a lower bound on
-what passes.
+language's recordings are trimmed of their silences, mixed to mono and joined in random order with 0.15 s gaps into
+clips of at least 6 s (the letters of one clip are never in another); a voice needs 5 clips enrollment takes (its
+speech floor, and voice heard in them by its voice activity model) and 8 in all. Each draw enrolls a voiceprint of 5
+of a voice's clips as enrollment does (the samples must agree), then scores the voice's other clips (owners) and
+every clip of the other voices (strangers) on one utterance, with the door's decision (``verification.decide`` with
+the product's ``policy``): with no raw gate, with the gate the product uses (the encoder's floor) and with a gate at
+the raw threshold. The strangers speak other languages than the owners: an easier test than a household's, so read
+its strangers' row as a lower bound on what passes.
 """
 
 from __future__ import annotations
@@ -31,6 +31,8 @@ from lockwise.core.config import Settings
 from lockwise.voice import audio, scoring, verification
 from lockwise.voice.audio import DEFAULT_RATE as LOCK_RATE
 from lockwise.voice.model.encoder import CALIBRATIONS, Encoder, load_scorer, open_encoder, policy
+from lockwise.voice.model.voice_activity import DEFAULT_DIR as VAD_DIR
+from lockwise.voice.model.voice_activity import VoiceActivity
 
 F32 = npt.NDArray[np.float32]
 PACKAGE = "klettres-data"
@@ -80,13 +82,15 @@ def joined(recordings: list[F32], rng: np.random.Generator) -> list[F32]:
 class Voice:
     name: str
     embedded: F32  # (clips, dim)
-    enrollable: npt.NDArray[np.bool_]  # which clips hold enrollment's speech floor
+    enrollable: npt.NDArray[np.bool_]  # which clips enrollment takes (its speech floor and its voice check)
 
 
 def voices(deb: Path, encoder: Encoder, rng: np.random.Generator) -> list[Voice]:
     """Every language of the package with enough clips, embedded by ``encoder`` at 44.1 kHz."""
+    settings = Settings.from_env({"LOCKWISE_MODE": "local"}, component="embed")
     floor = CALIBRATIONS["ge2e"].enroll_min_speech_s
     limits = audio.Limits()
+    voice = VoiceActivity(VAD_DIR)
     found = []
     with tempfile.TemporaryDirectory(prefix="unseen-deb-") as tmp:
         subprocess.run(["dpkg", "-x", str(deb), tmp], check=True, capture_output=True)
@@ -99,7 +103,10 @@ def voices(deb: Path, encoder: Encoder, rng: np.random.Generator) -> list[Voice]
             clips = joined([r for r in recordings if r.size], rng)
             speech = [audio.speech_seconds(c, LOCK_RATE) for c in clips]
             kept = [(c, s) for c, s in zip(clips, speech, strict=True) if s >= limits.min_speech_seconds]
-            enrollable = np.array([s >= floor for _, s in kept], dtype=bool)
+            enrollable = np.array(
+                [s >= floor and voice.voiced_seconds(c, LOCK_RATE) >= settings.enroll_min_voice_s for c, s in kept],
+                dtype=bool,
+            )
             if len(kept) < MIN_CLIPS or enrollable.sum() < SAMPLES:
                 continue
             embedded = np.stack([encoder.embed(c, LOCK_RATE) for c, _ in kept])

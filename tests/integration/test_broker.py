@@ -846,7 +846,7 @@ def test_the_local_brokers_log_is_written_as_it_logs(own_broker: Broker, tmp_pat
         assert time.monotonic() < deadline, log.read_text(errors="replace")[-2000:]
         time.sleep(0.1)
     cert, key = own_broker.client_files("nobody-knows-me", tmp_path / "stranger")
-    stranger = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="nobody-knows-me")
+    stranger = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="nobody-knows-me")
     stranger.tls_set(ca_certs=str(own_broker.ca_file), certfile=str(cert), keyfile=str(key))
     stranger.connect("127.0.0.1", own_broker.port)
     stranger.loop_start()
