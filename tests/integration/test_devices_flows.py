@@ -285,6 +285,29 @@ def test_a_lock_makes_so_many_signed_requests_a_minute(world: World, monkeypatch
     assert statuses == [200] * 10 + [429] * 6
 
 
+def test_replays_of_one_signed_request_take_nothing_from_the_locks_minute(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Attack run 20: the minute's count was raised before the nonce was checked, so whoever held one signed request
+    of a lock (for the skew window) could replay it to fill the lock's minute, and the lock's own next request was
+    429. A replay is refused and counts nothing; a fresh request counts once."""
+    rt = get_runtime("devices")
+    monkeypatch.setattr(rt, "settings", dataclasses.replace(rt.settings, lock_requests_per_minute=5))
+
+    def config(headers: dict[str, str] | None = None) -> Any:
+        headers = headers or lock_auth.sign_headers(world.lock_key, world.lock_id, "GET", "/devices/lock/config", b"")
+        return world.devices.get("/devices/lock/config", headers=headers)
+
+    captured = lock_auth.sign_headers(world.lock_key, world.lock_id, "GET", "/devices/lock/config", b"")
+    assert config(captured).status_code == 200
+    replays = [config(captured) for _ in range(20)]
+    assert {(r.status_code, r.get_json()["error"]["code"]) for r in replays} == {(401, "replayed_request")}
+    ((counted,),) = db_rows("SELECT sum(n) FROM lock_request_counts WHERE lock_id = CAST(:l AS uuid)", l=world.lock_id)
+    assert counted == 1
+    assert [config().status_code for _ in range(4)] == [200] * 4  # the lock's own requests still fit its minute
+    assert config().status_code == 429
+
+
 def test_the_relays_flush_deletes_old_request_nonces_and_counts_and_no_request_does(
     world: World, stack_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

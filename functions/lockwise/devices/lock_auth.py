@@ -164,18 +164,25 @@ def authenticate(
         raise errors.Unauthenticated("bad lock signature", code="bad_lock_signature")
     if not verified:
         raise errors.Unauthenticated("this lock's key was revoked: pair it again", code="unknown_lock")
-    counted, inserted, wait_s = con.run(  # the minute's count raised with the nonce, in the nonce's round trip
-        "WITH slot AS (INSERT INTO lock_request_counts (lock_id, minute)"
-        " VALUES (CAST(:l AS uuid), date_trunc('minute', now())) ON CONFLICT (lock_id, minute)"
+    # the minute's count raised with the nonce, in the nonce's round trip; a nonce already seen counts nothing (one
+    # captured request replayed 120 times filled its lock's minute: attack run 20). Every part reads the snapshot
+    # from before the statement, so ``seen`` is the nonce's state before this request.
+    seen, counted, inserted, wait_s = con.run(
+        "WITH seen AS (SELECT 1 FROM lock_request_nonces WHERE lock_id = CAST(:l AS uuid) AND nonce = :n),"
+        " slot AS (INSERT INTO lock_request_counts (lock_id, minute)"
+        " SELECT CAST(:l AS uuid), date_trunc('minute', now()) WHERE NOT EXISTS (SELECT 1 FROM seen)"
+        " ON CONFLICT (lock_id, minute)"
         " DO UPDATE SET n = lock_request_counts.n + 1 WHERE lock_request_counts.n < :most RETURNING n),"
         " fresh AS (INSERT INTO lock_request_nonces (lock_id, nonce) SELECT CAST(:l AS uuid), :n FROM slot"
         " ON CONFLICT DO NOTHING RETURNING 1)"
-        " SELECT (SELECT count(*) FROM slot), (SELECT count(*) FROM fresh),"
+        " SELECT (SELECT count(*) FROM seen), (SELECT count(*) FROM slot), (SELECT count(*) FROM fresh),"
         " CAST(ceil(EXTRACT(EPOCH FROM date_trunc('minute', now()) + interval '1 minute' - now())) AS integer)",
         l=lock_id,
         n=nonce,
         most=per_minute,
     )[0]
+    if seen:
+        raise errors.Unauthenticated("replayed request", code="replayed_request")
     if not counted:  # the lock's minute is full: nothing recorded (atomic, so a parallel burst gets no more)
         raise errors.RateLimited(
             f"this lock sent {per_minute} signed requests this minute; try again shortly",
