@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import struct
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -27,6 +28,30 @@ def test_wav_pcm_and_json_decode_to_the_same_samples() -> None:
         np.testing.assert_allclose(clip.samples, from_wav.samples)
     assert abs(from_wav.seconds - 2.5) < 1e-3
     assert np.abs(from_wav.samples - x).max() < 1e-4
+
+
+def test_a_rate_named_beside_audio_that_states_its_own_must_agree_with_it() -> None:
+    """Attack run 20: ``sample_rate`` beside ``wav_base64`` (and a lock's ``X-Sample-Rate`` beside a WAV or JSON
+    body) was ignored, so an 8,000 named beside a 44.1 kHz WAV was taken without a word. It is 400
+    ``conflicting_sample_rate`` unless it agrees; the original design's contracts still let it be."""
+    x = speech_like(2.5)
+    wav_b64 = base64.b64encode(wav(x)).decode()
+    pcm_json = json.dumps({"pcm_base64": base64.b64encode(pcm16(x)).decode(), "sample_rate": 16000}).encode()
+    conflicting: dict[str, Callable[[], object]] = {
+        "json": lambda: audio.from_json({"wav_base64": wav_b64, "sample_rate": 8000}),
+        "wav + header": lambda: audio.from_body(wav(x), "audio/wav", "8000"),
+        "json + header": lambda: audio.from_body(pcm_json, "application/json", "44100"),
+    }
+    for name, fn in conflicting.items():
+        with pytest.raises(errors.BadRequest) as refused:
+            fn()
+        assert refused.value.code == "conflicting_sample_rate", name
+    assert refusal(lambda: audio.from_body(wav(x), "audio/wav", "44_100")) == (400, "unsupported_sample_rate")
+    assert audio.from_json({"wav_base64": wav_b64, "sample_rate": 44100}).rate == 44100
+    assert audio.from_body(wav(x), "audio/wav", "44100").rate == 44100
+    assert audio.from_body(pcm_json, "application/json", "16000").rate == 16000
+    assert audio.from_body(wav(x), "application/octet-stream", None).rate == 44100  # a RIFF body is still a WAV
+    assert audio.from_json({"wav_base64": wav_b64, "sample_rate": 8000}, fields=None).rate == 44100
 
 
 def test_stereo_wav_is_mixed_down_and_rates_are_kept() -> None:

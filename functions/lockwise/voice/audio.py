@@ -140,7 +140,10 @@ def from_json(obj: dict[str, Any], fields: Collection[str] | None = JSON_FIELDS)
     if "wav_base64" in obj and "pcm_base64" in obj:
         raise errors.BadRequest("give pcm_base64 or wav_base64, not both", code="conflicting_audio")
     if "wav_base64" in obj:
-        return parse_wav(b64_field(obj["wav_base64"], "wav_base64"))
+        clip = parse_wav(b64_field(obj["wav_base64"], "wav_base64"))
+        if fields is not None and "sample_rate" in obj:  # the original contracts let it be, as their models did
+            _agrees(clip, _check_rate(obj["sample_rate"]), "sample_rate")
+        return clip
     if "pcm_base64" not in obj:
         raise errors.BadRequest("give pcm_base64 (PCM16LE) or wav_base64", code="missing_audio")
     rate = _check_rate(obj.get("sample_rate", DEFAULT_RATE))
@@ -155,20 +158,36 @@ def from_body(body: bytes, content_type: str | None, rate_hint: str | None) -> C
     ctype = (content_type or "").split(";")[0].strip().lower()
     if not body:
         raise errors.BadRequest("audio is empty", code="empty_audio")
+    # digits only: int() also takes " 44100", "+44100" and "44_100"
+    if rate_hint and not (rate_hint.isascii() and rate_hint.isdigit() and len(rate_hint) <= 6):
+        raise errors.BadRequest("sample rate must be a decimal integer", code="unsupported_sample_rate")
+    hinted = _check_rate(int(rate_hint)) if rate_hint else None
     if ctype == "application/json":
         obj = inputs.loads(body)  # the one JSON boundary: nesting, NaN, NUL and surrogates refused by name
         if not isinstance(obj, dict):
             raise errors.BadRequest("body must be a JSON object", code="expected_object")
-        return from_json(obj)
-    if ctype in ("audio/wav", "audio/x-wav", "audio/wave", "audio/vnd.wave") or body[:4] == b"RIFF":
-        return parse_wav(body)
-    if ctype in ("application/octet-stream", "audio/pcm", ""):
-        # digits only: int() also takes " 44100", "+44100" and "44_100"
-        if rate_hint and not (rate_hint.isascii() and rate_hint.isdigit() and len(rate_hint) <= 6):
-            raise errors.BadRequest("sample rate must be a decimal integer", code="unsupported_sample_rate")
-        rate = int(rate_hint) if rate_hint else DEFAULT_RATE
-        return Clip(pcm16_to_float(body), _check_rate(rate))
-    raise errors.UnsupportedMediaType(f"unsupported content type {ctype!r}", code="unsupported_media_type")
+        clip = from_json(obj)
+    elif ctype in ("audio/wav", "audio/x-wav", "audio/wave", "audio/vnd.wave") or body[:4] == b"RIFF":
+        clip = parse_wav(body)
+    elif ctype in ("application/octet-stream", "audio/pcm", ""):
+        return Clip(pcm16_to_float(body), hinted or DEFAULT_RATE)
+    else:
+        raise errors.UnsupportedMediaType(f"unsupported content type {ctype!r}", code="unsupported_media_type")
+    if hinted is not None:  # a rate named beside audio that carries its own must be that rate
+        _agrees(clip, hinted, "the X-Sample-Rate header or sample_rate parameter")
+    return clip
+
+
+def _agrees(clip: Clip, named: int, where: str) -> None:
+    """400 ``conflicting_sample_rate`` when ``named`` (a rate given beside audio that states its own) is not the
+    clip's rate: it was ignored, so a caller who meant one rate had the audio read at another without a word (attack
+    run 20)."""
+    if named != clip.rate:
+        raise errors.BadRequest(
+            f"{where} says {named} Hz but the audio is {clip.rate} Hz; leave it out or make it agree",
+            code="conflicting_sample_rate",
+            details={"named": named, "audio": clip.rate},
+        )
 
 
 # ------------------------------------------------------------------------------------------------- validation
