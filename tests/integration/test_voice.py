@@ -1030,6 +1030,52 @@ def test_voice_data_deleted_while_an_enrollment_runs_stays_deleted(
     assert enroll(clients, account).status_code == 201
 
 
+def test_an_enrollment_begun_while_a_deletion_waits_for_a_door_decision_stores_nothing(
+    clients: dict[str, Any], world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Attack run 20: the deletion's time was taken before it waited for the door decisions reading the voiceprint
+    (``FOR KEY SHARE``), so an enrollment whose first transaction began in that wait began "after" it and stored once
+    the deletion committed: DELETE answered 204, the enrollment (begun before that answer) 201 after it, and one
+    voiceprint left. The time is now taken last: the enrollment is 409 ``voice_data_deleted``."""
+    from lockwise.voice import voiceprints
+
+    account = world.accounts["member"]
+    assert enroll(clients, account).status_code == 201
+    encoder_class = served_encoder_class()
+    real_embed, real_candidates = encoder_class.embed, voiceprints.candidates
+    read, release = threading.Event(), threading.Event()
+
+    def candidates_then_note(*args: Any, **kwargs: Any) -> Any:
+        found = real_candidates(*args, **kwargs)
+        read.set()
+        return found
+
+    def held_embed(self: Any, samples: Any, rate: int) -> Any:
+        if threading.current_thread().name.startswith("forward"):  # the door's pass only, not the enrollment's
+            release.wait(30)
+        return real_embed(self, samples, rate)
+
+    monkeypatch.setattr(voiceprints, "candidates", candidates_then_note)
+    monkeypatch.setattr(encoder_class, "embed", held_embed)
+    again = [pcm_json(s) for s in spoken("allison", 5, start=5)]
+    with ThreadPoolExecutor(3) as pool:
+        deciding = pool.submit(signed_verify, clients, world, wav(spoken("allison", 1, start=10)[0]))
+        assert read.wait(30)
+        deleting = pool.submit(clients["embed"].delete, "/embed/enrollment", headers=bearer(account))
+        time.sleep(0.5)  # the deletion waits for the decision
+        enrolling = pool.submit(
+            clients["embed"].put, "/embed/enrollment", json={"samples": again}, headers=bearer(account)
+        )
+        time.sleep(1.5)  # the enrollment's first transaction has begun, before the deletion commits
+        release.set()
+        assert deleting.result(30).status_code == 204
+        enrolled = enrolling.result(30)
+        deciding.result(30)
+    assert (enrolled.status_code, enrolled.get_json()["error"]["code"]) == (409, "voice_data_deleted")
+    with get_runtime("embed").db.connection() as con:
+        assert con.run("SELECT count(*) FROM voiceprints WHERE user_uid = :u", u=account["localId"]) == [[0]]
+
+
 def test_enrollment_samples_that_disagree_name_the_outlier(
     voice_env: dict[str, str], make_client: Any, sign_up: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:

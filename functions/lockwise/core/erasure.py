@@ -26,15 +26,8 @@ def forget_voice(con: Connection, uid: str) -> int:
     the statements after it, each reading afresh, scrub what those decisions wrote; a decision that begins meanwhile
     waits and finds no voiceprint. Before, a door could open on this voice after the deletion was answered, its
     score and fingerprint left behind (attack runs)."""
-    # one at a time with the user's enrollments as they store (``VOICE_LOCK``), and marked: an enrollment that began
-    # before this stores nothing, also one computing its voiceprint now (``lockwise.voice.enrollment``); the time is
-    # taken once the lock is held, so it is later than the start of every enrollment that stored before
+    # one at a time with the user's enrollments as they store (``VOICE_LOCK``)
     con.run(VOICE_LOCK, u=uid)
-    con.run(
-        "INSERT INTO voice_erasures (user_uid, erased_at) SELECT uid, clock_timestamp() FROM users WHERE uid = :u"
-        " ON CONFLICT (user_uid) DO UPDATE SET erased_at = EXCLUDED.erased_at",
-        u=uid,
-    )
     removed = len(con.run("DELETE FROM voiceprints WHERE user_uid = :u RETURNING 1", u=uid))  # + its samples' prints
     con.run("DELETE FROM voice_fingerprints WHERE speaker_uid = :u", u=uid)  # of the doors it opened
     con.run(
@@ -45,4 +38,14 @@ def forget_voice(con: Connection, uid: str) -> int:
     # a waiting first utterance's scores against them
     con.run("DELETE FROM verify_follow_ups WHERE (scores ->> :u) IS NOT NULL", u=uid)
     mirror.enqueue(con, mirror.user_doc(uid), "set", {"voice_enrolled": False})
+    # and marked: an enrollment that began before this stores nothing, also one computing its voiceprint now
+    # (``lockwise.voice.enrollment``). The time is taken last, after the voiceprints' deletion has waited for the door
+    # decisions reading them (it was taken first, and an enrollment begun in that wait stored after the deletion was
+    # answered: attack run 20), and under the lock, so it is later than the start of every enrollment that stored
+    # before.
+    con.run(
+        "INSERT INTO voice_erasures (user_uid, erased_at) SELECT uid, clock_timestamp() FROM users WHERE uid = :u"
+        " ON CONFLICT (user_uid) DO UPDATE SET erased_at = EXCLUDED.erased_at",
+        u=uid,
+    )
     return removed
