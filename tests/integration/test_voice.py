@@ -658,6 +658,50 @@ def test_the_daily_ceiling_counts_every_scored_rejection(world: World, reason: s
         assert budget.rate_wait_s > 0  # each of them reached the model (a replay too: its fingerprint beside it)
 
 
+@pytest.mark.parametrize("also_share_a_default_lock", [True, False])
+def test_a_voice_passing_as_a_co_member_at_any_shared_lock_is_not_enrolled(
+    clients: dict[str, Any], world: World, also_share_a_default_lock: bool
+) -> None:
+    """On raw cosines a lock's own threshold may be under the encoder's default (down to its floor). Two users
+    sharing one lock at the default and another set lower were checked at the default alone (attack run 20), so a
+    voice passing as the co-member at the lower door was stored: 201 beside the default lock, 409 without it. Each
+    shared lock is checked at its own threshold: 409 either way."""
+    from lockwise.core.config import get_settings
+    from lockwise.voice.model.encoder import open_encoder
+
+    cal = CALIBRATIONS["ecapa-tdnn"]
+    low = round(cal.floor + 0.05, 4)  # a lower door: allowed (>= the floor), under the default threshold
+    aimed_cos = (low + cal.threshold) / 2  # passes as the co-member at the lower door, not at the default
+    devices, owner = clients["devices"], world.accounts["owner"]
+    member, admin = world.accounts["member"], world.accounts["admin"]
+    back = create_lock(devices, owner, name="Back door")["lock"]["id"]
+    lowered = devices.patch(f"/devices/locks/{back}", json={"voice_threshold": low}, headers=bearer(owner))
+    assert lowered.status_code == 200, lowered.get_json()
+    join(devices, back, owner, member, {"role": "member"})
+    join(devices, back, owner, admin, {"role": "member"})
+    if not also_share_a_default_lock:  # they share the back door only
+        gone = devices.delete(f"/devices/locks/{world.lock_id}/members/{world.uid('member')}", headers=bearer(owner))
+        assert gone.status_code == 204
+    assert enroll(clients, member).status_code == 201
+    # the voiceprint the admin's samples make, as embed computes it; the member's is set at ``aimed_cos`` from it
+    settings = get_settings("embed")
+    encoder = open_encoder(settings.encoder, settings.model_dir, exported=True)
+    samples = [pcm_json(s) for s in spoken("june")]
+    clips = [audio.from_json(s) for s in samples]
+    voiceprint = scoring.voiceprint(np.stack([encoder.embed(c.samples, c.rate) for c in clips]))
+    other = np.random.default_rng(1).standard_normal(voiceprint.shape).astype(np.float32)
+    other = scoring.normalise(other - (other @ voiceprint) * voiceprint)
+    aimed = scoring.normalise(aimed_cos * voiceprint + np.sqrt(1 - aimed_cos**2) * other)
+    with get_runtime("embed").db.transaction() as con:
+        con.run(
+            "UPDATE voiceprints SET embedding = :e WHERE user_uid = :u",
+            e=scoring.to_bytes(aimed),
+            u=world.uid("member"),
+        )
+    refused = clients["embed"].put("/embed/enrollment", json={"samples": samples}, headers=bearer(admin))
+    assert (refused.status_code, refused.get_json()["error"]["code"]) == (409, "voice_matches_member")
+
+
 def test_whether_a_voice_is_a_co_members_is_answered_a_few_times_a_day(
     clients: dict[str, Any], world: World, monkeypatch: pytest.MonkeyPatch, make_client: Any
 ) -> None:

@@ -159,11 +159,14 @@ def matches_a_neighbour(
     scorer: Scorer,
     settings: Settings,
 ) -> bool:
-    """Whether the new voiceprint would pass as someone who shares a lock with the user, at that lock's threshold:
-    enrolling another member's recordings would otherwise make their own voice ambiguous (and lock them out)."""
+    """Whether the new voiceprint would pass as someone who shares a lock with the user, at any of the locks they
+    share, at its threshold: enrolling another member's recordings would otherwise make their own voice ambiguous
+    (and lock them out). Every shared lock is a door of its own (attack run 20: a default lock beside one set lower
+    stood for both, and on raw cosines the lower one let a near-copy of a voice enroll)."""
     raw, scores = scorer.scores(voiceprint, neighbours.prints)  # as verify would score this voice against them
-    for cosine, score, lock_threshold in zip(raw, scores, neighbours.lock_thresholds, strict=True):
-        rules = policy(settings, encoder, lock_threshold, normalised=scorer.normalised)
-        if score >= rules.threshold and (rules.raw_gate is None or cosine >= rules.raw_gate):
-            return True
+    for cosine, score, lock_thresholds in zip(raw, scores, neighbours.lock_thresholds, strict=True):
+        for lock_threshold in lock_thresholds:
+            rules = policy(settings, encoder, lock_threshold, normalised=scorer.normalised)
+            if score >= rules.threshold and (rules.raw_gate is None or cosine >= rules.raw_gate):
+                return True
     return False

@@ -68,12 +68,14 @@ def status(con: Connection, uid: str, current_model_id: str) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class Neighbours:
-    """Voiceprints of the people who share a lock with a user, each with the lowest voice threshold among the locks
-    they share (None where a shared lock uses the encoder's default)."""
+    """Voiceprints of the people who share a lock with a user, each with the voice thresholds of the locks they
+    share (None for a lock on the encoder's default). Each is a door of its own: which is most lenient depends on the
+    scale (on raw cosines a threshold under the default is; on normalised scores, where a lock's threshold is a gate
+    above the floor, the default is), so the enrollment checks every one."""
 
     uids: list[str]
     prints: scoring.Matrix  # (k, dim)
-    lock_thresholds: list[float | None]
+    lock_thresholds: list[tuple[float | None, ...]]
 
 
 #: whose voiceprint is scored at all (``{}``: the membership's alias): an account Firebase Auth no longer has or has
@@ -86,7 +88,7 @@ def co_members(con: Connection, uid: str, model_id: str, dim: int, now: dt.datet
     """The voiceprints (of ``model_id``) of everyone holding an active membership at ``now`` of a lock ``uid``
     belongs to at ``now`` (their accounts scored: ``_SCORED_ACCOUNT``)."""
     rows = con.run(
-        "SELECT v.user_uid, v.embedding, bool_or(l.voice_threshold IS NULL), min(l.voice_threshold)"
+        "SELECT v.user_uid, v.embedding, array_agg(DISTINCT l.voice_threshold)"
         " FROM lock_members mine"
         " JOIN lock_members theirs ON theirs.lock_id = mine.lock_id AND theirs.user_uid <> mine.user_uid"
         " JOIN locks l ON l.id = mine.lock_id"
@@ -103,7 +105,8 @@ def co_members(con: Connection, uid: str, model_id: str, dim: int, now: dt.datet
         now=now,
     )
     prints = scoring.from_bytes(b"".join(bytes(r[1]) for r in rows), dim) if rows else np.zeros((0, dim), np.float32)
-    return Neighbours([r[0] for r in rows], prints, [None if r[2] else float(r[3]) for r in rows])
+    thresholds = [tuple(None if t is None else float(t) for t in r[2]) for r in rows]
+    return Neighbours([r[0] for r in rows], prints, thresholds)
 
 
 def candidates(con: Connection, lock_id: str, model_id: str, dim: int, now: dt.datetime) -> Candidates:
