@@ -702,6 +702,48 @@ def test_a_voice_passing_as_a_co_member_at_any_shared_lock_is_not_enrolled(
     assert (refused.status_code, refused.get_json()["error"]["code"]) == (409, "voice_matches_member")
 
 
+def test_co_members_enrolling_one_voice_side_by_side_store_it_once(
+    clients: dict[str, Any], world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One after another, the second of two co-members enrolling the same voice is 409 ``voice_matches_member``.
+    Side by side (attack run 20), each store read the other's neighbours before either had stored, and both stored
+    the voice, ambiguous at their shared door from then on. Stores at a shared lock now take turns: one is 201, the
+    other 409. Both enrollments reach their store together (a barrier), and each waits after reading its neighbours,
+    so without the turns both read before either stores."""
+    from lockwise.voice import enrollment, voiceprints
+
+    member, admin = world.accounts["member"], world.accounts["admin"]
+    first = [pcm_json(s) for s in spoken("allison", 5)]
+    second = [pcm_json(s) for s in spoken("allison", 5, start=5)]
+    together = threading.Barrier(2, timeout=20)
+    refuse_if_erased_since, co_members = enrollment._refuse_if_erased_since, voiceprints.co_members
+
+    def arrive_together(*args: Any, **kwargs: Any) -> None:
+        together.wait()
+        refuse_if_erased_since(*args, **kwargs)
+
+    def read_then_linger(*args: Any, **kwargs: Any) -> Any:
+        found = co_members(*args, **kwargs)
+        time.sleep(0.5)
+        return found
+
+    monkeypatch.setattr(enrollment, "_refuse_if_erased_since", arrive_together)
+    monkeypatch.setattr(voiceprints, "co_members", read_then_linger)
+
+    def put(account: dict[str, Any], samples: list[Any]) -> Any:
+        return clients["embed"].put("/embed/enrollment", json={"samples": samples}, headers=bearer(account))
+
+    with ThreadPoolExecutor(2) as pool:
+        answers = list(pool.map(lambda job: put(*job), [(member, first), (admin, second)]))
+    assert sorted(a.status_code for a in answers) == [201, 409], [a.get_json() for a in answers]
+    assert {a.get_json()["error"]["code"] for a in answers if a.status_code == 409} == {"voice_matches_member"}
+    with get_runtime("embed").db.connection() as con:
+        stored = con.run(
+            "SELECT count(*) FROM voiceprints WHERE user_uid = ANY(:u)", u=[world.uid("member"), world.uid("admin")]
+        )
+    assert stored == [[1]]
+
+
 def test_whether_a_voice_is_a_co_members_is_answered_a_few_times_a_day(
     clients: dict[str, Any], world: World, monkeypatch: pytest.MonkeyPatch, make_client: Any
 ) -> None:

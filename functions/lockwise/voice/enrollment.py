@@ -87,6 +87,7 @@ def enroll(
         users.hold(con, uid)  # one user's enrollments are decided one at a time
         con.run(erasure.VOICE_LOCK, u=uid)  # and with an erasure of their voice data
         _refuse_if_erased_since(con, uid, began)
+        _one_store_at_a_time_per_lock(con, uid)
         _refuse_past_the_limit(comparisons_wait(con, uid, settings.enroll_comparisons))
         neighbours = voiceprints.co_members(con, uid, encoder.model_id, encoder.dim, now())
         matched = matches_a_neighbour(scoring.voiceprint(embeddings), neighbours, encoder, scorer, settings)
@@ -104,6 +105,15 @@ def enroll(
             code="voice_matches_member",
         )
     return {**status, "agreement": round(lowest, 4)}
+
+
+def _one_store_at_a_time_per_lock(con: Connection, uid: str) -> None:
+    """Hold, until this transaction ends, each lock ``uid`` is a member of: two co-members' enrollments then store
+    one after the other, and the second is compared with the first's voiceprint. Side by side, each read the other's
+    neighbours before either stored, and both stored one voice, ambiguous at their shared door (attack run 20).
+    Taken in the locks' order, so two enrollments sharing several locks never wait for each other in a circle."""
+    for (lock_id,) in con.run("SELECT DISTINCT lock_id::text FROM lock_members WHERE user_uid = :u ORDER BY 1", u=uid):
+        con.run("SELECT pg_advisory_xact_lock(hashtextextended('enrollment at ' || :l, 0))", l=lock_id)
 
 
 def _refuse_if_erased_since(con: Connection, uid: str, began: dt.datetime) -> None:
