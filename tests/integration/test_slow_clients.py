@@ -118,6 +118,14 @@ REFUSED_AT_ONCE = [
         400,
         "malformed_request",
     ),
+    # a chunk declared over the body limit: refused at its size line, not 10 s later for want of its bytes
+    (
+        b"POST /x HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+        + f"{whole_requests.MAX_BODY_BYTES + 1:x}\r\n".encode()
+        + b"x" * 100,
+        413,
+        "payload_too_large",
+    ),
     (b"GET / HTTP/1.1\nHost: x\n\n", 400, "malformed_request"),  # bare LF: refused at once, not at the deadline
     (b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n", 400, "malformed_request"),
 ]

@@ -132,3 +132,14 @@ def test_each_bad_input_has_its_code() -> None:
     }
     for (name, status, code), fn in cases.items():
         assert refusal(fn) == (status, code), name
+
+
+def test_the_largest_enrollment_the_function_takes_fits_the_web_servers_limit() -> None:
+    """Attack run 20: embed takes an enrollment of up to 19.2 MB at its default settings (five 15 s clips of 48 kHz
+    stereo in base64), and the web server's event loop refused anything over 16 MiB first (413)."""
+    from lockwise.core import whole_requests
+    from lockwise.core.config import Settings
+
+    settings = Settings.from_env({}, component="embed")
+    limits = audio.Limits.from_settings(settings)
+    assert audio.max_body_bytes(limits, settings.enroll_max_samples) <= whole_requests.MAX_BODY_BYTES

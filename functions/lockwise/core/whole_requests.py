@@ -51,9 +51,10 @@ BODY_MAX_S = 60.0
 #: a longer head is refused 431 (gunicorn's limits: 100 fields of 8,190 bytes; functions-framework lifts the request
 #: line's)
 MAX_HEAD_BYTES = 64 * 1024
-#: a longer body is refused 413 (the largest a function takes: five 10 s clips of 48 kHz stereo in base64, 12.8 MB;
-#: each function refuses a body over its own limit)
-MAX_BODY_BYTES = 16 * 1024 * 1024
+#: a longer body is refused 413 (the largest a function takes at its default settings: an enrollment of five 15 s
+#: clips of 48 kHz stereo in base64, 19.2 MB, ``lockwise.voice.audio.max_body_bytes``; a 16 MiB limit refused
+#: enrollments the function takes: attack run 20. Each function refuses a body over its own limit; Cloud Run's is 32 MB)
+MAX_BODY_BYTES = 24 * 1024 * 1024
 #: past this much held for all connections together, a connection that sends more is refused 503
 MAX_HELD_BYTES = 128 * 1024 * 1024
 #: a chunked body of more chunks is refused (walking one costs the event loop a few microseconds: 16 MiB of 1-byte
@@ -225,6 +226,8 @@ class Filling:
                 self.in_trailers = self.searched = eol + 2
                 break
             end = eol + 2 + size
+            if end - self.head_end > MAX_BODY_BYTES:  # declared: refused now, not once it is in (attack run 20)
+                raise Refused(413, "Content Too Large", f"body over {MAX_BODY_BYTES} bytes")
             if len(self.buf) < end + 2:
                 return
             self.next_chunk = end + 2  # (the thread refuses a chunk whose CRLF is missing)
