@@ -74,7 +74,7 @@ try:
     from gunicorn.http.message import Request
     from gunicorn.http.unreader import IterUnreader
     from gunicorn.http2.negotiation import prior_knowledge_allowed
-    from gunicorn.workers.gthread import ThreadWorker
+    from gunicorn.workers.gthread import DEFAULT_WORKER_DATA_TIMEOUT, ThreadWorker
 except ImportError:  # not served by gunicorn (Flask's test client, a platform without it)
     ThreadWorker = object
 
@@ -341,9 +341,20 @@ class WholeRequestWorker(ThreadWorker):  # type: ignore[misc]
         conn.init()  # the plain HTTP/1 parser: no I/O without TLS or HTTP/2 by prior knowledge (enqueue_req)
         conn.parser.unreader.unread(bytes(filling.buf))
         conn.data_ready = True
-        conn.lockwise_whole = True
+        conn.lockwise_whole = conn.lockwise_in_memory = True
         conn.sock.setblocking(True)
         self.enqueue_req(conn)
+
+    def _keepalive_after(self, conn: Any, keepalive: bool) -> bool:
+        """gunicorn's, but a request the loop read whole has what its handler left of the body in memory: it is
+        dropped to its end, however long, and the connection kept. gunicorn stops after 64 KiB (a slow client's
+        trickle) and closes the connection after an answer that said keep-alive, so a request sent behind one left
+        unread (a 401 before the body is read) got no answer (attack run 20)."""
+        in_memory, conn.lockwise_in_memory = getattr(conn, "lockwise_in_memory", False), False
+        if not keepalive or not in_memory:
+            return bool(super()._keepalive_after(conn, keepalive))
+        deadline = time.monotonic() + DEFAULT_WORKER_DATA_TIMEOUT
+        return bool(conn.parser.finish_body(deadline=deadline, max_bytes=MAX_BODY_BYTES + 1))
 
     def handle_request(self, req: Any, conn: Any) -> Any:
         """gunicorn's, without a second ``100 Continue`` where the loop sent one for this request."""
