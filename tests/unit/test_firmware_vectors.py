@@ -293,12 +293,12 @@ class _FakeConnection:
     def run(self, sql: str, stream: Any = None, types: Any = None, **params: Any) -> Any:
         if sql.lstrip().startswith("SELECT signing_public_key"):
             return [[self.public_key, True]]  # the active key
-        if sql.lstrip().startswith("WITH slot AS"):  # the nonce's insert, with the lock's count of the minute
+        if sql.lstrip().startswith("WITH seen AS"):  # the nonce's insert, with the lock's count of the minute
             key = (params["l"], params["n"])
-            if key in self.nonces:
-                return [[1, 0, 60]]
+            if key in self.nonces:  # (seen, counted, inserted, seconds left in the minute)
+                return [[1, 0, 0, 60]]
             self.nonces.add(key)
-            return [[1, 1, 60]]
+            return [[0, 1, 1, 60]]
         raise AssertionError(f"unexpected query: {sql}")
 
     def close(self) -> None:
