@@ -797,10 +797,53 @@ def test_deleting_voice_data_removes_the_scores_it_produced(clients: dict[str, A
             " WHERE lock_id = CAST(:l AS uuid) ORDER BY created_at",
             l=world.lock_id,
         )
-    # who opened the door stays (an access record); the scores tied to the voiceprint go; a rejection never named
-    # the person it came closest to
+    # who opened the door stays (an access record); the scores tied to the voiceprint go, a rejection's too (attack
+    # run 20: scored against her voiceprint alone, it kept its score and cosine), and so does the fingerprint of the
+    # rejected utterance scored closest to her (the accepted one's went with the door it opened)
     assert rows[0] == ["accepted", world.uid("member"), None, None, None]
-    assert rows[1][:2] == ["rejected", None]
+    assert rows[1] == ["rejected", None, None, None, None]
+    with get_runtime("verify").db.connection() as con:
+        prints = con.run(
+            "SELECT count(*) FROM voice_fingerprints WHERE attempt_id = ANY(CAST(:a AS uuid[]))",
+            a=[accepted["attempt_id"], rejected["attempt_id"]],
+        )
+        compared = con.run(
+            "SELECT count(*) FROM verification_attempts WHERE best_uid IS NOT NULL OR runner_up_uid IS NOT NULL"
+        )
+    assert prints == [[0]] and compared == [[0]]
+
+
+def test_deleting_voice_data_scrubs_the_attempts_scored_against_it_as_runner_up_and_no_others(
+    clients: dict[str, Any], world: World
+) -> None:
+    """Two voiceprints at the door: the admin's opens it, the member's is the runner-up. Someone else deleting their
+    voice data changes nothing here; the member deleting theirs scrubs this attempt's scores (its runner-up score is
+    a comparison with their voiceprint); who opened the door stays."""
+    assert enroll(clients, world.accounts["member"]).status_code == 201
+    negate_voiceprint(world.uid("member"))  # (the tests' random-weight model hears every voice as one)
+    assert enroll(clients, world.accounts["admin"]).status_code == 201
+    opened = signed_verify(clients, world, wav(take())).get_json()
+    assert opened["decision"] == "accepted"
+
+    def logged() -> list[Any]:
+        with get_runtime("verify").db.connection() as con:
+            return list(
+                con.run(
+                    "SELECT matched_uid, score, runner_up_score, cosine, best_uid, runner_up_uid"
+                    " FROM verification_attempts WHERE id = CAST(:a AS uuid)",
+                    a=opened["attempt_id"],
+                )[0]
+            )
+
+    before = logged()
+    assert before[0] == before[4] == world.uid("admin") and before[5] == world.uid("member")
+    assert None not in before[1:4]
+    outsider = world.accounts["stranger"]
+    assert enroll(clients, outsider).status_code == 201
+    assert clients["embed"].delete("/embed/enrollment", headers=bearer(outsider)).status_code == 204
+    assert logged() == before
+    assert clients["embed"].delete("/embed/enrollment", headers=world.headers("member")).status_code == 204
+    assert logged() == [world.uid("admin"), None, None, None, None, None]
 
 
 def test_deleting_voice_data_waits_for_a_decision_already_reading_it(
@@ -1418,6 +1461,34 @@ def test_a_voice_the_raw_floor_refuses_is_not_asked_again(
         assert con.run("SELECT count(*) FROM verify_follow_ups") == [[0]]
     door.aim(2.6)  # just under the threshold: asked again, as before
     assert door.verify()["reason"] == "say_again"
+
+
+def test_a_say_again_utterance_goes_with_the_voice_data_it_came_closest_to(
+    world: World, normalised_door: Callable[[float, float], NormalisedDoor], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A first utterance answered ``say_again`` is the member's own voice, just under the threshold: its attempt kept
+    its score and cosine against her voiceprint, and its fingerprint stayed in the lock's replay memory (7 days)
+    after she deleted her voice data (attack run 20). Both go with it now."""
+    monkeypatch.setenv("LOCKWISE_REPLAY_MEMORY_HOURS", "168")  # the default (the tests' environment keeps none)
+    door = normalised_door(8.0, 1.0)
+    door.aim(7.5)
+    first = door.verify()
+    assert first["reason"] == "say_again"
+
+    def left() -> tuple[list[Any], int]:
+        with get_runtime("verify").db.connection() as con:
+            ((score, cosine),) = con.run(
+                "SELECT score, cosine FROM verification_attempts WHERE id = CAST(:i AS uuid)", i=first["attempt_id"]
+            )
+            ((prints,),) = con.run(
+                "SELECT count(*) FROM voice_fingerprints WHERE attempt_id = CAST(:i AS uuid)", i=first["attempt_id"]
+            )
+        return [score, cosine], prints
+
+    scores, prints = left()
+    assert None not in scores and prints == 1
+    assert door.clients["embed"].delete("/embed/enrollment", headers=world.headers("member")).status_code == 204
+    assert left() == ([None, None], 0)
 
 
 def test_a_voice_just_under_the_threshold_is_asked_again_and_both_utterances_decide(

@@ -16,10 +16,11 @@ VOICE_LOCK = "SELECT pg_advisory_xact_lock(hashtextextended('voice ' || :u, 0))"
 def forget_voice(con: Connection, uid: str) -> int:
     """Delete all of ``uid``'s voice data; returns the number of voiceprint rows removed.
 
-    Comparison results tied to it go too: the scores of every attempt it matched, and the fingerprints of the
-    enrollment samples (with the voiceprint) and of every attempt that opened a door with this voice. An accepted
-    attempt keeps who opened the door (an access record, not biometric data); a rejected one never names the
-    closest voiceprint.
+    Comparison results tied to it go too: the scores of every attempt scored against it (as the best candidate or
+    the runner-up, accepted or rejected), and the fingerprints of the enrollment samples (with the voiceprint), of
+    every attempt that opened a door with this voice and of every rejected one scored closest to it. An accepted
+    attempt keeps who opened the door (an access record, not biometric data); nothing names the closest voiceprint
+    of a rejected one after this (``best_uid``, read here only: migration 0041).
 
     A verify decision holds the voiceprints it read (``FOR KEY SHARE``) until it commits, so the voiceprint's
     deletion waits for every decision already reading it, at any lock (one the user joined a moment ago too), and
@@ -30,9 +31,15 @@ def forget_voice(con: Connection, uid: str) -> int:
     con.run(VOICE_LOCK, u=uid)
     removed = len(con.run("DELETE FROM voiceprints WHERE user_uid = :u RETURNING 1", u=uid))  # + its samples' prints
     con.run("DELETE FROM voice_fingerprints WHERE speaker_uid = :u", u=uid)  # of the doors it opened
-    con.run(
-        "UPDATE verification_attempts SET score = NULL, runner_up_score = NULL, cosine = NULL,"
-        " matched_uid = CASE WHEN outcome = 'accepted' THEN matched_uid END WHERE matched_uid = :u",
+    con.run(  # of the rejected utterances scored closest to it (their own voice asked to say it again, mostly)
+        "DELETE FROM voice_fingerprints f USING verification_attempts a"
+        " WHERE f.attempt_id = a.id AND a.best_uid = :u AND a.outcome = 'rejected'",
+        u=uid,
+    )
+    con.run(  # every score against it, best or runner-up, whatever the outcome
+        "UPDATE verification_attempts SET score = NULL, runner_up_score = NULL, cosine = NULL, best_uid = NULL,"
+        " runner_up_uid = NULL, matched_uid = CASE WHEN outcome = 'accepted' THEN matched_uid END"
+        " WHERE matched_uid = :u OR best_uid = :u OR runner_up_uid = :u",
         u=uid,
     )
     # a waiting first utterance's scores against them

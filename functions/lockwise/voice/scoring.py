@@ -66,6 +66,7 @@ class Decision:
     best: float | None
     runner_up: float | None
     reason: str  # accepted | no_candidates | below_threshold | ambiguous
+    runner_up_index: int | None = None
 
 
 def decide(scores: npt.NDArray[np.float32], threshold: float, margin: float) -> Decision:
@@ -79,12 +80,13 @@ def decide(scores: npt.NDArray[np.float32], threshold: float, margin: float) -> 
     order = np.argsort(scores)[::-1]
     best_i = int(order[0])
     best = float(scores[best_i])
-    runner = float(scores[order[1]]) if scores.size > 1 else None
+    runner_i = int(order[1]) if scores.size > 1 else None
+    runner = float(scores[runner_i]) if runner_i is not None else None
     if not best >= threshold:
-        return Decision(False, best_i, best, runner, "below_threshold")
+        return Decision(False, best_i, best, runner, "below_threshold", runner_i)
     if runner is not None and best - runner < margin:
-        return Decision(False, best_i, best, runner, "ambiguous")
-    return Decision(True, best_i, best, runner, "accepted")
+        return Decision(False, best_i, best, runner, "ambiguous", runner_i)
+    return Decision(True, best_i, best, runner, "accepted", runner_i)
 
 
 def voiceprint(samples: Matrix) -> Vector:

@@ -10,6 +10,7 @@ score).
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import logging
@@ -156,12 +157,17 @@ def record_attempt(
     threshold: float | None = None,
     model_id: str | None = None,
     cosine: float | None = None,
+    best_uid: str | None = None,
+    runner_up_uid: str | None = None,
 ) -> str:
+    """Log an attempt at ``lock_id`` (and its feed entry, within the feed's budget). ``best_uid`` and
+    ``runner_up_uid``: whose voiceprints it was scored closest to, kept for the erasure of their voice data only
+    (migration 0041)."""
     attempt_id = str(
         con.run(
             "INSERT INTO verification_attempts (lock_id, outcome, reason, matched_uid, score, runner_up_score,"
-            " threshold, model_id, cosine) VALUES (CAST(:l AS uuid), :o, :r, :u, :s, :ru, :t, :m, :c)"
-            " RETURNING id::text",
+            " threshold, model_id, cosine, best_uid, runner_up_uid)"
+            " VALUES (CAST(:l AS uuid), :o, :r, :u, :s, :ru, :t, :m, :c, :b, :bu) RETURNING id::text",
             l=lock_id,
             o=outcome,
             r=reason[:200],
@@ -171,6 +177,8 @@ def record_attempt(
             t=threshold,
             m=model_id,
             c=cosine,
+            b=best_uid,
+            bu=runner_up_uid,
         )[0][0]
     )
     if outcome in FEED_BUDGETED:
@@ -218,7 +226,7 @@ def decide(raw: npt.NDArray[np.float32], scores: npt.NDArray[np.float32], rules:
     policy's gate (with normalised scores: the encoder's floor, or a lock's own threshold above it)."""
     decision = scoring.decide(scores, rules.threshold, rules.margin)
     if decision.accepted and rules.raw_gate is not None and not raw[decision.best_index] >= rules.raw_gate:
-        return scoring.Decision(False, decision.best_index, decision.best, decision.runner_up, "below_threshold")
+        return dataclasses.replace(decision, accepted=False, reason="below_threshold")
     return decision
 
 
@@ -387,6 +395,8 @@ class _Attempt:
             "threshold": rules.threshold,
             "model_id": encoder.model_id,
             "cosine": float(raw[decision.best_index]) if decision.best_index is not None else None,
+            "best_uid": matched,
+            "runner_up_uid": found.uids[decision.runner_up_index] if decision.runner_up_index is not None else None,
         }
         if not decision.accepted:
             attempt = self._record("rejected", decision.reason, **logged)
@@ -457,5 +467,5 @@ def _asked_again(decision: scoring.Decision, rules: Policy) -> scoring.Decision:
         and decision.best is not None
         and rules.threshold - rules.retry_band <= decision.best < rules.threshold
     ):
-        return scoring.Decision(False, decision.best_index, decision.best, decision.runner_up, "say_again")
+        return dataclasses.replace(decision, reason="say_again")
     return decision
