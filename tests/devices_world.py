@@ -90,6 +90,14 @@ def join(
     return member
 
 
+def hand_over(devices: Any, lock_id: str, giver: dict[str, Any], taker: dict[str, Any]) -> Any:
+    """``giver`` (the owner) offers the lock to ``taker`` (a member), who accepts: the only way a lock changes hands.
+    Returns the acceptance's answer (the offer is asserted made)."""
+    offered = devices.post(f"/devices/locks/{lock_id}/transfer", json={"uid": taker["localId"]}, headers=bearer(giver))
+    assert offered.status_code == 202, offered.get_json()
+    return devices.post(f"/devices/locks/{lock_id}/transfer/accept", headers=bearer(taker))
+
+
 def build_world(devices: Any, sign_up: Any, supports_open: bool = False) -> World:
     accounts = {role: sign_up() for role in ROLES}
     for account in accounts.values():

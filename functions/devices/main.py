@@ -30,6 +30,7 @@ from lockwise.devices import (
     members,
     provisioning,
     topics,
+    transfers,
     upkeep,
 )
 
@@ -164,16 +165,46 @@ def delete_lock(ctx: Ctx, lock_id: str) -> Result:
 
 
 @api.route("POST", "/devices/locks/<lock_id>/transfer")
-def transfer_lock(ctx: Ctx, lock_id: str) -> JsonBody:
+def offer_transfer(ctx: Ctx, lock_id: str) -> Result:
     user, lock_id = app_user(ctx), lock_param(lock_id)
     to_uid = members.parse_uid(ctx.json(("uid",)).get("uid"))
     with rt.db.transaction() as con:
         now = rt.now()
         members.require(con, lock_id, user.uid, now, at_least="owner", for_update=True)
-        locks.transfer(con, lock_id, user.uid, to_uid, rt.settings.locks_per_owner, now)
-        view = locks.view(con, lock_id, "admin")
+        offered = transfers.offer(con, lock_id, user.uid, to_uid, rt.settings.locks_per_owner, now)
+    rt.flush_mirror()
+    return offered, 202
+
+
+@api.route("GET", "/devices/locks/<lock_id>/transfer")
+def get_transfer(ctx: Ctx, lock_id: str) -> JsonBody:
+    user, lock_id = app_user(ctx), lock_param(lock_id)
+    with rt.db.connection() as con:
+        now = rt.now()
+        members.require(con, lock_id, user.uid, now)
+        return transfers.standing(con, lock_id, user.uid, now)
+
+
+@api.route("POST", "/devices/locks/<lock_id>/transfer/accept")
+def accept_transfer(ctx: Ctx, lock_id: str) -> JsonBody:
+    user, lock_id = app_user(ctx), lock_param(lock_id)
+    with rt.db.transaction() as con:
+        now = rt.now()
+        members.require(con, lock_id, user.uid, now, for_update=True)
+        transfers.accept(con, lock_id, user.uid, rt.settings.locks_per_owner, now)
+        view = locks.view(con, lock_id, "owner")
     rt.flush_mirror()
     return view
+
+
+@api.route("DELETE", "/devices/locks/<lock_id>/transfer")
+def withdraw_transfer(ctx: Ctx, lock_id: str) -> flask.Response:
+    user, lock_id = app_user(ctx), lock_param(lock_id)
+    with rt.db.transaction() as con:
+        members.require(con, lock_id, user.uid, rt.now())
+        transfers.withdraw(con, lock_id, user.uid)
+    rt.flush_mirror()
+    return flask.Response(status=204)
 
 
 @api.route("POST", "/devices/locks/<lock_id>/provisioning")

@@ -12,7 +12,7 @@ import pytest
 from lockwise.core.runtime import get_runtime
 from lockwise.devices import lock_auth
 from simlock.lock import new_tls_key
-from tests.devices_world import ROLES, World, bearer, build_world, join, new_lock_key, provision
+from tests.devices_world import ROLES, World, bearer, build_world, hand_over, join, new_lock_key, provision
 
 OK_ALL_MEMBERS = {"owner": 200, "admin": 200, "member": 200, "guest_in": 200, "guest_out": 200}
 DENIED_OUTSIDERS = {"stranger": 404, "revoked": 404}
@@ -298,14 +298,57 @@ def test_only_the_owner_deletes_or_transfers(world: World) -> None:
         assert resp.status_code == 403
     for role in ("stranger", "revoked"):
         assert world.devices.delete(f"/devices/locks/{lock}", headers=world.headers(role)).status_code == 404
-    resp = world.devices.post(
-        f"/devices/locks/{lock}/transfer", json={"uid": world.uid("member")}, headers=world.headers("owner")
-    )
-    assert resp.status_code == 200 and resp.get_json()["role"] == "admin"
-    assert world.devices.get(f"/devices/locks/{lock}", headers=world.headers("member")).get_json()["role"] == "owner"
+    accepted = hand_over(world.devices, lock, world.accounts["owner"], world.accounts["member"])
+    assert accepted.status_code == 200 and accepted.get_json()["role"] == "owner"
+    assert world.devices.get(f"/devices/locks/{lock}", headers=world.headers("owner")).get_json()["role"] == "admin"
     # the previous owner, now admin, can no longer delete; the new owner can
     assert world.devices.delete(f"/devices/locks/{lock}", headers=world.headers("owner")).status_code == 403
     assert world.devices.delete(f"/devices/locks/{lock}", headers=world.headers("member")).status_code == 204
+
+
+def test_a_lock_changes_hands_only_when_the_member_it_is_offered_to_accepts(world: World) -> None:
+    """Attack run 20: an owner handed a lock to a member at once, without their consent (its device still the
+    giver's), and every attempt at it was charged to the new owner's voice budgets, their own door answering 429; it
+    counted towards their locks and kept their account from being deleted. A transfer is now an offer the member
+    accepts, declines or lets lapse; the owner may withdraw it; a new offer replaces the last."""
+    lock, devices = world.lock_id, world.devices
+    path = f"/devices/locks/{lock}/transfer"
+
+    def offer(to: str) -> Any:
+        return devices.post(path, json={"uid": world.uid(to)}, headers=world.headers("owner"))
+
+    def accept(role: str) -> Any:
+        return devices.post(f"{path}/accept", headers=world.headers(role))
+
+    def role_of(role: str) -> str:
+        return str(devices.get(f"/devices/locks/{lock}", headers=world.headers(role)).get_json()["role"])
+
+    def code(resp: Any) -> tuple[int, str]:
+        return resp.status_code, resp.get_json()["error"]["code"]
+
+    offered = offer("member")
+    assert offered.status_code == 202, offered.get_json()
+    assert offered.get_json()["transfer"]["to_uid"] == world.uid("member")
+    assert (role_of("owner"), role_of("member")) == ("owner", "member")  # nothing changes until accepted
+    assert devices.get(path, headers=world.headers("member")).get_json() == offered.get_json()
+    assert code(devices.get(path, headers=world.headers("admin"))) == (404, "transfer_not_found")
+    assert code(accept("admin")) == (404, "transfer_not_found")  # not theirs to take
+    assert devices.delete(path, headers=world.headers("member")).status_code == 204  # declined
+    assert code(accept("member")) == (404, "transfer_not_found")
+    assert offer("member").status_code == 202
+    assert devices.delete(path, headers=world.headers("owner")).status_code == 204  # withdrawn
+    assert code(accept("member")) == (404, "transfer_not_found")
+    assert offer("member").status_code == 202 and offer("admin").status_code == 202  # the second replaces the first
+    assert code(accept("member")) == (404, "transfer_not_found")
+    with get_runtime("devices").db.transaction() as con:  # lapsed
+        con.run("UPDATE lock_transfer_offers SET expires_at = now() - interval '1 second'")
+    assert code(accept("admin")) == (404, "transfer_not_found")
+    assert offer("admin").status_code == 202
+    taken = accept("admin")
+    assert taken.status_code == 200 and taken.get_json()["role"] == "owner"
+    assert (role_of("owner"), role_of("admin")) == ("admin", "owner")
+    assert code(devices.get(path, headers=world.headers("admin"))) == (404, "transfer_not_found")  # taken once
+    assert code(accept("admin")) == (404, "transfer_not_found")
 
 
 def test_a_pairing_code_pairs_nothing_once_its_issuer_no_longer_owns_the_lock(world: World) -> None:
@@ -315,9 +358,7 @@ def test_a_pairing_code_pairs_nothing_once_its_issuer_no_longer_owns_the_lock(wo
     lock, path = world.lock_id, f"/devices/locks/{world.lock_id}/provisioning"
     issued = world.devices.post(path, headers=world.headers("owner"))
     assert issued.status_code == 201, issued.get_json()
-    resp = world.devices.post(
-        f"/devices/locks/{lock}/transfer", json={"uid": world.uid("admin")}, headers=world.headers("owner")
-    )
+    resp = hand_over(world.devices, lock, world.accounts["owner"], world.accounts["admin"])
     assert resp.status_code == 200, resp.get_json()
     resp = world.devices.delete(f"/devices/locks/{lock}/members/{world.uid('owner')}", headers=world.headers("admin"))
     assert resp.status_code == 204, resp.get_json()

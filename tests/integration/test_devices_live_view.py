@@ -23,7 +23,7 @@ from lockwise.core.config import get_settings
 from lockwise.core.runtime import get_runtime
 from lockwise.devices import broker_restarts, lock_events, members
 from tests.conftest import PROJECT_ID
-from tests.devices_world import World, build_world, create_lock, join
+from tests.devices_world import World, build_world, create_lock, hand_over, join
 from tests.waiting import wait_for
 
 
@@ -606,9 +606,7 @@ def test_a_guest_made_owner_reads_the_live_view_outside_their_old_window(
     assert resp.status_code == 200, resp.get_json()
     token = world.accounts["guest_in"]["idToken"]
     assert rest_get(host, lock_doc, token) == 403  # outside the window today
-    moved = world.devices.post(
-        f"/devices/locks/{world.lock_id}/transfer", json={"uid": guest}, headers=world.headers("owner")
-    )
+    moved = hand_over(world.devices, world.lock_id, world.accounts["owner"], world.accounts["guest_in"])
     assert moved.status_code == 200, moved.get_json()
     deadline = time.monotonic() + 5
     while rest_get(host, lock_doc, token) != 200 and time.monotonic() < deadline:

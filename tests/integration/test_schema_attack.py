@@ -208,6 +208,15 @@ class Scene:
             "invitation_id": [self.invitation_id],
         }
 
+    def offer_to_admin(self) -> None:
+        """The owner offers the lock to the admin (``transferLock``'s explicit case, made before the others)."""
+        resp = self.world.devices.post(
+            f"/devices/locks/{self.world.lock_id}/transfer",
+            json={"uid": self.world.uid("admin")},
+            headers=self.world.headers("owner"),
+        )
+        assert resp.status_code == 202, resp.get_json()
+
     def invitation(self, inviter: str, invitee: str, lock_id: str | None = None) -> str:
         """A new invitation from ``inviter`` (a role of the world) at the lock or another, to ``invitee``: a role of
         the world (by uid), or else an email address."""
@@ -317,6 +326,11 @@ EXPLICIT: dict[str, Explicit] = {
     ],
     "deleteLock": lambda s: [{"path_parameters": {"lock_id": s.spare_lock_id}}],
     "transferLock": lambda s: [{"path_parameters": s.lock, "body": {"uid": s.world.uid("admin")}}],
+    # an offer stands before each (the owner's, to the admin): read, withdrawn; accepting is the admin's, so the
+    # caller here (the owner, or no one) is refused and the lock keeps its owner for the operations after
+    "getTransfer": lambda s: [{"before": s.offer_to_admin, "path_parameters": s.lock}],
+    "withdrawTransfer": lambda s: [{"before": s.offer_to_admin, "path_parameters": s.lock}],
+    "acceptTransfer": lambda s: [{"before": s.offer_to_admin, "path_parameters": s.lock}],
     "newProvisioningCode": lambda s: [{"path_parameters": s.lock}],
     "listMembers": lambda s: [{"path_parameters": s.lock}],
     "addMember": lambda s: [

@@ -1,0 +1,118 @@
+"""Handing a lock to another member: the owner offers, the member accepts (or declines), as invitations are.
+
+A transfer made at once (before this module) needed nobody's consent: an owner could invite someone, then hand them
+the lock, its device still the giver's, and every attempt at it was charged to the new owner's budgets of voice
+attempts, their own front door answering 429; the lock also counted towards their locks, blocked the deletion of
+their account (409 ``owns_locks``) and dropped the window they had joined as a guest with (attack run 20). An offer
+changes nothing until the member it names accepts it, within ``OFFER_TTL``; one lock has one offer at a time (a new
+one replaces it). Accepting re-checks everything the offer checked, at that moment: the giver still owns the lock,
+the taker is still an active member and may own one more.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from lockwise.core import audit, errors, mirror
+from lockwise.core.db import Connection
+from lockwise.devices import locks, members
+
+#: how long an offer stands
+OFFER_TTL = dt.timedelta(days=7)
+
+
+def _none_for_you() -> errors.NotFound:
+    return errors.NotFound("no transfer of this lock stands for you", code="transfer_not_found")
+
+
+def offer(
+    con: Connection, lock_id: str, from_uid: str, to_uid: str, max_owned: int, now: dt.datetime
+) -> dict[str, Any]:
+    """Offer the lock to ``to_uid``, an active member (the caller, its owner, holds the lock's row): 400
+    ``already_owner``, 404 ``member_not_found``, 409 ``too_many_locks`` / ``member_account_deleted`` as the transfer
+    itself would answer. Replaces an earlier offer of the lock."""
+    if to_uid == from_uid:
+        raise errors.BadRequest("you already own this lock", code="already_owner")
+    target = members.get(con, lock_id, to_uid)
+    if target is None or not target.active(now):
+        raise errors.NotFound("the new owner must be a current member of the lock", code="member_not_found")
+    locks.refuse_past_owned(con, to_uid, max_owned, caller=False)
+    expires = now + OFFER_TTL
+    con.run(
+        "INSERT INTO lock_transfer_offers (lock_id, from_uid, to_uid, offered_at, expires_at)"
+        " VALUES (CAST(:l AS uuid), :f, :t, :n, :e) ON CONFLICT (lock_id) DO UPDATE SET from_uid = EXCLUDED.from_uid,"
+        " to_uid = EXCLUDED.to_uid, offered_at = EXCLUDED.offered_at, expires_at = EXCLUDED.expires_at",
+        l=lock_id,
+        f=from_uid,
+        t=to_uid,
+        n=now,
+        e=expires,
+    )
+    audit.record(con, audit.user_actor(from_uid), "lock.transfer_offer", "ok", lock_id=lock_id, target=to_uid)
+    mirror.activity(con, lock_id, "ownership_offered", actor_uid=from_uid, target_uid=to_uid)
+    return _present(lock_id, from_uid, to_uid, now, expires)
+
+
+def accept(con: Connection, lock_id: str, to_uid: str, max_owned: int, now: dt.datetime) -> None:
+    """Take the offer made to ``to_uid`` (an active member of the lock, whose row the caller holds) and make them the
+    owner; 404 ``transfer_not_found`` when none stands: never made, withdrawn, declined, expired, or made by someone
+    who no longer owns the lock."""
+    rows = con.run(
+        "DELETE FROM lock_transfer_offers WHERE lock_id = CAST(:l AS uuid) AND to_uid = :u AND expires_at > :n"
+        " RETURNING from_uid",
+        l=lock_id,
+        u=to_uid,
+        n=now,
+    )
+    if not rows:
+        raise _none_for_you()
+    from_uid = rows[0][0]
+    giver = members.get(con, lock_id, from_uid, for_update=True)
+    if giver is None or giver.role != "owner" or not giver.active(now):
+        raise _none_for_you()
+    locks.transfer(con, lock_id, from_uid, to_uid, max_owned, now)
+
+
+def withdraw(con: Connection, lock_id: str, uid: str) -> None:
+    """The owner withdraws the lock's offer, or the member it names declines it (404 ``transfer_not_found``)."""
+    rows = con.run(
+        "DELETE FROM lock_transfer_offers WHERE lock_id = CAST(:l AS uuid) AND (from_uid = :u OR to_uid = :u)"
+        " RETURNING from_uid, to_uid",
+        l=lock_id,
+        u=uid,
+    )
+    if not rows:
+        raise _none_for_you()
+    from_uid, to_uid = rows[0]
+    outcome = "withdrawn" if uid == from_uid else "declined"
+    audit.record(con, audit.user_actor(uid), f"lock.transfer_{outcome}", "ok", lock_id=lock_id, target=to_uid)
+    mirror.activity(con, lock_id, f"ownership_offer_{outcome}", actor_uid=uid, target_uid=to_uid)
+
+
+def standing(con: Connection, lock_id: str, uid: str, now: dt.datetime) -> dict[str, Any]:
+    """The lock's offer, to the member who made it or the one it names (404 ``transfer_not_found``)."""
+    rows = con.run(
+        "SELECT from_uid, to_uid, offered_at, expires_at FROM lock_transfer_offers WHERE lock_id = CAST(:l AS uuid)"
+        " AND (from_uid = :u OR to_uid = :u) AND expires_at > :n",
+        l=lock_id,
+        u=uid,
+        n=now,
+    )
+    if not rows:
+        raise _none_for_you()
+    return _present(lock_id, *rows[0])
+
+
+def _present(
+    lock_id: str, from_uid: str, to_uid: str, offered_at: dt.datetime, expires_at: dt.datetime
+) -> dict[str, Any]:
+    return {
+        "transfer": {
+            "lock_id": lock_id,
+            "from_uid": from_uid,
+            "to_uid": to_uid,
+            "offered_at": offered_at.isoformat(),
+            "expires_at": expires_at.isoformat(),
+        }
+    }
