@@ -201,8 +201,9 @@ def accept_transfer(ctx: Ctx, lock_id: str) -> JsonBody:
 def withdraw_transfer(ctx: Ctx, lock_id: str) -> flask.Response:
     user, lock_id = app_user(ctx), lock_param(lock_id)
     with rt.db.transaction() as con:
-        members.require(con, lock_id, user.uid, rt.now())
-        transfers.withdraw(con, lock_id, user.uid)
+        now = rt.now()
+        members.require(con, lock_id, user.uid, now)
+        transfers.withdraw(con, lock_id, user.uid, now)
     rt.flush_mirror()
     return flask.Response(status=204)
 

@@ -351,6 +351,40 @@ def test_a_lock_changes_hands_only_when_the_member_it_is_offered_to_accepts(worl
     assert code(accept("admin")) == (404, "transfer_not_found")
 
 
+def test_an_offer_ends_when_its_member_leaves_or_the_lock_is_paired_again(world: World) -> None:
+    """A review of the offers: one made to a member outlived their removal (invited again, as a guest, they took the
+    lock on it), and one outlived the giver pairing the lock to another device (the taker took a lock whose device
+    the giver chose after the offer). Both end the offer; so does a lapse (a lapsed one is not withdrawn either)."""
+    lock, devices = world.lock_id, world.devices
+    path = f"/devices/locks/{lock}/transfer"
+
+    def offer() -> None:
+        made = devices.post(path, json={"uid": world.uid("member")}, headers=world.headers("owner"))
+        assert made.status_code == 202, made.get_json()
+
+    def taken() -> tuple[int, str]:
+        resp = devices.post(f"{path}/accept", headers=world.headers("member"))
+        return resp.status_code, resp.get_json().get("error", {}).get("code", "")
+
+    offer()
+    removed = devices.delete(f"/devices/locks/{lock}/members/{world.uid('member')}", headers=world.headers("owner"))
+    assert removed.status_code == 204
+    join(devices, lock, world.accounts["owner"], world.accounts["member"], {"role": "guest"})
+    assert taken() == (404, "transfer_not_found")
+    offer()
+    issued = devices.post(f"/devices/locks/{lock}/provisioning", headers=world.headers("owner"))
+    assert issued.status_code == 201, issued.get_json()
+    provision(devices, issued.get_json()["code"])
+    assert taken() == (404, "transfer_not_found")
+    offer()
+    with get_runtime("devices").db.transaction() as con:
+        con.run("UPDATE lock_transfer_offers SET expires_at = now() - interval '1 second'")
+    withdrawn = devices.delete(path, headers=world.headers("owner"))
+    assert (withdrawn.status_code, withdrawn.get_json()["error"]["code"]) == (404, "transfer_not_found")
+    view = devices.get(f"/devices/locks/{lock}", headers=world.headers("member")).get_json()
+    assert view["role"] == "guest"
+
+
 def test_a_pairing_code_pairs_nothing_once_its_issuer_no_longer_owns_the_lock(world: World) -> None:
     """Attack run: an owner's pairing code, issued before they gave the lock away and were removed from it, still
     paired the lock to a device of theirs (201, the lock's credentials replaced). A transfer ends the lock's open

@@ -18,8 +18,8 @@ logger = logging.getLogger(__name__)
 #: tables whose rows carry an ``expires_at`` (NULL: kept until their owner goes): attempts' fingerprints (kept
 #: ``LOCKWISE_REPLAY_MEMORY_HOURS``), say-again attempts' per-member scores (kept 30 s for the second utterance),
 #: enrollments compared with co-members' voices (counted for a day) and the lock certificates issued (kept until
-#: they expire, to be revoked with their credential), lock events refused (kept 30 days for an operator), and the
-#: daily quotas' rows (enrollments that reached the model, pairing codes: a day)
+#: they expire, to be revoked with their credential), lock events refused (kept 30 days for an operator), the
+#: daily quotas' rows (enrollments that reached the model, pairing codes: a day) and lapsed transfer offers
 EXPIRING = (
     "voice_fingerprints",
     "verify_follow_ups",
@@ -28,6 +28,7 @@ EXPIRING = (
     "pairing_issues",
     "lock_certificates",
     "lock_event_rejects",
+    "lock_transfer_offers",
 )
 
 

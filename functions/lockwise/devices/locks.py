@@ -10,7 +10,7 @@ from typing import Any
 
 from lockwise.core import accounts, audit, errors, mirror, users
 from lockwise.core.db import Connection, rows_as_dicts
-from lockwise.devices import commands, invitations, lock_auth, members, provisioning
+from lockwise.devices import commands, invitations, lock_auth, members, provisioning, transfer_offers
 
 MAX_NAME = 100
 
@@ -283,6 +283,7 @@ def revoke_member(
         now=now,
     )
     invitations.close_for_member(con, lock_id, target.user_uid)
+    transfer_offers.end_for_taker(con, lock_id, target.user_uid)
     commands.withdraw_unsent(con, lock_id, target.user_uid)  # an unlock they sent is not delivered after this
     audit.record(
         con, by or audit.user_actor(actor.user_uid), "member.revoke", "ok", lock_id=lock_id, target=target.user_uid

@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from lockwise.core import audit, errors, mirror, quotas, users
 from lockwise.core.db import Connection, Database
-from lockwise.devices import ed25519_points, lock_auth, lock_certs, topics
+from lockwise.devices import ed25519_points, lock_auth, lock_certs, topics, transfer_offers
 
 CODE_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"  # no 0/O/1/I
 CODE_LENGTH = 24  # ~120 bits
@@ -244,6 +244,7 @@ def redeem(
         l=lock_id,
     )
     refuse_a_shared_signing_key(con, public_key)
+    transfer_offers.end_for_lock(con, lock_id)  # an offer was made for the device the lock had
     identity = str(uuid.uuid4())  # a new broker identity per pairing: the old one's topics go dead with it
     certificate = _certify(ca, request, identity, cert_ttl_s)
     con.run(

@@ -6,7 +6,8 @@ attempts, their own front door answering 429; the lock also counted towards thei
 their account (409 ``owns_locks``) and dropped the window they had joined as a guest with (attack run 20). An offer
 changes nothing until the member it names accepts it, within ``OFFER_TTL``; one lock has one offer at a time (a new
 one replaces it). Accepting re-checks everything the offer checked, at that moment: the giver still owns the lock,
-the taker is still an active member and may own one more.
+the taker is still an active member and may own one more. The taker leaving the lock and the lock being paired
+again end the offer (``transfer_offers``).
 """
 
 from __future__ import annotations
@@ -74,17 +75,18 @@ def accept(con: Connection, lock_id: str, to_uid: str, max_owned: int, now: dt.d
     locks.transfer(con, lock_id, from_uid, to_uid, max_owned, now)
 
 
-def withdraw(con: Connection, lock_id: str, uid: str) -> None:
-    """The owner withdraws the lock's offer, or the member it names declines it (404 ``transfer_not_found``)."""
+def withdraw(con: Connection, lock_id: str, uid: str, now: dt.datetime) -> None:
+    """The owner withdraws the lock's offer, or the member it names declines it (404 ``transfer_not_found``, also
+    for a lapsed one, which goes all the same)."""
     rows = con.run(
         "DELETE FROM lock_transfer_offers WHERE lock_id = CAST(:l AS uuid) AND (from_uid = :u OR to_uid = :u)"
-        " RETURNING from_uid, to_uid",
+        " RETURNING from_uid, to_uid, expires_at",
         l=lock_id,
         u=uid,
     )
-    if not rows:
+    if not rows or rows[0][2] <= now:
         raise _none_for_you()
-    from_uid, to_uid = rows[0]
+    from_uid, to_uid, _ = rows[0]
     outcome = "withdrawn" if uid == from_uid else "declined"
     audit.record(con, audit.user_actor(uid), f"lock.transfer_{outcome}", "ok", lock_id=lock_id, target=to_uid)
     mirror.activity(con, lock_id, f"ownership_offer_{outcome}", actor_uid=uid, target_uid=to_uid)

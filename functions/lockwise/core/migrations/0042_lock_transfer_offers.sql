@@ -11,3 +11,4 @@ CREATE TABLE lock_transfer_offers (
 );
 CREATE INDEX lock_transfer_offers_from ON lock_transfer_offers (from_uid);
 CREATE INDEX lock_transfer_offers_to ON lock_transfer_offers (to_uid);
+CREATE INDEX lock_transfer_offers_expiry ON lock_transfer_offers (expires_at);  -- lapsed ones go (retention)
