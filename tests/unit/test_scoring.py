@@ -34,6 +34,8 @@ def test_decision_needs_threshold_and_margin() -> None:
     assert not ambiguous.accepted and ambiguous.reason == "ambiguous"
     ok = scoring.decide(np.array([0.3, 0.9, 0.5], np.float32), 0.5, 0.1)
     assert ok.accepted and ok.best_index == 1 and ok.runner_up == pytest.approx(0.5)
+    assert ok.runner_up_index == 2  # whose voiceprint the runner-up score is (the erasure scrubs by it)
+    assert scoring.decide(np.array([0.9], np.float32), 0.5, 0.1).runner_up_index is None
 
 
 def test_bytes_round_trip_and_dimension_checks() -> None:
