@@ -171,7 +171,7 @@ def offer_transfer(ctx: Ctx, lock_id: str) -> Result:
     with rt.db.transaction() as con:
         now = rt.now()
         members.require(con, lock_id, user.uid, now, at_least="owner", for_update=True)
-        offered = transfers.offer(con, lock_id, user.uid, to_uid, rt.settings.locks_per_owner, now)
+        offered = transfers.offer(con, lock_id, user.uid, to_uid, now)
     rt.flush_mirror()
     return offered, 202
 

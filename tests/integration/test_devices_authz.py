@@ -3,6 +3,7 @@ outside their window, a lock acting for another lock, and app users on the relay
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from collections.abc import Callable
 from typing import Any
@@ -12,7 +13,7 @@ import pytest
 from lockwise.core.runtime import get_runtime
 from lockwise.devices import lock_auth
 from simlock.lock import new_tls_key
-from tests.devices_world import ROLES, World, bearer, build_world, hand_over, join, new_lock_key, provision
+from tests.devices_world import ROLES, World, bearer, build_world, create_lock, hand_over, join, new_lock_key, provision
 
 OK_ALL_MEMBERS = {"owner": 200, "admin": 200, "member": 200, "guest_in": 200, "guest_out": 200}
 DENIED_OUTSIDERS = {"stranger": 404, "revoked": 404}
@@ -383,6 +384,52 @@ def test_an_offer_ends_when_its_member_leaves_or_the_lock_is_paired_again(world:
     assert (withdrawn.status_code, withdrawn.get_json()["error"]["code"]) == (404, "transfer_not_found")
     view = devices.get(f"/devices/locks/{lock}", headers=world.headers("member")).get_json()
     assert view["role"] == "guest"
+
+
+@pytest.mark.parametrize("change", ["demoted", "expired and invited back", "given other terms"])
+def test_an_offer_is_taken_only_by_the_membership_it_was_made_to(world: World, change: str) -> None:
+    """Attack run 21: an offer outlived its member's demotion to a Saturday-only guest, and their access expiring
+    and being granted again as a guest: the guest took the whole lock on the old offer. An offer keeps the member's
+    row as it was; any change to it since voids the offer."""
+    lock, devices = world.lock_id, world.devices
+    path = f"/devices/locks/{lock}/transfer"
+    taker = "admin" if change == "demoted" else "member"
+    assert devices.post(path, json={"uid": world.uid(taker)}, headers=world.headers("owner")).status_code == 202
+    member_path = f"/devices/locks/{lock}/members/{world.uid(taker)}"
+    if change == "demoted":
+        cut = {"role": "guest", "access": {"weekdays": ["sat"]}}
+        assert devices.patch(member_path, json=cut, headers=world.headers("owner")).status_code == 200
+    elif change == "given other terms":
+        later = (dt.datetime.now(dt.UTC) + dt.timedelta(days=3)).isoformat()
+        terms = {"role": "member", "access": {"expires_at": later}}
+        assert devices.patch(member_path, json=terms, headers=world.headers("owner")).status_code == 200
+    else:
+        with get_runtime("devices").db.transaction() as con:  # their access expired (as if time had passed)
+            con.run(
+                "UPDATE lock_members SET expires_at = now() - interval '1 minute'"
+                " WHERE lock_id = CAST(:l AS uuid) AND user_uid = :u",
+                l=lock,
+                u=world.uid(taker),
+            )
+        grant = {"role": "guest", "access": {"weekdays": ["sat"]}}
+        join(devices, lock, world.accounts["owner"], world.accounts[taker], grant)
+    taken = devices.post(f"{path}/accept", headers=world.headers(taker))
+    assert (taken.status_code, taken.get_json()["error"]["code"]) == (404, "transfer_not_found")
+    assert devices.get(f"/devices/locks/{lock}", headers=world.headers("owner")).get_json()["role"] == "owner"
+
+
+def test_an_offer_does_not_tell_the_owner_how_many_locks_a_member_owns(
+    world: World, sign_up: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Attack run 21: an offer answered 409 ``too_many_locks`` for a member owning the most locks an account may:
+    the owner learnt it. The offer is made; the member learns it when they accept."""
+    rt = get_runtime("devices")
+    monkeypatch.setattr(rt, "settings", dataclasses.replace(rt.settings, locks_per_owner=1))
+    devices, path = world.devices, f"/devices/locks/{world.lock_id}/transfer"
+    assert create_lock(devices, world.accounts["member"])["lock"]["id"]  # the member owns one: the most
+    assert devices.post(path, json={"uid": world.uid("member")}, headers=world.headers("owner")).status_code == 202
+    taken = devices.post(f"{path}/accept", headers=world.headers("member"))
+    assert (taken.status_code, taken.get_json()["error"]["code"]) == (409, "too_many_locks")
 
 
 def test_a_pairing_code_pairs_nothing_once_its_issuer_no_longer_owns_the_lock(world: World) -> None:

@@ -425,3 +425,20 @@ def test_a_failed_clean_up_goes_to_the_back_and_keeps_its_accounts_recheck(
         }
     assert rows[guest][0] is True  # ended beside the failing one
     assert rows[member] == [False, True, True]  # tried, at the back; its recheck still dated from when it was found
+
+
+def test_an_offer_made_by_an_account_deleted_since_is_taken_by_nobody(
+    clients: dict[str, Any], world: World, stack_env: dict[str, str]
+) -> None:
+    """Attack run 21: the owner offered the lock to the admin, then their account was deleted outside the app (the
+    lock it owns keeps it as its owner); the admin then took the lock on the offer, and the deleted account stayed
+    an admin of it for good (its clean-up had run). The account's leaving ends the offers it made."""
+    devices, path = clients["devices"], f"/devices/locks/{world.lock_id}/transfer"
+    offered = devices.post(path, json={"uid": world.uid("admin")}, headers=world.headers("owner"))
+    assert offered.status_code == 202
+    delete_account(stack_env, world.uid("owner"))
+    flush(clients, stack_env)
+    taken = devices.post(f"{path}/accept", headers=world.headers("admin"))
+    assert (taken.status_code, taken.get_json()["error"]["code"]) == (404, "transfer_not_found")
+    listed = devices.get(f"/devices/locks/{world.lock_id}/members", headers=world.headers("admin")).get_json()
+    assert {m["uid"]: m["role"] for m in listed["members"]}[world.uid("owner")] == "owner"  # kept, for an operator

@@ -145,6 +145,15 @@ def update(con: Connection, lock_id: str, uid: str, changes: dict[str, Any]) -> 
     audit.record(con, audit.user_actor(uid), "lock.update", "ok", lock_id=lock_id, details=changes)
 
 
+def refuse_a_gone_member(
+    con: Connection, uid: str, *, caller: bool = False, signed_in: dt.datetime | None = None
+) -> None:
+    """Hold ``uid``'s row (``users.hold``); 409 ``member_account_deleted`` when it is not the caller's and its
+    account is gone."""
+    if users.hold(con, uid, caller=caller, signed_in=signed_in):
+        raise errors.Conflict("this member's account has been deleted", code="member_account_deleted")
+
+
 def refuse_past_owned(
     con: Connection, uid: str, max_owned: int, *, caller: bool = True, signed_in: dt.datetime | None = None
 ) -> None:
@@ -152,8 +161,7 @@ def refuse_past_owned(
     account); the user's row is held, so locks made or handed over in parallel are counted one at a time. ``uid``
     not the ``caller`` (a transfer's new owner) whose account is gone: 409 ``member_account_deleted``. The caller's
     ``signed_in``: ``users.hold``'s (409 ``account_left``)."""
-    if users.hold(con, uid, caller=caller, signed_in=signed_in):
-        raise errors.Conflict("this member's account has been deleted", code="member_account_deleted")
+    refuse_a_gone_member(con, uid, caller=caller, signed_in=signed_in)
     (owned,) = con.run("SELECT count(*) FROM locks WHERE owner_uid = :o", o=uid)[0]
     if int(owned) >= max_owned:
         raise errors.Conflict(f"an account may own at most {max_owned} locks", code="too_many_locks")
@@ -321,6 +329,7 @@ def leave_every_lock(con: Connection, uid: str, now: dt.datetime, *, account_gon
     # first: its removals close invitations by uid only, not ones sent to its address since, which belong to whoever
     # holds it now (the same person, signed up again)
     users.mark_left(con, uid, now)
+    transfer_offers.end_from(con, uid)  # a lock it keeps (gone) is offered to nobody by it
     left = 0
     for lock_id in sorted({m.lock_id for m in members.list_for_user(con, uid) if m.revoked_at is None}):
         # the lock's row first, then the membership (every path's order); a transfer to them committed meanwhile

@@ -1,22 +1,52 @@
 """What ends a lock's standing transfer offer besides its own flow (``lockwise.devices.transfers``): the member it
-names leaving the lock, and the lock being paired again. Kept apart from ``transfers``, which builds on ``locks``,
-so that ``locks`` and ``provisioning`` can end offers without importing it back.
+names leaving the lock, the giver's account leaving everything, and the lock being paired again. Kept apart from
+``transfers``, which builds on ``locks``, so that ``locks`` and ``provisioning`` can end offers without importing it
+back. Each end is in the lock's feed.
 
 An offer names a member and a device as they were when it was made (a review found both outliving it): removed and
 invited again, even as a guest, the member could still take the lock on the old offer; re-paired by the giver, the
-lock came with a device chosen after the offer.
+lock came with a device chosen after the offer; made by an account deleted since, it was still taken, and left that
+account an admin for good (attack run 21).
 """
 
 from __future__ import annotations
 
+from lockwise.core import mirror
 from lockwise.core.db import Connection
 
 
 def end_for_taker(con: Connection, lock_id: str, uid: str) -> None:
     """``uid``'s membership of the lock ended: an offer naming them ends with it."""
-    con.run("DELETE FROM lock_transfer_offers WHERE lock_id = CAST(:l AS uuid) AND to_uid = :u", l=lock_id, u=uid)
+    _ended(
+        con,
+        "DELETE FROM lock_transfer_offers WHERE lock_id = CAST(:l AS uuid) AND to_uid = :u"
+        " RETURNING lock_id::text, to_uid",
+        "member_left",
+        l=lock_id,
+        u=uid,
+    )
 
 
 def end_for_lock(con: Connection, lock_id: str) -> None:
     """The lock was paired again: its offer, made for the device it had, ends."""
-    con.run("DELETE FROM lock_transfer_offers WHERE lock_id = CAST(:l AS uuid)", l=lock_id)
+    _ended(
+        con,
+        "DELETE FROM lock_transfer_offers WHERE lock_id = CAST(:l AS uuid) RETURNING lock_id::text, to_uid",
+        "paired_again",
+        l=lock_id,
+    )
+
+
+def end_from(con: Connection, uid: str) -> None:
+    """``uid``'s account leaves everything (deleted, in the app or outside it): the offers it made end."""
+    _ended(
+        con,
+        "DELETE FROM lock_transfer_offers WHERE from_uid = :u RETURNING lock_id::text, to_uid",
+        "giver_left",
+        u=uid,
+    )
+
+
+def _ended(con: Connection, sql: str, reason: str, **params: str) -> None:
+    for lock_id, to_uid in con.run(sql, **params):
+        mirror.activity(con, lock_id, "ownership_offer_ended", target_uid=to_uid, reason=reason)

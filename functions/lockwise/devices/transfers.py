@@ -6,7 +6,9 @@ attempts, their own front door answering 429; the lock also counted towards thei
 their account (409 ``owns_locks``) and dropped the window they had joined as a guest with (attack run 20). An offer
 changes nothing until the member it names accepts it, within ``OFFER_TTL``; one lock has one offer at a time (a new
 one replaces it). Accepting re-checks everything the offer checked, at that moment: the giver still owns the lock,
-the taker is still an active member and may own one more. The taker leaving the lock and the lock being paired
+the taker is still an active member and may own one more; and it is taken only by the membership it was made to,
+unchanged (its row as it was, kept in the offer: not one removed or expired and invited back, demoted, or given
+other terms since). The taker leaving the lock, the giver's account leaving everything and the lock being paired
 again end the offer (``transfer_offers``).
 """
 
@@ -27,23 +29,26 @@ def _none_for_you() -> errors.NotFound:
     return errors.NotFound("no transfer of this lock stands for you", code="transfer_not_found")
 
 
-def offer(
-    con: Connection, lock_id: str, from_uid: str, to_uid: str, max_owned: int, now: dt.datetime
-) -> dict[str, Any]:
+def offer(con: Connection, lock_id: str, from_uid: str, to_uid: str, now: dt.datetime) -> dict[str, Any]:
     """Offer the lock to ``to_uid``, an active member (the caller, its owner, holds the lock's row): 400
-    ``already_owner``, 404 ``member_not_found``, 409 ``too_many_locks`` / ``member_account_deleted`` as the transfer
-    itself would answer. Replaces an earlier offer of the lock."""
+    ``already_owner``, 404 ``member_not_found``, 409 ``member_account_deleted``. Whether they may own one more lock
+    is theirs to learn when they accept (the owner is not told how many locks a member owns: attack run 21).
+    Replaces an earlier offer of the lock (its end in the feed)."""
     if to_uid == from_uid:
         raise errors.BadRequest("you already own this lock", code="already_owner")
     target = members.get(con, lock_id, to_uid)
     if target is None or not target.active(now):
         raise errors.NotFound("the new owner must be a current member of the lock", code="member_not_found")
-    locks.refuse_past_owned(con, to_uid, max_owned, caller=False)
+    locks.refuse_a_gone_member(con, to_uid)
+    for (replaced,) in con.run(
+        "DELETE FROM lock_transfer_offers WHERE lock_id = CAST(:l AS uuid) RETURNING to_uid", l=lock_id
+    ):
+        mirror.activity(con, lock_id, "ownership_offer_withdrawn", actor_uid=from_uid, target_uid=replaced)
     expires = now + OFFER_TTL
     con.run(
-        "INSERT INTO lock_transfer_offers (lock_id, from_uid, to_uid, offered_at, expires_at)"
-        " VALUES (CAST(:l AS uuid), :f, :t, :n, :e) ON CONFLICT (lock_id) DO UPDATE SET from_uid = EXCLUDED.from_uid,"
-        " to_uid = EXCLUDED.to_uid, offered_at = EXCLUDED.offered_at, expires_at = EXCLUDED.expires_at",
+        "INSERT INTO lock_transfer_offers (lock_id, from_uid, to_uid, offered_at, expires_at, taker_row)"
+        " SELECT CAST(:l AS uuid), :f, :t, :n, :e, row_to_json(m)::text FROM lock_members m"
+        " WHERE m.lock_id = CAST(:l AS uuid) AND m.user_uid = :t",
         l=lock_id,
         f=from_uid,
         t=to_uid,
@@ -60,13 +65,14 @@ def accept(con: Connection, lock_id: str, to_uid: str, max_owned: int, now: dt.d
     owner; 404 ``transfer_not_found`` when none stands: never made, withdrawn, declined, expired, or made by someone
     who no longer owns the lock."""
     rows = con.run(
-        "DELETE FROM lock_transfer_offers WHERE lock_id = CAST(:l AS uuid) AND to_uid = :u AND expires_at > :n"
-        " RETURNING from_uid",
+        "DELETE FROM lock_transfer_offers o WHERE o.lock_id = CAST(:l AS uuid) AND o.to_uid = :u AND o.expires_at > :n"
+        " RETURNING o.from_uid, o.taker_row = (SELECT row_to_json(m)::text FROM lock_members m"
+        " WHERE m.lock_id = o.lock_id AND m.user_uid = o.to_uid)",
         l=lock_id,
         u=to_uid,
         n=now,
     )
-    if not rows:
+    if not rows or not rows[0][1]:  # none, or made to the membership as it was before a change
         raise _none_for_you()
     from_uid = rows[0][0]
     giver = members.get(con, lock_id, from_uid, for_update=True)
