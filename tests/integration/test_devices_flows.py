@@ -845,6 +845,50 @@ def test_a_removal_ends_every_invitation_sent_before_it_whatever_address_it_went
     assert joined.status_code == 201 and joined.get_json()["member"]["role"] == "member", joined.get_json()
 
 
+def test_an_invitation_sent_while_the_invitee_was_a_member_ends_when_their_access_expires(
+    world: World, sign_up: Any, stack_env: dict[str, str]
+) -> None:
+    """Attack run 21: a guest whose access ends in an hour was invited by address as a member (left open: refused as
+    ``already_member``); once the hour was over, the invitation made them a member without end. Their access
+    expiring ends what was sent before it, as a removal does; one sent after it stands."""
+    lock, host, project = world.lock_id, stack_env["FIREBASE_AUTH_EMULATOR_HOST"], stack_env["LOCKWISE_PROJECT_ID"]
+    add = f"/devices/locks/{lock}/members"
+    carol = move_account(host, project, sign_up(email="carol@example.com"), "carol@example.com")
+    assert world.devices.get("/devices/me", headers=bearer(carol)).status_code == 200
+    soon = (dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)).isoformat()
+    join(world.devices, lock, world.accounts["owner"], carol, {"role": "guest", "access": {"expires_at": soon}})
+    resp = world.devices.post(
+        add, json={"email": "carol@example.com", "role": "member"}, headers=world.headers("admin")
+    )
+    assert resp.status_code == 202, resp.get_json()
+    before = resp.get_json()["invitation"]["id"]
+    refused = world.devices.post(f"/devices/invitations/{before}/accept", headers=bearer(carol))
+    assert refused.get_json()["error"]["code"] == "already_member"
+    with get_runtime("devices").db.transaction() as con:  # the hour passes: sent 50 minutes ago, expired a minute ago
+        con.run(
+            "UPDATE invitations SET created_at = now() - interval '50 minutes' WHERE id = CAST(:i AS uuid)", i=before
+        )
+        con.run(
+            "UPDATE lock_members SET expires_at = now() - interval '1 minute'"
+            " WHERE lock_id = CAST(:l AS uuid) AND user_uid = :u",
+            l=lock,
+            u=carol["localId"],
+        )
+    took = world.devices.post(f"/devices/invitations/{before}/accept", headers=bearer(carol))
+    assert (took.status_code, took.get_json()["error"]["code"]) == (404, "invitation_not_found")
+    # the sender still lists the old one (the address may be somebody else's by now): withdrawn, and sent again
+    withdrawn = world.devices.delete(f"/devices/locks/{lock}/invitations/{before}", headers=world.headers("admin"))
+    assert withdrawn.status_code == 204, withdrawn.get_json()
+    resp = world.devices.post(
+        add, json={"email": "carol@example.com", "role": "member"}, headers=world.headers("admin")
+    )
+    assert resp.status_code == 202, resp.get_json()
+    joined = world.devices.post(
+        f"/devices/invitations/{resp.get_json()['invitation']['id']}/accept", headers=bearer(carol)
+    )
+    assert joined.status_code == 201 and joined.get_json()["member"]["role"] == "member", joined.get_json()
+
+
 def test_an_invitation_sent_before_a_removal_stays_ended_after_the_member_rejoins(
     world: World, sign_up: Any, stack_env: dict[str, str]
 ) -> None:

@@ -39,10 +39,13 @@ _ADDRESSED_TO = "(invitee_uid = :u OR (CAST(:verified AS boolean) AND lower(emai
 #: sent after the invitee's last removal from the lock (or their leaving it): a removal ends whatever was sent before
 #: it, also to an address they no longer held when removed (attack run: a member moved their account to another
 #: address, was removed, moved back and accepted an admin invitation to the first address left open), also after
-#: they rejoined (``last_removed_at`` outlives the rejoin, which clears ``revoked_at``: a later attack run)
+#: they rejoined (``last_removed_at`` outlives the rejoin, which clears ``revoked_at``: a later attack run); and
+#: their access expiring ends it as a removal does (attack run 21: an invitation refused as ``already_member`` to a
+#: guest was taken once their hour was over, for a membership without end)
 _SINCE_REMOVAL = (
     "NOT EXISTS (SELECT 1 FROM lock_members r WHERE r.lock_id = invitations.lock_id AND r.user_uid = :u"
-    " AND r.last_removed_at >= invitations.created_at)"
+    " AND (r.last_removed_at >= invitations.created_at"
+    " OR (r.expires_at >= invitations.created_at AND r.expires_at <= :now)))"
 )
 _FOR_INVITEE = _LIVE + " AND " + _ADDRESSED_TO + " AND " + _SINCE_REMOVAL
 
