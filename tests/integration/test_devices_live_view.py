@@ -23,7 +23,7 @@ from lockwise.core.config import get_settings
 from lockwise.core.runtime import get_runtime
 from lockwise.devices import broker_restarts, lock_events, members
 from tests.conftest import PROJECT_ID
-from tests.devices_world import World, build_world, create_lock, hand_over, join
+from tests.devices_world import World, build_world, create_lock, hand_over, join, provision
 from tests.waiting import wait_for
 
 
@@ -588,6 +588,49 @@ def test_a_lock_mirrored_before_the_access_documents_stays_readable_until_mirror
     assert (
         rest_get(host, lock_doc, member) == 200 and rest_get(host, lock_doc, world.accounts["owner"]["idToken"]) == 200
     )
+
+
+def test_the_feed_tells_each_transfer_offer_and_how_it_ended(world: World, stack_env: dict[str, str]) -> None:
+    """Each offer and its end is in the lock's feed, naming the member it was made to (who reads what is about
+    them): replaced by another, declined, ended by their removal, by a re-pairing, taken (attack run 21: the feed
+    never said an offer had ended when it was replaced, or by a removal or a re-pairing)."""
+    devices, lock = world.devices, world.lock_id
+    path = f"/devices/locks/{lock}/transfer"
+
+    def offer(role: str) -> None:
+        made = devices.post(path, json={"uid": world.uid(role)}, headers=world.headers("owner"))
+        assert made.status_code == 202, made.get_json()
+
+    offer("admin")
+    offer("member")  # replaces the admin's
+    assert devices.delete(path, headers=world.headers("member")).status_code == 204
+    offer("member")
+    assert devices.delete(f"/devices/locks/{lock}/members/{world.uid('member')}", headers=world.headers("owner"))
+    offer("admin")
+    issued = devices.post(f"/devices/locks/{lock}/provisioning", headers=world.headers("owner"))
+    provision(devices, issued.get_json()["code"])
+    assert hand_over(devices, lock, world.accounts["owner"], world.accounts["guest_in"]).status_code == 200
+    client = firestore_client(PROJECT_ID, stack_env["FIRESTORE_EMULATOR_HOST"])
+    entries = [e.to_dict() for e in client.collection(f"locks/{lock}/activity").stream()]
+    # compared as a whole, not in order: an offer and the end of the one it replaced share one moment
+    told = sorted(
+        (e["kind"], e.get("reason") or "", e["target_uid"]) for e in entries if str(e["kind"]).startswith("ownership")
+    )
+    admin, member, guest = world.uid("admin"), world.uid("member"), world.uid("guest_in")
+    assert told == sorted(
+        [
+            ("ownership_offered", "", admin),
+            ("ownership_offer_ended", "replaced", admin),
+            ("ownership_offered", "", member),
+            ("ownership_offer_declined", "", member),
+            ("ownership_offered", "", member),
+            ("ownership_offer_ended", "member_left", member),
+            ("ownership_offered", "", admin),
+            ("ownership_offer_ended", "paired_again", admin),
+            ("ownership_offered", "", guest),
+            ("ownership_transferred", "", guest),
+        ]
+    ), told
 
 
 def test_a_guest_made_owner_reads_the_live_view_outside_their_old_window(

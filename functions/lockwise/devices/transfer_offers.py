@@ -1,7 +1,8 @@
 """What ends a lock's standing transfer offer besides its own flow (``lockwise.devices.transfers``): the member it
-names leaving the lock, the giver's account leaving everything, and the lock being paired again. Kept apart from
-``transfers``, which builds on ``locks``, so that ``locks`` and ``provisioning`` can end offers without importing it
-back. Each end is in the lock's feed.
+names leaving the lock, the giver's account leaving everything, the lock being paired again, and a new offer
+replacing it. Kept apart from ``transfers``, which builds on ``locks``, so that ``locks`` and ``provisioning`` can
+end offers without importing it back. Each end is in the lock's feed (``ownership_offer_ended`` with its
+``reason``).
 
 An offer names a member and a device as they were when it was made (a review found both outliving it): removed and
 invited again, even as a guest, the member could still take the lock on the old offer; re-paired by the giver, the
@@ -17,36 +18,23 @@ from lockwise.core.db import Connection
 
 def end_for_taker(con: Connection, lock_id: str, uid: str) -> None:
     """``uid``'s membership of the lock ended: an offer naming them ends with it."""
-    _ended(
-        con,
-        "DELETE FROM lock_transfer_offers WHERE lock_id = CAST(:l AS uuid) AND to_uid = :u"
-        " RETURNING lock_id::text, to_uid",
-        "member_left",
-        l=lock_id,
-        u=uid,
-    )
+    _end(con, "lock_id = CAST(:l AS uuid) AND to_uid = :u", "member_left", l=lock_id, u=uid)
 
 
-def end_for_lock(con: Connection, lock_id: str) -> None:
-    """The lock was paired again: its offer, made for the device it had, ends."""
-    _ended(
-        con,
-        "DELETE FROM lock_transfer_offers WHERE lock_id = CAST(:l AS uuid) RETURNING lock_id::text, to_uid",
-        "paired_again",
-        l=lock_id,
-    )
+def end_for_lock(con: Connection, lock_id: str, reason: str = "paired_again") -> None:
+    """The lock's offer ends: it was paired again (the offer was made for the device it had), or a new offer
+    replaces it (``reason="replaced"``)."""
+    _end(con, "lock_id = CAST(:l AS uuid)", reason, l=lock_id)
 
 
 def end_from(con: Connection, uid: str) -> None:
     """``uid``'s account leaves everything (deleted, in the app or outside it): the offers it made end."""
-    _ended(
-        con,
-        "DELETE FROM lock_transfer_offers WHERE from_uid = :u RETURNING lock_id::text, to_uid",
-        "giver_left",
-        u=uid,
-    )
+    _end(con, "from_uid = :u", "giver_left", u=uid)
 
 
-def _ended(con: Connection, sql: str, reason: str, **params: str) -> None:
-    for lock_id, to_uid in con.run(sql, **params):
+def _end(con: Connection, where: str, reason: str, **params: str) -> None:
+    """Delete the offers ``where`` says, each end in its lock's feed (the member it named reads it)."""
+    for lock_id, to_uid in con.run(
+        f"DELETE FROM lock_transfer_offers WHERE {where} RETURNING lock_id::text, to_uid", **params
+    ):
         mirror.activity(con, lock_id, "ownership_offer_ended", target_uid=to_uid, reason=reason)

@@ -19,7 +19,7 @@ from typing import Any
 
 from lockwise.core import audit, errors, mirror
 from lockwise.core.db import Connection
-from lockwise.devices import locks, members
+from lockwise.devices import locks, members, transfer_offers
 
 #: how long an offer stands
 OFFER_TTL = dt.timedelta(days=7)
@@ -40,10 +40,7 @@ def offer(con: Connection, lock_id: str, from_uid: str, to_uid: str, now: dt.dat
     if target is None or not target.active(now):
         raise errors.NotFound("the new owner must be a current member of the lock", code="member_not_found")
     locks.refuse_a_gone_member(con, to_uid)
-    for (replaced,) in con.run(
-        "DELETE FROM lock_transfer_offers WHERE lock_id = CAST(:l AS uuid) RETURNING to_uid", l=lock_id
-    ):
-        mirror.activity(con, lock_id, "ownership_offer_withdrawn", actor_uid=from_uid, target_uid=replaced)
+    transfer_offers.end_for_lock(con, lock_id, reason="replaced")
     expires = now + OFFER_TTL
     con.run(
         "INSERT INTO lock_transfer_offers (lock_id, from_uid, to_uid, offered_at, expires_at, taker_row)"
