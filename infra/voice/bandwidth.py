@@ -26,7 +26,7 @@ from infra.voice import corpus
 from lockwise.core.config import Settings
 from lockwise.voice import audio, scoring, verification
 from lockwise.voice.audio import DEFAULT_RATE as LOCK_RATE
-from lockwise.voice.model.encoder import CALIBRATIONS, Encoder, load_scorer, open_encoder, policy
+from lockwise.voice.model.encoder import CALIBRATIONS, Encoder, Policy, Scorer, load_scorer, open_encoder, policy
 from lockwise.voice.model.resample import resample
 
 F32 = npt.NDArray[np.float32]
@@ -64,18 +64,24 @@ class Row:
     strangers_raw_max: float
 
 
-def measure(
-    narrow: Path, wide: Path, encoder: Encoder, draws: int, conditions: tuple[str, ...] = tuple(CONDITIONS)
-) -> list[Row]:
-    """A ``Row`` per condition named (``CONDITIONS``' keys)."""
+def gated(encoder: Encoder) -> tuple[Scorer, dict[str, Policy]]:
+    """The door's scorer and its policy with each raw gate compared: none, the floor (``"floor"``: the product's
+    policy) and the raw threshold (also ``infra.voice.unseen``'s)."""
     settings = Settings.from_env({"LOCKWISE_MODE": "local"}, component="verify")
     scorer = load_scorer(settings, encoder)
     shipped = policy(settings, encoder, normalised=scorer.normalised)
-    gates = {
+    return scorer, {
         "none": dataclasses.replace(shipped, raw_gate=None),
         "floor": shipped,
         "raw threshold": dataclasses.replace(shipped, raw_gate=CALIBRATIONS["ge2e"].threshold),
     }
+
+
+def measure(
+    narrow: Path, wide: Path, encoder: Encoder, draws: int, conditions: tuple[str, ...] = tuple(CONDITIONS)
+) -> list[Row]:
+    """A ``Row`` per condition named (``CONDITIONS``' keys)."""
+    scorer, gates = gated(encoder)
     rows = []
     for name in conditions:
         band, condition = CONDITIONS[name]

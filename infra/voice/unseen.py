@@ -17,20 +17,19 @@ its strangers' row as a lower bound on what passes.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import subprocess
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
 
-from infra.voice import corpus
+from infra.voice import bandwidth, corpus
 from lockwise.core.config import Settings
 from lockwise.voice import audio, scoring, verification
 from lockwise.voice.audio import DEFAULT_RATE as LOCK_RATE
-from lockwise.voice.model.encoder import CALIBRATIONS, Encoder, load_scorer, open_encoder, policy
+from lockwise.voice.model.encoder import CALIBRATIONS, Encoder, Policy, open_encoder
 from lockwise.voice.model.voice_activity import DEFAULT_DIR as VAD_DIR
 from lockwise.voice.model.voice_activity import VoiceActivity
 
@@ -135,53 +134,61 @@ class Result:
 
 def measure(found: list[Voice], encoder: Encoder, draws: int, rng: np.random.Generator) -> Result:
     """Owners refused and strangers accepted over ``draws`` voiceprints per voice, per raw gate."""
-    settings = Settings.from_env({"LOCKWISE_MODE": "local"}, component="verify")
-    scorer = load_scorer(settings, encoder)
-    shipped = policy(settings, encoder, normalised=scorer.normalised)
-    rules = {
-        "none": dataclasses.replace(shipped, raw_gate=None),
-        "floor": shipped,
-        "raw threshold": dataclasses.replace(shipped, raw_gate=CALIBRATIONS["ge2e"].threshold),
-    }
-    counts = {gate: [0, 0] for gate in rules}
-    per_voice = {voice.name: [0, 0] for voice in found}
-    owners = strangers = 0
-    stranger_max = -1.0
-    passed = []
+    scorer, rules = bandwidth.gated(encoder)
+    tally = _Tally(rules, {voice.name: [0, 0] for voice in found})
     for voice in found:
         pool = np.flatnonzero(voice.enrollable)
         for _ in range(draws):
             pick = rng.choice(pool, SAMPLES, replace=False)
-            if scoring.agreement(voice.embedded[pick])[0] < shipped.agreement:
+            if scoring.agreement(voice.embedded[pick])[0] < rules["floor"].agreement:
                 continue  # enrollment would refuse these samples
             voiceprint = scoring.voiceprint(voice.embedded[pick])[np.newaxis, :]
             for other in found:
-                own = other is voice
-                probes = np.delete(other.embedded, pick, axis=0) if own else other.embedded
+                probes = np.delete(other.embedded, pick, axis=0) if other is voice else other.embedded
                 for probe in probes:
-                    raw, normalised = scorer.scores(probe, voiceprint)
-                    owners, strangers = owners + own, strangers + (not own)
-                    if not own:
-                        stranger_max = max(stranger_max, float(raw[0]))
-                    for gate, policy_ in rules.items():
-                        wrong = verification.decide(raw, normalised, policy_).accepted is not own
-                        counts[gate][0 if own else 1] += int(wrong)
-                        if gate != "floor":
-                            continue
-                        if own:
-                            per_voice[voice.name][0] += 1
-                            per_voice[voice.name][1] += int(wrong)
-                        elif wrong:
-                            passed.append((voice.name, other.name))
-    return Result(
-        len(found),
-        owners,
-        strangers,
-        {gate: (refused, accepted) for gate, (refused, accepted) in counts.items()},
-        {name: (trials, refused) for name, (trials, refused) in per_voice.items()},
-        stranger_max,
-        passed,
-    )
+                    tally.add(voice.name, other.name, *scorer.scores(probe, voiceprint))
+    return tally.result(len(found))
+
+
+@dataclass
+class _Tally:
+    """The counts ``measure`` keeps, one trial at a time."""
+
+    rules: dict[str, Policy]
+    per_voice: dict[str, list[int]]  # with the product's gate: [owner trials, refused]
+    owners: int = 0
+    strangers: int = 0
+    stranger_max: float = -1.0
+    counts: dict[str, list[int]] = field(default_factory=dict)  # per gate: [owners refused, strangers accepted]
+    passed: list[tuple[str, str]] = field(default_factory=list)
+
+    def add(self, owner: str, speaker: str, raw: F32, normalised: F32) -> None:
+        """One probe of ``speaker`` against a voiceprint of ``owner``, decided under each gate."""
+        own = owner == speaker
+        self.owners, self.strangers = self.owners + own, self.strangers + (not own)
+        if not own:
+            self.stranger_max = max(self.stranger_max, float(raw[0]))
+        wrong = {
+            gate: verification.decide(raw, normalised, rules).accepted is not own for gate, rules in self.rules.items()
+        }
+        for gate, was_wrong in wrong.items():
+            self.counts.setdefault(gate, [0, 0])[0 if own else 1] += int(was_wrong)
+        if own:
+            self.per_voice[owner][0] += 1
+            self.per_voice[owner][1] += int(wrong["floor"])
+        elif wrong["floor"]:
+            self.passed.append((owner, speaker))
+
+    def result(self, voices: int) -> Result:
+        return Result(
+            voices,
+            self.owners,
+            self.strangers,
+            {gate: (refused, accepted) for gate, (refused, accepted) in self.counts.items()},
+            {name: (trials, refused) for name, (trials, refused) in self.per_voice.items()},
+            self.stranger_max,
+            self.passed,
+        )
 
 
 def table(result: Result) -> str:
