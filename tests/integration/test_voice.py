@@ -846,16 +846,12 @@ def test_deleting_voice_data_scrubs_the_attempts_scored_against_it_as_runner_up_
     assert logged() == [world.uid("admin"), None, None, None, None, None]
 
 
-def test_deleting_voice_data_waits_for_a_decision_already_reading_it(
-    clients: dict[str, Any], world: World, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A verify decision that has read the member's voiceprint and is still deciding when the member deletes their
-    voice data: the deletion used to answer 204 at once, then the door opened on that voice and its score (and
-    fingerprint) were written after the deletion (an attack run, 11 of 12 rounds). Now the deletion waits for that
-    decision, then scrubs what it wrote; the next attempt finds no voiceprint."""
+def hold_door_decisions(monkeypatch: pytest.MonkeyPatch) -> tuple[threading.Event, threading.Event]:
+    """Patch verify so that each door decision, once it has read the candidates' voiceprints (the first event set),
+    waits for the test to set the second before its forward pass (on verify's ``forward`` threads only: an
+    enrollment's passes run on)."""
     from lockwise.voice import voiceprints
 
-    assert enroll(clients, world.accounts["member"]).status_code == 201
     encoder_class = served_encoder_class()
     real_embed, real_candidates = encoder_class.embed, voiceprints.candidates
     read, release = threading.Event(), threading.Event()
@@ -866,11 +862,24 @@ def test_deleting_voice_data_waits_for_a_decision_already_reading_it(
         return found
 
     def held_embed(self: Any, samples: Any, rate: int) -> Any:
-        release.wait(30)
+        if threading.current_thread().name.startswith("forward"):
+            release.wait(30)
         return real_embed(self, samples, rate)
 
     monkeypatch.setattr(voiceprints, "candidates", candidates_then_note)
     monkeypatch.setattr(encoder_class, "embed", held_embed)
+    return read, release
+
+
+def test_deleting_voice_data_waits_for_a_decision_already_reading_it(
+    clients: dict[str, Any], world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A verify decision that has read the member's voiceprint and is still deciding when the member deletes their
+    voice data: the deletion used to answer 204 at once, then the door opened on that voice and its score (and
+    fingerprint) were written after the deletion (an attack run, 11 of 12 rounds). Now the deletion waits for that
+    decision, then scrubs what it wrote; the next attempt finds no voiceprint."""
+    assert enroll(clients, world.accounts["member"]).status_code == 201
+    read, release = hold_door_decisions(monkeypatch)
     with ThreadPoolExecutor(2) as pool:
         deciding = pool.submit(signed_verify, clients, world, wav(take()))
         assert read.wait(30)  # the voiceprint is read; the forward pass waits for the test
@@ -1166,26 +1175,9 @@ def test_an_enrollment_begun_while_a_deletion_waits_for_a_door_decision_stores_n
     (``FOR KEY SHARE``), so an enrollment whose first transaction began in that wait began "after" it and stored once
     the deletion committed: DELETE answered 204, the enrollment (begun before that answer) 201 after it, and one
     voiceprint left. The time is now taken last: the enrollment is 409 ``voice_data_deleted``."""
-    from lockwise.voice import voiceprints
-
     account = world.accounts["member"]
     assert enroll(clients, account).status_code == 201
-    encoder_class = served_encoder_class()
-    real_embed, real_candidates = encoder_class.embed, voiceprints.candidates
-    read, release = threading.Event(), threading.Event()
-
-    def candidates_then_note(*args: Any, **kwargs: Any) -> Any:
-        found = real_candidates(*args, **kwargs)
-        read.set()
-        return found
-
-    def held_embed(self: Any, samples: Any, rate: int) -> Any:
-        if threading.current_thread().name.startswith("forward"):  # the door's pass only, not the enrollment's
-            release.wait(30)
-        return real_embed(self, samples, rate)
-
-    monkeypatch.setattr(voiceprints, "candidates", candidates_then_note)
-    monkeypatch.setattr(encoder_class, "embed", held_embed)
+    read, release = hold_door_decisions(monkeypatch)
     again = [pcm_json(s) for s in spoken("allison", 5, start=5)]
     with ThreadPoolExecutor(3) as pool:
         deciding = pool.submit(signed_verify, clients, world, wav(spoken("allison", 1, start=10)[0]))
