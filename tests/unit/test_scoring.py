@@ -104,3 +104,53 @@ def test_a_cosine_stays_within_one_whatever_the_scale() -> None:
     scores = scoring.cosine_scores(probe, prints)
     assert np.all(np.abs(scores) <= 1.0) and scores[1] == pytest.approx(1.0) and scores[2] == pytest.approx(1.0)
     assert scoring.unusable_rows((probe * np.float32(1e-30))[None, :]) == [0]  # no direction left to score
+
+
+def test_of_two_voiceprints_that_pass_as_each_other_only_the_first_to_come_to_the_lock_is_scored() -> None:
+    """The door's rule (``first_come``) on raw cosines: Alice came first; a copy of her voice (Mallory's, enrolled
+    before she joined) came later. Alice speaking was ``ambiguous`` between the two; now the copy is not scored,
+    whichever of the two scores best, and she is accepted as herself. A later voice unlike any earlier one is
+    scored as before, and a door where nobody passes checks no voiceprint."""
+    import datetime as dt
+    from types import SimpleNamespace
+
+    from lockwise.core.config import Settings
+    from lockwise.voice import first_come
+    from lockwise.voice.model.encoder import Scorer, policy
+    from lockwise.voice.verification import decide
+    from lockwise.voice.voiceprints import Candidates
+
+    rules = policy(Settings.from_env({"LOCKWISE_MODE": "local"}, component="verify"), SimpleNamespace(name="ge2e"))
+    day = dt.datetime(2026, 12, 1, tzinfo=dt.UTC)
+    alice, bob = unit(1, 0, 0, 0), unit(0, 1, 0, 0)
+    copy = unit(1, 0.05, 0, 0)  # Alice's voice, other recordings
+    found = Candidates(
+        ["mallory", "alice", "bob"],
+        np.stack([copy, alice, bob]),
+        [],
+        [day + dt.timedelta(days=2), day, day + dt.timedelta(days=1)],
+    )
+    scorer = Scorer()
+    for probe in (unit(1, 0.02, 0.1, 0), unit(1, 0.06, 0.1, 0)):  # nearer Alice's own, nearer the copy
+        raw, scores = scorer.scores(probe, found.prints)
+        assert decide(raw, scores, rules).reason == "ambiguous"  # all three scored
+        decision = first_come.decide(found, raw, scores, rules, scorer, decide)
+        assert decision.accepted and found.uids[decision.best_index] == "alice"
+        assert decision.runner_up_index is not None and found.uids[decision.runner_up_index] == "bob"
+    mallory_first = Candidates(found.uids, found.prints, [], [day, day + dt.timedelta(days=2), day])
+    raw, scores = scorer.scores(unit(1, 0.02, 0.1, 0), found.prints)
+    decision = first_come.decide(mallory_first, raw, scores, rules, scorer, decide)
+    assert decision.accepted and mallory_first.uids[decision.best_index] == "mallory"  # first come, whoever
+    raw, scores = scorer.scores(bob, found.prints)  # a later voice like no earlier one: scored as before
+    assert found.uids[first_come.decide(found, raw, scores, rules, scorer, decide).best_index] == "bob"
+
+    class Counting(Scorer):
+        calls = 0
+
+        def scores(self, probe: np.ndarray, prints: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            Counting.calls += 1
+            return super().scores(probe, prints)
+
+    raw, scores = scorer.scores(unit(0, 0, 0, 1), found.prints)  # nobody's voice
+    assert first_come.decide(found, raw, scores, rules, Counting(), decide).reason == "below_threshold"
+    assert Counting.calls == 0

@@ -176,7 +176,6 @@ def matches_a_neighbour(
     raw, scores = scorer.scores(voiceprint, neighbours.prints)  # as verify would score this voice against them
     for cosine, score, lock_thresholds in zip(raw, scores, neighbours.lock_thresholds, strict=True):
         for lock_threshold in lock_thresholds:
-            rules = policy(settings, encoder, lock_threshold, normalised=scorer.normalised)
-            if score >= rules.threshold and (rules.raw_gate is None or cosine >= rules.raw_gate):
+            if policy(settings, encoder, lock_threshold, normalised=scorer.normalised).passes(cosine, score):
                 return True
     return False

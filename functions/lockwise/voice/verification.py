@@ -29,7 +29,7 @@ from lockwise.core.config import Settings
 from lockwise.core.db import Connection, Database
 from lockwise.core.forking import in_each_child
 from lockwise.devices import commands, lock_auth, lockout
-from lockwise.voice import audio, budgets, known_recordings, scoring, voiceprints
+from lockwise.voice import audio, budgets, first_come, known_recordings, scoring, voiceprints
 from lockwise.voice.model import fingerprint
 from lockwise.voice.model.encoder import Encoder, Policy, Scorer, policy
 from lockwise.voice.model.model_files import ModelError
@@ -385,7 +385,7 @@ class _Attempt:
                 [(s + first[uid]) / 2 if uid in first else s for uid, s in zip(found.uids, scores, strict=True)],
                 dtype=np.float32,
             )
-        decision = decide(raw, scores, rules)
+        decision = first_come.decide(found, raw, scores, rules, self.doors.scorer, decide)
         if first is None:
             decision = _asked_again(decision, rules)
         matched = found.uids[decision.best_index] if decision.best_index is not None else None

@@ -25,6 +25,9 @@ class Candidates:
     uids: list[str]
     prints: scoring.Matrix  # (k, dim)
     stale_uids: list[str]  # allowed now, but enrolled with another model: must re-enroll
+    #: when each voiceprint came to the lock: the later of its membership's start and its enrollment
+    #: (``lockwise.voice.first_come``)
+    arrived: list[dt.datetime]
 
 
 def store(con: Connection, uid: str, model_id: str, samples: scoring.Matrix) -> scoring.Vector:
@@ -116,7 +119,8 @@ def candidates(con: Connection, lock_id: str, model_id: str, dim: int, now: dt.d
         con,
         "SELECT m.lock_id::text AS lock_id, m.user_uid, m.role, m.valid_from, m.valid_until, m.weekdays,"
         " m.day_start_minute, m.day_end_minute, m.timezone, m.expires_at, m.revoked_at,"
-        " v.model_id AS vp_model, v.dim AS vp_dim, v.embedding AS vp_embedding"
+        " v.model_id AS vp_model, v.dim AS vp_dim, v.embedding AS vp_embedding,"
+        " GREATEST(m.created_at, v.created_at) AS vp_arrived"
         " FROM lock_members m JOIN voiceprints v ON v.user_uid = m.user_uid"
         + _SCORED_ACCOUNT.format("m")
         + " WHERE m.lock_id = CAST(:l AS uuid) AND "
@@ -131,8 +135,10 @@ def candidates(con: Connection, lock_id: str, model_id: str, dim: int, now: dt.d
     uids: list[str] = []
     vectors: list[bytes] = []
     stale: list[str] = []
+    arrived: list[dt.datetime] = []
     for row in rows:
         vp_model, vp_dim, vp_embedding = row.pop("vp_model"), row.pop("vp_dim"), row.pop("vp_embedding")
+        vp_arrived = row.pop("vp_arrived")
         if not Membership(**row).may_operate(now):
             continue
         if vp_model != model_id or vp_dim != dim:
@@ -140,5 +146,6 @@ def candidates(con: Connection, lock_id: str, model_id: str, dim: int, now: dt.d
             continue
         uids.append(row["user_uid"])
         vectors.append(bytes(vp_embedding))
+        arrived.append(vp_arrived)
     prints = scoring.from_bytes(b"".join(vectors), dim) if vectors else np.zeros((0, dim), np.float32)
-    return Candidates(uids, prints, stale)
+    return Candidates(uids, prints, stale, arrived)
