@@ -131,18 +131,23 @@ def test_of_two_voiceprints_that_pass_as_each_other_only_the_first_to_come_to_th
         [day + dt.timedelta(days=2), day, day + dt.timedelta(days=1)],
     )
     scorer = Scorer()
-    for probe in (unit(1, 0.02, 0.1, 0), unit(1, 0.06, 0.1, 0)):  # nearer Alice's own, nearer the copy
+
+    def named(at: Candidates, index: int | None) -> str | None:
+        return None if index is None else at.uids[index]
+
+    for probe, nearest in ((unit(1, 0.02, 0.1, 0), "alice"), (unit(1, 0.06, 0.1, 0), "mallory")):
         raw, scores = scorer.scores(probe, found.prints)
-        assert decide(raw, scores, rules).reason == "ambiguous"  # all three scored
+        everyone = decide(raw, scores, rules)  # all three scored
+        assert everyone.reason == "ambiguous" and named(found, everyone.best_index) == nearest
         decision = first_come.decide(found, raw, scores, rules, scorer, decide)
-        assert decision.accepted and found.uids[decision.best_index] == "alice"
-        assert decision.runner_up_index is not None and found.uids[decision.runner_up_index] == "bob"
+        assert decision.accepted and named(found, decision.best_index) == "alice"
+        assert named(found, decision.runner_up_index) == "bob"
     mallory_first = Candidates(found.uids, found.prints, [], [day, day + dt.timedelta(days=2), day])
     raw, scores = scorer.scores(unit(1, 0.02, 0.1, 0), found.prints)
     decision = first_come.decide(mallory_first, raw, scores, rules, scorer, decide)
-    assert decision.accepted and mallory_first.uids[decision.best_index] == "mallory"  # first come, whoever
+    assert decision.accepted and named(mallory_first, decision.best_index) == "mallory"  # first come, whoever
     raw, scores = scorer.scores(bob, found.prints)  # a later voice like no earlier one: scored as before
-    assert found.uids[first_come.decide(found, raw, scores, rules, scorer, decide).best_index] == "bob"
+    assert named(found, first_come.decide(found, raw, scores, rules, scorer, decide).best_index) == "bob"
 
     class Counting(Scorer):
         calls = 0
