@@ -14,7 +14,7 @@ import functions_framework
 from lockwise.core import auth, erasure, errors, health
 from lockwise.core.http import Api, Ctx, JsonBody, Result
 from lockwise.core.runtime import get_runtime
-from lockwise.voice import audio, enrollment, scoring, voiceprints
+from lockwise.voice import audio, enrollment, first_come, scoring, voiceprints
 from lockwise.voice.model.encoder import describe, load_encoder, load_scorer
 from lockwise.voice.model.voice_activity import VoiceActivity
 
@@ -71,7 +71,10 @@ def enroll(ctx: Ctx) -> Result:
 def enrollment_status(ctx: Ctx) -> JsonBody:
     user = app_user(ctx)
     with rt.db.connection() as con:
-        return voiceprints.status(con, user.uid, encoder.model_id)
+        status = voiceprints.status(con, user.uid, encoder.model_id)
+        if status["enrolled"]:
+            status["not_scored_at"] = first_come.set_aside_at(con, user.uid, encoder, scorer, rt.settings, rt.now())
+        return status
 
 
 @api.route("DELETE", "/embed/enrollment")

@@ -266,7 +266,8 @@ def test_a_voice_brought_to_a_lock_where_it_already_is_a_members_is_not_scored_t
     other recordings of the member (Allison) while sharing no lock with her (201) and is then invited: her voice was
     at the door twice, scored alike, and she was refused as ``ambiguous`` (a review of attack run 20). Of two
     voiceprints that pass as each other at a lock, only the one that came to it first is scored: she is let in as
-    herself, and the copy is never scored as the best or the runner-up. Enrolling again would make hers the later
+    herself, and the copy is never scored as the best or the runner-up (its holder is told: ``not_scored_at``).
+    Enrolling again would make hers the later
     one: it is refused (409, the copy is a co-member's voice now) and hers stays."""
     clients = {name: make_client(name) for name in ("devices", "embed", "verify")}
     devices, embed = clients["devices"], clients["embed"]
@@ -296,6 +297,10 @@ def test_a_voice_brought_to_a_lock_where_it_already_is_a_members_is_not_scored_t
             l=world.lock_id,
         )
     assert scored[0][0] >= 6 and scored[0][1] == 0, scored
+    # each is told where their voiceprint is scored: the app shows the stranger that theirs is not, at this lock
+    status = {role: embed.get("/embed/enrollment", headers=world.headers(role)).get_json() for role in world.accounts}
+    assert status["stranger"]["not_scored_at"] == [world.lock_id] and status["member"]["not_scored_at"] == []
+    assert "not_scored_at" not in status["owner"]  # not enrolled
     again = enroll("member", ample[22:27])
     assert (again.status_code, again.get_json()["error"]["code"]) == (409, "voice_matches_member")
     last = _verify_as_a_lock(clients["verify"], world, ample[27], ample[28])

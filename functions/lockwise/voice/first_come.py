@@ -12,6 +12,8 @@ membership's start (an invitation accepted; a re-invitation after a removal star
 (enrolling again starts it again). Ties go to the lower uid. Which voice came first is a fact neither member can
 change afterwards: re-enrolling or being invited again only makes a voiceprint later.
 
+``set_aside_at`` tells a user the locks where their voiceprint is not scored (``GET /embed/enrollment``).
+
 Only the best and the runner-up can change a decision, so only they are checked, and only when the best reaches
 the threshold (nobody passes otherwise): one or two extra scorings of a voiceprint against the candidates, at most
 once each, and none at a door where nobody passes.
@@ -20,14 +22,17 @@ once each, and none at a door where nobody passes.
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import logging
 from collections.abc import Callable
 
 import numpy as np
 import numpy.typing as npt
 
-from lockwise.voice import scoring
-from lockwise.voice.model.encoder import Policy, Scorer
+from lockwise.core.config import Settings
+from lockwise.core.db import Connection
+from lockwise.voice import scoring, voiceprints
+from lockwise.voice.model.encoder import Encoder, Policy, Scorer, policy
 from lockwise.voice.voiceprints import Candidates
 
 logger = logging.getLogger(__name__)
@@ -82,3 +87,20 @@ def _into(decision: scoring.Decision, kept: list[int]) -> scoring.Decision:
         best_index=None if decision.best_index is None else kept[decision.best_index],
         runner_up_index=None if decision.runner_up_index is None else kept[decision.runner_up_index],
     )
+
+
+def set_aside_at(
+    con: Connection, uid: str, encoder: Encoder, scorer: Scorer, settings: Settings, now: dt.datetime
+) -> list[str]:
+    """The locks where ``uid``'s voiceprint is not scored (whenever the earlier member may open the door too): it
+    passes, at the lock's threshold, as the voiceprint of a co-member that came to the lock before it."""
+    found = voiceprints.came_before(con, uid, encoder.model_id, encoder.dim, now)
+    if found.mine is None:  # no voiceprint of this model: none is scored anywhere (``needs_reenrollment``)
+        return []
+    aside = []
+    for lock_id, (threshold, prints) in found.at_locks.items():
+        rules = policy(settings, encoder, threshold, normalised=scorer.normalised)
+        raw, scores = scorer.scores(found.mine, prints)  # as the door scores the later against the earlier
+        if any(rules.passes(float(c), float(s)) for c, s in zip(raw, scores, strict=True)):
+            aside.append(lock_id)
+    return aside

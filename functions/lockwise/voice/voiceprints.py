@@ -81,6 +81,10 @@ class Neighbours:
     lock_thresholds: list[tuple[float | None, ...]]
 
 
+#: when the voiceprint ``{v}`` came to the lock of the membership ``{m}``: the later of the two
+#: (``lockwise.voice.first_come``)
+_ARRIVED = "GREATEST({m}.created_at, {v}.created_at)"
+
 #: whose voiceprint is scored at all (``{}``: the membership's alias): an account Firebase Auth no longer has or has
 #: disabled (``lockwise.core.accounts``) opens no door, at the locks it owns too, and stands in nobody's enrollment
 #: (the same person, signed up again, would be refused as their own old account's voice)
@@ -119,8 +123,9 @@ def candidates(con: Connection, lock_id: str, model_id: str, dim: int, now: dt.d
         con,
         "SELECT m.lock_id::text AS lock_id, m.user_uid, m.role, m.valid_from, m.valid_until, m.weekdays,"
         " m.day_start_minute, m.day_end_minute, m.timezone, m.expires_at, m.revoked_at,"
-        " v.model_id AS vp_model, v.dim AS vp_dim, v.embedding AS vp_embedding,"
-        " GREATEST(m.created_at, v.created_at) AS vp_arrived"
+        " v.model_id AS vp_model, v.dim AS vp_dim, v.embedding AS vp_embedding, "
+        + _ARRIVED.format(m="m", v="v")
+        + " AS vp_arrived"
         " FROM lock_members m JOIN voiceprints v ON v.user_uid = m.user_uid"
         + _SCORED_ACCOUNT.format("m")
         + " WHERE m.lock_id = CAST(:l AS uuid) AND "
@@ -149,3 +154,47 @@ def candidates(con: Connection, lock_id: str, model_id: str, dim: int, now: dt.d
         arrived.append(vp_arrived)
     prints = scoring.from_bytes(b"".join(vectors), dim) if vectors else np.zeros((0, dim), np.float32)
     return Candidates(uids, prints, stale, arrived)
+
+
+@dataclass(frozen=True)
+class CameBefore:
+    """A user's voiceprint and, at each lock they belong to, the voiceprints that came to it before theirs."""
+
+    mine: scoring.Vector | None  # None: no voiceprint of the model
+    at_locks: dict[str, tuple[float | None, scoring.Matrix]]  # lock id -> (its voice threshold, their voiceprints)
+
+
+def came_before(con: Connection, uid: str, model_id: str, dim: int, now: dt.datetime) -> CameBefore:
+    """At each lock ``uid`` holds an active membership of at ``now``, the voiceprints (of ``model_id``) of co-members
+    holding one too (their accounts scored) that came to it before ``uid``'s did (``Candidates.arrived``; ties to
+    the lower uid, in code point order as ``first_come`` compares them)."""
+    rows = con.run(
+        "SELECT mine.lock_id::text, l.voice_threshold, own.embedding, v.embedding"
+        " FROM lock_members mine"
+        " JOIN voiceprints own ON own.user_uid = mine.user_uid AND own.model_id = :m AND own.dim = :d"
+        " JOIN locks l ON l.id = mine.lock_id"
+        " JOIN lock_members theirs ON theirs.lock_id = mine.lock_id AND theirs.user_uid <> mine.user_uid"
+        " JOIN voiceprints v ON v.user_uid = theirs.user_uid AND v.model_id = :m AND v.dim = :d"
+        + _SCORED_ACCOUNT.format("theirs")
+        + " WHERE mine.user_uid = :u AND "
+        + active_sql("mine")
+        + " AND "
+        + active_sql("theirs")
+        + " AND ("
+        + _ARRIVED.format(m="theirs", v="v")
+        + ', theirs.user_uid COLLATE "C") < ('
+        + _ARRIVED.format(m="mine", v="own")
+        + ', mine.user_uid COLLATE "C") ORDER BY 1',
+        u=uid,
+        m=model_id,
+        d=dim,
+        now=now,
+    )
+    grouped: dict[str, tuple[float | None, list[bytes]]] = {}
+    for lock_id, threshold, _, theirs in rows:
+        grouped.setdefault(lock_id, (None if threshold is None else float(threshold), []))[1].append(bytes(theirs))
+    mine = scoring.from_bytes(bytes(rows[0][2]), dim)[0] if rows else None
+    return CameBefore(
+        mine,
+        {lock: (threshold, scoring.from_bytes(b"".join(prints), dim)) for lock, (threshold, prints) in grouped.items()},
+    )
