@@ -7,11 +7,13 @@ import datetime as dt
 import json
 import urllib.request
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, PublicFormat
 
+from lockwise.devices.lock_auth import sign_headers
 from simlock.lock import LockConfig, new_tls_key
 from simlock.lock import pem_of as tls_pem
 
@@ -120,6 +122,24 @@ def build_world(devices: Any, sign_up: Any, supports_open: bool = False) -> Worl
     )
     assert resp.status_code == 204
     return World(devices, accounts, lock_id, credentials, key, tls_key)
+
+
+def verify_as_a_lock(verify: Any, world: World, path: Path, again: Path) -> dict[str, Any]:
+    """``path`` sent to the world's door as a lock sends it; on ``say_again`` the person speaks again (``again``)
+    and that clip follows up."""
+
+    def post(clip: Path, target: str = "/verify") -> dict[str, Any]:
+        body = clip.read_bytes()
+        signed = sign_headers(world.lock_key, world.lock_id, "POST", target, body, content_type="audio/wav")
+        result: dict[str, Any] = verify.post(target, data=body, headers=signed).get_json()
+        return result
+
+    first = post(path)
+    if first["reason"] != "say_again":
+        return first
+    second = post(again, f"/verify?follow_up={first['attempt_id']}")
+    assert second["reason"] != "say_again", "a follow-up is never asked again"
+    return second
 
 
 def verify_email(auth_host: str, project: str, uid: str) -> None:

@@ -286,10 +286,11 @@ def update_member(ctx: Ctx, lock_id: str, uid: str) -> JsonBody:
     body = members.request_body(ctx.json(None), ("role", "access"))
     role = members.parse_role(body.get("role"))
     access = members.parse_access(role, body)
+    now = rt.now()
     with with_denials_audited(user.uid, lock_id, "member.update"), rt.db.transaction() as con:
-        actor = members.require(con, lock_id, user.uid, rt.now(), at_least="admin")
+        actor = members.require(con, lock_id, user.uid, now, at_least="admin")
         target = members.require_target(con, lock_id, uid)
-        updated = locks.update_member(con, lock_id, actor, target, role, access)
+        updated = locks.update_member(con, lock_id, actor, target, role, access, now)
     rt.flush_mirror()
     return {"member": updated.public()}
 

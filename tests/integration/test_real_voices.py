@@ -19,11 +19,9 @@ import pytest
 from infra.voice import bandwidth, unseen
 from infra.voice import calibrate as cal
 from infra.voice import corpus as corpus_builder
-from lockwise.core.runtime import get_runtime
-from lockwise.devices import lock_auth
 from lockwise.voice import audio
 from lockwise.voice.model.encoder import CALIBRATIONS, Encoder, open_encoder
-from tests.devices_world import World, bearer, build_world, join
+from tests.devices_world import World, bearer, build_world, verify_as_a_lock
 from tests.voices import CORPUS_CACHE, wideband_dir
 
 pytestmark = pytest.mark.model
@@ -181,24 +179,6 @@ def _wav_json(path: Path) -> dict[str, str]:
     return {"wav_base64": base64.b64encode(path.read_bytes()).decode()}
 
 
-def _verify_as_a_lock(verify: Any, world: World, path: Path, again: Path) -> dict[str, Any]:
-    """``path`` sent to the world's door as a lock sends it; on ``say_again`` the person speaks again (``again``)
-    and that clip follows up."""
-
-    def post(clip: Path, target: str = "/verify") -> dict[str, Any]:
-        body = clip.read_bytes()
-        signed = lock_auth.sign_headers(world.lock_key, world.lock_id, "POST", target, body, content_type="audio/wav")
-        result: dict[str, Any] = verify.post(target, data=body, headers=signed).get_json()
-        return result
-
-    first = post(path)
-    if first["reason"] != "say_again":
-        return first
-    second = post(again, f"/verify?follow_up={first['attempt_id']}")
-    assert second["reason"] != "say_again", "a follow-up is never asked again"
-    return second
-
-
 def test_a_real_voice_opens_the_door_and_other_real_voices_do_not(
     ge2e_env: dict[str, str], make_client: Any, sign_up: Any, corpus: Path
 ) -> None:
@@ -224,7 +204,7 @@ def test_a_real_voice_opens_the_door_and_other_real_voices_do_not(
     assert resp.status_code == 201, resp.get_json()
 
     def verify(path: Path, again: Path) -> dict[str, Any]:
-        return _verify_as_a_lock(clients["verify"], world, path, again)
+        return verify_as_a_lock(clients["verify"], world, path, again)
 
     own = [verify(p, again) for p, again in zip(ample[10:15], ample[15:20], strict=True)]
     assert sum(r["decision"] == "accepted" for r in own) >= 4, [r.get("score") for r in own]
@@ -257,54 +237,6 @@ def test_enrollment_refuses_a_voice_that_already_belongs_to_someone_sharing_a_lo
     assert enroll("admin", "june", 0).status_code == 201  # their own, different voice
     # someone who shares no lock with her is not compared (enrollment is not a search of everyone's voice)
     assert enroll("stranger", "allison", 5).status_code == 201
-
-
-def test_a_voice_brought_to_a_lock_where_it_already_is_a_members_is_not_scored_there(
-    ge2e_env: dict[str, str], make_client: Any, sign_up: Any, corpus: Path
-) -> None:
-    """Enrollment compares a voice with the voices of those the user shares a lock with then. The stranger enrolls
-    other recordings of the member (Allison) while sharing no lock with her (201) and is then invited: her voice was
-    at the door twice, scored alike, and she was refused as ``ambiguous`` (a review of attack run 20). Of two
-    voiceprints that pass as each other at a lock, only the one that came to it first is scored: she is let in as
-    herself, and the copy is never scored as the best or the runner-up (its holder is told: ``not_scored_at``).
-    Enrolling again would make hers the later
-    one: it is refused (409, the copy is a co-member's voice now) and hers stays."""
-    clients = {name: make_client(name) for name in ("devices", "embed", "verify")}
-    devices, embed = clients["devices"], clients["embed"]
-    world: World = build_world(devices, sign_up)
-    allison = sorted((corpus / "allison").glob("en-*.wav"))
-    ample = [p for p in allison[:120] if audio.speech_seconds(*_samples(p)) >= 3.0]
-
-    def enroll(role: str, clips: list[Path]) -> Any:
-        return embed.put(
-            "/embed/enrollment", json={"samples": [_wav_json(p) for p in clips]}, headers=world.headers(role)
-        )
-
-    assert enroll("member", ample[:5]).status_code == 201
-    assert enroll("stranger", ample[5:10]).status_code == 201  # nobody shares a lock with the stranger yet
-    join(devices, world.lock_id, world.accounts["owner"], world.accounts["stranger"], {"role": "member"})
-    answers = [
-        _verify_as_a_lock(clients["verify"], world, p, again)
-        for p, again in zip(ample[10:16], ample[16:22], strict=True)
-    ]
-    assert sum(a["decision"] == "accepted" for a in answers) >= 5, [a["reason"] for a in answers]
-    assert {a.get("member_uid") for a in answers if a["decision"] == "accepted"} == {world.uid("member")}
-    with get_runtime("verify").db.connection() as con:
-        scored = con.run(
-            "SELECT count(*), count(*) FILTER (WHERE :s IN (best_uid, runner_up_uid)) FROM verification_attempts"
-            " WHERE lock_id = CAST(:l AS uuid) AND best_uid IS NOT NULL",
-            s=world.uid("stranger"),
-            l=world.lock_id,
-        )
-    assert scored[0][0] >= 6 and scored[0][1] == 0, scored
-    # each is told where their voiceprint is scored: the app shows the stranger that theirs is not, at this lock
-    status = {role: embed.get("/embed/enrollment", headers=world.headers(role)).get_json() for role in world.accounts}
-    assert status["stranger"]["not_scored_at"] == [world.lock_id] and status["member"]["not_scored_at"] == []
-    assert "not_scored_at" not in status["owner"]  # not enrolled
-    again = enroll("member", ample[22:27])
-    assert (again.status_code, again.get_json()["error"]["code"]) == (409, "voice_matches_member")
-    last = _verify_as_a_lock(clients["verify"], world, ample[27], ample[28])
-    assert (last["decision"], last.get("member_uid")) == ("accepted", world.uid("member"))
 
 
 def test_wideband_speech_as_a_lock_records_it_passes_nobody_for_someone_else(encoder: Encoder, corpus: Path) -> None:

@@ -106,11 +106,12 @@ def test_a_cosine_stays_within_one_whatever_the_scale() -> None:
     assert scoring.unusable_rows((probe * np.float32(1e-30))[None, :]) == [0]  # no direction left to score
 
 
-def test_of_two_voiceprints_that_pass_as_each_other_only_the_first_to_come_to_the_lock_is_scored() -> None:
+def test_of_two_voiceprints_that_pass_as_each_other_only_the_one_going_first_is_scored() -> None:
     """The door's rule (``first_come``) on raw cosines: Alice came first; a copy of her voice (Mallory's, enrolled
     before she joined) came later. Alice speaking was ``ambiguous`` between the two; now the copy is not scored,
-    whichever of the two scores best, and she is accepted as herself. A later voice unlike any earlier one is
-    scored as before, and a door where nobody passes checks no voiceprint."""
+    whichever of the two scores best, and she is accepted as herself. The lock's owner goes before everyone, when
+    she came too. A later voice unlike any earlier one is scored as before, and a door where nobody passes scores
+    no voiceprint against another."""
     import datetime as dt
     from types import SimpleNamespace
 
@@ -124,17 +125,19 @@ def test_of_two_voiceprints_that_pass_as_each_other_only_the_first_to_come_to_th
     day = dt.datetime(2026, 12, 1, tzinfo=dt.UTC)
     alice, bob = unit(1, 0, 0, 0), unit(0, 1, 0, 0)
     copy = unit(1, 0.05, 0, 0)  # Alice's voice, other recordings
-    found = Candidates(
-        ["mallory", "alice", "bob"],
-        np.stack([copy, alice, bob]),
-        [],
-        [day + dt.timedelta(days=2), day, day + dt.timedelta(days=1)],
-    )
-    scorer = Scorer()
+    uids = ["mallory", "alice", "bob"]
+
+    def at_lock(owner: str, *days: int) -> Candidates:
+        came = [day + dt.timedelta(days=d) for d in days]
+        return Candidates(
+            uids, np.stack([copy, alice, bob]), [], [(u != owner, t, u) for u, t in zip(uids, came, strict=True)]
+        )
 
     def named(at: Candidates, index: int | None) -> str | None:
         return None if index is None else at.uids[index]
 
+    scorer = Scorer()
+    found = at_lock("bob", 2, 0, 1)  # Mallory came last
     for probe, nearest in ((unit(1, 0.02, 0.1, 0), "alice"), (unit(1, 0.06, 0.1, 0), "mallory")):
         raw, scores = scorer.scores(probe, found.prints)
         everyone = decide(raw, scores, rules)  # all three scored
@@ -142,20 +145,38 @@ def test_of_two_voiceprints_that_pass_as_each_other_only_the_first_to_come_to_th
         decision = first_come.decide(found, raw, scores, rules, scorer, decide)
         assert decision.accepted and named(found, decision.best_index) == "alice"
         assert named(found, decision.runner_up_index) == "bob"
-    mallory_first = Candidates(found.uids, found.prints, [], [day, day + dt.timedelta(days=2), day])
     raw, scores = scorer.scores(unit(1, 0.02, 0.1, 0), found.prints)
-    decision = first_come.decide(mallory_first, raw, scores, rules, scorer, decide)
-    assert decision.accepted and named(mallory_first, decision.best_index) == "mallory"  # first come, whoever
+    for owner, days, first in (("bob", (0, 2, 0), "mallory"), ("alice", (0, 2, 1), "alice")):
+        decision = first_come.decide(at_lock(owner, *days), raw, scores, rules, scorer, decide)
+        assert decision.accepted and named(found, decision.best_index) == first  # came first, or owns the lock
     raw, scores = scorer.scores(bob, found.prints)  # a later voice like no earlier one: scored as before
     assert named(found, first_come.decide(found, raw, scores, rules, scorer, decide).best_index) == "bob"
+    assert first_come.set_aside(found, scorer, rules).tolist() == [True, False, False]
 
     class Counting(Scorer):
         calls = 0
 
-        def scores(self, probe: np.ndarray, prints: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        def pairwise(self, prints: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             Counting.calls += 1
-            return super().scores(probe, prints)
+            return super().pairwise(prints)
 
     raw, scores = scorer.scores(unit(0, 0, 0, 1), found.prints)  # nobody's voice
     assert first_come.decide(found, raw, scores, rules, Counting(), decide).reason == "below_threshold"
     assert Counting.calls == 0
+
+
+def test_pairwise_scores_are_each_voiceprint_scored_as_a_probe_against_all() -> None:
+    """``Scorer.pairwise`` (one product, each row's cohort statistics once) is ``scores`` row by row, AS-norm too."""
+    from lockwise.voice.model.cohort import Cohort
+    from lockwise.voice.model.encoder import Scorer
+
+    rng = np.random.default_rng(7)
+    prints = rng.standard_normal((6, 16)).astype(np.float32)
+    cohort = Cohort(scoring.normalise(rng.standard_normal((40, 16))), top_k=5, model_id="test")
+    for scorer in (Scorer(), Scorer(cohort)):
+        raw, scores = scorer.pairwise(prints)
+        for i in range(len(prints)):
+            one_raw, one = scorer.scores(prints[i], prints)
+            np.testing.assert_allclose(raw[i], one_raw, atol=1e-6)
+            np.testing.assert_allclose(scores[i], one, atol=1e-5)
+        assert scorer.normalised is (scorer.cohort is not None)

@@ -170,12 +170,17 @@ def matches_a_neighbour(
     settings: Settings,
 ) -> bool:
     """Whether the new voiceprint would pass as someone who shares a lock with the user, at any of the locks they
-    share, at its threshold: enrolling another member's recordings would otherwise make their own voice ambiguous
-    (and lock them out). Every shared lock is a door of its own (attack run 20: a default lock beside one set lower
-    stood for both, and on raw cosines the lower one let a near-copy of a voice enroll)."""
+    share, at its threshold: a member enrolling another member's recordings would otherwise take their voice at the
+    door (``first_come``: the earlier of the two is scored, so the victim's own, but only while it is there and of
+    the served model). Every shared lock is a door of its own (attack run 20: a default lock beside one set lower
+    stood for both, and on raw cosines the lower one let a near-copy of a voice enroll). Not at a lock the user
+    owns: her voice is hers at her own door, a co-member's like voice is set aside there (after an encoder change
+    or her deleting her voice data, a guest who enrolled her recordings first refused her own enrollment: attack
+    run 22)."""
     raw, scores = scorer.scores(voiceprint, neighbours.prints)  # as verify would score this voice against them
-    for cosine, score, lock_thresholds in zip(raw, scores, neighbours.lock_thresholds, strict=True):
-        for lock_threshold in lock_thresholds:
-            if policy(settings, encoder, lock_threshold, normalised=scorer.normalised).passes(cosine, score):
+    for cosine, score, shared in zip(raw, scores, neighbours.shared_locks, strict=True):
+        for lock_threshold, owned in shared:
+            rules = policy(settings, encoder, lock_threshold, normalised=scorer.normalised)
+            if not owned and rules.passes(float(cosine), float(score)):
                 return True
     return False

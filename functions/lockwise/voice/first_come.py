@@ -1,22 +1,28 @@
-"""One voice, one member at a door: of two voiceprints at a lock that pass as each other, the one that came there
-first is scored, the later one is not.
+"""One voice, one member at a door: of two voiceprints at a lock that pass as each other, only the one that goes
+first there is scored: the lock's owner's, else the one that came to the lock first.
 
 Enrollment refuses a voice that passes as a co-member's (409 ``voice_matches_member``), but only among the people
-the user shares a lock with when they enroll. Someone who enrolled a member's recordings before sharing a lock with
-them, and was then invited to it, brought that member's voice to the door twice: the two scored alike, the decision
-was ``ambiguous``, and the member stood outside their own door (a review of attack run 20). Joining is the devices
-function's, which loads no voice code, so the rule is kept where voices are scored.
+the user shares a lock with when they enroll, and only against voiceprints of the served model. Someone who enrolled
+a member's recordings before sharing a lock with them, and was then invited to it, brought that member's voice to
+the door twice: the two scored alike, the decision was ``ambiguous``, and the member stood outside their own door
+(a review of attack run 20). Joining is the devices function's, which loads no voice code, so the rule is kept where
+voices are scored.
 
-A voiceprint *came to* a lock when both the membership and the voiceprint were there: the later of the
-membership's start (an invitation accepted; a re-invitation after a removal starts it again) and the enrollment
-(enrolling again starts it again). Ties go to the lower uid. Which voice came first is a fact neither member can
-change afterwards: re-enrolling or being invited again only makes a voiceprint later.
+Which goes first (``Candidates.precedence``):
+- the lock's owner, always: after an encoder change (every voiceprint stale, none compared) or after deleting her
+  voice data, a guest holding her recordings could enroll them before she enrolled again, and her voice opened her
+  own door as the guest's, her enrollment refused (attack run 22). She may enroll a voice like a co-member's at the
+  locks she owns (``enrollment.matches_a_neighbour``); theirs is then set aside there;
+- else the voiceprint that came to the lock first: the later of the membership's start (an invitation accepted, or
+  a membership brought back from its expiry: both start it again) and the enrollment (enrolling again starts it
+  again). Ties go to the lower uid. Neither member can move theirs earlier: re-enrolling or joining again only
+  makes it later. Between two members who are not the owner, whoever enrolls first after an encoder change keeps
+  the voice (README: left).
 
+Only when the best score reaches the threshold (nobody passes otherwise) are the candidates' voiceprints scored
+against each other, in one product (``Scorer.pairwise``), and the decision taken again without those set aside:
+an owner with a thousand copies of one voice at her door costs one (k, k) product, not k scorings each.
 ``set_aside_at`` tells a user the locks where their voiceprint is not scored (``GET /embed/enrollment``).
-
-Only the best and the runner-up can change a decision, so only they are checked, and only when the best reaches
-the threshold (nobody passes otherwise): one or two extra scorings of a voiceprint against the candidates, at most
-once each, and none at a door where nobody passes.
 """
 
 from __future__ import annotations
@@ -44,49 +50,37 @@ def decide(
     found: Candidates, raw: Scores, scores: Scores, rules: Policy, scorer: Scorer, decide_one: DoorDecision
 ) -> scoring.Decision:
     """``decide_one`` (the door's decision) on the candidates ``found``, each scored ``raw``/``scores``, with every
-    voiceprint that passes as one which came to the lock before it left out. The decision's indices are into
-    ``found``."""
-    kept = list(range(len(found.uids)))
-    checked: set[int] = set()
-    while True:
-        decision = decide_one(raw[kept], scores[kept], rules)
-        suspects = [decision.best_index] if decision.best is not None and decision.best >= rules.threshold else []
-        if decision.reason == "ambiguous":
-            suspects.append(decision.runner_up_index)
-        later = next(
-            (i for i in suspects if i is not None and _came_after_its_like(found, kept[i], scorer, rules, checked)),
-            None,
-        )
-        if later is None:
-            return _into(decision, kept)
-        logger.warning(
-            "a voiceprint passes as one that came to this lock before it: not scored there",
-            extra={"fields": {"user_uid": found.uids[kept[later]]}},
-        )
-        del kept[later]
-
-
-def _came_after_its_like(found: Candidates, index: int, scorer: Scorer, rules: Policy, checked: set[int]) -> bool:
-    """Whether candidate ``index`` passes, at this door, as a candidate that came to the lock before it (each
-    candidate is checked once a decision)."""
-    if index in checked:
-        return False
-    checked.add(index)
-    mine = (found.arrived[index], found.uids[index])
-    earlier = [i for i in range(len(found.uids)) if (found.arrived[i], found.uids[i]) < mine]
-    if not earlier:
-        return False
-    raw, scores = scorer.scores(found.prints[index], found.prints[earlier])
-    return any(rules.passes(float(c), float(s)) for c, s in zip(raw, scores, strict=True))
-
-
-def _into(decision: scoring.Decision, kept: list[int]) -> scoring.Decision:
-    """``decision``, taken among the ``kept`` candidates, with its indices into all of them."""
-    return dataclasses.replace(
-        decision,
-        best_index=None if decision.best_index is None else kept[decision.best_index],
-        runner_up_index=None if decision.runner_up_index is None else kept[decision.runner_up_index],
+    voiceprint that passes as one going before it left out. The decision's indices are into ``found``."""
+    decision = decide_one(raw, scores, rules)
+    if decision.best is None or not decision.best >= rules.threshold:  # nobody passes: nobody to keep apart
+        return decision
+    aside = set_aside(found, scorer, rules)
+    if not aside.any():
+        return decision
+    logger.info(
+        "voiceprints passing as one that goes before them at this lock were not scored",
+        extra={"fields": {"user_uids": [found.uids[i] for i in np.flatnonzero(aside)]}},
     )
+    kept = np.flatnonzero(~aside)
+    taken = decide_one(raw[kept], scores[kept], rules)
+    return dataclasses.replace(
+        taken,
+        best_index=None if taken.best_index is None else int(kept[taken.best_index]),
+        runner_up_index=None if taken.runner_up_index is None else int(kept[taken.runner_up_index]),
+    )
+
+
+def set_aside(found: Candidates, scorer: Scorer, rules: Policy) -> npt.NDArray[np.bool_]:
+    """Which of the candidates ``found`` pass, at this door, as a candidate that goes before them (``(k,)``)."""
+    raw, scores = scorer.pairwise(found.prints)
+    like = scores >= rules.threshold
+    if rules.raw_gate is not None:
+        like &= raw >= rules.raw_gate
+    order = np.empty(len(found.uids), np.int64)
+    order[sorted(range(len(found.uids)), key=found.precedence.__getitem__)] = np.arange(len(found.uids))
+    before = order[None, :] < order[:, None]  # [j, i]: i goes before j (never i == j)
+    aside: npt.NDArray[np.bool_] = np.asarray((like & before).any(axis=1), dtype=np.bool_)
+    return aside
 
 
 def set_aside_at(

@@ -25,9 +25,9 @@ class Candidates:
     uids: list[str]
     prints: scoring.Matrix  # (k, dim)
     stale_uids: list[str]  # allowed now, but enrolled with another model: must re-enroll
-    #: when each voiceprint came to the lock: the later of its membership's start and its enrollment
-    #: (``lockwise.voice.first_come``)
-    arrived: list[dt.datetime]
+    #: which of two like voices at the lock is scored (``lockwise.voice.first_come``): the lower of
+    #: (not the lock's owner, when the voiceprint came to the lock, uid)
+    precedence: list[tuple[bool, dt.datetime, str]]
 
 
 def store(con: Connection, uid: str, model_id: str, samples: scoring.Matrix) -> scoring.Vector:
@@ -71,19 +71,21 @@ def status(con: Connection, uid: str, current_model_id: str) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class Neighbours:
-    """Voiceprints of the people who share a lock with a user, each with the voice thresholds of the locks they
-    share (None for a lock on the encoder's default). Each is a door of its own: which is most lenient depends on the
-    scale (on raw cosines a threshold under the default is; on normalised scores, where a lock's threshold is a gate
-    above the floor, the default is), so the enrollment checks every one."""
+    """Voiceprints of the people who share a lock with a user, each with the locks they share: the lock's voice
+    threshold (None: the encoder's default) and whether the user owns it. Each is a door of its own: which is most
+    lenient depends on the scale (on raw cosines a threshold under the default is; on normalised scores, where a
+    lock's threshold is a gate above the floor, the default is), so the enrollment checks every one."""
 
     uids: list[str]
     prints: scoring.Matrix  # (k, dim)
-    lock_thresholds: list[tuple[float | None, ...]]
+    shared_locks: list[tuple[tuple[float | None, bool], ...]]  # per voiceprint: (threshold, the user owns it)
 
 
 #: when the voiceprint ``{v}`` came to the lock of the membership ``{m}``: the later of the two
 #: (``lockwise.voice.first_come``)
 _ARRIVED = "GREATEST({m}.created_at, {v}.created_at)"
+#: ``Candidates.precedence`` in SQL (false sorts first; uids in code point order, as Python compares them)
+_PRECEDENCE = "({m}.role <> 'owner', " + _ARRIVED + ', {m}.user_uid COLLATE "C")'
 
 #: whose voiceprint is scored at all (``{}``: the membership's alias): an account Firebase Auth no longer has or has
 #: disabled (``lockwise.core.accounts``) opens no door, at the locks it owns too, and stands in nobody's enrollment
@@ -95,7 +97,8 @@ def co_members(con: Connection, uid: str, model_id: str, dim: int, now: dt.datet
     """The voiceprints (of ``model_id``) of everyone holding an active membership at ``now`` of a lock ``uid``
     belongs to at ``now`` (their accounts scored: ``_SCORED_ACCOUNT``)."""
     rows = con.run(
-        "SELECT v.user_uid, v.embedding, array_agg(DISTINCT l.voice_threshold)"
+        "SELECT v.user_uid, v.embedding, array_agg(l.voice_threshold ORDER BY l.id),"
+        " array_agg(mine.role = 'owner' ORDER BY l.id)"
         " FROM lock_members mine"
         " JOIN lock_members theirs ON theirs.lock_id = mine.lock_id AND theirs.user_uid <> mine.user_uid"
         " JOIN locks l ON l.id = mine.lock_id"
@@ -112,8 +115,10 @@ def co_members(con: Connection, uid: str, model_id: str, dim: int, now: dt.datet
         now=now,
     )
     prints = scoring.from_bytes(b"".join(bytes(r[1]) for r in rows), dim) if rows else np.zeros((0, dim), np.float32)
-    thresholds = [tuple(None if t is None else float(t) for t in r[2]) for r in rows]
-    return Neighbours([r[0] for r in rows], prints, thresholds)
+    shared = [
+        tuple((None if t is None else float(t), bool(owned)) for t, owned in zip(r[2], r[3], strict=True)) for r in rows
+    ]
+    return Neighbours([r[0] for r in rows], prints, shared)
 
 
 def candidates(con: Connection, lock_id: str, model_id: str, dim: int, now: dt.datetime) -> Candidates:
@@ -140,7 +145,7 @@ def candidates(con: Connection, lock_id: str, model_id: str, dim: int, now: dt.d
     uids: list[str] = []
     vectors: list[bytes] = []
     stale: list[str] = []
-    arrived: list[dt.datetime] = []
+    precedence: list[tuple[bool, dt.datetime, str]] = []
     for row in rows:
         vp_model, vp_dim, vp_embedding = row.pop("vp_model"), row.pop("vp_dim"), row.pop("vp_embedding")
         vp_arrived = row.pop("vp_arrived")
@@ -151,14 +156,14 @@ def candidates(con: Connection, lock_id: str, model_id: str, dim: int, now: dt.d
             continue
         uids.append(row["user_uid"])
         vectors.append(bytes(vp_embedding))
-        arrived.append(vp_arrived)
+        precedence.append((row["role"] != "owner", vp_arrived, row["user_uid"]))
     prints = scoring.from_bytes(b"".join(vectors), dim) if vectors else np.zeros((0, dim), np.float32)
-    return Candidates(uids, prints, stale, arrived)
+    return Candidates(uids, prints, stale, precedence)
 
 
 @dataclass(frozen=True)
 class CameBefore:
-    """A user's voiceprint and, at each lock they belong to, the voiceprints that came to it before theirs."""
+    """A user's voiceprint and, at each lock they belong to, the voiceprints that go before theirs there."""
 
     mine: scoring.Vector | None  # None: no voiceprint of the model
     at_locks: dict[str, tuple[float | None, scoring.Matrix]]  # lock id -> (its voice threshold, their voiceprints)
@@ -166,8 +171,7 @@ class CameBefore:
 
 def came_before(con: Connection, uid: str, model_id: str, dim: int, now: dt.datetime) -> CameBefore:
     """At each lock ``uid`` holds an active membership of at ``now``, the voiceprints (of ``model_id``) of co-members
-    holding one too (their accounts scored) that came to it before ``uid``'s did (``Candidates.arrived``; ties to
-    the lower uid, in code point order as ``first_come`` compares them)."""
+    holding one too (their accounts scored) that go before ``uid``'s there (``Candidates.precedence``)."""
     rows = con.run(
         "SELECT mine.lock_id::text, l.voice_threshold, own.embedding, v.embedding"
         " FROM lock_members mine"
@@ -180,11 +184,11 @@ def came_before(con: Connection, uid: str, model_id: str, dim: int, now: dt.date
         + active_sql("mine")
         + " AND "
         + active_sql("theirs")
-        + " AND ("
-        + _ARRIVED.format(m="theirs", v="v")
-        + ', theirs.user_uid COLLATE "C") < ('
-        + _ARRIVED.format(m="mine", v="own")
-        + ', mine.user_uid COLLATE "C") ORDER BY 1',
+        + " AND "
+        + _PRECEDENCE.format(m="theirs", v="v")
+        + " < "
+        + _PRECEDENCE.format(m="mine", v="own")
+        + " ORDER BY 1",
         u=uid,
         m=model_id,
         d=dim,

@@ -53,6 +53,17 @@ class Cohort:
         )
         return normalised
 
+    def normalise_pairs(self, raw: F32, unit: F32) -> F32:
+        """AS-norm of ``raw`` (k, k), the cosines of each of the unit rows ``unit`` (k, d) with each: row ``i`` is
+        ``normalise`` of row ``i`` as the probe against all of them, each row's statistics taken once."""
+        if len(raw) == 0:
+            return np.zeros((0, 0), np.float32)
+        mean, std = self.stats(unit)
+        normalised: F32 = (((raw - mean[None, :]) / std[None, :] + (raw - mean[:, None]) / std[:, None]) / 2).astype(
+            np.float32
+        )
+        return normalised
+
 
 def save(folder: Path, embeddings: F32, top_k: int, model_id: str, sources: dict[str, Any]) -> Path:
     """Write ``cohort.npz`` and its manifest (model, size, checksum and where the clips came from) into ``folder``."""

@@ -171,6 +171,17 @@ class Scorer:
             return raw, raw
         return raw, self.cohort.normalise(raw, scoring.normalise(probe), scoring.normalise(prints))
 
+    def pairwise(self, prints: npt.NDArray[np.float32]) -> tuple[F32, F32]:
+        """(raw cosines, decision scores) of each row of ``prints`` (k, d) with each, (k, k): row ``i`` is
+        ``scores(prints[i], prints)``, in one product (each row's cohort statistics taken once, not k times)."""
+        from lockwise.voice import scoring
+
+        unit = scoring.normalise(prints)
+        raw: F32 = np.clip(unit @ unit.T, -1.0, 1.0).astype(np.float32)
+        if self.cohort is None:
+            return raw, raw
+        return raw, self.cohort.normalise_pairs(raw, unit)
+
 
 def load_scorer(settings: Settings, encoder: Encoder) -> Scorer:
     """The encoder's scorer: AS-norm when its files carry a cohort (checked against its model id), else raw."""
