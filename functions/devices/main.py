@@ -243,7 +243,17 @@ def add_member(ctx: Ctx, lock_id: str) -> Result:
     with with_denials_audited(user.uid, lock_id, "member.invite"), rt.db.transaction() as con:
         now = rt.now()
         actor = members.require(con, lock_id, user.uid, now, at_least="admin")
-        invitation = invitations.invite(con, lock_id, actor, invitee, role, access, rt.settings.invitation_ttl_s, now)
+        invitation = invitations.invite(
+            con,
+            lock_id,
+            actor,
+            invitee,
+            role,
+            access,
+            rt.settings.invitation_ttl_s,
+            now,
+            members_per_lock=rt.settings.members_per_lock,
+        )
     return {"invitation": invitation}, 202
 
 
@@ -267,7 +277,7 @@ def my_invitations(ctx: Ctx) -> JsonBody:
 def accept_invitation(ctx: Ctx, invitation_id: str) -> Result:
     user = invitations.answering_as(rt.db, invitation_id, app_user(ctx), current_address)
     with rt.db.transaction() as con:
-        joined = invitations.accept(con, invitation_id, user, rt.now())
+        joined = invitations.accept(con, invitation_id, user, rt.now(), members_per_lock=rt.settings.members_per_lock)
     rt.flush_mirror()
     return {"lock_id": joined.lock_id, "member": joined.public()}, 201
 
@@ -290,7 +300,9 @@ def update_member(ctx: Ctx, lock_id: str, uid: str) -> JsonBody:
     with with_denials_audited(user.uid, lock_id, "member.update"), rt.db.transaction() as con:
         actor = members.require(con, lock_id, user.uid, now, at_least="admin")
         target = members.require_target(con, lock_id, uid)
-        updated = locks.update_member(con, lock_id, actor, target, role, access, now)
+        updated = locks.update_member(
+            con, lock_id, actor, target, role, access, now, members_per_lock=rt.settings.members_per_lock
+        )
     rt.flush_mirror()
     return {"member": updated.public()}
 

@@ -257,6 +257,61 @@ def test_pairing_codes_and_owned_locks_are_bounded(world: World, sign_up: Any, m
     assert too_many.status_code == 409 and too_many.get_json()["error"]["code"] == "too_many_locks"
 
 
+def test_a_lock_has_so_many_members_open_invitations_included(
+    world: World, sign_up: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each member is a voiceprint the door scores at every attempt, and like voices are scored against each other:
+    an owner's thousand accounts at one door cost seconds an attempt (attack run 22). A lock has at most
+    ``LOCKWISE_MEMBERS_PER_LOCK`` members: inviting past it counts the open invitations, accepting and bringing a
+    member back from its expiry count the members; each is 409 ``too_many_members``. The world has 5 active
+    members (the removed one is not counted)."""
+    runtime = get_runtime("devices")
+    settings = runtime.settings
+    owner = world.headers("owner")
+    members = f"/devices/locks/{world.lock_id}/members"
+
+    def capped(limit: int) -> None:
+        monkeypatch.setattr(runtime, "settings", dataclasses.replace(settings, members_per_lock=limit))
+
+    def invite(account: dict[str, Any]) -> Any:
+        return world.devices.post(members, json={"uid": account["localId"], "role": "member"}, headers=owner)
+
+    def code(resp: Any) -> tuple[int, str]:
+        return resp.status_code, resp.get_json()["error"]["code"]
+
+    late, later = sign_up(), sign_up()
+    for account in (late, later):
+        assert world.devices.get("/devices/me", headers=bearer(account)).status_code == 200
+    capped(7)
+    sent = [invite(world.accounts["stranger"]), invite(late)]
+    assert [r.status_code for r in sent] == [202, 202]
+    assert code(invite(later)) == (409, "too_many_members")  # 5 members and 2 invitations
+    capped(6)  # lowered with both invitations open: the first accepted fills the lock
+    accepted = world.devices.post(
+        f"/devices/invitations/{sent[0].get_json()['invitation']['id']}/accept", headers=world.headers("stranger")
+    )
+    assert accepted.status_code == 201, accepted.get_json()
+    full = world.devices.post(
+        f"/devices/invitations/{sent[1].get_json()['invitation']['id']}/accept", headers=bearer(late)
+    )
+    assert code(full) == (409, "too_many_members")
+    guest = f"{members}/{world.uid('guest_out')}"
+    ended = {"role": "guest", "access": {"expires_at": "2001-01-01T00:00:00+00:00"}}
+    assert world.devices.patch(guest, json=ended, headers=owner).status_code == 200  # 5 active
+    joined = world.devices.post(
+        f"/devices/invitations/{sent[1].get_json()['invitation']['id']}/accept", headers=bearer(late)
+    )
+    assert joined.status_code == 201, joined.get_json()  # 6 again
+    assert code(world.devices.patch(guest, json={"role": "guest"}, headers=owner)) == (409, "too_many_members")
+    with runtime.db.connection() as con:
+        active = con.run(
+            "SELECT count(*) FROM lock_members WHERE lock_id = CAST(:l AS uuid) AND revoked_at IS NULL"
+            " AND (expires_at IS NULL OR expires_at > now())",
+            l=world.lock_id,
+        )
+    assert active == [[6]]
+
+
 def test_a_lock_makes_so_many_signed_requests_a_minute(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
     """Attack run: a lock (or its stolen key) sent 150 signed verify requests a second, each an attempt row and a
     feed entry. Every signed request counts, whatever its answer; past the minute's limit nothing is recorded."""
@@ -950,7 +1005,7 @@ def test_two_invitations_to_one_lock_make_one_membership_and_the_answers_say_whi
         user = get_runtime("devices").verifier.verify(invitee["idToken"])
         with ThreadPoolExecutor(1) as pool:
             with db.transaction() as con:
-                first = invitations.accept(con, by_uid, user, get_runtime("devices").now())
+                first = invitations.accept(con, by_uid, user, get_runtime("devices").now(), members_per_lock=100)
                 answered = pool.submit(world.devices.post, second, headers=bearer(invitee))
                 time.sleep(0.5)
                 assert not answered.done()  # it waits for the first

@@ -148,7 +148,7 @@ def test_many_copies_of_one_voice_cost_one_product_per_decision(
     owner's door seconds for each accepted attempt with a thousand copies of one voice (attack run 22: 4.57 s with
     902, each scored through the cohort). The voiceprints are scored against each other once per decision. Two
     accounts enroll the same recordings before joining (201 each, nobody to compare with); 300 more copies are
-    written as theirs were."""
+    written as theirs were (past ``LOCKWISE_MEMBERS_PER_LOCK``, which now bounds how many a lock takes)."""
     clips = allison(corpus)
     first, second = world.accounts["member"], world.accounts["stranger"]
     assert enroll(clients, first, clips[:5]).status_code == 201

@@ -105,7 +105,15 @@ def test_deleting_a_lock_waits_for_a_request_that_has_checked_its_member(world: 
                 )
             elif what == "invitation":
                 invitations.invite(
-                    con, world.lock_id, actor, invitations.Invitee(uid=invitee["localId"]), "member", {}, 600, _now()
+                    con,
+                    world.lock_id,
+                    actor,
+                    invitations.Invitee(uid=invitee["localId"]),
+                    "member",
+                    {},
+                    600,
+                    _now(),
+                    members_per_lock=100,
                 )
             else:
                 provisioning.issue(con, world.lock_id, world.uid("owner"), 600, 50)

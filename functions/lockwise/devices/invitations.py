@@ -88,8 +88,11 @@ def invite(
     access: dict[str, Any],
     ttl_s: int,
     now: dt.datetime,
+    *,
+    members_per_lock: int,
 ) -> dict[str, Any]:
-    """Invite ``invitee``; returns the invitation as the add-member answer shows it."""
+    """Invite ``invitee``; returns the invitation as the add-member answer shows it (409 ``too_many_members`` when
+    the lock's members and open invitations reach ``members_per_lock``)."""
     members.check_can_grant(actor, role)
     members.check_ends_in_time(actor, access)
     uid, email = invitee.uid, invitee.email
@@ -109,6 +112,15 @@ def invite(
         e=email,
         now=now,
     )
+    (invited,) = con.run(
+        "SELECT count(*) FROM invitations WHERE lock_id = CAST(:l AS uuid) AND "
+        + _OPEN
+        + " AND expires_at > :now AND "
+        + _STANDING,
+        l=lock_id,
+        now=now,
+    )[0]
+    members.refuse_past_limit(con, lock_id, members_per_lock, now, invited=int(invited))
     try:
         con.run("SAVEPOINT invite")
         invitation_id = str(
@@ -203,9 +215,11 @@ def answering_as(db: Database, invitation_id: str, user: User, confirm: ConfirmA
     return user if rows and rows[0][0] == user.uid else confirm(user)
 
 
-def accept(con: Connection, invitation_id: str, user: User, now: dt.datetime) -> members.Membership:
+def accept(
+    con: Connection, invitation_id: str, user: User, now: dt.datetime, *, members_per_lock: int
+) -> members.Membership:
     """Make the invitee a member on the invitation's terms (404 ``invitation_not_found`` if it is not theirs, or no
-    longer stands: see ``_STANDING``)."""
+    longer stands: see ``_STANDING``; 409 ``too_many_members`` when the lock has ``members_per_lock``)."""
     seen = _take(con, invitation_id, user, now, lock=False)
     # every path's order: the lock's row (as a deletion of the lock takes it: the membership row first deadlocked
     # with one), the user's (an account found deleted joins nothing), then the sender's membership, kept from
@@ -221,6 +235,7 @@ def accept(con: Connection, invitation_id: str, user: User, now: dt.datetime) ->
         raise errors.Conflict(
             "the access this invitation offers has ended; ask an owner or admin for a new one", code="access_ended"
         )
+    members.refuse_past_limit(con, lock_id, members_per_lock, now)
     # one statement decides, so two invitations to one lock accepted at once cannot both answer 201 with a role
     # each while one is stored (attack run): an active membership (also one committed meanwhile: the insert waits
     # for it) is left as it is and the invitation stays open; so is one removed after the invitation was sent (a

@@ -237,6 +237,8 @@ def update_member(
     role: str,
     access: dict[str, Any],
     now: dt.datetime,
+    *,
+    members_per_lock: int,
 ) -> members.Membership:
     """Give ``target`` ``role`` on the terms ``access`` (``members.parse_access``'s values); returns their
     membership as it now stands. A membership brought back from its expiry starts again now, as a re-invitation
@@ -246,6 +248,8 @@ def update_member(
     members.check_can_grant(actor, role)
     members.check_ends_in_time(actor, access)
     back = not target.active(now) and (access["expires_at"] is None or access["expires_at"] > now)
+    if back:  # one more member, as an accepted invitation is
+        members.refuse_past_limit(con, lock_id, members_per_lock, now)
     con.run(
         "UPDATE lock_members SET role = :r, valid_from = :valid_from, valid_until = :valid_until,"
         " weekdays = :weekdays, day_start_minute = :day_start_minute, day_end_minute = :day_end_minute,"
