@@ -152,6 +152,12 @@ def test_of_two_voiceprints_that_pass_as_each_other_only_the_one_going_first_is_
     raw, scores = scorer.scores(bob, found.prints)  # a later voice like no earlier one: scored as before
     assert named(found, first_come.decide(found, raw, scores, rules, scorer, decide).best_index) == "bob"
     assert first_come.set_aside(found, scorer, rules).tolist() == [True, False, False]
+    # three voices each like the next, not the first like the last: one set aside keeps nobody else out
+    turn = np.radians(25)  # cos 0.906 passes the threshold, twice the turn (cos 0.643) does not
+    chain = np.stack([unit(np.cos(k * turn), np.sin(k * turn), 0, 0) for k in range(3)])
+    assert rules.threshold < np.cos(turn) and np.cos(2 * turn) < rules.threshold
+    came = [(True, day + dt.timedelta(days=k), u) for k, u in enumerate(uids)]
+    assert first_come.set_aside(Candidates(uids, chain, [], came), scorer, rules).tolist() == [False, True, False]
 
     class Counting(Scorer):
         calls = 0

@@ -72,29 +72,41 @@ def decide(
 
 def set_aside(found: Candidates, scorer: Scorer, rules: Policy) -> npt.NDArray[np.bool_]:
     """Which of the candidates ``found`` pass, at this door, as a candidate that goes before them (``(k,)``)."""
-    raw, scores = scorer.pairwise(found.prints)
+    order = sorted(range(len(found.uids)), key=found.precedence.__getitem__)
+    return _first_of_each_voice(found.prints, order, scorer, rules)
+
+
+def _first_of_each_voice(
+    prints: scoring.Matrix, order: list[int], scorer: Scorer, rules: Policy
+) -> npt.NDArray[np.bool_]:
+    """Which of ``prints`` are set aside, taken in ``order``: each one that passes as one kept before it. One set
+    aside keeps nobody else out (of three voices each like the next, the first and the last are both scored)."""
+    raw, scores = scorer.pairwise(prints)
     like = scores >= rules.threshold
     if rules.raw_gate is not None:
         like &= raw >= rules.raw_gate
-    order = np.empty(len(found.uids), np.int64)
-    order[sorted(range(len(found.uids)), key=found.precedence.__getitem__)] = np.arange(len(found.uids))
-    before = order[None, :] < order[:, None]  # [j, i]: i goes before j (never i == j)
-    aside: npt.NDArray[np.bool_] = np.asarray((like & before).any(axis=1), dtype=np.bool_)
+    aside = np.zeros(len(prints), np.bool_)
+    kept: list[int] = []
+    for j in order:
+        if kept and like[j, kept].any():
+            aside[j] = True
+        else:
+            kept.append(j)
     return aside
 
 
 def set_aside_at(
     con: Connection, uid: str, encoder: Encoder, scorer: Scorer, settings: Settings, now: dt.datetime
 ) -> list[str]:
-    """The locks where ``uid``'s voiceprint is not scored (whenever the earlier member may open the door too): it
-    passes, at the lock's threshold, as the voiceprint of a co-member that came to the lock before it."""
+    """The locks where ``uid``'s voiceprint is not scored (whenever those before it may open the door too): it
+    passes, at the lock's threshold, as the voiceprint of a co-member that goes before it there and is scored."""
     found = voiceprints.came_before(con, uid, encoder.model_id, encoder.dim, now)
     if found.mine is None:  # no voiceprint of this model: none is scored anywhere (``needs_reenrollment``)
         return []
     aside = []
     for lock_id, (threshold, prints) in found.at_locks.items():
         rules = policy(settings, encoder, threshold, normalised=scorer.normalised)
-        raw, scores = scorer.scores(found.mine, prints)  # as the door scores the later against the earlier
-        if any(rules.passes(float(c), float(s)) for c, s in zip(raw, scores, strict=True)):
+        everyone = np.vstack([prints, found.mine[None, :]])  # those before it, in their order, then it
+        if _first_of_each_voice(everyone, list(range(len(everyone))), scorer, rules)[-1]:
             aside.append(lock_id)
     return aside

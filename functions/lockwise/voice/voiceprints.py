@@ -85,7 +85,8 @@ class Neighbours:
 #: (``lockwise.voice.first_come``)
 _ARRIVED = "GREATEST({m}.created_at, {v}.created_at)"
 #: ``Candidates.precedence`` in SQL (false sorts first; uids in code point order, as Python compares them)
-_PRECEDENCE = "({m}.role <> 'owner', " + _ARRIVED + ', {m}.user_uid COLLATE "C")'
+_PRECEDENCE_COLUMNS = "{m}.role <> 'owner', " + _ARRIVED + ', {m}.user_uid COLLATE "C"'
+_PRECEDENCE = "(" + _PRECEDENCE_COLUMNS + ")"
 
 #: whose voiceprint is scored at all (``{}``: the membership's alias): an account Firebase Auth no longer has or has
 #: disabled (``lockwise.core.accounts``) opens no door, at the locks it owns too, and stands in nobody's enrollment
@@ -163,7 +164,8 @@ def candidates(con: Connection, lock_id: str, model_id: str, dim: int, now: dt.d
 
 @dataclass(frozen=True)
 class CameBefore:
-    """A user's voiceprint and, at each lock they belong to, the voiceprints that go before theirs there."""
+    """A user's voiceprint and, at each lock they belong to, the voiceprints that go before theirs there (in the
+    order they go)."""
 
     mine: scoring.Vector | None  # None: no voiceprint of the model
     at_locks: dict[str, tuple[float | None, scoring.Matrix]]  # lock id -> (its voice threshold, their voiceprints)
@@ -188,7 +190,8 @@ def came_before(con: Connection, uid: str, model_id: str, dim: int, now: dt.date
         + _PRECEDENCE.format(m="theirs", v="v")
         + " < "
         + _PRECEDENCE.format(m="mine", v="own")
-        + " ORDER BY 1",
+        + " ORDER BY 1, "
+        + _PRECEDENCE_COLUMNS.format(m="theirs", v="v"),
         u=uid,
         m=model_id,
         d=dim,
