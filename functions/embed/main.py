@@ -73,7 +73,9 @@ def enrollment_status(ctx: Ctx) -> JsonBody:
     with rt.db.connection() as con:
         status = voiceprints.status(con, user.uid, encoder.model_id)
         if status["enrolled"]:
-            status["not_scored_at"] = first_come.set_aside_at(con, user.uid, encoder, scorer, rt.settings, rt.now())
+            status["not_scored_at"] = first_come.standing(
+                con, user.uid, encoder, scorer, rt.settings, rt.now()
+            ).aside_at
         return status
 
 

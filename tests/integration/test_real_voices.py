@@ -217,10 +217,12 @@ def test_a_real_voice_opens_the_door_and_other_real_voices_do_not(
             assert "score" not in result  # the lock learns the decision only
 
 
-def test_enrollment_refuses_a_voice_that_already_belongs_to_someone_sharing_a_lock(
+def test_enrollment_refuses_a_voice_that_would_lose_the_user_a_door(
     ge2e_env: dict[str, str], make_client: Any, sign_up: Any, corpus: Path
 ) -> None:
-    """A member enrolling another member's recordings would make the victim's own voice ambiguous at the door."""
+    """A member enrolling another member's recordings: the door scores the first to come (``first_come``), so the
+    copy is stored and set aside there, and its holder told (``not_scored_at``); but one whose own voice is scored
+    at that door now is refused it (409, the lock named, nobody else), and keeps their own."""
     devices, embed = make_client("devices"), make_client("embed")
     world: World = build_world(devices, sign_up)
 
@@ -230,13 +232,19 @@ def test_enrollment_refuses_a_voice_that_already_belongs_to_someone_sharing_a_lo
         return embed.put("/embed/enrollment", json={"samples": samples}, headers=world.headers(role))
 
     assert enroll("member", "allison", 0).status_code == 201
-    stolen = enroll("admin", "allison", 5)  # other recordings of the same person
+    own = enroll("admin", "june", 0)  # their own, different voice: scored
+    assert own.status_code == 201 and own.get_json()["not_scored_at"] == []
+    stolen = enroll("admin", "allison", 5)  # other recordings of the member
     assert stolen.status_code == 409, stolen.get_json()
-    assert stolen.get_json()["error"]["code"] == "voice_matches_member"
-    assert "allison" not in json.dumps(stolen.get_json()) and world.uid("member") not in json.dumps(stolen.get_json())
-    assert enroll("admin", "june", 0).status_code == 201  # their own, different voice
+    error = stolen.get_json()["error"]
+    assert (error["code"], error["details"]) == ("voice_matches_member", {"lock_ids": [world.lock_id]})
+    assert "allison" not in json.dumps(error) and world.uid("member") not in json.dumps(error)
+    assert embed.get("/embed/enrollment", headers=world.headers("admin")).get_json()["not_scored_at"] == []
+    copied = enroll("guest_in", "allison", 5)  # nothing of theirs to lose: stored, and told
+    assert copied.status_code == 201 and copied.get_json()["not_scored_at"] == [world.lock_id]
     # someone who shares no lock with her is not compared (enrollment is not a search of everyone's voice)
-    assert enroll("stranger", "allison", 5).status_code == 201
+    alone = enroll("stranger", "allison", 5)
+    assert alone.status_code == 201 and alone.get_json()["not_scored_at"] == []
 
 
 def test_wideband_speech_as_a_lock_records_it_passes_nobody_for_someone_else(encoder: Encoder, corpus: Path) -> None:

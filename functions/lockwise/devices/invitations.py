@@ -92,7 +92,8 @@ def invite(
     members_per_lock: int,
 ) -> dict[str, Any]:
     """Invite ``invitee``; returns the invitation as the add-member answer shows it (409 ``too_many_members`` when
-    the lock's members and open invitations reach ``members_per_lock``)."""
+    the lock's members and the open invitations ``actor`` sent reach ``members_per_lock``: their own only, or an
+    admin's invitations to made-up addresses kept the owner from inviting anyone: attack run 23)."""
     members.check_can_grant(actor, role)
     members.check_ends_in_time(actor, access)
     uid, email = invitee.uid, invitee.email
@@ -115,9 +116,10 @@ def invite(
     (invited,) = con.run(
         "SELECT count(*) FROM invitations WHERE lock_id = CAST(:l AS uuid) AND "
         + _OPEN
-        + " AND expires_at > :now AND "
+        + " AND expires_at > :now AND invited_by = :me AND "
         + _STANDING,
         l=lock_id,
+        me=actor.user_uid,
         now=now,
     )[0]
     members.refuse_past_limit(con, lock_id, members_per_lock, now, invited=int(invited))

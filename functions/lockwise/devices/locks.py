@@ -241,25 +241,22 @@ def update_member(
     members_per_lock: int,
 ) -> members.Membership:
     """Give ``target`` ``role`` on the terms ``access`` (``members.parse_access``'s values); returns their
-    membership as it now stands. A membership brought back from its expiry starts again now, as a re-invitation
-    starts one: which of two like voices is scored at a lock goes by when each came to it, and an expiry set and
-    lifted around another member's enrollment kept the first start (attack run 22)."""
+    membership as it now stands. One brought back from its expiry counts towards the lock's members
+    (``members_per_lock``); it keeps its start (which of two like voices goes first at the door goes by it:
+    restarting it let an admin who paused a member, enrolled her recordings and lifted the pause take her voice:
+    attack run 23)."""
     _check_can_manage(actor, target)
     members.check_can_grant(actor, role)
     members.check_ends_in_time(actor, access)
-    back = not target.active(now) and (access["expires_at"] is None or access["expires_at"] > now)
-    if back:  # one more member, as an accepted invitation is
+    if not target.active(now) and (access["expires_at"] is None or access["expires_at"] > now):  # one more member
         members.refuse_past_limit(con, lock_id, members_per_lock, now)
     con.run(
         "UPDATE lock_members SET role = :r, valid_from = :valid_from, valid_until = :valid_until,"
         " weekdays = :weekdays, day_start_minute = :day_start_minute, day_end_minute = :day_end_minute,"
-        " timezone = :timezone, expires_at = :expires_at, created_at = CASE WHEN :back THEN :now ELSE created_at END"
-        " WHERE lock_id = CAST(:l AS uuid) AND user_uid = :u",
+        " timezone = :timezone, expires_at = :expires_at WHERE lock_id = CAST(:l AS uuid) AND user_uid = :u",
         r=role,
         l=lock_id,
         u=target.user_uid,
-        back=back,
-        now=now,
         **access,
     )
     if members.RANK[role] < members.RANK[target.role] or any(v is not None for v in access.values()):

@@ -414,7 +414,7 @@ def refuse_past_limit(con: Connection, lock_id: str, limit: int, now: dt.datetim
     )[0]
     if int(active) + invited >= limit:
         raise errors.Conflict(
-            f"a lock may have at most {limit} members, open invitations included", code="too_many_members"
+            f"a lock may have at most {limit} members, your open invitations to it included", code="too_many_members"
         )
 
 

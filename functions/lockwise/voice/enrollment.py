@@ -2,8 +2,8 @@
 
 The embed function's handler parses the request into clips (``lockwise.voice.audio``) and calls ``enroll``; everything
 that decides whether a set of samples makes a voiceprint lives here: enough speech in every sample (the encoder's
-floor) and a voice in it (a voice activity model's: noise is loud too), samples that agree with each other, and no
-collision with the voice of someone who shares a lock.
+floor) and a voice in it (a voice activity model's: noise is loud too), samples that agree with each other, and what
+a new voiceprint would lose at the locks the user shares (``lockwise.voice.first_come``).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import numpy as np
 from lockwise.core import audit, erasure, errors, quotas, users
 from lockwise.core.config import Settings
 from lockwise.core.db import Connection, Database
-from lockwise.voice import audio, known_recordings, scoring, voiceprints
+from lockwise.voice import audio, first_come, known_recordings, scoring, voiceprints
 from lockwise.voice.model import fingerprint
 from lockwise.voice.model.encoder import Encoder, Scorer, policy
 from lockwise.voice.model.voice_activity import VoiceActivity
@@ -39,7 +39,9 @@ def enroll(
     Raises ``InvalidAudio`` (422) naming the sample with too little speech or too little voice in it (loud noise
     passes the first, not the second), one that is a copy of another (the
     replay check's fingerprints: a recording sent twice, at any gain) or the one least like the others,
-    ``Conflict`` (409) when the voice would pass as someone who shares a lock with ``uid``, and ``RateLimited``
+    ``Conflict`` (409 ``voice_matches_member``) when ``uid``'s voice is scored at a lock now and the new one would
+    not be (it passes as that of a co-member going before it there: enrolling again would hand a voice to a copy
+    that came after it), and ``RateLimited``
     (429) once ``uid`` has had the day's comparisons with co-members' voices (``comparisons_wait``) or the day's
     enrollments that reach the model (``_count_a_run``).
     """
@@ -89,28 +91,36 @@ def enroll(
         _refuse_if_erased_since(con, uid, began)
         _one_store_at_a_time_per_lock(con, uid)
         _refuse_past_the_limit(comparisons_wait(con, uid, settings.enroll_comparisons))
-        neighbours = voiceprints.co_members(con, uid, encoder.model_id, encoder.dim, now())
-        matched = matches_a_neighbour(scoring.voiceprint(embeddings), neighbours, encoder, scorer, settings)
-        if len(neighbours.prints):  # an answer about co-members' voices, whichever it is: counted (and kept)
-            con.run("INSERT INTO enrollment_comparisons (user_uid) VALUES (:u)", u=uid)
-        if matched:  # the voiceprint is not stored; the count is committed
+        at = now()
+        before = first_come.standing(con, uid, encoder, scorer, settings, at)
+        con.run("SAVEPOINT store")
+        voiceprints.store(con, uid, encoder.model_id, embeddings)
+        after = first_come.standing(con, uid, encoder, scorer, settings, at)
+        lost = sorted(set(after.aside_at) - set(before.aside_at)) if before.enrolled else []
+        if lost:  # the voiceprint is not stored; the comparison's count is
+            con.run("ROLLBACK TO SAVEPOINT store")
             audit.record(con, audit.user_actor(uid), "voice.enroll", "denied", details={"code": "voice_matches_member"})
         else:
-            voiceprints.store(con, uid, encoder.model_id, embeddings)
             known_recordings.replace_enrollment(con, uid, takes)
-            status = voiceprints.status(con, uid, encoder.model_id)
-    if matched:
+            status = {**voiceprints.status(con, uid, encoder.model_id), "not_scored_at": after.aside_at}
+        if after.compared:  # an answer about co-members' voices, whichever it is: counted (and kept)
+            con.run("INSERT INTO enrollment_comparisons (user_uid) VALUES (:u)", u=uid)
+    if lost:
         raise errors.Conflict(
-            "this voice already belongs to someone who shares a lock with you; enroll your own voice",
+            "this voice is like that of someone who goes before you at a lock you share; your voice there stays as"
+            " it is: enroll your own voice, or ask the lock's owner",
             code="voice_matches_member",
+            details={"lock_ids": lost},
         )
     return {**status, "agreement": round(lowest, 4)}
 
 
 def _one_store_at_a_time_per_lock(con: Connection, uid: str) -> None:
     """Hold, until this transaction ends, each lock ``uid`` is a member of: two co-members' enrollments then store
-    one after the other, and the second is compared with the first's voiceprint. Side by side, each read the other's
-    neighbours before either stored, and both stored one voice, ambiguous at their shared door (attack run 20).
+    one after the other, and the second is compared with the first's voiceprint (stored later, it goes after it at
+    the door: ``voiceprints.store``). Side by side, each read the other's neighbours before either stored: both
+    stored one voice, ambiguous at their shared door (attack run 20), or, with ``first_come``, both were told their
+    voice is scored there.
     Taken in the locks' order, so two enrollments sharing several locks never wait for each other in a circle."""
     for (lock_id,) in con.run("SELECT DISTINCT lock_id::text FROM lock_members WHERE user_uid = :u ORDER BY 1", u=uid):
         con.run("SELECT pg_advisory_xact_lock(hashtextextended('enrollment at ' || :l, 0))", l=lock_id)
@@ -160,27 +170,3 @@ def _refuse_past_the_limit(wait: int) -> None:
         "too many enrollments were compared with the voices of people who share a lock with you today; try again later",
         "enrollment_limit",
     )
-
-
-def matches_a_neighbour(
-    voiceprint: scoring.Vector,
-    neighbours: voiceprints.Neighbours,
-    encoder: Encoder,
-    scorer: Scorer,
-    settings: Settings,
-) -> bool:
-    """Whether the new voiceprint would pass as someone who shares a lock with the user, at any of the locks they
-    share, at its threshold: a member enrolling another member's recordings would otherwise take their voice at the
-    door (``first_come``: the earlier of the two is scored, so the victim's own, but only while it is there and of
-    the served model). Every shared lock is a door of its own (attack run 20: a default lock beside one set lower
-    stood for both, and on raw cosines the lower one let a near-copy of a voice enroll). Not at a lock the user
-    owns: her voice is hers at her own door, a co-member's like voice is set aside there (after an encoder change
-    or her deleting her voice data, a guest who enrolled her recordings first refused her own enrollment: attack
-    run 22)."""
-    raw, scores = scorer.scores(voiceprint, neighbours.prints)  # as verify would score this voice against them
-    for cosine, score, shared in zip(raw, scores, neighbours.shared_locks, strict=True):
-        for lock_threshold, owned in shared:
-            rules = policy(settings, encoder, lock_threshold, normalised=scorer.normalised)
-            if not owned and rules.passes(float(cosine), float(score)):
-                return True
-    return False

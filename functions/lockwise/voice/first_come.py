@@ -1,28 +1,31 @@
 """One voice, one member at a door: of two voiceprints at a lock that pass as each other, only the one that goes
 first there is scored: the lock's owner's, else the one that came to the lock first.
 
-Enrollment refuses a voice that passes as a co-member's (409 ``voice_matches_member``), but only among the people
-the user shares a lock with when they enroll, and only against voiceprints of the served model. Someone who enrolled
-a member's recordings before sharing a lock with them, and was then invited to it, brought that member's voice to
-the door twice: the two scored alike, the decision was ``ambiguous``, and the member stood outside their own door
-(a review of attack run 20). Joining is the devices function's, which loads no voice code, so the rule is kept where
-voices are scored.
+Someone who enrolled a member's recordings before sharing a lock with them, and was then invited to it, brought
+that member's voice to the door twice: the two scored alike, the decision was ``ambiguous``, and the member stood
+outside their own door (a review of attack run 20). Joining is the devices function's, which loads no voice code,
+so the rule is kept where voices are scored.
 
 Which goes first (``Candidates.precedence``):
 - the lock's owner, always: after an encoder change (every voiceprint stale, none compared) or after deleting her
-  voice data, a guest holding her recordings could enroll them before she enrolled again, and her voice opened her
-  own door as the guest's, her enrollment refused (attack run 22). She may enroll a voice like a co-member's at the
-  locks she owns (``enrollment.matches_a_neighbour``); theirs is then set aside there;
-- else the voiceprint that came to the lock first: the later of the membership's start (an invitation accepted, or
-  a membership brought back from its expiry: both start it again) and the enrollment (enrolling again starts it
-  again). Ties go to the lower uid. Neither member can move theirs earlier: re-enrolling or joining again only
-  makes it later. Between two members who are not the owner, whoever enrolls first after an encoder change keeps
-  the voice (README: left).
+  voice data, a guest holding her recordings enrolled them before she enrolled again, and her voice opened her own
+  door as the guest's (attack run 22);
+- else the voiceprint that came to the lock first: the later of the membership's start (an invitation accepted)
+  and the enrollment (enrolling again starts it again). Ties go to the lower uid. Neither member can move theirs
+  earlier, and nobody can move another's later (an expiry set and lifted by an admin keeps the start: attack run
+  23). Between two members who are not the owner, whoever enrolls first after an encoder change keeps the voice at
+  that lock (README: left).
+Taken in that order, a voiceprint is set aside when it passes as one kept before it: of three voices each like the
+next (a voiceprint of two people's samples between them: attack run 23), the first and the last are both scored.
+
+Enrollment stores a voice wherever it stands, and says where it is not scored (``not_scored_at``), but refuses one
+that would lose the user a lock where their voice is scored now (``lockwise.voice.enrollment``): a single refusal
+for one lock blocked their enrollment everywhere, their own door too (attack run 23).
 
 Only when the best score reaches the threshold (nobody passes otherwise) are the candidates' voiceprints scored
 against each other, in one product (``Scorer.pairwise``), and the decision taken again without those set aside:
 an owner with a thousand copies of one voice at her door costs one (k, k) product, not k scorings each.
-``set_aside_at`` tells a user the locks where their voiceprint is not scored (``GET /embed/enrollment``).
+``standing`` tells a user where their voiceprint is not scored (``GET /embed/enrollment``).
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ import dataclasses
 import datetime as dt
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
@@ -95,18 +99,27 @@ def _first_of_each_voice(
     return aside
 
 
-def set_aside_at(
+@dataclass(frozen=True)
+class Standing:
+    """Where a user's voiceprint stands at the locks they belong to (``standing``)."""
+
+    enrolled: bool  # with the served model: scored at each of their locks but ``aside_at``
+    aside_at: list[str]  # the locks where it is set aside
+    compared: bool  # whether it was scored against anyone's at all (an answer about co-members' voices)
+
+
+def standing(
     con: Connection, uid: str, encoder: Encoder, scorer: Scorer, settings: Settings, now: dt.datetime
-) -> list[str]:
-    """The locks where ``uid``'s voiceprint is not scored (whenever those before it may open the door too): it
-    passes, at the lock's threshold, as the voiceprint of a co-member that goes before it there and is scored."""
+) -> Standing:
+    """Where ``uid``'s voiceprint stands: set aside at the locks where it passes, at the lock's threshold, as the
+    voiceprint of a co-member that goes before it there and is scored (whenever those may open the door too)."""
     found = voiceprints.came_before(con, uid, encoder.model_id, encoder.dim, now)
     if found.mine is None:  # no voiceprint of this model: none is scored anywhere (``needs_reenrollment``)
-        return []
+        return Standing(False, [], False)
     aside = []
     for lock_id, (threshold, prints) in found.at_locks.items():
         rules = policy(settings, encoder, threshold, normalised=scorer.normalised)
         everyone = np.vstack([prints, found.mine[None, :]])  # those before it, in their order, then it
         if _first_of_each_voice(everyone, list(range(len(everyone))), scorer, rules)[-1]:
             aside.append(lock_id)
-    return aside
+    return Standing(True, aside, bool(found.at_locks))

@@ -34,10 +34,13 @@ def store(con: Connection, uid: str, model_id: str, samples: scoring.Matrix) -> 
     """Replace the user's voiceprint with one made from ``samples`` ``(n, dim)``; returns the voiceprint."""
     vp = scoring.voiceprint(samples)
     con.run(
-        "INSERT INTO voiceprints (user_uid, model_id, dim, embedding, sample_count, sample_embeddings)"
-        " VALUES (:u, :m, :d, :e, :n, :s) ON CONFLICT (user_uid) DO UPDATE SET model_id = EXCLUDED.model_id,"
-        " dim = EXCLUDED.dim, embedding = EXCLUDED.embedding, sample_count = EXCLUDED.sample_count,"
-        " sample_embeddings = EXCLUDED.sample_embeddings, created_at = now()",
+        # stamped when stored, not when the transaction began: of two enrollments that took turns at a lock, the
+        # one stored second is the later (``first_come``), though it may have begun first
+        "INSERT INTO voiceprints (user_uid, model_id, dim, embedding, sample_count, sample_embeddings, created_at)"
+        " VALUES (:u, :m, :d, :e, :n, :s, clock_timestamp()) ON CONFLICT (user_uid) DO UPDATE SET"
+        " model_id = EXCLUDED.model_id, dim = EXCLUDED.dim, embedding = EXCLUDED.embedding,"
+        " sample_count = EXCLUDED.sample_count, sample_embeddings = EXCLUDED.sample_embeddings,"
+        " created_at = EXCLUDED.created_at",
         u=uid,
         m=model_id,
         d=int(samples.shape[1]),
@@ -69,18 +72,6 @@ def status(con: Connection, uid: str, current_model_id: str) -> dict[str, Any]:
     }
 
 
-@dataclass(frozen=True)
-class Neighbours:
-    """Voiceprints of the people who share a lock with a user, each with the locks they share: the lock's voice
-    threshold (None: the encoder's default) and whether the user owns it. Each is a door of its own: which is most
-    lenient depends on the scale (on raw cosines a threshold under the default is; on normalised scores, where a
-    lock's threshold is a gate above the floor, the default is), so the enrollment checks every one."""
-
-    uids: list[str]
-    prints: scoring.Matrix  # (k, dim)
-    shared_locks: list[tuple[tuple[float | None, bool], ...]]  # per voiceprint: (threshold, the user owns it)
-
-
 #: when the voiceprint ``{v}`` came to the lock of the membership ``{m}``: the later of the two
 #: (``lockwise.voice.first_come``)
 _ARRIVED = "GREATEST({m}.created_at, {v}.created_at)"
@@ -92,34 +83,6 @@ _PRECEDENCE = "(" + _PRECEDENCE_COLUMNS + ")"
 #: disabled (``lockwise.core.accounts``) opens no door, at the locks it owns too, and stands in nobody's enrollment
 #: (the same person, signed up again, would be refused as their own old account's voice)
 _SCORED_ACCOUNT = " JOIN users u ON u.uid = {}.user_uid AND u.account_gone_at IS NULL AND NOT u.account_disabled"
-
-
-def co_members(con: Connection, uid: str, model_id: str, dim: int, now: dt.datetime) -> Neighbours:
-    """The voiceprints (of ``model_id``) of everyone holding an active membership at ``now`` of a lock ``uid``
-    belongs to at ``now`` (their accounts scored: ``_SCORED_ACCOUNT``)."""
-    rows = con.run(
-        "SELECT v.user_uid, v.embedding, array_agg(l.voice_threshold ORDER BY l.id),"
-        " array_agg(mine.role = 'owner' ORDER BY l.id)"
-        " FROM lock_members mine"
-        " JOIN lock_members theirs ON theirs.lock_id = mine.lock_id AND theirs.user_uid <> mine.user_uid"
-        " JOIN locks l ON l.id = mine.lock_id"
-        " JOIN voiceprints v ON v.user_uid = theirs.user_uid"
-        + _SCORED_ACCOUNT.format("theirs")
-        + " WHERE mine.user_uid = :u AND "
-        + active_sql("mine")
-        + " AND "
-        + active_sql("theirs")
-        + " AND v.model_id = :m AND v.dim = :d GROUP BY v.user_uid, v.embedding ORDER BY v.user_uid",
-        u=uid,
-        m=model_id,
-        d=dim,
-        now=now,
-    )
-    prints = scoring.from_bytes(b"".join(bytes(r[1]) for r in rows), dim) if rows else np.zeros((0, dim), np.float32)
-    shared = [
-        tuple((None if t is None else float(t), bool(owned)) for t, owned in zip(r[2], r[3], strict=True)) for r in rows
-    ]
-    return Neighbours([r[0] for r in rows], prints, shared)
 
 
 def candidates(con: Connection, lock_id: str, model_id: str, dim: int, now: dt.datetime) -> Candidates:
@@ -174,8 +137,13 @@ class CameBefore:
 def came_before(con: Connection, uid: str, model_id: str, dim: int, now: dt.datetime) -> CameBefore:
     """At each lock ``uid`` holds an active membership of at ``now``, the voiceprints (of ``model_id``) of co-members
     holding one too (their accounts scored) that go before ``uid``'s there (``Candidates.precedence``)."""
+    own = con.run(
+        "SELECT embedding FROM voiceprints WHERE user_uid = :u AND model_id = :m AND dim = :d", u=uid, m=model_id, d=dim
+    )
+    if not own:
+        return CameBefore(None, {})
     rows = con.run(
-        "SELECT mine.lock_id::text, l.voice_threshold, own.embedding, v.embedding"
+        "SELECT mine.lock_id::text, l.voice_threshold, v.embedding"
         " FROM lock_members mine"
         " JOIN voiceprints own ON own.user_uid = mine.user_uid AND own.model_id = :m AND own.dim = :d"
         " JOIN locks l ON l.id = mine.lock_id"
@@ -198,10 +166,9 @@ def came_before(con: Connection, uid: str, model_id: str, dim: int, now: dt.date
         now=now,
     )
     grouped: dict[str, tuple[float | None, list[bytes]]] = {}
-    for lock_id, threshold, _, theirs in rows:
+    for lock_id, threshold, theirs in rows:
         grouped.setdefault(lock_id, (None if threshold is None else float(threshold), []))[1].append(bytes(theirs))
-    mine = scoring.from_bytes(bytes(rows[0][2]), dim)[0] if rows else None
     return CameBefore(
-        mine,
+        scoring.from_bytes(bytes(own[0][0]), dim)[0],
         {lock: (threshold, scoring.from_bytes(b"".join(prints), dim)) for lock, (threshold, prints) in grouped.items()},
     )

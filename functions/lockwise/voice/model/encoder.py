@@ -146,11 +146,6 @@ class Policy:
     #: how far under the threshold a first utterance may land and still be asked again (None: never)
     retry_band: float | None = None
 
-    def passes(self, cosine: float, score: float) -> bool:
-        """Whether a voice scoring ``score`` (raw cosine ``cosine``) against a voiceprint reaches this policy's
-        threshold and its raw gate (the margin over a runner-up aside)."""
-        return score >= self.threshold and (self.raw_gate is None or cosine >= self.raw_gate)
-
 
 @dataclass(frozen=True)
 class Scorer:
