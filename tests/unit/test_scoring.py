@@ -127,11 +127,10 @@ def test_of_two_voiceprints_that_pass_as_each_other_only_the_one_going_first_is_
     copy = unit(1, 0.05, 0, 0)  # Alice's voice, other recordings
     uids = ["mallory", "alice", "bob"]
 
-    def at_lock(owner: str, *days: int) -> Candidates:
+    def at_lock(owner: str, *days: int, allowed: tuple[bool, ...] = (True, True, True)) -> Candidates:
         came = [day + dt.timedelta(days=d) for d in days]
-        return Candidates(
-            uids, np.stack([copy, alice, bob]), [], [(u != owner, t, u) for u, t in zip(uids, came, strict=True)]
-        )
+        precedence = [(u != owner, t, u) for u, t in zip(uids, came, strict=True)]
+        return Candidates(uids, np.stack([copy, alice, bob]), [], precedence, list(allowed))
 
     def named(at: Candidates, index: int | None) -> str | None:
         return None if index is None else at.uids[index]
@@ -157,7 +156,21 @@ def test_of_two_voiceprints_that_pass_as_each_other_only_the_one_going_first_is_
     chain = np.stack([unit(np.cos(k * turn), np.sin(k * turn), 0, 0) for k in range(3)])
     assert rules.threshold < np.cos(turn) and np.cos(2 * turn) < rules.threshold
     came = [(True, day + dt.timedelta(days=k), u) for k, u in enumerate(uids)]
-    assert first_come.set_aside(Candidates(uids, chain, [], came), scorer, rules).tolist() == [False, True, False]
+    in_turn = Candidates(uids, chain, [], came, [True] * 3)
+    assert first_come.set_aside(in_turn, scorer, rules).tolist() == [False, True, False]
+    # the first of two like voiceprints yields nothing to an utterance that does not pass as it (a voiceprint of
+    # two people's samples came first: the later member's own voice does not reach it, and is hers: attack run 24)
+    past_it = unit(np.cos(1.4 * turn), np.sin(1.4 * turn), 0.1, 0)  # passes as the second and the third
+    raw, scores = scorer.scores(past_it, chain)
+    assert not raw[0] >= rules.threshold and raw[1] >= rules.threshold
+    passes = scores >= rules.threshold  # the second yields to nobody, the third to the second
+    assert first_come.set_aside(in_turn, scorer, rules, passes).tolist() == [False, False, True]
+    # one who may not come in now (a guest outside her window) keeps her voice from a copy that came after it: her
+    # voice is nobody's who may come in (a member's copy let her in outside her window: attack run 24)
+    outside = at_lock("bob", 2, 0, 1, allowed=(True, False, True))
+    raw, scores = scorer.scores(unit(1, 0.02, 0.1, 0), outside.prints)
+    refused = first_come.decide(outside, raw, scores, rules, scorer, decide)
+    assert (refused.accepted, refused.reason, named(outside, refused.best_index)) == (False, "below_threshold", "bob")
 
     class Counting(Scorer):
         calls = 0

@@ -35,7 +35,7 @@ def at_lock(
     per_owner_minute: int,
     per_owner_at_once: int,
 ) -> Budgets:
-    """The lock's budgets, read in one statement from what the attempts log holds (no reset touches it).
+    """The lock's budgets, read from what the attempts log holds (no reset touches it).
 
     The lockout (``lockwise.devices.lockout``) slows guessing; an owner's reset ends it, so on its own it would buy
     an owner with a lock unlimited guesses at a member's voiceprint. The daily ceiling: at most ``daily_rejections``
@@ -52,16 +52,23 @@ def at_lock(
     Those count attempts decided and committed; the owner's attempts side by side (each lock's are one at a time)
     would all read the same count and all run the model (a review: four locks at once, four passes, against a burst
     budget of one), so each also takes one of ``per_owner_at_once`` places (transaction-scoped advisory locks, seen
-    by every instance at once), and one that finds none taken is refused like the budgets."""
+    by every instance at once), and one that finds none taken is refused like the budgets. The place is taken
+    first, the counts read after it in a statement of their own: read in the same statement (one snapshot), an
+    attempt that committed and left its place between the snapshot and the taking was not counted, and two of an
+    owner's locks side by side both ran the model (a full test run, once)."""
     scored_at = (
         "FROM verification_attempts WHERE created_at > :minute AND outcome IN ('accepted', 'rejected')"
         " AND reason <> 'no_candidates'"
     )
-    (day, day_oldest, mine, mine_oldest, owned, owned_oldest, burst, burst_oldest, slot), *_ = con.run(
+    ((slot,),) = con.run(
+        "SELECT (SELECT k FROM generate_series(0, :places - 1) k WHERE pg_try_advisory_xact_lock(hashtextextended("
+        "'voice_owner ' || (SELECT owner_uid FROM locks WHERE id = CAST(:l AS uuid)), k)) LIMIT 1)",
+        l=lock_id,
+        places=per_owner_at_once,
+    )
+    (day, day_oldest, mine, mine_oldest, owned, owned_oldest, burst, burst_oldest), *_ = con.run(
         "WITH owner AS (SELECT owner_uid FROM locks WHERE id = CAST(:l AS uuid))"
-        " SELECT d.n, d.oldest, m.mine, m.mine_oldest, m.owned, m.owned_oldest, m.burst, m.burst_oldest,"
-        " (SELECT k FROM generate_series(0, :places - 1) k WHERE pg_try_advisory_xact_lock(hashtextextended("
-        "'voice_owner ' || (SELECT owner_uid FROM owner), k)) LIMIT 1)"
+        " SELECT d.n, d.oldest, m.mine, m.mine_oldest, m.owned, m.owned_oldest, m.burst, m.burst_oldest"
         " FROM (SELECT count(*) AS n,"
         " min(created_at) AS oldest FROM verification_attempts WHERE lock_id = CAST(:l AS uuid)"
         " AND outcome = 'rejected' AND reason IN ('below_threshold', 'ambiguous', 'say_again')"
@@ -75,7 +82,6 @@ def at_lock(
         day=now - DAY,
         minute=now - MINUTE,
         burst=now - BURST,
-        places=per_owner_at_once,
     )
     daily = errors.seconds_until(day_oldest + DAY, now) if int(day) >= daily_rejections and day_oldest else 0
     rate = 0

@@ -53,19 +53,21 @@ DoorDecision = Callable[[Scores, Scores, Policy], scoring.Decision]
 def decide(
     found: Candidates, raw: Scores, scores: Scores, rules: Policy, scorer: Scorer, decide_one: DoorDecision
 ) -> scoring.Decision:
-    """``decide_one`` (the door's decision) on the candidates ``found``, each scored ``raw``/``scores``, with every
-    voiceprint that passes as one going before it left out. The decision's indices are into ``found``."""
-    decision = decide_one(raw, scores, rules)
-    if decision.best is None or not decision.best >= rules.threshold:  # nobody passes: nobody to keep apart
-        return decision
-    aside = set_aside(found, scorer, rules)
-    if not aside.any():
-        return decision
-    logger.info(
-        "voiceprints passing as one that goes before them at this lock were not scored",
-        extra={"fields": {"user_uids": [found.uids[i] for i in np.flatnonzero(aside)]}},
-    )
-    kept = np.flatnonzero(~aside)
+    """``decide_one`` (the door's decision) among the candidates ``found`` allowed in now, each scored
+    ``raw``/``scores``, with each voiceprint left out that is like one going before it which this utterance passes
+    too (``set_aside``). The decision's indices are into ``found``."""
+    passes = scores >= rules.threshold
+    if rules.raw_gate is not None:
+        passes &= raw >= rules.raw_gate
+    aside = set_aside(found, scorer, rules, passes) if passes.any() else np.zeros(len(found.uids), np.bool_)
+    if aside.any():
+        logger.info(
+            "voiceprints like one going before them at this lock, which the utterance passes too, were not scored",
+            extra={"fields": {"user_uids": [found.uids[i] for i in np.flatnonzero(aside)]}},
+        )
+    kept = np.flatnonzero(np.asarray(found.allowed, np.bool_) & ~aside)
+    if not len(kept):  # the voice is that of someone who may not come in now: as if nobody's passed
+        return scoring.Decision(False, None, None, None, "below_threshold")
     taken = decide_one(raw[kept], scores[kept], rules)
     return dataclasses.replace(
         taken,
@@ -74,25 +76,37 @@ def decide(
     )
 
 
-def set_aside(found: Candidates, scorer: Scorer, rules: Policy) -> npt.NDArray[np.bool_]:
-    """Which of the candidates ``found`` pass, at this door, as a candidate that goes before them (``(k,)``)."""
+def set_aside(
+    found: Candidates, scorer: Scorer, rules: Policy, passes: npt.NDArray[np.bool_] | None = None
+) -> npt.NDArray[np.bool_]:
+    """Which of the candidates ``found`` (``(k,)``) yield to a like voiceprint going before them; with ``passes``
+    (an utterance passes as each), only to one the utterance passes as too: a voiceprint that came first and is like
+    a later member's, but that her voice does not reach (one made of two people's samples), kept her out (attack
+    run 24)."""
     order = sorted(range(len(found.uids)), key=found.precedence.__getitem__)
-    return _first_of_each_voice(found.prints, order, scorer, rules)
+    return _first_of_each_voice(found.prints, order, scorer, rules, passes)
 
 
 def _first_of_each_voice(
-    prints: scoring.Matrix, order: list[int], scorer: Scorer, rules: Policy
+    prints: scoring.Matrix,
+    order: list[int],
+    scorer: Scorer,
+    rules: Policy,
+    passes: npt.NDArray[np.bool_] | None = None,
 ) -> npt.NDArray[np.bool_]:
-    """Which of ``prints`` are set aside, taken in ``order``: each one that passes as one kept before it. One set
-    aside keeps nobody else out (of three voices each like the next, the first and the last are both scored)."""
+    """Which of ``prints`` are set aside, taken in ``order``: each one like one kept before it (and, with
+    ``passes``, one the utterance passes as). One set aside keeps nobody else out (of three voices each like the
+    next, the first and the last are both scored)."""
     raw, scores = scorer.pairwise(prints)
     like = scores >= rules.threshold
     if rules.raw_gate is not None:
         like &= raw >= rules.raw_gate
+    if passes is not None:
+        like &= passes[:, None]  # [i, j]: j yields to i only when the utterance passes as i
     aside = np.zeros(len(prints), np.bool_)
     kept: list[int] = []
     for j in order:
-        if kept and like[j, kept].any():
+        if kept and like[kept, j].any():
             aside[j] = True
         else:
             kept.append(j)

@@ -275,7 +275,7 @@ class Doors:
                 return attempt.refused(DAILY_LIMIT, budget.daily_wait_s)
             rules = policy(settings, self.encoder, found_lock[0][0], normalised=self.scorer.normalised)
             found = voiceprints.candidates(con, lock_id, self.encoder.model_id, self.encoder.dim, now)
-            if not found.uids:  # nobody to pass as: answered without the model (it ran for each such attempt,
+            if not any(found.allowed):  # nobody to pass as: answered without the model (it ran for each such attempt,
                 # uncounted, unlimited: a lock nobody is enrolled at kept an instance's model busy: attack run)
                 return attempt.nobody(found, rules)
             if budget.rate_wait_s or not budget.slot:  # the lock's, or its owner's locks', attempts had their model

@@ -22,12 +22,18 @@ from lockwise.voice import scoring
 
 @dataclass(frozen=True)
 class Candidates:
+    """The voiceprints (of the served model) of a lock's active members, and which of them may open it now. Those
+    who may not (a guest outside their window, an account Firebase Auth disabled) still keep their voice from a
+    like one at the door (``lockwise.voice.first_come``): a member's copy of a guest's voice let her in outside her
+    window (attack run 24)."""
+
     uids: list[str]
     prints: scoring.Matrix  # (k, dim)
     stale_uids: list[str]  # allowed now, but enrolled with another model: must re-enroll
     #: which of two like voices at the lock is scored (``lockwise.voice.first_come``): the lower of
     #: (not the lock's owner, when the voiceprint came to the lock, uid)
     precedence: list[tuple[bool, dt.datetime, str]]
+    allowed: list[bool]  # may open the door now (role, window, an account Firebase Auth has and has not disabled)
 
 
 def store(con: Connection, uid: str, model_id: str, samples: scoring.Matrix) -> scoring.Vector:
@@ -79,24 +85,24 @@ _ARRIVED = "GREATEST({m}.created_at, {v}.created_at)"
 _PRECEDENCE_COLUMNS = "{m}.role <> 'owner', " + _ARRIVED + ', {m}.user_uid COLLATE "C"'
 _PRECEDENCE = "(" + _PRECEDENCE_COLUMNS + ")"
 
-#: whose voiceprint is scored at all (``{}``: the membership's alias): an account Firebase Auth no longer has or has
-#: disabled (``lockwise.core.accounts``) opens no door, at the locks it owns too, and stands in nobody's enrollment
-#: (the same person, signed up again, would be refused as their own old account's voice)
-_SCORED_ACCOUNT = " JOIN users u ON u.uid = {}.user_uid AND u.account_gone_at IS NULL AND NOT u.account_disabled"
+#: whose voiceprint counts at a lock at all (``{}``: the membership's alias): not an account Firebase Auth no longer
+#: has (``lockwise.core.accounts``): the same person, signed up again, would yield to their own old account's voice.
+#: One it disabled opens no door (``Candidates.allowed``) but keeps its voice from a copy
+_COUNTED_ACCOUNT = " JOIN users u ON u.uid = {}.user_uid AND u.account_gone_at IS NULL"
 
 
 def candidates(con: Connection, lock_id: str, model_id: str, dim: int, now: dt.datetime) -> Candidates:
-    """The voiceprints of members allowed to open ``lock_id`` at ``now`` (role, window, not revoked or expired, an
-    account Firebase Auth still has and has not disabled)."""
+    """The voiceprints of ``lock_id``'s members at ``now`` (not revoked or expired), each marked as allowed to open
+    it or not (role, window, an account Firebase Auth still has and has not disabled)."""
     rows = rows_as_dicts(
         con,
         "SELECT m.lock_id::text AS lock_id, m.user_uid, m.role, m.valid_from, m.valid_until, m.weekdays,"
         " m.day_start_minute, m.day_end_minute, m.timezone, m.expires_at, m.revoked_at,"
         " v.model_id AS vp_model, v.dim AS vp_dim, v.embedding AS vp_embedding, "
         + _ARRIVED.format(m="m", v="v")
-        + " AS vp_arrived"
+        + " AS vp_arrived, NOT u.account_disabled AS vp_scored"
         " FROM lock_members m JOIN voiceprints v ON v.user_uid = m.user_uid"
-        + _SCORED_ACCOUNT.format("m")
+        + _COUNTED_ACCOUNT.format("m")
         + " WHERE m.lock_id = CAST(:l AS uuid) AND "
         + active_sql("m")  # the decision's clock, as below
         + " ORDER BY m.user_uid"
@@ -110,19 +116,21 @@ def candidates(con: Connection, lock_id: str, model_id: str, dim: int, now: dt.d
     vectors: list[bytes] = []
     stale: list[str] = []
     precedence: list[tuple[bool, dt.datetime, str]] = []
+    allowed: list[bool] = []
     for row in rows:
         vp_model, vp_dim, vp_embedding = row.pop("vp_model"), row.pop("vp_dim"), row.pop("vp_embedding")
-        vp_arrived = row.pop("vp_arrived")
-        if not Membership(**row).may_operate(now):
-            continue
+        vp_arrived, vp_scored = row.pop("vp_arrived"), row.pop("vp_scored")
+        may = bool(vp_scored) and Membership(**row).may_operate(now)
         if vp_model != model_id or vp_dim != dim:
-            stale.append(row["user_uid"])
+            if may:
+                stale.append(row["user_uid"])
             continue
         uids.append(row["user_uid"])
         vectors.append(bytes(vp_embedding))
         precedence.append((row["role"] != "owner", vp_arrived, row["user_uid"]))
+        allowed.append(may)
     prints = scoring.from_bytes(b"".join(vectors), dim) if vectors else np.zeros((0, dim), np.float32)
-    return Candidates(uids, prints, stale, precedence)
+    return Candidates(uids, prints, stale, precedence, allowed)
 
 
 @dataclass(frozen=True)
@@ -136,7 +144,8 @@ class CameBefore:
 
 def came_before(con: Connection, uid: str, model_id: str, dim: int, now: dt.datetime) -> CameBefore:
     """At each lock ``uid`` holds an active membership of at ``now``, the voiceprints (of ``model_id``) of co-members
-    holding one too (their accounts scored) that go before ``uid``'s there (``Candidates.precedence``)."""
+    holding one too that go before ``uid``'s there (``Candidates.precedence``; as at the door, whether or not they
+    may open it now)."""
     own = con.run(
         "SELECT embedding FROM voiceprints WHERE user_uid = :u AND model_id = :m AND dim = :d", u=uid, m=model_id, d=dim
     )
@@ -149,7 +158,7 @@ def came_before(con: Connection, uid: str, model_id: str, dim: int, now: dt.date
         " JOIN locks l ON l.id = mine.lock_id"
         " JOIN lock_members theirs ON theirs.lock_id = mine.lock_id AND theirs.user_uid <> mine.user_uid"
         " JOIN voiceprints v ON v.user_uid = theirs.user_uid AND v.model_id = :m AND v.dim = :d"
-        + _SCORED_ACCOUNT.format("theirs")
+        + _COUNTED_ACCOUNT.format("theirs")
         + " WHERE mine.user_uid = :u AND "
         + active_sql("mine")
         + " AND "
