@@ -1,5 +1,5 @@
-"""One voice, one member at a door: of two voiceprints at a lock that pass as each other, only the one that goes
-first there is scored: the lock's owner's, else the one that came to the lock first.
+"""One voice, one member at a door: of two voiceprints at a lock that pass as each other, when an utterance passes
+as both only the one that goes first there is scored: the lock's owner's, else the one that came to the lock first.
 
 Someone who enrolled a member's recordings before sharing a lock with them, and was then invited to it, brought
 that member's voice to the door twice: the two scored alike, the decision was ``ambiguous``, and the member stood
@@ -15,17 +15,21 @@ Which goes first (``Candidates.precedence``):
   earlier, and nobody can move another's later (an expiry set and lifted by an admin keeps the start: attack run
   23). Between two members who are not the owner, whoever enrolls first after an encoder change keeps the voice at
   that lock (README: left).
-Taken in that order, a voiceprint is set aside when it passes as one kept before it: of three voices each like the
-next (a voiceprint of two people's samples between them: attack run 23), the first and the last are both scored.
+Taken in that order, a voiceprint is set aside when it passes as one kept before it that the utterance passes as
+too: of three voices each like the next (a voiceprint of two people's samples between them: attack run 23), the
+first and the last are both scored, and a voiceprint that came first but that a later member's voice does not
+reach keeps her out of nothing (attack run 24). Every active member's voiceprint counts, whether or not they may
+come in now; the decision is then taken among those who may: a member's copy of a guest's voice let her in outside
+her window (attack run 24).
 
 Enrollment stores a voice wherever it stands, and says where it is not scored (``not_scored_at``), but refuses one
 that would lose the user a lock where their voice is scored now (``lockwise.voice.enrollment``): a single refusal
 for one lock blocked their enrollment everywhere, their own door too (attack run 23).
 
-Only when the best score reaches the threshold (nobody passes otherwise) are the candidates' voiceprints scored
-against each other, in one product (``Scorer.pairwise``), and the decision taken again without those set aside:
-an owner with a thousand copies of one voice at her door costs one (k, k) product, not k scorings each.
-``standing`` tells a user where their voiceprint is not scored (``GET /embed/enrollment``).
+Only when the utterance passes as someone are the voiceprints scored against each other, in one product
+(``Scorer.pairwise``): an owner with a thousand copies of one voice at her door cost k scorings each, in turn
+(attack run 22). ``standing`` tells a user where their voiceprint yields (``GET /embed/enrollment``): to a like
+one going before it, whatever an utterance passes as.
 """
 
 from __future__ import annotations
@@ -117,16 +121,17 @@ def _first_of_each_voice(
 class Standing:
     """Where a user's voiceprint stands at the locks they belong to (``standing``)."""
 
-    enrolled: bool  # with the served model: scored at each of their locks but ``aside_at``
-    aside_at: list[str]  # the locks where it is set aside
+    enrolled: bool  # with the served model: scored at each of their locks, and yielding at ``aside_at``
+    aside_at: list[str]  # the locks where it yields to a like voiceprint going before it
     compared: bool  # whether it was scored against anyone's at all (an answer about co-members' voices)
 
 
 def standing(
     con: Connection, uid: str, encoder: Encoder, scorer: Scorer, settings: Settings, now: dt.datetime
 ) -> Standing:
-    """Where ``uid``'s voiceprint stands: set aside at the locks where it passes, at the lock's threshold, as the
-    voiceprint of a co-member that goes before it there and is scored (whenever those may open the door too)."""
+    """Where ``uid``'s voiceprint stands: it yields at the locks where it passes, at the lock's threshold, as the
+    voiceprint of an active co-member (allowed in now or not) that goes before it there and is kept (an utterance
+    that passes as both is taken as theirs)."""
     found = voiceprints.came_before(con, uid, encoder.model_id, encoder.dim, now)
     if found.mine is None:  # no voiceprint of this model: none is scored anywhere (``needs_reenrollment``)
         return Standing(False, [], False)
