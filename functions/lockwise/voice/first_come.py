@@ -57,9 +57,12 @@ DoorDecision = Callable[[Scores, Scores, Policy], scoring.Decision]
 def decide(
     found: Candidates, raw: Scores, scores: Scores, rules: Policy, scorer: Scorer, decide_one: DoorDecision
 ) -> scoring.Decision:
-    """``decide_one`` (the door's decision) among the candidates ``found`` allowed in now, each scored
-    ``raw``/``scores``, with each voiceprint left out that is like one going before it which this utterance passes
-    too (``set_aside``). The decision's indices are into ``found``."""
+    """``decide_one`` (the door's decision) among the candidates ``found``, each scored ``raw``/``scores``, with each
+    voiceprint left out that is like one going before it which this utterance passes too (``set_aside``); accepted
+    only as someone allowed in now. Those who are not are still in the decision, their margin too: a guest's
+    utterance outside her window just under her own voiceprint, over a member's copy of it, was let in as the member
+    (attack run 25). A decision whose best is someone not allowed in now is answered as nobody's (nothing said of
+    them, not asked again). The decision's indices are into ``found``."""
     passes = scores >= rules.threshold
     if rules.raw_gate is not None:
         passes &= raw >= rules.raw_gate
@@ -69,10 +72,10 @@ def decide(
             "voiceprints like one going before them at this lock, which the utterance passes too, were not scored",
             extra={"fields": {"user_uids": [found.uids[i] for i in np.flatnonzero(aside)]}},
         )
-    kept = np.flatnonzero(np.asarray(found.allowed, np.bool_) & ~aside)
-    if not len(kept):  # the voice is that of someone who may not come in now: as if nobody's passed
-        return scoring.Decision(False, None, None, None, "below_threshold")
+    kept = np.flatnonzero(~aside)
     taken = decide_one(raw[kept], scores[kept], rules)
+    if taken.best_index is not None and not found.allowed[int(kept[taken.best_index])]:
+        return scoring.Decision(False, None, None, None, "below_threshold")
     return dataclasses.replace(
         taken,
         best_index=None if taken.best_index is None else int(kept[taken.best_index]),

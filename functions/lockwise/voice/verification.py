@@ -14,6 +14,7 @@ import dataclasses
 import datetime as dt
 import json
 import logging
+import math
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -402,7 +403,9 @@ class _Attempt:
             attempt = self._record("rejected", decision.reason, **logged)
             self._remember(attempt, landmarks, None)
             if decision.reason == "say_again":
-                self._wait_for_follow_up(attempt, dict(zip(found.uids, scores.tolist(), strict=True)))
+                self._wait_for_follow_up(
+                    attempt, {u: s for u, s in zip(found.uids, scores.tolist(), strict=True) if math.isfinite(s)}
+                )
             self._count_failure()
             return Result("rejected", attempt, decision.reason, decision.best, rules.threshold, stale_voiceprints=stale)
         attempt = self._record("accepted", "accepted", matched_uid=matched, **logged)

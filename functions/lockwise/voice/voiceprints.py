@@ -130,6 +130,17 @@ def candidates(con: Connection, lock_id: str, model_id: str, dim: int, now: dt.d
         precedence.append((row["role"] != "owner", vp_arrived, row["user_uid"]))
         allowed.append(may)
     prints = scoring.from_bytes(b"".join(vectors), dim) if vectors else np.zeros((0, dim), np.float32)
+    unusable = scoring.unusable_rows(prints)  # written past enrollment (which makes none): scored as nobody's, and
+    if unusable:  # their NaN scores failed a say-again's stored scores, every attempt a 500 nothing counted
+        usable = [i for i in range(len(uids)) if i not in set(unusable)]
+        stale += [uids[i] for i in unusable if allowed[i]]  # to enroll again, as after an encoder change
+        return Candidates(
+            [uids[i] for i in usable],
+            prints[usable],
+            stale,
+            [precedence[i] for i in usable],
+            [allowed[i] for i in usable],
+        )
     return Candidates(uids, prints, stale, precedence, allowed)
 
 
