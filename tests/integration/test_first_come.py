@@ -229,6 +229,28 @@ def test_a_voiceprint_that_came_first_yields_nothing_to_a_voice_that_does_not_re
     assert answers.count(("accepted", carol["localId"])) >= 8, answers
 
 
+def test_where_a_voice_yields_does_not_move_with_a_locks_raw_gate(
+    clients: dict[str, Any], world: World, corpus: Path
+) -> None:
+    """On normalised scores a lock's own threshold is a raw gate on the cosine. Where a voiceprint yields was judged
+    with it, so an owner moving it between two reads of ``not_scored_at`` bisected the cosine between two stored
+    voiceprints to about 1e-4 (attack run 24), a score the door never tells. Two voiceprints count as like each
+    other by the encoder's own rules: the answer stays as the gate moves (the door's decisions still follow it)."""
+    clips, admin = allison(corpus), world.accounts["admin"]
+    assert enroll(clients, world.accounts["member"], clips[:5]).status_code == 201
+    assert enroll(clients, admin, clips[5:10]).status_code == 201
+
+    def yields_at(threshold: float | None) -> list[str]:
+        moved = clients["devices"].patch(
+            f"/devices/locks/{world.lock_id}", json={"voice_threshold": threshold}, headers=world.headers("owner")
+        )
+        assert moved.status_code == 200, moved.get_json()
+        answer: list[str] = clients["embed"].get("/embed/enrollment", headers=bearer(admin)).get_json()["not_scored_at"]
+        return answer
+
+    assert {tuple(yields_at(t)) for t in (None, 0.9, 0.95, 0.99, 0.999)} == {(world.lock_id,)}
+
+
 @pytest.mark.parametrize("bad", ["nan", "zero"])
 def test_a_voiceprint_no_cosine_can_be_taken_with_is_nobodys_and_breaks_no_attempt(
     clients: dict[str, Any], world: World, corpus: Path, bad: str

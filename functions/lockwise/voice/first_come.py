@@ -54,19 +54,35 @@ Scores = npt.NDArray[np.float32]
 DoorDecision = Callable[[Scores, Scores, Policy], scoring.Decision]
 
 
+def like_rules(settings: Settings, encoder: Encoder, lock_threshold: float | None, scorer: Scorer) -> Policy:
+    """When two voiceprints at a lock count as like each other. On normalised scores, the encoder's own rules: a
+    lock's threshold there is only a raw gate, which an owner moving it between two reads of ``not_scored_at`` could
+    bisect to the cosine between two stored voiceprints (attack run 24); a stricter door's gate still decides whom
+    an utterance passes as. On raw cosines, the lock's (its threshold may be under the default: two voices passing
+    as each other there would be ambiguous at it; between the floor and the default an owner can still bisect)."""
+    return policy(settings, encoder, None if scorer.normalised else lock_threshold, normalised=scorer.normalised)
+
+
 def decide(
-    found: Candidates, raw: Scores, scores: Scores, rules: Policy, scorer: Scorer, decide_one: DoorDecision
+    found: Candidates,
+    raw: Scores,
+    scores: Scores,
+    rules: Policy,
+    scorer: Scorer,
+    decide_one: DoorDecision,
+    like: Policy | None = None,
 ) -> scoring.Decision:
     """``decide_one`` (the door's decision) among the candidates ``found``, each scored ``raw``/``scores``, with each
     voiceprint left out that is like one going before it which this utterance passes too (``set_aside``); accepted
     only as someone allowed in now. Those who are not are still in the decision, their margin too: a guest's
     utterance outside her window just under her own voiceprint, over a member's copy of it, was let in as the member
     (attack run 25). A decision whose best is someone not allowed in now is answered as nobody's (nothing said of
-    them, not asked again). The decision's indices are into ``found``."""
+    them, not asked again). ``like``: when two voiceprints count as like each other (``like_rules``; else
+    ``rules``). The decision's indices are into ``found``."""
     passes = scores >= rules.threshold
     if rules.raw_gate is not None:
         passes &= raw >= rules.raw_gate
-    aside = set_aside(found, scorer, rules, passes) if passes.any() else np.zeros(len(found.uids), np.bool_)
+    aside = set_aside(found, scorer, like or rules, passes) if passes.any() else np.zeros(len(found.uids), np.bool_)
     if aside.any():
         logger.info(
             "voiceprints like one going before them at this lock, which the utterance passes too, were not scored",
@@ -140,7 +156,7 @@ def standing(
         return Standing(False, [], False)
     aside = []
     for lock_id, (threshold, prints) in found.at_locks.items():
-        rules = policy(settings, encoder, threshold, normalised=scorer.normalised)
+        rules = like_rules(settings, encoder, threshold, scorer)
         everyone = np.vstack([prints, found.mine[None, :]])  # those before it, in their order, then it
         if _first_of_each_voice(everyone, list(range(len(everyone))), scorer, rules)[-1]:
             aside.append(lock_id)

@@ -256,7 +256,7 @@ class Doors:
             )
             if not found_lock:  # deleted since its signature was checked
                 raise lock_auth.deleted_lock()
-            attempt = _Attempt(self, con, lock_id, now)
+            attempt = _Attempt(self, con, lock_id, now, found_lock[0][0])
             if not found_lock[0][1]:  # another attempt at this lock is being decided: answered now, not after it
                 return attempt.refused(IN_PROGRESS, IN_PROGRESS_RETRY_S)
             held = lockout.hold(con, lock_id, now)
@@ -345,6 +345,7 @@ class _Attempt:
     con: Connection
     lock_id: str
     now: dt.datetime
+    lock_threshold: float | None  # the lock's own voice threshold (None: the encoder's)
 
     def refused(self, refusal: Refusal, retry_after_s: int) -> Result:
         """Refused before any voice is scored."""
@@ -386,7 +387,9 @@ class _Attempt:
                 [(s + first[uid]) / 2 if uid in first else s for uid, s in zip(found.uids, scores, strict=True)],
                 dtype=np.float32,
             )
-        decision = first_come.decide(found, raw, scores, rules, self.doors.scorer, decide)
+        doors = self.doors
+        like = first_come.like_rules(doors.settings, encoder, self.lock_threshold, doors.scorer)
+        decision = first_come.decide(found, raw, scores, rules, doors.scorer, decide, like)
         if first is None:
             decision = _asked_again(decision, rules)
         matched = found.uids[decision.best_index] if decision.best_index is not None else None
