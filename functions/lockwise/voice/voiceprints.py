@@ -121,7 +121,10 @@ def candidates(con: Connection, lock_id: str, model_id: str, dim: int, now: dt.d
         vp_model, vp_dim, vp_embedding = row.pop("vp_model"), row.pop("vp_dim"), row.pop("vp_embedding")
         vp_arrived, vp_scored = row.pop("vp_arrived"), row.pop("vp_scored")
         may = bool(vp_scored) and Membership(**row).may_operate(now)
-        if vp_model != model_id or vp_dim != dim:
+        # another model's, or one no cosine can be taken with (NaN or no direction: written past enrollment, which
+        # makes none; its NaN scores, stored for a say-again, made every such attempt a 500 nothing counted): to
+        # enroll again, scored as nobody's
+        if vp_model != model_id or vp_dim != dim or scoring.unusable_rows(scoring.from_bytes(bytes(vp_embedding), dim)):
             if may:
                 stale.append(row["user_uid"])
             continue
@@ -130,17 +133,6 @@ def candidates(con: Connection, lock_id: str, model_id: str, dim: int, now: dt.d
         precedence.append((row["role"] != "owner", vp_arrived, row["user_uid"]))
         allowed.append(may)
     prints = scoring.from_bytes(b"".join(vectors), dim) if vectors else np.zeros((0, dim), np.float32)
-    unusable = scoring.unusable_rows(prints)  # written past enrollment (which makes none): scored as nobody's, and
-    if unusable:  # their NaN scores failed a say-again's stored scores, every attempt a 500 nothing counted
-        usable = [i for i in range(len(uids)) if i not in set(unusable)]
-        stale += [uids[i] for i in unusable if allowed[i]]  # to enroll again, as after an encoder change
-        return Candidates(
-            [uids[i] for i in usable],
-            prints[usable],
-            stale,
-            [precedence[i] for i in usable],
-            [allowed[i] for i in usable],
-        )
     return Candidates(uids, prints, stale, precedence, allowed)
 
 

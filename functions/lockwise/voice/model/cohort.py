@@ -47,11 +47,7 @@ class Cohort:
         if len(raw) == 0:
             return np.zeros(0, np.float32)
         probe_mean, probe_std = self.stats(probe)
-        print_mean, print_std = self.stats(prints)
-        normalised: F32 = (((raw - print_mean) / print_std + (raw - probe_mean[0]) / probe_std[0]) / 2).astype(
-            np.float32
-        )
-        return normalised
+        return _as_norm(raw, self.stats(prints), (probe_mean[0], probe_std[0]))
 
     def normalise_pairs(self, raw: F32, unit: F32) -> F32:
         """AS-norm of ``raw`` (k, k), the cosines of each of the unit rows ``unit`` (k, d) with each: row ``i`` is
@@ -59,10 +55,14 @@ class Cohort:
         if len(raw) == 0:
             return np.zeros((0, 0), np.float32)
         mean, std = self.stats(unit)
-        normalised: F32 = (((raw - mean[None, :]) / std[None, :] + (raw - mean[:, None]) / std[:, None]) / 2).astype(
-            np.float32
-        )
-        return normalised
+        return _as_norm(raw, (mean[None, :], std[None, :]), (mean[:, None], std[:, None]))
+
+
+def _as_norm(raw: F32, prints: tuple[Any, Any], probes: tuple[Any, Any]) -> F32:
+    """The mean of ``raw`` standardised by the voiceprints' (mean, deviation) and by the probes' (broadcast)."""
+    (print_mean, print_std), (probe_mean, probe_std) = prints, probes
+    normalised: F32 = (((raw - print_mean) / print_std + (raw - probe_mean) / probe_std) / 2).astype(np.float32)
+    return normalised
 
 
 def save(folder: Path, embeddings: F32, top_k: int, model_id: str, sources: dict[str, Any]) -> Path:
