@@ -5,6 +5,7 @@ documents brought back in the app; each is now answered as the request that lost
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import Callable, Iterator
@@ -17,12 +18,13 @@ import pytest
 
 from infra.local.firestore_sdk import sdk_client as firestore_client
 from lockwise.core import errors, mirror
+from lockwise.core.auth import User
 from lockwise.core.config import get_settings
 from lockwise.core.db import Database
 from lockwise.core.runtime import get_runtime
 from lockwise.devices import commands, invitations, lock_auth, locks, members, provisioning
 from tests.conftest import PROJECT_ID
-from tests.devices_world import World, build_world
+from tests.devices_world import World, bearer, build_world
 from tests.waiting import wait_for
 
 #: how long a request is given to show that it waits (one that does not answers in ~10-50 ms here)
@@ -453,3 +455,49 @@ def test_a_relay_batch_acknowledging_a_command_as_its_lock_is_deleted_waits_and_
     assert [r["outcome"] for r in resp.get_json()["results"]] == ["stale", "duplicate"]
     with db.connection() as con:
         assert con.run("SELECT count(*) FROM locks WHERE id = CAST(:l AS uuid)", l=lock) == [[0]]
+
+
+@pytest.mark.parametrize("what", ["accept", "reactivate"])
+def test_a_member_added_while_another_joins_waits_and_is_counted(
+    world: World, sign_up: Any, monkeypatch: pytest.MonkeyPatch, what: str
+) -> None:
+    """Two invitations accepted side by side (or an invitation accepted as an admin brings a member back from her
+    expiry) each counted the lock's members before the other had joined: both passed the limit and the lock had one
+    member more than ``LOCKWISE_MEMBERS_PER_LOCK`` (as many as raced). One acceptance is held, done but not
+    committed, with room for it alone; the other change waits for it and is 409 ``too_many_members``."""
+    runtime, members_url = get_runtime("devices"), f"/devices/locks/{world.lock_id}/members"
+    owner = world.headers("owner")
+    guest = f"{members_url}/{world.uid('guest_out')}"
+    ended = {"role": "guest", "access": {"expires_at": "2001-01-01T00:00:00+00:00"}}
+    assert world.devices.patch(guest, json=ended, headers=owner).status_code == 200  # 4 active members
+    sent = []
+    for account in (sign_up(), sign_up()):
+        assert world.devices.get("/devices/me", headers=bearer(account)).status_code == 200
+        invited = world.devices.post(members_url, json={"uid": account["localId"], "role": "member"}, headers=owner)
+        assert invited.status_code == 202, invited.get_json()
+        sent.append((account, invited.get_json()["invitation"]["id"]))
+    monkeypatch.setattr(runtime, "settings", dataclasses.replace(runtime.settings, members_per_lock=5))
+    (joining, joining_id), (other, other_id) = sent
+
+    @contextmanager
+    def joined_not_committed() -> Iterator[None]:
+        user = User(uid=joining["localId"], email=None, email_verified=False, claims={"auth_time": int(time.time())})
+        with runtime.db.transaction() as con:
+            invitations.accept(con, joining_id, user, _now(), members_per_lock=5)
+            yield
+
+    def second() -> Any:
+        if what == "accept":
+            return world.devices.post(f"/devices/invitations/{other_id}/accept", headers=bearer(other))
+        return world.devices.patch(guest, json={"role": "guest"}, headers=owner)
+
+    waited, resp = while_held(joined_not_committed, second)
+    assert waited and resp.status_code == 409, resp.get_json()
+    assert resp.get_json()["error"]["code"] == "too_many_members"
+    with runtime.db.connection() as con:
+        active = con.run(
+            "SELECT count(*) FROM lock_members WHERE lock_id = CAST(:l AS uuid) AND revoked_at IS NULL"
+            " AND (expires_at IS NULL OR expires_at > now())",
+            l=world.lock_id,
+        )
+    assert active == [[5]]

@@ -101,6 +101,7 @@ def invite(
         current = members.get(con, lock_id, uid)
         if current is not None and current.active(now):
             raise errors.Conflict("already a member of this lock", code="already_member")
+    members.hold_members(con, lock_id)  # counted below, with the open invitations this closes or adds
     # an expired invitation, or one whose sender lost the right to send it, no longer stands in the way of a new one
     con.run(
         "UPDATE invitations SET closed_at = :now WHERE lock_id = CAST(:l AS uuid) AND "
@@ -229,6 +230,7 @@ def accept(
     # here, one after waits for this to commit
     con.run("SELECT 1 FROM locks WHERE id = CAST(:l AS uuid) FOR KEY SHARE", l=seen["lock_id"])
     users.hold(con, user.uid, signed_in=users.signed_in_at(user))  # not a session from before the account left
+    members.hold_members(con, seen["lock_id"])  # counted below; before the sender's row, as a change to it holds them
     members.get(con, seen["lock_id"], seen["invited_by"], for_share=True, lock_row="KEY SHARE")
     row = _take(con, invitation_id, user, now)
     lock_id = row["lock_id"]

@@ -278,7 +278,8 @@ def require(
 
 def require_target(con: Connection, lock_id: str, uid: str) -> Membership:
     """The member ``uid`` an owner or admin acts on, locked to change it (404 ``member_not_found`` if they are not
-    one, or no longer)."""
+    one, or no longer). The lock's members are held first (``hold_members``): bringing one back counts them."""
+    hold_members(con, lock_id)
     target = get(con, lock_id, uid, for_update=True)
     if target is None or target.revoked_at is not None:
         raise errors.NotFound("no such member", code="member_not_found")
@@ -402,11 +403,21 @@ def _mirror_access_due(con: Connection) -> int:
     return len(due)
 
 
+def hold_members(con: Connection, lock_id: str) -> None:
+    """Hold who is a member of ``lock_id`` from other changes until this transaction ends (a transaction-scoped
+    advisory lock): two invitations accepted side by side each counted the members before the other joined, and
+    both passed ``refuse_past_limit``. Taken after the lock's row and before any membership row (``require_target``,
+    the sender's in ``invitations.accept``) and before ``mirror_access``'s, so no two paths wait in a circle."""
+    con.run("SELECT pg_advisory_xact_lock(hashtextextended('members of ' || :l, 0))", l=lock_id)
+
+
 def refuse_past_limit(con: Connection, lock_id: str, limit: int, now: dt.datetime, *, invited: int = 0) -> None:
     """409 ``too_many_members`` when ``lock_id`` has ``limit`` active members at ``now`` already, with ``invited``
     more on their way. Each is a voiceprint the door scores at every attempt, and like voices are scored against
-    each other (k by k): an owner's thousand accounts at one door cost seconds an attempt (attack run 22). Counted
-    without a lock of its own, so requests racing each other may pass it by as many as race."""
+    each other (k by k): an owner's thousand accounts at one door cost seconds an attempt (attack run 22). The
+    members are held (``hold_members``) until the caller's transaction ends, so what it then adds is counted by the
+    next; the caller took that hold already where it locks a membership row after this."""
+    hold_members(con, lock_id)
     (active,) = con.run(
         "SELECT count(*) FROM lock_members m WHERE m.lock_id = CAST(:l AS uuid) AND " + active_sql("m"),
         l=lock_id,
