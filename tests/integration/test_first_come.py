@@ -183,6 +183,53 @@ def test_an_expiry_set_and_lifted_by_someone_else_keeps_a_members_start(
     ]
 
 
+def test_a_member_removed_and_invited_back_keeps_her_place_for_the_voice_she_had(
+    clients: dict[str, Any], world: World, corpus: Path
+) -> None:
+    """As with a pause (above), by removal: an admin removes a member, enrolls her recordings while she is nobody's
+    co-member (nothing to compare with), and invites her back. Her accepted invitation started her membership again,
+    after the admin's copy: her voice let in as the admin, hers set aside (attack run 24, left until now). A member
+    who comes back with the voiceprint she had before she left keeps her start."""
+    clips, admin, member = allison(corpus), world.accounts["admin"], world.accounts["member"]
+    assert enroll(clients, member, clips[:5]).status_code == 201
+    removed = clients["devices"].delete(
+        f"/devices/locks/{world.lock_id}/members/{world.uid('member')}", headers=bearer(admin)
+    )
+    assert removed.status_code == 204
+    away = enroll(clients, admin, clips[5:10])
+    assert away.status_code == 201 and away.get_json()["not_scored_at"] == []
+    join(clients["devices"], world.lock_id, admin, member, {"role": "member"})
+    answers = at_the_door(clients, world, clips[30:36])
+    assert answers.count(("accepted", world.uid("member"))) >= 2 and all(a[1] != world.uid("admin") for a in answers)
+    assert clients["embed"].get("/embed/enrollment", headers=bearer(admin)).get_json()["not_scored_at"] == [
+        world.lock_id
+    ]
+
+
+def test_a_member_who_enrolled_a_voice_while_away_comes_back_after_those_who_have_it(
+    clients: dict[str, Any], world: World, corpus: Path, sign_up: Any
+) -> None:
+    """The other side of keeping a start (above): a removed member who enrolls someone's recordings while away, the
+    recordings of one who joins meanwhile, comes back with a voiceprint that came after hers: it goes after hers."""
+    clips, owner, member = allison(corpus), world.accounts["owner"], world.accounts["member"]
+    removed = clients["devices"].delete(
+        f"/devices/locks/{world.lock_id}/members/{world.uid('member')}", headers=bearer(owner)
+    )
+    assert removed.status_code == 204
+    assert enroll(clients, member, clips[:5]).status_code == 201  # while away
+    newcomer = sign_up()
+    assert clients["devices"].get("/devices/me", headers=bearer(newcomer)).status_code == 200
+    join(clients["devices"], world.lock_id, owner, newcomer, {"role": "member"})
+    assert enroll(clients, newcomer, clips[5:10]).status_code == 201
+    join(clients["devices"], world.lock_id, owner, member, {"role": "member"})
+    answers = at_the_door(clients, world, clips[30:36])
+    assert answers.count(("accepted", newcomer["localId"])) >= 2, answers
+    assert all(a[1] != world.uid("member") for a in answers)
+    assert clients["embed"].get("/embed/enrollment", headers=bearer(member)).get_json()["not_scored_at"] == [
+        world.lock_id
+    ]
+
+
 def test_a_copy_of_a_guests_voice_does_not_let_her_in_outside_her_window(
     clients: dict[str, Any], world: World, corpus: Path
 ) -> None:

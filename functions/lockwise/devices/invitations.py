@@ -218,6 +218,19 @@ def answering_as(db: Database, invitation_id: str, user: User, confirm: ConfirmA
     return user if rows and rows[0][0] == user.uid else confirm(user)
 
 
+#: when a membership that ended (removed, or expired) starts again as its invitation is accepted: where the member
+#: comes back with the voiceprint she had before it ended, when it first began, as if she had never left (which of
+#: two like voices goes first at the door goes by it, ``lockwise.voice.first_come``: an admin who removed a member,
+#: enrolled her recordings while she was nobody's co-member and invited her back took her voice, attack run 24);
+#: otherwise now (a voiceprint stored while she was away, someone's recordings perhaps, comes after every voice
+#: that came to the lock meanwhile)
+_START_AGAIN = (
+    "CASE WHEN EXISTS (SELECT 1 FROM voiceprints v WHERE v.user_uid = lock_members.user_uid"
+    " AND v.created_at <= LEAST(lock_members.revoked_at, lock_members.expires_at))"
+    " THEN lock_members.created_at ELSE :now END"
+)
+
+
 def accept(
     con: Connection, invitation_id: str, user: User, now: dt.datetime, *, members_per_lock: int
 ) -> members.Membership:
@@ -252,8 +265,9 @@ def accept(
         " ON CONFLICT (lock_id, user_uid) DO UPDATE SET role = EXCLUDED.role, invited_by = EXCLUDED.invited_by,"
         " valid_from = EXCLUDED.valid_from, valid_until = EXCLUDED.valid_until, weekdays = EXCLUDED.weekdays,"
         " day_start_minute = EXCLUDED.day_start_minute, day_end_minute = EXCLUDED.day_end_minute,"
-        " timezone = EXCLUDED.timezone, expires_at = EXCLUDED.expires_at, revoked_at = NULL, created_at = :now"
-        " WHERE (lock_members.revoked_at IS NOT NULL OR lock_members.expires_at <= :now)"
+        " timezone = EXCLUDED.timezone, expires_at = EXCLUDED.expires_at, revoked_at = NULL, created_at = "
+        + _START_AGAIN
+        + " WHERE (lock_members.revoked_at IS NOT NULL OR lock_members.expires_at <= :now)"
         " AND (lock_members.last_removed_at IS NULL OR lock_members.last_removed_at < :sent) RETURNING 1",
         l=lock_id,
         u=user.uid,
