@@ -13,6 +13,7 @@ from lockwise.core import accounts
 from lockwise.core.runtime import get_runtime
 from tests.conftest import PROJECT_ID
 from tests.devices_world import World, bearer, build_world, sign_in, verify_email
+from tests.integration.test_devices_live_view import rest_get
 from tests.integration.test_voice import enroll, signed_verify, take
 from tests.voices import spoken, wav
 
@@ -197,6 +198,49 @@ def test_a_disabled_account_opens_no_door_until_it_is_enabled_and_keeps_its_memb
     flush(clients, stack_env)
     decided = signed_verify(clients, world, wav(spoken("allison", 1, start=6)[0])).get_json()
     assert (decided["decision"], decided["member_uid"]) == ("accepted", owner), decided
+
+
+def test_a_disabled_accounts_leftover_token_opens_nothing_and_reads_nothing_until_it_is_enabled(
+    clients: dict[str, Any], world: World, stack_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An operator disables the admin's account (a stolen phone, an abusive user). The phone's ID token (valid up to
+    an hour, checked offline) still unlocked the door, invited and removed members, and read the live view once the
+    flush had marked the account (attack run 26). Now its command is 401 ``account_disabled`` at once (the user's
+    row decides it), every other app request once an instance reads the row again (``RECORDED_USER_TTL_S``), and
+    its access document is gone in the same flush: the rules refuse its reads. Enabled again, it is let back in
+    with the same token, its memberships as they were."""
+    from lockwise.core import runtime
+
+    devices, lock, admin = clients["devices"], world.lock_id, world.uid("admin")
+    host, token = stack_env["FIRESTORE_EMULATOR_HOST"], world.accounts["admin"]["idToken"]
+    flush(clients, stack_env)
+    assert devices.get(f"/devices/locks/{lock}", headers=world.headers("admin")).status_code == 200  # recorded
+    assert rest_get(host, f"locks/{lock}", token) == 200
+    admin_call(stack_env, "accounts:update", {"localId": admin, "disableUser": True})
+    recheck_now(admin)
+    flush(clients, stack_env)
+
+    def refused(resp: Any) -> bool:
+        return resp.status_code == 401 and resp.get_json()["error"]["code"] == "account_disabled"
+
+    unlock = devices.post(f"/devices/locks/{lock}/commands", json={"action": "unlock"}, headers=world.headers("admin"))
+    assert refused(unlock), unlock.get_json()  # within the minute the instance remembers the user for
+    monkeypatch.setattr(runtime, "RECORDED_USER_TTL_S", 0.0)
+    for method, path, body in (
+        ("get", f"/devices/locks/{lock}", None),
+        ("post", f"/devices/locks/{lock}/members", {"uid": world.uid("stranger"), "role": "member"}),
+        ("delete", f"/devices/locks/{lock}/members/{world.uid('member')}", None),
+    ):
+        answer = getattr(devices, method)(path, json=body, headers=world.headers("admin"))
+        assert refused(answer), (path, answer.get_json())
+    assert rest_get(host, f"locks/{lock}", token) == 403
+    listed = devices.get(f"/devices/locks/{lock}/members", headers=world.headers("owner")).get_json()
+    assert {m["uid"] for m in listed["members"]} >= {admin, world.uid("member")} and listed["invitations"] == []
+    admin_call(stack_env, "accounts:update", {"localId": admin, "disableUser": False})
+    recheck_now(admin)
+    flush(clients, stack_env)
+    assert devices.get(f"/devices/locks/{lock}", headers=world.headers("admin")).status_code == 200
+    assert rest_get(host, f"locks/{lock}", token) == 200
 
 
 def test_an_account_made_again_with_its_uid_is_gone_no_more_and_its_address_keeps_its_invitation(

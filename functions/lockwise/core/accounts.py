@@ -19,7 +19,7 @@ import json
 import ssl
 import urllib.parse
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 from lockwise.core import audit, errors, google_api, inputs, users
@@ -50,7 +50,7 @@ class Directory(Protocol):
 
     def verified_email(self, uid: str) -> str | None:
         """The address ``uid``'s account has now, verified (``inputs.email_key``'s form), or None (none, not
-        verified, no such account); ``DirectoryError`` when that cannot be told."""
+        verified, no such account, or the account is disabled); ``DirectoryError`` when that cannot be told."""
         ...
 
 
@@ -69,7 +69,7 @@ class IdentityToolkit:
 
     def verified_email(self, uid: str) -> str | None:
         user = self._users([uid]).get(uid)
-        if user is None or user.get("emailVerified") is not True:
+        if user is None or user.get("emailVerified") is not True or user.get("disabled") is True:
             return None
         return inputs.email_key(user.get("email"))
 
@@ -132,12 +132,22 @@ def directory_for(project_id: str, auth_emulator_host: str | None) -> IdentityTo
 class Sweep:
     gone: list[str]  # found deleted by this sweep
     back: list[str]  # found again after being marked gone (an account made again with its uid)
+    disabled: list[str] = field(default_factory=list)  # found disabled, or enabled again, by this sweep
 
 
-def sweep(db: Database, directory: Directory, *, batch: int, recheck_s: int) -> Sweep:
+def sweep(
+    db: Database,
+    directory: Directory,
+    *,
+    batch: int,
+    recheck_s: int,
+    disabled_changed: Callable[[Connection, list[str]], None] | None = None,
+) -> Sweep:
     """Check up to ``batch`` (at least 1) users due a check (never checked, or last checked ``recheck_s`` ago, gone
     ones too); mark the ones Firebase Auth does not know gone, and whether the others are disabled; a gone one found
-    again is gone no more. ``DirectoryError`` when it does not answer (nothing is marked)."""
+    again is gone no more. ``disabled_changed`` is called with the users found disabled or enabled again, in the
+    transaction that marks them (the devices side ends their live view: ``gone_accounts``). ``DirectoryError``
+    when it does not answer (nothing is marked)."""
     with db.connection() as con:
         due = [
             str(row[0])
@@ -156,14 +166,13 @@ def sweep(db: Database, directory: Directory, *, batch: int, recheck_s: int) -> 
     found = {uid: disabled for uid, disabled in directory.lookup(due).items() if inputs.is_document_id(uid)}
     with db.transaction() as con:
         # the rows nobody else holds (a user's first request writing theirs is not waited for: checked next time)
-        held = {
-            str(row[0]): bool(row[1])
-            for row in con.run(
-                "SELECT uid, account_gone_at IS NOT NULL FROM users WHERE uid = ANY(:u) ORDER BY uid"
-                " FOR NO KEY UPDATE SKIP LOCKED",
-                u=due,
-            )
-        }
+        rows = con.run(
+            "SELECT uid, account_gone_at IS NOT NULL, account_disabled FROM users WHERE uid = ANY(:u) ORDER BY uid"
+            " FOR NO KEY UPDATE SKIP LOCKED",
+            u=due,
+        )
+        held = {str(row[0]): bool(row[1]) for row in rows}
+        flipped = sorted(str(row[0]) for row in rows if str(row[0]) in found and found[str(row[0])] != bool(row[2]))
         con.run(
             "UPDATE users SET account_checked_at = now(), account_disabled = f.disabled, account_gone_at = NULL,"
             " account_ended_at = NULL"
@@ -182,7 +191,11 @@ def sweep(db: Database, directory: Directory, *, batch: int, recheck_s: int) -> 
             audit.record(con, AUDIT_ACTOR, "user.account_gone", "ok", target=uid)
         for uid in back:
             audit.record(con, AUDIT_ACTOR, "user.account_back", "ok", target=uid)
-    return Sweep(gone, back)
+        for uid in flipped:
+            audit.record(con, AUDIT_ACTOR, "user.account_disabled", "ok", target=uid, details={"disabled": found[uid]})
+        if flipped and disabled_changed is not None:
+            disabled_changed(con, flipped)
+    return Sweep(gone, back, flipped)
 
 
 def to_end(con: Connection, limit: int) -> list[str]:

@@ -32,7 +32,7 @@ RECORDED_USER_TTL_S = 60.0
 class Recorded:
     email: str | None  # the address this instance recorded for the user
     at: float  # when (``time.monotonic()``)
-    gone: bool  # their account was found deleted (``lockwise.core.accounts``)
+    refused: str | None  # why their account is refused: found deleted or disabled (``users.refusal``)
 
 
 def utc_now() -> dt.datetime:
@@ -73,25 +73,28 @@ class Runtime:
 
     def app_user(self, id_token: str) -> User:
         """The signed-in app user: token verified and recorded in PostgreSQL (invitations wait for an answer); 401
-        ``account_deleted`` once their account was found deleted (its tokens live up to an hour after).
+        ``account_deleted`` or ``account_disabled`` once their account was found deleted or disabled (its tokens live
+        up to an hour after).
 
         The user row is written when this instance has not recorded this uid with this email yet, not on every
-        request (users are never deleted, so a recorded row stays); whether the account is gone is read again once
-        ``RECORDED_USER_TTL_S`` has passed."""
+        request (users are never deleted, so a recorded row stays); whether the account is refused is read again
+        once ``RECORDED_USER_TTL_S`` has passed (what holds the user's row, a command among them, reads it at once:
+        ``users.hold``), and on every request while it is refused (an account enabled again is let in as soon as
+        the relay's flush finds it so)."""
         user = self.verifier.verify(id_token)
         email = users.stored_email(user)
         seen, now = self._recorded_users.get(user.uid), time.monotonic()
         if seen is None or seen.email != email:
             with self.db.transaction() as con:  # remembered once committed
                 users.upsert(con, user)
-                gone = users.account_gone(con, user)
-            seen = self._recorded(user.uid, Recorded(email, now, gone))
-        elif now - seen.at > RECORDED_USER_TTL_S:  # recorded: only whether the account is gone is read again
+                refused = users.refusal(con, user)
+            seen = self._recorded(user.uid, Recorded(email, now, refused))
+        elif seen.refused is not None or now - seen.at > RECORDED_USER_TTL_S:  # only the refusal is read again
             with self.db.connection() as con:
-                gone = users.account_gone(con, user)
-            seen = self._recorded(user.uid, Recorded(email, now, gone))
-        if seen.gone:
-            raise users.account_deleted()
+                refused = users.refusal(con, user)
+            seen = self._recorded(user.uid, Recorded(email, now, refused))
+        if seen.refused is not None:
+            raise users.REFUSED[seen.refused]()
         return user
 
     def _recorded(self, uid: str, seen: Recorded) -> Recorded:

@@ -91,23 +91,42 @@ def signed_in_at(user: User) -> dt.datetime:
 LEFT_LEEWAY_S = 60
 
 
-def account_gone(con: Connection, user: User) -> bool:
-    """Whether ``user``'s account was found deleted (``lockwise.core.accounts``): a read, but for a token issued
-    after the mark (Firebase issues none to a deleted account: it was restored with its uid), which makes the
-    account the relay's next flush's first check instead of up to an hour later."""
-    rows = con.run("SELECT extract(epoch FROM account_gone_at) FROM users WHERE uid = :u", u=user.uid)
-    gone_at = rows[0][0] if rows else None
-    if gone_at is None:
-        return False
+def refusal(con: Connection, user: User) -> str | None:
+    """Why ``user``'s requests are refused (a key of ``REFUSED``), if they are: their account was found deleted
+    (``account_deleted``) or disabled (``account_disabled``) by ``lockwise.core.accounts``. ID tokens are checked
+    offline and live up to an hour after either: a disabled admin's phone still unlocked the door, invited and
+    removed members (attack run 26). A read, but for a token issued after the mark (Firebase issues none to a
+    deleted or disabled account: it was restored with its uid, or enabled again), which makes the account the
+    relay's next flush's first check instead of up to an hour later."""
+    rows = con.run(
+        "SELECT extract(epoch FROM account_gone_at), account_disabled, extract(epoch FROM account_checked_at)"
+        " FROM users WHERE uid = :u",
+        u=user.uid,
+    )
+    if not rows:
+        return None
+    gone_at, disabled, checked_at = rows[0]
+    marked = gone_at if gone_at is not None else checked_at if disabled else None
+    if marked is None:
+        return None
     issued = user.claims.get("iat")
-    if isinstance(issued, int | float) and issued > float(gone_at) + RESTORED_LEEWAY_S:
+    if isinstance(issued, int | float) and issued > float(marked) + RESTORED_LEEWAY_S:
         con.run("UPDATE users SET account_checked_at = NULL WHERE uid = :u", u=user.uid)
-    return True
+    return "account_deleted" if gone_at is not None else "account_disabled"
 
 
 def account_deleted() -> errors.Unauthenticated:
     """The answer to a request of an account found deleted (its ID tokens live up to an hour after)."""
     return errors.Unauthenticated("this account has been deleted", code="account_deleted")
+
+
+def account_disabled() -> errors.Unauthenticated:
+    """The answer to a request of an account found disabled (its ID tokens live up to an hour after)."""
+    return errors.Unauthenticated("this account has been disabled", code="account_disabled")
+
+
+#: the answer to each of ``refusal``'s reasons
+REFUSED = {"account_deleted": account_deleted, "account_disabled": account_disabled}
 
 
 def hold(con: Connection, uid: str, *, caller: bool = True, signed_in: dt.datetime | None = None) -> bool:
@@ -116,17 +135,23 @@ def hold(con: Connection, uid: str, *, caller: bool = True, signed_in: dt.dateti
 
     An account found deleted (``lockwise.core.accounts``) is refused here (401 ``account_deleted``): its ID tokens
     live up to an hour after the deletion (they are checked offline), and one used after its clean-up enrolled a
-    voice again, or joined a lock, that nothing would ever end. Not the ``caller`` (a transfer's new owner, a
-    deleted account's own clean-up): returns whether that account is gone, for the caller to act on.
+    voice again, or joined a lock, that nothing would ever end; so is one found disabled (401 ``account_disabled``:
+    its phone's leftover token still unlocked the door, attack run 26). Not the ``caller`` (a transfer's new owner,
+    a deleted account's own clean-up): returns whether that account is gone, for the caller to act on.
 
     ``signed_in`` (``signed_in_at``, the caller's session): 409 ``account_left`` when the account left every lock
     after it (within ``LEFT_LEEWAY_S``, clocks apart). A session from before the leaving (the account's other phone,
     as the account is being deleted; a refreshed token of it too, so not the token's issue time) would give the
     account a lock or a membership nobody could end once it is gone. Signed in again since: the account was kept."""
-    rows = con.run("SELECT account_gone_at IS NOT NULL, left_at FROM users WHERE uid = :u FOR NO KEY UPDATE", u=uid)
-    gone, left = (bool(rows[0][0]), rows[0][1]) if rows else (False, None)
+    rows = con.run(
+        "SELECT account_gone_at IS NOT NULL, left_at, account_disabled FROM users WHERE uid = :u FOR NO KEY UPDATE",
+        u=uid,
+    )
+    gone, left, disabled = (bool(rows[0][0]), rows[0][1], bool(rows[0][2])) if rows else (False, None, False)
     if gone and caller:
         raise account_deleted()
+    if disabled and caller:
+        raise account_disabled()
     if signed_in is not None and left is not None and signed_in <= left + dt.timedelta(seconds=LEFT_LEEWAY_S):
         raise errors.Conflict(
             "this account has left every lock (it is being deleted): sign in again first", code="account_left"

@@ -1,6 +1,8 @@
 """Accounts deleted outside the app, ended on each relay flush: found by ``lockwise.core.accounts``, each then leaves
 every lock it does not own (``locks.leave_every_lock``, as ``DELETE /devices/me`` does) and its voice data is erased
-(``erasure.forget_voice``, as ``DELETE /embed/enrollment`` does), in one transaction."""
+(``erasure.forget_voice``, as ``DELETE /embed/enrollment`` does), in one transaction. Accounts found disabled (or
+enabled again) keep their memberships; the live view of their locks is mirrored again (``members.mirror_access``
+leaves a disabled member out)."""
 
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ from collections.abc import Callable
 from lockwise.core import accounts, erasure, log
 from lockwise.core.config import Settings
 from lockwise.core.db import Database
-from lockwise.devices import locks
+from lockwise.devices import locks, members
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +55,11 @@ def end(
 def _sweep(db: Database, directory: Callable[[], accounts.Directory], settings: Settings) -> None:
     try:
         found = accounts.sweep(
-            db, directory(), batch=settings.account_check_batch, recheck_s=settings.account_recheck_s
+            db,
+            directory(),
+            batch=settings.account_check_batch,
+            recheck_s=settings.account_recheck_s,
+            disabled_changed=members.mirror_access_soon,
         )
     except accounts.DirectoryError as exc:
         log.event(logger, "accounts not checked", level=logging.WARNING, error=str(exc))
@@ -62,3 +68,5 @@ def _sweep(db: Database, directory: Callable[[], accounts.Directory], settings: 
             log.event(logger, "accounts found deleted", level=logging.WARNING, users=found.gone)
         if found.back:
             log.event(logger, "accounts found again", level=logging.WARNING, users=found.back)
+        if found.disabled:
+            log.event(logger, "accounts found disabled or enabled again", level=logging.WARNING, users=found.disabled)

@@ -336,13 +336,23 @@ def mirror_access(con: Connection, lock_id: str) -> None:
     an expired member's document is deleted, a recurring window's rewritten. The rules compare with ``request.time``
     for every new read, but a listener already open is checked again only when a document they read changes: an
     expired member's and a guest's past their window's end kept receiving the lock's state and feed (attack run 12;
-    the relay's upkeep, every 10 s, now cuts them off as removal does)."""
+    the relay's upkeep, every 10 s, now cuts them off as removal does). A member whose account is disabled has no
+    access document while it is (``mirror_access_soon``: a disabled account's leftover token read the live view for
+    up to an hour, attack run 26)."""
     # one lock's mirrors one at a time: each reads the members after the one before it committed, so its writes
     # (queued after that one's) are the newest, and a revoked member's access is never set again after its delete
     con.run("SELECT pg_advisory_xact_lock(hashtextextended('mirror_access ' || :l, 0))", l=lock_id)
     now = dt.datetime.now(dt.UTC)
     current = [m for m in list_for_lock(con, lock_id) if not m.ended(now)]
-    access = {m.user_uid: m.rules_access(now) for m in current}
+    disabled = {
+        r[0]
+        for r in con.run(
+            "SELECT m.user_uid FROM lock_members m JOIN users u ON u.uid = m.user_uid"
+            " WHERE m.lock_id = CAST(:l AS uuid) AND u.account_disabled",
+            l=lock_id,
+        )
+    }
+    access = {m.user_uid: m.rules_access(now) for m in current if m.user_uid not in disabled}
     everyone = [r[0] for r in con.run("SELECT user_uid FROM lock_members WHERE lock_id = CAST(:l AS uuid)", l=lock_id)]
     writes: list[mirror.Write] = [(mirror.access_doc(lock_id, uid), "set", a) for uid, a in sorted(access.items())]
     writes += [(mirror.access_doc(lock_id, uid), "delete", None) for uid in sorted(set(everyone) - set(access))]
@@ -359,6 +369,17 @@ def mirror_access(con: Connection, lock_id: str) -> None:
         )
     else:
         con.run("DELETE FROM mirror_refresh_due WHERE lock_id = CAST(:l AS uuid)", l=lock_id)
+
+
+def mirror_access_soon(con: Connection, uids: list[str]) -> None:
+    """Mirror the access of every lock ``uids`` are members of at the relay's next upkeep (``mirror_access_due``):
+    their accounts were found disabled, or enabled again (``lockwise.core.accounts.sweep``)."""
+    con.run(
+        "INSERT INTO mirror_refresh_due (lock_id, due_at) SELECT DISTINCT lock_id, now() FROM lock_members"
+        " WHERE user_uid = ANY(:u) AND revoked_at IS NULL"
+        " ON CONFLICT (lock_id) DO UPDATE SET due_at = LEAST(mirror_refresh_due.due_at, EXCLUDED.due_at)",
+        u=uids,
+    )
 
 
 def mirror_access_due(db: Database, budget_s: float | None = None) -> bool:
