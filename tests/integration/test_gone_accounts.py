@@ -221,7 +221,7 @@ def test_a_disabled_accounts_leftover_token_opens_nothing_and_reads_nothing_unti
     flush(clients, stack_env)
 
     def refused(resp: Any) -> bool:
-        return resp.status_code == 401 and resp.get_json()["error"]["code"] == "account_disabled"
+        return bool(resp.status_code == 401 and resp.get_json()["error"]["code"] == "account_disabled")
 
     unlock = devices.post(f"/devices/locks/{lock}/commands", json={"action": "unlock"}, headers=world.headers("admin"))
     assert refused(unlock), unlock.get_json()  # within the minute the instance remembers the user for
