@@ -15,7 +15,7 @@ from typing import Any
 import flask
 import functions_framework
 
-from lockwise.core import accounts, audit, auth, errors, health, inputs, users
+from lockwise.core import accounts, audit, auth, errors, inputs, users
 from lockwise.core.http import Api, Ctx, JsonBody, Result, parse_json_object
 from lockwise.core.runtime import get_runtime
 from lockwise.devices import (
@@ -77,7 +77,7 @@ def with_denials_audited(uid: str, lock_id: str, action: str) -> Iterator[None]:
 
 @api.route("GET", "/devices/health")
 def get_health(ctx: Ctx) -> tuple[JsonBody, int]:
-    return health.check(rt.probes(), "devices", rt.settings.release)
+    return rt.health.check(rt.probes(), "devices", rt.settings.release)
 
 
 @api.route("GET", "/devices/me")

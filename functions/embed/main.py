@@ -11,7 +11,7 @@ from typing import Any
 import flask
 import functions_framework
 
-from lockwise.core import auth, erasure, errors, health
+from lockwise.core import auth, erasure, errors
 from lockwise.core.http import Api, Ctx, JsonBody, Result
 from lockwise.core.runtime import get_runtime
 from lockwise.voice import audio, enrollment, first_come, scoring, voiceprints
@@ -46,7 +46,7 @@ def sample_clip(index: int, value: Any) -> audio.Clip:
 
 @api.route("GET", "/embed/health")
 def get_health(ctx: Ctx) -> tuple[JsonBody, int]:
-    return health.check(
+    return rt.health.check(
         {**rt.probes(), "model": describe(encoder), "voice_activity": voice.describe}, "embed", rt.settings.release
     )
 

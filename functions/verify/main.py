@@ -12,7 +12,7 @@ from pathlib import Path
 import flask
 import functions_framework
 
-from lockwise.core import auth, errors, health, inputs
+from lockwise.core import auth, errors, inputs
 from lockwise.core.http import Api, Ctx, JsonBody, Result
 from lockwise.core.runtime import get_runtime
 from lockwise.devices import lock_auth
@@ -42,7 +42,7 @@ def attempt_from(ctx: Ctx, body: bytes) -> tuple[audio.Clip, str | None]:
 
 @api.route("GET", "/verify/health")
 def get_health(ctx: Ctx) -> tuple[JsonBody, int]:
-    return health.check({**rt.probes(), "model": describe(encoder)}, "verify", rt.settings.release)
+    return rt.health.check({**rt.probes(), "model": describe(encoder)}, "verify", rt.settings.release)
 
 
 @api.route("POST", "/verify")

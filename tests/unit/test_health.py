@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 
 from lockwise.core import errors, health
 
@@ -34,3 +36,31 @@ def test_a_failed_probe_is_named_and_the_others_still_report() -> None:
         "latency_ms": body["checks"]["model"]["latency_ms"],
     }
     assert list(body["checks"]) == ["database", "firestore", "model"]
+
+
+def test_an_instance_answers_its_last_report_again_for_a_few_seconds() -> None:
+    """The health routes take no credential and each report reads Firestore (billed) and the database: twenty
+    anonymous calls were twenty of each (attack run 26). The last report is answered again while it is young."""
+    runs: list[int] = []
+    reports = health.Reports(max_age_s=0.3)
+    probes = {"database": lambda: runs.append(1)}
+    answers = [reports.check(probes, "devices", "r1") for _ in range(20)]
+    assert len(runs) == 1
+    assert {status for _, status in answers} == {200}
+    assert all(0 <= body["age_s"] < 0.3 for body, _ in answers)
+    time.sleep(0.35)
+    body, _ = reports.check(probes, "devices", "r1")
+    assert len(runs) == 2 and body["age_s"] < 0.3
+
+
+def test_callers_at_once_share_one_report() -> None:
+    runs: list[int] = []
+
+    def slow() -> None:
+        runs.append(1)
+        time.sleep(0.2)
+
+    reports = health.Reports()
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda _: reports.check({"database": slow}, "devices", "r1")[1], range(8)))
+    assert answers == [200] * 8 and len(runs) == 1

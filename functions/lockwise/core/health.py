@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -43,3 +44,35 @@ def _run(probe: Callable[[], Any]) -> dict[str, Any]:
         entry = {"ok": False, "error": type(exc).__name__}
     entry["latency_ms"] = round((time.perf_counter() - started) * 1000, 2)
     return entry
+
+
+#: how long an instance answers its last report again before it runs the probes anew
+REPORT_MAX_AGE_S = 5.0
+#: and a degraded one
+DEGRADED_MAX_AGE_S = 1.0
+
+
+class Reports:
+    """An instance's health reports: the last one is answered again for ``max_age_s`` (its ``age_s`` says how old),
+    and one report runs at a time, the callers meanwhile waiting for it. The health routes take no credential, and
+    each report reads Firestore (a billed read) and the database: anyone's loop of them cost both per request
+    (attack run 26)."""
+
+    def __init__(self, max_age_s: float = REPORT_MAX_AGE_S) -> None:
+        self._max_age_s = max_age_s
+        self._lock = threading.Lock()
+        self._last: tuple[float, dict[str, Any], int] | None = None
+
+    def check(self, probes: Mapping[str, Callable[[], Any]], service: str, release: str) -> tuple[dict[str, Any], int]:
+        """``check``'s report, or the last one while it is younger than ``max_age_s`` (a degraded one, a second at
+        most: a dependency back is seen soon, by the platform's readiness checks too)."""
+        with self._lock:
+            now = time.monotonic()
+            if self._last is None or now - self._last[0] >= self._max_age(self._last[2]):
+                body, status = check(probes, service, release)
+                self._last = (time.monotonic(), body, status)
+            at, body, status = self._last
+            return {**body, "age_s": round(time.monotonic() - at, 3)}, status
+
+    def _max_age(self, status: int) -> float:
+        return self._max_age_s if status == 200 else min(self._max_age_s, DEGRADED_MAX_AGE_S)

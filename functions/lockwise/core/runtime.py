@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from functools import cached_property, lru_cache
 from typing import TYPE_CHECKING, Any
 
-from lockwise.core import firestore, log, users
+from lockwise.core import firestore, health, log, users
 from lockwise.core.auth import User
 from lockwise.core.config import Settings, get_settings
 from lockwise.core.db import Database
@@ -118,6 +118,11 @@ class Runtime:
 
     def ping_firestore(self) -> None:
         firestore.ping(self.mirror.client())
+
+    @cached_property
+    def health(self) -> health.Reports:
+        """The instance's health reports (the last one answered again for a few seconds)."""
+        return health.Reports()
 
     def probes(self) -> dict[str, Callable[[], Any]]:
         """The dependency checks every function's health endpoint runs."""
