@@ -4,6 +4,7 @@ Auth emulator: an attack run found such an account still a member everywhere, it
 from __future__ import annotations
 
 import json
+import time
 import urllib.request
 from typing import Any
 
@@ -134,14 +135,19 @@ def test_a_lookup_that_fails_marks_nobody_and_holds_up_nothing(
 
 
 def test_the_directory_names_the_accounts_that_exist(stack_env: dict[str, str], sign_up: Any) -> None:
-    """The lookup against the real Auth emulator: existing accounts named, a deleted or unknown one not."""
+    """The lookup against the real Auth emulator: existing accounts named, a deleted or unknown one not; whether
+    each is disabled, and when its sessions were last revoked (as the Admin SDK's ``revokeRefreshTokens`` does)."""
     kept, deleted = sign_up()["localId"], sign_up()["localId"]
     delete_account(stack_env, deleted)
     directory = accounts.directory_for(PROJECT_ID, stack_env["FIREBASE_AUTH_EMULATOR_HOST"])
-    assert directory.lookup([kept, deleted, "never-made"]) == {kept: False}
+    found = directory.lookup([kept, deleted, "never-made"])
+    assert list(found) == [kept] and found[kept].disabled is False
     assert directory.lookup(["never-made"]) == {}
-    admin_call(stack_env, "accounts:update", {"localId": kept, "disableUser": True})
-    assert directory.lookup([kept]) == {kept: True}
+    time.sleep(1.1)  # validSince is in whole seconds
+    revoked_at = int(time.time())
+    admin_call(stack_env, "accounts:update", {"localId": kept, "disableUser": True, "validSince": str(revoked_at)})
+    now = directory.lookup([kept])[kept]
+    assert now.disabled is True and now.valid_since is not None and now.valid_since >= revoked_at
     with pytest.raises(ValueError):
         directory.lookup([])
     closed = accounts.directory_for(PROJECT_ID, "127.0.0.1:9")
@@ -241,6 +247,32 @@ def test_a_disabled_accounts_leftover_token_opens_nothing_and_reads_nothing_unti
     flush(clients, stack_env)
     assert devices.get(f"/devices/locks/{lock}", headers=world.headers("admin")).status_code == 200
     assert rest_get(host, f"locks/{lock}", token) == 200
+
+
+def test_a_token_signed_in_before_the_accounts_sessions_were_revoked_is_refused_and_a_new_sign_in_is_not(
+    clients: dict[str, Any], world: World, stack_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An operator signs a stolen phone out (the Admin SDK's ``revokeRefreshTokens``; a password change does the
+    same): Firebase refuses that session's ID tokens only to ``verifyIdToken`` with ``checkRevoked``, and tokens
+    are checked offline here, so the phone's token kept working for its hour (attack run 26). Once the relay's
+    flush has read the account's ``validSince``, a token signed in before it is 401 ``token_revoked``; the owner's
+    new sign-in is answered."""
+    from lockwise.core import runtime
+
+    monkeypatch.setattr(runtime, "RECORDED_USER_TTL_S", 0.0)
+    devices, member = clients["devices"], world.uid("member")
+    assert devices.get("/devices/locks", headers=world.headers("member")).status_code == 200
+    time.sleep(1.1)  # validSince is in whole seconds, and the session began in the one before it
+    admin_call(stack_env, "accounts:update", {"localId": member, "validSince": str(int(time.time()))})
+    recheck_now(member)
+    flush(clients, stack_env)
+    stolen = devices.get("/devices/locks", headers=world.headers("member"))
+    assert stolen.status_code == 401 and stolen.get_json()["error"]["code"] == "token_revoked", stolen.get_json()
+    monkeypatch.setattr(runtime, "RECORDED_USER_TTL_S", 60.0)  # what the instance remembers judges each token
+    again = sign_in(stack_env["FIREBASE_AUTH_EMULATOR_HOST"], world.accounts["member"]["email"])
+    assert devices.get("/devices/locks", headers=bearer(again)).status_code == 200
+    stolen = devices.get("/devices/locks", headers=world.headers("member"))  # its new token answered: not the old
+    assert stolen.status_code == 401 and stolen.get_json()["error"]["code"] == "token_revoked"
 
 
 def test_an_account_made_again_with_its_uid_is_gone_no_more_and_its_address_keeps_its_invitation(

@@ -15,7 +15,7 @@ class Directory:
     def __init__(self, address: str | None, *, down: bool = False) -> None:
         self.address, self.down, self.asked = address, down, 0
 
-    def lookup(self, uids: Sequence[str]) -> dict[str, bool]:
+    def lookup(self, uids: Sequence[str]) -> dict[str, accounts.Account]:
         raise AssertionError("not asked here")
 
     def verified_email(self, uid: str) -> str | None:

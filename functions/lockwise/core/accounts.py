@@ -7,10 +7,12 @@ offline, so its memberships stayed and its voice still opened doors. Each flush 
 ``LOCKWISE_ACCOUNT_CHECK_BATCH`` users whose last check is older than ``LOCKWISE_ACCOUNT_RECHECK_S`` in Firebase
 Auth (one ``accounts:lookup`` call) and marks the ones it does not find ``account_gone_at``: the devices domain then
 ends what they hold (``lockwise.devices.locks.leave_every_lock``) and no lock scores their voice again
-(``lockwise.voice.voiceprints``). A disabled account is marked ``account_disabled``: its voice is not scored while
-it is, its memberships stay. Every user is looked up again each period, gone ones too: one made again with its uid
-(an account deleted by mistake, restored) is gone no more. A lookup that fails marks nobody: only an answer that is
-a lookup's (its ``kind``) is taken as telling which are gone.
+(``lockwise.voice.voiceprints``). A disabled account is marked ``account_disabled``: its voice is not scored and
+its requests are refused while it is, its memberships stay. When its sessions were last revoked (``validSince``:
+``revokeRefreshTokens``, a password changed) is kept too: a token signed in before it is refused. Every user is
+looked up again each period, gone ones too: one made again with its uid (an account deleted by mistake, restored)
+is gone no more. A lookup that fails marks nobody: only an answer that is a lookup's (its ``kind``) is taken as
+telling which are gone.
 """
 
 from __future__ import annotations
@@ -42,10 +44,18 @@ class DirectoryError(Exception):
     """Firebase Auth did not answer which accounts exist (unreachable, refused, or an answer that is not one)."""
 
 
+@dataclass(frozen=True)
+class Account:
+    """What Firebase Auth holds of an account that exists."""
+
+    disabled: bool = False
+    valid_since: int | None = None  # sessions signed in before it (epoch seconds) are revoked
+
+
 class Directory(Protocol):
-    def lookup(self, uids: Sequence[str]) -> dict[str, bool]:
-        """The accounts of ``uids`` (at most ``LOOKUP_MAX``) that exist, each with whether it is disabled;
-        ``DirectoryError`` when that cannot be told."""
+    def lookup(self, uids: Sequence[str]) -> dict[str, Account]:
+        """The accounts of ``uids`` (at most ``LOOKUP_MAX``) that exist; ``DirectoryError`` when that cannot be
+        told."""
         ...
 
     def verified_email(self, uid: str) -> str | None:
@@ -63,9 +73,13 @@ class IdentityToolkit:
         self._target = f"{prefix}/v1/projects/{urllib.parse.quote(project_id, safe='')}/accounts:lookup"
         self._api = google_api.GoogleApi("Firebase Auth", host, authorize=authorize, tls=tls, timeout_s=TIMEOUT_S)
 
-    def lookup(self, uids: Sequence[str]) -> dict[str, bool]:
+    def lookup(self, uids: Sequence[str]) -> dict[str, Account]:
         asked = set(uids)
-        return {uid: bool(user.get("disabled", False)) for uid, user in self._users(uids).items() if uid in asked}
+        return {
+            uid: Account(user.get("disabled") is True, _seconds(user.get("validSince")))
+            for uid, user in self._users(uids).items()
+            if uid in asked
+        }
 
     def verified_email(self, uid: str) -> str | None:
         user = self._users([uid]).get(uid)
@@ -90,6 +104,18 @@ class IdentityToolkit:
             return {str(user["localId"]): dict(user) for user in found.get("users", [])}
         except (ValueError, AttributeError, KeyError, TypeError) as exc:
             raise DirectoryError("Firebase Auth answered with a body that is not a lookup's") from exc
+
+
+def _or_none(seconds: int | None) -> int:
+    """``seconds``, or -1 for none (an array of PostgreSQL's holds no Python None as pg8000 sends it)."""
+    return -1 if seconds is None else seconds
+
+
+def _seconds(value: object) -> int | None:
+    """``validSince`` as the API answers it (a decimal string of epoch seconds), or None (none, or not one)."""
+    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 11:
+        return int(value)
+    return None
 
 
 def with_current_address(user: User, directory: Callable[[], Directory]) -> User:
@@ -163,7 +189,7 @@ def sweep(
         return Sweep([], [])
     # outside any transaction (a slow answer holds no row); a uid that cannot be one document id was recorded
     # before such tokens were refused: it signs in no more and stays gone (migration 0032), whatever Auth holds
-    found = {uid: disabled for uid, disabled in directory.lookup(due).items() if inputs.is_document_id(uid)}
+    found = {uid: account for uid, account in directory.lookup(due).items() if inputs.is_document_id(uid)}
     with db.transaction() as con:
         # the rows nobody else holds (a user's first request writing theirs is not waited for: checked next time)
         rows = con.run(
@@ -172,13 +198,18 @@ def sweep(
             u=due,
         )
         held = {str(row[0]): bool(row[1]) for row in rows}
-        flipped = sorted(str(row[0]) for row in rows if str(row[0]) in found and found[str(row[0])] != bool(row[2]))
+        flipped = sorted(
+            str(row[0]) for row in rows if str(row[0]) in found and found[str(row[0])].disabled != bool(row[2])
+        )
+        kept = [uid for uid in held if uid in found]
         con.run(
             "UPDATE users SET account_checked_at = now(), account_disabled = f.disabled, account_gone_at = NULL,"
-            " account_ended_at = NULL"
-            " FROM unnest(CAST(:u AS text[]), CAST(:d AS boolean[])) AS f(uid, disabled) WHERE users.uid = f.uid",
-            u=[uid for uid in held if uid in found],
-            d=[found[uid] for uid in held if uid in found],
+            " account_ended_at = NULL, tokens_valid_since = to_timestamp(NULLIF(f.valid_since, -1))"
+            " FROM unnest(CAST(:u AS text[]), CAST(:d AS boolean[]), CAST(:v AS double precision[]))"
+            " AS f(uid, disabled, valid_since) WHERE users.uid = f.uid",
+            u=kept,
+            d=[found[uid].disabled for uid in kept],
+            v=[float(_or_none(found[uid].valid_since)) for uid in kept],
         )
         con.run(
             "UPDATE users SET account_checked_at = now(), account_gone_at = coalesce(account_gone_at, now())"
@@ -192,7 +223,8 @@ def sweep(
         for uid in back:
             audit.record(con, AUDIT_ACTOR, "user.account_back", "ok", target=uid)
         for uid in flipped:
-            audit.record(con, AUDIT_ACTOR, "user.account_disabled", "ok", target=uid, details={"disabled": found[uid]})
+            details = {"disabled": found[uid].disabled}
+            audit.record(con, AUDIT_ACTOR, "user.account_disabled", "ok", target=uid, details=details)
         if flipped and disabled_changed is not None:
             disabled_changed(con, flipped)
     return Sweep(gone, back, flipped)

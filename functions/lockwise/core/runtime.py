@@ -32,7 +32,7 @@ RECORDED_USER_TTL_S = 60.0
 class Recorded:
     email: str | None  # the address this instance recorded for the user
     at: float  # when (``time.monotonic()``)
-    refused: str | None  # why their account is refused: found deleted or disabled (``users.refusal``)
+    standing: users.Standing  # what was found of their account: deleted, disabled, sessions revoked
 
 
 def utc_now() -> dt.datetime:
@@ -73,13 +73,14 @@ class Runtime:
 
     def app_user(self, id_token: str) -> User:
         """The signed-in app user: token verified and recorded in PostgreSQL (invitations wait for an answer); 401
-        ``account_deleted`` or ``account_disabled`` once their account was found deleted or disabled (its tokens live
-        up to an hour after).
+        ``account_deleted`` or ``account_disabled`` once their account was found deleted or disabled, and
+        ``token_revoked`` for a token signed in before the account's sessions were last revoked (ID tokens are
+        checked offline and live up to an hour after any of these: ``users.standing``).
 
         The user row is written when this instance has not recorded this uid with this email yet, not on every
-        request (users are never deleted, so a recorded row stays); whether the account is refused is read again
+        request (users are never deleted, so a recorded row stays); what was found of the account is read again
         once ``RECORDED_USER_TTL_S`` has passed (what holds the user's row, a command among them, reads it at once:
-        ``users.hold``), and on every request while it is refused (an account enabled again is let in as soon as
+        ``users.hold``), and on every request while the account is refused (one enabled again is let in as soon as
         the relay's flush finds it so)."""
         user = self.verifier.verify(id_token)
         email = users.stored_email(user)
@@ -87,14 +88,15 @@ class Runtime:
         if seen is None or seen.email != email:
             with self.db.transaction() as con:  # remembered once committed
                 users.upsert(con, user)
-                refused = users.refusal(con, user)
-            seen = self._recorded(user.uid, Recorded(email, now, refused))
-        elif seen.refused is not None or now - seen.at > RECORDED_USER_TTL_S:  # only the refusal is read again
+                standing = users.standing(con, user)
+            seen = self._recorded(user.uid, Recorded(email, now, standing))
+        elif seen.standing.refused is not None or now - seen.at > RECORDED_USER_TTL_S:  # only the standing again
             with self.db.connection() as con:
-                refused = users.refusal(con, user)
-            seen = self._recorded(user.uid, Recorded(email, now, refused))
-        if seen.refused is not None:
-            raise users.REFUSED[seen.refused]()
+                standing = users.standing(con, user)
+            seen = self._recorded(user.uid, Recorded(email, now, standing))
+        refused = seen.standing.refusal(user)  # this token's: a session revoked is one token's, not the account's
+        if refused is not None:
+            raise users.REFUSED[refused]()
         return user
 
     def _recorded(self, uid: str, seen: Recorded) -> Recorded:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import dataclass
 
 from lockwise.core import errors
 from lockwise.core.auth import User
@@ -91,28 +92,45 @@ def signed_in_at(user: User) -> dt.datetime:
 LEFT_LEEWAY_S = 60
 
 
-def refusal(con: Connection, user: User) -> str | None:
-    """Why ``user``'s requests are refused (a key of ``REFUSED``), if they are: their account was found deleted
-    (``account_deleted``) or disabled (``account_disabled``) by ``lockwise.core.accounts``. ID tokens are checked
-    offline and live up to an hour after either: a disabled admin's phone still unlocked the door, invited and
-    removed members (attack run 26). A read, but for a token issued after the mark (Firebase issues none to a
-    deleted or disabled account: it was restored with its uid, or enabled again), which makes the account the
-    relay's next flush's first check instead of up to an hour later."""
+@dataclass(frozen=True)
+class Standing:
+    """What ``lockwise.core.accounts`` found of a user's account (``standing``)."""
+
+    refused: str | None  # a key of ``REFUSED``: the account was found deleted or disabled
+    sessions_since: dt.datetime | None  # sessions signed in before it were revoked (Firebase Auth's ``validSince``)
+
+    def refusal(self, user: User) -> str | None:
+        """Why ``user``'s request is refused (a key of ``REFUSED``), if it is: the account's, or their token's
+        session was revoked (signed in before ``sessions_since``, as Firebase's ``checkRevoked`` judges it)."""
+        if self.refused is not None:
+            return self.refused
+        if self.sessions_since is not None and signed_in_at(user) < self.sessions_since:
+            return "token_revoked"
+        return None
+
+
+def standing(con: Connection, user: User) -> Standing:
+    """What ``lockwise.core.accounts`` found of ``user``'s account: refused when it was found deleted
+    (``account_deleted``) or disabled (``account_disabled``), and when its sessions were last revoked. ID tokens
+    are checked offline and live up to an hour after any of these: a disabled admin's phone still unlocked the
+    door, invited and removed members (attack run 26). A read, but for a token issued after the mark (Firebase
+    issues none to a deleted or disabled account: it was restored with its uid, or enabled again), which makes the
+    account the relay's next flush's first check instead of up to an hour later."""
     rows = con.run(
-        "SELECT extract(epoch FROM account_gone_at), account_disabled, extract(epoch FROM account_checked_at)"
-        " FROM users WHERE uid = :u",
+        "SELECT extract(epoch FROM account_gone_at), account_disabled, extract(epoch FROM account_checked_at),"
+        " tokens_valid_since FROM users WHERE uid = :u",
         u=user.uid,
     )
     if not rows:
-        return None
-    gone_at, disabled, checked_at = rows[0]
+        return Standing(None, None)
+    gone_at, disabled, checked_at, sessions_since = rows[0]
     marked = gone_at if gone_at is not None else checked_at if disabled else None
     if marked is None:
-        return None
+        return Standing(None, sessions_since)
     issued = user.claims.get("iat")
     if isinstance(issued, int | float) and issued > float(marked) + RESTORED_LEEWAY_S:
         con.run("UPDATE users SET account_checked_at = NULL WHERE uid = :u", u=user.uid)
-    return "account_deleted" if gone_at is not None else "account_disabled"
+    return Standing("account_deleted" if gone_at is not None else "account_disabled", sessions_since)
 
 
 def account_deleted() -> errors.Unauthenticated:
@@ -125,8 +143,13 @@ def account_disabled() -> errors.Unauthenticated:
     return errors.Unauthenticated("this account has been disabled", code="account_disabled")
 
 
-#: the answer to each of ``refusal``'s reasons
-REFUSED = {"account_deleted": account_deleted, "account_disabled": account_disabled}
+def token_revoked() -> errors.Unauthenticated:
+    """The answer to a request whose token's session was revoked (signed in before the account's ``validSince``)."""
+    return errors.Unauthenticated("this session was signed out; sign in again", code="token_revoked")
+
+
+#: the answer to each of ``Standing.refusal``'s reasons
+REFUSED = {"account_deleted": account_deleted, "account_disabled": account_disabled, "token_revoked": token_revoked}
 
 
 def hold(con: Connection, uid: str, *, caller: bool = True, signed_in: dt.datetime | None = None) -> bool:
