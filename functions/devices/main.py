@@ -63,12 +63,13 @@ def app_user(ctx: Ctx) -> auth.User:
 
 @contextmanager
 def with_denials_audited(uid: str, lock_id: str, action: str) -> Iterator[None]:
-    """A Forbidden raised inside is recorded in the audit log, in a transaction of its own."""
+    """A Forbidden raised inside is recorded in the audit log, in a transaction of its own (the first few a minute
+    one by one, every one counted: ``audit.record_denied``)."""
     try:
         yield
     except errors.Forbidden as exc:
         with rt.db.transaction() as con:
-            audit.record(con, audit.user_actor(uid), action, "denied", lock_id=lock_id, details={"code": exc.code})
+            audit.record_denied(con, audit.user_actor(uid), action, lock_id, {"code": exc.code})
         raise
 
 

@@ -593,3 +593,37 @@ def test_invitations_live_and_expire_on_the_functions_clock(
     assert waiting(guest) == []
     accepted = world.devices.post(f"/devices/invitations/{from_admin['id']}/accept", headers=bearer(guest))
     assert accepted.status_code == 404 and accepted.get_json()["error"]["code"] == "invitation_not_found"
+
+
+def test_refused_requests_are_logged_a_few_a_minute_and_every_one_counted(world: World) -> None:
+    """Each refused request was an append-only audit row in a transaction of its own: a guest outside her window
+    (or a member answered ``role_too_low``) added one per request, as fast as she sent them (attack run 26: 60
+    refusals, 60 rows). The first ``DENIALS_LOGGED_PER_MINUTE`` a minute per actor, lock and action are logged;
+    every one is counted."""
+    from lockwise.core import audit
+
+    url, guest = f"/devices/locks/{world.lock_id}/commands", world.headers("guest_out")
+    statuses = {world.devices.post(url, json={"action": "unlock"}, headers=guest).status_code for _ in range(60)}
+    assert statuses == {403}
+    actor = f"user:{world.uid('guest_out')}"
+    with get_runtime("devices").db.connection() as con:
+        counted = [
+            int(n)
+            for (n,) in con.run(
+                "SELECT n FROM audit_denial_counts WHERE actor = :a AND lock_id = CAST(:l AS uuid) ORDER BY minute",
+                a=actor,
+                l=world.lock_id,
+            )
+        ]
+        logged = con.run(
+            "SELECT details FROM audit_log WHERE actor = :a AND lock_id = CAST(:l AS uuid) AND outcome = 'denied'"
+            " ORDER BY id",
+            a=actor,
+            l=world.lock_id,
+        )
+    assert sum(counted) == 60 and len(counted) <= 2  # a minute's edge may fall inside the burst
+    assert len(logged) == sum(min(n, audit.DENIALS_LOGGED_PER_MINUTE) for n in counted)
+    assert all(d["code"] == "outside_access_window" for (d,) in logged)
+    assert sum("further_this_minute" in d for (d,) in logged) == sum(
+        n >= audit.DENIALS_LOGGED_PER_MINUTE for n in counted
+    )

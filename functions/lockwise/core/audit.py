@@ -38,3 +38,27 @@ def record(
         target=target,
         details=json.dumps(details or {}),
     )
+
+
+#: refusals of one actor's action at one lock logged one by one in a minute; past it they are counted only
+DENIALS_LOGGED_PER_MINUTE = 10
+
+
+def record_denied(con: Connection, actor: str, action: str, lock_id: str, details: dict[str, Any]) -> None:
+    """Count a refused request in ``audit_denial_counts`` (per actor, lock, action and minute) and log it as
+    ``record`` does while the minute's count is within ``DENIALS_LOGGED_PER_MINUTE`` (the last one logged says so):
+    a guest outside her window wrote an append-only row per refused request, as fast as she sent them (attack run
+    26)."""
+    ((n,),) = con.run(
+        "INSERT INTO audit_denial_counts (actor, lock_id, action, minute, n)"
+        " VALUES (:a, CAST(:l AS uuid), :act, date_trunc('minute', now()), 1)"
+        " ON CONFLICT (actor, lock_id, action, minute) DO UPDATE SET n = audit_denial_counts.n + 1 RETURNING n",
+        a=actor,
+        l=lock_id,
+        act=action,
+    )
+    if n > DENIALS_LOGGED_PER_MINUTE:
+        return
+    if n == DENIALS_LOGGED_PER_MINUTE:
+        details = {**details, "further_this_minute": "counted in audit_denial_counts"}
+    record(con, actor, action, "denied", lock_id=lock_id, details=details)

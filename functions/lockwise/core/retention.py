@@ -35,6 +35,8 @@ EXPIRING = (
 #: mirror writes Firestore refused (set aside by ``lockwise.core.mirror``) are kept this long for an operator, as
 #: refused lock events are, then deleted (they were kept for ever)
 REFUSED_MIRROR_WRITES_KEPT_DAYS = 30
+#: refused requests' counts per minute (``lockwise.core.audit.record_denied``; the first few are in the audit log)
+DENIAL_COUNTS_KEPT_DAYS = 90
 
 #: rows deleted per table and flush, at most: one statement stays well inside the request path's statement limit
 #: (``db.STATEMENT_TIMEOUT_S``) however large a backlog grew while the flush did not run (a relay outage, a longer
@@ -51,7 +53,8 @@ def prune_expired(con: Connection, nonces_kept_s: int) -> dict[str, int]:
     """Delete up to ``PRUNE_BATCH`` expired rows of each table in ``EXPIRING``, of the mirror writes Firestore
     refused kept past ``REFUSED_MIRROR_WRITES_KEPT_DAYS``, of the locks' request nonces seen over ``nonces_kept_s``
     ago (twice the clock skew a signed request may have: an older one is refused for its timestamp) and of their
-    per-minute counts of past minutes; return how many a table. (The nonces and counts were deleted by one signed
+    per-minute counts of past minutes, and refused requests' counts past ``DENIAL_COUNTS_KEPT_DAYS``; return how
+    many a table. (The nonces and counts were deleted by one signed
     request in 50, all at once: a request paid for every lock's.)"""
     pruned = {table: _prune(con, table, "expires_at <= now()") for table in EXPIRING}
     pruned["lock_request_nonces"] = _prune_while_full(
@@ -65,6 +68,9 @@ def prune_expired(con: Connection, nonces_kept_s: int) -> dict[str, int]:
         "firestore_outbox",
         "refused_at IS NOT NULL AND refused_at <= now() - make_interval(days => :d)",
         d=REFUSED_MIRROR_WRITES_KEPT_DAYS,
+    )
+    pruned["audit_denial_counts"] = _prune(
+        con, "audit_denial_counts", "minute <= now() - make_interval(days => :d)", d=DENIAL_COUNTS_KEPT_DAYS
     )
     if any(pruned.values()):
         log.event(logger, "expired rows deleted", **pruned)
