@@ -271,7 +271,7 @@ def withdraw_invitation(ctx: Ctx, lock_id: str, invitation_id: str) -> Result:
 @api.route("GET", "/devices/invitations")
 def my_invitations(ctx: Ctx) -> JsonBody:
     user = app_user(ctx)
-    return {"invitations": invitations.for_user(rt.db, user, rt.now(), current_address)}
+    return {"invitations": invitations.for_user(rt.db, user, rt.now(), listed_address)}
 
 
 @api.route("POST", "/devices/invitations/<invitation_id>/accept")
@@ -473,6 +473,9 @@ def current_address(user: auth.User) -> auth.User:
 def accounts_directory() -> accounts.IdentityToolkit:
     """Firebase Auth, asked which users' accounts still exist (made on the first flush, not at a cold start)."""
     return accounts.directory_for(rt.settings.project_id, rt.settings.auth_emulator_host)
+
+
+listed_address = accounts.PacedAddresses(accounts_directory)
 
 
 @functions_framework.http

@@ -47,3 +47,17 @@ def test_no_address_to_confirm_asks_nobody_and_an_unreachable_directory_is_a_503
     with pytest.raises(errors.Unavailable) as refused:  # making the directory fails the same way, not a 500
         accounts.with_current_address(User("u1", "a@example.com", True), no_credentials)
     assert refused.value.code == "accounts_unavailable"
+
+
+def test_a_users_listings_ask_firebase_auth_so_many_times_a_minute() -> None:
+    """Each listing of invitations asked Firebase Auth for the caller's address, without limit (attack run 26: 25
+    listings, 25 lookups of the project's quota). At most ``per_minute`` a user a minute now, then 429."""
+    directory = Directory("a@example.com")
+    paced = accounts.PacedAddresses(lambda: directory, per_minute=3)
+    user, other = User("u1", "a@example.com", True), User("u2", "a@example.com", True)
+    assert [paced(user) for _ in range(3)] == [user] * 3 and directory.asked == 3
+    with pytest.raises(errors.RateLimited) as refused:
+        paced(user)
+    assert refused.value.code == "invitations_listed_too_often" and 1 <= refused.value.retry_after_s <= 61
+    assert directory.asked == 3
+    assert paced(other) == other and directory.asked == 4  # another user's own share

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import json
 import ssl
+import threading
+import time
 import urllib.parse
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -251,3 +253,37 @@ def tried(con: Connection, uid: str) -> None:
     every flush, kept the rest from ever being ended: an attack run's deleted member stayed for good). Its own
     column: the sweep's recheck of the account (``account_checked_at``) keeps its schedule."""
     con.run("UPDATE users SET account_end_tried_at = now() WHERE uid = :u", u=uid)
+
+
+#: how many times a minute one user's listings of invitations may ask Firebase Auth for their address, per instance
+LISTED_LOOKUPS_PER_MINUTE = 6
+#: users an instance counts those for, at most (then it starts over)
+LISTED_USERS_MAX = 10_000
+
+
+class PacedAddresses:
+    """``with_current_address`` for a listing of invitations, at most ``per_minute`` times a user a minute on this
+    instance; past it 429 ``invitations_listed_too_often``. Each listing asked Firebase Auth again, without limit,
+    and an account invited by address (its own second account's, say) could spend the project's
+    ``accounts:lookup`` quota that other users' acceptances and the relay's account check need (attack run 26).
+    Not remembered instead: a listing would show invitations sent to an address its account has just given up."""
+
+    def __init__(self, directory: Callable[[], Directory], per_minute: int = LISTED_LOOKUPS_PER_MINUTE) -> None:
+        self._directory, self._per_minute = directory, per_minute
+        self._asked: dict[str, list[float]] = {}
+        self._lock = threading.Lock()
+
+    def __call__(self, user: User) -> User:
+        now = time.monotonic()
+        with self._lock:
+            recent = [t for t in self._asked.get(user.uid, []) if now - t < 60.0]
+            if len(recent) >= self._per_minute:
+                raise errors.RateLimited(
+                    "invitations are listed too often; try again shortly",
+                    retry_after_s=max(1, int(60.0 - (now - recent[0])) + 1),
+                    code="invitations_listed_too_often",
+                )
+            if len(self._asked) >= LISTED_USERS_MAX:
+                self._asked.clear()
+            self._asked[user.uid] = [*recent, now]
+        return with_current_address(user, self._directory)
