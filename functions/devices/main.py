@@ -338,7 +338,7 @@ def reset_voice_lockout(ctx: Ctx, lock_id: str) -> Result:
 def create_command(ctx: Ctx, lock_id: str) -> Result:
     user, lock_id = app_user(ctx), lock_param(lock_id)
     body = ctx.json(("action", "idempotency_key"))
-    key = commands.parse_idempotency_key(ctx.request.headers.get("Idempotency-Key") or body.get("idempotency_key"))
+    key = commands.idempotency_key(ctx.request.headers.get("Idempotency-Key"), body.get("idempotency_key"))
     audited_action = f"command.{body['action']}" if body.get("action") in commands.ACTIONS else "command.invalid"
     with with_denials_audited(user.uid, lock_id, audited_action), rt.db.transaction() as con:
         members.require(con, lock_id, user.uid, rt.now(), operate=True)

@@ -451,6 +451,12 @@ def test_idempotent_retries_return_the_same_command(world: World) -> None:
         path, json={"action": "unlock"}, headers={**world.headers("admin"), "Idempotency-Key": "tap-42"}
     )
     assert other.status_code == 202 and other.get_json()["command"]["id"] != first.get_json()["command"]["id"]
+    # the key in the body is the header's; both and different is no guess at which (the header won silently)
+    same = world.devices.post(path, json={"action": "unlock", "idempotency_key": "tap-42"}, headers=headers)
+    assert same.status_code == 200 and same.get_json()["command"]["id"] == first.get_json()["command"]["id"]
+    both = world.devices.post(path, json={"action": "unlock", "idempotency_key": "tap-43"}, headers=headers)
+    assert both.status_code == 400 and both.get_json()["error"]["code"] == "conflicting_idempotency_keys"
+    assert db_rows("SELECT count(*) FROM commands WHERE lock_id = CAST(:l AS uuid)", l=world.lock_id) == [[2]]
 
 
 def test_expired_command_reads_as_expired(world: World) -> None:

@@ -42,6 +42,18 @@ def parse_action(value: Any, supports_open: bool) -> str:
     return str(value)
 
 
+def idempotency_key(header: str | None, field: Any) -> str | None:
+    """The command's idempotency key: the ``Idempotency-Key`` header or the body's ``idempotency_key``; both, and
+    different, 400 ``conflicting_idempotency_keys`` (the header silently won: a retry carrying the body's key made a
+    second command)."""
+    if header not in (None, "") and field not in (None, "") and header != field:
+        raise errors.BadRequest(
+            "the Idempotency-Key header and the body's idempotency_key differ; send one",
+            code="conflicting_idempotency_keys",
+        )
+    return parse_idempotency_key(header or field)
+
+
 def parse_idempotency_key(value: Any) -> str | None:
     if value is None or value == "":
         return None
