@@ -80,7 +80,8 @@ def accept(con: Connection, lock_id: str, to_uid: str, max_owned: int, now: dt.d
 
 def withdraw(con: Connection, lock_id: str, uid: str, now: dt.datetime) -> None:
     """The owner withdraws the lock's offer, or the member it names declines it (404 ``transfer_not_found``, also
-    for a lapsed one, which goes all the same)."""
+    for a lapsed one: the refusal rolls its deletion back, and the relay's upkeep prunes it with the other lapsed
+    offers, ``lockwise.core.retention``)."""
     rows = con.run(
         "DELETE FROM lock_transfer_offers WHERE lock_id = CAST(:l AS uuid) AND (from_uid = :u OR to_uid = :u)"
         " RETURNING from_uid, to_uid, expires_at",
