@@ -24,7 +24,7 @@ from lockwise.core.db import Database
 from lockwise.core.runtime import get_runtime
 from lockwise.devices import commands, invitations, lock_auth, locks, members, provisioning
 from tests.conftest import PROJECT_ID
-from tests.devices_world import World, bearer, build_world
+from tests.devices_world import World, bearer, build_world, create_lock
 from tests.waiting import wait_for
 
 #: how long a request is given to show that it waits (one that does not answers in ~10-50 ms here)
@@ -501,3 +501,56 @@ def test_a_member_added_while_another_joins_waits_and_is_counted(
             l=world.lock_id,
         )
     assert active == [[5]]
+
+
+def test_a_member_removed_while_the_relays_access_refresh_is_under_way_is_removed(
+    world: World, stack_env: dict[str, str]
+) -> None:
+    """The relay's refresh of locks' access (``members.mirror_access_due``) held a batch's due rows first and then
+    waited for each lock's mirror; a member change holds its lock's mirror and then writes its due row: a removal
+    at a lock further down the batch was ended as a deadlock, 503, nobody removed (attack run 27). The batch takes
+    each lock's mirror, then its row, without waiting: here the first lock's mirror is busy (another session holds
+    it), the batch goes on without it, the removal is answered, and the busy lock is mirrored by the next batch."""
+    db = get_runtime("devices").db
+    other = create_lock(world.devices, world.accounts["owner"])["lock"]["id"]  # due first in the batch
+    with db.transaction() as con:
+        for lock_id, ago in ((other, 20), (world.lock_id, 10)):
+            con.run(
+                "INSERT INTO mirror_refresh_due (lock_id, due_at) VALUES (CAST(:l AS uuid), now() - make_interval("
+                "secs => :s)) ON CONFLICT (lock_id) DO UPDATE SET due_at = EXCLUDED.due_at",
+                l=lock_id,
+                s=ago,
+            )
+    holder = Database(stack_env["DATABASE_URL"], pool_size=1)
+    try:
+        with ThreadPoolExecutor(2) as pool:
+            with holder.transaction() as held:
+                held.run("SELECT pg_advisory_xact_lock(hashtextextended('mirror_access ' || :l, 0))", l=other)
+                batch = pool.submit(members.mirror_access_due, db)
+                time.sleep(SHOWS_IT_WAITS_S)  # before: the batch held both due rows, waiting for the first mirror
+                removal = pool.submit(
+                    world.devices.delete,
+                    f"/devices/locks/{world.lock_id}/members/{world.uid('member')}",
+                    headers=world.headers("owner"),
+                )
+                time.sleep(SHOWS_IT_WAITS_S)
+            resp = removal.result(30)
+            assert batch.result(30) is False
+    finally:
+        holder.close()
+    assert resp.status_code == 204, resp.get_json()
+    with db.connection() as con:
+        removed = con.run(
+            "SELECT revoked_at IS NOT NULL FROM lock_members WHERE lock_id = CAST(:l AS uuid) AND user_uid = :u",
+            l=world.lock_id,
+            u=world.uid("member"),
+        )
+        assert removed == [[True]]
+        due = con.run(
+            "SELECT lock_id::text FROM mirror_refresh_due WHERE due_at <= now() AND lock_id = ANY(:l)",
+            l=[other, world.lock_id],
+        )
+        assert due == [[other]]  # left for the next batch
+    assert members.mirror_access_due(db) is False
+    with db.connection() as con:
+        assert con.run("SELECT count(*) FROM mirror_refresh_due WHERE lock_id = CAST(:l AS uuid)", l=other) == [[0]]
