@@ -114,7 +114,12 @@ def create_lock(ctx: Ctx) -> Result:
             con, user.uid, name, supports_open, rt.settings.locks_per_owner, signed_in=users.signed_in_at(user)
         )
         code, expires = provisioning.issue(
-            con, lock_id, user.uid, rt.settings.provisioning_ttl_s, rt.settings.pairings_per_day
+            con,
+            lock_id,
+            user.uid,
+            rt.settings.provisioning_ttl_s,
+            rt.settings.pairings_per_day,
+            signed_in=users.signed_in_at(user),
         )
         view = locks.view(con, lock_id, "owner")
     rt.flush_mirror()
@@ -192,7 +197,7 @@ def accept_transfer(ctx: Ctx, lock_id: str) -> JsonBody:
     with rt.db.transaction() as con:
         now = rt.now()
         members.require(con, lock_id, user.uid, now, for_update=True)
-        transfers.accept(con, lock_id, user.uid, rt.settings.locks_per_owner, now)
+        transfers.accept(con, lock_id, user.uid, rt.settings.locks_per_owner, now, signed_in=users.signed_in_at(user))
         view = locks.view(con, lock_id, "owner")
     rt.flush_mirror()
     return view
@@ -215,7 +220,12 @@ def new_provisioning_code(ctx: Ctx, lock_id: str) -> Result:
     with rt.db.transaction() as con:
         members.require(con, lock_id, user.uid, rt.now(), at_least="owner")
         code, expires = provisioning.issue(
-            con, lock_id, user.uid, rt.settings.provisioning_ttl_s, rt.settings.pairings_per_day
+            con,
+            lock_id,
+            user.uid,
+            rt.settings.provisioning_ttl_s,
+            rt.settings.pairings_per_day,
+            signed_in=users.signed_in_at(user),
         )
     return {"code": code, "expires_at": expires.isoformat()}, 201
 
@@ -351,6 +361,7 @@ def create_command(ctx: Ctx, lock_id: str) -> Result:
             ttl_s=rt.settings.command_ttl_s,
             idempotency_key=key,
             per_minute=rt.settings.app_commands_per_minute,
+            signed_in=users.signed_in_at(user),
         )
     rt.flush_mirror()
     return {"command": issued.command}, 202 if issued.created else 200

@@ -262,8 +262,7 @@ def test_a_token_signed_in_before_the_accounts_sessions_were_revoked_is_refused_
     monkeypatch.setattr(runtime, "RECORDED_USER_TTL_S", 0.0)
     devices, member = clients["devices"], world.uid("member")
     assert devices.get("/devices/locks", headers=world.headers("member")).status_code == 200
-    time.sleep(1.1)  # validSince is in whole seconds, and the session began in the one before it
-    admin_call(stack_env, "accounts:update", {"localId": member, "validSince": str(int(time.time()))})
+    revoke_sessions(stack_env, member)
     recheck_now(member)
     flush(clients, stack_env)
     stolen = devices.get("/devices/locks", headers=world.headers("member"))
@@ -273,6 +272,90 @@ def test_a_token_signed_in_before_the_accounts_sessions_were_revoked_is_refused_
     assert devices.get("/devices/locks", headers=bearer(again)).status_code == 200
     stolen = devices.get("/devices/locks", headers=world.headers("member"))  # its new token answered: not the old
     assert stolen.status_code == 401 and stolen.get_json()["error"]["code"] == "token_revoked"
+
+
+def revoke_sessions(stack_env: dict[str, str], uid: str) -> float:
+    """Revoke ``uid``'s sessions as the Admin SDK's ``revokeRefreshTokens`` does; when (``validSince`` is in whole
+    seconds: the sessions begun in the second before it are the ones it revokes)."""
+    time.sleep(1.1)
+    admin_call(stack_env, "accounts:update", {"localId": uid, "validSince": str(int(time.time()))})
+    return time.time()
+
+
+def test_a_revoked_session_or_a_disabled_account_takes_nothing_while_an_instance_remembers_the_user(
+    clients: dict[str, Any], world: World, stack_env: dict[str, str]
+) -> None:
+    """What an instance remembers of a user (``RECORDED_USER_TTL_S``) let a revoked session's unlock through (202)
+    and a disabled account take the lock offered to it (200) for a minute after the flush had marked them (attack
+    run 27). What holds the user's row (commands, enrollment, pairing codes, a transfer's acceptance) reads the
+    marks at once."""
+    devices, lock, admin, member = clients["devices"], world.lock_id, world.uid("admin"), world.uid("member")
+    offered = devices.post(f"/devices/locks/{lock}/transfer", json={"uid": admin}, headers=world.headers("owner"))
+    assert offered.status_code == 202, offered.get_json()
+    for role in ("admin", "member"):  # remembered by the instance
+        assert devices.get(f"/devices/locks/{lock}", headers=world.headers(role)).status_code == 200
+    revoke_sessions(stack_env, member)
+    admin_call(stack_env, "accounts:update", {"localId": admin, "disableUser": True})
+    recheck_now(admin, member)
+    flush(clients, stack_env)
+
+    def code(resp: Any) -> tuple[int, str]:
+        return resp.status_code, (resp.get_json().get("error") or {}).get("code", "")
+
+    unlock = devices.post(f"/devices/locks/{lock}/commands", json={"action": "unlock"}, headers=world.headers("member"))
+    assert code(unlock) == (401, "token_revoked")
+    taken = devices.post(f"/devices/locks/{lock}/transfer/accept", headers=world.headers("admin"))
+    assert code(taken) == (401, "account_disabled")
+    with get_runtime("devices").db.connection() as con:
+        assert con.run("SELECT owner_uid FROM locks WHERE id = CAST(:l AS uuid)", l=lock) == [[world.uid("owner")]]
+        assert con.run("SELECT count(*) FROM commands WHERE lock_id = CAST(:l AS uuid)", l=lock) == [[0]]
+    assert code(enroll(clients, world.accounts["member"])) == (401, "token_revoked")
+
+
+def test_a_revocation_is_read_at_the_next_flush_once_its_owner_signs_in_again(
+    clients: dict[str, Any], world: World, stack_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``validSince`` was read only at the account's hourly check, about as long as the stolen token lives (attack
+    run 27). A revocation (or a password change) makes its owner sign in again: a session begun since the
+    account's last check makes it the next flush's first, and the stolen token is refused after that flush."""
+    from lockwise.core import runtime
+
+    monkeypatch.setattr(runtime, "RECORDED_USER_TTL_S", 0.0)
+    devices, lock, member = clients["devices"], world.lock_id, world.uid("member")
+    recheck_now(member)
+    flush(clients, stack_env)  # the account's periodic check: done now, next due in an hour
+    revoke_sessions(stack_env, member)
+    again = sign_in(stack_env["FIREBASE_AUTH_EMULATOR_HOST"], world.accounts["member"]["email"])
+    assert devices.get("/devices/locks", headers=bearer(again)).status_code == 200  # her new sign-in
+    assert users_row(member)[0] is False  # due a check at once
+    flush(clients, stack_env)
+    stolen = devices.post(f"/devices/locks/{lock}/commands", json={"action": "unlock"}, headers=world.headers("member"))
+    assert stolen.status_code == 401 and stolen.get_json()["error"]["code"] == "token_revoked"
+    assert devices.get("/devices/locks", headers=bearer(again)).status_code == 200
+
+
+def test_an_account_enabled_again_soon_after_it_was_found_disabled_is_let_in_at_the_next_flush(
+    clients: dict[str, Any], world: World, stack_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A disabled account's fresh token made it the next flush's first check only when issued a minute after the
+    account's last check, which every check of a still-disabled account moves on: enabled again soon after (a
+    mistake undone), it stayed refused until its hourly recheck (attack run 27). Measured from when it was first
+    found disabled now, without the minute."""
+    from lockwise.core import runtime
+
+    monkeypatch.setattr(runtime, "RECORDED_USER_TTL_S", 0.0)
+    devices, admin = clients["devices"], world.uid("admin")
+    admin_call(stack_env, "accounts:update", {"localId": admin, "disableUser": True})
+    recheck_now(admin)
+    flush(clients, stack_env)  # found disabled now
+    time.sleep(1.1)  # a token's iat is in whole seconds
+    admin_call(stack_env, "accounts:update", {"localId": admin, "disableUser": False})
+    fresh = sign_in(stack_env["FIREBASE_AUTH_EMULATOR_HOST"], world.accounts["admin"]["email"])
+    refused = devices.get("/devices/locks", headers=bearer(fresh))
+    assert refused.status_code == 401 and refused.get_json()["error"]["code"] == "account_disabled"
+    assert users_row(admin)[0] is False  # due a check at once
+    flush(clients, stack_env)
+    assert devices.get("/devices/locks", headers=bearer(fresh)).status_code == 200
 
 
 def test_an_account_made_again_with_its_uid_is_gone_no_more_and_its_address_keeps_its_invitation(

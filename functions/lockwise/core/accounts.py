@@ -206,7 +206,8 @@ def sweep(
         kept = [uid for uid in held if uid in found]
         con.run(
             "UPDATE users SET account_checked_at = now(), account_disabled = f.disabled, account_gone_at = NULL,"
-            " account_ended_at = NULL, tokens_valid_since = to_timestamp(NULLIF(f.valid_since, -1))"
+            " account_ended_at = NULL, tokens_valid_since = to_timestamp(NULLIF(f.valid_since, -1)),"
+            " account_disabled_at = CASE WHEN f.disabled THEN coalesce(users.account_disabled_at, now()) END"
             " FROM unnest(CAST(:u AS text[]), CAST(:d AS boolean[]), CAST(:v AS double precision[]))"
             " AS f(uid, disabled, valid_since) WHERE users.uid = f.uid",
             u=kept,

@@ -72,8 +72,6 @@ def _claimed_time(seconds: object) -> dt.datetime:
 
 
 _OLDEST = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)  # what a time claim that is none counts as
-#: a token issued this long after an account was found gone (clocks apart) says it exists again
-RESTORED_LEEWAY_S = 60
 
 
 def mark_left(con: Connection, uid: str, now: dt.datetime) -> None:
@@ -113,24 +111,37 @@ def standing(con: Connection, user: User) -> Standing:
     """What ``lockwise.core.accounts`` found of ``user``'s account: refused when it was found deleted
     (``account_deleted``) or disabled (``account_disabled``), and when its sessions were last revoked. ID tokens
     are checked offline and live up to an hour after any of these: a disabled admin's phone still unlocked the
-    door, invited and removed members (attack run 26). A read, but for a token issued after the mark (Firebase
-    issues none to a deleted or disabled account: it was restored with its uid, or enabled again), which makes the
-    account the relay's next flush's first check instead of up to an hour later."""
+    door, invited and removed members (attack run 26).
+
+    A read, but for what makes the account the relay's next flush's first check instead of up to an hour later
+    (``recheck_soon``): a token issued after the account was found deleted or disabled (Firebase issues none to
+    either: it was restored with its uid, or enabled again), or a session begun since the account's last check (a
+    revocation or a password change makes its owner sign in again: the revocation is then read in seconds, not at
+    the hourly recheck, attack run 27)."""
     rows = con.run(
-        "SELECT extract(epoch FROM account_gone_at), account_disabled, extract(epoch FROM account_checked_at),"
-        " tokens_valid_since FROM users WHERE uid = :u",
+        "SELECT extract(epoch FROM account_gone_at), extract(epoch FROM account_disabled_at),"
+        " extract(epoch FROM account_checked_at), tokens_valid_since, account_disabled FROM users WHERE uid = :u",
         u=user.uid,
     )
     if not rows:
         return Standing(None, None)
-    gone_at, disabled, checked_at, sessions_since = rows[0]
-    marked = gone_at if gone_at is not None else checked_at if disabled else None
-    if marked is None:
-        return Standing(None, sessions_since)
-    issued = user.claims.get("iat")
-    if isinstance(issued, int | float) and issued > float(marked) + RESTORED_LEEWAY_S:
+    gone_at, disabled_at, checked_at = (None if t is None else float(t) for t in rows[0][:3])
+    sessions_since, disabled = rows[0][3], bool(rows[0][4])
+    refused = "account_deleted" if gone_at is not None else "account_disabled" if disabled else None
+    if refused is not None:
+        marked, claim = (gone_at if gone_at is not None else disabled_at), user.claims.get("iat")
+    else:
+        marked, claim = checked_at, signed_in_at(user).timestamp()
+    if recheck_soon(claim, marked):
         con.run("UPDATE users SET account_checked_at = NULL WHERE uid = :u", u=user.uid)
-    return Standing("account_deleted" if gone_at is not None else "account_disabled", sessions_since)
+    return Standing(refused, sessions_since)
+
+
+def recheck_soon(claim: object, marked: float | None) -> bool:
+    """Whether a token's time ``claim`` (seconds) comes after ``marked`` (seconds, or None: nothing to come after).
+    No leeway for the clocks apart (Google's and the database's): a recheck is one lookup, and an account enabled
+    again within a minute of being found disabled stayed refused until its hourly recheck (attack run 27)."""
+    return isinstance(claim, int | float) and not isinstance(claim, bool) and marked is not None and claim > marked
 
 
 def account_deleted() -> errors.Unauthenticated:
@@ -162,19 +173,33 @@ def hold(con: Connection, uid: str, *, caller: bool = True, signed_in: dt.dateti
     its phone's leftover token still unlocked the door, attack run 26). Not the ``caller`` (a transfer's new owner,
     a deleted account's own clean-up): returns whether that account is gone, for the caller to act on.
 
-    ``signed_in`` (``signed_in_at``, the caller's session): 409 ``account_left`` when the account left every lock
-    after it (within ``LEFT_LEEWAY_S``, clocks apart). A session from before the leaving (the account's other phone,
-    as the account is being deleted; a refreshed token of it too, so not the token's issue time) would give the
-    account a lock or a membership nobody could end once it is gone. Signed in again since: the account was kept."""
+    ``signed_in`` (``signed_in_at``, the caller's session): 401 ``token_revoked`` when it began before the account's
+    sessions were revoked (``Standing``: the instance's memory of the account let a revoked session's unlock through
+    for a minute, attack run 27); 409 ``account_left`` when the account left every lock after it (within
+    ``LEFT_LEEWAY_S``, clocks apart). A session from before the leaving (the account's other phone, as the account
+    is being deleted; a refreshed token of it too, so not the token's issue time) would give the account a lock or a
+    membership nobody could end once it is gone. Signed in again since: the account was kept."""
     rows = con.run(
-        "SELECT account_gone_at IS NOT NULL, left_at, account_disabled FROM users WHERE uid = :u FOR NO KEY UPDATE",
+        "SELECT account_gone_at IS NOT NULL, left_at, account_disabled, tokens_valid_since FROM users WHERE uid = :u"
+        " FOR NO KEY UPDATE",
         u=uid,
     )
-    gone, left, disabled = (bool(rows[0][0]), rows[0][1], bool(rows[0][2])) if rows else (False, None, False)
+    gone, left, disabled, since = (
+        (bool(rows[0][0]), rows[0][1], bool(rows[0][2]), rows[0][3])
+        if rows
+        else (
+            False,
+            None,
+            False,
+            None,
+        )
+    )
     if gone and caller:
         raise account_deleted()
     if disabled and caller:
         raise account_disabled()
+    if caller and signed_in is not None and since is not None and signed_in < since:
+        raise token_revoked()
     if signed_in is not None and left is not None and signed_in <= left + dt.timedelta(seconds=LEFT_LEEWAY_S):
         raise errors.Conflict(
             "this account has left every lock (it is being deleted): sign in again first", code="account_left"

@@ -115,9 +115,11 @@ def from_app(
     ttl_s: int,
     idempotency_key: str | None,
     per_minute: int,
+    signed_in: dt.datetime | None = None,
 ) -> Issued:
     """A command a member sent from the app (their right to operate the lock already checked): the action must be
-    one this lock supports and the lock must hold a live credential (paired), else 400 / 409."""
+    one this lock supports and the lock must hold a live credential (paired), else 400 / 409. ``signed_in``: their
+    session's start (``users.hold``: a revoked one is refused)."""
     rows = con.run(
         "SELECT supports_open, EXISTS (SELECT 1 FROM lock_credentials c"
         " WHERE c.lock_id = l.id AND c.revoked_at IS NULL) FROM locks l WHERE l.id = CAST(:l AS uuid)",
@@ -137,6 +139,7 @@ def from_app(
         ttl_s=ttl_s,
         idempotency_key=idempotency_key,
         per_minute=per_minute,
+        signed_in=signed_in,
     )
 
 
@@ -159,13 +162,14 @@ def create(
     idempotency_key: str | None = None,
     attempt_id: str | None = None,
     per_minute: int | None = None,
+    signed_in: dt.datetime | None = None,
 ) -> Issued:
     """Insert and sign a command (its row read back by the insert itself). With ``per_minute`` (the app's commands),
     the issuer's requests are taken one at a time (their user row held, before the retry's lookup: a retry meets its
     first request's command) and a new command counts against their minute's budget (a retry is answered, not
     counted)."""
     if per_minute is not None and issuer_uid is not None:
-        users.hold(con, issuer_uid)
+        users.hold(con, issuer_uid, signed_in=signed_in)
     if idempotency_key is not None:
         existing = _by_idempotency_key(con, lock_id, issuer_uid, idempotency_key)
         if existing is not None:

@@ -167,15 +167,26 @@ def refuse_past_owned(
         raise errors.Conflict(f"an account may own at most {max_owned} locks", code="too_many_locks")
 
 
-def transfer(con: Connection, lock_id: str, from_uid: str, to_uid: str, max_owned: int, now: dt.datetime) -> None:
+def transfer(
+    con: Connection,
+    lock_id: str,
+    from_uid: str,
+    to_uid: str,
+    max_owned: int,
+    now: dt.datetime,
+    *,
+    signed_in: dt.datetime | None = None,
+) -> None:
     """Make a member active at ``now`` the owner (if they may own one more); the previous owner becomes an admin and
-    the codes they issued to pair the lock stop working."""
+    the codes they issued to pair the lock stop working. The new owner is the caller (they accepted the offer:
+    ``signed_in``, their session's start): an account found disabled, or a revoked session, takes nothing (the
+    instance's memory of the account let a disabled one take a lock for a minute: attack run 27)."""
     if to_uid == from_uid:
         raise errors.BadRequest("you already own this lock", code="already_owner")
     target = members.get(con, lock_id, to_uid, for_update=True)
     if target is None or not target.active(now):
         raise errors.NotFound("the new owner must be a current member of the lock", code="member_not_found")
-    refuse_past_owned(con, to_uid, max_owned, caller=False)  # a member's: nobody else's account state is told
+    refuse_past_owned(con, to_uid, max_owned, signed_in=signed_in)
     con.run(
         "UPDATE lock_members SET role = 'admin' WHERE lock_id = CAST(:l AS uuid) AND user_uid = :u",
         l=lock_id,

@@ -40,12 +40,14 @@ def _hash(code: str) -> bytes:
     return hashlib.sha256(normalised.encode()).digest()
 
 
-def issue(con: Connection, lock_id: str, uid: str, ttl_s: int, per_day: int) -> tuple[str, dt.datetime]:
+def issue(
+    con: Connection, lock_id: str, uid: str, ttl_s: int, per_day: int, *, signed_in: dt.datetime | None = None
+) -> tuple[str, dt.datetime]:
     """A fresh one-time code for ``lock_id``; earlier unredeemed codes of the lock stop working. ``uid`` gets at most
     ``per_day`` in any 24 hours, over all their locks, deleted ones too (then 429 ``pairing_limit``): each pairing
     and each deletion of a paired lock revokes a credential, an entry in the public revocation list (attack run: an
-    owner re-pairing in a loop listed 1,630 in 20 s)."""
-    users.hold(con, uid)
+    owner re-pairing in a loop listed 1,630 in 20 s). ``signed_in``: the owner's session's start (``users.hold``)."""
+    users.hold(con, uid, signed_in=signed_in)
     quotas.take(
         con,
         "pairing_issues",

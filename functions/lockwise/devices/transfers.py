@@ -57,7 +57,15 @@ def offer(con: Connection, lock_id: str, from_uid: str, to_uid: str, now: dt.dat
     return _present(lock_id, from_uid, to_uid, now, expires)
 
 
-def accept(con: Connection, lock_id: str, to_uid: str, max_owned: int, now: dt.datetime) -> None:
+def accept(
+    con: Connection,
+    lock_id: str,
+    to_uid: str,
+    max_owned: int,
+    now: dt.datetime,
+    *,
+    signed_in: dt.datetime | None = None,
+) -> None:
     """Take the offer made to ``to_uid`` (an active member of the lock, whose row the caller holds) and make them the
     owner; 404 ``transfer_not_found`` when none stands: never made, withdrawn, declined, expired, or made by someone
     who no longer owns the lock."""
@@ -75,7 +83,7 @@ def accept(con: Connection, lock_id: str, to_uid: str, max_owned: int, now: dt.d
     giver = members.get(con, lock_id, from_uid, for_update=True)
     if giver is None or giver.role != "owner" or not giver.active(now):
         raise _none_for_you()
-    locks.transfer(con, lock_id, from_uid, to_uid, max_owned, now)
+    locks.transfer(con, lock_id, from_uid, to_uid, max_owned, now, signed_in=signed_in)
 
 
 def withdraw(con: Connection, lock_id: str, uid: str, now: dt.datetime) -> None:

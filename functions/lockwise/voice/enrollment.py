@@ -32,6 +32,8 @@ def enroll(
     voice: VoiceActivity,
     settings: Settings,
     now: Callable[[], dt.datetime],
+    *,
+    signed_in: dt.datetime | None = None,
 ) -> dict[str, Any]:
     """Make ``uid``'s voiceprint from ``clips`` (validated audio) and store it with its takes' fingerprints,
     replacing any earlier one; return the enrollment status and the samples' lowest agreement.
@@ -43,7 +45,8 @@ def enroll(
     not be (it passes as that of a co-member going before it there: enrolling again would hand a voice to a copy
     that came after it), and ``RateLimited``
     (429) once ``uid`` has had the day's comparisons with co-members' voices (``comparisons_wait``) or the day's
-    enrollments that reach the model (``_count_a_run``).
+    enrollments that reach the model (``_count_a_run``). ``signed_in``: the caller's session's start (``users.hold``:
+    an account found disabled, or a revoked session, stores nothing).
     """
     rules = policy(settings, encoder)
     # a user past a day's share is refused before the voice activity model and the fingerprints run (~10 ms a
@@ -66,7 +69,7 @@ def enroll(
                 details={"sample": i, "copy_of": copied},
             )
     with db.transaction() as con:  # early: a user past the day's comparisons or runs costs no model work
-        users.hold(con, uid)
+        users.hold(con, uid, signed_in=signed_in)
         _refuse_past_the_limit(comparisons_wait(con, uid, settings.enroll_comparisons))
         _count_a_run(con, uid, settings.enrollments_per_day)
         began = con.run("SELECT now()")[0][0]  # this transaction's start: a deletion of voice data after it wins
@@ -86,7 +89,7 @@ def enroll(
             details={"sample": outlier, "lowest_agreement": round(lowest, 4), "required": rules.agreement},
         )
     with db.transaction() as con:
-        users.hold(con, uid)  # one user's enrollments are decided one at a time
+        users.hold(con, uid, signed_in=signed_in)  # one user's enrollments are decided one at a time
         con.run(erasure.VOICE_LOCK, u=uid)  # and with an erasure of their voice data
         _refuse_if_erased_since(con, uid, began)
         _one_store_at_a_time_per_lock(con, uid)
