@@ -5,6 +5,7 @@ documents brought back in the app; each is now answered as the request that lost
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import json
 import time
@@ -22,9 +23,10 @@ from lockwise.core.auth import User
 from lockwise.core.config import get_settings
 from lockwise.core.db import Database
 from lockwise.core.runtime import get_runtime
-from lockwise.devices import commands, invitations, lock_auth, locks, members, provisioning
+from lockwise.devices import commands, invitations, lock_auth, lock_certs, locks, members, provisioning
+from simlock.lock import new_tls_key
 from tests.conftest import PROJECT_ID
-from tests.devices_world import World, bearer, build_world, create_lock
+from tests.devices_world import World, bearer, build_world, create_lock, new_lock_key
 from tests.waiting import wait_for
 
 #: how long a request is given to show that it waits (one that does not answers in ~10-50 ms here)
@@ -554,3 +556,112 @@ def test_a_member_removed_while_the_relays_access_refresh_is_under_way_is_remove
     assert members.mirror_access_due(db) is False
     with db.connection() as con:
         assert con.run("SELECT count(*) FROM mirror_refresh_due WHERE lock_id = CAST(:l AS uuid)", l=other) == [[0]]
+
+
+def _relay_events(world: World, stack_env: dict[str, str], events: list[dict[str, Any]]) -> Any:
+    return world.devices.post(
+        "/devices/relay/events",
+        json={"events": events},
+        headers={"X-LockWise-Service-Token": stack_env["LOCKWISE_SERVICE_TOKEN"]},
+    )
+
+
+def _outcomes(resp: Any) -> list[str]:
+    assert resp.status_code == 200, resp.get_data(as_text=True)
+    return [r["outcome"] for r in resp.get_json()["results"]]
+
+
+def test_a_replaced_devices_events_in_a_batch_met_by_its_re_pairing_are_not_applied(
+    world: World, stack_env: dict[str, str]
+) -> None:
+    """A relay batch read the locks' identities before it took their state rows. A re-pairing revokes the old
+    identity and starts the lock's report order afresh, holding that row until it commits: a batch of the old
+    (stolen) device's events that read its identity live just before waited for the row, then applied them to the
+    row just reset, a report 280 s ahead and an ``online`` 23 h ahead, and the new device's own were ``stale`` (the
+    app showed the old device's door: attack run 28). The identities are read again once the rows are held."""
+    rt, lock = get_runtime("devices"), world.lock_id
+    old = world.credentials["mqtt"]["client_id"]
+    code = world.devices.post(f"/devices/locks/{lock}/provisioning", headers=world.headers("owner"))
+    assert code.status_code == 201, code.get_json()
+    public_key, csr = base64.b64decode(new_lock_key()[1]), new_tls_key()[1]
+    ca = lock_certs.LockCa.from_pem(rt.settings.lock_ca_pem())
+    ahead_ms = int((time.time() + 23 * 3600) * 1000)
+    stolen = [
+        {"topic": f"lockwise/{old}/state", "payload": json.dumps({"state": "locked", "ts": time.time() + 280})},
+        {"topic": f"lockwise/{old}/status", "payload": f"online {ahead_ms}"},
+    ]
+    with ThreadPoolExecutor(1) as pool:
+        with rt.db.transaction() as con:  # POST /devices/provision by the replacement device, not yet committed
+            paired = provisioning.redeem(con, code.get_json()["code"], public_key, csr, ca, 3600)
+            sent = pool.submit(_relay_events, world, stack_env, stolen)
+            time.sleep(SHOWS_IT_WAITS_S)
+            waited = not sent.done()
+        resp = sent.result(30)
+    assert waited and _outcomes(resp) == ["rejected", "rejected"], resp.get_json()
+    new = paired.certificate.identity
+    fresh = [
+        {"topic": f"lockwise/{new}/status", "payload": f"online {int(time.time() * 1000)}"},
+        {"topic": f"lockwise/{new}/state", "payload": json.dumps({"state": "unlocked", "ts": time.time()})},
+    ]
+    assert _outcomes(_relay_events(world, stack_env, fresh)) == ["applied", "applied"]
+    with rt.db.connection() as con:
+        assert con.run("SELECT state FROM lock_state WHERE lock_id = CAST(:l AS uuid)", l=lock) == [["unlocked"]]
+
+
+def test_late_acks_in_a_batch_meet_the_relays_expiry_round_without_a_deadlock(
+    world: World, stack_env: dict[str, str]
+) -> None:
+    """The relay's delivery round begins by marking commands past their expiry (``outbox.expire``), one statement
+    locking each in scan order; a relay batch locks the commands it acknowledges in the order the acks came. A
+    batch acking X (just expired), then Z (held by another round while it publishes), then Y (just expired), met a
+    round that locked Y and waited for X: a deadlock, one side aborted (attack run 28). The round passes over a
+    command held by another transaction: here it marks Y, the batch then takes Y as a late ack, nobody is aborted."""
+    from mqtt_relay import outbox as relay_outbox
+
+    rt = get_runtime("devices")
+    made = []
+    for action in ("unlock", "lock", "lock"):  # Y first: expire's scan meets it first
+        issued = world.devices.post(
+            f"/devices/locks/{world.lock_id}/commands", json={"action": action}, headers=world.headers("owner")
+        )
+        assert issued.status_code == 202, issued.get_json()
+        made.append(issued.get_json()["command"]["id"])
+    y, x, z = made
+    with rt.db.transaction() as con:
+        con.run(
+            "UPDATE commands SET status = 'sent', created_at = created_at - interval '31 s',"
+            " sent_at = created_at - interval '30 s', expires_at = expires_at - interval '31 s'"
+            " WHERE id = ANY(CAST(:i AS uuid[]))",
+            i=[y, x],
+        )
+        con.run("UPDATE commands SET status = 'sent', sent_at = now() WHERE id = CAST(:i AS uuid)", i=z)
+        nonces = dict(con.run("SELECT id::text, nonce FROM commands WHERE id = ANY(CAST(:i AS uuid[]))", i=made))
+    client_id = world.credentials["mqtt"]["client_id"]
+    acks = [
+        {"topic": f"lockwise/{client_id}/ack", "payload": json.dumps({"id": i, "nonce": nonces[i], "result": "ok"})}
+        for i in (x, z, y)
+    ]
+    holder, relay_db = (
+        Database(stack_env["DATABASE_URL"], pool_size=1),
+        Database(stack_env["DATABASE_URL"], pool_size=1),
+    )
+    try:
+        with ThreadPoolExecutor(2) as pool:
+            with holder.transaction() as other_round:
+                other_round.run("SELECT 1 FROM commands WHERE id = CAST(:i AS uuid) FOR UPDATE", i=z)
+                sent = pool.submit(_relay_events, world, stack_env, acks)
+                time.sleep(SHOWS_IT_WAITS_S)  # the batch holds X and waits for Z
+
+                def expire_round() -> int:
+                    with relay_db.transaction() as con:
+                        return relay_outbox.expire(con)
+
+                assert pool.submit(expire_round).result(30) == 1  # Y; X passed over, not waited for
+            resp = sent.result(30)
+    finally:
+        holder.close()
+        relay_db.close()
+    assert _outcomes(resp) == ["applied", "applied", "applied"], resp.get_json()
+    with rt.db.connection() as con:
+        statuses = dict(con.run("SELECT id::text, status FROM commands WHERE id = ANY(CAST(:i AS uuid[]))", i=made))
+    assert statuses == {x: "acked", y: "acked", z: "acked"}

@@ -74,7 +74,9 @@ def apply_batch(con: Connection, events: list[Any], now: dt.datetime, feed_budge
     locks = _lock_ids(con, events)
     con.run("SAVEPOINT lock_events")
     try:
-        batch = Pending(LockStates(con, locks.values()), feed_budget)
+        states = LockStates(con, locks.values())
+        locks = _still_live(con, locks)
+        batch = Pending(states, feed_budget)
         outcomes = [_judge(con, event, locks, now, batch) for event in events]
         batch.write(con)
     except Exception as exc:  # noqa: BLE001 - some event broke the database's rules: find it, one savepoint per event
@@ -239,6 +241,25 @@ def _lock_ids(con: Connection, events: list[Any]) -> dict[str, str]:
         u=sorted(identities),
     )
     return {str(user): str(lock_id) for user, lock_id in rows}
+
+
+def _still_live(con: Connection, locks: dict[str, str]) -> dict[str, str]:
+    """``locks`` (``_lock_ids``) less the identities revoked since they were read, once the batch holds the locks'
+    rows: a re-pairing that committed while the batch waited for a row revoked one, and the replaced device's
+    events were applied to the row the re-pairing had just reset, its report ahead of the new device's making
+    theirs stale (attack run 28). A lock deleted meanwhile keeps its identities here: its events are answered as a
+    deleted lock's (stale, duplicate), not rejected."""
+    if not locks:
+        return locks
+    revoked = {
+        str(row[0])
+        for row in con.run(
+            "SELECT mqtt_username FROM lock_credentials WHERE mqtt_username = ANY(CAST(:u AS text[]))"
+            " AND revoked_at IS NOT NULL",
+            u=sorted(locks),
+        )
+    }
+    return {user: lock_id for user, lock_id in locks.items() if user not in revoked}
 
 
 def _park(con: Connection, event: Any, reason: str) -> None:
@@ -515,7 +536,8 @@ def _ack(con: Connection, lock_id: str, body: dict[str, Any], now: dt.datetime) 
     # superseded (two relay replicas may take one lock's acks out of order); one the lock answered is a duplicate
     rows = con.run(
         "UPDATE commands c SET status = :st, acked_at = CASE WHEN :st = 'acked' THEN :now ELSE acked_at END,"
-        " last_error = :err FROM (SELECT id, status AS was FROM commands WHERE id = CAST(:i AS uuid) FOR UPDATE) old"
+        " last_error = :err FROM (SELECT id, status AS was FROM commands WHERE id = CAST(:i AS uuid)"
+        " AND lock_id = CAST(:l AS uuid) FOR UPDATE) old"
         " WHERE c.id = old.id AND lock_id = CAST(:l AS uuid) AND nonce = :n"
         " AND (status IN ('pending', 'sent', 'expired') OR (status = 'failed' AND last_error = ANY(:settled)))"
         " AND expires_at > CAST(:now AS timestamptz) - make_interval(secs => :late_s)"
