@@ -1398,3 +1398,38 @@ def test_a_long_feeds_deletion_is_done_a_part_each_pass_and_other_documents_are_
     assert flusher.flush(deletes=False) == 0  # as Runtime.flush_mirror() calls it
     wait_for(lambda: queued() == [], timeout=60, what="the deletions and the write after them, in the background")
     assert names(feed_path) == ["after"] and names(access_path) == []
+
+
+def test_a_redelivery_of_more_reports_than_are_kept_is_taken_once(world: World, stack_env: dict[str, str]) -> None:
+    """A relay killed after the devices function took its batch, before it acknowledged it, has the broker deliver it
+    again (a lock's line holds up to 500). Only a lock's last ``RECENT_REPORTS`` reports are known by key, and each
+    key of the redelivery pushed out the next one's: 99 of 100 reports delivered again were listed in the feed again
+    as late and charged to its budget again (attack run 29). Kept by the lock's time of them now: every report
+    delivered again is ``stale`` and nothing is listed or charged."""
+    count = lock_events.RECENT_REPORTS + 36
+    base = time.time() - 60
+    batch = [
+        {
+            "topic": f"lockwise/{world.credentials['mqtt']['client_id']}/state",
+            "payload": json.dumps({"state": "locked" if n % 2 else "unlocked", "ts": round(base + n / 10, 3)}),
+        }
+        for n in range(count)
+    ]
+    token = {"X-LockWise-Service-Token": stack_env["LOCKWISE_SERVICE_TOKEN"]}
+
+    def post() -> list[str]:
+        resp = world.devices.post("/devices/relay/events", json={"events": batch}, headers=token)
+        assert resp.status_code == 200, resp.get_json()
+        return [r["outcome"] for r in resp.get_json()["results"]]
+
+    def charged() -> int:
+        with get_runtime("devices").db.connection() as con:
+            ((n,),) = con.run(
+                "SELECT feed_entries + feed_unlisted FROM lock_state WHERE lock_id = CAST(:l AS uuid)", l=world.lock_id
+            )
+        return int(n)
+
+    assert post() == ["applied"] * count
+    before = charged()
+    assert post() == ["stale"] * count
+    assert charged() == before
