@@ -183,19 +183,29 @@ def test_an_expiry_set_and_lifted_by_someone_else_keeps_a_members_start(
     ]
 
 
+@pytest.mark.parametrize("how", ["removed", "paused_since_2001"])
 def test_a_member_removed_and_invited_back_keeps_her_place_for_the_voice_she_had(
-    clients: dict[str, Any], world: World, corpus: Path
+    clients: dict[str, Any], world: World, corpus: Path, how: str
 ) -> None:
-    """As with a pause (above), by removal: an admin removes a member, enrolls her recordings while she is nobody's
-    co-member (nothing to compare with), and invites her back. Her accepted invitation started her membership again,
-    after the admin's copy: her voice let in as the admin, hers set aside (attack run 24, left until now). A member
-    who comes back with the voiceprint she had before she left keeps her start."""
+    """As with a pause lifted (above), by an invitation: an admin removes a member (or pauses her with an expiry
+    in the past), enrolls her recordings while she is nobody's co-member (nothing to compare with), and invites her
+    back. Her accepted invitation started her membership again, after the admin's copy: her voice let in as the
+    admin, hers set aside (attack run 24, left until now). A member who comes back with the voiceprint she had
+    before she left keeps her start; a pause dated 2001 is stored as ending when it was made (a review: she looked
+    gone since 2001, her voiceprint newer than her leaving, and started again)."""
     clips, admin, member = allison(corpus), world.accounts["admin"], world.accounts["member"]
     assert enroll(clients, member, clips[:5]).status_code == 201
-    removed = clients["devices"].delete(
-        f"/devices/locks/{world.lock_id}/members/{world.uid('member')}", headers=bearer(admin)
-    )
-    assert removed.status_code == 204
+    member_path = f"/devices/locks/{world.lock_id}/members/{world.uid('member')}"
+    if how == "removed":
+        assert clients["devices"].delete(member_path, headers=bearer(admin)).status_code == 204
+    else:
+        paused = clients["devices"].patch(
+            member_path,
+            json={"role": "member", "access": {"expires_at": "2001-01-01T00:00:00+00:00"}},
+            headers=bearer(admin),
+        )
+        assert paused.status_code == 200, paused.get_json()
+        assert paused.get_json()["member"]["access"]["expires_at"] > "2026"  # when it was made
     away = enroll(clients, admin, clips[5:10])
     assert away.status_code == 201 and away.get_json()["not_scored_at"] == []
     join(clients["devices"], world.lock_id, admin, member, {"role": "member"})
