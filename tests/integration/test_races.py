@@ -665,3 +665,32 @@ def test_late_acks_in_a_batch_meet_the_relays_expiry_round_without_a_deadlock(
     with rt.db.connection() as con:
         statuses = dict(con.run("SELECT id::text, status FROM commands WHERE id = ANY(CAST(:i AS uuid[]))", i=made))
     assert statuses == {x: "acked", y: "acked", z: "acked"}
+
+
+def test_a_busy_lock_holds_up_no_other_lock_due_its_access_refresh(
+    world: World, stack_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The refresh passes over a lock whose mirror is busy (above); counting only the locks it mirrored, one busy
+    lock in a full round ended the call with other locks still due (a review). Rounds of one lock here: the first
+    is busy, the second is mirrored in the same call."""
+    monkeypatch.setattr(members, "REFRESH_BATCH", 1)
+    db = get_runtime("devices").db
+    other = create_lock(world.devices, world.accounts["owner"])["lock"]["id"]
+    with db.transaction() as con:
+        for lock_id, ago in ((other, 20), (world.lock_id, 10)):
+            con.run(
+                "INSERT INTO mirror_refresh_due (lock_id, due_at) VALUES (CAST(:l AS uuid), now() - make_interval("
+                "secs => :s)) ON CONFLICT (lock_id) DO UPDATE SET due_at = EXCLUDED.due_at",
+                l=lock_id,
+                s=ago,
+            )
+    with db.transaction() as held:
+        held.run("SELECT pg_advisory_xact_lock(hashtextextended('mirror_access ' || :l, 0))", l=other)
+        with ThreadPoolExecutor(1) as pool:
+            assert pool.submit(members.mirror_access_due, db).result(30) is False
+    with db.connection() as con:
+        due = con.run(
+            "SELECT lock_id::text FROM mirror_refresh_due WHERE due_at <= now() AND lock_id = ANY(CAST(:l AS uuid[]))",
+            l=[other, world.lock_id],
+        )
+    assert due == [[other]]  # the world's lock mirrored (due again only at its guests' next edge)

@@ -177,6 +177,9 @@ def sweep(
     transaction that marks them (the devices side ends their live view: ``gone_accounts``). ``DirectoryError``
     when it does not answer (nothing is marked)."""
     with db.connection() as con:
+        # checked as of before the lookup: a session begun while it ran asks for a check again (``users.standing``),
+        # and the lookup's answer may be from before its revocation (a review)
+        (asked_at,) = con.run("SELECT now()")[0]
         due = [
             str(row[0])
             for row in con.run(
@@ -205,12 +208,13 @@ def sweep(
         )
         kept = [uid for uid in held if uid in found]
         con.run(
-            "UPDATE users SET account_checked_at = now(), account_disabled = f.disabled, account_gone_at = NULL,"
+            "UPDATE users SET account_checked_at = :asked, account_disabled = f.disabled, account_gone_at = NULL,"
             " account_ended_at = NULL, tokens_valid_since = to_timestamp(NULLIF(f.valid_since, -1)),"
             " account_disabled_at = CASE WHEN f.disabled THEN coalesce(users.account_disabled_at, now()) END"
             " FROM unnest(CAST(:u AS text[]), CAST(:d AS boolean[]), CAST(:v AS double precision[]))"
             " AS f(uid, disabled, valid_since) WHERE users.uid = f.uid",
             u=kept,
+            asked=asked_at,
             d=[found[uid].disabled for uid in kept],
             v=[float(_or_none(found[uid].valid_since)) for uid in kept],
         )

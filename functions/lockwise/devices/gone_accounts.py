@@ -22,18 +22,16 @@ logger = logging.getLogger(__name__)
 ENDED_PER_FLUSH = 20
 
 
-def end(
-    db: Database,
-    directory: Callable[[], accounts.Directory],
-    settings: Settings,
-    now: Callable[[], dt.datetime],
-) -> int:
-    """Ask Firebase Auth (``directory()``) about the users due a check, then end the accounts found deleted (those
-    found before whose clean-up has not run too: a failure is taken up again by the next flush).
-    Firebase Auth out of reach, or no credentials for it, marks nobody and holds up nothing else. Returns how many
-    accounts were ended."""
+def check(db: Database, directory: Callable[[], accounts.Directory], settings: Settings) -> None:
+    """Ask Firebase Auth (``directory()``) about the users due a check and mark what it says (``accounts.sweep``);
+    Firebase Auth out of reach, or no credentials for it, marks nobody and holds up nothing else."""
     if settings.account_check_batch > 0:
         _sweep(db, directory, settings)
+
+
+def end(db: Database, now: Callable[[], dt.datetime]) -> int:
+    """End the accounts found deleted (by ``check``, now or before: a failure is taken up again by the next flush).
+    Returns how many accounts were ended."""
     with db.connection() as con:
         gone = accounts.to_end(con, ENDED_PER_FLUSH)
     ended = 0

@@ -83,6 +83,8 @@ def apply_batch(con: Connection, events: list[Any], now: dt.datetime, feed_budge
         if refused_for_now(exc):  # a lock wait, a deadlock: the batch's 503 has the relay send it again
             raise
         con.run("ROLLBACK TO SAVEPOINT lock_events")
+        LockStates(con, locks.values())  # the rows again (the rollback let them go), then their identities again
+        locks = _still_live(con, locks)
         outcomes = [_one_by_one(con, event, locks, now, feed_budget) for event in events]
     con.run("RELEASE SAVEPOINT lock_events")
     for event, outcome in zip(events, outcomes, strict=True):

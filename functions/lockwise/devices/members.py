@@ -375,8 +375,10 @@ def mirror_access_soon(con: Connection, uids: list[str]) -> None:
     """Mirror the access of every lock ``uids`` are members of at the relay's next upkeep (``mirror_access_due``):
     their accounts were found disabled, or enabled again (``lockwise.core.accounts.sweep``)."""
     con.run(
+        # in the locks' order, as a member leaving every lock writes theirs (``locks.leave_every_lock``): in no order,
+        # the two could each hold a row the other waits for (a review)
         "INSERT INTO mirror_refresh_due (lock_id, due_at) SELECT DISTINCT lock_id, now() FROM lock_members"
-        " WHERE user_uid = ANY(:u) AND revoked_at IS NULL"
+        " WHERE user_uid = ANY(:u) AND revoked_at IS NULL ORDER BY lock_id"
         " ON CONFLICT (lock_id) DO UPDATE SET due_at = LEAST(mirror_refresh_due.due_at, EXCLUDED.due_at)",
         u=uids,
     )
@@ -388,29 +390,32 @@ def mirror_access_due(db: Database, budget_s: float | None = None) -> bool:
     until none is due or ``budget_s`` has passed (edges fall together: every whole-day guest of a zone at its
     midnight); returns whether locks may be left due (the budget ran out first: the relay asks again at once)."""
     deadline = time.monotonic() + (REFRESH_BUDGET_S if budget_s is None else budget_s)
+    busy: set[str] = set()  # passed over in this call (``_taken``): not asked for again until the next
     while True:
         with db.transaction() as con:
-            batch = _mirror_access_due(con)
+            batch = _mirror_access_due(con, busy)
         if batch < REFRESH_BATCH:
             return False
         if time.monotonic() >= deadline:
             return True
 
 
-def _mirror_access_due(con: Connection) -> int:
-    """One batch of ``mirror_access_due``: how many locks it mirrored (one busy is left due: ``_taken``)."""
+def _mirror_access_due(con: Connection, busy: set[str]) -> int:
+    """One batch of ``mirror_access_due``: how many locks were due in it, less ``busy`` (a lock busy now is left
+    due and added to ``busy``: ``_taken``; one busy lock ended the call while others were due, a review)."""
     due = [
         r[0]
         for r in con.run(
-            "SELECT lock_id::text FROM mirror_refresh_due WHERE due_at <= now() ORDER BY due_at LIMIT :n",
+            "SELECT lock_id::text FROM mirror_refresh_due WHERE due_at <= now()"
+            " AND NOT (lock_id = ANY(CAST(:busy AS uuid[]))) ORDER BY due_at LIMIT :n",
+            busy=sorted(busy),
             n=REFRESH_BATCH,
         )
     ]
-    done = 0
     for lock_id in due:  # each on its own: one that fails every time (a zone gone from tzdata) holds up no other
         if not _taken(con, lock_id):
+            busy.add(lock_id)
             continue
-        done += 1
         con.run("SAVEPOINT refresh")
         try:
             mirror_access(con, lock_id)
@@ -425,7 +430,7 @@ def _mirror_access_due(con: Connection) -> int:
             )
         else:
             con.run("RELEASE SAVEPOINT refresh")
-    return done
+    return len(due)
 
 
 def _taken(con: Connection, lock_id: str) -> bool:

@@ -106,11 +106,12 @@ def every_step(
             if turned < broker_restarts.NOT_BACK_PER_PASS:
                 return
 
-    attempted(lambda: gone_accounts.end(db, directory, settings, now))  # first: accounts found disabled are due
+    attempted(lambda: gone_accounts.check(db, directory, settings))  # first: accounts found disabled are due now
     access_due = attempted(lambda: members.mirror_access_due(db)) is True
     if broker is not None:
         attempted(lambda: not_back(broker))
     attempted(prune_expired)
+    attempted(lambda: gone_accounts.end(db, now))  # last: up to 20 transactions, holding up no cut-off
     if failures:
         raise failures[0]
     return access_due
