@@ -79,9 +79,7 @@ def decide(
     (attack run 25). A decision whose best is someone not allowed in now is answered as nobody's (nothing said of
     them, not asked again). ``like``: when two voiceprints count as like each other (``like_rules``; else
     ``rules``). The decision's indices are into ``found``."""
-    passes = scores >= rules.threshold
-    if rules.raw_gate is not None:
-        passes &= raw >= rules.raw_gate
+    passes = rules.passing(raw, scores)
     aside = set_aside(found, scorer, like or rules, passes) if passes.any() else np.zeros(len(found.uids), np.bool_)
     if aside.any():
         logger.info(
@@ -120,10 +118,7 @@ def _first_of_each_voice(
     """Which of ``prints`` are set aside, taken in ``order``: each one like one kept before it (and, with
     ``passes``, one the utterance passes as). One set aside keeps nobody else out (of three voices each like the
     next, the first and the last are both scored)."""
-    raw, scores = scorer.pairwise(prints)
-    like = scores >= rules.threshold
-    if rules.raw_gate is not None:
-        like &= raw >= rules.raw_gate
+    like = rules.passing(*scorer.pairwise(prints))
     if passes is not None:
         like &= passes[:, None]  # [i, j]: j yields to i only when the utterance passes as i
     aside = np.zeros(len(prints), np.bool_)

@@ -146,6 +146,14 @@ class Policy:
     #: how far under the threshold a first utterance may land and still be asked again (None: never)
     retry_band: float | None = None
 
+    def passing(self, raw: npt.NDArray[np.float32], scores: npt.NDArray[np.float32]) -> npt.NDArray[np.bool_]:
+        """Where the decision scores ``scores`` reach the threshold and their cosines ``raw`` (same shape) the raw
+        gate: which voiceprints an utterance passes as, or, scored pairwise, which pass as each other."""
+        passing: npt.NDArray[np.bool_] = scores >= self.threshold
+        if self.raw_gate is not None:
+            passing &= raw >= self.raw_gate
+        return passing
+
 
 @dataclass(frozen=True)
 class Scorer:
