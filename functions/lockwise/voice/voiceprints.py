@@ -113,7 +113,7 @@ def candidates(con: Connection, lock_id: str, model_id: str, dim: int, now: dt.d
         now=now,
     )
     uids: list[str] = []
-    vectors: list[bytes] = []
+    vectors: list[scoring.Vector] = []
     stale: list[str] = []
     precedence: list[tuple[bool, dt.datetime, str]] = []
     allowed: list[bool] = []
@@ -124,15 +124,16 @@ def candidates(con: Connection, lock_id: str, model_id: str, dim: int, now: dt.d
         # another model's, or one no cosine can be taken with (NaN or no direction: written past enrollment, which
         # makes none; its NaN scores, stored for a say-again, made every such attempt a 500 nothing counted): to
         # enroll again, scored as nobody's
-        if vp_model != model_id or vp_dim != dim or scoring.unusable_rows(scoring.from_bytes(bytes(vp_embedding), dim)):
+        vector = scoring.from_bytes(bytes(vp_embedding), dim) if vp_model == model_id and vp_dim == dim else None
+        if vector is None or scoring.unusable_rows(vector):
             if may:
                 stale.append(row["user_uid"])
             continue
         uids.append(row["user_uid"])
-        vectors.append(bytes(vp_embedding))
+        vectors.append(vector[0])
         precedence.append((row["role"] != "owner", vp_arrived, row["user_uid"]))
         allowed.append(may)
-    prints = scoring.from_bytes(b"".join(vectors), dim) if vectors else np.zeros((0, dim), np.float32)
+    prints = np.stack(vectors) if vectors else np.zeros((0, dim), np.float32)
     return Candidates(uids, prints, stale, precedence, allowed)
 
 
