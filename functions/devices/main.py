@@ -7,6 +7,7 @@ key) and the relay (service token). Handlers only parse the request, call the do
 
 from __future__ import annotations
 
+import datetime as dt
 import functools
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -16,6 +17,7 @@ import flask
 import functions_framework
 
 from lockwise.core import accounts, audit, auth, errors, inputs, users
+from lockwise.core.db import Connection
 from lockwise.core.http import Api, Ctx, JsonBody, Result, parse_json_object
 from lockwise.core.runtime import get_runtime
 from lockwise.devices import (
@@ -113,14 +115,7 @@ def create_lock(ctx: Ctx) -> Result:
         lock_id = locks.create(
             con, user.uid, name, supports_open, rt.settings.locks_per_owner, signed_in=users.signed_in_at(user)
         )
-        code, expires = provisioning.issue(
-            con,
-            lock_id,
-            user.uid,
-            rt.settings.provisioning_ttl_s,
-            rt.settings.pairings_per_day,
-            signed_in=users.signed_in_at(user),
-        )
+        code, expires = issue_code(con, lock_id, user)
         view = locks.view(con, lock_id, "owner")
     rt.flush_mirror()
     return {"lock": view, "provisioning": {"code": code, "expires_at": expires.isoformat()}}, 201
@@ -219,14 +214,7 @@ def new_provisioning_code(ctx: Ctx, lock_id: str) -> Result:
     user, lock_id = app_user(ctx), lock_param(lock_id)
     with rt.db.transaction() as con:
         members.require(con, lock_id, user.uid, rt.now(), at_least="owner")
-        code, expires = provisioning.issue(
-            con,
-            lock_id,
-            user.uid,
-            rt.settings.provisioning_ttl_s,
-            rt.settings.pairings_per_day,
-            signed_in=users.signed_in_at(user),
-        )
+        code, expires = issue_code(con, lock_id, user)
     return {"code": code, "expires_at": expires.isoformat()}, 201
 
 
@@ -474,6 +462,19 @@ def relay_flush(ctx: Ctx) -> JsonBody:
     finally:
         written = rt.flush_mirror(force=True)  # what the steps that ran queued
     return {"written": written, "pending": rt.mirror.pending(), "access_due": access_due}
+
+
+def issue_code(con: Connection, lock_id: str, user: auth.User) -> tuple[str, dt.datetime]:
+    """A pairing code for ``lock_id``, issued to ``user`` on the deployment's terms."""
+    settings = rt.settings
+    return provisioning.issue(
+        con,
+        lock_id,
+        user.uid,
+        settings.provisioning_ttl_s,
+        settings.pairings_per_day,
+        signed_in=users.signed_in_at(user),
+    )
 
 
 def current_address(user: auth.User) -> auth.User:

@@ -184,16 +184,8 @@ def hold(con: Connection, uid: str, *, caller: bool = True, signed_in: dt.dateti
         " FOR NO KEY UPDATE",
         u=uid,
     )
-    gone, left, disabled, since = (
-        (bool(rows[0][0]), rows[0][1], bool(rows[0][2]), rows[0][3])
-        if rows
-        else (
-            False,
-            None,
-            False,
-            None,
-        )
-    )
+    row = rows[0] if rows else (False, None, False, None)
+    gone, left, disabled, since = bool(row[0]), row[1], bool(row[2]), row[3]
     if gone and caller:
         raise account_deleted()
     if disabled and caller:
