@@ -13,6 +13,8 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, PublicFormat
 
+from lockwise.core.runtime import get_runtime
+from lockwise.devices import members
 from lockwise.devices.lock_auth import sign_headers
 from simlock.lock import LockConfig, new_tls_key
 from simlock.lock import pem_of as tls_pem
@@ -160,3 +162,10 @@ def sign_in(auth_host: str, email: str, password: str = "correct-horse-9") -> di
     with urllib.request.urlopen(req, timeout=10) as resp:
         result: dict[str, Any] = json.loads(resp.read())
     return result
+
+
+def active_members(lock_id: str) -> int:
+    """How many members ``lock_id`` has now, as the API counts them (``members.Membership.active``)."""
+    runtime = get_runtime("devices")
+    with runtime.db.connection() as con:
+        return sum(m.active(runtime.now()) for m in members.list_for_lock(con, lock_id))

@@ -29,6 +29,7 @@ from simlock.lock import SimulatedLock, new_tls_key
 from tests.conftest import PROJECT_ID
 from tests.devices_world import (
     World,
+    active_members,
     bearer,
     build_world,
     create_lock,
@@ -309,13 +310,7 @@ def test_a_lock_has_so_many_members_with_the_inviters_open_invitations(
     )
     assert joined.status_code == 201, joined.get_json()  # 6 again
     assert code(world.devices.patch(guest, json={"role": "guest"}, headers=owner)) == (409, "too_many_members")
-    with runtime.db.connection() as con:
-        active = con.run(
-            "SELECT count(*) FROM lock_members WHERE lock_id = CAST(:l AS uuid) AND revoked_at IS NULL"
-            " AND (expires_at IS NULL OR expires_at > now())",
-            l=world.lock_id,
-        )
-    assert active == [[6]]
+    assert active_members(world.lock_id) == 6
 
 
 def test_a_lock_makes_so_many_signed_requests_a_minute(world: World, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -26,7 +26,7 @@ from lockwise.core.runtime import get_runtime
 from lockwise.devices import commands, invitations, lock_auth, lock_certs, locks, members, provisioning
 from simlock.lock import new_tls_key
 from tests.conftest import PROJECT_ID
-from tests.devices_world import World, bearer, build_world, create_lock, new_lock_key
+from tests.devices_world import World, active_members, bearer, build_world, create_lock, new_lock_key
 from tests.waiting import wait_for
 
 #: how long a request is given to show that it waits (one that does not answers in ~10-50 ms here)
@@ -496,13 +496,19 @@ def test_a_member_added_while_another_joins_waits_and_is_counted(
     waited, resp = while_held(joined_not_committed, second)
     assert waited and resp.status_code == 409, resp.get_json()
     assert resp.get_json()["error"]["code"] == "too_many_members"
-    with runtime.db.connection() as con:
-        active = con.run(
-            "SELECT count(*) FROM lock_members WHERE lock_id = CAST(:l AS uuid) AND revoked_at IS NULL"
-            " AND (expires_at IS NULL OR expires_at > now())",
-            l=world.lock_id,
-        )
-    assert active == [[5]]
+    assert active_members(world.lock_id) == 5
+
+
+def due_before(db: Database, *lock_ids: str) -> None:
+    """``lock_ids`` due their access refresh, in that order (the first the longest)."""
+    with db.transaction() as con:
+        for ago, lock_id in enumerate(reversed(lock_ids), start=1):
+            con.run(
+                "INSERT INTO mirror_refresh_due (lock_id, due_at) VALUES (CAST(:l AS uuid), now() - make_interval("
+                "secs => :s)) ON CONFLICT (lock_id) DO UPDATE SET due_at = EXCLUDED.due_at",
+                l=lock_id,
+                s=10 * ago,
+            )
 
 
 def test_a_member_removed_while_the_relays_access_refresh_is_under_way_is_removed(
@@ -515,14 +521,7 @@ def test_a_member_removed_while_the_relays_access_refresh_is_under_way_is_remove
     it), the batch goes on without it, the removal is answered, and the busy lock is mirrored by the next batch."""
     db = get_runtime("devices").db
     other = create_lock(world.devices, world.accounts["owner"])["lock"]["id"]  # due first in the batch
-    with db.transaction() as con:
-        for lock_id, ago in ((other, 20), (world.lock_id, 10)):
-            con.run(
-                "INSERT INTO mirror_refresh_due (lock_id, due_at) VALUES (CAST(:l AS uuid), now() - make_interval("
-                "secs => :s)) ON CONFLICT (lock_id) DO UPDATE SET due_at = EXCLUDED.due_at",
-                l=lock_id,
-                s=ago,
-            )
+    due_before(db, other, world.lock_id)
     holder = Database(stack_env["DATABASE_URL"], pool_size=1)
     try:
         with ThreadPoolExecutor(2) as pool:
@@ -676,14 +675,7 @@ def test_a_busy_lock_holds_up_no_other_lock_due_its_access_refresh(
     monkeypatch.setattr(members, "REFRESH_BATCH", 1)
     db = get_runtime("devices").db
     other = create_lock(world.devices, world.accounts["owner"])["lock"]["id"]
-    with db.transaction() as con:
-        for lock_id, ago in ((other, 20), (world.lock_id, 10)):
-            con.run(
-                "INSERT INTO mirror_refresh_due (lock_id, due_at) VALUES (CAST(:l AS uuid), now() - make_interval("
-                "secs => :s)) ON CONFLICT (lock_id) DO UPDATE SET due_at = EXCLUDED.due_at",
-                l=lock_id,
-                s=ago,
-            )
+    due_before(db, other, world.lock_id)
     with db.transaction() as held:
         held.run("SELECT pg_advisory_xact_lock(hashtextextended('mirror_access ' || :l, 0))", l=other)
         with ThreadPoolExecutor(1) as pool:
