@@ -12,6 +12,9 @@ bad one comes back ``rejected``, counted here, and is acknowledged with the batc
 ``topics.MAX_PAYLOAD_BYTES`` is dropped here, logged and counted, never posted. A batch the function refuses as a
 whole with 400 or 413 is split in halves until the one event it refuses is found, which is dropped the same way; an
 unreachable function, a 5xx or a refused service token keeps the batch, unacknowledged, and retries it.
+
+Each batch taken, and each event dropped for good, is told to ``on_taken``: the relay then publishes the locks their
+receipts (``lockwise.devices.receipts``), so a lock stops keeping what the back-end holds.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from dataclasses import dataclass, field
 import requests
 
 from lockwise.core.headers import SERVICE_TOKEN_HEADER
-from lockwise.devices import topics
+from lockwise.devices import receipts, topics
 from mqtt_relay.lines import Lines
 
 #: what the function answers for a batch one of whose events it cannot take at all: split the batch to find it
@@ -48,6 +51,8 @@ class Event:
     ack: Callable[[], None]
     #: the broker run it was published in (``mqtt_relay.broker_start.run_of``; None: untagged)
     run: int | None = None
+    #: its payload's name in a receipt to its lock (``receipts.digest`` of the bytes as published; "": none)
+    digest: str = ""
     #: the payload's size as posted (``topics.posted``), and the event as one item of a batch's ``events``, made once
     size: int = field(init=False, repr=False)
     wire: bytes = field(init=False, repr=False)
@@ -58,6 +63,24 @@ class Event:
         run = b"" if self.run is None else b',"run":' + str(self.run).encode()
         wire = b'{"topic":' + json.dumps(self.topic).encode() + b',"payload":"' + payload + b'"' + run + b"}"
         object.__setattr__(self, "wire", wire)
+
+    @classmethod
+    def of(cls, topic: str, raw: bytes, ack: Callable[[], None], run: int | None) -> Event:
+        """A lock's message as it came: its payload as text, and its name in a receipt when its lock keeps it until
+        one (a state report or an ack: docs/FIRMWARE.md, "Receipts")."""
+        lock = topics.lock_of(topic)
+        kept = lock is not None and topic in (topics.state(lock), topics.acks(lock))
+        return cls(topic, raw.decode("utf-8", errors="replace"), ack, run, receipts.digest(raw) if kept else "")
+
+
+def receipts_of(events: list[Event]) -> dict[str, list[str]]:
+    """The digests of ``events`` that their locks wait a receipt for, by lock identity, in order."""
+    names: dict[str, list[str]] = {}
+    for event in events:
+        lock = topics.lock_of(event.topic)
+        if event.digest and lock is not None:
+            names.setdefault(lock, []).append(event.digest)
+    return names
 
 
 class Forwarder:
@@ -75,7 +98,9 @@ class Forwarder:
         self.flush_url = f"{devices_url}/devices/relay/flush"
         self.headers = {SERVICE_TOKEN_HEADER: service_token}
         self.identity = identity or dict
-        #: told of each batch the devices function took (the relay: a lock that reported itself may be sent to)
+        #: told of each batch the devices function took, and of each event dropped for good (not a flood's, which
+        #: the lock may send again): the relay sends the locks their receipts, and a lock that reported itself may
+        #: be sent to
         self.on_taken = on_taken or (lambda _events: None)
         self.batch = batch
         self.timeout_s = timeout_s
@@ -106,13 +131,17 @@ class Forwarder:
         ):  # a flood: counted, logged at times
             self.flooded += 1
             why = f"its lock's line is full ({self.flooded} so far)"
-            self._drop(event, why, logged=self.flooded % 1000 == 1)
+            self._drop(event, why, logged=self.flooded % 1000 == 1, for_good=False)
 
-    def _drop(self, event: Event, why: str, *, logged: bool = True) -> None:
+    def _drop(self, event: Event, why: str, *, logged: bool = True, for_good: bool = True) -> None:
+        """Acknowledge ``event`` unposted; ``for_good``: it can never be taken (told as if taken: its lock gets a
+        receipt and stops sending it), else its lock may send it again once its line moves (no receipt)."""
         if logged:
             log.warning("lock event dropped", extra={"fields": {"topic": event.topic[:200], "reason": why}})
         self.dropped += 1
         event.ack()
+        if for_good:
+            self.on_taken([event])
 
     def stop(self, drain_timeout_s: float = 10.0) -> None:
         """Forward what is queued (up to the timeout), then stop; anything left is redelivered by the broker."""

@@ -28,10 +28,10 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from lockwise.core.db import Connection, Database
-from lockwise.devices import topics
+from lockwise.devices import receipts, topics
 from mqtt_relay import outbox, sessions
 from mqtt_relay.broker_start import RUN_TOPIC, UPTIME_TOPIC, BrokerStart
-from mqtt_relay.forwarder import Event, Forwarder
+from mqtt_relay.forwarder import Event, Forwarder, receipts_of
 from mqtt_relay.identity import IdTokens
 from mqtt_relay.settings import RelaySettings
 from mqtt_relay.slots import Lease, LeaseLost
@@ -73,7 +73,7 @@ class Relay:
             settings.service_token,
             batch=settings.event_batch,
             identity=identity,
-            on_taken=self._after_reports,
+            on_taken=self._after_taken,
         )
         self.drained = 0
         #: how long the broker has been up (heard live): the upkeep turns offline the locks not back since it started
@@ -107,9 +107,8 @@ class Relay:
         if msg.topic == RUN_TOPIC:
             self.broker_start.heard_run(bytes(msg.payload))
             return
-        payload = bytes(msg.payload).decode("utf-8", errors="replace")
         ack = functools.partial(self._ack, msg.mid, msg.qos)
-        self.forwarder.submit(Event(msg.topic, payload, ack, self.broker_start.tag(msg.properties)))
+        self.forwarder.submit(Event.of(msg.topic, bytes(msg.payload), ack, self.broker_start.tag(msg.properties)))
 
     def _ack(self, mid: int, qos: int) -> None:
         if qos > 0:
@@ -199,9 +198,15 @@ class Relay:
                 self._check_lease()
         self._shutdown(listener)
 
-    def _after_reports(self, events: list[Event]) -> None:
-        """A lock's report taken by the devices function may say it is back online: its commands, held while it was
-        known offline (``outbox.deliver_due``), go out in the next round at once, not at the next poll."""
+    def _after_taken(self, events: list[Event]) -> None:
+        """Events the devices function took (or that it never will): each lock gets a receipt naming its state reports
+        and acks among them, so it stops keeping them (docs/FIRMWARE.md, "Receipts"); at QoS 0, neither waited for
+        nor queued for a lock away (one lost costs a lock's sending the event again, taken once). A lock's report
+        may say it is back online: its commands, held while it was known offline (``outbox.deliver_due``), go out in
+        the next round at once, not at the next poll."""
+        for lock, names in receipts_of(events).items():
+            for message in receipts.messages(names):
+                self.client.publish(topics.commands(lock), message, qos=0)
         if any(topics.is_report(event.topic) for event in events):
             self._wake.set()
 

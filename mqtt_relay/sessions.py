@@ -162,8 +162,8 @@ def drain(
         with lock:
             counts["received"] += 1
         last_message[0] = time.monotonic()
-        payload = bytes(msg.payload).decode("utf-8", errors="replace")
-        forwarder.submit(Event(msg.topic, payload, functools.partial(acked, msg.mid, msg.qos), tag(msg.properties)))
+        ack = functools.partial(acked, msg.mid, msg.qos)
+        forwarder.submit(Event.of(msg.topic, bytes(msg.payload), ack, tag(msg.properties)))
 
     client.on_connect = on_connect
     client.on_message = on_message

@@ -7,7 +7,8 @@ renews the certificate before it expires with a signed request. It subscribes to
 ``on_connect`` (so the subscription survives
 reconnects), announces ``online`` (retained) with ``offline`` as its last will, checks each command's server
 signature, target lock, expiry and nonce (refusing forged, expired and replayed ones), acts, acknowledges and
-publishes its new state. ``drop_acks``, ``delay_s`` and ``go_offline`` let tests misbehave on purpose.
+publishes its new state. It keeps each state report and ack until the relay's receipt names it, sending it again
+while none comes (``publish_kept``). ``drop_acks``, ``delay_s`` and ``go_offline`` let tests misbehave on purpose.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from cryptography.x509.oid import NameOID
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
-from lockwise.devices import command_signing, lock_auth, topics
+from lockwise.devices import command_signing, lock_auth, receipts, topics
 from mqtt_relay.sessions import no_delay
 
 log = logging.getLogger("simlock")
@@ -124,6 +125,19 @@ def provision(devices_url: str, code: str, ca_file: str, *, host: str | None = N
 #: drawn between half and all of it (docs/FIRMWARE.md, "Connecting"; paho's own backoff starts again at every CONNACK,
 #: and the broker turns a lock away right after it while no relay is connected)
 BACKOFF_MIN_S, BACKOFF_MAX_S = 1.0, 30.0
+#: a state report or ack is kept until a receipt names it, and sent again after this long connected without one,
+#: the wait doubling to ``RESEND_MAX_S`` (docs/FIRMWARE.md, "Receipts"); at most ``KEEP_AT_MOST`` are kept
+RECEIPT_WAIT_S, RESEND_MAX_S, KEEP_AT_MOST = 10.0, 300.0, 32
+
+
+@dataclass
+class Kept:
+    """A message of the lock's that no receipt has named yet."""
+
+    topic: str
+    payload: bytes
+    due: float  # when it is sent again (monotonic), if still connected and kept
+    wait: float  # the wait after that
 
 
 @dataclass
@@ -141,6 +155,8 @@ class SimulatedLock:
     nonce_file: Path | None = None
     #: the longest wait before reconnecting (``BACKOFF_MAX_S``; a test may want a lock quick to return)
     backoff_max_s: float = BACKOFF_MAX_S
+    #: the wait for a receipt before sending a message again (``RECEIPT_WAIT_S``; a test may want it shorter)
+    receipt_wait_s: float = RECEIPT_WAIT_S
 
     def __post_init__(self) -> None:
         self._seen_nonces: dict[str, int] = self._load_nonces()  # nonce -> the command's expires_at
@@ -156,6 +172,12 @@ class SimulatedLock:
         self.connect_result: ReasonCode | None = None
         self.backoff_s = BACKOFF_MIN_S  # the next reconnect's wait, at most (before its jitter)
         self._acked = False  # whether a message of this connection was acknowledged (its PUBACK)
+        #: state reports and acks no receipt has named yet, by digest (oldest first), and the timer that sends them
+        #: again; ``receipted``: how many receipts named one of them, ``sent_again``: how many were sent again
+        self.kept: dict[str, Kept] = {}
+        self._resend_timer: threading.Timer | None = None
+        self._resend_due = 0.0
+        self.receipted = self.sent_again = 0
 
     def _new_client(self) -> mqtt.Client:
         cfg = self.config
@@ -195,6 +217,9 @@ class SimulatedLock:
             raise ConnectionError(f"lock {self.config.lock_id} not connected: {self.connect_result}")
 
     def stop(self, *, graceful: bool = True) -> None:
+        with self._lock:
+            if self._resend_timer is not None:
+                self._resend_timer.cancel()
         if graceful and self.connected.is_set():
             goodbye = f"offline {self.connection_no}"
             self.client.publish(topics.status(self.config.identity), goodbye, qos=1, retain=True).wait_for_publish(5)
@@ -226,6 +251,10 @@ class SimulatedLock:
         self.connected.set()
         client.subscribe(topics.commands(self.config.identity), qos=1)
         client.publish(topics.status(self.config.identity), f"online {self.connection_no}", qos=1, retain=True)
+        with self._lock:  # what no receipt named: sent again if none comes now (one queued while we were away)
+            for kept in self.kept.values():
+                kept.due = time.monotonic() + self.receipt_wait_s
+            self._arm()
         self._ack_grants()
         self.publish_state()
 
@@ -265,7 +294,57 @@ class SimulatedLock:
             "ts": round(time.time(), 3),  # seconds, millisecond precision
             "connection": self.connection_no,  # a report that comes after this connection's goodbye changes no status
         }
-        return self.client.publish(topics.state(self.config.identity), json.dumps(payload), qos=1)
+        return self.publish_kept(topics.state(self.config.identity), json.dumps(payload))
+
+    def publish_kept(self, topic: str, payload: str) -> mqtt.MQTTMessageInfo:
+        """Publish a state report or an ack, QoS 1, and keep it until a receipt names it: a broker killed before it
+        saved the message loses it after its PUBACK (docs/FIRMWARE.md, "Receipts")."""
+        raw = payload.encode()
+        with self._lock:
+            wait = self.receipt_wait_s
+            self.kept[receipts.digest(raw)] = Kept(topic, raw, time.monotonic() + wait, wait)
+            while len(self.kept) > KEEP_AT_MOST:  # the oldest goes: a broker away for long gets the newest
+                del self.kept[next(iter(self.kept))]
+            self._arm()
+        return self.client.publish(topic, raw, qos=1)
+
+    def _arm(self) -> None:
+        """Time the next sending again for the earliest kept message (the caller holds ``_lock``)."""
+        if not self.kept:
+            return
+        due = min(kept.due for kept in self.kept.values())
+        timer = self._resend_timer
+        if timer is not None and timer.is_alive():
+            if self._resend_due <= due:
+                return  # it comes first anyway
+            timer.cancel()
+        self._resend_due = due
+        self._resend_timer = threading.Timer(max(0.05, due - time.monotonic()), self._send_again)
+        self._resend_timer.daemon = True
+        self._resend_timer.start()
+
+    def _send_again(self) -> None:
+        """Send again each kept message whose receipt is overdue, while connected (not connected: the next
+        connection times them again, counted from it)."""
+        with self._lock:
+            self._resend_timer = None
+            if not self.connected.is_set():
+                return
+            now = time.monotonic()
+            due = [kept for kept in self.kept.values() if kept.due <= now]
+            for kept in due:
+                kept.wait = min(kept.wait * 2, RESEND_MAX_S)
+                kept.due = now + kept.wait
+            self._arm()
+        for kept in due:
+            self.sent_again += 1
+            self.client.publish(kept.topic, kept.payload, qos=1)
+
+    def _receipt(self, names: list[str]) -> None:
+        with self._lock:
+            for name in names:
+                if self.kept.pop(name, None) is not None:
+                    self.receipted += 1
 
     def check(self, payload: bytes) -> command_signing.Command:
         """Refuse what the firmware must refuse; raises ``BadCommand`` with the reason."""
@@ -317,6 +396,10 @@ class SimulatedLock:
         tmp.replace(self.nonce_file)  # written before the lock acts: a crash never forgets an executed command
 
     def _on_message(self, _c: mqtt.Client, _ud: Any, msg: mqtt.MQTTMessage) -> None:
+        names = receipts.read(bytes(msg.payload))
+        if names is not None:  # a receipt: what the back-end holds is no longer kept (never a command)
+            self._receipt(names)
+            return
         if self.delay_s:
             time.sleep(self.delay_s)
         try:
@@ -340,7 +423,7 @@ class SimulatedLock:
     def _ack(self, command: command_signing.Command) -> None:
         if not self.drop_acks:
             ack = {"id": command.id, "nonce": command.nonce, "result": "ok"}
-            self.client.publish(topics.acks(self.config.identity), json.dumps(ack), qos=1)
+            self.publish_kept(topics.acks(self.config.identity), json.dumps(ack))
 
     def _ack_again(self, payload: bytes) -> None:
         """A repeat of a command already executed (its ack was lost): acknowledge again, never act again."""

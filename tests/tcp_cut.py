@@ -35,6 +35,13 @@ class TcpCut:
             for flow in self._flows:
                 flow.mode = mode
 
+    def drop(self) -> None:
+        """Close every open flow at both ends (as a server that died would); new connections are relayed still."""
+        with self._lock:
+            flows, self._flows = self._flows, []
+        for flow in flows:
+            flow.close()
+
     def close(self) -> None:
         self._closed = True
         self._listener.close()

@@ -20,8 +20,10 @@ from infra.local import services
 from infra.local.firestore_sdk import sdk_client
 from lockwise.devices import broker_restarts, lock_events, topics
 from simlock.lock import SimulatedLock
+from tests import tcp_cut
 from tests.conftest import PROJECT_ID
 from tests.e2e.conftest import COMMAND_TTL_S, App, db_one
+from tests.tcp_cut import TcpCut
 from tests.waiting import wait_for
 
 Pair = Callable[..., tuple[str, SimulatedLock]]
@@ -142,6 +144,48 @@ def test_a_broker_restart_loses_no_event_a_lock_sends_before_a_relay_is_back(
 
     wait_for(lambda: set(keys) <= set(known()), what="the three reports sent before the relay was back")
     assert db_one(e2e, "SELECT battery_pct FROM lock_state WHERE lock_id = CAST(:l AS uuid)", l=lock_id) == [33]
+
+
+def test_a_broker_killed_after_acknowledging_a_locks_reports_and_ack_loses_none_of_them(
+    e2e: dict[str, Any], app: App, relays: Any, paired_lock: Pair, broker: services.Broker
+) -> None:
+    """Mosquitto acknowledges a lock's message as it takes it and saves on a 1 s timer: killed -9 just after, it
+    lost every report and ack the relay had not taken yet (attack run 29: 20 of 20 while the relay was behind, and a
+    command that opened the door read ``expired``). The lock now keeps each report and ack until a receipt names it
+    and sends it again after reconnecting. Here the relay's connection goes silent (the broker sees it connected,
+    what it sends the relay goes nowhere), the lock acts on a command and reports five times, each acknowledged by
+    the broker, which is then killed at once."""
+    with TcpCut(("127.0.0.1", broker.port)) as cut:
+        relays(MQTT_PORT=str(cut.port))
+        lock_id, lock = paired_lock()
+        wait_online(e2e, lock_id)
+        lock.receipt_wait_s, lock.backoff_max_s, lock.delay_s = 1.0, 2.0, 1.5
+        command = app.unlock(lock_id)
+        wait_for(status_is(app, lock_id, command["id"], "sent"), what="the command sent")
+        cut.cut(tcp_cut.SILENT)  # the lock is still acting on it (delay_s): its ack goes to the broker alone
+        wait_for(lambda: [c for c in lock.executed if c.id == command["id"]], what="the command carried out")
+        lock.delay_s, keys = 0.0, []
+        for battery in range(51, 56):
+            lock.battery_pct = battery
+            lock.publish_state().wait_for_publish(5)  # the broker's PUBACK: it holds the report
+            report = json.loads(lock.kept[list(lock.kept)[-1]].payload)
+            keys.append(lock_events.report_key(dt.datetime.fromtimestamp(report["ts"], dt.UTC), report["state"]))
+            time.sleep(0.002)
+        wait_for(lambda: not lock.client._out_messages, timeout=5, what="the lock's ack acknowledged")  # noqa: SLF001
+        assert len(lock.kept) >= 6, "the five reports and the ack are kept: no receipt came from the silent relay"
+        broker.process.popen.kill()  # before its next save
+        broker.process.popen.wait(5)
+        cut.drop()
+        broker.start_again()
+
+        def known() -> list[str]:
+            row = db_one(e2e, "SELECT recent_reports FROM lock_state WHERE lock_id = CAST(:l AS uuid)", l=lock_id)
+            return list(row[0] or []) if row else []
+
+        wait_for(lambda: set(keys) <= set(known()), timeout=30, what="the five reports the killed broker had taken")
+        wait_for(status_is(app, lock_id, command["id"], "acked"), timeout=30, what="the ack the killed broker took")
+        assert lock.sent_again >= 6, "the lock sent its reports and its ack again"
+        wait_for(lambda: not lock.kept, timeout=15, what="every message the lock kept named by a receipt")
 
 
 def test_a_lock_that_does_not_come_back_after_a_broker_restart_is_shown_offline(

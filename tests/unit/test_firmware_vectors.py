@@ -278,6 +278,19 @@ def test_a_message_signed_by_another_key_is_refused() -> None:
     assert lock_verdict('{"cmd": "x", "sig": "%%%"}', public, VECTORS["lock_id"], 0, set())[0] == "malformed"
 
 
+def receipt_digest(payload: bytes) -> str:
+    """docs/FIRMWARE.md, "Receipts": the first 16 bytes of the payload's SHA-256, base64url without padding."""
+    return base64.urlsafe_b64encode(hashlib.sha256(payload).digest()[:16]).decode().rstrip("=")
+
+
+def test_receipt_vectors_name_each_message_by_its_bytes() -> None:
+    vectors = VECTORS["receipts"]
+    names = [receipt_digest(message["payload"].encode()) for message in vectors["messages"]]
+    assert names == [message["digest"] for message in vectors["messages"]]
+    assert json.loads(vectors["receipt"]) == {"receipt": names}
+    assert {message["name"] for message in vectors["messages"]} == {"ack", "state"}
+
+
 # --------------------------------------------------------------------- 2. cross-check: the server agrees
 
 
@@ -421,3 +434,14 @@ def test_firmware_md_shows_every_expected_value() -> None:
     assert config["signed_string"] in page  # the worked example, line by line
     assert "firmware/vectors.json" in page
     assert "## Pairing and broker identity" in page and "## Known-answer test vectors" in page
+
+
+def test_the_relays_receipts_match_the_vectors() -> None:
+    from lockwise.devices import receipts
+
+    vectors = VECTORS["receipts"]
+    names = [receipts.digest(message["payload"].encode()) for message in vectors["messages"]]
+    assert names == [message["digest"] for message in vectors["messages"]]
+    assert receipts.messages(names) == [vectors["receipt"].encode()]
+    assert receipts.read(vectors["receipt"].encode()) == names
+    assert receipts.read(VECTORS["commands"][0]["message"].encode()) is None  # a command is never a receipt

@@ -13,8 +13,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from lockwise.devices import topics
-from mqtt_relay.forwarder import Event, Forwarder
+from lockwise.devices import receipts, topics
+from mqtt_relay.forwarder import PER_LOCK_WAITING, Event, Forwarder, receipts_of
 from tests.waiting import wait_for
 
 batches: list[bytes] = []
@@ -131,7 +131,7 @@ def test_a_payload_is_judged_by_its_size_as_posted_and_batches_by_their_bodies(
     and every lock's events waited behind it. Now the body is UTF-8 as it is, a payload over the cap in posted bytes
     is dropped before it is queued, and a batch is cut to bodies the function takes."""
     url, _ = devices
-    told: list[int] = []  # the relay is told of each batch taken (it wakes its delivery round for reports)
+    told: list[int] = []  # the relay is told of each batch taken (receipts; it wakes its delivery round for reports)
     forwarder = Forwarder(url, "token", batch=500, timeout_s=10, on_taken=lambda events: told.append(len(events)))
     acked: list[str] = []
     smile = "\U0001f600"  # 4 bytes in UTF-8; 12 as a JSON escape pair
@@ -153,7 +153,7 @@ def test_a_payload_is_judged_by_its_size_as_posted_and_batches_by_their_bodies(
     assert smile.encode() in batches[0] and b"\\ud83d" not in batches[0]  # UTF-8 as it is, not escaped
     posted = [json.loads(body)["events"] for body in batches]
     assert sum(len(events) for events in posted) == 600
-    assert sum(told) == 600 and len(told) == len(batches)
+    assert told[0] == 1 and sum(told) == 601 and len(told) == len(batches) + 1  # the oversized one too: for good
     assert all(event["payload"] == under for events in posted for event in events)
 
 
@@ -162,3 +162,48 @@ def test_a_report_is_a_locks_state_or_status_and_nothing_else() -> None:
     assert topics.is_report(topics.state("L1")) and topics.is_report(topics.status("L1"))
     assert not topics.is_report(topics.acks("L1")) and not topics.is_report(topics.commands("L1"))
     assert not topics.is_report("lockwise/L1/state/extra") and not topics.is_report("other/L1/state")
+
+
+def test_a_locks_reports_and_acks_are_named_for_its_receipts_and_its_status_is_not() -> None:
+    """A lock keeps each state report and ack until a receipt names it (docs/FIRMWARE.md, "Receipts"): the relay
+    names them by the bytes as published (a payload that is not UTF-8 too), grouped by lock, in order."""
+    raw = b'{"state":"locked","ts":1767225601.25,"note":"\xff"}'
+    events = [
+        Event.of(topics.state("L1"), raw, lambda: None, None),
+        Event.of(topics.acks("L2"), b'{"id":"c","nonce":"n","result":"ok"}', lambda: None, None),
+        Event.of(topics.status("L1"), b"online 7", lambda: None, None),
+        Event.of(topics.acks("L1"), b"{}", lambda: None, None),
+    ]
+    assert events[0].digest == receipts.digest(raw) and "\ufffd" in events[0].payload  # named by its bytes
+    assert events[2].digest == ""  # a status is not kept (the next connection's online says it again)
+    assert receipts_of(events) == {"L1": [receipts.digest(raw), receipts.digest(b"{}")], "L2": [events[1].digest]}
+    assert receipts_of([Event.of("elsewhere/x", b"x", lambda: None, None)]) == {}
+
+
+def test_an_event_dropped_for_good_is_told_and_a_floods_is_not(devices: tuple[str, list[tuple[int, bytes]]]) -> None:
+    """An event the function can never take (oversized) gets its receipt, so its lock stops sending it; one dropped
+    because its lock's line is full does not: the lock sends it again later."""
+    url, _ = devices
+    told: list[Event] = []
+    forwarder = Forwarder(url, "token", on_taken=told.extend)
+    big = Event.of(topics.state("L1"), b"x" * (topics.MAX_PAYLOAD_BYTES + 1), lambda: None, None)
+    forwarder.submit(big)
+    assert told == [big]
+    for i in range(PER_LOCK_WAITING + 1):  # not started: the line fills
+        forwarder.submit(Event.of(topics.state("L2"), f'{{"ts":{i}}}'.encode(), lambda: None, None))
+    assert forwarder.flooded == 1 and told == [big]
+
+
+def test_a_receipt_names_messages_by_digest_a_few_dozen_a_message_and_is_never_a_command() -> None:
+    names = [receipts.digest(f"report {i}".encode()) for i in range(70)]
+    assert len(set(names)) == 70 and all(len(name) == 22 and "=" not in name for name in names)
+    assert receipts.digest(b"report 1") == names[1]  # the same bytes, the same name
+    sent = receipts.messages([*names, names[0]])  # each named once
+    assert [len(receipts.read(message) or []) for message in sent] == [32, 32, 6]
+    assert [name for message in sent for name in receipts.read(message) or []] == names
+    assert all(len(message) < 1024 for message in sent)
+    assert receipts.messages([]) == []
+    command = json.dumps({"cmd": "{}", "sig": "AAAA", "receipt": names[:1]}).encode()
+    for not_one in (command, b"not json", b"[1]", b'{"receipt": "x"}', b"\xff\xfe", b'{"cmd": "x"}'):
+        assert receipts.read(not_one) is None, not_one
+    assert receipts.read(b'{"receipt": ["a", 1, null]}') == ["a"]
