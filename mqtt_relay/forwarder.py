@@ -110,6 +110,12 @@ class Forwarder:
         self.stale = 0  # state reports it ignored as not newer than the last applied (a repeat, or out of order)
         self.dropped = 0  # events not delivered at all (oversized, refused alone with 400/413, a full lock line)
         self.flooded = 0  # of those, events of a lock with PER_LOCK_WAITING already waiting
+        #: the locks' messages waiting here or being posted, by (lock, digest): a copy a lock sends again meanwhile
+        #: (its receipt late: the devices function away) is acknowledged and not queued (``repeated``), so a lock's
+        #: line holds each message once (attack run 30: an hour's outage made 17-19 copies of each)
+        self._holding: set[tuple[str, str]] = set()
+        self._holding_lock = threading.Lock()
+        self.repeated = 0
         self.last_error: str | None = None
         self.upkeep_error: str | None = None  # the last upkeep's failure (``flush_mirror``), None once one succeeds
         self._stop = threading.Event()
@@ -126,9 +132,16 @@ class Forwarder:
         if event.size > topics.MAX_PAYLOAD_BYTES:
             self._drop(event, f"payload of {event.size} bytes as posted")
             return
-        if not self.queue.put(
-            topics.lock_of(event.topic) or "", event, event.size
-        ):  # a flood: counted, logged at times
+        lock = topics.lock_of(event.topic) or ""
+        if event.digest:
+            with self._holding_lock:
+                if (lock, event.digest) in self._holding:  # sent again while its first copy waits: that one's
+                    self.repeated += 1  # receipt names this one too
+                    event.ack()
+                    return
+                self._holding.add((lock, event.digest))
+        if not self.queue.put(lock, event, event.size):  # a flood: counted, logged at times
+            self._release([event])
             self.flooded += 1
             why = f"its lock's line is full ({self.flooded} so far)"
             self._drop(event, why, logged=self.flooded % 1000 == 1, for_good=False)
@@ -140,8 +153,15 @@ class Forwarder:
             log.warning("lock event dropped", extra={"fields": {"topic": event.topic[:200], "reason": why}})
         self.dropped += 1
         event.ack()
+        self._release([event])
         if for_good:
             self.on_taken([event])
+
+    def _release(self, events: list[Event]) -> None:
+        """``events`` are acknowledged: a copy of one sent again is forwarded again."""
+        with self._holding_lock:
+            for event in events:
+                self._holding.discard((topics.lock_of(event.topic) or "", event.digest))
 
     def stop(self, drain_timeout_s: float = 10.0) -> None:
         """Forward what is queued (up to the timeout), then stop; anything left is redelivered by the broker."""
@@ -169,6 +189,7 @@ class Forwarder:
                     taken_batch = pending.pop(0)
                     for event in taken_batch:
                         event.ack()
+                    self._release(taken_batch)
                     self.on_taken(taken_batch)
                     backoff = 0.2
                 elif verdict == "refused":  # one of these events poisons the batch: find it, drop it alone
@@ -199,15 +220,15 @@ class Forwarder:
             self.last_error = f"HTTP {resp.status_code}"
             log.warning("devices function refused events; will retry", extra={"fields": {"status": resp.status_code}})
             return "retry"
+        judged = _outcomes(resp, len(events))
+        if judged is None:  # not the function's answer (a proxy's page): nothing says the batch was committed
+            self.last_error = "HTTP 200 without the batch's results"
+            log.warning("devices function answered without results; will retry")
+            return "retry"
         self.last_error = None
         self.forwarded += len(events)
-        try:
-            outcomes = resp.json()["results"]
-            judged = [o.get("outcome") for o in outcomes if isinstance(o, dict)]
-            self.rejected += judged.count("rejected")
-            self.stale += judged.count("stale")
-        except (ValueError, KeyError, TypeError):
-            pass
+        self.rejected += judged.count("rejected")
+        self.stale += judged.count("stale")
         return "taken"
 
     def flush_mirror(self, broker_uptime_s: float | None = None, broker_run: int | None = None) -> bool:
@@ -231,6 +252,18 @@ class Forwarder:
                 return _access_due(resp)
         log.warning("devices upkeep failed; will retry", extra={"fields": {"error": self.upkeep_error}})
         return False
+
+
+def _outcomes(resp: requests.Response, events: int) -> list[str] | None:
+    """Each event's outcome in the function's answer to a batch of ``events``, or None when the answer is not one (a
+    200 from anything else: the events' locks would be told they are held, and forget them)."""
+    try:
+        results = resp.json()["results"]
+    except (ValueError, KeyError, TypeError):
+        return None
+    if not isinstance(results, list) or len(results) != events or not all(isinstance(r, dict) for r in results):
+        return None
+    return [str(result.get("outcome")) for result in results]
 
 
 def _access_due(resp: requests.Response) -> bool:

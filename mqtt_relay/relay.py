@@ -286,6 +286,7 @@ class Relay:
             "stale": self.forwarder.stale,
             "dropped": self.forwarder.dropped,
             "flooded": self.forwarder.flooded,
+            "repeated": self.forwarder.repeated,
             **({"error": self.forwarder.last_error} if self.forwarder.last_error else {}),
         }
         healthy = all(c["ok"] for c in checks.values())

@@ -39,6 +39,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from lockwise.devices import command_signing, lock_auth, receipts, topics
 from mqtt_relay.sessions import no_delay
+from simlock.unconfirmed import Unconfirmed
 
 log = logging.getLogger("simlock")
 
@@ -125,19 +126,6 @@ def provision(devices_url: str, code: str, ca_file: str, *, host: str | None = N
 #: drawn between half and all of it (docs/FIRMWARE.md, "Connecting"; paho's own backoff starts again at every CONNACK,
 #: and the broker turns a lock away right after it while no relay is connected)
 BACKOFF_MIN_S, BACKOFF_MAX_S = 1.0, 30.0
-#: a state report or ack is kept until a receipt names it, and sent again after this long connected without one,
-#: the wait doubling to ``RESEND_MAX_S`` (docs/FIRMWARE.md, "Receipts"); at most ``KEEP_AT_MOST`` are kept
-RECEIPT_WAIT_S, RESEND_MAX_S, KEEP_AT_MOST = 10.0, 300.0, 32
-
-
-@dataclass
-class Kept:
-    """A message of the lock's that no receipt has named yet."""
-
-    topic: str
-    payload: bytes
-    due: float  # when it is sent again (monotonic), if still connected and kept
-    wait: float  # the wait after that
 
 
 @dataclass
@@ -155,8 +143,6 @@ class SimulatedLock:
     nonce_file: Path | None = None
     #: the longest wait before reconnecting (``BACKOFF_MAX_S``; a test may want a lock quick to return)
     backoff_max_s: float = BACKOFF_MAX_S
-    #: the wait for a receipt before sending a message again (``RECEIPT_WAIT_S``; a test may want it shorter)
-    receipt_wait_s: float = RECEIPT_WAIT_S
 
     def __post_init__(self) -> None:
         self._seen_nonces: dict[str, int] = self._load_nonces()  # nonce -> the command's expires_at
@@ -172,12 +158,12 @@ class SimulatedLock:
         self.connect_result: ReasonCode | None = None
         self.backoff_s = BACKOFF_MIN_S  # the next reconnect's wait, at most (before its jitter)
         self._acked = False  # whether a message of this connection was acknowledged (its PUBACK)
-        #: state reports and acks no receipt has named yet, by digest (oldest first), and the timer that sends them
-        #: again; ``receipted``: how many receipts named one of them, ``sent_again``: how many were sent again
-        self.kept: dict[str, Kept] = {}
+        #: state reports and acks no receipt has named yet (a test may shorten its ``wait_s``), and the timer that
+        #: sends them again
+        self.unconfirmed = Unconfirmed()
         self._resend_timer: threading.Timer | None = None
-        self._resend_due = 0.0
-        self.receipted = self.sent_again = 0
+        self._resend_at = 0.0
+        self._stopped = False
 
     def _new_client(self) -> mqtt.Client:
         cfg = self.config
@@ -210,6 +196,7 @@ class SimulatedLock:
 
     def start(self, timeout: float = 10.0) -> None:
         """Connect and wait until subscribed; raises ``ConnectionError`` when the broker refuses us."""
+        self._stopped = False
         self.client.connect(self.config.host, self.config.port, keepalive=self.config.keepalive_s)
         self.client.loop_start()
         if not self.subscribed.wait(timeout):
@@ -218,6 +205,7 @@ class SimulatedLock:
 
     def stop(self, *, graceful: bool = True) -> None:
         with self._lock:
+            self._stopped = True  # nothing is sent again on the stopped client
             if self._resend_timer is not None:
                 self._resend_timer.cancel()
         if graceful and self.connected.is_set():
@@ -237,6 +225,7 @@ class SimulatedLock:
 
     def come_back(self, timeout: float = 10.0) -> None:
         """Reconnect (with the current certificate), as a new numbered connection."""
+        self._stopped = False
         self._next_connection(self.client)
         self.client.reconnect()
         self.client.loop_start()
@@ -251,9 +240,8 @@ class SimulatedLock:
         self.connected.set()
         client.subscribe(topics.commands(self.config.identity), qos=1)
         client.publish(topics.status(self.config.identity), f"online {self.connection_no}", qos=1, retain=True)
-        with self._lock:  # what no receipt named: sent again if none comes now (one queued while we were away)
-            for kept in self.kept.values():
-                kept.due = time.monotonic() + self.receipt_wait_s
+        with self._lock:  # what no receipt named: a broker killed after its PUBACK lost it
+            self.unconfirmed.connected(time.monotonic())
             self._arm()
         self._ack_grants()
         self.publish_state()
@@ -298,53 +286,44 @@ class SimulatedLock:
 
     def publish_kept(self, topic: str, payload: str) -> mqtt.MQTTMessageInfo:
         """Publish a state report or an ack, QoS 1, and keep it until a receipt names it: a broker killed before it
-        saved the message loses it after its PUBACK (docs/FIRMWARE.md, "Receipts")."""
+        saved the message loses it after its PUBACK (docs/FIRMWARE.md, "Receipts"; ``simlock.unconfirmed``)."""
         raw = payload.encode()
         with self._lock:
-            wait = self.receipt_wait_s
-            self.kept[receipts.digest(raw)] = Kept(topic, raw, time.monotonic() + wait, wait)
-            while len(self.kept) > KEEP_AT_MOST:  # the oldest goes: a broker away for long gets the newest
-                del self.kept[next(iter(self.kept))]
-            self._arm()
+            self.unconfirmed.sent(topic, raw, time.monotonic())
         return self.client.publish(topic, raw, qos=1)
 
     def _arm(self) -> None:
-        """Time the next sending again for the earliest kept message (the caller holds ``_lock``)."""
-        if not self.kept:
+        """Time the next sending again, if one may be due (the caller holds ``_lock``)."""
+        due = self.unconfirmed.next_due()
+        if due is None or self._stopped:
             return
-        due = min(kept.due for kept in self.kept.values())
         timer = self._resend_timer
         if timer is not None and timer.is_alive():
-            if self._resend_due <= due:
+            if self._resend_at <= due:
                 return  # it comes first anyway
             timer.cancel()
-        self._resend_due = due
-        self._resend_timer = threading.Timer(max(0.05, due - time.monotonic()), self._send_again)
+        self._resend_at = due
+        self._resend_timer = threading.Timer(max(0.0, due - time.monotonic()), self._send_again)
         self._resend_timer.daemon = True
         self._resend_timer.start()
 
     def _send_again(self) -> None:
-        """Send again each kept message whose receipt is overdue, while connected (not connected: the next
-        connection times them again, counted from it)."""
+        """Send again what is due, while connected (not connected: the next connection times it again)."""
         with self._lock:
+            if self._resend_timer is not threading.current_thread():
+                return  # replaced by a sooner one, or the lock stopped
             self._resend_timer = None
-            if not self.connected.is_set():
+            if self._stopped or not self.connected.is_set():
                 return
-            now = time.monotonic()
-            due = [kept for kept in self.kept.values() if kept.due <= now]
-            for kept in due:
-                kept.wait = min(kept.wait * 2, RESEND_MAX_S)
-                kept.due = now + kept.wait
+            again = self.unconfirmed.due(time.monotonic())
             self._arm()
-        for kept in due:
-            self.sent_again += 1
+        for kept in again:
             self.client.publish(kept.topic, kept.payload, qos=1)
 
     def _receipt(self, names: list[str]) -> None:
         with self._lock:
-            for name in names:
-                if self.kept.pop(name, None) is not None:
-                    self.receipted += 1
+            self.unconfirmed.named(names)
+            self._arm()  # a later message named: an earlier one still kept went astray
 
     def check(self, payload: bytes) -> command_signing.Command:
         """Refuse what the firmware must refuse; raises ``BadCommand`` with the reason."""

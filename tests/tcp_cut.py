@@ -61,7 +61,11 @@ class TcpCut:
                 client, _ = self._listener.accept()
             except OSError:
                 return
-            upstream = socket.create_connection(self.target)
+            try:
+                upstream = socket.create_connection(self.target)
+            except OSError:  # the server is down: refused as it would refuse (and the next connection relayed)
+                client.close()
+                continue
             flow = _Flow(client, upstream)
             with self._lock:
                 self._flows.append(flow)
@@ -82,7 +86,7 @@ class _Flow:
                     continue
                 if self.mode == RESET:  # an RST, not a FIN: the client's read fails with ECONNRESET
                     self.client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-                    self.close()
+                    self.close(reset=True)
                     return
                 self.upstream.sendall(data)
         except OSError:
@@ -97,8 +101,14 @@ class _Flow:
         except OSError:
             pass
 
-    def close(self) -> None:
+    def close(self, *, reset: bool = False) -> None:
+        """Close both ends; ``reset``: the client's with an RST (its linger set to 0 by the caller)."""
         for sock in (self.client, self.upstream):
+            try:  # shut down first: a close alone, while the other thread reads the socket, sends no FIN
+                if not (reset and sock is self.client):
+                    sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
             try:
                 sock.close()
             except OSError:

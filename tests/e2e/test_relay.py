@@ -159,7 +159,7 @@ def test_a_broker_killed_after_acknowledging_a_locks_reports_and_ack_loses_none_
         relays(MQTT_PORT=str(cut.port))
         lock_id, lock = paired_lock()
         wait_online(e2e, lock_id)
-        lock.receipt_wait_s, lock.backoff_max_s, lock.delay_s = 1.0, 2.0, 1.5
+        lock.unconfirmed.wait_s, lock.backoff_max_s, lock.delay_s = 1.0, 2.0, 1.5
         command = app.unlock(lock_id)
         wait_for(status_is(app, lock_id, command["id"], "sent"), what="the command sent")
         cut.cut(tcp_cut.SILENT)  # the lock is still acting on it (delay_s): its ack goes to the broker alone
@@ -168,15 +168,15 @@ def test_a_broker_killed_after_acknowledging_a_locks_reports_and_ack_loses_none_
         for battery in range(51, 56):
             lock.battery_pct = battery
             lock.publish_state().wait_for_publish(5)  # the broker's PUBACK: it holds the report
-            report = json.loads(lock.kept[list(lock.kept)[-1]].payload)
+            report = json.loads(list(lock.unconfirmed.kept.values())[-1].payload)
             keys.append(lock_events.report_key(dt.datetime.fromtimestamp(report["ts"], dt.UTC), report["state"]))
             time.sleep(0.002)
         wait_for(lambda: not lock.client._out_messages, timeout=5, what="the lock's ack acknowledged")  # noqa: SLF001
-        assert len(lock.kept) >= 6, "the five reports and the ack are kept: no receipt came from the silent relay"
+        assert len(lock.unconfirmed.kept) >= 6, "the five reports and the ack are kept: no receipt from the relay"
         broker.process.popen.kill()  # before its next save
         broker.process.popen.wait(5)
-        cut.drop()
         broker.start_again()
+        cut.drop()  # the relay's connection ends as the broker's death would have ended it
 
         def known() -> list[str]:
             row = db_one(e2e, "SELECT recent_reports FROM lock_state WHERE lock_id = CAST(:l AS uuid)", l=lock_id)
@@ -184,8 +184,8 @@ def test_a_broker_killed_after_acknowledging_a_locks_reports_and_ack_loses_none_
 
         wait_for(lambda: set(keys) <= set(known()), timeout=30, what="the five reports the killed broker had taken")
         wait_for(status_is(app, lock_id, command["id"], "acked"), timeout=30, what="the ack the killed broker took")
-        assert lock.sent_again >= 6, "the lock sent its reports and its ack again"
-        wait_for(lambda: not lock.kept, timeout=15, what="every message the lock kept named by a receipt")
+        assert lock.unconfirmed.sent_again >= 6, "the lock sent its reports and its ack again"
+        wait_for(lambda: not lock.unconfirmed.kept, timeout=15, what="every message the lock kept named by a receipt")
 
 
 def test_a_lock_that_does_not_come_back_after_a_broker_restart_is_shown_offline(
@@ -597,11 +597,12 @@ def test_events_queued_for_a_crashed_replica_are_forwarded_by_the_survivor(
     e2e: dict[str, Any], relays: Any, paired_lock: Pair
 ) -> None:
     """The broker keeps handing part of the shared lock events to a dead replica's persistent session; a live relay
-    takes the free slot, forwards what the session holds and ends it."""
+    takes the free slot, forwards what the session holds and ends it, and the lock gets the receipts of those too."""
     survivor = relays("relay-survivor", LOCKWISE_RELAY_ORPHAN_SCAN_S="1")
     doomed = relays("relay-doomed")
     lock_id, lock = paired_lock()
     wait_online(e2e, lock_id)
+    lock.unconfirmed.wait_s = 120  # nothing sent again here: each kept report is named as the survivor takes it
     doomed.popen.send_signal(signal.SIGKILL)
     doomed.popen.wait(5)
     for battery in range(60, 20, -1):  # 40 reports, each newer than the last (their ts has millisecond steps)
@@ -620,6 +621,8 @@ def test_events_queued_for_a_crashed_replica_are_forwarded_by_the_survivor(
 
     wait_for(lambda: health()["drained"] > 0, what="the dead replica's session emptied by the survivor")
     assert health()["checks"]["forwarder"]["forwarded"] >= 40
+    wait_for(lambda: not lock.unconfirmed.kept, what="a receipt for each report the lock kept (32), drained ones too")
+    assert lock.unconfirmed.sent_again == 0
 
 
 def test_one_locks_poison_events_never_hold_up_another_locks(

@@ -207,3 +207,67 @@ def test_a_receipt_names_messages_by_digest_a_few_dozen_a_message_and_is_never_a
     for not_one in (command, b"not json", b"[1]", b'{"receipt": "x"}', b"\xff\xfe", b'{"cmd": "x"}'):
         assert receipts.read(not_one) is None, not_one
     assert receipts.read(b'{"receipt": ["a", 1, null]}') == ["a"]
+
+
+def test_a_copy_sent_again_while_its_first_waits_is_acknowledged_and_not_queued(
+    devices: tuple[str, list[tuple[int, bytes]]],
+) -> None:
+    """Attack run 30: with the devices function away for an hour, a lock sending again what no receipt named filled
+    its line with 17-19 copies of each message. A copy of one still waiting is acknowledged at once (its first's
+    receipt names it); once the first is taken, a copy is forwarded again (the lock did not get the receipt)."""
+    url, _ = devices
+    forwarder = Forwarder(url, "token")
+    acked: list[str] = []
+    payload = b'{"state":"locked","ts":1767225601}'
+    first = Event.of(topics.state("L1"), payload, lambda: acked.append("first"), None)
+    forwarder.submit(first)
+    forwarder.submit(Event.of(topics.state("L1"), payload, lambda: acked.append("copy"), None))
+    forwarder.submit(Event.of(topics.state("L2"), payload, lambda: acked.append("other lock"), None))
+    forwarder.submit(Event.of(topics.status("L1"), b"online 7", lambda: acked.append("status"), None))
+    forwarder.submit(Event.of(topics.status("L1"), b"online 7", lambda: acked.append("status again"), None))
+    assert acked == ["copy"] and forwarder.repeated == 1 and forwarder.queue.qsize() == 4
+    forwarder.start()
+    try:
+        wait_for(lambda: len(acked) == 5, what="the four queued events posted")
+        forwarder.submit(Event.of(topics.state("L1"), payload, lambda: acked.append("after"), None))
+        wait_for(lambda: "after" in acked, what="a copy after the first was taken, forwarded")
+    finally:
+        forwarder.stop(drain_timeout_s=5)
+    assert forwarder.repeated == 1 and sum(len(json.loads(body)["events"]) for body in batches) == 5
+
+
+def test_a_200_that_is_not_the_functions_answer_keeps_the_batch() -> None:
+    """A proxy's page, or a wrong URL answering 200: nothing says the events were committed, so they are neither
+    acknowledged nor told (their locks would forget them); the batch is posted again."""
+    bodies = [b"<html>captive portal</html>", b'{"results": []}', b'{"results": "x"}']
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 - http.server's name
+            posted = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            body = (
+                bodies.pop(0)
+                if bodies
+                else json.dumps({"results": [{"outcome": "applied"}] * len(posted["events"])}).encode()
+            )
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    told: list[Event] = []
+    forwarder = Forwarder(f"http://127.0.0.1:{server.server_address[1]}", "token", on_taken=told.extend)
+    acked: list[int] = []
+    forwarder.submit(Event.of(topics.acks("L1"), b'{"id":"c"}', lambda: acked.append(1), None))
+    forwarder.start()
+    try:
+        wait_for(lambda: acked, timeout=15, what="the batch taken once the function answers")
+        assert not bodies and len(told) == 1 and forwarder.forwarded == 1 and forwarder.last_error is None
+    finally:
+        forwarder.stop(drain_timeout_s=5)
+        server.shutdown()
+        server.server_close()
