@@ -145,7 +145,8 @@ class SimulatedLock:
     backoff_max_s: float = BACKOFF_MAX_S
 
     def __post_init__(self) -> None:
-        self._seen_nonces: dict[str, int] = self._load_nonces()  # nonce -> the command's expires_at
+        #: nonce -> the command's expires_at and id (its repeat is acknowledged only with the same id)
+        self._seen_nonces: dict[str, tuple[int, str]] = self._load_nonces()
         # the newest command acted on: an older one arriving later must not undo it (kept with the nonces)
         self._last_issued_at = self._load_last_issued_at()
         self._lock = threading.Lock()
@@ -340,18 +341,20 @@ class SimulatedLock:
             if command.issued_at < self._last_issued_at:
                 raise command_signing.BadCommand("superseded")
             self._last_issued_at = command.issued_at
-            self._seen_nonces[command.nonce] = command.expires_at
+            self._seen_nonces[command.nonce] = (command.expires_at, command.id)
             self._save_nonces()
         return command
 
-    def _load_nonces(self) -> dict[str, int]:
-        """The nonces of commands acted on that have not expired yet: a command whose nonce is here is a replay, also
-        after a restart; one that has expired is refused for its expiry, so the set stays small."""
+    def _load_nonces(self) -> dict[str, tuple[int, str]]:
+        """The nonces of commands acted on that have not expired yet, with their command ids: a command whose nonce is
+        here is a replay, also after a restart; one that has expired is refused for its expiry, so the set stays
+        small. A file written before the ids were kept names none (its repeats are refused, not acknowledged)."""
         if self.nonce_file is None or not self.nonce_file.exists():
             return {}
-        stored: dict[str, int] = json.loads(self.nonce_file.read_text())
+        stored: dict[str, int | list[Any]] = json.loads(self.nonce_file.read_text())
+        spent = {n: (v, "") if isinstance(v, int) else (int(v[0]), str(v[1])) for n, v in stored.items()}
         now = time.time()
-        return {nonce: expires for nonce, expires in stored.items() if expires > now}
+        return {nonce: entry for nonce, entry in spent.items() if entry[0] > now}
 
     def _issued_file(self) -> Path | None:
         return None if self.nonce_file is None else self.nonce_file.with_name(self.nonce_file.name + ".issued_at")
@@ -369,7 +372,7 @@ class SimulatedLock:
             partial.write_text(str(self._last_issued_at))
             partial.replace(issued)
         now = time.time()
-        live = {nonce: expires for nonce, expires in self._seen_nonces.items() if expires > now}
+        live = {nonce: [expires, cid] for nonce, (expires, cid) in self._seen_nonces.items() if expires > now}
         tmp = self.nonce_file.with_name(self.nonce_file.name + ".tmp")
         tmp.write_text(json.dumps(live))
         tmp.replace(self.nonce_file)  # written before the lock acts: a crash never forgets an executed command
@@ -409,7 +412,8 @@ class SimulatedLock:
         if not self.config.server_public_key:
             return
         repeat = command_signing.verify(payload, self.config.server_public_key)
-        if repeat.nonce in self._seen_nonces:  # acted on (before a restart too): the nonces are persisted
+        spent = self._seen_nonces.get(repeat.nonce)
+        if spent is not None and spent[1] == repeat.id:  # acted on (before a restart too: the nonces are persisted)
             self._ack(repeat)
 
     # --------------------------------------------------------------------------------------------- HTTP side

@@ -61,3 +61,42 @@ def test_a_grant_acted_on_while_disconnected_is_acknowledged_once_on_the_next_co
     lock._on_connect(recorded, None, None, Connected(), None)  # type: ignore[arg-type]  # a second connection
     acks = [json.loads(p) for t, p in recorded.published if t == topics.acks("lk-test")]
     assert acks == [{"id": grant.id, "nonce": grant.nonce, "result": "ok"}]
+
+
+def test_a_spent_nonce_is_acknowledged_again_only_for_its_own_command_also_after_a_restart(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    """docs/FIRMWARE.md, "Repeats": a correctly signed command whose nonce is spent is acknowledged again when it is
+    the command carried out (same id), and refused without an ack when it names another id."""
+    server = Ed25519PrivateKey.generate()
+    lock_id = str(uuid.uuid4())
+    config = LockConfig(
+        lock_id=lock_id,
+        identity="lk-test",
+        cert_pem="",
+        key_pem="",
+        host="127.0.0.1",
+        port=1,
+        ca_file="",
+        server_public_key=command_signing.public_key_b64(server),
+    )
+    recorded = RecordedClient()
+    monkeypatch.setattr(SimulatedLock, "_new_client", lambda _self: recorded)
+    nonces = tmp_path / "nonces.json"
+    now = int(time.time())
+    command = command_signing.Command(str(uuid.uuid4()), lock_id, "unlock", "s" * 24, now, now + 30)
+    other = command_signing.Command(str(uuid.uuid4()), lock_id, "unlock", "s" * 24, now, now + 30)
+
+    class Message:
+        def __init__(self, cmd: command_signing.Command) -> None:
+            self.payload = command_signing.sign(cmd, server).encode()
+
+    lock = SimulatedLock(config, nonce_file=nonces)
+    lock._on_message(recorded, None, Message(command))  # type: ignore[arg-type]
+    rebooted = SimulatedLock(config, nonce_file=nonces)  # the spent nonces and their ids read back
+    for each in (lock, rebooted):
+        each._on_message(recorded, None, Message(command))  # type: ignore[arg-type]
+        each._on_message(recorded, None, Message(other))  # type: ignore[arg-type]
+    acks = [json.loads(p)["id"] for t, p in recorded.published if t == topics.acks("lk-test")]
+    assert acks == [command.id] * 3 and [c.id for c in lock.executed] == [command.id] and not rebooted.executed
+    assert [reason for reason, _ in rebooted.refused] == ["replayed", "replayed"]
