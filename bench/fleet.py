@@ -7,7 +7,7 @@ prints:
 
 * connect rate (TLS handshake with a client certificate + CONNACK + SUBACK) and the broker's memory per connection;
 * fan-out: one signed command to every lock at once through the outbox and the relay, latency from the commit to
-  each lock's receipt (p50/p99), next to the plain path in the same run: one MQTT client with a relay's rights
+  each lock's arrival (p50/p99), next to the plain path in the same run: one MQTT client with a relay's rights
   publishing the same payloads straight to every lock topic.
 """
 

@@ -313,7 +313,7 @@ def main(argv: list[str] | None = None) -> int:
         ),
         Row("  plain MQTT subscriber on the same broker", f"{relay.plain_rate:.0f}/s", "", None),
         Row(
-            "command: app POST -> lock receipt, p50 / p99",
+            "command: app POST -> arrival at the lock, p50 / p99",
             f"{relay.receipt['p50']:.1f} / {relay.receipt['p99']:.1f} ms",
             "<= 30 / <= 100 ms",
             relay.receipt["p50"] <= 30 and relay.receipt["p99"] <= 100,

@@ -2,8 +2,8 @@
 
 ``./dev bench relay [--commands N] [--events N]`` starts a throwaway local stack, pairs a simulated lock and prints:
 
-* app ``POST /commands`` -> lock receipt, and -> ack recorded in PostgreSQL (p50/p95/p99), next to a plain MQTT
-  round trip (publish to the lock topic -> lock receipt -> ack received by the publisher) on the same broker;
+* app ``POST /commands`` -> arrival at the lock, and -> ack recorded in PostgreSQL (p50/p95/p99), next to a plain MQTT
+  round trip (publish to the lock topic -> arrival at the lock -> ack received by the publisher) on the same broker;
 * lock state reports from ``--locks`` locks at once, per second through the relay into PostgreSQL and the Firestore
   mirror (timed until the last is applied and mirrored), next to a plain MQTT subscriber on the same broker; then
   counts the state entries in the locks' Firestore feeds: each report listed once (a report that reached the
@@ -274,7 +274,7 @@ def report(result: RelayResult) -> str:
         "Command round trip (ms)",
         ["path", "p50", "p95", "p99", "p50 ratio to plain MQTT"],
         [
-            ["app POST -> lock receipt (relay)", r["p50"], r["p95"], r["p99"], f"{r['p50'] / p['p50']:.1f}x"],
+            ["app POST -> arrival at the lock (relay)", r["p50"], r["p95"], r["p99"], f"{r['p50'] / p['p50']:.1f}x"],
             ["app POST -> ack recorded (relay)", a["p50"], a["p95"], a["p99"], f"{a['p50'] / p['p50']:.1f}x"],
             ["plain MQTT publish -> lock -> ack", p["p50"], p["p95"], p["p99"], "1.0x"],
         ],

@@ -14,7 +14,9 @@ whole with 400 or 413 is split in halves until the one event it refuses is found
 unreachable function, a 5xx or a refused service token keeps the batch, unacknowledged, and retries it.
 
 Each batch taken, and each event dropped for good, is told to ``on_taken``: the relay then publishes the locks their
-receipts (``lockwise.devices.receipts``), so a lock stops keeping what the back-end holds.
+receipts (``lockwise.devices.receipts``), so a lock stops keeping what the back-end holds. A copy of a lock's message
+that comes while the first is held (the lock sending it again, the broker redelivering it) is not queued: it is
+acknowledged with the first, once that is taken.
 """
 
 from __future__ import annotations
@@ -110,10 +112,13 @@ class Forwarder:
         self.stale = 0  # state reports it ignored as not newer than the last applied (a repeat, or out of order)
         self.dropped = 0  # events not delivered at all (oversized, refused alone with 400/413, a full lock line)
         self.flooded = 0  # of those, events of a lock with PER_LOCK_WAITING already waiting
-        #: the locks' messages waiting here or being posted, by (lock, digest): a copy a lock sends again meanwhile
-        #: (its receipt late: the devices function away) is acknowledged and not queued (``repeated``), so a lock's
-        #: line holds each message once (attack run 30: an hour's outage made 17-19 copies of each)
-        self._holding: set[tuple[str, str]] = set()
+        #: the locks' messages waiting here or being posted, by (lock, digest), with the acks of the copies that came
+        #: meanwhile (the lock's sending again, the broker's redelivery on a resumed or drained session): a copy is
+        #: not queued (``repeated``), so a lock's line holds each message once (attack run 30: an hour's outage made
+        #: 17-19 copies of each), and it is acknowledged only with its first, once that is taken (acknowledged at
+        #: once, a redelivered copy left the message in the relay's memory alone: attack run 31 lost an ack and a
+        #: report to a relay restarted while the function was away)
+        self._holding: dict[tuple[str, str], list[Callable[[], None]]] = {}
         self._holding_lock = threading.Lock()
         self.repeated = 0
         self.last_error: str | None = None
@@ -135,11 +140,12 @@ class Forwarder:
         lock = topics.lock_of(event.topic) or ""
         if event.digest:
             with self._holding_lock:
-                if (lock, event.digest) in self._holding:  # sent again while its first copy waits: that one's
-                    self.repeated += 1  # receipt names this one too
-                    event.ack()
+                copies = self._holding.get((lock, event.digest))
+                if copies is not None:  # its first copy waits: acknowledged with it, named by its receipt
+                    copies.append(event.ack)
+                    self.repeated += 1
                     return
-                self._holding.add((lock, event.digest))
+                self._holding[(lock, event.digest)] = []
         if not self.queue.put(lock, event, event.size):  # a flood: counted, logged at times
             self._release([event])
             self.flooded += 1
@@ -158,10 +164,11 @@ class Forwarder:
             self.on_taken([event])
 
     def _release(self, events: list[Event]) -> None:
-        """``events`` are acknowledged: a copy of one sent again is forwarded again."""
+        """``events`` are acknowledged: so are the copies that came meanwhile, and one that comes now is forwarded."""
         with self._holding_lock:
-            for event in events:
-                self._holding.discard((topics.lock_of(event.topic) or "", event.digest))
+            acks = [self._holding.pop((topics.lock_of(e.topic) or "", e.digest), []) for e in events if e.digest]
+        for ack in (ack for copies in acks for ack in copies):
+            ack()
 
     def stop(self, drain_timeout_s: float = 10.0) -> None:
         """Forward what is queued (up to the timeout), then stop; anything left is redelivered by the broker."""

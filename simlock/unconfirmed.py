@@ -4,7 +4,8 @@ The firmware's rules without a clock, a timer or an MQTT client of their own (th
 publishes), so they can be tested alone:
 
 * each state report and ack is kept until a receipt names it, at most ``KEEP_AT_MOST`` of each topic (the oldest of
-  that topic goes first: reports sent at every connection the broker turned away never push out an ack);
+  that topic goes first: reports sent at every connection the broker turned away never push out an ack) and at most
+  ``KEEP_FOR_S``;
 * ``wait_s`` after a connection's CONNACK, each message kept from before it is sent again: a broker killed after its
   PUBACK lost it, and a crash always ends the connection;
 * while connected, a kept message is sent again only once a receipt named a message sent after it (the relay took
@@ -21,8 +22,8 @@ from lockwise.devices import receipts
 
 #: the wait before sending again (after a CONNACK, or after the last sending), doubling to ``RESEND_MAX_S``
 RECEIPT_WAIT_S, RESEND_MAX_S = 10.0, 300.0
-#: the most messages kept per topic (state reports, acks)
-KEEP_AT_MOST = 32
+#: the most messages kept per topic (state reports, acks), and the longest (the server ignores an ack a day late)
+KEEP_AT_MOST, KEEP_FOR_S = 32, 86_400.0
 
 
 @dataclass
@@ -32,6 +33,7 @@ class Kept:
     sent: int  # its place among the lock's sendings, at its last one
     due: float  # not sent again before this time
     wait: float  # the wait after its next sending
+    first_sent: float  # when it was first published (kept ``KEEP_FOR_S`` at most)
 
 
 class Unconfirmed:
@@ -47,10 +49,13 @@ class Unconfirmed:
     def sent(self, topic: str, payload: bytes, now: float) -> None:
         """A new message was published: keep it (past ``KEEP_AT_MOST`` of its topic, the oldest of them goes)."""
         self._sends += 1
-        self.kept[receipts.digest(payload)] = Kept(topic, payload, self._sends, now + self.wait_s, self.wait_s)
+        name = receipts.digest(payload)
+        self.kept.pop(name, None)  # the same bytes again (an ack repeated): kept as the newest
+        self.kept[name] = Kept(topic, payload, self._sends, now + self.wait_s, self.wait_s, now)
         same = [name for name, kept in self.kept.items() if kept.topic == topic]
         for name in same[:-KEEP_AT_MOST]:
             del self.kept[name]
+        self._forget_old(now)
 
     def connected(self, now: float) -> None:
         """A CONNACK: what is kept from before it is sent again ``wait_s`` from now, unless named meanwhile."""
@@ -73,6 +78,7 @@ class Unconfirmed:
 
     def due(self, now: float) -> list[Kept]:
         """The messages to send again now, each then counted as sent now and its wait doubled."""
+        self._forget_old(now)
         again = [kept for kept in self.kept.values() if kept.due <= now and self._astray(kept)]
         for kept in again:
             self._sends += 1
@@ -80,6 +86,10 @@ class Unconfirmed:
             kept.due = now + kept.wait
         self.sent_again += len(again)
         return again
+
+    def _forget_old(self, now: float) -> None:
+        for name in [name for name, kept in self.kept.items() if now - kept.first_sent > KEEP_FOR_S]:
+            del self.kept[name]
 
     def _astray(self, kept: Kept) -> bool:
         """Sent before the current connection, or before a message a receipt named since."""

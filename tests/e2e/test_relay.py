@@ -7,8 +7,10 @@ import datetime as dt
 import json
 import signal
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -186,6 +188,84 @@ def test_a_broker_killed_after_acknowledging_a_locks_reports_and_ack_loses_none_
         wait_for(status_is(app, lock_id, command["id"], "acked"), timeout=30, what="the ack the killed broker took")
         assert lock.unconfirmed.sent_again >= 6, "the lock sent its reports and its ack again"
         wait_for(lambda: not lock.unconfirmed.kept, timeout=15, what="every message the lock kept named by a receipt")
+
+
+class DevicesAway:
+    """Passes the relay's calls to the devices function, and answers its event batches 503 while ``away``."""
+
+    def __init__(self, target: str) -> None:
+        self.away, self.refused = False, 0
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - http.server's name
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                if outer.away and self.path == "/devices/relay/events":
+                    outer.refused += 1
+                    status, answer = 503, b'{"error": {"code": "unavailable"}}'
+                else:
+                    headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "content-length")}
+                    resp = requests.post(target + self.path, data=body, headers=headers, timeout=30)
+                    status, answer = resp.status_code, resp.content
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(answer)))
+                self.end_headers()
+                self.wfile.write(answer)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def __enter__(self) -> DevicesAway:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_a_message_redelivered_while_the_devices_function_is_away_survives_a_relay_restart(
+    e2e: dict[str, Any], app: App, relays: Any, paired_lock: Pair, broker: services.Broker
+) -> None:
+    """Attack run 31: the relay acknowledged at once a copy of a message it held (to keep each lock's line to one
+    copy), and a copy is also what the broker redelivers when the relay's session resumes. So with the devices
+    function away, a relay that reconnected held the lock's ack and report in memory alone, and a relay restart lost
+    both (the command read ``expired``, the battery stayed as it was). A copy is now acknowledged with its first."""
+    with DevicesAway(e2e["url"]) as devices, TcpCut(("127.0.0.1", broker.port)) as cut:
+        first = relays("relay-away", MQTT_PORT=str(cut.port), LOCKWISE_DEVICES_URL=devices.url)
+        lock_id, lock = paired_lock()
+        wait_online(e2e, lock_id)
+        lock.delay_s = 1.5
+        command = app.unlock(lock_id)
+        wait_for(status_is(app, lock_id, command["id"], "sent"), what="the command sent")
+        devices.away = True  # the lock is still acting on it (delay_s): its ack and report wait in the relay
+        wait_for(lambda: [c for c in lock.executed if c.id == command["id"]], what="the command carried out")
+        lock.delay_s, lock.battery_pct = 0.0, 42
+        lock.publish_state().wait_for_publish(5)
+        wait_for(lambda: devices.refused >= 2, what="the relay holding the lock's events")
+
+        def repeated() -> int:
+            health = requests.get(f"http://127.0.0.1:{first.port}/health", timeout=5).json()
+            return int(health["checks"]["forwarder"]["repeated"])
+
+        cut.drop()  # the relay's connection ends and it reconnects: the broker redelivers what it holds unacknowledged
+        wait_for(lambda: repeated() >= 3, what="the ack and both reports redelivered, held as copies")
+        first.popen.kill()  # before the function is back
+        first.popen.wait(5)
+        devices.away = False
+        relays("relay-away")  # the same session: the broker redelivers what is still unacknowledged
+        wait_for(status_is(app, lock_id, command["id"], "acked"), timeout=20, what="the ack the relay held")
+        wait_for(
+            lambda: (
+                db_one(e2e, "SELECT battery_pct FROM lock_state WHERE lock_id = CAST(:l AS uuid)", l=lock_id) == [42]
+            ),
+            what="the report the relay held",
+        )
+        assert lock.unconfirmed.sent_again == 0  # the broker's redelivery, not the lock, brought them
 
 
 def test_a_lock_that_does_not_come_back_after_a_broker_restart_is_shown_offline(

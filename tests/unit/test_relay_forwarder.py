@@ -209,31 +209,34 @@ def test_a_receipt_names_messages_by_digest_a_few_dozen_a_message_and_is_never_a
     assert receipts.read(b'{"receipt": ["a", 1, null]}') == ["a"]
 
 
-def test_a_copy_sent_again_while_its_first_waits_is_acknowledged_and_not_queued(
+def test_a_copy_that_comes_while_its_first_waits_is_not_queued_and_is_acknowledged_only_with_it(
     devices: tuple[str, list[tuple[int, bytes]]],
 ) -> None:
     """Attack run 30: with the devices function away for an hour, a lock sending again what no receipt named filled
-    its line with 17-19 copies of each message. A copy of one still waiting is acknowledged at once (its first's
-    receipt names it); once the first is taken, a copy is forwarded again (the lock did not get the receipt)."""
+    its line with 17-19 copies of each message: a copy of one still waiting is not queued. Attack run 31: acknowledged
+    at once, a copy the broker redelivered (a resumed or drained session) left the message in the relay's memory
+    alone, and a relay restart lost it: a copy is acknowledged only once its first is taken. Once it is, a copy is
+    forwarded again (the lock did not get the receipt)."""
     url, _ = devices
     forwarder = Forwarder(url, "token")
     acked: list[str] = []
     payload = b'{"state":"locked","ts":1767225601}'
-    first = Event.of(topics.state("L1"), payload, lambda: acked.append("first"), None)
-    forwarder.submit(first)
+    forwarder.submit(Event.of(topics.state("L1"), payload, lambda: acked.append("first"), None))
     forwarder.submit(Event.of(topics.state("L1"), payload, lambda: acked.append("copy"), None))
+    forwarder.submit(Event.of(topics.state("L1"), payload, lambda: acked.append("copy 2"), None))
     forwarder.submit(Event.of(topics.state("L2"), payload, lambda: acked.append("other lock"), None))
     forwarder.submit(Event.of(topics.status("L1"), b"online 7", lambda: acked.append("status"), None))
     forwarder.submit(Event.of(topics.status("L1"), b"online 7", lambda: acked.append("status again"), None))
-    assert acked == ["copy"] and forwarder.repeated == 1 and forwarder.queue.qsize() == 4
+    assert acked == [] and forwarder.repeated == 2 and forwarder.queue.qsize() == 4  # nothing taken, none acked
     forwarder.start()
     try:
-        wait_for(lambda: len(acked) == 5, what="the four queued events posted")
+        wait_for(lambda: len(acked) == 6, what="the four queued events posted, and the copies with the first")
+        assert acked.index("copy") > acked.index("first") and acked.index("copy 2") > acked.index("first")
         forwarder.submit(Event.of(topics.state("L1"), payload, lambda: acked.append("after"), None))
         wait_for(lambda: "after" in acked, what="a copy after the first was taken, forwarded")
     finally:
         forwarder.stop(drain_timeout_s=5)
-    assert forwarder.repeated == 1 and sum(len(json.loads(body)["events"]) for body in batches) == 5
+    assert forwarder.repeated == 2 and sum(len(json.loads(body)["events"]) for body in batches) == 5
 
 
 def test_a_200_that_is_not_the_functions_answer_keeps_the_batch() -> None:

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from lockwise.devices import receipts, topics
-from simlock.unconfirmed import KEEP_AT_MOST, RESEND_MAX_S, Unconfirmed
+from simlock.unconfirmed import KEEP_AT_MOST, KEEP_FOR_S, RESEND_MAX_S, Unconfirmed
 
 STATE, ACK = topics.state("L1"), topics.acks("L1")
 
@@ -59,3 +59,17 @@ def test_a_message_a_later_ones_receipt_passed_over_is_sent_again_with_a_doublin
     assert waits[-1] == RESEND_MAX_S and waits[:3] == [20, 40, 80]
     kept.named([receipts.digest(report(0))])
     assert not kept.kept and kept.next_due() is None
+
+
+def test_the_same_bytes_sent_again_are_kept_as_the_newest_and_nothing_is_kept_past_a_day() -> None:
+    """Attack run 31: an ack published again (its command repeated) kept its old place, and was the next pushed out."""
+    kept = Unconfirmed()
+    acks = [f'{{"id":"c{i}","nonce":"n","result":"ok"}}'.encode() for i in range(KEEP_AT_MOST + 1)]
+    for i, ack in enumerate(acks[:KEEP_AT_MOST]):
+        kept.sent(ACK, ack, float(i))
+    kept.sent(ACK, acks[0], 100.0)  # the first command repeated: its ack published again
+    kept.sent(ACK, acks[KEEP_AT_MOST], 101.0)
+    assert receipts.digest(acks[0]) in kept.kept and receipts.digest(acks[1]) not in kept.kept
+    kept.connected(200.0)
+    again = kept.due(KEEP_FOR_S + 50.0)  # those first sent more than a day before are forgotten, not sent
+    assert [k.payload for k in again] == [acks[0], acks[KEEP_AT_MOST]] and len(kept.kept) == 2
