@@ -86,7 +86,7 @@ def relay_peer(env: dict[str, str], secrets_path: Path) -> mqtt.Client:
 
 @dataclass
 class RelayResult:
-    receipt: dict[str, float]
+    arrival: dict[str, float]
     acked: dict[str, float]
     plain_rt: dict[str, float]
     relay_rate: float
@@ -153,7 +153,7 @@ def _measure(env: dict[str, str], db: Database, commands: int, events: int, n_lo
     devices = env["LOCKWISE_DEVICES_URL"]
     locks = paired_locks(env, headers, n_locks)
     session = requests.Session()
-    receipt, acked = [], []
+    arrival, acked = [], []
     listener = db.connect()
     for i in range(commands):
         # round the locks: the app may send one lock 30 commands a minute (LOCKWISE_APP_COMMANDS_PER_MINUTE)
@@ -177,7 +177,7 @@ def _measure(env: dict[str, str], db: Database, commands: int, events: int, n_lo
             if time.perf_counter() - t0 > 10:
                 raise RuntimeError(f"command {command_id} not acked in 10 s")
             time.sleep(0.002)
-        receipt.append((lock.arrived[command_id] - t0) * 1000)
+        arrival.append((lock.arrived[command_id] - t0) * 1000)
 
     # plain path: publish straight to the lock's topic and wait for its ack on the same broker
     plain = relay_peer(env, state_dir / "secrets.json")
@@ -255,7 +255,7 @@ def _measure(env: dict[str, str], db: Database, commands: int, events: int, n_lo
     plain.loop_stop()
     listener.close()
     return RelayResult(
-        receipt=summary(receipt),
+        arrival=summary(arrival),
         acked=summary(acked),
         plain_rt=summary(plain_rt),
         relay_rate=relay_rate,
@@ -269,7 +269,7 @@ def _measure(env: dict[str, str], db: Database, commands: int, events: int, n_lo
 
 
 def report(result: RelayResult) -> str:
-    r, a, p = result.receipt, result.acked, result.plain_rt
+    r, a, p = result.arrival, result.acked, result.plain_rt
     return table(
         "Command round trip (ms)",
         ["path", "p50", "p95", "p99", "p50 ratio to plain MQTT"],

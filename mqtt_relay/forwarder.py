@@ -16,7 +16,8 @@ unreachable function, a 5xx or a refused service token keeps the batch, unacknow
 Each batch taken, and each event dropped for good, is told to ``on_taken``: the relay then publishes the locks their
 receipts (``lockwise.devices.receipts``), so a lock stops keeping what the back-end holds. A copy of a lock's message
 that comes while the first is held (the lock sending it again, the broker redelivering it) is not queued: it is
-acknowledged with the first, once that is taken.
+acknowledged with the first, once that is taken or dropped. A copy the broker redelivered on a resumed session has
+the first's packet id, so that id is acknowledged twice; Mosquitto logs the second as unknown and goes on.
 """
 
 from __future__ import annotations
@@ -131,9 +132,11 @@ class Forwarder:
         self._thread.start()
 
     def submit(self, event: Event) -> None:
-        """Queue ``event`` in its lock's line, or drop it (acknowledged, counted): a payload longer than the function
-        takes, measured as it would be posted (a 64 KiB message of emoji, posted with every character escaped to
-        12 bytes, made a batch of 98 MB, refused whole, and every lock's events waited: attack run), or a flood."""
+        """Queue ``event`` in its lock's line; or hold it as a copy of a message of its lock waiting here (not
+        queued, counted in ``repeated``, acknowledged with the first); or drop it (acknowledged, counted): a payload
+        longer than the function takes, measured as it would be posted (a 64 KiB message of emoji, posted with every
+        character escaped to 12 bytes, made a batch of 98 MB, refused whole, and every lock's events waited: attack
+        run), or a flood."""
         if event.size > topics.MAX_PAYLOAD_BYTES:
             self._drop(event, f"payload of {event.size} bytes as posted")
             return
@@ -147,7 +150,6 @@ class Forwarder:
                     return
                 self._holding[(lock, event.digest)] = []
         if not self.queue.put(lock, event, event.size):  # a flood: counted, logged at times
-            self._release([event])
             self.flooded += 1
             why = f"its lock's line is full ({self.flooded} so far)"
             self._drop(event, why, logged=self.flooded % 1000 == 1, for_good=False)

@@ -204,11 +204,14 @@ class Relay:
         nor queued for a lock away (one lost costs a lock's sending the event again, taken once). A lock's report
         may say it is back online: its commands, held while it was known offline (``outbox.deliver_due``), go out in
         the next round at once, not at the next poll."""
+        self._send_receipts(events)
+        if any(topics.is_report(event.topic) for event in events):
+            self._wake.set()
+
+    def _send_receipts(self, events: list[Event]) -> None:
         for lock, names in receipts_of(events).items():
             for message in receipts.messages(names):
                 self.client.publish(topics.commands(lock), message, qos=0)
-        if any(topics.is_report(event.topic) for event in events):
-            self._wake.set()
 
     def _upkeep(self) -> None:
         """Now and every ``flush_every_s``: the devices function's upkeep (``Forwarder.flush_mirror``), on a thread of

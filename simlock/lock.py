@@ -197,7 +197,8 @@ class SimulatedLock:
 
     def start(self, timeout: float = 10.0) -> None:
         """Connect and wait until subscribed; raises ``ConnectionError`` when the broker refuses us."""
-        self._stopped = False
+        with self._lock:
+            self._stopped = False
         self.client.connect(self.config.host, self.config.port, keepalive=self.config.keepalive_s)
         self.client.loop_start()
         if not self.subscribed.wait(timeout):
@@ -209,6 +210,7 @@ class SimulatedLock:
             self._stopped = True  # nothing is sent again on the stopped client
             if self._resend_timer is not None:
                 self._resend_timer.cancel()
+                self._resend_timer = None
         if graceful and self.connected.is_set():
             goodbye = f"offline {self.connection_no}"
             self.client.publish(topics.status(self.config.identity), goodbye, qos=1, retain=True).wait_for_publish(5)
@@ -226,7 +228,8 @@ class SimulatedLock:
 
     def come_back(self, timeout: float = 10.0) -> None:
         """Reconnect (with the current certificate), as a new numbered connection."""
-        self._stopped = False
+        with self._lock:
+            self._stopped = False
         self._next_connection(self.client)
         self.client.reconnect()
         self.client.loop_start()
@@ -412,7 +415,8 @@ class SimulatedLock:
         if not self.config.server_public_key:
             return
         repeat = command_signing.verify(payload, self.config.server_public_key)
-        spent = self._seen_nonces.get(repeat.nonce)
+        with self._lock:
+            spent = self._seen_nonces.get(repeat.nonce)
         if spent is not None and spent[1] == repeat.id:  # acted on (before a restart too: the nonces are persisted)
             self._ack(repeat)
 

@@ -8,9 +8,10 @@ publishes), so they can be tested alone:
   ``KEEP_FOR_S``;
 * ``wait_s`` after a connection's CONNACK, each message kept from before it is sent again: a broker killed after its
   PUBACK lost it, and a crash always ends the connection;
-* while connected, a kept message is sent again only once a receipt named a message sent after it (the relay took
-  a later one, so this one went astray: a receipt lost, a flood's drop), at least ``wait_s`` after its last sending,
-  the wait doubling up to ``RESEND_MAX_S``. With the back-end down, no receipt comes and nothing is sent again.
+* while connected, a kept message is sent again only once a receipt named a message whose last sending came after
+  its own last sending (the relay took a later one, so this one went astray: a receipt lost, a flood's drop), at
+  least ``wait_s`` after its last sending, the wait doubling up to ``RESEND_MAX_S``. With the back-end down, no
+  receipt comes and nothing is sent again.
 """
 
 from __future__ import annotations
@@ -52,9 +53,9 @@ class Unconfirmed:
         name = receipts.digest(payload)
         self.kept.pop(name, None)  # the same bytes again (an ack repeated): kept as the newest
         self.kept[name] = Kept(topic, payload, self._sends, now + self.wait_s, self.wait_s, now)
-        same = [name for name, kept in self.kept.items() if kept.topic == topic]
-        for name in same[:-KEEP_AT_MOST]:
-            del self.kept[name]
+        same = [old for old, kept in self.kept.items() if kept.topic == topic]
+        for old in same[:-KEEP_AT_MOST]:
+            del self.kept[old]
         self._forget_old(now)
 
     def connected(self, now: float) -> None:

@@ -63,7 +63,7 @@ class TcpCut:
                 return
             try:
                 upstream = socket.create_connection(self.target)
-            except OSError:  # the server is down: refused as it would refuse (and the next connection relayed)
+            except OSError:  # the server is down: the client's connection is closed (the next one is relayed)
                 client.close()
                 continue
             flow = _Flow(client, upstream)
