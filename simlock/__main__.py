@@ -16,6 +16,9 @@ from pathlib import Path
 
 from simlock.lock import LockConfig, SimulatedLock, provision
 
+#: how long a one-shot run (``--once``, ``--say``) waits for the receipts of what it sent before it disconnects
+CONFIRM_WAIT_S = 5.0
+
 
 def main(argv: list[str] | None = None) -> int:
     env = os.environ
@@ -59,6 +62,10 @@ def main(argv: list[str] | None = None) -> int:
         answer = lock.hear(args.verify_url, args.say.read_bytes(), args.again.read_bytes() if args.again else None)
         logging.info("verify answered %s; door %s", json.dumps(answer, sort_keys=True), lock.state)
     if args.once or args.say:
+        if lock.wait_confirmed(CONFIRM_WAIT_S):  # before it goes: what it sent is held by the back-end
+            logging.info("lock %s: every report and ack confirmed by the back-end", config.lock_id)
+        else:
+            logging.warning("lock %s: no receipt for %d messages yet", config.lock_id, len(lock.unconfirmed.kept))
         lock.stop()
         return 0
     done = threading.Event()

@@ -296,6 +296,17 @@ class SimulatedLock:
             self.unconfirmed.sent(topic, raw, time.monotonic())
         return self.client.publish(topic, raw, qos=1)
 
+    def wait_confirmed(self, timeout_s: float) -> bool:
+        """Wait until a receipt has named every kept message (before a deliberate disconnect: docs/FIRMWARE.md,
+        "Receipts"); whether it did within ``timeout_s``."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            with self._lock:
+                if not self.unconfirmed.kept:
+                    return True
+            time.sleep(0.02)
+        return False
+
     def _arm(self) -> None:
         """Time the next sending again, if one may be due (the caller holds ``_lock``)."""
         due = self.unconfirmed.next_due()

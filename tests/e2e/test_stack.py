@@ -125,6 +125,7 @@ def test_stack_starts_serves_stops_and_keeps_data(tmp_path: Path) -> None:
             timeout=60,
         )
         assert paired.returncode == 0, paired.stderr
+        assert "confirmed by the back-end" in paired.stderr, paired.stderr  # the stack's relay sent the receipts
         assert json.loads(identity.read_text())["lock_id"] == created["lock"]["id"]
         # README's "Try it": the narrated demo against this stack, every step behaving
         demo = subprocess.run(
