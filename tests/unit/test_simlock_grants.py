@@ -28,13 +28,11 @@ class RecordedClient:
         pass
 
 
-def test_a_grant_acted_on_while_disconnected_is_acknowledged_once_on_the_next_connection(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    server = Ed25519PrivateKey.generate()
-    lock_id = str(uuid.uuid4())
+def recorded_lock(monkeypatch: pytest.MonkeyPatch, server: Ed25519PrivateKey) -> tuple[LockConfig, RecordedClient]:
+    """A lock's configuration trusting ``server``'s commands, and the client every ``SimulatedLock`` made from now on
+    publishes to (recorded, never connected)."""
     config = LockConfig(
-        lock_id=lock_id,
+        lock_id=str(uuid.uuid4()),
         identity="lk-test",
         cert_pem="",
         key_pem="",
@@ -45,6 +43,15 @@ def test_a_grant_acted_on_while_disconnected_is_acknowledged_once_on_the_next_co
     )
     recorded = RecordedClient()
     monkeypatch.setattr(SimulatedLock, "_new_client", lambda _self: recorded)
+    return config, recorded
+
+
+def test_a_grant_acted_on_while_disconnected_is_acknowledged_once_on_the_next_connection(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    server = Ed25519PrivateKey.generate()
+    config, recorded = recorded_lock(monkeypatch, server)
+    lock_id = config.lock_id
     lock = SimulatedLock(config)
     now = int(time.time())
     grant = command_signing.Command(str(uuid.uuid4()), lock_id, "unlock", "n" * 24, now, now + 30)
@@ -69,19 +76,8 @@ def test_a_spent_nonce_is_acknowledged_again_only_for_its_own_command_also_after
     """docs/FIRMWARE.md, "Repeats": a correctly signed command whose nonce is spent is acknowledged again when it is
     the command carried out (same id), and refused without an ack when it names another id."""
     server = Ed25519PrivateKey.generate()
-    lock_id = str(uuid.uuid4())
-    config = LockConfig(
-        lock_id=lock_id,
-        identity="lk-test",
-        cert_pem="",
-        key_pem="",
-        host="127.0.0.1",
-        port=1,
-        ca_file="",
-        server_public_key=command_signing.public_key_b64(server),
-    )
-    recorded = RecordedClient()
-    monkeypatch.setattr(SimulatedLock, "_new_client", lambda _self: recorded)
+    config, recorded = recorded_lock(monkeypatch, server)
+    lock_id = config.lock_id
     nonces = tmp_path / "nonces.json"
     now = int(time.time())
     command = command_signing.Command(str(uuid.uuid4()), lock_id, "unlock", "s" * 24, now, now + 30)
