@@ -56,11 +56,14 @@ class Event:
     run: int | None = None
     #: its payload's name in a receipt to its lock (``receipts.digest`` of the bytes as published; "": none)
     digest: str = ""
-    #: the payload's size as posted (``topics.posted``), and the event as one item of a batch's ``events``, made once
+    #: its lock's identity ("" for a topic of none), the payload's size as posted (``topics.posted``), and the event
+    #: as one item of a batch's ``events``, made once
+    lock: str = field(init=False, repr=False)
     size: int = field(init=False, repr=False)
     wire: bytes = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "lock", topics.lock_of(self.topic) or "")
         payload = topics.posted(self.payload)
         object.__setattr__(self, "size", len(payload))
         run = b"" if self.run is None else b',"run":' + str(self.run).encode()
@@ -70,19 +73,17 @@ class Event:
     @classmethod
     def of(cls, topic: str, raw: bytes, ack: Callable[[], None], run: int | None) -> Event:
         """A lock's message as it came: its payload as text, and its name in a receipt when its lock keeps it until
-        one (a state report or an ack: docs/FIRMWARE.md, "Receipts")."""
-        lock = topics.lock_of(topic)
-        kept = lock is not None and topic in (topics.state(lock), topics.acks(lock))
-        return cls(topic, raw.decode("utf-8", errors="replace"), ack, run, receipts.digest(raw) if kept else "")
+        one (``receipts.names``)."""
+        named = receipts.digest(raw) if receipts.names(topic) else ""
+        return cls(topic, raw.decode("utf-8", errors="replace"), ack, run, named)
 
 
 def receipts_of(events: list[Event]) -> dict[str, list[str]]:
     """The digests of ``events`` that their locks wait a receipt for, by lock identity, in order."""
     names: dict[str, list[str]] = {}
     for event in events:
-        lock = topics.lock_of(event.topic)
-        if event.digest and lock is not None:
-            names.setdefault(lock, []).append(event.digest)
+        if event.digest:
+            names.setdefault(event.lock, []).append(event.digest)
     return names
 
 
@@ -140,16 +141,15 @@ class Forwarder:
         if event.size > topics.MAX_PAYLOAD_BYTES:
             self._drop(event, f"payload of {event.size} bytes as posted")
             return
-        lock = topics.lock_of(event.topic) or ""
         if event.digest:
             with self._holding_lock:
-                copies = self._holding.get((lock, event.digest))
+                copies = self._holding.get((event.lock, event.digest))
                 if copies is not None:  # its first copy waits: acknowledged with it, named by its receipt
                     copies.append(event.ack)
                     self.repeated += 1
                     return
-                self._holding[(lock, event.digest)] = []
-        if not self.queue.put(lock, event, event.size):  # a flood: counted, logged at times
+                self._holding[(event.lock, event.digest)] = []
+        if not self.queue.put(event.lock, event, event.size):  # a flood: counted, logged at times
             self.flooded += 1
             why = f"its lock's line is full ({self.flooded} so far)"
             self._drop(event, why, logged=self.flooded % 1000 == 1, for_good=False)
@@ -168,7 +168,7 @@ class Forwarder:
     def _release(self, events: list[Event]) -> None:
         """``events`` are acknowledged: so are the copies that came meanwhile, and one that comes now is forwarded."""
         with self._holding_lock:
-            acks = [self._holding.pop((topics.lock_of(e.topic) or "", e.digest), []) for e in events if e.digest]
+            acks = [self._holding.pop((e.lock, e.digest), []) for e in events if e.digest]
         for ack in (ack for copies in acks for ack in copies):
             ack()
 

@@ -16,12 +16,21 @@ import hashlib
 import json
 from collections.abc import Iterable
 
+from lockwise.devices import topics
+
 #: how much of a payload's SHA-256 names it (22 characters of base64url)
 DIGEST_BYTES = 16
 #: the most digests in one receipt: under 1 KB, one read of esp-mqtt's default buffer
 PER_RECEIPT = 32
 #: the member that makes a message on a command topic a receipt (a command has ``cmd`` and ``sig``)
 MEMBER = "receipt"
+
+
+def names(topic: str) -> bool:
+    """Whether a lock's message on ``topic`` is named in receipts: its state reports and acks (its ``status`` is
+    not: the next connection's ``online`` says what a lost one said)."""
+    lock = topics.lock_of(topic)
+    return lock is not None and topic in (topics.state(lock), topics.acks(lock))
 
 
 def digest(payload: bytes) -> str:
