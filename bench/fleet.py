@@ -34,6 +34,7 @@ from bench.common import machine, out, pct, slot_files, table
 from infra.deploy_config import RELAY_SLOTS
 from infra.local import services
 from infra.lock_ca import client_cert
+from lockwise.core.auth import User
 from lockwise.core.db import Database
 from lockwise.devices import commands, locks, topics
 from mqtt_relay.slots import Lease
@@ -131,12 +132,11 @@ def rss_kb(pid: int) -> int:
 
 def make_fleet(db: Database, ca_pem: str, n: int, folder: Path) -> list[FleetLock]:
     fleet = []
+    owner = User(uid="bench-owner", email=None, email_verified=False, claims={"auth_time": int(time.time())})
     with db.transaction() as con:
         con.run("INSERT INTO users (uid, email) VALUES ('bench-owner', 'bench@example.com') ON CONFLICT DO NOTHING")
         for i in range(n):
-            lock_id = locks.create(
-                con, "bench-owner", f"Bench {i}", False, max_owned=n, signed_in=dt.datetime.now(dt.UTC)
-            )
+            lock_id = locks.create(con, owner, f"Bench {i}", False, max_owned=n)
             identity = f"lk-bench-{i:05d}"
             con.run(
                 "INSERT INTO lock_credentials (lock_id, mqtt_username, signing_public_key)"

@@ -16,7 +16,7 @@ from typing import Any
 import flask
 import functions_framework
 
-from lockwise.core import accounts, audit, auth, errors, inputs, users
+from lockwise.core import accounts, audit, auth, errors, inputs
 from lockwise.core.db import Connection
 from lockwise.core.http import Api, Ctx, JsonBody, Result, parse_json_object
 from lockwise.core.runtime import get_runtime
@@ -112,9 +112,7 @@ def create_lock(ctx: Ctx) -> Result:
     if not isinstance(supports_open, bool):
         raise errors.BadRequest("supports_open must be true or false", code="invalid_supports_open")
     with rt.db.transaction() as con:
-        lock_id = locks.create(
-            con, user.uid, name, supports_open, rt.settings.locks_per_owner, signed_in=users.signed_in_at(user)
-        )
+        lock_id = locks.create(con, user, name, supports_open, rt.settings.locks_per_owner)
         code, expires = issue_code(con, lock_id, user)
         view = locks.view(con, lock_id, "owner")
     rt.flush_mirror()
@@ -192,7 +190,7 @@ def accept_transfer(ctx: Ctx, lock_id: str) -> JsonBody:
     with rt.db.transaction() as con:
         now = rt.now()
         members.require(con, lock_id, user.uid, now, for_update=True)
-        transfers.accept(con, lock_id, user.uid, rt.settings.locks_per_owner, now, signed_in=users.signed_in_at(user))
+        transfers.accept(con, lock_id, user, rt.settings.locks_per_owner, now)
         view = locks.view(con, lock_id, "owner")
     rt.flush_mirror()
     return view
@@ -343,13 +341,12 @@ def create_command(ctx: Ctx, lock_id: str) -> Result:
         issued = commands.from_app(
             con,
             lock_id=lock_id,
-            uid=user.uid,
+            issuer=user,
             action=body.get("action"),
             signing_key_b64=rt.settings.signing_key(),
             ttl_s=rt.settings.command_ttl_s,
             idempotency_key=key,
             per_minute=rt.settings.app_commands_per_minute,
-            signed_in=users.signed_in_at(user),
         )
     rt.flush_mirror()
     return {"command": issued.command}, 202 if issued.created else 200
@@ -467,14 +464,7 @@ def relay_flush(ctx: Ctx) -> JsonBody:
 def issue_code(con: Connection, lock_id: str, user: auth.User) -> tuple[str, dt.datetime]:
     """A pairing code for ``lock_id``, issued to ``user`` on the deployment's terms."""
     settings = rt.settings
-    return provisioning.issue(
-        con,
-        lock_id,
-        user.uid,
-        settings.provisioning_ttl_s,
-        settings.pairings_per_day,
-        signed_in=users.signed_in_at(user),
-    )
+    return provisioning.issue(con, lock_id, user, settings.provisioning_ttl_s, settings.pairings_per_day)
 
 
 def current_address(user: auth.User) -> auth.User:

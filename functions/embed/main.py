@@ -11,7 +11,7 @@ from typing import Any
 import flask
 import functions_framework
 
-from lockwise.core import auth, erasure, errors, users
+from lockwise.core import auth, erasure, errors
 from lockwise.core.http import Api, Ctx, JsonBody, Result
 from lockwise.core.runtime import get_runtime
 from lockwise.voice import audio, enrollment, first_come, scoring, voiceprints
@@ -62,8 +62,7 @@ def enroll(ctx: Ctx) -> Result:
             f"give {settings.enroll_min_samples} to {settings.enroll_max_samples} samples", code="wrong_sample_count"
         )
     clips = [sample_clip(i, s) for i, s in enumerate(samples)]  # every sample is checked before any model work
-    signed_in = users.signed_in_at(user)
-    status = enrollment.enroll(rt.db, user.uid, clips, encoder, scorer, voice, settings, rt.now, signed_in=signed_in)
+    status = enrollment.enroll(rt.db, user, clips, encoder, scorer, voice, settings, rt.now)
     rt.flush_mirror()
     return status, 201
 

@@ -33,6 +33,11 @@ from tests.waiting import wait_for
 SHOWS_IT_WAITS_S = 0.5
 
 
+def signed_in_now(uid: str) -> User:
+    """``uid`` as the caller of a domain function, in a session begun now."""
+    return User(uid=uid, email=None, email_verified=False, claims={"auth_time": int(time.time())})
+
+
 @pytest.fixture
 def world(make_client: Any, sign_up: Any) -> World:
     return build_world(make_client("devices"), sign_up)
@@ -100,7 +105,7 @@ def test_deleting_a_lock_waits_for_a_request_that_has_checked_its_member(world: 
                 commands.from_app(
                     con,
                     lock_id=world.lock_id,
-                    uid=world.uid("admin"),
+                    issuer=signed_in_now(world.uid("admin")),
                     action="unlock",
                     signing_key_b64=settings.signing_key(),
                     ttl_s=settings.command_ttl_s,
@@ -120,7 +125,7 @@ def test_deleting_a_lock_waits_for_a_request_that_has_checked_its_member(world: 
                     members_per_lock=100,
                 )
             else:
-                provisioning.issue(con, world.lock_id, world.uid("owner"), 600, 50)
+                provisioning.issue(con, world.lock_id, signed_in_now(world.uid("owner")), 600, 50)
 
     waited, resp = while_held(
         request_under_way,
@@ -204,7 +209,7 @@ def test_leaving_every_lock_as_a_lock_is_made_for_the_same_account_waits_and_cou
     @contextmanager
     def lock_being_made() -> Iterator[None]:
         with rt.db.transaction() as con:
-            locks.create(con, uid, "Back door", False, rt.settings.locks_per_owner, signed_in=rt.now())
+            locks.create(con, signed_in_now(uid), "Back door", False, rt.settings.locks_per_owner)
             yield
 
     waited, resp = while_held(
@@ -242,7 +247,7 @@ def test_a_lock_made_as_its_account_leaves_every_lock_waits_and_is_refused(world
 def test_two_pairing_codes_of_one_lock_at_once_are_both_issued_and_only_the_last_works(world: World) -> None:
     """A code issued by a request that began after this one but took the owner's row first is younger than this
     transaction's clock: expiring it at that clock broke the table's check (expiry after creation), a 500."""
-    db, owner = get_runtime("devices").db, world.uid("owner")
+    db, owner = get_runtime("devices").db, signed_in_now(world.uid("owner"))
     with db.transaction() as earlier:  # begun first: its now() is the older
         earlier.run("SELECT 1")
         time.sleep(0.01)
@@ -277,7 +282,7 @@ def test_a_pairing_code_redeemed_as_its_lock_changes_owner_waits_and_pairs_nothi
         pool = ThreadPoolExecutor(1)
         with rt.db.transaction() as con:  # the owner's transfer, done and not yet committed
             members.require(con, world.lock_id, owner, rt.now(), at_least="owner", for_update=True)
-            locks.transfer(con, world.lock_id, owner, admin, 100, rt.now())
+            locks.transfer(con, world.lock_id, owner, signed_in_now(admin), 100, rt.now())
             redeemed = pool.submit(provisioning.redeem, redeeming, code.get_json()["code"], public_key, csr, ca, 3600)
             time.sleep(SHOWS_IT_WAITS_S)
             assert not redeemed.done()  # it waits for the transfer
@@ -317,7 +322,7 @@ def test_a_pairing_code_redeemed_after_a_transfer_or_deletion_took_the_lock_wait
             time.sleep(SHOWS_IT_WAITS_S)
             assert not redeemed.done()
             if what == "transfer":
-                locks.transfer(con, world.lock_id, owner, admin, 100, rt.now())
+                locks.transfer(con, world.lock_id, owner, signed_in_now(admin), 100, rt.now())
             else:
                 locks.delete(con, world.lock_id, owner)
         with pytest.raises(errors.Unauthenticated):
@@ -335,7 +340,7 @@ def test_an_idempotent_retry_of_the_minutes_last_command_made_meanwhile_is_answe
         return commands.from_app(
             con,
             lock_id=world.lock_id,
-            uid=owner,
+            issuer=signed_in_now(owner),
             action="unlock",
             signing_key_b64=rt.settings.signing_key(),
             ttl_s=60,
@@ -483,7 +488,7 @@ def test_a_member_added_while_another_joins_waits_and_is_counted(
 
     @contextmanager
     def joined_not_committed() -> Iterator[None]:
-        user = User(uid=joining["localId"], email=None, email_verified=False, claims={"auth_time": int(time.time())})
+        user = signed_in_now(joining["localId"])
         with runtime.db.transaction() as con:
             invitations.accept(con, joining_id, user, _now(), members_per_lock=5)
             yield

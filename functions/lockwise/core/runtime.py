@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 #: app users an instance remembers having recorded (a uid, an email, a time: ~150 bytes each)
 RECORDED_USERS_MAX = 10_000
 #: how long an instance takes a recorded user's row as it last read it (their account found deleted since: their
-#: requests are refused at most this long after, besides the per-user writes refusing at once: ``users.hold``)
+#: requests are refused at most this long after, besides the per-user writes refusing at once: ``users.hold_caller``)
 RECORDED_USER_TTL_S = 60.0
 
 
@@ -80,8 +80,8 @@ class Runtime:
         The user row is written when this instance has not recorded this uid with this email yet, not on every
         request (users are never deleted, so a recorded row stays); what was found of the account is read again
         once ``RECORDED_USER_TTL_S`` has passed (what holds the user's row, a command among them, reads it at once:
-        ``users.hold``), and on every request while the account is refused (one enabled again is let in as soon as
-        the relay's flush finds it so)."""
+        ``users.hold_caller``), and on every request while the account is refused (one enabled again is let in as
+        soon as the relay's flush finds it so)."""
         user = self.verifier.verify(id_token)
         email = users.stored_email(user)
         seen, now = self._recorded_users.get(user.uid), time.monotonic()

@@ -76,7 +76,7 @@ _OLDEST = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)  # what a time claim that is no
 
 def mark_left(con: Connection, uid: str, now: dt.datetime) -> None:
     """Record that ``uid`` left every lock at ``now`` (and forget their address), the devices side of deleting the
-    account (``hold``'s ``signed_in``)."""
+    account (``hold_caller``)."""
     con.run("UPDATE users SET email = NULL, left_at = :t WHERE uid = :u", u=uid, t=now)
 
 
@@ -163,37 +163,60 @@ def token_revoked() -> errors.Unauthenticated:
 REFUSED = {"account_deleted": account_deleted, "account_disabled": account_disabled, "token_revoked": token_revoked}
 
 
-def hold(con: Connection, uid: str, *, caller: bool = True, signed_in: dt.datetime | None = None) -> bool:
-    """Hold ``uid``'s row until the transaction ends: what is counted per user (daily quotas, locks owned) is then
-    decided one request at a time, so a burst in parallel gets no more than the same requests in a row.
+@dataclass(frozen=True)
+class Held:
+    """An account's row as ``hold`` found it (held until the transaction ends)."""
 
-    An account found deleted (``lockwise.core.accounts``) is refused here (401 ``account_deleted``): its ID tokens
-    live up to an hour after the deletion (they are checked offline), and one used after its clean-up enrolled a
-    voice again, or joined a lock, that nothing would ever end; so is one found disabled (401 ``account_disabled``:
-    its phone's leftover token still unlocked the door, attack run 26). Not the ``caller`` (a transfer's new owner,
-    a deleted account's own clean-up): returns whether that account is gone, for the caller to act on.
+    gone: bool  # found deleted (``lockwise.core.accounts``)
+    disabled: bool  # found disabled
+    left_at: dt.datetime | None  # when it last left every lock (``mark_left``)
+    sessions_since: dt.datetime | None  # sessions signed in before it were revoked (Firebase Auth's ``validSince``)
 
-    ``signed_in`` (``signed_in_at``, the caller's session): 401 ``token_revoked`` when it began before the account's
-    sessions were revoked (``Standing``: the instance's memory of the account let a revoked session's unlock through
-    for a minute, attack run 27); 409 ``account_left`` when the account left every lock after it (within
-    ``LEFT_LEEWAY_S``, clocks apart). A session from before the leaving (the account's other phone, as the account
-    is being deleted; a refreshed token of it too, so not the token's issue time) would give the account a lock or a
-    membership nobody could end once it is gone. Signed in again since: the account was kept."""
+    def refuse(self, signed_in: dt.datetime | None = None) -> None:
+        """Refuse the account's own request: 401 ``account_deleted`` / ``account_disabled`` when it was found so, and
+        for a session that began at ``signed_in`` (``signed_in_at``), 401 ``token_revoked`` when that was before its
+        sessions were revoked and 409 ``account_left`` when the account left every lock after it (``hold_caller``)."""
+        if self.gone:
+            raise account_deleted()
+        if self.disabled:
+            raise account_disabled()
+        if signed_in is None:
+            return
+        if self.sessions_since is not None and signed_in < self.sessions_since:
+            raise token_revoked()
+        if self.left_at is not None and signed_in <= self.left_at + dt.timedelta(seconds=LEFT_LEEWAY_S):
+            raise errors.Conflict(
+                "this account has left every lock (it is being deleted): sign in again first", code="account_left"
+            )
+
+
+def hold(con: Connection, uid: str) -> Held:
+    """Hold ``uid``'s row until the transaction ends and say what it holds: what is counted per user (daily quotas,
+    locks owned) is then decided one request at a time, so a burst in parallel gets no more than the same requests
+    in a row. An account with no row yet holds nothing and is none of ``Held``'s refusals."""
     rows = con.run(
-        "SELECT account_gone_at IS NOT NULL, left_at, account_disabled, tokens_valid_since FROM users WHERE uid = :u"
+        "SELECT account_gone_at IS NOT NULL, account_disabled, left_at, tokens_valid_since FROM users WHERE uid = :u"
         " FOR NO KEY UPDATE",
         u=uid,
     )
-    row = rows[0] if rows else (False, None, False, None)
-    gone, left, disabled, since = bool(row[0]), row[1], bool(row[2]), row[3]
-    if gone and caller:
-        raise account_deleted()
-    if disabled and caller:
-        raise account_disabled()
-    if caller and signed_in is not None and since is not None and signed_in < since:
-        raise token_revoked()
-    if signed_in is not None and left is not None and signed_in <= left + dt.timedelta(seconds=LEFT_LEEWAY_S):
-        raise errors.Conflict(
-            "this account has left every lock (it is being deleted): sign in again first", code="account_left"
-        )
-    return gone
+    if not rows:
+        return Held(gone=False, disabled=False, left_at=None, sessions_since=None)
+    gone, disabled, left_at, since = rows[0]
+    return Held(gone=bool(gone), disabled=bool(disabled), left_at=left_at, sessions_since=since)
+
+
+def hold_caller(con: Connection, user: User) -> None:
+    """Hold the row of ``user``, who is making the request (``hold``), and refuse it as ``Held.refuse`` does for
+    their session (``signed_in_at``).
+
+    An account found deleted (``lockwise.core.accounts``) is refused (401 ``account_deleted``): its ID tokens live up
+    to an hour after the deletion (they are checked offline), and one used after its clean-up enrolled a voice
+    again, or joined a lock, that nothing would ever end; so is one found disabled (401 ``account_disabled``: its
+    phone's leftover token still unlocked the door, attack run 26). A session that began before the account's
+    sessions were revoked is 401 ``token_revoked`` (the instance's memory of the account let a revoked session's
+    unlock through for a minute, attack run 27); one that began before the account left every lock (within
+    ``LEFT_LEEWAY_S``, clocks apart) is 409 ``account_left``. A session from before the leaving (the account's
+    other phone, as the account is being deleted; a refreshed token of it too, so not the token's issue time)
+    would give the account a lock or a membership nobody could end once it is gone. Signed in again since: the
+    account was kept."""
+    hold(con, user.uid).refuse(signed_in_at(user))

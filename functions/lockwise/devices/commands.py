@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from lockwise.core import audit, errors, inputs, mirror, users
+from lockwise.core.auth import User
 from lockwise.core.db import Connection, rows_as_dicts
 from lockwise.devices import command_outcomes, command_signing
 
@@ -109,17 +110,17 @@ def from_app(
     con: Connection,
     *,
     lock_id: str,
-    uid: str,
+    issuer: User,
     action: Any,
     signing_key_b64: str,
     ttl_s: int,
     idempotency_key: str | None,
     per_minute: int,
-    signed_in: dt.datetime | None = None,
 ) -> Issued:
-    """A command a member sent from the app (their right to operate the lock already checked): the action must be
-    one this lock supports and the lock must hold a live credential (paired), else 400 / 409. ``signed_in``: their
-    session's start (``users.hold``: a revoked one is refused)."""
+    """A command the member ``issuer`` sent from the app (their right to operate the lock already checked): the
+    action must be one this lock supports and the lock must hold a live credential (paired), else 400 / 409. Their
+    requests are taken one at a time (``users.hold_caller``: a revoked session is refused), before the retry's
+    lookup (a retry meets its first request's command)."""
     rows = con.run(
         "SELECT supports_open, EXISTS (SELECT 1 FROM lock_credentials c"
         " WHERE c.lock_id = l.id AND c.revoked_at IS NULL) FROM locks l WHERE l.id = CAST(:l AS uuid)",
@@ -129,17 +130,17 @@ def from_app(
     checked = parse_action(action, supports_open)
     if not provisioned:
         raise errors.Conflict("the lock has not been provisioned yet", code="lock_not_provisioned")
+    users.hold_caller(con, issuer)
     return create(
         con,
         lock_id=lock_id,
         action=checked,
         issuer_kind="user",
-        issuer_uid=uid,
+        issuer_uid=issuer.uid,
         signing_key_b64=signing_key_b64,
         ttl_s=ttl_s,
         idempotency_key=idempotency_key,
         per_minute=per_minute,
-        signed_in=signed_in,
     )
 
 
@@ -162,14 +163,10 @@ def create(
     idempotency_key: str | None = None,
     attempt_id: str | None = None,
     per_minute: int | None = None,
-    signed_in: dt.datetime | None = None,
 ) -> Issued:
-    """Insert and sign a command (its row read back by the insert itself). With ``per_minute`` (the app's commands),
-    the issuer's requests are taken one at a time (their user row held, before the retry's lookup: a retry meets its
-    first request's command) and a new command counts against their minute's budget (a retry is answered, not
-    counted)."""
-    if per_minute is not None and issuer_uid is not None:
-        users.hold(con, issuer_uid, signed_in=signed_in)
+    """Insert and sign a command (its row read back by the insert itself). With ``per_minute`` (the app's commands,
+    ``from_app``, which holds the issuer's row first), a new command counts against the issuer's minute's budget (a
+    retry is answered, not counted)."""
     if idempotency_key is not None:
         existing = _by_idempotency_key(con, lock_id, issuer_uid, idempotency_key)
         if existing is not None:

@@ -242,7 +242,7 @@ def accept(
     # changing before the invitation is taken, in the order a removal takes them: a removal committed first is seen
     # here, one after waits for this to commit
     con.run("SELECT 1 FROM locks WHERE id = CAST(:l AS uuid) FOR KEY SHARE", l=seen["lock_id"])
-    users.hold(con, user.uid, signed_in=users.signed_in_at(user))  # not a session from before the account left
+    users.hold_caller(con, user)  # not a session from before the account left
     members.hold_members(con, seen["lock_id"])  # counted below; before the sender's row, as a change to it holds them
     members.get(con, seen["lock_id"], seen["invited_by"], for_share=True, lock_row="KEY SHARE")
     row = _take(con, invitation_id, user, now)

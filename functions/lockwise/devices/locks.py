@@ -9,6 +9,7 @@ import unicodedata
 from typing import Any
 
 from lockwise.core import accounts, audit, errors, mirror, users
+from lockwise.core.auth import User
 from lockwise.core.db import Connection, rows_as_dicts
 from lockwise.devices import commands, invitations, lock_auth, members, provisioning, transfer_offers
 
@@ -50,12 +51,12 @@ def parse_threshold(value: Any) -> float | None:
     return round(float(value), 4)  # stored as float4: a value it cannot hold (5e-324) would fail there
 
 
-def create(
-    con: Connection, owner_uid: str, name: str, supports_open: bool, max_owned: int, *, signed_in: dt.datetime
-) -> str:
-    """A new lock owned by ``owner_uid``, who may own at most ``max_owned`` (``refuse_past_owned``) and has not left
-    every lock since signing in at ``signed_in`` (``users.hold``)."""
-    refuse_past_owned(con, owner_uid, max_owned, signed_in=signed_in)
+def create(con: Connection, owner: User, name: str, supports_open: bool, max_owned: int) -> str:
+    """A new lock owned by ``owner`` (the caller: ``users.hold_caller``, so not a session from before the account
+    left every lock), who may own at most ``max_owned`` (``refuse_past_owned``)."""
+    users.hold_caller(con, owner)
+    owner_uid = owner.uid
+    refuse_past_owned(con, owner_uid, max_owned)
     lock_id = str(
         con.run(
             "INSERT INTO locks (name, owner_uid, supports_open) VALUES (:n, :o, :s) RETURNING id::text",
@@ -145,23 +146,17 @@ def update(con: Connection, lock_id: str, uid: str, changes: dict[str, Any]) -> 
     audit.record(con, audit.user_actor(uid), "lock.update", "ok", lock_id=lock_id, details=changes)
 
 
-def refuse_a_gone_member(
-    con: Connection, uid: str, *, caller: bool = False, signed_in: dt.datetime | None = None
-) -> None:
-    """Hold ``uid``'s row (``users.hold``); 409 ``member_account_deleted`` when it is not the caller's and its
-    account is gone."""
-    if users.hold(con, uid, caller=caller, signed_in=signed_in):
+def refuse_a_gone_member(con: Connection, uid: str) -> None:
+    """Hold the row of ``uid``, not the caller (``users.hold``); 409 ``member_account_deleted`` when their account
+    is gone."""
+    if users.hold(con, uid).gone:
         raise errors.Conflict("this member's account has been deleted", code="member_account_deleted")
 
 
-def refuse_past_owned(
-    con: Connection, uid: str, max_owned: int, *, caller: bool = True, signed_in: dt.datetime | None = None
-) -> None:
+def refuse_past_owned(con: Connection, uid: str, max_owned: int) -> None:
     """409 ``too_many_locks`` when ``uid`` owns ``max_owned`` locks already (an attack run made 307 in 8 s with one
-    account); the user's row is held, so locks made or handed over in parallel are counted one at a time. ``uid``
-    not the ``caller`` (a transfer's new owner) whose account is gone: 409 ``member_account_deleted``. The caller's
-    ``signed_in``: ``users.hold``'s (409 ``account_left``)."""
-    refuse_a_gone_member(con, uid, caller=caller, signed_in=signed_in)
+    account). The caller holds the user's row first (``users.hold_caller``), so locks made or handed over in
+    parallel are counted one at a time."""
     (owned,) = con.run("SELECT count(*) FROM locks WHERE owner_uid = :o", o=uid)[0]
     if int(owned) >= max_owned:
         raise errors.Conflict(f"an account may own at most {max_owned} locks", code="too_many_locks")
@@ -171,22 +166,22 @@ def transfer(
     con: Connection,
     lock_id: str,
     from_uid: str,
-    to_uid: str,
+    to: User,
     max_owned: int,
     now: dt.datetime,
-    *,
-    signed_in: dt.datetime | None = None,
 ) -> None:
-    """Make a member active at ``now`` the owner (if they may own one more); the previous owner becomes an admin and
-    the codes they issued to pair the lock stop working. The new owner is the caller (they accepted the offer:
-    ``signed_in``, their session's start): an account found disabled, or a revoked session, takes nothing (the
-    instance's memory of the account let a disabled one take a lock for a minute: attack run 27)."""
+    """Make ``to``, a member active at ``now``, the owner (if they may own one more); the previous owner becomes an
+    admin and the codes they issued to pair the lock stop working. The new owner is the caller (they accepted the
+    offer): an account found disabled, or a revoked session, takes nothing (``users.hold_caller``: the instance's
+    memory of the account let a disabled one take a lock for a minute, attack run 27)."""
+    to_uid = to.uid
     if to_uid == from_uid:
         raise errors.BadRequest("you already own this lock", code="already_owner")
     target = members.get(con, lock_id, to_uid, for_update=True)
     if target is None or not target.active(now):
         raise errors.NotFound("the new owner must be a current member of the lock", code="member_not_found")
-    refuse_past_owned(con, to_uid, max_owned, signed_in=signed_in)
+    users.hold_caller(con, to)
+    refuse_past_owned(con, to_uid, max_owned)
     con.run(
         "UPDATE lock_members SET role = 'admin' WHERE lock_id = CAST(:l AS uuid) AND user_uid = :u",
         l=lock_id,
@@ -344,7 +339,10 @@ def leave_every_lock(con: Connection, uid: str, now: dt.datetime, *, account_gon
     )
     # the user's row before the locks they own are counted: a lock being made for them (``create`` holds the row) is
     # counted once made, not missed and left owned by an account that has just left everything
-    gone = users.hold(con, uid, caller=not account_gone)
+    held = users.hold(con, uid)
+    if not account_gone:
+        held.refuse()  # the account's own request
+    gone = held.gone
     if account_gone and not gone:  # found again meanwhile (restored): left as it is
         return None
     owned = [r[0] for r in con.run("SELECT id::text FROM locks WHERE owner_uid = :u ORDER BY id", u=uid)]

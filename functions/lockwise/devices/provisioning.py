@@ -23,6 +23,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from lockwise.core import audit, errors, mirror, quotas, users
+from lockwise.core.auth import User
 from lockwise.core.db import Connection, Database
 from lockwise.devices import ed25519_points, lock_auth, lock_certs, topics, transfer_offers
 
@@ -40,14 +41,14 @@ def _hash(code: str) -> bytes:
     return hashlib.sha256(normalised.encode()).digest()
 
 
-def issue(
-    con: Connection, lock_id: str, uid: str, ttl_s: int, per_day: int, *, signed_in: dt.datetime | None = None
-) -> tuple[str, dt.datetime]:
-    """A fresh one-time code for ``lock_id``; earlier unredeemed codes of the lock stop working. ``uid`` gets at most
+def issue(con: Connection, lock_id: str, owner: User, ttl_s: int, per_day: int) -> tuple[str, dt.datetime]:
+    """A fresh one-time code for ``lock_id``; earlier unredeemed codes of the lock stop working. Its ``owner`` (the
+    caller: ``users.hold_caller``) gets at most
     ``per_day`` in any 24 hours, over all their locks, deleted ones too (then 429 ``pairing_limit``): each pairing
     and each deletion of a paired lock revokes a credential, an entry in the public revocation list (attack run: an
-    owner re-pairing in a loop listed 1,630 in 20 s). ``signed_in``: the owner's session's start (``users.hold``)."""
-    users.hold(con, uid, signed_in=signed_in)
+    owner re-pairing in a loop listed 1,630 in 20 s)."""
+    users.hold_caller(con, owner)
+    uid = owner.uid
     quotas.take(
         con,
         "pairing_issues",

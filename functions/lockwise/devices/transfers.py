@@ -18,6 +18,7 @@ import datetime as dt
 from typing import Any
 
 from lockwise.core import audit, errors, mirror
+from lockwise.core.auth import User
 from lockwise.core.db import Connection
 from lockwise.devices import locks, members, transfer_offers
 
@@ -60,21 +61,19 @@ def offer(con: Connection, lock_id: str, from_uid: str, to_uid: str, now: dt.dat
 def accept(
     con: Connection,
     lock_id: str,
-    to_uid: str,
+    taker: User,
     max_owned: int,
     now: dt.datetime,
-    *,
-    signed_in: dt.datetime | None = None,
 ) -> None:
-    """Take the offer made to ``to_uid`` (an active member of the lock, whose row the caller holds) and make them the
-    owner; 404 ``transfer_not_found`` when none stands: never made, withdrawn, declined, expired, or made by someone
-    who no longer owns the lock."""
+    """Take the offer made to ``taker`` (the caller, an active member of the lock, whose membership row the caller
+    holds) and make them the owner; 404 ``transfer_not_found`` when none stands: never made, withdrawn, declined,
+    expired, or made by someone who no longer owns the lock."""
     rows = con.run(
         "DELETE FROM lock_transfer_offers o WHERE o.lock_id = CAST(:l AS uuid) AND o.to_uid = :u AND o.expires_at > :n"
         " RETURNING o.from_uid, o.taker_row = (SELECT row_to_json(m)::text FROM lock_members m"
         " WHERE m.lock_id = o.lock_id AND m.user_uid = o.to_uid)",
         l=lock_id,
-        u=to_uid,
+        u=taker.uid,
         n=now,
     )
     if not rows or not rows[0][1]:  # none, or made to the membership as it was before a change
@@ -83,7 +82,7 @@ def accept(
     giver = members.get(con, lock_id, from_uid, for_update=True)
     if giver is None or giver.role != "owner" or not giver.active(now):
         raise _none_for_you()
-    locks.transfer(con, lock_id, from_uid, to_uid, max_owned, now, signed_in=signed_in)
+    locks.transfer(con, lock_id, from_uid, taker, max_owned, now)
 
 
 def withdraw(con: Connection, lock_id: str, uid: str, now: dt.datetime) -> None:

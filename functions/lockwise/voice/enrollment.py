@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from lockwise.core import audit, erasure, errors, quotas, users
+from lockwise.core.auth import User
 from lockwise.core.config import Settings
 from lockwise.core.db import Connection, Database
 from lockwise.voice import audio, first_come, known_recordings, scoring, voiceprints
@@ -25,29 +26,28 @@ from lockwise.voice.model.voice_activity import VoiceActivity
 
 def enroll(
     db: Database,
-    uid: str,
+    user: User,
     clips: Sequence[audio.Clip],
     encoder: Encoder,
     scorer: Scorer,
     voice: VoiceActivity,
     settings: Settings,
     now: Callable[[], dt.datetime],
-    *,
-    signed_in: dt.datetime | None = None,
 ) -> dict[str, Any]:
-    """Make ``uid``'s voiceprint from ``clips`` (validated audio) and store it with its takes' fingerprints,
-    replacing any earlier one; return the enrollment status and the samples' lowest agreement.
+    """Make the voiceprint of ``user`` (the caller) from ``clips`` (validated audio) and store it with its takes'
+    fingerprints, replacing any earlier one; return the enrollment status and the samples' lowest agreement.
 
     Raises ``InvalidAudio`` (422) naming the sample with too little speech or too little voice in it (loud noise
     passes the first, not the second), one that is a copy of another (the
     replay check's fingerprints: a recording sent twice, at any gain) or the one least like the others,
-    ``Conflict`` (409 ``voice_matches_member``) when ``uid``'s voice is scored at a lock now and the new one would
+    ``Conflict`` (409 ``voice_matches_member``) when their voice is scored at a lock now and the new one would
     not be (it passes as that of a co-member going before it there: enrolling again would hand a voice to a copy
     that came after it), and ``RateLimited``
-    (429) once ``uid`` has had the day's comparisons with co-members' voices (``comparisons_wait``) or the day's
-    enrollments that reach the model (``_count_a_run``). ``signed_in``: the caller's session's start (``users.hold``:
-    an account found disabled, or a revoked session, stores nothing).
+    (429) once they have had the day's comparisons with co-members' voices (``comparisons_wait``) or the day's
+    enrollments that reach the model (``_count_a_run``). An account found disabled, or a revoked session, stores
+    nothing (``users.hold_caller``).
     """
+    uid = user.uid
     rules = policy(settings, encoder)
     # a user past a day's share is refused before the voice activity model and the fingerprints run (~10 ms a
     # sample); the share is taken, exactly, under the user's row below
@@ -69,7 +69,7 @@ def enroll(
                 details={"sample": i, "copy_of": copied},
             )
     with db.transaction() as con:  # early: a user past the day's comparisons or runs costs no model work
-        users.hold(con, uid, signed_in=signed_in)
+        users.hold_caller(con, user)
         _refuse_past_the_limit(comparisons_wait(con, uid, settings.enroll_comparisons))
         _count_a_run(con, uid, settings.enrollments_per_day)
         began = con.run("SELECT now()")[0][0]  # this transaction's start: a deletion of voice data after it wins
@@ -89,7 +89,7 @@ def enroll(
             details={"sample": outlier, "lowest_agreement": round(lowest, 4), "required": rules.agreement},
         )
     with db.transaction() as con:
-        users.hold(con, uid, signed_in=signed_in)  # one user's enrollments are decided one at a time
+        users.hold_caller(con, user)  # one user's enrollments are decided one at a time
         con.run(erasure.VOICE_LOCK, u=uid)  # and with an erasure of their voice data
         _refuse_if_erased_since(con, uid, began)
         _one_store_at_a_time_per_lock(con, uid)
