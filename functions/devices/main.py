@@ -267,7 +267,7 @@ def withdraw_invitation(ctx: Ctx, lock_id: str, invitation_id: str) -> Result:
 @api.route("GET", "/devices/invitations")
 def my_invitations(ctx: Ctx) -> JsonBody:
     user = app_user(ctx)
-    return {"invitations": invitations.for_user(rt.db, user, rt.now(), listed_address)}
+    return invitations.for_user(rt.db, user, rt.now(), listed_address).public()
 
 
 @api.route("POST", "/devices/invitations/<invitation_id>/accept")

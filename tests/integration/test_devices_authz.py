@@ -284,7 +284,8 @@ def test_an_account_about_to_be_deleted_leaves_every_lock_and_an_owner_is_told_t
         assert con.run("SELECT email FROM users WHERE uid = :u", u=world.uid("member")) == [[None]]
     assert world.devices.delete("/devices/me", headers=world.headers("stranger")).status_code == 204
     assert world.devices.get("/devices/invitations", headers=world.headers("stranger")).get_json() == {
-        "invitations": []
+        "invitations": [],
+        "address_unconfirmed": False,
     }
     assert world.devices.delete("/devices/me", headers=world.headers("stranger")).status_code == 204  # idempotent
 

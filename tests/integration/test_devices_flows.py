@@ -552,7 +552,10 @@ def test_invitation_by_email_is_seen_only_verified_and_joins_only_when_accepted(
     assert again.status_code == 409 and again.get_json()["error"]["code"] == "already_invited"
     friend = sign_up(email="friend@example.com")
     # an unverified address sees nothing (anyone can sign up with any address)
-    assert world.devices.get("/devices/invitations", headers=bearer(friend)).get_json() == {"invitations": []}
+    assert world.devices.get("/devices/invitations", headers=bearer(friend)).get_json() == {
+        "invitations": [],
+        "address_unconfirmed": False,
+    }
     invitation = resp.get_json()["invitation"]["id"]
     refused = world.devices.post(f"/devices/invitations/{invitation}/accept", headers=bearer(friend))
     assert refused.status_code == 404 and refused.get_json()["error"]["code"] == "invitation_not_found"
@@ -637,7 +640,10 @@ def test_an_unverified_address_is_not_recorded_and_closes_nobody_elses_invitatio
     assert [
         i["role"] for i in world.devices.get("/devices/invitations", headers=bearer(victim)).get_json()["invitations"]
     ] == ["admin"]
-    assert world.devices.get("/devices/invitations", headers=bearer(squatter)).get_json() == {"invitations": []}
+    assert world.devices.get("/devices/invitations", headers=bearer(squatter)).get_json() == {
+        "invitations": [],
+        "address_unconfirmed": False,
+    }
     assert db_rows("SELECT uid FROM users WHERE lower(email) = :e", e=address) == [[victim["localId"]]]
     assert db_rows("SELECT email FROM users WHERE uid = :u", u=squatter["localId"]) == [[None]]
     # the squatter's next token writes its address again (another case: an instance records a user once per address)
@@ -768,7 +774,10 @@ def test_invitation_by_uid_waits_for_consent_and_can_be_declined_or_withdrawn(wo
     assert invitee["localId"] not in [m["uid"] for m in listed["members"]]
     # declined: gone, and it never made a membership
     assert world.devices.post(f"/devices/invitations/{first}/decline", headers=bearer(invitee)).status_code == 204
-    assert world.devices.get("/devices/invitations", headers=bearer(invitee)).get_json() == {"invitations": []}
+    assert world.devices.get("/devices/invitations", headers=bearer(invitee)).get_json() == {
+        "invitations": [],
+        "address_unconfirmed": False,
+    }
     assert world.devices.post(f"/devices/invitations/{first}/accept", headers=bearer(invitee)).status_code == 404
     # asked again, then withdrawn by the owner before the answer
     second = world.devices.post(
@@ -829,7 +838,9 @@ def test_only_an_invitation_found_by_address_needs_firebase_auth_to_confirm_the_
 ) -> None:
     """An invitation addressed to the caller's uid is listed, accepted and declined on their token alone; one found
     by their token's address needs Firebase Auth to confirm the account still has it, and while Auth cannot tell
-    that is 503 ``accounts_unavailable``, not an answer on a stale address. Auth is asked only for the latter."""
+    its answer is 503 ``accounts_unavailable``, not an answer on a stale address, and the listing leaves it out and
+    says so (``address_unconfirmed``), listing the rest: the whole listing was a 503, the invitations to the
+    caller's uid too. Auth is asked only for what was sent to the address."""
     host, project = stack_env["FIREBASE_AUTH_EMULATOR_HOST"], stack_env["LOCKWISE_PROJECT_ID"]
     invitee = sign_up()
     verify_email(host, project, invitee["localId"])
@@ -848,23 +859,30 @@ def test_only_an_invitation_found_by_address_needs_firebase_auth_to_confirm_the_
     ).get_json()["invitation"]["id"]
     listed = world.devices.get("/devices/invitations", headers=bearer(invitee))
     assert listed.status_code == 200 and [i["id"] for i in listed.get_json()["invitations"]] == [by_uid]
+    assert listed.get_json()["address_unconfirmed"] is False
     assert world.devices.post(f"/devices/invitations/{by_uid}/decline", headers=bearer(invitee)).status_code == 204
     assert asked == []
     by_address = world.devices.post(
         f"/devices/locks/{lock}/members", json={"email": invitee["email"], "role": "member"}, headers=owner
     ).get_json()["invitation"]["id"]
+    again = world.devices.post(
+        f"/devices/locks/{lock}/members", json={"uid": invitee["localId"], "role": "guest"}, headers=owner
+    ).get_json()["invitation"]["id"]
+    listed = world.devices.get("/devices/invitations", headers=bearer(invitee))
+    assert listed.status_code == 200, listed.get_json()
+    assert [i["id"] for i in listed.get_json()["invitations"]] == [again]  # not the one to the address
+    assert listed.get_json()["address_unconfirmed"] is True
     for answer in (
-        world.devices.get("/devices/invitations", headers=bearer(invitee)),
         world.devices.post(f"/devices/invitations/{by_address}/accept", headers=bearer(invitee)),
         world.devices.post(f"/devices/invitations/{by_address}/decline", headers=bearer(invitee)),
     ):
         assert (answer.status_code, answer.get_json()["error"]["code"]) == (503, "accounts_unavailable")
     assert asked == [invitee["localId"]] * 3
-    again = world.devices.post(
-        f"/devices/locks/{lock}/members", json={"uid": invitee["localId"], "role": "guest"}, headers=owner
-    ).get_json()["invitation"]["id"]
     assert world.devices.post(f"/devices/invitations/{again}/accept", headers=bearer(invitee)).status_code == 201
     assert len(asked) == 3 and world.devices.get(f"/devices/locks/{lock}", headers=bearer(invitee)).status_code == 200
+    monkeypatch.undo()  # Auth answers again: the invitation to the address is listed
+    listed = world.devices.get("/devices/invitations", headers=bearer(invitee)).get_json()
+    assert ([i["id"] for i in listed["invitations"]], listed["address_unconfirmed"]) == ([by_address], False)
 
 
 def test_a_removal_ends_every_invitation_sent_before_it_whatever_address_it_went_to(
@@ -888,7 +906,10 @@ def test_a_removal_ends_every_invitation_sent_before_it_whatever_address_it_went
     resp = world.devices.delete(f"{add}/{alice['localId']}", headers=world.headers("owner"))
     assert resp.status_code == 204, resp.get_json()
     alice = move_account(host, project, alice, "alice@example.com")
-    assert world.devices.get("/devices/invitations", headers=bearer(alice)).get_json() == {"invitations": []}
+    assert world.devices.get("/devices/invitations", headers=bearer(alice)).get_json() == {
+        "invitations": [],
+        "address_unconfirmed": False,
+    }
     back = world.devices.post(f"/devices/invitations/{before}/accept", headers=bearer(alice))
     assert back.status_code == 404 and back.get_json()["error"]["code"] == "invitation_not_found", back.get_json()
     assert world.devices.get(f"/devices/locks/{lock}", headers=bearer(alice)).status_code == 404
@@ -976,7 +997,10 @@ def test_an_invitation_sent_before_a_removal_stays_ended_after_the_member_rejoin
             l=lock,
             u=bob["localId"],
         )
-    assert world.devices.get("/devices/invitations", headers=bearer(bob)).get_json() == {"invitations": []}
+    assert world.devices.get("/devices/invitations", headers=bearer(bob)).get_json() == {
+        "invitations": [],
+        "address_unconfirmed": False,
+    }
     back = world.devices.post(f"/devices/invitations/{before}/accept", headers=bearer(bob))
     assert back.status_code == 404 and back.get_json()["error"]["code"] == "invitation_not_found", back.get_json()
     assert world.devices.get(f"/devices/locks/{lock}", headers=bearer(bob)).status_code == 404
@@ -1032,7 +1056,10 @@ def test_two_invitations_to_one_lock_make_one_membership_and_the_answers_say_whi
         f"/devices/locks/{lock}/members/{invitee['localId']}", headers=world.headers("owner")
     )
     assert removed.status_code == 204
-    assert world.devices.get("/devices/invitations", headers=bearer(invitee)).get_json() == {"invitations": []}
+    assert world.devices.get("/devices/invitations", headers=bearer(invitee)).get_json() == {
+        "invitations": [],
+        "address_unconfirmed": False,
+    }
     back = world.devices.post(second, headers=bearer(invitee))
     assert back.status_code == 404 and back.get_json()["error"]["code"] == "invitation_not_found"
     assert world.devices.get(f"/devices/locks/{lock}", headers=bearer(invitee)).status_code == 404

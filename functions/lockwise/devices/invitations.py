@@ -176,10 +176,24 @@ def open_for_lock(con: Connection, lock_id: str, now: dt.datetime) -> list[dict[
 ConfirmAddress = Callable[[User], User]
 
 
-def for_user(db: Database, user: User, now: dt.datetime, confirm: ConfirmAddress) -> list[dict[str, Any]]:
+@dataclass(frozen=True)
+class Received:
+    """The invitations waiting for a user's answer (``for_user``)."""
+
+    invitations: list[dict[str, Any]]
+    #: those sent to the user's address are left out: Firebase Auth could not confirm it is still theirs just now
+    address_unconfirmed: bool = False
+
+    def public(self) -> dict[str, Any]:
+        return {"invitations": self.invitations, "address_unconfirmed": self.address_unconfirmed}
+
+
+def for_user(db: Database, user: User, now: dt.datetime, confirm: ConfirmAddress) -> Received:
     """The invitations waiting for ``user``'s answer, with the lock's name and who invited them. One found by the
     token's address only while the account still has it (``confirm``, asked only then): a token keeps its address
-    for up to an hour after the account moved to another, and listed the invitations sent to it meanwhile."""
+    for up to an hour after the account moved to another, and listed the invitations sent to it meanwhile. While
+    Firebase Auth cannot tell (``confirm``'s 503), those sent to the address are left out and the rest is listed
+    (``Received.address_unconfirmed``): the whole listing was a 503, the invitations to the user's uid too."""
     with db.connection() as con:
         rows = rows_as_dicts(
             con,
@@ -191,8 +205,14 @@ def for_user(db: Database, user: User, now: dt.datetime, confirm: ConfirmAddress
             verified=user.email_verified,
             now=now,
         )
-    if any(row["invitee_uid"] != user.uid for row in rows) and confirm(user).email != user.email:
-        rows = [row for row in rows if row["invitee_uid"] == user.uid]
+    unconfirmed = False
+    if any(row["invitee_uid"] != user.uid for row in rows):
+        try:
+            confirmed = confirm(user).email == user.email
+        except errors.Unavailable:
+            confirmed, unconfirmed = False, True
+        if not confirmed:
+            rows = [row for row in rows if row["invitee_uid"] == user.uid]
     out = []
     for row in rows:
         access = _access(row["access"])
@@ -204,7 +224,7 @@ def for_user(db: Database, user: User, now: dt.datetime, confirm: ConfirmAddress
                 "access": members.Membership(row["lock_id"], user.uid, row["role"], **access).public()["access"],
             }
         )
-    return out
+    return Received(out, unconfirmed)
 
 
 def answering_as(db: Database, invitation_id: str, user: User, confirm: ConfirmAddress) -> User:
