@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
+import signal
 import threading
 import time
 import urllib.error
@@ -320,6 +322,48 @@ def test_view_converges_after_a_firestore_outage(
     doc = client.document(f"locks/{world.lock_id}").get().to_dict()
     access = client.document(f"locks/{world.lock_id}/access/{newcomer['localId']}").get()
     assert doc["state"] == "jammed" and access.exists
+
+
+def test_a_firestore_that_does_not_answer_holds_up_one_request_not_one_every_few_seconds(
+    flaky_firestore: dict[str, Any], make_client: Any, sign_up: Any, stack_env: dict[str, str], monkeypatch: Any
+) -> None:
+    """A Firestore that takes connections and answers nothing (the emulator stopped with SIGSTOP) held an answer
+    for the client's timeout (3 s) once every ``mirror.BACKOFF_S`` (5 s) on each instance, for as long as it lasted:
+    each request that found the back-off over tried again itself. Now the request that finds it failing is the only
+    one that waits; the others leave their rows to a background flush, and every row arrives once it answers."""
+    world = build_world(make_client("devices"), sign_up)
+    owner, lock = world.headers("owner"), world.lock_id
+    tried_by_requests: list[str] = []
+    write = mirror._write
+
+    def watched(client: Any, group: Any) -> None:
+        if threading.current_thread().name != "mirror-flush":
+            tried_by_requests.append(threading.current_thread().name)
+        write(client, group)
+
+    monkeypatch.setattr(mirror, "_write", watched)
+    group_id = flaky_firestore["emulator"].process.popen.pid
+    os.killpg(group_id, signal.SIGSTOP)
+    try:
+        renamed = 0
+        until = time.monotonic() + 2.5 * mirror.BACKOFF_S
+        while time.monotonic() < until:
+            renamed += 1
+            resp = world.devices.patch(f"/devices/locks/{lock}", json={"name": f"Door {renamed}"}, headers=owner)
+            assert resp.status_code == 200, resp.get_json()
+            time.sleep(0.5)
+    finally:
+        os.killpg(group_id, signal.SIGCONT)
+    assert renamed >= 10 and len(tried_by_requests) == 1, tried_by_requests  # before: 2-3, one every 5 s
+    token = {"X-LockWise-Service-Token": stack_env["LOCKWISE_SERVICE_TOKEN"]}
+
+    def flushed() -> bool:
+        resp = world.devices.post("/devices/relay/flush", headers=token)
+        return bool(resp.status_code == 200 and resp.get_json()["pending"] == 0)
+
+    wait_for(flushed, timeout=30)
+    client = firestore_client(PROJECT_ID, f"127.0.0.1:{flaky_firestore['port']}")
+    assert client.document(f"locks/{lock}").get().to_dict()["name"] == f"Door {renamed}"
 
 
 # ------------------------------------------------------------------------------------------------- rules

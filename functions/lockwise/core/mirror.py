@@ -172,6 +172,7 @@ class Flusher:
         self._make_client = make_client
         self._client: firestore.Client | None = None
         self._retry_at = 0.0
+        self._failing = False  # Firestore's last answer was a failure (not a refusal), or none came
         self._lock = threading.Lock()
         self._wanted = threading.Event()  # rows were queued since the last pass began
 
@@ -183,6 +184,13 @@ class Flusher:
 
     def retry_now(self) -> None:
         self._retry_at = 0.0
+
+    @property
+    def failing(self) -> bool:
+        """Whether Firestore's last answer to this instance was a failure (it was away, or did not answer in time),
+        not yet followed by one that was not: whoever does not want to wait for it leaves the writes to
+        ``flush_soon``."""
+        return self._failing
 
     def flush(
         self,
@@ -297,6 +305,7 @@ class Flusher:
         try:
             _write(client, group)
         except REFUSED as exc:
+            self._failing = False  # it answered
             if len(group) == 1:
                 self._set_aside(con, group[0], exc)
                 return 0, False
@@ -310,6 +319,7 @@ class Flusher:
         except Exception as exc:  # noqa: BLE001 - Firestore errors come in many types; keep order, retry later
             self._failed(con, group[0][0], exc)
             return 0, True
+        self._failing = False
         con.run("DELETE FROM firestore_outbox WHERE id = ANY(:ids)", ids=[row[0] for row in group])
         return len(group), False
 
@@ -322,11 +332,13 @@ class Flusher:
         try:
             deleted, finished = _delete_some(client, str(row[1]), most)
         except REFUSED as exc:
+            self._failing = False  # it answered
             self._set_aside(con, row, exc)
             return _Deleted(0, False, False, 0)
         except Exception as exc:  # noqa: BLE001 - Firestore errors come in many types; keep order, retry later
             self._failed(con, row[0], exc)
             return _Deleted(0, True, False, 0)
+        self._failing = False
         if not finished:
             return _Deleted(0, False, True, deleted)
         con.run("DELETE FROM firestore_outbox WHERE id = :i", i=row[0])
@@ -343,6 +355,7 @@ class Flusher:
 
     def _failed(self, con: Connection, row_id: int, exc: Exception) -> None:
         self._retry_at = time.monotonic() + BACKOFF_S
+        self._failing = True
         con.run(
             "UPDATE firestore_outbox SET attempts = attempts + 1, last_error = :e WHERE id = :i",
             i=row_id,

@@ -108,10 +108,16 @@ class Runtime:
     def flush_mirror(self, *, force: bool = False) -> int:
         """Write queued Firestore mirror rows now (best effort: a Firestore outage leaves them queued). ``force``: the
         relay's periodic flush, which tries again at once after a failure and deletes collections itself (a
-        request's flush leaves them to a background one)."""
+        request's flush leaves them to a background one). A request's flush while Firestore is failing
+        (``Flusher.failing``) is left to a background one: a Firestore that does not answer added its timeout to an
+        answer every few seconds (``mirror.BACKOFF_S``) on each instance, for as long as it was away."""
         if force:
             self.mirror.retry_now()
-        return self.mirror.flush(deletes=force)
+            return self.mirror.flush(deletes=True)
+        if self.mirror.failing:
+            self.mirror.flush_soon()
+            return 0
+        return self.mirror.flush(deletes=False)
 
     def flush_mirror_soon(self) -> None:
         """Flush in the background: rows stay queued in PostgreSQL until written, so nothing is lost if the
