@@ -504,6 +504,49 @@ def test_access_ends_in_firestore_when_the_api_ends_it_without_any_membership_ch
     assert firestore_client(PROJECT_ID, host).document(lock_doc).get().update_time == written, "no write needed"
 
 
+def test_a_membership_change_writes_only_the_access_documents_it_changes(
+    world: World, sign_up: Any, stack_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Attack run 32: every membership change rewrote every member's access document and deleted every former
+    member's again, however long gone (88 writes for one PATCH at a lock of 45 members and 41 former ones, F growing
+    with each account removed). A change now writes the documents that differ from those last queued (and the lock
+    document after them), and the live view's access stays as the API's."""
+    lock, owner = world.lock_id, world.headers("owner")
+    joined = [sign_up() for _ in range(6)]
+    for account in joined:
+        join(world.devices, lock, world.accounts["owner"], account, {"role": "member"})
+    for account in joined[3:]:
+        assert (
+            world.devices.delete(f"/devices/locks/{lock}/members/{account['localId']}", headers=owner).status_code
+            == 204
+        )
+    get_runtime("devices").flush_mirror(force=True)
+    written: list[tuple[str, str]] = []
+    enqueue = mirror.enqueue_many
+
+    def watched(con: Any, writes: Any) -> None:
+        written.extend((path, op) for path, op, _ in writes if "/access/" in path)
+        enqueue(con, writes)
+
+    monkeypatch.setattr(mirror, "enqueue_many", watched)
+    first, second = joined[0]["localId"], joined[1]["localId"]
+    guest = {"role": "guest", "access": {"weekdays": ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]}}
+    assert world.devices.patch(f"/devices/locks/{lock}/members/{first}", json=guest, headers=owner).status_code == 200
+    assert written == [(f"locks/{lock}/access/{first}", "set")]  # before: 12 (every member and former member)
+    written.clear()
+    assert world.devices.delete(f"/devices/locks/{lock}/members/{second}", headers=owner).status_code == 204
+    assert written == [(f"locks/{lock}/access/{second}", "delete")]
+    written.clear()
+    again = world.devices.patch(f"/devices/locks/{lock}/members/{first}", json=guest, headers=owner)  # no change
+    assert again.status_code == 200 and written == []
+    get_runtime("devices").flush_mirror(force=True)
+    sdk = firestore_client(PROJECT_ID, stack_env["FIRESTORE_EMULATOR_HOST"])
+    listed = world.devices.get(f"/devices/locks/{lock}/members", headers=owner).get_json()["members"]
+    present = {d.id for d in sdk.collection(f"locks/{lock}/access").stream()}
+    assert present == {m["uid"] for m in listed}  # the API's members, no more
+    assert sdk.document(f"locks/{lock}/access/{first}").get().to_dict()["role"] == "guest"
+
+
 def test_at_a_members_access_edge_the_upkeep_writes_their_access_document(
     world: World, stack_env: dict[str, str]
 ) -> None:
@@ -625,6 +668,8 @@ def test_a_lock_mirrored_before_the_access_documents_stays_readable_until_mirror
             " ON CONFLICT (lock_id) DO UPDATE SET due_at = now()",
             l=world.lock_id,
         )
+        # and no access document recorded as written (0046 made the record empty)
+        con.run("DELETE FROM mirrored_access WHERE lock_id = CAST(:l AS uuid)", l=world.lock_id)
     service = {"X-LockWise-Service-Token": stack_env["LOCKWISE_SERVICE_TOKEN"]}
     assert world.devices.post("/devices/relay/flush", headers=service).status_code == 200
     doc = client.document(lock_doc).get().to_dict() or {}
@@ -732,11 +777,19 @@ def test_rules_decide_guest_windows_as_the_api_does(world: World, stack_env: dic
     )
     assert rest_get(host, lock_doc, token) == 200
     access = firestore_client(PROJECT_ID, host).document(f"{lock_doc}/access/{world.uid('guest_in')}")
-    access.update({"offset_until_ms": int(time.time() * 1000) - 1000})
+    stale = int(time.time() * 1000) - 1000
+    access.update({"offset_until_ms": stale})
     assert rest_get(host, lock_doc, token) == 403
     # when the zone's offset is due to change, the relay's periodic flush mirrors the new one
     with get_runtime("devices").db.transaction() as con:
         con.run("UPDATE mirror_refresh_due SET due_at = now() - interval '1 second'")
+        con.run(  # the offset last mirrored is the stale one, as the document's
+            "UPDATE mirrored_access SET access = jsonb_set(access, '{offset_until_ms}', to_jsonb(CAST(:t AS bigint)))"
+            " WHERE lock_id = CAST(:l AS uuid) AND user_uid = :u",
+            t=stale,
+            l=world.lock_id,
+            u=world.uid("guest_in"),
+        )
     service = {"X-LockWise-Service-Token": stack_env["LOCKWISE_SERVICE_TOKEN"]}
     assert world.devices.post("/devices/relay/flush", headers=service).status_code == 200
     assert rest_get(host, lock_doc, token) == 200
@@ -1010,8 +1063,9 @@ def test_a_slow_flush_of_an_older_access_write_cannot_let_a_removed_member_back_
     def slow_client() -> firestore.Client:
         return SlowFirestore(PROJECT_ID, host, authorize=lambda headers: headers.update(Authorization="Bearer owner"))
 
-    with rt.db.transaction() as con:
-        members.mirror_access(con, world.lock_id)  # what any change of the lock's members queues: the member's set
+    with rt.db.transaction() as con:  # what a change of the member's access queues: their document's set
+        con.run("DELETE FROM mirrored_access WHERE user_uid = :u", u=member)
+        members.mirror_access(con, world.lock_id)
     slow = threading.Thread(target=mirror.Flusher(rt.db, slow_client).flush, kwargs={"hand_off": False})
     slow.start()
     assert writing.wait(10), "the other instance's flush is writing the older rows"

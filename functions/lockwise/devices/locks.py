@@ -204,6 +204,7 @@ def transfer(
 def delete(con: Connection, lock_id: str, uid: str) -> None:
     """Delete the lock with its credentials, members, attempts and commands (the audit log keeps its record)."""
     con.run("DELETE FROM locks WHERE id = CAST(:l AS uuid)", l=lock_id)
+    con.run("DELETE FROM mirrored_access WHERE lock_id = CAST(:l AS uuid)", l=lock_id)  # its documents go below
     audit.record(con, audit.user_actor(uid), "lock.delete", "ok", lock_id=lock_id)
     # the lock document first, while its members may still read it: their live views see it gone, not refused
     mirror.enqueue(con, mirror.lock_doc(lock_id), "delete")

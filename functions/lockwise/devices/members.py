@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import json
 import logging
 import time
 from dataclasses import dataclass
@@ -330,8 +331,9 @@ def mirror_access(con: Connection, lock_id: str) -> None:
     (expiry, guest window and its zone's offset) that the security rules read and compare with ``request.time``, so
     access ends in Firestore when it ends in the API, not at the next membership change. The access documents are
     readable by nobody: on the lock document (``access``, with ``member_uids``), which every member reads, a guest
-    learnt every other member's uid, expiry and window (attack run); those fields are emptied. Each member's is
-    written before the lock document, and those of former members deleted. A window whose zone's offset will change
+    learnt every other member's uid, expiry and window (attack run); those fields are emptied. A member's is written
+    when it differs from the one last queued (table ``mirrored_access``), a former member's deleted once, and
+    the lock document written after them. A window whose zone's offset will change
     is refreshed again then (``mirror_access_due``), and so is every member's access at its next edge (``next_edge``):
     an expired member's document is deleted, a recurring window's rewritten. The rules compare with ``request.time``
     for every new read, but a listener already open is checked again only when a document they read changes: an
@@ -353,12 +355,30 @@ def mirror_access(con: Connection, lock_id: str) -> None:
         )
     }
     access = {m.user_uid: m.rules_access(now) for m in current if m.user_uid not in disabled}
-    everyone = [r[0] for r in con.run("SELECT user_uid FROM lock_members WHERE lock_id = CAST(:l AS uuid)", l=lock_id)]
-    writes: list[mirror.Write] = [(mirror.access_doc(lock_id, uid), "set", a) for uid, a in sorted(access.items())]
-    writes += [(mirror.access_doc(lock_id, uid), "delete", None) for uid in sorted(set(everyone) - set(access))]
-    # what lock documents held before, which every member read (the rules read the access documents now): emptied
+    # only what differs from the documents last queued: every member's rewritten and every former member's deleted
+    # again was N + F + 2 writes a change, F growing with every account ever removed (attack run 32)
+    mirrored = dict(con.run("SELECT user_uid, access FROM mirrored_access WHERE lock_id = CAST(:l AS uuid)", l=lock_id))
+    changed = {uid: a for uid, a in sorted(access.items()) if mirrored.get(uid) != a}
+    gone = sorted(set(mirrored) - set(access))
+    writes: list[mirror.Write] = [(mirror.access_doc(lock_id, uid), "set", a) for uid, a in changed.items()]
+    writes += [(mirror.access_doc(lock_id, uid), "delete", None) for uid in gone]
+    # written every time, after the access documents: a listener the rules let in is checked again only when a
+    # document it reads changes (and what lock documents held before, which every member read, is emptied)
     writes.append((mirror.lock_doc(lock_id), "replace_fields", {"member_uids": [], "access": {}}))
     mirror.enqueue_many(con, writes)
+    if changed:
+        con.run(
+            "INSERT INTO mirrored_access (lock_id, user_uid, access) SELECT CAST(:l AS uuid), u, CAST(a AS jsonb)"
+            " FROM unnest(CAST(:u AS text[]), CAST(:a AS text[])) AS w(u, a)"
+            " ON CONFLICT (lock_id, user_uid) DO UPDATE SET access = EXCLUDED.access",
+            l=lock_id,
+            u=list(changed),
+            a=[json.dumps(a) for a in changed.values()],
+        )
+    if gone:
+        con.run(
+            "DELETE FROM mirrored_access WHERE lock_id = CAST(:l AS uuid) AND user_uid = ANY(:u)", l=lock_id, u=gone
+        )
     edges = [edge for m in current if (edge := m.next_edge(now)) is not None]  # the zones' changes of offset too
     if edges:
         con.run(
