@@ -415,6 +415,64 @@ def test_the_relays_flush_deletes_old_request_nonces_and_counts_and_no_request_d
     assert kept() == (5, 0, 0)  # the nonces inside the window stay
 
 
+def test_the_relays_flush_deletes_commands_attempts_and_invitations_kept_past_their_time(
+    world: World, stack_env: dict[str, str]
+) -> None:
+    """Attack run 32: commands, voice attempts and ended invitations were kept as long as their lock (a member may
+    add 43,200 commands a day at one lock, a lock 172,800 attempts, an owner an invitation a request by inviting and
+    withdrawing). The relay's flush now deletes those kept past ``retention``'s days, and nothing younger, still
+    open, or an attempt a kept command names."""
+    lock, owner = world.lock_id, world.headers("owner")
+    issued = [
+        world.devices.post(f"/devices/locks/{lock}/commands", json={"action": "lock"}, headers=owner).get_json()
+        for _ in range(3)
+    ]
+    old_command, kept_command, named_command = (c["command"]["id"] for c in issued)
+    attempts = [
+        row[0]
+        for row in db_rows(
+            "INSERT INTO verification_attempts (lock_id, outcome, reason, created_at) SELECT CAST(:l AS uuid),"
+            " 'invalid', 'bad_audio', now() - make_interval(days => :d) FROM generate_series(1, 3) RETURNING id::text",
+            l=lock,
+            d=retention.ATTEMPTS_KEPT_DAYS + 1,
+        )
+    ]
+    db_rows(  # one of them named by a command kept (as a voice command names its attempt)
+        "UPDATE commands SET attempt_id = CAST(:a AS uuid) WHERE id = CAST(:c AS uuid)", a=attempts[0], c=named_command
+    )
+    db_rows(
+        "UPDATE commands SET created_at = now() - make_interval(days => :d, mins => 1),"
+        " expires_at = now() - make_interval(days => :d) WHERE id = CAST(:c AS uuid)",
+        d=retention.COMMANDS_KEPT_DAYS + 1,
+        c=old_command,
+    )
+    invited = [
+        world.devices.post(
+            f"/devices/locks/{lock}/members", json={"email": f"guest{i}@example.com", "role": "guest"}, headers=owner
+        ).get_json()["invitation"]["id"]
+        for i in range(2)
+    ]
+    assert world.devices.delete(f"/devices/locks/{lock}/invitations/{invited[0]}", headers=owner).status_code == 204
+    db_rows(  # both sent long ago; the first withdrawn long ago, the second still open
+        "UPDATE invitations SET created_at = now() - interval '400 days', closed_at = CASE WHEN closed_at IS NULL"
+        " THEN NULL ELSE now() - make_interval(days => :d) END WHERE id = ANY(CAST(:i AS uuid[]))",
+        d=retention.INVITATIONS_KEPT_DAYS + 1,
+        i=invited,
+    )
+    token = {"X-LockWise-Service-Token": stack_env["LOCKWISE_SERVICE_TOKEN"]}
+    assert world.devices.post("/devices/relay/flush", headers=token).status_code == 200
+
+    def present(table: str, ids: list[str]) -> list[str]:
+        rows = db_rows(f"SELECT id::text FROM {table} WHERE id = ANY(CAST(:i AS uuid[])) ORDER BY id", i=ids)
+        return sorted(row[0] for row in rows)
+
+    assert present("commands", [old_command, kept_command, named_command]) == sorted([kept_command, named_command])
+    assert present("verification_attempts", attempts) == [attempts[0]]
+    assert present("invitations", invited) == [invited[1]]
+    gone = world.devices.get(f"/devices/locks/{lock}/commands/{old_command}", headers=owner)
+    assert gone.status_code == 404 and gone.get_json()["error"]["code"]
+
+
 def test_commands_are_signed_for_the_lock(world: World) -> None:
     resp = world.devices.post(
         f"/devices/locks/{world.lock_id}/commands", json={"action": "unlock"}, headers=world.headers("owner")

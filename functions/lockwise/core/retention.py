@@ -37,6 +37,18 @@ EXPIRING = (
 REFUSED_MIRROR_WRITES_KEPT_DAYS = 30
 #: refused requests' counts per minute (``lockwise.core.audit.record_denied``; the first few are in the audit log)
 DENIAL_COUNTS_KEPT_DAYS = 90
+#: days a command is kept after it expired (acknowledged, failed or never carried out: it is no longer sent once its
+#: expiry has passed); then ``GET .../commands/{id}`` is a 404. They were kept as long as their lock: a member may add
+#: 30 a minute at one lock, 43,200 a day (attack run 32)
+COMMANDS_KEPT_DAYS = 30
+#: days a voice attempt at a door is kept in the attempts log (as long as its feed entry in the app's live view:
+#: ``lockwise.core.mirror``'s TTL); its fingerprint and say-again scores, kept shorter, go with it. A lock may post
+#: 120 a minute (attack run 32: 172,800 rows a day, kept as long as the lock). Longer than a command is kept: a
+#: voice command's attempt is never deleted before it
+ATTEMPTS_KEPT_DAYS = 90
+#: days an invitation is kept once it ended (accepted, declined, withdrawn, closed by a removal, or expired): an
+#: owner inviting and withdrawing in a loop added a row a request, kept as long as the lock (attack run 32)
+INVITATIONS_KEPT_DAYS = 30
 
 #: rows deleted per table and flush, at most: one statement stays well inside the request path's statement limit
 #: (``db.STATEMENT_TIMEOUT_S``) however large a backlog grew while the flush did not run (a relay outage, a longer
@@ -53,9 +65,10 @@ def prune_expired(con: Connection, nonces_kept_s: int) -> dict[str, int]:
     """Delete up to ``PRUNE_BATCH`` expired rows of each table in ``EXPIRING``, of the mirror writes Firestore
     refused kept past ``REFUSED_MIRROR_WRITES_KEPT_DAYS``, of the locks' request nonces seen over ``nonces_kept_s``
     ago (twice the clock skew a signed request may have: an older one is refused for its timestamp) and of their
-    per-minute counts of past minutes, and refused requests' counts past ``DENIAL_COUNTS_KEPT_DAYS``; return how
-    many a table. (The nonces and counts were deleted by one signed
-    request in 50, all at once: a request paid for every lock's.)"""
+    per-minute counts of past minutes, refused requests' counts past ``DENIAL_COUNTS_KEPT_DAYS``, and the commands,
+    voice attempts and invitations kept past ``COMMANDS_KEPT_DAYS``, ``ATTEMPTS_KEPT_DAYS`` and
+    ``INVITATIONS_KEPT_DAYS``; return how many a table. The audit log is kept (append-only). (The nonces and counts
+    were deleted by one signed request in 50, all at once: a request paid for every lock's.)"""
     pruned = {table: _prune(con, table, "expires_at <= now()") for table in EXPIRING}
     pruned["lock_request_nonces"] = _prune_while_full(
         con, "lock_request_nonces", "seen_at < now() - make_interval(secs => :s)", s=nonces_kept_s
@@ -71,6 +84,22 @@ def prune_expired(con: Connection, nonces_kept_s: int) -> dict[str, int]:
     )
     pruned["audit_denial_counts"] = _prune(
         con, "audit_denial_counts", "minute <= now() - make_interval(days => :d)", d=DENIAL_COUNTS_KEPT_DAYS
+    )
+    pruned["commands"] = _prune(
+        con, "commands", "expires_at <= now() - make_interval(days => :d)", d=COMMANDS_KEPT_DAYS
+    )
+    pruned["verification_attempts"] = _prune(
+        con,
+        "verification_attempts",
+        "created_at <= now() - make_interval(days => :d) AND NOT EXISTS (SELECT 1 FROM commands c"
+        " WHERE c.attempt_id = verification_attempts.id)",  # a kept command's attempt stays (none: kept shorter)
+        d=ATTEMPTS_KEPT_DAYS,
+    )
+    pruned["invitations"] = _prune(
+        con,
+        "invitations",
+        "LEAST(expires_at, accepted_at, closed_at) <= now() - make_interval(days => :d)",
+        d=INVITATIONS_KEPT_DAYS,
     )
     if any(pruned.values()):
         log.event(logger, "expired rows deleted", **pruned)
