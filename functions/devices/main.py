@@ -21,6 +21,7 @@ from lockwise.core.db import Connection
 from lockwise.core.http import Api, Ctx, JsonBody, Result, parse_json_object
 from lockwise.core.runtime import get_runtime
 from lockwise.devices import (
+    changes,
     command_signing,
     commands,
     invitations,
@@ -73,6 +74,11 @@ def with_denials_audited(uid: str, lock_id: str, action: str) -> Iterator[None]:
         with rt.db.transaction() as con:
             audit.record_denied(con, audit.user_actor(uid), action, lock_id, {"code": exc.code})
         raise
+
+
+def take_change(con: Connection, lock_id: str, uid: str) -> None:
+    """One of ``uid``'s changes at ``lock_id``, on the deployment's budget (``changes.take``)."""
+    changes.take(con, lock_id, uid, rt.settings.lock_changes_per_minute, rt.settings.lock_changes_per_day)
 
 
 # ------------------------------------------------------------------------------------------------------ health
@@ -147,6 +153,7 @@ def update_lock(ctx: Ctx, lock_id: str) -> JsonBody:
         raise errors.BadRequest("give name and/or voice_threshold", code="invalid_update")
     with rt.db.transaction() as con:
         members.require(con, lock_id, user.uid, rt.now(), at_least="owner", for_update=True)
+        take_change(con, lock_id, user.uid)
         locks.update(con, lock_id, user.uid, changes)
         view = locks.view(con, lock_id, "owner")
     rt.flush_mirror()
@@ -170,6 +177,7 @@ def offer_transfer(ctx: Ctx, lock_id: str) -> Result:
     with rt.db.transaction() as con:
         now = rt.now()
         members.require(con, lock_id, user.uid, now, at_least="owner", for_update=True)
+        take_change(con, lock_id, user.uid)
         offered = transfers.offer(con, lock_id, user.uid, to_uid, now)
     rt.flush_mirror()
     return offered, 202
@@ -202,6 +210,7 @@ def withdraw_transfer(ctx: Ctx, lock_id: str) -> flask.Response:
     with rt.db.transaction() as con:
         now = rt.now()
         members.require(con, lock_id, user.uid, now)
+        take_change(con, lock_id, user.uid)
         transfers.withdraw(con, lock_id, user.uid, now)
     rt.flush_mirror()
     return flask.Response(status=204)
@@ -240,6 +249,7 @@ def add_member(ctx: Ctx, lock_id: str) -> Result:
     with with_denials_audited(user.uid, lock_id, "member.invite"), rt.db.transaction() as con:
         now = rt.now()
         actor = members.require(con, lock_id, user.uid, now, at_least="admin")
+        take_change(con, lock_id, user.uid)
         invitation = invitations.invite(
             con,
             lock_id,
@@ -260,6 +270,7 @@ def withdraw_invitation(ctx: Ctx, lock_id: str, invitation_id: str) -> Result:
     with with_denials_audited(user.uid, lock_id, "member.withdraw_invitation"), rt.db.transaction() as con:
         now = rt.now()
         actor = members.require(con, lock_id, user.uid, now, at_least="admin")
+        take_change(con, lock_id, user.uid)
         invitations.withdraw(con, lock_id, invitation_id, actor, now)
     return flask.Response(status=204)
 
@@ -296,6 +307,7 @@ def update_member(ctx: Ctx, lock_id: str, uid: str) -> JsonBody:
     now = rt.now()
     with with_denials_audited(user.uid, lock_id, "member.update"), rt.db.transaction() as con:
         actor = members.require(con, lock_id, user.uid, now, at_least="admin")
+        take_change(con, lock_id, user.uid)
         target = members.require_target(con, lock_id, uid)
         updated = locks.update_member(
             con, lock_id, actor, target, role, access, now, members_per_lock=rt.settings.members_per_lock
@@ -310,6 +322,7 @@ def remove_member(ctx: Ctx, lock_id: str, uid: str) -> Result:
     with with_denials_audited(user.uid, lock_id, "member.revoke"), rt.db.transaction() as con:
         now = rt.now()
         actor = members.require(con, lock_id, user.uid, now)
+        take_change(con, lock_id, user.uid)
         target = members.require_target(con, lock_id, uid)
         locks.revoke_member(con, lock_id, actor, target, now)
     rt.flush_mirror()
@@ -322,6 +335,7 @@ def reset_voice_lockout(ctx: Ctx, lock_id: str) -> Result:
     user, lock_id = app_user(ctx), lock_param(lock_id)
     with with_denials_audited(user.uid, lock_id, "voice.reset_lockout"), rt.db.transaction() as con:
         members.require(con, lock_id, user.uid, rt.now(), at_least="admin")
+        take_change(con, lock_id, user.uid)
         lockout.clear(con, lock_id)
         audit.record(con, audit.user_actor(user.uid), "voice.reset_lockout", "ok", lock_id=lock_id)
     return flask.Response(status=204)

@@ -24,7 +24,7 @@ from infra.local.services import Broker
 from lockwise.core import accounts, inputs, retention, users
 from lockwise.core.config import get_settings
 from lockwise.core.runtime import get_runtime
-from lockwise.devices import command_signing, lock_auth
+from lockwise.devices import changes, command_signing, lock_auth
 from simlock.lock import SimulatedLock, new_tls_key
 from tests.conftest import PROJECT_ID
 from tests.devices_world import (
@@ -471,6 +471,77 @@ def test_the_relays_flush_deletes_commands_attempts_and_invitations_kept_past_th
     assert present("invitations", invited) == [invited[1]]
     gone = world.devices.get(f"/devices/locks/{lock}/commands/{old_command}", headers=owner)
     assert gone.status_code == 404 and gone.get_json()["error"]["code"]
+
+
+def test_an_owner_or_admin_changing_a_lock_in_a_loop_is_held_to_a_budget_of_their_own(world: World) -> None:
+    """Attack run 32: inviting and withdrawing in a loop (~400 a second: an invitation row and two audit rows kept
+    for good each), offering and withdrawing the lock, renaming it and resetting its lockout had no limit. Changes
+    at a lock are budgeted per owner or admin (``LOCKWISE_LOCK_CHANGES_PER_MINUTE``, ``..._PER_DAY``): past them
+    429 ``change_limit`` with Retry-After, and nothing written; another admin's changes and the owner's commands
+    are not held up."""
+    settings = get_settings("devices")
+    lock, owner = world.lock_id, world.headers("owner")
+    answers = []
+    for i in range(settings.lock_changes_per_minute):  # invite and withdraw in a loop until refused
+        sent = world.devices.post(
+            f"/devices/locks/{lock}/members", json={"email": f"loop{i}@example.com", "role": "guest"}, headers=owner
+        )
+        answers.append(sent.status_code)
+        if sent.status_code != 202:
+            break
+        invitation = sent.get_json()["invitation"]["id"]
+        answers.append(
+            world.devices.delete(f"/devices/locks/{lock}/invitations/{invitation}", headers=owner).status_code
+        )
+        if answers[-1] != 204:
+            break
+    assert answers[-1] == 429 and set(answers[:-1]) == {202, 204}
+    (counted,) = db_rows(  # the world's invitations by the owner count too
+        "SELECT count(*) FROM audit_log WHERE lock_id = CAST(:l AS uuid) AND actor = :a AND action = ANY(:c)"
+        " AND at > now() - interval '1 minute'",
+        l=lock,
+        a=f"user:{world.uid('owner')}",
+        c=list(changes.COUNTED),
+    )[0]
+    assert counted == settings.lock_changes_per_minute
+    invitations_before = db_rows("SELECT count(*) FROM invitations WHERE lock_id = CAST(:l AS uuid)", l=lock)
+    for refused in (
+        world.devices.post(
+            f"/devices/locks/{lock}/members", json={"email": "one@example.com", "role": "guest"}, headers=owner
+        ),
+        world.devices.patch(f"/devices/locks/{lock}", json={"name": "Renamed"}, headers=owner),
+        world.devices.delete(f"/devices/locks/{lock}/voice-lockout", headers=owner),
+    ):
+        assert (refused.status_code, refused.get_json()["error"]["code"]) == (429, "change_limit")
+        assert 1 <= int(refused.headers["Retry-After"]) <= 61
+    assert db_rows("SELECT count(*) FROM invitations WHERE lock_id = CAST(:l AS uuid)", l=lock) == invitations_before
+    assert world.devices.get(f"/devices/locks/{lock}", headers=owner).get_json()["name"] != "Renamed"
+    admin = world.headers("admin")
+    assert (
+        world.devices.patch(
+            f"/devices/locks/{lock}/members/{world.uid('member')}", json={"role": "member"}, headers=admin
+        ).status_code
+        == 200
+    )
+    assert (
+        world.devices.post(f"/devices/locks/{lock}/commands", json={"action": "lock"}, headers=owner).status_code == 202
+    )
+    db_rows(  # the admin's day, all but one change used, an hour ago
+        "INSERT INTO audit_log (actor, action, outcome, lock_id, at) SELECT :a, 'lock.update', 'ok',"
+        " CAST(:l AS uuid), now() - interval '1 hour' FROM generate_series(1, :n)",
+        a=f"user:{world.uid('admin')}",
+        l=lock,
+        n=settings.lock_changes_per_day - 2,
+    )
+    resp = world.devices.patch(
+        f"/devices/locks/{lock}/members/{world.uid('member')}", json={"role": "member"}, headers=admin
+    )
+    assert resp.status_code == 200
+    resp = world.devices.patch(
+        f"/devices/locks/{lock}/members/{world.uid('member')}", json={"role": "member"}, headers=admin
+    )
+    assert (resp.status_code, resp.get_json()["error"]["code"]) == (429, "change_limit")
+    assert 22 * 3600 < int(resp.headers["Retry-After"]) <= 23 * 3600 + 1  # the oldest leaves the day in 23 h
 
 
 def test_commands_are_signed_for_the_lock(world: World) -> None:

@@ -3,6 +3,7 @@ outage, and the security rules (members read their locks; nobody else reads; cli
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import os
@@ -747,7 +748,17 @@ def test_a_guest_made_owner_reads_the_live_view_outside_their_old_window(
     assert rest_get(host, lock_doc, world.accounts["owner"]["idToken"]) == 200  # the old owner, now an admin
 
 
-def test_rules_decide_guest_windows_as_the_api_does(world: World, stack_env: dict[str, str]) -> None:
+@pytest.fixture
+def roomy_change_budget(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A budget of changes a lock (``lockwise.devices.changes``) that a test of many windows does not reach (the
+    budget's own test: ``test_devices_flows``)."""
+    rt = get_runtime("devices")
+    monkeypatch.setattr(rt, "settings", dataclasses.replace(rt.settings, lock_changes_per_minute=1000))
+
+
+def test_rules_decide_guest_windows_as_the_api_does(
+    roomy_change_budget: None, world: World, stack_env: dict[str, str]
+) -> None:
     """For each window, the guest reads the lock document from Firestore exactly when the API's own check
     (``Membership.in_window``) says they are inside it; also the absolute bounds and a stale zone offset."""
     host, lock_doc = stack_env["FIRESTORE_EMULATOR_HOST"], f"locks/{world.lock_id}"

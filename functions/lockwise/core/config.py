@@ -61,6 +61,8 @@ READ_BY: dict[str, frozenset[str]] = {
             "LOCKWISE_INVITATION_TTL_S",
             "LOCKWISE_PAIRING_FAILURES_PER_HOUR",
             "LOCKWISE_APP_COMMANDS_PER_MINUTE",
+            "LOCKWISE_LOCK_CHANGES_PER_MINUTE",
+            "LOCKWISE_LOCK_CHANGES_PER_DAY",
             "LOCKWISE_MQTT_PUBLIC_HOST",
             "LOCKWISE_MQTT_PUBLIC_PORT",
             "LOCKWISE_FEED_REPORTS_PER_MINUTE",
@@ -237,6 +239,10 @@ class Settings:
     lock_requests_per_minute: int
     #: commands one member's app may send one lock in any minute (then 429 command_limit)
     app_commands_per_minute: int
+    #: changes one owner or admin may make at one lock in any minute and in any 24 hours (then 429 change_limit:
+    #: ``lockwise.devices.changes``)
+    lock_changes_per_minute: int
+    lock_changes_per_day: int
     #: The broker address handed to a lock when it is provisioned.
     mqtt_public_host: str
     mqtt_public_port: int
@@ -350,6 +356,8 @@ class Settings:
             lock_request_skew_s=env_int(env, "LOCKWISE_LOCK_REQUEST_SKEW_S", 60, minimum=5),
             lock_requests_per_minute=env_int(env, "LOCKWISE_LOCK_REQUESTS_PER_MINUTE", 120, minimum=10),
             app_commands_per_minute=env_int(env, "LOCKWISE_APP_COMMANDS_PER_MINUTE", 30, minimum=1),
+            lock_changes_per_minute=env_int(env, "LOCKWISE_LOCK_CHANGES_PER_MINUTE", 30, minimum=1),
+            lock_changes_per_day=env_int(env, "LOCKWISE_LOCK_CHANGES_PER_DAY", 1000, minimum=1),
             mqtt_public_host=env.get("LOCKWISE_MQTT_PUBLIC_HOST", "127.0.0.1"),
             mqtt_public_port=env_int(env, "LOCKWISE_MQTT_PUBLIC_PORT", 8883, minimum=1),
             encoder=_choice(env, "LOCKWISE_ENCODER", ("ecapa", "ge2e", "auto"), "auto"),

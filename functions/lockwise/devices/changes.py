@@ -1,0 +1,49 @@
+"""The budget of changes one owner or admin makes at one lock: its settings, its members and invitations, its
+transfer offers, its voice lockout. Each change is one row of the append-only audit log, and most rewrite documents
+of the lock's live view; unlimited, an owner inviting and withdrawing in a loop made ~400 a second, each an
+invitation row and two audit rows kept for good, and renaming in a loop rewrote the lock's document past Firestore's
+one write a second a document (attack run 32)."""
+
+from __future__ import annotations
+
+from lockwise.core import audit, errors
+from lockwise.core.db import Connection
+
+#: the audit log's actions counted (``audit.record``): what an owner or admin changes at a lock, and a transfer
+#: offer's withdrawal or refusal (commands have their own budget, pairing codes their daily quota)
+COUNTED = (
+    "lock.update",
+    "lock.transfer_offer",
+    "lock.transfer_withdrawn",
+    "lock.transfer_declined",
+    "member.invite",
+    "member.withdraw_invitation",
+    "member.update",
+    "member.revoke",
+    "voice.reset_lockout",
+)
+
+
+def take(con: Connection, lock_id: str, uid: str, per_minute: int, per_day: int) -> None:
+    """429 ``change_limit`` when ``uid`` made ``per_minute`` changes at ``lock_id`` in the last minute, or
+    ``per_day`` in the last 24 hours, with ``Retry-After`` until the oldest of them leaves its window. Counted from
+    the audit log's rows (those refused are not there); requests racing each other may pass the budget by as many
+    as race."""
+    ((minute, day, minute_oldest_s, day_oldest_s),) = con.run(
+        "SELECT count(*) FILTER (WHERE at > now() - interval '1 minute'), count(*),"
+        " extract(epoch FROM now() - min(at) FILTER (WHERE at > now() - interval '1 minute')),"
+        " extract(epoch FROM now() - min(at)) FROM audit_log WHERE lock_id = CAST(:l AS uuid)"
+        " AND at > now() - interval '1 day' AND actor = :a AND action = ANY(:c) AND outcome = 'ok'",
+        l=lock_id,
+        a=audit.user_actor(uid),
+        c=list(COUNTED),
+    )
+    if minute >= per_minute:
+        wait, window = 60 - float(minute_oldest_s), f"{per_minute} changes to this lock in the last minute"
+    elif day >= per_day:
+        wait, window = 86400 - float(day_oldest_s), f"{per_day} changes to this lock in the last 24 hours"
+    else:
+        return
+    raise errors.RateLimited(
+        f"you made {window}; try again later", retry_after_s=max(1, int(wait) + 1), code="change_limit"
+    )
