@@ -55,6 +55,7 @@ def get_health(ctx: Ctx) -> tuple[JsonBody, int]:
 def enroll(ctx: Ctx) -> Result:
     user = app_user(ctx)
     settings = rt.settings
+    enrollment.take_a_request(rt.db, user, settings)  # before the body is read
     body = ctx.json(("samples",), audio.max_body_bytes(limits, settings.enroll_max_samples))
     samples = body.get("samples")
     if not isinstance(samples, list) or not settings.enroll_min_samples <= len(samples) <= settings.enroll_max_samples:

@@ -1155,6 +1155,35 @@ def test_enrollments_that_reach_the_model_are_counted_per_day(
     assert "vad" in ran and "fingerprint" in ran  # the counting reaches the models that run
 
 
+def test_enrollment_requests_are_counted_per_day_before_their_body_is_read(
+    clients: dict[str, Any], world: World, make_client: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Attack run 32: an enrollment refused by its samples' own checks was never counted, and its body (up to ~19
+    MB) was parsed, decoded and measured first (~170 ms, 60 times a read), as often as one account sent one. Every
+    request is now counted before its body is read (``LOCKWISE_ENROLL_REQUESTS_PER_DAY``), per user."""
+    from lockwise.core.config import get_settings
+    from lockwise.voice import audio
+
+    monkeypatch.setenv("LOCKWISE_ENROLL_REQUESTS_PER_DAY", "3")
+    get_settings.cache_clear()
+    get_runtime.cache_clear()
+    clients = {**clients, "embed": make_client("embed")}
+    stranger = world.accounts["stranger"]
+    short = [pcm_json(sample[:22050]) for sample in spoken()]
+    put = clients["embed"].put
+    for _ in range(3):
+        assert put("/embed/enrollment", json={"samples": short}, headers=bearer(stranger)).status_code == 422
+    read: list[str] = []
+    monkeypatch.setattr(audio, "from_json", counted(audio.from_json, "sample", read))
+    refused = put("/embed/enrollment", json={"samples": short}, headers=bearer(stranger))
+    assert refused.status_code == 429 and refused.get_json()["error"]["code"] == "enrollment_limit"
+    assert refused.get_json()["error"]["message"].startswith("you sent 3 enrollments")
+    assert 86_000 < int(refused.headers["Retry-After"]) <= 86_400
+    assert read == []  # no sample was read
+    assert enroll(clients, world.accounts["guest_in"]).status_code == 201  # per user
+    assert read  # the counting reaches the samples that are read
+
+
 def test_voice_data_deleted_while_an_enrollment_runs_stays_deleted(
     clients: dict[str, Any], world: World, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -113,6 +113,7 @@ READ_BY: dict[str, frozenset[str]] = {
             "LOCKWISE_ENROLL_MIN_VOICE_S",
             "LOCKWISE_ENROLL_COMPARISONS",
             "LOCKWISE_ENROLLMENTS_PER_DAY",
+            "LOCKWISE_ENROLL_REQUESTS_PER_DAY",
         ),
         frozenset({"embed"}),
     ),
@@ -278,6 +279,8 @@ class Settings:
     enroll_comparisons: int
     #: at most this many enrollments per user in any 24 hours that reach the model (each embeds every sample)
     enrollments_per_day: int
+    #: enrollment requests a user may send in any 24 hours, whatever their answer (counted before the body is read)
+    enroll_requests_per_day: int
     #: how long an attempt's fingerprint stays at its lock to refuse a replay of it (0: attempts are not kept)
     replay_memory_hours: int
     #: a lock's state and online/offline reports listed in its activity feed per minute, at most (devices)
@@ -382,6 +385,7 @@ class Settings:
             voice_attempts_per_owner_at_once=env_int(env, "LOCKWISE_VOICE_ATTEMPTS_PER_OWNER_AT_ONCE", 2, minimum=1),
             enroll_comparisons=env_int(env, "LOCKWISE_ENROLL_COMPARISONS", 5, minimum=1),
             enrollments_per_day=env_int(env, "LOCKWISE_ENROLLMENTS_PER_DAY", 20, minimum=1),
+            enroll_requests_per_day=env_int(env, "LOCKWISE_ENROLL_REQUESTS_PER_DAY", 100, minimum=1),
             replay_memory_hours=env_int(env, "LOCKWISE_REPLAY_MEMORY_HOURS", 168, minimum=0),
             feed_reports_per_minute=env_int(env, "LOCKWISE_FEED_REPORTS_PER_MINUTE", 30, minimum=1),
             account_check_batch=min(env_int(env, "LOCKWISE_ACCOUNT_CHECK_BATCH", 100, minimum=0), 100),

@@ -19,12 +19,14 @@ logger = logging.getLogger(__name__)
 #: ``LOCKWISE_REPLAY_MEMORY_HOURS``), say-again attempts' per-member scores (kept 30 s for the second utterance),
 #: enrollments compared with co-members' voices (counted for a day) and the lock certificates issued (kept until
 #: they expire, to be revoked with their credential), lock events refused (kept 30 days for an operator), the
-#: daily quotas' rows (enrollments that reached the model, pairing codes: a day) and lapsed transfer offers
+#: daily quotas' rows (enrollment requests and those that reached the model, pairing codes: a day) and lapsed
+#: transfer offers
 EXPIRING = (
     "voice_fingerprints",
     "verify_follow_ups",
     "enrollment_comparisons",
     "enrollment_runs",
+    "enrollment_requests",
     "pairing_issues",
     "lock_certificates",
     "lock_event_rejects",

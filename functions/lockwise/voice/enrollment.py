@@ -49,11 +49,6 @@ def enroll(
     """
     uid = user.uid
     rules = policy(settings, encoder)
-    # a user past a day's share is refused before the voice activity model and the fingerprints run (~10 ms a
-    # sample); the share is taken, exactly, under the user's row below
-    with db.connection() as con:
-        _refuse_past_the_limit(comparisons_wait(con, uid, settings.enroll_comparisons))
-        _count_a_run(con, uid, settings.enrollments_per_day, count=False)
     for i, clip in enumerate(clips):
         speech = audio.speech_seconds(clip.samples, clip.rate)
         _at_least(i, "speech_s", speech, rules.enroll_min_speech_s, "too_little_speech", "of speech")
@@ -147,6 +142,23 @@ def _at_least(sample: int, key: str, seconds: float, required: float, code: str,
             code=code,
             details={"sample": sample, key: round(seconds, 2), "required_s": required},
         )
+
+
+def take_a_request(db: Database, user: User, settings: Settings) -> None:
+    """Count an enrollment request of ``user`` before its body is read, whatever it is answered: at most
+    ``settings.enroll_requests_per_day`` in any 24 hours (then 429 ``enrollment_limit``). One refused by its samples'
+    own checks was never counted, and its body (up to ~19 MB) was parsed, decoded and measured first: ~170 ms of an
+    instance, as often as one account sent them (attack run 32). A user past a day's share of enrollments (compared
+    with co-members' voices, or reaching the model) is refused here too, before the body and the voice activity
+    model and fingerprints (~10 ms a sample); ``enroll`` takes those shares, exactly, under the user's row. An
+    account found gone or disabled, or a revoked session, is refused before anything (``users.hold_caller``)."""
+    limit = settings.enroll_requests_per_day
+    with db.transaction() as con:
+        users.hold_caller(con, user)
+        _refuse_past_the_limit(comparisons_wait(con, user.uid, settings.enroll_comparisons))
+        _count_a_run(con, user.uid, settings.enrollments_per_day, count=False)
+        message = f"you sent {limit} enrollments in the last 24 hours; try again later"
+        quotas.take(con, "enrollment_requests", user.uid, limit, message=message, code="enrollment_limit")
 
 
 def comparisons_wait(con: Connection, uid: str, limit: int) -> int:
