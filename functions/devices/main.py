@@ -383,7 +383,7 @@ def redeem_provisioning_code(ctx: Ctx) -> Result:
     # than this function, and a refused renewal would leave it offline once its certificate expires
     credentials = provisioning.pair(
         rt.db,
-        ctx.client_address,
+        ctx.client_network,
         ctx.json(None),
         lock_ca(),
         rt.settings.lock_cert_ttl_s,

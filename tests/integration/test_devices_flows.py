@@ -421,7 +421,7 @@ def test_the_relays_flush_deletes_commands_attempts_and_invitations_kept_past_th
     """Attack run 32: commands, voice attempts and ended invitations were kept as long as their lock (a member may
     add 43,200 commands a day at one lock, a lock 172,800 attempts, an owner an invitation a request by inviting and
     withdrawing). The relay's flush now deletes those kept past ``retention``'s days, and nothing younger, still
-    open, or an attempt a kept command names."""
+    open, or an attempt a kept command names; and the wrong pairing codes' counts past a day."""
     lock, owner = world.lock_id, world.headers("owner")
     issued = [
         world.devices.post(f"/devices/locks/{lock}/commands", json={"action": "lock"}, headers=owner).get_json()
@@ -459,8 +459,14 @@ def test_the_relays_flush_deletes_commands_attempts_and_invitations_kept_past_th
         d=retention.INVITATIONS_KEPT_DAYS + 1,
         i=invited,
     )
+    db_rows(  # a wrong pairing code's count of two days ago (one request in 50 deleted them, paying for all)
+        "INSERT INTO pairing_failures (source, hour, failures) VALUES ('198.51.100.200',"
+        " date_trunc('hour', now()) - interval '2 days', 1), ('198.51.100.201', date_trunc('hour', now()), 1)"
+    )
     token = {"X-LockWise-Service-Token": stack_env["LOCKWISE_SERVICE_TOKEN"]}
     assert world.devices.post("/devices/relay/flush", headers=token).status_code == 200
+    counts = db_rows("SELECT source FROM pairing_failures WHERE source LIKE '198.51.100.20%'")
+    assert [row[0] for row in counts] == ["198.51.100.201"]
 
     def present(table: str, ids: list[str]) -> list[str]:
         rows = db_rows(f"SELECT id::text FROM {table} WHERE id = ANY(CAST(:i AS uuid[])) ORDER BY id", i=ids)
@@ -1479,6 +1485,14 @@ def test_wrong_pairing_codes_are_limited_per_client_address(
     for _ in range(3):
         assert redeem("WRONG-CODE-1", "192.0.2.100").status_code == 401
     assert redeem("WRONG-CODE-1", "192.0.2.100").status_code == 429
+    # attack run 32: a new IPv6 address of one /64 for each wrong code (a row each, never limited) counts as one
+    for host in range(1, 4):
+        assert redeem("WRONG-CODE-1", f"2001:db8:7:1::{host:x}").status_code == 401
+    assert redeem("WRONG-CODE-1", "2001:db8:7:1:ffff:1:2:3").status_code == 429
+    assert redeem("WRONG-CODE-1", "2001:db8:7:2::1").status_code == 401  # the next /64 is another subscriber's
+    with get_runtime("devices").db.connection() as con:
+        sources = con.run("SELECT source FROM pairing_failures WHERE source LIKE '2001:db8:7:%'")
+    assert sorted(r[0] for r in sources) == ["2001:db8:7:1::/64", "2001:db8:7:2::/64"]
 
 
 def test_an_invitation_whose_access_has_ended_grants_nothing_and_says_so(world: World, sign_up: Any) -> None:

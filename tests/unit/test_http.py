@@ -10,7 +10,7 @@ import pytest
 
 from lockwise.core import errors
 from lockwise.core.config import Settings
-from lockwise.core.http import Api, Ctx, JsonBody
+from lockwise.core.http import Api, Ctx, JsonBody, address_block
 
 
 def make_api(max_body: int = 4096) -> Api:
@@ -183,3 +183,21 @@ def test_a_request_gunicorn_refuses_is_answered_in_the_api_error_shape() -> None
     assert error["code"] == "header_fields_too_large" and error["message"] == "x" * server_errors.MESSAGE_MAX
     internal = json.loads(server_errors.error_response(500, "Internal Server Error", "").partition(b"\r\n\r\n")[2])
     assert internal["error"]["code"] == "internal" and "request id" in internal["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    ("address", "block"),
+    [
+        ("2001:db8:1:2:3:4:5:6", "2001:db8:1:2::/64"),
+        ("2001:DB8:1:2::1", "2001:db8:1:2::/64"),
+        ("2001:db8:1:3::1", "2001:db8:1:3::/64"),
+        ("::ffff:203.0.113.7", "203.0.113.7"),
+        ("203.0.113.7", "203.0.113.7"),
+        ("unknown", "unknown"),
+        ("fe80::1%eth0", "fe80::/64"),
+    ],
+)
+def test_a_limit_per_caller_counts_an_ipv6_address_by_its_64_and_an_ipv4_one_by_itself(
+    address: str, block: str
+) -> None:
+    assert address_block(address) == block

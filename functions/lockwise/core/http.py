@@ -6,6 +6,7 @@ other exception becomes a logged 500 that reveals nothing but the request id.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 import re
@@ -80,6 +81,13 @@ class Ctx:
             return forwarded[-hops][:64]
         return str(self.request.remote_addr or "unknown")[:64]
 
+    @property
+    def client_network(self) -> str:
+        """What a limit per caller counts by (``client_address``): an IPv6 address's /64, which one subscriber holds
+        whole (a client taking a new address of its /64 for each wrong pairing code added a row an address and was
+        never limited: attack run 32), an IPv4 address (an IPv4-mapped IPv6 one too) itself, anything else as is."""
+        return address_block(self.client_address)
+
     def service_token(self) -> str:
         """The trusted caller's secret, in ``X-LockWise-Service-Token`` (``Authorization`` stays free for the
         platform's IAM identity token in front of internal services)."""
@@ -94,6 +102,17 @@ class Ctx:
         if scheme.lower() != "bearer" or not token.strip():
             raise errors.Unauthenticated("missing bearer token", code="missing_token")
         return token.strip()
+
+
+def address_block(address: str) -> str:
+    """``address``'s block as ``Ctx.client_network`` counts it: ``2001:db8:1:2::/64`` for any address of that /64."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is None:
+        return str(ipaddress.ip_network(f"{ip}/64", strict=False))
+    return str(ip.ipv4_mapped if isinstance(ip, ipaddress.IPv6Address) else ip)
 
 
 def read_body(request: flask.Request, limit: int) -> bytes:

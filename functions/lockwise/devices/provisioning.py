@@ -163,8 +163,6 @@ def reserve_pairing_attempt(con: Connection, source: str, limit: int) -> int:
         s=source,
         n=limit,
     )
-    if secrets.randbelow(50) == 0:
-        con.run("DELETE FROM pairing_failures WHERE hour < now() - interval '1 day'")
     if rows:
         return 0
     wait = con.run("SELECT ceil(extract(epoch FROM date_trunc('hour', now()) + interval '1 hour' - now()))::int")
@@ -189,9 +187,10 @@ def pair(
     cert_ttl_s: int,
     failures_per_hour: int,
 ) -> Credentials:
-    """A lock at ``source`` (its address) pairs with the code, key and CSR of ``body``: a wrong code counts against
-    the address (429 ``too_many_pairing_attempts`` past ``failures_per_hour``, before any code is tried); any other
-    outcome gives its attempt back."""
+    """A lock at ``source`` (its address's block, ``http.Ctx.client_network``) pairs with the code, key and CSR of
+    ``body``: a wrong code counts against the block (429 ``too_many_pairing_attempts`` past ``failures_per_hour``,
+    before any code is tried); any other outcome gives its attempt back. The counts are pruned by the relay's flush
+    (``lockwise.core.retention``), not by one request in 50 as before."""
     public_key = parse_public_key(body.get("public_key"))
     with db.transaction() as con:
         wait = reserve_pairing_attempt(con, source, failures_per_hour)
