@@ -144,17 +144,17 @@ def get_lock(ctx: Ctx, lock_id: str) -> JsonBody:
 def update_lock(ctx: Ctx, lock_id: str) -> JsonBody:
     user, lock_id = app_user(ctx), lock_param(lock_id)
     body = ctx.json(("name", "voice_threshold"))
-    changes: dict[str, Any] = {}
+    updates: dict[str, Any] = {}
     if "name" in body:
-        changes["name"] = locks.parse_name(body["name"])
+        updates["name"] = locks.parse_name(body["name"])
     if "voice_threshold" in body:
-        changes["voice_threshold"] = locks.parse_threshold(body["voice_threshold"])
-    if not changes:
+        updates["voice_threshold"] = locks.parse_threshold(body["voice_threshold"])
+    if not updates:
         raise errors.BadRequest("give name and/or voice_threshold", code="invalid_update")
     with rt.db.transaction() as con:
         members.require(con, lock_id, user.uid, rt.now(), at_least="owner", for_update=True)
         take_change(con, lock_id, user.uid)
-        locks.update(con, lock_id, user.uid, changes)
+        locks.update(con, lock_id, user.uid, updates)
         view = locks.view(con, lock_id, "owner")
     rt.flush_mirror()
     return view
