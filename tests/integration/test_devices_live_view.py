@@ -548,6 +548,28 @@ def test_a_membership_change_writes_only_the_access_documents_it_changes(
     assert sdk.document(f"locks/{lock}/access/{first}").get().to_dict()["role"] == "guest"
 
 
+@pytest.mark.parametrize("how", ["removed", "left"])
+def test_a_member_removed_by_a_locks_first_change_since_the_record_began_reads_nothing(
+    world: World, stack_env: dict[str, str], how: str
+) -> None:
+    """Attack run 33: with ``mirrored_access`` empty (as migration 0046 made it), a member removed (or leaving) by
+    the lock's first change since kept their access document, and the lock's live view, for good: deletions were
+    taken from the record alone. A lock's first mirror with nothing recorded deletes every former member's."""
+    host, lock, member = stack_env["FIRESTORE_EMULATOR_HOST"], world.lock_id, world.uid("member")
+    get_runtime("devices").flush_mirror(force=True)
+    token = world.accounts["member"]["idToken"]
+    assert rest_get(host, f"locks/{lock}", token) == 200
+    with get_runtime("devices").db.transaction() as con:  # the record as the migration made it
+        con.run("DELETE FROM mirrored_access WHERE lock_id = CAST(:l AS uuid)", l=lock)
+    remover = world.headers("owner" if how == "removed" else "member")
+    assert world.devices.delete(f"/devices/locks/{lock}/members/{member}", headers=remover).status_code == 204
+    get_runtime("devices").flush_mirror(force=True)
+    sdk = firestore_client(PROJECT_ID, host)
+    assert not sdk.document(f"locks/{lock}/access/{member}").get().exists  # before: it stayed
+    assert rest_get(host, f"locks/{lock}", token) == 403
+    assert rest_get(host, f"locks/{lock}", world.accounts["admin"]["idToken"]) == 200
+
+
 def test_at_a_members_access_edge_the_upkeep_writes_their_access_document(
     world: World, stack_env: dict[str, str]
 ) -> None:

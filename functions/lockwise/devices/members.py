@@ -333,7 +333,8 @@ def mirror_access(con: Connection, lock_id: str) -> None:
     readable by nobody: on the lock document (``access``, with ``member_uids``), which every member reads, a guest
     learnt every other member's uid, expiry and window (attack run); those fields are emptied. A member's is written
     when it differs from the one last queued (table ``mirrored_access``), a former member's deleted once, and
-    the lock document written after them. A window whose zone's offset will change
+    the lock document written after them; a lock with nothing recorded (its first mirror since migration 0046, or
+    one where nobody has a document) has every former member's deleted. A window whose zone's offset will change
     is refreshed again then (``mirror_access_due``), and so is every member's access at its next edge (``next_edge``):
     an expired member's document is deleted, a recurring window's rewritten. The rules compare with ``request.time``
     for every new read, but a listener already open is checked again only when a document they read changes: an
@@ -359,7 +360,11 @@ def mirror_access(con: Connection, lock_id: str) -> None:
     # again was N + F + 2 writes a change, F growing with every account ever removed (attack run 32)
     mirrored = dict(con.run("SELECT user_uid, access FROM mirrored_access WHERE lock_id = CAST(:l AS uuid)", l=lock_id))
     changed = {uid: a for uid, a in sorted(access.items()) if mirrored.get(uid) != a}
-    gone = sorted(set(mirrored) - set(access))
+    if mirrored:
+        gone = sorted(set(mirrored) - set(access))
+    else:  # nothing recorded (the lock's first mirror since 0046): every former member's too, as before (attack run 33)
+        everyone = con.run("SELECT user_uid FROM lock_members WHERE lock_id = CAST(:l AS uuid)", l=lock_id)
+        gone = sorted({r[0] for r in everyone} - set(access))
     writes: list[mirror.Write] = [(mirror.access_doc(lock_id, uid), "set", a) for uid, a in changed.items()]
     writes += [(mirror.access_doc(lock_id, uid), "delete", None) for uid in gone]
     # written every time, after the access documents: a listener the rules let in is checked again only when a
