@@ -570,6 +570,27 @@ def test_a_member_removed_by_a_locks_first_change_since_the_record_began_reads_n
     assert rest_get(host, f"locks/{lock}", world.accounts["admin"]["idToken"]) == 200
 
 
+def test_a_member_let_back_in_after_a_removal_the_record_did_not_see_reads_the_live_view(
+    world: World, stack_env: dict[str, str]
+) -> None:
+    """Attack run 33: an instance still on the code before ``mirrored_access`` (a deploy under way) removed a member
+    as it did, the document deleted and the record left; let back in with the same access, the member's document
+    equalled the record and was never written: a member the API lets in read nothing. Joining writes it."""
+    host, lock, member = stack_env["FIRESTORE_EMULATOR_HOST"], world.lock_id, world.uid("member")
+    get_runtime("devices").flush_mirror(force=True)
+    with get_runtime("devices").db.transaction() as con:  # the removal as the code before made it
+        con.run(
+            "UPDATE lock_members SET revoked_at = now(), last_removed_at = now() WHERE lock_id = CAST(:l AS uuid)"
+            " AND user_uid = :u",
+            l=lock,
+            u=member,
+        )
+    firestore_client(PROJECT_ID, host).document(f"locks/{lock}/access/{member}").delete()
+    join(world.devices, lock, world.accounts["owner"], world.accounts["member"], {"role": "member"})
+    get_runtime("devices").flush_mirror(force=True)
+    assert rest_get(host, f"locks/{lock}", world.accounts["member"]["idToken"]) == 200  # before: 403
+
+
 def test_at_a_members_access_edge_the_upkeep_writes_their_access_document(
     world: World, stack_env: dict[str, str]
 ) -> None:

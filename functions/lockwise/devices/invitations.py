@@ -313,7 +313,7 @@ def accept(
         details={"role": row["role"]},
     )
     mirror.activity(con, lock_id, "member_joined", target_uid=user.uid, role=row["role"], invited_by=row["invited_by"])
-    members.mirror_access(con, lock_id)
+    members.mirror_access(con, lock_id, write_again=[user.uid])
     joined = members.get(con, lock_id, user.uid)
     if joined is None:
         raise RuntimeError("membership vanished inside its own transaction")

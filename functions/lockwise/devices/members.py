@@ -12,6 +12,7 @@ import functools
 import json
 import logging
 import time
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any, Literal, TypeGuard
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -326,7 +327,7 @@ def check_ends_in_time(actor: Membership, access: dict[str, Any]) -> None:
         )
 
 
-def mirror_access(con: Connection, lock_id: str) -> None:
+def mirror_access(con: Connection, lock_id: str, *, write_again: Collection[str] = ()) -> None:
     """Mirror who may read the lock's documents and until when: per member, a document ``locks/{lock}/access/{uid}``
     (expiry, guest window and its zone's offset) that the security rules read and compare with ``request.time``, so
     access ends in Firestore when it ends in the API, not at the next membership change. The access documents are
@@ -334,7 +335,10 @@ def mirror_access(con: Connection, lock_id: str) -> None:
     learnt every other member's uid, expiry and window (attack run); those fields are emptied. A member's is written
     when it differs from the one last queued (table ``mirrored_access``), a former member's deleted once, and
     the lock document written after them; a lock with nothing recorded (its first mirror since migration 0046, or
-    one where nobody has a document) has every former member's deleted. A window whose zone's offset will change
+    one where nobody has a document) has every former member's deleted. ``write_again``: members whose documents
+    are written whatever the record says (one joining: a removal the record did not see, an instance of the code
+    before it during a deploy, left it saying the same access stood, and the document was never written again:
+    attack run 33). A window whose zone's offset will change
     is refreshed again then (``mirror_access_due``), and so is every member's access at its next edge (``next_edge``):
     an expired member's document is deleted, a recurring window's rewritten. The rules compare with ``request.time``
     for every new read, but a listener already open is checked again only when a document they read changes: an
@@ -359,7 +363,7 @@ def mirror_access(con: Connection, lock_id: str) -> None:
     # only what differs from the documents last queued: every member's rewritten and every former member's deleted
     # again was N + F + 2 writes a change, F growing with every account ever removed (attack run 32)
     mirrored = dict(con.run("SELECT user_uid, access FROM mirrored_access WHERE lock_id = CAST(:l AS uuid)", l=lock_id))
-    changed = {uid: a for uid, a in sorted(access.items()) if mirrored.get(uid) != a}
+    changed = {uid: a for uid, a in sorted(access.items()) if uid in write_again or mirrored.get(uid) != a}
     if mirrored:
         gone = sorted(set(mirrored) - set(access))
     else:  # nothing recorded (the lock's first mirror since 0046): every former member's too, as before (attack run 33)
