@@ -16,7 +16,7 @@ from typing import Any
 import flask
 import functions_framework
 
-from lockwise.core import accounts, audit, auth, errors, inputs
+from lockwise.core import accounts, audit, auth, errors, inputs, users
 from lockwise.core.db import Connection
 from lockwise.core.http import Api, Ctx, JsonBody, Result, parse_json_object
 from lockwise.core.runtime import get_runtime
@@ -76,9 +76,12 @@ def with_denials_audited(uid: str, lock_id: str, action: str) -> Iterator[None]:
         raise
 
 
-def take_change(con: Connection, lock_id: str, uid: str) -> None:
-    """One of ``uid``'s changes at ``lock_id``, on the deployment's budget (``changes.take``)."""
-    changes.take(con, lock_id, uid, rt.settings.lock_changes_per_minute, rt.settings.lock_changes_per_day)
+def take_change(con: Connection, lock_id: str, user: auth.User) -> None:
+    """One of ``user``'s changes at ``lock_id``, on the deployment's budget (``changes.take``), their row held first
+    (``users.hold_caller``: their changes are counted one at a time, and a revoked session or an account found
+    disabled or deleted changes nothing, not even while this instance still remembers the account)."""
+    users.hold_caller(con, user)
+    changes.take(con, lock_id, user.uid, rt.settings.lock_changes_per_minute, rt.settings.lock_changes_per_day)
 
 
 # ------------------------------------------------------------------------------------------------------ health
@@ -153,7 +156,7 @@ def update_lock(ctx: Ctx, lock_id: str) -> JsonBody:
         raise errors.BadRequest("give name and/or voice_threshold", code="invalid_update")
     with rt.db.transaction() as con:
         members.require(con, lock_id, user.uid, rt.now(), at_least="owner", for_update=True)
-        take_change(con, lock_id, user.uid)
+        take_change(con, lock_id, user)
         locks.update(con, lock_id, user.uid, updates)
         view = locks.view(con, lock_id, "owner")
     rt.flush_mirror()
@@ -165,6 +168,7 @@ def delete_lock(ctx: Ctx, lock_id: str) -> Result:
     user, lock_id = app_user(ctx), lock_param(lock_id)
     with rt.db.transaction() as con:
         members.require(con, lock_id, user.uid, rt.now(), at_least="owner", for_update=True)
+        users.hold_caller(con, user)
         locks.delete(con, lock_id, user.uid)
     rt.flush_mirror()
     return flask.Response(status=204)
@@ -177,7 +181,7 @@ def offer_transfer(ctx: Ctx, lock_id: str) -> Result:
     with rt.db.transaction() as con:
         now = rt.now()
         members.require(con, lock_id, user.uid, now, at_least="owner", for_update=True)
-        take_change(con, lock_id, user.uid)
+        take_change(con, lock_id, user)
         offered = transfers.offer(con, lock_id, user.uid, to_uid, now)
     rt.flush_mirror()
     return offered, 202
@@ -210,7 +214,7 @@ def withdraw_transfer(ctx: Ctx, lock_id: str) -> flask.Response:
     with rt.db.transaction() as con:
         now = rt.now()
         members.require(con, lock_id, user.uid, now)
-        take_change(con, lock_id, user.uid)
+        users.hold_caller(con, user)  # an ending: not budgeted
         transfers.withdraw(con, lock_id, user.uid, now)
     rt.flush_mirror()
     return flask.Response(status=204)
@@ -249,7 +253,7 @@ def add_member(ctx: Ctx, lock_id: str) -> Result:
     with with_denials_audited(user.uid, lock_id, "member.invite"), rt.db.transaction() as con:
         now = rt.now()
         actor = members.require(con, lock_id, user.uid, now, at_least="admin")
-        take_change(con, lock_id, user.uid)
+        take_change(con, lock_id, user)
         invitation = invitations.invite(
             con,
             lock_id,
@@ -270,7 +274,7 @@ def withdraw_invitation(ctx: Ctx, lock_id: str, invitation_id: str) -> Result:
     with with_denials_audited(user.uid, lock_id, "member.withdraw_invitation"), rt.db.transaction() as con:
         now = rt.now()
         actor = members.require(con, lock_id, user.uid, now, at_least="admin")
-        take_change(con, lock_id, user.uid)
+        users.hold_caller(con, user)  # an ending: not budgeted
         invitations.withdraw(con, lock_id, invitation_id, actor, now)
     return flask.Response(status=204)
 
@@ -307,7 +311,7 @@ def update_member(ctx: Ctx, lock_id: str, uid: str) -> JsonBody:
     now = rt.now()
     with with_denials_audited(user.uid, lock_id, "member.update"), rt.db.transaction() as con:
         actor = members.require(con, lock_id, user.uid, now, at_least="admin")
-        take_change(con, lock_id, user.uid)
+        take_change(con, lock_id, user)
         target = members.require_target(con, lock_id, uid)
         updated = locks.update_member(
             con, lock_id, actor, target, role, access, now, members_per_lock=rt.settings.members_per_lock
@@ -322,7 +326,7 @@ def remove_member(ctx: Ctx, lock_id: str, uid: str) -> Result:
     with with_denials_audited(user.uid, lock_id, "member.revoke"), rt.db.transaction() as con:
         now = rt.now()
         actor = members.require(con, lock_id, user.uid, now)
-        take_change(con, lock_id, user.uid)
+        users.hold_caller(con, user)  # a removal is never held to the budget: a member is let out at once
         target = members.require_target(con, lock_id, uid)
         locks.revoke_member(con, lock_id, actor, target, now)
     rt.flush_mirror()
@@ -335,7 +339,7 @@ def reset_voice_lockout(ctx: Ctx, lock_id: str) -> Result:
     user, lock_id = app_user(ctx), lock_param(lock_id)
     with with_denials_audited(user.uid, lock_id, "voice.reset_lockout"), rt.db.transaction() as con:
         members.require(con, lock_id, user.uid, rt.now(), at_least="admin")
-        take_change(con, lock_id, user.uid)
+        take_change(con, lock_id, user)
         lockout.clear(con, lock_id)
         audit.record(con, audit.user_actor(user.uid), "voice.reset_lockout", "ok", lock_id=lock_id)
     return flask.Response(status=204)

@@ -287,7 +287,8 @@ def test_a_revoked_session_or_a_disabled_account_takes_nothing_while_an_instance
 ) -> None:
     """What an instance remembers of a user (``RECORDED_USER_TTL_S``) let a revoked session's unlock through (202)
     and a disabled account take the lock offered to it (200) for a minute after the flush had marked them (attack
-    run 27). What holds the user's row (commands, enrollment, pairing codes, a transfer's acceptance) reads the
+    run 27). What holds the user's row (commands, enrollment, pairing codes, a transfer's acceptance, and since
+    attack run 33 every change an owner or admin makes: a removal, an invitation, a rename, a deletion) reads the
     marks at once."""
     devices, lock, admin, member = clients["devices"], world.lock_id, world.uid("admin"), world.uid("member")
     offered = devices.post(f"/devices/locks/{lock}/transfer", json={"uid": admin}, headers=world.headers("owner"))
@@ -306,6 +307,15 @@ def test_a_revoked_session_or_a_disabled_account_takes_nothing_while_an_instance
     assert code(unlock) == (401, "token_revoked")
     taken = devices.post(f"/devices/locks/{lock}/transfer/accept", headers=world.headers("admin"))
     assert code(taken) == (401, "account_disabled")
+    guest = world.uid("guest_in")  # before attack run 33's fix: 204 and 202, the instance remembering the admin
+    removed = devices.delete(f"/devices/locks/{lock}/members/{guest}", headers=world.headers("admin"))
+    assert code(removed) == (401, "account_disabled")
+    invite = {"email": "friend@example.com", "role": "guest"}
+    assert code(devices.post(f"/devices/locks/{lock}/members", json=invite, headers=world.headers("admin"))) == (
+        401,
+        "account_disabled",
+    )
+    assert devices.get(f"/devices/locks/{lock}/members", headers=world.headers("owner")).status_code == 200
     with get_runtime("devices").db.connection() as con:
         assert con.run("SELECT owner_uid FROM locks WHERE id = CAST(:l AS uuid)", l=lock) == [[world.uid("owner")]]
         assert con.run("SELECT count(*) FROM commands WHERE lock_id = CAST(:l AS uuid)", l=lock) == [[0]]

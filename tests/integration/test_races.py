@@ -691,3 +691,31 @@ def test_a_busy_lock_holds_up_no_other_lock_due_its_access_refresh(
             l=[other, world.lock_id],
         )
     assert due == [[other]]  # the world's lock mirrored (due again only at its guests' next edge)
+
+
+def test_a_parallel_burst_of_changes_gets_exactly_the_budget(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Attack run 33: 32 connections inviting at once passed the minute's budget of changes twice over (55 of 30),
+    each request counting the audit log's committed rows before the others had committed. The caller's row is held
+    before the count: a burst gets exactly the budget."""
+    import threading
+
+    rt = get_runtime("devices")
+    monkeypatch.setattr(rt.db, "_slots", threading.BoundedSemaphore(16))  # as many connections as 4 instances
+    monkeypatch.setattr(rt.db, "pool_size", 16)
+    lock, owner = world.lock_id, world.headers("owner")
+    per_minute = get_settings("devices").lock_changes_per_minute
+
+    def invite(i: int) -> int:
+        body = {"email": f"burst{i}@example.com", "role": "guest"}
+        return int(world.devices.post(f"/devices/locks/{lock}/members", json=body, headers=owner).status_code)
+
+    with ThreadPoolExecutor(16) as pool:
+        answers = list(pool.map(invite, range(48)))
+    with rt.db.connection() as con:
+        (counted,) = con.run(
+            "SELECT count(*) FROM audit_log WHERE lock_id = CAST(:l AS uuid) AND actor = :a"
+            " AND action = 'member.invite' AND at > now() - interval '1 minute'",
+            l=lock,
+            a=f"user:{world.uid('owner')}",
+        )[0]
+    assert set(answers) == {202, 429} and counted == per_minute, (answers, counted)  # before: 40-55

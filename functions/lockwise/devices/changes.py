@@ -9,26 +9,18 @@ from __future__ import annotations
 from lockwise.core import audit, errors
 from lockwise.core.db import Connection
 
-#: the audit log's actions counted (``audit.record``): what an owner or admin changes at a lock, and a transfer
-#: offer's withdrawal or refusal (commands have their own budget, pairing codes their daily quota)
-COUNTED = (
-    "lock.update",
-    "lock.transfer_offer",
-    "lock.transfer_withdrawn",
-    "lock.transfer_declined",
-    "member.invite",
-    "member.withdraw_invitation",
-    "member.update",
-    "member.revoke",
-    "voice.reset_lockout",
-)
+#: the audit log's actions counted (``audit.record``): what an owner or admin makes or changes at a lock (commands
+#: have their own budget, pairing codes their daily quota). Not what ends something: a removal, an invitation's or
+#: an offer's withdrawal are never held up (an owner past the budget could not let a member out for a day: attack
+#: run 33), and each needs something the budget counted to end
+COUNTED = ("lock.update", "lock.transfer_offer", "member.invite", "member.update", "voice.reset_lockout")
 
 
 def take(con: Connection, lock_id: str, uid: str, per_minute: int, per_day: int) -> None:
     """429 ``change_limit`` when ``uid`` made ``per_minute`` changes at ``lock_id`` in the last minute, or
     ``per_day`` in the last 24 hours, with ``Retry-After`` until the oldest of them leaves its window. Counted from
-    the audit log's rows (those refused are not there); requests racing each other may pass the budget by as many
-    as race."""
+    the audit log's rows (those refused are not there). The caller holds ``uid``'s row, so their changes are counted
+    one at a time (a parallel burst from many connections passed the budget twice over: attack run 33)."""
     ((minute, day, minute_oldest_s, day_oldest_s),) = con.run(
         "SELECT count(*) FILTER (WHERE at > now() - interval '1 minute'), count(*),"
         " extract(epoch FROM now() - min(at) FILTER (WHERE at > now() - interval '1 minute')),"
