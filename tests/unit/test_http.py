@@ -195,6 +195,14 @@ def test_a_request_gunicorn_refuses_is_answered_in_the_api_error_shape() -> None
         ("203.0.113.7", "203.0.113.7"),
         ("unknown", "unknown"),
         ("fe80::1%eth0", "fe80::/64"),
+        ("64:ff9b::203.0.113.7", "203.0.113.7"),  # NAT64
+        ("::ffff:0:203.0.113.7", "203.0.113.7"),  # SIIT
+        ("::203.0.113.7", "203.0.113.7"),  # IPv4-compatible
+        ("2002:cb00:7107::1", "203.0.113.7"),  # 6to4
+        ("2001:0:4136:e378:8000:63bf:3fff:fdd2", "192.0.2.45"),  # Teredo: the client's address
+        ("203.0.113.7:5678", "203.0.113.7"),
+        ("[2001:db8:1:2::9]:443", "2001:db8:1:2::/64"),
+        ("::1", "::/64"),
     ],
 )
 def test_a_limit_per_caller_counts_an_ipv6_address_by_its_64_and_an_ipv4_one_by_itself(

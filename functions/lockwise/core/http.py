@@ -105,14 +105,44 @@ class Ctx:
 
 
 def address_block(address: str) -> str:
-    """``address``'s block as ``Ctx.client_network`` counts it: ``2001:db8:1:2::/64`` for any address of that /64."""
+    """``address``'s block as ``Ctx.client_network`` counts it: ``2001:db8:1:2::/64`` for any address of that /64;
+    an IPv4 client's own address whatever IPv6 form carries it (mapped, compatible, SIIT, the NAT64 well-known
+    prefix, 6to4, Teredo: they made every IPv4 client behind one translator a single /64, attack run 33); a port a
+    proxy wrote after it (``203.0.113.7:5678``, ``[2001:db8::1]:443``) left out (each port was counted apart)."""
+    host = address.strip()
+    if host.startswith("[") and "]" in host:
+        host = host[1 : host.index("]")]
+    elif host.count(":") == 1:
+        host = host.partition(":")[0]
     try:
-        ip = ipaddress.ip_address(address)
+        ip = ipaddress.ip_address(host)
     except ValueError:
         return address
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is None:
-        return str(ipaddress.ip_network(f"{ip}/64", strict=False))
-    return str(ip.ipv4_mapped if isinstance(ip, ipaddress.IPv6Address) else ip)
+    if isinstance(ip, ipaddress.IPv4Address):
+        return str(ip)
+    carried = _carried_ipv4(ip)
+    if carried is not None:
+        return str(carried)
+    return str(ipaddress.IPv6Network((int(ip) >> 64 << 64, 64)))  # without a zone id
+
+
+#: IPv6 prefixes of 96 bits whose last 32 carry an IPv4 client: the NAT64 well-known prefix (RFC 6052), SIIT's
+#: translated form (RFC 6145), IPv4-compatible addresses (deprecated, RFC 4291; ``::`` and ``::1`` are not)
+_IPV4_CARRIERS = tuple(ipaddress.IPv6Network(n) for n in ("64:ff9b::/96", "::ffff:0:0:0/96", "::/96"))
+
+
+def _carried_ipv4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 one stands for, if it carries one."""
+    if ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    if ip.teredo is not None:
+        return ip.teredo[1]  # the client's, not the server's
+    if ip.sixtofour is not None:
+        return ip.sixtofour
+    plain = ipaddress.IPv6Address(int(ip))  # without a zone id
+    if any(plain in n for n in _IPV4_CARRIERS) and int(plain) > 1:
+        return ipaddress.IPv4Address(int(plain) & 0xFFFFFFFF)
+    return None
 
 
 def read_body(request: flask.Request, limit: int) -> bytes:
