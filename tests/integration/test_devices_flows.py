@@ -440,6 +440,12 @@ def test_the_relays_flush_deletes_commands_attempts_and_invitations_kept_past_th
     db_rows(  # one of them named by a command kept (as a voice command names its attempt)
         "UPDATE commands SET attempt_id = CAST(:a AS uuid) WHERE id = CAST(:c AS uuid)", a=attempts[0], c=named_command
     )
+    db_rows(  # one whose fingerprint a replay memory longer than the attempts' keeping still holds
+        "INSERT INTO voice_fingerprints (lock_id, attempt_id, landmarks, expires_at)"
+        " VALUES (CAST(:l AS uuid), CAST(:a AS uuid), '\\x0000000000000000', now() + interval '1 day')",
+        l=lock,
+        a=attempts[1],
+    )
     db_rows(
         "UPDATE commands SET created_at = now() - make_interval(days => :d, mins => 1),"
         " expires_at = now() - make_interval(days => :d) WHERE id = CAST(:c AS uuid)",
@@ -473,7 +479,7 @@ def test_the_relays_flush_deletes_commands_attempts_and_invitations_kept_past_th
         return sorted(row[0] for row in rows)
 
     assert present("commands", [old_command, kept_command, named_command]) == sorted([kept_command, named_command])
-    assert present("verification_attempts", attempts) == [attempts[0]]
+    assert present("verification_attempts", attempts) == sorted(attempts[:2])
     assert present("invitations", invited) == [invited[1]]
     gone = world.devices.get(f"/devices/locks/{lock}/commands/{old_command}", headers=owner)
     assert gone.status_code == 404 and gone.get_json()["error"]["code"]

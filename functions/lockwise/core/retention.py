@@ -46,7 +46,8 @@ COMMANDS_KEPT_DAYS = 30
 #: days a voice attempt at a door is kept in the attempts log (as long as its feed entry in the app's live view:
 #: ``lockwise.core.mirror``'s TTL); its fingerprint and say-again scores, kept shorter, go with it. A lock may post
 #: 120 a minute (attack run 32: 172,800 rows a day, kept as long as the lock). Longer than a command is kept: a
-#: voice command's attempt is never deleted before it
+#: voice command's attempt is never deleted before it; nor before its fingerprint expires
+#: (``LOCKWISE_REPLAY_MEMORY_HOURS`` set longer: they were deleted with it, attack run 33)
 ATTEMPTS_KEPT_DAYS = 90
 #: days an invitation is kept once it ended (accepted, declined, withdrawn, closed by a removal, or expired): an
 #: owner inviting and withdrawing in a loop added a row a request, kept as long as the lock (attack run 32)
@@ -95,7 +96,9 @@ def prune_expired(con: Connection, nonces_kept_s: int) -> dict[str, int]:
         con,
         "verification_attempts",
         "created_at <= now() - make_interval(days => :d) AND NOT EXISTS (SELECT 1 FROM commands c"
-        " WHERE c.attempt_id = verification_attempts.id)",  # a kept command's attempt stays (none: kept shorter)
+        " WHERE c.attempt_id = verification_attempts.id)"  # a kept command's attempt stays (none: kept shorter)
+        " AND NOT EXISTS (SELECT 1 FROM voice_fingerprints f WHERE f.attempt_id = verification_attempts.id"
+        " AND f.expires_at > now())",  # nor one whose fingerprint a longer replay memory keeps (attack run 33)
         d=ATTEMPTS_KEPT_DAYS,
     )
     pruned["invitations"] = _prune(
