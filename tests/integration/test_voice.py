@@ -1125,18 +1125,26 @@ def test_enrollment_refuses_a_sample_that_holds_no_voice(clients: dict[str, Any]
     assert enroll(clients, member).status_code == 201  # her own five recordings: a voice in each
 
 
+def with_embed_settings(
+    clients: dict[str, Any], make_client: Any, monkeypatch: pytest.MonkeyPatch, **env: str
+) -> dict[str, Any]:
+    """``clients`` with an embed function loaded anew under ``env`` (settings are read once per instance)."""
+    from lockwise.core.config import get_settings
+
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    get_settings.cache_clear()
+    get_runtime.cache_clear()
+    return {**clients, "embed": make_client("embed")}
+
+
 def test_enrollments_that_reach_the_model_are_counted_per_day(
     clients: dict[str, Any], world: World, make_client: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Attack run: an enrollment with no co-member to compare was free and unlimited (~1.7 s of CPU each). A failed
     one counts too; the samples' own checks (cheap, before the model) do not. Past the day's share the refusal comes
     before any voice model runs (voice activity and fingerprints were ~10 ms a sample)."""
-    from lockwise.core.config import get_settings
-
-    monkeypatch.setenv("LOCKWISE_ENROLLMENTS_PER_DAY", "2")
-    get_settings.cache_clear()
-    get_runtime.cache_clear()
-    clients = {**clients, "embed": make_client("embed")}
+    clients = with_embed_settings(clients, make_client, monkeypatch, LOCKWISE_ENROLLMENTS_PER_DAY="2")
     stranger = world.accounts["stranger"]
     short = [pcm_json(sample[:22050]) for sample in spoken()]
     put = clients["embed"].put
@@ -1161,13 +1169,9 @@ def test_enrollment_requests_are_counted_per_day_before_their_body_is_read(
     """Attack run 32: an enrollment refused by its samples' own checks was never counted, and its body (up to ~19
     MB) was parsed, decoded and measured first (~170 ms, 60 times a read), as often as one account sent one. Every
     request is now counted before its body is read (``LOCKWISE_ENROLL_REQUESTS_PER_DAY``), per user."""
-    from lockwise.core.config import get_settings
     from lockwise.voice import audio
 
-    monkeypatch.setenv("LOCKWISE_ENROLL_REQUESTS_PER_DAY", "3")
-    get_settings.cache_clear()
-    get_runtime.cache_clear()
-    clients = {**clients, "embed": make_client("embed")}
+    clients = with_embed_settings(clients, make_client, monkeypatch, LOCKWISE_ENROLL_REQUESTS_PER_DAY="3")
     stranger = world.accounts["stranger"]
     short = [pcm_json(sample[:22050]) for sample in spoken()]
     put = clients["embed"].put
