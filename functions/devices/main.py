@@ -181,6 +181,7 @@ def offer_transfer(ctx: Ctx, lock_id: str) -> Result:
     with rt.db.transaction() as con:
         now = rt.now()
         members.require(con, lock_id, user.uid, now, at_least="owner", for_update=True)
+        users.hold_in_order(con, [user.uid, to_uid])  # the owner's and the member's rows, held below
         take_change(con, lock_id, user)
         offered = transfers.offer(con, lock_id, user.uid, to_uid, now)
     rt.flush_mirror()

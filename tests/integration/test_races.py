@@ -26,7 +26,7 @@ from lockwise.core.runtime import get_runtime
 from lockwise.devices import commands, invitations, lock_auth, lock_certs, locks, members, provisioning
 from simlock.lock import new_tls_key
 from tests.conftest import PROJECT_ID
-from tests.devices_world import World, active_members, bearer, build_world, create_lock, new_lock_key
+from tests.devices_world import World, active_members, bearer, build_world, create_lock, join, new_lock_key
 from tests.waiting import wait_for
 
 #: how long a request is given to show that it waits (one that does not answers in ~10-50 ms here)
@@ -719,3 +719,40 @@ def test_a_parallel_burst_of_changes_gets_exactly_the_budget(world: World, monke
             a=f"user:{world.uid('owner')}",
         )[0]
     assert set(answers) == {202, 429} and counted == per_minute, (answers, counted)  # before: 40-55
+
+
+def test_two_owners_offering_each_other_their_locks_at_once_take_their_accounts_in_one_order(
+    world: World, make_client: Any, sign_up: Any
+) -> None:
+    """Attack run 33: an offer holds its owner's account row, then the member's; two owners offering each other
+    their locks at once took them in opposite orders, and one was stopped as a deadlock (a 503). Both rows are now
+    taken in the order of their uids. Here the other offer is under way, holding the lower uid's row and about to
+    take the higher's: the offer of the owner with the higher uid waits for it, then is made."""
+    devices, db = world.devices, get_runtime("devices").db
+    other = world.accounts["member"]
+    second = create_lock(devices, other, name="Cellar")["lock"]["id"]  # the member's own lock, the owner in it
+    join(devices, second, other, world.accounts["owner"], {"role": "member"})
+    accounts = sorted([(world.uid("owner"), world.lock_id), (other["localId"], second)])
+    (lower, _), (higher, higher_lock) = accounts
+    higher_account = world.accounts["owner"] if higher == world.uid("owner") else other
+    deadlocked: list[BaseException] = []
+
+    @contextmanager
+    def other_offer_under_way() -> Iterator[None]:
+        with db.transaction() as con:
+            con.run("SELECT 1 FROM users WHERE uid = :u FOR NO KEY UPDATE", u=lower)
+            yield
+            try:  # what it takes next; before, the higher uid's offer held this row and waited for the lower's
+                con.run("SET LOCAL lock_timeout = '5s'")
+                con.run("SELECT 1 FROM users WHERE uid = :u FOR NO KEY UPDATE", u=higher)
+            except Exception as exc:  # noqa: BLE001 - the deadlock or the timeout, recorded for the assertion
+                deadlocked.append(exc)
+                raise
+
+    waited, resp = while_held(
+        other_offer_under_way,
+        lambda: devices.post(
+            f"/devices/locks/{higher_lock}/transfer", json={"uid": lower}, headers=bearer(higher_account)
+        ),
+    )
+    assert waited and not deadlocked and resp.status_code == 202, (deadlocked, resp.get_json())
