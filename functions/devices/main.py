@@ -76,11 +76,16 @@ def with_denials_audited(uid: str, lock_id: str, action: str) -> Iterator[None]:
         raise
 
 
-def take_change(con: Connection, lock_id: str, user: auth.User) -> None:
-    """One of ``user``'s changes at ``lock_id``, on the deployment's budget (``changes.take``), their row held first
-    (``users.hold_caller``: their changes are counted one at a time, and a revoked session or an account found
-    disabled or deleted changes nothing, not even while this instance still remembers the account)."""
-    users.hold_caller(con, user)
+def take_change(con: Connection, lock_id: str, user: auth.User, *, lock_held_for_update: bool = False) -> None:
+    """One of ``user``'s changes at ``lock_id``, on the deployment's budget (``changes.take``), counted one at a time:
+    their account's row held first (``users.hold_caller``), or, by an owner's write that holds the lock's row for
+    update (``lock_held_for_update``), already one at a time at this lock (``users.refuse_caller``). Either way a
+    revoked session or an account found disabled or deleted changes nothing, not even while this instance still
+    remembers the account."""
+    if lock_held_for_update:
+        users.refuse_caller(con, user)
+    else:
+        users.hold_caller(con, user)
     changes.take(con, lock_id, user.uid, rt.settings.lock_changes_per_minute, rt.settings.lock_changes_per_day)
 
 
@@ -156,7 +161,7 @@ def update_lock(ctx: Ctx, lock_id: str) -> JsonBody:
         raise errors.BadRequest("give name and/or voice_threshold", code="invalid_update")
     with rt.db.transaction() as con:
         members.require(con, lock_id, user.uid, rt.now(), at_least="owner", for_update=True)
-        take_change(con, lock_id, user)
+        take_change(con, lock_id, user, lock_held_for_update=True)
         locks.update(con, lock_id, user.uid, updates)
         view = locks.view(con, lock_id, "owner")
     rt.flush_mirror()
@@ -168,7 +173,7 @@ def delete_lock(ctx: Ctx, lock_id: str) -> Result:
     user, lock_id = app_user(ctx), lock_param(lock_id)
     with rt.db.transaction() as con:
         members.require(con, lock_id, user.uid, rt.now(), at_least="owner", for_update=True)
-        users.hold_caller(con, user)
+        users.refuse_caller(con, user)  # the lock's row held for update: see take_change
         locks.delete(con, lock_id, user.uid)
     rt.flush_mirror()
     return flask.Response(status=204)
@@ -181,8 +186,7 @@ def offer_transfer(ctx: Ctx, lock_id: str) -> Result:
     with rt.db.transaction() as con:
         now = rt.now()
         members.require(con, lock_id, user.uid, now, at_least="owner", for_update=True)
-        users.hold_in_order(con, [user.uid, to_uid])  # the owner's and the member's rows, held below
-        take_change(con, lock_id, user)
+        take_change(con, lock_id, user, lock_held_for_update=True)
         offered = transfers.offer(con, lock_id, user.uid, to_uid, now)
     rt.flush_mirror()
     return offered, 202

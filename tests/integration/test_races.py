@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import json
+import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -18,7 +19,7 @@ from typing import Any
 import pytest
 
 from infra.local.firestore_sdk import sdk_client as firestore_client
-from lockwise.core import errors, mirror
+from lockwise.core import accounts, errors, mirror
 from lockwise.core.auth import User
 from lockwise.core.config import get_settings
 from lockwise.core.db import Database
@@ -697,8 +698,6 @@ def test_a_parallel_burst_of_changes_gets_exactly_the_budget(world: World, monke
     """Attack run 33: 32 connections inviting at once passed the minute's budget of changes twice over (55 of 30),
     each request counting the audit log's committed rows before the others had committed. The caller's row is held
     before the count: a burst gets exactly the budget."""
-    import threading
-
     rt = get_runtime("devices")
     monkeypatch.setattr(rt.db, "_slots", threading.BoundedSemaphore(16))  # as many connections as 4 instances
     monkeypatch.setattr(rt.db, "pool_size", 16)
@@ -721,13 +720,14 @@ def test_a_parallel_burst_of_changes_gets_exactly_the_budget(world: World, monke
     assert set(answers) == {202, 429} and counted == per_minute, (answers, counted)  # before: 40-55
 
 
-def test_two_owners_offering_each_other_their_locks_at_once_take_their_accounts_in_one_order(
+def test_two_owners_offering_each_other_their_locks_at_once_hold_no_account_of_each_other(
     world: World, make_client: Any, sign_up: Any
 ) -> None:
-    """Attack run 33: an offer holds its owner's account row, then the member's; two owners offering each other
-    their locks at once took them in opposite orders, and one was stopped as a deadlock (a 503). Both rows are now
-    taken in the order of their uids. Here the other offer is under way, holding the lower uid's row and about to
-    take the higher's: the offer of the owner with the higher uid waits for it, then is made."""
+    """Attack run 33's change held an offer's owner's account row, then the member's: two owners offering each other
+    their locks at once took them in opposite orders, and one was stopped as a deadlock (a 503). An offer now reads
+    both accounts and holds neither (the lock's row, held for update, takes it one at a time: attack run 34). Here
+    the other offer is under way, holding one owner's row and about to take the other's: this offer waits for
+    neither."""
     devices, db = world.devices, get_runtime("devices").db
     other = world.accounts["member"]
     second = create_lock(devices, other, name="Cellar")["lock"]["id"]  # the member's own lock, the owner in it
@@ -755,4 +755,60 @@ def test_two_owners_offering_each_other_their_locks_at_once_take_their_accounts_
             f"/devices/locks/{higher_lock}/transfer", json={"uid": lower}, headers=bearer(higher_account)
         ),
     )
-    assert waited and not deadlocked and resp.status_code == 202, (deadlocked, resp.get_json())
+    assert not waited and not deadlocked and resp.status_code == 202, (deadlocked, resp.get_json())
+
+
+class _EveryoneExists:
+    """Firebase Auth as the relay's account check asks it: every account exists, those in ``disabled`` disabled."""
+
+    def __init__(self, disabled: set[str]) -> None:
+        self.disabled = disabled
+
+    def lookup(self, uids: Any) -> dict[str, accounts.Account]:
+        return {u: accounts.Account(disabled=u in self.disabled) for u in uids}
+
+    def verified_email(self, uid: str) -> None:
+        return None
+
+
+@pytest.mark.parametrize("how", ["rename", "delete", "offer"])
+def test_an_owners_write_beside_the_relays_account_check_is_not_a_deadlock(world: World, how: str) -> None:
+    """Attack run 34: the relay's account check holds the due accounts' rows (the owner's among them), then queues a
+    refresh of the lock of a member it found disabled, whose foreign key takes the lock's row; the owner's rename,
+    deletion or offer held the lock's row for update and then waited for the owner's account row (held since the
+    changes' budget): a deadlock, the owner's request a 503. The owner's write reads the account instead of
+    holding it (the lock's row already takes it one at a time)."""
+    db = get_runtime("devices").db
+    owner, disabled = world.uid("owner"), world.uid("member")
+    with db.transaction() as con:  # both due a check; the lock has no refresh queued (its insert checks the lock)
+        con.run("UPDATE users SET account_checked_at = NULL WHERE uid = ANY(:u)", u=[owner, disabled])
+        con.run("DELETE FROM mirror_refresh_due WHERE lock_id = CAST(:l AS uuid)", l=world.lock_id)
+    checking, go_on = threading.Event(), threading.Event()
+
+    def paused(con: Any, uids: list[str]) -> None:  # the check, the due rows held, about to queue the refresh
+        checking.set()
+        go_on.wait(20)
+        members.mirror_access_soon(con, uids)
+
+    def check() -> Any:
+        return accounts.sweep(db, _EveryoneExists({disabled}), batch=50, recheck_s=3600, disabled_changed=paused)
+
+    path, owner_headers = f"/devices/locks/{world.lock_id}", world.headers("owner")
+    requests: dict[str, Callable[[], Any]] = {
+        "rename": lambda: world.devices.patch(path, json={"name": "Back door"}, headers=owner_headers),
+        "delete": lambda: world.devices.delete(path, headers=owner_headers),
+        "offer": lambda: world.devices.post(
+            f"{path}/transfer", json={"uid": world.uid("admin")}, headers=owner_headers
+        ),
+    }
+    with ThreadPoolExecutor(2) as pool:
+        checked = pool.submit(check)
+        assert checking.wait(20)
+        sent = pool.submit(requests[how])
+        deadline = time.monotonic() + 10
+        while not sent.done() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        go_on.set()
+        resp = sent.result(30)
+        checked.result(30)  # the check went on
+    assert resp.status_code in (200, 202, 204), resp.get_json()  # before: 503 database_busy

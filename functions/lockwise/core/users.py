@@ -194,9 +194,14 @@ def hold(con: Connection, uid: str) -> Held:
     """Hold ``uid``'s row until the transaction ends and say what it holds: what is counted per user (daily quotas,
     locks owned) is then decided one request at a time, so a burst in parallel gets no more than the same requests
     in a row. An account with no row yet holds nothing and is none of ``Held``'s refusals."""
+    return read(con, uid, " FOR NO KEY UPDATE")
+
+
+def read(con: Connection, uid: str, lock: str = "") -> Held:
+    """``uid``'s row as committed now (``hold``'s, not held unless ``lock`` says how)."""
     rows = con.run(
         "SELECT account_gone_at IS NOT NULL, account_disabled, left_at, tokens_valid_since FROM users WHERE uid = :u"
-        " FOR NO KEY UPDATE",
+        + lock,
         u=uid,
     )
     if not rows:
@@ -205,12 +210,11 @@ def hold(con: Connection, uid: str) -> Held:
     return Held(gone=bool(gone), disabled=bool(disabled), left_at=left_at, sessions_since=since)
 
 
-def hold_in_order(con: Connection, uids: list[str]) -> None:
-    """Hold the rows of ``uids`` in the order of their uids, for a request that holds more than one account's (a
-    transfer offer: its owner's and the member's): two owners offering each other their locks at once took them in
-    opposite orders and one was stopped as a deadlock (attack run 33). ``hold`` and ``hold_caller`` after it hold
-    them again at no cost."""
-    con.run("SELECT 1 FROM users WHERE uid = ANY(:u) ORDER BY uid FOR NO KEY UPDATE", u=sorted(set(uids)))
+def refuse_caller(con: Connection, user: User) -> None:
+    """``hold_caller``'s refusals, from the row as committed now, not held: for a request already taken one at a time
+    by a row it holds for update (an owner's write holds the lock's), where holding the account's row too waited
+    behind the relay's account check, which holds accounts' rows and then a lock's (a deadlock: attack run 34)."""
+    read(con, user.uid).refuse(signed_in_at(user))
 
 
 def hold_caller(con: Connection, user: User) -> None:

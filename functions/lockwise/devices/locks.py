@@ -147,9 +147,11 @@ def update(con: Connection, lock_id: str, uid: str, changes: dict[str, Any]) -> 
 
 
 def refuse_a_gone_member(con: Connection, uid: str) -> None:
-    """Hold the row of ``uid``, not the caller (``users.hold``); 409 ``member_account_deleted`` when their account
-    is gone."""
-    if users.hold(con, uid).gone:
+    """409 ``member_account_deleted`` when the account of ``uid``, not the caller, is gone. Read, not held: the
+    caller (an owner's offer) holds the lock's row for update, and holding the member's row too waited behind the
+    relay's account check, which holds accounts' rows and then a lock's (a deadlock: attack run 34). An offer made
+    as the account goes is taken by nobody (a deleted account's tokens take nothing: ``users.hold_caller``)."""
+    if users.read(con, uid).gone:
         raise errors.Conflict("this member's account has been deleted", code="member_account_deleted")
 
 
