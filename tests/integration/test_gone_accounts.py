@@ -316,6 +316,12 @@ def test_a_revoked_session_or_a_disabled_account_takes_nothing_while_an_instance
         "account_disabled",
     )
     assert devices.get(f"/devices/locks/{lock}/members", headers=world.headers("owner")).status_code == 200
+    left = devices.delete("/devices/me", headers=world.headers("member"))  # before: 204, she left every lock
+    assert code(left) == (401, "token_revoked")
+    assert member in {
+        m["uid"]
+        for m in devices.get(f"/devices/locks/{lock}/members", headers=world.headers("owner")).get_json()["members"]
+    }
     with get_runtime("devices").db.connection() as con:
         assert con.run("SELECT owner_uid FROM locks WHERE id = CAST(:l AS uuid)", l=lock) == [[world.uid("owner")]]
         assert con.run("SELECT count(*) FROM commands WHERE lock_id = CAST(:l AS uuid)", l=lock) == [[0]]

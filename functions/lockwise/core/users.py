@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from dataclasses import dataclass
 
@@ -215,6 +216,14 @@ def refuse_caller(con: Connection, user: User) -> None:
     by a row it holds for update (an owner's write holds the lock's), where holding the account's row too waited
     behind the relay's account check, which holds accounts' rows and then a lock's (a deadlock: attack run 34)."""
     read(con, user.uid).refuse(signed_in_at(user))
+
+
+def refuse_revoked(con: Connection, user: User) -> None:
+    """``refuse_caller`` for the account's leaving every lock (``DELETE /devices/me``), which is answered the same
+    when it comes again: a deleted or disabled account, a revoked session, not a session from before the leaving. A
+    stolen session revoked a minute before still made its account leave every lock while the instance remembered
+    the account."""
+    dataclasses.replace(read(con, user.uid), left_at=None).refuse(signed_in_at(user))
 
 
 def hold_caller(con: Connection, user: User) -> None:
