@@ -220,7 +220,7 @@ def withdraw_transfer(ctx: Ctx, lock_id: str) -> flask.Response:
     with rt.db.transaction() as con:
         now = rt.now()
         members.require(con, lock_id, user.uid, now)
-        users.hold_caller(con, user)  # an ending: not budgeted
+        users.refuse_caller(con, user)  # an ending: not budgeted, nothing counted
         transfers.withdraw(con, lock_id, user.uid, now)
     rt.flush_mirror()
     return flask.Response(status=204)
@@ -280,7 +280,7 @@ def withdraw_invitation(ctx: Ctx, lock_id: str, invitation_id: str) -> Result:
     with with_denials_audited(user.uid, lock_id, "member.withdraw_invitation"), rt.db.transaction() as con:
         now = rt.now()
         actor = members.require(con, lock_id, user.uid, now, at_least="admin")
-        users.hold_caller(con, user)  # an ending: not budgeted
+        users.refuse_caller(con, user)  # an ending: not budgeted, nothing counted
         invitations.withdraw(con, lock_id, invitation_id, actor, now)
     return flask.Response(status=204)
 
@@ -332,7 +332,7 @@ def remove_member(ctx: Ctx, lock_id: str, uid: str) -> Result:
     with with_denials_audited(user.uid, lock_id, "member.revoke"), rt.db.transaction() as con:
         now = rt.now()
         actor = members.require(con, lock_id, user.uid, now)
-        users.hold_caller(con, user)  # a removal is never held to the budget: a member is let out at once
+        users.refuse_caller(con, user)  # a removal is never held to the budget: a member is let out at once
         target = members.require_target(con, lock_id, uid)
         locks.revoke_member(con, lock_id, actor, target, now)
     rt.flush_mirror()

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 from dataclasses import dataclass
+from typing import Any
 
 from lockwise.core import errors
 from lockwise.core.auth import User
@@ -173,10 +173,11 @@ class Held:
     left_at: dt.datetime | None  # when it last left every lock (``mark_left``)
     sessions_since: dt.datetime | None  # sessions signed in before it were revoked (Firebase Auth's ``validSince``)
 
-    def refuse(self, signed_in: dt.datetime | None = None) -> None:
+    def refuse(self, signed_in: dt.datetime | None = None, *, left_since: bool = True) -> None:
         """Refuse the account's own request: 401 ``account_deleted`` / ``account_disabled`` when it was found so, and
         for a session that began at ``signed_in`` (``signed_in_at``), 401 ``token_revoked`` when that was before its
-        sessions were revoked and 409 ``account_left`` when the account left every lock after it (``hold_caller``)."""
+        sessions were revoked and, with ``left_since``, 409 ``account_left`` when the account left every lock after
+        it (``hold_caller``)."""
         if self.gone:
             raise account_deleted()
         if self.disabled:
@@ -185,7 +186,7 @@ class Held:
             return
         if self.sessions_since is not None and signed_in < self.sessions_since:
             raise token_revoked()
-        if self.left_at is not None and signed_in <= self.left_at + dt.timedelta(seconds=LEFT_LEEWAY_S):
+        if left_since and self.left_at is not None and signed_in <= self.left_at + dt.timedelta(seconds=LEFT_LEEWAY_S):
             raise errors.Conflict(
                 "this account has left every lock (it is being deleted): sign in again first", code="account_left"
             )
@@ -195,16 +196,18 @@ def hold(con: Connection, uid: str) -> Held:
     """Hold ``uid``'s row until the transaction ends and say what it holds: what is counted per user (daily quotas,
     locks owned) is then decided one request at a time, so a burst in parallel gets no more than the same requests
     in a row. An account with no row yet holds nothing and is none of ``Held``'s refusals."""
-    return read(con, uid, " FOR NO KEY UPDATE")
+    return _found(con.run(_ACCOUNT + " FOR NO KEY UPDATE", u=uid))
 
 
-def read(con: Connection, uid: str, lock: str = "") -> Held:
-    """``uid``'s row as committed now (``hold``'s, not held unless ``lock`` says how)."""
-    rows = con.run(
-        "SELECT account_gone_at IS NOT NULL, account_disabled, left_at, tokens_valid_since FROM users WHERE uid = :u"
-        + lock,
-        u=uid,
-    )
+def read(con: Connection, uid: str) -> Held:
+    """``uid``'s row as committed now, not held (``hold``)."""
+    return _found(con.run(_ACCOUNT, u=uid))
+
+
+_ACCOUNT = "SELECT account_gone_at IS NOT NULL, account_disabled, left_at, tokens_valid_since FROM users WHERE uid = :u"
+
+
+def _found(rows: list[list[Any]]) -> Held:
     if not rows:
         return Held(gone=False, disabled=False, left_at=None, sessions_since=None)
     gone, disabled, left_at, since = rows[0]
@@ -212,9 +215,10 @@ def read(con: Connection, uid: str, lock: str = "") -> Held:
 
 
 def refuse_caller(con: Connection, user: User) -> None:
-    """``hold_caller``'s refusals, from the row as committed now, not held: for a request already taken one at a time
-    by a row it holds for update (an owner's write holds the lock's), where holding the account's row too waited
-    behind the relay's account check, which holds accounts' rows and then a lock's (a deadlock: attack run 34)."""
+    """``hold_caller``'s refusals, from the row as committed now, not held: for a request that counts nothing per
+    user (a removal, a withdrawal), or is already taken one at a time by a row it holds for update (an owner's write
+    holds the lock's), where holding the account's row too waited behind the relay's account check, which holds
+    accounts' rows and then a lock's (a deadlock: attack run 34)."""
     read(con, user.uid).refuse(signed_in_at(user))
 
 
@@ -223,7 +227,7 @@ def refuse_revoked(con: Connection, user: User) -> None:
     when it comes again: a deleted or disabled account, a revoked session, not a session from before the leaving. A
     stolen session revoked a minute before still made its account leave every lock while the instance remembered
     the account."""
-    dataclasses.replace(read(con, user.uid), left_at=None).refuse(signed_in_at(user))
+    read(con, user.uid).refuse(signed_in_at(user), left_since=False)
 
 
 def hold_caller(con: Connection, user: User) -> None:
