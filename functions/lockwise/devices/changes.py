@@ -6,7 +6,9 @@ one write a second a document (attack run 32)."""
 
 from __future__ import annotations
 
-from lockwise.core import audit, errors
+import datetime as dt
+
+from lockwise.core import audit, errors, quotas
 from lockwise.core.db import Connection
 
 #: the audit log's actions counted (``audit.record``): what an owner or admin makes or changes at a lock (commands
@@ -14,6 +16,7 @@ from lockwise.core.db import Connection
 #: an offer's withdrawal are never held up (an owner past the budget could not let a member out for a day: attack
 #: run 33), and each needs something the budget counted to end
 COUNTED = ("lock.update", "lock.transfer_offer", "member.invite", "member.update", "voice.reset_lockout")
+MINUTE = dt.timedelta(minutes=1)
 
 
 def take(con: Connection, lock_id: str, uid: str, per_minute: int, per_day: int) -> None:
@@ -21,21 +24,21 @@ def take(con: Connection, lock_id: str, uid: str, per_minute: int, per_day: int)
     ``per_day`` in the last 24 hours, with ``Retry-After`` until the oldest of them leaves its window. Counted from
     the audit log's rows (those refused are not there). The caller holds ``uid``'s row, so their changes are counted
     one at a time (a parallel burst from many connections passed the budget twice over: attack run 33)."""
-    ((minute, day, minute_oldest_s, day_oldest_s),) = con.run(
+    ((minute, day, minute_oldest, day_oldest, now),) = con.run(
         "SELECT count(*) FILTER (WHERE at > now() - interval '1 minute'), count(*),"
-        " extract(epoch FROM now() - min(at) FILTER (WHERE at > now() - interval '1 minute')),"
-        " extract(epoch FROM now() - min(at)) FROM audit_log WHERE lock_id = CAST(:l AS uuid)"
-        " AND at > now() - interval '1 day' AND actor = :a AND action = ANY(:c) AND outcome = 'ok'",
+        " min(at) FILTER (WHERE at > now() - interval '1 minute'), min(at), now() FROM audit_log"
+        " WHERE lock_id = CAST(:l AS uuid) AND at > now() - interval '1 day' AND actor = :a AND action = ANY(:c)"
+        " AND outcome = 'ok'",
         l=lock_id,
         a=audit.user_actor(uid),
         c=list(COUNTED),
     )
     if minute >= per_minute:
-        wait, window = 60 - float(minute_oldest_s), f"{per_minute} changes to this lock in the last minute"
+        until, window = minute_oldest + MINUTE, f"{per_minute} changes to this lock in the last minute"
     elif day >= per_day:
-        wait, window = 86400 - float(day_oldest_s), f"{per_day} changes to this lock in the last 24 hours"
+        until, window = day_oldest + quotas.DAY, f"{per_day} changes to this lock in the last 24 hours"
     else:
         return
     raise errors.RateLimited(
-        f"you made {window}; try again later", retry_after_s=max(1, int(wait) + 1), code="change_limit"
+        f"you made {window}; try again later", retry_after_s=errors.seconds_until(until, now), code="change_limit"
     )
