@@ -83,9 +83,9 @@ class Ctx:
 
     @property
     def client_network(self) -> str:
-        """What a limit per caller counts by (``client_address``): an IPv6 address's /64, which one subscriber holds
-        whole (a client taking a new address of its /64 for each wrong pairing code added a row an address and was
-        never limited: attack run 32), an IPv4 address (an IPv4-mapped IPv6 one too) itself, anything else as is."""
+        """What a limit per caller counts by: ``client_address``'s block (``address_block``), an IPv6 address's /64,
+        which one subscriber holds whole (a client taking a new address of its /64 for each wrong pairing code added
+        a row an address and was never limited: attack run 32)."""
         return address_block(self.client_address)
 
     def service_token(self) -> str:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import time
 
-from lockwise.core import log
+from lockwise.core import log, mirror
 from lockwise.core.db import Connection
 
 logger = logging.getLogger(__name__)
@@ -48,7 +48,7 @@ COMMANDS_KEPT_DAYS = 30
 #: 120 a minute (attack run 32: 172,800 rows a day, kept as long as the lock). Longer than a command is kept: a
 #: voice command's attempt is never deleted before it; nor before its fingerprint expires
 #: (``LOCKWISE_REPLAY_MEMORY_HOURS`` set longer: they were deleted with it, attack run 33)
-ATTEMPTS_KEPT_DAYS = 90
+ATTEMPTS_KEPT_DAYS = mirror.FEED_KEPT.days
 #: days an invitation is kept once it ended (accepted, declined, withdrawn, closed by a removal, or expired): an
 #: owner inviting and withdrawing in a loop added a row a request, kept as long as the lock (attack run 32)
 INVITATIONS_KEPT_DAYS = 30
