@@ -7,10 +7,8 @@ import datetime as dt
 import json
 import signal
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +23,7 @@ from simlock.lock import SimulatedLock
 from tests import tcp_cut
 from tests.conftest import PROJECT_ID
 from tests.e2e.conftest import COMMAND_TTL_S, App, db_one
+from tests.http_stubs import StubHandler, serving
 from tests.tcp_cut import TcpCut
 from tests.waiting import wait_for
 
@@ -197,9 +196,9 @@ class DevicesAway:
         self.away, self.refused = False, 0
         outer = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(StubHandler):
             def do_POST(self) -> None:  # noqa: N802 - http.server's name
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                body = self.body()
                 if outer.away and self.path == "/devices/relay/events":
                     outer.refused += 1
                     status, answer = 503, b'{"error": {"code": "unavailable"}}'
@@ -207,25 +206,17 @@ class DevicesAway:
                     headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "content-length")}
                     resp = requests.post(target + self.path, data=body, headers=headers, timeout=30)
                     status, answer = resp.status_code, resp.content
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(answer)))
-                self.end_headers()
-                self.wfile.write(answer)
+                self.answer(status, answer, content_type="application/json")
 
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.handler = Handler
+        self.stack = contextlib.ExitStack()
 
     def __enter__(self) -> DevicesAway:
+        self.url = self.stack.enter_context(serving(self.handler))
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        self.stack.close()
 
 
 def test_a_message_redelivered_while_the_devices_function_is_away_survives_a_relay_restart(

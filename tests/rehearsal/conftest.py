@@ -21,12 +21,10 @@ import secrets
 import shutil
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -42,6 +40,7 @@ from infra.deploy_config import (
 )
 from infra.local import services
 from tests.conftest import PROJECT_ID
+from tests.http_stubs import StubHandler, running
 
 #: all the rehearsal adds to a deployable's environment, by kind of process
 STAND_INS = {
@@ -75,19 +74,13 @@ def install(bundle: Path, venv: Path) -> Path:
     return python
 
 
-class Metadata(BaseHTTPRequestHandler):
+class Metadata(StubHandler):
     """Stand-in for the Cloud Run metadata server: an identity token for the requested audience."""
 
     def do_GET(self) -> None:  # noqa: N802 - http.server's naming
         ok = self.headers.get("Metadata-Flavor") == "Google" and "audience=" in self.path
         body = b"rehearsal-identity-token" if ok else b"missing Metadata-Flavor or audience"
-        self.send_response(200 if ok else 400)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
-        return
+        self.answer(200 if ok else 400, body)
 
 
 @dataclass
@@ -197,9 +190,7 @@ def rehearsal(
     with contextlib.ExitStack() as stack:
         broker = services.start_mosquitto(root / "broker", services.free_port())
         stack.callback(broker.stop)
-        metadata = ThreadingHTTPServer(("127.0.0.1", 0), Metadata)
-        threading.Thread(target=metadata.serve_forever, daemon=True).start()
-        stack.callback(metadata.shutdown)
+        metadata = stack.enter_context(running(ThreadingHTTPServer(("127.0.0.1", 0), Metadata)))
         mounts = root / "mounts"
         mounts.mkdir()
         shutil.copy(broker.ca_file, mounts / "ca.crt")  # the broker CA and the relay slots' certificates, mounted

@@ -8,10 +8,7 @@ import json
 import shlex
 import subprocess
 import sys
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -29,6 +26,7 @@ from infra.model import fetch
 from lockwise.core.config import ConfigError, DatabaseSettings, Settings
 from lockwise.devices.lock_certs import new_ca
 from mqtt_relay.settings import RelaySettings
+from tests.http_stubs import StubHandler, serving
 
 REPO = Path(__file__).resolve().parents[2]
 ARGS = [
@@ -291,7 +289,7 @@ def test_the_broker_knows_nothing_per_lock_and_every_relay_slot(tmp_path: Path) 
     assert "lockwise/${username}/#" not in emqx_acl
 
 
-class _Hub(BaseHTTPRequestHandler):
+class _Hub(StubHandler):
     """What hf_hub_download asks of the Hub: ``/<repo>/resolve/<revision>/<file>`` (HEAD, then GET), answered with
     the commit the revision names and the file's ETag. ``main`` points at ``commit``; any other revision must be
     that commit."""
@@ -300,31 +298,20 @@ class _Hub(BaseHTTPRequestHandler):
     commit = "0123456789abcdef0123456789abcdef01234567"
     asked: list[str] = []
 
-    def _answer(self, body: bool) -> None:
+    def _resolve(self, body: bool) -> None:
         *_, revision, name = self.path.split("?")[0].split("/")
         self.asked.append(revision)
         if name not in self.files or revision not in ("main", self.commit):
-            self.send_response(404)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-            return
+            return self.answer(404)
         data = self.files[name]
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(data)))
-        self.send_header("X-Repo-Commit", self.commit)
-        self.send_header("ETag", f'"{hashlib.sha256(data).hexdigest()}"')
-        self.end_headers()
-        if body:
-            self.wfile.write(data)
+        etag = f'"{hashlib.sha256(data).hexdigest()}"'
+        self.answer(200, data, headers={"X-Repo-Commit": self.commit, "ETag": etag}, send_body=body)
 
     def do_HEAD(self) -> None:  # noqa: N802 - http.server's naming
-        self._answer(body=False)
+        self._resolve(body=False)
 
     def do_GET(self) -> None:  # noqa: N802
-        self._answer(body=True)
-
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
-        pass
+        self._resolve(body=True)
 
 
 def test_model_fetch_pins_a_commit_and_checks_checksums(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -337,10 +324,7 @@ def test_model_fetch_pins_a_commit_and_checks_checksums(tmp_path: Path, monkeypa
     lock = tmp_path / "lock.json"
     unpinned = {"repo": "speechbrain/spkrec-ecapa-voxceleb", "track": "main", "revision": None}
     lock.write_text(json.dumps({**unpinned, "files": dict.fromkeys(files)}))
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Hub)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    base = f"http://127.0.0.1:{server.server_port}"
-    try:
+    with serving(_Hub) as base:
         with pytest.raises(fetch.FetchError, match="not a pinned commit"):
             fetch.fetch(tmp_path / "out", base_url=base, lock_file=lock)
         lock.write_text(json.dumps({**unpinned, "revision": "main", "files": dict.fromkeys(files)}))
@@ -360,8 +344,6 @@ def test_model_fetch_pins_a_commit_and_checks_checksums(tmp_path: Path, monkeypa
             fetch.fetch(tmp_path / "third", base_url=base, lock_file=lock)
         assert not (tmp_path / "third" / "embedding_model.ckpt").exists()
         assert fetch.main([str(tmp_path / "fourth"), "--base-url", base]) == 1  # the command says so and fails
-    finally:
-        server.shutdown()
 
 
 def test_build_exports_the_cpu_graph_unless_told_not_to() -> None:

@@ -9,9 +9,8 @@ import json
 import os
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +23,7 @@ from hypothesis import strategies as st
 
 from infra.local import services
 from lockwise.core import firestore, firestore_json
+from tests.http_stubs import StubHandler, running
 
 pytestmark = pytest.mark.usefixtures("no_lazy_speechbrain_modules")  # hypothesis walks sys.modules
 
@@ -109,7 +109,7 @@ class Server(ThreadingHTTPServer):
     close_after_answer = False
 
 
-class Handler(BaseHTTPRequestHandler):
+class Handler(StubHandler):
     """Answers every request with ``server.answer``; with ``close_after_answer`` it drops the connection after
     answering without saying so (what a front end does to a connection left idle too long)."""
 
@@ -120,33 +120,22 @@ class Handler(BaseHTTPRequestHandler):
         super().setup()
         self.server.connections += 1
 
-    def _answer(self) -> None:
-        length = int(self.headers.get("Content-Length") or 0)
-        body = self.rfile.read(length).decode() if length else ""
+    def _take(self) -> None:
+        body = self.body().decode()
         self.server.requests.append((self.command, self.path, {**dict(self.headers), "body": body}))
         status, obj = self.server.answer
-        data = obj if isinstance(obj, bytes) else json.dumps(obj).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+        self.answer(status, obj, content_type="application/json")
         self.close_connection = self.server.close_after_answer
 
-    do_GET = do_POST = _answer  # noqa: N815 - http.server's naming
-
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
-        return
+    do_GET = do_POST = _take  # noqa: N815 - http.server's naming
 
 
 @pytest.fixture
 def server() -> Iterator[Server]:
     srv = Server(("127.0.0.1", 0), Handler)
     srv.requests = []
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    yield srv
-    srv.shutdown()
-    srv.server_close()
+    with running(srv):
+        yield srv
 
 
 def client_of(server: Server) -> firestore.Client:
@@ -212,7 +201,7 @@ class MetadataServer(Server):
     token_requests = 0
 
 
-class Metadata(BaseHTTPRequestHandler):
+class Metadata(StubHandler):
     """Stand-in for the Cloud Run metadata server: a short-lived access token per request."""
 
     server: MetadataServer
@@ -234,15 +223,7 @@ class Metadata(BaseHTTPRequestHandler):
         return self._send(200, "application/text", b"")  # the ping google-auth sends to detect the server
 
     def _send(self, status: int, kind: str, body: bytes) -> None:
-        self.send_response(status)
-        self.send_header("Metadata-Flavor", "Google")
-        self.send_header("Content-Type", kind)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
-        return
+        self.answer(status, body, content_type=kind, headers={"Metadata-Flavor": "Google"})
 
 
 def test_production_credentials_come_from_the_metadata_server_and_are_refreshed(tmp_path: Path) -> None:
@@ -250,7 +231,6 @@ def test_production_credentials_come_from_the_metadata_server_and_are_refreshed(
     own. The token lives 1 s here: google-auth refreshes a token that expires within its refresh margin, so each
     request asks for a new one; the request carries the newest."""
     srv = MetadataServer(("127.0.0.1", 0), Metadata)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
     host = f"127.0.0.1:{srv.server_port}"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("GOOGLE_", "GCE_", "CLOUDSDK_"))}
     env.update(HOME=str(tmp_path), GCE_METADATA_HOST=host, GCE_METADATA_IP=host, PYTHONPATH=str(services.FUNCTIONS_DIR))
@@ -264,10 +244,7 @@ def test_production_credentials_come_from_the_metadata_server_and_are_refreshed(
         "    seen.append(headers['authorization'])\n"
         "print(seen)\n"
     )
-    try:
+    with running(srv):
         done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60)
-    finally:
-        srv.shutdown()
-        srv.server_close()
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == "['Bearer token-1', 'Bearer token-2']"

@@ -6,15 +6,14 @@ from __future__ import annotations
 
 import functools
 import json
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
 from lockwise.devices import receipts, topics
 from mqtt_relay.forwarder import PER_LOCK_WAITING, Event, Forwarder, receipts_of
+from tests.http_stubs import StubHandler, serving
 from tests.waiting import wait_for
 
 batches: list[bytes] = []
@@ -27,37 +26,24 @@ def devices() -> Iterator[tuple[str, list[tuple[int, bytes]]]]:
     batch of events (kept in ``batches``, as posted)."""
     answers: list[tuple[int, bytes]] = []
 
-    class Handler(BaseHTTPRequestHandler):
+    class Handler(StubHandler):
         def do_POST(self) -> None:  # noqa: N802 - http.server's name
             assert self.headers["X-LockWise-Service-Token"] == "token"
             if self.path == "/devices/relay/events":
-                posted = self.rfile.read(int(self.headers["Content-Length"]))
+                posted = self.body()
                 batches.append(posted)
                 taken = [{"outcome": "applied"} for _ in json.loads(posted)["events"]]
-                status, body = 200, json.dumps({"results": taken}).encode()
+                self.answer(200, {"results": taken})
             else:
                 assert self.path == "/devices/relay/flush"
-                upkeeps.append(self.rfile.read(int(self.headers.get("Content-Length") or 0)))
+                upkeeps.append(self.body())
                 status, body = answers.pop(0)
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: object) -> None:
-            pass
+                self.answer(status, body, content_type="application/json")
 
     batches.clear()
     upkeeps.clear()
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", answers
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serving(Handler) as url:
+        yield url, answers
 
 
 def test_a_failed_upkeep_is_kept_until_one_succeeds(devices: tuple[str, list[tuple[int, bytes]]]) -> None:
@@ -244,33 +230,19 @@ def test_a_200_that_is_not_the_functions_answer_keeps_the_batch() -> None:
     acknowledged nor told (their locks would forget them); the batch is posted again."""
     bodies = [b"<html>captive portal</html>", b'{"results": []}', b'{"results": "x"}']
 
-    class Handler(BaseHTTPRequestHandler):
+    class Handler(StubHandler):
         def do_POST(self) -> None:  # noqa: N802 - http.server's name
-            posted = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-            body = (
-                bodies.pop(0)
-                if bodies
-                else json.dumps({"results": [{"outcome": "applied"}] * len(posted["events"])}).encode()
-            )
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+            posted = json.loads(self.body())
+            self.answer(200, bodies.pop(0) if bodies else {"results": [{"outcome": "applied"}] * len(posted["events"])})
 
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
     told: list[Event] = []
-    forwarder = Forwarder(f"http://127.0.0.1:{server.server_address[1]}", "token", on_taken=told.extend)
     acked: list[int] = []
-    forwarder.submit(Event.of(topics.acks("L1"), b'{"id":"c"}', lambda: acked.append(1), None))
-    forwarder.start()
-    try:
-        wait_for(lambda: acked, timeout=15, what="the batch taken once the function answers")
-        assert not bodies and len(told) == 1 and forwarder.forwarded == 1 and forwarder.last_error is None
-    finally:
-        forwarder.stop(drain_timeout_s=5)
-        server.shutdown()
-        server.server_close()
+    with serving(Handler) as url:
+        forwarder = Forwarder(url, "token", on_taken=told.extend)
+        forwarder.submit(Event.of(topics.acks("L1"), b'{"id":"c"}', lambda: acked.append(1), None))
+        forwarder.start()
+        try:
+            wait_for(lambda: acked, timeout=15, what="the batch taken once the function answers")
+            assert not bodies and len(told) == 1 and forwarder.forwarded == 1 and forwarder.last_error is None
+        finally:
+            forwarder.stop(drain_timeout_s=5)
