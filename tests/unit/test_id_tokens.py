@@ -5,16 +5,20 @@ Pure: keys made here, no emulator (the Auth emulator's unsigned tokens: tests/in
 
 from __future__ import annotations
 
+import datetime as dt
+import json
 import time
 from typing import Any
 
 import jwt
 import pytest
-from cryptography.hazmat.primitives import serialization
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.x509.oid import NameOID
 
 from lockwise.core import errors
-from lockwise.core.id_tokens import IdTokenVerifier, StaticKeys
+from lockwise.core.id_tokens import GoogleKeys, IdTokenVerifier, StaticKeys
 
 PROJECT_ID = "demo-lockwise"
 
@@ -100,3 +104,51 @@ def test_an_email_claim_that_is_not_text_is_as_none(keys: dict[str, rsa.RSAPriva
     no email (a list once reached the email check as a list: a 500)."""
     user = verifier(keys).verify(signed(keys["k1"], email=email))
     assert user.uid == "uid-123" and user.email is None
+
+
+def _certificates(published: dict[str, rsa.RSAPrivateKey]) -> bytes:
+    """What Google's securetoken endpoint serves: ``{kid: x509 PEM}``."""
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "securetoken")])
+    now = dt.datetime.now(dt.UTC)
+    pems = {}
+    for kid, key in published.items():
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(subject)
+            .issuer_name(subject)
+            .public_key(key.public_key())
+            .serial_number(1)
+            .not_valid_before(now - dt.timedelta(days=1))
+            .not_valid_after(now + dt.timedelta(days=1))
+            .sign(key, hashes.SHA256())
+        )
+        pems[kid] = cert.public_bytes(serialization.Encoding.PEM).decode()
+    return json.dumps(pems).encode()
+
+
+def test_made_up_key_ids_fetch_googles_keys_at_most_once_a_minute(keys: dict[str, rsa.RSAPrivateKey]) -> None:
+    """Attack run 35: each token naming a key id the cache did not hold fetched Google's certificates again (41
+    fetches for 40 tokens), under the lock every verification of the instance waits for. Now such a token is
+    refused at once, and the certificates are fetched again for one at most once a minute: a key Google has just
+    published is still found within that minute; the cache's own expiry (max-age) is kept."""
+    published = {"k1": keys["k1"]}
+    fetches: list[float] = []
+    clock = [1000.0]
+
+    def fetch(url: str) -> tuple[bytes, int]:
+        fetches.append(clock[0])
+        return _certificates(published), 21600  # Google's max-age: about 6 hours
+
+    verify = IdTokenVerifier(PROJECT_ID, GoogleKeys(fetch=fetch, clock=lambda: clock[0])).verify
+    assert verify(signed(keys["k1"])).uid == "uid-123" and len(fetches) == 1
+    for i in range(40):
+        with pytest.raises(errors.Unauthenticated):
+            verify(signed(keys["k2"], kid=f"made-up-{i}"))
+        clock[0] += 0.5  # 40 tokens in 20 s
+    assert len(fetches) == 1, "a made-up key id within a minute of the last fetch fetched them again"
+    published["k2"] = keys["k2"]  # Google begins signing with a new key
+    clock[0] += 40.0  # a minute after the first fetch
+    assert verify(signed(keys["k2"], kid="k2")).uid == "uid-123"
+    assert len(fetches) == 2
+    clock[0] += 21600.0  # the cache expired: fetched again whatever the key
+    assert verify(signed(keys["k1"])).uid == "uid-123" and len(fetches) == 3
