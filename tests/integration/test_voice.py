@@ -910,6 +910,44 @@ def test_deleting_voice_data_waits_for_a_decision_already_reading_it(
     assert again["decision"] == "rejected"
 
 
+@pytest.mark.parametrize("change", ["removed", "window_narrowed"])
+def test_a_member_removed_while_a_decision_on_her_voice_is_under_way_is_answered_after_it(
+    clients: dict[str, Any], world: World, monkeypatch: pytest.MonkeyPatch, change: str
+) -> None:
+    """A review of verify: a decision reads the member's access before its forward pass, without a row lock, so an
+    owner's removal (or a narrowing of her access) answered 204 while the decision was under way, and the door then
+    opened on her voice, its grant in verify's answer and its command made after the removal had withdrawn hers.
+    The change now waits for the decision: the door opens first, the change is answered after, and the command
+    the decision made is withdrawn with the rest of hers."""
+    assert enroll(clients, world.accounts["member"]).status_code == 201
+    member = f"/devices/locks/{world.lock_id}/members/{world.uid('member')}"
+    devices, owner = clients["devices"], world.headers("owner")
+    future = (dt.datetime.now(dt.UTC) + dt.timedelta(days=30)).isoformat()
+
+    def change_her() -> Any:
+        if change == "removed":
+            return devices.delete(member, headers=owner)
+        return devices.patch(member, json={"role": "guest", "access": {"valid_from": future}}, headers=owner)
+
+    read, release = hold_door_decisions(monkeypatch)
+    with ThreadPoolExecutor(2) as pool:
+        deciding = pool.submit(signed_verify, clients, world, wav(take()))
+        assert read.wait(30)  # her access is read; the forward pass waits for the test
+        changing = pool.submit(change_her)
+        time.sleep(0.5)
+        assert not changing.done(), "the change was answered while a decision on her voice was under way"
+        release.set()
+        decided = deciding.result(30).get_json()
+        changed = changing.result(30)
+    assert changed.status_code in (200, 204), changed.get_json()
+    assert decided["decision"] == "accepted"  # decided before the change: the door opened then
+    with get_runtime("verify").db.connection() as con:
+        status = con.run("SELECT status, last_error FROM commands WHERE id = CAST(:c AS uuid)", c=decided["command_id"])
+    assert status[0][0] == "failed", status  # withdrawn: the relay does not send it after her access changed
+    again = signed_verify(clients, world, wav(take())).get_json()
+    assert again["decision"] == "rejected"
+
+
 def test_a_second_attempt_while_the_locks_first_is_decided_is_refused_at_once(
     clients: dict[str, Any], world: World, monkeypatch: pytest.MonkeyPatch
 ) -> None:

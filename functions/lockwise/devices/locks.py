@@ -11,7 +11,15 @@ from typing import Any
 from lockwise.core import accounts, audit, errors, mirror, users
 from lockwise.core.auth import User
 from lockwise.core.db import Connection, rows_as_dicts
-from lockwise.devices import commands, invitations, lock_auth, members, provisioning, transfer_offers
+from lockwise.devices import (
+    commands,
+    door_decisions,
+    invitations,
+    lock_auth,
+    members,
+    provisioning,
+    transfer_offers,
+)
 
 MAX_NAME = 100
 
@@ -259,6 +267,7 @@ def update_member(
     _check_can_manage(actor, target)
     members.check_can_grant(actor, role)
     members.check_ends_in_time(actor, access)
+    door_decisions.wait_for(con, lock_id)  # one deciding on the access it had opens the door before this answer
     if access["expires_at"] is not None and access["expires_at"] < now:
         ended = target.expires_at if target.expires_at is not None and target.expires_at <= now else now
         access = {**access, "expires_at": ended}
@@ -305,6 +314,7 @@ def revoke_member(
         raise errors.Forbidden("the owner cannot be removed; transfer or delete the lock", code="cannot_remove_owner")
     if actor.user_uid != target.user_uid:  # leaving a lock yourself is always allowed
         _check_can_manage(actor, target)
+    door_decisions.wait_for(con, lock_id)  # one deciding on their voice opens the door before this answer
     con.run(
         "UPDATE lock_members SET revoked_at = :now, last_removed_at = :now"
         " WHERE lock_id = CAST(:l AS uuid) AND user_uid = :u",

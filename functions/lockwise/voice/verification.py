@@ -29,7 +29,7 @@ from lockwise.core import errors, mirror
 from lockwise.core.config import Settings
 from lockwise.core.db import Connection, Database
 from lockwise.core.forking import in_each_child
-from lockwise.devices import commands, lock_auth, lockout
+from lockwise.devices import commands, door_decisions, lock_auth, lockout
 from lockwise.voice import audio, budgets, first_come, known_recordings, scoring, voiceprints
 from lockwise.voice.model import fingerprint
 from lockwise.voice.model.encoder import Encoder, Policy, Scorer, policy
@@ -250,7 +250,7 @@ class Doors:
         lock) is rejected as ``replay`` before any voice is scored, and counts as a failed attempt."""
         with self.db.transaction() as con:
             found_lock = con.run(
-                "SELECT voice_threshold, pg_try_advisory_xact_lock(hashtextextended('voice_attempt ' || :l, 0))"
+                f"SELECT voice_threshold, pg_try_advisory_xact_lock({door_decisions.KEY})"
                 " FROM locks WHERE id = CAST(:l AS uuid) FOR SHARE",
                 l=lock_id,
             )
