@@ -617,3 +617,35 @@ def test_an_offer_made_by_an_account_deleted_since_is_taken_by_nobody(
     assert (taken.status_code, taken.get_json()["error"]["code"]) == (404, "transfer_not_found")
     listed = devices.get(f"/devices/locks/{world.lock_id}/members", headers=world.headers("admin")).get_json()
     assert {m["uid"]: m["role"] for m in listed["members"]}[world.uid("owner")] == "owner"  # kept, for an operator
+
+
+def test_fresh_sessions_of_an_outsider_do_not_keep_a_deleted_accounts_recheck_from_coming(
+    stack_env: dict[str, str], make_client: Any, sign_up: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Attack run 35: users never checked, and those whose session began after their last check, went first in each
+    flush's batch (``NULLS FIRST``): an outsider making a batch's worth of them a flush (new accounts, or their own
+    signing in again) kept every recheck from coming, and an account deleted in Firebase Auth kept its memberships
+    and its voice for good. At least half of each batch is now the most overdue rechecks."""
+    from lockwise.core.config import get_settings
+
+    batch = 3  # 100 deployed, a flush every 10 s
+    monkeypatch.setenv("LOCKWISE_ACCOUNT_CHECK_BATCH", str(batch))
+    get_settings.cache_clear()
+    get_runtime.cache_clear()
+    clients = {"devices": make_client("devices")}
+    devices = clients["devices"]
+    victim = sign_up()
+    assert devices.get("/devices/me", headers=bearer(victim)).status_code == 200
+    flush(clients, stack_env)
+    assert users_row(victim["localId"])[:2] == (True, False)  # checked, alive
+    delete_account(stack_env, victim["localId"])  # deleted in the Firebase console
+    recheck_now(victim["localId"])  # its hour has passed: due at the next flush
+    for _ in range(2):
+        for _ in range(batch):  # the outsider's fresh sessions of the flush period
+            outsider = sign_up()
+            assert devices.get("/devices/me", headers=bearer(outsider)).status_code == 200
+        flush(clients, stack_env)
+    assert users_row(victim["localId"])[1] is True, "the deleted account's recheck never came"
+    with get_runtime("devices").db.connection() as con:  # and the fresh ones are checked too, as many as fit
+        unchecked = con.run("SELECT count(*) FROM users WHERE account_checked_at IS NULL")[0][0]
+    assert unchecked <= batch

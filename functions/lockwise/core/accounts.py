@@ -180,16 +180,7 @@ def sweep(
         # checked as of before the lookup: a session begun while it ran asks for a check again (``users.standing``),
         # and the lookup's answer may be from before its revocation (a review)
         (asked_at,) = con.run("SELECT now()")[0]
-        due = [
-            str(row[0])
-            for row in con.run(
-                "SELECT uid FROM users WHERE account_checked_at IS NULL"
-                " OR account_checked_at <= now() - make_interval(secs => :r) ORDER BY account_checked_at NULLS FIRST"
-                " LIMIT :n",
-                r=recheck_s,
-                n=min(batch, LOOKUP_MAX),
-            )
-        ]
+        due = _due(con, min(batch, LOOKUP_MAX), recheck_s)
     if not due:
         return Sweep([], [])
     # outside any transaction (a slow answer holds no row); a uid that cannot be one document id was recorded
@@ -235,6 +226,26 @@ def sweep(
         if flipped and disabled_changed is not None:
             disabled_changed(con, flipped)
     return Sweep(gone, back, flipped)
+
+
+def _due(con: Connection, most: int, recheck_s: int) -> list[str]:
+    """Up to ``most`` users due a check: at least half of them (when there are that many) the ones whose last check
+    is oldest, the rest ones never checked or asked to be checked soon (``users.standing``). Those had gone first,
+    all of them: anyone signing up accounts, or signing in again, as fast as the relay's flushes check them kept
+    every recheck from coming, and an account deleted or disabled in Firebase Auth opened doors for good (attack run
+    35: a deleted account's recheck never came in 5 flushes beside 3 new accounts each)."""
+    overdue = [
+        str(row[0])
+        for row in con.run(
+            "SELECT uid FROM users WHERE account_checked_at <= now() - make_interval(secs => :r)"
+            " ORDER BY account_checked_at LIMIT :n",
+            r=recheck_s,
+            n=most,
+        )
+    ]
+    fresh = [str(row[0]) for row in con.run("SELECT uid FROM users WHERE account_checked_at IS NULL LIMIT :n", n=most)]
+    rechecked = min(len(overdue), max((most + 1) // 2, most - len(fresh)))
+    return overdue[:rechecked] + fresh[: most - rechecked]
 
 
 def to_end(con: Connection, limit: int) -> list[str]:
