@@ -1029,6 +1029,45 @@ def test_only_an_invitation_found_by_address_needs_firebase_auth_to_confirm_the_
     assert ([i["id"] for i in listed["invitations"]], listed["address_unconfirmed"]) == ([by_address], False)
 
 
+def test_answering_an_invitation_not_sent_to_the_callers_address_asks_firebase_auth_nothing(
+    world: World, sign_up: Any, stack_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Attack run 35: accepting or declining any invitation id not addressed to the caller's uid (a made-up one, one
+    sent to someone else's uid or address) asked Firebase Auth for the caller's address first, every time, unpaced:
+    40 requests of an outsider with a verified address made 40 ``accounts:lookup`` calls, the project's Auth quota
+    that every address invitation, listing and the relay's account check spend. Auth is now asked only for an open
+    invitation sent to the address the caller's token names; the rest are 404 as before."""
+    host, project = stack_env["FIREBASE_AUTH_EMULATOR_HOST"], stack_env["LOCKWISE_PROJECT_ID"]
+    outsider = sign_up()
+    verify_email(host, project, outsider["localId"])
+    outsider = sign_in(host, outsider["email"])
+    asked: list[str] = []
+    real = accounts.IdentityToolkit.verified_email
+
+    def counted(self: accounts.IdentityToolkit, uid: str) -> str | None:
+        asked.append(uid)
+        return real(self, uid)
+
+    monkeypatch.setattr(accounts.IdentityToolkit, "verified_email", counted)
+    owner, lock = world.headers("owner"), world.lock_id
+    to_others = [
+        world.devices.post(
+            f"/devices/locks/{lock}/members", json=invitee | {"role": "member"}, headers=owner
+        ).get_json()["invitation"]["id"]
+        for invitee in ({"email": "someone-else@example.com"}, {"uid": world.uid("stranger")})
+    ]
+    for invitation in [str(uuid.uuid4()) for _ in range(10)] + to_others:
+        for route in ("accept", "decline"):
+            answer = world.devices.post(f"/devices/invitations/{invitation}/{route}", headers=bearer(outsider))
+            assert (answer.status_code, answer.get_json()["error"]["code"]) == (404, "invitation_not_found")
+    assert asked == []
+    to_her = world.devices.post(
+        f"/devices/locks/{lock}/members", json={"email": outsider["email"], "role": "guest"}, headers=owner
+    ).get_json()["invitation"]["id"]
+    assert world.devices.post(f"/devices/invitations/{to_her}/accept", headers=bearer(outsider)).status_code == 201
+    assert asked == [outsider["localId"]]  # her address confirmed for the invitation sent to it
+
+
 def test_a_removal_ends_every_invitation_sent_before_it_whatever_address_it_went_to(
     world: World, sign_up: Any, stack_env: dict[str, str]
 ) -> None:

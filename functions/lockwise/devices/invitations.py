@@ -228,14 +228,22 @@ def for_user(db: Database, user: User, now: dt.datetime, confirm: ConfirmAddress
 
 
 def answering_as(db: Database, invitation_id: str, user: User, confirm: ConfirmAddress) -> User:
-    """``user`` as they may answer ``invitation_id``: as their token says when it is addressed to their uid (Firebase
-    Auth is not asked), else with the address their account has now (``confirm``: a token issued before the account
-    moved accepted an invitation sent to the old address after its new holder had verified it: attack run 12)."""
+    """``user`` as they may answer ``invitation_id``: with the address their account has now (``confirm``: a token
+    issued before the account moved accepted an invitation sent to the old address after its new holder had
+    verified it: attack run 12) when it is an open invitation sent to the address their token names; else as their
+    token says (Firebase Auth is not asked: addressed to their uid, or not to them at all, which is answered 404 as
+    before; any made-up id had cost a lookup, unpaced, the project's Auth quota: attack run 35)."""
+    address = users.stored_email(user)
+    if address is None:
+        return user
     with db.connection() as con:
         rows = con.run(
-            "SELECT invitee_uid FROM invitations WHERE id = CAST(:i AS uuid)", i=_invitation_id(invitation_id)
+            "SELECT 1 FROM invitations WHERE id = CAST(:i AS uuid) AND " + _OPEN + " AND invitee_uid IS NULL"
+            " AND lower(email) = lower(:e)",
+            i=_invitation_id(invitation_id),
+            e=address,
         )
-    return user if rows and rows[0][0] == user.uid else confirm(user)
+    return confirm(user) if rows else user
 
 
 #: when a membership that ended (removed, or expired) starts again as its invitation is accepted: where the member
