@@ -1084,6 +1084,44 @@ def test_guest_outside_window_is_not_a_candidate(clients: dict[str, Any], world:
     assert result["decision"] == "rejected" and result["reason"] == "no_candidates"
 
 
+def test_a_voice_closest_to_someone_not_allowed_in_now_leaves_nothing_once_she_deletes_her_voice_data(
+    clients: dict[str, Any], world: World, make_client: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A review of verify: an utterance whose closest voiceprint is a guest's outside her window is answered as
+    nobody's (``below_threshold``, not asked again), but it was logged as nobody's too, its scores dropped and its
+    fingerprint kept with nothing naming her, so deleting her voice data left it at the lock for the replay memory's
+    week. It is now logged with her as the closest, and her deletion takes its fingerprint and scores."""
+    from lockwise.core.config import get_settings
+
+    monkeypatch.setenv("LOCKWISE_REPLAY_MEMORY_HOURS", "168")  # the default (the tests' environment keeps none)
+    get_settings.cache_clear()
+    get_runtime.cache_clear()
+    clients = {**clients, "verify": make_client("verify")}
+    assert enroll(clients, world.accounts["owner"], speaker="es-co").status_code == 201  # someone may open it
+    negate_voiceprint(world.uid("owner"))  # and is far from the voice at the door (the tests' model is random)
+    assert enroll(clients, world.accounts["guest_out"]).status_code == 201
+    result = signed_verify(clients, world, wav(take())).get_json()
+    assert (result["decision"], result["reason"]) == ("rejected", "below_threshold")
+    with get_runtime("verify").db.connection() as con:
+        logged = con.run(
+            "SELECT best_uid, score IS NOT NULL FROM verification_attempts WHERE id = CAST(:a AS uuid)",
+            a=result["attempt_id"],
+        )
+        kept = con.run(
+            "SELECT count(*) FROM voice_fingerprints WHERE attempt_id = CAST(:a AS uuid)", a=result["attempt_id"]
+        )
+    assert logged == [[world.uid("guest_out"), True]] and kept == [[1]]
+    assert clients["embed"].delete("/embed/enrollment", headers=world.headers("guest_out")).status_code == 204
+    with get_runtime("verify").db.connection() as con:
+        logged = con.run(
+            "SELECT best_uid, score FROM verification_attempts WHERE id = CAST(:a AS uuid)", a=result["attempt_id"]
+        )
+        kept = con.run(
+            "SELECT count(*) FROM voice_fingerprints WHERE attempt_id = CAST(:a AS uuid)", a=result["attempt_id"]
+        )
+    assert logged == [[None, None]] and kept == [[0]]
+
+
 def test_stale_model_voiceprint_is_not_compared(clients: dict[str, Any], world: World) -> None:
     assert enroll(clients, world.accounts["owner"]).status_code == 201
     with get_runtime("verify").db.transaction() as con:

@@ -170,7 +170,8 @@ def test_of_two_voiceprints_that_pass_as_each_other_only_the_one_going_first_is_
     outside = at_lock("bob", 2, 0, 1, allowed=(True, False, True))
     raw, scores = scorer.scores(unit(1, 0.02, 0.1, 0), outside.prints)
     refused = first_come.decide(outside, raw, scores, rules, scorer, decide)
-    assert (refused.accepted, refused.reason, refused.best_index) == (False, "below_threshold", None)  # nobody's
+    assert (refused.accepted, refused.reason, refused.not_allowed) == (False, "below_threshold", True)  # nobody's
+    assert named(outside, refused.best_index) == "alice" and refused.best is not None  # her scores, for the log
 
     class Counting(Scorer):
         calls = 0

@@ -77,8 +77,8 @@ def decide(
     only as someone allowed in now. Those who are not are still in the decision, their margin too: a guest's
     utterance outside her window just under her own voiceprint, over a member's copy of it, was let in as the member
     (attack run 25). A decision whose best is someone not allowed in now is answered as nobody's (nothing said of
-    them, not asked again). ``like``: when two voiceprints count as like each other (``like_rules``; else
-    ``rules``). The decision's indices are into ``found``."""
+    them, not asked again: ``Decision.not_allowed``). ``like``: when two voiceprints count as like each other
+    (``like_rules``; else ``rules``). The decision's indices are into ``found``."""
     passes = rules.passing(raw, scores)
     aside = set_aside(found, scorer, like or rules, passes) if passes.any() else np.zeros(len(found.uids), np.bool_)
     if aside.any():
@@ -88,13 +88,16 @@ def decide(
         )
     kept = np.flatnonzero(~aside)
     taken = decide_one(raw[kept], scores[kept], rules)
-    if taken.best_index is not None and not found.allowed[int(kept[taken.best_index])]:
-        return scoring.Decision(False, None, None, None, "below_threshold")
-    return dataclasses.replace(
+    decision = dataclasses.replace(
         taken,
         best_index=None if taken.best_index is None else int(kept[taken.best_index]),
         runner_up_index=None if taken.runner_up_index is None else int(kept[taken.runner_up_index]),
     )
+    if decision.best_index is not None and not found.allowed[decision.best_index]:
+        # its scores kept for the attempts log: deleting her voice data finds the attempt by them, and deletes its
+        # fingerprint (it had been logged as nobody's, its fingerprint kept: a review of verify)
+        return dataclasses.replace(decision, accepted=False, reason="below_threshold", not_allowed=True)
+    return decision
 
 
 def set_aside(

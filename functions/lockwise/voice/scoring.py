@@ -67,6 +67,9 @@ class Decision:
     runner_up: float | None
     reason: str  # accepted | no_candidates | below_threshold | ambiguous
     runner_up_index: int | None = None
+    #: the best is someone not allowed in now: answered as a voice below the threshold (nothing said of them), never
+    #: asked again, and logged with its scores (``lockwise.voice.first_come``)
+    not_allowed: bool = False
 
 
 def decide(scores: npt.NDArray[np.float32], threshold: float, margin: float) -> Decision:

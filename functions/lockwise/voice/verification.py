@@ -470,6 +470,7 @@ def _asked_again(decision: scoring.Decision, rules: Policy) -> scoring.Decision:
     if (
         rules.retry_band is not None
         and decision.reason == "below_threshold"
+        and not decision.not_allowed
         and decision.best is not None
         and rules.threshold - rules.retry_band <= decision.best < rules.threshold
     ):
