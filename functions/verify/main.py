@@ -36,7 +36,14 @@ def attempt_from(ctx: Ctx, body: bytes) -> tuple[audio.Clip, str | None]:
     follow_up = query.get("follow_up")
     if follow_up is not None and inputs.canonical_uuid(follow_up) is None:
         raise errors.BadRequest("follow_up must be the attempt id of a say_again answer", code="invalid_follow_up")
-    rate = ctx.request.headers.get("X-Sample-Rate") or query.get("sample_rate")
+    header, named = ctx.request.headers.get("X-Sample-Rate"), query.get("sample_rate")
+    if header and named is not None and header != named:  # one was ignored without a word (a review of verify)
+        raise errors.BadRequest(
+            f"the X-Sample-Rate header says {header} but sample_rate says {named}; send one, or make them agree",
+            code="conflicting_sample_rate",
+            details={"header": header, "query": named},
+        )
+    rate = header or named
     return audio.validate(audio.from_body(body, ctx.request.content_type, rate), limits), follow_up
 
 

@@ -253,11 +253,14 @@ def test_the_query_takes_its_two_parameters_once_each(clients: dict[str, Any], w
         ("follow_up=a&follow_up=b", "44100", "duplicate_field", {"fields": ["follow_up"]}),
         ("sample_rate=", "", "unsupported_sample_rate", None),  # blank is not "absent" (44.1 kHz)
         ("sample_rate", "", "unsupported_sample_rate", None),
+        # both, naming two rates: the query's was ignored (a review of verify)
+        ("sample_rate=16000", "44100", "conflicting_sample_rate", {"header": "44100", "query": "16000"}),
     ]
     for query, header_rate, code, details in refusals:
         error = post(query, header_rate).get_json()["error"]
         assert (error["code"], error.get("details")) == (code, details), query
     assert attempts(world)[-len(refusals) :] == [("invalid", code) for _, _, code, _ in refusals]
+    assert post("sample_rate=44100", "44100").get_json()["decision"] == "accepted"  # both, agreeing
 
 
 def test_a_different_voiceprint_is_rejected(clients: dict[str, Any], world: World) -> None:
