@@ -143,3 +143,16 @@ def test_the_largest_enrollment_the_function_takes_fits_the_web_servers_limit() 
     settings = Settings.from_env({}, component="embed")
     limits = audio.Limits.from_settings(settings)
     assert audio.max_body_bytes(limits, settings.enroll_max_samples) <= whole_requests.MAX_BODY_BYTES
+
+
+@pytest.mark.parametrize(
+    "env", [{"LOCKWISE_ENROLL_MAX_SAMPLES": "7"}, {"LOCKWISE_AUDIO_MAX_S": "20"}], ids=["samples", "seconds"]
+)
+def test_settings_whose_largest_enrollment_the_web_server_refuses_do_not_start(env: dict[str, str]) -> None:
+    """A review: settings the function took (seven samples, or 20 s clips) made every such enrollment at 48 kHz
+    stereo a 413 from the web server, naming no setting. The function now refuses to start, naming them."""
+    from lockwise.core.config import ConfigError, Settings
+
+    settings = Settings.from_env(env, component="embed")
+    with pytest.raises(ConfigError, match="LOCKWISE_ENROLL_MAX_SAMPLES"):
+        audio.Limits.from_settings(settings)

@@ -22,8 +22,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from lockwise.core import errors, inputs
-from lockwise.core.config import Settings
+from lockwise.core import errors, inputs, whole_requests
+from lockwise.core.config import ConfigError, Settings
 from lockwise.voice import order_statistics
 
 SUPPORTED_RATES = (8000, 11025, 16000, 22050, 24000, 32000, 44100, 48000)
@@ -59,7 +59,18 @@ class Limits:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Limits:
-        return cls(settings.audio_min_s, settings.audio_max_s, settings.audio_min_speech_s)
+        """The settings' limits; ``ConfigError`` when the largest honest enrollment they allow (``max_body_bytes``)
+        is a body the web server refuses first (a review: ``LOCKWISE_ENROLL_MAX_SAMPLES`` of 7, or clips of 20 s,
+        let the function start, and every such enrollment at 48 kHz stereo was a 413 naming no setting)."""
+        limits = cls(settings.audio_min_s, settings.audio_max_s, settings.audio_min_speech_s)
+        largest = max_body_bytes(limits, settings.enroll_max_samples)
+        if largest > whole_requests.MAX_BODY_BYTES:
+            raise ConfigError(
+                f"LOCKWISE_AUDIO_MAX_S={settings.audio_max_s:g} with LOCKWISE_ENROLL_MAX_SAMPLES="
+                f"{settings.enroll_max_samples} allows enrollments of {largest:,} bytes (48 kHz stereo, base64); the"
+                f" server takes bodies of at most {whole_requests.MAX_BODY_BYTES:,}: lower either"
+            )
+        return limits
 
 
 # --------------------------------------------------------------------------------------------------- decoding
