@@ -226,7 +226,7 @@ def decide(raw: npt.NDArray[np.float32], scores: npt.NDArray[np.float32], rules:
     the best must reach the threshold and beat the runner-up by the margin, and its raw cosine must reach the
     policy's gate (with normalised scores: the encoder's floor, or a lock's own threshold above it)."""
     decision = scoring.decide(scores, rules.threshold, rules.margin)
-    if decision.accepted and rules.raw_gate is not None and not raw[decision.best_index] >= rules.raw_gate:
+    if decision.accepted and not rules.passing(raw, scores)[decision.best_index]:  # the one rule, with the gate
         return dataclasses.replace(decision, accepted=False, reason="below_threshold")
     return decision
 

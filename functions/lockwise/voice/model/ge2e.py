@@ -107,6 +107,13 @@ def raise_volume(wav: F32) -> F32:
     return wav if change_db < 0 else (wav * np.float32(10 ** (change_db / 20))).astype(np.float32)
 
 
+def _preprocessed(wav16k: F32) -> F32:
+    """Resemblyzer's ``preprocess_wav`` after its resampling, written once for ``embed`` (serving) and ``embed_many``
+    (calibration, the cohort): two copies could drift, and calibration then measure another model than the one
+    served (a review)."""
+    return shorten_pauses(raise_volume(at_least_40ms(wav16k)))
+
+
 def shorten_pauses(wav: F32) -> F32:
     """Drop pauses longer than 180 ms, keeping speech and the short gaps around it (Resemblyzer's
     ``trim_long_silences``, with the product's energy speech detector in place of webrtcvad)."""
@@ -272,8 +279,7 @@ class Ge2eEncoder:
         return self.embed_16k(resample(mono_float32(samples), checked_rate(sample_rate), SAMPLE_RATE))
 
     def embed_16k(self, samples16k: npt.NDArray[np.floating[Any]]) -> F32:
-        wav = mono_float32(samples16k)
-        return self.embed_preprocessed(shorten_pauses(raise_volume(at_least_40ms(wav))))
+        return self.embed_preprocessed(_preprocessed(mono_float32(samples16k)))
 
     def embed_preprocessed(self, wav: F32) -> F32:
         """Resemblyzer's ``embed_utterance`` on an already preprocessed 16 kHz clip (used by the parity check)."""
@@ -283,10 +289,7 @@ class Ge2eEncoder:
         """Embed several ``(samples, sample_rate)`` clips in one batched pass of the network: row k is ``embed`` of
         clip k (to float rounding), several times faster for many clips (calibration). Shape (len(clips), 256)."""
         stacks = [
-            self._partial_mels(
-                shorten_pauses(raise_volume(at_least_40ms(resample(mono_float32(s), checked_rate(r), SAMPLE_RATE))))
-            )
-            for s, r in clips
+            self._partial_mels(_preprocessed(resample(mono_float32(s), checked_rate(r), SAMPLE_RATE))) for s, r in clips
         ]
         partials = self._net(np.concatenate(stacks))
         ends = np.cumsum([len(stack) for stack in stacks])
