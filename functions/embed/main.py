@@ -23,7 +23,7 @@ api = Api("embed")
 encoder = load_encoder(rt.settings, exported=True)
 scorer = load_scorer(rt.settings, encoder)
 voice = VoiceActivity()  # the bundle's models/vad: an enrollment sample must hold a voice, not only sound
-limits = audio.Limits.from_settings(rt.settings)
+limits = audio.Limits.from_settings(rt.settings, clips=rt.settings.enroll_max_samples)
 
 
 def app_user(ctx: Ctx) -> auth.User:

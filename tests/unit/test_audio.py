@@ -141,7 +141,7 @@ def test_the_largest_enrollment_the_function_takes_fits_the_web_servers_limit() 
     from lockwise.core.config import Settings
 
     settings = Settings.from_env({}, component="embed")
-    limits = audio.Limits.from_settings(settings)
+    limits = audio.Limits.from_settings(settings, clips=settings.enroll_max_samples)
     assert audio.max_body_bytes(limits, settings.enroll_max_samples) <= whole_requests.MAX_BODY_BYTES
 
 
@@ -149,10 +149,14 @@ def test_the_largest_enrollment_the_function_takes_fits_the_web_servers_limit() 
     "env", [{"LOCKWISE_ENROLL_MAX_SAMPLES": "7"}, {"LOCKWISE_AUDIO_MAX_S": "20"}], ids=["samples", "seconds"]
 )
 def test_settings_whose_largest_enrollment_the_web_server_refuses_do_not_start(env: dict[str, str]) -> None:
-    """A review: settings the function took (seven samples, or 20 s clips) made every such enrollment at 48 kHz
-    stereo a 413 from the web server, naming no setting. The function now refuses to start, naming them."""
+    """A review: settings embed took (seven samples, or 20 s clips) made every such enrollment at 48 kHz stereo a
+    413 from the web server, naming no setting. Embed now refuses to start, naming them; verify, whose bodies carry
+    one clip, starts (it reads no enrollment setting: refusing it over one took voice unlock down)."""
     from lockwise.core.config import ConfigError, Settings
 
-    settings = Settings.from_env(env, component="embed")
-    with pytest.raises(ConfigError, match="LOCKWISE_ENROLL_MAX_SAMPLES"):
-        audio.Limits.from_settings(settings)
+    embed = Settings.from_env(env, component="embed")
+    with pytest.raises(ConfigError, match="LOCKWISE_AUDIO_MAX_S=.* with LOCKWISE_ENROLL_MAX_SAMPLES="):
+        audio.Limits.from_settings(embed, clips=embed.enroll_max_samples)
+    assert audio.Limits.from_settings(Settings.from_env(env, component="verify")).max_seconds == embed.audio_max_s
+    with pytest.raises(ConfigError, match="LOCKWISE_AUDIO_MAX_S=120 allows"):  # one clip too long for the server
+        audio.Limits.from_settings(Settings.from_env({"LOCKWISE_AUDIO_MAX_S": "120"}, component="verify"))

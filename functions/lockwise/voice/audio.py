@@ -58,17 +58,20 @@ class Limits:
     min_speech_seconds: float = 1.0
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> Limits:
-        """The settings' limits; ``ConfigError`` when the largest honest enrollment they allow (``max_body_bytes``)
-        is a body the web server refuses first (a review: ``LOCKWISE_ENROLL_MAX_SAMPLES`` of 7, or clips of 20 s,
-        let the function start, and every such enrollment at 48 kHz stereo was a 413 naming no setting)."""
+    def from_settings(cls, settings: Settings, *, clips: int = 1) -> Limits:
+        """The settings' limits for a function whose bodies carry at most ``clips`` clips (embed: its enrollment's
+        samples); ``ConfigError`` when the largest honest such body (``max_body_bytes``) is one the web server
+        refuses first (a review: ``LOCKWISE_ENROLL_MAX_SAMPLES`` of 7, or clips of 20 s, let embed start, and every
+        such enrollment at 48 kHz stereo was a 413 naming no setting)."""
         limits = cls(settings.audio_min_s, settings.audio_max_s, settings.audio_min_speech_s)
-        largest = max_body_bytes(limits, settings.enroll_max_samples)
+        largest = max_body_bytes(limits, clips)
         if largest > whole_requests.MAX_BODY_BYTES:
+            named = f"LOCKWISE_AUDIO_MAX_S={settings.audio_max_s:g}"
+            if clips > 1:
+                named += f" with LOCKWISE_ENROLL_MAX_SAMPLES={clips}"
             raise ConfigError(
-                f"LOCKWISE_AUDIO_MAX_S={settings.audio_max_s:g} with LOCKWISE_ENROLL_MAX_SAMPLES="
-                f"{settings.enroll_max_samples} allows enrollments of {largest:,} bytes (48 kHz stereo, base64); the"
-                f" server takes bodies of at most {whole_requests.MAX_BODY_BYTES:,}: lower either"
+                f"{named} allows bodies of {largest:,} bytes (48 kHz stereo, base64); the server takes at most"
+                f" {whole_requests.MAX_BODY_BYTES:,}: lower it"
             )
         return limits
 
