@@ -951,6 +951,45 @@ def test_a_member_removed_while_a_decision_on_her_voice_is_under_way_is_answered
     assert again["decision"] == "rejected"
 
 
+def test_leaving_every_lock_waits_for_a_decision_before_it_writes_anything(
+    clients: dict[str, Any], world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A review: leaving every lock waited for a voice decision at each lock as it reached it, holding what it had
+    written at the locks before (her pending commands' rows): the relay's batch acking one of those commands, while
+    holding the lockout row that decision waited for, closed a cycle (a deadlock, a 503 for every lock's events in
+    the batch). It now waits for every lock's decisions first: while it waits, her commands are nobody's to wait
+    for."""
+    assert enroll(clients, world.accounts["member"]).status_code == 201
+    devices, member = clients["devices"], world.accounts["member"]
+    for _ in range(12):  # a lock of hers ordered before the door the decision is at
+        created = create_lock(devices, world.accounts["owner"], name="Back door")
+        other = created["lock"]["id"]
+        if other < world.lock_id:
+            break
+    assert other < world.lock_id
+    provision(devices, created["provisioning"]["code"])
+    join(devices, other, world.accounts["owner"], member, {"role": "member"})
+    sent = devices.post(f"/devices/locks/{other}/commands", json={"action": "unlock"}, headers=bearer(member))
+    assert sent.status_code == 202, sent.get_json()
+    read, release = hold_door_decisions(monkeypatch)
+    with ThreadPoolExecutor(2) as pool:
+        deciding = pool.submit(signed_verify, clients, world, wav(take()))
+        assert read.wait(30)
+        leaving = pool.submit(devices.delete, "/devices/me", headers=bearer(member))
+        time.sleep(0.5)
+        assert not leaving.done()  # it waits for the decision at the second lock
+        with get_runtime("devices").db.transaction() as con:  # and holds nothing of hers at the first
+            taken = con.run(
+                "SELECT 1 FROM commands WHERE id = CAST(:c AS uuid) FOR UPDATE SKIP LOCKED",
+                c=sent.get_json()["command"]["id"],
+            )
+        release.set()
+        decided = deciding.result(30).get_json()
+        left = leaving.result(30)
+    assert taken == [[1]], "her command's row was held while she waited for the decision at the next lock"
+    assert left.status_code == 204 and decided["decision"] == "accepted"
+
+
 def test_a_second_attempt_while_the_locks_first_is_decided_is_refused_at_once(
     clients: dict[str, Any], world: World, monkeypatch: pytest.MonkeyPatch
 ) -> None:

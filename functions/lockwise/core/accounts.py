@@ -18,6 +18,7 @@ telling which are gone.
 from __future__ import annotations
 
 import json
+import secrets
 import ssl
 import threading
 import time
@@ -229,11 +230,12 @@ def sweep(
 
 
 def _due(con: Connection, most: int, recheck_s: int) -> list[str]:
-    """Up to ``most`` users due a check: at least half of them (when there are that many) the ones whose last check
-    is oldest, the rest ones never checked or asked to be checked soon (``users.standing``). Those had gone first,
-    all of them: anyone signing up accounts, or signing in again, as fast as the relay's flushes check them kept
-    every recheck from coming, and an account deleted or disabled in Firebase Auth opened doors for good (attack run
-    35: a deleted account's recheck never came in 5 flushes beside 3 new accounts each)."""
+    """Up to ``most`` users due a check: about half of them (when there are that many; an odd batch's last place
+    goes to either half at random) the ones whose last check is oldest, the rest, in random order, ones never checked
+    or asked to be checked soon (``users.standing``). Those had gone first, all of them: anyone signing up accounts,
+    or signing in again, as fast as the relay's flushes checked them kept every recheck from coming, and an account
+    deleted or disabled in Firebase Auth opened doors for good (attack run 35: a deleted account's recheck never came
+    in 5 flushes beside 3 new accounts each). In random order, nobody's can be kept last (a review)."""
     overdue = [
         str(row[0])
         for row in con.run(
@@ -243,8 +245,12 @@ def _due(con: Connection, most: int, recheck_s: int) -> list[str]:
             n=most,
         )
     ]
-    fresh = [str(row[0]) for row in con.run("SELECT uid FROM users WHERE account_checked_at IS NULL LIMIT :n", n=most)]
-    rechecked = min(len(overdue), max((most + 1) // 2, most - len(fresh)))
+    fresh = [
+        str(row[0])
+        for row in con.run("SELECT uid FROM users WHERE account_checked_at IS NULL ORDER BY random() LIMIT :n", n=most)
+    ]
+    half = most // 2 + (most % 2 if secrets.randbelow(2) else 0)
+    rechecked = min(len(overdue), max(half, most - len(fresh)))
     return overdue[:rechecked] + fresh[: most - rechecked]
 
 

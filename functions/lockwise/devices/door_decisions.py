@@ -2,12 +2,17 @@
 end someone's right to open the door, which wait for it.
 
 A decision at a lock holds a transaction-scoped advisory lock from its first statement to its commit (a second
-attempt at the same lock meanwhile is answered at once, 429 ``voice_attempt_in_progress``). A removal, or a change of a
-member's role, window or expiry, waits for it before it commits: the decision read the member's access before its
-forward pass, without a row lock, so one that was under way when the owner's removal was answered opened the door
-after it (a review of verify: the grant goes back in verify's answer, and the removal's withdrawal of unsent
-commands ran before the decision's command existed). Now the decision comes first: the door opens before the
-removal is answered, and the removal withdraws the command it made if the relay has not sent it.
+attempt at the same lock meanwhile is answered at once, 429 ``voice_attempt_in_progress``). A removal, or a change
+of a member's role, window or expiry, waits for it before it writes anything: the decision read the member's access
+before its forward pass, without a row lock, so one under way when the owner's removal was answered committed
+after it, and its command escaped the removal's withdrawal of unsent commands (a review of verify). Now the
+decision commits first and the removal withdraws its command if the relay has not sent it. What it cannot recall is
+the grant the decision answers the lock with, on its way: as with one issued the moment before the removal, a lock
+on a slow link may act on it after the removal is answered, within the grant's life.
+
+The wait counts towards the statement limit (``lockwise.core.db.STATEMENT_TIMEOUT_S``, 4 s): a decision held up
+longer than that (a forward pass on a throttled instance, up to 20 s) makes the change a 503 the app retries, never
+an answer given before the decision.
 """
 
 from __future__ import annotations

@@ -345,11 +345,16 @@ def leave_every_lock(con: Connection, uid: str, now: dt.datetime, *, account_gon
     meanwhile (nothing is done). Returns how many locks were left."""
     # every path's order: the locks' rows, then the user's, then memberships and invitations (an acceptance holds
     # the user's row and waits for its invitation; this closed the invitation, then waited for the user's row)
-    con.run(
-        "SELECT 1 FROM locks WHERE id IN (SELECT lock_id FROM lock_members WHERE user_uid = :u AND revoked_at IS NULL)"
-        " ORDER BY id FOR KEY SHARE",
+    held_locks = con.run(
+        "SELECT id::text FROM locks WHERE id IN (SELECT lock_id FROM lock_members WHERE user_uid = :u"
+        " AND revoked_at IS NULL) ORDER BY id FOR KEY SHARE",
         u=uid,
     )
+    # the voice decisions under way at each of them, before any row is written: a removal at one lock holding their
+    # commands' rows while it waited for a decision at the next could close a cycle with the relay's batch acking one
+    # of those commands while that decision waited for the lockout row the batch held (a review)
+    for (lock_id,) in held_locks:
+        door_decisions.wait_for(con, lock_id)
     # the user's row before the locks they own are counted: a lock being made for them (``create`` holds the row) is
     # counted once made, not missed and left owned by an account that has just left everything
     held = users.hold(con, uid)
