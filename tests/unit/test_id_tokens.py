@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
-from lockwise.core import errors
+from lockwise.core import errors, id_tokens
 from lockwise.core.id_tokens import GoogleKeys, IdTokenVerifier, StaticKeys
 
 PROJECT_ID = "demo-lockwise"
@@ -152,3 +152,55 @@ def test_made_up_key_ids_fetch_googles_keys_at_most_once_a_minute(keys: dict[str
     assert len(fetches) == 2
     clock[0] += 21600.0  # the cache expired: fetched again whatever the key
     assert verify(signed(keys["k1"])).uid == "uid-123" and len(fetches) == 3
+
+
+def test_while_googles_keys_cannot_be_fetched_the_last_ones_verify_and_nobody_waits_for_each_try(
+    keys: dict[str, rsa.RSAPrivateKey],
+) -> None:
+    """A review: once the cache had expired while googleapis.com did not answer, every verification made its own
+    fetch and waited for its timeout, one at a time under the instance's lock. A failed fetch is now tried again
+    no sooner than ``FAILED_RETRY_S``; meanwhile the keys last fetched verify tokens for up to ``STALE_GRACE_S``
+    past their expiry, and with none the answer is 503 at once."""
+    clock = [1000.0]
+    down = [False]
+    fetches: list[float] = []
+
+    def fetch(url: str) -> tuple[bytes, int]:
+        fetches.append(clock[0])
+        if down[0]:
+            raise OSError("googleapis.com did not answer")
+        return _certificates({"k1": keys["k1"]}), 3600
+
+    verify = IdTokenVerifier(PROJECT_ID, GoogleKeys(fetch=fetch, clock=lambda: clock[0])).verify
+    assert verify(signed(keys["k1"])).uid == "uid-123"
+    down[0] = True
+    clock[0] += 3600.0  # the cache expired while Google is away
+    for _ in range(20):
+        assert verify(signed(keys["k1"])).uid == "uid-123"  # the last keys still verify
+        clock[0] += 0.25
+    assert len(fetches) == 2  # one try in those 5 s, not one a request
+    clock[0] += id_tokens.FAILED_RETRY_S
+    assert verify(signed(keys["k1"])).uid == "uid-123" and len(fetches) == 3
+    clock[0] += id_tokens.STALE_GRACE_S  # too long past their expiry: refused, without waiting for a try each
+    with pytest.raises(errors.Unavailable):
+        verify(signed(keys["k1"]))
+    down[0] = False
+    clock[0] += id_tokens.FAILED_RETRY_S
+    assert verify(signed(keys["k1"])).uid == "uid-123"  # back
+
+
+def test_with_no_keys_ever_fetched_a_failure_is_503_and_tried_again_after_a_pause(
+    keys: dict[str, rsa.RSAPrivateKey],
+) -> None:
+    clock = [1000.0]
+    fetches: list[float] = []
+
+    def fetch(url: str) -> tuple[bytes, int]:
+        fetches.append(clock[0])
+        return b"<html>not the certificates</html>", 3600
+
+    verify = IdTokenVerifier(PROJECT_ID, GoogleKeys(fetch=fetch, clock=lambda: clock[0])).verify
+    for _ in range(5):
+        with pytest.raises(errors.Unavailable):
+            verify(signed(keys["k1"]))
+    assert len(fetches) == 1

@@ -9,6 +9,7 @@ trusted callers (verify) never loads them; one that serves the app loads them on
 from __future__ import annotations
 
 import json
+import logging
 import re
 import threading
 import time
@@ -23,10 +24,16 @@ from cryptography.x509 import load_pem_x509_certificate
 from lockwise.core import errors, inputs
 from lockwise.core.auth import User
 
+log = logging.getLogger("lockwise.core.id_tokens")
+
 GOOGLE_CERTS_URL = "https://www.googleapis.com/robot/v1/metadata/x509/securetoken@system.gserviceaccount.com"
 LEEWAY_S = 5
 #: a key id the cached certificates do not name fetches them again at most this often (``GoogleKeys``)
 UNKNOWN_KEY_REFETCH_S = 60.0
+#: after a failed fetch of them, the next is tried no sooner than this (``GoogleKeys``)
+FAILED_RETRY_S = 10.0
+#: keys past their cache's expiry still verify tokens this long while they cannot be fetched again
+STALE_GRACE_S = 3600.0
 
 
 class KeySource(Protocol):
@@ -50,7 +57,12 @@ class GoogleKeys:
     (a key Google has just begun signing with is published hours before it is used); otherwise it is refused at
     once. Before, each one fetched them, one at a time under the lock every verification takes: tokens with made-up
     key ids, sent by anyone without an account, made each instance call googleapis.com once a request while
-    signed-in users waited behind those calls (attack run 35: 41 fetches for 40 tokens)."""
+    signed-in users waited behind those calls (attack run 35: 41 fetches for 40 tokens).
+
+    A fetch that fails is not tried again for ``FAILED_RETRY_S``; meanwhile, and for up to ``STALE_GRACE_S`` past
+    their expiry, the keys last fetched still verify tokens (a key stays published for days after Google stops
+    signing with it), and without any the answer is 503 ``auth_keys_unavailable`` at once: every verification had
+    waited for its own fetch's 5 s timeout, one at a time, while googleapis.com did not answer (a review)."""
 
     def __init__(
         self,
@@ -65,24 +77,32 @@ class GoogleKeys:
         self._keys: dict[str, RSAPublicKey] = {}
         self._expires = 0.0  # the cache's end: every verification waits for a fetch after it
         self._fetched = -UNKNOWN_KEY_REFETCH_S  # the last fetch's start
+        self._failed = -FAILED_RETRY_S  # the last failed fetch's start
         self._lock = threading.Lock()
 
     def key_for(self, kid: str) -> RSAPublicKey | None:
         with self._lock:
             now = self._clock()
-            if now >= self._expires or (kid not in self._keys and now >= self._fetched + UNKNOWN_KEY_REFETCH_S):
+            due = now >= self._expires or (kid not in self._keys and now >= self._fetched + UNKNOWN_KEY_REFETCH_S)
+            if due and now >= self._failed + FAILED_RETRY_S:
                 self._fetched = now
                 try:
-                    body, max_age = self._fetch(self._url)
-                except OSError as exc:
-                    raise errors.Unavailable("token keys unavailable", code="auth_keys_unavailable") from exc
-                keys = {}
-                for key_id, pem in json.loads(body).items():
-                    public = load_pem_x509_certificate(pem.encode()).public_key()
-                    if isinstance(public, RSAPublicKey):
-                        keys[key_id] = public
-                self._keys, self._expires = keys, now + max(60, max_age)
+                    self._keys, self._expires = self._fetched_keys(now)
+                except (OSError, ValueError) as exc:  # unreachable, or not the certificates' JSON
+                    self._failed = now
+                    log.warning("Google's token keys could not be fetched", extra={"fields": {"error": str(exc)}})
+            if now >= self._expires + STALE_GRACE_S or (now >= self._expires and not self._keys):
+                raise errors.Unavailable("token keys unavailable", code="auth_keys_unavailable")
             return self._keys.get(kid)
+
+    def _fetched_keys(self, now: float) -> tuple[dict[str, RSAPublicKey], float]:
+        body, max_age = self._fetch(self._url)
+        keys = {}
+        for key_id, pem in json.loads(body).items():
+            public = load_pem_x509_certificate(pem.encode()).public_key()
+            if isinstance(public, RSAPublicKey):
+                keys[key_id] = public
+        return keys, now + max(60, max_age)
 
 
 def _fetch_with_max_age(url: str) -> tuple[bytes, int]:
