@@ -84,3 +84,32 @@ def test_a_clip_matches_itself_far_above_chance() -> None:
     other = np.random.default_rng(9).standard_normal(3 * 44100).astype(np.float32) * 0.3
     scores = fp.match_scores(fp.landmarks(clip, 44100), [fp.landmarks(clip, 44100), fp.landmarks(other, 44100)])
     assert scores[0] > fp.REPLAY_Z > scores[1]
+
+
+def _tone_bursts(seed: int, seconds: float = 15.0, rate: int = 16000) -> npt.NDArray[np.float32]:
+    """32 ms bursts of six tones every ~100 ms, the gaps jittered: every burst makes the same landmark hashes (what
+    attack run 36 built to make matching slow)."""
+    rng = np.random.default_rng(seed)
+    n, hop = int(seconds * rate), rate * 128 // 8000
+    t = np.arange(n) / rate
+    envelope = np.zeros(n, np.float32)
+    start = int(rng.integers(0, hop * 6))
+    while start < n:
+        envelope[start : start + 2 * hop] = 1
+        start += hop * (6 + int(rng.integers(0, 2)))
+    tones = sum(np.sin(2 * np.pi * f * t) for f in (700, 1000, 1500, 2000, 2500, 3000))
+    return np.asarray(tones * envelope * 0.12, dtype=np.float32)
+
+
+def test_sounds_built_to_repeat_the_known_recordings_hashes_are_refused_before_they_are_matched() -> None:
+    """Attack run 36: tone bursts repeat the same hashes, so a probe of them shared ~1M (hash, offset) pairs with
+    each known recording of them, under the replay threshold: matching 75 took seconds of a door decision, and the
+    pairs of 1,000 would have held ~60 GB. Past ``MAX_PAIRS`` the probe is scored as a replay of each, without
+    matching; speech against speech shares a few hundred pairs a recording and is matched as before."""
+    known = [fp.landmarks(_tone_bursts(seed), 16000) for seed in range(4)]
+    probe = fp.landmarks(_tone_bursts(99), 16000)
+    assert np.isinf(fp.match_scores(probe, known)).all()
+    clip = fp.landmarks(speech_like(3.0, rate=44100, seed=8), 44100)
+    noise = fp.landmarks(np.random.default_rng(9).standard_normal(3 * 44100).astype(np.float32) * 0.3, 44100)
+    scores = fp.match_scores(clip, [clip, noise, *known])
+    assert scores[0] > fp.REPLAY_Z > max(scores[1:])  # itself, not the others: matched as ever, not refused

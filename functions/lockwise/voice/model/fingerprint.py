@@ -56,6 +56,13 @@ FAN_OUT = 10  # pairs per anchor peak
 PAIR_FRAMES = 48  # target zone: 1-48 frames (16-768 ms) after the anchor ...
 PAIR_BINS = 63  # ... and within +-63 bins (984 Hz)
 REPLAY_Z = 105.0  # a probe this far above chance at one offset is a replay (README "Known recordings")
+#: the most (probe hash, equal reference hash) pairs one match looks at, all its references together: a probe that
+#: shares more is scored as a replay of each. Honest speech shares a few hundred with a recording (3 voices, 24
+#: clips, every pair of them: median 165, most 697, slack included) and a replay about one a landmark, so a door's
+#: 1,300 known recordings give at most ~0.9M; sounds built to repeat hashes (bursts of tones) shared ~1M with each
+#: recording made of them, and matching 75 such recordings took seconds, held a door decision past the statement
+#: limit its removals wait within, and 1,000 would have held ~60 GB (attack run 36)
+MAX_PAIRS = 2_000_000
 
 _F1_SHIFT, _DF_SHIFT = 13, 6  # hash = f1 << 13 | (df + 63) << 6 | dt
 _SLACK = np.array(
@@ -126,7 +133,8 @@ def _max_filter(x: npt.NDArray[np.float32], radius: int, axis: int) -> npt.NDArr
 
 def match_scores(probe: Landmarks, references: Sequence[Landmarks]) -> npt.NDArray[np.float64]:
     """For each reference, how far above chance the probe's hashes agree with it at their best common offset (a
-    z-score; compare with ``REPLAY_Z``). One vectorised pass over all references."""
+    z-score; compare with ``REPLAY_Z``). One vectorised pass over all references; infinite for each when the probe
+    shares more than ``MAX_PAIRS`` hash pairs with them."""
     out = np.zeros(len(references), dtype=np.float64)
     if len(probe) == 0 or not references or not any(len(r) for r in references):
         return out
@@ -138,6 +146,9 @@ def match_scores(probe: Landmarks, references: Sequence[Landmarks]) -> npt.NDArr
     lo = np.searchsorted(ref[:, 0], query[:, 0], side="left")
     counts = np.searchsorted(ref[:, 0], query[:, 0], side="right") - lo
     if not counts.any():
+        return out
+    if int(counts.sum()) > MAX_PAIRS:  # built to repeat the known recordings' hashes: too like them to tell apart
+        out[:] = np.inf
         return out
     # every (probe hash, equal reference hash) pair: its reference and its time offset
     query_idx = np.repeat(np.arange(len(query)), counts)
