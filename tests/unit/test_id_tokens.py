@@ -6,6 +6,7 @@ Pure: keys made here, no emulator (the Auth emulator's unsigned tokens: tests/in
 from __future__ import annotations
 
 import datetime as dt
+import http.client
 import json
 import time
 from typing import Any
@@ -189,15 +190,30 @@ def test_while_googles_keys_cannot_be_fetched_the_last_ones_verify_and_nobody_wa
     assert verify(signed(keys["k1"])).uid == "uid-123"  # back
 
 
+@pytest.mark.parametrize(
+    "failure",
+    [
+        b"<html>not the certificates</html>",
+        b"[]",
+        b'{"k1": 1}',
+        http.client.IncompleteRead(b"{"),
+        http.client.BadStatusLine("nonsense"),
+    ],
+    ids=["html", "list", "number", "cut_off", "bad_status"],
+)
 def test_with_no_keys_ever_fetched_a_failure_is_503_and_tried_again_after_a_pause(
-    keys: dict[str, rsa.RSAPrivateKey],
+    keys: dict[str, rsa.RSAPrivateKey], failure: bytes | Exception
 ) -> None:
+    """Attack run 36: a fetch cut off mid-body or answered in nonsense (http.client's errors are no OSError), or a
+    body of JSON that is not ``{key id: certificate}``, was a 500, and every verification fetched again."""
     clock = [1000.0]
     fetches: list[float] = []
 
     def fetch(url: str) -> tuple[bytes, int]:
         fetches.append(clock[0])
-        return b"<html>not the certificates</html>", 3600
+        if isinstance(failure, Exception):
+            raise failure
+        return failure, 3600
 
     verify = IdTokenVerifier(PROJECT_ID, GoogleKeys(fetch=fetch, clock=lambda: clock[0])).verify
     for _ in range(5):

@@ -88,7 +88,9 @@ class GoogleKeys:
                 self._fetched = now
                 try:
                     self._keys, self._expires = self._fetched_keys(now)
-                except (OSError, ValueError) as exc:  # unreachable, or not the certificates' JSON
+                except Exception as exc:  # noqa: BLE001 - unreachable, cut off (http.client's own errors), or not
+                    # the certificates' JSON: each a failed fetch, paced (attack run 36: those were 500s, and every
+                    # verification fetched again)
                     self._failed = now
                     log.warning("Google's token keys could not be fetched", extra={"fields": {"error": str(exc)}})
             if now >= self._expires + STALE_GRACE_S or (now >= self._expires and not self._keys):
@@ -97,8 +99,11 @@ class GoogleKeys:
 
     def _fetched_keys(self, now: float) -> tuple[dict[str, RSAPublicKey], float]:
         body, max_age = self._fetch(self._url)
+        published = json.loads(body)
+        if not isinstance(published, dict) or not all(isinstance(pem, str) for pem in published.values()):
+            raise ValueError("not a {key id: certificate} object")
         keys = {}
-        for key_id, pem in json.loads(body).items():
+        for key_id, pem in published.items():
             public = load_pem_x509_certificate(pem.encode()).public_key()
             if isinstance(public, RSAPublicKey):
                 keys[key_id] = public
