@@ -70,6 +70,21 @@ def test_a_removed_members_unlock_is_not_delivered_after_the_removal(world: Worl
     assert status(relay_db, waiting)[0] == "failed"
 
 
+@pytest.mark.parametrize("found", ["disabled", "deleted"])
+def test_an_unlock_of_an_account_found_disabled_or_deleted_is_not_delivered_after(
+    world: World, relay_db: Database, found: str
+) -> None:
+    """Attack run 36: an account Firebase Auth disabled keeps its memberships (and a deleted owner its locks), so an
+    unlock it sent before the relay's account check found it (the lock offline meanwhile, say) still went out."""
+    role = "member" if found == "disabled" else "owner"
+    waiting = send(world, role).get_json()["command"]["id"]  # the relay has not run yet
+    column = "account_disabled = true" if found == "disabled" else "account_gone_at = now()"
+    with relay_db.transaction() as con:  # what the relay's account check records
+        con.run(f"UPDATE users SET {column} WHERE uid = :u", u=world.uid(role))
+    assert waiting not in [c.id for c, _ in deliver(relay_db, world)]
+    assert status(relay_db, waiting) == ("failed", command_outcomes.WITHDRAWN)
+
+
 def test_an_unlock_sent_once_is_not_sent_again_after_its_issuer_is_removed(world: World, relay_db: Database) -> None:
     """Sent once (the lock may have acted on it: its ack is still taken), never re-sent after the removal."""
     sent = send(world, "member").get_json()["command"]["id"]
