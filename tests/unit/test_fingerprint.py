@@ -101,15 +101,32 @@ def _tone_bursts(seed: int, seconds: float = 15.0, rate: int = 16000) -> npt.NDA
     return np.asarray(tones * envelope * 0.12, dtype=np.float32)
 
 
-def test_sounds_built_to_repeat_the_known_recordings_hashes_are_refused_before_they_are_matched() -> None:
+def test_recordings_built_to_repeat_hashes_are_scored_as_replayed_without_being_matched() -> None:
     """Attack run 36: tone bursts repeat the same hashes, so a probe of them shared ~1M (hash, offset) pairs with
     each known recording of them, under the replay threshold: matching 75 took seconds of a door decision, and the
-    pairs of 1,000 would have held ~60 GB. Past ``MAX_PAIRS`` the probe is scored as a replay of each, without
-    matching; speech against speech shares a few hundred pairs a recording and is matched as before."""
+    pairs of 1,000 would have held ~60 GB. A reference sharing more than ``MAX_REFERENCE_PAIRS`` is now scored as
+    replayed without matching; the others, speech among them, are matched as ever."""
     known = [fp.landmarks(_tone_bursts(seed), 16000) for seed in range(4)]
     probe = fp.landmarks(_tone_bursts(99), 16000)
-    assert np.isinf(fp.match_scores(probe, known)).all()
     clip = fp.landmarks(speech_like(3.0, rate=44100, seed=8), 44100)
     noise = fp.landmarks(np.random.default_rng(9).standard_normal(3 * 44100).astype(np.float32) * 0.3, 44100)
-    scores = fp.match_scores(clip, [clip, noise, *known])
-    assert scores[0] > fp.REPLAY_Z > max(scores[1:])  # itself, not the others: matched as ever, not refused
+    scores = fp.match_scores(probe, [*known, clip, noise])
+    assert np.isinf(scores[:4]).all() and max(scores[4:]) < fp.REPLAY_Z
+    scores = fp.match_scores(clip, [clip, noise, *known])  # speech at a door that holds such recordings
+    assert scores[0] > fp.REPLAY_Z > max(scores[1:])  # itself, not the others: matched, nobody refused
+
+
+def test_references_past_one_passs_pairs_are_matched_in_several_with_the_same_scores(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A review: the first version refused a probe sharing over 2M pairs with all references together, which honest
+    15 s phrases reach at a busy door. Past ``MAX_PAIRS`` the references are matched in passes: the same scores."""
+    clips = [speech_like(3.0, rate=44100, seed=s) for s in range(6)]
+    references = [fp.landmarks(c, 44100) for c in clips]
+    probe = fp.landmarks(clips[2], 44100)
+    whole = fp.match_scores(probe, references)
+    monkeypatch.setattr(fp, "MAX_PAIRS", 50)  # every reference a pass of its own, or nearly
+    assert np.array_equal(fp.match_scores(probe, references), whole)
+    assert whole[2] > fp.REPLAY_Z
+    monkeypatch.setattr(fp, "MAX_TOTAL_PAIRS", 100)  # more than a decision may match: a replay of each
+    assert np.isinf(fp.match_scores(probe, references)).all()

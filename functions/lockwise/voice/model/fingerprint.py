@@ -56,13 +56,20 @@ FAN_OUT = 10  # pairs per anchor peak
 PAIR_FRAMES = 48  # target zone: 1-48 frames (16-768 ms) after the anchor ...
 PAIR_BINS = 63  # ... and within +-63 bins (984 Hz)
 REPLAY_Z = 105.0  # a probe this far above chance at one offset is a replay (README "Known recordings")
-#: the most (probe hash, equal reference hash) pairs one match looks at, all its references together: a probe that
-#: shares more is scored as a replay of each. Honest speech shares a few hundred with a recording (3 voices, 24
-#: clips, every pair of them: median 165, most 697, slack included) and a replay about one a landmark, so a door's
-#: 1,300 known recordings give at most ~0.9M; sounds built to repeat hashes (bursts of tones) shared ~1M with each
-#: recording made of them, and matching 75 such recordings took seconds, held a door decision past the statement
-#: limit its removals wait within, and 1,000 would have held ~60 GB (attack run 36)
+#: the most (probe hash, equal reference hash) pairs one pass of a match holds (~60 bytes each): references past it
+#: are matched in several passes, each reference's score the same as in one
 MAX_PAIRS = 2_000_000
+#: past ``MAX_PAIRS``, a reference sharing more pairs than this with the probe is scored as replayed, unmatched. Speech
+#: shares a few hundred to a few thousand with a recording (corpus clips of 3-8 s: median 165, most 697; joined 15 s
+#: stretches of one voice: most 4,539); sounds built to repeat the same hashes (bursts of tones) shared ~1M with each
+#: recording made of them, and matching 75 held a door decision for seconds (past the limit an owner's removal waits
+#: within) and 1,000 would have held ~60 GB (attack run 36). A first version refused a probe over 2M pairs with all
+#: references together, which honest 15 s phrases reach at a busy door (a review: 1.7-3.9M at 1,300 recordings)
+MAX_REFERENCE_PAIRS = 100_000
+#: past this many pairs with the references under ``MAX_REFERENCE_PAIRS`` together, the probe is scored as replayed
+#: by each: a door's most recordings (~1,800) of 15 s of one voice share at most ~8M with a 15 s probe of it, and
+#: recordings built to share just under the cap each would otherwise make a decision match for many seconds
+MAX_TOTAL_PAIRS = 10_000_000
 
 _F1_SHIFT, _DF_SHIFT = 13, 6  # hash = f1 << 13 | (df + 63) << 6 | dt
 _SLACK = np.array(
@@ -133,8 +140,8 @@ def _max_filter(x: npt.NDArray[np.float32], radius: int, axis: int) -> npt.NDArr
 
 def match_scores(probe: Landmarks, references: Sequence[Landmarks]) -> npt.NDArray[np.float64]:
     """For each reference, how far above chance the probe's hashes agree with it at their best common offset (a
-    z-score; compare with ``REPLAY_Z``). One vectorised pass over all references; infinite for each when the probe
-    shares more than ``MAX_PAIRS`` hash pairs with them."""
+    z-score; compare with ``REPLAY_Z``). One vectorised pass over all references while their pairs with the probe fit
+    ``MAX_PAIRS``; past it several, and one sharing more than ``MAX_REFERENCE_PAIRS`` is infinite, not matched."""
     out = np.zeros(len(references), dtype=np.float64)
     if len(probe) == 0 or not references or not any(len(r) for r in references):
         return out
@@ -145,14 +152,14 @@ def match_scores(probe: Landmarks, references: Sequence[Landmarks]) -> npt.NDArr
     query = (probe[None, :, :] + np.stack([_SLACK, np.zeros_like(_SLACK)], axis=1)[:, None, :]).reshape(-1, 2)
     lo = np.searchsorted(ref[:, 0], query[:, 0], side="left")
     counts = np.searchsorted(ref[:, 0], query[:, 0], side="right") - lo
-    if not counts.any():
+    pairs = int(counts.sum())
+    if not pairs:
         return out
-    if int(counts.sum()) > MAX_PAIRS:  # built to repeat the known recordings' hashes: too like them to tell apart
-        out[:] = np.inf
-        return out
+    if pairs > MAX_PAIRS and len(references) > 1:
+        return _in_passes(probe, references, query, ref, owner)
     # every (probe hash, equal reference hash) pair: its reference and its time offset
     query_idx = np.repeat(np.arange(len(query)), counts)
-    ref_idx = np.repeat(lo - np.cumsum(counts) + counts, counts) + np.arange(int(counts.sum()))
+    ref_idx = np.repeat(lo - np.cumsum(counts) + counts, counts) + np.arange(pairs)
     offsets = ref[ref_idx, 1].astype(np.int64) - query[query_idx, 1]
     keys = owner[ref_idx].astype(np.int64) * _SPAN + offsets + _SPAN // 2  # one bin per (reference, offset)
     unique, tally = np.unique(keys, return_counts=True)
@@ -168,6 +175,38 @@ def match_scores(probe: Landmarks, references: Sequence[Landmarks]) -> npt.NDArr
     spans = np.array([_frames(probe) + _frames(r) for r in references], dtype=np.float64)
     chance = 3 * total / np.maximum(spans, 1)
     out[:] = (best - chance) / np.sqrt(chance + 1)
+    return out
+
+
+def _in_passes(
+    probe: Landmarks,
+    references: Sequence[Landmarks],
+    query: Landmarks,
+    ref: Landmarks,
+    owner: npt.NDArray[np.int64],
+) -> npt.NDArray[np.float64]:
+    """``match_scores`` for references whose pairs with the probe are more than ``MAX_PAIRS`` together: each
+    reference's own count (each of its hashes, times the probe's equal ones: one lookup a reference hash, no pair
+    made), those over ``MAX_REFERENCE_PAIRS`` scored as replayed, the rest matched in passes of at most ``MAX_PAIRS``
+    (a reference's score depends on it alone), unless they are more than ``MAX_TOTAL_PAIRS`` together."""
+    out = np.zeros(len(references), dtype=np.float64)
+    hashes = np.sort(query[:, 0])
+    equal = np.searchsorted(hashes, ref[:, 0], side="right") - np.searchsorted(hashes, ref[:, 0], side="left")
+    each = np.bincount(owner, weights=equal, minlength=len(references)).astype(np.int64)
+    out[each > MAX_REFERENCE_PAIRS] = np.inf
+    if int(each[each <= MAX_REFERENCE_PAIRS].sum()) > MAX_TOTAL_PAIRS:
+        out[:] = np.inf
+        return out
+    batch: list[int] = []
+    held = 0
+    for index in np.flatnonzero((each > 0) & (each <= MAX_REFERENCE_PAIRS)).tolist():
+        if batch and held + each[index] > MAX_PAIRS:
+            out[batch] = match_scores(probe, [references[i] for i in batch])
+            batch, held = [], 0
+        batch.append(index)
+        held += int(each[index])
+    if batch:
+        out[batch] = match_scores(probe, [references[i] for i in batch])
     return out
 
 
