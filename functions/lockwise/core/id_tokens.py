@@ -8,6 +8,7 @@ trusted callers (verify) never loads them; one that serves the app loads them on
 
 from __future__ import annotations
 
+import http.client
 import json
 import logging
 import re
@@ -92,7 +93,13 @@ class GoogleKeys:
                     # the certificates' JSON: each a failed fetch, paced (attack run 36: those were 500s, and every
                     # verification fetched again)
                     self._failed = now
-                    log.warning("Google's token keys could not be fetched", extra={"fields": {"error": str(exc)}})
+                    expected = isinstance(exc, (OSError, ValueError, http.client.HTTPException))
+                    log.log(  # anything else is this code's fault: its type and traceback with it (a review)
+                        logging.WARNING if expected else logging.ERROR,
+                        "Google's token keys could not be fetched",
+                        exc_info=not expected,
+                        extra={"fields": {"error": f"{type(exc).__name__}: {exc}"}},
+                    )
             if now >= self._expires + STALE_GRACE_S or (now >= self._expires and not self._keys):
                 raise errors.Unavailable("token keys unavailable", code="auth_keys_unavailable")
             return self._keys.get(kid)
