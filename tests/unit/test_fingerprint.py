@@ -101,7 +101,9 @@ def _tone_bursts(seed: int, seconds: float = 15.0, rate: int = 16000) -> npt.NDA
     return np.asarray(tones * envelope * 0.12, dtype=np.float32)
 
 
-def test_recordings_built_to_repeat_hashes_are_scored_as_replayed_without_being_matched() -> None:
+def test_recordings_built_to_repeat_hashes_are_scored_as_replayed_without_being_matched(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """Attack run 36: tone bursts repeat the same hashes, so a probe of them shared ~1M (hash, offset) pairs with
     each known recording of them, under the replay threshold: matching 75 took seconds of a door decision, and the
     pairs of 1,000 would have held ~60 GB. A reference sharing more than ``MAX_REFERENCE_PAIRS`` is now scored as
@@ -112,6 +114,10 @@ def test_recordings_built_to_repeat_hashes_are_scored_as_replayed_without_being_
     noise = fp.landmarks(np.random.default_rng(9).standard_normal(3 * 44100).astype(np.float32) * 0.3, 44100)
     scores = fp.match_scores(probe, [*known, clip, noise])
     assert np.isinf(scores[:4]).all() and max(scores[4:]) < fp.REPLAY_Z
+    monkeypatch.setattr(fp, "MAX_PAIRS", 100)  # one reference alone past both caps: as in passes
+    monkeypatch.setattr(fp, "MAX_REFERENCE_PAIRS", 100)
+    assert np.isinf(fp.match_scores(probe, known[:1])).all()
+    monkeypatch.undo()
     scores = fp.match_scores(clip, [clip, noise, *known])  # speech at a door that holds such recordings
     assert scores[0] > fp.REPLAY_Z > max(scores[1:])  # itself, not the others: matched, nobody refused
 
