@@ -50,6 +50,9 @@ def test_a_rate_named_beside_audio_that_states_its_own_must_agree_with_it() -> N
     assert audio.from_json({"wav_base64": wav_b64, "sample_rate": 44100}).rate == 44100
     assert audio.from_body(wav(x), "audio/wav", "44100").rate == 44100
     assert audio.from_body(pcm_json, "application/json", "16000").rate == 16000
+    unnamed = json.dumps({"pcm_base64": base64.b64encode(pcm16(x)).decode()}).encode()
+    assert audio.from_body(unnamed, "application/json", "16000").rate == 16000  # the rate named beside it
+    assert audio.from_body(unnamed, "application/json", None).rate == 44100
     assert audio.from_body(wav(x), "application/octet-stream", None).rate == 44100  # a RIFF body is still a WAV
     assert audio.from_json({"wav_base64": wav_b64, "sample_rate": 8000}, fields=None).rate == 44100
 
