@@ -661,6 +661,29 @@ def test_the_daily_ceiling_counts_every_scored_rejection(world: World, reason: s
         assert budget.rate_wait_s > 0  # each of them reached the model (a replay too: its fingerprint beside it)
 
 
+def test_a_budget_gone_over_tells_the_time_the_count_falls_under_it(world: World) -> None:
+    """A review: a window whose count went past its budget (an owner's attempts side by side in their places, or a
+    lowered setting) told the lock to come back when the oldest attempt left it, when the count was still over.
+    It now tells when the (count - budget + 1)-th oldest leaves (the third oldest of five, for a budget of three)."""
+    now = dt.datetime.now(dt.UTC)
+    with get_runtime("verify").db.transaction() as con:
+        for age_s in (50, 40, 30, 20, 10):  # five scored rejections, the oldest 50 s ago
+            con.run(
+                "INSERT INTO verification_attempts (lock_id, outcome, reason, created_at)"
+                " VALUES (CAST(:l AS uuid), 'rejected', 'below_threshold', :t)",
+                l=world.lock_id,
+                t=now - dt.timedelta(seconds=age_s),
+            )
+        at_budget = budgets.at_lock(
+            con, world.lock_id, now, daily_rejections=5, per_minute=5, per_owner_minute=600, per_owner_at_once=1
+        )
+        over = budgets.at_lock(  # lowered to three: three must leave, the third oldest 30 s ago
+            con, world.lock_id, now, daily_rejections=3, per_minute=3, per_owner_minute=600, per_owner_at_once=1
+        )
+    assert 9 <= at_budget.rate_wait_s <= 11 and 86_348 <= at_budget.daily_wait_s <= 86_351  # the oldest's
+    assert 29 <= over.rate_wait_s <= 31 and 86_368 <= over.daily_wait_s <= 86_371  # the third oldest's, not the first
+
+
 @pytest.mark.parametrize("also_share_a_default_lock", [True, False])
 def test_a_voice_passing_as_a_co_member_at_any_shared_lock_is_not_enrolled(
     clients: dict[str, Any], world: World, also_share_a_default_lock: bool

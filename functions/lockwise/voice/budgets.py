@@ -66,22 +66,27 @@ def at_lock(
         l=lock_id,
         places=per_owner_at_once,
     )
+    # each window's count, and when the attempt was made whose leaving the window brings the count under its budget
+    # (``_leaving``)
+    mine_where, burst_where = "lock_id = CAST(:l AS uuid)", "created_at > :burst"
     (day, day_oldest, mine, mine_oldest, owned, owned_oldest, burst, burst_oldest), *_ = con.run(
         "WITH owner AS (SELECT owner_uid FROM locks WHERE id = CAST(:l AS uuid))"
         " SELECT d.n, d.oldest, m.mine, m.mine_oldest, m.owned, m.owned_oldest, m.burst, m.burst_oldest"
-        " FROM (SELECT count(*) AS n,"
-        " min(created_at) AS oldest FROM verification_attempts WHERE lock_id = CAST(:l AS uuid)"
-        " AND outcome = 'rejected' AND reason IN ('below_threshold', 'ambiguous', 'say_again')"
-        " AND created_at > :day) d,"
-        " (SELECT count(*) FILTER (WHERE lock_id = CAST(:l AS uuid)) AS mine,"
-        " min(created_at) FILTER (WHERE lock_id = CAST(:l AS uuid)) AS mine_oldest, count(*) AS owned,"
-        " min(created_at) AS owned_oldest, count(*) FILTER (WHERE created_at > :burst) AS burst,"
-        f" min(created_at) FILTER (WHERE created_at > :burst) AS burst_oldest {scored_at}"
-        " AND lock_id IN (SELECT id FROM locks WHERE owner_uid = (SELECT owner_uid FROM owner))) m",
+        f" FROM (SELECT count(*) AS n, {_leaving('daily')} AS oldest FROM verification_attempts"
+        " WHERE lock_id = CAST(:l AS uuid) AND outcome = 'rejected'"
+        " AND reason IN ('below_threshold', 'ambiguous', 'say_again') AND created_at > :day) d,"
+        f" (SELECT count(*) FILTER (WHERE {mine_where}) AS mine, {_leaving('pm', mine_where)} AS mine_oldest,"
+        f" count(*) AS owned, {_leaving('pom')} AS owned_oldest,"
+        f" count(*) FILTER (WHERE {burst_where}) AS burst, {_leaving('pob', burst_where)} AS burst_oldest"
+        f" {scored_at} AND lock_id IN (SELECT id FROM locks WHERE owner_uid = (SELECT owner_uid FROM owner))) m",
         l=lock_id,
         day=now - DAY,
         minute=now - MINUTE,
         burst=now - BURST,
+        daily=daily_rejections,
+        pm=per_minute,
+        pom=per_owner_minute,
+        pob=max(1, per_owner_minute // 6),
     )
     daily = errors.seconds_until(day_oldest + DAY, now) if int(day) >= daily_rejections and day_oldest else 0
     rate = 0
@@ -93,3 +98,12 @@ def at_lock(
         if int(count) >= most and oldest is not None:
             rate = max(rate, errors.seconds_until(oldest + window, now))
     return Budgets(daily, rate, slot is not None)
+
+
+def _leaving(most: str, where: str = "") -> str:
+    """SQL for when the attempt was made whose leaving its window brings the window's count (its rows ``where``)
+    under the budget bound to ``:most``: the (count - most + 1)-th oldest; the oldest while the count is at the
+    budget. Past it (the owner's places side by side, a lowered setting) the oldest's time had told the lock to come
+    back while the count would still be over (a review)."""
+    only = f" FILTER (WHERE {where})" if where else ""
+    return f"(array_agg(created_at ORDER BY created_at){only})[GREATEST(count(*){only} - :{most} + 1, 1)]"
