@@ -109,8 +109,7 @@ def leave_everything(ctx: Ctx) -> Result:
     the Firebase account; 409 ``owns_locks`` while the user owns a lock."""
     user = app_user(ctx)
     with rt.db.transaction() as con:
-        users.refuse_revoked(con, user)
-        locks.leave_every_lock(con, user.uid, rt.now())
+        locks.leave_every_lock(con, user.uid, rt.now(), signed_in=users.signed_in_at(user))
     rt.flush_mirror()
     return flask.Response(status=204)
 

@@ -31,19 +31,10 @@ def attempt_from(ctx: Ctx, body: bytes) -> tuple[audio.Clip, str | None]:
     """The clip a lock sent and the ``follow_up`` it names (400, 415 or 422 naming what is wrong; the query is
     checked first, so the answer does not depend on whether the rate came in a header)."""
     query = ctx.query(("sample_rate", "follow_up"))
-    if query.get("sample_rate") == "":  # named but blank: not "absent", which would decode at 44.1 kHz
-        raise errors.BadRequest("sample_rate is empty", code="unsupported_sample_rate")
+    rate = audio.rate_named(ctx.request.headers.get("X-Sample-Rate"), query.get("sample_rate"))
     follow_up = query.get("follow_up")
     if follow_up is not None and inputs.canonical_uuid(follow_up) is None:
         raise errors.BadRequest("follow_up must be the attempt id of a say_again answer", code="invalid_follow_up")
-    header, named = ctx.request.headers.get("X-Sample-Rate"), query.get("sample_rate")
-    if header and named is not None and header != named:  # one was ignored without a word (a review of verify)
-        raise errors.BadRequest(
-            f"the X-Sample-Rate header says {header} but sample_rate says {named}; send one, or make them agree",
-            code="conflicting_sample_rate",
-            details={"header": header, "query": named},
-        )
-    rate = header or named
     return audio.validate(audio.from_body(body, ctx.request.content_type, rate), limits), follow_up
 
 

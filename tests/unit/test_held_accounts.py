@@ -53,6 +53,6 @@ def test_a_session_from_before_the_leaving_or_within_the_clocks_leeway_after_it_
     assert code_of(left, T + leeway) == "account_left"
     assert code_of(left, T + leeway + dt.timedelta(seconds=1)) is None  # signed in again since: the account was kept
     assert code_of(left, None) is None
-    with pytest.raises(errors.Unauthenticated):  # its leaving again (``refuse_revoked``): revoked, not left
+    with pytest.raises(errors.Unauthenticated):  # its leaving again (``locks.leave_every_lock``): revoked, not left
         held(left_at=T, sessions_since=T).refuse(T - dt.timedelta(seconds=1), left_since=False)
     held(left_at=T).refuse(T - dt.timedelta(minutes=5), left_since=False)

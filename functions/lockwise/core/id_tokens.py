@@ -89,17 +89,11 @@ class GoogleKeys:
                 self._fetched = now
                 try:
                     self._keys, self._expires = self._fetched_keys(now)
-                except Exception as exc:  # noqa: BLE001 - unreachable, cut off (http.client's own errors), or not
-                    # the certificates' JSON: each a failed fetch, paced (attack run 36: those were 500s, and every
-                    # verification fetched again)
+                except (OSError, ValueError, http.client.HTTPException) as exc:  # unreachable, cut off, or not
+                    # the certificates' JSON: each a failed fetch, paced (attack run 36: http.client's own errors and
+                    # JSON of another shape were 500s, and every verification fetched again)
                     self._failed = now
-                    expected = isinstance(exc, (OSError, ValueError, http.client.HTTPException))
-                    log.log(  # anything else is this code's fault: its type and traceback with it (a review)
-                        logging.WARNING if expected else logging.ERROR,
-                        "Google's token keys could not be fetched",
-                        exc_info=not expected,
-                        extra={"fields": {"error": f"{type(exc).__name__}: {exc}"}},
-                    )
+                    log.warning("Google's token keys could not be fetched", extra={"fields": {"error": repr(exc)}})
             if now >= self._expires + STALE_GRACE_S or (now >= self._expires and not self._keys):
                 raise errors.Unavailable("token keys unavailable", code="auth_keys_unavailable")
             return self._keys.get(kid)

@@ -10,6 +10,7 @@ from lockwise.core import errors
 from lockwise.core.db import Connection
 
 DAY = dt.timedelta(days=1)
+MINUTE = dt.timedelta(minutes=1)
 
 
 def day_wait(

@@ -222,14 +222,6 @@ def refuse_caller(con: Connection, user: User) -> None:
     read(con, user.uid).refuse(signed_in_at(user))
 
 
-def refuse_revoked(con: Connection, user: User) -> None:
-    """``refuse_caller`` for the account's leaving every lock (``DELETE /devices/me``), which is answered the same
-    when it comes again: a deleted or disabled account, a revoked session, not a session from before the leaving. A
-    stolen session revoked a minute before still made its account leave every lock while the instance remembered
-    the account."""
-    read(con, user.uid).refuse(signed_in_at(user), left_since=False)
-
-
 def hold_caller(con: Connection, user: User) -> None:
     """Hold the row of ``user``, who is making the request (``hold``), and refuse it as ``Held.refuse`` does for
     their session (``signed_in_at``).

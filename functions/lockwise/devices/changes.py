@@ -6,8 +6,6 @@ one write a second a document (attack run 32)."""
 
 from __future__ import annotations
 
-import datetime as dt
-
 from lockwise.core import audit, errors, quotas
 from lockwise.core.db import Connection
 
@@ -16,7 +14,6 @@ from lockwise.core.db import Connection
 #: an offer's withdrawal are never held up (an owner past the budget could not let a member out for a day: attack
 #: run 33), and each needs something the budget counted to end
 COUNTED = ("lock.update", "lock.transfer_offer", "member.invite", "member.update", "voice.reset_lockout")
-MINUTE = dt.timedelta(minutes=1)
 
 
 def take(con: Connection, lock_id: str, uid: str, per_minute: int, per_day: int) -> None:
@@ -34,7 +31,7 @@ def take(con: Connection, lock_id: str, uid: str, per_minute: int, per_day: int)
         c=list(COUNTED),
     )
     if minute >= per_minute:
-        until, window = minute_oldest + MINUTE, f"{per_minute} changes to this lock in the last minute"
+        until, window = minute_oldest + quotas.MINUTE, f"{per_minute} changes to this lock in the last minute"
     elif day >= per_day:
         until, window = day_oldest + quotas.DAY, f"{per_day} changes to this lock in the last 24 hours"
     else:

@@ -168,6 +168,22 @@ def from_json(obj: dict[str, Any], fields: Collection[str] | None = JSON_FIELDS,
     return Clip(pcm16_to_float(pcm), named)
 
 
+def rate_named(header: str | None, query: str | None) -> str | None:
+    """The rate a request names beside its body: the ``X-Sample-Rate`` header or the ``sample_rate`` query parameter
+    (``from_body``'s ``rate_hint``). A query parameter named but blank is 400 ``unsupported_sample_rate`` (not
+    "absent", which would decode at 44.1 kHz); the two naming different rates is 400 ``conflicting_sample_rate`` (the
+    query's was ignored without a word: a review of verify)."""
+    if query == "":
+        raise errors.BadRequest("sample_rate is empty", code="unsupported_sample_rate")
+    if header and query is not None and header != query:
+        raise errors.BadRequest(
+            f"the X-Sample-Rate header says {header} but sample_rate says {query}; send one, or make them agree",
+            code="conflicting_sample_rate",
+            details={"header": header, "query": query},
+        )
+    return header or query
+
+
 def from_body(body: bytes, content_type: str | None, rate_hint: str | None) -> Clip:
     """Decode a request body by its content type (WAV is also recognised by its RIFF header)."""
     ctype = (content_type or "").split(";")[0].strip().lower()

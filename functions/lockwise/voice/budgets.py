@@ -8,11 +8,10 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 
-from lockwise.core import errors
+from lockwise.core import errors, quotas
 from lockwise.core.db import Connection
 
-DAY = dt.timedelta(days=1)
-MINUTE = dt.timedelta(minutes=1)
+DAY, MINUTE = quotas.DAY, quotas.MINUTE
 BURST = dt.timedelta(seconds=10)  # the window of an owner's burst: a sixth of their minute's budget
 
 

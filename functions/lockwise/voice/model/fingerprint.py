@@ -217,17 +217,15 @@ def _in_passes(
     if int(each[each <= MAX_REFERENCE_PAIRS].sum()) > MAX_TOTAL_PAIRS:
         out[:] = np.inf
         return out
-    batches: list[list[int]] = [[]]
+    batches: list[list[int]] = []
     held = 0
     for index in np.flatnonzero((each > 0) & (each <= MAX_REFERENCE_PAIRS)).tolist():
-        if batches[-1] and held + each[index] > MAX_PAIRS:
+        if not batches or held + each[index] > MAX_PAIRS:
             batches.append([])
             held = 0
         batches[-1].append(index)
         held += int(each[index])
     for batch in batches:
-        if not batch:
-            continue
         chosen = np.zeros(len(references), dtype=np.bool_)
         chosen[batch] = True
         mine = chosen[owner]
