@@ -1,6 +1,8 @@
 """A TCP relay between a client and a server whose open flows can be cut the ways a network loses a connection
 without the server saying goodbye: reset on the client's next byte (a failover that gave the server's address to a
-new machine, which knows no such connection), or silent (a NAT or firewall that forgot the flow: bytes go nowhere)."""
+new machine, which knows no such connection), or silent (a NAT or firewall that forgot the flow: bytes go nowhere);
+or silent from a given message on (``cut_at``: a server that went quiet as it was sent a COMMIT, before or after
+taking it). New connections can be refused (``refusing``: a server unreachable for now)."""
 
 from __future__ import annotations
 
@@ -23,6 +25,8 @@ class TcpCut:
         self._flows: list[_Flow] = []
         self._lock = threading.Lock()
         self._closed = False
+        #: new connections are closed at once instead of relayed (open ones are not touched)
+        self.refusing = False
         threading.Thread(target=self._accept, daemon=True).start()
 
     @property
@@ -34,6 +38,13 @@ class TcpCut:
         with self._lock:
             for flow in self._flows:
                 flow.mode = mode
+
+    def cut_at(self, marker: bytes, *, forwarded: bool) -> None:
+        """The flows open now go silent both ways at the first client bytes holding ``marker``; those bytes reach
+        the server when ``forwarded`` (it takes the message, and its answer goes nowhere), else they do not."""
+        with self._lock:
+            for flow in self._flows:
+                flow.trigger = (marker, forwarded)
 
     def drop(self) -> None:
         """Close every open flow at both ends (as a server that died would); new connections are relayed still."""
@@ -61,6 +72,9 @@ class TcpCut:
                 client, _ = self._listener.accept()
             except OSError:
                 return
+            if self.refusing:
+                client.close()
+                continue
             try:
                 upstream = socket.create_connection(self.target)
             except OSError:  # the server is down: the client's connection is closed (the next one is relayed)
@@ -78,10 +92,17 @@ class _Flow:
         self.client = client
         self.upstream = upstream
         self.mode = PASS
+        self.trigger: tuple[bytes, bool] | None = None
 
     def to_server(self) -> None:
         try:
             while data := self.client.recv(65536):
+                if self.trigger is not None and self.trigger[0] in data:
+                    forwarded, self.trigger = self.trigger[1], None
+                    self.mode = SILENT
+                    if forwarded:
+                        self.upstream.sendall(data)
+                    continue
                 if self.mode == SILENT:
                     continue
                 if self.mode == RESET:  # an RST, not a FIN: the client's read fails with ECONNRESET

@@ -7,6 +7,7 @@ import logging
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -277,6 +278,67 @@ def test_a_busy_pools_lost_connections_cost_no_transaction(stack_env: dict[str, 
             con.run("SELECT 1")
         with db.connection() as con:
             assert con.run("SELECT 1") == [[1]]
+
+
+def _kept(admin: Database, uid: str) -> bool:
+    with admin.connection() as con:
+        return bool(con.run("SELECT 1 FROM users WHERE uid = :u", u=uid))
+
+
+@pytest.mark.parametrize("lost", ["timed_out", "reset"])
+def test_a_commit_whose_answer_is_lost_after_the_server_made_it_is_answered_as_made(
+    stack_env: dict[str, str], lost: str
+) -> None:
+    """The server takes a transaction's COMMIT and its answer never comes back (a stall, a path gone): before, the
+    caller was told 503 "nothing done" while the change stood (attack run 37: a door opened after its lock was
+    told the attempt failed; a lock paired after the app was told it did not). Now the pool asks the server on a new
+    connection, and the block returns as after any commit."""
+    admin = Database(stack_env["DATABASE_URL"], pool_size=1)
+    uid = f"settle-{lost}-{time.monotonic_ns()}"
+    with _two_pooled_through_a_cut(stack_env["DATABASE_URL"]) as (cut, db, _):
+        with db.transaction() as con:
+            con.run("INSERT INTO users (uid) VALUES (:u)", u=uid)
+            cut.cut_at(b"COMMIT\x00", forwarded=True)
+            if lost == "reset":
+                threading.Timer(0.2, cut.drop).start()  # the path gone while the answer is awaited
+        assert _kept(admin, uid)
+    admin.close()
+
+
+def test_a_commit_the_server_never_took_is_a_503_and_its_session_cannot_make_it_later(
+    stack_env: dict[str, str],
+) -> None:
+    """The COMMIT is lost on its way: the server's session still holds the transaction open (and could take a
+    COMMIT that arrives late). The pool ends that session before it looks the transaction up, so the answer, 503
+    ``database_unavailable`` (nothing done), stays true; before, the session held its row locks up to a minute."""
+    from lockwise.core import errors
+
+    admin = Database(stack_env["DATABASE_URL"], pool_size=1)
+    uid = f"settle-never-{time.monotonic_ns()}"
+    with _two_pooled_through_a_cut(stack_env["DATABASE_URL"]) as (cut, db, _):
+        with pytest.raises(errors.Unavailable) as refused, db.transaction() as con:
+            con.run("INSERT INTO users (uid) VALUES (:u)", u=uid)
+            held_by = _backend(con)
+            cut.cut_at(b"COMMIT\x00", forwarded=False)
+        assert refused.value.code == "database_unavailable"
+        with admin.connection() as con:
+            assert not con.run("SELECT 1 FROM pg_stat_activity WHERE pid = :p", p=held_by)
+        assert not _kept(admin, uid)
+    admin.close()
+
+
+def test_a_commit_whose_fate_cannot_be_known_now_is_a_503_that_says_so(stack_env: dict[str, str]) -> None:
+    """Lost on its way, and the server unreachable for the look-up: the caller is told the change may have been made
+    (503 ``commit_unconfirmed``), not that nothing was done."""
+    from lockwise.core import errors
+
+    uid = f"settle-unknown-{time.monotonic_ns()}"
+    with _two_pooled_through_a_cut(stack_env["DATABASE_URL"]) as (cut, db, _):
+        with pytest.raises(errors.Unavailable) as refused, db.transaction() as con:
+            con.run("INSERT INTO users (uid) VALUES (:u)", u=uid)
+            cut.cut_at(b"COMMIT\x00", forwarded=True)
+            cut.refusing = True
+        assert refused.value.code == "commit_unconfirmed"
 
 
 @pytest.mark.parametrize("in_transaction", [False, True])

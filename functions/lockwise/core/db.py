@@ -337,18 +337,70 @@ class Database:
     def transaction(self) -> Iterator[Connection]:
         """Run the block in one transaction: committed when it returns, rolled back when it raises. A pooled
         connection found lost as the transaction begins (used within the window, so lent unasked) is replaced and
-        the transaction begun again on a new one: nothing has run on it yet."""
-        with self._borrowed(begin=True) as con:
-            try:
-                yield con
-            except BaseException:
+        the transaction begun again on a new one: nothing has run on it yet.
+
+        A COMMIT whose answer never came (the socket's timeout, a reset) may have been made: its transaction is
+        looked up on a new connection before the caller hears anything (``_settle``). Made, the block returns as
+        after any commit (a 503 would have told a lock whose door was opening that nothing was done); rolled back,
+        the 503 of a lost connection; not known in time, 503 ``commit_unconfirmed``."""
+        try:
+            with self._borrowed(begin=True) as con:
                 try:
-                    con.run("ROLLBACK")
-                except (InterfaceError, OSError, DatabaseError):
-                    log.warning("rollback failed; connection dropped")
+                    yield con
+                except BaseException:
+                    try:
+                        con.run("ROLLBACK")
+                    except (InterfaceError, OSError, DatabaseError):
+                        log.warning("rollback failed; connection dropped")
+                        raise
                     raise
+                _commit(con)
+        except errors.Unavailable as exc:
+            if not isinstance(exc.__cause__, CommitUnanswered):
                 raise
-            con.run("COMMIT")
+            self._settle(exc.__cause__, exc)
+
+    def _settle(self, unanswered: CommitUnanswered, lost: errors.Unavailable) -> None:
+        """Return if the transaction whose COMMIT went unanswered was committed; raise ``lost`` if it was rolled
+        back, 503 ``commit_unconfirmed`` if that cannot be known now."""
+        status = self._status_of(unanswered)
+        fields = {"fields": {"xid": unanswered.xid, "status": status}}
+        if status == "committed":
+            log.warning("a COMMIT's answer was lost; the server had made it", extra=fields)
+            return
+        if status == "aborted":
+            raise lost
+        log.error("a COMMIT's answer was lost and whether it was made is not known", extra=fields)
+        raise errors.Unavailable(
+            "the database did not confirm the change, which may have been made: read it back before trying again",
+            code="commit_unconfirmed",
+        ) from lost
+
+    def _status_of(self, unanswered: CommitUnanswered) -> str | None:
+        """``pg_xact_status`` of the transaction, asked on a new connection (None: not reachable, or no answer).
+        While its session still holds it open (its COMMIT on the way, or never sent) it is "in progress": that
+        session is ended first (``pg_terminate_backend``, waiting up to the connect timeout), which makes the
+        transaction committed or rolled back for good, never committed later."""
+        try:
+            con = self.connect()
+        except errors.Unavailable:
+            return None
+        try:
+            status = _xact_status(con, unanswered.xid)
+            if status == "in progress" and unanswered.pid is not None:
+                con.run(
+                    "SELECT pg_terminate_backend(pid, :ms) FROM pg_stat_activity WHERE pid = :p"
+                    " AND backend_xid::text = :short",  # the session still in that transaction, not a later one
+                    p=unanswered.pid,
+                    ms=round(self.connect_timeout_s * 1000),
+                    short=str(int(unanswered.xid) % 2**32),
+                )
+                status = _xact_status(con, unanswered.xid)
+            return status
+        except (InterfaceError, OSError, DatabaseError):
+            return None
+        finally:
+            _close_quietly(con)
 
     def _begin(self, con: Connection, pooled: bool) -> Connection:
         """``con`` with a transaction begun, or a new connection with one when pooled ``con`` was found lost (nothing
@@ -473,6 +525,41 @@ def _timed_out(exc: BaseException) -> bool:
             return True  # the kernel gave up on: gone, not slow
         seen = seen.__cause__ or seen.__context__
     return False
+
+
+class CommitUnanswered(InterfaceError):  # type: ignore[misc]  # pg8000 has no type hints
+    """A transaction's COMMIT was sent and its answer never came: ``xid`` (``pg_current_xact_id``, as text) is how
+    the server knows the transaction, ``pid`` the session that held it (None: unknown)."""
+
+    def __init__(self, xid: str, pid: int | None) -> None:
+        super().__init__(f"no answer to the COMMIT of transaction {xid}")
+        self.xid = xid
+        self.pid = pid
+
+
+def _commit(con: Connection) -> None:
+    """COMMIT ``con``'s transaction. Its id is read first (one round trip): a COMMIT whose answer is lost raises
+    ``CommitUnanswered`` with it, to be looked up; a transaction that wrote nothing has none, and its lost answer is
+    the lost connection it is."""
+    xid = con.run("SELECT pg_current_xact_id_if_assigned()::text")[0][0]
+    try:
+        con.run("COMMIT")
+    except (InterfaceError, OSError) as exc:
+        if xid is None:
+            raise
+        raise CommitUnanswered(xid, _backend_pid(con)) from exc
+
+
+def _backend_pid(con: Connection) -> int | None:
+    """The server process of ``con``'s session, from the key pg8000 keeps of its startup (None where it has none)."""
+    key = getattr(con, "_backend_key_data", None)
+    return int.from_bytes(key[:4], "big") if isinstance(key, bytes) and len(key) >= 4 else None
+
+
+def _xact_status(con: Connection, xid: str) -> str | None:
+    """ "committed", "aborted", "in progress", or None (too old to know)."""
+    status = con.run("SELECT pg_xact_status(CAST(:x AS xid8))", x=xid)[0][0]
+    return None if status is None else str(status)
 
 
 def _answers(con: Connection) -> bool:
