@@ -2,7 +2,8 @@
 without the server saying goodbye: reset on the client's next byte (a failover that gave the server's address to a
 new machine, which knows no such connection), or silent (a NAT or firewall that forgot the flow: bytes go nowhere);
 or silent from a given message on (``cut_at``: a server that went quiet as it was sent a COMMIT, before or after
-taking it). New connections can be refused (``refusing``: a server unreachable for now)."""
+taking it). New connections can be refused (``refusing``: a server unreachable for now) or left unanswered
+(``silencing``: a server that stopped answering)."""
 
 from __future__ import annotations
 
@@ -27,6 +28,8 @@ class TcpCut:
         self._closed = False
         #: new connections are closed at once instead of relayed (open ones are not touched)
         self.refusing = False
+        #: new connections are taken and their bytes go nowhere (a server that stopped answering)
+        self.silencing = False
         threading.Thread(target=self._accept, daemon=True).start()
 
     @property
@@ -81,6 +84,7 @@ class TcpCut:
                 client.close()
                 continue
             flow = _Flow(client, upstream)
+            flow.mode = SILENT if self.silencing else PASS
             with self._lock:
                 self._flows.append(flow)
             threading.Thread(target=flow.to_server, daemon=True).start()

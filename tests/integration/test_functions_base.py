@@ -341,6 +341,47 @@ def test_a_commit_whose_fate_cannot_be_known_now_is_a_503_that_says_so(stack_env
         assert refused.value.code == "commit_unconfirmed"
 
 
+def test_while_the_database_does_not_answer_one_request_waits_to_find_out_and_the_others_are_503_at_once(
+    stack_env: dict[str, str],
+) -> None:
+    """A server that stops answering (paused, a path gone silent) held every request for its own timeouts, and a
+    request waiting for a pool slot behind them up to 30 s more (attack run 37: 5 of 12 clients over 15 s, the
+    health check 29 s, in a 30 s pause). Once a request has found it not answering, one at a time waits to find out
+    whether it answers again and the others are 503 at once; the first that gets an answer ends that."""
+    from lockwise.core import errors
+
+    with _two_pooled_through_a_cut(stack_env["DATABASE_URL"]) as (cut, db, _):
+        cut.cut(tcp_cut.SILENT)
+        cut.silencing = True
+        time.sleep(0.6)  # past the pool's window: the idle connection is asked a round trip first
+        with pytest.raises(errors.Unavailable), db.connection():
+            pass  # found out: its round trip, then a new connection, each outwaited the 1 s timeout
+
+        def borrow(took: list[float]) -> None:
+            started = time.monotonic()
+            try:
+                with db.connection():
+                    pass
+            except errors.Unavailable:
+                took.append(time.monotonic() - started)
+
+        took: list[float] = []
+        borrowers = [threading.Thread(target=borrow, args=(took,)) for _ in range(3)]
+        for borrower in borrowers:
+            borrower.start()
+        for borrower in borrowers:
+            borrower.join(10)
+        assert len(took) == 3
+        waited, *at_once = sorted(took, reverse=True)
+        assert waited >= db.connect_timeout_s * 0.9  # the one finding out
+        assert max(at_once) < 0.2, took  # before: each waited its own timeout
+
+        cut.silencing = False  # it answers again: the next request is served, and so is the one after it
+        for _ in range(2):
+            with db.connection() as con:
+                assert con.run("SELECT 1") == [[1]]
+
+
 @pytest.mark.parametrize("in_transaction", [False, True])
 def test_a_statement_that_outwaits_the_socket_costs_its_own_connection_only(
     stack_env: dict[str, str], in_transaction: bool

@@ -226,6 +226,12 @@ class Database:
         self._idle: list[tuple[Connection, float]] = []  # each with when it went back (``time.monotonic``)
         self._slots = threading.BoundedSemaphore(pool_size)
         self._lock = threading.Lock()
+        #: the server was last found not answering (a connection or a statement outlasted its socket's timeout):
+        #: one request at a time waits to find out whether it answers again (holding ``_finding_out``), the others
+        #: are answered 503 at once instead of each waiting out its own timeouts (attack run 37: a server paused for
+        #: 30 s held requests and the health check up to 30 s)
+        self._silent = False
+        self._finding_out = threading.Lock()
         self._tls: Any = None  # one ssl.SSLContext for every connection (loading the system CAs takes ~30 ms)
 
     def connect(self) -> Connection:
@@ -291,12 +297,20 @@ class Database:
 
     @contextmanager
     def _borrowed(self, begin: bool) -> Iterator[Connection]:
-        if not self._slots.acquire(timeout=30):
+        # a slot frees within a statement's time (4 s) unless the server stopped answering: no longer than a connect
+        if not self._slots.acquire(timeout=self.connect_timeout_s):
             raise errors.Unavailable("database pool exhausted", code="database_busy")
         con: Connection | None = None
+        finding_out = False
         try:
-            pooled = self._take_idle()
-            con = pooled if pooled is not None else self.connect()
+            finding_out = self._finding_out_whether_it_answers()
+            try:
+                pooled = self._take_idle()
+                con = pooled if pooled is not None else self.connect()
+            except errors.Unavailable as exc:
+                if exc.__cause__ is not None and _timed_out(exc.__cause__):  # refused or reset: it answers
+                    self._silent = True
+                raise
             try:
                 if begin:
                     handed, con = con, None
@@ -307,6 +321,7 @@ class Database:
                     _close_quietly(con)  # a timed-out read leaves the protocol mid-message: never reused
                     con = None
                 if _timed_out(exc):  # a statement that waited too long (on a row lock, say): only this one
+                    self._silent = True  # the server stops its own statements sooner (4 s): it is not answering
                     raise errors.Unavailable("database did not answer in time", code="database_unavailable") from exc
                 self._drop_idle()
                 raise errors.Unavailable("database connection lost", code="database_unavailable") from exc
@@ -328,10 +343,23 @@ class Database:
                 raise
             finally:
                 if con is not None:
+                    self._silent = False  # it answered
                     with self._lock:
                         self._idle.append((con, time.monotonic()))
         finally:
+            if finding_out:
+                self._finding_out.release()
             self._slots.release()
+
+    def _finding_out_whether_it_answers(self) -> bool:
+        """True when this request is the one to find out whether a server last found not answering answers again
+        (the caller releases ``_finding_out``); 503 at once when another request is finding out now; False while
+        the server answers."""
+        if not self._silent:
+            return False
+        if self._finding_out.acquire(blocking=False):
+            return True
+        raise errors.Unavailable("the database is not answering", code="database_unavailable")
 
     @contextmanager
     def transaction(self) -> Iterator[Connection]:
