@@ -398,6 +398,7 @@ def redeem_provisioning_code(ctx: Ctx) -> Result:
         lock_ca(),
         rt.settings.lock_cert_ttl_s,
         rt.settings.pairing_failures_per_hour,
+        rt.settings.lock_renewals_per_day,
     )
     rt.flush_mirror()
     return credentials.public(

@@ -26,6 +26,7 @@ from lockwise.core.config import get_settings
 from lockwise.core.runtime import get_runtime
 from lockwise.devices import changes, command_signing, lock_auth
 from simlock.lock import SimulatedLock, new_tls_key
+from simlock.lock import pem_of as tls_pem
 from tests.conftest import PROJECT_ID
 from tests.devices_world import (
     World,
@@ -100,6 +101,52 @@ def test_pairing_flow_with_the_simulated_lock(devices: Any, sign_up: Any, broker
     assert db_rows(
         "SELECT count(*) FROM lock_credentials WHERE lock_id = CAST(:l AS uuid) AND revoked_at IS NULL", l=lock_id
     ) == [[1]]
+
+
+def test_a_pairing_sent_again_after_its_answer_was_lost_gets_its_credentials_and_nobody_else_does(
+    devices: Any, sign_up: Any, broker: Broker
+) -> None:
+    """A lock whose pairing answer was lost (its Wi-Fi dropped, or a 503) sends the same code, key and CSR again:
+    before, 401 ``invalid_provisioning_code``, and it could not pair until the owner issued a new code while the app
+    showed it paired (attack run 37). Now the same lock gets the credential its pairing made (same lock, same
+    identity) with a new certificate for its TLS key; the same code with another signing key or another TLS key
+    stays 401, nothing is revoked, and the certificates count with the renewals."""
+    owner = sign_up()
+    created = create_lock(devices, owner)
+    lock_id, code = created["lock"]["id"], created["provisioning"]["code"]
+    key, public = new_lock_key()
+    tls_key, csr = new_tls_key()
+    body = {"code": code, "public_key": public, "csr": csr}
+    first = devices.post("/devices/provision", json=body)
+    assert first.status_code == 201
+    again = devices.post("/devices/provision", json=body)
+    assert again.status_code == 201, again.get_json()
+    credentials = again.get_json()
+    assert credentials["lock_id"] == lock_id
+    assert credentials["mqtt"]["client_id"] == first.get_json()["mqtt"]["client_id"]
+    certificate = x509.load_pem_x509_certificate(credentials["mqtt"]["certificate"].encode())
+    assert certificate.public_key() == tls_key.public_key()
+    lock = SimulatedLock(World(devices, {}, lock_id, credentials, key, tls_pem(tls_key)).lock_config(broker))
+    lock.start()  # the repeated answer's certificate connects
+    lock.stop(graceful=False)
+    _, other_public = new_lock_key()
+    for wrong in ({**body, "public_key": other_public}, {**body, "csr": new_tls_key()[1]}):
+        resp = devices.post("/devices/provision", json=wrong)
+        assert resp.status_code == 401 and resp.get_json()["error"]["code"] == "invalid_provisioning_code"
+    assert db_rows(
+        "SELECT count(*) FILTER (WHERE revoked_at IS NULL), count(*) FROM lock_credentials"
+        " WHERE lock_id = CAST(:l AS uuid)",
+        l=lock_id,
+    ) == [[1, 1]]
+    for _ in range(4):  # 6 certificates a day with the first two
+        assert devices.post("/devices/provision", json=body).status_code == 201
+    limited = devices.post("/devices/provision", json=body)
+    assert limited.status_code == 429 and limited.get_json()["error"]["code"] == "renewal_limit"
+    # paired again with a new code: the old code's pairing is gone for good
+    code2 = devices.post(f"/devices/locks/{lock_id}/provisioning", headers=bearer(owner)).get_json()["code"]
+    provision(devices, code2)
+    resp = devices.post("/devices/provision", json=body)
+    assert resp.status_code == 401 and resp.get_json()["error"]["code"] == "invalid_provisioning_code"
 
 
 def test_a_bad_csr_is_refused_and_uses_no_code(devices: Any, sign_up: Any) -> None:

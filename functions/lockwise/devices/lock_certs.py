@@ -20,6 +20,7 @@ The CA (``LOCKWISE_LOCK_CA``: its certificate and key, PEM) is a deploy secret o
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -79,6 +80,12 @@ def parse_csr(value: Any) -> x509.CertificateSigningRequest:
     if not csr.is_signature_valid:
         raise errors.BadRequest("csr is not signed by its own key", code="invalid_csr")
     return csr
+
+
+def key_sha256(csr: x509.CertificateSigningRequest) -> bytes:
+    """SHA-256 of the CSR's public key (DER SubjectPublicKeyInfo): which TLS key a pairing certified."""
+    der = csr.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return hashlib.sha256(der).digest()
 
 
 @dataclass(frozen=True)

@@ -186,11 +186,13 @@ def pair(
     ca: lock_certs.LockCa,
     cert_ttl_s: int,
     failures_per_hour: int,
+    certificates_per_day: int,
 ) -> Credentials:
     """A lock at ``source`` (its address's block, ``http.Ctx.client_network``) pairs with the code, key and CSR of
     ``body``: a wrong code counts against the block (429 ``too_many_pairing_attempts`` past ``failures_per_hour``,
     before any code is tried); any other outcome gives its attempt back. The counts are pruned by the relay's flush
-    (``lockwise.core.retention``), not by one request in 50 as before."""
+    (``lockwise.core.retention``), not by one request in 50 as before. ``certificates_per_day``: a pairing sent
+    again (``redeem``) is issued its certificate within the renewals' daily count."""
     public_key = parse_public_key(body.get("public_key"))
     with db.transaction() as con:
         wait = reserve_pairing_attempt(con, source, failures_per_hour)
@@ -202,7 +204,9 @@ def pair(
         )
     try:
         with db.transaction() as con:
-            credentials = redeem(con, body.get("code"), public_key, body.get("csr"), ca, cert_ttl_s)
+            credentials = redeem(
+                con, body.get("code"), public_key, body.get("csr"), ca, cert_ttl_s, certificates_per_day
+            )
             release_pairing_attempt(con, source)  # paired: not a failure
     except errors.Unauthenticated:
         raise  # a wrong code: the attempt stays counted
@@ -214,9 +218,16 @@ def pair(
 
 
 def redeem(
-    con: Connection, code: Any, public_key: bytes, csr: Any, ca: lock_certs.LockCa, cert_ttl_s: int
+    con: Connection,
+    code: Any,
+    public_key: bytes,
+    csr: Any,
+    ca: lock_certs.LockCa,
+    cert_ttl_s: int,
+    certificates_per_day: int,
 ) -> Credentials:
-    """Exchange a valid code for new credentials (once); the lock's old credentials are revoked."""
+    """Exchange a valid code for new credentials (once); the lock's old credentials are revoked. The same pairing
+    sent again, its answer lost, is answered with the credentials it made (``_paired_again``)."""
     if not isinstance(code, str) or not 4 <= len(code) <= 64:
         raise errors.BadRequest("code must be a string", code="invalid_code_format")
     request = lock_certs.parse_csr(csr)  # before the code is used: a bad CSR leaves the code valid
@@ -235,10 +246,11 @@ def redeem(
         " WHERE c.code_hash = :h FOR UPDATE OF c",
         h=_hash(code),
     )
-    if not rows or rows[0][1] or rows[0][2] or rows[0][3]:
-        # one message for unknown, used and expired codes: the caller learns nothing about which
-        raise errors.Unauthenticated("provisioning code is invalid, used or expired", code="invalid_provisioning_code")
+    if not rows or rows[0][2] or rows[0][3]:
+        raise _invalid_code()
     lock_id = str(rows[0][0])
+    if rows[0][1]:  # used: the lock that used it sending its pairing again, or anyone else (401)
+        return _paired_again(con, code, lock_id, public_key, request, ca, cert_ttl_s, certificates_per_day)
     con.run("UPDATE provisioning_codes SET redeemed_at = now() WHERE code_hash = :h", h=_hash(code))
     revoked = con.run(
         "UPDATE lock_credentials SET revoked_at = now() WHERE lock_id = CAST(:l AS uuid) AND revoked_at IS NULL"
@@ -250,13 +262,14 @@ def redeem(
     identity = str(uuid.uuid4())  # a new broker identity per pairing: the old one's topics go dead with it
     certificate = _certify(ca, request, identity, cert_ttl_s)
     con.run(
-        "INSERT INTO lock_credentials (lock_id, mqtt_username, signing_public_key, cert_serial, cert_not_after)"
-        " VALUES (CAST(:l AS uuid), :u, :k, :s, :n)",
+        "INSERT INTO lock_credentials (lock_id, mqtt_username, signing_public_key, cert_serial, cert_not_after,"
+        " csr_key_sha256) VALUES (CAST(:l AS uuid), :u, :k, :s, :n, :c)",
         l=lock_id,
         u=identity,
         k=public_key,
         s=certificate[1],
         n=certificate[0].not_after,
+        c=lock_certs.key_sha256(request),
     )
     # a new pairing numbers its connections afresh (a counter from zero, a factory reset), and its reports' times
     # start again: the old device's numbers, which it could push as far ahead as it liked, and its last report's
@@ -277,6 +290,50 @@ def redeem(
     )
     mirror.activity(con, lock_id, "provisioned", replaced_credentials=bool(revoked))
     return Credentials(lock_id=lock_id, certificate=certificate[0])
+
+
+def _invalid_code() -> errors.Unauthenticated:
+    # one message for unknown, used and expired codes: the caller learns nothing about which
+    return errors.Unauthenticated("provisioning code is invalid, used or expired", code="invalid_provisioning_code")
+
+
+def _paired_again(
+    con: Connection,
+    code: str,
+    lock_id: str,
+    public_key: bytes,
+    request: Any,
+    ca: lock_certs.LockCa,
+    cert_ttl_s: int,
+    certificates_per_day: int,
+) -> Credentials:
+    """A used code sent again by the lock whose pairing used it (its answer lost: its Wi-Fi dropped, or a 503): the
+    credential that pairing made, live, with the same signing key and the same TLS key (its CSR's), while the code
+    would still be valid; answered with it and a new certificate for that key, counted with the renewals
+    (``certificates_per_day``: 429 ``renewal_limit`` past them). Nothing is revoked, no identity changes. Anyone
+    else gets the used code's 401: the certificate is for a key only that lock holds."""
+    rows = con.run(
+        "SELECT k.id::text, k.mqtt_username FROM lock_credentials k JOIN provisioning_codes c ON c.code_hash = :h"
+        " WHERE k.lock_id = CAST(:l AS uuid) AND k.revoked_at IS NULL AND k.created_at = c.redeemed_at"
+        " AND k.signing_public_key = :k AND k.csr_key_sha256 = :c FOR UPDATE OF k",
+        h=_hash(code),
+        l=lock_id,
+        k=public_key,
+        c=lock_certs.key_sha256(request),
+    )
+    if not rows:
+        raise _invalid_code()
+    credential_id, identity = str(rows[0][0]), str(rows[0][1])
+    certificate, serial = _reissue(con, credential_id, identity, request, ca, cert_ttl_s, certificates_per_day)
+    audit.record(
+        con,
+        audit.lock_actor(lock_id),
+        "credentials.provision_repeated",
+        "ok",
+        lock_id=lock_id,
+        details={"serial": serial},
+    )
+    return Credentials(lock_id=lock_id, certificate=certificate)
 
 
 def refuse_a_shared_signing_key(con: Connection, public_key: bytes) -> None:
@@ -304,6 +361,22 @@ def renew(con: Connection, lock_id: str, csr: Any, ca: lock_certs.LockCa, cert_t
     if not rows:
         raise lock_auth.deleted_lock()
     credential_id, identity = str(rows[0][0]), str(rows[0][1])
+    certificate, serial = _reissue(con, credential_id, identity, request, ca, cert_ttl_s, per_day)
+    audit.record(con, audit.lock_actor(lock_id), "credentials.renew", "ok", lock_id=lock_id, details={"serial": serial})
+    return certificate
+
+
+def _reissue(
+    con: Connection,
+    credential_id: str,
+    identity: str,
+    request: Any,
+    ca: lock_certs.LockCa,
+    cert_ttl_s: int,
+    per_day: int,
+) -> tuple[Certificate, str]:
+    """A new certificate for a live credential (held ``FOR UPDATE`` by the caller, so the count is exact), and its
+    serial: at most ``per_day`` issued to it in any 24 hours, pairing's included (then 429 ``renewal_limit``)."""
     quotas.refuse_when_full(
         quotas.day_wait(
             con, "lock_certificates", "credential_id", credential_id, per_day, since_column="issued_at", key_type="uuid"
@@ -319,8 +392,7 @@ def renew(con: Connection, lock_id: str, csr: Any, ca: lock_certs.LockCa, cert_t
         n=certificate.not_after,
         i=credential_id,
     )
-    audit.record(con, audit.lock_actor(lock_id), "credentials.renew", "ok", lock_id=lock_id, details={"serial": serial})
-    return certificate
+    return certificate, serial
 
 
 def _certify(ca: lock_certs.LockCa, request: Any, identity: str, ttl_s: int) -> tuple[Certificate, str]:
