@@ -33,6 +33,8 @@ class Recorded:
             from pg8000.exceptions import DatabaseError
 
             raise DatabaseError({"S": "ERROR", "C": self.refused[sql], "M": "refused"})
+        if sql.startswith("SELECT pg_current_xact_id_if_assigned()"):  # read before a COMMIT: wrote nothing
+            return [[None, "2026-12-05 00:00:00+00"]]
         return []
 
     def close(self) -> None:
@@ -86,7 +88,8 @@ def test_a_transaction_that_meets_a_lost_pooled_connection_begins_again_on_a_new
         assert served not in (a, b)
     assert a.asked == ["START TRANSACTION"] and b.asked == []  # type: ignore[attr-defined]
     assert a.closed and b.closed  # type: ignore[attr-defined]  # the lost one took the idle one with it
-    assert served.asked == ["START TRANSACTION", "COMMIT"]  # type: ignore[attr-defined]
+    asked = served.asked  # type: ignore[attr-defined]
+    assert asked[0] == "START TRANSACTION" and asked[-1] == "COMMIT" and len(asked) == 3  # its id read before
 
 
 def test_a_new_connection_lost_as_its_transaction_begins_is_closed_and_a_503(
@@ -226,3 +229,38 @@ def test_what_the_server_refuses_for_good_is_raised_as_it_is(pool: Database) -> 
             con.refused["INSERT"] = state  # type: ignore[attr-defined]
             con.run("INSERT")
         assert pool.idle == [con]
+
+
+def test_once_a_silent_server_answers_again_the_borrower_that_found_out_holds_nobody_back(pool: Database) -> None:
+    """A statement outlasting the socket's timeout marks the server silent: one borrower at a time then finds out
+    (a round trip), the others 503 at once. Found answering, the others are served at once, also while the first
+    one's block still runs (the review found the gate held through it: a voice decision's forward pass, a mirror
+    flush's Firestore calls, turned every other request away while the server answered)."""
+    with pool.connection() as a:
+        pass
+    with pytest.raises(errors.Unavailable, match="did not answer in time"), pool.connection() as con:
+        a.slow = "SELECT pg_sleep(10)"  # type: ignore[attr-defined]
+        con.run("SELECT pg_sleep(10)")
+    with pool.connection() as first, pool.connection() as second:
+        assert first is not second
+
+
+def test_an_error_the_block_raises_is_never_taken_for_its_own_commits_answer_lost(
+    pool: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only the transaction's own COMMIT is looked up: a 503 its block raises (a nested transaction's lost COMMIT,
+    say) is the block's, rolled back and raised as it is."""
+    monkeypatch.setattr(pool, "_settle", lambda *args: pytest.fail("the block's error was settled as a COMMIT"))
+    inner = errors.Unavailable("database connection lost", code="database_unavailable")
+    inner.__cause__ = db_module.CommitUnanswered("7", "2026-12-05 00:00:00+00", None)
+    with pytest.raises(errors.Unavailable) as raised, pool.transaction():
+        raise inner
+    assert raised.value is inner
+
+
+def test_a_transaction_whose_failed_statement_was_caught_is_sent_its_commit_as_it_is(pool: Database) -> None:
+    """In a transaction a failed statement ended, any statement but its end is refused (25P02): its id is not read
+    (that was a 500), its COMMIT is sent, which the server answers by rolling it back."""
+    with pool.transaction() as con:
+        con._transaction_status = b"E"  # type: ignore[attr-defined]
+    assert con.asked == ["START TRANSACTION", "COMMIT"]  # type: ignore[attr-defined]

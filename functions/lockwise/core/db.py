@@ -133,6 +133,13 @@ PASSING_REFUSALS: dict[str, Refusal] = {
 #: the wait for a row lock), a little before the socket's own timeout gives up on it: the server then stops waiting
 #: as the caller does (a write given up on by the caller is never made later) and the connection is kept
 STATEMENT_TIMEOUT_S = 4.0
+#: how long a pool's borrower waits for one of its connections (held through a voice decision's forward pass, or a
+#: mirror flush's Firestore calls, they come back within seconds; a server that does not answer makes borrowers 503
+#: at once instead, ``Database._lent``), as HikariCP's ``connectionTimeout``
+SLOT_WAIT_S = 30.0
+#: the wait for the session of a COMMIT left unanswered to end (``Database._status_of``), under the lookup
+#: connection's own ``statement_timeout``
+TERMINATE_WAIT_S = 3.0
 #: a transaction left open without a statement this long is ended by the server, with its row locks
 #: (``idle_in_transaction_session_timeout``): an instance frozen or cut off mid-request does not hold a lock's rows
 #: for the server's TCP keepalive (2 h by default). Far above the longest wait inside one (verify's forward pass,
@@ -297,20 +304,11 @@ class Database:
 
     @contextmanager
     def _borrowed(self, begin: bool) -> Iterator[Connection]:
-        # a slot frees within a statement's time (4 s) unless the server stopped answering: no longer than a connect
-        if not self._slots.acquire(timeout=self.connect_timeout_s):
+        if not self._slots.acquire(timeout=SLOT_WAIT_S):
             raise errors.Unavailable("database pool exhausted", code="database_busy")
         con: Connection | None = None
-        finding_out = False
         try:
-            finding_out = self._finding_out_whether_it_answers()
-            try:
-                pooled = self._take_idle()
-                con = pooled if pooled is not None else self.connect()
-            except errors.Unavailable as exc:
-                if exc.__cause__ is not None and _timed_out(exc.__cause__):  # refused or reset: it answers
-                    self._silent = True
-                raise
+            pooled, con = self._lent()
             try:
                 if begin:
                     handed, con = con, None
@@ -347,19 +345,29 @@ class Database:
                     with self._lock:
                         self._idle.append((con, time.monotonic()))
         finally:
-            if finding_out:
-                self._finding_out.release()
             self._slots.release()
 
-    def _finding_out_whether_it_answers(self) -> bool:
-        """True when this request is the one to find out whether a server last found not answering answers again
-        (the caller releases ``_finding_out``); 503 at once when another request is finding out now; False while
-        the server answers."""
-        if not self._silent:
-            return False
-        if self._finding_out.acquire(blocking=False):
-            return True
-        raise errors.Unavailable("the database is not answering", code="database_unavailable")
+    def _lent(self) -> tuple[Connection | None, Connection]:
+        """The connection a borrower gets, and which pooled one it is (None: new). While the server was last found
+        not answering, one borrower at a time finds out (an idle connection asked a round trip whatever its idle
+        time, else a new connection), and the others are 503 at once; once it has an answer, the server answers
+        again, before the borrower's block runs."""
+        finding_out = self._silent and self._finding_out.acquire(blocking=False)
+        if self._silent and not finding_out:
+            raise errors.Unavailable("the database is not answering", code="database_unavailable")
+        try:
+            pooled = self._take_idle(ask=finding_out)
+            con = pooled if pooled is not None else self.connect()
+            if finding_out:
+                self._silent = False
+            return pooled, con
+        except errors.Unavailable as exc:
+            if exc.__cause__ is not None and _timed_out(exc.__cause__):  # refused or reset: it answers
+                self._silent = True
+            raise
+        finally:
+            if finding_out:
+                self._finding_out.release()
 
     @contextmanager
     def transaction(self) -> Iterator[Connection]:
@@ -371,6 +379,7 @@ class Database:
         looked up on a new connection before the caller hears anything (``_settle``). Made, the block returns as
         after any commit (a 503 would have told a lock whose door was opening that nothing was done); rolled back,
         the 503 of a lost connection; not known in time, 503 ``commit_unconfirmed``."""
+        committing = False
         try:
             with self._borrowed(begin=True) as con:
                 try:
@@ -382,10 +391,11 @@ class Database:
                         log.warning("rollback failed; connection dropped")
                         raise
                     raise
+                committing = True
                 _commit(con)
         except errors.Unavailable as exc:
-            if not isinstance(exc.__cause__, CommitUnanswered):
-                raise
+            if not committing or not isinstance(exc.__cause__, CommitUnanswered):
+                raise  # the block's own (a nested transaction's included), or not the COMMIT's answer lost
             self._settle(exc.__cause__, exc)
 
     def _settle(self, unanswered: CommitUnanswered, lost: errors.Unavailable) -> None:
@@ -405,22 +415,26 @@ class Database:
         ) from lost
 
     def _status_of(self, unanswered: CommitUnanswered) -> str | None:
-        """``pg_xact_status`` of the transaction, asked on a new connection (None: not reachable, or no answer).
-        While its session still holds it open (its COMMIT on the way, or never sent) it is "in progress": that
-        session is ended first (``pg_terminate_backend``, waiting up to the connect timeout), which makes the
-        transaction committed or rolled back for good, never committed later."""
+        """``pg_xact_status`` of the transaction, asked on a new connection (None: not reachable, no answer, or a
+        server started since: a restart or a failover may have given its id to another transaction). While its
+        session still holds it open (its COMMIT on the way, or never sent) it is "in progress": that session is ended
+        first (``pg_terminate_backend``, waiting up to ``TERMINATE_WAIT_S``), which makes the transaction committed or
+        rolled back for good, never committed later."""
         try:
             con = self.connect()
         except errors.Unavailable:
             return None
+        self._silent = False  # it answers
         try:
+            if con.run("SELECT pg_postmaster_start_time()::text")[0][0] != unanswered.server_started:
+                return None
             status = _xact_status(con, unanswered.xid)
             if status == "in progress" and unanswered.pid is not None:
                 con.run(
                     "SELECT pg_terminate_backend(pid, :ms) FROM pg_stat_activity WHERE pid = :p"
                     " AND backend_xid::text = :short",  # the session still in that transaction, not a later one
                     p=unanswered.pid,
-                    ms=round(self.connect_timeout_s * 1000),
+                    ms=round(TERMINATE_WAIT_S * 1000),
                     short=str(int(unanswered.xid) % 2**32),
                 )
                 status = _xact_status(con, unanswered.xid)
@@ -471,10 +485,10 @@ class Database:
         except Exception as exc:  # noqa: BLE001 - best effort: whatever failed, the first request meets it again
             log.warning("no database connection opened ahead (%s)", getattr(exc, "code", type(exc).__name__))
 
-    def _take_idle(self) -> Connection | None:
+    def _take_idle(self, ask: bool = False) -> Connection | None:
         """The most recently used idle connection still alive; ended ones are closed on the way. One that does not
         answer its round trip takes every other idle one with it: they were made to the same server over the same
-        path, and each would cost a request the same wait."""
+        path, and each would cost a request the same wait. ``ask``: the round trip whatever its idle time."""
         while True:
             with self._lock:
                 if not self._idle:
@@ -485,7 +499,7 @@ class Database:
                 _close_quietly(con)
                 continue
             idle_s = time.monotonic() - since
-            if idle_s <= self.check_idle_after_s or _answers(con):
+            if (idle_s <= self.check_idle_after_s and not ask) or _answers(con):
                 return con
             log.warning(
                 "a pooled database connection idle %.1f s did not answer: it and every idle one replaced", idle_s
@@ -557,25 +571,32 @@ def _timed_out(exc: BaseException) -> bool:
 
 class CommitUnanswered(InterfaceError):  # type: ignore[misc]  # pg8000 has no type hints
     """A transaction's COMMIT was sent and its answer never came: ``xid`` (``pg_current_xact_id``, as text) is how
-    the server knows the transaction, ``pid`` the session that held it (None: unknown)."""
+    the server knows the transaction, ``server_started`` when that server started (``pg_postmaster_start_time``,
+    as text: an id is only that transaction's on the server that gave it), ``pid`` the session that held it (None:
+    unknown)."""
 
-    def __init__(self, xid: str, pid: int | None) -> None:
+    def __init__(self, xid: str, server_started: str, pid: int | None) -> None:
         super().__init__(f"no answer to the COMMIT of transaction {xid}")
         self.xid = xid
+        self.server_started = server_started
         self.pid = pid
 
 
 def _commit(con: Connection) -> None:
     """COMMIT ``con``'s transaction. Its id is read first (one round trip): a COMMIT whose answer is lost raises
     ``CommitUnanswered`` with it, to be looked up; a transaction that wrote nothing has none, and its lost answer is
-    the lost connection it is."""
-    xid = con.run("SELECT pg_current_xact_id_if_assigned()::text")[0][0]
+    the lost connection it is. A transaction a failed statement ended (its error caught by the caller) is sent its
+    COMMIT as it is: the server rolls it back."""
+    if getattr(con, "_transaction_status", None) == b"E":
+        con.run("COMMIT")
+        return
+    xid, server_started = con.run("SELECT pg_current_xact_id_if_assigned()::text, pg_postmaster_start_time()::text")[0]
     try:
         con.run("COMMIT")
     except (InterfaceError, OSError) as exc:
         if xid is None:
             raise
-        raise CommitUnanswered(xid, _backend_pid(con)) from exc
+        raise CommitUnanswered(xid, server_started, _backend_pid(con)) from exc
 
 
 def _backend_pid(con: Connection) -> int | None:

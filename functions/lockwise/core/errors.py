@@ -88,9 +88,11 @@ def seconds_until(moment: dt.datetime, now: dt.datetime) -> int:
 
 
 class Unavailable(LockwiseError):
-    """503: a dependency is down or busy; nothing was done. ``Retry-After`` (and ``details.retry_after_s``) says
-    when to try again: a second, since what it meets (a lock wait, a pooled connection lost, a slow forward) is
-    usually over by then, and a client told nothing either hammers or gives up."""
+    """503: a dependency is down or busy; nothing was done (but for ``commit_unconfirmed``: the database never
+    confirmed a change that may have been made, ``lockwise.core.db``). ``Retry-After`` (and
+    ``details.retry_after_s``) says when to try again: a second, since what it meets (a lock wait, a pooled
+    connection lost, a slow forward) is usually over by then, and a client told nothing either hammers or gives
+    up."""
 
     status, default_code = 503, "unavailable"
 

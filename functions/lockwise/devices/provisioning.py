@@ -15,6 +15,7 @@ import base64
 import binascii
 import datetime as dt
 import hashlib
+import logging
 import secrets
 import uuid
 from dataclasses import dataclass
@@ -26,6 +27,8 @@ from lockwise.core import audit, errors, mirror, quotas, users
 from lockwise.core.auth import User
 from lockwise.core.db import Connection, Database
 from lockwise.devices import ed25519_points, lock_auth, lock_certs, topics, transfer_offers
+
+log = logging.getLogger("lockwise.devices.provisioning")
 
 CODE_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"  # no 0/O/1/I
 CODE_LENGTH = 24  # ~120 bits
@@ -211,8 +214,11 @@ def pair(
     except errors.Unauthenticated:
         raise  # a wrong code: the attempt stays counted
     except Exception:
-        with db.transaction() as con:
-            release_pairing_attempt(con, source)
+        try:
+            with db.transaction() as con:
+                release_pairing_attempt(con, source)
+        except errors.Unavailable:  # the database away: what the pairing met says more (``commit_unconfirmed``)
+            log.warning("a pairing's attempt was not given back: the database is unavailable")
         raise
     return credentials
 
