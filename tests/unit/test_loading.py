@@ -65,3 +65,30 @@ def test_loading_pauses_collection_until_loaded_then_freezes_what_was_loaded() -
         check=False,
     )
     assert done.returncode == 0, done.stderr
+
+
+def test_a_process_that_loads_again_freezes_nothing_more_and_its_garbage_is_collected() -> None:
+    """The tests load each function's main.py for every client: a freeze at each load kept the garbage of the loads
+    before for good, pooled database connections included (the test database ran out of connections)."""
+    script = (
+        "import gc, importlib, weakref\n"
+        "import lockwise.core.loading as loading\n"
+        "loading.loaded()\n"
+        "frozen = gc.get_freeze_count()\n"
+        "class Pool: pass\n"
+        "pool = Pool(); pool.me = pool; gone = weakref.ref(pool); del pool  # garbage in a cycle, as a runtime is\n"
+        "importlib.reload(loading)  # main.py loaded again\n"
+        "loading.loaded()\n"
+        "assert gc.get_freeze_count() <= frozen, (gc.get_freeze_count(), frozen)  # fewer: some died\n"
+        "gc.collect()\n"
+        "assert gone() is None, 'the garbage of the load before was kept'\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        env={"PYTHONPATH": str(REPO / "functions")},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
