@@ -110,7 +110,8 @@ def test_a_pairing_sent_again_after_its_answer_was_lost_gets_its_credentials_and
     before, 401 ``invalid_provisioning_code``, and it could not pair until the owner issued a new code while the app
     showed it paired (attack run 37). Now the same lock gets the credential its pairing made (same lock, same
     identity) with a new certificate for its TLS key; the same code with another signing key or another TLS key
-    stays 401, nothing is revoked, and the certificates count with the renewals."""
+    stays 401, nothing is revoked, and the certificates count with the renewals (past them, 429 until the code
+    ends, not the renewals' day)."""
     owner = sign_up()
     created = create_lock(devices, owner)
     lock_id, code = created["lock"]["id"], created["provisioning"]["code"]
@@ -140,8 +141,9 @@ def test_a_pairing_sent_again_after_its_answer_was_lost_gets_its_credentials_and
     ) == [[1, 1]]
     for _ in range(4):  # 6 certificates a day with the first two
         assert devices.post("/devices/provision", json=body).status_code == 201
-    limited = devices.post("/devices/provision", json=body)
-    assert limited.status_code == 429 and limited.get_json()["error"]["code"] == "renewal_limit"
+    limited = devices.post("/devices/provision", json=body)  # not the renewals' day: the code ends sooner
+    assert limited.status_code == 429 and limited.get_json()["error"]["code"] == "pairing_retry_limit"
+    assert 1 <= int(limited.headers["Retry-After"]) <= 600
     # paired again with a new code: the old code's pairing is gone for good
     code2 = devices.post(f"/devices/locks/{lock_id}/provisioning", headers=bearer(owner)).get_json()["code"]
     provision(devices, code2)

@@ -269,12 +269,13 @@ def redeem(
     certificate = _certify(ca, request, identity, cert_ttl_s)
     con.run(
         "INSERT INTO lock_credentials (lock_id, mqtt_username, signing_public_key, cert_serial, cert_not_after,"
-        " csr_key_sha256) VALUES (CAST(:l AS uuid), :u, :k, :s, :n, :c)",
+        " paired_with, csr_key_sha256) VALUES (CAST(:l AS uuid), :u, :k, :s, :n, :h, :c)",
         l=lock_id,
         u=identity,
         k=public_key,
         s=certificate[1],
         n=certificate[0].not_after,
+        h=_hash(code),
         c=lock_certs.key_sha256(request),
     )
     # a new pairing numbers its connections afresh (a counter from zero, a factory reset), and its reports' times
@@ -315,12 +316,14 @@ def _paired_again(
 ) -> Credentials:
     """A used code sent again by the lock whose pairing used it (its answer lost: its Wi-Fi dropped, or a 503): the
     credential that pairing made, live, with the same signing key and the same TLS key (its CSR's), while the code
-    would still be valid; answered with it and a new certificate for that key, counted with the renewals
-    (``certificates_per_day``: 429 ``renewal_limit`` past them). Nothing is revoked, no identity changes. Anyone
-    else gets the used code's 401: the certificate is for a key only that lock holds."""
+    would still be valid; answered with it and a new certificate for that key, counted with the renewals (past
+    ``certificates_per_day``: 429 ``pairing_retry_limit``, its ``Retry-After`` the code's end: the lock needs a new
+    code). Nothing is revoked, no identity changes. Anyone else gets the used code's 401: the certificate is for a
+    key only that lock holds."""
     rows = con.run(
-        "SELECT k.id::text, k.mqtt_username FROM lock_credentials k JOIN provisioning_codes c ON c.code_hash = :h"
-        " WHERE k.lock_id = CAST(:l AS uuid) AND k.revoked_at IS NULL AND k.created_at = c.redeemed_at"
+        "SELECT k.id::text, k.mqtt_username, GREATEST(1, ceil(extract(epoch FROM c.expires_at - now())))::int"
+        " FROM lock_credentials k JOIN provisioning_codes c ON c.code_hash = k.paired_with"
+        " WHERE k.lock_id = CAST(:l AS uuid) AND k.revoked_at IS NULL AND k.paired_with = :h"
         " AND k.signing_public_key = :k AND k.csr_key_sha256 = :c FOR UPDATE OF k",
         h=_hash(code),
         l=lock_id,
@@ -329,8 +332,15 @@ def _paired_again(
     )
     if not rows:
         raise _invalid_code()
-    credential_id, identity = str(rows[0][0]), str(rows[0][1])
-    certificate, serial = _reissue(con, credential_id, identity, request, ca, cert_ttl_s, certificates_per_day)
+    credential_id, identity, code_left_s = str(rows[0][0]), str(rows[0][1]), int(rows[0][2])
+    try:
+        certificate, serial = _reissue(con, credential_id, identity, request, ca, cert_ttl_s, certificates_per_day)
+    except errors.RateLimited as exc:  # the renewals' wait (a day) would outlive the code
+        raise errors.RateLimited(
+            "this pairing was answered again as often as a day allows; pair the lock with a new code",
+            retry_after_s=code_left_s,
+            code="pairing_retry_limit",
+        ) from exc
     audit.record(
         con,
         audit.lock_actor(lock_id),
