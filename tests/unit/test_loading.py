@@ -44,6 +44,20 @@ def test_each_function_loads_its_modules_with_collection_paused_and_resumes_it_l
     )
 
 
+def run_in_a_fresh_process(script: str) -> None:
+    """Run ``script`` (its asserts) in a new interpreter with the package on its path: the collector's state is the
+    process's."""
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        env={"PYTHONPATH": str(REPO / "functions")},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+
+
 def test_loading_pauses_collection_until_loaded_then_freezes_what_was_loaded() -> None:
     script = (
         "import gc\n"
@@ -56,15 +70,7 @@ def test_loading_pauses_collection_until_loaded_then_freezes_what_was_loaded() -
         "assert gc.isenabled(), 'collection left off'\n"
         "assert gc.get_freeze_count() > 1000, gc.get_freeze_count()\n"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", script],
-        env={"PYTHONPATH": str(REPO / "functions")},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
+    run_in_a_fresh_process(script)
 
 
 def test_a_process_that_loads_again_freezes_nothing_more_and_its_garbage_is_collected() -> None:
@@ -83,12 +89,4 @@ def test_a_process_that_loads_again_freezes_nothing_more_and_its_garbage_is_coll
         "gc.collect()\n"
         "assert gone() is None, 'the garbage of the load before was kept'\n"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", script],
-        env={"PYTHONPATH": str(REPO / "functions")},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
+    run_in_a_fresh_process(script)
