@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pytest
@@ -264,3 +265,31 @@ def test_a_transaction_whose_failed_statement_was_caught_is_sent_its_commit_as_i
     with pool.transaction() as con:
         con._transaction_status = b"E"  # type: ignore[attr-defined]
     assert con.asked == ["START TRANSACTION", "COMMIT"]  # type: ignore[attr-defined]
+
+
+def test_a_commits_look_up_keeps_to_one_budget_whatever_its_steps_take(
+    pool: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The look-up of a COMMIT left unanswered has the connect timeout in all (attack run 38: a server that stalled
+    again during it held the request 12 s, each step with its own timeout). Here each statement takes 0.4 s of a
+    1 s budget: the transaction, still "in progress", is not waited for past it, and is answered as unknown."""
+    asked: list[str] = []
+
+    class Slow(Recorded):
+        def run(self, sql: str, stream: Any = None, types: Any = None, **params: Any) -> Any:
+            asked.append(sql)
+            time.sleep(0.4)
+            if "pg_postmaster_start_time" in sql:
+                return [["2026-12-05 00:00:00+00"]]
+            if "pg_xact_status" in sql:
+                return [["in progress"]]
+            return [[True]]
+
+    pool.connect_timeout_s = 1.0
+    monkeypatch.setattr(pool, "connect", lambda timeout_s=None: Slow())
+    unanswered = db_module.CommitUnanswered("7", "2026-12-05 00:00:00+00", 4242)
+    started = time.monotonic()
+    status = pool._status_of(unanswered)
+    took = time.monotonic() - started
+    assert status == "in progress" and took < 1.2, (status, took)  # _settle: commit_unconfirmed
+    assert not any("pg_terminate_backend" in sql for sql in asked), asked

@@ -140,6 +140,8 @@ SLOT_WAIT_S = 30.0
 #: the wait for the session of a COMMIT left unanswered to end (``Database._status_of``), under the lookup
 #: connection's own ``statement_timeout``
 TERMINATE_WAIT_S = 3.0
+#: what the terminate's statement is given beyond its wait: the round trip, the look-up after it
+TERMINATE_MARGIN_S = 0.5
 #: a transaction left open without a statement this long is ended by the server, with its row locks
 #: (``idle_in_transaction_session_timeout``): an instance frozen or cut off mid-request does not hold a lock's rows
 #: for the server's TCP keepalive (2 h by default). Far above the longest wait inside one (verify's forward pass,
@@ -241,8 +243,10 @@ class Database:
         self._finding_out = threading.Lock()
         self._tls: Any = None  # one ssl.SSLContext for every connection (loading the system CAs takes ~30 ms)
 
-    def connect(self) -> Connection:
-        """A new connection outside the pool (for LISTEN, migrations and tools)."""
+    def connect(self, timeout_s: float | None = None) -> Connection:
+        """A new connection outside the pool (for LISTEN, migrations and tools); ``timeout_s``: to connect, instead
+        of ``connect_timeout_s``."""
+        timeout_s = self.connect_timeout_s if timeout_s is None else timeout_s
         p = self.params
         kwargs: dict[str, Any] = {"user": p.user, "password": p.password, "database": p.database}
         # each run of a prepared statement planned for its parameters, as an unnamed statement is: a generic plan
@@ -261,10 +265,10 @@ class Database:
                 kwargs["unix_sock"] = p.unix_sock
             else:
                 host = p.host or "127.0.0.1"
-                sock = tcp_socket(host, p.port, self.connect_timeout_s)
+                sock = tcp_socket(host, p.port, timeout_s)
                 # pg8000 still needs the host beside its own socket: TLS checks the server's name against it
                 kwargs.update(host=host, sock=sock)
-            con = PreparingConnection(timeout=self.connect_timeout_s, **kwargs)
+            con = PreparingConnection(timeout=timeout_s, **kwargs)
         except (InterfaceError, OSError) as exc:
             if sock is not None:
                 sock.close()
@@ -279,7 +283,7 @@ class Database:
             if state == TOO_MANY_CONNECTIONS:
                 raise errors.Unavailable("database is busy", code="database_busy") from exc
             raise errors.Unavailable("database is unavailable", code="database_unavailable") from exc
-        if self.read_timeout_s != self.connect_timeout_s:
+        if self.read_timeout_s != timeout_s:
             con.settimeout(self.read_timeout_s)
         return cast(Connection, con)
 
@@ -419,24 +423,36 @@ class Database:
         server started since: a restart or a failover may have given its id to another transaction). While its
         session still holds it open (its COMMIT on the way, or never sent) it is "in progress": that session is ended
         first (``pg_terminate_backend``, waiting up to ``TERMINATE_WAIT_S``), which makes the transaction committed or
-        rolled back for good, never committed later."""
+        rolled back for good, never committed later. The whole look-up has ``connect_timeout_s``, each step what is
+        left of it (attack run 38: a look-up whose server stalled again took 12 s, its steps' own timeouts adding up),
+        so a request whose COMMIT went unanswered is answered within twice that."""
+        deadline = time.monotonic() + self.connect_timeout_s
+
+        def left() -> float:
+            return deadline - time.monotonic()
+
         try:
-            con = self.connect()
+            con = self.connect(timeout_s=max(0.05, left()))
         except errors.Unavailable:
             return None
         self._silent = False  # it answers
         try:
+            _within(con, left())
             if con.run("SELECT pg_postmaster_start_time()::text")[0][0] != unanswered.server_started:
                 return None
+            _within(con, left())
             status = _xact_status(con, unanswered.xid)
-            if status == "in progress" and unanswered.pid is not None:
+            wait_s = min(TERMINATE_WAIT_S, left() - TERMINATE_MARGIN_S)
+            if status == "in progress" and unanswered.pid is not None and wait_s > 0:
+                _within(con, wait_s + TERMINATE_MARGIN_S)
                 con.run(
                     "SELECT pg_terminate_backend(pid, :ms) FROM pg_stat_activity WHERE pid = :p"
                     " AND backend_xid::text = :short",  # the session still in that transaction, not a later one
                     p=unanswered.pid,
-                    ms=round(TERMINATE_WAIT_S * 1000),
+                    ms=round(wait_s * 1000),
                     short=str(int(unanswered.xid) % 2**32),
                 )
+                _within(con, left())
                 status = _xact_status(con, unanswered.xid)
             return status
         except (InterfaceError, OSError, DatabaseError):
@@ -603,6 +619,16 @@ def _backend_pid(con: Connection) -> int | None:
     """The server process of ``con``'s session, from the key pg8000 keeps of its startup (None where it has none)."""
     key = getattr(con, "_backend_key_data", None)
     return int.from_bytes(key[:4], "big") if isinstance(key, bytes) and len(key) >= 4 else None
+
+
+def _within(con: Connection, seconds: float) -> None:
+    """Give ``con``'s next statement ``seconds`` (at least a moment) before its socket gives up; a timed-out one
+    raises the network's error (a connection without ``settimeout``, a test's fake, is left as it is)."""
+    if seconds <= 0:
+        raise TimeoutError("no time left")
+    settimeout = getattr(con, "settimeout", None)
+    if settimeout is not None:
+        settimeout(seconds)
 
 
 def _xact_status(con: Connection, xid: str) -> str | None:
