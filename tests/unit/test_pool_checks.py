@@ -35,7 +35,7 @@ class Recorded:
 
             raise DatabaseError({"S": "ERROR", "C": self.refused[sql], "M": "refused"})
         if sql.startswith("SELECT pg_current_xact_id_if_assigned()"):  # read before a COMMIT: wrote nothing
-            return [[None, "2026-12-05 00:00:00+00"]]
+            return [[None, "2026-12-05 00:00:00+00", 4242]]
         return []
 
     def close(self) -> None:
@@ -271,22 +271,25 @@ def test_a_commits_look_up_keeps_to_one_budget_whatever_its_steps_take(
     pool: Database, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The look-up of a COMMIT left unanswered has the connect timeout in all (attack run 38: a server that stalled
-    again during it held the request 12 s, each step with its own timeout). Here each statement takes 0.4 s of a
-    1 s budget: the transaction, still "in progress", is not waited for past it, and is answered as unknown."""
+    again during it held the request 12 s, each step with its own timeout). Here the connection and each statement
+    take 0.4 s of a 1 s budget: the transaction, still "in progress", is not waited for past it, and is answered
+    as unknown."""
     asked: list[str] = []
 
     class Slow(Recorded):
         def run(self, sql: str, stream: Any = None, types: Any = None, **params: Any) -> Any:
             asked.append(sql)
             time.sleep(0.4)
-            if "pg_postmaster_start_time" in sql:
-                return [["2026-12-05 00:00:00+00"]]
             if "pg_xact_status" in sql:
-                return [["in progress"]]
+                return [["2026-12-05 00:00:00+00", "in progress"]]
             return [[True]]
 
     pool.connect_timeout_s = 1.0
-    monkeypatch.setattr(pool, "connect", lambda timeout_s=None: Slow())
+    def slow_connect(timeout_s: float | None = None) -> Slow:
+        time.sleep(0.4)
+        return Slow()
+
+    monkeypatch.setattr(pool, "connect", slow_connect)
     unanswered = db_module.CommitUnanswered("7", "2026-12-05 00:00:00+00", 4242)
     started = time.monotonic()
     status = pool._status_of(unanswered)

@@ -438,12 +438,9 @@ class Database:
         self._silent = False  # it answers
         try:
             _within(con, left())
-            if con.run("SELECT pg_postmaster_start_time()::text")[0][0] != unanswered.server_started:
-                return None
-            _within(con, left())
-            status = _xact_status(con, unanswered.xid)
+            status = _xact_status(con, unanswered)
             wait_s = min(TERMINATE_WAIT_S, left() - TERMINATE_MARGIN_S)
-            if status == "in progress" and unanswered.pid is not None and wait_s > 0:
+            if status == "in progress" and wait_s > 0:
                 _within(con, wait_s + TERMINATE_MARGIN_S)
                 con.run(
                     "SELECT pg_terminate_backend(pid, :ms) FROM pg_stat_activity WHERE pid = :p"
@@ -453,7 +450,7 @@ class Database:
                     short=str(int(unanswered.xid) % 2**32),
                 )
                 _within(con, left())
-                status = _xact_status(con, unanswered.xid)
+                status = _xact_status(con, unanswered)
             return status
         except (InterfaceError, OSError, DatabaseError):
             return None
@@ -588,10 +585,9 @@ def _timed_out(exc: BaseException) -> bool:
 class CommitUnanswered(InterfaceError):  # type: ignore[misc]  # pg8000 has no type hints
     """A transaction's COMMIT was sent and its answer never came: ``xid`` (``pg_current_xact_id``, as text) is how
     the server knows the transaction, ``server_started`` when that server started (``pg_postmaster_start_time``,
-    as text: an id is only that transaction's on the server that gave it), ``pid`` the session that held it (None:
-    unknown)."""
+    as text: an id is only that transaction's on the server that gave it), ``pid`` the session that held it."""
 
-    def __init__(self, xid: str, server_started: str, pid: int | None) -> None:
+    def __init__(self, xid: str, server_started: str, pid: int) -> None:
         super().__init__(f"no answer to the COMMIT of transaction {xid}")
         self.xid = xid
         self.server_started = server_started
@@ -606,19 +602,15 @@ def _commit(con: Connection) -> None:
     if getattr(con, "_transaction_status", None) == b"E":
         con.run("COMMIT")
         return
-    xid, server_started = con.run("SELECT pg_current_xact_id_if_assigned()::text, pg_postmaster_start_time()::text")[0]
+    xid, server_started, pid = con.run(
+        "SELECT pg_current_xact_id_if_assigned()::text, pg_postmaster_start_time()::text, pg_backend_pid()"
+    )[0]
     try:
         con.run("COMMIT")
     except (InterfaceError, OSError) as exc:
         if xid is None:
             raise
-        raise CommitUnanswered(xid, server_started, _backend_pid(con)) from exc
-
-
-def _backend_pid(con: Connection) -> int | None:
-    """The server process of ``con``'s session, from the key pg8000 keeps of its startup (None where it has none)."""
-    key = getattr(con, "_backend_key_data", None)
-    return int.from_bytes(key[:4], "big") if isinstance(key, bytes) and len(key) >= 4 else None
+        raise CommitUnanswered(xid, server_started, int(pid)) from exc
 
 
 def _within(con: Connection, seconds: float) -> None:
@@ -631,10 +623,13 @@ def _within(con: Connection, seconds: float) -> None:
         settimeout(seconds)
 
 
-def _xact_status(con: Connection, xid: str) -> str | None:
-    """ "committed", "aborted", "in progress", or None (too old to know)."""
-    status = con.run("SELECT pg_xact_status(CAST(:x AS xid8))", x=xid)[0][0]
-    return None if status is None else str(status)
+def _xact_status(con: Connection, unanswered: CommitUnanswered) -> str | None:
+    """ "committed", "aborted", "in progress", or None: too old to know, or asked of a server started since the
+    transaction's (its id may be another's there)."""
+    started, status = con.run(
+        "SELECT pg_postmaster_start_time()::text, pg_xact_status(CAST(:x AS xid8))", x=unanswered.xid
+    )[0]
+    return None if status is None or started != unanswered.server_started else str(status)
 
 
 def _answers(con: Connection) -> bool:
