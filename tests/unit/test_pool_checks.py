@@ -285,6 +285,7 @@ def test_a_commits_look_up_keeps_to_one_budget_whatever_its_steps_take(
             return [[True]]
 
     pool.connect_timeout_s = 1.0
+
     def slow_connect(timeout_s: float | None = None) -> Slow:
         time.sleep(0.4)
         return Slow()
