@@ -248,15 +248,17 @@ def redeem(
     )
     rows = con.run(
         "SELECT c.lock_id::text, c.redeemed_at IS NOT NULL, c.expires_at <= statement_timestamp(),"
-        " l.owner_uid IS DISTINCT FROM c.created_by FROM provisioning_codes c JOIN locks l ON l.id = c.lock_id"
-        " WHERE c.code_hash = :h FOR UPDATE OF c",
+        " l.owner_uid IS DISTINCT FROM c.created_by,"
+        " GREATEST(1, ceil(extract(epoch FROM c.expires_at - statement_timestamp())))::int"  # the code's life left
+        " FROM provisioning_codes c JOIN locks l ON l.id = c.lock_id WHERE c.code_hash = :h FOR UPDATE OF c",
         h=_hash(code),
     )
     if not rows or rows[0][2] or rows[0][3]:
         raise _invalid_code()
     lock_id = str(rows[0][0])
     if rows[0][1]:  # used: the lock that used it sending its pairing again, or anyone else (401)
-        return _paired_again(con, code, lock_id, public_key, request, ca, cert_ttl_s, certificates_per_day)
+        code_left_s = int(rows[0][4])
+        return _paired_again(con, code, lock_id, public_key, request, code_left_s, ca, cert_ttl_s, certificates_per_day)
     con.run("UPDATE provisioning_codes SET redeemed_at = now() WHERE code_hash = :h", h=_hash(code))
     revoked = con.run(
         "UPDATE lock_credentials SET revoked_at = now() WHERE lock_id = CAST(:l AS uuid) AND revoked_at IS NULL"
@@ -310,6 +312,7 @@ def _paired_again(
     lock_id: str,
     public_key: bytes,
     request: Any,
+    code_left_s: int,
     ca: lock_certs.LockCa,
     cert_ttl_s: int,
     certificates_per_day: int,
@@ -321,10 +324,8 @@ def _paired_again(
     code). Nothing is revoked, no identity changes. Anyone else gets the used code's 401: the certificate is for a
     key only that lock holds."""
     rows = con.run(
-        "SELECT k.id::text, k.mqtt_username, GREATEST(1, ceil(extract(epoch FROM c.expires_at - now())))::int"
-        " FROM lock_credentials k JOIN provisioning_codes c ON c.code_hash = k.paired_with"
-        " WHERE k.lock_id = CAST(:l AS uuid) AND k.revoked_at IS NULL AND k.paired_with = :h"
-        " AND k.signing_public_key = :k AND k.csr_key_sha256 = :c FOR UPDATE OF k",
+        "SELECT id::text, mqtt_username FROM lock_credentials WHERE lock_id = CAST(:l AS uuid) AND revoked_at IS NULL"
+        " AND paired_with = :h AND signing_public_key = :k AND csr_key_sha256 = :c FOR UPDATE",
         h=_hash(code),
         l=lock_id,
         k=public_key,
@@ -332,7 +333,7 @@ def _paired_again(
     )
     if not rows:
         raise _invalid_code()
-    credential_id, identity, code_left_s = str(rows[0][0]), str(rows[0][1]), int(rows[0][2])
+    credential_id, identity = str(rows[0][0]), str(rows[0][1])
     try:
         certificate, serial = _reissue(con, credential_id, identity, request, ca, cert_ttl_s, certificates_per_day)
     except errors.RateLimited as exc:  # the renewals' wait (a day) would outlive the code
