@@ -253,7 +253,7 @@ def test_an_error_the_block_raises_is_never_taken_for_its_own_commits_answer_los
     say) is the block's, rolled back and raised as it is."""
     monkeypatch.setattr(pool, "_settle", lambda *args: pytest.fail("the block's error was settled as a COMMIT"))
     inner = errors.Unavailable("database connection lost", code="database_unavailable")
-    inner.__cause__ = db_module.CommitUnanswered("7", "2026-12-05 00:00:00+00", None)
+    inner.__cause__ = db_module.CommitUnanswered("7", "2026-12-05 00:00:00+00", 4242)
     with pytest.raises(errors.Unavailable) as raised, pool.transaction():
         raise inner
     assert raised.value is inner
