@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -339,6 +340,82 @@ def test_a_commit_whose_fate_cannot_be_known_now_is_a_503_that_says_so(stack_env
             cut.cut_at(b"COMMIT\x00", forwarded=True)
             cut.refusing = True
         assert refused.value.code == "commit_unconfirmed"
+
+
+def test_a_commit_lost_as_a_backend_crashes_is_not_taken_for_the_transaction_given_its_id_after(
+    stack_env: dict[str, str], postgres: services.Postgres
+) -> None:
+    """A backend's crash makes PostgreSQL end every session and recover from the WAL on disk, and the server keeps
+    its start time. A transaction whose COMMIT was lost as it crashed, its records not yet on disk, is gone, and its
+    id is given again to a later transaction. The look-up found that one committed and answered the lost one as made
+    (a door decision or a pairing told done, and nothing recorded). Now the look-up also compares the server's run
+    (a crash's recovery resets its statistics): 503 ``commit_unconfirmed``. Here the WAL writer is stopped, so the
+    transaction's records stay in memory, and its kill is the crash."""
+    import pg8000.native
+
+    from lockwise.core import errors
+
+    def superuser() -> Any:
+        return pg8000.native.Connection(
+            "postgres", unix_sock=f"{postgres.socket_dir}/.s.PGSQL.{postgres.port}", database=postgres.database
+        )
+
+    con = superuser()
+    try:
+        walwriter = int(con.run("SELECT pid FROM pg_stat_activity WHERE backend_type = 'walwriter'")[0][0])
+    finally:
+        con.close()
+    uid = f"settle-crash-{time.monotonic_ns()}"
+    given: list[int] = []
+    failed: list[BaseException] = []
+
+    def crash_then_give_its_id_again(xid: int) -> None:
+        try:
+            os.kill(walwriter, signal.SIGKILL)
+            deadline = time.monotonic() + 3.5
+            while True:  # until the crash has ended the old sessions and recovery is done
+                time.sleep(0.1)
+                try:
+                    con = superuser()
+                    break
+                except Exception:  # noqa: BLE001 - shutting down, or in recovery
+                    if time.monotonic() > deadline:
+                        raise
+            try:
+                while not given or given[-1] < xid:  # the ids after the crash, each committed
+                    con.run("START TRANSACTION")
+                    given.append(int(con.run("SELECT pg_current_xact_id()::text")[0][0]))
+                    con.run("COMMIT")
+            finally:
+                con.close()
+        except BaseException as exc:  # noqa: BLE001 - reported by the test
+            failed.append(exc)
+
+    target = urlsplit(stack_env["DATABASE_URL"])
+    with TcpCut((target.hostname or "127.0.0.1", target.port or 5432)) as cut:
+        netloc = target.netloc.rsplit(":", 1)[0] + f":{cut.port}"
+        db = Database(urlunsplit(target._replace(netloc=netloc)), pool_size=2, connect_timeout_s=5.0)
+        crash: threading.Timer | None = None
+        os.kill(walwriter, signal.SIGSTOP)
+        try:
+            with pytest.raises(errors.Unavailable) as refused, db.transaction() as con:
+                con.run("INSERT INTO users (uid) VALUES (:u)", u=uid)
+                xid = int(con.run("SELECT pg_current_xact_id()::text")[0][0])
+                cut.cut_at(b"COMMIT\x00", forwarded=False)
+                crash = threading.Timer(0.2, crash_then_give_its_id_again, args=(xid,))
+                crash.start()
+        finally:
+            if crash is None:
+                os.kill(walwriter, signal.SIGCONT)
+            else:
+                crash.join()
+            db.close()
+    assert not failed, failed
+    assert given[-1] == xid, (given, xid)  # precondition: the crash gave the lost transaction's id again
+    assert refused.value.code == "commit_unconfirmed"
+    admin = Database(stack_env["DATABASE_URL"], pool_size=1)
+    assert not _kept(admin, uid)
+    admin.close()
 
 
 def test_while_the_database_does_not_answer_one_request_waits_to_find_out_and_the_others_are_503_at_once(

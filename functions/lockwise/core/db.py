@@ -419,13 +419,13 @@ class Database:
         ) from lost
 
     def _status_of(self, unanswered: CommitUnanswered) -> str | None:
-        """``pg_xact_status`` of the transaction, asked on a new connection (None: not reachable, no answer, or a
-        server started since: a restart or a failover may have given its id to another transaction). While its
-        session still holds it open (its COMMIT on the way, or never sent) it is "in progress": that session is ended
-        first (``pg_terminate_backend``, waiting up to ``TERMINATE_WAIT_S``), which makes the transaction committed or
-        rolled back for good, never committed later. The whole look-up has ``connect_timeout_s``, each step what is
-        left of it (attack run 38: a look-up whose server stalled again took 12 s, its steps' own timeouts adding up),
-        so a request whose COMMIT went unanswered is answered within twice that."""
+        """``pg_xact_status`` of the transaction, asked on a new connection (None: not reachable, no answer, or another
+        run of the server: after a restart, a failover or a crash's recovery its id may be another transaction's). While
+        its session still holds it open (its COMMIT on the way, or never sent) it is "in progress": that session is
+        ended first (``pg_terminate_backend``, waiting up to ``TERMINATE_WAIT_S``), which makes the transaction
+        committed or rolled back for good, never committed later. The whole look-up has ``connect_timeout_s``, each step
+        what is left of it (attack run 38: a look-up whose server stalled again took 12 s, its steps' own timeouts
+        adding up), so a request whose COMMIT went unanswered is answered within twice that."""
         deadline = time.monotonic() + self.connect_timeout_s
 
         def left() -> float:
@@ -582,15 +582,23 @@ def _timed_out(exc: BaseException) -> bool:
     return False
 
 
+# The server's run, as text: when it started, and when its shared statistics were last reset. A transaction's id is
+# only that transaction's within one run. A restart or a failover starts a new server; a backend's crash does not
+# (``pg_postmaster_start_time`` stays), but its recovery may give again the ids whose records were not yet on disk
+# (a COMMIT still being flushed among them), and it resets the statistics (the background writer's reset time is
+# one function call: ~8 us a transaction here, where reading ``pg_stat_wal`` took ~55).
+_SERVER_RUN = "pg_postmaster_start_time()::text || ' ' || coalesce(pg_stat_get_bgwriter_stat_reset_time()::text, '')"
+
+
 class CommitUnanswered(InterfaceError):  # type: ignore[misc]  # pg8000 has no type hints
     """A transaction's COMMIT was sent and its answer never came: ``xid`` (``pg_current_xact_id``, as text) is how
-    the server knows the transaction, ``server_started`` when that server started (``pg_postmaster_start_time``,
-    as text: an id is only that transaction's on the server that gave it), ``pid`` the session that held it."""
+    the server knows the transaction, ``server_run`` which run of the server gave it (``_SERVER_RUN``: an id is only
+    that transaction's there), ``pid`` the session that held it."""
 
-    def __init__(self, xid: str, server_started: str, pid: int) -> None:
+    def __init__(self, xid: str, server_run: str, pid: int) -> None:
         super().__init__(f"no answer to the COMMIT of transaction {xid}")
         self.xid = xid
-        self.server_started = server_started
+        self.server_run = server_run
         self.pid = pid
 
 
@@ -602,15 +610,13 @@ def _commit(con: Connection) -> None:
     if getattr(con, "_transaction_status", None) == b"E":
         con.run("COMMIT")
         return
-    xid, server_started, pid = con.run(
-        "SELECT pg_current_xact_id_if_assigned()::text, pg_postmaster_start_time()::text, pg_backend_pid()"
-    )[0]
+    xid, server_run, pid = con.run(f"SELECT pg_current_xact_id_if_assigned()::text, {_SERVER_RUN}, pg_backend_pid()")[0]
     try:
         con.run("COMMIT")
     except (InterfaceError, OSError) as exc:
         if xid is None:
             raise
-        raise CommitUnanswered(xid, server_started, int(pid)) from exc
+        raise CommitUnanswered(xid, server_run, int(pid)) from exc
 
 
 def _within(con: Connection, seconds: float) -> None:
@@ -624,12 +630,11 @@ def _within(con: Connection, seconds: float) -> None:
 
 
 def _xact_status(con: Connection, unanswered: CommitUnanswered) -> str | None:
-    """ "committed", "aborted", "in progress", or None: too old to know, or asked of a server started since the
-    transaction's (its id may be another's there)."""
-    started, status = con.run(
-        "SELECT pg_postmaster_start_time()::text, pg_xact_status(CAST(:x AS xid8))", x=unanswered.xid
-    )[0]
-    return None if status is None or started != unanswered.server_started else str(status)
+    """ "committed", "aborted", "in progress", or None: too old to know, or asked of another run of the server than
+    the transaction's (restarted, failed over, or recovered from a backend's crash since: its id may be another's
+    there)."""
+    run, status = con.run(f"SELECT {_SERVER_RUN}, pg_xact_status(CAST(:x AS xid8))", x=unanswered.xid)[0]
+    return None if status is None or run != unanswered.server_run else str(status)
 
 
 def _answers(con: Connection) -> bool:
