@@ -25,6 +25,7 @@ from lockwise.devices import (
     changes,
     command_signing,
     commands,
+    idempotency,
     invitations,
     lock_auth,
     lock_certs,
@@ -121,17 +122,18 @@ def leave_everything(ctx: Ctx) -> Result:
 @api.route("POST", "/devices/locks")
 def create_lock(ctx: Ctx) -> Result:
     user = app_user(ctx)
-    body = ctx.json(("name", "supports_open"))
+    body = ctx.json(("name", "supports_open", "idempotency_key"))
+    key = idempotency.from_request(ctx.request.headers.get("Idempotency-Key"), body.get("idempotency_key"))
     name = locks.parse_name(body.get("name"))
     supports_open = body.get("supports_open", False)
     if not isinstance(supports_open, bool):
         raise errors.BadRequest("supports_open must be true or false", code="invalid_supports_open")
     with rt.db.transaction() as con:
-        lock_id = locks.create(con, user, name, supports_open, rt.settings.locks_per_owner)
+        lock_id, created = locks.create_once(con, user, name, supports_open, rt.settings.locks_per_owner, key)
         code, expires = issue_code(con, lock_id, user)
         view = locks.view(con, lock_id, "owner")
     rt.flush_mirror()
-    return {"lock": view, "provisioning": {"code": code, "expires_at": expires.isoformat()}}, 201
+    return {"lock": view, "provisioning": {"code": code, "expires_at": expires.isoformat()}}, 201 if created else 200
 
 
 @api.route("GET", "/devices/locks")
@@ -358,7 +360,7 @@ def reset_voice_lockout(ctx: Ctx, lock_id: str) -> Result:
 def create_command(ctx: Ctx, lock_id: str) -> Result:
     user, lock_id = app_user(ctx), lock_param(lock_id)
     body = ctx.json(("action", "idempotency_key"))
-    key = commands.idempotency_key(ctx.request.headers.get("Idempotency-Key"), body.get("idempotency_key"))
+    key = idempotency.from_request(ctx.request.headers.get("Idempotency-Key"), body.get("idempotency_key"))
     audited_action = f"command.{body['action']}" if body.get("action") in commands.ACTIONS else "command.invalid"
     with with_denials_audited(user.uid, lock_id, audited_action), rt.db.transaction() as con:
         members.require(con, lock_id, user.uid, rt.now(), operate=True)

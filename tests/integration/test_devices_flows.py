@@ -23,6 +23,7 @@ from cryptography.x509.oid import NameOID
 from infra.local.services import Broker
 from lockwise.core import accounts, inputs, retention, users
 from lockwise.core.config import get_settings
+from lockwise.core.db import Database
 from lockwise.core.runtime import get_runtime
 from lockwise.devices import changes, command_signing, lock_auth
 from simlock.lock import SimulatedLock, new_tls_key
@@ -34,6 +35,7 @@ from tests.devices_world import (
     bearer,
     build_world,
     create_lock,
+    hand_over,
     join,
     new_lock_key,
     provision,
@@ -645,6 +647,71 @@ def test_idempotent_retries_return_the_same_command(world: World) -> None:
     both = world.devices.post(path, json={"action": "unlock", "idempotency_key": "tap-43"}, headers=headers)
     assert both.status_code == 400 and both.get_json()["error"]["code"] == "conflicting_idempotency_keys"
     assert db_rows("SELECT count(*) FROM commands WHERE lock_id = CAST(:l AS uuid)", l=world.lock_id) == [[2]]
+
+
+def test_a_lock_created_again_with_its_idempotency_key_is_the_lock_it_made(
+    world: World, sign_up: Any, stack_env: dict[str, str]
+) -> None:
+    """A create whose answer was lost (the phone changed networks, or a 503 whose COMMIT was made) was made again by
+    the app's retry: the owner found two locks of one name, one never paired (attack run 37). With an idempotency
+    key, the retry is answered 200 with the lock the key made and a new code, the earlier one ended; sent twice at
+    once, one lock too. The key made one lock: for another name it is 409, and a lock given away answers no more."""
+    someone = sign_up()
+    headers = {**bearer(someone), "Idempotency-Key": "new-shed-1"}
+    assert world.devices.get("/devices/me", headers=headers).status_code == 200
+
+    def owned() -> int:
+        return int(db_rows("SELECT count(*) FROM locks WHERE owner_uid = :u", u=someone["localId"])[0][0])
+
+    first = world.devices.post("/devices/locks", json={"name": "Shed"}, headers=headers)
+    again = world.devices.post("/devices/locks", json={"name": "Shed", "supports_open": False}, headers=headers)
+    assert (first.status_code, again.status_code) == (201, 200), (first.get_json(), again.get_json())
+    lock_id = first.get_json()["lock"]["id"]
+    assert again.get_json()["lock"]["id"] == lock_id and owned() == 1
+    assert again.get_json()["provisioning"]["code"] != first.get_json()["provisioning"]["code"]
+    stale = world.devices.post(
+        "/devices/provision", json={"code": first.get_json()["provisioning"]["code"], "public_key": BASE_POINT}
+    )
+    assert stale.status_code in (400, 401) and owned() == 1  # the first answer's code ended by the retry's
+    provision(world.devices, again.get_json()["provisioning"]["code"])
+    # the body's key is the header's
+    body_key = world.devices.post(
+        "/devices/locks", json={"name": "Shed", "idempotency_key": "new-shed-1"}, headers=bearer(someone)
+    )
+    assert body_key.status_code == 200 and body_key.get_json()["lock"]["id"] == lock_id
+    # one key, one lock
+    other = world.devices.post("/devices/locks", json={"name": "Garage"}, headers=headers)
+    assert other.status_code == 409 and other.get_json()["error"]["code"] == "idempotency_key_reused"
+    kind = world.devices.post("/devices/locks", json={"name": "Shed", "supports_open": True}, headers=headers)
+    assert kind.status_code == 409 and kind.get_json()["error"]["code"] == "idempotency_key_reused"
+    assert owned() == 1
+    # sent twice at once, both wait for the caller's row: one lock, two answers naming it
+    twice = {**bearer(someone), "Idempotency-Key": "new-gate-1"}
+    holder = Database(stack_env["DATABASE_URL"], pool_size=1)
+    try:
+        with ThreadPoolExecutor(2) as pool:
+            with holder.transaction() as con:
+                con.run("SELECT 1 FROM users WHERE uid = :u FOR UPDATE", u=someone["localId"])
+                sent = [
+                    pool.submit(world.devices.post, "/devices/locks", json={"name": "Gate"}, headers=twice)
+                    for _ in range(2)
+                ]
+                time.sleep(0.5)
+            answers = sorted((r.status_code, r.get_json()["lock"]["id"]) for r in (f.result(30) for f in sent))
+    finally:
+        holder.close()
+    assert [code for code, _ in answers] == [200, 201] and answers[0][1] == answers[1][1], answers
+    assert owned() == 2
+    # without a key, a create is a new lock
+    assert world.devices.post("/devices/locks", json={"name": "Shed"}, headers=bearer(someone)).status_code == 201
+    assert owned() == 3
+    # the lock given away: its key answers no more for it (nor makes another)
+    taker = world.accounts["member"]
+    join(world.devices, lock_id, someone, taker, {"role": "member"})
+    assert hand_over(world.devices, lock_id, someone, taker).status_code == 200
+    gone = world.devices.post("/devices/locks", json={"name": "Shed"}, headers=headers)
+    assert gone.status_code == 409 and gone.get_json()["error"]["code"] == "idempotency_key_reused"
+    assert owned() == 2
 
 
 def test_expired_command_reads_as_expired(world: World) -> None:

@@ -9,7 +9,6 @@ claims rows) and reads back as ``expired``.
 from __future__ import annotations
 
 import datetime as dt
-import re
 import secrets
 import uuid
 from dataclasses import dataclass
@@ -21,7 +20,6 @@ from lockwise.core.db import Connection, rows_as_dicts
 from lockwise.devices import command_outcomes, command_signing
 
 ACTIONS = ("lock", "unlock", "open")
-_IDEMPOTENCY_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
 
 IssuerKind = Literal["user", "voice"]
 
@@ -41,28 +39,6 @@ def parse_action(value: Any, supports_open: bool) -> str:
     if value == "open" and not supports_open:
         raise errors.BadRequest("this lock cannot unlatch (open)", code="action_not_supported")
     return str(value)
-
-
-def idempotency_key(header: str | None, field: Any) -> str | None:
-    """The command's idempotency key: the ``Idempotency-Key`` header or the body's ``idempotency_key``; both, and
-    different, 400 ``conflicting_idempotency_keys`` (the header silently won: a retry carrying the body's key made a
-    second command)."""
-    if header not in (None, "") and field not in (None, "") and header != field:
-        raise errors.BadRequest(
-            "the Idempotency-Key header and the body's idempotency_key differ; send one",
-            code="conflicting_idempotency_keys",
-        )
-    return parse_idempotency_key(header or field)
-
-
-def parse_idempotency_key(value: Any) -> str | None:
-    if value is None or value == "":
-        return None
-    if not isinstance(value, str) or not _IDEMPOTENCY_RE.match(value):
-        raise errors.BadRequest(
-            "idempotency key must be 1-128 chars of [A-Za-z0-9_.:-]", code="invalid_idempotency_key"
-        )
-    return value
 
 
 def withdraw_unsent(con: Connection, lock_id: str, uid: str) -> None:

@@ -60,10 +60,20 @@ def parse_threshold(value: Any) -> float | None:
 
 
 def create(con: Connection, owner: User, name: str, supports_open: bool, max_owned: int) -> str:
+    """A new lock owned by ``owner`` (``create_once`` without a key)."""
+    return create_once(con, owner, name, supports_open, max_owned, None)[0]
+
+
+def create_once(
+    con: Connection, owner: User, name: str, supports_open: bool, max_owned: int, key: str | None
+) -> tuple[str, bool]:
     """A new lock owned by ``owner`` (the caller: ``users.hold_caller``, so not a session from before the account
-    left every lock), who may own at most ``max_owned`` (``refuse_past_owned``)."""
-    users.hold_caller(con, owner)
+    left every lock), who may own at most ``max_owned`` (``refuse_past_owned``), and True; with an idempotency
+    ``key`` the caller used before for the same lock (``_made_with``), that lock and False."""
+    users.hold_caller(con, owner)  # the caller's row: their creates take turns, so a key is looked up after the last
     owner_uid = owner.uid
+    if key is not None and (made := _made_with(con, owner_uid, key, name, supports_open)) is not None:
+        return made, False
     refuse_past_owned(con, owner_uid, max_owned)
     lock_id = str(
         con.run(
@@ -88,7 +98,40 @@ def create(con: Connection, owner: User, name: str, supports_open: bool, max_own
     )
     members.mirror_access(con, lock_id)
     mirror.activity(con, lock_id, "lock_created", actor_uid=owner_uid)
-    return lock_id
+    if key is not None:
+        con.run(
+            "INSERT INTO lock_creation_keys (created_by, idempotency_key, lock_id, name, supports_open)"
+            " VALUES (:u, :k, CAST(:l AS uuid), :n, :s)",
+            u=owner_uid,
+            k=key,
+            l=lock_id,
+            n=name,
+            s=supports_open,
+        )
+    return lock_id, True
+
+
+def _made_with(con: Connection, uid: str, key: str, name: str, supports_open: bool) -> str | None:
+    """The lock ``uid`` made with idempotency ``key`` (kept while the lock exists), or None. The key made another
+    lock (another name or ``supports_open``), or the lock is no longer theirs (given away since): 409
+    ``idempotency_key_reused``."""
+    rows = con.run(
+        "SELECT k.lock_id::text, k.name, k.supports_open, l.owner_uid FROM lock_creation_keys k"
+        " JOIN locks l ON l.id = k.lock_id WHERE k.created_by = :u AND k.idempotency_key = :k",
+        u=uid,
+        k=key,
+    )
+    if not rows:
+        return None
+    lock_id, made_name, made_open, owner_uid = rows[0]
+    if (made_name, made_open) != (name, supports_open):
+        raise errors.Conflict(
+            "this idempotency key made a lock of another name or kind; use a new key for a new lock",
+            code="idempotency_key_reused",
+        )
+    if owner_uid != uid:
+        raise errors.Conflict("the lock this idempotency key made is no longer yours", code="idempotency_key_reused")
+    return str(lock_id)
 
 
 _VIEW = (
