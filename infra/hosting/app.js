@@ -270,15 +270,22 @@ class Console {
   }
 
   async createLock(name) {
+    // A create whose answer never came (the network, a 503) may have made the lock: sent again for the same name it
+    // carries the same idempotency key, and is answered with that lock instead of making a second one.
+    if (this.unanswered?.name !== name) this.unanswered = { name, key: crypto.randomUUID() };
     try {
-      const created = await this.api("POST", "/devices/locks", { name });
+      const created = await this.api("POST", "/devices/locks", { name, idempotency_key: this.unanswered.key });
+      this.unanswered = null;
       notice(`Created ${name}. Pairing code for the lock: ${created.provisioning.code}`);
       $("#new-lock-name").value = "";
       await this.refresh();
       const card = document.querySelector(`[data-lock-id="${created.lock.id}"]`);
       if (card) $(".pairing-code", card).textContent = created.provisioning.code;
     } catch (err) {
-      notice(`Could not create the lock: ${err.message}`, "error");
+      const unknown = err.status === 0 || err.status >= 500;
+      if (!unknown) this.unanswered = null;
+      const again = unknown ? " (create it again: if it was made, you get that lock, not a second one)" : "";
+      notice(`Could not create the lock: ${err.message}${again}`, "error");
     }
   }
 

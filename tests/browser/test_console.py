@@ -186,3 +186,37 @@ def test_the_console_says_what_to_do_when_the_microphone_is_refused(env: dict[st
         expect(page.locator("#notice")).to_contain_text("Microphone refused", timeout=15_000)
         expect(page.locator("#notice")).to_have_attribute("data-kind", "error")
         browser.close()
+
+
+def test_a_lock_whose_answer_was_lost_is_not_made_twice_when_created_again(env: dict[str, str], chromium: str) -> None:
+    """The browser sends the create, the devices function makes the lock, and the answer never reaches the page (the
+    network dropped it): the page says so, and creating it again gives the lock made, not a second one (the same
+    idempotency key for the same name)."""
+    from playwright.sync_api import Route, expect, sync_playwright
+
+    lost: list[int] = []
+
+    def lose_the_first_answer(route: Route) -> None:
+        if route.request.method == "POST" and not lost:
+            lost.append(route.fetch().status)  # the server has it and answers; the page never hears
+            route.abort("connectionreset")
+        else:
+            route.continue_()
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+        page = browser.new_page()
+        page.goto(env["LOCKWISE_CONSOLE_URL"])
+        page.fill("#email", f"lost-{int(time.time() * 1000)}@example.com")
+        page.fill("#password", "correct horse battery")
+        page.click("#sign-up-button")
+        expect(page.locator("#signed-in")).to_be_visible(timeout=15_000)
+        page.route("**/devices/locks", lose_the_first_answer)
+        page.fill("#new-lock-name", "Shed")
+        page.click("#new-lock-form button[type=submit]")
+        expect(page.locator("#notice")).to_contain_text("create it again", timeout=15_000)
+        assert lost == [201]
+        page.click("#new-lock-form button[type=submit]")
+        expect(page.locator(".lock .pairing-code").first).not_to_be_empty(timeout=15_000)
+        expect(page.locator(".lock")).to_have_count(1)  # the list, read after the answer: one lock on the server
+        browser.close()
