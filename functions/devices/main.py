@@ -209,8 +209,9 @@ def accept_transfer(ctx: Ctx, lock_id: str) -> JsonBody:
     user, lock_id = app_user(ctx), lock_param(lock_id)
     with rt.db.transaction() as con:
         now = rt.now()
-        members.require(con, lock_id, user.uid, now, for_update=True)
-        transfers.accept(con, lock_id, user, rt.settings.locks_per_owner, now)
+        taker = members.require(con, lock_id, user.uid, now, for_update=True)
+        if taker.role != "owner":  # the owner already: an acceptance sent again (its answer lost) is answered as made
+            transfers.accept(con, lock_id, user, rt.settings.locks_per_owner, now)
         view = locks.view(con, lock_id, "owner")
     rt.flush_mirror()
     return view
@@ -297,9 +298,11 @@ def my_invitations(ctx: Ctx) -> JsonBody:
 def accept_invitation(ctx: Ctx, invitation_id: str) -> Result:
     user = invitations.answering_as(rt.db, invitation_id, app_user(ctx), current_address)
     with rt.db.transaction() as con:
-        joined = invitations.accept(con, invitation_id, user, rt.now(), members_per_lock=rt.settings.members_per_lock)
+        joined, first = invitations.accept(
+            con, invitation_id, user, rt.now(), members_per_lock=rt.settings.members_per_lock
+        )
     rt.flush_mirror()
-    return {"lock_id": joined.lock_id, "member": joined.public()}, 201
+    return {"lock_id": joined.lock_id, "member": joined.public()}, 201 if first else 200
 
 
 @api.route("POST", "/devices/invitations/<invitation_id>/decline")

@@ -714,6 +714,46 @@ def test_a_lock_created_again_with_its_idempotency_key_is_the_lock_it_made(
     assert owned() == 2
 
 
+def test_an_acceptance_sent_again_is_answered_with_what_it_made(world: World, sign_up: Any) -> None:
+    """Attack run 39: an invitation's acceptance, or a lock's transfer, sent again after its answer was lost (or
+    twice at once) was 404 ("no such invitation", "no transfer stands for you") while the first had made the caller
+    a member, or the owner. Now the invitation they accepted answers 200 with the membership it made while that
+    stands, and the owner's acceptance of a transfer 200 with the lock; a membership ended since is 404 as before."""
+    invitee = sign_up()
+    assert world.devices.get("/devices/me", headers=bearer(invitee)).status_code == 200
+    invited = world.devices.post(
+        f"/devices/locks/{world.lock_id}/members",
+        json={"uid": invitee["localId"], "role": "guest", "access": {"weekdays": ["mon"]}},
+        headers=world.headers("admin"),
+    )
+    accept = f"/devices/invitations/{invited.get_json()['invitation']['id']}/accept"
+    first = world.devices.post(accept, headers=bearer(invitee))
+    again = world.devices.post(accept, headers=bearer(invitee))
+    assert (first.status_code, again.status_code) == (201, 200), again.get_json()
+    assert again.get_json() == first.get_json()
+    assert active_members(world.lock_id) == 6
+    # nobody else takes it for theirs
+    stranger = world.devices.post(accept, headers=world.headers("member"))
+    assert stranger.status_code == 404 and stranger.get_json()["error"]["code"] == "invitation_not_found"
+    # removed since: the invitation made nothing that stands
+    removed = world.devices.delete(
+        f"/devices/locks/{world.lock_id}/members/{invitee['localId']}", headers=world.headers("owner")
+    )
+    assert removed.status_code == 204
+    late = world.devices.post(accept, headers=bearer(invitee))
+    assert late.status_code == 404 and late.get_json()["error"]["code"] == "invitation_not_found"
+    assert active_members(world.lock_id) == 5
+
+    member = world.accounts["member"]
+    took = hand_over(world.devices, world.lock_id, world.accounts["owner"], member)
+    took_again = world.devices.post(f"/devices/locks/{world.lock_id}/transfer/accept", headers=bearer(member))
+    assert (took.status_code, took_again.status_code) == (200, 200), took_again.get_json()
+    assert took_again.get_json()["role"] == "owner" and took_again.get_json()["id"] == world.lock_id
+    assert db_rows("SELECT owner_uid FROM locks WHERE id = CAST(:l AS uuid)", l=world.lock_id) == [[member["localId"]]]
+    giver = world.devices.post(f"/devices/locks/{world.lock_id}/transfer/accept", headers=world.headers("owner"))
+    assert giver.status_code == 404 and giver.get_json()["error"]["code"] == "transfer_not_found"
+
+
 def test_expired_command_reads_as_expired(world: World) -> None:
     command = world.devices.post(
         f"/devices/locks/{world.lock_id}/commands", json={"action": "unlock"}, headers=world.headers("owner")
@@ -837,8 +877,10 @@ def test_invitation_by_email_is_seen_only_verified_and_joins_only_when_accepted(
     joined = [m for m in members["members"] if m["uid"] == friend["localId"]]
     assert joined and joined[0]["access"]["weekdays"] == ["sat", "sun"]
     assert members["invitations"] == []
-    # an answered invitation cannot be used again
-    assert world.devices.post(f"/devices/invitations/{invitation}/accept", headers=bearer(friend)).status_code == 404
+    # an answered invitation makes nothing more: accepted again (its answer lost), it is the membership it made
+    again = world.devices.post(f"/devices/invitations/{invitation}/accept", headers=bearer(friend))
+    assert again.status_code == 200 and again.get_json() == accepted.get_json()
+    assert active_members(world.lock_id) == 6
 
 
 def emulator_token(
@@ -1335,7 +1377,7 @@ def test_two_invitations_to_one_lock_make_one_membership_and_the_answers_say_whi
         user = get_runtime("devices").verifier.verify(invitee["idToken"])
         with ThreadPoolExecutor(1) as pool:
             with db.transaction() as con:
-                first = invitations.accept(con, by_uid, user, get_runtime("devices").now(), members_per_lock=100)
+                first, _ = invitations.accept(con, by_uid, user, get_runtime("devices").now(), members_per_lock=100)
                 answered = pool.submit(world.devices.post, second, headers=bearer(invitee))
                 time.sleep(0.5)
                 assert not answered.done()  # it waits for the first

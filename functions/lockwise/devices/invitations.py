@@ -261,9 +261,43 @@ _START_AGAIN = (
 
 def accept(
     con: Connection, invitation_id: str, user: User, now: dt.datetime, *, members_per_lock: int
+) -> tuple[members.Membership, bool]:
+    """Make the invitee a member on the invitation's terms, and True (404 ``invitation_not_found`` if it is not
+    theirs, or no longer stands: see ``_STANDING``; 409 ``too_many_members`` when the lock has ``members_per_lock``).
+    An invitation they accepted already, whose membership stands, is that membership and False: an acceptance sent
+    again after its answer was lost, or twice at once, was 404 "no such invitation" while they had joined (attack
+    run 39)."""
+    try:
+        return _accept(con, invitation_id, user, now, members_per_lock=members_per_lock), True
+    except errors.NotFound:
+        joined = _accepted_by(con, invitation_id, user, now)
+        if joined is None:
+            raise
+        return joined, False
+
+
+def _accepted_by(con: Connection, invitation_id: str, user: User, now: dt.datetime) -> members.Membership | None:
+    """The membership ``user`` has through ``invitation_id`` accepted: from its sender, active, not removed since the
+    acceptance (None: not accepted, not theirs, or the membership has ended or come through another invitation)."""
+    rows = con.run(
+        "SELECT i.lock_id::text FROM invitations i JOIN lock_members m ON m.lock_id = i.lock_id AND m.user_uid = :u"
+        " WHERE i.id = CAST(:i AS uuid) AND i.accepted_at IS NOT NULL AND "
+        + _ADDRESSED_TO
+        + " AND "
+        + members.active_sql("m")
+        + " AND m.invited_by = i.invited_by AND (m.last_removed_at IS NULL OR m.last_removed_at < i.accepted_at)",
+        i=_invitation_id(invitation_id),
+        u=user.uid,
+        e=user.email,
+        verified=user.email_verified,
+        now=now,
+    )
+    return members.get(con, rows[0][0], user.uid) if rows else None
+
+
+def _accept(
+    con: Connection, invitation_id: str, user: User, now: dt.datetime, *, members_per_lock: int
 ) -> members.Membership:
-    """Make the invitee a member on the invitation's terms (404 ``invitation_not_found`` if it is not theirs, or no
-    longer stands: see ``_STANDING``; 409 ``too_many_members`` when the lock has ``members_per_lock``)."""
     seen = _take(con, invitation_id, user, now, lock=False)
     # every path's order: the lock's row (as a deletion of the lock takes it: the membership row first deadlocked
     # with one), the user's (an account found deleted joins nothing), then the sender's membership, kept from
