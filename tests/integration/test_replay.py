@@ -174,7 +174,9 @@ def test_a_recording_that_opened_one_door_is_a_replay_at_the_members_other_doors
         for p in takes[5:12]
         if post(world.lock_id, world.lock_key, p.read_bytes())["decision"] == "accepted"
     )
-    assert post(world.lock_id, world.lock_key, opened)["reason"] == "replay"  # the door that heard it
+    # played back at the door that heard it (not the same samples: those, from its lock, are the clip sent again)
+    heard = audio.parse_wav(opened)
+    assert post(world.lock_id, world.lock_key, _wav(heard.samples * 0.9, heard.rate))["reason"] == "replay"
     elsewhere = post(home_id, home_key, opened)
     assert elsewhere["decision"] == "rejected" and elsewhere["reason"] == "replay", elsewhere
     fresh = [post(home_id, home_key, p.read_bytes()) for p in takes[12:16]]
@@ -201,3 +203,71 @@ def test_attempts_at_a_lock_where_nobody_is_enrolled_are_not_kept(
         )
         assert verify.post("/verify", data=body, headers=signed).get_json()["reason"] == "no_candidates"
     assert _count("SELECT count(*) FROM voice_fingerprints WHERE lock_id = CAST(:l AS uuid)", l=world.lock_id) == 0
+
+
+def test_a_clip_sent_again_after_its_answer_was_lost_is_answered_with_its_decision(
+    ge2e_env: dict[str, str], make_client: Any, sign_up: Any, corpus: Path
+) -> None:
+    """Attack run 39: a lock whose answer never came sends the clip again, signed anew (FIRMWARE.md: a clip sent
+    again after a timeout). It was a replay of itself: rejected, counted towards the lockout, and shown to the owner
+    as a playback attack, while the first sending had opened the door. The same clip from the same lock within two
+    minutes is now answered with its first decision (an accepted one with its unlock, while that stands), nothing
+    decided, counted or recorded again; later, or once its unlock no longer stands, it is decided anew."""
+    devices, embed, verify = make_client("devices"), make_client("embed"), make_client("verify")
+    world: World = build_world(devices, sign_up)
+    takes = [p for p in sorted((corpus / "allison").glob("en-*.wav"))[:60] if _speech(p) >= 3.0]
+    resp = embed.put(
+        "/embed/enrollment",
+        json={"samples": [{"wav_base64": base64.b64encode(p.read_bytes()).decode()} for p in takes[:5]]},
+        headers=world.headers("member"),
+    )
+    assert resp.status_code == 201, resp.get_json()
+
+    def post(body: bytes) -> dict[str, Any]:
+        signed = lock_auth.sign_headers(
+            world.lock_key, world.lock_id, "POST", "/verify", body, content_type="audio/wav"
+        )
+        answer = verify.post("/verify", data=body, headers=signed)
+        assert answer.status_code == 200, answer.get_json()
+        result: dict[str, Any] = answer.get_json()
+        return result
+
+    def counted() -> tuple[int, int, int]:
+        lock = {"l": world.lock_id}
+        return (
+            _count("SELECT count(*) FROM verification_attempts WHERE lock_id = CAST(:l AS uuid)", **lock),
+            _count("SELECT count(*) FROM commands WHERE lock_id = CAST(:l AS uuid)", **lock),
+            _count(
+                "SELECT coalesce(max(consecutive_failures), 0) FROM voice_lockouts WHERE lock_id = CAST(:l AS uuid)",
+                **lock,
+            ),
+        )
+
+    opened = next(b for b in (p.read_bytes() for p in takes[5:12]) if post(b)["decision"] == "accepted")
+    # the accepted clip's answer lost; the lock sends it again
+    first = post(opened)  # the door's last decision on it: sent again already, or the accepting one
+    before = counted()
+    again = post(opened)
+    assert again == first and again["decision"] == "accepted" and again["grant"], again
+    assert counted() == before  # no attempt, no command, no failure more
+    # a stranger's rejected clip sent again: the same rejection, counted once
+    stranger = next(p for p in sorted((corpus / "june").glob("*.wav")) if _speech(p) >= 3.0).read_bytes()
+    refused = post(stranger)
+    assert refused["decision"] == "rejected" and refused["reason"] != "replay", refused
+    after_refusal = counted()
+    assert after_refusal[2] == 1
+    assert post(stranger) == refused and counted() == after_refusal
+    # its unlock withdrawn (the member removed, say): the accepted clip is decided anew, a replay of itself
+    with get_runtime("verify").db.connection() as con:
+        con.run("UPDATE commands SET status = 'failed' WHERE id = CAST(:c AS uuid)", c=again["command_id"])
+    anew = post(opened)
+    assert anew["decision"] == "rejected" and anew["reason"] == "replay", anew
+    # past two minutes, the stranger's clip is decided anew too
+    with get_runtime("verify").db.connection() as con:
+        con.run(
+            "UPDATE verification_attempts SET created_at = created_at - interval '3 minutes'"
+            " WHERE lock_id = CAST(:l AS uuid)",
+            l=world.lock_id,
+        )
+    late = post(stranger)
+    assert late["attempt_id"] != refused["attempt_id"] and late["reason"] == "replay", late

@@ -45,8 +45,9 @@ def voice_env(stack_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Ite
 
     monkeypatch.setenv("LOCKWISE_LOCKOUT_BASE_S", str(LOCKOUT_BASE_S))
     # these tests send one take many times to check the decision and the lockout; remembering attempts (and
-    # refusing their replays) is tested in test_replay.py
+    # refusing their replays, and answering a clip sent again) is tested in test_replay.py
     monkeypatch.setenv("LOCKWISE_REPLAY_MEMORY_HOURS", "0")
+    monkeypatch.setenv("LOCKWISE_VOICE_SENT_AGAIN_S", "0")  # nor answering one clip sent again with its decision
     get_settings.cache_clear()
     yield stack_env
 

@@ -102,6 +102,7 @@ READ_BY: dict[str, frozenset[str]] = {
             "LOCKWISE_VOICE_ATTEMPTS_PER_OWNER_MINUTE",
             "LOCKWISE_VOICE_ATTEMPTS_PER_OWNER_AT_ONCE",
             "LOCKWISE_REPLAY_MEMORY_HOURS",
+            "LOCKWISE_VOICE_SENT_AGAIN_S",
             "LOCKWISE_DEBUG_REJECTED_DIR",
         ),
         frozenset({"verify"}),
@@ -283,6 +284,8 @@ class Settings:
     enroll_requests_per_day: int
     #: how long an attempt's fingerprint stays at its lock to refuse a replay of it (0: attempts are not kept)
     replay_memory_hours: int
+    #: how long after a clip's decision the same clip from the same lock is answered with it (0: never; verify)
+    voice_sent_again_s: int
     #: a lock's state and online/offline reports listed in its activity feed per minute, at most (devices)
     feed_reports_per_minute: int
     #: users whose account the relay's flush asks Firebase Auth about, per flush (0: never; devices' relay routes)
@@ -387,6 +390,7 @@ class Settings:
             enrollments_per_day=env_int(env, "LOCKWISE_ENROLLMENTS_PER_DAY", 20, minimum=1),
             enroll_requests_per_day=env_int(env, "LOCKWISE_ENROLL_REQUESTS_PER_DAY", 100, minimum=1),
             replay_memory_hours=env_int(env, "LOCKWISE_REPLAY_MEMORY_HOURS", 168, minimum=0),
+            voice_sent_again_s=env_int(env, "LOCKWISE_VOICE_SENT_AGAIN_S", 120, minimum=0, maximum=600),
             feed_reports_per_minute=env_int(env, "LOCKWISE_FEED_REPORTS_PER_MINUTE", 30, minimum=1),
             account_check_batch=min(env_int(env, "LOCKWISE_ACCOUNT_CHECK_BATCH", 100, minimum=0), 100),
             account_recheck_s=env_int(env, "LOCKWISE_ACCOUNT_RECHECK_S", 3600, minimum=60),

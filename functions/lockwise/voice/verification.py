@@ -30,7 +30,7 @@ from lockwise.core.config import Settings
 from lockwise.core.db import Connection, Database
 from lockwise.core.forking import in_each_child
 from lockwise.devices import commands, door_decisions, lock_auth, lockout
-from lockwise.voice import audio, budgets, first_come, known_recordings, scoring, voiceprints
+from lockwise.voice import audio, budgets, first_come, known_recordings, scoring, sent_again, voiceprints
 from lockwise.voice.model import fingerprint
 from lockwise.voice.model.encoder import Encoder, Policy, Scorer, policy
 from lockwise.voice.model.model_files import ModelError
@@ -160,15 +160,16 @@ def record_attempt(
     cosine: float | None = None,
     best_uid: str | None = None,
     runner_up_uid: str | None = None,
+    clip_sha256: bytes | None = None,
 ) -> str:
     """Log an attempt at ``lock_id`` (and its feed entry, within the feed's budget). ``best_uid`` and
     ``runner_up_uid``: whose voiceprints it was scored closest to, kept for the erasure of their voice data only
-    (migration 0041)."""
+    (migration 0041); ``clip_sha256``: the decided clip's (``sent_again``)."""
     attempt_id = str(
         con.run(
             "INSERT INTO verification_attempts (lock_id, outcome, reason, matched_uid, score, runner_up_score,"
-            " threshold, model_id, cosine, best_uid, runner_up_uid)"
-            " VALUES (CAST(:l AS uuid), :o, :r, :u, :s, :ru, :t, :m, :c, :b, :bu) RETURNING id::text",
+            " threshold, model_id, cosine, best_uid, runner_up_uid, clip_sha256)"
+            " VALUES (CAST(:l AS uuid), :o, :r, :u, :s, :ru, :t, :m, :c, :b, :bu, :h) RETURNING id::text",
             l=lock_id,
             o=outcome,
             r=reason[:200],
@@ -180,6 +181,7 @@ def record_attempt(
             c=cosine,
             b=best_uid,
             bu=runner_up_uid,
+            h=clip_sha256,
         )[0][0]
     )
     if outcome in FEED_BUDGETED:
@@ -247,7 +249,9 @@ class Doors:
         decided alone.
 
         A clip that is a replay of a known recording (an enrollment sample of a candidate, an earlier attempt at this
-        lock) is rejected as ``replay`` before any voice is scored, and counts as a failed attempt."""
+        lock) is rejected as ``replay`` before any voice is scored, and counts as a failed attempt; the same clip sent
+        again by the lock (``sent_again``) is answered with its decision."""
+        clip_sha256 = sent_again.digest(clip)
         with self.db.transaction() as con:
             found_lock = con.run(
                 f"SELECT voice_threshold, pg_try_advisory_xact_lock({door_decisions.KEY})"
@@ -256,9 +260,12 @@ class Doors:
             )
             if not found_lock:  # deleted since its signature was checked
                 raise lock_auth.deleted_lock()
-            attempt = _Attempt(self, con, lock_id, now, found_lock[0][0])
+            attempt = _Attempt(self, con, lock_id, now, found_lock[0][0], clip_sha256)
             if not found_lock[0][1]:  # another attempt at this lock is being decided: answered now, not after it
                 return attempt.refused(IN_PROGRESS, IN_PROGRESS_RETRY_S)
+            first = sent_again.decided(con, lock_id, clip_sha256, self.settings.voice_sent_again_s)
+            if first is not None:  # its answer was lost: nothing is decided, counted or recorded again
+                return attempt.as_before(first)
             held = lockout.hold(con, lock_id, now)
             if held.wait_s:  # refused before the model runs: a locked-out lock costs no forward pass
                 return attempt.refused(LOCKED_OUT, held.wait_s)
@@ -346,6 +353,30 @@ class _Attempt:
     lock_id: str
     now: dt.datetime
     lock_threshold: float | None  # the lock's own voice threshold (None: the encoder's)
+    clip_sha256: bytes  # the clip's (``sent_again.digest``), kept with a decision
+
+    def as_before(self, first: sent_again.Decided) -> Result:
+        """The clip's decision at its first sending, for the same clip sent again."""
+        encoder = self.doors.encoder
+        stale = len(voiceprints.candidates(self.con, self.lock_id, encoder.model_id, encoder.dim, self.now).stale_uids)
+        logger.info(
+            "a clip sent again was answered with its first decision",
+            extra={"fields": {"attempt_id": first.attempt_id, "outcome": first.outcome}},
+        )
+        if first.outcome == "accepted":
+            command = {"id": first.command_id}
+            return Result(
+                "accepted",
+                first.attempt_id,
+                "accepted",
+                None,
+                None,
+                first.matched_uid,
+                command,
+                first.grant,
+                stale_voiceprints=stale,
+            )
+        return Result(first.outcome, first.attempt_id, first.reason, stale_voiceprints=stale)
 
     def refused(self, refusal: Refusal, retry_after_s: int) -> Result:
         """Refused before any voice is scored."""
@@ -377,7 +408,7 @@ class _Attempt:
             raise
         stale = len(found.stale_uids)
         if replayed:
-            attempt = self._record("rejected", "replay", model_id=encoder.model_id)
+            attempt = self._record("rejected", "replay", model_id=encoder.model_id, clip_sha256=self.clip_sha256)
             self._count_failure()
             return Result("rejected", attempt, "replay", stale_voiceprints=stale)
         raw, scores = self.doors.scorer.scores(probe, found.prints)
@@ -393,7 +424,8 @@ class _Attempt:
         if first is None:
             decision = _asked_again(decision, rules)
         matched = found.uids[decision.best_index] if decision.best_index is not None else None
-        logged = {  # what the attempts log keeps of the scoring (not the feed, not the lock)
+        logged: dict[str, Any] = {  # what the attempts log keeps of the scoring (not the feed, not the lock)
+            "clip_sha256": self.clip_sha256,
             "score": decision.best,
             "runner_up": decision.runner_up,
             "threshold": rules.threshold,

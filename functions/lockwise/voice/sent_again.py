@@ -1,0 +1,58 @@
+"""A clip a lock sends again: the same recording, signed anew, after its first sending's answer never came (the
+lock's Wi-Fi dropped, a timeout). Decided again, it was a replay of itself (the first decision keeps its
+fingerprint): rejected, counted towards the lockout and shown to the owner as a playback attack, while the first had
+opened the door (attack run 39). A lock's microphone never records the same samples twice, so the same samples from
+the same lock, soon after, are that clip sent again, and are answered with its decision: nothing is decided, counted
+or recorded again (an accepted one with its grant while its unlock still stands: no second unlock is made)."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+from lockwise.core.db import Connection
+from lockwise.voice import audio
+
+
+def digest(clip: audio.Clip) -> bytes:
+    """The clip's identity: SHA-256 of its rate and samples (the same recording, whatever container carried it)."""
+    return hashlib.sha256(clip.rate.to_bytes(4, "big") + clip.samples.tobytes()).digest()
+
+
+@dataclass(frozen=True)
+class Decided:
+    """The decision a clip had at its first sending."""
+
+    attempt_id: str
+    outcome: str  # accepted | rejected
+    reason: str
+    matched_uid: str | None
+    command_id: str | None  # accepted: its unlock, while that stands (pending, sent or acked, and not expired)
+    grant: str | None
+
+
+def decided(con: Connection, lock_id: str, clip_sha256: bytes, within_s: int) -> Decided | None:
+    """The decision of the clip with ``clip_sha256`` at ``lock_id`` in the last ``within_s`` seconds (the verify
+    function's ``LOCKWISE_VOICE_SENT_AGAIN_S``; a lock's timeouts and retries take seconds). None: none (or 0 s), or
+    one accepted whose unlock no longer stands (withdrawn, or expired unexecuted), so it is decided anew."""
+    if within_s <= 0:
+        return None
+    rows = con.run(
+        "SELECT a.id::text, a.outcome, a.reason, a.matched_uid, c.id::text, c.payload,"
+        " c.status = 'acked' OR (c.status IN ('pending', 'sent') AND c.expires_at > now())"
+        " FROM verification_attempts a LEFT JOIN commands c ON c.attempt_id = a.id"
+        " WHERE a.lock_id = CAST(:l AS uuid) AND a.clip_sha256 = :h"
+        " AND a.created_at > now() - make_interval(secs => :within)"
+        " ORDER BY a.created_at DESC LIMIT 1",
+        l=lock_id,
+        h=clip_sha256,
+        within=within_s,
+    )
+    if not rows:
+        return None
+    attempt_id, outcome, reason, matched, command_id, payload, stands = rows[0]
+    if outcome == "accepted":
+        if not stands:
+            return None
+        return Decided(attempt_id, outcome, reason, matched, command_id, payload)
+    return Decided(attempt_id, outcome, reason, None, None, None)
