@@ -113,16 +113,9 @@ def deliver_due(db: Database, publish: Publish, *, resend_after_s: int, limit: i
         rows = rows_as_dicts(
             con,
             "SELECT c.id::text AS id, c.lock_id::text AS lock_id, c.payload, cr.mqtt_username AS identity, c.status,"
-            " c.created_at, CAST(floor(EXTRACT(EPOCH FROM c.expires_at - now())) AS integer) AS ttl,"
-            " c.issuer_uid IS NOT NULL AND (NOT EXISTS (SELECT 1 FROM lock_members m WHERE m.lock_id = c.lock_id"
-            "   AND m.user_uid = c.issuer_uid AND "
-            + members.active_sql("m", at="now()")
-            + "   AND (m.commands_withdrawn_before IS NULL OR c.created_at > m.commands_withdrawn_before))"
-            # nor for an account found disabled or deleted since (it keeps its memberships, or its locks: attack run
-            # 36, an app unlock of an account disabled while the lock was offline went out when it came back)
-            "   OR EXISTS (SELECT 1 FROM users u WHERE u.uid = c.issuer_uid"
-            "     AND (u.account_disabled OR u.account_gone_at IS NOT NULL)))"
-            " AS issuer_gone"
+            " c.created_at, CAST(floor(EXTRACT(EPOCH FROM c.expires_at - now())) AS integer) AS ttl, "
+            + members.issuer_gone_sql("c")  # nor for an account found disabled or deleted since
+            + " AS issuer_gone"
             " FROM commands c"
             " LEFT JOIN lock_credentials cr ON cr.lock_id = c.lock_id AND cr.revoked_at IS NULL"
             " WHERE c.expires_at > now()"

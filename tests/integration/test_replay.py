@@ -212,7 +212,8 @@ def test_a_clip_sent_again_after_its_answer_was_lost_is_answered_with_its_decisi
     again after a timeout). It was a replay of itself: rejected, counted towards the lockout, and shown to the owner
     as a playback attack, while the first sending had opened the door. The same clip from the same lock within two
     minutes is now answered with its first decision (an accepted one with its unlock, while that stands), nothing
-    decided, counted or recorded again; later, or once its unlock no longer stands, it is decided anew."""
+    decided, counted or recorded again; later, or once its unlock no longer stands (one the relay would not send, its
+    issuer's account disabled since: the review's case), it is decided anew."""
     devices, embed, verify = make_client("devices"), make_client("embed"), make_client("verify")
     world: World = build_world(devices, sign_up)
     takes = [p for p in sorted((corpus / "allison").glob("en-*.wav"))[:60] if _speech(p) >= 3.0]
@@ -257,11 +258,18 @@ def test_a_clip_sent_again_after_its_answer_was_lost_is_answered_with_its_decisi
     after_refusal = counted()
     assert after_refusal[2] == 1
     assert post(stranger) == refused and counted() == after_refusal
-    # its unlock withdrawn (the member removed, say): the accepted clip is decided anew, a replay of itself
+    # its unlock one the relay would no longer send (the member's account found disabled since: the command stays
+    # pending, the relay passes it over): the accepted clip is decided anew, and the voice is nobody's now
     with get_runtime("verify").db.connection() as con:
-        con.run("UPDATE commands SET status = 'failed' WHERE id = CAST(:c AS uuid)", c=again["command_id"])
+        con.run("UPDATE users SET account_disabled = true WHERE uid = :u", u=world.uid("member"))
+        assert con.run("SELECT status FROM commands WHERE id = CAST(:c AS uuid)", c=again["command_id"]) == [
+            ["pending"]
+        ]
     anew = post(opened)
-    assert anew["decision"] == "rejected" and anew["reason"] == "replay", anew
+    assert anew["decision"] == "rejected" and anew["attempt_id"] != again["attempt_id"], anew
+    assert "grant" not in anew
+    with get_runtime("verify").db.connection() as con:
+        con.run("UPDATE users SET account_disabled = false WHERE uid = :u", u=world.uid("member"))
     # past two minutes, the stranger's clip is decided anew too
     with get_runtime("verify").db.connection() as con:
         con.run(

@@ -169,6 +169,23 @@ def active_sql(alias: str, at: Literal[":now", "now()"] = ":now") -> str:
     return f"{alias}.revoked_at IS NULL AND ({alias}.expires_at IS NULL OR {alias}.expires_at > {at})"
 
 
+def issuer_gone_sql(command: str) -> str:
+    """Whether the issuer of the ``commands`` row ``command`` may no longer have it carried out, in SQL judged on the
+    database's clock: no longer an active member, their commands withdrawn since it was made (a removal, their role
+    or access narrowed), or their account found disabled or deleted (it keeps its memberships, or its locks: attack
+    run 36, an app unlock of an account disabled while the lock was offline went out when it came back). The relay
+    sends no such command, and a voice clip sent again is not answered with its grant (attack run 39's review)."""
+    c = command
+    return (
+        f"{c}.issuer_uid IS NOT NULL AND (NOT EXISTS (SELECT 1 FROM lock_members m WHERE m.lock_id = {c}.lock_id"
+        f" AND m.user_uid = {c}.issuer_uid AND "
+        + active_sql("m", at="now()")
+        + f" AND (m.commands_withdrawn_before IS NULL OR {c}.created_at > m.commands_withdrawn_before))"
+        f" OR EXISTS (SELECT 1 FROM users u WHERE u.uid = {c}.issuer_uid"
+        " AND (u.account_disabled OR u.account_gone_at IS NOT NULL)))"
+    )
+
+
 def utc_offset(zone: ZoneInfo, now: dt.datetime) -> tuple[int, dt.datetime]:
     """``zone``'s UTC offset at ``now`` in minutes, and when it next changes (to the minute; a year on when it does
     not change within one). Found once per zone and minute (about 1 ms each: a day's step through the year, then
