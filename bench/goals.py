@@ -31,7 +31,7 @@ from packaging.requirements import Requirement
 
 from bench import relay as relay_bench
 from bench.common import (
-    BENCH_FUNCTION_SETTINGS,
+    GOALS_SETTINGS,
     REPO,
     forget_attempts,
     full_random_ecapa,
@@ -158,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     clip = speech_like(3.0, rate=44100, seed=3)
     body = wav(clip)
     rows: list[Row] = []
-    with local_stack(model_dir, settings=BENCH_FUNCTION_SETTINGS) as env:
+    with local_stack(model_dir, settings=GOALS_SETTINGS) as env:
         from lockwise.core.db import Database
         from lockwise.voice.model.ecapa import EcapaEncoder
         from lockwise.voice.model.onnx_ecapa import OnnxEcapaEncoder
@@ -176,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
 
         # -- cold starts, one process at a time (the original's first: it takes seconds)
         original, original_url, original_cold = original_service(model_dir)
-        fn_env = function_env(env)
+        fn_env = {**function_env(env), **GOALS_SETTINGS}
         pcm = {"pcm_base64": base64.b64encode((clip * 32767).astype("<i2").tobytes()).decode()}
         token = {SERVICE_TOKEN_HEADER: env["LOCKWISE_SERVICE_TOKEN"]}
 
