@@ -117,7 +117,8 @@ def _made_with(con: Connection, uid: str, key: str, name: str, supports_open: bo
     ``idempotency_key_reused``."""
     rows = con.run(
         "SELECT k.lock_id::text, k.name, k.supports_open, l.owner_uid FROM lock_creation_keys k"
-        " JOIN locks l ON l.id = k.lock_id WHERE k.created_by = :u AND k.idempotency_key = :k",
+        " JOIN locks l ON l.id = k.lock_id WHERE k.created_by = :u AND k.idempotency_key = :k"
+        " FOR KEY SHARE OF l",  # not deleted under the new code: a deletion under way is waited for, then not found
         u=uid,
         k=key,
     )
