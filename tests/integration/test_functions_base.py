@@ -367,6 +367,7 @@ def test_a_commit_lost_as_a_backend_crashes_is_not_taken_for_the_transaction_giv
         con.close()
     uid = f"settle-crash-{time.monotonic_ns()}"
     given: list[int] = []
+    given_at: list[float] = []
     failed: list[BaseException] = []
 
     def crash_then_give_its_id_again(xid: int) -> None:
@@ -386,6 +387,7 @@ def test_a_commit_lost_as_a_backend_crashes_is_not_taken_for_the_transaction_giv
                     con.run("START TRANSACTION")
                     given.append(int(con.run("SELECT pg_current_xact_id()::text")[0][0]))
                     con.run("COMMIT")
+                given_at.append(time.monotonic())
             finally:
                 con.close()
         except BaseException as exc:  # noqa: BLE001 - reported by the test
@@ -402,6 +404,7 @@ def test_a_commit_lost_as_a_backend_crashes_is_not_taken_for_the_transaction_giv
                 con.run("INSERT INTO users (uid) VALUES (:u)", u=uid)
                 xid = int(con.run("SELECT pg_current_xact_id()::text")[0][0])
                 cut.cut_at(b"COMMIT\x00", forwarded=False)
+                sent_at = time.monotonic()
                 crash = threading.Timer(0.2, crash_then_give_its_id_again, args=(xid,))
                 crash.start()
         finally:
@@ -411,7 +414,8 @@ def test_a_commit_lost_as_a_backend_crashes_is_not_taken_for_the_transaction_giv
                 crash.join()
             db.close()
     assert not failed, failed
-    assert given[-1] == xid, (given, xid)  # precondition: the crash gave the lost transaction's id again
+    assert given[-1] == xid, (given, xid)  # precondition: the crash gave the lost transaction's id again,
+    assert given_at[0] - sent_at < db.connect_timeout_s - 0.5  # before the COMMIT's wait ended and it was looked up
     assert refused.value.code == "commit_unconfirmed"
     admin = Database(stack_env["DATABASE_URL"], pool_size=1)
     assert not _kept(admin, uid)

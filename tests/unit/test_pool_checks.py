@@ -297,3 +297,24 @@ def test_a_commits_look_up_keeps_to_one_budget_whatever_its_steps_take(
     took = time.monotonic() - started
     assert status == "in progress" and took < 1.2, (status, took)  # _settle: commit_unconfirmed
     assert not any("pg_terminate_backend" in sql for sql in asked), asked
+
+
+def test_a_transaction_is_looked_up_only_on_the_run_of_the_server_that_gave_its_id() -> None:
+    """The server's run is its start time and its statistics' reset time (a backend's crash keeps the first and
+    resets the second, and may give a lost transaction's id to another): asked of another run, the look-up knows
+    nothing, whatever that run says of the id."""
+
+    class Answering(Recorded):
+        def __init__(self, run: str) -> None:
+            super().__init__()
+            self.run_now = run
+
+        def run(self, sql: str, stream: Any = None, types: Any = None, **params: Any) -> Any:
+            super().run(sql, **params)
+            return [[self.run_now, "committed"]]
+
+    unanswered = db_module.CommitUnanswered("7", "2026-12-05 00:00:00+00 2026-12-05 00:00:00+00", 4242)
+    assert db_module._xact_status(Answering(unanswered.server_run), unanswered) == "committed"
+    crashed = Answering("2026-12-05 00:00:00+00 2026-12-05 00:03:00+00")  # the same start, statistics reset
+    assert db_module._xact_status(crashed, unanswered) is None
+    assert "pg_stat_get_bgwriter_stat_reset_time" in crashed.asked[0]
