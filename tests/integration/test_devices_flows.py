@@ -850,6 +850,19 @@ def test_invitation_by_email_is_seen_only_verified_and_joins_only_when_accepted(
         headers=world.headers("owner"),
     )
     assert again.status_code == 409 and again.get_json()["error"]["code"] == "already_invited"
+    assert again.get_json()["error"]["details"]["invitation_id"] == resp.get_json()["invitation"]["id"]
+    # the same invitation sent again by its sender (its answer lost): answered with it, not a 409 (attack run 39)
+    resent = world.devices.post(
+        f"/devices/locks/{world.lock_id}/members",
+        json={"email": "friend@example.com", "role": "guest", "access": {"weekdays": ["sat", "sun"]}},
+        headers=world.headers("admin"),
+    )
+    assert resent.status_code == 202 and resent.get_json() == resp.get_json()
+    assert db_rows(
+        "SELECT count(*) FROM invitations WHERE lock_id = CAST(:l AS uuid) AND email = :e",
+        l=world.lock_id,
+        e="friend@example.com",
+    ) == [[1]]
     friend = sign_up(email="friend@example.com")
     # an unverified address sees nothing (anyone can sign up with any address)
     assert world.devices.get("/devices/invitations", headers=bearer(friend)).get_json() == {

@@ -144,9 +144,9 @@ def invite(
         )
     except Exception as exc:
         con.run("ROLLBACK TO SAVEPOINT invite")
-        if sqlstate(exc) == UNIQUE_VIOLATION:
-            raise errors.Conflict("there is already an open invitation for them", code="already_invited") from exc
-        raise
+        if sqlstate(exc) != UNIQUE_VIOLATION:
+            raise
+        return _sent_before(con, lock_id, actor, invitee, role, access, now, exc)
     audit.record(
         con,
         audit.user_actor(actor.user_uid),
@@ -157,6 +157,44 @@ def invite(
         details={"role": role},
     )
     return {"id": invitation_id, **invitee.public(), "role": role}
+
+
+def _sent_before(
+    con: Connection,
+    lock_id: str,
+    actor: members.Membership,
+    invitee: Invitee,
+    role: str,
+    access: dict[str, Any],
+    now: dt.datetime,
+    exc: Exception,
+) -> dict[str, Any]:
+    """The open invitation to ``invitee`` that stood in the way of a new one: the same invitation sent again by its
+    sender (its answer lost, or sent twice at once) is answered with it, as when it was made; another (someone
+    else's, other terms) is 409 ``already_invited`` naming it (``details.invitation_id``). Before, every one was a
+    409 without its id, and a retry looked like a failure (attack run 39)."""
+    rows = rows_as_dicts(
+        con,
+        "SELECT id::text AS id, role, access, invited_by FROM invitations WHERE lock_id = CAST(:l AS uuid) AND "
+        + _OPEN
+        + " AND expires_at > :now AND (invitee_uid = :u OR lower(email) = lower(:e))",
+        l=lock_id,
+        u=invitee.uid,
+        e=invitee.email,
+        now=now,
+    )
+    if not rows:
+        raise errors.Conflict("there is already an open invitation for them", code="already_invited") from exc
+    found = rows[0]
+    stored = found["access"] if isinstance(found["access"], dict) else json.loads(found["access"])
+    asked = json.loads(json.dumps(access, default=str))
+    if (found["invited_by"], found["role"], stored) == (actor.user_uid, role, asked):
+        return {"id": found["id"], **invitee.public(), "role": role}
+    raise errors.Conflict(
+        "there is already an open invitation for them",
+        code="already_invited",
+        details={"invitation_id": found["id"]},
+    ) from exc
 
 
 def open_for_lock(con: Connection, lock_id: str, now: dt.datetime) -> list[dict[str, Any]]:
