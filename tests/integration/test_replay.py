@@ -156,13 +156,7 @@ def test_a_recording_that_opened_one_door_is_a_replay_at_the_members_other_doors
     _credentials, home_key, _tls = provision(devices, home["provisioning"]["code"])
     home_id = home["lock"]["id"]
     join(devices, home_id, world.accounts["owner"], world.accounts["member"], {"role": "member"})
-    takes = [p for p in sorted((corpus / "allison").glob("en-*.wav"))[:60] if _speech(p) >= 3.0]
-    resp = embed.put(
-        "/embed/enrollment",
-        json={"samples": [{"wav_base64": base64.b64encode(p.read_bytes()).decode()} for p in takes[:5]]},
-        headers=world.headers("member"),
-    )
-    assert resp.status_code == 201, resp.get_json()
+    takes = _enrolled_member(embed, world, corpus)
 
     def post(lock_id: str, key: Any, body: bytes) -> dict[str, Any]:
         signed = lock_auth.sign_headers(key, lock_id, "POST", "/verify", body, content_type="audio/wav")
@@ -182,6 +176,19 @@ def test_a_recording_that_opened_one_door_is_a_replay_at_the_members_other_doors
     fresh = [post(home_id, home_key, p.read_bytes()) for p in takes[12:16]]
     assert any(r["decision"] == "accepted" for r in fresh), fresh
     assert all(r["reason"] != "replay" for r in fresh), fresh
+
+
+def _enrolled_member(embed: Any, world: World, corpus: Path) -> list[Path]:
+    """The world's member enrolled with the first 5 of the corpus speaker's takes of 3 s of speech or more; returns
+    those takes (the rest are the same person at the door, each a new recording)."""
+    takes = [p for p in sorted((corpus / "allison").glob("en-*.wav"))[:60] if _speech(p) >= 3.0]
+    resp = embed.put(
+        "/embed/enrollment",
+        json={"samples": [{"wav_base64": base64.b64encode(p.read_bytes()).decode()} for p in takes[:5]]},
+        headers=world.headers("member"),
+    )
+    assert resp.status_code == 201, resp.get_json()
+    return takes
 
 
 def _speech(path: Path) -> float:
@@ -216,13 +223,7 @@ def test_a_clip_sent_again_after_its_answer_was_lost_is_answered_with_its_decisi
     issuer's account disabled since: the review's case), it is decided anew."""
     devices, embed, verify = make_client("devices"), make_client("embed"), make_client("verify")
     world: World = build_world(devices, sign_up)
-    takes = [p for p in sorted((corpus / "allison").glob("en-*.wav"))[:60] if _speech(p) >= 3.0]
-    resp = embed.put(
-        "/embed/enrollment",
-        json={"samples": [{"wav_base64": base64.b64encode(p.read_bytes()).decode()} for p in takes[:5]]},
-        headers=world.headers("member"),
-    )
-    assert resp.status_code == 201, resp.get_json()
+    takes = _enrolled_member(embed, world, corpus)
 
     def post(body: bytes) -> dict[str, Any]:
         signed = lock_auth.sign_headers(
