@@ -245,7 +245,8 @@ def test_a_clip_sent_again_after_its_answer_was_lost_is_answered_with_its_decisi
             ),
         )
 
-    opened = next(b for b in (p.read_bytes() for p in takes[5:12]) if post(b)["decision"] == "accepted")
+    accepted = (b for b in (p.read_bytes() for p in takes[5:16]) if post(b)["decision"] == "accepted")
+    opened = next(accepted)
     # the accepted clip's answer lost; the lock sends it again
     first = post(opened)  # the door's last decision on it: sent again already, or the accepting one
     before = counted()
@@ -259,13 +260,15 @@ def test_a_clip_sent_again_after_its_answer_was_lost_is_answered_with_its_decisi
     after_refusal = counted()
     assert after_refusal[2] == 1
     assert post(stranger) == refused and counted() == after_refusal
-    # its unlock one the relay would no longer send (the member's account found disabled since: the command stays
-    # pending, the relay passes it over): the accepted clip is decided anew, and the voice is nobody's now
+    # carried out by the lock (acked), its member's account then found disabled: the relay would send it for nobody
+    # now, and the clip is decided anew, the voice nobody's (attack run 40: a removed member's acked unlock was
+    # answered again, grant and all); a command pending is passed over the same way
     with get_runtime("verify").db.connection() as con:
+        con.run(
+            "UPDATE commands SET status = 'acked', acked_at = now() WHERE id = CAST(:c AS uuid)", c=again["command_id"]
+        )
+        assert post(opened) == again  # carried out, its member as before: answered as made
         con.run("UPDATE users SET account_disabled = true WHERE uid = :u", u=world.uid("member"))
-        assert con.run("SELECT status FROM commands WHERE id = CAST(:c AS uuid)", c=again["command_id"]) == [
-            ["pending"]
-        ]
     anew = post(opened)
     assert anew["decision"] == "rejected" and anew["attempt_id"] != again["attempt_id"], anew
     assert "grant" not in anew
@@ -280,3 +283,10 @@ def test_a_clip_sent_again_after_its_answer_was_lost_is_answered_with_its_decisi
         )
     late = post(stranger)
     assert late["attempt_id"] != refused["attempt_id"] and late["reason"] == "replay", late
+    # the member's voice erased: a clip scored against it, sent again, is decided anew (nobody's voice now), not
+    # answered as hers
+    erased = next(accepted)  # a new take, accepted now
+    assert post(erased)["decision"] == "accepted"
+    assert embed.delete("/embed/enrollment", headers=world.headers("member")).status_code == 204
+    forgotten = post(erased)
+    assert forgotten["decision"] == "rejected" and "grant" not in forgotten, forgotten

@@ -36,9 +36,11 @@ def forget_voice(con: Connection, uid: str) -> int:
         " WHERE f.attempt_id = a.id AND a.best_uid = :u AND a.outcome = 'rejected'",
         u=uid,
     )
-    con.run(  # every score against it, best or runner-up, whatever the outcome
+    con.run(  # every score against it, best or runner-up, whatever the outcome, and the clip's identity (a clip sent
+        # again after this is decided anew, not answered as scored against this voice: ``lockwise.voice.sent_again``)
         "UPDATE verification_attempts SET score = NULL, runner_up_score = NULL, cosine = NULL, best_uid = NULL,"
-        " runner_up_uid = NULL, matched_uid = CASE WHEN outcome = 'accepted' THEN matched_uid END"
+        " runner_up_uid = NULL, clip_sha256 = NULL,"
+        " matched_uid = CASE WHEN outcome = 'accepted' THEN matched_uid END"
         " WHERE matched_uid = :u OR best_uid = :u OR runner_up_uid = :u",
         u=uid,
     )

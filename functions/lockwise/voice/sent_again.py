@@ -35,16 +35,18 @@ class Decided:
 def decided(con: Connection, lock_id: str, clip_sha256: bytes, within_s: int) -> Decided | None:
     """The decision of the clip with ``clip_sha256`` at ``lock_id`` in the last ``within_s`` seconds (the verify
     function's ``LOCKWISE_VOICE_SENT_AGAIN_S``; a lock's timeouts and retries take seconds). None: none (or 0 s), or
-    one accepted whose unlock no longer stands, so it is decided anew: failed or expired unexecuted, or one the relay
-    would no longer send (``members.issuer_gone_sql``: the member removed, expired or their commands withdrawn, their
-    account found disabled or deleted; an accepted grant is the same unlock the relay delivers)."""
+    one accepted whose unlock no longer stands, so it is decided anew: failed or expired unexecuted, or, carried out
+    or not, one whose member the relay would no longer send it for (``members.issuer_gone_sql``: removed, expired or
+    their commands withdrawn, their account found disabled or deleted; attack run 40: a removed member's acked
+    unlock was answered again, grant and all). A voice's erasure forgets the clips scored against it
+    (``lockwise.core.erasure``)."""
     if within_s <= 0:
         return None
     rows = con.run(
         "SELECT a.id::text, a.outcome, a.reason, a.matched_uid, c.id::text, c.payload,"
-        " c.status = 'acked' OR (c.status IN ('pending', 'sent') AND c.expires_at > now() AND NOT ("
+        " (c.status = 'acked' OR (c.status IN ('pending', 'sent') AND c.expires_at > now())) AND NOT ("
         + members.issuer_gone_sql("c")
-        + "))"
+        + ")"
         " FROM verification_attempts a LEFT JOIN commands c ON c.attempt_id = a.id"
         " WHERE a.lock_id = CAST(:l AS uuid) AND a.clip_sha256 = :h"
         " AND a.created_at > now() - make_interval(secs => :within)"
