@@ -1146,6 +1146,18 @@ def test_a_token_issued_before_its_account_moved_address_accepts_nothing_sent_to
     assert (closed.status_code, closed.get_json()["error"]["code"]) == (404, "invitation_not_found")
     assert world.devices.post(f"/devices/invitations/{invitation}/accept", headers=bearer(heir)).status_code == 201
     assert world.devices.get(f"/devices/locks/{world.lock_id}", headers=bearer(old)).status_code == 404
+    # the acceptor moves on too: its acceptance sent again is still answered with what it made, and the address's
+    # next holder, a member through another invitation of the same sender, is not answered with theirs (attack run
+    # 40: 404 and 200 before, the acceptor found by the address it holds now)
+    heir = move_account(host, project, heir, "heir-moved-on@example.com")
+    again = world.devices.post(f"/devices/invitations/{invitation}/accept", headers=bearer(heir))
+    assert again.status_code == 200 and again.get_json()["member"]["uid"] == heir["localId"], again.get_json()
+    third = sign_up(email="handed-on@example.com")
+    verify_email(host, project, third["localId"])
+    third = sign_in(host, third["email"])
+    join(world.devices, world.lock_id, world.accounts["owner"], third, {"role": "member"})
+    not_theirs = world.devices.post(f"/devices/invitations/{invitation}/accept", headers=bearer(third))
+    assert (not_theirs.status_code, not_theirs.get_json()["error"]["code"]) == (404, "invitation_not_found")
 
 
 def test_only_an_invitation_found_by_address_needs_firebase_auth_to_confirm_the_address(

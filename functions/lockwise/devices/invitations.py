@@ -315,19 +315,16 @@ def accept(
 
 
 def _accepted_by(con: Connection, invitation_id: str, user: User, now: dt.datetime) -> members.Membership | None:
-    """The membership ``user`` has through ``invitation_id`` accepted: from its sender, active, not removed since the
-    acceptance (None: not accepted, not theirs, or the membership has ended or come through another invitation)."""
+    """The membership ``user`` has through ``invitation_id``, which they accepted (``accepted_by``, whatever address
+    they hold now): from its sender, active, not removed since the acceptance (None: not accepted by them, or the
+    membership has ended or come through another invitation)."""
     rows = con.run(
         "SELECT i.lock_id::text FROM invitations i JOIN lock_members m ON m.lock_id = i.lock_id AND m.user_uid = :u"
-        " WHERE i.id = CAST(:i AS uuid) AND i.accepted_at IS NOT NULL AND "
-        + _ADDRESSED_TO
-        + " AND "
+        " WHERE i.id = CAST(:i AS uuid) AND i.accepted_by = :u AND "
         + members.active_sql("m")
         + " AND m.invited_by = i.invited_by AND (m.last_removed_at IS NULL OR m.last_removed_at < i.accepted_at)",
         i=_invitation_id(invitation_id),
         u=user.uid,
-        e=user.email,
-        verified=user.email_verified,
         now=now,
     )
     return members.get(con, rows[0][0], user.uid) if rows else None
@@ -383,7 +380,12 @@ def _accept(
             " role",
             code="already_member",
         )
-    con.run("UPDATE invitations SET accepted_at = :now WHERE id = CAST(:i AS uuid)", i=row["id"], now=now)
+    con.run(
+        "UPDATE invitations SET accepted_at = :now, accepted_by = :u WHERE id = CAST(:i AS uuid)",
+        i=row["id"],
+        now=now,
+        u=user.uid,
+    )
     audit.record(
         con,
         audit.user_actor(user.uid),
