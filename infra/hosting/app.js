@@ -277,11 +277,12 @@ class Console {
       // a header: a devices instance of the release before ignores it (a body field would be 400 unknown_field)
       const created = await this.api("POST", "/devices/locks", { name }, { "Idempotency-Key": this.unanswered.key });
       this.unanswered = null;
-      notice(`Created ${name}. Pairing code for the lock: ${created.provisioning.code}`);
+      const code = created.provisioning?.code; // none for a lock paired since its first sending
+      notice(code ? `Created ${name}. Pairing code for the lock: ${code}` : `${name} was created and is paired.`);
       $("#new-lock-name").value = "";
       await this.refresh();
       const card = document.querySelector(`[data-lock-id="${created.lock.id}"]`);
-      if (card) $(".pairing-code", card).textContent = created.provisioning.code;
+      if (card && code) $(".pairing-code", card).textContent = code;
     } catch (err) {
       const unknown = err.status === 0 || err.status >= 500;
       if (!unknown) this.unanswered = null;

@@ -679,6 +679,14 @@ def test_a_lock_created_again_with_its_idempotency_key_is_the_lock_it_made(
         "/devices/locks", json={"name": "Shed", "idempotency_key": "new-shed-1"}, headers=bearer(someone)
     )
     assert body_key.status_code == 200 and body_key.get_json()["lock"]["id"] == lock_id
+    # paired since: no code (one would re-pair the lock: attack run 40), none counted
+    issued = "SELECT count(*) FROM pairing_issues WHERE user_uid = :u"
+    codes = db_rows(issued, u=someone["localId"])
+    assert body_key.get_json()["provisioning"] is None and body_key.get_json()["lock"]["provisioned"]
+    assert (
+        world.devices.post("/devices/locks", json={"name": "Shed"}, headers=headers).get_json()["provisioning"] is None
+    )
+    assert db_rows(issued, u=someone["localId"]) == codes
     # one key, one lock
     other = world.devices.post("/devices/locks", json={"name": "Garage"}, headers=headers)
     assert other.status_code == 409 and other.get_json()["error"]["code"] == "idempotency_key_reused"
