@@ -7,6 +7,7 @@ is served without torch: ECAPA-TDNN from its ONNX export (``infra.model.export_o
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import flask
@@ -17,7 +18,7 @@ from lockwise.core import auth, errors, inputs
 from lockwise.core.http import Api, Ctx, JsonBody, Result
 from lockwise.core.runtime import get_runtime
 from lockwise.devices import lock_auth
-from lockwise.voice import audio, scoring, verification
+from lockwise.voice import audio, scoring, sent_again, verification
 from lockwise.voice.model.encoder import describe, load_encoder, load_scorer
 
 rt = get_runtime("verify")
@@ -47,13 +48,16 @@ def get_health(ctx: Ctx) -> tuple[JsonBody, int]:
 @api.route("POST", "/verify")
 def verify_at_lock(ctx: Ctx) -> Result:
     body = ctx.body(audio.max_body_bytes(limits))
-    lock_id = lock_auth.signed_by(rt.db, ctx.request.headers, "POST", ctx.target, body, rt.settings)
+    body_sha256 = hashlib.sha256(body).hexdigest()  # once: the signature covers it, and a clip sent again is it
+    headers = ctx.request.headers
+    lock_id = lock_auth.signed_by(rt.db, headers, "POST", ctx.target, body, rt.settings, body_sha256=body_sha256)
     try:
         clip, follow_up = attempt_from(ctx, body)
     except errors.BadRequest as exc:  # InvalidAudio, malformed input: logged as an invalid attempt
         verification.record_invalid(rt.db, lock_id, exc.code)
         raise
-    result = doors.decide(lock_id, clip, rt.now(), follow_up=follow_up)
+    sent_as = sent_again.identity(body_sha256, headers.get("Content-Type", ""), clip.rate)
+    result = doors.decide(lock_id, clip, rt.now(), sent_as=sent_as, follow_up=follow_up)
     rt.flush_mirror_soon()  # the person at the door does not wait for the app's activity feed
     if result.refusal is not None:
         raise result.refusal.error(result.retry_after_s)

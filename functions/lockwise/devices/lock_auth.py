@@ -42,9 +42,18 @@ _TIMESTAMP_RE = re.compile(r"^[0-9]{1,12}$")
 
 
 def message(
-    method: str, target: str, timestamp: str, nonce: str, body: bytes, content_type: str = "", sample_rate: str = ""
+    method: str,
+    target: str,
+    timestamp: str,
+    nonce: str,
+    body: bytes,
+    content_type: str = "",
+    sample_rate: str = "",
+    *,
+    body_sha256: str | None = None,
 ) -> bytes:
-    digest = hashlib.sha256(body).hexdigest()
+    """The string a lock signs; ``body_sha256``: the body's SHA-256 (hex) when the caller has it already."""
+    digest = hashlib.sha256(body).hexdigest() if body_sha256 is None else body_sha256
     return "\n".join([PREFIX, method.upper(), target, timestamp, nonce, content_type, sample_rate, digest]).encode()
 
 
@@ -90,7 +99,16 @@ def nonces_kept_s(settings: Settings) -> int:
     return 2 * settings.lock_request_skew_s
 
 
-def signed_by(db: Database, headers: Headers, method: str, target: str, body: bytes, settings: Settings) -> str:
+def signed_by(
+    db: Database,
+    headers: Headers,
+    method: str,
+    target: str,
+    body: bytes,
+    settings: Settings,
+    *,
+    body_sha256: str | None = None,
+) -> str:
     """The lock that signed this request (``authenticate`` with the function's skew and per-minute limit). Its nonce
     and its count of the minute commit at once, on a connection of their own: a refusal after this (bad audio, a
     bad CSR, a renewal limit) still counts the request, and no transaction is held while the caller works."""
@@ -103,6 +121,7 @@ def signed_by(db: Database, headers: Headers, method: str, target: str, body: by
             body,
             skew_s=settings.lock_request_skew_s,
             per_minute=settings.lock_requests_per_minute,
+            body_sha256=body_sha256,
         )
 
 
@@ -122,6 +141,7 @@ def authenticate(
     skew_s: int,
     per_minute: int,
     now: float | None = None,
+    body_sha256: str | None = None,
 ) -> str:
     """The id of the lock that signed this request; records its nonce. Raises ``Unauthenticated`` otherwise, and
     ``RateLimited`` (429 ``lock_rate_limited``) past ``per_minute`` signed requests of the lock in a clock minute
@@ -149,7 +169,14 @@ def authenticate(
     if abs(now - ts) > skew_s:
         raise errors.Unauthenticated("request timestamp outside the allowed clock skew", code="stale_request")
     signed = message(
-        method, target, timestamp, nonce, body, headers.get("Content-Type", ""), headers.get("X-Sample-Rate", "")
+        method,
+        target,
+        timestamp,
+        nonce,
+        body,
+        headers.get("Content-Type", ""),
+        headers.get("X-Sample-Rate", ""),
+        body_sha256=body_sha256,
     )
     # the active key first, then the most recent revoked ones: a lock id with no credential and a wrong key answer
     # alike (the API does not tell a prober which lock ids exist); only a lock that proves it held a revoked key

@@ -1,8 +1,8 @@
 """A clip a lock sends again: the same recording, signed anew, after its first sending's answer never came (the
 lock's Wi-Fi dropped, a timeout). Decided again, it was a replay of itself (the first decision keeps its
 fingerprint): rejected, counted towards the lockout and shown to the owner as a playback attack, while the first had
-opened the door (attack run 39). A lock's microphone never records the same samples twice, so the same samples from
-the same lock, soon after, are that clip sent again, and are answered with its decision: nothing is decided, counted
+opened the door (attack run 39). A lock's microphone never records the same samples twice, so the same body from
+the same lock, soon after, is that clip sent again, and is answered with its decision: nothing is decided, counted
 or recorded again (an accepted one with its grant while its unlock still stands: no second unlock is made)."""
 
 from __future__ import annotations
@@ -12,12 +12,13 @@ from dataclasses import dataclass
 
 from lockwise.core.db import Connection
 from lockwise.devices import members
-from lockwise.voice import audio
 
 
-def digest(clip: audio.Clip) -> bytes:
-    """The clip's identity: SHA-256 of its rate and samples (the same recording, whatever container carried it)."""
-    return hashlib.sha256(clip.rate.to_bytes(4, "big") + clip.samples.tobytes()).digest()
+def identity(body_sha256: str, content_type: str, rate: int) -> bytes:
+    """The clip's identity: the SHA-256 (hex) of the body as the lock signed it (its signature check computes it),
+    with its content type and rate: the same recording sent again, byte for byte (a microsecond; hashing the decoded
+    samples took 0.36 ms of each request)."""
+    return hashlib.sha256(f"{content_type}\n{rate}\n{body_sha256}".encode()).digest()
 
 
 @dataclass(frozen=True)

@@ -243,15 +243,17 @@ class Doors:
     scorer: Scorer
     settings: Settings
 
-    def decide(self, lock_id: str, clip: audio.Clip, now: dt.datetime, follow_up: str | None = None) -> Result:
+    def decide(
+        self, lock_id: str, clip: audio.Clip, now: dt.datetime, *, sent_as: bytes, follow_up: str | None = None
+    ) -> Result:
         """Decide on ``clip`` at ``lock_id``. ``follow_up``: the attempt id of a first utterance answered
         "say_again"; while it waits (30 s, once) the two utterances' normalised scores are fused, else this one is
         decided alone.
 
         A clip that is a replay of a known recording (an enrollment sample of a candidate, an earlier attempt at this
         lock) is rejected as ``replay`` before any voice is scored, and counts as a failed attempt; the same clip sent
-        again by the lock (``sent_again``) is answered with its decision."""
-        clip_sha256 = sent_again.digest(clip)
+        again by the lock (``sent_again``; ``sent_as``: its identity) is answered with its decision."""
+        clip_sha256 = sent_as
         with self.db.transaction() as con:
             found_lock = con.run(
                 f"SELECT voice_threshold, pg_try_advisory_xact_lock({door_decisions.KEY})"
@@ -353,7 +355,7 @@ class _Attempt:
     lock_id: str
     now: dt.datetime
     lock_threshold: float | None  # the lock's own voice threshold (None: the encoder's)
-    clip_sha256: bytes  # the clip's (``sent_again.digest``), kept with a decision
+    clip_sha256: bytes  # the clip's identity (``sent_again.identity``), kept with a decision
 
     def as_before(self, first: sent_again.Decided) -> Result:
         """The clip's decision at its first sending, for the same clip sent again."""
