@@ -753,6 +753,14 @@ def test_an_acceptance_sent_again_is_answered_with_what_it_made(world: World, si
     assert active_members(world.lock_id) == 5
 
     member = world.accounts["member"]
+    # an offer sent again (its answer lost) is the offer standing: its 7 days, one offer in the log and the feed
+    offers = f"/devices/locks/{world.lock_id}/transfer"
+    offered = world.devices.post(offers, json={"uid": member["localId"]}, headers=world.headers("owner"))
+    offered_again = world.devices.post(offers, json={"uid": member["localId"]}, headers=world.headers("owner"))
+    assert (offered.status_code, offered_again.status_code) == (202, 202)
+    assert offered_again.get_json() == offered.get_json()
+    logged = "SELECT count(*) FROM audit_log WHERE lock_id = CAST(:l AS uuid) AND action = 'lock.transfer_offer'"
+    assert db_rows(logged, l=world.lock_id) == [[1]]
     took = hand_over(world.devices, world.lock_id, world.accounts["owner"], member)
     took_again = world.devices.post(f"/devices/locks/{world.lock_id}/transfer/accept", headers=bearer(member))
     assert (took.status_code, took_again.status_code) == (200, 200), took_again.get_json()

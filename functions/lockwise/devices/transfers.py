@@ -34,13 +34,26 @@ def offer(con: Connection, lock_id: str, from_uid: str, to_uid: str, now: dt.dat
     """Offer the lock to ``to_uid``, an active member (the caller, its owner, holds the lock's row): 400
     ``already_owner``, 404 ``member_not_found``, 409 ``member_account_deleted``. Whether they may own one more lock
     is theirs to learn when they accept (the owner is not told how many locks a member owns: attack run 21).
-    Replaces an earlier offer of the lock (its end in the feed)."""
+    Replaces an earlier offer of the lock (its end in the feed); the same offer standing (by the giver, to the member
+    as they are now) is answered as it stands: an offer sent again after its answer was lost replaced itself, its 7
+    days begun again and its end and a new offer in the member's feed (attack run 39)."""
     if to_uid == from_uid:
         raise errors.BadRequest("you already own this lock", code="already_owner")
     target = members.get(con, lock_id, to_uid)
     if target is None or not target.active(now):
         raise errors.NotFound("the new owner must be a current member of the lock", code="member_not_found")
     locks.refuse_a_gone_member(con, to_uid)
+    standing = con.run(
+        "SELECT o.offered_at, o.expires_at FROM lock_transfer_offers o WHERE o.lock_id = CAST(:l AS uuid)"
+        " AND o.from_uid = :f AND o.to_uid = :t AND o.expires_at > :n AND o.taker_row = (SELECT row_to_json(m)::text"
+        " FROM lock_members m WHERE m.lock_id = o.lock_id AND m.user_uid = o.to_uid)",
+        l=lock_id,
+        f=from_uid,
+        t=to_uid,
+        n=now,
+    )
+    if standing:
+        return _present(lock_id, from_uid, to_uid, standing[0][0], standing[0][1])
     transfer_offers.end_for_lock(con, lock_id, reason="replaced")
     expires = now + OFFER_TTL
     con.run(
