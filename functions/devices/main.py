@@ -212,8 +212,7 @@ def accept_transfer(ctx: Ctx, lock_id: str) -> JsonBody:
     with rt.db.transaction() as con:
         now = rt.now()
         taker = members.require(con, lock_id, user.uid, now, for_update=True)
-        if taker.role != "owner":  # the owner already: an acceptance sent again (its answer lost) is answered as made
-            transfers.accept(con, lock_id, user, rt.settings.locks_per_owner, now)
+        transfers.accept(con, lock_id, user, taker, rt.settings.locks_per_owner, now)
         view = locks.view(con, lock_id, "owner")
     rt.flush_mirror()
     return view

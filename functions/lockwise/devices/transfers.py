@@ -26,6 +26,14 @@ from lockwise.devices import locks, members, transfer_offers
 OFFER_TTL = dt.timedelta(days=7)
 
 
+#: the member an offer names, as they are now, is the membership it was made to (its row then, kept in the offer):
+#: not one demoted, given other terms, or removed or expired and invited back since
+_TO_THE_MEMBER_AS_MADE = (
+    "o.taker_row = (SELECT row_to_json(m)::text FROM lock_members m WHERE m.lock_id = o.lock_id"
+    " AND m.user_uid = o.to_uid)"
+)
+
+
 def _none_for_you() -> errors.NotFound:
     return errors.NotFound("no transfer of this lock stands for you", code="transfer_not_found")
 
@@ -45,8 +53,7 @@ def offer(con: Connection, lock_id: str, from_uid: str, to_uid: str, now: dt.dat
     locks.refuse_a_gone_member(con, to_uid)
     standing = con.run(
         "SELECT o.offered_at, o.expires_at FROM lock_transfer_offers o WHERE o.lock_id = CAST(:l AS uuid)"
-        " AND o.from_uid = :f AND o.to_uid = :t AND o.expires_at > :n AND o.taker_row = (SELECT row_to_json(m)::text"
-        " FROM lock_members m WHERE m.lock_id = o.lock_id AND m.user_uid = o.to_uid)",
+        " AND o.from_uid = :f AND o.to_uid = :t AND o.expires_at > :n AND " + _TO_THE_MEMBER_AS_MADE,
         l=lock_id,
         f=from_uid,
         t=to_uid,
@@ -75,16 +82,20 @@ def accept(
     con: Connection,
     lock_id: str,
     taker: User,
+    membership: members.Membership,
     max_owned: int,
     now: dt.datetime,
 ) -> None:
-    """Take the offer made to ``taker`` (the caller, an active member of the lock, whose membership row the caller
-    holds) and make them the owner; 404 ``transfer_not_found`` when none stands: never made, withdrawn, declined,
-    expired, or made by someone who no longer owns the lock."""
+    """Take the offer made to ``taker`` (the caller, an active member of the lock, whose ``membership`` row the
+    caller holds) and make them the owner; 404 ``transfer_not_found`` when none stands: never made, withdrawn,
+    declined, expired, or made by someone who no longer owns the lock. The owner already: nothing changes (an
+    acceptance sent again after its answer was lost, or twice at once, was a 404 while it had been made: attack run
+    39)."""
+    if membership.role == "owner":
+        return
     rows = con.run(
         "DELETE FROM lock_transfer_offers o WHERE o.lock_id = CAST(:l AS uuid) AND o.to_uid = :u AND o.expires_at > :n"
-        " RETURNING o.from_uid, o.taker_row = (SELECT row_to_json(m)::text FROM lock_members m"
-        " WHERE m.lock_id = o.lock_id AND m.user_uid = o.to_uid)",
+        " RETURNING o.from_uid, " + _TO_THE_MEMBER_AS_MADE,
         l=lock_id,
         u=taker.uid,
         n=now,
