@@ -124,6 +124,7 @@ def invite(
         now=now,
     )[0]
     members.refuse_past_limit(con, lock_id, members_per_lock, now, invited=int(invited))
+    terms = json.dumps(access, default=str)
     try:
         con.run("SAVEPOINT invite")
         invitation_id = str(
@@ -136,7 +137,7 @@ def invite(
                 e=email,
                 u=uid,
                 r=role,
-                a=json.dumps(access, default=str),
+                a=terms,
                 by=actor.user_uid,
                 ttl=ttl_s,
                 now=now,
@@ -146,7 +147,7 @@ def invite(
         con.run("ROLLBACK TO SAVEPOINT invite")
         if sqlstate(exc) != UNIQUE_VIOLATION:
             raise
-        return _sent_before(con, lock_id, actor, invitee, role, access, now, exc)
+        return _sent_before(con, lock_id, actor, invitee, role, terms, now, exc)
     audit.record(
         con,
         audit.user_actor(actor.user_uid),
@@ -165,35 +166,33 @@ def _sent_before(
     actor: members.Membership,
     invitee: Invitee,
     role: str,
-    access: dict[str, Any],
+    terms: str,
     now: dt.datetime,
     exc: Exception,
 ) -> dict[str, Any]:
     """The open invitation to ``invitee`` that stood in the way of a new one: the same invitation sent again by its
-    sender (its answer lost, or sent twice at once) is answered with it, as when it was made; another (someone
-    else's, other terms) is 409 ``already_invited`` naming it (``details.invitation_id``). Before, every one was a
-    409 without its id, and a retry looked like a failure (attack run 39)."""
-    rows = rows_as_dicts(
-        con,
-        "SELECT id::text AS id, role, access, invited_by FROM invitations WHERE lock_id = CAST(:l AS uuid) AND "
-        + _OPEN
-        + " AND expires_at > :now AND (invitee_uid = :u OR lower(email) = lower(:e))",
+    sender (its answer lost, or sent twice at once; ``terms``: the access as it is stored, JSON) is answered with
+    it, as when it was made; another (someone else's, other terms) is 409 ``already_invited`` naming it
+    (``details.invitation_id``). Before, every one was a 409 without its id, and a retry looked like a failure
+    (attack run 39)."""
+    rows = con.run(
+        "SELECT id::text, invited_by = :me AND role = :r AND access = CAST(:a AS jsonb) FROM invitations"
+        " WHERE lock_id = CAST(:l AS uuid) AND " + _OPEN + " AND expires_at > :now"
+        " AND (invitee_uid = :u OR lower(email) = lower(:e))",
         l=lock_id,
         u=invitee.uid,
         e=invitee.email,
+        me=actor.user_uid,
+        r=role,
+        a=terms,
         now=now,
     )
-    if not rows:
-        raise errors.Conflict("there is already an open invitation for them", code="already_invited") from exc
-    found = rows[0]
-    stored = found["access"] if isinstance(found["access"], dict) else json.loads(found["access"])
-    asked = json.loads(json.dumps(access, default=str))
-    if (found["invited_by"], found["role"], stored) == (actor.user_uid, role, asked):
-        return {"id": found["id"], **invitee.public(), "role": role}
+    if rows and rows[0][1]:
+        return {"id": rows[0][0], **invitee.public(), "role": role}
     raise errors.Conflict(
         "there is already an open invitation for them",
         code="already_invited",
-        details={"invitation_id": found["id"]},
+        details={"invitation_id": rows[0][0]} if rows else None,
     ) from exc
 
 
