@@ -29,7 +29,7 @@ class Decided:
     outcome: str  # accepted | rejected
     reason: str
     matched_uid: str | None
-    command_id: str | None  # accepted: its unlock, while that stands (pending, sent or acked, and not expired)
+    command_id: str | None  # accepted: its unlock, while that stands (``decided``)
     grant: str | None
 
 

@@ -253,7 +253,6 @@ class Doors:
         A clip that is a replay of a known recording (an enrollment sample of a candidate, an earlier attempt at this
         lock) is rejected as ``replay`` before any voice is scored, and counts as a failed attempt; the same clip sent
         again by the lock (``sent_again``; ``sent_as``: its identity) is answered with its decision."""
-        clip_sha256 = sent_as
         with self.db.transaction() as con:
             found_lock = con.run(
                 f"SELECT voice_threshold, pg_try_advisory_xact_lock({door_decisions.KEY})"
@@ -262,10 +261,10 @@ class Doors:
             )
             if not found_lock:  # deleted since its signature was checked
                 raise lock_auth.deleted_lock()
-            attempt = _Attempt(self, con, lock_id, now, found_lock[0][0], clip_sha256)
+            attempt = _Attempt(self, con, lock_id, now, found_lock[0][0], sent_as)
             if not found_lock[0][1]:  # another attempt at this lock is being decided: answered now, not after it
                 return attempt.refused(IN_PROGRESS, IN_PROGRESS_RETRY_S)
-            first = sent_again.decided(con, lock_id, clip_sha256, self.settings.voice_sent_again_s)
+            first = sent_again.decided(con, lock_id, sent_as, self.settings.voice_sent_again_s)
             if first is not None:  # its answer was lost: nothing is decided, counted or recorded again
                 return attempt.as_before(first)
             held = lockout.hold(con, lock_id, now)
