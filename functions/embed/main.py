@@ -64,9 +64,9 @@ def enroll(ctx: Ctx) -> Result:
             f"give {settings.enroll_min_samples} to {settings.enroll_max_samples} samples", code="wrong_sample_count"
         )
     clips = [sample_clip(i, s) for i, s in enumerate(samples)]  # every sample is checked before any model work
-    status = enrollment.enroll(rt.db, user, clips, encoder, scorer, voice, settings, rt.now)
+    enrolled = enrollment.enroll(rt.db, user, clips, encoder, scorer, voice, settings, rt.now)
     rt.flush_mirror()
-    return status, 201
+    return enrolled.status, 201 if enrolled.stored_now else 200
 
 
 @api.route("GET", "/embed/enrollment")

@@ -77,9 +77,10 @@ def take() -> Any:
 SYNTHETIC = speech_like(3.0, f0=140, seed=1)
 
 
-def enroll(clients: dict[str, Any], account: dict[str, Any], speaker: str = "allison") -> Any:
-    """Five recordings of a real speaker (the first of Allison's is ``voice()``)."""
-    samples = [pcm_json(sample) for sample in spoken(speaker)]
+def enroll(clients: dict[str, Any], account: dict[str, Any], speaker: str = "allison", gain: float = 1.0) -> Any:
+    """Five recordings of a real speaker (the first of Allison's is ``voice()``); at another ``gain``, other samples
+    of the same voice (the same samples again are answered with the voiceprint they made)."""
+    samples = [pcm_json(sample * gain) for sample in spoken(speaker)]
     return clients["embed"].put("/embed/enrollment", json={"samples": samples}, headers=bearer(account))
 
 
@@ -791,8 +792,8 @@ def test_whether_a_voice_is_a_co_members_is_answered_a_few_times_a_day(
     get_settings.cache_clear()
     get_runtime.cache_clear()
     clients = {**clients, "embed": make_client("embed")}
-    for _ in range(4):  # nobody who shares a lock with the member has a voiceprint yet: never counted
-        assert enroll(clients, world.accounts["member"]).status_code == 201
+    for i in range(4):  # nobody who shares a lock with the member has a voiceprint yet: never counted
+        assert enroll(clients, world.accounts["member"], gain=1 - i / 100).status_code == 201
     negate_voiceprint(world.uid("member"))  # for now nothing passes as the member
     assert enroll(clients, world.accounts["admin"]).status_code == 201  # compared with the member's, stored: 1
     negate_voiceprint(world.uid("member"))  # minus minus: the member's own again, which this voice passes as
@@ -812,6 +813,51 @@ def test_whether_a_voice_is_a_co_members_is_answered_a_few_times_a_day(
         )
         member = con.run("SELECT count(*) FROM enrollment_comparisons WHERE user_uid = :u", u=world.uid("member"))
     assert counted[0][0] == 3 and audited[0][0] == 2 and member[0][0] == 0  # 1 stored + 2 refused; 2 audited
+
+
+def test_enrollment_samples_sent_again_are_answered_as_stored_nothing_counted(
+    clients: dict[str, Any], world: World
+) -> None:
+    """An app whose enrollment answer never came sends the same samples again: they were enrolled again, counted a
+    second time towards the day's enrollments and comparisons with co-members' voices (five a day), and stored
+    after the co-members enrolled since. Now the voiceprint they made is answered as it stands (200), in either
+    encoding, twice at once too; samples that made no voiceprint standing now (changed since, or deleted) are
+    enrolled again."""
+    samples = spoken("allison")
+    as_pcm = {"samples": [pcm_json(sample) for sample in samples]}
+    as_wav = {"samples": [{"wav_base64": base64.b64encode(wav(sample)).decode()} for sample in samples]}
+    member = world.accounts["member"]
+
+    def put(body: dict[str, Any]) -> Any:
+        return clients["embed"].put("/embed/enrollment", json=body, headers=bearer(member))
+
+    def counted() -> tuple[int, int, Any]:
+        with get_runtime("embed").db.connection() as con:
+            (runs,) = con.run("SELECT count(*) FROM enrollment_runs WHERE user_uid = :u", u=world.uid("member"))[0]
+            (compared,) = con.run(
+                "SELECT count(*) FROM enrollment_comparisons WHERE user_uid = :u", u=world.uid("member")
+            )[0]
+            (stored,) = con.run("SELECT created_at FROM voiceprints WHERE user_uid = :u", u=world.uid("member"))[0]
+        return runs, compared, stored
+
+    assert enroll(clients, world.accounts["owner"], "june").status_code == 201  # a co-member's voice to compare with
+    first = put(as_pcm)
+    assert first.status_code == 201
+    before = counted()
+    assert before[:2] == (1, 1)
+    for body in (as_pcm, as_wav):
+        again = put(body)
+        assert again.status_code == 200, again.get_json()
+        assert again.get_json() == first.get_json()  # the same answer: status, where it is set aside, agreement
+        assert counted() == before  # nothing counted, the voiceprint not stored again
+    aim_voiceprint(world.uid("member"), samples[0], 0.95)  # a voiceprint changed since is not the one they made
+    assert put(as_pcm).status_code == 201
+    assert counted()[:2] == (2, 2)
+    assert clients["embed"].delete("/embed/enrollment", headers=bearer(member)).status_code == 204
+    with ThreadPoolExecutor(max_workers=2) as pool:  # sent twice at once: the second finds what the first stored
+        twins = list(pool.map(lambda _: put(as_wav), range(2)))
+    assert sorted(t.status_code for t in twins) == [200, 201]
+    assert counted()[1] == 3  # compared once
 
 
 def test_deleting_voice_data_removes_the_scores_it_produced(clients: dict[str, Any], world: World) -> None:
@@ -1297,7 +1343,7 @@ def test_enrollments_that_reach_the_model_are_counted_per_day(
     put = clients["embed"].put
     assert put("/embed/enrollment", json={"samples": short}, headers=bearer(stranger)).status_code == 422
     assert enroll(clients, stranger).status_code == 201
-    assert enroll(clients, stranger).status_code == 201
+    assert enroll(clients, stranger, gain=0.99).status_code == 201  # other samples (the same again: no model work)
     ran: list[str] = []  # past the day's share, no voice model runs either: neither voice activity nor fingerprints
     monkeypatch.setattr(VoiceActivity, "voiced_seconds", counted(VoiceActivity.voiced_seconds, "vad", ran))
     monkeypatch.setattr(fingerprint, "landmarks", counted(fingerprint.landmarks, "fingerprint", ran))

@@ -9,7 +9,9 @@ a new voiceprint would lose at the locks the user shares (``lockwise.voice.first
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -24,6 +26,25 @@ from lockwise.voice.model.encoder import Encoder, Scorer, policy
 from lockwise.voice.model.voice_activity import VoiceActivity
 
 
+@dataclass(frozen=True)
+class Enrolled:
+    """An enrollment's answer: the voiceprint's status, and whether it was stored now (201) or the same samples were
+    sent again and found stored (200: an app whose first answer never came)."""
+
+    status: dict[str, Any]
+    stored_now: bool
+
+
+def samples_identity(clips: Sequence[audio.Clip]) -> bytes:
+    """The SHA-256 of an enrollment's samples as decoded (rate and samples of each, in order): the same recordings
+    sent again, in either of the body's encodings (~1 ms for five 3 s samples)."""
+    digest = hashlib.sha256()
+    for clip in clips:
+        digest.update(f"{clip.rate} {len(clip.samples)}\n".encode())
+        digest.update(np.ascontiguousarray(clip.samples, dtype="<f4").tobytes())
+    return digest.digest()
+
+
 def enroll(
     db: Database,
     user: User,
@@ -33,9 +54,11 @@ def enroll(
     voice: VoiceActivity,
     settings: Settings,
     now: Callable[[], dt.datetime],
-) -> dict[str, Any]:
+) -> Enrolled:
     """Make the voiceprint of ``user`` (the caller) from ``clips`` (validated audio) and store it with its takes'
-    fingerprints, replacing any earlier one; return the enrollment status and the samples' lowest agreement.
+    fingerprints, replacing any earlier one; return the enrollment status and the samples' lowest agreement. The
+    same samples sent again while the voiceprint they made stands (its answer was lost) are answered with it as
+    stored: nothing is compared, counted or stored again, and it keeps its place at the door.
 
     Raises ``InvalidAudio`` (422) naming the sample with too little speech or too little voice in it (loud noise
     passes the first, not the second), one that is a copy of another (the
@@ -48,6 +71,11 @@ def enroll(
     nothing (``users.hold_caller``).
     """
     uid = user.uid
+    samples_id = samples_identity(clips)
+    with db.connection() as con:
+        again = _as_stored(con, uid, samples_id, encoder, scorer, settings, now())
+    if again is not None:
+        return again
     rules = policy(settings, encoder)
     for i, clip in enumerate(clips):
         speech = audio.speech_seconds(clip.samples, clip.rate)
@@ -87,12 +115,15 @@ def enroll(
         users.hold_caller(con, user)  # one user's enrollments are decided one at a time
         con.run(erasure.VOICE_LOCK, u=uid)  # and with an erasure of their voice data
         _refuse_if_erased_since(con, uid, began)
+        again = _as_stored(con, uid, samples_id, encoder, scorer, settings, now())
+        if again is not None:  # the same samples, sent twice at once: the first stored them meanwhile
+            return again
         _one_store_at_a_time_per_lock(con, uid)
         _refuse_past_the_limit(comparisons_wait(con, uid, settings.enroll_comparisons))
         at = now()
         before = first_come.standing(con, uid, encoder, scorer, settings, at)
         con.run("SAVEPOINT store")
-        voiceprints.store(con, uid, encoder.model_id, embeddings)
+        voiceprints.store(con, uid, encoder.model_id, embeddings, samples_id)
         after = first_come.standing(con, uid, encoder, scorer, settings, at)
         lost = sorted(set(after.aside_at) - set(before.aside_at)) if before.enrolled else []
         if lost:  # the voiceprint is not stored; the comparison's count is
@@ -110,7 +141,21 @@ def enroll(
             code="voice_matches_member",
             details={"lock_ids": lost},
         )
-    return {**status, "agreement": round(lowest, 4)}
+    return Enrolled({**status, "agreement": round(lowest, 4)}, stored_now=True)
+
+
+def _as_stored(
+    con: Connection, uid: str, samples_id: bytes, encoder: Encoder, scorer: Scorer, settings: Settings, at: dt.datetime
+) -> Enrolled | None:
+    """``uid``'s voiceprint as stored, as its enrollment answered it, if it is the one made from the samples
+    ``samples_id`` (with the current model); else None."""
+    prints = voiceprints.made_from(con, uid, encoder.model_id, samples_id)
+    if prints is None:
+        return None
+    lowest, _ = scoring.agreement(prints)
+    aside = first_come.standing(con, uid, encoder, scorer, settings, at).aside_at  # as GET /embed/enrollment tells
+    status = {**voiceprints.status(con, uid, encoder.model_id), "not_scored_at": aside}
+    return Enrolled({**status, "agreement": round(lowest, 4)}, stored_now=False)
 
 
 def _one_store_at_a_time_per_lock(con: Connection, uid: str) -> None:

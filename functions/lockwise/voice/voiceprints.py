@@ -9,6 +9,7 @@ a voiceprint of another model is reported as needing re-enrollment, never compar
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,23 +37,27 @@ class Candidates:
     allowed: list[bool]  # may open the door now (role, window, an account Firebase Auth has and has not disabled)
 
 
-def store(con: Connection, uid: str, model_id: str, samples: scoring.Matrix) -> scoring.Vector:
-    """Replace the user's voiceprint with one made from ``samples`` ``(n, dim)``; returns the voiceprint."""
+def store(con: Connection, uid: str, model_id: str, samples: scoring.Matrix, samples_id: bytes) -> scoring.Vector:
+    """Replace the user's voiceprint with one made from ``samples`` ``(n, dim)``, the embeddings of the enrollment
+    samples whose identity is ``samples_id`` (``lockwise.voice.enrollment.samples_identity``); returns the
+    voiceprint."""
     vp = scoring.voiceprint(samples)
+    embedding = scoring.to_bytes(vp)
     con.run(
         # stamped when stored, not when the transaction began: of two enrollments that took turns at a lock, the
         # one stored second is the later (``first_come``), though it may have begun first
-        "INSERT INTO voiceprints (user_uid, model_id, dim, embedding, sample_count, sample_embeddings, created_at)"
-        " VALUES (:u, :m, :d, :e, :n, :s, clock_timestamp()) ON CONFLICT (user_uid) DO UPDATE SET"
+        "INSERT INTO voiceprints (user_uid, model_id, dim, embedding, sample_count, sample_embeddings, created_at,"
+        " samples_sha256) VALUES (:u, :m, :d, :e, :n, :s, clock_timestamp(), :h) ON CONFLICT (user_uid) DO UPDATE SET"
         " model_id = EXCLUDED.model_id, dim = EXCLUDED.dim, embedding = EXCLUDED.embedding,"
         " sample_count = EXCLUDED.sample_count, sample_embeddings = EXCLUDED.sample_embeddings,"
-        " created_at = EXCLUDED.created_at",
+        " created_at = EXCLUDED.created_at, samples_sha256 = EXCLUDED.samples_sha256",
         u=uid,
         m=model_id,
         d=int(samples.shape[1]),
-        e=scoring.to_bytes(vp),
+        e=embedding,
         n=int(samples.shape[0]),
         s=scoring.to_bytes(scoring.normalise(samples)),
+        h=_sealed(samples_id, embedding),
     )
     mirror.enqueue(
         con,
@@ -61,6 +66,27 @@ def store(con: Connection, uid: str, model_id: str, samples: scoring.Matrix) -> 
         {"voice_enrolled": True, "samples": int(samples.shape[0]), "enrolled_at": dt.datetime.now(dt.UTC).isoformat()},
     )
     return vp
+
+
+def made_from(con: Connection, uid: str, model_id: str, samples_id: bytes) -> scoring.Matrix | None:
+    """The (normalised) sample embeddings of ``uid``'s voiceprint of ``model_id`` if it is the one made from the
+    samples ``samples_id``, else None: the same samples sent again (``lockwise.voice.enrollment``). The samples'
+    identity is kept sealed with the voiceprint it made, so a voiceprint changed since by anything but an enrollment
+    of other samples is not taken for theirs."""
+    rows = con.run(
+        "SELECT embedding, sample_embeddings, dim, samples_sha256 FROM voiceprints"
+        " WHERE user_uid = :u AND model_id = :m",
+        u=uid,
+        m=model_id,
+    )
+    if not rows or rows[0][3] is None or bytes(rows[0][3]) != _sealed(samples_id, bytes(rows[0][0])):
+        return None
+    return scoring.from_bytes(bytes(rows[0][1]), int(rows[0][2]))
+
+
+def _sealed(samples_id: bytes, embedding: bytes) -> bytes:
+    """What a voiceprint keeps of the samples it was made from: their identity, bound to the voiceprint's bytes."""
+    return hashlib.sha256(samples_id + embedding).digest()
 
 
 def status(con: Connection, uid: str, current_model_id: str) -> dict[str, Any]:
