@@ -219,8 +219,9 @@ def test_a_clip_sent_again_after_its_answer_was_lost_is_answered_with_its_decisi
     again after a timeout). It was a replay of itself: rejected, counted towards the lockout, and shown to the owner
     as a playback attack, while the first sending had opened the door. The same clip from the same lock within two
     minutes is now answered with its first decision (an accepted one with its unlock, while that stands), nothing
-    decided, counted or recorded again; later, or once its unlock no longer stands (one the relay would not send, its
-    issuer's account disabled since: the review's case), it is decided anew."""
+    decided, counted or recorded again. Once its unlock no longer stands (one the relay would not send, its issuer's
+    account disabled since: the review's case; or expired unexecuted, the lock away) it is refused as
+    ``unlock_expired``, uncounted (decided anew it was a counted replay of itself); later, it is decided anew."""
     devices, embed, verify = make_client("devices"), make_client("embed"), make_client("verify")
     world: World = build_world(devices, sign_up)
     takes = _enrolled_member(embed, world, corpus)
@@ -261,19 +262,40 @@ def test_a_clip_sent_again_after_its_answer_was_lost_is_answered_with_its_decisi
     assert after_refusal[2] == 1
     assert post(stranger) == refused and counted() == after_refusal
     # carried out by the lock (acked), its member's account then found disabled: the relay would send it for nobody
-    # now, and the clip is decided anew, the voice nobody's (attack run 40: a removed member's acked unlock was
-    # answered again, grant and all); a command pending is passed over the same way
+    # now (attack run 40: a removed member's acked unlock was answered again, grant and all); a command pending is
+    # passed over the same way. Refused as unlock_expired: uncounted, no replay of itself in the owner's feed
     with get_runtime("verify").db.connection() as con:
         con.run(
             "UPDATE commands SET status = 'acked', acked_at = now() WHERE id = CAST(:c AS uuid)", c=again["command_id"]
         )
         assert post(opened) == again  # carried out, its member as before: answered as made
         con.run("UPDATE users SET account_disabled = true WHERE uid = :u", u=world.uid("member"))
-    anew = post(opened)
-    assert anew["decision"] == "rejected" and anew["attempt_id"] != again["attempt_id"], anew
-    assert "grant" not in anew
+    before_lapse = counted()
+    lapsed = post(opened)
+    assert lapsed["reason"] == "unlock_expired" and lapsed["decision"] == "rejected", lapsed
+    assert lapsed["attempt_id"] != again["attempt_id"] and "grant" not in lapsed
+    assert counted() == (before_lapse[0] + 1, before_lapse[1], before_lapse[2])  # logged; no command, no failure
     with get_runtime("verify").db.connection() as con:
         con.run("UPDATE users SET account_disabled = false WHERE uid = :u", u=world.uid("member"))
+    assert post(opened) == lapsed  # and so answered once more
+    # accepted while the lock was away, its unlock expired unexecuted (30 s): sent again, unlock_expired too
+    away = next(accepted)
+    granted = post(away)
+    with get_runtime("verify").db.connection() as con:
+        con.run(
+            "UPDATE commands SET created_at = created_at - interval '1 minute',"
+            " expires_at = now() - interval '1 second' WHERE id = CAST(:c AS uuid)",
+            c=granted["command_id"],
+        )
+    before_lapse = counted()
+    late_unlock = post(away)
+    assert late_unlock["reason"] == "unlock_expired" and counted()[1:] == before_lapse[1:], late_unlock
+    with get_runtime("verify").db.connection() as con:
+        replays = con.run(
+            "SELECT count(*) FROM verification_attempts WHERE lock_id = CAST(:l AS uuid) AND reason = 'replay'",
+            l=world.lock_id,
+        )
+    assert replays == [[0]]
     # past two minutes, the stranger's clip is decided anew too
     with get_runtime("verify").db.connection() as con:
         con.run(

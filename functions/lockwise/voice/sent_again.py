@@ -3,7 +3,9 @@ lock's Wi-Fi dropped, a timeout). Decided again, it was a replay of itself (the 
 fingerprint): rejected, counted towards the lockout and shown to the owner as a playback attack, while the first had
 opened the door (attack run 39). A lock's microphone never records the same samples twice, so the same body from
 the same lock, soon after, is that clip sent again, and is answered with its decision: nothing is decided, counted
-or recorded again (an accepted one with its grant while its unlock still stands: no second unlock is made)."""
+or recorded again (an accepted one with its grant while its unlock still stands: no second unlock is made). One
+whose unlock no longer stands (expired unexecuted while the lock was away, or its member's access ended) is refused
+as ``unlock_expired``, uncounted: the person is asked to speak again, and the owner is not told of a playback."""
 
 from __future__ import annotations
 
@@ -31,16 +33,17 @@ class Decided:
     matched_uid: str | None
     command_id: str | None  # accepted: its unlock, while that stands (``decided``)
     grant: str | None
+    stands: bool = True  # False: accepted, and its unlock no longer stands (``decided``)
 
 
 def decided(con: Connection, lock_id: str, clip_sha256: bytes, within_s: int) -> Decided | None:
     """The decision of the clip with ``clip_sha256`` at ``lock_id`` in the last ``within_s`` seconds (the verify
-    function's ``LOCKWISE_VOICE_SENT_AGAIN_S``; a lock's timeouts and retries take seconds). None: none (or 0 s), or
-    one accepted whose unlock no longer stands, so it is decided anew: failed or expired unexecuted, or, carried out
-    or not, one whose member the relay would no longer send it for (``members.issuer_gone_sql``: removed, expired or
-    their commands withdrawn, their account found disabled or deleted; attack run 40: a removed member's acked
-    unlock was answered again, grant and all). A voice's erasure forgets the clips scored against it
-    (``lockwise.core.erasure``)."""
+    function's ``LOCKWISE_VOICE_SENT_AGAIN_S``; a lock's timeouts and retries take seconds); None: none (or 0 s).
+    One accepted whose unlock no longer stands is returned with ``stands`` False, without its unlock: failed or
+    expired unexecuted, or, carried out or not, one whose member the relay would no longer send it for
+    (``members.issuer_gone_sql``: removed, expired or their commands withdrawn, their account found disabled or
+    deleted; attack run 40: a removed member's acked unlock was answered again, grant and all). A voice's erasure
+    forgets the clips scored against it (``lockwise.core.erasure``), which are then decided anew."""
     if within_s <= 0:
         return None
     rows = con.run(
@@ -61,6 +64,6 @@ def decided(con: Connection, lock_id: str, clip_sha256: bytes, within_s: int) ->
     attempt_id, outcome, reason, matched, command_id, payload, stands = rows[0]
     if outcome == "accepted":
         if not stands:
-            return None
+            return Decided(attempt_id, outcome, reason, matched, None, None, stands=False)
         return Decided(attempt_id, outcome, reason, matched, command_id, payload)
     return Decided(attempt_id, outcome, reason, None, None, None)

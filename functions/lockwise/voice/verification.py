@@ -87,6 +87,9 @@ class Refusal:
         return errors.RateLimited(self.message, retry_after_s=retry_after_s or 1, code=self.code)
 
 
+#: the reason of a clip sent again after its accepted first sending's unlock lapsed (``_Attempt.lapsed``)
+UNLOCK_EXPIRED = "unlock_expired"
+
 IN_PROGRESS = Refusal(
     "in_progress", "voice_attempt_in_progress", "another attempt at this lock is being decided; try again"
 )
@@ -265,8 +268,8 @@ class Doors:
             if not found_lock[0][1]:  # another attempt at this lock is being decided: answered now, not after it
                 return attempt.refused(IN_PROGRESS, IN_PROGRESS_RETRY_S)
             first = sent_again.decided(con, lock_id, sent_as, self.settings.voice_sent_again_s)
-            if first is not None:  # its answer was lost: nothing is decided, counted or recorded again
-                return attempt.as_before(first)
+            if first is not None:  # its answer was lost: nothing is decided or counted again
+                return attempt.as_before(first) if first.stands else attempt.lapsed(first)
             held = lockout.hold(con, lock_id, now)
             if held.wait_s:  # refused before the model runs: a locked-out lock costs no forward pass
                 return attempt.refused(LOCKED_OUT, held.wait_s)
@@ -358,8 +361,7 @@ class _Attempt:
 
     def as_before(self, first: sent_again.Decided) -> Result:
         """The clip's decision at its first sending, for the same clip sent again."""
-        encoder = self.doors.encoder
-        stale = len(voiceprints.candidates(self.con, self.lock_id, encoder.model_id, encoder.dim, self.now).stale_uids)
+        stale = self._stale()
         logger.info(
             "a clip sent again was answered with its first decision",
             extra={"fields": {"attempt_id": first.attempt_id, "outcome": first.outcome}},
@@ -378,6 +380,18 @@ class _Attempt:
                 stale_voiceprints=stale,
             )
         return Result(first.outcome, first.attempt_id, first.reason, stale_voiceprints=stale)
+
+    def lapsed(self, first: sent_again.Decided) -> Result:
+        """A clip accepted at its first sending, sent again once its unlock no longer stands: refused as
+        ``unlock_expired``, uncounted, without a look at its voice. Decided anew it was a ``replay`` of itself, counted
+        towards the lockout and shown to the owner as a playback attack (attack run 39's lost answer, the lock away
+        past the unlock's 30 s). Kept with the clip's identity: sent again later, it is answered so again."""
+        attempt = self._record("rejected", UNLOCK_EXPIRED, clip_sha256=self.clip_sha256)
+        logger.info(
+            "a clip sent again was refused: its first decision's unlock no longer stands",
+            extra={"fields": {"attempt_id": attempt, "first_attempt_id": first.attempt_id}},
+        )
+        return Result("rejected", attempt, UNLOCK_EXPIRED, stale_voiceprints=self._stale())
 
     def refused(self, refusal: Refusal, retry_after_s: int) -> Result:
         """Refused before any voice is scored."""
@@ -470,6 +484,11 @@ class _Attempt:
             issued.payload,
             stale_voiceprints=stale,
         )
+
+    def _stale(self) -> int:
+        """How many of the lock's members allowed now must enroll again (another model's voiceprint)."""
+        encoder = self.doors.encoder
+        return len(voiceprints.candidates(self.con, self.lock_id, encoder.model_id, encoder.dim, self.now).stale_uids)
 
     def _record(self, outcome: str, reason: str, **logged: Any) -> str:
         return record_attempt(self.con, self.lock_id, outcome, reason, **logged)
