@@ -70,6 +70,38 @@ def test_a_removed_members_unlock_is_not_delivered_after_the_removal(world: Worl
     assert status(relay_db, waiting)[0] == "failed"
 
 
+def test_a_members_update_sent_again_unchanged_withdraws_none_of_her_commands(world: World, relay_db: Database) -> None:
+    """An update of a member's terms sent again after its answer was lost (the same role and access) withdrew her
+    unsent commands, as sent under the access she had, and told the feed of a change. Terms she has already change
+    nothing now; other terms still withdraw them."""
+    url = f"/devices/locks/{world.lock_id}/members/{world.uid('member')}"
+    ends = dt.datetime.now(dt.UTC) + dt.timedelta(days=7)
+    terms = {"role": "member", "access": {"expires_at": ends.isoformat()}}
+
+    def patch(body: dict[str, Any]) -> Any:
+        resp = world.devices.patch(url, json=body, headers=world.headers("owner"))
+        assert resp.status_code == 200, resp.get_json()
+        return resp.get_json()
+
+    def changed() -> list[bool]:  # the audit log's updates of her: True where her terms changed
+        with relay_db.connection() as con:
+            rows = con.run(
+                "SELECT details->>'unchanged' IS NULL FROM audit_log WHERE action = 'member.update' AND target = :u"
+                " ORDER BY id",
+                u=world.uid("member"),
+            )
+        return [bool(row[0]) for row in rows]
+
+    first = patch(terms)
+    waiting = send(world, "member").get_json()["command"]["id"]
+    assert patch(terms) == first and patch(terms) == first
+    assert status(relay_db, waiting) == ("pending", None) and changed() == [True, False, False]
+    assert waiting in [c.id for c, _ in deliver(relay_db, world)]
+    later = send(world, "member").get_json()["command"]["id"]
+    patch({"role": "member", "access": {"expires_at": (ends + dt.timedelta(days=1)).isoformat()}})  # other terms
+    assert status(relay_db, later) == ("failed", command_outcomes.WITHDRAWN) and changed()[-1]
+
+
 @pytest.mark.parametrize("found", ["disabled", "deleted"])
 def test_an_unlock_of_an_account_found_disabled_or_deleted_is_not_delivered_after(
     world: World, relay_db: Database, found: str

@@ -307,14 +307,27 @@ def update_member(
     restarting it let an admin who paused a member, enrolled her recordings and lifted the pause take her voice:
     attack run 23). An expiry in the past is stored as when the access did end: now, or when it had ended already
     (a pause dated 2001 made a member who came back by invitation look gone since then, and her voiceprint newer than
-    her leaving: she started again behind an admin's copy enrolled meanwhile, a review of ``invitations.accept``)."""
+    her leaving: she started again behind an admin's copy enrolled meanwhile, a review of ``invitations.accept``).
+    The terms the membership has already (an update sent again, its answer lost) change nothing: its unsent
+    commands stay, and the feed and the app's view are not told of a change."""
     _check_can_manage(actor, target)
     members.check_can_grant(actor, role)
     members.check_ends_in_time(actor, access)
-    door_decisions.wait_for(con, lock_id)  # one deciding on the access it had opens the door before this answer
     if access["expires_at"] is not None and access["expires_at"] < now:
         ended = target.expires_at if target.expires_at is not None and target.expires_at <= now else now
         access = {**access, "expires_at": ended}
+    if role == target.role and all(getattr(target, name) == value for name, value in access.items()):
+        audit.record(
+            con,
+            audit.user_actor(actor.user_uid),
+            "member.update",
+            "ok",
+            lock_id=lock_id,
+            target=target.user_uid,
+            details={"role": role, "unchanged": True},
+        )
+        return target
+    door_decisions.wait_for(con, lock_id)  # one deciding on the access it had opens the door before this answer
     if not target.active(now) and (access["expires_at"] is None or access["expires_at"] > now):  # one more member
         members.refuse_past_limit(con, lock_id, members_per_lock, now)
     con.run(
