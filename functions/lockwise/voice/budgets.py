@@ -57,7 +57,7 @@ def at_lock(
     owner's locks side by side both ran the model (a full test run, once)."""
     scored_at = (
         "FROM verification_attempts WHERE created_at > :minute AND outcome IN ('accepted', 'rejected')"
-        " AND reason <> 'no_candidates'"
+        " AND reason NOT IN ('no_candidates', 'unlock_expired')"  # answered without the model
     )
     ((slot,),) = con.run(
         "SELECT (SELECT k FROM generate_series(0, :places - 1) k WHERE pg_try_advisory_xact_lock(hashtextextended("

@@ -385,8 +385,9 @@ class _Attempt:
         """A clip accepted at its first sending, sent again once its unlock no longer stands: refused as
         ``unlock_expired``, uncounted, without a look at its voice. Decided anew it was a ``replay`` of itself, counted
         towards the lockout and shown to the owner as a playback attack (attack run 39's lost answer, the lock away
-        past the unlock's 30 s). Kept with the clip's identity: sent again later, it is answered so again."""
-        attempt = self._record("rejected", UNLOCK_EXPIRED, clip_sha256=self.clip_sha256)
+        past the unlock's 30 s). Kept with the clip's identity (sent again later, it is answered so again) and whose
+        voice the first accepted, so that the erasure of that voice forgets the clip here too (a review)."""
+        attempt = self._record("rejected", UNLOCK_EXPIRED, clip_sha256=self.clip_sha256, best_uid=first.matched_uid)
         logger.info(
             "a clip sent again was refused: its first decision's unlock no longer stands",
             extra={"fields": {"attempt_id": attempt, "first_attempt_id": first.attempt_id}},
