@@ -6,6 +6,7 @@ its ONNX export, GE2E with numpy; no torch, no SpeechBrain (they stay at build t
 
 from __future__ import annotations
 
+import base64
 from typing import Any
 
 import flask
@@ -96,8 +97,6 @@ def embed_original(ctx: Ctx) -> JsonBody:
     auth.check_service_token(ctx.service_token(), rt.settings.service_token)
     clip = audio.validate(audio.from_json(ctx.json(None, audio.max_body_bytes(limits)), fields=None), limits)
     vector = encoder.embed(clip.samples, clip.rate)
-    import base64
-
     return {
         "embedding": base64.b64encode(scoring.to_bytes(vector)).decode(),
         "dim": encoder.dim,

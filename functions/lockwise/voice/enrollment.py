@@ -72,7 +72,10 @@ def enroll(
     """
     uid = user.uid
     samples_id = samples_identity(clips)
-    with db.connection() as con:
+    # one snapshot, so that its reads agree on the voiceprint (a review); it waits for no lock: an enrollment begun
+    # while a deletion waits still begins before that deletion (``_refuse_if_erased_since``)
+    with db.transaction() as con:
+        con.run("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
         again = _as_stored(con, uid, samples_id, encoder, scorer, settings, now())
     if again is not None:
         return again
@@ -148,7 +151,8 @@ def _as_stored(
     con: Connection, uid: str, samples_id: bytes, encoder: Encoder, scorer: Scorer, settings: Settings, at: dt.datetime
 ) -> Enrolled | None:
     """``uid``'s voiceprint as stored, as its enrollment answered it, if it is the one made from the samples
-    ``samples_id`` (with the current model); else None."""
+    ``samples_id`` (with the current model); else None. Read in one snapshot (the first check) or holding
+    ``erasure.VOICE_LOCK`` (the store's): the statements that read the voiceprint agree on it."""
     prints = voiceprints.made_from(con, uid, encoder.model_id, samples_id)
     if prints is None:
         return None
