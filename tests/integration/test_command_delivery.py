@@ -102,6 +102,29 @@ def test_a_members_update_sent_again_unchanged_withdraws_none_of_her_commands(wo
     assert status(relay_db, later) == ("failed", command_outcomes.WITHDRAWN) and changed()[-1]
 
 
+def test_a_guests_unlock_made_as_her_window_ends_is_not_delivered_after_it(world: World, relay_db: Database) -> None:
+    """Attack run 41: a guest's unlock made in the last seconds of her window, held while the lock was away, went out
+    after the window ended (the relay checks the command's expiry and the issuer's removal, not a guest's window),
+    and a lock acts on a command until its signed expiry. A command now expires when its issuer's permission does."""
+    ends = (dt.datetime.now(dt.UTC) + dt.timedelta(seconds=3)).replace(microsecond=0)
+    resp = world.devices.patch(
+        f"/devices/locks/{world.lock_id}/members/{world.uid('guest_in')}",
+        json={"role": "guest", "access": {"valid_until": ends.isoformat()}},
+        headers=world.headers("owner"),
+    )
+    assert resp.status_code == 200, resp.get_json()
+    made = send(world, "guest_in")
+    assert made.status_code == 202, made.get_json()
+    command = made.get_json()["command"]
+    assert dt.datetime.fromisoformat(command["expires_at"]) == ends  # not the 30 s a command is given
+    with relay_db.connection() as con:
+        ((payload,),) = con.run("SELECT payload FROM commands WHERE id = CAST(:i AS uuid)", i=command["id"])
+    assert command_signing.verify(payload, world.credentials["server_public_key"]).expires_at == ends.timestamp()
+    time.sleep(max(0.0, (ends - dt.datetime.now(dt.UTC)).total_seconds()) + 0.2)  # the lock away until then
+    assert send(world, "guest_in").get_json()["error"]["code"] == "outside_access_window"
+    assert command["id"] not in [c.id for c, _ in deliver(relay_db, world)]
+
+
 @pytest.mark.parametrize("found", ["disabled", "deleted"])
 def test_an_unlock_of_an_account_found_disabled_or_deleted_is_not_delivered_after(
     world: World, relay_db: Database, found: str

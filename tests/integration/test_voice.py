@@ -860,6 +860,25 @@ def test_enrollment_samples_sent_again_are_answered_as_stored_nothing_counted(
     assert counted()[1] == 3  # compared once
 
 
+def test_a_guests_voice_unlock_expires_with_her_window(clients: dict[str, Any], world: World) -> None:
+    """Attack run 41: a guest's voice accepted in the last seconds of her window got an unlock good for 30 s, which
+    the relay sent and the lock acted on after the window ended (and which a clip sent again was answered with). It
+    now expires when her window does."""
+    guest = world.accounts["guest_in"]
+    assert enroll(clients, guest).status_code == 201
+    ends = (dt.datetime.now(dt.UTC) + dt.timedelta(seconds=20)).replace(microsecond=0)
+    resp = clients["devices"].patch(
+        f"/devices/locks/{world.lock_id}/members/{world.uid('guest_in')}",
+        json={"role": "guest", "access": {"valid_until": ends.isoformat()}},
+        headers=world.headers("owner"),
+    )
+    assert resp.status_code == 200, resp.get_json()
+    answer = signed_verify(clients, world, wav(take())).get_json()
+    assert answer["decision"] == "accepted" and answer["member_uid"] == world.uid("guest_in"), answer
+    grant = command_signing.verify(answer["grant"], world.credentials["server_public_key"])
+    assert grant.expires_at == ends.timestamp() < grant.issued_at + get_runtime("verify").settings.command_ttl_s
+
+
 def test_deleting_voice_data_removes_the_scores_it_produced(clients: dict[str, Any], world: World) -> None:
     assert enroll(clients, world.accounts["member"]).status_code == 201
     accepted = signed_verify(clients, world, wav(take())).get_json()

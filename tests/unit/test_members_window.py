@@ -196,3 +196,26 @@ def test_an_overnight_window_on_some_days_ends_at_midnight_and_a_change_of_clock
     assert early.next_edge(at("2026-11-01T05:40:00+00:00")) == at("2026-11-01T06:00:00+00:00")
     assert early.next_edge(at("2026-11-01T06:10:00+00:00")) == at("2026-11-01T06:30:00+00:00")
     assert early.in_window(at("2026-11-01T06:10:00+00:00")) and not early.in_window(at("2026-11-01T06:30:00+00:00"))
+
+
+def test_when_what_a_member_may_do_ends_within_a_commands_lifetime() -> None:
+    """Attack run 41: a guest's unlock made in the last seconds of her window was delivered and acted on after it
+    (the relay and the lock check the command's expiry, not her window). A command now expires when the issuer's
+    permission ends within its lifetime (``allowed_until``), whichever bound ends it."""
+    now = at("2030-01-07T16:59:50-05:00")  # a Monday, 10 s before 17:00 in New York
+    horizon = now + dt.timedelta(seconds=30)
+    hours = guest(weekdays=0b0000011, day_start_minute=9 * 60, day_end_minute=17 * 60, timezone="America/New_York")
+    assert hours.allowed_until(now, horizon) == at("2030-01-07T17:00:00-05:00")
+    assert hours.allowed_until(now - dt.timedelta(minutes=5), horizon - dt.timedelta(minutes=5)) is None
+    until = guest(valid_until=at("2030-01-07T22:00:07+00:00"))
+    assert until.allowed_until(now, horizon) == at("2030-01-07T22:00:07+00:00")
+    member = Membership(lock_id="L", user_uid="m", role="member", expires_at=at("2030-01-07T22:00:20+00:00"))
+    assert member.allowed_until(now, horizon) == at("2030-01-07T22:00:20+00:00")
+    assert Membership(lock_id="L", user_uid="m", role="member").allowed_until(now, horizon) is None
+    # every day, 22:00-06:00: midnight inside the window is an edge, not an end
+    nights = guest(weekdays=0b1111111, day_start_minute=22 * 60, day_end_minute=6 * 60, timezone="UTC")
+    late = at("2030-01-07T23:59:50+00:00")
+    assert nights.allowed_until(late, late + dt.timedelta(seconds=30)) is None
+    # Mondays only, overnight: Monday's night ends at Tuesday's midnight
+    monday_nights = guest(weekdays=0b0000001, day_start_minute=22 * 60, day_end_minute=6 * 60, timezone="UTC")
+    assert monday_nights.allowed_until(late, late + dt.timedelta(seconds=30)) == at("2030-01-08T00:00:00+00:00")

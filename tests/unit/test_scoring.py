@@ -116,6 +116,7 @@ def test_of_two_voiceprints_that_pass_as_each_other_only_the_one_going_first_is_
     from types import SimpleNamespace
 
     from lockwise.core.config import Settings
+    from lockwise.devices.members import Membership
     from lockwise.voice import first_come
     from lockwise.voice.model.encoder import Scorer, policy
     from lockwise.voice.verification import decide
@@ -126,11 +127,12 @@ def test_of_two_voiceprints_that_pass_as_each_other_only_the_one_going_first_is_
     alice, bob = unit(1, 0, 0, 0), unit(0, 1, 0, 0)
     copy = unit(1, 0.05, 0, 0)  # Alice's voice, other recordings
     uids = ["mallory", "alice", "bob"]
+    members = [Membership("lock", uid, "member") for uid in uids]
 
     def at_lock(owner: str, *days: int, allowed: tuple[bool, ...] = (True, True, True)) -> Candidates:
         came = [day + dt.timedelta(days=d) for d in days]
         precedence = [(u != owner, t, u) for u, t in zip(uids, came, strict=True)]
-        return Candidates(uids, np.stack([copy, alice, bob]), [], precedence, list(allowed))
+        return Candidates(uids, np.stack([copy, alice, bob]), [], precedence, list(allowed), members)
 
     def named(at: Candidates, index: int | None) -> str | None:
         return None if index is None else at.uids[index]
@@ -156,7 +158,7 @@ def test_of_two_voiceprints_that_pass_as_each_other_only_the_one_going_first_is_
     chain = np.stack([unit(np.cos(k * turn), np.sin(k * turn), 0, 0) for k in range(3)])
     assert rules.threshold < np.cos(turn) and np.cos(2 * turn) < rules.threshold
     came = [(True, day + dt.timedelta(days=k), u) for k, u in enumerate(uids)]
-    in_turn = Candidates(uids, chain, [], came, [True] * 3)
+    in_turn = Candidates(uids, chain, [], came, [True] * 3, members)
     assert first_come.set_aside(in_turn, scorer, rules).tolist() == [False, True, False]
     # the first of two like voiceprints yields nothing to an utterance that does not pass as it (a voiceprint of
     # two people's samples came first: the later member's own voice does not reach it, and is hers: attack run 24)

@@ -92,8 +92,10 @@ def from_app(
     ttl_s: int,
     idempotency_key: str | None,
     per_minute: int,
+    ends_at: dt.datetime | None = None,
 ) -> Issued:
-    """A command the member ``issuer`` sent from the app (their right to operate the lock already checked): the
+    """A command the member ``issuer`` sent from the app (their right to operate the lock already checked, and
+    ``ends_at`` when it ends within ``ttl_s``: ``create``): the
     action must be one this lock supports and the lock must hold a live credential (paired), else 400 / 409. Their
     requests are taken one at a time (``users.hold_caller``: a revoked session is refused), before the retry's
     lookup (a retry meets its first request's command)."""
@@ -117,6 +119,7 @@ def from_app(
         ttl_s=ttl_s,
         idempotency_key=idempotency_key,
         per_minute=per_minute,
+        ends_at=ends_at,
     )
 
 
@@ -139,10 +142,13 @@ def create(
     idempotency_key: str | None = None,
     attempt_id: str | None = None,
     per_minute: int | None = None,
+    ends_at: dt.datetime | None = None,
 ) -> Issued:
     """Insert and sign a command (its row read back by the insert itself). With ``per_minute`` (the app's commands,
     ``from_app``, which holds the issuer's row first), a new command counts against the issuer's minute's budget (a
-    retry is answered, not counted)."""
+    retry is answered, not counted). ``ends_at``: when the issuer stops being allowed to operate the lock, within
+    ``ttl_s`` (``Membership.allowed_until``): the command expires then, for the relay and the lock alike, and one
+    whose signed whole seconds would leave it no time is 403 ``outside_access_window``."""
     if idempotency_key is not None:
         existing = _by_idempotency_key(con, lock_id, issuer_uid, idempotency_key)
         if existing is not None:
@@ -154,6 +160,10 @@ def create(
     created = dt.datetime.now(dt.UTC)
     now = created.replace(microsecond=0)
     expires = now + dt.timedelta(seconds=ttl_s)
+    if ends_at is not None:
+        expires = min(expires, ends_at.replace(microsecond=0))
+        if expires <= created:
+            raise errors.Forbidden("your access window ends now", code="outside_access_window")
     command_id = str(uuid.uuid4())  # random (os.urandom), as gen_random_uuid() is: known before the row, to sign
     nonce = secrets.token_urlsafe(18)
     payload = command_signing.sign(

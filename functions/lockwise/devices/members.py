@@ -84,6 +84,20 @@ class Membership:
         """May open or lock the door right now (commands and voice)."""
         return self.active(now) and self.in_window(now)
 
+    def allowed_until(self, now: dt.datetime, horizon: dt.datetime) -> dt.datetime | None:
+        """When this member stops being allowed to operate the lock (``may_operate``) after ``now``, if that is by
+        ``horizon``; None if they still may then. A command they send (or their voice's unlock) expires by it: issued
+        a moment before a guest's window ended, it was delivered and acted on after it (attack run 41)."""
+        edge = now
+        for _ in range(64):  # edges a few minutes apart at most: a command's lifetime holds a handful
+            after = self.next_edge(edge)
+            if after is None or after > horizon:
+                return None
+            if not self.may_operate(after):
+                return after
+            edge = after
+        return edge  # edges without end (not seen): the command is not issued past what was checked
+
     def ended(self, now: dt.datetime) -> bool:
         """Access over for good: revoked, expired, or a guest whose ``valid_until`` has passed."""
         closed = self.role == "guest" and self.valid_until is not None and now >= self.valid_until

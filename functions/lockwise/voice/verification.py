@@ -464,6 +464,8 @@ class _Attempt:
         if held.counting:  # an owner's usual accepted attempt has nothing to clear: one statement fewer
             lockout.clear(self.con, self.lock_id)
         settings = self.doors.settings
+        horizon = self.now + dt.timedelta(seconds=settings.command_ttl_s)
+        ends = found.memberships[found.uids.index(matched)].allowed_until(self.now, horizon) if matched else None
         issued = commands.create(
             self.con,
             lock_id=self.lock_id,
@@ -473,6 +475,7 @@ class _Attempt:
             signing_key_b64=settings.signing_key(),
             ttl_s=settings.command_ttl_s,
             attempt_id=attempt,
+            ends_at=ends,
         )
         return Result(
             "accepted",

@@ -35,6 +35,7 @@ class Candidates:
     #: (not the lock's owner, when the voiceprint came to the lock, uid)
     precedence: list[tuple[bool, dt.datetime, str]]
     allowed: list[bool]  # may open the door now (role, window, an account Firebase Auth has and has not disabled)
+    memberships: list[Membership]  # each one's (an unlock ends with its window: ``Membership.allowed_until``)
 
 
 def store(con: Connection, uid: str, model_id: str, samples: scoring.Matrix, samples_id: bytes) -> scoring.Vector:
@@ -143,10 +144,12 @@ def candidates(con: Connection, lock_id: str, model_id: str, dim: int, now: dt.d
     stale: list[str] = []
     precedence: list[tuple[bool, dt.datetime, str]] = []
     allowed: list[bool] = []
+    memberships: list[Membership] = []
     for row in rows:
         vp_model, vp_dim, vp_embedding = row.pop("vp_model"), row.pop("vp_dim"), row.pop("vp_embedding")
         vp_arrived, vp_scored = row.pop("vp_arrived"), row.pop("vp_scored")
-        may = bool(vp_scored) and Membership(**row).may_operate(now)
+        membership = Membership(**row)
+        may = bool(vp_scored) and membership.may_operate(now)
         # another model's, or one no cosine can be taken with (NaN or no direction: written past enrollment, which
         # makes none; its NaN scores, stored for a say-again, made every such attempt a 500 nothing counted): to
         # enroll again, scored as nobody's
@@ -159,8 +162,9 @@ def candidates(con: Connection, lock_id: str, model_id: str, dim: int, now: dt.d
         vectors.append(vector[0])
         precedence.append((row["role"] != "owner", vp_arrived, row["user_uid"]))
         allowed.append(may)
+        memberships.append(membership)
     prints = np.stack(vectors) if vectors else np.zeros((0, dim), np.float32)
-    return Candidates(uids, prints, stale, precedence, allowed)
+    return Candidates(uids, prints, stale, precedence, allowed, memberships)
 
 
 @dataclass(frozen=True)
