@@ -681,6 +681,10 @@ def _windows(now: dt.datetime) -> list[dict[str, Any]]:
         ):
             if start != end:
                 out.append({"timezone": tz, "day_start_minute": start, "day_end_minute": end})
+                if start > end:  # overnight, on yesterday's or today's night (each is the night of its day)
+                    for day in (today - 1, today):
+                        out.append({"timezone": tz, "weekdays": [names[day % 7]], "day_start_minute": start,
+                                    "day_end_minute": end})  # fmt: skip
         out.append({"timezone": tz, "weekdays": [names[today]], "day_start_minute": 0, "day_end_minute": 1440})
     return out
 

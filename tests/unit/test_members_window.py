@@ -183,13 +183,17 @@ def test_a_guest_past_their_last_day_has_ended_and_one_between_days_has_not() ->
     assert not member.ended(at("2026-12-04T00:00:00+00:00"))
 
 
-def test_an_overnight_window_on_some_days_ends_at_midnight_and_a_change_of_clocks_is_an_edge() -> None:
-    """A review: a Monday-only 22:00-06:00 window closes at Tuesday's midnight (the rules and ``in_window`` read
-    the local weekday), where ``next_edge`` said 06:00; and a wall time the clocks pass twice is an edge at both
-    instants, the change of offset itself one too."""
+def test_an_overnight_window_on_some_days_is_their_nights_and_a_change_of_clocks_is_an_edge() -> None:
+    """Attack run 41: a Monday-only 22:00-06:00 window let the guest in early on Monday (Sunday's night) and closed
+    at Tuesday's midnight (the local weekday of each moment was read); it is Monday's night, until Tuesday 06:00.
+    ``next_edge`` still names each midnight (a harmless extra refresh). A wall time the clocks pass twice is an
+    edge at both instants, the change of offset itself one too."""
     mondays = guest(timezone="UTC", weekdays=1 << 0, day_start_minute=22 * 60, day_end_minute=6 * 60)
     monday_night = at("2026-11-30T22:30:00+00:00")  # a Monday
-    assert mondays.in_window(monday_night) and not mondays.in_window(at("2026-12-01T00:00:00+00:00"))
+    assert mondays.in_window(monday_night) and mondays.in_window(at("2026-12-01T00:00:00+00:00"))
+    assert mondays.in_window(at("2026-12-01T05:59:00+00:00")) and not mondays.in_window(at("2026-12-01T06:00:00+00:00"))
+    assert not mondays.in_window(at("2026-11-30T03:00:00+00:00"))  # Sunday's night
+    assert not mondays.in_window(at("2026-12-01T22:30:00+00:00"))  # Tuesday's
     assert mondays.next_edge(monday_night) == at("2026-12-01T00:00:00+00:00")
     # New York's clocks go back on 2026-11-01 at 06:00Z (02:00 EDT): 01:30 local is 05:30Z and again 06:30Z
     early = guest(timezone="America/New_York", day_start_minute=0, day_end_minute=90)
@@ -216,6 +220,8 @@ def test_when_what_a_member_may_do_ends_within_a_commands_lifetime() -> None:
     nights = guest(weekdays=0b1111111, day_start_minute=22 * 60, day_end_minute=6 * 60, timezone="UTC")
     late = at("2030-01-07T23:59:50+00:00")
     assert nights.allowed_until(late, late + dt.timedelta(seconds=30)) is None
-    # Mondays only, overnight: Monday's night ends at Tuesday's midnight
+    # Mondays only, overnight: Monday's night runs past midnight, and ends on Tuesday at 06:00
     monday_nights = guest(weekdays=0b0000001, day_start_minute=22 * 60, day_end_minute=6 * 60, timezone="UTC")
-    assert monday_nights.allowed_until(late, late + dt.timedelta(seconds=30)) == at("2030-01-08T00:00:00+00:00")
+    assert monday_nights.allowed_until(late, late + dt.timedelta(seconds=30)) is None
+    dawn = at("2030-01-08T05:59:45+00:00")
+    assert monday_nights.allowed_until(dawn, dawn + dt.timedelta(seconds=30)) == at("2030-01-08T06:00:00+00:00")

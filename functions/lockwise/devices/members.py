@@ -70,11 +70,16 @@ class Membership:
         if self.valid_until is not None and now >= self.valid_until:
             return False
         local = now.astimezone(ZoneInfo(self.timezone))
-        if self.weekdays is not None and not (self.weekdays >> local.weekday()) & 1:
+        minute = local.hour * 60 + local.minute
+        start, end = self.day_start_minute, self.day_end_minute
+        # an overnight window (its start after its end) is the night of the day it opens: its hours after midnight
+        # belong to the day before (Fridays 22:00-06:00 had let the guest in early on Friday, Thursday's night, and
+        # not early on Saturday: attack run 41)
+        after_midnight = start is not None and end is not None and not start < end and minute < end
+        opened = (local - dt.timedelta(days=1)).weekday() if after_midnight else local.weekday()
+        if self.weekdays is not None and not (self.weekdays >> opened) & 1:
             return False
-        if self.day_start_minute is not None and self.day_end_minute is not None:
-            minute = local.hour * 60 + local.minute
-            start, end = self.day_start_minute, self.day_end_minute
+        if start is not None and end is not None:
             inside = start <= minute < end if start < end else (minute >= start or minute < end)  # overnight
             if not inside:
                 return False
