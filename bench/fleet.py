@@ -156,9 +156,10 @@ def make_fleet(db: Database, ca_pem: str, n: int, folder: Path) -> list[FleetLoc
 async def fan_out_through_relay(db: Database, fleet: list[FleetLock], signing_key: str) -> list[float]:
     with db.transaction() as con:
         for lock in fleet:
+            at = dt.datetime.now(dt.UTC)
             commands.create(
                 con, lock_id=lock.lock_id, action="unlock", issuer_kind="user", issuer_uid="bench-owner",
-                signing_key_b64=signing_key, ttl_s=120,
+                signing_key_b64=signing_key, at=at, expires=at.replace(microsecond=0) + dt.timedelta(seconds=120),
             )  # fmt: skip
     committed = time.perf_counter()
     deadline = time.monotonic() + 120

@@ -366,19 +366,18 @@ def create_command(ctx: Ctx, lock_id: str) -> Result:
     body = ctx.json(("action", "idempotency_key"))
     key = idempotency.from_request(ctx.request.headers.get("Idempotency-Key"), body.get("idempotency_key"))
     audited_action = f"command.{body['action']}" if body.get("action") in commands.ACTIONS else "command.invalid"
-    ttl_s, now = rt.settings.command_ttl_s, rt.now()
     with with_denials_audited(user.uid, lock_id, audited_action), rt.db.transaction() as con:
-        membership = members.require(con, lock_id, user.uid, now, operate=True)
+        membership = members.require(con, lock_id, user.uid, rt.now(), operate=True)
         issued = commands.from_app(
             con,
             lock_id=lock_id,
             issuer=user,
             action=body.get("action"),
             signing_key_b64=rt.settings.signing_key(),
-            ttl_s=ttl_s,
+            ttl_s=rt.settings.command_ttl_s,
             idempotency_key=key,
             per_minute=rt.settings.app_commands_per_minute,
-            ends_at=membership.allowed_until(now, now + dt.timedelta(seconds=ttl_s)),
+            membership=membership,
         )
     rt.flush_mirror()
     return {"command": issued.command}, 202 if issued.created else 200

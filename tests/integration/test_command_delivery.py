@@ -9,6 +9,7 @@ import datetime as dt
 import json
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -123,6 +124,28 @@ def test_a_guests_unlock_made_as_her_window_ends_is_not_delivered_after_it(world
     time.sleep(max(0.0, (ends - dt.datetime.now(dt.UTC)).total_seconds()) + 0.2)  # the lock away until then
     assert send(world, "guest_in").get_json()["error"]["code"] == "outside_access_window"
     assert command["id"] not in [c.id for c, _ in deliver(relay_db, world)]
+
+
+def test_a_guests_unlock_that_waited_for_her_turn_expires_with_her_window(world: World, relay_db: Database) -> None:
+    """Attack run 42: the window was judged by the request's first clock, so a command made after a wait for the
+    guest's row (another of her requests holding it) got its full lifetime, past an end that came within it only
+    during the wait. The window is now judged by the clock the command is made by."""
+    ttl = get_settings("devices").command_ttl_s
+    ends = (dt.datetime.now(dt.UTC) + dt.timedelta(seconds=ttl + 1.5)).replace(microsecond=0)
+    resp = world.devices.patch(
+        f"/devices/locks/{world.lock_id}/members/{world.uid('guest_in')}",
+        json={"role": "guest", "access": {"valid_until": ends.isoformat()}},
+        headers=world.headers("owner"),
+    )
+    assert resp.status_code == 200, resp.get_json()
+    with ThreadPoolExecutor(1) as pool:
+        with relay_db.transaction() as con:  # another of her requests holds her row for 2.5 s
+            con.run("SELECT 1 FROM users WHERE uid = :u FOR UPDATE", u=world.uid("guest_in"))
+            made = pool.submit(send, world, "guest_in")
+            time.sleep(2.5)
+        answer = made.result(30)
+    assert answer.status_code == 202, answer.get_json()
+    assert dt.datetime.fromisoformat(answer.get_json()["command"]["expires_at"]) == ends
 
 
 @pytest.mark.parametrize("found", ["disabled", "deleted"])

@@ -112,6 +112,7 @@ def test_deleting_a_lock_waits_for_a_request_that_has_checked_its_member(world: 
                     ttl_s=settings.command_ttl_s,
                     idempotency_key=None,
                     per_minute=settings.app_commands_per_minute,
+                    membership=actor,
                 )
             elif what == "invitation":
                 invitations.invite(
@@ -339,7 +340,7 @@ def test_an_idempotent_retry_of_the_minutes_last_command_made_meanwhile_is_answe
     rt, owner = get_runtime("devices"), world.uid("owner")
 
     def make(con: Any) -> commands.Issued:
-        members.require(con, world.lock_id, owner, rt.now(), operate=True)
+        membership = members.require(con, world.lock_id, owner, rt.now(), operate=True)
         return commands.from_app(
             con,
             lock_id=world.lock_id,
@@ -349,6 +350,7 @@ def test_an_idempotent_retry_of_the_minutes_last_command_made_meanwhile_is_answe
             ttl_s=60,
             idempotency_key="tap-1",
             per_minute=1,
+            membership=membership,
         )
 
     def retry() -> commands.Issued:

@@ -879,6 +879,34 @@ def test_a_guests_voice_unlock_expires_with_her_window(clients: dict[str, Any], 
     assert grant.expires_at == ends.timestamp() < grant.issued_at + get_runtime("verify").settings.command_ttl_s
 
 
+def test_a_voice_accepted_as_a_guests_window_ends_gets_no_unlock_and_no_403(
+    clients: dict[str, Any], world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Attack run 42: a guest's voice judged inside her window at the request's clock, its unlock made after the
+    window ended (the forward pass between): the unlock's check raised a 403 the verify contract does not have, and
+    the attempt was rolled back. It is now rejected as ``unlock_expired``: recorded, no unlock, no failure counted."""
+    assert enroll(clients, world.accounts["guest_in"]).status_code == 201
+    ends = (dt.datetime.now(dt.UTC) + dt.timedelta(seconds=2)).replace(microsecond=0)
+    resp = clients["devices"].patch(
+        f"/devices/locks/{world.lock_id}/members/{world.uid('guest_in')}",
+        json={"role": "guest", "access": {"valid_until": ends.isoformat()}},
+        headers=world.headers("owner"),
+    )
+    assert resp.status_code == 200, resp.get_json()
+    time.sleep(max(0.0, (ends - dt.datetime.now(dt.UTC)).total_seconds()) + 0.2)
+    monkeypatch.setattr(get_runtime("verify"), "clock", lambda: ends - dt.timedelta(milliseconds=50))
+    answer = signed_verify(clients, world, wav(take()))  # the spec check: a 403 here fails the call
+    assert answer.status_code == 200, answer.get_json()
+    assert answer.get_json()["reason"] == "unlock_expired" and "grant" not in answer.get_json()
+    with get_runtime("verify").db.connection() as con:
+        commands_made = con.run("SELECT count(*) FROM commands WHERE lock_id = CAST(:l AS uuid)", l=world.lock_id)
+        failures = con.run(
+            "SELECT coalesce(max(consecutive_failures), 0) FROM voice_lockouts WHERE lock_id = CAST(:l AS uuid)",
+            l=world.lock_id,
+        )
+    assert commands_made == [[0]] and failures == [[0]]
+
+
 def test_deleting_voice_data_removes_the_scores_it_produced(clients: dict[str, Any], world: World) -> None:
     assert enroll(clients, world.accounts["member"]).status_code == 201
     accepted = signed_verify(clients, world, wav(take())).get_json()

@@ -18,6 +18,7 @@ from lockwise.core import audit, errors, inputs, mirror, users
 from lockwise.core.auth import User
 from lockwise.core.db import Connection, rows_as_dicts
 from lockwise.devices import command_outcomes, command_signing
+from lockwise.devices.members import Membership
 
 ACTIONS = ("lock", "unlock", "open")
 
@@ -92,13 +93,14 @@ def from_app(
     ttl_s: int,
     idempotency_key: str | None,
     per_minute: int,
-    ends_at: dt.datetime | None = None,
+    membership: Membership,
 ) -> Issued:
-    """A command the member ``issuer`` sent from the app (their right to operate the lock already checked, and
-    ``ends_at`` when it ends within ``ttl_s``: ``create``): the
-    action must be one this lock supports and the lock must hold a live credential (paired), else 400 / 409. Their
-    requests are taken one at a time (``users.hold_caller``: a revoked session is refused), before the retry's
-    lookup (a retry meets its first request's command)."""
+    """A command the member ``issuer`` (their ``membership``, its right to operate the lock already checked) sent
+    from the app: the action must be one this lock supports and the lock must hold a live credential (paired), else
+    400 / 409. Their requests are taken one at a time (``users.hold_caller``: a revoked session is refused), before
+    the retry's lookup (a retry meets its first request's command). Their window is judged again once their row is
+    held, with the clock the command is made by (``lifetime``): judged when the request came, a wait for that row
+    let a command made after a guest's window ended go out (attack run 42)."""
     rows = con.run(
         "SELECT supports_open, EXISTS (SELECT 1 FROM lock_credentials c"
         " WHERE c.lock_id = l.id AND c.revoked_at IS NULL) FROM locks l WHERE l.id = CAST(:l AS uuid)",
@@ -109,6 +111,10 @@ def from_app(
     if not provisioned:
         raise errors.Conflict("the lock has not been provisioned yet", code="lock_not_provisioned")
     users.hold_caller(con, issuer)
+    at = dt.datetime.now(dt.UTC)
+    expires = lifetime(membership, at, ttl_s)
+    if expires is None:
+        raise errors.Forbidden("outside your access window", code="outside_access_window")
     return create(
         con,
         lock_id=lock_id,
@@ -116,11 +122,25 @@ def from_app(
         issuer_kind="user",
         issuer_uid=issuer.uid,
         signing_key_b64=signing_key_b64,
-        ttl_s=ttl_s,
+        at=at,
+        expires=expires,
         idempotency_key=idempotency_key,
         per_minute=per_minute,
-        ends_at=ends_at,
     )
+
+
+def lifetime(membership: Membership, at: dt.datetime, ttl_s: int) -> dt.datetime | None:
+    """When a command the member of ``membership`` issues at ``at`` expires: ``ttl_s`` after it (whole seconds, as
+    signed), or sooner, when their permission to operate the lock ends (``Membership.allowed_until``: a guest's
+    window, an expiry), so that neither the relay nor the lock acts on it after that (attack run 41). None when they
+    may not operate the lock at ``at``, or not for the command's first whole second."""
+    if not membership.may_operate(at):
+        return None
+    expires = at.replace(microsecond=0) + dt.timedelta(seconds=ttl_s)
+    ends = membership.allowed_until(at, expires)
+    if ends is not None:
+        expires = min(expires, ends.replace(microsecond=0))
+    return expires if expires > at else None
 
 
 _COLUMNS = (
@@ -138,17 +158,16 @@ def create(
     issuer_kind: IssuerKind,
     issuer_uid: str | None,
     signing_key_b64: str,
-    ttl_s: int,
+    at: dt.datetime,
+    expires: dt.datetime,
     idempotency_key: str | None = None,
     attempt_id: str | None = None,
     per_minute: int | None = None,
-    ends_at: dt.datetime | None = None,
 ) -> Issued:
-    """Insert and sign a command (its row read back by the insert itself). With ``per_minute`` (the app's commands,
+    """Insert and sign a command made ``at`` (the row keeps the moment, the signature its whole second) that expires
+    at ``expires`` (``lifetime``), its row read back by the insert itself. With ``per_minute`` (the app's commands,
     ``from_app``, which holds the issuer's row first), a new command counts against the issuer's minute's budget (a
-    retry is answered, not counted). ``ends_at``: when the issuer stops being allowed to operate the lock, within
-    ``ttl_s`` (``Membership.allowed_until``): the command expires then, for the relay and the lock alike, and one
-    whose signed whole seconds would leave it no time is 403 ``outside_access_window``."""
+    retry is answered, not counted)."""
     if idempotency_key is not None:
         existing = _by_idempotency_key(con, lock_id, issuer_uid, idempotency_key)
         if existing is not None:
@@ -157,13 +176,7 @@ def create(
         _limit_app_commands(con, lock_id, issuer_uid, per_minute)
     # the row keeps the exact moment (which of two commands of one second is the newer: ``mqtt_relay.outbox`` re-sends
     # none once a newer one exists); the signed times are whole seconds
-    created = dt.datetime.now(dt.UTC)
-    now = created.replace(microsecond=0)
-    expires = now + dt.timedelta(seconds=ttl_s)
-    if ends_at is not None:
-        expires = min(expires, ends_at.replace(microsecond=0))
-        if expires <= created:
-            raise errors.Forbidden("your access window ends now", code="outside_access_window")
+    created, now = at, at.replace(microsecond=0)
     command_id = str(uuid.uuid4())  # random (os.urandom), as gen_random_uuid() is: known before the row, to sign
     nonce = secrets.token_urlsafe(18)
     payload = command_signing.sign(

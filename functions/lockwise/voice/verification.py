@@ -87,7 +87,8 @@ class Refusal:
         return errors.RateLimited(self.message, retry_after_s=retry_after_s or 1, code=self.code)
 
 
-#: the reason of a clip sent again after its accepted first sending's unlock lapsed (``_Attempt.lapsed``)
+#: the reason of a clip sent again after its accepted first sending's unlock lapsed (``_Attempt.lapsed``), and of
+#: a voice accepted as a member's whose access ended while it was decided (``commands.lifetime``)
 UNLOCK_EXPIRED = "unlock_expired"
 
 IN_PROGRESS = Refusal(
@@ -459,13 +460,18 @@ class _Attempt:
                 )
             self._count_failure()
             return Result("rejected", attempt, decision.reason, decision.best, rules.threshold, stale_voiceprints=stale)
+        settings = self.doors.settings
+        at = dt.datetime.now(dt.UTC)  # the unlock's clock: the member's window is judged by it (attack run 42)
+        membership = next(m for m in found.memberships if m.user_uid == matched)
+        expires = commands.lifetime(membership, at, settings.command_ttl_s)
+        if expires is None:  # their access ended while the voice was decided: no unlock, no failure counted
+            attempt = self._record("rejected", UNLOCK_EXPIRED, **logged)
+            self._remember(attempt, landmarks, None)
+            return Result("rejected", attempt, UNLOCK_EXPIRED, stale_voiceprints=stale)
         attempt = self._record("accepted", "accepted", matched_uid=matched, **logged)
         self._remember(attempt, landmarks, matched)
         if held.counting:  # an owner's usual accepted attempt has nothing to clear: one statement fewer
             lockout.clear(self.con, self.lock_id)
-        settings = self.doors.settings
-        horizon = self.now + dt.timedelta(seconds=settings.command_ttl_s)
-        ends = found.memberships[found.uids.index(matched)].allowed_until(self.now, horizon) if matched else None
         issued = commands.create(
             self.con,
             lock_id=self.lock_id,
@@ -473,9 +479,9 @@ class _Attempt:
             issuer_kind="voice",
             issuer_uid=matched,
             signing_key_b64=settings.signing_key(),
-            ttl_s=settings.command_ttl_s,
+            at=at,
+            expires=expires,
             attempt_id=attempt,
-            ends_at=ends,
         )
         return Result(
             "accepted",
