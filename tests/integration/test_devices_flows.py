@@ -377,11 +377,11 @@ def test_a_lock_makes_so_many_signed_requests_a_minute(world: World, monkeypatch
     assert [config().status_code for _ in range(10)] == [200] * 10
     refused = config()
     assert refused.status_code == 429 and refused.get_json()["error"]["code"] == "lock_rate_limited"
-    assert 1 <= int(refused.headers["Retry-After"]) <= 60
+    assert 1 <= int(refused.headers["Retry-After"]) <= 66  # into the next minute, its share of this one: 6 s
     (seen,) = db_rows("SELECT count(*) FROM lock_request_nonces WHERE lock_id = CAST(:l AS uuid)", l=world.lock_id)
     assert seen[0] == 10  # the refused request's nonce is not kept
-    db_rows(  # the next minute
-        "UPDATE lock_request_counts SET minute = minute - interval '1 minute' WHERE lock_id = CAST(:l AS uuid)",
+    db_rows(  # a minute later (two clock minutes back: out of the sliding window)
+        "UPDATE lock_request_counts SET minute = minute - interval '2 minutes' WHERE lock_id = CAST(:l AS uuid)",
         l=world.lock_id,
     )
     assert config().status_code == 200
@@ -390,6 +390,38 @@ def test_a_lock_makes_so_many_signed_requests_a_minute(world: World, monkeypatch
     with ThreadPoolExecutor(max_workers=8) as pool:
         statuses = sorted(pool.map(lambda _: config().status_code, range(16)))
     assert statuses == [200] * 10 + [429] * 6
+
+
+def test_a_locks_signed_requests_are_counted_over_the_last_60_s_not_the_clock_minute(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Attack run 41: counted per clock minute, a lock's limit passed twice over within seconds: a full minute's
+    requests in its last seconds, as many again in the next one's first. The previous clock minute's requests now
+    count in the share of it still within the last 60 s."""
+    rt = get_runtime("devices")
+    monkeypatch.setattr(rt, "settings", dataclasses.replace(rt.settings, lock_requests_per_minute=10))
+
+    def config() -> Any:
+        headers = lock_auth.sign_headers(world.lock_key, world.lock_id, "GET", "/devices/lock/config", b"")
+        return world.devices.get("/devices/lock/config", headers=headers)
+
+    while (elapsed := float(db_rows("SELECT EXTRACT(EPOCH FROM now() - date_trunc('minute', now()))")[0][0])) > 50:
+        time.sleep(60 - elapsed + 0.2)  # early in a clock minute: the previous one still mostly within 60 s
+    db_rows(  # the previous clock minute full, a thousand times over
+        "INSERT INTO lock_request_counts (lock_id, minute, n)"
+        " VALUES (CAST(:l AS uuid), date_trunc('minute', now()) - interval '1 minute', 10000)",
+        l=world.lock_id,
+    )
+    refused = config()
+    assert refused.status_code == 429 and refused.get_json()["error"]["code"] == "lock_rate_limited"
+    assert 5 <= int(refused.headers["Retry-After"]) <= 60  # when the previous minute's share has left room
+    db_rows(  # only one request's worth of the previous minute still within the window: room for the rest
+        "UPDATE lock_request_counts SET n = 1 WHERE lock_id = CAST(:l AS uuid)"
+        " AND minute = date_trunc('minute', now()) - interval '1 minute'",
+        l=world.lock_id,
+    )
+    assert [config().status_code for _ in range(9)] == [200] * 9
+    assert config().status_code == 429  # 9 now and (a share of) 1 before: the 10th waits for that share to leave
 
 
 def test_replays_of_one_signed_request_take_nothing_from_the_locks_minute(

@@ -20,6 +20,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import math
 import re
 import secrets
 import time
@@ -125,6 +126,17 @@ def signed_by(
         )
 
 
+def sliding_wait_s(current: int, previous: int, elapsed: float, most: int) -> int:
+    """Whole seconds until one more request fits ``most`` in a sliding minute: ``current`` requests counted in this
+    clock minute, ``elapsed`` seconds into it, and ``previous`` in the one before, of which the share still within
+    the last 60 s counts."""
+    if current + 1 <= most and previous:  # this minute has room: wait for the previous one's share to shrink
+        return max(1, math.ceil(60 * (1 - (most - current - 1) / previous) - elapsed))
+    if current + 1 > most and current:  # the next minute, once this one's share of it leaves room for one
+        return max(1, math.ceil(60 - elapsed + 60 * max(0.0, 1 - (most - 1) / current)))
+    return 1
+
+
 def deleted_lock() -> errors.Unauthenticated:
     """What a lock hears when it was deleted (or its key revoked) after ``authenticate`` passed its request: the
     answer a deleted lock gets (401 ``unknown_lock``), not the foreign key its request's rows would meet."""
@@ -193,27 +205,36 @@ def authenticate(
         raise errors.Unauthenticated("this lock's key was revoked: pair it again", code="unknown_lock")
     # the minute's count raised with the nonce, in the nonce's round trip; a nonce already seen counts nothing (one
     # captured request replayed 120 times filled its lock's minute: attack run 20). Every part reads the snapshot
-    # from before the statement, so ``seen`` is the nonce's state before this request.
-    seen, counted, inserted, wait_s = con.run(
+    # from before the statement, so ``seen`` is the nonce's state before this request. The last 60 s are counted as
+    # this clock minute's requests and the previous minute's in the share of it still within them (a sliding
+    # window): counted per clock minute, twice the limit passed in a few seconds across a minute's turn (attack run
+    # 41).
+    seen, counted, inserted, current, previous, elapsed = con.run(
         "WITH seen AS (SELECT 1 FROM lock_request_nonces WHERE lock_id = CAST(:l AS uuid) AND nonce = :n),"
+        " span AS (SELECT coalesce((SELECT n FROM lock_request_counts WHERE lock_id = CAST(:l AS uuid)"
+        " AND minute = date_trunc('minute', now()) - interval '1 minute'), 0) AS previous,"
+        " EXTRACT(EPOCH FROM now() - date_trunc('minute', now())) AS elapsed),"
+        " carried AS (SELECT previous * (1 - elapsed / 60) AS n FROM span),"
         " slot AS (INSERT INTO lock_request_counts (lock_id, minute)"
         " SELECT CAST(:l AS uuid), date_trunc('minute', now()) WHERE NOT EXISTS (SELECT 1 FROM seen)"
-        " ON CONFLICT (lock_id, minute)"
-        " DO UPDATE SET n = lock_request_counts.n + 1 WHERE lock_request_counts.n < :most RETURNING n),"
+        " AND (SELECT n FROM carried) + 1 <= :most"
+        " ON CONFLICT (lock_id, minute) DO UPDATE SET n = lock_request_counts.n + 1"
+        " WHERE lock_request_counts.n + 1 + (SELECT n FROM carried) <= :most RETURNING n),"
         " fresh AS (INSERT INTO lock_request_nonces (lock_id, nonce) SELECT CAST(:l AS uuid), :n FROM slot"
         " ON CONFLICT DO NOTHING RETURNING 1)"
         " SELECT (SELECT count(*) FROM seen), (SELECT count(*) FROM slot), (SELECT count(*) FROM fresh),"
-        " CAST(ceil(EXTRACT(EPOCH FROM date_trunc('minute', now()) + interval '1 minute' - now())) AS integer)",
+        " coalesce((SELECT n FROM lock_request_counts WHERE lock_id = CAST(:l AS uuid)"
+        " AND minute = date_trunc('minute', now())), 0), previous, CAST(elapsed AS float8) FROM span",
         l=lock_id,
         n=nonce,
         most=per_minute,
     )[0]
     if seen:
         raise errors.Unauthenticated("replayed request", code="replayed_request")
-    if not counted:  # the lock's minute is full: nothing recorded (atomic, so a parallel burst gets no more)
+    if not counted:  # the lock's last 60 s are full: nothing recorded (atomic, so a parallel burst gets no more)
         raise errors.RateLimited(
-            f"this lock sent {per_minute} signed requests this minute; try again shortly",
-            retry_after_s=max(1, int(wait_s or 1)),
+            f"this lock sent {per_minute} signed requests in the last minute; try again shortly",
+            retry_after_s=sliding_wait_s(int(current), int(previous), float(elapsed), per_minute),
             code="lock_rate_limited",
         )
     if not inserted:
