@@ -308,10 +308,10 @@ class _FakeConnection:
             return [[self.public_key, True]]  # the active key
         if sql.lstrip().startswith("WITH seen AS"):  # the nonce's insert, with the lock's count of the minute
             key = (params["l"], params["n"])
-            if key in self.nonces:  # (seen, counted, inserted, seconds left in the minute)
-                return [[1, 0, 0, 60]]
+            if key in self.nonces:  # (seen, counted, inserted, this minute's count, the last one's, seconds into it)
+                return [[1, 0, 0, 1, 0, 1.0]]
             self.nonces.add(key)
-            return [[0, 1, 1, 60]]
+            return [[0, 1, 1, 0, 0, 1.0]]
         raise AssertionError(f"unexpected query: {sql}")
 
     def close(self) -> None:
