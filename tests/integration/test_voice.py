@@ -860,19 +860,24 @@ def test_enrollment_samples_sent_again_are_answered_as_stored_nothing_counted(
     assert counted()[1] == 3  # compared once
 
 
-def test_a_guests_voice_unlock_expires_with_her_window(clients: dict[str, Any], world: World) -> None:
-    """Attack run 41: a guest's voice accepted in the last seconds of her window got an unlock good for 30 s, which
-    the relay sent and the lock acted on after the window ended (and which a clip sent again was answered with). It
-    now expires when her window does."""
-    guest = world.accounts["guest_in"]
-    assert enroll(clients, guest).status_code == 201
-    ends = (dt.datetime.now(dt.UTC) + dt.timedelta(seconds=20)).replace(microsecond=0)
+def enrolled_guest_until(clients: dict[str, Any], world: World, seconds: int) -> dt.datetime:
+    """The guest's voice enrolled and her window ending ``seconds`` from now (a whole second): when it ends."""
+    assert enroll(clients, world.accounts["guest_in"]).status_code == 201
+    ends = (dt.datetime.now(dt.UTC) + dt.timedelta(seconds=seconds)).replace(microsecond=0)
     resp = clients["devices"].patch(
         f"/devices/locks/{world.lock_id}/members/{world.uid('guest_in')}",
         json={"role": "guest", "access": {"valid_until": ends.isoformat()}},
         headers=world.headers("owner"),
     )
     assert resp.status_code == 200, resp.get_json()
+    return ends
+
+
+def test_a_guests_voice_unlock_expires_with_her_window(clients: dict[str, Any], world: World) -> None:
+    """Attack run 41: a guest's voice accepted in the last seconds of her window got an unlock good for 30 s, which
+    the relay sent and the lock acted on after the window ended (and which a clip sent again was answered with). It
+    now expires when her window does."""
+    ends = enrolled_guest_until(clients, world, seconds=20)
     answer = signed_verify(clients, world, wav(take())).get_json()
     assert answer["decision"] == "accepted" and answer["member_uid"] == world.uid("guest_in"), answer
     grant = command_signing.verify(answer["grant"], world.credentials["server_public_key"])
@@ -885,14 +890,7 @@ def test_a_voice_accepted_as_a_guests_window_ends_gets_no_unlock_and_no_403(
     """Attack run 42: a guest's voice judged inside her window at the request's clock, its unlock made after the
     window ended (the forward pass between): the unlock's check raised a 403 the verify contract does not have, and
     the attempt was rolled back. It is now rejected as ``unlock_expired``: recorded, no unlock, no failure counted."""
-    assert enroll(clients, world.accounts["guest_in"]).status_code == 201
-    ends = (dt.datetime.now(dt.UTC) + dt.timedelta(seconds=2)).replace(microsecond=0)
-    resp = clients["devices"].patch(
-        f"/devices/locks/{world.lock_id}/members/{world.uid('guest_in')}",
-        json={"role": "guest", "access": {"valid_until": ends.isoformat()}},
-        headers=world.headers("owner"),
-    )
-    assert resp.status_code == 200, resp.get_json()
+    ends = enrolled_guest_until(clients, world, seconds=2)
     time.sleep(max(0.0, (ends - dt.datetime.now(dt.UTC)).total_seconds()) + 0.2)
     monkeypatch.setattr(get_runtime("verify"), "clock", lambda: ends - dt.timedelta(milliseconds=50))
     answer = signed_verify(clients, world, wav(take()))  # the spec check: a 403 here fails the call

@@ -316,16 +316,17 @@ def update_member(
     if access["expires_at"] is not None and access["expires_at"] < now:
         ended = target.expires_at if target.expires_at is not None and target.expires_at <= now else now
         access = {**access, "expires_at": ended}
-    if role == target.role and all(getattr(target, name) == value for name, value in access.items()):
-        audit.record(
-            con,
-            audit.user_actor(actor.user_uid),
-            "member.update",
-            "ok",
-            lock_id=lock_id,
-            target=target.user_uid,
-            details={"role": role, "unchanged": True},
-        )
+    unchanged = role == target.role and all(getattr(target, name) == value for name, value in access.items())
+    audit.record(
+        con,
+        audit.user_actor(actor.user_uid),
+        "member.update",
+        "ok",
+        lock_id=lock_id,
+        target=target.user_uid,
+        details={"role": role, **({"unchanged": True} if unchanged else {})},
+    )
+    if unchanged:
         return target
     door_decisions.wait_for(con, lock_id)  # one deciding on the access it had opens the door before this answer
     if not target.active(now) and (access["expires_at"] is None or access["expires_at"] > now):  # one more member
@@ -341,15 +342,6 @@ def update_member(
     )
     if members.RANK[role] < members.RANK[target.role] or any(v is not None for v in access.values()):
         commands.withdraw_unsent(con, lock_id, target.user_uid)  # sent under the access they had
-    audit.record(
-        con,
-        audit.user_actor(actor.user_uid),
-        "member.update",
-        "ok",
-        lock_id=lock_id,
-        target=target.user_uid,
-        details={"role": role},
-    )
     mirror.activity(con, lock_id, "member_updated", actor_uid=actor.user_uid, target_uid=target.user_uid, role=role)
     members.mirror_access(con, lock_id)
     return dataclasses.replace(target, role=role, **access)
