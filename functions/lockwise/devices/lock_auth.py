@@ -156,7 +156,7 @@ def authenticate(
     body_sha256: str | None = None,
 ) -> str:
     """The id of the lock that signed this request; records its nonce. Raises ``Unauthenticated`` otherwise, and
-    ``RateLimited`` (429 ``lock_rate_limited``) past ``per_minute`` signed requests of the lock in a clock minute
+    ``RateLimited`` (429 ``lock_rate_limited``) past ``per_minute`` signed requests of the lock in any 60 s
     (the nonce is recorded, so the caller authenticates outside any transaction its later errors roll back): a door
     hears a few people a minute, and a lock (or its stolen key) sending 150 a second filled the attempt log
     and the app's feed (attack run)."""
@@ -211,9 +211,10 @@ def authenticate(
     # 41).
     seen, counted, inserted, current, previous, elapsed = con.run(
         "WITH seen AS (SELECT 1 FROM lock_request_nonces WHERE lock_id = CAST(:l AS uuid) AND nonce = :n),"
-        " span AS (SELECT coalesce((SELECT n FROM lock_request_counts WHERE lock_id = CAST(:l AS uuid)"
-        " AND minute = date_trunc('minute', now()) - interval '1 minute'), 0) AS previous,"
-        " EXTRACT(EPOCH FROM now() - date_trunc('minute', now())) AS elapsed),"
+        " span AS (SELECT coalesce(sum(n) FILTER (WHERE minute = date_trunc('minute', now())), 0) AS current,"
+        " coalesce(sum(n) FILTER (WHERE minute < date_trunc('minute', now())), 0) AS previous,"
+        " EXTRACT(EPOCH FROM now() - date_trunc('minute', now())) AS elapsed FROM lock_request_counts"
+        " WHERE lock_id = CAST(:l AS uuid) AND minute >= date_trunc('minute', now()) - interval '1 minute'),"
         " carried AS (SELECT previous * (1 - elapsed / 60) AS n FROM span),"
         " slot AS (INSERT INTO lock_request_counts (lock_id, minute)"
         " SELECT CAST(:l AS uuid), date_trunc('minute', now()) WHERE NOT EXISTS (SELECT 1 FROM seen)"
@@ -222,9 +223,8 @@ def authenticate(
         " WHERE lock_request_counts.n + 1 + (SELECT n FROM carried) <= :most RETURNING n),"
         " fresh AS (INSERT INTO lock_request_nonces (lock_id, nonce) SELECT CAST(:l AS uuid), :n FROM slot"
         " ON CONFLICT DO NOTHING RETURNING 1)"
-        " SELECT (SELECT count(*) FROM seen), (SELECT count(*) FROM slot), (SELECT count(*) FROM fresh),"
-        " coalesce((SELECT n FROM lock_request_counts WHERE lock_id = CAST(:l AS uuid)"
-        " AND minute = date_trunc('minute', now())), 0), previous, CAST(elapsed AS float8) FROM span",
+        " SELECT (SELECT count(*) FROM seen), (SELECT count(*) FROM slot), (SELECT count(*) FROM fresh), current,"
+        " previous, CAST(elapsed AS float8) FROM span",
         l=lock_id,
         n=nonce,
         most=per_minute,
