@@ -7,6 +7,7 @@ import base64
 import dataclasses
 import datetime as dt
 import json
+import secrets
 import threading
 import time
 import urllib.request
@@ -1772,6 +1773,53 @@ def test_wrong_pairing_codes_are_limited_per_client_address(
     with get_runtime("devices").db.connection() as con:
         sources = con.run("SELECT source FROM pairing_failures WHERE source LIKE '2001:db8:7:%'")
     assert sorted(r[0] for r in sources) == ["2001:db8:7:1::/64", "2001:db8:7:2::/64"]
+
+
+def test_wrong_pairing_codes_are_counted_over_the_last_hour_not_the_clock_hour(
+    make_client: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Counted per clock hour, an address's 20 wrong codes in the hour's last seconds and 20 more in the next
+    hour's first seconds all passed. The previous hour's failures count in the share of it still within the last
+    60 minutes."""
+    from lockwise.core.config import get_settings
+
+    monkeypatch.setenv("LOCKWISE_PAIRING_FAILURES_PER_HOUR", "3")
+    monkeypatch.setenv("LOCKWISE_TRUSTED_PROXY_HOPS", "1")
+    get_settings.cache_clear()
+    get_runtime.cache_clear()
+    devices = make_client("devices")
+    _, public = new_lock_key()
+    _, csr = new_tls_key()
+    address = f"198.18.{secrets.randbelow(256)}.{secrets.randbelow(256)}"
+
+    def redeem() -> Any:
+        body = {"code": "WRONG-CODE-1", "public_key": public, "csr": csr}
+        return devices.post("/devices/provision", json=body, headers={"X-Forwarded-For": address})
+
+    # the previous clock hour full (as a burst at its end leaves it): this hour has no room yet
+    db_rows(
+        "INSERT INTO pairing_failures (source, hour, failures)"
+        " VALUES (:s, date_trunc('hour', now()) - interval '1 hour', 100000)",
+        s=address,
+    )
+    refused = redeem()
+    assert refused.status_code == 429 and refused.get_json()["error"]["code"] == "too_many_pairing_attempts"
+    assert 1 <= int(refused.headers["Retry-After"]) <= 3600  # when the previous hour's share has left room
+    ((this_hour,),) = db_rows(
+        "SELECT count(*) FROM pairing_failures WHERE source = :s AND hour = date_trunc('hour', now())", s=address
+    )
+    assert this_hour == 0, "a refused attempt is not counted"
+    # between one and two failures' worth of the previous hour still within the last 60 minutes: room for one more
+    ((elapsed,),) = db_rows("SELECT CAST(EXTRACT(EPOCH FROM now() - date_trunc('hour', now())) AS float8)")
+    assert elapsed < 3500, "the hour is about to turn: run again"
+    within = 1 - elapsed / 3600
+    db_rows(
+        "UPDATE pairing_failures SET failures = :n WHERE source = :s"
+        " AND hour = date_trunc('hour', now()) - interval '1 hour'",
+        s=address,
+        n=round(1.5 / within),  # its share n * within: in (1, 2]
+    )
+    assert [redeem().status_code for _ in range(3)] == [401, 429, 429]
 
 
 def test_an_invitation_whose_access_has_ended_grants_nothing_and_says_so(world: World, sign_up: Any) -> None:

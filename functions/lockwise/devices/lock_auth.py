@@ -20,7 +20,6 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import math
 import re
 import secrets
 import time
@@ -32,6 +31,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from lockwise.core import errors, inputs
 from lockwise.core.config import Settings
 from lockwise.core.db import Connection, Database
+from lockwise.devices import sliding_window
 
 if TYPE_CHECKING:
     from werkzeug.datastructures import Headers
@@ -124,17 +124,6 @@ def signed_by(
             per_minute=settings.lock_requests_per_minute,
             body_sha256=body_sha256,
         )
-
-
-def sliding_wait_s(current: int, previous: int, elapsed: float, most: int) -> int:
-    """Whole seconds until one more request fits ``most`` in a sliding minute: ``current`` requests counted in this
-    clock minute, ``elapsed`` seconds into it, and ``previous`` in the one before, of which the share still within
-    the last 60 s counts."""
-    if current + 1 <= most and previous:  # this minute has room: wait for the previous one's share to shrink
-        return max(1, math.ceil(60 * (1 - (most - current - 1) / previous) - elapsed))
-    if current + 1 > most and current:  # the next minute, once this one's share of it leaves room for one
-        return max(1, math.ceil(60 - elapsed + 60 * max(0.0, 1 - (most - 1) / current)))
-    return 1
 
 
 def deleted_lock() -> errors.Unauthenticated:
@@ -234,7 +223,7 @@ def authenticate(
     if not counted:  # the lock's last 60 s are full: nothing recorded (atomic, so a parallel burst gets no more)
         raise errors.RateLimited(
             f"this lock sent {per_minute} signed requests in the last minute; try again shortly",
-            retry_after_s=sliding_wait_s(int(current), int(previous), float(elapsed), per_minute),
+            retry_after_s=sliding_window.wait_s(int(current), int(previous), float(elapsed), per_minute),
             code="lock_rate_limited",
         )
     if not inserted:

@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from lockwise.core import audit, errors, mirror, quotas, users
 from lockwise.core.auth import User
 from lockwise.core.db import Connection, Database
-from lockwise.devices import ed25519_points, lock_auth, lock_certs, topics, transfer_offers
+from lockwise.devices import ed25519_points, lock_auth, lock_certs, sliding_window, topics, transfer_offers
 
 log = logging.getLogger("lockwise.devices.provisioning")
 
@@ -154,31 +154,51 @@ def parse_public_key(value: Any) -> bytes:
     return raw
 
 
-def reserve_pairing_attempt(con: Connection, source: str, limit: int) -> int:
-    """Count a pairing attempt from ``source`` before its code is tried; return the seconds it must wait instead (0:
-    counted, go ahead). Counting first makes the limit exact under a parallel burst (checking, then counting the
-    failure after the code was tried, let 22 wrong codes through a limit of 20). A wrong code leaves it counted;
-    any other outcome gives it back (``release_pairing_attempt``)."""
-    rows = con.run(
-        "INSERT INTO pairing_failures (source, hour, failures) VALUES (:s, date_trunc('hour', now()), 1)"
+@dataclass(frozen=True)
+class PairingAttempt:
+    """A pairing attempt counted against its source (``hour``: the clock hour it was counted in), or the seconds
+    the source must wait instead (``wait_s``)."""
+
+    wait_s: int
+    hour: dt.datetime | None
+
+
+def reserve_pairing_attempt(con: Connection, source: str, limit: int) -> PairingAttempt:
+    """Count a pairing attempt from ``source`` before its code is tried, unless ``limit`` were counted in the last
+    hour (then the seconds it must wait instead). Counting first makes the limit exact under a parallel burst
+    (checking, then counting the failure after the code was tried, let 22 wrong codes through a limit of 20). A
+    wrong code leaves it counted; any other outcome gives it back (``release_pairing_attempt``). The last hour is
+    this clock hour's count and the share of the previous one's still within it (``sliding_window``): counted per
+    clock hour, twice the limit passed in a few seconds across the hour's turn."""
+    counted, hour, current, previous, elapsed = con.run(
+        "WITH span AS (SELECT coalesce(sum(failures) FILTER (WHERE hour = date_trunc('hour', now())), 0) AS current,"
+        " coalesce(sum(failures) FILTER (WHERE hour < date_trunc('hour', now())), 0) AS previous,"
+        " EXTRACT(EPOCH FROM now() - date_trunc('hour', now())) AS elapsed FROM pairing_failures"
+        " WHERE source = :s AND hour >= date_trunc('hour', now()) - interval '1 hour'),"
+        " carried AS (SELECT previous * (1 - elapsed / 3600) AS n FROM span),"
+        " slot AS (INSERT INTO pairing_failures (source, hour, failures)"
+        " SELECT :s, date_trunc('hour', now()), 1 WHERE (SELECT n FROM carried) + 1 <= :n"
         " ON CONFLICT (source, hour) DO UPDATE SET failures = pairing_failures.failures + 1"
-        " WHERE pairing_failures.failures < :n RETURNING failures",
+        " WHERE pairing_failures.failures + 1 + (SELECT n FROM carried) <= :n RETURNING hour)"
+        " SELECT (SELECT count(*) FROM slot), (SELECT hour FROM slot), current, previous, CAST(elapsed AS float8)"
+        " FROM span",
         s=source,
         n=limit,
+    )[0]
+    if counted:
+        return PairingAttempt(0, hour)
+    return PairingAttempt(
+        sliding_window.wait_s(int(current), int(previous), float(elapsed), limit, window_s=3600), None
     )
-    if rows:
-        return 0
-    wait = con.run("SELECT ceil(extract(epoch FROM date_trunc('hour', now()) + interval '1 hour' - now()))::int")
-    return max(1, int(wait[0][0]))
 
 
-def release_pairing_attempt(con: Connection, source: str) -> None:
+def release_pairing_attempt(con: Connection, source: str, attempt: PairingAttempt) -> None:
     """Give back an attempt counted by ``reserve_pairing_attempt`` whose code was not wrong (paired, or refused for
-    another reason, such as a bad CSR)."""
+    another reason, such as a bad CSR), in the hour it was counted in."""
     con.run(
-        "UPDATE pairing_failures SET failures = greatest(failures - 1, 0)"
-        " WHERE source = :s AND hour = date_trunc('hour', now())",
+        "UPDATE pairing_failures SET failures = greatest(failures - 1, 0) WHERE source = :s AND hour = :h",
         s=source,
+        h=attempt.hour,
     )
 
 
@@ -192,17 +212,17 @@ def pair(
     certificates_per_day: int,
 ) -> Credentials:
     """A lock at ``source`` (its address's block, ``http.Ctx.client_network``) pairs with the code, key and CSR of
-    ``body``: a wrong code counts against the block (429 ``too_many_pairing_attempts`` past ``failures_per_hour``,
-    before any code is tried); any other outcome gives its attempt back. The counts are pruned by the relay's flush
-    (``lockwise.core.retention``), not by one request in 50 as before. ``certificates_per_day``: a pairing sent
-    again (``redeem``) is issued its certificate within the renewals' daily count."""
+    ``body``: a wrong code counts against the block (429 ``too_many_pairing_attempts`` past ``failures_per_hour``
+    in any hour, before any code is tried); any other outcome gives its attempt back. The counts are pruned by the
+    relay's flush (``lockwise.core.retention``), not by one request in 50 as before. ``certificates_per_day``: a
+    pairing sent again (``redeem``) is issued its certificate within the renewals' daily count."""
     public_key = parse_public_key(body.get("public_key"))
     with db.transaction() as con:
-        wait = reserve_pairing_attempt(con, source, failures_per_hour)
-    if wait:
+        attempt = reserve_pairing_attempt(con, source, failures_per_hour)
+    if attempt.wait_s:
         raise errors.RateLimited(
             "too many wrong pairing codes from this address; try later",
-            retry_after_s=wait,
+            retry_after_s=attempt.wait_s,
             code="too_many_pairing_attempts",
         )
     try:
@@ -210,13 +230,13 @@ def pair(
             credentials = redeem(
                 con, body.get("code"), public_key, body.get("csr"), ca, cert_ttl_s, certificates_per_day
             )
-            release_pairing_attempt(con, source)  # paired: not a failure
+            release_pairing_attempt(con, source, attempt)  # paired: not a failure
     except errors.Unauthenticated:
         raise  # a wrong code: the attempt stays counted
     except Exception:
         try:
             with db.transaction() as con:
-                release_pairing_attempt(con, source)
+                release_pairing_attempt(con, source, attempt)
         except errors.Unavailable:  # the database away: what the pairing met says more (``commit_unconfirmed``)
             log.warning("a pairing's attempt was not given back: the database is unavailable")
         raise

@@ -1,0 +1,18 @@
+"""Limits over any span of a window's length, counted in clock-aligned buckets: the current bucket's count plus the
+share of the previous bucket's still within the span (a sliding-window counter). Counted per clock bucket alone,
+twice a limit passed in a few seconds across a bucket's turn (attack run 41: a lock's minute; the pairing hour)."""
+
+from __future__ import annotations
+
+import math
+
+
+def wait_s(current: int, previous: int, elapsed: float, most: int, window_s: int = 60) -> int:
+    """Whole seconds until one more fits ``most`` in the sliding window of ``window_s``: ``current`` counted in this
+    clock bucket, ``elapsed`` seconds into it, and ``previous`` in the one before, of which the share still within
+    the last ``window_s`` counts."""
+    if current + 1 <= most and previous:  # this bucket has room: wait for the previous one's share to shrink
+        return max(1, math.ceil(window_s * (1 - (most - current - 1) / previous) - elapsed))
+    if current + 1 > most and current:  # the next bucket, once this one's share of it leaves room for one
+        return max(1, math.ceil(window_s - elapsed + window_s * max(0.0, 1 - (most - 1) / current)))
+    return 1

@@ -1,0 +1,38 @@
+"""The wait a client is told once a sliding window is full (``sliding_window.wait_s``): a lock's signed requests
+in any minute, an address's wrong pairing codes in any hour."""
+
+from __future__ import annotations
+
+import pytest
+
+from lockwise.devices.sliding_window import wait_s
+
+
+@pytest.mark.parametrize(
+    ("current", "previous", "elapsed", "most", "wait"),
+    [
+        (0, 10_000, 10.0, 10, 50),  # the previous minute's share must shrink to 9: 59.946 s into this one
+        (9, 1, 30.0, 10, 30),  # room for the 10th once the previous minute has left the window
+        (10, 0, 30.0, 10, 36),  # this minute full: 6 s into the next, its share of this one leaves room
+        (120, 0, 0.5, 120, 60),
+        (0, 0, 0.0, 10, 1),  # nothing counted (a parallel burst took the room): ask again at once
+    ],
+)
+def test_the_wait_is_until_one_more_request_fits_the_last_60_s(
+    current: int, previous: int, elapsed: float, most: int, wait: int
+) -> None:
+    assert wait_s(current, previous, elapsed, most) == wait
+
+
+@pytest.mark.parametrize(
+    ("current", "previous", "elapsed", "most", "wait"),
+    [
+        (0, 40, 60.0, 20, 1830),  # the previous hour's 40 must shrink to 19: 1,890 s into this one
+        (20, 0, 600.0, 20, 3180),  # this hour full: 180 s into the next, its share of this one leaves room for one
+        (19, 0, 600.0, 20, 1),
+    ],
+)
+def test_the_wait_for_a_pairing_code_is_until_one_more_fits_the_last_hour(
+    current: int, previous: int, elapsed: float, most: int, wait: int
+) -> None:
+    assert wait_s(current, previous, elapsed, most, window_s=3600) == wait
