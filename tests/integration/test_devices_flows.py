@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
 from infra.local.services import Broker
-from lockwise.core import accounts, inputs, retention, users
+from lockwise.core import accounts, audit, inputs, retention, users
 from lockwise.core.config import get_settings
 from lockwise.core.db import Database
 from lockwise.core.runtime import get_runtime
@@ -1138,6 +1138,23 @@ def test_invitation_by_uid_waits_for_consent_and_can_be_declined_or_withdrawn(wo
     assert invitee["localId"] not in [m["uid"] for m in listed["members"]]
     # declined: gone, and it never made a membership
     assert world.devices.post(f"/devices/invitations/{first}/decline", headers=bearer(invitee)).status_code == 204
+    # sent again (its answer lost), or twice at once: answered as declined, nothing more recorded; not for others
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        again = list(
+            pool.map(
+                lambda _: world.devices.post(f"/devices/invitations/{first}/decline", headers=bearer(invitee)),
+                range(2),
+            )
+        )
+    assert [r.status_code for r in again] == [204, 204]
+    for other in ("member", "stranger", "owner"):
+        refused = world.devices.post(f"/devices/invitations/{first}/decline", headers=world.headers(other))
+        assert refused.status_code == 404 and refused.get_json()["error"]["code"] == "invitation_not_found", other
+    ((declines,),) = db_rows(
+        "SELECT count(*) FROM audit_log WHERE action = 'member.decline_invitation' AND actor = :a",
+        a=audit.user_actor(invitee["localId"]),
+    )
+    assert declines == 1
     assert world.devices.get("/devices/invitations", headers=bearer(invitee)).get_json() == {
         "invitations": [],
         "address_unconfirmed": False,
@@ -1152,6 +1169,7 @@ def test_invitation_by_uid_waits_for_consent_and_can_be_declined_or_withdrawn(wo
     assert world.devices.delete(path, headers=owner).status_code == 204
     assert world.devices.delete(path, headers=owner).status_code == 404
     assert world.devices.post(f"/devices/invitations/{second}/accept", headers=bearer(invitee)).status_code == 404
+    assert world.devices.post(f"/devices/invitations/{second}/decline", headers=bearer(invitee)).status_code == 404
     assert world.devices.get(f"/devices/locks/{lock}", headers=bearer(invitee)).status_code == 404
 
 

@@ -420,8 +420,26 @@ def close_all_for(con: Connection, uid: str, now: dt.datetime) -> None:
 
 
 def decline(con: Connection, invitation_id: str, user: User, now: dt.datetime) -> None:
-    row = _take(con, invitation_id, user, now)
-    con.run("UPDATE invitations SET closed_at = :now WHERE id = CAST(:i AS uuid)", i=row["id"], now=now)
+    """The invitee turns the invitation down (404 ``invitation_not_found`` if it is not theirs, or no longer
+    stands). One they declined already is answered as declined, nothing changed: a decline sent again after its
+    answer was lost, or twice at once, was 404 "no such invitation", as for one never theirs."""
+    try:
+        row = _take(con, invitation_id, user, now)
+    except errors.NotFound:
+        declined = con.run(
+            "SELECT 1 FROM invitations WHERE id = CAST(:i AS uuid) AND declined_by = :u",
+            i=_invitation_id(invitation_id),
+            u=user.uid,
+        )
+        if not declined:
+            raise
+        return
+    con.run(
+        "UPDATE invitations SET closed_at = :now, declined_by = :u WHERE id = CAST(:i AS uuid)",
+        i=row["id"],
+        u=user.uid,
+        now=now,
+    )
     audit.record(con, audit.user_actor(user.uid), "member.decline_invitation", "ok", lock_id=row["lock_id"])
 
 
