@@ -979,6 +979,12 @@ def main(argv: list[str] | None = None) -> int:
         # the operator's recordings: every speaker
         build_cohort(args.write_cohort, args.corpus, per_voice=args.cohort_per_voice, held_out=())
         print(f"wrote the score cohort into {args.write_cohort}")  # noqa: T201
+        print(  # noqa: T201
+            "the functions refuse to start on it without the decision on its scale: set LOCKWISE_VOICE_THRESHOLD from"
+            " the report's normalised operating point, and LOCKWISE_VOICE_MARGIN on that scale (GE2E's is 1.0 where"
+            " its threshold is 4.775; the raw margin, 0.05, there let a voice within a hair of someone not allowed in"
+            " in as the member it passed as too)"
+        )
     print(f"wrote {args.out}/report.json, report.md, det.png, scores.png in {report['seconds']} s")  # noqa: T201
     return 0
 

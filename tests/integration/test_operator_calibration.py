@@ -2,8 +2,8 @@
 
 ``calibrate --encoder ecapa --model-dir M --write-cohort M`` embeds the recordings through the ECAPA model, reports,
 and ships a score cohort beside the model; the functions then normalise against it, but only with the operator's
-threshold from that report (an ECAPA cohort has no calibrated default). The model is the tests' tiny random-weight
-ECAPA (plumbing, not discrimination: that is measured with GE2E in ``test_real_voices``).
+threshold and margin on that scale (an ECAPA cohort has no calibrated default). The model is the tests' tiny
+random-weight ECAPA (plumbing, not discrimination: that is measured with GE2E in ``test_real_voices``).
 """
 
 from __future__ import annotations
@@ -34,7 +34,8 @@ def test_calibrate_writes_an_ecapa_cohort_the_functions_normalise_with(
     argv += ["--max-clips", "16", "--voiceprints", "1", "--cohort-per-voice", "4", "--write-cohort", str(deployed)]
     argv += ["--noisy-clips", "20", "--speech-per-voice", "3"]
     assert cal.main(argv) == 0
-    assert "wrote the score cohort" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "wrote the score cohort" in printed and "LOCKWISE_VOICE_MARGIN" in printed
 
     encoder = open_encoder("ecapa", str(deployed))
     report = json.loads((out / "report.json").read_text())
@@ -59,6 +60,10 @@ def test_calibrate_writes_an_ecapa_cohort_the_functions_normalise_with(
         {"LOCKWISE_MODEL_DIR": str(deployed), "LOCKWISE_ENCODER": "ecapa", "LOCKWISE_VOICE_THRESHOLD": "3.0"},
         component="verify",
     )
+    with pytest.raises(ModelError, match="LOCKWISE_VOICE_MARGIN"):
+        load_scorer(settings, encoder)  # nor without a margin on it: the raw 0.05 there let a close voice in
+    env = {"LOCKWISE_MODEL_DIR": str(deployed), "LOCKWISE_ENCODER": "ecapa", "LOCKWISE_VOICE_THRESHOLD": "3.0"}
+    settings = Settings.from_env({**env, "LOCKWISE_VOICE_MARGIN": "1.0"}, component="verify")
     scorer = load_scorer(settings, encoder)
     assert scorer.normalised
     probe = vectors[0] / np.linalg.norm(vectors[0])

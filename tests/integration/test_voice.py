@@ -310,6 +310,54 @@ def test_lockout_engages_on_the_sixth_attempt_and_releases_on_time(
     assert signed_verify(clients, world, wav(take())).get_json()["decision"] == "rejected"
 
 
+def test_an_app_unlock_marker_committed_late_clears_only_the_failures_before_the_unlock(
+    clients: dict[str, Any], world: World, stack_env: dict[str, str]
+) -> None:
+    """An app unlock acknowledged while a decision holds the lockout row leaves a marker (``clear_unless_busy``) in
+    the relay's batch. Decisions before that batch commits cannot see it, and count; the marker then cleared them
+    all when taken: a lockout begun after the unlock and its acknowledgement was lifted (attack run 43: nine
+    failures forgiven). It clears only the failures counted before its unlock."""
+    from lockwise.devices import lockout
+
+    assert enroll(clients, world.accounts["owner"]).status_code == 201
+    negate_voiceprint(world.uid("owner"))
+    assert signed_verify(clients, world, wav(take())).get_json()["decision"] == "rejected"  # the row exists
+    unlocked_at = dt.datetime.now(dt.UTC)  # the app unlock's row written
+    decision_db = Database(stack_env["DATABASE_URL"], pool_size=1)
+    relay_db = Database(stack_env["DATABASE_URL"], pool_size=1)
+    holding, release, done = threading.Event(), threading.Event(), threading.Event()
+
+    def a_decision_holding_the_row() -> None:
+        with decision_db.transaction() as con:
+            con.run("SELECT 1 FROM voice_lockouts WHERE lock_id = CAST(:l AS uuid) FOR UPDATE", l=world.lock_id)
+            holding.set()
+            release.wait(30)
+        done.set()
+
+    holder = threading.Thread(target=a_decision_holding_the_row)
+    holder.start()
+    try:
+        assert holding.wait(30)
+        with relay_db.transaction() as batch:  # the relay's batch acknowledges the app unlock: a marker
+            lockout.clear_unless_busy(batch, world.lock_id, counted_before=unlocked_at)
+            release.set()
+            assert done.wait(30)
+            # before the batch commits, the lock's attempts count: a lockout begins after the unlock
+            answers = [signed_verify(clients, world, wav(take())) for _ in range(5)]
+            assert [a.status_code for a in answers] == [200, 200, 200, 200, 429], [a.get_json() for a in answers]
+        after = signed_verify(clients, world, wav(take()))  # the marker taken: the lockout stands
+        assert after.status_code == 429 and after.get_json()["error"]["code"] == "voice_locked_out"
+    finally:
+        release.set()
+        holder.join(30)
+        decision_db.close()
+        relay_db.close()
+    with get_runtime("verify").db.connection() as con:
+        assert con.run(
+            "SELECT count(*) FROM voice_lockout_clears WHERE lock_id = CAST(:l AS uuid)", l=world.lock_id
+        ) == [[0]]
+
+
 def test_a_locked_out_lock_runs_no_forward_pass(
     clients: dict[str, Any], world: World, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -1652,6 +1700,8 @@ class NormalisedDoor:
     uid: str
     aim: Callable[[float], None]
     verify: Callable[..., dict[str, Any]]
+    #: place this take's normalised score against anyone's voiceprint: (uid, score, seed of its own direction)
+    aim_at: Callable[[str, float, int], float]
 
 
 @pytest.fixture
@@ -1674,6 +1724,7 @@ def normalised_door(
             "LOCKWISE_MODEL_DIR": str(folder),
             "LOCKWISE_VOICE_THRESHOLD": str(threshold),
             "LOCKWISE_VOICE_RETRY_BAND": str(band),
+            "LOCKWISE_VOICE_MARGIN": "1.0",  # GE2E's on the normalised scale (a cohort without one refuses to start)
             "LOCKWISE_LOCKOUT_AFTER": "50",
         }.items():
             monkeypatch.setenv(key, value)
@@ -1708,7 +1759,27 @@ def normalised_door(
             result: dict[str, Any] = resp.get_json()
             return result
 
-        return NormalisedDoor(clients, uid, aim, verify)
+        def aim_at(someone: str, normalised: float, seed: int) -> float:
+            """Set ``someone``'s voiceprint so that this probe's normalised score is ``normalised``, in a direction
+            of its own beside the probe's (``seed``); return the cosine it took."""
+            other = np.random.default_rng(seed).standard_normal(probe.shape).astype(np.float32)
+            other = scoring.normalise(other - (other @ probe) * probe)
+            lo, hi = -0.99, 0.9999
+            for _ in range(60):
+                mid = (lo + hi) / 2
+                voiceprint = scoring.normalise(mid * probe + np.sqrt(1 - mid**2) * other)
+                _, score = scorer.scores(probe, voiceprint[None, :])
+                lo, hi = (mid, hi) if score[0] < normalised else (lo, mid)
+            assert abs(float(score[0]) - normalised) < 0.01
+            with get_runtime("verify").db.transaction() as con:
+                con.run(
+                    "UPDATE voiceprints SET embedding = :e WHERE user_uid = :u",
+                    e=scoring.to_bytes(voiceprint),
+                    u=someone,
+                )
+            return mid
+
+        return NormalisedDoor(clients, uid, aim, verify, aim_at)
 
     return open_door
 
@@ -1733,6 +1804,58 @@ def test_a_voice_the_raw_floor_refuses_is_not_asked_again(
         assert con.run("SELECT count(*) FROM verify_follow_ups") == [[0]]
     door.aim(2.6)  # just under the threshold: asked again, as before
     assert door.verify()["reason"] == "say_again"
+
+
+def test_a_voice_the_raw_floor_refuses_is_below_the_threshold_beside_a_close_voiceprint(
+    world: World, clients: dict[str, Any], normalised_door: Callable[[float, float], NormalisedDoor]
+) -> None:
+    """A voice whose cosine is under the encoder's floor is answered ``below_threshold``: with a second voiceprint
+    within the margin it was ``ambiguous``, which told the lock its normalised score reached the threshold (attack
+    run 43)."""
+    assert enroll(clients, world.accounts["admin"], speaker="june").status_code == 201
+    door = normalised_door(3.0, 1.0)  # this cohort puts a normalised 4.0 at a cosine of 0.23, under the floor 0.25
+    assert door.aim_at(door.uid, 4.0, 1) < CALIBRATIONS["ecapa-tdnn"].floor
+    door.aim_at(world.uid("admin"), -5.0, 2)
+    assert door.verify()["reason"] == "below_threshold"
+    door.aim_at(world.uid("admin"), 3.6, 2)  # a second voiceprint close to it, under the floor too
+    close = door.verify()
+    assert (close["decision"], close["reason"]) == ("rejected", "below_threshold"), close
+    door.aim_at(door.uid, 9.0, 1)  # over the floor: two close voiceprints are ambiguous, as before
+    door.aim_at(world.uid("admin"), 8.6, 2)
+    assert door.verify()["reason"] == "ambiguous"
+
+
+def test_a_follow_up_lets_in_only_whom_the_second_utterance_alone_lets_in(
+    world: World, clients: dict[str, Any], normalised_door: Callable[[float, float], NormalisedDoor]
+) -> None:
+    """The fused scores are means: a first utterance close to the member and far from a guest outside her window
+    (whose voice came to the lock first) pulled her under the margin and the set-aside rules, and a second
+    utterance that alone was hers (refused) or ambiguous between them was let in as the member (attack run 43,
+    attack run 25's door again). The second utterance must let in alone whom the two let in."""
+    assert enroll(clients, world.accounts["guest_out"], speaker="june").status_code == 201
+    door = normalised_door(8.0, 1.0)  # margin 1.0 on the normalised scale
+    member, guest = door.uid, world.uid("guest_out")
+    for guest_second, reason in ((9.0, "below_threshold"), (7.9, "ambiguous")):
+        door.aim_at(member, 8.6, 1)  # the second utterance decided alone: hers, or too close to hers
+        door.aim_at(guest, guest_second, 2)
+        assert (door.verify()["reason"], guest_second) == (reason, guest_second)
+        door.aim_at(member, 7.5, 1)  # a first utterance close to the member, far from the guest
+        door.aim_at(guest, 2.0, 2)
+        first = door.verify()
+        assert first["reason"] == "say_again", first
+        door.aim_at(member, 8.6, 1)  # the same second utterance as a follow-up
+        door.aim_at(guest, guest_second, 2)
+        second = door.verify(first["attempt_id"])
+        assert (second["decision"], second["reason"]) == ("rejected", reason), second
+    # the member's own second utterance, clear of the guest, still passes with the first
+    door.aim_at(member, 7.5, 1)
+    door.aim_at(guest, 2.0, 2)
+    first = door.verify()
+    assert first["reason"] == "say_again"
+    door.aim_at(member, 9.5, 1)
+    second = door.verify(first["attempt_id"])
+    assert second["decision"] == "accepted" and second["member_uid"] == member, second
+    assert scored(second["attempt_id"])[0] == pytest.approx(8.5, abs=0.02)  # decided on the mean
 
 
 def test_a_say_again_utterance_goes_with_the_voice_data_it_came_closest_to(

@@ -22,9 +22,15 @@ class Hold:
     counting: bool  # failures are counted or a lockout stands: an accepted voice has something to clear
 
 
-#: the app unlocks acknowledged while a decision held the row (``clear_unless_busy``), taken by whoever counts next
-_TAKE_CLEARS = "WITH cleared AS (DELETE FROM voice_lockout_clears WHERE lock_id = CAST(:l AS uuid) RETURNING 1) "
-_CLEARED = "EXISTS (SELECT 1 FROM cleared)"
+#: the app unlocks acknowledged while a decision held the row (``clear_unless_busy``), taken by whoever counts next;
+#: each clears the failures counted before its unlock (``counted_before``), not those counted since: a marker written
+#: in a relay batch that committed late cleared a lockout begun after the unlock and its acknowledgement (attack run
+#: 43)
+_TAKE_CLEARS = (
+    "WITH cleared AS (DELETE FROM voice_lockout_clears WHERE lock_id = CAST(:l AS uuid)"
+    " RETURNING coalesce(counted_before, 'infinity') AS counted_before) "
+)
+_CLEARED = "EXISTS (SELECT 1 FROM cleared WHERE cleared.counted_before >= voice_lockouts.updated_at)"
 
 
 def hold(con: Connection, lock_id: str, now: dt.datetime) -> Hold:
@@ -88,8 +94,8 @@ def clear_unless_busy(con: Connection, lock_id: str, *, counted_before: dt.datet
         return
     # held, or none (nothing to clear; a plain read of the row does not wait for its holder)
     con.run(
-        "INSERT INTO voice_lockout_clears (lock_id)"
-        " SELECT lock_id FROM voice_lockouts WHERE lock_id = CAST(:l AS uuid) AND updated_at <= :t",
+        "INSERT INTO voice_lockout_clears (lock_id, counted_before)"
+        " SELECT lock_id, :t FROM voice_lockouts WHERE lock_id = CAST(:l AS uuid) AND updated_at <= :t",
         l=lock_id,
         t=counted_before,
     )

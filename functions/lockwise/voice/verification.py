@@ -232,7 +232,10 @@ def decide(raw: npt.NDArray[np.float32], scores: npt.NDArray[np.float32], rules:
     the best must reach the threshold and beat the runner-up by the margin, and its raw cosine must reach the
     policy's gate (with normalised scores: the encoder's floor, or a lock's own threshold above it)."""
     decision = scoring.decide(scores, rules.threshold, rules.margin)
-    if decision.accepted and not rules.passing(raw, scores)[decision.best_index]:  # the one rule, with the gate
+    gated = decision.best_index is not None and decision.reason in ("accepted", "ambiguous")
+    if gated and not rules.passing(raw, scores)[decision.best_index]:  # the one rule, with the gate
+        # ambiguous too: it says the best reached the threshold, which a voice the gate refuses is not told (attack
+        # run 43: one close voiceprint answered below_threshold, two answered ambiguous)
         return dataclasses.replace(decision, accepted=False, reason="below_threshold")
     return decision
 
@@ -430,16 +433,19 @@ class _Attempt:
             return Result("rejected", attempt, "replay", stale_voiceprints=stale)
         raw, scores = self.doors.scorer.scores(probe, found.prints)
         first = take_follow_up(self.con, self.lock_id, follow_up) if follow_up else None
-        if first is not None:
-            scores = np.array(
-                [(s + first[uid]) / 2 if uid in first else s for uid, s in zip(found.uids, scores, strict=True)],
-                dtype=np.float32,
-            )
         doors = self.doors
         like = first_come.like_rules(doors.settings, encoder, self.lock_threshold, doors.scorer)
         decision = first_come.decide(found, raw, scores, rules, doors.scorer, decide, like)
         if first is None:
             decision = _asked_again(decision, rules)
+        else:
+            fused = np.array(
+                [(s + first[uid]) / 2 if uid in first else s for uid, s in zip(found.uids, scores, strict=True)],
+                dtype=np.float32,
+            )
+            decision = _with_follow_up(
+                first_come.decide(found, raw, fused, rules, doors.scorer, decide, like), decision
+            )
         matched = found.uids[decision.best_index] if decision.best_index is not None else None
         logged: dict[str, Any] = {  # what the attempts log keeps of the scoring (not the feed, not the lock)
             "clip_sha256": self.clip_sha256,
@@ -523,6 +529,20 @@ class _Attempt:
             l=self.lock_id,
             s=json.dumps(scores),
         )
+
+
+def _with_follow_up(fused: scoring.Decision, alone: scoring.Decision) -> scoring.Decision:
+    """The decision on a second utterance and the first's scores (``fused``: their means), which lets in only
+    someone this utterance ``alone`` lets in: the mean lowers the best's score (the first was under the threshold),
+    and it lowered the others' too, so a first utterance far from a guest outside her window, or from a voiceprint
+    like the member's, took her out of the margin and the set-aside rules, and a second utterance that alone was
+    hers, or ambiguous, was let in as the member (attack run 43). Refused, it is answered as the utterance alone
+    (closest to another voice: ``ambiguous``)."""
+    if not fused.accepted or (alone.accepted and alone.best_index == fused.best_index):
+        return fused
+    if alone.accepted:  # the two utterances let in two voices
+        return dataclasses.replace(alone, accepted=False, reason="ambiguous")
+    return alone
 
 
 def _asked_again(decision: scoring.Decision, rules: Policy) -> scoring.Decision:

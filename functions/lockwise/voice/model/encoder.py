@@ -197,6 +197,14 @@ def load_scorer(settings: Settings, encoder: Encoder) -> Scorer:
                 f"{folder} has a score cohort but {encoder.name} has no calibrated threshold on normalised scores: "
                 "set LOCKWISE_VOICE_THRESHOLD from calibrate's report"
             )
+        # the raw margin (0.05 cosine) on a scale whose thresholds are 3-8 let a voice 0.3 under a guest outside
+        # her window in as the member it also passed as (attack run 43): the margin is on the same scale
+        if settings.voice_margin is None and (base is None or base.norm_margin is None):
+            raise ModelError(
+                f"{folder} has a score cohort but {encoder.name} has no calibrated margin on normalised scores: "
+                "set LOCKWISE_VOICE_MARGIN on that scale (GE2E's: 1.0, its raw margin over the cohort's typical "
+                "deviation of the top scores)"
+            )
     return Scorer(found)
 
 
