@@ -42,6 +42,13 @@ SPLIT_ON = (400, 413)
 PER_LOCK_WAITING = 500
 #: and their bytes as posted: 500 reports of a few hundred bytes, or 16 payloads at the cap
 PER_LOCK_WAITING_BYTES = 256 * 1024
+#: copies of one lock's waiting messages held unacknowledged with their firsts at most (an hour's outage made 17-19
+#: of each of a lock's few); past it a copy the lock sent again is acknowledged at once, its first still held. Held
+#: without a bound, one lock sending one message 120,000 times took the relay's whole window of unacknowledged
+#: messages, the broker sent every lock's events after its copies, 15 s late, and no flood was counted (attack run
+#: 44). A copy the broker redelivered is always held: it may be the first's own packet id, and acknowledged at once
+#: it acknowledged the first (attack run 31)
+PER_LOCK_HELD_COPIES = 64
 
 log = logging.getLogger("mqtt_relay.forwarder")
 
@@ -56,6 +63,8 @@ class Event:
     run: int | None = None
     #: its payload's name in a receipt to its lock (``receipts.digest`` of the bytes as published; "": none)
     digest: str = ""
+    #: the broker sent it again (MQTT's DUP: a resumed session's in-flight message, perhaps one already here)
+    redelivered: bool = False
     #: its lock's identity ("" for a topic of none), the payload's size as posted (``topics.posted``), and the event
     #: as one item of a batch's ``events``, made once
     lock: str = field(init=False, repr=False)
@@ -71,11 +80,13 @@ class Event:
         object.__setattr__(self, "wire", wire)
 
     @classmethod
-    def of(cls, topic: str, raw: bytes, ack: Callable[[], None], run: int | None) -> Event:
+    def of(
+        cls, topic: str, raw: bytes, ack: Callable[[], None], run: int | None, *, redelivered: bool = False
+    ) -> Event:
         """A lock's message as it came: its payload as text, and its name in a receipt when its lock keeps it until
         one (``receipts.names``)."""
         named = receipts.digest(raw) if receipts.names(topic) else ""
-        return cls(topic, raw.decode("utf-8", errors="replace"), ack, run, named)
+        return cls(topic, raw.decode("utf-8", errors="replace"), ack, run, named, redelivered)
 
 
 def receipts_of(events: list[Event]) -> dict[str, list[str]]:
@@ -121,8 +132,10 @@ class Forwarder:
         #: once, a redelivered copy left the message in the relay's memory alone: attack run 31 lost an ack and a
         #: report to a relay restarted while the function was away)
         self._holding: dict[tuple[str, str], list[Callable[[], None]]] = {}
+        self._held_copies: dict[str, int] = {}  # by lock: the acks in ``_holding`` (``PER_LOCK_HELD_COPIES``)
         self._holding_lock = threading.Lock()
         self.repeated = 0
+        self.copies_let_go = 0  # of those, copies acknowledged at once: their lock held ``PER_LOCK_HELD_COPIES``
         self.last_error: str | None = None
         self.upkeep_error: str | None = None  # the last upkeep's failure (``flush_mirror``), None once one succeeds
         self._stop = threading.Event()
@@ -144,11 +157,24 @@ class Forwarder:
         if event.digest:
             with self._holding_lock:
                 copies = self._holding.get((event.lock, event.digest))
+                held = self._held_copies.get(event.lock, 0)
                 if copies is not None:  # its first copy waits: acknowledged with it, named by its receipt
-                    copies.append(event.ack)
                     self.repeated += 1
-                    return
-                self._holding[(event.lock, event.digest)] = []
+                    if event.redelivered or held < PER_LOCK_HELD_COPIES:
+                        copies.append(event.ack)
+                        self._held_copies[event.lock] = held + 1
+                        return
+                    self.copies_let_go += 1
+                else:
+                    self._holding[(event.lock, event.digest)] = []
+            if copies is not None:  # its lock's held copies are full: this one goes now, its first still held
+                if self.copies_let_go % 1000 == 1:
+                    log.warning(
+                        "a lock keeps sending copies of a message waiting here: acknowledged at once",
+                        extra={"fields": {"topic": event.topic[:200], "let_go": self.copies_let_go}},
+                    )
+                event.ack()
+                return
         if not self.queue.put(event.lock, event, event.size):  # a flood: counted, logged at times
             self.flooded += 1
             why = f"its lock's line is full ({self.flooded} so far)"
@@ -169,6 +195,11 @@ class Forwarder:
         """``events`` are acknowledged: so are the copies that came meanwhile, and one that comes now is forwarded."""
         with self._holding_lock:
             acks = [self._holding.pop((e.lock, e.digest), []) for e in events if e.digest]
+            for event, copies in zip((e for e in events if e.digest), acks, strict=True):
+                if copies:
+                    left = self._held_copies.pop(event.lock, 0) - len(copies)
+                    if left > 0:
+                        self._held_copies[event.lock] = left
         for ack in (ack for copies in acks for ack in copies):
             ack()
 

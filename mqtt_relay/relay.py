@@ -108,7 +108,8 @@ class Relay:
             self.broker_start.heard_run(bytes(msg.payload))
             return
         ack = functools.partial(self._ack, msg.mid, msg.qos)
-        self.forwarder.submit(Event.of(msg.topic, bytes(msg.payload), ack, self.broker_start.tag(msg.properties)))
+        tag = self.broker_start.tag(msg.properties)
+        self.forwarder.submit(Event.of(msg.topic, bytes(msg.payload), ack, tag, redelivered=bool(msg.dup)))
 
     def _ack(self, mid: int, qos: int) -> None:
         if qos > 0:
@@ -290,6 +291,7 @@ class Relay:
             "dropped": self.forwarder.dropped,
             "flooded": self.forwarder.flooded,
             "repeated": self.forwarder.repeated,
+            "copies_let_go": self.forwarder.copies_let_go,
             **({"error": self.forwarder.last_error} if self.forwarder.last_error else {}),
         }
         healthy = all(c["ok"] for c in checks.values())

@@ -163,7 +163,7 @@ def drain(
             counts["received"] += 1
         last_message[0] = time.monotonic()
         ack = functools.partial(acked, msg.mid, msg.qos)
-        forwarder.submit(Event.of(msg.topic, bytes(msg.payload), ack, tag(msg.properties)))
+        forwarder.submit(Event.of(msg.topic, bytes(msg.payload), ack, tag(msg.properties), redelivered=bool(msg.dup)))
 
     client.on_connect = on_connect
     client.on_message = on_message
