@@ -152,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--members", type=int, default=10)
     parser.add_argument("--commands", type=int, default=200)
     parser.add_argument("--events", type=int, default=3000)
-    parser.add_argument("--locks", type=int, default=10)
+    parser.add_argument("--locks", type=int, default=30)
     args = parser.parse_args(argv)
     model_dir = full_random_ecapa()
     clip = speech_like(3.0, rate=44100, seed=3)

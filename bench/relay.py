@@ -299,7 +299,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--commands", type=int, default=200)
     parser.add_argument("--events", type=int, default=2000)
-    parser.add_argument("--locks", type=int, default=10)
+    parser.add_argument("--locks", type=int, default=30)
     args = parser.parse_args(argv)
     with local_stack(settings=BENCH_FUNCTION_SETTINGS) as env:
         result = measure(env, args.commands, args.events, args.locks)

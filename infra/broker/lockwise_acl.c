@@ -45,6 +45,15 @@
  *
  * 4. A lock's last will is taken only as its goodbye, "offline[ <n>]" on its own status topic (goodbye()).
  *
+ * 5. A lock publishes at most plugin_opt_lock_messages_per_second on average, in bursts of at most
+ *    plugin_opt_lock_message_burst (a token bucket per username, kept across its connections). Past it the
+ *    publish's check answers MOSQ_ERR_ADMINISTRATIVE_ACTION: the connection is closed without a PUBACK, and the
+ *    lock sends the message again when it returns (its last will goes as usual). Every lock's events wait in one
+ *    queue in the broker, the relays' shared-subscription sessions: one lock publishing 120,000 small reports in
+ *    10 s put every other lock's events 10 s behind them, and past max_queued_messages Mosquitto dropped other
+ *    locks' messages it had acknowledged (attack run 44). A lock reports a few times an hour; Mosquitto 2.0 has no
+ *    per-client inbound limit, and MQTT 3.1.1 publishers no flow control. A relay and a will are not counted.
+ *
  * Build: cc -shared -fPIC -O2 -Wall -Wextra -o lockwise_acl.so lockwise_acl.c (Debian: gcc, libc6-dev,
  * mosquitto-dev, libmosquitto-dev).
  */
@@ -72,6 +81,18 @@ struct relay {
 	char *held[MAX_HELD];
 };
 
+/* 5: a lock's publishing allowance, by username (its certificate's identity) */
+struct pace {
+	char *username;
+	double tokens;
+	double at; /* monotonic seconds of the last refill */
+	struct pace *next;
+};
+
+#define PACE_BUCKETS 65536
+/* buckets looked through for idle allowances at each tick: every one about once a minute at Mosquitto's ~100 ms */
+#define PACE_SWEEP 128
+
 struct lockwise_acl {
 	mosquitto_plugin_id_t *id;
 	char *root; /* the topic root, "lockwise" */
@@ -85,6 +106,10 @@ struct lockwise_acl {
 	const struct mosquitto *closing;
 	char run[24];       /* this run's number, in decimal */
 	bool run_published; /* on RUN_TOPIC, at the first tick */
+	double rate;        /* 5: a lock's messages a second, on average (0: no limit) */
+	double burst;       /* and at most at once */
+	struct pace **paces; /* PACE_BUCKETS chains */
+	unsigned sweep;      /* the next bucket the tick looks through */
 };
 
 /* One line a second at most for each kind: a client sending refused packets without end would otherwise have one
@@ -235,6 +260,88 @@ static bool goodbye(const struct lockwise_acl *acl, const char *username, const 
 	return true;
 }
 
+static double monotonic_s(void)
+{
+	struct timespec now;
+
+	clock_gettime(CLOCK_MONOTONIC, &now);
+	return (double)now.tv_sec + (double)now.tv_nsec / 1e9;
+}
+
+static unsigned pace_bucket(const char *username)
+{
+	uint32_t hash = 2166136261u; /* FNV-1a */
+
+	for(const unsigned char *c = (const unsigned char *)username; *c; c++){
+		hash = (hash ^ *c) * 16777619u;
+	}
+	return hash % PACE_BUCKETS;
+}
+
+/* 5: whether the lock may publish one more message now (taking it from its allowance). Without memory for a new
+ * allowance, it may: the limit protects the queue, not the lock. */
+static bool within_pace(struct lockwise_acl *acl, const char *username)
+{
+	struct pace **chain, *p;
+	double now;
+
+	if(acl->rate <= 0 || acl->paces == NULL){
+		return true;
+	}
+	now = monotonic_s();
+	chain = &acl->paces[pace_bucket(username)];
+	for(p = *chain; p != NULL && strcmp(p->username, username) != 0; p = p->next){
+	}
+	if(p == NULL){
+		p = calloc(1, sizeof(*p));
+		if(p == NULL || (p->username = strdup(username)) == NULL){
+			free(p);
+			return true;
+		}
+		p->tokens = acl->burst;
+		p->at = now;
+		p->next = *chain;
+		*chain = p;
+	}
+	p->tokens += (now - p->at) * acl->rate;
+	if(p->tokens > acl->burst){
+		p->tokens = acl->burst;
+	}
+	p->at = now;
+	if(p->tokens < 1){
+		return false;
+	}
+	p->tokens -= 1;
+	return true;
+}
+
+/* 5: forget the allowances full again (idle for burst / rate seconds), a few buckets a tick */
+static void sweep_paces(struct lockwise_acl *acl)
+{
+	double now;
+
+	if(acl->paces == NULL){
+		return;
+	}
+	now = monotonic_s();
+	for(int i = 0; i < PACE_SWEEP; i++){
+		struct pace **link = &acl->paces[acl->sweep];
+
+		while(*link != NULL){
+			struct pace *p = *link;
+
+			if(p->tokens + (now - p->at) * acl->rate >= acl->burst){
+				*link = p->next;
+				free(p->username);
+				free(p);
+			}else{
+				link = &p->next;
+			}
+		}
+		acl->sweep = (acl->sweep + 1) % PACE_BUCKETS;
+	}
+}
+
 /* A lock's publish to one of its own relayed topics while no relay holds a subscription for it. */
 static bool nobody_relays(const struct lockwise_acl *acl, const char *username, const char *topic)
 {
@@ -254,7 +361,7 @@ static bool nobody_relays(const struct lockwise_acl *acl, const char *username, 
 
 static int on_acl_check(int event, void *event_data, void *userdata)
 {
-	static struct quiet refused, held, wills;
+	static struct quiet refused, held, wills, paced;
 	const struct mosquitto_evt_acl_check *ed = event_data;
 	struct lockwise_acl *acl = userdata;
 	struct relay *relay;
@@ -298,6 +405,15 @@ static int on_acl_check(int event, void *event_data, void *userdata)
 			}
 			/* protocol 0: no connection, the source of a retained message being checked; a last will: nothing
 			 * would ever send it again (it goes as without the plugin: to the relays' sessions, if they hold any) */
+			if(!its_will && mosquitto_client_protocol_version(ed->client) != 0 && !within_pace(acl, username)){
+				if(speak(&paced, &more)){
+					mosquitto_log_printf(MOSQ_LOG_NOTICE,
+							"lockwise_acl: %.64s publishes faster than %g messages a second (%g at once):"
+							" closing its connection unacknowledged (and %lu more since)",
+							username, acl->rate, acl->burst, more);
+				}
+				return MOSQ_ERR_ADMINISTRATIVE_ACTION;
+			}
 			if(!its_will && mosquitto_client_protocol_version(ed->client) != 0
 					&& nobody_relays(acl, username, ed->topic)){
 				if(speak(&held, &more)){
@@ -391,6 +507,7 @@ static int on_tick(int event, void *event_data, void *userdata)
 	(void)event;
 	(void)event_data;
 
+	sweep_paces(acl);
 	if(!acl->run_published && mosquitto_broker_publish_copy(NULL, RUN_TOPIC, (int)strlen(acl->run), acl->run, 0,
 				true, NULL) == MOSQ_ERR_SUCCESS){
 		acl->run_published = true;
@@ -456,6 +573,16 @@ static void acl_free(struct lockwise_acl *acl)
 	for(int i = 0; i < acl->relayed_count; i++){
 		free(acl->relayed[i]);
 	}
+	for(int i = 0; acl->paces != NULL && i < PACE_BUCKETS; i++){
+		while(acl->paces[i] != NULL){
+			struct pace *p = acl->paces[i];
+
+			acl->paces[i] = p->next;
+			free(p->username);
+			free(p);
+		}
+	}
+	free(acl->paces);
 	free(acl->relays);
 	free(acl->root);
 	free(acl);
@@ -491,7 +618,24 @@ int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void **userdata, st
 			relayed = options[i].value;
 		}else if(strcmp(options[i].key, "run_file") == 0){
 			run_file = options[i].value;
+		}else if(strcmp(options[i].key, "lock_messages_per_second") == 0){
+			acl->rate = strtod(options[i].value, NULL);
+		}else if(strcmp(options[i].key, "lock_message_burst") == 0){
+			acl->burst = strtod(options[i].value, NULL);
 		}
+	}
+	if(acl->rate > 0){
+		acl->burst = acl->burst < 1 ? 1 : acl->burst;
+		acl->paces = calloc(PACE_BUCKETS, sizeof(*acl->paces));
+		if(acl->paces == NULL){
+			acl_free(acl);
+			return MOSQ_ERR_NOMEM;
+		}
+		mosquitto_log_printf(MOSQ_LOG_NOTICE, "lockwise_acl: a lock publishes at most %g messages a second (%g at"
+				" once)", acl->rate, acl->burst);
+	}else{
+		mosquitto_log_printf(MOSQ_LOG_WARNING, "lockwise_acl: no plugin_opt_lock_messages_per_second: one lock's"
+				" flood delays every lock's events");
 	}
 	acl->id = identifier;
 	acl->root = strdup(root);

@@ -32,6 +32,10 @@ UPTIME_TOPIC = "$SYS/broker/uptime"
 RUN_TOPIC = "$SYS/broker/lockwise/run"
 #: the largest MQTT packet the broker takes: commands, acks and state reports are a few hundred bytes
 MAX_PACKET_SIZE = 65536
+#: a lock's publishing pace (``lockwise_acl.c``, 5): on average, and at once (a lock sends again up to 64 kept
+#: messages, its status and a state report as it connects: FIRMWARE.md, "Receipts")
+LOCK_MESSAGES_PER_SECOND = 20
+LOCK_MESSAGE_BURST = 200
 PROD = {
     "ACL_FILE": "/etc/mosquitto/acl",
     "EMQX_ACL_FILE": "/etc/emqx/emqx_acl.conf",
@@ -66,6 +70,8 @@ def mosquitto_conf(values: dict[str, str]) -> str:
     (``ACL_PLUGIN``: ``plugin.build``), the certificates, the persistence directory."""
     fixed = {
         "MAX_PACKET_SIZE": str(MAX_PACKET_SIZE),
+        "LOCK_MESSAGES_PER_SECOND": str(LOCK_MESSAGES_PER_SECOND),
+        "LOCK_MESSAGE_BURST": str(LOCK_MESSAGE_BURST),
         "TOPIC_ROOT": TOPIC_ROOT,
         "RELAY_USERS": ",".join(relay_identities()),
         "RELAYED_TOPICS": ",".join(relayed_topics()),

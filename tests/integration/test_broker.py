@@ -23,6 +23,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from infra.broker import render
 from infra.deploy_config import RELAY_SLOTS
 from infra.local import services
 from infra.local.services import Broker
@@ -460,6 +461,51 @@ def test_an_oversized_message_is_refused_by_the_broker(
     finally:
         lock.client.loop_stop()
         relay.stop()
+
+
+def test_a_lock_publishing_faster_than_its_pace_is_closed_unacknowledged_and_others_go_on(
+    broker: Broker, lock_files: dict[str, tuple[Path, Path]], tmp_path: Path
+) -> None:
+    """Attack run 44: every lock's events wait in one queue in the broker, the relays' sessions, and one lock writing
+    120,000 small reports in 10 s put every other lock's events 10 s behind it (past max_queued_messages, others'
+    acknowledged messages were dropped). A lock now publishes at most ``LOCK_MESSAGES_PER_SECOND`` on average and
+    ``LOCK_MESSAGE_BURST`` at once (``lockwise_acl.c``, 5): past it its connection is closed, the message
+    unacknowledged (sent again when it returns). Another lock is not held up, and the lock itself may publish again
+    once its allowance refills."""
+    a_files, b_files = two(lock_files)
+    a, b = identity_of(a_files), identity_of(b_files)
+    flooder, other = Peer(broker, a_files, client_id=a), Peer(broker, b_files, client_id=b)
+    flooder.client.max_inflight_messages_set(5000)  # all at once, as a lock's firmware of its own may
+    relay = Peer(broker, broker.client_files(RELAY, tmp_path / "relay"), client_id=RELAY)
+    for peer in (flooder, other, relay):
+        assert peer.start()
+    try:
+        relay.relays()
+        started = time.monotonic()
+        for i in range(3000):
+            flooder.client.publish(topics.state(a), f'{{"n": {i}}}'.encode(), qos=1)
+        wait_until(lambda: flooder.disconnects, 10)
+        elapsed = time.monotonic() - started
+        assert flooder.disconnects, "the broker kept a lock publishing 3,000 messages at once"
+        time.sleep(0.5)
+        taken = len(relay.of(a))
+        allowed = render.LOCK_MESSAGE_BURST + render.LOCK_MESSAGES_PER_SECOND * elapsed
+        assert render.LOCK_MESSAGE_BURST - 5 <= taken <= allowed + 1, (taken, elapsed)
+        other.client.publish(topics.state(b), b'{"n": 0}', qos=1).wait_for_publish(5)
+        wait_until(lambda: relay.of(b), 5)
+        assert relay.of(b) == [(topics.state(b), b'{"n": 0}')]
+        flooder.client.loop_stop()
+        time.sleep(0.5)  # ten messages' allowance back
+        again = Peer(broker, a_files, client_id=a)
+        assert again.start()
+        again.client.publish(topics.state(a), b'{"n": "again"}', qos=1).wait_for_publish(5)
+        wait_until(lambda: (topics.state(a), b'{"n": "again"}') in relay.messages, 5)
+        assert (topics.state(a), b'{"n": "again"}') in relay.messages and not again.disconnects
+        again.stop()
+    finally:
+        flooder.client.loop_stop()
+        for peer in (other, relay):
+            peer.stop()
 
 
 def test_the_csr_subject_never_becomes_the_identity(broker: Broker) -> None:
