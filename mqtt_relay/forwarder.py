@@ -15,9 +15,11 @@ unreachable function, a 5xx or a refused service token keeps the batch, unacknow
 
 Each batch taken, and each event dropped for good, is told to ``on_taken``: the relay then publishes the locks their
 receipts (``lockwise.devices.receipts``), so a lock stops keeping what the back-end holds. A copy of a lock's message
-that comes while the first is held (the lock sending it again, the broker redelivering it) is not queued: it is
-acknowledged with the first, once that is taken or dropped. A copy the broker redelivered on a resumed session has
-the first's packet id, so that id is acknowledged twice; Mosquitto logs the second as unknown and goes on.
+that comes while the first is held is not queued. One the broker redelivered (MQTT's DUP: a resumed session's
+message in flight, perhaps the first's own delivery, with its packet id) is acknowledged with the first, once that is
+taken or dropped, so that id may be acknowledged twice (Mosquitto logs the second as unknown and goes on). One the
+lock sent again is a delivery of its own, acknowledged at once: held, one lock sending one message 120,000 times took
+the relay's window of unacknowledged messages, and every lock's events came 15 s late (attack run 44).
 """
 
 from __future__ import annotations
@@ -42,13 +44,6 @@ SPLIT_ON = (400, 413)
 PER_LOCK_WAITING = 500
 #: and their bytes as posted: 500 reports of a few hundred bytes, or 16 payloads at the cap
 PER_LOCK_WAITING_BYTES = 256 * 1024
-#: copies of one lock's waiting messages held unacknowledged with their firsts at most (an hour's outage made 17-19
-#: of each of a lock's few); past it a copy the lock sent again is acknowledged at once, its first still held. Held
-#: without a bound, one lock sending one message 120,000 times took the relay's whole window of unacknowledged
-#: messages, the broker sent every lock's events after its copies, 15 s late, and no flood was counted (attack run
-#: 44). A copy the broker redelivered is always held: it may be the first's own packet id, and acknowledged at once
-#: it acknowledged the first (attack run 31)
-PER_LOCK_HELD_COPIES = 64
 
 log = logging.getLogger("mqtt_relay.forwarder")
 
@@ -125,17 +120,15 @@ class Forwarder:
         self.stale = 0  # state reports it ignored as not newer than the last applied (a repeat, or out of order)
         self.dropped = 0  # events not delivered at all (oversized, refused alone with 400/413, a full lock line)
         self.flooded = 0  # of those, events of a lock with PER_LOCK_WAITING already waiting
-        #: the locks' messages waiting here or being posted, by (lock, digest), with the acks of the copies that came
-        #: meanwhile (the lock's sending again, the broker's redelivery on a resumed or drained session): a copy is
-        #: not queued (``repeated``), so a lock's line holds each message once (attack run 30: an hour's outage made
-        #: 17-19 copies of each), and it is acknowledged only with its first, once that is taken (acknowledged at
-        #: once, a redelivered copy left the message in the relay's memory alone: attack run 31 lost an ack and a
-        #: report to a relay restarted while the function was away)
+        #: the locks' messages waiting here or being posted, by (lock, digest), with the acks of the copies the broker
+        #: redelivered meanwhile (a resumed or drained session): a copy is not queued (``repeated``), so a lock's line
+        #: holds each message once (attack run 30: an hour's outage made 17-19 copies of each), and a redelivered one
+        #: is acknowledged only with its first, once that is taken (acknowledged at once, it left the message in the
+        #: relay's memory alone: attack run 31 lost an ack and a report to a relay restarted while the function was
+        #: away); one the lock sent again is acknowledged at once (attack run 44)
         self._holding: dict[tuple[str, str], list[Callable[[], None]]] = {}
-        self._held_copies: dict[str, int] = {}  # by lock: the acks in ``_holding`` (``PER_LOCK_HELD_COPIES``)
         self._holding_lock = threading.Lock()
         self.repeated = 0
-        self.copies_let_go = 0  # of those, copies acknowledged at once: their lock held ``PER_LOCK_HELD_COPIES``
         self.last_error: str | None = None
         self.upkeep_error: str | None = None  # the last upkeep's failure (``flush_mirror``), None once one succeeds
         self._stop = threading.Event()
@@ -157,22 +150,14 @@ class Forwarder:
         if event.digest:
             with self._holding_lock:
                 copies = self._holding.get((event.lock, event.digest))
-                held = self._held_copies.get(event.lock, 0)
-                if copies is not None:  # its first copy waits: acknowledged with it, named by its receipt
+                if copies is not None:  # its first waits here: this one is not queued, named by its receipt
                     self.repeated += 1
-                    if event.redelivered or held < PER_LOCK_HELD_COPIES:
+                    if event.redelivered:  # perhaps the first's own delivery: acknowledged only with it
                         copies.append(event.ack)
-                        self._held_copies[event.lock] = held + 1
                         return
-                    self.copies_let_go += 1
                 else:
                     self._holding[(event.lock, event.digest)] = []
-            if copies is not None:  # its lock's held copies are full: this one goes now, its first still held
-                if self.copies_let_go % 1000 == 1:
-                    log.warning(
-                        "a lock keeps sending copies of a message waiting here: acknowledged at once",
-                        extra={"fields": {"topic": event.topic[:200], "let_go": self.copies_let_go}},
-                    )
+            if copies is not None:  # the lock's sending again: a delivery of its own, acknowledged now
                 event.ack()
                 return
         if not self.queue.put(event.lock, event, event.size):  # a flood: counted, logged at times
@@ -195,11 +180,6 @@ class Forwarder:
         """``events`` are acknowledged: so are the copies that came meanwhile, and one that comes now is forwarded."""
         with self._holding_lock:
             acks = [self._holding.pop((e.lock, e.digest), []) for e in events if e.digest]
-            for event, copies in zip((e for e in events if e.digest), acks, strict=True):
-                if copies:
-                    left = self._held_copies.pop(event.lock, 0) - len(copies)
-                    if left > 0:
-                        self._held_copies[event.lock] = left
         for ack in (ack for copies in acks for ack in copies):
             ack()
 

@@ -291,7 +291,6 @@ class Relay:
             "dropped": self.forwarder.dropped,
             "flooded": self.forwarder.flooded,
             "repeated": self.forwarder.repeated,
-            "copies_let_go": self.forwarder.copies_let_go,
             **({"error": self.forwarder.last_error} if self.forwarder.last_error else {}),
         }
         healthy = all(c["ok"] for c in checks.values())

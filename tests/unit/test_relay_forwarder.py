@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import pytest
 
 from lockwise.devices import receipts, topics
-from mqtt_relay.forwarder import PER_LOCK_HELD_COPIES, PER_LOCK_WAITING, Event, Forwarder, receipts_of
+from mqtt_relay.forwarder import PER_LOCK_WAITING, Event, Forwarder, receipts_of
 from tests.http_stubs import StubHandler, serving
 from tests.waiting import wait_for
 
@@ -208,11 +208,13 @@ def test_a_copy_that_comes_while_its_first_waits_is_not_queued_and_is_acknowledg
     acked: list[str] = []
     payload = b'{"state":"locked","ts":1767225601}'
     forwarder.submit(Event.of(topics.state("L1"), payload, lambda: acked.append("first"), None))
-    forwarder.submit(Event.of(topics.state("L1"), payload, lambda: acked.append("copy"), None))
-    forwarder.submit(Event.of(topics.state("L1"), payload, lambda: acked.append("copy 2"), None))
+    forwarder.submit(Event.of(topics.state("L1"), payload, lambda: acked.append("copy"), None, redelivered=True))
+    forwarder.submit(Event.of(topics.state("L1"), payload, lambda: acked.append("copy 2"), None, redelivered=True))
     forwarder.submit(Event.of(topics.state("L2"), payload, lambda: acked.append("other lock"), None))
     forwarder.submit(Event.of(topics.status("L1"), b"online 7", lambda: acked.append("status"), None))
-    forwarder.submit(Event.of(topics.status("L1"), b"online 7", lambda: acked.append("status again"), None))
+    forwarder.submit(
+        Event.of(topics.status("L1"), b"online 7", lambda: acked.append("status again"), None, redelivered=True)
+    )
     assert acked == [] and forwarder.repeated == 2 and forwarder.queue.qsize() == 4  # nothing taken, none acked
     forwarder.start()
     try:
@@ -225,38 +227,30 @@ def test_a_copy_that_comes_while_its_first_waits_is_not_queued_and_is_acknowledg
     assert forwarder.repeated == 2 and sum(len(json.loads(body)["events"]) for body in batches) == 5
 
 
-def test_a_lock_sending_one_message_without_end_holds_a_bounded_number_of_copies(
+def test_a_copy_the_lock_sent_again_is_acknowledged_at_once_and_only_a_redelivery_waits_for_its_first(
     devices: tuple[str, list[tuple[int, bytes]]],
 ) -> None:
-    """Attack run 44: a lock sent one message 120,000 times; each copy was held unacknowledged with the first, past
-    the per-lock bounds, until the relay's window of unacknowledged messages was all its (the broker sent every lock's
-    events after them, 15 s late) and nothing counted a flood. Past ``PER_LOCK_HELD_COPIES`` a copy the lock sent
-    again is acknowledged at once, its first still held; one the broker redelivered is held still (it may carry the
-    first's packet id)."""
+    """Attack run 44: a lock sent one message 120,000 times; each copy was held unacknowledged with the first until
+    the relay's window of unacknowledged messages was all its (the broker sent every lock's events after them, 15 s
+    late) and nothing counted a flood. A copy the lock sent again is its own delivery, with its own packet id:
+    acknowledged at once, its first still held. One the broker redelivered (DUP) may carry the first's packet id, and
+    waits for it (attack run 31)."""
     url, _ = devices
     forwarder = Forwarder(url, "token")
     acked: list[str] = []
     payload = b'{"state":"locked","ts":1767225601}'
-    first = Event.of(topics.state("L1"), payload, lambda: acked.append("first"), None)
-    forwarder.submit(first)
-    for i in range(PER_LOCK_HELD_COPIES + 100):
+    forwarder.submit(Event.of(topics.state("L1"), payload, lambda: acked.append("first"), None))
+    for i in range(1000):
         forwarder.submit(Event.of(topics.state("L1"), payload, functools.partial(acked.append, f"copy {i}"), None))
     forwarder.submit(Event.of(topics.state("L1"), payload, lambda: acked.append("redelivered"), None, redelivered=True))
-    assert acked == [f"copy {i}" for i in range(PER_LOCK_HELD_COPIES, PER_LOCK_HELD_COPIES + 100)]
-    assert forwarder.copies_let_go == 100 and forwarder.repeated == PER_LOCK_HELD_COPIES + 101
-    forwarder.submit(Event.of(topics.state("L2"), payload, lambda: acked.append("other lock"), None))
+    assert acked == [f"copy {i}" for i in range(1000)] and forwarder.repeated == 1001
+    assert forwarder.queue.qsize() == 1  # the first alone is queued
     forwarder.start()
     try:
-        wait_for(lambda: "other lock" in acked and "redelivered" in acked, what="the firsts taken, their copies acked")
-        assert acked.index("first") < acked.index("copy 0") and "redelivered" in acked
-        # taken: the lock's count of held copies is back to none, and its copies are held again
-        forwarder.submit(Event.of(topics.state("L1"), payload, lambda: acked.append("again"), None))
-        forwarder.submit(Event.of(topics.state("L1"), payload, lambda: acked.append("again's copy"), None))
-        wait_for(lambda: "again's copy" in acked, what="the message sent anew, and its copy with it")
-        assert acked.index("again") < acked.index("again's copy")
+        wait_for(lambda: "redelivered" in acked, what="the first taken, its redelivered copy acknowledged with it")
+        assert acked.index("first") < acked.index("redelivered")
     finally:
         forwarder.stop(drain_timeout_s=5)
-    assert forwarder.copies_let_go == 100
 
 
 def test_a_200_that_is_not_the_functions_answer_keeps_the_batch() -> None:
