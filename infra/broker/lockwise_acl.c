@@ -48,15 +48,19 @@
  * 5. A lock publishes at most plugin_opt_lock_messages_per_second on average, in bursts of at most
  *    plugin_opt_lock_message_burst (a token bucket per username, kept across its connections). Past it the
  *    publish's check answers MOSQ_ERR_ADMINISTRATIVE_ACTION: the connection is closed without a PUBACK, and the
- *    lock sends the message again when it returns (its last will goes as usual). Every lock's events wait in one
+ *    lock sends the message again when it returns. Its last will counts as a message, and past the allowance it is
+ *    dropped (a lock connecting in a loop with a new will each time sent 233 a second: attack run 45). Every lock's
+ *    events wait in one
  *    queue in the broker, the relays' shared-subscription sessions: one lock publishing 120,000 small reports in
  *    10 s put every other lock's events 10 s behind them, and past max_queued_messages Mosquitto dropped other
  *    locks' messages it had acknowledged (attack run 44). A lock reports a few times an hour; Mosquitto 2.0 has no
- *    per-client inbound limit, and MQTT 3.1.1 publishers no flow control. A relay and a will are not counted.
+ *    per-client inbound limit, and MQTT 3.1.1 publishers no flow control. A relay is not counted. Both options
+ *    are required together, finite, the burst at least 1 (the plugin refuses to start otherwise).
  *
  * Build: cc -shared -fPIC -O2 -Wall -Wextra -o lockwise_acl.so lockwise_acl.c (Debian: gcc, libc6-dev,
  * mosquitto-dev, libmosquitto-dev).
  */
+#include <math.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -403,6 +407,16 @@ static int on_acl_check(int event, void *event_data, void *userdata)
 				}
 				return MOSQ_ERR_ACL_DENIED;
 			}
+			/* a will counts too, and past the allowance it is dropped (its lock's next online says where it is):
+			 * exempt, a lock connecting in a loop, each time with a new will, sent 233 a second past a pace of 20
+			 * (attack run 45) */
+			if(its_will && !within_pace(acl, username)){
+				if(speak(&wills, &more)){
+					mosquitto_log_printf(MOSQ_LOG_NOTICE, "lockwise_acl: dropped %.64s's last will: it publishes"
+							" faster than %g messages a second (and %lu more since)", username, acl->rate, more);
+				}
+				return MOSQ_ERR_ACL_DENIED;
+			}
 			/* protocol 0: no connection, the source of a retained message being checked; a last will: nothing
 			 * would ever send it again (it goes as without the plugin: to the relays' sessions, if they hold any) */
 			if(!its_will && mosquitto_client_protocol_version(ed->client) != 0 && !within_pace(acl, username)){
@@ -535,6 +549,19 @@ static int on_disconnect(int event, void *event_data, void *userdata)
 	return MOSQ_ERR_SUCCESS;
 }
 
+/* Whether text is a whole finite number above 0 (into out). */
+static bool positive(const char *text, double *out)
+{
+	char *end = NULL;
+	double value = strtod(text, &end);
+
+	if(end == text || *end != '\0' || !isfinite(value) || value <= 0){
+		return false;
+	}
+	*out = value;
+	return true;
+}
+
 /* Splits a comma-separated list into out (at most max items, empty ones skipped); the count, or -1. */
 static int split(const char *list, char **out, int max)
 {
@@ -602,7 +629,7 @@ int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void **userdata, st
 		int option_count)
 {
 	struct lockwise_acl *acl = calloc(1, sizeof(*acl));
-	const char *root = "lockwise", *relays = "", *relayed = "", *run_file = NULL;
+	const char *root = "lockwise", *relays = "", *relayed = "", *run_file = NULL, *rate = NULL, *burst = NULL;
 	char **names = NULL;
 	int count;
 
@@ -619,13 +646,19 @@ int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void **userdata, st
 		}else if(strcmp(options[i].key, "run_file") == 0){
 			run_file = options[i].value;
 		}else if(strcmp(options[i].key, "lock_messages_per_second") == 0){
-			acl->rate = strtod(options[i].value, NULL);
+			rate = options[i].value;
 		}else if(strcmp(options[i].key, "lock_message_burst") == 0){
-			acl->burst = strtod(options[i].value, NULL);
+			burst = options[i].value;
 		}
 	}
+	if((rate == NULL) != (burst == NULL) || (rate != NULL && (!positive(rate, &acl->rate)
+					|| !positive(burst, &acl->burst) || acl->burst < 1))){
+		mosquitto_log_printf(MOSQ_LOG_ERR, "lockwise_acl: plugin_opt_lock_messages_per_second and"
+				" plugin_opt_lock_message_burst go together, each a positive number, the burst at least 1");
+		acl_free(acl);
+		return MOSQ_ERR_INVAL;
+	}
 	if(acl->rate > 0){
-		acl->burst = acl->burst < 1 ? 1 : acl->burst;
 		acl->paces = calloc(PACE_BUCKETS, sizeof(*acl->paces));
 		if(acl->paces == NULL){
 			acl_free(acl);

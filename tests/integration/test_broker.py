@@ -7,6 +7,7 @@ import datetime as dt
 import secrets
 import signal
 import ssl
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -470,12 +471,13 @@ def test_a_lock_publishing_faster_than_its_pace_is_closed_unacknowledged_and_oth
     120,000 small reports in 10 s put every other lock's events 10 s behind it (past max_queued_messages, others'
     acknowledged messages were dropped). A lock now publishes at most ``LOCK_MESSAGES_PER_SECOND`` on average and
     ``LOCK_MESSAGE_BURST`` at once (``lockwise_acl.c``, 5): past it its connection is closed, the message
-    unacknowledged (sent again when it returns). Another lock is not held up, and the lock itself may publish again
-    once its allowance refills."""
+    unacknowledged (sent again when it returns), and its last will counts too. Another lock is not held up, and the
+    lock itself may publish again once its allowance refills."""
     a_files, b_files = two(lock_files)
     a, b = identity_of(a_files), identity_of(b_files)
     flooder, other = Peer(broker, a_files, client_id=a), Peer(broker, b_files, client_id=b)
     flooder.client.max_inflight_messages_set(5000)  # all at once, as a lock's firmware of its own may
+    flooder.client.will_set(topics.status(a), b"offline 1", qos=1)  # counted too: past the allowance, dropped
     relay = Peer(broker, broker.client_files(RELAY, tmp_path / "relay"), client_id=RELAY)
     for peer in (flooder, other, relay):
         assert peer.start()
@@ -491,6 +493,8 @@ def test_a_lock_publishing_faster_than_its_pace_is_closed_unacknowledged_and_oth
         taken = len(relay.of(a))
         allowed = render.LOCK_MESSAGE_BURST + render.LOCK_MESSAGES_PER_SECOND * elapsed
         assert render.LOCK_MESSAGE_BURST - 5 <= taken <= allowed + 1, (taken, elapsed)
+        # its will did not go: connecting in a loop, each time with a new will, sent 233 a second (attack run 45)
+        assert (topics.status(a), b"offline 1") not in relay.messages
         other.client.publish(topics.state(b), b'{"n": 0}', qos=1).wait_for_publish(5)
         wait_until(lambda: relay.of(b), 5)
         assert relay.of(b) == [(topics.state(b), b'{"n": 0}')]
@@ -506,6 +510,39 @@ def test_a_lock_publishing_faster_than_its_pace_is_closed_unacknowledged_and_oth
         flooder.client.loop_stop()
         for peer in (other, relay):
             peer.stop()
+
+
+@pytest.mark.parametrize(
+    "pace",
+    [
+        {"lock_messages_per_second": "20"},  # a rate without a burst: a burst of 1 closed every lock as it connected
+        {"lock_messages_per_second": "twenty", "lock_message_burst": "200"},  # read as 0: no limit at all
+        {"lock_messages_per_second": "inf", "lock_message_burst": "200"},
+        {"lock_messages_per_second": "20", "lock_message_burst": "0.5"},
+    ],
+)
+def test_the_broker_does_not_start_on_a_pace_it_cannot_keep(tmp_path: Path, pace: dict[str, str]) -> None:
+    """A review: the plugin read its pace with ``strtod`` and no check, so a mistyped rate meant no limit, and a rate
+    without a burst closed every lock as it connected. Both options go together, finite and positive, the burst at
+    least 1; otherwise the broker does not start."""
+    from infra.broker import plugin
+
+    folder = tmp_path / "pace"
+    folder.mkdir()
+    if services.is_root():  # the broker drops to its user before it loads the plugin
+        for p in (folder, *folder.parents):
+            p.chmod(p.stat().st_mode | 0o011)
+    built = plugin.build(folder)
+    built.chmod(0o644)
+    conf = folder / "mosquitto.conf"
+    options = "".join(f"plugin_opt_{key} {value}\n" for key, value in pace.items())
+    conf.write_text(
+        f"plugin {built}\nplugin_opt_topic_root lockwise\n{options}"
+        f"listener {services.free_port()} 127.0.0.1\nallow_anonymous true\nlog_dest stderr\n"
+    )
+    conf.chmod(0o644)
+    started = subprocess.run(["mosquitto", "-c", str(conf)], capture_output=True, text=True, timeout=20)
+    assert started.returncode != 0 and "go together" in started.stderr, started.stderr[-2000:]
 
 
 def test_the_csr_subject_never_becomes_the_identity(broker: Broker) -> None:
