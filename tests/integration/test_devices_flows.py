@@ -557,6 +557,13 @@ def test_the_relays_flush_deletes_commands_attempts_and_invitations_kept_past_th
     assert world.devices.post("/devices/relay/flush", headers=token).status_code == 200
     counts = db_rows("SELECT source FROM pairing_failures WHERE source LIKE '198.51.100.20%'")
     assert [row[0] for row in counts] == ["198.51.100.201"]
+    db_rows(  # and the attempts that replaced those counts (attack run 45), one row each
+        "INSERT INTO pairing_attempts (source, at) VALUES ('198.51.100.210', now() - interval '25 hours'),"
+        " ('198.51.100.211', now() - interval '23 hours')"
+    )
+    assert world.devices.post("/devices/relay/flush", headers=token).status_code == 200
+    pairing = db_rows("SELECT source FROM pairing_attempts WHERE source LIKE '198.51.100.21%'")
+    assert [row[0] for row in pairing] == ["198.51.100.211"]
 
     def present(table: str, ids: list[str]) -> list[str]:
         rows = db_rows(f"SELECT id::text FROM {table} WHERE id = ANY(CAST(:i AS uuid[])) ORDER BY id", i=ids)
@@ -1765,8 +1772,7 @@ def test_wrong_pairing_codes_are_limited_per_client_address(
         assert redeem("WRONG-CODE-1", "203.0.113.7").status_code == 401
     blocked = redeem("WRONG-CODE-2", "203.0.113.7", forged="198.51.100.1")  # what the client adds is not trusted
     assert blocked.status_code == 429 and blocked.get_json()["error"]["code"] == "too_many_pairing_attempts"
-    # until this hour's share of the next leaves room: the hour's rest and up to a third of the next (3 counted)
-    assert 1 <= int(blocked.headers["Retry-After"]) <= 3600 + 1200
+    assert 1 <= int(blocked.headers["Retry-After"]) <= 3600  # until the oldest of the three leaves the hour
     good = create_lock(devices, sign_up())["provisioning"]["code"]
     assert redeem(good, "203.0.113.7").status_code == 429, "blocked even with a valid code: guessing stops here"
     assert redeem(good, "192.0.2.44").status_code == 201, "another address is not held up"
@@ -1790,7 +1796,7 @@ def test_wrong_pairing_codes_are_limited_per_client_address(
     assert redeem("WRONG-CODE-1", "2001:db8:7:1:ffff:1:2:3").status_code == 429
     assert redeem("WRONG-CODE-1", "2001:db8:7:2::1").status_code == 401  # the next /64 is another subscriber's
     with get_runtime("devices").db.connection() as con:
-        sources = con.run("SELECT source FROM pairing_failures WHERE source LIKE '2001:db8:7:%'")
+        sources = con.run("SELECT DISTINCT source FROM pairing_attempts WHERE source LIKE '2001:db8:7:%'")
     assert sorted(r[0] for r in sources) == ["2001:db8:7:1::/64", "2001:db8:7:2::/64"]
 
 
@@ -1798,8 +1804,8 @@ def test_wrong_pairing_codes_are_counted_over_the_last_hour_not_the_clock_hour(
     make_client: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Counted per clock hour, an address's 20 wrong codes in the hour's last seconds and 20 more in the next
-    hour's first seconds all passed. The previous hour's failures count in the share of it still within the last
-    60 minutes."""
+    hour's first seconds all passed; counted as this hour's and a share of the last one's, 39 fell within one 60
+    minutes (attack run 45). Each attempt is a row: those of the last 60 minutes count, whenever the hour turned."""
     from lockwise.core.config import get_settings
 
     monkeypatch.setenv("LOCKWISE_PAIRING_FAILURES_PER_HOUR", "3")
@@ -1815,30 +1821,27 @@ def test_wrong_pairing_codes_are_counted_over_the_last_hour_not_the_clock_hour(
         body = {"code": "WRONG-CODE-1", "public_key": public, "csr": csr}
         return devices.post("/devices/provision", json=body, headers={"X-Forwarded-For": address})
 
-    # the previous clock hour full (as a burst at its end leaves it): this hour has no room yet
-    db_rows(
-        "INSERT INTO pairing_failures (source, hour, failures)"
-        " VALUES (:s, date_trunc('hour', now()) - interval '1 hour', 100000)",
-        s=address,
-    )
+    def tried(*minutes_ago: float) -> None:
+        for ago in minutes_ago:
+            db_rows(
+                "INSERT INTO pairing_attempts (source, at) VALUES (:s, now() - make_interval(secs => :a))",
+                s=address,
+                a=ago * 60,
+            )
+
+    tried(61, 61, 61, 59.5, 59)  # three more than an hour ago; two within it: room for one
+    assert redeem().status_code == 401
     refused = redeem()
     assert refused.status_code == 429 and refused.get_json()["error"]["code"] == "too_many_pairing_attempts"
-    assert 1 <= int(refused.headers["Retry-After"]) <= 3600  # when the previous hour's share has left room
-    ((this_hour,),) = db_rows(
-        "SELECT count(*) FROM pairing_failures WHERE source = :s AND hour = date_trunc('hour', now())", s=address
-    )
-    assert this_hour == 0, "a refused attempt is not counted"
-    # between one and two failures' worth of the previous hour still within the last 60 minutes: room for one more
-    ((elapsed,),) = db_rows("SELECT CAST(EXTRACT(EPOCH FROM now() - date_trunc('hour', now())) AS float8)")
-    assert elapsed < 3500, "the hour is about to turn: run again"
-    within = 1 - elapsed / 3600
-    db_rows(
-        "UPDATE pairing_failures SET failures = :n WHERE source = :s"
-        " AND hour = date_trunc('hour', now()) - interval '1 hour'",
-        s=address,
-        n=round(1.5 / within),  # its share n * within: in (1, 2]
-    )
-    assert [redeem().status_code for _ in range(3)] == [401, 429, 429]
+    assert 1 <= int(refused.headers["Retry-After"]) <= 31  # until the oldest of the three leaves the hour
+    ((counted,),) = db_rows("SELECT count(*) FROM pairing_attempts WHERE source = :s", s=address)
+    assert counted == 6, "a refused attempt is not counted"
+    # a parallel burst gets exactly the room there is
+    db_rows("DELETE FROM pairing_attempts WHERE source = :s", s=address)
+    tried(30)
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        burst = list(pool.map(lambda _: redeem().status_code, range(6)))
+    assert sorted(burst) == [401, 401] + [429] * 4, burst
 
 
 def test_an_invitation_whose_access_has_ended_grants_nothing_and_says_so(world: World, sign_up: Any) -> None:

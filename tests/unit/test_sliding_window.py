@@ -1,5 +1,5 @@
 """The wait a client is told once a sliding window is full (``sliding_window.wait_s``): a lock's signed requests
-in any minute, an address's wrong pairing codes in any hour."""
+in a sliding minute, and a window of an hour."""
 
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ def test_the_wait_is_until_one_more_request_fits_the_last_60_s(
         (19, 0, 600.0, 20, 1),
     ],
 )
-def test_the_wait_for_a_pairing_code_is_until_one_more_fits_the_last_hour(
+def test_the_wait_in_a_window_of_an_hour_is_until_one_more_fits(
     current: int, previous: int, elapsed: float, most: int, wait: int
 ) -> None:
     assert wait_s(current, previous, elapsed, most, window_s=3600) == wait

@@ -231,7 +231,7 @@ class Settings:
     command_ttl_s: int
     provisioning_ttl_s: int
     invitation_ttl_s: int
-    #: failed pairing-code redemptions allowed per client address per hour (then 429 until the hour turns)
+    #: failed pairing-code redemptions allowed per client address in any hour (then 429 until the oldest leaves it)
     pairing_failures_per_hour: int
     #: proxies in front of the function that append to X-Forwarded-For (the client address is that many from the
     #: right; 0: the connection's address)

@@ -86,6 +86,7 @@ def prune_expired(con: Connection, nonces_kept_s: int) -> dict[str, int]:
         d=REFUSED_MIRROR_WRITES_KEPT_DAYS,
     )
     pruned["pairing_failures"] = _prune(con, "pairing_failures", "hour < now() - interval '1 day'")
+    pruned["pairing_attempts"] = _prune(con, "pairing_attempts", "at < now() - interval '1 day'")
     pruned["audit_denial_counts"] = _prune(
         con, "audit_denial_counts", "minute <= now() - make_interval(days => :d)", d=DENIAL_COUNTS_KEPT_DAYS
     )

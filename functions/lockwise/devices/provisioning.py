@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from lockwise.core import audit, errors, mirror, quotas, users
 from lockwise.core.auth import User
 from lockwise.core.db import Connection, Database
-from lockwise.devices import ed25519_points, lock_auth, lock_certs, sliding_window, topics, transfer_offers
+from lockwise.devices import ed25519_points, lock_auth, lock_certs, topics, transfer_offers
 
 log = logging.getLogger("lockwise.devices.provisioning")
 
@@ -156,50 +156,39 @@ def parse_public_key(value: Any) -> bytes:
 
 @dataclass(frozen=True)
 class PairingAttempt:
-    """A pairing attempt counted against its source (``hour``: the clock hour it was counted in), or the seconds
-    the source must wait instead (``wait_s``)."""
+    """A pairing attempt counted against its source (``id``: its row), or the seconds the source must wait instead
+    (``wait_s``)."""
 
     wait_s: int
-    hour: dt.datetime | None
+    id: int | None
 
 
 def reserve_pairing_attempt(con: Connection, source: str, limit: int) -> PairingAttempt:
     """Count a pairing attempt from ``source`` before its code is tried, unless ``limit`` were counted in the last
-    hour (then the seconds it must wait instead). Counting first makes the limit exact under a parallel burst
-    (checking, then counting the failure after the code was tried, let 22 wrong codes through a limit of 20). A
-    wrong code leaves it counted; any other outcome gives it back (``release_pairing_attempt``). The last hour is
-    this clock hour's count and the share of the previous one's still within it (``sliding_window``): counted per
-    clock hour, twice the limit passed in a few seconds across the hour's turn."""
-    counted, hour, current, previous, elapsed = con.run(
-        "WITH span AS (SELECT coalesce(sum(failures) FILTER (WHERE hour = date_trunc('hour', now())), 0) AS current,"
-        " coalesce(sum(failures) FILTER (WHERE hour < date_trunc('hour', now())), 0) AS previous,"
-        " EXTRACT(EPOCH FROM now() - date_trunc('hour', now())) AS elapsed FROM pairing_failures"
-        " WHERE source = :s AND hour >= date_trunc('hour', now()) - interval '1 hour'),"
-        " carried AS (SELECT previous * (1 - elapsed / 3600) AS n FROM span),"
-        " slot AS (INSERT INTO pairing_failures (source, hour, failures)"
-        " SELECT :s, date_trunc('hour', now()), 1 WHERE (SELECT n FROM carried) + 1 <= :n"
-        " ON CONFLICT (source, hour) DO UPDATE SET failures = pairing_failures.failures + 1"
-        " WHERE pairing_failures.failures + 1 + (SELECT n FROM carried) <= :n RETURNING hour)"
-        " SELECT (SELECT count(*) FROM slot), (SELECT hour FROM slot), current, previous, CAST(elapsed AS float8)"
-        " FROM span",
+    hour (then the seconds until the oldest of them leaves it). Counting first makes the limit exact under a
+    parallel burst (checking, then counting the failure after the code was tried, let 22 wrong codes through a limit
+    of 20); the source's attempts are counted one request at a time (an advisory lock on it, until the caller's
+    transaction ends). A wrong code leaves it counted; any other outcome gives it back
+    (``release_pairing_attempt``). One row an attempt: counted per clock hour, 40 passed in seconds across the
+    hour's turn, and as this hour's count and a share of the last one's, 39 in one 60 minutes (attack run 45)."""
+    con.run("SELECT pg_advisory_xact_lock(hashtextextended('pairing attempts from ' || :s, 0))", s=source)
+    ((counted, wait),) = con.run(
+        "WITH recent AS (SELECT at FROM pairing_attempts WHERE source = :s AND at > now() - interval '1 hour'"
+        " ORDER BY at DESC LIMIT :n)"
+        " SELECT count(*), CAST(ceil(EXTRACT(EPOCH FROM min(at) + interval '1 hour' - now())) AS int) FROM recent",
         s=source,
         n=limit,
-    )[0]
-    if counted:
-        return PairingAttempt(0, hour)
-    return PairingAttempt(
-        sliding_window.wait_s(int(current), int(previous), float(elapsed), limit, window_s=3600), None
     )
+    if int(counted) >= limit:
+        return PairingAttempt(max(1, int(wait)), None)
+    ((attempt_id,),) = con.run("INSERT INTO pairing_attempts (source) VALUES (:s) RETURNING id", s=source)
+    return PairingAttempt(0, int(attempt_id))
 
 
-def release_pairing_attempt(con: Connection, source: str, attempt: PairingAttempt) -> None:
+def release_pairing_attempt(con: Connection, attempt: PairingAttempt) -> None:
     """Give back an attempt counted by ``reserve_pairing_attempt`` whose code was not wrong (paired, or refused for
-    another reason, such as a bad CSR), in the hour it was counted in."""
-    con.run(
-        "UPDATE pairing_failures SET failures = greatest(failures - 1, 0) WHERE source = :s AND hour = :h",
-        s=source,
-        h=attempt.hour,
-    )
+    another reason, such as a bad CSR)."""
+    con.run("DELETE FROM pairing_attempts WHERE id = :i", i=attempt.id)
 
 
 def pair(
@@ -230,13 +219,13 @@ def pair(
             credentials = redeem(
                 con, body.get("code"), public_key, body.get("csr"), ca, cert_ttl_s, certificates_per_day
             )
-            release_pairing_attempt(con, source, attempt)  # paired: not a failure
+            release_pairing_attempt(con, attempt)  # paired: not a failure
     except errors.Unauthenticated:
         raise  # a wrong code: the attempt stays counted
     except Exception:
         try:
             with db.transaction() as con:
-                release_pairing_attempt(con, source, attempt)
+                release_pairing_attempt(con, attempt)
         except errors.Unavailable:  # the database away: what the pairing met says more (``commit_unconfirmed``)
             log.warning("a pairing's attempt was not given back: the database is unavailable")
         raise

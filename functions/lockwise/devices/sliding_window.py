@@ -1,6 +1,9 @@
-"""Limits over any span of a window's length, counted in clock-aligned buckets: the current bucket's count plus the
-share of the previous bucket's still within the span (a sliding-window counter). Counted per clock bucket alone,
-twice a limit passed in a few seconds across a bucket's turn (attack run 41: a lock's minute; the pairing hour)."""
+"""Limits over a sliding window, counted in clock-aligned buckets: the current bucket's count plus the share of the
+previous bucket's still within the window, as if its requests had come evenly (a sliding-window counter, two rows a
+key). Counted per clock bucket alone, twice a limit passed in a few seconds across a bucket's turn (attack run 41: a
+lock's signed requests a minute). Not exact: the previous bucket's requests all at its very end leave room for just
+under the limit again within one window, twice the limit in the worst case, though never in seconds; a limit that
+must hold in any window keeps a row a request (the pairing attempts: ``provisioning.reserve_pairing_attempt``)."""
 
 from __future__ import annotations
 
