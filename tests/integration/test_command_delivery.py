@@ -326,12 +326,23 @@ def test_an_ack_does_not_wait_for_a_voice_decision_holding_the_lockout(
 
     assert settings.lockout_after == 5
     four_failures()
-    ack = ack_of_an_app_unlock()
     with impatient_devices.transaction() as verifying:
         lockout.hold(verifying, world.lock_id, dt.datetime.now(dt.UTC))  # what a voice decision takes first
+        ack = ack_of_an_app_unlock()  # the app unlock made while the decision runs
         acked(ack)  # answered while the row is held
         assert fail(verifying) == 0  # the fifth failure would have locked voice out
     assert failures() == (0, False)
+    # a decision begun after the app unlock was made: the failures before it are cleared, its own counts (it had
+    # been forgiven too: attack run 45), as when the ack finds the row free and the decision comes after
+    four_failures()
+    ack = ack_of_an_app_unlock()
+    with impatient_devices.transaction() as verifying:
+        lockout.hold(verifying, world.lock_id, dt.datetime.now(dt.UTC))
+        acked(ack)
+        assert fail(verifying) == 0
+    assert failures() == (1, False)
+    with impatient_devices.transaction() as con:  # the count back to none for what follows
+        lockout.clear(con, world.lock_id)
     # the app unlock ended the lockout before this attempt began: its failure counts
     with impatient_devices.transaction() as verifying:
         assert fail(verifying) == 0

@@ -31,6 +31,12 @@ _TAKE_CLEARS = (
     " RETURNING coalesce(counted_before, 'infinity') AS counted_before) "
 )
 _CLEARED = "EXISTS (SELECT 1 FROM cleared WHERE cleared.counted_before >= voice_lockouts.updated_at)"
+#: and this decision's own failure with them: it began (its transaction did) before the unlock was made (one begun
+#: after it was forgiven too: attack run 45)
+_CLEARED_WITH_MINE = (
+    "EXISTS (SELECT 1 FROM cleared WHERE cleared.counted_before >= voice_lockouts.updated_at"
+    " AND cleared.counted_before >= now())"
+)
 
 
 def hold(con: Connection, lock_id: str, now: dt.datetime) -> Hold:
@@ -52,12 +58,14 @@ def hold(con: Connection, lock_id: str, now: dt.datetime) -> Hold:
 def record_failure(con: Connection, lock_id: str, now: dt.datetime, *, after: int, base_s: int) -> int:
     """Count a rejected attempt; return the lockout in seconds it starts (0 if none). If the app opened the door
     while this attempt held the row (an unlock acknowledged meanwhile, which could not clear it without waiting:
-    ``clear_unless_busy``) the lockout is cleared instead, as that acknowledgement would have done; one whose batch
-    commits after this decision is taken by the lock's next attempt (``hold``)."""
+    ``clear_unless_busy``) the lockout is cleared instead, as that acknowledgement would have done, and this failure
+    counts only if this attempt began after the unlock was made; a marker whose batch commits after this decision
+    is taken by the lock's next attempt (``hold``), which clears the lockout if no failure was counted after the
+    unlock was made (as the acknowledgement finding the row free does)."""
     failures = int(
         con.run(
-            _TAKE_CLEARS + f"UPDATE voice_lockouts SET consecutive_failures = CASE WHEN {_CLEARED} THEN 0"
-            f" ELSE consecutive_failures + 1 END, locked_until = CASE WHEN {_CLEARED} THEN NULL ELSE locked_until END,"
+            _TAKE_CLEARS + f"UPDATE voice_lockouts SET consecutive_failures = CASE WHEN {_CLEARED_WITH_MINE} THEN 0"
+            f" WHEN {_CLEARED} THEN 1 ELSE consecutive_failures + 1 END, locked_until = CASE WHEN {_CLEARED} THEN NULL ELSE locked_until END,"
             " updated_at = now() WHERE lock_id = CAST(:l AS uuid) RETURNING consecutive_failures",
             l=lock_id,
         )[0][0]
