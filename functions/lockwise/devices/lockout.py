@@ -65,7 +65,8 @@ def record_failure(con: Connection, lock_id: str, now: dt.datetime, *, after: in
     failures = int(
         con.run(
             _TAKE_CLEARS + f"UPDATE voice_lockouts SET consecutive_failures = CASE WHEN {_CLEARED_WITH_MINE} THEN 0"
-            f" WHEN {_CLEARED} THEN 1 ELSE consecutive_failures + 1 END, locked_until = CASE WHEN {_CLEARED} THEN NULL ELSE locked_until END,"
+            f" WHEN {_CLEARED} THEN 1 ELSE consecutive_failures + 1 END,"
+            f" locked_until = CASE WHEN {_CLEARED} THEN NULL ELSE locked_until END,"
             " updated_at = now() WHERE lock_id = CAST(:l AS uuid) RETURNING consecutive_failures",
             l=lock_id,
         )[0][0]
