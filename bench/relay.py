@@ -184,7 +184,13 @@ def _measure(env: dict[str, str], db: Database, commands: int, events: int, n_lo
     # lockwise_acl.c, 5)
     plain = relay_peer(env, state_dir / "secrets.json")
     got_ack = threading.Event()
-    plain.on_message = lambda _c, _u, _m: got_ack.set()
+    awaited = [""]  # the ack topic of the lock just commanded: another lock's (a kept ack sent again) is not its
+
+    def on_ack(_c: mqtt.Client, _u: Any, message: mqtt.MQTTMessage) -> None:
+        if message.topic == awaited[0]:
+            got_ack.set()
+
+    plain.on_message = on_ack
     plain.subscribe(topics.acks("+"), qos=1)
     time.sleep(0.5)
     plain_rt = []
@@ -198,6 +204,7 @@ def _measure(env: dict[str, str], db: Database, commands: int, events: int, n_lo
     # the lock refuses a repeated nonce but still acknowledges it: a fair echo of the same work on the lock
     for i in range(commands):
         lock_id, lock = locks[i % len(locks)]
+        awaited[0] = topics.acks(lock.config.identity)
         got_ack.clear()
         t0 = time.perf_counter()
         plain.publish(topics.commands(lock.config.identity), payloads[lock_id], qos=1)
