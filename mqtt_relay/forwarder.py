@@ -60,6 +60,8 @@ class Event:
     digest: str = ""
     #: the broker sent it again (MQTT's DUP: a resumed session's in-flight message, perhaps one already here)
     redelivered: bool = False
+    #: its payload was UTF-8 (else ``payload`` holds U+FFFD for what was not, and it is never posted)
+    utf8: bool = True
     #: its lock's identity ("" for a topic of none), the payload's size as posted (``topics.posted``), and the event
     #: as one item of a batch's ``events``, made once
     lock: str = field(init=False, repr=False)
@@ -81,7 +83,10 @@ class Event:
         """A lock's message as it came: its payload as text, and its name in a receipt when its lock keeps it until
         one (``receipts.names``)."""
         named = receipts.digest(raw) if receipts.names(topic) else ""
-        return cls(topic, raw.decode("utf-8", errors="replace"), ack, run, named, redelivered)
+        try:
+            return cls(topic, raw.decode("utf-8"), ack, run, named, redelivered)
+        except UnicodeDecodeError:
+            return cls(topic, raw.decode("utf-8", errors="replace"), ack, run, named, redelivered, utf8=False)
 
 
 def receipts_of(events: list[Event]) -> dict[str, list[str]]:
@@ -143,9 +148,14 @@ class Forwarder:
         queued, counted in ``repeated``, acknowledged with the first); or drop it (acknowledged, counted): a payload
         longer than the function takes, measured as it would be posted (a 64 KiB message of emoji, posted with every
         character escaped to 12 bytes, made a batch of 98 MB, refused whole, and every lock's events waited: attack
-        run), or a flood."""
+        run), a payload that is not UTF-8, or a flood."""
         if event.size > topics.MAX_PAYLOAD_BYTES:
             self._drop(event, f"payload of {event.size} bytes as posted")
+            return
+        if (
+            not event.utf8
+        ):  # posted with U+FFFD in place of its bytes, a report's firmware was stored so (attack run 44)
+            self._drop(event, "payload is not UTF-8")
             return
         if event.digest:
             with self._holding_lock:

@@ -143,6 +143,30 @@ def test_a_payload_is_judged_by_its_size_as_posted_and_batches_by_their_bodies(
     assert all(event["payload"] == under for events in posted for event in events)
 
 
+def test_a_payload_that_is_not_utf8_is_dropped_for_good_not_posted_with_replacement_characters(
+    devices: tuple[str, list[tuple[int, bytes]]],
+) -> None:
+    """Attack run 44: a report's payload with bytes that are not UTF-8 was posted with U+FFFD in their place, and a
+    `firmware` so mangled was stored as the lock's. It is dropped, never posted, and told as taken (its lock gets its
+    receipt and stops sending it); a valid one beside it goes on."""
+    url, _ = devices
+    told: list[str] = []
+    forwarder = Forwarder(url, "token", on_taken=lambda events: told.extend(e.payload for e in events))
+    acked: list[str] = []
+    mangled = b'{"state":"locked","firmware":"1.2\xff\xfe","ts":1767225601}'
+    forwarder.submit(Event.of(topics.state("L1"), mangled, lambda: acked.append("mangled"), None))
+    assert forwarder.dropped == 1 and acked == ["mangled"] and forwarder.queue.empty() and len(told) == 1
+    forwarder.submit(
+        Event.of(topics.state("L1"), b'{"state":"locked","ts":1767225602}', lambda: acked.append("ok"), None)
+    )
+    forwarder.start()
+    try:
+        wait_for(lambda: "ok" in acked, what="the valid report posted")
+    finally:
+        forwarder.stop(drain_timeout_s=5)
+    assert b"\xef\xbf\xbd" not in b"".join(batches) and b"1.2" not in b"".join(batches)
+
+
 def test_a_report_is_a_locks_state_or_status_and_nothing_else() -> None:
     """What wakes the relay's delivery round once taken (a lock back online is sent its held commands)."""
     assert topics.is_report(topics.state("L1")) and topics.is_report(topics.status("L1"))
