@@ -358,6 +358,59 @@ def test_an_app_unlock_marker_committed_late_clears_only_the_failures_before_the
         ) == [[0]]
 
 
+def test_a_clip_sent_again_as_its_members_voice_is_erased_keeps_nothing_of_her_after_the_erasure(
+    clients: dict[str, Any], world: World, make_client: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Attack run 46: a clip accepted as the member's, its unlock expired unexecuted, sent again by the lock, is
+    recorded ``unlock_expired`` with her uid and the clip's identity. Holding nothing of hers, that record committed
+    after her ``DELETE /embed/enrollment`` had answered 204, and named her voice, the clip answered as hers when sent
+    again. Her voiceprint is now held first: the erasure waits for the record, and then clears it."""
+    from lockwise.core.config import get_settings
+    from lockwise.voice import voiceprints
+
+    monkeypatch.setenv("LOCKWISE_VOICE_SENT_AGAIN_S", "120")  # the default (the tests' environment keeps none)
+    get_settings.cache_clear()
+    get_runtime.cache_clear()
+    clients = {**clients, "verify": make_client("verify")}
+    assert enroll(clients, world.accounts["member"]).status_code == 201
+    body = wav(take())
+    first = signed_verify(clients, world, body).get_json()
+    assert first["decision"] == "accepted", first
+    with get_runtime("verify").db.connection() as con:  # the lock was away: its unlock expired unexecuted
+        con.run(
+            "UPDATE commands SET created_at = created_at - interval '1 minute', expires_at = now() - interval '1 s'"
+            " WHERE id = CAST(:c AS uuid)",
+            c=first["command_id"],
+        )
+    real, recorded, release = voiceprints.candidates, threading.Event(), threading.Event()
+
+    def after_the_record(*args: Any, **kwargs: Any) -> Any:  # the lapsed clip's count of stale voiceprints
+        recorded.set()
+        release.wait(30)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(voiceprints, "candidates", after_the_record)
+    with ThreadPoolExecutor(2) as pool:
+        deciding = pool.submit(signed_verify, clients, world, body)
+        assert recorded.wait(30)  # its attempt written, not committed
+        erasing = pool.submit(clients["embed"].delete, "/embed/enrollment", headers=world.headers("member"))
+        time.sleep(1.0)
+        assert not erasing.done(), "the erasure answered while a record naming her voice was uncommitted"
+        release.set()
+        lapsed = deciding.result(30).get_json()
+        assert erasing.result(30).status_code == 204
+    monkeypatch.setattr(voiceprints, "candidates", real)
+    assert lapsed["reason"] == "unlock_expired", lapsed
+    with get_runtime("verify").db.connection() as con:
+        left = con.run(
+            "SELECT best_uid, clip_sha256 FROM verification_attempts WHERE id = CAST(:a AS uuid)",
+            a=lapsed["attempt_id"],
+        )
+    assert left == [[None, None]], left
+    again = signed_verify(clients, world, body).get_json()  # decided anew: nobody's voice now
+    assert again["attempt_id"] != lapsed["attempt_id"] and again["reason"] != "unlock_expired", again
+
+
 def test_a_locked_out_lock_runs_no_forward_pass(
     clients: dict[str, Any], world: World, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -390,8 +390,15 @@ class _Attempt:
         ``unlock_expired``, uncounted, without a look at its voice. Decided anew it was a ``replay`` of itself, counted
         towards the lockout and shown to the owner as a playback attack (attack run 39's lost answer, the lock away
         past the unlock's 30 s). Kept with the clip's identity (sent again later, it is answered so again) and whose
-        voice the first accepted, so that the erasure of that voice forgets the clip here too (a review)."""
-        attempt = self._record("rejected", UNLOCK_EXPIRED, clip_sha256=self.clip_sha256, best_uid=first.matched_uid)
+        voice the first accepted, so that the erasure of that voice forgets the clip here too (a review): her
+        voiceprint held first, so that an erasure under way is waited for (then neither is kept: a clip sent again is
+        decided anew) and one to come waits for this record and clears it. Holding nothing, the record committed after
+        an erasure answered 204 named her, with the clip's identity (attack run 46)."""
+        held = self.con.run("SELECT 1 FROM voiceprints WHERE user_uid = :u FOR KEY SHARE", u=first.matched_uid)
+        if held:
+            attempt = self._record("rejected", UNLOCK_EXPIRED, clip_sha256=self.clip_sha256, best_uid=first.matched_uid)
+        else:  # her voice erased since: nothing of it, nor the clip's identity
+            attempt = self._record("rejected", UNLOCK_EXPIRED)
         logger.info(
             "a clip sent again was refused: its first decision's unlock no longer stands",
             extra={"fields": {"attempt_id": attempt, "first_attempt_id": first.attempt_id}},
