@@ -1593,6 +1593,26 @@ def test_audit_log_records_commands_credentials_members_and_denials(world: World
     assert denied[0][0] == f"user:{world.uid('guest_out')}"
 
 
+def test_an_invitation_by_address_is_audited_by_its_id_not_the_address(world: World) -> None:
+    """Attack run 46: the audit log (kept for good) held the invitee's address as the invitation's target, after
+    the invitation was pruned and the address's holder deleted their account."""
+    address = f"kept-{secrets.token_hex(4)}@example.com"
+    made = world.devices.post(
+        f"/devices/locks/{world.lock_id}/members",
+        json={"email": address, "role": "guest"},
+        headers=world.headers("owner"),
+    )
+    assert made.status_code == 202, made.get_json()
+    invitation = made.get_json()["invitation"]["id"]
+    rows = db_rows(
+        "SELECT target, details::text FROM audit_log WHERE lock_id = CAST(:l AS uuid) AND action = 'member.invite'"
+        " ORDER BY id DESC LIMIT 1",
+        l=world.lock_id,
+    )
+    assert rows[0][0] == f"invitation:{invitation}" and '"by_address": true' in rows[0][1], rows
+    assert db_rows("SELECT count(*) FROM audit_log WHERE audit_log::text ILIKE :a", a=f"%{address}%") == [[0]]
+
+
 LONG = "x" * 101
 
 

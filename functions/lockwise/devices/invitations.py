@@ -154,8 +154,10 @@ def invite(
         "member.invite",
         "ok",
         lock_id=lock_id,
-        target=uid or email,
-        details={"role": role},
+        # an address by its invitation: the log is kept for good, the address is not (it was kept after the
+        # invitation was pruned and its holder's account was deleted: attack run 46)
+        target=uid or f"invitation:{invitation_id}",
+        details={"role": role, **({} if uid else {"by_address": True})},
     )
     return {"id": invitation_id, **invitee.public(), "role": role}
 
