@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from infra.local.firestore_sdk import sdk_client as firestore_client
 from lockwise.core import accounts
 from lockwise.core.runtime import get_runtime
 from tests.conftest import PROJECT_ID
@@ -17,6 +18,7 @@ from tests.devices_world import World, bearer, build_world, sign_in, verify_emai
 from tests.integration.test_devices_live_view import rest_get
 from tests.integration.test_voice import enroll, signed_verify, take
 from tests.voices import spoken, wav
+from tests.waiting import wait_for
 
 
 @pytest.fixture
@@ -92,6 +94,13 @@ def test_an_account_deleted_outside_the_app_opens_no_door_and_leaves_the_locks_i
         done = con.run("SELECT uid FROM users WHERE account_ended_at IS NOT NULL ORDER BY uid")
     assert prints == takes == scores == [[0]]
     assert done == sorted([[world.uid("member")], [world.uid("owner")]])
+    # no document of the app's left for them (attack run 46: the erasure made one for the member, who never enrolled)
+    client = firestore_client(PROJECT_ID, stack_env["FIRESTORE_EMULATOR_HOST"])
+    get_runtime("devices").flush_mirror(force=True)
+    wait_for(
+        lambda: not any(client.document(f"users/{world.uid(r)}").get().exists for r in ("member", "owner")),
+        what="the deleted accounts' user documents deleted",
+    )
     listed = clients["devices"].get(f"/devices/locks/{world.lock_id}/members", headers=world.headers("admin"))
     roles = {m["uid"]: m["role"] for m in listed.get_json()["members"]}
     assert world.uid("member") not in roles  # left, as a removal ends a membership

@@ -11,7 +11,7 @@ import datetime as dt
 import logging
 from collections.abc import Callable
 
-from lockwise.core import accounts, erasure, log
+from lockwise.core import accounts, erasure, log, mirror
 from lockwise.core.config import Settings
 from lockwise.core.db import Database
 from lockwise.devices import locks, members
@@ -41,6 +41,9 @@ def end(db: Database, now: Callable[[], dt.datetime]) -> int:
                 if locks.leave_every_lock(con, uid, now(), account_gone=True) is None:
                     continue  # found again by another flush's sweep meanwhile: a live account, left as it is
                 erasure.forget_voice(con, uid)  # biometric data kept for nobody
+                # nor a document of the app's for nobody: the erasure's ``voice_enrolled: false`` made one for an
+                # account that had none and kept it for good (attack run 46)
+                mirror.enqueue(con, mirror.user_doc(uid), "delete")
                 accounts.ended(con, uid)
             ended += 1
         except Exception:  # one account's failure (the database busy with its lock) holds up none of the others
