@@ -564,6 +564,13 @@ def test_the_relays_flush_deletes_commands_attempts_and_invitations_kept_past_th
     assert world.devices.post("/devices/relay/flush", headers=token).status_code == 200
     pairing = db_rows("SELECT source FROM pairing_attempts WHERE source LIKE '198.51.100.21%'")
     assert [row[0] for row in pairing] == ["198.51.100.211"]
+    db_rows(  # revoked certificates: one two days past its end (kept for ever before: attack run 46), one still valid
+        "INSERT INTO revoked_lock_certificates (serial, not_after) VALUES ('ab46', now() - interval '2 days'),"
+        " ('cd46', now() + interval '2 days')"
+    )
+    assert world.devices.post("/devices/relay/flush", headers=token).status_code == 200
+    revoked = db_rows("SELECT serial FROM revoked_lock_certificates WHERE serial IN ('ab46', 'cd46')")
+    assert [row[0] for row in revoked] == ["cd46"]
 
     def present(table: str, ids: list[str]) -> list[str]:
         rows = db_rows(f"SELECT id::text FROM {table} WHERE id = ANY(CAST(:i AS uuid[])) ORDER BY id", i=ids)

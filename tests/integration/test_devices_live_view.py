@@ -1556,6 +1556,39 @@ def test_a_long_feeds_deletion_is_done_a_part_each_pass_and_other_documents_are_
     assert names(feed_path) == ["after"] and names(access_path) == []
 
 
+def test_a_deleted_locks_long_feed_is_read_by_nobody_while_it_is_deleted(
+    world: World, stack_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Attack run 46: a deleted lock's access documents (what the rules read) were deleted after its feed, and a busy
+    lock's feed takes many passes, so its former members read the rest of it meanwhile. The access documents now go
+    right after the lock document."""
+    from lockwise.core import firestore
+
+    rt = get_runtime("devices")
+    rt.flush_mirror(force=True)
+    wait_for(lambda: not any(t.name == "mirror-flush" for t in threading.enumerate()), timeout=40)
+    host = stack_env["FIRESTORE_EMULATOR_HOST"]
+    sdk = firestore_client(PROJECT_ID, host)
+    feed = f"locks/{world.lock_id}/activity"
+    for start in range(0, 1200, 400):  # a busy lock's feed, written straight to the emulator
+        batch = sdk.batch()
+        for i in range(start, start + 400):
+            batch.set(sdk.collection(feed).document(f"old-{i:05d}"), {"kind": "state", "audience": "everyone"})
+        batch.commit()
+    entry = f"{feed}/old-01199"
+    assert rest_get(host, entry, world.accounts["member"]["idToken"]) == 200
+    monkeypatch.setattr(mirror.Flusher, "flush_soon", lambda self: None)  # one pass at a time
+    assert world.devices.delete(f"/devices/locks/{world.lock_id}", headers=world.headers("owner")).status_code == 204
+    settings = rt.settings
+    flusher = mirror.Flusher(
+        rt.db, lambda: firestore.make_client(settings.project_id, settings.firestore_emulator_host)
+    )
+    flusher._flush(mirror.MAX_BATCH_WRITES, mirror.DELETED_PER_PASS)  # one pass of the relay's flush
+    assert sdk.document(entry).get().exists  # the feed is not all gone yet
+    for role in ("member", "guest_in", "owner"):
+        assert rest_get(host, entry, world.accounts[role]["idToken"]) == 403, role
+
+
 def test_a_redelivery_of_more_reports_than_are_kept_is_taken_once(world: World, stack_env: dict[str, str]) -> None:
     """A relay killed after the devices function took its batch, before it acknowledged it, has the broker deliver it
     again (a lock's line holds up to 500). Only a lock's last ``RECENT_REPORTS`` reports are known by key, and each

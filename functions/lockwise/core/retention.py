@@ -87,6 +87,11 @@ def prune_expired(con: Connection, nonces_kept_s: int) -> dict[str, int]:
     )
     pruned["pairing_failures"] = _prune(con, "pairing_failures", "hour < now() - interval '1 day'")
     pruned["pairing_attempts"] = _prune(con, "pairing_attempts", "at < now() - interval '1 day'")
+    # a revoked certificate a day past its own end: the CRL lists only those still valid, and the broker refuses an
+    # expired one anyway (they were kept for ever: a row for each re-pairing and deletion, attack run 46)
+    pruned["revoked_lock_certificates"] = _prune(
+        con, "revoked_lock_certificates", "not_after < now() - interval '1 day'"
+    )
     pruned["audit_denial_counts"] = _prune(
         con, "audit_denial_counts", "minute <= now() - make_interval(days => :d)", d=DENIAL_COUNTS_KEPT_DAYS
     )

@@ -260,10 +260,13 @@ def delete(con: Connection, lock_id: str, uid: str) -> None:
     con.run("DELETE FROM locks WHERE id = CAST(:l AS uuid)", l=lock_id)
     con.run("DELETE FROM mirrored_access WHERE lock_id = CAST(:l AS uuid)", l=lock_id)  # its documents go below
     audit.record(con, audit.user_actor(uid), "lock.delete", "ok", lock_id=lock_id)
-    # the lock document first, while its members may still read it: their live views see it gone, not refused
+    # the lock document first, while its members may still read it: their live views see it gone, not refused; then
+    # their access (at most the lock's members, current and former), then the feed: a busy lock's feed takes many
+    # passes, and deleted after it, the access documents let its former members read the rest meanwhile (attack run
+    # 46)
     mirror.enqueue(con, mirror.lock_doc(lock_id), "delete")
-    mirror.enqueue(con, mirror.lock_collection(lock_id, "activity"), "delete_collection")
     mirror.enqueue(con, mirror.lock_collection(lock_id, "access"), "delete_collection")
+    mirror.enqueue(con, mirror.lock_collection(lock_id, "activity"), "delete_collection")
 
 
 def lock_config(con: Connection, lock_id: str) -> dict[str, Any]:
