@@ -571,6 +571,22 @@ def test_the_relays_flush_deletes_commands_attempts_and_invitations_kept_past_th
     assert world.devices.post("/devices/relay/flush", headers=token).status_code == 200
     revoked = db_rows("SELECT serial FROM revoked_lock_certificates WHERE serial IN ('ab46', 'cd46')")
     assert [row[0] for row in revoked] == ["cd46"]
+    # a decided clip's identity: kept while a clip sent again may be answered with it, then cleared (it was kept
+    # with the attempt, 90 days: attack run 46)
+    clips = db_rows(
+        "INSERT INTO verification_attempts (lock_id, outcome, reason, clip_sha256, created_at)"
+        " VALUES (CAST(:l AS uuid), 'rejected', 'below_threshold', :h, now() - interval '11 minutes'),"
+        " (CAST(:l AS uuid), 'rejected', 'below_threshold', :h, now() - interval '9 minutes') RETURNING id::text",
+        l=world.lock_id,
+        h=b"\x01" * 32,
+    )
+    assert world.devices.post("/devices/relay/flush", headers=token).status_code == 200
+    kept = db_rows(
+        "SELECT id::text, clip_sha256 IS NOT NULL FROM verification_attempts WHERE id = ANY(CAST(:i AS uuid[]))"
+        " ORDER BY created_at",
+        i=[row[0] for row in clips],
+    )
+    assert [k[1] for k in kept] == [False, True]
 
     def present(table: str, ids: list[str]) -> list[str]:
         rows = db_rows(f"SELECT id::text FROM {table} WHERE id = ANY(CAST(:i AS uuid[])) ORDER BY id", i=ids)

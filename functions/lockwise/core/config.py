@@ -23,6 +23,9 @@ PLACEHOLDERS = frozenset({"", "changeme", "change-me", "local-dev-only", "secret
 
 LOCAL_DATABASE_URL = "postgresql://lockwise:local-dev-only@127.0.0.1:55432/lockwise"
 LOCAL_SERVICE_TOKEN = "local-dev-only"
+#: the longest a clip sent again is answered with its decision (``LOCKWISE_VOICE_SENT_AGAIN_S``'s bound): a decided
+#: clip's identity is kept no longer (``lockwise.core.retention``)
+VOICE_SENT_AGAIN_MAX_S = 600
 
 #: The one switch that lets a production-mode process use the local stand-ins of managed services (the Firestore and
 #: Auth emulators) for the production rehearsal (tests/rehearsal). Refused on Cloud Run, where the platform sets
@@ -390,7 +393,9 @@ class Settings:
             enrollments_per_day=env_int(env, "LOCKWISE_ENROLLMENTS_PER_DAY", 20, minimum=1),
             enroll_requests_per_day=env_int(env, "LOCKWISE_ENROLL_REQUESTS_PER_DAY", 100, minimum=1),
             replay_memory_hours=env_int(env, "LOCKWISE_REPLAY_MEMORY_HOURS", 168, minimum=0),
-            voice_sent_again_s=env_int(env, "LOCKWISE_VOICE_SENT_AGAIN_S", 120, minimum=0, maximum=600),
+            voice_sent_again_s=env_int(
+                env, "LOCKWISE_VOICE_SENT_AGAIN_S", 120, minimum=0, maximum=VOICE_SENT_AGAIN_MAX_S
+            ),
             feed_reports_per_minute=env_int(env, "LOCKWISE_FEED_REPORTS_PER_MINUTE", 30, minimum=1),
             account_check_batch=min(env_int(env, "LOCKWISE_ACCOUNT_CHECK_BATCH", 100, minimum=0), 100),
             account_recheck_s=env_int(env, "LOCKWISE_ACCOUNT_RECHECK_S", 3600, minimum=60),

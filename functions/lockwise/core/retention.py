@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import time
 
-from lockwise.core import log, mirror
+from lockwise.core import config, log, mirror
 from lockwise.core.db import Connection
 
 logger = logging.getLogger(__name__)
@@ -87,6 +87,7 @@ def prune_expired(con: Connection, nonces_kept_s: int) -> dict[str, int]:
     )
     pruned["pairing_failures"] = _prune(con, "pairing_failures", "hour < now() - interval '1 day'")
     pruned["pairing_attempts"] = _prune(con, "pairing_attempts", "at < now() - interval '1 day'")
+    pruned["clip_identities"] = _forget_clip_identities(con)
     # a revoked certificate a day past its own end: the CRL lists only those still valid, and the broker refuses an
     # expired one anyway (they were kept for ever: a row for each re-pairing and deletion, attack run 46)
     pruned["revoked_lock_certificates"] = _prune(
@@ -126,6 +127,20 @@ def _prune_while_full(con: Connection, table: str, condition: str, **params: obj
         total += deleted
         if deleted < PRUNE_BATCH or time.monotonic() >= deadline:
             return total
+
+
+def _forget_clip_identities(con: Connection) -> int:
+    """Clear, up to ``PRUNE_BATCH`` at a time, the clip identities of attempts older than any clip is answered as
+    sent again (``config.VOICE_SENT_AGAIN_MAX_S``): needed minutes, they were kept with the attempt, 90 days (attack
+    run 46). How many."""
+    rows = con.run(
+        "WITH gone AS (UPDATE verification_attempts SET clip_sha256 = NULL WHERE ctid = ANY(ARRAY("
+        "SELECT ctid FROM verification_attempts WHERE clip_sha256 IS NOT NULL"
+        " AND created_at < now() - make_interval(secs => :s) LIMIT :n)) RETURNING 1) SELECT count(*) FROM gone",
+        s=config.VOICE_SENT_AGAIN_MAX_S,
+        n=PRUNE_BATCH,
+    )
+    return int(rows[0][0])
 
 
 def _prune(con: Connection, table: str, condition: str, **params: object) -> int:
