@@ -48,8 +48,9 @@
  * 5. A lock publishes at most plugin_opt_lock_messages_per_second on average, in bursts of at most
  *    plugin_opt_lock_message_burst (a token bucket per username, kept across its connections). Past it the
  *    publish's check answers MOSQ_ERR_ADMINISTRATIVE_ACTION: the connection is closed without a PUBACK, and the
- *    lock sends the message again when it returns. Its last will counts as a message, and past the allowance it is
- *    dropped (a lock connecting in a loop with a new will each time sent 233 a second: attack run 45). Every lock's
+ *    lock sends the message again when it returns. Its last will counts as a message and may borrow one, so the will
+ *    of a connection the pace closed still goes; past that it is dropped (a lock connecting in a loop with a new will
+ *    each time sent 233 a second: attack run 45). Every lock's
  *    events wait in one
  *    queue in the broker, the relays' shared-subscription sessions: one lock publishing 120,000 small reports in
  *    10 s put every other lock's events 10 s behind them, and past max_queued_messages Mosquitto dropped other
@@ -282,9 +283,11 @@ static unsigned pace_bucket(const char *username)
 	return hash % PACE_BUCKETS;
 }
 
-/* 5: whether the lock may publish one more message now (taking it from its allowance). Without memory for a new
- * allowance, it may: the limit protects the queue, not the lock. */
-static bool within_pace(struct lockwise_acl *acl, const char *username)
+/* 5: whether the lock may publish one more message now (taking it from its allowance); a will (``borrow``) may take
+ * one it does not have yet, the allowance going below 0, so that the will of a connection the pace closed still goes
+ * (it is a lock's only goodbye) while a lock connecting in a loop, a will each time, still sends one a refill's worth
+ * of time. Without memory for a new allowance, it may: the limit protects the queue, not the lock. */
+static bool within_pace(struct lockwise_acl *acl, const char *username, bool borrow)
 {
 	struct pace **chain, *p;
 	double now;
@@ -312,7 +315,7 @@ static bool within_pace(struct lockwise_acl *acl, const char *username)
 		p->tokens = acl->burst;
 	}
 	p->at = now;
-	if(p->tokens < 1){
+	if(p->tokens < (borrow ? 0 : 1)){
 		return false;
 	}
 	p->tokens -= 1;
@@ -407,19 +410,20 @@ static int on_acl_check(int event, void *event_data, void *userdata)
 				}
 				return MOSQ_ERR_ACL_DENIED;
 			}
-			/* a will counts too, and past the allowance it is dropped (its lock's next online says where it is):
-			 * exempt, a lock connecting in a loop, each time with a new will, sent 233 a second past a pace of 20
-			 * (attack run 45) */
-			if(its_will && !within_pace(acl, username)){
+			/* a will counts too, borrowing one message's allowance; past that it is dropped (the lock's next online
+			 * says where it is). Not counted, a lock connecting in a loop with a new will each time sent 233 a second
+			 * past a pace of 20 (attack run 45) */
+			if(its_will && !within_pace(acl, username, true)){
 				if(speak(&wills, &more)){
 					mosquitto_log_printf(MOSQ_LOG_NOTICE, "lockwise_acl: dropped %.64s's last will: it publishes"
 							" faster than %g messages a second (and %lu more since)", username, acl->rate, more);
 				}
 				return MOSQ_ERR_ACL_DENIED;
 			}
-			/* protocol 0: no connection, the source of a retained message being checked; a last will: nothing
-			 * would ever send it again (it goes as without the plugin: to the relays' sessions, if they hold any) */
-			if(!its_will && mosquitto_client_protocol_version(ed->client) != 0 && !within_pace(acl, username)){
+			/* protocol 0: no connection, the source of a retained message being checked; a last will within its
+			 * pace: nothing would ever send it again (it is not held for a relay: it goes to the relays' sessions,
+			 * if they hold any) */
+			if(!its_will && mosquitto_client_protocol_version(ed->client) != 0 && !within_pace(acl, username, false)){
 				if(speak(&paced, &more)){
 					mosquitto_log_printf(MOSQ_LOG_NOTICE,
 							"lockwise_acl: %.64s publishes faster than %g messages a second (%g at once):"

@@ -493,8 +493,11 @@ def test_a_lock_publishing_faster_than_its_pace_is_closed_unacknowledged_and_oth
         taken = len(relay.of(a))
         allowed = render.LOCK_MESSAGE_BURST + render.LOCK_MESSAGES_PER_SECOND * elapsed
         assert render.LOCK_MESSAGE_BURST - 5 <= taken <= allowed + 1, (taken, elapsed)
-        # its will did not go: connecting in a loop, each time with a new will, sent 233 a second (attack run 45)
-        assert (topics.status(a), b"offline 1") not in relay.messages
+        # its will went, borrowing one message's allowance: a lock's only goodbye (a review); wills past that are
+        # dropped (connecting in a loop, each time with a new will, sent 233 a second: attack run 45; a loop of TLS
+        # handshakes here is not faster than the pace, so that bound is read in lockwise_acl.c, not measured)
+        wait_until(lambda: (topics.status(a), b"offline 1") in relay.messages, 5)
+        assert (topics.status(a), b"offline 1") in relay.messages
         other.client.publish(topics.state(b), b'{"n": 0}', qos=1).wait_for_publish(5)
         wait_until(lambda: relay.of(b), 5)
         assert relay.of(b) == [(topics.state(b), b'{"n": 0}')]
