@@ -60,8 +60,8 @@ class Event:
     digest: str = ""
     #: the broker sent it again (MQTT's DUP: a resumed session's in-flight message, perhaps one already here)
     redelivered: bool = False
-    #: its payload was UTF-8 (else ``payload`` holds U+FFFD for what was not, and it is never posted)
-    utf8: bool = True
+    #: its packet id on the session it came from (0: none): a copy with its first's is the first's own delivery
+    mid: int = 0
     #: its lock's identity ("" for a topic of none), the payload's size as posted (``topics.posted``), and the event
     #: as one item of a batch's ``events``, made once
     lock: str = field(init=False, repr=False)
@@ -78,15 +78,19 @@ class Event:
 
     @classmethod
     def of(
-        cls, topic: str, raw: bytes, ack: Callable[[], None], run: int | None, *, redelivered: bool = False
+        cls,
+        topic: str,
+        raw: bytes,
+        ack: Callable[[], None],
+        run: int | None,
+        *,
+        redelivered: bool = False,
+        mid: int = 0,
     ) -> Event:
-        """A lock's message as it came: its payload as text, and its name in a receipt when its lock keeps it until
-        one (``receipts.names``)."""
+        """A lock's message as it came: its payload as text (a byte that is not UTF-8 as U+FFFD: an ack so sent still
+        counts), and its name in a receipt when its lock keeps it until one (``receipts.names``)."""
         named = receipts.digest(raw) if receipts.names(topic) else ""
-        try:
-            return cls(topic, raw.decode("utf-8"), ack, run, named, redelivered)
-        except UnicodeDecodeError:
-            return cls(topic, raw.decode("utf-8", errors="replace"), ack, run, named, redelivered, utf8=False)
+        return cls(topic, raw.decode("utf-8", errors="replace"), ack, run, named, redelivered, mid)
 
 
 def receipts_of(events: list[Event]) -> dict[str, list[str]]:
@@ -132,6 +136,7 @@ class Forwarder:
         #: relay's memory alone: attack run 31 lost an ack and a report to a relay restarted while the function was
         #: away); one the lock sent again is acknowledged at once (attack run 44)
         self._holding: dict[tuple[str, str], list[Callable[[], None]]] = {}
+        self._first_mid: dict[tuple[str, str], int] = {}  # the packet id each of those came with
         self._holding_lock = threading.Lock()
         self.repeated = 0
         self.last_error: str | None = None
@@ -148,25 +153,24 @@ class Forwarder:
         queued, counted in ``repeated``, acknowledged with the first); or drop it (acknowledged, counted): a payload
         longer than the function takes, measured as it would be posted (a 64 KiB message of emoji, posted with every
         character escaped to 12 bytes, made a batch of 98 MB, refused whole, and every lock's events waited: attack
-        run), a payload that is not UTF-8, or a flood."""
+        run), or a flood."""
         if event.size > topics.MAX_PAYLOAD_BYTES:
             self._drop(event, f"payload of {event.size} bytes as posted")
-            return
-        if (
-            not event.utf8
-        ):  # posted with U+FFFD in place of its bytes, a report's firmware was stored so (attack run 44)
-            self._drop(event, "payload is not UTF-8")
             return
         if event.digest:
             with self._holding_lock:
                 copies = self._holding.get((event.lock, event.digest))
                 if copies is not None:  # its first waits here: this one is not queued, named by its receipt
                     self.repeated += 1
-                    if event.redelivered:  # perhaps the first's own delivery: acknowledged only with it
+                    first_mid = self._first_mid.get((event.lock, event.digest), 0)
+                    # perhaps the first's own delivery: acknowledged only with it. A broker that crashed before it
+                    # saved the first as sent sends it again without DUP, and with its packet id (a review)
+                    if event.redelivered or (event.mid and event.mid == first_mid):
                         copies.append(event.ack)
                         return
                 else:
                     self._holding[(event.lock, event.digest)] = []
+                    self._first_mid[(event.lock, event.digest)] = event.mid
             if copies is not None:  # the lock's sending again: a delivery of its own, acknowledged now
                 event.ack()
                 return
@@ -190,6 +194,8 @@ class Forwarder:
         """``events`` are acknowledged: so are the copies that came meanwhile, and one that comes now is forwarded."""
         with self._holding_lock:
             acks = [self._holding.pop((e.lock, e.digest), []) for e in events if e.digest]
+            for e in events:
+                self._first_mid.pop((e.lock, e.digest), None)
         for ack in (ack for copies in acks for ack in copies):
             ack()
 

@@ -109,7 +109,7 @@ class Relay:
             return
         ack = functools.partial(self._ack, msg.mid, msg.qos)
         tag = self.broker_start.tag(msg.properties)
-        self.forwarder.submit(Event.of(msg.topic, bytes(msg.payload), ack, tag, redelivered=bool(msg.dup)))
+        self.forwarder.submit(Event.of(msg.topic, bytes(msg.payload), ack, tag, redelivered=bool(msg.dup), mid=msg.mid))
 
     def _ack(self, mid: int, qos: int) -> None:
         if qos > 0:

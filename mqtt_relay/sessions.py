@@ -163,7 +163,9 @@ def drain(
             counts["received"] += 1
         last_message[0] = time.monotonic()
         ack = functools.partial(acked, msg.mid, msg.qos)
-        forwarder.submit(Event.of(msg.topic, bytes(msg.payload), ack, tag(msg.properties), redelivered=bool(msg.dup)))
+        forwarder.submit(
+            Event.of(msg.topic, bytes(msg.payload), ack, tag(msg.properties), redelivered=bool(msg.dup), mid=msg.mid)
+        )
 
     client.on_connect = on_connect
     client.on_message = on_message
