@@ -394,7 +394,16 @@ def test_a_clip_sent_again_as_its_members_voice_is_erased_keeps_nothing_of_her_a
         deciding = pool.submit(signed_verify, clients, world, body)
         assert recorded.wait(30)  # its attempt written, not committed
         erasing = pool.submit(clients["embed"].delete, "/embed/enrollment", headers=world.headers("member"))
-        time.sleep(1.0)
+
+        def erasure_waits() -> bool:  # for the record's hold on her voiceprint
+            with get_runtime("verify").db.connection() as con:
+                ((n,),) = con.run(
+                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                    " AND query ILIKE 'DELETE FROM voiceprints%'"
+                )
+            return int(n) > 0 or erasing.done()
+
+        wait_for(erasure_waits, what="the erasure under way")
         assert not erasing.done(), "the erasure answered while a record naming her voice was uncommitted"
         release.set()
         lapsed = deciding.result(30).get_json()

@@ -87,7 +87,6 @@ def prune_expired(con: Connection, nonces_kept_s: int) -> dict[str, int]:
     )
     pruned["pairing_failures"] = _prune(con, "pairing_failures", "hour < now() - interval '1 day'")
     pruned["pairing_attempts"] = _prune(con, "pairing_attempts", "at < now() - interval '1 day'")
-    pruned["clip_identities"] = _forget_clip_identities(con)
     # a revoked certificate a day past its own end: the CRL lists only those still valid, and the broker refuses an
     # expired one anyway (they were kept for ever: a row for each re-pairing and deletion, attack run 46)
     pruned["revoked_lock_certificates"] = _prune(
@@ -129,15 +128,21 @@ def _prune_while_full(con: Connection, table: str, condition: str, **params: obj
             return total
 
 
-def _forget_clip_identities(con: Connection) -> int:
-    """Clear, up to ``PRUNE_BATCH`` at a time, the clip identities of attempts older than any clip is answered as
-    sent again (``config.VOICE_SENT_AGAIN_MAX_S``): needed minutes, they were kept with the attempt, 90 days (attack
-    run 46). How many."""
+#: a decided clip's identity is cleared this long after its decision: the longest a clip sent again is answered with
+#: it (``config.VOICE_SENT_AGAIN_MAX_S``), and 5 minutes for the decisions whose transactions began before it
+CLIP_IDENTITIES_KEPT_S = config.VOICE_SENT_AGAIN_MAX_S + 300
+
+
+def forget_clip_identities(con: Connection) -> int:
+    """Clear, up to ``PRUNE_BATCH`` at a time, the clip identities of attempts past ``CLIP_IDENTITIES_KEPT_S``:
+    needed minutes, they were kept with the attempt, 90 days (attack run 46). Its own short transaction, skipping
+    an attempt another holds (an erasure scrubbing it: never waited for). How many."""
     rows = con.run(
         "WITH gone AS (UPDATE verification_attempts SET clip_sha256 = NULL WHERE ctid = ANY(ARRAY("
         "SELECT ctid FROM verification_attempts WHERE clip_sha256 IS NOT NULL"
-        " AND created_at < now() - make_interval(secs => :s) LIMIT :n)) RETURNING 1) SELECT count(*) FROM gone",
-        s=config.VOICE_SENT_AGAIN_MAX_S,
+        " AND created_at < now() - make_interval(secs => :s) LIMIT :n FOR UPDATE SKIP LOCKED)) RETURNING 1)"
+        " SELECT count(*) FROM gone",
+        s=CLIP_IDENTITIES_KEPT_S,
         n=PRUNE_BATCH,
     )
     return int(rows[0][0])

@@ -93,6 +93,10 @@ def every_step(
         with db.transaction() as con:
             retention.prune_expired(con, nonces_kept_s=lock_auth.nonces_kept_s(settings))
 
+    def forget_clip_identities() -> None:
+        with db.transaction() as con:
+            retention.forget_clip_identities(con)
+
     def not_back(broker: BrokerSeen) -> None:
         while True:
             with db.transaction() as con:
@@ -111,6 +115,7 @@ def every_step(
     if broker is not None:
         attempted(lambda: not_back(broker))
     attempted(prune_expired)
+    attempted(forget_clip_identities)
     attempted(lambda: gone_accounts.end(db, now))  # last: up to 20 transactions, holding up no cut-off
     if failures:
         raise failures[0]
