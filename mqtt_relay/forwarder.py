@@ -93,6 +93,15 @@ class Event:
         return cls(topic, raw.decode("utf-8", errors="replace"), ack, run, named, redelivered, mid)
 
 
+@dataclass
+class _Held:
+    """A lock's message waiting here or being posted: the packet id it came with, and the acks of the copies the
+    broker redelivered meanwhile (acknowledged with it)."""
+
+    mid: int
+    copies: list[Callable[[], None]] = field(default_factory=list)
+
+
 def receipts_of(events: list[Event]) -> dict[str, list[str]]:
     """The digests of ``events`` that their locks wait a receipt for, by lock identity, in order."""
     names: dict[str, list[str]] = {}
@@ -135,8 +144,7 @@ class Forwarder:
         #: is acknowledged only with its first, once that is taken (acknowledged at once, it left the message in the
         #: relay's memory alone: attack run 31 lost an ack and a report to a relay restarted while the function was
         #: away); one the lock sent again is acknowledged at once (attack run 44)
-        self._holding: dict[tuple[str, str], list[Callable[[], None]]] = {}
-        self._first_mid: dict[tuple[str, str], int] = {}  # the packet id each of those came with
+        self._holding: dict[tuple[str, str], _Held] = {}
         self._holding_lock = threading.Lock()
         self.repeated = 0
         self.last_error: str | None = None
@@ -159,19 +167,17 @@ class Forwarder:
             return
         if event.digest:
             with self._holding_lock:
-                copies = self._holding.get((event.lock, event.digest))
-                if copies is not None:  # its first waits here: this one is not queued, named by its receipt
+                held = self._holding.get((event.lock, event.digest))
+                if held is not None:  # its first waits here: this one is not queued, named by its receipt
                     self.repeated += 1
-                    first_mid = self._first_mid.get((event.lock, event.digest), 0)
                     # perhaps the first's own delivery: acknowledged only with it. A broker that crashed before it
                     # saved the first as sent sends it again without DUP, and with its packet id (a review)
-                    if event.redelivered or (event.mid and event.mid == first_mid):
-                        copies.append(event.ack)
+                    if event.redelivered or (event.mid and event.mid == held.mid):
+                        held.copies.append(event.ack)
                         return
                 else:
-                    self._holding[(event.lock, event.digest)] = []
-                    self._first_mid[(event.lock, event.digest)] = event.mid
-            if copies is not None:  # the lock's sending again: a delivery of its own, acknowledged now
+                    self._holding[(event.lock, event.digest)] = _Held(event.mid)
+            if held is not None:  # the lock's sending again: a delivery of its own, acknowledged now
                 event.ack()
                 return
         if not self.queue.put(event.lock, event, event.size):  # a flood: counted, logged at times
@@ -193,10 +199,8 @@ class Forwarder:
     def _release(self, events: list[Event]) -> None:
         """``events`` are acknowledged: so are the copies that came meanwhile, and one that comes now is forwarded."""
         with self._holding_lock:
-            acks = [self._holding.pop((e.lock, e.digest), []) for e in events if e.digest]
-            for e in events:
-                self._first_mid.pop((e.lock, e.digest), None)
-        for ack in (ack for copies in acks for ack in copies):
+            held = [self._holding.pop((e.lock, e.digest), None) for e in events if e.digest]
+        for ack in (ack for first in held if first is not None for ack in first.copies):
             ack()
 
     def stop(self, drain_timeout_s: float = 10.0) -> None:
