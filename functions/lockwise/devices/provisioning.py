@@ -154,23 +154,15 @@ def parse_public_key(value: Any) -> bytes:
     return raw
 
 
-@dataclass(frozen=True)
-class PairingAttempt:
-    """A pairing attempt counted against its source (``id``: its row), or the seconds the source must wait instead
-    (``wait_s``)."""
-
-    wait_s: int
-    id: int | None
-
-
-def reserve_pairing_attempt(con: Connection, source: str, limit: int) -> PairingAttempt:
-    """Count a pairing attempt from ``source`` before its code is tried, unless ``limit`` were counted in the last
-    hour (then the seconds until the oldest of them leaves it). Counting first makes the limit exact under a
-    parallel burst (checking, then counting the failure after the code was tried, let 22 wrong codes through a limit
-    of 20); the source's attempts are counted one request at a time (an advisory lock on it, until the caller's
-    transaction ends). A wrong code leaves it counted; any other outcome gives it back
-    (``release_pairing_attempt``). One row an attempt: counted per clock hour, 40 passed in seconds across the
-    hour's turn, and as this hour's count and a share of the last one's, 39 in one 60 minutes (attack run 45)."""
+def reserve_pairing_attempt(con: Connection, source: str, limit: int) -> int:
+    """Count a pairing attempt from ``source`` before its code is tried, and return its row's id; 429
+    ``too_many_pairing_attempts`` instead when ``limit`` were counted in the last hour (``Retry-After``: until the
+    oldest of them leaves it). Counting first makes the limit exact under a parallel burst (checking, then counting
+    the failure after the code was tried, let 22 wrong codes through a limit of 20); the source's attempts are
+    counted one request at a time (an advisory lock on it, until the caller's transaction ends). A wrong code leaves
+    it counted; any other outcome gives it back (``release_pairing_attempt``). One row an attempt: counted per clock
+    hour, 40 passed in seconds across the hour's turn, and as this hour's count and a share of the last one's, 39 in
+    one 60 minutes (attack run 45)."""
     con.run("SELECT pg_advisory_xact_lock(hashtextextended('pairing attempts from ' || :s, 0))", s=source)
     ((counted, wait),) = con.run(
         "WITH recent AS (SELECT at FROM pairing_attempts WHERE source = :s AND at > now() - interval '1 hour'"
@@ -180,15 +172,19 @@ def reserve_pairing_attempt(con: Connection, source: str, limit: int) -> Pairing
         n=limit,
     )
     if int(counted) >= limit:
-        return PairingAttempt(max(1, int(wait)), None)
+        raise errors.RateLimited(
+            "too many wrong pairing codes from this address; try later",
+            retry_after_s=max(1, int(wait)),
+            code="too_many_pairing_attempts",
+        )
     ((attempt_id,),) = con.run("INSERT INTO pairing_attempts (source) VALUES (:s) RETURNING id", s=source)
-    return PairingAttempt(0, int(attempt_id))
+    return int(attempt_id)
 
 
-def release_pairing_attempt(con: Connection, attempt: PairingAttempt) -> None:
+def release_pairing_attempt(con: Connection, attempt_id: int) -> None:
     """Give back an attempt counted by ``reserve_pairing_attempt`` whose code was not wrong (paired, or refused for
     another reason, such as a bad CSR)."""
-    con.run("DELETE FROM pairing_attempts WHERE id = :i", i=attempt.id)
+    con.run("DELETE FROM pairing_attempts WHERE id = :i", i=attempt_id)
 
 
 def pair(
@@ -208,12 +204,6 @@ def pair(
     public_key = parse_public_key(body.get("public_key"))
     with db.transaction() as con:
         attempt = reserve_pairing_attempt(con, source, failures_per_hour)
-    if attempt.wait_s:
-        raise errors.RateLimited(
-            "too many wrong pairing codes from this address; try later",
-            retry_after_s=attempt.wait_s,
-            code="too_many_pairing_attempts",
-        )
     try:
         with db.transaction() as con:
             credentials = redeem(
