@@ -1,5 +1,5 @@
 """The wait a client is told once a sliding window is full (``sliding_window.wait_s``): a lock's signed requests
-in a sliding minute, and a window of an hour."""
+in a sliding minute."""
 
 from __future__ import annotations
 
@@ -22,17 +22,3 @@ def test_the_wait_is_until_one_more_request_fits_the_last_60_s(
     current: int, previous: int, elapsed: float, most: int, wait: int
 ) -> None:
     assert wait_s(current, previous, elapsed, most) == wait
-
-
-@pytest.mark.parametrize(
-    ("current", "previous", "elapsed", "most", "wait"),
-    [
-        (0, 40, 60.0, 20, 1830),  # the previous hour's 40 must shrink to 19: 1,890 s into this one
-        (20, 0, 600.0, 20, 3180),  # this hour full: 180 s into the next, its share of this one leaves room for one
-        (19, 0, 600.0, 20, 1),
-    ],
-)
-def test_the_wait_in_a_window_of_an_hour_is_until_one_more_fits(
-    current: int, previous: int, elapsed: float, most: int, wait: int
-) -> None:
-    assert wait_s(current, previous, elapsed, most, window_s=3600) == wait

@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import math
 
+#: the window's length, and its buckets': a clock minute
+WINDOW_S = 60
 
-def wait_s(current: int, previous: int, elapsed: float, most: int, window_s: int = 60) -> int:
-    """Whole seconds until one more fits ``most`` in the sliding window of ``window_s``: ``current`` counted in this
-    clock bucket, ``elapsed`` seconds into it, and ``previous`` in the one before, of which the share still within
-    the last ``window_s`` counts."""
-    if current + 1 <= most and previous:  # this bucket has room: wait for the previous one's share to shrink
-        return max(1, math.ceil(window_s * (1 - (most - current - 1) / previous) - elapsed))
-    if current + 1 > most and current:  # the next bucket, once this one's share of it leaves room for one
-        return max(1, math.ceil(window_s - elapsed + window_s * max(0.0, 1 - (most - 1) / current)))
+
+def wait_s(current: int, previous: int, elapsed: float, most: int) -> int:
+    """Whole seconds until one more fits ``most`` in the sliding minute: ``current`` counted in this clock minute,
+    ``elapsed`` seconds into it, and ``previous`` in the one before, of which the share still within the last 60 s
+    counts."""
+    if current + 1 <= most and previous:  # this minute has room: wait for the previous one's share to shrink
+        return max(1, math.ceil(WINDOW_S * (1 - (most - current - 1) / previous) - elapsed))
+    if current + 1 > most and current:  # the next minute, once this one's share of it leaves room for one
+        return max(1, math.ceil(WINDOW_S - elapsed + WINDOW_S * max(0.0, 1 - (most - 1) / current)))
     return 1
