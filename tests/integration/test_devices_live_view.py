@@ -1463,7 +1463,10 @@ class RecordingFirestore:
             assert self.hold.wait(60)
         self.names += [json.dumps(w) for w in writes]
 
-    def list_names(self, collection_path: str, page_size: int) -> list[str]:
+    def versions(self, paths: list[str]) -> dict[str, str | None]:
+        return dict.fromkeys(paths)
+
+    def list_versions(self, collection_path: str, page_size: int) -> list[tuple[str, str]]:
         return []
 
 

@@ -49,15 +49,19 @@ def test_rest_writes_mean_what_the_client_library_reads(firestore_emulator: Emul
     ours.commit([fj.replace_fields_write(ours.name(doc), {"access": {"new": "member"}})])
     assert library.document(doc).get().to_dict()["access"] == {"new": "member"}, "the map is replaced whole"
     assert ours.get(doc) == library.document(doc).get().to_dict()
-    names = ours.list_names(f"{doc}/activity", 500)
-    assert sorted(name.rsplit("/", 1)[1] for name in names) == ["e1", "e2"]
-    ours.commit([fj.delete_write(name) for name in names] + [fj.delete_write(ours.name(doc))])
+    listed = ours.list_versions(f"{doc}/activity", 500)
+    assert sorted(name.rsplit("/", 1)[1] for name, _version in listed) == ["e1", "e2"]
+    stored = {f"{doc}/activity/{d.id}": d.update_time for d in library.collection(f"{doc}/activity").get()}
+    assert {name.split("/documents/")[1]: version for name, version in listed} == {
+        path: when.rfc3339() for path, when in stored.items()
+    }
+    ours.commit([fj.delete_write(name) for name, _version in listed] + [fj.delete_write(ours.name(doc))])
     assert ours.get(doc) is None and not library.document(doc).get().exists
-    assert ours.list_names(f"{doc}/activity", 500) == []
+    assert ours.list_versions(f"{doc}/activity", 500) == []
     odd_id = "a b?c#d%e"  # a document id may hold any character but /: the URL must carry it whole
     ours.commit([fj.set_write(ours.name(f"odd/{odd_id}"), {"n": 1})])
     assert ours.get(f"odd/{odd_id}") == {"n": 1} == library.document("odd", odd_id).get().to_dict()
-    assert ours.list_names("odd", 10) == [ours.name(f"odd/{odd_id}")]
+    assert [name for name, _version in ours.list_versions("odd", 10)] == [ours.name(f"odd/{odd_id}")]
     firestore.ping(ours)  # a missing document is a healthy answer
     with pytest.raises(firestore.FirestoreError, match="400"):  # the emulator refuses an empty field path
         ours.commit([fj.merge_write(ours.name(doc), {"": 1})])

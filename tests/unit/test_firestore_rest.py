@@ -172,7 +172,7 @@ def test_a_missing_document_reads_as_none_and_an_error_names_firestore_s_answer(
         client.commit([firestore_json.delete_write(client.name("locks/a"))])
     server.answer = (404, {"error": {"code": 404, "message": "no such database"}})
     with pytest.raises(firestore.FirestoreError, match="404"):
-        client.list_names("locks", 10)
+        client.list_versions("locks", 10)
 
 
 @pytest.mark.parametrize("raw", [b"<html>bad gateway</html>", b"[1, 2]"])

@@ -1,6 +1,7 @@
 """Firestore for the app's live view (lock state, activity, enrollment status), spoken over its REST API (v1).
 
-The mirror needs four calls: a commit of ordered writes, a document read, a collection listing and a health read.
+The mirror needs five calls: a commit of ordered writes, the versions of documents (a batch read of none of their
+fields), a document read, a collection listing and a health read.
 They go over the standard library's ``http.client`` (``lockwise.core.google_api``; already imported by the web
 server), not the google-cloud-firestore client, which imports gRPC and protobuf: ~0.3 s on the first write or
 health check of a cold instance, measured, and gRPC, protobuf and google-api-core in every bundle. The messages it
@@ -39,6 +40,18 @@ class FirestoreRefused(FirestoreError):
     never succeeds."""
 
 
+class FirestoreConflict(FirestoreError):
+    """Firestore refused a commit because a document was not at the version a write's precondition named
+    (``FAILED_PRECONDITION``, ``ALREADY_EXISTS``) or the commit met another one (``ABORTED``): the same writes
+    may be taken once the documents' versions are read again."""
+
+
+#: the statuses of a commit refused for the documents' state, not for what it says (``FirestoreConflict``)
+CONFLICTS = frozenset({"FAILED_PRECONDITION", "ALREADY_EXISTS", "ABORTED"})
+#: the one field a versions read asks for: no document has it, so the answer holds names and versions only
+_NO_FIELD = "lockwise_version_only"
+
+
 class Client:
     """One project's default database. Safe to share between threads (``google_api.GoogleApi``'s pool of kept-alive
     connections)."""
@@ -66,17 +79,39 @@ class Client:
         if writes:
             self._call("POST", f"/v1/{self.database}/documents:commit", {"writes": writes})
 
+    def versions(self, paths: list[str]) -> dict[str, str | None]:
+        """Each document's ``updateTime`` (its version, as a write's precondition names it), None for one that does
+        not exist: one batch read of none of their fields."""
+        if not paths:
+            return {}
+        names = {self.name(path): path for path in paths}
+        body = {"documents": list(names), "mask": {"fieldPaths": [_NO_FIELD]}}
+        status, found = self._call_json("POST", f"/v1/{self.database}/documents:batchGet", body)
+        if not isinstance(found, list):
+            raise FirestoreError(f"Firestore answered {status} to a batch read with JSON that is not a list")
+        versions: dict[str, str | None] = {}
+        for item in found:
+            doc = item.get("found") if isinstance(item, dict) else None
+            if isinstance(doc, dict) and doc.get("name") in names:
+                versions[names[doc["name"]]] = str(doc["updateTime"])
+            elif isinstance(item, dict) and item.get("missing") in names:
+                versions[names[item["missing"]]] = None
+        if len(versions) != len(names):
+            raise FirestoreError("Firestore's batch read did not answer for every document")
+        return versions
+
     def get(self, path: str) -> dict[str, Any] | None:
         """The document's fields as plain values, or None when it does not exist."""
         found = self._call("GET", _target(self.name(path)), missing_ok=True)
         return None if found is None else decode_fields(found.get("fields", {}))
 
-    def list_names(self, collection_path: str, page_size: int) -> list[str]:
-        """The full names of up to ``page_size`` documents of the collection (read whole: a field mask naming only
-        ``__name__`` is what the emulator takes, not what production's documentation promises)."""
-        query = urllib.parse.urlencode({"pageSize": page_size})
+    def list_versions(self, collection_path: str, page_size: int) -> list[tuple[str, str]]:
+        """The full names and versions (``updateTime``) of up to ``page_size`` documents of the collection, none of
+        their fields (the mask names a field no document has: one naming only ``__name__`` is what the emulator
+        takes, not what production's documentation promises)."""
+        query = urllib.parse.urlencode({"pageSize": page_size, "mask.fieldPaths": _NO_FIELD})
         found = self._call("GET", f"{_target(self.name(collection_path))}?{query}")
-        return [str(doc["name"]) for doc in (found or {}).get("documents", [])]
+        return [(str(doc["name"]), str(doc["updateTime"])) for doc in (found or {}).get("documents", [])]
 
     def close(self) -> None:
         self._api.close()
@@ -84,27 +119,43 @@ class Client:
     def _call(
         self, method: str, target: str, body: dict[str, Any] | None = None, *, missing_ok: bool = False
     ) -> dict[str, Any] | None:
+        status, found = self._call_json(method, target, body, missing_ok=missing_ok)
+        if found is not None and not isinstance(found, dict):
+            raise FirestoreError(f"Firestore answered {status} with JSON that is not an object")
+        return found
+
+    def _call_json(
+        self, method: str, target: str, body: dict[str, Any] | None = None, *, missing_ok: bool = False
+    ) -> tuple[int, Any]:
+        """The answer's status and its JSON (None: a missing document, with ``missing_ok``)."""
         try:
             status, data = self._api.call(method, target, body)
         except google_api.Unavailable as exc:
             raise FirestoreError(str(exc)) from exc
         if status == 404 and missing_ok:
-            return None
+            return status, None
         if status >= 400:
-            refused = FirestoreRefused if status == 400 else FirestoreError
-            raise refused(f"Firestore answered {status}: {_error_message(data)}")
+            error = f"Firestore answered {status}: {_error_message(data)}"
+            if _error_status(data) in CONFLICTS:
+                raise FirestoreConflict(error)
+            raise (FirestoreRefused if status == 400 else FirestoreError)(error)
         try:
-            found = json.loads(data) if data else {}
+            return status, json.loads(data) if data else {}
         except ValueError as exc:  # something between us and Firestore answered (a proxy's error page)
             raise FirestoreError(f"Firestore answered {status} with a body that is not JSON") from exc
-        if not isinstance(found, dict):
-            raise FirestoreError(f"Firestore answered {status} with JSON that is not an object")
-        return found
 
 
 def _target(name: str) -> str:
     """The URL path of a resource name: each segment percent-encoded (a document id may hold any character but /)."""
     return "/v1/" + urllib.parse.quote(name, safe="/()")
+
+
+def _error_status(data: bytes) -> str | None:
+    """The canonical code of an error answer (``FAILED_PRECONDITION``), if it names one."""
+    try:
+        return str(json.loads(data)["error"]["status"])
+    except (ValueError, KeyError, TypeError):
+        return None
 
 
 def _error_message(data: bytes) -> str:

@@ -38,6 +38,13 @@ def delete_write(name: str) -> dict[str, Any]:
     return {"delete": name}
 
 
+def at_version(write: dict[str, Any], version: str | None) -> dict[str, Any]:
+    """``write``, taken only while its document is at ``version`` (its ``updateTime``), or does not exist when None:
+    a commit that arrives after a later one changed the document is refused (``FAILED_PRECONDITION``,
+    ``ALREADY_EXISTS``) instead of undoing it."""
+    return {**write, "currentDocument": {"exists": False} if version is None else {"updateTime": version}}
+
+
 def _masked(name: str, data: Mapping[str, Any], paths: list[str]) -> dict[str, Any]:
     return {"update": {"name": name, "fields": encode_fields(data)}, "updateMask": {"fieldPaths": paths}}
 

@@ -49,6 +49,10 @@ DELETED_PER_PASS = 1000
 HELD_BACK_RETRY_S = 0.1
 #: claims per pass past rows held back (each one statement and a read of the rows other flushes hold)
 CLAIMS_PER_PASS = 4
+#: commits of one group a pass tries while Firestore refuses them for a document's version (``_write``)
+CONFLICT_TRIES = 3
+#: the collection of a lock's activity feed
+FEED = "activity"
 
 
 #: one queued Firestore write: document path, operation, data
@@ -143,7 +147,7 @@ def activity_entry(lock_id: str, kind: str, *, entry_id: str | None = None, **fi
         "about": about,
         "expires_at": expires,
     }
-    return doc("locks", lock_id, "activity", entry_id or str(uuid.uuid4())), "set", data
+    return doc("locks", lock_id, FEED, entry_id or str(uuid.uuid4())), "set", data
 
 
 def activity(con: Connection, lock_id: str, kind: str, **fields: Any) -> None:
@@ -423,8 +427,47 @@ def _groups(rows: list[list[Any]]) -> list[list[list[Any]]]:
 
 
 def _write(client: firestore.Client, group: list[list[Any]]) -> None:
-    """One commit for the group (Firestore applies a commit's writes in order, all or none)."""
-    client.commit([_rest_write(client.name(path), op, data) for path, op, data in _coalesced(group)])
+    """One commit for the group (Firestore applies a commit's writes in order, all or none), each document's first
+    write taken only at the version this pass read it at (``firestore_json.at_version``).
+
+    A commit whose answer never came (the client's timeout) may still be applied later, after the commit that sent
+    its rows again with newer ones: it undid them (seen: a lock's name back to one ten renames old, until the next
+    rename; an access document deleted, then set again by the late commit, would let a removed member read the
+    lock's live view). Conditioned on the version read, a commit that lands after another one changed its
+    documents is refused. A feed entry (a new id each) is written as new without a read; a pass whose commit is
+    refused reads every document's version again, its entries' too, and commits again (``CONFLICT_TRIES``)."""
+    writes = _coalesced(group)
+    firsts = _first_writes(writes)
+    read = [writes[i][0] for i in firsts if not _is_feed_entry(writes[i][0])]
+    for tries_left in range(CONFLICT_TRIES, 0, -1):
+        versions = client.versions(read)
+        rest = [_rest_write(client.name(path), op, data) for path, op, data in writes]
+        for i in firsts:
+            rest[i] = firestore_json.at_version(rest[i], versions.get(writes[i][0]))
+        try:
+            client.commit(rest)
+            return
+        except firestore.FirestoreConflict:
+            if tries_left == 1:
+                raise
+            read = [writes[i][0] for i in firsts]
+
+
+def _first_writes(writes: list[tuple[str, str, dict[str, Any]]]) -> list[int]:
+    """The index of each document's first write (a later one in the same commit meets the version it left)."""
+    seen: set[str] = set()
+    firsts: list[int] = []
+    for i, (path, _op, _data) in enumerate(writes):
+        if path not in seen:
+            seen.add(path)
+            firsts.append(i)
+    return firsts
+
+
+def _is_feed_entry(path: str) -> bool:
+    """An entry of a lock's activity feed: written once under a new id (``activity_entry``)."""
+    parts = path.split("/")
+    return len(parts) == 4 and parts[0] == "locks" and parts[2] == FEED
 
 
 def _coalesced(group: list[list[Any]]) -> list[tuple[str, str, dict[str, Any]]]:
@@ -454,11 +497,12 @@ def _delete_some(client: firestore.Client, path: str, most: int) -> tuple[int, b
     than asked while more are left): how many were deleted, and whether it was then found empty."""
     deleted = 0
     while deleted < most:
-        names = client.list_names(path, min(MAX_BATCH_WRITES, most - deleted))
-        if not names:
+        listed = client.list_versions(path, min(MAX_BATCH_WRITES, most - deleted))
+        if not listed:
             return deleted, True
-        client.commit([firestore_json.delete_write(name) for name in names])
-        deleted += len(names)
+        # each at the version listed: a deletion that lands late never deletes what was written since
+        client.commit([firestore_json.at_version(firestore_json.delete_write(n), v) for n, v in listed])
+        deleted += len(listed)
     return deleted, False
 
 
