@@ -192,7 +192,7 @@ def offer_transfer(ctx: Ctx, lock_id: str) -> Result:
         now = rt.now()
         members.require(con, lock_id, user.uid, now, at_least="owner", for_update=True)
         take_change(con, lock_id, user, lock_held_for_update=True)
-        offered = transfers.offer(con, lock_id, user.uid, to_uid, now)
+        offered = transfers.offer(con, lock_id, user, to_uid, now)
     rt.flush_mirror()
     return offered, 202
 
@@ -274,6 +274,7 @@ def add_member(ctx: Ctx, lock_id: str) -> Result:
             rt.settings.invitation_ttl_s,
             now,
             members_per_lock=rt.settings.members_per_lock,
+            signed_in=users.signed_in_at(user),
         )
     return {"invitation": invitation}, 202
 

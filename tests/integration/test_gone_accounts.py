@@ -13,8 +13,9 @@ import pytest
 from infra.local.firestore_sdk import sdk_client as firestore_client
 from lockwise.core import accounts
 from lockwise.core.runtime import get_runtime
+from simlock.lock import new_tls_key
 from tests.conftest import PROJECT_ID
-from tests.devices_world import World, bearer, build_world, sign_in, verify_email
+from tests.devices_world import World, bearer, build_world, new_lock_key, sign_in, verify_email
 from tests.integration.test_devices_live_view import rest_get
 from tests.integration.test_voice import enroll, signed_verify, take
 from tests.voices import spoken, wav
@@ -658,3 +659,136 @@ def test_fresh_sessions_of_an_outsider_do_not_keep_a_deleted_accounts_recheck_fr
     with get_runtime("devices").db.connection() as con:  # and the fresh ones are checked too, as many as fit
         unchecked = con.run("SELECT count(*) FROM users WHERE account_checked_at IS NULL")[0][0]
     assert unchecked <= batch
+
+
+# ------------------------------------------------- what an account gave stands no longer than the hand that gave it
+
+
+def error_code(resp: Any) -> tuple[int, str]:
+    return resp.status_code, ((resp.get_json() or {}).get("error") or {}).get("code", "")
+
+
+def invite(devices: Any, world: World, sender: str, invitee: str, role: str) -> str:
+    resp = devices.post(
+        f"/devices/locks/{world.lock_id}/members",
+        json={"uid": world.uid(invitee), "role": role},
+        headers=world.headers(sender),
+    )
+    assert resp.status_code == 202, resp.get_json()
+    return str(resp.get_json()["invitation"]["id"])
+
+
+def pair_with(devices: Any, code: str) -> Any:
+    """A pairing of a new device (a thief's) with ``code``."""
+    _, public = new_lock_key()
+    _, csr = new_tls_key()
+    return devices.post("/devices/provision", json={"code": code, "public_key": public, "csr": csr})
+
+
+def live_identity(world: World) -> list[list[Any]]:
+    with get_runtime("devices").db.connection() as con:
+        return list(
+            con.run(
+                "SELECT mqtt_username FROM lock_credentials WHERE lock_id = CAST(:l AS uuid) AND revoked_at IS NULL",
+                l=world.lock_id,
+            )
+        )
+
+
+def test_an_invitation_of_an_admin_whose_account_was_disabled_since_lets_nobody_in_until_it_is_enabled(
+    clients: dict[str, Any], world: World, stack_env: dict[str, str]
+) -> None:
+    """Attack run 47: a thief with the admin's phone invited their own account; the operator disabled the admin's
+    account (the stolen phone), and the thief's account still accepted the invitation and unlocked the door (202).
+    An invitation stands no longer than its sender's account: it stands again once the account is enabled."""
+    devices, admin = clients["devices"], world.uid("admin")
+    invitation = invite(devices, world, "admin", "stranger", "member")
+    admin_call(stack_env, "accounts:update", {"localId": admin, "disableUser": True})
+    recheck_now(admin)
+    flush(clients, stack_env)
+    assert users_row(admin)[0]
+    accept = f"/devices/invitations/{invitation}/accept"
+    assert error_code(devices.post(accept, headers=world.headers("stranger"))) == (404, "invitation_not_found")
+    pending = devices.get(f"/devices/locks/{world.lock_id}/members", headers=world.headers("owner")).get_json()
+    assert invitation not in json.dumps(pending)
+    admin_call(stack_env, "accounts:update", {"localId": admin, "disableUser": False})
+    recheck_now(admin)
+    flush(clients, stack_env)
+    assert devices.post(accept, headers=world.headers("stranger")).status_code == 201
+
+
+def test_an_invitation_of_an_owner_whose_account_was_deleted_since_lets_nobody_in(
+    clients: dict[str, Any], world: World, stack_env: dict[str, str]
+) -> None:
+    """Attack run 47: the owner invited an admin, then their account was deleted outside the app (the lock keeps it
+    as its owner, for an operator); the invitee still joined as an admin nobody could remove (only the owner may)."""
+    devices = clients["devices"]
+    invitation = invite(devices, world, "owner", "stranger", "admin")
+    delete_account(stack_env, world.uid("owner"))
+    flush(clients, stack_env)
+    accepted = devices.post(f"/devices/invitations/{invitation}/accept", headers=world.headers("stranger"))
+    assert error_code(accepted) == (404, "invitation_not_found")
+
+
+@pytest.mark.parametrize("how", ["disabled", "deleted"])
+def test_a_pairing_code_of_an_account_disabled_or_deleted_since_pairs_nothing(
+    clients: dict[str, Any], world: World, stack_env: dict[str, str], how: str
+) -> None:
+    """Attack run 47: a thief with the owner's phone asked for a pairing code; the operator then disabled (or
+    deleted) the account. The code still paired the thief's device: the door's own credential revoked (its voice
+    and app unlocks stopped), the thief's device reporting the door's state, and nobody left to pair it again."""
+    devices, owner = clients["devices"], world.uid("owner")
+    issued = devices.post(f"/devices/locks/{world.lock_id}/provisioning", headers=world.headers("owner"))
+    assert issued.status_code == 201, issued.get_json()
+    if how == "disabled":
+        admin_call(stack_env, "accounts:update", {"localId": owner, "disableUser": True})
+        recheck_now(owner)
+    else:
+        delete_account(stack_env, owner)
+    flush(clients, stack_env)
+    assert error_code(pair_with(devices, issued.get_json()["code"])) == (401, "invalid_provisioning_code")
+    assert live_identity(world) == [[world.credentials["mqtt"]["client_id"]]]
+
+
+def test_an_offer_of_an_owner_whose_account_was_disabled_since_is_taken_by_nobody(
+    clients: dict[str, Any], world: World, stack_env: dict[str, str]
+) -> None:
+    """Attack run 47: a thief with the owner's phone offered the lock to an accomplice; the operator disabled the
+    owner's account, and the accomplice still took the lock (200), the real owner made an admin they could remove.
+    An offer of an account deleted since already ended (``transfer_offers.end_from``)."""
+    devices, owner, path = clients["devices"], world.uid("owner"), f"/devices/locks/{world.lock_id}/transfer"
+    assert devices.post(path, json={"uid": world.uid("admin")}, headers=world.headers("owner")).status_code == 202
+    admin_call(stack_env, "accounts:update", {"localId": owner, "disableUser": True})
+    recheck_now(owner)
+    flush(clients, stack_env)
+    assert error_code(devices.post(f"{path}/accept", headers=world.headers("admin"))) == (404, "transfer_not_found")
+    assert error_code(devices.get(path, headers=world.headers("admin"))) == (404, "transfer_not_found")
+
+
+def test_what_a_session_revoked_since_gave_grants_nothing_and_a_new_session_gives_again(
+    clients: dict[str, Any], world: World, stack_env: dict[str, str]
+) -> None:
+    """Attack run 47: the remedy for a stolen phone is to revoke the account's sessions (a password change,
+    ``revokeRefreshTokens``); what the stolen session gave in the minutes before still worked: its pairing code
+    paired the thief's device, its invitation let the thief's account in, its offer gave them the lock. Each now
+    carries its session's sign-in time and falls with it; the owner, signed in again, gives anew."""
+    devices, owner, path = clients["devices"], world.uid("owner"), f"/devices/locks/{world.lock_id}/transfer"
+    issued = devices.post(f"/devices/locks/{world.lock_id}/provisioning", headers=world.headers("owner"))
+    assert issued.status_code == 201
+    invitation = invite(devices, world, "owner", "stranger", "member")
+    assert devices.post(path, json={"uid": world.uid("admin")}, headers=world.headers("owner")).status_code == 202
+    revoke_sessions(stack_env, owner)
+    recheck_now(owner)
+    flush(clients, stack_env)
+    stolen = devices.post(f"/devices/locks/{world.lock_id}/provisioning", headers=world.headers("owner"))
+    assert error_code(stolen) == (401, "token_revoked")
+    assert error_code(pair_with(devices, issued.get_json()["code"])) == (401, "invalid_provisioning_code")
+    accepted = devices.post(f"/devices/invitations/{invitation}/accept", headers=world.headers("stranger"))
+    assert error_code(accepted) == (404, "invitation_not_found")
+    assert error_code(devices.post(f"{path}/accept", headers=world.headers("admin"))) == (404, "transfer_not_found")
+    assert live_identity(world) == [[world.credentials["mqtt"]["client_id"]]]
+    again_in = bearer(sign_in(stack_env["FIREBASE_AUTH_EMULATOR_HOST"], world.accounts["owner"]["email"]))
+    flush(clients, stack_env)
+    again = devices.post(path, json={"uid": world.uid("admin")}, headers=again_in)
+    assert again.status_code == 202, again.get_json()
+    assert devices.post(f"{path}/accept", headers=world.headers("admin")).status_code == 200

@@ -192,6 +192,19 @@ class Held:
             )
 
 
+def vouches_sql(uid: str, signed_in: str) -> str:
+    """SQL that holds while the account ``uid`` (an SQL expression) is found neither deleted nor disabled, and the
+    session that signed in at ``signed_in`` (an SQL expression; NULL: not recorded) was not revoked since: a grant it
+    made (a pairing code, an invitation, an ownership offer) stands no longer than the hand that made it. A thief with
+    the owner's phone asked for a pairing code, invited their own account and offered the lock to it, and each still
+    worked once the account was disabled, deleted or signed out everywhere (attack run 47); enabled again, its
+    grants stand again, as its sessions do."""
+    return (
+        f"NOT EXISTS (SELECT 1 FROM users issuer WHERE issuer.uid = {uid} AND (issuer.account_gone_at IS NOT NULL"
+        f" OR issuer.account_disabled OR {signed_in} < issuer.tokens_valid_since))"
+    )
+
+
 def hold(con: Connection, uid: str) -> Held:
     """Hold ``uid``'s row until the transaction ends and say what it holds: what is counted per user (daily quotas,
     locks owned) is then decided one request at a time, so a burst in parallel gets no more than the same requests

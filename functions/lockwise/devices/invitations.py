@@ -33,6 +33,7 @@ _STANDING = (
     + " AND (s.role = 'owner' OR (s.role = 'admin' AND invitations.role <> 'admin' AND (s.expires_at IS NULL"
     " OR LEAST(CAST(invitations.access->>'expires_at' AS timestamptz),"
     " CAST(invitations.access->>'valid_until' AS timestamptz)) <= s.expires_at))))"
+    " AND " + users.vouches_sql("invitations.invited_by", "invitations.issuer_signed_in_at")
 )
 _LIVE = _OPEN + " AND expires_at > :now AND " + _STANDING
 _ADDRESSED_TO = "(invitee_uid = :u OR (CAST(:verified AS boolean) AND lower(email) = lower(:e)))"
@@ -90,10 +91,12 @@ def invite(
     now: dt.datetime,
     *,
     members_per_lock: int,
+    signed_in: dt.datetime,
 ) -> dict[str, Any]:
     """Invite ``invitee``; returns the invitation as the add-member answer shows it (409 ``too_many_members`` when
     the lock's members and the open invitations ``actor`` sent reach ``members_per_lock``: their own only, or an
-    admin's invitations to made-up addresses kept the owner from inviting anyone: attack run 23)."""
+    admin's invitations to made-up addresses kept the owner from inviting anyone: attack run 23). ``signed_in``: when
+    the sender's session signed in (``users.signed_in_at``): the invitation falls with it (``users.vouches_sql``)."""
     members.check_can_grant(actor, role)
     members.check_ends_in_time(actor, access)
     uid, email = invitee.uid, invitee.email
@@ -130,9 +133,8 @@ def invite(
         invitation_id = str(
             con.run(
                 "INSERT INTO invitations (lock_id, email, invitee_uid, role, access, invited_by, created_at,"
-                " expires_at) VALUES (CAST(:l AS uuid), :e, :u, :r, CAST(:a AS jsonb), :by, :now,"
-                " CAST(:now AS timestamptz) + make_interval(secs => :ttl))"
-                " RETURNING id::text",
+                " expires_at, issuer_signed_in_at) VALUES (CAST(:l AS uuid), :e, :u, :r, CAST(:a AS jsonb), :by,"
+                " :now, CAST(:now AS timestamptz) + make_interval(secs => :ttl), :session) RETURNING id::text",
                 l=lock_id,
                 e=email,
                 u=uid,
@@ -141,6 +143,7 @@ def invite(
                 by=actor.user_uid,
                 ttl=ttl_s,
                 now=now,
+                session=signed_in,
             )[0][0]
         )
     except Exception as exc:

@@ -63,12 +63,13 @@ def issue(con: Connection, lock_id: str, owner: User, ttl_s: int, per_day: int) 
     close_codes(con, lock_id)
     code = new_code()
     rows = con.run(
-        "INSERT INTO provisioning_codes (code_hash, lock_id, created_by, expires_at)"
-        " VALUES (:h, CAST(:l AS uuid), :u, now() + make_interval(secs => :ttl)) RETURNING expires_at",
+        "INSERT INTO provisioning_codes (code_hash, lock_id, created_by, expires_at, issuer_signed_in_at)"
+        " VALUES (:h, CAST(:l AS uuid), :u, now() + make_interval(secs => :ttl), :session) RETURNING expires_at",
         h=_hash(code),
         l=lock_id,
         u=uid,
         ttl=ttl_s,
+        session=users.signed_in_at(owner),
     )
     audit.record(con, audit.user_actor(uid), "provisioning.issue", "ok", lock_id=lock_id)
     return code, rows[0][0]
@@ -237,7 +238,9 @@ def redeem(
         raise errors.BadRequest("code must be a string", code="invalid_code_format")
     request = lock_certs.parse_csr(csr)  # before the code is used: a bad CSR leaves the code valid
     # a code is good only while whoever issued it still owns the lock (attack run: an owner's code, issued before
-    # they gave the lock away and were removed from it, still paired the lock to a device of theirs)
+    # they gave the lock away and were removed from it, still paired the lock to a device of theirs), and while their
+    # account and the session that asked for it stand (``users.vouches_sql``: attack run 47, a stolen phone's code
+    # paired the thief's device once the account was disabled, deleted or signed out everywhere)
     # the lock's row first, as a transfer or a deletion takes it before the codes (the code's row first deadlocked
     # with them): one committed while this waited is then seen by the next statement, in the owner and in the code's
     # end, judged on the statement's clock (this transaction's began earlier: attack run)
@@ -247,7 +250,9 @@ def redeem(
     )
     rows = con.run(
         "SELECT c.lock_id::text, c.redeemed_at IS NOT NULL, c.expires_at <= statement_timestamp(),"
-        " l.owner_uid IS DISTINCT FROM c.created_by,"
+        " l.owner_uid IS DISTINCT FROM c.created_by OR NOT "
+        + users.vouches_sql("c.created_by", "c.issuer_signed_in_at")
+        + ","
         " GREATEST(1, ceil(extract(epoch FROM c.expires_at - statement_timestamp())))::int"  # the code's life left
         " FROM provisioning_codes c JOIN locks l ON l.id = c.lock_id WHERE c.code_hash = :h FOR UPDATE OF c",
         h=_hash(code),

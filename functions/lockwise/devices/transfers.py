@@ -17,7 +17,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from lockwise.core import audit, errors, mirror
+from lockwise.core import audit, errors, mirror, users
 from lockwise.core.auth import User
 from lockwise.core.db import Connection
 from lockwise.devices import locks, members, transfer_offers
@@ -32,19 +32,23 @@ _TO_THE_MEMBER_AS_MADE = (
     "o.taker_row = (SELECT row_to_json(m)::text FROM lock_members m WHERE m.lock_id = o.lock_id"
     " AND m.user_uid = o.to_uid)"
 )
+#: an offer whose giver's account or session fell since (``users.vouches_sql``) stands for nobody
+_GIVER_STANDS = users.vouches_sql("o.from_uid", "o.issuer_signed_in_at")
 
 
 def _none_for_you() -> errors.NotFound:
     return errors.NotFound("no transfer of this lock stands for you", code="transfer_not_found")
 
 
-def offer(con: Connection, lock_id: str, from_uid: str, to_uid: str, now: dt.datetime) -> dict[str, Any]:
+def offer(con: Connection, lock_id: str, giver: User, to_uid: str, now: dt.datetime) -> dict[str, Any]:
     """Offer the lock to ``to_uid``, an active member (the caller, its owner, holds the lock's row): 400
     ``already_owner``, 404 ``member_not_found``, 409 ``member_account_deleted``. Whether they may own one more lock
     is theirs to learn when they accept (the owner is not told how many locks a member owns: attack run 21).
     Replaces an earlier offer of the lock (its end in the feed); the same offer standing (by the giver, to the member
     as they are now) is answered as it stands: an offer sent again after its answer was lost replaced itself, its 7
-    days begun again and its end and a new offer in the member's feed (attack run 39)."""
+    days begun again and its end and a new offer in the member's feed (attack run 39). It falls with the giver's
+    account and session (``users.vouches_sql``), as their pairing codes and invitations do."""
+    from_uid = giver.uid
     if to_uid == from_uid:
         raise errors.BadRequest("you already own this lock", code="already_owner")
     target = members.get(con, lock_id, to_uid)
@@ -53,7 +57,10 @@ def offer(con: Connection, lock_id: str, from_uid: str, to_uid: str, now: dt.dat
     locks.refuse_a_gone_member(con, to_uid)
     standing = con.run(
         "SELECT o.offered_at, o.expires_at FROM lock_transfer_offers o WHERE o.lock_id = CAST(:l AS uuid)"
-        " AND o.from_uid = :f AND o.to_uid = :t AND o.expires_at > :n AND " + _TO_THE_MEMBER_AS_MADE,
+        " AND o.from_uid = :f AND o.to_uid = :t AND o.expires_at > :n AND "
+        + _TO_THE_MEMBER_AS_MADE
+        + " AND "
+        + _GIVER_STANDS,
         l=lock_id,
         f=from_uid,
         t=to_uid,
@@ -64,14 +71,15 @@ def offer(con: Connection, lock_id: str, from_uid: str, to_uid: str, now: dt.dat
     transfer_offers.end_for_lock(con, lock_id, reason="replaced")
     expires = now + OFFER_TTL
     con.run(
-        "INSERT INTO lock_transfer_offers (lock_id, from_uid, to_uid, offered_at, expires_at, taker_row)"
-        " SELECT CAST(:l AS uuid), :f, :t, :n, :e, row_to_json(m)::text FROM lock_members m"
-        " WHERE m.lock_id = CAST(:l AS uuid) AND m.user_uid = :t",
+        "INSERT INTO lock_transfer_offers (lock_id, from_uid, to_uid, offered_at, expires_at, taker_row,"
+        " issuer_signed_in_at) SELECT CAST(:l AS uuid), :f, :t, :n, :e, row_to_json(m)::text, :session"
+        " FROM lock_members m WHERE m.lock_id = CAST(:l AS uuid) AND m.user_uid = :t",
         l=lock_id,
         f=from_uid,
         t=to_uid,
         n=now,
         e=expires,
+        session=users.signed_in_at(giver),
     )
     audit.record(con, audit.user_actor(from_uid), "lock.transfer_offer", "ok", lock_id=lock_id, target=to_uid)
     mirror.activity(con, lock_id, "ownership_offered", actor_uid=from_uid, target_uid=to_uid)
@@ -95,12 +103,12 @@ def accept(
         return
     rows = con.run(
         "DELETE FROM lock_transfer_offers o WHERE o.lock_id = CAST(:l AS uuid) AND o.to_uid = :u AND o.expires_at > :n"
-        " RETURNING o.from_uid, " + _TO_THE_MEMBER_AS_MADE,
+        " RETURNING o.from_uid, " + _TO_THE_MEMBER_AS_MADE + " AND " + _GIVER_STANDS,
         l=lock_id,
         u=taker.uid,
         n=now,
     )
-    if not rows or not rows[0][1]:  # none, or made to the membership as it was before a change
+    if not rows or not rows[0][1]:  # none, made to the membership as it was before a change, or by a hand gone
         raise _none_for_you()
     from_uid = rows[0][0]
     giver = members.get(con, lock_id, from_uid, for_update=True)
@@ -130,8 +138,8 @@ def withdraw(con: Connection, lock_id: str, uid: str, now: dt.datetime) -> None:
 def standing(con: Connection, lock_id: str, uid: str, now: dt.datetime) -> dict[str, Any]:
     """The lock's offer, to the member who made it or the one it names (404 ``transfer_not_found``)."""
     rows = con.run(
-        "SELECT from_uid, to_uid, offered_at, expires_at FROM lock_transfer_offers WHERE lock_id = CAST(:l AS uuid)"
-        " AND (from_uid = :u OR to_uid = :u) AND expires_at > :n",
+        "SELECT from_uid, to_uid, offered_at, expires_at FROM lock_transfer_offers o"
+        " WHERE lock_id = CAST(:l AS uuid) AND (from_uid = :u OR to_uid = :u) AND expires_at > :n AND " + _GIVER_STANDS,
         l=lock_id,
         u=uid,
         n=now,
