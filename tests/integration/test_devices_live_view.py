@@ -1140,6 +1140,27 @@ def test_a_slow_flush_of_an_older_access_write_cannot_let_a_removed_member_back_
     assert rest_get(host, f"locks/{world.lock_id}", token) == 403
 
 
+def test_a_lock_paired_again_shows_as_not_heard_from_not_as_the_replaced_device(
+    world: World, stack_env: dict[str, str]
+) -> None:
+    """Attack run 47: a re-pairing reset only the order of reports; the lock's row and document kept the replaced
+    device's state, battery, firmware and "online" (its last will refused with its identity), shown as the new
+    device's for ever if it never connected, and commands were sent as to a lock online. Now: not yet heard from."""
+    token = stack_env["LOCKWISE_SERVICE_TOKEN"]
+    assert relay_event(world, token, "status", "online")["outcome"] == "applied"
+    old = {"state": "unlocked", "battery_pct": 12, "firmware": "old-1.0", "ts": time.time()}
+    assert relay_event(world, token, "state", old)["outcome"] == "applied"
+    code = world.devices.post(f"/devices/locks/{world.lock_id}/provisioning", headers=world.headers("owner"))
+    provision(world.devices, code.get_json()["code"])
+    seen = world.devices.get(f"/devices/locks/{world.lock_id}", headers=world.headers("owner")).get_json()["state"]
+    assert (seen["state"], seen["online"], seen["battery_pct"], seen["firmware"]) == ("unknown", False, None, None)
+    get_runtime("devices").flush_mirror(force=True)
+    wait_until_mirrored(world.lock_id)
+    doc = firestore_client(PROJECT_ID, stack_env["FIRESTORE_EMULATOR_HOST"]).document(mirror.lock_doc(world.lock_id))
+    shown = doc.get().to_dict()
+    assert (shown["state"], shown["online"], shown["battery_pct"], shown["firmware"]) == ("unknown", False, None, None)
+
+
 def test_numbered_online_and_offline_reports_are_applied_only_when_newer(
     world: World, stack_env: dict[str, str]
 ) -> None:

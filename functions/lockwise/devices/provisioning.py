@@ -287,12 +287,17 @@ def redeem(
     # a new pairing numbers its connections afresh (a counter from zero, a factory reset), and its reports' times
     # start again: the old device's numbers, which it could push as far ahead as it liked, and its last report's
     # time, up to 5 min ahead of the clock, no longer order the new device's reports (attack run: a stolen device's
-    # last report left the replacement's reports stale for minutes)
+    # last report left the replacement's reports stale for minutes); and the lock is shown as not yet heard from:
+    # the replaced device's state, battery, firmware and "online" were shown as the new one's, for ever if it never
+    # connected (its last will refused with its identity: attack run 47), and commands were sent as to a lock online
     con.run(
         "INSERT INTO lock_state (lock_id) VALUES (CAST(:l AS uuid)) ON CONFLICT (lock_id) DO UPDATE"
-        " SET status_order = NULL, reported_at = NULL, recent_reports = '{}'",
+        " SET status_order = NULL, reported_at = NULL, recent_reports = '{}', state = 'unknown', battery_pct = NULL,"
+        " online = false, firmware = NULL, last_seen = NULL, updated_at = now()",
         l=lock_id,
     )
+    not_heard = {"state": "unknown", "battery_pct": None, "firmware": None, "online": False, "last_seen": None}
+    mirror.enqueue(con, mirror.lock_doc(lock_id), "merge", {**not_heard, "reported_at": None})
     audit.record(
         con,
         audit.lock_actor(lock_id),
