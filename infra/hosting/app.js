@@ -191,7 +191,7 @@ class Console {
       });
       if (admin) this.loadMembers(card, lock.id);
       box.append(card);
-      this.watch(card, lock.id, admin);
+      this.watch(card, lock.id, admin, lock.role === "guest");
     }
   }
 
@@ -209,7 +209,7 @@ class Console {
     $(".battery", card).textContent = state.battery_pct == null ? "" : `battery ${state.battery_pct}%`;
   }
 
-  watch(card, lockId, admin) {
+  watch(card, lockId, admin, guest) {
     // the live view: the lock's document and its activity feed, read under the security rules
     unsubscribers.push(
       onSnapshot(
@@ -218,15 +218,15 @@ class Console {
         (err) => notice(`Live view of ${lockId} unavailable: ${err.code}`, "error"),
       ),
     );
-    // owners and admins read the whole feed; anyone else the lock's own reports and the entries naming them (the
-    // security rules allow no more, so those queries say so), merged here
+    // owners and admins read the whole feed; anyone else the entries naming them and, but for a guest, the lock's
+    // own reports (the security rules allow no more, so those queries say so), merged here
     // (an admin whose access document predates the role, until the lock is mirrored again, is refused the whole
     // feed: then a member's queries)
     const activity = collection(this.db, "locks", lockId, "activity");
     const whole = [query(activity, orderBy("at", "desc"), limit(12))];
     const members = [
       query(activity, where("about", "array-contains", this.auth.currentUser.uid), orderBy("at", "desc"), limit(12)),
-      query(activity, where("audience", "==", "everyone"), orderBy("at", "desc"), limit(12)),
+      ...(guest ? [] : [query(activity, where("audience", "==", "everyone"), orderBy("at", "desc"), limit(12))]),
     ];
     const listen = (feeds, fallback) => {
       const seen = feeds.map(() => []);

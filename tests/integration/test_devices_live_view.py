@@ -436,7 +436,8 @@ def test_rules_let_members_read_and_nobody_else(world: World, stack_env: dict[st
     for role in ("owner", "admin", "member", "guest_in"):
         token = world.accounts[role]["idToken"]
         assert rest_get(host, lock_doc, token) == 200, role
-        assert rest_get(host, entry_path, token) == 200, role
+        # a guest, not the lock's reports: the entries naming them (attack run 47; the next test)
+        assert rest_get(host, entry_path, token) == (403 if role == "guest_in" else 200), role
     for role in ("stranger", "revoked", "guest_out"):  # guest_out: a window that opens in 30 days
         token = world.accounts[role]["idToken"]
         assert rest_get(host, lock_doc, token) == 403, role
@@ -920,8 +921,9 @@ def test_the_feed_shows_admins_everything_and_others_the_locks_reports_and_what_
     world: World, stack_env: dict[str, str]
 ) -> None:
     """Attack run: every member, a guest too, read the whole feed: who else came and went (voice attempts, commands)
-    and who invited whom, which the API shows admins only. Now a guest or member reads the lock's own reports and
-    the entries naming them; the owner and admins everything."""
+    and who invited whom, which the API shows admins only. Now a guest or member reads the entries naming them and
+    a member the lock's own reports (attack run 47: a guest let in today read every lock and unlock of the feed's
+    90 days); the owner and admins everything."""
     host = stack_env["FIRESTORE_EMULATOR_HOST"]
     client = firestore_client(PROJECT_ID, host)
     relay_event(world, stack_env["LOCKWISE_SERVICE_TOKEN"], "state", {"state": "unlocked", "ts": time.time()})
@@ -961,8 +963,10 @@ def test_the_feed_shows_admins_everything_and_others_the_locks_reports_and_what_
         assert status == 200 and mine and all(uid in about for _, about in kinds(mine)), role
         assert ("command", [uid]) in kinds(mine)
         assert rest_query(host, world.lock_id, token, naming(world.uid("admin")))[0] == 403, role
-        status, reports = rest_query(host, world.lock_id, token, EVERYONE)
-        assert status == 200 and {k for k, _ in kinds(reports)} == {"state"}, role
+    status, reports = rest_query(host, world.lock_id, world.accounts["member"]["idToken"], EVERYONE)
+    assert status == 200 and {k for k, _ in kinds(reports)} == {"state"}
+    # not a guest's: when the household locked and unlocked its door, for the feed's 90 days (attack run 47)
+    assert rest_query(host, world.lock_id, world.accounts["guest_in"]["idToken"], EVERYONE)[0] == 403
     # one entry at a time too: the guest's own command, not the member's, nor who joined when
     by_id = {e.id: e.to_dict() for e in client.collection(f"locks/{world.lock_id}/activity").stream()}
     theirs = next(i for i, e in by_id.items() if e["kind"] == "command" and e["actor_uid"] == member)
@@ -972,6 +976,8 @@ def test_the_feed_shows_admins_everything_and_others_the_locks_reports_and_what_
     base = f"locks/{world.lock_id}/activity"
     assert rest_get(host, f"{base}/{own}", token) == 200
     assert rest_get(host, f"{base}/{theirs}", token) == 403
+    assert rest_get(host, f"{base}/{state}", token) == 403
+    assert rest_get(host, f"{base}/{state}", world.accounts["member"]["idToken"]) == 200
     assert rest_get(host, f"{base}/{theirs}", world.accounts["admin"]["idToken"]) == 200
     # an entry written before entries said who reads them: the owner and admins only
     client.document(f"{base}/old-entry").set({"kind": "voice_attempt", "at": "2026-01-01T00:00:00.000Z"})

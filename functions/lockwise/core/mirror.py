@@ -114,7 +114,8 @@ def access_doc(lock_id: str, uid: str) -> str:
     return doc("locks", lock_id, "access", uid)
 
 
-#: feed entries every member reads: what the lock reports of itself (its document shows the same)
+#: feed entries every member but a guest reads: what the lock reports of itself (its document shows the same; a guest
+#: reads it there, now, not the household's comings and goings over the feed's 90 days: attack run 47)
 EVERYONE_KINDS = frozenset({"state", "online", "offline"})
 #: the fields of an entry that name people: an entry is read by the lock's owner and admins and by the people it names
 #: (``about``), so a guest does not learn who else comes and goes, who invited whom (the API lists members to admins)
