@@ -33,6 +33,7 @@ from lockwise.devices import (
     lockout,
     locks,
     members,
+    ownerless,
     provisioning,
     topics,
     transfers,
@@ -492,6 +493,38 @@ def relay_flush(ctx: Ctx) -> JsonBody:
     finally:
         written = rt.flush_mirror(force=True)  # what the steps that ran queued
     return {"written": written, "pending": rt.mirror.pending(), "access_due": access_due}
+
+
+# --------------------------------------------------------------------------------------------------- operators
+
+
+@api.route("GET", "/devices/operator/ownerless-locks")
+def list_ownerless_locks(ctx: Ctx) -> JsonBody:
+    ownerless.require_operator(app_user(ctx))
+    with rt.db.connection() as con:
+        return {"locks": ownerless.listed(con, rt.now())}
+
+
+@api.route("POST", "/devices/operator/locks/<lock_id>/owner")
+def hand_over_ownerless_lock(ctx: Ctx, lock_id: str) -> JsonBody:
+    actor = ownerless.require_operator(app_user(ctx))
+    lock_id = lock_param(lock_id)
+    to_uid = members.parse_uid(ctx.json(("uid",)).get("uid"))
+    with rt.db.transaction() as con:
+        ownerless.hand_over(con, lock_id, to_uid, actor, rt.settings.locks_per_owner, rt.now())
+        view = locks.view(con, lock_id, "owner")
+    rt.flush_mirror()
+    return view
+
+
+@api.route("DELETE", "/devices/operator/locks/<lock_id>")
+def delete_ownerless_lock(ctx: Ctx, lock_id: str) -> flask.Response:
+    actor = ownerless.require_operator(app_user(ctx))
+    lock_id = lock_param(lock_id)
+    with rt.db.transaction() as con:
+        ownerless.delete(con, lock_id, actor)
+    rt.flush_mirror()
+    return flask.Response(status=204)
 
 
 def issue_code(con: Connection, lock_id: str, user: auth.User) -> tuple[str, dt.datetime]:

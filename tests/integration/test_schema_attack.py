@@ -365,6 +365,10 @@ EXPLICIT: dict[str, Explicit] = {
     "acceptInvitation": lambda s: [{"path_parameters": {"invitation_id": s.invitation_to_owner()}}],
     "declineInvitation": lambda s: [{"path_parameters": {"invitation_id": s.invitation_to_owner()}}],
     "resetVoiceLockout": lambda s: [{"path_parameters": s.lock}],
+    # an operator's (the ``lockwise_operator`` claim): none of the scene's callers is one
+    "listOwnerlessLocks": lambda s: [{}],
+    "handOverOwnerlessLock": lambda s: [{"path_parameters": s.lock, "body": {"uid": s.world.uid("admin")}}],
+    "deleteOwnerlessLock": lambda s: [{"path_parameters": {"lock_id": s.spare_lock_id}}],
     "createCommand": lambda s: [
         {"path_parameters": s.lock, "headers": {"Idempotency-Key": "attack-1"}, "body": {"action": "unlock"}},
         {"path_parameters": s.lock, "headers": {"Idempotency-Key": "attack-1"}, "body": {"action": "unlock"}},

@@ -14,6 +14,11 @@ def user_actor(uid: str) -> str:
     return f"user:{uid}"
 
 
+def operator_actor(uid: str) -> str:
+    """One of LockWise's operators (``lockwise.devices.ownerless``), by their account."""
+    return f"operator:{uid}"
+
+
 def lock_actor(lock_id: str) -> str:
     return f"lock:{lock_id}"
 

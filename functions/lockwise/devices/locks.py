@@ -235,6 +235,13 @@ def transfer(
     if target is None or not target.active(now):
         raise errors.NotFound("the new owner must be a current member of the lock", code="member_not_found")
     users.hold_caller(con, to)
+    hand_over(con, lock_id, from_uid, to_uid, max_owned, audit.user_actor(from_uid))
+
+
+def hand_over(con: Connection, lock_id: str, from_uid: str, to_uid: str, max_owned: int, actor: str) -> None:
+    """Make the member ``to_uid`` (the caller holds their membership and account rows) the owner, if they may own one
+    more: the previous owner becomes an admin and the codes they issued to pair the lock stop working. ``actor``
+    (audited): the previous owner, or an operator (``lockwise.devices.ownerless``)."""
     refuse_past_owned(con, to_uid, max_owned)
     con.run(
         "UPDATE lock_members SET role = 'admin' WHERE lock_id = CAST(:l AS uuid) AND user_uid = :u",
@@ -250,16 +257,18 @@ def transfer(
     )
     con.run("UPDATE locks SET owner_uid = :u, updated_at = now() WHERE id = CAST(:l AS uuid)", u=to_uid, l=lock_id)
     provisioning.close_codes(con, lock_id)  # the old owner's codes pair nothing now (redemption checks it too)
-    audit.record(con, audit.user_actor(from_uid), "lock.transfer", "ok", lock_id=lock_id, target=to_uid)
-    mirror.activity(con, lock_id, "ownership_transferred", actor_uid=from_uid, target_uid=to_uid)
+    audit.record(con, actor, "lock.transfer", "ok", lock_id=lock_id, target=to_uid, details={"from": from_uid})
+    by_operator = {} if actor == audit.user_actor(from_uid) else {"by_operator": True}
+    mirror.activity(con, lock_id, "ownership_transferred", actor_uid=from_uid, target_uid=to_uid, **by_operator)
     members.mirror_access(con, lock_id)  # the new owner's window and expiry are gone in the rules' data too
 
 
-def delete(con: Connection, lock_id: str, uid: str) -> None:
-    """Delete the lock with its credentials, members, attempts and commands (the audit log keeps its record)."""
+def delete(con: Connection, lock_id: str, uid: str, *, actor: str | None = None) -> None:
+    """Delete the lock with its credentials, members, attempts and commands (the audit log keeps its record, by
+    ``uid``, its owner, or by ``actor``: an operator, ``lockwise.devices.ownerless``)."""
     con.run("DELETE FROM locks WHERE id = CAST(:l AS uuid)", l=lock_id)
     con.run("DELETE FROM mirrored_access WHERE lock_id = CAST(:l AS uuid)", l=lock_id)  # its documents go below
-    audit.record(con, audit.user_actor(uid), "lock.delete", "ok", lock_id=lock_id)
+    audit.record(con, actor or audit.user_actor(uid), "lock.delete", "ok", lock_id=lock_id)
     # the lock document first, while its members may still read it: their live views see it gone, not refused; then
     # their access (at most the lock's members, current and former), then the feed: a busy lock's feed takes many
     # passes, and deleted after it, the access documents let its former members read the rest meanwhile (attack run

@@ -1,0 +1,97 @@
+"""Locks whose owner's account is gone: found deleted or disabled in Firebase Auth (``lockwise.core.accounts``).
+
+Nobody can manage such a lock: pairing it again, transferring it and deleting it are its owner's, and a deleted
+account's lock keeps it as its owner (nobody is there to hand it over: ``locks.leave_every_lock``). Its household
+asks LockWise's support; an operator (an account with the ``lockwise_operator`` custom claim, set with the Admin
+SDK) lists such locks, hands one to a member of it, or deletes one (``/devices/operator/...``). A lock whose owner's
+account stands is its owner's alone: an operator's hand cannot take it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from lockwise.core import audit, errors, users
+from lockwise.core.auth import User
+from lockwise.core.db import Connection
+from lockwise.devices import locks, members, transfer_offers
+
+#: the custom claim (``admin.auth().setCustomUserClaims(uid, {lockwise_operator: true})``) that makes an operator
+OPERATOR_CLAIM = "lockwise_operator"
+#: locks one listing shows, the longest ownerless first
+LISTED = 100
+
+_GONE_OWNER = "(u.account_gone_at IS NOT NULL OR u.account_disabled)"
+
+
+def require_operator(user: User) -> str:
+    """The audit actor of ``user``, one of LockWise's operators; 403 ``not_an_operator`` for anyone else."""
+    if user.claims.get(OPERATOR_CLAIM) is not True:
+        raise errors.Forbidden("this is for LockWise's operators", code="not_an_operator")
+    return audit.operator_actor(user.uid)
+
+
+def listed(con: Connection, now: dt.datetime) -> list[dict[str, Any]]:
+    """The locks whose owner's account is found deleted or disabled, with their active members (whom one may be
+    handed to)."""
+    rows = con.run(
+        "SELECT l.id::text, l.name, l.owner_uid, u.account_gone_at IS NOT NULL FROM locks l"
+        " JOIN users u ON u.uid = l.owner_uid WHERE " + _GONE_OWNER + " ORDER BY l.created_at LIMIT :n",
+        n=LISTED,
+    )
+    found = []
+    for lock_id, name, owner_uid, gone in rows:
+        others = [m for m in members.list_for_lock(con, lock_id) if m.active(now) and m.user_uid != owner_uid]
+        found.append(
+            {
+                "id": lock_id,
+                "name": name,
+                "owner_uid": owner_uid,
+                "owner_account": "deleted" if gone else "disabled",
+                "members": [{"uid": m.user_uid, "role": m.role} for m in others],
+            }
+        )
+    return found
+
+
+def _gone_owner(con: Connection, lock_id: str) -> tuple[str, bool]:
+    """The owner of ``lock_id`` (its row held for update) and whether their account was found deleted (or else
+    disabled); 404 ``lock_not_found``, 409 ``owner_present`` while their account stands."""
+    rows = con.run(
+        "SELECT l.owner_uid, u.account_gone_at IS NOT NULL, " + _GONE_OWNER + " FROM locks l"
+        " LEFT JOIN users u ON u.uid = l.owner_uid WHERE l.id = CAST(:l AS uuid) FOR UPDATE OF l",
+        l=lock_id,
+    )
+    if not rows:
+        raise errors.NotFound("lock not found", code="lock_not_found")
+    owner_uid, gone, ownerless = rows[0]
+    if not ownerless:
+        raise errors.Conflict(
+            "the lock's owner's account stands: the lock is theirs to hand over", code="owner_present"
+        )
+    return str(owner_uid), bool(gone)
+
+
+def hand_over(con: Connection, lock_id: str, to_uid: str, actor: str, max_owned: int, now: dt.datetime) -> None:
+    """Make ``to_uid``, an active member of the lock whose account stands, its owner (if they may own one more):
+    its owner's account is gone. A disabled owner becomes an admin, as a transfer makes them (they are let back in
+    if their account is enabled again); a deleted one's clean-up is done again at the next flush, which now finds
+    them owning nothing: they leave the lock as they left every other. Their offers end."""
+    owner_uid, gone = _gone_owner(con, lock_id)
+    taker = members.get(con, lock_id, to_uid, for_update=True)
+    if taker is None or not taker.active(now) or to_uid == owner_uid:
+        raise errors.NotFound("the new owner must be a current member of the lock", code="member_not_found")
+    account = users.hold(con, to_uid)
+    if account.gone or account.disabled:
+        raise errors.Conflict("this member's account has been deleted or disabled", code="member_account_unusable")
+    transfer_offers.end_for_lock(con, lock_id, reason="replaced")
+    locks.hand_over(con, lock_id, owner_uid, to_uid, max_owned, actor)
+    if gone:
+        con.run("UPDATE users SET account_ended_at = NULL WHERE uid = :u", u=owner_uid)
+
+
+def delete(con: Connection, lock_id: str, actor: str) -> None:
+    """Delete the lock, as its owner would: its owner's account is gone."""
+    owner_uid, _gone = _gone_owner(con, lock_id)
+    locks.delete(con, lock_id, owner_uid, actor=actor)
