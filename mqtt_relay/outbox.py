@@ -115,7 +115,7 @@ def deliver_due(db: Database, publish: Publish, *, resend_after_s: int, limit: i
             "SELECT c.id::text AS id, c.lock_id::text AS lock_id, c.payload, cr.mqtt_username AS identity, c.status,"
             " c.created_at, CAST(floor(EXTRACT(EPOCH FROM c.expires_at - now())) AS integer) AS ttl, "
             + members.issuer_gone_sql("c")  # nor for an account found disabled or deleted since
-            + " AS issuer_gone"
+            + " AS issuer_gone, c.created_at < cr.created_at AS before_pairing"
             " FROM commands c"
             " LEFT JOIN lock_credentials cr ON cr.lock_id = c.lock_id AND cr.revoked_at IS NULL"
             " WHERE c.expires_at > now()"
@@ -140,11 +140,14 @@ def deliver_due(db: Database, publish: Publish, *, resend_after_s: int, limit: i
         # never sent: failed; sent: not sent again, and its ack still taken (the lock may have acted on it)
         withdrawn = [r["id"] for r in rows if r["issuer_gone"] and r["status"] == "pending"]
         _fail(con, withdrawn, command_outcomes.WITHDRAWN)
+        # made for the device the lock had before it was paired again (one the pairing passed over, held here):
+        # never to the new one (attack run 48: an unlock sent to the old device was re-sent to the new)
+        _fail(con, [r["id"] for r in rows if r["before_pairing"]], command_outcomes.PAIRED_AGAIN)
         behind = _behind_another_relay(con, rows)
         due = [
             (Delivery(r["id"], r["lock_id"], topics.commands(str(r["identity"]))), str(r["payload"]), max(1, r["ttl"]))
             for r in rows
-            if r["identity"] is not None and not r["issuer_gone"] and r["id"] not in behind
+            if r["identity"] is not None and not r["issuer_gone"] and not r["before_pairing"] and r["id"] not in behind
         ]
         if not due:
             return delivered

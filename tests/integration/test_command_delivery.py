@@ -19,7 +19,7 @@ from lockwise.core.db import Connection, Database
 from lockwise.core.runtime import get_runtime
 from lockwise.devices import command_outcomes, command_signing, lockout
 from mqtt_relay import outbox
-from tests.devices_world import World, build_world
+from tests.devices_world import World, build_world, provision
 
 
 @pytest.fixture
@@ -632,3 +632,26 @@ def test_a_newer_commands_ack_settles_the_older_ones_the_lock_will_refuse(
         )
     assert _ack(world, stack_env, relay_db, jammed, "failed") == "applied"
     assert status(relay_db, jammed_older) == ("failed", command_outcomes.SUPERSEDED)
+
+
+def test_no_command_made_for_the_replaced_device_goes_to_the_new_one(world: World, relay_db: Database) -> None:
+    """Attack run 48: an unlock sent to the lock's old device (which may have carried it out; its ack refused once
+    its identity was revoked) stayed ``sent`` through a re-pairing, and the relay's re-send went to the new device,
+    which opened the door a second time. The pairing fails the open commands; one it passed over (claimed by a relay
+    at that moment) is never sent to the new device either."""
+    sent = send(world, "owner").get_json()["command"]["id"]
+    assert [c.id for c, _ in deliver(relay_db, world)] == [sent]
+    waiting = send(world, "member", action="lock").get_json()["command"]["id"]
+    code = world.devices.post(f"/devices/locks/{world.lock_id}/provisioning", headers=world.headers("owner"))
+    provision(world.devices, code.get_json()["code"])
+    assert status(relay_db, sent) == status(relay_db, waiting) == ("failed", command_outcomes.PAIRED_AGAIN)
+    with relay_db.transaction() as con:  # as if the pairing had passed it over: claimed by a relay meanwhile
+        con.run(
+            "UPDATE commands SET status = 'sent', last_error = NULL, sent_at = now() - interval '6 seconds'"
+            " WHERE id = CAST(:i AS uuid)",
+            i=sent,
+        )
+    assert deliver(relay_db, world) == []
+    assert status(relay_db, sent) == ("failed", command_outcomes.PAIRED_AGAIN)
+    after = send(world, "owner").get_json()["command"]["id"]  # made for the new device: sent to it
+    assert [c.id for c, _ in deliver(relay_db, world)] == [after]

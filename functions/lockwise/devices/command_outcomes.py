@@ -10,6 +10,9 @@ WITHDRAWN = "withdrawn: the issuer's access changed"
 #: signed in an earlier second than a command the lock has carried out (or tried to): the lock refuses it without
 #: an ack (docs/FIRMWARE.md, step 7); it read ``expired`` 30 s later although a newer one was done (attack run 13)
 SUPERSEDED = "superseded: the lock carried out or tried a newer command first"
+#: made before the lock was paired again: its old device may have carried it out (its ack refused with its
+#: identity), and a re-send went to the new device, which opened the door a second time (attack run 48)
+PAIRED_AGAIN = "paired again: made for the lock's previous device"
 #: what an ack may still settle besides an open or expired command
 SETTLED_BY_AN_ACK = (WITHDRAWN, SUPERSEDED)
 #: how a lock's ``failed`` ack (it tried and could not: jammed) begins its ``last_error``; ``refused`` ones begin

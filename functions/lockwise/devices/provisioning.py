@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from lockwise.core import audit, errors, mirror, quotas, users
 from lockwise.core.auth import User
 from lockwise.core.db import Connection, Database
-from lockwise.devices import ed25519_points, lock_auth, lock_certs, topics, transfer_offers
+from lockwise.devices import command_outcomes, ed25519_points, lock_auth, lock_certs, topics, transfer_offers
 
 log = logging.getLogger("lockwise.devices.provisioning")
 
@@ -295,6 +295,14 @@ def redeem(
         " SET status_order = NULL, reported_at = NULL, recent_reports = '{}', state = 'unknown', battery_pct = NULL,"
         " online = false, firmware = NULL, last_seen = NULL, updated_at = now()",
         l=lock_id,
+    )
+    # the open commands were made for the device replaced: one it was sent may have been carried out, and none goes
+    # to the new one (one claimed by the relay now is passed over: its outbox sends nothing made before the pairing)
+    con.run(
+        "UPDATE commands SET status = 'failed', last_error = :paired WHERE id IN (SELECT id FROM commands"
+        " WHERE lock_id = CAST(:l AS uuid) AND status IN ('pending', 'sent') FOR UPDATE SKIP LOCKED)",
+        l=lock_id,
+        paired=command_outcomes.PAIRED_AGAIN,
     )
     not_heard = {"state": "unknown", "battery_pct": None, "firmware": None, "online": False, "last_seen": None}
     mirror.enqueue(con, mirror.lock_doc(lock_id), "merge", {**not_heard, "reported_at": None})
