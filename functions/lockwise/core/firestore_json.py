@@ -45,6 +45,11 @@ def at_version(write: dict[str, Any], version: str | None) -> dict[str, Any]:
     return {**write, "currentDocument": {"exists": False} if version is None else {"updateTime": version}}
 
 
+def stamped(write: dict[str, Any], field: str) -> dict[str, Any]:
+    """``write`` (an update) that also sets ``field`` to the commit's time on the server (``REQUEST_TIME``)."""
+    return {**write, "updateTransforms": [{"fieldPath": render_path((field,)), "setToServerValue": "REQUEST_TIME"}]}
+
+
 def _masked(name: str, data: Mapping[str, Any], paths: list[str]) -> dict[str, Any]:
     return {"update": {"name": name, "fields": encode_fields(data)}, "updateMask": {"fieldPaths": paths}}
 

@@ -53,6 +53,8 @@ CLAIMS_PER_PASS = 4
 CONFLICT_TRIES = 3
 #: the collection of a lock's activity feed
 FEED = "activity"
+#: the field each mirror write of a lock, access or user document sets to its commit's time (``_write``)
+MIRRORED_AT = "mirrored_at"
 
 
 #: one queued Firestore write: document path, operation, data
@@ -435,16 +437,22 @@ def _write(client: firestore.Client, group: list[list[Any]]) -> None:
     its rows again with newer ones: it undid them (seen: a lock's name back to one ten renames old, until the next
     rename; an access document deleted, then set again by the late commit, would let a removed member read the
     lock's live view). Conditioned on the version read, a commit that lands after another one changed its
-    documents is refused. A feed entry (a new id each) is written as new without a read; a pass whose commit is
-    refused reads every document's version again, its entries' too, and commits again (``CONFLICT_TRIES``)."""
+    documents is refused. Every commit moves the version of each document it writes (``MIRRORED_AT``, the commit's
+    time): a write that changed nothing (a lock renamed and named back, a guest's window widened and narrowed back)
+    kept it, and the late commit conditioned on it was taken (attack run 48). A feed entry (a new id each) is
+    written as new without a read; a pass whose commit is refused reads every document's version again, its
+    entries' too, and commits again (``CONFLICT_TRIES``)."""
     writes = _coalesced(group)
     firsts = _first_writes(writes)
     read = [writes[i][0] for i in firsts if not _is_feed_entry(writes[i][0])]
+    stamped = [i for i in _last_writes(writes) if writes[i][1] != "delete" and not _is_feed_entry(writes[i][0])]
     for tries_left in range(CONFLICT_TRIES, 0, -1):
         versions = client.versions(read)
         rest = [_rest_write(client.name(path), op, data) for path, op, data in writes]
         for i in firsts:
             rest[i] = firestore_json.at_version(rest[i], versions.get(writes[i][0]))
+        for i in stamped:
+            rest[i] = firestore_json.stamped(rest[i], MIRRORED_AT)
         try:
             client.commit(rest)
             return
@@ -463,6 +471,12 @@ def _first_writes(writes: list[tuple[str, str, dict[str, Any]]]) -> list[int]:
             seen.add(path)
             firsts.append(i)
     return firsts
+
+
+def _last_writes(writes: list[tuple[str, str, dict[str, Any]]]) -> list[int]:
+    """The index of each document's last write."""
+    last = {path: i for i, (path, _op, _data) in enumerate(writes)}
+    return sorted(last.values())
 
 
 def _is_feed_entry(path: str) -> bool:
