@@ -10,7 +10,8 @@ converges and a Firestore outage never blocks or undoes a PostgreSQL commit.
 Documents: ``locks/{lock_id}`` (state, battery, online, firmware, last_seen, name),
 ``locks/{lock_id}/activity/{entry_id}`` (commands, voice attempts without biometric data, membership changes),
 ``locks/{lock_id}/access/{uid}`` (a member's expiry and guest window, for the security rules only),
-``users/{uid}`` (voice enrollment status only).
+``users/{uid}`` (voice enrollment status only). Each of those but the feed's entries carries ``mirrored_at``, the
+time of the commit that last wrote it (``_write``).
 """
 
 from __future__ import annotations
