@@ -175,6 +175,43 @@ def test_a_missing_document_reads_as_none_and_an_error_names_firestore_s_answer(
         client.list_versions("locks", 10)
 
 
+@pytest.mark.parametrize(
+    ("status", "code", "raised"),
+    [
+        (400, "FAILED_PRECONDITION", firestore.FirestoreConflict),  # a version that moved on: read again, not set aside
+        (409, "ALREADY_EXISTS", firestore.FirestoreConflict),
+        (409, "ABORTED", firestore.FirestoreConflict),
+        (400, "INVALID_ARGUMENT", firestore.FirestoreRefused),  # never taken: set aside
+        (503, "UNAVAILABLE", firestore.FirestoreError),
+    ],
+)
+def test_a_commit_refused_for_a_version_is_a_conflict_not_a_refusal(
+    server: Server, status: int, code: str, raised: type[Exception]
+) -> None:
+    server.answer = (status, {"error": {"code": status, "message": "no", "status": code}})
+    with pytest.raises(raised) as caught:
+        client_of(server).commit([firestore_json.delete_write("x")])
+    assert type(caught.value) is raised
+
+
+def test_versions_are_read_in_one_batch_and_an_answer_that_leaves_one_out_is_an_error(server: Server) -> None:
+    client = client_of(server)
+    base = "projects/p/databases/(default)/documents"
+    found = {"found": {"name": f"{base}/locks/a", "updateTime": "2026-12-05T20:00:00.123456Z"}}
+    server.answer = (200, json.dumps([found, {"missing": f"{base}/users/u"}]).encode())
+    assert client.versions(["locks/a", "users/u"]) == {"locks/a": "2026-12-05T20:00:00.123456Z", "users/u": None}
+    ((method, target, sent),) = server.requests
+    assert (method, target) == ("POST", "/v1/projects/p/databases/(default)/documents:batchGet")
+    assert json.loads(sent["body"])["documents"] == [f"{base}/locks/a", f"{base}/users/u"]
+    assert client.versions([]) == {} and len(server.requests) == 1  # nothing to read: no request
+    server.answer = (200, json.dumps([found]).encode())
+    with pytest.raises(firestore.FirestoreError, match="every document"):
+        client.versions(["locks/a", "users/u"])
+    server.answer = (200, {"found": found})
+    with pytest.raises(firestore.FirestoreError, match="not a list"):
+        client.versions(["locks/a"])
+
+
 @pytest.mark.parametrize("raw", [b"<html>bad gateway</html>", b"[1, 2]"])
 def test_an_answer_that_is_not_a_json_object_is_a_firestore_error(server: Server, raw: bytes) -> None:
     server.answer = (200, raw)  # what a misbehaving proxy in between may send
