@@ -30,7 +30,11 @@ Publish = Callable[[list[tuple[str, str, int]]], list[bool]]
 class Delivery:
     command_id: str
     lock_id: str
-    topic: str
+    identity: str  # the broker identity it went to (``commands.sent_to``)
+
+    @property
+    def topic(self) -> str:
+        return topics.commands(self.identity)
 
 
 def expire(con: Connection) -> int:
@@ -115,7 +119,8 @@ def deliver_due(db: Database, publish: Publish, *, resend_after_s: int, limit: i
             "SELECT c.id::text AS id, c.lock_id::text AS lock_id, c.payload, cr.mqtt_username AS identity, c.status,"
             " c.created_at, CAST(floor(EXTRACT(EPOCH FROM c.expires_at - now())) AS integer) AS ttl, "
             + members.issuer_gone_sql("c")  # nor for an account found disabled or deleted since
-            + " AS issuer_gone, c.created_at < cr.created_at AS before_pairing"
+            + " AS issuer_gone, c.status = 'sent' AND c.sent_to IS DISTINCT FROM cr.mqtt_username"
+            " AND c.sent_to IS NOT NULL AS paired_since"
             " FROM commands c"
             " LEFT JOIN lock_credentials cr ON cr.lock_id = c.lock_id AND cr.revoked_at IS NULL"
             " WHERE c.expires_at > now()"
@@ -140,23 +145,24 @@ def deliver_due(db: Database, publish: Publish, *, resend_after_s: int, limit: i
         # never sent: failed; sent: not sent again, and its ack still taken (the lock may have acted on it)
         withdrawn = [r["id"] for r in rows if r["issuer_gone"] and r["status"] == "pending"]
         _fail(con, withdrawn, command_outcomes.WITHDRAWN)
-        # made for the device the lock had before it was paired again (one the pairing passed over, held here):
-        # never to the new one (attack run 48: an unlock sent to the old device was re-sent to the new)
-        _fail(con, [r["id"] for r in rows if r["before_pairing"]], command_outcomes.PAIRED_AGAIN)
+        # sent to the device the lock had before it was paired again (one the pairing passed over, held here): never
+        # sent again, to the new one (attack runs 48 and 49: an unlock sent to the old device was re-sent to the new)
+        _fail(con, [r["id"] for r in rows if r["paired_since"]], command_outcomes.PAIRED_AGAIN)
         behind = _behind_another_relay(con, rows)
         due = [
-            (Delivery(r["id"], r["lock_id"], topics.commands(str(r["identity"]))), str(r["payload"]), max(1, r["ttl"]))
+            (Delivery(r["id"], r["lock_id"], str(r["identity"])), str(r["payload"]), max(1, r["ttl"]))
             for r in rows
-            if r["identity"] is not None and not r["issuer_gone"] and not r["before_pairing"] and r["id"] not in behind
+            if r["identity"] is not None and not r["issuer_gone"] and not r["paired_since"] and r["id"] not in behind
         ]
         if not due:
             return delivered
         delivered = _in_waves(publish, due)  # the rest: next round
         if delivered:
             con.run(
-                "UPDATE commands SET status = 'sent', sent_at = now(), send_count = send_count + 1"
-                " WHERE id = ANY(CAST(:ids AS uuid[]))",
+                "UPDATE commands c SET status = 'sent', sent_at = now(), send_count = send_count + 1, sent_to = d.identity"
+                " FROM unnest(CAST(:ids AS uuid[]), CAST(:to AS text[])) AS d(id, identity) WHERE c.id = d.id",
                 ids=[d.command_id for d in delivered],
+                to=[d.identity for d in delivered],
             )
     return delivered
 

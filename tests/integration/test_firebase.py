@@ -54,7 +54,8 @@ def test_rest_writes_mean_what_the_client_library_reads(firestore_emulator: Emul
     assert sorted(name.rsplit("/", 1)[1] for name, _version in listed) == ["e1", "e2"]
     stored = {f"{doc}/activity/{d.id}": d.update_time for d in library.collection(f"{doc}/activity").get()}
     assert {name.split("/documents/")[1]: dt.datetime.fromisoformat(version) for name, version in listed} == {
-        path: when.replace(tzinfo=dt.UTC) for path, when in stored.items()  # the same instant (its digits may differ)
+        path: when.replace(tzinfo=dt.UTC)
+        for path, when in stored.items()  # the same instant (its digits may differ)
     }
     ours.commit([fj.delete_write(name) for name, _version in listed] + [fj.delete_write(ours.name(doc))])
     assert ours.get(doc) is None and not library.document(doc).get().exists
