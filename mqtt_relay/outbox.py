@@ -159,8 +159,9 @@ def deliver_due(db: Database, publish: Publish, *, resend_after_s: int, limit: i
         delivered = _in_waves(publish, due)  # the rest: next round
         if delivered:
             con.run(
-                "UPDATE commands c SET status = 'sent', sent_at = now(), send_count = send_count + 1, sent_to = d.identity"
-                " FROM unnest(CAST(:ids AS uuid[]), CAST(:to AS text[])) AS d(id, identity) WHERE c.id = d.id",
+                "UPDATE commands c SET status = 'sent', sent_at = now(), send_count = send_count + 1,"
+                " sent_to = d.identity FROM unnest(CAST(:ids AS uuid[]), CAST(:to AS text[])) AS d(id, identity)"
+                " WHERE c.id = d.id",
                 ids=[d.command_id for d in delivered],
                 to=[d.identity for d in delivered],
             )
