@@ -6,6 +6,8 @@ stands is not theirs to touch."""
 from __future__ import annotations
 
 import json
+import threading
+import time
 from typing import Any
 
 import pytest
@@ -117,3 +119,131 @@ def test_a_disabled_owners_lock_is_handed_over_or_deleted_and_the_owner_kept_as_
 
 def operator_uid(headers: dict[str, str], devices: Any) -> str:
     return str(devices.get("/devices/me", headers=headers).get_json()["uid"])
+
+
+def _blocked_on_lock(query_like: str) -> bool:
+    with get_runtime("devices").db.connection() as con:
+        rows = con.run(
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE :q", q=query_like
+        )
+    return int(rows[0][0]) > 0
+
+
+def test_an_operator_cannot_take_a_lock_whose_owner_was_enabled_again_during_the_hand_over(
+    clients: dict[str, Any], world: World, operator: dict[str, str], stack_env: dict[str, str]
+) -> None:
+    """Attack run 49: the owner's account was read, not held: the relay's account check marking it enabled again
+    (or restored with its uid) committed while the hand-over waited, and a standing owner was made an admin. The
+    hand-over is held here on the taker's membership row while the owner's account is marked enabled again, as
+    ``accounts.sweep`` marks it; held now, the marking waits for the hand-over (or the hand-over finds it)."""
+    devices, owner, taker = clients["devices"], world.uid("owner"), world.uid("admin")
+    admin_call(stack_env, "accounts:update", {"localId": owner, "disableUser": True})
+    recheck_now(owner)
+    flush(clients, stack_env)
+    db = get_runtime("devices").db
+    holding, release, done = threading.Event(), threading.Event(), threading.Event()
+
+    def hold_membership() -> None:  # a concurrent change of the admin's membership, in flight
+        with db.transaction() as con:
+            con.run(
+                "SELECT 1 FROM lock_members WHERE lock_id = CAST(:l AS uuid) AND user_uid = :u FOR UPDATE",
+                l=world.lock_id,
+                u=taker,
+            )
+            holding.set()
+            release.wait(30)
+
+    answer: dict[str, Any] = {}
+
+    def hand() -> None:
+        resp = devices.post(f"/devices/operator/locks/{world.lock_id}/owner", json={"uid": taker}, headers=operator)
+        answer["status"], answer["body"] = resp.status_code, resp.get_json()
+        done.set()
+
+    holder = threading.Thread(target=hold_membership)
+    holder.start()
+    assert holding.wait(10)
+    handing = threading.Thread(target=hand)
+    handing.start()
+    deadline = time.monotonic() + 10
+    while not _blocked_on_lock("%lock_members%FOR UPDATE%") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _blocked_on_lock("%lock_members%FOR UPDATE%"), "the hand-over is under way, past its check of the owner"
+    # the sweep finds the owner's account enabled again (what accounts.sweep writes), while the hand-over waits
+    enabled_again = False
+    try:
+        with db.transaction() as con:
+            con.run("SET LOCAL lock_timeout = '2s'")
+            con.run("UPDATE users SET account_disabled = false, account_disabled_at = NULL WHERE uid = :u", u=owner)
+        enabled_again = True
+    except Exception:  # noqa: BLE001 - a fixed hand-over holds the owner's row: the sweep waits for it
+        enabled_again = False
+    release.set()
+    holder.join(10)
+    assert done.wait(20)
+    handing.join(5)
+    with db.connection() as con:
+        ((lock_owner,),) = con.run("SELECT owner_uid FROM locks WHERE id = CAST(:l AS uuid)", l=world.lock_id)
+        ((disabled,),) = con.run("SELECT account_disabled FROM users WHERE uid = :u", u=owner)
+    if enabled_again:
+        # the owner's account stood before the hand-over committed: the lock is still theirs
+        assert (answer["status"], answer["body"]["error"]["code"]) == (409, "owner_present"), answer
+        assert lock_owner == owner and not disabled
+    else:  # the marking waited for the hand-over, which held the owner's row: handed over while they were disabled
+        assert answer["status"] == 200 and lock_owner == taker and disabled, answer
+
+
+def test_an_operators_hand_over_and_the_relays_account_check_do_not_deadlock(
+    clients: dict[str, Any], world: World, operator: dict[str, str], stack_env: dict[str, str]
+) -> None:
+    """Attack run 49: ``accounts.sweep`` holds a batch of users' rows, then queues a refresh of the locks of an
+    account it found enabled again (``mirror_refresh_due``, whose foreign key takes the lock's row ``FOR KEY
+    SHARE``); the hand-over held the lock's row ``FOR UPDATE`` and then waited for a users row the sweep held: a
+    deadlock (the operator's 503). It holds the lock's row ``FOR NO KEY UPDATE`` now. The sweep is played here
+    statement for statement, on its own transaction."""
+    from lockwise.devices import members
+
+    devices, owner, taker = clients["devices"], world.uid("owner"), world.uid("admin")
+    admin_call(stack_env, "accounts:update", {"localId": owner, "disableUser": True})
+    recheck_now(owner)
+    flush(clients, stack_env)
+    db = get_runtime("devices").db
+    with db.transaction() as con:
+        con.run("DELETE FROM mirror_refresh_due WHERE lock_id = CAST(:l AS uuid)", l=world.lock_id)
+    holding, go_on = threading.Event(), threading.Event()
+    sweep: dict[str, Any] = {}
+    answer: dict[str, Any] = {}
+
+    def relay_sweep() -> None:
+        try:
+            with db.transaction() as con:
+                con.run(  # the batch's rows, as accounts.sweep holds them
+                    "SELECT uid FROM users WHERE uid = ANY(:u) ORDER BY uid FOR NO KEY UPDATE SKIP LOCKED",
+                    u=sorted([owner, taker]),
+                )
+                holding.set()
+                go_on.wait(30)
+                con.run("UPDATE users SET account_disabled = false, account_disabled_at = NULL WHERE uid = :u", u=owner)
+                members.mirror_access_soon(con, [owner])  # accounts.sweep's disabled_changed
+            sweep["ok"] = True
+        except Exception as exc:  # noqa: BLE001
+            sweep["error"] = repr(exc)
+
+    def hand() -> None:
+        resp = devices.post(f"/devices/operator/locks/{world.lock_id}/owner", json={"uid": taker}, headers=operator)
+        answer["status"], answer["body"] = resp.status_code, resp.get_json()
+
+    relay = threading.Thread(target=relay_sweep)
+    relay.start()
+    assert holding.wait(10)
+    handing = threading.Thread(target=hand)
+    handing.start()
+    deadline = time.monotonic() + 10
+    while not _blocked_on_lock("%FROM users WHERE uid%FOR NO KEY UPDATE%") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _blocked_on_lock("%FROM users WHERE uid%FOR NO KEY UPDATE%"), "the hand-over waits for the taker's row"
+    go_on.set()
+    relay.join(30)
+    handing.join(30)
+    assert "error" not in sweep, sweep
+    assert answer.get("status") in (200, 409), answer

@@ -55,22 +55,26 @@ def listed(con: Connection, now: dt.datetime) -> list[dict[str, Any]]:
     return found
 
 
-def _gone_owner(con: Connection, lock_id: str) -> tuple[str, bool]:
-    """The owner of ``lock_id`` (its row held for update) and whether their account was found deleted (or else
-    disabled); 404 ``lock_not_found``, 409 ``owner_present`` while their account stands."""
-    rows = con.run(
-        "SELECT l.owner_uid, u.account_gone_at IS NOT NULL, " + _GONE_OWNER + " FROM locks l"
-        " LEFT JOIN users u ON u.uid = l.owner_uid WHERE l.id = CAST(:l AS uuid) FOR UPDATE OF l",
-        l=lock_id,
-    )
+def _owner_of(con: Connection, lock_id: str, row_lock: str | None) -> str:
+    """The owner of ``lock_id``, its row held as ``row_lock`` says (``NO KEY UPDATE``, ``UPDATE``, or not at all);
+    404 ``lock_not_found``."""
+    held = f" FOR {row_lock}" if row_lock else ""
+    rows = con.run("SELECT owner_uid FROM locks WHERE id = CAST(:l AS uuid)" + held, l=lock_id)
     if not rows:
         raise errors.NotFound("lock not found", code="lock_not_found")
-    owner_uid, gone, ownerless = rows[0]
-    if not ownerless:
+    return str(rows[0][0])
+
+
+def _judged(owner: users.Held) -> bool:
+    """Whether the owner's account, as held, was found deleted (else disabled); 409 ``owner_present`` while it
+    stands. Judged from the row held until the transaction ends: read, the relay's account check finding the owner
+    enabled again (or restored with their uid) could commit before the hand-over did, and a standing owner was made
+    an admin (attack run 49)."""
+    if not (owner.gone or owner.disabled):
         raise errors.Conflict(
             "the lock's owner's account stands: the lock is theirs to hand over", code="owner_present"
         )
-    return str(owner_uid), bool(gone)
+    return owner.gone
 
 
 def hand_over(con: Connection, lock_id: str, to_uid: str, actor: str, max_owned: int, now: dt.datetime) -> None:
@@ -78,7 +82,11 @@ def hand_over(con: Connection, lock_id: str, to_uid: str, actor: str, max_owned:
     its owner's account is gone. A disabled owner becomes an admin, as a transfer makes them (they are let back in
     if their account is enabled again); a deleted one's clean-up is done again at the next flush, which now finds
     them owning nothing: they leave the lock as they left every other. Their offers end."""
-    owner_uid, gone = _gone_owner(con, lock_id)
+    # the lock's row NO KEY UPDATE, as changing its owner needs: the relay's account check, holding users' rows,
+    # queues a refresh of the lock (a foreign key's KEY SHARE) without waiting for it (held FOR UPDATE, the two
+    # waited for each other: attack run 49)
+    owner_uid = _owner_of(con, lock_id, "NO KEY UPDATE")
+    gone = _judged(users.hold(con, owner_uid))
     taker = members.get(con, lock_id, to_uid, for_update=True)
     if taker is None or not taker.active(now) or to_uid == owner_uid:
         raise errors.NotFound("the new owner must be a current member of the lock", code="member_not_found")
@@ -92,6 +100,12 @@ def hand_over(con: Connection, lock_id: str, to_uid: str, actor: str, max_owned:
 
 
 def delete(con: Connection, lock_id: str, actor: str) -> None:
-    """Delete the lock, as its owner would: its owner's account is gone."""
-    owner_uid, _gone = _gone_owner(con, lock_id)
+    """Delete the lock, as its owner would: its owner's account is gone. The owner's row is held before the lock's
+    (``FOR UPDATE``, as a deletion needs), in the order the relay's account check takes them; a lock that changed
+    hands meanwhile is 409 ``owner_present``."""
+    owner_uid = _owner_of(con, lock_id, None)
+    owner = users.hold(con, owner_uid)
+    if _owner_of(con, lock_id, "UPDATE") != owner_uid:
+        raise errors.Conflict("the lock changed hands meanwhile", code="owner_present")
+    _judged(owner)
     locks.delete(con, lock_id, owner_uid, actor=actor)
