@@ -1146,6 +1146,36 @@ def test_a_slow_flush_of_an_older_access_write_cannot_let_a_removed_member_back_
     assert rest_get(host, f"locks/{world.lock_id}", token) == 403
 
 
+def test_the_lock_document_does_not_tell_its_readers_when_others_come_and_go(
+    world: World, stack_env: dict[str, str]
+) -> None:
+    """Attack run 49: every membership change writes the lock document's emptied maps again (``members.mirror_access``),
+    a write that changed nothing until each commit stamped ``mirrored_at``: then a guest reading the lock document
+    learnt the moment of every other member's removal, acceptance, expiry, and each edge of other guests' windows.
+    That write leaves ``mirrored_at`` as it is (``mirror.UNSTAMPED_OPS``)."""
+    host, lock_doc = stack_env["FIRESTORE_EMULATOR_HOST"], f"locks/{world.lock_id}"
+    guest = world.accounts["guest_in"]["idToken"]
+
+    def read() -> dict[str, Any]:
+        url = f"http://{host}/v1/projects/{PROJECT_ID}/databases/(default)/documents/{lock_doc}"
+        req = urllib.request.Request(url, headers={"Authorization": f"Bearer {guest}"})
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            found: dict[str, Any] = json.loads(resp.read())
+        return {"fields": found["fields"], "updateTime": found["updateTime"]}
+
+    get_runtime("devices").flush_mirror(force=True)
+    wait_until_mirrored(world.lock_id)
+    before = read()
+    assert mirror.MIRRORED_AT in before["fields"]  # the lock's own writes stamp it
+    time.sleep(1.1)
+    member = world.uid("member")
+    removed = world.devices.delete(f"/devices/locks/{world.lock_id}/members/{member}", headers=world.headers("owner"))
+    assert removed.status_code == 204
+    get_runtime("devices").flush_mirror(force=True)
+    wait_until_mirrored(world.lock_id)
+    assert read() == before
+
+
 def test_a_lock_paired_again_shows_as_not_heard_from_not_as_the_replaced_device(
     world: World, stack_env: dict[str, str]
 ) -> None:

@@ -446,7 +446,7 @@ def _write(client: firestore.Client, group: list[list[Any]]) -> None:
     writes = _coalesced(group)
     firsts = _first_writes(writes)
     read = [writes[i][0] for i in firsts if not _is_feed_entry(writes[i][0])]
-    stamped = [i for i in _last_writes(writes) if writes[i][1] != "delete" and not _is_feed_entry(writes[i][0])]
+    stamped = _stamped_writes(writes)
     for tries_left in range(CONFLICT_TRIES, 0, -1):
         versions = client.versions(read)
         rest = [_rest_write(client.name(path), op, data) for path, op, data in writes]
@@ -474,10 +474,17 @@ def _first_writes(writes: list[tuple[str, str, dict[str, Any]]]) -> list[int]:
     return firsts
 
 
-def _last_writes(writes: list[tuple[str, str, dict[str, Any]]]) -> list[int]:
-    """The index of each document's last write."""
-    last = {path: i for i, (path, _op, _data) in enumerate(writes)}
-    return sorted(last.values())
+#: writes that leave ``mirrored_at`` as it is: a deletion, and the lock document's emptied maps, written again on
+#: every membership change (``members.mirror_access``): stamped, they told every reader of the lock document when
+#: others came and went, and at each edge of another guest's window (attack run 49); a write of its own rows is
+#: stamped when sent again, so a late commit still finds the version moved
+UNSTAMPED_OPS = frozenset({"delete", "replace_fields"})
+
+
+def _stamped_writes(writes: list[tuple[str, str, dict[str, Any]]]) -> list[int]:
+    """The index of each lock, access or user document's last write that sets ``MIRRORED_AT``."""
+    last = {path: i for i, (path, op, _data) in enumerate(writes) if op not in UNSTAMPED_OPS}
+    return sorted(i for path, i in last.items() if not _is_feed_entry(path))
 
 
 def _is_feed_entry(path: str) -> bool:
