@@ -3,7 +3,10 @@
 ``deliver_due`` claims due rows with ``FOR UPDATE SKIP LOCKED`` and keeps them locked while it publishes, so two relay
 replicas never deliver the same command and an ack cannot be overwritten by a late ``sent``. Expired rows are
 marked ``expired`` and never published. A ``sent`` row that is not acknowledged is published again every
-``resend_after_s`` until it expires (the lock acts on a nonce once and re-acknowledges repeats).
+``resend_after_s`` until it expires (the lock acts on a nonce once and re-acknowledges repeats), and only to the
+identity it was published to (``commands.sent_to``, recorded whether the broker acknowledged it or not): one
+published to a lock's device before it was paired again fails ``paired again`` instead of reaching the new device,
+which would act on it a second time (attack runs 48, 49 and a review).
 """
 
 from __future__ import annotations
@@ -79,16 +82,18 @@ def _behind_another_relay(con: Connection, rows: list[dict[str, Any]]) -> set[st
 ROUND_BUDGET_S = 5.0
 
 
-def _in_waves(publish: Publish, due: list[tuple[Delivery, str, int]]) -> list[Delivery]:
+def _in_waves(publish: Publish, due: list[tuple[Delivery, str, int]]) -> tuple[list[Delivery], list[Delivery]]:
     """Publish ``due`` (in the order made) so that each lock gets its commands one after another: a wave holds the
     next command of every lock whose earlier ones the broker took, and a lock whose command was not taken gets no
     later one this round (published together, a later command acknowledged while an earlier one timed out reached the
     lock first, and the earlier one came after it next round). One wave is one broker round trip; a lock rarely has
-    two commands due at once."""
+    two commands due at once. Returns those the broker took, and those published that it did not acknowledge (they
+    may have reached the lock all the same)."""
     queues: dict[str, list[tuple[Delivery, str, int]]] = {}
     for item in due:
         queues.setdefault(item[0].lock_id, []).append(item)
     delivered: list[Delivery] = []
+    unanswered: list[Delivery] = []
     deadline = time.monotonic() + ROUND_BUDGET_S
     while queues and time.monotonic() < deadline:  # the first wave always goes
         wave = [queue[0] for queue in queues.values()]
@@ -100,8 +105,9 @@ def _in_waves(publish: Publish, due: list[tuple[Delivery, str, int]]) -> list[De
                 if not queues[delivery.lock_id]:
                     del queues[delivery.lock_id]
             else:
+                unanswered.append(delivery)
                 del queues[delivery.lock_id]
-    return delivered
+    return delivered, unanswered
 
 
 def deliver_due(db: Database, publish: Publish, *, resend_after_s: int, limit: int = 500) -> list[Delivery]:
@@ -119,8 +125,7 @@ def deliver_due(db: Database, publish: Publish, *, resend_after_s: int, limit: i
             "SELECT c.id::text AS id, c.lock_id::text AS lock_id, c.payload, cr.mqtt_username AS identity, c.status,"
             " c.created_at, CAST(floor(EXTRACT(EPOCH FROM c.expires_at - now())) AS integer) AS ttl, "
             + members.issuer_gone_sql("c")  # nor for an account found disabled or deleted since
-            + " AS issuer_gone, c.status = 'sent' AND c.sent_to IS DISTINCT FROM cr.mqtt_username"
-            " AND c.sent_to IS NOT NULL AS paired_since"
+            + " AS issuer_gone, c.sent_to IS DISTINCT FROM cr.mqtt_username AND c.sent_to IS NOT NULL AS paired_since"
             " FROM commands c"
             " LEFT JOIN lock_credentials cr ON cr.lock_id = c.lock_id AND cr.revoked_at IS NULL"
             " WHERE c.expires_at > now()"
@@ -145,8 +150,9 @@ def deliver_due(db: Database, publish: Publish, *, resend_after_s: int, limit: i
         # never sent: failed; sent: not sent again, and its ack still taken (the lock may have acted on it)
         withdrawn = [r["id"] for r in rows if r["issuer_gone"] and r["status"] == "pending"]
         _fail(con, withdrawn, command_outcomes.WITHDRAWN)
-        # sent to the device the lock had before it was paired again (one the pairing passed over, held here): never
-        # sent again, to the new one (attack runs 48 and 49: an unlock sent to the old device was re-sent to the new)
+        # published to the device the lock had before it was paired again (one the pairing passed over, held here;
+        # taken by the broker or not: it may have reached the lock): never sent again, to the new one (attack runs 48
+        # and 49, and a review: an unlock sent to the old device was sent again to the new)
         _fail(con, [r["id"] for r in rows if r["paired_since"]], command_outcomes.PAIRED_AGAIN)
         behind = _behind_another_relay(con, rows)
         due = [
@@ -156,7 +162,14 @@ def deliver_due(db: Database, publish: Publish, *, resend_after_s: int, limit: i
         ]
         if not due:
             return delivered
-        delivered = _in_waves(publish, due)  # the rest: next round
+        delivered, unanswered = _in_waves(publish, due)  # the rest: next round
+        if unanswered:  # still open, but published: sent again only to the identity it went to
+            con.run(
+                "UPDATE commands c SET sent_to = d.identity FROM unnest(CAST(:ids AS uuid[]), CAST(:to AS text[]))"
+                " AS d(id, identity) WHERE c.id = d.id",
+                ids=[d.command_id for d in unanswered],
+                to=[d.identity for d in unanswered],
+            )
         if delivered:
             con.run(
                 "UPDATE commands c SET status = 'sent', sent_at = now(), send_count = send_count + 1,"

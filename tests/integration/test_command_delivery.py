@@ -656,3 +656,26 @@ def test_no_command_made_for_the_replaced_device_goes_to_the_new_one(world: Worl
     assert status(relay_db, sent) == ("failed", command_outcomes.PAIRED_AGAIN)
     after = send(world, "owner").get_json()["command"]["id"]  # made for the new device: sent to it
     assert [c.id for c, _ in deliver(relay_db, world)] == [after]
+
+
+def test_an_unlock_published_unanswered_through_a_pairing_never_goes_to_the_new_device(
+    world: World, relay_db: Database
+) -> None:
+    """A review: the pairing fails the open commands ``FOR UPDATE SKIP LOCKED``, passing over one a relay holds. Its
+    broker's PUBACK not come (the old device may have it all the same), the row stayed ``pending`` with no
+    ``sent_to``, and the next round sent it to the new device. A command published, answered or not, records where
+    it went."""
+    waiting = send(world, "owner").get_json()["command"]["id"]
+    paired: list[int] = []
+
+    def broker_times_out(messages: list[tuple[str, str, int]]) -> list[bool]:
+        # while the relay holds its claim (publishing), the owner pairs the lock again
+        code = world.devices.post(f"/devices/locks/{world.lock_id}/provisioning", headers=world.headers("owner"))
+        provision(world.devices, code.get_json()["code"])
+        paired.append(1)
+        return [False] * len(messages)  # a PUBACK timeout: "next round"
+
+    outbox.deliver_due(relay_db, broker_times_out, resend_after_s=5)
+    assert paired == [1]
+    assert waiting not in [c.id for c, _ in deliver(relay_db, world)], "made for the replaced device, sent to the new"
+    assert status(relay_db, waiting) == ("failed", command_outcomes.PAIRED_AGAIN)

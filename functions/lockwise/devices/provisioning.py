@@ -297,7 +297,8 @@ def redeem(
         l=lock_id,
     )
     # the open commands were made for the device replaced: one it was sent may have been carried out, and none goes
-    # to the new one (one claimed by the relay now is passed over: its outbox sends nothing made before the pairing)
+    # to the new one (one a relay holds now is passed over: its outbox sends a command published once only to the
+    # identity it went to, ``commands.sent_to``)
     con.run(
         "UPDATE commands SET status = 'failed', last_error = :paired WHERE id IN (SELECT id FROM commands"
         " WHERE lock_id = CAST(:l AS uuid) AND status IN ('pending', 'sent') FOR UPDATE SKIP LOCKED)",
