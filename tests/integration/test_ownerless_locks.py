@@ -5,14 +5,18 @@ stands is not theirs to touch."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
+from lockwise.core.db import Database
 from lockwise.core.runtime import get_runtime
+from lockwise.devices import door_decisions, locks
 from tests.devices_world import World, bearer, build_world, sign_in
 from tests.integration.test_gone_accounts import admin_call, delete_account, error_code, flush, recheck_now
 
@@ -35,6 +39,15 @@ def operator(stack_env: dict[str, str], sign_up: Any, clients: dict[str, Any]) -
     claims = json.dumps({"lockwise_operator": True})
     admin_call(stack_env, "accounts:update", {"localId": account["localId"], "customAttributes": claims})
     return bearer(sign_in(stack_env["FIREBASE_AUTH_EMULATOR_HOST"], account["email"]))
+
+
+@pytest.fixture
+def relay_db(stack_env: dict[str, str]) -> Iterator[Database]:
+    db = Database(stack_env["DATABASE_URL"], pool_size=1)
+    try:
+        yield db
+    finally:
+        db.close()
 
 
 def paths(world: World) -> tuple[str, str, str]:
@@ -247,3 +260,139 @@ def test_an_operators_hand_over_and_the_relays_account_check_do_not_deadlock(
     handing.join(30)
     assert "error" not in sweep, sweep
     assert answer.get("status") in (200, 409), answer
+
+
+def test_an_operator_disabled_since_acts_no_more(
+    clients: dict[str, Any],
+    world: World,
+    operator: dict[str, str],
+) -> None:
+    """A review: the operator endpoints checked only the token's claim, and the instance's memory of the account
+    (``RECORDED_USER_TTL_S``) let a disabled operator act for a minute (attack run 27's for app users). They read
+    the caller's account row now (``users.refuse_caller``)."""
+    devices, db = clients["devices"], get_runtime("devices").db
+    with db.transaction() as con:  # the owner found disabled, as accounts.sweep marks it
+        con.run(
+            "UPDATE users SET account_disabled = true, account_disabled_at = now() WHERE uid = :u", u=world.uid("owner")
+        )
+    listing, _, lock_path = paths(world)
+    assert devices.get(listing, headers=operator).status_code == 200  # this instance remembers the operator now
+    with db.transaction() as con:  # the operator's own account found disabled
+        con.run(
+            "UPDATE users SET account_disabled = true, account_disabled_at = now() WHERE uid = :u",
+            u=operator_uid(operator, devices),
+        )
+    assert error_code(devices.delete(lock_path, headers=operator)) == (401, "account_disabled")
+
+
+def test_an_operators_deletion_and_a_deleted_owners_clean_up_do_not_deadlock(
+    clients: dict[str, Any],
+    world: World,
+    operator: dict[str, str],
+    relay_db: Database,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A review: the deletion held the owner's users row, then the lock's row ``FOR UPDATE``; the relay's clean-up of
+    a deleted account (``gone_accounts.end`` -> ``locks.leave_every_lock``) holds its locks ``FOR KEY SHARE``, then
+    the user's row: a deadlock (the operator's 503). The lock's row comes first now. Played with the real
+    ``leave_every_lock``, paused between the two (at ``door_decisions.wait_for``, which it calls there)."""
+    devices, owner = clients["devices"], world.uid("owner")
+    with get_runtime("devices").db.transaction() as con:  # found deleted, its clean-up not yet done
+        con.run("UPDATE users SET account_gone_at = now(), account_ended_at = NULL WHERE uid = :u", u=owner)
+    holding, go_on = threading.Event(), threading.Event()
+    real_wait = door_decisions.wait_for
+
+    def paused(con: Any, lock_id: str) -> None:
+        holding.set()
+        go_on.wait(30)
+        real_wait(con, lock_id)
+
+    monkeypatch.setattr(door_decisions, "wait_for", paused)
+    relay: dict[str, Any] = {}
+    answer: dict[str, Any] = {}
+
+    def clean_up() -> None:
+        try:
+            with relay_db.transaction() as con:
+                locks.leave_every_lock(con, owner, dt.datetime.now(dt.UTC), account_gone=True)
+            relay["ok"] = True
+        except Exception as exc:  # noqa: BLE001
+            relay["error"] = repr(exc)
+
+    def delete() -> None:
+        resp = devices.delete(paths(world)[2], headers=operator)
+        answer["status"], answer["body"] = resp.status_code, resp.get_json()
+
+    cleaning = threading.Thread(target=clean_up)
+    cleaning.start()
+    assert holding.wait(10)
+    deleting = threading.Thread(target=delete)
+    deleting.start()
+    deadline = time.monotonic() + 10
+    while not _blocked_on_lock("%owner_uid FROM locks%FOR UPDATE%") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    blocked = _blocked_on_lock("%owner_uid FROM locks%FOR UPDATE%")
+    go_on.set()
+    cleaning.join(30)
+    deleting.join(30)
+    assert blocked, "the deletion waits for the lock's row"
+    assert "error" not in relay, relay
+    assert answer.get("status") in (204, 409), answer
+
+
+def test_an_operators_hand_over_and_the_takers_leaving_every_lock_do_not_deadlock(
+    clients: dict[str, Any],
+    world: World,
+    operator: dict[str, str],
+    relay_db: Database,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A review: the hand-over locked the taker's membership ``FOR UPDATE`` and then their users row; every other
+    path (``leave_every_lock``, as ``DELETE /devices/me`` or the relay's clean-up of a deleted account runs it) holds
+    the users row first and then the membership: a deadlock. The users row comes first now. Played with the real
+    ``leave_every_lock`` of the taker, paused between the two (at ``transfer_offers.end_from``)."""
+    from lockwise.devices import transfer_offers
+
+    devices, owner, taker = clients["devices"], world.uid("owner"), world.uid("admin")
+    with get_runtime("devices").db.transaction() as con:  # the owner found disabled: an ownerless lock
+        con.run("UPDATE users SET account_disabled = true, account_disabled_at = now() WHERE uid = :u", u=owner)
+    holding, go_on = threading.Event(), threading.Event()
+    real_end_from = transfer_offers.end_from
+
+    def paused(con: Any, uid: str) -> None:
+        holding.set()
+        go_on.wait(30)
+        real_end_from(con, uid)
+
+    monkeypatch.setattr(transfer_offers, "end_from", paused)
+    leaving: dict[str, Any] = {}
+    answer: dict[str, Any] = {}
+
+    def leave() -> None:
+        try:
+            with relay_db.transaction() as con:
+                locks.leave_every_lock(con, taker, dt.datetime.now(dt.UTC))
+            leaving["ok"] = True
+        except Exception as exc:  # noqa: BLE001
+            leaving["error"] = repr(exc)
+
+    def hand() -> None:
+        resp = devices.post(paths(world)[1], json={"uid": taker}, headers=operator)
+        answer["status"], answer["body"] = resp.status_code, resp.get_json()
+
+    leaver = threading.Thread(target=leave)
+    leaver.start()
+    assert holding.wait(10)
+    handing = threading.Thread(target=hand)
+    handing.start()
+    deadline = time.monotonic() + 10
+    pattern = "%FROM users WHERE uid = %FOR NO KEY UPDATE%"
+    while not _blocked_on_lock(pattern) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    blocked = _blocked_on_lock(pattern)
+    go_on.set()
+    leaver.join(30)
+    handing.join(30)
+    assert blocked, "the hand-over waits for the taker's users row"
+    assert "error" not in leaving, leaving
+    assert answer.get("status") in (200, 404, 409), answer

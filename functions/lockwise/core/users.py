@@ -209,18 +209,22 @@ def hold(con: Connection, uid: str) -> Held:
     """Hold ``uid``'s row until the transaction ends and say what it holds: what is counted per user (daily quotas,
     locks owned) is then decided one request at a time, so a burst in parallel gets no more than the same requests
     in a row. An account with no row yet holds nothing and is none of ``Held``'s refusals."""
-    return _found(con.run(_ACCOUNT + " FOR NO KEY UPDATE", u=uid))
+    return found(con.run(ACCOUNT_SQL + " FOR NO KEY UPDATE", u=uid))
 
 
 def read(con: Connection, uid: str) -> Held:
     """``uid``'s row as committed now, not held (``hold``)."""
-    return _found(con.run(_ACCOUNT, u=uid))
+    return found(con.run(ACCOUNT_SQL, u=uid))
 
 
-_ACCOUNT = "SELECT account_gone_at IS NOT NULL, account_disabled, left_at, tokens_valid_since FROM users WHERE uid = :u"
+#: an account's row as ``Held`` reads it (``:u``, the uid), for ``hold``, ``read`` and a caller's own lock mode
+ACCOUNT_SQL = (
+    "SELECT account_gone_at IS NOT NULL, account_disabled, left_at, tokens_valid_since FROM users WHERE uid = :u"
+)
 
 
-def _found(rows: list[list[Any]]) -> Held:
+def found(rows: list[list[Any]]) -> Held:
+    """What ``ACCOUNT_SQL``'s rows say of the account (none: no row yet, none of ``Held``'s refusals)."""
     if not rows:
         return Held(gone=False, disabled=False, left_at=None, sessions_since=None)
     gone, disabled, left_at, since = rows[0]

@@ -275,7 +275,7 @@ def delete(con: Connection, lock_id: str, uid: str, *, actor: str | None = None)
     # 46)
     mirror.enqueue(con, mirror.lock_doc(lock_id), "delete")
     mirror.enqueue(con, mirror.lock_collection(lock_id, "access"), "delete_collection")
-    mirror.enqueue(con, mirror.lock_collection(lock_id, "activity"), "delete_collection")
+    mirror.enqueue(con, mirror.lock_collection(lock_id, mirror.FEED), "delete_collection")
 
 
 def lock_config(con: Connection, lock_id: str) -> dict[str, Any]:

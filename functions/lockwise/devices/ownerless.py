@@ -37,7 +37,9 @@ def listed(con: Connection, now: dt.datetime) -> list[dict[str, Any]]:
     handed to)."""
     rows = con.run(
         "SELECT l.id::text, l.name, l.owner_uid, u.account_gone_at IS NOT NULL FROM locks l"
-        " JOIN users u ON u.uid = l.owner_uid WHERE " + _GONE_OWNER + " ORDER BY l.created_at LIMIT :n",
+        " JOIN users u ON u.uid = l.owner_uid WHERE "
+        + _GONE_OWNER
+        + " ORDER BY coalesce(u.account_gone_at, u.account_disabled_at), l.created_at LIMIT :n",
         n=LISTED,
     )
     found = []
@@ -86,26 +88,32 @@ def hand_over(con: Connection, lock_id: str, to_uid: str, actor: str, max_owned:
     # queues a refresh of the lock (a foreign key's KEY SHARE) without waiting for it (held FOR UPDATE, the two
     # waited for each other: attack run 49)
     owner_uid = _owner_of(con, lock_id, "NO KEY UPDATE")
+    if owner_uid == to_uid:  # handed over already: a hand-over sent again after its answer was lost
+        return
     gone = _judged(users.hold(con, owner_uid))
-    taker = members.get(con, lock_id, to_uid, for_update=True)
-    if taker is None or not taker.active(now) or to_uid == owner_uid:
-        raise errors.NotFound("the new owner must be a current member of the lock", code="member_not_found")
+    # the taker's account row before their membership's, as leaving every lock takes them (the other way round, the
+    # two waited for each other: a review)
     account = users.hold(con, to_uid)
+    taker = members.get(con, lock_id, to_uid, for_update=True)
+    if taker is None or not taker.active(now):
+        raise errors.NotFound("the new owner must be a current member of the lock", code="member_not_found")
     if account.gone or account.disabled:
         raise errors.Conflict("this member's account has been deleted or disabled", code="member_account_unusable")
-    transfer_offers.end_for_lock(con, lock_id, reason="replaced")
+    transfer_offers.end_for_lock(con, lock_id, reason="handed_over")
     locks.hand_over(con, lock_id, owner_uid, to_uid, max_owned, actor)
     if gone:
         con.run("UPDATE users SET account_ended_at = NULL WHERE uid = :u", u=owner_uid)
 
 
 def delete(con: Connection, lock_id: str, actor: str) -> None:
-    """Delete the lock, as its owner would: its owner's account is gone. The owner's row is held before the lock's
-    (``FOR UPDATE``, as a deletion needs), in the order the relay's account check takes them; a lock that changed
-    hands meanwhile is 409 ``owner_present``."""
-    owner_uid = _owner_of(con, lock_id, None)
-    owner = users.hold(con, owner_uid)
-    if _owner_of(con, lock_id, "UPDATE") != owner_uid:
-        raise errors.Conflict("the lock changed hands meanwhile", code="owner_present")
-    _judged(owner)
+    """Delete the lock, as its owner would: its owner's account is gone. The lock's row first (``FOR UPDATE``, as a
+    deletion needs, and as every path takes it before a user's: a deleted owner's clean-up holds it ``KEY SHARE``,
+    then their row), then the owner's row if no one holds it: the relay's account check holds users' rows and then
+    queues a refresh of their locks (a foreign key's ``KEY SHARE``), and waiting for it here would close a circle
+    (a review): 409 ``owner_being_checked``, try again."""
+    owner_uid = _owner_of(con, lock_id, "UPDATE")
+    rows = con.run(users.ACCOUNT_SQL + " FOR NO KEY UPDATE SKIP LOCKED", u=owner_uid)
+    if not rows:
+        raise errors.Conflict("the owner's account is being checked; try again in a moment", code="owner_being_checked")
+    _judged(users.found(rows))
     locks.delete(con, lock_id, owner_uid, actor=actor)
