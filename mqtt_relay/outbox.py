@@ -125,7 +125,7 @@ def deliver_due(db: Database, publish: Publish, *, resend_after_s: int, limit: i
             "SELECT c.id::text AS id, c.lock_id::text AS lock_id, c.payload, cr.mqtt_username AS identity, c.status,"
             " c.created_at, CAST(floor(EXTRACT(EPOCH FROM c.expires_at - now())) AS integer) AS ttl, "
             + members.issuer_gone_sql("c")  # nor for an account found disabled or deleted since
-            + " AS issuer_gone, c.sent_to IS DISTINCT FROM cr.mqtt_username AND c.sent_to IS NOT NULL AS paired_since"
+            + " AS issuer_gone, c.sent_to <> cr.mqtt_username AS paired_since"  # NULL (false): never sent, or no lock
             " FROM commands c"
             " LEFT JOIN lock_credentials cr ON cr.lock_id = c.lock_id AND cr.revoked_at IS NULL"
             " WHERE c.expires_at > now()"
