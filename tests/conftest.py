@@ -343,6 +343,18 @@ def impatient_devices(stack_env: dict[str, str]) -> Iterator[Any]:
 
 
 @pytest.fixture
+def relay_db(stack_env: dict[str, str]) -> Iterator[Any]:
+    """A database of the relay's own (one connection), beside the functions' pool: a second process's transactions."""
+    from lockwise.core.db import Database
+
+    db = Database(stack_env["DATABASE_URL"], pool_size=1)
+    try:
+        yield db
+    finally:
+        db.close()
+
+
+@pytest.fixture
 def make_client(stack_env: dict[str, str], openapi_spec: OpenApiSpec) -> Callable[[str], CheckedClient]:
     """``make_client("devices")``: the function's Flask app, loaded from its folder as functions-framework does."""
     import functions_framework

@@ -8,7 +8,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -25,15 +24,6 @@ from tests.devices_world import World, build_world, provision
 @pytest.fixture
 def world(make_client: Any, sign_up: Any) -> World:
     return build_world(make_client("devices"), sign_up)
-
-
-@pytest.fixture
-def relay_db(stack_env: dict[str, str]) -> Iterator[Database]:
-    db = Database(stack_env["DATABASE_URL"], pool_size=1)
-    try:
-        yield db
-    finally:
-        db.close()
 
 
 def deliver(db: Database, world: World, resend_after_s: int = 5) -> list[tuple[command_signing.Command, int]]:

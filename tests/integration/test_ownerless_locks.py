@@ -5,11 +5,12 @@ stands is not theirs to touch."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -39,15 +40,6 @@ def operator(stack_env: dict[str, str], sign_up: Any, clients: dict[str, Any]) -
     claims = json.dumps({"lockwise_operator": True})
     admin_call(stack_env, "accounts:update", {"localId": account["localId"], "customAttributes": claims})
     return bearer(sign_in(stack_env["FIREBASE_AUTH_EMULATOR_HOST"], account["email"]))
-
-
-@pytest.fixture
-def relay_db(stack_env: dict[str, str]) -> Iterator[Database]:
-    db = Database(stack_env["DATABASE_URL"], pool_size=1)
-    try:
-        yield db
-    finally:
-        db.close()
 
 
 def paths(world: World) -> tuple[str, str, str]:
@@ -142,6 +134,14 @@ def _blocked_on_lock(query_like: str) -> bool:
     return int(rows[0][0]) > 0
 
 
+def until_blocked(query_like: str, timeout_s: float = 10) -> bool:
+    """Whether a statement like ``query_like`` waits on a lock within ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while not _blocked_on_lock(query_like) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return _blocked_on_lock(query_like)
+
+
 def test_an_operator_cannot_take_a_lock_whose_owner_was_enabled_again_during_the_hand_over(
     clients: dict[str, Any], world: World, operator: dict[str, str], stack_env: dict[str, str]
 ) -> None:
@@ -178,10 +178,7 @@ def test_an_operator_cannot_take_a_lock_whose_owner_was_enabled_again_during_the
     assert holding.wait(10)
     handing = threading.Thread(target=hand)
     handing.start()
-    deadline = time.monotonic() + 10
-    while not _blocked_on_lock("%lock_members%FOR UPDATE%") and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert _blocked_on_lock("%lock_members%FOR UPDATE%"), "the hand-over is under way, past its check of the owner"
+    assert until_blocked("%lock_members%FOR UPDATE%"), "the hand-over is under way, past its check of the owner"
     # the sweep finds the owner's account enabled again (what accounts.sweep writes), while the hand-over waits
     enabled_again = False
     try:
@@ -251,10 +248,7 @@ def test_an_operators_hand_over_and_the_relays_account_check_do_not_deadlock(
     assert holding.wait(10)
     handing = threading.Thread(target=hand)
     handing.start()
-    deadline = time.monotonic() + 10
-    while not _blocked_on_lock("%FROM users WHERE uid%FOR NO KEY UPDATE%") and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert _blocked_on_lock("%FROM users WHERE uid%FOR NO KEY UPDATE%"), "the hand-over waits for the taker's row"
+    assert until_blocked("%FROM users WHERE uid%FOR NO KEY UPDATE%"), "the hand-over waits for the taker's row"
     go_on.set()
     relay.join(30)
     handing.join(30)
@@ -285,6 +279,62 @@ def test_an_operator_disabled_since_acts_no_more(
     assert error_code(devices.delete(lock_path, headers=operator)) == (401, "account_disabled")
 
 
+@dataclasses.dataclass
+class Race:
+    """What ``leaving_against`` saw."""
+
+    blocked: bool  # the request waited on a lock while the leaving was paused
+    leaving_error: str | None
+    status: int | None
+
+
+def leaving_against(
+    relay_db: Database,
+    monkeypatch: pytest.MonkeyPatch,
+    pause_at: tuple[Any, str],
+    leaving: tuple[str, bool],
+    request: Callable[[], Any],
+    waits_on: str,
+) -> Race:
+    """``locks.leave_every_lock`` of ``leaving`` (uid, account gone) on the relay's connection, paused inside at
+    ``pause_at`` (a module and the name of a function it calls there, after it holds its first rows), while
+    ``request`` (an operator's) runs; whether the request waited on a lock its statement ``waits_on`` (a LIKE
+    pattern) names before the leaving went on."""
+    module, name = pause_at
+    holding, go_on = threading.Event(), threading.Event()
+    real = getattr(module, name)
+
+    def paused(*args: Any) -> None:
+        holding.set()
+        go_on.wait(30)
+        real(*args)
+
+    monkeypatch.setattr(module, name, paused)
+    seen: dict[str, Any] = {}
+
+    def leave() -> None:
+        uid, gone = leaving
+        try:
+            with relay_db.transaction() as con:
+                locks.leave_every_lock(con, uid, dt.datetime.now(dt.UTC), account_gone=gone)
+        except Exception as exc:  # noqa: BLE001 - reported, as the relay's flush would log it
+            seen["error"] = repr(exc)
+
+    def call() -> None:
+        seen["status"] = request().status_code
+
+    leaver = threading.Thread(target=leave)
+    leaver.start()
+    assert holding.wait(10)
+    caller = threading.Thread(target=call)
+    caller.start()
+    blocked = until_blocked(waits_on)
+    go_on.set()
+    leaver.join(30)
+    caller.join(30)
+    return Race(blocked, seen.get("error"), seen.get("status"))
+
+
 def test_an_operators_deletion_and_a_deleted_owners_clean_up_do_not_deadlock(
     clients: dict[str, Any],
     world: World,
@@ -296,48 +346,19 @@ def test_an_operators_deletion_and_a_deleted_owners_clean_up_do_not_deadlock(
     a deleted account (``gone_accounts.end`` -> ``locks.leave_every_lock``) holds its locks ``FOR KEY SHARE``, then
     the user's row: a deadlock (the operator's 503). The lock's row comes first now. Played with the real
     ``leave_every_lock``, paused between the two (at ``door_decisions.wait_for``, which it calls there)."""
-    devices, owner = clients["devices"], world.uid("owner")
+    owner = world.uid("owner")
     with get_runtime("devices").db.transaction() as con:  # found deleted, its clean-up not yet done
         con.run("UPDATE users SET account_gone_at = now(), account_ended_at = NULL WHERE uid = :u", u=owner)
-    holding, go_on = threading.Event(), threading.Event()
-    real_wait = door_decisions.wait_for
-
-    def paused(con: Any, lock_id: str) -> None:
-        holding.set()
-        go_on.wait(30)
-        real_wait(con, lock_id)
-
-    monkeypatch.setattr(door_decisions, "wait_for", paused)
-    relay: dict[str, Any] = {}
-    answer: dict[str, Any] = {}
-
-    def clean_up() -> None:
-        try:
-            with relay_db.transaction() as con:
-                locks.leave_every_lock(con, owner, dt.datetime.now(dt.UTC), account_gone=True)
-            relay["ok"] = True
-        except Exception as exc:  # noqa: BLE001
-            relay["error"] = repr(exc)
-
-    def delete() -> None:
-        resp = devices.delete(paths(world)[2], headers=operator)
-        answer["status"], answer["body"] = resp.status_code, resp.get_json()
-
-    cleaning = threading.Thread(target=clean_up)
-    cleaning.start()
-    assert holding.wait(10)
-    deleting = threading.Thread(target=delete)
-    deleting.start()
-    deadline = time.monotonic() + 10
-    while not _blocked_on_lock("%owner_uid FROM locks%FOR UPDATE%") and time.monotonic() < deadline:
-        time.sleep(0.05)
-    blocked = _blocked_on_lock("%owner_uid FROM locks%FOR UPDATE%")
-    go_on.set()
-    cleaning.join(30)
-    deleting.join(30)
-    assert blocked, "the deletion waits for the lock's row"
-    assert "error" not in relay, relay
-    assert answer.get("status") in (204, 409), answer
+    race = leaving_against(
+        relay_db,
+        monkeypatch,
+        (door_decisions, "wait_for"),
+        (owner, True),
+        lambda: clients["devices"].delete(paths(world)[2], headers=operator),
+        "%owner_uid FROM locks%FOR UPDATE%",
+    )
+    assert race.blocked, "the deletion waits for the lock's row"
+    assert race.leaving_error is None and race.status in (204, 409), race
 
 
 def test_an_operators_hand_over_and_the_takers_leaving_every_lock_do_not_deadlock(
@@ -353,46 +374,16 @@ def test_an_operators_hand_over_and_the_takers_leaving_every_lock_do_not_deadloc
     ``leave_every_lock`` of the taker, paused between the two (at ``transfer_offers.end_from``)."""
     from lockwise.devices import transfer_offers
 
-    devices, owner, taker = clients["devices"], world.uid("owner"), world.uid("admin")
+    owner, taker = world.uid("owner"), world.uid("admin")
     with get_runtime("devices").db.transaction() as con:  # the owner found disabled: an ownerless lock
         con.run("UPDATE users SET account_disabled = true, account_disabled_at = now() WHERE uid = :u", u=owner)
-    holding, go_on = threading.Event(), threading.Event()
-    real_end_from = transfer_offers.end_from
-
-    def paused(con: Any, uid: str) -> None:
-        holding.set()
-        go_on.wait(30)
-        real_end_from(con, uid)
-
-    monkeypatch.setattr(transfer_offers, "end_from", paused)
-    leaving: dict[str, Any] = {}
-    answer: dict[str, Any] = {}
-
-    def leave() -> None:
-        try:
-            with relay_db.transaction() as con:
-                locks.leave_every_lock(con, taker, dt.datetime.now(dt.UTC))
-            leaving["ok"] = True
-        except Exception as exc:  # noqa: BLE001
-            leaving["error"] = repr(exc)
-
-    def hand() -> None:
-        resp = devices.post(paths(world)[1], json={"uid": taker}, headers=operator)
-        answer["status"], answer["body"] = resp.status_code, resp.get_json()
-
-    leaver = threading.Thread(target=leave)
-    leaver.start()
-    assert holding.wait(10)
-    handing = threading.Thread(target=hand)
-    handing.start()
-    deadline = time.monotonic() + 10
-    pattern = "%FROM users WHERE uid = %FOR NO KEY UPDATE%"
-    while not _blocked_on_lock(pattern) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    blocked = _blocked_on_lock(pattern)
-    go_on.set()
-    leaver.join(30)
-    handing.join(30)
-    assert blocked, "the hand-over waits for the taker's users row"
-    assert "error" not in leaving, leaving
-    assert answer.get("status") in (200, 404, 409), answer
+    race = leaving_against(
+        relay_db,
+        monkeypatch,
+        (transfer_offers, "end_from"),
+        (taker, False),
+        lambda: clients["devices"].post(paths(world)[1], json={"uid": taker}, headers=operator),
+        "%FROM users WHERE uid = %FOR NO KEY UPDATE%",
+    )
+    assert race.blocked, "the hand-over waits for the taker's users row"
+    assert race.leaving_error is None and race.status in (200, 404, 409), race
