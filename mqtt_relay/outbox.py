@@ -82,32 +82,30 @@ def _behind_another_relay(con: Connection, rows: list[dict[str, Any]]) -> set[st
 ROUND_BUDGET_S = 5.0
 
 
-def _in_waves(publish: Publish, due: list[tuple[Delivery, str, int]]) -> tuple[list[Delivery], list[Delivery]]:
+def _in_waves(publish: Publish, due: list[tuple[Delivery, str, int]]) -> list[tuple[Delivery, bool]]:
     """Publish ``due`` (in the order made) so that each lock gets its commands one after another: a wave holds the
     next command of every lock whose earlier ones the broker took, and a lock whose command was not taken gets no
     later one this round (published together, a later command acknowledged while an earlier one timed out reached the
     lock first, and the earlier one came after it next round). One wave is one broker round trip; a lock rarely has
-    two commands due at once. Returns those the broker took, and those published that it did not acknowledge (they
-    may have reached the lock all the same)."""
+    two commands due at once. Returns each command published and whether the broker took it (one it did not
+    acknowledge may have reached the lock all the same)."""
     queues: dict[str, list[tuple[Delivery, str, int]]] = {}
     for item in due:
         queues.setdefault(item[0].lock_id, []).append(item)
-    delivered: list[Delivery] = []
-    unanswered: list[Delivery] = []
+    published: list[tuple[Delivery, bool]] = []
     deadline = time.monotonic() + ROUND_BUDGET_S
     while queues and time.monotonic() < deadline:  # the first wave always goes
         wave = [queue[0] for queue in queues.values()]
         taken = publish([(d.topic, payload, ttl) for d, payload, ttl in wave])
         for (delivery, _, _), ok in zip(wave, taken, strict=True):
+            published.append((delivery, ok))
             if ok:
-                delivered.append(delivery)
                 queues[delivery.lock_id].pop(0)
                 if not queues[delivery.lock_id]:
                     del queues[delivery.lock_id]
             else:
-                unanswered.append(delivery)
                 del queues[delivery.lock_id]
-    return delivered, unanswered
+    return published
 
 
 def deliver_due(db: Database, publish: Publish, *, resend_after_s: int, limit: int = 500) -> list[Delivery]:
@@ -162,22 +160,20 @@ def deliver_due(db: Database, publish: Publish, *, resend_after_s: int, limit: i
         ]
         if not due:
             return delivered
-        delivered, unanswered = _in_waves(publish, due)  # the rest: next round
-        if unanswered:  # still open, but published: sent again only to the identity it went to
-            con.run(
-                "UPDATE commands c SET sent_to = d.identity FROM unnest(CAST(:ids AS uuid[]), CAST(:to AS text[]))"
-                " AS d(id, identity) WHERE c.id = d.id",
-                ids=[d.command_id for d in unanswered],
-                to=[d.identity for d in unanswered],
-            )
-        if delivered:
-            con.run(
-                "UPDATE commands c SET status = 'sent', sent_at = now(), send_count = send_count + 1,"
-                " sent_to = d.identity FROM unnest(CAST(:ids AS uuid[]), CAST(:to AS text[])) AS d(id, identity)"
-                " WHERE c.id = d.id",
-                ids=[d.command_id for d in delivered],
-                to=[d.identity for d in delivered],
-            )
+        published = _in_waves(publish, due)  # the rest: next round
+        # each published one records where it went, taken by the broker or not (sent again only there); taken, sent
+        con.run(
+            "UPDATE commands c SET sent_to = d.identity,"
+            " status = CASE WHEN d.taken THEN 'sent' ELSE c.status END,"
+            " sent_at = CASE WHEN d.taken THEN now() ELSE c.sent_at END,"
+            " send_count = c.send_count + CASE WHEN d.taken THEN 1 ELSE 0 END"
+            " FROM unnest(CAST(:ids AS uuid[]), CAST(:to AS text[]), CAST(:taken AS boolean[]))"
+            " AS d(id, identity, taken) WHERE c.id = d.id",
+            ids=[d.command_id for d, _ in published],
+            to=[d.identity for d, _ in published],
+            taken=[ok for _, ok in published],
+        )
+        delivered = [d for d, ok in published if ok]
     return delivered
 
 
