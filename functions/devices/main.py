@@ -514,12 +514,12 @@ def list_ownerless_locks(ctx: Ctx) -> JsonBody:
 @api.route("POST", "/devices/operator/locks/<lock_id>/owner")
 def hand_over_ownerless_lock(ctx: Ctx, lock_id: str) -> JsonBody:
     user = app_user(ctx)
-    actor = ownerless.require_operator(user)
+    ownerless.require_operator(user)
     lock_id = lock_param(lock_id)
     to_uid = members.parse_uid(ctx.json(("uid",)).get("uid"))
     with rt.db.transaction() as con:
         users.refuse_caller(con, user)
-        ownerless.hand_over(con, lock_id, to_uid, actor, rt.settings.locks_per_owner, rt.now())
+        ownerless.hand_over(con, lock_id, to_uid, user.uid, rt.settings.locks_per_owner, rt.now())
         view = locks.view(con, lock_id, "owner")
     rt.flush_mirror()
     return view
@@ -528,11 +528,11 @@ def hand_over_ownerless_lock(ctx: Ctx, lock_id: str) -> JsonBody:
 @api.route("DELETE", "/devices/operator/locks/<lock_id>")
 def delete_ownerless_lock(ctx: Ctx, lock_id: str) -> flask.Response:
     user = app_user(ctx)
-    actor = ownerless.require_operator(user)
+    ownerless.require_operator(user)
     lock_id = lock_param(lock_id)
     with rt.db.transaction() as con:
         users.refuse_caller(con, user)
-        ownerless.delete(con, lock_id, actor)
+        ownerless.delete(con, lock_id, user.uid)
     rt.flush_mirror()
     return flask.Response(status=204)
 

@@ -173,6 +173,11 @@ class Held:
     left_at: dt.datetime | None  # when it last left every lock (``mark_left``)
     sessions_since: dt.datetime | None  # sessions signed in before it were revoked (Firebase Auth's ``validSince``)
 
+    @property
+    def stands(self) -> bool:
+        """Found neither deleted nor disabled."""
+        return not (self.gone or self.disabled)
+
     def refuse(self, signed_in: dt.datetime | None = None, *, left_since: bool = True) -> None:
         """Refuse the account's own request: 401 ``account_deleted`` / ``account_disabled`` when it was found so, and
         for a session that began at ``signed_in`` (``signed_in_at``), 401 ``token_revoked`` when that was before its
@@ -200,31 +205,42 @@ def vouches_sql(uid: str, signed_in: str) -> str:
     worked once the account was disabled, deleted or signed out everywhere (attack run 47); enabled again, its
     grants stand again, as its sessions do."""
     return (
-        f"NOT EXISTS (SELECT 1 FROM users issuer WHERE issuer.uid = {uid} AND (issuer.account_gone_at IS NOT NULL"
-        f" OR issuer.account_disabled OR {signed_in} < issuer.tokens_valid_since))"
+        f"NOT EXISTS (SELECT 1 FROM users issuer WHERE issuer.uid = {uid} AND ({unusable_sql('issuer')}"
+        f" OR {signed_in} < issuer.tokens_valid_since))"
     )
+
+
+def unusable_sql(alias: str) -> str:
+    """SQL that holds while the account of the ``users`` row ``alias`` is found deleted or disabled (``Held.stands``,
+    false)."""
+    return f"({alias}.account_gone_at IS NOT NULL OR {alias}.account_disabled)"
 
 
 def hold(con: Connection, uid: str) -> Held:
     """Hold ``uid``'s row until the transaction ends and say what it holds: what is counted per user (daily quotas,
     locks owned) is then decided one request at a time, so a burst in parallel gets no more than the same requests
     in a row. An account with no row yet holds nothing and is none of ``Held``'s refusals."""
-    return found(con.run(ACCOUNT_SQL + " FOR NO KEY UPDATE", u=uid))
+    return _found(con.run(_ACCOUNT + " FOR NO KEY UPDATE", u=uid))
+
+
+def hold_if_free(con: Connection, uid: str) -> Held | None:
+    """``hold``, or None at once when another transaction holds the row (for a caller already holding a lock's row,
+    which the holder may be waiting for: waiting here would close a circle)."""
+    rows = con.run(_ACCOUNT + " FOR NO KEY UPDATE SKIP LOCKED", u=uid)
+    if not rows and con.run("SELECT 1 FROM users WHERE uid = :u", u=uid):
+        return None
+    return _found(rows)
 
 
 def read(con: Connection, uid: str) -> Held:
     """``uid``'s row as committed now, not held (``hold``)."""
-    return found(con.run(ACCOUNT_SQL, u=uid))
+    return _found(con.run(_ACCOUNT, u=uid))
 
 
-#: an account's row as ``Held`` reads it (``:u``, the uid), for ``hold``, ``read`` and a caller's own lock mode
-ACCOUNT_SQL = (
-    "SELECT account_gone_at IS NOT NULL, account_disabled, left_at, tokens_valid_since FROM users WHERE uid = :u"
-)
+_ACCOUNT = "SELECT account_gone_at IS NOT NULL, account_disabled, left_at, tokens_valid_since FROM users WHERE uid = :u"
 
 
-def found(rows: list[list[Any]]) -> Held:
-    """What ``ACCOUNT_SQL``'s rows say of the account (none: no row yet, none of ``Held``'s refusals)."""
+def _found(rows: list[list[Any]]) -> Held:
     if not rows:
         return Held(gone=False, disabled=False, left_at=None, sessions_since=None)
     gone, disabled, left_at, since = rows[0]

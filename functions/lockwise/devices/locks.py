@@ -235,13 +235,15 @@ def transfer(
     if target is None or not target.active(now):
         raise errors.NotFound("the new owner must be a current member of the lock", code="member_not_found")
     users.hold_caller(con, to)
-    hand_over(con, lock_id, from_uid, to_uid, max_owned, audit.user_actor(from_uid))
+    hand_over(con, lock_id, from_uid, to_uid, max_owned)
 
 
-def hand_over(con: Connection, lock_id: str, from_uid: str, to_uid: str, max_owned: int, actor: str) -> None:
+def hand_over(
+    con: Connection, lock_id: str, from_uid: str, to_uid: str, max_owned: int, *, operator_uid: str | None = None
+) -> None:
     """Make the member ``to_uid`` (the caller holds their membership and account rows) the owner, if they may own one
-    more: the previous owner becomes an admin and the codes they issued to pair the lock stop working. ``actor``
-    (audited): the previous owner, or an operator (``lockwise.devices.ownerless``)."""
+    more: the previous owner becomes an admin and the codes they issued to pair the lock stop working. Done by the
+    previous owner, or by an operator (``operator_uid``: ``lockwise.devices.ownerless``)."""
     refuse_past_owned(con, to_uid, max_owned)
     con.run(
         "UPDATE lock_members SET role = 'admin' WHERE lock_id = CAST(:l AS uuid) AND user_uid = :u",
@@ -257,8 +259,9 @@ def hand_over(con: Connection, lock_id: str, from_uid: str, to_uid: str, max_own
     )
     con.run("UPDATE locks SET owner_uid = :u, updated_at = now() WHERE id = CAST(:l AS uuid)", u=to_uid, l=lock_id)
     provisioning.close_codes(con, lock_id)  # the old owner's codes pair nothing now (redemption checks it too)
+    actor = audit.user_actor(from_uid) if operator_uid is None else audit.operator_actor(operator_uid)
     audit.record(con, actor, "lock.transfer", "ok", lock_id=lock_id, target=to_uid, details={"from": from_uid})
-    by_operator = {} if actor == audit.user_actor(from_uid) else {"by_operator": True}
+    by_operator = {} if operator_uid is None else {"by_operator": True}
     mirror.activity(con, lock_id, "ownership_transferred", actor_uid=from_uid, target_uid=to_uid, **by_operator)
     members.mirror_access(con, lock_id)  # the new owner's window and expiry are gone in the rules' data too
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, TypeGuard
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from lockwise.core import errors, inputs, mirror
+from lockwise.core import errors, inputs, mirror, users
 from lockwise.core.db import Connection, Database, in_transaction, rows_as_dicts
 
 ROLES = ("owner", "admin", "member", "guest")
@@ -200,8 +200,7 @@ def issuer_gone_sql(command: str) -> str:
         f" AND m.user_uid = {c}.issuer_uid AND "
         + active_sql("m", at="now()")
         + f" AND (m.commands_withdrawn_before IS NULL OR {c}.created_at > m.commands_withdrawn_before))"
-        f" OR EXISTS (SELECT 1 FROM users u WHERE u.uid = {c}.issuer_uid"
-        " AND (u.account_disabled OR u.account_gone_at IS NOT NULL)))"
+        f" OR EXISTS (SELECT 1 FROM users u WHERE u.uid = {c}.issuer_uid AND " + users.unusable_sql("u") + "))"
     )
 
 

@@ -22,14 +22,11 @@ OPERATOR_CLAIM = "lockwise_operator"
 #: locks one listing shows, the longest ownerless first
 LISTED = 100
 
-_GONE_OWNER = "(u.account_gone_at IS NOT NULL OR u.account_disabled)"
 
-
-def require_operator(user: User) -> str:
-    """The audit actor of ``user``, one of LockWise's operators; 403 ``not_an_operator`` for anyone else."""
+def require_operator(user: User) -> None:
+    """403 ``not_an_operator`` unless ``user`` is one of LockWise's operators."""
     if user.claims.get(OPERATOR_CLAIM) is not True:
         raise errors.Forbidden("this is for LockWise's operators", code="not_an_operator")
-    return audit.operator_actor(user.uid)
 
 
 def listed(con: Connection, now: dt.datetime) -> list[dict[str, Any]]:
@@ -38,7 +35,7 @@ def listed(con: Connection, now: dt.datetime) -> list[dict[str, Any]]:
     rows = con.run(
         "SELECT l.id::text, l.name, l.owner_uid, u.account_gone_at IS NOT NULL FROM locks l"
         " JOIN users u ON u.uid = l.owner_uid WHERE "
-        + _GONE_OWNER
+        + users.unusable_sql("u")
         + " ORDER BY coalesce(u.account_gone_at, u.account_disabled_at), l.created_at LIMIT :n",
         n=LISTED,
     )
@@ -72,14 +69,14 @@ def _judged(owner: users.Held) -> bool:
     stands. Judged from the row held until the transaction ends: read, the relay's account check finding the owner
     enabled again (or restored with their uid) could commit before the hand-over did, and a standing owner was made
     an admin (attack run 49)."""
-    if not (owner.gone or owner.disabled):
+    if owner.stands:
         raise errors.Conflict(
             "the lock's owner's account stands: the lock is theirs to hand over", code="owner_present"
         )
     return owner.gone
 
 
-def hand_over(con: Connection, lock_id: str, to_uid: str, actor: str, max_owned: int, now: dt.datetime) -> None:
+def hand_over(con: Connection, lock_id: str, to_uid: str, operator_uid: str, max_owned: int, now: dt.datetime) -> None:
     """Make ``to_uid``, an active member of the lock whose account stands, its owner (if they may own one more):
     its owner's account is gone. A disabled owner becomes an admin, as a transfer makes them (they are let back in
     if their account is enabled again); a deleted one's clean-up is done again at the next flush, which now finds
@@ -97,23 +94,23 @@ def hand_over(con: Connection, lock_id: str, to_uid: str, actor: str, max_owned:
     taker = members.get(con, lock_id, to_uid, for_update=True)
     if taker is None or not taker.active(now):
         raise errors.NotFound("the new owner must be a current member of the lock", code="member_not_found")
-    if account.gone or account.disabled:
+    if not account.stands:
         raise errors.Conflict("this member's account has been deleted or disabled", code="member_account_unusable")
     transfer_offers.end_for_lock(con, lock_id, reason="handed_over")
-    locks.hand_over(con, lock_id, owner_uid, to_uid, max_owned, actor)
+    locks.hand_over(con, lock_id, owner_uid, to_uid, max_owned, operator_uid=operator_uid)
     if gone:
         con.run("UPDATE users SET account_ended_at = NULL WHERE uid = :u", u=owner_uid)
 
 
-def delete(con: Connection, lock_id: str, actor: str) -> None:
+def delete(con: Connection, lock_id: str, operator_uid: str) -> None:
     """Delete the lock, as its owner would: its owner's account is gone. The lock's row first (``FOR UPDATE``, as a
     deletion needs, and as every path takes it before a user's: a deleted owner's clean-up holds it ``KEY SHARE``,
     then their row), then the owner's row if no one holds it: the relay's account check holds users' rows and then
     queues a refresh of their locks (a foreign key's ``KEY SHARE``), and waiting for it here would close a circle
     (a review): 409 ``owner_being_checked``, try again."""
     owner_uid = _owner_of(con, lock_id, "UPDATE")
-    rows = con.run(users.ACCOUNT_SQL + " FOR NO KEY UPDATE SKIP LOCKED", u=owner_uid)
-    if not rows:
+    owner = users.hold_if_free(con, owner_uid)
+    if owner is None:
         raise errors.Conflict("the owner's account is being checked; try again in a moment", code="owner_being_checked")
-    _judged(users.found(rows))
-    locks.delete(con, lock_id, owner_uid, actor=actor)
+    _judged(owner)
+    locks.delete(con, lock_id, owner_uid, actor=audit.operator_actor(operator_uid))
