@@ -416,6 +416,16 @@ def rest_query(host: str, lock_id: str, token: str, where: dict[str, Any] | None
         return exc.code, []
 
 
+def ended(access: dict[str, Any] | None) -> bool:
+    """Whether a member's access document is one a former member's was written over with (``mirror.access_ended``):
+    the rules let nothing be read with it, and Firestore deletes it a day on."""
+    if not access or "ended" not in access:
+        return False
+    assert access["ended"] is True and access["expires_ms"] == 0 and access["role"] == "", access
+    assert isinstance(access["purge_at"], dt.datetime), access
+    return True
+
+
 def naming(uid: str) -> dict[str, Any]:
     return {"field": {"fieldPath": "about"}, "op": "ARRAY_CONTAINS", "value": {"stringValue": uid}}
 
@@ -452,9 +462,11 @@ def test_rules_let_members_read_and_nobody_else(world: World, stack_env: dict[st
     for uid in (world.uid("guest_out"), world.uid("member"), world.uid("guest_in")):
         assert rest_get(host, f"{lock_doc}/access/{uid}", guest) == 403
     assert rest_get(host, f"{lock_doc}/access/{world.uid('guest_in')}", world.accounts["owner"]["idToken"]) == 403
-    # the rules' data is there, per member, and a removed member's is gone
-    access = [d.id for d in client.collection(f"{lock_doc}/access").stream()]
-    assert sorted(access) == sorted(world.uid(r) for r in ("owner", "admin", "member", "guest_in", "guest_out"))
+    # the rules' data is there, per member, and a removed member's ended (``mirror.access_ended``)
+    access = {d.id: d.to_dict() for d in client.collection(f"{lock_doc}/access").stream()}
+    granting = sorted(uid for uid, a in access.items() if not a.get("ended"))
+    assert granting == sorted(world.uid(r) for r in ("owner", "admin", "member", "guest_in", "guest_out"))
+    assert ended(access[world.uid("revoked")])
     assert rest_write(host, f"users/{world.uid('owner')}", world.accounts["owner"]["idToken"]) == 403
 
 
@@ -537,14 +549,14 @@ def test_a_membership_change_writes_only_the_access_documents_it_changes(
     assert written == [(f"locks/{lock}/access/{first}", "set")]  # before: 12 (every member and former member)
     written.clear()
     assert world.devices.delete(f"/devices/locks/{lock}/members/{second}", headers=owner).status_code == 204
-    assert written == [(f"locks/{lock}/access/{second}", "delete")]
+    assert written == [(f"locks/{lock}/access/{second}", "set")]  # ended (``mirror.access_ended``)
     written.clear()
     again = world.devices.patch(f"/devices/locks/{lock}/members/{first}", json=guest, headers=owner)  # no change
     assert again.status_code == 200 and written == []
     get_runtime("devices").flush_mirror(force=True)
     sdk = firestore_client(PROJECT_ID, stack_env["FIRESTORE_EMULATOR_HOST"])
     listed = world.devices.get(f"/devices/locks/{lock}/members", headers=owner).get_json()["members"]
-    present = {d.id for d in sdk.collection(f"locks/{lock}/access").stream()}
+    present = {d.id for d in sdk.collection(f"locks/{lock}/access").stream() if not ended(d.to_dict())}
     assert present == {m["uid"] for m in listed}  # the API's members, no more
     assert sdk.document(f"locks/{lock}/access/{first}").get().to_dict()["role"] == "guest"
 
@@ -566,7 +578,7 @@ def test_a_member_removed_by_a_locks_first_change_since_the_record_began_reads_n
     assert world.devices.delete(f"/devices/locks/{lock}/members/{member}", headers=remover).status_code == 204
     get_runtime("devices").flush_mirror(force=True)
     sdk = firestore_client(PROJECT_ID, host)
-    assert not sdk.document(f"locks/{lock}/access/{member}").get().exists  # before: it stayed
+    assert ended(sdk.document(f"locks/{lock}/access/{member}").get().to_dict())  # before: it stayed
     assert rest_get(host, f"locks/{lock}", token) == 403
     assert rest_get(host, f"locks/{lock}", world.accounts["admin"]["idToken"]) == 200
 
@@ -598,7 +610,8 @@ def test_at_a_members_access_edge_the_upkeep_writes_their_access_document(
     """The rules refuse new reads at the expiry by themselves, but an open listener is checked again only when a
     document the rules read changes (attack run 12: an expired member's and a guest's open listeners kept receiving
     the lock's state and feed). The mirror is due again at each member's next edge, and the relay's upkeep then
-    deletes an ended member's access document, as removal does, and rewrites a window's."""
+    writes over an expired member's access document (``mirror.access_ended``), as removal does, and rewrites a
+    window's."""
     host = stack_env["FIRESTORE_EMULATOR_HOST"]
     sdk = firestore_client(PROJECT_ID, host)
     resp = world.devices.patch(  # a guest inside a window of every day, all day: its edges are the zone's midnights
@@ -624,8 +637,8 @@ def test_at_a_members_access_edge_the_upkeep_writes_their_access_document(
     wait_for(lambda: dt.datetime.now(dt.UTC) > ends, timeout=15)
     service = {"X-LockWise-Service-Token": stack_env["LOCKWISE_SERVICE_TOKEN"]}
     assert world.devices.post("/devices/relay/flush", headers=service).status_code == 200
-    assert not member_doc.get().exists
-    assert guest_doc.get().exists
+    assert ended(member_doc.get().to_dict())
+    assert not ended(guest_doc.get().to_dict())
     with get_runtime("devices").db.connection() as con:
         (due,) = con.run("SELECT due_at FROM mirror_refresh_due WHERE lock_id = CAST(:l AS uuid)", l=world.lock_id)
     midnight = dt.datetime.now(ZoneInfo("Asia/Kolkata")).replace(hour=0, minute=0, second=0, microsecond=0)
@@ -1135,14 +1148,14 @@ def test_a_slow_flush_of_an_older_access_write_cannot_let_a_removed_member_back_
     assert writing.wait(10), "the other instance's flush is writing the older rows"
     resp = world.devices.delete(f"/devices/locks/{world.lock_id}/members/{member}", headers=world.headers("owner"))
     assert resp.status_code == 204, resp.get_json()
-    with rt.db.connection() as con:  # the deletion waits behind the older set of the same document
-        queued = "SELECT count(*) FROM firestore_outbox WHERE doc_path = :p AND op = 'delete'"
+    with rt.db.connection() as con:  # the removal's write waits behind the older set of the same document
+        queued = "SELECT count(*) FROM firestore_outbox WHERE doc_path = :p AND data ? 'ended'"
         assert con.run(queued, p=mirror.access_doc(world.lock_id, member))[0][0] == 1
     release.set()
     slow.join(30)
     wait_for(lambda: rt.mirror.pending() == 0 or None, timeout=40, what="every mirror row written")
     client = firestore_client(PROJECT_ID, host)
-    assert not client.document(mirror.access_doc(world.lock_id, member)).get().exists
+    assert ended(client.document(mirror.access_doc(world.lock_id, member)).get().to_dict())
     assert rest_get(host, f"locks/{world.lock_id}", token) == 403
 
 

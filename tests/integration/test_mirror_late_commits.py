@@ -18,6 +18,7 @@ from lockwise.core.runtime import get_runtime
 from tests.conftest import PROJECT_ID
 from tests.devices_world import build_world
 from tests.http_stubs import StubHandler, running
+from tests.integration.test_devices_live_view import rest_get
 from tests.waiting import wait_for
 
 
@@ -201,3 +202,35 @@ def test_a_late_commit_lands_on_nothing_after_a_write_that_changed_nothing(
     assert written_back(stack_env, access, narrow, {"role": "guest", "day_end_minute": 1440}) == narrow
     sdk = sdk_client(PROJECT_ID, stack_env["FIRESTORE_EMULATOR_HOST"])
     assert isinstance(sdk.document(access).get().to_dict()[mirror.MIRRORED_AT], dt.datetime)
+
+
+def test_a_late_commit_that_made_a_members_access_document_gives_nothing_back_after_their_removal(
+    make_client: Any, sign_up: Any, stack_env: dict[str, str]
+) -> None:
+    """A member's access document made anew (their account enabled again: no feed entry beside it, whose own
+    ``exists: false`` would have the late commit refused), its commit late, written again by the next pass; then the
+    member removed. Deleted, their document was missing again, as the late commit had found it, and the late commit
+    made it: a removed member read the lock's live view until the next membership change. Removal now writes over
+    it (``mirror.access_ended``): the late commit finds it there and is refused."""
+    world = build_world(make_client("devices"), sign_up)
+    host, lock, member = stack_env["FIRESTORE_EMULATOR_HOST"], world.lock_id, world.uid("member")
+    access, sdk = mirror.access_doc(lock, member), sdk_client(PROJECT_ID, stack_env["FIRESTORE_EMULATOR_HOST"])
+    rt = get_runtime("devices")
+    rt.flush_mirror(force=True)
+    theirs = stored(sdk, access)
+    assert theirs is not None and rest_get(host, f"locks/{lock}", world.accounts["member"]["idToken"]) == 200
+    sdk.document(access).delete()  # as while their account was disabled
+    with late_flusher(stack_env) as (flusher, relay):
+        queue((access, "set", theirs))
+        assert flusher.flush(hand_off=False, budget_s=0.1) == 0  # no answer within the client's timeout
+        assert relay.holding.is_set() and flusher.failing
+        flusher.retry_now()
+        assert flusher.flush(hand_off=False) == 1
+        removed = world.devices.delete(f"/devices/locks/{lock}/members/{member}", headers=world.headers("owner"))
+        assert removed.status_code == 204
+        rt.flush_mirror(force=True)
+        assert rt.mirror.pending() == 0
+        assert rest_get(host, f"locks/{lock}", world.accounts["member"]["idToken"]) == 403
+        assert relay.deliver() >= 400, "the late commit made their access document again"
+    assert rest_get(host, f"locks/{lock}", world.accounts["member"]["idToken"]) == 403
+    assert rest_get(host, f"locks/{lock}", world.accounts["admin"]["idToken"]) == 200

@@ -23,6 +23,7 @@ from infra.deploy_config import (
     secret_targets,
 )
 from infra.model import fetch
+from lockwise.core import firestore_json, mirror
 from lockwise.core.config import ConfigError, DatabaseSettings, Settings
 from lockwise.devices.lock_certs import new_ca
 from mqtt_relay.settings import RelaySettings
@@ -366,10 +367,17 @@ def test_build_copies_the_one_export_into_each_voice_bundle() -> None:
     assert all(commands.index(c) > export for c in copies)  # after the export wrote it
 
 
-def test_feed_entries_expire_by_a_firestore_ttl_policy_the_deploy_sets() -> None:
-    """The mirror gives each feed entry an ``expires_at`` timestamp (``mirror.FEED_KEPT``); the indexes file that
-    ``firebase deploy --only firestore:indexes`` applies makes it the activity collection group's TTL field."""
+def test_feed_entries_and_ended_access_expire_by_firestore_ttl_policies_the_deploy_sets() -> None:
+    """The mirror gives each feed entry an ``expires_at`` timestamp (``mirror.FEED_KEPT``) and a former member's
+    access document a ``purge_at`` one (``mirror.access_ended``); the indexes file that ``firebase deploy --only
+    firestore:indexes`` applies makes them the TTL fields of the activity and access collection groups."""
     config = json.loads((REPO / "firebase.json").read_text())
     indexes = json.loads((REPO / config["firestore"]["indexes"]).read_text())
     ttl = [f for f in indexes.get("fieldOverrides", []) if f.get("ttl")]
-    assert ttl == [{"collectionGroup": "activity", "fieldPath": "expires_at", "ttl": True, "indexes": []}]
+    assert ttl == [
+        {"collectionGroup": "activity", "fieldPath": "expires_at", "ttl": True, "indexes": []},
+        {"collectionGroup": "access", "fieldPath": "purge_at", "ttl": True, "indexes": []},
+    ]
+    path, op, data = mirror.access_ended("lock", "carol")
+    assert (path, op) == ("locks/lock/access/carol", "set") and data is not None
+    assert set(data["purge_at"]) == {firestore_json.TIMESTAMP}

@@ -117,6 +117,23 @@ def access_doc(lock_id: str, uid: str) -> str:
     return doc("locks", lock_id, "access", uid)
 
 
+#: how long a former member's access document stays, letting nothing be read, before Firestore deletes it (its
+#: ``purge_at``: a TTL policy on the ``access`` collection group, ``infra/firestore.indexes.json``)
+ENDED_ACCESS_KEPT = dt.timedelta(days=1)
+
+
+def access_ended(lock_id: str, uid: str) -> Write:
+    """A former member's access document, to queue with ``enqueue_many``: written over their access, not deleted,
+    so that a commit still in flight that made it (their joining, whose answer never came) finds it there and is
+    refused (``_write``: a missing document is written only where it is still missing). Deleted, a late commit
+    that created it landed after the deletion and gave a removed member the lock's live view again, until the next
+    membership change: no version tells "never there" from "there no more". It lets nothing be read (the rules'
+    ``mayRead``: expired at the epoch; no role), and Firestore deletes it after ``ENDED_ACCESS_KEPT``, long after
+    any commit in flight has landed or failed."""
+    purge_at = firestore_json.timestamp(dt.datetime.now(dt.UTC) + ENDED_ACCESS_KEPT)
+    return access_doc(lock_id, uid), "set", {"role": "", "expires_ms": 0, "ended": True, "purge_at": purge_at}
+
+
 #: feed entries every member but a guest reads: what the lock reports of itself (its document shows the same; a guest
 #: reads it there, now, not the household's comings and goings over the feed's 90 days: attack run 47)
 EVERYONE_KINDS = frozenset({"state", "online", "offline"})

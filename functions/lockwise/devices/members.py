@@ -368,14 +368,15 @@ def mirror_access(con: Connection, lock_id: str, *, write_again: Collection[str]
     access ends in Firestore when it ends in the API, not at the next membership change. The access documents are
     readable by nobody: on the lock document (``access``, with ``member_uids``), which every member reads, a guest
     learnt every other member's uid, expiry and window (attack run); those fields are emptied. A member's is written
-    when it differs from the one last queued (table ``mirrored_access``), a former member's deleted once, and
+    when it differs from the one last queued (table ``mirrored_access``), a former member's ended once
+    (``mirror.access_ended``), and
     the lock document written after them; a lock with nothing recorded (its first mirror since migration 0046, or
-    one where nobody has a document) has every former member's deleted. ``write_again``: members whose documents
+    one where nobody has a document) has every former member's ended. ``write_again``: members whose documents
     are written whatever the record says (one joining: a removal the record did not see, an instance of the code
     before it during a deploy, left it saying the same access stood, and the document was never written again:
     attack run 33). A window whose zone's offset will change
     is refreshed again then (``mirror_access_due``), and so is every member's access at its next edge (``next_edge``):
-    an expired member's document is deleted, a recurring window's rewritten. The rules compare with ``request.time``
+    an expired member's document is ended, a recurring window's rewritten. The rules compare with ``request.time``
     for every new read, but a listener already open is checked again only when a document they read changes: an
     expired member's and a guest's past their window's end kept receiving the lock's state and feed (attack run 12;
     the relay's upkeep, every 10 s, now cuts them off as removal does). A member whose account is disabled has no
@@ -395,7 +396,7 @@ def mirror_access(con: Connection, lock_id: str, *, write_again: Collection[str]
         )
     }
     access = {m.user_uid: m.rules_access(now) for m in current if m.user_uid not in disabled}
-    # only what differs from the documents last queued: every member's rewritten and every former member's deleted
+    # only what differs from the documents last queued: every member's rewritten and every former member's ended
     # again was N + F + 2 writes a change, F growing with every account ever removed (attack run 32)
     mirrored = dict(con.run("SELECT user_uid, access FROM mirrored_access WHERE lock_id = CAST(:l AS uuid)", l=lock_id))
     changed = {uid: a for uid, a in sorted(access.items()) if uid in write_again or mirrored.get(uid) != a}
@@ -405,7 +406,7 @@ def mirror_access(con: Connection, lock_id: str, *, write_again: Collection[str]
         everyone = con.run("SELECT user_uid FROM lock_members WHERE lock_id = CAST(:l AS uuid)", l=lock_id)
         gone = sorted({r[0] for r in everyone} - set(access))
     writes: list[mirror.Write] = [(mirror.access_doc(lock_id, uid), "set", a) for uid, a in changed.items()]
-    writes += [(mirror.access_doc(lock_id, uid), "delete", None) for uid in gone]
+    writes += [mirror.access_ended(lock_id, uid) for uid in gone]
     # written every time, after the access documents: a listener the rules let in is checked again only when a
     # document it reads changes (and what lock documents held before, which every member read, is emptied)
     writes.append((mirror.lock_doc(lock_id), "replace_fields", {"member_uids": [], "access": {}}))
