@@ -19,8 +19,10 @@ import numpy as np
 import pytest
 
 from infra.local import stack
+from lockwise.devices import members
 from lockwise.voice import audio
 from lockwise.voice.model.resample import resample
+from tests.waiting import wait_for
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(600)]
 REPO = Path(__file__).resolve().parents[2]
@@ -220,3 +222,120 @@ def test_a_lock_whose_answer_was_lost_is_not_made_twice_when_created_again(env: 
         expect(page.locator(".lock .pairing-code").first).not_to_be_empty(timeout=15_000)
         expect(page.locator(".lock")).to_have_count(1)  # the list, read after the answer: one lock on the server
         browser.close()
+
+
+def _account(env: dict[str, str], name: str) -> dict[str, Any]:
+    """A new Auth emulator account (its signUp answer, with the password), known to the devices function."""
+    import requests
+
+    email, password = f"{name}-{int(time.time() * 1000)}@example.com", "correct horse battery"
+    answer = requests.post(
+        f"http://{env['FIREBASE_AUTH_EMULATOR_HOST']}/identitytoolkit.googleapis.com/v1/accounts:signUp?key=fake",
+        json={"email": email, "password": password, "returnSecureToken": True},
+        timeout=10,
+    ).json()
+    assert _devices(env, answer, "GET", "/devices/me").status_code == 200
+    return {**answer, "password": password}
+
+
+def _devices(env: dict[str, str], account: dict[str, Any], method: str, path: str, **kw: Any) -> Any:
+    import requests
+
+    headers = {"Authorization": f"Bearer {account['idToken']}"}
+    return requests.request(method, env["LOCKWISE_DEVICES_URL"] + path, headers=headers, timeout=15, **kw)
+
+
+#: in the page: sign in as the account, then listen to the lock's document and to the lock's own reports as a member
+#: asks for them (``audience == "everyone"``), keeping what each listener heard in ``window.heard``
+_LISTEN = """async ([email, password, lockId]) => {
+  const sdk = await import('/vendor/firebase.js');
+  await sdk.signInWithEmailAndPassword(sdk.getAuth(sdk.getApp()), email, password);
+  const db = sdk.getFirestore(sdk.getApp());
+  window.heard = {lock: [], reports: []};
+  sdk.onSnapshot(sdk.doc(db, 'locks', lockId),
+    (s) => window.heard.lock.push(s.exists() ? s.data().name : 'gone'),
+    (e) => window.heard.lock.push(e.code));
+  const reports = sdk.query(sdk.collection(db, 'locks', lockId, 'activity'), sdk.where('audience', '==', 'everyone'));
+  sdk.onSnapshot(reports,
+    (s) => window.heard.reports.push(s.docs.map((d) => d.data().state || d.data().kind).join(',')),
+    (e) => window.heard.reports.push(e.code));
+}"""
+
+
+@pytest.mark.parametrize("change", ["removed", "made_a_guest"])
+def test_an_open_listener_hears_nothing_once_the_api_ends_what_it_read(
+    env: dict[str, str], chromium: str, change: str
+) -> None:
+    """Untested until now (attack run 49's list): a member's listeners open in the app while the owner removes them,
+    or makes them a guest (who reads the entries naming them, not the lock's own reports: attack run 47). The rules
+    check a listener again when what it reads changes; after the change the listener hears no new name of the lock
+    (removed) and no new report of the lock (either), and is told it may not read."""
+    from playwright.sync_api import sync_playwright
+
+    from simlock.lock import SimulatedLock, provision
+
+    owner, member = _account(env, "owner"), _account(env, "member")
+    created = _devices(env, owner, "POST", "/devices/locks", json={"name": "Front door"})
+    assert created.status_code == 201, created.text
+    lock_id = created.json()["lock"]["id"]
+    invited = _devices(
+        env, owner, "POST", f"/devices/locks/{lock_id}/members", json={"uid": member["localId"], "role": "member"}
+    )
+    assert invited.status_code == 202, invited.text
+    accepted = _devices(env, member, "POST", f"/devices/invitations/{invited.json()['invitation']['id']}/accept")
+    assert accepted.status_code == 201, accepted.text
+    lock = SimulatedLock(
+        provision(env["LOCKWISE_DEVICES_URL"], created.json()["provisioning"]["code"], env["MQTT_CA_FILE"])
+    )
+    lock.start()
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+            page = browser.new_page()
+            page.goto(env["LOCKWISE_CONSOLE_URL"])
+            page.evaluate(_LISTEN, [member["email"], member["password"], lock_id])
+
+            def heard() -> dict[str, list[str]]:
+                found: dict[str, list[str]] = page.evaluate("window.heard")
+                return found
+
+            def command(action: str) -> None:
+                sent = _devices(env, owner, "POST", f"/devices/locks/{lock_id}/commands", json={"action": action})
+                assert sent.status_code == 202, sent.text
+
+            # before: both listeners hear what changes
+            command("unlock")
+            wait_for(
+                lambda: "unlocked" in ",".join(heard()["reports"][-1:]).split(","),
+                what="the unlock's report, heard by the member",
+            )
+            assert _devices(env, owner, "PATCH", f"/devices/locks/{lock_id}", json={"name": "Door 2"}).ok
+            wait_for(lambda: heard()["lock"][-1:] == ["Door 2"], what="the new name, heard by the member")
+            before = heard()
+            if change == "removed":
+                ended = _devices(env, owner, "DELETE", f"/devices/locks/{lock_id}/members/{member['localId']}")
+                assert ended.status_code == 204, ended.text
+            else:
+                ended = _devices(
+                    env,
+                    owner,
+                    "PATCH",
+                    f"/devices/locks/{lock_id}/members/{member['localId']}",
+                    json={"role": "guest", "access": {"weekdays": list(members.WEEKDAY_NAMES)}},
+                )
+                assert ended.status_code == 200, ended.text
+            command("lock")
+            wait_for(lambda: lock.state == "locked", what="the lock locked")
+            assert _devices(env, owner, "PATCH", f"/devices/locks/{lock_id}", json={"name": "Door 3"}).ok
+            time.sleep(3)  # the owner's writes are in Firestore by now (each request flushes its own)
+            after = heard()
+            browser.close()
+    finally:
+        lock.stop()
+    new_reports = after["reports"][len(before["reports"]) :]
+    # each snapshot is the whole result: one after the change would have the lock's new report in it
+    assert new_reports == ["permission-denied"], after
+    if change == "removed":
+        assert "Door 3" not in after["lock"] and after["lock"][-1] == "permission-denied", after
+    else:
+        assert after["lock"][-1] == "Door 3", after  # a guest in their window reads the lock's document
