@@ -418,9 +418,9 @@ def redeem_provisioning_code(ctx: Ctx) -> Result:
 @api.route("GET", "/devices/lock/config")
 def lock_config(ctx: Ctx) -> JsonBody:
     body = ctx.body()
-    lock_id = lock_auth.signed_by(rt.db, ctx.request.headers, "GET", ctx.target, body, rt.settings)
+    signer = lock_auth.signed_by(rt.db, ctx.request.headers, "GET", ctx.target, body, rt.settings)
     with rt.db.transaction() as con:
-        config = locks.lock_config(con, lock_id)
+        config = locks.lock_config(con, signer)
     return {
         **config,
         "server_public_key": server_public_key(),
@@ -445,11 +445,11 @@ def lock_ca_crl(ctx: Ctx) -> flask.Response:
 def renew_lock_certificate(ctx: Ctx) -> Result:
     """A lock renews its broker certificate (before expiry; a lock paired with a broker password gets its first)."""
     body = ctx.body(16_384)
-    lock_id = lock_auth.signed_by(rt.db, ctx.request.headers, "POST", ctx.target, body, rt.settings)
+    signer = lock_auth.signed_by(rt.db, ctx.request.headers, "POST", ctx.target, body, rt.settings)
     with rt.db.transaction() as con:
         certificate = provisioning.renew(
             con,
-            lock_id,
+            signer,
             parse_json_object(body, None).get("csr"),  # other fields let be: see redeem_provisioning_code
             lock_ca(),
             rt.settings.lock_cert_ttl_s,

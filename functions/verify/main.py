@@ -50,14 +50,14 @@ def verify_at_lock(ctx: Ctx) -> Result:
     body = ctx.body(audio.max_body_bytes(limits))
     body_sha256 = hashlib.sha256(body).hexdigest()  # once: the signature covers it, and a clip sent again is it
     headers = ctx.request.headers
-    lock_id = lock_auth.signed_by(rt.db, headers, "POST", ctx.target, body, rt.settings, body_sha256=body_sha256)
+    signer = lock_auth.signed_by(rt.db, headers, "POST", ctx.target, body, rt.settings, body_sha256=body_sha256)
     try:
         clip, follow_up = attempt_from(ctx, body)
     except errors.BadRequest as exc:  # InvalidAudio, malformed input: logged as an invalid attempt
-        verification.record_invalid(rt.db, lock_id, exc.code)
+        verification.record_invalid(rt.db, signer, exc.code)
         raise
     sent_as = sent_again.identity(body_sha256, headers.get("Content-Type", ""), clip.rate)
-    result = doors.decide(lock_id, clip, rt.now(), sent_as=sent_as, follow_up=follow_up)
+    result = doors.decide(signer, clip, rt.now(), sent_as=sent_as, follow_up=follow_up)
     rt.flush_mirror_soon()  # the person at the door does not wait for the app's activity feed
     if result.refusal is not None:
         raise result.refusal.error(result.retry_after_s)

@@ -1210,6 +1210,36 @@ def test_a_lock_paired_again_shows_as_not_heard_from_not_as_the_replaced_device(
     assert (shown["state"], shown["online"], shown["battery_pct"], shown["firmware"]) == ("unknown", False, None, None)
 
 
+def test_a_lock_paired_again_lists_the_new_devices_first_reports_whatever_the_replaced_one_sent(
+    world: World, stack_env: dict[str, str]
+) -> None:
+    """Attack run 50 (Low): the replaced device's reports of its last minute used up the feed's budget of reports
+    (``LOCKWISE_FEED_REPORTS_PER_MINUTE``), and the new device's first report was left out of the feed, the old
+    device's count of unlisted ones shown on the new one's next entry. A pairing starts the budget afresh."""
+    token = {"X-LockWise-Service-Token": stack_env["LOCKWISE_SERVICE_TOKEN"]}
+    now = time.time()
+    flood = [
+        {"topic": f"lockwise/{world.credentials['mqtt']['client_id']}/state", "payload": json.dumps(report)}
+        for report in (
+            {"state": "locked", "ts": now - 40 + i} for i in range(get_settings("devices").feed_reports_per_minute + 3)
+        )
+    ]
+    assert world.devices.post("/devices/relay/events", json={"events": flood}, headers=token).status_code == 200
+    code = world.devices.post(f"/devices/locks/{world.lock_id}/provisioning", headers=world.headers("owner"))
+    world.credentials = provision(world.devices, code.get_json()["code"])[0]
+    assert (
+        relay_event(world, token["X-LockWise-Service-Token"], "state", {"state": "unlocked", "ts": now})["outcome"]
+        == "applied"
+    )
+    get_runtime("devices").flush_mirror(force=True)
+    wait_until_mirrored(world.lock_id)
+    sdk = firestore_client(PROJECT_ID, stack_env["FIRESTORE_EMULATOR_HOST"])
+    entries = [e.to_dict() for e in sdk.collection(mirror.lock_collection(world.lock_id, mirror.FEED)).stream()]
+    new = [e for e in entries if e.get("kind") == "state" and e.get("state") == "unlocked"]
+    assert len(new) == 1, "the new device's first report is not in the feed"
+    assert not new[0].get("unlisted_before"), new[0]
+
+
 def test_numbered_online_and_offline_reports_are_applied_only_when_newer(
     world: World, stack_env: dict[str, str]
 ) -> None:

@@ -164,11 +164,106 @@ def test_a_lock_deleted_after_its_signature_was_checked_reads_its_config_as_a_de
     """Between the signature check (its own statement) and the config's read, the lock was deleted: the read found no
     row and unpacked nothing (a 500); it is the deleted lock's 401."""
     db = get_runtime("devices").db
+    with db.connection() as con:
+        (credential,) = con.run("SELECT id::text FROM lock_credentials WHERE lock_id = :l", l=world.lock_id)[0]
     with lock_being_deleted(world):
         pass
     with pytest.raises(errors.Unauthenticated) as refused, db.transaction() as con:
-        locks.lock_config(con, world.lock_id)
+        locks.lock_config(con, lock_auth.Signer(world.lock_id, credential))
     assert refused.value.code == "unknown_lock"
+
+
+def after_the_signature(
+    monkeypatch: pytest.MonkeyPatch, module: Any, name: str
+) -> tuple[threading.Event, threading.Event]:
+    """``module.name``, which a handler calls once the lock's signature was checked, waits for the test: the first
+    event is set when it is reached, the second lets it go on."""
+    real = getattr(module, name)
+    reached, go = threading.Event(), threading.Event()
+
+    def later(*args: Any, **kwargs: Any) -> Any:
+        reached.set()
+        assert go.wait(30)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, later)
+    return reached, go
+
+
+def pair_again(world: World) -> dict[str, Any]:
+    code = world.devices.post(f"/devices/locks/{world.lock_id}/provisioning", headers=world.headers("owner"))
+    assert code.status_code == 201, code.get_json()
+    key, public = new_lock_key()
+    paired = world.devices.post(
+        "/devices/provision", json={"code": code.get_json()["code"], "public_key": public, "csr": new_tls_key()[1]}
+    )
+    assert paired.status_code == 201, paired.get_json()
+    credentials: dict[str, Any] = paired.get_json()
+    return credentials
+
+
+@pytest.mark.parametrize("asks", ["certificate", "config"])
+def test_a_device_replaced_after_its_signature_was_checked_gets_nothing_of_the_new_ones(
+    world: World, monkeypatch: pytest.MonkeyPatch, asks: str
+) -> None:
+    """Attack run 50: the old device's certificate renewal (or config), its signature checked, then the lock paired
+    again before it was answered: it was given a certificate for the NEW device's broker identity, not revoked
+    (at the broker it took the new device's session, its commands and its reports), or the new device's identity and
+    topics. Both are now the deleted lock's 401."""
+    if asks == "certificate":
+        reached, go = after_the_signature(monkeypatch, provisioning, "renew")
+        path, body = "/devices/lock/certificate", json.dumps({"csr": new_tls_key()[1]}).encode()
+        request = partial(
+            world.devices.post, path, data=body, headers=signed(world, "POST", path, body, "application/json")
+        )
+    else:
+        reached, go = after_the_signature(monkeypatch, locks, "lock_config")
+        path = "/devices/lock/config"
+        request = partial(world.devices.get, path, headers=signed(world, "GET", path))
+    with ThreadPoolExecutor(1) as pool:
+        asking = pool.submit(request)
+        assert reached.wait(30)
+        new = pair_again(world)
+        go.set()
+        resp = asking.result(30)
+    assert resp.status_code == 401 and resp.get_json()["error"]["code"] == "unknown_lock", resp.get_json()
+    assert new["mqtt"]["client_id"] not in resp.get_data(as_text=True)
+
+
+def test_a_pairing_waits_for_the_replaced_devices_renewal_under_way_and_revokes_what_it_issued(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The other order: the renewal holds the old device's credential, the pairing waits for it, then revokes it and
+    every certificate it was issued, the one just renewed too."""
+    reached, go = threading.Event(), threading.Event()
+    real_reissue = provisioning._reissue
+
+    def reissue_later(*args: Any, **kwargs: Any) -> Any:
+        reached.set()
+        assert go.wait(30)
+        return real_reissue(*args, **kwargs)
+
+    monkeypatch.setattr(provisioning, "_reissue", reissue_later)
+    path, body = "/devices/lock/certificate", json.dumps({"csr": new_tls_key()[1]}).encode()
+    with ThreadPoolExecutor(2) as pool:
+        renewing = pool.submit(
+            world.devices.post, path, data=body, headers=signed(world, "POST", path, body, "application/json")
+        )
+        assert reached.wait(30)  # the old device's credential is held
+        pairing = pool.submit(pair_again, world)
+        time.sleep(0.5)
+        assert not pairing.done(), "the lock was paired again while its old device's renewal was under way"
+        go.set()
+        renewed = renewing.result(30)
+        new = pairing.result(30)
+    assert renewed.status_code == 201 and renewed.get_json()["client_id"] == world.credentials["mqtt"]["client_id"]
+    assert new["mqtt"]["client_id"] != world.credentials["mqtt"]["client_id"]
+    from cryptography import x509
+
+    serial = x509.load_pem_x509_certificate(renewed.get_json()["certificate"].encode()).serial_number
+    with get_runtime("devices").db.connection() as con:
+        revoked = con.run("SELECT count(*) FROM revoked_lock_certificates WHERE serial = :s", s=format(serial, "x"))
+    assert revoked == [[1]]
 
 
 def test_a_door_attempt_refused_as_its_lock_is_deleted_is_a_401_not_a_500(world: World, make_client: Any) -> None:

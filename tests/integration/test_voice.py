@@ -24,7 +24,7 @@ from infra.local.firestore_sdk import sdk_client as firestore_client
 from lockwise.core import mirror, retention
 from lockwise.core.db import Database
 from lockwise.core.runtime import get_runtime
-from lockwise.devices import command_signing, lock_auth
+from lockwise.devices import command_outcomes, command_signing, lock_auth
 from lockwise.voice import audio, budgets, scoring
 from lockwise.voice.model import fingerprint
 from lockwise.voice.model.encoder import CALIBRATIONS
@@ -1136,6 +1136,75 @@ def test_deleting_voice_data_waits_for_a_decision_already_reading_it(
     assert rows == [["accepted", world.uid("member"), None, None]] and prints == [[0]]
     again = signed_verify(clients, world, wav(take())).get_json()
     assert again["decision"] == "rejected"
+
+
+def pair_again(devices: Any, world: World) -> dict[str, Any]:
+    """The owner pairs the lock with a new device; its credentials."""
+    code = devices.post(f"/devices/locks/{world.lock_id}/provisioning", headers=world.headers("owner"))
+    assert code.status_code == 201, code.get_json()
+    credentials: dict[str, Any] = provision(devices, code.get_json()["code"])[0]
+    return credentials
+
+
+def test_a_voice_the_replaced_device_heard_as_the_lock_was_paired_again_opens_nothing(
+    clients: dict[str, Any], world: World, monkeypatch: pytest.MonkeyPatch, relay_db: Database
+) -> None:
+    """Attack run 50 (Medium, 4 of 4 rounds at real timings): the old device posts a clip (a long one keeps the
+    decision open) and the owner pairs a new device meanwhile. The pairing did not wait; the decision committed after
+    it had failed the open commands, so its unlock was a fresh row, and the relay sent it to the new device, whose
+    firmware carried it out. The pairing now waits for the decision under way on the old device's credential, then
+    fails its unlock with the rest: nothing of it reaches the new device."""
+    from tests.integration.test_command_delivery import deliver
+
+    assert enroll(clients, world.accounts["member"]).status_code == 201
+    read, release = hold_door_decisions(monkeypatch)
+    with ThreadPoolExecutor(2) as pool:
+        deciding = pool.submit(signed_verify, clients, world, wav(take()))  # the old device's
+        assert read.wait(30)  # the decision is under way; its forward pass waits for the test
+        pairing = pool.submit(pair_again, clients["devices"], world)
+        time.sleep(0.5)
+        assert not pairing.done(), "the lock was paired again while a decision on its old device's clip was under way"
+        release.set()
+        decided = deciding.result(30).get_json()
+        new = pairing.result(30)
+    assert decided["decision"] == "accepted"  # decided while the old device was the lock's
+    with relay_db.connection() as con:
+        command = con.run(
+            "SELECT status, last_error FROM commands WHERE id = CAST(:c AS uuid)", c=decided["command_id"]
+        )
+    assert command == [["failed", command_outcomes.PAIRED_AGAIN]]
+    world.credentials = new
+    assert deliver(relay_db, world) == []  # nothing goes to the new device
+
+
+def test_a_clip_the_replaced_device_signed_before_the_lock_was_paired_again_is_not_decided_after(
+    clients: dict[str, Any], world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Attack run 50: the old device's request, its signature checked, then the lock paired again before its
+    decision began: it was decided as the lock's, and opened the door through the new device. It is now the deleted
+    lock's 401, and nothing is logged at the lock."""
+    from lockwise.voice import verification
+
+    assert enroll(clients, world.accounts["member"]).status_code == 201
+    real_decide = verification.Doors.decide
+    checked, go = threading.Event(), threading.Event()
+
+    def decide_later(self: Any, *args: Any, **kwargs: Any) -> Any:
+        checked.set()
+        assert go.wait(30)
+        return real_decide(self, *args, **kwargs)
+
+    monkeypatch.setattr(verification.Doors, "decide", decide_later)
+    with ThreadPoolExecutor(1) as pool:
+        deciding = pool.submit(signed_verify, clients, world, wav(take()))
+        assert checked.wait(30)  # the old device's signature is checked
+        pair_again(clients["devices"], world)
+        go.set()
+        resp = deciding.result(30)
+    assert resp.status_code == 401 and resp.get_json()["error"]["code"] == "unknown_lock", resp.get_json()
+    with get_runtime("verify").db.connection() as con:
+        logged = con.run("SELECT count(*) FROM verification_attempts WHERE lock_id = CAST(:l AS uuid)", l=world.lock_id)
+    assert logged == [[0]]
 
 
 @pytest.mark.parametrize("change", ["removed", "window_narrowed"])

@@ -294,6 +294,10 @@ def test_receipt_vectors_name_each_message_by_its_bytes() -> None:
 # --------------------------------------------------------------------- 2. cross-check: the server agrees
 
 
+#: the credential whose key the vectors' lock holds
+CREDENTIAL = "8d0c3ae4-3f5b-4c4e-9a57-b1f0f3a5c0de"
+
+
 class _FakeConnection:
     """Answers lock_auth's two queries: the lock's public key, then the nonce insert (new once, then a replay)."""
 
@@ -304,8 +308,8 @@ class _FakeConnection:
         self.nonces: set[tuple[str, str]] = set()
 
     def run(self, sql: str, stream: Any = None, types: Any = None, **params: Any) -> Any:
-        if sql.lstrip().startswith("SELECT signing_public_key"):
-            return [[self.public_key, True]]  # the active key
+        if sql.lstrip().startswith("SELECT id::text, signing_public_key"):
+            return [[CREDENTIAL, self.public_key, True]]  # the active key
         if sql.lstrip().startswith("WITH seen AS"):  # the nonce's insert, with the lock's count of the minute
             key = (params["l"], params["n"])
             if key in self.nonces:  # (seen, counted, inserted, this minute's count, the last one's, seconds into it)
@@ -353,7 +357,7 @@ def test_server_accepts_the_vector_headers_and_reads_the_target_as_documented(ve
     body = bytes.fromhex(vector["body_hex"])
     now = int(vector["timestamp"])
 
-    def authenticate(headers: dict[str, str], at: float = now) -> str:
+    def authenticate(headers: dict[str, str], at: float = now) -> lock_auth.Signer:
         return lock_auth.authenticate(
             cast(Connection, con),
             Headers(headers),
@@ -365,7 +369,7 @@ def test_server_accepts_the_vector_headers_and_reads_the_target_as_documented(ve
             now=at,
         )
 
-    assert authenticate(vector["headers"]) == VECTORS["lock_id"]
+    assert authenticate(vector["headers"]) == (VECTORS["lock_id"], CREDENTIAL)
     with pytest.raises(errors.Unauthenticated) as replay:
         authenticate(vector["headers"])
     assert replay.value.code == "replayed_request"
@@ -381,7 +385,7 @@ def test_server_accepts_the_vector_headers_and_reads_the_target_as_documented(ve
     assert renonced.value.code == "bad_lock_signature"
     # exactly the skew away is still in time: only |now - timestamp| > skew is stale
     in_time = sign_vector(vector, body)
-    assert authenticate(in_time, at=now - 60) == VECTORS["lock_id"]
+    assert authenticate(in_time, at=now - 60) == (VECTORS["lock_id"], CREDENTIAL)
     missing = {k: v for k, v in vector["headers"].items() if k != "X-LockWise-Nonce"}
     with pytest.raises(errors.Unauthenticated) as unsigned:
         authenticate(missing)

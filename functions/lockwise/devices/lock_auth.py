@@ -23,7 +23,7 @@ import hashlib
 import re
 import secrets
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -100,6 +100,20 @@ def nonces_kept_s(settings: Settings) -> int:
     return 2 * settings.lock_request_skew_s
 
 
+class Signer(NamedTuple):
+    """Who signed a lock's request: the lock, and its credential (the device paired with it) whose key signed.
+
+    What the request does is done for that device, and only while its credential is the lock's live one
+    (``hold``, or the same condition in the caller's own statement): checked once, at the signature, a request
+    of the replaced device that a re-pairing overtook was carried out as the new device's (attack run 50: a voice
+    heard by a stolen device as the owner paired its replacement was granted, and its unlock went to the new
+    device; its certificate renewal was issued for the new device's broker identity, which then took the new
+    device's session and commands; its config was the new device's)."""
+
+    lock_id: str
+    credential_id: str
+
+
 def signed_by(
     db: Database,
     headers: Headers,
@@ -109,10 +123,10 @@ def signed_by(
     settings: Settings,
     *,
     body_sha256: str | None = None,
-) -> str:
-    """The lock that signed this request (``authenticate`` with the function's skew and per-minute limit). Its nonce
-    and its count of the minute commit at once, on a connection of their own: a refusal after this (bad audio, a
-    bad CSR, a renewal limit) still counts the request, and no transaction is held while the caller works."""
+) -> Signer:
+    """Who signed this request (``authenticate`` with the function's skew and per-minute limit). Its nonce and its
+    count of the minute commit at once, on a connection of their own: a refusal after this (bad audio, a bad CSR, a
+    renewal limit) still counts the request, and no transaction is held while the caller works."""
     with db.connection() as con:
         return authenticate(
             con,
@@ -132,6 +146,23 @@ def deleted_lock() -> errors.Unauthenticated:
     return errors.Unauthenticated("unknown lock", code="unknown_lock")
 
 
+def live_sql(alias: str) -> str:
+    """SQL that holds while the ``lock_credentials`` row ``alias`` is the signer's (parameters ``:c``, ``:l``) and
+    the lock's live one."""
+    return f"{alias}.id = CAST(:c AS uuid) AND {alias}.lock_id = CAST(:l AS uuid) AND {alias}.revoked_at IS NULL"
+
+
+def hold(con: Connection, signer: Signer) -> None:
+    """Hold the signer's credential until the transaction ends, or 401 ``unknown_lock`` when it is no longer the
+    lock's live one (the lock deleted, or paired again since the signature was checked). A re-pairing, which
+    revokes it, waits for the transaction: what the request does is then done while its device is the lock's, and
+    the pairing that follows sees it (its open commands failed "paired again")."""
+    if not con.run(
+        f"SELECT 1 FROM lock_credentials c WHERE {live_sql('c')} FOR SHARE", c=signer.credential_id, l=signer.lock_id
+    ):
+        raise deleted_lock()
+
+
 def authenticate(
     con: Connection,
     headers: Headers,
@@ -143,8 +174,8 @@ def authenticate(
     per_minute: int,
     now: float | None = None,
     body_sha256: str | None = None,
-) -> str:
-    """The id of the lock that signed this request; records its nonce. Raises ``Unauthenticated`` otherwise, and
+) -> Signer:
+    """Who signed this request (``Signer``); records its nonce. Raises ``Unauthenticated`` otherwise, and
     ``RateLimited`` (429 ``lock_rate_limited``) past ``per_minute`` signed requests of the lock in any 60 s
     (the nonce is recorded, so the caller authenticates outside any transaction its later errors roll back): a door
     hears a few people a minute, and a lock (or its stolen key) sending 150 a second filled the attempt log
@@ -183,14 +214,14 @@ def authenticate(
     # alike (the API does not tell a prober which lock ids exist); only a lock that proves it held a revoked key
     # learns it must pair again
     keys = con.run(
-        "SELECT signing_public_key, revoked_at IS NULL FROM lock_credentials WHERE lock_id = CAST(:l AS uuid)"
+        "SELECT id::text, signing_public_key, revoked_at IS NULL FROM lock_credentials WHERE lock_id = CAST(:l AS uuid)"
         " ORDER BY revoked_at IS NULL DESC, revoked_at DESC LIMIT 4",
         l=lock_id,
     )
-    verified = next((active for key, active in keys if _verifies(bytes(key), signature, signed)), None)
+    verified = next(((c, active) for c, key, active in keys if _verifies(bytes(key), signature, signed)), None)
     if verified is None:
         raise errors.Unauthenticated("bad lock signature", code="bad_lock_signature")
-    if not verified:
+    if not verified[1]:
         raise errors.Unauthenticated("this lock's key was revoked: pair it again", code="unknown_lock")
     # the minute's count raised with the nonce, in the nonce's round trip; a nonce already seen counts nothing (one
     # captured request replayed 120 times filled its lock's minute: attack run 20). Every part reads the snapshot
@@ -228,4 +259,4 @@ def authenticate(
         )
     if not inserted:
         raise errors.Unauthenticated("replayed request", code="replayed_request")
-    return lock_id
+    return Signer(lock_id, verified[0])

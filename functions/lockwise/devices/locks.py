@@ -281,16 +281,19 @@ def delete(con: Connection, lock_id: str, uid: str, *, actor: str | None = None)
     mirror.enqueue(con, mirror.lock_collection(lock_id, mirror.FEED), "delete_collection")
 
 
-def lock_config(con: Connection, lock_id: str) -> dict[str, Any]:
-    """What an authenticated lock learns about itself: its name, capabilities and broker identity, plus whether its
-    certificate needs renewing (``certificate_expires_at`` is None for a lock paired with a broker password: it must
-    renew now, ``POST /devices/lock/certificate``)."""
+def lock_config(con: Connection, signer: lock_auth.Signer) -> dict[str, Any]:
+    """What an authenticated lock learns about itself: its name, capabilities and the broker identity of the device
+    that asked, plus whether its certificate needs renewing (``certificate_expires_at`` is None for a lock paired
+    with a broker password: it must renew now, ``POST /devices/lock/certificate``). A device replaced since its
+    signature was checked learns nothing (401; the new device's identity and topics, attack run 50)."""
+    lock_id = signer.lock_id
     found = con.run(
         "SELECT l.name, l.supports_open, c.mqtt_username, c.cert_not_after FROM locks l"
-        " JOIN lock_credentials c ON c.lock_id = l.id AND c.revoked_at IS NULL WHERE l.id = CAST(:l AS uuid)",
+        f" JOIN lock_credentials c ON c.lock_id = l.id AND {lock_auth.live_sql('c')} WHERE l.id = CAST(:l AS uuid)",
         l=lock_id,
+        c=signer.credential_id,
     )
-    if not found:  # deleted (or its key revoked) since its signature was checked
+    if not found:  # deleted (or paired again) since its signature was checked
         raise lock_auth.deleted_lock()
     name, supports_open, identity, not_after = found[0]
     return {

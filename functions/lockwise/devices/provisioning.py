@@ -289,11 +289,14 @@ def redeem(
     # time, up to 5 min ahead of the clock, no longer order the new device's reports (attack run: a stolen device's
     # last report left the replacement's reports stale for minutes); and the lock is shown as not yet heard from:
     # the replaced device's state, battery, firmware and "online" were shown as the new one's, for ever if it never
-    # connected (its last will refused with its identity: attack run 47), and commands were sent as to a lock online
+    # connected (its last will refused with its identity: attack run 47), and commands were sent as to a lock online;
+    # the feed's budget for its reports starts afresh (the replaced device's last minute of reports left the new one's
+    # first out of the feed, and its count of unlisted ones was shown on the new device's: attack run 50)
     con.run(
         "INSERT INTO lock_state (lock_id) VALUES (CAST(:l AS uuid)) ON CONFLICT (lock_id) DO UPDATE"
         " SET status_order = NULL, reported_at = NULL, recent_reports = '{}', state = 'unknown', battery_pct = NULL,"
-        " online = false, firmware = NULL, last_seen = NULL, updated_at = now()",
+        " online = false, firmware = NULL, last_seen = NULL, connected_at = NULL, connected_run = NULL,"
+        " feed_window_start = NULL, feed_entries = 0, feed_unlisted = 0, updated_at = now()",
         l=lock_id,
     )
     # the open commands were made for the device replaced: one it was sent may have been carried out, and none goes
@@ -384,13 +387,19 @@ def refuse_a_shared_signing_key(con: Connection, public_key: bytes) -> None:
         )
 
 
-def renew(con: Connection, lock_id: str, csr: Any, ca: lock_certs.LockCa, cert_ttl_s: int, per_day: int) -> Certificate:
-    """A new certificate for the lock's active identity (the caller authenticated the lock's signed request); at
-    most ``per_day`` issued to the credential in any 24 hours, pairing's included (then 429 ``renewal_limit``)."""
+def renew(
+    con: Connection, signer: lock_auth.Signer, csr: Any, ca: lock_certs.LockCa, cert_ttl_s: int, per_day: int
+) -> Certificate:
+    """A new certificate for the identity of the device that signed the request (``signer``), while it is the lock's
+    live one (401 ``unknown_lock`` once paired again: the lock's live credential, whichever it was, gave the replaced
+    device a certificate for the new device's identity, and its session: attack run 50); at most ``per_day`` issued
+    to the credential in any 24 hours, pairing's included (then 429 ``renewal_limit``)."""
     request = lock_certs.parse_csr(csr)
+    lock_id = signer.lock_id
     rows = con.run(
-        "SELECT id::text, mqtt_username FROM lock_credentials WHERE lock_id = CAST(:l AS uuid) AND revoked_at IS NULL"
-        " FOR UPDATE",  # renewals of one lock one at a time: the count below is exact
+        f"SELECT c.id::text, c.mqtt_username FROM lock_credentials c WHERE {lock_auth.live_sql('c')}"
+        " FOR UPDATE",  # renewals of one lock one at a time (the count below is exact), and a re-pairing waits
+        c=signer.credential_id,
         l=lock_id,
     )
     if not rows:

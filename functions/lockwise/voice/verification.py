@@ -218,13 +218,13 @@ def take_follow_up(con: Connection, lock_id: str, attempt_id: str) -> dict[str, 
     return {str(uid): float(score) for uid, score in stored.items()}
 
 
-def record_invalid(db: Database, lock_id: str, code: str) -> None:
-    """Log a refused attempt (bad audio, a bad query) of a lock whose signature was checked; a lock deleted since
-    is answered as the deleted lock is (401 ``unknown_lock``), not with its attempt's foreign key (a 500)."""
+def record_invalid(db: Database, signer: lock_auth.Signer, code: str) -> None:
+    """Log a refused attempt (bad audio, a bad query) of a device whose signature was checked; a lock deleted (or
+    paired again) since is answered as the deleted lock is (401 ``unknown_lock``), not with its attempt's foreign
+    key (a 500), nor logged as the new device's."""
     with db.transaction() as con:
-        if not con.run("SELECT 1 FROM locks WHERE id = CAST(:l AS uuid) FOR KEY SHARE", l=lock_id):
-            raise lock_auth.deleted_lock()
-        record_attempt(con, lock_id, "invalid", code)
+        lock_auth.hold(con, signer)  # its row holds the lock's (a foreign key) as the attempt's insert needs it
+        record_attempt(con, signer.lock_id, "invalid", code)
 
 
 def decide(raw: npt.NDArray[np.float32], scores: npt.NDArray[np.float32], rules: Policy) -> scoring.Decision:
@@ -251,22 +251,34 @@ class Doors:
     settings: Settings
 
     def decide(
-        self, lock_id: str, clip: audio.Clip, now: dt.datetime, *, sent_as: bytes, follow_up: str | None = None
+        self,
+        signer: lock_auth.Signer,
+        clip: audio.Clip,
+        now: dt.datetime,
+        *,
+        sent_as: bytes,
+        follow_up: str | None = None,
     ) -> Result:
-        """Decide on ``clip`` at ``lock_id``. ``follow_up``: the attempt id of a first utterance answered
-        "say_again"; while it waits (30 s, once) the two utterances' normalised scores are fused, else this one is
-        decided alone.
+        """Decide on ``clip`` heard by the device ``signer`` at its lock. ``follow_up``: the attempt id of a first
+        utterance answered "say_again"; while it waits (30 s, once) the two utterances' normalised scores are fused,
+        else this one is decided alone.
 
         A clip that is a replay of a known recording (an enrollment sample of a candidate, an earlier attempt at this
         lock) is rejected as ``replay`` before any voice is scored, and counts as a failed attempt; the same clip sent
         again by the lock (``sent_again``; ``sent_as``: its identity) is answered with its decision."""
+        lock_id = signer.lock_id
         with self.db.transaction() as con:
+            # the device's credential held with the lock's row: a re-pairing waits for the decision, and one that
+            # came first is the deleted lock's 401 (``lock_auth.Signer``: attack run 50, a voice heard by the
+            # replaced device as the lock was paired again was granted, and its unlock went to the new device)
             found_lock = con.run(
-                f"SELECT voice_threshold, pg_try_advisory_xact_lock({door_decisions.KEY})"
-                " FROM locks WHERE id = CAST(:l AS uuid) FOR SHARE",
+                f"SELECT l.voice_threshold, pg_try_advisory_xact_lock({door_decisions.KEY}) FROM locks l"
+                f" JOIN lock_credentials c ON c.lock_id = l.id AND {lock_auth.live_sql('c')}"
+                " WHERE l.id = CAST(:l AS uuid) FOR SHARE",
                 l=lock_id,
+                c=signer.credential_id,
             )
-            if not found_lock:  # deleted since its signature was checked
+            if not found_lock:  # deleted, or paired again, since its signature was checked
                 raise lock_auth.deleted_lock()
             attempt = _Attempt(self, con, lock_id, now, found_lock[0][0], sent_as)
             if not found_lock[0][1]:  # another attempt at this lock is being decided: answered now, not after it
