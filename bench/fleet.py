@@ -44,6 +44,7 @@ from mqtt_relay.slots import Lease
 class FleetLock:
     identity: str
     lock_id: str
+    credential_id: str
     cert: Path
     key: Path
     received: dict[str, float] = field(default_factory=dict)  # command payload marker -> perf_counter
@@ -138,9 +139,9 @@ def make_fleet(db: Database, ca_pem: str, n: int, folder: Path) -> list[FleetLoc
         for i in range(n):
             lock_id = locks.create(con, owner, f"Bench {i}", False, max_owned=n)
             identity = f"lk-bench-{i:05d}"
-            con.run(
+            ((credential_id,),) = con.run(
                 "INSERT INTO lock_credentials (lock_id, mqtt_username, signing_public_key)"
-                " VALUES (CAST(:l AS uuid), :u, :k)",
+                " VALUES (CAST(:l AS uuid), :u, :k) RETURNING id::text",
                 l=lock_id,
                 u=identity,
                 k=secrets.token_bytes(32),
@@ -149,7 +150,7 @@ def make_fleet(db: Database, ca_pem: str, n: int, folder: Path) -> list[FleetLoc
             cert, key = folder / f"{identity}.crt", folder / f"{identity}.key"
             cert.write_text(cert_pem)
             key.write_text(key_pem)
-            fleet.append(FleetLock(identity, lock_id, cert, key))
+            fleet.append(FleetLock(identity, lock_id, str(credential_id), cert, key))
     return fleet
 
 
@@ -158,7 +159,8 @@ async def fan_out_through_relay(db: Database, fleet: list[FleetLock], signing_ke
         for lock in fleet:
             at = dt.datetime.now(dt.UTC)
             commands.create(
-                con, lock_id=lock.lock_id, action="unlock", issuer_kind="user", issuer_uid="bench-owner",
+                con, lock_id=lock.lock_id, made_for=lock.credential_id, action="unlock", issuer_kind="user",
+                issuer_uid="bench-owner",
                 signing_key_b64=signing_key, at=at, expires=at.replace(microsecond=0) + dt.timedelta(seconds=120),
             )  # fmt: skip
     committed = time.perf_counter()

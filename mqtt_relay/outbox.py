@@ -123,7 +123,8 @@ def deliver_due(db: Database, publish: Publish, *, resend_after_s: int, limit: i
             "SELECT c.id::text AS id, c.lock_id::text AS lock_id, c.payload, cr.mqtt_username AS identity, c.status,"
             " c.created_at, CAST(floor(EXTRACT(EPOCH FROM c.expires_at - now())) AS integer) AS ttl, "
             + members.issuer_gone_sql("c")  # nor for an account found disabled or deleted since
-            + " AS issuer_gone, c.sent_to <> cr.mqtt_username AS paired_since"  # NULL (false): never sent, or no lock
+            # made for another device (one made before migration 0061: published to another), NULL (false) if not
+            + " AS issuer_gone, coalesce(c.made_for <> cr.id, c.sent_to <> cr.mqtt_username) AS paired_since"
             " FROM commands c"
             " LEFT JOIN lock_credentials cr ON cr.lock_id = c.lock_id AND cr.revoked_at IS NULL"
             " WHERE c.expires_at > now()"
@@ -148,9 +149,10 @@ def deliver_due(db: Database, publish: Publish, *, resend_after_s: int, limit: i
         # never sent: failed; sent: not sent again, and its ack still taken (the lock may have acted on it)
         withdrawn = [r["id"] for r in rows if r["issuer_gone"] and r["status"] == "pending"]
         _fail(con, withdrawn, command_outcomes.WITHDRAWN)
-        # published to the device the lock had before it was paired again (one the pairing passed over, held here;
-        # taken by the broker or not: it may have reached the lock): never sent again, to the new one (attack runs 48
-        # and 49, and a review: an unlock sent to the old device was sent again to the new)
+        # made for the device the lock had before it was paired again (one the pairing passed over, held here; one
+        # published to it, taken by the broker or not, may have reached the lock): never sent to the new one (attack
+        # runs 48, 49 and 51, and a review: an unlock sent to the old device was sent again to the new; one a relay
+        # held unpublished as the lock was paired again went to the new one)
         _fail(con, [r["id"] for r in rows if r["paired_since"]], command_outcomes.PAIRED_AGAIN)
         behind = _behind_another_relay(con, rows)
         due = [

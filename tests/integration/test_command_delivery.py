@@ -669,3 +669,31 @@ def test_an_unlock_published_unanswered_through_a_pairing_never_goes_to_the_new_
     assert paired == [1]
     assert waiting not in [c.id for c, _ in deliver(relay_db, world)], "made for the replaced device, sent to the new"
     assert status(relay_db, waiting) == ("failed", command_outcomes.PAIRED_AGAIN)
+
+
+def test_a_command_a_relay_held_unpublished_through_a_pairing_never_goes_to_the_new_device(
+    world: World, relay_db: Database
+) -> None:
+    """Attack run 51 (Medium): a round claimed two commands of the lock; the broker did not take the first, so the
+    second was not published that round (a lock gets its commands one after another), and the owner paired the lock
+    again while the round held both. The pairing passes over rows a relay holds; the first, published to the old
+    device, was failed next round, but the second had gone nowhere (no ``sent_to``) and was sent to the new device
+    (in the attack, a voice the replaced device heard: its unlock opened the door through the new one). A command
+    records the device it was made for (``commands.made_for``) and goes to that device only."""
+    first = send(world, "owner", action="lock").get_json()["command"]["id"]
+    second = send(world, "owner").get_json()["command"]["id"]
+    published: list[str] = []
+
+    def broker_times_out(messages: list[tuple[str, str, int]]) -> list[bool]:
+        published.extend(command_signing.verify(p, world.credentials["server_public_key"]).id for _, p, _ in messages)
+        if len(published) == 1:  # while the relay holds both, the owner pairs the lock again
+            code = world.devices.post(f"/devices/locks/{world.lock_id}/provisioning", headers=world.headers("owner"))
+            world.credentials = provision(world.devices, code.get_json()["code"])[0]
+        return [False] * len(messages)  # a PUBACK timeout: this lock gets nothing more this round
+
+    outbox.deliver_due(relay_db, broker_times_out, resend_after_s=5)
+    assert published == [first]
+    assert deliver(relay_db, world) == [], "made for the replaced device, sent to the new"
+    assert status(relay_db, first) == status(relay_db, second) == ("failed", command_outcomes.PAIRED_AGAIN)
+    after = send(world, "owner").get_json()["command"]["id"]  # made for the new device: sent to it
+    assert [c.id for c, _ in deliver(relay_db, world)] == [after]

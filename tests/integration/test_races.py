@@ -278,6 +278,28 @@ def test_a_door_attempt_refused_as_its_lock_is_deleted_is_a_401_not_a_500(world:
     assert resp.status_code == 401 and resp.get_json()["error"]["code"] == "unknown_lock"
 
 
+def test_a_door_attempt_refused_while_its_lock_is_being_deleted_does_not_deadlock_with_the_deletion(
+    world: World, make_client: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Attack run 51: the refused attempt's log held the device's credential (``lock_auth.hold``) before its insert
+    took the lock's row (its foreign key); the deletion takes the lock's row, then its credentials (the cascade):
+    a deadlock, the owner's deletion a 503. The log now takes the lock's row first, as the deletion does."""
+    from lockwise.voice import verification
+
+    reached, go = after_the_signature(monkeypatch, verification, "record_attempt")  # called once both are held
+    verify, body = make_client("verify"), b"RIFF, but no audio"
+    with ThreadPoolExecutor(2) as pool:
+        refused = pool.submit(
+            verify.post, "/verify", data=body, headers=signed(world, "POST", "/verify", body, "audio/wav")
+        )
+        assert reached.wait(30)
+        deleting = pool.submit(world.devices.delete, f"/devices/locks/{world.lock_id}", headers=world.headers("owner"))
+        time.sleep(0.5)  # the deletion waits for the attempt's log
+        go.set()
+        clip, deletion = refused.result(60), deleting.result(60)
+    assert clip.status_code == 400 and deletion.status_code == 204, (clip.get_json(), deletion.get_json())
+
+
 def test_a_lock_status_delivered_as_its_lock_is_deleted_does_not_bring_it_back(
     world: World, stack_env: dict[str, str]
 ) -> None:

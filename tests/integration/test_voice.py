@@ -1170,9 +1170,12 @@ def test_a_voice_the_replaced_device_heard_as_the_lock_was_paired_again_opens_no
     assert decided["decision"] == "accepted"  # decided while the old device was the lock's
     with relay_db.connection() as con:
         command = con.run(
-            "SELECT status, last_error FROM commands WHERE id = CAST(:c AS uuid)", c=decided["command_id"]
+            "SELECT c.status, c.last_error, d.mqtt_username FROM commands c"
+            " JOIN lock_credentials d ON d.id = c.made_for WHERE c.id = CAST(:c AS uuid)",
+            c=decided["command_id"],
         )
-    assert command == [["failed", command_outcomes.PAIRED_AGAIN]]
+    old = world.credentials["mqtt"]["client_id"]  # made for the device that heard it
+    assert command == [["failed", command_outcomes.PAIRED_AGAIN, old]]
     world.credentials = new
     assert deliver(relay_db, world) == []  # nothing goes to the new device
 

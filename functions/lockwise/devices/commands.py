@@ -102,13 +102,13 @@ def from_app(
     held, with the clock the command is made by (``lifetime``): judged when the request came, a wait for that row
     let a command made after a guest's window ended go out (attack run 42)."""
     rows = con.run(
-        "SELECT supports_open, EXISTS (SELECT 1 FROM lock_credentials c"
+        "SELECT supports_open, (SELECT c.id::text FROM lock_credentials c"
         " WHERE c.lock_id = l.id AND c.revoked_at IS NULL) FROM locks l WHERE l.id = CAST(:l AS uuid)",
         l=lock_id,
     )
-    supports_open, provisioned = (bool(rows[0][0]), bool(rows[0][1])) if rows else (False, False)
+    supports_open, device = (bool(rows[0][0]), rows[0][1]) if rows else (False, None)
     checked = parse_action(action, supports_open)
-    if not provisioned:
+    if device is None:
         raise errors.Conflict("the lock has not been provisioned yet", code="lock_not_provisioned")
     users.hold_caller(con, issuer)
     at = dt.datetime.now(dt.UTC)
@@ -118,6 +118,7 @@ def from_app(
     return create(
         con,
         lock_id=lock_id,
+        made_for=str(device),
         action=checked,
         issuer_kind="user",
         issuer_uid=issuer.uid,
@@ -154,6 +155,7 @@ def create(
     con: Connection,
     *,
     lock_id: str,
+    made_for: str,
     action: str,
     issuer_kind: IssuerKind,
     issuer_uid: str | None,
@@ -164,10 +166,11 @@ def create(
     attempt_id: str | None = None,
     per_minute: int | None = None,
 ) -> Issued:
-    """Insert and sign a command made ``at`` (the row keeps the moment, the signature its whole second) that expires
-    at ``expires`` (``lifetime``), its row read back by the insert itself. With ``per_minute`` (the app's commands,
-    ``from_app``, which holds the issuer's row first), a new command counts against the issuer's minute's budget (a
-    retry is answered, not counted)."""
+    """Insert and sign a command for the lock's device ``made_for`` (its credential: the relay sends it to that
+    device only, ``commands.made_for``), made ``at`` (the row keeps the moment, the signature its whole second) that
+    expires at ``expires`` (``lifetime``), its row read back by the insert itself. With ``per_minute`` (the app's
+    commands, ``from_app``, which holds the issuer's row first), a new command counts against the issuer's minute's
+    budget (a retry is answered, not counted)."""
     if idempotency_key is not None:
         existing = _by_idempotency_key(con, lock_id, issuer_uid, idempotency_key)
         if existing is not None:
@@ -193,8 +196,9 @@ def create(
     inserted = rows_as_dicts(
         con,
         "INSERT INTO commands (id, lock_id, action, issuer_kind, issuer_uid, attempt_id, idempotency_key, nonce,"
-        " created_at, expires_at, payload)"
-        " VALUES (CAST(:id AS uuid), CAST(:l AS uuid), :a, :k, :u, CAST(:att AS uuid), :ik, :n, :c, :e, :p)"
+        " created_at, expires_at, payload, made_for)"
+        " VALUES (CAST(:id AS uuid), CAST(:l AS uuid), :a, :k, :u, CAST(:att AS uuid), :ik, :n, :c, :e, :p,"
+        " CAST(:f AS uuid))"
         " ON CONFLICT (lock_id, issuer_uid, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING"
         f" RETURNING {_COLUMNS}",
         id=command_id,
@@ -208,6 +212,7 @@ def create(
         c=created,
         e=expires,
         p=payload,
+        f=made_for,
     )
     if not inserted:
         if idempotency_key is None:  # the insert's only conflict target is the idempotency key

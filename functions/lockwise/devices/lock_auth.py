@@ -153,13 +153,16 @@ def live_sql(alias: str) -> str:
 
 
 def hold(con: Connection, signer: Signer) -> None:
-    """Hold the signer's credential until the transaction ends, or 401 ``unknown_lock`` when it is no longer the
-    lock's live one (the lock deleted, or paired again since the signature was checked). A re-pairing, which
-    revokes it, waits for the transaction: what the request does is then done while its device is the lock's, and
-    the pairing that follows sees it (its open commands failed "paired again")."""
-    if not con.run(
+    """Hold the signer's lock (its row ``FOR KEY SHARE``, as a row of the lock's would hold it) and its credential
+    until the transaction ends, or 401 ``unknown_lock`` when the credential is no longer the lock's live one (the
+    lock deleted, or paired again since the signature was checked). A re-pairing, which revokes it, waits for the
+    transaction: what the request does is then done while its device is the lock's, and the pairing that follows
+    sees it (its open commands failed "paired again"). The lock's row first, as a deletion takes it before its
+    credentials (the credential first deadlocked with a deletion: attack run 51)."""
+    held = con.run("SELECT 1 FROM locks WHERE id = CAST(:l AS uuid) FOR KEY SHARE", l=signer.lock_id) and con.run(
         f"SELECT 1 FROM lock_credentials c WHERE {live_sql('c')} FOR SHARE", c=signer.credential_id, l=signer.lock_id
-    ):
+    )
+    if not held:
         raise deleted_lock()
 
 

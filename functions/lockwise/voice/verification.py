@@ -223,7 +223,7 @@ def record_invalid(db: Database, signer: lock_auth.Signer, code: str) -> None:
     paired again) since is answered as the deleted lock is (401 ``unknown_lock``), not with its attempt's foreign
     key (a 500), nor logged as the new device's."""
     with db.transaction() as con:
-        lock_auth.hold(con, signer)  # its row holds the lock's (a foreign key) as the attempt's insert needs it
+        lock_auth.hold(con, signer)  # the lock's row too, as the attempt's foreign key needs it
         record_attempt(con, signer.lock_id, "invalid", code)
 
 
@@ -280,7 +280,7 @@ class Doors:
             )
             if not found_lock:  # deleted, or paired again, since its signature was checked
                 raise lock_auth.deleted_lock()
-            attempt = _Attempt(self, con, lock_id, now, found_lock[0][0], sent_as)
+            attempt = _Attempt(self, con, lock_id, signer.credential_id, now, found_lock[0][0], sent_as)
             if not found_lock[0][1]:  # another attempt at this lock is being decided: answered now, not after it
                 return attempt.refused(IN_PROGRESS, IN_PROGRESS_RETRY_S)
             first = sent_again.decided(con, lock_id, sent_as, self.settings.voice_sent_again_s)
@@ -371,6 +371,7 @@ class _Attempt:
     doors: Doors
     con: Connection
     lock_id: str
+    device: str  # the credential of the lock's device that heard it (``lock_auth.Signer``): its unlock goes there only
     now: dt.datetime
     lock_threshold: float | None  # the lock's own voice threshold (None: the encoder's)
     clip_sha256: bytes  # the clip's identity (``sent_again.identity``), kept with a decision
@@ -500,6 +501,7 @@ class _Attempt:
         issued = commands.create(
             self.con,
             lock_id=self.lock_id,
+            made_for=self.device,
             action="unlock",
             issuer_kind="voice",
             issuer_uid=matched,
