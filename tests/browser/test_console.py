@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 from infra.local import stack
+from infra.local.firestore_sdk import sdk_client
 from lockwise.devices import members
 from lockwise.voice import audio
 from lockwise.voice.model.resample import resample
@@ -312,6 +313,13 @@ def test_an_open_listener_hears_nothing_once_the_api_ends_what_it_read(
             assert _devices(env, owner, "PATCH", f"/devices/locks/{lock_id}", json={"name": "Door 2"}).ok
             wait_for(lambda: heard()["lock"][-1:] == ["Door 2"], what="the new name, heard by the member")
             before = heard()
+            sdk = sdk_client(env["LOCKWISE_PROJECT_ID"], env["FIRESTORE_EMULATOR_HOST"])
+
+            def locked_reports() -> int:
+                entries = sdk.collection(f"locks/{lock_id}/activity").stream()
+                return sum(e.to_dict().get("state") == "locked" for e in entries)
+
+            locked_before = locked_reports()
             if change == "removed":
                 ended = _devices(env, owner, "DELETE", f"/devices/locks/{lock_id}/members/{member['localId']}")
                 assert ended.status_code == 204, ended.text
@@ -327,7 +335,10 @@ def test_an_open_listener_hears_nothing_once_the_api_ends_what_it_read(
             command("lock")
             wait_for(lambda: lock.state == "locked", what="the lock locked")
             assert _devices(env, owner, "PATCH", f"/devices/locks/{lock_id}", json={"name": "Door 3"}).ok
-            time.sleep(3)  # the owner's writes are in Firestore by now (each request flushes its own)
+            # both in Firestore (as its owner's listeners have them), then time for the member's to hear them
+            wait_for(lambda: (sdk.document(f"locks/{lock_id}").get().to_dict() or {}).get("name") == "Door 3")
+            wait_for(lambda: locked_reports() == locked_before + 1, what="the lock's report in its feed")
+            time.sleep(2)
             after = heard()
             browser.close()
     finally:

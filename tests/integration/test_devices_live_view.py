@@ -572,8 +572,9 @@ def test_a_member_removed_by_a_locks_first_change_since_the_record_began_reads_n
     get_runtime("devices").flush_mirror(force=True)
     token = world.accounts["member"]["idToken"]
     assert rest_get(host, f"locks/{lock}", token) == 200
-    with get_runtime("devices").db.transaction() as con:  # the record as the migration made it
+    with get_runtime("devices").db.transaction() as con:  # the record as the migrations made it (0046, 0062)
         con.run("DELETE FROM mirrored_access WHERE lock_id = CAST(:l AS uuid)", l=lock)
+        con.run("DELETE FROM mirrored_access_locks WHERE lock_id = CAST(:l AS uuid)", l=lock)
     remover = world.headers("owner" if how == "removed" else "member")
     assert world.devices.delete(f"/devices/locks/{lock}/members/{member}", headers=remover).status_code == 204
     get_runtime("devices").flush_mirror(force=True)

@@ -11,8 +11,9 @@ from typing import Any
 import pytest
 
 from infra.local.firestore_sdk import sdk_client as firestore_client
-from lockwise.core import accounts
+from lockwise.core import accounts, mirror
 from lockwise.core.runtime import get_runtime
+from lockwise.devices import members
 from simlock.lock import new_tls_key
 from tests.conftest import PROJECT_ID
 from tests.devices_world import World, bearer, build_world, new_lock_key, sign_in, verify_email
@@ -102,6 +103,8 @@ def test_an_account_deleted_outside_the_app_opens_no_door_and_leaves_the_locks_i
         lambda: not any(client.document(f"users/{world.uid(r)}").get().exists for r in ("member", "owner")),
         what="the deleted accounts' user documents deleted",
     )
+    # nor its access document, named by its uid: deleted, not ended as a removed member's is (attack run 51)
+    assert not client.document(mirror.access_doc(world.lock_id, world.uid("member"))).get().exists
     listed = clients["devices"].get(f"/devices/locks/{world.lock_id}/members", headers=world.headers("admin"))
     roles = {m["uid"]: m["role"] for m in listed.get_json()["members"]}
     assert world.uid("member") not in roles  # left, as a removal ends a membership
@@ -792,3 +795,33 @@ def test_what_a_session_revoked_since_gave_grants_nothing_and_a_new_session_give
     again = devices.post(path, json={"uid": world.uid("admin")}, headers=again_in)
     assert again.status_code == 202, again.get_json()
     assert devices.post(f"{path}/accept", headers=world.headers("admin")).status_code == 200
+
+
+def test_a_lock_whose_members_are_all_away_writes_no_former_members_document_again(
+    clients: dict[str, Any], world: World, stack_env: dict[str, str]
+) -> None:
+    """Attack run 51: a lock whose record of its members' access was empty (every member but its owner removed, the
+    owner's account disabled) was taken for one never recorded (migration 0046's start), and every mirror of it ended
+    every former member's document again: one Firestore had deleted (its TTL) was made again, every ``purge_at``
+    moved a day on. The lock's first mirror is recorded (``mirrored_access_locks``): nothing changed, nothing is
+    written."""
+    devices, lock, owner = clients["devices"], world.lock_id, world.headers("owner")
+    for role in ("admin", "member", "guest_in", "guest_out"):
+        assert devices.delete(f"/devices/locks/{lock}/members/{world.uid(role)}", headers=owner).status_code == 204
+    admin_call(stack_env, "accounts:update", {"localId": world.uid("owner"), "disableUser": True})
+    recheck_now(world.uid("owner"))
+    flush(clients, stack_env)
+    get_runtime("devices").flush_mirror(force=True)
+    sdk = firestore_client(PROJECT_ID, stack_env["FIRESTORE_EMULATOR_HOST"])
+    owners = sdk.document(mirror.access_doc(lock, world.uid("owner"))).get().to_dict()
+    assert owners is not None and owners.get("ended") is True  # the disabled owner's, ended
+    sdk.document(mirror.access_doc(lock, world.uid("admin"))).delete()  # as Firestore's TTL does a day on
+    with get_runtime("devices").db.transaction() as con:  # any later mirror: an edge, a change
+        members.mirror_access(con, lock)
+        queued = con.run(
+            "SELECT doc_path FROM firestore_outbox WHERE doc_path LIKE :p",
+            p=f"{mirror.lock_collection(lock, 'access')}/%",
+        )
+    assert queued == []
+    get_runtime("devices").flush_mirror(force=True)
+    assert not sdk.document(mirror.access_doc(lock, world.uid("admin"))).get().exists

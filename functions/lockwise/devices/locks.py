@@ -271,6 +271,7 @@ def delete(con: Connection, lock_id: str, uid: str, *, actor: str | None = None)
     ``uid``, its owner, or by ``actor``: an operator, ``lockwise.devices.ownerless``)."""
     con.run("DELETE FROM locks WHERE id = CAST(:l AS uuid)", l=lock_id)
     con.run("DELETE FROM mirrored_access WHERE lock_id = CAST(:l AS uuid)", l=lock_id)  # its documents go below
+    con.run("DELETE FROM mirrored_access_locks WHERE lock_id = CAST(:l AS uuid)", l=lock_id)
     audit.record(con, actor or audit.user_actor(uid), "lock.delete", "ok", lock_id=lock_id)
     # the lock document first, while its members may still read it: their live views see it gone, not refused; then
     # their access (at most the lock's members, current and former), then the feed: a busy lock's feed takes many
@@ -373,10 +374,12 @@ def revoke_member(
     now: dt.datetime,
     *,
     by: str | None = None,
+    account_deleted: bool = False,
 ) -> None:
     """End ``target``'s membership at ``now`` (the clock invitations are sent on: one sent before it stands no more).
     ``by``: who the audit log names instead of ``actor`` (the system, ending a deleted account's memberships; the
-    feed then names nobody as having removed them)."""
+    feed then names nobody as having removed them). ``account_deleted``: the member's account is being deleted (their
+    access document is deleted, not ended: ``members.mirror_access``)."""
     if target.role == "owner":
         raise errors.Forbidden("the owner cannot be removed; transfer or delete the lock", code="cannot_remove_owner")
     if actor.user_uid != target.user_uid:  # leaving a lock yourself is always allowed
@@ -399,7 +402,7 @@ def revoke_member(
         mirror.activity(con, lock_id, "member_removed", actor_uid=actor.user_uid, target_uid=target.user_uid)
     else:
         mirror.activity(con, lock_id, "member_removed", target_uid=target.user_uid, reason="account_deleted")
-    members.mirror_access(con, lock_id)
+    members.mirror_access(con, lock_id, forget=[target.user_uid] if account_deleted else ())
 
 
 def leave_every_lock(
@@ -458,7 +461,9 @@ def leave_every_lock(
             if account_gone:
                 continue
             raise _owns_locks([lock_id])
-        revoke_member(con, lock_id, me, me, now, by=accounts.AUDIT_ACTOR if account_gone else None)
+        revoke_member(
+            con, lock_id, me, me, now, by=accounts.AUDIT_ACTOR if account_gone else None, account_deleted=True
+        )
         left += 1
     invitations.close_all_for(con, uid, now)
     audit.record(

@@ -362,7 +362,9 @@ def check_ends_in_time(actor: Membership, access: dict[str, Any]) -> None:
         )
 
 
-def mirror_access(con: Connection, lock_id: str, *, write_again: Collection[str] = ()) -> None:
+def mirror_access(
+    con: Connection, lock_id: str, *, write_again: Collection[str] = (), forget: Collection[str] = ()
+) -> None:
     """Mirror who may read the lock's documents and until when: per member, a document ``locks/{lock}/access/{uid}``
     (expiry, guest window and its zone's offset) that the security rules read and compare with ``request.time``, so
     access ends in Firestore when it ends in the API, not at the next membership change. The access documents are
@@ -374,7 +376,9 @@ def mirror_access(con: Connection, lock_id: str, *, write_again: Collection[str]
     one where nobody has a document) has every former member's ended. ``write_again``: members whose documents
     are written whatever the record says (one joining: a removal the record did not see, an instance of the code
     before it during a deploy, left it saying the same access stood, and the document was never written again:
-    attack run 33). A window whose zone's offset will change
+    attack run 33). ``forget``: former members whose accounts were deleted: their documents are deleted, not ended
+    (a deleted account signs in no more, and its uid is kept nowhere: attack run 51). A window whose zone's offset
+    will change
     is refreshed again then (``mirror_access_due``), and so is every member's access at its next edge (``next_edge``):
     an expired member's document is ended, a recurring window's rewritten. The rules compare with ``request.time``
     for every new read, but a listener already open is checked again only when a document they read changes: an
@@ -400,13 +404,20 @@ def mirror_access(con: Connection, lock_id: str, *, write_again: Collection[str]
     # again was N + F + 2 writes a change, F growing with every account ever removed (attack run 32)
     mirrored = dict(con.run("SELECT user_uid, access FROM mirrored_access WHERE lock_id = CAST(:l AS uuid)", l=lock_id))
     changed = {uid: a for uid, a in sorted(access.items()) if uid in write_again or mirrored.get(uid) != a}
-    if mirrored:
+    recorded = bool(mirrored) or bool(
+        con.run("SELECT 1 FROM mirrored_access_locks WHERE lock_id = CAST(:l AS uuid)", l=lock_id)
+    )
+    if recorded:
         gone = sorted(set(mirrored) - set(access))
-    else:  # nothing recorded (the lock's first mirror since 0046): every former member's too, as before (attack run 33)
+    else:  # the lock's first mirror since 0046 (nothing recorded): every former member's too (attack run 33), once
         everyone = con.run("SELECT user_uid FROM lock_members WHERE lock_id = CAST(:l AS uuid)", l=lock_id)
         gone = sorted({r[0] for r in everyone} - set(access))
+        con.run("INSERT INTO mirrored_access_locks VALUES (CAST(:l AS uuid)) ON CONFLICT DO NOTHING", l=lock_id)
     writes: list[mirror.Write] = [(mirror.access_doc(lock_id, uid), "set", a) for uid, a in changed.items()]
-    writes += [mirror.access_ended(lock_id, uid) for uid in gone]
+    writes += [
+        (mirror.access_doc(lock_id, uid), "delete", None) if uid in forget else mirror.access_ended(lock_id, uid)
+        for uid in gone
+    ]
     # written every time, after the access documents: a listener the rules let in is checked again only when a
     # document it reads changes (and what lock documents held before, which every member read, is emptied)
     writes.append((mirror.lock_doc(lock_id), "replace_fields", {"member_uids": [], "access": {}}))
