@@ -371,21 +371,19 @@ def mirror_access(
     readable by nobody: on the lock document (``access``, with ``member_uids``), which every member reads, a guest
     learnt every other member's uid, expiry and window (attack run); those fields are emptied. A member's is written
     when it differs from the one last queued (table ``mirrored_access``), a former member's ended once
-    (``mirror.access_ended``), and
-    the lock document written after them; a lock with nothing recorded (its first mirror since migration 0046, or
-    one where nobody has a document) has every former member's ended. ``write_again``: members whose documents
-    are written whatever the record says (one joining: a removal the record did not see, an instance of the code
-    before it during a deploy, left it saying the same access stood, and the document was never written again:
-    attack run 33). ``forget``: former members whose accounts were deleted: their documents are deleted, not ended
-    (a deleted account signs in no more, and its uid is kept nowhere: attack run 51). A window whose zone's offset
-    will change
-    is refreshed again then (``mirror_access_due``), and so is every member's access at its next edge (``next_edge``):
-    an expired member's document is ended, a recurring window's rewritten. The rules compare with ``request.time``
-    for every new read, but a listener already open is checked again only when a document they read changes: an
-    expired member's and a guest's past their window's end kept receiving the lock's state and feed (attack run 12;
-    the relay's upkeep, every 10 s, now cuts them off as removal does). A member whose account is disabled has no
-    access document while it is (``mirror_access_soon``: a disabled account's leftover token read the live view for
-    up to an hour, attack run 26)."""
+    (``mirror.access_ended``), and the lock document written after them; a lock's first mirror since migration 0046
+    (nothing recorded, ``mirrored_access_locks``) ends every former member's. ``write_again``: members whose
+    documents are written whatever the record says (one joining: a removal the record did not see, an instance of the
+    code before it during a deploy, left it saying the same access stood, and the document was never written again:
+    attack run 33). ``forget``: former members whose accounts were deleted: their documents are deleted, not ended (a
+    deleted account signs in no more, and its uid is kept nowhere: attack run 51). A window whose zone's offset will
+    change is refreshed again then (``mirror_access_due``), and so is every member's access at its next edge
+    (``next_edge``): an expired member's document is ended, a recurring window's rewritten. The rules compare with
+    ``request.time`` for every new read, but a listener already open is checked again only when a document they read
+    changes: an expired member's and a guest's past their window's end kept receiving the lock's state and feed
+    (attack run 12; the relay's upkeep, every 10 s, now cuts them off as removal does). A member whose account is
+    disabled has their document ended while it is (``mirror_access_soon``: a disabled account's leftover token read
+    the live view for up to an hour, attack run 26)."""
     # one lock's mirrors one at a time: each reads the members after the one before it committed, so its writes
     # (queued after that one's) are the newest, and a revoked member's access is never set again after its delete
     con.run("SELECT pg_advisory_xact_lock(hashtextextended('mirror_access ' || :l, 0))", l=lock_id)
