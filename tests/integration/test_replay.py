@@ -145,6 +145,39 @@ def test_verify_refuses_replays_of_enrollment_samples_and_of_earlier_attempts(
     assert _count("SELECT count(*) FROM voice_fingerprints WHERE user_uid = :u OR speaker_uid = :u", u=member) == 0
 
 
+def test_a_clip_sent_again_by_the_locks_new_device_gets_no_grant_made_for_the_replaced_one(
+    ge2e_env: dict[str, str], make_client: Any, sign_up: Any, corpus: Path
+) -> None:
+    """Attack run 52: a clip the old device sent, accepted and carried out (acked), then the lock paired again and
+    the same bytes sent by the new device within two minutes: answered with the first decision's grant, signed for
+    the lock, which a device that never saw its nonce carries out (one voice, a second unlock, on a device it was
+    not made for). A decision whose unlock was made for another device is now refused as ``unlock_expired``."""
+    devices, embed, verify = make_client("devices"), make_client("embed"), make_client("verify")
+    world: World = build_world(devices, sign_up)
+    takes = _enrolled_member(embed, world, corpus)
+
+    def post(body: bytes) -> dict[str, Any]:
+        signed = lock_auth.sign_headers(
+            world.lock_key, world.lock_id, "POST", "/verify", body, content_type="audio/wav"
+        )
+        answer = verify.post("/verify", data=body, headers=signed)
+        assert answer.status_code == 200, answer.get_json()
+        result: dict[str, Any] = answer.get_json()
+        return result
+
+    opened = next(b for b in (p.read_bytes() for p in takes[5:16]) if post(b)["decision"] == "accepted")
+    first = post(opened)  # sent again by the old device: its own grant
+    assert first["decision"] == "accepted" and first["grant"], first
+    with get_runtime("verify").db.connection() as con:  # the old device carried it out
+        con.run(
+            "UPDATE commands SET status = 'acked', acked_at = now() WHERE id = CAST(:c AS uuid)", c=first["command_id"]
+        )
+    code = devices.post(f"/devices/locks/{world.lock_id}/provisioning", headers=world.headers("owner"))
+    world.credentials, world.lock_key, world.tls_key_pem = provision(devices, code.get_json()["code"])
+    again = post(opened)  # the new device, the same bytes
+    assert (again["decision"], again["reason"]) == ("rejected", "unlock_expired") and "grant" not in again, again
+
+
 def test_a_recording_that_opened_one_door_is_a_replay_at_the_members_other_doors(
     ge2e_env: dict[str, str], make_client: Any, sign_up: Any, corpus: Path
 ) -> None:

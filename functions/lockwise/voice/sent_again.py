@@ -36,26 +36,29 @@ class Decided:
     stands: bool = True  # False: accepted, and its unlock no longer stands (``decided``)
 
 
-def decided(con: Connection, lock_id: str, clip_sha256: bytes, within_s: int) -> Decided | None:
+def decided(con: Connection, lock_id: str, device: str, clip_sha256: bytes, within_s: int) -> Decided | None:
     """The decision of the clip with ``clip_sha256`` at ``lock_id`` in the last ``within_s`` seconds (the verify
     function's ``LOCKWISE_VOICE_SENT_AGAIN_S``; a lock's timeouts and retries take seconds); None: none (or 0 s).
     One accepted whose unlock no longer stands is returned with ``stands`` False, without its unlock: failed or
     expired unexecuted, or, carried out or not, one whose member the relay would no longer send it for
     (``members.issuer_gone_sql``: removed, expired or their commands withdrawn, their account found disabled or
-    deleted; attack run 40: a removed member's acked unlock was answered again, grant and all). A voice's erasure
+    deleted; attack run 40: a removed member's acked unlock was answered again, grant and all), or one made for
+    another of the lock's devices than ``device``, the credential sending it again (the lock paired again since: its
+    grant, carried out by the old device, was a second unlock on the new one, attack run 52). A voice's erasure
     forgets the clips scored against it (``lockwise.core.erasure``), which are then decided anew."""
     if within_s <= 0:
         return None
     rows = con.run(
         "SELECT a.id::text, a.outcome, a.reason, a.matched_uid, c.id::text, c.payload,"
-        " (c.status = 'acked' OR (c.status IN ('pending', 'sent') AND c.expires_at > now())) AND NOT ("
-        + members.issuer_gone_sql("c")
-        + ")"
+        " (c.status = 'acked' OR (c.status IN ('pending', 'sent') AND c.expires_at > now()))"
+        # made for the device sending it again (one made before migration 0061: for any)
+        " AND coalesce(c.made_for = CAST(:d AS uuid), true) AND NOT (" + members.issuer_gone_sql("c") + ")"
         " FROM verification_attempts a LEFT JOIN commands c ON c.attempt_id = a.id"
         " WHERE a.lock_id = CAST(:l AS uuid) AND a.clip_sha256 = :h"
         " AND a.created_at > now() - make_interval(secs => :within)"
         " ORDER BY a.created_at DESC LIMIT 1",
         l=lock_id,
+        d=device,
         h=clip_sha256,
         within=within_s,
     )

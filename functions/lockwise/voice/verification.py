@@ -283,7 +283,7 @@ class Doors:
             attempt = _Attempt(self, con, lock_id, signer.credential_id, now, found_lock[0][0], sent_as)
             if not found_lock[0][1]:  # another attempt at this lock is being decided: answered now, not after it
                 return attempt.refused(IN_PROGRESS, IN_PROGRESS_RETRY_S)
-            first = sent_again.decided(con, lock_id, sent_as, self.settings.voice_sent_again_s)
+            first = sent_again.decided(con, lock_id, signer.credential_id, sent_as, self.settings.voice_sent_again_s)
             if first is not None:  # its answer was lost: nothing is decided or counted again
                 return attempt.as_before(first) if first.stands else attempt.lapsed(first)
             held = lockout.hold(con, lock_id, now)
