@@ -103,8 +103,13 @@ def test_an_account_deleted_outside_the_app_opens_no_door_and_leaves_the_locks_i
         lambda: not any(client.document(f"users/{world.uid(r)}").get().exists for r in ("member", "owner")),
         what="the deleted accounts' user documents deleted",
     )
-    # nor its access document, named by its uid: deleted, not ended as a removed member's is (attack run 51)
-    assert not client.document(mirror.access_doc(world.lock_id, world.uid("member"))).get().exists
+    # their access documents let nothing be read, the owner's too (attack run 52: the lock it keeps owned kept its
+    # owner's document as it was, read with a leftover token), and go a day on (their TTL: attack run 51)
+    flush(clients, stack_env)
+    get_runtime("devices").flush_mirror(force=True)
+    for role in ("member", "owner"):
+        access = client.document(mirror.access_doc(world.lock_id, world.uid(role))).get().to_dict()
+        assert access is not None and access.get("ended") is True and access.get("purge_at"), (role, access)
     listed = clients["devices"].get(f"/devices/locks/{world.lock_id}/members", headers=world.headers("admin"))
     roles = {m["uid"]: m["role"] for m in listed.get_json()["members"]}
     assert world.uid("member") not in roles  # left, as a removal ends a membership
@@ -825,3 +830,35 @@ def test_a_lock_whose_members_are_all_away_writes_no_former_members_document_aga
     assert queued == []
     get_runtime("devices").flush_mirror(force=True)
     assert not sdk.document(mirror.access_doc(lock, world.uid("admin"))).get().exists
+
+
+def test_an_owner_found_deleted_reads_nothing_of_the_lock_it_keeps_until_restored(
+    clients: dict[str, Any], world: World, stack_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Attack run 52: a lock keeps the owner whose account was deleted outside the app (nobody is there to hand it
+    over), and kept their access document as it was: the deleted owner's leftover token read the live view. Found
+    deleted, their document is ended as a disabled account's is; their account restored with its uid, it is written
+    again."""
+    from lockwise.core import runtime
+
+    monkeypatch.setattr(runtime, "RECORDED_USER_TTL_S", 0.0)
+    host, owner, lock = stack_env["FIRESTORE_EMULATOR_HOST"], world.uid("owner"), world.lock_id
+    token = world.accounts["owner"]["idToken"]
+    assert rest_get(host, f"locks/{lock}", token) == 200
+    delete_account(stack_env, owner)
+    recheck_now(owner)
+    flush(clients, stack_env)
+    flush(clients, stack_env)  # the upkeep's mirror of the lock its owner was found gone at
+    get_runtime("devices").flush_mirror(force=True)
+    assert rest_get(host, f"locks/{lock}", token) == 403  # the leftover token, within its hour
+    assert rest_get(host, f"locks/{lock}", world.accounts["admin"]["idToken"]) == 200
+    with get_runtime("devices").db.transaction() as con:  # found gone a while ago (past the clocks' leeway)
+        con.run("UPDATE users SET account_gone_at = now() - interval '5 minutes' WHERE uid = :u", u=owner)
+    address = world.accounts["owner"]["email"]
+    admin_call(stack_env, "accounts", {"localId": owner, "email": address, "password": "correct-horse-9"})
+    restored = sign_in(stack_env["FIREBASE_AUTH_EMULATOR_HOST"], address)
+    clients["devices"].get("/devices/locks", headers=bearer(restored))  # asks for its check at once
+    flush(clients, stack_env)
+    flush(clients, stack_env)
+    get_runtime("devices").flush_mirror(force=True)
+    assert rest_get(host, f"locks/{lock}", restored["idToken"]) == 200

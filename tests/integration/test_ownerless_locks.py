@@ -234,7 +234,7 @@ def test_an_operators_hand_over_and_the_relays_account_check_do_not_deadlock(
                 holding.set()
                 go_on.wait(30)
                 con.run("UPDATE users SET account_disabled = false, account_disabled_at = NULL WHERE uid = :u", u=owner)
-                members.mirror_access_soon(con, [owner])  # accounts.sweep's disabled_changed
+                members.mirror_access_soon(con, [owner])  # accounts.sweep's standing_changed
             sweep["ok"] = True
         except Exception as exc:  # noqa: BLE001
             sweep["error"] = repr(exc)

@@ -913,7 +913,7 @@ def test_an_owners_write_beside_the_relays_account_check_is_not_a_deadlock(world
         members.mirror_access_soon(con, uids)
 
     def check() -> Any:
-        return accounts.sweep(db, _EveryoneExists({disabled}), batch=50, recheck_s=3600, disabled_changed=paused)
+        return accounts.sweep(db, _EveryoneExists({disabled}), batch=50, recheck_s=3600, standing_changed=paused)
 
     path, owner_headers = f"/devices/locks/{world.lock_id}", world.headers("owner")
     requests: dict[str, Callable[[], Any]] = {

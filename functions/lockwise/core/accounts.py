@@ -170,13 +170,13 @@ def sweep(
     *,
     batch: int,
     recheck_s: int,
-    disabled_changed: Callable[[Connection, list[str]], None] | None = None,
+    standing_changed: Callable[[Connection, list[str]], None] | None = None,
 ) -> Sweep:
     """Check up to ``batch`` (at least 1) users due a check (never checked, or last checked ``recheck_s`` ago, gone
     ones too); mark the ones Firebase Auth does not know gone, and whether the others are disabled; a gone one found
-    again is gone no more. ``disabled_changed`` is called with the users found disabled or enabled again, in the
-    transaction that marks them (the devices side ends their live view: ``gone_accounts``). ``DirectoryError``
-    when it does not answer (nothing is marked)."""
+    again is gone no more. ``standing_changed`` is called with the users found disabled or enabled again, deleted or
+    found again, in the transaction that marks them (the devices side ends or gives back their live view:
+    ``gone_accounts``). ``DirectoryError`` when it does not answer (nothing is marked)."""
     with db.connection() as con:
         # checked as of before the lookup: a session begun while it ran asks for a check again (``users.standing``),
         # and the lookup's answer may be from before its revocation (a review)
@@ -224,8 +224,9 @@ def sweep(
         for uid in flipped:
             details = {"disabled": found[uid].disabled}
             audit.record(con, AUDIT_ACTOR, "user.account_disabled", "ok", target=uid, details=details)
-        if flipped and disabled_changed is not None:
-            disabled_changed(con, flipped)
+        changed = sorted({*flipped, *gone, *back})
+        if changed and standing_changed is not None:
+            standing_changed(con, changed)
     return Sweep(gone, back, flipped)
 
 

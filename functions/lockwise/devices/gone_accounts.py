@@ -1,8 +1,8 @@
 """Accounts deleted outside the app, ended on each relay flush: found by ``lockwise.core.accounts``, each then leaves
 every lock it does not own (``locks.leave_every_lock``, as ``DELETE /devices/me`` does) and its voice data is erased
 (``erasure.forget_voice``, as ``DELETE /embed/enrollment`` does), in one transaction. Accounts found disabled (or
-enabled again) keep their memberships; the live view of their locks is mirrored again (``members.mirror_access``
-leaves a disabled member out)."""
+enabled again) keep their memberships, and a deleted one the locks it owns; the live view of their locks is mirrored
+again (``members.mirror_access`` leaves a disabled or deleted member out)."""
 
 from __future__ import annotations
 
@@ -60,7 +60,7 @@ def _sweep(db: Database, directory: Callable[[], accounts.Directory], settings: 
             directory(),
             batch=settings.account_check_batch,
             recheck_s=settings.account_recheck_s,
-            disabled_changed=members.mirror_access_soon,
+            standing_changed=members.mirror_access_soon,
         )
     except accounts.DirectoryError as exc:
         log.event(logger, "accounts not checked", level=logging.WARNING, error=str(exc))

@@ -374,12 +374,10 @@ def revoke_member(
     now: dt.datetime,
     *,
     by: str | None = None,
-    account_deleted: bool = False,
 ) -> None:
     """End ``target``'s membership at ``now`` (the clock invitations are sent on: one sent before it stands no more).
     ``by``: who the audit log names instead of ``actor`` (the system, ending a deleted account's memberships; the
-    feed then names nobody as having removed them). ``account_deleted``: the member's account is being deleted (their
-    access document is deleted, not ended: ``members.mirror_access``)."""
+    feed then names nobody as having removed them)."""
     if target.role == "owner":
         raise errors.Forbidden("the owner cannot be removed; transfer or delete the lock", code="cannot_remove_owner")
     if actor.user_uid != target.user_uid:  # leaving a lock yourself is always allowed
@@ -402,7 +400,7 @@ def revoke_member(
         mirror.activity(con, lock_id, "member_removed", actor_uid=actor.user_uid, target_uid=target.user_uid)
     else:
         mirror.activity(con, lock_id, "member_removed", target_uid=target.user_uid, reason="account_deleted")
-    members.mirror_access(con, lock_id, forget=[target.user_uid] if account_deleted else ())
+    members.mirror_access(con, lock_id)
 
 
 def leave_every_lock(
@@ -461,9 +459,7 @@ def leave_every_lock(
             if account_gone:
                 continue
             raise _owns_locks([lock_id])
-        revoke_member(
-            con, lock_id, me, me, now, by=accounts.AUDIT_ACTOR if account_gone else None, account_deleted=True
-        )
+        revoke_member(con, lock_id, me, me, now, by=accounts.AUDIT_ACTOR if account_gone else None)
         left += 1
     invitations.close_all_for(con, uid, now)
     audit.record(

@@ -362,9 +362,7 @@ def check_ends_in_time(actor: Membership, access: dict[str, Any]) -> None:
         )
 
 
-def mirror_access(
-    con: Connection, lock_id: str, *, write_again: Collection[str] = (), forget: Collection[str] = ()
-) -> None:
+def mirror_access(con: Connection, lock_id: str, *, write_again: Collection[str] = ()) -> None:
     """Mirror who may read the lock's documents and until when: per member, a document ``locks/{lock}/access/{uid}``
     (expiry, guest window and its zone's offset) that the security rules read and compare with ``request.time``, so
     access ends in Firestore when it ends in the API, not at the next membership change. The access documents are
@@ -375,29 +373,28 @@ def mirror_access(
     (nothing recorded, ``mirrored_access_locks``) ends every former member's. ``write_again``: members whose
     documents are written whatever the record says (one joining: a removal the record did not see, an instance of the
     code before it during a deploy, left it saying the same access stood, and the document was never written again:
-    attack run 33). ``forget``: former members whose accounts were deleted: their documents are deleted, not ended (a
-    deleted account signs in no more, and its uid is kept nowhere: attack run 51). A window whose zone's offset will
-    change is refreshed again then (``mirror_access_due``), and so is every member's access at its next edge
-    (``next_edge``): an expired member's document is ended, a recurring window's rewritten. The rules compare with
-    ``request.time`` for every new read, but a listener already open is checked again only when a document they read
-    changes: an expired member's and a guest's past their window's end kept receiving the lock's state and feed
-    (attack run 12; the relay's upkeep, every 10 s, now cuts them off as removal does). A member whose account is
-    disabled has their document ended while it is (``mirror_access_soon``: a disabled account's leftover token read
-    the live view for up to an hour, attack run 26)."""
+    attack run 33). A window whose zone's offset will change is refreshed again then (``mirror_access_due``), and so
+    is every member's access at its next edge (``next_edge``): an expired member's document is ended, a recurring
+    window's rewritten. The rules compare with ``request.time`` for every new read, but a listener already open is
+    checked again only when a document they read changes: an expired member's and a guest's past their window's end
+    kept receiving the lock's state and feed (attack run 12; the relay's upkeep, every 10 s, now cuts them off as
+    removal does). A member whose account is found disabled or deleted has their document ended while it is
+    (``mirror_access_soon``: a disabled account's leftover token read the live view for up to an hour, attack run 26;
+    a deleted owner's, whose lock keeps them as its owner, for as long as it lived, attack run 52)."""
     # one lock's mirrors one at a time: each reads the members after the one before it committed, so its writes
     # (queued after that one's) are the newest, and a revoked member's access is never set again after its delete
     con.run("SELECT pg_advisory_xact_lock(hashtextextended('mirror_access ' || :l, 0))", l=lock_id)
     now = dt.datetime.now(dt.UTC)
     current = [m for m in list_for_lock(con, lock_id) if not m.ended(now)]
-    disabled = {
+    unusable = {
         r[0]
         for r in con.run(
             "SELECT m.user_uid FROM lock_members m JOIN users u ON u.uid = m.user_uid"
-            " WHERE m.lock_id = CAST(:l AS uuid) AND u.account_disabled",
+            " WHERE m.lock_id = CAST(:l AS uuid) AND " + users.unusable_sql("u"),
             l=lock_id,
         )
     }
-    access = {m.user_uid: m.rules_access(now) for m in current if m.user_uid not in disabled}
+    access = {m.user_uid: m.rules_access(now) for m in current if m.user_uid not in unusable}
     # only what differs from the documents last queued: every member's rewritten and every former member's ended
     # again was N + F + 2 writes a change, F growing with every account ever removed (attack run 32)
     mirrored = dict(con.run("SELECT user_uid, access FROM mirrored_access WHERE lock_id = CAST(:l AS uuid)", l=lock_id))
@@ -412,10 +409,7 @@ def mirror_access(
         gone = sorted({r[0] for r in everyone} - set(access))
         con.run("INSERT INTO mirrored_access_locks VALUES (CAST(:l AS uuid)) ON CONFLICT DO NOTHING", l=lock_id)
     writes: list[mirror.Write] = [(mirror.access_doc(lock_id, uid), "set", a) for uid, a in changed.items()]
-    writes += [
-        (mirror.access_doc(lock_id, uid), "delete", None) if uid in forget else mirror.access_ended(lock_id, uid)
-        for uid in gone
-    ]
+    writes += [mirror.access_ended(lock_id, uid) for uid in gone]
     # written every time, after the access documents: a listener the rules let in is checked again only when a
     # document it reads changes (and what lock documents held before, which every member read, is emptied)
     writes.append((mirror.lock_doc(lock_id), "replace_fields", {"member_uids": [], "access": {}}))
@@ -447,7 +441,7 @@ def mirror_access(
 
 def mirror_access_soon(con: Connection, uids: list[str]) -> None:
     """Mirror the access of every lock ``uids`` are members of at the relay's next upkeep (``mirror_access_due``):
-    their accounts were found disabled, or enabled again (``lockwise.core.accounts.sweep``)."""
+    their accounts were found disabled or enabled again, deleted or found again (``lockwise.core.accounts.sweep``)."""
     con.run(
         # in the locks' order, as a member leaving every lock writes theirs (``locks.leave_every_lock``): in no order,
         # the two could each hold a row the other waits for (a review)
