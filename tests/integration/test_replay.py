@@ -157,13 +157,7 @@ def test_a_clip_sent_again_by_the_locks_new_device_gets_no_grant_made_for_the_re
     takes = _enrolled_member(embed, world, corpus)
 
     def post(body: bytes) -> dict[str, Any]:
-        signed = lock_auth.sign_headers(
-            world.lock_key, world.lock_id, "POST", "/verify", body, content_type="audio/wav"
-        )
-        answer = verify.post("/verify", data=body, headers=signed)
-        assert answer.status_code == 200, answer.get_json()
-        result: dict[str, Any] = answer.get_json()
-        return result
+        return _heard(verify, world, body)
 
     opened = next(b for b in (p.read_bytes() for p in takes[5:16]) if post(b)["decision"] == "accepted")
     first = post(opened)  # sent again by the old device: its own grant
@@ -225,6 +219,15 @@ def _enrolled_member(embed: Any, world: World, corpus: Path) -> list[Path]:
     return takes
 
 
+def _heard(verify: Any, world: World, body: bytes) -> dict[str, Any]:
+    """``body`` (a WAV clip) sent to ``verify`` by ``world``'s lock, signed with its key; the decision (200)."""
+    signed = lock_auth.sign_headers(world.lock_key, world.lock_id, "POST", "/verify", body, content_type="audio/wav")
+    answer = verify.post("/verify", data=body, headers=signed)
+    assert answer.status_code == 200, answer.get_json()
+    result: dict[str, Any] = answer.get_json()
+    return result
+
+
 def _speech(path: Path) -> float:
     clip = audio.parse_wav(path.read_bytes())
     return audio.speech_seconds(clip.samples, clip.rate)
@@ -261,13 +264,7 @@ def test_a_clip_sent_again_after_its_answer_was_lost_is_answered_with_its_decisi
     takes = _enrolled_member(embed, world, corpus)
 
     def post(body: bytes) -> dict[str, Any]:
-        signed = lock_auth.sign_headers(
-            world.lock_key, world.lock_id, "POST", "/verify", body, content_type="audio/wav"
-        )
-        answer = verify.post("/verify", data=body, headers=signed)
-        assert answer.status_code == 200, answer.get_json()
-        result: dict[str, Any] = answer.get_json()
-        return result
+        return _heard(verify, world, body)
 
     def expire(command_id: str) -> None:  # the lock away past its unlock's 30 s
         with get_runtime("verify").db.connection() as con:
