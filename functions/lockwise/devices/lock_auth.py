@@ -159,10 +159,10 @@ def hold(con: Connection, signer: Signer) -> None:
     transaction: what the request does is then done while its device is the lock's, and the pairing that follows
     sees it (its open commands failed "paired again"). The lock's row first, as a deletion takes it before its
     credentials (the credential first deadlocked with a deletion: attack run 51)."""
-    held = con.run("SELECT 1 FROM locks WHERE id = CAST(:l AS uuid) FOR KEY SHARE", l=signer.lock_id) and con.run(
-        f"SELECT 1 FROM lock_credentials c WHERE {live_sql('c')} FOR SHARE", c=signer.credential_id, l=signer.lock_id
-    )
-    if not held:
+    if not con.run("SELECT 1 FROM locks WHERE id = CAST(:l AS uuid) FOR KEY SHARE", l=signer.lock_id):
+        raise deleted_lock()
+    live = f"SELECT 1 FROM lock_credentials c WHERE {live_sql('c')} FOR SHARE"
+    if not con.run(live, c=signer.credential_id, l=signer.lock_id):
         raise deleted_lock()
 
 
@@ -224,7 +224,8 @@ def authenticate(
     verified = next(((c, active) for c, key, active in keys if _verifies(bytes(key), signature, signed)), None)
     if verified is None:
         raise errors.Unauthenticated("bad lock signature", code="bad_lock_signature")
-    if not verified[1]:
+    credential_id, active = verified
+    if not active:
         raise errors.Unauthenticated("this lock's key was revoked: pair it again", code="unknown_lock")
     # the minute's count raised with the nonce, in the nonce's round trip; a nonce already seen counts nothing (one
     # captured request replayed 120 times filled its lock's minute: attack run 20). Every part reads the snapshot
@@ -262,4 +263,4 @@ def authenticate(
         )
     if not inserted:
         raise errors.Unauthenticated("replayed request", code="replayed_request")
-    return Signer(lock_id, verified[0])
+    return Signer(lock_id, str(credential_id))
