@@ -67,6 +67,28 @@ def test_production_refuses_a_placeholder_database_password() -> None:
         Settings.from_env(env)
 
 
+@pytest.mark.parametrize("mode", ["local", "production"])
+def test_a_database_url_whose_password_ends_its_address_is_refused_quoting_none_of_it(mode: str) -> None:
+    """Attack run 53: a base64 password holding "/" ended the URL's address there; the rest was read as the port,
+    and the parser's error, which quotes it, was logged with every request's 500 (the first part of the password
+    in each health probe's log line). Refused at start, in words that quote nothing of the URL; the pool's parser
+    says the same."""
+    from lockwise.core.db import ConnectParams
+
+    password = "Zk9+Qm7RwLp2/T2xVb=="
+    url = f"postgresql://lockwise:{password}@10.0.0.5:5432/lockwise"
+    with pytest.raises(ConfigError, match="percent-encode the password") as refused:
+        Settings.from_env(dict(PROD_OK, LOCKWISE_MODE=mode, DATABASE_URL=url))
+    with pytest.raises(ValueError, match="percent-encode the password") as parsed:
+        ConnectParams.from_url(url)
+    for exc in (refused.value, parsed.value):
+        told = f"{exc} {exc.__cause__} {exc.__context__ if not exc.__suppress_context__ else ''}"
+        assert "Zk9" not in told and "Qm7" not in told and "T2x" not in told, told
+    quoted = url.replace(password, "Zk9%2BQm7RwLp2%2FT2xVb%3D%3D")  # percent-encoded: taken
+    assert Settings.from_env(dict(PROD_OK, DATABASE_URL=quoted)).database_url == quoted
+    assert ConnectParams.from_url(quoted).password == password
+
+
 def test_production_refuses_emulator_hosts() -> None:
     with pytest.raises(ConfigError, match="EMULATOR"):
         Settings.from_env(dict(PROD_OK, FIREBASE_AUTH_EMULATOR_HOST="127.0.0.1:9099"))

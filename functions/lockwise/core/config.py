@@ -180,6 +180,7 @@ def read_secret(env: Mapping[str, str], name: str, mode: Mode, local_default: st
 
 def read_database_url(env: Mapping[str, str], mode: Mode) -> str:
     url = read_secret(env, DATABASE_URL, mode, LOCAL_DATABASE_URL)
+    refuse_a_bad_port(url)
     if mode == "production" and is_placeholder(_password_of(url)):
         raise ConfigError("DATABASE_URL carries a placeholder password; set a real one in production mode")
     return url
@@ -477,6 +478,22 @@ def _signing_key(env: Mapping[str, str], local: bool) -> str:
 
 def is_placeholder(value: str | None) -> bool:
     return value is None or value.strip().lower() in PLACEHOLDERS
+
+
+def refuse_a_bad_port(url: str) -> None:
+    """``ConfigError`` at start for a database URL whose port is not a number, in words that quote none of it: a
+    password holding ``/``, ``?`` or ``#`` ends the URL's authority there, the rest of it is read as the port, and
+    the parser's own error quoted it, logged with every request's 500 (attack run 53: a base64 password's first part
+    in each health probe's log line)."""
+    from urllib.parse import urlsplit
+
+    try:
+        _ = urlsplit(url).port  # read on access: an error only then
+    except ValueError:
+        raise ConfigError(
+            "DATABASE_URL: what follows the host is not a port number; percent-encode the password"
+            " (urllib.parse.quote(password, safe='')): a '/', '?', '#' or '@' in it ends the address"
+        ) from None  # the parser's message quotes the text it took for a port: a part of the password
 
 
 def _password_of(url: str) -> str | None:

@@ -170,7 +170,10 @@ class ConnectParams:
             raise ValueError("DATABASE_URL must start with postgresql://")
         query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
         unix_dir = query.get("host")
-        port = parts.port or 5432
+        try:
+            port = parts.port or 5432
+        except ValueError:  # its message quotes what it took for a port: a part of the password (attack run 53)
+            raise ValueError("DATABASE_URL: the port is not a number (percent-encode the password)") from None
         unix_sock = f"{unix_dir.rstrip('/')}/.s.PGSQL.{port}" if unix_dir and unix_dir.startswith("/") else None
         return cls(
             user=unquote(parts.username or "postgres"),
