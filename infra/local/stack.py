@@ -59,9 +59,18 @@ def _local_secrets(state: Path) -> dict[str, str]:
     for key in ("db_password", "service_token"):
         data.setdefault(key, secrets.token_urlsafe(18))
     data.setdefault("command_signing_key", base64.b64encode(secrets.token_bytes(32)).decode())
-    path.write_text(json.dumps(data, indent=2))
-    path.chmod(0o600)
+    write_private(path, json.dumps(data, indent=2))
     return data
+
+
+def write_private(path: Path, text: str) -> None:
+    """``text`` into ``path``, readable by its owner only from its first byte: what the stack writes holds its
+    secrets (the database's password, the service token, the command-signing key). The ready file was left as the
+    umask made it, 0644, readable by every user of the machine (attack run 53), and the others were for an instant."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)  # one there before, with other permissions
+    with os.fdopen(fd, "w") as out:
+        out.write(text)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -177,10 +186,9 @@ def main(argv: list[str] | None = None) -> int:
         )
         stack_env.pop("LOCKWISE_LOCK_CA")  # the functions' secret, not the clients' (and a multi-line PEM)
         env_file = state / "stack.env"
-        env_file.write_text("".join(f"{k}={v}\n" for k, v in stack_env.items()))
-        env_file.chmod(0o600)
+        write_private(env_file, "".join(f"{k}={v}\n" for k, v in stack_env.items()))
         if args.ready_file:
-            args.ready_file.write_text(json.dumps(stack_env))
+            write_private(args.ready_file, json.dumps(stack_env))
         _print_table(table, env_file)
         while not stop_event.wait(1.0):
             for svc in started:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -85,6 +86,10 @@ def test_stack_starts_serves_stops_and_keeps_data(tmp_path: Path) -> None:
     state = tmp_path / "state"
     proc, env = start_stack(state)
     try:
+        # what holds its secrets (the database's password, the service token, the signing key) is its user's only:
+        # the ready file was 0644, readable by every user of the machine (attack run 53)
+        for held in (state / "ready.json", state / "stack.env", state / "secrets.json"):
+            assert stat.S_IMODE(held.stat().st_mode) == 0o600, held
         for name in ("embed", "verify", "devices"):
             status, body = get_json(env[f"LOCKWISE_{name.upper()}_URL"] + f"/{name}/health")
             assert status == 200 and body["status"] == "ok", body
