@@ -1922,3 +1922,39 @@ def test_an_invitation_whose_access_has_ended_grants_nothing_and_says_so(world: 
         l=lock,
         u=invitee["localId"],
     ) == [[0]]
+
+
+def test_what_a_person_typed_stays_out_of_the_database_servers_log_and_the_audit_log(
+    devices: Any, sign_up: Any, postgres: Any, stack_env: dict[str, str]
+) -> None:
+    """Attack run 53: an invitation by address sent again (a retry, a double tap) met the unique index of the open
+    invitation and was caught; PostgreSQL logged the refused statement with its key, the address, in its own log
+    (Cloud Logging in production, kept on its own terms, past the invitation and the account). And a lock's name,
+    the owner's free text (a person's name, an address), went into the audit log, kept for good, at its creation and
+    at each rename. Neither is written there now."""
+    owner = sign_up()
+    address = f"dana.{secrets.token_hex(4)}@example.com"
+    name, renamed = f"Dana Smith, {secrets.token_hex(3)} Rue des Lilas", f"Dana & Sam, flat {secrets.token_hex(3)}"
+    before = postgres.process.log_path.stat().st_size
+    lock_id = create_lock(devices, owner, name=name)["lock"]["id"]
+    invited = [
+        devices.post(
+            f"/devices/locks/{lock_id}/members", json={"email": address, "role": "member"}, headers=bearer(owner)
+        )
+        for _ in range(2)
+    ]
+    assert [r.status_code for r in invited] == [202, 202]
+    assert invited[0].get_json()["invitation"]["id"] == invited[1].get_json()["invitation"]["id"]
+    assert devices.patch(f"/devices/locks/{lock_id}", json={"name": renamed}, headers=bearer(owner)).status_code == 200
+    with open(postgres.process.log_path, "rb") as log:
+        log.seek(before)
+        server_log = log.read().decode(errors="replace")
+    assert address not in server_log.lower(), server_log[-2000:]
+    db = Database(stack_env["DATABASE_URL"], pool_size=1)
+    try:
+        with db.connection() as con:
+            kept = con.run("SELECT action, details::text FROM audit_log WHERE lock_id = CAST(:l AS uuid)", l=lock_id)
+    finally:
+        db.close()
+    assert {"lock.create", "lock.update"} <= {action for action, _ in kept}
+    assert not [row for row in kept if "Dana" in str(row[1])], kept

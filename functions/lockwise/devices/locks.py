@@ -89,7 +89,9 @@ def create_once(
         u=owner_uid,
     )
     con.run("INSERT INTO lock_state (lock_id) VALUES (CAST(:l AS uuid))", l=lock_id)
-    audit.record(con, audit.user_actor(owner_uid), "lock.create", "ok", lock_id=lock_id, details={"name": name})
+    # not its name: the owner's free text (a person's name, an address), and the audit log is kept for good, past the
+    # lock's deletion and its owner's account's (attack run 53); the lock's row has it while the lock stands
+    audit.record(con, audit.user_actor(owner_uid), "lock.create", "ok", lock_id=lock_id)
     mirror.enqueue(
         con,
         mirror.lock_doc(lock_id),
@@ -195,7 +197,9 @@ def update(con: Connection, lock_id: str, uid: str, changes: dict[str, Any]) -> 
             t=changes["voice_threshold"],
             l=lock_id,
         )
-    audit.record(con, audit.user_actor(uid), "lock.update", "ok", lock_id=lock_id, details=changes)
+    # what changed, and the threshold's value (an operator's setting); a new name is the owner's free text, not kept
+    details = {**changes, "name": True} if "name" in changes else changes
+    audit.record(con, audit.user_actor(uid), "lock.update", "ok", lock_id=lock_id, details=details)
 
 
 def refuse_a_gone_member(con: Connection, uid: str) -> None:
