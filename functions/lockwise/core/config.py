@@ -180,7 +180,7 @@ def read_secret(env: Mapping[str, str], name: str, mode: Mode, local_default: st
 
 def read_database_url(env: Mapping[str, str], mode: Mode) -> str:
     url = read_secret(env, DATABASE_URL, mode, LOCAL_DATABASE_URL)
-    refuse_a_bad_port(url)
+    refuse_a_misread_url(url)
     if mode == "production" and is_placeholder(_password_of(url)):
         raise ConfigError("DATABASE_URL carries a placeholder password; set a real one in production mode")
     return url
@@ -480,20 +480,16 @@ def is_placeholder(value: str | None) -> bool:
     return value is None or value.strip().lower() in PLACEHOLDERS
 
 
-def refuse_a_bad_port(url: str) -> None:
-    """``ConfigError`` at start for a database URL whose port is not a number, in words that quote none of it: a
-    password holding ``/``, ``?`` or ``#`` ends the URL's authority there, the rest of it is read as the port, and
-    the parser's own error quoted it, logged with every request's 500 (attack run 53: a base64 password's first part
-    in each health probe's log line)."""
-    from urllib.parse import urlsplit
+def refuse_a_misread_url(url: str) -> None:
+    """``ConfigError`` at start for a database URL a password that is not percent-encoded cut short
+    (``db.split_url``), in words that quote none of it: parsed on each request, its error was logged with every 500,
+    a part of the password in each health probe's log line (attack run 53)."""
+    from lockwise.core.database_url import split_url
 
     try:
-        _ = urlsplit(url).port  # read on access: an error only then
-    except ValueError:
-        raise ConfigError(
-            "DATABASE_URL: what follows the host is not a port number; percent-encode the password"
-            " (urllib.parse.quote(password, safe='')): a '/', '?', '#' or '@' in it ends the address"
-        ) from None  # the parser's message quotes the text it took for a port: a part of the password
+        split_url(url)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def _password_of(url: str) -> str | None:

@@ -25,12 +25,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol, cast
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import parse_qs, unquote
 
 import pg8000.native
 from pg8000.exceptions import DatabaseError, InterfaceError
 
 from lockwise.core import errors
+from lockwise.core.database_url import split_url
 
 log = logging.getLogger("lockwise.core.db")
 
@@ -165,15 +166,12 @@ class ConnectParams:
     @classmethod
     def from_url(cls, url: str) -> ConnectParams:
         """Parse ``postgresql://user:pass@host:port/db`` (``?host=/socket/dir`` selects a unix socket)."""
-        parts = urlsplit(url)
+        parts = split_url(url)
         if parts.scheme not in ("postgres", "postgresql"):
             raise ValueError("DATABASE_URL must start with postgresql://")
         query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
         unix_dir = query.get("host")
-        try:
-            port = parts.port or 5432
-        except ValueError:  # its message quotes what it took for a port: a part of the password (attack run 53)
-            raise ValueError("DATABASE_URL: the port is not a number (percent-encode the password)") from None
+        port = parts.port or 5432
         unix_sock = f"{unix_dir.rstrip('/')}/.s.PGSQL.{port}" if unix_dir and unix_dir.startswith("/") else None
         return cls(
             user=unquote(parts.username or "postgres"),
