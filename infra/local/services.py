@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from infra.local.certs import TlsFiles, ensure_tls
+from infra.local.private_files import write_private
 
 log = logging.getLogger("lockwise.local")
 
@@ -253,7 +254,7 @@ def start_postgres(state_dir: Path, port: int, password: str, *, durable: bool) 
     fresh = not (data / "PG_VERSION").exists()
     if fresh:
         pwfile = state_dir / "pwfile"
-        pwfile.write_text(password + "\n")
+        write_private(pwfile, password + "\n")  # initdb reads it; nobody else (attack run 53's review)
         if is_root():
             shutil.chown(pwfile, "postgres")
         subprocess.run(

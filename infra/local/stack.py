@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from infra.local import console, services
+from infra.local.private_files import write_private
 from infra.local.services import REPO
 
 log = logging.getLogger("lockwise.stack")
@@ -61,16 +62,6 @@ def _local_secrets(state: Path) -> dict[str, str]:
     data.setdefault("command_signing_key", base64.b64encode(secrets.token_bytes(32)).decode())
     write_private(path, json.dumps(data, indent=2))
     return data
-
-
-def write_private(path: Path, text: str) -> None:
-    """``text`` into ``path``, readable by its owner only from its first byte: what the stack writes holds its
-    secrets (the database's password, the service token, the command-signing key). The ready file was left as the
-    umask made it, 0644, readable by every user of the machine (attack run 53), and the others were for an instant."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    os.fchmod(fd, 0o600)  # one there before, with other permissions
-    with os.fdopen(fd, "w") as out:
-        out.write(text)
 
 
 def main(argv: list[str] | None = None) -> int:
