@@ -79,6 +79,14 @@ def provision(devices: Any, code: str) -> tuple[dict[str, Any], Ed25519PrivateKe
     return resp.get_json(), key, tls_pem(tls_key)
 
 
+def pair_again(devices: Any, world: World) -> tuple[dict[str, Any], Ed25519PrivateKey, str]:
+    """The owner pairs ``world``'s lock with a new device (``provision``'s answer and keys); the world keeps the old
+    one's."""
+    code = devices.post(f"/devices/locks/{world.lock_id}/provisioning", headers=world.headers("owner"))
+    assert code.status_code == 201, code.get_json()
+    return provision(devices, code.get_json()["code"])
+
+
 def join(
     devices: Any, lock_id: str, inviter: dict[str, Any], invitee: dict[str, Any], grant: dict[str, Any]
 ) -> dict[str, Any]:

@@ -18,7 +18,7 @@ from lockwise.core.db import Connection, Database
 from lockwise.core.runtime import get_runtime
 from lockwise.devices import command_outcomes, command_signing, lockout
 from mqtt_relay import outbox
-from tests.devices_world import World, build_world, provision
+from tests.devices_world import World, build_world, pair_again
 
 
 @pytest.fixture
@@ -632,8 +632,7 @@ def test_no_command_made_for_the_replaced_device_goes_to_the_new_one(world: Worl
     sent = send(world, "owner").get_json()["command"]["id"]
     assert [c.id for c, _ in deliver(relay_db, world)] == [sent]
     waiting = send(world, "member", action="lock").get_json()["command"]["id"]
-    code = world.devices.post(f"/devices/locks/{world.lock_id}/provisioning", headers=world.headers("owner"))
-    provision(world.devices, code.get_json()["code"])
+    pair_again(world.devices, world)
     assert status(relay_db, sent) == status(relay_db, waiting) == ("failed", command_outcomes.PAIRED_AGAIN)
     with relay_db.transaction() as con:  # as if the pairing had passed it over (a relay held it), and as if made
         # by an instance whose clock runs ahead of the pairing's (attack run 49: a comparison of times let it go)
@@ -660,8 +659,7 @@ def test_an_unlock_published_unanswered_through_a_pairing_never_goes_to_the_new_
 
     def broker_times_out(messages: list[tuple[str, str, int]]) -> list[bool]:
         # while the relay holds its claim (publishing), the owner pairs the lock again
-        code = world.devices.post(f"/devices/locks/{world.lock_id}/provisioning", headers=world.headers("owner"))
-        provision(world.devices, code.get_json()["code"])
+        pair_again(world.devices, world)
         paired.append(1)
         return [False] * len(messages)  # a PUBACK timeout: "next round"
 
@@ -687,8 +685,7 @@ def test_a_command_a_relay_held_unpublished_through_a_pairing_never_goes_to_the_
     def broker_times_out(messages: list[tuple[str, str, int]]) -> list[bool]:
         published.extend(command_signing.verify(p, world.credentials["server_public_key"]).id for _, p, _ in messages)
         if len(published) == 1:  # while the relay holds both, the owner pairs the lock again
-            code = world.devices.post(f"/devices/locks/{world.lock_id}/provisioning", headers=world.headers("owner"))
-            world.credentials = provision(world.devices, code.get_json()["code"])[0]
+            world.credentials = pair_again(world.devices, world)[0]
         return [False] * len(messages)  # a PUBACK timeout: this lock gets nothing more this round
 
     outbox.deliver_due(relay_db, broker_times_out, resend_after_s=5)

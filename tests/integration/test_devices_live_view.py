@@ -26,7 +26,7 @@ from lockwise.core.config import get_settings
 from lockwise.core.runtime import get_runtime
 from lockwise.devices import broker_restarts, lock_events, members
 from tests.conftest import PROJECT_ID
-from tests.devices_world import World, build_world, create_lock, hand_over, join, provision
+from tests.devices_world import World, build_world, create_lock, hand_over, join, pair_again, provision
 from tests.waiting import wait_for
 
 
@@ -1200,8 +1200,7 @@ def test_a_lock_paired_again_shows_as_not_heard_from_not_as_the_replaced_device(
     assert relay_event(world, token, "status", "online")["outcome"] == "applied"
     old = {"state": "unlocked", "battery_pct": 12, "firmware": "old-1.0", "ts": time.time()}
     assert relay_event(world, token, "state", old)["outcome"] == "applied"
-    code = world.devices.post(f"/devices/locks/{world.lock_id}/provisioning", headers=world.headers("owner"))
-    provision(world.devices, code.get_json()["code"])
+    pair_again(world.devices, world)
     seen = world.devices.get(f"/devices/locks/{world.lock_id}", headers=world.headers("owner")).get_json()["state"]
     assert (seen["state"], seen["online"], seen["battery_pct"], seen["firmware"]) == ("unknown", False, None, None)
     get_runtime("devices").flush_mirror(force=True)
@@ -1226,8 +1225,7 @@ def test_a_lock_paired_again_lists_the_new_devices_first_reports_whatever_the_re
         )
     ]
     assert world.devices.post("/devices/relay/events", json={"events": flood}, headers=token).status_code == 200
-    code = world.devices.post(f"/devices/locks/{world.lock_id}/provisioning", headers=world.headers("owner"))
-    world.credentials = provision(world.devices, code.get_json()["code"])[0]
+    world.credentials = pair_again(world.devices, world)[0]
     assert (
         relay_event(world, token["X-LockWise-Service-Token"], "state", {"state": "unlocked", "ts": now})["outcome"]
         == "applied"
@@ -1534,15 +1532,12 @@ def test_a_new_pairing_numbers_its_connections_afresh_and_no_number_runs_ahead_o
     reports stale until then)."""
     import dataclasses
 
-    from tests.devices_world import provision
-
     token, now_ms = stack_env["LOCKWISE_SERVICE_TOKEN"], int(time.time() * 1000)
     assert relay_event(world, token, "status", "online 999999999999999")["outcome"] == "rejected"
     assert relay_event(world, token, "status", f"online {now_ms + 3_600_000}")["outcome"] == "applied"  # a fast clock
     ahead = {"state": "unlocked", "ts": now_ms / 1000 + 240}  # within the 5 min a report may be ahead
     assert relay_event(world, token, "state", ahead)["outcome"] == "applied"
-    code = world.devices.post(f"/devices/locks/{world.lock_id}/provisioning", headers=world.headers("owner"))
-    credentials, _key, _tls = provision(world.devices, code.get_json()["code"])
+    credentials, _key, _tls = pair_again(world.devices, world)
     repaired = dataclasses.replace(world, credentials=credentials)
     assert relay_event(repaired, token, "status", "online 1")["outcome"] == "applied"  # a counter from zero
     assert relay_event(repaired, token, "status", "offline 1")["outcome"] == "applied"

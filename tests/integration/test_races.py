@@ -27,8 +27,17 @@ from lockwise.core.runtime import get_runtime
 from lockwise.devices import commands, invitations, lock_auth, lock_certs, locks, members, provisioning
 from simlock.lock import new_tls_key
 from tests.conftest import PROJECT_ID
-from tests.devices_world import World, active_members, bearer, build_world, create_lock, join, new_lock_key
-from tests.waiting import wait_for
+from tests.devices_world import (
+    World,
+    active_members,
+    bearer,
+    build_world,
+    create_lock,
+    join,
+    new_lock_key,
+    pair_again,
+)
+from tests.waiting import held_at, wait_for
 
 #: how long a request is given to show that it waits (one that does not answers in ~10-50 ms here)
 SHOWS_IT_WAITS_S = 0.5
@@ -173,35 +182,6 @@ def test_a_lock_deleted_after_its_signature_was_checked_reads_its_config_as_a_de
     assert refused.value.code == "unknown_lock"
 
 
-def after_the_signature(
-    monkeypatch: pytest.MonkeyPatch, module: Any, name: str
-) -> tuple[threading.Event, threading.Event]:
-    """``module.name``, which a handler calls once the lock's signature was checked, waits for the test: the first
-    event is set when it is reached, the second lets it go on."""
-    real = getattr(module, name)
-    reached, go = threading.Event(), threading.Event()
-
-    def later(*args: Any, **kwargs: Any) -> Any:
-        reached.set()
-        assert go.wait(30)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(module, name, later)
-    return reached, go
-
-
-def pair_again(world: World) -> dict[str, Any]:
-    code = world.devices.post(f"/devices/locks/{world.lock_id}/provisioning", headers=world.headers("owner"))
-    assert code.status_code == 201, code.get_json()
-    key, public = new_lock_key()
-    paired = world.devices.post(
-        "/devices/provision", json={"code": code.get_json()["code"], "public_key": public, "csr": new_tls_key()[1]}
-    )
-    assert paired.status_code == 201, paired.get_json()
-    credentials: dict[str, Any] = paired.get_json()
-    return credentials
-
-
 @pytest.mark.parametrize("asks", ["certificate", "config"])
 def test_a_device_replaced_after_its_signature_was_checked_gets_nothing_of_the_new_ones(
     world: World, monkeypatch: pytest.MonkeyPatch, asks: str
@@ -211,19 +191,19 @@ def test_a_device_replaced_after_its_signature_was_checked_gets_nothing_of_the_n
     (at the broker it took the new device's session, its commands and its reports), or the new device's identity and
     topics. Both are now the deleted lock's 401."""
     if asks == "certificate":
-        reached, go = after_the_signature(monkeypatch, provisioning, "renew")
+        reached, go = held_at(monkeypatch, provisioning, "renew")
         path, body = "/devices/lock/certificate", json.dumps({"csr": new_tls_key()[1]}).encode()
         request = partial(
             world.devices.post, path, data=body, headers=signed(world, "POST", path, body, "application/json")
         )
     else:
-        reached, go = after_the_signature(monkeypatch, locks, "lock_config")
+        reached, go = held_at(monkeypatch, locks, "lock_config")
         path = "/devices/lock/config"
         request = partial(world.devices.get, path, headers=signed(world, "GET", path))
     with ThreadPoolExecutor(1) as pool:
         asking = pool.submit(request)
         assert reached.wait(30)
-        new = pair_again(world)
+        new = pair_again(world.devices, world)[0]
         go.set()
         resp = asking.result(30)
     assert resp.status_code == 401 and resp.get_json()["error"]["code"] == "unknown_lock", resp.get_json()
@@ -235,22 +215,14 @@ def test_a_pairing_waits_for_the_replaced_devices_renewal_under_way_and_revokes_
 ) -> None:
     """The other order: the renewal holds the old device's credential, the pairing waits for it, then revokes it and
     every certificate it was issued, the one just renewed too."""
-    reached, go = threading.Event(), threading.Event()
-    real_reissue = provisioning._reissue
-
-    def reissue_later(*args: Any, **kwargs: Any) -> Any:
-        reached.set()
-        assert go.wait(30)
-        return real_reissue(*args, **kwargs)
-
-    monkeypatch.setattr(provisioning, "_reissue", reissue_later)
+    reached, go = held_at(monkeypatch, provisioning, "_reissue")
     path, body = "/devices/lock/certificate", json.dumps({"csr": new_tls_key()[1]}).encode()
     with ThreadPoolExecutor(2) as pool:
         renewing = pool.submit(
             world.devices.post, path, data=body, headers=signed(world, "POST", path, body, "application/json")
         )
         assert reached.wait(30)  # the old device's credential is held
-        pairing = pool.submit(pair_again, world)
+        pairing = pool.submit(lambda: pair_again(world.devices, world)[0])
         time.sleep(0.5)
         assert not pairing.done(), "the lock was paired again while its old device's renewal was under way"
         go.set()
@@ -286,7 +258,7 @@ def test_a_door_attempt_refused_while_its_lock_is_being_deleted_does_not_deadloc
     a deadlock, the owner's deletion a 503. The log now takes the lock's row first, as the deletion does."""
     from lockwise.voice import verification
 
-    reached, go = after_the_signature(monkeypatch, verification, "record_attempt")  # called once both are held
+    reached, go = held_at(monkeypatch, verification, "record_attempt")  # called once both are held
     verify, body = make_client("verify"), b"RIFF, but no audio"
     with ThreadPoolExecutor(2) as pool:
         refused = pool.submit(

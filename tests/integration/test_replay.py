@@ -21,7 +21,7 @@ from lockwise.core.runtime import get_runtime
 from lockwise.devices import lock_auth
 from lockwise.voice import audio, budgets
 from lockwise.voice.model import fingerprint
-from tests.devices_world import World, build_world, create_lock, join, provision
+from tests.devices_world import World, build_world, create_lock, join, pair_again, provision
 
 pytestmark = pytest.mark.model
 
@@ -166,8 +166,7 @@ def test_a_clip_sent_again_by_the_locks_new_device_gets_no_grant_made_for_the_re
         con.run(
             "UPDATE commands SET status = 'acked', acked_at = now() WHERE id = CAST(:c AS uuid)", c=first["command_id"]
         )
-    code = devices.post(f"/devices/locks/{world.lock_id}/provisioning", headers=world.headers("owner"))
-    world.credentials, world.lock_key, world.tls_key_pem = provision(devices, code.get_json()["code"])
+    world.credentials, world.lock_key, world.tls_key_pem = pair_again(devices, world)
     again = post(opened)  # the new device, the same bytes
     assert (again["decision"], again["reason"]) == ("rejected", "unlock_expired") and "grant" not in again, again
 

@@ -30,9 +30,9 @@ from lockwise.voice.model import fingerprint
 from lockwise.voice.model.encoder import CALIBRATIONS
 from lockwise.voice.model.voice_activity import VoiceActivity
 from tests.conftest import PROJECT_ID
-from tests.devices_world import World, bearer, build_world, create_lock, join, provision
+from tests.devices_world import World, bearer, build_world, create_lock, join, pair_again, provision
 from tests.voices import noises, pcm16, pcm_json, speech_like, spoken, wav
-from tests.waiting import wait_for
+from tests.waiting import held_at, wait_for
 
 pytestmark = pytest.mark.model
 
@@ -1138,14 +1138,6 @@ def test_deleting_voice_data_waits_for_a_decision_already_reading_it(
     assert again["decision"] == "rejected"
 
 
-def pair_again(devices: Any, world: World) -> dict[str, Any]:
-    """The owner pairs the lock with a new device; its credentials."""
-    code = devices.post(f"/devices/locks/{world.lock_id}/provisioning", headers=world.headers("owner"))
-    assert code.status_code == 201, code.get_json()
-    credentials: dict[str, Any] = provision(devices, code.get_json()["code"])[0]
-    return credentials
-
-
 def test_a_voice_the_replaced_device_heard_as_the_lock_was_paired_again_opens_nothing(
     clients: dict[str, Any], world: World, monkeypatch: pytest.MonkeyPatch, relay_db: Database
 ) -> None:
@@ -1161,7 +1153,7 @@ def test_a_voice_the_replaced_device_heard_as_the_lock_was_paired_again_opens_no
     with ThreadPoolExecutor(2) as pool:
         deciding = pool.submit(signed_verify, clients, world, wav(take()))  # the old device's
         assert read.wait(30)  # the decision is under way; its forward pass waits for the test
-        pairing = pool.submit(pair_again, clients["devices"], world)
+        pairing = pool.submit(lambda: pair_again(clients["devices"], world)[0])
         time.sleep(0.5)
         assert not pairing.done(), "the lock was paired again while a decision on its old device's clip was under way"
         release.set()
@@ -1189,15 +1181,7 @@ def test_a_clip_the_replaced_device_signed_before_the_lock_was_paired_again_is_n
     from lockwise.voice import verification
 
     assert enroll(clients, world.accounts["member"]).status_code == 201
-    real_decide = verification.Doors.decide
-    checked, go = threading.Event(), threading.Event()
-
-    def decide_later(self: Any, *args: Any, **kwargs: Any) -> Any:
-        checked.set()
-        assert go.wait(30)
-        return real_decide(self, *args, **kwargs)
-
-    monkeypatch.setattr(verification.Doors, "decide", decide_later)
+    checked, go = held_at(monkeypatch, verification.Doors, "decide")
     with ThreadPoolExecutor(1) as pool:
         deciding = pool.submit(signed_verify, clients, world, wav(take()))
         assert checked.wait(30)  # the old device's signature is checked
