@@ -14,6 +14,8 @@ from pathlib import Path
 
 import trustme
 
+from infra.local.private_files import write_private
+
 ORGANIZATION = "LockWise local"
 HOSTS = ("localhost", "127.0.0.1")
 SERVER_CERT_DAYS = 825
@@ -49,6 +51,4 @@ def ensure_tls(directory: Path) -> TlsFiles:
 
 
 def _write_key(blob: trustme.Blob, path: Path) -> None:
-    path.touch(mode=0o600)
-    blob.write_to_path(str(path))
-    path.chmod(0o600)
+    write_private(path, blob.bytes().decode())

@@ -337,8 +337,7 @@ class Broker:
         directory.mkdir(parents=True, exist_ok=True)
         cert, key = directory / f"{identity}.crt", directory / f"{identity}.key"
         cert.write_text(cert_pem)
-        key.write_text(key_pem)
-        key.chmod(0o600)
+        write_private(key, key_pem)
         return cert, key
 
     def update_crl(self, pem: str) -> None:
@@ -412,13 +411,11 @@ def ensure_lock_ca(state_dir: Path) -> tuple[str, Path]:
     state_dir.mkdir(parents=True, exist_ok=True)
     ca_file, relays = state_dir / "lock-ca.pem", state_dir / "relay-certs.json"
     if not ca_file.exists():
-        ca_file.touch(mode=0o600)
-        ca_file.write_text(new_ca("LockWise local lock CA"))
+        write_private(ca_file, new_ca("LockWise local lock CA"))
         relays.unlink(missing_ok=True)
     pem = ca_file.read_text()
     if not relays.exists():
-        relays.touch(mode=0o600)
-        relays.write_text(json.dumps(relay_certs(pem)))
+        write_private(relays, json.dumps(relay_certs(pem)))
     return pem, relays
 
 
