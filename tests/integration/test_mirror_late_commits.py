@@ -207,9 +207,9 @@ def test_a_late_commit_lands_on_nothing_after_a_write_that_changed_nothing(
 def test_a_late_commit_that_made_a_members_access_document_gives_nothing_back_after_their_removal(
     make_client: Any, sign_up: Any, stack_env: dict[str, str]
 ) -> None:
-    """A member's access document made anew (their account enabled again: no feed entry beside it, whose own
-    ``exists: false`` would have the late commit refused), its commit late, written again by the next pass; then the
-    member removed. Deleted, their document was missing again, as the late commit had found it, and the late commit
+    """A member's access document made anew (their account enabled again after a day disabled, their ended document
+    gone with its TTL: no feed entry beside it, whose own ``exists: false`` would have the late commit refused), its
+    commit late, written again by the next pass; then the member removed. Deleted, their document was missing again, as the late commit had found it, and the late commit
     made it: a removed member read the lock's live view until the next membership change. Removal now writes over
     it (``mirror.access_ended``): the late commit finds it there and is refused."""
     world = build_world(make_client("devices"), sign_up)
@@ -219,7 +219,7 @@ def test_a_late_commit_that_made_a_members_access_document_gives_nothing_back_af
     rt.flush_mirror(force=True)
     theirs = stored(sdk, access)
     assert theirs is not None and rest_get(host, f"locks/{lock}", world.accounts["member"]["idToken"]) == 200
-    sdk.document(access).delete()  # as while their account was disabled
+    sdk.document(access).delete()  # ended while their account was disabled, and gone with Firestore's TTL a day on
     with late_flusher(stack_env) as (flusher, relay):
         queue((access, "set", theirs))
         assert flusher.flush(hand_off=False, budget_s=0.1) == 0  # no answer within the client's timeout
