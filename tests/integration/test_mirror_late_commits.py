@@ -209,9 +209,10 @@ def test_a_late_commit_that_made_a_members_access_document_gives_nothing_back_af
 ) -> None:
     """A member's access document made anew (their account enabled again after a day disabled, their ended document
     gone with its TTL: no feed entry beside it, whose own ``exists: false`` would have the late commit refused), its
-    commit late, written again by the next pass; then the member removed. Deleted, their document was missing again, as the late commit had found it, and the late commit
-    made it: a removed member read the lock's live view until the next membership change. Removal now writes over
-    it (``mirror.access_ended``): the late commit finds it there and is refused."""
+    commit late, written again by the next pass; then the member removed. Deleted, their document was missing again,
+    as the late commit had found it, and the late commit made it: a removed member read the lock's live view until
+    the next membership change. Removal now writes over it (``mirror.access_ended``): the late commit finds it there
+    and is refused."""
     world = build_world(make_client("devices"), sign_up)
     host, lock, member = stack_env["FIRESTORE_EMULATOR_HOST"], world.lock_id, world.uid("member")
     access, sdk = mirror.access_doc(lock, member), sdk_client(PROJECT_ID, stack_env["FIRESTORE_EMULATOR_HOST"])
