@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from lockwise.core.db import Database
+from lockwise.core.db import Database, PreparingConnection
 from lockwise.core.runtime import get_runtime
 from lockwise.devices import door_decisions, locks
 from tests.devices_world import World, bearer, build_world, sign_in
@@ -120,6 +120,37 @@ def test_a_disabled_owners_lock_is_handed_over_or_deleted_and_the_owner_kept_as_
         404,
         "lock_not_found",
     )
+
+
+def test_the_listing_reads_every_locks_members_in_one_statement(
+    clients: dict[str, Any], operator: dict[str, str], stack_env: dict[str, str], sign_up: Any, monkeypatch: Any
+) -> None:
+    """Two locks whose owners' accounts are deleted, each listed with its own members; their members read in one
+    statement whatever the number of locks (a statement a lock before: up to 100 round trips in one listing)."""
+    devices = clients["devices"]
+    worlds = [build_world(devices, sign_up) for _ in range(2)]
+    for world in worlds:
+        delete_account(stack_env, world.uid("owner"))
+    flush(clients, stack_env)
+    read: list[str] = []
+    run = PreparingConnection.run
+
+    def counted(self: PreparingConnection, sql: str, *args: Any, **params: Any) -> Any:
+        read.append(sql)
+        return run(self, sql, *args, **params)
+
+    monkeypatch.setattr(PreparingConnection, "run", counted)
+    listed = devices.get("/devices/operator/ownerless-locks", headers=operator).get_json()["locks"]
+    monkeypatch.undo()
+    assert sorted(found["id"] for found in listed) == sorted(world.lock_id for world in worlds)
+    for found in listed:
+        (world,) = [w for w in worlds if w.lock_id == found["id"]]
+        roles = {m["uid"]: m["role"] for m in found["members"]}
+        assert roles[world.uid("admin")] == "admin" and world.uid("owner") not in roles
+        assert world.uid("revoked") not in roles and world.uid("stranger") not in roles
+        others = {w.uid("admin") for w in worlds if w is not world}
+        assert not others & set(roles), "another lock's member listed"
+    assert len([sql for sql in read if "FROM lock_members" in sql]) == 1, read
 
 
 def operator_uid(headers: dict[str, str], devices: Any) -> str:

@@ -284,6 +284,19 @@ def list_for_lock(con: Connection, lock_id: str) -> list[Membership]:
     return [Membership(**row) for row in rows_as_dicts(con, sql, l=lock_id)]
 
 
+def list_for_locks(con: Connection, lock_ids: list[str]) -> dict[str, list[Membership]]:
+    """The unrevoked memberships of each of ``lock_ids`` (as ``lock_id::text`` spells them; a lock with none is left
+    out), in one statement: an operator's listing read them a lock at a time."""
+    sql = (
+        _SELECT
+        + " WHERE lock_id = ANY(CAST(:ls AS uuid[])) AND revoked_at IS NULL ORDER BY lock_id, created_at, user_uid"
+    )
+    found: dict[str, list[Membership]] = {}
+    for row in rows_as_dicts(con, sql, ls=lock_ids):
+        found.setdefault(row["lock_id"], []).append(Membership(**row))
+    return found
+
+
 def require(
     con: Connection,
     lock_id: str,

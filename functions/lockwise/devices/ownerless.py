@@ -39,9 +39,10 @@ def listed(con: Connection, now: dt.datetime) -> list[dict[str, Any]]:
         + " ORDER BY coalesce(u.account_gone_at, u.account_disabled_at), l.created_at LIMIT :n",
         n=LISTED,
     )
+    memberships = members.list_for_locks(con, [str(row[0]) for row in rows])
     found = []
     for lock_id, name, owner_uid, gone in rows:
-        others = [m for m in members.list_for_lock(con, lock_id) if m.active(now) and m.user_uid != owner_uid]
+        others = [m for m in memberships.get(lock_id, []) if m.active(now) and m.user_uid != owner_uid]
         found.append(
             {
                 "id": lock_id,
