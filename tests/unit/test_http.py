@@ -183,6 +183,16 @@ def test_a_request_gunicorn_refuses_is_answered_in_the_api_error_shape() -> None
     assert error["code"] == "header_fields_too_large" and error["message"] == "x" * server_errors.MESSAGE_MAX
     internal = json.loads(server_errors.error_response(500, "Internal Server Error", "").partition(b"\r\n\r\n")[2])
     assert internal["error"]["code"] == "internal" and "request id" in internal["error"]["message"]
+    assert not any(line.startswith("Retry-After") for line in lines)
+    # the event loop's 503 (too many bytes held) says when to try again, as every 503 of the API does
+    head, _, body = server_errors.error_response(503, "Service Unavailable", "busy").partition(b"\r\n\r\n")
+    assert "Retry-After: 1" in head.decode("latin-1").split("\r\n")
+    assert json.loads(body)["error"] | {"request_id": ""} == {
+        "code": "overloaded",
+        "message": "busy",
+        "details": {"retry_after_s": 1},
+        "request_id": "",
+    }
 
 
 @pytest.mark.parametrize(

@@ -53,11 +53,14 @@ def error_response(status: int, reason: str, message: str) -> bytes:
     text = message[:MESSAGE_MAX] if message else reason
     if status == 500:  # (a 501 or 503 says what it refuses or why)
         text = "internal error; quote the request id when reporting it"
-    err = errors.LockwiseError(text, code=code)
+    # a 503 says when to try again, as the API's own do (``errors.Unavailable``): told nothing, a lock read a
+    # missing ``Retry-After`` as 0 and tried again at once (a review of FIRMWARE.md against the code)
+    err = errors.Unavailable(text, code=code) if status == 503 else errors.LockwiseError(text, code=code)
     body = json.dumps(errors.error_body(err, uuid.uuid4().hex), separators=(",", ":")).encode()
     reason = reason.encode("latin-1", "replace").decode("latin-1")
+    extra = "".join(f"{name}: {value}\r\n" for name, value in err.headers().items())
     head = (
-        f"HTTP/1.1 {status} {reason}\r\nConnection: close\r\nContent-Type: application/json\r\n"
+        f"HTTP/1.1 {status} {reason}\r\nConnection: close\r\nContent-Type: application/json\r\n{extra}"
         f"Content-Length: {len(body)}\r\n\r\n"
     )
     return head.encode("latin-1") + body
