@@ -21,5 +21,10 @@ TRIED = "failed: "
 
 
 def lock_said(result: str, reason: str | None) -> str:
-    """The ``last_error`` of a command the lock answered ``failed`` or ``refused`` (with its reason, if any)."""
-    return f"{result}: {reason or 'no reason given'}"[:200]
+    """The ``last_error`` of a command the lock answered ``failed`` or ``refused``, with the first ``REASON_MAX``
+    characters of its reason, if any (docs/FIRMWARE.md; the whole cut to 200 kept 191 of the reason's)."""
+    return f"{result}: {(reason or 'no reason given')[:REASON_MAX]}"
+
+
+#: the characters of a lock's ``reason`` kept (docs/FIRMWARE.md)
+REASON_MAX = 200
