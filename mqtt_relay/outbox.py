@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from lockwise.core.config import COMMAND_TTL_MAX_S
 from lockwise.core.db import Connection, Database, rows_as_dicts
 from lockwise.devices import command_outcomes, members, topics
 
@@ -24,8 +25,8 @@ log = logging.getLogger("mqtt_relay.outbox")
 
 #: publish([(topic, payload, expires_in_s), ...]) -> for each, True once the broker acknowledged it (PUBACK); the
 #: messages are in flight together, so a round costs about one broker round trip, not one per command. The broker
-#: drops a message not delivered within ``expires_in_s`` (MQTT 5's message expiry): an offline lock's queue holds
-#: only commands it could still act on
+#: delivers no message past ``expires_in_s`` (MQTT 5's message expiry), but Mosquitto 2.0 drops an expired one only
+#: as it would deliver it: a session away keeps them all (``UNANSWERED``)
 Publish = Callable[[list[tuple[str, str, int]]], list[bool]]
 
 
@@ -38,6 +39,44 @@ class Delivery:
     @property
     def topic(self) -> str:
         return topics.commands(self.identity)
+
+
+#: commands a lock may leave unanswered, with nothing heard from it since the first of them, before it is sent no
+#: more until it is heard from (a state report, an online, an ack): a lock that ended its connection cleanly, without
+#: its ``offline``, is taken for online, and Mosquitto kept every command published into its away session, expired
+#: ones too (they are dropped only when delivered): an owner's loop of 30 commands a minute grew the broker's memory
+#: and persistence file by ~0.5 KB each, for good (attack run 54). Held, they stay ``pending`` and expire unsent
+UNANSWERED = 5
+#: ... counted within this many seconds (a longer silence lets ``UNANSWERED`` more through each such time)
+UNANSWERED_WINDOW_S = 3600
+#: sent to the lock (taken by the broker) since it was last heard from, and answered by nothing since: its state
+#: report, status (``lock_state.last_seen``) or an ack of a command sent later (the ack of an older one may be lost)
+_UNANSWERED_SQL = (
+    "(SELECT count(*) FROM commands u, (SELECT greatest("
+    "(SELECT last_seen FROM lock_state WHERE lock_id = c.lock_id),"
+    " (SELECT max(a.sent_at) FROM commands a WHERE a.lock_id = c.lock_id"
+    "   AND a.created_at > now() - make_interval(secs => CAST(:window AS integer) + CAST(:ttl AS integer))"
+    "   AND (a.status = 'acked' OR (a.status = 'failed' AND a.last_error LIKE ANY(:lock_answered)))),"
+    " now() - make_interval(secs => :window)) AS at) heard"
+    " WHERE u.lock_id = c.lock_id AND u.id <> c.id AND u.created_at > heard.at - make_interval(secs => :ttl)"
+    " AND u.sent_at > heard.at AND u.status IN ('sent', 'expired'))"
+)
+
+
+def _answered_enough(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``rows`` but those of a lock that left ``UNANSWERED`` commands unanswered, counting those this round sends
+    it first (a burst of commands made at once is one round): they stay ``pending`` and expire unsent unless the
+    lock is heard from first. A re-send is not one more."""
+    first_sends: dict[str, int] = {}
+    kept = []
+    for row in rows:
+        lock = row["lock_id"]
+        if int(row["unanswered"]) + first_sends.get(lock, 0) >= UNANSWERED:
+            continue
+        if row["status"] == "pending":
+            first_sends[lock] = first_sends.get(lock, 0) + 1
+        kept.append(row)
+    return kept
 
 
 def expire(con: Connection) -> int:
@@ -124,7 +163,9 @@ def deliver_due(db: Database, publish: Publish, *, resend_after_s: int, limit: i
             " c.created_at, CAST(floor(EXTRACT(EPOCH FROM c.expires_at - now())) AS integer) AS ttl, "
             + members.issuer_gone_sql("c")  # nor for an account found disabled or deleted since
             # made for another device (one made before migration 0061: published to another), NULL (false) if not
-            + " AS issuer_gone, coalesce(c.made_for <> cr.id, c.sent_to <> cr.mqtt_username) AS paired_since"
+            + " AS issuer_gone, coalesce(c.made_for <> cr.id, c.sent_to <> cr.mqtt_username) AS paired_since, "
+            + _UNANSWERED_SQL
+            + " AS unanswered"
             " FROM commands c"
             " LEFT JOIN lock_credentials cr ON cr.lock_id = c.lock_id AND cr.revoked_at IS NULL"
             " WHERE c.expires_at > now()"
@@ -144,6 +185,10 @@ def deliver_due(db: Database, publish: Publish, *, resend_after_s: int, limit: i
             resend=resend_after_s,
             tried=command_outcomes.TRIED,
             n=limit,
+            unanswered=UNANSWERED,
+            window=UNANSWERED_WINDOW_S,
+            ttl=COMMAND_TTL_MAX_S,
+            lock_answered=[f"{answer}: %" for answer in command_outcomes.LOCK_ANSWERS],
         )
         _fail(con, [r["id"] for r in rows if r["identity"] is None], "lock has no active credentials")
         # never sent: failed; sent: not sent again, and its ack still taken (the lock may have acted on it)
@@ -155,10 +200,14 @@ def deliver_due(db: Database, publish: Publish, *, resend_after_s: int, limit: i
         # held unpublished as the lock was paired again went to the new one)
         _fail(con, [r["id"] for r in rows if r["paired_since"]], command_outcomes.PAIRED_AGAIN)
         behind = _behind_another_relay(con, rows)
-        due = [
-            (Delivery(r["id"], r["lock_id"], str(r["identity"])), str(r["payload"]), max(1, r["ttl"]))
+        sendable = [
+            r
             for r in rows
             if r["identity"] is not None and not r["issuer_gone"] and not r["paired_since"] and r["id"] not in behind
+        ]
+        due = [
+            (Delivery(r["id"], r["lock_id"], str(r["identity"])), str(r["payload"]), max(1, r["ttl"]))
+            for r in _answered_enough(sendable)
         ]
         if not due:
             return delivered

@@ -694,3 +694,41 @@ def test_a_command_a_relay_held_unpublished_through_a_pairing_never_goes_to_the_
     assert status(relay_db, first) == status(relay_db, second) == ("failed", command_outcomes.PAIRED_AGAIN)
     after = send(world, "owner").get_json()["command"]["id"]  # made for the new device: sent to it
     assert [c.id for c, _ in deliver(relay_db, world)] == [after]
+
+
+def test_a_lock_that_answers_nothing_is_sent_only_its_last_few_commands_until_it_is_heard_from(
+    world: World, relay_db: Database
+) -> None:
+    """Attack run 54: a lock that ended its connection cleanly, without its ``offline``, is taken for online, and
+    every command went into its away session, where Mosquitto keeps expired ones too: an owner's loop grew the
+    broker by ~0.5 KB a command, for good. A lock now gets at most ``UNANSWERED`` commands it has not answered
+    since it was last heard from, one by one or made at once; the rest stay pending (and expire unsent) until it
+    is heard from: a report, or an ack of a command."""
+
+    def made(count: int, role: str = "owner") -> list[str]:
+        return [send(world, role).get_json()["command"]["id"] for _ in range(count)]
+
+    def heard_from() -> None:  # what a state report records
+        with relay_db.transaction() as con:
+            con.run(
+                "UPDATE lock_state SET online = true, last_seen = now() WHERE lock_id = CAST(:l AS uuid)",
+                l=world.lock_id,
+            )
+
+    heard_from()
+    for _ in range(outbox.UNANSWERED):  # one by one, each sent as it is made
+        one = made(1)
+        assert [c.id for c, _ in deliver(relay_db, world)] == one
+    held = made(2)
+    assert deliver(relay_db, world) == [] and {status(relay_db, c)[0] for c in held} == {"pending"}
+    heard_from()
+    assert [c.id for c, _ in deliver(relay_db, world)] == held  # each sent once it reported itself again
+    at_once = made(outbox.UNANSWERED + 2, "admin")  # a burst, claimed in one round
+    assert [c.id for c, _ in deliver(relay_db, world)] == at_once[: outbox.UNANSWERED - len(held)]
+    assert deliver(relay_db, world) == []
+    with relay_db.transaction() as con:  # the lock acknowledges the last it was sent: it answers again
+        con.run(
+            "UPDATE commands SET status = 'acked', acked_at = now() WHERE id = CAST(:i AS uuid)",
+            i=at_once[outbox.UNANSWERED - len(held) - 1],
+        )
+    assert len(deliver(relay_db, world)) == min(outbox.UNANSWERED, len(at_once) - (outbox.UNANSWERED - len(held)))

@@ -26,6 +26,9 @@ LOCAL_SERVICE_TOKEN = "local-dev-only"
 #: the longest a clip sent again is answered with its decision (``LOCKWISE_VOICE_SENT_AGAIN_S``'s bound): a decided
 #: clip's identity is kept no longer (``lockwise.core.retention``)
 VOICE_SENT_AGAIN_MAX_S = 600
+#: the longest a command may be delivered (``LOCKWISE_COMMAND_TTL_S``'s bound): the relay reads a lock's commands sent
+#: since a moment among those made up to this long before it (``mqtt_relay.outbox``)
+COMMAND_TTL_MAX_S = 300
 
 #: The one switch that lets a production-mode process use the local stand-ins of managed services (the Firestore and
 #: Auth emulators) for the production rehearsal (tests/rehearsal). Refused on Cloud Run, where the platform sets
@@ -358,7 +361,7 @@ class Settings:
             pairings_per_day=env_int(env, "LOCKWISE_PAIRINGS_PER_DAY", 50, minimum=2),
             locks_per_owner=env_int(env, "LOCKWISE_LOCKS_PER_OWNER", 100, minimum=1),
             members_per_lock=env_int(env, "LOCKWISE_MEMBERS_PER_LOCK", 100, minimum=2),
-            command_ttl_s=env_int(env, "LOCKWISE_COMMAND_TTL_S", 30, minimum=5),
+            command_ttl_s=env_int(env, "LOCKWISE_COMMAND_TTL_S", 30, minimum=5, maximum=COMMAND_TTL_MAX_S),
             provisioning_ttl_s=env_int(env, "LOCKWISE_PROVISIONING_TTL_S", 600, minimum=60),
             invitation_ttl_s=env_int(env, "LOCKWISE_INVITATION_TTL_S", 7 * 24 * 3600, minimum=3600),
             pairing_failures_per_hour=env_int(env, "LOCKWISE_PAIRING_FAILURES_PER_HOUR", 20, minimum=1),

@@ -52,6 +52,12 @@ def is_report(topic: str) -> bool:
     return lock is not None and topic in (state(lock), status(lock))
 
 
+def is_ack(topic: str) -> bool:
+    """A lock's command acknowledgement."""
+    lock = lock_of(topic)
+    return lock is not None and topic == acks(lock)
+
+
 def posted(payload: str) -> bytes:
     """A payload as the relay posts it: its JSON string's content (without the quotes) in UTF-8, escapes counted (a
     character the JSON escapes, a control character, costs 6 bytes; an emoji 4; a lone surrogate is "?"): its length
