@@ -147,6 +147,9 @@ IN_PROGRESS_RETRY_S = 1
 #: (up to its signed-request limit, 120 a minute) wrote an entry to the feed each, burying the rest of the lock's
 #: history (attack run); at most ``FEED_REFUSALS_PER_MINUTE`` a minute are listed, every one is kept in PostgreSQL
 FEED_BUDGETED = ("invalid", "refused")
+#: ... and rejections answered without the model: at a lock nobody enrolled at, a lock's loop of clips made one
+#: entry each, 120 a minute, each a Firestore write kept 90 days (attack run 54)
+FEED_BUDGETED_REASONS = ("no_candidates", "unlock_expired")
 FEED_REFUSALS_PER_MINUTE = 10
 
 
@@ -188,12 +191,13 @@ def record_attempt(
             h=clip_sha256,
         )[0][0]
     )
-    if outcome in FEED_BUDGETED:
+    if outcome in FEED_BUDGETED or reason in FEED_BUDGETED_REASONS:
         (recent,) = con.run(
-            "SELECT count(*) FROM verification_attempts WHERE lock_id = CAST(:l AS uuid) AND outcome = ANY(:o)"
-            " AND created_at > now() - interval '1 minute'",
+            "SELECT count(*) FROM verification_attempts WHERE lock_id = CAST(:l AS uuid)"
+            " AND (outcome = ANY(:o) OR reason = ANY(:r)) AND created_at > now() - interval '1 minute'",
             l=lock_id,
             o=list(FEED_BUDGETED),
+            r=list(FEED_BUDGETED_REASONS),
         )[0]
         if recent > FEED_REFUSALS_PER_MINUTE:
             if recent == FEED_REFUSALS_PER_MINUTE + 1:  # once a minute: the feed says more came than it lists
