@@ -58,48 +58,49 @@ INVITATIONS_KEPT_DAYS = 30
 #: retention made shorter); a backlog then drains flush by flush (10 s apart: up to 500 rows/s a table) instead of
 #: failing the whole flush, and the mirror's writes with it, every time
 PRUNE_BATCH = 5000
-#: the locks' request nonces and per-minute counts come faster than one batch a flush can delete (a lock at its
-#: request limit adds 2 nonces a second: 250 such locks fill a batch every 10 s flush), so their prune repeats while
-#: batches come back full, for up to this long a flush
+#: rows can come faster than one batch a flush deletes (a lock at its request limit adds 2 nonces a second: 250 such
+#: locks fill a batch every 10 s flush; an account's 50 locks each posting 120 clips a minute add 100 attempts a
+#: second, and three such accounts outran one batch a table for good: attack run 54), so each table's prune repeats
+#: while its batches come back full, all of them within this long a flush (each table has its first batch)
 BUSY_PRUNE_S = 2.0
 
 
 def prune_expired(con: Connection, nonces_kept_s: int) -> dict[str, int]:
-    """Delete up to ``PRUNE_BATCH`` expired rows of each table in ``EXPIRING``, of the mirror writes Firestore
+    """Delete expired rows, ``PRUNE_BATCH`` at a time (each table's once, then again while full within
+    ``BUSY_PRUNE_S`` in all), of each table in ``EXPIRING``, of the mirror writes Firestore
     refused kept past ``REFUSED_MIRROR_WRITES_KEPT_DAYS``, of the locks' request nonces seen over ``nonces_kept_s``
     ago (twice the clock skew a signed request may have: an older one is refused for its timestamp) and of their
     per-minute counts of past minutes, refused requests' counts past ``DENIAL_COUNTS_KEPT_DAYS``, and the commands,
     voice attempts and invitations kept past ``COMMANDS_KEPT_DAYS``, ``ATTEMPTS_KEPT_DAYS`` and
     ``INVITATIONS_KEPT_DAYS``; return how many a table. The audit log is kept (append-only). (The nonces and counts
     were deleted by one signed request in 50, all at once: a request paid for every lock's.)"""
-    pruned = {table: _prune(con, table, "expires_at <= now()") for table in EXPIRING}
-    pruned["lock_request_nonces"] = _prune_while_full(
-        con, "lock_request_nonces", "seen_at < now() - make_interval(secs => :s)", s=nonces_kept_s
-    )
-    pruned["lock_request_counts"] = _prune_while_full(
-        con, "lock_request_counts", "minute < now() - interval '2 minutes'"
-    )
-    pruned["firestore_outbox"] = _prune(
-        con,
+    deadline = time.monotonic() + BUSY_PRUNE_S
+
+    def prune(table: str, condition: str, **params: object) -> int:
+        return _prune_while_full(con, table, condition, deadline, **params)
+
+    pruned = {  # first: the fastest to come
+        "lock_request_nonces": prune(
+            "lock_request_nonces", "seen_at < now() - make_interval(secs => :s)", s=nonces_kept_s
+        ),
+        "lock_request_counts": prune("lock_request_counts", "minute < now() - interval '2 minutes'"),
+    }
+    pruned |= {table: prune(table, "expires_at <= now()") for table in EXPIRING}
+    pruned["firestore_outbox"] = prune(
         "firestore_outbox",
         "refused_at IS NOT NULL AND refused_at <= now() - make_interval(days => :d)",
         d=REFUSED_MIRROR_WRITES_KEPT_DAYS,
     )
-    pruned["pairing_failures"] = _prune(con, "pairing_failures", "hour < now() - interval '1 day'")
-    pruned["pairing_attempts"] = _prune(con, "pairing_attempts", "at < now() - interval '1 day'")
+    pruned["pairing_failures"] = prune("pairing_failures", "hour < now() - interval '1 day'")
+    pruned["pairing_attempts"] = prune("pairing_attempts", "at < now() - interval '1 day'")
     # a revoked certificate a day past its own end: the CRL lists only those still valid, and the broker refuses an
     # expired one anyway (they were kept for ever: a row for each re-pairing and deletion, attack run 46)
-    pruned["revoked_lock_certificates"] = _prune(
-        con, "revoked_lock_certificates", "not_after < now() - interval '1 day'"
+    pruned["revoked_lock_certificates"] = prune("revoked_lock_certificates", "not_after < now() - interval '1 day'")
+    pruned["audit_denial_counts"] = prune(
+        "audit_denial_counts", "minute <= now() - make_interval(days => :d)", d=DENIAL_COUNTS_KEPT_DAYS
     )
-    pruned["audit_denial_counts"] = _prune(
-        con, "audit_denial_counts", "minute <= now() - make_interval(days => :d)", d=DENIAL_COUNTS_KEPT_DAYS
-    )
-    pruned["commands"] = _prune(
-        con, "commands", "expires_at <= now() - make_interval(days => :d)", d=COMMANDS_KEPT_DAYS
-    )
-    pruned["verification_attempts"] = _prune(
-        con,
+    pruned["commands"] = prune("commands", "expires_at <= now() - make_interval(days => :d)", d=COMMANDS_KEPT_DAYS)
+    pruned["verification_attempts"] = prune(
         "verification_attempts",
         "created_at <= now() - make_interval(days => :d) AND NOT EXISTS (SELECT 1 FROM commands c"
         " WHERE c.attempt_id = verification_attempts.id)"  # a kept command's attempt stays (none: kept shorter)
@@ -107,8 +108,7 @@ def prune_expired(con: Connection, nonces_kept_s: int) -> dict[str, int]:
         " AND f.expires_at > now())",  # nor one whose fingerprint a longer replay memory keeps (attack run 33)
         d=ATTEMPTS_KEPT_DAYS,
     )
-    pruned["invitations"] = _prune(
-        con,
+    pruned["invitations"] = prune(
         "invitations",
         "LEAST(expires_at, accepted_at, closed_at) <= now() - make_interval(days => :d)",
         d=INVITATIONS_KEPT_DAYS,
@@ -118,9 +118,9 @@ def prune_expired(con: Connection, nonces_kept_s: int) -> dict[str, int]:
     return pruned
 
 
-def _prune_while_full(con: Connection, table: str, condition: str, **params: object) -> int:
-    """``_prune`` again while its batches come back full, for up to ``BUSY_PRUNE_S``: how many rows in all."""
-    total, deadline = 0, time.monotonic() + BUSY_PRUNE_S
+def _prune_while_full(con: Connection, table: str, condition: str, deadline: float, **params: object) -> int:
+    """``_prune`` once, then again while its batches come back full until ``deadline``: how many rows in all."""
+    total = 0
     while True:
         deleted = _prune(con, table, condition, **params)
         total += deleted
