@@ -1049,21 +1049,27 @@ def test_a_write_firestore_refuses_is_set_aside_and_holds_up_nothing(world: Worl
     assert rt.mirror.pending() == 0
 
 
-def test_refused_events_of_one_topic_are_kept_a_hundred_an_hour(world: World, stack_env: dict[str, str]) -> None:
-    """Attack run: a paired lock publishing junk in a loop added 121,000 rows a minute, every one kept forever."""
-    topic = f"lockwise/{world.credentials['mqtt']['client_id']}/state"
-    for _ in range(3):
+def test_refused_events_of_one_lock_are_kept_ten_an_hour_for_a_week(world: World, stack_env: dict[str, str]) -> None:
+    """Attack run: a paired lock publishing junk in a loop added 121,000 rows a minute, every one kept forever.
+    Attack run 54: 100 a topic and hour, 500 characters each, kept 30 days, were still 216,000 rows of one lock's
+    junk: now its topics together keep ``REJECTS_KEPT_PER_HOUR``, a week, their payloads' first 200 characters."""
+    identity = world.credentials["mqtt"]["client_id"]
+    lock_topics = [f"lockwise/{identity}/{name}" for name in ("state", "ack", "status")]
+    for topic in lock_topics:
         resp = world.devices.post(
             "/devices/relay/events",
-            json={"events": [{"topic": topic, "payload": "junk"}] * 50},
+            json={"events": [{"topic": topic, "payload": "junk" * 100}] * 50},
             headers={"X-LockWise-Service-Token": stack_env["LOCKWISE_SERVICE_TOKEN"]},
         )
         assert [r["outcome"] for r in resp.get_json()["results"]] == ["rejected"] * 50  # each still judged
     with get_runtime("devices").db.connection() as con:
-        (kept,) = con.run("SELECT count(*) FROM lock_event_rejects WHERE topic = :t", t=topic)[0]
-        (expiry,) = con.run("SELECT min(expires_at - received_at) FROM lock_event_rejects WHERE topic = :t", t=topic)[0]
-    assert kept == lock_events.REJECTS_KEPT_PER_HOUR
-    assert expiry == dt.timedelta(days=30)
+        kept, expiry, longest = con.run(
+            "SELECT count(*), min(expires_at - received_at), max(length(payload_excerpt)) FROM lock_event_rejects"
+            " WHERE topic = ANY(:t)",
+            t=lock_topics,
+        )[0]
+    assert kept == lock_events.REJECTS_KEPT_PER_HOUR == 10
+    assert expiry == dt.timedelta(days=7) and longest == 200
 
 
 def test_rows_a_request_had_no_time_for_are_written_without_another_flush(

@@ -54,8 +54,12 @@ MAX_PAYLOAD_DEPTH = 2
 #: loop filled its feed and the Firestore bill); past it they still change its row and its document, and the next
 #: entry listed carries ``unlisted_before``, how many were left out
 FEED_WINDOW = dt.timedelta(minutes=1)
-#: refused events kept per topic and hour for an operator (each refusal is counted by the relay all the same)
-REJECTS_KEPT_PER_HOUR = 100
+#: refused events kept per lock (its topics together; any other topic on its own) and hour for an operator, so
+#: long, their payloads' first characters (each refusal is counted by the relay all the same): 100 a topic and
+#: hour for 30 days, 500 characters each, kept 216,000 rows (~260 MB) of one lock's junk (attack run 54)
+REJECTS_KEPT_PER_HOUR = 10
+REJECTS_KEPT = dt.timedelta(days=7)
+REJECT_EXCERPT_CHARS = 200
 #: a lock's last state reports known by their key (``lock_state.recent_reports``), so that one delivered again is
 #: taken once (a lock reports a few an hour; a relay restart redelivers what it had not acknowledged)
 RECENT_REPORTS = 64
@@ -266,20 +270,27 @@ def _still_live(con: Connection, locks: dict[str, str]) -> dict[str, str]:
 
 def _park(con: Connection, event: Any, reason: str) -> None:
     """Keep a rejected event for an operator: its topic and a printable excerpt (NUL and bad text escaped); at most
-    ``REJECTS_KEPT_PER_HOUR`` a topic (a lock publishing junk in a loop added 121,000 rows a minute: attack run)."""
+    ``REJECTS_KEPT_PER_HOUR`` a lock (a lock publishing junk in a loop added 121,000 rows a minute: attack run),
+    for ``REJECTS_KEPT``."""
     topic = event.get("topic") if isinstance(event, dict) else None
     payload = event.get("payload") if isinstance(event, dict) else event
-    same_topic = "topic = CAST(:t AS text)" if isinstance(topic, str) else "topic IS NULL"  # each uses the index
+    kept_topic = _printable(topic)[:200] if isinstance(topic, str) else None
+    lock = topics.lock_of(kept_topic) if kept_topic is not None else None
+    same = [kept_topic] if lock is None else [topics.state(lock), topics.acks(lock), topics.status(lock), kept_topic]
+    same_lock = "topic = ANY(CAST(:same AS text[]))" if kept_topic is not None else "topic IS NULL"  # the index
     con.run(
-        "INSERT INTO lock_event_rejects (topic, reason, payload_excerpt, payload_chars)"
-        " SELECT CAST(:t AS text), CAST(:r AS text), CAST(:p AS text), CAST(:n AS integer)"
-        f" WHERE (SELECT count(*) FROM lock_event_rejects WHERE {same_topic}"
+        "INSERT INTO lock_event_rejects (topic, reason, payload_excerpt, payload_chars, expires_at)"
+        " SELECT CAST(:t AS text), CAST(:r AS text), CAST(:p AS text), CAST(:n AS integer),"
+        " now() + make_interval(days => :days)"
+        f" WHERE (SELECT count(*) FROM lock_event_rejects WHERE {same_lock}"
         " AND received_at > now() - interval '1 hour') < :kept",
         kept=REJECTS_KEPT_PER_HOUR,
-        t=_printable(topic)[:200] if isinstance(topic, str) else None,
+        same=sorted(set(same)),
+        t=kept_topic,
         r=reason[:200],
-        p=_printable(payload if isinstance(payload, str) else repr(payload))[:500],
+        p=_printable(payload if isinstance(payload, str) else repr(payload))[:REJECT_EXCERPT_CHARS],
         n=len(payload) if isinstance(payload, str) else None,
+        days=REJECTS_KEPT.days,
     )
 
 
