@@ -18,7 +18,7 @@ logger = logging.getLogger(__name__)
 #: tables whose rows carry an ``expires_at`` (NULL: kept until their owner goes): attempts' fingerprints (kept
 #: ``LOCKWISE_REPLAY_MEMORY_HOURS``), say-again attempts' per-member scores (kept 30 s for the second utterance),
 #: enrollments compared with co-members' voices (counted for a day) and the lock certificates issued (kept until
-#: they expire, to be revoked with their credential), lock events refused (kept 30 days for an operator), the
+#: they expire, to be revoked with their credential), lock events refused (kept a week for an operator), the
 #: daily quotas' rows (enrollment requests and those that reached the model, pairing codes: a day) and lapsed
 #: transfer offers
 EXPIRING = (
@@ -34,8 +34,8 @@ EXPIRING = (
 )
 
 
-#: mirror writes Firestore refused (set aside by ``lockwise.core.mirror``) are kept this long for an operator, as
-#: refused lock events are, then deleted (they were kept for ever)
+#: mirror writes Firestore refused (set aside by ``lockwise.core.mirror``) are kept this long for an operator, then
+#: deleted (they were kept for ever)
 REFUSED_MIRROR_WRITES_KEPT_DAYS = 30
 #: refused requests' counts per minute (``lockwise.core.audit.record_denied``; the first few are in the audit log)
 DENIAL_COUNTS_KEPT_DAYS = 90
