@@ -1473,6 +1473,18 @@ def test_deleting_voice_data_removes_every_row(
     assert doc.get().to_dict().keys() - {mirror.MIRRORED_AT} == {"voice_enrolled"}
     assert doc.get().to_dict()["voice_enrolled"] is False
     assert clients["embed"].get("/embed/enrollment", headers=world.headers("owner")).get_json()["enrolled"] is False
+    # again, nothing left to erase: no write to the app's document (attack run 54: a loop of them wrote it 129 times
+    # a second), the erasure's time marked all the same (an enrollment under way stores nothing)
+    written, marked = doc.get().to_dict()[mirror.MIRRORED_AT], erased_at(world.uid("owner"))
+    for _ in range(3):
+        assert clients["embed"].delete("/embed/enrollment", headers=world.headers("owner")).status_code == 204
+    get_runtime("embed").flush_mirror(force=True)
+    assert doc.get().to_dict()[mirror.MIRRORED_AT] == written and erased_at(world.uid("owner")) > marked
+
+
+def erased_at(uid: str) -> Any:
+    with get_runtime("embed").db.connection() as con:
+        return con.run("SELECT erased_at FROM voice_erasures WHERE user_uid = :u", u=uid)[0][0]
 
 
 def test_enrollment_samples_are_checked(clients: dict[str, Any], world: World, monkeypatch: pytest.MonkeyPatch) -> None:
