@@ -378,7 +378,7 @@ def create_command(ctx: Ctx, lock_id: str) -> Result:
             signing_key_b64=rt.settings.signing_key(),
             ttl_s=rt.settings.command_ttl_s,
             idempotency_key=key,
-            per_minute=rt.settings.app_commands_per_minute,
+            budget=commands.AppBudget(rt.settings.app_commands_per_minute, rt.settings.app_commands_per_account_minute),
             membership=membership,
         )
     rt.flush_mirror()

@@ -5,6 +5,7 @@ side of message expiry: tests/e2e/test_relay.py)."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import time
@@ -18,7 +19,7 @@ from lockwise.core.db import Connection, Database
 from lockwise.core.runtime import get_runtime
 from lockwise.devices import command_outcomes, command_signing, lockout
 from mqtt_relay import outbox
-from tests.devices_world import World, build_world, pair_again
+from tests.devices_world import World, build_world, create_lock, pair_again, provision
 
 
 @pytest.fixture
@@ -732,3 +733,29 @@ def test_a_lock_that_answers_nothing_is_sent_only_its_last_few_commands_until_it
             i=at_once[outbox.UNANSWERED - len(held) - 1],
         )
     assert len(deliver(relay_db, world)) == min(outbox.UNANSWERED, len(at_once) - (outbox.UNANSWERED - len(held)))
+
+
+def test_a_members_commands_to_all_their_locks_are_limited_per_minute(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Attack run 54: the budget was one lock's only, so an account's 50 locks took 1,500 commands a minute (each
+    kept 30 days with a feed entry and an audit row kept for good). All the member's locks together now have one."""
+    rt = get_runtime("devices")
+    monkeypatch.setattr(
+        rt, "settings", dataclasses.replace(rt.settings, app_commands_per_minute=3, app_commands_per_account_minute=4)
+    )
+    created = create_lock(world.devices, world.accounts["owner"], "Back door")
+    other = created["lock"]["id"]
+    provision(world.devices, created["provisioning"]["code"])
+
+    def to(lock_id: str) -> Any:
+        return world.devices.post(
+            f"/devices/locks/{lock_id}/commands", json={"action": "lock"}, headers=world.headers("owner")
+        )
+
+    assert [to(world.lock_id).status_code for _ in range(4)] == [202, 202, 202, 429]  # this lock's 3
+    assert to(other).status_code == 202
+    refused = to(other)  # the account's 4
+    assert refused.status_code == 429 and refused.get_json()["error"]["code"] == "command_limit"
+    assert "your locks" in refused.get_json()["error"]["message"] and refused.headers["Retry-After"] == "60"
+    assert send(world, "admin").status_code == 202  # another member's budget is their own

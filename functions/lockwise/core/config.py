@@ -67,6 +67,7 @@ READ_BY: dict[str, frozenset[str]] = {
             "LOCKWISE_INVITATION_TTL_S",
             "LOCKWISE_PAIRING_FAILURES_PER_HOUR",
             "LOCKWISE_APP_COMMANDS_PER_MINUTE",
+            "LOCKWISE_APP_COMMANDS_PER_ACCOUNT_MINUTE",
             "LOCKWISE_LOCK_CHANGES_PER_MINUTE",
             "LOCKWISE_LOCK_CHANGES_PER_DAY",
             "LOCKWISE_MQTT_PUBLIC_HOST",
@@ -246,8 +247,10 @@ class Settings:
     lock_request_skew_s: int
     #: signed requests one lock may make in any minute (then 429 lock_rate_limited)
     lock_requests_per_minute: int
-    #: commands one member's app may send one lock in any minute (then 429 command_limit)
+    #: commands one member's app may send one lock in any minute, and all their locks together (then 429
+    #: command_limit)
     app_commands_per_minute: int
+    app_commands_per_account_minute: int
     #: changes one owner or admin may make at one lock in any minute and in any 24 hours (then 429 change_limit:
     #: ``lockwise.devices.changes``)
     lock_changes_per_minute: int
@@ -369,6 +372,7 @@ class Settings:
             lock_request_skew_s=env_int(env, "LOCKWISE_LOCK_REQUEST_SKEW_S", 60, minimum=5),
             lock_requests_per_minute=env_int(env, "LOCKWISE_LOCK_REQUESTS_PER_MINUTE", 120, minimum=10),
             app_commands_per_minute=env_int(env, "LOCKWISE_APP_COMMANDS_PER_MINUTE", 30, minimum=1),
+            app_commands_per_account_minute=env_int(env, "LOCKWISE_APP_COMMANDS_PER_ACCOUNT_MINUTE", 60, minimum=1),
             lock_changes_per_minute=env_int(env, "LOCKWISE_LOCK_CHANGES_PER_MINUTE", 30, minimum=1),
             lock_changes_per_day=env_int(env, "LOCKWISE_LOCK_CHANGES_PER_DAY", 1000, minimum=1),
             mqtt_public_host=env.get("LOCKWISE_MQTT_PUBLIC_HOST", "127.0.0.1"),
