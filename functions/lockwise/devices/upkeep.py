@@ -97,6 +97,10 @@ def every_step(
         with db.transaction() as con:
             retention.forget_clip_identities(con)
 
+    def mirror_behind() -> None:
+        with db.transaction() as con:
+            lock_events.mirror_behind(con, now())
+
     def not_back(broker: BrokerSeen) -> None:
         while True:
             with db.transaction() as con:
@@ -114,6 +118,7 @@ def every_step(
     access_due = attempted(lambda: members.mirror_access_due(db)) is True
     if broker is not None:
         attempted(lambda: not_back(broker))
+    attempted(mirror_behind)
     attempted(prune_expired)
     attempted(forget_clip_identities)
     attempted(lambda: gone_accounts.end(db, now))  # last: up to 20 transactions, holding up no cut-off
