@@ -669,6 +669,28 @@ def test_fresh_sessions_of_an_outsider_do_not_keep_a_deleted_accounts_recheck_fr
     assert unchecked <= batch
 
 
+def test_a_flush_looks_up_batch_after_batch_while_more_accounts_are_due(
+    stack_env: dict[str, str], make_client: Any, sign_up: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Attack run 54: one lookup a flush (100 users, every 10 s) checked at most 36,000 accounts an hour: past that
+    many users, an account deleted in Firebase Auth kept its memberships and its voice longer than its recheck
+    period (a day at a million users). A flush now looks up again while its lookups come back full."""
+    from lockwise.core.config import get_settings
+
+    monkeypatch.setenv("LOCKWISE_ACCOUNT_CHECK_BATCH", "2")
+    get_settings.cache_clear()
+    get_runtime.cache_clear()
+    clients = {"devices": make_client("devices")}
+    with get_runtime("devices").db.transaction() as con:  # whoever other tests left due: not due now
+        con.run("UPDATE users SET account_checked_at = now()")
+    accounts = [sign_up() for _ in range(7)]
+    for account in accounts:
+        assert clients["devices"].get("/devices/me", headers=bearer(account)).status_code == 200
+    delete_account(stack_env, accounts[-1]["localId"])
+    flush(clients, stack_env)
+    assert [users_row(a["localId"])[:2] for a in accounts] == [(True, False)] * 6 + [(True, True)]
+
+
 # ------------------------------------------------- what an account gave stands no longer than the hand that gave it
 
 

@@ -162,6 +162,7 @@ class Sweep:
     gone: list[str]  # found deleted by this sweep
     back: list[str]  # found again after being marked gone (an account made again with its uid)
     disabled: list[str] = field(default_factory=list)  # found disabled, or enabled again, by this sweep
+    checked: int = 0  # users looked up
 
 
 def sweep(
@@ -227,7 +228,7 @@ def sweep(
         changed = sorted({*flipped, *gone, *back})
         if changed and standing_changed is not None:
             standing_changed(con, changed)
-    return Sweep(gone, back, flipped)
+    return Sweep(gone, back, flipped, len(due))
 
 
 def _due(con: Connection, most: int, recheck_s: int) -> list[str]:
