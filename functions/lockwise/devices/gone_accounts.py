@@ -58,7 +58,7 @@ def end(db: Database, now: Callable[[], dt.datetime]) -> int:
 #: one a flush checked at most 36,000 accounts an hour, so past that many users an account deleted in Firebase Auth
 #: kept its memberships and its voice for longer than its recheck period, a day at a million (attack run 54)
 SWEEPS_PER_FLUSH = 10
-SWEEP_S = 3.0
+SWEEP_S = 2.0
 
 
 def _sweep(db: Database, directory: Callable[[], accounts.Directory], settings: Settings) -> None:
