@@ -49,8 +49,9 @@ class Delivery:
 UNANSWERED = 5
 #: ... counted within this many seconds (a longer silence lets ``UNANSWERED`` more through each such time)
 UNANSWERED_WINDOW_S = 3600
-#: sent to the lock (taken by the broker) since it was last heard from, and answered by nothing since: its state
-#: report, status (``lock_state.last_seen``) or an ack of a command sent later (the ack of an older one may be lost)
+#: sent to the lock's device (taken by the broker; not its replaced one's) since it was last heard from, and answered
+#: by nothing since: its state report, status (``lock_state.last_seen``) or an ack of a command sent later (the ack
+#: of an older one may be lost)
 _UNANSWERED_SQL = (
     "(SELECT count(*) FROM commands u, (SELECT greatest("
     "(SELECT last_seen FROM lock_state WHERE lock_id = c.lock_id),"
@@ -59,7 +60,7 @@ _UNANSWERED_SQL = (
     "   AND (a.status = 'acked' OR (a.status = 'failed' AND a.last_error LIKE ANY(:lock_answered)))),"
     " now() - make_interval(secs => :window)) AS at) heard"
     " WHERE u.lock_id = c.lock_id AND u.id <> c.id AND u.created_at > heard.at - make_interval(secs => :ttl)"
-    " AND u.sent_at > heard.at AND u.status IN ('sent', 'expired'))"
+    " AND u.sent_at > heard.at AND u.status IN ('sent', 'expired') AND u.sent_to = cr.mqtt_username)"
 )
 
 
@@ -185,7 +186,6 @@ def deliver_due(db: Database, publish: Publish, *, resend_after_s: int, limit: i
             resend=resend_after_s,
             tried=command_outcomes.TRIED,
             n=limit,
-            unanswered=UNANSWERED,
             window=UNANSWERED_WINDOW_S,
             ttl=COMMAND_TTL_MAX_S,
             lock_answered=[f"{answer}: %" for answer in command_outcomes.LOCK_ANSWERS],

@@ -759,3 +759,24 @@ def test_a_members_commands_to_all_their_locks_are_limited_per_minute(
     assert refused.status_code == 429 and refused.get_json()["error"]["code"] == "command_limit"
     assert "your locks" in refused.get_json()["error"]["message"] and refused.headers["Retry-After"] == "60"
     assert send(world, "admin").status_code == 202  # another member's budget is their own
+
+
+def test_what_a_replaced_device_left_unanswered_holds_nothing_back_from_the_new_one(
+    world: World, relay_db: Database
+) -> None:
+    """The commands the lock's old device left unanswered (expired) are its own: the device that replaces it, not
+    heard from yet, is sent its commands."""
+    for _ in range(outbox.UNANSWERED):
+        sent = send(world, "owner").get_json()["command"]["id"]
+        assert [c.id for c, _ in deliver(relay_db, world)] == [sent]
+    with relay_db.transaction() as con:
+        con.run(
+            "UPDATE commands SET status = 'expired', expires_at = now(), created_at = created_at - interval '1 s'"
+            " WHERE lock_id = CAST(:l AS uuid)",
+            l=world.lock_id,
+        )
+    assert deliver(relay_db, world) == [] and send(world, "owner").status_code == 202
+    assert deliver(relay_db, world) == []  # held: the device answered none of its last ones
+    pair_again(world.devices, world)
+    new = send(world, "owner").get_json()["command"]["id"]
+    assert [c.id for c, _ in deliver(relay_db, world)] == [new]
