@@ -17,7 +17,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from lockwise.core.config import COMMAND_TTL_MAX_S
 from lockwise.core.db import Connection, Database, rows_as_dicts
 from lockwise.devices import command_outcomes, members, topics
 
@@ -41,43 +40,48 @@ class Delivery:
         return topics.commands(self.identity)
 
 
-#: commands a lock may leave unanswered, with nothing heard from it since the first of them, before it is sent no
-#: more until it is heard from (a state report, an online, an ack): a lock that ended its connection cleanly, without
-#: its ``offline``, is taken for online, and Mosquitto kept every command published into its away session, expired
-#: ones too (they are dropped only when delivered): an owner's loop of 30 commands a minute grew the broker's memory
-#: and persistence file by ~0.5 KB each, for good (attack run 54). Held, they stay ``pending`` and expire unsent
+#: messages the relay may publish to a lock (first sendings and re-sends) since it was last heard from (any event of
+#: its device: a state report, a status, an ack; ``lockwise.devices.lock_events.heard_from``) before it publishes it
+#: nothing more until it is: a lock that ended its connection cleanly, without its ``offline``, is taken for online,
+#: and Mosquitto kept every command published into its away session, expired ones too (they are dropped only when
+#: delivered): an owner's loop of 30 commands a minute grew the broker's memory and persistence file by ~0.5 KB
+#: each, for good (attack run 54). Held, they stay ``pending`` and expire unsent. Counted per lock in
+#: ``lock_unanswered`` (migration 0065), filtered before the round's claim: counted per command from its history,
+#: in the claim's rows, a lock's held commands took every round's 500 places and the count's scans ran past the
+#: statement limit, every lock's commands waiting (attack run 55)
 UNANSWERED = 5
-#: ... counted within this many seconds (a longer silence lets ``UNANSWERED`` more through each such time)
-UNANSWERED_WINDOW_S = 3600
-#: sent to the lock's device (taken by the broker; not its replaced one's) since it was last heard from, and answered
-#: by nothing since: its state report, status (``lock_state.last_seen``) or an ack of a command sent later (the ack
-#: of an older one may be lost)
-_UNANSWERED_SQL = (
-    "(SELECT count(*) FROM commands u, (SELECT greatest("
-    "(SELECT last_seen FROM lock_state WHERE lock_id = c.lock_id),"
-    " (SELECT max(a.sent_at) FROM commands a WHERE a.lock_id = c.lock_id"
-    "   AND a.created_at > now() - make_interval(secs => CAST(:window AS integer) + CAST(:ttl AS integer))"
-    "   AND (a.status = 'acked' OR (a.status = 'failed' AND a.last_error LIKE ANY(:lock_answered)))),"
-    " now() - make_interval(secs => :window)) AS at) heard"
-    " WHERE u.lock_id = c.lock_id AND u.id <> c.id AND u.created_at > heard.at - make_interval(secs => :ttl)"
-    " AND u.sent_at > heard.at AND u.status IN ('sent', 'expired') AND u.sent_to = cr.mqtt_username)"
-)
 
 
-def _answered_enough(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """``rows`` but those of a lock that left ``UNANSWERED`` commands unanswered, counting those this round sends
-    it first (a burst of commands made at once is one round): they stay ``pending`` and expire unsent unless the
-    lock is heard from first. A re-send is not one more."""
-    first_sends: dict[str, int] = {}
+def _within_unanswered(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``rows`` but those past what their lock may still be sent before it is heard from (``UNANSWERED``, less what
+    it was sent since: ``unanswered``), first come first kept."""
+    used: dict[str, int] = {}
     kept = []
     for row in rows:
         lock = row["lock_id"]
-        if int(row["unanswered"]) + first_sends.get(lock, 0) >= UNANSWERED:
+        if int(row["unanswered"]) + used.get(lock, 0) >= UNANSWERED:
             continue
-        if row["status"] == "pending":
-            first_sends[lock] = first_sends.get(lock, 0) + 1
+        used[lock] = used.get(lock, 0) + 1
         kept.append(row)
     return kept
+
+
+def _count_sent(db: Database, delivered: list[Delivery]) -> None:
+    """Add what each lock was published to its count since it was last heard from: a transaction of its own, after
+    the round's (holding the claimed commands while it waited for a batch of events holding the count, which waits
+    for the commands its acks settle, was a deadlock), in lock id order. A lock deleted meanwhile is passed over."""
+    sent: dict[str, int] = {}
+    for delivery in delivered:
+        sent[delivery.lock_id] = sent.get(delivery.lock_id, 0) + 1
+    locks = sorted(sent)
+    with db.transaction() as con:
+        con.run(
+            "INSERT INTO lock_unanswered (lock_id, sent) SELECT l.id, d.n FROM unnest(CAST(:l AS uuid[]),"
+            " CAST(:n AS integer[])) AS d(lock_id, n) JOIN locks l ON l.id = d.lock_id ORDER BY l.id"
+            " ON CONFLICT (lock_id) DO UPDATE SET sent = lock_unanswered.sent + EXCLUDED.sent",
+            l=locks,
+            n=[sent[lock] for lock in locks],
+        )
 
 
 def expire(con: Connection) -> int:
@@ -164,9 +168,8 @@ def deliver_due(db: Database, publish: Publish, *, resend_after_s: int, limit: i
             " c.created_at, CAST(floor(EXTRACT(EPOCH FROM c.expires_at - now())) AS integer) AS ttl, "
             + members.issuer_gone_sql("c")  # nor for an account found disabled or deleted since
             # made for another device (one made before migration 0061: published to another), NULL (false) if not
-            + " AS issuer_gone, coalesce(c.made_for <> cr.id, c.sent_to <> cr.mqtt_username) AS paired_since, "
-            + _UNANSWERED_SQL
-            + " AS unanswered"
+            + " AS issuer_gone, coalesce(c.made_for <> cr.id, c.sent_to <> cr.mqtt_username) AS paired_since,"
+            " coalesce((SELECT q.sent FROM lock_unanswered q WHERE q.lock_id = c.lock_id), 0) AS unanswered"
             " FROM commands c"
             " LEFT JOIN lock_credentials cr ON cr.lock_id = c.lock_id AND cr.revoked_at IS NULL"
             " WHERE c.expires_at > now()"
@@ -176,6 +179,8 @@ def deliver_due(db: Database, publish: Publish, *, resend_after_s: int, limit: i
             # itself again (a lock never heard from is sent to, as before)
             " AND NOT EXISTS (SELECT 1 FROM lock_state s WHERE s.lock_id = c.lock_id AND NOT s.online"
             "   AND s.last_seen IS NOT NULL)"
+            # nor to one sent ``UNANSWERED`` messages since it was last heard from
+            " AND NOT EXISTS (SELECT 1 FROM lock_unanswered q WHERE q.lock_id = c.lock_id AND q.sent >= :unanswered)"
             " AND (c.status = 'pending'"
             "   OR (c.status = 'sent' AND c.sent_at < now() - make_interval(secs => :resend)"
             "     AND NOT EXISTS (SELECT 1 FROM commands n WHERE n.lock_id = c.lock_id"
@@ -186,9 +191,7 @@ def deliver_due(db: Database, publish: Publish, *, resend_after_s: int, limit: i
             resend=resend_after_s,
             tried=command_outcomes.TRIED,
             n=limit,
-            window=UNANSWERED_WINDOW_S,
-            ttl=COMMAND_TTL_MAX_S,
-            lock_answered=[f"{answer}: %" for answer in command_outcomes.LOCK_ANSWERS],
+            unanswered=UNANSWERED,
         )
         _fail(con, [r["id"] for r in rows if r["identity"] is None], "lock has no active credentials")
         # never sent: failed; sent: not sent again, and its ack still taken (the lock may have acted on it)
@@ -207,7 +210,7 @@ def deliver_due(db: Database, publish: Publish, *, resend_after_s: int, limit: i
         ]
         due = [
             (Delivery(r["id"], r["lock_id"], str(r["identity"])), str(r["payload"]), max(1, r["ttl"]))
-            for r in _answered_enough(sendable)
+            for r in _within_unanswered(sendable)
         ]
         if not due:
             return delivered
@@ -225,6 +228,8 @@ def deliver_due(db: Database, publish: Publish, *, resend_after_s: int, limit: i
             taken=[ok for _, ok in published],
         )
         delivered = [d for d, ok in published if ok]
+    if delivered:
+        _count_sent(db, delivered)
     return delivered
 
 

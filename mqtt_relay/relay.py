@@ -204,7 +204,7 @@ class Relay:
         and acks among them, so it stops keeping them (docs/FIRMWARE.md, "Receipts"); at QoS 0, neither waited for
         nor queued for a lock away (one lost costs a lock's sending the event again, taken once). A lock's report
         may say it is back online, and an ack that it answers: its commands, held while it was known offline or had
-        left its last ones unanswered (``outbox.deliver_due``), go out in the next round at once, not at the next
+        been sent its allowance unanswered (``outbox.deliver_due``), go out in the next round at once, not at the next
         poll."""
         self._send_receipts(events)
         if any(topics.is_report(event.topic) or topics.is_ack(event.topic) for event in events):

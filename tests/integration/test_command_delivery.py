@@ -697,42 +697,51 @@ def test_a_command_a_relay_held_unpublished_through_a_pairing_never_goes_to_the_
     assert [c.id for c, _ in deliver(relay_db, world)] == [after]
 
 
-def test_a_lock_that_answers_nothing_is_sent_only_its_last_few_commands_until_it_is_heard_from(
-    world: World, relay_db: Database
+def test_a_lock_that_answers_nothing_is_sent_only_a_few_messages_until_it_is_heard_from(
+    world: World, relay_db: Database, stack_env: dict[str, str]
 ) -> None:
     """Attack run 54: a lock that ended its connection cleanly, without its ``offline``, is taken for online, and
     every command went into its away session, where Mosquitto keeps expired ones too: an owner's loop grew the
-    broker by ~0.5 KB a command, for good. A lock now gets at most ``UNANSWERED`` commands it has not answered
-    since it was last heard from, one by one or made at once; the rest stay pending (and expire unsent) until it
-    is heard from: a report, or an ack of a command."""
+    broker by ~0.5 KB a command, for good. A lock is now published at most ``UNANSWERED`` messages since it was last
+    heard from, commands made one by one or at once, re-sends too (attack run 55: counted per command, each re-sent
+    every 5 s until it expired); the rest stay pending (and expire unsent) until any event of its device comes."""
 
     def made(count: int, role: str = "owner") -> list[str]:
         return [send(world, role).get_json()["command"]["id"] for _ in range(count)]
 
-    def heard_from() -> None:  # what a state report records
-        with relay_db.transaction() as con:
-            con.run(
-                "UPDATE lock_state SET online = true, last_seen = now() WHERE lock_id = CAST(:l AS uuid)",
-                l=world.lock_id,
-            )
+    def sent() -> list[str]:
+        return [c.id for c, _ in deliver(relay_db, world, resend_after_s=1)]
 
-    heard_from()
+    def lock_says(kind: str, payload: str) -> None:
+        resp = world.devices.post(
+            "/devices/relay/events",
+            json={
+                "events": [{"topic": f"lockwise/{world.credentials['mqtt']['client_id']}/{kind}", "payload": payload}]
+            },
+            headers={"X-LockWise-Service-Token": stack_env["LOCKWISE_SERVICE_TOKEN"]},
+        )
+        assert resp.status_code == 200, resp.get_json()
+
     for _ in range(outbox.UNANSWERED):  # one by one, each sent as it is made
         one = made(1)
-        assert [c.id for c, _ in deliver(relay_db, world)] == one
+        assert sent() == one
     held = made(2)
-    assert deliver(relay_db, world) == [] and {status(relay_db, c)[0] for c in held} == {"pending"}
-    heard_from()
-    assert [c.id for c, _ in deliver(relay_db, world)] == held  # each sent once it reported itself again
-    at_once = made(outbox.UNANSWERED + 2, "admin")  # a burst, claimed in one round
-    assert [c.id for c, _ in deliver(relay_db, world)] == at_once[: outbox.UNANSWERED - len(held)]
-    assert deliver(relay_db, world) == []
-    with relay_db.transaction() as con:  # the lock acknowledges the last it was sent: it answers again
-        con.run(
-            "UPDATE commands SET status = 'acked', acked_at = now() WHERE id = CAST(:i AS uuid)",
-            i=at_once[outbox.UNANSWERED - len(held) - 1],
-        )
-    assert len(deliver(relay_db, world)) == min(outbox.UNANSWERED, len(at_once) - (outbox.UNANSWERED - len(held)))
+    assert sent() == [] and {status(relay_db, c)[0] for c in held} == {"pending"}
+    lock_says("state", json.dumps({"state": "locked", "ts": time.time()}))
+    assert sent() == held  # each sent once its device said something
+    at_once = made(outbox.UNANSWERED, "admin")  # a burst, claimed in one round
+    first = at_once[: outbox.UNANSWERED - len(held)]
+    assert sent() == first and sent() == []
+    with relay_db.connection() as con:
+        ((nonce,),) = con.run("SELECT nonce FROM commands WHERE id = CAST(:i AS uuid)", i=first[-1])
+    lock_says("ack", json.dumps({"id": first[-1], "nonce": nonce, "result": "ok"}))  # an ack is hearing from it
+    rest = at_once[len(first) :]
+    assert sent() == rest
+    for _ in range(outbox.UNANSWERED - len(rest)):  # the newest sent again, a message each time, up to the allowance
+        time.sleep(1.1)
+        assert sent() == [rest[-1]]
+    time.sleep(1.1)
+    assert sent() == [] and status(relay_db, rest[-1])[0] == "sent"
 
 
 def test_a_members_commands_to_all_their_locks_are_limited_per_minute(
@@ -764,19 +773,35 @@ def test_a_members_commands_to_all_their_locks_are_limited_per_minute(
 def test_what_a_replaced_device_left_unanswered_holds_nothing_back_from_the_new_one(
     world: World, relay_db: Database
 ) -> None:
-    """The commands the lock's old device left unanswered (expired) are its own: the device that replaces it, not
-    heard from yet, is sent its commands."""
+    """The messages the lock's old device left unanswered are its own: the device that replaces it, not heard from
+    yet, is sent its commands."""
     for _ in range(outbox.UNANSWERED):
         sent = send(world, "owner").get_json()["command"]["id"]
         assert [c.id for c, _ in deliver(relay_db, world)] == [sent]
-    with relay_db.transaction() as con:
-        con.run(
-            "UPDATE commands SET status = 'expired', expires_at = now(), created_at = created_at - interval '1 s'"
-            " WHERE lock_id = CAST(:l AS uuid)",
-            l=world.lock_id,
-        )
-    assert deliver(relay_db, world) == [] and send(world, "owner").status_code == 202
+    assert send(world, "owner").status_code == 202
     assert deliver(relay_db, world) == []  # held: the device answered none of its last ones
     pair_again(world.devices, world)
     new = send(world, "owner").get_json()["command"]["id"]
     assert [c.id for c, _ in deliver(relay_db, world)] == [new]
+
+
+def test_a_locks_held_commands_take_no_other_locks_place_in_a_round(
+    world: World, relay_db: Database, make_client: Any, sign_up: Any
+) -> None:
+    """Attack run 55: held commands were claimed with the round's others and dropped after, so a silent lock holding
+    as many as a round claims (500: 17 members' bursts) kept every other lock's commands from going out."""
+    for _ in range(outbox.UNANSWERED):
+        send(world, "owner")
+        assert len(deliver(relay_db, world)) == 1
+    held = [send(world, role).get_json()["command"]["id"] for role in ("owner", "admin", "member") for _ in range(2)]
+    other = build_world(make_client("devices"), sign_up)
+    theirs = send(other, "owner").get_json()["command"]["id"]
+    published: list[str] = []
+
+    def publish(messages: list[tuple[str, str, int]]) -> list[bool]:
+        published.extend(json.loads(payload)["cmd"] for _topic, payload, _ttl in messages)
+        return [True] * len(messages)
+
+    outbox.deliver_due(relay_db, publish, resend_after_s=5, limit=3)  # fewer places than the lock's held commands
+    assert [json.loads(cmd)["id"] for cmd in published] == [theirs]
+    assert {status(relay_db, c)[0] for c in held} == {"pending"}

@@ -26,8 +26,8 @@ LOCAL_SERVICE_TOKEN = "local-dev-only"
 #: the longest a clip sent again is answered with its decision (``LOCKWISE_VOICE_SENT_AGAIN_S``'s bound): a decided
 #: clip's identity is kept no longer (``lockwise.core.retention``)
 VOICE_SENT_AGAIN_MAX_S = 600
-#: the longest a command may be delivered (``LOCKWISE_COMMAND_TTL_S``'s bound): the relay reads a lock's commands sent
-#: since a moment among those made up to this long before it (``mqtt_relay.outbox``)
+#: the longest a command may be delivered (``LOCKWISE_COMMAND_TTL_S``'s bound): a lock acts on a grant until its
+#: signed expiry, and the relay sends it again every few seconds until then
 COMMAND_TTL_MAX_S = 300
 
 #: The one switch that lets a production-mode process use the local stand-ins of managed services (the Firestore and

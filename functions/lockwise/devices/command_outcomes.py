@@ -15,8 +15,6 @@ SUPERSEDED = "superseded: the lock carried out or tried a newer command first"
 PAIRED_AGAIN = "paired again: made for the lock's previous device"
 #: what an ack may still settle besides an open or expired command
 SETTLED_BY_AN_ACK = (WITHDRAWN, SUPERSEDED)
-#: the results of a lock's ack that fail its command (``lock_said``)
-LOCK_ANSWERS = ("failed", "refused")
 #: how a lock's ``failed`` ack (it tried and could not: jammed) begins its ``last_error``; ``refused`` ones begin
 #: ``"refused: "``
 TRIED = "failed: "

@@ -94,7 +94,19 @@ def apply_batch(con: Connection, events: list[Any], now: dt.datetime, feed_budge
     for event, outcome in zip(events, outcomes, strict=True):
         if outcome.outcome == "rejected":
             _park(con, event, outcome.reason or "rejected")
+    heard_from(con, locks.values())
     return outcomes
+
+
+def heard_from(con: Connection, lock_ids: Iterable[str]) -> None:
+    """The locks whose live device sent any event (applied or not: its session is there) were heard from: the relay
+    may publish to them again (``mqtt_relay.outbox.UNANSWERED``). Their counts are taken in lock id order, only
+    those above zero (an honest lock's is cleared by its next event)."""
+    con.run(
+        "UPDATE lock_unanswered SET sent = 0 WHERE lock_id IN (SELECT lock_id FROM lock_unanswered"
+        " WHERE lock_id = ANY(CAST(:l AS uuid[])) AND sent > 0 ORDER BY lock_id FOR UPDATE)",
+        l=sorted(set(lock_ids)),
+    )
 
 
 def _judge(con: Connection, event: Any, locks: dict[str, str], now: dt.datetime, batch: Pending) -> Outcome:

@@ -299,6 +299,8 @@ def redeem(
         " feed_window_start = NULL, feed_entries = 0, feed_unlisted = 0, updated_at = now()",
         l=lock_id,
     )
+    # nor is the new device held back by what the replaced one left unanswered (``mqtt_relay.outbox.UNANSWERED``)
+    con.run("DELETE FROM lock_unanswered WHERE lock_id = CAST(:l AS uuid)", l=lock_id)
     # the open commands were made for the device replaced: one it was sent may have been carried out, and none goes
     # to the new one (one a relay holds now is passed over: its outbox sends a command published once only to the
     # identity it went to, ``commands.sent_to``)
