@@ -943,6 +943,45 @@ def test_a_lock_reporting_in_a_loop_fills_its_feed_only_to_its_budget(
     assert len(reports()) == budget + 1
 
 
+def test_documents_left_behind_are_written_the_longest_behind_first_and_all_in_one_flush_if_they_fit(
+    world: World, stack_env: dict[str, str], monkeypatch: pytest.MonkeyPatch, make_client: Any, sign_up: Any
+) -> None:
+    """Attack run 55: the upkeep wrote 500 documents left behind a pass, in lock id order, once a flush: 500 locks
+    flooding kept a later lock's document behind for good. The longest behind go first, and a flush passes again
+    while its passes come back full."""
+    from lockwise.devices import upkeep
+
+    other = build_world(make_client("devices"), sign_up)
+    rt = get_runtime("devices")
+    service = {"X-LockWise-Service-Token": stack_env["LOCKWISE_SERVICE_TOKEN"]}
+    client = firestore_client(PROJECT_ID, stack_env["FIRESTORE_EMULATOR_HOST"])
+
+    def left_behind(lock_id: str, state: str, window_ago_s: int) -> None:  # as reports past the budget leave it
+        with rt.db.transaction() as con:
+            con.run(
+                "UPDATE lock_state SET state = :s, doc_behind = true,"
+                " feed_window_start = now() - make_interval(secs => :a) WHERE lock_id = CAST(:l AS uuid)",
+                s=state,
+                a=window_ago_s,
+                l=lock_id,
+            )
+
+    def shown(lock_id: str) -> str:
+        wait_until_mirrored(lock_id)
+        return str((client.document(f"locks/{lock_id}").get().to_dict() or {}).get("state"))
+
+    monkeypatch.setattr(lock_events, "BEHIND_PER_PASS", 1)
+    monkeypatch.setattr(upkeep, "BEHIND_PASSES", 1)
+    left_behind(other.lock_id, "jammed", 120)
+    left_behind(world.lock_id, "jammed", 300)  # the longest behind, whatever its id
+    assert world.devices.post("/devices/relay/flush", headers=service).status_code == 200
+    assert (shown(world.lock_id), shown(other.lock_id)) == ("jammed", "unknown")
+    left_behind(world.lock_id, "unlocked", 300)
+    monkeypatch.setattr(upkeep, "BEHIND_PASSES", 4)
+    assert world.devices.post("/devices/relay/flush", headers=service).status_code == 200
+    assert (shown(world.lock_id), shown(other.lock_id)) == ("unlocked", "jammed")
+
+
 def test_the_feed_shows_admins_everything_and_others_the_locks_reports_and_what_names_them(
     world: World, stack_env: dict[str, str]
 ) -> None:

@@ -502,12 +502,13 @@ BEHIND_PER_PASS = 500
 
 def mirror_behind(con: Connection, now: dt.datetime) -> int:
     """Write the documents of locks whose reports past their feed's budget left them behind, once that window is
-    over (the upkeep's step); how many. Rows another transaction holds (a batch of the lock's events) are passed
-    over: that batch or the next pass writes them."""
+    over (the upkeep's step, again while a pass comes back full), the longest behind first (in lock id order, 500
+    locks flooding kept a later one's document behind for good: attack run 55); how many. Rows another transaction
+    holds (a batch of the lock's events) are passed over: that batch or the next pass writes them."""
     rows = con.run(
         "SELECT lock_id::text, state, battery_pct, firmware, online, last_seen, reported_at FROM lock_state"
         " WHERE doc_behind AND (feed_window_start IS NULL OR feed_window_start <= :ended)"
-        " ORDER BY lock_id LIMIT :n FOR UPDATE SKIP LOCKED",
+        " ORDER BY feed_window_start NULLS FIRST LIMIT :n FOR UPDATE SKIP LOCKED",
         ended=now - FEED_WINDOW,
         n=BEHIND_PER_PASS,
     )

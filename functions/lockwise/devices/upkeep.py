@@ -69,6 +69,10 @@ def _seconds(body: dict[str, Any], name: str, most: float) -> float:
     return float(value)
 
 
+#: passes of ``lock_events.mirror_behind`` a flush makes while each comes back full
+BEHIND_PASSES = 4
+
+
 def every_step(
     db: Database,
     directory: Callable[[], accounts.Directory],
@@ -98,8 +102,10 @@ def every_step(
             retention.forget_clip_identities(con)
 
     def mirror_behind() -> None:
-        with db.transaction() as con:
-            lock_events.mirror_behind(con, now())
+        for _ in range(BEHIND_PASSES):
+            with db.transaction() as con:
+                if lock_events.mirror_behind(con, now()) < lock_events.BEHIND_PER_PASS:
+                    return
 
     def not_back(broker: BrokerSeen) -> None:
         while True:
