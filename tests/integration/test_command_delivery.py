@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -805,3 +806,52 @@ def test_a_locks_held_commands_take_no_other_locks_place_in_a_round(
     outbox.deliver_due(relay_db, publish, resend_after_s=5, limit=3)  # fewer places than the lock's held commands
     assert [json.loads(cmd)["id"] for cmd in published] == [theirs]
     assert {status(relay_db, c)[0] for c in held} == {"pending"}
+
+
+def test_a_lock_deleted_during_a_round_leaves_the_other_locks_counts_as_they_are(
+    world: World, relay_db: Database, stack_env: dict[str, str]
+) -> None:
+    """Attack run 56: a lock being deleted as a round counted what it published made the count's own check of it
+    fail once the deletion committed: every lock's count of the round was lost, and the round raised after its
+    commands were marked sent."""
+    created = create_lock(world.devices, world.accounts["owner"], "Back door")
+    other = created["lock"]["id"]
+    provision(world.devices, created["provisioning"]["code"])
+    mine = send(world, "owner").get_json()["command"]["id"]
+    assert (
+        world.devices.post(
+            f"/devices/locks/{other}/commands", json={"action": "lock"}, headers=world.headers("owner")
+        ).status_code
+        == 202
+    )
+    deleting, deleter_db = threading.Event(), Database(stack_env["DATABASE_URL"], pool_size=1)
+
+    def delete_other() -> None:  # as the API deletes a lock: its row held, the delete, then more of its work
+        with deleter_db.transaction() as con:
+            con.run("SELECT 1 FROM locks WHERE id = CAST(:l AS uuid) FOR UPDATE", l=other)
+            deleting.set()
+            con.run("DELETE FROM locks WHERE id = CAST(:l AS uuid)", l=other)  # waits for the round's claim
+            time.sleep(0.5)
+
+    deleter = threading.Thread(target=delete_other)
+
+    def publish(messages: list[tuple[str, str, int]]) -> list[bool]:
+        if not deleter.is_alive() and not deleting.is_set():
+            deleter.start()
+            assert deleting.wait(5)
+            time.sleep(0.3)  # the deletion waits for the claimed commands now
+        return [True] * len(messages)
+
+    try:
+        outbox.deliver_due(relay_db, publish, resend_after_s=5)
+        deleter.join(10)
+    finally:
+        deleter_db.close()
+    with relay_db.connection() as con:
+        counts = dict(
+            con.run(
+                "SELECT lock_id::text, sent FROM lock_unanswered WHERE lock_id = ANY(CAST(:l AS uuid[]))",
+                l=[world.lock_id, other],
+            )
+        )
+    assert status(relay_db, mine)[0] == "sent" and counts == {world.lock_id: 1}
