@@ -26,6 +26,8 @@ BENCH_FUNCTION_SETTINGS = {
     "LOCKWISE_FEED_REPORTS_PER_MINUTE": "1000000000",
     # and one lock is sent hundreds of signed requests a minute, to measure the request itself
     "LOCKWISE_LOCK_REQUESTS_PER_MINUTE": "1000000000",
+    # and one account sends 200 commands round its locks, one after another, to time each round trip
+    "LOCKWISE_APP_COMMANDS_PER_ACCOUNT_MINUTE": "1000000000",
     # and its voice attempts, each a forward pass, are what the verify benchmarks time
     "LOCKWISE_VOICE_ATTEMPTS_PER_MINUTE": "1000000000",
     "LOCKWISE_VOICE_ATTEMPTS_PER_OWNER_MINUTE": "1000000000",
