@@ -51,8 +51,8 @@ class Outcome:
 MAX_PAYLOAD_DEPTH = 2
 #: the window of a lock's feed budget (``LOCKWISE_FEED_REPORTS_PER_MINUTE``): at most that many of its state and
 #: online/offline reports are listed in its activity feed per window (a lock reports a few an hour; one reporting in a
-#: loop filled its feed and the Firestore bill); past it they still change its row and its document, and the next
-#: entry listed carries ``unlisted_before``, how many were left out
+#: loop filled its feed and the Firestore bill); past it they still change its row (its document once the window is
+#: over: ``mirror_behind``), and the next entry listed carries ``unlisted_before``, how many were left out
 FEED_WINDOW = dt.timedelta(minutes=1)
 #: refused events kept per lock (its topics together; any other topic on its own) and hour for an operator, so
 #: long, their payloads' first characters (each refusal is counted by the relay all the same): 100 a topic and

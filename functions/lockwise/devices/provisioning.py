@@ -296,7 +296,7 @@ def redeem(
         "INSERT INTO lock_state (lock_id) VALUES (CAST(:l AS uuid)) ON CONFLICT (lock_id) DO UPDATE"
         " SET status_order = NULL, reported_at = NULL, recent_reports = '{}', state = 'unknown', battery_pct = NULL,"
         " online = false, firmware = NULL, last_seen = NULL, connected_at = NULL, connected_run = NULL,"
-        " feed_window_start = NULL, feed_entries = 0, feed_unlisted = 0, updated_at = now()",
+        " feed_window_start = NULL, feed_entries = 0, feed_unlisted = 0, doc_behind = false, updated_at = now()",
         l=lock_id,
     )
     # nor is the new device held back by what the replaced one left unanswered (``mqtt_relay.outbox.UNANSWERED``)
