@@ -246,12 +246,20 @@ def _devices(env: dict[str, str], account: dict[str, Any], method: str, path: st
     return requests.request(method, env["LOCKWISE_DEVICES_URL"] + path, headers=headers, timeout=15, **kw)
 
 
-#: in the page: sign in as the account, then listen to the lock's document and to the lock's own reports as a member
-#: asks for them (``audience == "everyone"``), keeping what each listener heard in ``window.heard``
+#: in the page, once it made its Firebase app (after reading its configuration: ``page.goto`` may return before,
+#: and ``getApp`` threw "no Firebase App", a full run once): sign in as the account, then listen to the lock's
+#: document and to the lock's own reports as a member asks for them (``audience == "everyone"``), keeping what each
+#: listener heard in ``window.heard``
 _LISTEN = """async ([email, password, lockId]) => {
   const sdk = await import('/vendor/firebase.js');
-  await sdk.signInWithEmailAndPassword(sdk.getAuth(sdk.getApp()), email, password);
-  const db = sdk.getFirestore(sdk.getApp());
+  const app = await (async () => {
+    for (let tries = 0; tries < 200; tries++) {
+      try { return sdk.getApp(); } catch (e) { await new Promise((done) => setTimeout(done, 50)); }
+    }
+    return sdk.getApp();
+  })();
+  await sdk.signInWithEmailAndPassword(sdk.getAuth(app), email, password);
+  const db = sdk.getFirestore(app);
   window.heard = {lock: [], reports: []};
   sdk.onSnapshot(sdk.doc(db, 'locks', lockId),
     (s) => window.heard.lock.push(s.exists() ? s.data().name : 'gone'),
