@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -55,14 +56,12 @@ UNANSWERED = 5
 def _within_unanswered(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """``rows`` but those past what their lock may still be sent before it is heard from (``UNANSWERED``, less what
     it was sent since: ``unanswered``), first come first kept."""
-    used: dict[str, int] = {}
+    used: Counter[str] = Counter()
     kept = []
     for row in rows:
-        lock = row["lock_id"]
-        if int(row["unanswered"]) + used.get(lock, 0) >= UNANSWERED:
-            continue
-        used[lock] = used.get(lock, 0) + 1
-        kept.append(row)
+        if int(row["unanswered"]) + used[row["lock_id"]] < UNANSWERED:
+            used[row["lock_id"]] += 1
+            kept.append(row)
     return kept
 
 
@@ -73,9 +72,7 @@ def _count_sent(db: Database, delivered: list[Delivery]) -> None:
     passed over (its row held first: the insert's own check of it failed the whole round's count once the deletion
     committed, attack run 56). A failure is logged, not raised: the round is committed, and a count lost lets a
     silent lock a few more messages."""
-    sent: dict[str, int] = {}
-    for delivery in delivered:
-        sent[delivery.lock_id] = sent.get(delivery.lock_id, 0) + 1
+    sent = Counter(delivery.lock_id for delivery in delivered)
     try:
         with db.transaction() as con:
             standing = [
@@ -181,9 +178,10 @@ def deliver_due(db: Database, publish: Publish, *, resend_after_s: int, limit: i
             + members.issuer_gone_sql("c")  # nor for an account found disabled or deleted since
             # made for another device (one made before migration 0061: published to another), NULL (false) if not
             + " AS issuer_gone, coalesce(c.made_for <> cr.id, c.sent_to <> cr.mqtt_username) AS paired_since,"
-            " coalesce((SELECT q.sent FROM lock_unanswered q WHERE q.lock_id = c.lock_id), 0) AS unanswered"
+            " coalesce(q.sent, 0) AS unanswered"
             " FROM commands c"
             " LEFT JOIN lock_credentials cr ON cr.lock_id = c.lock_id AND cr.revoked_at IS NULL"
+            " LEFT JOIN lock_unanswered q ON q.lock_id = c.lock_id"
             " WHERE c.expires_at > now()"
             # not to a lock known offline: the broker would keep it in the lock's session, out of reach, and a member
             # removed meanwhile had their unlock carried out when the lock came back (attack run 14: 8 s after the
@@ -192,7 +190,7 @@ def deliver_due(db: Database, publish: Publish, *, resend_after_s: int, limit: i
             " AND NOT EXISTS (SELECT 1 FROM lock_state s WHERE s.lock_id = c.lock_id AND NOT s.online"
             "   AND s.last_seen IS NOT NULL)"
             # nor to one sent ``UNANSWERED`` messages since it was last heard from
-            " AND NOT EXISTS (SELECT 1 FROM lock_unanswered q WHERE q.lock_id = c.lock_id AND q.sent >= :unanswered)"
+            " AND coalesce(q.sent, 0) < :unanswered"
             " AND (c.status = 'pending'"
             "   OR (c.status = 'sent' AND c.sent_at < now() - make_interval(secs => :resend)"
             "     AND NOT EXISTS (SELECT 1 FROM commands n WHERE n.lock_id = c.lock_id"
