@@ -202,12 +202,12 @@ class Relay:
     def _after_taken(self, events: list[Event]) -> None:
         """Events the devices function took (or that it never will): each lock gets a receipt naming its state reports
         and acks among them, so it stops keeping them (docs/FIRMWARE.md, "Receipts"); at QoS 0, neither waited for
-        nor queued for a lock away (one lost costs a lock's sending the event again, taken once). A lock's report
-        may say it is back online, and an ack that it answers: its commands, held while it was known offline or had
-        been sent its allowance unanswered (``outbox.deliver_due``), go out in the next round at once, not at the next
-        poll."""
+        nor queued for a lock away (one lost costs a lock's sending the event again, taken once). Any event of a lock
+        (the relay takes its state reports, acks and statuses) may say it is back online, and clears what it was sent
+        unanswered: its commands, held while it was known offline or at its allowance (``outbox.deliver_due``), go
+        out in the next round at once, not at the next poll."""
         self._send_receipts(events)
-        if any(topics.is_report(event.topic) or topics.is_ack(event.topic) for event in events):
+        if events:
             self._wake.set()
 
     def _send_receipts(self, events: list[Event]) -> None:

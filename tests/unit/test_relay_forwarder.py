@@ -143,13 +143,6 @@ def test_a_payload_is_judged_by_its_size_as_posted_and_batches_by_their_bodies(
     assert all(event["payload"] == under for events in posted for event in events)
 
 
-def test_a_report_is_a_locks_state_or_status_and_nothing_else() -> None:
-    """What wakes the relay's delivery round once taken (a lock back online is sent its held commands)."""
-    assert topics.is_report(topics.state("L1")) and topics.is_report(topics.status("L1"))
-    assert not topics.is_report(topics.acks("L1")) and not topics.is_report(topics.commands("L1"))
-    assert not topics.is_report("lockwise/L1/state/extra") and not topics.is_report("other/L1/state")
-
-
 def test_a_locks_reports_and_acks_are_named_for_its_receipts_and_its_status_is_not() -> None:
     """A lock keeps each state report and ack until a receipt names it (docs/FIRMWARE.md, "Receipts"): the relay
     names them by the bytes as published (a payload that is not UTF-8 too), grouped by lock, in order."""

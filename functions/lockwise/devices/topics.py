@@ -46,18 +46,6 @@ def lock_of(topic: str) -> str | None:
     return parts[1] if len(parts) == 3 and parts[0] == ROOT and parts[1] else None
 
 
-def is_report(topic: str) -> bool:
-    """A lock's state report or online/offline: what says the lock is there (or gone)."""
-    lock = lock_of(topic)
-    return lock is not None and topic in (state(lock), status(lock))
-
-
-def is_ack(topic: str) -> bool:
-    """A lock's command acknowledgement."""
-    lock = lock_of(topic)
-    return lock is not None and topic == acks(lock)
-
-
 def posted(payload: str) -> bytes:
     """A payload as the relay posts it: its JSON string's content (without the quotes) in UTF-8, escapes counted (a
     character the JSON escapes, a control character, costs 6 bytes; an emoji 4; a lone surrogate is "?"): its length
