@@ -599,6 +599,24 @@ def test_the_relays_flush_deletes_commands_attempts_and_invitations_kept_past_th
     assert gone.status_code == 404 and gone.get_json()["error"]["code"]
 
 
+def test_the_relays_flush_deletes_audit_rows_kept_past_their_time(world: World, stack_env: dict[str, str]) -> None:
+    """The audit log was kept for good (attack run 54): a row for every command and membership change, naming an
+    account and a lock, those of deleted accounts and locks too. The relay's flush now deletes the rows older than
+    ``retention.AUDIT_KEPT_DAYS``, and none younger."""
+    actor = f"user:audit-kept-{secrets.token_hex(4)}"
+    db_rows(
+        "INSERT INTO audit_log (actor, action, outcome, at) VALUES"
+        " (:a, 'lock.update', 'ok', now() - make_interval(days => :d + 1)),"
+        " (:a, 'lock.create', 'ok', now() - make_interval(days => :d - 1)), (:a, 'lock.update', 'ok', now())",
+        a=actor,
+        d=retention.AUDIT_KEPT_DAYS,
+    )
+    token = {"X-LockWise-Service-Token": stack_env["LOCKWISE_SERVICE_TOKEN"]}
+    assert world.devices.post("/devices/relay/flush", headers=token).status_code == 200
+    kept = db_rows("SELECT action, at > now() - interval '1 day' FROM audit_log WHERE actor = :a ORDER BY at", a=actor)
+    assert [tuple(row) for row in kept] == [("lock.create", False), ("lock.update", True)]
+
+
 def test_an_owner_or_admin_changing_a_lock_in_a_loop_is_held_to_a_budget_of_their_own(world: World) -> None:
     """Attack run 32: inviting and withdrawing in a loop (~400 a second: an invitation row and two audit rows kept
     for good each), offering and withdrawing the lock, renaming it and resetting its lockout had no limit. Changes

@@ -269,10 +269,26 @@ def test_audit_log_is_append_only(fresh_db: Database) -> None:
     migrate.apply(con)
     try:
         con.run("INSERT INTO audit_log (actor, action, outcome) VALUES ('user:u1', 'lock.create', 'ok')")
-        for sql in ("UPDATE audit_log SET outcome = 'denied'", "DELETE FROM audit_log", "TRUNCATE audit_log"):
+        # a row over a year old may be deleted (the relay's prune keeps them ``retention.AUDIT_KEPT_DAYS``, migration
+        # 0066), never updated; a younger one neither, and the log is never truncated
+        con.run(
+            "INSERT INTO audit_log (actor, action, outcome, at) VALUES ('user:u1', 'lock.update', 'ok',"
+            " now() - interval '366 days'), ('user:u1', 'lock.delete', 'ok', now() - interval '364 days')"
+        )
+        for sql in (
+            "UPDATE audit_log SET outcome = 'denied'",
+            "UPDATE audit_log SET outcome = 'denied' WHERE action = 'lock.update'",
+            "DELETE FROM audit_log",
+            "DELETE FROM audit_log WHERE action <> 'lock.update'",
+            "TRUNCATE audit_log",
+        ):
             with pytest.raises(DatabaseError, match="append-only"):
                 con.run(sql)
-        assert con.run("SELECT outcome FROM audit_log") == [["ok"]]
+        con.run("DELETE FROM audit_log WHERE action = 'lock.update'")
+        assert con.run("SELECT action, outcome FROM audit_log ORDER BY id") == [
+            ["lock.create", "ok"],
+            ["lock.delete", "ok"],
+        ]
     finally:
         con.close()
 

@@ -1,4 +1,5 @@
-"""The append-only audit log: every command, credential change and membership change, with actor and outcome."""
+"""The audit log: every command, credential change and membership change, with actor and outcome; append-only, a
+row deleted only once over a year old (``lockwise.core.retention.AUDIT_KEPT_DAYS``, migration 0066)."""
 
 from __future__ import annotations
 

@@ -52,6 +52,10 @@ ATTEMPTS_KEPT_DAYS = mirror.FEED_KEPT.days
 #: days an invitation is kept once it ended (accepted, declined, withdrawn, closed by a removal, or expired): an
 #: owner inviting and withdrawing in a loop added a row a request, kept as long as the lock (attack run 32)
 INVITATIONS_KEPT_DAYS = 30
+#: days an audit row is kept: a year's review of the log finds every row of that year. It was kept for good
+#: (attack run 54: a row for every command and membership change, naming an account and a lock, those of deleted
+#: accounts and locks too); the database refuses to delete a row under a year old (migration 0066)
+AUDIT_KEPT_DAYS = 400
 
 #: rows deleted per table and flush, at most: one statement stays well inside the request path's statement limit
 #: (``db.STATEMENT_TIMEOUT_S``) however large a backlog grew while the flush did not run (a relay outage, a longer
@@ -72,7 +76,7 @@ def prune_expired(con: Connection, nonces_kept_s: int) -> dict[str, int]:
     ago (twice the clock skew a signed request may have: an older one is refused for its timestamp) and of their
     per-minute counts of past minutes, refused requests' counts past ``DENIAL_COUNTS_KEPT_DAYS``, and the commands,
     voice attempts and invitations kept past ``COMMANDS_KEPT_DAYS``, ``ATTEMPTS_KEPT_DAYS`` and
-    ``INVITATIONS_KEPT_DAYS``; return how many a table. The audit log is kept (append-only). (The nonces and counts
+    ``INVITATIONS_KEPT_DAYS``, and audit rows past ``AUDIT_KEPT_DAYS``; return how many a table. (The nonces and counts
     were deleted by one signed request in 50, all at once: a request paid for every lock's.)"""
     deadline = time.monotonic() + BUSY_PRUNE_S
 
@@ -113,6 +117,7 @@ def prune_expired(con: Connection, nonces_kept_s: int) -> dict[str, int]:
         "LEAST(expires_at, accepted_at, closed_at) <= now() - make_interval(days => :d)",
         d=INVITATIONS_KEPT_DAYS,
     )
+    pruned["audit_log"] = prune("audit_log", "at <= now() - make_interval(days => :d)", d=AUDIT_KEPT_DAYS)
     if any(pruned.values()):
         log.event(logger, "expired rows deleted", **pruned)
     return pruned
