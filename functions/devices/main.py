@@ -17,7 +17,7 @@ import flask
 import functions_framework
 
 import lockwise.core.loading
-from lockwise.core import accounts, audit, auth, errors, inputs, users
+from lockwise.core import accounts, audit, auth, errors, inputs, pages, users
 from lockwise.core.db import Connection
 from lockwise.core.http import Api, Ctx, JsonBody, Result, parse_json_object
 from lockwise.core.runtime import get_runtime
@@ -142,8 +142,10 @@ def create_lock(ctx: Ctx) -> Result:
 @api.route("GET", "/devices/locks")
 def list_locks(ctx: Ctx) -> JsonBody:
     user = app_user(ctx)
+    page = pages.requested(ctx.query(("limit", "page_token")))
     with rt.db.connection() as con:
-        return {"locks": locks.list_for_user(con, user.uid, rt.now())}
+        listed, next_page = locks.list_for_user(con, user.uid, rt.now(), page)
+    return {"locks": listed, "next_page_token": next_page}
 
 
 @api.route("GET", "/devices/locks/<lock_id>")

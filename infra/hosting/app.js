@@ -133,10 +133,23 @@ class Console {
     this.refresh();
   }
 
+  // every page of the caller's locks (GET /devices/locks answers 100 at most a page)
+  async allLocks() {
+    const locks = [];
+    let token = null;
+    do {
+      const query = token ? `?page_token=${encodeURIComponent(token)}` : "";
+      const page = await this.api("GET", `/devices/locks${query}`);
+      locks.push(...page.locks);
+      token = page.next_page_token;
+    } while (token);
+    return locks;
+  }
+
   async refresh() {
     try {
-      const [{ locks }, { invitations }] = await Promise.all([
-        this.api("GET", "/devices/locks"),
+      const [locks, { invitations }] = await Promise.all([
+        this.allLocks(),
         this.api("GET", "/devices/invitations"),
       ]);
       this.renderInvitations(invitations);

@@ -108,6 +108,76 @@ def test_a_guest_outside_their_window_sees_the_lock_but_not_its_live_state(world
         assert [(lock["id"], lock["state"] is not None) for lock in listed] == [(world.lock_id, inside)], role
 
 
+def test_a_members_locks_are_listed_a_page_at_a_time(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An account is a member of every lock whose invitation it accepted, without limit, and ``GET /devices/locks``
+    read and answered them all at once (attack run 54). It now answers a page of at most ``limit`` (100 by default
+    and at most) with the next page's token, oldest first; a lock made while paging comes on a later page, never
+    twice; a lock left is listed no more."""
+    from lockwise.core import pages
+
+    owner, member = world.accounts["owner"], world.accounts["member"]
+    made = [world.lock_id]
+    for n in range(4):
+        made.append(create_lock(world.devices, owner, name=f"Door {n}")["lock"]["id"])
+        if n < 3:
+            join(world.devices, made[-1], owner, member, {"role": "member"})
+
+    def pages_of(account: dict[str, Any], limit: str) -> list[list[str]]:
+        listed, token = [], None
+        while True:
+            query = {"limit": limit, **({"page_token": token} if token else {})}
+            resp = world.devices.get("/devices/locks", query_string=query, headers=bearer(account))
+            assert resp.status_code == 200, resp.get_json()
+            body = resp.get_json()
+            listed.append([lock["id"] for lock in body["locks"]])
+            token = body["next_page_token"]
+            if token is None:
+                return listed
+            assert len(listed) < 10, "the pages end"
+
+    assert pages_of(owner, "2") == [made[0:2], made[2:4], made[4:5]]
+    assert pages_of(member, "3") == [made[0:3], made[3:4]]  # her fourth lock is one she never joined
+    assert pages_of(member, "4") == [made[0:4]]
+    first = world.devices.get("/devices/locks", query_string={"limit": "2"}, headers=bearer(owner)).get_json()
+    late = create_lock(world.devices, owner, name="Made while paging")["lock"]["id"]
+    rest = world.devices.get(
+        "/devices/locks", query_string={"page_token": first["next_page_token"]}, headers=bearer(owner)
+    ).get_json()
+    assert [lock["id"] for lock in first["locks"] + rest["locks"]] == [*made, late]
+    assert rest["next_page_token"] is None
+    gone = world.devices.delete(f"/devices/locks/{made[1]}/members/{member['localId']}", headers=bearer(member))
+    assert gone.status_code == 204, gone.get_json()
+    assert pages_of(member, "2") == [[made[0], made[2]], [made[3]]]
+    monkeypatch.setattr(pages, "MAX_LIMIT", 2)  # the default page, without 100 locks
+    default = world.devices.get("/devices/locks", headers=bearer(owner)).get_json()
+    assert [lock["id"] for lock in default["locks"]] == made[0:2] and default["next_page_token"]
+
+
+@pytest.mark.parametrize(
+    ("query", "code"),
+    [
+        ({"limit": "0"}, "invalid_limit"),
+        ({"limit": "101"}, "invalid_limit"),
+        ({"limit": "1.5"}, "invalid_limit"),
+        ({"limit": "-1"}, "invalid_limit"),
+        ({"limit": "\u0661"}, "invalid_limit"),  # an Arabic-Indic one: a digit to str.isdigit, not to us
+        ({"page_token": "%%%"}, "invalid_page_token"),
+        ({"page_token": "bm90IGEgdG9rZW4"}, "invalid_page_token"),  # "not a token"
+        # a time and an id that is not a UUID; then a UUID and a time without its offset
+        ({"page_token": "MjAyNi0xMi0wNlQwMDowMDowMCswMDowMHwx"}, "invalid_page_token"),
+        (
+            {"page_token": "MjAyNi0xMi0wNlQwMDowMDowMHwwMDAwMDAwMC0wMDAwLTAwMDAtMDAwMC0wMDAwMDAwMDAwMDA"},
+            "invalid_page_token",
+        ),
+        ({"page_token": "x" * 201}, "invalid_page_token"),
+        ({"page": "2"}, "unknown_field"),
+    ],
+)
+def test_a_page_asked_for_wrongly_is_a_400_naming_it(world: World, query: dict[str, str], code: str) -> None:
+    resp = world.devices.get("/devices/locks", query_string=query, headers=world.headers("owner"))
+    assert resp.status_code == 400 and resp.get_json()["error"]["code"] == code, resp.get_json()
+
+
 def test_the_locks_voice_threshold_is_shown_to_its_owner_only(world: World) -> None:
     """How strict a door's voice check is was shown to every member and guest; only the owner may change it."""
     assert (

@@ -8,7 +8,7 @@ import datetime as dt
 import unicodedata
 from typing import Any
 
-from lockwise.core import accounts, audit, errors, mirror, users
+from lockwise.core import accounts, audit, errors, mirror, pages, users
 from lockwise.core.auth import User
 from lockwise.core.db import Connection, rows_as_dicts
 from lockwise.devices import (
@@ -176,13 +176,32 @@ def view(con: Connection, lock_id: str, role: str, in_window: bool = True) -> di
     return _present(rows[0], role, in_window)
 
 
-def list_for_user(con: Connection, uid: str, now: dt.datetime) -> list[dict[str, Any]]:
-    """The locks ``uid`` is an active member of (``Membership.active``: the API's one rule), as they see each."""
-    mine = {m.lock_id: m for m in members.list_for_user(con, uid) if m.active(now)}
-    if not mine:
-        return []
-    rows = rows_as_dicts(con, _VIEW + " WHERE l.id = ANY(CAST(:ids AS uuid[])) ORDER BY l.created_at", ids=sorted(mine))
-    return [_present(row, mine[row["id"]].role, mine[row["id"]].in_window(now)) for row in rows]
+def list_for_user(
+    con: Connection, uid: str, now: dt.datetime, page: pages.Page
+) -> tuple[list[dict[str, Any]], str | None]:
+    """A page of the locks ``uid`` is an active member of (``Membership.active``: the API's one rule), oldest first,
+    as they see each, and the next page's token (None: the last page). An account is a member of every lock whose
+    invitation it accepted, without limit: the whole list was read and answered at once (attack run 54)."""
+    at, after = page.after or (None, None)
+    found = con.run(
+        "SELECT l.id::text, l.created_at FROM lock_members m JOIN locks l ON l.id = m.lock_id WHERE m.user_uid = :u"
+        f" AND {members.active_sql('m')} AND (CAST(:at AS timestamptz) IS NULL"
+        " OR (l.created_at, l.id) > (CAST(:at AS timestamptz), CAST(:after AS uuid)))"
+        " ORDER BY l.created_at, l.id LIMIT :n",
+        u=uid,
+        now=now,
+        at=at,
+        after=after,
+        n=page.limit + 1,
+    )
+    ids = [row[0] for row in found[: page.limit]]
+    if not ids:
+        return [], None
+    mine = {m.lock_id: m for m in members.list_for_user(con, uid, ids)}
+    rows = rows_as_dicts(con, _VIEW + " WHERE l.id = ANY(CAST(:ids AS uuid[])) ORDER BY l.created_at, l.id", ids=ids)
+    # a lock deleted between the statements is left out
+    listed = [_present(r, mine[r["id"]].role, mine[r["id"]].in_window(now)) for r in rows if r["id"] in mine]
+    return listed, pages.token_after(found[-2][1], found[-2][0]) if len(found) > page.limit else None
 
 
 def update(con: Connection, lock_id: str, uid: str, changes: dict[str, Any]) -> None:

@@ -274,9 +274,12 @@ def get(
     return Membership(**rows[0]) if rows else None
 
 
-def list_for_user(con: Connection, uid: str) -> list[Membership]:
-    """The user's memberships, revoked ones too (the caller filters)."""
-    return [Membership(**row) for row in rows_as_dicts(con, _SELECT + " WHERE user_uid = :u", u=uid)]
+def list_for_user(con: Connection, uid: str, lock_ids: list[str] | None = None) -> list[Membership]:
+    """The user's memberships (at ``lock_ids`` only, if given), revoked ones too (the caller filters)."""
+    if lock_ids is None:
+        return [Membership(**row) for row in rows_as_dicts(con, _SELECT + " WHERE user_uid = :u", u=uid)]
+    sql = _SELECT + " WHERE user_uid = :u AND lock_id = ANY(CAST(:ls AS uuid[]))"
+    return [Membership(**row) for row in rows_as_dicts(con, sql, u=uid, ls=lock_ids)]
 
 
 def list_for_lock(con: Connection, lock_id: str) -> list[Membership]:
