@@ -1,7 +1,7 @@
 """The budget of changes one owner or admin makes at one lock: its settings, its members and invitations, its
 transfer offers, its voice lockout. Each change is one row of the append-only audit log, and most rewrite documents
 of the lock's live view; unlimited, an owner inviting and withdrawing in a loop made ~400 a second, each an
-invitation row and two audit rows kept for good, and renaming in a loop rewrote the lock's document past Firestore's
+invitation row and two audit rows, and renaming in a loop rewrote the lock's document past Firestore's
 one write a second a document (attack run 32)."""
 
 from __future__ import annotations

@@ -154,7 +154,7 @@ def invite(
         "member.invite",
         "ok",
         lock_id=lock_id,
-        # an address by its invitation: the log is kept for good, the address is not (it was kept after the
+        # an address by its invitation: the log is kept 400 days, the address is not (it was kept after the
         # invitation was pruned and its holder's account was deleted: attack run 46)
         target=uid or f"invitation:{invitation_id}",
         details={"role": role, **({} if uid else {"by_address": True})},

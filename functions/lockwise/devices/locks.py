@@ -89,7 +89,7 @@ def create_once(
         u=owner_uid,
     )
     con.run("INSERT INTO lock_state (lock_id) VALUES (CAST(:l AS uuid))", l=lock_id)
-    # not its name: the owner's free text (a person's name, an address), and the audit log is kept for good, past the
+    # not its name: the owner's free text (a person's name, an address), and the audit log is kept 400 days, past the
     # lock's deletion and its owner's account's (attack run 53); the lock's row has it while the lock stands
     audit.record(con, audit.user_actor(owner_uid), "lock.create", "ok", lock_id=lock_id)
     mirror.enqueue(
