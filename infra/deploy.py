@@ -35,9 +35,9 @@ from infra.deploy_config import (
 
 REPO = Path(__file__).resolve().parents[1]
 COMPONENTS = ("accounts", "build", "migrate", "functions", "relay", "broker", "firebase")
-_PROJECT_RE = re.compile(r"^[a-z][a-z0-9-]{4,28}[a-z0-9]$")
-_REGION_RE = re.compile(r"^[a-z]+-[a-z]+[0-9]$")
-_HOST_RE = re.compile(r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$")
+_PROJECT_RE = re.compile(r"[a-z][a-z0-9-]{4,28}[a-z0-9]")
+_REGION_RE = re.compile(r"[a-z]+-[a-z]+[0-9]")
+_HOST_RE = re.compile(r"(?=.{1,253}\Z)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}")
 
 
 class DeployConfigError(ValueError):
@@ -61,9 +61,9 @@ class Target:
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> Target:
-        if not _PROJECT_RE.match(args.project or ""):
+        if not _PROJECT_RE.fullmatch(args.project or ""):
             raise DeployConfigError(f"--project {args.project!r} is not a valid Google Cloud project id")
-        if not _REGION_RE.match(args.region):
+        if not _REGION_RE.fullmatch(args.region):
             raise DeployConfigError(f"--region {args.region!r} is not a region name such as europe-west1")
         if args.project.startswith("demo-"):
             raise DeployConfigError("demo-* projects are emulator-only; give a real project id")
@@ -72,7 +72,7 @@ class Target:
                 "--devices-relay-url (https://..., from `gcloud run services describe lockwise-devices-relay`) is"
                 " required to deploy the relay"
             )
-        if args.component in ("functions", "all") and not _HOST_RE.match(args.broker_public_host or ""):
+        if args.component in ("functions", "all") and not _HOST_RE.fullmatch(args.broker_public_host or ""):
             raise DeployConfigError(
                 "--broker-public-host (the broker's public DNS name, which its certificate names) is required to"
                 " deploy the functions: locks are told at pairing where to connect"

@@ -23,7 +23,7 @@ from typing import Any
 
 LOCK_FILE = Path(__file__).with_name("ecapa-voxceleb.lock.json")
 CHUNK = 1 << 16
-COMMIT = re.compile(r"^[0-9a-f]{40}$")
+COMMIT = re.compile(r"[0-9a-f]{40}")
 
 
 class FetchError(RuntimeError):
@@ -43,7 +43,7 @@ def resolve(repo: str, branch: str, filename: str, endpoint: str | None) -> str:
     from huggingface_hub import get_hf_file_metadata, hf_hub_url
 
     commit = get_hf_file_metadata(hf_hub_url(repo, filename, revision=branch, endpoint=endpoint)).commit_hash
-    if not commit or not COMMIT.match(commit):
+    if not commit or not COMMIT.fullmatch(commit):
         raise FetchError(f"{repo}@{branch}: the Hub named no commit ({commit!r})")
     return commit
 
@@ -58,7 +58,7 @@ def fetch(
     revision = lock.get("revision")
     unpinned = [name for name, sha in files.items() if not sha]
     if not record:
-        if not revision or not COMMIT.match(str(revision)):
+        if not revision or not COMMIT.fullmatch(str(revision)):
             raise FetchError(
                 f"{lock['repo']}: revision {revision!r} is not a pinned commit: run once with --record and review "
                 "the lock file"

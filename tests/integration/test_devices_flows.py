@@ -1706,6 +1706,22 @@ BAD_INPUT: list[tuple[str, str, Any, int, str]] = [
         "invalid_idempotency_key",
     ),
     ("POST", "/devices/locks/{lock}/commands", {"action": ["unlock"]}, 400, "invalid_action"),
+    # a key's pattern ended in `$`, which matches before a final newline: the database's CHECK refused it, a 500
+    # (attack run 58)
+    *[
+        (method, path, {**body, "idempotency_key": key}, 400, "invalid_idempotency_key")
+        for method, path, body in (
+            ("POST", "/devices/locks/{lock}/commands", {"action": "lock"}),
+            ("POST", "/devices/locks", {"name": "Key with a newline"}),
+        )
+        for key in ("a" * 128 + "\n", "k-1\n")
+    ],
+    # a uid no ID token may carry: an invitation nobody could ever answer (attack run 58)
+    *[
+        ("POST", "/devices/locks/{lock}/members", {"uid": uid, "role": "member"}, 400, "invalid_uid")
+        for uid in ("a/b", ".", "..", "__x__")
+    ],
+    ("POST", "/devices/locks/{lock}/transfer", {"uid": "a/b"}, 400, "invalid_uid"),
     ("GET", "/devices/locks/{lock}/commands/nope", None, 404, "command_not_found"),
     ("GET", "/devices/locks/{lock}/commands/00000000-0000-0000-0000-000000000000", None, 404, "command_not_found"),
     ("POST", "/devices/locks/{lock}/members", {"uid": "someone", "role": "owner"}, 400, "invalid_role"),

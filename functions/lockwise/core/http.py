@@ -29,7 +29,7 @@ from lockwise.core.log import event, request_id_var
 
 log = logging.getLogger("lockwise.core.http")
 
-_REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+_REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 JsonBody = dict[str, Any]
 Result = flask.Response | tuple[JsonBody | list[Any], int] | JsonBody
@@ -190,10 +190,10 @@ def json_response(body: Any, status: int = 200, headers: dict[str, str] | None =
 
 def _request_id(request: flask.Request) -> str:
     given = request.headers.get("X-Request-Id", "")
-    if _REQUEST_ID_RE.match(given):
+    if _REQUEST_ID_RE.fullmatch(given):
         return given
     trace = request.headers.get("X-Cloud-Trace-Context", "").split("/", 1)[0]
-    if _REQUEST_ID_RE.match(trace):
+    if _REQUEST_ID_RE.fullmatch(trace):
         return trace
     return uuid.uuid4().hex
 

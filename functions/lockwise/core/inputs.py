@@ -19,7 +19,7 @@ V = TypeVar("V")
 
 MAX_JSON_DEPTH = 32
 MAX_INT_DIGITS = 20
-_UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
 def loads(raw: bytes | str, *, max_depth: int = MAX_JSON_DEPTH, check_strings: bool = True) -> Any:
@@ -133,7 +133,7 @@ def is_text(value: str) -> bool:
     return True
 
 
-_EMAIL_RE = re.compile(r"^[^@\s]{1,64}@[^@\s]+\.[^@\s]+$")
+_EMAIL_RE = re.compile(r"[^@\s]{1,64}@[^@\s]+\.[^@\s]+")
 
 
 def email_key(value: object) -> str | None:
@@ -146,7 +146,7 @@ def email_key(value: object) -> str | None:
     if not isinstance(value, str) or not is_text(value):
         return None
     key = value.strip().lower()
-    return key if len(key) <= 320 and _EMAIL_RE.match(key) else None
+    return key if len(key) <= 320 and _EMAIL_RE.fullmatch(key) else None
 
 
 def is_document_id(value: str) -> bool:
@@ -189,4 +189,4 @@ def canonical_uuid(value: Any) -> str | None:
     if not isinstance(value, str) or len(value) != 36:
         return None
     lowered = value.lower()
-    return lowered if _UUID.match(lowered) else None
+    return lowered if _UUID.fullmatch(lowered) else None

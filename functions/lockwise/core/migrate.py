@@ -20,7 +20,7 @@ from lockwise.core.db import Connection, Database, sqlstate
 log = logging.getLogger("lockwise.core.migrate")
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
-_NAME_RE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
+_NAME_RE = re.compile(r"(\d{4})_([a-z0-9_]+)\.sql")
 _ADVISORY_KEY = 0x10C4_3153  # arbitrary, stable: "lockwise migrations"
 #: the job's statements may run long (an index built over a large table; the request path's connections are stopped
 #: after ``db.STATEMENT_TIMEOUT_S``), and a second run waits this long for the first to finish ...
@@ -52,7 +52,7 @@ class Migration:
 def load(directory: Path = MIGRATIONS_DIR) -> list[Migration]:
     found: list[Migration] = []
     for path in sorted(directory.glob("*.sql")):
-        match = _NAME_RE.match(path.name)
+        match = _NAME_RE.fullmatch(path.name)
         if not match:
             raise MigrationError(f"migration file name {path.name!r} is not NNNN_lower_snake.sql")
         found.append(Migration(int(match.group(1)), match.group(2), path.read_text()))

@@ -8,7 +8,7 @@ from typing import Any
 
 from lockwise.core import errors
 
-_KEY_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
+_KEY_RE = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
 
 
 def from_request(header: str | None, field: Any) -> str | None:
@@ -27,7 +27,7 @@ def parse(value: Any) -> str | None:
     """None for no key; else 1-128 characters of ``[A-Za-z0-9_.:-]`` (400 ``invalid_idempotency_key``)."""
     if value is None or value == "":
         return None
-    if not isinstance(value, str) or not _KEY_RE.match(value):
+    if not isinstance(value, str) or not _KEY_RE.fullmatch(value):
         raise errors.BadRequest(
             "idempotency key must be 1-128 chars of [A-Za-z0-9_.:-]", code="invalid_idempotency_key"
         )

@@ -37,9 +37,9 @@ if TYPE_CHECKING:
     from werkzeug.datastructures import Headers
 
 PREFIX = "LOCKWISE-V1"
-_NONCE_RE = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
+_NONCE_RE = re.compile(r"[A-Za-z0-9_-]{16,64}")
 #: unix seconds as the firmware contract gives them: digits only (``int()`` also takes a sign, spaces and "_")
-_TIMESTAMP_RE = re.compile(r"^[0-9]{1,12}$")
+_TIMESTAMP_RE = re.compile(r"[0-9]{1,12}")
 
 
 def message(

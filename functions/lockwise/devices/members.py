@@ -347,9 +347,16 @@ def parse_role(value: Any) -> str:
 
 
 def parse_uid(value: Any) -> str:
-    """A user id as a request names one (400 ``invalid_uid`` otherwise)."""
+    """A user id as a request names one: one an ID token may carry (``id_tokens``' subject checks), 400
+    ``invalid_uid`` otherwise (an invitation to ``a/b``, ``..`` or ``__x__`` was sent, 202, and counted towards its
+    sender's open invitations, though no account can ever answer it: attack run 58)."""
     if not isinstance(value, str) or not 1 <= len(value) <= 128:
         raise errors.BadRequest("uid must be a user id string of 1 to 128 characters", code="invalid_uid")
+    if not inputs.is_text(value) or not inputs.is_document_id(value):
+        raise errors.BadRequest(
+            "uid must be an account's id: text without NUL, no '/', not '.', '..' or '__name__'",
+            code="invalid_uid",
+        )
     return value
 
 
