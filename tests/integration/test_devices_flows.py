@@ -165,7 +165,20 @@ def test_a_bad_csr_is_refused_and_uses_no_code(devices: Any, sign_up: Any) -> No
         .public_bytes(serialization.Encoding.PEM)
         .decode()
     )
-    for csr in (None, "not a csr", rsa_csr, "x" * 5000):
+    # a curve, a key type and a signature algorithm the library does not know: the first two were 500s, before any
+    # code was looked up (attack run 58)
+    der = x509.load_pem_x509_csr(new_tls_key()[1].encode()).public_bytes(serialization.Encoding.DER)
+    unknown = [
+        "-----BEGIN CERTIFICATE REQUEST-----\n"
+        + base64.encodebytes(der.replace(bytes.fromhex(known), bytes.fromhex(odd))).decode()
+        + "-----END CERTIFICATE REQUEST-----\n"
+        for known, odd in (
+            ("06082a8648ce3d030107", "06082a8648ce3d030104"),  # P-256 -> prime239v1
+            ("06072a8648ce3d0201", "06072a8648ce3d0209"),  # id-ecPublicKey -> an unassigned arc
+            ("06082a8648ce3d040302", "06082a8648ce3d040309"),  # ecdsa-with-SHA256 -> an unassigned arc
+        )
+    ]
+    for csr in (None, "not a csr", rsa_csr, "x" * 5000, *unknown):
         resp = devices.post("/devices/provision", json={"code": code, "public_key": public, "csr": csr})
         assert resp.status_code == 400 and resp.get_json()["error"]["code"] == "invalid_csr", csr
     assert (

@@ -5,6 +5,7 @@ Pure: keys made here, no emulator (the Auth emulator's unsigned tokens: tests/in
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import http.client
 import json
@@ -15,7 +16,7 @@ import jwt
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
 from lockwise.core import errors, id_tokens
@@ -190,6 +191,28 @@ def test_while_googles_keys_cannot_be_fetched_the_last_ones_verify_and_nobody_wa
     assert verify(signed(keys["k1"])).uid == "uid-123"  # back
 
 
+def _certificate_of_an_unknown_curve() -> bytes:
+    """``{kid: PEM}`` whose certificate's key is on a curve the library does not know (prime239v1): it loads, and
+    its key raised ``UnsupportedAlgorithm``, no ``ValueError`` (attack run 58's kind)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "securetoken")])
+    now = dt.datetime.now(dt.UTC)
+    der = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(now - dt.timedelta(days=1))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .sign(key, hashes.SHA256())
+        .public_bytes(serialization.Encoding.DER)
+    )
+    odd = der.replace(bytes.fromhex("06082a8648ce3d030107"), bytes.fromhex("06082a8648ce3d030104"))
+    pem = "-----BEGIN CERTIFICATE-----\n" + base64.encodebytes(odd).decode() + "-----END CERTIFICATE-----\n"
+    return json.dumps({"k1": pem}).encode()
+
+
 @pytest.mark.parametrize(
     "failure",
     [
@@ -198,8 +221,9 @@ def test_while_googles_keys_cannot_be_fetched_the_last_ones_verify_and_nobody_wa
         b'{"k1": 1}',
         http.client.IncompleteRead(b"{"),
         http.client.BadStatusLine("nonsense"),
+        _certificate_of_an_unknown_curve(),
     ],
-    ids=["html", "list", "number", "cut_off", "bad_status"],
+    ids=["html", "list", "number", "cut_off", "bad_status", "unknown_curve"],
 )
 def test_with_no_keys_ever_fetched_a_failure_is_503_and_tried_again_after_a_pause(
     keys: dict[str, rsa.RSAPrivateKey], failure: bytes | Exception

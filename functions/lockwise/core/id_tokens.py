@@ -19,6 +19,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 import jwt
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 from cryptography.x509 import load_pem_x509_certificate
 
@@ -89,9 +90,10 @@ class GoogleKeys:
                 self._fetched = now
                 try:
                     self._keys, self._expires = self._fetched_keys(now)
-                except (OSError, ValueError, http.client.HTTPException) as exc:  # unreachable, cut off, or not
-                    # the certificates' JSON: each a failed fetch, paced (attack run 36: http.client's own errors and
-                    # JSON of another shape were 500s, and every verification fetched again)
+                except (OSError, ValueError, UnsupportedAlgorithm, http.client.HTTPException) as exc:  # unreachable,
+                    # cut off, or not the certificates' JSON (or a certificate of a key type the library does not
+                    # know: attack run 58's kind): each a failed fetch, paced (attack run 36: http.client's own
+                    # errors and JSON of another shape were 500s, and every verification fetched again)
                     self._failed = now
                     log.warning("Google's token keys could not be fetched", extra={"fields": {"error": repr(exc)}})
             if now >= self._expires + STALE_GRACE_S or (now >= self._expires and not self._keys):

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
@@ -72,12 +73,20 @@ def parse_csr(value: Any) -> x509.CertificateSigningRequest:
         raise errors.BadRequest("csr must be a PEM certificate signing request", code="invalid_csr")
     try:
         csr = x509.load_pem_x509_csr(value.encode())
-        key = csr.public_key()
     except ValueError as exc:
         raise errors.BadRequest("csr is not a PEM certificate signing request", code="invalid_csr") from exc
+    try:
+        key = csr.public_key()
+    except (ValueError, UnsupportedAlgorithm) as exc:  # a curve or key type the library does not know: was a 500,
+        # before any code was looked up (attack run 58)
+        raise errors.BadRequest("csr must be for an EC P-256 key", code="invalid_csr") from exc
     if not isinstance(key, ec.EllipticCurvePublicKey) or not isinstance(key.curve, ec.SECP256R1):
         raise errors.BadRequest("csr must be for an EC P-256 key", code="invalid_csr")
-    if not csr.is_signature_valid:
+    try:
+        signed = csr.is_signature_valid
+    except (ValueError, UnsupportedAlgorithm):
+        signed = False
+    if not signed:
         raise errors.BadRequest("csr is not signed by its own key", code="invalid_csr")
     return csr
 
