@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,7 @@ import pytest
 
 from infra.build import build
 from infra.local import services
-from tests.raw_http import exchange
+from tests.raw_http import exchange, read_answer
 
 pytestmark = pytest.mark.bundle
 
@@ -85,6 +86,20 @@ def test_a_request_the_web_server_refuses_is_answered_in_json(tmp_path: Path, st
         request = b"POST /devices/locks HTTP/1.1\r\nHost: x\r\nContent-Length: 900000000\r\n\r\n{"
         got, _, body = raw_exchange(server.url, request)  # socket.timeout here: no answer within 10 s
         assert got == 413, body[:200]
+        # a body that ends (the client half-closes) before its Content-Length: it was carried out as the whole
+        # (attack run 58: 19 of 5,000 bytes, an unlock); the whole of the same bytes is judged on its fields
+        part = b'{"code": "x"}'
+        for length, code in ((5000, "malformed_body"), (len(part), "invalid_public_key")):
+            host, port = server.url.removeprefix("http://").split(":")
+            with socket.create_connection((host, int(port)), timeout=10) as sock:
+                sock.sendall(
+                    b"POST /devices/provision HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                    + f"Content-Length: {length}\r\n\r\n".encode()
+                    + part
+                )
+                sock.shutdown(socket.SHUT_WR)
+                got, _, body = read_answer(sock)
+            assert (got, json.loads(body)["error"]["code"]) == (400, code), body[:200]
         with urllib.request.urlopen(f"{server.url}/devices/health", timeout=10) as resp:  # and still serves
             assert resp.status == 200
     finally:
