@@ -22,6 +22,7 @@ from cryptography.x509.oid import NameOID
 
 from infra.broker.render import relay_identities
 from infra.deploy_config import RELAY_SLOTS
+from infra.local.private_files import write_private
 from lockwise.devices.lock_certs import LockCa, issue, new_ca
 
 
@@ -65,16 +66,19 @@ def main(argv: list[str] | None = None) -> int:
     relay.add_argument("--slots", type=int, default=RELAY_SLOTS)
     relay.add_argument("--days", type=int, default=365)
     args = parser.parse_args(argv)
+    # the key files are their user's only from their first byte (``write_private``): written into a file already
+    # there, they kept its mode, 0644 (attack run 57)
     if args.command == "init":
         args.out.mkdir(parents=True, exist_ok=True)
+        if (args.out / "lock-ca.pem").exists():  # every lock's certificate and the relays' stand on it
+            sys.stderr.write(f"{args.out}/lock-ca.pem exists: a new lock CA goes to another directory\n")
+            return 1
         pem = new_ca()
-        (args.out / "lock-ca.pem").touch(mode=0o600)
-        (args.out / "lock-ca.pem").write_text(pem)
+        write_private(args.out / "lock-ca.pem", pem)
         (args.out / "lock-ca.crt").write_text(LockCa.from_pem(pem).cert_pem())
         sys.stdout.write(f"lock CA written to {args.out}/lock-ca.pem (secret) and lock-ca.crt (for the broker)\n")
     else:
-        args.out.touch(mode=0o600)
-        args.out.write_text(json.dumps(relay_certs(args.ca.read_text(), args.slots, args.days), indent=2))
+        write_private(args.out, json.dumps(relay_certs(args.ca.read_text(), args.slots, args.days), indent=2))
         sys.stdout.write(f"{args.slots} relay certificates written to {args.out}\n")
     return 0
 

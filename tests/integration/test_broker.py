@@ -29,7 +29,7 @@ from infra.deploy_config import RELAY_SLOTS
 from infra.local import services
 from infra.local.services import Broker
 from lockwise.devices import topics
-from lockwise.devices.lock_certs import LockCa, crl, issue, new_ca
+from lockwise.devices.lock_certs import LockCa, crl, issue
 from mqtt_relay import sessions
 from simlock.lock import LockConfig, SimulatedLock, new_tls_key
 
@@ -221,9 +221,9 @@ def test_a_certificate_the_lock_ca_did_not_issue_or_that_is_not_valid_now_is_ref
         later = now + dt.timedelta(hours=1)
         cert = _cert(key, identity, ca.key, ca.cert.subject, not_before=later, not_after=later + dt.timedelta(hours=1))
         files = _files(tmp_path, cert, key)
-    elif kind == "other_ca":  # a look-alike CA with the same name
-        other = LockCa.from_pem(new_ca(ca.cert.subject.rfc4514_string().removeprefix("CN=")))
-        files = _files(tmp_path, _cert(key, identity, other.key, other.cert.subject), key)
+    elif kind == "other_ca":  # a look-alike CA: the lock CA's name, another key
+        other = ec.generate_private_key(ec.SECP256R1())
+        files = _files(tmp_path, _cert(key, identity, other, ca.cert.subject), key)
     elif kind == "self_signed":
         name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, identity)])
         files = _files(tmp_path, _cert(key, identity, key, name), key)

@@ -612,6 +612,39 @@ def test_the_relays_flush_deletes_commands_attempts_and_invitations_kept_past_th
     assert gone.status_code == 404 and gone.get_json()["error"]["code"]
 
 
+def test_the_served_revocation_list_names_a_revocation_that_commits_late(world: World) -> None:
+    """The list is signed again when the revocations change, judged by their count and latest ``revoked_at``: a
+    revocation whose transaction began earlier (a re-pairing waiting on a voice decision) committing as another entry
+    expired changed neither, and the list served left it out for up to an hour (attack run 57)."""
+
+    def listed() -> set[str]:
+        resp = world.devices.get("/devices/lock-ca/crl")
+        assert resp.status_code == 200
+        crl = x509.load_pem_x509_crl(resp.get_data())
+        return {format(entry.serial_number, "x") for entry in crl}
+
+    tag = secrets.token_hex(3)
+    first, expiring, late = f"a57{tag}1", f"a57{tag}2", f"a57{tag}3"
+    db_rows(  # the latest revocation of all, and one before it
+        "INSERT INTO revoked_lock_certificates (serial, revoked_at, not_after) VALUES"
+        " (:a, now() - interval '1 minute', now() + interval '1 day'),"
+        " (:b, now() + interval '1 minute', now() + interval '1 day')",
+        a=first,
+        b=expiring,
+    )
+    assert {first, expiring} <= listed()
+    db_rows(  # one expires as another commits, revoked at the same time as the latest
+        "WITH gone AS (UPDATE revoked_lock_certificates SET not_after = now() - interval '1 second'"
+        " WHERE serial = :b RETURNING revoked_at)"
+        " INSERT INTO revoked_lock_certificates (serial, revoked_at, not_after)"
+        " SELECT :c, revoked_at, now() + interval '1 day' FROM gone",
+        b=expiring,
+        c=late,
+    )
+    now_listed = listed()
+    assert late in now_listed and expiring not in now_listed and first in now_listed
+
+
 def test_the_relays_flush_deletes_audit_rows_kept_past_their_time(world: World, stack_env: dict[str, str]) -> None:
     """The audit log was kept for good (attack run 54): a row for every command and membership change, naming an
     account and a lock, those of deleted accounts and locks too. The relay's flush now deletes the rows older than

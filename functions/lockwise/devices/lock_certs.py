@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import secrets
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -145,9 +146,17 @@ def issue(ca: LockCa, csr: x509.CertificateSigningRequest, identity: str, ttl_s:
 CRL_VALIDITY = dt.timedelta(days=30)
 
 
+def crl_number(now: dt.datetime) -> int:
+    """The CRL number of a list signed at ``now``: its time in milliseconds, so a later list (any instance's) has a
+    greater one; the broker host installs no list whose number is not greater than the installed one's (an older
+    list, replayed or from another instance's cache, took revocations back: attack run 57)."""
+    return int(now.timestamp() * 1000)
+
+
 def crl(ca: LockCa, revoked: list[tuple[str, dt.datetime]], now: dt.datetime) -> str:
-    """The CA's revocation list (PEM) naming ``revoked`` certificates (hex serial, when revoked). The entries go to
-    the builder as one list: adding them one by one copied the list each time (100,000 entries: 18.7 s; attack run)."""
+    """The CA's revocation list (PEM) naming ``revoked`` certificates (hex serial, when revoked), numbered
+    (``crl_number``; RFC 5280 asks every list for one). The entries go to the builder as one list: adding them one
+    by one copied the list each time (100,000 entries: 18.7 s; attack run)."""
     entries = [
         x509.RevokedCertificateBuilder().serial_number(int(serial, 16)).revocation_date(when).build()
         for serial, when in revoked
@@ -158,6 +167,7 @@ def crl(ca: LockCa, revoked: list[tuple[str, dt.datetime]], now: dt.datetime) ->
         .last_update(now - BACKDATE)
         .next_update(now + CRL_VALIDITY)
         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.key.public_key()), critical=False)
+        .add_extension(x509.CRLNumber(crl_number(now)), critical=False)
     )
     return builder.sign(ca.key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM).decode()
 
@@ -186,9 +196,11 @@ class CrlCache:
 
 
 def new_ca(common_name: str = "LockWise lock CA", days: int = 3650) -> str:
-    """A fresh lock CA as one PEM text (certificate + key): for ``infra.lock_ca`` and the local stack."""
+    """A fresh lock CA as one PEM text (certificate + key): for ``infra.lock_ca`` and the local stack. Its name ends
+    in a random tag: every CA was named alike, so a list or a certificate of another (a staging deployment's, one
+    made again) was looked up as this one's, and only its signature told them apart (attack run 57)."""
     key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"{common_name} {secrets.token_hex(4)}")])
     now = dt.datetime.now(dt.UTC)
     cert = (
         x509.CertificateBuilder()

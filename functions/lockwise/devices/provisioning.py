@@ -446,12 +446,16 @@ def _certify(ca: lock_certs.LockCa, request: Any, identity: str, ttl_s: int) -> 
     return Certificate(identity, issued.pem, ca.cert_pem(), issued.not_after), issued.serial
 
 
-def revocations_version(con: Connection) -> tuple[int, dt.datetime | None]:
-    """What changes whenever the revocation list does: how many unexpired entries, the latest revocation."""
-    ((count, latest),) = con.run(
-        "SELECT count(*), max(revoked_at) FROM revoked_lock_certificates WHERE not_after > now()"
+def revocations_version(con: Connection) -> tuple[int, int]:
+    """What changes whenever the revocation list does: how many unexpired entries, and a digest of their serials as
+    a set. It was the count and the latest ``revoked_at``: a revocation whose transaction began before another's and
+    committed after it (a re-pairing waiting on a voice decision) brought an older time, an entry expiring meanwhile
+    kept the count, and the list served left the revocation out for up to ``lock_certs.CRL_REUSE`` (attack run 57)."""
+    ((count, digest),) = con.run(
+        "SELECT count(*), coalesce(bit_xor(hashtextextended(serial, 0)), 0) FROM revoked_lock_certificates"
+        " WHERE not_after > now()"
     )
-    return int(count), latest
+    return int(count), int(digest)
 
 
 def revoked_certificates(con: Connection) -> list[tuple[str, dt.datetime]]:

@@ -1,0 +1,155 @@
+"""The broker host's revocation list refresh (``lockwise-crl-refresh``, rendered from its template as for production),
+run against a real Mosquitto with the subscription plugin: what it installs, and what it leaves out.
+
+OpenSSL 3 prints ``verify failure`` for a list another key signed and exits 0, and the refresh took the exit status:
+it installed such a list, and every handshake of the lock CA's clients, locks and relays alike, was refused; and it
+installed an expired list (the same), and an older one (its revocations taken back) (attack run 57).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import http.server
+import os
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from infra.broker import render
+from infra.local.services import Broker
+from lockwise.devices.lock_certs import LockCa, crl
+from tests.integration.test_broker import RELAY, Peer, identity_of, own_broker
+
+__all__ = ["own_broker"]  # the broker fixture, used here by name
+
+
+class CrlSource:
+    """What the refresh fetches (``GET /devices/lock-ca/crl`` in production): ``body``, over HTTP."""
+
+    def __init__(self) -> None:
+        self.body = b""
+        source = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+                self.send_response(200)
+                self.send_header("Content-Type", "application/pkix-crl")
+                self.send_header("Content-Length", str(len(source.body)))
+                self.end_headers()
+                self.wfile.write(source.body)
+
+            def log_message(self, *_: object) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/devices/lock-ca/crl"
+
+
+@pytest.fixture
+def source() -> Iterator[CrlSource]:
+    served = CrlSource()
+    yield served
+    served.server.shutdown()
+
+
+def refresh(broker: Broker, source: CrlSource, tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    """Run the refresh as rendered for production, with this broker's files; its ``systemctl kill --signal=HUP
+    mosquitto`` is a stand-in that signals this broker and counts the reloads in ``tmp_path / "reloads"``."""
+    script = tmp_path / "lockwise-crl-refresh"
+    values = {"CRLFILE": str(broker.crl_file), "CLIENT_CAFILE": str(broker.lock_ca_file), "CRL_URL": source.url}
+    script.write_text(render.render("lockwise-crl-refresh.sh.template", values))
+    script.chmod(0o755)
+    bindir = tmp_path / "bin"
+    bindir.mkdir(exist_ok=True)
+    reloads = tmp_path / "reloads"
+    (bindir / "systemctl").write_text(f"#!/bin/sh\necho >> {reloads}\nkill -HUP {broker.process.popen.pid}\n")
+    (bindir / "systemctl").chmod(0o755)
+    env = dict(os.environ, PATH=f"{bindir}:{os.environ['PATH']}")
+    done = subprocess.run([str(script)], capture_output=True, text=True, env=env, check=False, timeout=60)
+    time.sleep(0.5)  # the SIGHUP is handled between connections
+    return done
+
+
+def reloads(tmp_path: Path) -> int:
+    path = tmp_path / "reloads"
+    return len(path.read_text().splitlines()) if path.exists() else 0
+
+
+def connects(broker: Broker, files: tuple[Path, Path], client_id: str) -> bool:
+    peer = Peer(broker, files, client_id=client_id)
+    try:
+        return peer.start(wait_s=3)
+    finally:
+        peer.stop()
+
+
+def serial_of(files: tuple[Path, Path]) -> str:
+    return format(x509.load_pem_x509_certificate(files[0].read_bytes()).serial_number, "x")
+
+
+def test_a_list_another_key_signed_or_an_expired_one_is_not_installed(
+    own_broker: Broker, source: CrlSource, tmp_path: Path
+) -> None:
+    broker = own_broker
+    ca = LockCa.from_pem(broker.lock_ca_pem)
+    lock = broker.client_files("lk-crl-refresh", tmp_path / "lock")
+    relay = broker.client_files(RELAY, tmp_path / "relay")
+    now = dt.datetime.now(dt.UTC)
+    source.body = crl(ca, [], now).encode()
+    assert refresh(broker, source, tmp_path).returncode == 0 and reloads(tmp_path) == 1
+    installed = broker.crl_file.read_bytes()
+    assert installed == source.body
+
+    def signed(key: ec.EllipticCurvePrivateKey, this: dt.datetime, until: dt.datetime) -> bytes:
+        built = (
+            x509.CertificateRevocationListBuilder()
+            .issuer_name(ca.cert.subject)  # the lock CA's name on each
+            .last_update(this)
+            .next_update(until)
+            .add_extension(x509.CRLNumber(int(this.timestamp() * 1000)), critical=False)
+            .sign(key, hashes.SHA256())
+        )
+        return built.public_bytes(serialization.Encoding.PEM)
+
+    later = now + dt.timedelta(minutes=1)
+    refused = {
+        "another key": signed(ec.generate_private_key(ec.SECP256R1()), later, later + dt.timedelta(days=7)),
+        "expired": signed(ca.key, later - dt.timedelta(days=8), later - dt.timedelta(days=1)),
+        "not a list": b"<html>a captive portal</html>",
+    }
+    for why, body in refused.items():
+        source.body = body
+        done = refresh(broker, source, tmp_path)
+        assert done.returncode != 0 and "not installed" in done.stderr, (why, done.stderr)
+        assert broker.crl_file.read_bytes() == installed, why
+    assert reloads(tmp_path) == 1
+    # every client of the lock CA still connects (an installed one of those refused them all)
+    assert connects(broker, lock, identity_of(lock)) and connects(broker, relay, RELAY)
+
+
+def test_a_newer_list_is_installed_once_and_an_older_one_never(
+    own_broker: Broker, source: CrlSource, tmp_path: Path
+) -> None:
+    broker = own_broker
+    ca = LockCa.from_pem(broker.lock_ca_pem)
+    stolen = broker.client_files("lk-crl-stolen", tmp_path / "stolen")
+    assert connects(broker, stolen, identity_of(stolen))
+    now = dt.datetime.now(dt.UTC)
+    older = crl(ca, [], now - dt.timedelta(minutes=10)).encode()  # served 10 minutes ago (a cache, a replay)
+    source.body = crl(ca, [(serial_of(stolen), now)], now).encode()  # its lock paired again since
+    assert refresh(broker, source, tmp_path).returncode == 0 and reloads(tmp_path) == 1
+    assert not connects(broker, stolen, identity_of(stolen)), "revoked and reloaded: refused"
+    assert refresh(broker, source, tmp_path).returncode == 0 and reloads(tmp_path) == 1  # the same: no reload
+    source.body = older
+    done = refresh(broker, source, tmp_path)
+    assert done.returncode == 0 and "kept the installed list" in done.stderr, done.stderr
+    assert reloads(tmp_path) == 1
+    assert not connects(broker, stolen, identity_of(stolen)), "the older list took the revocation back"
