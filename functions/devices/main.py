@@ -95,7 +95,7 @@ def take_change(con: Connection, lock_id: str, user: auth.User, *, lock_held_for
 # ------------------------------------------------------------------------------------------------------ health
 
 
-@api.route("GET", "/devices/health")
+@api.route("GET", "/devices/health", query=None, body=True)  # a checker's: anything goes
 def get_health(ctx: Ctx) -> tuple[JsonBody, int]:
     return rt.health.check(rt.probes(), "devices", rt.settings.release)
 
@@ -139,7 +139,7 @@ def create_lock(ctx: Ctx) -> Result:
     return {"lock": view, "provisioning": code}, 201 if created else 200
 
 
-@api.route("GET", "/devices/locks")
+@api.route("GET", "/devices/locks", query=None)  # its page: pages.requested
 def list_locks(ctx: Ctx) -> JsonBody:
     user = app_user(ctx)
     page = pages.requested(ctx.query(("limit", "page_token")))
@@ -209,7 +209,7 @@ def get_transfer(ctx: Ctx, lock_id: str) -> JsonBody:
         return transfers.standing(con, lock_id, user.uid, now)
 
 
-@api.route("POST", "/devices/locks/<lock_id>/transfer/accept")
+@api.route("POST", "/devices/locks/<lock_id>/transfer/accept", body=False)
 def accept_transfer(ctx: Ctx, lock_id: str) -> JsonBody:
     user, lock_id = app_user(ctx), lock_param(lock_id)
     with rt.db.transaction() as con:
@@ -233,7 +233,7 @@ def withdraw_transfer(ctx: Ctx, lock_id: str) -> flask.Response:
     return flask.Response(status=204)
 
 
-@api.route("POST", "/devices/locks/<lock_id>/provisioning")
+@api.route("POST", "/devices/locks/<lock_id>/provisioning", body=False)
 def new_provisioning_code(ctx: Ctx, lock_id: str) -> Result:
     user, lock_id = app_user(ctx), lock_param(lock_id)
     with rt.db.transaction() as con:
@@ -299,7 +299,7 @@ def my_invitations(ctx: Ctx) -> JsonBody:
     return invitations.for_user(rt.db, user, rt.now(), listed_address).public()
 
 
-@api.route("POST", "/devices/invitations/<invitation_id>/accept")
+@api.route("POST", "/devices/invitations/<invitation_id>/accept", body=False)
 def accept_invitation(ctx: Ctx, invitation_id: str) -> Result:
     user = invitations.answering_as(rt.db, invitation_id, app_user(ctx), current_address)
     with rt.db.transaction() as con:
@@ -310,7 +310,7 @@ def accept_invitation(ctx: Ctx, invitation_id: str) -> Result:
     return {"lock_id": joined.lock_id, "member": joined.public()}, 201 if first else 200
 
 
-@api.route("POST", "/devices/invitations/<invitation_id>/decline")
+@api.route("POST", "/devices/invitations/<invitation_id>/decline", body=False)
 def decline_invitation(ctx: Ctx, invitation_id: str) -> Result:
     user = invitations.answering_as(rt.db, invitation_id, app_user(ctx), current_address)
     with rt.db.transaction() as con:
@@ -398,7 +398,7 @@ def get_command(ctx: Ctx, lock_id: str, command_id: str) -> JsonBody:
 # ------------------------------------------------------------------------------------------------ lock-facing
 
 
-@api.route("POST", "/devices/provision")
+@api.route("POST", "/devices/provision", query=None)  # a lock's
 def redeem_provisioning_code(ctx: Ctx) -> Result:
     # fields it does not name are let be, as in every body a lock sends but its audio: a lock's firmware may be newer
     # than this function, and a refused renewal would leave it offline once its certificate expires
@@ -417,7 +417,7 @@ def redeem_provisioning_code(ctx: Ctx) -> Result:
     ), 201
 
 
-@api.route("GET", "/devices/lock/config")
+@api.route("GET", "/devices/lock/config", query=None, body=True)  # a lock's, signed
 def lock_config(ctx: Ctx) -> JsonBody:
     body = ctx.body()
     signer = lock_auth.signed_by(rt.db, ctx.request.headers, "GET", ctx.target, body, rt.settings)
@@ -431,7 +431,7 @@ def lock_config(ctx: Ctx) -> JsonBody:
     }
 
 
-@api.route("GET", "/devices/lock-ca/crl")
+@api.route("GET", "/devices/lock-ca/crl", query=None, body=True)  # a broker host's
 def lock_ca_crl(ctx: Ctx) -> flask.Response:
     """The lock CA's revocation list (public, as CRLs are): what the broker reloads every minute; signed again only
     when the revocations change (``lock_certs.CrlCache``)."""
@@ -443,7 +443,7 @@ def lock_ca_crl(ctx: Ctx) -> flask.Response:
     return flask.Response(pem, mimetype="application/pkix-crl", headers={"Cache-Control": "max-age=30"})
 
 
-@api.route("POST", "/devices/lock/certificate")
+@api.route("POST", "/devices/lock/certificate", query=None)  # a lock's
 def renew_lock_certificate(ctx: Ctx) -> Result:
     """A lock renews its broker certificate (before expiry; a lock paired with a broker password gets its first)."""
     body = ctx.body(16_384)
@@ -469,7 +469,7 @@ def require_relay(ctx: Ctx) -> None:
     auth.check_service_token(ctx.service_token(), rt.settings.service_token)
 
 
-@api.route("POST", "/devices/relay/events")
+@api.route("POST", "/devices/relay/events", query=None)
 def relay_events(ctx: Ctx) -> JsonBody:
     require_relay(ctx)
     # fields it does not name are let be: the relay splits a refused batch down to single events and drops them, so
@@ -485,7 +485,7 @@ def relay_events(ctx: Ctx) -> JsonBody:
     return {"results": [o.as_dict() for o in outcomes]}
 
 
-@api.route("POST", "/devices/relay/flush")
+@api.route("POST", "/devices/relay/flush", query=None)
 def relay_flush(ctx: Ctx) -> JsonBody:
     require_relay(ctx)
     raw = ctx.body(topics.MAX_PAYLOAD_BYTES)  # optional: a relay from before its fields sends none

@@ -46,7 +46,7 @@ def sample_clip(index: int, value: Any) -> audio.Clip:
         raise
 
 
-@api.route("GET", "/embed/health")
+@api.route("GET", "/embed/health", query=None, body=True)  # a checker's: anything goes
 def get_health(ctx: Ctx) -> tuple[JsonBody, int]:
     return rt.health.check(
         {**rt.probes(), "model": describe(encoder), "voice_activity": voice.describe}, "embed", rt.settings.release
@@ -91,7 +91,7 @@ def delete_voice_data(ctx: Ctx) -> Result:
     return flask.Response(status=204)
 
 
-@api.route("POST", "/embed")
+@api.route("POST", "/embed", query=None)  # the original design's contract
 def embed_original(ctx: Ctx) -> JsonBody:
     """The original contract, fixed, for trusted service callers: ``{"pcm_base64"}`` -> ``{"embedding"}``."""
     auth.check_service_token(ctx.service_token(), rt.settings.service_token)

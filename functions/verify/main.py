@@ -40,12 +40,12 @@ def attempt_from(ctx: Ctx, body: bytes) -> tuple[audio.Clip, str | None]:
     return audio.validate(audio.from_body(body, ctx.request.content_type, rate), limits), follow_up
 
 
-@api.route("GET", "/verify/health")
+@api.route("GET", "/verify/health", query=None, body=True)  # a checker's: anything goes
 def get_health(ctx: Ctx) -> tuple[JsonBody, int]:
     return rt.health.check({**rt.probes(), "model": describe(encoder)}, "verify", rt.settings.release)
 
 
-@api.route("POST", "/verify")
+@api.route("POST", "/verify", query=None)  # a lock's: attempt_from reads it
 def verify_at_lock(ctx: Ctx) -> Result:
     body = ctx.body(audio.max_body_bytes(limits))
     body_sha256 = hashlib.sha256(body).hexdigest()  # once: the signature covers it, and a clip sent again is it
@@ -73,7 +73,7 @@ def save_rejected(clip: audio.Clip, attempt_id: str) -> None:
     (folder / f"rejected-{attempt_id}.wav").write_bytes(audio.to_wav(clip))
 
 
-@api.route("POST", "/verify/candidates")
+@api.route("POST", "/verify/candidates", query=None)  # the original design's
 def verify_candidates(ctx: Ctx) -> JsonBody:
     """The original contract, for trusted service callers: audio and candidate embeddings in, best match out."""
     auth.check_service_token(ctx.service_token(), rt.settings.service_token)

@@ -136,6 +136,53 @@ def test_a_field_the_route_does_not_take_is_refused_by_name() -> None:
     assert twice.status_code == 400 and (error["code"], error["details"]) == ("duplicate_field", {"fields": ["a"]})
 
 
+def test_a_query_or_body_a_route_does_not_take_is_refused_before_it_runs() -> None:
+    """A query or body sent to a route that took none was ignored and the request carried out without it (attack
+    run 58: a pairing code asked for with ``ttl_s``, a member list with ``limit``). Refused before the handler, which
+    never runs; nothing and ``{}`` pass; a route that reads its own query (``query=None``) takes any."""
+    api = Api("unit", settings=lambda: Settings.from_env({}))
+    ran: list[str] = []
+
+    @api.route("POST", "/unit/act", body=False)
+    def act(ctx: Ctx) -> JsonBody:
+        ran.append("act")
+        return {}
+
+    @api.route("GET", "/unit/list", query=("limit",))
+    def listing(ctx: Ctx) -> JsonBody:
+        ran.append("list")
+        return {}
+
+    @api.route("GET", "/unit/own", query=None)
+    def own(ctx: Ctx) -> JsonBody:
+        ran.append("own")
+        return {}
+
+    refused = [
+        ("POST", "/unit/act", {"data": b'{"ttl_s": 999999}'}, "unknown_field"),
+        ("POST", "/unit/act", {"data": b"\x00\x01garbage"}, "malformed_json"),
+        ("POST", "/unit/act", {"data": b"[]"}, "expected_object"),
+        ("POST", "/unit/act?x=1", {}, "unknown_field"),
+        ("GET", "/unit/list?limit=1&page_token=z", {}, "unknown_field"),
+        ("GET", "/unit/list?limit=1&limit=2", {}, "duplicate_field"),
+        ("GET", "/unit/list", {"data": b'{"limit": 1}'}, "unknown_field"),  # a GET takes no body by default
+    ]
+    for method, path, kwargs, code in refused:
+        resp = call(api, method, path, content_type="application/json", **kwargs)
+        assert (resp.status_code, json.loads(resp.get_data())["error"]["code"]) == (400, code), (path, kwargs)
+    assert ran == []
+    for method, path, kwargs in (
+        ("POST", "/unit/act", {}),
+        ("POST", "/unit/act", {"data": b"{}"}),
+        ("GET", "/unit/list?limit=1", {}),
+        ("GET", "/unit/own?anything=1", {}),
+    ):
+        assert call(api, method, path, **kwargs).status_code == 200, (path, kwargs)
+    assert ran == ["act", "act", "list", "own"]
+    message = json.loads(call(api, "POST", "/unit/act", data=b'{"a": 1}').get_data())["error"]["message"]
+    assert message.endswith("it takes none"), message
+
+
 def test_oversized_body_is_refused_before_it_is_read() -> None:
     resp = call(make_api(max_body=1024), "POST", "/unit/echo", data=b"x" * 5000, content_type="application/json")
     assert resp.status_code == 413

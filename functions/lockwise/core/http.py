@@ -35,6 +35,16 @@ JsonBody = dict[str, Any]
 Result = flask.Response | tuple[JsonBody | list[Any], int] | JsonBody
 Handler = Callable[..., Result]
 
+#: the most a route that takes no body reads of one (to tell ``{}`` from anything else)
+_NO_BODY_READ = 1024
+
+
+@dataclass(frozen=True)
+class _Route:
+    handler: Handler
+    query: Collection[str] | None  # the query parameters it takes (checked before it runs); None: its own to read
+    body: bool  # it takes a body (False: one other than nothing or ``{}`` is refused before it runs)
+
 
 @dataclass(frozen=True)
 class Ctx:
@@ -211,7 +221,7 @@ class Api:
         self.service = service
         self._settings = settings or (lambda: get_settings(service))
         self._map = Map(strict_slashes=False, merge_slashes=False)
-        self._handlers: dict[str, Handler] = {}
+        self._routes: dict[str, _Route] = {}
         if flask.has_app_context():  # loaded by functions-framework: its own routes' errors answer as ours do
             flask.current_app.register_error_handler(HTTPException, self._platform_error)
         server_errors.answer_in_json()  # and so do the requests its web server refuses before Flask sees them
@@ -222,11 +232,21 @@ class Api:
         does not match, such as one holding a newline, or ``/robots.txt``): answered by our router, as JSON."""
         return self(flask.request)
 
-    def route(self, method: str, path: str) -> Callable[[Handler], Handler]:
+    def route(
+        self, method: str, path: str, *, query: Collection[str] | None = (), body: bool | None = None
+    ) -> Callable[[Handler], Handler]:
+        """Register a handler. ``query``: the query parameters it takes, any other refused (400 ``unknown_field``)
+        before it runs; None for a handler that reads the query itself (``Ctx.query``) or takes any (a lock's or
+        the relay's request, whose refusal would do harm; the original design's, whose FastAPI ignored them; health
+        checks). ``body``: whether it takes a body (by default all but GET and DELETE do); one that does not
+        refuses any but an empty one or ``{}`` before it runs. A query or body sent to a route that took none was
+        ignored and the request carried out without it (attack run 58: a pairing code asked for with ``ttl_s``)."""
+
         def register(fn: Handler) -> Handler:
             endpoint = f"{method} {path}"
             self._map.add(Rule(path, methods=[method], endpoint=endpoint))
-            self._handlers[endpoint] = fn
+            takes_body = method not in ("GET", "DELETE") if body is None else body
+            self._routes[endpoint] = _Route(fn, query, takes_body)
             return fn
 
         return register
@@ -270,8 +290,12 @@ class Api:
             for name, value in params.items():  # path parameters cross the same input boundary as bodies
                 inputs.check_text(value, name)
             ctx = Ctx(request=request, request_id=request_id, settings=self._settings())
-            result = self._handlers[str(endpoint)](ctx, **params)
-            return _to_response(result)
+            route = self._routes[str(endpoint)]
+            if route.query is not None:
+                ctx.query(route.query)
+            if not route.body:
+                _no_body(ctx)
+            return _to_response(route.handler(ctx, **params))
         except errors.LockwiseError as err:
             level = logging.WARNING if err.status < 500 else logging.ERROR
             event(log, "request failed", level=level, code=err.code, status=err.status, error=err.message)
@@ -280,6 +304,14 @@ class Api:
             log.exception("unhandled error")
             internal = errors.LockwiseError("internal error; quote the request id when reporting it")
             return json_response(errors.error_body(internal, request_id), 500)
+
+
+def _no_body(ctx: Ctx) -> None:
+    """400 for a body sent to a route that takes none: nothing and ``{}`` (what some clients send with every POST)
+    pass."""
+    raw = ctx.body(_NO_BODY_READ)
+    if raw:
+        parse_json_object(raw, ())
 
 
 def _to_response(result: Result) -> flask.Response:

@@ -51,7 +51,8 @@ def only_fields(obj: dict[str, Any], fields: Collection[str], where: str = "the 
     if unknown:
         names = ", ".join(repr(k[:40]) for k in unknown[:5]) + (", ..." if len(unknown) > 5 else "")
         raise errors.BadRequest(
-            f"unknown field{'s' if len(unknown) > 1 else ''} {names} in {where}; it takes {', '.join(sorted(fields))}",
+            f"unknown field{'s' if len(unknown) > 1 else ''} {names} in {where};"
+            f" it takes {', '.join(sorted(fields)) or 'none'}",
             code="unknown_field",
             details={"fields": [k[:40] for k in unknown[:20]]},
         )
