@@ -107,8 +107,13 @@ def test_a_disabled_owners_lock_is_handed_over_or_deleted_and_the_owner_kept_as_
     flush(clients, stack_env)
     handed = devices.post(owner_path, json={"uid": world.uid("member")}, headers=operator)
     assert error_code(handed) == (409, "member_account_unusable")
+    # the disabled owner themself: answered 200 as a hand-over done already, the lock left ownerless (attack run 58)
+    handed = devices.post(owner_path, json={"uid": owner}, headers=operator)
+    assert error_code(handed) == (409, "member_account_unusable")
     handed = devices.post(owner_path, json={"uid": world.uid("guest_in")}, headers=operator)
     assert handed.status_code == 200, handed.get_json()
+    again = devices.post(owner_path, json={"uid": world.uid("guest_in")}, headers=operator)  # its answer lost
+    assert again.status_code == 200, again.get_json()
     listed = devices.get(f"/devices/locks/{world.lock_id}/members", headers=world.headers("guest_in")).get_json()
     assert {m["uid"]: m["role"] for m in listed["members"]}[owner] == "admin"  # back in if enabled again
     assert error_code(devices.delete(lock_path, headers=operator)) == (409, "owner_present")  # the guest owns it now
