@@ -37,6 +37,7 @@ from cryptography.x509.oid import NameOID
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
+from infra.local.private_files import write_private
 from lockwise.devices import command_signing, lock_auth, receipts, topics
 from mqtt_relay.sessions import no_delay
 from simlock.unconfirmed import Unconfirmed
@@ -59,8 +60,9 @@ class LockConfig:
     keepalive_s: int = 15
 
     def save(self, path: Path) -> None:
-        path.write_text(json.dumps(asdict(self), indent=2))
-        path.chmod(0o600)
+        """Its keys are in it: its user's only from the first byte (written, then made 0600, it was readable for an
+        instant, and an existing file's mode was kept until then: attack run 57)."""
+        write_private(path, json.dumps(asdict(self), indent=2))
 
     @classmethod
     def load(cls, path: Path) -> LockConfig:
@@ -71,8 +73,7 @@ class LockConfig:
         directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         cert, key = directory / "client.crt", directory / "client.key"
         cert.write_text(self.cert_pem)
-        key.touch(mode=0o600)
-        key.write_text(self.key_pem)
+        write_private(key, self.key_pem)  # a file there kept its mode (``touch`` sets none on an existing one)
         return str(cert), str(key)
 
     def signing_key(self) -> Ed25519PrivateKey:

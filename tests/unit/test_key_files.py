@@ -1,4 +1,4 @@
-"""``python -m infra.lock_ca``: the production lock CA and the relays' certificates, written as secrets."""
+"""Files holding keys the tools write (`python -m infra.lock_ca`, the reference lock `simlock`): their user's only."""
 
 from __future__ import annotations
 
@@ -45,3 +45,20 @@ def test_the_relays_certificates_are_their_users_only_over_a_file_already_there(
     ca = LockCa.from_pem((tmp_path / "lock-ca.pem").read_text())
     for bundle in certs.values():
         assert x509.load_pem_x509_certificate(bundle["cert"].encode()).issuer == ca.cert.subject
+
+
+def test_the_reference_locks_keys_are_its_users_only_over_files_already_there(tmp_path: Path) -> None:
+    """``simlock``'s saved configuration and TLS key: written, then made 0600, they were readable for an instant, and
+    the key file kept an existing file's mode (attack run 57)."""
+    from simlock.lock import LockConfig
+
+    config = LockConfig("lock", "lk-1", "CERT", "KEY", "127.0.0.1", 8883, "ca.crt", signing_key_b64="c2VlZA==")
+    saved, keys = tmp_path / "lock.json", tmp_path / "tls"
+    keys.mkdir()
+    for path in (saved, keys / "client.key"):
+        path.write_text("old")
+        path.chmod(0o644)
+    config.save(saved)
+    _, key = config.tls_files(keys)
+    assert mode(saved) == 0o600 and LockConfig.load(saved) == config
+    assert mode(Path(key)) == 0o600 and Path(key).read_text() == "KEY"
