@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import secrets
 import signal
+import socket
 import ssl
 import subprocess
 import threading
@@ -249,6 +250,37 @@ def test_a_client_that_does_not_trust_our_broker_ca_gets_no_session(
     peer = Peer(broker, a, client_id=identity_of(a), ca=None)
     assert not peer.start(wait_s=3)
     peer.client.loop_stop()
+
+
+@pytest.mark.parametrize(
+    ("cipher", "taken"),
+    [
+        ("ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256", True),
+        ("ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305", True),
+        ("ECDHE-ECDSA-AES128-SHA:ECDHE-RSA-AES128-SHA", False),  # CBC with SHA-1: taken before attack run 57
+        ("ECDHE-ECDSA-AES256-SHA384:ECDHE-RSA-AES256-SHA384", False),  # CBC
+        ("AES128-GCM-SHA256", False),  # no forward secrecy
+    ],
+)
+def test_tls_1_2_takes_forward_secret_aead_suites_only(
+    broker: Broker, lock_files: dict[str, tuple[Path, Path]], cipher: str, taken: bool
+) -> None:
+    cert, key = next(iter(lock_files.values()))
+    context = ssl.create_default_context(cafile=str(broker.ca_file))
+    context.load_cert_chain(cert, key)
+    context.maximum_version = ssl.TLSVersion.TLSv1_2
+    context.set_ciphers(cipher + ":@SECLEVEL=0")
+    try:
+        with (
+            socket.create_connection(("127.0.0.1", broker.port), timeout=10) as raw,
+            context.wrap_socket(raw, server_hostname="localhost") as tls,
+        ):
+            agreed = tls.cipher()
+    except ssl.SSLError:
+        agreed = None
+    assert (agreed is not None) is taken, agreed
+    if agreed is not None:
+        assert agreed[1] == "TLSv1.2" and agreed[0] in cipher.split(":")
 
 
 def test_plain_tcp_is_not_offered(broker: Broker) -> None:
