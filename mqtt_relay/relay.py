@@ -15,6 +15,7 @@ cleanly unsubscribes first, so nothing is queued for it. While no replica is con
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import functools
 import logging
 import select
@@ -42,6 +43,8 @@ PUBACK_TIMEOUT_S = 5.0
 LEASE_CHECK_S = 1.0
 #: the wait before the next upkeep when the last one left locks' access due
 UPKEEP_AGAIN_S = 0.1
+#: days before its broker certificate ends from which the relay's health report and log say so
+CERTIFICATE_WARNING_DAYS = 30
 
 
 class Relay:
@@ -56,6 +59,8 @@ class Relay:
         self.exit_code = 0
         # persistent session (clean_start=False with an expiry): unacknowledged events are redelivered after a crash
         self.client = sessions.new_client(settings, lease.client_id)
+        self.certificate_expires = sessions.certificate_expiry(settings, lease.client_id)
+        self._expiry_warned = 0.0  # when the health report last logged the certificate's end coming
         with self.db.connection() as con:
             self.event_topics = sessions.event_topics(sessions.share_group(con))
         # back within 2 s of a restarted broker: Mosquitto 2.0 does not persist shared subscriptions (persist_write.c
@@ -305,8 +310,25 @@ class Relay:
             # Firestore or a prune failing for now: shown, not unhealthy (a restarted relay would meet the same)
             "upkeep": {"ok": self.forwarder.upkeep_error is None}
             | ({"error": self.forwarder.upkeep_error} if self.forwarder.upkeep_error else {}),
+            # shown, not unhealthy until it ends (then the broker turns this slot away: "broker" says so)
+            "certificate": self._certificate(),
         }
         return body, 200 if healthy else 503
+
+    def _certificate(self) -> dict[str, Any]:
+        """The slot's client certificate's end, ``ok`` while over ``CERTIFICATE_WARNING_DAYS`` away; logged as a
+        warning (at most once a day) once it is nearer: issued for a year, its end was said nowhere (attack run
+        57)."""
+        ends = self.certificate_expires.isoformat()
+        left = self.certificate_expires - dt.datetime.now(dt.UTC)
+        ok = left > dt.timedelta(days=CERTIFICATE_WARNING_DAYS)
+        if not ok and time.monotonic() - self._expiry_warned > 86_400:
+            self._expiry_warned = time.monotonic()
+            log.warning(
+                "the relay's broker certificate ends soon: issue new ones (python -m infra.lock_ca relay-certs)",
+                extra={"fields": {"identity": self.lease.client_id, "expires_at": ends}},
+            )
+        return {"ok": ok, "expires_at": ends, "days_left": left.days}
 
 
 def _expiring(seconds: int) -> Properties:

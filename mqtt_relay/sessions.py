@@ -9,6 +9,7 @@ holds, leaves the share group and ends the session (session expiry 0 on disconne
 
 from __future__ import annotations
 
+import datetime as dt
 import functools
 import json
 import logging
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
+from cryptography import x509
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
@@ -113,6 +115,13 @@ def _identity_files(bundle: str, identity: str) -> tuple[Path, Path]:
     key.touch(mode=0o600)
     key.write_text(key_pem)
     return cert, key
+
+
+def certificate_expiry(settings: RelaySettings, identity: str) -> dt.datetime:
+    """When the identity's client certificate expires (the broker refuses it from then on: ``python -m infra.lock_ca
+    relay-certs`` issues them for a year, and nothing said so before every relay was turned away: attack run 57)."""
+    cert, _ = _identity_files(settings.mqtt_client_certs, identity)
+    return x509.load_pem_x509_certificate(cert.read_bytes()).not_valid_after_utc
 
 
 def session_properties(expiry_s: int, packet: int = PacketTypes.CONNECT) -> Properties:

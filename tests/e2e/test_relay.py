@@ -76,6 +76,8 @@ def test_app_unlock_reaches_the_lock_and_the_ack_comes_home(
         what="the relay's health counting the delivery",
     )
     assert health["status"] == "ok" and health["checks"]["broker"]["ok"]
+    # its broker certificate's end, said nowhere before every relay was turned away a year on (attack run 57)
+    assert health["certificate"]["ok"] and 30 < health["certificate"]["days_left"] <= 365, health["certificate"]
     sent, retained = db_one(e2e, "SELECT send_count, status FROM commands WHERE id = CAST(:i AS uuid)", i=command["id"])
     assert sent == 1 and retained == "acked"
 
