@@ -84,6 +84,8 @@ def hosting_headers() -> dict[str, str]:
 
 
 class _Handler(http.server.SimpleHTTPRequestHandler):
+    timeout = 30  # a client that sends nothing (or stops mid-body) is closed, not waited for
+
     def __init__(self, console: Console, *args: Any, **kwargs: Any) -> None:
         self.console = console
         super().__init__(*args, **kwargs)
@@ -131,14 +133,39 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
         if self._function():
             self._proxy()
         else:
-            self.send_error(404)
+            self._refuse(404, "no_route", "only the functions' paths take this method here")
+
+    def _refuse(self, status: int, code: str, message: str) -> None:
+        """An error in the API's shape (it was ``http.server``'s HTML page), the connection closed after it."""
+        data = json.dumps({"error": {"code": code, "message": message}}).encode()
+        self.close_connection = True
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self.wfile.write(data)
 
     def _proxy(self) -> None:
         name = self._function()
         assert name is not None
         target = urllib.parse.urlsplit(self.console.functions[name])
-        length = int(self.headers.get("Content-Length") or 0)
-        body = self.rfile.read(length) if length else None
+        # a body by its Content-Length only: a chunked one was dropped (Transfer-Encoding is hop-by-hop) and the
+        # function answered as if none came; a length of -1 read until the client closed, one not a number closed
+        # the connection unanswered (attack run 58)
+        if "Transfer-Encoding" in self.headers:
+            self._refuse(411, "length_required", "send the body with a Content-Length, not chunked")
+            return
+        given = (self.headers.get("Content-Length") or "0").strip()
+        if not (given.isascii() and given.isdigit()):
+            self._refuse(400, "malformed_request", "Content-Length must be a whole number of bytes")
+            return
+        length = int(given)
+        try:
+            body = self.rfile.read(length) if length else None
+        except OSError:  # the client stopped sending (the timeout)
+            self.close_connection = True
+            return
         headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP_BY_HOP}
         conn = http.client.HTTPConnection(target.hostname or "127.0.0.1", target.port or 80, timeout=60)
         try:
@@ -146,12 +173,7 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
             resp = conn.getresponse()
             data = resp.read()
         except OSError as exc:
-            message = json.dumps({"error": {"code": "function_unavailable", "message": f"{name}: {exc}"}}).encode()
-            self.send_response(502)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(message)))
-            self.end_headers()
-            self.wfile.write(message)
+            self._refuse(502, "function_unavailable", f"{name}: {exc}")
             return
         finally:
             conn.close()
