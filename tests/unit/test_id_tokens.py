@@ -74,6 +74,8 @@ def test_signed_token_is_accepted(keys: dict[str, rsa.RSAPrivateKey]) -> None:
         (lambda k: signed(k["k1"], sub=".."), "invalid_token"),
         (lambda k: signed(k["k1"], sub="__reserved__"), "invalid_token"),
         (lambda k: signed(k["k1"], iat=int(time.time()) + 600), "invalid_token"),
+        (lambda k: signed(k["k1"], auth_time=-1e20), "invalid_token"),  # taken as a sign-in time (attack run 58)
+        (lambda k: signed(k["k1"], auth_time=0), "invalid_token"),
         (lambda k: signed(k["k1"])[:-4] + "AAAA", "invalid_token"),  # tampered signature
         (lambda k: "not.a.jwt", "invalid_token"),
     ],
@@ -98,6 +100,16 @@ def test_hs256_token_with_the_public_key_as_secret_is_rejected(keys: dict[str, r
     forged = jwt.encode({"sub": "x", "aud": PROJECT_ID}, pub.decode()[:40], algorithm="HS256", headers={"kid": "k1"})
     with pytest.raises(errors.Unauthenticated):
         verifier(keys).verify(forged)
+
+
+@pytest.mark.parametrize(
+    ("verified", "read"), [(True, True), ("no", False), ("true", False), (1, False), (None, False)]
+)
+def test_an_address_is_verified_by_a_json_true_only(
+    keys: dict[str, rsa.RSAPrivateKey], verified: object, read: bool
+) -> None:
+    """``bool()`` of the claim read the string "no" as verified (attack run 58, an unsigned emulator token)."""
+    assert verifier(keys).verify(signed(keys["k1"], email_verified=verified)).email_verified is read
 
 
 @pytest.mark.parametrize("email", ["a\u0000@example.com", "\ud800@example.com", ["a@example.com"], 5])

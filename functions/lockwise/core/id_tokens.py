@@ -157,7 +157,8 @@ class IdTokenVerifier:
         return User(
             uid=str(claims["sub"]),
             email=inputs.email_key(claims.get("email")),  # lower-cased; not an address: as if it had none
-            email_verified=bool(claims.get("email_verified", False)),
+            # only a JSON true: a string "no" was read as verified (the emulator signs no token: attack run 58)
+            email_verified=claims.get("email_verified") is True,
             claims=claims,
         )
 
@@ -203,6 +204,8 @@ class IdTokenVerifier:
             raise errors.Unauthenticated("ID token issued in the future", code="invalid_token")
         if not isinstance(auth_time, int | float) or auth_time > now + LEEWAY_S:
             raise errors.Unauthenticated("ID token authenticated in the future", code="invalid_token")
+        if auth_time < inputs.EARLIEST.timestamp():  # -1e20 was taken as a sign-in time (attack run 58)
+            raise errors.Unauthenticated("ID token authenticated before 2000", code="invalid_token")
 
 
 def verifier_for(project_id: str, auth_emulator_host: str | None) -> IdTokenVerifier:
