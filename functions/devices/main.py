@@ -437,9 +437,8 @@ def lock_ca_crl(ctx: Ctx) -> flask.Response:
     when the revocations change (``lock_certs.CrlCache``)."""
     with rt.db.connection() as con:
         version = provisioning.revocations_version(con)
-        pem = crls.get(
-            version, rt.now(), lambda: lock_certs.crl(lock_ca(), provisioning.revoked_certificates(con), rt.now())
-        )
+        # signed at the time its entries were read, on the database's clock (``revoked_certificates``)
+        pem = crls.get(version, rt.now(), lambda: lock_certs.crl(lock_ca(), *provisioning.revoked_certificates(con)))
     return flask.Response(pem, mimetype="application/pkix-crl", headers={"Cache-Control": "max-age=30"})
 
 

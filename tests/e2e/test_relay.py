@@ -369,8 +369,10 @@ def test_a_lock_that_connected_just_before_a_second_broker_crash_is_shown_offlin
         f"its connection {crashed - connected_at} before the crash: the clocks' slack"
     )
     wait_for(  # the report is reused for a second (``health_server.REPORT_REUSE_S``)
-        lambda: requests.get(f"http://127.0.0.1:{relay.port}/health", timeout=5).json()["checks"]["broker"]["run"]
-        == runs()[lives_id],
+        lambda: (
+            requests.get(f"http://127.0.0.1:{relay.port}/health", timeout=5).json()["checks"]["broker"]["run"]
+            == runs()[lives_id]
+        ),
         what="the run the relay read, in its health",
     )
     client = sdk_client(PROJECT_ID, e2e["env"]["FIRESTORE_EMULATOR_HOST"])

@@ -26,7 +26,7 @@ from lockwise.core import accounts, audit, inputs, retention, users
 from lockwise.core.config import get_settings
 from lockwise.core.db import Database
 from lockwise.core.runtime import get_runtime
-from lockwise.devices import changes, command_signing, lock_auth
+from lockwise.devices import changes, command_signing, lock_auth, lock_certs
 from simlock.lock import SimulatedLock, new_tls_key
 from simlock.lock import pem_of as tls_pem
 from tests.conftest import PROJECT_ID
@@ -612,7 +612,9 @@ def test_the_relays_flush_deletes_commands_attempts_and_invitations_kept_past_th
     assert gone.status_code == 404 and gone.get_json()["error"]["code"]
 
 
-def test_the_served_revocation_list_names_a_revocation_that_commits_late(world: World) -> None:
+def test_the_served_revocation_list_names_a_revocation_that_commits_late(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The list is signed again when the revocations change, judged by their count and latest ``revoked_at``: a
     revocation whose transaction began earlier (a re-pairing waiting on a voice decision) committing as another entry
     expired changed neither, and the list served left it out for up to an hour (attack run 57)."""
@@ -643,6 +645,20 @@ def test_the_served_revocation_list_names_a_revocation_that_commits_late(world: 
     )
     now_listed = listed()
     assert late in now_listed and expiring not in now_listed and first in now_listed
+    # numbered by when its entries were read on the database's clock, not by the signing instance's own (an instance
+    # an hour behind numbered a list of newer entries below an older one's, which the broker host kept: a review)
+    runtime = get_runtime("devices")
+    monkeypatch.setattr(runtime, "clock", lambda: dt.datetime.now(dt.UTC) - dt.timedelta(hours=1))
+    db_rows(
+        "INSERT INTO revoked_lock_certificates (serial, revoked_at, not_after)"
+        " VALUES (:s, now(), now() + interval '1 day')",
+        s=f"a57{tag}4",
+    )
+    (database_now,) = db_rows("SELECT now()")[0]
+    crl = x509.load_pem_x509_crl(world.devices.get("/devices/lock-ca/crl").get_data())
+    number = crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
+    assert abs(number / 1000 - database_now.timestamp()) < 60, (number, database_now)
+    assert crl.last_update_utc > database_now - lock_certs.BACKDATE - dt.timedelta(minutes=1)
 
 
 def test_the_relays_flush_deletes_audit_rows_kept_past_their_time(world: World, stack_env: dict[str, str]) -> None:
@@ -650,10 +666,13 @@ def test_the_relays_flush_deletes_audit_rows_kept_past_their_time(world: World, 
     account and a lock, those of deleted accounts and locks too. The relay's flush now deletes the rows older than
     ``retention.AUDIT_KEPT_DAYS``, and none younger."""
     actor = f"user:audit-kept-{secrets.token_hex(4)}"
+    first = -secrets.randbelow(2**40) - 10  # the log's oldest rows come first by id, as written in time order
     db_rows(
-        "INSERT INTO audit_log (actor, action, outcome, at) VALUES"
-        " (:a, 'lock.update', 'ok', now() - make_interval(days => :d + 1)),"
-        " (:a, 'lock.create', 'ok', now() - make_interval(days => :d - 1)), (:a, 'lock.update', 'ok', now())",
+        "INSERT INTO audit_log (id, actor, action, outcome, at) VALUES"
+        " (:i, :a, 'lock.update', 'ok', now() - make_interval(days => :d + 1)),"
+        " (:i + 1, :a, 'lock.create', 'ok', now() - make_interval(days => :d - 1)),"
+        " (DEFAULT, :a, 'lock.update', 'ok', now())",
+        i=first,
         a=actor,
         d=retention.AUDIT_KEPT_DAYS,
     )

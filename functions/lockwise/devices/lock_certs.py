@@ -147,7 +147,8 @@ CRL_VALIDITY = dt.timedelta(days=30)
 
 
 def crl_number(now: dt.datetime) -> int:
-    """The CRL number of a list signed at ``now``: its time in milliseconds, so a later list (any instance's) has a
+    """The CRL number of a list of the revocations as of ``now`` (when they were read, on the database's clock:
+    ``provisioning.revoked_certificates``): that time in milliseconds, so a list read later (by any instance) has a
     greater one; the broker host installs no list whose number is not greater than the installed one's (an older
     list, replayed or from another instance's cache, took revocations back: attack run 57)."""
     return int(now.timestamp() * 1000)

@@ -458,9 +458,15 @@ def revocations_version(con: Connection) -> tuple[int, int]:
     return int(count), int(digest)
 
 
-def revoked_certificates(con: Connection) -> list[tuple[str, dt.datetime]]:
-    """``(serial, revoked_at)`` of every revoked lock certificate that has not expired yet: the CRL's entries."""
-    rows = con.run(  # listed by a trigger on lock_credentials (migration 0013's), deleted locks' included
-        "SELECT serial, revoked_at FROM revoked_lock_certificates WHERE not_after > now() ORDER BY revoked_at"
+def revoked_certificates(con: Connection) -> tuple[list[tuple[str, dt.datetime]], dt.datetime]:
+    """``(serial, revoked_at)`` of every revoked lock certificate that has not expired yet (the CRL's entries), and
+    when they were read: the statement's start on the database's clock, the list's time and so its number
+    (``lock_certs.crl_number``). On each instance's own clock, read after the statement, a list read before a
+    revocation committed could be numbered above one read after it, and the broker host kept the older (a review)."""
+    ((as_of, serials, times),) = con.run(  # listed by a trigger on lock_credentials (migration 0013's), deleted
+        # locks' included
+        "SELECT statement_timestamp(), coalesce(array_agg(serial ORDER BY revoked_at), '{}'),"
+        " coalesce(array_agg(revoked_at ORDER BY revoked_at), '{}') FROM revoked_lock_certificates"
+        " WHERE not_after > now()"
     )
-    return [(str(serial), when) for serial, when in rows]
+    return [(str(serial), when) for serial, when in zip(serials, times, strict=True)], as_of

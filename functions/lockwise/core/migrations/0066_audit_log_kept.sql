@@ -13,7 +13,3 @@ BEGIN
     RAISE EXCEPTION 'audit_log is append-only' USING ERRCODE = 'insufficient_privilege';
 END;
 $$;
-
--- the prune's look-up by age: the log is written in time order, so a block range index stays small (a B-tree over
--- a large log would be built here, in the migration's transaction, holding its writes for the build)
-CREATE INDEX audit_log_at_brin ON audit_log USING brin (at);
