@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import http.server
 import os
+import shutil
 import subprocess
 import threading
 import time
@@ -60,9 +61,12 @@ def source() -> Iterator[CrlSource]:
     served.server.shutdown()
 
 
-def refresh(broker: Broker, source: CrlSource, tmp_path: Path) -> subprocess.CompletedProcess[str]:
+def refresh(
+    broker: Broker, source: CrlSource, tmp_path: Path, *, openssl_1_1: bool = False
+) -> subprocess.CompletedProcess[str]:
     """Run the refresh as rendered for production, with this broker's files; its ``systemctl kill --signal=HUP
-    mosquitto`` is a stand-in that signals this broker and counts the reloads in ``tmp_path / "reloads"``."""
+    mosquitto`` is a stand-in that signals this broker and counts the reloads in ``tmp_path / "reloads"``.
+    ``openssl_1_1``: ``openssl`` prints CRL numbers as OpenSSL 1.1 does, without ``0x``."""
     script = tmp_path / "lockwise-crl-refresh"
     values = {"CRLFILE": str(broker.crl_file), "CLIENT_CAFILE": str(broker.lock_ca_file), "CRL_URL": source.url}
     script.write_text(render.render("lockwise-crl-refresh.sh.template", values))
@@ -72,6 +76,13 @@ def refresh(broker: Broker, source: CrlSource, tmp_path: Path) -> subprocess.Com
     reloads = tmp_path / "reloads"
     (bindir / "systemctl").write_text(f"#!/bin/sh\necho >> {reloads}\nkill -HUP {broker.process.popen.pid}\n")
     (bindir / "systemctl").chmod(0o755)
+    older = bindir / "openssl"
+    if openssl_1_1:
+        real = shutil.which("openssl")
+        older.write_text(f'#!/bin/sh\n{real} "$@" | sed "s/^crlNumber=0x/crlNumber=/"\n')
+        older.chmod(0o755)
+    else:
+        older.unlink(missing_ok=True)
     env = dict(os.environ, PATH=f"{bindir}:{os.environ['PATH']}")
     done = subprocess.run([str(script)], capture_output=True, text=True, env=env, check=False, timeout=60)
     time.sleep(0.5)  # the SIGHUP is handled between connections
@@ -153,3 +164,49 @@ def test_a_newer_list_is_installed_once_and_an_older_one_never(
     assert done.returncode == 0 and "kept the installed list" in done.stderr, done.stderr
     assert reloads(tmp_path) == 1
     assert not connects(broker, stolen, identity_of(stolen)), "the older list took the revocation back"
+    # as OpenSSL 1.1 prints numbers (no 0x): read as none, the older list was taken (a review)
+    done = refresh(broker, source, tmp_path, openssl_1_1=True)
+    assert done.returncode == 0 and "kept the installed list" in done.stderr and reloads(tmp_path) == 1, done.stderr
+
+
+def test_a_list_without_a_number_is_kept_out_and_said_and_one_ending_soon_is_replaced(
+    own_broker: Broker, source: CrlSource, tmp_path: Path
+) -> None:
+    """After a numbered list, one with none is a rolled-back server: kept out, and the run fails for an alert (it
+    was kept out silently, and the installed list's end would then have turned every lock and relay away). An
+    installed list ending within a day is replaced by any valid one the lock CA signed, whatever its number."""
+    broker = own_broker
+    ca = LockCa.from_pem(broker.lock_ca_pem)
+    now = dt.datetime.now(dt.UTC)
+    source.body = crl(ca, [], now).encode()
+    assert refresh(broker, source, tmp_path).returncode == 0 and reloads(tmp_path) == 1
+
+    def unnumbered(this: dt.datetime, until: dt.datetime) -> bytes:
+        built = (
+            x509.CertificateRevocationListBuilder()
+            .issuer_name(ca.cert.subject)
+            .last_update(this)
+            .next_update(until)
+            .sign(ca.key, hashes.SHA256())
+        )
+        return built.public_bytes(serialization.Encoding.PEM)
+
+    source.body = unnumbered(now + dt.timedelta(minutes=1), now + dt.timedelta(days=7))
+    done = refresh(broker, source, tmp_path)
+    assert done.returncode != 0 and "kept the installed list" in done.stderr, done.stderr
+    assert reloads(tmp_path) == 1
+    ending = (  # numbered above anything served, ending in 12 hours
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(ca.cert.subject)
+        .last_update(now)
+        .next_update(now + dt.timedelta(hours=12))
+        .add_extension(x509.CRLNumber(int((now + dt.timedelta(days=1)).timestamp() * 1000)), critical=False)
+        .sign(ca.key, hashes.SHA256())
+        .public_bytes(serialization.Encoding.PEM)
+    )
+    source.body = ending
+    assert refresh(broker, source, tmp_path).returncode == 0 and reloads(tmp_path) == 2
+    source.body = crl(ca, [], now + dt.timedelta(minutes=2)).encode()  # an older number, a week to run
+    done = refresh(broker, source, tmp_path)
+    assert done.returncode == 0 and "installing the fetched one" in done.stderr, done.stderr
+    assert reloads(tmp_path) == 3 and broker.crl_file.read_bytes() == source.body
