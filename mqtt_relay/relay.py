@@ -60,7 +60,7 @@ class Relay:
         # persistent session (clean_start=False with an expiry): unacknowledged events are redelivered after a crash
         self.client = sessions.new_client(settings, lease.client_id)
         self.certificate_expires = sessions.certificate_expiry(settings, lease.client_id)
-        self._expiry_warned = 0.0  # when the health report last logged the certificate's end coming
+        self._expiry_warned: float | None = None  # when the certificate's end coming was last logged
         with self.db.connection() as con:
             self.event_topics = sessions.event_topics(sessions.share_group(con))
         # back within 2 s of a restarted broker: Mosquitto 2.0 does not persist shared subscriptions (persist_write.c
@@ -228,6 +228,7 @@ class Relay:
         midnight) took a 10 s period for each 5 s budget of refreshes, their guests' open listeners kept meanwhile."""
         while not self.stopping.is_set():
             again = self.forwarder.flush_mirror(self.broker_start.uptime_s(), self.broker_start.run)
+            self._certificate()  # its end logged as it nears, whether anyone reads the health report or not
             self.stopping.wait(UPKEEP_AGAIN_S if again else self.settings.flush_every_s)
 
     def _empty_abandoned_sessions(self) -> None:
@@ -317,12 +318,14 @@ class Relay:
 
     def _certificate(self) -> dict[str, Any]:
         """The slot's client certificate's end, ``ok`` while over ``CERTIFICATE_WARNING_DAYS`` away; logged as a
-        warning (at most once a day) once it is nearer: issued for a year, its end was said nowhere (attack run
-        57)."""
+        warning (at most once a day) once it is nearer, by the upkeep and the health report: issued for a year, its
+        end was said nowhere (attack run 57; read by the health report only, nothing polls it on Cloud Run: a
+        review)."""
         ends = self.certificate_expires.isoformat()
         left = self.certificate_expires - dt.datetime.now(dt.UTC)
         ok = left > dt.timedelta(days=CERTIFICATE_WARNING_DAYS)
-        if not ok and time.monotonic() - self._expiry_warned > 86_400:
+        warned = self._expiry_warned
+        if not ok and (warned is None or time.monotonic() - warned > 86_400):
             self._expiry_warned = time.monotonic()
             log.warning(
                 "the relay's broker certificate ends soon: issue new ones (python -m infra.lock_ca relay-certs)",

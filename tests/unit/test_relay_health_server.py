@@ -80,3 +80,27 @@ def test_idle_connections_are_closed_and_bounded(served: tuple[int, list[float]]
         assert sock.recv(1) == b"" and time.monotonic() - started < 3
         sock.close()
     assert ask(port, "GET", "/health")[0] == 200  # their places free again
+
+
+def test_the_relays_certificate_end_is_logged_once_a_day_from_30_days_before(caplog: pytest.LogCaptureFixture) -> None:
+    """Issued for a year, the relays' broker certificates' end was said nowhere; then only in a health report that
+    nothing polls on Cloud Run (attack run 57, a review). The upkeep logs it from 30 days before, once a day."""
+    import datetime as dt
+    from types import SimpleNamespace
+
+    from mqtt_relay.relay import Relay
+
+    def relay(days: float) -> Any:
+        ends = dt.datetime.now(dt.UTC) + dt.timedelta(days=days)
+        return SimpleNamespace(certificate_expires=ends, _expiry_warned=None, lease=SimpleNamespace(client_id="r-1"))
+
+    far, near = relay(200), relay(20)
+    with caplog.at_level("WARNING", logger="mqtt_relay"):
+        assert Relay._certificate(far)["ok"] and Relay._certificate(far)["days_left"] == 199
+        assert not caplog.records
+        for _ in range(3):
+            report = Relay._certificate(near)
+        assert not report["ok"] and report["days_left"] == 19
+    assert [r.getMessage() for r in caplog.records] == [
+        "the relay's broker certificate ends soon: issue new ones (python -m infra.lock_ca relay-certs)"
+    ]
