@@ -3,14 +3,16 @@
 As the functions answer: every answer JSON, errors ``{"error": {"code", "message"}}``; the report computed at most
 once per ``REPORT_REUSE_S`` whatever the number of callers (each runs the outbox's lag query on the relay's own
 two-connection pool: 64 looping clients got ~1,450 reports a second and slowed the relay's commands, attack run 58);
-a client that sends nothing is closed after ``IDLE_TIMEOUT_S``, and past ``MAX_CONNECTIONS`` at once a new one is
-closed at once (idle connections held a thread each, 207 threads for 200 of them); a client gone mid-answer is not a
-traceback in the log. It was ``http.server``'s HTML error pages, 501 for HEAD.
+a client that sends nothing is closed after ``IDLE_TIMEOUT_S``, any after ``CONNECTION_DEADLINE_S``, and past
+``MAX_CONNECTIONS`` at once a new one is closed at once (idle connections held a thread each, 207 threads for 200 of
+them); a client gone mid-answer is not a traceback in the log. It was ``http.server``'s HTML error pages, 501 for
+HEAD.
 """
 
 from __future__ import annotations
 
 import json
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -24,6 +26,9 @@ REPORT_REUSE_S = 1.0
 IDLE_TIMEOUT_S = 5
 #: connections served at once; past it a new one is closed unanswered
 MAX_CONNECTIONS = 16
+#: seconds a connection lives at most, however it sends (a byte every few seconds kept each read within
+#: ``IDLE_TIMEOUT_S`` and held a place for ever: a review)
+CONNECTION_DEADLINE_S = 15
 
 Report = Callable[[], tuple[dict[str, Any], int]]
 
@@ -74,6 +79,22 @@ def serve(port: int, report: Report) -> ThreadingHTTPServer:
     class Handler(BaseHTTPRequestHandler):
         timeout = IDLE_TIMEOUT_S
         protocol_version = "HTTP/1.1"
+
+        def setup(self) -> None:
+            super().setup()
+            self._deadline = threading.Timer(CONNECTION_DEADLINE_S, self._end)
+            self._deadline.daemon = True
+            self._deadline.start()
+
+        def _end(self) -> None:
+            try:
+                self.connection.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+        def finish(self) -> None:
+            self._deadline.cancel()
+            super().finish()
 
         def do_GET(self) -> None:  # noqa: N802 - http.server's naming
             self._health(with_body=True)

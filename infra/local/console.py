@@ -22,6 +22,8 @@ HOSTING = Path(__file__).resolve().parents[1] / "hosting"
 FIREBASE_JSON = HOSTING.parents[1] / "firebase.json"
 SDK_BUNDLE = HOSTING / "vendor" / "firebase.js"
 REWRITES = ("embed", "verify", "devices")
+#: the largest body forwarded (the functions' own limit is below it: they answer 413 themselves)
+MAX_BODY_BYTES = 64 * 1024 * 1024
 #: not forwarded either way (RFC 9110 7.6.1), nor the Host the browser used
 HOP_BY_HOP = frozenset(
     ("connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "proxy-authorization", "host")
@@ -161,10 +163,17 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
             self._refuse(400, "malformed_request", "Content-Length must be a whole number of bytes")
             return
         length = int(given)
+        if length > MAX_BODY_BYTES:  # read whole into memory: 10 TB was a MemoryError, unanswered (a review)
+            self._refuse(413, "payload_too_large", f"the console forwards bodies of at most {MAX_BODY_BYTES} bytes")
+            return
         try:
             body = self.rfile.read(length) if length else None
         except OSError:  # the client stopped sending (the timeout)
             self.close_connection = True
+            return
+        if body is not None and len(body) < length:  # it half-closed before its length: forwarded, the function
+            # waited for the rest (a review)
+            self._refuse(400, "malformed_body", f"the body ended after {len(body)} of its {length} bytes")
             return
         headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP_BY_HOP}
         conn = http.client.HTTPConnection(target.hostname or "127.0.0.1", target.port or 80, timeout=60)

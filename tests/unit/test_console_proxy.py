@@ -50,9 +50,11 @@ def console(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[C
         function.shutdown()
 
 
-def exchange(console: Console, request: bytes) -> tuple[int, dict[str, str], bytes]:
+def exchange(console: Console, request: bytes, *, half_close: bool = False) -> tuple[int, dict[str, str], bytes]:
     with socket.create_connection(("127.0.0.1", console.port), timeout=10) as sock:
         sock.sendall(request)
+        if half_close:
+            sock.shutdown(socket.SHUT_WR)
         return read_answer(sock)
 
 
@@ -68,8 +70,10 @@ def test_a_body_goes_through_by_its_length_and_what_cannot_is_refused_in_json(
         (head + b"Content-Length: -1\r\n\r\n{}", 400, "malformed_request"),
         (head + b"Content-Length: abc\r\n\r\n{}", 400, "malformed_request"),
         (b"POST /elsewhere HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n", 404, "no_route"),
+        (head + b"Content-Length: 10000000000000\r\n\r\n{}", 413, "payload_too_large"),  # a MemoryError
+        (head + b"Content-Length: 50\r\n\r\n{}", 400, "malformed_body"),  # half-closed before its length
     ):
-        status, headers, body = exchange(served, request)
+        status, headers, body = exchange(served, request, half_close=True)
         assert (status, headers["content-type"]) == (status_wanted, "application/json"), request
         assert json.loads(body)["error"]["code"] == code
     assert received == [b"{}"]  # none of them reached the function

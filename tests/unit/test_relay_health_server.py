@@ -82,6 +82,30 @@ def test_idle_connections_are_closed_and_bounded(served: tuple[int, list[float]]
     assert ask(port, "GET", "/health")[0] == 200  # their places free again
 
 
+def test_a_connection_that_sends_a_byte_now_and_then_is_closed_all_the_same(
+    served: tuple[int, list[float]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each read within the idle timeout, it held a place for ever (a review)."""
+    port, _ = served
+    monkeypatch.setattr(health_server, "CONNECTION_DEADLINE_S", 2)
+    started = time.monotonic()
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        closed = False
+        for byte in b"GET /health HTTP/1.1\r\nX-Slow: " + b"a" * 20:
+            try:
+                sock.sendall(bytes([byte]))
+            except OSError:
+                closed = True
+                break
+            time.sleep(0.4)  # within the idle timeout (1 s here)
+            if time.monotonic() - started > 4:
+                break
+        if not closed:
+            sock.settimeout(3)
+            closed = sock.recv(1) == b""
+    assert closed and time.monotonic() - started < 5
+
+
 def test_the_relays_certificate_end_is_logged_once_a_day_from_30_days_before(caplog: pytest.LogCaptureFixture) -> None:
     """Issued for a year, the relays' broker certificates' end was said nowhere; then only in a health report that
     nothing polls on Cloud Run (attack run 57, a review). The upkeep logs it from 30 days before, once a day."""

@@ -90,10 +90,9 @@ class GoogleKeys:
                 self._fetched = now
                 try:
                     self._keys, self._expires = self._fetched_keys(now)
-                except (OSError, ValueError, UnsupportedAlgorithm, http.client.HTTPException) as exc:  # unreachable,
-                    # cut off, or not the certificates' JSON (or a certificate of a key type the library does not
-                    # know: attack run 58's kind): each a failed fetch, paced (attack run 36: http.client's own
-                    # errors and JSON of another shape were 500s, and every verification fetched again)
+                except (OSError, ValueError, http.client.HTTPException) as exc:  # unreachable, cut off, or not
+                    # the certificates' JSON: each a failed fetch, paced (attack run 36: http.client's own errors and
+                    # JSON of another shape were 500s, and every verification fetched again)
                     self._failed = now
                     log.warning("Google's token keys could not be fetched", extra={"fields": {"error": repr(exc)}})
             if now >= self._expires + STALE_GRACE_S or (now >= self._expires and not self._keys):
@@ -107,7 +106,11 @@ class GoogleKeys:
             raise ValueError("not a {key id: certificate} object")
         keys = {}
         for key_id, pem in published.items():
-            public = load_pem_x509_certificate(pem.encode()).public_key()
+            try:
+                public = load_pem_x509_certificate(pem.encode()).public_key()
+            except UnsupportedAlgorithm:  # a key of a type the library does not know: not one we verify with, and
+                # the others still are (it failed the whole fetch: a review)
+                continue
             if isinstance(public, RSAPublicKey):
                 keys[key_id] = public
         return keys, now + max(60, max_age)
