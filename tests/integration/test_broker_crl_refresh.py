@@ -102,6 +102,24 @@ def connects(broker: Broker, files: tuple[Path, Path], client_id: str) -> bool:
         peer.stop()
 
 
+def signed_list(
+    ca: LockCa,
+    key: ec.EllipticCurvePrivateKey,
+    this: dt.datetime,
+    until: dt.datetime,
+    *,
+    numbered: bool = True,
+    number_at: dt.datetime | None = None,
+) -> bytes:
+    """A list in the lock CA's name, signed by ``key``, numbered by ``number_at`` (``this`` by default, as the
+    server numbers them) or not at all."""
+    built = x509.CertificateRevocationListBuilder().issuer_name(ca.cert.subject).last_update(this).next_update(until)
+    if numbered:
+        at = number_at or this
+        built = built.add_extension(x509.CRLNumber(int(at.timestamp() * 1000)), critical=False)
+    return built.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)
+
+
 def serial_of(files: tuple[Path, Path]) -> str:
     return format(x509.load_pem_x509_certificate(files[0].read_bytes()).serial_number, "x")
 
@@ -119,21 +137,10 @@ def test_a_list_another_key_signed_or_an_expired_one_is_not_installed(
     installed = broker.crl_file.read_bytes()
     assert installed == source.body
 
-    def signed(key: ec.EllipticCurvePrivateKey, this: dt.datetime, until: dt.datetime) -> bytes:
-        built = (
-            x509.CertificateRevocationListBuilder()
-            .issuer_name(ca.cert.subject)  # the lock CA's name on each
-            .last_update(this)
-            .next_update(until)
-            .add_extension(x509.CRLNumber(int(this.timestamp() * 1000)), critical=False)
-            .sign(key, hashes.SHA256())
-        )
-        return built.public_bytes(serialization.Encoding.PEM)
-
     later = now + dt.timedelta(minutes=1)
-    refused = {
-        "another key": signed(ec.generate_private_key(ec.SECP256R1()), later, later + dt.timedelta(days=7)),
-        "expired": signed(ca.key, later - dt.timedelta(days=8), later - dt.timedelta(days=1)),
+    refused = {  # the lock CA's name on each
+        "another key": signed_list(ca, ec.generate_private_key(ec.SECP256R1()), later, later + dt.timedelta(days=7)),
+        "expired": signed_list(ca, ca.key, later - dt.timedelta(days=8), later - dt.timedelta(days=1)),
         "not a list": b"<html>a captive portal</html>",
     }
     for why, body in refused.items():
@@ -181,30 +188,12 @@ def test_a_list_without_a_number_is_kept_out_and_said_and_one_ending_soon_is_rep
     source.body = crl(ca, [], now).encode()
     assert refresh(broker, source, tmp_path).returncode == 0 and reloads(tmp_path) == 1
 
-    def unnumbered(this: dt.datetime, until: dt.datetime) -> bytes:
-        built = (
-            x509.CertificateRevocationListBuilder()
-            .issuer_name(ca.cert.subject)
-            .last_update(this)
-            .next_update(until)
-            .sign(ca.key, hashes.SHA256())
-        )
-        return built.public_bytes(serialization.Encoding.PEM)
-
-    source.body = unnumbered(now + dt.timedelta(minutes=1), now + dt.timedelta(days=7))
+    source.body = signed_list(ca, ca.key, now + dt.timedelta(minutes=1), now + dt.timedelta(days=7), numbered=False)
     done = refresh(broker, source, tmp_path)
     assert done.returncode != 0 and "kept the installed list" in done.stderr, done.stderr
     assert reloads(tmp_path) == 1
-    ending = (  # numbered above anything served, ending in 12 hours
-        x509.CertificateRevocationListBuilder()
-        .issuer_name(ca.cert.subject)
-        .last_update(now)
-        .next_update(now + dt.timedelta(hours=12))
-        .add_extension(x509.CRLNumber(int((now + dt.timedelta(days=1)).timestamp() * 1000)), critical=False)
-        .sign(ca.key, hashes.SHA256())
-        .public_bytes(serialization.Encoding.PEM)
-    )
-    source.body = ending
+    tomorrow = now + dt.timedelta(days=1)  # numbered above anything served, ending in 12 hours
+    source.body = signed_list(ca, ca.key, now, now + dt.timedelta(hours=12), number_at=tomorrow)
     assert refresh(broker, source, tmp_path).returncode == 0 and reloads(tmp_path) == 2
     source.body = crl(ca, [], now + dt.timedelta(minutes=2)).encode()  # an older number, a week to run
     done = refresh(broker, source, tmp_path)

@@ -120,23 +120,25 @@ def test_an_email_claim_that_is_not_text_is_as_none(keys: dict[str, rsa.RSAPriva
     assert user.uid == "uid-123" and user.email is None
 
 
-def _certificates(published: dict[str, rsa.RSAPrivateKey]) -> bytes:
-    """What Google's securetoken endpoint serves: ``{kid: x509 PEM}``."""
+def _self_signed(key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey) -> x509.Certificate:
+    """A certificate of ``key``'s, as Google's securetoken endpoint publishes one."""
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "securetoken")])
     now = dt.datetime.now(dt.UTC)
-    pems = {}
-    for kid, key in published.items():
-        cert = (
-            x509.CertificateBuilder()
-            .subject_name(subject)
-            .issuer_name(subject)
-            .public_key(key.public_key())
-            .serial_number(1)
-            .not_valid_before(now - dt.timedelta(days=1))
-            .not_valid_after(now + dt.timedelta(days=1))
-            .sign(key, hashes.SHA256())
-        )
-        pems[kid] = cert.public_bytes(serialization.Encoding.PEM).decode()
+    return (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(now - dt.timedelta(days=1))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
+
+
+def _certificates(published: dict[str, rsa.RSAPrivateKey]) -> bytes:
+    """What Google's securetoken endpoint serves: ``{kid: x509 PEM}``."""
+    pems = {kid: _self_signed(key).public_bytes(serialization.Encoding.PEM).decode() for kid, key in published.items()}
     return json.dumps(pems).encode()
 
 
@@ -206,20 +208,7 @@ def test_while_googles_keys_cannot_be_fetched_the_last_ones_verify_and_nobody_wa
 def _certificate_of_an_unknown_curve() -> str:
     """A certificate (PEM) whose key is on a curve the library does not know (prime239v1): it loads, and its key
     raises ``UnsupportedAlgorithm``, no ``ValueError`` (attack run 58's kind)."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "securetoken")])
-    now = dt.datetime.now(dt.UTC)
-    der = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(subject)
-        .public_key(key.public_key())
-        .serial_number(1)
-        .not_valid_before(now - dt.timedelta(days=1))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .sign(key, hashes.SHA256())
-        .public_bytes(serialization.Encoding.DER)
-    )
+    der = _self_signed(ec.generate_private_key(ec.SECP256R1())).public_bytes(serialization.Encoding.DER)
     odd = der.replace(bytes.fromhex("06082a8648ce3d030107"), bytes.fromhex("06082a8648ce3d030104"))
     return "-----BEGIN CERTIFICATE-----\n" + base64.encodebytes(odd).decode() + "-----END CERTIFICATE-----\n"
 
