@@ -356,8 +356,10 @@ def test_a_revocation_is_read_at_the_next_flush_once_its_owner_signs_in_again(
 
     monkeypatch.setattr(runtime, "RECORDED_USER_TTL_S", 0.0)
     devices, lock, member = clients["devices"], world.lock_id, world.uid("member")
+    host, taken = stack_env["FIRESTORE_EMULATOR_HOST"], world.accounts["member"]["idToken"]
     recheck_now(member)
     flush(clients, stack_env)  # the account's periodic check: done now, next due in an hour
+    assert rest_get(host, f"locks/{lock}", taken) == 200
     revoke_sessions(stack_env, member)
     again = sign_in(stack_env["FIREBASE_AUTH_EMULATOR_HOST"], world.accounts["member"]["email"])
     assert devices.get("/devices/locks", headers=bearer(again)).status_code == 200  # her new sign-in
@@ -366,6 +368,14 @@ def test_a_revocation_is_read_at_the_next_flush_once_its_owner_signs_in_again(
     stolen = devices.post(f"/devices/locks/{lock}/commands", json={"action": "unlock"}, headers=world.headers("member"))
     assert stolen.status_code == 401 and stolen.get_json()["error"]["code"] == "token_revoked"
     assert devices.get("/devices/locks", headers=bearer(again)).status_code == 200
+
+    # and the live view refuses it too: it read the lock's document and feed for the rest of its hour (attack run 60)
+    def refused() -> bool:
+        flush(clients, stack_env)  # the access documents mirrored again
+        return rest_get(host, f"locks/{lock}", taken) == 403
+
+    wait_for(refused, what="the revoked session's token refused by the rules")
+    assert rest_get(host, f"locks/{lock}", again["idToken"]) == 200
 
 
 def test_an_account_enabled_again_soon_after_it_was_found_disabled_is_let_in_at_the_next_flush(

@@ -176,8 +176,9 @@ def sweep(
     """Check up to ``batch`` (at least 1) users due a check (never checked, or last checked ``recheck_s`` ago, gone
     ones too); mark the ones Firebase Auth does not know gone, and whether the others are disabled; a gone one found
     again is gone no more. ``standing_changed`` is called with the users found disabled or enabled again, deleted or
-    found again, in the transaction that marks them (the devices side ends or gives back their live view:
-    ``gone_accounts``). ``DirectoryError`` when it does not answer (nothing is marked)."""
+    found again, or whose sessions were revoked since, in the transaction that marks them (the devices side ends or
+    gives back their live view: ``gone_accounts``). ``DirectoryError`` when it does not answer (nothing is
+    marked)."""
     with db.connection() as con:
         # checked as of before the lookup: a session begun while it ran asks for a check again (``users.standing``),
         # and the lookup's answer may be from before its revocation (a review)
@@ -191,8 +192,8 @@ def sweep(
     with db.transaction() as con:
         # the rows nobody else holds (a user's first request writing theirs is not waited for: checked next time)
         rows = con.run(
-            "SELECT uid, account_gone_at IS NOT NULL, account_disabled FROM users WHERE uid = ANY(:u) ORDER BY uid"
-            " FOR NO KEY UPDATE SKIP LOCKED",
+            "SELECT uid, account_gone_at IS NOT NULL, account_disabled, floor(extract(epoch FROM tokens_valid_since))"
+            " FROM users WHERE uid = ANY(:u) ORDER BY uid FOR NO KEY UPDATE SKIP LOCKED",
             u=due,
         )
         held = {str(row[0]): bool(row[1]) for row in rows}
@@ -200,6 +201,15 @@ def sweep(
             str(row[0]) for row in rows if str(row[0]) in found and found[str(row[0])].disabled != bool(row[2])
         )
         kept = [uid for uid in held if uid in found]
+        # sessions revoked since the last check (a password changed, "sign out everywhere"): the live view's rules
+        # read the time too (``members.mirror_access``; attack run 60)
+        revoked = sorted(
+            str(row[0])
+            for row in rows
+            if str(row[0]) in found
+            and found[str(row[0])].valid_since is not None
+            and found[str(row[0])].valid_since != (None if row[3] is None else int(row[3]))
+        )
         con.run(
             "UPDATE users SET account_checked_at = :asked, account_disabled = f.disabled, account_gone_at = NULL,"
             " account_ended_at = NULL, tokens_valid_since = to_timestamp(NULLIF(f.valid_since, -1)),"
@@ -225,7 +235,7 @@ def sweep(
         for uid in flipped:
             details = {"disabled": found[uid].disabled}
             audit.record(con, AUDIT_ACTOR, "user.account_disabled", "ok", target=uid, details=details)
-        changed = sorted({*flipped, *gone, *back})
+        changed = sorted({*flipped, *gone, *back, *revoked})
         if changed and standing_changed is not None:
             standing_changed(con, changed)
     return Sweep(gone, back, flipped, len(due))

@@ -409,15 +409,21 @@ def mirror_access(con: Connection, lock_id: str, *, write_again: Collection[str]
     con.run("SELECT pg_advisory_xact_lock(hashtextextended('mirror_access ' || :l, 0))", l=lock_id)
     now = dt.datetime.now(dt.UTC)
     current = [m for m in list_for_lock(con, lock_id) if not m.ended(now)]
-    unusable = {
-        r[0]
+    accounts = {
+        r[0]: (bool(r[1]), None if r[2] is None else int(r[2]))
         for r in con.run(
-            "SELECT m.user_uid FROM lock_members m JOIN users u ON u.uid = m.user_uid"
-            " WHERE m.lock_id = CAST(:l AS uuid) AND " + users.unusable_sql("u"),
+            "SELECT m.user_uid, " + users.unusable_sql("u") + ", floor(extract(epoch FROM u.tokens_valid_since))"
+            " FROM lock_members m JOIN users u ON u.uid = m.user_uid WHERE m.lock_id = CAST(:l AS uuid)",
             l=lock_id,
         )
     }
-    access = {m.user_uid: m.rules_access(now) for m in current if m.user_uid not in unusable}
+    # the sessions an account's revocation ended (Firebase Auth's ``validSince``): the rules refuse a token signed in
+    # before it, as the API does; it read the live view for the rest of its hour (attack run 60)
+    access = {
+        m.user_uid: {**m.rules_access(now), "sessions_since_s": accounts.get(m.user_uid, (False, None))[1]}
+        for m in current
+        if not accounts.get(m.user_uid, (False, None))[0]
+    }
     # only what differs from the documents last queued: every member's rewritten and every former member's ended
     # again was N + F + 2 writes a change, F growing with every account ever removed (attack run 32)
     mirrored = dict(con.run("SELECT user_uid, access FROM mirrored_access WHERE lock_id = CAST(:l AS uuid)", l=lock_id))
@@ -464,7 +470,8 @@ def mirror_access(con: Connection, lock_id: str, *, write_again: Collection[str]
 
 def mirror_access_soon(con: Connection, uids: list[str]) -> None:
     """Mirror the access of every lock ``uids`` are members of at the relay's next upkeep (``mirror_access_due``):
-    their accounts were found disabled or enabled again, deleted or found again (``lockwise.core.accounts.sweep``)."""
+    their accounts were found disabled or enabled again, deleted or found again, or their sessions revoked
+    (``lockwise.core.accounts.sweep``)."""
     con.run(
         # in the locks' order, as a member leaving every lock writes theirs (``locks.leave_every_lock``): in no order,
         # the two could each hold a row the other waits for (a review)
