@@ -269,17 +269,24 @@ class Console {
 
   showActivity(card, entries) {
     entries.sort((a, b) => (a.at < b.at ? 1 : a.at > b.at ? -1 : 0));
-    $(".activity", card).replaceChildren(
-      ...entries.slice(0, 12).map((e) => {
-        const li = document.createElement("li");
-        li.dataset.kind = e.kind;
-        const detail = e.outcome ? `${e.outcome} (${e.reason})` : e.action || e.state || e.result || "";
-        const unlisted = e.unlisted_before ? ` (${e.unlisted_before} earlier reports not listed)` : "";
-        const late = e.late ? ` (late: the lock's time ${e.reported_at.slice(11, 19)})` : "";
-        li.textContent = `${e.at.slice(11, 19)} ${e.kind.replaceAll("_", " ")} ${detail}${unlisted}${late}`;
-        return li;
-      }),
-    );
+    $(".activity", card).replaceChildren(...entries.slice(0, 12).map((e) => this.activityItem(e)));
+  }
+
+  // One entry of the feed as a line. Each its own: a field one kind of entry lacks (a late ack has no lock's time)
+  // threw for the whole list, which then stayed as it was while the entry was among the newest (attack run 60).
+  activityItem(e) {
+    const li = document.createElement("li");
+    li.dataset.kind = String(e.kind ?? "");
+    try {
+      const time = (value) => (typeof value === "string" ? value.slice(11, 19) : "");
+      const detail = e.outcome ? `${e.outcome} (${e.reason})` : e.action || e.state || e.result || "";
+      const unlisted = e.unlisted_before ? ` (${e.unlisted_before} earlier reports not listed)` : "";
+      const late = !e.late ? "" : e.reported_at ? ` (late: the lock's time ${time(e.reported_at)})` : " (late)";
+      li.textContent = `${time(e.at)} ${String(e.kind ?? "").replaceAll("_", " ")} ${detail}${unlisted}${late}`;
+    } catch (err) {
+      li.textContent = `${e.kind ?? "entry"} (not shown: ${err.message})`;
+    }
+    return li;
   }
 
   async createLock(name) {
