@@ -100,14 +100,19 @@ def no_delay(_client: mqtt.Client, _userdata: Any, sock: Any) -> None:
 _files_dir: Path | None = None
 
 
+def _identity_pems(bundle: str, identity: str) -> tuple[str, str]:
+    """The identity's certificate and key (PEM) from the bundle."""
+    try:
+        entry = json.loads(Path(bundle).read_text())[identity]
+        return str(entry["cert"]), str(entry["key"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise MissingIdentity(f"MQTT_CLIENT_CERTS ({bundle}) has no certificate for {identity}") from exc
+
+
 def _identity_files(bundle: str, identity: str) -> tuple[Path, Path]:
     """The identity's certificate and key from the bundle, as files (what OpenSSL loads), in a private folder."""
     global _files_dir
-    try:
-        entry = json.loads(Path(bundle).read_text())[identity]
-        cert_pem, key_pem = str(entry["cert"]), str(entry["key"])
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise MissingIdentity(f"MQTT_CLIENT_CERTS ({bundle}) has no certificate for {identity}") from exc
+    cert_pem, key_pem = _identity_pems(bundle, identity)
     if _files_dir is None:
         _files_dir = Path(tempfile.mkdtemp(prefix="lockwise-relay-"))  # mode 700
     cert, key = _files_dir / f"{identity}.crt", _files_dir / f"{identity}.key"
@@ -120,8 +125,8 @@ def _identity_files(bundle: str, identity: str) -> tuple[Path, Path]:
 def certificate_expiry(settings: RelaySettings, identity: str) -> dt.datetime:
     """When the identity's client certificate expires (the broker refuses it from then on: ``python -m infra.lock_ca
     relay-certs`` issues them for a year, and nothing said so before every relay was turned away: attack run 57)."""
-    cert, _ = _identity_files(settings.mqtt_client_certs, identity)
-    return x509.load_pem_x509_certificate(cert.read_bytes()).not_valid_after_utc
+    cert_pem, _ = _identity_pems(settings.mqtt_client_certs, identity)
+    return x509.load_pem_x509_certificate(cert_pem.encode()).not_valid_after_utc
 
 
 def session_properties(expiry_s: int, packet: int = PacketTypes.CONNECT) -> Properties:

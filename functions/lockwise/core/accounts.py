@@ -203,12 +203,9 @@ def sweep(
         kept = [uid for uid in held if uid in found]
         # sessions revoked since the last check (a password changed, "sign out everywhere"): the live view's rules
         # read the time too (``members.mirror_access``; attack run 60)
+        recorded_since = {str(row[0]): None if row[3] is None else int(row[3]) for row in rows}
         revoked = sorted(
-            str(row[0])
-            for row in rows
-            if str(row[0]) in found
-            and found[str(row[0])].valid_since is not None
-            and found[str(row[0])].valid_since != (None if row[3] is None else int(row[3]))
+            uid for uid in kept if found[uid].valid_since is not None and found[uid].valid_since != recorded_since[uid]
         )
         con.run(
             "UPDATE users SET account_checked_at = :asked, account_disabled = f.disabled, account_gone_at = NULL,"

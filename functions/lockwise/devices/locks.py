@@ -201,7 +201,10 @@ def list_for_user(
     rows = rows_as_dicts(con, _VIEW + " WHERE l.id = ANY(CAST(:ids AS uuid[])) ORDER BY l.created_at, l.id", ids=ids)
     # a lock deleted between the statements is left out
     listed = [_present(r, mine[r["id"]].role, mine[r["id"]].in_window(now)) for r in rows if r["id"] in mine]
-    return listed, pages.token_after(found[-2][1], found[-2][0]) if len(found) > page.limit else None
+    if len(found) <= page.limit:  # no row after this page's last
+        return listed, None
+    last_id, last_at = found[page.limit - 1]
+    return listed, pages.token_after(last_at, last_id)
 
 
 def update(con: Connection, lock_id: str, uid: str, changes: dict[str, Any]) -> None:

@@ -276,9 +276,7 @@ def get(
 
 def list_for_user(con: Connection, uid: str, lock_ids: list[str] | None = None) -> list[Membership]:
     """The user's memberships (at ``lock_ids`` only, if given), revoked ones too (the caller filters)."""
-    if lock_ids is None:
-        return [Membership(**row) for row in rows_as_dicts(con, _SELECT + " WHERE user_uid = :u", u=uid)]
-    sql = _SELECT + " WHERE user_uid = :u AND lock_id = ANY(CAST(:ls AS uuid[]))"
+    sql = _SELECT + " WHERE user_uid = :u AND (CAST(:ls AS uuid[]) IS NULL OR lock_id = ANY(CAST(:ls AS uuid[])))"
     return [Membership(**row) for row in rows_as_dicts(con, sql, u=uid, ls=lock_ids)]
 
 
@@ -409,20 +407,22 @@ def mirror_access(con: Connection, lock_id: str, *, write_again: Collection[str]
     con.run("SELECT pg_advisory_xact_lock(hashtextextended('mirror_access ' || :l, 0))", l=lock_id)
     now = dt.datetime.now(dt.UTC)
     current = [m for m in list_for_lock(con, lock_id) if not m.ended(now)]
-    accounts = {
-        r[0]: (bool(r[1]), None if r[2] is None else int(r[2]))
-        for r in con.run(
+    # the members whose accounts stand, and when their sessions were last revoked (Firebase Auth's ``validSince``):
+    # the rules refuse a token signed in before it, as the API does (it read the live view for the rest of its hour:
+    # attack run 60)
+    revoked_at = {
+        uid: None if since is None else int(since)
+        for uid, unusable, since in con.run(
             "SELECT m.user_uid, " + users.unusable_sql("u") + ", floor(extract(epoch FROM u.tokens_valid_since))"
             " FROM lock_members m JOIN users u ON u.uid = m.user_uid WHERE m.lock_id = CAST(:l AS uuid)",
             l=lock_id,
         )
+        if not unusable
     }
-    # the sessions an account's revocation ended (Firebase Auth's ``validSince``): the rules refuse a token signed in
-    # before it, as the API does; it read the live view for the rest of its hour (attack run 60)
     access = {
-        m.user_uid: {**m.rules_access(now), "sessions_since_s": accounts.get(m.user_uid, (False, None))[1]}
+        m.user_uid: {**m.rules_access(now), "sessions_since_s": revoked_at[m.user_uid]}
         for m in current
-        if not accounts.get(m.user_uid, (False, None))[0]
+        if m.user_uid in revoked_at
     }
     # only what differs from the documents last queued: every member's rewritten and every former member's ended
     # again was N + F + 2 writes a change, F growing with every account ever removed (attack run 32)

@@ -86,12 +86,13 @@ def hand_over(con: Connection, lock_id: str, to_uid: str, operator_uid: str, max
     # queues a refresh of the lock (a foreign key's KEY SHARE) without waiting for it (held FOR UPDATE, the two
     # waited for each other: attack run 49)
     owner_uid = _owner_of(con, lock_id, "NO KEY UPDATE")
+    owner = users.hold(con, owner_uid)
     if owner_uid == to_uid:  # handed over already (a hand-over sent again after its answer was lost), unless the
         # owner named is the one whose account is gone: answered as done, the lock was left ownerless (attack run 58)
-        if not users.hold(con, owner_uid).stands:
+        if not owner.stands:
             raise errors.Conflict("this member's account has been deleted or disabled", code="member_account_unusable")
         return
-    gone = _judged(users.hold(con, owner_uid))
+    gone = _judged(owner)
     # the taker's account row before their membership's, as leaving every lock takes them (the other way round, the
     # two waited for each other: a review)
     account = users.hold(con, to_uid)
