@@ -177,3 +177,10 @@ def active_members(lock_id: str) -> int:
     runtime = get_runtime("devices")
     with runtime.db.connection() as con:
         return sum(m.active(runtime.now()) for m in members.list_for_lock(con, lock_id))
+
+
+def command_nonce(command_id: str) -> str:
+    """The nonce a command was signed with, as its lock reads it from the message (its ack repeats it)."""
+    with get_runtime("devices").db.connection() as con:
+        ((nonce,),) = con.run("SELECT nonce FROM commands WHERE id = CAST(:i AS uuid)", i=command_id)
+    return str(nonce)

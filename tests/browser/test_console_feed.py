@@ -19,7 +19,7 @@ from infra.local import services
 from infra.local.console import Console, emulator_init
 from lockwise.core.runtime import get_runtime
 from tests.conftest import PROJECT_ID, REPO
-from tests.devices_world import World, build_world
+from tests.devices_world import World, build_world, command_nonce
 from tests.integration.test_devices_live_view import relay_event, wait_until_mirrored
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(300)]
@@ -74,8 +74,8 @@ def test_a_late_acknowledgement_leaves_the_activity_list_live(
             command = world.devices.post(
                 f"/devices/locks/{lock}/commands", json={"action": "unlock"}, headers=world.headers("owner")
             ).get_json()["command"]
+            nonce = command_nonce(command["id"])
             with get_runtime("devices").db.transaction() as con:
-                nonce = con.run("SELECT nonce FROM commands WHERE id = CAST(:i AS uuid)", i=command["id"])[0][0]
                 con.run(
                     "UPDATE commands SET created_at = now() - interval '2 minutes',"
                     " expires_at = now() - interval '1 minute', status = 'expired' WHERE id = CAST(:i AS uuid)",

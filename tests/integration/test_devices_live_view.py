@@ -26,7 +26,7 @@ from lockwise.core.config import get_settings
 from lockwise.core.runtime import get_runtime
 from lockwise.devices import broker_restarts, lock_events, members
 from tests.conftest import PROJECT_ID
-from tests.devices_world import World, build_world, create_lock, hand_over, join, pair_again, provision
+from tests.devices_world import World, build_world, command_nonce, create_lock, hand_over, join, pair_again, provision
 from tests.waiting import wait_for
 
 
@@ -474,8 +474,8 @@ def test_ack_marks_the_command_and_a_user_unlock_ends_a_voice_lockout(world: Wor
     command = world.devices.post(
         f"/devices/locks/{world.lock_id}/commands", json={"action": "unlock"}, headers=world.headers("member")
     ).get_json()["command"]
+    nonce = command_nonce(command["id"])
     with get_runtime("devices").db.transaction() as con:
-        nonce = con.run("SELECT nonce FROM commands WHERE id = CAST(:i AS uuid)", i=command["id"])[0][0]
         con.run(
             # failures counted before the unlock was made: the unlock answers them
             "INSERT INTO voice_lockouts (lock_id, consecutive_failures, locked_until, updated_at)"
