@@ -9,6 +9,7 @@ import json
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -52,8 +53,15 @@ def deployed(rehearsal: Rehearsal) -> Iterator[Rehearsal]:
 
 
 def health(proc: services.Process) -> dict[str, Any]:
-    with urllib.request.urlopen(f"http://127.0.0.1:{proc.port}/health", timeout=5) as resp:
-        body: dict[str, Any] = json.loads(resp.read())
+    """A relay's health report, a degraded or starting one (503) too: the relay answers one report a second
+    (``health_server.REPORT_REUSE_S``), so the one its readiness check read, still starting, may come again."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{proc.port}/health", timeout=5) as resp:
+            body: dict[str, Any] = json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        if exc.code != 503:
+            raise
+        body = json.loads(exc.read())
     return body
 
 
