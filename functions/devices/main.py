@@ -41,7 +41,14 @@ from lockwise.devices import (
 )
 
 rt = get_runtime("devices")
-api = Api("devices")
+
+
+def app_user(ctx: Ctx) -> auth.User:
+    """The signed-in app user, their token checked once a request (first, by the router: ``api``'s caller)."""
+    return ctx.once("app_user", lambda: rt.app_user(ctx.bearer_token()))
+
+
+api = Api("devices", caller=app_user)  # every route is an app user's but those naming another caller
 crls = lock_certs.CrlCache()  # the revocation list, signed again when the revocations change
 
 
@@ -61,10 +68,6 @@ def lock_param(value: str) -> str:
     if canonical is None:
         raise errors.NotFound("lock not found", code="lock_not_found")
     return canonical
-
-
-def app_user(ctx: Ctx) -> auth.User:
-    return rt.app_user(ctx.bearer_token())
 
 
 @contextmanager
@@ -95,7 +98,7 @@ def take_change(con: Connection, lock_id: str, user: auth.User, *, lock_held_for
 # ------------------------------------------------------------------------------------------------------ health
 
 
-@api.route("GET", "/devices/health", query=None, body=True)  # a checker's: anything goes
+@api.route("GET", "/devices/health", query=None, body=True, caller=None)  # a checker's: anything goes
 def get_health(ctx: Ctx) -> tuple[JsonBody, int]:
     return rt.health.check(rt.probes(), "devices", rt.settings.release)
 
@@ -293,10 +296,11 @@ def withdraw_invitation(ctx: Ctx, lock_id: str, invitation_id: str) -> Result:
     return flask.Response(status=204)
 
 
-@api.route("GET", "/devices/invitations")
+@api.route("GET", "/devices/invitations", query=None)  # its page: pages.requested
 def my_invitations(ctx: Ctx) -> JsonBody:
     user = app_user(ctx)
-    return invitations.for_user(rt.db, user, rt.now(), listed_address).public()
+    page = pages.requested(ctx.query(("limit", "page_token")))
+    return invitations.for_user(rt.db, user, rt.now(), listed_address, page).public()
 
 
 @api.route("POST", "/devices/invitations/<invitation_id>/accept", body=False)
@@ -398,7 +402,7 @@ def get_command(ctx: Ctx, lock_id: str, command_id: str) -> JsonBody:
 # ------------------------------------------------------------------------------------------------ lock-facing
 
 
-@api.route("POST", "/devices/provision", query=None)  # a lock's
+@api.route("POST", "/devices/provision", query=None, caller=None)  # a lock's
 def redeem_provisioning_code(ctx: Ctx) -> Result:
     # fields it does not name are let be, as in every body a lock sends but its audio: a lock's firmware may be newer
     # than this function, and a refused renewal would leave it offline once its certificate expires
@@ -417,7 +421,7 @@ def redeem_provisioning_code(ctx: Ctx) -> Result:
     ), 201
 
 
-@api.route("GET", "/devices/lock/config", query=None, body=True)  # a lock's, signed
+@api.route("GET", "/devices/lock/config", query=None, body=True, caller=None)  # a lock's, signed
 def lock_config(ctx: Ctx) -> JsonBody:
     body = ctx.body()
     signer = lock_auth.signed_by(rt.db, ctx.request.headers, "GET", ctx.target, body, rt.settings)
@@ -431,7 +435,7 @@ def lock_config(ctx: Ctx) -> JsonBody:
     }
 
 
-@api.route("GET", "/devices/lock-ca/crl", query=None, body=True)  # a broker host's
+@api.route("GET", "/devices/lock-ca/crl", query=None, body=True, caller=None)  # a broker host's
 def lock_ca_crl(ctx: Ctx) -> flask.Response:
     """The lock CA's revocation list (public, as CRLs are): what the broker reloads every minute; signed again only
     when the revocations change (``lock_certs.CrlCache``)."""
@@ -442,7 +446,7 @@ def lock_ca_crl(ctx: Ctx) -> flask.Response:
     return flask.Response(pem, mimetype="application/pkix-crl", headers={"Cache-Control": "max-age=30"})
 
 
-@api.route("POST", "/devices/lock/certificate", query=None)  # a lock's
+@api.route("POST", "/devices/lock/certificate", query=None, caller=None)  # a lock's
 def renew_lock_certificate(ctx: Ctx) -> Result:
     """A lock renews its broker certificate (before expiry; a lock paired with a broker password gets its first)."""
     body = ctx.body(16_384)
@@ -468,7 +472,7 @@ def require_relay(ctx: Ctx) -> None:
     auth.check_service_token(ctx.service_token(), rt.settings.service_token)
 
 
-@api.route("POST", "/devices/relay/events", query=None)
+@api.route("POST", "/devices/relay/events", query=None, caller=None)
 def relay_events(ctx: Ctx) -> JsonBody:
     require_relay(ctx)
     # fields it does not name are let be: the relay splits a refused batch down to single events and drops them, so
@@ -484,7 +488,7 @@ def relay_events(ctx: Ctx) -> JsonBody:
     return {"results": [o.as_dict() for o in outcomes]}
 
 
-@api.route("POST", "/devices/relay/flush", query=None)
+@api.route("POST", "/devices/relay/flush", query=None, caller=None)
 def relay_flush(ctx: Ctx) -> JsonBody:
     require_relay(ctx)
     raw = ctx.body(topics.MAX_PAYLOAD_BYTES)  # optional: a relay from before its fields sends none

@@ -21,15 +21,18 @@ from lockwise.voice.model.encoder import describe, load_encoder, load_scorer
 from lockwise.voice.model.voice_activity import VoiceActivity
 
 rt = get_runtime("embed")
-api = Api("embed")
+
+
+def app_user(ctx: Ctx) -> auth.User:
+    """The signed-in app user, their token checked once a request (first, by the router: ``api``'s caller)."""
+    return ctx.once("app_user", lambda: rt.app_user(ctx.bearer_token()))
+
+
+api = Api("embed", caller=app_user)  # every route is an app user's but those naming another caller
 encoder = load_encoder(rt.settings, exported=True)
 scorer = load_scorer(rt.settings, encoder)
 voice = VoiceActivity()  # the bundle's models/vad: an enrollment sample must hold a voice, not only sound
 limits = audio.Limits.from_settings(rt.settings, clips=rt.settings.enroll_max_samples)
-
-
-def app_user(ctx: Ctx) -> auth.User:
-    return rt.app_user(ctx.bearer_token())
 
 
 def sample_clip(index: int, value: Any) -> audio.Clip:
@@ -46,7 +49,7 @@ def sample_clip(index: int, value: Any) -> audio.Clip:
         raise
 
 
-@api.route("GET", "/embed/health", query=None, body=True)  # a checker's: anything goes
+@api.route("GET", "/embed/health", query=None, body=True, caller=None)  # a checker's: anything goes
 def get_health(ctx: Ctx) -> tuple[JsonBody, int]:
     return rt.health.check(
         {**rt.probes(), "model": describe(encoder), "voice_activity": voice.describe}, "embed", rt.settings.release
@@ -91,7 +94,7 @@ def delete_voice_data(ctx: Ctx) -> Result:
     return flask.Response(status=204)
 
 
-@api.route("POST", "/embed", query=None)  # the original design's contract
+@api.route("POST", "/embed", query=None, caller=None)  # the original design's contract
 def embed_original(ctx: Ctx) -> JsonBody:
     """The original contract, fixed, for trusted service callers: ``{"pcm_base64"}`` -> ``{"embedding"}``."""
     auth.check_service_token(ctx.service_token(), rt.settings.service_token)

@@ -133,24 +133,25 @@ class Console {
     this.refresh();
   }
 
-  // every page of the caller's locks (GET /devices/locks answers 100 at most a page)
-  async allLocks() {
-    const locks = [];
+  // every page of a listing (GET /devices/locks and /devices/invitations answer 100 at most a page): its `key`'s
+  // items, in order
+  async allPages(path, key) {
+    const items = [];
     let token = null;
     do {
       const query = token ? `?page_token=${encodeURIComponent(token)}` : "";
-      const page = await this.api("GET", `/devices/locks${query}`);
-      locks.push(...page.locks);
+      const page = await this.api("GET", `${path}${query}`);
+      items.push(...page[key]);
       token = page.next_page_token;
     } while (token);
-    return locks;
+    return items;
   }
 
   async refresh() {
     try {
-      const [locks, { invitations }] = await Promise.all([
-        this.allLocks(),
-        this.api("GET", "/devices/invitations"),
+      const [locks, invitations] = await Promise.all([
+        this.allPages("/devices/locks", "locks"),
+        this.allPages("/devices/invitations", "invitations"),
       ]);
       this.renderInvitations(invitations);
       this.renderLocks(locks);

@@ -1030,6 +1030,7 @@ def test_invitation_by_email_is_seen_only_verified_and_joins_only_when_accepted(
     assert world.devices.get("/devices/invitations", headers=bearer(friend)).get_json() == {
         "invitations": [],
         "address_unconfirmed": False,
+        "next_page_token": None,
     }
     invitation = resp.get_json()["invitation"]["id"]
     refused = world.devices.post(f"/devices/invitations/{invitation}/accept", headers=bearer(friend))
@@ -1120,6 +1121,7 @@ def test_an_unverified_address_is_not_recorded_and_closes_nobody_elses_invitatio
     assert world.devices.get("/devices/invitations", headers=bearer(squatter)).get_json() == {
         "invitations": [],
         "address_unconfirmed": False,
+        "next_page_token": None,
     }
     assert db_rows("SELECT uid FROM users WHERE lower(email) = :e", e=address) == [[victim["localId"]]]
     assert db_rows("SELECT email FROM users WHERE uid = :u", u=squatter["localId"]) == [[None]]
@@ -1271,6 +1273,7 @@ def test_invitation_by_uid_waits_for_consent_and_can_be_declined_or_withdrawn(wo
     assert world.devices.get("/devices/invitations", headers=bearer(invitee)).get_json() == {
         "invitations": [],
         "address_unconfirmed": False,
+        "next_page_token": None,
     }
     assert world.devices.post(f"/devices/invitations/{first}/accept", headers=bearer(invitee)).status_code == 404
     # asked again, then withdrawn by the owner before the answer
@@ -1392,6 +1395,63 @@ def test_only_an_invitation_found_by_address_needs_firebase_auth_to_confirm_the_
     assert ([i["id"] for i in listed["invitations"]], listed["address_unconfirmed"]) == ([by_address], False)
 
 
+def test_a_users_invitations_are_listed_a_page_at_a_time(
+    world: World, sign_up: Any, stack_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Any admin of any lock may invite any account or address, so the invitations waiting for one account have no
+    bound, and ``GET /devices/invitations`` read and answered them all at once (as ``GET /devices/locks`` did: attack
+    run 54). It now answers a page of at most ``limit``, oldest first, with the next page's token. While Firebase Auth
+    cannot confirm the caller's address, a page leaves out what was sent to it and is still full, not short, and
+    paging goes on after it; one made while paging comes on a later page, never twice."""
+    host, project = stack_env["FIREBASE_AUTH_EMULATOR_HOST"], stack_env["LOCKWISE_PROJECT_ID"]
+    invitee = sign_up()
+    verify_email(host, project, invitee["localId"])
+    invitee = sign_in(host, invitee["email"])
+    owner = world.accounts["owner"]
+
+    def invite(to: dict[str, str]) -> str:
+        lock = create_lock(world.devices, owner, name="Door")["lock"]["id"]
+        resp = world.devices.post(f"/devices/locks/{lock}/members", json={**to, "role": "guest"}, headers=bearer(owner))
+        assert resp.status_code == 202, resp.get_json()
+        invitation: str = resp.get_json()["invitation"]["id"]
+        return invitation
+
+    sent = [invite({"uid": invitee["localId"]}) for _ in range(2)]
+    sent.append(invite({"email": invitee["email"]}))
+    sent += [invite({"uid": invitee["localId"]}) for _ in range(2)]
+
+    def pages_of(limit: str) -> list[tuple[list[str], bool]]:
+        listed, token = [], None
+        while True:
+            query = {"limit": limit, **({"page_token": token} if token else {})}
+            resp = world.devices.get("/devices/invitations", query_string=query, headers=bearer(invitee))
+            assert resp.status_code == 200, resp.get_json()
+            body = resp.get_json()
+            listed.append(([i["id"] for i in body["invitations"]], body["address_unconfirmed"]))
+            token = body["next_page_token"]
+            if token is None:
+                return listed
+            assert len(listed) < 10, "the pages end"
+
+    assert pages_of("2") == [(sent[0:2], False), (sent[2:4], False), (sent[4:5], False)]
+    assert pages_of("5") == [(sent, False)]
+    first = world.devices.get("/devices/invitations", query_string={"limit": "3"}, headers=bearer(invitee)).get_json()
+    late = invite({"uid": invitee["localId"]})
+    rest = world.devices.get(
+        "/devices/invitations", query_string={"page_token": first["next_page_token"]}, headers=bearer(invitee)
+    ).get_json()
+    assert [i["id"] for i in first["invitations"] + rest["invitations"]] == [*sent, late]
+
+    def auth_down(self: accounts.IdentityToolkit, uid: str) -> str | None:
+        raise accounts.DirectoryError("Firebase Auth could not be reached: ConnectionRefusedError")
+
+    monkeypatch.setattr(accounts.IdentityToolkit, "verified_email", auth_down)
+    assert pages_of("2") == [(sent[0:2], False), ([sent[3], sent[4]], True), ([late], False)]
+    for query in ({"limit": "0"}, {"page_token": "bm90IGEgdG9rZW4"}, {"page": "2"}):
+        wrong = world.devices.get("/devices/invitations", query_string=query, headers=bearer(invitee))
+        assert wrong.status_code == 400, wrong.get_json()
+
+
 def test_answering_an_invitation_not_sent_to_the_callers_address_asks_firebase_auth_nothing(
     world: World, sign_up: Any, stack_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -1455,6 +1515,7 @@ def test_a_removal_ends_every_invitation_sent_before_it_whatever_address_it_went
     assert world.devices.get("/devices/invitations", headers=bearer(alice)).get_json() == {
         "invitations": [],
         "address_unconfirmed": False,
+        "next_page_token": None,
     }
     back = world.devices.post(f"/devices/invitations/{before}/accept", headers=bearer(alice))
     assert back.status_code == 404 and back.get_json()["error"]["code"] == "invitation_not_found", back.get_json()
@@ -1546,6 +1607,7 @@ def test_an_invitation_sent_before_a_removal_stays_ended_after_the_member_rejoin
     assert world.devices.get("/devices/invitations", headers=bearer(bob)).get_json() == {
         "invitations": [],
         "address_unconfirmed": False,
+        "next_page_token": None,
     }
     back = world.devices.post(f"/devices/invitations/{before}/accept", headers=bearer(bob))
     assert back.status_code == 404 and back.get_json()["error"]["code"] == "invitation_not_found", back.get_json()
@@ -1605,6 +1667,7 @@ def test_two_invitations_to_one_lock_make_one_membership_and_the_answers_say_whi
     assert world.devices.get("/devices/invitations", headers=bearer(invitee)).get_json() == {
         "invitations": [],
         "address_unconfirmed": False,
+        "next_page_token": None,
     }
     back = world.devices.post(second, headers=bearer(invitee))
     assert back.status_code == 404 and back.get_json()["error"]["code"] == "invitation_not_found"

@@ -183,6 +183,50 @@ def test_a_query_or_body_a_route_does_not_take_is_refused_before_it_runs() -> No
     assert message.endswith("it takes none"), message
 
 
+def test_a_route_checks_its_caller_before_its_path_query_and_body() -> None:
+    """An app route answered a request without a token 400 for a field it does not take, or for a path parameter
+    that is not text, before it read the token: a caller without an account learnt what each route takes. The
+    caller (the ``Api``'s, or a route's own) is checked first, once a request (the handler reads it again through
+    ``Ctx.once``); a route naming ``caller=None`` checks its own, as a lock's signed request does."""
+    checked: list[str] = []
+
+    def app_user(ctx: Ctx) -> str:
+        def make() -> str:
+            checked.append("token")
+            if ctx.request.headers.get("Authorization") != "Bearer good":
+                raise errors.Unauthenticated("missing bearer token", code="missing_token")
+            return "alice"
+
+        return ctx.once("user", make)
+
+    api = Api("unit", settings=lambda: Settings.from_env({}), caller=app_user)
+
+    @api.route("POST", "/unit/items/<item_id>/act", body=False)
+    def act(ctx: Ctx, item_id: str) -> JsonBody:
+        return {"user": app_user(ctx), "item": item_id}
+
+    @api.route("GET", "/unit/lock", query=None, caller=None)
+    def lock_route(ctx: Ctx) -> JsonBody:
+        return {"anyone": True}
+
+    for path, kwargs in (
+        ("/unit/items/1/act?x=1", {}),
+        ("/unit/items/1/act", {"data": b'{"ttl_s": 1}'}),
+        ("/unit/items/%00/act", {}),
+        ("/unit/items/1/act", {}),
+    ):
+        resp = call(api, "POST", path, content_type="application/json", **kwargs)
+        assert (resp.status_code, json.loads(resp.get_data())["error"]["code"]) == (401, "missing_token"), path
+    good = {"Authorization": "Bearer good"}
+    wrong = call(api, "POST", "/unit/items/1/act?x=1", headers=good)
+    assert (wrong.status_code, json.loads(wrong.get_data())["error"]["code"]) == (400, "unknown_field")
+    checked.clear()
+    done = call(api, "POST", "/unit/items/1/act", headers=good)
+    assert (done.status_code, json.loads(done.get_data()), checked) == (200, {"user": "alice", "item": "1"}, ["token"])
+    assert call(api, "GET", "/unit/lock?any=1").status_code == 200
+    assert call(api, "GET", "/unit/nowhere").status_code == 404  # no route: no caller to check
+
+
 def test_oversized_body_is_refused_before_it_is_read() -> None:
     resp = call(make_api(max_body=1024), "POST", "/unit/echo", data=b"x" * 5000, content_type="application/json")
     assert resp.status_code == 413

@@ -13,8 +13,9 @@ import re
 import time
 import uuid
 from collections.abc import Callable, Collection
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from types import EllipsisType
+from typing import Any, TypeVar
 
 import flask
 from werkzeug.exceptions import HTTPException
@@ -34,6 +35,9 @@ _REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
 JsonBody = dict[str, Any]
 Result = flask.Response | tuple[JsonBody | list[Any], int] | JsonBody
 Handler = Callable[..., Result]
+#: who may call a route, checked before anything else of its request (raises ``Unauthenticated`` and the like)
+Caller = Callable[["Ctx"], object]
+T = TypeVar("T")
 
 #: the most a route that takes no body reads of one (to tell ``{}`` from anything else)
 _NO_BODY_READ = 1024
@@ -44,6 +48,7 @@ class _Route:
     handler: Handler
     query: Collection[str] | None  # the query parameters it takes (checked before it runs); None: its own to read
     body: bool  # it takes a body (False: one other than nothing or ``{}`` is refused before it runs)
+    caller: Caller | None  # who may call it, checked first; None: its handler checks (or anyone may)
 
 
 @dataclass(frozen=True)
@@ -53,6 +58,15 @@ class Ctx:
     request: flask.Request
     request_id: str
     settings: Settings
+    _once: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def once(self, key: str, make: Callable[[], T]) -> T:
+        """``make()``'s value, made once a request under ``key`` (the caller, which the router checks first and the
+        handler reads again)."""
+        if key not in self._once:
+            self._once[key] = make()
+        value: T = self._once[key]
+        return value
 
     @property
     def target(self) -> str:
@@ -217,8 +231,12 @@ def _request_id(request: flask.Request) -> str:
 class Api:
     """A small router over werkzeug's URL map; one instance per function."""
 
-    def __init__(self, service: str, settings: Callable[[], Settings] | None = None) -> None:
+    def __init__(
+        self, service: str, settings: Callable[[], Settings] | None = None, *, caller: Caller | None = None
+    ) -> None:
+        """``caller``: who may call a route that does not name its own (``route``)."""
         self.service = service
+        self._caller = caller
         self._settings = settings or (lambda: get_settings(service))
         self._map = Map(strict_slashes=False, merge_slashes=False)
         self._routes: dict[str, _Route] = {}
@@ -233,20 +251,31 @@ class Api:
         return self(flask.request)
 
     def route(
-        self, method: str, path: str, *, query: Collection[str] | None = (), body: bool | None = None
+        self,
+        method: str,
+        path: str,
+        *,
+        query: Collection[str] | None = (),
+        body: bool | None = None,
+        caller: Caller | None | EllipsisType = ...,
     ) -> Callable[[Handler], Handler]:
         """Register a handler. ``query``: the query parameters it takes, any other refused (400 ``unknown_field``)
         before it runs; None for a handler that reads the query itself (``Ctx.query``) or takes any (a lock's or
         the relay's request, whose refusal would do harm; the original design's, whose FastAPI ignored them; health
         checks). ``body``: whether it takes a body (by default all but GET and DELETE do); one that does not
         refuses any but an empty one or ``{}`` before it runs. A query or body sent to a route that took none was
-        ignored and the request carried out without it (attack run 58: a pairing code asked for with ``ttl_s``)."""
+        ignored and the request carried out without it (attack run 58: a pairing code asked for with ``ttl_s``).
+        ``caller``: who may call it (the ``Api``'s by default; None: its handler checks, as a lock's signed request
+        does over its body, or anyone may), checked before its path parameters, query and body: a request without a
+        valid token is 401, whatever else is wrong with it (it was 400 for an unknown field, which told a caller
+        without an account what each route takes)."""
 
         def register(fn: Handler) -> Handler:
             endpoint = f"{method} {path}"
             self._map.add(Rule(path, methods=[method], endpoint=endpoint))
             takes_body = method not in ("GET", "DELETE") if body is None else body
-            self._routes[endpoint] = _Route(fn, query, takes_body)
+            checked = self._caller if isinstance(caller, EllipsisType) else caller
+            self._routes[endpoint] = _Route(fn, query, takes_body, checked)
             return fn
 
         return register
@@ -287,10 +316,12 @@ class Api:
                 raise errors.MethodNotAllowed(
                     f"{request.method} is not allowed on {request.path}", allowed=allowed
                 ) from exc
-            for name, value in params.items():  # path parameters cross the same input boundary as bodies
-                inputs.check_text(value, name)
             ctx = Ctx(request=request, request_id=request_id, settings=self._settings())
             route = self._routes[str(endpoint)]
+            if route.caller is not None:
+                route.caller(ctx)
+            for name, value in params.items():  # path parameters cross the same input boundary as bodies
+                inputs.check_text(value, name)
             if route.query is not None:
                 ctx.query(route.query)
             if not route.body:

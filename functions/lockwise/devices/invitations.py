@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from lockwise.core import audit, errors, inputs, mirror, users
+from lockwise.core import audit, errors, inputs, mirror, pages, users
 from lockwise.core.auth import User
 from lockwise.core.db import Connection, Database, rows_as_dicts
 from lockwise.devices import members
@@ -216,41 +216,40 @@ ConfirmAddress = Callable[[User], User]
 
 @dataclass(frozen=True)
 class Received:
-    """The invitations waiting for a user's answer (``for_user``)."""
+    """A page of the invitations waiting for a user's answer (``for_user``)."""
 
     invitations: list[dict[str, Any]]
     #: those sent to the user's address are left out: Firebase Auth could not confirm it is still theirs just now
     address_unconfirmed: bool = False
+    #: the next page's token (``pages``); None on the last page
+    next_page_token: str | None = None
 
     def public(self) -> dict[str, Any]:
-        return {"invitations": self.invitations, "address_unconfirmed": self.address_unconfirmed}
+        return {
+            "invitations": self.invitations,
+            "address_unconfirmed": self.address_unconfirmed,
+            "next_page_token": self.next_page_token,
+        }
 
 
-def for_user(db: Database, user: User, now: dt.datetime, confirm: ConfirmAddress) -> Received:
-    """The invitations waiting for ``user``'s answer, with the lock's name and who invited them. One found by the
-    token's address only while the account still has it (``confirm``, asked only then): a token keeps its address
-    for up to an hour after the account moved to another, and listed the invitations sent to it meanwhile. While
-    Firebase Auth cannot tell (``confirm``'s 503), those sent to the address are left out and the rest is listed
-    (``Received.address_unconfirmed``): the whole listing was a 503, the invitations to the user's uid too."""
+def for_user(db: Database, user: User, now: dt.datetime, confirm: ConfirmAddress, page: pages.Page) -> Received:
+    """A page of the invitations waiting for ``user``'s answer, oldest first, with the lock's name and who invited
+    them. One found by the token's address only while the account still has it (``confirm``, asked only when the
+    page holds one): a token keeps its address for up to an hour after the account moved to another, and listed the
+    invitations sent to it meanwhile. While Firebase Auth cannot tell (``confirm``'s 503), those sent to the address
+    are left out and the rest is listed (``Received.address_unconfirmed``): the whole listing was a 503, the
+    invitations to the user's uid too. Any admin anywhere may invite any address, so one account's invitations have
+    no bound: they were all read and answered at once (a page now, as ``GET /devices/locks``)."""
     with db.connection() as con:
-        rows = rows_as_dicts(
-            con,
-            "SELECT invitations.id::text AS id, invitee_uid, email, invitations.role, access, invitations.expires_at,"
-            " invited_by, l.id::text AS lock_id, l.name AS lock_name FROM invitations JOIN locks l"
-            " ON l.id = invitations.lock_id WHERE " + _FOR_INVITEE + " ORDER BY invitations.created_at",
-            u=user.uid,
-            e=user.email,
-            verified=user.email_verified,
-            now=now,
-        )
-    unconfirmed = False
-    if any(row["invitee_uid"] != user.uid for row in rows):
-        try:
-            confirmed = confirm(user).email == user.email
-        except errors.Unavailable:
-            confirmed, unconfirmed = False, True
-        if not confirmed:
-            rows = [row for row in rows if row["invitee_uid"] == user.uid]
+        rows, next_page = _page_for(con, user, now, page, by_address=user.email_verified)
+        unconfirmed = False
+        if any(row["invitee_uid"] != user.uid for row in rows):
+            try:
+                confirmed = confirm(user).email == user.email
+            except errors.Unavailable:
+                confirmed, unconfirmed = False, True
+            if not confirmed:  # the page again, without them (not a short page: paging goes on from its last row)
+                rows, next_page = _page_for(con, user, now, page, by_address=False)
     out = []
     for row in rows:
         access = _access(row["access"])
@@ -262,7 +261,35 @@ def for_user(db: Database, user: User, now: dt.datetime, confirm: ConfirmAddress
                 "access": members.Membership(row["lock_id"], user.uid, row["role"], **access).public()["access"],
             }
         )
-    return Received(out, unconfirmed)
+    return Received(out, unconfirmed, next_page)
+
+
+def _page_for(
+    con: Connection, user: User, now: dt.datetime, page: pages.Page, *, by_address: bool
+) -> tuple[list[dict[str, Any]], str | None]:
+    """``page`` of the invitations ``for_user`` lists, those to ``user``'s address too when ``by_address``, and the
+    next page's token."""
+    at, after = page.after or (None, None)
+    rows = rows_as_dicts(
+        con,
+        "SELECT invitations.id::text AS id, invitee_uid, email, invitations.role, access, invitations.expires_at,"
+        " invited_by, l.id::text AS lock_id, l.name AS lock_name, invitations.created_at AS listed_at"
+        " FROM invitations JOIN locks l ON l.id = invitations.lock_id WHERE " + _FOR_INVITEE + " AND"
+        " (CAST(:at AS timestamptz) IS NULL OR (invitations.created_at, invitations.id)"
+        " > (CAST(:at AS timestamptz), CAST(:after AS uuid)))"
+        " ORDER BY invitations.created_at, invitations.id LIMIT :n",
+        u=user.uid,
+        e=user.email,
+        verified=by_address,
+        now=now,
+        at=at,
+        after=after,
+        n=page.limit + 1,
+    )
+    if len(rows) <= page.limit:  # no row after this page's last
+        return rows, None
+    last = rows[page.limit - 1]
+    return rows[: page.limit], pages.token_after(last["listed_at"], last["id"])
 
 
 def answering_as(db: Database, invitation_id: str, user: User, confirm: ConfirmAddress) -> User:
