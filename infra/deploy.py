@@ -2,7 +2,8 @@
 
 Components: ``accounts`` (service accounts and roles), ``build`` (bundles; model fetched by checksum, exported to
 ONNX once for embed and verify), ``migrate`` (database migrations as a Cloud Run job, run before any new code goes
-live), ``functions`` (verify, embed, devices, devices-relay), ``relay`` (the always-on container), ``broker``
+live), ``functions`` (verify, embed, devices, devices-relay), ``relay`` (the always-on container; it and
+``functions`` first have the job check the database has every migration of this build, and stop if not), ``broker``
 (Mosquitto config for the broker VM), ``firebase`` (Firestore rules and indexes, Hosting rewrites), ``all`` (in that
 order).
 
@@ -202,27 +203,49 @@ def _secrets_flag(spec: ServiceSpec | JobSpec, place: Place) -> str:
     return "--set-secrets=" + ",".join(f"{target}={name}:latest" for target, name in sorted(targets.items()))
 
 
-def migrate(t: Target) -> list[Command]:
+#: the migration job's whole run: waiting for another run's advisory lock, then each pending migration (one statement
+#: up to ``migrate.STATEMENT_TIMEOUT_S``); it was that one statement's 600 s, and the platform stopped the job while
+#: its statement ran on (attack run 62)
+JOB_TASK_TIMEOUT_S = 3600
+
+
+def _migrate_job(t: Target) -> Command:
+    """The migration job, on this build's image (deployed before it runs: a job keeps the image it was deployed
+    with)."""
     job = MIGRATE.name
     return [
-        [
-            "gcloud",
-            "run",
-            "jobs",
-            "deploy",
-            job,
-            f"--project={t.project}",
-            f"--region={t.region}",
-            f"--image={t.image_repo}/migrate:latest",
-            f"--service-account={t.sa(job)}",
-            f"--set-cloudsql-instances={t.sql_instance}",
-            _secrets_flag(MIGRATE, t.place),
-            _env_flag(environment(MIGRATE, t.place)),
-            "--max-retries=0",
-            "--task-timeout=600s",
-        ],
-        ["gcloud", "run", "jobs", "execute", job, f"--project={t.project}", f"--region={t.region}", "--wait"],
+        "gcloud",
+        "run",
+        "jobs",
+        "deploy",
+        job,
+        f"--project={t.project}",
+        f"--region={t.region}",
+        f"--image={t.image_repo}/migrate:latest",
+        f"--service-account={t.sa(job)}",
+        f"--set-cloudsql-instances={t.sql_instance}",
+        _secrets_flag(MIGRATE, t.place),
+        _env_flag(environment(MIGRATE, t.place)),
+        "--max-retries=0",
+        f"--task-timeout={JOB_TASK_TIMEOUT_S}s",
     ]
+
+
+def _execute_job(t: Target, *args: str) -> Command:
+    cmd = ["gcloud", "run", "jobs", "execute", MIGRATE.name, f"--project={t.project}", f"--region={t.region}"]
+    return [*cmd, *([f"--args={','.join(args)}"] if args else []), "--wait"]
+
+
+def migrate(t: Target) -> list[Command]:
+    return [_migrate_job(t), _execute_job(t)]
+
+
+def schema_check(t: Target) -> list[Command]:
+    """Before new code goes live: the job, on this build's image, checks the database has every migration bundled
+    with it, and the deploy stops while one is missing (``migrate --check``): a relay deployed ahead of its
+    migration failed every delivery round, its health 200, and a function failed on what it lacked (attack run
+    62)."""
+    return [_migrate_job(t), _execute_job(t, "--check")]
 
 
 def _service_flags(t: Target, spec: ServiceSpec) -> Command:
@@ -249,7 +272,7 @@ def _service_flags(t: Target, spec: ServiceSpec) -> Command:
 
 
 def functions(t: Target) -> list[Command]:
-    cmds: list[Command] = []
+    cmds: list[Command] = schema_check(t)
     for spec in SERVICES:
         if spec.function is None:
             continue
@@ -285,6 +308,7 @@ def relay(t: Target) -> list[Command]:
     spec = next(s for s in SERVICES if s.name == "lockwise-relay")
     flags = _service_flags(t, spec)
     return [
+        *schema_check(t),
         [
             "gcloud",
             "run",
@@ -295,7 +319,7 @@ def relay(t: Target) -> list[Command]:
             f"--vpc-connector={t.vpc_connector}",
             "--vpc-egress=private-ranges-only",
             "--port=8090",
-        ]
+        ],
     ]
 
 
@@ -336,8 +360,14 @@ PLANS = {
 
 
 def plan(component: str, target: Target) -> list[Command]:
+    """The commands that deploy ``component`` (or all, in order); the migration job deployed once a plan."""
     names = COMPONENTS if component == "all" else (component,)
-    return [cmd for name in names for cmd in PLANS[name](target)]
+    cmds: list[Command] = []
+    for cmd in (cmd for name in names for cmd in PLANS[name](target)):
+        if cmd[:4] == ["gcloud", "run", "jobs", "deploy"] and cmd in cmds:
+            continue
+        cmds.append(cmd)
+    return cmds
 
 
 def main(argv: list[str] | None = None) -> int:

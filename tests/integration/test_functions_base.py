@@ -44,6 +44,28 @@ def test_health_reports_version_and_dependencies(make_client: Any, name: str) ->
         assert "voice_activity" not in body["checks"]
 
 
+@pytest.mark.parametrize("name", ["embed", "verify", "devices"])
+def test_health_is_degraded_while_the_database_lacks_a_migration_of_this_code(
+    make_client: Any, name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An instance deployed ahead of the migration job failed on what the schema lacked while its health said ok
+    (attack run 62). Its health names the migration the database is at, and is 503 ``schema_behind`` while the code
+    was bundled with a later one."""
+    from lockwise.core import migrate
+
+    healthy = make_client(name).get(f"/{name}/health").get_json()["checks"]["database"]
+    assert healthy["ok"] and healthy["migration"] == migrate.needed_version() > 60
+    monkeypatch.setattr(migrate, "needed_version", lambda: 10_000)  # this code, a release ahead of the database
+    get_runtime.cache_clear()
+    resp = make_client(name).get(f"/{name}/health")
+    assert resp.status_code == 503, resp.get_json()
+    assert (resp.get_json()["checks"]["database"]["ok"], resp.get_json()["checks"]["database"]["error"]) == (
+        False,
+        "schema_behind",
+    )
+    get_runtime.cache_clear()  # its degraded report is not the next test's
+
+
 def test_health_is_degraded_when_the_database_is_down(make_client: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DATABASE_URL", f"postgresql://x:y@127.0.0.1:{services.free_port()}/none")
     get_settings.cache_clear()

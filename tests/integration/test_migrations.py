@@ -6,6 +6,7 @@ import re
 import secrets
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,9 +15,11 @@ import pytest
 from pg8000.exceptions import DatabaseError
 
 from infra.local.services import Postgres
+from lockwise.core import db as db_module
 from lockwise.core import errors, migrate
 from lockwise.core.db import CHECK_VIOLATION, FOREIGN_KEY_VIOLATION, UNIQUE_VIOLATION, Database, sqlstate
 from mqtt_relay import sessions
+from tests.waiting import wait_for
 
 
 @pytest.fixture
@@ -92,22 +95,112 @@ def test_a_migration_waiting_on_a_busy_table_gives_up_and_applies_nothing(
     fresh_db: Database, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """An ALTER waiting for a table's lock (a long transaction holds it) queues every request on that table behind
-    it: the migration gives up after its lock timeout with a message saying so, and nothing of it is applied."""
+    it: the migration gives up after its lock timeout (under the requests' own 4 s: it was 5 s, and every request
+    queued behind it was a 503), is tried again a few times, and gives up with a message saying so, nothing of it
+    applied."""
+    assert migrate.LOCK_TIMEOUT_S * 2 <= db_module.STATEMENT_TIMEOUT_S
     con, holder = fresh_db.connect(), fresh_db.connect()
     try:
         migrate.apply(con)
         monkeypatch.setattr(migrate, "LOCK_TIMEOUT_S", 0.3)
+        monkeypatch.setattr(migrate, "LOCK_RETRY_PAUSE_S", 0.05)
         holder.run("START TRANSACTION")
         holder.run("SELECT count(*) FROM users")  # a reader in a long transaction
         alter = migrate.Migration(9998, "busy", "CREATE TABLE first_half (id int); ALTER TABLE users ADD note text;")
-        with pytest.raises(migrate.MigrationError, match="0.3 s for a lock another session holds"):
+        started = time.monotonic()
+        with pytest.raises(
+            migrate.MigrationError, match=f"0.3 s for a lock another session holds, {migrate.LOCK_TRIES}"
+        ):
             migrate.apply(con, [*migrate.load(), alter])
+        assert time.monotonic() - started >= 0.3 * migrate.LOCK_TRIES  # each try waited its lock timeout
         holder.run("COMMIT")
         assert "first_half" not in tables(con)
         assert con.run("SELECT count(*) FROM schema_migrations WHERE version = 9998") == [[0]]
         assert [m.version for m in migrate.apply(con, [*migrate.load(), alter])] == [9998]  # run again: applied
     finally:
         holder.close()
+        con.close()
+
+
+def test_a_migration_that_met_a_busy_table_is_applied_once_the_table_is_free(
+    fresh_db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A migration that gave up waiting for a lock stopped the whole job (and so the deploy) at once, for a voice
+    decision's few seconds: it is tried again, and applied once the table is free."""
+    con, holder = fresh_db.connect(), fresh_db.connect()
+    try:
+        migrate.apply(con)
+        monkeypatch.setattr(migrate, "LOCK_TIMEOUT_S", 0.2)
+        monkeypatch.setattr(migrate, "LOCK_RETRY_PAUSE_S", 0.2)
+        holder.run("START TRANSACTION")
+        holder.run("SELECT count(*) FROM users")
+        threading.Timer(0.5, holder.run, ("COMMIT",)).start()  # the long transaction ends during the retries
+        alter = migrate.Migration(9998, "busy", "ALTER TABLE users ADD note text;")
+        assert [m.version for m in migrate.apply(con, [*migrate.load(), alter])] == [9998]
+        assert con.run("SELECT count(*) FROM information_schema.columns WHERE column_name = 'note'") == [[1]]
+    finally:
+        holder.close()
+        con.close()
+
+
+def test_the_job_says_whether_the_database_has_every_migration_of_this_code(
+    fresh_db: Database, postgres: Postgres, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Code deployed ahead of its migration failed on what the schema lacked, a relay's every delivery round, its
+    health 200 (attack run 62). The code knows the migration it needs (the last one bundled with it); ``--check``
+    (the deploy's step before new code goes live) fails while the database lacks it, and applies nothing."""
+    monkeypatch.setenv("DATABASE_URL", postgres.url.rsplit("/", 1)[0] + f"/{fresh_db.params.database}")
+    monkeypatch.setattr("lockwise.core.log.configure", lambda *_a, **_k: None)  # leave the test run's logging be
+    everything = migrate.load()
+    assert migrate.needed_version() == everything[-1].version
+    con = fresh_db.connect()
+    try:
+        assert migrate.applied_version(con) == 0  # never migrated: no table yet
+        assert migrate.main(["--check"]) == 3
+        assert "schema_migrations" not in tables(con)  # --check applied nothing
+        migrate.apply(con, everything[:-1])
+        with pytest.raises(errors.Unavailable) as behind:
+            migrate.require_current(con)
+        assert behind.value.code == "schema_behind" and f"{everything[-2].version:04d}" in behind.value.message
+        assert migrate.main(["--check"]) == 3
+        assert migrate.main([]) == 0
+        assert migrate.main(["--check"]) == 0
+        assert migrate.require_current(con) == everything[-1].version
+        assert con.run("SHOW client_connection_check_interval") == [["0"]]  # the request path's: not the job's
+        job = migrate.job_connection(postgres.url.rsplit("/", 1)[0] + f"/{fresh_db.params.database}")
+        try:
+            assert job.run("SHOW client_connection_check_interval") == [[f"{migrate.CLIENT_CHECK_S}s"]]
+        finally:
+            job.close()
+    finally:
+        con.close()
+
+
+def test_a_relay_started_ahead_of_its_migration_waits_for_it_saying_so(fresh_db: Database) -> None:
+    """A relay deployed before the migration job failed every delivery round on a table it lacked, its health 200
+    (attack run 62). Its start waits for the database to have every migration bundled with it, its health saying
+    ``schema_behind`` meanwhile, and goes on once the job has run."""
+    from mqtt_relay.__main__ import current_schema, when_reachable
+
+    con = fresh_db.connect()
+    stop, waiting, found = threading.Event(), dict[str, str](), list[int | None]()
+    try:
+        migrate.apply(con, migrate.load()[:-1])
+        start = threading.Thread(
+            target=lambda: found.append(when_reachable(stop, lambda: current_schema(fresh_db), "start", waiting))
+        )
+        start.start()
+        try:
+            wait_for(lambda: waiting.get("error") == "schema_behind", what="the relay to say what it waits for")
+            time.sleep(0.6)
+            assert start.is_alive() and found == []
+            migrate.apply(con)
+            start.join(timeout=15)
+            assert not start.is_alive() and found == [migrate.needed_version()] and waiting == {}
+        finally:
+            stop.set()
+            start.join(timeout=15)
+    finally:
         con.close()
 
 
@@ -126,7 +219,7 @@ def test_the_migration_job_lets_a_long_statement_run(
     monkeypatch.setattr(migrate, "apply", record)
     monkeypatch.setattr(migrate, "CONNECT_TIMEOUT_S", 0.3)
     monkeypatch.setattr("lockwise.core.log.configure", lambda *_a, **_k: None)  # leave the test run's logging be
-    assert migrate.main() == 0
+    assert migrate.main([]) == 0
     assert seen == [[["10min"]]]
 
 

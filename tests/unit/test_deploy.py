@@ -113,6 +113,30 @@ def test_migrations_run_before_new_code_goes_live() -> None:
     assert any(c[1:] and c[1] == "deploy" and "firestore:rules,firestore:indexes,hosting" in c for c in cmds)
 
 
+@pytest.mark.parametrize("component", ["functions", "relay", "all"])
+def test_new_code_goes_live_only_on_a_database_with_every_migration_of_its_build(component: str) -> None:
+    """A relay deployed before the migration job failed every delivery round on a table it lacked (attack run 62).
+    The functions and the relay are each deployed after the job, on this build's image (a job keeps the image it
+    was deployed with), checked the database has every migration bundled with it (``--check``, which fails the
+    step); the job is deployed once a plan, and runs longer than its longest statement."""
+    from lockwise.core import migrate
+
+    cmds = dry_run(component)
+    flat = [" ".join(c) for c in cmds]
+    job_deploys = [i for i, c in enumerate(flat) if c.startswith("gcloud run jobs deploy lockwise-migrate")]
+    assert len(job_deploys) == 1 and "--image=europe-west1-docker.pkg.dev/" in flat[job_deploys[0]]
+    code_deploys = [i for i, c in enumerate(flat) if c.startswith("gcloud run deploy")]
+    assert code_deploys
+    checks = [i for i, c in enumerate(flat) if "jobs execute lockwise-migrate" in c and "--args=--check" in c]
+    for deployed in code_deploys:
+        assert any(job_deploys[0] < check < deployed for check in checks), flat[deployed]
+    timeout = next(c for c in cmds[job_deploys[0]] if c.startswith("--task-timeout="))
+    lock_waits = migrate.LOCK_TRIES * migrate.LOCK_TIMEOUT_S + migrate.LOCK_RETRY_PAUSE_S * 2**migrate.LOCK_TRIES
+    assert (
+        int(timeout.removeprefix("--task-timeout=").removesuffix("s")) >= 3 * migrate.STATEMENT_TIMEOUT_S + lock_waits
+    )
+
+
 def test_least_privilege_and_no_secret_values(monkeypatch: pytest.MonkeyPatch) -> None:
     cmds = dry_run("accounts")
     roles = {

@@ -3,18 +3,28 @@
 Applied versions are recorded in ``schema_migrations`` with a checksum; an applied file that later changes is an
 error (write a new migration instead). A session advisory lock makes concurrent runs safe.
 
-Run: ``python -m lockwise.core.migrate`` (uses ``DATABASE_URL``).
+Run: ``python -m lockwise.core.migrate`` (uses ``DATABASE_URL``); ``--check`` applies nothing and fails (exit 3) while
+the database is behind the migrations bundled here: the deploy runs it before it replaces the functions and the relay.
+
+Code needs the schema of the migrations bundled with it (``needed_version``): the functions' health reports and the
+relay's start check the database has them (``require_current``), so that code deployed ahead of its migration says
+so (503 ``schema_behind``) instead of failing on a table it lacks (a relay's every delivery round did, its health 200:
+attack run 62).
 """
 
 from __future__ import annotations
 
+import argparse
+import functools
 import hashlib
 import logging
 import re
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from lockwise.core import errors
 from lockwise.core.db import Connection, Database, sqlstate
 
 log = logging.getLogger("lockwise.core.migrate")
@@ -26,16 +36,28 @@ _ADVISORY_KEY = 0x10C4_3153  # arbitrary, stable: "lockwise migrations"
 #: after ``db.STATEMENT_TIMEOUT_S``), and a second run waits this long for the first to finish ...
 STATEMENT_TIMEOUT_S = 600.0
 #: ... but a migration waiting for a table's lock queues every request that touches the table behind it: it gives
-#: up after this long (55P03), nothing applied, and the job is run again
-LOCK_TIMEOUT_S = 5.0
+#: up after this long (55P03), nothing of it applied, well before the requests' own ``db.STATEMENT_TIMEOUT_S`` (it
+#: was 5 s: every request queued behind it was stopped at 4 s, a 503, and the job failed as well: attack run 62) ...
+LOCK_TIMEOUT_S = 1.0
+#: ... and is tried again (each migration is all or nothing), up to this many times in all, after a pause doubling
+#: from ``LOCK_RETRY_PAUSE_S`` (a voice decision holds a lock's rows through its model pass; a relay round, seconds)
+LOCK_TRIES = 6
+LOCK_RETRY_PAUSE_S = 1.0
 LOCK_NOT_AVAILABLE = "55P03"
 #: reaching the server and its startup answer: a job pointed at an unreachable host (a wrong address, a private IP
 #: not routed yet) fails in seconds, not after a statement's 10 minutes
 CONNECT_TIMEOUT_S = 10.0
 
 
+UNDEFINED_TABLE = "42P01"
+
+
 class MigrationError(RuntimeError):
     """The database's recorded migrations disagree with the files."""
+
+
+#: ``require_current``'s 503: the database lacks a migration this code was bundled with (the job has not run)
+SCHEMA_BEHIND = "schema_behind"
 
 
 @dataclass(frozen=True)
@@ -62,6 +84,38 @@ def load(directory: Path = MIGRATIONS_DIR) -> list[Migration]:
     return found
 
 
+@functools.cache
+def needed_version(directory: Path = MIGRATIONS_DIR) -> int:
+    """The last migration bundled with this code (read from the files' names once): the schema it is written for."""
+    versions = [int(m.group(1)) for p in directory.glob("*.sql") if (m := _NAME_RE.fullmatch(p.name))]
+    return max(versions, default=0)
+
+
+def applied_version(con: Connection) -> int:
+    """The last migration the database has (0 for one never migrated)."""
+    try:
+        rows = con.run("SELECT coalesce(max(version), 0) FROM schema_migrations")
+    except Exception as exc:
+        if sqlstate(exc) == UNDEFINED_TABLE:
+            return 0
+        raise
+    return int(rows[0][0])
+
+
+def require_current(con: Connection) -> int:
+    """The database's last migration when it has every one ``needed_version`` names; 503 ``SCHEMA_BEHIND`` otherwise.
+    A database ahead passes: the previous release runs on the next one's schema while a deploy rolls (migrations only
+    add, ``docs/ARCHITECTURE.md``)."""
+    applied, needed = applied_version(con), needed_version()
+    if applied < needed:
+        raise errors.Unavailable(
+            f"the database is at migration {applied:04d} and this code needs {needed:04d}: run the migration job",
+            code=SCHEMA_BEHIND,
+            retry_after_s=30,
+        )
+    return applied
+
+
 def apply(con: Connection, migrations: list[Migration] | None = None) -> list[Migration]:
     """Apply what is missing; return the migrations applied now (empty when up to date)."""
     migrations = load() if migrations is None else migrations
@@ -81,25 +135,7 @@ def apply(con: Connection, migrations: list[Migration] | None = None) -> list[Mi
                         f"migration {migration.version:04d}_{migration.name} was changed after it was applied"
                     )
                 continue
-            con.run("START TRANSACTION")
-            try:
-                con.run(f"SET LOCAL lock_timeout = '{round(LOCK_TIMEOUT_S * 1000)}ms'")
-                con.run(migration.sql)
-                con.run(
-                    "INSERT INTO schema_migrations (version, name, checksum) VALUES (:v, :n, :c)",
-                    v=migration.version,
-                    n=migration.name,
-                    c=migration.checksum,
-                )
-                con.run("COMMIT")
-            except BaseException as exc:
-                con.run("ROLLBACK")
-                if sqlstate(exc) == LOCK_NOT_AVAILABLE:
-                    raise MigrationError(
-                        f"migration {migration.version:04d}_{migration.name} waited over {LOCK_TIMEOUT_S:g} s for a"
-                        " lock another session holds (a long transaction?); nothing applied: run the job again"
-                    ) from exc
-                raise
+            _apply_one(con, migration)
             log.info("applied migration %04d_%s", migration.version, migration.name)
             applied.append(migration)
         return applied
@@ -107,29 +143,95 @@ def apply(con: Connection, migrations: list[Migration] | None = None) -> list[Mi
         con.run("SELECT pg_advisory_unlock(:k)", k=_ADVISORY_KEY)
 
 
+def _apply_one(con: Connection, migration: Migration) -> None:
+    """``migration`` and its record, in one transaction; tried again while it gives up waiting for a lock."""
+    pause = LOCK_RETRY_PAUSE_S
+    for attempt in range(1, LOCK_TRIES + 1):
+        con.run("START TRANSACTION")
+        try:
+            con.run(f"SET LOCAL lock_timeout = '{round(LOCK_TIMEOUT_S * 1000)}ms'")
+            con.run(migration.sql)
+            con.run(
+                "INSERT INTO schema_migrations (version, name, checksum) VALUES (:v, :n, :c)",
+                v=migration.version,
+                n=migration.name,
+                c=migration.checksum,
+            )
+            con.run("COMMIT")
+            return
+        except BaseException as exc:
+            con.run("ROLLBACK")
+            if sqlstate(exc) != LOCK_NOT_AVAILABLE:
+                raise
+            if attempt == LOCK_TRIES:
+                raise MigrationError(
+                    f"migration {migration.version:04d}_{migration.name} waited over {LOCK_TIMEOUT_S:g} s for a lock"
+                    f" another session holds, {LOCK_TRIES} times (a long transaction?); nothing applied: run the job"
+                    " again"
+                ) from exc
+            log.warning(
+                "migration %04d_%s waited over %g s for a lock; trying again in %g s",
+                migration.version,
+                migration.name,
+                LOCK_TIMEOUT_S,
+                pause,
+            )
+        time.sleep(pause)
+        pause *= 2
+
+
+#: how often the server checks, while it runs a statement, that the job is still there: a job stopped by the
+#: platform's task timeout left its statement running, an index build holding its table's lock and the migrations'
+#: advisory lock with it, until the server next wrote to the gone client (attack run 62); PostgreSQL 14 and later
+CLIENT_CHECK_S = 10
+UNRECOGNIZED_PARAMETER = "42704"
+
+
 def job_connection(database_url: str) -> Connection:
     """A connection with the migration job's limits (``STATEMENT_TIMEOUT_S``; the request path's 4 s would stop a
     long migration, and a lock wait past ``LOCK_TIMEOUT_S`` with the server's own error, not ``MigrationError``),
-    reached within ``CONNECT_TIMEOUT_S`` (``errors.Unavailable`` past it)."""
+    reached within ``CONNECT_TIMEOUT_S`` (``errors.Unavailable`` past it), its statements stopped once the job is
+    gone (``CLIENT_CHECK_S``)."""
     job = Database(
         database_url,
         connect_timeout_s=CONNECT_TIMEOUT_S,
         read_timeout_s=STATEMENT_TIMEOUT_S + 30,  # the server stops a statement first, with its own error
         statement_timeout_s=STATEMENT_TIMEOUT_S,
     )
-    return job.connect()
+    con = job.connect()
+    try:
+        con.run(f"SET client_connection_check_interval = '{CLIENT_CHECK_S}s'")
+    except Exception as exc:
+        if sqlstate(exc) != UNRECOGNIZED_PARAMETER:  # a server before 14: it finds out when it next writes
+            con.close()
+            raise
+    return con
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     """Apply every migration not applied yet (the deploy's migration job: no arguments; the database from
-    ``DATABASE_URL``)."""
+    ``DATABASE_URL``); with ``--check``, apply nothing and answer 3 while the database lacks one (``SCHEMA_BEHIND``),
+    0 once it has them all."""
     from lockwise.core import log as lwlog
     from lockwise.core.config import DatabaseSettings
 
+    parser = argparse.ArgumentParser(prog="python -m lockwise.core.migrate")
+    parser.add_argument("--check", action="store_true", help="apply nothing: fail while a migration is missing")
+    args = parser.parse_args(argv)
     settings = DatabaseSettings.from_env()
     lwlog.configure("migrate", settings.log_level)
     con = job_connection(settings.database_url)
     try:
+        if args.check:
+            try:
+                at = require_current(con)
+            except errors.Unavailable as exc:
+                if exc.code != SCHEMA_BEHIND:
+                    raise
+                log.error("%s", exc.message)
+                return 3
+            log.info("the database has every migration", extra={"fields": {"version": at}})
+            return 0
         applied = apply(con)
     finally:
         con.close()

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from functools import cached_property, lru_cache
 from typing import TYPE_CHECKING, Any
 
-from lockwise.core import firestore, health, log, users
+from lockwise.core import firestore, health, log, migrate, users
 from lockwise.core.auth import User
 from lockwise.core.config import Settings, get_settings
 from lockwise.core.db import Database
@@ -134,7 +134,13 @@ class Runtime:
 
     def probes(self) -> dict[str, Callable[[], Any]]:
         """The dependency checks every function's health endpoint runs."""
-        return {"database": self.db.ping, "firestore": self.ping_firestore}
+        return {"database": self.check_database, "firestore": self.ping_firestore}
+
+    def check_database(self) -> dict[str, Any]:
+        """The database answers, and has the migrations this code was bundled with (503 ``schema_behind``: the
+        instance was deployed ahead of the migration job, and fails on what it lacks)."""
+        with self.db.connection() as con:
+            return {"migration": migrate.require_current(con)}
 
     def _after_fork(self) -> None:
         threading.Thread(target=self.db.open_one, name="database-connect", daemon=True).start()
