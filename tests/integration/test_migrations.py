@@ -143,6 +143,72 @@ def test_a_migration_that_met_a_busy_table_is_applied_once_the_table_is_free(
         con.close()
 
 
+def test_an_index_is_built_without_holding_its_tables_writes_and_built_again_after_a_failed_build(
+    fresh_db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every migration ran inside one transaction, so an index was built holding its table's writes for the whole
+    build (0063's on ``commands``: unlocks, the relay's rounds, acks; attack run 62). A migration marked
+    ``CONCURRENT_MARKER`` builds its one index ``CONCURRENTLY``, outside a transaction: a write to the table goes on
+    while it waits and builds. A build that failed leaves its index invalid, which ``IF NOT EXISTS`` would have
+    passed over for good: it is dropped and built again when the job runs again, and only then recorded."""
+    monkeypatch.setattr(migrate, "LOCK_RETRY_PAUSE_S", 0.05)
+    con, writer, holder = fresh_db.connect(), fresh_db.connect(), fresh_db.connect()
+    try:
+        scratch = migrate.Migration(
+            9990, "scratch", "CREATE TABLE scratch (v int); INSERT INTO scratch VALUES (1), (1);"
+        )
+        unique = migrate.Migration(
+            9991,
+            "scratch_v",
+            f"{migrate.CONCURRENT_MARKER}\n-- one value a row\nCREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS scratch_v"
+            " ON scratch (v);\n",
+        )
+        assert unique.concurrent_index == ("create", "scratch_v")
+        with pytest.raises(DatabaseError) as duplicate:
+            migrate.apply(con, [*migrate.load(), scratch, unique])
+        assert sqlstate(duplicate.value) == UNIQUE_VIOLATION
+        assert con.run("SELECT indisvalid FROM pg_index WHERE indexrelid = to_regclass('scratch_v')") == [[False]]
+        assert con.run("SELECT max(version) FROM schema_migrations") == [[9990]]
+        con.run("DELETE FROM scratch WHERE ctid = (SELECT max(ctid) FROM scratch)")
+        holder.run("START TRANSACTION")
+        holder.run("INSERT INTO scratch VALUES (2)")  # a transaction the build waits for
+        build = threading.Thread(target=lambda: migrate.apply(con, [*migrate.load(), scratch, unique]))
+        build.start()
+        time.sleep(0.3)
+        started = time.monotonic()
+        writer.run("INSERT INTO scratch VALUES (3)")  # not held behind the build
+        assert time.monotonic() - started < 0.25
+        holder.run("COMMIT")
+        build.join(timeout=30)
+        assert not build.is_alive()
+        assert con.run("SELECT indisvalid FROM pg_index WHERE indexrelid = to_regclass('scratch_v')") == [[True]]
+        assert con.run("SELECT max(version) FROM schema_migrations") == [[9991]]
+        with pytest.raises(DatabaseError):
+            writer.run("INSERT INTO scratch VALUES (3)")  # the index it built holds
+    finally:
+        for c in (holder, writer, con):
+            c.close()
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "CREATE INDEX CONCURRENTLY IF NOT EXISTS a ON t (v); CREATE INDEX CONCURRENTLY IF NOT EXISTS b ON t (w);",
+        "CREATE INDEX CONCURRENTLY a ON t (v);",  # not IF NOT EXISTS: a build run again fails
+        "ALTER TABLE t ADD w int;",
+        "CREATE INDEX IF NOT EXISTS a ON t (v);",  # not concurrently
+    ],
+)
+def test_a_migration_marked_concurrent_that_is_not_one_such_statement_is_refused(sql: str) -> None:
+    marked = migrate.Migration(9992, "marked", f"{migrate.CONCURRENT_MARKER}\n{sql}\n")
+    with pytest.raises(migrate.MigrationError, match="is marked"):
+        _ = marked.concurrent_index
+    assert migrate.Migration(9992, "plain", sql).concurrent_index is None
+    assert migrate.Migration(
+        9993, "drop", f"{migrate.CONCURRENT_MARKER}\nDROP INDEX CONCURRENTLY IF EXISTS a;"
+    ).concurrent_index == ("drop", "a")
+
+
 def test_the_job_says_whether_the_database_has_every_migration_of_this_code(
     fresh_db: Database, postgres: Postgres, monkeypatch: pytest.MonkeyPatch
 ) -> None:

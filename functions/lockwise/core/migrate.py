@@ -60,6 +60,19 @@ class MigrationError(RuntimeError):
 SCHEMA_BEHIND = "schema_behind"
 
 
+#: the first line of a migration that builds or drops one index without holding its table's writes
+#: (``CONCURRENTLY``, which no transaction may hold): an index built inside the migration's transaction blocked
+#: every write to its table for the whole build (0063's on ``commands``: unlocks, the relay's rounds, acks; attack run
+#: 62). Such a file holds one statement, ``CREATE [UNIQUE] INDEX CONCURRENTLY IF NOT EXISTS name ...`` or ``DROP
+#: INDEX CONCURRENTLY IF EXISTS name``, and never sits in a file with an ``ALTER TABLE`` of that table.
+CONCURRENT_MARKER = "-- lockwise: concurrent-index"
+_CONCURRENT_RE = re.compile(
+    r"(?:CREATE\s+(?:UNIQUE\s+)?INDEX\s+CONCURRENTLY\s+IF\s+NOT\s+EXISTS|DROP\s+INDEX\s+CONCURRENTLY\s+IF\s+EXISTS)"
+    r"\s+([a-z_][a-z0-9_]*)\b[^;]*;?\s*",
+    re.IGNORECASE,
+)
+
+
 @dataclass(frozen=True)
 class Migration:
     version: int
@@ -70,6 +83,22 @@ class Migration:
     def checksum(self) -> str:
         return hashlib.sha256(self.sql.encode()).hexdigest()
 
+    @property
+    def concurrent_index(self) -> tuple[str, str] | None:
+        """What a concurrent-index migration (``CONCURRENT_MARKER``) does, ``create`` or ``drop``, and to which
+        index; None for any other migration."""
+        first, _, rest = self.sql.partition("\n")
+        if first.strip() != CONCURRENT_MARKER:
+            return None
+        statement = "\n".join(line for line in rest.splitlines() if not line.lstrip().startswith("--")).strip()
+        match = _CONCURRENT_RE.fullmatch(statement)
+        if match is None:
+            raise MigrationError(
+                f"migration {self.version:04d}_{self.name} is marked {CONCURRENT_MARKER!r} but is not one CREATE INDEX"
+                " CONCURRENTLY IF NOT EXISTS or DROP INDEX CONCURRENTLY IF EXISTS statement"
+            )
+        return ("create" if statement[:6].upper() == "CREATE" else "drop"), match.group(1).lower()
+
 
 def load(directory: Path = MIGRATIONS_DIR) -> list[Migration]:
     found: list[Migration] = []
@@ -77,7 +106,9 @@ def load(directory: Path = MIGRATIONS_DIR) -> list[Migration]:
         match = _NAME_RE.fullmatch(path.name)
         if not match:
             raise MigrationError(f"migration file name {path.name!r} is not NNNN_lower_snake.sql")
-        found.append(Migration(int(match.group(1)), match.group(2), path.read_text()))
+        migration = Migration(int(match.group(1)), match.group(2), path.read_text())
+        migration.concurrent_index  # noqa: B018 - a marked file that is not one such statement: refused before any runs
+        found.append(migration)
     versions = [m.version for m in found]
     if len(set(versions)) != len(versions):
         raise MigrationError("two migration files share a version number")
@@ -144,23 +175,26 @@ def apply(con: Connection, migrations: list[Migration] | None = None) -> list[Mi
 
 
 def _apply_one(con: Connection, migration: Migration) -> None:
-    """``migration`` and its record, in one transaction; tried again while it gives up waiting for a lock."""
+    """``migration`` and its record, in one transaction (a concurrent-index one: ``_apply_concurrently``); tried
+    again while it gives up waiting for a lock."""
     pause = LOCK_RETRY_PAUSE_S
     for attempt in range(1, LOCK_TRIES + 1):
-        con.run("START TRANSACTION")
         try:
-            con.run(f"SET LOCAL lock_timeout = '{round(LOCK_TIMEOUT_S * 1000)}ms'")
-            con.run(migration.sql)
-            con.run(
-                "INSERT INTO schema_migrations (version, name, checksum) VALUES (:v, :n, :c)",
-                v=migration.version,
-                n=migration.name,
-                c=migration.checksum,
-            )
-            con.run("COMMIT")
-            return
-        except BaseException as exc:
-            con.run("ROLLBACK")
+            concurrent = migration.concurrent_index
+            if concurrent is not None:
+                _apply_concurrently(con, migration, *concurrent)
+                return
+            con.run("START TRANSACTION")
+            try:
+                con.run(f"SET LOCAL lock_timeout = '{round(LOCK_TIMEOUT_S * 1000)}ms'")
+                con.run(migration.sql)
+                _record(con, migration)
+                con.run("COMMIT")
+                return
+            except BaseException:
+                con.run("ROLLBACK")
+                raise
+        except Exception as exc:
             if sqlstate(exc) != LOCK_NOT_AVAILABLE:
                 raise
             if attempt == LOCK_TRIES:
@@ -185,6 +219,32 @@ def _apply_one(con: Connection, migration: Migration) -> None:
 #: advisory lock with it, until the server next wrote to the gone client (attack run 62); PostgreSQL 14 and later
 CLIENT_CHECK_S = 10
 UNRECOGNIZED_PARAMETER = "42704"
+
+
+def _record(con: Connection, migration: Migration) -> None:
+    con.run(
+        "INSERT INTO schema_migrations (version, name, checksum) VALUES (:v, :n, :c)",
+        v=migration.version,
+        n=migration.name,
+        c=migration.checksum,
+    )
+
+
+def _apply_concurrently(con: Connection, migration: Migration, does: str, index: str) -> None:
+    """A concurrent-index migration, outside any transaction, then its record. A build that failed or was stopped
+    (a duplicate under a unique index, the job's end, a lock wait) leaves its index behind, invalid: never used, but
+    written with its table, and ``IF NOT EXISTS`` would pass over it for good; it is dropped first, and built again.
+    A build that ended before its record is found built (``IF NOT EXISTS``) and recorded."""
+    con.run(f"SET lock_timeout = '{round(LOCK_TIMEOUT_S * 1000)}ms'")
+    try:
+        invalid = con.run("SELECT NOT indisvalid FROM pg_index WHERE indexrelid = to_regclass(:n)", n=index)
+        if does == "create" and invalid and invalid[0][0]:
+            log.warning("dropping index %s, left invalid by a build that did not finish", index)
+            con.run(f'DROP INDEX CONCURRENTLY IF EXISTS "{index}"')
+        con.run(migration.sql)
+    finally:
+        con.run("RESET lock_timeout")
+    _record(con, migration)
 
 
 def job_connection(database_url: str) -> Connection:
