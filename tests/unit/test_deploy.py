@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import re
 import shlex
 import subprocess
 import sys
@@ -309,6 +310,17 @@ def test_the_broker_knows_nothing_per_lock_and_every_relay_slot(tmp_path: Path) 
     ]
     emqx = (tmp_path / "emqx.conf").read_text()
     assert "peer_cert_as_username = cn" in emqx and "fail_if_no_peer_cert = true" in emqx
+    # EMQX takes the TLS 1.2 suites Mosquitto does, not its defaults (CBC, RSA key exchange)
+    mosquitto_suites = next(line for line in conf.splitlines() if line.startswith("ciphers ")).split()[1].split(":")
+    emqx_suites = re.findall(
+        r'"([A-Z0-9_-]+)"', emqx[emqx.index("ciphers = [") : emqx.index("]", emqx.index("ciphers"))]
+    )
+    assert [s for s in emqx_suites if not s.startswith("TLS_")] == mosquitto_suites
+    assert {s for s in emqx_suites if s.startswith("TLS_")} == {
+        "TLS_AES_256_GCM_SHA384",
+        "TLS_AES_128_GCM_SHA256",
+        "TLS_CHACHA20_POLY1305_SHA256",
+    }
     emqx_acl = (tmp_path / "emqx_acl.conf").read_text()
     assert '{allow, all, subscribe, ["lockwise/${username}/cmd"]}.' in emqx_acl
     assert "lockwise/${username}/#" not in emqx_acl
