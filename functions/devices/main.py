@@ -375,7 +375,7 @@ def create_command(ctx: Ctx, lock_id: str) -> Result:
     key = idempotency.from_request(ctx.request.headers.get("Idempotency-Key"), body.get("idempotency_key"))
     audited_action = f"command.{body['action']}" if body.get("action") in commands.ACTIONS else "command.invalid"
     with with_denials_audited(user.uid, lock_id, audited_action), rt.db.transaction() as con:
-        membership = members.require(con, lock_id, user.uid, rt.now(), operate=True)
+        members.require(con, lock_id, user.uid, rt.now(), operate=True)
         issued = commands.from_app(
             con,
             lock_id=lock_id,
@@ -385,7 +385,6 @@ def create_command(ctx: Ctx, lock_id: str) -> Result:
             ttl_s=rt.settings.command_ttl_s,
             idempotency_key=key,
             budget=commands.AppBudget(rt.settings.app_commands_per_minute, rt.settings.app_commands_per_account_minute),
-            membership=membership,
         )
     rt.flush_mirror()
     return {"command": issued.command}, 202 if issued.created else 200

@@ -855,3 +855,39 @@ def test_a_lock_deleted_during_a_round_leaves_the_other_locks_counts_as_they_are
             )
         )
     assert status(relay_db, mine)[0] == "sent" and counts == {world.lock_id: 1}
+
+
+WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+
+
+@pytest.mark.parametrize("narrowing", ["weekdays", "valid_until", "demoted"])
+def test_an_unlock_in_flight_as_the_owner_narrows_the_issuers_access_is_not_delivered(
+    world: World, relay_db: Database, narrowing: str
+) -> None:
+    """Attack run 61: a guest's unlock read her membership, then waited for her own account row (another of her
+    requests held it: the wait attack run 42 found) while the owner narrowed her window (or ended it, or demoted a
+    member to a guest of another day) on another instance. The narrowing withdrew her unsent commands before the
+    unlock's existed, and the unlock was then made on the membership read before it, and delivered (12 of 148 natural
+    races on two instances). Her membership is read again, held, once her row is: refused, 403."""
+    role = "member" if narrowing == "demoted" else "guest_in"
+    issuer = world.uid(role)
+    another_day = [WEEKDAYS[(dt.datetime.now(dt.UTC).weekday() + 3) % 7]]  # far from today in every time zone
+    access = {
+        "weekdays": {"role": "guest", "access": {"weekdays": another_day}},
+        "valid_until": {"role": "guest", "access": {"valid_until": dt.datetime.now(dt.UTC).isoformat()}},
+        "demoted": {"role": "guest", "access": {"weekdays": another_day}},
+    }[narrowing]
+    with ThreadPoolExecutor(1) as pool:
+        with relay_db.transaction() as con:  # another of her requests holds her account row a moment
+            con.run("SELECT 1 FROM users WHERE uid = :u FOR NO KEY UPDATE", u=issuer)
+            made = pool.submit(send, world, role)
+            time.sleep(0.5)  # her unlock has read her membership and waits for her row
+            narrowed = world.devices.patch(
+                f"/devices/locks/{world.lock_id}/members/{issuer}", json=access, headers=world.headers("owner")
+            )
+            assert narrowed.status_code == 200, narrowed.get_json()
+            fresh = send(world, role)  # a tap made now is refused at once
+            assert fresh.status_code == 403, fresh.get_json()
+        answer = made.result(30)
+    assert (answer.status_code, answer.get_json()["error"]["code"]) == (403, "outside_access_window"), answer.get_json()
+    assert deliver(relay_db, world) == []

@@ -123,7 +123,6 @@ def test_deleting_a_lock_waits_for_a_request_that_has_checked_its_member(world: 
                     budget=commands.AppBudget(
                         settings.app_commands_per_minute, settings.app_commands_per_account_minute
                     ),
-                    membership=actor,
                 )
             elif what == "invitation":
                 invitations.invite(
@@ -432,7 +431,7 @@ def test_an_idempotent_retry_of_the_minutes_last_command_made_meanwhile_is_answe
     rt, owner = get_runtime("devices"), world.uid("owner")
 
     def make(con: Any) -> commands.Issued:
-        membership = members.require(con, world.lock_id, owner, rt.now(), operate=True)
+        members.require(con, world.lock_id, owner, rt.now(), operate=True)
         return commands.from_app(
             con,
             lock_id=world.lock_id,
@@ -442,7 +441,6 @@ def test_an_idempotent_retry_of_the_minutes_last_command_made_meanwhile_is_answe
             ttl_s=60,
             idempotency_key="tap-1",
             budget=commands.AppBudget(1, 1),
-            membership=membership,
         )
 
     def retry() -> commands.Issued:

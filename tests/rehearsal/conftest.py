@@ -106,8 +106,9 @@ class Rehearsal:
         env.update({name: self.stand_ins[name] for name in STAND_INS[kind]})
         return env
 
-    def run_job(self, spec: JobSpec) -> subprocess.CompletedProcess[str]:
-        argv = command(spec, self.place)
+    def run_job(self, spec: JobSpec, *args: str) -> subprocess.CompletedProcess[str]:
+        """The job run as deployed, with ``args`` as ``gcloud run jobs execute --args`` gives them."""
+        argv = [*command(spec, self.place), *args]
         argv[0] = str(self.pythons[spec.bundle])
         return subprocess.run(
             argv, cwd=self.bundles[spec.bundle], env=self.env_of(spec, "job"), capture_output=True, text=True,

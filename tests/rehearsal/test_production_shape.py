@@ -38,9 +38,14 @@ LOCK_RATE = 44100  # what the lock records: mono PCM16 at 44.1 kHz
 
 @pytest.fixture(scope="module")
 def deployed(rehearsal: Rehearsal) -> Iterator[Rehearsal]:
-    """Migrate first (as deploy does), then start every service, the account sync and two relay replicas."""
+    """Migrate first (as deploy does: the job's check fails before it, passes after), then start every service, the
+    account sync and two relay replicas."""
+    behind = rehearsal.run_job(MIGRATE, "--check")
+    assert behind.returncode == 3 and "run the migration job" in behind.stderr + behind.stdout, behind
     migrated = rehearsal.run_job(MIGRATE)
     assert migrated.returncode == 0, migrated.stderr
+    checked = rehearsal.run_job(MIGRATE, "--check")
+    assert checked.returncode == 0, checked.stderr
     rehearsal.start_function(SPEC["lockwise-devices-relay"])
     from dataclasses import replace
 

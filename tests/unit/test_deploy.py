@@ -138,6 +138,29 @@ def test_new_code_goes_live_only_on_a_database_with_every_migration_of_its_build
     )
 
 
+def test_the_jobs_check_runs_the_migration_tool_as_the_image_runs_it() -> None:
+    """The check ran the job with ``--args=--check``, which replaces the image's CMD: the image named the tool in
+    CMD, so the container ran ``--check`` as a program and every functions and relay deploy failed at it (attack
+    run 63). The tool is the image's ENTRYPOINT; what each execution runs is what the rehearsal runs."""
+    from infra.deploy_config import MIGRATE
+
+    dockerfile = (REPO / "infra" / "bundles" / "migrate" / "Dockerfile").read_text()
+
+    def instruction(name: str) -> list[str]:
+        line = next(line for line in dockerfile.splitlines() if line.startswith(f"{name} "))
+        value: list[str] = json.loads(line.removeprefix(f"{name} "))
+        return value
+
+    entrypoint, cmd = instruction("ENTRYPOINT"), instruction("CMD")
+    assert entrypoint + cmd == list(MIGRATE.argv)
+    runs = []
+    for c in dry_run("all"):
+        if c[:5] == ["gcloud", "run", "jobs", "execute", "lockwise-migrate"]:
+            given = [a.removeprefix("--args=").split(",") for a in c if a.startswith("--args=")]
+            runs.append(entrypoint + (given[0] if given else cmd))
+    assert runs == [list(MIGRATE.argv), [*MIGRATE.argv, "--check"], [*MIGRATE.argv, "--check"]]  # functions, relay
+
+
 def test_least_privilege_and_no_secret_values(monkeypatch: pytest.MonkeyPatch) -> None:
     cmds = dry_run("accounts")
     roles = {

@@ -17,7 +17,7 @@ from typing import Any, Literal
 from lockwise.core import audit, errors, inputs, mirror, users
 from lockwise.core.auth import User
 from lockwise.core.db import Connection, rows_as_dicts
-from lockwise.devices import command_outcomes, command_signing
+from lockwise.devices import command_outcomes, command_signing, members
 from lockwise.devices.members import Membership
 
 ACTIONS = ("lock", "unlock", "open")
@@ -104,14 +104,17 @@ def from_app(
     ttl_s: int,
     idempotency_key: str | None,
     budget: AppBudget,
-    membership: Membership,
 ) -> Issued:
-    """A command the member ``issuer`` (their ``membership``, its right to operate the lock already checked) sent
-    from the app: the action must be one this lock supports and the lock must hold a live credential (paired), else
+    """A command the member ``issuer`` (their right to operate the lock already checked once: ``members.require``)
+    sent from the app: the action must be one this lock supports and the lock must hold a live credential (paired), else
     400 / 409. Their requests are taken one at a time (``users.hold_caller``: a revoked session is refused), before
     the retry's lookup (a retry meets its first request's command). Their window is judged again once their row is
     held, with the clock the command is made by (``lifetime``): judged when the request came, a wait for that row
-    let a command made after a guest's window ended go out (attack run 42)."""
+    let a command made after a guest's window ended go out (attack run 42). And on their membership as it stands
+    then, kept from changing until the command is made (``FOR SHARE``): judged on the one read before the wait, an
+    unlock tapped as the owner narrowed the guest's window (or demoted, or ended, her access) on another instance was
+    made after the narrowing had withdrawn her unsent commands, and delivered (attack run 61: 12 of 148 races). Rows
+    in the order every path takes: the lock's, the account's, the membership's."""
     rows = con.run(
         "SELECT supports_open, (SELECT c.id::text FROM lock_credentials c"
         " WHERE c.lock_id = l.id AND c.revoked_at IS NULL) FROM locks l WHERE l.id = CAST(:l AS uuid)",
@@ -123,7 +126,10 @@ def from_app(
         raise errors.Conflict("the lock has not been provisioned yet", code="lock_not_provisioned")
     users.hold_caller(con, issuer)
     at = dt.datetime.now(dt.UTC)
-    expires = lifetime(membership, at, ttl_s)
+    standing = members.get(con, lock_id, issuer.uid, for_share=True)
+    if standing is None or not standing.active(at):
+        raise errors.NotFound("lock not found", code="lock_not_found")
+    expires = lifetime(standing, at, ttl_s)
     if expires is None:
         raise errors.Forbidden("outside your access window", code="outside_access_window")
     return create(
