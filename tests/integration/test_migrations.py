@@ -148,10 +148,12 @@ def test_an_index_is_built_without_holding_its_tables_writes_and_built_again_aft
 ) -> None:
     """Every migration ran inside one transaction, so an index was built holding its table's writes for the whole
     build (0063's on ``commands``: unlocks, the relay's rounds, acks; attack run 62). A migration marked
-    ``CONCURRENT_MARKER`` builds its one index ``CONCURRENTLY``, outside a transaction: a write to the table goes on
-    while it waits and builds. A build that failed leaves its index invalid, which ``IF NOT EXISTS`` would have
-    passed over for good: it is dropped and built again when the job runs again, and only then recorded."""
-    monkeypatch.setattr(migrate, "LOCK_RETRY_PAUSE_S", 0.05)
+    ``CONCURRENT_MARKER`` builds its one index ``CONCURRENTLY``, outside a transaction: writes to the table go on
+    while it waits for a transaction longer than the migrations' lock timeout (it gave up at 1 s, six times, each
+    scan lost: attack run 63) and builds. A build that failed left its index invalid, a unique one still refusing
+    duplicates, and ``IF NOT EXISTS`` would have passed over it for good: it is dropped, and the job run again
+    builds it, only then recorded; one left by a job that was itself stopped is dropped before the next build."""
+    monkeypatch.setattr(migrate, "LOCK_TIMEOUT_S", 0.2)
     con, writer, holder = fresh_db.connect(), fresh_db.connect(), fresh_db.connect()
     try:
         scratch = migrate.Migration(
@@ -163,26 +165,35 @@ def test_an_index_is_built_without_holding_its_tables_writes_and_built_again_aft
             f"{migrate.CONCURRENT_MARKER}\n-- one value a row\nCREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS scratch_v"
             " ON scratch (v);\n",
         )
-        assert unique.concurrent_index == ("create", "scratch_v")
+        assert unique.concurrent_index == migrate.ConcurrentIndex(
+            "create", "scratch_v", "CREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS scratch_v ON scratch (v);"
+        )
         with pytest.raises(DatabaseError) as duplicate:
             migrate.apply(con, [*migrate.load(), scratch, unique])
         assert sqlstate(duplicate.value) == UNIQUE_VIOLATION
-        assert con.run("SELECT indisvalid FROM pg_index WHERE indexrelid = to_regclass('scratch_v')") == [[False]]
+        assert con.run("SELECT to_regclass('scratch_v') IS NULL") == [[True]]  # not left behind, refusing
         assert con.run("SELECT max(version) FROM schema_migrations") == [[9990]]
-        con.run("DELETE FROM scratch WHERE ctid = (SELECT max(ctid) FROM scratch)")
+        writer.run("INSERT INTO scratch VALUES (1)")
+        # a build a stopped job left: invalid, and IF NOT EXISTS would pass over it
+        with pytest.raises(DatabaseError):
+            writer.run("CREATE UNIQUE INDEX CONCURRENTLY scratch_v ON scratch (v)")
+        assert con.run("SELECT indisvalid FROM pg_index WHERE indexrelid = to_regclass('scratch_v')") == [[False]]
+        con.run("DELETE FROM scratch WHERE v = 1")
         holder.run("START TRANSACTION")
-        holder.run("INSERT INTO scratch VALUES (2)")  # a transaction the build waits for
+        holder.run("INSERT INTO scratch VALUES (2)")  # a transaction the build waits for, past the lock timeout
         build = threading.Thread(target=lambda: migrate.apply(con, [*migrate.load(), scratch, unique]))
         build.start()
-        time.sleep(0.3)
+        time.sleep(0.5)
         started = time.monotonic()
         writer.run("INSERT INTO scratch VALUES (3)")  # not held behind the build
         assert time.monotonic() - started < 0.25
+        time.sleep(0.5)
         holder.run("COMMIT")
         build.join(timeout=30)
         assert not build.is_alive()
         assert con.run("SELECT indisvalid FROM pg_index WHERE indexrelid = to_regclass('scratch_v')") == [[True]]
         assert con.run("SELECT max(version) FROM schema_migrations") == [[9991]]
+        assert con.run("SHOW lock_timeout") + con.run("SHOW statement_timeout") == [["0"], ["4s"]]  # its own again
         with pytest.raises(DatabaseError):
             writer.run("INSERT INTO scratch VALUES (3)")  # the index it built holds
     finally:
@@ -197,6 +208,8 @@ def test_an_index_is_built_without_holding_its_tables_writes_and_built_again_aft
         "CREATE INDEX CONCURRENTLY a ON t (v);",  # not IF NOT EXISTS: a build run again fails
         "ALTER TABLE t ADD w int;",
         "CREATE INDEX IF NOT EXISTS a ON t (v);",  # not concurrently
+        "DROP INDEX CONCURRENTLY IF EXISTS public.a;",  # a qualified name: the invalid index check reads another
+        "CREATE INDEX CONCURRENTLY IF NOT EXISTS public.a ON t (v);",
     ],
 )
 def test_a_migration_marked_concurrent_that_is_not_one_such_statement_is_refused(sql: str) -> None:
@@ -204,9 +217,23 @@ def test_a_migration_marked_concurrent_that_is_not_one_such_statement_is_refused
     with pytest.raises(migrate.MigrationError, match="is marked"):
         _ = marked.concurrent_index
     assert migrate.Migration(9992, "plain", sql).concurrent_index is None
-    assert migrate.Migration(
-        9993, "drop", f"{migrate.CONCURRENT_MARKER}\nDROP INDEX CONCURRENTLY IF EXISTS a;"
-    ).concurrent_index == ("drop", "a")
+
+
+def test_a_concurrent_index_migration_runs_what_was_checked() -> None:
+    """Comment lines were left out of the check but sent: a line of a string literal that looked like one hid a
+    second statement from it (attack run 63). What runs is the statement checked, without them."""
+    drop = migrate.Migration(
+        9993, "drop", f"{migrate.CONCURRENT_MARKER}\n-- gone\nDROP INDEX CONCURRENTLY IF EXISTS a;"
+    )
+    assert drop.concurrent_index == migrate.ConcurrentIndex("drop", "a", "DROP INDEX CONCURRENTLY IF EXISTS a;")
+    hidden = migrate.Migration(
+        9994,
+        "hidden",
+        f"{migrate.CONCURRENT_MARKER}\nCREATE INDEX CONCURRENTLY IF NOT EXISTS t_w ON t (w) WHERE w <> '\n"
+        "-- '; DROP TABLE other; SELECT '\n';",
+    )
+    concurrent = hidden.concurrent_index
+    assert concurrent is not None and "DROP TABLE" not in concurrent.statement
 
 
 def test_the_job_says_whether_the_database_has_every_migration_of_this_code(
@@ -227,11 +254,19 @@ def test_the_job_says_whether_the_database_has_every_migration_of_this_code(
         migrate.apply(con, everything[:-1])
         with pytest.raises(errors.Unavailable) as behind:
             migrate.require_current(con)
-        assert behind.value.code == "schema_behind" and f"{everything[-2].version:04d}" in behind.value.message
+        assert behind.value.code == "schema_behind" and f"lacks migration {everything[-1].version:04d} " in str(
+            behind.value.message
+        )
         assert migrate.main(["--check"]) == 3
         assert migrate.main([]) == 0
         assert migrate.main(["--check"]) == 0
         assert migrate.require_current(con) == everything[-1].version
+        # one missing below the last the database has (merged from a branch after a later one was applied)
+        middle = everything[len(everything) // 2]
+        con.run("DELETE FROM schema_migrations WHERE version = :v", v=middle.version)
+        with pytest.raises(errors.Unavailable, match=f"lacks migration {middle.version:04d} this code needs"):
+            migrate.require_current(con)
+        assert migrate.main(["--check"]) == 3
         assert con.run("SHOW client_connection_check_interval") == [["0"]]  # the request path's: not the job's
         job = migrate.job_connection(postgres.url.rsplit("/", 1)[0] + f"/{fresh_db.params.database}")
         try:

@@ -63,14 +63,28 @@ SCHEMA_BEHIND = "schema_behind"
 #: the first line of a migration that builds or drops one index without holding its table's writes
 #: (``CONCURRENTLY``, which no transaction may hold): an index built inside the migration's transaction blocked
 #: every write to its table for the whole build (0063's on ``commands``: unlocks, the relay's rounds, acks; attack run
-#: 62). Such a file holds one statement, ``CREATE [UNIQUE] INDEX CONCURRENTLY IF NOT EXISTS name ...`` or ``DROP
-#: INDEX CONCURRENTLY IF EXISTS name``, and never sits in a file with an ``ALTER TABLE`` of that table.
+#: 62). Such a file holds one statement, ``CREATE [UNIQUE] INDEX CONCURRENTLY IF NOT EXISTS name ON ...`` or ``DROP
+#: INDEX CONCURRENTLY IF EXISTS name`` (an unqualified name), and never sits in a file with an ``ALTER TABLE`` of
+#: that table. Comment lines are left out of what runs: what was checked is what runs.
 CONCURRENT_MARKER = "-- lockwise: concurrent-index"
-_CONCURRENT_RE = re.compile(
-    r"(?:CREATE\s+(?:UNIQUE\s+)?INDEX\s+CONCURRENTLY\s+IF\s+NOT\s+EXISTS|DROP\s+INDEX\s+CONCURRENTLY\s+IF\s+EXISTS)"
-    r"\s+([a-z_][a-z0-9_]*)\b[^;]*;?\s*",
-    re.IGNORECASE,
+_NAME = r"([a-z_][a-z0-9_]*)"
+_CREATE_CONCURRENTLY = re.compile(
+    r"CREATE\s+(?:UNIQUE\s+)?INDEX\s+CONCURRENTLY\s+IF\s+NOT\s+EXISTS\s+" + _NAME + r"\s+ON\s+[^;]+;?", re.IGNORECASE
 )
+_DROP_CONCURRENTLY = re.compile(r"DROP\s+INDEX\s+CONCURRENTLY\s+IF\s+EXISTS\s+" + _NAME + r"\s*;?", re.IGNORECASE)
+#: a concurrent build waits for every transaction that may use its table, and scans it twice: no lock timeout (it
+#: takes a lock that holds up neither reads nor writes, and gave up at 1 s behind a voice decision, six times, each
+#: scan lost: attack run 63), a statement limit of its own, within the job's task timeout
+CONCURRENT_STATEMENT_TIMEOUT_S = 3000.0
+
+
+@dataclass(frozen=True)
+class ConcurrentIndex:
+    """What a concurrent-index migration does (``create`` or ``drop``), to which index, and the statement it runs."""
+
+    does: str
+    index: str
+    statement: str
 
 
 @dataclass(frozen=True)
@@ -84,20 +98,21 @@ class Migration:
         return hashlib.sha256(self.sql.encode()).hexdigest()
 
     @property
-    def concurrent_index(self) -> tuple[str, str] | None:
-        """What a concurrent-index migration (``CONCURRENT_MARKER``) does, ``create`` or ``drop``, and to which
-        index; None for any other migration."""
+    def concurrent_index(self) -> ConcurrentIndex | None:
+        """What a concurrent-index migration (``CONCURRENT_MARKER``) does; None for any other migration
+        (``MigrationError`` for a marked one that is not one such statement)."""
         first, _, rest = self.sql.partition("\n")
         if first.strip() != CONCURRENT_MARKER:
             return None
         statement = "\n".join(line for line in rest.splitlines() if not line.lstrip().startswith("--")).strip()
-        match = _CONCURRENT_RE.fullmatch(statement)
-        if match is None:
-            raise MigrationError(
-                f"migration {self.version:04d}_{self.name} is marked {CONCURRENT_MARKER!r} but is not one CREATE INDEX"
-                " CONCURRENTLY IF NOT EXISTS or DROP INDEX CONCURRENTLY IF EXISTS statement"
-            )
-        return ("create" if statement[:6].upper() == "CREATE" else "drop"), match.group(1).lower()
+        for does, pattern in (("create", _CREATE_CONCURRENTLY), ("drop", _DROP_CONCURRENTLY)):
+            match = pattern.fullmatch(statement)
+            if match is not None:
+                return ConcurrentIndex(does, match.group(1).lower(), statement)
+        raise MigrationError(
+            f"migration {self.version:04d}_{self.name} is marked {CONCURRENT_MARKER!r} but is not one CREATE INDEX"
+            " CONCURRENTLY IF NOT EXISTS name ON ... or DROP INDEX CONCURRENTLY IF EXISTS name statement"
+        )
 
 
 def load(directory: Path = MIGRATIONS_DIR) -> list[Migration]:
@@ -116,35 +131,47 @@ def load(directory: Path = MIGRATIONS_DIR) -> list[Migration]:
 
 
 @functools.cache
-def needed_version(directory: Path = MIGRATIONS_DIR) -> int:
-    """The last migration bundled with this code (read from the files' names once): the schema it is written for."""
-    versions = [int(m.group(1)) for p in directory.glob("*.sql") if (m := _NAME_RE.fullmatch(p.name))]
-    return max(versions, default=0)
+def bundled_versions(directory: Path = MIGRATIONS_DIR) -> frozenset[int]:
+    """The migrations bundled with this code (read from the files' names once): the schema it is written for."""
+    return frozenset(int(m.group(1)) for p in directory.glob("*.sql") if (m := _NAME_RE.fullmatch(p.name)))
+
+
+def needed_version() -> int:
+    """The last migration bundled with this code."""
+    return max(bundled_versions(), default=0)
+
+
+def applied_versions(con: Connection) -> set[int]:
+    """The migrations the database has (none for one never migrated)."""
+    try:
+        rows = con.run("SELECT version FROM schema_migrations")
+    except Exception as exc:
+        if sqlstate(exc) == UNDEFINED_TABLE:
+            return set()
+        raise
+    return {int(row[0]) for row in rows}
 
 
 def applied_version(con: Connection) -> int:
     """The last migration the database has (0 for one never migrated)."""
-    try:
-        rows = con.run("SELECT coalesce(max(version), 0) FROM schema_migrations")
-    except Exception as exc:
-        if sqlstate(exc) == UNDEFINED_TABLE:
-            return 0
-        raise
-    return int(rows[0][0])
+    return max(applied_versions(con), default=0)
 
 
 def require_current(con: Connection) -> int:
-    """The database's last migration when it has every one ``needed_version`` names; 503 ``SCHEMA_BEHIND`` otherwise.
-    A database ahead passes: the previous release runs on the next one's schema while a deploy rolls (migrations only
-    add, ``docs/ARCHITECTURE.md``)."""
-    applied, needed = applied_version(con), needed_version()
-    if applied < needed:
+    """The database's last migration when it has every one bundled here (``bundled_versions``); 503
+    ``SCHEMA_BEHIND`` otherwise, naming the first it lacks (by the set, not the last: one merged below a migration
+    applied already was missed). A database ahead passes: the previous release runs on the next one's schema while
+    a deploy rolls (migrations only add, ``docs/ARCHITECTURE.md``)."""
+    applied = applied_versions(con)
+    missing = sorted(bundled_versions() - applied)
+    if missing:
+        more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
         raise errors.Unavailable(
-            f"the database is at migration {applied:04d} and this code needs {needed:04d}: run the migration job",
+            f"the database lacks migration {missing[0]:04d}{more} this code needs: run the migration job",
             code=SCHEMA_BEHIND,
             retry_after_s=30,
         )
-    return applied
+    return max(applied, default=0)
 
 
 def apply(con: Connection, migrations: list[Migration] | None = None) -> list[Migration]:
@@ -182,7 +209,7 @@ def _apply_one(con: Connection, migration: Migration) -> None:
         try:
             concurrent = migration.concurrent_index
             if concurrent is not None:
-                _apply_concurrently(con, migration, *concurrent)
+                _apply_concurrently(con, migration, concurrent)
                 return
             con.run("START TRANSACTION")
             try:
@@ -214,13 +241,6 @@ def _apply_one(con: Connection, migration: Migration) -> None:
         pause *= 2
 
 
-#: how often the server checks, while it runs a statement, that the job is still there: a job stopped by the
-#: platform's task timeout left its statement running, an index build holding its table's lock and the migrations'
-#: advisory lock with it, until the server next wrote to the gone client (attack run 62); PostgreSQL 14 and later
-CLIENT_CHECK_S = 10
-UNRECOGNIZED_PARAMETER = "42704"
-
-
 def _record(con: Connection, migration: Migration) -> None:
     con.run(
         "INSERT INTO schema_migrations (version, name, checksum) VALUES (:v, :n, :c)",
@@ -230,21 +250,52 @@ def _record(con: Connection, migration: Migration) -> None:
     )
 
 
-def _apply_concurrently(con: Connection, migration: Migration, does: str, index: str) -> None:
-    """A concurrent-index migration, outside any transaction, then its record. A build that failed or was stopped
-    (a duplicate under a unique index, the job's end, a lock wait) leaves its index behind, invalid: never used, but
-    written with its table, and ``IF NOT EXISTS`` would pass over it for good; it is dropped first, and built again.
-    A build that ended before its record is found built (``IF NOT EXISTS``) and recorded."""
-    con.run(f"SET lock_timeout = '{round(LOCK_TIMEOUT_S * 1000)}ms'")
+def _apply_concurrently(con: Connection, migration: Migration, concurrent: ConcurrentIndex) -> None:
+    """A concurrent-index migration, outside any transaction, then its record. A build that fails or is stopped (a
+    duplicate under a unique index, its statement limit) leaves its index behind, invalid: never used to read, but
+    written with its table and, unique, still refusing duplicates; dropped then (and, left by a job that was itself
+    stopped, before the next build: ``IF NOT EXISTS`` would pass over it for good). A build that ended before its
+    record is found built and recorded."""
+    index = concurrent.index
+    con.run(f"SET statement_timeout = '{round(CONCURRENT_STATEMENT_TIMEOUT_S * 1000)}ms'")
+    con.run("SET lock_timeout = 0")
     try:
-        invalid = con.run("SELECT NOT indisvalid FROM pg_index WHERE indexrelid = to_regclass(:n)", n=index)
-        if does == "create" and invalid and invalid[0][0]:
+        if concurrent.does == "create" and _invalid(con, index):
             log.warning("dropping index %s, left invalid by a build that did not finish", index)
             con.run(f'DROP INDEX CONCURRENTLY IF EXISTS "{index}"')
-        con.run(migration.sql)
+        try:
+            con.run(concurrent.statement)
+        except Exception:
+            if concurrent.does == "create":
+                _drop_quietly(con, index)
+            raise
     finally:
+        con.run("RESET statement_timeout")
         con.run("RESET lock_timeout")
     _record(con, migration)
+
+
+def _invalid(con: Connection, index: str) -> bool:
+    rows = con.run("SELECT NOT indisvalid FROM pg_index WHERE indexrelid = to_regclass(:n)", n=index)
+    return bool(rows and rows[0][0])
+
+
+def _drop_quietly(con: Connection, index: str) -> None:
+    """Drop ``index`` when a failed build left it invalid; what fails here is logged (the build's error is the one
+    raised), and the next run drops it first."""
+    try:
+        if _invalid(con, index):
+            con.run(f'DROP INDEX CONCURRENTLY IF EXISTS "{index}"')
+            log.warning("dropped index %s, left invalid by the build that failed", index)
+    except Exception:  # noqa: BLE001 - the build's own failure is what the job reports
+        log.exception("index %s, left invalid by a failed build, was not dropped: the next run drops it", index)
+
+
+#: how often the server checks, while it runs a statement, that the job is still there: a job stopped by the
+#: platform's task timeout left its statement running, an index build holding its table's lock and the migrations'
+#: advisory lock with it, until the server next wrote to the gone client (attack run 62); PostgreSQL 14 and later
+CLIENT_CHECK_S = 10
+UNRECOGNIZED_PARAMETER = "42704"
 
 
 def job_connection(database_url: str) -> Connection:
