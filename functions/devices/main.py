@@ -300,7 +300,9 @@ def withdraw_invitation(ctx: Ctx, lock_id: str, invitation_id: str) -> Result:
 def my_invitations(ctx: Ctx) -> JsonBody:
     user = app_user(ctx)
     page = pages.requested(ctx.query(("limit", "page_token")))
-    return invitations.for_user(rt.db, user, rt.now(), listed_address, page).public()
+    # a listing's later pages take its first page's confirmation of the address a moment (``PacedAddresses``)
+    confirm = functools.partial(listed_address, continuing=page.after is not None)
+    return invitations.for_user(rt.db, user, rt.now(), confirm, page).public()
 
 
 @api.route("POST", "/devices/invitations/<invitation_id>/accept", body=False)

@@ -1441,12 +1441,26 @@ def test_a_users_invitations_are_listed_a_page_at_a_time(
         "/devices/invitations", query_string={"page_token": first["next_page_token"]}, headers=bearer(invitee)
     ).get_json()
     assert [i["id"] for i in first["invitations"] + rest["invitations"]] == [*sent, late]
+    # a listing's pages ask Firebase Auth once, not a page each (seven pages were a 429: attack run 63)
+    again = invite({"email": invitee["email"]})
+    asked: list[str] = []
+    real = accounts.IdentityToolkit.verified_email
+
+    def counted(self: accounts.IdentityToolkit, uid: str) -> str | None:
+        asked.append(uid)
+        return real(self, uid)
+
+    monkeypatch.setattr(accounts.IdentityToolkit, "verified_email", counted)
+    monkeypatch.setattr(accounts, "LISTING_CONFIRMED_S", 60.0)
+    assert pages_of("1") == [([i], False) for i in [*sent, late, again]]
+    assert len(asked) <= 1, asked  # none when an earlier listing's confirmation is still fresh
+    monkeypatch.setattr(accounts, "LISTING_CONFIRMED_S", 0.0)  # each page asks again: Auth is down below
 
     def auth_down(self: accounts.IdentityToolkit, uid: str) -> str | None:
         raise accounts.DirectoryError("Firebase Auth could not be reached: ConnectionRefusedError")
 
     monkeypatch.setattr(accounts.IdentityToolkit, "verified_email", auth_down)
-    assert pages_of("2") == [(sent[0:2], False), ([sent[3], sent[4]], True), ([late], False)]
+    assert pages_of("2") == [(sent[0:2], False), ([sent[3], sent[4]], True), ([late], True)]
     for query in ({"limit": "0"}, {"page_token": "bm90IGEgdG9rZW4"}, {"page": "2"}):
         wrong = world.devices.get("/devices/invitations", query_string=query, headers=bearer(invitee))
         assert wrong.status_code == 400, wrong.get_json()

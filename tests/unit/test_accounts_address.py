@@ -61,3 +61,25 @@ def test_a_users_listings_ask_firebase_auth_so_many_times_a_minute() -> None:
     assert refused.value.code == "invitations_listed_too_often" and 1 <= refused.value.retry_after_s <= 61
     assert directory.asked == 3
     assert paced(other) == other and directory.asked == 4  # another user's own share
+
+
+def test_a_listings_later_pages_take_its_first_pages_confirmation_a_moment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each page of a listing asked Firebase Auth and counted: seven pages of invitations to the caller's address
+    (anyone may invite any address) were a 429 at the seventh, and the web console showed nothing (attack run 63).
+    A later page (``continuing``) takes what the listing's first page found for ``LISTING_CONFIRMED_S``, counting
+    nothing; a new listing asks again, and a later page past that time asks and counts too."""
+    clock = [1000.0]
+    monkeypatch.setattr("lockwise.core.accounts.time.monotonic", lambda: clock[0])
+    directory = Directory("a@example.com")
+    paced = accounts.PacedAddresses(lambda: directory, per_minute=2)
+    user = User("u1", "a@example.com", True)
+    assert paced(user) == user and directory.asked == 1
+    assert [paced(user, continuing=True) for _ in range(10)] == [user] * 10 and directory.asked == 1
+    directory.address = "b@example.com"  # the account moves to another address
+    assert paced(user).email is None and directory.asked == 2  # a new listing asks again
+    assert paced(user, continuing=True).email is None and directory.asked == 2  # its pages take what it found
+    clock[0] += accounts.LISTING_CONFIRMED_S + 1
+    with pytest.raises(errors.RateLimited):  # past the moment a later page asks, and is counted
+        paced(user, continuing=True)
+    clock[0] += 60
+    assert paced(user, continuing=True).email is None and directory.asked == 3

@@ -242,13 +242,14 @@ def for_user(db: Database, user: User, now: dt.datetime, confirm: ConfirmAddress
     no bound: they were all read and answered at once (a page now, as ``GET /devices/locks``)."""
     with db.connection() as con:
         rows, next_page = _page_for(con, user, now, page, by_address=user.email_verified)
-        unconfirmed = False
-        if any(row["invitee_uid"] != user.uid for row in rows):
-            try:
-                confirmed = confirm(user).email == user.email
-            except errors.Unavailable:
-                confirmed, unconfirmed = False, True
-            if not confirmed:  # the page again, without them (not a short page: paging goes on from its last row)
+    unconfirmed = False
+    if any(row["invitee_uid"] != user.uid for row in rows):
+        try:  # no connection held meanwhile: Firebase Auth may take its 5 s
+            confirmed = confirm(user).email == user.email
+        except errors.Unavailable:
+            confirmed, unconfirmed = False, True
+        if not confirmed:  # the page again, without them (not a short page: paging goes on from its last row)
+            with db.connection() as con:
                 rows, next_page = _page_for(con, user, now, page, by_address=False)
     out = []
     for row in rows:
