@@ -4,8 +4,12 @@ Auth emulator: an attack run found such an account still a member everywhere, it
 from __future__ import annotations
 
 import json
+import random
+import threading
 import time
 import urllib.request
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -894,3 +898,95 @@ def test_an_owner_found_deleted_reads_nothing_of_the_lock_it_keeps_until_restore
     flush(clients, stack_env)
     get_runtime("devices").flush_mirror(force=True)
     assert rest_get(host, f"locks/{lock}", restored["idToken"]) == 200
+
+
+def _only_due(*uids: str) -> None:
+    """Every user checked just now but ``uids``, which are due (as the hourly recheck makes them)."""
+    with get_runtime("devices").db.transaction() as con:
+        con.run("UPDATE users SET account_checked_at = now()")
+        con.run("UPDATE users SET account_checked_at = now() - interval '2 hours' WHERE uid = ANY(:u)", u=list(uids))
+
+
+def _disabled(uid: str) -> bool:
+    with get_runtime("devices").db.connection() as con:
+        return bool(con.run("SELECT account_disabled FROM users WHERE uid = :u", u=uid)[0][0])
+
+
+class _Held:
+    """Firebase Auth (the emulator) whose answer reaches the sweep when the test says (a slow network, a paused
+    instance); ``seen`` holds what each lookup found of ``uid`` (disabled or not)."""
+
+    def __init__(self, real: accounts.IdentityToolkit, uid: str, *, hold: bool) -> None:
+        self.real, self.uid, self.seen = real, uid, list[bool]()
+        self.answered, self.go = threading.Event(), threading.Event()
+        if not hold:
+            self.go.set()
+
+    def lookup(self, uids: Sequence[str]) -> dict[str, accounts.Account]:
+        found = self.real.lookup(uids)
+        if self.uid in found:
+            self.seen.append(found[self.uid].disabled)
+        self.answered.set()
+        assert self.go.wait(30)
+        return found
+
+    def verified_email(self, uid: str) -> str | None:
+        return self.real.verified_email(uid)
+
+
+def _sweep(directory: Any) -> accounts.Sweep:
+    """One upkeep's account check, as ``gone_accounts.check`` makes it."""
+    return accounts.sweep(
+        get_runtime("devices").db, directory, batch=50, recheck_s=3600, standing_changed=members.mirror_access_soon
+    )
+
+
+def test_one_account_check_runs_at_a_time_across_instances(world: World, stack_env: dict[str, str]) -> None:
+    """Attack run 61: the relay's two replicas flush side by side, and their account checks ran at once. One whose
+    lookup was answered before an operator disabled an account (a stolen phone) wrote after another had found it
+    disabled, and enabled it again until the next check an hour later: the phone's token unlocked the door. A check
+    that finds another under way checks nobody, and what is written follows the order of the lookups."""
+    real = accounts.directory_for(PROJECT_ID, stack_env["FIREBASE_AUTH_EMULATOR_HOST"])
+    admin = world.uid("admin")
+    _only_due(admin)
+    slow = _Held(real, admin, hold=True)
+    with ThreadPoolExecutor(1) as pool:
+        first = pool.submit(_sweep, slow)
+        assert slow.answered.wait(30)  # its lookup found the account enabled; its answer is on its way
+        admin_call(stack_env, "accounts:update", {"localId": admin, "disableUser": True})
+        other = _sweep(_Held(real, admin, hold=False))  # the other replica's check meanwhile
+        assert other.checked == 0  # another check is under way: nobody checked twice at once
+        slow.go.set()
+        assert first.result(30).checked == 1
+    assert slow.seen == [False] and not _disabled(admin)  # the only answer written (the disable: the next check's)
+    _only_due(admin)
+    assert _sweep(_Held(real, admin, hold=False)).disabled == [admin] and _disabled(admin)
+    unlock = world.devices.post(
+        f"/devices/locks/{world.lock_id}/commands", json={"action": "unlock"}, headers=world.headers("admin")
+    )
+    assert (unlock.status_code, unlock.get_json()["error"]["code"]) == (401, "account_disabled")
+
+    stale = []
+    disabled = True
+    for round_ in range(40):  # side by side, the operator acting among them: the newest answer found stands
+        _only_due(admin)
+        disabled = not disabled
+        start = threading.Barrier(3)
+        checks = [_Held(real, admin, hold=False), _Held(real, admin, hold=False)]
+
+        def run(directory: _Held, delay: float, start: threading.Barrier = start) -> None:
+            start.wait()
+            time.sleep(delay)
+            _sweep(directory)
+
+        with ThreadPoolExecutor(2) as pool:
+            done = [pool.submit(run, checks[0], 0.0), pool.submit(run, checks[1], random.uniform(0.0, 0.004))]
+            start.wait()
+            time.sleep(random.uniform(0.0, 0.006))
+            admin_call(stack_env, "accounts:update", {"localId": admin, "disableUser": disabled})
+            for d in done:
+                d.result(30)
+        answers = [seen for check in checks for seen in check.seen]
+        if disabled in answers and _disabled(admin) != disabled:
+            stale.append((round_, answers))
+    assert not stale, f"the older answer kept in rounds {stale}"

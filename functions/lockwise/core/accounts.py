@@ -17,6 +17,7 @@ telling which are gone.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import secrets
 import ssl
@@ -165,6 +166,10 @@ class Sweep:
     checked: int = 0  # users looked up
 
 
+#: one account check at a time across instances (``sweep``): a session advisory lock's key
+SWEEP_LOCK = "SELECT pg_try_advisory_lock(hashtextextended('lockwise account sweep', 0))"
+
+
 def sweep(
     db: Database,
     directory: Directory,
@@ -178,7 +183,32 @@ def sweep(
     again is gone no more. ``standing_changed`` is called with the users found disabled or enabled again, deleted or
     found again, or whose sessions were revoked since, in the transaction that marks them (the devices side ends or
     gives back their live view: ``gone_accounts``). ``DirectoryError`` when it does not answer (nothing is
-    marked)."""
+    marked).
+
+    One at a time across instances, from the lookup to what it marks (the relay's replicas flush side by side): two
+    ran at once, and the one whose lookup was older wrote last, undoing a disable, a revocation or a deletion the
+    other had just found, until the next check an hour later (attack run 61: 5 of 40 rounds). One that finds another
+    under way checks nobody (the next flush does). The lock is held by a connection of its own, outside the pool
+    (the sweep's own statements take pooled ones, and a pool of one would wait for itself), and let go as it
+    closes."""
+    guard = db.connect()
+    try:
+        if not guard.run(SWEEP_LOCK)[0][0]:
+            return Sweep([], [])
+        return _sweep(db, directory, batch=batch, recheck_s=recheck_s, standing_changed=standing_changed)
+    finally:
+        with contextlib.suppress(Exception):  # a connection lost meanwhile let its lock go with it
+            guard.close()
+
+
+def _sweep(
+    db: Database,
+    directory: Directory,
+    *,
+    batch: int,
+    recheck_s: int,
+    standing_changed: Callable[[Connection, list[str]], None] | None,
+) -> Sweep:
     with db.connection() as con:
         # checked as of before the lookup: a session begun while it ran asks for a check again (``users.standing``),
         # and the lookup's answer may be from before its revocation (a review)
