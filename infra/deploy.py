@@ -59,6 +59,10 @@ class Target:
     #: the voice bundles also carry the ONNX graph pre-optimised for the build machine's kind of CPU
     #: (lockwise.voice.model.cpu_graph); off where this machine is unlike the ones that serve
     cpu_graph: bool = True
+    #: what is deployed (``release_of``): the images' tag, so that a step deploys what this checkout built (from
+    #: ``:latest``, a check ran the migrations of whatever image was last pushed: attack run 63), and each
+    #: deployable's ``LOCKWISE_RELEASE``, which its health reports (it said ``dev`` in production)
+    release: str = "dev"
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> Target:
@@ -78,6 +82,8 @@ class Target:
                 "--broker-public-host (the broker's public DNS name, which its certificate names) is required to"
                 " deploy the functions: locks are told at pairing where to connect"
             )
+        if args.release and not _RELEASE_RE.fullmatch(args.release):
+            raise DeployConfigError(f"--release {args.release!r} is not an image tag: a-z, 0-9, '.', '_', '-'")
         sql = args.sql_instance or f"{args.project}:{args.region}:lockwise"
         if sql.count(":") != 2:
             raise DeployConfigError("--sql-instance must be PROJECT:REGION:INSTANCE")
@@ -92,7 +98,12 @@ class Target:
             image_repo=f"{args.region}-docker.pkg.dev/{args.project}/lockwise",
             devices_relay_url=args.devices_relay_url,
             cpu_graph=not args.no_cpu_graph,
+            release=args.release or release_of(REPO),
         )
+
+    def image(self, name: str) -> str:
+        """This release's image of ``name`` (``relay``, ``migrate``)."""
+        return f"{self.image_repo}/{name}:{self.release}"
 
     def sa(self, service: str) -> str:
         return f"{service}@{self.project}.iam.gserviceaccount.com"
@@ -104,10 +115,31 @@ class Target:
             broker_host=self.broker_host,
             broker_public_host=self.broker_public_host,
             devices_relay_url=self.devices_relay_url,
+            release=self.release,
         )
 
 
 Command = list[str]
+#: a release as an image tag takes it (``--release``)
+_RELEASE_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
+
+
+def release_of(repo: Path) -> str:
+    """The checkout's commit (12 hex digits), ``-dirty`` after it when files differ from it: what ``build`` tags
+    its images with and every step deploys. ``DeployConfigError`` outside a git checkout (give ``--release``)."""
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(repo), "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        changed = subprocess.run(
+            ["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError) as exc:
+        raise DeployConfigError("not a git checkout: give --release (an image tag such as 2026-12-06.1)") from exc
+    return f"{commit}-dirty" if changed else commit
 
 
 def accounts(t: Target) -> list[Command]:
@@ -181,7 +213,7 @@ def build(t: Target) -> list[Command]:
             "submit",
             str(REPO / ".build" / "relay"),
             f"--project={t.project}",
-            f"--tag={t.image_repo}/relay:latest",
+            f"--tag={t.image('relay')}",
         ],
         [
             "gcloud",
@@ -189,7 +221,7 @@ def build(t: Target) -> list[Command]:
             "submit",
             str(REPO / ".build" / "migrate"),
             f"--project={t.project}",
-            f"--tag={t.image_repo}/migrate:latest",
+            f"--tag={t.image('migrate')}",
         ],
     ]
 
@@ -221,7 +253,7 @@ def _migrate_job(t: Target) -> Command:
         job,
         f"--project={t.project}",
         f"--region={t.region}",
-        f"--image={t.image_repo}/migrate:latest",
+        f"--image={t.image('migrate')}",
         f"--service-account={t.sa(job)}",
         f"--set-cloudsql-instances={t.sql_instance}",
         _secrets_flag(MIGRATE, t.place),
@@ -314,11 +346,15 @@ def relay(t: Target) -> list[Command]:
             "run",
             "deploy",
             spec.name,
-            f"--image={t.image_repo}/relay:latest",
+            f"--image={t.image('relay')}",
             *flags,
             f"--vpc-connector={t.vpc_connector}",
             "--vpc-egress=private-ranges-only",
             "--port=8090",
+            # ready once its health is 200 (a slot leased, the broker connected, the schema it needs there): by the
+            # port alone, a relay waiting for its migration replaced the one that ran (attack run 63)
+            "--startup-probe=httpGet.path=/health,httpGet.port=8090,periodSeconds=10,timeoutSeconds=3,"
+            "failureThreshold=24",
         ],
     ]
 
@@ -386,6 +422,11 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="build: voice bundles without the ONNX graph pre-optimised for this machine's kind of CPU (build here"
         " only for serving machines like this one: the same onnxruntime kernels, see README)",
+    )
+    parser.add_argument(
+        "--release",
+        default="",
+        help="what is deployed: the images' tag and each service's LOCKWISE_RELEASE (default: the checkout's commit)",
     )
     parser.add_argument("--dry-run", action="store_true", help="validate and print the commands; run nothing")
     args = parser.parse_args(argv)

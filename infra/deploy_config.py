@@ -68,6 +68,8 @@ class Place:
     bundle_root: str = "/workspace"
     #: where secret files are mounted (Secret Manager volumes)
     mounts: str = "/etc/lockwise"
+    #: what is deployed (the checkout's commit): each deployable's health says it, and its images are tagged with it
+    release: str = "dev"
 
     def fields(self) -> dict[str, str]:
         return {
@@ -84,7 +86,7 @@ class Place:
 def environment(spec: ServiceSpec | JobSpec, place: Place) -> dict[str, str]:
     """The plain (non-secret) environment of ``spec`` at ``place``: the one source of the deploy flags and of the
     rehearsal's processes. Secret values are never here; ``secret_targets`` says where each one goes."""
-    env = {"LOCKWISE_MODE": "production"}
+    env = {"LOCKWISE_MODE": "production", "LOCKWISE_RELEASE": place.release}
     if isinstance(spec, ServiceSpec) and spec.function is not None:
         env["LOCKWISE_PROJECT_ID"] = place.project  # Firestore and Firebase Auth: the functions only
     fields = place.fields()

@@ -161,6 +161,37 @@ def test_the_jobs_check_runs_the_migration_tool_as_the_image_runs_it() -> None:
     assert runs == [list(MIGRATE.argv), [*MIGRATE.argv, "--check"], [*MIGRATE.argv, "--check"]]  # functions, relay
 
 
+def test_each_step_deploys_the_images_this_release_built_and_says_which_it_is() -> None:
+    """Every image was ``:latest``: a step run from a checkout whose images were never pushed deployed (and had its
+    migrations checked by) whatever image was last pushed (attack run 63), and every health report said release
+    ``dev``. Images are tagged with the release (the checkout's commit, or ``--release``); each deployable is told
+    it; the relay is ready only once its health is 200."""
+    from infra.deploy import release_of
+
+    commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True)
+    assert release_of(REPO).removesuffix("-dirty") == commit.stdout.strip()
+    for release, extra in ((release_of(REPO), ()), ("2026-12-06.1", ("--release", "2026-12-06.1"))):
+        cmds = dry_run("all", *extra)
+        images = sorted({a.split("=", 1)[1] for c in cmds for a in c if a.startswith(("--image=", "--tag="))})
+        repo = "europe-west1-docker.pkg.dev/lockwise-prod/lockwise"
+        assert images == [f"{repo}/migrate:{release}", f"{repo}/relay:{release}"]
+        for c in cmds:
+            if any(a.startswith("--set-env-vars=") for a in c):
+                assert _flag(c, "set-env-vars")["LOCKWISE_RELEASE"] == release, c[:4]
+    relay = deploy_of(dry_run("relay"), "lockwise-relay")
+    probe = _flag(relay, "startup-probe")
+    assert (probe["httpGet.path"], probe["httpGet.port"]) == ("/health", "8090")
+    assert int(probe["periodSeconds"]) * int(probe["failureThreshold"]) <= 240
+    refused = subprocess.run(
+        [sys.executable, "-m", "infra.deploy", "relay", *ARGS, "--release", "Latest;rm", "--dry-run"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert refused.returncode == 2 and "is not an image tag" in refused.stderr
+
+
 def test_least_privilege_and_no_secret_values(monkeypatch: pytest.MonkeyPatch) -> None:
     cmds = dry_run("accounts")
     roles = {
@@ -268,12 +299,13 @@ def _flag(cmd: list[str], name: str) -> dict[str, str]:
 def test_deploy_flags_and_the_rehearsal_render_one_environment() -> None:
     """``infra.deploy all --dry-run`` and the rehearsal both take each process's environment from
     ``deploy_config.environment`` and ``secret_targets``: what is deployed is what is rehearsed."""
-    cmds = dry_run("all")
+    cmds = dry_run("all", "--release", "2026-12-06.1")
     place = Place(
         project="lockwise-prod",
         broker_host="broker.lockwise.internal",
         broker_public_host="mqtt.lockwise.example",
         devices_relay_url="https://relay-devices.example",
+        release="2026-12-06.1",
     )
     for spec in SERVICES:
         cmd = deploy_of(cmds, spec.name)
