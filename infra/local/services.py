@@ -166,9 +166,9 @@ def wait_until(proc: Process, ready: Callable[[], bool], timeout: float) -> None
     raise StartupFailed(f"{proc.name} not ready after {timeout:.0f}s:\n{proc.log_tail()}")
 
 
-def http_ok(url: str, accept: tuple[int, ...] = (200,)) -> bool:
+def http_ok(url: str, accept: tuple[int, ...] = (200,), timeout_s: float = 1.0) -> bool:
     try:
-        with urllib.request.urlopen(url, timeout=1) as resp:
+        with urllib.request.urlopen(url, timeout=timeout_s) as resp:
             return int(resp.status) in accept
     except urllib.error.HTTPError as exc:
         return exc.code in accept
@@ -545,6 +545,10 @@ def start_firestore(state_dir: Path, port: int, project_id: str) -> Emulator:
         argv.append(f"--rules={rules}")
     proc = spawn("firestore-emulator", argv, state_dir / "firestore.log", port)
     wait_until(proc, lambda: http_ok(f"http://127.0.0.1:{port}/"), 60)
+    # its first document read takes seconds on a fresh JVM (the rules compiled, the classes loaded): made here, with
+    # time to spare, not by the first health report, whose 3 s Firestore check it failed on a fresh machine
+    document = f"http://127.0.0.1:{port}/v1/projects/{project_id}/databases/(default)/documents/_warm/up"
+    wait_until(proc, lambda: http_ok(document, (200, 403, 404), timeout_s=30.0), 90)
     return Emulator(proc, f"127.0.0.1:{port}", project_id)
 
 
