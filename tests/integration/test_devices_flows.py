@@ -1395,6 +1395,19 @@ def test_only_an_invitation_found_by_address_needs_firebase_auth_to_confirm_the_
     assert ([i["id"] for i in listed["invitations"]], listed["address_unconfirmed"]) == ([by_address], False)
 
 
+def counting_address_lookups(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The uids Firebase Auth (the emulator) is asked the address of from now on, in order."""
+    asked: list[str] = []
+    real = accounts.IdentityToolkit.verified_email
+
+    def counted(self: accounts.IdentityToolkit, uid: str) -> str | None:
+        asked.append(uid)
+        return real(self, uid)
+
+    monkeypatch.setattr(accounts.IdentityToolkit, "verified_email", counted)
+    return asked
+
+
 def test_a_users_invitations_are_listed_a_page_at_a_time(
     world: World, sign_up: Any, stack_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -1443,14 +1456,7 @@ def test_a_users_invitations_are_listed_a_page_at_a_time(
     assert [i["id"] for i in first["invitations"] + rest["invitations"]] == [*sent, late]
     # a listing's pages ask Firebase Auth once, not a page each (seven pages were a 429: attack run 63)
     again = invite({"email": invitee["email"]})
-    asked: list[str] = []
-    real = accounts.IdentityToolkit.verified_email
-
-    def counted(self: accounts.IdentityToolkit, uid: str) -> str | None:
-        asked.append(uid)
-        return real(self, uid)
-
-    monkeypatch.setattr(accounts.IdentityToolkit, "verified_email", counted)
+    asked = counting_address_lookups(monkeypatch)
     monkeypatch.setattr(accounts, "LISTING_CONFIRMED_S", 60.0)
     assert pages_of("1") == [([i], False) for i in [*sent, late, again]]
     assert len(asked) <= 1, asked  # none when an earlier listing's confirmation is still fresh
@@ -1478,14 +1484,7 @@ def test_answering_an_invitation_not_sent_to_the_callers_address_asks_firebase_a
     outsider = sign_up()
     verify_email(host, project, outsider["localId"])
     outsider = sign_in(host, outsider["email"])
-    asked: list[str] = []
-    real = accounts.IdentityToolkit.verified_email
-
-    def counted(self: accounts.IdentityToolkit, uid: str) -> str | None:
-        asked.append(uid)
-        return real(self, uid)
-
-    monkeypatch.setattr(accounts.IdentityToolkit, "verified_email", counted)
+    asked = counting_address_lookups(monkeypatch)
     owner, lock = world.headers("owner"), world.lock_id
     to_others = [
         world.devices.post(
