@@ -1865,7 +1865,8 @@ BAD_INPUT: list[tuple[str, str, Any, int, str]] = [
     ("POST", "/devices/locks/{lock}/transfer", {"uid": "a/b"}, 400, "invalid_uid"),
     # a query or body the route does not take: ignored, the request carried out without it (attack run 58)
     ("GET", "/devices/locks/{lock}/members?limit=1&page_token=zzz", None, 400, "unknown_field"),
-    ("GET", "/devices/invitations?limit=1", None, 400, "unknown_field"),
+    ("GET", "/devices/invitations?offset=1", None, 400, "unknown_field"),
+    ("GET", "/devices/invitations?limit=0", None, 400, "invalid_limit"),
     ("POST", "/devices/locks/{lock}/provisioning", {"ttl_s": 999999}, 400, "unknown_field"),
     ("DELETE", "/devices/locks/{lock}/voice-lockout", {"member": "everyone"}, 400, "unknown_field"),
     ("GET", "/devices/locks/{lock}/commands/nope", None, 404, "command_not_found"),
