@@ -9,6 +9,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any, cast
 
 import pg8000.native
 import pytest
@@ -199,6 +200,42 @@ def test_an_index_is_built_without_holding_its_tables_writes_and_built_again_aft
     finally:
         for c in (holder, writer, con):
             c.close()
+
+
+def test_a_concurrent_builds_socket_waits_as_long_as_its_statement_may_run(
+    fresh_db: Database, postgres: Postgres
+) -> None:
+    """The job's socket gave up after its statements' 600 s + 30, and a concurrent build allowed 3,000 s was cut
+    off there while the server built on (attack run 65). It waits as long as the build may run, then as before."""
+
+    class Watched:
+        def __init__(self, con: Any) -> None:
+            self.con, self.seen = con, list[tuple[str, float | None]]()
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.con, name)
+
+        def run(self, sql: str, **params: Any) -> Any:
+            self.seen.append((sql, self.con.gettimeout()))
+            return self.con.run(sql, **params)
+
+    job = migrate.job_connection(postgres.url.rsplit("/", 1)[0] + f"/{fresh_db.params.database}")
+    try:
+        before = job.gettimeout()
+        assert before == migrate.STATEMENT_TIMEOUT_S + 30
+        watched = Watched(job)
+        table = migrate.Migration(9990, "scratch", "CREATE TABLE scratch (v int);")
+        index = migrate.Migration(
+            9991,
+            "scratch_v",
+            f"{migrate.CONCURRENT_MARKER}\nCREATE INDEX CONCURRENTLY IF NOT EXISTS scratch_v ON scratch (v);",
+        )
+        migrate.apply(cast(Any, watched), [*migrate.load(), table, index])
+        building = [t for sql, t in watched.seen if sql.startswith("CREATE INDEX CONCURRENTLY")]
+        assert building == [migrate.CONCURRENT_STATEMENT_TIMEOUT_S + 30]
+        assert job.gettimeout() == before
+    finally:
+        job.close()
 
 
 @pytest.mark.parametrize(

@@ -38,6 +38,12 @@ class Recorded:
             return [[None, "2026-12-05 00:00:00+00", 4242]]
         return []
 
+    def settimeout(self, seconds: float) -> None:
+        self.timeout = seconds
+
+    def gettimeout(self) -> float | None:
+        return getattr(self, "timeout", None)
+
     def close(self) -> None:
         self.closed = True
 

@@ -43,6 +43,10 @@ class Connection(Protocol):
 
     def run(self, sql: str, stream: Any = None, types: Any = None, **params: Any) -> Any: ...
 
+    def settimeout(self, seconds: float) -> None: ...
+
+    def gettimeout(self) -> float | None: ...
+
     def close(self) -> None: ...
 
 
@@ -68,6 +72,11 @@ class PreparingConnection(pg8000.native.Connection):  # type: ignore[misc]  # pg
         """How long a read or write on the connection's socket (the TLS one, when wrapped) may wait from now on;
         pg8000 takes one ``timeout`` for connecting and for every statement after."""
         self._usock.settimeout(seconds)
+
+    def gettimeout(self) -> float | None:
+        """How long a read or write on the socket may wait (``settimeout``)."""
+        timeout: float | None = self._usock.gettimeout()
+        return timeout
 
     def run(self, sql: str, stream: Any = None, types: Any = None, **params: Any) -> Any:
         if not params or stream is not None or types is not None:

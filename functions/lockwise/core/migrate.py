@@ -24,6 +24,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from pg8000.exceptions import InterfaceError
+
 from lockwise.core import errors
 from lockwise.core.db import Connection, Database, sqlstate
 
@@ -255,23 +257,33 @@ def _apply_concurrently(con: Connection, migration: Migration, concurrent: Concu
     duplicate under a unique index, its statement limit) leaves its index behind, invalid: never used to read, but
     written with its table and, unique, still refusing duplicates; dropped then (and, left by a job that was itself
     stopped, before the next build: ``IF NOT EXISTS`` would pass over it for good). A build that ended before its
-    record is found built and recorded."""
+    record is found built and recorded. Its socket waits as long as its statement may run (the job's waited 630 s,
+    and a longer build was cut off there while the server built on: attack run 65); a connection lost meanwhile is
+    left alone (the next run drops what it left)."""
     index = concurrent.index
+    waited = con.gettimeout()
+    con.settimeout(CONCURRENT_STATEMENT_TIMEOUT_S + 30)
     con.run(f"SET statement_timeout = '{round(CONCURRENT_STATEMENT_TIMEOUT_S * 1000)}ms'")
     con.run("SET lock_timeout = 0")
+    lost = False
     try:
         if concurrent.does == "create" and _invalid(con, index):
             log.warning("dropping index %s, left invalid by a build that did not finish", index)
             con.run(f'DROP INDEX CONCURRENTLY IF EXISTS "{index}"')
         try:
             con.run(concurrent.statement)
+        except InterfaceError:
+            lost = True
+            raise
         except Exception:
             if concurrent.does == "create":
                 _drop_quietly(con, index)
             raise
     finally:
-        con.run("RESET statement_timeout")
-        con.run("RESET lock_timeout")
+        if not lost:
+            con.run("RESET statement_timeout")
+            con.run("RESET lock_timeout")
+            con.settimeout(waited if waited is not None else STATEMENT_TIMEOUT_S + 30)
     _record(con, migration)
 
 
