@@ -959,6 +959,24 @@ def test_one_account_check_runs_at_a_time_across_instances(world: World, stack_e
         slow.go.set()
         assert first.result(30).checked == 1
     assert slow.seen == [False] and not _disabled(admin)  # the only answer written (the disable: the next check's)
+    # the lock is a transaction's, bounded by the server's idle-in-transaction limit (a session's, on an idle
+    # connection, outlived a vanished holder until TCP keepalive gave up: attack run 65); and a check that outlived
+    # it writes nothing over a newer one's
+    _only_due(admin)
+    slow = _Held(real, admin, hold=True)
+    with ThreadPoolExecutor(1) as pool:
+        first = pool.submit(_sweep, slow)
+        assert slow.answered.wait(30)
+        with get_runtime("devices").db.connection() as con:
+            holders = con.run(
+                "SELECT a.state FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid WHERE l.locktype = 'advisory'"
+                " AND a.query LIKE '%lockwise account sweep%'"
+            )
+            # a newer check found it enabled again (it saw disabled): its answer stands
+            con.run("UPDATE users SET account_disabled = false, account_checked_at = now() WHERE uid = :u", u=admin)
+        slow.go.set()
+        assert first.result(30).disabled == []
+    assert slow.seen == [True] and holders == [["idle in transaction"]] and not _disabled(admin)
     _only_due(admin)
     assert _sweep(_Held(real, admin, hold=False)).disabled == [admin] and _disabled(admin)
     unlock = world.devices.post(

@@ -166,8 +166,8 @@ class Sweep:
     checked: int = 0  # users looked up
 
 
-#: one account check at a time across instances (``sweep``): a session advisory lock's key
-SWEEP_LOCK = "SELECT pg_try_advisory_lock(hashtextextended('lockwise account sweep', 0))"
+#: one account check at a time across instances (``sweep``): an advisory lock held by a transaction of its own
+SWEEP_LOCK = "SELECT pg_try_advisory_xact_lock(hashtextextended('lockwise account sweep', 0))"
 
 
 def sweep(
@@ -188,11 +188,15 @@ def sweep(
     One at a time across instances, from the lookup to what it marks (the relay's replicas flush side by side): two
     ran at once, and the one whose lookup was older wrote last, undoing a disable, a revocation or a deletion the
     other had just found, until the next check an hour later (attack run 61: 5 of 40 rounds). One that finds another
-    under way checks nobody (the next flush does). The lock is held by a connection of its own, outside the pool
-    (the sweep's own statements take pooled ones, and a pool of one would wait for itself), and let go as it
-    closes."""
+    under way checks nobody (the next flush does). The lock is held by a transaction of its own on a connection
+    outside the pool (the sweep's own statements take pooled ones, and a pool of one would wait for itself), let go
+    as it closes, or by the server's idle-in-transaction limit (60 s) when its holder vanished without closing it: a
+    session's lock on an idle connection was held until the server's TCP keepalive gave up, ~2 h without a check
+    anywhere (attack run 65). A check that outlived its lock so writes nothing over a newer one's
+    (``account_checked_at``)."""
     guard = db.connect()
     try:
+        guard.run("START TRANSACTION")
         if not guard.run(SWEEP_LOCK)[0][0]:
             return Sweep([], [])
         return _sweep(db, directory, batch=batch, recheck_s=recheck_s, standing_changed=standing_changed)
@@ -223,8 +227,10 @@ def _sweep(
         # the rows nobody else holds (a user's first request writing theirs is not waited for: checked next time)
         rows = con.run(
             "SELECT uid, account_gone_at IS NOT NULL, account_disabled, floor(extract(epoch FROM tokens_valid_since))"
-            " FROM users WHERE uid = ANY(:u) ORDER BY uid FOR NO KEY UPDATE SKIP LOCKED",
+            " FROM users WHERE uid = ANY(:u) AND (account_checked_at IS NULL OR account_checked_at <= :asked)"
+            " ORDER BY uid FOR NO KEY UPDATE SKIP LOCKED",
             u=due,
+            asked=asked_at,
         )
         held = {str(row[0]): bool(row[1]) for row in rows}
         flipped = sorted(

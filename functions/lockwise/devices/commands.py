@@ -114,7 +114,8 @@ def from_app(
     then, kept from changing until the command is made (``FOR SHARE``): judged on the one read before the wait, an
     unlock tapped as the owner narrowed the guest's window (or demoted, or ended, her access) on another instance was
     made after the narrowing had withdrawn her unsent commands, and delivered (attack run 61: 12 of 148 races). Rows
-    in the order every path takes: the lock's, the account's, the membership's."""
+    in this order: the lock's, the account's, the membership's (a transfer takes the membership before the account,
+    after the lock's row for update, which this path's key share waits for first)."""
     rows = con.run(
         "SELECT supports_open, (SELECT c.id::text FROM lock_credentials c"
         " WHERE c.lock_id = l.id AND c.revoked_at IS NULL) FROM locks l WHERE l.id = CAST(:l AS uuid)",
@@ -125,8 +126,8 @@ def from_app(
     if device is None:
         raise errors.Conflict("the lock has not been provisioned yet", code="lock_not_provisioned")
     users.hold_caller(con, issuer)
-    at = dt.datetime.now(dt.UTC)
     standing = members.get(con, lock_id, issuer.uid, for_share=True)
+    at = dt.datetime.now(dt.UTC)  # after that wait: made before a change it waited for, it was withdrawn by it
     if standing is None or not standing.active(at):
         raise errors.NotFound("lock not found", code="lock_not_found")
     expires = lifetime(standing, at, ttl_s)
