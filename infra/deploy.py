@@ -351,9 +351,10 @@ def relay(t: Target) -> list[Command]:
             f"--vpc-connector={t.vpc_connector}",
             "--vpc-egress=private-ranges-only",
             "--port=8090",
-            # ready once its health is 200 (a slot leased, the broker connected, the schema it needs there): by the
-            # port alone, a relay waiting for its migration replaced the one that ran (attack run 63)
-            "--startup-probe=httpGet.path=/health,httpGet.port=8090,periodSeconds=10,timeoutSeconds=3,"
+            # ready once it has started (the migrations it needs there, its slot leased): by the port alone, a relay
+            # waiting for its migration replaced the one that ran (attack run 63); by /health, whose 200 needs the
+            # broker, one deployed before the broker step, or while the broker was down, never was (attack run 65)
+            "--startup-probe=httpGet.path=/started,httpGet.port=8090,periodSeconds=10,timeoutSeconds=3,"
             "failureThreshold=24",
         ],
     ]

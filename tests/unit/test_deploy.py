@@ -180,7 +180,7 @@ def test_each_step_deploys_the_images_this_release_built_and_says_which_it_is() 
                 assert _flag(c, "set-env-vars")["LOCKWISE_RELEASE"] == release, c[:4]
     relay = deploy_of(dry_run("relay"), "lockwise-relay")
     probe = _flag(relay, "startup-probe")
-    assert (probe["httpGet.path"], probe["httpGet.port"]) == ("/health", "8090")
+    assert (probe["httpGet.path"], probe["httpGet.port"]) == ("/started", "8090")
     assert int(probe["periodSeconds"]) * int(probe["failureThreshold"]) <= 240
     refused = subprocess.run(
         [sys.executable, "-m", "infra.deploy", "relay", *ARGS, "--release", "Latest;rm", "--dry-run"],
