@@ -100,7 +100,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("functions", nargs="*", default=list(TARGETS), help="what to build (default: all)")
     parser.add_argument("--out", type=Path, help="output folder (one function) or parent folder (several)")
+    parser.add_argument("--release", default="", help="record the release built in the output folder's RELEASE")
+    parser.add_argument(
+        "--expect-release",
+        default="",
+        help="build nothing: fail unless the output folder's RELEASE names this release (the deploy's check)",
+    )
     args = parser.parse_args(argv)
+    parent = args.out or REPO / ".build"
+    if args.expect_release:
+        return expect_release(parent, args.expect_release)
     names: list[str] = args.functions
     for name in names:
         if args.out is None:
@@ -111,6 +120,24 @@ def main(argv: list[str] | None = None) -> int:
             out = args.out / name
         build(name, out)
         sys.stdout.write(f"built {name} -> {out}\n")
+    if args.release and len(names) > 1:
+        (parent / RELEASE_FILE).write_text(args.release + "\n")
+    return 0
+
+
+#: the release the bundles of a folder were built from (``--release``)
+RELEASE_FILE = "RELEASE"
+
+
+def expect_release(parent: Path, release: str) -> int:
+    """0 when the bundles under ``parent`` were built for ``release``; else 1, saying so: functions are deployed from
+    these folders whatever release the deploy is told, and a step run from another checkout's build deployed its
+    code under this release's name (attack run 65)."""
+    recorded = parent / RELEASE_FILE
+    built = recorded.read_text().strip() if recorded.exists() else "nothing recorded"
+    if built != release:
+        sys.stderr.write(f"build: {parent} holds release {built}, not {release}: run the build step first\n")
+        return 1
     return 0
 
 

@@ -124,18 +124,22 @@ Command = list[str]
 _RELEASE_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
 
 
+#: what the bundles and images are built from (``infra.build``)
+BUNDLED_PATHS = ("functions", "mqtt_relay", "infra")
+
+
 def release_of(repo: Path) -> str:
     """The checkout's commit (12 hex digits), ``-dirty`` after it when files differ from it: what ``build`` tags
     its images with and every step deploys. ``DeployConfigError`` outside a git checkout (give ``--release``)."""
+    # this checkout is read whoever owns it (git refuses another user's as "dubious ownership": a CI container's)
+    git = ["git", "-c", f"safe.directory={repo}", "-C", str(repo)]
     try:
         commit = subprocess.run(
-            ["git", "-C", str(repo), "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True, check=True
+            [*git, "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True, check=True
         ).stdout.strip()
+        # what the bundles copy, files not added yet too (a new migration not committed was built in, untold)
         changed = subprocess.run(
-            ["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True,
-            text=True,
-            check=True,
+            [*git, "status", "--porcelain", "--", *BUNDLED_PATHS], capture_output=True, text=True, check=True
         ).stdout.strip()
     except (OSError, subprocess.CalledProcessError) as exc:
         raise DeployConfigError("not a git checkout: give --release (an image tag such as 2026-12-06.1)") from exc
@@ -201,7 +205,7 @@ def build(t: Target) -> list[Command]:
     exported = REPO / ".build" / "model-onnx"
     no_cpu_graph = [] if t.cpu_graph else ["--no-cpu-graph"]
     return [
-        [py, "-m", "infra.build", "--out", str(REPO / ".build")],
+        [py, "-m", "infra.build", "--out", str(REPO / ".build"), "--release", t.release],
         [py, "-m", "infra.model.fetch", str(source)],
         # embed and verify serve the ONNX export (no torch in either bundle), checked against SpeechBrain here, once:
         # both bundles carry the same files
@@ -304,7 +308,11 @@ def _service_flags(t: Target, spec: ServiceSpec) -> Command:
 
 
 def functions(t: Target) -> list[Command]:
-    cmds: list[Command] = schema_check(t)
+    # deployed from .build whatever release this is told: the bundles there must be this release's
+    cmds: list[Command] = [
+        [sys.executable, "-m", "infra.build", "--out", str(REPO / ".build"), "--expect-release", t.release]
+    ]
+    cmds += schema_check(t)
     for spec in SERVICES:
         if spec.function is None:
             continue

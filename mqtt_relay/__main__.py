@@ -44,7 +44,13 @@ def main() -> int:
 
     def health() -> tuple[dict[str, Any], int]:
         if relay is None:  # no slot leased yet: the database has not been reached, or lacks a migration
-            return {"service": "relay", "status": "starting", "checks": {"database": {"ok": False, **waiting}}}, 503
+            database = {"ok": False, **waiting}
+            return {
+                "service": "relay",
+                "release": settings.release,
+                "status": "starting",
+                "checks": {"database": database},
+            }, 503
         return relay.health()
 
     server = serve(settings.health_port, health, lambda: relay is not None) if settings.health_port else None

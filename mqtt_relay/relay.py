@@ -303,6 +303,7 @@ class Relay:
         healthy = all(c["ok"] for c in checks.values())
         body = {
             "service": "relay",
+            "release": self.settings.release,
             "relay_id": self.lease.client_id,
             "drained": self.drained,
             "status": "ok" if healthy else "degraded",

@@ -29,6 +29,8 @@ from lockwise.devices import topics
 class RelaySettings:
     mode: Mode
     log_level: str
+    #: what is deployed (``LOCKWISE_RELEASE``, set by the deploy): its health report says it
+    release: str
     database_url: str
     service_token: str
     #: replicas lease a slot 1..slots in PostgreSQL; the slot names the MQTT session (see mqtt_relay.slots)
@@ -74,6 +76,7 @@ class RelaySettings:
         return cls(
             mode=mode,
             log_level=env.get("LOG_LEVEL", "INFO").upper(),
+            release=env.get("LOCKWISE_RELEASE", "dev"),
             database_url=read_database_url(env, mode),
             service_token=read_secret(env, SERVICE_TOKEN, mode, LOCAL_SERVICE_TOKEN),
             slots=env_int(env, "LOCKWISE_RELAY_SLOTS", 8, minimum=1),

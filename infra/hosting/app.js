@@ -148,22 +148,27 @@ class Console {
   }
 
   // the locks and the invitations each on their own: invitations listed too often (a 429) or not at all leave the
-  // locks shown (one listing's failure hid both: attack run 63)
-  async refresh() {
+  // locks shown (one listing's failure hid both: attack run 63); invitations not loaded are not shown, their buttons
+  // would answer what may be gone. Returns what failed, said in one notice unless `quiet` (the caller says it).
+  async refresh({ quiet = false } = {}) {
     const [locks, invitations] = await Promise.allSettled([
       this.allPages("/devices/locks", "locks"),
       this.allPages("/devices/invitations", "invitations"),
     ]);
+    const failed = [];
     if (locks.status === "fulfilled") {
       this.renderLocks(locks.value);
     } else {
-      notice(`Could not load your locks: ${locks.reason.message}`, "error");
+      failed.push(`Could not load your locks: ${locks.reason.message}.`);
     }
     if (invitations.status === "fulfilled") {
       this.renderInvitations(invitations.value);
     } else {
-      notice(`Could not load your invitations: ${invitations.reason.message}`, "error");
+      this.renderInvitations([]);
+      failed.push(`Could not load your invitations: ${invitations.reason.message}.`);
     }
+    if (failed.length && !quiet) notice(failed.join(" "), "error");
+    return failed;
   }
 
   renderInvitations(invitations) {
@@ -305,9 +310,10 @@ class Console {
       const created = await this.api("POST", "/devices/locks", { name }, { "Idempotency-Key": this.unanswered.key });
       this.unanswered = null;
       const code = created.provisioning?.code; // none for a lock paired since its first sending
-      notice(code ? `Created ${name}. Pairing code for the lock: ${code}` : `${name} was created and is paired.`);
       $("#new-lock-name").value = "";
-      await this.refresh();
+      const failed = await this.refresh({ quiet: true }); // said with the code, which no failure may hide
+      const made = code ? `Created ${name}. Pairing code for the lock: ${code}` : `${name} was created and is paired.`;
+      notice([made, ...failed].join(" "), failed.length ? "error" : "info");
       const card = document.querySelector(`[data-lock-id="${created.lock.id}"]`);
       if (card && code) $(".pairing-code", card).textContent = code;
     } catch (err) {

@@ -49,6 +49,9 @@ STAND_INS = {
     "job": ("LOCKWISE_REHEARSAL",),
 }
 
+#: the release the rehearsal deploys (each process is told it, as the deploy tells them)
+REHEARSED_RELEASE = "rehearsal-1"
+
 
 def _base_env() -> dict[str, str]:
     """What any container has: no PYTHONPATH, nothing of this test run's environment."""
@@ -203,6 +206,7 @@ def rehearsal(
             broker_public_host="127.0.0.1",
             broker_port=broker.port,
             mounts=str(mounts),
+            release=REHEARSED_RELEASE,
         )
         secret_values = {
             "DATABASE_URL": database_url,

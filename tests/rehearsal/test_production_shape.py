@@ -27,7 +27,7 @@ from lockwise.voice import audio
 from lockwise.voice.model.resample import resample
 from simlock.lock import SimulatedLock, provision
 from tests.conftest import PROJECT_ID
-from tests.rehearsal.conftest import Rehearsal
+from tests.rehearsal.conftest import REHEARSED_RELEASE, Rehearsal
 from tests.voices import pcm16
 from tests.waiting import wait_for
 
@@ -90,9 +90,11 @@ def test_each_process_is_healthy_in_production_mode_without_the_secrets_of_other
     for name in ("lockwise-devices", "lockwise-devices-relay", "lockwise-embed", "lockwise-verify"):
         function = SPEC[name].function
         body = requests.get(f"{deployed.urls[name]}/{function}/health", timeout=10).json()
-        assert body["status"] == "ok", (name, body)
+        assert (body["status"], body["release"]) == ("ok", REHEARSED_RELEASE), (name, body)
+        assert body["checks"]["database"]["migration"] > 60, body  # the schema its code needs, there
     for proc in relays(deployed):
         wait_for(lambda p=proc: health(p)["status"] == "ok", what=f"{proc.name} healthy")  # type: ignore[misc]
+        assert health(proc)["release"] == REHEARSED_RELEASE
     relay_env = deployed.env_of(SPEC["lockwise-relay"], "relay")
     assert "LOCKWISE_COMMAND_SIGNING_KEY" not in relay_env and relay_env["LOCKWISE_MODE"] == "production"
     assert "torch" not in _installed(deployed.pythons["embed"]) and "torch" not in _installed(

@@ -192,6 +192,50 @@ def test_each_step_deploys_the_images_this_release_built_and_says_which_it_is() 
     assert refused.returncode == 2 and "is not an image tag" in refused.stderr
 
 
+def test_a_release_is_the_commit_and_says_when_what_is_built_differs_from_it(tmp_path: Path) -> None:
+    """The release names what the bundles are built from: the commit, ``-dirty`` when a bundled file differs from it
+    or is not added yet (a new migration not committed was built in, untold: attack run 65); outside a checkout the
+    deploy asks for ``--release``."""
+    from infra.deploy import DeployConfigError, release_of
+
+    def git(*args: str) -> str:
+        done = subprocess.run(["git", "-C", str(tmp_path), *args], capture_output=True, text=True, check=True)
+        return done.stdout.strip()
+
+    with pytest.raises(DeployConfigError, match="--release"):
+        release_of(tmp_path)
+    git("init", "-q")
+    (tmp_path / "functions").mkdir()
+    (tmp_path / "functions" / "main.py").write_text("x = 1\n")
+    (tmp_path / "notes.txt").write_text("not bundled\n")
+    git("add", "functions/main.py")
+    git("-c", "user.email=t@example.com", "-c", "user.name=t", "commit", "-q", "-m", "one")
+    commit = git("rev-parse", "--short=12", "HEAD")
+    assert release_of(tmp_path) == commit  # an untracked file outside what is bundled changes nothing
+    (tmp_path / "functions" / "0067_new.sql").write_text("SELECT 1;\n")
+    assert release_of(tmp_path) == f"{commit}-dirty"
+    (tmp_path / "functions" / "0067_new.sql").unlink()
+    (tmp_path / "functions" / "main.py").write_text("x = 2\n")
+    assert release_of(tmp_path) == f"{commit}-dirty"
+
+
+def test_functions_are_deployed_only_from_bundles_built_for_their_release(tmp_path: Path) -> None:
+    """Functions are deployed from ``.build`` whatever release the deploy is told: a step run with another release,
+    or after another checkout's build, deployed that code under this release's name (attack run 65). The build records
+    its release; the functions step checks it first."""
+    from infra import build
+
+    assert build.expect_release(tmp_path, "abc") == 1  # nothing built
+    (tmp_path / build.RELEASE_FILE).write_text("abc\n")
+    assert build.expect_release(tmp_path, "abc") == 0
+    assert build.main(["--out", str(tmp_path), "--expect-release", "def"]) == 1  # builds nothing
+    assert sorted(p.name for p in tmp_path.iterdir()) == [build.RELEASE_FILE]
+    cmds = dry_run("functions", "--release", "r1")
+    assert cmds[0][1:] == ["-m", "infra.build", "--out", str(REPO / ".build"), "--expect-release", "r1"]
+    built = next(c for c in dry_run("build", "--release", "r1") if c[1:3] == ["-m", "infra.build"])
+    assert built[-2:] == ["--release", "r1"]
+
+
 def test_least_privilege_and_no_secret_values(monkeypatch: pytest.MonkeyPatch) -> None:
     cmds = dry_run("accounts")
     roles = {
