@@ -2,10 +2,10 @@
 
 Components: ``accounts`` (service accounts and roles), ``build`` (bundles; model fetched by checksum, exported to
 ONNX once for embed and verify), ``migrate`` (database migrations as a Cloud Run job, run before any new code goes
-live), ``functions`` (verify, embed, devices, devices-relay), ``relay`` (the always-on container; it and
-``functions`` first have the job check the database has every migration of this build, and stop if not), ``broker``
-(Mosquitto config for the broker VM), ``firebase`` (Firestore rules and indexes, Hosting rewrites), ``all`` (in that
-order).
+live), ``functions`` (verify, embed, devices, devices-relay), ``broker`` (Mosquitto config for the broker VM),
+``relay`` (the always-on container, ready only once it reaches the broker: the VM runs the rendered config first;
+it and ``functions`` first have the job check the database has every migration of this build, and stop if not),
+``firebase`` (Firestore rules and indexes, Hosting rewrites), ``all`` (in that order).
 
 ``--dry-run`` validates the configuration and prints exactly the commands that would run, one per line, without
 running anything; the tests check that output. Secret values never appear: services mount them from Secret Manager.
@@ -14,6 +14,7 @@ running anything; the tests check that output. Secret values never appear: servi
 from __future__ import annotations
 
 import argparse
+import hashlib
 import re
 import shlex
 import subprocess
@@ -35,7 +36,7 @@ from infra.deploy_config import (
 )
 
 REPO = Path(__file__).resolve().parents[1]
-COMPONENTS = ("accounts", "build", "migrate", "functions", "relay", "broker", "firebase")
+COMPONENTS = ("accounts", "build", "migrate", "functions", "broker", "relay", "firebase")
 _PROJECT_RE = re.compile(r"[a-z][a-z0-9-]{4,28}[a-z0-9]")
 _REGION_RE = re.compile(r"[a-z]+-[a-z]+[0-9]")
 _HOST_RE = re.compile(r"(?=.{1,253}\Z)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}")
@@ -129,21 +130,30 @@ BUNDLED_PATHS = ("functions", "mqtt_relay", "infra")
 
 
 def release_of(repo: Path) -> str:
-    """The checkout's commit (12 hex digits), ``-dirty`` after it when files differ from it: what ``build`` tags
-    its images with and every step deploys. ``DeployConfigError`` outside a git checkout (give ``--release``)."""
+    """The checkout's commit (12 hex digits), and ``-dirty-`` and a hash of what differs from it when a bundled file
+    does (files not added yet too: a new migration not committed was built in, untold; each dirty state its own
+    name: two of one commit were one release, attack run 66): what ``build`` tags its images with and every step
+    deploys. Files git ignores (the models ``./dev setup`` fetches) are not read. ``DeployConfigError`` outside a git
+    checkout or without git (give ``--release``)."""
     # this checkout is read whoever owns it (git refuses another user's as "dubious ownership": a CI container's)
     git = ["git", "-c", f"safe.directory={repo}", "-C", str(repo)]
+
+    def out(*args: str) -> bytes:
+        return subprocess.run([*git, *args], capture_output=True, check=True).stdout
+
     try:
-        commit = subprocess.run(
-            [*git, "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True, check=True
-        ).stdout.strip()
-        # what the bundles copy, files not added yet too (a new migration not committed was built in, untold)
-        changed = subprocess.run(
-            [*git, "status", "--porcelain", "--", *BUNDLED_PATHS], capture_output=True, text=True, check=True
-        ).stdout.strip()
+        commit = out("rev-parse", "--short=12", "HEAD").decode().strip()
+        changed = out("diff", "HEAD", "--binary", "--", *BUNDLED_PATHS)
+        added = out("ls-files", "--others", "--exclude-standard", "-z", "--", *BUNDLED_PATHS).split(b"\0")
     except (OSError, subprocess.CalledProcessError) as exc:
-        raise DeployConfigError("not a git checkout: give --release (an image tag such as 2026-12-06.1)") from exc
-    return f"{commit}-dirty" if changed else commit
+        raise DeployConfigError("no git checkout here (or no git): give --release, an image tag") from exc
+    names = sorted(name for name in added if name)
+    if not changed and not names:
+        return commit
+    digest = hashlib.sha256(changed)
+    for name in names:
+        digest.update(name + b"\0" + (repo / name.decode()).read_bytes())
+    return f"{commit}-dirty-{digest.hexdigest()[:8]}"
 
 
 def accounts(t: Target) -> list[Command]:
@@ -205,7 +215,7 @@ def build(t: Target) -> list[Command]:
     exported = REPO / ".build" / "model-onnx"
     no_cpu_graph = [] if t.cpu_graph else ["--no-cpu-graph"]
     return [
-        [py, "-m", "infra.build", "--out", str(REPO / ".build"), "--release", t.release],
+        [py, "-m", "infra.build", "--out", str(REPO / ".build")],
         [py, "-m", "infra.model.fetch", str(source)],
         # embed and verify serve the ONNX export (no torch in either bundle), checked against SpeechBrain here, once:
         # both bundles carry the same files
@@ -227,6 +237,8 @@ def build(t: Target) -> list[Command]:
             f"--project={t.project}",
             f"--tag={t.image('migrate')}",
         ],
+        # last: what failed before it leaves no release recorded, and the functions step refuses the bundles
+        [py, "-m", "infra.build", "--out", str(REPO / ".build"), "--record-release", t.release],
     ]
 
 
@@ -359,10 +371,12 @@ def relay(t: Target) -> list[Command]:
             f"--vpc-connector={t.vpc_connector}",
             "--vpc-egress=private-ranges-only",
             "--port=8090",
-            # ready once it has started (the migrations it needs there, its slot leased): by the port alone, a relay
-            # waiting for its migration replaced the one that ran (attack run 63); by /health, whose 200 needs the
-            # broker, one deployed before the broker step, or while the broker was down, never was (attack run 65)
-            "--startup-probe=httpGet.path=/started,httpGet.port=8090,periodSeconds=10,timeoutSeconds=3,"
+            # ready once its health is 200: the migrations it needs there, its slot leased, the broker and the
+            # devices function reached. By the port alone, a relay waiting for its migration replaced the one that ran
+            # (attack run 63); by its start alone, one that could not reach the broker (a wrong host, a CA mismatch)
+            # did, and commands stopped (attack run 66). The broker step comes first; a relay deployed while the
+            # broker is down fails its deploy after 240 s and the running one stays
+            "--startup-probe=httpGet.path=/health,httpGet.port=8090,periodSeconds=10,timeoutSeconds=3,"
             "failureThreshold=24",
         ],
     ]

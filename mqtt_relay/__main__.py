@@ -53,7 +53,7 @@ def main() -> int:
             }, 503
         return relay.health()
 
-    server = serve(settings.health_port, health, lambda: relay is not None) if settings.health_port else None
+    server = serve(settings.health_port, health) if settings.health_port else None
     try:
         db = Database(settings.database_url, pool_size=1)
         # a relay deployed ahead of its migration failed every delivery round on a table it lacked, its health 200

@@ -1,7 +1,5 @@
-"""A tiny HTTP health endpoint for the relay (``GET /health``, ``HEAD /health``), for the container's health check,
-and ``GET /started`` for the platform's startup probe: 200 once the relay has started (the migrations it needs found,
-its slot leased), the broker reachable or not (probing ``/health``, whose 200 needs the broker, a relay deployed
-before the broker, or while it was down, never became ready: attack run 65).
+"""A tiny HTTP health endpoint for the relay (``GET /health``, ``HEAD /health``), for the container's health check
+and the platform's startup probe.
 
 As the functions answer: every answer JSON, errors ``{"error": {"code", "message"}}``; the report computed at most
 once per ``REPORT_REUSE_S`` whatever the number of callers (each runs the outbox's lag query on the relay's own
@@ -34,8 +32,6 @@ MAX_CONNECTIONS = 16
 CONNECTION_DEADLINE_S = 15
 
 Report = Callable[[], tuple[dict[str, Any], int]]
-#: the paths served, and what each answers
-PATHS = ("/health", "/started")
 
 
 class _Reports:
@@ -78,8 +74,7 @@ class _Server(ThreadingHTTPServer):
         return  # a client gone mid-answer, or one that timed out: nothing to tell the log
 
 
-def serve(port: int, report: Report, started: Callable[[], bool] = lambda: True) -> ThreadingHTTPServer:
-    """Serve ``report`` on ``/health`` and ``started()`` on ``/started``."""
+def serve(port: int, report: Report) -> ThreadingHTTPServer:
     reports = _Reports(report)
 
     class Handler(BaseHTTPRequestHandler):
@@ -109,14 +104,8 @@ def serve(port: int, report: Report, started: Callable[[], bool] = lambda: True)
             self._health(with_body=False)
 
         def _health(self, *, with_body: bool) -> None:
-            path = urlsplit(self.path).path.rstrip("/")
-            if path == "/started":
-                up = started()
-                self._answer({"started": up}, 200 if up else 503, with_body)
-                return
-            if path != "/health":
-                message = "only /health and /started are served here"
-                self._answer({"error": {"code": "no_route", "message": message}}, 404, with_body)
+            if urlsplit(self.path).path.rstrip("/") != "/health":
+                self._answer({"error": {"code": "no_route", "message": "only /health is served here"}}, 404, with_body)
                 return
             body, status = reports.get()
             self._answer(body, status, with_body)

@@ -311,9 +311,10 @@ class Console {
       this.unanswered = null;
       const code = created.provisioning?.code; // none for a lock paired since its first sending
       $("#new-lock-name").value = "";
-      const failed = await this.refresh({ quiet: true }); // said with the code, which no failure may hide
       const made = code ? `Created ${name}. Pairing code for the lock: ${code}` : `${name} was created and is paired.`;
-      notice([made, ...failed].join(" "), failed.length ? "error" : "info");
+      notice(made); // at once: the listings may take a while
+      const failed = await this.refresh({ quiet: true });
+      if (failed.length) notice([made, ...failed].join(" "), "error"); // said with the code, which nothing hides
       const card = document.querySelector(`[data-lock-id="${created.lock.id}"]`);
       if (card && code) $(".pairing-code", card).textContent = code;
     } catch (err) {

@@ -169,7 +169,7 @@ def test_each_step_deploys_the_images_this_release_built_and_says_which_it_is() 
     from infra.deploy import release_of
 
     commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True)
-    assert release_of(REPO).removesuffix("-dirty") == commit.stdout.strip()
+    assert release_of(REPO).split("-dirty-")[0] == commit.stdout.strip()
     for release, extra in ((release_of(REPO), ()), ("2026-12-06.1", ("--release", "2026-12-06.1"))):
         cmds = dry_run("all", *extra)
         images = sorted({a.split("=", 1)[1] for c in cmds for a in c if a.startswith(("--image=", "--tag="))})
@@ -180,7 +180,11 @@ def test_each_step_deploys_the_images_this_release_built_and_says_which_it_is() 
                 assert _flag(c, "set-env-vars")["LOCKWISE_RELEASE"] == release, c[:4]
     relay = deploy_of(dry_run("relay"), "lockwise-relay")
     probe = _flag(relay, "startup-probe")
-    assert (probe["httpGet.path"], probe["httpGet.port"]) == ("/started", "8090")
+    assert (probe["httpGet.path"], probe["httpGet.port"]) == ("/health", "8090")
+    from infra.deploy import COMPONENTS
+
+    # the relay is ready only once it reaches the broker, whose config comes first
+    assert COMPONENTS.index("broker") < COMPONENTS.index("relay"), COMPONENTS
     assert int(probe["periodSeconds"]) * int(probe["failureThreshold"]) <= 240
     refused = subprocess.run(
         [sys.executable, "-m", "infra.deploy", "relay", *ARGS, "--release", "Latest;rm", "--dry-run"],
@@ -213,10 +217,19 @@ def test_a_release_is_the_commit_and_says_when_what_is_built_differs_from_it(tmp
     commit = git("rev-parse", "--short=12", "HEAD")
     assert release_of(tmp_path) == commit  # an untracked file outside what is bundled changes nothing
     (tmp_path / "functions" / "0067_new.sql").write_text("SELECT 1;\n")
-    assert release_of(tmp_path) == f"{commit}-dirty"
+    added = release_of(tmp_path)
+    (tmp_path / "functions" / "0067_new.sql").write_text("SELECT 2;\n")
+    edited = release_of(tmp_path)
     (tmp_path / "functions" / "0067_new.sql").unlink()
     (tmp_path / "functions" / "main.py").write_text("x = 2\n")
-    assert release_of(tmp_path) == f"{commit}-dirty"
+    changed = release_of(tmp_path)
+    assert all(r.startswith(f"{commit}-dirty-") for r in (added, edited, changed))
+    assert len({added, edited, changed}) == 3  # each dirty state its own release
+    assert release_of(tmp_path) == changed  # and the same one for the same state
+    (tmp_path / ".gitignore").write_text("functions/models/\n")
+    (tmp_path / "functions" / "models").mkdir()
+    (tmp_path / "functions" / "models" / "weights.bin").write_bytes(b"x")
+    assert release_of(tmp_path) == changed  # what git ignores (fetched models) is not read
 
 
 def test_functions_are_deployed_only_from_bundles_built_for_their_release(tmp_path: Path) -> None:
@@ -226,14 +239,19 @@ def test_functions_are_deployed_only_from_bundles_built_for_their_release(tmp_pa
     from infra import build
 
     assert build.expect_release(tmp_path, "abc") == 1  # nothing built
-    (tmp_path / build.RELEASE_FILE).write_text("abc\n")
+    assert build.main(["--out", str(tmp_path), "--record-release", "abc"]) == 1  # nor recorded: bundles missing
+    for name in build.TARGETS:
+        (tmp_path / name).mkdir()
+    assert build.main(["--out", str(tmp_path), "--record-release", "abc"]) == 0
     assert build.expect_release(tmp_path, "abc") == 0
     assert build.main(["--out", str(tmp_path), "--expect-release", "def"]) == 1  # builds nothing
-    assert sorted(p.name for p in tmp_path.iterdir()) == [build.RELEASE_FILE]
+    assert (tmp_path / build.RELEASE_FILE).exists()
+    assert build.main(["devices", "--out", str(tmp_path / "devices")]) == 0  # any build: no release recorded
+    assert build.expect_release(tmp_path, "abc") == 1
     cmds = dry_run("functions", "--release", "r1")
     assert cmds[0][1:] == ["-m", "infra.build", "--out", str(REPO / ".build"), "--expect-release", "r1"]
-    built = next(c for c in dry_run("build", "--release", "r1") if c[1:3] == ["-m", "infra.build"])
-    assert built[-2:] == ["--release", "r1"]
+    steps = dry_run("build", "--release", "r1")
+    assert steps[-1][1:] == ["-m", "infra.build", "--out", str(REPO / ".build"), "--record-release", "r1"]
 
 
 def test_least_privilege_and_no_secret_values(monkeypatch: pytest.MonkeyPatch) -> None:

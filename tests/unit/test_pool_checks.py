@@ -38,7 +38,7 @@ class Recorded:
             return [[None, "2026-12-05 00:00:00+00", 4242]]
         return []
 
-    def settimeout(self, seconds: float) -> None:
+    def settimeout(self, seconds: float | None) -> None:
         self.timeout = seconds
 
     def gettimeout(self) -> float | None:

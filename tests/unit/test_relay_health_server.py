@@ -128,22 +128,3 @@ def test_the_relays_certificate_end_is_logged_once_a_day_from_30_days_before(cap
     assert [r.getMessage() for r in caplog.records] == [
         "the relay's broker certificate ends soon: issue new ones (python -m infra.lock_ca relay-certs)"
     ]
-
-
-def test_started_answers_for_the_startup_probe_whatever_the_health_says() -> None:
-    """The platform's startup probe read ``/health``, whose 200 needs the broker: a relay deployed before the
-    broker, or while it was down, never became ready (attack run 65). ``/started`` is 200 once the relay has
-    started, 503 before, whatever its health."""
-    up = [False]
-    server = health_server.serve(0, lambda: ({"status": "degraded"}, 503), lambda: up[0])
-    try:
-        port = server.server_address[1]
-        status, _, body = ask(port, "GET", "/started")
-        assert (status, json.loads(body)) == (503, {"started": False})
-        up[0] = True
-        status, _, body = ask(port, "GET", "/started")
-        assert (status, json.loads(body)) == (200, {"started": True})
-        assert ask(port, "GET", "/health")[0] == 503  # the broker still away: degraded, and started
-    finally:
-        server.shutdown()
-        server.server_close()

@@ -255,9 +255,10 @@ def _sweep(
             v=[float(_or_none(found[uid].valid_since)) for uid in kept],
         )
         con.run(
-            "UPDATE users SET account_checked_at = now(), account_gone_at = coalesce(account_gone_at, now())"
+            "UPDATE users SET account_checked_at = :asked, account_gone_at = coalesce(account_gone_at, now())"
             " WHERE uid = ANY(:g)",
             g=[uid for uid in held if uid not in found],
+            asked=asked_at,  # as the found ones: a newer check's start is after it (attack run 66)
         )
         gone = sorted(uid for uid, was_gone in held.items() if uid not in found and not was_gone)
         back = sorted(uid for uid, was_gone in held.items() if uid in found and was_gone)

@@ -43,7 +43,7 @@ class Connection(Protocol):
 
     def run(self, sql: str, stream: Any = None, types: Any = None, **params: Any) -> Any: ...
 
-    def settimeout(self, seconds: float) -> None: ...
+    def settimeout(self, seconds: float | None) -> None: ...
 
     def gettimeout(self) -> float | None: ...
 
@@ -68,7 +68,7 @@ class PreparingConnection(pg8000.native.Connection):  # type: ignore[misc]  # pg
         super().__init__(*args, **kwargs)
         self._prepared: dict[str, Any] = {}
 
-    def settimeout(self, seconds: float) -> None:
+    def settimeout(self, seconds: float | None) -> None:
         """How long a read or write on the connection's socket (the TLS one, when wrapped) may wait from now on;
         pg8000 takes one ``timeout`` for connecting and for every statement after."""
         self._usock.settimeout(seconds)

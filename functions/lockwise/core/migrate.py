@@ -272,7 +272,7 @@ def _apply_concurrently(con: Connection, migration: Migration, concurrent: Concu
             con.run(f'DROP INDEX CONCURRENTLY IF EXISTS "{index}"')
         try:
             con.run(concurrent.statement)
-        except InterfaceError:
+        except (InterfaceError, OSError):  # pg8000 raises a reset or a timeout as the OSError it met
             lost = True
             raise
         except Exception:
@@ -283,7 +283,7 @@ def _apply_concurrently(con: Connection, migration: Migration, concurrent: Concu
         if not lost:
             con.run("RESET statement_timeout")
             con.run("RESET lock_timeout")
-            con.settimeout(waited if waited is not None else STATEMENT_TIMEOUT_S + 30)
+            con.settimeout(waited)
     _record(con, migration)
 
 
