@@ -54,7 +54,7 @@ def test_health_is_degraded_while_the_database_lacks_a_migration_of_this_code(
     from lockwise.core import migrate
 
     healthy = make_client(name).get(f"/{name}/health").get_json()["checks"]["database"]
-    assert healthy["ok"] and healthy["migration"] == migrate.needed_version() > 60
+    assert healthy["ok"] and healthy["migration"] == max(migrate.bundled_versions()) > 60
     ahead = migrate.bundled_versions() | {10_000}  # this code, a release ahead of the database
     monkeypatch.setattr(migrate, "bundled_versions", lambda: ahead)
     get_runtime.cache_clear()

@@ -43,3 +43,16 @@ def test_a_token_no_page_gave_is_refused(token: str) -> None:
     with pytest.raises(errors.BadRequest) as refused:
         pages.requested({"page_token": token})
     assert refused.value.code == "invalid_page_token"
+
+
+def test_the_next_token_names_the_pages_last_row_only_when_another_follows() -> None:
+    """A listing reads one row more than its page (``keyset_sql``, ``bind``): that row says another page follows,
+    and the token names the page's last row, not it."""
+    at = dt.datetime(2026, 12, 6, tzinfo=dt.UTC)
+    rows = [(at + dt.timedelta(seconds=n), f"0b6f4c3e-93c5-4c8e-9d1e-2f1f3a8b7c6{n}") for n in range(3)]
+    page = pages.Page(2, None)
+    assert pages.bind(page) == {"at": None, "after": None, "n": 3}
+    assert pages.next_token(rows, page, lambda row: row) == pages.token_after(*rows[1])
+    assert pages.next_token(rows[:2], page, lambda row: row) is None
+    assert pages.bind(pages.Page(5, rows[0])) == {"at": rows[0][0], "after": rows[0][1], "n": 6}
+    assert "ORDER BY t.at, t.id LIMIT :n" in pages.keyset_sql("t.at", "t.id")

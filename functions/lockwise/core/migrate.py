@@ -6,7 +6,7 @@ error (write a new migration instead). A session advisory lock makes concurrent 
 Run: ``python -m lockwise.core.migrate`` (uses ``DATABASE_URL``); ``--check`` applies nothing and fails (exit 3) while
 the database is behind the migrations bundled here: the deploy runs it before it replaces the functions and the relay.
 
-Code needs the schema of the migrations bundled with it (``needed_version``): the functions' health reports and the
+Code needs the schema of the migrations bundled with it (``bundled_versions``): the functions' health reports and the
 relay's start check the database has them (``require_current``), so that code deployed ahead of its migration says
 so (503 ``schema_behind``) instead of failing on a table it lacks (a relay's every delivery round did, its health 200:
 attack run 62).
@@ -138,11 +138,6 @@ def bundled_versions(directory: Path = MIGRATIONS_DIR) -> frozenset[int]:
     return frozenset(int(m.group(1)) for p in directory.glob("*.sql") if (m := _NAME_RE.fullmatch(p.name)))
 
 
-def needed_version() -> int:
-    """The last migration bundled with this code."""
-    return max(bundled_versions(), default=0)
-
-
 def applied_versions(con: Connection) -> set[int]:
     """The migrations the database has (none for one never migrated)."""
     try:
@@ -152,11 +147,6 @@ def applied_versions(con: Connection) -> set[int]:
             return set()
         raise
     return {int(row[0]) for row in rows}
-
-
-def applied_version(con: Connection) -> int:
-    """The last migration the database has (0 for one never migrated)."""
-    return max(applied_versions(con), default=0)
 
 
 def require_current(con: Connection) -> int:

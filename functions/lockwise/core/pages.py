@@ -10,7 +10,9 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime as dt
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from lockwise.core import errors, inputs
 
@@ -38,6 +40,30 @@ def requested(query: dict[str, str]) -> Page:
         limit = int(text)
     token = query.get("page_token")
     return Page(limit, None if token is None else _position(token))
+
+
+T = TypeVar("T")
+
+
+def keyset_sql(at_column: str, id_column: str) -> str:
+    """How a listing's statement ends, after its own conditions: the rows after the page's position, in order, one
+    more than the page holds (whether another page follows); its parameters are ``bind``'s."""
+    return (
+        f" AND (CAST(:at AS timestamptz) IS NULL OR ({at_column}, {id_column})"
+        f" > (CAST(:at AS timestamptz), CAST(:after AS uuid))) ORDER BY {at_column}, {id_column} LIMIT :n"
+    )
+
+
+def bind(page: Page) -> dict[str, Any]:
+    """``keyset_sql``'s parameters for ``page``."""
+    at, after = page.after or (None, None)
+    return {"at": at, "after": after, "n": page.limit + 1}
+
+
+def next_token(found: Sequence[T], page: Page, position: Callable[[T], tuple[dt.datetime, str]]) -> str | None:
+    """The next page's token from what ``keyset_sql`` found (None: no row after the page's last); ``position``: a
+    row's time and id."""
+    return token_after(*position(found[page.limit - 1])) if len(found) > page.limit else None
 
 
 def token_after(at: dt.datetime, row_id: str) -> str:

@@ -270,27 +270,20 @@ def _page_for(
 ) -> tuple[list[dict[str, Any]], str | None]:
     """``page`` of the invitations ``for_user`` lists, those to ``user``'s address too when ``by_address``, and the
     next page's token."""
-    at, after = page.after or (None, None)
     rows = rows_as_dicts(
         con,
         "SELECT invitations.id::text AS id, invitee_uid, email, invitations.role, access, invitations.expires_at,"
         " invited_by, l.id::text AS lock_id, l.name AS lock_name, invitations.created_at AS listed_at"
-        " FROM invitations JOIN locks l ON l.id = invitations.lock_id WHERE " + _FOR_INVITEE + " AND"
-        " (CAST(:at AS timestamptz) IS NULL OR (invitations.created_at, invitations.id)"
-        " > (CAST(:at AS timestamptz), CAST(:after AS uuid)))"
-        " ORDER BY invitations.created_at, invitations.id LIMIT :n",
+        " FROM invitations JOIN locks l ON l.id = invitations.lock_id WHERE "
+        + _FOR_INVITEE
+        + pages.keyset_sql("invitations.created_at", "invitations.id"),
         u=user.uid,
         e=user.email,
         verified=by_address,
         now=now,
-        at=at,
-        after=after,
-        n=page.limit + 1,
+        **pages.bind(page),
     )
-    if len(rows) <= page.limit:  # no row after this page's last
-        return rows, None
-    last = rows[page.limit - 1]
-    return rows[: page.limit], pages.token_after(last["listed_at"], last["id"])
+    return rows[: page.limit], pages.next_token(rows, page, lambda row: (row["listed_at"], row["id"]))
 
 
 def answering_as(db: Database, invitation_id: str, user: User, confirm: ConfirmAddress) -> User:

@@ -182,17 +182,12 @@ def list_for_user(
     """A page of the locks ``uid`` is an active member of (``Membership.active``: the API's one rule), oldest first,
     as they see each, and the next page's token (None: the last page). An account is a member of every lock whose
     invitation it accepted, without limit: the whole list was read and answered at once (attack run 54)."""
-    at, after = page.after or (None, None)
     found = con.run(
         "SELECT l.id::text, l.created_at FROM lock_members m JOIN locks l ON l.id = m.lock_id WHERE m.user_uid = :u"
-        f" AND {members.active_sql('m')} AND (CAST(:at AS timestamptz) IS NULL"
-        " OR (l.created_at, l.id) > (CAST(:at AS timestamptz), CAST(:after AS uuid)))"
-        " ORDER BY l.created_at, l.id LIMIT :n",
+        f" AND {members.active_sql('m')}" + pages.keyset_sql("l.created_at", "l.id"),
         u=uid,
         now=now,
-        at=at,
-        after=after,
-        n=page.limit + 1,
+        **pages.bind(page),
     )
     ids = [row[0] for row in found[: page.limit]]
     if not ids:
@@ -201,10 +196,7 @@ def list_for_user(
     rows = rows_as_dicts(con, _VIEW + " WHERE l.id = ANY(CAST(:ids AS uuid[])) ORDER BY l.created_at, l.id", ids=ids)
     # a lock deleted between the statements is left out
     listed = [_present(r, mine[r["id"]].role, mine[r["id"]].in_window(now)) for r in rows if r["id"] in mine]
-    if len(found) <= page.limit:  # no row after this page's last
-        return listed, None
-    last_id, last_at = found[page.limit - 1]
-    return listed, pages.token_after(last_at, last_id)
+    return listed, pages.next_token(found, page, lambda row: (row[1], row[0]))
 
 
 def update(con: Connection, lock_id: str, uid: str, changes: dict[str, Any]) -> None:
