@@ -184,3 +184,19 @@ def command_nonce(command_id: str) -> str:
     with get_runtime("devices").db.connection() as con:
         ((nonce,),) = con.run("SELECT nonce FROM commands WHERE id = CAST(:i AS uuid)", i=command_id)
     return str(nonce)
+
+
+def every_page(devices: Any, path: str, account: dict[str, Any], limit: str) -> list[dict[str, Any]]:
+    """Each page of the listing at ``path`` (``GET /devices/locks``, ``/devices/invitations``) as ``account`` reads
+    it, ``limit`` a page, following ``next_page_token`` to the last (at most 10 pages)."""
+    bodies: list[dict[str, Any]] = []
+    token = None
+    while True:
+        query = {"limit": limit, **({"page_token": token} if token else {})}
+        resp = devices.get(path, query_string=query, headers=bearer(account))
+        assert resp.status_code == 200, resp.get_json()
+        bodies.append(resp.get_json())
+        token = bodies[-1]["next_page_token"]
+        if token is None:
+            return bodies
+        assert len(bodies) < 10, "the pages end"

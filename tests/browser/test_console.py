@@ -44,6 +44,17 @@ def chromium() -> str:
     return path
 
 
+def signed_up(page: Any, url: str, name: str) -> None:
+    """Sign ``page`` up at the console at ``url`` as a new account (``name``-TIME@example.com), and wait for it."""
+    from playwright.sync_api import expect
+
+    page.goto(url)
+    page.fill("#email", f"{name}-{int(time.time() * 1000)}@example.com")
+    page.fill("#password", "correct horse battery")
+    page.click("#sign-up-button")
+    expect(page.locator("#signed-in")).to_be_visible(timeout=15_000)
+
+
 def _speech(corpus: Path) -> list[Path]:
     clips = []
     for path in sorted((corpus / "allison").glob("en-*.wav"))[:40]:
@@ -180,11 +191,7 @@ def test_the_console_says_what_to_do_when_the_microphone_is_refused(env: dict[st
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox", "--deny-permission-prompts"])
         page = browser.new_page()
-        page.goto(env["LOCKWISE_CONSOLE_URL"])
-        page.fill("#email", f"nomic-{int(time.time() * 1000)}@example.com")
-        page.fill("#password", "correct horse battery")
-        page.click("#sign-up-button")
-        expect(page.locator("#signed-in")).to_be_visible(timeout=15_000)
+        signed_up(page, env["LOCKWISE_CONSOLE_URL"], "nomic")
         page.click("#enroll")
         expect(page.locator("#notice")).to_contain_text("Microphone refused", timeout=15_000)
         expect(page.locator("#notice")).to_have_attribute("data-kind", "error")
@@ -209,11 +216,7 @@ def test_a_lock_whose_answer_was_lost_is_not_made_twice_when_created_again(env: 
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
         page = browser.new_page()
-        page.goto(env["LOCKWISE_CONSOLE_URL"])
-        page.fill("#email", f"lost-{int(time.time() * 1000)}@example.com")
-        page.fill("#password", "correct horse battery")
-        page.click("#sign-up-button")
-        expect(page.locator("#signed-in")).to_be_visible(timeout=15_000)
+        signed_up(page, env["LOCKWISE_CONSOLE_URL"], "lost")
         page.route("**/devices/locks", lose_the_first_answer)
         page.fill("#new-lock-name", "Shed")
         page.click("#new-lock-form button[type=submit]")
@@ -241,11 +244,7 @@ def test_invitations_that_cannot_be_listed_leave_the_locks_and_the_pairing_code_
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
         page = browser.new_page()
-        page.goto(env["LOCKWISE_CONSOLE_URL"])
-        page.fill("#email", f"listed-{int(time.time() * 1000)}@example.com")
-        page.fill("#password", "correct horse battery")
-        page.click("#sign-up-button")
-        expect(page.locator("#signed-in")).to_be_visible(timeout=15_000)
+        signed_up(page, env["LOCKWISE_CONSOLE_URL"], "listed")
         page.route("**/devices/invitations*", too_often)
         page.fill("#new-lock-name", "Garage")
         page.click("#new-lock-form button[type=submit]")

@@ -13,7 +13,18 @@ import pytest
 from lockwise.core.runtime import get_runtime
 from lockwise.devices import lock_auth
 from simlock.lock import new_tls_key
-from tests.devices_world import ROLES, World, bearer, build_world, create_lock, hand_over, join, new_lock_key, provision
+from tests.devices_world import (
+    ROLES,
+    World,
+    bearer,
+    build_world,
+    create_lock,
+    every_page,
+    hand_over,
+    join,
+    new_lock_key,
+    provision,
+)
 
 OK_ALL_MEMBERS = {"owner": 200, "admin": 200, "member": 200, "guest_in": 200, "guest_out": 200}
 DENIED_OUTSIDERS = {"stranger": 404, "revoked": 404}
@@ -123,17 +134,10 @@ def test_a_members_locks_are_listed_a_page_at_a_time(world: World, monkeypatch: 
             join(world.devices, made[-1], owner, member, {"role": "member"})
 
     def pages_of(account: dict[str, Any], limit: str) -> list[list[str]]:
-        listed, token = [], None
-        while True:
-            query = {"limit": limit, **({"page_token": token} if token else {})}
-            resp = world.devices.get("/devices/locks", query_string=query, headers=bearer(account))
-            assert resp.status_code == 200, resp.get_json()
-            body = resp.get_json()
-            listed.append([lock["id"] for lock in body["locks"]])
-            token = body["next_page_token"]
-            if token is None:
-                return listed
-            assert len(listed) < 10, "the pages end"
+        return [
+            [lock["id"] for lock in body["locks"]]
+            for body in every_page(world.devices, "/devices/locks", account, limit)
+        ]
 
     assert pages_of(owner, "2") == [made[0:2], made[2:4], made[4:5]]
     assert pages_of(member, "3") == [made[0:3], made[3:4]]  # her fourth lock is one she never joined

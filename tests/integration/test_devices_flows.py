@@ -36,6 +36,7 @@ from tests.devices_world import (
     bearer,
     build_world,
     create_lock,
+    every_page,
     hand_over,
     join,
     new_lock_key,
@@ -1434,17 +1435,8 @@ def test_a_users_invitations_are_listed_a_page_at_a_time(
     sent += [invite({"uid": invitee["localId"]}) for _ in range(2)]
 
     def pages_of(limit: str) -> list[tuple[list[str], bool]]:
-        listed, token = [], None
-        while True:
-            query = {"limit": limit, **({"page_token": token} if token else {})}
-            resp = world.devices.get("/devices/invitations", query_string=query, headers=bearer(invitee))
-            assert resp.status_code == 200, resp.get_json()
-            body = resp.get_json()
-            listed.append(([i["id"] for i in body["invitations"]], body["address_unconfirmed"]))
-            token = body["next_page_token"]
-            if token is None:
-                return listed
-            assert len(listed) < 10, "the pages end"
+        bodies = every_page(world.devices, "/devices/invitations", invitee, limit)
+        return [([i["id"] for i in body["invitations"]], body["address_unconfirmed"]) for body in bodies]
 
     assert pages_of("2") == [(sent[0:2], False), (sent[2:4], False), (sent[4:5], False)]
     assert pages_of("5") == [(sent, False)]
