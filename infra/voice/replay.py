@@ -14,6 +14,10 @@ Two numbers decide whether ``lockwise.voice.model.fingerprint`` is fit for the d
   clip itself, as an enrollment sample is stored, and (b) the lock's own recording of it (an earlier attempt: a
   different microphone channel). Replays the product's intake refuses (clipped, too little speech) are counted
   apart: they never reach a decision.
+* **Altered replays.** The same clips played faster or slower (by up to the most GE2E still lets in) and backwards
+  before the loudspeaker, recognised by the plain check or by the altered search
+  (``fingerprint.altered_scores``, run on a voice verify would let in); and its false alarms: every same-speaker
+  pair scored by the altered search, as a member's new take is against her own recordings.
 
 Prints progress while it works (a few minutes) and a markdown report.
 """
@@ -50,6 +54,7 @@ class Clip:
     name: str
     samples: F32
     prints: fingerprint.Landmarks
+    peaks: fingerprint.Peaks
 
 
 def load(corpus: Path, limits: audio.Limits, speakers: Collection[str] | None = None) -> list[Clip]:
@@ -62,7 +67,8 @@ def load(corpus: Path, limits: audio.Limits, speakers: Collection[str] | None = 
                 clip = audio.validate(audio.parse_wav(path.read_bytes()), limits)
             except errors.BadRequest:
                 continue
-            clips.append(Clip(folder.name, path.stem, clip.samples, fingerprint.landmarks(clip.samples, clip.rate)))
+            found = fingerprint.peaks(clip.samples, clip.rate)
+            clips.append(Clip(folder.name, path.stem, clip.samples, fingerprint.hashed(found), found))
     return clips
 
 
@@ -101,7 +107,8 @@ def same_take(a: Clip, b: Clip, window: int = 2000) -> float:
     return best
 
 
-def false_alarms(clips: list[Clip]) -> dict[str, Any]:
+def false_alarms(clips: list[Clip], altered: bool = False) -> dict[str, Any]:
+    """Every same-speaker pair scored by the plain check, or by the altered search (``altered``)."""
     by_speaker: dict[str, list[Clip]] = {}
     for clip in clips:
         by_speaker.setdefault(clip.speaker, []).append(clip)
@@ -112,7 +119,11 @@ def false_alarms(clips: list[Clip]) -> dict[str, Any]:
     for speaker, group in by_speaker.items():
         print(f"pairs of {speaker}: {len(group)} clips ({time.monotonic() - started:.0f} s so far)", file=sys.stderr)  # noqa: T201
         for i, probe in enumerate(group[:-1]):
-            z = fingerprint.match_scores(probe.prints, [c.prints for c in group[i + 1 :]])
+            later = [c.prints for c in group[i + 1 :]]
+            if altered:
+                z = fingerprint.altered_scores(fingerprint.altered(probe.peaks), later)
+            else:
+                z = fingerprint.match_scores(probe.prints, later)
             pairs += len(z)
             for j in np.nonzero(z >= fingerprint.REPLAY_Z - 40)[0]:  # near or over: check the waveform
                 other = group[i + 1 + int(j)]
@@ -180,6 +191,102 @@ def detection(
     return rows
 
 
+#: alterations an attacker makes to a recording before playing it (attack run 64): a speed (a factor: 1.03 is 3 %
+#: fast, pitch and tempo together), and whether it is played backwards
+ALTERATIONS: tuple[tuple[str, float, bool], ...] = (
+    ("3 % fast", 1.03, False),
+    ("3 % slow", 0.97, False),
+    ("8 % fast", 1.08, False),
+    ("12 % slow", 0.88, False),
+    ("16 % fast", 1.16, False),
+    ("backwards", 1.0, True),
+    ("backwards, 5 % slow", 0.95, True),
+)
+#: the channels they are measured through
+ALTERED_THROUGH = (channel.CONDITIONS[1], channel.CONDITIONS[0])
+
+
+def played_at(x: F32, speed: float, backwards: bool) -> F32:
+    """``x`` played ``speed`` times as fast (pitch and tempo together, as a player's speed control or a resampler),
+    backwards if asked."""
+    y = x[::-1] if backwards else x
+    if speed == 1.0:
+        return np.ascontiguousarray(y, dtype=np.float32)
+    played: F32 = np.interp(np.arange(0, len(y) - 1, speed), np.arange(len(y)), y).astype(np.float32)
+    return played
+
+
+def altered_detection(
+    clips: list[Clip],
+    count: int,
+    seed: int = 11,
+    alterations: Sequence[tuple[str, float, bool]] = ALTERATIONS,
+    through: Sequence[channel.Channel] = ALTERED_THROUGH,
+) -> list[dict[str, Any]]:
+    """``count`` clips altered each way and replayed through each of ``through``: how many the plain check and the
+    altered search recognise against the clip itself (an enrollment sample)."""
+    rng = np.random.default_rng(seed)
+    picked = [clips[int(i)] for i in np.linspace(0, len(clips) - 1, min(count, len(clips)))]
+    limits = audio.Limits()
+    rows: list[dict[str, Any]] = []
+    started = time.monotonic()
+    for condition in through:
+        for name, speed, backwards in alterations:
+            took = time.monotonic() - started
+            print(f"altered {len(picked)}: {name}, {condition.name} ({took:.0f} s)", file=sys.stderr)  # noqa: T201
+            refused = plain = searched = 0
+            for clip in picked:
+                heard = condition(played_at(clip.samples, speed, backwards), fingerprint.RATE, rng)
+                try:
+                    audio.validate(audio.Clip(heard, condition.rate_out), limits)
+                except errors.BadRequest:
+                    refused += 1
+                    continue
+                found = fingerprint.peaks(heard, condition.rate_out)
+                z_plain = fingerprint.match_scores(fingerprint.hashed(found), [clip.prints])[0]
+                z_altered = fingerprint.altered_scores(fingerprint.altered(found), [clip.prints])[0]
+                plain += bool(z_plain >= fingerprint.REPLAY_Z)
+                searched += bool(max(z_plain, z_altered) >= fingerprint.REPLAY_Z)
+            rows.append(
+                {
+                    "alteration": name,
+                    "condition": condition.name,
+                    "replays": len(picked),
+                    "refused_by_intake": refused,
+                    "decided": len(picked) - refused,
+                    "plain": plain,
+                    "searched": searched,
+                }
+            )
+    return rows
+
+
+def altered_markdown(fa: dict[str, Any], det: list[dict[str, Any]]) -> str:
+    lines = [
+        f"Altered search: {len(fingerprint.ALTERED_SPEEDS)} speeds "
+        f"({min(fingerprint.ALTERED_SPEEDS):.3f}-{max(fingerprint.ALTERED_SPEEDS):.3f}), "
+        f"{'each also backwards, and backwards as it is' if fingerprint.ALTERED_REVERSED else 'none backwards'}.",
+        "",
+        f"**False alarms of the altered search:** {fa['false_alarms']} over {fa['pairs']:,} same-speaker pairs of "
+        f"{fa['speakers']} speakers (highest z of a pair that is not one take: {fa['highest_distinct_z']:.1f}); "
+        f"{fa['shared_takes']} pairs over the threshold share a take.",
+        "",
+        "| alteration | replayed through | replays | refused by intake | recognised, plain check |"
+        " recognised, with the altered search |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in det:
+        d = max(1, r["decided"])
+        lines.append(
+            f"| {r['alteration']} | {r['condition']} | {r['replays']} | {r['refused_by_intake']} |"
+            f" {r['plain']}/{r['decided']} ({r['plain'] / d:.0%}) | {r['searched']}/{r['decided']}"
+            f" ({r['searched'] / d:.0%}) |"
+        )
+    for f in fa["false"]:
+        lines.append(f"- false alarm: {f['speaker']} {f['pair']} z={f['z']:.1f} (waveform {f['false']:.2f})")
+    return "\n".join(lines) + "\n"
+
+
 def markdown(fa: dict[str, Any], det: list[dict[str, Any]]) -> str:
     lines = [
         f"Replay threshold: z >= {fingerprint.REPLAY_Z:g}.",
@@ -209,11 +316,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("corpus", type=Path)
     parser.add_argument("--clips", type=int, default=CLIPS, help="clips replayed through each condition")
     parser.add_argument("--out", type=Path, help="also write the markdown report here")
+    parser.add_argument("--altered", action="store_true", help="measure altered replays and the altered search")
     args = parser.parse_args(argv)
     started = time.monotonic()
     clips = load(args.corpus, audio.Limits())
     print(f"fingerprinted {len(clips)} clips in {time.monotonic() - started:.0f} s", file=sys.stderr)  # noqa: T201
-    report = markdown(false_alarms(clips), detection(clips, args.clips))
+    if args.altered:
+        report = altered_markdown(false_alarms(clips, altered=True), altered_detection(clips, args.clips))
+    else:
+        report = markdown(false_alarms(clips), detection(clips, args.clips))
     print(report)  # noqa: T201
     if args.out:
         args.out.write_text(report)

@@ -205,6 +205,40 @@ def test_a_recording_that_opened_one_door_is_a_replay_at_the_members_other_doors
     assert all(r["reason"] != "replay" for r in fresh), fresh
 
 
+def test_a_recording_played_faster_slower_or_backwards_is_a_replay_of_it(
+    ge2e_env: dict[str, str], make_client: Any, sign_up: Any, corpus: Path
+) -> None:
+    """Attack run 64: a take heard at the door, played back 3 % fast or slow, or backwards, opened it (the plain
+    check's hashes are absolute frequencies and time gaps, matched at one offset): 20 of 20, and an enrollment sample
+    3 % fast 3 of 3. A voice verify would let in is now also searched for among that voice's recordings at every
+    speed GE2E still lets it in at, forwards and backwards; the owner's new takes still open the door."""
+    devices, embed, verify = make_client("devices"), make_client("embed"), make_client("verify")
+    world: World = build_world(devices, sign_up)
+    takes = _enrolled_member(embed, world, corpus)
+
+    def post(body: bytes) -> dict[str, Any]:
+        return _heard(verify, world, body)
+
+    opened = next(p for p in takes[5:12] if post(p.read_bytes())["decision"] == "accepted")
+    rng = np.random.default_rng(5)
+    speaker = channel.Channel("a good loudspeaker", low_hz=80, high_hz=12_000, rt60_s=0.0, snr_db=40)  # the attack's
+
+    def played(path: Path, speed: float, backwards: bool = False) -> dict[str, Any]:
+        clip = audio.parse_wav(path.read_bytes())
+        return post(_wav(speaker(replay.played_at(clip.samples, speed, backwards), clip.rate, rng), speaker.rate_out))
+
+    # none may open the door (each is "replay" here; GE2E's scores move with the speed, and a take it would not let
+    # in at that speed is rejected by its voice, unsearched)
+    altered = [(opened, 1.03, False), (opened, 0.97, False), (opened, 1.0, True), (opened, 1.03, True)]
+    altered += [(takes[2], 0.97, False), (takes[3], 1.05, False)]  # enrollment samples, leaked
+    answers = [played(path, speed, backwards) for path, speed, backwards in altered]
+    assert all(a["decision"] == "rejected" for a in answers), [a["reason"] for a in answers]
+    assert sum(a["reason"] == "replay" for a in answers) >= 5, [a["reason"] for a in answers]  # before: 6 accepted
+    fresh = [post(p.read_bytes()) for p in takes[12:18]]
+    assert sum(r["decision"] == "accepted" for r in fresh) >= 3, fresh
+    assert all(r["reason"] != "replay" for r in fresh), fresh
+
+
 def _enrolled_member(embed: Any, world: World, corpus: Path) -> list[Path]:
     """The world's member enrolled with the first 5 of the corpus speaker's takes of 3 s of speech or more; returns
     those takes (the rest are the same person at the door, each a new recording)."""

@@ -11,7 +11,7 @@ import pytest
 
 from lockwise.voice.model import fingerprint as fp
 from lockwise.voice.model.resample import resample
-from tests.voices import speech_like
+from tests.voices import speech_like, spoken
 
 
 def reference_landmarks(samples: npt.NDArray[np.floating[Any]], rate: int) -> npt.NDArray[np.int32]:
@@ -136,3 +136,59 @@ def test_references_past_one_passs_pairs_are_matched_in_several_with_the_same_sc
     assert whole[2] > fp.REPLAY_Z
     monkeypatch.setattr(fp, "MAX_TOTAL_PAIRS", 100)  # more than a decision may match: a replay of each
     assert np.isinf(fp.match_scores(probe, references)).all()
+
+
+def _played(x: npt.NDArray[np.float32], speed: float, backwards: bool = False) -> npt.NDArray[np.float32]:
+    """``x`` played ``speed`` times as fast (pitch and tempo together), backwards if asked."""
+    y = x[::-1] if backwards else x
+    played: npt.NDArray[np.float32] = np.interp(np.arange(0, len(y) - 1, speed), np.arange(len(y)), y)
+    return played.astype(np.float32)
+
+
+@pytest.mark.parametrize(
+    ("speed", "backwards"), [(1.03, False), (0.97, False), (1.1, False), (0.85, False), (1.0, True), (1.05, True)]
+)
+def test_a_clip_played_faster_slower_or_backwards_is_recognised_by_the_altered_search(
+    speed: float, backwards: bool
+) -> None:
+    """Attack run 64: a heard take played 3 % fast, or backwards, opened the door: its hashes are absolute
+    frequencies and time gaps, matched at one offset, and the plain check scored it as a new take. The altered
+    search undoes each speed of ``ALTERED_SPEEDS``, and the reversal, on the probe's peaks."""
+    take, other = spoken("allison", n=2, start=10)  # speech-like signals repeat themselves at other speeds
+    known = [fp.landmarks(take, 44100), fp.landmarks(other, 44100)]
+    heard = fp.of(_played(take, speed, backwards), 44100)
+    assert fp.match_scores(heard.landmarks, known)[0] < fp.REPLAY_Z  # as before: not recognised
+    scores = fp.altered_scores(fp.altered(heard.peaks), known)
+    assert scores[0] >= fp.REPLAY_Z > scores[1]
+
+
+def test_the_altered_search_scores_each_variant_as_the_plain_check_would(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One sort and one table lookup for all the variants, matched together while their pairs fit ``MAX_PAIRS``:
+    each reference's score is the highest any variant has with it alone; a variant past ``MAX_PAIRS`` is matched
+    alone, with its bounds; past ``ALTERED_MAX_PAIRS`` together, every reference is taken as replayed."""
+    clips = spoken("allison", n=6, start=20)
+    references = [fp.landmarks(c, 44100) for c in clips]
+    variants = fp.altered(fp.peaks(_played(clips[3], 1.06), 44100))
+    assert len(variants) == 2 * len(fp.ALTERED_SPEEDS) + 1
+    each = np.max([fp.match_scores(v, references) for v in variants], axis=0)
+    np.testing.assert_allclose(fp.altered_scores(variants, references), each)
+    assert each[3] >= fp.REPLAY_Z > max(np.delete(each, 3))
+    monkeypatch.setattr(fp, "MAX_PAIRS", 200)  # several batches, some variants alone
+    np.testing.assert_allclose(fp.altered_scores(variants, references), each)
+    monkeypatch.setattr(fp, "ALTERED_MAX_PAIRS", 100)
+    assert np.isinf(fp.altered_scores(variants, references)).all()
+    assert not fp.altered_scores([], references).any() and not len(fp.altered_scores(variants, []))
+    assert fp.altered(fp.peaks(np.zeros(44100, dtype=np.float32), 44100)) == []
+
+
+def test_peaks_moved_past_the_band_are_dropped_and_the_lookup_table_is_left_empty() -> None:
+    """A variant's moved peaks that fall outside 300-3400 Hz are not hashed (a hash of a bin past the band would
+    alias another's), and the per-thread table of the lookup is cleared after each search (a stale entry would
+    find another search's reference)."""
+    take = fp.peaks(spoken("june", n=1)[0], 44100)
+    for variant in fp.altered(take):
+        bins = variant[:, 0] >> 13
+        assert ((bins >= 0) & (bins < fp.HIGH_BIN - fp.LOW_BIN)).all()
+    references = [fp.landmarks(spoken("june", n=1, start=1)[0], 44100)]
+    fp.altered_scores(fp.altered(take), references)
+    assert not fp._LOOKUPS.table.any()

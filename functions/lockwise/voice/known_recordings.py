@@ -3,13 +3,16 @@
 An enrollment sample's fingerprint lives as long as its voiceprint; an attempt's lives ``replay_memory_hours`` at
 its lock. Verify compares a probe with the enrollment samples of the lock's candidates, the lock's recent attempts
 and the attempts that opened the candidates' other doors, in one vectorised pass
-(``lockwise.voice.model.fingerprint.match_scores``). Stored in PostgreSQL only: never
-mirrored, deleted with the voice data (``erasure.forget_voice``), the lock, or the attempt.
+(``lockwise.voice.model.fingerprint.match_scores``); a probe whose voice would open the door is also searched for
+as an altered replay (played faster, slower or backwards) of that voice's recordings
+(``fingerprint.altered_scores``). Stored in PostgreSQL only: never mirrored, deleted with the voice data
+(``erasure.forget_voice``), the lock, or the attempt.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -51,24 +54,49 @@ ATTEMPTS_COMPARED = 1000
 OTHER_DOORS_COMPARED = 300
 
 
-def at_lock(con: Connection, lock_id: str, uids: Sequence[str]) -> list[fingerprint.Landmarks]:
+#: the most recordings of the voice a probe would let in that the altered search compares it with: the voice's
+#: enrollment samples first, then its newest attempts (at 45 variants, ~1.5 ms each: ``./dev bench replay``)
+ALTERED_COMPARED = 100
+
+
+@dataclass(frozen=True)
+class Known:
+    """The recordings a probe at a lock is checked against (``prints``), and whose voice each is (``voices``: an
+    enrollment sample's member, the member an attempt let in or, rejected, was scored closest to; None: nobody's)."""
+
+    prints: list[fingerprint.Landmarks]
+    voices: list[str | None]
+    enrolled: list[bool]
+
+    def of(self, uid: str) -> list[fingerprint.Landmarks]:
+        """The recordings of ``uid``'s voice: her enrollment samples, then her attempts newest first (at this lock,
+        then at her other doors), ``ALTERED_COMPARED`` at most."""
+        mine = [i for i, voice in enumerate(self.voices) if voice == uid]
+        ordered = [i for i in mine if self.enrolled[i]] + [i for i in mine if not self.enrolled[i]]
+        return [self.prints[i] for i in ordered[:ALTERED_COMPARED]]
+
+
+def at_lock(con: Connection, lock_id: str, uids: Sequence[str]) -> Known:
     """The known recordings a probe at ``lock_id`` is checked against: the enrollment samples of ``uids``, the lock's
     newest ``ATTEMPTS_COMPARED`` unexpired attempts, and the newest ``OTHER_DOORS_COMPARED`` that opened another door
     to the voice of one of ``uids`` (expired ones are deleted by ``lockwise.core.retention``). A recording that opened
     one door (which a compromised lock or a listener there holds) is a replay at every door of that member, not only
-    at the one that heard it (attack run: it opened the member's other door)."""
+    at the one that heard it (attack run: it opened the member's other door). Each with whose voice it is: a
+    rejected attempt's is the voice it was scored closest to (``verification_attempts.best_uid``)."""
     rows = con.run(
-        "(SELECT landmarks FROM voice_fingerprints WHERE lock_id = CAST(:l AS uuid) AND expires_at > now()"
-        " ORDER BY expires_at DESC LIMIT :n) UNION ALL"
-        " (SELECT landmarks FROM voice_fingerprints WHERE user_uid = ANY(CAST(:u AS text[]))) UNION ALL"
-        " (SELECT landmarks FROM voice_fingerprints WHERE speaker_uid = ANY(CAST(:u AS text[]))"
+        "(SELECT f.landmarks, COALESCE(f.speaker_uid, a.best_uid), false FROM voice_fingerprints f"
+        " LEFT JOIN verification_attempts a ON a.id = f.attempt_id"
+        " WHERE f.lock_id = CAST(:l AS uuid) AND f.expires_at > now() ORDER BY f.expires_at DESC LIMIT :n) UNION ALL"
+        " (SELECT landmarks, user_uid, true FROM voice_fingerprints WHERE user_uid = ANY(CAST(:u AS text[])))"
+        " UNION ALL (SELECT landmarks, speaker_uid, false FROM voice_fingerprints"
+        " WHERE speaker_uid = ANY(CAST(:u AS text[]))"
         " AND lock_id <> CAST(:l AS uuid) AND expires_at > now() ORDER BY expires_at DESC LIMIT :m)",
         l=lock_id,
         u=list(uids),
         n=ATTEMPTS_COMPARED,
         m=OTHER_DOORS_COMPARED,
     )
-    return [fingerprint.from_bytes(bytes(r[0])) for r in rows]
+    return Known([fingerprint.from_bytes(bytes(r[0])) for r in rows], [r[1] for r in rows], [bool(r[2]) for r in rows])
 
 
 def is_replay(probe: fingerprint.Landmarks, known: Sequence[fingerprint.Landmarks]) -> bool:
@@ -79,3 +107,12 @@ def replayed(probe: fingerprint.Landmarks, known: Sequence[fingerprint.Landmarks
     """The index of the first of ``known`` that ``probe`` is a replay of, or None."""
     hits = np.flatnonzero(fingerprint.match_scores(probe, known) >= fingerprint.REPLAY_Z)
     return int(hits[0]) if len(hits) else None
+
+
+def altered_replay(variants: Sequence[fingerprint.Landmarks], recordings: Sequence[fingerprint.Landmarks]) -> bool:
+    """Whether the probe whose variants (``fingerprint.altered``) are ``variants`` is one of ``recordings`` played
+    faster, slower or backwards: attack run 64 opened the door with a heard take played 3 % fast, backwards, or
+    both."""
+    if not recordings:
+        return False
+    return bool(np.any(fingerprint.altered_scores(variants, recordings) >= fingerprint.REPLAY_Z))

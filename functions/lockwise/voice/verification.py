@@ -328,14 +328,17 @@ class _Heard:
     it replays one of their recordings."""
 
     probe: Future[npt.NDArray[np.float32]]
-    landmarks: Future[fingerprint.Landmarks]
+    printed: Future[fingerprint.Fingerprint]
+    variants: Future[list[fingerprint.Landmarks]]  # the altered search's (``fingerprint.altered``), made beside too
 
     @classmethod
     def begin(cls, encoder: Encoder, clip: audio.Clip) -> _Heard:
         forward, fingerprints = BESIDE.pools()
+        printed = fingerprints.submit(fingerprint.of, clip.samples, clip.rate)
         return cls(
             forward.submit(encoder.embed, clip.samples, clip.rate),
-            fingerprints.submit(fingerprint.landmarks, clip.samples, clip.rate),
+            printed,
+            fingerprints.submit(_variants, printed),
         )
 
     def abandon(self) -> None:
@@ -343,12 +346,13 @@ class _Heard:
         pass left queued behind a slow one ran later for nobody, and kept the model's one thread from the attempts
         still waiting (attack run)."""
         self.probe.cancel()
-        self.landmarks.cancel()
+        self.printed.cancel()
+        self.variants.cancel()
 
     def replay_of(self, recordings: list[fingerprint.Landmarks]) -> Future[bool]:
         """Whether the probe replays one of ``recordings``, matched on the fingerprint's thread after its fingerprint,
         while the forward pass runs (matching against a week of a busy door's recordings takes tens of ms)."""
-        return BESIDE.pools()[1].submit(_is_replay, self.landmarks, recordings)
+        return BESIDE.pools()[1].submit(_is_replay, self.printed, recordings)
 
 
 def _finished(soon: Future[T], deadline: float) -> T:
@@ -363,9 +367,14 @@ def _finished(soon: Future[T], deadline: float) -> T:
         raise errors.Unavailable("the voice model failed; try again", code="model_unavailable") from exc
 
 
-def _is_replay(heard_soon: Future[fingerprint.Landmarks], recordings: list[fingerprint.Landmarks]) -> bool:
+def _variants(heard_soon: Future[fingerprint.Fingerprint]) -> list[fingerprint.Landmarks]:
+    """The probe's variants for the altered search (7-15 ms for 3 s: made while the forward pass runs, not after)."""
+    return fingerprint.altered(heard_soon.result().peaks)
+
+
+def _is_replay(heard_soon: Future[fingerprint.Fingerprint], recordings: list[fingerprint.Landmarks]) -> bool:
     """Whether the probe (its fingerprint on its way) is a replay of one of ``recordings``."""
-    return known_recordings.is_replay(heard_soon.result(), recordings)
+    return known_recordings.is_replay(heard_soon.result().landmarks, recordings)
 
 
 @dataclass(frozen=True)
@@ -442,19 +451,18 @@ class _Attempt:
         """The decision once the attempt is allowed and someone may open the door, with the probe and its
         fingerprint on their way."""
         encoder = self.doors.encoder
-        replay_soon = heard.replay_of(known_recordings.at_lock(self.con, self.lock_id, found.uids))
+        known = known_recordings.at_lock(self.con, self.lock_id, found.uids)
+        replay_soon = heard.replay_of(known.prints)
         deadline = time.monotonic() + FORWARD_WAIT_S  # one wait for all, not one each
         try:
-            landmarks, probe = _finished(heard.landmarks, deadline), _finished(heard.probe, deadline)
+            printed, probe = _finished(heard.printed, deadline), _finished(heard.probe, deadline)
             replayed = _finished(replay_soon, deadline)
         except BaseException:
             replay_soon.cancel()  # the rest: the caller's (``Doors.decide``)
             raise
-        stale = len(found.stale_uids)
+        stale, landmarks = len(found.stale_uids), printed.landmarks
         if replayed:
-            attempt = self._record("rejected", "replay", model_id=encoder.model_id, clip_sha256=self.clip_sha256)
-            self._count_failure()
-            return Result("rejected", attempt, "replay", stale_voiceprints=stale)
+            return self._replayed(stale)
         raw, scores = self.doors.scorer.scores(probe, found.prints)
         first = take_follow_up(self.con, self.lock_id, follow_up) if follow_up else None
         doors = self.doors
@@ -490,6 +498,10 @@ class _Attempt:
                 )
             self._count_failure()
             return Result("rejected", attempt, decision.reason, decision.best, rules.threshold, stale_voiceprints=stale)
+        variants = _finished(heard.variants, deadline)
+        if matched is not None and known_recordings.altered_replay(variants, known.of(matched)):
+            logger.info("a voice let in was an altered replay of its recordings", extra={"fields": {"uid": matched}})
+            return self._replayed(stale)
         settings = self.doors.settings
         at = dt.datetime.now(dt.UTC)  # the unlock's clock: the member's window is judged by it (attack run 42)
         membership = next(m for m in found.memberships if m.user_uid == matched)
@@ -525,6 +537,12 @@ class _Attempt:
             issued.payload,
             stale_voiceprints=stale,
         )
+
+    def _replayed(self, stale: int) -> Result:
+        """A replay of a known recording: rejected before any voice is scored (or, altered, once it was), counted."""
+        attempt = self._record("rejected", "replay", model_id=self.doors.encoder.model_id, clip_sha256=self.clip_sha256)
+        self._count_failure()
+        return Result("rejected", attempt, "replay", stale_voiceprints=stale)
 
     def _stale(self) -> int:
         """How many of the lock's members allowed now must enroll again (another model's voiceprint)."""

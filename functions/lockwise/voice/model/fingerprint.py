@@ -33,7 +33,9 @@ True
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -70,6 +72,16 @@ MAX_REFERENCE_PAIRS = 100_000
 #: by each: a door's most recordings (~1,800) of 15 s of one voice share at most ~8M with a 15 s probe of it, and
 #: recordings built to share just under the cap each would otherwise make a decision match for many seconds
 MAX_TOTAL_PAIRS = 10_000_000
+#: the speeds an altered replay is searched at (``altered``): a take played up to 17.6 % fast or slow, in steps of
+#: 1.6 % (the hashes' one bin of slack holds a speed 0.8 % off up to ~2 kHz). GE2E still let in distinct takes of an
+#: owner played 12 % fast (4 of 15) and 16 % (2 of 15), none at 20 % (README "Known recordings")
+ALTERED_SPEEDS = tuple(1 + 0.016 * k for k in range(-11, 12) if k)
+#: whether it is also searched played backwards (at every one of those speeds, and at its own)
+ALTERED_REVERSED = True
+#: past this many (probe hash, equal reference hash) pairs over all the variants of ``altered`` together, a probe is
+#: scored as an altered replay of every reference: a member's 3-8 s takes share a few hundred pairs a variant with
+#: each of her recordings, and 100 of them 15 s long at most ~450,000 a variant
+ALTERED_MAX_PAIRS = 30_000_000
 
 _F1_SHIFT, _DF_SHIFT = 13, 6  # hash = f1 << 13 | (df + 63) << 6 | dt
 _SLACK = np.array(
@@ -77,17 +89,47 @@ _SLACK = np.array(
     dtype=np.int32,
 )
 _SPAN = 1 << 20  # more frames than any clip has (15 s are ~940)
+_HASHES = (HIGH_BIN - LOW_BIN) << _F1_SHIFT  # more than any hash
+_MARGIN = 1 << _F1_SHIFT  # more than any slack takes a hash below 0 or past ``_HASHES``
+_LOOKUPS = threading.local()  # per thread: each hash's place among a match's references (``_lookup``)
 
 Landmarks = npt.NDArray[np.int32]  # shape (n, 2): hash, anchor frame; sorted by hash
 
 
+@dataclass(frozen=True)
+class Peaks:
+    """A clip's spectral peaks in time order: frame indices and frequency bins (counted from ``LOW_BIN``)."""
+
+    times: npt.NDArray[np.int64]
+    bins: npt.NDArray[np.int64]
+
+
+@dataclass(frozen=True)
+class Fingerprint:
+    """A clip's peaks and their landmarks."""
+
+    peaks: Peaks
+    landmarks: Landmarks
+
+
+def of(samples: npt.NDArray[np.floating[Any]], rate: int) -> Fingerprint:
+    """The peaks and landmarks of a mono clip."""
+    found = peaks(samples, rate)
+    return Fingerprint(found, hashed(found))
+
+
 def landmarks(samples: npt.NDArray[np.floating[Any]], rate: int) -> Landmarks:
     """The landmark hashes of a mono clip: ``(n, 2)`` int32 rows of (hash, anchor frame), sorted by hash."""
+    return hashed(peaks(samples, rate))
+
+
+def peaks(samples: npt.NDArray[np.floating[Any]], rate: int) -> Peaks:
+    """The spectral peaks of a mono clip, the landmarks' constellation (``hashed`` pairs them)."""
     wave = np.asarray(samples, dtype=np.float32)
     if rate != RATE:
         wave = resample(wave, rate, RATE)
     if len(wave) < N_FFT:
-        return np.zeros((0, 2), dtype=np.int32)
+        return Peaks(np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64))
     frames = np.lib.stride_tricks.sliding_window_view(wave, N_FFT)[::HOP]
     # the FFT in float64 (numpy's float32 FFT is ~4x slower: 1.5 vs 0.35 ms for 3 s), the rest in float32; dB from
     # the natural log (float32 ``log`` is ~4x ``log10``'s speed)
@@ -97,13 +139,19 @@ def landmarks(samples: npt.NDArray[np.floating[Any]], rate: int) -> Landmarks:
     loud = db > db.max() - FLOOR_DB
     db = db - order_statistics.median(db, axis=0)  # a channel's fixed colouring out
     local_max = _max_filter(_max_filter(db, PEAK_FRAMES, axis=0), PEAK_BINS, axis=1)
-    peaks = (
+    found = (
         (db == local_max)
         & loud
         & (db > order_statistics.median(db, axis=1) + PEAK_OVER_MEDIAN_DB)
         & (db > PEAK_OVER_BIN_MEDIAN_DB)
     )
-    times, bins = np.nonzero(peaks)  # in time order
+    times, bins = np.nonzero(found)  # in time order
+    return Peaks(times.astype(np.int64), bins.astype(np.int64))
+
+
+def hashed(found: Peaks) -> Landmarks:
+    """The landmarks of ``found`` (in time order, each frame's by bin): each peak paired with the next ones ahead."""
+    times, bins = found.times, found.bins
     if not len(times):
         return np.zeros((0, 2), dtype=np.int32)
     # each peak pairs with the first FAN_OUT of the 8 * FAN_OUT peaks after it that fall in its target zone
@@ -118,6 +166,28 @@ def landmarks(samples: npt.NDArray[np.floating[Any]], rate: int) -> Landmarks:
     hashes = (bins[anchor] << _F1_SHIFT) | ((df[anchor, nth] + PAIR_BINS) << _DF_SHIFT) | dt[anchor, nth]
     out = np.stack([hashes, times[anchor]], axis=1).astype(np.int32)
     return out[np.argsort(out[:, 0], kind="stable")]
+
+
+def altered(found: Peaks) -> list[Landmarks]:
+    """The landmarks of the clip whose peaks are ``found`` as they would be with each alteration of
+    ``ALTERED_SPEEDS`` and ``ALTERED_REVERSED`` undone: played ``s`` times fast, its frequencies are ``s`` times
+    higher and its times ``s`` times shorter, so its peaks are moved back (``LOW_BIN`` is not 0 Hz) and paired again;
+    played backwards, its times are turned round. Moving peaks, not re-fingerprinting the audio, costs ~0.3 ms a
+    variant instead of ~3; it recognises a take played 20 % fast as it does one played as it was (README "Known
+    recordings")."""
+    out: list[Landmarks] = []
+    if not len(found.times):
+        return out
+    last = int(found.times.max())
+    for reverse in (False, True) if ALTERED_REVERSED else (False,):
+        times = last - found.times if reverse else found.times
+        for speed in ALTERED_SPEEDS if not reverse else (1.0, *ALTERED_SPEEDS):
+            moved_times = np.rint(times * speed).astype(np.int64)
+            moved_bins = np.rint((found.bins + LOW_BIN) / speed).astype(np.int64) - LOW_BIN
+            inside = (moved_bins >= 0) & (moved_bins < HIGH_BIN - LOW_BIN)
+            order = np.lexsort((moved_bins[inside], moved_times[inside]))
+            out.append(hashed(Peaks(moved_times[inside][order], moved_bins[inside][order])))
+    return out
 
 
 def _max_filter(x: npt.NDArray[np.float32], radius: int, axis: int) -> npt.NDArray[np.float32]:
@@ -145,11 +215,8 @@ def match_scores(probe: Landmarks, references: Sequence[Landmarks]) -> npt.NDArr
     out = np.zeros(len(references), dtype=np.float64)
     if len(probe) == 0 or not references or not any(len(r) for r in references):
         return out
-    ref = np.concatenate(list(references))
-    owner = np.repeat(np.arange(len(references)), [len(r) for r in references])
-    order = np.argsort(ref[:, 0], kind="stable")
-    ref, owner = ref[order], owner[order]
-    query = (probe[None, :, :] + np.stack([_SLACK, np.zeros_like(_SLACK)], axis=1)[:, None, :]).reshape(-1, 2)
+    ref, owner = _together(references)
+    query = _with_slack(probe)
     lo = np.searchsorted(ref[:, 0], query[:, 0], side="left")
     counts = np.searchsorted(ref[:, 0], query[:, 0], side="right") - lo
     pairs = int(counts.sum())
@@ -158,11 +225,99 @@ def match_scores(probe: Landmarks, references: Sequence[Landmarks]) -> npt.NDArr
     if pairs > max(MAX_PAIRS, MAX_REFERENCE_PAIRS):  # one reference, past both: as in passes, unmatched (a review:
         out[:] = np.inf  # a 15 s clip of tones shared 2.9M with one, matched in 0.45 s and 136 MB)
         return out
-    return _matched(probe, references, query, ref, owner, lo, counts)
+    scores: npt.NDArray[np.float64] = _matched(
+        [probe], np.zeros(len(query), np.int64), references, query, ref, owner, lo, counts
+    )[0]
+    return scores
+
+
+def altered_scores(variants: Sequence[Landmarks], references: Sequence[Landmarks]) -> npt.NDArray[np.float64]:
+    """For each reference, the highest ``match_scores`` any of ``variants`` (``altered``) has with it, the same for
+    each variant as alone; the references sorted and looked up once for all (23 variants against 100 recordings:
+    one sort, and a table lookup instead of a binary search for each hash). Variants whose pairs together fit
+    ``MAX_PAIRS`` are matched together; one past it alone, as ``match_scores`` would; past ``ALTERED_MAX_PAIRS``
+    over all, every reference is infinite."""
+    out = np.zeros(len(references), dtype=np.float64)
+    variants = [v for v in variants if len(v)]
+    if not variants or not references or not any(len(r) for r in references):
+        return out
+    ref, owner = _together(references)
+    found = _lookup(ref, variants)
+    pairs = [int(counts.sum()) for _, _, counts in found]
+    if sum(pairs) > ALTERED_MAX_PAIRS:
+        out[:] = np.inf
+        return out
+    batches: list[list[int]] = []
+    held = 0
+    for index, count in enumerate(pairs):
+        if count > MAX_PAIRS:  # alone, with match_scores's bounds
+            out = np.maximum(out, match_scores(variants[index], references))
+            continue
+        if not batches or held + count > MAX_PAIRS:
+            batches.append([])
+            held = 0
+        batches[-1].append(index)
+        held += count
+    for batch in batches:
+        which = np.repeat(np.arange(len(batch)), [len(found[i][0]) for i in batch])
+        scores = _matched(
+            [variants[i] for i in batch],
+            which,
+            references,
+            np.concatenate([found[i][0] for i in batch]),
+            ref,
+            owner,
+            np.concatenate([found[i][1] for i in batch]),
+            np.concatenate([found[i][2] for i in batch]),
+        )
+        out = np.maximum(out, scores.max(axis=0))
+    return out
+
+
+def _together(references: Sequence[Landmarks]) -> tuple[Landmarks, npt.NDArray[np.int64]]:
+    """All of ``references``' entries sorted by hash, and each entry's reference."""
+    ref = np.concatenate(list(references))
+    owner = np.repeat(np.arange(len(references)), [len(r) for r in references])
+    order = np.argsort(ref[:, 0], kind="stable")
+    return ref[order], owner[order]
+
+
+def _with_slack(probe: Landmarks) -> Landmarks:
+    """The probe's entries with every hash one bin, one bin of difference and one frame off (27 an entry)."""
+    return (probe[None, :, :] + np.stack([_SLACK, np.zeros_like(_SLACK)], axis=1)[:, None, :]).reshape(-1, 2)
+
+
+def _lookup(
+    ref: Landmarks, probes: Sequence[Landmarks]
+) -> list[tuple[Landmarks, npt.NDArray[np.int64], npt.NDArray[np.int64]]]:
+    """For each probe, its entries with slack (``_with_slack``) that have an equal hash in ``ref`` (sorted by hash),
+    each one's first equal entry there and how many there are (``np.searchsorted``'s answers), from a table of every
+    hash this thread keeps (6.5 MB): a binary search of every entry of a probe's 45 variants took ~25 ms, and most
+    find nothing."""
+    table = getattr(_LOOKUPS, "table", None)
+    if table is None:
+        table = _LOOKUPS.table = np.zeros(_HASHES + 2 * _MARGIN, dtype=np.int32)
+    hashes = ref[:, 0]
+    starts = np.flatnonzero(np.r_[True, hashes[1:] != hashes[:-1]])
+    sizes = np.diff(np.r_[starts, len(hashes)])
+    table[hashes[starts] + _MARGIN] = np.arange(1, len(starts) + 1, dtype=np.int32)
+    out = []
+    try:
+        for probe in probes:
+            at = table[(probe[:, 0][None, :] + (_SLACK + _MARGIN)[:, None]).ravel()]
+            hit = np.flatnonzero(at)
+            entry, slack = hit % len(probe), hit // len(probe)  # ``_with_slack``'s rows, only those that hit
+            query = probe[entry] + np.stack([_SLACK[slack], np.zeros_like(slack, dtype=np.int32)], axis=1)
+            place = at[hit] - 1
+            out.append((query, starts[place].astype(np.int64), sizes[place].astype(np.int64)))
+    finally:
+        table[hashes[starts] + _MARGIN] = 0
+    return out
 
 
 def _matched(
-    probe: Landmarks,
+    probes: Sequence[Landmarks],
+    which: npt.NDArray[np.int64],
     references: Sequence[Landmarks],
     query: Landmarks,
     ref: Landmarks,
@@ -170,31 +325,35 @@ def _matched(
     lo: npt.NDArray[np.int64],
     counts: npt.NDArray[np.int64],
 ) -> npt.NDArray[np.float64]:
-    """The scores of the references whose entries are in ``ref`` (sorted by hash; ``owner``: each entry's reference),
+    """The scores ``(len(probes), len(references))`` of the references whose entries are in ``ref`` (sorted by hash;
+    ``owner``: each entry's reference), with the probes whose entries are ``query`` (``which``: each one's probe),
     the pairs found (``lo``, ``counts``: each query entry's first equal entry and how many); 0 for the others."""
-    out = np.zeros(len(references), dtype=np.float64)
+    out = np.zeros((len(probes), len(references)), dtype=np.float64)
     pairs = int(counts.sum())
     if not pairs:
         return out
-    # every (probe hash, equal reference hash) pair: its reference and its time offset
+    # every (probe hash, equal reference hash) pair: its probe and reference, and its time offset
     query_idx = np.repeat(np.arange(len(query)), counts)
     ref_idx = np.repeat(lo - np.cumsum(counts) + counts, counts) + np.arange(pairs)
     offsets = ref[ref_idx, 1].astype(np.int64) - query[query_idx, 1]
-    keys = owner[ref_idx].astype(np.int64) * _SPAN + offsets + _SPAN // 2  # one bin per (reference, offset)
+    cells = which[query_idx] * len(references) + owner[ref_idx]  # one cell per (probe, reference)
+    keys = cells * _SPAN + offsets + _SPAN // 2  # one bin per (probe, reference, offset)
     unique, tally = np.unique(keys, return_counts=True)
     near = tally.copy()  # +-1 frame of slack
     for step in (-1, 1):
         at = np.minimum(np.searchsorted(unique, unique + step), len(unique) - 1)
         hit = unique[at] == unique + step
         near[hit] += tally[at[hit]]
-    best = np.zeros(len(references), dtype=np.int64)
+    best = np.zeros(out.size, dtype=np.int64)
     np.maximum.at(best, unique // _SPAN, near)
-    # chance: all of a reference's agreeing hashes spread over every offset the two clips could have
-    total = np.bincount(unique // _SPAN, weights=tally, minlength=len(references))
-    spans = np.array([_frames(probe) + _frames(r) for r in references], dtype=np.float64)
+    # chance: all of a pair of clips' agreeing hashes spread over every offset the two clips could have
+    total = np.bincount(unique // _SPAN, weights=tally, minlength=out.size)
+    spans = np.add.outer(
+        np.array([_frames(p) for p in probes], dtype=np.float64),
+        np.array([_frames(r) for r in references], dtype=np.float64),
+    ).reshape(-1)
     chance = 3 * total / np.maximum(spans, 1)
-    out[:] = (best - chance) / np.sqrt(chance + 1)
-    return out
+    return ((best - chance) / np.sqrt(chance + 1)).reshape(out.shape)
 
 
 def _in_passes(
@@ -225,6 +384,7 @@ def _in_passes(
             held = 0
         batches[-1].append(index)
         held += int(each[index])
+    zero = np.zeros(len(query), dtype=np.int64)
     for batch in batches:
         chosen = np.zeros(len(references), dtype=np.bool_)
         chosen[batch] = True
@@ -232,7 +392,7 @@ def _in_passes(
         part, part_owner = ref[mine], owner[mine]
         lo = np.searchsorted(part[:, 0], query[:, 0], side="left")
         counts = np.searchsorted(part[:, 0], query[:, 0], side="right") - lo
-        out[batch] = _matched(probe, references, query, part, part_owner, lo, counts)[batch]
+        out[batch] = _matched([probe], zero, references, query, part, part_owner, lo, counts)[0][batch]
     return out
 
 
