@@ -233,7 +233,7 @@ def match_scores(probe: Landmarks, references: Sequence[Landmarks]) -> npt.NDArr
 
 def altered_scores(variants: Sequence[Landmarks], references: Sequence[Landmarks]) -> npt.NDArray[np.float64]:
     """For each reference, the highest ``match_scores`` any of ``variants`` (``altered``) has with it, the same for
-    each variant as alone; the references sorted and looked up once for all (23 variants against 100 recordings:
+    each variant as alone; the references sorted and looked up once for all (45 variants against 100 recordings:
     one sort, and a table lookup instead of a binary search for each hash). Variants whose pairs together fit
     ``MAX_PAIRS`` are matched together; one past it alone, as ``match_scores`` would; past ``ALTERED_MAX_PAIRS``
     over all, every reference is infinite."""
@@ -242,33 +242,39 @@ def altered_scores(variants: Sequence[Landmarks], references: Sequence[Landmarks
     if not variants or not references or not any(len(r) for r in references):
         return out
     ref, owner = _together(references)
-    found = _lookup(ref, variants)
-    pairs = [int(counts.sum()) for _, _, counts in found]
-    if sum(pairs) > ALTERED_MAX_PAIRS:
+    query, which, lo, counts = _lookup(ref, variants)
+    pairs = np.bincount(which, weights=counts, minlength=len(variants)).astype(np.int64)
+    if int(pairs.sum()) > ALTERED_MAX_PAIRS:
         out[:] = np.inf
         return out
-    batches: list[list[int]] = []
-    held = 0
-    for index, count in enumerate(pairs):
+    out[:] = -np.inf  # every variant is matched below, in a pass or alone
+    batch_of = np.full(len(variants), -1)
+    held, batches = 0, 0
+    for index, count in enumerate(pairs.tolist()):
         if count > MAX_PAIRS:  # alone, with match_scores's bounds
             out = np.maximum(out, match_scores(variants[index], references))
             continue
         if not batches or held + count > MAX_PAIRS:
-            batches.append([])
-            held = 0
-        batches[-1].append(index)
+            batches, held = batches + 1, 0
+        batch_of[index] = batches - 1
         held += count
-    for batch in batches:
-        which = np.repeat(np.arange(len(batch)), [len(found[i][0]) for i in batch])
+    if batches == 1 and (batch_of == 0).all():  # the usual: every variant in one pass, nothing to pick out
+        best: npt.NDArray[np.float64] = _matched(variants, which, references, query, ref, owner, lo, counts).max(axis=0)
+        return best
+    for batch in range(batches):
+        members = np.flatnonzero(batch_of == batch)
+        local = np.full(len(variants), -1)
+        local[members] = np.arange(len(members))
+        rows = batch_of[which] == batch
         scores = _matched(
-            [variants[i] for i in batch],
-            which,
+            [variants[i] for i in members],
+            local[which[rows]],
             references,
-            np.concatenate([found[i][0] for i in batch]),
+            query[rows],
             ref,
             owner,
-            np.concatenate([found[i][1] for i in batch]),
-            np.concatenate([found[i][2] for i in batch]),
+            lo[rows],
+            counts[rows],
         )
         out = np.maximum(out, scores.max(axis=0))
     return out
@@ -289,30 +295,29 @@ def _with_slack(probe: Landmarks) -> Landmarks:
 
 def _lookup(
     ref: Landmarks, probes: Sequence[Landmarks]
-) -> list[tuple[Landmarks, npt.NDArray[np.int64], npt.NDArray[np.int64]]]:
-    """For each probe, its entries with slack (``_with_slack``) that have an equal hash in ``ref`` (sorted by hash),
-    each one's first equal entry there and how many there are (``np.searchsorted``'s answers), from a table of every
-    hash this thread keeps (6.5 MB): a binary search of every entry of a probe's 45 variants took ~25 ms, and most
-    find nothing."""
+) -> tuple[Landmarks, npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """The entries of all ``probes`` with slack (``_with_slack``) that have an equal hash in ``ref`` (sorted by hash):
+    those entries, each one's probe, and its first equal entry in ``ref`` and how many there are
+    (``np.searchsorted``'s answers), from a table of every hash this thread keeps (6.5 MB): a binary search of
+    every entry of a probe's 45 variants took ~25 ms, and most find nothing."""
     table = getattr(_LOOKUPS, "table", None)
     if table is None:
         table = _LOOKUPS.table = np.zeros(_HASHES + 2 * _MARGIN, dtype=np.int32)
     hashes = ref[:, 0]
     starts = np.flatnonzero(np.r_[True, hashes[1:] != hashes[:-1]])
     sizes = np.diff(np.r_[starts, len(hashes)])
+    entries = np.concatenate(list(probes))
+    owners = np.repeat(np.arange(len(probes)), [len(p) for p in probes])
     table[hashes[starts] + _MARGIN] = np.arange(1, len(starts) + 1, dtype=np.int32)
-    out = []
     try:
-        for probe in probes:
-            at = table[(probe[:, 0][None, :] + (_SLACK + _MARGIN)[:, None]).ravel()]
-            hit = np.flatnonzero(at)
-            entry, slack = hit % len(probe), hit // len(probe)  # ``_with_slack``'s rows, only those that hit
-            query = probe[entry] + np.stack([_SLACK[slack], np.zeros_like(slack, dtype=np.int32)], axis=1)
-            place = at[hit] - 1
-            out.append((query, starts[place].astype(np.int64), sizes[place].astype(np.int64)))
+        at = table[(entries[:, 0][None, :] + (_SLACK + _MARGIN)[:, None]).ravel()]
     finally:
         table[hashes[starts] + _MARGIN] = 0
-    return out
+    hit = np.flatnonzero(at)
+    entry, slack = hit % len(entries), hit // len(entries)  # ``_with_slack``'s rows, only those that hit
+    query = entries[entry] + np.stack([_SLACK[slack], np.zeros_like(slack, dtype=np.int32)], axis=1)
+    place = at[hit] - 1
+    return query, owners[entry], starts[place].astype(np.int64), sizes[place].astype(np.int64)
 
 
 def _matched(
@@ -339,11 +344,10 @@ def _matched(
     cells = which[query_idx] * len(references) + owner[ref_idx]  # one cell per (probe, reference)
     keys = cells * _SPAN + offsets + _SPAN // 2  # one bin per (probe, reference, offset)
     unique, tally = np.unique(keys, return_counts=True)
-    near = tally.copy()  # +-1 frame of slack
-    for step in (-1, 1):
-        at = np.minimum(np.searchsorted(unique, unique + step), len(unique) - 1)
-        hit = unique[at] == unique + step
-        near[hit] += tally[at[hit]]
+    near = tally.copy()  # +-1 frame of slack: the keys are sorted and distinct, so an offset's neighbour is next
+    beside = np.flatnonzero(np.diff(unique) == 1)
+    near[beside] += tally[beside + 1]
+    near[beside + 1] += tally[beside]
     best = np.zeros(out.size, dtype=np.int64)
     np.maximum.at(best, unique // _SPAN, near)
     # chance: all of a pair of clips' agreeing hashes spread over every offset the two clips could have
