@@ -3,9 +3,9 @@
 In process, on real speech from the corpus (``./dev setup`` builds it): the time to fingerprint a 3 s clip at the
 lock's 44.1 kHz and to match it against 3, 30 and 300 stored recordings (a member's enrollment samples; a busy
 lock's week of attempts), and, for a voice verify would let in, the altered search (the clip played faster, slower
-or backwards: ``fingerprint.altered``) against 3, 30 and 100 of that voice's recordings
-(``known_recordings.ALTERED_COMPARED``), beside the plain path it sits next to, the GE2E forward pass on the same
-clip.
+or backwards: ``fingerprint.altered``; retimed: ``retimed.tempo_scores``) against 3, 30 and 100 of that voice's
+recordings (``known_recordings.ALTERED_COMPARED``), beside the plain path it sits next to, the GE2E forward pass on
+the same clip.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from pathlib import Path
 
 from bench.common import machine, out, pct, table
 from lockwise.voice import audio, known_recordings
-from lockwise.voice.model import fingerprint
+from lockwise.voice.model import fingerprint, retimed
 from lockwise.voice.model.encoder import open_encoder
 from lockwise.voice.model.resample import resample
 
@@ -87,6 +87,31 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(
             [
                 f"altered search against {n} recordings",
+                pct(ms, 50),
+                pct(ms, 99),
+                f"{pct(ms, 50) / pct(forward, 50):.2f}x",
+            ]
+        )
+    tempos = retimed.retimed(found)
+    made = timed(lambda: retimed.retimed(found), args.rounds)
+    rows.append(
+        [
+            "tempo search: the clip's triplets, as heard and backwards",
+            pct(made, 50),
+            pct(made, 99),
+            f"{pct(made, 50) / pct(forward, 50):.2f}x",
+        ]
+    )
+    for n in (3, 30, known_recordings.ALTERED_COMPARED):
+        refs = stored[:n]
+
+        def stretched(refs: list[fingerprint.Landmarks] = refs) -> object:
+            return retimed.tempo_scores(tempos, refs)
+
+        ms = timed(stretched, args.rounds)
+        rows.append(
+            [
+                f"tempo search against {n} recordings",
                 pct(ms, 50),
                 pct(ms, 99),
                 f"{pct(ms, 50) / pct(forward, 50):.2f}x",

@@ -25,6 +25,7 @@ Prints progress while it works (a few minutes) and a markdown report.
 from __future__ import annotations
 
 import argparse
+import subprocess
 import sys
 import time
 from collections.abc import Collection, Sequence
@@ -37,8 +38,8 @@ import numpy.typing as npt
 
 from infra.voice import channel
 from lockwise.core import errors
-from lockwise.voice import audio
-from lockwise.voice.model import fingerprint
+from lockwise.voice import audio, known_recordings
+from lockwise.voice.model import fingerprint, retimed
 
 SAME_TAKE_CORRELATION = 0.95
 CLIPS = 120
@@ -107,8 +108,23 @@ def same_take(a: Clip, b: Clip, window: int = 2000) -> float:
     return best
 
 
-def false_alarms(clips: list[Clip], altered: bool = False) -> dict[str, Any]:
-    """Every same-speaker pair scored by the plain check, or by the altered search (``altered``)."""
+#: what ``false_alarms`` scores pairs with: the plain check, the altered search's speeds (and reversal), its tempos
+SEARCHES = ("plain", "speeds", "tempos")
+
+
+def _scores(search: str, probe: Clip, later: list[Clip]) -> tuple[npt.NDArray[np.float64], float]:
+    """A probe's scores against ``later`` by ``search``, and that search's threshold."""
+    prints = [c.prints for c in later]
+    if search == "speeds":
+        return fingerprint.altered_scores(fingerprint.altered(probe.peaks), prints), fingerprint.REPLAY_Z
+    if search == "tempos":
+        return retimed.tempo_scores(retimed.retimed(probe.peaks), prints), retimed.TEMPO_Z
+    return fingerprint.match_scores(probe.prints, prints), fingerprint.REPLAY_Z
+
+
+def false_alarms(clips: list[Clip], search: str = "plain") -> dict[str, Any]:
+    """Every same-speaker pair scored by ``search`` (``SEARCHES``): one over its threshold is a false alarm unless
+    the waveforms show one take."""
     by_speaker: dict[str, list[Clip]] = {}
     for clip in clips:
         by_speaker.setdefault(clip.speaker, []).append(clip)
@@ -119,29 +135,27 @@ def false_alarms(clips: list[Clip], altered: bool = False) -> dict[str, Any]:
     for speaker, group in by_speaker.items():
         print(f"pairs of {speaker}: {len(group)} clips ({time.monotonic() - started:.0f} s so far)", file=sys.stderr)  # noqa: T201
         for i, probe in enumerate(group[:-1]):
-            later = [c.prints for c in group[i + 1 :]]
-            if altered:
-                z = fingerprint.altered_scores(fingerprint.altered(probe.peaks), later)
-            else:
-                z = fingerprint.match_scores(probe.prints, later)
+            z, threshold = _scores(search, probe, group[i + 1 :])
+            near = 0.6 * threshold
             pairs += len(z)
-            for j in np.nonzero(z >= fingerprint.REPLAY_Z - 40)[0]:  # near or over: check the waveform
+            for j in np.nonzero(z >= near)[0]:  # near or over: check the waveform
                 other = group[i + 1 + int(j)]
                 r = same_take(probe, other)
                 if r >= SAME_TAKE_CORRELATION:
-                    if z[j] >= fingerprint.REPLAY_Z:
+                    if z[j] >= threshold:
                         flagged.append({"pair": f"{probe.name}/{other.name}", "speaker": speaker, "z": float(z[j])})
                     continue
                 highest_distinct = max(highest_distinct, float(z[j]))
-                if z[j] >= fingerprint.REPLAY_Z:
+                if z[j] >= threshold:
                     flagged.append(
                         {"pair": f"{probe.name}/{other.name}", "speaker": speaker, "z": float(z[j]), "false": r}
                     )
-            below = z[z < fingerprint.REPLAY_Z - 40]
+            below = z[z < near]
             if len(below):
                 highest_distinct = max(highest_distinct, float(below.max()))
     false = [f for f in flagged if "false" in f]
     return {
+        "search": search,
         "pairs": pairs,
         "speakers": len(by_speaker),
         "shared_takes": len(flagged) - len(false),
@@ -192,51 +206,61 @@ def detection(
 
 
 #: alterations an attacker makes to a recording before playing it (attack run 64): a speed (a factor: 1.03 is 3 %
-#: fast, pitch and tempo together), and whether it is played backwards
-ALTERATIONS: tuple[tuple[str, float, bool], ...] = (
-    ("3 % fast", 1.03, False),
-    ("3 % slow", 0.97, False),
-    ("8 % fast", 1.08, False),
-    ("12 % slow", 0.88, False),
-    ("16 % fast", 1.16, False),
-    ("backwards", 1.0, True),
-    ("backwards, 5 % slow", 0.95, True),
+#: fast, pitch and tempo together), whether it is played backwards, and a tempo (pitch kept: sox's WSOLA ``tempo``)
+ALTERATIONS: tuple[tuple[str, float, bool, float], ...] = (
+    ("3 % fast", 1.03, False, 1.0),
+    ("3 % slow", 0.97, False, 1.0),
+    ("8 % fast", 1.08, False, 1.0),
+    ("12 % slow", 0.88, False, 1.0),
+    ("16 % fast", 1.16, False, 1.0),
+    ("backwards", 1.0, True, 1.0),
+    ("backwards, 5 % slow", 0.95, True, 1.0),
+    ("tempo 1.1x, pitch kept", 1.0, False, 1.1),
+    ("tempo 0.7x, pitch kept", 1.0, False, 0.7),
+    ("tempo 1.4x, pitch kept", 1.0, False, 1.4),
+    ("backwards, tempo 1.2x", 1.0, True, 1.2),
 )
 #: the channels they are measured through
 ALTERED_THROUGH = (channel.CONDITIONS[1], channel.CONDITIONS[0])
 
 
-def played_at(x: F32, speed: float, backwards: bool) -> F32:
-    """``x`` played ``speed`` times as fast (pitch and tempo together, as a player's speed control or a resampler),
-    backwards if asked."""
-    y = x[::-1] if backwards else x
-    if speed == 1.0:
-        return np.ascontiguousarray(y, dtype=np.float32)
-    played: F32 = np.interp(np.arange(0, len(y) - 1, speed), np.arange(len(y)), y).astype(np.float32)
-    return played
+def played_at(x: F32, speed: float, backwards: bool, tempo: float = 1.0, rate: int = fingerprint.RATE) -> F32:
+    """``x`` (at ``rate``) played ``speed`` times as fast (pitch and tempo together, as a player's speed control or
+    a resampler), backwards if asked, and its tempo changed ``tempo`` times with its pitch kept (sox ``tempo``)."""
+    y = np.ascontiguousarray(x[::-1] if backwards else x, dtype=np.float32)
+    if speed != 1.0:
+        y = np.interp(np.arange(0, len(y) - 1, speed), np.arange(len(y)), y).astype(np.float32)
+    if tempo != 1.0:
+        raw = ["-t", "raw", "-r", str(rate), "-c", "1", "-e", "floating-point", "-b", "32"]
+        done = subprocess.run(
+            ["sox", *raw, "-", *raw, "-", "tempo", str(tempo)], input=y.tobytes(), capture_output=True, check=True
+        )
+        y = np.frombuffer(done.stdout, dtype=np.float32).copy()
+    return y
 
 
 def altered_detection(
     clips: list[Clip],
     count: int,
     seed: int = 11,
-    alterations: Sequence[tuple[str, float, bool]] = ALTERATIONS,
+    alterations: Sequence[tuple[str, float, bool, float]] = ALTERATIONS,
     through: Sequence[channel.Channel] = ALTERED_THROUGH,
 ) -> list[dict[str, Any]]:
     """``count`` clips altered each way and replayed through each of ``through``: how many the plain check and the
-    altered search recognise against the clip itself (an enrollment sample)."""
+    altered search (its speeds and its tempos) recognise against the clip itself (an enrollment sample)."""
     rng = np.random.default_rng(seed)
     picked = [clips[int(i)] for i in np.linspace(0, len(clips) - 1, min(count, len(clips)))]
     limits = audio.Limits()
     rows: list[dict[str, Any]] = []
     started = time.monotonic()
     for condition in through:
-        for name, speed, backwards in alterations:
+        for name, speed, backwards, tempo in alterations:
             took = time.monotonic() - started
             print(f"altered {len(picked)}: {name}, {condition.name} ({took:.0f} s)", file=sys.stderr)  # noqa: T201
             refused = plain = searched = 0
             for clip in picked:
-                heard = condition(played_at(clip.samples, speed, backwards), fingerprint.RATE, rng)
+                altered = played_at(clip.samples, speed, backwards, tempo)
+                heard = condition(altered, fingerprint.RATE, rng)
                 try:
                     audio.validate(audio.Clip(heard, condition.rate_out), limits)
                 except errors.BadRequest:
@@ -244,9 +268,11 @@ def altered_detection(
                     continue
                 found = fingerprint.peaks(heard, condition.rate_out)
                 z_plain = fingerprint.match_scores(fingerprint.hashed(found), [clip.prints])[0]
-                z_altered = fingerprint.altered_scores(fingerprint.altered(found), [clip.prints])[0]
                 plain += bool(z_plain >= fingerprint.REPLAY_Z)
-                searched += bool(max(z_plain, z_altered) >= fingerprint.REPLAY_Z)
+                searched += bool(
+                    z_plain >= fingerprint.REPLAY_Z
+                    or known_recordings.altered_replay(known_recordings.altered(found), [clip.prints])
+                )
             rows.append(
                 {
                     "alteration": name,
@@ -261,16 +287,23 @@ def altered_detection(
     return rows
 
 
-def altered_markdown(fa: dict[str, Any], det: list[dict[str, Any]]) -> str:
+def altered_markdown(alarms: Sequence[dict[str, Any]], det: list[dict[str, Any]]) -> str:
     lines = [
         f"Altered search: {len(fingerprint.ALTERED_SPEEDS)} speeds "
         f"({min(fingerprint.ALTERED_SPEEDS):.3f}-{max(fingerprint.ALTERED_SPEEDS):.3f}), "
-        f"{'each also backwards, and backwards as it is' if fingerprint.ALTERED_REVERSED else 'none backwards'}.",
+        f"{'each also backwards, and backwards as it is' if fingerprint.ALTERED_REVERSED else 'none backwards'} "
+        f"(z >= {fingerprint.REPLAY_Z:g}); tempos {retimed.SCALES[0]:.2f}-{retimed.SCALES[-1]:.2f}x the recording's "
+        f"length, as heard and backwards (triplets, z >= {retimed.TEMPO_Z:g}).",
         "",
-        f"**False alarms of the altered search:** {fa['false_alarms']} over {fa['pairs']:,} same-speaker pairs of "
-        f"{fa['speakers']} speakers (highest z of a pair that is not one take: {fa['highest_distinct_z']:.1f}); "
-        f"{fa['shared_takes']} pairs over the threshold share a take.",
-        "",
+    ]
+    for fa in alarms:
+        lines.append(
+            f"**False alarms of the {fa['search']} search:** {fa['false_alarms']} over {fa['pairs']:,} same-speaker "
+            f"pairs of {fa['speakers']} speakers (highest z of a pair that is not one take: "
+            f"{fa['highest_distinct_z']:.1f}); {fa['shared_takes']} pairs over the threshold share a take."
+        )
+        lines.append("")
+    lines += [
         "| alteration | replayed through | replays | refused by intake | recognised, plain check |"
         " recognised, with the altered search |",
         "|---|---|---|---|---|---|",
@@ -282,8 +315,11 @@ def altered_markdown(fa: dict[str, Any], det: list[dict[str, Any]]) -> str:
             f" {r['plain']}/{r['decided']} ({r['plain'] / d:.0%}) | {r['searched']}/{r['decided']}"
             f" ({r['searched'] / d:.0%}) |"
         )
-    for f in fa["false"]:
-        lines.append(f"- false alarm: {f['speaker']} {f['pair']} z={f['z']:.1f} (waveform {f['false']:.2f})")
+    for fa in alarms:
+        for f in fa["false"]:
+            lines.append(
+                f"- false alarm ({fa['search']}): {f['speaker']} {f['pair']} z={f['z']:.1f} (waveform {f['false']:.2f})"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -322,7 +358,8 @@ def main(argv: list[str] | None = None) -> int:
     clips = load(args.corpus, audio.Limits())
     print(f"fingerprinted {len(clips)} clips in {time.monotonic() - started:.0f} s", file=sys.stderr)  # noqa: T201
     if args.altered:
-        report = altered_markdown(false_alarms(clips, altered=True), altered_detection(clips, args.clips))
+        alarms = [false_alarms(clips, search) for search in ("speeds", "tempos")]
+        report = altered_markdown(alarms, altered_detection(clips, args.clips))
     else:
         report = markdown(false_alarms(clips), detection(clips, args.clips))
     print(report)  # noqa: T201

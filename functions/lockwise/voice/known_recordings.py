@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from lockwise.core.db import Connection
-from lockwise.voice.model import fingerprint
+from lockwise.voice.model import fingerprint, retimed
 
 
 def replace_enrollment(con: Connection, uid: str, prints: Sequence[fingerprint.Landmarks]) -> None:
@@ -109,10 +109,26 @@ def replayed(probe: fingerprint.Landmarks, known: Sequence[fingerprint.Landmarks
     return int(hits[0]) if len(hits) else None
 
 
-def altered_replay(variants: Sequence[fingerprint.Landmarks], recordings: Sequence[fingerprint.Landmarks]) -> bool:
-    """Whether the probe whose variants (``fingerprint.altered``) are ``variants`` is one of ``recordings`` played
-    faster, slower or backwards: attack run 64 opened the door with a heard take played 3 % fast, backwards, or
-    both."""
+@dataclass(frozen=True)
+class Altered:
+    """A probe as the altered search matches it: its landmarks at each speed undone and backwards
+    (``fingerprint.altered``), and its triplets as heard and backwards, which a tempo change keeps
+    (``retimed.retimed``)."""
+
+    speeds: list[fingerprint.Landmarks]
+    tempos: list[retimed.Triplets]
+
+
+def altered(found: fingerprint.Peaks) -> Altered:
+    """The altered search's view of the probe whose peaks are ``found`` (~10 ms for 3 s: made beside the forward)."""
+    return Altered(fingerprint.altered(found), retimed.retimed(found))
+
+
+def altered_replay(probe: Altered, recordings: Sequence[fingerprint.Landmarks]) -> bool:
+    """Whether ``probe`` is one of ``recordings`` played faster, slower or backwards, or with its tempo changed:
+    attack run 64 opened the door with a heard take played 3 % fast, backwards, both, or at 1.1x tempo."""
     if not recordings:
         return False
-    return bool(np.any(fingerprint.altered_scores(variants, recordings) >= fingerprint.REPLAY_Z))
+    if np.any(fingerprint.altered_scores(probe.speeds, recordings) >= fingerprint.REPLAY_Z):
+        return True
+    return bool(np.any(retimed.tempo_scores(probe.tempos, recordings) >= retimed.TEMPO_Z))

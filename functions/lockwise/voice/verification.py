@@ -329,7 +329,7 @@ class _Heard:
 
     probe: Future[npt.NDArray[np.float32]]
     printed: Future[fingerprint.Fingerprint]
-    variants: Future[list[fingerprint.Landmarks]]  # the altered search's (``fingerprint.altered``), made beside too
+    variants: Future[known_recordings.Altered]  # the altered search's, made beside too
 
     @classmethod
     def begin(cls, encoder: Encoder, clip: audio.Clip) -> _Heard:
@@ -367,9 +367,9 @@ def _finished(soon: Future[T], deadline: float) -> T:
         raise errors.Unavailable("the voice model failed; try again", code="model_unavailable") from exc
 
 
-def _variants(heard_soon: Future[fingerprint.Fingerprint]) -> list[fingerprint.Landmarks]:
-    """The probe's variants for the altered search (7-15 ms for 3 s: made while the forward pass runs, not after)."""
-    return fingerprint.altered(heard_soon.result().peaks)
+def _variants(heard_soon: Future[fingerprint.Fingerprint]) -> known_recordings.Altered:
+    """The probe's variants for the altered search (~10 ms for 3 s: made while the forward pass runs, not after)."""
+    return known_recordings.altered(heard_soon.result().peaks)
 
 
 def _is_replay(heard_soon: Future[fingerprint.Fingerprint], recordings: list[fingerprint.Landmarks]) -> bool:
