@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 from bench.common import machine, out, pct, table
@@ -49,74 +50,22 @@ def main(argv: list[str] | None = None) -> int:
     encoder = open_encoder("ge2e", None)
     forward = timed(lambda: encoder.embed(wave, 44_100), args.rounds)
     rows: list[list[object]] = [["GE2E forward pass (the plain path)", pct(forward, 50), pct(forward, 99), "1.00x"]]
-    fp = timed(lambda: fingerprint.landmarks(wave, 44_100), args.rounds)
-    rows.append(["fingerprint the clip", pct(fp, 50), pct(fp, 99), f"{pct(fp, 50) / pct(forward, 50):.2f}x"])
+
+    def row(step: str, call: Callable[[], object]) -> None:
+        ms = timed(call, args.rounds)
+        rows.append([step, pct(ms, 50), pct(ms, 99), f"{pct(ms, 50) / pct(forward, 50):.2f}x"])
+
+    row("fingerprint the clip", lambda: fingerprint.landmarks(wave, 44_100))
     for n in (3, 30, 300):
-        refs = stored[:n]
-
-        def match(refs: list[fingerprint.Landmarks] = refs) -> object:
-            return fingerprint.match_scores(heard, refs)
-
-        ms = timed(match, args.rounds)
-        rows.append(
-            [
-                f"match against {n} recordings",
-                pct(ms, 50),
-                pct(ms, 99),
-                f"{pct(ms, 50) / pct(forward, 50):.2f}x",
-            ]
-        )
+        row(f"match against {n} recordings", partial(fingerprint.match_scores, heard, stored[:n]))
     found = fingerprint.peaks(wave, 44_100)
-    variants = fingerprint.altered(found)
-    made = timed(lambda: fingerprint.altered(found), args.rounds)
-    rows.append(
-        [
-            f"altered search: the clip's {len(variants)} variants",
-            pct(made, 50),
-            pct(made, 99),
-            f"{pct(made, 50) / pct(forward, 50):.2f}x",
-        ]
-    )
+    variants, tempos = fingerprint.altered(found), retimed.retimed(found)
+    row(f"altered search: the clip's {len(variants)} variants", lambda: fingerprint.altered(found))
     for n in (3, 30, known_recordings.ALTERED_COMPARED):
-        refs = stored[:n]
-
-        def search(refs: list[fingerprint.Landmarks] = refs) -> object:
-            return fingerprint.altered_scores(variants, refs)
-
-        ms = timed(search, args.rounds)
-        rows.append(
-            [
-                f"altered search against {n} recordings",
-                pct(ms, 50),
-                pct(ms, 99),
-                f"{pct(ms, 50) / pct(forward, 50):.2f}x",
-            ]
-        )
-    tempos = retimed.retimed(found)
-    made = timed(lambda: retimed.retimed(found), args.rounds)
-    rows.append(
-        [
-            "tempo search: the clip's triplets, as heard and backwards",
-            pct(made, 50),
-            pct(made, 99),
-            f"{pct(made, 50) / pct(forward, 50):.2f}x",
-        ]
-    )
+        row(f"altered search against {n} recordings", partial(fingerprint.altered_scores, variants, stored[:n]))
+    row("tempo search: the clip's triplets, as heard and backwards", lambda: retimed.retimed(found))
     for n in (3, 30, known_recordings.ALTERED_COMPARED):
-        refs = stored[:n]
-
-        def stretched(refs: list[fingerprint.Landmarks] = refs) -> object:
-            return retimed.tempo_scores(tempos, refs)
-
-        ms = timed(stretched, args.rounds)
-        rows.append(
-            [
-                f"tempo search against {n} recordings",
-                pct(ms, 50),
-                pct(ms, 99),
-                f"{pct(ms, 50) / pct(forward, 50):.2f}x",
-            ]
-        )
+        row(f"tempo search against {n} recordings", partial(retimed.tempo_scores, tempos, stored[:n]))
     out(
         table(
             f"Replay detection for 3 s at 44.1 kHz, real speech ({args.rounds} rounds; {machine()})",
