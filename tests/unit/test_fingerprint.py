@@ -164,8 +164,8 @@ def test_a_clip_played_faster_slower_or_backwards_is_recognised_by_the_altered_s
 
 def test_the_altered_search_scores_each_variant_as_the_plain_check_would(monkeypatch: pytest.MonkeyPatch) -> None:
     """One sort and one table lookup for all the variants, matched together while their pairs fit ``MAX_PAIRS``:
-    each reference's score is the highest any variant has with it alone; a variant past ``MAX_PAIRS`` is matched
-    alone, with its bounds; past ``ALTERED_MAX_PAIRS`` together, every reference is taken as replayed."""
+    each reference's score is the highest any variant has with it alone. Past ``MAX_PAIRS``, references are matched
+    in passes, with the same scores."""
     clips = spoken("allison", n=6, start=20)
     references = [fp.landmarks(c, 44100) for c in clips]
     variants = fp.altered(fp.peaks(_played(clips[3], 1.06), 44100))
@@ -173,12 +173,41 @@ def test_the_altered_search_scores_each_variant_as_the_plain_check_would(monkeyp
     each = np.max([fp.match_scores(v, references) for v in variants], axis=0)
     np.testing.assert_allclose(fp.altered_scores(variants, references), each)
     assert each[3] >= fp.REPLAY_Z > max(np.delete(each, 3))
-    monkeypatch.setattr(fp, "MAX_PAIRS", 200)  # several batches, some variants alone
+    ref, owner = fp._together(references)
+    shared = fp._shared(ref, owner, len(references), variants)
+    assert shared.sum() > shared.max() > 0
+    monkeypatch.setattr(fp, "MAX_PAIRS", int(shared.max()))  # each reference fits a pass, not all of them
     np.testing.assert_allclose(fp.altered_scores(variants, references), each)
-    monkeypatch.setattr(fp, "ALTERED_MAX_PAIRS", 100)
-    assert np.isinf(fp.altered_scores(variants, references)).all()
     assert not fp.altered_scores([], references).any() and not len(fp.altered_scores(variants, []))
     assert fp.altered(fp.peaks(np.zeros(44100, dtype=np.float32), 44100)) == []
+
+
+def test_the_altered_search_leaves_out_the_recordings_sharing_the_most_rather_than_refusing_the_owner(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Attack run 67: the recordings searched include the voice's rejected attempts, which anyone at the door makes;
+    recordings planted dense with tones shared millions of pairs with the owner's takes, and past the search's bound
+    every take was scored a replay, which locked the owner out (and a grid of tones as the probe held 2.3 GB first).
+    Past ``ALTERED_MAX_PAIRS``, the recordings sharing the most are left out (0) and the rest scored as ever; a
+    reference sharing over ``MAX_PAIRS`` alone is left out always; a probe past ``ALTERED_PROBE_LANDMARKS`` (not
+    speech) is a replay of each, before anything is looked up."""
+    clips = spoken("allison", n=6, start=20)
+    references = [fp.landmarks(c, 44100) for c in clips]
+    variants = fp.altered(fp.peaks(_played(clips[3], 1.06), 44100))
+    each = fp.altered_scores(variants, references)
+    shared = fp._shared(*fp._together(references), len(references), variants)
+    heaviest = int(np.argmax(shared))
+    monkeypatch.setattr(fp, "MAX_PAIRS", int(shared.max()) - 1)  # the heaviest alone is past it
+    scores = fp.altered_scores(variants, references)
+    assert scores[heaviest] == 0 and np.isfinite(scores).all()
+    np.testing.assert_allclose(np.delete(scores, heaviest), np.delete(each, heaviest))
+    monkeypatch.setattr(fp, "MAX_PAIRS", 2_000_000)
+    monkeypatch.setattr(fp, "ALTERED_MAX_PAIRS", int(shared.sum() - shared.min()))  # one must be left out
+    monkeypatch.setattr(fp, "MAX_PAIRS", int(shared.sum() - 1))
+    scores = fp.altered_scores(variants, references)
+    assert scores[heaviest] == 0 and (scores != 0).sum() == len(references) - 1
+    monkeypatch.setattr(fp, "ALTERED_PROBE_LANDMARKS", max(len(v) for v in variants) - 1)
+    assert np.isinf(fp.altered_scores(variants, references)).all()
 
 
 def test_peaks_moved_past_the_band_are_dropped_and_the_lookup_table_is_left_empty() -> None:

@@ -36,15 +36,23 @@ def test_a_take_with_its_tempo_changed_is_recognised_and_another_take_is_not(tem
     assert scores[0] >= retimed.TEMPO_Z > scores[1]
 
 
-def test_a_probe_past_the_pairs_a_decision_may_hold_is_taken_as_replayed(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Each (probe triplet, equal recording triplet) pair is tried at every stretch its gaps allow: past
-    ``MAX_PAIRS`` together the recordings are scored as replayed, not matched."""
-    take, other = spoken("allison", n=2, start=12)
-    known = [fp.landmarks(other, 44100)]
-    probes = retimed.retimed(fp.peaks(take, 44100))
-    assert np.isfinite(retimed.tempo_scores(probes, known)).all()
-    monkeypatch.setattr(retimed, "MAX_PAIRS", 10)
-    assert np.isinf(retimed.tempo_scores(probes, known)).all()
+def test_the_recordings_sharing_the_most_are_left_out_and_a_probe_too_dense_is_a_replay(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Attack run 67: each (probe triplet, recording triplet) pair is tried at up to 110 stretches, and 489,000 pairs
+    held 2.1 GB. Past ``MAX_PAIRS`` the recordings sharing the most are left out (0), not taken as replays (the
+    recordings searched include rejected attempts, which anyone at the door makes); a probe past
+    ``MAX_PROBE_TRIPLETS`` (not speech) is a replay of each."""
+    takes = spoken("allison", n=4, start=12)
+    known = [fp.landmarks(t, 44100) for t in takes]
+    probes = retimed.retimed(fp.peaks(replay.played_at(takes[2], 1.0, False, 1.2, 44100), 44100))
+    whole = retimed.tempo_scores(probes, known)
+    assert whole[2] >= retimed.TEMPO_Z > max(np.delete(whole, 2))
+    monkeypatch.setattr(retimed, "MAX_PAIRS", 10)  # every recording past it: all left out
+    assert not retimed.tempo_scores(probes, known).any()
     assert not retimed.tempo_scores([], known).any() and not len(retimed.tempo_scores(probes, []))
     silence = fp.peaks(np.zeros(44100, dtype=np.float32), 44100)
     assert retimed.retimed(silence) == [] and not retimed.tempo_scores(probes, [fp.landmarks(np.zeros(4410), 44100)])
+    monkeypatch.undo()
+    monkeypatch.setattr(retimed, "MAX_PROBE_TRIPLETS", max(len(p) for p in probes) - 1)
+    assert np.isinf(retimed.tempo_scores(probes, known)).all()

@@ -34,7 +34,8 @@ True
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -78,10 +79,17 @@ MAX_TOTAL_PAIRS = 10_000_000
 ALTERED_SPEEDS = tuple(1 + 0.016 * k for k in range(-11, 12) if k)
 #: whether it is also searched played backwards (at every one of those speeds, and at its own)
 ALTERED_REVERSED = True
-#: past this many (probe hash, equal reference hash) pairs over all the variants of ``altered`` together, a probe is
-#: scored as an altered replay of every reference: a member's 3-8 s takes share a few hundred pairs a variant with
-#: each of her recordings, and 100 of them 15 s long at most ~450,000 a variant
-ALTERED_MAX_PAIRS = 30_000_000
+#: a probe with more landmarks than this in a variant is taken as an altered replay of every recording, unmatched:
+#: 15 s of speech has ~4,200, and a grid of tone bursts built to share hashes ~65,000 (attack run 67: 51 million
+#: pairs with 100 recordings, 7 s and 2.3 GB before the search's bound was reached)
+ALTERED_PROBE_LANDMARKS = 16_000
+#: the most (probe hash, equal reference hash) pairs the altered search matches, over all its variants and
+#: recordings: an owner's 15 s take against 100 of her 15 s recordings shares 4.4 million. Past it the recordings
+#: sharing the most are left out (unsearched, scored 0) until the rest fit, one sharing over ``MAX_PAIRS`` alone
+#: always: not a replay, as the plain check takes such a recording, because the recordings searched are the voice's
+#: rejected attempts too, which anyone at the door makes, and recordings planted dense with tones then refused the
+#: owner's every take (attack run 67)
+ALTERED_MAX_PAIRS = 6_000_000
 
 _F1_SHIFT, _DF_SHIFT = 13, 6  # hash = f1 << 13 | (df + 63) << 6 | dt
 _SLACK = np.array(
@@ -234,49 +242,42 @@ def match_scores(probe: Landmarks, references: Sequence[Landmarks]) -> npt.NDArr
 def altered_scores(variants: Sequence[Landmarks], references: Sequence[Landmarks]) -> npt.NDArray[np.float64]:
     """For each reference, the highest ``match_scores`` any of ``variants`` (``altered``) has with it, the same for
     each variant as alone; the references sorted and looked up once for all (45 variants against 100 recordings:
-    one sort, and a table lookup instead of a binary search for each hash). Variants whose pairs together fit
-    ``MAX_PAIRS`` are matched together; one past it alone, as ``match_scores`` would; past ``ALTERED_MAX_PAIRS``
-    over all, every reference is infinite."""
+    one sort, and a table lookup instead of a binary search for each hash), matched in one pass while their pairs
+    fit ``MAX_PAIRS``, past it in passes of references; a probe past ``ALTERED_PROBE_LANDMARKS`` is infinite, and
+    references past ``ALTERED_MAX_PAIRS`` are left out (0)."""
     out = np.zeros(len(references), dtype=np.float64)
     variants = [v for v in variants if len(v)]
     if not variants or not references or not any(len(r) for r in references):
         return out
-    ref, owner = _together(references)
-    query, which, lo, counts = _lookup(ref, variants)
-    pairs = np.bincount(which, weights=counts, minlength=len(variants)).astype(np.int64)
-    if int(pairs.sum()) > ALTERED_MAX_PAIRS:
+    if max(len(v) for v in variants) > ALTERED_PROBE_LANDMARKS:
         out[:] = np.inf
         return out
-    out[:] = -np.inf  # every variant is matched below, in a pass or alone
-    batch_of = np.full(len(variants), -1)
-    held, batches = 0, 0
-    for index, count in enumerate(pairs.tolist()):
-        if count > MAX_PAIRS:  # alone, with match_scores's bounds
-            out = np.maximum(out, match_scores(variants[index], references))
-            continue
-        if not batches or held + count > MAX_PAIRS:
-            batches, held = batches + 1, 0
-        batch_of[index] = batches - 1
-        held += count
-    if batches == 1 and (batch_of == 0).all():  # the usual: every variant in one pass, nothing to pick out
-        best: npt.NDArray[np.float64] = _matched(variants, which, references, query, ref, owner, lo, counts).max(axis=0)
-        return best
-    for batch in range(batches):
-        members = np.flatnonzero(batch_of == batch)
-        local = np.full(len(variants), -1)
-        local[members] = np.arange(len(members))
-        rows = batch_of[which] == batch
-        scores = _matched(
-            [variants[i] for i in members],
-            local[which[rows]],
-            references,
-            query[rows],
-            ref,
-            owner,
-            lo[rows],
-            counts[rows],
+    ref, owner = _together(references)
+    found = _lookup(ref, variants, MAX_PAIRS)
+    if found is not None:  # the usual: every variant and reference in one pass
+        best: npt.NDArray[np.float64] = _matched(variants, found[1], references, found[0], ref, owner, *found[2:]).max(
+            axis=0
         )
-        out = np.maximum(out, scores.max(axis=0))
+        return best
+    each = _shared(ref, owner, len(references), variants)
+    kept = each <= MAX_PAIRS
+    lightest = np.argsort(np.where(kept, each, np.iinfo(np.int64).max), kind="stable")
+    kept[lightest[np.cumsum(each[lightest]) > ALTERED_MAX_PAIRS]] = False
+    groups: list[list[int]] = []
+    held = 0
+    for index in np.flatnonzero(kept).tolist():
+        if not groups or held + int(each[index]) > MAX_PAIRS:
+            groups.append([])
+            held = 0
+        groups[-1].append(index)
+        held += int(each[index])
+    for group in groups:
+        chosen = np.zeros(len(references), dtype=np.bool_)
+        chosen[group] = True
+        mine = chosen[owner]
+        part, part_owner = ref[mine], owner[mine]
+        query, which, lo, counts = _lookup(part, variants, None) or _NOTHING
+        out[group] = _matched(variants, which, references, query, part, part_owner, lo, counts).max(axis=0)[group]
     return out
 
 
@@ -293,31 +294,76 @@ def _with_slack(probe: Landmarks) -> Landmarks:
     return (probe[None, :, :] + np.stack([_SLACK, np.zeros_like(_SLACK)], axis=1)[:, None, :]).reshape(-1, 2)
 
 
-def _lookup(
-    ref: Landmarks, probes: Sequence[Landmarks]
-) -> tuple[Landmarks, npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+_Found = tuple[Landmarks, npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.int64]]
+_NOTHING: _Found = (
+    np.zeros((0, 2), dtype=np.int32),
+    np.zeros(0, dtype=np.int64),
+    np.zeros(0, dtype=np.int64),
+    np.zeros(0, dtype=np.int64),
+)
+
+
+def _lookup(ref: Landmarks, probes: Sequence[Landmarks], limit: int | None) -> _Found | None:
     """The entries of all ``probes`` with slack (``_with_slack``) that have an equal hash in ``ref`` (sorted by hash):
     those entries, each one's probe, and its first equal entry in ``ref`` and how many there are
     (``np.searchsorted``'s answers), from a table of every hash this thread keeps (6.5 MB): a binary search of
-    every entry of a probe's 45 variants took ~25 ms, and most find nothing."""
+    every entry of a probe's 45 variants took ~25 ms, and most find nothing. None once they make more than ``limit``
+    pairs (a probe at a time, so what is held stays within it)."""
+    found: list[_Found] = []
+    total = 0
+    with _table(ref) as (at_hash, starts, sizes):
+        for index, probe in enumerate(probes):
+            at = at_hash(probe)
+            hit = np.flatnonzero(at)
+            place = at[hit] - 1
+            counts = sizes[place].astype(np.int64)
+            total += int(counts.sum())
+            if limit is not None and total > limit:
+                return None
+            entry, slack = hit % len(probe), hit // len(probe)  # ``_with_slack``'s rows, only those that hit
+            query = probe[entry] + np.stack([_SLACK[slack], np.zeros_like(slack, dtype=np.int32)], axis=1)
+            found.append((query, np.full(len(hit), index, dtype=np.int64), starts[place].astype(np.int64), counts))
+    if not found:
+        return _NOTHING
+    query, which, lo, counts = (np.concatenate(parts) for parts in zip(*found, strict=True))
+    return query, which, lo, counts
+
+
+def _shared(ref: Landmarks, owner: npt.NDArray[np.int64], n: int, probes: Sequence[Landmarks]) -> npt.NDArray[np.int64]:
+    """How many pairs each of ``n`` references (``owner``: each entry's, ``ref`` sorted by hash) shares with all
+    ``probes`` with slack together, counted without making a pair: each distinct hash's hits times its entries."""
+    with _table(ref) as (at_hash, starts, _sizes):
+        hits = np.zeros(len(starts), dtype=np.int64)
+        for probe in probes:
+            at = at_hash(probe)
+            hits += np.bincount(at[at > 0] - 1, minlength=len(starts))
+    distinct = np.cumsum(np.r_[True, ref[1:, 0] != ref[:-1, 0]]) - 1  # each entry's distinct hash
+    return np.bincount(owner, weights=hits[distinct], minlength=n).astype(np.int64)
+
+
+@contextmanager
+def _table(
+    ref: Landmarks,
+) -> Iterator[tuple[Callable[[Landmarks], npt.NDArray[np.int32]], npt.NDArray[np.int64], npt.NDArray[np.int64]]]:
+    """This thread's table of ``ref``'s distinct hashes (sorted by hash), cleared after: a lookup of a probe's
+    entries with slack (each hash's place among the distinct ones, from 1; 0: none), and each distinct hash's first
+    entry and count."""
     table = getattr(_LOOKUPS, "table", None)
     if table is None:
         table = _LOOKUPS.table = np.zeros(_HASHES + 2 * _MARGIN, dtype=np.int32)
     hashes = ref[:, 0]
     starts = np.flatnonzero(np.r_[True, hashes[1:] != hashes[:-1]])
     sizes = np.diff(np.r_[starts, len(hashes)])
-    entries = np.concatenate(list(probes))
-    owners = np.repeat(np.arange(len(probes)), [len(p) for p in probes])
+
+    def at_hash(probe: Landmarks) -> npt.NDArray[np.int32]:
+        looked_up: npt.NDArray[np.int32] = table[(probe[:, 0][None, :] + (_SLACK + _MARGIN)[:, None]).ravel()]
+        return looked_up
+
     table[hashes[starts] + _MARGIN] = np.arange(1, len(starts) + 1, dtype=np.int32)
     try:
-        at = table[(entries[:, 0][None, :] + (_SLACK + _MARGIN)[:, None]).ravel()]
+        yield at_hash, starts, sizes
     finally:
         table[hashes[starts] + _MARGIN] = 0
-    hit = np.flatnonzero(at)
-    entry, slack = hit % len(entries), hit // len(entries)  # ``_with_slack``'s rows, only those that hit
-    query = entries[entry] + np.stack([_SLACK[slack], np.zeros_like(slack, dtype=np.int32)], axis=1)
-    place = at[hit] - 1
-    return query, owners[entry], starts[place].astype(np.int64), sizes[place].astype(np.int64)
 
 
 def _matched(

@@ -35,9 +35,14 @@ _LOG_FIRST, _LOG_STEP = float(np.log(SCALES[0])), float(np.log(SCALES[1] / SCALE
 PROBE_ZONE = int(fingerprint.PAIR_FRAMES * 1.7)
 #: a probe this far above chance on one line is a retimed replay (the highest distinct pair of the corpus: ~47)
 TEMPO_Z = 60.0
-#: past this many (probe triplet, equal recording triplet) pairs with the references together, every one is scored
-#: as replayed: each pair is tried at every stretch (110 bytes), and speech makes a few thousand (README)
-MAX_PAIRS = 500_000
+#: a probe with more triplets than this (as heard or backwards) is taken as a retimed replay of every recording,
+#: unmatched: 15 s of speech makes ~6,000
+MAX_PROBE_TRIPLETS = 24_000
+#: the most (probe triplet, equal recording triplet) pairs a probe is matched with: each is tried at up to 110
+#: stretches (~40 bytes each; 489,000 pairs held 2.1 GB: attack run 67), and an owner's 15 s take makes ~5,600
+#: with 100 of her recordings. Past it the recordings sharing the most are left out (scored 0) until the rest fit:
+#: not replays, because the recordings searched are the voice's rejected attempts too, which anyone at the door makes
+MAX_PAIRS = 30_000
 
 Triplets = npt.NDArray[np.int64]  # shape (n, 3): hash, anchor frame, the anchor's gap to the third peak
 
@@ -130,30 +135,39 @@ def tempo_scores(probes: Sequence[Triplets], references: Sequence[fingerprint.La
     probes = [p for p in probes if len(p)]
     if not probes or not references:
         return out
+    if max(len(p) for p in probes) > MAX_PROBE_TRIPLETS:
+        out[:] = np.inf
+        return out
     ref, owner = of_recordings(references)
     if not len(ref):
         return out
     order = np.argsort(ref[:, 0], kind="stable")
     ref, owner = ref[order], owner[order]
     spans = np.array([int(r[:, 1].max()) + 1 if len(r) else 0 for r in references], dtype=np.float64)
-    hashes = np.ascontiguousarray(ref[:, 0])
-    firsts = np.flatnonzero(np.r_[True, hashes[1:] != hashes[:-1]])  # each distinct hash's first entry, and count
-    distinct, sizes = hashes[firsts], np.diff(np.r_[firsts, len(hashes)])
     for probe in probes:
         probe = probe[np.argsort(probe[:, 0], kind="stable")]  # the queries in 81 ascending runs: a quicker search
         query = (probe[:, 0][np.newaxis, :] + _SLACK[:, np.newaxis]).ravel()
-        at = np.minimum(np.searchsorted(distinct, query), len(distinct) - 1)
-        found = distinct[at] == query
-        lo, counts = np.where(found, firsts[at], 0), np.where(found, sizes[at], 0)
+        mine, mine_owner = ref, owner
+        distinct, at, found, lo, counts = _equal(mine, query)
+        if int(counts.sum()) > MAX_PAIRS:  # the recordings sharing the most left out, counted without a pair made
+            hits = np.bincount(at[found], minlength=len(distinct))
+            each = np.bincount(
+                owner, weights=hits[np.cumsum(np.r_[True, np.diff(ref[:, 0]) != 0]) - 1], minlength=len(references)
+            )
+            lightest = np.argsort(each, kind="stable")
+            kept = np.zeros(len(references), dtype=np.bool_)
+            kept[lightest[np.cumsum(each[lightest]) <= MAX_PAIRS]] = True
+            keep = kept[owner]
+            mine, mine_owner = ref[keep], owner[keep]
+            if not len(mine):
+                continue
+            distinct, at, found, lo, counts = _equal(mine, query)
         pairs = int(counts.sum())
         if not pairs:
             continue
-        if pairs > MAX_PAIRS:
-            out[:] = np.inf
-            return out
         entry = np.repeat(np.tile(np.arange(len(probe)), len(_SLACK)), counts)
         other = np.repeat(lo - np.cumsum(counts) + counts, counts) + np.arange(pairs)
-        gap_p, gap_r = probe[entry, 2].astype(np.float64), ref[other, 2].astype(np.float64)
+        gap_p, gap_r = probe[entry, 2].astype(np.float64), mine[other, 2].astype(np.float64)
         # the stretches within 1.5 frames of the gaps' ratio: SCALES is evenly spaced in log, so an index range
         low = np.ceil((np.log(np.maximum(gap_p - 1.5, 0.5) / gap_r) - _LOG_FIRST) / _LOG_STEP).astype(np.int64)
         high = np.floor((np.log((gap_p + 1.5) / gap_r) - _LOG_FIRST) / _LOG_STEP).astype(np.int64)
@@ -161,8 +175,8 @@ def tempo_scores(probes: Sequence[Triplets], references: Sequence[fingerprint.La
         tried = np.maximum(high - low + 1, 0)
         pair = np.repeat(np.arange(pairs), tried)
         scale = np.repeat(low - np.cumsum(tried) + tried, tried) + np.arange(int(tried.sum()))
-        offsets = np.rint(probe[entry[pair], 1] - SCALES[scale] * ref[other[pair], 1]).astype(np.int64)
-        cells = owner[other[pair]] * len(SCALES) + scale
+        offsets = np.rint(probe[entry[pair], 1] - SCALES[scale] * mine[other[pair], 1]).astype(np.int64)
+        cells = mine_owner[other[pair]] * len(SCALES) + scale
         keys = cells * _OFFSETS + offsets + _OFFSETS // 2
         unique, tally = np.unique(keys, return_counts=True)
         near = tally.copy()
@@ -171,8 +185,27 @@ def tempo_scores(probes: Sequence[Triplets], references: Sequence[fingerprint.La
         near[beside + 1] += tally[beside]
         best = np.zeros(len(references) * len(SCALES), dtype=np.int64)
         np.maximum.at(best, unique // _OFFSETS, near)
-        total = np.bincount(owner[other], minlength=len(references)).astype(np.float64)
+        total = np.bincount(mine_owner[other], minlength=len(references)).astype(np.float64)
         chance = 3 * total / np.maximum(spans + int(probe[:, 1].max()) + 1, 1)
         z = (best.reshape(len(references), len(SCALES)).max(axis=1) - chance) / np.sqrt(chance + 1)
         out = np.maximum(out, z)
     return out
+
+
+def _equal(
+    ref: Triplets, query: npt.NDArray[np.int64]
+) -> tuple[
+    npt.NDArray[np.int64],
+    npt.NDArray[np.int64],
+    npt.NDArray[np.bool_],
+    npt.NDArray[np.int64],
+    npt.NDArray[np.int64],
+]:
+    """``ref``'s distinct hashes (it is sorted by hash), and for each query hash: where it would be among them,
+    whether it is there, and its first equal entry and how many there are (0, 0 if none)."""
+    hashes = np.ascontiguousarray(ref[:, 0])
+    firsts = np.flatnonzero(np.r_[True, hashes[1:] != hashes[:-1]])
+    distinct, sizes = hashes[firsts], np.diff(np.r_[firsts, len(hashes)])
+    at = np.minimum(np.searchsorted(distinct, query), len(distinct) - 1)
+    found = distinct[at] == query
+    return distinct, at, found, np.where(found, firsts[at], 0), np.where(found, sizes[at], 0)
