@@ -55,25 +55,32 @@ OTHER_DOORS_COMPARED = 300
 
 
 #: the most recordings of the voice a probe would let in that the altered search compares it with: the voice's
-#: enrollment samples first, then its newest attempts (at 45 variants, ~1.5 ms each: ``./dev bench replay``)
+#: enrollment samples first, then the attempts it opened a door with (here and at its other doors), then those at
+#: this door scored closest to it, each newest first (at 45 variants, ~0.4 ms each: ``./dev bench replay``)
 ALTERED_COMPARED = 100
+#: what a known recording is, in the order the altered search takes them: rejected attempts, which anyone at the
+#: door makes, last, so that they cannot push out the recordings that opened a door (attack run 67)
+ENROLLED, OPENED, REJECTED = 0, 1, 2
 
 
 @dataclass(frozen=True)
 class Known:
-    """The recordings a probe at a lock is checked against (``prints``), and whose voice each is (``voices``: an
-    enrollment sample's member, the member an attempt let in or, rejected, was scored closest to; None: nobody's)."""
+    """The recordings a probe at a lock is checked against (``prints``), whose voice each is (``voices``: an
+    enrollment sample's member, the member an attempt let in or, rejected, was scored closest to; None: nobody's),
+    what each is (``kinds``: ``ENROLLED``, ``OPENED``, ``REJECTED``) and when an attempt's expires (``expires``, in
+    seconds; 0 for a sample: the newest expires last)."""
 
     prints: list[fingerprint.Landmarks]
     voices: list[str | None]
-    enrolled: list[bool]
+    kinds: list[int]
+    expires: list[float]
 
     def of(self, uid: str) -> list[fingerprint.Landmarks]:
-        """The recordings of ``uid``'s voice: her enrollment samples, then her attempts newest first (at this lock,
-        then at her other doors), ``ALTERED_COMPARED`` at most."""
+        """The recordings of ``uid``'s voice: her enrollment samples, the attempts that opened a door to her voice,
+        then those at this door scored closest to it, each newest first, ``ALTERED_COMPARED`` at most."""
         mine = [i for i, voice in enumerate(self.voices) if voice == uid]
-        ordered = [i for i in mine if self.enrolled[i]] + [i for i in mine if not self.enrolled[i]]
-        return [self.prints[i] for i in ordered[:ALTERED_COMPARED]]
+        mine.sort(key=lambda i: (self.kinds[i], -self.expires[i]))
+        return [self.prints[i] for i in mine[:ALTERED_COMPARED]]
 
 
 def at_lock(con: Connection, lock_id: str, uids: Sequence[str]) -> Known:
@@ -84,11 +91,13 @@ def at_lock(con: Connection, lock_id: str, uids: Sequence[str]) -> Known:
     at the one that heard it (attack run: it opened the member's other door). Each with whose voice it is: a
     rejected attempt's is the voice it was scored closest to (``verification_attempts.best_uid``)."""
     rows = con.run(
-        "(SELECT f.landmarks, COALESCE(f.speaker_uid, a.best_uid), false FROM voice_fingerprints f"
-        " LEFT JOIN verification_attempts a ON a.id = f.attempt_id"
+        "(SELECT f.landmarks, COALESCE(f.speaker_uid, a.best_uid),"
+        f" CASE WHEN f.speaker_uid IS NULL THEN {REJECTED} ELSE {OPENED} END, f.expires_at"
+        " FROM voice_fingerprints f LEFT JOIN verification_attempts a ON a.id = f.attempt_id"
         " WHERE f.lock_id = CAST(:l AS uuid) AND f.expires_at > now() ORDER BY f.expires_at DESC LIMIT :n) UNION ALL"
-        " (SELECT landmarks, user_uid, true FROM voice_fingerprints WHERE user_uid = ANY(CAST(:u AS text[])))"
-        " UNION ALL (SELECT landmarks, speaker_uid, false FROM voice_fingerprints"
+        f" (SELECT landmarks, user_uid, {ENROLLED}, NULL FROM voice_fingerprints"
+        " WHERE user_uid = ANY(CAST(:u AS text[])))"
+        f" UNION ALL (SELECT landmarks, speaker_uid, {OPENED}, expires_at FROM voice_fingerprints"
         " WHERE speaker_uid = ANY(CAST(:u AS text[]))"
         " AND lock_id <> CAST(:l AS uuid) AND expires_at > now() ORDER BY expires_at DESC LIMIT :m)",
         l=lock_id,
@@ -96,7 +105,12 @@ def at_lock(con: Connection, lock_id: str, uids: Sequence[str]) -> Known:
         n=ATTEMPTS_COMPARED,
         m=OTHER_DOORS_COMPARED,
     )
-    return Known([fingerprint.from_bytes(bytes(r[0])) for r in rows], [r[1] for r in rows], [bool(r[2]) for r in rows])
+    return Known(
+        [fingerprint.from_bytes(bytes(r[0])) for r in rows],
+        [r[1] for r in rows],
+        [int(r[2]) for r in rows],
+        [r[3].timestamp() if r[3] is not None else 0.0 for r in rows],
+    )
 
 
 def is_replay(probe: fingerprint.Landmarks, known: Sequence[fingerprint.Landmarks]) -> bool:
