@@ -134,7 +134,7 @@ class Altered:
 
 
 def altered(found: fingerprint.Peaks) -> Altered:
-    """The altered search's view of the probe whose peaks are ``found`` (~10 ms for 3 s: made beside the forward)."""
+    """The altered search's view of the probe whose peaks are ``found`` (~6 ms for 3 s; made once it is let in)."""
     return Altered(fingerprint.altered(found), retimed.retimed(found))
 
 
