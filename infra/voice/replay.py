@@ -224,7 +224,7 @@ ALTERATIONS: tuple[tuple[str, float, bool, float], ...] = (
 ALTERED_THROUGH = (channel.CONDITIONS[1], channel.CONDITIONS[0])
 
 
-def played_at(x: F32, speed: float, backwards: bool, tempo: float = 1.0, rate: int = fingerprint.RATE) -> F32:
+def played_at(x: F32, speed: float, backwards: bool = False, tempo: float = 1.0, rate: int = fingerprint.RATE) -> F32:
     """``x`` (at ``rate``) played ``speed`` times as fast (pitch and tempo together, as a player's speed control or
     a resampler), backwards if asked, and its tempo changed ``tempo`` times with its pitch kept (sox ``tempo``)."""
     y = np.ascontiguousarray(x[::-1] if backwards else x, dtype=np.float32)
@@ -291,7 +291,7 @@ def altered_markdown(alarms: Sequence[dict[str, Any]], det: list[dict[str, Any]]
     lines = [
         f"Altered search: {len(fingerprint.ALTERED_SPEEDS)} speeds "
         f"({min(fingerprint.ALTERED_SPEEDS):.3f}-{max(fingerprint.ALTERED_SPEEDS):.3f}), "
-        f"{'each also backwards, and backwards as it is' if fingerprint.ALTERED_REVERSED else 'none backwards'} "
+        "each also backwards, and backwards as it is "
         f"(z >= {fingerprint.REPLAY_Z:g}); tempos {retimed.SCALES[0]:.2f}-{retimed.SCALES[-1]:.2f}x the recording's "
         f"length, as heard and backwards (triplets, z >= {retimed.TEMPO_Z:g}).",
         "",

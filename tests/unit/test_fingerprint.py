@@ -9,6 +9,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
+from infra.voice import replay
 from lockwise.voice.model import fingerprint as fp
 from lockwise.voice.model.resample import resample
 from tests.voices import speech_like, spoken
@@ -138,13 +139,6 @@ def test_references_past_one_passs_pairs_are_matched_in_several_with_the_same_sc
     assert np.isinf(fp.match_scores(probe, references)).all()
 
 
-def _played(x: npt.NDArray[np.float32], speed: float, backwards: bool = False) -> npt.NDArray[np.float32]:
-    """``x`` played ``speed`` times as fast (pitch and tempo together), backwards if asked."""
-    y = x[::-1] if backwards else x
-    played: npt.NDArray[np.float32] = np.interp(np.arange(0, len(y) - 1, speed), np.arange(len(y)), y)
-    return played.astype(np.float32)
-
-
 @pytest.mark.parametrize(
     ("speed", "backwards"), [(1.03, False), (0.97, False), (1.1, False), (0.85, False), (1.0, True), (1.05, True)]
 )
@@ -156,7 +150,7 @@ def test_a_clip_played_faster_slower_or_backwards_is_recognised_by_the_altered_s
     search undoes each speed of ``ALTERED_SPEEDS``, and the reversal, on the probe's peaks."""
     take, other = spoken("allison", n=2, start=10)  # speech-like signals repeat themselves at other speeds
     known = [fp.landmarks(take, 44100), fp.landmarks(other, 44100)]
-    heard = fp.of(_played(take, speed, backwards), 44100)
+    heard = fp.of(replay.played_at(take, speed, backwards), 44100)
     assert fp.match_scores(heard.landmarks, known)[0] < fp.REPLAY_Z  # as before: not recognised
     scores = fp.altered_scores(fp.altered(heard.peaks), known)
     assert scores[0] >= fp.REPLAY_Z > scores[1]
@@ -168,7 +162,7 @@ def test_the_altered_search_scores_each_variant_as_the_plain_check_would(monkeyp
     in passes, with the same scores."""
     clips = spoken("allison", n=6, start=20)
     references = [fp.landmarks(c, 44100) for c in clips]
-    variants = fp.altered(fp.peaks(_played(clips[3], 1.06), 44100))
+    variants = fp.altered(fp.peaks(replay.played_at(clips[3], 1.06), 44100))
     assert len(variants) == 2 * len(fp.ALTERED_SPEEDS) + 1
     each = np.max([fp.match_scores(v, references) for v in variants], axis=0)
     np.testing.assert_allclose(fp.altered_scores(variants, references), each)
@@ -193,7 +187,7 @@ def test_the_altered_search_leaves_out_the_recordings_sharing_the_most_rather_th
     speech) is a replay of each, before anything is looked up."""
     clips = spoken("allison", n=6, start=20)
     references = [fp.landmarks(c, 44100) for c in clips]
-    variants = fp.altered(fp.peaks(_played(clips[3], 1.06), 44100))
+    variants = fp.altered(fp.peaks(replay.played_at(clips[3], 1.06), 44100))
     each = fp.altered_scores(variants, references)
     shared = fp._shared(*fp._together(references), len(references), variants)
     heaviest = int(np.argmax(shared))

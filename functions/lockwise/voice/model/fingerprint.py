@@ -77,8 +77,6 @@ MAX_TOTAL_PAIRS = 10_000_000
 #: 1.6 % (the hashes' one bin of slack holds a speed 0.8 % off up to ~2 kHz). GE2E still let in distinct takes of an
 #: owner played 12 % fast (4 of 15) and 16 % (2 of 15), none at 20 % (README "Known recordings")
 ALTERED_SPEEDS = tuple(1 + 0.016 * k for k in range(-11, 12) if k)
-#: whether it is also searched played backwards (at every one of those speeds, and at its own)
-ALTERED_REVERSED = True
 #: a probe with more landmarks than this in a variant is taken as an altered replay of every recording, unmatched:
 #: 15 s of speech has ~4,200, and a grid of tone bursts built to share hashes ~65,000 (attack run 67: 51 million
 #: pairs with 100 recordings, 7 s and 2.3 GB before the search's bound was reached)
@@ -162,23 +160,31 @@ def hashed(found: Peaks) -> Landmarks:
     times, bins = found.times, found.bins
     if not len(times):
         return np.zeros((0, 2), dtype=np.int32)
-    # each peak pairs with the first FAN_OUT of the 8 * FAN_OUT peaks after it that fall in its target zone
-    ahead = np.arange(len(times))[:, np.newaxis] + np.arange(1, 8 * FAN_OUT + 1)
-    exists = ahead < len(times)
-    ahead = np.minimum(ahead, len(times) - 1)
-    dt = times[ahead] - times[:, np.newaxis]
-    df = bins[ahead] - bins[:, np.newaxis]
-    keep = exists & (dt >= 1) & (dt <= PAIR_FRAMES) & (np.abs(df) <= PAIR_BINS)
-    keep &= np.cumsum(keep, axis=1) <= FAN_OUT
-    anchor, nth = np.nonzero(keep)  # by anchor, then in time order: the order the hashes are sorted stably from
-    hashes = (bins[anchor] << _F1_SHIFT) | ((df[anchor, nth] + PAIR_BINS) << _DF_SHIFT) | dt[anchor, nth]
+    anchor, target = targets(found, FAN_OUT, PAIR_FRAMES)  # the order the hashes are sorted stably from
+    dt, df = times[target] - times[anchor], bins[target] - bins[anchor]
+    hashes = (bins[anchor] << _F1_SHIFT) | ((df + PAIR_BINS) << _DF_SHIFT) | dt
     out = np.stack([hashes, times[anchor]], axis=1).astype(np.int32)
     return out[np.argsort(out[:, 0], kind="stable")]
 
 
+def targets(found: Peaks, fan: int, zone: int) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """Each peak's first ``fan`` peaks ahead within ``zone`` frames and ``PAIR_BINS`` bins, among the ``8 * fan``
+    after it: (anchor, target) indices of ``found``, by anchor, then in time order."""
+    times, bins = found.times, found.bins
+    ahead = np.arange(len(times))[:, np.newaxis] + np.arange(1, 8 * fan + 1)
+    exists = ahead < len(times)
+    ahead = np.minimum(ahead, max(len(times) - 1, 0))
+    dt = times[ahead] - times[:, np.newaxis]
+    df = bins[ahead] - bins[:, np.newaxis]
+    keep = exists & (dt >= 1) & (dt <= zone) & (np.abs(df) <= PAIR_BINS)
+    keep &= np.cumsum(keep, axis=1) <= fan
+    anchor, nth = np.nonzero(keep)
+    return anchor, ahead[anchor, nth]
+
+
 def altered(found: Peaks) -> list[Landmarks]:
     """The landmarks of the clip whose peaks are ``found`` as they would be with each alteration of
-    ``ALTERED_SPEEDS`` and ``ALTERED_REVERSED`` undone: played ``s`` times fast, its frequencies are ``s`` times
+    ``ALTERED_SPEEDS`` undone, forwards and backwards,: played ``s`` times fast, its frequencies are ``s`` times
     higher and its times ``s`` times shorter, so its peaks are moved back (``LOW_BIN`` is not 0 Hz) and paired again;
     played backwards, its times are turned round. Moving peaks, not re-fingerprinting the audio, costs ~0.3 ms a
     variant instead of ~3; it recognises a take played 20 % fast as it does one played as it was (README "Known
@@ -187,7 +193,7 @@ def altered(found: Peaks) -> list[Landmarks]:
     if not len(found.times):
         return out
     last = int(found.times.max())
-    for reverse in (False, True) if ALTERED_REVERSED else (False,):
+    for reverse in (False, True):
         times = last - found.times if reverse else found.times
         for speed in ALTERED_SPEEDS if not reverse else (1.0, *ALTERED_SPEEDS):
             moved_times = np.rint(times * speed).astype(np.int64)
@@ -260,22 +266,9 @@ def altered_scores(variants: Sequence[Landmarks], references: Sequence[Landmarks
         )
         return best
     each = _shared(ref, owner, len(references), variants)
-    kept = each <= MAX_PAIRS
-    lightest = np.argsort(np.where(kept, each, np.iinfo(np.int64).max), kind="stable")
-    kept[lightest[np.cumsum(each[lightest]) > ALTERED_MAX_PAIRS]] = False
-    groups: list[list[int]] = []
-    held = 0
-    for index in np.flatnonzero(kept).tolist():
-        if not groups or held + int(each[index]) > MAX_PAIRS:
-            groups.append([])
-            held = 0
-        groups[-1].append(index)
-        held += int(each[index])
-    for group in groups:
-        chosen = np.zeros(len(references), dtype=np.bool_)
-        chosen[group] = True
-        mine = chosen[owner]
-        part, part_owner = ref[mine], owner[mine]
+    kept = lightest(np.where(each <= MAX_PAIRS, each, ALTERED_MAX_PAIRS + 1), ALTERED_MAX_PAIRS)
+    for group in _passes(each, kept):
+        part, part_owner = _entries_of(ref, owner, group)
         query, which, lo, counts = _lookup(part, variants, None) or _NOTHING
         out[group] = _matched(variants, which, references, query, part, part_owner, lo, counts).max(axis=0)[group]
     return out
@@ -426,24 +419,43 @@ def _in_passes(
     if int(each[each <= MAX_REFERENCE_PAIRS].sum()) > MAX_TOTAL_PAIRS:
         out[:] = np.inf
         return out
-    batches: list[list[int]] = []
-    held = 0
-    for index in np.flatnonzero((each > 0) & (each <= MAX_REFERENCE_PAIRS)).tolist():
-        if not batches or held + each[index] > MAX_PAIRS:
-            batches.append([])
-            held = 0
-        batches[-1].append(index)
-        held += int(each[index])
     zero = np.zeros(len(query), dtype=np.int64)
-    for batch in batches:
-        chosen = np.zeros(len(references), dtype=np.bool_)
-        chosen[batch] = True
-        mine = chosen[owner]
-        part, part_owner = ref[mine], owner[mine]
+    for batch in _passes(each, (each > 0) & (each <= MAX_REFERENCE_PAIRS)):
+        part, part_owner = _entries_of(ref, owner, batch)
         lo = np.searchsorted(part[:, 0], query[:, 0], side="left")
         counts = np.searchsorted(part[:, 0], query[:, 0], side="right") - lo
         out[batch] = _matched([probe], zero, references, query, part, part_owner, lo, counts)[0][batch]
     return out
+
+
+def lightest(each: npt.NDArray[np.int64], limit: int) -> npt.NDArray[np.bool_]:
+    """Which of the references sharing ``each`` pairs are kept when those sharing the most are left out until the
+    rest share at most ``limit`` together."""
+    order = np.argsort(each, kind="stable")
+    kept = np.zeros(len(each), dtype=np.bool_)
+    kept[order[np.cumsum(each[order]) <= limit]] = True
+    return kept
+
+
+def _passes(each: npt.NDArray[np.int64], chosen: npt.NDArray[np.bool_]) -> list[list[int]]:
+    """The ``chosen`` references in passes of at most ``MAX_PAIRS`` pairs (``each``: each one's), in order."""
+    passes: list[list[int]] = []
+    held = 0
+    for index in np.flatnonzero(chosen).tolist():
+        if not passes or held + int(each[index]) > MAX_PAIRS:
+            passes.append([])
+            held = 0
+        passes[-1].append(index)
+        held += int(each[index])
+    return passes
+
+
+def _entries_of(
+    ref: Landmarks, owner: npt.NDArray[np.int64], group: list[int]
+) -> tuple[Landmarks, npt.NDArray[np.int64]]:
+    """The entries of ``ref`` (and their owners) that belong to the references of ``group``, in ``ref``'s order."""
+    mine = np.isin(owner, group)
+    return ref[mine], owner[mine]
 
 
 def _frames(fp: Landmarks) -> int:

@@ -68,15 +68,7 @@ def triplets(found: fingerprint.Peaks, zone: int = fingerprint.PAIR_FRAMES) -> T
     n = len(times)
     if n < 3:
         return np.zeros((0, 3), dtype=np.int64)
-    ahead = np.arange(n)[:, np.newaxis] + np.arange(1, 8 * FAN + 1)
-    exists = ahead < n
-    ahead = np.minimum(ahead, n - 1)
-    dt = times[ahead] - times[:, np.newaxis]
-    df = bins[ahead] - bins[:, np.newaxis]
-    keep = exists & (dt >= 1) & (dt <= zone) & (np.abs(df) <= fingerprint.PAIR_BINS)
-    keep &= np.cumsum(keep, axis=1) <= FAN
-    anchor, nth = np.nonzero(keep)
-    peak = ahead[anchor, nth]
+    anchor, peak = fingerprint.targets(found, FAN, zone)
     first = np.searchsorted(anchor, np.arange(n))
     many = np.searchsorted(anchor, np.arange(n), side="right") - first
     rows = []
@@ -154,10 +146,7 @@ def tempo_scores(probes: Sequence[Triplets], references: Sequence[fingerprint.La
             each = np.bincount(
                 owner, weights=hits[np.cumsum(np.r_[True, np.diff(ref[:, 0]) != 0]) - 1], minlength=len(references)
             )
-            lightest = np.argsort(each, kind="stable")
-            kept = np.zeros(len(references), dtype=np.bool_)
-            kept[lightest[np.cumsum(each[lightest]) <= MAX_PAIRS]] = True
-            keep = kept[owner]
+            keep = fingerprint.lightest(each.astype(np.int64), MAX_PAIRS)[owner]
             mine, mine_owner = ref[keep], owner[keep]
             if not len(mine):
                 continue
