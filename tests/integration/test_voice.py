@@ -1054,8 +1054,8 @@ def test_deleting_voice_data_scrubs_the_attempts_scored_against_it_as_runner_up_
     clients: dict[str, Any], world: World
 ) -> None:
     """Two voiceprints at the door: the admin's opens it, the member's is the runner-up. Someone else deleting their
-    voice data changes nothing here; the member deleting theirs scrubs this attempt's scores (its runner-up score is
-    a comparison with their voiceprint); who opened the door stays."""
+    voice data changes nothing here; the member deleting theirs scrubs this attempt's runner-up score and name (a
+    comparison with their voiceprint) and nothing of the admin's: who opened the door, with what score and cosine."""
     assert enroll(clients, world.accounts["member"]).status_code == 201
     negate_voiceprint(world.uid("member"))  # (the tests' random-weight model hears every voice as one)
     assert enroll(clients, world.accounts["admin"]).status_code == 201
@@ -1080,7 +1080,59 @@ def test_deleting_voice_data_scrubs_the_attempts_scored_against_it_as_runner_up_
     assert clients["embed"].delete("/embed/enrollment", headers=bearer(outsider)).status_code == 204
     assert logged() == before
     assert clients["embed"].delete("/embed/enrollment", headers=world.headers("member")).status_code == 204
-    assert logged() == [world.uid("admin"), None, None, None, None, None]
+    assert logged() == [world.uid("admin"), before[1], None, before[3], world.uid("admin"), None]
+
+
+def rotate_voiceprint(uid: str) -> None:
+    """Replace a user's voiceprint by itself with its values shifted by one place: a probe of that voice scores
+    near 0 against it, under the threshold and over a negated voiceprint's -1."""
+    with get_runtime("verify").db.transaction() as con:
+        ((data, dim),) = con.run("SELECT embedding, dim FROM voiceprints WHERE user_uid = :u", u=uid)
+        con.run(
+            "UPDATE voiceprints SET embedding = :e WHERE user_uid = :u",
+            e=scoring.to_bytes(np.roll(scoring.from_bytes(bytes(data), dim)[0], 1)),
+            u=uid,
+        )
+
+
+def test_erasing_the_runner_up_voice_leaves_the_best_voices_rejected_attempt_to_its_own_erasure(
+    clients: dict[str, Any], world: World, make_client: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A rejected attempt scored closest to the admin, the member's voiceprint the runner-up: the member deleting
+    their voice data left it naming no voice (all of its comparisons were cleared), so its fingerprint was no longer
+    the admin's known recording, and the admin's own erasure later left that fingerprint behind (a review). It now
+    keeps the admin's name and score until the admin's erasure, which takes its fingerprint."""
+    from lockwise.core.config import get_settings
+
+    monkeypatch.setenv("LOCKWISE_REPLAY_MEMORY_HOURS", "168")  # the default (the tests' environment keeps none)
+    get_settings.cache_clear()
+    get_runtime.cache_clear()
+    clients = {**clients, "verify": make_client("verify")}
+    assert enroll(clients, world.accounts["member"]).status_code == 201
+    negate_voiceprint(world.uid("member"))
+    assert enroll(clients, world.accounts["admin"]).status_code == 201
+    rotate_voiceprint(world.uid("admin"))
+    refused = signed_verify(clients, world, wav(take())).get_json()
+    assert refused["decision"] == "rejected", refused
+
+    def logged() -> tuple[list[Any], int]:
+        with get_runtime("verify").db.connection() as con:
+            row = con.run(
+                "SELECT best_uid, runner_up_uid, score, cosine, runner_up_score FROM verification_attempts"
+                " WHERE id = CAST(:a AS uuid)",
+                a=refused["attempt_id"],
+            )[0]
+            ((prints,),) = con.run(
+                "SELECT count(*) FROM voice_fingerprints WHERE attempt_id = CAST(:a AS uuid)", a=refused["attempt_id"]
+            )
+        return list(row), prints
+
+    before, prints = logged()
+    assert before[:2] == [world.uid("admin"), world.uid("member")] and None not in before and prints == 1
+    assert clients["embed"].delete("/embed/enrollment", headers=world.headers("member")).status_code == 204
+    assert logged() == ([world.uid("admin"), None, before[2], before[3], None], 1)
+    assert clients["embed"].delete("/embed/enrollment", headers=world.headers("admin")).status_code == 204
+    assert logged() == ([None, None, None, None, None], 0)
 
 
 def hold_door_decisions(monkeypatch: pytest.MonkeyPatch) -> tuple[threading.Event, threading.Event]:

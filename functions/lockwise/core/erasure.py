@@ -37,10 +37,17 @@ def forget_voice(con: Connection, uid: str) -> int:
         u=uid,
     )
     con.run(  # every score against it, best or runner-up, whatever the outcome, and the clip's identity (a clip sent
-        # again after this is decided anew, not answered as scored against this voice: ``lockwise.voice.sent_again``)
-        "UPDATE verification_attempts SET score = NULL, runner_up_score = NULL, cosine = NULL, best_uid = NULL,"
-        " runner_up_uid = NULL, clip_sha256 = NULL,"
-        " matched_uid = CASE WHEN outcome = 'accepted' THEN matched_uid END"
+        # again after this is decided anew, not answered as scored against this voice: ``lockwise.voice.sent_again``).
+        # Only what names or measures this voice: an attempt whose runner-up it was keeps its best voice's name, score
+        # and cosine, so that voice's rejected attempts stay its known recordings and go with its own erasure (all of
+        # them were cleared here, and such an attempt's fingerprint outlived the best voice's erasure: a review)
+        "UPDATE verification_attempts SET clip_sha256 = NULL,"
+        " score = CASE WHEN best_uid = :u OR matched_uid = :u THEN NULL ELSE score END,"
+        " cosine = CASE WHEN best_uid = :u OR matched_uid = :u THEN NULL ELSE cosine END,"
+        " best_uid = CASE WHEN best_uid = :u THEN NULL ELSE best_uid END,"
+        " runner_up_score = CASE WHEN runner_up_uid = :u THEN NULL ELSE runner_up_score END,"
+        " runner_up_uid = CASE WHEN runner_up_uid = :u THEN NULL ELSE runner_up_uid END,"
+        " matched_uid = CASE WHEN matched_uid = :u AND outcome <> 'accepted' THEN NULL ELSE matched_uid END"
         " WHERE matched_uid = :u OR best_uid = :u OR runner_up_uid = :u",
         u=uid,
     )
