@@ -891,3 +891,57 @@ def test_an_unlock_in_flight_as_the_owner_narrows_the_issuers_access_is_not_deli
         answer = made.result(30)
     assert (answer.status_code, answer.get_json()["error"]["code"]) == (403, "outside_access_window"), answer.get_json()
     assert deliver(relay_db, world) == []
+
+
+def instance_clock(ahead_s: float) -> Any:
+    """A stand-in for the ``datetime`` module of one function instance whose clock runs ``ahead_s`` ahead of the
+    database's (behind when negative)."""
+
+    class Skewed(dt.datetime):
+        @classmethod
+        def now(cls, tz: dt.tzinfo | None = None) -> Skewed:
+            return cls.fromtimestamp(time.time() + ahead_s, tz)
+
+    return type("datetime_module", (), {"datetime": Skewed, "UTC": dt.UTC, "timedelta": dt.timedelta})
+
+
+def test_a_lock_made_after_an_unlock_on_an_instance_running_ahead_is_the_newer(
+    world: World, relay_db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Attack run 69: a command's time (its row's ``created_at``, the signed ``issued_at``) was its instance's clock.
+    A member's unlock made on an instance 3 s ahead, then the owner's lock on one that is right: the relay sent the
+    lock first and the unlock after it, and the lock, which refuses a command older than the last it carried out,
+    was left unlocked. Commands take the database's clock now, so the lock made after is the newer one."""
+    from lockwise.devices import commands
+
+    monkeypatch.setattr(commands, "dt", instance_clock(3.0))
+    unlock = send(world, "member").get_json()["command"]["id"]
+    monkeypatch.setattr(commands, "dt", dt)
+    time.sleep(1.1)
+    lock = send(world, "owner", "lock").get_json()["command"]["id"]
+    sent = [c for c, _ in deliver(relay_db, world)]
+    assert [c.id for c in sent] == [unlock, lock]
+    assert sent[0].issued_at < sent[1].issued_at
+
+
+def test_a_lost_unlock_is_not_sent_again_after_a_withdrawal_on_an_instance_running_behind(
+    world: World, relay_db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Attack run 69: when a member's commands were withdrawn was the changing instance's clock, compared with their
+    commands' times (another instance's): the owner narrowing a member's access on an instance 3 s behind withdrew
+    nothing made in the 3 s before, and her unlock, sent once and lost, was sent again. Both are the database's
+    clock now."""
+    from lockwise.devices import commands
+
+    sent = send(world, "member").get_json()["command"]["id"]
+    assert [c.id for c, _ in deliver(relay_db, world)] == [sent]  # (lost on the way)
+    monkeypatch.setattr(commands, "dt", instance_clock(-3.0))
+    tomorrow = (dt.datetime.now(dt.UTC) + dt.timedelta(days=1)).isoformat()
+    resp = world.devices.patch(
+        f"/devices/locks/{world.lock_id}/members/{world.uid('member')}",
+        json={"role": "guest", "access": {"valid_from": tomorrow}},
+        headers=world.headers("owner"),
+    )
+    assert resp.status_code == 200, resp.get_json()
+    time.sleep(1.1)
+    assert deliver(relay_db, world, resend_after_s=1) == []

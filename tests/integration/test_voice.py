@@ -1224,6 +1224,30 @@ def test_a_voice_the_replaced_device_heard_as_the_lock_was_paired_again_opens_no
     assert deliver(relay_db, world) == []  # nothing goes to the new device
 
 
+def test_a_lock_made_after_a_voice_unlock_on_an_instance_running_ahead_is_the_newer(
+    clients: dict[str, Any], world: World, monkeypatch: pytest.MonkeyPatch, relay_db: Database
+) -> None:
+    """Attack run 69: a voice unlock took its time from the verify instance's clock; made on one 3 s ahead, the
+    owner's lock tapped a second later (another instance, right) was the older command, sent first, and the lock,
+    which refuses a command older than the last it carried out, was left unlocked. The database's clock now."""
+    from lockwise.voice import verification
+    from tests.integration.test_command_delivery import deliver, instance_clock
+
+    assert enroll(clients, world.accounts["member"]).status_code == 201
+    monkeypatch.setattr(verification, "dt", instance_clock(3.0))
+    decided = signed_verify(clients, world, wav(take())).get_json()
+    monkeypatch.setattr(verification, "dt", dt)
+    assert decided["decision"] == "accepted", decided
+    time.sleep(1.1)
+    lock = clients["devices"].post(
+        f"/devices/locks/{world.lock_id}/commands", json={"action": "lock"}, headers=world.headers("owner")
+    )
+    assert lock.status_code == 202, lock.get_json()
+    sent = [c for c, _ in deliver(relay_db, world)]
+    assert [c.id for c in sent] == [decided["command_id"], lock.get_json()["command"]["id"]]
+    assert sent[0].issued_at < sent[1].issued_at
+
+
 def test_a_clip_the_replaced_device_signed_before_the_lock_was_paired_again_is_not_decided_after(
     clients: dict[str, Any], world: World, monkeypatch: pytest.MonkeyPatch
 ) -> None:

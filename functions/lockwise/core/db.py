@@ -16,6 +16,7 @@ server after a failover), never as a 500 with driver text.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import select
 import socket
@@ -676,3 +677,11 @@ def rows_as_dicts(con: Connection, sql: str, **params: Any) -> list[dict[str, An
     rows = con.run(sql, **params)
     names = [c["name"] for c in (con.columns or [])]
     return [dict(zip(names, row, strict=True)) for row in rows]
+
+
+def clock(con: Connection) -> dt.datetime:
+    """The database's wall clock now (``clock_timestamp()``, not the transaction's start): the one clock every
+    instance and the relay share, for times whose order between instances matters (a command's, when an issuer's
+    commands were withdrawn)."""
+    moment: dt.datetime = con.run("SELECT clock_timestamp()")[0][0]
+    return moment

@@ -14,7 +14,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from lockwise.core import audit, errors, inputs, mirror, users
+from lockwise.core import audit, db, errors, inputs, mirror, users
 from lockwise.core.auth import User
 from lockwise.core.db import Connection, rows_as_dicts
 from lockwise.devices import command_outcomes, command_signing, members
@@ -48,11 +48,13 @@ def withdraw_unsent(con: Connection, lock_id: str, uid: str) -> None:
     waited for: the relay holds its claims through a publish, past the statement limit, and the removal was a 503);
     already sent: never sent again (``mqtt_relay.outbox.deliver_due`` reads ``commands_withdrawn_before``), its ack
     still taken (the lock may have acted on it)."""
-    con.run(
-        "UPDATE lock_members SET commands_withdrawn_before = :now WHERE lock_id = CAST(:l AS uuid) AND user_uid = :u",
+    con.run(  # on the clock commands' created_at is read from, the database's, once the membership's row is held
+        # (the caller changed it): each instance's own clock, a slow instance's withdrawal left out an unlock made
+        # before it on another instance, and the relay sent it again (attack run 69)
+        "UPDATE lock_members SET commands_withdrawn_before = clock_timestamp()"
+        " WHERE lock_id = CAST(:l AS uuid) AND user_uid = :u",
         l=lock_id,
         u=uid,
-        now=dt.datetime.now(dt.UTC),  # the clock commands' created_at is read from
     )
     con.run(
         "UPDATE commands SET status = 'failed', last_error = :withdrawn"
@@ -127,7 +129,10 @@ def from_app(
         raise errors.Conflict("the lock has not been provisioned yet", code="lock_not_provisioned")
     users.hold_caller(con, issuer)
     standing = members.get(con, lock_id, issuer.uid, for_share=True)
-    at = dt.datetime.now(dt.UTC)  # after that wait: made before a change it waited for, it was withdrawn by it
+    # after that wait (made before a change it waited for, it was withdrawn by it), on the database's clock: the
+    # order of a lock's commands is their times' (the relay's, an ack's, the lock's ``issued_at``), and each instance's
+    # own clock let an unlock made on a fast one outrank a lock made after it on another (attack run 69)
+    at = db.clock(con)
     if standing is None or not standing.active(at):
         raise errors.NotFound("lock not found", code="lock_not_found")
     expires = lifetime(standing, at, ttl_s)

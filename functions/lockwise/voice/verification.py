@@ -27,7 +27,7 @@ import numpy.typing as npt
 
 from lockwise.core import errors, mirror
 from lockwise.core.config import Settings
-from lockwise.core.db import Connection, Database
+from lockwise.core.db import Connection, Database, clock
 from lockwise.core.forking import in_each_child
 from lockwise.devices import commands, door_decisions, lock_auth, lockout
 from lockwise.voice import audio, budgets, first_come, known_recordings, scoring, sent_again, voiceprints
@@ -497,7 +497,9 @@ class _Attempt:
             logger.info("a voice let in was an altered replay of its recordings", extra={"fields": {"uid": matched}})
             return self._replayed(stale)
         settings = self.doors.settings
-        at = dt.datetime.now(dt.UTC)  # the unlock's clock: the member's window is judged by it (attack run 42)
+        # the unlock's clock: the member's window is judged by it (attack run 42); the database's, as an app command's
+        # is (``commands.from_app``): the order of a lock's commands is their times' (attack run 69)
+        at = clock(self.con)
         membership = next(m for m in found.memberships if m.user_uid == matched)
         expires = commands.lifetime(membership, at, settings.command_ttl_s)
         if expires is None:  # their access ended while the voice was decided: no unlock, no failure counted
