@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
 from infra.local.services import Broker
-from lockwise.core import accounts, audit, inputs, retention, users
+from lockwise.core import accounts, audit, errors, inputs, retention, users
 from lockwise.core.config import get_settings
 from lockwise.core.db import Database
 from lockwise.core.runtime import get_runtime
@@ -511,6 +511,38 @@ def test_the_relays_flush_deletes_old_request_nonces_and_counts_and_no_request_d
     token = {"X-LockWise-Service-Token": stack_env["LOCKWISE_SERVICE_TOKEN"]}
     assert world.devices.post("/devices/relay/flush", headers=token).status_code == 200
     assert kept() == (5, 0, 0)  # the nonces inside the window stay
+
+
+def test_a_request_nonce_outlives_its_timestamps_window_on_instances_whose_clocks_differ(world: World) -> None:
+    """Attack run 69: the timestamp is judged on the instance's clock, the nonce pruned on the database's after twice
+    the skew. A request an instance 2 s ahead took at the window's first second was still inside the window of an
+    instance on the database's clock when the flush pruned its nonce: that one took the replay."""
+    runtime = get_runtime("devices")
+    skew, ahead = runtime.settings.lock_request_skew_s, 2.0
+    signed_at = time.time()
+    captured = lock_auth.sign_headers(world.lock_key, world.lock_id, "GET", "/devices/lock/config", b"", now=signed_at)
+
+    def taken(instance_clock: float) -> str:
+        try:
+            with runtime.db.connection() as con:
+                lock_auth.authenticate(
+                    con, captured, "GET", "/devices/lock/config", b"", skew_s=skew, per_minute=1000, now=instance_clock
+                )
+        except errors.Unauthenticated as exc:
+            return exc.code
+        return "taken"
+
+    assert taken(int(signed_at) - skew + 0.5) == "taken"  # by an instance 2 s ahead, the window's first second
+    # 2 x skew + 1.5 s later (real time, the database's), the flush runs; then the replay reaches an instance on the
+    # database's clock, at the last second of the window by it
+    db_rows(
+        "UPDATE lock_request_nonces SET seen_at = seen_at - make_interval(secs => :s) WHERE lock_id = CAST(:l AS uuid)",
+        s=2 * skew + ahead - 0.5,
+        l=world.lock_id,
+    )
+    with runtime.db.transaction() as con:
+        retention.prune_expired(con, nonces_kept_s=lock_auth.nonces_kept_s(runtime.settings))
+    assert taken(int(signed_at) + skew) == "replayed_request"
 
 
 def test_the_relays_flush_deletes_commands_attempts_and_invitations_kept_past_their_time(

@@ -94,10 +94,17 @@ def sign_headers(
     return headers
 
 
+#: the most a function instance's clock may be off the database's: a request's timestamp is judged on the instance's,
+#: its nonce kept and pruned on the database's (NTP keeps them milliseconds apart; this is the margin for worse)
+CLOCKS_APART_S = 30
+
+
 def nonces_kept_s(settings: Settings) -> int:
-    """How long a lock's request nonces are kept: twice the skew, so that a request replayed within its accepted
-    window always meets its nonce."""
-    return 2 * settings.lock_request_skew_s
+    """How long a lock's request nonces are kept: so that a request replayed within its accepted window always meets
+    its nonce, twice the skew and the most two instances' clocks may differ (``CLOCKS_APART_S`` each way): kept just
+    twice the skew, a nonce taken by an instance 2 s ahead was pruned while its timestamp was still inside the window
+    of one on the database's clock, which took the replay (attack run 69)."""
+    return 2 * (settings.lock_request_skew_s + CLOCKS_APART_S)
 
 
 class Signer(NamedTuple):
