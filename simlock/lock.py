@@ -42,6 +42,10 @@ from lockwise.devices import command_signing, lock_auth, receipts, topics
 from mqtt_relay.sessions import no_delay
 from simlock.unconfirmed import Unconfirmed
 
+#: how long past its command's expiry a spent nonce is kept (docs/FIRMWARE.md): a clock stepped back by a time sync
+#: makes an expired command valid again, and a nonce forgotten at its expiry let it be carried out twice (attack run 69)
+NONCE_KEPT_PAST_EXPIRY_S = 300
+
 log = logging.getLogger("simlock")
 
 
@@ -361,15 +365,16 @@ class SimulatedLock:
         return command
 
     def _load_nonces(self) -> dict[str, tuple[int, str]]:
-        """The nonces of commands acted on that have not expired yet, with their command ids: a command whose nonce is
-        here is a replay, also after a restart; one that has expired is refused for its expiry, so the set stays
-        small. A file written before the ids were kept names none (its repeats are refused, not acknowledged)."""
+        """The nonces of commands acted on that have not expired yet (or did within ``NONCE_KEPT_PAST_EXPIRY_S``),
+        with their command ids: a command whose nonce is here is a replay, also after a restart; one expired longer
+        ago is refused for its expiry, so the set stays small. A file written before the ids were kept names none
+        (its repeats are refused, not acknowledged)."""
         if self.nonce_file is None or not self.nonce_file.exists():
             return {}
         stored: dict[str, int | list[Any]] = json.loads(self.nonce_file.read_text())
         spent = {n: (v, "") if isinstance(v, int) else (int(v[0]), str(v[1])) for n, v in stored.items()}
         now = time.time()
-        return {nonce: entry for nonce, entry in spent.items() if entry[0] > now}
+        return {nonce: entry for nonce, entry in spent.items() if entry[0] + NONCE_KEPT_PAST_EXPIRY_S > now}
 
     def _issued_file(self) -> Path | None:
         return None if self.nonce_file is None else self.nonce_file.with_name(self.nonce_file.name + ".issued_at")
@@ -387,7 +392,11 @@ class SimulatedLock:
             partial.write_text(str(self._last_issued_at))
             partial.replace(issued)
         now = time.time()
-        live = {nonce: [expires, cid] for nonce, (expires, cid) in self._seen_nonces.items() if expires > now}
+        live = {
+            nonce: [expires, cid]
+            for nonce, (expires, cid) in self._seen_nonces.items()
+            if expires + NONCE_KEPT_PAST_EXPIRY_S > now
+        }
         tmp = self.nonce_file.with_name(self.nonce_file.name + ".tmp")
         tmp.write_text(json.dumps(live))
         tmp.replace(self.nonce_file)  # written before the lock acts: a crash never forgets an executed command

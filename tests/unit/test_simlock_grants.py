@@ -96,3 +96,30 @@ def test_a_spent_nonce_is_acknowledged_again_only_for_its_own_command_also_after
     acks = [json.loads(p)["id"] for t, p in recorded.published if t == topics.acks("lk-test")]
     assert acks == [command.id] * 3 and [c.id for c in lock.executed] == [command.id] and not rebooted.executed
     assert [reason for reason, _ in rebooted.refused] == ["replayed", "replayed"]
+
+
+def test_a_spent_nonce_outlives_its_commands_expiry_for_a_clock_stepped_back(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    """Attack run 69: the lock forgot a nonce once its command expired; a time sync stepping its clock back then made
+    the command valid again, and its replay was carried out (step 7 allows an equal ``issued_at``). Spent nonces are
+    kept 5 minutes past expiry, across a reboot too."""
+    server = Ed25519PrivateKey.generate()
+    config, recorded = recorded_lock(monkeypatch, server)
+    nonces = tmp_path / "nonces.json"
+    start = time.time()
+    command = command_signing.Command(
+        str(uuid.uuid4()), config.lock_id, "unlock", "n" * 24, int(start), int(start) + 30
+    )
+
+    class Message:
+        payload = command_signing.sign(command, server).encode()
+
+    lock = SimulatedLock(config, nonce_file=nonces)
+    lock._on_message(recorded, None, Message())  # type: ignore[arg-type]
+    assert [c.id for c in lock.executed] == [command.id]
+    monkeypatch.setattr(time, "time", lambda: start + 60)  # a minute on, the command expired, the lock reboots
+    rebooted = SimulatedLock(config, nonce_file=nonces)
+    monkeypatch.setattr(time, "time", lambda: start + 5)  # and a time sync steps its clock back
+    rebooted._on_message(recorded, None, Message())  # type: ignore[arg-type]
+    assert rebooted.executed == [] and [reason for reason, _ in rebooted.refused] == ["replayed"]
