@@ -34,6 +34,7 @@ FIRMWARE_MD = REPO / "docs" / "FIRMWARE.md"
 VECTORS: dict[str, Any] = json.loads(VECTORS_PATH.read_text())
 REQUESTS: list[dict[str, Any]] = VECTORS["lock_requests"]
 COMMANDS: list[dict[str, Any]] = VECTORS["commands"]
+REFUSALS: list[dict[str, Any]] = VECTORS["command_refusals"]
 COMMAND_FIELDS = {"id", "lock", "action", "nonce", "issued_at", "expires_at"}
 
 
@@ -139,6 +140,8 @@ def lock_verdict(
     ``issued_at`` of the last command the lock carried out."""
     try:
         outer = json.loads(message)
+        if isinstance(outer, dict) and "cmd" not in outer and isinstance(outer.get("receipt"), list):
+            return "receipt", None  # step 0: never acted on, never acknowledged
         if (
             not isinstance(outer, dict)
             or not isinstance(outer.get("cmd"), str)
@@ -160,6 +163,11 @@ def lock_verdict(
     if fields.pop("v", None) != 1:
         return "unsupported_version", None
     if set(fields) != COMMAND_FIELDS:
+        return "malformed", None
+    integers = ("issued_at", "expires_at")  # the table's types: JSON integers (not true, not 1.0), strings
+    if any(not isinstance(fields[k], int) or isinstance(fields[k], bool) for k in integers) or any(
+        not isinstance(fields[k], str) for k in COMMAND_FIELDS.difference(integers)
+    ):
         return "malformed", None
     if fields["lock"] != lock_id:
         return "wrong_lock", None
@@ -287,6 +295,39 @@ def test_a_message_signed_by_another_key_is_refused() -> None:
     assert lock_verdict(forged, public, VECTORS["lock_id"], 0, set())[0] == "bad_signature"
     assert lock_verdict(b"not json", public, VECTORS["lock_id"], 0, set())[0] == "malformed"
     assert lock_verdict('{"cmd": "x", "sig": "%%%"}', public, VECTORS["lock_id"], 0, set())[0] == "malformed"
+
+
+@pytest.mark.parametrize("case", REFUSALS, ids=[c["name"] for c in REFUSALS])
+def test_command_refusal_vector_is_decided_as_a_lock_would(case: dict[str, Any]) -> None:
+    """The refusals every lock maker must get right (the vectors had one good command and one tampered one): each
+    step's own refusal, the members' types, and two messages a lock must carry out though their bytes differ from the
+    canonical text (an outer JSON escaped differently, a signed text not in the canonical form)."""
+    verdict, fields = lock_verdict(
+        case["message"],
+        VECTORS["server_key"]["public_key_b64"],
+        case["lock_id"],
+        case["now"],
+        set(case["nonces_seen"]),
+        case["last_issued_at"],
+    )
+    assert verdict == case["expect"], case["why"]
+    if verdict == "act":
+        assert fields == COMMANDS[0]["command"]
+    if case["why"].startswith("step 3"):  # refused for its form, not its signature: the server's key signed it
+        outer = json.loads(case["message"])
+        SERVER_KEY.public_key().verify(base64.b64decode(outer["sig"]), outer["cmd"].encode())
+
+
+def test_the_refusal_vectors_cover_every_step() -> None:
+    assert {c["expect"] for c in REFUSALS} == {
+        "receipt",
+        "malformed",
+        "bad_signature",
+        "unsupported_version",
+        "superseded",
+        "act",
+    }
+    assert {"wrong_lock", "expired", "replayed"} <= {check["expect"] for check in COMMANDS[0]["checks"]}
 
 
 def receipt_digest(payload: bytes) -> str:
@@ -431,6 +472,42 @@ def test_server_signs_and_verifies_commands_the_same_way(command: dict[str, Any]
     with pytest.raises(command_signing.BadCommand) as bad:
         command_signing.verify(command["tampered_message"], public)
     assert bad.value.reason == command["tampered_expect"]
+
+
+@pytest.mark.parametrize("case", REFUSALS, ids=[c["name"] for c in REFUSALS])
+def test_server_and_reference_lock_decide_each_refusal_vector_the_same(
+    case: dict[str, Any], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """``lockwise.devices.command_signing`` (steps 1-3) and the reference lock (``simlock``, every step) reach each
+    vector's verdict: the server's check took a signed text that was no object, or held a string where an integer
+    belongs, as a command (the vectors had no such case)."""
+    from lockwise.devices import command_signing, receipts
+    from simlock.lock import LockConfig, SimulatedLock
+
+    message = case["message"].encode()
+    if case["expect"] == "receipt":
+        assert receipts.read(message) is not None
+        return
+    public = VECTORS["server_key"]["public_key_b64"]
+    try:
+        command_signing.verify(message, public)
+        server = "act"
+    except command_signing.BadCommand as refused:
+        server = refused.reason
+    early = {"malformed", "bad_signature", "unsupported_version"}
+    assert server == (case["expect"] if case["expect"] in early else "act")
+    config = LockConfig(case["lock_id"], "lk-test", "", "", "127.0.0.1", 1, "", server_public_key=public)
+    monkeypatch.setattr(SimulatedLock, "_new_client", lambda _self: None)
+    lock = SimulatedLock(config, nonce_file=tmp_path / "nonces.json")
+    lock._last_issued_at = case["last_issued_at"]
+    lock._seen_nonces = {nonce: (case["now"] + 60, "") for nonce in case["nonces_seen"]}
+    monkeypatch.setattr(time, "time", lambda: float(case["now"]))
+    try:
+        lock.check(message)
+        verdict = "act"
+    except command_signing.BadCommand as refused:
+        verdict = refused.reason
+    assert verdict == case["expect"], case["why"]
 
 
 # ------------------------------------------------------------------------------ 3. the page shows the vectors

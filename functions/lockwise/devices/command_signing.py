@@ -11,7 +11,6 @@ import base64
 import binascii
 import json
 from dataclasses import dataclass
-from typing import Any
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -73,10 +72,22 @@ def verify(message: bytes | str, server_public_key_b64: str) -> Command:
         public.verify(signature, canonical.encode())
     except InvalidSignature as exc:
         raise BadCommand("bad_signature") from exc
-    fields: dict[str, Any] = json.loads(canonical)
+    fields = json.loads(canonical)
+    if not isinstance(fields, dict):  # signed, but not a command (docs/FIRMWARE.md step 3)
+        raise BadCommand("malformed")
     if fields.pop("v", None) != VERSION:
         raise BadCommand("unsupported_version")
-    try:
-        return Command(**fields)
-    except TypeError as exc:
-        raise BadCommand("malformed") from exc
+    if set(fields) != _TYPES.keys() or any(type(fields[name]) is not kind for name, kind in _TYPES.items()):
+        raise BadCommand("malformed")  # the members and their types exactly (a bool is no integer, 1.0 neither)
+    return Command(**fields)
+
+
+#: each member of a command and its JSON type, as docs/FIRMWARE.md's table gives them
+_TYPES: dict[str, type] = {
+    "id": str,
+    "lock": str,
+    "action": str,
+    "nonce": str,
+    "issued_at": int,
+    "expires_at": int,
+}
