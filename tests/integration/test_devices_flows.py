@@ -20,6 +20,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
+from werkzeug.datastructures import Headers
 
 from infra.local.services import Broker
 from lockwise.core import accounts, audit, errors, inputs, retention, users
@@ -526,7 +527,14 @@ def test_a_request_nonce_outlives_its_timestamps_window_on_instances_whose_clock
         try:
             with runtime.db.connection() as con:
                 lock_auth.authenticate(
-                    con, captured, "GET", "/devices/lock/config", b"", skew_s=skew, per_minute=1000, now=instance_clock
+                    con,
+                    Headers(captured),
+                    "GET",
+                    "/devices/lock/config",
+                    b"",
+                    skew_s=skew,
+                    per_minute=1000,
+                    now=instance_clock,
                 )
         except errors.Unauthenticated as exc:
             return exc.code
