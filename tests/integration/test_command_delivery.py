@@ -945,3 +945,29 @@ def test_a_lost_unlock_is_not_sent_again_after_a_withdrawal_on_an_instance_runni
     assert resp.status_code == 200, resp.get_json()
     time.sleep(1.1)
     assert deliver(relay_db, world, resend_after_s=1) == []
+
+
+def test_a_member_paused_on_an_instance_running_ahead_has_no_unlock_made_after(
+    world: World, relay_db: Database
+) -> None:
+    """Attack run 70: a pause (an expiry in the past) was stored as the instance's now; on one 5 s ahead, that end
+    was still to come by the database's clock, by which commands are made and withdrawn since attack run 69, and an
+    unlock the member tapped on another instance right after the answer was made and delivered. The pause is stored
+    as the database's now."""
+    from lockwise.core.runtime import utc_now
+
+    runtime = get_runtime("devices")
+    runtime.clock = lambda: utc_now() + dt.timedelta(seconds=5)
+    try:
+        past = (dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)).isoformat()
+        resp = world.devices.patch(
+            f"/devices/locks/{world.lock_id}/members/{world.uid('member')}",
+            json={"role": "member", "access": {"expires_at": past}},
+            headers=world.headers("owner"),
+        )
+        assert resp.status_code == 200, resp.get_json()
+    finally:
+        runtime.clock = utc_now
+    made = send(world, "member")
+    assert made.status_code == 404, made.get_json()
+    assert deliver(relay_db, world) == []

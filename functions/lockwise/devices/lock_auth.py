@@ -11,8 +11,8 @@ Headers::
 Everything that changes how the body is read (query, content type, sample-rate header) is signed with it.
 
 The server refuses an unknown lock, a bad signature, a timestamp outside the allowed clock skew, and a nonce it has
-already seen (replay). Nonces are kept for twice the skew (then deleted by the relay's flush:
-``lockwise.core.retention``).
+already seen (replay). Nonces are kept for twice the skew and the clocks' margin (``nonces_kept_s``; then deleted
+by the relay's flush: ``lockwise.core.retention``).
 """
 
 from __future__ import annotations
