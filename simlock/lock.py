@@ -42,10 +42,6 @@ from lockwise.devices import command_signing, lock_auth, receipts, topics
 from mqtt_relay.sessions import no_delay
 from simlock.unconfirmed import Unconfirmed
 
-#: how long past its command's expiry a spent nonce is kept (docs/FIRMWARE.md): a clock stepped back by a time sync
-#: makes an expired command valid again, and a nonce forgotten at its expiry let it be carried out twice (attack run 69)
-NONCE_KEPT_PAST_EXPIRY_S = 300
-
 log = logging.getLogger("simlock")
 
 
@@ -150,10 +146,10 @@ class SimulatedLock:
     backoff_max_s: float = BACKOFF_MAX_S
 
     def __post_init__(self) -> None:
-        #: nonce -> the command's expires_at and id (its repeat is acknowledged only with the same id)
-        self._seen_nonces: dict[str, tuple[int, str]] = self._load_nonces()
         # the newest command acted on: an older one arriving later must not undo it (kept with the nonces)
         self._last_issued_at = self._load_last_issued_at()
+        #: nonce -> the command's expires_at, id (its repeat is acknowledged only with the same id) and issued_at
+        self._seen_nonces: dict[str, tuple[int, str, int]] = self._load_nonces()
         self._lock = threading.Lock()
         #: grants acted on while the broker was out of reach: acknowledged as the next connection is made (an ack is
         #: recorded up to a day late; the app otherwise reads ``expired`` for a door that opened)
@@ -360,21 +356,29 @@ class SimulatedLock:
             if command.issued_at < self._last_issued_at:
                 raise command_signing.BadCommand("superseded")
             self._last_issued_at = command.issued_at
-            self._seen_nonces[command.nonce] = (command.expires_at, command.id)
+            self._seen_nonces[command.nonce] = (command.expires_at, command.id, command.issued_at)
             self._save_nonces()
         return command
 
-    def _load_nonces(self) -> dict[str, tuple[int, str]]:
-        """The nonces of commands acted on that have not expired yet (or did within ``NONCE_KEPT_PAST_EXPIRY_S``),
-        with their command ids: a command whose nonce is here is a replay, also after a restart; one expired longer
-        ago is refused for its expiry, so the set stays small. A file written before the ids were kept names none
-        (its repeats are refused, not acknowledged)."""
+    def _load_nonces(self) -> dict[str, tuple[int, str, int]]:
+        """The nonces of commands acted on that are still kept (``_kept``), with their command ids and times: a
+        command whose nonce is here is a replay, also after a restart. A file written before the ids were kept names
+        none (its repeats are refused, not acknowledged), one written before the times were, no time."""
         if self.nonce_file is None or not self.nonce_file.exists():
             return {}
         stored: dict[str, int | list[Any]] = json.loads(self.nonce_file.read_text())
-        spent = {n: (v, "") if isinstance(v, int) else (int(v[0]), str(v[1])) for n, v in stored.items()}
-        now = time.time()
-        return {nonce: entry for nonce, entry in spent.items() if entry[0] + NONCE_KEPT_PAST_EXPIRY_S > now}
+        spent = {
+            n: (v, "", 0) if isinstance(v, int) else (int(v[0]), str(v[1]), int(v[2]) if len(v) > 2 else 0)
+            for n, v in stored.items()
+        }
+        return {nonce: entry for nonce, entry in spent.items() if self._kept(entry, time.time())}
+
+    def _kept(self, entry: tuple[int, str, int], now: float) -> bool:
+        """Whether a spent nonce is still kept (docs/FIRMWARE.md): until its command expires, and for good while its
+        command is of the last second carried out, which step 7 lets through: a clock stepped back by a time sync
+        made it valid again, and a nonce forgotten at its expiry let it be carried out twice (attack runs 69, 70)."""
+        expires, _id, issued_at = entry
+        return expires > now or (issued_at > 0 and issued_at >= self._last_issued_at)
 
     def _issued_file(self) -> Path | None:
         return None if self.nonce_file is None else self.nonce_file.with_name(self.nonce_file.name + ".issued_at")
@@ -392,11 +396,7 @@ class SimulatedLock:
             partial.write_text(str(self._last_issued_at))
             partial.replace(issued)
         now = time.time()
-        live = {
-            nonce: [expires, cid]
-            for nonce, (expires, cid) in self._seen_nonces.items()
-            if expires + NONCE_KEPT_PAST_EXPIRY_S > now
-        }
+        live = {nonce: list(entry) for nonce, entry in self._seen_nonces.items() if self._kept(entry, now)}
         tmp = self.nonce_file.with_name(self.nonce_file.name + ".tmp")
         tmp.write_text(json.dumps(live))
         tmp.replace(self.nonce_file)  # written before the lock acts: a crash never forgets an executed command

@@ -98,28 +98,45 @@ def test_a_spent_nonce_is_acknowledged_again_only_for_its_own_command_also_after
     assert [reason for reason, _ in rebooted.refused] == ["replayed", "replayed"]
 
 
-def test_a_spent_nonce_outlives_its_commands_expiry_for_a_clock_stepped_back(
+def test_the_last_commands_nonce_outlives_its_expiry_for_a_clock_stepped_back(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Any
 ) -> None:
-    """Attack run 69: the lock forgot a nonce once its command expired; a time sync stepping its clock back then made
-    the command valid again, and its replay was carried out (step 7 allows an equal ``issued_at``). Spent nonces are
-    kept 5 minutes past expiry, across a reboot too."""
+    """Attack runs 69 and 70: the lock forgot a nonce once its command expired; a time sync stepping its clock back
+    then made the command valid again, and its replay was carried out (step 7 allows an equal ``issued_at``); a
+    5-minute margin did not stop a step of 10. The nonces of the last second carried out are kept for good, across
+    a reboot too, and go once a newer command is carried out (older ones are refused as ``superseded``)."""
     server = Ed25519PrivateKey.generate()
     config, recorded = recorded_lock(monkeypatch, server)
     nonces = tmp_path / "nonces.json"
-    start = time.time()
-    command = command_signing.Command(
-        str(uuid.uuid4()), config.lock_id, "unlock", "n" * 24, int(start), int(start) + 30
-    )
+    start = float(int(time.time()))
 
-    class Message:
-        payload = command_signing.sign(command, server).encode()
+    def message(action: str, nonce: str, issued: float) -> Any:
+        command = command_signing.Command(
+            str(uuid.uuid4()), config.lock_id, action, nonce * 24, int(issued), int(issued) + 30
+        )
 
+        class Message:
+            payload = command_signing.sign(command, server).encode()
+
+        return Message()
+
+    def hear(lock: SimulatedLock, heard: Any) -> None:
+        lock._on_message(recorded, None, heard)  # type: ignore[arg-type]
+
+    unlock = message("unlock", "n", start)
     lock = SimulatedLock(config, nonce_file=nonces)
-    lock._on_message(recorded, None, Message())  # type: ignore[arg-type]
-    assert [c.id for c in lock.executed] == [command.id]
-    monkeypatch.setattr(time, "time", lambda: start + 60)  # a minute on, the command expired, the lock reboots
+    hear(lock, unlock)
+    monkeypatch.setattr(time, "time", lambda: start + 3600)  # an hour on, the lock reboots
     rebooted = SimulatedLock(config, nonce_file=nonces)
-    monkeypatch.setattr(time, "time", lambda: start + 5)  # and a time sync steps its clock back
-    rebooted._on_message(recorded, None, Message())  # type: ignore[arg-type]
+    monkeypatch.setattr(time, "time", lambda: start + 5)  # and a time sync steps its clock back an hour
+    hear(rebooted, unlock)
     assert rebooted.executed == [] and [reason for reason, _ in rebooted.refused] == ["replayed"]
+    hear(rebooted, message("lock", "m", start + 10))  # a newer command carried out
+    monkeypatch.setattr(time, "time", lambda: start + 3600)
+    hear(rebooted, message("unlock", "k", start + 3590))  # saves the nonces kept
+    kept = json.loads(nonces.read_text())
+    assert "n" * 24 not in kept and "m" * 24 not in kept and "k" * 24 in kept
+    monkeypatch.setattr(time, "time", lambda: start + 5)
+    again = SimulatedLock(config, nonce_file=nonces)
+    hear(again, unlock)
+    assert again.executed == [] and [reason for reason, _ in again.refused] == ["superseded"]
