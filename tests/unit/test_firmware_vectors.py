@@ -160,7 +160,8 @@ def lock_verdict(
     fields = json.loads(cmd)
     if not isinstance(fields, dict):
         return "malformed", None
-    if fields.pop("v", None) != 1:
+    version = fields.pop("v", None)
+    if not isinstance(version, int) or isinstance(version, bool) or version != 1:
         return "unsupported_version", None
     if set(fields) != COMMAND_FIELDS:
         return "malformed", None
@@ -500,7 +501,7 @@ def test_server_and_reference_lock_decide_each_refusal_vector_the_same(
     monkeypatch.setattr(SimulatedLock, "_new_client", lambda _self: None)
     lock = SimulatedLock(config, nonce_file=tmp_path / "nonces.json")
     lock._last_issued_at = case["last_issued_at"]
-    lock._seen_nonces = {nonce: (case["now"] + 60, "") for nonce in case["nonces_seen"]}
+    lock._seen_nonces = {nonce: (case["now"] + 60, "", 0) for nonce in case["nonces_seen"]}
     monkeypatch.setattr(time, "time", lambda: float(case["now"]))
     try:
         lock.check(message)
@@ -508,6 +509,18 @@ def test_server_and_reference_lock_decide_each_refusal_vector_the_same(
     except command_signing.BadCommand as refused:
         verdict = refused.reason
     assert verdict == case["expect"], case["why"]
+
+
+def test_server_refuses_a_cmd_with_a_lone_surrogate_as_malformed() -> None:
+    """Attack run 70: an outer JSON escaping half a surrogate pair gives a ``cmd`` with no UTF-8 bytes to verify; the
+    check raised ``UnicodeEncodeError``, which the reference lock's message handler did not catch."""
+    from lockwise.devices import command_signing
+
+    forged = json.dumps({"cmd": "{\ud800}", "sig": COMMANDS[0]["signature_b64"]})
+    assert "\\ud800" in forged
+    with pytest.raises(command_signing.BadCommand) as bad:
+        command_signing.verify(forged, VECTORS["server_key"]["public_key_b64"])
+    assert bad.value.reason == "malformed"
 
 
 # ------------------------------------------------------------------------------ 3. the page shows the vectors

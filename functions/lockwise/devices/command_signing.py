@@ -67,15 +67,20 @@ def verify(message: bytes | str, server_public_key_b64: str) -> Command:
             raise TypeError("cmd is not a string")
     except (ValueError, KeyError, TypeError, binascii.Error) as exc:
         raise BadCommand("malformed") from exc
+    try:
+        signed = canonical.encode()
+    except UnicodeEncodeError as exc:  # a lone surrogate escaped in the outer JSON: no UTF-8 bytes to verify
+        raise BadCommand("malformed") from exc
     public = Ed25519PublicKey.from_public_bytes(base64.b64decode(server_public_key_b64))
     try:
-        public.verify(signature, canonical.encode())
+        public.verify(signature, signed)
     except InvalidSignature as exc:
         raise BadCommand("bad_signature") from exc
     fields = json.loads(canonical)
     if not isinstance(fields, dict):  # signed, but not a command (docs/FIRMWARE.md step 3)
         raise BadCommand("malformed")
-    if fields.pop("v", None) != VERSION:
+    version = fields.pop("v", None)
+    if type(version) is not int or version != VERSION:  # the integer 1: not true, not 1.0 (equal to 1 in Python)
         raise BadCommand("unsupported_version")
     if set(fields) != _TYPES.keys() or any(type(fields[name]) is not kind for name, kind in _TYPES.items()):
         raise BadCommand("malformed")  # the members and their types exactly (a bool is no integer, 1.0 neither)
