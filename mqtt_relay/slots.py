@@ -120,6 +120,15 @@ class Lease:
                 raise NoFreeSlot(f"relay slot {slot} stayed held for {timeout_s} s")
             time.sleep(0.2)
 
+    @staticmethod
+    def held(con: Connection) -> set[int]:
+        """The slots live replicas (and this one, and any borrowing one) hold now."""
+        rows = con.run(
+            "SELECT objid FROM pg_locks WHERE locktype = 'advisory' AND classid = :c AND objsubid = 2 AND granted",
+            c=_LOCK_CLASS,
+        )
+        return {int(row[0]) for row in rows}
+
     def others_alive(self) -> bool:
         """Whether another replica holds a slot now (then it takes all lock events when this one leaves)."""
         if self._con is None:
