@@ -378,7 +378,9 @@ class SimulatedLock:
         command is of the last second carried out, which step 7 lets through: a clock stepped back by a time sync
         made it valid again, and a nonce forgotten at its expiry let it be carried out twice (attack runs 69, 70)."""
         expires, _id, issued_at = entry
-        return expires > now or (issued_at > 0 and issued_at >= self._last_issued_at)
+        if issued_at == 0:  # stored before the times were: of the last second, as far as is known, unless it expired
+            issued_at = expires  # before that second (a command's issued_at is never after its expiry: attack run 71)
+        return expires > now or issued_at >= self._last_issued_at
 
     def _issued_file(self) -> Path | None:
         return None if self.nonce_file is None else self.nonce_file.with_name(self.nonce_file.name + ".issued_at")

@@ -140,3 +140,29 @@ def test_the_last_commands_nonce_outlives_its_expiry_for_a_clock_stepped_back(
     again = SimulatedLock(config, nonce_file=nonces)
     hear(again, unlock)
     assert again.executed == [] and [reason for reason, _ in again.refused] == ["superseded"]
+
+
+def test_a_nonce_stored_without_its_time_is_kept_while_it_may_be_the_last_seconds(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    """Attack run 71: a nonce file of the version before (``[expires_at, id]``) loaded with no ``issued_at`` and was
+    kept only until its command expired, so the clock stepped back let the last command through again on a lock
+    upgraded after it. An entry without its time is kept while its expiry is not before the last ``issued_at``."""
+    server = Ed25519PrivateKey.generate()
+    config, recorded = recorded_lock(monkeypatch, server)
+    nonces = tmp_path / "nonces.json"
+    start = float(int(time.time()))
+    command = command_signing.Command(
+        str(uuid.uuid4()), config.lock_id, "unlock", "o" * 24, int(start), int(start) + 30
+    )
+    nonces.write_text(json.dumps({command.nonce: [command.expires_at, command.id]}))  # the old format
+    nonces.with_name(nonces.name + ".issued_at").write_text(str(command.issued_at))
+
+    class Message:
+        payload = command_signing.sign(command, server).encode()
+
+    monkeypatch.setattr(time, "time", lambda: start + 100)  # upgraded, booted after the command expired
+    upgraded = SimulatedLock(config, nonce_file=nonces)
+    monkeypatch.setattr(time, "time", lambda: start + 5)  # a time sync steps the clock back
+    upgraded._on_message(recorded, None, Message())  # type: ignore[arg-type]
+    assert upgraded.executed == [] and [reason for reason, _ in upgraded.refused] == ["replayed"]
