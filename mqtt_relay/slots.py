@@ -26,6 +26,9 @@ log = logging.getLogger("mqtt_relay.slots")
 CLIENT_ID_PREFIX = "lockwise-relay-"
 #: first key of the two-key advisory lock (the second is the slot number): "lockwise relay slots"
 _LOCK_CLASS = 0x10C4_5E1A
+#: ``pg_locks`` lists every database of the server: another deployment's relays (staging beside production) are not
+#: this one's (attack run 71)
+_THIS_DATABASE = "database = (SELECT oid FROM pg_database WHERE datname = current_database())"
 
 
 class LeaseLost(RuntimeError):
@@ -79,7 +82,8 @@ class Lease:
             self._drop()
         try:
             con = self.db.connect()
-        except Exception:  # noqa: BLE001 - database away: nobody else can take the slot meanwhile
+        except Exception:  # noqa: BLE001 - database away (from this replica: another may lease the slot, having
+            # seen it free for ``relay.LEFT_AFTER_S``, and take its session over; this one then exits, attack run 71)
             return False
         if con.run("SELECT pg_try_advisory_lock(:c, :s)", c=_LOCK_CLASS, s=self.slot)[0][0]:
             self._con = con
@@ -124,7 +128,8 @@ class Lease:
     def held(con: Connection) -> set[int]:
         """The slots live replicas (and this one, and any borrowing one) hold now."""
         rows = con.run(
-            "SELECT objid FROM pg_locks WHERE locktype = 'advisory' AND classid = :c AND objsubid = 2 AND granted",
+            "SELECT objid FROM pg_locks WHERE locktype = 'advisory' AND classid = :c AND objsubid = 2 AND granted"
+            f" AND {_THIS_DATABASE}",
             c=_LOCK_CLASS,
         )
         return {int(row[0]) for row in rows}
@@ -135,7 +140,7 @@ class Lease:
             return False
         rows = self._con.run(
             "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND classid = :c AND objsubid = 2"
-            " AND granted AND pid <> pg_backend_pid()",
+            f" AND granted AND pid <> pg_backend_pid() AND {_THIS_DATABASE}",
             c=_LOCK_CLASS,
         )
         return int(rows[0][0]) > 0
