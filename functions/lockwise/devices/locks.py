@@ -350,14 +350,9 @@ def update_member(
     _check_can_manage(actor, target)
     members.check_can_grant(actor, role)
     members.check_ends_in_time(actor, access)
-    if access["expires_at"] is not None and access["expires_at"] < now:
-        # now by the database's clock, the one commands are made and withdrawn by: by this instance's, one running
-        # ahead stored an end still to come there, and an unlock made meanwhile on another instance was delivered
-        # (attack run 70)
-        ended = db.clock(con)
-        if target.expires_at is not None and target.expires_at <= now:
-            ended = min(ended, target.expires_at)
-        access = {**access, "expires_at": ended}
+    pause = access["expires_at"] is not None and access["expires_at"] < now
+    if pause and target.expires_at is not None and target.expires_at <= now:  # it had ended already
+        access, pause = {**access, "expires_at": target.expires_at}, False
     unchanged = role == target.role and all(getattr(target, name) == value for name, value in access.items())
     audit.record(
         con,
@@ -371,6 +366,16 @@ def update_member(
     if unchanged:
         return target
     door_decisions.wait_for(con, lock_id)  # one deciding on the access it had opens the door before this answer
+    if pause:  # ended now by the database's clock, the one commands are made and withdrawn by (by this instance's,
+        # one running ahead stored an end still to come there, and an unlock made meanwhile on another instance was
+        # delivered: attack run 70), read once the waits are over and the membership's row is held (an unlock made
+        # during them came before the end: attack run 71)
+        con.run(
+            "SELECT 1 FROM lock_members WHERE lock_id = CAST(:l AS uuid) AND user_uid = :u FOR NO KEY UPDATE",
+            l=lock_id,
+            u=target.user_uid,
+        )
+        access = {**access, "expires_at": db.clock(con)}
     if not target.active(now) and (access["expires_at"] is None or access["expires_at"] > now):  # one more member
         members.refuse_past_limit(con, lock_id, members_per_lock, now)
     con.run(
