@@ -206,34 +206,47 @@ def detection(
 
 
 #: alterations an attacker makes to a recording before playing it (attack run 64): a speed (a factor: 1.03 is 3 %
-#: fast, pitch and tempo together), whether it is played backwards, and a tempo (pitch kept: sox's WSOLA ``tempo``)
-ALTERATIONS: tuple[tuple[str, float, bool, float], ...] = (
-    ("3 % fast", 1.03, False, 1.0),
-    ("3 % slow", 0.97, False, 1.0),
-    ("8 % fast", 1.08, False, 1.0),
-    ("12 % slow", 0.88, False, 1.0),
-    ("16 % fast", 1.16, False, 1.0),
-    ("backwards", 1.0, True, 1.0),
-    ("backwards, 5 % slow", 0.95, True, 1.0),
-    ("tempo 1.1x, pitch kept", 1.0, False, 1.1),
-    ("tempo 0.7x, pitch kept", 1.0, False, 0.7),
-    ("tempo 1.4x, pitch kept", 1.0, False, 1.4),
-    ("backwards, tempo 1.2x", 1.0, True, 1.2),
+#: fast, pitch and tempo together), whether it is played backwards, a tempo (pitch kept: sox's WSOLA ``tempo``), and
+#: a pitch shift in cents (tempo kept: sox's ``pitch``, a voice changer's; the session after stop 63)
+ALTERATIONS: tuple[tuple[str, float, bool, float, int], ...] = (
+    ("3 % fast", 1.03, False, 1.0, 0),
+    ("3 % slow", 0.97, False, 1.0, 0),
+    ("8 % fast", 1.08, False, 1.0, 0),
+    ("12 % slow", 0.88, False, 1.0, 0),
+    ("16 % fast", 1.16, False, 1.0, 0),
+    ("backwards", 1.0, True, 1.0, 0),
+    ("backwards, 5 % slow", 0.95, True, 1.0, 0),
+    ("tempo 1.1x, pitch kept", 1.0, False, 1.1, 0),
+    ("tempo 0.7x, pitch kept", 1.0, False, 0.7, 0),
+    ("tempo 1.4x, pitch kept", 1.0, False, 1.4, 0),
+    ("backwards, tempo 1.2x", 1.0, True, 1.2, 0),
+    ("pitch a semitone down, tempo kept", 1.0, False, 1.0, -100),
+    ("pitch two semitones up, tempo kept", 1.0, False, 1.0, 200),
 )
 #: the channels they are measured through
 ALTERED_THROUGH = (channel.CONDITIONS[1], channel.CONDITIONS[0])
 
 
-def played_at(x: F32, speed: float, backwards: bool = False, tempo: float = 1.0, rate: int = fingerprint.RATE) -> F32:
+def played_at(
+    x: F32,
+    speed: float,
+    backwards: bool = False,
+    tempo: float = 1.0,
+    rate: int = fingerprint.RATE,
+    pitch_cents: int = 0,
+) -> F32:
     """``x`` (at ``rate``) played ``speed`` times as fast (pitch and tempo together, as a player's speed control or
-    a resampler), backwards if asked, and its tempo changed ``tempo`` times with its pitch kept (sox ``tempo``)."""
+    a resampler), backwards if asked, its tempo changed ``tempo`` times with its pitch kept (sox ``tempo``), and its
+    pitch shifted ``pitch_cents`` with its tempo kept (sox ``pitch``, as a voice changer does)."""
     y = np.ascontiguousarray(x[::-1] if backwards else x, dtype=np.float32)
     if speed != 1.0:
         y = np.interp(np.arange(0, len(y) - 1, speed), np.arange(len(y)), y).astype(np.float32)
-    if tempo != 1.0:
+    for effect, amount, unchanged in (("tempo", tempo, 1.0), ("pitch", pitch_cents, 0)):
+        if amount == unchanged:
+            continue
         raw = ["-t", "raw", "-r", str(rate), "-c", "1", "-e", "floating-point", "-b", "32"]
         done = subprocess.run(
-            ["sox", *raw, "-", *raw, "-", "tempo", str(tempo)], input=y.tobytes(), capture_output=True, check=True
+            ["sox", *raw, "-", *raw, "-", effect, str(amount)], input=y.tobytes(), capture_output=True, check=True
         )
         y = np.frombuffer(done.stdout, dtype=np.float32).copy()
     return y
@@ -243,7 +256,7 @@ def altered_detection(
     clips: list[Clip],
     count: int,
     seed: int = 11,
-    alterations: Sequence[tuple[str, float, bool, float]] = ALTERATIONS,
+    alterations: Sequence[tuple[str, float, bool, float, int]] = ALTERATIONS,
     through: Sequence[channel.Channel] = ALTERED_THROUGH,
 ) -> list[dict[str, Any]]:
     """``count`` clips altered each way and replayed through each of ``through``: how many the plain check and the
@@ -254,12 +267,12 @@ def altered_detection(
     rows: list[dict[str, Any]] = []
     started = time.monotonic()
     for condition in through:
-        for name, speed, backwards, tempo in alterations:
+        for name, speed, backwards, tempo, cents in alterations:
             took = time.monotonic() - started
             print(f"altered {len(picked)}: {name}, {condition.name} ({took:.0f} s)", file=sys.stderr)  # noqa: T201
             refused = plain = searched = 0
             for clip in picked:
-                altered = played_at(clip.samples, speed, backwards, tempo)
+                altered = played_at(clip.samples, speed, backwards, tempo, pitch_cents=cents)
                 heard = condition(altered, fingerprint.RATE, rng)
                 try:
                     audio.validate(audio.Clip(heard, condition.rate_out), limits)
@@ -291,7 +304,7 @@ def altered_markdown(alarms: Sequence[dict[str, Any]], det: list[dict[str, Any]]
     lines = [
         f"Altered search: {len(fingerprint.ALTERED_SPEEDS)} speeds "
         f"({min(fingerprint.ALTERED_SPEEDS):.3f}-{max(fingerprint.ALTERED_SPEEDS):.3f}), "
-        "each also backwards, and backwards as it is "
+        "each also backwards and as a pitch shift alone (tempo kept), and backwards as it is "
         f"(z >= {fingerprint.REPLAY_Z:g}); tempos {retimed.SCALES[0]:.2f}-{retimed.SCALES[-1]:.2f}x the recording's "
         f"length, as heard and backwards (triplets, z >= {retimed.TEMPO_Z:g}).",
         "",

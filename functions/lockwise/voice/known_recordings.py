@@ -56,7 +56,7 @@ OTHER_DOORS_COMPARED = 300
 
 #: the most recordings of the voice a probe would let in that the altered search compares it with: the voice's
 #: enrollment samples first, then the attempts it opened a door with (here and at its other doors), then those at
-#: this door scored closest to it, each newest first (at 45 variants, ~0.4 ms each: ``./dev bench replay``)
+#: this door scored closest to it, each newest first (at 67 variants, ~0.5 ms each: ``./dev bench replay``)
 ALTERED_COMPARED = 100
 #: what a known recording is, in the order the altered search takes them: rejected attempts, which anyone at the
 #: door makes, last, so that they cannot push out the recordings that opened a door (attack run 67)

@@ -183,12 +183,13 @@ def targets(found: Peaks, fan: int, zone: int) -> tuple[npt.NDArray[np.int64], n
 
 
 def altered(found: Peaks) -> list[Landmarks]:
-    """The landmarks of the clip whose peaks are ``found`` as they would be with each alteration of
-    ``ALTERED_SPEEDS`` undone, forwards and backwards,: played ``s`` times fast, its frequencies are ``s`` times
-    higher and its times ``s`` times shorter, so its peaks are moved back (``LOW_BIN`` is not 0 Hz) and paired again;
-    played backwards, its times are turned round. Moving peaks, not re-fingerprinting the audio, costs ~0.3 ms a
-    variant instead of ~3; it recognises a take played 20 % fast as it does one played as it was (README "Known
-    recordings")."""
+    """The landmarks of the clip whose peaks are ``found`` as they would be with each alteration undone: each speed
+    of ``ALTERED_SPEEDS``, forwards and backwards (played ``s`` times fast, its frequencies are ``s`` times higher
+    and its times ``s`` times shorter), and each of them as a pitch shift alone (its frequencies only: a voice
+    changer, or sox's ``pitch``, keeps the tempo). Its peaks are moved back (``LOW_BIN`` is not 0 Hz) and paired
+    again; played backwards, its times are turned round. Moving peaks, not re-fingerprinting the audio, costs ~0.3 ms
+    a variant instead of ~3; it recognises a take played 20 % fast as it does one played as it was, and one shifted
+    three semitones (README "Known recordings")."""
     out: list[Landmarks] = []
     if not len(found.times):
         return out
@@ -196,12 +197,20 @@ def altered(found: Peaks) -> list[Landmarks]:
     for reverse in (False, True):
         times = last - found.times if reverse else found.times
         for speed in ALTERED_SPEEDS if not reverse else (1.0, *ALTERED_SPEEDS):
-            moved_times = np.rint(times * speed).astype(np.int64)
-            moved_bins = np.rint((found.bins + LOW_BIN) / speed).astype(np.int64) - LOW_BIN
-            inside = (moved_bins >= 0) & (moved_bins < HIGH_BIN - LOW_BIN)
-            order = np.lexsort((moved_bins[inside], moved_times[inside]))
-            out.append(hashed(Peaks(moved_times[inside][order], moved_bins[inside][order])))
+            out.append(_moved(times, found.bins, speed, speed))
+    for pitch in ALTERED_SPEEDS:  # the tempo kept: its times as heard (attack run 67: a semitone, 1 of 5 recognised)
+        out.append(_moved(found.times, found.bins, 1.0, pitch))
     return out
+
+
+def _moved(times: npt.NDArray[np.int64], bins: npt.NDArray[np.int64], speed: float, pitch: float) -> Landmarks:
+    """The landmarks of peaks at ``times`` and ``bins`` with their times ``speed`` times longer and their
+    frequencies ``pitch`` times lower (about 0 Hz): an alteration undone."""
+    moved_times = np.rint(times * speed).astype(np.int64)
+    moved_bins = np.rint((bins + LOW_BIN) / pitch).astype(np.int64) - LOW_BIN
+    inside = (moved_bins >= 0) & (moved_bins < HIGH_BIN - LOW_BIN)
+    order = np.lexsort((moved_bins[inside], moved_times[inside]))
+    return hashed(Peaks(moved_times[inside][order], moved_bins[inside][order]))
 
 
 def _max_filter(x: npt.NDArray[np.float32], radius: int, axis: int) -> npt.NDArray[np.float32]:
@@ -247,7 +256,7 @@ def match_scores(probe: Landmarks, references: Sequence[Landmarks]) -> npt.NDArr
 
 def altered_scores(variants: Sequence[Landmarks], references: Sequence[Landmarks]) -> npt.NDArray[np.float64]:
     """For each reference, the highest ``match_scores`` any of ``variants`` (``altered``) has with it, the same for
-    each variant as alone; the references sorted and looked up once for all (45 variants against 100 recordings:
+    each variant as alone; the references sorted and looked up once for all (67 variants against 100 recordings:
     one sort, and a table lookup instead of a binary search for each hash), matched in one pass while their pairs
     fit ``MAX_PAIRS``, past it in passes of references; a probe past ``ALTERED_PROBE_LANDMARKS`` is infinite, and
     references past ``ALTERED_MAX_PAIRS`` are left out (0)."""
@@ -300,7 +309,7 @@ def _lookup(ref: Landmarks, probes: Sequence[Landmarks], limit: int | None) -> _
     """The entries of all ``probes`` with slack (``_with_slack``) that have an equal hash in ``ref`` (sorted by hash):
     those entries, each one's probe, and its first equal entry in ``ref`` and how many there are
     (``np.searchsorted``'s answers), from a table of every hash this thread keeps (6.5 MB): a binary search of
-    every entry of a probe's 45 variants took ~25 ms, and most find nothing. None once they make more than ``limit``
+    every entry of a probe's 67 variants took ~25 ms, and most find nothing. None once they make more than ``limit``
     pairs (a probe at a time, so what is held stays within it)."""
     found: list[_Found] = []
     total = 0
