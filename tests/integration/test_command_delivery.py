@@ -198,15 +198,20 @@ def test_nothing_is_sent_to_a_lock_known_offline_so_a_removal_still_withdraws_it
     assert [c.id for c, _ in deliver(relay_db, world)] == [owners]
 
 
-def test_a_guest_moved_out_of_their_window_has_their_unsent_unlock_withdrawn(world: World, relay_db: Database) -> None:
-    waiting = send(world, "guest_in").get_json()["command"]["id"]
+def guest_from_tomorrow(world: World, role: str) -> None:
+    """The owner makes ``role`` a guest whose window opens tomorrow: their access narrowed, their commands withdrawn."""
     tomorrow = (dt.datetime.now(dt.UTC) + dt.timedelta(days=1)).isoformat()
     resp = world.devices.patch(
-        f"/devices/locks/{world.lock_id}/members/{world.uid('guest_in')}",
+        f"/devices/locks/{world.lock_id}/members/{world.uid(role)}",
         json={"role": "guest", "access": {"valid_from": tomorrow}},
         headers=world.headers("owner"),
     )
     assert resp.status_code == 200, resp.get_json()
+
+
+def test_a_guest_moved_out_of_their_window_has_their_unsent_unlock_withdrawn(world: World, relay_db: Database) -> None:
+    waiting = send(world, "guest_in").get_json()["command"]["id"]
+    guest_from_tomorrow(world, "guest_in")
     assert waiting not in [c.id for c, _ in deliver(relay_db, world)]
     assert status(relay_db, waiting) == ("failed", "withdrawn: the issuer's access changed")
 
@@ -936,13 +941,7 @@ def test_a_lost_unlock_is_not_sent_again_after_a_withdrawal_on_an_instance_runni
     sent = send(world, "member").get_json()["command"]["id"]
     assert [c.id for c, _ in deliver(relay_db, world)] == [sent]  # (lost on the way)
     monkeypatch.setattr(commands, "dt", instance_clock(-3.0))
-    tomorrow = (dt.datetime.now(dt.UTC) + dt.timedelta(days=1)).isoformat()
-    resp = world.devices.patch(
-        f"/devices/locks/{world.lock_id}/members/{world.uid('member')}",
-        json={"role": "guest", "access": {"valid_from": tomorrow}},
-        headers=world.headers("owner"),
-    )
-    assert resp.status_code == 200, resp.get_json()
+    guest_from_tomorrow(world, "member")
     time.sleep(1.1)
     assert deliver(relay_db, world, resend_after_s=1) == []
 
