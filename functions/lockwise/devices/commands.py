@@ -48,20 +48,12 @@ def withdraw_unsent(con: Connection, lock_id: str, uid: str) -> None:
     waited for: the relay holds its claims through a publish, past the statement limit, and the removal was a 503);
     already sent: never sent again (``mqtt_relay.outbox.deliver_due`` reads ``commands_withdrawn_before``), its ack
     still taken (the lock may have acted on it)."""
-    # on the clock commands' created_at is read from, the database's (each instance's own: a slow instance's
-    # withdrawal left out an unlock made before it on another, and the relay sent it again: attack run 69), read once
-    # the membership's row is held: an UPDATE's clock_timestamp() is taken before it waits for a row lock, which a
-    # command being made holds (``from_app``, ``FOR SHARE``), so it could be older than that command's time
-    con.run(
-        "SELECT 1 FROM lock_members WHERE lock_id = CAST(:l AS uuid) AND user_uid = :u FOR NO KEY UPDATE",
+    con.run(  # on the clock commands' created_at is read from (each instance's own: a slow instance's withdrawal
+        # left out an unlock made before it on another, and the relay sent it again: attack run 69)
+        "UPDATE lock_members SET commands_withdrawn_before = :at WHERE lock_id = CAST(:l AS uuid) AND user_uid = :u",
         l=lock_id,
         u=uid,
-    )
-    con.run(
-        "UPDATE lock_members SET commands_withdrawn_before = clock_timestamp()"
-        " WHERE lock_id = CAST(:l AS uuid) AND user_uid = :u",
-        l=lock_id,
-        u=uid,
+        at=members.now_held(con, lock_id, uid),
     )
     con.run(
         "UPDATE commands SET status = 'failed', last_error = :withdrawn"

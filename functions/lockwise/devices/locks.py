@@ -8,7 +8,7 @@ import datetime as dt
 import unicodedata
 from typing import Any
 
-from lockwise.core import accounts, audit, db, errors, mirror, pages, users
+from lockwise.core import accounts, audit, errors, mirror, pages, users
 from lockwise.core.auth import User
 from lockwise.core.db import Connection, rows_as_dicts
 from lockwise.devices import (
@@ -370,12 +370,7 @@ def update_member(
         # one running ahead stored an end still to come there, and an unlock made meanwhile on another instance was
         # delivered: attack run 70), read once the waits are over and the membership's row is held (an unlock made
         # during them came before the end: attack run 71)
-        con.run(
-            "SELECT 1 FROM lock_members WHERE lock_id = CAST(:l AS uuid) AND user_uid = :u FOR NO KEY UPDATE",
-            l=lock_id,
-            u=target.user_uid,
-        )
-        access = {**access, "expires_at": db.clock(con)}
+        access = {**access, "expires_at": members.now_held(con, lock_id, target.user_uid)}
     if not target.active(now) and (access["expires_at"] is None or access["expires_at"] > now):  # one more member
         members.refuse_past_limit(con, lock_id, members_per_lock, now)
     con.run(

@@ -18,7 +18,7 @@ from typing import Any, Literal, TypeGuard
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from lockwise.core import errors, inputs, mirror, users
-from lockwise.core.db import Connection, Database, in_transaction, rows_as_dicts
+from lockwise.core.db import Connection, Database, clock, in_transaction, rows_as_dicts
 
 ROLES = ("owner", "admin", "member", "guest")
 #: the roles a grant gives (the owner's is only ever transferred)
@@ -249,6 +249,20 @@ _SELECT = (
     "SELECT lock_id::text AS lock_id, user_uid, role, valid_from, valid_until, weekdays, day_start_minute,"
     " day_end_minute, timezone, expires_at, revoked_at FROM lock_members"
 )
+
+
+def now_held(con: Connection, lock_id: str, uid: str) -> dt.datetime:
+    """The database's clock, read once ``uid``'s membership row at ``lock_id`` is held (``FOR NO KEY UPDATE``): the
+    time a change to their access takes effect, on the clock commands are made by (``commands.from_app``, which
+    holds that row ``FOR SHARE`` while it makes one). Read in the UPDATE itself, or before the row lock, it could be
+    older than a command made while the change waited (PostgreSQL takes ``clock_timestamp()`` before a row wait:
+    attack runs 70, 71)."""
+    con.run(
+        "SELECT 1 FROM lock_members WHERE lock_id = CAST(:l AS uuid) AND user_uid = :u FOR NO KEY UPDATE",
+        l=lock_id,
+        u=uid,
+    )
+    return clock(con)
 
 
 def get(
