@@ -127,15 +127,20 @@ def aim_voiceprint(uid: str, voice: Any, cosine: float) -> None:
         con.run("UPDATE voiceprints SET embedding = :e WHERE user_uid = :u", e=scoring.to_bytes(aimed), u=uid)
 
 
-def negate_voiceprint(uid: str) -> None:
-    """Replace a user's voiceprint by minus itself: every probe of that voice then scores -1."""
+def changed_voiceprint(uid: str, change: Callable[[Any], Any]) -> None:
+    """Replace a user's voiceprint by ``change`` of it."""
     with get_runtime("verify").db.transaction() as con:
         ((data, dim),) = con.run("SELECT embedding, dim FROM voiceprints WHERE user_uid = :u", u=uid)
         con.run(
             "UPDATE voiceprints SET embedding = :e WHERE user_uid = :u",
-            e=scoring.to_bytes(-scoring.from_bytes(bytes(data), dim)[0]),
+            e=scoring.to_bytes(change(scoring.from_bytes(bytes(data), dim)[0])),
             u=uid,
         )
+
+
+def negate_voiceprint(uid: str) -> None:
+    """Replace a user's voiceprint by minus itself: every probe of that voice then scores -1."""
+    changed_voiceprint(uid, lambda v: -v)
 
 
 def test_enroll_then_verify_the_same_voice_unlocks(clients: dict[str, Any], world: World) -> None:
@@ -1086,13 +1091,7 @@ def test_deleting_voice_data_scrubs_the_attempts_scored_against_it_as_runner_up_
 def rotate_voiceprint(uid: str) -> None:
     """Replace a user's voiceprint by itself with its values shifted by one place: a probe of that voice scores
     near 0 against it, under the threshold and over a negated voiceprint's -1."""
-    with get_runtime("verify").db.transaction() as con:
-        ((data, dim),) = con.run("SELECT embedding, dim FROM voiceprints WHERE user_uid = :u", u=uid)
-        con.run(
-            "UPDATE voiceprints SET embedding = :e WHERE user_uid = :u",
-            e=scoring.to_bytes(np.roll(scoring.from_bytes(bytes(data), dim)[0], 1)),
-            u=uid,
-        )
+    changed_voiceprint(uid, lambda v: np.roll(v, 1))
 
 
 def test_erasing_the_runner_up_voice_leaves_the_best_voices_rejected_attempt_to_its_own_erasure(
