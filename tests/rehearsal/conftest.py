@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import concurrent.futures
 import contextlib
+import json
 import secrets
 import shutil
 import subprocess
@@ -27,7 +28,9 @@ from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from packaging.utils import canonicalize_name
 
+from infra import pins
 from infra.build import TARGETS, build
 from infra.deploy_config import (
     SERVICES,
@@ -74,6 +77,18 @@ def install(bundle: Path, venv: Path) -> Path:
         timeout=900,
     )
     assert result.returncode == 0, f"{bundle.name}: pip install failed:\n{result.stderr[-3000:]}"
+    listed = subprocess.run(
+        [*pip, "list", "--format=json", "--disable-pip-version-check"], capture_output=True, text=True, check=True
+    )
+    installed = {canonicalize_name(d["name"]): d["version"] for d in json.loads(listed.stdout)}
+    # what was tested is what deploys: every distribution the bundle's install took is pinned at its version
+    pinned = pins.installs(bundle / "requirements.txt")
+    differ = sorted(
+        f"{n}: installed {installed.get(n)}, pinned {pinned.get(n)}"
+        for n in installed.keys() | pinned.keys()
+        if installed.get(n) != pinned.get(n)
+    )
+    assert not differ, f"{bundle.name} installed what its requirements.txt does not pin: {differ}"
     return python
 
 

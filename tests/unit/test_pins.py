@@ -1,0 +1,67 @@
+"""infra/pins.py: every requirements file pins what its requirements need, as installed in this virtualenv.
+
+The production rehearsal (tests/rehearsal/conftest.py ``install``) checks the other half: a bundle's fresh
+virtualenv holds exactly its pins, nothing unpinned.
+"""
+
+from __future__ import annotations
+
+from importlib import metadata
+from pathlib import Path
+
+import pytest
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+
+from infra import pins
+
+
+def test_every_requirements_file_pins_everything_its_requirements_install() -> None:
+    """A deployable built next month installs the Flask, Werkzeug and protobuf that were tested, not the newest."""
+    for path in pins.FILES:
+        assert pins.block(path) == pins.current(path), f"{path}: run python -m infra.pins --write"
+    assert pins.main([]) == 0
+
+
+def test_a_function_bundle_pins_its_frameworks_dependencies() -> None:
+    """functions-framework asks for Flask and Werkzeug by range: the verify bundle pins the versions installed."""
+    wanted = pins.installs(pins.REPO / "functions" / "verify" / "requirements.txt")
+    for name in ("flask", "werkzeug", "protobuf", "cffi"):
+        assert wanted[canonicalize_name(name)] == metadata.version(name)
+    assert not {"torch", "speechbrain", "pytest"} & set(wanted)
+
+
+def test_a_dependency_needed_on_one_platform_keeps_its_condition() -> None:
+    """torch asks for CUDA libraries on Linux x86_64 only; a Python-version condition every supported Python meets
+    is left out."""
+    found = pins.closure([Requirement("torch")])
+    assert (
+        pins._marker(found[canonicalize_name("nvidia-cublas-cu12")])
+        == 'platform_system == "Linux" and platform_machine == "x86_64"'
+    )
+    assert pins._marker({frozenset({'python_version >= "3.10"'})}) == ""
+    assert pins._marker({frozenset({'sys_platform == "win32"'}), frozenset()}) == ""
+    assert pins._marker({frozenset({'sys_platform == "win32"'})}) == 'sys_platform == "win32"'
+
+
+def test_a_file_that_pins_too_little_is_found_and_rewritten(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "requirements.txt"
+    path.write_text("# the database driver\npg8000==" + metadata.version("pg8000") + "\n")
+    monkeypatch.setattr(pins, "FILES", (path,))
+    assert pins.main([]) == 1
+    assert pins.main(["--write"]) == 0
+    assert pins.main([]) == 0
+    text = path.read_text()
+    assert text.startswith("# the database driver\npg8000==")  # the hand-written part is kept
+    assert f"scramp=={metadata.version('scramp')}\n" in text.split(pins.MARK)[1]
+
+
+def test_a_requirement_not_installed_or_at_another_version_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "requirements.txt"
+    monkeypatch.setattr(pins, "FILES", (path,))
+    path.write_text("pg8000==0.0.1\n")
+    assert pins.main([]) == 2
+    path.write_text("no-such-distribution-here==1.0\n")
+    assert pins.main([]) == 2
