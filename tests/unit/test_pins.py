@@ -6,6 +6,7 @@ virtualenv holds exactly its pins, nothing unpinned.
 
 from __future__ import annotations
 
+import json
 from importlib import metadata
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 from infra import pins
+from infra.local.services import FIREBASE_TOOLS_VERSION
 
 
 def test_every_requirements_file_pins_everything_its_requirements_install() -> None:
@@ -65,3 +67,17 @@ def test_a_requirement_not_installed_or_at_another_version_is_refused(
     assert pins.main([]) == 2
     path.write_text("no-such-distribution-here==1.0\n")
     assert pins.main([]) == 2
+
+
+def test_firebase_tools_is_installed_from_its_lock_file_at_the_version_the_stack_names() -> None:
+    """npm ci installs firebase-tools and its ~450 packages from infra/local/firebase-tools' lock file (npm install
+    took the newest of each within firebase-tools' ranges); ./dev, the stack and the lock name one version."""
+    folder = pins.REPO / "infra" / "local" / "firebase-tools"
+    package = json.loads((folder / "package.json").read_text())
+    lock = json.loads((folder / "package-lock.json").read_text())
+    assert package["dependencies"] == {"firebase-tools": FIREBASE_TOOLS_VERSION}  # exact, no range
+    assert lock["packages"][""]["dependencies"] == package["dependencies"]  # npm ci refuses a lock out of step
+    assert lock["packages"]["node_modules/firebase-tools"]["version"] == FIREBASE_TOOLS_VERSION
+    assert all("integrity" in entry for name, entry in lock["packages"].items() if name and not entry.get("link"))
+    dev = (pins.REPO / "dev").read_text()
+    assert f"FIREBASE_TOOLS_VERSION={FIREBASE_TOOLS_VERSION}\n" in dev and "npm ci" in dev
