@@ -1,7 +1,7 @@
 """Every deployable installs what was tested: its ``requirements.txt`` pins what it asks for by name (above
 :data:`MARK`, edited by hand, each with its reason) and, below it, everything those need, at the versions installed
 in ``./dev``'s virtualenv (written by this module). Without the lower block a build took whatever release of Flask,
-Werkzeug, protobuf or sympy was newest on its day: the functions deployed next month would not be the ones tested.
+Werkzeug, protobuf or cffi was newest on its day: the functions deployed next month would not be the ones tested.
 
     python -m infra.pins            # check: exit 1 naming every file whose pins differ from the virtualenv
     python -m infra.pins --write    # rewrite the lower block of every file from the virtualenv
