@@ -3,6 +3,7 @@ Auth emulator: an attack run found such an account still a member everywhere, it
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 import threading
@@ -704,6 +705,50 @@ def test_a_flush_looks_up_batch_after_batch_while_more_accounts_are_due(
     delete_account(stack_env, accounts[-1]["localId"])
     flush(clients, stack_env)
     assert [users_row(a["localId"])[:2] for a in accounts] == [(True, False)] * 6 + [(True, True)]
+
+
+def test_a_flush_does_not_look_up_again_the_accounts_whose_rows_another_request_holds(
+    stack_env: dict[str, str], make_client: Any, sign_up: Any
+) -> None:
+    """A lookup whose users' rows were all held by other requests marked nobody, but counted them checked: the flush
+    saw a full batch and looked the same users up again, up to 10 times in its 2 s, each a call on the project's
+    Auth quota. It counts what it marked now, and the held ones are checked at the next flush."""
+    from lockwise.core.config import get_settings
+    from lockwise.devices import gone_accounts
+
+    real = accounts.directory_for(PROJECT_ID, stack_env["FIREBASE_AUTH_EMULATOR_HOST"])
+    account = sign_up()
+    user = account["localId"]
+    assert make_client("devices").get("/devices/me", headers=bearer(account)).status_code == 200
+    _only_due(user)
+    lookups: list[list[str]] = []
+
+    class Counting:
+        def lookup(self, uids: Sequence[str]) -> dict[str, accounts.Account]:
+            lookups.append(list(uids))
+            return real.lookup(uids)
+
+        def verified_email(self, uid: str) -> str | None:
+            return real.verified_email(uid)
+
+    settings = dataclasses.replace(get_settings("devices"), account_check_batch=1)
+    holder = get_runtime("devices").db.connect()
+    try:
+        holder.run("START TRANSACTION")
+        holder.run("SELECT 1 FROM users WHERE uid = :u FOR UPDATE", u=user)  # a request of the user's under way
+        gone_accounts._sweep(get_runtime("devices").db, Counting, settings)
+    finally:
+        holder.close()
+    assert lookups == [[user]]  # once, not again and again in the flush's 2 s
+    assert not _checked_just_now(user)  # not marked: checked at the next flush
+    gone_accounts._sweep(get_runtime("devices").db, Counting, settings)
+    assert lookups == [[user], [user]] and _checked_just_now(user)
+
+
+def _checked_just_now(uid: str) -> bool:
+    with get_runtime("devices").db.connection() as con:
+        sql = "SELECT account_checked_at > now() - interval '1 minute' FROM users WHERE uid = :u"
+        return bool(con.run(sql, u=uid)[0][0])
 
 
 # ------------------------------------------------- what an account gave stands no longer than the hand that gave it

@@ -163,7 +163,7 @@ class Sweep:
     gone: list[str]  # found deleted by this sweep
     back: list[str]  # found again after being marked gone (an account made again with its uid)
     disabled: list[str] = field(default_factory=list)  # found disabled, or enabled again, by this sweep
-    checked: int = 0  # users looked up
+    checked: int = 0  # users looked up and marked (not those whose rows other requests held: they stay due)
 
 
 #: one account check at a time across instances (``sweep``): an advisory lock held by a transaction of its own
@@ -272,7 +272,7 @@ def _sweep(
         changed = sorted({*flipped, *gone, *back, *revoked})
         if changed and standing_changed is not None:
             standing_changed(con, changed)
-    return Sweep(gone, back, flipped, len(due))
+    return Sweep(gone, back, flipped, len(held))
 
 
 def _due(con: Connection, most: int, recheck_s: int) -> list[str]:
