@@ -22,6 +22,8 @@ import shutil
 import sys
 from pathlib import Path
 
+from infra import pin_hashes
+
 REPO = Path(__file__).resolve().parents[1]
 FUNCTIONS_DIR = REPO / "functions"
 SHARED_PACKAGE = FUNCTIONS_DIR / "lockwise"
@@ -59,6 +61,9 @@ def build(name: str, out: Path) -> Path:
     else:
         shutil.copytree(FUNCTIONS_DIR / name, out, ignore=_IGNORE)
     shutil.copytree(SHARED_PACKAGE, out / "lockwise", ignore=_IGNORE)
+    # each pin with the hashes of the files it may install: pip checks them (hash-checking mode) where it deploys
+    requirements = out / "requirements.txt"
+    requirements.write_text(pin_hashes.with_hashes(requirements.read_text(), pin_hashes.load()))
     if name in VOICE_FUNCTIONS:
         if not (GE2E_DIR / "manifest.json").is_file():
             raise SystemExit(f"{GE2E_DIR} is missing: run ./dev setup (it exports the GE2E weights there)")

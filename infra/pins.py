@@ -51,11 +51,16 @@ class Head:
     includes: list[Path] = field(default_factory=list)
 
 
+def _text(line: str) -> str:
+    """A requirements line without its comment and its options (a bundle's ``--hash``: infra.pin_hashes)."""
+    return line.split("#", 1)[0].split(" --", 1)[0].strip()
+
+
 def read_head(path: Path) -> Head:
     """The hand-written part of ``path``: every line above :data:`MARK`."""
     head = Head()
     for raw in path.read_text().split(MARK)[0].splitlines():
-        line = raw.split("#", 1)[0].strip()
+        line = _text(raw)
         if not line:
             continue
         if line.startswith("-r "):
@@ -75,7 +80,7 @@ def pinned_names(path: Path) -> set[NormalizedName]:
         names |= pinned_names(included)
     names |= {canonicalize_name(r.name) for r in head.requirements}
     for raw in path.read_text().partition(MARK)[2].splitlines():
-        line = raw.split("#", 1)[0].strip()
+        line = _text(raw)
         if line:
             names.add(canonicalize_name(Requirement(line).name))
     return names
@@ -186,7 +191,7 @@ def installs(path: Path) -> dict[NormalizedName, str]:
         wanted |= installs(included)
     lines = [str(r) for r in head.requirements] + current(path)
     for line in lines:
-        requirement = Requirement(line.split("#", 1)[0].strip())
+        requirement = Requirement(_text(line))
         if requirement.marker is not None and not requirement.marker.evaluate():
             continue
         pins = [spec.version for spec in requirement.specifier if spec.operator == "=="]

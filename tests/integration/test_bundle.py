@@ -103,3 +103,28 @@ def test_voice_bundles_fall_back_to_their_own_ge2e(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     name, folder, torch = json.loads(result.stdout.strip().splitlines()[-1])
     assert name == "ge2e" and folder == str(out / "models" / "ge2e") and torch is False
+
+
+def test_a_bundle_installs_only_the_files_its_pins_recorded(tmp_path: Path) -> None:
+    """Each bundle's pins carry the hashes of the files they may install (infra.pin_hashes): pip installs the
+    migration job's bundle in hash-checking mode, and refuses it once one pin's recorded files are not the ones the
+    index serves (a wheel swapped or added after the pin was recorded)."""
+    out = build("migrate", tmp_path / "migrate")
+    lines = (out / "requirements.txt").read_text().splitlines()
+    pins = [line for line in lines if line and not line.startswith("#")]
+    assert pins and all(" --hash=sha256:" in line for line in pins)
+
+    def install(requirements: str) -> subprocess.CompletedProcess[str]:
+        (out / "requirements.txt").write_text(requirements)
+        venv = tmp_path / "venv"
+        subprocess.run([sys.executable, "-m", "venv", "--clear", "--without-pip", str(venv)], check=True)
+        pip = [sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python"), "install", "-q"]
+        return subprocess.run([*pip, "-r", "requirements.txt"], cwd=out, capture_output=True, text=True, timeout=600)
+
+    assert install("\n".join(lines) + "\n").returncode == 0
+    swapped = [
+        line.split(" --hash")[0] + " --hash=sha256:" + "0" * 64 if line.startswith("scramp==") else line
+        for line in lines
+    ]
+    refused = install("\n".join(swapped) + "\n")
+    assert refused.returncode != 0 and "DO NOT MATCH THE HASHES" in refused.stderr

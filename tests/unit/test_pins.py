@@ -14,7 +14,7 @@ import pytest
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from infra import pins
+from infra import pin_hashes, pins
 from infra.local.services import FIREBASE_TOOLS_VERSION
 
 
@@ -81,3 +81,50 @@ def test_firebase_tools_is_installed_from_its_lock_file_at_the_version_the_stack
     assert all("integrity" in entry for name, entry in lock["packages"].items() if name and not entry.get("link"))
     dev = (pins.REPO / "dev").read_text()
     assert f"FIREBASE_TOOLS_VERSION={FIREBASE_TOOLS_VERSION}\n" in dev and "npm ci" in dev
+
+
+def test_every_deployed_pin_has_the_hashes_of_its_files_recorded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """infra.pin_hashes: the bundles' pins carry their files' hashes; a pin moved without recording them is found
+    offline (by ./dev lint), and so is a hash kept for a pin nobody has."""
+    assert pin_hashes.main([]) == 0
+    store = pin_hashes.load()
+    assert all(len(digest) == 64 for digests in store.values() for digest in digests)
+    monkeypatch.setattr(pin_hashes, "load", lambda: {**store, "flask==0.1": ["0" * 64]})
+    assert pin_hashes.main([]) == 1
+    monkeypatch.setattr(pin_hashes, "load", lambda: {k: v for k, v in store.items() if not k.startswith("werkzeug==")})
+    assert pin_hashes.main([]) == 1
+
+
+def test_a_bundles_requirements_get_each_pins_hashes_and_keep_their_comments() -> None:
+    store = {"pg8000==1.31.6": ["a" * 64, "b" * 64], "scramp==1.5.0": ["c" * 64]}
+    text = "# the driver\npg8000==1.31.6  # why\n\nscramp==1.5.0 ; python_version >= '3.8'\n"
+    assert pin_hashes.with_hashes(text, store) == (
+        "# the driver\n# why\n"
+        f"pg8000==1.31.6 --hash=sha256:{'a' * 64} --hash=sha256:{'b' * 64}\n"
+        f"\nscramp==1.5.0 ; python_version >= '3.8' --hash=sha256:{'c' * 64}\n"
+    )
+    with pytest.raises(pin_hashes.MissingHashes):
+        pin_hashes.with_hashes("tzdata==2026.6\n", store)
+    with pytest.raises(pin_hashes.MissingHashes):
+        pin_hashes.with_hashes("tzdata>=2026\n", {"tzdata>=2026": ["d" * 64]})
+
+
+@pytest.mark.parametrize(
+    ("filename", "taken"),
+    [
+        ("numpy-2.4.6-cp311-cp311-manylinux_2_27_x86_64.manylinux_2_28_x86_64.whl", True),
+        ("numpy-2.4.6-cp311-cp311-manylinux_2_27_aarch64.manylinux_2_28_aarch64.whl", True),
+        ("numpy-2.4.6-cp312-cp312-manylinux_2_27_x86_64.manylinux_2_28_x86_64.whl", False),
+        ("numpy-2.4.6-cp311-cp311-win_amd64.whl", False),
+        ("numpy-2.4.6-cp311-cp311-macosx_14_0_arm64.whl", False),
+        ("numpy-2.4.6.tar.gz", True),
+        ("numpy-2.4.5.tar.gz", False),
+        ("protobuf-7.36.2-cp310-abi3-manylinux2014_x86_64.whl", True),
+        ("cryptography-50.0.2-cp312-abi3-manylinux_2_34_x86_64.whl", False),
+        ("flask-3.1.3-py3-none-any.whl", True),
+    ],
+)
+def test_only_the_files_a_deployment_can_install_are_recorded(filename: str, taken: bool) -> None:
+    version = "7.36.2" if filename.startswith("protobuf") else "50.0.2" if filename.startswith("crypto") else None
+    version = version or ("3.1.3" if filename.startswith("flask") else "2.4.6")
+    assert pin_hashes._deployable(filename, version) is taken
