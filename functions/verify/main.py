@@ -57,7 +57,7 @@ def verify_at_lock(ctx: Ctx) -> Result:
         verification.record_invalid(rt.db, signer, exc.code)
         raise
     sent_as = sent_again.identity(body_sha256, headers.get("Content-Type", ""), clip.rate)
-    result = doors.decide(signer, clip, rt.now(), sent_as=sent_as, follow_up=follow_up)
+    result = doors.decide(signer, clip, sent_as=sent_as, follow_up=follow_up)
     rt.flush_mirror_soon()  # the person at the door does not wait for the app's activity feed
     if result.refusal is not None:
         raise result.refusal.error(result.retry_after_s)

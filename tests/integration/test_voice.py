@@ -291,10 +291,13 @@ def test_lockout_engages_on_the_sixth_attempt_and_releases_on_time(
     sixth = signed_verify(clients, world, wav(take()))
     assert sixth.status_code == 429 and sixth.get_json()["error"]["code"] == "voice_locked_out"
     assert 1 <= int(sixth.headers["Retry-After"]) <= LOCKOUT_BASE_S
-    # the lockout ends: the verify instance's clock moves past it (no sleeping; the lock's signature still
-    # carries real time, which the skew check allows)
-    later = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=LOCKOUT_BASE_S + 0.2)
-    monkeypatch.setattr(get_runtime("verify"), "clock", lambda: later)
+    # the lockout ends (its end moved into the past, on the database's clock, which the decision reads: no sleeping)
+    with get_runtime("verify").db.transaction() as con:
+        con.run(
+            "UPDATE voice_lockouts SET locked_until = clock_timestamp() - interval '0.2 seconds'"
+            " WHERE lock_id = CAST(:l AS uuid)",
+            l=world.lock_id,
+        )
     assert signed_verify(clients, world, wav(take())).get_json()["decision"] == "rejected"  # allowed again...
     doubled = signed_verify(clients, world, wav(take()))  # ... and that failure doubled the lockout
     assert doubled.status_code == 429 and int(doubled.headers["Retry-After"]) > LOCKOUT_BASE_S
@@ -1006,8 +1009,15 @@ def test_a_voice_accepted_as_a_guests_window_ends_gets_no_unlock_and_no_403(
     window ended (the forward pass between): the unlock's check raised a 403 the verify contract does not have, and
     the attempt was rolled back. It is now rejected as ``unlock_expired``: recorded, no unlock, no failure counted."""
     ends = enrolled_guest_until(clients, world, seconds=2)
-    time.sleep(max(0.0, (ends - dt.datetime.now(dt.UTC)).total_seconds()) + 0.2)
-    monkeypatch.setattr(get_runtime("verify"), "clock", lambda: ends - dt.timedelta(milliseconds=50))
+    encoder_class = served_encoder_class()
+    real = encoder_class.embed
+
+    def past_her_window(self: Any, samples: Any, rate: int) -> Any:  # the forward pass outlasts her window
+        time.sleep(max(0.0, (ends - dt.datetime.now(dt.UTC)).total_seconds()) + 0.2)
+        return real(self, samples, rate)
+
+    time.sleep(max(0.0, (ends - dt.datetime.now(dt.UTC)).total_seconds() - 0.6))  # her window's last moments
+    monkeypatch.setattr(encoder_class, "embed", past_her_window)
     answer = signed_verify(clients, world, wav(take()))  # the spec check: a 403 here fails the call
     assert answer.status_code == 200, answer.get_json()
     assert answer.get_json()["reason"] == "unlock_expired" and "grant" not in answer.get_json()
@@ -1245,6 +1255,25 @@ def test_a_lock_made_after_a_voice_unlock_on_an_instance_running_ahead_is_the_ne
     sent = [c for c, _ in deliver(relay_db, world)]
     assert [c.id for c in sent] == [decided["command_id"], lock.get_json()["command"]["id"]]
     assert sent[0].issued_at < sent[1].issued_at
+
+
+def test_a_lockout_begun_on_an_instance_running_ahead_lasts_its_wait_and_no_more(
+    clients: dict[str, Any], world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Attack run 69 (read only): a lockout's end was the verify instance's clock plus the wait, read against
+    another instance's clock. One 50 s ahead (its lock's signatures still within the allowed skew) locked the lock
+    out for 52 s instead of 2 for every other instance; one behind shortened it. The decision reads the database's
+    clock, with the lock's row."""
+    assert enroll(clients, world.accounts["owner"]).status_code == 201
+    negate_voiceprint(world.uid("owner"))
+    ahead = get_runtime("verify").clock
+    monkeypatch.setattr(get_runtime("verify"), "clock", lambda: ahead() + dt.timedelta(seconds=50))
+    for _ in range(5):
+        assert signed_verify(clients, world, wav(take())).get_json()["decision"] == "rejected"
+    monkeypatch.undo()  # the next request on an instance whose clock is right
+    sixth = signed_verify(clients, world, wav(take()))
+    assert sixth.status_code == 429 and sixth.get_json()["error"]["code"] == "voice_locked_out"
+    assert 1 <= int(sixth.headers["Retry-After"]) <= LOCKOUT_BASE_S
 
 
 def test_a_clip_the_replaced_device_signed_before_the_lock_was_paired_again_is_not_decided_after(

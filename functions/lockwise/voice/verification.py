@@ -258,7 +258,6 @@ class Doors:
         self,
         signer: lock_auth.Signer,
         clip: audio.Clip,
-        now: dt.datetime,
         *,
         sent_as: bytes,
         follow_up: str | None = None,
@@ -275,8 +274,12 @@ class Doors:
             # the device's credential held with the lock's row: a re-pairing waits for the decision, and one that
             # came first is the deleted lock's 401 (``lock_auth.Signer``: attack run 50, a voice heard by the
             # replaced device as the lock was paired again was granted, and its unlock went to the new device)
+            # and the database's clock: the decision's one time (memberships' windows, the lockout, the budgets),
+            # read with no extra round trip. One instance's clock a minute ahead locked a lock out for a minute more
+            # than its wait, and its own lockouts' ends were read against its clock (attack run 69, read only)
             found_lock = con.run(
-                f"SELECT l.voice_threshold, pg_try_advisory_xact_lock({door_decisions.KEY}) FROM locks l"
+                f"SELECT l.voice_threshold, pg_try_advisory_xact_lock({door_decisions.KEY}), clock_timestamp()"
+                " FROM locks l"
                 f" JOIN lock_credentials c ON c.lock_id = l.id AND {lock_auth.live_sql('c')}"
                 " WHERE l.id = CAST(:l AS uuid) FOR SHARE",
                 l=lock_id,
@@ -284,6 +287,7 @@ class Doors:
             )
             if not found_lock:  # deleted, or paired again, since its signature was checked
                 raise lock_auth.deleted_lock()
+            now = found_lock[0][2]
             attempt = _Attempt(self, con, lock_id, signer.credential_id, now, found_lock[0][0], sent_as)
             if not found_lock[0][1]:  # another attempt at this lock is being decided: answered now, not after it
                 return attempt.refused(IN_PROGRESS, IN_PROGRESS_RETRY_S)
