@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from infra.voice import bandwidth, corpus
+from infra.voice import bandwidth, channel, corpus
 from lockwise.core.config import Settings
 from lockwise.voice import audio, scoring, verification
 from lockwise.voice.audio import DEFAULT_RATE as LOCK_RATE
@@ -82,15 +82,45 @@ class Voice:
     name: str
     embedded: F32  # (clips, dim)
     enrollable: npt.NDArray[np.bool_]  # which clips enrollment takes (its speech floor and its voice check)
+    heard: F32 | None = None  # (clips, dim): the same clips as the lock hears them at its door (``Door``), if asked
+
+    @property
+    def probes(self) -> F32:
+        return self.embedded if self.heard is None else self.heard
 
 
-def voices(deb: Path, encoder: Encoder, rng: np.random.Generator) -> list[Voice]:
-    """Every language of the package with enough clips, embedded by ``encoder`` at 44.1 kHz."""
+@dataclass(frozen=True)
+class Door:
+    """Where the lock hears its probes (``--door``): a room (``channel.room``: its RT60 and the direct sound's level
+    over the reverberation's) and white noise at an SNR, applied at 44.1 kHz before the encoder. Enrollment stays
+    the app's: clean clips."""
+
+    rt60_s: float
+    snr_db: float
+    direct_to_reverb_db: float = 0.0
+
+    @classmethod
+    def parse(cls, text: str) -> Door:
+        """``"RT60,SNR"`` or ``"RT60,SNR,DRR"`` (seconds, dB, dB); RT60 0 is no room."""
+        parts = [float(part) for part in text.split(",")]
+        if len(parts) not in (2, 3) or parts[0] < 0:
+            raise argparse.ArgumentTypeError(f"--door wants RT60,SNR[,DRR], got {text!r}")
+        return cls(*parts)
+
+    def hear(self, clip: F32, seed: list[int]) -> F32:
+        rng = np.random.default_rng(seed)
+        roomed = channel.room(clip, LOCK_RATE, self.rt60_s, rng, self.direct_to_reverb_db) if self.rt60_s else clip
+        return channel.noise(roomed, self.snr_db, rng)
+
+
+def voices(deb: Path, encoder: Encoder, rng: np.random.Generator, door: Door | None = None) -> list[Voice]:
+    """Every language of the package with enough clips, embedded by ``encoder`` at 44.1 kHz (and as heard at
+    ``door``, each clip with a noise and room of its own)."""
     settings = Settings.from_env({"LOCKWISE_MODE": "local"}, component="embed")
     floor = CALIBRATIONS["ge2e"].enroll_min_speech_s
     limits = audio.Limits()
     voice = VoiceActivity(VAD_DIR)
-    found = []
+    found: list[Voice] = []
     with tempfile.TemporaryDirectory(prefix="unseen-deb-") as tmp:
         subprocess.run(["dpkg", "-x", str(deb), tmp], check=True, capture_output=True)
         root = Path(tmp) / "usr/share/klettres"
@@ -109,7 +139,11 @@ def voices(deb: Path, encoder: Encoder, rng: np.random.Generator) -> list[Voice]
             if len(kept) < MIN_CLIPS or enrollable.sum() < SAMPLES:
                 continue
             embedded = np.stack([encoder.embed(c, LOCK_RATE) for c, _ in kept])
-            found.append(Voice(language.name, embedded, enrollable))
+            heard = None
+            if door is not None:
+                at = len(found)
+                heard = np.stack([encoder.embed(door.hear(c, [at, k]), LOCK_RATE) for k, (c, _) in enumerate(kept)])
+            found.append(Voice(language.name, embedded, enrollable, heard))
     return found
 
 
@@ -144,7 +178,7 @@ def measure(found: list[Voice], encoder: Encoder, draws: int, rng: np.random.Gen
                 continue  # enrollment would refuse these samples
             voiceprint = scoring.voiceprint(voice.embedded[pick])[np.newaxis, :]
             for other in found:
-                probes = np.delete(other.embedded, pick, axis=0) if other is voice else other.embedded
+                probes = np.delete(other.probes, pick, axis=0) if other is voice else other.probes
                 for probe in probes:
                     tally.add(voice.name, other.name, *scorer.scores(probe, voiceprint))
     return tally.result(len(found))
@@ -228,10 +262,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--debs", type=Path, default=cache / "debs", help="where the .deb is kept")
     parser.add_argument("--draws", type=int, default=10, help="voiceprints drawn per voice")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--door",
+        type=Door.parse,
+        help="probes as the lock hears them at its door: RT60,SNR[,DRR] (a room and white noise; enrollment clean)",
+    )
     args = parser.parse_args(argv)
     rng = np.random.default_rng(args.seed)
     encoder = open_encoder("ge2e", None)
-    found = voices(corpus.fetch(PACKAGE, args.debs), encoder, rng)
+    found = voices(corpus.fetch(PACKAGE, args.debs), encoder, rng, args.door)
+    if args.door is not None:
+        print(f"probes heard at the door: {args.door}")  # noqa: T201
     print(table(measure(found, encoder, args.draws, rng)))  # noqa: T201
     return 0
 
