@@ -24,7 +24,7 @@ import ssl
 import threading
 import time
 import urllib.parse
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
@@ -163,7 +163,10 @@ class Sweep:
     gone: list[str]  # found deleted by this sweep
     back: list[str]  # found again after being marked gone (an account made again with its uid)
     disabled: list[str] = field(default_factory=list)  # found disabled, or enabled again, by this sweep
-    checked: int = 0  # users looked up and marked (not those whose rows other requests held: they stay due)
+    checked: int = 0  # users looked up and marked
+    #: users looked up whose rows other requests held: not marked, still due (a flush's next lookup passes them over)
+    held: list[str] = field(default_factory=list)
+    looked_up: int = 0  # users looked up (the batch, when that many were due)
 
 
 #: one account check at a time across instances (``sweep``): an advisory lock held by a transaction of its own
@@ -177,13 +180,14 @@ def sweep(
     batch: int,
     recheck_s: int,
     standing_changed: Callable[[Connection, list[str]], None] | None = None,
+    passing_over: Collection[str] = (),
 ) -> Sweep:
     """Check up to ``batch`` (at least 1) users due a check (never checked, or last checked ``recheck_s`` ago, gone
     ones too); mark the ones Firebase Auth does not know gone, and whether the others are disabled; a gone one found
     again is gone no more. ``standing_changed`` is called with the users found disabled or enabled again, deleted or
     found again, or whose sessions were revoked since, in the transaction that marks them (the devices side ends or
     gives back their live view: ``gone_accounts``). ``DirectoryError`` when it does not answer (nothing is
-    marked).
+    marked). ``passing_over``: users not to look up this time (an earlier lookup of the flush found their rows held).
 
     One at a time across instances, from the lookup to what it marks (the relay's replicas flush side by side): two
     ran at once, and the one whose lookup was older wrote last, undoing a disable, a revocation or a deletion the
@@ -199,7 +203,14 @@ def sweep(
         guard.run("START TRANSACTION")
         if not guard.run(SWEEP_LOCK)[0][0]:
             return Sweep([], [])
-        return _sweep(db, directory, batch=batch, recheck_s=recheck_s, standing_changed=standing_changed)
+        return _sweep(
+            db,
+            directory,
+            batch=batch,
+            recheck_s=recheck_s,
+            standing_changed=standing_changed,
+            passing_over=passing_over,
+        )
     finally:
         with contextlib.suppress(Exception):  # a connection lost meanwhile let its lock go with it
             guard.close()
@@ -212,12 +223,13 @@ def _sweep(
     batch: int,
     recheck_s: int,
     standing_changed: Callable[[Connection, list[str]], None] | None,
+    passing_over: Collection[str],
 ) -> Sweep:
     with db.connection() as con:
         # checked as of before the lookup: a session begun while it ran asks for a check again (``users.standing``),
         # and the lookup's answer may be from before its revocation (a review)
         (asked_at,) = con.run("SELECT now()")[0]
-        due = _due(con, min(batch, LOOKUP_MAX), recheck_s)
+        due = _due(con, min(batch, LOOKUP_MAX), recheck_s, list(passing_over))
     if not due:
         return Sweep([], [])
     # outside any transaction (a slow answer holds no row); a uid that cannot be one document id was recorded
@@ -272,10 +284,10 @@ def _sweep(
         changed = sorted({*flipped, *gone, *back, *revoked})
         if changed and standing_changed is not None:
             standing_changed(con, changed)
-    return Sweep(gone, back, flipped, len(held))
+    return Sweep(gone, back, flipped, len(held), sorted(set(due) - held.keys()), len(due))
 
 
-def _due(con: Connection, most: int, recheck_s: int) -> list[str]:
+def _due(con: Connection, most: int, recheck_s: int, passing_over: list[str]) -> list[str]:
     """Up to ``most`` users due a check: about half of them (when there are that many; an odd batch's last place
     goes to either half at random) the ones whose last check is oldest, the rest, in random order, ones never checked
     or asked to be checked soon (``users.standing``). Those had gone first, all of them: anyone signing up accounts,
@@ -286,14 +298,19 @@ def _due(con: Connection, most: int, recheck_s: int) -> list[str]:
         str(row[0])
         for row in con.run(
             "SELECT uid FROM users WHERE account_checked_at <= now() - make_interval(secs => :r)"
-            " ORDER BY account_checked_at LIMIT :n",
+            " AND uid <> ALL(:p) ORDER BY account_checked_at LIMIT :n",
             r=recheck_s,
             n=most,
+            p=passing_over,
         )
     ]
     fresh = [
         str(row[0])
-        for row in con.run("SELECT uid FROM users WHERE account_checked_at IS NULL ORDER BY random() LIMIT :n", n=most)
+        for row in con.run(
+            "SELECT uid FROM users WHERE account_checked_at IS NULL AND uid <> ALL(:p) ORDER BY random() LIMIT :n",
+            n=most,
+            p=passing_over,
+        )
     ]
     half = most // 2 + (most % 2 if secrets.randbelow(2) else 0)
     rechecked = min(len(overdue), max(half, most - len(fresh)))

@@ -62,15 +62,23 @@ SWEEP_S = 2.0
 
 
 def _sweep(db: Database, directory: Callable[[], accounts.Directory], settings: Settings) -> None:
+    """Lookups while the last came back full, within ``SWEEP_S``; the users whose rows other requests held are
+    passed over for the rest of the flush (they stay due: the next flush looks them up). A lookup of only held users
+    had counted them checked, and the flush looked the same users up again, up to 10 times, each on the project's
+    Auth quota."""
     deadline = time.monotonic() + SWEEP_S
+    held: set[str] = set()
     for _ in range(SWEEPS_PER_FLUSH):
-        checked = _sweep_once(db, directory, settings)
-        if checked < min(settings.account_check_batch, accounts.LOOKUP_MAX) or time.monotonic() >= deadline:
+        found = _sweep_once(db, directory, settings, held)
+        held.update(found.held)
+        if found.looked_up < min(settings.account_check_batch, accounts.LOOKUP_MAX) or time.monotonic() >= deadline:
             return
 
 
-def _sweep_once(db: Database, directory: Callable[[], accounts.Directory], settings: Settings) -> int:
-    """One lookup of the users due a check; how many it checked (none when Firebase Auth did not answer)."""
+def _sweep_once(
+    db: Database, directory: Callable[[], accounts.Directory], settings: Settings, passing_over: set[str]
+) -> accounts.Sweep:
+    """One lookup of the users due a check, but ``passing_over`` (none marked when Firebase Auth did not answer)."""
     try:
         found = accounts.sweep(
             db,
@@ -78,14 +86,15 @@ def _sweep_once(db: Database, directory: Callable[[], accounts.Directory], setti
             batch=settings.account_check_batch,
             recheck_s=settings.account_recheck_s,
             standing_changed=members.mirror_access_soon,
+            passing_over=passing_over,
         )
     except accounts.DirectoryError as exc:
         log.event(logger, "accounts not checked", level=logging.WARNING, error=str(exc))
-        return 0
+        return accounts.Sweep([], [])
     if found.gone:
         log.event(logger, "accounts found deleted", level=logging.WARNING, users=found.gone)
     if found.back:
         log.event(logger, "accounts found again", level=logging.WARNING, users=found.back)
     if found.disabled:
         log.event(logger, "accounts found disabled or enabled again", level=logging.WARNING, users=found.disabled)
-    return found.checked
+    return found
