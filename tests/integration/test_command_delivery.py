@@ -324,7 +324,7 @@ def test_an_ack_does_not_wait_for_a_voice_decision_holding_the_lockout(
     assert settings.lockout_after == 5
     four_failures()
     with impatient_devices.transaction() as verifying:
-        lockout.hold(verifying, world.lock_id, dt.datetime.now(dt.UTC))  # what a voice decision takes first
+        lockout.hold(verifying, world.lock_id)  # what a voice decision takes first
         ack = ack_of_an_app_unlock()  # the app unlock made while the decision runs
         acked(ack)  # answered while the row is held
         assert fail(verifying) == 0  # the fifth failure would have locked voice out
@@ -334,7 +334,7 @@ def test_an_ack_does_not_wait_for_a_voice_decision_holding_the_lockout(
     four_failures()
     ack = ack_of_an_app_unlock()
     with impatient_devices.transaction() as verifying:
-        lockout.hold(verifying, world.lock_id, dt.datetime.now(dt.UTC))
+        lockout.hold(verifying, world.lock_id)
         acked(ack)
         assert fail(verifying) == 0
     assert failures() == (1, False)
@@ -348,25 +348,25 @@ def test_an_ack_does_not_wait_for_a_voice_decision_holding_the_lockout(
     # the failures counted before the app unlock was made (the decision began before it)
     four_failures()
     with impatient_devices.transaction() as verifying:
-        lockout.hold(verifying, world.lock_id, dt.datetime.now(dt.UTC))
+        lockout.hold(verifying, world.lock_id)
         ack = ack_of_an_app_unlock()
         assert fail(verifying) == settings.lockout_base_s
         acked(ack)
     assert failures() == (5, True)
     with impatient_devices.transaction() as verifying:
-        assert lockout.hold(verifying, world.lock_id, dt.datetime.now(dt.UTC)).wait_s == 0
+        assert lockout.hold(verifying, world.lock_id).wait_s == 0
     assert failures() == (0, False)
     # not a failure counted after the app unlock was made (its decision began after it), as when the ack finds the
     # row free: a marker committed late cleared a lockout begun since (attack run 43)
     four_failures()
     ack = ack_of_an_app_unlock()
     with impatient_devices.transaction() as verifying:
-        lockout.hold(verifying, world.lock_id, dt.datetime.now(dt.UTC))
+        lockout.hold(verifying, world.lock_id)
         assert fail(verifying) == settings.lockout_base_s
         acked(ack)
     assert failures() == (5, True)
     with impatient_devices.transaction() as verifying:
-        assert lockout.hold(verifying, world.lock_id, dt.datetime.now(dt.UTC)).wait_s > 0
+        assert lockout.hold(verifying, world.lock_id).wait_s > 0
     assert failures() == (5, True)
     # an app unlock at a lock whose row nobody holds clears it at once and leaves no marker
     four_failures()
@@ -528,7 +528,7 @@ def test_a_late_ack_ends_no_lockout_and_one_past_a_day_is_not_taken(
     before = send(world, "owner").get_json()["command"]["id"]
     time.sleep(0.05)
     with relay_db.transaction() as con:
-        lockout.hold(con, world.lock_id, dt.datetime.now(dt.UTC))
+        lockout.hold(con, world.lock_id)
         lockout.record_failure(con, world.lock_id, dt.datetime.now(dt.UTC), after=5, base_s=30)
     assert _ack(world, stack_env, relay_db, before) == "applied"
     with relay_db.connection() as con:
@@ -566,7 +566,7 @@ def test_an_app_unlock_made_on_a_clock_running_ahead_ends_no_lockout_begun_after
             l=world.lock_id,
         )
     with relay_db.transaction() as con:  # the fifth failure, after the unlock was made
-        lockout.hold(con, world.lock_id, dt.datetime.now(dt.UTC))
+        lockout.hold(con, world.lock_id)
         assert lockout.record_failure(con, world.lock_id, dt.datetime.now(dt.UTC), after=5, base_s=30) == 30
     assert _ack(world, stack_env, relay_db, made) == "applied"
     assert status(relay_db, made) == ("acked", None)

@@ -1276,6 +1276,32 @@ def test_a_lockout_begun_on_an_instance_running_ahead_lasts_its_wait_and_no_more
     assert 1 <= int(sixth.headers["Retry-After"]) <= LOCKOUT_BASE_S
 
 
+def test_a_lockout_that_ends_while_the_decision_waits_for_its_row_is_over_for_that_decision(
+    clients: dict[str, Any], world: World
+) -> None:
+    """The decision's time is read once the lockout's row is held (a review: it was read with the lock's row, before
+    that wait, so a lockout ending during it still refused the attempt)."""
+    assert enroll(clients, world.accounts["owner"]).status_code == 201
+    negate_voiceprint(world.uid("owner"))
+    assert signed_verify(clients, world, wav(take())).get_json()["decision"] == "rejected"  # the row made
+    holder = get_runtime("verify").db.connect()
+    try:
+        holder.run("START TRANSACTION")
+        holder.run(  # a lockout ending in 0.5 s, its row held 1.5 s by another transaction (an owner's reset, say)
+            "UPDATE voice_lockouts SET locked_until = clock_timestamp() + interval '0.5 seconds'"
+            " WHERE lock_id = CAST(:l AS uuid)",
+            l=world.lock_id,
+        )
+        with ThreadPoolExecutor(1) as pool:
+            decided = pool.submit(signed_verify, clients, world, wav(take()))
+            time.sleep(1.5)
+            holder.run("COMMIT")
+            answer = decided.result(30)
+    finally:
+        holder.close()
+    assert answer.status_code == 200 and answer.get_json()["decision"] == "rejected", answer.get_json()
+
+
 def test_a_clip_the_replaced_device_signed_before_the_lock_was_paired_again_is_not_decided_after(
     clients: dict[str, Any], world: World, monkeypatch: pytest.MonkeyPatch
 ) -> None:

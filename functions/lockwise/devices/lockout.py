@@ -20,6 +20,7 @@ class Hold:
 
     wait_s: int  # seconds until voice unlock is allowed again (0: allowed)
     counting: bool  # failures are counted or a lockout stands: an accepted voice has something to clear
+    now: dt.datetime  # the database's clock once the row is held: the time the attempt is decided at
 
 
 #: the app unlocks acknowledged while a decision held the row (``clear_unless_busy``), taken by whoever counts next;
@@ -39,20 +40,21 @@ _CLEARED_WITH_MINE = (
 )
 
 
-def hold(con: Connection, lock_id: str, now: dt.datetime) -> Hold:
+def hold(con: Connection, lock_id: str) -> Hold:
     """Lock ``lock_id``'s lockout row for this attempt and read it: one statement makes the row if it has none, or
     locks the one it has (an upsert's update locks the row as ``FOR UPDATE`` does) and returns it, cleared first if
-    an app unlock was acknowledged while an earlier decision held it."""
+    an app unlock was acknowledged while an earlier decision held it; with the database's clock read once the row
+    is held (after any wait for it: a review of attack run 69's fix), the time the lockout's end is judged at."""
     rows = con.run(
         _TAKE_CLEARS + "INSERT INTO voice_lockouts (lock_id) VALUES (CAST(:l AS uuid)) ON CONFLICT (lock_id) DO UPDATE"
         f" SET consecutive_failures = CASE WHEN {_CLEARED} THEN 0 ELSE voice_lockouts.consecutive_failures END,"
         f" locked_until = CASE WHEN {_CLEARED} THEN NULL ELSE voice_lockouts.locked_until END"
-        " RETURNING locked_until, consecutive_failures",
+        " RETURNING locked_until, consecutive_failures, clock_timestamp()",
         l=lock_id,
     )
-    until, failures = rows[0][0], int(rows[0][1])
+    until, failures, now = rows[0][0], int(rows[0][1]), rows[0][2]
     wait = 0 if until is None or until <= now else errors.seconds_until(until, now)
-    return Hold(wait, failures > 0 or until is not None)
+    return Hold(wait, failures > 0 or until is not None, now)
 
 
 def record_failure(con: Connection, lock_id: str, now: dt.datetime, *, after: int, base_s: int) -> int:

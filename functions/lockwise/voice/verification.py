@@ -274,9 +274,10 @@ class Doors:
             # the device's credential held with the lock's row: a re-pairing waits for the decision, and one that
             # came first is the deleted lock's 401 (``lock_auth.Signer``: attack run 50, a voice heard by the
             # replaced device as the lock was paired again was granted, and its unlock went to the new device)
-            # and the database's clock: the decision's one time (memberships' windows, the lockout, the budgets),
-            # read with no extra round trip. One instance's clock a minute ahead locked a lock out for a minute more
-            # than its wait, and its own lockouts' ends were read against its clock (attack run 69, read only)
+            # and the database's clock (for a refusal before the lockout's row is held, which reads it again): the
+            # decision's one time (memberships' windows, the lockout, the budgets), read with no extra round trip.
+            # One instance's clock a minute ahead locked a lock out for a minute more than its wait, and its own
+            # lockouts' ends were read against its clock (attack run 69, read only)
             found_lock = con.run(
                 f"SELECT l.voice_threshold, pg_try_advisory_xact_lock({door_decisions.KEY}), clock_timestamp()"
                 " FROM locks l"
@@ -294,7 +295,9 @@ class Doors:
             first = sent_again.decided(con, lock_id, signer.credential_id, sent_as, self.settings.voice_sent_again_s)
             if first is not None:  # its answer was lost: nothing is decided or counted again
                 return attempt.as_before(first) if first.stands else attempt.lapsed(first)
-            held = lockout.hold(con, lock_id, now)
+            held = lockout.hold(con, lock_id)
+            now = held.now  # read once the lockout's row is held (after any wait for it)
+            attempt = dataclasses.replace(attempt, now=now)
             if held.wait_s:  # refused before the model runs: a locked-out lock costs no forward pass
                 return attempt.refused(LOCKED_OUT, held.wait_s)
             settings = self.settings
