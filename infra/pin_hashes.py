@@ -1,7 +1,8 @@
 """The files each deployable's pins may install, by SHA-256: ``infra/pin-hashes.json``, written from PyPI's index
 and put beside every pin of a bundle's ``requirements.txt`` by ``infra.build``. pip then installs a bundle in
-hash-checking mode: a file not recorded here (a wheel added to a release after it was pinned, an index or mirror
-serving other bytes) stops the build instead of deploying. The repository's own requirements files stay without
+hash-checking mode: a recorded file whose bytes changed, or an index or mirror serving other bytes for it, stops
+the build instead of deploying; a file added to a release after it was recorded is passed over (pip takes only
+files whose hashes are listed). The repository's own requirements files stay without
 hashes (``./dev``'s virtualenv installs them together with the tools, which are not hashed).
 
     python -m infra.pin_hashes           # check, offline: every pin of every deployable has its hashes, no more
@@ -36,8 +37,6 @@ from infra import pins
 DEPLOYED = tuple(path for path in pins.FILES if path.name == "requirements.txt")
 STORE = pins.REPO / "infra" / "pin-hashes.json"
 INDEX = "https://pypi.org/simple"
-_PYTHONS = {"py3", "py311", "cp311", "py2.py3"}
-_ABIS = {"none", "abi3", "cp311"}
 
 
 class MissingHashes(Exception):
@@ -96,16 +95,22 @@ def _deployable(filename: str, version: str) -> bool:
     if wheel_version != Version(version):
         return False
     return any(
-        (tag.interpreter in _PYTHONS or (tag.abi == "abi3" and _stable_abi_for(tag.interpreter)))
-        and tag.abi in _ABIS
+        _runs_on_311(tag.interpreter, tag.abi)
         and (tag.platform == "any" or ("linux" in tag.platform and tag.platform.endswith(("x86_64", "aarch64"))))
         for tag in tags
     )
 
 
-def _stable_abi_for(interpreter: str) -> bool:
-    """A wheel of CPython's stable ABI built for ``interpreter`` (cp37 ... cp311) runs on 3.11."""
-    return interpreter.startswith("cp3") and interpreter[3:].isdigit() and int(interpreter[3:]) <= 11
+def _runs_on_311(interpreter: str, abi: str) -> bool:
+    """Whether CPython 3.11 takes a wheel of this interpreter and ABI tag: ``cp311``'s own ABI, CPython's stable ABI
+    built for 3.x up to 3.11, or no ABI for Python 3 (``py3``) or 3.x up to 3.11 (``py38``), as pip takes them."""
+    version = interpreter[2:]
+    minor = int(version[1:]) if version.startswith("3") and version[1:].isdigit() else None
+    if interpreter.startswith("cp"):
+        return (abi == "cp311" and version == "311") or (abi in ("abi3", "none") and minor is not None and minor <= 11)
+    if interpreter.startswith("py"):
+        return abi == "none" and (version == "3" or (minor is not None and minor <= 11))
+    return False
 
 
 def fetch(key: str, index: str = INDEX) -> list[str]:

@@ -15,7 +15,7 @@ check; the production rehearsal checks that each bundle's virtualenv holds exact
 from __future__ import annotations
 
 import argparse
-import re
+import platform
 import sys
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -36,7 +36,6 @@ FILES = (
     REPO / "requirements-dev.txt",
 )
 MARK = "# ---- below: what the requirements above need, as tested (python -m infra.pins --write; do not edit) ----"
-_EXTRA = re.compile(r"""\s*(?:and\s+)?extra\s*==\s*["'][^"']*["']\s*(?:and\s+)?""")
 
 
 class PinError(Exception):
@@ -86,53 +85,8 @@ def pinned_names(path: Path) -> set[NormalizedName]:
     return names
 
 
-def _installed(name: str) -> metadata.Distribution:
-    try:
-        return metadata.distribution(name)
-    except metadata.PackageNotFoundError as exc:
-        raise PinError(f"{name} is not installed in {sys.prefix}: run ./dev setup") from exc
-
-
-def _follows(marker: Marker | None, extras: frozenset[str]) -> bool:
-    if marker is None:
-        return True
-    return any(marker.evaluate({"extra": extra}) for extra in (extras or frozenset({""})))
-
-
-def _condition(marker: Marker | None) -> str:
-    """The platform part of an edge's marker (its ``extra ==`` part is decided by the path itself)."""
-    if marker is None:
-        return ""
-    text = _EXTRA.sub(" ", str(marker)).strip()
-    text = re.sub(r"^(and|or)\s+|\s+(and|or)$", "", text).strip()
-    return "" if text in ("", "()") else text
-
-
-def closure(requirements: list[Requirement]) -> dict[NormalizedName, set[frozenset[str]]]:
-    """Every distribution ``requirements`` install here, each with the conditions of the paths reaching it (a set of
-    conjunctions of markers; an empty conjunction: installed everywhere)."""
-    found: dict[NormalizedName, set[frozenset[str]]] = {}
-    seen: set[tuple[NormalizedName, frozenset[str], frozenset[str]]] = set()
-    stack: list[tuple[str, frozenset[str], frozenset[str]]] = [
-        (r.name, frozenset(r.extras), frozenset()) for r in requirements if _follows(r.marker, frozenset())
-    ]
-    while stack:
-        name, extras, path = stack.pop()
-        key = (canonicalize_name(name), extras, path)
-        if key in seen:
-            continue
-        seen.add(key)
-        found.setdefault(key[0], set()).add(path)
-        for text in _installed(name).requires or []:
-            edge = Requirement(text)
-            if not _follows(edge.marker, extras):
-                continue
-            condition = _condition(edge.marker)
-            stack.append((edge.name, frozenset(edge.extras), path | {condition} if condition else path))
-    return found
-
-
 #: where these files are installed: CPython 3.11 on Linux (./dev's machines, CI, Cloud Functions, the relay's image)
+MACHINES = ("x86_64", "aarch64")
 SUPPORTED = tuple(
     {
         "python_version": "3.11",
@@ -143,22 +97,70 @@ SUPPORTED = tuple(
         "platform_system": "Linux",
         "os_name": "posix",
         "platform_machine": machine,
-        "extra": "",
+        "platform_release": "",
+        "platform_version": "",
+        "implementation_version": "3.11.7",
     }
-    for machine in ("x86_64", "aarch64")
+    for machine in MACHINES
+)
+EVERYWHERE = frozenset(range(len(SUPPORTED)))
+#: which of them this machine is (None: another; its file is then read, never written, for what it does not install)
+HERE = next(
+    (i for i, machine in enumerate(MACHINES) if platform.machine() == machine and sys.platform == "linux"), None
 )
 
 
-def _marker(paths: set[frozenset[str]]) -> str:
-    """The condition to write beside a pin: none where every supported platform installs it."""
-    if any(not conjunction for conjunction in paths):
-        return ""
-    alternatives = sorted(
-        " and ".join(f"({c})" for c in sorted(conjunction)) if len(conjunction) > 1 else next(iter(conjunction))
-        for conjunction in paths
+def _installed(name: str) -> metadata.Distribution | None:
+    try:
+        return metadata.distribution(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _holds(marker: Marker | None, extras: frozenset[str]) -> frozenset[int]:
+    """The supported platforms on which an edge with ``marker`` is taken, ``extras`` asked of the package whose
+    requirement it is (the marker evaluated, never edited: ``extra ==`` clauses decided as pip decides them)."""
+    if marker is None:
+        return EVERYWHERE
+    return frozenset(
+        i
+        for i, environment in enumerate(SUPPORTED)
+        if any(marker.evaluate({**environment, "extra": extra}) for extra in (extras or frozenset({""})))
     )
-    text = alternatives[0] if len(alternatives) == 1 else " or ".join(f"({a})" for a in alternatives)
-    return "" if all(Marker(text).evaluate(environment) for environment in SUPPORTED) else text
+
+
+def closure(requirements: list[Requirement]) -> dict[NormalizedName, frozenset[int]]:
+    """Every distribution ``requirements`` install, each with the supported platforms it is installed on. A
+    distribution this machine does not install (its platforms exclude this one: torch's CUDA libraries on aarch64)
+    is found, but what it needs is not followed (its metadata is not here); one it should install and does not is a
+    ``PinError``."""
+    found: dict[NormalizedName, frozenset[int]] = {}
+    seen: set[tuple[NormalizedName, frozenset[str], frozenset[int]]] = set()
+    stack = [(r.name, frozenset(r.extras), _holds(r.marker, frozenset())) for r in requirements]
+    while stack:
+        name, extras, where = stack.pop()
+        key = (canonicalize_name(name), extras, where)
+        if not where or key in seen:
+            continue
+        seen.add(key)
+        found[key[0]] = found.get(key[0], frozenset()) | where
+        distribution = _installed(name)
+        if distribution is None:
+            if HERE is None or HERE in where:
+                raise PinError(f"{name} is not installed in {sys.prefix}: run ./dev setup")
+            continue
+        for text in distribution.requires or []:
+            edge = Requirement(text)
+            stack.append((edge.name, frozenset(edge.extras), where & _holds(edge.marker, extras)))
+    return found
+
+
+def _marker(where: frozenset[int]) -> str:
+    """The condition to write beside a pin: none where every supported platform installs it."""
+    if where == EVERYWHERE:
+        return ""
+    machines = " or ".join(f'platform_machine == "{MACHINES[i]}"' for i in sorted(where))
+    return f'sys_platform == "linux" and ({machines})' if len(where) > 1 else f'sys_platform == "linux" and {machines}'
 
 
 def block(path: Path) -> list[str]:
@@ -166,18 +168,27 @@ def block(path: Path) -> list[str]:
     head = read_head(path)
     asked = {canonicalize_name(r.name) for r in head.requirements}
     for requirement in head.requirements:  # what is asked for is what is installed
-        version = _installed(requirement.name).version
-        if requirement.specifier and not requirement.specifier.contains(version, prereleases=True):
-            raise PinError(f"{path}: {requirement} but {version} is installed: run ./dev setup")
+        distribution = _installed(requirement.name)
+        if distribution is None:
+            raise PinError(f"{requirement.name} is not installed in {sys.prefix}: run ./dev setup")
+        if requirement.specifier and not requirement.specifier.contains(distribution.version, prereleases=True):
+            raise PinError(f"{path}: {requirement} but {distribution.version} is installed: run ./dev setup")
     elsewhere: set[NormalizedName] = set()
     for included in head.includes:
         elsewhere |= pinned_names(included)
+    kept = {canonicalize_name(Requirement(_text(line)).name): _text(line) for line in current(path)}
     lines = []
-    for name, paths in sorted(closure(head.requirements).items()):
+    for name, where in sorted(closure(head.requirements).items()):
         if name in asked or name in elsewhere:
             continue
-        marker = _marker(paths)
-        pin = f"{name}=={_installed(name).version}"
+        distribution = _installed(name)
+        if distribution is None:  # not for this machine: the file's own pin stands (written on a machine that has it)
+            if name not in kept:
+                raise PinError(f"{path}: {name} is for {_marker(where)}: write the pins on such a machine")
+            lines.append(kept[name])
+            continue
+        marker = _marker(where)
+        pin = f"{name}=={distribution.version}"
         lines.append(f"{pin} ; {marker}" if marker else pin)
     return lines
 

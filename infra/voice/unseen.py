@@ -103,7 +103,7 @@ class Door:
     def parse(cls, text: str) -> Door:
         """``"RT60,SNR"`` or ``"RT60,SNR,DRR"`` (seconds, dB, dB); RT60 0 is no room."""
         parts = [float(part) for part in text.split(",")]
-        if len(parts) not in (2, 3) or parts[0] < 0:
+        if len(parts) not in (2, 3) or not (parts[0] == 0 or 0.05 <= parts[0] <= 5):  # a shorter tail is no room
             raise argparse.ArgumentTypeError(f"--door wants RT60,SNR[,DRR], got {text!r}")
         return cls(*parts)
 

@@ -108,7 +108,7 @@ def test_voice_bundles_fall_back_to_their_own_ge2e(tmp_path: Path) -> None:
 def test_a_bundle_installs_only_the_files_its_pins_recorded(tmp_path: Path) -> None:
     """Each bundle's pins carry the hashes of the files they may install (infra.pin_hashes): pip installs the
     migration job's bundle in hash-checking mode, and refuses it once one pin's recorded files are not the ones the
-    index serves (a wheel swapped or added after the pin was recorded)."""
+    index serves (a file whose bytes changed after the pin was recorded)."""
     out = build("migrate", tmp_path / "migrate")
     lines = (out / "requirements.txt").read_text().splitlines()
     pins = [line for line in lines if line and not line.startswith("#")]

@@ -11,6 +11,7 @@ from importlib import metadata
 from pathlib import Path
 
 import pytest
+from packaging.markers import Marker
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
@@ -35,15 +36,38 @@ def test_a_function_bundle_pins_its_frameworks_dependencies() -> None:
 
 def test_a_dependency_needed_on_one_platform_keeps_its_condition() -> None:
     """torch asks for CUDA libraries on Linux x86_64 only; a Python-version condition every supported Python meets
-    is left out."""
+    is left out, and one no supported platform meets (Windows) takes nothing."""
     found = pins.closure([Requirement("torch")])
-    assert (
-        pins._marker(found[canonicalize_name("nvidia-cublas-cu12")])
-        == 'platform_system == "Linux" and platform_machine == "x86_64"'
-    )
-    assert pins._marker({frozenset({'python_version >= "3.10"'})}) == ""
-    assert pins._marker({frozenset({'sys_platform == "win32"'}), frozenset()}) == ""
-    assert pins._marker({frozenset({'sys_platform == "win32"'})}) == 'sys_platform == "win32"'
+    cublas = found[canonicalize_name("nvidia-cublas-cu12")]
+    assert pins._marker(cublas) == 'sys_platform == "linux" and platform_machine == "x86_64"'
+    assert pins._marker(found[canonicalize_name("sympy")]) == ""
+    assert pins._holds(Marker('python_version >= "3.10"'), frozenset()) == pins.EVERYWHERE
+    assert not pins._holds(Marker('sys_platform == "win32"'), frozenset())
+
+
+def test_extras_are_decided_as_pip_decides_them() -> None:
+    """A review: the ``extra ==`` clauses were cut out of the marker's text, which broke on ``extra == "a" or extra
+    == "b"`` and kept a platform condition an extra asked for made moot. The marker is evaluated instead."""
+    either = Marker('extra == "a" or extra == "b"')
+    assert pins._holds(either, frozenset({"b"})) == pins.EVERYWHERE and not pins._holds(either, frozenset())
+    gpu = Marker('platform_machine == "x86_64" or extra == "gpu"')
+    assert pins._holds(gpu, frozenset({"gpu"})) == pins.EVERYWHERE
+    assert pins._holds(gpu, frozenset()) == frozenset({pins.MACHINES.index("x86_64")})
+    assert pins._holds(Marker('"test" == extra'), frozenset({"test"})) == pins.EVERYWHERE
+
+
+def test_on_another_machine_the_pins_of_what_it_does_not_install_are_kept(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A review: pins were worked out on the running machine alone, so on aarch64 the check failed and a rewrite
+    dropped torch's CUDA pins. What this machine does not install keeps the file's pin; what it should install and
+    lacks is an error."""
+    real = pins._installed
+    monkeypatch.setattr(pins, "HERE", pins.MACHINES.index("aarch64"))
+    monkeypatch.setattr(pins, "_installed", lambda name: None if name.startswith("nvidia") else real(name))
+    dev = pins.REPO / "requirements-dev.txt"
+    assert pins.block(dev) == pins.current(dev)
+    monkeypatch.setattr(pins, "HERE", pins.MACHINES.index("x86_64"))
+    with pytest.raises(pins.PinError, match="nvidia"):
+        pins.block(dev)
 
 
 def test_a_file_that_pins_too_little_is_found_and_rewritten(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -122,6 +146,13 @@ def test_a_bundles_requirements_get_each_pins_hashes_and_keep_their_comments() -
         ("protobuf-7.36.2-cp310-abi3-manylinux2014_x86_64.whl", True),
         ("cryptography-50.0.2-cp312-abi3-manylinux_2_34_x86_64.whl", False),
         ("flask-3.1.3-py3-none-any.whl", True),
+        ("flask-3.1.3-py38-none-any.whl", True),
+        ("flask-3.1.3-py312-none-any.whl", False),
+        ("flask-3.1.3-py2.py3-none-any.whl", True),
+        ("numpy-2.4.6-cp311-cp311-linux_x86_64.whl", True),
+        ("numpy-2.4.6-cp311-cp311-manylinux2014_aarch64.whl", True),
+        ("protobuf-7.36.2-cp38-abi3-manylinux2014_aarch64.whl", True),
+        ("protobuf-7.36.2-cp310-cp310-manylinux2014_x86_64.whl", False),
     ],
 )
 def test_only_the_files_a_deployment_can_install_are_recorded(filename: str, taken: bool) -> None:

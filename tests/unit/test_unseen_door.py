@@ -13,7 +13,7 @@ from infra.voice.unseen import Door, Voice
 def test_a_door_is_read_from_its_rt60_snr_and_direct_to_reverb_ratio() -> None:
     assert Door.parse("0.3,30") == Door(0.3, 30.0, 0.0)
     assert Door.parse("0.6,20,10") == Door(0.6, 20.0, 10.0)
-    for wrong in ("0.3", "0.3,30,10,1", "-1,30", "room,30"):
+    for wrong in ("0.3", "0.3,30,10,1", "-1,30", "room,30", "0.002,30", "9,30"):
         with pytest.raises((argparse.ArgumentTypeError, ValueError)):
             Door.parse(wrong)
 
