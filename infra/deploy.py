@@ -145,8 +145,11 @@ def release_of(repo: Path) -> str:
         commit = out("rev-parse", "--short=12", "HEAD").decode().strip()
         changed = out("diff", "HEAD", "--binary", "--", *BUNDLED_PATHS)
         added = out("ls-files", "--others", "--exclude-standard", "-z", "--", *BUNDLED_PATHS).split(b"\0")
-    except (OSError, subprocess.CalledProcessError) as exc:
-        raise DeployConfigError("no git checkout here (or no git): give --release, an image tag") from exc
+    except OSError as exc:  # no git program (a slim CI image): not the same fix as a folder that is no checkout
+        raise DeployConfigError(f"git could not be run ({exc.strerror}): install it, or give --release") from exc
+    except subprocess.CalledProcessError as exc:
+        said = exc.stderr.decode(errors="replace").strip().splitlines()[-1:] or ["no message"]
+        raise DeployConfigError(f"{repo} is not a git checkout git can read ({said[0]}): give --release") from exc
     names = sorted(name for name in added if name)
     if not changed and not names:
         return commit

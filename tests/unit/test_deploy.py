@@ -196,7 +196,9 @@ def test_each_step_deploys_the_images_this_release_built_and_says_which_it_is() 
     assert refused.returncode == 2 and "is not an image tag" in refused.stderr
 
 
-def test_a_release_is_the_commit_and_says_when_what_is_built_differs_from_it(tmp_path: Path) -> None:
+def test_a_release_is_the_commit_and_says_when_what_is_built_differs_from_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The release names what the bundles are built from: the commit, ``-dirty`` when a bundled file differs from it
     or is not added yet (a new migration not committed was built in, untold: attack run 65); outside a checkout the
     deploy asks for ``--release``."""
@@ -206,8 +208,12 @@ def test_a_release_is_the_commit_and_says_when_what_is_built_differs_from_it(tmp
         done = subprocess.run(["git", "-C", str(tmp_path), *args], capture_output=True, text=True, check=True)
         return done.stdout.strip()
 
-    with pytest.raises(DeployConfigError, match="--release"):
+    with pytest.raises(DeployConfigError, match="is not a git checkout .*--release"):
         release_of(tmp_path)
+    with monkeypatch.context() as no_git:  # a machine without git is told that, not that this is no checkout
+        no_git.setenv("PATH", str(tmp_path / "nowhere"))
+        with pytest.raises(DeployConfigError, match="git could not be run .*install it, or give --release"):
+            release_of(tmp_path)
     git("init", "-q")
     (tmp_path / "functions").mkdir()
     (tmp_path / "functions" / "main.py").write_text("x = 1\n")
