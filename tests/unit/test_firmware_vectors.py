@@ -331,6 +331,15 @@ def test_the_refusal_vectors_cover_every_step() -> None:
     assert {"wrong_lock", "expired", "replayed"} <= {check["expect"] for check in COMMANDS[0]["checks"]}
 
 
+def test_the_refusal_vectors_are_the_ones_their_generator_makes() -> None:
+    """The refusals were written by a one-off script (the notes: "no generator in the repository"): a new case was
+    written by hand. ``infra.firmware_vectors`` makes them from the file's own command and keys, byte for byte."""
+    from infra import firmware_vectors
+
+    assert firmware_vectors.refusals(VECTORS) == REFUSALS
+    assert firmware_vectors.main([]) == 0
+
+
 def receipt_digest(payload: bytes) -> str:
     """docs/FIRMWARE.md, "Receipts": the first 16 bytes of the payload's SHA-256, base64url without padding."""
     return base64.urlsafe_b64encode(hashlib.sha256(payload).digest()[:16]).decode().rstrip("=")
