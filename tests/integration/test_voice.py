@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import datetime as dt
+import secrets
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -30,7 +31,18 @@ from lockwise.voice.model import fingerprint
 from lockwise.voice.model.encoder import CALIBRATIONS
 from lockwise.voice.model.voice_activity import VoiceActivity
 from tests.conftest import PROJECT_ID
-from tests.devices_world import World, bearer, build_world, create_lock, join, pair_again, provision
+from tests.devices_world import (
+    World,
+    bearer,
+    build_world,
+    create_lock,
+    google_sign_in,
+    join,
+    pair_again,
+    provision,
+    sign_in,
+    verify_email,
+)
 from tests.voices import noises, pcm16, pcm_json, speech_like, spoken, wav
 from tests.waiting import held_at, wait_for
 
@@ -1300,6 +1312,53 @@ def test_a_lockout_that_ends_while_the_decision_waits_for_its_row_is_over_for_th
     finally:
         holder.close()
     assert answer.status_code == 200 and answer.get_json()["decision"] == "rejected", answer.get_json()
+
+
+def test_a_voice_enrolled_on_an_account_made_with_someone_elses_address_is_dropped_when_they_take_it_over(
+    clients: dict[str, Any], world: World, sign_up: Any, stack_env: dict[str, str]
+) -> None:
+    """Attack run 73 (High): an attacker signs up with the victim's address (never verified) and enrolls their own
+    voice. The victim later signs in with Google; Firebase hands them that account, uid and all, and the voice
+    enrolled on it opened every door the victim joined (3 of 3 of the attacker's takes accepted as the victim). A
+    voice enrolled without a verified address is dropped the first time the address is seen verified."""
+    address = f"victim-{secrets.token_hex(4)}@example.com"
+    made_in_advance = sign_up(address)
+    assert enroll(clients, made_in_advance).status_code == 201  # the attacker's voice (allison)
+    invited = clients["devices"].post(
+        f"/devices/locks/{world.lock_id}/members",
+        json={"email": address, "role": "member"},
+        headers=world.headers("owner"),
+    )
+    assert invited.status_code == 202
+    victim = google_sign_in(stack_env["FIREBASE_AUTH_EMULATOR_HOST"], address)
+    assert victim["localId"] == made_in_advance["localId"]  # the same account, now the victim's
+    listed = clients["devices"].get("/devices/invitations", headers=bearer(victim)).get_json()["invitations"]
+    accepted = clients["devices"].post(f"/devices/invitations/{listed[0]['id']}/accept", headers=bearer(victim))
+    assert accepted.status_code == 201
+    status = clients["embed"].get("/embed/enrollment", headers=bearer(victim)).get_json()
+    assert status["enrolled"] is False  # the victim is asked to enroll, not told a voice is theirs
+    for _ in range(2):  # the attacker at the victim's door
+        answer = signed_verify(clients, world, wav(take())).get_json()
+        assert answer["decision"] != "accepted" or answer.get("member_uid") != victim["localId"], answer
+    with get_runtime("devices").db.connection() as con:
+        dropped = con.run(
+            "SELECT count(*) FROM audit_log WHERE action = 'voice.dropped_address_verified' AND target = :u",
+            u=victim["localId"],
+        )
+    assert dropped == [[1]]
+
+
+def test_a_voice_enrolled_with_a_verified_address_stays_once_the_address_is_seen_verified_again(
+    clients: dict[str, Any], sign_up: Any, stack_env: dict[str, str]
+) -> None:
+    host = stack_env["FIREBASE_AUTH_EMULATOR_HOST"]
+    account = sign_up()
+    verify_email(host, PROJECT_ID, account["localId"])
+    verified = sign_in(host, account["email"])
+    assert enroll(clients, verified).status_code == 201
+    again = sign_in(host, account["email"])
+    assert clients["devices"].get("/devices/me", headers=bearer(again)).status_code == 200
+    assert clients["embed"].get("/embed/enrollment", headers=bearer(again)).get_json()["enrolled"] is True
 
 
 def test_a_clip_the_replaced_device_signed_before_the_lock_was_paired_again_is_not_decided_after(

@@ -6,7 +6,7 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import Any
 
-from lockwise.core import errors
+from lockwise.core import audit, erasure, errors
 from lockwise.core.auth import User
 from lockwise.core.db import Connection
 
@@ -56,6 +56,19 @@ def upsert(con: Connection, user: User) -> None:
         email=email,
         t=since,
     )
+    if stored_email(user) is not None:
+        drop_voice_enrolled_unverified(con, user.uid)
+
+
+def drop_voice_enrolled_unverified(con: Connection, uid: str) -> None:
+    """Forget ``uid``'s voice if a token without a verified address enrolled it, now that a token shows the address
+    verified. Anyone can sign up with anyone's address; when the address's owner takes such an account over (a
+    Google sign-in, a password reset) Firebase keeps its uid, and a voice enrolled on it in advance opened every
+    door the owner joined (attack run 73: 3 of 3 of the attacker's takes accepted as the owner). The owner enrolls
+    again; what was made with a verified address stays."""
+    if con.run("SELECT 1 FROM voiceprints WHERE user_uid = :u AND address_unverified", u=uid):
+        erasure.forget_voice(con, uid)
+        audit.record(con, uid, "voice.dropped_address_verified", "ok", target=uid)
 
 
 def issued_at(user: User) -> dt.datetime:

@@ -126,7 +126,9 @@ def enroll(
         at = now()
         before = first_come.standing(con, uid, encoder, scorer, settings, at)
         con.run("SAVEPOINT store")
-        voiceprints.store(con, uid, encoder.model_id, embeddings, samples_id)
+        voiceprints.store(
+            con, uid, encoder.model_id, embeddings, samples_id, address_verified=users.stored_email(user) is not None
+        )
         after = first_come.standing(con, uid, encoder, scorer, settings, at)
         lost = sorted(set(after.aside_at) - set(before.aside_at)) if before.enrolled else []
         if lost:  # the voiceprint is not stored; the comparison's count is

@@ -38,20 +38,31 @@ class Candidates:
     memberships: list[Membership]  # each one's (an unlock ends with its window: ``Membership.allowed_until``)
 
 
-def store(con: Connection, uid: str, model_id: str, samples: scoring.Matrix, samples_id: bytes) -> scoring.Vector:
+def store(
+    con: Connection,
+    uid: str,
+    model_id: str,
+    samples: scoring.Matrix,
+    samples_id: bytes,
+    *,
+    address_verified: bool,
+) -> scoring.Vector:
     """Replace the user's voiceprint with one made from ``samples`` ``(n, dim)``, the embeddings of the enrollment
     samples whose identity is ``samples_id`` (``lockwise.voice.enrollment.samples_identity``); returns the
-    voiceprint."""
+    voiceprint. ``address_verified``: the enrolling token carried a verified address; a voiceprint stored without
+    one is dropped once the account's address is verified (``lockwise.core.users.upsert``: attack run 73)."""
     vp = scoring.voiceprint(samples)
     embedding = scoring.to_bytes(vp)
     con.run(
         # stamped when stored, not when the transaction began: of two enrollments that took turns at a lock, the
         # one stored second is the later (``first_come``), though it may have begun first
         "INSERT INTO voiceprints (user_uid, model_id, dim, embedding, sample_count, sample_embeddings, created_at,"
-        " samples_sha256) VALUES (:u, :m, :d, :e, :n, :s, clock_timestamp(), :h) ON CONFLICT (user_uid) DO UPDATE SET"
+        " samples_sha256, address_unverified) VALUES (:u, :m, :d, :e, :n, :s, clock_timestamp(), :h, :a)"
+        " ON CONFLICT (user_uid) DO UPDATE SET"
         " model_id = EXCLUDED.model_id, dim = EXCLUDED.dim, embedding = EXCLUDED.embedding,"
         " sample_count = EXCLUDED.sample_count, sample_embeddings = EXCLUDED.sample_embeddings,"
-        " created_at = EXCLUDED.created_at, samples_sha256 = EXCLUDED.samples_sha256",
+        " created_at = EXCLUDED.created_at, samples_sha256 = EXCLUDED.samples_sha256,"
+        " address_unverified = EXCLUDED.address_unverified",
         u=uid,
         m=model_id,
         d=int(samples.shape[1]),
@@ -59,6 +70,7 @@ def store(con: Connection, uid: str, model_id: str, samples: scoring.Matrix, sam
         n=int(samples.shape[0]),
         s=scoring.to_bytes(scoring.normalise(samples)),
         h=_sealed(samples_id, embedding),
+        a=not address_verified,
     )
     mirror.enqueue(
         con,

@@ -1,0 +1,6 @@
+-- A voice enrolled by a token without a verified address (anyone can sign up with anyone's address) is dropped the
+-- first time the account's address is verified (lockwise.core.users.upsert). Firebase keeps the uid when the
+-- address's owner takes such an account over (a Google sign-in, a password reset), so a voice an attacker enrolled
+-- on an account made in advance with the owner's address opened the owner's doors (attack run 73).
+-- A constant default: added without rewriting the table; voiceprints enrolled before it count as verified.
+ALTER TABLE voiceprints ADD COLUMN address_unverified boolean NOT NULL DEFAULT false;
