@@ -88,3 +88,37 @@ def test_unsigned_emulator_token_is_rejected_outside_emulator_mode(sign_up: Any)
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     with pytest.raises(errors.Unauthenticated):
         IdTokenVerifier(PROJECT_ID, StaticKeys({"k1": key.public_key()})).verify(token)
+
+
+def test_the_auth_emulators_anonymous_and_tenant_accounts_are_refused(auth_emulator: Emulator) -> None:
+    """Attack run 73: an anonymous account could own a lock and take an admin's place, though nobody can ever sign
+    in to it again; a tenant's account was taken, then found gone by the project's account check."""
+    import json
+    import urllib.request
+
+    def post(path: str, body: dict[str, Any], version: str = "v1", admin: bool = False) -> dict[str, Any]:
+        req = urllib.request.Request(
+            f"http://{auth_emulator.host}/identitytoolkit.googleapis.com/{version}/{path}",
+            data=json.dumps(body).encode(),
+            headers={"Content-Type": "application/json", **({"Authorization": "Bearer owner"} if admin else {})},
+        )
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            answer: dict[str, Any] = json.loads(resp.read())
+        return answer
+
+    verifier = IdTokenVerifier(PROJECT_ID, None, emulator=True)
+    anonymous = post("accounts:signUp?key=fake", {"returnSecureToken": True})["idToken"]
+    with pytest.raises(errors.Unauthenticated) as info:
+        verifier.verify(anonymous)
+    assert info.value.code == "anonymous_account"
+    made = post(
+        f"projects/{PROJECT_ID}/tenants", {"displayName": "other-brand", "allowPasswordSignup": True}, "v2", admin=True
+    )
+    tenant = made.get("tenantId") or made["name"].rsplit("/", 1)[-1]
+    account = post(
+        "accounts:signUp?key=fake",
+        {"email": "t@example.com", "password": "correct-horse-9", "tenantId": tenant, "returnSecureToken": True},
+    )
+    with pytest.raises(errors.Unauthenticated) as info:
+        verifier.verify(account["idToken"])
+    assert info.value.code == "wrong_tenant"

@@ -52,6 +52,9 @@ def verifier(keys: dict[str, rsa.RSAPrivateKey]) -> IdTokenVerifier:
 
 def test_signed_token_is_accepted(keys: dict[str, rsa.RSAPrivateKey]) -> None:
     assert verifier(keys).verify(signed(keys["k1"])).uid == "uid-123"
+    for provider in ("password", "google.com", "phone"):
+        token = signed(keys["k1"], firebase={"sign_in_provider": provider, "identities": {}})
+        assert verifier(keys).verify(token).uid == "uid-123"
 
 
 @pytest.mark.parametrize(
@@ -76,6 +79,9 @@ def test_signed_token_is_accepted(keys: dict[str, rsa.RSAPrivateKey]) -> None:
         (lambda k: signed(k["k1"], iat=int(time.time()) + 600), "invalid_token"),
         (lambda k: signed(k["k1"], auth_time=-1e20), "invalid_token"),  # taken as a sign-in time (attack run 58)
         (lambda k: signed(k["k1"], auth_time=0), "invalid_token"),
+        # an Identity Platform tenant's account, and an anonymous one (attack run 73)
+        (lambda k: signed(k["k1"], firebase={"tenant": "t-1", "sign_in_provider": "password"}), "wrong_tenant"),
+        (lambda k: signed(k["k1"], firebase={"sign_in_provider": "anonymous"}), "anonymous_account"),
         (lambda k: signed(k["k1"])[:-4] + "AAAA", "invalid_token"),  # tampered signature
         (lambda k: "not.a.jwt", "invalid_token"),
     ],

@@ -209,6 +209,20 @@ class IdTokenVerifier:
             raise errors.Unauthenticated("ID token authenticated in the future", code="invalid_token")
         if auth_time < inputs.EARLIEST.timestamp():  # -1e20 was taken as a sign-in time (attack run 58)
             raise errors.Unauthenticated("ID token authenticated before 2000", code="invalid_token")
+        firebase = claims.get("firebase")
+        firebase = firebase if isinstance(firebase, Mapping) else {}
+        # an Identity Platform tenant's user: accepted, then not found by the project's account check (which marked
+        # it gone and ended its locks), and a tenant's admins could grant it the operator's claim (attack run 73)
+        if firebase.get("tenant") is not None:
+            raise errors.Unauthenticated(
+                "ID token of a tenant's account: this service serves none", code="wrong_tenant"
+            )
+        # an anonymous account has nothing to sign in with again: a lock it owned, or an admin's place, was held by
+        # an account nobody could ever use or recover (attack run 73)
+        if firebase.get("sign_in_provider") == "anonymous":
+            raise errors.Unauthenticated(
+                "anonymous accounts cannot use locks: sign in with an address or a provider", code="anonymous_account"
+            )
 
 
 def verifier_for(project_id: str, auth_emulator_host: str | None) -> IdTokenVerifier:
