@@ -119,6 +119,9 @@ class Console {
       $("#locks").replaceChildren();
       return;
     }
+    // a voice enrolled before the address is verified is forgotten once it is (the back-end: an account made in
+    // advance with someone else's address must not keep a voice when its owner takes it over)
+    $("#unverified-address").hidden = !user.email || user.emailVerified;
     unsubscribers.push(
       onSnapshot(
         doc(this.db, "users", user.uid),

@@ -57,18 +57,38 @@ def upsert(con: Connection, user: User) -> None:
         t=since,
     )
     if stored_email(user) is not None:
-        drop_voice_enrolled_unverified(con, user.uid)
+        address_verified(con, user.uid)
 
 
-def drop_voice_enrolled_unverified(con: Connection, uid: str) -> None:
-    """Forget ``uid``'s voice if a token without a verified address enrolled it, now that a token shows the address
-    verified. Anyone can sign up with anyone's address; when the address's owner takes such an account over (a
-    Google sign-in, a password reset) Firebase keeps its uid, and a voice enrolled on it in advance opened every
-    door the owner joined (attack run 73: 3 of 3 of the attacker's takes accepted as the owner). The owner enrolls
-    again; what was made with a verified address stays."""
+def address_verified(con: Connection, uid: str) -> None:
+    """A token shows ``uid``'s address verified: record when that was first seen (``address_verified_at``) and forget
+    the voice a token without a verified address enrolled. Anyone can sign up with anyone's address; when the
+    address's owner takes such an account over (a Google sign-in, a password reset) Firebase keeps its uid, and a
+    voice enrolled on it in advance opened every door the owner joined (attack run 73: 3 of 3 of the attacker's
+    takes accepted as the owner). From then on a token without a verified address enrolls nothing
+    (``refuse_unverified_enrollment``) and such a voiceprint is no candidate at any door
+    (``lockwise.voice.voiceprints.candidates``): the attacker's older token, valid up to an hour, enrolled again
+    after the drop, on instances that never ran this again (a review). The owner enrolls again; what was made with
+    a verified address stays."""
+    con.run(
+        "UPDATE users SET address_verified_at = now() WHERE uid = :u AND address_verified_at IS NULL",
+        u=uid,
+    )
     if con.run("SELECT 1 FROM voiceprints WHERE user_uid = :u AND address_unverified", u=uid):
         erasure.forget_voice(con, uid)
         audit.record(con, uid, "voice.dropped_address_verified", "ok", target=uid)
+
+
+def refuse_unverified_enrollment(con: Connection, user: User) -> None:
+    """401 ``token_outdated`` for an enrollment by a token without a verified address once the account's address
+    has been seen verified (``address_verified``): the token is from before (sign in again for one that says so)."""
+    if stored_email(user) is not None:
+        return
+    rows = con.run("SELECT address_verified_at IS NOT NULL FROM users WHERE uid = :u", u=user.uid)
+    if rows and rows[0][0]:
+        raise errors.Unauthenticated(
+            "this account's address was verified after this token was issued: sign in again", code="token_outdated"
+        )
 
 
 def issued_at(user: User) -> dt.datetime:

@@ -144,6 +144,9 @@ def candidates(con: Connection, lock_id: str, model_id: str, dim: int, now: dt.d
         + _COUNTED_ACCOUNT.format("m")
         + " WHERE m.lock_id = CAST(:l AS uuid) AND "
         + active_sql("m")  # the decision's clock, as below
+        # nor a voice enrolled without a verified address on an account whose address has been verified since
+        # (``lockwise.core.users.address_verified``: attack run 73)
+        + " AND NOT (v.address_unverified AND u.address_verified_at IS NOT NULL)"
         + " ORDER BY m.user_uid"
         # held until the decision commits: deleting this voice data waits for it (``erasure.forget_voice``);
         # re-enrolling (an UPDATE of no key) does not
