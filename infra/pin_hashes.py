@@ -45,14 +45,14 @@ class MissingHashes(Exception):
 
 def _pin(line: str) -> tuple[str, str] | None:
     """(``name==version``, the requirement's text) of a requirement line; None for comments and blank lines."""
-    text = line.split("#", 1)[0].strip()
+    text = pins.requirement_text(line)
     if not text:
         return None
     requirement = Requirement(text)
-    versions = [spec.version for spec in requirement.specifier if spec.operator == "=="]
-    if len(versions) != 1:
+    version = pins.exact_version(requirement)
+    if version is None:
         raise MissingHashes(f"{text!r} is not pinned to one version")
-    return f"{canonicalize_name(requirement.name)}=={versions[0]}", text
+    return f"{canonicalize_name(requirement.name)}=={version}", text
 
 
 def pinned(path: Path) -> set[str]:

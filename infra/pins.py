@@ -50,16 +50,22 @@ class Head:
     includes: list[Path] = field(default_factory=list)
 
 
-def _text(line: str) -> str:
+def requirement_text(line: str) -> str:
     """A requirements line without its comment and its options (a bundle's ``--hash``: infra.pin_hashes)."""
     return line.split("#", 1)[0].split(" --", 1)[0].strip()
+
+
+def exact_version(requirement: Requirement) -> str | None:
+    """The version ``requirement`` pins with ``==``, if it pins one."""
+    versions = [spec.version for spec in requirement.specifier if spec.operator == "=="]
+    return versions[0] if len(versions) == 1 else None
 
 
 def read_head(path: Path) -> Head:
     """The hand-written part of ``path``: every line above :data:`MARK`."""
     head = Head()
     for raw in path.read_text().split(MARK)[0].splitlines():
-        line = _text(raw)
+        line = requirement_text(raw)
         if not line:
             continue
         if line.startswith("-r "):
@@ -78,10 +84,7 @@ def pinned_names(path: Path) -> set[NormalizedName]:
     for included in head.includes:
         names |= pinned_names(included)
     names |= {canonicalize_name(r.name) for r in head.requirements}
-    for raw in path.read_text().partition(MARK)[2].splitlines():
-        line = _text(raw)
-        if line:
-            names.add(canonicalize_name(Requirement(line).name))
+    names |= {canonicalize_name(Requirement(requirement_text(line)).name) for line in current(path)}
     return names
 
 
@@ -176,7 +179,9 @@ def block(path: Path) -> list[str]:
     elsewhere: set[NormalizedName] = set()
     for included in head.includes:
         elsewhere |= pinned_names(included)
-    kept = {canonicalize_name(Requirement(_text(line)).name): _text(line) for line in current(path)}
+    kept = {
+        canonicalize_name(Requirement(requirement_text(line)).name): requirement_text(line) for line in current(path)
+    }
     lines = []
     for name, where in sorted(closure(head.requirements).items()):
         if name in asked or name in elsewhere:
@@ -202,11 +207,10 @@ def installs(path: Path) -> dict[NormalizedName, str]:
         wanted |= installs(included)
     lines = [str(r) for r in head.requirements] + current(path)
     for line in lines:
-        requirement = Requirement(_text(line))
+        requirement = Requirement(requirement_text(line))
         if requirement.marker is not None and not requirement.marker.evaluate():
             continue
-        pins = [spec.version for spec in requirement.specifier if spec.operator == "=="]
-        wanted[canonicalize_name(requirement.name)] = pins[0] if pins else str(requirement.specifier)
+        wanted[canonicalize_name(requirement.name)] = exact_version(requirement) or str(requirement.specifier)
     return wanted
 
 
