@@ -70,11 +70,12 @@ def address_verified(con: Connection, uid: str) -> None:
     (``lockwise.voice.voiceprints.candidates``): the attacker's older token, valid up to an hour, enrolled again
     after the drop, on instances that never ran this again (a review). The owner enrolls again; what was made with
     a verified address stays."""
-    con.run(
-        "UPDATE users SET address_verified_at = now() WHERE uid = :u AND address_verified_at IS NULL",
+    marked = con.run(  # one round trip: an instance's first sight of each verified user runs it
+        "WITH first AS (UPDATE users SET address_verified_at = now() WHERE uid = :u AND address_verified_at IS NULL)"
+        " SELECT EXISTS (SELECT 1 FROM voiceprints WHERE user_uid = :u AND address_unverified)",
         u=uid,
     )
-    if con.run("SELECT 1 FROM voiceprints WHERE user_uid = :u AND address_unverified", u=uid):
+    if marked[0][0]:
         erasure.forget_voice(con, uid)
         audit.record(con, uid, "voice.dropped_address_verified", "ok", target=uid)
 
