@@ -18,6 +18,7 @@ import contextlib
 import datetime as dt
 import functools
 import logging
+import math
 import select
 import threading
 import time
@@ -257,9 +258,7 @@ class Relay:
                 scan = now >= next_scan
                 # a full scan passes over a slot freed under LEFT_AFTER_S ago too: its replica may be leasing it
                 # again after an outage of the database, during which the scan fell due (attack run 71)
-                due = [
-                    s for s in range(1, self.lease.slots + 1) if now - free_since.get(s, -LEFT_AFTER_S) >= LEFT_AFTER_S
-                ]
+                due = [s for s in range(1, self.lease.slots + 1) if now - free_since.get(s, -math.inf) >= LEFT_AFTER_S]
                 for slot in due if scan else left:
                     if self.stopping.is_set():
                         break
