@@ -94,7 +94,7 @@ def test_a_requirement_not_installed_or_at_another_version_is_refused(
 
 
 def test_firebase_tools_is_installed_from_its_lock_file_at_the_version_the_stack_names() -> None:
-    """npm ci installs firebase-tools and its ~450 packages from infra/local/firebase-tools' lock file (npm install
+    """npm ci installs firebase-tools and its 625 packages from infra/local/firebase-tools' lock file (npm install
     took the newest of each within firebase-tools' ranges); ./dev, the stack and the lock name one version."""
     folder = pins.REPO / "infra" / "local" / "firebase-tools"
     package = json.loads((folder / "package.json").read_text())
