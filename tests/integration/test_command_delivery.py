@@ -946,6 +946,54 @@ def test_a_lost_unlock_is_not_sent_again_after_a_withdrawal_on_an_instance_runni
     assert deliver(relay_db, world, resend_after_s=1) == []
 
 
+def on_a_devices_instance_off_by(monkeypatch: pytest.MonkeyPatch, ahead_s: float) -> None:
+    """The devices function's instance runs ``ahead_s`` ahead of the database (behind when negative) since it started:
+    its clock, and no reading of the database's taken before."""
+    from lockwise.core.runtime import utc_now
+
+    runtime = get_runtime("devices")
+    monkeypatch.setattr(runtime, "clock", lambda: utc_now() + dt.timedelta(seconds=ahead_s))
+    monkeypatch.setattr(runtime, "_clock_off", (dt.timedelta(0), None))
+
+
+def expire(db: Database, world: World, role: str, seconds_from_now: float) -> None:
+    """``role``'s access ends ``seconds_from_now`` by the database's clock (in the past when negative)."""
+    with db.connection() as con:
+        con.run(
+            "UPDATE lock_members SET expires_at = clock_timestamp() + make_interval(secs => :s)"
+            " WHERE lock_id = CAST(:l AS uuid) AND user_uid = :u",
+            s=seconds_from_now,
+            l=world.lock_id,
+            u=world.uid(role),
+        )
+
+
+def test_a_member_whose_access_ended_makes_no_unlock_on_an_instance_running_behind(
+    world: World, relay_db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The note of stop 65: the devices function decided whose access stands by its instance's clock. On one 50 s
+    behind the database, a member whose access had ended 10 s before (by the clock verify decides by) still made an
+    unlock, and it was delivered. Its instance's clock is set by the database's now (``Runtime.now``)."""
+    on_a_devices_instance_off_by(monkeypatch, -50.0)
+    expire(relay_db, world, "member", -10.0)
+    made = send(world, "member")
+    assert made.status_code == 404 and made.get_json()["error"]["code"] == "lock_not_found", made.get_json()
+    assert deliver(relay_db, world) == []
+
+
+def test_a_members_access_not_yet_ended_stands_on_an_instance_running_ahead(
+    world: World, relay_db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The other way round: on an instance 50 s ahead, a member with 30 s of access left (by the database's clock)
+    was refused the lock she may still open with her voice, and was not listed as a member."""
+    on_a_devices_instance_off_by(monkeypatch, 50.0)
+    expire(relay_db, world, "member", 30.0)
+    seen = world.devices.get(f"/devices/locks/{world.lock_id}", headers=world.headers("member"))
+    assert seen.status_code == 200, seen.get_json()
+    listed = world.devices.get(f"/devices/locks/{world.lock_id}/members", headers=world.headers("owner"))
+    assert world.uid("member") in [m["uid"] for m in listed.get_json()["members"]], listed.get_json()
+
+
 def test_a_member_paused_on_an_instance_running_ahead_has_no_unlock_made_after(
     world: World, relay_db: Database
 ) -> None:

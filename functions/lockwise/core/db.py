@@ -307,19 +307,20 @@ class Database:
             return self._tls
 
     @contextmanager
-    def connection(self) -> Iterator[Connection]:
-        """Borrow a pooled connection. It goes back to the pool when the block ends, also when the block raised one
-        of our errors (a 4xx: a bad signature, a missing lock) or PostgreSQL refused a statement (pg8000 has read up
-        to the server's ready message by then), provided no transaction is left open; after anything else (a lost
-        socket, an error in the middle of reading an answer) it is closed instead; a lost one (reset, or its stream
-        ended) takes every idle one with it (what lost one, a failover or a path gone, lost them all: each would cost
-        a request the same wait), a timed-out one goes alone."""
-        with self._borrowed(begin=False) as con:
+    def connection(self, slot_wait_s: float = SLOT_WAIT_S) -> Iterator[Connection]:
+        """Borrow a pooled connection (503 ``database_busy`` when none is free within ``slot_wait_s``). It goes back
+        to the pool when the block ends, also when the block raised one of our errors (a 4xx: a bad signature, a
+        missing lock) or PostgreSQL refused a statement (pg8000 has read up to the server's ready message by then),
+        provided no transaction is left open; after anything else (a lost socket, an error in the middle of reading an
+        answer) it is closed instead; a lost one (reset, or its stream ended) takes every idle one with it (what lost
+        one, a failover or a path gone, lost them all: each would cost a request the same wait), a timed-out one goes
+        alone."""
+        with self._borrowed(begin=False, slot_wait_s=slot_wait_s) as con:
             yield con
 
     @contextmanager
-    def _borrowed(self, begin: bool) -> Iterator[Connection]:
-        if not self._slots.acquire(timeout=SLOT_WAIT_S):
+    def _borrowed(self, begin: bool, slot_wait_s: float = SLOT_WAIT_S) -> Iterator[Connection]:
+        if not self._slots.acquire(timeout=slot_wait_s):
             raise errors.Unavailable("database pool exhausted", code="database_busy")
         con: Connection | None = None
         try:

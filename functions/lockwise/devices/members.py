@@ -419,7 +419,7 @@ def mirror_access(con: Connection, lock_id: str, *, write_again: Collection[str]
     # one lock's mirrors one at a time: each reads the members after the one before it committed, so its writes
     # (queued after that one's) are the newest, and a revoked member's access is never set again after its delete
     con.run("SELECT pg_advisory_xact_lock(hashtextextended('mirror_access ' || :l, 0))", l=lock_id)
-    now = dt.datetime.now(dt.UTC)
+    now = clock(con)  # the database's, as the rules' ``request.time`` and every instance's decisions go by
     current = [m for m in list_for_lock(con, lock_id) if not m.ended(now)]
     # the members whose accounts stand, and when their sessions were last revoked (Firebase Auth's ``validSince``):
     # the rules refuse a token signed in before it, as the API does (it read the live view for the rest of its hour:
