@@ -170,7 +170,7 @@ def update_lock(ctx: Ctx, lock_id: str) -> JsonBody:
         updates["voice_threshold"] = locks.parse_threshold(body["voice_threshold"])
     if not updates:
         raise errors.BadRequest("give name and/or voice_threshold", code="invalid_update")
-    with rt.db.transaction() as con:
+    with with_denials_audited(user.uid, lock_id, "lock.update"), rt.db.transaction() as con:
         members.require(con, lock_id, user.uid, rt.now(), at_least="owner", for_update=True)
         take_change(con, lock_id, user, lock_held_for_update=True)
         locks.update(con, lock_id, user.uid, updates)
@@ -182,7 +182,7 @@ def update_lock(ctx: Ctx, lock_id: str) -> JsonBody:
 @api.route("DELETE", "/devices/locks/<lock_id>")
 def delete_lock(ctx: Ctx, lock_id: str) -> Result:
     user, lock_id = app_user(ctx), lock_param(lock_id)
-    with rt.db.transaction() as con:
+    with with_denials_audited(user.uid, lock_id, "lock.delete"), rt.db.transaction() as con:
         members.require(con, lock_id, user.uid, rt.now(), at_least="owner", for_update=True)
         users.refuse_caller(con, user)  # the lock's row held for update: see take_change
         locks.delete(con, lock_id, user.uid)
@@ -194,7 +194,7 @@ def delete_lock(ctx: Ctx, lock_id: str) -> Result:
 def offer_transfer(ctx: Ctx, lock_id: str) -> Result:
     user, lock_id = app_user(ctx), lock_param(lock_id)
     to_uid = members.parse_uid(ctx.json(("uid",)).get("uid"))
-    with rt.db.transaction() as con:
+    with with_denials_audited(user.uid, lock_id, "lock.transfer_offer"), rt.db.transaction() as con:
         now = rt.now()
         members.require(con, lock_id, user.uid, now, at_least="owner", for_update=True)
         take_change(con, lock_id, user, lock_held_for_update=True)
@@ -347,7 +347,9 @@ def remove_member(ctx: Ctx, lock_id: str, uid: str) -> Result:
     user, lock_id = app_user(ctx), lock_param(lock_id)
     with with_denials_audited(user.uid, lock_id, "member.revoke"), rt.db.transaction() as con:
         now = rt.now()
-        actor = members.require(con, lock_id, user.uid, now)
+        # leaving is anyone's; removing another is an admin's, judged before the target is looked up (a guest
+        # learnt who was a member from 403 against 404: attack run 75)
+        actor = members.require(con, lock_id, user.uid, now, at_least="guest" if uid == user.uid else "admin")
         users.refuse_caller(con, user)  # a removal is never held to the budget: a member is let out at once
         target = members.require_target(con, lock_id, uid)
         locks.revoke_member(con, lock_id, actor, target, now)

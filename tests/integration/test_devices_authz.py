@@ -727,3 +727,58 @@ def test_refused_requests_are_logged_a_few_a_minute_and_every_one_counted(world:
     assert sum("further_this_minute" in d for (d,) in logged) == sum(
         n >= audit.DENIALS_LOGGED_PER_MINUTE for n in counted
     )
+
+
+def test_a_refusal_to_change_a_lock_does_not_wait_for_the_door_deciding(world: World, relay_db: Any) -> None:
+    """Attack run 75: an owner's change asks the lock's row ``FOR UPDATE``, which a voice decision holds ``FOR
+    SHARE`` through its forward pass; a removed member's or a guest's refused rename waited for it (0.3 s late while
+    the door decided, 503 ``database_busy`` past the statement timeout): a stranger's did not, so whoever had once
+    been let in learnt when someone was at the door. Only one who may make the change waits now."""
+    lock = world.lock_id
+    with relay_db.transaction() as con:  # the door deciding (a decision's hold on the lock's row)
+        con.run("SELECT 1 FROM locks WHERE id = CAST(:l AS uuid) FOR SHARE", l=lock)
+        for role, status, code in [
+            ("revoked", 404, "lock_not_found"),
+            ("guest_in", 403, "role_too_low"),
+            ("guest_out", 403, "role_too_low"),
+            ("member", 403, "role_too_low"),
+        ]:
+            renamed = world.devices.patch(f"/devices/locks/{lock}", json={"name": "x"}, headers=world.headers(role))
+            assert (renamed.status_code, renamed.get_json()["error"]["code"]) == (status, code), role
+            deleted = world.devices.delete(f"/devices/locks/{lock}", headers=world.headers(role))
+            offered = world.devices.post(
+                f"/devices/locks/{lock}/transfer", json={"uid": world.uid("admin")}, headers=world.headers(role)
+            )
+            for refused in (deleted, offered):
+                assert (refused.status_code, refused.get_json()["error"]["code"]) == (status, code), role
+        accepted = world.devices.post(f"/devices/locks/{lock}/transfer/accept", headers=world.headers("revoked"))
+        assert (accepted.status_code, accepted.get_json()["error"]["code"]) == (404, "lock_not_found")
+    with relay_db.connection() as con:  # each refusal of a member counted (they went unrecorded)
+        counted = con.run(
+            "SELECT action, sum(n) FROM audit_denial_counts WHERE actor = :a AND lock_id = CAST(:l AS uuid)"
+            " GROUP BY action ORDER BY action",
+            a=f"user:{world.uid('member')}",
+            l=lock,
+        )
+    assert [(action, int(n)) for action, n in counted] == [
+        ("lock.delete", 1),
+        ("lock.transfer_offer", 1),
+        ("lock.update", 1),
+    ]
+
+
+def test_removing_another_member_is_refused_to_guests_and_members_whoever_it_names(world: World, sign_up: Any) -> None:
+    """Attack run 75: the member named in a removal was looked up before the caller's right to remove anyone, so a
+    guest or a member told the lock's members (403 ``role_too_low``), its owner (403 ``cannot_remove_owner``) and
+    everyone else (404 ``member_not_found``) apart. All three are the same 403 now; leaving stays anyone's."""
+    nobody = fresh_user(world, sign_up)
+    for caller in ("guest_in", "guest_out", "member"):
+        for named in (world.uid("owner"), world.uid("admin"), world.uid("revoked"), nobody, "made-up-uid"):
+            refused = world.devices.delete(
+                f"/devices/locks/{world.lock_id}/members/{named}", headers=world.headers(caller)
+            )
+            assert (refused.status_code, refused.get_json()["error"]["code"]) == (403, "role_too_low"), (caller, named)
+    left = world.devices.delete(
+        f"/devices/locks/{world.lock_id}/members/{world.uid('guest_out')}", headers=world.headers("guest_out")
+    )
+    assert left.status_code == 204
