@@ -249,6 +249,26 @@ def test_a_body_with_a_content_coding_is_refused_not_read_as_if_plain(coding: st
     assert [sent_with(none).status_code for none in ("", "identity", "Identity")] == [200, 200, 200]
 
 
+def test_the_platforms_trace_id_is_the_request_id_and_the_callers_own_is_logged_beside_it(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Attack run 75: the caller's ``X-Request-Id`` came before the platform's trace id, so anyone could have their
+    requests logged under another request's id (one a user quoted to support)."""
+    from lockwise.core import log as lwlog
+
+    lwlog.configure("unit-test")
+    headers = {"X-Request-Id": "chosen", "X-Cloud-Trace-Context": "105445aa7843bc8bf206b12000100000/1;o=1"}
+    resp = call(make_api(), "GET", "/unit/items/missing", headers=headers)
+    assert resp.headers["X-Request-Id"] == "105445aa7843bc8bf206b12000100000"
+    assert json.loads(resp.get_data())["error"]["request_id"] == "105445aa7843bc8bf206b12000100000"
+    [request] = [r for r in map(json.loads, capsys.readouterr().out.splitlines()) if r["message"] == "request"]
+    assert request["request_id"] == "105445aa7843bc8bf206b12000100000"
+    assert request["callers_request_id"] == "chosen"
+    logging.getLogger().handlers.clear()
+    alone = call(make_api(), "GET", "/unit/items/missing", headers={"X-Request-Id": "chosen"})
+    assert alone.headers["X-Request-Id"] == "chosen"  # no platform in front (the local stack): the caller's
+
+
 def test_request_id_is_generated_when_absent_or_unsafe() -> None:
     resp = call(make_api(), "POST", "/unit/echo", json={"a": 1}, headers={"X-Request-Id": "bad id; with <html>"})
     assert resp.status_code == 200

@@ -28,3 +28,17 @@ def test_records_are_json_lines_with_severity_message_and_request_id(capsys: pyt
     assert lines[1]["severity"] == "INFO" and lines[1]["message"] == "plain message"
     assert "request_id" not in lines[1]
     logging.getLogger().handlers.clear()
+
+
+def test_a_record_is_one_line_whatever_line_ends_its_values_hold(capsys: pytest.CaptureFixture[str]) -> None:
+    """Attack run 75: a path or an error holding U+0085, U+2028 or U+2029 was written as it was, and a reader that
+    ends lines on them (Python's ``str.splitlines``) read 18 lines of 12 broken records out of 8."""
+    lwlog.configure("unit-test")
+    logger = logging.getLogger("lockwise.unit")
+    odd = "a\u2028b\u0085c\u2029d\re\nf é"
+    lwlog.event(logger, "request", path=f"/devices/{odd}", error=odd)
+    out = capsys.readouterr().out
+    logging.getLogger().handlers.clear()
+    [line] = out.splitlines()
+    record = json.loads(line)
+    assert record["path"] == f"/devices/{odd}" and record["error"] == odd

@@ -218,14 +218,17 @@ def json_response(body: Any, status: int = 200, headers: dict[str, str] | None =
     )
 
 
-def _request_id(request: flask.Request) -> str:
+def _request_id(request: flask.Request) -> tuple[str, str | None]:
+    """The request's id, and the caller's own when it is not that: the platform's trace id first (Google's front end
+    sets ``X-Cloud-Trace-Context`` on every request), then the caller's ``X-Request-Id``, then a new one. The caller's
+    came first, so anyone could have their requests logged under an id another request had, one a user quoted to
+    support say (attack run 75)."""
     given = request.headers.get("X-Request-Id", "")
-    if _REQUEST_ID_RE.fullmatch(given):
-        return given
+    given_ok = _REQUEST_ID_RE.fullmatch(given) is not None
     trace = request.headers.get("X-Cloud-Trace-Context", "").split("/", 1)[0]
     if _REQUEST_ID_RE.fullmatch(trace):
-        return trace
-    return uuid.uuid4().hex
+        return trace, given if given_ok and given != trace else None
+    return (given if given_ok else uuid.uuid4().hex), None
 
 
 class Api:
@@ -281,7 +284,7 @@ class Api:
         return register
 
     def __call__(self, request: flask.Request) -> flask.Response:
-        request_id = _request_id(request)
+        request_id, callers_id = _request_id(request)
         token = request_id_var.set(request_id)
         started = time.perf_counter()
         status = 500
@@ -301,6 +304,7 @@ class Api:
                 status=status,
                 latency_ms=round((time.perf_counter() - started) * 1000, 2),
                 httpRequest={"requestMethod": request.method, "requestUrl": request.path, "status": status},
+                **({} if callers_id is None else {"callers_request_id": callers_id}),
             )
             request_id_var.reset(token)
 

@@ -45,7 +45,9 @@ class JsonFormatter(logging.Formatter):
                 entry[key] = value
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry, default=str, ensure_ascii=False)
+        # every character past ASCII escaped: U+0085, U+2028 and U+2029 in a path or an error split a record in two
+        # for a reader that ends lines on them as Python's ``str.splitlines`` does (attack run 75)
+        return json.dumps(entry, default=str, ensure_ascii=True)
 
 
 def _severity(levelno: int) -> str:
