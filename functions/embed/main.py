@@ -89,7 +89,7 @@ def enrollment_status(ctx: Ctx) -> JsonBody:
 def delete_voice_data(ctx: Ctx) -> Result:
     user = app_user(ctx)
     with rt.db.transaction() as con:
-        erasure.forget_voice(con, user.uid)
+        erasure.forget_voice(con, user.uid, "requested")
     rt.flush_mirror()
     return flask.Response(status=204)
 

@@ -4,6 +4,8 @@ code, so the statements live here, as the voice tables' retention does in ``lock
 
 from __future__ import annotations
 
+from typing import Literal
+
 from lockwise.core import mirror
 from lockwise.core.db import Connection
 
@@ -13,8 +15,12 @@ from lockwise.core.db import Connection
 VOICE_LOCK = "SELECT pg_advisory_xact_lock(hashtextextended('voice ' || :u, 0))"
 
 
-def forget_voice(con: Connection, uid: str) -> int:
-    """Delete all of ``uid``'s voice data; returns the number of voiceprint rows removed.
+#: why a user's voice data was erased (``voice_erasures.reason``, migration 0068; ``GET /embed/enrollment`` says it)
+ErasureReason = Literal["requested", "address_verified", "account_gone"]
+
+
+def forget_voice(con: Connection, uid: str, reason: ErasureReason) -> int:
+    """Delete all of ``uid``'s voice data, for ``reason``; returns the number of voiceprint rows removed.
 
     Comparison results tied to it go too: the scores of every attempt scored against it (as the best candidate or
     the runner-up, accepted or rejected), and the fingerprints of the enrollment samples (with the voiceprint), of
@@ -62,8 +68,10 @@ def forget_voice(con: Connection, uid: str) -> int:
     # answered: attack run 20), and under the lock, so it is later than the start of every enrollment that stored
     # before.
     con.run(
-        "INSERT INTO voice_erasures (user_uid, erased_at) SELECT uid, clock_timestamp() FROM users WHERE uid = :u"
-        " ON CONFLICT (user_uid) DO UPDATE SET erased_at = EXCLUDED.erased_at",
+        "INSERT INTO voice_erasures (user_uid, erased_at, reason)"
+        " SELECT uid, clock_timestamp(), :r FROM users WHERE uid = :u"
+        " ON CONFLICT (user_uid) DO UPDATE SET erased_at = EXCLUDED.erased_at, reason = EXCLUDED.reason",
         u=uid,
+        r=reason,
     )
     return removed

@@ -10,6 +10,10 @@ from lockwise.core import audit, erasure, errors
 from lockwise.core.auth import User
 from lockwise.core.db import Connection
 
+#: who the audit log names for a voice dropped as the account's address is seen verified (it named the user's bare
+#: uid, as no other row names anyone)
+AUDIT_ACTOR = "system:addresses"
+
 
 def stored_email(user: User) -> str | None:
     """The address ``upsert`` records for ``user``: theirs (``inputs.email_key``'s form, as the token verifier gives
@@ -76,8 +80,8 @@ def address_verified(con: Connection, uid: str) -> None:
         u=uid,
     )
     if marked[0][0]:
-        erasure.forget_voice(con, uid)
-        audit.record(con, uid, "voice.dropped_address_verified", "ok", target=uid)
+        erasure.forget_voice(con, uid, "address_verified")
+        audit.record(con, AUDIT_ACTOR, "voice.dropped_address_verified", "ok", target=uid)
 
 
 def refuse_unverified_enrollment(con: Connection, user: User) -> None:

@@ -41,7 +41,7 @@ def end(db: Database, now: Callable[[], dt.datetime]) -> int:
             with db.transaction() as con:
                 if locks.leave_every_lock(con, uid, now(), account_gone=True) is None:
                     continue  # found again by another flush's sweep meanwhile: a live account, left as it is
-                erasure.forget_voice(con, uid)  # biometric data kept for nobody
+                erasure.forget_voice(con, uid, "account_gone")  # biometric data kept for nobody
                 # nor a document of the app's for nobody: the erasure's ``voice_enrolled: false`` made one for an
                 # account that had none and kept it for good (attack run 46)
                 mirror.enqueue(con, mirror.user_doc(uid), "delete")

@@ -105,7 +105,15 @@ def _sealed(samples_id: bytes, embedding: bytes) -> bytes:
 def status(con: Connection, uid: str, current_model_id: str) -> dict[str, Any]:
     rows = rows_as_dicts(con, "SELECT model_id, sample_count, created_at FROM voiceprints WHERE user_uid = :u", u=uid)
     if not rows:
-        return {"enrolled": False, "needs_reenrollment": False, "current_model_id": current_model_id}
+        answer: dict[str, Any] = {"enrolled": False, "needs_reenrollment": False, "current_model_id": current_model_id}
+        # why the voice the member may remember enrolling is gone (a voice enrolled before the account's address was
+        # verified is dropped then, and the member was told only ``enrolled: false``)
+        erased = con.run(
+            "SELECT reason, erased_at FROM voice_erasures WHERE user_uid = :u AND reason IS NOT NULL", u=uid
+        )
+        if erased:
+            answer["forgotten"] = {"reason": erased[0][0], "at": erased[0][1].isoformat()}
+        return answer
     row = rows[0]
     return {
         "enrolled": True,
