@@ -513,7 +513,7 @@ def relay_flush(ctx: Ctx) -> JsonBody:
 @api.route("GET", "/devices/operator/ownerless-locks")
 def list_ownerless_locks(ctx: Ctx) -> JsonBody:
     user = app_user(ctx)
-    ownerless.require_operator(user)
+    ownerless.require_operator(user, accounts_directory)
     with rt.db.connection() as con:
         users.refuse_caller(con, user)
         return {"locks": ownerless.listed(con, rt.now())}
@@ -522,7 +522,7 @@ def list_ownerless_locks(ctx: Ctx) -> JsonBody:
 @api.route("POST", "/devices/operator/locks/<lock_id>/owner")
 def hand_over_ownerless_lock(ctx: Ctx, lock_id: str) -> JsonBody:
     user = app_user(ctx)
-    ownerless.require_operator(user)
+    ownerless.require_operator(user, accounts_directory)
     lock_id = lock_param(lock_id)
     to_uid = members.parse_uid(ctx.json(("uid",)).get("uid"))
     with rt.db.transaction() as con:
@@ -536,7 +536,7 @@ def hand_over_ownerless_lock(ctx: Ctx, lock_id: str) -> JsonBody:
 @api.route("DELETE", "/devices/operator/locks/<lock_id>")
 def delete_ownerless_lock(ctx: Ctx, lock_id: str) -> flask.Response:
     user = app_user(ctx)
-    ownerless.require_operator(user)
+    ownerless.require_operator(user, accounts_directory)
     lock_id = lock_param(lock_id)
     with rt.db.transaction() as con:
         users.refuse_caller(con, user)

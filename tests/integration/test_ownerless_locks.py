@@ -423,3 +423,29 @@ def test_an_operators_hand_over_and_the_takers_leaving_every_lock_do_not_deadloc
     )
     assert race.blocked, "the hand-over waits for the taker's users row"
     assert race.leaving_error is None and race.status in (200, 404, 409), race
+
+
+def test_an_operator_whose_claim_is_taken_away_acts_no_more_with_the_tokens_from_before(
+    clients: dict[str, Any], world: World, stack_env: dict[str, str], sign_up: Any
+) -> None:
+    """The note of stop 65: a claim taken away stays in the ID tokens issued before for up to an hour, and the former
+    operator listed, handed over and deleted other people's locks for that hour. Firebase Auth is asked as well."""
+    devices = clients["devices"]
+    account = sign_up()
+    assert devices.get("/devices/me", headers=bearer(account)).status_code == 200
+    host = stack_env["FIREBASE_AUTH_EMULATOR_HOST"]
+    admin_call(
+        stack_env, "accounts:update", {"localId": account["localId"], "customAttributes": '{"lockwise_operator": true}'}
+    )
+    before = bearer(sign_in(host, account["email"]))
+    listing, owner_path, lock_path = paths(world)
+    assert devices.get(listing, headers=before).status_code == 200
+    admin_call(stack_env, "accounts:update", {"localId": account["localId"], "customAttributes": "{}"})
+    assert error_code(devices.get(listing, headers=before)) == (403, "not_an_operator")
+    delete_account(stack_env, world.uid("owner"))
+    flush(clients, stack_env)
+    handed = devices.post(owner_path, json={"uid": world.uid("admin")}, headers=before)
+    assert error_code(handed) == (403, "not_an_operator")
+    assert error_code(devices.delete(lock_path, headers=before)) == (403, "not_an_operator")
+    # one whose claim was never there is refused without asking Firebase Auth, as before
+    assert error_code(devices.get(listing, headers=world.headers("admin"))) == (403, "not_an_operator")

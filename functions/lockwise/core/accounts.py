@@ -68,6 +68,13 @@ class Directory(Protocol):
         ...
 
 
+class Claims(Protocol):
+    def custom_claims(self, uid: str) -> dict[str, object]:
+        """The custom claims ``uid``'s account has now (none: no such account, or it is disabled);
+        ``DirectoryError`` when that cannot be told."""
+        ...
+
+
 class IdentityToolkit:
     """Firebase Auth's REST API (``accounts:lookup``), production's or the Auth emulator's."""
 
@@ -90,6 +97,21 @@ class IdentityToolkit:
         if user is None or user.get("emailVerified") is not True or user.get("disabled") is True:
             return None
         return inputs.email_key(user.get("email"))
+
+    def custom_claims(self, uid: str) -> dict[str, object]:
+        user = self._users([uid]).get(uid)
+        if user is None or user.get("disabled") is True:
+            return {}
+        raw = user.get("customAttributes")  # a JSON object as a string, absent when none were set
+        if raw is None:
+            return {}
+        try:
+            claims = json.loads(raw) if isinstance(raw, str) else None
+        except ValueError:
+            claims = None
+        if not isinstance(claims, dict):
+            raise DirectoryError("Firebase Auth answered custom claims that are not a JSON object")
+        return claims
 
     def _users(self, uids: Sequence[str]) -> dict[str, dict[str, object]]:
         """The accounts ``accounts:lookup`` finds, by uid."""

@@ -307,7 +307,8 @@ class Api:
                 status=status,
                 latency_ms=round((time.perf_counter() - started) * 1000, 2),
                 httpRequest={"requestMethod": request.method, "requestUrl": request.path, "status": status},
-                **said,
+                callers_request_id=said.get("callers_request_id"),
+                trace_id=said.get("trace_id"),
             )
             request_id_var.reset(token)
 

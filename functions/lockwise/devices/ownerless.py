@@ -10,9 +10,10 @@ account stands is its owner's alone: an operator's hand cannot take it.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 from typing import Any
 
-from lockwise.core import audit, errors, users
+from lockwise.core import accounts, audit, errors, users
 from lockwise.core.auth import User
 from lockwise.core.db import Connection
 from lockwise.devices import locks, members, transfer_offers
@@ -23,10 +24,21 @@ OPERATOR_CLAIM = "lockwise_operator"
 LISTED = 100
 
 
-def require_operator(user: User) -> None:
-    """403 ``not_an_operator`` unless ``user`` is one of LockWise's operators."""
+def require_operator(user: User, directory: Callable[[], accounts.Claims]) -> None:
+    """403 ``not_an_operator`` unless ``user`` is one of LockWise's operators: their token says so, and Firebase Auth
+    still does (one ``accounts:lookup`` call, asked only for a token that says so; 503 ``accounts_unavailable`` when it
+    cannot tell). A claim taken away stays in the ID tokens issued before for up to an hour, and a former operator
+    handed and deleted other people's locks for that hour (the note of stop 65)."""
     if user.claims.get(OPERATOR_CLAIM) is not True:
         raise errors.Forbidden("this is for LockWise's operators", code="not_an_operator")
+    try:
+        current = directory().custom_claims(user.uid)  # made here: no credentials is a DirectoryError too
+    except accounts.DirectoryError as exc:
+        raise errors.Unavailable(
+            "your operator's claim could not be confirmed with Firebase Auth; try again", code="accounts_unavailable"
+        ) from exc
+    if current.get(OPERATOR_CLAIM) is not True:
+        raise errors.Forbidden("this account is no longer one of LockWise's operators", code="not_an_operator")
 
 
 def listed(con: Connection, now: dt.datetime) -> list[dict[str, Any]]:
