@@ -12,6 +12,7 @@ which would act on it a second time (attack runs 48, 49 and a review).
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -135,21 +136,31 @@ def _behind_another_relay(con: Connection, rows: list[dict[str, Any]]) -> set[st
 ROUND_BUDGET_S = 5.0
 
 
-def _in_waves(publish: Publish, due: list[tuple[Delivery, str, int]]) -> list[tuple[Delivery, bool]]:
+def _in_waves(publish: Publish, due: list[tuple[Delivery, str, float]], read_at: float) -> list[tuple[Delivery, bool]]:
     """Publish ``due`` (in the order made) so that each lock gets its commands one after another: a wave holds the
     next command of every lock whose earlier ones the broker took, and a lock whose command was not taken gets no
     later one this round (published together, a later command acknowledged while an earlier one timed out reached the
     lock first, and the earlier one came after it next round). One wave is one broker round trip; a lock rarely has
     two commands due at once. Returns each command published and whether the broker took it (one it did not
-    acknowledge may have reached the lock all the same)."""
-    queues: dict[str, list[tuple[Delivery, str, int]]] = {}
+    acknowledge may have reached the lock all the same).
+
+    Each command's time left (seconds, as read at ``read_at``, ``time.monotonic()``) is what is left at its own wave:
+    it was the round's start's, so the broker could hand a command on up to a round's budget past its expiry. One
+    whose time ran out before its wave is not published (the next round marks it expired), nor is any later one of
+    its lock this round."""
+    queues: dict[str, list[tuple[Delivery, str, float]]] = {}
     for item in due:
         queues.setdefault(item[0].lock_id, []).append(item)
     published: list[tuple[Delivery, bool]] = []
     deadline = time.monotonic() + ROUND_BUDGET_S
     while queues and time.monotonic() < deadline:  # the first wave always goes
+        elapsed = time.monotonic() - read_at
+        for lock_id in [lock for lock, queue in queues.items() if queue[0][2] - elapsed < 1]:
+            del queues[lock_id]  # under a second left: the broker's expiry counts whole seconds
+        if not queues:
+            break
         wave = [queue[0] for queue in queues.values()]
-        taken = publish([(d.topic, payload, ttl) for d, payload, ttl in wave])
+        taken = publish([(d.topic, payload, math.floor(left - elapsed)) for d, payload, left in wave])
         for (delivery, _, _), ok in zip(wave, taken, strict=True):
             published.append((delivery, ok))
             if ok:
@@ -171,10 +182,11 @@ def deliver_due(db: Database, publish: Publish, *, resend_after_s: int, limit: i
         # a re-send waits for nothing newer to its lock (a lost unlock re-sent after a later lock left the door
         # unlocked: attack run), and for an issuer still a member whose commands were not withdrawn since (a removed
         # member's unlock was re-sent; one claimed but not published as a guest's window moved went out after it)
+        read_at = time.monotonic()  # (each command's time left is read as the statement runs)
         rows = rows_as_dicts(
             con,
             "SELECT c.id::text AS id, c.lock_id::text AS lock_id, c.payload, cr.mqtt_username AS identity, c.status,"
-            " c.created_at, CAST(floor(EXTRACT(EPOCH FROM c.expires_at - now())) AS integer) AS ttl, "
+            " c.created_at, EXTRACT(EPOCH FROM c.expires_at - clock_timestamp())::float8 AS ttl, "
             + members.issuer_gone_sql("c")  # nor for an account found disabled or deleted since
             # made for another device (one made before migration 0061: published to another), NULL (false) if not
             + " AS issuer_gone, coalesce(c.made_for <> cr.id, c.sent_to <> cr.mqtt_username) AS paired_since,"
@@ -219,12 +231,12 @@ def deliver_due(db: Database, publish: Publish, *, resend_after_s: int, limit: i
             if r["identity"] is not None and not r["issuer_gone"] and not r["paired_since"] and r["id"] not in behind
         ]
         due = [
-            (Delivery(r["id"], r["lock_id"], str(r["identity"])), str(r["payload"]), max(1, r["ttl"]))
+            (Delivery(r["id"], r["lock_id"], str(r["identity"])), str(r["payload"]), float(r["ttl"]))
             for r in _within_unanswered(sendable)
         ]
         if not due:
             return delivered
-        published = _in_waves(publish, due)  # the rest: next round
+        published = _in_waves(publish, due, read_at)  # the rest: next round
         # each published one records where it went, taken by the broker or not (sent again only there); taken, sent
         con.run(
             "UPDATE commands c SET sent_to = d.identity,"
