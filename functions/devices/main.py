@@ -217,7 +217,7 @@ def accept_transfer(ctx: Ctx, lock_id: str) -> JsonBody:
     user, lock_id = app_user(ctx), lock_param(lock_id)
     with rt.db.transaction() as con:
         now = rt.now()
-        taker = members.require(con, lock_id, user.uid, now, for_update=True)
+        taker = transfers.taker(con, lock_id, user.uid, now)
         transfers.accept(con, lock_id, user, taker, rt.settings.locks_per_owner, now)
         view = locks.view(con, lock_id, "owner")
     rt.flush_mirror()

@@ -753,6 +753,9 @@ def test_a_refusal_to_change_a_lock_does_not_wait_for_the_door_deciding(world: W
                 assert (refused.status_code, refused.get_json()["error"]["code"]) == (status, code), role
         accepted = world.devices.post(f"/devices/locks/{lock}/transfer/accept", headers=world.headers("revoked"))
         assert (accepted.status_code, accepted.get_json()["error"]["code"]) == (404, "lock_not_found")
+        for role in ("guest_in", "guest_out", "member", "admin"):  # no offer to them (attack run 76: they waited)
+            accepted = world.devices.post(f"/devices/locks/{lock}/transfer/accept", headers=world.headers(role))
+            assert (accepted.status_code, accepted.get_json()["error"]["code"]) == (404, "transfer_not_found"), role
     with relay_db.connection() as con:  # each refusal of a member counted (they went unrecorded)
         counted = con.run(
             "SELECT action, sum(n) FROM audit_denial_counts WHERE actor = :a AND lock_id = CAST(:l AS uuid)"

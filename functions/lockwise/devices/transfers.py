@@ -86,6 +86,23 @@ def offer(con: Connection, lock_id: str, giver: User, to_uid: str, now: dt.datet
     return _present(lock_id, from_uid, to_uid, now, expires)
 
 
+def taker(con: Connection, lock_id: str, uid: str, now: dt.datetime) -> members.Membership:
+    """The membership of ``uid``, who accepts an offer of the lock, held for the change (the lock's row ``FOR
+    UPDATE``), once an offer to them is seen standing without any lock (404 ``transfer_not_found`` otherwise; the
+    owner, accepting again, has none). Asked first, the lock's row waited for a voice decision holding it, and a
+    guest with no offer learnt from the wait, and from a 503 past the statement timeout, when someone was at the
+    door (attack run 76)."""
+    seen = members.require(con, lock_id, uid, now)  # (the lock's row ``KEY SHARE``: it waits for no decision)
+    if seen.role != "owner" and not con.run(
+        "SELECT 1 FROM lock_transfer_offers WHERE lock_id = CAST(:l AS uuid) AND to_uid = :u AND expires_at > :n",
+        l=lock_id,
+        u=uid,
+        n=now,
+    ):
+        raise _none_for_you()
+    return members.require(con, lock_id, uid, now, for_update=True)
+
+
 def accept(
     con: Connection,
     lock_id: str,
