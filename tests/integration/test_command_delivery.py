@@ -953,7 +953,8 @@ def on_a_devices_instance_off_by(monkeypatch: pytest.MonkeyPatch, ahead_s: float
 
     runtime = get_runtime("devices")
     monkeypatch.setattr(runtime, "clock", lambda: utc_now() + dt.timedelta(seconds=ahead_s))
-    monkeypatch.setattr(runtime, "_clock_off", (dt.timedelta(0), None))
+    monkeypatch.setattr(runtime, "clock_set_by_database", True)  # (replacing the clock turned it off)
+    runtime.database_clock.forget()
 
 
 def expire(db: Database, world: World, role: str, seconds_from_now: float) -> None:

@@ -645,7 +645,6 @@ def test_invitations_live_and_expire_on_the_functions_clock(
     as every membership check is: they were judged on the database's clock and the machine's."""
     rt = get_runtime("devices")
     start = dt.datetime.now(dt.UTC).replace(microsecond=0)
-    monkeypatch.setattr(rt, "clock_set_by_database", False)  # the runtime's clock, moved below, is the time
     monkeypatch.setattr(rt, "clock", lambda: start)
     invitee, admin, guest = sign_up(), sign_up(), sign_up()
     for account in (invitee, admin, guest):

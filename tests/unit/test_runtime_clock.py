@@ -1,5 +1,6 @@
-"""An instance's clock set by the database's (``Runtime.now``): a fast check of its reading beside the real one in
-``tests/integration/test_command_delivery.py`` (instances 50 s ahead and behind a real PostgreSQL)."""
+"""An instance's clock set by the database's (``lockwise.core.db_clock``, ``Runtime.now``): a fast check of its
+readings beside the real one in ``tests/integration/test_command_delivery.py`` (instances 50 s ahead and behind a
+real PostgreSQL)."""
 
 from __future__ import annotations
 
@@ -12,8 +13,7 @@ from typing import Any
 
 import pytest
 
-from lockwise.core import errors
-from lockwise.core import runtime as runtime_module
+from lockwise.core import db_clock, errors
 from lockwise.core.config import Settings
 from lockwise.core.runtime import Runtime
 
@@ -21,62 +21,110 @@ START = dt.datetime(2026, 12, 6, 12, 0, tzinfo=dt.UTC)
 
 
 class Database:
-    """A pool whose one connection answers the database's clock, ``ahead`` of the instance's; ``busy``: no connection
-    free (503 ``database_busy``, as the pool answers when every slot is lent)."""
+    """A pool whose one connection answers the database's clock, ``ahead`` of the instance's. ``refusing``: the
+    error a borrow meets (``database_busy``: every connection lent; ``database_unavailable``: it does not answer);
+    ``silent``: the pool last found the server not answering; ``round_trip_s``: the instance's clock moves that much
+    while the statement runs."""
 
-    def __init__(self, ahead: dt.timedelta) -> None:
-        self.ahead = ahead
-        self.busy = False
+    def __init__(self, ahead: dt.timedelta, now: list[dt.datetime]) -> None:
+        self.ahead, self.now = ahead, now
+        self.refusing: str | None = None
+        self.silent = False
+        self.round_trip_s = 0.0
         self.read = 0
         self.slot_waits: list[float] = []
 
     @contextmanager
     def connection(self, slot_wait_s: float = 30.0) -> Iterator[Any]:
         self.slot_waits.append(slot_wait_s)
-        if self.busy:
-            raise errors.Unavailable("database pool exhausted", code="database_busy")
+        if self.refusing is not None:
+            raise errors.Unavailable("refused", code=self.refusing)
         yield self
 
     def run(self, sql: str, **params: Any) -> Any:
         assert sql == "SELECT clock_timestamp()"
         self.read += 1
-        return [[START + self.ahead]]
+        answer = self.now[0] + dt.timedelta(seconds=self.round_trip_s / 2) + self.ahead  # (read half way)
+        self.now[0] += dt.timedelta(seconds=self.round_trip_s)
+        return [[answer]]
+
+
+@pytest.fixture
+def ticks(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """``time.monotonic``, moved by the test."""
+    at = [1000.0]
+    monkeypatch.setattr(time, "monotonic", lambda: at[0])
+    return at
 
 
 def instance(ahead_s: float) -> tuple[Runtime, Database]:
-    rt = Runtime(Settings.from_env({}, component="devices"), clock=lambda: START)
-    db = Database(dt.timedelta(seconds=ahead_s))
+    now = [START]
+    rt = Runtime(Settings.from_env({}, component="devices"), clock=lambda: now[0])
+    db = Database(dt.timedelta(seconds=ahead_s), now)
     rt.__dict__["db"] = db  # the cached property, made
     return rt, db
 
 
-def test_now_is_the_instance_clock_moved_to_the_databases_and_read_once_a_minute(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    ticks = [1000.0]
-    monkeypatch.setattr(time, "monotonic", lambda: ticks[0])
+def test_now_is_the_instance_clock_moved_to_the_databases_and_read_once_a_minute(ticks: list[float]) -> None:
     rt, db = instance(-50.0)
     assert rt.now() == START - dt.timedelta(seconds=50)
     assert rt.now() == START - dt.timedelta(seconds=50)
     assert db.read == 1
     assert db.slot_waits == [0.0]  # never waits for a slot: its caller may hold the others
     db.ahead = dt.timedelta(seconds=2)  # the instance's clock stepped
-    ticks[0] += runtime_module.CLOCK_READ_TTL_S + 1
+    ticks[0] += db_clock.READ_EVERY_S + 1
     assert rt.now() == START + dt.timedelta(seconds=2)
     assert db.read == 2
 
 
-def test_a_database_that_cannot_be_asked_leaves_the_last_reading_and_is_asked_again_next_time() -> None:
+def test_a_busy_pool_leaves_the_last_reading_and_is_asked_again_after_a_while(ticks: list[float]) -> None:
     rt, db = instance(30.0)
-    db.busy = True
+    db.refusing = "database_busy"
     assert rt.now() == START  # never read: the instance's own
-    db.busy = False
+    db.refusing = None
+    assert rt.now() == START and db.read == 0  # not asked again at once
+    ticks[0] += db_clock.RETRY_AFTER_S
     assert rt.now() == START + dt.timedelta(seconds=30)
     assert db.read == 1
 
 
+def test_a_database_that_does_not_answer_is_waited_for_once_not_by_every_request(ticks: list[float]) -> None:
+    """Attack run 76: each ``now`` asked a database that did not answer again, each waiting its timeout, and the
+    request's own statements waited again after."""
+    rt, db = instance(30.0)
+    assert rt.now() == START + dt.timedelta(seconds=30)
+    ticks[0] += db_clock.READ_EVERY_S
+    db.refusing = "database_unavailable"
+    with pytest.raises(errors.Unavailable):  # the request is answered 503 at once
+        rt.now()
+    assert rt.now() == START + dt.timedelta(seconds=30)  # the next ones go by the last reading, not asking
+    assert len(db.slot_waits) == 2
+    ticks[0] += db_clock.RETRY_AFTER_S
+    db.refusing, db.silent = None, True  # the pool found the server silent since: it finds out for itself
+    assert rt.now() == START + dt.timedelta(seconds=30)
+    assert len(db.slot_waits) == 2
+
+
+def test_a_reading_whose_round_trip_was_slow_is_not_kept(ticks: list[float]) -> None:
+    rt, db = instance(30.0)
+    db.round_trip_s = db_clock.SLOWEST_READ_S + 0.1
+    assert rt.now() == START
+    ticks[0] += db_clock.RETRY_AFTER_S
+    db.round_trip_s = 0.002
+    rt.now()
+    assert rt.database_clock.offset == dt.timedelta(seconds=30)  # taken as read at the round trip's middle
+
+
+def test_a_test_that_replaces_the_clock_moves_time_by_it_alone() -> None:
+    """Attack run 76: a reading taken after a test moved the runtime's clock undid the move."""
+    rt, db = instance(30.0)
+    moved = START + dt.timedelta(days=8)
+    rt.clock = lambda: moved
+    assert rt.now() == moved and db.read == 0
+
+
 def test_an_instance_far_off_the_database_says_so(caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.WARNING, "lockwise.core.runtime")
+    caplog.set_level(logging.WARNING, "lockwise.core.db_clock")
     rt, _ = instance(0.5)
     rt.now()
     assert caplog.records == []

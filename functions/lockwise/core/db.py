@@ -254,6 +254,11 @@ class Database:
         self._finding_out = threading.Lock()
         self._tls: Any = None  # one ssl.SSLContext for every connection (loading the system CAs takes ~30 ms)
 
+    @property
+    def silent(self) -> bool:
+        """The server was last found not answering (one borrower at a time finds out whether it does again)."""
+        return self._silent
+
     def connect(self, timeout_s: float | None = None) -> Connection:
         """A new connection outside the pool (for LISTEN, migrations and tools); ``timeout_s``: to connect, instead
         of ``connect_timeout_s``."""

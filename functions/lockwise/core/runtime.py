@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import logging
 import threading
 import time
 from collections.abc import Callable
@@ -14,7 +13,8 @@ from typing import TYPE_CHECKING, Any
 from lockwise.core import errors, firestore, health, log, migrate, users
 from lockwise.core.auth import User
 from lockwise.core.config import Settings, get_settings
-from lockwise.core.db import Database, clock
+from lockwise.core.db import Database
+from lockwise.core.db_clock import DatabaseClock
 from lockwise.core.forking import in_each_child
 from lockwise.core.mirror import Flusher
 
@@ -22,17 +22,11 @@ if TYPE_CHECKING:
     from lockwise.core.id_tokens import IdTokenVerifier
 
 
-_log = logging.getLogger("lockwise.core.runtime")
-
 #: app users an instance remembers having recorded (a uid, an email, a time: ~150 bytes each)
 RECORDED_USERS_MAX = 10_000
 #: how long an instance takes a recorded user's row as it last read it (their account found deleted since: their
 #: requests are refused at most this long after, besides the per-user writes refusing at once: ``users.hold_caller``)
 RECORDED_USER_TTL_S = 60.0
-#: how long an instance goes by its last reading of how far its clock is from the database's (a round trip each time)
-CLOCK_READ_TTL_S = 60.0
-#: an instance whose clock is further than this from the database's says so in a warning at each reading
-CLOCK_OFF_WARN_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -51,49 +45,32 @@ class Runtime:
 
     def __init__(self, settings: Settings, clock: Callable[[], dt.datetime] = utc_now) -> None:
         self.settings = settings
-        self.clock = clock  # a test moves time by replacing it (lockout expiry, membership windows)
-        #: ``now`` is ``clock`` set by the database's; a test that moves time with ``clock`` turns this off
+        self._clock = clock
+        #: ``now`` is ``clock`` set by the database's (replacing ``clock`` turns it off)
         self.clock_set_by_database = True
+        self.database_clock = DatabaseClock(lambda: self.db)
         self._recorded_users: dict[str, Recorded] = {}  # uid -> what this instance recorded of them
-        #: the database's clock less this instance's, and when that was read (``time.monotonic()``; None: never)
-        self._clock_off: tuple[dt.timedelta, float | None] = (dt.timedelta(0), None)
         # functions-framework's gunicorn loads main.py in its master and forks the worker that serves: the worker
         # opens its first database connection as it boots (never the master: a socket must not cross the fork)
         in_each_child(self._after_fork)
 
+    @property
+    def clock(self) -> Callable[[], dt.datetime]:
+        """The instance's own clock (UTC)."""
+        return self._clock
+
+    @clock.setter
+    def clock(self, clock: Callable[[], dt.datetime]) -> None:
+        """A test moves time by replacing it (lockout expiry, membership windows): ``now`` is then that clock, not
+        set by the database's (a reading taken after the move undid it; attack run 76), unless the test says so."""
+        self._clock = clock
+        self.clock_set_by_database = False
+
     def now(self) -> dt.datetime:
         """The time every time-dependent decision of a handler is made at (UTC): the instance's clock set by the
-        database's, which verify decides by and commands are made by (``db.clock``), so that a membership's window,
-        an invitation's or offer's expiry and a pause begin and end at the same moment for every instance. An instance
-        whose clock ran 50 s ahead ended a guest's window 50 s early for the app while the door let her in (the
-        devices function stamped and compared those times by its own clock: the note of stop 65)."""
-        local = self.clock()
-        return local + self._clock_off_database() if self.clock_set_by_database else local
-
-    def _clock_off_database(self) -> dt.timedelta:
-        """How far the database's clock is from this instance's, read again (one round trip, on a pooled connection
-        if one is free at once: a caller may hold the others) once ``CLOCK_READ_TTL_S`` has passed; the last reading
-        (none: 0) while the database cannot be asked."""
-        off, read_at = self._clock_off
-        if read_at is not None and time.monotonic() - read_at < CLOCK_READ_TTL_S:
-            return off
-        try:
-            with self.db.connection(slot_wait_s=0.0) as con:
-                before = self.clock()
-                moment = clock(con)
-                after = self.clock()
-        except errors.Unavailable:
-            return off
-        off = moment - (before + (after - before) / 2)  # read at the round trip's middle
-        self._clock_off = (off, time.monotonic())
-        if abs(off.total_seconds()) > CLOCK_OFF_WARN_S:
-            log.event(
-                _log,
-                "this instance's clock is off the database's: its decisions go by the database's",
-                level=logging.WARNING,
-                database_ahead_s=round(off.total_seconds(), 3),
-            )
-        return off
+        database's (``lockwise.core.db_clock``)."""
+        local = self._clock()
+        return local + self.database_clock.offset_now(self._clock) if self.clock_set_by_database else local
 
     @cached_property
     def db(self) -> Database:
@@ -184,7 +161,16 @@ class Runtime:
             return {"migration": migrate.require_current(con)}
 
     def _after_fork(self) -> None:
-        threading.Thread(target=self.db.open_one, name="database-connect", daemon=True).start()
+        threading.Thread(target=self._open_database, name="database-connect", daemon=True).start()
+
+    def _open_database(self) -> None:
+        """A connection waiting in the pool, and the database's clock read on it (one round trip while the model
+        loads, not in the first request). Never raises: what failed, the first request meets again."""
+        self.db.open_one()
+        try:
+            self.now()
+        except errors.Unavailable:
+            pass
 
 
 @lru_cache(maxsize=1)
