@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -10,7 +11,7 @@ from dataclasses import dataclass
 from functools import cached_property, lru_cache
 from typing import TYPE_CHECKING, Any
 
-from lockwise.core import errors, firestore, health, log, migrate, users
+from lockwise.core import firestore, health, log, migrate, users
 from lockwise.core.auth import User
 from lockwise.core.config import Settings, get_settings
 from lockwise.core.db import Database
@@ -21,6 +22,8 @@ from lockwise.core.mirror import Flusher
 if TYPE_CHECKING:
     from lockwise.core.id_tokens import IdTokenVerifier
 
+
+_log = logging.getLogger("lockwise.core.runtime")
 
 #: app users an instance remembers having recorded (a uid, an email, a time: ~150 bytes each)
 RECORDED_USERS_MAX = 10_000
@@ -169,8 +172,8 @@ class Runtime:
         self.db.open_one()
         try:
             self.now()
-        except errors.Unavailable:
-            pass
+        except Exception:  # noqa: BLE001 - best effort, as ``open_one``: the first request reads it again
+            _log.warning("the database's clock was not read at boot")
 
 
 @lru_cache(maxsize=1)
