@@ -784,3 +784,48 @@ def test_removing_another_member_is_refused_to_guests_and_members_whoever_it_nam
         f"/devices/locks/{world.lock_id}/members/{world.uid('guest_out')}", headers=world.headers("guest_out")
     )
     assert left.status_code == 204
+
+
+def test_an_acceptance_tapped_twice_at_once_makes_the_owner_both_times(world: World, relay_db: Any) -> None:
+    """Attack run 77: the acceptance's first, unlocked look at the caller took the lock's row ``KEY SHARE``, and two
+    acceptances at once each waited for the other's ``FOR UPDATE`` on it: a deadlock, answered 503 (or, the offer read
+    after the first had committed, a 404 to its new owner). Before that change both were 200 (attack run 39), as they
+    are again: whoever comes second finds the caller the owner."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    lock, devices = world.lock_id, world.devices
+    path = f"/devices/locks/{lock}/transfer"
+    giver, taker = "owner", "member"
+    for held in (True, False, False, False):
+        assert devices.post(path, json={"uid": world.uid(taker)}, headers=world.headers(giver)).status_code == 202
+        both = threading.Barrier(2)
+
+        def accept(role: str = taker, go: threading.Barrier = both) -> tuple[int, str]:
+            go.wait()
+            resp = devices.post(f"{path}/accept", headers=world.headers(role))
+            return resp.status_code, resp.get_json().get("role", resp.get_json().get("error", {}).get("code"))
+
+        with ThreadPoolExecutor(2) as pool:
+            if held:  # the door deciding while both wait for the lock's row
+                with relay_db.transaction() as con:
+                    con.run("SELECT 1 FROM locks WHERE id = CAST(:l AS uuid) FOR SHARE", l=lock)
+                    answers = [pool.submit(accept) for _ in range(2)]
+                    waiting_for_a_row(relay_db, 2)
+            else:
+                answers = [pool.submit(accept) for _ in range(2)]
+            assert [a.result(30) for a in answers] == [(200, "owner"), (200, "owner")], held
+        giver, taker = taker, giver
+
+
+def waiting_for_a_row(db: Any, n: int, timeout_s: float = 10.0) -> None:
+    """Until ``n`` sessions wait for a row lock (or fail when they never do)."""
+    import time
+
+    deadline, con = time.monotonic() + timeout_s, db.connect()  # (its own: the pool's one holds the row)
+    try:
+        while (waiting := con.run("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'")[0][0]) < n:
+            assert time.monotonic() < deadline, f"{waiting} of {n} sessions came to wait for a row"
+            time.sleep(0.02)
+    finally:
+        con.close()

@@ -341,6 +341,13 @@ def require(
     return _judge(get(con, lock_id, uid, for_update=for_update, lock_row=lock_row), now, at_least, operate)
 
 
+def require_unlocked(con: Connection, lock_id: str, uid: str, now: dt.datetime) -> Membership:
+    """``require``'s judgement of the caller, read without any lock, the lock's row's too (inside a transaction,
+    ``require`` takes it ``KEY SHARE``, and a later ``FOR UPDATE`` of the same row by two such transactions is a
+    deadlock: attack run 77)."""
+    return _judge(get(con, lock_id, uid), now, "guest", False)
+
+
 def _judge(membership: Membership | None, now: dt.datetime, at_least: str, operate: bool) -> Membership:
     if membership is None or not membership.active(now):
         raise errors.NotFound("lock not found", code="lock_not_found")

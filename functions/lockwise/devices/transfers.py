@@ -91,14 +91,15 @@ def taker(con: Connection, lock_id: str, uid: str, now: dt.datetime) -> members.
     UPDATE``), once an offer to them is seen standing without any lock (404 ``transfer_not_found`` otherwise; the
     owner, accepting again, has none). Asked first, the lock's row waited for a voice decision holding it, and a
     guest with no offer learnt from the wait, and from a 503 past the statement timeout, when someone was at the
-    door (attack run 76)."""
-    seen = members.require(con, lock_id, uid, now)  # (the lock's row ``KEY SHARE``: it waits for no decision)
-    if seen.role != "owner" and not con.run(
+    door (attack run 76). The offer is read before the membership: an acceptance of it that commits between the two
+    shows as the caller's ownership (read the other way round, a second tap was a 404; attack run 77)."""
+    offered = con.run(
         "SELECT 1 FROM lock_transfer_offers WHERE lock_id = CAST(:l AS uuid) AND to_uid = :u AND expires_at > :n",
         l=lock_id,
         u=uid,
         n=now,
-    ):
+    )
+    if not offered and members.require_unlocked(con, lock_id, uid, now).role != "owner":
         raise _none_for_you()
     return members.require(con, lock_id, uid, now, for_update=True)
 
