@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import threading
 import time
 from collections.abc import Callable
 
@@ -19,10 +20,9 @@ _log = logging.getLogger("lockwise.core.db_clock")
 #: how long an instance goes by its last reading (a round trip each time)
 READ_EVERY_S = 60.0
 #: the wait before asking again after a reading that could not be taken (the pool busy, the database not answering)
-#: or was not kept: each request asked while the database did not answer, each waiting its timeout (attack run 76)
+#: while an earlier one stands: each request asked while the database did not answer, each waiting its timeout
+#: (attack run 76). With none yet, every request asks (one at a time, the others waiting for it).
 RETRY_AFTER_S = 5.0
-#: a reading whose round trip took longer is not kept (it is the middle of the round trip, within half of it)
-SLOWEST_READ_S = 0.2
 #: an instance whose clock is further than this from the database's says so in a warning at each reading
 OFF_WARN_S = 1.0
 
@@ -34,39 +34,49 @@ class DatabaseClock:
         self._db = db
         self.offset = dt.timedelta(0)
         self._read_at: float | None = None  # the last reading kept (``time.monotonic()``)
-        self._tried_at: float | None = None  # the last reading asked for
+        self._failed_at: float | None = None  # the last reading that could not be taken since
+        self._reading = threading.Lock()  # one reading at a time: the others wait for it and take it
 
     def forget(self) -> None:
         """Read again at the next ``offset_now`` (an instance whose clock is off since it started, in a test)."""
-        self.offset, self._read_at, self._tried_at = dt.timedelta(0), None, None
+        with self._reading:
+            self.offset, self._read_at, self._failed_at = dt.timedelta(0), None, None
+
+    def _fresh(self) -> bool:
+        return self._read_at is not None and time.monotonic() - self._read_at < READ_EVERY_S
 
     def offset_now(self, instance_clock: Callable[[], dt.datetime]) -> dt.timedelta:
         """The offset, read again (one round trip, on a pooled connection only if one is free at once: its caller
-        may hold the others) once ``READ_EVERY_S`` has passed since the last reading kept and ``RETRY_AFTER_S`` since
-        the last asked for; the last reading (none: 0) until then, and while the pool is busy or the database is known
-        not to answer (the request finds that out for itself). A database that does not answer the reading is 503
-        ``database_unavailable`` at once, for the request would wait for it again."""
-        at = time.monotonic()
-        if self._read_at is not None and at - self._read_at < READ_EVERY_S:
+        may hold the others) once ``READ_EVERY_S`` has passed since the last reading kept. A request that comes
+        while another reads waits for that reading (a request beside the boot's reading went by the instance's own
+        clock: attack run 77). After a reading that could not be taken, the last one stands for ``RETRY_AFTER_S``;
+        while the pool is busy, or the database is known not to answer, it stands too (the request finds that out
+        for itself). A database that does not answer the reading is 503 ``database_unavailable`` at once, for the
+        request would wait for it again. The reading is taken at the round trip's middle: its error is within half
+        the round trip, whatever that is (a slow database's readings were once not kept, and a skewed instance went
+        uncorrected for as long as it was slow: attack run 77)."""
+        if self._fresh():
             return self.offset
-        if self._tried_at is not None and at - self._tried_at < RETRY_AFTER_S:
-            return self.offset
-        db = self._db()
-        if db.silent:
-            return self.offset
-        self._tried_at = at
-        try:
-            with db.connection(slot_wait_s=0.0) as con:
-                before = instance_clock()
-                moment = clock(con)
-                after = instance_clock()
-        except errors.Unavailable as exc:
-            if exc.code == "database_busy":  # every connection lent: the last reading stands
+        with self._reading:
+            if self._fresh():  # read while this one waited
                 return self.offset
-            raise
-        if (after - before).total_seconds() > SLOWEST_READ_S:
-            return self.offset
-        self.offset, self._read_at = moment - (before + (after - before) / 2), at
+            at = time.monotonic()
+            if self._read_at is not None and self._failed_at is not None and at - self._failed_at < RETRY_AFTER_S:
+                return self.offset
+            db = self._db()
+            if db.silent:
+                return self.offset
+            try:
+                with db.connection(slot_wait_s=0.0) as con:
+                    before = instance_clock()
+                    moment = clock(con)
+                    after = instance_clock()
+            except errors.Unavailable as exc:
+                self._failed_at = at
+                if exc.code == "database_busy":  # every connection lent: the last reading stands
+                    return self.offset
+                raise
+            self.offset, self._read_at, self._failed_at = moment - (before + (after - before) / 2), at, None
         if abs(self.offset.total_seconds()) > OFF_WARN_S:
             log.event(
                 _log,
