@@ -13,7 +13,7 @@ import flask
 import functions_framework
 
 import lockwise.core.loading
-from lockwise.core import auth, erasure, errors
+from lockwise.core import auth, erasure, errors, users
 from lockwise.core.http import Api, Ctx, JsonBody, Result
 from lockwise.core.runtime import get_runtime
 from lockwise.voice import audio, enrollment, first_come, scoring, voiceprints
@@ -77,6 +77,9 @@ def enroll(ctx: Ctx) -> Result:
 def enrollment_status(ctx: Ctx) -> JsonBody:
     user = app_user(ctx)
     with rt.db.connection() as con:
+        # a token from before the address was verified: it may be the one who made the account with another's
+        # address, who learnt from ``forgotten`` that its owner took it over, and when (attack run 77)
+        users.refuse_unverified_enrollment(con, user)
         status = voiceprints.status(con, user.uid, encoder.model_id)
         if status["enrolled"]:
             status["not_scored_at"] = first_come.standing(

@@ -1057,6 +1057,14 @@ def test_deleting_voice_data_removes_the_scores_it_produced(clients: dict[str, A
     assert deleted.status_code == 204
     status = clients["embed"].get("/embed/enrollment", headers=world.headers("member")).get_json()
     assert (status["enrolled"], status["forgotten"]["reason"]) == (False, "requested"), status
+    # a DELETE that finds no voice forgets nothing (it answered "forgotten: requested" to one never enrolled: attack
+    # run 77), and leaves what an earlier one forgot as it was
+    assert clients["embed"].delete("/embed/enrollment", headers=world.headers("guest_in")).status_code == 204
+    never = clients["embed"].get("/embed/enrollment", headers=world.headers("guest_in")).get_json()
+    assert never["enrolled"] is False and "forgotten" not in never, never
+    assert clients["embed"].delete("/embed/enrollment", headers=world.headers("member")).status_code == 204
+    again = clients["embed"].get("/embed/enrollment", headers=world.headers("member")).get_json()
+    assert again["forgotten"] == status["forgotten"], again
     with get_runtime("verify").db.connection() as con:
         rows = con.run(
             "SELECT outcome, matched_uid, score, runner_up_score, cosine FROM verification_attempts"
@@ -1353,6 +1361,9 @@ def test_a_voice_enrolled_on_an_account_made_with_someone_elses_address_is_dropp
     # instances that had seen the verified address never dropped that voice)
     again = enroll(clients, made_in_advance)
     assert again.status_code == 401 and again.get_json()["error"]["code"] == "token_outdated"
+    # nor learns from the enrollment's status that the address's owner took the account over, and when (attack run 77)
+    status_then = clients["embed"].get("/embed/enrollment", headers=bearer(made_in_advance))
+    assert status_then.status_code == 401 and status_then.get_json()["error"]["code"] == "token_outdated"
     # and a voice stored without a verified address is no candidate at the door once the address is verified (an
     # enrollment that raced the verification: here the victim's own, marked so by hand)
     assert enroll(clients, victim).status_code == 201

@@ -83,3 +83,26 @@ def test_a_listings_later_pages_take_its_first_pages_confirmation_a_moment(monke
         paced(user, continuing=True)
     clock[0] += 60
     assert paced(user, continuing=True).email is None and directory.asked == 3
+
+
+@pytest.mark.parametrize(
+    ("stored", "claims"),
+    [
+        (None, {}),
+        ('{"lockwise_operator": true}', {"lockwise_operator": True}),
+        ('{"a": ' * 3000 + "1" + "}" * 3000, None),  # past the parser's depth (attack run 77: a 500)
+        ("[1]", None),
+        ("not json", None),
+    ],
+)
+def test_custom_claims_are_a_json_object_or_firebase_auth_is_taken_not_to_have_answered(
+    stored: str | None, claims: dict[str, object] | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    toolkit = accounts.IdentityToolkit("p", "localhost:1", authorize=lambda headers: None, tls=None)
+    user: dict[str, object] = {"localId": "u1"} | ({} if stored is None else {"customAttributes": stored})
+    monkeypatch.setattr(toolkit, "_users", lambda uids: {"u1": user})
+    if claims is None:
+        with pytest.raises(accounts.DirectoryError):
+            toolkit.custom_claims("u1")
+    else:
+        assert toolkit.custom_claims("u1") == claims

@@ -107,7 +107,7 @@ class IdentityToolkit:
             return {}
         try:
             claims = json.loads(raw) if isinstance(raw, str) else None
-        except ValueError:
+        except (ValueError, RecursionError):  # (nested past the parser's depth: attack run 77)
             claims = None
         if not isinstance(claims, dict):
             raise DirectoryError("Firebase Auth answered custom claims that are not a JSON object")

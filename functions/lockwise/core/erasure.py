@@ -68,10 +68,16 @@ def forget_voice(con: Connection, uid: str, reason: ErasureReason) -> int:
     # answered: attack run 20), and under the lock, so it is later than the start of every enrollment that stored
     # before.
     con.run(
-        "INSERT INTO voice_erasures (user_uid, erased_at, reason)"
-        " SELECT uid, clock_timestamp(), :r FROM users WHERE uid = :u"
-        " ON CONFLICT (user_uid) DO UPDATE SET erased_at = EXCLUDED.erased_at, reason = EXCLUDED.reason",
+        # why and when its voice was forgotten: only by an erasure that removed one (a DELETE of none answered
+        # "forgotten: requested" to a member who never enrolled: attack run 77)
+        "INSERT INTO voice_erasures (user_uid, erased_at, reason, forgotten_at)"
+        " SELECT uid, clock_timestamp(), CASE WHEN :gone THEN :r END, CASE WHEN :gone THEN clock_timestamp() END"
+        " FROM users WHERE uid = :u"
+        " ON CONFLICT (user_uid) DO UPDATE SET erased_at = EXCLUDED.erased_at,"
+        " reason = coalesce(EXCLUDED.reason, voice_erasures.reason),"
+        " forgotten_at = coalesce(EXCLUDED.forgotten_at, voice_erasures.forgotten_at)",
         u=uid,
         r=reason,
+        gone=removed > 0,
     )
     return removed

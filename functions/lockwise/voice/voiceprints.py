@@ -109,7 +109,7 @@ def status(con: Connection, uid: str, current_model_id: str) -> dict[str, Any]:
         # why the voice the member may remember enrolling is gone (a voice enrolled before the account's address was
         # verified is dropped then, and the member was told only ``enrolled: false``)
         erased = con.run(
-            "SELECT reason, erased_at FROM voice_erasures WHERE user_uid = :u AND reason IS NOT NULL", u=uid
+            "SELECT reason, forgotten_at FROM voice_erasures WHERE user_uid = :u AND reason IS NOT NULL", u=uid
         )
         if erased:
             answer["forgotten"] = {"reason": erased[0][0], "at": erased[0][1].isoformat()}
