@@ -99,7 +99,9 @@ def test_custom_claims_are_a_json_object_or_firebase_auth_is_taken_not_to_have_a
     stored: str | None, claims: dict[str, object] | None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     toolkit = accounts.IdentityToolkit("p", "localhost:1", authorize=lambda headers: None, tls=None)
-    user: dict[str, object] = {"localId": "u1"} | ({} if stored is None else {"customAttributes": stored})
+    user: dict[str, object] = {"localId": "u1"}
+    if stored is not None:
+        user["customAttributes"] = stored
     monkeypatch.setattr(toolkit, "_users", lambda uids: {"u1": user})
     if claims is None:
         with pytest.raises(accounts.DirectoryError):
