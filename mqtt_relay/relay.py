@@ -69,7 +69,8 @@ class Relay:
         self.certificate_expires = sessions.certificate_expiry(settings, lease.client_id)
         self._expiry_warned: float | None = None  # when the certificate's end coming was last logged
         with self.db.connection() as con:
-            self.event_topics = sessions.event_topics(sessions.share_group(con))
+            self.group = sessions.share_group(con)
+        self.event_topics = sessions.event_topics(self.group)
         # back within 2 s of a restarted broker: Mosquitto 2.0 does not persist shared subscriptions (persist_write.c
         # saves a node's plain subscriptions only), and until a relay subscribes again the broker's plugin
         # (lockwise_acl.c) turns every lock away with its events unacknowledged (before it, they were acknowledged
@@ -101,7 +102,7 @@ class Relay:
         # every replica: plain subscriptions (not shared), nothing queued; first, so that the broker's run (retained)
         # comes before any event published since (``BrokerStart.tag``)
         client.subscribe([(RUN_TOPIC, 0), (UPTIME_TOPIC, 0)])
-        client.subscribe([(t, 1) for t in self.event_topics])  # here, so subscriptions survive reconnects
+        client.subscribe(sessions.event_subscriptions(self.group))  # here, so subscriptions survive reconnects
         client.unsubscribe(sessions.LEGACY_EVENT_TOPICS)  # a session resumed from before the group had a secret name
         self.connected.set()
         self._wake.set()

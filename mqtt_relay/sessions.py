@@ -28,6 +28,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
+from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from lockwise.core.db import Connection
 from lockwise.devices import topics
@@ -73,6 +74,26 @@ def share_group(con: Connection) -> str:
 
 def event_topics(group: str) -> list[str]:
     return [f"$share/{group}/{topics.ROOT}/+/{kind}" for kind in EVENT_KINDS]
+
+
+def event_subscriptions(group: str) -> list[tuple[str, SubscribeOptions]]:
+    """``event_topics`` as a relay subscribes to them, at QoS 1: a lock's retained presence (``status``) given only to
+    a subscription that is new (a group's first replica learns where each lock is), none on a session's subscribing
+    again as it reconnects; retained states and acks never (the broker keeps none now: ``lockwise_acl.c``). Every
+    replica's reconnect was handed every lock's retained messages again (up to 2 x 64 KB a lock, a lock's own choice:
+    attack run 78)."""
+    return [
+        (
+            topic,
+            SubscribeOptions(
+                qos=1,
+                retainHandling=SubscribeOptions.RETAIN_SEND_IF_NEW_SUB
+                if topic.endswith("/status")
+                else SubscribeOptions.RETAIN_DO_NOT_SEND,
+            ),
+        )
+        for topic in event_topics(group)
+    ]
 
 
 def new_client(settings: RelaySettings, client_id: str) -> mqtt.Client:

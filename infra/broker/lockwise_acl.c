@@ -461,6 +461,12 @@ static int on_message(int event, void *event_data, void *userdata)
 	if(username != NULL && relay_named(acl, username) != NULL){
 		return MOSQ_ERR_SUCCESS; /* a relay's command: nobody reads a run from it */
 	}
+	/* a lock retains its presence (its status topic) and nothing else: a retained state or ack was handed to every
+	 * relay session again as it subscribed, on every reconnect, up to 2 x 64 KB per lock (attack run 78). The
+	 * message itself goes on, not retained */
+	if(username != NULL && ed->retain && !owns(acl, username, ed->topic, "status")){
+		ed->retain = false;
+	}
 	mosquitto_property_free_all(&ed->properties);
 	return mosquitto_property_add_string_pair(&ed->properties, MQTT_PROP_USER_PROPERTY, RUN_PROPERTY, acl->run);
 }

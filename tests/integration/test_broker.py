@@ -122,6 +122,19 @@ class Peer:
         assert info.wait(5), "no SUBACK"
         return granted == [True]
 
+    def subscribe_as_the_relay(self, group: str) -> bool:
+        """Subscribe to ``group``'s event topics with the relay's own options (``sessions.event_subscriptions``)."""
+        info, granted = threading.Event(), list[bool]()
+
+        def on_subscribe(_c: mqtt.Client, _u: object, _mid: int, codes: list[Any], _p: object) -> None:
+            granted.extend(not code.is_failure for code in codes)
+            info.set()
+
+        self.client.on_subscribe = on_subscribe
+        self.client.subscribe(sessions.event_subscriptions(group))
+        assert info.wait(5), "no SUBACK"
+        return granted == [True] * len(sessions.EVENT_KINDS)
+
     def relays(self) -> None:
         """Subscribe as a relay does (``sessions.event_topics``), in a group of its own: it gets every lock's events
         (the broker is the test session's: other tests' locks' too), and the broker takes locks' events
@@ -390,6 +403,83 @@ def test_a_lock_publishes_its_four_topics_only_and_retains_nothing_elsewhere(
     finally:
         for peer in (lock, relay):
             peer.stop()
+
+
+def test_a_lock_retains_its_presence_alone_and_publishes_at_qos_1_at_most(
+    broker: Broker, lock_files: dict[str, tuple[Path, Path]], tmp_path: Path
+) -> None:
+    """Attack run 78: a lock's retained state and ack were kept and handed to every relay session again as it
+    subscribed, on every reconnect (2 x 64 KB a lock, its own choice); a QoS 2 message it never released (no PUBREL)
+    stayed in the broker, ~23 MB a session for 7 days, saved every second. Its state and ack now go on unretained,
+    its presence (status) is kept, and a QoS 2 publish ends its connection, delivered to nobody."""
+    a_files, _ = two(lock_files)
+    a = identity_of(a_files)
+    lock = Peer(broker, a_files, client_id=a)
+    relay = Peer(broker, broker.client_files(RELAY, tmp_path / "relay"), client_id=RELAY)
+    for peer in (lock, relay):
+        assert peer.start()
+    try:
+        relay.relays()
+        for topic, payload in ((topics.state(a), b"state"), (topics.acks(a), b"ack"), (topics.status(a), b"online 1")):
+            lock.client.publish(topic, payload, qos=1, retain=True).wait_for_publish(5)
+        wait_until(lambda: len(relay.of(a)) == 3)
+        assert len(relay.of(a)) == 3  # each delivered, live
+        late = Peer(broker, broker.client_files(RELAY, tmp_path / "late"), client_id=RELAY + "-late")
+        assert late.start()
+        try:
+            late.subscribe(f"{topics.ROOT}/{a}/#")  # what the broker kept is handed over on subscribing
+            wait_until(lambda: late.messages)
+            time.sleep(0.5)
+            assert late.messages == [(topics.status(a), b"online 1")]
+        finally:
+            late.stop()
+        lock.client.publish(topics.state(a), b"at QoS 2", qos=2)
+        wait_until(lambda: lock.disconnects)
+        assert lock.disconnects, "the broker took a QoS 2 message"
+        time.sleep(0.3)
+        assert (topics.state(a), b"at QoS 2") not in relay.of(a)
+    finally:
+        lock.stop()
+        relay.stop()
+        cleaner = Peer(broker, a_files, client_id=a)  # the retained presence goes with the test
+        if cleaner.start():
+            cleaner.client.publish(topics.status(a), b"", qos=1, retain=True).wait_for_publish(5)
+            cleaner.stop()
+
+
+def test_a_relay_is_handed_the_locks_presence_as_it_first_subscribes_not_at_every_reconnect(
+    own_broker: Broker, tmp_path: Path
+) -> None:
+    """Attack run 78: the relay subscribed on every connect asking for the retained messages each time (Retain
+    Handling 0), and Mosquitto 2.0.11 hands them to shared subscriptions too: every replica's every reconnect took
+    every lock's retained messages again. A new subscription gets the locks' presence; a session subscribing again
+    gets nothing it had."""
+    broker = own_broker
+    identity = f"lk-{secrets.token_hex(6)}"
+    lock = Peer(broker, broker.client_files(identity, tmp_path / identity), client_id=identity)
+    old_group, new_group = (f"lockwise-relay-{secrets.token_hex(16)}" for _ in range(2))
+    relay = Peer(broker, broker.client_files(RELAY, tmp_path / "relay"), client_id=RELAY, persistent=mqtt.MQTTv5)
+    assert relay.start() and relay.subscribe_as_the_relay(old_group)  # (the broker takes a lock's events once one does)
+    assert lock.start()
+    try:
+        lock.client.publish(topics.status(identity), b"online 1", qos=1, retain=True).wait_for_publish(5)
+        wait_until(lambda: relay.of(identity))
+        relay.messages.clear()
+        assert relay.subscribe_as_the_relay(new_group)
+        wait_until(lambda: relay.of(identity))  # a new subscription: where each lock is
+        assert relay.of(identity) == [(topics.status(identity), b"online 1")]
+        relay.client.disconnect()
+        relay.client.loop_stop()
+        relay.messages.clear()
+        relay.connected.clear()
+        relay.answered.clear()
+        assert relay.start()  # its session resumed, subscribing again as the relay does on every connect
+        assert relay.subscribe_as_the_relay(old_group) and relay.subscribe_as_the_relay(new_group)
+        time.sleep(0.5)
+        assert relay.of(identity) == []
+    finally:
+        lock.stop()
+        relay.stop()
 
 
 def test_a_lock_may_subscribe_to_its_own_commands_and_nothing_else(
