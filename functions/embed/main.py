@@ -79,7 +79,7 @@ def enrollment_status(ctx: Ctx) -> JsonBody:
     with rt.db.connection() as con:
         # a token from before the address was verified: it may be the one who made the account with another's
         # address, who learnt from ``forgotten`` that its owner took it over, and when (attack run 77)
-        users.refuse_unverified_enrollment(con, user)
+        users.refuse_outdated(con, user)
         status = voiceprints.status(con, user.uid, encoder.model_id)
         if status["enrolled"]:
             status["not_scored_at"] = first_come.standing(
@@ -92,6 +92,7 @@ def enrollment_status(ctx: Ctx) -> JsonBody:
 def delete_voice_data(ctx: Ctx) -> Result:
     user = app_user(ctx)
     with rt.db.transaction() as con:
+        users.refuse_outdated(con, user)  # as committed now (attack run 79: the one who made the account erased it)
         erasure.forget_voice(con, user.uid, "requested")
     rt.flush_mirror()
     return flask.Response(status=204)

@@ -1364,9 +1364,19 @@ def test_a_voice_enrolled_on_an_account_made_with_someone_elses_address_is_dropp
     # nor learns from the enrollment's status that the address's owner took the account over, and when (attack run 77)
     status_then = clients["embed"].get("/embed/enrollment", headers=bearer(made_in_advance))
     assert status_then.status_code == 401 and status_then.get_json()["error"]["code"] == "token_outdated"
-    # and a voice stored without a verified address is no candidate at the door once the address is verified (an
-    # enrollment that raced the verification: here the victim's own, marked so by hand)
+    # nor opens the door, nor erases the voice the owner enrolls now (attack run 79: 202 and 204; only enrollment
+    # refused that token)
     assert enroll(clients, victim).status_code == 201
+    unlock = clients["devices"].post(
+        f"/devices/locks/{world.lock_id}/commands", json={"action": "unlock"}, headers=bearer(made_in_advance)
+    )
+    erase = clients["embed"].delete("/embed/enrollment", headers=bearer(made_in_advance))
+    listed_then = clients["devices"].get("/devices/locks", headers=bearer(made_in_advance))
+    for refused in (unlock, erase, listed_then):
+        assert refused.status_code == 401 and refused.get_json()["error"]["code"] == "token_outdated"
+    assert clients["embed"].get("/embed/enrollment", headers=bearer(victim)).get_json()["enrolled"] is True
+    # and a voice stored without a verified address is no candidate at the door once the address is verified (an
+    # enrollment that raced the verification: here the victim's own, enrolled above, marked so by hand)
     assert signed_verify(clients, world, wav(take())).get_json()["decision"] == "accepted"
     with get_runtime("verify").db.transaction() as con:
         con.run("UPDATE voiceprints SET address_unverified = true WHERE user_uid = :u", u=victim["localId"])

@@ -70,7 +70,7 @@ def address_verified(con: Connection, uid: str) -> None:
     address's owner takes such an account over (a Google sign-in, a password reset) Firebase keeps its uid, and a
     voice enrolled on it in advance opened every door the owner joined (attack run 73: 3 of 3 of the attacker's
     takes accepted as the owner). From then on a token without a verified address enrolls nothing
-    (``refuse_unverified_enrollment``) and such a voiceprint is no candidate at any door
+    (``refuse_outdated``) and such a voiceprint is no candidate at any door
     (``lockwise.voice.voiceprints.candidates``): the attacker's older token, valid up to an hour, enrolled again
     after the drop, on instances that never ran this again (a review). The owner enrolls again; what was made with
     a verified address stays."""
@@ -84,16 +84,15 @@ def address_verified(con: Connection, uid: str) -> None:
         audit.record(con, AUDIT_ACTOR, "voice.dropped_address_verified", "ok", target=uid)
 
 
-def refuse_unverified_enrollment(con: Connection, user: User) -> None:
-    """401 ``token_outdated`` for an enrollment by a token without a verified address once the account's address
-    has been seen verified (``address_verified``): the token is from before (sign in again for one that says so)."""
+def refuse_outdated(con: Connection, user: User) -> None:
+    """401 ``token_outdated`` for a token without a verified address once the account's address has been seen
+    verified (``address_verified``): the token is from before (sign in again for one that says so). Read as committed
+    now (every request is refused so by ``Standing.refusal``, from what the instance last read: within a minute)."""
     if stored_email(user) is not None:
         return
     rows = con.run("SELECT address_verified_at IS NOT NULL FROM users WHERE uid = :u", u=user.uid)
-    if rows and rows[0][0]:
-        raise errors.Unauthenticated(
-            "this account's address was verified after this token was issued: sign in again", code="token_outdated"
-        )
+    if rows and outdated(user, address_verified=bool(rows[0][0])):
+        raise token_outdated()
 
 
 def issued_at(user: User) -> dt.datetime:
@@ -135,15 +134,27 @@ class Standing:
 
     refused: str | None  # a key of ``REFUSED``: the account was found deleted or disabled
     sessions_since: dt.datetime | None  # sessions signed in before it were revoked (Firebase Auth's ``validSince``)
+    address_verified: bool = False  # a token has shown the account's address verified (``address_verified``)
 
     def refusal(self, user: User) -> str | None:
         """Why ``user``'s request is refused (a key of ``REFUSED``), if it is: the account's, or their token's
-        session was revoked (signed in before ``sessions_since``, as Firebase's ``checkRevoked`` judges it)."""
+        session was revoked (signed in before ``sessions_since``, as Firebase's ``checkRevoked`` judges it), or their
+        token is from before the account's address was verified (``outdated``)."""
         if self.refused is not None:
             return self.refused
         if self.sessions_since is not None and signed_in_at(user) < self.sessions_since:
             return "token_revoked"
+        if outdated(user, address_verified=self.address_verified):
+            return "token_outdated"
         return None
+
+
+def outdated(user: User, *, address_verified: bool) -> bool:
+    """Whether ``user``'s token is from before their account's address was seen verified: it names no verified
+    address while the account's was. Anyone can sign up with anyone's address; when the address's owner takes such
+    an account over (a Google sign-in), Firebase keeps its uid, and the token the one who made it had (valid up to
+    an hour) unlocked the owner's doors and erased the owner's voice (attack run 79: only enrollment refused it)."""
+    return address_verified and stored_email(user) is None
 
 
 def standing(con: Connection, user: User) -> Standing:
@@ -159,7 +170,8 @@ def standing(con: Connection, user: User) -> Standing:
     the hourly recheck, attack run 27)."""
     rows = con.run(
         "SELECT extract(epoch FROM account_gone_at), extract(epoch FROM account_disabled_at),"
-        " extract(epoch FROM account_checked_at), tokens_valid_since, account_disabled FROM users WHERE uid = :u",
+        " extract(epoch FROM account_checked_at), tokens_valid_since, account_disabled,"
+        " address_verified_at IS NOT NULL FROM users WHERE uid = :u",
         u=user.uid,
     )
     if not rows:
@@ -173,7 +185,7 @@ def standing(con: Connection, user: User) -> Standing:
         marked, claim = checked_at, signed_in_at(user).timestamp()
     if recheck_soon(claim, marked):
         con.run("UPDATE users SET account_checked_at = NULL WHERE uid = :u", u=user.uid)
-    return Standing(refused, sessions_since)
+    return Standing(refused, sessions_since, bool(rows[0][5]))
 
 
 def recheck_soon(claim: object, marked: float | None) -> bool:
@@ -198,8 +210,20 @@ def token_revoked() -> errors.Unauthenticated:
     return errors.Unauthenticated("this session was signed out; sign in again", code="token_revoked")
 
 
+def token_outdated() -> errors.Unauthenticated:
+    """The answer to a request whose token is from before the account's address was verified (``outdated``)."""
+    return errors.Unauthenticated(
+        "this account's address was verified after this token was issued: sign in again", code="token_outdated"
+    )
+
+
 #: the answer to each of ``Standing.refusal``'s reasons
-REFUSED = {"account_deleted": account_deleted, "account_disabled": account_disabled, "token_revoked": token_revoked}
+REFUSED = {
+    "account_deleted": account_deleted,
+    "account_disabled": account_disabled,
+    "token_revoked": token_revoked,
+    "token_outdated": token_outdated,
+}
 
 
 @dataclass(frozen=True)
@@ -210,13 +234,16 @@ class Held:
     disabled: bool  # found disabled
     left_at: dt.datetime | None  # when it last left every lock (``mark_left``)
     sessions_since: dt.datetime | None  # sessions signed in before it were revoked (Firebase Auth's ``validSince``)
+    address_verified: bool = False  # a token has shown the account's address verified (``address_verified``)
 
     @property
     def stands(self) -> bool:
         """Found neither deleted nor disabled."""
         return not (self.gone or self.disabled)
 
-    def refuse(self, signed_in: dt.datetime | None = None, *, left_since: bool = True) -> None:
+    def refuse(
+        self, signed_in: dt.datetime | None = None, *, left_since: bool = True, user: User | None = None
+    ) -> None:
         """Refuse the account's own request: 401 ``account_deleted`` / ``account_disabled`` when it was found so, and
         for a session that began at ``signed_in`` (``signed_in_at``), 401 ``token_revoked`` when that was before its
         sessions were revoked and, with ``left_since``, 409 ``account_left`` when the account left every lock after
@@ -225,6 +252,8 @@ class Held:
             raise account_deleted()
         if self.disabled:
             raise account_disabled()
+        if user is not None and outdated(user, address_verified=self.address_verified):  # the caller's token
+            raise token_outdated()
         if signed_in is None:
             return
         if self.sessions_since is not None and signed_in < self.sessions_since:
@@ -275,14 +304,19 @@ def read(con: Connection, uid: str) -> Held:
     return _found(con.run(_ACCOUNT, u=uid))
 
 
-_ACCOUNT = "SELECT account_gone_at IS NOT NULL, account_disabled, left_at, tokens_valid_since FROM users WHERE uid = :u"
+_ACCOUNT = (
+    "SELECT account_gone_at IS NOT NULL, account_disabled, left_at, tokens_valid_since,"
+    " address_verified_at IS NOT NULL FROM users WHERE uid = :u"
+)
 
 
 def _found(rows: list[list[Any]]) -> Held:
     if not rows:
         return Held(gone=False, disabled=False, left_at=None, sessions_since=None)
-    gone, disabled, left_at, since = rows[0]
-    return Held(gone=bool(gone), disabled=bool(disabled), left_at=left_at, sessions_since=since)
+    gone, disabled, left_at, since, verified = rows[0]
+    return Held(
+        gone=bool(gone), disabled=bool(disabled), left_at=left_at, sessions_since=since, address_verified=bool(verified)
+    )
 
 
 def refuse_caller(con: Connection, user: User) -> None:
@@ -290,7 +324,7 @@ def refuse_caller(con: Connection, user: User) -> None:
     user (a removal, a withdrawal), or is already taken one at a time by a row it holds for update (an owner's write
     holds the lock's), where holding the account's row too waited behind the relay's account check, which holds
     accounts' rows and then a lock's (a deadlock: attack run 34)."""
-    read(con, user.uid).refuse(signed_in_at(user))
+    read(con, user.uid).refuse(signed_in_at(user), user=user)
 
 
 def hold_caller(con: Connection, user: User) -> None:
@@ -307,4 +341,4 @@ def hold_caller(con: Connection, user: User) -> None:
     other phone, as the account is being deleted; a refreshed token of it too, so not the token's issue time)
     would give the account a lock or a membership nobody could end once it is gone. Signed in again since: the
     account was kept."""
-    hold(con, user.uid).refuse(signed_in_at(user))
+    hold(con, user.uid).refuse(signed_in_at(user), user=user)

@@ -96,7 +96,7 @@ def enroll(
             )
     with db.transaction() as con:  # early: a user past the day's comparisons or runs costs no model work
         users.hold_caller(con, user)
-        users.refuse_unverified_enrollment(con, user)
+        users.refuse_outdated(con, user)
         _refuse_past_the_limit(comparisons_wait(con, uid, settings.enroll_comparisons))
         _count_a_run(con, uid, settings.enrollments_per_day)
         began = con.run("SELECT now()")[0][0]  # this transaction's start: a deletion of voice data after it wins
@@ -118,7 +118,7 @@ def enroll(
     with db.transaction() as con:
         users.hold_caller(con, user)  # one user's enrollments are decided one at a time
         # again under the user's row, which the address's verification updates: one or the other comes first
-        users.refuse_unverified_enrollment(con, user)
+        users.refuse_outdated(con, user)
         con.run(erasure.VOICE_LOCK, u=uid)  # and with an erasure of their voice data
         _refuse_if_erased_since(con, uid, began)
         again = _as_stored(con, uid, samples_id, encoder, scorer, settings, now())
