@@ -463,8 +463,9 @@ static int on_message(int event, void *event_data, void *userdata)
 	}
 	/* a lock retains its presence (its status topic) and nothing else: a retained state or ack was handed to every
 	 * relay session again as it subscribed, on every reconnect, up to 2 x 64 KB per lock (attack run 78). The
-	 * message itself goes on, not retained */
-	if(username != NULL && ed->retain && !owns(acl, username, ed->topic, "status")){
+	 * message itself goes on, not retained. An empty one stays retained: it deletes what the topic kept (one kept
+	 * before this, or by a delayed last will, which Mosquitto 2.0 sends past this callback: attack run 79) */
+	if(username != NULL && ed->retain && ed->payloadlen > 0 && !owns(acl, username, ed->topic, "status")){
 		ed->retain = false;
 	}
 	mosquitto_property_free_all(&ed->properties);

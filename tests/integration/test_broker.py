@@ -1071,3 +1071,52 @@ def test_the_local_brokers_log_is_written_as_it_logs(own_broker: Broker, tmp_pat
     own_broker.process.popen.kill()
     own_broker.process.popen.wait()
     assert "nobody-knows-me" in log.read_text(errors="replace")
+
+
+def test_a_retained_state_a_delayed_will_left_is_cleared_by_the_locks_empty_retained_message(
+    own_broker: Broker, tmp_path: Path
+) -> None:
+    """Attack run 79: a delayed last will (MQTT 5's Will Delay Interval) is sent past the plugin's message callback,
+    so a lock can still leave a retained state that way; and the plugin dropped the retained flag of every state
+    message, the empty one that deletes what the topic kept too: the lock could never clear it. An empty retained
+    message now keeps its flag."""
+    broker = own_broker
+    relay = Peer(broker, broker.client_files(RELAY, tmp_path / "relay"), client_id=RELAY, persistent=mqtt.MQTTv5)
+    assert relay.start() and relay.subscribe_as_the_relay(f"g-{secrets.token_hex(8)}")
+    identity = f"lk-{secrets.token_hex(6)}"
+    files = broker.client_files(identity, tmp_path / identity)
+    state = topics.state(identity)
+    lock = Peer(broker, files, client_id=identity, persistent=mqtt.MQTTv5)
+    delay = Properties(PacketTypes.WILLMESSAGE)  # type: ignore[no-untyped-call]
+    delay.WillDelayInterval = 1
+    lock.client.will_set(state, b'{"left": "by a delayed will"}', qos=1, retain=True, properties=delay)
+
+    def kept() -> list[tuple[str, bytes]]:
+        """What the broker keeps on the lock's state topic (handed over on subscribing, Retain Handling 0)."""
+        relay.messages.clear()
+        assert relay.subscribe(state)
+        time.sleep(0.5)
+        return [m for m in relay.messages if m[0] == state]
+
+    try:
+        assert lock.start()
+        lock.client.loop_stop()
+        sock = lock.client.socket()
+        assert sock is not None
+        sock.close()  # gone: its will is sent a second on
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and not relay.of(identity):
+            relay.client.publish(topics.commands(identity), b"anything", qos=0)  # some other check meanwhile
+            time.sleep(0.2)
+        found = kept()
+        if not found:
+            pytest.fail("no retained state was left to clear: the delayed will did not keep one (nothing to test)")
+        again = Peer(broker, files, client_id=identity)
+        assert again.start()
+        try:
+            again.client.publish(state, b"", qos=1, retain=True).wait_for_publish(5)
+        finally:
+            again.stop()
+        assert kept() == []
+    finally:
+        relay.stop()

@@ -70,11 +70,12 @@ def test_now_is_the_instance_clock_moved_to_the_databases_and_read_once_a_minute
     assert rt.now() == START - dt.timedelta(seconds=50)
     assert rt.now() == START - dt.timedelta(seconds=50)
     assert db.read == 1
-    assert db.slot_waits == [0.0]  # never waits for a slot: its caller may hold the others
+    assert db.slot_waits == [db_clock.FIRST_SLOT_WAIT_S]  # the first: a moment for a connection
     db.ahead = dt.timedelta(seconds=2)  # the instance's clock stepped
     ticks[0] += db_clock.READ_EVERY_S + 1
     assert rt.now() == START + dt.timedelta(seconds=2)
     assert db.read == 2
+    assert db.slot_waits[1:] == [0.0]  # later ones never wait for a slot: their caller may hold the others
 
 
 def test_a_busy_pool_leaves_the_last_reading_and_is_asked_again_after_a_while(ticks: list[float]) -> None:
@@ -164,3 +165,35 @@ def test_an_instance_far_off_the_database_says_so(caplog: pytest.LogCaptureFixtu
     rt.now()
     [record] = caplog.records
     assert record.fields == {"database_ahead_s": -3.0}  # type: ignore[attr-defined]
+
+
+def test_with_a_reading_standing_a_request_never_waits_for_another_requests_reading(ticks: list[float]) -> None:
+    """Attack run 79: a database that hung held every request behind the one reading for its timeouts (~5 s each)."""
+    import threading
+
+    rt, db = instance(30.0)
+    assert rt.now() == START + dt.timedelta(seconds=30)
+    ticks[0] += db_clock.READ_EVERY_S
+    db.ahead = dt.timedelta(seconds=31)
+    inside, go = threading.Event(), threading.Event()
+    run = db.run
+
+    def hung(sql: str, **params: Any) -> Any:
+        inside.set()
+        assert go.wait(10)
+        return run(sql, **params)
+
+    db.run = hung  # type: ignore[method-assign]
+    reading = threading.Thread(target=rt.now)
+    reading.start()
+    assert inside.wait(10)
+    assert rt.now() == START + dt.timedelta(seconds=30)  # at once, by the last reading
+    go.set()
+    reading.join(10)
+    assert rt.now() == START + dt.timedelta(seconds=31)
+
+
+def test_the_first_reading_waits_a_moment_for_a_connection() -> None:
+    rt, db = instance(30.0)
+    rt.now()
+    assert db.slot_waits == [db_clock.FIRST_SLOT_WAIT_S]

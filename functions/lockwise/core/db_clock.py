@@ -23,6 +23,8 @@ READ_EVERY_S = 60.0
 #: while an earlier one stands: each request asked while the database did not answer, each waiting its timeout
 #: (attack run 76). With none yet, every request asks (one at a time, the others waiting for it).
 RETRY_AFTER_S = 5.0
+#: the wait for a free connection of an instance's first reading (later ones take one only if one is free at once)
+FIRST_SLOT_WAIT_S = 1.0
 #: an instance whose clock is further than this from the database's says so in a warning at each reading
 OFF_WARN_S = 1.0
 
@@ -35,7 +37,7 @@ class DatabaseClock:
         self.offset = dt.timedelta(0)
         self._read_at: float | None = None  # the last reading kept (``time.monotonic()``)
         self._failed_at: float | None = None  # the last reading that could not be taken since
-        self._reading = threading.Lock()  # one reading at a time: the others wait for it and take it
+        self._reading = threading.Lock()  # one reading at a time
 
     def forget(self) -> None:
         """Read again at the next ``offset_now`` (an instance whose clock is off since it started, in a test)."""
@@ -46,10 +48,11 @@ class DatabaseClock:
         return self._read_at is not None and time.monotonic() - self._read_at < READ_EVERY_S
 
     def offset_now(self, instance_clock: Callable[[], dt.datetime]) -> dt.timedelta:
-        """The offset, read again (one round trip, on a pooled connection only if one is free at once: its caller
-        may hold the others) once ``READ_EVERY_S`` has passed since the last reading kept. A request that comes
-        while another reads waits for that reading (a request beside the boot's reading went by the instance's own
-        clock: attack run 77). After a reading that could not be taken, the last one stands for ``RETRY_AFTER_S``;
+        """The offset, read again (one round trip, on a pooled connection only if one is free at once, but for the
+        first reading: its caller may hold the others) once ``READ_EVERY_S`` has passed since the last reading kept.
+        Until the first is kept, a request that comes while another reads waits for that reading (a request beside
+        the boot's reading went by the instance's own clock: attack run 77); after, it takes the last. After a
+        reading that could not be taken, the last one stands for ``RETRY_AFTER_S``;
         while the pool is busy, or the database is known not to answer, it stands too (the request finds that out
         for itself). A database that does not answer the reading is 503 ``database_unavailable`` at once, for the
         request would wait for it again. The reading is taken at the round trip's middle: its error is within half
@@ -57,17 +60,22 @@ class DatabaseClock:
         uncorrected for as long as it was slow: attack run 77)."""
         if self._fresh():
             return self.offset
-        with self._reading:
+        first = self._read_at is None
+        # with a reading standing, a request never waits for another's: a database that hangs held every request
+        # behind the one reading for its timeouts, ~5 s each (attack run 79); before the first, each waits for it
+        if not self._reading.acquire(blocking=first):
+            return self.offset
+        try:
             if self._fresh():  # read while this one waited
                 return self.offset
             at = time.monotonic()
-            if self._read_at is not None and self._failed_at is not None and at - self._failed_at < RETRY_AFTER_S:
+            if not first and self._failed_at is not None and at - self._failed_at < RETRY_AFTER_S:
                 return self.offset
             db = self._db()
             if db.silent:
                 return self.offset
-            try:
-                with db.connection(slot_wait_s=0.0) as con:
+            try:  # the first reading waits a moment for a connection (it went by the instance's own clock)
+                with db.connection(slot_wait_s=FIRST_SLOT_WAIT_S if first else 0.0) as con:
                     before = instance_clock()
                     moment = clock(con)
                     after = instance_clock()
@@ -77,6 +85,8 @@ class DatabaseClock:
                     return self.offset
                 raise
             self.offset, self._read_at, self._failed_at = moment - (before + (after - before) / 2), at, None
+        finally:
+            self._reading.release()
         if abs(self.offset.total_seconds()) > OFF_WARN_S:
             log.event(
                 _log,
