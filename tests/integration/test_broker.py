@@ -11,7 +11,7 @@ import ssl
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -111,19 +111,16 @@ class Peer:
 
     def subscribe(self, topic: str) -> bool:
         """Whether the broker granted the subscription (its SUBACK)."""
-        info, granted = threading.Event(), list[bool]()
-
-        def on_subscribe(_c: mqtt.Client, _u: object, _mid: int, codes: list[Any], _p: object) -> None:
-            granted.extend(not code.is_failure for code in codes)
-            info.set()
-
-        self.client.on_subscribe = on_subscribe
-        self.client.subscribe(topic, qos=1)
-        assert info.wait(5), "no SUBACK"
-        return granted == [True]
+        return self._granted(lambda: self.client.subscribe(topic, qos=1), 1)
 
     def subscribe_as_the_relay(self, group: str) -> bool:
         """Subscribe to ``group``'s event topics with the relay's own options (``sessions.event_subscriptions``)."""
+        return self._granted(
+            lambda: self.client.subscribe(sessions.event_subscriptions(group)), len(sessions.EVENT_KINDS)
+        )
+
+    def _granted(self, subscribe: Callable[[], object], topics_asked: int) -> bool:
+        """Whether the broker granted every topic ``subscribe`` asked for (its SUBACK)."""
         info, granted = threading.Event(), list[bool]()
 
         def on_subscribe(_c: mqtt.Client, _u: object, _mid: int, codes: list[Any], _p: object) -> None:
@@ -131,9 +128,9 @@ class Peer:
             info.set()
 
         self.client.on_subscribe = on_subscribe
-        self.client.subscribe(sessions.event_subscriptions(group))
+        subscribe()
         assert info.wait(5), "no SUBACK"
-        return granted == [True] * len(sessions.EVENT_KINDS)
+        return granted == [True] * topics_asked
 
     def relays(self) -> None:
         """Subscribe as a relay does (``sessions.event_topics``), in a group of its own: it gets every lock's events
@@ -412,6 +409,10 @@ def test_a_lock_retains_its_presence_alone_and_publishes_at_qos_1_at_most(
     subscribed, on every reconnect (2 x 64 KB a lock, its own choice); a QoS 2 message it never released (no PUBREL)
     stayed in the broker, ~23 MB a session for 7 days, saved every second. Its state and ack now go on unretained,
     its presence (status) is kept, and a QoS 2 publish ends its connection, delivered to nobody."""
+    # the broker re-reads its configuration first (the CRL's refresh does; Mosquitto 2.0.11 then forgets the
+    # listener's max_qos for the connections that come after, and took a QoS 2 message: the plugin refuses it too)
+    broker.update_crl(broker.crl_file.read_text())
+    time.sleep(0.5)
     a_files, _ = two(lock_files)
     a = identity_of(a_files)
     lock = Peer(broker, a_files, client_id=a)
@@ -424,6 +425,11 @@ def test_a_lock_retains_its_presence_alone_and_publishes_at_qos_1_at_most(
             lock.client.publish(topic, payload, qos=1, retain=True).wait_for_publish(5)
         wait_until(lambda: len(relay.of(a)) == 3)
         assert len(relay.of(a)) == 3  # each delivered, live
+        lock.client.publish(topics.state(a), b"at QoS 2", qos=2)  # while a relay holds the lock's events
+        wait_until(lambda: lock.disconnects)
+        assert lock.disconnects, "the broker took a QoS 2 message"
+        time.sleep(0.3)
+        assert (topics.state(a), b"at QoS 2") not in relay.of(a)
         late = Peer(broker, broker.client_files(RELAY, tmp_path / "late"), client_id=RELAY + "-late")
         assert late.start()
         try:
@@ -433,11 +439,6 @@ def test_a_lock_retains_its_presence_alone_and_publishes_at_qos_1_at_most(
             assert late.messages == [(topics.status(a), b"online 1")]
         finally:
             late.stop()
-        lock.client.publish(topics.state(a), b"at QoS 2", qos=2)
-        wait_until(lambda: lock.disconnects)
-        assert lock.disconnects, "the broker took a QoS 2 message"
-        time.sleep(0.3)
-        assert (topics.state(a), b"at QoS 2") not in relay.of(a)
     finally:
         lock.stop()
         relay.stop()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -47,6 +48,20 @@ class Database:
         answer = self.now[0] + dt.timedelta(seconds=self.round_trip_s / 2) + self.ahead  # (read half way)
         self.now[0] += dt.timedelta(seconds=self.round_trip_s)
         return [[answer]]
+
+
+def held_reading(db: Database) -> tuple[threading.Event, threading.Event]:
+    """Hold ``db``'s next readings inside their round trip: (one is inside, let them go)."""
+    inside, go = threading.Event(), threading.Event()
+    run = db.run
+
+    def held(sql: str, **params: Any) -> Any:
+        inside.set()
+        assert go.wait(10)
+        return run(sql, **params)
+
+    db.run = held  # type: ignore[method-assign]
+    return inside, go
 
 
 @pytest.fixture
@@ -122,18 +137,8 @@ def test_a_reading_is_taken_at_its_round_trips_middle_however_slow() -> None:
 
 def test_a_request_beside_a_reading_under_way_waits_for_it() -> None:
     """Attack run 77: a request that came while the boot's reading was under way went by the instance's own clock."""
-    import threading
-
     rt, db = instance(30.0)
-    inside, go = threading.Event(), threading.Event()
-    run = db.run
-
-    def held(sql: str, **params: Any) -> Any:
-        inside.set()
-        assert go.wait(10)
-        return run(sql, **params)
-
-    db.run = held  # type: ignore[method-assign]
+    inside, go = held_reading(db)
     booting = threading.Thread(target=rt.now)
     booting.start()
     assert inside.wait(10)
@@ -169,21 +174,11 @@ def test_an_instance_far_off_the_database_says_so(caplog: pytest.LogCaptureFixtu
 
 def test_with_a_reading_standing_a_request_never_waits_for_another_requests_reading(ticks: list[float]) -> None:
     """Attack run 79: a database that hung held every request behind the one reading for its timeouts (~5 s each)."""
-    import threading
-
     rt, db = instance(30.0)
     assert rt.now() == START + dt.timedelta(seconds=30)
     ticks[0] += db_clock.READ_EVERY_S
     db.ahead = dt.timedelta(seconds=31)
-    inside, go = threading.Event(), threading.Event()
-    run = db.run
-
-    def hung(sql: str, **params: Any) -> Any:
-        inside.set()
-        assert go.wait(10)
-        return run(sql, **params)
-
-    db.run = hung  # type: ignore[method-assign]
+    inside, go = held_reading(db)
     reading = threading.Thread(target=rt.now)
     reading.start()
     assert inside.wait(10)
