@@ -77,9 +77,6 @@ def enroll(ctx: Ctx) -> Result:
 def enrollment_status(ctx: Ctx) -> JsonBody:
     user = app_user(ctx)
     with rt.db.connection() as con:
-        # a token from before the address was verified: it may be the one who made the account with another's
-        # address, who learnt from ``forgotten`` that its owner took it over, and when (attack run 77)
-        users.refuse_outdated(con, user)
         status = voiceprints.status(con, user.uid, encoder.model_id)
         if status["enrolled"]:
             status["not_scored_at"] = first_come.standing(

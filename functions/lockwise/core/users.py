@@ -69,8 +69,8 @@ def address_verified(con: Connection, uid: str) -> None:
     the voice a token without a verified address enrolled. Anyone can sign up with anyone's address; when the
     address's owner takes such an account over (a Google sign-in, a password reset) Firebase keeps its uid, and a
     voice enrolled on it in advance opened every door the owner joined (attack run 73: 3 of 3 of the attacker's
-    takes accepted as the owner). From then on a token without a verified address enrolls nothing
-    (``refuse_outdated``) and such a voiceprint is no candidate at any door
+    takes accepted as the owner). From then on a token without a verified address does nothing (``outdated``) and
+    such a voiceprint is no candidate at any door
     (``lockwise.voice.voiceprints.candidates``): the attacker's older token, valid up to an hour, enrolled again
     after the drop, on instances that never ran this again (a review). The owner enrolls again; what was made with
     a verified address stays."""
@@ -87,11 +87,10 @@ def address_verified(con: Connection, uid: str) -> None:
 def refuse_outdated(con: Connection, user: User) -> None:
     """401 ``token_outdated`` for a token without a verified address once the account's address has been seen
     verified (``address_verified``): the token is from before (sign in again for one that says so). Read as committed
-    now (every request is refused so by ``Standing.refusal``, from what the instance last read: within a minute)."""
-    if stored_email(user) is not None:
-        return
-    rows = con.run("SELECT address_verified_at IS NOT NULL FROM users WHERE uid = :u", u=user.uid)
-    if rows and outdated(user, address_verified=bool(rows[0][0])):
+    now, for a request that holds no row of the user's (``hold_caller`` and ``refuse_caller`` check it too; every
+    request is refused so by ``Standing.refusal``, from what the instance last read: within a minute)."""
+    # (no round trip for a token that names its verified address)
+    if stored_email(user) is None and outdated(user, address_verified=read(con, user.uid).address_verified):
         raise token_outdated()
 
 

@@ -95,8 +95,7 @@ def enroll(
                 details={"sample": i, "copy_of": copied},
             )
     with db.transaction() as con:  # early: a user past the day's comparisons or runs costs no model work
-        users.hold_caller(con, user)
-        users.refuse_outdated(con, user)
+        users.hold_caller(con, user)  # (a token from before the address was verified too: ``users.outdated``)
         _refuse_past_the_limit(comparisons_wait(con, uid, settings.enroll_comparisons))
         _count_a_run(con, uid, settings.enrollments_per_day)
         began = con.run("SELECT now()")[0][0]  # this transaction's start: a deletion of voice data after it wins
@@ -116,9 +115,9 @@ def enroll(
             details={"sample": outlier, "lowest_agreement": round(lowest, 4), "required": rules.agreement},
         )
     with db.transaction() as con:
-        users.hold_caller(con, user)  # one user's enrollments are decided one at a time
-        # again under the user's row, which the address's verification updates: one or the other comes first
-        users.refuse_outdated(con, user)
+        # one user's enrollments are decided one at a time, under the user's row, which the address's verification
+        # updates: a token from before it (``users.outdated``) is refused whichever comes first
+        users.hold_caller(con, user)
         con.run(erasure.VOICE_LOCK, u=uid)  # and with an erasure of their voice data
         _refuse_if_erased_since(con, uid, began)
         again = _as_stored(con, uid, samples_id, encoder, scorer, settings, now())
