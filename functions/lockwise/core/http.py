@@ -218,20 +218,19 @@ def json_response(body: Any, status: int = 200, headers: dict[str, str] | None =
     )
 
 
-def _request_id(request: flask.Request) -> tuple[str, dict[str, str]]:
+def _request_id(request: flask.Request) -> tuple[str, str | None, str | None]:
     """The request's id, always a new one, and what the caller said of it, for the request's log line: its own
     ``X-Request-Id`` and the trace id of ``X-Cloud-Trace-Context`` (which Google's front end passes on as the caller
     sent it, or makes). The caller's id was the request's when it gave one, so anyone could have their requests
     logged under an id another request had, one a user quoted to support say (attack run 75); the trace header is the
     caller's to choose as well."""
-    said: dict[str, str] = {}
     given = request.headers.get("X-Request-Id", "")
-    if _REQUEST_ID_RE.fullmatch(given):
-        said["callers_request_id"] = given
     trace = request.headers.get("X-Cloud-Trace-Context", "").split("/", 1)[0]
-    if _REQUEST_ID_RE.fullmatch(trace):
-        said["trace_id"] = trace
-    return uuid.uuid4().hex, said
+    return (
+        uuid.uuid4().hex,
+        given if _REQUEST_ID_RE.fullmatch(given) else None,
+        trace if _REQUEST_ID_RE.fullmatch(trace) else None,
+    )
 
 
 class Api:
@@ -287,7 +286,7 @@ class Api:
         return register
 
     def __call__(self, request: flask.Request) -> flask.Response:
-        request_id, said = _request_id(request)
+        request_id, callers_id, trace_id = _request_id(request)
         token = request_id_var.set(request_id)
         started = time.perf_counter()
         status = 500
@@ -307,8 +306,8 @@ class Api:
                 status=status,
                 latency_ms=round((time.perf_counter() - started) * 1000, 2),
                 httpRequest={"requestMethod": request.method, "requestUrl": request.path, "status": status},
-                callers_request_id=said.get("callers_request_id"),
-                trace_id=said.get("trace_id"),
+                callers_request_id=callers_id,
+                trace_id=trace_id,
             )
             request_id_var.reset(token)
 
