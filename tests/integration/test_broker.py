@@ -3,6 +3,7 @@ username and client id, and a per-identity ACL. The broker holds nothing per loc
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import secrets
 import signal
@@ -367,12 +368,11 @@ def test_one_lock_cannot_read_or_write_another_locks_topics(
             peer.stop()
 
 
-def test_a_lock_publishes_its_four_topics_only_and_retains_nothing_elsewhere(
+@contextlib.contextmanager
+def a_lock_and_a_relay(
     broker: Broker, lock_files: dict[str, tuple[Path, Path]], tmp_path: Path
-) -> None:
-    """Attack run: ``readwrite lockwise/%u/#`` let a lock keep any number of retained messages under its own name
-    (3,000 x 16 KB: the broker from 13 to 57 MB, rewritten to disk every second). Now it writes state, ack and
-    status, reads cmd, and nothing else under its name."""
+) -> Iterator[tuple[str, Peer, Peer]]:
+    """A lock (its identity, its client) and a relay subscribed as relays do, both connected."""
     a_files, _ = two(lock_files)
     a = identity_of(a_files)
     lock = Peer(broker, a_files, client_id=a)
@@ -381,6 +381,32 @@ def test_a_lock_publishes_its_four_topics_only_and_retains_nothing_elsewhere(
         assert peer.start()
     try:
         relay.relays()
+        yield a, lock, relay
+    finally:
+        for peer in (lock, relay):
+            peer.stop()
+
+
+def kept_under(broker: Broker, tmp_path: Path, identity: str) -> list[tuple[str, bytes]]:
+    """What the broker keeps under ``identity``'s name: the retained messages a new subscriber is handed (it takes the
+    relay's identity, and so the relay's session)."""
+    late = Peer(broker, broker.client_files(RELAY, tmp_path / "late"), client_id=RELAY + "-late")
+    assert late.start()
+    try:
+        late.subscribe(f"{topics.ROOT}/{identity}/#")
+        time.sleep(0.5)
+        return list(late.messages)
+    finally:
+        late.stop()
+
+
+def test_a_lock_publishes_its_four_topics_only_and_retains_nothing_elsewhere(
+    broker: Broker, lock_files: dict[str, tuple[Path, Path]], tmp_path: Path
+) -> None:
+    """Attack run: ``readwrite lockwise/%u/#`` let a lock keep any number of retained messages under its own name
+    (3,000 x 16 KB: the broker from 13 to 57 MB, rewritten to disk every second). Now it writes state, ack and
+    status, reads cmd, and nothing else under its name."""
+    with a_lock_and_a_relay(broker, lock_files, tmp_path) as (a, lock, relay):
         relay.subscribe(f"{topics.ROOT}/{a}/#")
         for i in range(5):
             lock.client.publish(f"{topics.ROOT}/{a}/junk/{i}", b"x" * 1000, qos=1, retain=True).wait_for_publish(5)
@@ -389,17 +415,7 @@ def test_a_lock_publishes_its_four_topics_only_and_retains_nothing_elsewhere(
         wait_until(lambda: relay.of(a))
         time.sleep(0.5)
         assert set(relay.of(a)) == {(topics.state(a), b"state")}  # once for each of its two subscriptions
-        late = Peer(broker, broker.client_files(RELAY, tmp_path / "late"), client_id=RELAY + "-late")
-        assert late.start()
-        try:
-            late.subscribe(f"{topics.ROOT}/{a}/#")  # retained messages arrive on subscribing: none were kept
-            time.sleep(0.5)
-            assert late.messages == []
-        finally:
-            late.stop()
-    finally:
-        for peer in (lock, relay):
-            peer.stop()
+        assert kept_under(broker, tmp_path, a) == []  # retained messages arrive on subscribing: none were kept
 
 
 def test_a_lock_retains_its_presence_alone_and_publishes_at_qos_1_at_most(
@@ -413,36 +429,25 @@ def test_a_lock_retains_its_presence_alone_and_publishes_at_qos_1_at_most(
     # listener's max_qos for the connections that come after, and took a QoS 2 message: the plugin refuses it too)
     broker.update_crl(broker.crl_file.read_text())
     time.sleep(0.5)
-    a_files, _ = two(lock_files)
-    a = identity_of(a_files)
-    lock = Peer(broker, a_files, client_id=a)
-    relay = Peer(broker, broker.client_files(RELAY, tmp_path / "relay"), client_id=RELAY)
-    for peer in (lock, relay):
-        assert peer.start()
+    a = identity_of(two(lock_files)[0])
     try:
-        relay.relays()
-        for topic, payload in ((topics.state(a), b"state"), (topics.acks(a), b"ack"), (topics.status(a), b"online 1")):
-            lock.client.publish(topic, payload, qos=1, retain=True).wait_for_publish(5)
-        wait_until(lambda: len(relay.of(a)) == 3)
-        assert len(relay.of(a)) == 3  # each delivered, live
-        lock.client.publish(topics.state(a), b"at QoS 2", qos=2)  # while a relay holds the lock's events
-        wait_until(lambda: lock.disconnects)
-        assert lock.disconnects, "the broker took a QoS 2 message"
-        time.sleep(0.3)
-        assert (topics.state(a), b"at QoS 2") not in relay.of(a)
-        late = Peer(broker, broker.client_files(RELAY, tmp_path / "late"), client_id=RELAY + "-late")
-        assert late.start()
-        try:
-            late.subscribe(f"{topics.ROOT}/{a}/#")  # what the broker kept is handed over on subscribing
-            wait_until(lambda: late.messages)
-            time.sleep(0.5)
-            assert late.messages == [(topics.status(a), b"online 1")]
-        finally:
-            late.stop()
+        with a_lock_and_a_relay(broker, lock_files, tmp_path) as (_, lock, relay):
+            for topic, payload in (
+                (topics.state(a), b"state"),
+                (topics.acks(a), b"ack"),
+                (topics.status(a), b"online 1"),
+            ):
+                lock.client.publish(topic, payload, qos=1, retain=True).wait_for_publish(5)
+            wait_until(lambda: len(relay.of(a)) == 3)
+            assert len(relay.of(a)) == 3  # each delivered, live
+            lock.client.publish(topics.state(a), b"at QoS 2", qos=2)  # while a relay holds the lock's events
+            wait_until(lambda: lock.disconnects)
+            assert lock.disconnects, "the broker took a QoS 2 message"
+            time.sleep(0.3)
+            assert (topics.state(a), b"at QoS 2") not in relay.of(a)
+        assert kept_under(broker, tmp_path, a) == [(topics.status(a), b"online 1")]
     finally:
-        lock.stop()
-        relay.stop()
-        cleaner = Peer(broker, a_files, client_id=a)  # the retained presence goes with the test
+        cleaner = Peer(broker, lock_files[a], client_id=a)  # the retained presence goes with the test
         if cleaner.start():
             cleaner.client.publish(topics.status(a), b"", qos=1, retain=True).wait_for_publish(5)
             cleaner.stop()
