@@ -51,13 +51,13 @@ def test_a_command_whose_time_runs_out_before_its_wave_is_not_published_nor_any_
 ) -> None:
     broker = Broker(clock, wave_s=2.0)
     due = [
-        (Delivery("a1", "A", "lock-a"), "a1", 2.5),
-        (Delivery("a2", "A", "lock-a"), "a2", 2.5),  # half a second left at its wave: the broker counts whole ones
+        (Delivery("a1", "A", "lock-a"), "a1", 1.5),
+        (Delivery("a2", "A", "lock-a"), "a2", 1.5),  # out of time at its wave, 2 s on
         (Delivery("a3", "A", "lock-a"), "a3", 60.0),
-        (Delivery("b1", "B", "lock-b"), "b1", 0.4),
+        (Delivery("b1", "B", "lock-b"), "b1", 0.4),  # its last second: goes out, with the broker's least expiry
         (Delivery("c1", "C", "lock-c"), "c1", 9.0),
         (Delivery("c2", "C", "lock-c"), "c2", 9.0),
     ]
     published = outbox._in_waves(broker, due, read_at=clock[0])
-    assert broker.waves == [[("a1", 2), ("c1", 9)], [("c2", 7)]]
-    assert [d.command_id for d, _ in published] == ["a1", "c1", "c2"]
+    assert broker.waves == [[("a1", 1), ("b1", 1), ("c1", 9)], [("c2", 7)]]
+    assert [d.command_id for d, _ in published] == ["a1", "b1", "c1", "c2"]
