@@ -21,7 +21,8 @@ from lockwise.core.runtime import get_runtime
 from lockwise.devices import members
 from simlock.lock import new_tls_key
 from tests.conftest import PROJECT_ID
-from tests.devices_world import World, bearer, build_world, new_lock_key, sign_in, verify_email
+from tests.devices_world import World, bearer, build_world, google_sign_in, new_lock_key, sign_in, verify_email
+from tests.integration.test_devices_flows import emulator_token
 from tests.integration.test_devices_live_view import rest_get
 from tests.integration.test_voice import enroll, signed_verify, take
 from tests.voices import spoken, wav
@@ -388,6 +389,44 @@ def test_a_revocation_is_read_at_the_next_flush_once_its_owner_signs_in_again(
 
     wait_for(refused, what="the revoked session's token refused by the rules")
     assert rest_get(host, f"locks/{lock}", again["idToken"]) == 200
+
+
+def test_the_sessions_of_an_account_its_addresss_owner_took_over_are_refused_after_the_owners_first_request(
+    clients: dict[str, Any], sign_up: Any, stack_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Attack run 79 left open whether the sessions of whoever made an account with someone else's address end
+    when the address's owner takes it over (a Google sign-in): a refreshed token would name the address verified,
+    and ``users.outdated`` passes those. Firebase ends them: the takeover is a major account change, which expires
+    refresh tokens ("Manage User Sessions"), and the Auth emulator sets the account's ``validSince`` at it
+    (firebase-tools' ``handleIdpSigninEmailRequired``). The owner's first request is a session begun since the
+    account's last check, so the next flush reads that ``validSince``: a token of a session signed in before it,
+    its address verified or not, is 401 ``token_revoked``, however recently the account was checked."""
+    from lockwise.core import runtime
+
+    monkeypatch.setattr(runtime, "RECORDED_USER_TTL_S", 0.0)
+    devices, host = clients["devices"], stack_env["FIREBASE_AUTH_EMULATOR_HOST"]
+    address = f"victim-{random.getrandbits(32):08x}@example.com"
+    made_at = time.time()
+    made_in_advance = sign_up(address)
+    uid = made_in_advance["localId"]
+    assert devices.get("/devices/locks", headers=bearer(made_in_advance)).status_code == 200
+    flush(clients, stack_env)  # the account checked: not due again for an hour
+    assert users_row(uid)[0] is True
+    time.sleep(1.1)  # validSince is in whole seconds
+    victim = google_sign_in(host, address)
+    assert victim["localId"] == uid  # the same account, now the address's owner's
+    assert devices.get("/devices/locks", headers=bearer(victim)).status_code == 200  # the owner's first request
+    assert users_row(uid)[0] is False  # due a check at once
+    flush(clients, stack_env)
+    # the maker's session refreshed after the takeover (the emulator refreshes what Firebase would refuse): its
+    # token names the address verified, and was signed in before the takeover
+    refreshed = emulator_token(uid, address, verified=True, signed_in_age_s=int(time.time() - made_at) + 1)
+    for token in (refreshed, made_in_advance):
+        answer = devices.post("/devices/locks", json={"name": "hall"}, headers=bearer(token))
+        assert answer.status_code == 401, answer.get_json()
+    answer = devices.get("/devices/locks", headers=bearer(refreshed))
+    assert answer.get_json()["error"]["code"] == "token_revoked", answer.get_json()
+    assert devices.get("/devices/locks", headers=bearer(victim)).status_code == 200
 
 
 def test_an_account_enabled_again_soon_after_it_was_found_disabled_is_let_in_at_the_next_flush(
