@@ -398,8 +398,9 @@ def create_command(ctx: Ctx, lock_id: str) -> Result:
 def get_command(ctx: Ctx, lock_id: str, command_id: str) -> JsonBody:
     user, lock_id = app_user(ctx), lock_param(lock_id)
     with rt.db.connection() as con:
-        membership = members.require(con, lock_id, user.uid, rt.now())
-        return {"command": commands.present(commands.seen_by(con, lock_id, command_id, user.uid, membership.role))}
+        now = rt.now()
+        membership = members.require(con, lock_id, user.uid, now)
+        return {"command": commands.present(commands.seen_by(con, lock_id, command_id, user.uid, membership.role), now)}
 
 
 # ------------------------------------------------------------------------------------------------ lock-facing

@@ -10,6 +10,7 @@ import json
 import secrets
 import threading
 import time
+import types
 import urllib.request
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -22,12 +23,13 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 from werkzeug.datastructures import Headers
 
+from infra.local.firestore_sdk import sdk_client as firestore_client
 from infra.local.services import Broker
-from lockwise.core import accounts, audit, errors, inputs, retention, users
+from lockwise.core import accounts, audit, errors, inputs, mirror, retention, users
 from lockwise.core.config import get_settings
 from lockwise.core.db import Database
 from lockwise.core.runtime import get_runtime
-from lockwise.devices import changes, command_signing, lock_auth, lock_certs
+from lockwise.devices import changes, command_signing, commands, lock_auth, lock_certs, provisioning
 from simlock.lock import SimulatedLock, new_tls_key
 from simlock.lock import pem_of as tls_pem
 from tests.conftest import PROJECT_ID
@@ -45,6 +47,7 @@ from tests.devices_world import (
     sign_in,
     verify_email,
 )
+from tests.integration.test_devices_live_view import wait_until_mirrored
 
 #: a usable public key (the curve's base point): these cases are about the fields after it
 BASE_POINT = "WGZmZmZmZmZmZmZmZmZmZmZmZmZmZmZmZmZmZmZmZmY="
@@ -207,6 +210,58 @@ def test_a_signing_key_pairs_one_lock_at_a_time(devices: Any, sign_up: Any) -> N
     assert pair(second["provisioning"]["code"]).status_code == 409  # the code is still unused: refused again
     again = devices.post(f"/devices/locks/{first['lock']['id']}/provisioning", headers=bearer(owner))
     assert pair(again.get_json()["code"]).status_code == 201  # re-pairing the lock that holds it
+
+
+def an_hour_ahead() -> types.ModuleType:
+    """The ``datetime`` module as an instance whose own clock runs an hour ahead sees it."""
+
+    class Ahead(dt.datetime):
+        @classmethod
+        def now(cls, tz: dt.tzinfo | None = None) -> Ahead:
+            moment = dt.datetime.now(tz) + dt.timedelta(hours=1)
+            return cls.combine(moment.date(), moment.timetz())
+
+    module = types.ModuleType("datetime")
+    module.__dict__.update(vars(dt))
+    module.datetime = Ahead  # type: ignore[attr-defined]
+    return module
+
+
+def test_an_instance_whose_clock_runs_ahead_dates_certificates_commands_and_the_feed_by_the_databases(
+    world: World, stack_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A lock's certificate, when it should renew it, a command's status and the feed's entries were dated by the
+    instance's own clock (left by stop 66: none decides access). An instance an hour ahead signed certificates
+    starting 55 minutes in the broker's future (past ``lock_certs.BACKDATE``): the lock could not connect for that
+    time. They go by the database's clock now, as every decision does."""
+    for module in (provisioning, mirror, commands):
+        monkeypatch.setattr(module, "dt", an_hour_ahead())
+    body = json.dumps({"csr": new_tls_key()[1]}).encode()
+    headers = lock_auth.sign_headers(
+        world.lock_key, world.lock_id, "POST", "/devices/lock/certificate", body, content_type="application/json"
+    )
+    renewed = world.devices.post("/devices/lock/certificate", data=body, headers=headers)
+    assert renewed.status_code == 201, renewed.get_json()
+    (((database_now,),),) = (db_rows("SELECT clock_timestamp()"),)
+    certificate = x509.load_pem_x509_certificate(renewed.get_json()["certificate"].encode())
+    assert certificate.not_valid_before_utc <= database_now - lock_certs.BACKDATE + dt.timedelta(seconds=30)
+    halfway = database_now + (certificate.not_valid_after_utc - database_now) / 2
+    renew_after = dt.datetime.fromisoformat(renewed.get_json()["renew_after"])
+    assert abs(renew_after - halfway) < dt.timedelta(seconds=30), (renew_after, halfway)
+    unlock = world.devices.post(
+        f"/devices/locks/{world.lock_id}/commands", json={"action": "unlock"}, headers=world.headers("owner")
+    )
+    assert unlock.status_code == 202 and unlock.get_json()["command"]["status"] == "pending", unlock.get_json()
+    command_id = unlock.get_json()["command"]["id"]
+    seen = world.devices.get(f"/devices/locks/{world.lock_id}/commands/{command_id}", headers=world.headers("owner"))
+    assert seen.get_json()["command"]["status"] == "pending", seen.get_json()
+    get_runtime("devices").flush_mirror(force=True)
+    wait_until_mirrored(world.lock_id)
+    sdk = firestore_client(PROJECT_ID, stack_env["FIRESTORE_EMULATOR_HOST"])
+    entries = [e.to_dict() for e in sdk.collection(mirror.lock_collection(world.lock_id, mirror.FEED)).stream()]
+    (listed,) = [e for e in entries if e.get("command_id") == command_id]
+    at = dt.datetime.fromisoformat(listed["at"].replace("Z", "+00:00"))
+    assert abs(at - database_now) < dt.timedelta(seconds=30), (at, database_now)
 
 
 def test_a_lock_renews_its_certificate_a_few_times_a_day_and_no_more(world: World) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import hashlib
 import json
 import re
@@ -537,6 +538,10 @@ def test_feed_entries_and_ended_access_expire_by_firestore_ttl_policies_the_depl
         {"collectionGroup": "activity", "fieldPath": "expires_at", "ttl": True, "indexes": []},
         {"collectionGroup": "access", "fieldPath": "purge_at", "ttl": True, "indexes": []},
     ]
-    path, op, data = mirror.access_ended("lock", "carol")
+    ended = dt.datetime(2026, 12, 6, 23, 0, tzinfo=dt.UTC)
+    path, op, data = mirror.access_ended("lock", "carol", ended)
     assert (path, op) == ("locks/lock/access/carol", "set") and data is not None
-    assert set(data["purge_at"]) == {firestore_json.TIMESTAMP}
+    assert data["purge_at"] == firestore_json.timestamp(ended + mirror.ENDED_ACCESS_KEPT)
+    entry = mirror.activity_entry("lock", "state", ended)[2]
+    assert entry is not None and entry["expires_at"] == firestore_json.timestamp(ended + mirror.FEED_KEPT)
+    assert entry["at"] == "2026-12-06T23:00:00.000Z"

@@ -26,7 +26,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, Literal, NamedTuple
 
 from lockwise.core import firestore, firestore_json, inputs
-from lockwise.core.db import Connection, Database
+from lockwise.core.db import Connection, Database, clock
 
 log = logging.getLogger("lockwise.core.mirror")
 
@@ -122,7 +122,7 @@ def access_doc(lock_id: str, uid: str) -> str:
 ENDED_ACCESS_KEPT = dt.timedelta(days=1)
 
 
-def access_ended(lock_id: str, uid: str) -> Write:
+def access_ended(lock_id: str, uid: str, now: dt.datetime) -> Write:
     """A former member's access document, to queue with ``enqueue_many``: written over their access, not deleted,
     so that a commit still in flight that made it (their joining, whose answer never came) finds it there and is
     refused (``_write``: a missing document is written only where it is still missing). Deleted, a late commit
@@ -130,7 +130,7 @@ def access_ended(lock_id: str, uid: str) -> Write:
     membership change: no version tells "never there" from "there no more". It lets nothing be read (the rules'
     ``mayRead``: expired at the epoch; no role), and Firestore deletes it after ``ENDED_ACCESS_KEPT``, long after
     any commit in flight has landed or failed."""
-    purge_at = firestore_json.timestamp(dt.datetime.now(dt.UTC) + ENDED_ACCESS_KEPT)
+    purge_at = firestore_json.timestamp(now + ENDED_ACCESS_KEPT)
     return access_doc(lock_id, uid), "set", {"role": "", "expires_ms": 0, "ended": True, "purge_at": purge_at}
 
 
@@ -150,19 +150,20 @@ PEOPLE_FIELDS = ("actor_uid", "target_uid", "member_uid", "invited_by")
 FEED_KEPT = dt.timedelta(days=90)
 
 
-def activity_entry(lock_id: str, kind: str, *, entry_id: str | None = None, **fields: Any) -> Write:
+def activity_entry(lock_id: str, kind: str, at: dt.datetime, *, entry_id: str | None = None, **fields: Any) -> Write:
     """A new entry of the lock's activity feed (never biometric data), to queue with ``enqueue_many``; its
     ``audience`` and ``about`` say who reads it (``infra/firestore.rules``), its ``expires_at`` when Firestore
     deletes it (``FEED_KEPT``). ``entry_id``: the document's id when the same event may come again and must stay
-    one entry (a lock's report, by its own time); a random one if not."""
+    one entry (a lock's report, by its own time); a random one if not. ``at``: when, on the database's clock (the
+    relay's and each function's entries of one lock sort in one order: an ack listed before its command, a
+    relay's clock a second behind the devices function's)."""
     about = sorted({uid for name in PEOPLE_FIELDS if isinstance(uid := fields.get(name), str)})
     audience = "everyone" if kind in EVERYONE_KINDS else "admins"
-    now = dt.datetime.now(dt.UTC)
-    expires = firestore_json.timestamp(now + FEED_KEPT)
+    expires = firestore_json.timestamp(at + FEED_KEPT)
     # "at" to the millisecond: entries of one second (a command, its ack) sort in the order they happened
     data = {
         "kind": kind,
-        "at": firestore_json.iso_ms(now),
+        "at": firestore_json.iso_ms(at),
         **fields,
         "audience": audience,
         "about": about,
@@ -171,9 +172,10 @@ def activity_entry(lock_id: str, kind: str, *, entry_id: str | None = None, **fi
     return doc("locks", lock_id, FEED, entry_id or str(uuid.uuid4())), "set", data
 
 
-def activity(con: Connection, lock_id: str, kind: str, **fields: Any) -> None:
-    """Add an entry to the lock's activity feed (never biometric data)."""
-    enqueue_many(con, [activity_entry(lock_id, kind, **fields)])
+def activity(con: Connection, lock_id: str, kind: str, *, at: dt.datetime | None = None, **fields: Any) -> None:
+    """Add an entry to the lock's activity feed (never biometric data), made ``at`` (the database's clock, read now
+    when not given)."""
+    enqueue_many(con, [activity_entry(lock_id, kind, clock(con) if at is None else at, **fields)])
 
 
 #: a write that can never be taken: Firestore refused it (400), or it could not even be made into one

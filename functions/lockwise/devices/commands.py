@@ -196,7 +196,7 @@ def create(
     if idempotency_key is not None:
         existing = _by_idempotency_key(con, lock_id, issuer_uid, idempotency_key)
         if existing is not None:
-            return _retried(existing, action)
+            return _retried(existing, action, at)
     if budget is not None and issuer_uid is not None:
         _limit_app_commands(con, lock_id, issuer_uid, budget)
     # the row keeps the exact moment (which of two commands of one second is the newer: ``mqtt_relay.outbox`` re-sends
@@ -242,21 +242,21 @@ def create(
         raced = _by_idempotency_key(con, lock_id, issuer_uid, idempotency_key)  # a concurrent retry won the race
         if raced is None:
             raise errors.Conflict("idempotency key was used for a different action", code="idempotency_key_reused")
-        return _retried(raced, action)
+        return _retried(raced, action, at)
     actor = audit.user_actor(issuer_uid) if issuer_uid else f"voice:{attempt_id}"
     audit.record(
         con, actor, f"command.{action}", "ok", lock_id=lock_id, target=command_id, details={"issuer": issuer_kind}
     )
     mirror.activity(
-        con, lock_id, "command", action=action, command_id=command_id, actor_uid=issuer_uid, via=issuer_kind
+        con, lock_id, "command", at=at, action=action, command_id=command_id, actor_uid=issuer_uid, via=issuer_kind
     )
-    return Issued(present(inserted[0]), True, payload)
+    return Issued(present(inserted[0], at), True, payload)
 
 
-def _retried(existing: dict[str, Any], action: str) -> Issued:
+def _retried(existing: dict[str, Any], action: str, now: dt.datetime) -> Issued:
     if existing["action"] != action:
         raise errors.Conflict("idempotency key was used for a different action", code="idempotency_key_reused")
-    return Issued(present(existing), False, str(existing["payload"]))
+    return Issued(present(existing, now), False, str(existing["payload"]))
 
 
 def _by_idempotency_key(con: Connection, lock_id: str, uid: str | None, key: str) -> dict[str, Any] | None:
@@ -287,9 +287,9 @@ def seen_by(con: Connection, lock_id: str, command_id: str, uid: str, role: str)
     return row
 
 
-def present(row: dict[str, Any], now: dt.datetime | None = None) -> dict[str, Any]:
-    """The API view of a command; a pending or sent command past its expiry reads as ``expired``."""
-    now = now or dt.datetime.now(dt.UTC)
+def present(row: dict[str, Any], now: dt.datetime) -> dict[str, Any]:
+    """The API view of a command; a pending or sent command past its expiry at ``now`` (the runtime's clock, the
+    database's) reads as ``expired``."""
     status = row["status"]
     if status in ("pending", "sent") and row["expires_at"] <= now:
         status = "expired"

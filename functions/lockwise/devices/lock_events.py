@@ -456,7 +456,7 @@ def list_in_feed(
     row.feed_entries += 1
     if row.feed_unlisted:
         fields["unlisted_before"], row.feed_unlisted = row.feed_unlisted, 0
-    batch.writes.append(mirror.activity_entry(lock_id, kind, entry_id=entry_id, **fields))
+    batch.writes.append(mirror.activity_entry(lock_id, kind, now, entry_id=entry_id, **fields))
     return True
 
 
@@ -687,6 +687,7 @@ def _ack(con: Connection, lock_id: str, body: dict[str, Any], now: dt.datetime) 
         con,
         lock_id,
         "command_ack",
+        at=now,
         command_id=command_id,
         action=action,
         result=result,

@@ -279,7 +279,7 @@ def hand_over(
     provisioning.close_codes(con, lock_id)  # the old owner's codes pair nothing now (redemption checks it too)
     actor = audit.user_actor(from_uid) if operator_uid is None else audit.operator_actor(operator_uid)
     audit.record(con, actor, "lock.transfer", "ok", lock_id=lock_id, target=to_uid, details={"from": from_uid})
-    by_operator = {} if operator_uid is None else {"by_operator": True}
+    by_operator: dict[str, Any] = {} if operator_uid is None else {"by_operator": True}
     mirror.activity(con, lock_id, "ownership_transferred", actor_uid=from_uid, target_uid=to_uid, **by_operator)
     members.mirror_access(con, lock_id)  # the new owner's window and expiry are gone in the rules' data too
 

@@ -469,7 +469,7 @@ def mirror_access(con: Connection, lock_id: str, *, write_again: Collection[str]
         gone = sorted({r[0] for r in everyone} - set(access))
         con.run("INSERT INTO mirrored_access_locks VALUES (CAST(:l AS uuid)) ON CONFLICT DO NOTHING", l=lock_id)
     writes: list[mirror.Write] = [(mirror.access_doc(lock_id, uid), "set", a) for uid, a in changed.items()]
-    writes += [mirror.access_ended(lock_id, uid) for uid in gone]
+    writes += [mirror.access_ended(lock_id, uid, now) for uid in gone]
     # written every time, after the access documents: a listener the rules let in is checked again only when a
     # document it reads changes (and what lock documents held before, which every member read, is emptied)
     writes.append((mirror.lock_doc(lock_id), "replace_fields", {"member_uids": [], "access": {}}))

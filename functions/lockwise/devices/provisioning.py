@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from lockwise.core import audit, errors, mirror, quotas, users
 from lockwise.core.auth import User
-from lockwise.core.db import Connection, Database
+from lockwise.core.db import Connection, Database, clock
 from lockwise.devices import command_outcomes, ed25519_points, lock_auth, lock_certs, topics, transfer_offers
 
 log = logging.getLogger("lockwise.devices.provisioning")
@@ -94,6 +94,7 @@ class Certificate:
     pem: str
     ca_pem: str  # the lock CA's certificate (the chain up to what the broker trusts)
     not_after: dt.datetime
+    issued_at: dt.datetime  # on the database's clock (``_certify``)
 
     def public(self) -> dict[str, Any]:
         return {
@@ -101,7 +102,7 @@ class Certificate:
             "ca_certificate": self.ca_pem,
             "expires_at": self.not_after.isoformat(),
             # renew once half the lifetime is gone: a lock that is offline for a while still has time
-            "renew_after": (self.not_after - (self.not_after - dt.datetime.now(dt.UTC)) / 2).isoformat(),
+            "renew_after": (self.issued_at + (self.not_after - self.issued_at) / 2).isoformat(),
         }
 
 
@@ -272,7 +273,7 @@ def redeem(
     refuse_a_shared_signing_key(con, public_key)
     transfer_offers.end_for_lock(con, lock_id)  # an offer was made for the device the lock had
     identity = str(uuid.uuid4())  # a new broker identity per pairing: the old one's topics go dead with it
-    certificate = _certify(ca, request, identity, cert_ttl_s)
+    certificate = _certify(con, ca, request, identity, cert_ttl_s)
     con.run(
         "INSERT INTO lock_credentials (lock_id, mqtt_username, signing_public_key, cert_serial, cert_not_after,"
         " paired_with, csr_key_sha256) VALUES (CAST(:l AS uuid), :u, :k, :s, :n, :h, :c)",
@@ -430,7 +431,7 @@ def _reissue(
         f"this lock was issued {per_day} certificates in the last 24 hours; it renews again later",
         "renewal_limit",
     )
-    certificate, serial = _certify(ca, request, identity, cert_ttl_s)
+    certificate, serial = _certify(con, ca, request, identity, cert_ttl_s)
     con.run(  # a credential paired with a broker password moves to its certificate here for good
         "UPDATE lock_credentials SET cert_serial = :s, cert_not_after = :n, mqtt_password_hash = NULL"
         " WHERE id = CAST(:i AS uuid)",
@@ -441,9 +442,14 @@ def _reissue(
     return certificate, serial
 
 
-def _certify(ca: lock_certs.LockCa, request: Any, identity: str, ttl_s: int) -> tuple[Certificate, str]:
-    issued = lock_certs.issue(ca, request, identity, ttl_s, dt.datetime.now(dt.UTC))
-    return Certificate(identity, issued.pem, ca.cert_pem(), issued.not_after), issued.serial
+def _certify(
+    con: Connection, ca: lock_certs.LockCa, request: Any, identity: str, ttl_s: int
+) -> tuple[Certificate, str]:
+    """A certificate for ``identity`` valid from the database's clock now (the instance's may be off: a start in
+    the broker's future, past ``lock_certs.BACKDATE``, is refused by it), and its serial."""
+    now = clock(con)
+    issued = lock_certs.issue(ca, request, identity, ttl_s, now)
+    return Certificate(identity, issued.pem, ca.cert_pem(), issued.not_after, now), issued.serial
 
 
 def revocations_version(con: Connection) -> tuple[int, int]:

@@ -53,7 +53,7 @@ def store(
     one is dropped once the account's address is verified (``lockwise.core.users.upsert``: attack run 73)."""
     vp = scoring.voiceprint(samples)
     embedding = scoring.to_bytes(vp)
-    con.run(
+    ((stored_at,),) = con.run(
         # stamped when stored, not when the transaction began: of two enrollments that took turns at a lock, the
         # one stored second is the later (``first_come``), though it may have begun first
         "INSERT INTO voiceprints (user_uid, model_id, dim, embedding, sample_count, sample_embeddings, created_at,"
@@ -62,7 +62,7 @@ def store(
         " model_id = EXCLUDED.model_id, dim = EXCLUDED.dim, embedding = EXCLUDED.embedding,"
         " sample_count = EXCLUDED.sample_count, sample_embeddings = EXCLUDED.sample_embeddings,"
         " created_at = EXCLUDED.created_at, samples_sha256 = EXCLUDED.samples_sha256,"
-        " address_unverified = EXCLUDED.address_unverified",
+        " address_unverified = EXCLUDED.address_unverified RETURNING created_at",
         u=uid,
         m=model_id,
         d=int(samples.shape[1]),
@@ -76,7 +76,7 @@ def store(
         con,
         mirror.user_doc(uid),
         "set",
-        {"voice_enrolled": True, "samples": int(samples.shape[0]), "enrolled_at": dt.datetime.now(dt.UTC).isoformat()},
+        {"voice_enrolled": True, "samples": int(samples.shape[0]), "enrolled_at": stored_at.isoformat()},
     )
     return vp
 
