@@ -115,7 +115,7 @@ def leave_everything(ctx: Ctx) -> Result:
     the Firebase account; 409 ``owns_locks`` while the user owns a lock."""
     user = app_user(ctx)
     with rt.db.transaction() as con:
-        locks.leave_every_lock(con, user.uid, rt.now(), signed_in=users.signed_in_at(user))
+        locks.leave_every_lock(con, user.uid, rt.now(), caller=user)
     rt.flush_mirror()
     return flask.Response(status=204)
 

@@ -429,6 +429,26 @@ def test_the_sessions_of_an_account_its_addresss_owner_took_over_are_refused_aft
     assert devices.get("/devices/locks", headers=bearer(victim)).status_code == 200
 
 
+def test_the_token_of_whoever_made_an_account_leaves_no_lock_once_its_addresss_owner_took_it_over(
+    clients: dict[str, Any], sign_up: Any, stack_env: dict[str, str]
+) -> None:
+    """An instance judges a request by the account's standing as it last read it (up to a minute old), and an
+    account's leaving (``DELETE /devices/me``) by its row as held, which did not ask whether the token was from
+    before the address was verified: on an instance that had not seen the takeover, the token of whoever made the
+    account with someone else's address made the account, now its address's owner's, leave every lock (204; found
+    by a review of stop 66's notes)."""
+    devices = clients["devices"]
+    address = f"victim-{random.getrandbits(32):08x}@example.com"
+    made_in_advance = sign_up(address)
+    assert devices.get("/devices/locks", headers=bearer(made_in_advance)).status_code == 200  # remembered here
+    victim = google_sign_in(stack_env["FIREBASE_AUTH_EMULATOR_HOST"], address)
+    assert clients["embed"].get("/embed/enrollment", headers=bearer(victim)).status_code == 200  # another instance
+    left = devices.delete("/devices/me", headers=bearer(made_in_advance))
+    assert left.status_code == 401 and left.get_json()["error"]["code"] == "token_outdated", left.get_json()
+    with get_runtime("devices").db.connection() as con:
+        assert con.run("SELECT left_at FROM users WHERE uid = :u", u=victim["localId"]) == [[None]]
+
+
 def test_an_account_enabled_again_soon_after_it_was_found_disabled_is_let_in_at_the_next_flush(
     clients: dict[str, Any], world: World, stack_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

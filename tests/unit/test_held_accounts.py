@@ -8,8 +8,18 @@ import datetime as dt
 import pytest
 
 from lockwise.core import errors, users
+from lockwise.core.auth import User
 
 T = dt.datetime(2026, 12, 5, 12, 0, tzinfo=dt.UTC)
+
+
+def token(signed_in: dt.datetime | None, *, address: str | None = "ana@example.com") -> User | None:
+    """The caller's token, signed in at ``signed_in`` (None: no token, an account's own request with no session to
+    judge), naming ``address`` verified (None: no verified address)."""
+    if signed_in is None:
+        return None
+    when = int(signed_in.timestamp())
+    return User("ana", address, address is not None, {"auth_time": when, "iat": when})
 
 
 def held(**changes: object) -> users.Held:
@@ -20,7 +30,7 @@ def held(**changes: object) -> users.Held:
 
 def code_of(account: users.Held, signed_in: dt.datetime | None) -> str | None:
     try:
-        account.refuse(signed_in)
+        account.refuse(token(signed_in))
     except errors.LockwiseError as e:
         return e.code
     return None
@@ -54,5 +64,14 @@ def test_a_session_from_before_the_leaving_or_within_the_clocks_leeway_after_it_
     assert code_of(left, T + leeway + dt.timedelta(seconds=1)) is None  # signed in again since: the account was kept
     assert code_of(left, None) is None
     with pytest.raises(errors.Unauthenticated):  # its leaving again (``locks.leave_every_lock``): revoked, not left
-        held(left_at=T, sessions_since=T).refuse(T - dt.timedelta(seconds=1), left_since=False)
-    held(left_at=T).refuse(T - dt.timedelta(minutes=5), left_since=False)
+        held(left_at=T, sessions_since=T).refuse(token(T - dt.timedelta(seconds=1)), left_since=False)
+    held(left_at=T).refuse(token(T - dt.timedelta(minutes=5)), left_since=False)
+
+
+def test_a_token_without_the_address_an_account_has_shown_verified_is_refused_leaving_too() -> None:
+    verified = held(address_verified=True)
+    with pytest.raises(errors.Unauthenticated) as refused:
+        verified.refuse(token(T, address=None), left_since=False)
+    assert refused.value.code == "token_outdated"
+    verified.refuse(token(T), left_since=False)
+    held().refuse(token(T, address=None))  # an address never seen verified: nothing to be outdated by

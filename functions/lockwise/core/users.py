@@ -240,21 +240,21 @@ class Held:
         """Found neither deleted nor disabled."""
         return not (self.gone or self.disabled)
 
-    def refuse(
-        self, signed_in: dt.datetime | None = None, *, left_since: bool = True, user: User | None = None
-    ) -> None:
+    def refuse(self, user: User | None = None, *, left_since: bool = True) -> None:
         """Refuse the account's own request: 401 ``account_deleted`` / ``account_disabled`` when it was found so, and
-        for a session that began at ``signed_in`` (``signed_in_at``), 401 ``token_revoked`` when that was before its
+        for ``user``'s token (the caller's), 401 ``token_outdated`` when it is from before the address was verified
+        (``outdated``), 401 ``token_revoked`` when its session (``signed_in_at``) began before the account's
         sessions were revoked and, with ``left_since``, 409 ``account_left`` when the account left every lock after
         it (``hold_caller``)."""
         if self.gone:
             raise account_deleted()
         if self.disabled:
             raise account_disabled()
-        if user is not None and outdated(user, address_verified=self.address_verified):  # the caller's token
-            raise token_outdated()
-        if signed_in is None:
+        if user is None:
             return
+        if outdated(user, address_verified=self.address_verified):
+            raise token_outdated()
+        signed_in = signed_in_at(user)
         if self.sessions_since is not None and signed_in < self.sessions_since:
             raise token_revoked()
         if left_since and self.left_at is not None and signed_in <= self.left_at + dt.timedelta(seconds=LEFT_LEEWAY_S):
@@ -323,7 +323,7 @@ def refuse_caller(con: Connection, user: User) -> None:
     user (a removal, a withdrawal), or is already taken one at a time by a row it holds for update (an owner's write
     holds the lock's), where holding the account's row too waited behind the relay's account check, which holds
     accounts' rows and then a lock's (a deadlock: attack run 34)."""
-    read(con, user.uid).refuse(signed_in_at(user), user=user)
+    read(con, user.uid).refuse(user)
 
 
 def hold_caller(con: Connection, user: User) -> None:
@@ -340,4 +340,4 @@ def hold_caller(con: Connection, user: User) -> None:
     other phone, as the account is being deleted; a refreshed token of it too, so not the token's issue time)
     would give the account a lock or a membership nobody could end once it is gone. Signed in again since: the
     account was kept."""
-    hold(con, user.uid).refuse(signed_in_at(user), user=user)
+    hold(con, user.uid).refuse(user)

@@ -432,7 +432,7 @@ def leave_every_lock(
     now: dt.datetime,
     *,
     account_gone: bool = False,
-    signed_in: dt.datetime | None = None,
+    caller: User | None = None,
 ) -> int | None:
     """What an account's deletion asks of the devices domain: leave every lock ``uid`` is a member of (as each removal
     does: invitations to them closed, the live view's access ended), close the invitations sent to their uid, and
@@ -440,9 +440,11 @@ def leave_every_lock(
     deletes it first, or it would be left with nobody able to manage it. ``account_gone``: the account was deleted
     outside the app (``lockwise.core.accounts``): nobody is there to answer, so the locks it owns keep it as their
     owner (their voice is no longer scored anywhere) and the rest is done; None when the account was found again
-    meanwhile (nothing is done). ``signed_in``: when the session asking began (``users.signed_in_at``): a revoked
-    one is refused (401 ``token_revoked``; a stolen session revoked a minute before made its account leave every
-    lock while the instance remembered the account); one from before an earlier leaving is not (its retry is a 204).
+    meanwhile (nothing is done). ``caller``: the account's own token asking, judged on its row as held
+    (``users.Held.refuse``): a revoked session is refused (401 ``token_revoked``; a stolen session revoked a minute
+    before made its account leave every lock while the instance remembered the account), and so is a token from
+    before the address was verified (401 ``token_outdated``); a session from before an earlier leaving is not (its
+    retry is a 204).
     Returns how many locks were left."""
     # every path's order: the locks' rows, then the user's, then memberships and invitations (an acceptance holds
     # the user's row and waits for its invitation; this closed the invitation, then waited for the user's row)
@@ -460,7 +462,7 @@ def leave_every_lock(
     # counted once made, not missed and left owned by an account that has just left everything
     held = users.hold(con, uid)
     if not account_gone:
-        held.refuse(signed_in, left_since=False)  # the account's own request
+        held.refuse(caller, left_since=False)  # the account's own request
     gone = held.gone
     if account_gone and not gone:  # found again meanwhile (restored): left as it is
         return None
