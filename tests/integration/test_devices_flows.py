@@ -48,6 +48,7 @@ from tests.devices_world import (
     verify_email,
 )
 from tests.integration.test_devices_live_view import wait_until_mirrored
+from tests.zone_data import pinned
 
 #: a usable public key (the curve's base point): these cases are about the fields after it
 BASE_POINT = "WGZmZmZmZmZmZmZmZmZmZmZmZmZmZmZmZmZmZmZmZmY="
@@ -210,6 +211,53 @@ def test_a_signing_key_pairs_one_lock_at_a_time(devices: Any, sign_up: Any) -> N
     assert pair(second["provisioning"]["code"]).status_code == 409  # the code is still unused: refused again
     again = devices.post(f"/devices/locks/{first['lock']['id']}/provisioning", headers=bearer(owner))
     assert pair(again.get_json()["code"]).status_code == 201  # re-pairing the lock that holds it
+
+
+def test_a_guests_window_is_judged_by_the_pinned_zone_data_not_the_hosts(world: World, sign_up: Any) -> None:
+    """Attack run 80: ``zoneinfo`` read the host's database first (Debian's 2025b here), where the pinned tzdata
+    (2026.6) has moved America/Vancouver an hour: a guest was let in an hour after her window by the newer rules, and
+    kept out for its first hour. Her window is the 40 minutes around the pinned data's local time now: she is let
+    in, and not with the same window an hour later (on a host whose own data agrees, both hold too)."""
+    zone = "America/Vancouver"
+    local = dt.datetime.now(dt.UTC).astimezone(pinned(zone))
+    minute = local.hour * 60 + local.minute
+
+    def window(start: int) -> dict[str, Any]:
+        start, end = start % 1440, (start + 40) % 1440
+        return {"timezone": zone, "day_start_minute": start, "day_end_minute": end or 1440}
+
+    for start, allowed in ((minute - 20, True), (minute + 40, False)):
+        guest = sign_up()
+        join(world.devices, world.lock_id, world.accounts["owner"], guest, {"role": "guest", "access": window(start)})
+        unlock = world.devices.post(
+            f"/devices/locks/{world.lock_id}/commands", json={"action": "unlock"}, headers=bearer(guest)
+        )
+        assert unlock.status_code == (202 if allowed else 403), (start, minute, unlock.get_json())
+
+
+def test_a_guest_whose_zone_this_release_lacks_is_kept_out_and_holds_up_nothing_at_her_lock(world: World) -> None:
+    """A zone stored by a release whose data had it and read by one whose does not (attack run 80, the row written
+    here as such a release left it): every removal at the lock was a 500 (the live view's access is written for every
+    member), and so was every voice decision at the door. The guest is kept out now, and the rest goes on."""
+    with get_runtime("devices").db.transaction() as con:
+        con.run(
+            "UPDATE lock_members SET timezone = 'America/Not_In_This_Tzdata', weekdays = 127, day_start_minute = 0,"
+            " day_end_minute = 1440 WHERE lock_id = CAST(:l AS uuid) AND user_uid = :u",
+            l=world.lock_id,
+            u=world.uid("guest_in"),
+        )
+    removed = world.devices.delete(
+        f"/devices/locks/{world.lock_id}/members/{world.uid('member')}", headers=world.headers("owner")
+    )
+    assert removed.status_code == 204, removed.get_json()
+    kept_out = world.devices.post(
+        f"/devices/locks/{world.lock_id}/commands", json={"action": "unlock"}, headers=world.headers("guest_in")
+    )
+    assert kept_out.status_code == 403, kept_out.get_json()
+    owner = world.devices.post(
+        f"/devices/locks/{world.lock_id}/commands", json={"action": "unlock"}, headers=world.headers("owner")
+    )
+    assert owner.status_code == 202, owner.get_json()
 
 
 def an_hour_ahead() -> types.ModuleType:

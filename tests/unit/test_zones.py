@@ -1,0 +1,81 @@
+"""``lockwise.core.zones``: every zone comes from the pinned ``tzdata`` package, whatever the host's database says,
+and a stored zone this release lacks is no zone (its guest outside her window), not an error."""
+
+from __future__ import annotations
+
+import datetime as dt
+import importlib.resources
+import logging
+from pathlib import Path
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import pytest
+import tzdata  # type: ignore[import-untyped]
+
+from lockwise.core import zones
+from lockwise.devices.members import Membership
+from tests.zone_data import pinned
+
+REPO = Path(__file__).resolve().parents[2]
+#: instants the rules of 2025b and 2026.6 answer differently for America/Vancouver and 13 other zones, and others
+INSTANTS = [dt.datetime(year, month, 15, 12, tzinfo=dt.UTC) for year in (2026, 2027, 2030) for month in (1, 7, 12)]
+
+
+def package_keys() -> list[str]:
+    listed = importlib.resources.files("tzdata").joinpath("zones").read_text().split()
+    return [k for k in listed if k not in zones.NOT_ZONES]
+
+
+def test_every_zone_is_the_pinned_packages_whatever_the_host_has() -> None:
+    """Attack run 80: the host's 2025b put Vancouver at UTC-8 for the coming years, where 2026.6, the version the
+    requirements pin, puts it at UTC-7; ``zoneinfo`` read the host's first."""
+    for function in ("devices", "embed", "verify"):  # the data tested is the data each function ships
+        assert f"tzdata=={tzdata.__version__}\n" in (REPO / "functions" / function / "requirements.txt").read_text()
+    keys = package_keys()
+    assert len(keys) > 500 and "America/Vancouver" in keys
+    differ = [
+        (key, at) for key in keys for at in INSTANTS if zones.named(key).utcoffset(at) != pinned(key).utcoffset(at)
+    ]
+    assert differ == []
+    assert ZoneInfo("America/Vancouver").utcoffset(INSTANTS[-1]) == dt.timedelta(hours=-7)  # the process's too
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "America",
+        "localtime",
+        "posixrules",
+        "Factory",
+        "posix/Europe/Paris",
+        "right/UTC",
+        "../etc/passwd",
+        "Europe/Paris\x00",
+        "A" * 65,
+        "Mars/Olympus_Mons",
+        "tzdata.zi",
+        "",
+    ],
+)
+def test_what_is_no_place_is_no_zone(key: str) -> None:
+    with pytest.raises(ZoneInfoNotFoundError):
+        zones.named(key)
+
+
+def test_a_guest_whose_zone_this_release_lacks_is_outside_her_window_and_holds_up_nothing(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    now = dt.datetime(2026, 12, 6, 12, tzinfo=dt.UTC)
+    lost = Membership(
+        "L", "g", "guest", weekdays=0b1111111, day_start_minute=0, day_end_minute=1440, timezone="Mars/Olympus_Mons"
+    )
+    with caplog.at_level(logging.WARNING, "lockwise.core.zones"):
+        assert lost.in_window(now) is False and lost.may_operate(now) is False
+        assert lost.next_edge(now) is None
+        access = lost.rules_access(now)
+    assert (access["in_window"], access["offset_until_ms"]) == (False, int(now.timestamp() * 1000))
+    assert "Mars/Olympus_Mons" in caplog.text
+    kept = Membership(
+        "L", "g", "guest", weekdays=0b1111111, day_start_minute=0, day_end_minute=1440, timezone="Europe/Paris"
+    )
+    assert kept.in_window(now) is True
