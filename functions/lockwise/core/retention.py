@@ -37,6 +37,10 @@ EXPIRING = (
 #: mirror writes Firestore refused (set aside by ``lockwise.core.mirror``) are kept this long for an operator, then
 #: deleted (they were kept for ever)
 REFUSED_MIRROR_WRITES_KEPT_DAYS = 30
+#: days a revoked lock certificate stays in the CRL past its own end: a broker whose clock runs behind the
+#: database's still takes it as valid for that lag, and it was left out of the list at once (attack run 80); the
+#: flush then deletes its row
+EXPIRED_REVOCATIONS_LISTED_DAYS = 1
 #: refused requests' counts per minute (``lockwise.core.audit.record_denied``; the first few are in the audit log)
 DENIAL_COUNTS_KEPT_DAYS = 90
 #: days a command is kept after it expired (acknowledged, failed or never carried out: it is no longer sent once its
@@ -97,9 +101,13 @@ def prune_expired(con: Connection, nonces_kept_s: int) -> dict[str, int]:
     )
     pruned["pairing_failures"] = prune("pairing_failures", "hour < now() - interval '1 day'")
     pruned["pairing_attempts"] = prune("pairing_attempts", "at < now() - interval '1 day'")
-    # a revoked certificate a day past its own end: the CRL lists only those still valid, and the broker refuses an
-    # expired one anyway (they were kept for ever: a row for each re-pairing and deletion, attack run 46)
-    pruned["revoked_lock_certificates"] = prune("revoked_lock_certificates", "not_after < now() - interval '1 day'")
+    # a revoked certificate past the CRL's listing of it: the broker refuses an expired one anyway (they were kept
+    # for ever: a row for each re-pairing and deletion, attack run 46)
+    pruned["revoked_lock_certificates"] = prune(
+        "revoked_lock_certificates",
+        "not_after < now() - make_interval(days => :d)",
+        d=EXPIRED_REVOCATIONS_LISTED_DAYS,
+    )
     pruned["audit_denial_counts"] = prune(
         "audit_denial_counts", "minute <= now() - make_interval(days => :d)", d=DENIAL_COUNTS_KEPT_DAYS
     )

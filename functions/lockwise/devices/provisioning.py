@@ -23,7 +23,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from lockwise.core import audit, errors, mirror, quotas, users
+from lockwise.core import audit, errors, mirror, quotas, retention, users
 from lockwise.core.auth import User
 from lockwise.core.db import Connection, Database, clock
 from lockwise.devices import command_outcomes, ed25519_points, lock_auth, lock_certs, topics, transfer_offers
@@ -459,13 +459,15 @@ def revocations_version(con: Connection) -> tuple[int, int]:
     kept the count, and the list served left the revocation out for up to ``lock_certs.CRL_REUSE`` (attack run 57)."""
     ((count, digest),) = con.run(
         "SELECT count(*), coalesce(bit_xor(hashtextextended(serial, 0)), 0) FROM revoked_lock_certificates"
-        " WHERE not_after > now()"
+        " WHERE not_after > now() - make_interval(days => :d)",
+        d=retention.EXPIRED_REVOCATIONS_LISTED_DAYS,
     )
     return int(count), int(digest)
 
 
 def revoked_certificates(con: Connection) -> tuple[list[tuple[str, dt.datetime]], dt.datetime]:
-    """``(serial, revoked_at)`` of every revoked lock certificate that has not expired yet (the CRL's entries), and
+    """``(serial, revoked_at)`` of every revoked lock certificate not expired a day ago (the CRL's entries:
+    ``retention.EXPIRED_REVOCATIONS_LISTED_DAYS``), and
     when they were read: the statement's start on the database's clock, the list's time and so its number
     (``lock_certs.crl_number``). On each instance's own clock, read after the statement, a list read before a
     revocation committed could be numbered above one read after it, and the broker host kept the older (a review)."""
@@ -473,6 +475,7 @@ def revoked_certificates(con: Connection) -> tuple[list[tuple[str, dt.datetime]]
         # locks' included
         "SELECT statement_timestamp(), coalesce(array_agg(serial ORDER BY revoked_at), '{}'),"
         " coalesce(array_agg(revoked_at ORDER BY revoked_at), '{}') FROM revoked_lock_certificates"
-        " WHERE not_after > now()"
+        " WHERE not_after > now() - make_interval(days => :d)",
+        d=retention.EXPIRED_REVOCATIONS_LISTED_DAYS,
     )
     return [(str(serial), when) for serial, when in zip(serials, times, strict=True)], as_of
