@@ -94,7 +94,7 @@ def test_a_requirement_not_installed_or_at_another_version_is_refused(
 
 
 def test_firebase_tools_is_installed_from_its_lock_file_at_the_version_the_stack_names() -> None:
-    """npm ci installs firebase-tools and its 625 packages from infra/local/firebase-tools' lock file (npm install
+    """npm ci installs firebase-tools and its 624 packages from infra/local/firebase-tools' lock file (npm install
     took the newest of each within firebase-tools' ranges); ./dev, the stack and the lock name one version."""
     folder = pins.REPO / "infra" / "local" / "firebase-tools"
     package = json.loads((folder / "package.json").read_text())
@@ -103,6 +103,8 @@ def test_firebase_tools_is_installed_from_its_lock_file_at_the_version_the_stack
     assert lock["packages"][""]["dependencies"] == package["dependencies"]  # npm ci refuses a lock out of step
     assert lock["packages"]["node_modules/firebase-tools"]["version"] == FIREBASE_TOOLS_VERSION
     assert all("integrity" in entry for name, entry in lock["packages"].items() if name and not entry.get("link"))
+    # nothing installed that nothing needs (``npm prune --package-lock-only`` drops such an entry)
+    assert [name for name, entry in lock["packages"].items() if entry.get("extraneous")] == []
     dev = (pins.REPO / "dev").read_text()
     assert f"FIREBASE_TOOLS_VERSION={FIREBASE_TOOLS_VERSION}\n" in dev and "npm ci" in dev
 
