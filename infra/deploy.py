@@ -57,6 +57,7 @@ class Target:
     api_host: str  # where the app and the locks reach the functions (Firebase Hosting's rewrites)
     image_repo: str  # REGION-docker.pkg.dev/PROJECT/REPO
     devices_relay_url: str
+    broker_min_tls: str  # the oldest TLS version the broker takes from locks (``infra.broker.render --min-tls``)
     #: the voice bundles also carry the ONNX graph pre-optimised for the build machine's kind of CPU
     #: (lockwise.voice.model.cpu_graph); off where this machine is unlike the ones that serve
     cpu_graph: bool = True
@@ -98,6 +99,7 @@ class Target:
             api_host=args.api_host or f"{args.project}.web.app",
             image_repo=f"{args.region}-docker.pkg.dev/{args.project}/lockwise",
             devices_relay_url=args.devices_relay_url,
+            broker_min_tls=args.broker_min_tls,
             cpu_graph=not args.no_cpu_graph,
             release=args.release or release_of(REPO),
         )
@@ -389,7 +391,10 @@ def broker(t: Target) -> list[Command]:
     py = sys.executable
     out = REPO / ".build" / "broker-host"
     crl_url = f"https://{t.api_host}/devices/lock-ca/crl"
-    return [[py, "-m", "infra.broker.render", "--out", str(out), "--host", t.broker_host, "--crl-url", crl_url]]
+    return [
+        [py, "-m", "infra.broker.render", "--out", str(out), "--host", t.broker_host, "--crl-url", crl_url]
+        + ["--min-tls", t.broker_min_tls]
+    ]
 
 
 def firebase(t: Target) -> list[Command]:
@@ -443,6 +448,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--broker-public-host", default="", help="the broker's public DNS name, for the locks")
     parser.add_argument("--api-host", default="", help="the API's public host name (default: PROJECT.web.app)")
     parser.add_argument("--devices-relay-url", default="", help="URL of the internal devices service (for the relay)")
+    parser.add_argument(
+        "--broker-min-tls",
+        choices=("1.2", "1.3"),
+        default="1.2",
+        help="the oldest TLS version the broker takes from locks (1.3 once every lock's TLS stack has it)",
+    )
     parser.add_argument(
         "--no-cpu-graph",
         action="store_true",

@@ -36,6 +36,8 @@ MAX_PACKET_SIZE = 65536
 #: messages, its status and a state report as it connects: FIRMWARE.md, "Receipts")
 LOCK_MESSAGES_PER_SECOND = 20
 LOCK_MESSAGE_BURST = 200
+#: ``--min-tls``: Mosquitto's ``tls_version`` is the oldest version a listener takes
+TLS_VERSIONS = {"1.2": "tlsv1.2", "1.3": "tlsv1.3"}
 PROD = {
     "ACL_FILE": "/etc/mosquitto/acl",
     "EMQX_ACL_FILE": "/etc/emqx/emqx_acl.conf",
@@ -65,10 +67,12 @@ def render(name: str, values: dict[str, str]) -> str:
     return Template((TEMPLATES / name).read_text()).substitute(values)
 
 
-def mosquitto_conf(values: dict[str, str]) -> str:
+def mosquitto_conf(values: dict[str, str], min_tls: str = "1.2") -> str:
     """``values`` name the files (``PROD``'s, or the local stack's): the ACL file, the subscription plugin
-    (``ACL_PLUGIN``: ``plugin.build``), the certificates, the persistence directory."""
+    (``ACL_PLUGIN``: ``plugin.build``), the certificates, the persistence directory. ``min_tls``: the oldest TLS
+    version the listener takes (``TLS_VERSIONS``)."""
     fixed = {
+        "TLS_VERSION": TLS_VERSIONS[min_tls],
         "MAX_PACKET_SIZE": str(MAX_PACKET_SIZE),
         "LOCK_MESSAGES_PER_SECOND": str(LOCK_MESSAGES_PER_SECOND),
         "LOCK_MESSAGE_BURST": str(LOCK_MESSAGE_BURST),
@@ -95,10 +99,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--crl-url", required=True, help="the devices function's GET /devices/lock-ca/crl (the lock CA's CRL)"
     )
+    parser.add_argument(
+        "--min-tls",
+        choices=sorted(TLS_VERSIONS),
+        default="1.2",
+        help="the oldest TLS version locks may use (1.3: every lock's TLS stack has it; in 1.2 its certificate crosses"
+        " the network in clear)",
+    )
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
-    values = {**PROD, "MAX_PACKET_SIZE": str(MAX_PACKET_SIZE), "TOPIC_ROOT": TOPIC_ROOT}
-    (args.out / "mosquitto.conf").write_text(mosquitto_conf(PROD))
+    newer = [v for v in sorted(TLS_VERSIONS, reverse=True) if v >= args.min_tls]
+    values = {
+        **PROD,
+        "MAX_PACKET_SIZE": str(MAX_PACKET_SIZE),
+        "TOPIC_ROOT": TOPIC_ROOT,
+        "EMQX_TLS_VERSIONS": "[" + ", ".join(TLS_VERSIONS[v] for v in newer) + "]",
+    }
+    (args.out / "mosquitto.conf").write_text(mosquitto_conf(PROD, args.min_tls))
     crl = {**values, "CRL_URL": args.crl_url}
     (args.out / "lockwise-crl-refresh").write_text(render("lockwise-crl-refresh.sh.template", crl))
     (args.out / "lockwise-crl-refresh").chmod(0o755)

@@ -419,7 +419,7 @@ def ensure_lock_ca(state_dir: Path) -> tuple[str, Path]:
     return pem, relays
 
 
-def start_mosquitto(state_dir: Path, port: int) -> Broker:
+def start_mosquitto(state_dir: Path, port: int, *, min_tls: str = "1.2") -> Broker:
     binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
     if not Path(binary).exists():
         raise MissingComponent("mosquitto not found: apt-get install mosquitto mosquitto-clients")
@@ -464,7 +464,8 @@ def start_mosquitto(state_dir: Path, port: int) -> Broker:
                 "CRLFILE": str(crl_file),
                 "CERTFILE": str(tls.server_cert),
                 "KEYFILE": str(tls.server_key),
-            }
+            },
+            min_tls,
         )
     )
     process = spawn("mosquitto", [binary, "-c", str(conf)], state_dir / "mosquitto.log", port)

@@ -294,6 +294,32 @@ def test_tls_1_2_takes_forward_secret_aead_suites_only(
         assert agreed[1] == "TLSv1.2" and agreed[0] in cipher.split(":")
 
 
+def test_a_broker_rendered_for_tls_1_3_refuses_a_tls_1_2_handshake(tmp_path: Path) -> None:
+    """``render --min-tls 1.3`` (``start_mosquitto``'s ``min_tls``): a lock's TLS 1.2 handshake is refused, its 1.3
+    one taken (the default broker takes both: ``test_tls_1_2_takes_forward_secret_aead_suites_only``)."""
+    strict = services.start_mosquitto(tmp_path / "strict-broker", services.free_port(), min_tls="1.3")
+    try:
+        cert, key = strict.client_files("lk-tls13", tmp_path / "lock")
+
+        def agreed(newest: ssl.TLSVersion) -> str | None:
+            context = ssl.create_default_context(cafile=str(strict.ca_file))
+            context.load_cert_chain(cert, key)
+            context.maximum_version = newest
+            try:
+                with (
+                    socket.create_connection(("127.0.0.1", strict.port), timeout=10) as raw,
+                    context.wrap_socket(raw, server_hostname="localhost") as tls,
+                ):
+                    return tls.version()
+            except ssl.SSLError:
+                return None
+
+        assert agreed(ssl.TLSVersion.TLSv1_2) is None
+        assert agreed(ssl.TLSVersion.TLSv1_3) == "TLSv1.3"
+    finally:
+        strict.stop()
+
+
 def test_plain_tcp_is_not_offered(broker: Broker) -> None:
     client = mqtt.Client(CallbackAPIVersion.VERSION2, reconnect_on_failure=False)
     got, closed = threading.Event(), threading.Event()

@@ -386,6 +386,28 @@ def test_deploy_flags_and_the_rehearsal_render_one_environment() -> None:
     assert "LOCKWISE_REHEARSAL" not in "\n".join(" ".join(c) for c in cmds)
 
 
+def test_the_broker_can_be_rendered_to_take_tls_1_3_alone(tmp_path: Path) -> None:
+    """``render --min-tls 1.3``: in TLS 1.2 a lock's certificate, its identity and serial, crosses the network in
+    clear (left by stop 66); Mosquitto's ``tls_version`` and EMQX's ``versions`` then take 1.3 alone. 1.2 and 1.3
+    stay the default (locks on mbedTLS 2 need 1.2)."""
+    from infra.broker import render
+
+    crl_url = "https://lockwise-prod.web.app/devices/lock-ca/crl"
+    common = ["--host", "broker.lockwise.internal", "--crl-url", crl_url]
+    render.main(["--out", str(tmp_path / "new"), "--min-tls", "1.3", *common])
+    render.main(["--out", str(tmp_path / "default"), *common])
+    for folder, mosquitto, emqx in (("new", "tlsv1.3", "[tlsv1.3]"), ("default", "tlsv1.2", "[tlsv1.3, tlsv1.2]")):
+        assert f"tls_version {mosquitto}" in (tmp_path / folder / "mosquitto.conf").read_text().splitlines()
+        assert f"    versions = {emqx}" in (tmp_path / folder / "emqx.conf").read_text().splitlines()
+    with pytest.raises(SystemExit):
+        render.main(["--out", str(tmp_path / "old"), "--min-tls", "1.1", *common])
+    # the deploy's broker step passes it on
+    (rendered,) = dry_run("broker", "--broker-min-tls", "1.3")
+    assert rendered[rendered.index("--min-tls") + 1] == "1.3"
+    (rendered,) = dry_run("broker")
+    assert rendered[rendered.index("--min-tls") + 1] == "1.2"
+
+
 def test_the_broker_knows_nothing_per_lock_and_every_relay_slot(tmp_path: Path) -> None:
     from infra.broker import plugin, render
     from infra.deploy_config import RELAY_SLOTS
