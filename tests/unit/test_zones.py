@@ -13,6 +13,7 @@ import pytest
 import tzdata  # type: ignore[import-untyped]
 
 from lockwise.core import zones
+from lockwise.devices import members
 from lockwise.devices.members import Membership
 from tests.zone_data import pinned
 
@@ -66,16 +67,23 @@ def test_a_guest_whose_zone_this_release_lacks_is_outside_her_window_and_holds_u
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     now = dt.datetime(2026, 12, 6, 12, tzinfo=dt.UTC)
-    lost = Membership(
-        "L", "g", "guest", weekdays=0b1111111, day_start_minute=0, day_end_minute=1440, timezone="Mars/Olympus_Mons"
-    )
+
+    def guest(zone: str, **access: object) -> Membership:
+        return Membership("L", "g", "guest", timezone=zone, **access)  # type: ignore[arg-type]
+
+    every_day = {"weekdays": 0b1111111, "day_start_minute": 0, "day_end_minute": 1440}
+    lost = guest("Mars/Olympus_Mons", **every_day)
     with caplog.at_level(logging.WARNING, "lockwise.core.zones"):
         assert lost.in_window(now) is False and lost.may_operate(now) is False
-        assert lost.next_edge(now) is None
         access = lost.rules_access(now)
-    assert (access["in_window"], access["offset_until_ms"]) == (False, int(now.timestamp() * 1000))
     assert "Mars/Olympus_Mons" in caplog.text
-    kept = Membership(
-        "L", "g", "guest", weekdays=0b1111111, day_start_minute=0, day_end_minute=1440, timezone="Europe/Paris"
-    )
-    assert kept.in_window(now) is True
+    # the rules refuse her too, by an offset that stood until the epoch: the same at every mirror (not written again)
+    assert (access["in_window"], access["offset_until_ms"]) == (False, 0)
+    assert lost.rules_access(now + dt.timedelta(minutes=5)) == access
+    # and she is looked at again in an hour: a release whose data has the zone lets her in, the rules with it
+    assert lost.next_edge(now) == now + members.UNKNOWN_ZONE_RETRY
+    assert guest("Europe/Paris", **every_day).in_window(now) is True
+    # a window of dates alone needs no zone: the one she has stored keeps nobody out (a review)
+    dates = guest("Mars/Olympus_Mons", valid_from=now - dt.timedelta(days=1), valid_until=now + dt.timedelta(days=1))
+    assert dates.in_window(now) is True and dates.next_edge(now) == now + dt.timedelta(days=1)
+    assert dates.rules_access(now)["in_window"] is True

@@ -154,9 +154,10 @@ def activity_entry(lock_id: str, kind: str, at: dt.datetime, *, entry_id: str | 
     """A new entry of the lock's activity feed (never biometric data), to queue with ``enqueue_many``; its
     ``audience`` and ``about`` say who reads it (``infra/firestore.rules``), its ``expires_at`` when Firestore
     deletes it (``FEED_KEPT``). ``entry_id``: the document's id when the same event may come again and must stay
-    one entry (a lock's report, by its own time); a random one if not. ``at``: when, on the database's clock (the
-    relay's and each function's entries of one lock sort in one order: an ack listed before its command, a
-    relay's clock a second behind the devices function's)."""
+    one entry (a lock's report, by its own time); a random one if not. ``at``: when, on the database's clock or an
+    instance's set by it (``lockwise.core.db_clock``, within a round trip's half): each instance's entries of one
+    lock sort in one order (on their own clocks, an ack was listed before its command when the instance that took
+    it ran a second behind the one that made it)."""
     about = sorted({uid for name in PEOPLE_FIELDS if isinstance(uid := fields.get(name), str)})
     audience = "everyone" if kind in EVERYONE_KINDS else "admins"
     expires = firestore_json.timestamp(at + FEED_KEPT)

@@ -69,12 +69,14 @@ class Membership:
             return False
         if self.valid_until is not None and now >= self.valid_until:
             return False
+        start, end = self.day_start_minute, self.day_end_minute
+        if self.weekdays is None and start is None:  # no recurring window: no zone is read
+            return True
         zone = zones.stored(self.timezone)
         if zone is None:  # a zone this release's data lacks: outside (``lockwise.core.zones``)
             return False
         local = now.astimezone(zone)
         minute = local.hour * 60 + local.minute
-        start, end = self.day_start_minute, self.day_end_minute
         # an overnight window (its start after its end) is the night of the day it opens: its hours after midnight
         # belong to the day before (Fridays 22:00-06:00 had let the guest in early on Friday, Thursday's night, and
         # not early on Saturday: attack run 41)
@@ -120,8 +122,11 @@ class Membership:
         there is none."""
         guest = self.role == "guest"
         edges = [t for t in (self.expires_at, self.valid_until if guest else None) if t is not None and t > now]
-        zone = zones.stored(self.timezone) if guest else None
-        if zone is not None and (self.weekdays is not None or self.day_start_minute is not None):
+        recurring = guest and (self.weekdays is not None or self.day_start_minute is not None)
+        zone = zones.stored(self.timezone) if recurring else None
+        if recurring and zone is None:  # a zone this release's data lacks: looked at again in an hour (a release
+            edges.append(now + UNKNOWN_ZONE_RETRY)  # whose data has it lets her in, and the rules too, by then)
+        if zone is not None:
             today = now.astimezone(zone).date()
             minutes = {self.day_start_minute or 0, self.day_end_minute or 0}  # whole days: each midnight
             if self.weekdays is not None:
@@ -159,8 +164,9 @@ class Membership:
         }
         if guest and (self.weekdays is not None or self.day_start_minute is not None):
             zone = zones.stored(self.timezone)
-            # a zone this release's data lacks: an offset that stood only until now, which the rules refuse after
-            offset, until = (0, now) if zone is None else utc_offset(zone, now)
+            # a zone this release's data lacks: an offset that stood until the epoch, which the rules refuse (the
+            # same every time: the document is not written again at each mirror of the lock)
+            offset, until = (0, _EPOCH) if zone is None else utc_offset(zone, now)
             out.update(
                 weekdays=None if self.weekdays is None else [d for d in range(7) if (self.weekdays >> d) & 1],
                 day_start_minute=self.day_start_minute,
@@ -235,6 +241,11 @@ def _utc_offset(zone: ZoneInfo, now: dt.datetime, horizon_days: int = 366) -> tu
             return current, high.replace(second=0, microsecond=0)
         day += step
     return current, now + dt.timedelta(days=horizon_days)
+
+
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+#: how soon a guest's access whose zone this release's data lacks is mirrored again (``next_edge``)
+UNKNOWN_ZONE_RETRY = dt.timedelta(hours=1)
 
 
 def _ms(value: dt.datetime | None) -> int | None:
@@ -545,7 +556,7 @@ def _mirror_access_due(con: Connection, busy: set[str]) -> int:
             n=REFRESH_BATCH,
         )
     ]
-    for lock_id in due:  # each on its own: one that fails every time (a zone gone from tzdata) holds up no other
+    for lock_id in due:  # each on its own: one that fails every time holds up no other
         if not _taken(con, lock_id):
             busy.add(lock_id)
             continue

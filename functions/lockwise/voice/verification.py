@@ -172,24 +172,23 @@ def record_attempt(
     """Log an attempt at ``lock_id`` (and its feed entry, within the feed's budget). ``best_uid`` and
     ``runner_up_uid``: whose voiceprints it was scored closest to, kept for the erasure of their voice data only
     (migration 0041); ``clip_sha256``: the decided clip's (``sent_again``)."""
-    attempt_id = str(
-        con.run(
-            "INSERT INTO verification_attempts (lock_id, outcome, reason, matched_uid, score, runner_up_score,"
-            " threshold, model_id, cosine, best_uid, runner_up_uid, clip_sha256)"
-            " VALUES (CAST(:l AS uuid), :o, :r, :u, :s, :ru, :t, :m, :c, :b, :bu, :h) RETURNING id::text",
-            l=lock_id,
-            o=outcome,
-            r=reason[:200],
-            u=matched_uid,
-            s=score,
-            ru=runner_up,
-            t=threshold,
-            m=model_id,
-            c=cosine,
-            b=best_uid,
-            bu=runner_up_uid,
-            h=clip_sha256,
-        )[0][0]
+    ((attempt_id, at),) = con.run(  # the feed entry's time with it (no round trip more: ``mirror.activity``)
+        "INSERT INTO verification_attempts (lock_id, outcome, reason, matched_uid, score, runner_up_score,"
+        " threshold, model_id, cosine, best_uid, runner_up_uid, clip_sha256)"
+        " VALUES (CAST(:l AS uuid), :o, :r, :u, :s, :ru, :t, :m, :c, :b, :bu, :h)"
+        " RETURNING id::text, clock_timestamp()",
+        l=lock_id,
+        o=outcome,
+        r=reason[:200],
+        u=matched_uid,
+        s=score,
+        ru=runner_up,
+        t=threshold,
+        m=model_id,
+        c=cosine,
+        b=best_uid,
+        bu=runner_up_uid,
+        h=clip_sha256,
     )
     if outcome in FEED_BUDGETED or reason in FEED_BUDGETED_REASONS:
         (recent,) = con.run(
@@ -201,10 +200,12 @@ def record_attempt(
         )[0]
         if recent > FEED_REFUSALS_PER_MINUTE:
             if recent == FEED_REFUSALS_PER_MINUTE + 1:  # once a minute: the feed says more came than it lists
-                mirror.activity(con, lock_id, "voice_attempts_unlisted", listed_per_minute=FEED_REFUSALS_PER_MINUTE)
-            return attempt_id
-    mirror.activity(con, lock_id, "voice_attempt", outcome=outcome, reason=reason, member_uid=matched_uid)
-    return attempt_id
+                mirror.activity(
+                    con, lock_id, "voice_attempts_unlisted", at=at, listed_per_minute=FEED_REFUSALS_PER_MINUTE
+                )
+            return str(attempt_id)
+    mirror.activity(con, lock_id, "voice_attempt", at=at, outcome=outcome, reason=reason, member_uid=matched_uid)
+    return str(attempt_id)
 
 
 def take_follow_up(con: Connection, lock_id: str, attempt_id: str) -> dict[str, float] | None:
