@@ -252,6 +252,7 @@ def new_provisioning_code(ctx: Ctx, lock_id: str) -> Result:
 def list_members(ctx: Ctx, lock_id: str) -> JsonBody:
     user, lock_id, now = app_user(ctx), lock_param(lock_id), rt.now()
     with rt.db.connection() as con:
+        users.refuse_caller(con, user)  # everyone's access and address: not on a minute-old picture (attack run 81)
         members.require(con, lock_id, user.uid, now, at_least="admin")
         listed = [m.public() for m in members.list_for_lock(con, lock_id) if m.active(now)]
         waiting = invitations.open_for_lock(con, lock_id, now)
@@ -320,6 +321,7 @@ def accept_invitation(ctx: Ctx, invitation_id: str) -> Result:
 def decline_invitation(ctx: Ctx, invitation_id: str) -> Result:
     user = invitations.answering_as(rt.db, invitation_id, app_user(ctx), current_address)
     with rt.db.transaction() as con:
+        users.refuse_caller(con, user)  # a revoked session declined what its owner was sent (attack run 81)
         invitations.decline(con, invitation_id, user, rt.now())
     return flask.Response(status=204)
 

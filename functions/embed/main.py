@@ -77,6 +77,7 @@ def enroll(ctx: Ctx) -> Result:
 def enrollment_status(ctx: Ctx) -> JsonBody:
     user = app_user(ctx)
     with rt.db.connection() as con:
+        users.refuse_caller(con, user, left_since=False)  # what it tells is the account's (attack run 81)
         status = voiceprints.status(con, user.uid, encoder.model_id)
         if status["enrolled"]:
             status["not_scored_at"] = first_come.standing(
@@ -89,7 +90,9 @@ def enrollment_status(ctx: Ctx) -> JsonBody:
 def delete_voice_data(ctx: Ctx) -> Result:
     user = app_user(ctx)
     with rt.db.transaction() as con:
-        users.refuse_outdated(con, user)  # as committed now (attack run 79: the one who made the account erased it)
+        # as committed now (attack runs 79 and 81: the account's maker, a revoked session, erased the owner's voice);
+        # after the account has left every lock too, which the app asks first
+        users.refuse_caller(con, user, left_since=False)
         erasure.forget_voice(con, user.uid, "requested")
     rt.flush_mirror()
     return flask.Response(status=204)

@@ -28,7 +28,8 @@ _log = logging.getLogger("lockwise.core.runtime")
 #: app users an instance remembers having recorded (a uid, an email, a time: ~150 bytes each)
 RECORDED_USERS_MAX = 10_000
 #: how long an instance takes a recorded user's row as it last read it (their account found deleted since: their
-#: requests are refused at most this long after, besides the per-user writes refusing at once: ``users.hold_caller``)
+#: requests are refused at most this long after, besides the per-user writes and the private reads refusing at once:
+#: ``users.hold_caller``, ``users.refuse_caller``)
 RECORDED_USER_TTL_S = 60.0
 
 

@@ -84,16 +84,6 @@ def address_verified(con: Connection, uid: str) -> None:
         audit.record(con, AUDIT_ACTOR, "voice.dropped_address_verified", "ok", target=uid)
 
 
-def refuse_outdated(con: Connection, user: User) -> None:
-    """401 ``token_outdated`` for a token without a verified address once the account's address has been seen
-    verified (``address_verified``): the token is from before (sign in again for one that says so). Read as committed
-    now, for a request that holds no row of the user's (``hold_caller`` and ``refuse_caller`` check it too; every
-    request is refused so by ``Standing.refusal``, from what the instance last read: within a minute)."""
-    # (no round trip for a token that names its verified address)
-    if stored_email(user) is None and outdated(user, address_verified=read(con, user.uid).address_verified):
-        raise token_outdated()
-
-
 def issued_at(user: User) -> dt.datetime:
     """When ``user``'s ID token was issued (its ``iat``, which the verifier requires); one it cannot be (before the
     epoch, or past what a date holds: an emulator's unsigned token) counts as the oldest, vouching for nothing."""
@@ -318,12 +308,15 @@ def _found(rows: list[list[Any]]) -> Held:
     )
 
 
-def refuse_caller(con: Connection, user: User) -> None:
+def refuse_caller(con: Connection, user: User, *, left_since: bool = True) -> None:
     """``hold_caller``'s refusals, from the row as committed now, not held: for a request that counts nothing per
-    user (a removal, a withdrawal), or is already taken one at a time by a row it holds for update (an owner's write
-    holds the lock's), where holding the account's row too waited behind the relay's account check, which holds
-    accounts' rows and then a lock's (a deadlock: attack run 34)."""
-    read(con, user.uid).refuse(user)
+    user (a removal, a withdrawal, a decline, an erasure, a private read), or is already taken one at a time by a row
+    it holds for update (an owner's write holds the lock's), where holding the account's row too waited behind the
+    relay's account check, which holds accounts' rows and then a lock's (a deadlock: attack run 34). What an
+    instance remembers of the account (``Runtime.app_user``) is up to a minute old: a revoked session erased its
+    owner's voice and declined invitations, a disabled admin read the member list, in that minute (attack run 81).
+    ``left_since``: see ``Held.refuse``."""
+    read(con, user.uid).refuse(user, left_since=left_since)
 
 
 def hold_caller(con: Connection, user: User) -> None:

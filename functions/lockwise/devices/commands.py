@@ -144,6 +144,7 @@ def from_app(
         action=checked,
         issuer_kind="user",
         issuer_uid=issuer.uid,
+        issuer_signed_in_at=users.signed_in_at(issuer),
         signing_key_b64=signing_key_b64,
         at=at,
         expires=expires,
@@ -184,6 +185,7 @@ def create(
     signing_key_b64: str,
     at: dt.datetime,
     expires: dt.datetime,
+    issuer_signed_in_at: dt.datetime | None = None,
     idempotency_key: str | None = None,
     attempt_id: str | None = None,
     budget: AppBudget | None = None,
@@ -218,9 +220,9 @@ def create(
     inserted = rows_as_dicts(
         con,
         "INSERT INTO commands (id, lock_id, action, issuer_kind, issuer_uid, attempt_id, idempotency_key, nonce,"
-        " created_at, expires_at, payload, made_for)"
+        " created_at, expires_at, payload, made_for, issuer_signed_in_at)"
         " VALUES (CAST(:id AS uuid), CAST(:l AS uuid), :a, :k, :u, CAST(:att AS uuid), :ik, :n, :c, :e, :p,"
-        " CAST(:f AS uuid))"
+        " CAST(:f AS uuid), :si)"
         " ON CONFLICT (lock_id, issuer_uid, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING"
         f" RETURNING {_COLUMNS}",
         id=command_id,
@@ -235,6 +237,7 @@ def create(
         e=expires,
         p=payload,
         f=made_for,
+        si=issuer_signed_in_at,
     )
     if not inserted:
         if idempotency_key is None:  # the insert's only conflict target is the idempotency key

@@ -239,8 +239,10 @@ def for_user(db: Database, user: User, now: dt.datetime, confirm: ConfirmAddress
     invitations sent to it meanwhile. While Firebase Auth cannot tell (``confirm``'s 503), those sent to the address
     are left out and the rest is listed (``Received.address_unconfirmed``): the whole listing was a 503, the
     invitations to the user's uid too. Any admin anywhere may invite any address, so one account's invitations have
-    no bound: they were all read and answered at once (a page now, as ``GET /devices/locks``)."""
+    no bound: they were all read and answered at once (a page now, as ``GET /devices/locks``). Refused as the
+    account stands now (``users.refuse_caller``: a revoked session read them for a minute, attack run 81)."""
     with db.connection() as con:
+        users.refuse_caller(con, user)
         rows, next_page = _page_for(con, user, now, page, by_address=user.email_verified)
     unconfirmed = False
     if any(row["invitee_uid"] != user.uid for row in rows):

@@ -202,15 +202,19 @@ def issuer_gone_sql(command: str) -> str:
     """Whether the issuer of the ``commands`` row ``command`` may no longer have it carried out, in SQL judged on the
     database's clock: no longer an active member, their commands withdrawn since it was made (a removal, their role
     or access narrowed), or their account found disabled or deleted (it keeps its memberships, or its locks: attack
-    run 36, an app unlock of an account disabled while the lock was offline went out when it came back). The relay
-    sends no such command, and a voice clip sent again is not answered with its grant (attack run 39's review)."""
+    run 36, an app unlock of an account disabled while the lock was offline went out when it came back), or the
+    session that made it signed out since (``commands.issuer_signed_in_at``, ``users.vouches_sql``: a stolen phone's
+    unlock tapped a moment before its owner signed out everywhere was sent to the lock once back, attack run 81). The
+    relay sends no such command, and a voice clip sent again is not answered with its grant (attack run 39's review)."""
     c = command
     return (
         f"{c}.issuer_uid IS NOT NULL AND (NOT EXISTS (SELECT 1 FROM lock_members m WHERE m.lock_id = {c}.lock_id"
         f" AND m.user_uid = {c}.issuer_uid AND "
         + active_sql("m", at="now()")
         + f" AND (m.commands_withdrawn_before IS NULL OR {c}.created_at > m.commands_withdrawn_before))"
-        f" OR EXISTS (SELECT 1 FROM users u WHERE u.uid = {c}.issuer_uid AND " + users.unusable_sql("u") + "))"
+        + " OR NOT "
+        + users.vouches_sql(f"{c}.issuer_uid", f"{c}.issuer_signed_in_at")
+        + ")"
     )
 
 
