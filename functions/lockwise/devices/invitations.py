@@ -240,9 +240,10 @@ def for_user(db: Database, user: User, now: dt.datetime, confirm: ConfirmAddress
     are left out and the rest is listed (``Received.address_unconfirmed``): the whole listing was a 503, the
     invitations to the user's uid too. Any admin anywhere may invite any address, so one account's invitations have
     no bound: they were all read and answered at once (a page now, as ``GET /devices/locks``). Refused as the
-    account stands now (``users.refuse_caller``: a revoked session read them for a minute, attack run 81)."""
+    account stands now (``users.refuse_caller``: a revoked session read them for a minute, attack run 81); once it
+    has left every lock, the session from before lists what is left (nothing sent to its uid)."""
     with db.connection() as con:
-        users.refuse_caller(con, user)
+        users.refuse_caller(con, user, left_since=False)
         rows, next_page = _page_for(con, user, now, page, by_address=user.email_verified)
     unconfirmed = False
     if any(row["invitee_uid"] != user.uid for row in rows):
@@ -458,6 +459,8 @@ def decline(con: Connection, invitation_id: str, user: User, now: dt.datetime) -
         if not declined:
             raise
         return
+    # the account as committed now: a revoked session declined what its owner was sent (attack run 81)
+    users.refuse_caller(con, user)
     con.run(
         "UPDATE invitations SET closed_at = :now, declined_by = :u WHERE id = CAST(:i AS uuid)",
         i=row["id"],
