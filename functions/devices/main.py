@@ -252,7 +252,9 @@ def new_provisioning_code(ctx: Ctx, lock_id: str) -> Result:
 def list_members(ctx: Ctx, lock_id: str) -> JsonBody:
     user, lock_id, now = app_user(ctx), lock_param(lock_id), rt.now()
     with rt.db.connection() as con:
-        users.refuse_caller(con, user)  # everyone's access and address: not on a minute-old picture (attack run 81)
+        # everyone's access and address: not on a minute-old picture (attack run 81); a member who has left every lock
+        # is a member of none (404, from ``members.require``)
+        users.refuse_caller(con, user, left_since=False)
         members.require(con, lock_id, user.uid, now, at_least="admin")
         listed = [m.public() for m in members.list_for_lock(con, lock_id) if m.active(now)]
         waiting = invitations.open_for_lock(con, lock_id, now)

@@ -25,11 +25,11 @@ from werkzeug.datastructures import Headers
 
 from infra.local.firestore_sdk import sdk_client as firestore_client
 from infra.local.services import Broker
-from lockwise.core import accounts, audit, errors, inputs, mirror, retention, users
+from lockwise.core import accounts, audit, errors, inputs, mirror, retention, users, zones
 from lockwise.core.config import get_settings
 from lockwise.core.db import Database
 from lockwise.core.runtime import get_runtime
-from lockwise.devices import changes, command_signing, commands, lock_auth, lock_certs, provisioning
+from lockwise.devices import changes, command_signing, commands, lock_auth, lock_certs, members, provisioning
 from simlock.lock import SimulatedLock, new_tls_key
 from simlock.lock import pem_of as tls_pem
 from tests.conftest import PROJECT_ID
@@ -258,6 +258,37 @@ def test_a_guest_whose_zone_this_release_lacks_is_kept_out_and_holds_up_nothing_
         f"/devices/locks/{world.lock_id}/commands", json={"action": "unlock"}, headers=world.headers("owner")
     )
     assert owner.status_code == 202, owner.get_json()
+
+
+def test_the_upkeep_of_a_release_with_newer_zone_data_mirrors_zoned_guests_again_once(world: World) -> None:
+    """The live view's access documents of guests whose windows are read in a zone were written with the host's zone
+    data (attack run 80), and a pin moved on moves windows too: the upkeep of a release whose zone data is newer
+    than the one recorded makes every lock with such a guest due a mirror, once (a migration's rows were taken by
+    the release before, during a deploy: a review). A release with older data beside it does not undo it."""
+    zoned = world.uid("guest_in")  # weekdays: a window read in her zone
+    db_rows(
+        "UPDATE lock_members SET weekdays = 127 WHERE lock_id = CAST(:l AS uuid) AND user_uid = :u",
+        l=world.lock_id,
+        u=zoned,
+    )
+
+    def due() -> bool:
+        return bool(db_rows("SELECT 1 FROM mirror_refresh_due WHERE lock_id = CAST(:l AS uuid)", l=world.lock_id))
+
+    def upkeep() -> bool:
+        with get_runtime("devices").db.transaction() as con:
+            return members.mirror_for_zone_data(con)
+
+    for recorded, acts in (("2000.1", True), (zones.VERSION, False), ("9999.1", False)):
+        db_rows("DELETE FROM zone_data_mirrored")
+        db_rows("INSERT INTO zone_data_mirrored (version) VALUES (:v)", v=recorded)
+        db_rows("DELETE FROM mirror_refresh_due WHERE lock_id = CAST(:l AS uuid)", l=world.lock_id)
+        assert upkeep() is acts and due() is acts, recorded
+        (version,) = db_rows("SELECT version FROM zone_data_mirrored")[0]
+        assert version == (zones.VERSION if acts else recorded)
+    db_rows("DELETE FROM zone_data_mirrored")  # none recorded: the first release that reads the pinned data alone
+    assert upkeep() is True and due() is True
+    assert upkeep() is False  # once
 
 
 def an_hour_ahead() -> types.ModuleType:

@@ -540,29 +540,3 @@ def test_users_whose_uid_cannot_be_a_document_id_are_marked_gone(fresh_db: Datab
         assert audited == gone
     finally:
         con.close()
-
-
-def test_locks_with_guests_windowed_in_a_zone_are_mirrored_again_once(fresh_db: Database) -> None:
-    """Migration 0069: the access documents of guests whose windows are read in a zone were written with the host's
-    zone data (attack run 80); each such lock is due a mirror, and no other."""
-    con = fresh_db.connect()
-    try:
-        migrate.apply(con, [m for m in migrate.load() if m.version < 69])
-        con.run("INSERT INTO users (uid) VALUES ('owner'), ('guest')")
-        zoned, dated, revoked, unguested = (
-            str(con.run("INSERT INTO locks (name, owner_uid) VALUES (:n, 'owner') RETURNING id", n=n)[0][0])
-            for n in ("zoned", "dated", "revoked", "unguested")
-        )
-        for lock, access in ((zoned, "weekdays = 31"), (dated, "valid_until = now() + interval '1 day'"),
-                             (revoked, "weekdays = 31, revoked_at = now()")):  # fmt: skip
-            con.run(
-                "INSERT INTO lock_members (lock_id, user_uid, role) VALUES (CAST(:l AS uuid), 'guest', 'guest')",
-                l=lock,
-            )
-            con.run(f"UPDATE lock_members SET {access} WHERE lock_id = CAST(:l AS uuid)", l=lock)
-        con.run("DELETE FROM mirror_refresh_due")
-        migrate.apply(con)
-        due = {str(r[0]) for r in con.run("SELECT lock_id FROM mirror_refresh_due WHERE due_at <= now()")}
-        assert due == {zoned}, (due, unguested)
-    finally:
-        con.close()

@@ -87,3 +87,9 @@ def test_a_guest_whose_zone_this_release_lacks_is_outside_her_window_and_holds_u
     dates = guest("Mars/Olympus_Mons", valid_from=now - dt.timedelta(days=1), valid_until=now + dt.timedelta(days=1))
     assert dates.in_window(now) is True and dates.next_edge(now) == now + dt.timedelta(days=1)
     assert dates.rules_access(now)["in_window"] is True
+
+
+def test_zone_data_versions_are_compared_number_by_number() -> None:
+    assert zones.newer("2026.6", None) and zones.newer("2026.10", "2026.9") and zones.newer("2027.1", "2026.12")
+    assert not zones.newer("2026.6", "2026.6") and not zones.newer("2026.5", "2026.6")
+    assert zones.VERSION == tzdata.__version__

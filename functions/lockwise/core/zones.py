@@ -16,10 +16,25 @@ import functools
 import logging
 import zoneinfo
 
+import tzdata  # type: ignore[import-untyped]
+
 zoneinfo.reset_tzpath(to=())
 zoneinfo.ZoneInfo.clear_cache()  # a zone read before this, from the host's data, is not kept
 
 _log = logging.getLogger(__name__)
+
+#: the zone data's version (the ``tzdata`` package's, as pinned: ``2026.6``)
+VERSION: str = tzdata.__version__
+
+
+def newer(version: str, than: str | None) -> bool:
+    """Whether zone data ``version`` is newer than ``than`` (None: none recorded), compared number by number."""
+
+    def numbers(text: str) -> tuple[int, ...]:
+        return tuple(int(part) if part.isdigit() else -1 for part in text.split("."))
+
+    return than is None or numbers(version) > numbers(than)
+
 
 #: names a zone database answers that are not places, refused as a member's zone: ``localtime`` is whatever the
 #: serving machine is set to (a guest's window would move between instances), the others aliases or placeholders;

@@ -459,8 +459,9 @@ def decline(con: Connection, invitation_id: str, user: User, now: dt.datetime) -
         if not declined:
             raise
         return
-    # the account as committed now: a revoked session declined what its owner was sent (attack run 81)
-    users.refuse_caller(con, user)
+    # the account as committed now: a revoked session declined what its owner was sent (attack run 81); a decline
+    # gives nothing back, so one by a session from before the account left every lock stands
+    users.refuse_caller(con, user, left_since=False)
     con.run(
         "UPDATE invitations SET closed_at = :now, declined_by = :u WHERE id = CAST(:i AS uuid)",
         i=row["id"],

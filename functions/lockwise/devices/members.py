@@ -532,6 +532,30 @@ def mirror_access_soon(con: Connection, uids: list[str]) -> None:
     )
 
 
+def mirror_for_zone_data(con: Connection) -> bool:
+    """When this release's zone data (``zones.VERSION``) is newer than the one the live view's access was last
+    mirrored with (``zone_data_mirrored``; none recorded: every release before zones came from the pinned data alone),
+    make every lock with a guest whose window is read in a zone due a mirror, and record this version; whether it
+    did. Run by the upkeep, so only code that reads the pinned data does it (a migration's rows were taken by the
+    release before during a deploy, a review), and again at every move of the pin; an older release beside a newer
+    one during a deploy does not undo it."""
+    recorded = con.run("SELECT version FROM zone_data_mirrored FOR UPDATE")
+    if not zones.newer(zones.VERSION, recorded[0][0] if recorded else None):
+        return False
+    con.run(
+        "INSERT INTO mirror_refresh_due (lock_id, due_at) SELECT DISTINCT lock_id, now() FROM lock_members"
+        " WHERE role = 'guest' AND revoked_at IS NULL AND (weekdays IS NOT NULL OR day_start_minute IS NOT NULL)"
+        " ORDER BY lock_id"  # in the locks' order, as ``mirror_access_soon``
+        " ON CONFLICT (lock_id) DO UPDATE SET due_at = LEAST(mirror_refresh_due.due_at, EXCLUDED.due_at)"
+    )
+    con.run(
+        "INSERT INTO zone_data_mirrored (version) VALUES (:v) ON CONFLICT (only_row) DO UPDATE SET version = :v",
+        v=zones.VERSION,
+    )
+    logger.info("zone data %s: locks with zoned guests are mirrored again", zones.VERSION)
+    return True
+
+
 def mirror_access_due(db: Database, budget_s: float | None = None) -> bool:
     """Mirror again the members of locks where a member's access reached an edge (an expiry, a guest window's end or
     start, a zone's change of offset; run by the relay's periodic upkeep), ``REFRESH_BATCH`` locks a transaction,

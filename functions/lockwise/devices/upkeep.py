@@ -121,6 +121,12 @@ def every_step(
                 return
 
     attempted(lambda: gone_accounts.check(db, directory, settings))  # first: accounts found disabled are due now
+
+    def zone_data() -> None:
+        with db.transaction() as con:
+            members.mirror_for_zone_data(con)
+
+    attempted(zone_data)  # before the due locks: those it makes due are mirrored in this flush
     access_due = attempted(lambda: members.mirror_access_due(db)) is True
     if broker is not None:
         attempted(lambda: not_back(broker))
