@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 
 from lockwise.core.runtime import get_runtime
-from tests.devices_world import World, bearer, build_world, google_sign_in
+from tests.devices_world import World, bearer, build_world, google_sign_in, sign_in
+from tests.integration.test_devices_live_view import rest_get
 from tests.integration.test_gone_accounts import admin_call, flush, recheck_now, revoke_sessions
 from tests.integration.test_voice import enroll
 
@@ -188,3 +189,33 @@ def test_an_unlock_made_by_a_session_revoked_since_is_not_delivered(
     with get_runtime("devices").db.connection() as con:
         status = con.run("SELECT status, last_error FROM commands WHERE id = CAST(:i AS uuid)", i=command)[0]
     assert status[0] == "failed" and not sent, (status, len(sent))
+
+
+def test_the_live_views_user_document_refuses_a_revoked_session_and_a_disabled_account(
+    clients: dict[str, Any], world: World, stack_env: dict[str, str]
+) -> None:
+    """``users/{uid}`` (the voice enrollment's status) was read by ``request.auth.uid == uid`` alone: the lock's
+    documents refuse a revoked session (``sessions_since_s``) and a disabled account (its access ended), this one
+    let both read it for the rest of the token's hour. The rules read the account's standing now
+    (``mirror.standing``)."""
+    host, owner, member = stack_env["FIRESTORE_EMULATOR_HOST"], world.uid("owner"), world.uid("member")
+    assert enroll(clients, world.accounts["owner"]).status_code == 201
+    assert enroll(clients, world.accounts["member"], speaker="june").status_code == 201
+    get_runtime("devices").flush_mirror(force=True)
+    get_runtime("embed").flush_mirror(force=True)
+    stolen = world.accounts["owner"]["idToken"]
+    assert rest_get(host, f"users/{owner}", stolen) == 200
+    revoke_sessions(stack_env, owner)
+    admin_call(stack_env, "accounts:update", {"localId": member, "disableUser": True})
+    recheck_now(owner, member)
+    flush(clients, stack_env)
+    flush(clients, stack_env)  # the access documents mirrored again
+    get_runtime("devices").flush_mirror(force=True)
+    assert rest_get(host, f"locks/{world.lock_id}", stolen) == 403  # the lock's document refuses it
+    again = sign_in(stack_env["FIREBASE_AUTH_EMULATOR_HOST"], world.accounts["owner"]["email"])
+    assert rest_get(host, f"users/{owner}", again["idToken"]) == 200
+    refused = {
+        "revoked session": rest_get(host, f"users/{owner}", stolen),
+        "disabled account": rest_get(host, f"users/{member}", world.accounts["member"]["idToken"]),
+    }
+    assert refused == {"revoked session": 403, "disabled account": 403}, refused

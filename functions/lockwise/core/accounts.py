@@ -28,7 +28,7 @@ from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
-from lockwise.core import audit, errors, google_api, inputs, users
+from lockwise.core import audit, errors, google_api, inputs, mirror, users
 from lockwise.core.auth import User
 from lockwise.core.db import Connection, Database
 from lockwise.core.google_api import Authorize
@@ -304,6 +304,15 @@ def _sweep(
             details = {"disabled": found[uid].disabled}
             audit.record(con, AUDIT_ACTOR, "user.account_disabled", "ok", target=uid, details=details)
         changed = sorted({*flipped, *gone, *back, *revoked})
+        mirror.enqueue_many(
+            con,
+            [
+                mirror.standing(uid, ended=True, sessions_since_s=None)
+                if uid not in found
+                else mirror.standing(uid, ended=found[uid].disabled, sessions_since_s=found[uid].valid_since)
+                for uid in changed
+            ],
+        )
         if changed and standing_changed is not None:
             standing_changed(con, changed)
     return Sweep(gone, back, flipped, len(held), sorted(set(due) - held.keys()), len(due))

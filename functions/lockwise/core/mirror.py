@@ -107,6 +107,14 @@ def user_doc(uid: str) -> str:
     return doc("users", uid)
 
 
+def standing(uid: str, *, ended: bool, sessions_since_s: int | None) -> Write:
+    """The account's standing as ``lockwise.core.accounts`` last found it, which the rules read for ``users/{uid}``:
+    ``ended`` (found disabled or deleted) and when its sessions were last revoked (``validSince``). The user's own
+    document was read by its uid alone: a revoked session and a disabled account read it for their token's hour
+    (attack run 81). A document of its own, written whole: the user's is written whole by enrollment and erasure."""
+    return doc("standing", uid), "set", {"ended": ended, "sessions_since_s": sessions_since_s}
+
+
 def lock_collection(lock_id: str, name: str) -> str:
     """One of the lock's collections (``activity``, ``access``): deleted with the lock."""
     return doc("locks", lock_id, name)
