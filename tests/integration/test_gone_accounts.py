@@ -113,8 +113,14 @@ def test_an_account_deleted_outside_the_app_opens_no_door_and_leaves_the_locks_i
     client = firestore_client(PROJECT_ID, stack_env["FIRESTORE_EMULATOR_HOST"])
     get_runtime("devices").flush_mirror(force=True)
     wait_for(
-        lambda: not any(client.document(f"users/{world.uid(r)}").get().exists for r in ("member", "owner")),
-        what="the deleted accounts' user documents deleted",
+        lambda: (
+            not any(
+                client.document(path).get().exists
+                for r in ("member", "owner")
+                for path in (mirror.user_doc(world.uid(r)), mirror.standing_doc(world.uid(r)))
+            )
+        ),
+        what="the deleted accounts' user and standing documents deleted",
     )
     # their access documents let nothing be read, the owner's too (attack run 52: the lock it keeps owned kept its
     # owner's document as it was, read with a leftover token), and go a day on (their TTL: attack run 51)

@@ -112,7 +112,11 @@ def standing(uid: str, *, ended: bool, sessions_since_s: int | None) -> Write:
     ``ended`` (found disabled or deleted) and when its sessions were last revoked (``validSince``). The user's own
     document was read by its uid alone: a revoked session and a disabled account read it for their token's hour
     (attack run 81). A document of its own, written whole: the user's is written whole by enrollment and erasure."""
-    return doc("standing", uid), "set", {"ended": ended, "sessions_since_s": sessions_since_s}
+    return standing_doc(uid), "set", {"ended": ended, "sessions_since_s": sessions_since_s}
+
+
+def standing_doc(uid: str) -> str:
+    return doc("standing", uid)
 
 
 def lock_collection(lock_id: str, name: str) -> str:

@@ -44,7 +44,9 @@ def end(db: Database, now: Callable[[], dt.datetime]) -> int:
                 erasure.forget_voice(con, uid, "account_gone")  # biometric data kept for nobody
                 # nor a document of the app's for nobody: the erasure's ``voice_enrolled: false`` made one for an
                 # account that had none and kept it for good (attack run 46)
-                mirror.enqueue(con, mirror.user_doc(uid), "delete")
+                mirror.enqueue_many(
+                    con, [(mirror.user_doc(uid), "delete", None), (mirror.standing_doc(uid), "delete", None)]
+                )
                 accounts.ended(con, uid)
             ended += 1
         except Exception:  # one account's failure (the database busy with its lock) holds up none of the others
