@@ -264,7 +264,8 @@ def test_the_upkeep_of_a_release_with_newer_zone_data_mirrors_zoned_guests_again
     """The live view's access documents of guests whose windows are read in a zone were written with the host's zone
     data (attack run 80), and a pin moved on moves windows too: the upkeep of a release whose zone data is newer
     than the one recorded makes every lock with such a guest due a mirror, once (a migration's rows were taken by
-    the release before, during a deploy: a review). A release with older data beside it does not undo it."""
+    the release before, during a deploy: a review), and again half an hour on. A release with older data beside it
+    does not undo it."""
     zoned = world.uid("guest_in")  # weekdays: a window read in her zone
     db_rows(
         "UPDATE lock_members SET weekdays = 127 WHERE lock_id = CAST(:l AS uuid) AND user_uid = :u",
@@ -279,16 +280,27 @@ def test_the_upkeep_of_a_release_with_newer_zone_data_mirrors_zoned_guests_again
         with get_runtime("devices").db.transaction() as con:
             return members.mirror_for_zone_data(con)
 
-    for recorded, acts in (("2000.1", True), (zones.VERSION, False), ("9999.1", False)):
+    # (recorded version, its passes, minutes since, whether the upkeep acts): a newer release's data acts at once;
+    # the same data a second time once the release before is gone (its instances may have mirrored after the first:
+    # attack run 82), never a third; older data never
+    cases = [("2000.1", 2, 0, True), (zones.VERSION, 1, 5, False), (zones.VERSION, 1, 31, True)]
+    cases += [(zones.VERSION, 2, 60, False), ("9999.1", 1, 60, False)]
+    for recorded, passes, minutes, acts in cases:
         db_rows("DELETE FROM zone_data_mirrored")
-        db_rows("INSERT INTO zone_data_mirrored (version) VALUES (:v)", v=recorded)
+        db_rows(
+            "INSERT INTO zone_data_mirrored (version, passes, mirrored_at)"
+            " VALUES (:v, :p, now() - make_interval(mins => :m))",
+            v=recorded,
+            p=passes,
+            m=minutes,
+        )
         db_rows("DELETE FROM mirror_refresh_due WHERE lock_id = CAST(:l AS uuid)", l=world.lock_id)
-        assert upkeep() is acts and due() is acts, recorded
+        assert upkeep() is acts and due() is acts, (recorded, passes, minutes)
         (version,) = db_rows("SELECT version FROM zone_data_mirrored")[0]
         assert version == (zones.VERSION if acts else recorded)
     db_rows("DELETE FROM zone_data_mirrored")  # none recorded: the first release that reads the pinned data alone
     assert upkeep() is True and due() is True
-    assert upkeep() is False  # once
+    assert upkeep() is False  # once, and again only half an hour on
 
 
 def an_hour_ahead() -> types.ModuleType:

@@ -13,6 +13,7 @@ zone failed every removal and every voice decision at that door: attack run 80).
 from __future__ import annotations
 
 import functools
+import importlib.resources
 import logging
 import zoneinfo
 
@@ -37,15 +38,20 @@ def newer(version: str, than: str | None) -> bool:
 
 
 #: names a zone database answers that are not places, refused as a member's zone: ``localtime`` is whatever the
-#: serving machine is set to (a guest's window would move between instances), the others aliases or placeholders;
-#: ``posix/`` and ``right/`` (leap seconds) are copies of the database, also refused
+#: serving machine is set to (a guest's window would move between instances), the others aliases or placeholders
 NOT_ZONES = frozenset({"localtime", "posixrules", "Factory"})
 
 
+#: the zones the pinned data lists (links such as ``US/Pacific`` among them): the package loads any resource path,
+#: ``America.Indiana/Indianapolis`` too (a dot in a folder's name is the package's separator), a name no other zone
+#: database has, which the app's platforms would refuse (attack run 82)
+LISTED = frozenset(importlib.resources.files("tzdata").joinpath("zones").read_text().split()) - NOT_ZONES
+
+
 def named(key: str) -> zoneinfo.ZoneInfo:
-    """The zone ``key`` as a member's access may name it; ``zoneinfo.ZoneInfoNotFoundError`` when the pinned data has
-    no such zone (a folder such as ``America``, a file that is no zone, a name past 64 characters)."""
-    if len(key) > 64 or key in NOT_ZONES or key.startswith(("posix/", "right/")):
+    """The zone ``key`` as a member's access may name it; ``zoneinfo.ZoneInfoNotFoundError`` when the pinned data
+    lists no such zone (a folder such as ``America``, a file that is no zone, a dotted folder, a placeholder)."""
+    if key not in LISTED:
         raise zoneinfo.ZoneInfoNotFoundError(key)
     try:
         return zoneinfo.ZoneInfo(key)

@@ -532,15 +532,30 @@ def mirror_access_soon(con: Connection, uids: list[str]) -> None:
     )
 
 
+#: how long after a release's first mirror for its zone data the second comes (``mirror_for_zone_data``): longer
+#: than a deploy replaces the instances of the release before
+ZONE_DATA_SECOND_PASS = dt.timedelta(minutes=30)
+
+
 def mirror_for_zone_data(con: Connection) -> bool:
     """When this release's zone data (``zones.VERSION``) is newer than the one the live view's access was last
     mirrored with (``zone_data_mirrored``; none recorded: every release before zones came from the pinned data alone),
     make every lock with a guest whose window is read in a zone due a mirror, and record this version; whether it
     did. Run by the upkeep, so only code that reads the pinned data does it (a migration's rows were taken by the
     release before during a deploy, a review), and again at every move of the pin; an older release beside a newer
-    one during a deploy does not undo it."""
-    recorded = con.run("SELECT version FROM zone_data_mirrored FOR UPDATE")
-    if not zones.newer(zones.VERSION, recorded[0][0] if recorded else None):
+    one during a deploy does not undo it. Done a second time ``ZONE_DATA_SECOND_PASS`` on: instances of the release
+    before, still serving during the deploy, may mirror a lock again with their data after the first (attack run
+    82)."""
+    recorded = con.run(
+        "SELECT version, passes, mirrored_at <= now() - make_interval(secs => :s) FROM zone_data_mirrored FOR UPDATE",
+        s=ZONE_DATA_SECOND_PASS.total_seconds(),
+    )
+    version = recorded[0][0] if recorded else None
+    if zones.newer(zones.VERSION, version):
+        passes = 1
+    elif version == zones.VERSION and recorded[0][1] == 1 and recorded[0][2]:
+        passes = 2
+    else:
         return False
     con.run(
         "INSERT INTO mirror_refresh_due (lock_id, due_at) SELECT DISTINCT lock_id, now() FROM lock_members"
@@ -549,10 +564,12 @@ def mirror_for_zone_data(con: Connection) -> bool:
         " ON CONFLICT (lock_id) DO UPDATE SET due_at = LEAST(mirror_refresh_due.due_at, EXCLUDED.due_at)"
     )
     con.run(
-        "INSERT INTO zone_data_mirrored (version) VALUES (:v) ON CONFLICT (only_row) DO UPDATE SET version = :v",
+        "INSERT INTO zone_data_mirrored (version, passes) VALUES (:v, :p)"
+        " ON CONFLICT (only_row) DO UPDATE SET version = :v, passes = :p, mirrored_at = now()",
         v=zones.VERSION,
+        p=passes,
     )
-    logger.info("zone data %s: locks with zoned guests are mirrored again", zones.VERSION)
+    logger.info("zone data %s: locks with zoned guests are mirrored again (pass %d)", zones.VERSION, passes)
     return True
 
 
