@@ -219,3 +219,43 @@ def test_the_live_views_user_document_refuses_a_revoked_session_and_a_disabled_a
         "disabled account": rest_get(host, f"users/{member}", world.accounts["member"]["idToken"]),
     }
     assert refused == {"revoked session": 403, "disabled account": 403}, refused
+
+
+def mirror_all() -> None:
+    for name in ("devices", "embed"):
+        get_runtime(name).flush_mirror(force=True)
+
+
+def test_an_account_enabled_again_reads_its_user_document(
+    clients: dict[str, Any], world: World, stack_env: dict[str, str]
+) -> None:
+    """The standing document the rules read for ``users/{uid}`` lets the account back in once it is enabled again
+    and signs in (attack run 82)."""
+    host, member = stack_env["FIRESTORE_EMULATOR_HOST"], world.uid("member")
+    assert enroll(clients, world.accounts["member"], speaker="june").status_code == 201
+    mirror_all()
+    admin_call(stack_env, "accounts:update", {"localId": member, "disableUser": True})
+    recheck_now(member)
+    flush(clients, stack_env)
+    mirror_all()
+    assert rest_get(host, f"users/{member}", world.accounts["member"]["idToken"]) == 403
+    admin_call(stack_env, "accounts:update", {"localId": member, "disableUser": False})
+    recheck_now(member)
+    flush(clients, stack_env)
+    mirror_all()
+    again = sign_in(stack_env["FIREBASE_AUTH_EMULATOR_HOST"], world.accounts["member"]["email"])
+    assert rest_get(host, f"users/{member}", again["idToken"]) == 200
+
+
+def test_the_apps_account_deletion_goes_through(clients: dict[str, Any], world: World) -> None:
+    """The app's account deletion (``DELETE /devices/me``, then the voice's status and erasure, then the invitations)
+    with one token: the reads as committed now take the account's leaving as no refusal (attack run 82)."""
+    headers = world.headers("member")
+    assert enroll(clients, world.accounts["member"], speaker="june").status_code == 201
+    left = clients["devices"].delete("/devices/me", headers=headers)
+    assert left.status_code == 204, left.get_json()
+    status = clients["embed"].get("/embed/enrollment", headers=headers)
+    assert status.status_code == 200, status.get_json()
+    erased = clients["embed"].delete("/embed/enrollment", headers=headers)
+    assert erased.status_code == 204, erased.get_json()
+    assert clients["devices"].get("/devices/invitations", headers=headers).status_code == 200
