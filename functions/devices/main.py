@@ -147,6 +147,7 @@ def list_locks(ctx: Ctx) -> JsonBody:
     user = app_user(ctx)
     page = pages.requested(ctx.query(("limit", "page_token")))
     with rt.db.connection() as con:
+        users.refuse_caller(con, user, left_since=False)  # as committed now: see list_members
         listed, next_page = locks.list_for_user(con, user.uid, rt.now(), page)
     return {"locks": listed, "next_page_token": next_page}
 
@@ -155,8 +156,10 @@ def list_locks(ctx: Ctx) -> JsonBody:
 def get_lock(ctx: Ctx, lock_id: str) -> JsonBody:
     user, lock_id = app_user(ctx), lock_param(lock_id)
     with rt.db.connection() as con:
-        membership = members.require(con, lock_id, user.uid, rt.now())
-        return locks.view(con, lock_id, membership.role, membership.in_window(rt.now()))
+        users.refuse_caller(con, user, left_since=False)  # as committed now: see list_members
+        now = rt.now()
+        membership = members.require(con, lock_id, user.uid, now)
+        return locks.view(con, lock_id, membership.role, membership.in_window(now))
 
 
 @api.route("PATCH", "/devices/locks/<lock_id>")
@@ -207,6 +210,7 @@ def offer_transfer(ctx: Ctx, lock_id: str) -> Result:
 def get_transfer(ctx: Ctx, lock_id: str) -> JsonBody:
     user, lock_id = app_user(ctx), lock_param(lock_id)
     with rt.db.connection() as con:
+        users.refuse_caller(con, user, left_since=False)  # as committed now: see list_members
         now = rt.now()
         members.require(con, lock_id, user.uid, now)
         return transfers.standing(con, lock_id, user.uid, now)
@@ -401,6 +405,7 @@ def create_command(ctx: Ctx, lock_id: str) -> Result:
 def get_command(ctx: Ctx, lock_id: str, command_id: str) -> JsonBody:
     user, lock_id = app_user(ctx), lock_param(lock_id)
     with rt.db.connection() as con:
+        users.refuse_caller(con, user, left_since=False)  # as committed now: see list_members
         now = rt.now()
         membership = members.require(con, lock_id, user.uid, now)
         return {"command": commands.present(commands.seen_by(con, lock_id, command_id, user.uid, membership.role), now)}

@@ -128,9 +128,12 @@ def test_the_token_of_whoever_made_an_account_declines_nothing_once_its_addresss
 def test_a_disabled_admin_reads_no_member_list_while_the_instance_remembers_the_account(
     clients: dict[str, Any], world: World, stack_env: dict[str, str]
 ) -> None:
-    """Reads take the instance's picture (up to a minute old): a disabled admin, found so by the flush, still read
-    the member list and the open invitations (200), the lock, and its commands; writes were refused at once."""
+    """Reads took the instance's picture (up to a minute old): a disabled admin, found so by the flush, still read
+    the member list and the open invitations (200), the lock, and its commands; writes were refused at once. Every
+    private read now takes the account as committed."""
     devices, lock, admin = clients["devices"], world.lock_id, world.uid("admin")
+    made = devices.post(f"/devices/locks/{lock}/commands", json={"action": "lock"}, headers=world.headers("admin"))
+    assert made.status_code == 202, made.get_json()
     assert devices.get(f"/devices/locks/{lock}", headers=world.headers("admin")).status_code == 200  # remembered
     admin_call(stack_env, "accounts:update", {"localId": admin, "disableUser": True})
     recheck_now(admin)
@@ -140,6 +143,14 @@ def test_a_disabled_admin_reads_no_member_list_while_the_instance_remembers_the_
     assert code(wrote) == (401, "account_disabled")
     listed = devices.get(f"/devices/locks/{lock}/members", headers=world.headers("admin"))
     assert code(listed) == (401, "account_disabled"), listed.get_json()
+    for path in (
+        "/devices/locks",
+        f"/devices/locks/{lock}",
+        f"/devices/locks/{lock}/transfer",
+        f"/devices/locks/{lock}/commands/{made.get_json()['command']['id']}",
+    ):
+        read = devices.get(path, headers=world.headers("admin"))
+        assert code(read) == (401, "account_disabled"), (path, read.get_json())
 
 
 def test_a_revoked_session_reads_no_voice_status_while_the_embed_instance_remembers_the_account(
