@@ -333,7 +333,7 @@ def test_an_instance_whose_clock_runs_ahead_dates_certificates_commands_and_the_
     )
     renewed = world.devices.post("/devices/lock/certificate", data=body, headers=headers)
     assert renewed.status_code == 201, renewed.get_json()
-    (((database_now,),),) = (db_rows("SELECT clock_timestamp()"),)
+    (database_now,) = db_rows("SELECT clock_timestamp()")[0]
     certificate = x509.load_pem_x509_certificate(renewed.get_json()["certificate"].encode())
     assert certificate.not_valid_before_utc <= database_now - lock_certs.BACKDATE + dt.timedelta(seconds=30)
     halfway = database_now + (certificate.not_valid_after_utc - database_now) / 2

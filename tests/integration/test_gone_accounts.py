@@ -21,22 +21,12 @@ from lockwise.core.runtime import get_runtime
 from lockwise.devices import members
 from simlock.lock import new_tls_key
 from tests.conftest import PROJECT_ID
-from tests.devices_world import World, bearer, build_world, google_sign_in, new_lock_key, sign_in, verify_email
+from tests.devices_world import World, bearer, google_sign_in, new_lock_key, sign_in, verify_email
 from tests.integration.test_devices_flows import emulator_token
 from tests.integration.test_devices_live_view import rest_get
 from tests.integration.test_voice import enroll, signed_verify, take
 from tests.voices import spoken, wav
 from tests.waiting import wait_for
-
-
-@pytest.fixture
-def clients(stack_env: dict[str, str], make_client: Any) -> dict[str, Any]:
-    return {name: make_client(name) for name in ("devices", "embed", "verify")}
-
-
-@pytest.fixture
-def world(clients: dict[str, Any], sign_up: Any) -> World:
-    return build_world(clients["devices"], sign_up)
 
 
 def admin_call(stack_env: dict[str, str], method: str, body: dict[str, Any]) -> None:

@@ -8,23 +8,11 @@ from __future__ import annotations
 import random
 from typing import Any
 
-import pytest
-
 from lockwise.core.runtime import get_runtime
-from tests.devices_world import World, bearer, build_world, google_sign_in, sign_in
+from tests.devices_world import World, bearer, google_sign_in, sign_in
 from tests.integration.test_devices_live_view import rest_get
 from tests.integration.test_gone_accounts import admin_call, flush, recheck_now, revoke_sessions
 from tests.integration.test_voice import enroll
-
-
-@pytest.fixture
-def clients(stack_env: dict[str, str], make_client: Any) -> dict[str, Any]:
-    return {name: make_client(name) for name in ("devices", "embed", "verify")}
-
-
-@pytest.fixture
-def world(clients: dict[str, Any], sign_up: Any) -> World:
-    return build_world(clients["devices"], sign_up)
 
 
 def code(resp: Any) -> tuple[int, str]:

@@ -53,10 +53,7 @@ def named(key: str) -> zoneinfo.ZoneInfo:
     lists no such zone (a folder such as ``America``, a file that is no zone, a dotted folder, a placeholder)."""
     if key not in LISTED:
         raise zoneinfo.ZoneInfoNotFoundError(key)
-    try:
-        return zoneinfo.ZoneInfo(key)
-    except (ValueError, OSError) as exc:  # a malformed key; a folder of the database
-        raise zoneinfo.ZoneInfoNotFoundError(key) from exc
+    return zoneinfo.ZoneInfo(key)
 
 
 @functools.lru_cache(maxsize=1024)

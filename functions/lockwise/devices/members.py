@@ -57,6 +57,11 @@ class Membership:
     expires_at: dt.datetime | None = None
     revoked_at: dt.datetime | None = None
 
+    @property
+    def recurring(self) -> bool:
+        """A guest's window that recurs (weekdays, hours of the day): read in her zone, where dates alone are not."""
+        return self.role == "guest" and (self.weekdays is not None or self.day_start_minute is not None)
+
     def active(self, now: dt.datetime) -> bool:
         """Not revoked and not expired."""
         return self.revoked_at is None and (self.expires_at is None or self.expires_at > now)
@@ -69,9 +74,9 @@ class Membership:
             return False
         if self.valid_until is not None and now >= self.valid_until:
             return False
-        start, end = self.day_start_minute, self.day_end_minute
-        if self.weekdays is None and start is None:  # no recurring window: no zone is read
+        if not self.recurring:  # no zone is read
             return True
+        start, end = self.day_start_minute, self.day_end_minute
         zone = zones.stored(self.timezone)
         if zone is None:  # a zone this release's data lacks: outside (``lockwise.core.zones``)
             return False
@@ -122,9 +127,8 @@ class Membership:
         there is none."""
         guest = self.role == "guest"
         edges = [t for t in (self.expires_at, self.valid_until if guest else None) if t is not None and t > now]
-        recurring = guest and (self.weekdays is not None or self.day_start_minute is not None)
-        zone = zones.stored(self.timezone) if recurring else None
-        if recurring and zone is None:  # a zone this release's data lacks: looked at again in an hour (a release
+        zone = zones.stored(self.timezone) if self.recurring else None
+        if self.recurring and zone is None:  # a zone this release's data lacks: looked at again in an hour (a release
             edges.append(now + UNKNOWN_ZONE_RETRY)  # whose data has it lets her in, and the rules too, by then)
         if zone is not None:
             today = now.astimezone(zone).date()
@@ -162,7 +166,7 @@ class Membership:
             # open listener kept the door's state and feed after their window ended)
             "in_window": self.in_window(now) if guest else None,
         }
-        if guest and (self.weekdays is not None or self.day_start_minute is not None):
+        if self.recurring:
             zone = zones.stored(self.timezone)
             # a zone this release's data lacks: an offset that stood until the epoch, which the rules refuse (the
             # same every time: the document is not written again at each mirror of the lock)
@@ -522,13 +526,18 @@ def mirror_access_soon(con: Connection, uids: list[str]) -> None:
     """Mirror the access of every lock ``uids`` are members of at the relay's next upkeep (``mirror_access_due``):
     their accounts were found disabled or enabled again, deleted or found again, or their sessions revoked
     (``lockwise.core.accounts.sweep``)."""
+    _due_now(con, "user_uid = ANY(:u)", u=uids)
+
+
+def _due_now(con: Connection, members_where: str, **params: Any) -> None:
+    """Make due now the locks with a standing member the SQL ``members_where`` (on ``lock_members``) picks. In the
+    locks' order, as a member leaving every lock writes theirs (``locks.leave_every_lock``): in no order, the two
+    could each hold a row the other waits for (a review)."""
     con.run(
-        # in the locks' order, as a member leaving every lock writes theirs (``locks.leave_every_lock``): in no order,
-        # the two could each hold a row the other waits for (a review)
         "INSERT INTO mirror_refresh_due (lock_id, due_at) SELECT DISTINCT lock_id, now() FROM lock_members"
-        " WHERE user_uid = ANY(:u) AND revoked_at IS NULL ORDER BY lock_id"
+        f" WHERE {members_where} AND revoked_at IS NULL ORDER BY lock_id"
         " ON CONFLICT (lock_id) DO UPDATE SET due_at = LEAST(mirror_refresh_due.due_at, EXCLUDED.due_at)",
-        u=uids,
+        **params,
     )
 
 
@@ -557,12 +566,7 @@ def mirror_for_zone_data(con: Connection) -> bool:
         passes = 2
     else:
         return False
-    con.run(
-        "INSERT INTO mirror_refresh_due (lock_id, due_at) SELECT DISTINCT lock_id, now() FROM lock_members"
-        " WHERE role = 'guest' AND revoked_at IS NULL AND (weekdays IS NOT NULL OR day_start_minute IS NOT NULL)"
-        " ORDER BY lock_id"  # in the locks' order, as ``mirror_access_soon``
-        " ON CONFLICT (lock_id) DO UPDATE SET due_at = LEAST(mirror_refresh_due.due_at, EXCLUDED.due_at)"
-    )
+    _due_now(con, "role = 'guest' AND (weekdays IS NOT NULL OR day_start_minute IS NOT NULL)")  # ``recurring``
     con.run(
         "INSERT INTO zone_data_mirrored (version, passes) VALUES (:v, :p)"
         " ON CONFLICT (only_row) DO UPDATE SET version = :v, passes = :p, mirrored_at = now()",
