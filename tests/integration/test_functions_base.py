@@ -82,6 +82,40 @@ def test_health_is_degraded_when_the_database_is_down(make_client: Any, monkeypa
     }
 
 
+@pytest.mark.parametrize("name", ["embed", "verify", "devices"])
+def test_no_answer_is_for_a_cache_to_keep_but_the_crls(stack_env: Any, name: str) -> None:
+    """Firebase Hosting's CDN, in front of the functions at the production base URL, keeps a function's 404 for ten
+    minutes when the answer does not say otherwise, and a browser or proxy may keep any answer that does not: every
+    answer says ``no-store`` (a found one, a refusal before the function runs, a 401, 404, 405), and is not to be
+    sniffed as anything but its type. The lock CA's public CRL keeps its own 30 s."""
+    import functions_framework
+
+    from tests.conftest import REPO
+
+    app = functions_framework.create_app(target=name, source=str(REPO / "functions" / name / "main.py"))  # type: ignore[no-untyped-call]
+    client = app.test_client()
+    answers = {
+        "health": client.get(f"/{name}/health"),
+        "no route": client.get(f"/{name}/no-such-route"),
+        "platform's refusal": client.get("/robots.txt"),
+        "method": client.delete(f"/{name}/health"),
+        "no token": client.get("/embed/enrollment" if name == "embed" else "/devices/me"),
+    }
+    assert {what: resp.status_code for what, resp in answers.items()} == {
+        "health": 200,
+        "no route": 404,
+        "platform's refusal": 404,
+        "method": 405,
+        "no token": 401 if name != "verify" else 404,
+    }
+    for what, resp in answers.items():
+        assert resp.headers.get("Cache-Control") == "no-store", what
+        assert resp.headers.get("X-Content-Type-Options") == "nosniff", what
+    if name == "devices":
+        crl = client.get("/devices/lock-ca/crl")
+        assert crl.status_code == 200 and crl.headers["Cache-Control"] == "max-age=30"
+
+
 def test_me_requires_a_token(make_client: Any) -> None:
     client = make_client("devices")
     resp = client.get("/devices/me")

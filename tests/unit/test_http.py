@@ -291,6 +291,7 @@ def test_a_request_gunicorn_refuses_is_answered_in_the_api_error_shape() -> None
     lines = head.decode("latin-1").split("\r\n")
     assert lines[0] == "HTTP/1.1 431 Request Header Fields Too Large"
     assert "Content-Type: application/json" in lines and f"Content-Length: {len(body)}" in lines
+    assert "Cache-Control: no-store" in lines and "X-Content-Type-Options: nosniff" in lines
     error = json.loads(body)["error"]
     assert error["code"] == "header_fields_too_large" and error["message"] == "x" * server_errors.MESSAGE_MAX
     internal = json.loads(server_errors.error_response(500, "Internal Server Error", "").partition(b"\r\n\r\n")[2])

@@ -41,6 +41,8 @@ T = TypeVar("T")
 
 #: the most a route that takes no body reads of one (to tell ``{}`` from anything else)
 _NO_BODY_READ = 1024
+#: every answer's ``Cache-Control`` but the routes' that name their own
+NO_STORE = "no-store"
 
 
 @dataclass(frozen=True)
@@ -295,6 +297,12 @@ class Api:
             server_errors.leave_rest_of_body(request)
             status = response.status_code
             response.headers["X-Request-Id"] = request_id
+            # no cache keeps an answer unless its route says so (the CRL): Firebase Hosting's CDN keeps a function's
+            # 404 for ten minutes unless the answer says otherwise (its manage-cache page), so a lock's URL asked
+            # for before the lock was shared could still be "not found" from the CDN after; and an answer naming
+            # a user's locks or members is for no browser's or proxy's cache
+            response.headers.setdefault("Cache-Control", NO_STORE)
+            response.headers.setdefault("X-Content-Type-Options", "nosniff")
             return response
         finally:
             event(

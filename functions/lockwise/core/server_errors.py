@@ -60,7 +60,8 @@ def error_response(status: int, reason: str, message: str) -> bytes:
     reason = reason.encode("latin-1", "replace").decode("latin-1")
     extra = "".join(f"{name}: {value}\r\n" for name, value in err.headers().items())
     head = (
-        f"HTTP/1.1 {status} {reason}\r\nConnection: close\r\nContent-Type: application/json\r\n{extra}"
+        f"HTTP/1.1 {status} {reason}\r\nConnection: close\r\nContent-Type: application/json\r\n"
+        f"Cache-Control: no-store\r\nX-Content-Type-Options: nosniff\r\n{extra}"
         f"Content-Length: {len(body)}\r\n\r\n"
     )
     return head.encode("latin-1") + body
