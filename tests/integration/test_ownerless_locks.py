@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import json
 import threading
 import time
 from collections.abc import Callable
@@ -30,16 +29,6 @@ def clients(stack_env: dict[str, str], make_client: Any) -> dict[str, Any]:
 @pytest.fixture
 def world(clients: dict[str, Any], sign_up: Any) -> World:
     return build_world(clients["devices"], sign_up)
-
-
-@pytest.fixture
-def operator(stack_env: dict[str, str], sign_up: Any, clients: dict[str, Any]) -> dict[str, str]:
-    """The headers of an operator: an account given the custom claim with the Admin SDK, signed in again since."""
-    account = sign_up()
-    assert clients["devices"].get("/devices/me", headers=bearer(account)).status_code == 200
-    claims = json.dumps({"lockwise_operator": True})
-    admin_call(stack_env, "accounts:update", {"localId": account["localId"], "customAttributes": claims})
-    return bearer(sign_in(stack_env["FIREBASE_AUTH_EMULATOR_HOST"], account["email"]))
 
 
 def paths(world: World) -> tuple[str, str, str]:

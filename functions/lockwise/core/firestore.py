@@ -113,6 +113,42 @@ class Client:
         found = self._call("GET", f"{_target(self.name(collection_path))}?{query}")
         return [(str(doc["name"]), str(doc["updateTime"])) for doc in (found or {}).get("documents", [])]
 
+    def list_documents(
+        self, collection_path: str, page_size: int, page_token: str | None = None
+    ) -> tuple[list[tuple[str, dict[str, Any]]], str | None]:
+        """One page of the collection's documents: their ids and fields as plain values, and the next page's token
+        (None after the last)."""
+        params: dict[str, Any] = {"pageSize": page_size}
+        if page_token:
+            params["pageToken"] = page_token
+        found = self._call("GET", f"{_target(self.name(collection_path))}?{urllib.parse.urlencode(params)}") or {}
+        docs = [
+            (str(doc["name"]).rsplit("/", 1)[-1], decode_fields(doc.get("fields", {})))
+            for doc in found.get("documents", [])
+        ]
+        token = found.get("nextPageToken")
+        return docs, str(token) if token else None
+
+    def group_names(self, collection_id: str, page_size: int, after: str | None = None) -> list[str]:
+        """The full names of up to ``page_size`` documents of every collection named ``collection_id`` (a collection
+        group), in name order, after the document named ``after``; none of their fields."""
+        query: dict[str, Any] = {
+            "from": [{"collectionId": collection_id, "allDescendants": True}],
+            "select": {"fields": [{"fieldPath": "__name__"}]},
+            "orderBy": [{"field": {"fieldPath": "__name__"}, "direction": "ASCENDING"}],
+            "limit": page_size,
+        }
+        if after is not None:
+            query["startAt"] = {"values": [{"referenceValue": after}], "before": False}
+        status, found = self._call_json("POST", f"/v1/{self.database}/documents:runQuery", {"structuredQuery": query})
+        if not isinstance(found, list):
+            raise FirestoreError(f"Firestore answered {status} to a query with JSON that is not a list")
+        return [
+            str(item["document"]["name"])
+            for item in found
+            if isinstance(item, dict) and isinstance(item.get("document"), dict) and "name" in item["document"]
+        ]
+
     def close(self) -> None:
         self._api.close()
 

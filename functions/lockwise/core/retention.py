@@ -31,6 +31,7 @@ EXPIRING = (
     "lock_certificates",
     "lock_event_rejects",
     "lock_transfer_offers",
+    "journal_entries",  # the keys of the restore journal's entries, two days past Firestore's (migration 0071)
 )
 
 

@@ -232,13 +232,17 @@ def authenticate(
     # the active key first, then the most recent revoked ones: a lock id with no credential and a wrong key answer
     # alike (the API does not tell a prober which lock ids exist); only a lock that proves it held a revoked key
     # learns it must pair again
+    # and the latest restore's fence (``lockwise.devices.restored``): a request dated before it may have had its
+    # nonce taken back with the restore (one captured in its last minute was taken again: attack run 83)
     keys = con.run(
-        "SELECT id::text, signing_public_key, revoked_at IS NULL FROM lock_credentials WHERE lock_id = CAST(:l AS uuid)"
+        "SELECT id::text, signing_public_key, revoked_at IS NULL,"
+        " (SELECT CAST(EXTRACT(EPOCH FROM max(fenced_at)) AS float8) FROM database_restores)"
+        " FROM lock_credentials WHERE lock_id = CAST(:l AS uuid)"
         " ORDER BY revoked_at IS NULL DESC, revoked_at DESC LIMIT :k",
         l=lock_id,
         k=KEYS_KEPT,
     )
-    checked = [(c, active, _verifies(bytes(key), signature, signed)) for c, key, active in keys]  # all, not the first
+    checked = [(c, active, _verifies(bytes(key), signature, signed)) for c, key, active, _ in keys]  # all, not first
     for _ in range(KEYS_KEPT - len(keys)):
         _verifies(_NOBODYS_KEY, signature, signed)
     verified = next(((c, active) for c, active, good in checked if good), None)
@@ -247,6 +251,9 @@ def authenticate(
     credential_id, active = verified
     if not active:
         raise errors.Unauthenticated("this lock's key was revoked: pair it again", code="unknown_lock")
+    fenced_at = keys[0][3]
+    if fenced_at is not None and ts < int(fenced_at):  # a lock's time is in whole seconds
+        raise errors.Unauthenticated("request dated before the database was restored", code="stale_request")
     # the minute's count raised with the nonce, in the nonce's round trip; a nonce already seen counts nothing (one
     # captured request replayed 120 times filled its lock's minute: attack run 20). Every part reads the snapshot
     # from before the statement, so ``seen`` is the nonce's state before this request. The last 60 s are counted as

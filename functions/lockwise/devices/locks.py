@@ -257,12 +257,21 @@ def transfer(
 
 
 def hand_over(
-    con: Connection, lock_id: str, from_uid: str, to_uid: str, max_owned: int, *, operator_uid: str | None = None
+    con: Connection,
+    lock_id: str,
+    from_uid: str,
+    to_uid: str,
+    max_owned: int | None,
+    *,
+    operator_uid: str | None = None,
+    actor: str | None = None,
 ) -> None:
     """Make the member ``to_uid`` (the caller holds their membership and account rows) the owner, if they may own one
-    more: the previous owner becomes an admin and the codes they issued to pair the lock stop working. Done by the
-    previous owner, or by an operator (``operator_uid``: ``lockwise.devices.ownerless``)."""
-    refuse_past_owned(con, to_uid, max_owned)
+    more (``max_owned``; None: done again after a restore, ``lockwise.devices.restored``, as it was once allowed):
+    the previous owner becomes an admin and the codes they issued to pair the lock stop working. Done by the
+    previous owner, by an operator (``operator_uid``: ``lockwise.devices.ownerless``), or by ``actor``."""
+    if max_owned is not None:
+        refuse_past_owned(con, to_uid, max_owned)
     con.run(
         "UPDATE lock_members SET role = 'admin' WHERE lock_id = CAST(:l AS uuid) AND user_uid = :u",
         l=lock_id,
@@ -277,7 +286,7 @@ def hand_over(
     )
     con.run("UPDATE locks SET owner_uid = :u, updated_at = now() WHERE id = CAST(:l AS uuid)", u=to_uid, l=lock_id)
     provisioning.close_codes(con, lock_id)  # the old owner's codes pair nothing now (redemption checks it too)
-    actor = audit.user_actor(from_uid) if operator_uid is None else audit.operator_actor(operator_uid)
+    actor = actor or (audit.user_actor(from_uid) if operator_uid is None else audit.operator_actor(operator_uid))
     audit.record(con, actor, "lock.transfer", "ok", lock_id=lock_id, target=to_uid, details={"from": from_uid})
     by_operator: dict[str, Any] = {} if operator_uid is None else {"by_operator": True}
     mirror.activity(con, lock_id, "ownership_transferred", actor_uid=from_uid, target_uid=to_uid, **by_operator)
@@ -291,10 +300,14 @@ def delete(con: Connection, lock_id: str, uid: str, *, actor: str | None = None)
     con.run("DELETE FROM mirrored_access WHERE lock_id = CAST(:l AS uuid)", l=lock_id)  # its documents go below
     con.run("DELETE FROM mirrored_access_locks WHERE lock_id = CAST(:l AS uuid)", l=lock_id)
     audit.record(con, actor or audit.user_actor(uid), "lock.delete", "ok", lock_id=lock_id)
-    # the lock document first, while its members may still read it: their live views see it gone, not refused; then
-    # their access (at most the lock's members, current and former), then the feed: a busy lock's feed takes many
-    # passes, and deleted after it, the access documents let its former members read the rest meanwhile (attack run
-    # 46)
+    delete_mirrored(con, lock_id)
+
+
+def delete_mirrored(con: Connection, lock_id: str) -> None:
+    """Delete what the live view has of the lock: the lock document first, while its members may still read it
+    (their live views see it gone, not refused); then their access (at most the lock's members, current and former),
+    then the feed: a busy lock's feed takes many passes, and deleted after it, the access documents let its former
+    members read the rest meanwhile (attack run 46)."""
     mirror.enqueue(con, mirror.lock_doc(lock_id), "delete")
     mirror.enqueue(con, mirror.lock_collection(lock_id, "access"), "delete_collection")
     mirror.enqueue(con, mirror.lock_collection(lock_id, mirror.FEED), "delete_collection")
@@ -397,10 +410,11 @@ def revoke_member(
     now: dt.datetime,
     *,
     by: str | None = None,
+    reason: str = "account_deleted",
 ) -> None:
     """End ``target``'s membership at ``now`` (the clock invitations are sent on: one sent before it stands no more).
-    ``by``: who the audit log names instead of ``actor`` (the system, ending a deleted account's memberships; the
-    feed then names nobody as having removed them)."""
+    ``by``: who the audit log names instead of ``actor`` (the system, ending a deleted account's memberships or
+    ending one again after a restore, ``reason`` in the feed, which then names nobody as having removed them)."""
     if target.role == "owner":
         raise errors.Forbidden("the owner cannot be removed; transfer or delete the lock", code="cannot_remove_owner")
     if actor.user_uid != target.user_uid:  # leaving a lock yourself is always allowed
@@ -422,7 +436,7 @@ def revoke_member(
     if by is None:
         mirror.activity(con, lock_id, "member_removed", actor_uid=actor.user_uid, target_uid=target.user_uid)
     else:
-        mirror.activity(con, lock_id, "member_removed", target_uid=target.user_uid, reason="account_deleted")
+        mirror.activity(con, lock_id, "member_removed", target_uid=target.user_uid, reason=reason)
     members.mirror_access(con, lock_id)
 
 

@@ -27,14 +27,20 @@ def end_for_lock(con: Connection, lock_id: str, reason: str = "paired_again") ->
     _end(con, "lock_id = CAST(:l AS uuid)", reason, l=lock_id)
 
 
+def end_offered(con: Connection, lock_id: str, offered_at: str, reason: str) -> int:
+    """The lock's offer made at ``offered_at`` (RFC 3339), if it stands, ends; how many did (0 or 1)."""
+    where = "lock_id = CAST(:l AS uuid) AND offered_at = CAST(:o AS timestamptz)"
+    return _end(con, where, reason, l=lock_id, o=offered_at)
+
+
 def end_from(con: Connection, uid: str) -> None:
     """``uid``'s account leaves everything (deleted, in the app or outside it): the offers it made end."""
     _end(con, "from_uid = :u", "giver_left", u=uid)
 
 
-def _end(con: Connection, where: str, reason: str, **params: str) -> None:
-    """Delete the offers ``where`` says, each end in its lock's feed (the member it named reads it)."""
-    for lock_id, to_uid in con.run(
-        f"DELETE FROM lock_transfer_offers WHERE {where} RETURNING lock_id::text, to_uid", **params
-    ):
+def _end(con: Connection, where: str, reason: str, **params: str) -> int:
+    """Delete the offers ``where`` says, each end in its lock's feed (the member it named reads it); how many."""
+    ended = con.run(f"DELETE FROM lock_transfer_offers WHERE {where} RETURNING lock_id::text, to_uid", **params)
+    for lock_id, to_uid in ended:
         mirror.activity(con, lock_id, "ownership_offer_ended", target_uid=to_uid, reason=reason)
+    return len(ended)
