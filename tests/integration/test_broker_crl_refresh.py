@@ -199,3 +199,30 @@ def test_a_list_without_a_number_is_kept_out_and_said_and_one_ending_soon_is_rep
     done = refresh(broker, source, tmp_path)
     assert done.returncode == 0 and "installing the fetched one" in done.stderr, done.stderr
     assert reloads(tmp_path) == 3 and broker.crl_file.read_bytes() == source.body
+
+
+def test_a_newer_list_that_drops_a_revocation_of_the_last_day_is_kept_out_and_said(
+    own_broker: Broker, source: CrlSource, tmp_path: Path
+) -> None:
+    """A list read from a database restored to before a re-pairing is newer (numbered by the database's clock) and
+    names nothing of it: installed, the replaced device connected again (attack run 83). A revocation of the last
+    day cannot leave the list but so (the server lists one until a day past its certificate's end); an older one
+    goes as the server prunes it, and a list naming the revocation again is installed."""
+    broker = own_broker
+    ca = LockCa.from_pem(broker.lock_ca_pem)
+    stolen = broker.client_files("lk-crl-restored", tmp_path / "stolen")
+    now = dt.datetime.now(dt.UTC)
+    old = "1f2e3d4c5b6a"  # revoked 8 days ago, its certificate ended a day and more ago
+    source.body = crl(ca, [(serial_of(stolen), now), (old, now - dt.timedelta(days=8))], now).encode()
+    assert refresh(broker, source, tmp_path).returncode == 0 and reloads(tmp_path) == 1
+    assert not connects(broker, stolen, identity_of(stolen))
+
+    source.body = crl(ca, [(old, now - dt.timedelta(days=8))], now + dt.timedelta(minutes=1)).encode()
+    done = refresh(broker, source, tmp_path)
+    assert done.returncode != 0 and "drops revocations of the last day" in done.stderr, done.stderr
+    assert serial_of(stolen).upper() in done.stderr and old.upper() not in done.stderr
+    assert reloads(tmp_path) == 1 and not connects(broker, stolen, identity_of(stolen))
+    # the journal done again (POST /devices/operator/restored): listed again, and the pruned one gone, installed
+    source.body = crl(ca, [(serial_of(stolen), now)], now + dt.timedelta(minutes=2)).encode()
+    assert refresh(broker, source, tmp_path).returncode == 0 and reloads(tmp_path) == 2
+    assert not connects(broker, stolen, identity_of(stolen))
