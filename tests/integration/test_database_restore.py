@@ -259,6 +259,10 @@ def test_a_voice_erased_after_the_restore_point_is_erased_again(
         )
     dump = restore_point(postgres, tmp_path / "p.dump")
     with db.transaction() as con:
+        # one with nothing to erase writes no entry: a loop of them wrote Firestore once each (attack run 54's kind)
+        journaled = con.run("SELECT count(*) FROM journal_entries")
+        assert erasure.forget_voice(con, world.uid("guest_in"), "requested") == 0
+        assert con.run("SELECT count(*) FROM journal_entries") == journaled
         assert erasure.forget_voice(con, uid, "requested") == 1  # DELETE /embed/enrollment's
     restore(postgres, dump)
     with db.connection() as con:

@@ -122,12 +122,15 @@ $$;
 CREATE TRIGGER lock_transfer_offers_journal_closed AFTER DELETE ON lock_transfer_offers
     FOR EACH ROW WHEN (OLD.expires_at > now()) EXECUTE FUNCTION journal_offer();
 
--- A user's voice erased (asked for, an address verified by another, the account gone).
+-- A user's voice erased (asked for, an address verified by another, the account gone): only an erasure that
+-- removed one (its forgotten_at), so a loop of DELETE /embed/enrollment with nothing to erase writes nothing.
 CREATE FUNCTION journal_voice_erasure() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     PERFORM journal('voice_erased', jsonb_build_object('uid', NEW.user_uid, 'reason', NEW.reason));
     RETURN NULL;
 END;
 $$;
-CREATE TRIGGER voice_erasures_journal AFTER INSERT OR UPDATE OF erased_at ON voice_erasures
-    FOR EACH ROW EXECUTE FUNCTION journal_voice_erasure();
+CREATE TRIGGER voice_erasures_journal_first AFTER INSERT ON voice_erasures
+    FOR EACH ROW WHEN (NEW.forgotten_at IS NOT NULL) EXECUTE FUNCTION journal_voice_erasure();
+CREATE TRIGGER voice_erasures_journal AFTER UPDATE OF forgotten_at ON voice_erasures
+    FOR EACH ROW WHEN (NEW.forgotten_at IS DISTINCT FROM OLD.forgotten_at) EXECUTE FUNCTION journal_voice_erasure();
