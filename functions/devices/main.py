@@ -557,21 +557,15 @@ def delete_ownerless_lock(ctx: Ctx, lock_id: str) -> flask.Response:
 
 @api.route("POST", "/devices/operator/restored", body=False)
 def database_restored(ctx: Ctx) -> JsonBody:
-    """The database was restored to an earlier point: do again what the restore took back (``restored.run``; run
-    again while ``journal.left`` is above 0)."""
+    """The database was restored to an earlier point: do again what the restore took back (``restored.do_again``; call
+    again while it says ``more``)."""
     user = app_user(ctx)
     ownerless.require_operator(user, accounts_directory)
     with rt.db.connection() as con:
         users.refuse_caller(con, user)
-    report = restored.run(rt.db, rt.mirror.client(), rt.now)
-    audit_restore(user, report)
+    report = restored.do_again(rt.db, rt.mirror.client(), audit.operator_actor(user.uid))
     rt.flush_mirror()
     return report.public()
-
-
-def audit_restore(user: auth.User, report: restored.Report) -> None:
-    with rt.db.transaction() as con:
-        audit.record(con, audit.operator_actor(user.uid), "restore.run", "ok", details=report.public())
 
 
 def issue_code(con: Connection, lock_id: str, user: auth.User) -> tuple[str, dt.datetime]:

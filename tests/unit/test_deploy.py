@@ -552,13 +552,15 @@ def test_build_copies_the_one_export_into_each_voice_bundle() -> None:
 def test_feed_entries_and_ended_access_expire_by_firestore_ttl_policies_the_deploy_sets() -> None:
     """The mirror gives each feed entry an ``expires_at`` timestamp (``mirror.FEED_KEPT``) and a former member's
     access document a ``purge_at`` one (``mirror.access_ended``); the indexes file that ``firebase deploy --only
-    firestore:indexes`` applies makes them the TTL fields of the activity and access collection groups."""
+    firestore:indexes`` applies makes them the TTL fields of the activity and access collection groups; the restore
+    journal's entries (migration 0071) carry an ``expires_at`` too."""
     config = json.loads((REPO / "firebase.json").read_text())
     indexes = json.loads((REPO / config["firestore"]["indexes"]).read_text())
     ttl = [f for f in indexes.get("fieldOverrides", []) if f.get("ttl")]
     assert ttl == [
         {"collectionGroup": "activity", "fieldPath": "expires_at", "ttl": True, "indexes": []},
         {"collectionGroup": "access", "fieldPath": "purge_at", "ttl": True, "indexes": []},
+        {"collectionGroup": "journal", "fieldPath": "expires_at", "ttl": True, "indexes": []},
     ]
     ended = dt.datetime(2026, 12, 6, 23, 0, tzinfo=dt.UTC)
     path, op, data = mirror.access_ended("lock", "carol", ended)

@@ -328,8 +328,10 @@ def _due(con: Connection, most: int, recheck_s: int, passing_over: list[str]) ->
     overdue = [
         str(row[0])
         for row in con.run(
-            "SELECT uid FROM users WHERE account_checked_at <= now() - make_interval(secs => :r)"
-            " AND uid <> ALL(:p) ORDER BY account_checked_at LIMIT :n",
+            # or checked before the database was restored (``lockwise.devices.restored``: a check since the restore
+            # point was taken back with it)
+            "SELECT uid FROM users WHERE account_checked_at <= greatest(now() - make_interval(secs => :r),"
+            " (SELECT max(fenced_at) FROM database_restores)) AND uid <> ALL(:p) ORDER BY account_checked_at LIMIT :n",
             r=recheck_s,
             n=most,
             p=passing_over,

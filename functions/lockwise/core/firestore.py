@@ -113,38 +113,39 @@ class Client:
         found = self._call("GET", f"{_target(self.name(collection_path))}?{query}")
         return [(str(doc["name"]), str(doc["updateTime"])) for doc in (found or {}).get("documents", [])]
 
-    def list_documents(
-        self, collection_path: str, page_size: int, page_token: str | None = None
-    ) -> tuple[list[tuple[str, dict[str, Any]]], str | None]:
-        """One page of the collection's documents: their ids and fields as plain values, and the next page's token
-        (None after the last)."""
-        params: dict[str, Any] = {"pageSize": page_size}
-        if page_token:
-            params["pageToken"] = page_token
-        found = self._call("GET", f"{_target(self.name(collection_path))}?{urllib.parse.urlencode(params)}") or {}
-        docs = [
-            (str(doc["name"]).rsplit("/", 1)[-1], decode_fields(doc.get("fields", {})))
-            for doc in found.get("documents", [])
-        ]
-        token = found.get("nextPageToken")
-        return docs, str(token) if token else None
-
-    def group_names(self, collection_id: str, page_size: int, after: str | None = None) -> list[str]:
-        """The full names of up to ``page_size`` documents of every collection named ``collection_id`` (a collection
-        group), in name order, after the document named ``after``; none of their fields."""
+    def query(
+        self,
+        collection_id: str,
+        page_size: int,
+        *,
+        group: bool = False,
+        order_by: str | None = None,
+        start: str | None = None,
+        after: tuple[str | None, str] | None = None,
+        names_only: bool = False,
+    ) -> list[tuple[str, dict[str, Any]]]:
+        """Up to ``page_size`` documents (full name, fields as plain values) of the collection ``collection_id`` at
+        the root, or of every collection of that name (``group``), in order of ``order_by`` (a string field) then
+        name: those whose field is ``start`` or later, or those after ``after`` (the last one's field, name)."""
+        order = ([{"field": {"fieldPath": order_by}}] if order_by else []) + [{"field": {"fieldPath": "__name__"}}]
         query: dict[str, Any] = {
-            "from": [{"collectionId": collection_id, "allDescendants": True}],
-            "select": {"fields": [{"fieldPath": "__name__"}]},
-            "orderBy": [{"field": {"fieldPath": "__name__"}, "direction": "ASCENDING"}],
+            "from": [{"collectionId": collection_id, "allDescendants": group}],
+            "orderBy": order,
             "limit": page_size,
         }
+        if names_only:
+            query["select"] = {"fields": [{"fieldPath": "__name__"}]}
         if after is not None:
-            query["startAt"] = {"values": [{"referenceValue": after}], "before": False}
+            value, name = after
+            values = ([] if order_by is None else [{"stringValue": value}]) + [{"referenceValue": name}]
+            query["startAt"] = {"values": values, "before": False}
+        elif start is not None and order_by is not None:
+            query["startAt"] = {"values": [{"stringValue": start}], "before": True}
         status, found = self._call_json("POST", f"/v1/{self.database}/documents:runQuery", {"structuredQuery": query})
         if not isinstance(found, list):
             raise FirestoreError(f"Firestore answered {status} to a query with JSON that is not a list")
         return [
-            str(item["document"]["name"])
+            (str(item["document"]["name"]), decode_fields(item["document"].get("fields", {})))
             for item in found
             if isinstance(item, dict) and isinstance(item.get("document"), dict) and "name" in item["document"]
         ]

@@ -1,6 +1,6 @@
 -- What a restore of this database to an earlier point would undo, kept where the restore does not reach: every
--- revocation (a lock's credential, a membership, a lock, an ownership handed on, an invitation closed, a transfer
--- offer closed) and every voice erasure writes a journal entry to Firestore (journal/{key}, through the mirror's
+-- revocation (a lock's credential, a membership, a member's terms, a lock, an ownership handed on, an invitation
+-- closed, a transfer offer closed) and every voice erasure writes a journal entry to Firestore (journal/{key}, through the mirror's
 -- outbox: in the change's own transaction, written after it commits) and keeps its key here. After a restore,
 -- lockwise.devices.restored does again each entry Firestore has and this table does not: restored to an hour ago,
 -- the database had taken back that hour's re-pairings (the replaced device was the lock again, its certificate off
@@ -13,10 +13,17 @@ CREATE TABLE journal_entries (
 );
 CREATE INDEX journal_entries_expiry ON journal_entries (expires_at);
 
--- The restores done again (lockwise.devices.restored): a lock's signed request dated before the latest is refused,
--- its nonce perhaps among those the restore took back (one captured in the minute before could be taken again).
+-- The restores done again (lockwise.devices.restored), each run taking up where the one before stopped (its
+-- cursors: the last standing document, journal entry and access document done) until done_at. A lock's signed
+-- request dated before the latest fence is refused, its nonce perhaps among those the restore took back (one
+-- captured in the minute before could be taken again), and every account checked before it is due a check.
 CREATE TABLE database_restores (
-    fenced_at  timestamptz PRIMARY KEY
+    fenced_at       timestamptz PRIMARY KEY,
+    journal_from    text NOT NULL,  -- the journal's entries are read from this time on (RFC 3339, UTC)
+    standing_after  text,
+    journal_after   text,
+    access_after    text,
+    done_at         timestamptz
 );
 
 CREATE FUNCTION journal(kind text, body jsonb) RETURNS void LANGUAGE plpgsql AS $$
@@ -81,6 +88,30 @@ CREATE TRIGGER lock_members_journal_deleted AFTER DELETE ON lock_members
     FOR EACH ROW WHEN (OLD.revoked_at IS NULL AND (OLD.expires_at IS NULL OR OLD.expires_at > now()))
     EXECUTE FUNCTION journal_membership();
 
+-- A membership's terms changed while it stands: its role, window or expiry (a pause is an expiry in the past). The
+-- terms it has now, which the restore would take back to wider ones. An owner's change is its lock's hand-over.
+CREATE FUNCTION journal_terms() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM journal('membership_changed', jsonb_build_object(
+        'lock_id', NEW.lock_id::text, 'uid', NEW.user_uid, 'role', NEW.role, 'terms', jsonb_build_object(
+            'valid_from', NEW.valid_from, 'valid_until', NEW.valid_until, 'weekdays', NEW.weekdays,
+            'day_start_minute', NEW.day_start_minute, 'day_end_minute', NEW.day_end_minute,
+            'timezone', NEW.timezone, 'expires_at', NEW.expires_at
+        )
+    ));
+    RETURN NULL;
+END;
+$$;
+CREATE TRIGGER lock_members_journal_terms
+    AFTER UPDATE OF role, valid_from, valid_until, weekdays, day_start_minute, day_end_minute, timezone, expires_at
+    ON lock_members FOR EACH ROW
+    WHEN (OLD.revoked_at IS NULL AND NEW.revoked_at IS NULL AND OLD.role <> 'owner' AND NEW.role <> 'owner'
+          AND (OLD.role, OLD.valid_from, OLD.valid_until, OLD.weekdays, OLD.day_start_minute, OLD.day_end_minute,
+               OLD.timezone, OLD.expires_at)
+              IS DISTINCT FROM (NEW.role, NEW.valid_from, NEW.valid_until, NEW.weekdays, NEW.day_start_minute,
+                                NEW.day_end_minute, NEW.timezone, NEW.expires_at))
+    EXECUTE FUNCTION journal_terms();
+
 -- A lock deleted, or handed to another owner.
 CREATE FUNCTION journal_lock() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
@@ -98,16 +129,32 @@ CREATE TRIGGER locks_journal_deleted AFTER DELETE ON locks FOR EACH ROW EXECUTE 
 CREATE TRIGGER locks_journal_owner AFTER UPDATE OF owner_uid ON locks
     FOR EACH ROW WHEN (OLD.owner_uid IS DISTINCT FROM NEW.owner_uid) EXECUTE FUNCTION journal_lock();
 
--- An invitation withdrawn, declined or closed by a removal, before it was accepted.
+-- An invitation answered: withdrawn, declined, closed by a removal, or accepted (restored open, one accepted and
+-- then removed took it again).
 CREATE FUNCTION journal_invitation() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     PERFORM journal('invitation_closed', jsonb_build_object('invitation_id', NEW.id::text, 'lock_id', NEW.lock_id::text));
     RETURN NULL;
 END;
 $$;
-CREATE TRIGGER invitations_journal_closed AFTER UPDATE OF closed_at ON invitations
-    FOR EACH ROW WHEN (OLD.closed_at IS NULL AND NEW.closed_at IS NOT NULL AND NEW.accepted_at IS NULL)
+CREATE TRIGGER invitations_journal_closed AFTER UPDATE OF closed_at, accepted_at ON invitations
+    FOR EACH ROW WHEN (OLD.closed_at IS NULL AND OLD.accepted_at IS NULL
+                       AND (NEW.closed_at IS NOT NULL OR NEW.accepted_at IS NOT NULL))
     EXECUTE FUNCTION journal_invitation();
+
+-- A certificate issued to a credential (paired, renewed): a re-pairing revokes every certificate its credential was
+-- issued, and one renewed after the restore point was not among those the restored database knew.
+CREATE FUNCTION journal_certificate() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM journal('certificate_issued', jsonb_build_object(
+        'credential_id', NEW.credential_id::text, 'serial', NEW.serial,
+        'not_after', to_char(NEW.expires_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')
+    ));
+    RETURN NULL;
+END;
+$$;
+CREATE TRIGGER lock_certificates_journal AFTER INSERT ON lock_certificates
+    FOR EACH ROW EXECUTE FUNCTION journal_certificate();
 
 -- A transfer offer withdrawn, declined or taken before it lapsed.
 CREATE FUNCTION journal_offer() RETURNS trigger LANGUAGE plpgsql AS $$
