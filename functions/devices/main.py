@@ -49,7 +49,16 @@ def app_user(ctx: Ctx) -> auth.User:
     return ctx.once("app_user", lambda: rt.app_user(ctx.bearer_token()))
 
 
-api = Api("devices", caller=app_user)  # every route is an app user's but those naming another caller
+def app_caller(ctx: Ctx) -> auth.User:
+    """Who may call an app route: a signed-in app user, and while a restored database is brought back
+    (``restored``) only to read, but for the operators' routes."""
+    user = app_user(ctx)
+    if ctx.request.method != "GET" and not ctx.request.path.startswith("/devices/operator/"):
+        restored.refuse_changes(rt.db, rt.settings.restore_pending)
+    return user
+
+
+api = Api("devices", caller=app_caller)  # every route is an app user's but those naming another caller
 crls = lock_certs.CrlCache()  # the revocation list, signed again when the revocations change
 
 

@@ -19,9 +19,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 from cryptography import x509
+from werkzeug.datastructures import Headers
 
 from infra.local import services
+from lockwise.core import errors
 from lockwise.core.runtime import get_runtime
 from lockwise.devices import lock_auth, restored
 from simlock.lock import new_tls_key
@@ -98,7 +101,9 @@ def test_a_repairing_after_the_restore_point_is_done_again_and_the_replaced_devi
     assert signed(devices, world.lock_key, lock, "GET", "/devices/lock/config").status_code == 200
 
     report = redo(devices, operator)
-    assert report["journal"]["redone"]["credential_revoked"] == 2 and report["more"] is False, report
+    # (the second device's credential, unknown to the database, had its certificate listed by its issue's entry)
+    redone = report["journal"]["redone"]
+    assert (redone["credential_revoked"], redone["certificate_issued"], report["more"]) == (1, 2, False), report
     # both certificates listed again, the one issued after the restore point from the journal alone
     assert {old_serial, new_serial} <= served_crl(devices)
     stale = signed(devices, world.lock_key, lock, "GET", "/devices/lock/config")
@@ -497,3 +502,124 @@ def test_a_run_cut_short_is_taken_up_where_it_stopped(
     assert unlock(devices, lock, world.headers("member")) in (403, 404)
     fresh = restored.do_again(runtime.db, runtime.mirror.client(), "operator:t")  # after a done one: fenced anew
     assert fresh.fenced_at > reports[0].fenced_at and fresh.redone == {} and fresh.done
+
+
+def test_while_a_restore_is_brought_back_no_change_is_made_and_the_door_waits(
+    world: World, postgres: services.Postgres, tmp_path: Path, operator: dict[str, str]
+) -> None:
+    """Attack run 85: served again before the run came to its entries, the restored database took changes that the
+    run then could not undo or undid wrongly (a withdrawn invitation accepted, a withdrawn offer taken, a pause
+    made now overwritten). Until the run is done, and before it while the deployment says a restore is pending
+    (``LOCKWISE_RESTORE_PENDING``), the app reads but changes nothing and the locks' requests wait: 503
+    ``restore_in_progress``. The operators' routes go on."""
+    devices, lock, owner = world.devices, world.lock_id, world.headers("owner")
+    invite = {"uid": world.uid("stranger"), "role": "member"}
+    runtime = get_runtime("devices")
+    dump = restore_point(postgres, tmp_path / "p.dump")
+    for role in ("member", "guest_in"):
+        assert devices.delete(f"/devices/locks/{lock}/members/{world.uid(role)}", headers=owner).status_code == 204
+    restore(postgres, dump)
+
+    def waiting(resp: Any) -> bool:
+        body = resp.get_json()
+        return (
+            resp.status_code == 503 and body["error"]["code"] == "restore_in_progress" and "Retry-After" in resp.headers
+        )
+
+    # the deployment's flag, before any run: changes and the locks' requests wait
+    with pytest.raises(errors.Unavailable, match="restored database") as pending:
+        restored.refuse_changes(runtime.db, True)
+    assert pending.value.code == "restore_in_progress"
+    with runtime.db.connection() as con, pytest.raises(errors.Unavailable) as door:
+        headers = lock_auth.sign_headers(world.lock_key, lock, "GET", "/devices/lock/config", b"")
+        lock_auth.authenticate(
+            con, Headers(headers), "GET", "/devices/lock/config", b"", skew_s=60, per_minute=60, restore_pending=True
+        )
+    assert door.value.code == "restore_in_progress"
+    restored.refuse_changes(runtime.db, False)  # nothing open yet
+    first = restored.do_again(runtime.db, runtime.mirror.client(), "operator:t", budget_s=0)
+    assert not first.done  # the run under way holds them
+    assert waiting(devices.post(f"/devices/locks/{lock}/members", json=invite, headers=owner))
+    assert waiting(devices.post(f"/devices/locks/{lock}/commands", json={"action": "unlock"}, headers=owner))
+    assert waiting(signed(devices, world.lock_key, lock, "GET", "/devices/lock/config"))
+    assert devices.get(f"/devices/locks/{lock}", headers=owner).status_code == 200  # reading goes on
+    while redo(devices, operator)["more"]:
+        pass
+    assert devices.post(f"/devices/locks/{lock}/members", json=invite, headers=owner).status_code == 202
+    assert signed(devices, world.lock_key, lock, "GET", "/devices/lock/config").status_code == 200
+
+
+def test_a_change_made_before_the_first_run_hides_no_entry_of_an_older_restore_point(
+    world: World, postgres: services.Postgres, tmp_path: Path, stack_env: dict[str, str], operator: dict[str, str]
+) -> None:
+    """Attack run 85: the journal was read from an hour before the newest key the database kept, so any change made
+    after it served again (a lock's renewal, the relay's sweep) moved the start past every entry lost with a restore
+    point over an hour back. Time passing is simulated: the kept keys moved 3 h back, the lost entry 2 h."""
+    from infra.local.firestore_sdk import sdk_client
+    from tests.conftest import PROJECT_ID
+
+    db, devices, lock = get_runtime("devices").db, world.devices, world.lock_id
+    with db.connection() as con:
+        before = {str(r[0]) for r in con.run("SELECT key::text FROM journal_entries")}
+    dump = restore_point(postgres, tmp_path / "p.dump")
+    assert (
+        devices.delete(
+            f"/devices/locks/{lock}/members/{world.uid('member')}", headers=world.headers("owner")
+        ).status_code
+        == 204
+    )
+    with db.connection() as con:
+        lost = {str(r[0]) for r in con.run("SELECT key::text FROM journal_entries")} - before
+    restore(postgres, dump)
+    fmt = "%Y-%m-%dT%H:%M:%S.%fZ"
+    with db.transaction() as con:
+        con.run("UPDATE journal_entries SET at = at - interval '3 hours'")
+    store = sdk_client(PROJECT_ID, stack_env["FIRESTORE_EMULATOR_HOST"])
+    for key in lost:
+        doc = store.document(f"journal/{key}")
+        at = dt.datetime.strptime(doc.get().to_dict()["at"], fmt) - dt.timedelta(hours=2)
+        doc.update({"at": at.strftime(fmt)})
+    body = json.dumps({"csr": new_tls_key()[1]}).encode()  # a lock renews as the service is back
+    assert signed(devices, world.lock_key, lock, "POST", "/devices/lock/certificate", body).status_code == 201
+
+    report = redo(devices, operator)
+    assert report["journal"]["redone"].get("membership_ended") == 1, report
+    assert unlock(devices, lock, world.headers("member")) in (403, 404)
+
+
+def test_a_database_restored_to_before_any_journal_entry_is_brought_back(
+    world: World, postgres: services.Postgres, tmp_path: Path, operator: dict[str, str]
+) -> None:
+    """Attack run 85: with no key kept (restored to before migration 0071, or 37 quiet days), every run failed on
+    its start and fenced nothing."""
+    devices, lock = world.devices, world.lock_id
+    with get_runtime("devices").db.transaction() as con:
+        con.run("DELETE FROM journal_entries")
+    dump = restore_point(postgres, tmp_path / "p.dump")
+    assert (
+        devices.delete(
+            f"/devices/locks/{lock}/members/{world.uid('member')}", headers=world.headers("owner")
+        ).status_code
+        == 204
+    )
+    restore(postgres, dump)
+    report = redo(devices, operator)
+    assert report["journal"]["redone"] == {"membership_ended": 1} and report["more"] is False, report
+
+
+def test_a_certificate_renewed_after_the_restore_point_is_listed_when_its_lock_was_paired_again_before_the_run(
+    world: World, postgres: services.Postgres, tmp_path: Path, operator: dict[str, str]
+) -> None:
+    """Attack run 85: paired again live before the run came to the renewal's entry, the credential's revocation had
+    listed the certificates the database knew; the renewed one, kept beside a revoked credential, was never
+    listed."""
+    devices, lock = world.devices, world.lock_id
+    dump = restore_point(postgres, tmp_path / "p.dump")
+    body = json.dumps({"csr": new_tls_key()[1]}).encode()
+    renewed = signed(devices, world.lock_key, lock, "POST", "/devices/lock/certificate", body)
+    assert renewed.status_code == 201, renewed.get_json()
+    serial = cert_serial(renewed.get_json()["certificate"])
+    restore(postgres, dump)
+    pair_again(devices, world)  # the owner replaces the stolen device as the service is back
+    assert redo(devices, operator)["journal"]["redone"] == {"certificate_issued": 1}
+    assert serial in served_crl(devices)

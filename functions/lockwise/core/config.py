@@ -81,7 +81,12 @@ READ_BY: dict[str, frozenset[str]] = {
     ),
     # the lock's signed requests (devices' and verify's) and the commands they sign
     **dict.fromkeys(
-        ("LOCKWISE_LOCK_REQUEST_SKEW_S", "LOCKWISE_LOCK_REQUESTS_PER_MINUTE", "LOCKWISE_COMMAND_TTL_S"),
+        (
+            "LOCKWISE_LOCK_REQUEST_SKEW_S",
+            "LOCKWISE_LOCK_REQUESTS_PER_MINUTE",
+            "LOCKWISE_COMMAND_TTL_S",
+            "LOCKWISE_RESTORE_PENDING",
+        ),
         frozenset({"devices", "verify"}),
     ),
     **dict.fromkeys(
@@ -306,6 +311,9 @@ class Settings:
     debug_rejected_dir: str | None
     #: serve the relay's endpoints (off on the public devices service; on for the internal one)
     relay_routes: bool
+    #: the database was restored and what it took back is not yet done again (``lockwise.devices.restored``): the
+    #: locks' requests and the app's changes wait (503 ``restore_in_progress``), as while a run is under way
+    restore_pending: bool = False
 
     def lock_ca_pem(self) -> str:
         """The lock CA; only the devices function holds it."""
@@ -410,6 +418,7 @@ class Settings:
             lockout_base_s=env_int(env, "LOCKWISE_LOCKOUT_BASE_S", 30, minimum=1 if local else 30),
             debug_rejected_dir=_debug_dir(env, local),
             relay_routes=relay_routes,
+            restore_pending=_choice(env, "LOCKWISE_RESTORE_PENDING", ("on", "off"), "off") == "on",
         )
         if not 2 <= settings.enroll_min_samples <= settings.enroll_max_samples <= 20:
             raise ConfigError("LOCKWISE_ENROLL_MIN_SAMPLES/MAX_SAMPLES must satisfy 2 <= min <= max <= 20")

@@ -153,7 +153,18 @@ def signed_by(
             skew_s=settings.lock_request_skew_s,
             per_minute=settings.lock_requests_per_minute,
             body_sha256=body_sha256,
+            restore_pending=settings.restore_pending,
         )
+
+
+def restored_pending() -> errors.Unavailable:
+    """While what a database restore took back is not yet done again (``lockwise.devices.restored``): the revocations
+    since the restore point, a member's removal among them, are not in the database (attack run 85)."""
+    return errors.Unavailable(
+        "the back-end is being brought back from a restored database; try again shortly",
+        code="restore_in_progress",
+        retry_after_s=30,
+    )
 
 
 def deleted_lock() -> errors.Unauthenticated:
@@ -193,6 +204,7 @@ def authenticate(
     per_minute: int,
     now: float | None = None,
     body_sha256: str | None = None,
+    restore_pending: bool = False,
 ) -> Signer:
     """Who signed this request (``Signer``); records its nonce. Raises ``Unauthenticated`` otherwise, and
     ``RateLimited`` (429 ``lock_rate_limited``) past ``per_minute`` signed requests of the lock in any 60 s
@@ -236,13 +248,14 @@ def authenticate(
     # nonce taken back with the restore (one captured in its last minute was taken again: attack run 83)
     keys = con.run(
         "SELECT id::text, signing_public_key, revoked_at IS NULL,"
-        " (SELECT CAST(EXTRACT(EPOCH FROM max(fenced_at)) AS float8) FROM database_restores)"
+        " (SELECT CAST(EXTRACT(EPOCH FROM max(fenced_at)) AS float8) FROM database_restores),"
+        " EXISTS (SELECT 1 FROM database_restores WHERE done_at IS NULL)"
         " FROM lock_credentials WHERE lock_id = CAST(:l AS uuid)"
         " ORDER BY revoked_at IS NULL DESC, revoked_at DESC LIMIT :k",
         l=lock_id,
         k=KEYS_KEPT,
     )
-    checked = [(c, active, _verifies(bytes(key), signature, signed)) for c, key, active, _ in keys]  # all, not first
+    checked = [(c, active, _verifies(bytes(key), signature, signed)) for c, key, active, _, _ in keys]  # all
     for _ in range(KEYS_KEPT - len(keys)):
         _verifies(_NOBODYS_KEY, signature, signed)
     verified = next(((c, active) for c, active, good in checked if good), None)
@@ -251,9 +264,11 @@ def authenticate(
     credential_id, active = verified
     if not active:
         raise errors.Unauthenticated("this lock's key was revoked: pair it again", code="unknown_lock")
-    fenced_at = keys[0][3]
+    fenced_at, restoring = keys[0][3], keys[0][4]
     if fenced_at is not None and ts < int(fenced_at):  # a lock's time is in whole seconds
         raise errors.Unauthenticated("request dated before the database was restored", code="stale_request")
+    if restoring or restore_pending:  # a member removed since the restore point would be let in by voice (run 85)
+        raise restored_pending()
     # the minute's count raised with the nonce, in the nonce's round trip; a nonce already seen counts nothing (one
     # captured request replayed 120 times filled its lock's minute: attack run 20). Every part reads the snapshot
     # from before the statement, so ``seen`` is the nonce's state before this request. The last 60 s are counted as

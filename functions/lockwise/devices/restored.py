@@ -28,7 +28,7 @@ from typing import Any
 
 from lockwise.core import audit, erasure, firestore, inputs, mirror
 from lockwise.core.db import Connection, Database
-from lockwise.devices import commands, door_decisions, locks, members, transfer_offers
+from lockwise.devices import commands, door_decisions, lock_auth, locks, members, transfer_offers
 
 #: the journal's collection in Firestore (written by migration 0071's ``journal()``, read by the back-end only)
 JOURNAL = "journal"
@@ -43,9 +43,11 @@ BUDGET_S = 20.0
 ACTOR = "system:restore"
 #: what a lock's feed says ended an offer done again
 OFFER_ENDED = "ended_before_restore"
-#: the journal is read from this long before the newest entry the restored database keeps: an entry's time is taken
-#: in its transaction, which may commit a little after a later one's (a statement waits 4 s at most)
-JOURNAL_MARGIN = dt.timedelta(hours=1)
+#: the journal is read whole, from this long before the first run (the entries the database keeps are passed over in
+#: a statement a page): read from an hour before the newest key the restored database kept, any change made after
+#: it served again (a lock's renewal) moved the start past every entry lost with an older restore point (attack run
+#: 85)
+JOURNAL_READ_BACK = dt.timedelta(days=36)
 #: how long the server lists a revoked certificate past its end (``lockwise.core.retention``)
 LISTED_PAST_END = dt.timedelta(days=1)
 
@@ -119,6 +121,17 @@ def do_again(db: Database, client: firestore.Client, operator: str, budget_s: fl
     return report
 
 
+def refuse_changes(db: Database, pending: bool) -> None:
+    """503 ``restore_in_progress`` while the work is not done (or the deployment says a restore is pending, before
+    the first run): a member removed since the restore point could accept an invitation withdrawn since, take a
+    transfer offer withdrawn since, or have a pause made now undone by the run (attack run 85)."""
+    if pending:
+        raise lock_auth.restored_pending()
+    with db.connection() as con:
+        if con.run("SELECT 1 FROM database_restores WHERE done_at IS NULL LIMIT 1"):
+            raise lock_auth.restored_pending()
+
+
 def _open(con: Connection) -> dt.datetime:
     """The restore under way, or a new one fenced now: a lock's signed request dated before it is refused from here
     (``lock_auth.authenticate``), and every account checked before it is due a check (``accounts``)."""
@@ -127,10 +140,10 @@ def _open(con: Connection) -> dt.datetime:
     if found:
         return found[0][0]  # type: ignore[no-any-return]
     ((fenced_at,),) = con.run(
-        "INSERT INTO database_restores (fenced_at, journal_from) SELECT clock_timestamp(),"
-        " to_char(coalesce(max(at), '-infinity') AT TIME ZONE 'UTC' - CAST(:m AS interval),"
-        ' \'YYYY-MM-DD"T"HH24:MI:SS.US"Z"\') FROM journal_entries RETURNING fenced_at',
-        m=f"{int(JOURNAL_MARGIN.total_seconds())} seconds",
+        "INSERT INTO database_restores (fenced_at, journal_from) SELECT now,"
+        " to_char((now - CAST(:back AS interval)) AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')"
+        " FROM clock_timestamp() AS now RETURNING fenced_at",
+        back=f"{int(JOURNAL_READ_BACK.total_seconds())} seconds",
     )
     return fenced_at  # type: ignore[no-any-return]
 
@@ -190,21 +203,30 @@ def _journal(db: Database, client: firestore.Client, report: Report, deadline: f
     while True:
         docs = client.query(JOURNAL, PAGE, order_by="at", start=start, after=cursor)
         report.read += len(docs)
-        kept = _kept(db, [name.rsplit("/", 1)[-1] for name, _ in docs])
+        kept = _kept(db, [name.rsplit("/", 1)[-1] for name, _ in docs])  # passed over without a transaction each
         for name, body in docs:
-            if not first and time.monotonic() > deadline:
-                return False
-            first = False
-            entry = _entry(name.rsplit("/", 1)[-1], body)
-            with db.transaction() as con:
-                if entry is None:
-                    report.unreadable += 1
-                elif entry.key not in kept and _claim(con, entry):
-                    _redo_counted(con, entry, report)
-                cursor = (str(body.get("at")), name)
-                _advance(con, "journal_after", json.dumps(cursor))
-        if len(docs) < PAGE:
-            return True
+            key = name.rsplit("/", 1)[-1]
+            if key not in kept:
+                if not first and time.monotonic() > deadline:
+                    break
+                first = False
+                entry = _entry(key, body)
+                with db.transaction() as con:
+                    if entry is None:
+                        report.unreadable += 1
+                    elif _claim(con, entry):
+                        _redo_counted(con, entry, report)
+            cursor = (str(body.get("at")), name)
+        else:
+            if cursor is not None:
+                with db.transaction() as con:
+                    _advance(con, "journal_after", json.dumps(cursor))
+            if len(docs) < PAGE:
+                return True
+            continue
+        with db.transaction() as con:  # cut by the budget: the next run takes up from the last entry done
+            _advance(con, "journal_after", json.dumps(cursor))
+        return False
 
 
 def _redo_counted(con: Connection, entry: Entry, report: Report) -> None:
@@ -463,20 +485,32 @@ def _voice_erased(con: Connection, entry: Entry) -> bool:
 
 def _certificate_issued(con: Connection, entry: Entry) -> bool:
     """The certificate kept beside its credential again, so that revoking the credential lists it (one renewed after
-    the restore point stayed valid through the next re-pairing: attack run 84)."""
+    the restore point stayed valid through the next re-pairing: attack run 84); listed at once when its credential
+    is revoked already or unknown (revoked since the database served again, or paired after the restore point: its
+    device pairs again), for a revocation's listing has passed it by (attack run 85)."""
     credential, serial, not_after = entry.body.get("credential_id"), entry.text("serial"), entry.text("not_after")
     if inputs.canonical_uuid(credential) is None or not (len(serial) <= 40 and set(serial) <= _SERIAL_CHARS):
         raise ValueError(f"{entry.kind} entry {entry.key} names no certificate")
-    return bool(
-        con.run(
-            "INSERT INTO lock_certificates (serial, credential_id, expires_at)"
-            " SELECT :s, CAST(:c AS uuid), CAST(:n AS timestamptz) WHERE CAST(:n AS timestamptz) > now()"
-            " ON CONFLICT DO NOTHING RETURNING 1",
-            s=serial,
-            c=credential,
-            n=not_after,
-        )
+    kept = con.run(
+        "INSERT INTO lock_certificates (serial, credential_id, expires_at)"
+        " SELECT :s, CAST(:c AS uuid), CAST(:n AS timestamptz) WHERE CAST(:n AS timestamptz) > now()"
+        " ON CONFLICT DO NOTHING RETURNING 1",
+        s=serial,
+        c=credential,
+        n=not_after,
     )
+    listed = con.run(
+        "INSERT INTO revoked_lock_certificates (serial, revoked_at, not_after)"
+        " SELECT :s, coalesce((SELECT revoked_at FROM lock_credentials WHERE id = CAST(:c AS uuid)),"
+        " clock_timestamp()), CAST(:n AS timestamptz) WHERE CAST(:n AS timestamptz) > now() - CAST(:d AS interval)"
+        " AND NOT EXISTS (SELECT 1 FROM lock_credentials WHERE id = CAST(:c AS uuid) AND revoked_at IS NULL)"
+        " ON CONFLICT DO NOTHING RETURNING 1",
+        s=serial,
+        c=credential,
+        n=not_after,
+        d=_LISTED_PAST_END,
+    )
+    return bool(kept or listed)
 
 
 REDO: dict[str, Callable[[Connection, Entry], bool]] = {
