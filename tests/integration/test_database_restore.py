@@ -574,6 +574,19 @@ def test_a_change_made_before_the_first_run_hides_no_entry_of_an_older_restore_p
     fmt = "%Y-%m-%dT%H:%M:%S.%fZ"
     with db.transaction() as con:
         con.run("UPDATE journal_entries SET at = at - interval '3 hours'")
+    import pg8000.native
+
+    admin = pg8000.native.Connection(  # past the audit log's append-only triggers, as an operator's session
+        "postgres",
+        unix_sock=f"{postgres.socket_dir}/.s.PGSQL.{postgres.port}",
+        database=postgres.database,
+        ssl_context=False,
+    )
+    try:
+        admin.run("SET session_replication_role = replica")
+        admin.run("UPDATE audit_log SET at = at - interval '3 hours'")
+    finally:
+        admin.close()
     store = sdk_client(PROJECT_ID, stack_env["FIRESTORE_EMULATOR_HOST"])
     for key in lost:
         doc = store.document(f"journal/{key}")
@@ -623,3 +636,40 @@ def test_a_certificate_renewed_after_the_restore_point_is_listed_when_its_lock_w
     pair_again(devices, world)  # the owner replaces the stolen device as the service is back
     assert redo(devices, operator)["journal"]["redone"] == {"certificate_issued": 1}
     assert serial in served_crl(devices)
+
+
+def test_changes_made_before_the_first_run_without_the_flag_are_judged_against_the_journal(
+    world: World, postgres: services.Postgres, tmp_path: Path, sign_up: Any, operator: dict[str, str]
+) -> None:
+    """Attack run 85, served as restored without ``LOCKWISE_RESTORE_PENDING``: a withdrawn invitation was accepted,
+    a withdrawn transfer offer taken, and a promotion since the restore point was done again over a pause made
+    meanwhile. The membership an invitation answered before made is ended, a lock taken on an offer withdrawn before
+    goes back, and a member's terms changed again since stand."""
+    devices, lock, owner = world.devices, world.lock_id, world.headers("owner")
+    outsider = sign_up()
+    assert devices.get("/devices/me", headers=bearer(outsider)).status_code == 200
+    invited = devices.post(
+        f"/devices/locks/{lock}/members", json={"uid": outsider["localId"], "role": "member"}, headers=owner
+    )
+    invitation = invited.get_json()["invitation"]["id"]
+    offered = devices.post(f"/devices/locks/{lock}/transfer", json={"uid": world.uid("admin")}, headers=owner)
+    assert offered.status_code == 202, offered.get_json()
+    member = f"/devices/locks/{lock}/members/{world.uid('member')}"
+    dump = restore_point(postgres, tmp_path / "p.dump")
+    assert devices.delete(f"/devices/locks/{lock}/invitations/{invitation}", headers=owner).status_code == 204
+    assert devices.delete(f"/devices/locks/{lock}/transfer", headers=owner).status_code in (200, 204)
+    assert devices.patch(member, json={"role": "admin"}, headers=owner).status_code == 200
+    restore(postgres, dump)
+    assert devices.post(f"/devices/invitations/{invitation}/accept", headers=bearer(outsider)).status_code == 201
+    past = (dt.datetime.now(dt.UTC) - dt.timedelta(minutes=1)).isoformat()
+    paused = devices.patch(member, json={"role": "member", "access": {"expires_at": past}}, headers=owner)
+    assert paused.status_code == 200, paused.get_json()
+    assert devices.post(f"/devices/locks/{lock}/transfer/accept", headers=world.headers("admin")).status_code == 200
+
+    report = redo(devices, operator)
+    assert report["journal"]["redone"] == {"invitation_closed": 1, "offer_closed": 1}, report
+    assert unlock(devices, lock, bearer(outsider)) in (403, 404)
+    assert unlock(devices, lock, world.headers("member")) in (403, 404)  # the pause stands
+    with get_runtime("devices").db.connection() as con:
+        ((holder,),) = con.run("SELECT owner_uid FROM locks WHERE id = CAST(:l AS uuid)", l=lock)
+    assert holder == world.uid("owner")

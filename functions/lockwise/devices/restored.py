@@ -379,8 +379,26 @@ def _membership_ended(con: Connection, entry: Entry) -> bool:
     target = members.get(con, lock_id, uid, for_update=True)
     if target is None or target.revoked_at is not None or target.role == "owner":
         return False
+    if _changed_since(con, lock_id, uid, entry.at):
+        return False
     locks.revoke_member(con, lock_id, target, target, entry.at, by=ACTOR, reason="restored")
     return True
+
+
+def _changed_since(con: Connection, lock_id: str, uid: str, at: dt.datetime) -> bool:
+    """The membership was changed again after ``at`` in this database (served as restored before the run came to
+    the entry: attack run 85): the later change stands."""
+    return bool(
+        con.run(
+            "SELECT 1 FROM audit_log WHERE lock_id = CAST(:l AS uuid) AND action LIKE 'member.%'"
+            " AND (target = :u OR actor = :a) AND at > :at AND actor <> :restore LIMIT 1",
+            l=lock_id,
+            u=uid,
+            a=audit.user_actor(uid),
+            at=at,
+            restore=ACTOR,
+        )
+    )
 
 
 #: a membership's terms, as migration 0071's ``journal_terms`` writes them
@@ -401,6 +419,8 @@ def _membership_changed(con: Connection, entry: Entry) -> bool:
     if target is None or target.revoked_at is not None or target.role == "owner":
         return False
     if target.role == role and all(getattr(target, name) == values[name] for name in TERMS):
+        return False
+    if _changed_since(con, lock_id, uid, entry.at):
         return False
     door_decisions.wait_for(con, lock_id)  # one deciding on the access it had opens the door before this
     con.run(
@@ -459,19 +479,60 @@ def _owner_changed(con: Connection, entry: Entry) -> bool:
 
 
 def _invitation_closed(con: Connection, entry: Entry) -> bool:
+    """The invitation answered again; one accepted since (served as restored before the run came to it: attack run
+    85) has the membership it made ended."""
     invitation = inputs.canonical_uuid(entry.body.get("invitation_id"))
-    return invitation is not None and bool(
-        con.run(
-            "UPDATE invitations SET closed_at = :at WHERE id = CAST(:i AS uuid) AND closed_at IS NULL"
-            " AND accepted_at IS NULL RETURNING 1",
-            i=invitation,
-            at=entry.at,
-        )
+    if invitation is None:
+        raise ValueError(f"{entry.kind} entry {entry.key} names no invitation")
+    if con.run(
+        "UPDATE invitations SET closed_at = :at WHERE id = CAST(:i AS uuid) AND closed_at IS NULL"
+        " AND accepted_at IS NULL RETURNING 1",
+        i=invitation,
+        at=entry.at,
+    ):
+        return True
+    taken = con.run(
+        "SELECT lock_id::text, accepted_by FROM invitations WHERE id = CAST(:i AS uuid) AND accepted_at > :at"
+        " AND accepted_by IS NOT NULL",
+        i=invitation,
+        at=entry.at,
     )
+    return bool(taken) and _end(con, str(taken[0][0]), str(taken[0][1]))
+
+
+def _end(con: Connection, lock_id: str, uid: str) -> bool:
+    """End ``uid``'s membership of the lock now, as its removal does; False when there is none to end (or it is the
+    owner's, which ends with the lock's deletion or hand-over)."""
+    target = members.get(con, lock_id, uid, for_update=True)
+    if target is None or target.revoked_at is not None or target.role == "owner":
+        return False
+    ((now,),) = con.run("SELECT clock_timestamp()")
+    locks.revoke_member(con, lock_id, target, target, now, by=ACTOR, reason="restored")
+    return True
 
 
 def _offer_closed(con: Connection, entry: Entry) -> bool:
-    return transfer_offers.end_offered(con, entry.lock_id(), entry.text("offered_at"), OFFER_ENDED) > 0
+    """The offer ended again; one taken since it was withdrawn (served as restored before the run came to it: attack
+    run 85) has its lock handed back."""
+    lock_id, offered_at = entry.lock_id(), entry.text("offered_at")
+    if transfer_offers.end_offered(con, lock_id, offered_at, OFFER_ENDED) > 0:
+        return True
+    from_uid, to_uid = entry.body.get("from_uid"), entry.body.get("to_uid")
+    if not (isinstance(from_uid, str) and isinstance(to_uid, str)):
+        return False
+    owner = con.run("SELECT owner_uid FROM locks WHERE id = CAST(:l AS uuid) FOR UPDATE", l=lock_id)
+    taken = con.run(
+        "SELECT 1 FROM audit_log WHERE lock_id = CAST(:l AS uuid) AND action = 'lock.transfer' AND target = :t"
+        " AND at > :at LIMIT 1",
+        l=lock_id,
+        t=to_uid,
+        at=entry.at,
+    )
+    giver = members.get(con, lock_id, from_uid, for_update=True)
+    if not (owner and owner[0][0] == to_uid and taken and giver is not None and giver.revoked_at is None):
+        return False
+    locks.hand_over(con, lock_id, to_uid, from_uid, None, actor=ACTOR)
+    return True
 
 
 def _voice_erased(con: Connection, entry: Entry) -> bool:

@@ -160,7 +160,7 @@ CREATE TRIGGER lock_certificates_journal AFTER INSERT ON lock_certificates
 CREATE FUNCTION journal_offer() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     PERFORM journal('offer_closed', jsonb_build_object(
-        'lock_id', OLD.lock_id::text,
+        'lock_id', OLD.lock_id::text, 'from_uid', OLD.from_uid, 'to_uid', OLD.to_uid,
         'offered_at', to_char(OLD.offered_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')
     ));
     RETURN NULL;
