@@ -390,8 +390,11 @@ def _changed_since(con: Connection, lock_id: str, uid: str, at: dt.datetime) -> 
     the entry: attack run 85): the later change stands."""
     return bool(
         con.run(
-            "SELECT 1 FROM audit_log WHERE lock_id = CAST(:l AS uuid) AND action LIKE 'member.%'"
-            " AND (target = :u OR actor = :a) AND at > :at AND actor <> :restore LIMIT 1",
+            # what changes the membership itself: its terms, its end, its joining again (not what the member did to
+            # others: a removed admin's invitation sent meanwhile kept their removal from being done again)
+            "SELECT 1 FROM audit_log WHERE lock_id = CAST(:l AS uuid) AND at > :at AND actor <> :restore"
+            " AND ((target = :u AND action IN ('member.update', 'member.revoke'))"
+            " OR (actor = :a AND action = 'member.accept_invitation')) LIMIT 1",
             l=lock_id,
             u=uid,
             a=audit.user_actor(uid),
