@@ -85,6 +85,19 @@ def unlock(devices: Any, lock_id: str, headers: dict[str, str]) -> int:
     )
 
 
+def invited(world: World, sign_up: Any) -> tuple[dict[str, Any], str]:
+    """An account who uses LockWise, invited to the world's lock by its owner: the account and the invitation."""
+    account = sign_up()
+    assert world.devices.get("/devices/me", headers=bearer(account)).status_code == 200
+    sent = world.devices.post(
+        f"/devices/locks/{world.lock_id}/members",
+        json={"uid": account["localId"], "role": "member"},
+        headers=world.headers("owner"),
+    )
+    assert sent.status_code == 202, sent.get_json()
+    return account, str(sent.get_json()["invitation"]["id"])
+
+
 def test_a_repairing_after_the_restore_point_is_done_again_and_the_replaced_device_is_refused(
     world: World, postgres: services.Postgres, tmp_path: Path, operator: dict[str, str]
 ) -> None:
@@ -131,15 +144,7 @@ def test_a_removal_a_withdrawn_invitation_and_a_transfer_after_the_restore_point
     world: World, postgres: services.Postgres, tmp_path: Path, sign_up: Any, operator: dict[str, str]
 ) -> None:
     devices, lock = world.devices, world.lock_id
-    outsider = sign_up()
-    assert devices.get("/devices/me", headers=bearer(outsider)).status_code == 200
-    invited = devices.post(
-        f"/devices/locks/{lock}/members",
-        json={"uid": outsider["localId"], "role": "member"},
-        headers=world.headers("owner"),
-    )
-    assert invited.status_code == 202
-    invitation = invited.get_json()["invitation"]["id"]
+    outsider, invitation = invited(world, sign_up)
     dump = restore_point(postgres, tmp_path / "p.dump")
 
     member = f"/devices/locks/{lock}/members/{world.uid('member')}"
@@ -254,14 +259,7 @@ def test_an_invitation_accepted_after_the_restore_point_is_not_taken_again_by_on
     """Attack run 84: accepted after the restore point, then removed, a member found the invitation open again in
     the restored database and took it a second time."""
     devices, lock = world.devices, world.lock_id
-    invitee = sign_up()
-    assert devices.get("/devices/me", headers=bearer(invitee)).status_code == 200
-    invited = devices.post(
-        f"/devices/locks/{lock}/members",
-        json={"uid": invitee["localId"], "role": "member"},
-        headers=world.headers("owner"),
-    )
-    invitation = invited.get_json()["invitation"]["id"]
+    invitee, invitation = invited(world, sign_up)
     dump = restore_point(postgres, tmp_path / "p.dump")
     assert devices.post(f"/devices/invitations/{invitation}/accept", headers=bearer(invitee)).status_code == 201
     removal = f"/devices/locks/{lock}/members/{invitee['localId']}"
@@ -646,12 +644,7 @@ def test_changes_made_before_the_first_run_without_the_flag_are_judged_against_t
     meanwhile. The membership an invitation answered before made is ended, a lock taken on an offer withdrawn before
     goes back, and a member's terms changed again since stand."""
     devices, lock, owner = world.devices, world.lock_id, world.headers("owner")
-    outsider = sign_up()
-    assert devices.get("/devices/me", headers=bearer(outsider)).status_code == 200
-    invited = devices.post(
-        f"/devices/locks/{lock}/members", json={"uid": outsider["localId"], "role": "member"}, headers=owner
-    )
-    invitation = invited.get_json()["invitation"]["id"]
+    outsider, invitation = invited(world, sign_up)
     offered = devices.post(f"/devices/locks/{lock}/transfer", json={"uid": world.uid("admin")}, headers=owner)
     assert offered.status_code == 202, offered.get_json()
     member = f"/devices/locks/{lock}/members/{world.uid('member')}"

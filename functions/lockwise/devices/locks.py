@@ -386,15 +386,7 @@ def update_member(
         access = {**access, "expires_at": members.now_held(con, lock_id, target.user_uid)}
     if not target.active(now) and (access["expires_at"] is None or access["expires_at"] > now):  # one more member
         members.refuse_past_limit(con, lock_id, members_per_lock, now)
-    con.run(
-        "UPDATE lock_members SET role = :r, valid_from = :valid_from, valid_until = :valid_until,"
-        " weekdays = :weekdays, day_start_minute = :day_start_minute, day_end_minute = :day_end_minute,"
-        " timezone = :timezone, expires_at = :expires_at WHERE lock_id = CAST(:l AS uuid) AND user_uid = :u",
-        r=role,
-        l=lock_id,
-        u=target.user_uid,
-        **access,
-    )
+    members.set_terms(con, lock_id, target.user_uid, role, access)
     if members.RANK[role] < members.RANK[target.role] or any(v is not None for v in access.values()):
         commands.withdraw_unsent(con, lock_id, target.user_uid)  # sent under the access they had
     mirror.activity(con, lock_id, "member_updated", actor_uid=actor.user_uid, target_uid=target.user_uid, role=role)

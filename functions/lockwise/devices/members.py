@@ -641,6 +641,19 @@ def _taken(con: Connection, lock_id: str) -> bool:
     )
 
 
+def set_terms(con: Connection, lock_id: str, uid: str, role: str, access: dict[str, Any]) -> None:
+    """Give the membership ``role`` on the terms ``access`` (``parse_access``'s keys: its window, zone and expiry)."""
+    con.run(
+        "UPDATE lock_members SET role = :r, valid_from = :valid_from, valid_until = :valid_until,"
+        " weekdays = :weekdays, day_start_minute = :day_start_minute, day_end_minute = :day_end_minute,"
+        " timezone = :timezone, expires_at = :expires_at WHERE lock_id = CAST(:l AS uuid) AND user_uid = :u",
+        r=role,
+        l=lock_id,
+        u=uid,
+        **access,
+    )
+
+
 def hold_members(con: Connection, lock_id: str) -> None:
     """Hold who is a member of ``lock_id`` from other changes until this transaction ends (a transaction-scoped
     advisory lock): two invitations accepted side by side each counted the members before the other joined, and

@@ -426,15 +426,7 @@ def _membership_changed(con: Connection, entry: Entry) -> bool:
     if _changed_since(con, lock_id, uid, entry.at):
         return False
     door_decisions.wait_for(con, lock_id)  # one deciding on the access it had opens the door before this
-    con.run(
-        "UPDATE lock_members SET role = :r, valid_from = :valid_from, valid_until = :valid_until,"
-        " weekdays = :weekdays, day_start_minute = :day_start_minute, day_end_minute = :day_end_minute,"
-        " timezone = :timezone, expires_at = :expires_at WHERE lock_id = CAST(:l AS uuid) AND user_uid = :u",
-        r=role,
-        l=lock_id,
-        u=uid,
-        **values,
-    )
+    members.set_terms(con, lock_id, uid, role, values)
     commands.withdraw_unsent(con, lock_id, uid)  # sent under the access they had
     mirror.activity(con, lock_id, "member_updated", target_uid=uid, role=role, reason="restored")
     members.mirror_access(con, lock_id)
