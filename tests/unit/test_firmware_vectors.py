@@ -371,7 +371,7 @@ class _FakeConnection:
 
     def run(self, sql: str, stream: Any = None, types: Any = None, **params: Any) -> Any:
         if sql.lstrip().startswith("SELECT id::text, signing_public_key"):
-            return [[CREDENTIAL, self.public_key, True, None]]  # the active key, no restore fence
+            return [[CREDENTIAL, self.public_key, True, None, False]]  # the active key, no restore under way
         if sql.lstrip().startswith("WITH seen AS"):  # the nonce's insert, with the lock's count of the minute
             key = (params["l"], params["n"])
             if key in self.nonces:  # (seen, counted, inserted, this minute's count, the last one's, seconds into it)

@@ -26,7 +26,7 @@ class Keys:
 
     def run(self, sql: str, **params: Any) -> Any:
         assert sql.startswith("SELECT id::text, signing_public_key") and params["k"] == lock_auth.KEYS_KEPT
-        return [[str(uuid.uuid4()), key, i == 0, None] for i, key in enumerate(self.keys)]  # no restore fence
+        return [[str(uuid.uuid4()), key, i == 0, None, False] for i, key in enumerate(self.keys)]  # no restore
 
 
 def public(key: Ed25519PrivateKey) -> bytes:
