@@ -85,6 +85,15 @@ def unlock(devices: Any, lock_id: str, headers: dict[str, str]) -> int:
     )
 
 
+def remove(world: World, *roles: str) -> None:
+    """The owner removes the world's members of ``roles``."""
+    for role in roles:
+        gone = world.devices.delete(
+            f"/devices/locks/{world.lock_id}/members/{world.uid(role)}", headers=world.headers("owner")
+        )
+        assert gone.status_code == 204, gone.get_json()
+
+
 def invited(world: World, sign_up: Any) -> tuple[dict[str, Any], str]:
     """An account who uses LockWise, invited to the world's lock by its owner: the account and the invitation."""
     account = sign_up()
@@ -147,8 +156,7 @@ def test_a_removal_a_withdrawn_invitation_and_a_transfer_after_the_restore_point
     outsider, invitation = invited(world, sign_up)
     dump = restore_point(postgres, tmp_path / "p.dump")
 
-    member = f"/devices/locks/{lock}/members/{world.uid('member')}"
-    assert devices.delete(member, headers=world.headers("owner")).status_code == 204
+    remove(world, "member")
     assert (
         devices.delete(f"/devices/locks/{lock}/invitations/{invitation}", headers=world.headers("owner")).status_code
         == 204
@@ -427,15 +435,9 @@ def test_only_an_operator_runs_it(world: World) -> None:
 def test_two_runs_at_once_do_each_entry_once(
     world: World, postgres: services.Postgres, tmp_path: Path, operator: dict[str, str]
 ) -> None:
-    devices, lock = world.devices, world.lock_id
+    lock = world.lock_id
     dump = restore_point(postgres, tmp_path / "p.dump")
-    for role in ("member", "guest_in", "guest_out", "admin"):
-        assert (
-            devices.delete(
-                f"/devices/locks/{lock}/members/{world.uid(role)}", headers=world.headers("owner")
-            ).status_code
-            == 204
-        )
+    remove(world, "member", "guest_in", "guest_out", "admin")
     restore(postgres, dump)
     runtime = get_runtime("devices")
     reports: list[restored.Report] = []
@@ -491,9 +493,7 @@ def test_a_run_cut_short_is_taken_up_where_it_stopped(
     the one before stopped, and does one entry at least."""
     devices, lock = world.devices, world.lock_id
     dump = restore_point(postgres, tmp_path / "p.dump")
-    for role in ("member", "guest_in", "guest_out", "admin"):
-        removal = f"/devices/locks/{lock}/members/{world.uid(role)}"
-        assert devices.delete(removal, headers=world.headers("owner")).status_code == 204
+    remove(world, "member", "guest_in", "guest_out", "admin")
     restore(postgres, dump)
     runtime = get_runtime("devices")
     reports = [restored.do_again(runtime.db, runtime.mirror.client(), "operator:t", budget_s=0)]
@@ -519,8 +519,7 @@ def test_while_a_restore_is_brought_back_no_change_is_made_and_the_door_waits(
     invite = {"uid": world.uid("stranger"), "role": "member"}
     runtime = get_runtime("devices")
     dump = restore_point(postgres, tmp_path / "p.dump")
-    for role in ("member", "guest_in"):
-        assert devices.delete(f"/devices/locks/{lock}/members/{world.uid(role)}", headers=owner).status_code == 204
+    remove(world, "member", "guest_in")
     restore(postgres, dump)
 
     def waiting(resp: Any) -> bool:
@@ -565,12 +564,7 @@ def test_a_change_made_before_the_first_run_hides_no_entry_of_an_older_restore_p
     with db.connection() as con:
         before = {str(r[0]) for r in con.run("SELECT key::text FROM journal_entries")}
     dump = restore_point(postgres, tmp_path / "p.dump")
-    assert (
-        devices.delete(
-            f"/devices/locks/{lock}/members/{world.uid('member')}", headers=world.headers("owner")
-        ).status_code
-        == 204
-    )
+    remove(world, "member")
     with db.connection() as con:
         lost = {str(r[0]) for r in con.run("SELECT key::text FROM journal_entries")} - before
     restore(postgres, dump)
@@ -608,16 +602,11 @@ def test_a_database_restored_to_before_any_journal_entry_is_brought_back(
 ) -> None:
     """Attack run 85: with no key kept (restored to before migration 0071, or 37 quiet days), every run failed on
     its start and fenced nothing."""
-    devices, lock = world.devices, world.lock_id
+    devices = world.devices
     with get_runtime("devices").db.transaction() as con:
         con.run("DELETE FROM journal_entries")
     dump = restore_point(postgres, tmp_path / "p.dump")
-    assert (
-        devices.delete(
-            f"/devices/locks/{lock}/members/{world.uid('member')}", headers=world.headers("owner")
-        ).status_code
-        == 204
-    )
+    remove(world, "member")
     restore(postgres, dump)
     report = redo(devices, operator)
     assert report["journal"]["redone"] == {"membership_ended": 1} and report["more"] is False, report
