@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from lockwise.core import audit, erasure, firestore, inputs, mirror
+from lockwise.core import audit, erasure, firestore, inputs, mirror, retention
 from lockwise.core.db import Connection, Database
 from lockwise.devices import commands, door_decisions, lock_auth, locks, members, transfer_offers
 
@@ -48,11 +48,7 @@ OFFER_ENDED = "ended_before_restore"
 #: it served again (a lock's renewal) moved the start past every entry lost with an older restore point (attack run
 #: 85)
 JOURNAL_READ_BACK = dt.timedelta(days=36)
-#: how long the server lists a revoked certificate past its end (``lockwise.core.retention``)
-LISTED_PAST_END = dt.timedelta(days=1)
-
 _SERIAL_CHARS = frozenset("0123456789abcdef")
-_LISTED_PAST_END = f"{int(LISTED_PAST_END.total_seconds())} seconds"
 
 
 @dataclass(frozen=True)
@@ -344,19 +340,18 @@ def _credential_revoked(con: Connection, entry: Entry) -> bool:
     certificates = entry.body.get("certificates")
     for cert in certificates if isinstance(certificates, list) else []:
         serial, not_after = (cert.get("serial"), cert.get("not_after")) if isinstance(cert, dict) else (None, None)
-        if not (isinstance(serial, str) and 0 < len(serial) <= 40 and set(serial) <= _SERIAL_CHARS):
-            continue
-        if not isinstance(not_after, str):
+        if not (_is_serial(serial) and isinstance(not_after, str)):
             continue
         listed += len(
             con.run(
                 "INSERT INTO revoked_lock_certificates (serial, revoked_at, not_after)"
-                " SELECT :s, :at, CAST(:n AS timestamptz) WHERE CAST(:n AS timestamptz) > now() - CAST(:d AS interval)"
+                " SELECT :s, :at, CAST(:n AS timestamptz)"
+                " WHERE CAST(:n AS timestamptz) > now() - make_interval(days => :d)"
                 " ON CONFLICT DO NOTHING RETURNING 1",
                 s=serial,
                 at=entry.at,
                 n=not_after,
-                d=_LISTED_PAST_END,
+                d=retention.EXPIRED_REVOCATIONS_LISTED_DAYS,  # as the server lists one
             )
         )
     credential = inputs.canonical_uuid(entry.body.get("credential_id"))
@@ -539,13 +534,18 @@ def _voice_erased(con: Connection, entry: Entry) -> bool:
     return True
 
 
+def _is_serial(value: Any) -> bool:
+    """A certificate serial as the database keeps one (lower-case hex, 40 digits at most)."""
+    return isinstance(value, str) and 0 < len(value) <= 40 and set(value) <= _SERIAL_CHARS
+
+
 def _certificate_issued(con: Connection, entry: Entry) -> bool:
     """The certificate kept beside its credential again, so that revoking the credential lists it (one renewed after
     the restore point stayed valid through the next re-pairing: attack run 84); listed at once when its credential
     is revoked already or unknown (revoked since the database served again, or paired after the restore point: its
     device pairs again), for a revocation's listing has passed it by (attack run 85)."""
     credential, serial, not_after = entry.body.get("credential_id"), entry.text("serial"), entry.text("not_after")
-    if inputs.canonical_uuid(credential) is None or not (len(serial) <= 40 and set(serial) <= _SERIAL_CHARS):
+    if inputs.canonical_uuid(credential) is None or not _is_serial(serial):
         raise ValueError(f"{entry.kind} entry {entry.key} names no certificate")
     kept = con.run(
         "INSERT INTO lock_certificates (serial, credential_id, expires_at)"
@@ -558,13 +558,13 @@ def _certificate_issued(con: Connection, entry: Entry) -> bool:
     listed = con.run(
         "INSERT INTO revoked_lock_certificates (serial, revoked_at, not_after)"
         " SELECT :s, coalesce((SELECT revoked_at FROM lock_credentials WHERE id = CAST(:c AS uuid)),"
-        " clock_timestamp()), CAST(:n AS timestamptz) WHERE CAST(:n AS timestamptz) > now() - CAST(:d AS interval)"
+        " clock_timestamp()), CAST(:n AS timestamptz) WHERE CAST(:n AS timestamptz) > now() - make_interval(days => :d)"
         " AND NOT EXISTS (SELECT 1 FROM lock_credentials WHERE id = CAST(:c AS uuid) AND revoked_at IS NULL)"
         " ON CONFLICT DO NOTHING RETURNING 1",
         s=serial,
         c=credential,
         n=not_after,
-        d=_LISTED_PAST_END,
+        d=retention.EXPIRED_REVOCATIONS_LISTED_DAYS,  # as the server lists one
     )
     return bool(kept or listed)
 
