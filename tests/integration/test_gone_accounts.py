@@ -170,7 +170,7 @@ def test_the_directory_names_the_accounts_that_exist(stack_env: dict[str, str], 
     found = directory.lookup([kept, deleted, "never-made"])
     assert list(found) == [kept] and found[kept].disabled is False
     assert directory.lookup(["never-made"]) == {}
-    time.sleep(1.1)  # validSince is in whole seconds
+    time.sleep(2.1)  # validSince is in whole seconds, and one within the second after the creation is the creation's
     revoked_at = int(time.time())
     admin_call(stack_env, "accounts:update", {"localId": kept, "disableUser": True, "validSince": str(revoked_at)})
     now = directory.lookup([kept])[kept]
@@ -180,6 +180,29 @@ def test_the_directory_names_the_accounts_that_exist(stack_env: dict[str, str], 
     closed = accounts.directory_for(PROJECT_ID, "127.0.0.1:9")
     with pytest.raises(accounts.DirectoryError):
         closed.lookup([kept])
+
+
+def test_an_accounts_own_sign_up_revokes_none_of_its_sessions(
+    clients: dict[str, Any], stack_env: dict[str, str], sign_up: Any
+) -> None:
+    """The Auth emulator sets a new account's ``validSince`` after the sign-in time of the sign-up's own session, from
+    a second read of the clock: when a second turned between the two, the flush recorded that the session was signed
+    in before its account's sessions were revoked, and the member's live view was refused (a full run, once). A
+    ``validSince`` within the second after the account was made revokes nothing (``accounts.revoked_since``): none is
+    read for a new account, and every sign-up's session is answered after the flush has checked the accounts."""
+    made = [sign_up() for _ in range(12)]
+    uids = [account["localId"] for account in made]
+    directory = accounts.directory_for(PROJECT_ID, stack_env["FIREBASE_AUTH_EMULATOR_HOST"])
+    assert {uid: found.valid_since for uid, found in directory.lookup(uids).items()} == dict.fromkeys(uids)
+    devices = clients["devices"]
+    assert all(devices.get("/devices/me", headers=bearer(account)).status_code == 200 for account in made)
+    flush(clients, stack_env)
+    with get_runtime("devices").db.connection() as con:
+        recorded = con.run(
+            "SELECT uid, account_checked_at IS NOT NULL, tokens_valid_since FROM users WHERE uid = ANY(:u)", u=uids
+        )
+    assert sorted(recorded) == sorted([uid, True, None] for uid in uids)
+    assert all(devices.get("/devices/me", headers=bearer(account)).status_code == 200 for account in made)
 
 
 def test_accounts_checked_recently_are_not_asked_again(
@@ -303,8 +326,9 @@ def test_a_token_signed_in_before_the_accounts_sessions_were_revoked_is_refused_
 
 def revoke_sessions(stack_env: dict[str, str], uid: str) -> float:
     """Revoke ``uid``'s sessions as the Admin SDK's ``revokeRefreshTokens`` does; when (``validSince`` is in whole
-    seconds: the sessions begun in the second before it are the ones it revokes)."""
-    time.sleep(1.1)
+    seconds: the sessions begun in the second before it are the ones it revokes; and one within the second after the
+    account was made is its creation's, ``accounts.revoked_since``: two seconds on, it is not)."""
+    time.sleep(2.1)
     admin_call(stack_env, "accounts:update", {"localId": uid, "validSince": str(int(time.time()))})
     return time.time()
 
@@ -408,7 +432,7 @@ def test_the_sessions_of_an_account_its_addresss_owner_took_over_are_refused_aft
     assert devices.get("/devices/locks", headers=bearer(made_in_advance)).status_code == 200
     flush(clients, stack_env)  # the account checked: not due again for an hour
     assert users_row(uid)[0] is True
-    time.sleep(1.1)  # validSince is in whole seconds
+    time.sleep(2.1)  # validSince is in whole seconds, and one within the second after the creation is the creation's
     victim = google_sign_in(host, address)
     assert victim["localId"] == uid  # the same account, now the address's owner's
     assert devices.get("/devices/locks", headers=bearer(victim)).status_code == 200  # the owner's first request

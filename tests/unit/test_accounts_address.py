@@ -108,3 +108,23 @@ def test_custom_claims_are_a_json_object_or_firebase_auth_is_taken_not_to_have_a
             toolkit.custom_claims("u1")
     else:
         assert toolkit.custom_claims("u1") == claims
+
+
+@pytest.mark.parametrize(
+    ("valid_since", "created_at", "revoked"),
+    [
+        ("1700000001", "1700000000999", None),  # the emulator read its clock again a second later: the creation's
+        ("1700000000", "1700000000000", None),
+        ("1700000001", "1700000000000", 1700000001),  # a second after: a revocation
+        ("1700000002", "1700000000999", 1700000002),
+        ("1700000005", None, 1700000005),  # no creation time told: taken as it is
+        ("1700000005", "soon", 1700000005),
+        (None, "1700000000000", None),
+        ("-1", "1700000000000", None),
+        ("1" * 12, "1700000000000", None),
+    ],
+)
+def test_a_validsince_within_the_second_after_the_account_was_made_revokes_nothing(
+    valid_since: str | None, created_at: str | None, revoked: int | None
+) -> None:
+    assert accounts.revoked_since(valid_since, created_at) == revoked

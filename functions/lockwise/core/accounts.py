@@ -87,7 +87,7 @@ class IdentityToolkit:
     def lookup(self, uids: Sequence[str]) -> dict[str, Account]:
         asked = set(uids)
         return {
-            uid: Account(user.get("disabled") is True, _seconds(user.get("validSince")))
+            uid: Account(user.get("disabled") is True, revoked_since(user.get("validSince"), user.get("createdAt")))
             for uid, user in self._users(uids).items()
             if uid in asked
         }
@@ -137,9 +137,23 @@ def _or_none(seconds: int | None) -> int:
     return -1 if seconds is None else seconds
 
 
-def _seconds(value: object) -> int | None:
-    """``validSince`` as the API answers it (a decimal string of epoch seconds), or None (none, or not one)."""
-    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 11:
+def revoked_since(valid_since: object, created_at: object) -> int | None:
+    """When the account's sessions were last revoked: its ``validSince`` (epoch seconds), or None when it has none or
+    the one it has is its creation's. Firebase Auth sets ``validSince`` when an account is made with a password, and
+    the Auth emulator reads the clock for it after the sign-in time of the sign-up's own session: when a second
+    turned between the two, that session was signed in "before" its account's ``validSince``, and once the relay's
+    flush read it the session was refused (401 ``token_revoked``, and the live view's rules refused it: a full run,
+    once). A ``validSince`` within the second after the account's creation (``createdAt``, milliseconds) revokes no
+    session: none could have been signed in before the account was made."""
+    since, created = _digits(valid_since, 11), _digits(created_at, 14)
+    if since is not None and created is not None and since * 1000 < created + 1000:
+        return None
+    return since
+
+
+def _digits(value: object, most: int) -> int | None:
+    """A decimal string of at most ``most`` digits as the API answers numbers, or None (none, or not one)."""
+    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= most:
         return int(value)
     return None
 
@@ -272,11 +286,10 @@ def _sweep(
         )
         kept = [uid for uid in held if uid in found]
         # sessions revoked since the last check (a password changed, "sign out everywhere"): the live view's rules
-        # read the time too (``members.mirror_access``; attack run 60)
+        # read the time too (``members.mirror_access``; attack run 60); and one recorded that is no more (a creation's
+        # own ``validSince``, recorded before ``revoked_since`` told it apart) is mirrored gone too
         recorded_since = {str(row[0]): None if row[3] is None else int(row[3]) for row in rows}
-        revoked = sorted(
-            uid for uid in kept if found[uid].valid_since is not None and found[uid].valid_since != recorded_since[uid]
-        )
+        revoked = sorted(uid for uid in kept if found[uid].valid_since != recorded_since[uid])
         con.run(
             "UPDATE users SET account_checked_at = :asked, account_disabled = f.disabled, account_gone_at = NULL,"
             " account_ended_at = NULL, tokens_valid_since = to_timestamp(NULLIF(f.valid_since, -1)),"
