@@ -17,7 +17,7 @@ import flask
 import functions_framework
 
 import lockwise.core.loading
-from lockwise.core import accounts, audit, auth, errors, inputs, pages, users
+from lockwise.core import accounts, audit, auth, errors, health, inputs, pages, users
 from lockwise.core.db import Connection
 from lockwise.core.http import Api, Ctx, JsonBody, Result, parse_json_object
 from lockwise.core.runtime import get_runtime
@@ -110,7 +110,8 @@ def take_change(con: Connection, lock_id: str, user: auth.User, *, lock_held_for
 
 @api.route("GET", "/devices/health", query=None, body=True, caller=None)  # a checker's: anything goes
 def get_health(ctx: Ctx) -> tuple[JsonBody, int]:
-    return rt.health.check(rt.probes(), "devices", rt.settings.release)
+    report = rt.health.check(rt.probes(), "devices", rt.settings.release)
+    return health.shown(report, detailed=ctx.is_service(rt.settings.service_token))
 
 
 @api.route("GET", "/devices/me")

@@ -13,7 +13,7 @@ import flask
 import functions_framework
 
 import lockwise.core.loading
-from lockwise.core import auth, erasure, errors, users
+from lockwise.core import auth, erasure, errors, health, users
 from lockwise.core.http import Api, Ctx, JsonBody, Result
 from lockwise.core.runtime import get_runtime
 from lockwise.voice import audio, enrollment, first_come, scoring, voiceprints
@@ -51,9 +51,10 @@ def sample_clip(index: int, value: Any) -> audio.Clip:
 
 @api.route("GET", "/embed/health", query=None, body=True, caller=None)  # a checker's: anything goes
 def get_health(ctx: Ctx) -> tuple[JsonBody, int]:
-    return rt.health.check(
+    report = rt.health.check(
         {**rt.probes(), "model": describe(encoder), "voice_activity": voice.describe}, "embed", rt.settings.release
     )
+    return health.shown(report, detailed=ctx.is_service(rt.settings.service_token))
 
 
 @api.route("PUT", "/embed/enrollment")

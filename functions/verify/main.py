@@ -14,7 +14,7 @@ import flask
 import functions_framework
 
 import lockwise.core.loading
-from lockwise.core import auth, errors, inputs
+from lockwise.core import auth, errors, health, inputs
 from lockwise.core.http import Api, Ctx, JsonBody, Result
 from lockwise.core.runtime import get_runtime
 from lockwise.devices import lock_auth
@@ -42,7 +42,8 @@ def attempt_from(ctx: Ctx, body: bytes) -> tuple[audio.Clip, str | None]:
 
 @api.route("GET", "/verify/health", query=None, body=True)  # a checker's: anything goes
 def get_health(ctx: Ctx) -> tuple[JsonBody, int]:
-    return rt.health.check({**rt.probes(), "model": describe(encoder)}, "verify", rt.settings.release)
+    report = rt.health.check({**rt.probes(), "model": describe(encoder)}, "verify", rt.settings.release)
+    return health.shown(report, detailed=ctx.is_service(rt.settings.service_token))
 
 
 @api.route("POST", "/verify", query=None)  # a lock's: attempt_from reads it

@@ -28,7 +28,9 @@ def test_bundle_serves_its_health_endpoint_alone_and_stops_cleanly(
     bundle = build(name, tmp_path / "bundle" / name)
     server = services.start_function(name, services.free_port(), stack_env, tmp_path, source_dir=bundle)
     try:
-        with urllib.request.urlopen(f"{server.url}/{name}/health", timeout=10) as resp:
+        trusted = {"X-LockWise-Service-Token": stack_env["LOCKWISE_SERVICE_TOKEN"]}
+        asked = urllib.request.Request(f"{server.url}/{name}/health", headers=trusted)
+        with urllib.request.urlopen(asked, timeout=10) as resp:
             body: dict[str, Any] = json.loads(resp.read())
         assert resp.status == 200 and body["status"] == "ok"
         assert body["checks"]["database"]["ok"]

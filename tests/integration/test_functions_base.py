@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
+from unittest.mock import ANY
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
@@ -27,12 +28,18 @@ from tests.tcp_cut import TcpCut
 from tests.waiting import wait_for
 
 
+def trusted(stack_env: dict[str, str]) -> dict[str, str]:
+    """The headers of a trusted caller (the service token), shown a health report whole."""
+    return {"X-LockWise-Service-Token": stack_env["LOCKWISE_SERVICE_TOKEN"]}
+
+
 @pytest.mark.parametrize("name", ["embed", "verify", "devices"])
-def test_health_reports_version_and_dependencies(make_client: Any, name: str) -> None:
-    resp = make_client(name).get(f"/{name}/health")
+def test_health_reports_version_and_dependencies(make_client: Any, name: str, stack_env: dict[str, str]) -> None:
+    resp = make_client(name).get(f"/{name}/health", headers=trusted(stack_env))
     assert resp.status_code == 200, resp.get_data(as_text=True)
     body = resp.get_json()
     assert body["service"] == name and body["status"] == "ok"
+    assert body["release"] and body["version"]
     assert body["checks"]["database"]["ok"] and body["checks"]["firestore"]["ok"]
     # embed's voice activity model, its session made by the probe (an unusable graph would answer 503 here, not
     # a 500 at the first enrollment)
@@ -45,20 +52,41 @@ def test_health_reports_version_and_dependencies(make_client: Any, name: str) ->
 
 
 @pytest.mark.parametrize("name", ["embed", "verify", "devices"])
+def test_health_shows_anyone_whether_it_serves_and_only_trusted_callers_what_it_runs(
+    make_client: Any, name: str, stack_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The health routes take no credential, and they showed anyone the release and code version running, the
+    schema's migration and which dependency was down: what a caller timing an attack reads (left open since attack
+    run 85). Anyone is told whether the function serves, by its status code too; the service token is shown the
+    rest, and a wrong one is anyone."""
+    client = make_client(name)
+    for headers in ({}, {"X-LockWise-Service-Token": "not-" + stack_env["LOCKWISE_SERVICE_TOKEN"]}):
+        resp = client.get(f"/{name}/health", headers=headers)
+        assert (resp.status_code, resp.get_json()) == (200, {"service": name, "status": "ok", "age_s": ANY}), headers
+    assert set(client.get(f"/{name}/health", headers=trusted(stack_env)).get_json()) > {"release", "checks"}
+    monkeypatch.setenv("DATABASE_URL", f"postgresql://x:y@127.0.0.1:{services.free_port()}/none")
+    get_settings.cache_clear()
+    get_runtime.cache_clear()
+    down = make_client(name).get(f"/{name}/health")
+    assert (down.status_code, down.get_json()) == (503, {"service": name, "status": "degraded", "age_s": ANY})
+    get_runtime.cache_clear()  # its degraded report is not the next test's
+
+
+@pytest.mark.parametrize("name", ["embed", "verify", "devices"])
 def test_health_is_degraded_while_the_database_lacks_a_migration_of_this_code(
-    make_client: Any, name: str, monkeypatch: pytest.MonkeyPatch
+    make_client: Any, name: str, stack_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """An instance deployed ahead of the migration job failed on what the schema lacked while its health said ok
     (attack run 62). Its health names the migration the database is at, and is 503 ``schema_behind`` while the code
     was bundled with a later one."""
     from lockwise.core import migrate
 
-    healthy = make_client(name).get(f"/{name}/health").get_json()["checks"]["database"]
+    healthy = make_client(name).get(f"/{name}/health", headers=trusted(stack_env)).get_json()["checks"]["database"]
     assert healthy["ok"] and healthy["migration"] == max(migrate.bundled_versions()) > 60
     ahead = migrate.bundled_versions() | {10_000}  # this code, a release ahead of the database
     monkeypatch.setattr(migrate, "bundled_versions", lambda: ahead)
     get_runtime.cache_clear()
-    resp = make_client(name).get(f"/{name}/health")
+    resp = make_client(name).get(f"/{name}/health", headers=trusted(stack_env))
     assert resp.status_code == 503, resp.get_json()
     assert (resp.get_json()["checks"]["database"]["ok"], resp.get_json()["checks"]["database"]["error"]) == (
         False,
@@ -67,11 +95,16 @@ def test_health_is_degraded_while_the_database_lacks_a_migration_of_this_code(
     get_runtime.cache_clear()  # its degraded report is not the next test's
 
 
-def test_health_is_degraded_when_the_database_is_down(make_client: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_health_is_degraded_when_the_database_is_down(
+    make_client: Any, stack_env: dict[str, str], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     monkeypatch.setenv("DATABASE_URL", f"postgresql://x:y@127.0.0.1:{services.free_port()}/none")
     get_settings.cache_clear()
     get_runtime.cache_clear()
-    resp = make_client("devices").get("/devices/health")
+    resp = make_client("devices").get("/devices/health", headers=trusted(stack_env))
+    # and for the operators, in the logs: what is down
+    logged = [r for r in caplog.records if r.getMessage() == "health degraded"]
+    assert logged and logged[0].fields["checks"]["database"]["error"] == "database_unavailable"  # type: ignore[attr-defined]
     assert resp.status_code == 503
     body = resp.get_json()
     assert body["status"] == "degraded"

@@ -14,6 +14,7 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+from unittest.mock import ANY
 
 import pytest
 import requests
@@ -87,9 +88,15 @@ def test_the_migration_job_brings_a_fresh_database_up_to_date_with_its_one_secre
 
 
 def test_each_process_is_healthy_in_production_mode_without_the_secrets_of_others(deployed: Rehearsal) -> None:
+    trusted = {"X-LockWise-Service-Token": deployed.secret_values["LOCKWISE_SERVICE_TOKEN"]}
     for name in ("lockwise-devices", "lockwise-devices-relay", "lockwise-embed", "lockwise-verify"):
         function = SPEC[name].function
-        body = requests.get(f"{deployed.urls[name]}/{function}/health", timeout=10).json()
+        url = f"{deployed.urls[name]}/{function}/health"
+        assert requests.get(url, timeout=10).json() == {"service": function, "status": "ok", "age_s": ANY}, name
+        body = requests.get(url, headers=trusted, timeout=10).json()
+        if name == "lockwise-devices":  # it holds no service token (it serves no trusted caller): anyone's answer
+            assert set(body) == {"service", "status", "age_s"}, body
+            continue
         assert (body["status"], body["release"]) == ("ok", REHEARSED_RELEASE), (name, body)
         assert body["checks"]["database"]["migration"] > 60, body  # the schema its code needs, there
     for proc in relays(deployed):

@@ -76,3 +76,13 @@ def test_callers_at_once_share_one_report() -> None:
     with ThreadPoolExecutor(8) as pool:
         answers = list(pool.map(lambda _: reports.check({"database": slow}, "devices", "r1")[1], range(8)))
     assert answers == [200] * 8 and len(runs) == 1
+
+
+def test_anyone_is_shown_whether_it_serves_and_trusted_callers_the_report() -> None:
+    def down() -> None:
+        raise errors.Unavailable("database is unreachable", code="database_unavailable")
+
+    report = health.Reports(max_age_s=60).check({"database": down}, "devices", "r1")
+    assert health.shown(report, detailed=True) == report
+    body, status = health.shown(report, detailed=False)
+    assert (status, set(body)) == (503, {"service", "status", "age_s"}) and body["status"] == "degraded"

@@ -25,5 +25,10 @@ def check_service_token(presented: str, expected: str | None) -> None:
     """Trusted back-end callers (the relay, service callers of the original contracts) present a shared secret.
 
     ``expected`` is None where the function holds no token (it serves no trusted caller): everyone is refused."""
-    if expected is None or not hmac.compare_digest(presented.encode(), expected.encode()):
+    if not holds_service_token(presented, expected):
         raise errors.Unauthenticated("invalid service credential", code="invalid_service_token")
+
+
+def holds_service_token(presented: str, expected: str | None) -> bool:
+    """Whether ``presented`` is the trusted callers' secret (``check_service_token`` without the refusal)."""
+    return expected is not None and bool(presented) and hmac.compare_digest(presented.encode(), expected.encode())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -9,7 +10,9 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from lockwise import __version__
-from lockwise.core import errors
+from lockwise.core import errors, log
+
+logger = logging.getLogger(__name__)
 
 
 def check(probes: Mapping[str, Callable[[], Any]], service: str, release: str) -> tuple[dict[str, Any], int]:
@@ -46,6 +49,20 @@ def _run(probe: Callable[[], Any]) -> dict[str, Any]:
     return entry
 
 
+#: what a health report shows a caller without the service token: whether the function serves, not what it runs
+PUBLIC = ("service", "status", "age_s")
+
+
+def shown(report: tuple[dict[str, Any], int], *, detailed: bool) -> tuple[dict[str, Any], int]:
+    """``report`` as the caller may see it: whole to the trusted callers (the service token: operators, the relay,
+    the deploy's checks), and to anyone else only whether the function serves (``PUBLIC``; the same status code).
+    The health routes take no credential, and they answered anyone with the release and code version running, the
+    schema's migration, and which dependency was down, for a caller timing an attack to read (left open since attack
+    run 85)."""
+    body, status = report
+    return (body if detailed else {key: body[key] for key in PUBLIC}), status
+
+
 #: how long an instance answers its last report again before it runs the probes anew
 REPORT_MAX_AGE_S = 5.0
 #: and a degraded one
@@ -70,6 +87,8 @@ class Reports:
             now = time.monotonic()
             if self._last is None or now - self._last[0] >= self._max_age(self._last[2]):
                 body, status = check(probes, service, release)
+                if status != 200:  # what is down, for the operators in the logs (the route shows it to trusted callers)
+                    log.event(logger, "health degraded", level=logging.WARNING, checks=body["checks"])
                 self._last = (time.monotonic(), body, status)
             at, body, status = self._last
             return {**body, "age_s": round(time.monotonic() - at, 3)}, status

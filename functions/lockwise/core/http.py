@@ -23,7 +23,7 @@ from werkzeug.exceptions import MethodNotAllowed as WzMethodNotAllowed
 from werkzeug.exceptions import NotFound as WzNotFound
 from werkzeug.routing import Map, Rule
 
-from lockwise.core import errors, inputs, server_errors, whole_requests
+from lockwise.core import auth, errors, inputs, server_errors, whole_requests
 from lockwise.core.config import Settings, get_settings
 from lockwise.core.headers import SERVICE_TOKEN_HEADER
 from lockwise.core.log import event, request_id_var
@@ -121,6 +121,11 @@ class Ctx:
         if not token:
             raise errors.Unauthenticated(f"missing {SERVICE_TOKEN_HEADER}", code="missing_service_token")
         return token
+
+    def is_service(self, expected: str | None) -> bool:
+        """Whether the request presents the trusted callers' secret (``service_token``), refusing nothing when it does
+        not: for what such a caller is shown more of."""
+        return auth.holds_service_token(self.request.headers.get(SERVICE_TOKEN_HEADER, "").strip(), expected)
 
     def bearer_token(self) -> str:
         header = self.request.headers.get("Authorization", "")
