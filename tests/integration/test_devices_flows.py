@@ -1737,6 +1737,42 @@ def test_a_removal_ends_every_invitation_sent_before_it_whatever_address_it_went
     assert joined.status_code == 201 and joined.get_json()["member"]["role"] == "member", joined.get_json()
 
 
+@pytest.mark.parametrize("ended_by", ["leaving", "removal"])
+def test_a_members_leaving_or_removal_tells_the_admins_nothing_of_their_address(
+    world: World, sign_up: Any, stack_env: dict[str, str], ended_by: str
+) -> None:
+    """Attack run 86: the lock's admins are shown members' uids, never their addresses. An admin invited guessed
+    addresses; when the member left (or was removed), the one invitation closed with the membership was the one to
+    the member's address. Only those sent to the member's uid close now; those sent to an address stay open for
+    whoever holds it, and the former member is still kept from them (sent before their removal)."""
+    lock, host, project = world.lock_id, stack_env["FIREBASE_AUTH_EMULATOR_HOST"], stack_env["LOCKWISE_PROJECT_ID"]
+    address = f"hidden-{secrets.token_hex(4)}@example.com"
+    member = move_account(host, project, sign_up(email=address), address)
+    assert world.devices.get("/devices/me", headers=bearer(member)).status_code == 200
+    join(world.devices, lock, world.accounts["owner"], member, {"role": "member"})
+    add = f"/devices/locks/{lock}/members"
+    guesses = [address, f"decoy-{secrets.token_hex(4)}@example.com", f"decoy-{secrets.token_hex(4)}@example.com"]
+    sent = {}
+    for guess in guesses:
+        resp = world.devices.post(add, json={"email": guess, "role": "guest"}, headers=world.headers("admin"))
+        assert resp.status_code == 202, resp.get_json()
+        sent[guess] = resp.get_json()["invitation"]["id"]
+
+    def open_ones() -> set[str]:
+        listed = world.devices.get(add, headers=world.headers("admin")).get_json()["invitations"]
+        return {i["id"] for i in listed}
+
+    assert open_ones() >= set(sent.values())
+    who = bearer(member) if ended_by == "leaving" else world.headers("owner")
+    assert world.devices.delete(f"{add}/{member['localId']}", headers=who).status_code == 204
+    still = open_ones()
+    assert {guess for guess, invitation in sent.items() if invitation in still} == set(guesses)
+    listed = world.devices.get("/devices/invitations", headers=bearer(member)).get_json()["invitations"]
+    assert listed == []
+    back = world.devices.post(f"/devices/invitations/{sent[address]}/accept", headers=bearer(member))
+    assert back.status_code == 404 and back.get_json()["error"]["code"] == "invitation_not_found", back.get_json()
+
+
 def test_an_invitation_sent_while_the_invitee_was_a_member_ends_when_their_access_expires(
     world: World, sign_up: Any, stack_env: dict[str, str]
 ) -> None:
@@ -1823,7 +1859,8 @@ def test_two_invitations_to_one_lock_make_one_membership_and_the_answers_say_whi
     """Invited twice (by uid as a guest, by address as an admin): accepting both used to answer 201 twice, each with
     its own role while one was stored (at once: whichever committed last; one after the other: the second marked
     accepted, its role audited, nothing changed). The second is now 409 ``already_member`` and stays open until the
-    member is removed: then it is closed (it let a removed member back in as an admin: attack run)."""
+    member is removed: then it no longer stands for them (it let a removed member back in as an admin: attack
+    run)."""
     from lockwise.devices import invitations
 
     lock, host, project = world.lock_id, stack_env["FIREBASE_AUTH_EMULATOR_HOST"], stack_env["LOCKWISE_PROJECT_ID"]

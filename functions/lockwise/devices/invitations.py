@@ -427,13 +427,18 @@ def _accept(
 
 
 def close_for_member(con: Connection, lock_id: str, uid: str) -> None:
-    """Close the open invitations to ``lock_id`` addressed to ``uid`` (by uid, or by their address): a member removed
-    (or leaving) does not come back, in whatever role, through an invitation left open from before (attack run: a
-    second invitation, refused as ``already_member`` while they were one, let a removed member back in as an admin).
-    Whoever may invite can invite again."""
+    """Close the open invitations to ``lock_id`` sent to ``uid``: a member removed (or leaving) does not come back,
+    in whatever role, through an invitation left open from before (attack run: a second invitation, refused as
+    ``already_member`` while they were one, let a removed member back in as an admin). Whoever may invite can invite
+    again. Those sent to their address stay open, for whoever holds it: the removed member is kept from them as from
+    any invitation sent before their removal (``_SINCE_REMOVAL``), and closing them with the membership told the lock's
+    admins, who are shown members' uids and never their addresses, which of the addresses they had invited was the
+    member's (attack run 86: guessed addresses invited, a member left, and the one invitation that closed named
+    them)."""
     con.run(
-        "UPDATE invitations SET closed_at = now() WHERE lock_id = CAST(:l AS uuid) AND " + _OPEN + " AND"
-        " (invitee_uid = :u OR lower(email) = (SELECT lower(email) FROM users WHERE uid = :u))",
+        "UPDATE invitations SET closed_at = now() WHERE lock_id = CAST(:l AS uuid) AND "
+        + _OPEN
+        + " AND invitee_uid = :u",
         l=lock_id,
         u=uid,
     )
