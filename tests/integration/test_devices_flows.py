@@ -1542,11 +1542,13 @@ def test_a_token_issued_before_its_account_moved_address_accepts_nothing_sent_to
 def test_only_an_invitation_found_by_address_needs_firebase_auth_to_confirm_the_address(
     world: World, sign_up: Any, stack_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """An invitation addressed to the caller's uid is listed, accepted and declined on their token alone; one found
-    by their token's address needs Firebase Auth to confirm the account still has it, and while Auth cannot tell
-    its answer is 503 ``accounts_unavailable``, not an answer on a stale address, and the listing leaves it out and
-    says so (``address_unconfirmed``), listing the rest: the whole listing was a 503, the invitations to the
-    caller's uid too. Auth is asked only for what was sent to the address."""
+    """An invitation addressed to the caller's uid is listed, accepted and declined while Firebase Auth cannot tell
+    the caller's address; one found by their token's address needs Auth to confirm the account still has it, and
+    meanwhile its answer is 503 ``accounts_unavailable``, not an answer on a stale address, and the listing leaves
+    it out and says so (``address_unconfirmed``), listing the rest: the whole listing was a 503, the invitations to
+    the caller's uid too. An answer asks Auth only for what was sent to the address; a listing asks for every token
+    naming a verified address, whatever was sent to it (attack run 86: asked only when something was, the asking
+    told the address's former holder so)."""
     host, project = stack_env["FIREBASE_AUTH_EMULATOR_HOST"], stack_env["LOCKWISE_PROJECT_ID"]
     invitee = sign_up()
     verify_email(host, project, invitee["localId"])
@@ -1565,9 +1567,9 @@ def test_only_an_invitation_found_by_address_needs_firebase_auth_to_confirm_the_
     ).get_json()["invitation"]["id"]
     listed = world.devices.get("/devices/invitations", headers=bearer(invitee))
     assert listed.status_code == 200 and [i["id"] for i in listed.get_json()["invitations"]] == [by_uid]
-    assert listed.get_json()["address_unconfirmed"] is False
+    assert listed.get_json()["address_unconfirmed"] is True  # asked, though nothing was sent to the address
     assert world.devices.post(f"/devices/invitations/{by_uid}/decline", headers=bearer(invitee)).status_code == 204
-    assert asked == []
+    assert asked == [invitee["localId"]]  # the listing's; the decline asked nothing
     by_address = world.devices.post(
         f"/devices/locks/{lock}/members", json={"email": invitee["email"], "role": "member"}, headers=owner
     ).get_json()["invitation"]["id"]
@@ -1583,9 +1585,9 @@ def test_only_an_invitation_found_by_address_needs_firebase_auth_to_confirm_the_
         world.devices.post(f"/devices/invitations/{by_address}/decline", headers=bearer(invitee)),
     ):
         assert (answer.status_code, answer.get_json()["error"]["code"]) == (503, "accounts_unavailable")
-    assert asked == [invitee["localId"]] * 3
+    assert asked == [invitee["localId"]] * 4
     assert world.devices.post(f"/devices/invitations/{again}/accept", headers=bearer(invitee)).status_code == 201
-    assert len(asked) == 3 and world.devices.get(f"/devices/locks/{lock}", headers=bearer(invitee)).status_code == 200
+    assert len(asked) == 4 and world.devices.get(f"/devices/locks/{lock}", headers=bearer(invitee)).status_code == 200
     monkeypatch.undo()  # Auth answers again: the invitation to the address is listed
     listed = world.devices.get("/devices/invitations", headers=bearer(invitee)).get_json()
     assert ([i["id"] for i in listed["invitations"]], listed["address_unconfirmed"]) == ([by_address], False)
@@ -1646,19 +1648,59 @@ def test_a_users_invitations_are_listed_a_page_at_a_time(
     asked = counting_address_lookups(monkeypatch)
     monkeypatch.setattr(accounts, "LISTING_CONFIRMED_S", 60.0)
     assert pages_of("1") == [([i], False) for i in [*sent, late, again]]
-    # none: a first page holding none sent to the address asks nothing, and the later pages take the answer this
-    # instance had a moment ago (this test's listings above); each page asked before (2 here)
-    assert asked == [], asked
+    # once: the first page asks (every listing of a verified address does: attack run 86), and the later pages take
+    # its answer; each page asked before
+    assert asked == [invitee["localId"]], asked
     monkeypatch.setattr(accounts, "LISTING_CONFIRMED_S", 0.0)  # each page asks again: Auth is down below
 
     def auth_down(self: accounts.IdentityToolkit, uid: str) -> str | None:
         raise accounts.DirectoryError("Firebase Auth could not be reached: ConnectionRefusedError")
 
     monkeypatch.setattr(accounts.IdentityToolkit, "verified_email", auth_down)
-    assert pages_of("2") == [(sent[0:2], False), ([sent[3], sent[4]], True), ([late], True)]
+    assert pages_of("2") == [(sent[0:2], True), ([sent[3], sent[4]], True), ([late], True)]
     for query in ({"limit": "0"}, {"page_token": "bm90IGEgdG9rZW4"}, {"page": "2"}):
         wrong = world.devices.get("/devices/invitations", query_string=query, headers=bearer(invitee))
         assert wrong.status_code == 400, wrong.get_json()
+
+
+def test_listing_tells_a_former_holder_nothing_of_what_was_sent_to_the_address_they_gave_up(
+    world: World, sign_up: Any, stack_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Attack run 86: a token keeps its address for up to an hour after the account moves to another. Listing with
+    it hides what was sent to the old address, but Firebase Auth was asked (and the asking paced) only when
+    something had been: the former holder's seventh listing in a minute was a 429 when the address had invitations
+    waiting and a 200 when it had none, and each listing took an Auth round trip longer. Now every listing of a token
+    naming a verified address asks, whatever was sent to it."""
+    host, project = stack_env["FIREBASE_AUTH_EMULATOR_HOST"], stack_env["LOCKWISE_PROJECT_ID"]
+    asked = counting_address_lookups(monkeypatch)
+    seen = {}
+    for invited in (True, False):
+        given_up = f"given-up-{secrets.token_hex(4)}@example.com"
+        holder = move_account(host, project, sign_up(email=given_up), given_up)
+        assert world.devices.get("/devices/me", headers=bearer(holder)).status_code == 200
+        move_account(host, project, holder, f"moved-{secrets.token_hex(4)}@example.com")  # the token names given_up
+        if invited:
+            resp = world.devices.post(
+                f"/devices/locks/{world.lock_id}/members",
+                json={"email": given_up, "role": "member"},
+                headers=world.headers("owner"),
+            )
+            assert resp.status_code == 202, resp.get_json()
+        answers = [
+            world.devices.get("/devices/invitations", headers=bearer(holder))
+            for _ in range(accounts.LISTED_LOOKUPS_PER_MINUTE + 2)
+        ]
+        seen[invited] = (
+            [
+                (a.status_code, (a.get_json().get("invitations"), a.get_json().get("error", {}).get("code")))
+                for a in answers
+            ],
+            asked.count(holder["localId"]),
+        )
+    assert seen[True] == seen[False], seen
+    statuses, lookups = seen[True]
+    assert [s for s, _ in statuses] == [200] * accounts.LISTED_LOOKUPS_PER_MINUTE + [429] * 2
+    assert lookups == accounts.LISTED_LOOKUPS_PER_MINUTE
 
 
 def test_answering_an_invitation_not_sent_to_the_callers_address_asks_firebase_auth_nothing(

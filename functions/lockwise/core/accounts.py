@@ -387,7 +387,8 @@ def tried(con: Connection, uid: str) -> None:
 
 
 #: how many times a minute one user's listings of invitations may ask Firebase Auth for their address, per instance
-LISTED_LOOKUPS_PER_MINUTE = 6
+#: (every listing of a verified address asks, since attack run 86: the web console lists after each change)
+LISTED_LOOKUPS_PER_MINUTE = 12
 #: users an instance counts those for, at most (then it starts over)
 LISTED_USERS_MAX = 10_000
 
@@ -404,7 +405,8 @@ class PacedAddresses:
     Not remembered for a new listing: it would show invitations sent to an address its account has just given up.
     A listing's later pages (``continuing``) take what its first page found for ``LISTING_CONFIRMED_S``, counting
     nothing: each page asked and counted, and seven pages of invitations (anyone may invite any address) were a 429,
-    the web console's whole view with it (attack run 63)."""
+    the web console's whole view with it (attack run 63). Every listing of a token naming a verified address asks,
+    whatever was sent to it (``invitations.for_user``, attack run 86)."""
 
     def __init__(self, directory: Callable[[], Directory], per_minute: int = LISTED_LOOKUPS_PER_MINUTE) -> None:
         self._directory, self._per_minute = directory, per_minute

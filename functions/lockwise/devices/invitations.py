@@ -234,26 +234,27 @@ class Received:
 
 def for_user(db: Database, user: User, now: dt.datetime, confirm: ConfirmAddress, page: pages.Page) -> Received:
     """A page of the invitations waiting for ``user``'s answer, oldest first, with the lock's name and who invited
-    them. One found by the token's address only while the account still has it (``confirm``, asked only when the
-    page holds one): a token keeps its address for up to an hour after the account moved to another, and listed the
-    invitations sent to it meanwhile. While Firebase Auth cannot tell (``confirm``'s 503), those sent to the address
-    are left out and the rest is listed (``Received.address_unconfirmed``): the whole listing was a 503, the
-    invitations to the user's uid too. Any admin anywhere may invite any address, so one account's invitations have
-    no bound: they were all read and answered at once (a page now, as ``GET /devices/locks``). Refused as the
-    account stands now (``users.refuse_caller``: a revoked session read them for a minute, attack run 81); once it
-    has left every lock, the session from before lists what is left (nothing sent to its uid)."""
+    them. Those sent to the token's address only while the account still has it (``confirm``): a token keeps its
+    address for up to an hour after the account moved to another, and listed the invitations sent to it meanwhile.
+    ``confirm`` is asked for every listing of a token naming a verified address, whatever was sent to it: asked only
+    when the page held one, its pace (a 429 after six listings a minute) and Firebase Auth's round trip told the
+    token's former holder whether the address they had given up had invitations waiting (attack run 86). While
+    Firebase Auth cannot tell (``confirm``'s 503), those sent to the address are left out and the rest is listed
+    (``Received.address_unconfirmed``): the whole listing was a 503, the invitations to the user's uid too. Any admin
+    anywhere may invite any address, so one account's invitations have no bound: they were all read and answered at
+    once (a page now, as ``GET /devices/locks``). Refused as the account stands now (``users.refuse_caller``: a
+    revoked session read them for a minute, attack run 81); once it has left every lock, the session from before
+    lists what is left (nothing sent to its uid)."""
     with db.connection() as con:
         users.refuse_caller(con, user, left_since=False)
-        rows, next_page = _page_for(con, user, now, page, by_address=user.email_verified)
-    unconfirmed = False
-    if any(row["invitee_uid"] != user.uid for row in rows):
+    by_address, unconfirmed = False, False
+    if users.stored_email(user) is not None:
         try:  # no connection held meanwhile: Firebase Auth may take its 5 s
-            confirmed = confirm(user).email == user.email
+            by_address = confirm(user).email == user.email
         except errors.Unavailable:
-            confirmed, unconfirmed = False, True
-        if not confirmed:  # the page again, without them (not a short page: paging goes on from its last row)
-            with db.connection() as con:
-                rows, next_page = _page_for(con, user, now, page, by_address=False)
+            unconfirmed = True
+    with db.connection() as con:
+        rows, next_page = _page_for(con, user, now, page, by_address=by_address)
     out = []
     for row in rows:
         access = _access(row["access"])
