@@ -213,6 +213,35 @@ def test_a_signing_key_pairs_one_lock_at_a_time(devices: Any, sign_up: Any) -> N
     assert pair(again.get_json()["code"]).status_code == 201  # re-pairing the lock that holds it
 
 
+def test_another_locks_signing_key_counts_as_a_wrong_code(
+    make_client: Any, sign_up: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Attack run 86: a valid pairing code with a signing key another lock holds is 409 ``public_key_in_use``, the
+    code left unused, and the attempt was given back: whoever held one code could ask about any number of known
+    public keys whether each was some lock's live key (a former device's, still paired). A lock makes its own key
+    and never meets it: it counts against the address as a wrong code does, and past the limit is 429."""
+    from lockwise.core.config import get_settings
+
+    monkeypatch.setenv("LOCKWISE_PAIRING_FAILURES_PER_HOUR", "3")
+    monkeypatch.setenv("LOCKWISE_TRUSTED_PROXY_HOPS", "1")
+    get_settings.cache_clear()
+    get_runtime.cache_clear()
+    devices = make_client("devices")
+    owner = sign_up()
+    first, second = create_lock(devices, owner), create_lock(devices, owner, name="Back door")
+    _, public = new_lock_key()
+
+    def pair(code: str, address: str, key: str = public) -> Any:
+        body = {"code": code, "public_key": key, "csr": new_tls_key()[1]}
+        return devices.post("/devices/provision", json=body, headers={"X-Forwarded-For": address})
+
+    assert pair(first["provisioning"]["code"], "192.0.2.10").status_code == 201
+    refused = [pair(second["provisioning"]["code"], "203.0.113.9").get_json()["error"]["code"] for _ in range(4)]
+    assert refused == ["public_key_in_use"] * 3 + ["too_many_pairing_attempts"]
+    # the code is still unused: its lock pairs with a key of its own, from another address
+    assert pair(second["provisioning"]["code"], "198.51.100.3", new_lock_key()[1]).status_code == 201
+
+
 def test_a_guests_window_is_judged_by_the_pinned_zone_data_not_the_hosts(world: World, sign_up: Any) -> None:
     """Attack run 80: ``zoneinfo`` read the host's database first (Debian's 2025b here), where the pinned tzdata
     (2026.6) has moved America/Vancouver an hour: a guest was let in an hour after her window by the newer rules, and

@@ -200,8 +200,11 @@ def pair(
 ) -> Credentials:
     """A lock at ``source`` (its address's block, ``http.Ctx.client_network``) pairs with the code, key and CSR of
     ``body``: a wrong code counts against the block (429 ``too_many_pairing_attempts`` past ``failures_per_hour``
-    in any hour, before any code is tried); any other outcome gives its attempt back. The counts are pruned by the
-    relay's flush (``lockwise.core.retention``), not by one request in 50 as before. ``certificates_per_day``: a
+    in any hour, before any code is tried), and so does a signing key another lock holds (409 ``public_key_in_use``,
+    which no lock making its own key meets: uncounted, one valid code told whether any number of known public keys
+    were some lock's live one, a former device's still paired, say: attack run 86); any other outcome gives its
+    attempt back. The counts are pruned by the relay's flush (``lockwise.core.retention``), not by one request in 50
+    as before. ``certificates_per_day``: a
     pairing sent again (``redeem``) is issued its certificate within the renewals' daily count."""
     public_key = parse_public_key(body.get("public_key"))
     with db.transaction() as con:
@@ -212,16 +215,20 @@ def pair(
                 con, body.get("code"), public_key, body.get("csr"), ca, cert_ttl_s, certificates_per_day
             )
             release_pairing_attempt(con, attempt)  # paired: not a failure
-    except errors.Unauthenticated:
-        raise  # a wrong code: the attempt stays counted
-    except Exception:
-        try:
-            with db.transaction() as con:
-                release_pairing_attempt(con, attempt)
-        except errors.Unavailable:  # the database away: what the pairing met says more (``commit_unconfirmed``)
-            log.warning("a pairing's attempt was not given back: the database is unavailable")
+    except Exception as exc:
+        if not _counted(exc):
+            try:
+                with db.transaction() as con:
+                    release_pairing_attempt(con, attempt)
+            except errors.Unavailable:  # the database away: what the pairing met says more (``commit_unconfirmed``)
+                log.warning("a pairing's attempt was not given back: the database is unavailable")
         raise
     return credentials
+
+
+def _counted(exc: Exception) -> bool:
+    """Whether a pairing that failed with ``exc`` keeps its attempt counted: a wrong code, or another lock's key."""
+    return isinstance(exc, errors.Unauthenticated) or (isinstance(exc, errors.Conflict) and exc.code == KEY_IN_USE)
 
 
 def redeem(
@@ -377,6 +384,10 @@ def _paired_again(
     return Credentials(lock_id=lock_id, certificate=certificate)
 
 
+#: the refusal of a signing key another lock's live credential holds
+KEY_IN_USE = "public_key_in_use"
+
+
 def refuse_a_shared_signing_key(con: Connection, public_key: bytes) -> None:
     """409 when another lock's live credential has this signing key. A lock's signed request names its lock in a
     header the signature does not cover (the firmware contract), so two locks with one key could have each other's
@@ -385,9 +396,7 @@ def refuse_a_shared_signing_key(con: Connection, public_key: bytes) -> None:
     key_lock = int.from_bytes(hashlib.sha256(b"lockwise signing key " + public_key).digest()[:8], "big", signed=True)
     con.run("SELECT pg_advisory_xact_lock(:k)", k=key_lock)
     if con.run("SELECT 1 FROM lock_credentials WHERE signing_public_key = :k AND revoked_at IS NULL", k=public_key):
-        raise errors.Conflict(
-            "this signing key belongs to another lock; every lock makes its own key", code="public_key_in_use"
-        )
+        raise errors.Conflict("this signing key belongs to another lock; every lock makes its own key", code=KEY_IN_USE)
 
 
 def renew(
