@@ -1814,8 +1814,9 @@ def test_a_members_leaving_or_removal_tells_the_admins_nothing_of_their_address(
 ) -> None:
     """Attack run 86: the lock's admins are shown members' uids, never their addresses. An admin invited guessed
     addresses; when the member left (or was removed), the one invitation closed with the membership was the one to
-    the member's address. Only those sent to the member's uid close now; those sent to an address stay open for
-    whoever holds it, and the former member is still kept from them (sent before their removal)."""
+    the member's address. It is withheld now: listed to the admins as waiting, as the others are, and answered by
+    nobody: not the former member, nor a new account made with the address (the member's second one, say); one sent
+    to the address after the removal stands."""
     lock, host, project = world.lock_id, stack_env["FIREBASE_AUTH_EMULATOR_HOST"], stack_env["LOCKWISE_PROJECT_ID"]
     address = f"hidden-{secrets.token_hex(4)}@example.com"
     member = move_account(host, project, sign_up(email=address), address)
@@ -1842,6 +1843,23 @@ def test_a_members_leaving_or_removal_tells_the_admins_nothing_of_their_address(
     assert listed == []
     back = world.devices.post(f"/devices/invitations/{sent[address]}/accept", headers=bearer(member))
     assert back.status_code == 404 and back.get_json()["error"]["code"] == "invitation_not_found", back.get_json()
+    # the member's account gives the address up, and a new account takes it: the withheld one is not for it either
+    move_account(host, project, member, f"elsewhere-{secrets.token_hex(4)}@example.com")
+    second = move_account(host, project, sign_up(email=address), address)
+    assert world.devices.get("/devices/me", headers=bearer(second)).status_code == 200
+    assert world.devices.get("/devices/invitations", headers=bearer(second)).get_json()["invitations"] == []
+    back = world.devices.post(f"/devices/invitations/{sent[address]}/accept", headers=bearer(second))
+    assert back.status_code == 404 and back.get_json()["error"]["code"] == "invitation_not_found", back.get_json()
+    withdrawn = world.devices.delete(
+        f"/devices/locks/{lock}/invitations/{sent[address]}", headers=world.headers("admin")
+    )
+    assert withdrawn.status_code == 204, withdrawn.get_json()
+    after = world.devices.post(add, json={"email": address, "role": "guest"}, headers=world.headers("admin"))
+    assert after.status_code == 202, after.get_json()
+    taken = world.devices.post(
+        f"/devices/invitations/{after.get_json()['invitation']['id']}/accept", headers=bearer(second)
+    )
+    assert taken.status_code == 201, taken.get_json()
 
 
 def test_an_invitation_sent_while_the_invitee_was_a_member_ends_when_their_access_expires(

@@ -48,7 +48,9 @@ _SINCE_REMOVAL = (
     " AND (r.last_removed_at >= invitations.created_at"
     " OR (r.expires_at >= invitations.created_at AND r.expires_at <= :now)))"
 )
-_FOR_INVITEE = _LIVE + " AND " + _ADDRESSED_TO + " AND " + _SINCE_REMOVAL
+#: what is offered to an invitee: standing, to them, not ended by their removal, nor withheld from everyone at a
+#: member's removal (``close_for_member``; listed to the lock's admins as waiting all the same)
+_FOR_INVITEE = _LIVE + " AND withheld_at IS NULL AND " + _ADDRESSED_TO + " AND " + _SINCE_REMOVAL
 
 
 @dataclass(frozen=True)
@@ -428,18 +430,25 @@ def _accept(
 
 
 def close_for_member(con: Connection, lock_id: str, uid: str) -> None:
-    """Close the open invitations to ``lock_id`` sent to ``uid``: a member removed (or leaving) does not come back,
-    in whatever role, through an invitation left open from before (attack run: a second invitation, refused as
-    ``already_member`` while they were one, let a removed member back in as an admin). Whoever may invite can invite
-    again. Those sent to their address stay open, for whoever holds it: the removed member is kept from them as from
-    any invitation sent before their removal (``_SINCE_REMOVAL``), and closing them with the membership told the lock's
-    admins, who are shown members' uids and never their addresses, which of the addresses they had invited was the
-    member's (attack run 86: guessed addresses invited, a member left, and the one invitation that closed named
-    them)."""
+    """End the open invitations to ``lock_id`` for a member removed (or leaving): they do not come back, in whatever
+    role, through an invitation left open from before (attack run: a second invitation, refused as ``already_member``
+    while they were one, let a removed member back in as an admin). Whoever may invite can invite again. Those sent
+    to their uid are closed. Those sent to the address they hold are withheld (``withheld_at``): answered by nobody,
+    a new account made with the address too, and listed to the lock's owner and admins as waiting until they expire
+    or are withdrawn. Closed, they told the admins, who are shown members' uids and never their addresses, which of
+    the addresses they had invited was the member's (attack run 86: guessed addresses invited, a member left, and
+    the one invitation that closed named them)."""
     con.run(
         "UPDATE invitations SET closed_at = now() WHERE lock_id = CAST(:l AS uuid) AND "
         + _OPEN
         + " AND invitee_uid = :u",
+        l=lock_id,
+        u=uid,
+    )
+    con.run(
+        "UPDATE invitations SET withheld_at = now() WHERE lock_id = CAST(:l AS uuid) AND " + _OPEN + " AND"
+        " withheld_at IS NULL AND invitee_uid IS NULL"
+        " AND lower(email) = (SELECT lower(email) FROM users WHERE uid = :u)",
         l=lock_id,
         u=uid,
     )

@@ -1,0 +1,6 @@
+-- An invitation sent to a member's address, withheld when the member leaves or is removed: it stands for nobody (a
+-- removed member came back through one with a new account holding the address), and it is listed to the lock's owner
+-- and admins as waiting, as before, until it expires or is withdrawn. Closed instead, the one invitation that closed
+-- with the membership told the admins, who are shown members' uids and never their addresses, which of the
+-- addresses they had invited was the member's (attack run 86). NULL: it stands.
+ALTER TABLE invitations ADD COLUMN withheld_at timestamptz;
