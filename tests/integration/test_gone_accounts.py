@@ -29,16 +29,19 @@ from tests.voices import spoken, wav
 from tests.waiting import wait_for
 
 
-def admin_call(stack_env: dict[str, str], method: str, body: dict[str, Any]) -> None:
-    """One of Firebase Auth's admin calls (``accounts:delete``, ``accounts:update``, ``accounts``) on the emulator,
-    as the Firebase console or the Admin SDK makes it: nothing of the back-end is asked."""
+def admin_call(stack_env: dict[str, str], method: str, body: dict[str, Any]) -> dict[str, Any]:
+    """One of Firebase Auth's admin calls (``accounts:delete``, ``accounts:update``, ``accounts:lookup``,
+    ``accounts``) on the emulator, as the Firebase console or the Admin SDK makes it: nothing of the back-end is
+    asked. Its answer."""
     req = urllib.request.Request(
         f"http://{stack_env['FIREBASE_AUTH_EMULATOR_HOST']}/identitytoolkit.googleapis.com/v1/projects/{PROJECT_ID}"
         f"/{method}",
         data=json.dumps(body).encode(),
         headers={"Content-Type": "application/json", "Authorization": "Bearer owner"},
     )
-    urllib.request.urlopen(req, timeout=10).close()
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        answer: dict[str, Any] = json.loads(resp.read() or b"{}")
+    return answer
 
 
 def delete_account(stack_env: dict[str, str], uid: str) -> None:
@@ -170,7 +173,7 @@ def test_the_directory_names_the_accounts_that_exist(stack_env: dict[str, str], 
     found = directory.lookup([kept, deleted, "never-made"])
     assert list(found) == [kept] and found[kept].disabled is False
     assert directory.lookup(["never-made"]) == {}
-    time.sleep(2.1)  # validSince is in whole seconds, and one within the second after the creation is the creation's
+    time.sleep(1.1)  # validSince is in whole seconds
     revoked_at = int(time.time())
     admin_call(stack_env, "accounts:update", {"localId": kept, "disableUser": True, "validSince": str(revoked_at)})
     now = directory.lookup([kept])[kept]
@@ -203,6 +206,38 @@ def test_an_accounts_own_sign_up_revokes_none_of_its_sessions(
         )
     assert sorted(recorded) == sorted([uid, True, None] for uid in uids)
     assert all(devices.get("/devices/me", headers=bearer(account)).status_code == 200 for account in made)
+
+
+def test_a_revocation_a_second_after_the_sign_up_counts_and_a_moved_creation_lifts_none(
+    clients: dict[str, Any], stack_env: dict[str, str], sign_up: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Attack run 87 on ``accounts.revoked_since``: its first window took any ``validSince`` of the second after the
+    creation's for the creation's, so a revocation a second after the sign-up left the sign-up's session answered;
+    and an account's ``createdAt`` moved (an import, the Admin API) made the next check clear a revocation recorded
+    before. Revoked a second after the sign-up, the session is refused; its creation moved ten years on, still."""
+    from lockwise.core import runtime
+
+    monkeypatch.setattr(runtime, "RECORDED_USER_TTL_S", 0.0)
+    devices, account = clients["devices"], sign_up()
+    uid = account["localId"]
+    assert devices.get("/devices/me", headers=bearer(account)).status_code == 200
+    directory = accounts.directory_for(PROJECT_ID, stack_env["FIREBASE_AUTH_EMULATOR_HOST"])
+    created_ms = int(admin_call(stack_env, "accounts:lookup", {"localId": [uid]})["users"][0]["createdAt"])
+    # in the next second but one that is not the creation's, as ``validSince`` is whole seconds
+    revoke_at = (created_ms + accounts.CREATION_CLOCK_MS) // 1000 + 1
+    time.sleep(max(0.0, revoke_at + 0.05 - time.time()))
+    admin_call(stack_env, "accounts:update", {"localId": uid, "validSince": str(int(time.time()))})
+    assert directory.lookup([uid])[uid].valid_since == revoke_at
+    recheck_now(uid)
+    flush(clients, stack_env)
+    refused = devices.get("/devices/me", headers=bearer(account))
+    assert (refused.status_code, refused.get_json()["error"]["code"]) == (401, "token_revoked")
+    later = str(int((time.time() + 10 * 365 * 86400) * 1000))
+    admin_call(stack_env, "accounts:update", {"localId": uid, "createdAt": later})
+    recheck_now(uid)
+    flush(clients, stack_env)
+    refused = devices.get("/devices/me", headers=bearer(account))
+    assert (refused.status_code, refused.get_json()["error"]["code"]) == (401, "token_revoked")
 
 
 def test_accounts_checked_recently_are_not_asked_again(
@@ -326,9 +361,8 @@ def test_a_token_signed_in_before_the_accounts_sessions_were_revoked_is_refused_
 
 def revoke_sessions(stack_env: dict[str, str], uid: str) -> float:
     """Revoke ``uid``'s sessions as the Admin SDK's ``revokeRefreshTokens`` does; when (``validSince`` is in whole
-    seconds: the sessions begun in the second before it are the ones it revokes; and one within the second after the
-    account was made is its creation's, ``accounts.revoked_since``: two seconds on, it is not)."""
-    time.sleep(2.1)
+    seconds: the sessions begun in the second before it are the ones it revokes)."""
+    time.sleep(1.1)
     admin_call(stack_env, "accounts:update", {"localId": uid, "validSince": str(int(time.time()))})
     return time.time()
 
@@ -432,7 +466,7 @@ def test_the_sessions_of_an_account_its_addresss_owner_took_over_are_refused_aft
     assert devices.get("/devices/locks", headers=bearer(made_in_advance)).status_code == 200
     flush(clients, stack_env)  # the account checked: not due again for an hour
     assert users_row(uid)[0] is True
-    time.sleep(2.1)  # validSince is in whole seconds, and one within the second after the creation is the creation's
+    time.sleep(1.1)  # validSince is in whole seconds
     victim = google_sign_in(host, address)
     assert victim["localId"] == uid  # the same account, now the address's owner's
     assert devices.get("/devices/locks", headers=bearer(victim)).status_code == 200  # the owner's first request

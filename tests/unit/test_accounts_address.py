@@ -113,10 +113,13 @@ def test_custom_claims_are_a_json_object_or_firebase_auth_is_taken_not_to_have_a
 @pytest.mark.parametrize(
     ("valid_since", "created_at", "revoked"),
     [
-        ("1700000001", "1700000000999", None),  # the emulator read its clock again a second later: the creation's
+        ("1700000001", "1700000000999", None),  # the emulator read its clock again as the second turned
         ("1700000000", "1700000000000", None),
+        ("1700000000", "1700000000999", None),
         ("1700000001", "1700000000000", 1700000001),  # a second after: a revocation
+        ("1700000001", "1700000000900", 1700000001),  # 0.1-1.1 s after (attack run 87: the next second was let by)
         ("1700000002", "1700000000999", 1700000002),
+        ("1700000005", "2000000000000", 1700000005),  # a creation time moved later (an import, the Admin API)
         ("1700000005", None, 1700000005),  # no creation time told: taken as it is
         ("1700000005", "soon", 1700000005),
         (None, "1700000000000", None),

@@ -137,16 +137,24 @@ def _or_none(seconds: int | None) -> int:
     return -1 if seconds is None else seconds
 
 
+#: how long after an account's creation (``createdAt``) a ``validSince`` is still its creation's (``revoked_since``)
+CREATION_CLOCK_MS = 10
+
+
 def revoked_since(valid_since: object, created_at: object) -> int | None:
     """When the account's sessions were last revoked: its ``validSince`` (epoch seconds), or None when it has none or
     the one it has is its creation's. Firebase Auth sets ``validSince`` when an account is made with a password, and
-    the Auth emulator reads the clock for it after the sign-in time of the sign-up's own session: when a second
-    turned between the two, that session was signed in "before" its account's ``validSince``, and once the relay's
-    flush read it the session was refused (401 ``token_revoked``, and the live view's rules refused it: a full run,
-    once). A ``validSince`` within the second after the account's creation (``createdAt``, milliseconds) revokes no
-    session: none could have been signed in before the account was made."""
+    the Auth emulator reads the clock for it a moment after the sign-in time of the sign-up's own session: when a
+    second turned between the two, that session was signed in "before" its account's ``validSince``, and once the
+    relay's flush read it the session was refused (401 ``token_revoked``, and the live view's rules refused it: a
+    full run, once). The creation's is the second of ``createdAt`` (milliseconds), or the next one when it began at
+    most ``CREATION_CLOCK_MS`` after it; a revocation even two seconds after the creation counts (a first window of
+    the whole next second let one made a second after the sign-up through, as nothing: attack run 87), and so does
+    one long before or after a ``createdAt`` set by an import or the Admin API. Left: one in the two seconds after
+    the creation of an account made in the last ``CREATION_CLOCK_MS`` of its second (1 %) reads as its creation's,
+    as ``validSince`` is in whole seconds."""
     since, created = _digits(valid_since, 11), _digits(created_at, 14)
-    if since is not None and created is not None and since * 1000 < created + 1000:
+    if since is not None and created is not None and created - 1000 < since * 1000 <= created + CREATION_CLOCK_MS:
         return None
     return since
 
@@ -286,13 +294,16 @@ def _sweep(
         )
         kept = [uid for uid in held if uid in found]
         # sessions revoked since the last check (a password changed, "sign out everywhere"): the live view's rules
-        # read the time too (``members.mirror_access``; attack run 60); and one recorded that is no more (a creation's
-        # own ``validSince``, recorded before ``revoked_since`` told it apart) is mirrored gone too
+        # read the time too (``members.mirror_access``; attack run 60). Only ever later: Firebase's ``validSince``
+        # never moves back, and an account's ``createdAt`` moved by an import or the Admin API made a recorded
+        # revocation read as its creation's and lifted it (attack run 87)
         recorded_since = {str(row[0]): None if row[3] is None else int(row[3]) for row in rows}
-        revoked = sorted(uid for uid in kept if found[uid].valid_since != recorded_since[uid])
+        since = {uid: _latest(found[uid].valid_since, recorded_since[uid]) for uid in kept}
+        revoked = sorted(uid for uid in kept if since[uid] != recorded_since[uid])
         con.run(
             "UPDATE users SET account_checked_at = :asked, account_disabled = f.disabled, account_gone_at = NULL,"
-            " account_ended_at = NULL, tokens_valid_since = to_timestamp(NULLIF(f.valid_since, -1)),"
+            " account_ended_at = NULL,"
+            " tokens_valid_since = greatest(users.tokens_valid_since, to_timestamp(NULLIF(f.valid_since, -1))),"
             " account_disabled_at = CASE WHEN f.disabled THEN coalesce(users.account_disabled_at, now()) END"
             " FROM unnest(CAST(:u AS text[]), CAST(:d AS boolean[]), CAST(:v AS double precision[]))"
             " AS f(uid, disabled, valid_since) WHERE users.uid = f.uid",
@@ -322,13 +333,18 @@ def _sweep(
             [
                 mirror.standing(uid, ended=True, sessions_since_s=None)
                 if uid not in found
-                else mirror.standing(uid, ended=found[uid].disabled, sessions_since_s=found[uid].valid_since)
+                else mirror.standing(uid, ended=found[uid].disabled, sessions_since_s=since.get(uid))
                 for uid in changed
             ],
         )
         if changed and standing_changed is not None:
             standing_changed(con, changed)
     return Sweep(gone, back, flipped, len(held), sorted(set(due) - held.keys()), len(due))
+
+
+def _latest(*seconds: int | None) -> int | None:
+    """The latest of ``seconds`` that are not None (None: none is)."""
+    return max((s for s in seconds if s is not None), default=None)
 
 
 def _due(con: Connection, most: int, recheck_s: int, passing_over: list[str]) -> list[str]:
