@@ -177,7 +177,8 @@ def _sent_before(
     sender (its answer lost, or sent twice at once; ``terms``: the access as it is stored, JSON) is answered with
     it, as when it was made; another (someone else's, other terms) is 409 ``already_invited`` naming it
     (``details.invitation_id``). Before, every one was a 409 without its id, and a retry looked like a failure
-    (attack run 39)."""
+    (attack run 39). One withheld at a member's removal (``close_for_member``) and sent again by its sender stands
+    again, answered the same: it was answered as sent, and stood for nobody (attack run 87)."""
     rows = con.run(
         "SELECT id::text, invited_by = :me AND role = :r AND access = CAST(:a AS jsonb) FROM invitations"
         " WHERE lock_id = CAST(:l AS uuid) AND " + _OPEN + " AND expires_at > :now"
@@ -191,6 +192,7 @@ def _sent_before(
         now=now,
     )
     if rows and rows[0][1]:
+        con.run("UPDATE invitations SET withheld_at = NULL WHERE id = CAST(:i AS uuid)", i=rows[0][0])
         return {"id": rows[0][0], **invitee.public(), "role": role}
     raise errors.Conflict(
         "there is already an open invitation for them",
