@@ -1514,11 +1514,13 @@ def test_invitation_by_uid_waits_for_consent_and_can_be_declined_or_withdrawn(wo
     assert world.devices.get(f"/devices/locks/{lock}", headers=bearer(invitee)).status_code == 404
 
 
-def move_account(auth_host: str, project: str, account: dict[str, Any], email: str) -> dict[str, Any]:
+def move_account(
+    auth_host: str, project: str, account: dict[str, Any], email: str, *, verified: bool = True
+) -> dict[str, Any]:
     """Give the account another address (verified, as Firebase's email change leaves it) and sign in with it."""
     req = urllib.request.Request(
         f"http://{auth_host}/identitytoolkit.googleapis.com/v1/projects/{project}/accounts:update",
-        data=json.dumps({"localId": account["localId"], "email": email, "emailVerified": True}).encode(),
+        data=json.dumps({"localId": account["localId"], "email": email, "emailVerified": verified}).encode(),
         headers={"Content-Type": "application/json", "Authorization": "Bearer owner"},
     )
     urllib.request.urlopen(req, timeout=10).close()
@@ -1858,6 +1860,36 @@ def test_a_members_leaving_or_removal_tells_the_admins_nothing_of_their_address(
     assert [i["id"] for i in listed] == [sent[address]]
     taken = world.devices.post(f"/devices/invitations/{sent[address]}/accept", headers=bearer(second))
     assert taken.status_code == 201, taken.get_json()
+
+
+@pytest.mark.parametrize("verified", [True, False])
+def test_a_member_who_moved_address_before_their_removal_has_the_invitations_to_the_first_withheld(
+    world: World, sign_up: Any, stack_env: dict[str, str], verified: bool
+) -> None:
+    """Attack run 87: withholding went by the address recorded for the member at their removal. One who had moved
+    their account to another address first (verified or not) left the admin invitation sent to the first one open,
+    and a second account made with it accepted: 201, an admin. The invitation names who held its address when it
+    was sent (``held_by``), and their removal withholds it wherever they are now."""
+    lock, host, project = world.lock_id, stack_env["FIREBASE_AUTH_EMULATOR_HOST"], stack_env["LOCKWISE_PROJECT_ID"]
+    address = f"first-{secrets.token_hex(4)}@example.com"
+    member = move_account(host, project, sign_up(email=address), address)
+    assert world.devices.get("/devices/me", headers=bearer(member)).status_code == 200
+    join(world.devices, lock, world.accounts["owner"], member, {"role": "member"})
+    add = f"/devices/locks/{lock}/members"
+    sent = world.devices.post(add, json={"email": address, "role": "admin"}, headers=world.headers("owner"))
+    assert sent.status_code == 202, sent.get_json()
+    invitation = sent.get_json()["invitation"]["id"]
+    moved = move_account(host, project, member, f"second-{secrets.token_hex(4)}@example.com", verified=verified)
+    world.devices.get("/devices/me", headers=bearer(moved))  # the address on record moves (or is dropped)
+    removed = world.devices.delete(f"{add}/{member['localId']}", headers=world.headers("owner"))
+    assert removed.status_code == 204, removed.get_json()
+    second = move_account(host, project, sign_up(email=address), address)
+    assert world.devices.get("/devices/me", headers=bearer(second)).status_code == 200
+    assert world.devices.get("/devices/invitations", headers=bearer(second)).get_json()["invitations"] == []
+    taken = world.devices.post(f"/devices/invitations/{invitation}/accept", headers=bearer(second))
+    assert (taken.status_code, taken.get_json()["error"]["code"]) == (404, "invitation_not_found"), taken.get_json()
+    listed = world.devices.get(add, headers=world.headers("owner")).get_json()["invitations"]
+    assert invitation in [i["id"] for i in listed]  # waiting, as the owner sees it
 
 
 def test_an_invitation_sent_while_the_invitee_was_a_member_ends_when_their_access_expires(

@@ -134,8 +134,9 @@ def invite(
     # database server's log naming the address in its key (a unique violation caught here did: attack run 53)
     inserted = con.run(
         "INSERT INTO invitations (lock_id, email, invitee_uid, role, access, invited_by, created_at,"
-        " expires_at, issuer_signed_in_at) VALUES (CAST(:l AS uuid), :e, :u, :r, CAST(:a AS jsonb), :by,"
-        " :now, CAST(:now AS timestamptz) + make_interval(secs => :ttl), :session)"
+        " expires_at, issuer_signed_in_at, held_by) VALUES (CAST(:l AS uuid), :e, :u, :r, CAST(:a AS jsonb), :by,"
+        " :now, CAST(:now AS timestamptz) + make_interval(secs => :ttl), :session,"
+        " (SELECT h.uid FROM users h WHERE lower(h.email) = lower(CAST(:e AS text))))"
         " ON CONFLICT DO NOTHING RETURNING id::text",
         l=lock_id,
         e=email,
@@ -435,7 +436,8 @@ def close_for_member(con: Connection, lock_id: str, uid: str) -> None:
     """End the open invitations to ``lock_id`` for a member removed (or leaving): they do not come back, in whatever
     role, through an invitation left open from before (attack run: a second invitation, refused as ``already_member``
     while they were one, let a removed member back in as an admin). Whoever may invite can invite again. Those sent
-    to their uid are closed. Those sent to the address they hold are withheld (``withheld_at``): answered by nobody,
+    to their uid are closed. Those sent to the address they hold, or held when it was sent (``held_by``: one moved
+    to another address before the removal, attack run 87), are withheld (``withheld_at``): answered by nobody,
     a new account made with the address too, and listed to the lock's owner and admins as waiting until they expire
     or are withdrawn. Closed, they told the admins, who are shown members' uids and never their addresses, which of
     the addresses they had invited was the member's (attack run 86: guessed addresses invited, a member left, and
@@ -450,7 +452,7 @@ def close_for_member(con: Connection, lock_id: str, uid: str) -> None:
     con.run(
         "UPDATE invitations SET withheld_at = now() WHERE lock_id = CAST(:l AS uuid) AND " + _OPEN + " AND"
         " withheld_at IS NULL AND invitee_uid IS NULL"
-        " AND lower(email) = (SELECT lower(email) FROM users WHERE uid = :u)",
+        " AND (held_by = :u OR lower(email) = (SELECT lower(email) FROM users WHERE uid = :u))",
         l=lock_id,
         u=uid,
     )

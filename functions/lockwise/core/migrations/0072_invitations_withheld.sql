@@ -4,3 +4,7 @@
 -- with the membership told the admins, who are shown members' uids and never their addresses, which of the
 -- addresses they had invited was the member's (attack run 86). NULL: it stands.
 ALTER TABLE invitations ADD COLUMN withheld_at timestamptz;
+-- The account that held the invitation's address, verified, when it was sent (users.email then): its removal
+-- withholds the invitation wherever its address has moved since (attack run 87: a member moved their account to
+-- another address, was removed, and a second account made with the first accepted an admin invitation sent to it).
+ALTER TABLE invitations ADD COLUMN held_by text;
