@@ -307,7 +307,7 @@ def answering_as(db: Database, invitation_id: str, user: User, confirm: ConfirmA
     with db.connection() as con:
         rows = con.run(
             "SELECT 1 FROM invitations WHERE id = CAST(:i AS uuid) AND " + _OPEN + " AND invitee_uid IS NULL"
-            " AND lower(email) = lower(:e)",
+            " AND withheld_at IS NULL AND lower(email) = lower(:e)",  # a withheld one answered as a closed one
             i=_invitation_id(invitation_id),
             e=address,
         )
