@@ -1810,6 +1810,15 @@ def test_a_removal_ends_every_invitation_sent_before_it_whatever_address_it_went
     assert joined.status_code == 201 and joined.get_json()["member"]["role"] == "member", joined.get_json()
 
 
+def member_with_address(world: World, sign_up: Any, host: str, project: str) -> tuple[dict[str, Any], str]:
+    """A new account with a verified address of its own (recorded: it has made a request), a member of the lock."""
+    address = f"member-{secrets.token_hex(4)}@example.com"
+    member = move_account(host, project, sign_up(email=address), address)
+    assert world.devices.get("/devices/me", headers=bearer(member)).status_code == 200
+    join(world.devices, world.lock_id, world.accounts["owner"], member, {"role": "member"})
+    return member, address
+
+
 @pytest.mark.parametrize("ended_by", ["leaving", "removal"])
 def test_a_members_leaving_or_removal_tells_the_admins_nothing_of_their_address(
     world: World, sign_up: Any, stack_env: dict[str, str], ended_by: str
@@ -1820,10 +1829,7 @@ def test_a_members_leaving_or_removal_tells_the_admins_nothing_of_their_address(
     nobody: not the former member, nor a new account made with the address (the member's second one, say); sent to
     the address again after the removal, it stands."""
     lock, host, project = world.lock_id, stack_env["FIREBASE_AUTH_EMULATOR_HOST"], stack_env["LOCKWISE_PROJECT_ID"]
-    address = f"hidden-{secrets.token_hex(4)}@example.com"
-    member = move_account(host, project, sign_up(email=address), address)
-    assert world.devices.get("/devices/me", headers=bearer(member)).status_code == 200
-    join(world.devices, lock, world.accounts["owner"], member, {"role": "member"})
+    member, address = member_with_address(world, sign_up, host, project)
     add = f"/devices/locks/{lock}/members"
     guesses = [address, f"decoy-{secrets.token_hex(4)}@example.com", f"decoy-{secrets.token_hex(4)}@example.com"]
     sent = {}
@@ -1871,10 +1877,7 @@ def test_a_member_who_moved_address_before_their_removal_has_the_invitations_to_
     and a second account made with it accepted: 201, an admin. The invitation names who held its address when it
     was sent (``held_by``), and their removal withholds it wherever they are now."""
     lock, host, project = world.lock_id, stack_env["FIREBASE_AUTH_EMULATOR_HOST"], stack_env["LOCKWISE_PROJECT_ID"]
-    address = f"first-{secrets.token_hex(4)}@example.com"
-    member = move_account(host, project, sign_up(email=address), address)
-    assert world.devices.get("/devices/me", headers=bearer(member)).status_code == 200
-    join(world.devices, lock, world.accounts["owner"], member, {"role": "member"})
+    member, address = member_with_address(world, sign_up, host, project)
     add = f"/devices/locks/{lock}/members"
     sent = world.devices.post(add, json={"email": address, "role": "admin"}, headers=world.headers("owner"))
     assert sent.status_code == 202, sent.get_json()
