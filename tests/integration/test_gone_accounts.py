@@ -227,7 +227,7 @@ def test_a_revocation_a_second_after_the_sign_up_counts_and_a_moved_creation_lif
     revoke_at = (created_ms + accounts.CREATION_CLOCK_MS) // 1000 + 1
     time.sleep(max(0.0, revoke_at + 0.05 - time.time()))
     admin_call(stack_env, "accounts:update", {"localId": uid, "validSince": str(int(time.time()))})
-    assert directory.lookup([uid])[uid].valid_since == revoke_at
+    assert (directory.lookup([uid])[uid].valid_since or 0) >= revoke_at  # (a slow call: a later second)
     recheck_now(uid)
     flush(clients, stack_env)
     refused = devices.get("/devices/me", headers=bearer(account))
