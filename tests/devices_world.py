@@ -215,3 +215,17 @@ def every_page(devices: Any, path: str, account: dict[str, Any], limit: str) -> 
         if token is None:
             return bodies
         assert len(bodies) < 10, "the pages end"
+
+
+def invited(world: World, sign_up: Any, by: str = "owner") -> tuple[dict[str, Any], str]:
+    """An account who uses LockWise, invited to the world's lock as a member by its ``by``: the account and the
+    invitation."""
+    account = sign_up()
+    assert world.devices.get("/devices/me", headers=bearer(account)).status_code == 200
+    sent = world.devices.post(
+        f"/devices/locks/{world.lock_id}/members",
+        json={"uid": account["localId"], "role": "member"},
+        headers=world.headers(by),
+    )
+    assert sent.status_code == 202, sent.get_json()
+    return account, str(sent.get_json()["invitation"]["id"])

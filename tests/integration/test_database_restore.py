@@ -29,7 +29,7 @@ from lockwise.core.runtime import get_runtime
 from lockwise.devices import lock_auth, restored
 from simlock.lock import new_tls_key
 from tests.conftest import _reset_database
-from tests.devices_world import World, bearer, hand_over, pair_again
+from tests.devices_world import World, bearer, hand_over, invited, pair_again
 
 RESTORED = "/devices/operator/restored"
 
@@ -92,19 +92,6 @@ def remove(world: World, *roles: str) -> None:
             f"/devices/locks/{world.lock_id}/members/{world.uid(role)}", headers=world.headers("owner")
         )
         assert gone.status_code == 204, gone.get_json()
-
-
-def invited(world: World, sign_up: Any) -> tuple[dict[str, Any], str]:
-    """An account who uses LockWise, invited to the world's lock by its owner: the account and the invitation."""
-    account = sign_up()
-    assert world.devices.get("/devices/me", headers=bearer(account)).status_code == 200
-    sent = world.devices.post(
-        f"/devices/locks/{world.lock_id}/members",
-        json={"uid": account["localId"], "role": "member"},
-        headers=world.headers("owner"),
-    )
-    assert sent.status_code == 202, sent.get_json()
-    return account, str(sent.get_json()["invitation"]["id"])
 
 
 def test_a_repairing_after_the_restore_point_is_done_again_and_the_replaced_device_is_refused(

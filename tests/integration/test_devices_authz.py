@@ -21,6 +21,7 @@ from tests.devices_world import (
     create_lock,
     every_page,
     hand_over,
+    invited,
     join,
     new_lock_key,
     provision,
@@ -320,20 +321,11 @@ def test_an_admin_whose_access_ends_grants_nothing_that_outlives_it(
     )
     assert resp.status_code == 202
     # an invitation the world's admin sent with no end stands only until the owner gives that admin an end
-    third = sign_up()
-    assert world.devices.get("/devices/me", headers=bearer(third)).status_code == 200
-    sent = world.devices.post(
-        f"/devices/locks/{lock}/members",
-        json={"uid": third["localId"], "role": "member"},
-        headers=world.headers("admin"),
-    )
-    assert sent.status_code == 202
+    third, sent = invited(world, sign_up, by="admin")
     limited = {"role": "admin", "access": {"expires_at": ends.isoformat()}}
     admin_path = f"/devices/locks/{lock}/members/{world.uid('admin')}"
     assert world.devices.patch(admin_path, json=limited, headers=world.headers("owner")).status_code == 200
-    accepting = world.devices.post(
-        f"/devices/invitations/{sent.get_json()['invitation']['id']}/accept", headers=bearer(third)
-    )
+    accepting = world.devices.post(f"/devices/invitations/{sent}/accept", headers=bearer(third))
     assert accepting.status_code == 404
     # once the admin's access has ended, what they granted has too
     monkeypatch.setattr(get_runtime("devices"), "clock", lambda: ends + dt.timedelta(minutes=1))

@@ -302,15 +302,14 @@ def _sweep(
         revoked = sorted(uid for uid in kept if since[uid] != recorded_since[uid])
         con.run(
             "UPDATE users SET account_checked_at = :asked, account_disabled = f.disabled, account_gone_at = NULL,"
-            " account_ended_at = NULL,"
-            " tokens_valid_since = greatest(users.tokens_valid_since, to_timestamp(NULLIF(f.valid_since, -1))),"
+            " account_ended_at = NULL, tokens_valid_since = to_timestamp(NULLIF(f.valid_since, -1)),"
             " account_disabled_at = CASE WHEN f.disabled THEN coalesce(users.account_disabled_at, now()) END"
             " FROM unnest(CAST(:u AS text[]), CAST(:d AS boolean[]), CAST(:v AS double precision[]))"
             " AS f(uid, disabled, valid_since) WHERE users.uid = f.uid",
             u=kept,
             asked=asked_at,
             d=[found[uid].disabled for uid in kept],
-            v=[float(_or_none(found[uid].valid_since)) for uid in kept],
+            v=[float(_or_none(since[uid])) for uid in kept],
         )
         con.run(
             "UPDATE users SET account_checked_at = :asked, account_gone_at = coalesce(account_gone_at, now())"
@@ -333,7 +332,7 @@ def _sweep(
             [
                 mirror.standing(uid, ended=True, sessions_since_s=None)
                 if uid not in found
-                else mirror.standing(uid, ended=found[uid].disabled, sessions_since_s=since.get(uid))
+                else mirror.standing(uid, ended=found[uid].disabled, sessions_since_s=since[uid])
                 for uid in changed
             ],
         )
