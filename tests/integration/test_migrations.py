@@ -540,3 +540,41 @@ def test_users_whose_uid_cannot_be_a_document_id_are_marked_gone(fresh_db: Datab
         assert audited == gone
     finally:
         con.close()
+
+
+def test_open_address_invitations_from_before_0072_are_held_by_the_addresss_holder(fresh_db: Database) -> None:
+    """Migration 0073: an invitation to an address sent before 0072 named no holder, so a member who moved their
+    account to another address before their removal left it answerable by a new account made with the address. The
+    open ones take the address's holder now; a closed one, one to a uid and one to an address nobody holds stay
+    without."""
+    con = fresh_db.connect()
+    try:
+        migrate.apply(con, [m for m in migrate.load() if m.version < 73])
+        con.run("INSERT INTO users (uid, email) VALUES ('owner', 'o@example.com'), ('ann', 'Ann@Example.com')")
+        lock = con.run("INSERT INTO locks (name, owner_uid) VALUES ('Front door', 'owner') RETURNING id::text")[0][0]
+        sent = {}
+        for name, email, uid, closed in [
+            ("open", "ann@example.COM", None, False),
+            ("closed", "ann@example.com", None, True),
+            ("nobodys", "zed@example.com", None, False),
+            ("by_uid", None, "ann", False),
+        ]:
+            sent[name] = con.run(
+                "INSERT INTO invitations (lock_id, email, invitee_uid, role, invited_by, expires_at, closed_at)"
+                " VALUES (CAST(:l AS uuid), :e, :u, 'member', 'owner', now() + interval '1 day',"
+                " CASE WHEN :c THEN now() END) RETURNING id::text",
+                l=lock,
+                e=email,
+                u=uid,
+                c=closed,
+            )[0][0]
+        migrate.apply(con)
+        held = dict(con.run("SELECT id::text, held_by FROM invitations"))
+        assert {name: held[i] for name, i in sent.items()} == {
+            "open": "ann",
+            "closed": None,
+            "nobodys": None,
+            "by_uid": None,
+        }
+    finally:
+        con.close()
