@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import secrets
 import subprocess
 import threading
 import time
@@ -170,6 +171,46 @@ def test_a_removal_a_withdrawn_invitation_and_a_transfer_after_the_restore_point
     # done again once: a second run finds nothing to do (the entries it wrote doing them are its own)
     again = redo(devices, operator)
     assert again["journal"]["redone"] == {} and again["more"] is False, again
+
+
+def test_a_removal_after_the_restore_point_withholds_the_invitations_to_the_members_address_again(
+    world: World,
+    postgres: services.Postgres,
+    tmp_path: Path,
+    sign_up: Any,
+    stack_env: dict[str, str],
+    operator: dict[str, str],
+) -> None:
+    """A member's removal withholds the invitations sent to their address (migration 0072); the restore took the
+    withholding back with the removal, and its redo (``locks.revoke_member`` again) withholds them again, also from
+    a new account made with the address since."""
+    from tests.integration.test_devices_flows import member_with_address, move_account
+
+    devices, lock = world.devices, world.lock_id
+    host, project = stack_env["FIREBASE_AUTH_EMULATOR_HOST"], stack_env["LOCKWISE_PROJECT_ID"]
+    member, address = member_with_address(world, sign_up, host, project)
+    add = f"/devices/locks/{lock}/members"
+    sent = devices.post(add, json={"email": address, "role": "admin"}, headers=world.headers("owner"))
+    assert sent.status_code == 202, sent.get_json()
+    invitation = sent.get_json()["invitation"]["id"]
+    dump = restore_point(postgres, tmp_path / "p.dump")
+    assert devices.delete(f"{add}/{member['localId']}", headers=world.headers("owner")).status_code == 204
+
+    restore(postgres, dump)
+    listed = devices.get("/devices/invitations", headers=bearer(member)).get_json()["invitations"]
+    assert [i["id"] for i in listed] == [invitation]  # undone with the removal
+
+    report = redo(devices, operator)
+    assert report["journal"]["redone"] == {"membership_ended": 1}, report
+    assert devices.get("/devices/invitations", headers=bearer(member)).get_json()["invitations"] == []
+    move_account(host, project, member, f"elsewhere-{secrets.token_hex(4)}@example.com")
+    second = move_account(host, project, sign_up(email=address), address)
+    assert devices.get("/devices/me", headers=bearer(second)).status_code == 200
+    for who in (member, second):
+        taken = devices.post(f"/devices/invitations/{invitation}/accept", headers=bearer(who))
+        assert (taken.status_code, taken.get_json()["error"]["code"]) == (404, "invitation_not_found"), taken.get_json()
+    waiting = devices.get(add, headers=world.headers("owner")).get_json()["invitations"]
+    assert invitation in [i["id"] for i in waiting]  # still listed to the owner as waiting
 
 
 def test_a_demotion_and_a_pause_after_the_restore_point_are_done_again(
