@@ -18,7 +18,14 @@ from lockwise.core.db import Database, PreparingConnection
 from lockwise.core.runtime import get_runtime
 from lockwise.devices import door_decisions, locks
 from tests.devices_world import World, bearer, build_world, sign_in
-from tests.integration.test_gone_accounts import admin_call, delete_account, error_code, flush, recheck_now
+from tests.integration.test_gone_accounts import (
+    admin_call,
+    delete_account,
+    error_code,
+    flush,
+    recheck_now,
+    revoke_sessions,
+)
 
 
 @pytest.fixture
@@ -438,3 +445,31 @@ def test_an_operator_whose_claim_is_taken_away_acts_no_more_with_the_tokens_from
     assert error_code(devices.delete(lock_path, headers=before)) == (403, "not_an_operator")
     # one whose claim was never there is refused without asking Firebase Auth, as before
     assert error_code(devices.get(listing, headers=world.headers("admin"))) == (403, "not_an_operator")
+
+
+def test_an_operator_signed_out_everywhere_acts_no_more_with_the_sessions_from_before(
+    clients: dict[str, Any], world: World, stack_env: dict[str, str], sign_up: Any
+) -> None:
+    """Attack run 88: Firebase Auth is asked on every operator request, but only its claim and ``disabled`` were read
+    from the answer. A stolen operator's token whose sessions were revoked ("sign out everywhere") listed ownerless
+    locks and deleted one until the relay's sweep checked the account again (up to an hour for one it had checked).
+    The answer's ``validSince`` refuses it now; the operator signed in again acts."""
+    devices = clients["devices"]
+    account = sign_up()
+    uid, host = account["localId"], stack_env["FIREBASE_AUTH_EMULATOR_HOST"]
+    assert devices.get("/devices/me", headers=bearer(account)).status_code == 200
+    admin_call(stack_env, "accounts:update", {"localId": uid, "customAttributes": '{"lockwise_operator": true}'})
+    stolen = bearer(sign_in(host, account["email"]))
+    listing, _, lock_path = paths(world)
+    assert devices.get(listing, headers=stolen).status_code == 200
+    flush(clients, stack_env)  # the sweep checks the account: not due again for an hour
+    revoke_sessions(stack_env, uid)
+    flush(clients, stack_env)
+    with get_runtime("devices").db.transaction() as con:  # the owner found disabled: the lock is ownerless
+        con.run(
+            "UPDATE users SET account_disabled = true, account_disabled_at = now() WHERE uid = :u", u=world.uid("owner")
+        )
+    assert error_code(devices.get(listing, headers=stolen)) == (401, "token_revoked")
+    assert error_code(devices.delete(lock_path, headers=stolen)) == (401, "token_revoked")
+    again = bearer(sign_in(host, account["email"]))
+    assert [lock["id"] for lock in devices.get(listing, headers=again).get_json()["locks"]] == [world.lock_id]

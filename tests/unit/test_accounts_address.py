@@ -107,7 +107,7 @@ def test_custom_claims_are_a_json_object_or_firebase_auth_is_taken_not_to_have_a
         with pytest.raises(accounts.DirectoryError):
             toolkit.custom_claims("u1")
     else:
-        assert toolkit.custom_claims("u1") == claims
+        assert toolkit.custom_claims("u1") == accounts.Claimed(claims)
 
 
 @pytest.mark.parametrize(

@@ -68,10 +68,18 @@ class Directory(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class Claimed:
+    """What Firebase Auth holds now of an account's custom claims, and when its sessions were last revoked."""
+
+    claims: dict[str, object]
+    valid_since: int | None = None  # sessions signed in before it (epoch seconds) are revoked (``revoked_since``)
+
+
 class Claims(Protocol):
-    def custom_claims(self, uid: str) -> dict[str, object]:
-        """The custom claims ``uid``'s account has now (none: no such account, or it is disabled);
-        ``DirectoryError`` when that cannot be told."""
+    def custom_claims(self, uid: str) -> Claimed:
+        """The custom claims ``uid``'s account has now (none: no such account, or it is disabled), with its
+        sessions' revocation; ``DirectoryError`` when that cannot be told."""
         ...
 
 
@@ -98,20 +106,21 @@ class IdentityToolkit:
             return None
         return inputs.email_key(user.get("email"))
 
-    def custom_claims(self, uid: str) -> dict[str, object]:
+    def custom_claims(self, uid: str) -> Claimed:
         user = self._users([uid]).get(uid)
         if user is None or user.get("disabled") is True:
-            return {}
+            return Claimed({})
+        since = revoked_since(user.get("validSince"), user.get("createdAt"))
         raw = user.get("customAttributes")  # a JSON object as a string, absent when none were set
         if raw is None:
-            return {}
+            return Claimed({}, since)
         try:
             claims = json.loads(raw) if isinstance(raw, str) else None
         except (ValueError, RecursionError):  # (nested past the parser's depth: attack run 77)
             claims = None
         if not isinstance(claims, dict):
             raise DirectoryError("Firebase Auth answered custom claims that are not a JSON object")
-        return claims
+        return Claimed(claims, since)
 
     def _users(self, uids: Sequence[str]) -> dict[str, dict[str, object]]:
         """The accounts ``accounts:lookup`` finds, by uid."""

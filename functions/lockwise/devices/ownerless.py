@@ -28,7 +28,10 @@ def require_operator(user: User, directory: Callable[[], accounts.Claims]) -> No
     """403 ``not_an_operator`` unless ``user`` is one of LockWise's operators: their token says so, and Firebase Auth
     still does (one ``accounts:lookup`` call, asked only for a token that says so; 503 ``accounts_unavailable`` when it
     cannot tell). A claim taken away stays in the ID tokens issued before for up to an hour, and a former operator
-    handed and deleted other people's locks for that hour (the note of stop 65)."""
+    handed and deleted other people's locks for that hour (the note of stop 65). A session signed in before the
+    account's sessions were revoked is 401 ``token_revoked`` from the same answer: the database learns of the
+    revocation at the account's next check, up to an hour on, and a stolen operator's token signed out everywhere
+    listed ownerless locks, deleted one and fenced every lock's requests until then (attack run 88)."""
     if user.claims.get(OPERATOR_CLAIM) is not True:
         raise errors.Forbidden("this is for LockWise's operators", code="not_an_operator")
     try:
@@ -37,8 +40,12 @@ def require_operator(user: User, directory: Callable[[], accounts.Claims]) -> No
         raise errors.Unavailable(
             "your operator's claim could not be confirmed with Firebase Auth; try again", code="accounts_unavailable"
         ) from exc
-    if current.get(OPERATOR_CLAIM) is not True:
+    if current.claims.get(OPERATOR_CLAIM) is not True:
         raise errors.Forbidden("this account is no longer one of LockWise's operators", code="not_an_operator")
+    if current.valid_since is not None and users.signed_in_at(user) < dt.datetime.fromtimestamp(
+        current.valid_since, dt.UTC
+    ):
+        raise users.token_revoked()
 
 
 def listed(con: Connection, now: dt.datetime) -> list[dict[str, Any]]:
