@@ -19,6 +19,7 @@ from lockwise.core.config import (
     READ_BY,
     SERVICE_TOKEN,
     ConfigError,
+    DatabaseSettings,
     Settings,
 )
 from lockwise.devices.lock_certs import new_ca
@@ -148,7 +149,6 @@ def test_a_function_without_a_token_refuses_every_service_caller() -> None:
 
 
 def test_the_migration_job_needs_only_the_database_url() -> None:
-    from lockwise.core.config import DatabaseSettings
 
     settings = DatabaseSettings.from_env({"LOCKWISE_MODE": "production", "DATABASE_URL": PROD_OK["DATABASE_URL"]})
     assert settings.database_url == PROD_OK["DATABASE_URL"]
@@ -164,6 +164,23 @@ def test_the_rehearsal_switch_admits_emulators_in_production_but_never_on_cloud_
             Settings.from_env(dict(rehearsal, **{marker: "lockwise-verify"}))
     with pytest.raises(ConfigError, match="only applies in production"):
         Settings.from_env({"LOCKWISE_REHEARSAL": "1"})
+
+
+@pytest.mark.parametrize("marker", ["K_SERVICE", "CLOUD_RUN_JOB"])
+@pytest.mark.parametrize("mode", [None, "local", "test"])
+def test_on_cloud_run_only_production_mode_is_taken(marker: str, mode: str | None) -> None:
+    """Attack run 88: the public devices copy with its plain environment lost (its secrets kept) ran in local mode,
+    and served the relay's routes to anyone sending the local service token written in the source."""
+    env = {
+        marker: "lockwise-devices",
+        "DATABASE_URL": PROD_OK["DATABASE_URL"],
+        **({} if mode is None else {"LOCKWISE_MODE": mode}),
+    }
+    with pytest.raises(ConfigError, match="only production runs there"):
+        Settings.from_env(env)
+    with pytest.raises(ConfigError, match="only production runs there"):
+        DatabaseSettings.from_env(env)
+    assert Settings.from_env(dict(PROD_OK, **{marker: "lockwise-devices"})).mode == "production"
 
 
 def test_the_relays_batch_is_at_most_what_the_devices_function_takes(tmp_path: Path) -> None:

@@ -159,11 +159,20 @@ class ConfigError(RuntimeError):
 
 
 def read_mode(env: Mapping[str, str]) -> Mode:
-    """``LOCKWISE_MODE`` (local by default); in production, refuses the rehearsal switch on Cloud Run."""
+    """``LOCKWISE_MODE`` (local by default, but on Cloud Run only production is taken); in production, refuses the
+    rehearsal switch on Cloud Run. A public devices copy whose plain environment was lost (``gcloud run services
+    update --set-env-vars`` replaces it whole) ran in local mode and let anyone in to the relay's routes with the
+    local service token written in this file (attack run 88)."""
     raw = env.get("LOCKWISE_MODE", "local").strip().lower()
     if raw not in MODES:
         raise ConfigError(f"LOCKWISE_MODE must be one of {', '.join(MODES)}, got {raw!r}")
     mode: Mode = raw
+    cloud_run = [marker for marker in CLOUD_RUN_MARKERS if env.get(marker)]
+    if cloud_run and mode != "production":
+        raise ConfigError(
+            f"LOCKWISE_MODE is {mode} on Cloud Run ({cloud_run[0]} is set): only production runs there, its secrets"
+            " required; set LOCKWISE_MODE=production"
+        )
     if rehearsal(env) and mode != "production":
         raise ConfigError(f"{REHEARSAL_SWITCH} only applies in production mode")
     if rehearsal(env) and any(env.get(marker) for marker in CLOUD_RUN_MARKERS):
