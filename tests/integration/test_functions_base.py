@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 from unittest.mock import ANY
 from urllib.parse import urlsplit, urlunsplit
@@ -197,6 +198,29 @@ def test_every_refusal_is_the_json_error_body_even_before_the_function_runs(stac
     refused = client.delete(f"/{name}/health")
     assert refused.status_code == 405 and refused.headers["Allow"] == "GET"
     assert refused.get_json()["error"]["code"] == "method_not_allowed"
+
+
+@pytest.mark.parametrize("name", ["embed", "verify", "devices"])
+def test_flasks_own_static_route_is_ours_too(
+    stack_env: Any, name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Attack run 88: functions-framework's Flask app keeps Flask's ``/static/<path:filename>`` rule, matched before
+    the function's routes: OPTIONS on it answered 200 with an empty HTML body, and a ``static`` folder in the
+    working directory was served to anyone, no caller checked. Our router answers it, as any path it has no route
+    for."""
+    import functions_framework
+
+    from tests.conftest import REPO
+
+    (tmp_path / "static").mkdir()
+    (tmp_path / "static" / "leak.txt").write_text("a file nobody serves")
+    monkeypatch.chdir(tmp_path)  # where Flask looks for its static folder
+    app = functions_framework.create_app(target=name, source=str(REPO / "functions" / name / "main.py"))  # type: ignore[no-untyped-call]
+    client = app.test_client()
+    for method in ("GET", "HEAD", "OPTIONS"):
+        resp = client.open("/static/leak.txt", method=method)
+        assert (resp.status_code, resp.content_type) == (404, "application/json"), (method, resp.get_data()[:80])
+        assert b"nobody serves" not in resp.get_data()
 
 
 def test_database_connections_send_each_statement_at_once(stack_env: dict[str, str]) -> None:

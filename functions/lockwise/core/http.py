@@ -254,8 +254,19 @@ class Api:
         self._routes: dict[str, _Route] = {}
         if flask.has_app_context():  # loaded by functions-framework: its own routes' errors answer as ours do
             flask.current_app.register_error_handler(HTTPException, self._platform_error)
+            self._take_static_route(flask.current_app)
         server_errors.answer_in_json()  # and so do the requests its web server refuses before Flask sees them
         whole_requests.serve_whole_requests()  # and a slow client holds none of its threads
+
+    def _take_static_route(self, app: flask.Flask) -> None:
+        """Flask's own ``/static/<path:filename>`` rule, which functions-framework's app keeps and matches before the
+        function's routes, answered by our router (404 ``no_route``): it served a ``static`` folder of the working
+        directory to anyone, and OPTIONS on it was an empty 200 (attack run 88)."""
+        if "static" not in app.view_functions:
+            return
+        for rule in app.url_map.iter_rules("static"):
+            rule.provide_automatic_options = False  # type: ignore[attr-defined]  # (set by Flask) OPTIONS to the view below
+        app.view_functions["static"] = lambda **_: self(flask.request)
 
     def _platform_error(self, exc: HTTPException) -> flask.Response:
         """A request functions-framework's routes refuse before our function runs (a path its ``<path:path>`` rule
