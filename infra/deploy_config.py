@@ -251,8 +251,9 @@ MIGRATE = JobSpec(
 ROLES = {
     "lockwise-verify": ["roles/cloudsql.client", "roles/datastore.user"],
     "lockwise-embed": ["roles/cloudsql.client", "roles/datastore.user"],
-    "lockwise-devices": ["roles/cloudsql.client", "roles/datastore.user"],
-    # the relay's flush looks accounts up in Firebase Auth (lockwise.core.accounts): read-only
+    # Firebase Auth read-only (lockwise.core.accounts): the public copy asks it on each operator request and for the
+    # address of whoever lists, accepts or declines invitations; the relay's copy in its flush's account sweep
+    "lockwise-devices": ["roles/cloudsql.client", "roles/datastore.user", "roles/firebaseauth.viewer"],
     "lockwise-devices-relay": ["roles/cloudsql.client", "roles/datastore.user", "roles/firebaseauth.viewer"],
     "lockwise-relay": ["roles/cloudsql.client"],
     "lockwise-migrate": ["roles/cloudsql.client"],

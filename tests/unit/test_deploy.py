@@ -274,6 +274,23 @@ def test_least_privilege_and_no_secret_values(monkeypatch: pytest.MonkeyPatch) -
     assert "postgresql://" not in text and "BEGIN PRIVATE KEY" not in text
 
 
+def test_every_service_that_asks_firebase_auth_may_read_it() -> None:
+    """Attack run 88 read it from the deploy: only the relay's devices copy could read Firebase Auth, while the public
+    copy asks it for every operator request and every invitation listed, accepted or declined (``accounts_directory``
+    in its ``main.py``): in production each would have been 503 ``accounts_unavailable``. A service whose code asks
+    it holds ``roles/firebaseauth.viewer``; no other does."""
+    granted: dict[str, set[str]] = {}
+    for command in dry_run("accounts"):
+        members = [a.split(":", 1)[1].split("@", 1)[0] for a in command if a.startswith("--member=serviceAccount:")]
+        roles = [a.split("=", 1)[1] for a in command if a.startswith("--role=")]
+        for member in members:
+            granted.setdefault(member, set()).update(roles)
+    for spec in SERVICES:
+        main = REPO / "functions" / spec.bundle / "main.py"
+        asks = main.exists() and "accounts.directory_for(" in main.read_text()
+        assert ("roles/firebaseauth.viewer" in granted.get(spec.name, set())) == asks, spec.name
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
