@@ -27,7 +27,7 @@ from lockwise.devices.lock_certs import new_ca
 PROD_OK = {
     "LOCKWISE_MODE": "production",
     "LOCKWISE_PROJECT_ID": "lockwise-prod",
-    "DATABASE_URL": "postgresql://app:Zx9-long-random@10.0.0.5:5432/lockwise",
+    "DATABASE_URL": "postgresql://app:Zx9-long-random@10.0.0.5:5432/lockwise?sslmode=verify-full",
     "LOCKWISE_SERVICE_TOKEN": "s3rv1ce-t0ken-long-random-value",
     "LOCKWISE_COMMAND_SIGNING_KEY": base64.b64encode(bytes(range(32))).decode(),
     "LOCKWISE_LOCK_CA": new_ca(),
@@ -91,10 +91,10 @@ def test_a_database_url_a_password_cuts_short_is_refused_quoting_none_of_it(mode
 @pytest.mark.parametrize(
     "url",
     [
-        "postgresql://lockwise:Zk9%2BQm7RwLp2%2FT2xVb%3D%3D@10.0.0.5:5432/lockwise",
+        "postgresql://lockwise:Zk9%2BQm7RwLp2%2FT2xVb%3D%3D@10.0.0.5:5432/lockwise?sslmode=verify-full",
         "postgresql://lockwise:p%40ss@[::1]:5432/lockwise?sslmode=require",
         "postgresql://lockwise:pw@/lockwise?host=/cloudsql/proj:region:inst",
-        "postgres://lockwise:pw@db/lockwise",
+        "postgres://lockwise:pw@db/lockwise?sslmode=disable",
     ],
 )
 def test_a_database_url_with_its_password_percent_encoded_is_taken(url: str) -> None:
@@ -181,6 +181,37 @@ def test_on_cloud_run_only_production_mode_is_taken(marker: str, mode: str | Non
     with pytest.raises(ConfigError, match="only production runs there"):
         DatabaseSettings.from_env(env)
     assert Settings.from_env(dict(PROD_OK, **{marker: "lockwise-devices"})).mode == "production"
+
+
+@pytest.mark.parametrize(
+    "sslmode", ["Require", "REQUIRE", "verify_full", "verify-Full", "prefer", "allow", "true", "1"]
+)
+@pytest.mark.parametrize("mode", ["local", "production"])
+def test_a_database_urls_sslmode_the_pool_does_not_read_is_refused(sslmode: str, mode: str) -> None:
+    """Attack run 89: any ``sslmode`` but the three exact TLS spellings was read as none, so a mistyped one (or
+    libpq's ``prefer``, which pg8000 cannot fall back from) sent the password and every voiceprint in plain text."""
+    url = f"postgresql://app:Zx9-long-random@10.0.0.5:5432/lockwise?sslmode={sslmode}"
+    with pytest.raises(ConfigError, match="sslmode must be one of"):
+        Settings.from_env(dict(PROD_OK, LOCKWISE_MODE=mode, DATABASE_URL=url), component="devices")
+
+
+def test_production_names_its_sslmode_for_a_server_over_the_network() -> None:
+    from lockwise.core.db import ConnectParams
+
+    bare = "postgresql://app:Zx9-long-random@10.0.0.5:5432/lockwise"
+    with pytest.raises(ConfigError, match="without sslmode"):
+        Settings.from_env(dict(PROD_OK, DATABASE_URL=bare), component="devices")
+    for url, tls in [
+        (bare + "?sslmode=verify-full", True),
+        (bare + "?sslmode=require", True),
+        (bare + "?sslmode=disable", False),  # a choice named
+        ("postgresql://app:Zx9-long-random@127.0.0.1:5432/lockwise", False),  # no network between
+        ("postgresql://app:Zx9-long-random@/lockwise?host=/cloudsql/p:r:i", False),  # Cloud SQL's socket
+    ]:
+        assert Settings.from_env(dict(PROD_OK, DATABASE_URL=url), component="devices").database_url == url
+        assert ConnectParams.from_url(url).ssl is tls, url
+    local = Settings.from_env({"DATABASE_URL": bare}, component="devices")  # local mode: the stack's choice
+    assert local.database_url == bare
 
 
 def test_the_relays_batch_is_at_most_what_the_devices_function_takes(tmp_path: Path) -> None:

@@ -334,7 +334,7 @@ def _secret_values(spec: ServiceSpec | JobSpec, place: Place) -> dict[str, str]:
         elif target == "LOCKWISE_LOCK_CA":
             values[target] = new_ca()
         elif target == "DATABASE_URL":
-            values[target] = "postgresql://app:Zx9-long-random@10.0.0.5:5432/lockwise"
+            values[target] = "postgresql://app:Zx9-long-random@/lockwise?host=/cloudsql/lockwise-prod:europe-west1:db"
         else:
             values[target] = f"{target.lower()}-long-random-value"
     return values

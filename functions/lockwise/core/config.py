@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Literal
-from urllib.parse import SplitResult
+from urllib.parse import SplitResult, parse_qs
 
 from lockwise.core.database_url import split_url
 
@@ -196,11 +196,34 @@ def read_secret(env: Mapping[str, str], name: str, mode: Mode, local_default: st
     return value
 
 
+#: ``sslmode`` values the pool reads (``db.ConnectParams``): TLS with the first three, none with ``disable``. libpq's
+#: ``allow`` and ``prefer`` fall back to plain text by themselves, which pg8000 cannot do; they and any other
+#: spelling (``Require``, ``verify_full``, ``true``) were read as no TLS, silently (attack run 89)
+SSL_MODES_TLS = ("require", "verify-ca", "verify-full")
+SSL_MODES = (*SSL_MODES_TLS, "disable")
+LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
+
+
 def read_database_url(env: Mapping[str, str], mode: Mode) -> str:
+    """``DATABASE_URL``: refused in every mode when misread, or when its ``sslmode`` is none the pool reads; in
+    production, a placeholder password, or a server over the network with no ``sslmode`` named (``disable`` is a
+    choice to make, not a default: a network path sees the password and every voiceprint)."""
     url = read_secret(env, DATABASE_URL, mode, LOCAL_DATABASE_URL)
-    password = _split_database_url(url).password  # refused in every mode when misread
-    if mode == "production" and is_placeholder(password):
+    parts = _split_database_url(url)  # refused in every mode when misread
+    if mode == "production" and is_placeholder(parts.password):
         raise ConfigError("DATABASE_URL carries a placeholder password; set a real one in production mode")
+    query = parse_qs(parts.query)
+    sslmode = query["sslmode"][-1] if "sslmode" in query else None
+    if sslmode is not None and sslmode not in SSL_MODES:
+        raise ConfigError(
+            f"DATABASE_URL's sslmode must be one of {', '.join(SSL_MODES)} (as written, lower case), got {sslmode!r}"
+        )
+    unix_socket = query.get("host", [""])[-1].startswith("/")
+    if mode == "production" and sslmode is None and not unix_socket and parts.hostname not in LOOPBACK_HOSTS:
+        raise ConfigError(
+            "DATABASE_URL names a server over the network without sslmode: add ?sslmode=verify-full (or require),"
+            " or ?sslmode=disable if the path is private by other means"
+        )
     return url
 
 
