@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import doctest
+from typing import Any
 
 import numpy as np
 import pytest
@@ -89,6 +90,29 @@ def test_normalised_scores_pass_nobody_whose_cosine_is_under_the_encoders_floor(
     assert looser.raw_gate == ge2e.floor  # a lock cannot lower it
     raw = policy(settings, encoder)
     assert raw.raw_gate is None and raw.threshold == ge2e.threshold  # raw cosines: the threshold is the gate
+
+
+@pytest.mark.parametrize("name", ["ge2e", "ecapa-tdnn", "an encoder without a calibration"])
+@pytest.mark.parametrize("normalised", [False, True])
+def test_an_operators_threshold_under_its_scales_floor_refuses_to_start(name: str, normalised: bool) -> None:
+    """Attack run 89: an operator's ``LOCKWISE_VOICE_THRESHOLD`` replaced the encoder's with no floor (a lock's own
+    is floored): 0.045 for 0.45, 0 or -1 on raw cosines, or GE2E's raw 0.877 set on the normalised scale, opened
+    every door without its own threshold to nearly any voice. Under the scale's floor it refuses to start."""
+    from types import SimpleNamespace
+
+    from lockwise.core.config import Settings
+    from lockwise.voice.model.encoder import CALIBRATIONS, FALLBACK, NORM_FLOOR, check_operator_threshold
+    from lockwise.voice.model.model_files import ModelError
+
+    encoder: Any = SimpleNamespace(name=name)
+    floor = NORM_FLOOR if normalised else CALIBRATIONS.get(name, FALLBACK).floor
+    for low in ("-1", "0", "0.045", str(round(floor - 0.001, 3))):
+        settings = Settings.from_env({"LOCKWISE_VOICE_THRESHOLD": low}, component="verify")
+        with pytest.raises(ModelError, match="below the floor"):
+            check_operator_threshold(settings, encoder, normalised=normalised)
+    for fine in (str(floor), str(floor + 0.5), ""):  # "": the calibration's own
+        settings = Settings.from_env({"LOCKWISE_VOICE_THRESHOLD": fine}, component="verify")
+        check_operator_threshold(settings, encoder, normalised=normalised)
 
 
 def test_rows_no_cosine_can_be_taken_with_are_named() -> None:

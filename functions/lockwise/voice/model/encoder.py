@@ -88,6 +88,9 @@ class Calibration:
     norm_retry_band: float | None = None
 
 
+#: an encoder without a calibration of its own decides on these
+FALLBACK = Calibration(0.5, 0.05, 0.4, 2.4, "fallback default")
+
 CALIBRATIONS: dict[str, Calibration] = {
     # GE2E (resemblyzer 0.1.4 weights), measured by `./dev calibrate` on the Asterisk corpus (7 speakers, 8 kHz
     # studio prompts, voiceprints of 5 clips as the product enrolls; docs/calibration/ge2e-asterisk). Every operating
@@ -186,10 +189,34 @@ class Scorer:
         return raw, self.cohort.normalise_pairs(raw, unit)
 
 
+#: the lowest threshold an operator may set on AS-normalised scores: an impostor's normalised score is about a
+#: standard normal one (the cohort's mean and deviation take it there), so below 2.33 roughly 1 in 100 impostor
+#: trials would pass, the raw floor's rate; a raw cosine (0.877, say) set on this scale was taken for a z-score
+NORM_FLOOR = 2.33
+
+
+def check_operator_threshold(settings: Settings, encoder: Encoder, *, normalised: bool) -> None:
+    """``ModelError`` at start for an operator's ``LOCKWISE_VOICE_THRESHOLD`` under the scale's floor: the encoder's
+    raw floor (its false-match rate of 1 in 100, below which no lock's own threshold goes either), or
+    ``NORM_FLOOR`` on normalised scores. A typo (0.045 for 0.45, 0, -1) or a raw cosine set on the normalised scale
+    opened every door without its own threshold to nearly any voice (attack run 89)."""
+    if settings.voice_threshold is None:
+        return
+    floor = NORM_FLOOR if normalised else CALIBRATIONS.get(encoder.name, FALLBACK).floor
+    if settings.voice_threshold < floor:
+        scale = "normalised (AS-norm) scores" if normalised else f"{encoder.name}'s raw cosines"
+        raise ModelError(
+            f"LOCKWISE_VOICE_THRESHOLD {settings.voice_threshold} is below the floor of {scale} ({floor}): "
+            "set it from calibrate's report, on the scale the decision uses"
+        )
+
+
 def load_scorer(settings: Settings, encoder: Encoder) -> Scorer:
-    """The encoder's scorer: AS-norm when its files carry a cohort (checked against its model id), else raw."""
+    """The encoder's scorer: AS-norm when its files carry a cohort (checked against its model id), else raw; an
+    operator's threshold under its scale's floor refused (``check_operator_threshold``)."""
     folder = Path(settings.model_dir) if settings.model_dir else DEFAULT_GE2E_DIR
     found = cohort.load(folder, encoder.model_id, encoder.dim)
+    check_operator_threshold(settings, encoder, normalised=found is not None)
     if found is not None:
         base = CALIBRATIONS.get(encoder.name)
         if settings.voice_threshold is None and (base is None or base.norm_threshold is None):
@@ -214,7 +241,7 @@ def policy(
     """The encoder's calibration (raw or normalised), overridden by settings (the operator's), and a lock's own
     threshold: on raw cosines it replaces the threshold but never goes below the encoder's floor (a lock owner
     cannot make their door open to anyone); on normalised scores it is an extra gate on the cosine."""
-    base = CALIBRATIONS.get(encoder.name, Calibration(0.5, 0.05, 0.4, 2.4, "fallback default"))
+    base = CALIBRATIONS.get(encoder.name, FALLBACK)
     raw_gate = retry_band = None
     threshold, margin = base.threshold, base.margin
     if normalised:  # a cohort without a calibrated normalised threshold needs the operator's (load_scorer)
