@@ -200,7 +200,8 @@ SERVICES: tuple[ServiceSpec, ...] = (
         public=False,
         ingress="internal",
         secrets={**DB, **TOKEN, **SIGNING, **LOCK_CA},
-        env={"LOCKWISE_RELAY_ROUTES": "on"},
+        # the broker's public address too: a devices function in production does not start without it
+        env={"LOCKWISE_RELAY_ROUTES": "on", "LOCKWISE_MQTT_PUBLIC_HOST": "{broker_public_host}"},
         why="lock events from the relay",
     ),
     ServiceSpec(

@@ -248,7 +248,9 @@ class Forwarder:
         as a whole) or ``retry``."""
         try:
             headers = {**self.headers, **self.identity(), "Content-Type": "application/json"}
-            resp = self._session.post(self.url, data=_body(events), headers=headers, timeout=self.timeout_s)
+            resp = self._session.post(
+                self.url, data=_body(events), headers=headers, timeout=self.timeout_s, allow_redirects=False
+            )  # a redirect is not followed: requests sends the service token on to its target (attack run 89)
         except (requests.RequestException, OSError) as exc:
             self.last_error = type(exc).__name__
             log.warning("devices function unreachable; will retry", extra={"fields": {"error": self.last_error}})
@@ -283,7 +285,9 @@ class Forwarder:
             body.update(broker_uptime_s=broker_uptime_s, sent_at=time.time())
         try:
             headers = {**self.headers, **self.identity()}
-            resp = requests.post(self.flush_url, json=body or None, headers=headers, timeout=self.timeout_s)
+            resp = requests.post(
+                self.flush_url, json=body or None, headers=headers, timeout=self.timeout_s, allow_redirects=False
+            )
         except (requests.RequestException, OSError) as exc:
             self.upkeep_error = type(exc).__name__
         else:

@@ -11,16 +11,16 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 from lockwise.core.config import (
-    LOCAL_SERVICE_TOKEN,
-    SERVICE_TOKEN,
+    LOOPBACK_HOSTS,
     ConfigError,
     Mode,
     env_int,
     read_database_url,
     read_mode,
-    read_secret,
+    read_service_token,
 )
 from lockwise.devices import topics
 
@@ -78,7 +78,7 @@ class RelaySettings:
             log_level=env.get("LOG_LEVEL", "INFO").upper(),
             release=env.get("LOCKWISE_RELEASE", "dev"),
             database_url=read_database_url(env, mode),
-            service_token=read_secret(env, SERVICE_TOKEN, mode, LOCAL_SERVICE_TOKEN),
+            service_token=read_service_token(env, mode),
             slots=env_int(env, "LOCKWISE_RELAY_SLOTS", 8, minimum=1),
             session_expiry_s=env_int(env, "LOCKWISE_RELAY_SESSION_EXPIRY_S", 3600, minimum=60),
             orphan_scan_s=env_int(env, "LOCKWISE_RELAY_ORPHAN_SCAN_S", 300, minimum=1),
@@ -86,7 +86,7 @@ class RelaySettings:
             mqtt_port=env_int(env, "MQTT_PORT", 8883, minimum=1),
             mqtt_ca_file=file("MQTT_CA_FILE"),
             mqtt_client_certs=file("MQTT_CLIENT_CERTS"),
-            devices_url=required("LOCKWISE_DEVICES_URL", "http://127.0.0.1:8083").rstrip("/"),
+            devices_url=_devices_url(required("LOCKWISE_DEVICES_URL", "http://127.0.0.1:8083"), local),
             # the platform names the port it probes (Cloud Run sets PORT from --port); 0 serves no health endpoint
             health_port=env_int(env, "PORT", 8090, minimum=0),
             poll_s=float(env_int(env, "LOCKWISE_RELAY_POLL_MS", 1000, minimum=50)) / 1000,
@@ -95,3 +95,19 @@ class RelaySettings:
             event_batch=env_int(env, "LOCKWISE_RELAY_EVENT_BATCH", 500, minimum=1, maximum=topics.MAX_EVENTS_PER_BATCH),
             id_token_audience=env.get("LOCKWISE_RELAY_ID_TOKEN_AUDIENCE") or None,
         )
+
+
+def _devices_url(value: str, local: bool) -> str:
+    """Where the relay sends lock events with its service token: outside local mode an ``https://`` address (plain
+    ``http://`` only to this machine), or the token went in clear to whatever the setting named (attack run 89)."""
+    url = value.strip().rstrip("/")
+    if local:
+        return url
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+    except ValueError:
+        host = None
+    if not host or parts.scheme not in ("https", "http") or (parts.scheme == "http" and host not in LOOPBACK_HOSTS):
+        raise ConfigError("LOCKWISE_DEVICES_URL must be an https:// address in production mode")
+    return url

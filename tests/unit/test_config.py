@@ -28,9 +28,11 @@ PROD_OK = {
     "LOCKWISE_MODE": "production",
     "LOCKWISE_PROJECT_ID": "lockwise-prod",
     "DATABASE_URL": "postgresql://app:Zx9-long-random@10.0.0.5:5432/lockwise?sslmode=verify-full",
-    "LOCKWISE_SERVICE_TOKEN": "s3rv1ce-t0ken-long-random-value",
+    "LOCKWISE_SERVICE_TOKEN": "s3rv1ce-t0ken-long-random-value-9x",
     "LOCKWISE_COMMAND_SIGNING_KEY": base64.b64encode(bytes(range(32))).decode(),
     "LOCKWISE_LOCK_CA": new_ca(),
+    "LOCKWISE_RELAY_ROUTES": "on",
+    "LOCKWISE_MQTT_PUBLIC_HOST": "mqtt.lockwise.example",
 }
 
 
@@ -212,6 +214,55 @@ def test_production_names_its_sslmode_for_a_server_over_the_network() -> None:
         assert ConnectParams.from_url(url).ssl is tls, url
     local = Settings.from_env({"DATABASE_URL": bare}, component="devices")  # local mode: the stack's choice
     assert local.database_url == bare
+
+
+def test_production_refuses_the_settings_that_turn_a_guard_off(tmp_path: Path) -> None:
+    """Attack run 89: each of these started in production and ran open: a short service token (the verify and embed
+    functions' service routes' one credential), the rehearsal switch "off" read as on (the Auth emulator's unsigned
+    tokens admitted), replay memory 0 (a replayed recording not recognised), an account check batch of 0 (deleted
+    accounts and revoked sessions never learned), the relay's routes served by default, locks told to connect to
+    127.0.0.1, the relay's service token sent over plain http. The local stack keeps its defaults."""
+    from mqtt_relay.settings import RelaySettings
+
+    devices = dict(PROD_OK, LOCKWISE_RELAY_ROUTES="on", LOCKWISE_MQTT_PUBLIC_HOST="mqtt.lockwise.example")
+    assert Settings.from_env(devices, component="devices").relay_routes
+    refused = {
+        "LOCKWISE_SERVICE_TOKEN": ["x", "1234", "admin", "lockwise-prod", "Password1", "ab" * 20],
+        "LOCKWISE_REHEARSAL": ["maybe", "2", "of"],
+        "LOCKWISE_REPLAY_MEMORY_HOURS": ["0"],
+        "LOCKWISE_ACCOUNT_CHECK_BATCH": ["0"],
+        "LOCKWISE_RELAY_ROUTES": [""],
+        "LOCKWISE_MQTT_PUBLIC_HOST": ["", "127.0.0.1", "localhost", "127.0.1.1"],
+    }
+    for name, values in refused.items():
+        for value in values:
+            env = dict(devices, **{name: value})
+            with pytest.raises(ConfigError, match=name):
+                Settings.from_env(env, component="verify" if name == "LOCKWISE_REPLAY_MEMORY_HOURS" else "devices")
+    for value in ("", "0", "false", "OFF", " No ", "False", "0 "):  # off, as written any way: no emulator admitted
+        assert not config.rehearsal({"LOCKWISE_REHEARSAL": value})
+        with pytest.raises(ConfigError, match="EMULATOR_HOST"):
+            Settings.from_env(dict(devices, LOCKWISE_REHEARSAL=value, FIREBASE_AUTH_EMULATOR_HOST="127.0.0.1:9099"))
+    assert config.rehearsal({"LOCKWISE_REHEARSAL": " TRUE "})
+    local = Settings.from_env({"LOCKWISE_REPLAY_MEMORY_HOURS": "0"}, component="verify")
+    assert (local.relay_routes, local.mqtt_public_host, local.replay_memory_hours) == (True, "127.0.0.1", 0)
+
+    (tmp_path / "ca.pem").write_text("a CA")
+    relay = {
+        "LOCKWISE_MODE": "production",
+        "DATABASE_URL": PROD_OK["DATABASE_URL"],
+        "LOCKWISE_SERVICE_TOKEN": PROD_OK["LOCKWISE_SERVICE_TOKEN"],
+        "MQTT_HOST": "broker.lockwise.internal",
+        "MQTT_CA_FILE": str(tmp_path / "ca.pem"),
+        "MQTT_CLIENT_CERTS": str(tmp_path / "ca.pem"),
+    }
+    for url in ("http://devices-relay.example", "http://10.0.0.9:8080", "ftp://x", "lockwise-devices", "https://"):
+        with pytest.raises(ConfigError, match="LOCKWISE_DEVICES_URL"):
+            RelaySettings.from_env(dict(relay, LOCKWISE_DEVICES_URL=url))
+    for url in ("https://devices-relay.example/", "http://127.0.0.1:8083"):  # the rehearsal's, on this machine
+        assert RelaySettings.from_env(dict(relay, LOCKWISE_DEVICES_URL=url)).devices_url == url.rstrip("/")
+    with pytest.raises(ConfigError, match="LOCKWISE_SERVICE_TOKEN"):
+        RelaySettings.from_env(dict(relay, LOCKWISE_DEVICES_URL="https://d.example", LOCKWISE_SERVICE_TOKEN="1234"))
 
 
 def test_the_relays_batch_is_at_most_what_the_devices_function_takes(tmp_path: Path) -> None:

@@ -355,6 +355,7 @@ def test_each_deployable_starts_with_exactly_the_secrets_deploy_gives_it(
     place = Place(
         project="lockwise-prod",
         broker_host="broker.internal",
+        broker_public_host="mqtt.lockwise.example",
         devices_relay_url="https://relay-devices.example",
         mounts=str(tmp_path / "mounts"),
     )

@@ -270,3 +270,37 @@ def test_a_200_that_is_not_the_functions_answer_keeps_the_batch() -> None:
             assert not bodies and len(told) == 1 and forwarder.forwarded == 1 and forwarder.last_error is None
         finally:
             forwarder.stop(drain_timeout_s=5)
+
+
+def test_a_redirect_is_not_followed_with_the_service_token() -> None:
+    """Attack run 89: the relay's posts followed a devices URL's redirect (a custom domain, a load balancer, a moved
+    service), and requests sends a custom header on to another host: the service token went to whatever the
+    redirect named. A redirect is an answer the relay does not take: the events stay queued, the upkeep fails."""
+    seen: list[dict[str, str]] = []
+
+    class Elsewhere(StubHandler):
+        def do_POST(self) -> None:  # noqa: N802 - http.server's name
+            self.body()
+            seen.append(dict(self.headers))
+            self.answer(200, {"access_due": False, "results": [{"outcome": "applied"}]})
+
+    with serving(Elsewhere) as elsewhere:
+        other = elsewhere.replace("127.0.0.1", "localhost")
+
+        class Redirecting(StubHandler):
+            def do_POST(self) -> None:  # noqa: N802 - http.server's name
+                self.body()
+                self.answer(307, b"", headers={"Location": other + self.path})
+
+        with serving(Redirecting) as url:
+            forwarder = Forwarder(url, "the-service-token", timeout_s=5, identity=lambda: {"Authorization": "Bearer x"})
+            forwarder.flush_mirror()
+            assert forwarder.upkeep_error is not None and forwarder.upkeep_error.startswith("HTTP 307")
+            acked: list[str] = []
+            forwarder.submit(Event("lockwise/lk/state", "{}", lambda: acked.append("taken")))
+            forwarder.start()
+            try:
+                wait_for(lambda: forwarder.last_error == "HTTP 307", timeout=10, what="the batch's redirect refused")
+            finally:
+                forwarder.stop(drain_timeout_s=1)
+    assert seen == [] and acked == []  # nothing reached the redirect's target, and the event was not taken

@@ -180,8 +180,17 @@ def read_mode(env: Mapping[str, str]) -> Mode:
     return mode
 
 
+#: how the rehearsal switch is written on and off (any case, spaces around); any other value refuses to start: "no",
+#: "off", "False" or "0 " read as on, and admitted the Auth emulator's unsigned tokens (attack run 89)
+SWITCH_ON = frozenset({"1", "true", "on", "yes"})
+SWITCH_OFF = frozenset({"", "0", "false", "off", "no"})
+
+
 def rehearsal(env: Mapping[str, str]) -> bool:
-    return env.get(REHEARSAL_SWITCH, "") not in ("", "0", "false")
+    value = env.get(REHEARSAL_SWITCH, "").strip().lower()
+    if value not in SWITCH_ON | SWITCH_OFF:
+        raise ConfigError(f"{REHEARSAL_SWITCH} must be 1 or 0 (or true/false, on/off, yes/no), got {value!r}")
+    return value in SWITCH_ON
 
 
 def read_secret(env: Mapping[str, str], name: str, mode: Mode, local_default: str) -> str:
@@ -202,6 +211,26 @@ def read_secret(env: Mapping[str, str], name: str, mode: Mode, local_default: st
 SSL_MODES_TLS = ("require", "verify-ca", "verify-full")
 SSL_MODES = (*SSL_MODES_TLS, "disable")
 LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
+
+
+#: a production service token's least length and distinct characters: the one credential of the verify and embed
+#: functions' service routes (an embedding and scoring oracle), guessed online where a short one (``1234``,
+#: ``admin``) was taken (attack run 89); ``secrets.token_urlsafe(32)`` gives 43 characters
+SERVICE_TOKEN_MIN_LENGTH = 24
+SERVICE_TOKEN_MIN_DISTINCT = 10
+
+
+def read_service_token(env: Mapping[str, str], mode: Mode) -> str:
+    """``LOCKWISE_SERVICE_TOKEN`` (``read_secret``): in production, also one long and varied enough to be random."""
+    token = read_secret(env, SERVICE_TOKEN, mode, LOCAL_SERVICE_TOKEN)
+    if mode == "production" and (
+        len(token.strip()) < SERVICE_TOKEN_MIN_LENGTH or len(set(token)) < SERVICE_TOKEN_MIN_DISTINCT
+    ):
+        raise ConfigError(
+            f"{SERVICE_TOKEN} must be at least {SERVICE_TOKEN_MIN_LENGTH} random characters in production mode"
+            " (python -c 'import secrets; print(secrets.token_urlsafe(32))')"
+        )
+    return token
 
 
 def read_database_url(env: Mapping[str, str], mode: Mode) -> str:
@@ -367,7 +396,10 @@ class Settings:
         env = read_by(component, os.environ if environ is None else environ)
         mode = read_mode(env)
         local = mode != "production"
-        relay_routes = _choice(env, "LOCKWISE_RELAY_ROUTES", ("on", "off"), "on") == "on"
+        # named in production, never taken by default: a copy whose plain environment was lost served the relay's
+        # routes, its token their only guard (attack run 89)
+        named = local or component != "devices"
+        relay_routes = _choice(env, "LOCKWISE_RELAY_ROUTES", ("on", "off"), "on" if named else None) == "on"
         needs = FUNCTION_SECRETS[component] | ({SERVICE_TOKEN} if component == "devices" and relay_routes else set())
 
         firestore_emulator = env.get("FIRESTORE_EMULATOR_HOST") or None
@@ -388,9 +420,7 @@ class Settings:
             mode=mode,
             project_id=project_id,
             database_url=read_database_url(env, mode),
-            service_token=read_secret(env, SERVICE_TOKEN, mode, LOCAL_SERVICE_TOKEN)
-            if SERVICE_TOKEN in needs
-            else None,
+            service_token=read_service_token(env, mode) if SERVICE_TOKEN in needs else None,
             firestore_emulator_host=firestore_emulator,
             auth_emulator_host=auth_emulator,
             release=env.get("LOCKWISE_RELEASE", "dev"),
@@ -415,7 +445,7 @@ class Settings:
             app_commands_per_account_minute=env_int(env, "LOCKWISE_APP_COMMANDS_PER_ACCOUNT_MINUTE", 60, minimum=1),
             lock_changes_per_minute=env_int(env, "LOCKWISE_LOCK_CHANGES_PER_MINUTE", 30, minimum=1),
             lock_changes_per_day=env_int(env, "LOCKWISE_LOCK_CHANGES_PER_DAY", 1000, minimum=1),
-            mqtt_public_host=env.get("LOCKWISE_MQTT_PUBLIC_HOST", "127.0.0.1"),
+            mqtt_public_host=_public_host(env, local or rehearsal(env)) if component == "devices" else "127.0.0.1",
             mqtt_public_port=env_int(env, "LOCKWISE_MQTT_PUBLIC_PORT", 8883, minimum=1),
             encoder=_choice(env, "LOCKWISE_ENCODER", ("ecapa", "ge2e", "auto"), "auto"),
             model_dir=env.get("LOCKWISE_MODEL_DIR") or None,
@@ -440,12 +470,14 @@ class Settings:
             enroll_comparisons=env_int(env, "LOCKWISE_ENROLL_COMPARISONS", 5, minimum=1),
             enrollments_per_day=env_int(env, "LOCKWISE_ENROLLMENTS_PER_DAY", 20, minimum=1),
             enroll_requests_per_day=env_int(env, "LOCKWISE_ENROLL_REQUESTS_PER_DAY", 100, minimum=1),
-            replay_memory_hours=env_int(env, "LOCKWISE_REPLAY_MEMORY_HOURS", 168, minimum=0),
+            # 0 kept no attempt's recording, and a replayed one was not recognised (attack run 89)
+            replay_memory_hours=env_int(env, "LOCKWISE_REPLAY_MEMORY_HOURS", 168, minimum=0 if local else 1),
             voice_sent_again_s=env_int(
                 env, "LOCKWISE_VOICE_SENT_AGAIN_S", 120, minimum=0, maximum=VOICE_SENT_AGAIN_MAX_S
             ),
             feed_reports_per_minute=env_int(env, "LOCKWISE_FEED_REPORTS_PER_MINUTE", 30, minimum=1),
-            account_check_batch=min(env_int(env, "LOCKWISE_ACCOUNT_CHECK_BATCH", 100, minimum=0), 100),
+            # 0 (the local stack's) checks no account: deleted ones and revoked sessions never learned (attack run 89)
+            account_check_batch=min(env_int(env, "LOCKWISE_ACCOUNT_CHECK_BATCH", 100, minimum=0 if local else 1), 100),
             account_recheck_s=env_int(env, "LOCKWISE_ACCOUNT_RECHECK_S", 3600, minimum=60),
             lockout_base_s=env_int(env, "LOCKWISE_LOCKOUT_BASE_S", 30, minimum=1 if local else 30),
             debug_rejected_dir=_debug_dir(env, local),
@@ -476,10 +508,25 @@ def _optional_float(env: Mapping[str, str], name: str, low: float, high: float) 
     return env_float(env, name, 0.0, low, high) if env.get(name) else None
 
 
-def _choice(env: Mapping[str, str], name: str, options: tuple[str, ...], default: str) -> str:
+def _choice(env: Mapping[str, str], name: str, options: tuple[str, ...], default: str | None) -> str:
+    """``name``'s value among ``options``; ``default`` when unset (None: it must be set)."""
     value = env.get(name) or default
+    if value is None:
+        raise ConfigError(f"{name} must be set to one of {', '.join(options)} in production mode")
     if value not in options:
         raise ConfigError(f"{name} must be one of {', '.join(options)}, got {value!r}")
+    return value
+
+
+def _public_host(env: Mapping[str, str], on_this_machine: bool) -> str:
+    """``LOCKWISE_MQTT_PUBLIC_HOST``, the broker host a lock is told at pairing: required in production, and no
+    loopback address there but in the rehearsal (unset, every lock was told ``127.0.0.1`` and never connected;
+    attack run 89)."""
+    value = (env.get("LOCKWISE_MQTT_PUBLIC_HOST") or "").strip()
+    if on_this_machine:
+        return value or "127.0.0.1"
+    if not value or value.lower() in LOOPBACK_HOSTS or value.startswith("127."):
+        raise ConfigError("LOCKWISE_MQTT_PUBLIC_HOST (the broker host locks connect to) is required in production mode")
     return value
 
 
