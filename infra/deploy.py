@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import re
 import shlex
 import subprocess
@@ -397,7 +398,26 @@ def broker(t: Target) -> list[Command]:
     ]
 
 
+def hosting_rewrites() -> dict[str, tuple[str, str]]:
+    """``firebase.json``'s Hosting rewrites: ``{source: (Cloud Run service, region)}``."""
+    config = json.loads((REPO / "firebase.json").read_text())
+    return {
+        rule["source"]: (rule.get("run", {}).get("serviceId", ""), rule.get("run", {}).get("region", ""))
+        for rule in config["hosting"]["rewrites"]
+    }
+
+
 def firebase(t: Target) -> list[Command]:
+    """Firestore's rules and indexes, and Hosting, whose rewrites send the API to the public services deployed in
+    ``t.region`` (a rewrite to a function of the names ``embed`` or ``devices`` reached no service the deploy makes:
+    attack run 89; one to another region than the deploy's, none either)."""
+    public = {spec.name for spec in SERVICES if spec.public}
+    for source, (service, region) in hosting_rewrites().items():
+        if service not in public or region != t.region:
+            raise DeployConfigError(
+                f"firebase.json rewrites {source} to {service or 'no Cloud Run service'} in {region or 'no region'}:"
+                f" Hosting must send it to one of {', '.join(sorted(public))} in {t.region} (edit firebase.json)"
+            )
     cli = str(Path.home() / ".cache" / "lockwise" / "firebase-tools" / "node_modules" / ".bin" / "firebase")
     return [
         ["bash", str(REPO / "infra" / "console" / "build.sh")],  # the web console's SDK bundle, from pinned versions

@@ -587,3 +587,25 @@ def test_feed_entries_and_ended_access_expire_by_firestore_ttl_policies_the_depl
     entry = mirror.activity_entry("lock", "state", ended)[2]
     assert entry is not None and entry["expires_at"] == firestore_json.timestamp(ended + mirror.FEED_KEPT)
     assert entry["at"] == "2026-12-06T23:00:00.000Z"
+
+
+def test_hosting_sends_the_api_to_the_public_services_the_deploy_makes_in_its_region() -> None:
+    """Attack run 89: firebase.json rewrote /embed, /verify and /devices to functions of those names, and the deploy
+    makes Cloud Run services named lockwise-embed, lockwise-verify and lockwise-devices: the app's and the locks'
+    base URL reached none of them (nor the broker host's CRL refresh). The rewrites name the public services, and a
+    deploy to another region than theirs is refused before anything is deployed."""
+    from infra.deploy import hosting_rewrites
+
+    rewrites = hosting_rewrites()
+    assert {service for service, _ in rewrites.values()} == {spec.name for spec in SERVICES if spec.public}
+    assert set(rewrites) == {"/embed{,/**}", "/verify{,/**}", "/devices{,/**}"}
+    assert any("hosting" in " ".join(c) for c in dry_run("firebase"))
+    elsewhere = [a if a != "europe-west1" else "us-central1" for a in ARGS]
+    result = subprocess.run(
+        [sys.executable, "-m", "infra.deploy", "firebase", *elsewhere, "--dry-run"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode != 0 and "firebase.json rewrites /embed" in result.stderr, result
