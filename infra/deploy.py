@@ -22,6 +22,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from infra.build import VOICE_FUNCTIONS as VOICE
 from infra.deploy_config import (
@@ -40,6 +41,7 @@ REPO = Path(__file__).resolve().parents[1]
 COMPONENTS = ("accounts", "build", "migrate", "functions", "broker", "relay", "firebase")
 _PROJECT_RE = re.compile(r"[a-z][a-z0-9-]{4,28}[a-z0-9]")
 _REGION_RE = re.compile(r"[a-z]+-[a-z]+[0-9]")
+_IPV4_RE = re.compile(r"((25[0-5]|2[0-4]\d|1?\d?\d)\.){3}(25[0-5]|2[0-4]\d|1?\d?\d)")
 _HOST_RE = re.compile(r"(?=.{1,253}\Z)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}")
 
 
@@ -85,6 +87,11 @@ class Target:
                 "--broker-public-host (the broker's public DNS name, which its certificate names) is required to"
                 " deploy the functions: locks are told at pairing where to connect"
             )
+        for flag, value in (("--broker-host", args.broker_host), ("--api-host", args.api_host)):
+            if value and not (_HOST_RE.fullmatch(value) or _IPV4_RE.fullmatch(value)):
+                raise DeployConfigError(f"{flag} {value!r} is not a host name or an IPv4 address")
+        if args.devices_relay_url and not _is_https_base(args.devices_relay_url):
+            raise DeployConfigError(f"--devices-relay-url {args.devices_relay_url!r} is not an https:// base URL")
         if args.release and not _RELEASE_RE.fullmatch(args.release):
             raise DeployConfigError(f"--release {args.release!r} is not an image tag: a-z, 0-9, '.', '_', '-'")
         sql = args.sql_instance or f"{args.project}:{args.region}:lockwise"
@@ -249,7 +256,29 @@ def build(t: Target) -> list[Command]:
 
 
 def _env_flag(env: dict[str, str]) -> str:
+    """``--set-env-vars``: a value holding the list's ``,`` would add or replace another variable (a
+    ``--broker-host`` of ``host,GCE_METADATA_HOST=...`` set the relay's metadata server: attack run 89), refused."""
+    for name, value in env.items():
+        if "," in value or "\n" in value:
+            raise DeployConfigError(f"{name}'s value {value!r} holds a ',' or a line break: refused as a deploy flag")
     return "--set-env-vars=" + ",".join(f"{k}={v}" for k, v in sorted(env.items()))
+
+
+def _is_https_base(url: str) -> bool:
+    """An ``https://host[:port][/path]`` URL with no query, fragment or credentials, its host a DNS name."""
+    try:
+        parts = urlsplit(url)
+        port_ok = parts.port is None or parts.port > 0
+    except ValueError:
+        return False
+    host = parts.hostname or ""
+    return (
+        parts.scheme == "https"
+        and port_ok
+        and bool(_HOST_RE.fullmatch(host))
+        and not (parts.query or parts.fragment or parts.username or parts.password)
+        and not set(url) & {",", " ", "\n"}
+    )
 
 
 def _secrets_flag(spec: ServiceSpec | JobSpec, place: Place) -> str:

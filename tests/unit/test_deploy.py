@@ -609,3 +609,33 @@ def test_hosting_sends_the_api_to_the_public_services_the_deploy_makes_in_its_re
         timeout=60,
     )
     assert result.returncode != 0 and "firebase.json rewrites /embed" in result.stderr, result
+
+
+@pytest.mark.parametrize(
+    ("flag", "value"),
+    [
+        ("--broker-host", "broker.lockwise.internal,GCE_METADATA_HOST=evil.example"),
+        ("--devices-relay-url", "https://relay-devices.example,GCE_METADATA_HOST=evil.example"),
+        ("--devices-relay-url", "https://relay-devices.example/?x=1"),
+        ("--devices-relay-url", "https://user:pw@relay-devices.example"),
+        ("--api-host", "lockwise.example,LOCKWISE_MODE=local"),
+    ],
+)
+def test_a_deploy_flag_cannot_add_a_variable_to_a_services_environment(flag: str, value: str) -> None:
+    """Attack run 89: ``--set-env-vars`` is a comma-separated list, and ``--broker-host`` was not checked (the
+    relay URL only for its https:// prefix): a comma in either set another variable on the relay, its metadata
+    server's address say. Each host and URL is checked, and a value holding a comma is never written into the flag."""
+    args = [a for pair in zip(ARGS[::2], ARGS[1::2], strict=True) if pair[0] != flag for a in pair]
+    result = subprocess.run(
+        [sys.executable, "-m", "infra.deploy", "all", *args, flag, value, "--dry-run", "--release", "r1"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode != 0 and flag in result.stderr, (result.stdout[-300:], result.stderr[-300:])
+    assert "GCE_METADATA_HOST" not in result.stdout and "LOCKWISE_MODE=local" not in result.stdout
+    from infra.deploy import DeployConfigError, _env_flag
+
+    with pytest.raises(DeployConfigError, match="holds a ','"):
+        _env_flag({"MQTT_HOST": "a,B=c"})
