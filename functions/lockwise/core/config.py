@@ -429,7 +429,9 @@ class Settings:
             db_pool_size=env_int(env, "LOCKWISE_DB_POOL_SIZE", 4, minimum=1),
             command_signing_key=_signing_key(env, local) if COMMAND_SIGNING_KEY in needs else None,
             lock_ca=_lock_ca(env, mode) if LOCK_CA in needs else None,
-            lock_cert_ttl_s=env_int(env, "LOCKWISE_LOCK_CERT_TTL_S", 7 * 24 * 3600, minimum=60),
+            # at most 30 days: a broker without a revocation list (EMQX) takes a revoked lock's certificate until
+            # it ends (attack run 89: no bound)
+            lock_cert_ttl_s=env_int(env, "LOCKWISE_LOCK_CERT_TTL_S", 7 * 24 * 3600, minimum=60, maximum=30 * 24 * 3600),
             lock_renewals_per_day=env_int(env, "LOCKWISE_LOCK_RENEWALS_PER_DAY", 6, minimum=2),
             pairings_per_day=env_int(env, "LOCKWISE_PAIRINGS_PER_DAY", 50, minimum=2),
             locks_per_owner=env_int(env, "LOCKWISE_LOCKS_PER_OWNER", 100, minimum=1),
