@@ -507,13 +507,18 @@ def relay_events(ctx: Ctx) -> JsonBody:
         raise errors.BadRequest(f"events must be a list of 1 to {most} items", code="invalid_events")
     with rt.db.transaction() as con:
         outcomes = lock_events.apply_batch(con, events, rt.now(), rt.settings.feed_reports_per_minute)
-    rt.flush_mirror_soon()  # the relay's next batch need not wait for Firestore: the rows are queued, not lost
+    if not rt.settings.restore_pending:  # (a restored database's queue waits for its run: ``relay_flush``)
+        rt.flush_mirror_soon()  # the relay's next batch need not wait for Firestore: the rows are queued, not lost
     return {"results": [o.as_dict() for o in outcomes]}
 
 
 @api.route("POST", "/devices/relay/flush", query=None, caller=None)
 def relay_flush(ctx: Ctx) -> JsonBody:
+    """The relay's periodic upkeep and mirror flush; 503 ``restore_in_progress`` while a restored database is brought
+    back (``restored.refuse_changes``): its queue, as restored, wrote the live view as it was at the restore point
+    (a member removed since could read the lock again) until the run's last step wrote it again (attack run 89)."""
     require_relay(ctx)
+    restored.refuse_changes(rt.db, rt.settings.restore_pending)
     raw = ctx.body(topics.MAX_PAYLOAD_BYTES)  # optional: a relay from before its fields sends none
     broker = upkeep.broker_seen(parse_json_object(raw, None) if raw else {}, rt.now())
     try:  # the first failure answers
