@@ -44,14 +44,15 @@ ARGS = [
 ]
 
 
-def dry_run(component: str, *extra: str) -> list[list[str]]:
-    result = subprocess.run(
-        [sys.executable, "-m", "infra.deploy", component, *ARGS, *extra, "--dry-run"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
+def deploy(*args: str) -> subprocess.CompletedProcess[str]:
+    """``python -m infra.deploy ARGS``, as an operator runs it."""
+    return subprocess.run(
+        [sys.executable, "-m", "infra.deploy", *args], cwd=REPO, capture_output=True, text=True, timeout=60
     )
+
+
+def dry_run(component: str, *extra: str) -> list[list[str]]:
+    result = deploy(component, *ARGS, *extra, "--dry-run")
     assert result.returncode == 0, result.stderr
     return [shlex.split(line) for line in result.stdout.splitlines() if line.strip()]
 
@@ -187,13 +188,7 @@ def test_each_step_deploys_the_images_this_release_built_and_says_which_it_is() 
     # the relay is ready only once it reaches the broker, whose config comes first
     assert COMPONENTS.index("broker") < COMPONENTS.index("relay"), COMPONENTS
     assert int(probe["periodSeconds"]) * int(probe["failureThreshold"]) <= 240
-    refused = subprocess.run(
-        [sys.executable, "-m", "infra.deploy", "relay", *ARGS, "--release", "Latest;rm", "--dry-run"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    refused = deploy("relay", *ARGS, "--release", "Latest;rm", "--dry-run")
     assert refused.returncode == 2 and "is not an image tag" in refused.stderr
 
 
@@ -302,13 +297,7 @@ def test_every_service_that_asks_firebase_auth_may_read_it() -> None:
     ],
 )
 def test_bad_configuration_is_refused(args: list[str], message: str) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "infra.deploy", "all", *args, "--dry-run"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = deploy("all", *args, "--dry-run")
     assert result.returncode == 2 and message in result.stderr
 
 
@@ -601,13 +590,7 @@ def test_hosting_sends_the_api_to_the_public_services_the_deploy_makes_in_its_re
     assert set(rewrites) == {"/embed{,/**}", "/verify{,/**}", "/devices{,/**}"}
     assert any("hosting" in " ".join(c) for c in dry_run("firebase"))
     elsewhere = [a if a != "europe-west1" else "us-central1" for a in ARGS]
-    result = subprocess.run(
-        [sys.executable, "-m", "infra.deploy", "firebase", *elsewhere, "--dry-run"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = deploy("firebase", *elsewhere, "--dry-run")
     assert result.returncode != 0 and "firebase.json rewrites /embed" in result.stderr, result
 
 
@@ -626,13 +609,7 @@ def test_a_deploy_flag_cannot_add_a_variable_to_a_services_environment(flag: str
     relay URL only for its https:// prefix): a comma in either set another variable on the relay, its metadata
     server's address say. Each host and URL is checked, and a value holding a comma is never written into the flag."""
     args = [a for pair in zip(ARGS[::2], ARGS[1::2], strict=True) if pair[0] != flag for a in pair]
-    result = subprocess.run(
-        [sys.executable, "-m", "infra.deploy", "all", *args, flag, value, "--dry-run", "--release", "r1"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = deploy("all", *args, flag, value, "--dry-run", "--release", "r1")
     assert result.returncode != 0 and flag in result.stderr, (result.stdout[-300:], result.stderr[-300:])
     assert "GCE_METADATA_HOST" not in result.stdout and "LOCKWISE_MODE=local" not in result.stdout
     from infra.deploy import DeployConfigError, _env_flag
