@@ -1178,3 +1178,47 @@ def test_one_account_check_runs_at_a_time_across_instances(world: World, stack_e
         if disabled in answers and _disabled(admin) != disabled:
             stale.append((round_, answers))
     assert not stale, f"the older answer kept in rounds {stale}"
+
+
+@pytest.mark.parametrize("how", ["deleted in the app", "deleted outside it"])
+def test_a_deleted_accounts_address_is_tied_to_its_uid_by_no_invitation(
+    clients: dict[str, Any], world: World, stack_env: dict[str, str], how: str
+) -> None:
+    """Attack run 90: the account's address was forgotten, but the invitations to it kept it tied to the uid for the
+    30 days an ended one is kept (``accepted_by``) and while an open one stood (``held_by``). Both ties go with the
+    address; the open invitation stays for whoever holds the address now, as the removals left it."""
+    from tests.devices_world import create_lock
+
+    devices, host = clients["devices"], stack_env["FIREBASE_AUTH_EMULATOR_HOST"]
+    uid, email = world.uid("member"), world.accounts["member"]["email"]
+    verify_email(host, PROJECT_ID, uid)
+    member = sign_in(host, email)
+    assert devices.get("/devices/me", headers=bearer(member)).status_code == 200
+    owner = world.accounts["owner"]
+    sent = {}
+    for name in ("Back door", "Shed"):
+        lock = create_lock(devices, owner, name=name)["lock"]["id"]
+        resp = devices.post(
+            f"/devices/locks/{lock}/members", json={"email": email, "role": "member"}, headers=bearer(owner)
+        )
+        assert resp.status_code == 202, resp.get_json()
+        sent[name] = resp.get_json()["invitation"]["id"]
+    assert devices.post(f"/devices/invitations/{sent['Back door']}/accept", headers=bearer(member)).status_code == 201
+    if how == "deleted in the app":
+        assert devices.delete("/devices/me", headers=bearer(member)).status_code == 204
+    delete_account(stack_env, uid)
+    recheck_now(uid)
+    flush(clients, stack_env)
+    with get_runtime("devices").db.connection() as con:
+        tied = con.run(
+            "SELECT id::text FROM invitations WHERE email IS NOT NULL"
+            " AND (accepted_by = :u OR declined_by = :u OR held_by = :u)",
+            u=uid,
+        )
+        ((forgotten,),) = con.run("SELECT email IS NULL FROM users WHERE uid = :u", u=uid)
+        (standing,) = con.run(
+            "SELECT closed_at IS NULL AND withheld_at IS NULL FROM invitations WHERE id = CAST(:i AS uuid)",
+            i=sent["Shed"],
+        )
+    assert forgotten and tied == []
+    assert standing == [True]  # for whoever holds the address now

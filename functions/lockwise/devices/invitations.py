@@ -458,6 +458,17 @@ def close_for_member(con: Connection, lock_id: str, uid: str) -> None:
     )
 
 
+def forget_address_of(con: Connection, uid: str) -> None:
+    """Untie ``uid`` from every address invitation (their account is being deleted, its address forgotten): the one
+    held when it was sent (``held_by``) and the one they answered (``accepted_by``, ``declined_by``). Kept, each
+    tied the address to the uid for the 30 days an ended invitation is kept (attack run 90). Done before their
+    removals, which then withhold none of them: those belong to whoever holds the address now (the same person,
+    signed up again), as the removals' closing by uid alone already meant."""
+    con.run("UPDATE invitations SET held_by = NULL WHERE held_by = :u", u=uid)
+    con.run("UPDATE invitations SET accepted_by = NULL WHERE accepted_by = :u AND email IS NOT NULL", u=uid)
+    con.run("UPDATE invitations SET declined_by = NULL WHERE declined_by = :u AND email IS NOT NULL", u=uid)
+
+
 def close_all_for(con: Connection, uid: str, now: dt.datetime) -> None:
     """Close every open invitation sent to ``uid``, at every lock (their account is being deleted)."""
     con.run("UPDATE invitations SET closed_at = :now WHERE invitee_uid = :u AND " + _OPEN, u=uid, now=now)

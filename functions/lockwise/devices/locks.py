@@ -478,6 +478,7 @@ def leave_every_lock(
     # first: its removals close invitations by uid only, not ones sent to its address since, which belong to whoever
     # holds it now (the same person, signed up again)
     users.mark_left(con, uid, now)
+    invitations.forget_address_of(con, uid)
     transfer_offers.end_from(con, uid)  # a lock it keeps (gone) is offered to nobody by it
     left = 0
     for lock_id in sorted({m.lock_id for m in members.list_for_user(con, uid) if m.revoked_at is None}):
