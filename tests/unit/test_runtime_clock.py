@@ -96,8 +96,13 @@ def test_now_is_the_instance_clock_moved_to_the_databases_and_read_once_a_minute
 def test_a_busy_pool_leaves_the_last_reading_and_is_asked_again_after_a_while(ticks: list[float]) -> None:
     rt, db = instance(30.0)
     db.refusing = "database_busy"
-    assert rt.now() == START  # never read: the instance's own
-    db.refusing = None
+    with pytest.raises(errors.Unavailable) as busy:  # never read: not the instance's own clock (attack run 92)
+        rt.now()
+    assert busy.value.code == "database_busy"
+    db.refusing, db.silent = None, True  # nor while the pool finds the server silent
+    with pytest.raises(errors.Unavailable, match="unavailable"):
+        rt.now()
+    db.silent = False
     assert rt.now() == START + dt.timedelta(seconds=30)  # none kept yet: asked again at once (attack run 77)
     ticks[0] += db_clock.READ_EVERY_S
     db.refusing, db.ahead = "database_busy", dt.timedelta(seconds=31)

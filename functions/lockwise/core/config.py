@@ -426,7 +426,8 @@ class Settings:
             release=env.get("LOCKWISE_RELEASE", "dev"),
             log_level=env.get("LOG_LEVEL", "INFO").upper(),
             max_body_bytes=env_int(env, "LOCKWISE_MAX_BODY_BYTES", 2_000_000, minimum=1024),
-            db_pool_size=env_int(env, "LOCKWISE_DB_POOL_SIZE", 4, minimum=1),
+            # 2 at least: a request holding one connection reads the database's clock on another (``db_clock``)
+            db_pool_size=env_int(env, "LOCKWISE_DB_POOL_SIZE", 4, minimum=2),
             command_signing_key=_signing_key(env, local) if COMMAND_SIGNING_KEY in needs else None,
             lock_ca=_lock_ca(env, mode) if LOCK_CA in needs else None,
             # at most 30 days: a broker without a revocation list (EMQX) takes a revoked lock's certificate until

@@ -57,7 +57,8 @@ class DatabaseClock:
         for itself). A database that does not answer the reading is 503 ``database_unavailable`` at once, for the
         request would wait for it again. The reading is taken at the round trip's middle: its error is within half
         the round trip, whatever that is (a slow database's readings were once not kept, and a skewed instance went
-        uncorrected for as long as it was slow: attack run 77)."""
+        uncorrected for as long as it was slow: attack run 77). Before the first reading is kept, a busy pool or a
+        database known not to answer is a 503 too: there is no reading to stand (attack run 92)."""
         if self._fresh():
             return self.offset
         first = self._read_at is None
@@ -73,6 +74,8 @@ class DatabaseClock:
                 return self.offset
             db = self._db()
             if db.silent:
+                if first:  # no reading to stand: the instance's own clock is no answer (attack run 92)
+                    raise errors.Unavailable("database is unavailable", code="database_unavailable")
                 return self.offset
             try:  # the first reading waits a moment for a connection (it went by the instance's own clock)
                 with db.connection(slot_wait_s=FIRST_SLOT_WAIT_S if first else 0.0) as con:
@@ -81,7 +84,10 @@ class DatabaseClock:
                     after = instance_clock()
             except errors.Unavailable as exc:
                 self._failed_at = at
-                if exc.code == "database_busy":  # every connection lent: the last reading stands
+                # every connection lent: the last reading stands; with none yet, the request is refused (503): it
+                # went by the instance's own clock, and one 50 s behind took a transfer offer ended 10 s before
+                # (attack run 92)
+                if exc.code == "database_busy" and not first:
                     return self.offset
                 raise
             self.offset, self._read_at, self._failed_at = moment - (before + (after - before) / 2), at, None
