@@ -137,7 +137,7 @@ class IdentityToolkit:
             if found.get("kind") != LOOKUP_KIND:  # a proxy's or another API's 200 is not "none of them exist"
                 raise ValueError(found.get("kind"))
             return {str(user["localId"]): dict(user) for user in found.get("users", [])}
-        except (ValueError, AttributeError, KeyError, TypeError) as exc:
+        except (ValueError, AttributeError, KeyError, TypeError, RecursionError) as exc:  # (nested: attack run 92)
             raise DirectoryError("Firebase Auth answered with a body that is not a lookup's") from exc
 
 

@@ -90,12 +90,14 @@ class Client:
         if not isinstance(found, list):
             raise FirestoreError(f"Firestore answered {status} to a batch read with JSON that is not a list")
         versions: dict[str, str | None] = {}
-        for item in found:
+        for item in found:  # each of the shape Firestore answers, or not its answer (attack run 92: an item of
+            # another shape raised a TypeError, which the mirror took for Firestore refusing its writes for good)
             doc = item.get("found") if isinstance(item, dict) else None
-            if isinstance(doc, dict) and doc.get("name") in names:
-                versions[names[doc["name"]]] = str(doc["updateTime"])
-            elif isinstance(item, dict) and item.get("missing") in names:
-                versions[names[item["missing"]]] = None
+            missing = item.get("missing") if isinstance(item, dict) else None
+            if isinstance(doc, dict) and _text(doc.get("name")) in names and _text(doc.get("updateTime")):
+                versions[names[doc["name"]]] = doc["updateTime"]
+            elif _text(missing) in names:
+                versions[names[_text(missing)]] = None
         if len(versions) != len(names):
             raise FirestoreError("Firestore's batch read did not answer for every document")
         return versions
@@ -111,7 +113,14 @@ class Client:
         takes, not what production's documentation promises)."""
         query = urllib.parse.urlencode({"pageSize": page_size, "mask.fieldPaths": _NO_FIELD})
         found = self._call("GET", f"{_target(self.name(collection_path))}?{query}")
-        return [(str(doc["name"]), str(doc["updateTime"])) for doc in (found or {}).get("documents", [])]
+        documents = (found or {}).get("documents", [])
+        listed = [
+            (doc.get("name"), doc.get("updateTime")) if isinstance(doc, dict) else (None, None)
+            for doc in (documents if isinstance(documents, list) else [None])
+        ]
+        if not all(_text(name) and _text(version) for name, version in listed):
+            raise FirestoreError("Firestore answered a listing with documents of another shape")
+        return [(str(name), str(version)) for name, version in listed]
 
     def query(
         self,
@@ -178,8 +187,14 @@ class Client:
             raise (FirestoreRefused if status == 400 else FirestoreError)(error)
         try:
             return status, json.loads(data) if data else {}
-        except ValueError as exc:  # something between us and Firestore answered (a proxy's error page)
+        except (ValueError, RecursionError) as exc:  # something between us and Firestore answered (a proxy's error
+            # page; JSON nested past the parser's depth: attack run 92)
             raise FirestoreError(f"Firestore answered {status} with a body that is not JSON") from exc
+
+
+def _text(value: object) -> str:
+    """``value`` when it is a string, else "" (no name or version Firestore answers)."""
+    return value if isinstance(value, str) else ""
 
 
 def _target(name: str) -> str:

@@ -14,15 +14,44 @@ import http.client
 import json
 import ssl
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
 #: adds the request's credentials to its headers (the bearer token, refreshed when it has expired)
 Authorize = Callable[[dict[str, str]], None]
+#: the most of an answer's body read (a Firestore page of 300 documents is well under it)
+MAX_ANSWER_BYTES = 16 * 1024 * 1024
+#: a read of an answer's body takes at most this much (each socket read has the API's timeout as well)
+READ_CHUNK_BYTES = 64 * 1024
 #: kept-alive connections an API holds between requests (more are closed after use)
 MAX_IDLE = 4
 #: the exceptions that mean a kept-alive connection was closed by the other side before this request was sent
 _STALE = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError)
+
+
+class AnswerCut(http.client.HTTPException):
+    """An answer's body not read within its deadline, or larger than ``MAX_ANSWER_BYTES``."""
+
+
+def read_answer(resp: http.client.HTTPResponse, deadline: float, limit: int = MAX_ANSWER_BYTES) -> bytes:
+    """``resp``'s body, read a chunk at a time until ``deadline`` (``time.monotonic()``) and at most ``limit``
+    bytes (``AnswerCut`` past either): a socket's timeout bounds each read, not the answer, and one trickled a byte
+    at a time held a request, or the relay's upkeep, for as long as the trickle lasted (attack run 92: 12 s against
+    a timeout of 1 s)."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        if time.monotonic() > deadline:
+            raise AnswerCut("the answer was not read in time")
+        chunk = resp.read1(READ_CHUNK_BYTES)
+        if not chunk:
+            resp.read()  # the answer ended: marked so (read1 leaves it open, and a kept-alive connection unusable)
+            return b"".join(chunks)
+        size += len(chunk)
+        if size > limit:
+            raise AnswerCut("the answer is larger than any this client reads")
+        chunks.append(chunk)
 
 
 class Unavailable(Exception):
@@ -53,6 +82,7 @@ class GoogleApi:
         except Exception as exc:  # noqa: BLE001 - google-auth's refresh fails in its own types (RefreshError, ...)
             raise Unavailable(f"{self._name} credentials could not be refreshed: {type(exc).__name__}") from exc
         con, reused = self._connection()
+        deadline = time.monotonic() + 2 * self._timeout_s  # the whole call (each socket read: the timeout)
         try:
             try:
                 resp = _send(con, method, target, payload, headers)
@@ -62,7 +92,7 @@ class GoogleApi:
                 con.close()  # the pool's connection had been closed by the server: once more on a new one
                 con = self._new_connection()
                 resp = _send(con, method, target, payload, headers)
-            data = resp.read()
+            data = read_answer(resp, deadline)
         except (OSError, http.client.HTTPException) as exc:
             con.close()
             raise Unavailable(f"{self._name} could not be reached: {type(exc).__name__}") from exc

@@ -23,7 +23,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 from cryptography.x509 import load_pem_x509_certificate
 
-from lockwise.core import errors, inputs
+from lockwise.core import errors, google_api, inputs
 from lockwise.core.auth import User
 
 log = logging.getLogger("lockwise.core.id_tokens")
@@ -90,10 +90,12 @@ class GoogleKeys:
                 self._fetched = now
                 try:
                     self._keys, self._expires = self._fetched_keys(now)
-                except (OSError, ValueError, http.client.HTTPException) as exc:  # unreachable, cut off, or not
-                    # the certificates' JSON: each a failed fetch, paced (attack run 36: http.client's own errors and
-                    # JSON of another shape were 500s, and every verification fetched again)
-                    self._failed = now
+                except (OSError, ValueError, RecursionError, http.client.HTTPException) as exc:  # unreachable, cut
+                    # off, or not the certificates' JSON (nested past the parser's depth too: attack run 92): each a
+                    # failed fetch, paced (attack run 36: http.client's own errors and JSON of another shape were
+                    # 500s, and every verification fetched again), from when it ended: a slow one's waiters fetched
+                    # again each, one after another (attack run 92: 3 verifications, 12, 24 and 36 s)
+                    self._failed = self._clock()
                     log.warning("Google's token keys could not be fetched", extra={"fields": {"error": repr(exc)}})
             if now >= self._expires + STALE_GRACE_S or (now >= self._expires and not self._keys):
                 raise errors.Unavailable("token keys unavailable", code="auth_keys_unavailable")
@@ -116,10 +118,17 @@ class GoogleKeys:
         return keys, now + max(60, max_age)
 
 
+#: how long fetching Google's token keys may take, whole (each socket read: ``FETCH_TIMEOUT_S`` too)
+FETCH_TIMEOUT_S = 5.0
+#: the most of the keys' answer read (a few kilobytes: a handful of certificates)
+MAX_KEYS_BYTES = 1024 * 1024
+
+
 def _fetch_with_max_age(url: str) -> tuple[bytes, int]:
-    with urllib.request.urlopen(url, timeout=5) as resp:
+    deadline = time.monotonic() + FETCH_TIMEOUT_S
+    with urllib.request.urlopen(url, timeout=FETCH_TIMEOUT_S) as resp:
         match = re.search(r"max-age=(\d+)", resp.headers.get("Cache-Control", ""))
-        return resp.read(), int(match.group(1)) if match else 3600
+        return google_api.read_answer(resp, deadline, MAX_KEYS_BYTES), int(match.group(1)) if match else 3600
 
 
 class IdTokenVerifier:
