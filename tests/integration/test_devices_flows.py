@@ -1186,6 +1186,49 @@ def test_unprovisioned_lock_takes_no_commands(devices: Any, sign_up: Any) -> Non
     assert resp.status_code == 409 and resp.get_json()["error"]["code"] == "lock_not_provisioned"
 
 
+def test_an_admins_change_is_counted_without_reading_the_locks_other_audit_rows(world: World) -> None:
+    """Attack run 93: the change budget's count read every audit row of the lock's last day through the lock's index,
+    each member's commands among them (a guest's 30 a minute: 43,200 a day each), to count the few changes of one
+    admin: 20,015 rows read for 6. Migration 0074's partial index reads only the changes counted, and its actions
+    are the budget's."""
+    from lockwise.core import migrate
+
+    (index,) = [m for m in migrate.load() if m.concurrent_index and m.concurrent_index.index == "audit_log_changes_idx"]
+    assert changes.COUNTED_SQL.replace(" AND outcome", "\n    AND outcome") in index.sql  # the two agree
+    db = get_runtime("devices").db
+    with db.transaction() as con:  # a member's day of commands at the lock, and the rest of the fleet's
+        con.run(
+            "INSERT INTO audit_log (actor, action, outcome, lock_id, target, at) SELECT :a, 'command.unlock', 'ok',"
+            " CAST(:l AS uuid), 'x', now() - g * interval '2 seconds' FROM generate_series(1, 20000) g",
+            a=audit.user_actor(world.uid("member")),
+            l=world.lock_id,
+        )
+        con.run(
+            "INSERT INTO audit_log (actor, action, outcome, lock_id, target, at) SELECT 'user:other', 'command.unlock',"
+            " 'ok', gen_random_uuid(), 'x', now() - g * interval '1 second' FROM generate_series(1, 100000) g"
+        )
+        con.run("ANALYZE audit_log")
+    for name in ("Back", "Front"):
+        resp = world.devices.patch(
+            f"/devices/locks/{world.lock_id}", json={"name": name}, headers=world.headers("owner")
+        )
+        assert resp.status_code == 200, resp.get_json()
+    with db.transaction() as con:
+        ((plan,),) = con.run(
+            "EXPLAIN (ANALYZE, FORMAT JSON) SELECT count(*) FROM audit_log WHERE lock_id = CAST(:l AS uuid)"
+            " AND at > now() - interval '1 day' AND actor = :a AND " + changes.COUNTED_SQL,
+            l=world.lock_id,
+            a=audit.user_actor(world.uid("owner")),
+        )
+
+    def read(node: dict[str, Any]) -> int:
+        here = node.get("Actual Rows", 0) + node.get("Rows Removed by Filter", 0) if "Scan" in node["Node Type"] else 0
+        return int(here) + sum(read(child) for child in node.get("Plans", []))
+
+    top = (json.loads(plan) if isinstance(plan, str) else plan)[0]["Plan"]
+    assert top["Plans"][0]["Actual Rows"] >= 2 and read(top) <= 50, top
+
+
 def test_a_signed_in_request_writes_the_user_row_only_when_it_is_new_or_its_email_changed(
     devices: Any, sign_up: Any, stack_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

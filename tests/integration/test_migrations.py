@@ -232,7 +232,7 @@ def test_a_concurrent_builds_socket_waits_as_long_as_its_statement_may_run(
         )
         migrate.apply(cast(Any, watched), [*migrate.load(), table, index])
         building = [t for sql, t in watched.seen if sql.startswith("CREATE INDEX CONCURRENTLY")]
-        assert building == [migrate.CONCURRENT_STATEMENT_TIMEOUT_S + 30]
+        assert building and set(building) == {migrate.CONCURRENT_STATEMENT_TIMEOUT_S + 30}  # the release's and this
         assert job.gettimeout() == before
     finally:
         job.close()
