@@ -1222,3 +1222,29 @@ def test_a_deleted_accounts_address_is_tied_to_its_uid_by_no_invitation(
         )
     assert forgotten and tied == []
     assert standing == [True]  # for whoever holds the address now
+
+
+def test_a_flush_ends_deleted_accounts_within_its_time_and_the_next_takes_up_the_rest(
+    clients: dict[str, Any], world: World, stack_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Attack run 93: a flush ended up to 20 deleted accounts, each leaving every lock in ~22 statements a lock, with
+    no time limit: accounts in hundreds of locks held every later step of the relay's upkeep. It stops once its
+    time is spent (one account at least a flush), and the next flush takes up the rest."""
+    from lockwise.devices import gone_accounts
+
+    monkeypatch.setattr(gone_accounts, "END_S", 0.0)
+    uids = [world.uid("member"), world.uid("admin")]
+    for uid in uids:
+        delete_account(stack_env, uid)
+
+    def ended() -> int:
+        with get_runtime("devices").db.connection() as con:
+            ((count,),) = con.run(
+                "SELECT count(*) FROM users WHERE uid = ANY(:u) AND account_ended_at IS NOT NULL", u=uids
+            )
+        return int(count)
+
+    flush(clients, stack_env)
+    assert ended() == 1
+    flush(clients, stack_env)
+    assert ended() == 2
