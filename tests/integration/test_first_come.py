@@ -372,3 +372,16 @@ def test_many_copies_of_one_voice_cost_one_product_per_decision(
     assert answers.count(("accepted", world.uid("member"))) >= 1, answers
     assert all(who in (world.uid("member"), None) for _, who in answers), answers
     assert products and set(products) == {302} and len(products) <= len(answers) * 2, products
+
+
+def test_an_enrollments_standing_is_read_a_dozen_times_a_minute_a_user(clients: dict[str, Any], world: World) -> None:
+    """Attack run 93: each read of an enrollment's standing reads every co-member's voice at every lock its user is
+    in (10,000 voiceprints, 7.7 MB, at 200 locks of 50 voices), and the route had no pace. A user reads it 12 times
+    a minute on an instance; another user is not held up."""
+    embed = clients["embed"]
+    for _ in range(12):
+        assert embed.get("/embed/enrollment", headers=world.headers("member")).status_code == 200
+    refused = embed.get("/embed/enrollment", headers=world.headers("member"))
+    assert (refused.status_code, refused.get_json()["error"]["code"]) == (429, "enrollment_read_too_often")
+    assert 1 <= int(refused.headers["Retry-After"]) <= 61
+    assert embed.get("/embed/enrollment", headers=world.headers("owner")).status_code == 200

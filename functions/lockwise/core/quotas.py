@@ -5,6 +5,8 @@ parallel burst is counted exactly; it records the new row itself, in the same tr
 from __future__ import annotations
 
 import datetime as dt
+import threading
+import time
 
 from lockwise.core import errors
 from lockwise.core.db import Connection
@@ -52,3 +54,27 @@ def take(con: Connection, table: str, uid: str, limit: int, *, message: str, cod
     """One more row for ``uid`` in ``table``, a per-user daily quota, or 429 ``code`` (``check``)."""
     check(con, table, uid, limit, message=message, code=code)
     con.run(f"INSERT INTO {table} (user_uid) VALUES (:u)", u=uid)
+
+
+class InstancePace:
+    """At most ``per_minute`` requests of one key (a user) in any minute on this instance; past it 429 ``code``
+    with ``Retry-After``. For a read that costs the database and the instance more than its caller's own rows (an
+    enrollment's standing reads every co-member's voice at every lock its user is in: attack run 93), where a row a
+    request would be a write for a read. At most ``keys`` keys remembered (then it starts over)."""
+
+    def __init__(self, per_minute: int, *, message: str, code: str, keys: int = 10_000) -> None:
+        self._per_minute, self._message, self._code, self._keys = per_minute, message, code, keys
+        self._seen: dict[str, list[float]] = {}
+        self._lock = threading.Lock()
+
+    def take(self, key: str) -> None:
+        now = time.monotonic()
+        with self._lock:
+            recent = [t for t in self._seen.get(key, []) if now - t < 60.0]
+            if len(recent) >= self._per_minute:
+                raise errors.RateLimited(
+                    self._message, retry_after_s=max(1, int(60.0 - (now - recent[0])) + 1), code=self._code
+                )
+            if key not in self._seen and len(self._seen) >= self._keys:
+                self._seen.clear()
+            self._seen[key] = [*recent, now]
