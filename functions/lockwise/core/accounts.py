@@ -28,7 +28,7 @@ from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
-from lockwise.core import audit, errors, google_api, inputs, mirror, users
+from lockwise.core import audit, errors, google_api, inputs, mirror, quotas, users
 from lockwise.core.auth import User
 from lockwise.core.db import Connection, Database
 from lockwise.core.google_api import Authorize
@@ -433,8 +433,13 @@ class PacedAddresses:
     whatever was sent to it (``invitations.for_user``, attack run 86)."""
 
     def __init__(self, directory: Callable[[], Directory], per_minute: int = LISTED_LOOKUPS_PER_MINUTE) -> None:
-        self._directory, self._per_minute = directory, per_minute
-        self._asked: dict[str, list[float]] = {}
+        self._directory = directory
+        self._asked = quotas.InstancePace(
+            per_minute,
+            message="invitations are listed too often; try again shortly",
+            code="invitations_listed_too_often",
+            keys=LISTED_USERS_MAX,
+        )
         self._found: dict[tuple[str, str | None], tuple[float, User]] = {}
         self._lock = threading.Lock()
 
@@ -445,16 +450,7 @@ class PacedAddresses:
             found = self._found.get(key)
             if continuing and found is not None and now - found[0] < LISTING_CONFIRMED_S:
                 return found[1]
-            recent = [t for t in self._asked.get(user.uid, []) if now - t < 60.0]
-            if len(recent) >= self._per_minute:
-                raise errors.RateLimited(
-                    "invitations are listed too often; try again shortly",
-                    retry_after_s=max(1, int(60.0 - (now - recent[0])) + 1),
-                    code="invitations_listed_too_often",
-                )
-            if len(self._asked) >= LISTED_USERS_MAX:
-                self._asked.clear()
-            self._asked[user.uid] = [*recent, now]
+        self._asked.take(user.uid)
         current = with_current_address(user, self._directory)
         with self._lock:
             if len(self._found) >= LISTED_USERS_MAX:
