@@ -33,6 +33,8 @@ class Database:
         self.silent = False
         self.round_trip_s = 0.0
         self.read = 0
+        self.own_connections = 0
+        self.refusing_own: str | None = None
         self.slot_waits: list[float] = []
 
     @contextmanager
@@ -41,6 +43,16 @@ class Database:
         if self.refusing is not None:
             raise errors.Unavailable("refused", code=self.refusing)
         yield self
+
+    def connect(self, timeout_s: float | None = None) -> Any:
+        """A connection of its own, outside the pool (``refusing_own``: the error making one meets)."""
+        self.own_connections += 1
+        if self.refusing_own is not None:
+            raise errors.Unavailable("refused", code=self.refusing_own)
+        return self
+
+    def close(self) -> None:
+        pass
 
     def run(self, sql: str, **params: Any) -> Any:
         assert sql == "SELECT clock_timestamp()"
@@ -95,14 +107,17 @@ def test_now_is_the_instance_clock_moved_to_the_databases_and_read_once_a_minute
 
 def test_a_busy_pool_leaves_the_last_reading_and_is_asked_again_after_a_while(ticks: list[float]) -> None:
     rt, db = instance(30.0)
-    db.refusing = "database_busy"
-    with pytest.raises(errors.Unavailable) as busy:  # never read: not the instance's own clock (attack run 92)
+    db.refusing, db.refusing_own = "database_busy", "database_unavailable"
+    with pytest.raises(errors.Unavailable):  # never read: not the instance's own clock (attack run 92)
         rt.now()
-    assert busy.value.code == "database_busy"
     db.refusing, db.silent = None, True  # nor while the pool finds the server silent
     with pytest.raises(errors.Unavailable, match="unavailable"):
         rt.now()
-    db.silent = False
+    db.silent, db.refusing, db.refusing_own = False, "database_busy", None
+    assert rt.now() == START + dt.timedelta(seconds=30)  # the first, read past a busy pool on a connection of its own
+    assert (db.own_connections, db.read) == (2, 1)
+    rt.database_clock.forget()
+    db.read = 0
     assert rt.now() == START + dt.timedelta(seconds=30)  # none kept yet: asked again at once (attack run 77)
     ticks[0] += db_clock.READ_EVERY_S
     db.refusing, db.ahead = "database_busy", dt.timedelta(seconds=31)

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 
 from lockwise.core import errors, log
-from lockwise.core.db import Database, clock
+from lockwise.core.db import Connection, Database, clock
 
 _log = logging.getLogger("lockwise.core.db_clock")
 
@@ -57,8 +57,9 @@ class DatabaseClock:
         for itself). A database that does not answer the reading is 503 ``database_unavailable`` at once, for the
         request would wait for it again. The reading is taken at the round trip's middle: its error is within half
         the round trip, whatever that is (a slow database's readings were once not kept, and a skewed instance went
-        uncorrected for as long as it was slow: attack run 77). Before the first reading is kept, a busy pool or a
-        database known not to answer is a 503 too: there is no reading to stand (attack run 92)."""
+        uncorrected for as long as it was slow: attack run 77). Before the first reading is kept, a busy pool is
+        read past on a connection of its own, and a database known not to answer is a 503 too: there is no reading
+        to stand (attack run 92)."""
         if self._fresh():
             return self.offset
         first = self._read_at is None
@@ -79,17 +80,21 @@ class DatabaseClock:
                 return self.offset
             try:  # the first reading waits a moment for a connection (it went by the instance's own clock)
                 with db.connection(slot_wait_s=FIRST_SLOT_WAIT_S if first else 0.0) as con:
-                    before = instance_clock()
-                    moment = clock(con)
-                    after = instance_clock()
+                    before, moment, after = _read(con, instance_clock)
             except errors.Unavailable as exc:
-                self._failed_at = at
-                # every connection lent: the last reading stands; with none yet, the request is refused (503): it
-                # went by the instance's own clock, and one 50 s behind took a transfer offer ended 10 s before
-                # (attack run 92)
-                if exc.code == "database_busy" and not first:
-                    return self.offset
-                raise
+                if not (first and exc.code == "database_busy"):
+                    self._failed_at = at
+                    if exc.code == "database_busy":  # every connection lent: the last reading stands
+                        return self.offset
+                    raise
+                # the first, every pooled connection lent (to requests waiting for this reading, perhaps): on a
+                # connection of its own. It went by the instance's own clock, and one 50 s behind took a transfer
+                # offer ended 10 s before (attack run 92); refusing instead failed a fresh instance's first burst
+                try:
+                    before, moment, after = _read_on_its_own(db, instance_clock)
+                except errors.Unavailable:
+                    self._failed_at = at
+                    raise
             self.offset, self._read_at, self._failed_at = moment - (before + (after - before) / 2), at, None
         finally:
             self._reading.release()
@@ -101,3 +106,25 @@ class DatabaseClock:
                 database_ahead_s=round(self.offset.total_seconds(), 3),
             )
         return self.offset
+
+
+def _read(con: Connection, instance_clock: Callable[[], dt.datetime]) -> tuple[dt.datetime, dt.datetime, dt.datetime]:
+    """(the instance's clock before, the database's, the instance's after) on ``con``."""
+    before = instance_clock()
+    moment = clock(con)
+    return before, moment, instance_clock()
+
+
+def _read_on_its_own(
+    db: Database, instance_clock: Callable[[], dt.datetime]
+) -> tuple[dt.datetime, dt.datetime, dt.datetime]:
+    """``_read`` on a new connection outside the pool, closed after; 503 ``database_unavailable`` when it fails."""
+    con = db.connect(timeout_s=FIRST_SLOT_WAIT_S)
+    try:
+        return _read(con, instance_clock)
+    except errors.Unavailable:
+        raise
+    except Exception as exc:  # noqa: BLE001 - pg8000's own errors: the database did not answer the reading
+        raise errors.Unavailable("database is unavailable", code="database_unavailable") from exc
+    finally:
+        con.close()
