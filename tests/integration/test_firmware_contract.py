@@ -170,3 +170,35 @@ def test_server_commands_verify_as_the_document_says(clients: dict[str, Any], lo
         "bad_signature",
         None,
     )
+
+
+def test_a_deleted_lock_is_told_as_the_document_says(clients: dict[str, Any], lock: PairedLock) -> None:
+    """Attack run 91: FIRMWARE.md's renewal section said a deleted lock got ``unknown_lock``; the server answers it
+    ``bad_lock_signature``, as a lock id nobody paired (nobody learns which ids exist), and the document says so."""
+    devices, path = clients["devices"], "/devices/lock/config"
+    assert devices.get(path, headers=sign_request(LOCK_KEY, lock.lock_id, "GET", path)).status_code == 200
+    deleted = devices.delete(f"/devices/locks/{lock.lock_id}", headers=bearer(lock.owner))
+    assert deleted.status_code == 204, deleted.get_json()
+    refused = devices.get(path, headers=sign_request(LOCK_KEY, lock.lock_id, "GET", path))
+    assert (refused.status_code, error_code(refused)) == (401, "bad_lock_signature")
+
+
+def test_pairing_code_errors_are_as_the_document_says(clients: dict[str, Any], sign_up: Any) -> None:
+    """Attack run 91: a code that is not a string of 4-64 characters is 400 ``invalid_code_format``; any other wrong
+    code, whatever its length, is 401 ``invalid_provisioning_code``; dashes, spaces and case are ignored."""
+    from simlock.lock import new_tls_key
+
+    devices = clients["devices"]
+    code = create_lock(devices, sign_up())["provisioning"]["code"]
+    key = VECTORS["lock_key"]["public_key_b64"]
+
+    def pair(sent: Any) -> Any:
+        return devices.post("/devices/provision", json={"code": sent, "public_key": key, "csr": new_tls_key()[1]})
+
+    for sent in (12345, "abc", "x" * 65):
+        resp = pair(sent)
+        assert (resp.status_code, error_code(resp)) == (400, "invalid_code_format"), sent
+    wrong = pair(code[:-1])  # a length other than 24: a wrong code like any other
+    assert (wrong.status_code, error_code(wrong)) == (401, "invalid_provisioning_code")
+    spaced = " ".join(code.replace("-", "").lower()[i : i + 4] for i in range(0, 24, 4))
+    assert pair(spaced).status_code == 201
