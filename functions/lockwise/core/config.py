@@ -175,7 +175,7 @@ def read_mode(env: Mapping[str, str]) -> Mode:
         )
     if rehearsal(env) and mode != "production":
         raise ConfigError(f"{REHEARSAL_SWITCH} only applies in production mode")
-    if rehearsal(env) and any(env.get(marker) for marker in CLOUD_RUN_MARKERS):
+    if rehearsal(env) and cloud_run:
         raise ConfigError(f"{REHEARSAL_SWITCH} is refused on Cloud Run: it admits local stand-ins for managed services")
     return mode
 

@@ -1,6 +1,7 @@
 """Daily quotas kept as rows: how many a key (a user, a lock's credential) had in the last 24 hours, and when one
 more fits. The caller holds a lock that serializes the key's quota (``users.hold_caller``, its credential row), so a
-parallel burst is counted exactly; it records the new row itself, in the same transaction."""
+parallel burst is counted exactly; it records the new row itself, in the same transaction. And a pace kept in an
+instance's memory (``InstancePace``), for reads where a row a request would be a write."""
 
 from __future__ import annotations
 
