@@ -328,7 +328,12 @@ def accept_invitation(ctx: Ctx, invitation_id: str) -> Result:
     user = invitations.answering_as(rt.db, invitation_id, app_user(ctx), current_address)
     with rt.db.transaction() as con:
         joined, first = invitations.accept(
-            con, invitation_id, user, rt.now(), members_per_lock=rt.settings.members_per_lock
+            con,
+            invitation_id,
+            user,
+            rt.now(),
+            members_per_lock=rt.settings.members_per_lock,
+            memberships_per_user=rt.settings.memberships_per_user,
         )
     rt.flush_mirror()
     return {"lock_id": joined.lock_id, "member": joined.public()}, 201 if first else 200

@@ -555,6 +555,55 @@ def test_a_lock_has_so_many_members_with_the_inviters_open_invitations(
     assert active_members(world.lock_id) == 6
 
 
+def test_an_account_is_a_member_of_so_many_locks_it_does_not_own(
+    world: World, sign_up: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Attack run 93: an account joined locks without bound (invitations from accounts of its own), and its deletion
+    leaves each in one transaction, about 20 statements a lock. ``LOCKWISE_MEMBERSHIPS_PER_USER`` bounds the locks
+    one is a member of without owning them, ended access not removed included (409 ``too_many_memberships`` on
+    accepting, nothing joined, the invitation still open); locks they own are not counted, and a lock left makes
+    room."""
+    runtime = get_runtime("devices")
+    monkeypatch.setattr(runtime, "settings", dataclasses.replace(runtime.settings, memberships_per_user=2))
+    joiner = sign_up()
+    assert world.devices.get("/devices/me", headers=bearer(joiner)).status_code == 200
+    create_lock(world.devices, joiner, name="Their own")  # not counted
+    owner = world.headers("owner")
+    doors = [world.lock_id] + [
+        create_lock(world.devices, world.accounts["owner"], name=f"D{i}")["lock"]["id"] for i in range(2)
+    ]
+
+    def invite(lock_id: str, access: dict[str, Any] | None = None) -> str:
+        body: dict[str, Any] = {"uid": joiner["localId"], "role": "guest" if access else "member"}
+        if access:
+            body["access"] = access
+        sent = world.devices.post(f"/devices/locks/{lock_id}/members", json=body, headers=owner)
+        assert sent.status_code == 202, sent.get_json()
+        return str(sent.get_json()["invitation"]["id"])
+
+    def accept(invitation_id: str) -> Any:
+        return world.devices.post(f"/devices/invitations/{invitation_id}/accept", headers=bearer(joiner))
+
+    ends_soon = (dt.datetime.now(dt.UTC) + dt.timedelta(seconds=2)).isoformat()
+    assert accept(invite(doors[0])).status_code == 201
+    assert accept(invite(doors[1], {"expires_at": ends_soon})).status_code == 201
+    third = invite(doors[2])
+    time.sleep(2.5)  # the guest's access has ended: still theirs, still counted
+    refused = accept(third)
+    assert refused.status_code == 409 and refused.get_json()["error"]["code"] == "too_many_memberships"
+    joined = {
+        lock_id
+        for (lock_id,) in db_rows(
+            "SELECT lock_id::text FROM lock_members WHERE user_uid = :u AND revoked_at IS NULL", u=joiner["localId"]
+        )
+    }
+    assert doors[2] not in joined
+    assert accept(third).status_code == 409  # the invitation stands
+    left = world.devices.delete(f"/devices/locks/{doors[1]}/members/{joiner['localId']}", headers=owner)
+    assert left.status_code == 204, left.get_json()
+    assert accept(third).status_code == 201
+
+
 def test_a_lock_makes_so_many_signed_requests_a_minute(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
     """Attack run: a lock (or its stolen key) sent 150 signed verify requests a second, each an attempt row and a
     feed entry. Every signed request counts, whatever its answer; past the minute's limit nothing is recorded."""
@@ -2048,7 +2097,9 @@ def test_two_invitations_to_one_lock_make_one_membership_and_the_answers_say_whi
         user = get_runtime("devices").verifier.verify(invitee["idToken"])
         with ThreadPoolExecutor(1) as pool:
             with db.transaction() as con:
-                first, _ = invitations.accept(con, by_uid, user, get_runtime("devices").now(), members_per_lock=100)
+                first, _ = invitations.accept(
+                    con, by_uid, user, get_runtime("devices").now(), members_per_lock=100, memberships_per_user=200
+                )
                 answered = pool.submit(world.devices.post, second, headers=bearer(invitee))
                 time.sleep(0.5)
                 assert not answered.done()  # it waits for the first

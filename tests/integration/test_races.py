@@ -585,7 +585,7 @@ def test_a_member_added_while_another_joins_waits_and_is_counted(
     def joined_not_committed() -> Iterator[None]:
         user = signed_in_now(joining["localId"])
         with runtime.db.transaction() as con:
-            invitations.accept(con, joining_id, user, _now(), members_per_lock=5)
+            invitations.accept(con, joining_id, user, _now(), members_per_lock=5, memberships_per_user=200)
             yield
 
     def second() -> Any:

@@ -63,6 +63,7 @@ READ_BY: dict[str, frozenset[str]] = {
             "LOCKWISE_PAIRINGS_PER_DAY",
             "LOCKWISE_LOCKS_PER_OWNER",
             "LOCKWISE_MEMBERS_PER_LOCK",
+            "LOCKWISE_MEMBERSHIPS_PER_USER",
             "LOCKWISE_PROVISIONING_TTL_S",
             "LOCKWISE_INVITATION_TTL_S",
             "LOCKWISE_PAIRING_FAILURES_PER_HOUR",
@@ -302,6 +303,9 @@ class Settings:
     #: members a lock may have at once, its owner and open invitations included: each is a voiceprint the door
     #: scores at every attempt, and like voices are scored against each other (``lockwise.voice.first_come``)
     members_per_lock: int
+    #: locks one account may be a member of without owning them: its deletion leaves each (about 20 statements in
+    #: the one transaction), and it joined them freely (attack run 93: unbounded)
+    memberships_per_user: int
     command_ttl_s: int
     provisioning_ttl_s: int
     invitation_ttl_s: int
@@ -437,6 +441,7 @@ class Settings:
             pairings_per_day=env_int(env, "LOCKWISE_PAIRINGS_PER_DAY", 50, minimum=2),
             locks_per_owner=env_int(env, "LOCKWISE_LOCKS_PER_OWNER", 100, minimum=1),
             members_per_lock=env_int(env, "LOCKWISE_MEMBERS_PER_LOCK", 100, minimum=2),
+            memberships_per_user=env_int(env, "LOCKWISE_MEMBERSHIPS_PER_USER", 200, minimum=1),
             command_ttl_s=env_int(env, "LOCKWISE_COMMAND_TTL_S", 30, minimum=5),
             provisioning_ttl_s=env_int(env, "LOCKWISE_PROVISIONING_TTL_S", 600, minimum=60),
             invitation_ttl_s=env_int(env, "LOCKWISE_INVITATION_TTL_S", 7 * 24 * 3600, minimum=3600),

@@ -328,15 +328,25 @@ _START_AGAIN = (
 
 
 def accept(
-    con: Connection, invitation_id: str, user: User, now: dt.datetime, *, members_per_lock: int
+    con: Connection,
+    invitation_id: str,
+    user: User,
+    now: dt.datetime,
+    *,
+    members_per_lock: int,
+    memberships_per_user: int,
 ) -> tuple[members.Membership, bool]:
     """Make the invitee a member on the invitation's terms, and True (404 ``invitation_not_found`` if it is not
-    theirs, or no longer stands: see ``_STANDING``; 409 ``too_many_members`` when the lock has ``members_per_lock``).
+    theirs, or no longer stands: see ``_STANDING``; 409 ``too_many_members`` when the lock has ``members_per_lock``,
+    ``too_many_memberships`` when the invitee is a member of ``memberships_per_user`` locks already).
     An invitation they accepted already, whose membership stands, is that membership and False: an acceptance sent
     again after its answer was lost, or twice at once, was 404 "no such invitation" while they had joined (attack
     run 39)."""
     try:
-        return _accept(con, invitation_id, user, now, members_per_lock=members_per_lock), True
+        made = _accept(
+            con, invitation_id, user, now, members_per_lock=members_per_lock, memberships_per_user=memberships_per_user
+        )
+        return made, True
     except errors.NotFound:
         joined = _accepted_by(con, invitation_id, user, now)
         if joined is None:
@@ -361,7 +371,13 @@ def _accepted_by(con: Connection, invitation_id: str, user: User, now: dt.dateti
 
 
 def _accept(
-    con: Connection, invitation_id: str, user: User, now: dt.datetime, *, members_per_lock: int
+    con: Connection,
+    invitation_id: str,
+    user: User,
+    now: dt.datetime,
+    *,
+    members_per_lock: int,
+    memberships_per_user: int,
 ) -> members.Membership:
     seen = _take(con, invitation_id, user, now, lock=False)
     # every path's order: the lock's row (as a deletion of the lock takes it: the membership row first deadlocked
@@ -380,6 +396,9 @@ def _accept(
             "the access this invitation offers has ended; ask an owner or admin for a new one", code="access_ended"
         )
     members.refuse_past_limit(con, lock_id, members_per_lock, now)
+    held = members.get(con, lock_id, user.uid)
+    if held is None or held.revoked_at is not None:  # one more of theirs (an ended one they hold is counted)
+        members.refuse_past_joined(con, user.uid, memberships_per_user)
     # one statement decides, so two invitations to one lock accepted at once cannot both answer 201 with a role
     # each while one is stored (attack run): an active membership (also one committed meanwhile: the insert waits
     # for it) is left as it is and the invitation stays open; so is one removed after the invitation was sent (a

@@ -680,6 +680,23 @@ def refuse_past_limit(con: Connection, lock_id: str, limit: int, now: dt.datetim
         )
 
 
+def refuse_past_joined(con: Connection, uid: str, limit: int) -> None:
+    """409 ``too_many_memberships`` when ``uid`` is a member of ``limit`` locks they do not own, ended access not
+    removed included (a membership ended by its expiry stays theirs, and comes back with a new invitation). Each is
+    one their account's deletion leaves, about 20 statements in its one transaction, and joining them cost nothing
+    but invitations from accounts of their own (attack run 93). The caller holds the user's row
+    (``users.hold_caller``): one account's joins take turns."""
+    (held,) = con.run(
+        "SELECT count(*) FROM lock_members WHERE user_uid = :u AND revoked_at IS NULL AND role <> 'owner'", u=uid
+    )[0]
+    if int(held) >= limit:
+        raise errors.Conflict(
+            f"an account may be a member of at most {limit} locks it does not own, ended access included: leave"
+            " one first",
+            code="too_many_memberships",
+        )
+
+
 def request_body(body: dict[str, Any], fields: tuple[str, ...]) -> dict[str, Any]:
     """The body of a member request holding only ``fields``: an access limit beside ``access`` instead of in it is
     400 ``invalid_access`` saying where it goes (ignored, `expires_at` beside `role` granted access that never
