@@ -158,6 +158,23 @@ def test_me_requires_a_token(make_client: Any) -> None:
     assert resp.status_code == 401 and resp.get_json()["error"]["code"] == "invalid_token"
 
 
+def test_an_unauthenticated_body_of_megabytes_is_not_echoed_back_or_logged_whole(
+    make_client: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A name of 1.5 MB above a NUL character, sent to the pairing route (which takes no credential): its 400 quoted
+    the path to the character, that name whole, and so did the request's log line (attack run 94)."""
+    from lockwise.core.log import JsonFormatter
+
+    body = json.dumps({"A" * 1_500_000: {"code": "\u0000"}})
+    with caplog.at_level(logging.INFO):
+        resp = make_client("devices").post("/devices/provision", data=body, content_type="application/json")
+    assert resp.status_code == 400 and resp.get_json()["error"]["code"] == "invalid_text"
+    assert len(resp.get_data()) < 2_000
+    lines = [JsonFormatter("devices").format(r) for r in caplog.records]
+    assert any('"request failed"' in line for line in lines)
+    assert max(len(line) for line in lines) < 4_000
+
+
 def test_me_records_the_user_in_postgres(make_client: Any, sign_up: Any, stack_env: dict[str, str]) -> None:
     """The user's row, and their address once their token says it is verified (an unverified one is anyone's)."""
     devices = make_client("devices")

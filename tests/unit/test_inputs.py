@@ -221,3 +221,27 @@ def test_lock_names_refuse_invisible_format_characters(mark: str) -> None:
     with pytest.raises(errors.BadRequest) as refused:
         locks.parse_name(f"Front{mark}door")
     assert refused.value.code == "invalid_name"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"A" * 100_000: {"x": "\u0000"}},  # the path to the string refused: its names
+        {"a": {"B" * 100_000: {"c": "\ud800"}}},
+        {"C" * 100_000: 1, "D" * 100_000: 2},  # unknown fields: their names
+    ],
+)
+def test_a_refusal_quotes_the_first_characters_of_a_name_not_the_name(body: dict[str, Any]) -> None:
+    """A name of a body's length, quoted whole in the path to a string refused: the unauthenticated pairing route's
+    400 and its log line were as long as the body (attack run 94)."""
+    with pytest.raises(errors.BadRequest) as caught:
+        parse_json_object(json.dumps(body).encode(), ("a",))
+    assert caught.value.code in ("invalid_text", "unknown_field")
+    assert len(caught.value.message) < 400
+    assert len(json.dumps(errors.error_body(caught.value, "r"))) < 2000
+
+
+def test_no_error_carries_a_message_longer_than_its_bound() -> None:
+    err = errors.BadRequest("x" * 100_000, code="c")
+    assert len(err.message) == errors.MESSAGE_MAX and err.message.endswith("...") and str(err) == err.message
+    assert errors.LockwiseError("short").message == "short"

@@ -10,6 +10,10 @@ import datetime as dt
 import math
 from typing import Any
 
+#: the most of a message an error carries: its answer and the log line of its request quote it (whatever a message
+#: quotes of the request, a body of megabytes is never echoed back and logged whole: attack run 94)
+MESSAGE_MAX = 1000
+
 
 class LockwiseError(Exception):
     """Base of every error a caller may see. ``code`` is stable and machine-readable."""
@@ -18,6 +22,7 @@ class LockwiseError(Exception):
     default_code: str = "internal"
 
     def __init__(self, message: str, *, code: str | None = None, details: dict[str, Any] | None = None) -> None:
+        message = message if len(message) <= MESSAGE_MAX else message[: MESSAGE_MAX - 3] + "..."
         super().__init__(message)
         self.message = message
         self.code = code or self.default_code
