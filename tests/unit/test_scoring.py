@@ -226,3 +226,33 @@ def test_pairwise_scores_are_each_voiceprint_scored_as_a_probe_against_all() -> 
             np.testing.assert_allclose(raw[i], one_raw, atol=1e-6)
             np.testing.assert_allclose(scores[i], one, atol=1e-5)
         assert scorer.normalised is (scorer.cohort is not None)
+
+
+def test_voiceprints_set_aside_are_counted_in_the_log_not_named(caplog: pytest.LogCaptureFixture) -> None:
+    """Whose voice passes as whose at a lock is the attempts log's, not every verification's INFO line: the uids of
+    the voiceprints set aside were logged (attack run 94)."""
+    import datetime as dt
+    import logging
+    from types import SimpleNamespace
+
+    from lockwise.core.config import Settings
+    from lockwise.devices.members import Membership
+    from lockwise.voice import first_come
+    from lockwise.voice.model.encoder import Scorer, policy
+    from lockwise.voice.verification import decide
+    from lockwise.voice.voiceprints import Candidates
+
+    rules = policy(Settings.from_env({"LOCKWISE_MODE": "local"}, component="verify"), SimpleNamespace(name="ge2e"))
+    day = dt.datetime(2026, 12, 1, tzinfo=dt.UTC)
+    uids = ["uid-mallory-7f3a", "uid-alice-19c2", "uid-bob-44d0"]
+    came = [(True, day + dt.timedelta(days=d), u) for d, u in zip((2, 0, 1), uids, strict=True)]
+    members = [Membership("lock", uid, "member") for uid in uids]
+    prints = np.stack([unit(1, 0.05, 0, 0), unit(1, 0, 0, 0), unit(0, 1, 0, 0)])
+    found = Candidates(uids, prints, [], came, [True] * 3, members)
+    scorer = Scorer()
+    raw, scores = scorer.scores(unit(1, 0.02, 0.1, 0), found.prints)
+    with caplog.at_level(logging.INFO, logger="lockwise.voice"):
+        assert first_come.decide(found, raw, scores, rules, scorer, decide).accepted
+    logged = [r for r in caplog.records if "were not scored" in r.getMessage()]
+    assert logged and logged[0].fields == {"voiceprints": 1}  # type: ignore[attr-defined]
+    assert not any(uid in str(vars(r)) for r in caplog.records for uid in uids)
