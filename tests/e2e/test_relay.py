@@ -178,7 +178,7 @@ def test_a_broker_killed_after_acknowledging_a_locks_reports_and_ack_loses_none_
             report = json.loads(list(lock.unconfirmed.kept.values())[-1].payload)
             keys.append(lock_events.report_key(dt.datetime.fromtimestamp(report["ts"], dt.UTC), report["state"]))
             time.sleep(0.002)
-        wait_for(lambda: not lock.client._out_messages, timeout=5, what="the lock's ack acknowledged")  # noqa: SLF001
+        wait_for(lambda: not lock.client._out_messages, what="the lock's ack acknowledged")  # noqa: SLF001
         assert len(lock.unconfirmed.kept) >= 6, "the five reports and the ack are kept: no receipt from the relay"
         broker.process.popen.kill()  # before its next save
         broker.process.popen.wait(5)

@@ -94,7 +94,7 @@ class Peer:
         self.disconnects.append(str(rc))
         self.answered.set()
 
-    def start(self, wait_s: float = 5) -> bool:
+    def start(self, wait_s: float = 10) -> bool:
         """True when the broker gives this client a session; waits for its answer (a refusal or a closed
         connection ends the wait at once), at most ``wait_s``."""
         try:
@@ -148,7 +148,7 @@ class Peer:
         self.client.loop_stop()
 
 
-def wait_until(predicate: object, seconds: float = 3) -> None:
+def wait_until(predicate: object, seconds: float = 10) -> None:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline and not predicate():  # type: ignore[operator]
         time.sleep(0.05)
@@ -246,7 +246,7 @@ def test_a_certificate_the_lock_ca_did_not_issue_or_that_is_not_valid_now_is_ref
         assert before.start(), "a valid certificate connects before it is revoked"
         before.stop()
         broker.update_crl(crl(ca, [(format(cert.serial_number, "x"), now)], now))
-        time.sleep(0.3)  # the SIGHUP is handled between connections
+        time.sleep(1.0)  # the SIGHUP is handled between connections (a loaded machine's broker may take a while)
     else:
         files = None
     peer = Peer(broker, files, client_id=identity)
@@ -793,7 +793,7 @@ def test_a_locks_event_waits_until_a_relay_subscribes_for_it_and_is_then_sent_ag
         # 3. the relay leaves its group (as a relay that stops does), then comes back
         for topic in group:
             again.client.unsubscribe(topic)
-        time.sleep(0.3)
+        time.sleep(1.0)  # the UNSUBSCRIBEs, not waited for, handled
         held(b"while no relay was subscribed")
         delivered(again)
         again.stop()
@@ -813,7 +813,7 @@ def test_a_locks_event_waits_until_a_relay_subscribes_for_it_and_is_then_sent_ag
         brief = relay(expiry_s=1)
         assert all(brief.subscribe(topic) for topic in group)
         brief.stop()
-        time.sleep(2)
+        time.sleep(4)  # expired in whole seconds, checked once a second: 2 s was the bare minimum
         held(b"after a relay session expired")
         back = relay()
         delivered(back)
@@ -967,7 +967,7 @@ def test_the_broker_tags_each_locks_message_with_its_run_and_a_restart_starts_a_
         away.stop()
         acks = topics.acks(names[mqtt.MQTTv311])
         locks[mqtt.MQTTv311].client.publish(acks, b"queued", qos=1).wait_for_publish(5)
-        time.sleep(3)  # autosave_interval 1, in whole seconds: saved within 2 s
+        time.sleep(4)  # autosave_interval 1, in whole seconds: saved within 2 s (a loaded machine's loop may lag)
         received.clear()  # the watcher's copy (its share group's)
         for lock in locks.values():
             lock.client.loop_stop()
@@ -1032,7 +1032,7 @@ def test_a_locks_last_will_is_taken_only_as_its_goodbye(own_broker: Broker, tmp_
             sock = lock.client.socket()
             assert sock is not None
             sock.close()  # its power cut: the broker sends its will, or refuses it
-            wait_until(lambda identity=identity: bool(relay.of(identity)), 2 if taken else 1)
+            wait_until(lambda identity=identity: bool(relay.of(identity)), 10 if taken else 1)
             assert relay.of(identity) == ([(f"{topics.ROOT}/{identity}/{leaf}", payload.encode())] if taken else []), (
                 payload
             )
@@ -1138,7 +1138,7 @@ def test_a_retained_state_a_delayed_will_left_is_cleared_by_the_locks_empty_reta
         sock = lock.client.socket()
         assert sock is not None
         sock.close()  # gone: its will is sent a second on
-        deadline = time.monotonic() + 5
+        deadline = time.monotonic() + 10
         while time.monotonic() < deadline and not relay.of(identity):
             relay.client.publish(topics.commands(identity), b"anything", qos=0)  # some other check meanwhile
             time.sleep(0.2)

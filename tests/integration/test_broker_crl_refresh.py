@@ -85,7 +85,7 @@ def refresh(
         older.unlink(missing_ok=True)
     env = dict(os.environ, PATH=f"{bindir}:{os.environ['PATH']}")
     done = subprocess.run([str(script)], capture_output=True, text=True, env=env, check=False, timeout=60)
-    time.sleep(0.5)  # the SIGHUP is handled between connections
+    time.sleep(1.0)  # the SIGHUP is handled between connections (a loaded machine's broker may take a while)
     return done
 
 

@@ -355,7 +355,8 @@ def test_a_firestore_that_does_not_answer_holds_up_one_request_not_one_every_few
             time.sleep(0.5)
     finally:
         os.killpg(group_id, signal.SIGCONT)
-    assert renamed >= 10 and len(tried_by_requests) == 1, tried_by_requests  # before: 2-3, one every 5 s
+    # requests went on past each back-off's end (12 or so; a loaded machine's slower requests fit fewer)
+    assert renamed >= 6 and len(tried_by_requests) == 1, tried_by_requests  # before: 2-3, one every 5 s
     token = {"X-LockWise-Service-Token": stack_env["LOCKWISE_SERVICE_TOKEN"]}
 
     def flushed() -> bool:

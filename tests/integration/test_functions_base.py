@@ -385,8 +385,8 @@ def test_pooled_connections_lost_without_a_word_are_replaced_not_failed(stack_en
         took = time.monotonic() - started
         assert served not in lost
         assert cut.flows == 3  # one round trip lost, then one new connection: the other idle one not tried
-        # one timeout at most (silent), not one per idle connection; a reset is seen at once
-        assert took < (db.connect_timeout_s * 1.8 if mode == tcp_cut.SILENT else 0.5), took
+        # one timeout at most (silent), not one per idle connection; a reset is seen at once (under one timeout)
+        assert took < db.connect_timeout_s * (1.8 if mode == tcp_cut.SILENT else 0.9), took
 
 
 @pytest.mark.parametrize("mode", [tcp_cut.RESET, tcp_cut.SILENT])
@@ -587,7 +587,7 @@ def test_while_the_database_does_not_answer_one_request_waits_to_find_out_and_th
         assert len(took) == 3
         waited, *at_once = sorted(took, reverse=True)
         assert waited >= db.connect_timeout_s * 0.9  # the one finding out
-        assert max(at_once) < 0.2, took  # before: each waited its own timeout
+        assert max(at_once) < 0.6, took  # before: each waited its own timeout (1 s)
 
         cut.silencing = False  # it answers again: the next request is served, and so is the one after it
         for _ in range(2):

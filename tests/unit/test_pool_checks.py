@@ -301,7 +301,8 @@ def test_a_commits_look_up_keeps_to_one_budget_whatever_its_steps_take(
     started = time.monotonic()
     status = pool._status_of(unanswered)
     took = time.monotonic() - started
-    assert status == "in progress" and took < 1.2, (status, took)  # _settle: commit_unconfirmed
+    # 0.8 s here; each step with a timeout of its own, the terminate and a second look-up: 1.6 s
+    assert status == "in progress" and took < 1.4, (status, took)  # _settle: commit_unconfirmed
     assert not any("pg_terminate_backend" in sql for sql in asked), asked
 
 
