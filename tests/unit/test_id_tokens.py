@@ -9,6 +9,7 @@ import base64
 import datetime as dt
 import http.client
 import json
+import threading
 import time
 from typing import Any
 
@@ -262,3 +263,51 @@ def test_with_no_keys_ever_fetched_a_failure_is_503_and_tried_again_after_a_paus
         with pytest.raises(errors.Unavailable):
             verify(signed(keys["k1"]))
     assert len(fetches) == 1
+
+
+def test_a_verification_whose_key_is_at_hand_never_waits_for_a_fetch(keys: dict[str, rsa.RSAPrivateKey]) -> None:
+    """Attack run 96: the fetch of Google's keys held the lock every verification takes, so a token with a made-up
+    key id, sent by anyone once a minute, held each signed-in user's request on the instance for as long as Google
+    took to answer (1.9 s behind a 2 s fetch), and so did every expiry of the cache. A token whose key the keys at
+    hand hold (within their grace) is verified meanwhile; one whose key they lack waits for the fetch, and finds a
+    key Google has just published."""
+    published = {"k1": keys["k1"]}
+    clock = [1000.0]
+    fetching, answer = threading.Event(), threading.Event()
+
+    def fetch(url: str) -> tuple[bytes, int]:
+        fetching.set()
+        answer.wait(10)  # Google slow to answer, until the test lets it
+        return _certificates(published), 3600
+
+    verify = IdTokenVerifier(PROJECT_ID, GoogleKeys(fetch=fetch, clock=lambda: clock[0])).verify
+    answer.set()
+    assert verify(signed(keys["k1"])).uid == "uid-123"
+    outcomes: list[object] = []
+    for moved, kid, new in ((61.0, "made-up", "new-1"), (3600.0, "k1", "new-2")):  # a key id unknown, then expiry
+        clock[0] += moved
+        fetching.clear()
+        answer.clear()
+        published[new] = keys["k2"]  # Google begins signing with a new key
+        outcomes.clear()
+
+        def fetches(kid: str = kid) -> None:
+            try:
+                outcomes.append(verify(signed(keys["k2"] if kid == "made-up" else keys["k1"], kid=kid)).uid)
+            except errors.Unauthenticated as exc:
+                outcomes.append(exc.code)
+
+        fetcher = threading.Thread(target=fetches)
+        fetcher.start()
+        assert fetching.wait(5)
+        started = time.monotonic()
+        assert verify(signed(keys["k1"])).uid == "uid-123"  # the key at hand: no wait for Google
+        assert time.monotonic() - started < 2.0, "a verification with its key at hand waited for the fetch"
+        waiter = threading.Thread(target=lambda new=new: outcomes.append(verify(signed(keys["k2"], kid=new)).uid))
+        waiter.start()
+        time.sleep(0.2)
+        assert waiter.is_alive(), "a token whose key the keys at hand lack did not wait for the fetch"
+        answer.set()
+        fetcher.join(5)
+        waiter.join(5)
+        assert sorted(map(str, outcomes)) == sorted([("invalid_token" if kid == "made-up" else "uid-123"), "uid-123"])

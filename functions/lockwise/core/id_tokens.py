@@ -77,29 +77,63 @@ class GoogleKeys:
         self._fetch = fetch or _fetch_with_max_age
         self._clock = clock
         self._keys: dict[str, RSAPublicKey] = {}
-        self._expires = 0.0  # the cache's end: every verification waits for a fetch after it
+        self._expires = 0.0  # the cache's end: after it the next verification fetches (the others: ``key_for``)
         self._fetched = -UNKNOWN_KEY_REFETCH_S  # the last fetch's start
         self._failed = -FAILED_RETRY_S  # the last failed fetch's start
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the state above: held for no I/O
+        self._fetching = threading.Lock()  # one fetch at a time
 
     def key_for(self, kid: str) -> RSAPublicKey | None:
+        """The key ``kid`` names (None: none), fetched again when due. A fetch is one thread's: a verification whose
+        key the keys at hand hold (within ``STALE_GRACE_S`` of their expiry) never waits for it, one without does.
+        The fetch held the lock every verification takes: a token with a made-up key id, sent by anyone once a
+        minute, held every signed-in user's request of the instance for as long as Google took to answer, up to its
+        timeout (attack run 96: 1.9 s behind a 2 s fetch), and so did each expiry of the cache."""
+        at_hand = self._at_hand(kid)
+        # one whose key is not at hand waits for a fetch under way too: it may bring a key Google has just published
+        wanted = self._due(kid) or (not at_hand and self._fetching.locked())
+        if wanted and self._fetching.acquire(blocking=not at_hand):
+            try:
+                if self._due(kid):  # not fetched while this one waited
+                    self._fetch_now()
+            finally:
+                self._fetching.release()
         with self._lock:
             now = self._clock()
-            due = now >= self._expires or (kid not in self._keys and now >= self._fetched + UNKNOWN_KEY_REFETCH_S)
-            if due and now >= self._failed + FAILED_RETRY_S:
-                self._fetched = now
-                try:
-                    self._keys, self._expires = self._fetched_keys(now)
-                except (OSError, ValueError, RecursionError, http.client.HTTPException) as exc:  # unreachable, cut
-                    # off, or not the certificates' JSON (nested past the parser's depth too: attack run 92): each a
-                    # failed fetch, paced (attack run 36: http.client's own errors and JSON of another shape were
-                    # 500s, and every verification fetched again), from when it ended: a slow one's waiters fetched
-                    # again each, one after another (attack run 92: 3 verifications, 12, 24 and 36 s)
-                    self._failed = self._clock()
-                    log.warning("Google's token keys could not be fetched", extra={"fields": {"error": repr(exc)}})
             if now >= self._expires + STALE_GRACE_S or (now >= self._expires and not self._keys):
                 raise errors.Unavailable("token keys unavailable", code="auth_keys_unavailable")
             return self._keys.get(kid)
+
+    def _due(self, kid: str) -> bool:
+        """Whether the keys are to be fetched for ``kid`` now: expired, or not naming it and not fetched for a minute,
+        and no fetch failed in the last ``FAILED_RETRY_S``."""
+        with self._lock:
+            now = self._clock()
+            due = now >= self._expires or (kid not in self._keys and now >= self._fetched + UNKNOWN_KEY_REFETCH_S)
+            return due and now >= self._failed + FAILED_RETRY_S
+
+    def _at_hand(self, kid: str) -> bool:
+        """Whether the keys at hand verify ``kid``'s tokens without a fetch (they name it, within their grace)."""
+        with self._lock:
+            return kid in self._keys and self._clock() < self._expires + STALE_GRACE_S
+
+    def _fetch_now(self) -> None:
+        """Fetch the keys (outside ``_lock``: verifications with a key at hand go on meanwhile)."""
+        with self._lock:
+            now = self._fetched = self._clock()
+        try:
+            keys, expires = self._fetched_keys(now)
+        except (OSError, ValueError, RecursionError, http.client.HTTPException) as exc:  # unreachable, cut off, or
+            # not the certificates' JSON (nested past the parser's depth too: attack run 92): each a failed fetch,
+            # paced (attack run 36: http.client's own errors and JSON of another shape were 500s, and every
+            # verification fetched again), from when it ended: a slow one's waiters fetched again each, one after
+            # another (attack run 92: 3 verifications, 12, 24 and 36 s)
+            with self._lock:
+                self._failed = self._clock()
+            log.warning("Google's token keys could not be fetched", extra={"fields": {"error": repr(exc)}})
+            return
+        with self._lock:
+            self._keys, self._expires = keys, expires
 
     def _fetched_keys(self, now: float) -> tuple[dict[str, RSAPublicKey], float]:
         body, max_age = self._fetch(self._url)
