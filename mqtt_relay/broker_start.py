@@ -86,12 +86,17 @@ class BrokerStart:
         newer comes before it) a tag is taken as it is, and the devices function takes none more than 10 minutes
         ahead: dropped, the tag of a live lock's new connection queued there was lost, and its row, left on the
         run before, was turned offline at the next upkeep."""
-        run = run_of(properties)
-        return None if run is None or (self.run is not None and run > self.run) else run
+        run, broker = run_of(properties), self.run  # read once: a drained session's thread calls this while paho's
+        # network thread may ``forget`` the run (None between a test and a comparison was a TypeError: attack run 96)
+        return None if run is None or (broker is not None and run > broker) else run
 
     def uptime_s(self) -> float | None:
-        """How long the broker has been up now, as far as this relay knows (None: not known on this connection)."""
-        return None if self._started is None else round(self._clock() - self._started, 3)
+        """How long the broker has been up now, as far as this relay knows (None: not known on this connection). Read
+        once: the upkeep's and the health report's threads ask while paho's may ``forget`` it on a reconnect, and
+        None between the test and the subtraction was a TypeError that ended the upkeep's thread for good (attack run
+        96)."""
+        started = self._started
+        return None if started is None else round(self._clock() - started, 3)
 
     def forget(self) -> None:
         """A new connection: the broker may have restarted since the last uptime and run heard."""

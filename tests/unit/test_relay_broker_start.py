@@ -64,3 +64,45 @@ def test_the_broker_run_is_read_from_its_topic_and_each_messages_tag() -> None:
     start.heard_run(b"100")
     assert start.tag(tagged((RUN_PROPERTY, "100"))) == 100 and start.tag(tagged((RUN_PROPERTY, "99"))) == 99
     assert start.tag(tagged((RUN_PROPERTY, "101"))) is None and start.tag(None) is None
+
+
+def test_a_start_forgotten_by_another_thread_mid_read_is_unknown_not_a_type_error() -> None:
+    """Attack run 96: paho's network thread ``forget``s the start on a reconnect while the upkeep's and the health
+    report's threads read it; read twice, None between the test and the subtraction was a TypeError that ended the
+    upkeep's thread for good. The clock here is read between the two, as a switch of threads there would."""
+    start: BrokerStart
+
+    def clock() -> float:
+        start.forget()  # paho's thread, between the upkeep's test and its subtraction
+        return 1000.0
+
+    start = BrokerStart(clock=clock)
+    start._started = 880.0  # noqa: SLF001 - a live uptime heard before (``heard`` reads the clock too)
+    assert start.uptime_s() == 120.0  # the start as it stood when read (the next reading: unknown)
+    assert start.uptime_s() is None
+
+
+class _ForgottenMidRead(BrokerStart):
+    """A relay whose run paho's thread forgets right after it is first read (a drained session's thread tags)."""
+
+    _run: int | None = None
+
+    @property
+    def run(self) -> int | None:
+        run, self._run = self._run, None
+        return run
+
+    @run.setter
+    def run(self, value: int | None) -> None:
+        self._run = value
+
+
+def test_a_run_forgotten_by_another_thread_mid_tag_is_no_type_error() -> None:
+    """Attack run 96: a drained session's messages are tagged on its client's thread, while the relay's own may
+    ``forget`` the run; ``self.run`` tested, then compared, was None for the comparison: a TypeError in that client's
+    callback."""
+    start = _ForgottenMidRead()
+    start.run = 1_700_000_000_000_000
+    properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+    properties.UserProperty = [(RUN_PROPERTY, "1700000000000001")]  # newer than the broker's run: a will's own
+    assert start.tag(properties) is None

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import json
+import threading
 import time
 from collections.abc import Iterator
 
@@ -304,3 +305,33 @@ def test_a_redirect_is_not_followed_with_the_service_token() -> None:
             finally:
                 forwarder.stop(drain_timeout_s=1)
     assert seen == [] and acked == []  # nothing reached the redirect's target, and the event was not taken
+
+
+def test_an_upkeep_that_raises_is_tried_again_not_the_upkeeps_end() -> None:
+    """Attack run 96: an error escaping one upkeep (the broker's start read while paho's thread forgot it, a
+    TypeError) ended the upkeep's thread for good, the health report none the wiser: the app's view, guests' windows
+    and the offline sweeps stopped until the relay restarted. It is logged, and the next upkeep runs at its time."""
+    from types import SimpleNamespace
+
+    from mqtt_relay.broker_start import BrokerStart
+    from mqtt_relay.relay import Relay
+
+    stopping = threading.Event()
+    calls: list[float | None] = []
+
+    def flush_mirror(uptime_s: float | None, run: int | None) -> bool:
+        calls.append(uptime_s)
+        if len(calls) == 1:
+            raise TypeError("unsupported operand type(s) for -: 'float' and 'NoneType'")
+        stopping.set()
+        return False
+
+    relay = SimpleNamespace(
+        stopping=stopping,
+        forwarder=SimpleNamespace(flush_mirror=flush_mirror),
+        broker_start=BrokerStart(),
+        settings=SimpleNamespace(flush_every_s=0.01),
+        _certificate=lambda: {"ok": True},
+    )
+    Relay._upkeep(relay)  # type: ignore[arg-type]  # noqa: SLF001 - the loop alone, on this thread
+    assert len(calls) == 2
