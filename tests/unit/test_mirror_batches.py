@@ -4,6 +4,8 @@ document semantics (the integration tests write the same rows to the real emulat
 from __future__ import annotations
 
 import itertools
+import threading
+import time
 from typing import Any
 
 import pytest
@@ -94,3 +96,24 @@ def test_groups_keep_queue_order_and_commit_size_and_put_collection_deletes_alon
     groups = mirror._groups(rows)
     assert [len(g) for g in groups] == [mirror.MAX_BATCH_WRITES, 3, 1, 1]
     assert [row[0] for row in itertools.chain.from_iterable(groups)] == [row[0] for row in rows]
+
+
+def test_the_firestore_client_is_made_once_by_threads_asking_together() -> None:
+    """Attack run 96: a health report's Firestore probe and a flush (or two flushes: a request's and a background
+    one) asked for the client at once, and each made one (each looking up the credentials; the one not kept held its
+    connections until collected)."""
+    made: list[object] = []
+
+    def make_client() -> Any:
+        time.sleep(0.2)  # the credentials looked up (Application Default Credentials: the metadata server)
+        made.append(object())
+        return made[-1]
+
+    flusher = mirror.Flusher(None, make_client)  # type: ignore[arg-type]  # no database: only the client is asked
+    got: list[object] = []
+    threads = [threading.Thread(target=lambda: got.append(flusher.client())) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(5)
+    assert len(made) == 1 and got == made * 4

@@ -215,12 +215,19 @@ class Flusher:
         self._failing = False  # Firestore's last answer was a failure (not a refusal), or none came
         self._lock = threading.Lock()
         self._wanted = threading.Event()  # rows were queued since the last pass began
+        self._making = threading.Lock()  # one client made, by one thread
 
     def client(self) -> firestore.Client:
-        """The Firestore client, made on first use (a failed request closes its own connection: the client stays)."""
-        if self._client is None:
-            self._client = self._make_client()
-        return self._client
+        """The Firestore client, made on first use (a failed request closes its own connection: the client stays), by
+        one thread: a health report's probe and a flush both made one (attack run 96), each looking up the
+        credentials, the one not kept holding its connections until collected."""
+        client = self._client
+        if client is None:
+            with self._making:
+                if self._client is None:
+                    self._client = self._make_client()
+                client = self._client
+        return client
 
     def retry_now(self) -> None:
         self._retry_at = 0.0
