@@ -843,7 +843,8 @@ def test_rules_decide_guest_windows_as_the_api_does(
     wrong = [(a, inside, read) for a, inside, read in outcomes if read != (200 if inside else 403)]
     assert not wrong, wrong
     assert {inside for _, inside, _ in outcomes} == {True, False}
-    # a zone offset past its validity is refused until the back-end mirrors the new one (fail closed)
+    # zone offsets past their validity (the next one's too) are refused until the back-end mirrors new ones (fail
+    # closed)
     world.devices.patch(
         path,
         json={"role": "guest", "access": {"timezone": "Europe/Berlin", "weekdays": list(members.WEEKDAY_NAMES)}},
@@ -852,7 +853,7 @@ def test_rules_decide_guest_windows_as_the_api_does(
     assert rest_get(host, lock_doc, token) == 200
     access = firestore_client(PROJECT_ID, host).document(f"{lock_doc}/access/{world.uid('guest_in')}")
     stale = int(time.time() * 1000) - 1000
-    access.update({"offset_until_ms": stale})
+    access.update({"offset_until_ms": stale, "next_offset_until_ms": stale})
     assert rest_get(host, lock_doc, token) == 403
     # when the zone's offset is due to change, the relay's periodic flush mirrors the new one
     with get_runtime("devices").db.transaction() as con:
@@ -872,6 +873,46 @@ def test_rules_decide_guest_windows_as_the_api_does(
             "SELECT due_at > now() FROM mirror_refresh_due WHERE lock_id = CAST(:l AS uuid)", l=world.lock_id
         )
     assert due == [True]
+
+
+def test_the_rules_judge_a_window_by_the_zones_next_offset_once_its_clocks_change(
+    world: World, stack_env: dict[str, str]
+) -> None:
+    """Attack run 95: the rules had the zone's offset until its next change only, and refused every guest of the zone
+    from the change until the upkeep mirrored their lock again, inside their window too (all locks with a guest of
+    the zone due at that instant). They now carry the offset after the change as well, and judge the window by it
+    from the change on; past the change after that, they refuse until mirrored again."""
+    host, lock_doc = stack_env["FIRESTORE_EMULATOR_HOST"], f"locks/{world.lock_id}"
+    token = world.accounts["guest_in"]["idToken"]
+    now = dt.datetime.now(dt.UTC)
+    minute = now.hour * 60 + now.minute  # in UTC; the window below is read at an offset of +120 minutes
+    start, end = (minute + 120 - 20) % 1440, (minute + 120 + 20) % 1440 or 1440
+    resp = world.devices.patch(
+        f"/devices/locks/{world.lock_id}/members/{world.uid('guest_in')}",
+        json={
+            "role": "guest",
+            "access": {"timezone": "Europe/Berlin", "day_start_minute": start, "day_end_minute": end},
+        },
+        headers=world.headers("owner"),
+    )
+    assert resp.status_code == 200, resp.get_json()
+    wait_until_mirrored(world.lock_id)
+    access = firestore_client(PROJECT_ID, host).document(f"{lock_doc}/access/{world.uid('guest_in')}")
+    assert set(access.get().to_dict()) >= {"next_offset_min", "next_offset_until_ms"}
+    ms = int(time.time() * 1000)
+    # the clocks changed a second ago, from +0 to +120, and the upkeep has not mirrored the lock yet: inside
+    access.update({"utc_offset_min": 0, "offset_until_ms": ms - 1000, "next_offset_min": 120,
+                   "next_offset_until_ms": ms + 3_600_000})  # fmt: skip
+    assert rest_get(host, lock_doc, token) == 200
+    # the offset before the change no longer decides: at +0 she is outside, at +120 (before the change) inside
+    access.update({"utc_offset_min": 120, "next_offset_min": 0})
+    assert rest_get(host, lock_doc, token) == 403
+    access.update({"utc_offset_min": 120, "offset_until_ms": ms + 3_600_000})
+    assert rest_get(host, lock_doc, token) == 200
+    # past the change after that too: refused until mirrored again
+    access.update({"utc_offset_min": 0, "offset_until_ms": ms - 2000, "next_offset_min": 120,
+                   "next_offset_until_ms": ms - 1000})  # fmt: skip
+    assert rest_get(host, lock_doc, token) == 403
 
 
 def test_a_lock_reporting_in_a_loop_fills_its_feed_only_to_its_budget(

@@ -133,6 +133,10 @@ def test_rules_access_carries_the_window_for_the_security_rules() -> None:
     assert access["weekdays"] == [0, 2, 4] and access["utc_offset_min"] == -240
     assert access["expires_ms"] == int((now + dt.timedelta(days=2)).timestamp() * 1000)
     assert access["offset_until_ms"] == int(dt.datetime(2026, 11, 1, 6, 0, tzinfo=dt.UTC).timestamp() * 1000)
+    # and the offset after that change, until the one after it (attack run 95: the rules refused every guest of the
+    # zone from the change until their lock was mirrored again)
+    assert access["next_offset_min"] == -300
+    assert access["next_offset_until_ms"] == int(dt.datetime(2027, 3, 14, 7, 0, tzinfo=dt.UTC).timestamp() * 1000)
     member = members.Membership("L", "m", "member", valid_from=now)  # only guests have windows
     assert member.rules_access(now)["valid_from_ms"] is None and member.rules_access(now)["offset_until_ms"] is None
 

@@ -85,7 +85,7 @@ def test_a_guest_whose_zone_this_release_lacks_is_outside_her_window_and_holds_u
         access = lost.rules_access(now)
     assert "Mars/Olympus_Mons" in caplog.text
     # the rules refuse her too, by an offset that stood until the epoch: the same at every mirror (not written again)
-    assert (access["in_window"], access["offset_until_ms"]) == (False, 0)
+    assert (access["in_window"], access["offset_until_ms"], access["next_offset_until_ms"]) == (False, 0, 0)
     assert lost.rules_access(now + dt.timedelta(minutes=5)) == access
     # and she is looked at again in an hour: a release whose data has the zone lets her in, the rules with it
     assert lost.next_edge(now) == now + members.UNKNOWN_ZONE_RETRY

@@ -148,8 +148,11 @@ class Membership:
     def rules_access(self, now: dt.datetime) -> dict[str, Any]:
         """What the Firestore security rules need to end this member's reads when the API ends their access:
         bounds as epoch milliseconds, and for a recurring guest window its days (0 = Monday), minutes and the time
-        zone's UTC offset, valid until the zone's next offset change (after which the rules refuse until the mirror
-        is refreshed: ``offset_until_ms``)."""
+        zone's UTC offset, valid until the zone's next offset change (``offset_until_ms``), and the offset after it,
+        valid until the change after that (``next_offset_min``, ``next_offset_until_ms``; past it the rules refuse
+        until the mirror is refreshed). With one offset only, every guest inside a window of a zone whose clocks
+        changed was refused the live view from the change until the upkeep had mirrored their lock again, every lock
+        with a guest of that zone due at once (attack run 95)."""
         guest = self.role == "guest"
         out: dict[str, Any] = {
             "role": self.role,  # owners and admins read the whole activity feed, others what names them
@@ -161,6 +164,8 @@ class Membership:
             "day_end_minute": None,
             "utc_offset_min": 0,
             "offset_until_ms": None,
+            "next_offset_min": 0,
+            "next_offset_until_ms": None,
             # changes at each edge of a recurring window, when the mirror is refreshed (``next_edge``): a listener
             # the rules let in is checked again only when a document they read changes (attack run 12: a guest's
             # open listener kept the door's state and feed after their window ended)
@@ -171,12 +176,15 @@ class Membership:
             # a zone this release's data lacks: an offset that stood until the epoch, which the rules refuse (the
             # same every time: the document is not written again at each mirror of the lock)
             offset, until = (0, _EPOCH) if zone is None else utc_offset(zone, now)
+            after, then = (0, _EPOCH) if zone is None else utc_offset(zone, until)
             out.update(
                 weekdays=None if self.weekdays is None else [d for d in range(7) if (self.weekdays >> d) & 1],
                 day_start_minute=self.day_start_minute,
                 day_end_minute=self.day_end_minute,
                 utc_offset_min=offset,
                 offset_until_ms=_ms(until),
+                next_offset_min=after,
+                next_offset_until_ms=_ms(then),
             )
         return out
 
