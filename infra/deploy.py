@@ -5,7 +5,8 @@ ONNX once for embed and verify), ``migrate`` (database migrations as a Cloud Run
 live), ``functions`` (verify, embed, devices, devices-relay), ``broker`` (Mosquitto config for the broker VM),
 ``relay`` (the always-on container, ready only once it reaches the broker: the VM runs the rendered config first;
 it and ``functions`` first have the job check the database has every migration of this build, and stop if not),
-``firebase`` (Firestore rules and indexes, Hosting rewrites), ``all`` (in that order).
+``firebase`` (Firestore rules and indexes, Hosting rewrites), ``monitoring`` (the log-based metrics operators alert
+on: ``infra.monitoring``), ``all`` (in that order).
 
 ``--dry-run`` validates the configuration and prints exactly the commands that would run, one per line, without
 running anything; the tests check that output. Secret values never appear: services mount them from Secret Manager.
@@ -36,9 +37,10 @@ from infra.deploy_config import (
     environment,
     secret_targets,
 )
+from infra.monitoring import METRICS
 
 REPO = Path(__file__).resolve().parents[1]
-COMPONENTS = ("accounts", "build", "migrate", "functions", "broker", "relay", "firebase")
+COMPONENTS = ("accounts", "build", "migrate", "functions", "broker", "relay", "firebase", "monitoring")
 _PROJECT_RE = re.compile(r"[a-z][a-z0-9-]{4,28}[a-z0-9]")
 _REGION_RE = re.compile(r"[a-z]+-[a-z]+[0-9]")
 _IPV4_RE = re.compile(r"((25[0-5]|2[0-4]\d|1?\d?\d)\.){3}(25[0-5]|2[0-4]\d|1?\d?\d)")
@@ -464,6 +466,19 @@ def firebase(t: Target) -> list[Command]:
     ]
 
 
+def monitoring(t: Target) -> list[Command]:
+    """The log-based metrics (``infra.monitoring``), each created, or updated where it exists: rendered first, then
+    one command per metric (its name and file passed as arguments, never into the shell's text)."""
+    out = REPO / ".build" / "monitoring"
+    upsert = (
+        'gcloud logging metrics update "$1" --project="$2" --config-from-file="$3" >/dev/null 2>&1'
+        ' || gcloud logging metrics create "$1" --project="$2" --config-from-file="$3"'
+    )
+    return [[sys.executable, "-m", "infra.monitoring", "--out", str(out)]] + [
+        ["bash", "-c", upsert, "metric", metric.name, t.project, str(out / f"{metric.name}.json")] for metric in METRICS
+    ]
+
+
 PLANS = {
     "accounts": accounts,
     "build": build,
@@ -472,6 +487,7 @@ PLANS = {
     "relay": relay,
     "broker": broker,
     "firebase": firebase,
+    "monitoring": monitoring,
 }
 
 

@@ -8,11 +8,9 @@ silently (attack run 97, a guard: none had drifted yet).
 
 from __future__ import annotations
 
-import ast
 import json
 import logging
 import re
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,6 +18,7 @@ import pytest
 from lockwise.core import log as lwlog
 from mqtt_relay.forwarder import Forwarder
 from tests.http_stubs import StubHandler, serving
+from tests.log_lines import begins_a_line_of, broker_formats, python_messages
 
 REPO = Path(__file__).resolve().parents[2]
 README = " ".join((REPO / "README.md").read_text().split())
@@ -33,65 +32,21 @@ NAMED_IN_README = (
     "ge2e model loaded",
 )
 
-_LEVELS = frozenset({"debug", "info", "warning", "error", "exception", "critical"})
-
-
-def _messages(path: Path) -> Iterator[str]:
-    """The literal messages of ``path``'s logging calls: ``x.info("...")`` and the like, ``x.log(level, "...")``
-    and ``event(logger, "...")`` (``lockwise.core.log``)."""
-    for node in ast.walk(ast.parse(path.read_text())):
-        if not isinstance(node, ast.Call):
-            continue
-        name = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", "")
-        at = 0 if name in _LEVELS else 1 if name in ("log", "event") else None
-        if at is not None and len(node.args) > at:
-            message = node.args[at]
-            if isinstance(message, ast.Constant) and isinstance(message.value, str):
-                yield message.value
-
-
-def _python_messages() -> set[str]:
-    roots = [REPO / "functions" / "lockwise", REPO / "mqtt_relay", *(REPO / "functions").glob("*/main.py")]
-    files = [p for root in roots for p in ([root] if root.is_file() else root.rglob("*.py"))]
-    return {message for path in files for message in _messages(path)}
-
-
-_CONVERSION = r"%[-.\d]*(llu|lu|s|g|d|u)"
-#: what each conversion writes in the plugin's lines: a name, a topic or a path (no space), or a number
-_WRITES = {"s": r"\S+", "g": r"[\d.e+-]+"}
-
-
-def _broker_formats() -> list[str]:
-    """Each ``mosquitto_log_printf`` format of the broker's plugin, its adjacent literals joined."""
-    source = (REPO / "infra" / "broker" / "lockwise_acl.c").read_text()
-    calls = re.finditer(r"mosquitto_log_printf\(\s*MOSQ_LOG_\w+\s*,\s*((?:\"(?:[^\"\\]|\\.)*\"\s*)+)", source)
-    return ["".join(re.findall(r"\"((?:[^\"\\]|\\.)*)\"", call.group(1))) for call in calls]
-
-
-def _begins_a_line_of(named: str, form: str) -> bool:
-    """Whether a line ``form`` writes may begin with ``named`` (the README quotes a line's beginning)."""
-    for end in range(len(form), 0, -1):
-        parts = re.split(_CONVERSION, form[:end])  # literal, conversion, literal, ...
-        pattern = "".join(_WRITES.get(p, r"\d+") if i % 2 else re.escape(p) for i, p in enumerate(parts))
-        if re.fullmatch(pattern, named):
-            return True
-    return False
-
 
 @pytest.mark.parametrize("named", NAMED_IN_README)
 def test_each_log_line_the_readme_names_is_written_by_the_code(named: str) -> None:
     assert f"`{named}`" in README, f"the README no longer names {named!r}: take it out of NAMED_IN_README"
-    assert any(message.startswith(named) for message in _python_messages()), f"no code logs {named!r}"
+    assert any(message.startswith(named) for message in python_messages()), f"no code logs {named!r}"
 
 
 def test_each_broker_plugin_line_the_readme_names_is_written_by_the_plugin() -> None:
     """The README's ``lockwise_acl: ...`` lines (the rate at start, a relay holding the events' topic, the run) and
     the words it says to alert on are the plugin's."""
-    forms = _broker_formats()
+    forms = broker_formats()
     named = [n.replace("<n>", "1700000000000000") for n in re.findall(r"`(lockwise_acl: [^`]+)`", README)]
     assert len(named) >= 3
     for line in named:
-        assert any(_begins_a_line_of(line, form) for form in forms), f"the plugin writes no line such as {line!r}"
+        assert any(begins_a_line_of(line, form) for form in forms), f"the plugin writes no line such as {line!r}"
     for words in ("publishes faster than", "holding", "cannot keep the run"):
         assert f"`{words}`" in README
         assert any(words in form for form in forms), f"no line of the plugin says {words!r}"

@@ -1,0 +1,157 @@
+"""The log-based metrics an operator watches and alerts on: ``python -m infra.monitoring --out DIR`` writes one
+Cloud Logging ``LogMetric`` per file, which ``infra.deploy monitoring`` creates or updates in the project.
+
+Each is defined by the log line it counts, as the code writes it (``lockwise.core.log``'s JSON lines, read by Cloud
+Logging as ``jsonPayload``, their ``severity`` promoted; the broker plugin's lines as the VM's syslog text), so that
+``tests/unit/test_monitoring.py`` holds each to a line the code really writes: a metric whose line was reworded would
+count nothing, silently. The README told operators what to alert on and nothing defined it (attack run 97).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+#: the Cloud Run services whose lines the Python metrics count (``infra.deploy_config.SERVICES``' names)
+SERVICES = ("lockwise-verify", "lockwise-embed", "lockwise-devices", "lockwise-devices-relay", "lockwise-relay")
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One log-based metric: the lines whose ``message`` begins with ``message`` (is it, ``whole``; a Python
+    service's, at ``severity`` or above) or whose text holds ``message`` (``broker``: the plugin's lines in the VM's
+    syslog)."""
+
+    name: str
+    description: str
+    message: str
+    severity: str = "DEFAULT"
+    broker: bool = False
+    whole: bool = False
+    #: label -> the line's field it is read from (a counter per value)
+    labels: tuple[tuple[str, str], ...] = ()
+    #: the line's numeric field a distribution is made of (None: a counter of lines)
+    value_field: str | None = None
+
+    def log_filter(self) -> str:
+        if self.broker:  # syslog's text: the logging agent's textPayload, or the Ops Agent's jsonPayload.message
+            held = _quoted(self.message)
+            return f'resource.type="gce_instance" AND (textPayload:"{held}" OR jsonPayload.message:"{held}")'
+        services = " OR ".join(f'"{name}"' for name in SERVICES)
+        return (
+            f'resource.type="cloud_run_revision" AND resource.labels.service_name=({services})'
+            f' AND severity>={self.severity} AND jsonPayload.message=~"{_quoted(self.message_pattern())}"'
+        )
+
+    def message_pattern(self) -> str:
+        """The regular expression (RE2's, as Python's ``re`` reads it too) a counted line's ``message`` matches."""
+        return f"^{re.escape(self.message)}" + ("$" if self.whole else "")
+
+    def log_metric(self) -> dict[str, object]:
+        """The ``LogMetric`` resource (Cloud Logging API v2) ``gcloud logging metrics create --config-from-file``
+        takes."""
+        descriptor: dict[str, object] = {
+            "metricKind": "DELTA",
+            "valueType": "DISTRIBUTION" if self.value_field else "INT64",
+            "labels": [{"key": key, "valueType": "STRING"} for key, _ in self.labels],
+        }
+        body: dict[str, object] = {
+            "name": self.name,
+            "description": self.description,
+            "filter": self.log_filter(),
+            "metricDescriptor": descriptor,
+            "labelExtractors": {key: f"EXTRACT(jsonPayload.{field})" for key, field in self.labels},
+        }
+        if self.value_field:
+            descriptor["unit"] = "ms"
+            body["valueExtractor"] = f"EXTRACT(jsonPayload.{self.value_field})"
+            body["bucketOptions"] = {"exponentialBuckets": {"numFiniteBuckets": 32, "growthFactor": 1.5, "scale": 1}}
+        return body
+
+
+def _quoted(text: str) -> str:
+    """``text`` inside a Logging query's double quotes."""
+    return text.replace("\\", "\\\\").replace('"', '\\"')
+
+
+#: what an operator watches: the main job's answers and speed, then what needs someone
+METRICS = (
+    Metric(
+        "lockwise_requests",
+        "Requests answered by each LockWise service, by status (the door's 5xx: alert on any)",
+        "request",
+        labels=(("service", "service"), ("status", "status")),
+        whole=True,  # not "request failed ...", the refusals' own lines
+    ),
+    Metric(
+        "lockwise_request_latency",
+        "Each request's time in the function, by service (the door's: verify)",
+        "request",
+        labels=(("service", "service"),),
+        value_field="latency_ms",
+        whole=True,
+    ),
+    Metric(
+        "lockwise_unhandled_errors", "A request answered 500 by an error nobody expected", "unhandled error", "ERROR"
+    ),
+    Metric(
+        "lockwise_commit_unknown",
+        "A COMMIT whose answer was lost, not known made: the request was answered 503 commit_unconfirmed",
+        "a COMMIT's answer was lost and whether it was made is not known",
+        "ERROR",
+    ),
+    Metric(
+        "lockwise_mirror_refused",
+        "A live-view write Firestore refused, set aside for an operator (firestore_outbox.refused_at)",
+        "firestore refused a mirror write; set aside",
+        "ERROR",
+    ),
+    Metric(
+        "lockwise_relay_upkeep_failed",
+        "The relay's call to the devices function failed (mirror flush, access refresh, sweeps): alert if it lasts",
+        "devices upkeep failed",
+        "WARNING",
+        labels=(("error", "error"),),
+    ),
+    Metric("lockwise_broker_runs", "The broker started (alert on restarts)", "lockwise_acl: broker run", broker=True),
+    Metric(
+        "lockwise_broker_floods",
+        "A lock published faster than its allowance and was disconnected",
+        "publishes faster than",
+        broker=True,
+    ),
+    Metric(
+        "lockwise_broker_holding",
+        "The broker holds locks' events while no relay subscribes (alert if it lasts)",
+        "lockwise_acl: holding",
+        broker=True,
+    ),
+)
+
+
+def write(out: Path) -> list[Path]:
+    """One JSON file per metric in ``out``; their paths."""
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for metric in METRICS:
+        path = out / f"{metric.name}.json"
+        path.write_text(json.dumps(metric.log_metric(), indent=2) + "\n")
+        written.append(path)
+    return written
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args(argv)
+    for path in write(args.out):
+        sys.stdout.write(f"{path}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
