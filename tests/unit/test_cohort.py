@@ -77,6 +77,7 @@ def test_cohort_files_are_checked_against_the_model(tmp_path: Path) -> None:
         ("[1, 2]", "expected a JSON object"),
         ('{"model_id": "ge2e-x", "top_k": "7"}', "top_k must be a positive integer"),
         ('{"model_id": "ge2e-x", "top_k": 0}', "top_k must be a positive integer"),
+        ('{"model_id": "ge2e-x", "top_k": 1}', "top_k must be at least 2"),
     ],
 )
 def test_a_damaged_cohort_manifest_stops_the_start_by_name(tmp_path: Path, manifest: str, named: str) -> None:
@@ -84,4 +85,20 @@ def test_a_damaged_cohort_manifest_stops_the_start_by_name(tmp_path: Path, manif
     cohort.save(tmp_path, unit(np.random.default_rng(6).standard_normal((20, 8))), 7, "ge2e-x", {"corpus": "test"})
     (tmp_path / cohort.COHORT_MANIFEST).write_text(manifest)
     with pytest.raises(ModelError, match=named):
+        cohort.load(tmp_path, "ge2e-x", 8)
+
+
+def test_a_cohort_no_deviation_can_be_taken_over_stops_the_start(tmp_path: Path) -> None:
+    """Over one top score (``top_k`` 1) every deviation is 0, taken as 1e-6: normalised scores of +-1e5, on which the
+    calibrated threshold, margin and "say it again" band were millionths of a cosine (attack run 98). A cohort row
+    that is not a finite unit vector (``save`` dividing a zero embedding by its norm) made every score NaN once the
+    top scores took it in (no voice opened any door), the start none the wiser."""
+    members = unit(np.random.default_rng(7).standard_normal((20, 8)))
+    cohort.save(tmp_path, members, 1, "ge2e-x", {"corpus": "test"})
+    with pytest.raises(ModelError, match="top_k must be at least 2"):
+        cohort.load(tmp_path, "ge2e-x", 8)
+    members[3] = 0.0
+    with np.errstate(invalid="ignore"):
+        cohort.save(tmp_path, members, 7, "ge2e-x", {"corpus": "test"})
+    with pytest.raises(ModelError, match="finite unit vector"):
         cohort.load(tmp_path, "ge2e-x", 8)

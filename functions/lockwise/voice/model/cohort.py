@@ -26,6 +26,10 @@ from lockwise.voice.model.model_files import ModelError, file_sha256, read_manif
 
 COHORT_FILE = "cohort.npz"
 COHORT_MANIFEST = "cohort.json"
+#: the fewest top cohort scores a deviation is taken over: over one it is 0, and every normalised score was the
+#: cosine's distance from the cohort's best over the floor of 1e-6, scores of +-1e5 on which the calibrated
+#: threshold, margin and "say it again" band (4.775, 1.0 and 2.0 for GE2E) were millionths of a cosine (attack run 98)
+MIN_TOP_K = 2
 F32 = npt.NDArray[np.float32]
 
 
@@ -95,10 +99,15 @@ def load(folder: Path, model_id: str, dim: int) -> Cohort | None:
     top_k = manifest.get("top_k")
     if not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1:
         raise ModelError(f"{manifest_file}: top_k must be a positive integer, not {top_k!r}")
+    if top_k < MIN_TOP_K:  # the deviation of one score is 0: every z-score taken over the floor of 1e-6
+        raise ModelError(f"{manifest_file}: top_k must be at least {MIN_TOP_K} (the deviation of one score is 0)")
     if not data_file.is_file() or file_sha256(data_file) != manifest.get("sha256"):
         raise ModelError(f"{data_file} is missing or does not match {COHORT_MANIFEST} (sha256)")
     with np.load(data_file) as data:
         embeddings = np.asarray(data["embeddings"], dtype=np.float32)
     if embeddings.ndim != 2 or embeddings.shape[1] != dim or embeddings.shape[0] < 2:
         raise ModelError(f"{data_file}: expected (n >= 2, {dim}) embeddings, got {embeddings.shape}")
+    norms = np.linalg.norm(embeddings.astype(np.float64), axis=1)
+    if not (np.isfinite(norms) & (np.abs(norms - 1) < 1e-3)).all():  # ``save`` divided a zero row by its norm: NaN
+        raise ModelError(f"{data_file}: every embedding must be a finite unit vector (rebuild the cohort)")
     return Cohort(embeddings, top_k, model_id)
