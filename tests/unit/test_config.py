@@ -246,6 +246,8 @@ def test_production_refuses_the_settings_that_turn_a_guard_off(tmp_path: Path) -
     assert config.rehearsal({"LOCKWISE_REHEARSAL": " TRUE "})
     with pytest.raises(ConfigError, match="LOCKWISE_LOCK_CERT_TTL_S must be at most"):
         Settings.from_env(dict(devices, LOCKWISE_LOCK_CERT_TTL_S=str(31 * 24 * 3600)), component="devices")
+    with pytest.raises(ConfigError, match="LOCKWISE_LOCKOUT_BASE_S must be at most"):
+        Settings.from_env({"LOCKWISE_LOCKOUT_BASE_S": str(10**12)}, component="verify")
     local = Settings.from_env({"LOCKWISE_REPLAY_MEMORY_HOURS": "0"}, component="verify")
     assert (local.relay_routes, local.mqtt_public_host, local.replay_memory_hours) == (True, "127.0.0.1", 0)
 

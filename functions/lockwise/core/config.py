@@ -487,7 +487,9 @@ class Settings:
             # 0 (the local stack's) checks no account: deleted ones and revoked sessions never learned (attack run 89)
             account_check_batch=min(env_int(env, "LOCKWISE_ACCOUNT_CHECK_BATCH", 100, minimum=0 if local else 1), 100),
             account_recheck_s=env_int(env, "LOCKWISE_ACCOUNT_RECHECK_S", 3600, minimum=60),
-            lockout_base_s=env_int(env, "LOCKWISE_LOCKOUT_BASE_S", 30, minimum=1 if local else 30),
+            # at most an hour: the lockout doubles up to 2**16 times (an hour's is 7 years), and a base past what a
+            # date holds was an OverflowError, a 500 at the door (attack run 98)
+            lockout_base_s=env_int(env, "LOCKWISE_LOCKOUT_BASE_S", 30, minimum=1 if local else 30, maximum=3600),
             debug_rejected_dir=_debug_dir(env, local),
             relay_routes=relay_routes,
             restore_pending=_choice(env, "LOCKWISE_RESTORE_PENDING", ("on", "off"), "off") == "on",
