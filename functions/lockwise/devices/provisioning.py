@@ -156,15 +156,24 @@ def parse_public_key(value: Any) -> bytes:
     return raw
 
 
-def reserve_pairing_attempt(con: Connection, source: str, limit: int) -> int:
-    """Count a pairing attempt from ``source`` before its code is tried, and return its row's id; 429
-    ``too_many_pairing_attempts`` instead when ``limit`` were counted in the last hour (``Retry-After``: until the
-    oldest of them leaves it). Counting first makes the limit exact under a parallel burst (checking, then counting
-    the failure after the code was tried, let 22 wrong codes through a limit of 20); the source's attempts are
-    counted one request at a time (an advisory lock on it, until the caller's transaction ends). A wrong code leaves
-    it counted; any other outcome gives it back (``release_pairing_attempt``). One row an attempt: counted per clock
-    hour, 40 passed in seconds across the hour's turn, and as this hour's count and a share of the last one's, 39 in
-    one 60 minutes (attack run 45)."""
+@dataclass(frozen=True)
+class Reserved:
+    """A pairing attempt as ``reserve_pairing_attempt`` found its source: counted (its row, ``attempt_id``), or, the
+    source's hour full, not counted and answered ``past_limit`` unless its code pairs."""
+
+    attempt_id: int | None
+    past_limit: errors.RateLimited | None = None
+
+
+def reserve_pairing_attempt(con: Connection, source: str, limit: int) -> Reserved:
+    """Count a pairing attempt from ``source`` before its code is tried (its row's id); when ``limit`` were counted
+    in the last hour nothing is counted, and the attempt is answered 429 ``too_many_pairing_attempts``
+    (``Retry-After``: until the oldest of them leaves it) unless its code pairs (``pair``). Counting first makes the
+    limit exact under a parallel burst (checking, then counting the failure after the code was tried, let 22 wrong
+    codes through a limit of 20); the source's attempts are counted one request at a time (an advisory lock on it,
+    until the caller's transaction ends). A wrong code leaves it counted; any other outcome gives it back
+    (``release_pairing_attempt``). One row an attempt: counted per clock hour, 40 passed in seconds across the
+    hour's turn, and as this hour's count and a share of the last one's, 39 in one 60 minutes (attack run 45)."""
     con.run("SELECT pg_advisory_xact_lock(hashtextextended('pairing attempts from ' || :s, 0))", s=source)
     ((counted, wait),) = con.run(
         "WITH recent AS (SELECT at FROM pairing_attempts WHERE source = :s AND at > now() - interval '1 hour'"
@@ -174,13 +183,16 @@ def reserve_pairing_attempt(con: Connection, source: str, limit: int) -> int:
         n=limit,
     )
     if int(counted) >= limit:
-        raise errors.RateLimited(
-            "too many wrong pairing codes from this address; try later",
-            retry_after_s=max(1, int(wait)),
-            code="too_many_pairing_attempts",
+        return Reserved(
+            None,
+            errors.RateLimited(
+                "too many wrong pairing codes from this address; try later",
+                retry_after_s=max(1, int(wait)),
+                code="too_many_pairing_attempts",
+            ),
         )
     ((attempt_id,),) = con.run("INSERT INTO pairing_attempts (source) VALUES (:s) RETURNING id", s=source)
-    return int(attempt_id)
+    return Reserved(int(attempt_id))
 
 
 def release_pairing_attempt(con: Connection, attempt_id: int) -> None:
@@ -199,27 +211,36 @@ def pair(
     certificates_per_day: int,
 ) -> Credentials:
     """A lock at ``source`` (its address's block, ``http.Ctx.client_network``) pairs with the code, key and CSR of
-    ``body``: a wrong code counts against the block (429 ``too_many_pairing_attempts`` past ``failures_per_hour``
-    in any hour, before any code is tried), and so does a signing key another lock holds (409 ``public_key_in_use``,
-    which no lock making its own key meets: uncounted, one valid code told whether any number of known public keys
-    were some lock's live one, a former device's still paired, say: attack run 86); any other outcome gives its
-    attempt back. The counts are pruned by the relay's flush (``lockwise.core.retention``), not by one request in 50
-    as before. ``certificates_per_day``: a
-    pairing sent again (``redeem``) is issued its certificate within the renewals' daily count."""
+    ``body``: a wrong code counts against the block, and so does a signing key another lock holds (409
+    ``public_key_in_use``, which no lock making its own key meets: uncounted, one valid code told whether any number
+    of known public keys were some lock's live one, a former device's still paired, say: attack run 86); any other
+    outcome gives its attempt back. Past ``failures_per_hour`` in any hour both are 429
+    ``too_many_pairing_attempts``, counted no more, and a code that pairs still pairs: a block is an address many
+    locks may share (a carrier's NAT; every lock reaching the production base URL through one node of Firebase
+    Hosting's CDN, with one proxy hop trusted), and its 20 wrong codes an hour, anyone's, kept each of those locks
+    from pairing with its owner's right code (attack run 100). A code is about 120 bits: stopping the guesses at 20
+    an hour was no defence a guess needed. The counts are pruned by the relay's flush
+    (``lockwise.core.retention``), not by one request in 50 as before. ``certificates_per_day``: a pairing sent
+    again (``redeem``) is issued its certificate within the renewals' daily count."""
     public_key = parse_public_key(body.get("public_key"))
     with db.transaction() as con:
-        attempt = reserve_pairing_attempt(con, source, failures_per_hour)
+        reserved = reserve_pairing_attempt(con, source, failures_per_hour)
     try:
         with db.transaction() as con:
             credentials = redeem(
                 con, body.get("code"), public_key, body.get("csr"), ca, cert_ttl_s, certificates_per_day
             )
-            release_pairing_attempt(con, attempt)  # paired: not a failure
+            if reserved.attempt_id is not None:
+                release_pairing_attempt(con, reserved.attempt_id)  # paired: not a failure
     except Exception as exc:
-        if not _counted(exc):
+        if reserved.past_limit is not None:  # nothing counted: a wrong code, or another lock's key, is the 429
+            if _counted(exc):
+                raise reserved.past_limit from None
+            raise
+        if reserved.attempt_id is not None and not _counted(exc):
             try:
                 with db.transaction() as con:
-                    release_pairing_attempt(con, attempt)
+                    release_pairing_attempt(con, reserved.attempt_id)
             except errors.Unavailable:  # the database away: what the pairing met says more (``commit_unconfirmed``)
                 log.warning("a pairing's attempt was not given back: the database is unavailable")
         raise
