@@ -370,9 +370,13 @@ def remove_member(ctx: Ctx, lock_id: str, uid: str) -> Result:
     user, lock_id = app_user(ctx), lock_param(lock_id)
     with with_denials_audited(user.uid, lock_id, "member.revoke"), rt.db.transaction() as con:
         now = rt.now()
-        # leaving is anyone's; removing another is an admin's, judged before the target is looked up (a guest
-        # learnt who was a member from 403 against 404: attack run 75)
-        actor = members.require(con, lock_id, user.uid, now, at_least="guest" if uid == user.uid else "admin")
+        # leaving is anyone's, also a membership ended by its expiry (it counts towards their memberships: attack
+        # run 100); removing another is an admin's, judged before the target is looked up (a guest learnt who was a
+        # member from 403 against 404: attack run 75)
+        if uid == user.uid:
+            actor = members.require_own(con, lock_id, user.uid)
+        else:
+            actor = members.require(con, lock_id, user.uid, now, at_least="admin")
         users.refuse_caller(con, user)  # a removal is never held to the budget: a member is let out at once
         target = members.require_target(con, lock_id, uid)
         locks.revoke_member(con, lock_id, actor, target, now)

@@ -604,6 +604,45 @@ def test_an_account_is_a_member_of_so_many_locks_it_does_not_own(
     assert accept(third).status_code == 201
 
 
+def test_a_member_leaves_a_membership_ended_by_its_expiry_that_holds_their_place(
+    world: World, sign_up: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Attack run 100: a membership ended by its expiry (a host's guest whose stay is over) counts towards the
+    account's ``LOCKWISE_MEMBERSHIPS_PER_USER``, and its member, answered 404 as for a lock never theirs, could not
+    leave it, nor see it listed: only the owner who set the expiry could make room, and the 409 said "leave one
+    first". They leave it themselves now, the 409 naming it; a membership removed is not theirs to leave again."""
+    runtime = get_runtime("devices")
+    monkeypatch.setattr(runtime, "settings", dataclasses.replace(runtime.settings, memberships_per_user=1))
+    guest, owner = sign_up(), world.headers("owner")
+    assert world.devices.get("/devices/me", headers=bearer(guest)).status_code == 200
+    stay, home = world.lock_id, create_lock(world.devices, world.accounts["owner"], name="Home")["lock"]["id"]
+
+    def invite(lock_id: str, access: dict[str, Any] | None = None) -> str:
+        body: dict[str, Any] = {"uid": guest["localId"], "role": "guest" if access else "member"}
+        if access:
+            body["access"] = access
+        sent = world.devices.post(f"/devices/locks/{lock_id}/members", json=body, headers=owner)
+        assert sent.status_code == 202, sent.get_json()
+        return str(sent.get_json()["invitation"]["id"])
+
+    def accept(invitation_id: str) -> Any:
+        return world.devices.post(f"/devices/invitations/{invitation_id}/accept", headers=bearer(guest))
+
+    ends_soon = (dt.datetime.now(dt.UTC) + dt.timedelta(seconds=2)).isoformat()
+    assert accept(invite(stay, {"expires_at": ends_soon})).status_code == 201
+    wanted = invite(home)
+    time.sleep(2.5)  # the stay is over
+    refused = accept(wanted)
+    assert refused.status_code == 409 and refused.get_json()["error"]["code"] == "too_many_memberships"
+    assert refused.get_json()["error"]["details"]["ended_lock_ids"] == [stay]
+    leave = f"/devices/locks/{stay}/members/{guest['localId']}"
+    left = world.devices.delete(leave, headers=bearer(guest))
+    assert left.status_code == 204, left.get_json()
+    again = world.devices.delete(leave, headers=bearer(guest))
+    assert (again.status_code, again.get_json()["error"]["code"]) == (404, "lock_not_found")
+    assert accept(wanted).status_code == 201
+
+
 def test_a_lock_makes_so_many_signed_requests_a_minute(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
     """Attack run: a lock (or its stolen key) sent 150 signed verify requests a second, each an attempt row and a
     feed entry. Every signed request counts, whatever its answer; past the minute's limit nothing is recorded."""

@@ -398,7 +398,7 @@ def _accept(
     members.refuse_past_limit(con, lock_id, members_per_lock, now)
     held = members.get(con, lock_id, user.uid)
     if held is None or held.revoked_at is not None:  # one more of theirs (an ended one they hold is counted)
-        members.refuse_past_joined(con, user.uid, memberships_per_user)
+        members.refuse_past_joined(con, user.uid, memberships_per_user, now)
     # one statement decides, so two invitations to one lock accepted at once cannot both answer 201 with a role
     # each while one is stored (attack run): an active membership (also one committed meanwhile: the insert waits
     # for it) is left as it is and the invitation stays open; so is one removed after the invitation was sent (a

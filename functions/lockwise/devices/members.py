@@ -372,6 +372,18 @@ def require(
     return _judge(get(con, lock_id, uid, for_update=for_update, lock_row=lock_row), now, at_least, operate)
 
 
+def require_own(con: Connection, lock_id: str, uid: str) -> Membership:
+    """The caller's own membership of ``lock_id``, to leave it: one active, or ended by its expiry and not removed
+    (404 ``lock_not_found`` otherwise, as ``require``), the lock's row held as ``require`` holds it. One ended by its
+    expiry still counts towards the account's memberships (``refuse_past_joined``), and its member, answered 404,
+    could not leave it: an owner's expiries filled an account's count, and only that owner could empty it (attack
+    run 100)."""
+    membership = get(con, lock_id, uid, lock_row="KEY SHARE" if in_transaction(con) else None)
+    if membership is None or membership.revoked_at is not None:
+        raise errors.NotFound("lock not found", code="lock_not_found")
+    return membership
+
+
 def require_unlocked(con: Connection, lock_id: str, uid: str, now: dt.datetime) -> Membership:
     """``require``'s judgement of the caller, read without any lock, the lock's row's too (inside a transaction,
     ``require`` takes it ``KEY SHARE``, and a later ``FOR UPDATE`` of the same row by two such transactions is a
@@ -688,20 +700,34 @@ def refuse_past_limit(con: Connection, lock_id: str, limit: int, now: dt.datetim
         )
 
 
-def refuse_past_joined(con: Connection, uid: str, limit: int) -> None:
+#: the locks of ended memberships a ``too_many_memberships`` refusal names, the longest ended first
+ENDED_NAMED = 20
+
+
+def refuse_past_joined(con: Connection, uid: str, limit: int, now: dt.datetime) -> None:
     """409 ``too_many_memberships`` when ``uid`` is a member of ``limit`` locks they do not own, ended access not
     removed included (a membership ended by its expiry stays theirs, and comes back with a new invitation). Each is
     one their account's deletion leaves, about 20 statements in its one transaction, and joining them cost nothing
     but invitations from accounts of their own (attack run 93). The caller holds the user's row
-    (``users.hold_caller``): one account's joins take turns."""
+    (``users.hold_caller``): one account's joins take turns. The refusal names (``details.ended_lock_ids``) up to
+    ``ENDED_NAMED`` of the locks whose access ended by its expiry: no listing shows them, and each may be left
+    (``require_own``)."""
     (held,) = con.run(
         "SELECT count(*) FROM lock_members WHERE user_uid = :u AND revoked_at IS NULL AND role <> 'owner'", u=uid
     )[0]
     if int(held) >= limit:
+        ended = con.run(
+            "SELECT lock_id::text FROM lock_members WHERE user_uid = :u AND revoked_at IS NULL AND role <> 'owner'"
+            " AND expires_at <= :now ORDER BY expires_at, lock_id LIMIT :n",
+            u=uid,
+            now=now,
+            n=ENDED_NAMED,
+        )
         raise errors.Conflict(
             f"an account may be a member of at most {limit} locks it does not own, ended access included: leave"
             " one first",
             code="too_many_memberships",
+            details={"ended_lock_ids": [row[0] for row in ended]},
         )
 
 
