@@ -238,8 +238,11 @@ def test_another_locks_signing_key_counts_as_a_wrong_code(
     assert pair(first["provisioning"]["code"], "192.0.2.10").status_code == 201
     refused = [pair(second["provisioning"]["code"], "203.0.113.9").get_json()["error"]["code"] for _ in range(4)]
     assert refused == ["public_key_in_use"] * 3 + ["too_many_pairing_attempts"]
-    # the code is still unused: its lock pairs with a key of its own, from another address
-    assert pair(second["provisioning"]["code"], "198.51.100.3", new_lock_key()[1]).status_code == 201
+    # under the limit the code stayed unused; the probe past it spent the code (attack run 100's review): its owner
+    # issues another, and its lock pairs with a key of its own, from another address
+    assert pair(second["provisioning"]["code"], "198.51.100.3", new_lock_key()[1]).status_code == 401
+    again = devices.post(f"/devices/locks/{second['lock']['id']}/provisioning", headers=bearer(owner))
+    assert pair(again.get_json()["code"], "198.51.100.3", new_lock_key()[1]).status_code == 201
 
 
 def test_a_guests_window_is_judged_by_the_pinned_zone_data_not_the_hosts(world: World, sign_up: Any) -> None:
@@ -2511,7 +2514,8 @@ def test_a_right_pairing_code_pairs_past_its_addresss_wrong_ones(
     NAT; with one proxy hop trusted, every lock reaching the production base URL through one node of Firebase
     Hosting's CDN, which the function sees as the caller). An attacker's 20 wrong codes an hour there kept every
     other lock behind it from pairing, each with its owner's right code (429 before any code was tried). Past the
-    limit a wrong code, or another lock's key, is still 429 and counted no more; a code that pairs pairs."""
+    limit a wrong code, or another lock's key, is still 429 and counted no more; a code that pairs pairs, and one that
+    meets another lock's key is spent."""
     from lockwise.core.config import get_settings
 
     monkeypatch.setenv("LOCKWISE_PAIRING_FAILURES_PER_HOUR", "3")
@@ -2535,11 +2539,15 @@ def test_a_right_pairing_code_pairs_past_its_addresss_wrong_ones(
     paired = redeem(first["provisioning"]["code"], key)
     assert paired.status_code == 201, paired.get_json()
     assert paired.get_json()["lock_id"] == first["lock"]["id"]
-    # another lock's key with a right code tells nothing past the limit (attack run 86), and leaves the code unused
+    # another lock's key with a right code is the 429 past the limit (attack run 86), and spends the code: a free
+    # key pairs (201), so a code kept after a key found in use asked about any number of keys, one answer each
     taken = redeem(second["provisioning"]["code"], key)
     assert (taken.status_code, taken.get_json()["error"]["code"]) == (429, "too_many_pairing_attempts")
+    assert redeem(second["provisioning"]["code"], key).status_code == 429
     assert redeem("WRONG-CODE-3").status_code == 429
-    assert redeem(second["provisioning"]["code"]).status_code == 201
+    assert redeem(second["provisioning"]["code"]).status_code == 429  # spent, so a wrong code now
+    again = devices.post(f"/devices/locks/{second['lock']['id']}/provisioning", headers=bearer(owner))
+    assert redeem(again.get_json()["code"]).status_code == 201  # its owner issues another
     ((counted,),) = db_rows("SELECT count(*) FROM pairing_attempts WHERE source = :s", s=node)
     assert counted == 3, "nothing past the limit is counted"
 

@@ -219,9 +219,10 @@ def pair(
     locks may share (a carrier's NAT; every lock reaching the production base URL through one node of Firebase
     Hosting's CDN, with one proxy hop trusted), and its 20 wrong codes an hour, anyone's, kept each of those locks
     from pairing with its owner's right code (attack run 100). A code is about 120 bits: stopping the guesses at 20
-    an hour was no defence a guess needed. The counts are pruned by the relay's flush
-    (``lockwise.core.retention``), not by one request in 50 as before. ``certificates_per_day``: a pairing sent
-    again (``redeem``) is issued its certificate within the renewals' daily count."""
+    an hour was no defence a guess needed. Past the limit a valid code that meets another lock's key is spent
+    (``_spend``): the probes of keys stay bounded, by the codes an account is given a day. The counts are pruned by
+    the relay's flush (``lockwise.core.retention``), not by one request in 50 as before. ``certificates_per_day``: a
+    pairing sent again (``redeem``) is issued its certificate within the renewals' daily count."""
     public_key = parse_public_key(body.get("public_key"))
     with db.transaction() as con:
         reserved = reserve_pairing_attempt(con, source, failures_per_hour)
@@ -234,6 +235,8 @@ def pair(
                 release_pairing_attempt(con, reserved.attempt_id)  # paired: not a failure
     except Exception as exc:
         if reserved.past_limit is not None:  # nothing counted: a wrong code, or another lock's key, is the 429
+            if isinstance(exc, errors.Conflict) and exc.code == KEY_IN_USE:
+                _spend(db, body["code"])  # else one valid code asked about any number of keys past the limit
             if _counted(exc):
                 raise reserved.past_limit from None
             raise
@@ -245,6 +248,19 @@ def pair(
                 log.warning("a pairing's attempt was not given back: the database is unavailable")
         raise
     return credentials
+
+
+def _spend(db: Database, code: str) -> None:
+    """End ``code`` now, unused: a valid code that met another lock's key past its address's limit. A right code
+    pairs past the limit (``pair``), so a key in use answered 429 and a free one 201 and spent the code: without
+    this each key found in use was asked about for nothing, any number of them (a review of attack run 100). Its
+    owner issues another; no lock making its own key meets it."""
+    with db.transaction() as con:
+        con.run(
+            "UPDATE provisioning_codes SET expires_at = LEAST(expires_at, statement_timestamp())"
+            " WHERE code_hash = :h AND redeemed_at IS NULL",
+            h=_hash(code),
+        )
 
 
 def _counted(exc: Exception) -> bool:
