@@ -2667,3 +2667,69 @@ def test_what_a_person_typed_stays_out_of_the_database_servers_log_and_the_audit
         db.close()
     assert {"lock.create", "lock.update"} <= {action for action, _ in kept}
     assert not [row for row in kept if "Dana" in str(row[1])], kept
+
+
+def audited(lock_id: str, *actions: str) -> list[tuple[str, str, str | None, dict[str, Any]]]:
+    """The lock's audit rows of ``actions`` in the log's order: (action, actor, target, details)."""
+    rows = db_rows(
+        "SELECT action, actor, target, details FROM audit_log WHERE lock_id = CAST(:l AS uuid)"
+        " AND action = ANY(:a) ORDER BY id",
+        l=lock_id,
+        a=list(actions),
+    )
+    return [(r[0], r[1], r[2], r[3] if isinstance(r[3], dict) else json.loads(r[3])) for r in rows]
+
+
+def test_the_audit_log_says_who_let_a_member_in_and_on_what_terms(world: World, sign_up: Any) -> None:
+    """Attack run 99: the log named who joined and never who had let them in (the invitation, pruned 30 days after
+    it was answered, was the only link to its sender), an admin widening a guest's window to every day was logged as
+    "member.update, guest" as a narrowing was, and a withdrawal named no invitation. Each row now says which
+    invitation, whose, and the terms given."""
+    lock, admin = world.lock_id, world.uid("admin")
+    invitee = sign_up()
+    assert world.devices.get("/devices/me", headers=bearer(invitee)).status_code == 200
+    sent = world.devices.post(
+        f"/devices/locks/{lock}/members",
+        json={"uid": invitee["localId"], "role": "guest", "access": {"weekdays": ["sat"], "timezone": "UTC"}},
+        headers=world.headers("admin"),
+    )
+    assert sent.status_code == 202, sent.get_json()
+    invitation = sent.get_json()["invitation"]["id"]
+    joined = world.devices.post(f"/devices/invitations/{invitation}/accept", headers=bearer(invitee))
+    assert joined.status_code == 201, joined.get_json()
+    every_day = list(members.WEEKDAY_NAMES)
+    widened = world.devices.patch(
+        f"/devices/locks/{lock}/members/{invitee['localId']}",
+        json={"role": "guest", "access": {"weekdays": every_day, "timezone": "UTC"}},
+        headers=world.headers("admin"),
+    )
+    assert widened.status_code == 200, widened.get_json()
+    other = sign_up()
+    assert world.devices.get("/devices/me", headers=bearer(other)).status_code == 200
+    again = world.devices.post(
+        f"/devices/locks/{lock}/members",
+        json={"uid": other["localId"], "role": "member"},
+        headers=world.headers("admin"),
+    )
+    withdrawn = again.get_json()["invitation"]["id"]
+    assert (
+        world.devices.delete(
+            f"/devices/locks/{lock}/invitations/{withdrawn}", headers=world.headers("owner")
+        ).status_code
+        == 204
+    )
+
+    rows = audited(lock, "member.invite", "member.accept_invitation", "member.update", "member.withdraw_invitation")
+    # the world's own members were invited and joined before: the rows of this one's coming and going
+    (invite,) = [r for r in rows if r[0] == "member.invite" and r[2] == invitee["localId"]]
+    (accept,) = [r for r in rows if r[0] == "member.accept_invitation" and r[1] == f"user:{invitee['localId']}"]
+    (update,) = [r for r in rows if r[0] == "member.update"]
+    (withdraw,) = [r for r in rows if r[0] == "member.withdraw_invitation"]
+    assert invite[:3] == ("member.invite", f"user:{admin}", invitee["localId"])
+    assert invite[3]["invitation"] == invitation
+    assert invite[3]["access"] == {"weekdays": ["sat"], "timezone": "UTC"}
+    assert accept[:3] == ("member.accept_invitation", f"user:{invitee['localId']}", f"invitation:{invitation}")
+    assert accept[3] == {"role": "guest", "invited_by": admin}
+    assert update[:3] == ("member.update", f"user:{admin}", invitee["localId"])
+    assert update[3]["access"] == {"weekdays": every_day, "timezone": "UTC"}
+    assert withdraw[:3] == ("member.withdraw_invitation", f"user:{world.uid('owner')}", f"invitation:{withdrawn}")

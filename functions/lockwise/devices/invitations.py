@@ -160,7 +160,12 @@ def invite(
         # an address by its invitation: the log is kept 400 days, the address is not (it was kept after the
         # invitation was pruned and its holder's account was deleted: attack run 46)
         target=uid or f"invitation:{invitation_id}",
-        details={"role": role, **({} if uid else {"by_address": True})},
+        details={
+            "role": role,
+            "access": members.public_terms(role, access),
+            "invitation": invitation_id,
+            **({} if uid else {"by_address": True}),
+        },
     )
     return {"id": invitation_id, **invitee.public(), "role": role}
 
@@ -441,7 +446,12 @@ def _accept(
         "member.accept_invitation",
         "ok",
         lock_id=lock_id,
-        details={"role": row["role"]},
+        # who let them in, and by which invitation (its ``member.invite`` row's target, for one sent to an address):
+        # kept as long as the log, where the invitation is pruned 30 days after it was answered, and the membership's
+        # ``invited_by`` is written over by the next invitation they take (attack run 99: a year's review read who
+        # joined, and never who had let them in)
+        target=f"invitation:{row['id']}",
+        details={"role": row["role"], "invited_by": row["invited_by"]},
     )
     mirror.activity(con, lock_id, "member_joined", target_uid=user.uid, role=row["role"], invited_by=row["invited_by"])
     members.mirror_access(con, lock_id, write_again=[user.uid])
@@ -539,7 +549,14 @@ def withdraw(con: Connection, lock_id: str, invitation_id: str, actor: members.M
         raise errors.NotFound("no such invitation", code="invitation_not_found")
     members.check_can_grant(actor, found[0]["role"])
     con.run("UPDATE invitations SET closed_at = :now WHERE id = CAST(:i AS uuid)", i=found[0]["id"], now=now)
-    audit.record(con, audit.user_actor(actor.user_uid), "member.withdraw_invitation", "ok", lock_id=lock_id)
+    audit.record(  # which one (it named none: attack run 99), as its ``member.invite`` row names it
+        con,
+        audit.user_actor(actor.user_uid),
+        "member.withdraw_invitation",
+        "ok",
+        lock_id=lock_id,
+        target=f"invitation:{found[0]['id']}",
+    )
 
 
 def _take(con: Connection, invitation_id: str, user: User, now: dt.datetime, *, lock: bool = True) -> dict[str, Any]:

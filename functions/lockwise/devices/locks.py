@@ -374,7 +374,13 @@ def update_member(
         "ok",
         lock_id=lock_id,
         target=target.user_uid,
-        details={"role": role, **({"unchanged": True} if unchanged else {})},
+        # the terms given, not the role alone: an admin widening a guest's window to every day was logged as
+        # "member.update, guest", as narrowing it was (attack run 99)
+        details={
+            "role": role,
+            "access": members.public_terms(role, access),
+            **({"unchanged": True} if unchanged else {}),
+        },
     )
     if unchanged:
         return target

@@ -189,18 +189,23 @@ class Membership:
         return out
 
     def public(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"uid": self.user_uid, "role": self.role}
-        access = {
-            "valid_from": _iso(self.valid_from),
-            "valid_until": _iso(self.valid_until),
-            "weekdays": _weekday_names(self.weekdays),
-            "day_start_minute": self.day_start_minute,
-            "day_end_minute": self.day_end_minute,
-            "timezone": self.timezone if self.role == "guest" else None,
-            "expires_at": _iso(self.expires_at),
-        }
-        out["access"] = {k: v for k, v in access.items() if v is not None}
-        return out
+        access = {name: getattr(self, name) for name in ACCESS_FIELDS}
+        return {"uid": self.user_uid, "role": self.role, "access": public_terms(self.role, access)}
+
+
+def public_terms(role: str, access: dict[str, Any]) -> dict[str, Any]:
+    """The terms ``access`` (``parse_access``'s keys) as the API shows them, and the audit log keeps them (an
+    invitation's, a member's change: which window, which expiry, not the role alone)."""
+    terms = {
+        "valid_from": _iso(access["valid_from"]),
+        "valid_until": _iso(access["valid_until"]),
+        "weekdays": _weekday_names(access["weekdays"]),
+        "day_start_minute": access["day_start_minute"],
+        "day_end_minute": access["day_end_minute"],
+        "timezone": access["timezone"] if role == "guest" else None,
+        "expires_at": _iso(access["expires_at"]),
+    }
+    return {k: v for k, v in terms.items() if v is not None}
 
 
 def active_sql(alias: str, at: Literal[":now", "now()"] = ":now") -> str:
