@@ -679,3 +679,37 @@ def test_changes_made_before_the_first_run_without_the_flag_are_judged_against_t
     with get_runtime("devices").db.connection() as con:
         ((holder,),) = con.run("SELECT owner_uid FROM locks WHERE id = CAST(:l AS uuid)", l=lock)
     assert holder == world.uid("owner")
+
+
+def test_a_lock_handed_back_by_the_run_is_not_shown_as_its_owners_doing(
+    world: World, postgres: services.Postgres, tmp_path: Path, stack_env: dict[str, str], operator: dict[str, str]
+) -> None:
+    """Attack run 99: a lock taken on an offer withdrawn after the restore point goes back to its giver, and the feed
+    said the one it was taken from had handed it over (``actor_uid``: they had done nothing), as a hand-over done
+    again named its giver a second time. The run's entries name nobody as having done them, with ``reason``."""
+    from infra.local.firestore_sdk import sdk_client
+    from tests.conftest import PROJECT_ID
+
+    devices, lock, owner = world.devices, world.lock_id, world.headers("owner")
+    admin = world.uid("admin")
+    offered = devices.post(f"/devices/locks/{lock}/transfer", json={"uid": admin}, headers=owner)
+    assert offered.status_code == 202, offered.get_json()
+    dump = restore_point(postgres, tmp_path / "p.dump")
+    assert devices.delete(f"/devices/locks/{lock}/transfer", headers=owner).status_code in (200, 204)
+    restore(postgres, dump)
+    assert devices.post(f"/devices/locks/{lock}/transfer/accept", headers=world.headers("admin")).status_code == 200
+
+    assert redo(devices, operator)["journal"]["redone"] == {"offer_closed": 1}
+    get_runtime("devices").flush_mirror(force=True)
+    store = sdk_client(PROJECT_ID, stack_env["FIRESTORE_EMULATOR_HOST"])
+    told = [e.to_dict() for e in store.collection(f"locks/{lock}/activity").stream()]
+    handed = sorted(
+        (
+            (e["target_uid"], e.get("actor_uid"), e.get("from_uid"), e.get("reason"))
+            for e in told
+            if e["kind"] == "ownership_transferred"
+        ),
+        key=lambda t: t[0] == world.uid("owner"),
+    )
+    # the admin's acceptance (the owner's giving, as served), then the run's handing back, nobody's doing
+    assert handed == [(admin, world.uid("owner"), None, None), (world.uid("owner"), None, admin, "restored")], handed

@@ -265,11 +265,13 @@ def hand_over(
     *,
     operator_uid: str | None = None,
     actor: str | None = None,
+    reason: str | None = None,
 ) -> None:
     """Make the member ``to_uid`` (the caller holds their membership and account rows) the owner, if they may own one
     more (``max_owned``; None: done again after a restore, ``lockwise.devices.restored``, as it was once allowed):
     the previous owner becomes an admin and the codes they issued to pair the lock stop working. Done by the
-    previous owner, by an operator (``operator_uid``: ``lockwise.devices.ownerless``), or by ``actor``."""
+    previous owner, by an operator (``operator_uid``: ``lockwise.devices.ownerless``), or by ``actor`` (the system,
+    for ``reason``: the feed then names nobody as having handed it over)."""
     if max_owned is not None:
         refuse_past_owned(con, to_uid, max_owned)
     con.run(
@@ -286,10 +288,13 @@ def hand_over(
     )
     con.run("UPDATE locks SET owner_uid = :u, updated_at = now() WHERE id = CAST(:l AS uuid)", u=to_uid, l=lock_id)
     provisioning.close_codes(con, lock_id)  # the old owner's codes pair nothing now (redemption checks it too)
+    told: dict[str, Any] = {"actor_uid": from_uid, **({} if operator_uid is None else {"by_operator": True})}
+    if actor is not None:  # not the previous owner's doing: a restore handing a lock back named its current owner as
+        # having given it away, and one done again named the giver a second time (attack run 99)
+        told = {"from_uid": from_uid, **({} if reason is None else {"reason": reason})}
     actor = actor or (audit.user_actor(from_uid) if operator_uid is None else audit.operator_actor(operator_uid))
     audit.record(con, actor, "lock.transfer", "ok", lock_id=lock_id, target=to_uid, details={"from": from_uid})
-    by_operator: dict[str, Any] = {} if operator_uid is None else {"by_operator": True}
-    mirror.activity(con, lock_id, "ownership_transferred", actor_uid=from_uid, target_uid=to_uid, **by_operator)
+    mirror.activity(con, lock_id, "ownership_transferred", target_uid=to_uid, **told)
     members.mirror_access(con, lock_id)  # the new owner's window and expiry are gone in the rules' data too
 
 

@@ -464,7 +464,8 @@ def _owner_changed(con: Connection, entry: Entry) -> bool:
             u=to_uid,
             at=entry.at,
         )
-    locks.hand_over(con, lock_id, from_uid, to_uid, None, actor=ACTOR)  # the limit was met when it was done
+    # the limit was met when it was done
+    locks.hand_over(con, lock_id, from_uid, to_uid, None, actor=ACTOR, reason="restored")
     return True
 
 
@@ -521,7 +522,7 @@ def _offer_closed(con: Connection, entry: Entry) -> bool:
     giver = members.get(con, lock_id, from_uid, for_update=True)
     if not (owner and owner[0][0] == to_uid and taken and giver is not None and giver.revoked_at is None):
         return False
-    locks.hand_over(con, lock_id, to_uid, from_uid, None, actor=ACTOR)
+    locks.hand_over(con, lock_id, to_uid, from_uid, None, actor=ACTOR, reason="restored")
     return True
 
 
