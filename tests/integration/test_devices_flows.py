@@ -2733,3 +2733,17 @@ def test_the_audit_log_says_who_let_a_member_in_and_on_what_terms(world: World, 
     assert update[:3] == ("member.update", f"user:{admin}", invitee["localId"])
     assert update[3]["access"] == {"weekdays": every_day, "timezone": "UTC"}
     assert withdraw[:3] == ("member.withdraw_invitation", f"user:{world.uid('owner')}", f"invitation:{withdrawn}")
+
+
+def test_an_app_commands_audit_row_names_the_session_that_made_it(world: World) -> None:
+    """Attack run 99: the log named the member only, and the session (when it signed in: a stolen phone's, signed
+    out since, against the owner's own) was kept with the command, which goes after 30 days and with its lock."""
+    made = world.devices.post(
+        f"/devices/locks/{world.lock_id}/commands", json={"action": "unlock"}, headers=world.headers("owner")
+    )
+    assert made.status_code == 202, made.get_json()
+    command_id = made.get_json()["command"]["id"]
+    ((session,),) = db_rows("SELECT issuer_signed_in_at FROM commands WHERE id = CAST(:i AS uuid)", i=command_id)
+    ((action, actor, target, details),) = audited(world.lock_id, "command.unlock")
+    assert (action, actor, target) == ("command.unlock", f"user:{world.uid('owner')}", command_id)
+    assert session is not None and details == {"issuer": "user", "signed_in_at": session.isoformat()}

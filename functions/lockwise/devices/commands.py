@@ -248,12 +248,27 @@ def create(
         return _retried(raced, action, at)
     actor = audit.user_actor(issuer_uid) if issuer_uid else f"voice:{attempt_id}"
     audit.record(
-        con, actor, f"command.{action}", "ok", lock_id=lock_id, target=command_id, details={"issuer": issuer_kind}
+        con,
+        actor,
+        f"command.{action}",
+        "ok",
+        lock_id=lock_id,
+        target=command_id,
+        details=_audited(issuer_kind, issuer_signed_in_at),
     )
     mirror.activity(
         con, lock_id, "command", at=at, action=action, command_id=command_id, actor_uid=issuer_uid, via=issuer_kind
     )
     return Issued(present(inserted[0], at), True, payload)
+
+
+def _audited(issuer_kind: IssuerKind, signed_in_at: dt.datetime | None) -> dict[str, Any]:
+    """What the audit log keeps of how a command was made, for as long as it keeps the row (400 days; the command is
+    gone after 30, and with its lock): an app command's session, by when it signed in (the token's ``auth_time``, as
+    the command's row keeps it for the withdrawals, ``users.vouches_sql``). The log named the member only: a review
+    after those 30 days, or after the lock was deleted, could not tell the owner's own unlocks from those of her
+    session on a phone stolen and signed out since (attack run 99)."""
+    return {"issuer": issuer_kind, **({} if signed_in_at is None else {"signed_in_at": signed_in_at.isoformat()})}
 
 
 def _retried(existing: dict[str, Any], action: str, now: dt.datetime) -> Issued:
