@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import argparse
 import compileall
+import fnmatch
 import hashlib
 import json
 import py_compile
 import shutil
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from infra import pin_hashes
@@ -39,7 +41,14 @@ MIGRATE = "migrate"
 #: bundles that are the shared package plus their own requirements (and Dockerfile): infra/bundles/<name>/
 PACKAGE_BUNDLES = (MIGRATE,)
 TARGETS = (*FUNCTIONS, RELAY, *PACKAGE_BUNDLES)
-_IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", ".mypy_cache")
+#: what the source folders copied into a bundle may ship: Python, the migrations, each deployable's requirements and
+#: Dockerfile. Anything else there is refused by name, not shipped (attack run 101: every file of functions/<name>,
+#: functions/lockwise, mqtt_relay and infra/bundles/<name> was copied, a ``.env``, a ``.venv``, the rejected voices of
+#: a ``LOCKWISE_DEBUG_REJECTED_DIR`` relative to the local stack's working directory (functions/verify), and those git
+#: ignores left the release labelled clean)
+SHIPPED = ("*.py", "*.sql", "requirements.txt", "Dockerfile")
+#: what tools leave in a source folder: never shipped, and no reason to stop a build
+CACHES = ("__pycache__", "*.pyc", ".mypy_cache", ".pytest_cache", ".ruff_cache", ".hypothesis", ".import_linter_cache")
 
 
 def build(name: str, out: Path) -> Path:
@@ -52,15 +61,26 @@ def build(name: str, out: Path) -> Path:
         raise SystemExit(f"unknown target {name!r}; expected one of {', '.join(TARGETS)}")
     if out.exists():
         shutil.rmtree(out)
+    strays: list[Path] = []
+    ignore = _shipped_only(strays)
     if name == RELAY:  # the relay's container context: its package, requirements and Dockerfile
-        shutil.copytree(REPO / "mqtt_relay", out / "mqtt_relay", ignore=_IGNORE)
+        shutil.copytree(REPO / "mqtt_relay", out / "mqtt_relay", ignore=ignore)
         shutil.copy(REPO / "mqtt_relay" / "requirements.txt", out / "requirements.txt")
         shutil.copy(REPO / "mqtt_relay" / "Dockerfile", out / "Dockerfile")
     elif name in PACKAGE_BUNDLES:  # the migration job's container; the broker host's account sync
-        shutil.copytree(REPO / "infra" / "bundles" / name, out, ignore=_IGNORE)
+        shutil.copytree(REPO / "infra" / "bundles" / name, out, ignore=ignore)
     else:
-        shutil.copytree(FUNCTIONS_DIR / name, out, ignore=_IGNORE)
-    shutil.copytree(SHARED_PACKAGE, out / "lockwise", ignore=_IGNORE)
+        shutil.copytree(FUNCTIONS_DIR / name, out, ignore=ignore)
+    shutil.copytree(SHARED_PACKAGE, out / "lockwise", ignore=ignore)
+    if strays:
+        shutil.rmtree(out)
+        named = ", ".join(_shown(p) for p in strays[:10]) + (
+            f" and {len(strays) - 10} more" if len(strays) > 10 else ""
+        )
+        raise SystemExit(
+            f"{name}: not building a bundle that would ship {named}: only {', '.join(SHIPPED)} (and caches, left out)"
+            " belong in its source folders; move or delete them"
+        )
     # each pin with the hashes of the files it may install: pip checks them (hash-checking mode) where it deploys
     requirements = out / "requirements.txt"
     requirements.write_text(pin_hashes.with_hashes(requirements.read_text(), pin_hashes.load()))
@@ -83,6 +103,32 @@ def build(name: str, out: Path) -> Path:
     }
     (out / "bundle.json").write_text(json.dumps(manifest, indent=2) + "\n")
     return out
+
+
+def _shipped_only(strays: list[Path]) -> Callable[[str, list[str]], set[str]]:
+    """A ``copytree`` ignore that leaves caches out and everything else but ``SHIPPED`` too, noting it in ``strays``:
+    a hidden folder whole (a ``.venv``), any other folder file by file."""
+
+    def ignore(folder: str, names: list[str]) -> set[str]:
+        left_out = set()
+        for name in names:
+            path = Path(folder) / name
+            if any(fnmatch.fnmatch(name, cache) for cache in CACHES):
+                left_out.add(name)
+            elif path.is_dir() and not path.is_symlink():
+                if name.startswith("."):
+                    left_out.add(name)
+                    strays.append(path)
+            elif name.startswith(".") or not any(fnmatch.fnmatch(name, kind) for kind in SHIPPED):
+                left_out.add(name)
+                strays.append(path)
+        return left_out
+
+    return ignore
+
+
+def _shown(path: Path) -> str:
+    return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
 
 
 def compile_bytecode(out: Path) -> None:

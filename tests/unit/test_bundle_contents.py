@@ -1,0 +1,73 @@
+"""What a bundle ships: its source folders' Python, migrations, requirements and Dockerfile, and nothing else they
+hold (attack run 101)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from infra import build
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def source(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A copy of what the bundles are built from, which the build reads instead of the checkout."""
+    repo = tmp_path / "repo"
+    for part in ("functions/devices", "functions/verify", "functions/lockwise", "mqtt_relay", "infra/bundles/migrate"):
+        shutil.copytree(REPO / part, repo / part, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    shutil.copytree(build.GE2E_DIR, repo / "functions" / "models" / "ge2e")
+    monkeypatch.setattr(build, "REPO", repo)
+    monkeypatch.setattr(build, "FUNCTIONS_DIR", repo / "functions")
+    monkeypatch.setattr(build, "SHARED_PACKAGE", repo / "functions" / "lockwise")
+    monkeypatch.setattr(build, "GE2E_DIR", repo / "functions" / "models" / "ge2e")
+    return repo
+
+
+@pytest.mark.parametrize(
+    ("name", "stray"),
+    [
+        ("devices", "functions/devices/.env"),  # a developer's service token, database URL
+        ("verify", "functions/verify/rejected/rejected-1.wav"),  # LOCKWISE_DEBUG_REJECTED_DIR=rejected, local stack
+        ("devices", "functions/lockwise/core/lock-ca.key"),
+        ("relay", "mqtt_relay/relay-certs.json"),
+        ("migrate", "infra/bundles/migrate/notes.ipynb"),
+        ("devices", "functions/devices/.venv/lib/site.py"),  # git ignores it: the release stayed "clean"
+        ("devices", "functions/lockwise/devices/.locks.py.swp"),
+    ],
+)
+def test_a_file_that_is_not_the_bundles_source_stops_its_build_by_name(
+    source: Path, tmp_path: Path, name: str, stray: str
+) -> None:
+    """Attack run 101: the build copied every file of the function's folder and the shared package, so a ``.env``,
+    the rejected voices a ``LOCKWISE_DEBUG_REJECTED_DIR`` relative to the local stack's working directory
+    (``functions/verify``) saves, a ``.venv`` or a key left there was deployed with the code; one git ignores left
+    the release labelled clean. Now it stops the build, naming the file, and leaves no bundle behind."""
+    (source / stray).parent.mkdir(parents=True, exist_ok=True)
+    (source / stray).write_text("LOCKWISE_SERVICE_TOKEN=dev\n")
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as stopped:
+        build.build(name, out)
+    shown = stray.split("/.venv/")[0] + "/.venv" if "/.venv/" in stray else stray
+    assert shown in str(stopped.value)
+    assert not out.exists()
+
+
+def test_caches_tools_leave_in_the_source_are_left_out_of_the_bundle(source: Path, tmp_path: Path) -> None:
+    for cache in (
+        "functions/devices/.pytest_cache/v/cache/nodeids",
+        "functions/lockwise/.ruff_cache/content",
+        "functions/devices/.hypothesis/examples/a",
+        "functions/lockwise/core/.mypy_cache/x.json",
+        "functions/lockwise/core/__pycache__/config.cpython-311.pyc",
+    ):
+        (source / cache).parent.mkdir(parents=True, exist_ok=True)
+        (source / cache).write_text("x")
+    out = build.build("devices", tmp_path / "out")
+    shipped = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()}
+    assert not any(part.startswith(".") for p in shipped for part in p.split("/")), shipped
+    assert {"main.py", "requirements.txt", "bundle.json", "lockwise/core/migrations/0001_core.sql"} <= shipped
+    assert {Path(p).suffix for p in shipped} == {".py", ".pyc", ".sql", ".txt", ".json"}
