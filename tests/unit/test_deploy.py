@@ -8,6 +8,7 @@ import hashlib
 import json
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -616,3 +617,51 @@ def test_a_deploy_flag_cannot_add_a_variable_to_a_services_environment(flag: str
 
     with pytest.raises(DeployConfigError, match="holds a ','"):
         _env_flag({"MQTT_HOST": "a,B=c"})
+
+
+def test_hosting_uploads_the_console_alone(tmp_path: Path) -> None:
+    """Attack run 101: firebase.json had no ``ignore``, and firebase-tools then uploads every file of the public folder,
+    hidden ones too (its listFiles globs with ``dot: true``): ``infra/hosting/.gitignore`` and the SDK bundle's build
+    stamp ``vendor/firebase.js.sha256`` were served at the site's root, as would a source map, an editor's swap file
+    or a ``node_modules``. Asked of the pinned firebase-tools' own listing, with firebase.json's rules."""
+    from infra.local.services import TOOLS_HOME
+
+    cli = TOOLS_HOME / "firebase-tools" / "node_modules" / "firebase-tools" / "lib" / "listFiles.js"
+    if not cli.is_file() or shutil.which("node") is None:
+        pytest.skip("firebase-tools (./dev setup) and node are needed to list what Hosting uploads")
+    hosting = json.loads((REPO / "firebase.json").read_text())["hosting"]
+    console = ("index.html", "app.js", "recorder.js", "style.css")
+    assert all((REPO / hosting["public"] / name).is_file() for name in console)
+    site = tmp_path
+    for name in (*console, "vendor/firebase.js"):
+        (site / name).parent.mkdir(parents=True, exist_ok=True)
+        (site / name).write_text("console\n")
+    for stray in (
+        ".gitignore",
+        "vendor/firebase.js.sha256",
+        "app.js.map",
+        "vendor/.app.js.swp",
+        ".env",
+        "node_modules/esbuild/index.js",
+        ".DS_Store",
+        "npm-debug.log",
+    ):
+        (site / stray).parent.mkdir(parents=True, exist_ok=True)
+        (site / stray).write_text("not the console\n")
+    script = (
+        "console.log(JSON.stringify(require(process.argv[1]).listFiles(process.argv[2], JSON.parse(process.argv[3]))))"
+    )
+    listed = subprocess.run(
+        ["node", "-e", script, str(cli), str(site), json.dumps(hosting.get("ignore", []))],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    assert sorted(json.loads(listed.stdout)) == [
+        "app.js",
+        "index.html",
+        "recorder.js",
+        "style.css",
+        "vendor/firebase.js",
+    ]
