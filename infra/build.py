@@ -87,6 +87,7 @@ def build(name: str, out: Path) -> Path:
     if name in VOICE_FUNCTIONS:
         if not (GE2E_DIR / "manifest.json").is_file():
             raise SystemExit(f"{GE2E_DIR} is missing: run ./dev setup (it exports the GE2E weights there)")
+        check_models(GE2E_DIR, VAD_DIR if name in VAD_FUNCTIONS else None)
         shutil.copytree(GE2E_DIR, out / "models" / "ge2e")
     if name in VAD_FUNCTIONS:
         if not (VAD_DIR / "manifest.json").is_file():
@@ -103,6 +104,35 @@ def build(name: str, out: Path) -> Path:
     }
     (out / "bundle.json").write_text(json.dumps(manifest, indent=2) + "\n")
     return out
+
+
+def check_models(ge2e_dir: Path, vad_dir: Path | None) -> None:
+    """Stop the build unless the model files it ships are the ones their manifests name and were made from the pinned
+    sources: GE2E's export says it came from resemblyzer's pinned weights, its weights and cohort are the files its
+    manifests hash (the cohort made for this export), Silero VAD's graph is the pinned file itself. The files are
+    git-ignored and were copied unchecked, under the checkout's release tag (attack run 101): a stale export, another
+    model's cohort or a graph from elsewhere shipped. An export rewritten with a manifest made to match is not caught
+    here (the npz is not byte-reproducible); ``./dev setup`` checks its parity with resemblyzer when it exports."""
+    from infra.model import ge2e_export, vad_export  # numpy and the encoder: only where a voice bundle is built
+
+    def sha256(path: Path) -> str:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+
+    manifest = json.loads((ge2e_dir / "manifest.json").read_text())
+    cohort = json.loads((ge2e_dir / "cohort.json").read_text())
+    found = {
+        "GE2E's source weights": (manifest.get("source", {}).get("sha256"), ge2e_export.PINNED_SHA256),
+        "ge2e.npz": (sha256(ge2e_dir / "ge2e.npz"), manifest.get("sha256")),
+        "cohort.npz": (sha256(ge2e_dir / "cohort.npz"), cohort.get("sha256")),
+        "the cohort's model": (cohort.get("model_id"), manifest.get("model_id")),
+    }
+    if vad_dir is not None:
+        vad = json.loads((vad_dir / "manifest.json").read_text())
+        found["Silero VAD's graph"] = (sha256(vad_dir / str(vad.get("file"))), vad_export.PINNED_SHA256)
+        found["the VAD manifest"] = (vad.get("sha256"), vad_export.PINNED_SHA256)
+    wrong = [f"{what}: {got} is not {pinned}" for what, (got, pinned) in found.items() if got != pinned]
+    if wrong:
+        raise SystemExit("not building with model files other than the pinned ones: " + "; ".join(wrong))
 
 
 def _shipped_only(strays: list[Path]) -> Callable[[str, list[str]], set[str]]:

@@ -3,6 +3,8 @@ hold (attack run 101)."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import shutil
 from pathlib import Path
 
@@ -71,3 +73,31 @@ def test_caches_tools_leave_in_the_source_are_left_out_of_the_bundle(source: Pat
     assert not any(part.startswith(".") for p in shipped for part in p.split("/")), shipped
     assert {"main.py", "requirements.txt", "bundle.json", "lockwise/core/migrations/0001_core.sql"} <= shipped
     assert {Path(p).suffix for p in shipped} == {".py", ".pyc", ".sql", ".txt", ".json"}
+
+
+def test_a_build_ships_only_the_pinned_model_files(tmp_path: Path) -> None:
+    """Attack run 101: the model files are git-ignored and were copied unchecked, under the checkout's release tag: a
+    stale export, another model's cohort or a VAD graph from elsewhere shipped (the runtime checks a file against the
+    manifest beside it only)."""
+    ge2e, vad = tmp_path / "ge2e", tmp_path / "vad"
+    shutil.copytree(build.GE2E_DIR, ge2e)
+    shutil.copytree(build.VAD_DIR, vad)
+    build.check_models(ge2e, vad)  # as ./dev setup made them
+
+    def refused(why: str) -> None:
+        with pytest.raises(SystemExit, match=why):
+            build.check_models(ge2e, vad)
+
+    weights = (ge2e / "ge2e.npz").read_bytes()
+    (ge2e / "ge2e.npz").write_bytes(weights + b"\0")
+    refused("ge2e.npz")
+    manifest = json.loads((ge2e / "manifest.json").read_text())
+    (ge2e / "manifest.json").write_text(json.dumps({**manifest, "sha256": hashlib.sha256(weights + b"\0").hexdigest()}))
+    build.check_models(ge2e, vad)  # weights and manifest agree (a rewritten pair is not caught: see check_models)
+    source = {**manifest["source"], "sha256": "0" * 64}
+    (ge2e / "manifest.json").write_text(json.dumps({**manifest, "source": source}))
+    refused("GE2E's source weights")
+    (ge2e / "manifest.json").write_text(json.dumps(manifest))
+    (ge2e / "ge2e.npz").write_bytes(weights)
+    (vad / "silero_vad_16k_sequence.onnx").write_bytes(b"another graph")
+    refused("Silero VAD's graph")
