@@ -94,16 +94,18 @@ def build(name: str, out: Path) -> Path:
             raise SystemExit(f"{VAD_DIR} is missing: run ./dev setup (it copies Silero VAD's graph there)")
         shutil.copytree(VAD_DIR, out / "models" / "vad")
     compile_bytecode(out)
+    write_manifest(name, out)
+    return out
+
+
+def write_manifest(name: str, out: Path) -> None:
+    """``bundle.json``: every file of the bundle ``out`` with its SHA-256 (itself left out)."""
+    files = sorted(p for p in out.rglob("*") if p.is_file() and p != out / "bundle.json")
     manifest = {
         "function": name,
-        "files": {
-            str(p.relative_to(out)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(out.rglob("*"))
-            if p.is_file()
-        },
+        "files": {str(p.relative_to(out)): hashlib.sha256(p.read_bytes()).hexdigest() for p in files},
     }
     (out / "bundle.json").write_text(json.dumps(manifest, indent=2) + "\n")
-    return out
 
 
 def check_models(ge2e_dir: Path, vad_dir: Path | None) -> None:
@@ -227,6 +229,8 @@ def record_release(parent: Path, release: str) -> int:
     if missing:
         sys.stderr.write(f"build: {parent} lacks {', '.join(missing)}: build everything first\n")
         return 1
+    for name in TARGETS:  # listed again: the deploy copied the ONNX export into the voice bundles after their build
+        write_manifest(name, parent / name)
     (parent / RELEASE_FILE).write_text(release + "\n")
     return 0
 

@@ -245,8 +245,12 @@ def test_functions_are_deployed_only_from_bundles_built_for_their_release(tmp_pa
     assert build.main(["--out", str(tmp_path), "--record-release", "abc"]) == 1  # nor recorded: bundles missing
     for name in build.TARGETS:
         (tmp_path / name).mkdir()
+    (tmp_path / "verify" / "model").mkdir()
+    (tmp_path / "verify" / "model" / "ecapa.onnx").write_bytes(b"graph")  # copied in by the deploy after the build
     assert build.main(["--out", str(tmp_path), "--record-release", "abc"]) == 0
     assert build.expect_release(tmp_path, "abc") == 0
+    listed = json.loads((tmp_path / "verify" / "bundle.json").read_text())["files"]
+    assert listed == {"model/ecapa.onnx": hashlib.sha256(b"graph").hexdigest()}  # attack run 101: it was not listed
     assert build.main(["--out", str(tmp_path), "--expect-release", "def"]) == 1  # builds nothing
     assert (tmp_path / build.RELEASE_FILE).exists()
     assert build.main(["devices", "--out", str(tmp_path / "devices")]) == 0  # any build: no release recorded
