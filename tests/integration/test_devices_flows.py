@@ -1593,6 +1593,40 @@ def test_an_address_is_compared_as_one_lower_cased_form_everywhere(
     assert grows.status_code == 400 and grows.get_json()["error"]["code"] == "invalid_email"
 
 
+def test_an_account_whose_address_differs_by_whitespace_is_not_the_addresss_holder(
+    world: World, sign_up: Any, stack_env: dict[str, str]
+) -> None:
+    """Firebase Auth keeps ``" bob@x.com"`` and ``"bob@x.com"`` two accounts (it lower-cases an address, and trims
+    nothing): the back-end trimmed the address of a token and of a lookup, and the verified account made with the
+    victim's address and a space, tab, U+3000, U+0085 or U+001F around it listed and accepted the invitation sent to
+    the victim, whose own accept was then 404, and took the address over in ``users`` (attack run 103)."""
+    host, project = stack_env["FIREBASE_AUTH_EMULATOR_HOST"], stack_env["LOCKWISE_PROJECT_ID"]
+    for pad in ("{}\u3000", "\t{}"):
+        address = f"victim-{uuid.uuid4().hex[:8]}@example.com"
+        victim = sign_up(email=address)
+        verify_email(host, project, victim["localId"])
+        victim = sign_in(host, address)
+        assert world.devices.get("/devices/me", headers=bearer(victim)).status_code == 200
+        other = sign_up(email=pad.format(address))
+        verify_email(host, project, other["localId"])
+        other = sign_in(host, pad.format(address))
+        assert world.devices.get("/devices/me", headers=bearer(other)).status_code == 200
+        # the victim's address is still the victim's, and nobody's else
+        assert db_rows("SELECT uid FROM users WHERE lower(email) = :e", e=address) == [[victim["localId"]]]
+        sent = world.devices.post(
+            f"/devices/locks/{world.lock_id}/members",
+            json={"email": address, "role": "member"},
+            headers=world.headers("owner"),
+        )
+        assert sent.status_code == 202
+        invitation = sent.get_json()["invitation"]["id"]
+        assert world.devices.get("/devices/invitations", headers=bearer(other)).get_json()["invitations"] == []
+        taken = world.devices.post(f"/devices/invitations/{invitation}/accept", headers=bearer(other))
+        assert taken.status_code == 404, repr(pad)
+        accepted = world.devices.post(f"/devices/invitations/{invitation}/accept", headers=bearer(victim))
+        assert accepted.status_code == 201, repr(pad)
+
+
 def test_invitation_by_uid_waits_for_consent_and_can_be_declined_or_withdrawn(world: World, sign_up: Any) -> None:
     lock, owner = world.lock_id, world.headers("owner")
     invitee = sign_up()

@@ -144,16 +144,21 @@ def is_text(value: str) -> bool:
 _EMAIL_RE = re.compile(r"[^@\s]{1,64}@[^@\s]+\.[^@\s]+")
 
 
-def email_key(value: object) -> str | None:
+def email_key(value: object, *, typed: bool = False) -> str | None:
     """An address as the back-end keeps and compares it (an invitation's, a token's), or None when it is not one.
 
-    Trimmed and lower-cased by Python on every side: PostgreSQL's ``lower()`` differs on some letters (``İ``), so an
-    invitation stored lower-cased here was missed by the same address lower-cased there. Checked after lowering,
-    which can lengthen it (``İ`` is two code points lower-cased: 306 characters sent became 606, past the
-    database's 320, a 500)."""
+    Lower-cased by Python on every side: PostgreSQL's ``lower()`` differs on some letters (``İ``), so an invitation
+    stored lower-cased here was missed by the same address lower-cased there. Checked after lowering, which can
+    lengthen it (``İ`` is two code points lower-cased: 306 characters sent became 606, past the database's 320, a
+    500). Lower-casing is all Firebase Auth does to an address (it keeps ``" bob@x.com"`` and ``"bob@x.com"`` two
+    accounts), so an address Firebase Auth vouches for (a token's, a lookup's) is taken exactly: one with whitespace
+    anywhere is none. Trimmed, its surrounding whitespace was dropped, and the verified account made with
+    ``"bob@x.com\u3000"`` (or a tab, U+0085, U+001F before or after) listed and accepted the invitation sent to
+    ``bob@x.com``, and recorded the address as its own (attack run 103). Only an address someone ``typed`` (an
+    invitation's) is trimmed first: whom it goes to is then that exact address."""
     if not isinstance(value, str) or not is_text(value):
         return None
-    key = value.strip().lower()
+    key = (value.strip() if typed else value).lower()
     return key if len(key) <= 320 and _EMAIL_RE.fullmatch(key) else None
 
 

@@ -76,7 +76,7 @@ def parse_invitee(body: dict[str, Any]) -> Invitee:
         raise errors.BadRequest("give exactly one of uid or email", code="invalid_invitee")
     if "uid" in body:
         return Invitee(uid=members.parse_uid(body["uid"]))
-    email = inputs.email_key(body["email"])
+    email = inputs.email_key(body["email"], typed=True)
     if email is None:
         raise errors.BadRequest("email is not a valid address", code="invalid_email")
     return Invitee(email=email)
