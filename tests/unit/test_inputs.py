@@ -160,6 +160,9 @@ def test_email_key_is_the_one_form_an_address_is_kept_and_compared_in(value: obj
 def test_only_a_typed_address_is_trimmed() -> None:
     assert inputs.email_key("  Friend@Example.COM\t", typed=True) == "friend@example.com"
     assert inputs.email_key("friend @example.com", typed=True) is None
+    for invisible in ("\u200b", "\u200d", "\u2066", "\x7f", "\u00ad"):  # shown as friend@example.com to the admins
+        assert inputs.email_key(f"fri{invisible}end@example.com", typed=True) is None
+        assert inputs.email_key(f"fri{invisible}end@example.com") == f"fri{invisible}end@example.com"  # an account's
 
 
 @pytest.mark.parametrize(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
+import unicodedata
 from collections.abc import Collection
 from typing import Any, TypeVar
 
@@ -155,8 +156,11 @@ def email_key(value: object, *, typed: bool = False) -> str | None:
     anywhere is none. Trimmed, its surrounding whitespace was dropped, and the verified account made with
     ``"bob@x.com\u3000"`` (or a tab, U+0085, U+001F before or after) listed and accepted the invitation sent to
     ``bob@x.com``, and recorded the address as its own (attack run 103). Only an address someone ``typed`` (an
-    invitation's) is trimmed first: whom it goes to is then that exact address."""
+    invitation's) is trimmed first: whom it goes to is then that exact address, so one with a control or format
+    character in it (a zero-width space) is none: it went to another address than the one the admins saw listed."""
     if not isinstance(value, str) or not is_text(value):
+        return None
+    if typed and any(unicodedata.category(c) in ("Cc", "Cf") for c in value.strip()):
         return None
     key = (value.strip() if typed else value).lower()
     return key if len(key) <= 320 and _EMAIL_RE.fullmatch(key) else None
