@@ -919,6 +919,27 @@ def test_the_relays_flush_deletes_commands_attempts_and_invitations_kept_past_th
     assert gone.status_code == 404 and gone.get_json()["error"]["code"]
 
 
+def test_the_relays_flush_deletes_pairing_codes_past_their_end(world: World, stack_env: dict[str, str]) -> None:
+    """Attack run 102: a pairing code's row was kept as long as its lock, used, replaced or expired (an owner may be
+    given 50 a day: 18,250 rows a year at one lock, none ever read again). The relay's flush now deletes a code once
+    it has ended, and a code still valid pairs as before."""
+    lock, owner = world.lock_id, world.headers("owner")
+    for _ in range(3):  # each closes the one before it
+        assert world.devices.post(f"/devices/locks/{lock}/provisioning", headers=owner).status_code == 201
+    db_rows(  # all of them long over (and the one the lock was paired with)
+        "UPDATE provisioning_codes SET created_at = now() - interval '3 days', expires_at = now() - interval '2 days'"
+        " WHERE lock_id = CAST(:l AS uuid)",
+        l=lock,
+    )
+    fresh = world.devices.post(f"/devices/locks/{lock}/provisioning", headers=owner)
+    assert fresh.status_code == 201
+    token = {"X-LockWise-Service-Token": stack_env["LOCKWISE_SERVICE_TOKEN"]}
+    assert world.devices.post("/devices/relay/flush", headers=token).status_code == 200
+    kept = db_rows("SELECT expires_at > now() FROM provisioning_codes WHERE lock_id = CAST(:l AS uuid)", l=lock)
+    assert [row[0] for row in kept] == [True]
+    provision(world.devices, fresh.get_json()["code"])  # the valid one still pairs
+
+
 def test_the_served_revocation_list_names_a_revocation_that_commits_late(
     world: World, monkeypatch: pytest.MonkeyPatch
 ) -> None:

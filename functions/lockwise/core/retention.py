@@ -19,8 +19,8 @@ logger = logging.getLogger(__name__)
 #: ``LOCKWISE_REPLAY_MEMORY_HOURS``), say-again attempts' per-member scores (kept 30 s for the second utterance),
 #: enrollments compared with co-members' voices (counted for a day) and the lock certificates issued (kept until
 #: they expire, to be revoked with their credential), lock events refused (kept a week for an operator), the
-#: daily quotas' rows (enrollment requests and those that reached the model, pairing codes: a day) and lapsed
-#: transfer offers
+#: daily quotas' rows (enrollment requests and those that reached the model, pairing codes: a day), lapsed
+#: transfer offers and ended pairing codes
 EXPIRING = (
     "voice_fingerprints",
     "verify_follow_ups",
@@ -32,6 +32,9 @@ EXPIRING = (
     "lock_event_rejects",
     "lock_transfer_offers",
     "journal_entries",  # the keys of the restore journal's entries, two days past Firestore's (migration 0071)
+    # pairing codes once ended (used, replaced, or expired: none pairs then): kept as long as their lock, 50 a day an
+    # owner (attack run 102; migration 0075 indexes them for this)
+    "provisioning_codes",
 )
 
 
