@@ -43,6 +43,7 @@ from tests.devices_world import (
     hand_over,
     join,
     new_lock_key,
+    pair_again,
     provision,
     sign_in,
     verify_email,
@@ -938,6 +939,38 @@ def test_the_relays_flush_deletes_pairing_codes_past_their_end(world: World, sta
     kept = db_rows("SELECT expires_at > now() FROM provisioning_codes WHERE lock_id = CAST(:l AS uuid)", l=lock)
     assert [row[0] for row in kept] == [True]
     provision(world.devices, fresh.get_json()["code"])  # the valid one still pairs
+
+
+def test_a_lock_paired_again_keeps_only_the_revoked_credentials_its_requests_are_checked_against(
+    world: World,
+) -> None:
+    """Attack run 102: each pairing revoked the lock's credential and kept its row as long as the lock (an owner
+    re-pairing 50 times a day added 18,250 rows a year), and every signed request of the lock read and sorted them
+    all for its ``lock_auth.KEYS_KEPT`` newest. A pairing now deletes the lock's revoked credentials past those: one
+    that proves it held a recent key still learns it must pair again, and every certificate of the deleted ones
+    stays on the revocation list until it expires."""
+
+    def live_serial() -> str:
+        rows = db_rows(
+            "SELECT cert_serial FROM lock_credentials WHERE lock_id = CAST(:l AS uuid) AND revoked_at IS NULL",
+            l=world.lock_id,
+        )
+        return str(rows[0][0])
+
+    serials = [live_serial()]
+    for _ in range(lock_auth.KEYS_KEPT + 2):
+        pair_again(world.devices, world)
+        serials.append(live_serial())
+    rows = db_rows(
+        "SELECT cert_serial, revoked_at IS NULL FROM lock_credentials WHERE lock_id = CAST(:l AS uuid)"
+        " ORDER BY revoked_at IS NULL DESC, revoked_at DESC",
+        l=world.lock_id,
+    )
+    assert [tuple(row) for row in rows] == [(serials[-1], True)] + [
+        (serial, False) for serial in reversed(serials[-lock_auth.KEYS_KEPT : -1])
+    ]
+    listed = {row[0] for row in db_rows("SELECT serial FROM revoked_lock_certificates")}
+    assert set(serials[:-1]) <= listed and serials[-1] not in listed
 
 
 def test_the_served_revocation_list_names_a_revocation_that_commits_late(

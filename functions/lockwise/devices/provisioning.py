@@ -329,6 +329,17 @@ def redeem(
         h=_hash(code),
         c=lock_certs.key_sha256(request),
     )
+    # the lock's revoked credentials past those its signed requests are checked against (``lock_auth.KEYS_KEPT``:
+    # the live one and the newest revoked) go: each pairing kept one for as long as its lock, 50 a day at most, read
+    # and sorted by every signed request of the lock (attack run 102). Their certificates stay listed until they
+    # expire (listed as they were revoked; deleting a credential lists any left: migration 0013)
+    con.run(
+        "DELETE FROM lock_credentials WHERE lock_id = CAST(:l AS uuid) AND revoked_at IS NOT NULL"
+        " AND id NOT IN (SELECT id FROM lock_credentials WHERE lock_id = CAST(:l AS uuid) AND revoked_at IS NOT NULL"
+        " ORDER BY revoked_at DESC LIMIT :k)",
+        l=lock_id,
+        k=lock_auth.KEYS_KEPT - 1,
+    )
     # a new pairing numbers its connections afresh (a counter from zero, a factory reset), and its reports' times
     # start again: the old device's numbers, which it could push as far ahead as it liked, and its last report's
     # time, up to 5 min ahead of the clock, no longer order the new device's reports (attack run: a stolen device's
