@@ -194,16 +194,16 @@ class Membership:
 
 
 def public_terms(role: str, access: dict[str, Any]) -> dict[str, Any]:
-    """The terms ``access`` (``parse_access``'s keys) as the API shows them, and the audit log keeps them (an
-    invitation's, a member's change: which window, which expiry, not the role alone)."""
+    """The terms ``access`` (``parse_access``'s keys, one absent unset) as the API shows them, and the audit log
+    keeps them (an invitation's, a member's change: which window, which expiry, not the role alone)."""
     terms = {
-        "valid_from": _iso(access["valid_from"]),
-        "valid_until": _iso(access["valid_until"]),
-        "weekdays": _weekday_names(access["weekdays"]),
-        "day_start_minute": access["day_start_minute"],
-        "day_end_minute": access["day_end_minute"],
-        "timezone": access["timezone"] if role == "guest" else None,
-        "expires_at": _iso(access["expires_at"]),
+        "valid_from": _iso(access.get("valid_from")),
+        "valid_until": _iso(access.get("valid_until")),
+        "weekdays": _weekday_names(access.get("weekdays")),
+        "day_start_minute": access.get("day_start_minute"),
+        "day_end_minute": access.get("day_end_minute"),
+        "timezone": access.get("timezone") if role == "guest" else None,
+        "expires_at": _iso(access.get("expires_at")),
     }
     return {k: v for k, v in terms.items() if v is not None}
 
