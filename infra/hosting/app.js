@@ -63,14 +63,31 @@ class ApiError extends Error {
   }
 }
 
+// A call made for an account signed out since: it is not sent, and its answer is not shown, nor said in a notice.
+class SessionEnded extends Error {
+  constructor() {
+    super("signed out since");
+  }
+}
+const ended = (err) => err instanceof SessionEnded;
+
 class Console {
   constructor(auth, db) {
     this.auth = auth;
     this.db = db;
+    this.session = null; // one per sign-in (show): what a call is made for
   }
 
-  async api(method, path, body, extraHeaders = {}) {
-    const token = await this.auth.currentUser.getIdToken();
+  // A call for `session` (the current sign-in unless told): sent with its account's token only while that account is
+  // still the one signed in, and its answer given back only if it still is when the answer comes (attack run 105: a
+  // call took the token of whoever was signed in when it was sent, and its answer was shown to whoever was when it
+  // came: an enrollment recorded from one person was uploaded as the voice of the account signed in meanwhile on the
+  // same browser, and locks listed for one account were shown to the next).
+  async api(method, path, body, extraHeaders = {}, session = this.session) {
+    const user = this.auth.currentUser;
+    if (!session || session !== this.session || user?.uid !== session.uid) throw new SessionEnded();
+    const token = await user.getIdToken();
+    if (session !== this.session) throw new SessionEnded();
     const headers = { ...extraHeaders, Authorization: `Bearer ${token}` };
     if (body !== undefined) headers["Content-Type"] = "application/json";
     let resp;
@@ -80,6 +97,7 @@ class Console {
       throw new ApiError(0, { error: { message: `the API did not answer (${err.message}); is the stack up?` } });
     }
     const data = resp.status === 204 ? {} : await resp.json().catch(() => ({}));
+    if (session !== this.session) throw new SessionEnded();
     if (!resp.ok) throw new ApiError(resp.status, data);
     return data;
   }
@@ -110,15 +128,14 @@ class Console {
 
   show(user) {
     while (unsubscribers.length) unsubscribers.pop()();
+    this.session = user ? { uid: user.uid } : null;
+    this.forget();
     $("#sign-in").hidden = Boolean(user);
     $("#signed-in").hidden = !user;
     $("#sign-out").hidden = !user;
     $("#who").textContent = user ? user.email || user.uid : "";
     document.body.dataset.uid = user ? user.uid : "";
-    if (!user) {
-      $("#locks").replaceChildren();
-      return;
-    }
+    if (!user) return;
     // a voice enrolled before the address is verified is forgotten once it is (the back-end: an account made in
     // advance with someone else's address must not keep a voice when its owner takes it over)
     $("#unverified-address").hidden = !user.email || user.emailVerified;
@@ -136,14 +153,31 @@ class Console {
     this.refresh();
   }
 
+  // Nothing of the account signed in before is left on the page (attack run 105: signed out, the page kept its
+  // password in the sign-in form, one click from signing in again, and the notice kept a new lock's pairing code;
+  // the next account saw the first's invitations and voice status until its own came).
+  forget() {
+    $("#password").value = "";
+    notice("");
+    $("#locks").replaceChildren();
+    $("#invitations").replaceChildren();
+    $("#invitations-section").hidden = true;
+    $("#voice-status").textContent = "…";
+    delete $("#voice-status").dataset.enrolled;
+    $("#enroll-progress").textContent = "";
+    delete $("#enroll-progress").dataset.done;
+    $("#new-lock-name").value = "";
+    this.unanswered = null;
+  }
+
   // every page of a listing (GET /devices/locks and /devices/invitations answer 100 at most a page): its `key`'s
   // items, in order
-  async allPages(path, key) {
+  async allPages(path, key, session) {
     const items = [];
     let token = null;
     do {
       const query = token ? `?page_token=${encodeURIComponent(token)}` : "";
-      const page = await this.api("GET", `${path}${query}`);
+      const page = await this.api("GET", `${path}${query}`, undefined, {}, session);
       items.push(...page[key]);
       token = page.next_page_token;
     } while (token);
@@ -154,10 +188,12 @@ class Console {
   // locks shown (one listing's failure hid both: attack run 63); invitations not loaded are not shown, their buttons
   // would answer what may be gone. Returns what failed, said in one notice unless `quiet` (the caller says it).
   async refresh({ quiet = false } = {}) {
+    const session = this.session;
     const [locks, invitations] = await Promise.allSettled([
-      this.allPages("/devices/locks", "locks"),
-      this.allPages("/devices/invitations", "invitations"),
+      this.allPages("/devices/locks", "locks", session),
+      this.allPages("/devices/invitations", "invitations", session),
     ]);
+    if (session !== this.session) return []; // listed for an account signed out since
     const failed = [];
     if (locks.status === "fulfilled") {
       this.renderLocks(locks.value);
@@ -188,7 +224,7 @@ class Console {
               await this.api("POST", `/devices/invitations/${inv.id}/${answer}`);
               this.refresh();
             } catch (err) {
-              notice(err.message, "error");
+              if (!ended(err)) notice(err.message, "error");
             }
           });
           li.append(b);
@@ -321,6 +357,7 @@ class Console {
       const card = document.querySelector(`[data-lock-id="${created.lock.id}"]`);
       if (card && code) $(".pairing-code", card).textContent = code;
     } catch (err) {
+      if (ended(err)) return;
       const unknown = err.status === 0 || err.status >= 500;
       if (!unknown) this.unanswered = null;
       const again = unknown ? " (create it again: if it was made, you get that lock, not a second one)" : "";
@@ -333,7 +370,7 @@ class Console {
       const { code } = await this.api("POST", `/devices/locks/${lockId}/provisioning`);
       $(".pairing-code", card).textContent = code;
     } catch (err) {
-      notice(err.message, "error");
+      if (!ended(err)) notice(err.message, "error");
     }
   }
 
@@ -342,7 +379,7 @@ class Console {
       await this.api("POST", `/devices/locks/${lockId}/commands`, { action, idempotency_key: crypto.randomUUID() });
       notice(`${action} sent to ${$(".lock-name", card).textContent}`);
     } catch (err) {
-      notice(`${action} refused: ${err.message}`, "error");
+      if (!ended(err)) notice(`${action} refused: ${err.message}`, "error");
     }
   }
 
@@ -362,7 +399,7 @@ class Console {
         }),
       );
     } catch (err) {
-      notice(err.message, "error");
+      if (!ended(err)) notice(err.message, "error");
     }
   }
 
@@ -374,11 +411,12 @@ class Console {
       });
       this.loadMembers(card, lockId);
     } catch (err) {
-      notice(`Invitation refused: ${err.message}`, "error");
+      if (!ended(err)) notice(`Invitation refused: ${err.message}`, "error");
     }
   }
 
   async enroll() {
+    const session = this.session; // the samples are this account's voice, uploaded for it or for nobody
     const progress = $("#enroll-progress");
     const button = $("#enroll");
     button.disabled = true;
@@ -395,14 +433,17 @@ class Console {
     try {
       const samples = [];
       for (let i = 1; i <= SAMPLES; i++) {
+        if (session !== this.session) throw new SessionEnded();
         progress.textContent = `Sample ${i} of ${SAMPLES}: say your sentence now…`;
         samples.push({ wav_base64: await recordWav(stream, SAMPLE_SECONDS) });
       }
+      if (session !== this.session) throw new SessionEnded();
       progress.textContent = "Uploading…";
-      const result = await this.api("PUT", "/embed/enrollment", { samples });
+      const result = await this.api("PUT", "/embed/enrollment", { samples }, {}, session);
       progress.textContent = `Enrolled from ${result.samples} samples.`;
       progress.dataset.done = "true";
     } catch (err) {
+      if (ended(err)) return; // the samples go with it
       progress.textContent = `Enrollment refused: ${err.message}`;
       progress.dataset.done = "error";
     } finally {
@@ -416,7 +457,7 @@ class Console {
       await this.api("DELETE", "/embed/enrollment");
       notice("Your voice data is deleted.");
     } catch (err) {
-      notice(err.message, "error");
+      if (!ended(err)) notice(err.message, "error");
     }
   }
 }
