@@ -375,9 +375,13 @@ class Console {
   }
 
   async command(card, lockId, action) {
+    // the door opened from afar is said by its name and confirmed first: Unlock sits beside Lock, one click from it
+    // (attack run 105: a slip of the pointer opened the door, nobody told which)
+    const name = $(".lock-name", card).textContent;
+    if (action === "unlock" && !window.confirm(`Unlock ${name} now? Anyone at the door can then open it.`)) return;
     try {
       await this.api("POST", `/devices/locks/${lockId}/commands`, { action, idempotency_key: crypto.randomUUID() });
-      notice(`${action} sent to ${$(".lock-name", card).textContent}`);
+      notice(`${action} sent to ${name}`);
     } catch (err) {
       if (!ended(err)) notice(`${action} refused: ${err.message}`, "error");
     }

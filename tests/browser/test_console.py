@@ -514,3 +514,45 @@ def test_locks_listed_for_one_account_are_not_shown_to_the_next(env: dict[str, s
         shown = page.locator(".lock").count()
         browser.close()
     assert shown == 0
+
+
+def test_an_unlock_from_the_console_is_confirmed_by_the_locks_name(env: dict[str, str], chromium: str) -> None:
+    """Attack run 105: Unlock, beside Lock, opened the door at one click. It asks first, naming the lock; declined,
+    nothing is sent."""
+    from playwright.sync_api import Dialog, Route, expect, sync_playwright
+
+    asked: list[str] = []
+    sent: list[str] = []
+    answer = ["dismiss"]
+
+    def ask(dialog: Dialog) -> None:
+        asked.append(dialog.message)
+        if answer[0] == "accept":
+            dialog.accept()
+        else:
+            dialog.dismiss()
+
+    def command(route: Route) -> None:
+        sent.append(json.loads(route.request.post_data or "{}")["action"])
+        route.fulfill(status=202, body="{}", headers={"Content-Type": "application/json"})
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+        page = browser.new_page()
+        page.on("dialog", ask)
+        signed_up(page, env["LOCKWISE_CONSOLE_URL"], "slip")
+        page.route("**/devices/locks/*/commands", command)
+        page.fill("#new-lock-name", "Garden gate")
+        page.click("#new-lock-form button[type=submit]")
+        card = page.locator(".lock").first
+        expect(card).to_be_visible(timeout=15_000)
+        card.locator(".unlock").click()
+        page.wait_for_timeout(1000)
+        assert sent == [] and asked and "Garden gate" in asked[0], (sent, asked)
+        answer[0] = "accept"
+        card.locator(".unlock").click()
+        expect(page.locator("#notice")).to_contain_text("unlock sent to Garden gate", timeout=15_000)
+        card.locator(".lock-button").click()  # locking asks nothing
+        expect(page.locator("#notice")).to_have_text("lock sent to Garden gate", timeout=15_000)
+        browser.close()
+    assert sent == ["unlock", "lock"] and len(asked) == 2, (sent, asked)
