@@ -85,6 +85,23 @@ def hosting_headers() -> dict[str, str]:
     return {h["key"]: h["value"] for rule in rules if rule["source"] == "**" for h in rule["headers"]}
 
 
+def served_headers(init: dict[str, Any]) -> dict[str, str]:
+    """``hosting_headers`` with the emulators ``init`` names (``emulator_init``) allowed to the page's connections:
+    the SDK reaches them where the deployed page reaches Google's APIs (the policy's ``connect-src``)."""
+    headers = dict(hosting_headers())
+    emulators = init.get("emulators")
+    policy = headers.get("Content-Security-Policy")
+    if not emulators or policy is None:
+        return headers
+    firestore = emulators["firestore"]
+    origins = [emulators["auth"].rstrip("/"), f"http://{firestore['host']}:{firestore['port']}"]
+    directives = [d.strip() for d in policy.split(";")]
+    headers["Content-Security-Policy"] = "; ".join(
+        f"{d} {' '.join(origins)}" if d.split(" ", 1)[0] == "connect-src" else d for d in directives
+    )
+    return headers
+
+
 class _Handler(http.server.SimpleHTTPRequestHandler):
     timeout = 30  # a client that sends nothing (or stops mid-body) is closed, not waited for
 
@@ -93,9 +110,9 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
         super().__init__(*args, **kwargs)
 
     def end_headers(self) -> None:
-        """Every static answer carries the headers ``firebase.json`` gives Hosting's (no framing of the console)."""
+        """Every static answer carries the headers Hosting adds (served_headers: firebase.json's, emulators let in)."""
         if not self._function():
-            for key, value in hosting_headers().items():
+            for key, value in served_headers(self.console.init).items():
                 self.send_header(key, value)
         super().end_headers()
 

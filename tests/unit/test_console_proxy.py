@@ -77,3 +77,20 @@ def test_a_body_goes_through_by_its_length_and_what_cannot_is_refused_in_json(
         assert (status, headers["content-type"]) == (status_wanted, "application/json"), request
         assert json.loads(body)["error"]["code"] == code
     assert received == [b"{}"]  # none of them reached the function
+
+
+def test_the_local_console_lets_its_page_reach_the_emulators_and_nothing_more() -> None:
+    """Attack run 105: firebase.json's policy names the origins the deployed page reaches (its own and the Firebase
+    APIs); served locally, the page reaches the emulators instead, added to ``connect-src`` alone."""
+    deployed = console_module.hosting_headers()["Content-Security-Policy"]
+    local = console_module.served_headers(console_module.emulator_init("p", "127.0.0.1:9099", "127.0.0.1:8080"))
+    policy = {d.split(" ", 1)[0]: d for d in (part.strip() for part in local["Content-Security-Policy"].split(";"))}
+    assert policy["connect-src"] == (
+        "connect-src 'self' https://identitytoolkit.googleapis.com https://securetoken.googleapis.com"
+        " https://firestore.googleapis.com http://127.0.0.1:9099 http://127.0.0.1:8080"
+    )
+    assert policy["default-src"] == "default-src 'none'" and policy["form-action"] == "form-action 'none'"
+    assert {d for d in policy.values() if not d.startswith("connect-src")} == {
+        d.strip() for d in deployed.split(";") if not d.strip().startswith("connect-src")
+    }
+    assert console_module.served_headers({})["Content-Security-Policy"] == deployed  # no emulators: as deployed
