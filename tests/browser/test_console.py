@@ -424,7 +424,7 @@ def _sign_up_there(page: Any, name: str) -> str:
     expect(page.locator("body")).not_to_have_attribute("data-uid", "", timeout=15_000)
     uid = page.get_attribute("body", "data-uid")
     assert uid
-    return uid
+    return str(uid)
 
 
 def _uid_of(authorization: str) -> str:
@@ -556,7 +556,6 @@ def test_an_unlock_from_the_console_is_confirmed_by_the_locks_name(env: dict[str
         expect(page.locator("#notice")).to_have_text("lock sent to Garden gate", timeout=15_000)
         browser.close()
     assert sent == ["unlock", "lock"] and len(asked) == 2, (sent, asked)
-
 
 
 #: kept by the page from its first script on: every request its security policy refused
