@@ -559,6 +559,17 @@ def test_a_lock_has_so_many_members_with_the_inviters_open_invitations(
     assert active_members(world.lock_id) == 6
 
 
+def _invited(world: World, lock_id: str, account: dict[str, Any], access: dict[str, Any] | None = None) -> str:
+    """The id of an invitation the world's owner sends ``account`` to ``lock_id``: as a guest on ``access``, else a
+    member."""
+    body: dict[str, Any] = {"uid": account["localId"], "role": "guest" if access else "member"}
+    if access:
+        body["access"] = access
+    sent = world.devices.post(f"/devices/locks/{lock_id}/members", json=body, headers=world.headers("owner"))
+    assert sent.status_code == 202, sent.get_json()
+    return str(sent.get_json()["invitation"]["id"])
+
+
 def test_an_account_is_a_member_of_so_many_locks_it_does_not_own(
     world: World, sign_up: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -578,12 +589,7 @@ def test_an_account_is_a_member_of_so_many_locks_it_does_not_own(
     ]
 
     def invite(lock_id: str, access: dict[str, Any] | None = None) -> str:
-        body: dict[str, Any] = {"uid": joiner["localId"], "role": "guest" if access else "member"}
-        if access:
-            body["access"] = access
-        sent = world.devices.post(f"/devices/locks/{lock_id}/members", json=body, headers=owner)
-        assert sent.status_code == 202, sent.get_json()
-        return str(sent.get_json()["invitation"]["id"])
+        return _invited(world, lock_id, joiner, access)
 
     def accept(invitation_id: str) -> Any:
         return world.devices.post(f"/devices/invitations/{invitation_id}/accept", headers=bearer(joiner))
@@ -617,17 +623,12 @@ def test_a_member_leaves_a_membership_ended_by_its_expiry_that_holds_their_place
     first". They leave it themselves now, the 409 naming it; a membership removed is not theirs to leave again."""
     runtime = get_runtime("devices")
     monkeypatch.setattr(runtime, "settings", dataclasses.replace(runtime.settings, memberships_per_user=1))
-    guest, owner = sign_up(), world.headers("owner")
+    guest = sign_up()
     assert world.devices.get("/devices/me", headers=bearer(guest)).status_code == 200
     stay, home = world.lock_id, create_lock(world.devices, world.accounts["owner"], name="Home")["lock"]["id"]
 
     def invite(lock_id: str, access: dict[str, Any] | None = None) -> str:
-        body: dict[str, Any] = {"uid": guest["localId"], "role": "guest" if access else "member"}
-        if access:
-            body["access"] = access
-        sent = world.devices.post(f"/devices/locks/{lock_id}/members", json=body, headers=owner)
-        assert sent.status_code == 202, sent.get_json()
-        return str(sent.get_json()["invitation"]["id"])
+        return _invited(world, lock_id, guest, access)
 
     def accept(invitation_id: str) -> Any:
         return world.devices.post(f"/devices/invitations/{invitation_id}/accept", headers=bearer(guest))
