@@ -2641,6 +2641,58 @@ def test_a_right_pairing_code_pairs_past_its_addresss_wrong_ones(
     assert counted == 3, "nothing past the limit is counted"
 
 
+def test_a_burst_past_the_limit_asks_one_code_about_one_key_in_use(
+    make_client: Any, sign_up: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Attack run 104: past the address's limit a valid code that met another lock's key was spent by a transaction
+    after the one that found the key (rolled back by the 409): the pairings of a burst sent with the code at once
+    each took the code's row in turn as the last one's was rolled back, before the first one's spending could take
+    it, and each had its key checked, an answer (by the work done and, with one key free, its 201) for every key and
+    not for every code an account is given. The code is spent where the key was found: one key checked a code."""
+    from lockwise.core.config import get_settings
+
+    monkeypatch.setenv("LOCKWISE_PAIRING_FAILURES_PER_HOUR", "1")
+    monkeypatch.setenv("LOCKWISE_TRUSTED_PROXY_HOPS", "1")
+    get_settings.cache_clear()
+    get_runtime.cache_clear()
+    devices = make_client("devices")
+    node = f"198.18.{secrets.randbelow(256)}.{secrets.randbelow(256)}"
+
+    def redeem(code: str, key: str) -> Any:
+        body = {"code": code, "public_key": key, "csr": new_tls_key()[1]}
+        return devices.post("/devices/provision", json=body, headers={"X-Forwarded-For": f"203.0.113.5, {node}"})
+
+    owner = sign_up()
+    first, second = create_lock(devices, owner), create_lock(devices, owner, name="Back door")
+    _, key = new_lock_key()
+    assert redeem(first["provisioning"]["code"], key).status_code == 201
+    assert redeem("WRONG-CODE-1", key).status_code == 401  # the address's hour is full
+    checked = []
+    check = provisioning.refuse_a_shared_signing_key
+
+    def slow_check(*args: Any, **kwargs: Any) -> None:
+        time.sleep(0.3)  # the code's row is held meanwhile: the burst's others wait for it
+        try:
+            check(*args, **kwargs)
+        except errors.Conflict:
+            checked.append(1)  # another lock's key found, with a code still valid
+            raise
+
+    monkeypatch.setattr(provisioning, "refuse_a_shared_signing_key", slow_check)
+    csrs = [new_tls_key()[1] for _ in range(5)]
+
+    def probe(csr: str) -> int:
+        body = {"code": second["provisioning"]["code"], "public_key": key, "csr": csr}
+        headers = {"X-Forwarded-For": f"203.0.113.5, {node}"}
+        return int(devices.post("/devices/provision", json=body, headers=headers).status_code)
+
+    with ThreadPoolExecutor(max_workers=5) as pool:
+        answers = list(pool.map(probe, csrs))
+    assert answers == [429] * 5
+    assert len(checked) == 1, f"one code asked about {len(checked)} keys"
+    assert redeem(second["provisioning"]["code"], new_lock_key()[1]).status_code == 429  # spent
+
+
 def test_wrong_pairing_codes_are_counted_over_the_last_hour_not_the_clock_hour(
     make_client: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -219,24 +219,30 @@ def pair(
     locks may share (a carrier's NAT; every lock reaching the production base URL through one node of Firebase
     Hosting's CDN, with one proxy hop trusted), and its 20 wrong codes an hour, anyone's, kept each of those locks
     from pairing with its owner's right code (attack run 100). A code is about 120 bits: stopping the guesses at 20
-    an hour was no defence a guess needed. Past the limit a valid code that meets another lock's key is spent
-    (``_spend``): the probes of keys stay bounded, by the codes an account is given a day. The counts are pruned by
-    the relay's flush (``lockwise.core.retention``), not by one request in 50 as before. ``certificates_per_day``: a
-    pairing sent again (``redeem``) is issued its certificate within the renewals' daily count."""
+    an hour was no defence a guess needed. Past the limit a valid code that meets another lock's key is spent, in
+    the transaction that found the key (``_redeem``'s ``spend_on_key_in_use``): the probes of keys stay bounded, by the
+    codes an account is given a day. The counts are pruned by the relay's flush (``lockwise.core.retention``), not by
+    one request in 50 as before. ``certificates_per_day``: a pairing sent again (``redeem``) is issued its certificate
+    within the renewals' daily count."""
     public_key = parse_public_key(body.get("public_key"))
     with db.transaction() as con:
         reserved = reserve_pairing_attempt(con, source, failures_per_hour)
     try:
         with db.transaction() as con:
-            credentials = redeem(
-                con, body.get("code"), public_key, body.get("csr"), ca, cert_ttl_s, certificates_per_day
+            credentials = _redeem(
+                con,
+                body.get("code"),
+                public_key,
+                body.get("csr"),
+                ca,
+                cert_ttl_s,
+                certificates_per_day,
+                spend_on_key_in_use=reserved.past_limit is not None,
             )
-            if reserved.attempt_id is not None:
+            if reserved.attempt_id is not None and credentials is not None:
                 release_pairing_attempt(con, reserved.attempt_id)  # paired: not a failure
     except Exception as exc:
-        if reserved.past_limit is not None:  # nothing counted: a wrong code, or another lock's key, is the 429
-            if isinstance(exc, errors.Conflict) and exc.code == KEY_IN_USE:
-                _spend(db, body["code"])  # else one valid code asked about any number of keys past the limit
+        if reserved.past_limit is not None:  # nothing counted: a wrong code is the 429
             if _counted(exc):
                 raise reserved.past_limit from None
             raise
@@ -247,20 +253,9 @@ def pair(
             except errors.Unavailable:  # the database away: what the pairing met says more (``commit_unconfirmed``)
                 log.warning("a pairing's attempt was not given back: the database is unavailable")
         raise
+    if credentials is None:  # another lock's key past the limit: the code was spent (``_redeem``)
+        raise reserved.past_limit or errors.Conflict("another lock's key", code=KEY_IN_USE)
     return credentials
-
-
-def _spend(db: Database, code: str) -> None:
-    """End ``code`` now, unused: a valid code that met another lock's key past its address's limit. A right code
-    pairs past the limit (``pair``), so a key in use answered 429 and a free one 201 and spent the code: without
-    this each key found in use was asked about for nothing, any number of them (a review of attack run 100). Its
-    owner issues another; no lock making its own key meets it."""
-    with db.transaction() as con:
-        con.run(
-            "UPDATE provisioning_codes SET expires_at = LEAST(expires_at, statement_timestamp())"
-            " WHERE code_hash = :h AND redeemed_at IS NULL",
-            h=_hash(code),
-        )
 
 
 def _counted(exc: Exception) -> bool:
@@ -278,7 +273,30 @@ def redeem(
     certificates_per_day: int,
 ) -> Credentials:
     """Exchange a valid code for new credentials (once); the lock's old credentials are revoked. The same pairing
-    sent again, its answer lost, is answered with the credentials it made (``_paired_again``)."""
+    sent again, its answer lost, is answered with the credentials it made (``_paired_again``). A signing key another
+    lock holds is 409 ``public_key_in_use``, the code left as it was."""
+    credentials = _redeem(con, code, public_key, csr, ca, cert_ttl_s, certificates_per_day, spend_on_key_in_use=False)
+    if credentials is None:
+        raise RuntimeError("a redemption that spends no code spent one")
+    return credentials
+
+
+def _redeem(
+    con: Connection,
+    code: Any,
+    public_key: bytes,
+    csr: Any,
+    ca: lock_certs.LockCa,
+    cert_ttl_s: int,
+    certificates_per_day: int,
+    *,
+    spend_on_key_in_use: bool,
+) -> Credentials | None:
+    """``redeem``; with ``spend_on_key_in_use`` (past the address's limit: ``pair``) a valid code that meets another
+    lock's key is spent instead, unused, and None returned, for the caller to commit. Spent by a later transaction
+    (attack run 104), every pairing of a burst sent with the code at once had its key checked, the code's row passed
+    from one to the next before the first one's spending could take it: an answer a key, unbounded by the codes an
+    account is given."""
     if not isinstance(code, str) or not 4 <= len(code) <= 64:
         raise errors.BadRequest("code must be a string", code="invalid_code_format")
     request = lock_certs.parse_csr(csr)  # before the code is used: a bad CSR leaves the code valid
@@ -308,13 +326,26 @@ def redeem(
     if rows[0][1]:  # used: the lock that used it sending its pairing again, or anyone else (401)
         code_left_s = int(rows[0][4])
         return _paired_again(con, code, lock_id, public_key, request, code_left_s, ca, cert_ttl_s, certificates_per_day)
+    try:  # before anything is written: a code spent here is all this transaction commits
+        refuse_a_shared_signing_key(con, public_key, lock_id)
+    except errors.Conflict:
+        if not spend_on_key_in_use:
+            raise
+        # spent as a used code is (no credential was paired with it: 401 to whoever sends it again), not by its
+        # expiry alone: a pairing of the burst waiting for the code's row judges the expiry on its statement's clock,
+        # which began before this one's, and found the code valid still
+        con.run(
+            "UPDATE provisioning_codes SET redeemed_at = now(), expires_at = LEAST(expires_at, statement_timestamp())"
+            " WHERE code_hash = :h",
+            h=_hash(code),
+        )
+        return None
     con.run("UPDATE provisioning_codes SET redeemed_at = now() WHERE code_hash = :h", h=_hash(code))
     revoked = con.run(
         "UPDATE lock_credentials SET revoked_at = now() WHERE lock_id = CAST(:l AS uuid) AND revoked_at IS NULL"
         " RETURNING id",
         l=lock_id,
     )
-    refuse_a_shared_signing_key(con, public_key)
     transfer_offers.end_for_lock(con, lock_id)  # an offer was made for the device the lock had
     identity = str(uuid.uuid4())  # a new broker identity per pairing: the old one's topics go dead with it
     certificate = _certify(con, ca, request, identity, cert_ttl_s)
@@ -436,14 +467,20 @@ def _paired_again(
 KEY_IN_USE = "public_key_in_use"
 
 
-def refuse_a_shared_signing_key(con: Connection, public_key: bytes) -> None:
-    """409 when another lock's live credential has this signing key. A lock's signed request names its lock in a
-    header the signature does not cover (the firmware contract), so two locks with one key could have each other's
-    requests replayed within the skew window (nonces are per lock). Pairings with one key are decided one at a time
-    (a transaction-scoped advisory lock on the key), so two at once cannot both pass."""
+def refuse_a_shared_signing_key(con: Connection, public_key: bytes, lock_id: str) -> None:
+    """409 when a lock other than ``lock_id`` (the one pairing: its own live key is revoked by the pairing) has this
+    signing key on a live credential. A lock's signed request names its lock in a header the signature does not
+    cover (the firmware contract), so two locks with one key could have each other's requests replayed within the
+    skew window (nonces are per lock). Pairings with one key are decided one at a time (a transaction-scoped advisory
+    lock on the key), so two at once cannot both pass."""
     key_lock = int.from_bytes(hashlib.sha256(b"lockwise signing key " + public_key).digest()[:8], "big", signed=True)
     con.run("SELECT pg_advisory_xact_lock(:k)", k=key_lock)
-    if con.run("SELECT 1 FROM lock_credentials WHERE signing_public_key = :k AND revoked_at IS NULL", k=public_key):
+    if con.run(
+        "SELECT 1 FROM lock_credentials WHERE signing_public_key = :k AND revoked_at IS NULL"
+        " AND lock_id <> CAST(:l AS uuid)",
+        k=public_key,
+        l=lock_id,
+    ):
         raise errors.Conflict("this signing key belongs to another lock; every lock makes its own key", code=KEY_IN_USE)
 
 
