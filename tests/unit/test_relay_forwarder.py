@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import threading
 import time
 from collections.abc import Iterator
@@ -335,3 +336,20 @@ def test_an_upkeep_that_raises_is_tried_again_not_the_upkeeps_end() -> None:
     )
     Relay._upkeep(relay)  # type: ignore[arg-type]  # noqa: SLF001 - the loop alone, on this thread
     assert len(calls) == 2
+
+
+def test_an_upkeep_whose_identity_token_fails_is_a_failed_upkeep(caplog: pytest.LogCaptureFixture) -> None:
+    """Attack run 104: the identity token's fetch failing otherwise than as an OSError (the metadata server's answer
+    cut off: http.client.IncompleteRead) escaped the upkeep, which the upkeep's loop logged as an ERROR no metric
+    counts, the health report saying the upkeep was ok, as often as it failed. It is a failed upkeep: in the
+    health report and in the line the ``lockwise_relay_upkeep_failed`` metric counts."""
+    import http.client
+
+    def identity() -> dict[str, str]:
+        raise http.client.IncompleteRead(b"eyJ")
+
+    forwarder = Forwarder("http://127.0.0.1:9", "token", timeout_s=2, identity=identity)
+    with caplog.at_level(logging.WARNING, logger="mqtt_relay.forwarder"):
+        assert forwarder.flush_mirror() is False
+    assert forwarder.upkeep_error == "IncompleteRead"
+    assert [r.getMessage() for r in caplog.records] == ["devices upkeep failed; will retry"]
