@@ -16,8 +16,10 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-#: the Cloud Run services whose lines the Python metrics count (``infra.deploy_config.SERVICES``' names)
-SERVICES = ("lockwise-verify", "lockwise-embed", "lockwise-devices", "lockwise-devices-relay", "lockwise-relay")
+from infra import deploy_config
+
+#: the Cloud Run services whose lines the Python metrics count: every one the deploy makes
+SERVICES = tuple(spec.name for spec in deploy_config.SERVICES)
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 
 from infra import monitoring
-from infra.deploy_config import SERVICES
 from lockwise.core import log as lwlog
 from tests.log_lines import broker_formats, python_calls
 from tests.unit.test_http import call, make_api
@@ -60,8 +59,7 @@ def test_the_request_metrics_read_fields_a_real_request_line_has(capsys: pytest.
             assert isinstance(line.get(metric.value_field), int | float), (metric.name, line)
 
 
-def test_the_metrics_name_every_deployed_service_and_render_as_log_metrics(tmp_path: Path) -> None:
-    assert set(monitoring.SERVICES) == {spec.name for spec in SERVICES}
+def test_the_metrics_render_as_log_metrics(tmp_path: Path) -> None:
     out = subprocess.run(
         [sys.executable, "-m", "infra.monitoring", "--out", str(tmp_path)], check=True, capture_output=True, text=True
     )
