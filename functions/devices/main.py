@@ -212,7 +212,9 @@ def offer_transfer(ctx: Ctx, lock_id: str) -> Result:
         now = rt.now()
         members.require(con, lock_id, user.uid, now, at_least="owner", for_update=True)
         take_change(con, lock_id, user, lock_held_for_update=True)
-        offered = transfers.offer(con, lock_id, user, to_uid, now)
+        offered = transfers.offer(
+            con, lock_id, user, to_uid, now, memberships_per_user=rt.settings.memberships_per_user
+        )
     rt.flush_mirror()
     return offered, 202
 
@@ -233,7 +235,15 @@ def accept_transfer(ctx: Ctx, lock_id: str) -> JsonBody:
     with rt.db.transaction() as con:
         now = rt.now()
         taker = transfers.taker(con, lock_id, user.uid, now)
-        transfers.accept(con, lock_id, user, taker, rt.settings.locks_per_owner, now)
+        transfers.accept(
+            con,
+            lock_id,
+            user,
+            taker,
+            rt.settings.locks_per_owner,
+            now,
+            memberships_per_user=rt.settings.memberships_per_user,
+        )
         view = locks.view(con, lock_id, "owner")
     rt.flush_mirror()
     return view

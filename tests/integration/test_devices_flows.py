@@ -648,6 +648,62 @@ def test_a_member_leaves_a_membership_ended_by_its_expiry_that_holds_their_place
     assert accept(wanted).status_code == 201
 
 
+def test_an_owner_handing_locks_over_stays_their_admin_within_the_membership_limit(
+    world: World, sign_up: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An owner handing a lock over stays on as its admin, a membership of a lock they do not own; made at once by
+    every acceptance, it passed ``LOCKWISE_MEMBERSHIPS_PER_USER`` unchecked: one account handing its locks to
+    accounts of its own, and taking them back, was a member of any number of locks. Offering at the limit is 409
+    ``too_many_memberships`` to the giver; accepting an offer made before the giver reached it is 409
+    ``owner_too_many_memberships`` to the taker, naming none of the giver's locks, and the offer stands."""
+    runtime = get_runtime("devices")
+    monkeypatch.setattr(runtime, "settings", dataclasses.replace(runtime.settings, memberships_per_user=3))
+    giver, taker = sign_up(), sign_up()
+    for account in (giver, taker):
+        assert world.devices.get("/devices/me", headers=bearer(account)).status_code == 200
+    others = [world.lock_id, create_lock(world.devices, world.accounts["owner"], name="Other")["lock"]["id"]]
+    for lock_id in others:  # the giver is a member of two locks
+        invited = _invited(world, lock_id, giver)
+        assert world.devices.post(f"/devices/invitations/{invited}/accept", headers=bearer(giver)).status_code == 201
+    doors = [create_lock(world.devices, giver, name=f"Door {i}")["lock"]["id"] for i in range(3)]
+    for lock_id in doors:
+        sent = world.devices.post(
+            f"/devices/locks/{lock_id}/members", json={"uid": taker["localId"], "role": "member"}, headers=bearer(giver)
+        )
+        assert sent.status_code == 202, sent.get_json()
+        joined = world.devices.post(
+            f"/devices/invitations/{sent.get_json()['invitation']['id']}/accept", headers=bearer(taker)
+        )
+        assert joined.status_code == 201, joined.get_json()
+
+    def offer(lock_id: str) -> Any:
+        return world.devices.post(
+            f"/devices/locks/{lock_id}/transfer", json={"uid": taker["localId"]}, headers=bearer(giver)
+        )
+
+    def accept(lock_id: str) -> Any:
+        return world.devices.post(f"/devices/locks/{lock_id}/transfer/accept", headers=bearer(taker))
+
+    assert (offer(doors[0]).status_code, offer(doors[1]).status_code) == (202, 202)
+    assert accept(doors[0]).status_code == 200  # the giver is an admin of a third lock they do not own: the limit
+    refused = accept(doors[1])
+    assert refused.status_code == 409, refused.get_json()
+    assert refused.get_json()["error"]["code"] == "owner_too_many_memberships"
+    assert "details" not in refused.get_json()["error"]
+    owners = "SELECT id::text, owner_uid FROM locks WHERE id = ANY(CAST(:l AS uuid[]))"
+    assert dict(db_rows(owners, l=doors)) == {
+        doors[0]: taker["localId"],
+        doors[1]: giver["localId"],
+        doors[2]: giver["localId"],
+    }
+    assert world.devices.get(f"/devices/locks/{doors[1]}/transfer", headers=bearer(taker)).status_code == 200
+    late = offer(doors[2])
+    assert late.status_code == 409 and late.get_json()["error"]["code"] == "too_many_memberships", late.get_json()
+    left = world.devices.delete(f"/devices/locks/{doors[0]}/members/{giver['localId']}", headers=bearer(giver))
+    assert left.status_code == 204, left.get_json()
+    assert accept(doors[1]).status_code == 200
+
+
 def test_a_lock_makes_so_many_signed_requests_a_minute(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
     """Attack run: a lock (or its stolen key) sent 150 signed verify requests a second, each an attempt row and a
     feed entry. Every signed request counts, whatever its answer; past the minute's limit nothing is recorded."""

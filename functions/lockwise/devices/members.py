@@ -717,10 +717,7 @@ def refuse_past_joined(con: Connection, uid: str, limit: int, now: dt.datetime) 
     (``users.hold_caller``): one account's joins take turns. The refusal names (``details.ended_lock_ids``) up to
     ``ENDED_NAMED`` of the locks whose access ended by its expiry: no listing shows them, and each may be left
     (``require_own``)."""
-    (held,) = con.run(
-        "SELECT count(*) FROM lock_members WHERE user_uid = :u AND revoked_at IS NULL AND role <> 'owner'", u=uid
-    )[0]
-    if int(held) >= limit:
+    if joined_count(con, uid) >= limit:
         ended = con.run(
             "SELECT lock_id::text FROM lock_members WHERE user_uid = :u AND revoked_at IS NULL AND role <> 'owner'"
             " AND expires_at <= :now ORDER BY expires_at, lock_id LIMIT :n",
@@ -733,6 +730,31 @@ def refuse_past_joined(con: Connection, uid: str, limit: int, now: dt.datetime) 
             " one first",
             code="too_many_memberships",
             details={"ended_lock_ids": [row[0] for row in ended]},
+        )
+
+
+def joined_count(con: Connection, uid: str) -> int:
+    """How many locks ``uid`` is a member of without owning them, ended access not removed included."""
+    (held,) = con.run(
+        "SELECT count(*) FROM lock_members WHERE user_uid = :u AND revoked_at IS NULL AND role <> 'owner'", u=uid
+    )[0]
+    return int(held)
+
+
+def refuse_giver_past_joined(con: Connection, giver_uid: str, limit: int) -> None:
+    """409 ``owner_too_many_memberships`` to a member accepting a lock from ``giver_uid``, who stays on as its admin,
+    when the giver is a member of ``limit`` locks they do not own already. Made admins of every lock they handed
+    over, the accounts of one person took ``limit`` memberships each past the bound ``refuse_past_joined`` keeps on
+    joining (an account handing ``LOCKWISE_LOCKS_PER_OWNER`` locks at a time to accounts of its own, and taking
+    them back). The giver is told when they offer (``refuse_past_joined``, naming their ended ones); the taker is
+    told only that it is the owner's limit. The giver's row is read, not held (a taker holding it behind the lock's
+    row waited for the relay's account check, which holds accounts' rows and then a lock's: attack run 34), so
+    acceptances of the giver's locks at the same moment may each pass it once."""
+    if joined_count(con, giver_uid) >= limit:
+        raise errors.Conflict(
+            f"the lock's owner stays on as an admin and is a member of the most locks an account may be ({limit}):"
+            " they must leave one first",
+            code="owner_too_many_memberships",
         )
 
 

@@ -40,10 +40,14 @@ def _none_for_you() -> errors.NotFound:
     return errors.NotFound("no transfer of this lock stands for you", code="transfer_not_found")
 
 
-def offer(con: Connection, lock_id: str, giver: User, to_uid: str, now: dt.datetime) -> dict[str, Any]:
+def offer(
+    con: Connection, lock_id: str, giver: User, to_uid: str, now: dt.datetime, *, memberships_per_user: int
+) -> dict[str, Any]:
     """Offer the lock to ``to_uid``, an active member (the caller, its owner, holds the lock's row): 400
-    ``already_owner``, 404 ``member_not_found``, 409 ``member_account_deleted``. Whether they may own one more lock
-    is theirs to learn when they accept (the owner is not told how many locks a member owns: attack run 21).
+    ``already_owner``, 404 ``member_not_found``, 409 ``member_account_deleted``, and 409 ``too_many_memberships``
+    when the giver, who stays on as an admin, is a member of ``memberships_per_user`` locks already. Whether they
+    may own one more lock is theirs to learn when they accept (the owner is not told how many locks a member owns:
+    attack run 21).
     Replaces an earlier offer of the lock (its end in the feed); the same offer standing (by the giver, to the member
     as they are now) is answered as it stands: an offer sent again after its answer was lost replaced itself, its 7
     days begun again and its end and a new offer in the member's feed (attack run 39). It falls with the giver's
@@ -55,6 +59,7 @@ def offer(con: Connection, lock_id: str, giver: User, to_uid: str, now: dt.datet
     if target is None or not target.active(now):
         raise errors.NotFound("the new owner must be a current member of the lock", code="member_not_found")
     locks.refuse_a_gone_member(con, to_uid)
+    members.refuse_past_joined(con, from_uid, memberships_per_user, now)
     standing = con.run(
         "SELECT o.offered_at, o.expires_at FROM lock_transfer_offers o WHERE o.lock_id = CAST(:l AS uuid)"
         " AND o.from_uid = :f AND o.to_uid = :t AND o.expires_at > :n AND "
@@ -111,12 +116,15 @@ def accept(
     membership: members.Membership,
     max_owned: int,
     now: dt.datetime,
+    *,
+    memberships_per_user: int,
 ) -> None:
     """Take the offer made to ``taker`` (the caller, an active member of the lock, whose ``membership`` row the
     caller holds) and make them the owner; 404 ``transfer_not_found`` when none stands: never made, withdrawn,
-    declined, expired, or made by someone who no longer owns the lock. The owner already: nothing changes (an
-    acceptance sent again after its answer was lost, or twice at once, was a 404 while it had been made: attack run
-    39)."""
+    declined, expired, or made by someone who no longer owns the lock; 409 ``owner_too_many_memberships`` when the
+    giver, who stays on as an admin, is a member of ``memberships_per_user`` locks already (the offer stands). The
+    owner already: nothing changes (an acceptance sent again after its answer was lost, or twice at once, was a 404
+    while it had been made: attack run 39)."""
     if membership.role == "owner":
         return
     rows = con.run(
@@ -132,6 +140,7 @@ def accept(
     giver = members.get(con, lock_id, from_uid, for_update=True)
     if giver is None or giver.role != "owner" or not giver.active(now):
         raise _none_for_you()
+    members.refuse_giver_past_joined(con, from_uid, memberships_per_user)
     locks.transfer(con, lock_id, from_uid, taker, max_owned, now)
 
 
