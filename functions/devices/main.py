@@ -21,6 +21,7 @@ from lockwise.core import accounts, audit, auth, errors, health, inputs, pages, 
 from lockwise.core.db import Connection
 from lockwise.core.http import Api, Ctx, JsonBody, Result, parse_json_object
 from lockwise.core.runtime import get_runtime
+from lockwise.core.shared_reads import SharedRead
 from lockwise.devices import (
     changes,
     command_signing,
@@ -60,6 +61,16 @@ def app_caller(ctx: Ctx) -> auth.User:
 
 api = Api("devices", caller=app_caller)  # every route is an app user's but those naming another caller
 crls = lock_certs.CrlCache()  # the revocation list, signed again when the revocations change
+
+
+def _revocations_version() -> tuple[int, int]:
+    with rt.db.connection() as con:
+        return provisioning.revocations_version(con)
+
+
+#: which revocations stand, read once at a time however many ask: the list is public, and each request read every
+#: listed revocation (a scan anyone could run as often as they sent requests)
+revocations = SharedRead(_revocations_version)
 
 
 def server_public_key() -> str:
@@ -480,11 +491,14 @@ def lock_config(ctx: Ctx) -> JsonBody:
 @api.route("GET", "/devices/lock-ca/crl", query=None, body=True, caller=None)  # a broker host's
 def lock_ca_crl(ctx: Ctx) -> flask.Response:
     """The lock CA's revocation list (public, as CRLs are): what the broker reloads every minute; signed again only
-    when the revocations change (``lock_certs.CrlCache``)."""
-    with rt.db.connection() as con:
-        version = provisioning.revocations_version(con)
-        # signed at the time its entries were read, on the database's clock (``revoked_certificates``)
-        pem = crls.get(version, rt.now(), lambda: lock_certs.crl(lock_ca(), *provisioning.revoked_certificates(con)))
+    when the revocations change (``lock_certs.CrlCache``), and asked which they are once at a time
+    (``revocations``: the callers asking while one read runs share the next, begun after each asked)."""
+
+    def signed() -> str:  # at the time its entries were read, on the database's clock (``revoked_certificates``)
+        with rt.db.connection() as con:
+            return lock_certs.crl(lock_ca(), *provisioning.revoked_certificates(con))
+
+    pem = crls.get(revocations.get(), rt.now(), signed)
     return flask.Response(pem, mimetype="application/pkix-crl", headers={"Cache-Control": "max-age=30"})
 
 

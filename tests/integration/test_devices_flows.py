@@ -1030,6 +1030,31 @@ def test_a_lock_paired_again_keeps_only_the_revoked_credentials_its_requests_are
     assert set(serials[:-1]) <= listed and serials[-1] not in listed
 
 
+def test_requests_for_the_revocation_list_at_once_share_one_read_of_the_revocations(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The list is public, and each request read every listed revocation (its version: their count and a digest of
+    their serials), a scan anyone could have the database run as often as they sent requests. Requests at once share
+    one read, begun after each asked: sixteen made at most three, each answered with the list."""
+    reads = 0
+    counted = threading.Lock()
+    plain = provisioning.revocations_version
+
+    def slow_version(con: Any) -> tuple[int, int]:
+        nonlocal reads
+        with counted:
+            reads += 1
+        time.sleep(0.5)  # a long list's scan
+        return plain(con)
+
+    monkeypatch.setattr(provisioning, "revocations_version", slow_version)
+    with ThreadPoolExecutor(16) as pool:
+        answers = list(pool.map(lambda _: world.devices.get("/devices/lock-ca/crl"), range(16)))
+    assert {resp.status_code for resp in answers} == {200}
+    assert len({resp.get_data() for resp in answers}) == 1
+    assert 1 <= reads <= 3, reads
+
+
 def test_the_served_revocation_list_names_a_revocation_that_commits_late(
     world: World, monkeypatch: pytest.MonkeyPatch
 ) -> None:
