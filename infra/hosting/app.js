@@ -215,7 +215,9 @@ class Console {
     $("#invitations").replaceChildren(
       ...invitations.map((inv) => {
         const li = document.createElement("li");
-        li.textContent = `${inv.lock.name} as ${inv.role} `;
+        // who sent it beside the lock's name, the sender's free text ("Home" from a stranger)
+        const from = inv.invited_by_email ?? `an account with no verified address (${inv.invited_by})`;
+        li.textContent = `${inv.lock.name} as ${inv.role}, from ${from} `;
         for (const answer of ["accept", "decline"]) {
           const b = document.createElement("button");
           b.textContent = answer;

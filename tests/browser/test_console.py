@@ -258,6 +258,58 @@ def test_invitations_that_cannot_be_listed_leave_the_locks_and_the_pairing_code_
         browser.close()
 
 
+def test_an_invitation_shows_who_sent_it_beside_the_locks_name(env: dict[str, str], chromium: str) -> None:
+    """The console showed an invitation as the lock's name and role alone, the name the sender's free text: "Home"
+    from a stranger read as an invitation from home. It shows the sender's verified address, or says they have
+    none."""
+    from playwright.sync_api import expect, sync_playwright
+
+    from tests.devices_world import verify_email
+
+    known, unverified, invitee = _account(env, "sender"), _account(env, "stranger"), _account(env, "invitee")
+    verify_email(env["FIREBASE_AUTH_EMULATOR_HOST"], env["LOCKWISE_PROJECT_ID"], known["localId"])
+    known = {**known, **_signed_in(env, known)}  # a token vouching for the address: recorded as the sender's
+    for sender, name in ((known, "Home"), (unverified, "Also home")):
+        assert _devices(env, sender, "GET", "/devices/me").status_code == 200
+        created = _devices(env, sender, "POST", "/devices/locks", json={"name": name})
+        assert created.status_code == 201, created.text
+        invited = _devices(
+            env,
+            sender,
+            "POST",
+            f"/devices/locks/{created.json()['lock']['id']}/members",
+            json={"uid": invitee["localId"], "role": "member"},
+        )
+        assert invited.status_code == 202, invited.text
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+        page = browser.new_page()
+        page.goto(env["LOCKWISE_CONSOLE_URL"])
+        page.fill("#email", invitee["email"])
+        page.fill("#password", invitee["password"])
+        page.click("#sign-in-button")
+        shown = page.locator("#invitations li")
+        expect(shown).to_have_count(2, timeout=15_000)
+        expect(shown.nth(0)).to_contain_text(f"Home as member, from {known['email']}")
+        expect(shown.nth(1)).to_contain_text(
+            f"Also home as member, from an account with no verified address ({unverified['localId']})"
+        )
+        browser.close()
+
+
+def _signed_in(env: dict[str, str], account: dict[str, Any]) -> dict[str, Any]:
+    """``account`` signed in again (a new ID token, as its account now stands)."""
+    import requests
+
+    answer: dict[str, Any] = requests.post(
+        f"http://{env['FIREBASE_AUTH_EMULATOR_HOST']}/identitytoolkit.googleapis.com/v1/accounts:signInWithPassword"
+        "?key=fake",
+        json={"email": account["email"], "password": account["password"], "returnSecureToken": True},
+        timeout=10,
+    ).json()
+    return answer
+
+
 def _account(env: dict[str, str], name: str) -> dict[str, Any]:
     """A new Auth emulator account (its signUp answer, with the password), known to the devices function."""
     import requests

@@ -1554,6 +1554,36 @@ def test_invitation_by_email_is_seen_only_verified_and_joins_only_when_accepted(
     assert active_members(world.lock_id) == 6
 
 
+def test_an_invitation_names_its_senders_verified_address_beside_the_locks_name(
+    world: World, sign_up: Any, stack_env: dict[str, str]
+) -> None:
+    """A lock's name is its owner's free text, and the invitations waiting for a user named the sender by uid alone:
+    "Home" from a stranger read as an invitation from home. Each names the address Firebase Auth vouched for as the
+    sender's (``invited_by_email``), null for a sender with none verified."""
+    host, project = stack_env["FIREBASE_AUTH_EMULATOR_HOST"], stack_env["LOCKWISE_PROJECT_ID"]
+    address = f"sender-{secrets.token_hex(4)}@example.com"
+    known = sign_up(email=address)
+    verify_email(host, project, known["localId"])
+    known = sign_in(host, address)
+    unverified, invitee = sign_up(), sign_up()
+    sent = {}
+    for sender, name in ((known, "Home"), (unverified, "Also home")):
+        assert world.devices.get("/devices/me", headers=bearer(sender)).status_code == 200
+        lock_id = create_lock(world.devices, sender, name=name)["lock"]["id"]
+        invited = world.devices.post(
+            f"/devices/locks/{lock_id}/members",
+            json={"uid": invitee["localId"], "role": "member"},
+            headers=bearer(sender),
+        )
+        assert invited.status_code == 202, invited.get_json()
+        sent[name] = sender["localId"]
+    waiting = world.devices.get("/devices/invitations", headers=bearer(invitee)).get_json()["invitations"]
+    assert [(i["lock"]["name"], i["invited_by"], i["invited_by_email"]) for i in waiting] == [
+        ("Home", sent["Home"], address),
+        ("Also home", sent["Also home"], None),
+    ]
+
+
 def emulator_token(
     uid: str, email: str | None = None, verified: bool = False, *, age_s: int = 0, signed_in_age_s: int | None = None
 ) -> dict[str, Any]:

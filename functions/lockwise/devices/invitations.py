@@ -244,7 +244,9 @@ class Received:
 
 def for_user(db: Database, user: User, now: dt.datetime, confirm: ConfirmAddress, page: pages.Page) -> Received:
     """A page of the invitations waiting for ``user``'s answer, oldest first, with the lock's name and who invited
-    them. Those sent to the token's address only while the account still has it (``confirm``): a token keeps its
+    them: their uid, and the address Firebase Auth vouched for as theirs when we last saw it (None: none verified, or
+    their account left): a lock's name is its owner's free text, and "Home" from a stranger read as an invitation
+    from home. Those sent to the token's address only while the account still has it (``confirm``): a token keeps its
     address for up to an hour after the account moved to another, and listed the invitations sent to it meanwhile.
     ``confirm`` is asked for every listing of a token naming a verified address, whatever was sent to it: asked only
     when the page held one, its pace (a 429 after six listings a minute) and Firebase Auth's round trip told the
@@ -273,6 +275,7 @@ def for_user(db: Database, user: User, now: dt.datetime, confirm: ConfirmAddress
                 **_public(row),
                 "lock": {"id": row["lock_id"], "name": row["lock_name"]},
                 "invited_by": row["invited_by"],
+                "invited_by_email": row["invited_by_email"],
                 "access": members.Membership(row["lock_id"], user.uid, row["role"], **access).public()["access"],
             }
         )
@@ -287,7 +290,8 @@ def _page_for(
     rows = rows_as_dicts(
         con,
         "SELECT invitations.id::text AS id, invitee_uid, email, invitations.role, access, invitations.expires_at,"
-        " invited_by, l.id::text AS lock_id, l.name AS lock_name, invitations.created_at AS listed_at"
+        " invited_by, (SELECT sender.email FROM users sender WHERE sender.uid = invitations.invited_by)"
+        " AS invited_by_email, l.id::text AS lock_id, l.name AS lock_name, invitations.created_at AS listed_at"
         " FROM invitations JOIN locks l ON l.id = invitations.lock_id WHERE "
         + _FOR_INVITEE
         + pages.keyset_sql("invitations.created_at", "invitations.id"),
