@@ -471,6 +471,53 @@ def test_rules_let_members_read_and_nobody_else(world: World, stack_env: dict[st
     assert rest_write(host, f"users/{world.uid('owner')}", world.accounts["owner"]["idToken"]) == 403
 
 
+def auth_admin_post(host: str, path: str, body: dict[str, Any], version: str = "v1") -> dict[str, Any]:
+    """A call to the Auth emulator's Identity Toolkit as the project's admin (the emulator's owner token)."""
+    req = urllib.request.Request(
+        f"http://{host}/identitytoolkit.googleapis.com/{version}/{path}",
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json", "Authorization": "Bearer owner"},
+    )
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        answer: dict[str, Any] = json.loads(resp.read())
+    return answer
+
+
+def test_a_tenants_account_named_as_a_member_reads_nothing(world: World, stack_env: dict[str, str]) -> None:
+    """An Identity Platform tenant's account is no account of this service (the API answers its token 401
+    wrong_tenant: attack run 73), and its uid is the tenant's to choose: one made with the owner's uid read the
+    owner's lock, its feed and the owner's user document under the rules (attack run 107)."""
+    host, auth_host = stack_env["FIRESTORE_EMULATOR_HOST"], stack_env["FIREBASE_AUTH_EMULATOR_HOST"]
+    lock_doc, owner = f"locks/{world.lock_id}", world.uid("owner")
+    made = auth_admin_post(
+        auth_host, f"projects/{PROJECT_ID}/tenants", {"displayName": "other-brand", "allowPasswordSignup": True}, "v2"
+    )
+    tenant = made.get("tenantId") or made["name"].rsplit("/", 1)[-1]
+    auth_admin_post(  # the tenant's admin makes an account with a uid of their choosing
+        auth_host,
+        f"projects/{PROJECT_ID}/tenants/{tenant}/accounts",
+        {"localId": owner, "email": "twin@example.com", "password": "correct-horse-9"},
+    )
+    twin = auth_admin_post(
+        auth_host,
+        "accounts:signInWithPassword?key=fake",
+        {"email": "twin@example.com", "password": "correct-horse-9", "tenantId": tenant, "returnSecureToken": True},
+    )
+    assert twin["localId"] == owner
+    assert (
+        world.devices.get("/devices/locks", headers={"Authorization": f"Bearer {twin['idToken']}"}).get_json()["error"][
+            "code"
+        ]
+        == "wrong_tenant"
+    )
+    assert rest_get(host, lock_doc, world.accounts["owner"]["idToken"]) == 200  # the owner's own token reads it
+    status, entries = rest_query(host, world.lock_id, world.accounts["owner"]["idToken"])
+    assert status == 200 and entries
+    assert rest_get(host, lock_doc, twin["idToken"]) == 403
+    assert rest_query(host, world.lock_id, twin["idToken"])[0] == 403
+    assert rest_get(host, f"users/{owner}", twin["idToken"]) == 403
+
+
 def test_ack_marks_the_command_and_a_user_unlock_ends_a_voice_lockout(world: World, stack_env: dict[str, str]) -> None:
     command = world.devices.post(
         f"/devices/locks/{world.lock_id}/commands", json={"action": "unlock"}, headers=world.headers("member")
