@@ -12,6 +12,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, cast
@@ -26,7 +27,18 @@ from lockwise.core.config import get_settings
 from lockwise.core.runtime import get_runtime
 from lockwise.devices import broker_restarts, lock_events, members
 from tests.conftest import PROJECT_ID
-from tests.devices_world import World, build_world, command_nonce, create_lock, hand_over, join, pair_again, provision
+from tests.devices_world import (
+    World,
+    bearer,
+    build_world,
+    command_nonce,
+    create_lock,
+    google_sign_in,
+    hand_over,
+    join,
+    pair_again,
+    provision,
+)
 from tests.waiting import wait_for
 
 
@@ -516,6 +528,28 @@ def test_a_tenants_account_named_as_a_member_reads_nothing(world: World, stack_e
     assert rest_get(host, lock_doc, twin["idToken"]) == 403
     assert rest_query(host, world.lock_id, twin["idToken"])[0] == 403
     assert rest_get(host, f"users/{owner}", twin["idToken"]) == 403
+
+
+def test_the_token_of_whoever_made_an_account_reads_nothing_once_its_addresss_owner_took_it_over(
+    make_client: Any, sign_up: Any, stack_env: dict[str, str]
+) -> None:
+    """Anyone can sign up with anyone's address; when its owner signs in with Google, Firebase gives them that account
+    (its uid kept), and the maker's token, naming no verified address, stays valid up to an hour. The API refuses it
+    (401 token_outdated: attack run 79); the rules let it read the lock the owner made and its feed (attack run 107)."""
+    devices, host = make_client("devices"), stack_env["FIRESTORE_EMULATOR_HOST"]
+    address = f"victim-{uuid.uuid4().hex[:8]}@example.com"
+    made_in_advance = sign_up(address)
+    victim = google_sign_in(stack_env["FIREBASE_AUTH_EMULATOR_HOST"], address)
+    assert victim["localId"] == made_in_advance["localId"]
+    lock_id = create_lock(devices, victim)["lock"]["id"]
+    wait_until_mirrored(lock_id)
+    outdated = devices.get(f"/devices/locks/{lock_id}", headers=bearer(made_in_advance))
+    assert outdated.status_code == 401 and outdated.get_json()["error"]["code"] == "token_outdated"
+    assert rest_get(host, f"locks/{lock_id}", victim["idToken"]) == 200
+    status, entries = rest_query(host, lock_id, victim["idToken"])
+    assert status == 200 and entries
+    assert rest_get(host, f"locks/{lock_id}", made_in_advance["idToken"]) == 403
+    assert rest_query(host, lock_id, made_in_advance["idToken"])[0] == 403
 
 
 def test_ack_marks_the_command_and_a_user_unlock_ends_a_voice_lockout(world: World, stack_env: dict[str, str]) -> None:

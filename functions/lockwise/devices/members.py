@@ -489,19 +489,27 @@ def mirror_access(con: Connection, lock_id: str, *, write_again: Collection[str]
     # the members whose accounts stand, and when their sessions were last revoked (Firebase Auth's ``validSince``):
     # the rules refuse a token signed in before it, as the API does (it read the live view for the rest of its hour:
     # attack run 60)
-    revoked_at = {
-        uid: None if since is None else int(since)
-        for uid, unusable, since in con.run(
-            "SELECT m.user_uid, " + users.unusable_sql("u") + ", floor(extract(epoch FROM u.tokens_valid_since))"
+    # and whether a token has shown their address verified: the rules then refuse a token naming no verified address,
+    # as the API does (``users.outdated``: the token of whoever made the account with its owner's address before the
+    # owner took it over read the owner's locks and their feeds for the rest of its hour: attack run 107)
+    standing = {
+        uid: (None if since is None else int(since), bool(verified))
+        for uid, unusable, since, verified in con.run(
+            "SELECT m.user_uid, " + users.unusable_sql("u") + ", floor(extract(epoch FROM u.tokens_valid_since)),"
+            " u.address_verified_at IS NOT NULL"
             " FROM lock_members m JOIN users u ON u.uid = m.user_uid WHERE m.lock_id = CAST(:l AS uuid)",
             l=lock_id,
         )
         if not unusable
     }
     access = {
-        m.user_uid: {**m.rules_access(now), "sessions_since_s": revoked_at[m.user_uid]}
+        m.user_uid: {
+            **m.rules_access(now),
+            "sessions_since_s": standing[m.user_uid][0],
+            "address_verified": standing[m.user_uid][1],
+        }
         for m in current
-        if m.user_uid in revoked_at
+        if m.user_uid in standing
     }
     # only what differs from the documents last queued: every member's rewritten and every former member's ended
     # again was N + F + 2 writes a change, F growing with every account ever removed (attack run 32)
