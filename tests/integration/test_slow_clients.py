@@ -128,6 +128,12 @@ REFUSED_AT_ONCE = [
         "payload_too_large",
     ),
     (b"GET / HTTP/1.1\nHost: x\n\n", 400, "malformed_request"),  # bare LF: refused at once, not at the deadline
+    # a chunk size line ended by a bare LF, the whole body sent: refused at once, not 408 at the deadline
+    (
+        b"POST /devices/provision HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n2\n{}\n0\n\n",
+        400,
+        "malformed_request",
+    ),
     (b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n", 400, "malformed_request"),
 ]
 

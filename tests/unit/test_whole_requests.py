@@ -107,6 +107,10 @@ def test_one_chunk_read_in_many_pieces_counts_once() -> None:
         (b"\r\nGET /" + b"a" * 70_000 + b" HTTP/1.1\r\nHost: x", 414),  # after the empty line gunicorn ignores
         (b"GET / HTTP/1.1\r\n" + b"".join(b"X-%d: %s\r\n" % (i, b"a" * 7_000) for i in range(10)) + b"Host: x", 431),
         (CHUNKED + b"1\r\nx\r\n" * (MAX_CHUNKS + 1), 400),
+        # chunk size lines ended by a bare LF: gunicorn's reader waits for a CRLF the client never sends
+        (CHUNKED + b"2\n{}\n0\n\n", 400),
+        (CHUNKED + b"2\r\n{}\r\n0\n\n", 400),
+        (CHUNKED + b"2;a=b\n{}", 400),
     ],
 )
 @pytest.mark.parametrize("piece", [4096, 1 << 20])

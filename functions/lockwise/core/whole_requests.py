@@ -213,6 +213,10 @@ class Filling:
         while self.in_trailers < 0:  # walk the chunks: each size line as gunicorn's chunked reader reads it
             eol = self.buf.find(b"\r\n", self.next_chunk)
             if eol < 0:
+                if self.buf.find(b"\n", self.next_chunk) >= 0:  # (bare: no CRLF in the line)
+                    # a size line ended by a bare LF, as a client ending its lines so sends them: gunicorn's reader
+                    # reads on for a CRLF that never comes, and a thread would wait with it (it was a 408 after 10 s)
+                    raise Refused(400, "Bad Request", "a chunk size line ends in a bare LF, not CRLF")
                 if len(self.buf) - self.next_chunk > self.chunks.limit_chunk_size_line:
                     self.whole = True  # gunicorn refuses a line this long
                 return
