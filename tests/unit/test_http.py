@@ -101,6 +101,22 @@ def test_unexpected_exception_is_a_500_that_leaks_nothing(caplog: pytest.LogCapt
     assert any("unhandled" in r.getMessage() for r in caplog.records)
 
 
+@pytest.mark.parametrize("path", ["/unit/items/" + "a" * 60_000, "/" + "\u200b" * 20_000])
+def test_a_path_of_the_request_lines_length_is_not_logged_whole(caplog: pytest.LogCaptureFixture, path: str) -> None:
+    """A path as long as the request line takes (64 KiB), sent without a credential, was written whole twice in its
+    request's log line (``path`` and ``httpRequest.requestUrl``): 120 KB a request (attack run 106)."""
+    from lockwise.core.log import JsonFormatter
+
+    with caplog.at_level(logging.INFO):
+        status = call(make_api(), "GET", path).status_code
+    assert status in (200, 404)
+    logged = [r for r in caplog.records if r.getMessage() == "request"]
+    assert len(logged) == 1 and logged[0].fields["path"].startswith(path[:100])  # type: ignore[attr-defined]
+    assert len(JsonFormatter("unit").format(logged[0])) < 4_000
+    # (a 404's "request failed" line quotes the path in its message, cut at 1,000 characters: 6 bytes each escaped)
+    assert max(len(JsonFormatter("unit").format(r)) for r in caplog.records) < 7_000
+
+
 def test_unknown_route_and_wrong_method_are_json_errors() -> None:
     api = make_api()
     assert json.loads(call(api, "GET", "/unit/nope").get_data())["error"]["code"] == "no_route"
