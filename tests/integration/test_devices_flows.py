@@ -2932,6 +2932,56 @@ def audited(lock_id: str, *actions: str) -> list[tuple[str, str, str | None, dic
     return [(r[0], r[1], r[2], r[3] if isinstance(r[3], dict) else json.loads(r[3])) for r in rows]
 
 
+def _auth_time(account: dict[str, Any]) -> dt.datetime:
+    """When ``account``'s ID token says it signed in."""
+    payload = account["idToken"].split(".")[1]
+    claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    return dt.datetime.fromtimestamp(int(claims["auth_time"]), dt.UTC)
+
+
+def test_every_audit_row_an_app_user_writes_names_the_session_that_made_it(world: World, sign_up: Any) -> None:
+    """Attack run 99 (carried): only a command's row kept the session that made it; an owner's invitations,
+    removals, renames and hand-overs named her alone, and a review could not tell them from those of her session on
+    a phone stolen and signed out since. Every row a request writes as the signed-in user's keeps when that session
+    signed in (``details.signed_in_at``); a row written for someone else (the member removed) keeps it as the
+    actor's."""
+    owner, guest = world.headers("owner"), sign_up()
+    assert world.devices.get("/devices/me", headers=bearer(guest)).status_code == 200
+    ((before,),) = db_rows("SELECT coalesce(max(id), 0) FROM audit_log")
+    invited = _invited(world, world.lock_id, guest)
+    renamed = world.devices.patch(f"/devices/locks/{world.lock_id}", json={"name": "Back door"}, headers=owner)
+    assert renamed.status_code == 200, renamed.get_json()
+    joined = world.devices.post(f"/devices/invitations/{invited}/accept", headers=bearer(guest))
+    assert joined.status_code == 201, joined.get_json()
+    removed = world.devices.delete(f"/devices/locks/{world.lock_id}/members/{guest['localId']}", headers=owner)
+    assert removed.status_code == 204, removed.get_json()
+    offered = world.devices.post(
+        f"/devices/locks/{world.lock_id}/transfer", json={"uid": world.uid("admin")}, headers=owner
+    )
+    assert offered.status_code == 202, offered.get_json()
+    rows = [
+        (action, actor, json.loads(details) if isinstance(details, str) else details)
+        for action, actor, details in db_rows(
+            "SELECT action, actor, details FROM audit_log WHERE id > :b AND lock_id = CAST(:l AS uuid) ORDER BY id",
+            b=before,
+            l=world.lock_id,
+        )
+    ]
+    assert [action for action, *_ in rows] == [
+        "member.invite",
+        "lock.update",
+        "member.accept_invitation",
+        "member.revoke",
+        "lock.transfer_offer",
+    ], rows
+    by_actor = {
+        f"user:{world.uid('owner')}": _auth_time(world.accounts["owner"]).isoformat(),
+        f"user:{guest['localId']}": _auth_time(guest).isoformat(),
+    }
+    for action, actor, details in rows:
+        assert details.get("signed_in_at") == by_actor[actor], (action, actor, details)
+
+
 def test_the_audit_log_says_who_let_a_member_in_and_on_what_terms(world: World, sign_up: Any) -> None:
     """Attack run 99: the log named who joined and never who had let them in (the invitation, pruned 30 days after
     it was answered, was the only link to its sender), an admin widening a guest's window to every day was logged as
@@ -2981,7 +3031,7 @@ def test_the_audit_log_says_who_let_a_member_in_and_on_what_terms(world: World, 
     assert invite[3]["invitation"] == invitation
     assert invite[3]["access"] == {"weekdays": ["sat"], "timezone": "UTC"}
     assert accept[:3] == ("member.accept_invitation", f"user:{invitee['localId']}", f"invitation:{invitation}")
-    assert accept[3] == {"role": "guest", "invited_by": admin}
+    assert accept[3] == {"role": "guest", "invited_by": admin, "signed_in_at": _auth_time(invitee).isoformat()}
     assert update[:3] == ("member.update", f"user:{admin}", invitee["localId"])
     assert update[3]["access"] == {"weekdays": every_day, "timezone": "UTC"}
     assert withdraw[:3] == ("member.withdraw_invitation", f"user:{world.uid('owner')}", f"invitation:{withdrawn}")

@@ -1,8 +1,16 @@
 """The audit log: every command, credential change and membership change, with actor and outcome; append-only, a
-row deleted only once over a year old (``lockwise.core.retention.AUDIT_KEPT_DAYS``, migration 0066)."""
+row deleted only once over a year old (``lockwise.core.retention.AUDIT_KEPT_DAYS``, migration 0066).
+
+A row an app user's request writes as theirs keeps the session that made it (``details.signed_in_at``, when it
+signed in: the token's ``auth_time``), whatever the action: the request's verified token is its ``acting`` session.
+Only commands kept it (attack run 99): a review could not tell an owner's own invitations, removals and hand-overs
+from those of her session on a phone stolen and signed out since.
+"""
 
 from __future__ import annotations
 
+import contextvars
+import datetime as dt
 import json
 from typing import Any, Literal
 
@@ -24,6 +32,16 @@ def lock_actor(lock_id: str) -> str:
     return f"lock:{lock_id}"
 
 
+#: the app session this request acts for (its user's uid, and when it signed in), once its token was verified
+#: (``lockwise.core.runtime``); each request runs in a context of its own (``lockwise.core.http``)
+_acting: contextvars.ContextVar[tuple[str, str] | None] = contextvars.ContextVar("lockwise_acting", default=None)
+
+
+def acting(uid: str, signed_in_at: dt.datetime) -> None:
+    """The request acts for ``uid``'s session signed in at ``signed_in_at``: the rows it writes as theirs say so."""
+    _acting.set((uid, signed_in_at.isoformat()))
+
+
 def record(
     con: Connection,
     actor: str,
@@ -34,6 +52,9 @@ def record(
     target: str | None = None,
     details: dict[str, Any] | None = None,
 ) -> None:
+    session = _acting.get()
+    if session is not None and actor == user_actor(session[0]):
+        details = {"signed_in_at": session[1], **(details or {})}
     con.run(
         "INSERT INTO audit_log (actor, action, outcome, lock_id, target, details)"
         " VALUES (:actor, :action, :outcome, CAST(:lock_id AS uuid), :target, CAST(:details AS jsonb))",

@@ -6,6 +6,7 @@ other exception becomes a logged 500 that reveals nothing but the request id.
 
 from __future__ import annotations
 
+import contextvars
 import ipaddress
 import json
 import logging
@@ -306,6 +307,11 @@ class Api:
         return register
 
     def __call__(self, request: flask.Request) -> flask.Response:
+        """Answer ``request`` in a context of its own: what it sets (its id, the session it acts for:
+        ``lockwise.core.audit``) ends with it, and is not the next request's on the same thread."""
+        return contextvars.copy_context().run(self._answer, request)
+
+    def _answer(self, request: flask.Request) -> flask.Response:
         request_id, callers_id, trace_id = _request_id(request)
         token = request_id_var.set(request_id)
         started = time.perf_counter()

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from functools import cached_property, lru_cache
 from typing import TYPE_CHECKING, Any
 
-from lockwise.core import firestore, health, log, migrate, users
+from lockwise.core import audit, firestore, health, log, migrate, users
 from lockwise.core.auth import User
 from lockwise.core.config import Settings, get_settings
 from lockwise.core.db import Database
@@ -119,6 +119,7 @@ class Runtime:
         refused = seen.standing.refusal(user)  # this token's: a session revoked is one token's, not the account's
         if refused is not None:
             raise users.REFUSED[refused]()
+        audit.acting(user.uid, users.signed_in_at(user))
         return user
 
     def _recorded(self, uid: str, seen: Recorded) -> Recorded:
