@@ -215,8 +215,13 @@ class Console {
     $("#invitations").replaceChildren(
       ...invitations.map((inv) => {
         const li = document.createElement("li");
-        // who sent it beside the lock's name, the sender's free text ("Home" from a stranger)
-        const from = inv.invited_by_email ?? `an account with no verified address (${inv.invited_by})`;
+        // who sent it beside the lock's name, the sender's free text ("Home" from a stranger); a devices function of
+        // the release before (rolled back, or not yet deployed: Hosting deploys on its own) names no address at all,
+        // which says nothing of the sender's (read as null, every sender had none: attack run 109)
+        const from =
+          inv.invited_by_email === undefined
+            ? `the account ${inv.invited_by}`
+            : (inv.invited_by_email ?? `an account with no verified address (${inv.invited_by})`);
         li.textContent = `${inv.lock.name} as ${inv.role}, from ${from} `;
         for (const answer of ["accept", "decline"]) {
           const b = document.createElement("button");

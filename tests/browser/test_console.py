@@ -297,6 +297,54 @@ def test_an_invitation_shows_who_sent_it_beside_the_locks_name(env: dict[str, st
         browser.close()
 
 
+def test_an_invitation_listed_by_the_release_before_says_nothing_of_its_senders_address(
+    env: dict[str, str], chromium: str
+) -> None:
+    """A devices function of the release before (rolled back, or not yet deployed: Hosting deploys on its own) lists
+    invitations without ``invited_by_email``. The console read the missing field as null and said the invitation came
+    from an account with no verified address, whatever the sender's (attack run 109): it names the sender's account
+    and says nothing of its address then."""
+    from playwright.sync_api import Route, expect, sync_playwright
+
+    from tests.devices_world import verify_email
+
+    sender, invitee = _account(env, "sender-before"), _account(env, "invitee-before")
+    verify_email(env["FIREBASE_AUTH_EMULATOR_HOST"], env["LOCKWISE_PROJECT_ID"], sender["localId"])
+    sender = {**sender, **_signed_in(env, sender)}
+    assert _devices(env, sender, "GET", "/devices/me").status_code == 200
+    created = _devices(env, sender, "POST", "/devices/locks", json={"name": "Front door"})
+    assert created.status_code == 201, created.text
+    invited = _devices(
+        env,
+        sender,
+        "POST",
+        f"/devices/locks/{created.json()['lock']['id']}/members",
+        json={"uid": invitee["localId"], "role": "member"},
+    )
+    assert invited.status_code == 202, invited.text
+
+    def release_before(route: Route) -> None:  # its answer as a devices function without the field gives it
+        answer = route.fetch()
+        body = answer.json()
+        for invitation in body["invitations"]:
+            del invitation["invited_by_email"]
+        route.fulfill(response=answer, json=body)
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+        page = browser.new_page()
+        page.route("**/devices/invitations*", release_before)
+        page.goto(env["LOCKWISE_CONSOLE_URL"])
+        page.fill("#email", invitee["email"])
+        page.fill("#password", invitee["password"])
+        page.click("#sign-in-button")
+        shown = page.locator("#invitations li")
+        expect(shown).to_have_count(1, timeout=15_000)
+        expect(shown.first).to_contain_text(f"Front door as member, from the account {sender['localId']}")
+        expect(shown.first).not_to_contain_text("no verified address")
+        browser.close()
+
+
 def _signed_in(env: dict[str, str], account: dict[str, Any]) -> dict[str, Any]:
     """``account`` signed in again (a new ID token, as its account now stands)."""
     import requests
