@@ -2982,6 +2982,19 @@ def test_every_audit_row_an_app_user_writes_names_the_session_that_made_it(world
         assert details.get("signed_in_at") == by_actor[actor], (action, actor, details)
 
 
+def test_a_pairings_audit_row_names_whose_code_paired_the_device(world: World) -> None:
+    """Attack run 99 (carried): a pairing is the lock's doing in the log, and a re-pairing named nobody who had let
+    the new device in; the code that said so goes 30 days after it ends. The row names the code's issuer and the
+    session that asked for it."""
+    pair_again(world.devices, world)
+    rows = audited(world.lock_id, "credentials.provision")
+    action, actor, _target, details = rows[-1]
+    assert actor == f"lock:{world.lock_id}"
+    assert details["code_issued_by"] == world.uid("owner"), details
+    assert details["code_signed_in_at"] == _auth_time(world.accounts["owner"]).isoformat(), details
+    assert details["revoked_previous"] == 1
+
+
 def test_the_audit_log_says_who_let_a_member_in_and_on_what_terms(world: World, sign_up: Any) -> None:
     """Attack run 99: the log named who joined and never who had let them in (the invitation, pruned 30 days after
     it was answered, was the only link to its sender), an admin widening a guest's window to every day was logged as

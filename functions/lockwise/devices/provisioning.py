@@ -316,13 +316,18 @@ def _redeem(
         " l.owner_uid IS DISTINCT FROM c.created_by OR NOT "
         + users.vouches_sql("c.created_by", "c.issuer_signed_in_at")
         + ","
-        " GREATEST(1, ceil(extract(epoch FROM c.expires_at - statement_timestamp())))::int"  # the code's life left
+        " GREATEST(1, ceil(extract(epoch FROM c.expires_at - statement_timestamp())))::int,"  # the code's life left
+        " c.created_by, c.issuer_signed_in_at"  # whose code, from which session: the pairing's audit row says so
         " FROM provisioning_codes c JOIN locks l ON l.id = c.lock_id WHERE c.code_hash = :h FOR UPDATE OF c",
         h=_hash(code),
     )
     if not rows or rows[0][2] or rows[0][3]:
         raise _invalid_code()
     lock_id = str(rows[0][0])
+    issued_by = {
+        "code_issued_by": rows[0][5],
+        **({} if rows[0][6] is None else {"code_signed_in_at": rows[0][6].isoformat()}),
+    }
     if rows[0][1]:  # used: the lock that used it sending its pairing again, or anyone else (401)
         code_left_s = int(rows[0][4])
         return _paired_again(con, code, lock_id, public_key, request, code_left_s, ca, cert_ttl_s, certificates_per_day)
@@ -405,7 +410,9 @@ def _redeem(
         "credentials.provision",
         "ok",
         lock_id=lock_id,
-        details={"revoked_previous": len(revoked)},
+        # whose code paired it, and their session: the lock is the actor, and a re-pairing named nobody who let the
+        # new device in (the code goes 30 days after it ends: attack run 99)
+        details={"revoked_previous": len(revoked), **issued_by},
     )
     mirror.activity(con, lock_id, "provisioned", replaced_credentials=bool(revoked))
     return Credentials(lock_id=lock_id, certificate=certificate[0])
