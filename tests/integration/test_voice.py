@@ -29,6 +29,7 @@ from lockwise.devices import command_outcomes, command_signing, lock_auth
 from lockwise.voice import audio, budgets, scoring
 from lockwise.voice.model import fingerprint
 from lockwise.voice.model.encoder import CALIBRATIONS
+from lockwise.voice.model.resample import resample
 from lockwise.voice.model.voice_activity import VoiceActivity
 from tests.conftest import PROJECT_ID
 from tests.devices_world import (
@@ -1746,6 +1747,20 @@ def test_enrollment_refuses_one_recording_sent_as_two_samples(clients: dict[str,
     assert enroll(clients, member).status_code == 201  # five takes of one voice
 
 
+def test_enrollment_refuses_one_recording_sent_again_at_other_speeds(clients: dict[str, Any], world: World) -> None:
+    """One clip sent five times, each played a little faster or slower (a resampling, 2-4 % apart), enrolled as five
+    takes: the copy check matched the recordings as heard, not as the door's altered search does. It names the copy,
+    before any model work."""
+    heard = voice()
+    samples = [heard] + [resample(heard, round(44_100 * s), 44_100) for s in (1.02, 0.98, 1.04, 0.96)]
+    resp = clients["embed"].put(
+        "/embed/enrollment", json={"samples": [pcm_json(s) for s in samples]}, headers=bearer(world.accounts["member"])
+    )
+    error = resp.get_json().get("error")
+    assert resp.status_code == 422 and error["code"] == "duplicate_samples", resp.get_json()
+    assert error["details"] == {"sample": 1, "copy_of": 0}
+
+
 NOT_VOICES = {**noises(), "synthetic harmonics": speech_like(3.0, f0=220, seed=9)}
 
 
@@ -1795,7 +1810,7 @@ def test_enrollments_that_reach_the_model_are_counted_per_day(
     assert enroll(clients, stranger, gain=0.99).status_code == 201  # other samples (the same again: no model work)
     ran: list[str] = []  # past the day's share, no voice model runs either: neither voice activity nor fingerprints
     monkeypatch.setattr(VoiceActivity, "voiced_seconds", counted(VoiceActivity.voiced_seconds, "vad", ran))
-    monkeypatch.setattr(fingerprint, "landmarks", counted(fingerprint.landmarks, "fingerprint", ran))
+    monkeypatch.setattr(fingerprint, "of", counted(fingerprint.of, "fingerprint", ran))
     refused = enroll(clients, stranger)
     assert refused.status_code == 429 and refused.get_json()["error"]["code"] == "enrollment_limit"
     assert 86_000 < int(refused.headers["Retry-After"]) <= 86_400

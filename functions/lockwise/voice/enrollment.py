@@ -35,6 +35,14 @@ class Enrolled:
     stored_now: bool
 
 
+def _altered_copy_of(probe: known_recordings.Altered, earlier: list[fingerprint.Landmarks]) -> int | None:
+    """The index of the first of ``earlier`` that the take ``probe`` is an altered replay of, or None."""
+    for j, take in enumerate(earlier):
+        if known_recordings.altered_replay(probe, [take]):
+            return j
+    return None
+
+
 def samples_identity(clips: Sequence[audio.Clip]) -> bytes:
     """The SHA-256 of an enrollment's samples as decoded (rate and samples of each, in order): the same recordings
     sent again, in either of the body's encodings (~1 ms for five 3 s samples)."""
@@ -85,9 +93,13 @@ def enroll(
         _at_least(i, "speech_s", speech, rules.enroll_min_speech_s, "too_little_speech", "of speech")
         voiced = voice.voiced_seconds(clip.samples, clip.rate)  # only once it is loud enough: noise is loud too
         _at_least(i, "voice_s", voiced, settings.enroll_min_voice_s, "no_voice", "of voice")
-    takes = [fingerprint.landmarks(c.samples, c.rate) for c in clips]  # to refuse their replay at the door
+    printed = [fingerprint.of(c.samples, c.rate) for c in clips]
+    takes = [p.landmarks for p in printed]  # to refuse their replay at the door
     for i, take in enumerate(takes[1:], start=1):
         copied = known_recordings.replayed(take, takes[:i])
+        if copied is None:  # or played again faster, slower, backwards or at another tempo (the door's altered
+            # search): one clip sent five times at speeds 2 % apart enrolled as five takes
+            copied = _altered_copy_of(known_recordings.altered(printed[i].peaks), takes[:i])
         if copied is not None:  # one recording sent twice (or played again): a voiceprint of fewer takes than asked
             raise errors.InvalidAudio(
                 f"sample {i} is a copy of sample {copied}; record each sample separately",
