@@ -175,6 +175,22 @@ def test_an_event_dropped_for_good_is_told_and_a_floods_is_not(devices: tuple[st
     assert forwarder.flooded == 1 and told == [big]
 
 
+def test_a_locks_oversized_messages_are_not_logged_one_by_one(caplog: pytest.LogCaptureFixture) -> None:
+    """A lock publishing messages over the cap as posted (the broker takes 64 KiB, the function 16,384 bytes) at the
+    broker's pace of 20 a second had each logged as a WARNING line of its own, 265 bytes: 1.7M lines, 0.46 GB of
+    Cloud Logging a day a lock, unpaced (attack run 110). Counted, and logged at the first and every 1,000th, as a
+    flood's are; each still dropped and told."""
+    told: list[Event] = []
+    forwarder = Forwarder("http://127.0.0.1:9", "token", on_taken=told.extend)
+    with caplog.at_level(logging.WARNING, logger="mqtt_relay.forwarder"):
+        for i in range(2_001):
+            payload = b"x" * (topics.MAX_PAYLOAD_BYTES + 1 + i)  # each its own message
+            forwarder.submit(Event.of(topics.state("L1"), payload, lambda: None, None))
+    assert forwarder.dropped == 2_001 and len(told) == 2_001
+    logged = [r.getMessage() for r in caplog.records]
+    assert logged == ["lock event dropped"] * 3
+
+
 def test_a_receipt_names_messages_by_digest_a_few_dozen_a_message_and_is_never_a_command() -> None:
     names = [receipts.digest(f"report {i}".encode()) for i in range(70)]
     assert len(set(names)) == 70 and all(len(name) == 22 and "=" not in name for name in names)
