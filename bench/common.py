@@ -24,6 +24,7 @@ local_stack = background  # the benchmarks' throwaway stack
 #: few times an hour: every report is listed in its lock's feed (no feed budget), so the Firestore mirror writes all
 BENCH_FUNCTION_SETTINGS = {
     "LOCKWISE_FEED_REPORTS_PER_MINUTE": "1000000000",
+    "LOCKWISE_FEED_REPORTS_PER_OWNER_MINUTE": "1000000000",
     # and one lock is sent hundreds of signed requests a minute, to measure the request itself
     "LOCKWISE_LOCK_REQUESTS_PER_MINUTE": "1000000000",
     # and one account sends 200 commands round its locks, one after another, to time each round trip

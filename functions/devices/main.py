@@ -539,7 +539,7 @@ def relay_events(ctx: Ctx) -> JsonBody:
         most = topics.MAX_EVENTS_PER_BATCH
         raise errors.BadRequest(f"events must be a list of 1 to {most} items", code="invalid_events")
     with rt.db.transaction() as con:
-        outcomes = lock_events.apply_batch(con, events, rt.now(), rt.settings.feed_reports_per_minute)
+        outcomes = lock_events.apply_batch(con, events, rt.now(), lock_events.FeedBudget.of(rt.settings))
     if not rt.settings.restore_pending:  # (a restored database's queue waits for its run: ``relay_flush``)
         rt.flush_mirror_soon()  # the relay's next batch need not wait for Firestore: the rows are queued, not lost
     return {"results": [o.as_dict() for o in outcomes]}

@@ -1066,6 +1066,57 @@ def test_a_lock_reporting_in_a_loop_fills_its_feed_only_to_its_budget(
     assert len(reports()) == budget + 1
 
 
+def test_an_owners_locks_reporting_in_a_loop_fill_their_feeds_only_to_the_owners_budget(
+    world: World, stack_env: dict[str, str], make_client: Any, sign_up: Any
+) -> None:
+    """Attack run 110: the feed's budget was a lock's alone, and an account owns up to 100 locks, made and paired for
+    free (50 pairings a day): 100 locks reporting in a loop listed 3,000 entries a minute and wrote as many lock
+    documents, 8.6M Firestore writes a day, each entry kept 90 days, where one member's commands are 60 a minute
+    over all their locks. An owner's locks together now list at most ``LOCKWISE_FEED_REPORTS_PER_OWNER_MINUTE``;
+    past it a report is applied and left out as past its lock's own budget, and another owner's lock in the same
+    batch lists as before. Five locks of one owner, each over its own budget: 150 listed before, 120 now."""
+    settings = get_settings("devices")
+    per_lock, per_owner = settings.feed_reports_per_minute, settings.feed_reports_per_owner_minute
+    devices, owner = make_client("devices"), sign_up()
+    assert devices.get("/devices/me", headers=bearer(owner)).status_code == 200
+    locks = max(2, per_owner // per_lock + 1)
+    topics: dict[str, str] = {}  # lock id -> its topics' root
+    for i in range(locks):
+        created = create_lock(devices, owner, name=f"Door {i}")
+        credentials, _, _ = provision(devices, created["provisioning"]["code"])
+        topics[created["lock"]["id"]] = f"lockwise/{credentials['mqtt']['client_id']}"
+    topics[world.lock_id] = f"lockwise/{world.credentials['mqtt']['client_id']}"  # another owner's
+    t = dt.datetime.now(dt.UTC).timestamp()
+    events = [
+        {"topic": f"{root}/state", "payload": json.dumps({"state": ("locked", "unlocked")[i % 2], "ts": t - 100 + i})}
+        for i in range(per_lock + 1)
+        for root in topics.values()
+    ]
+    resp = devices.post(
+        "/devices/relay/events",
+        json={"events": events},
+        headers={"X-LockWise-Service-Token": stack_env["LOCKWISE_SERVICE_TOKEN"]},
+    )
+    assert resp.status_code == 200, resp.get_json()
+    assert [r["outcome"] for r in resp.get_json()["results"]] == ["applied"] * len(events)
+    with get_runtime("devices").db.connection() as con:
+        rows = con.run(
+            "SELECT lock_id::text, feed_entries, feed_unlisted FROM lock_state WHERE lock_id = ANY(CAST(:l AS uuid[]))",
+            l=list(topics),
+        )
+    listed = {str(r[0]): (int(r[1]), int(r[2])) for r in rows}
+    assert listed.pop(world.lock_id) == (per_lock, 1)  # another owner's lock: its own budget alone
+    assert sum(entries for entries, _ in listed.values()) == per_owner
+    assert sum(unlisted for _, unlisted in listed.values()) == locks * (per_lock + 1) - per_owner
+    client = firestore_client(PROJECT_ID, stack_env["FIRESTORE_EMULATOR_HOST"])
+    for lock_id in topics:
+        wait_until_mirrored(lock_id)
+    feeds = {
+        lock_id: [d.to_dict() for d in client.collection(f"locks/{lock_id}/activity").stream()] for lock_id in listed
+    }
+    assert sum(1 for feed in feeds.values() for e in feed if e["kind"] == "state") == per_owner
+
+
 def test_documents_left_behind_are_written_the_longest_behind_first_and_all_in_one_flush_if_they_fit(
     world: World, stack_env: dict[str, str], monkeypatch: pytest.MonkeyPatch, make_client: Any, sign_up: Any
 ) -> None:

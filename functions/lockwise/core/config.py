@@ -368,6 +368,8 @@ class Settings:
     voice_sent_again_s: int
     #: a lock's state and online/offline reports listed in its activity feed per minute, at most (devices)
     feed_reports_per_minute: int
+    #: and in the feeds of the locks one account owns together (devices; attack run 110)
+    feed_reports_per_owner_minute: int
     #: users whose account the relay's flush asks Firebase Auth about, per flush (0: never; devices' relay routes)
     account_check_batch: int
     #: how long a user's account is taken as existing after Firebase Auth last said so
@@ -484,6 +486,7 @@ class Settings:
                 env, "LOCKWISE_VOICE_SENT_AGAIN_S", 120, minimum=0, maximum=VOICE_SENT_AGAIN_MAX_S
             ),
             feed_reports_per_minute=env_int(env, "LOCKWISE_FEED_REPORTS_PER_MINUTE", 30, minimum=1),
+            feed_reports_per_owner_minute=env_int(env, "LOCKWISE_FEED_REPORTS_PER_OWNER_MINUTE", 120, minimum=1),
             # 0 (the local stack's) checks no account: deleted ones and revoked sessions never learned (attack run 89)
             account_check_batch=min(env_int(env, "LOCKWISE_ACCOUNT_CHECK_BATCH", 100, minimum=0 if local else 1), 100),
             account_recheck_s=env_int(env, "LOCKWISE_ACCOUNT_RECHECK_S", 3600, minimum=60),

@@ -21,7 +21,7 @@ NOT_BACK_PER_PASS = 1000
 def not_back_since(
     con: Connection,
     now: dt.datetime,
-    feed_budget: int,
+    feed_budget: lock_events.FeedBudget,
     *,
     started_at: dt.datetime | None = None,
     run: int | None = None,

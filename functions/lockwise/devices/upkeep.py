@@ -111,7 +111,7 @@ def every_step(
         while True:
             with db.transaction() as con:
                 turned = broker_restarts.not_back_since(
-                    con, now(), settings.feed_reports_per_minute, started_at=broker.started_at, run=broker.run
+                    con, now(), lock_events.FeedBudget.of(settings), started_at=broker.started_at, run=broker.run
                 )
             if turned:
                 started = None if broker.started_at is None else broker.started_at.isoformat()
