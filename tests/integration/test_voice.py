@@ -2066,6 +2066,45 @@ def test_a_lock_posting_junk_in_a_loop_keeps_every_attempt_but_lists_ten_a_minut
     assert kinds.count("voice_attempts_unlisted") == 1
 
 
+def test_an_owners_locks_posting_junk_in_a_loop_list_sixty_a_minute_together(
+    clients: dict[str, Any], world: World, voice_env: dict[str, str]
+) -> None:
+    """Attack run 110: the feed's ten refused attempts a minute were a lock's alone, and an account owns up to 100
+    locks, made and paired for free: 100 locks posting junk up to their request limit listed 1,100 entries a minute,
+    each a Firestore write kept 90 days. An owner's locks together list at most ``FEED_REFUSALS_PER_OWNER_MINUTE``,
+    attempts, listed or not, and say so at each lock whose ten ran out before and once for the owner's. Seven locks,
+    eleven junk clips each: 70 entries and 7 notes before, 55 and 6 now."""
+    from lockwise.voice.verification import FEED_REFUSALS_PER_MINUTE, FEED_REFUSALS_PER_OWNER_MINUTE
+
+    doors = [(world.lock_id, world.lock_key)]
+    while len(doors) * FEED_REFUSALS_PER_MINUTE <= FEED_REFUSALS_PER_OWNER_MINUTE:
+        created = create_lock(clients["devices"], world.accounts["owner"], name=f"Door {len(doors)}")
+        _, key, _ = provision(clients["devices"], created["provisioning"]["code"])
+        doors.append((created["lock"]["id"], key))
+    junk = b"RIFF not a wav"
+    for lock_id, key in doors:
+        for _ in range(FEED_REFUSALS_PER_MINUTE + 1):
+            signed = lock_auth.sign_headers(key, lock_id, "POST", "/verify", junk, content_type="audio/wav")
+            assert clients["verify"].post("/verify", data=junk, headers=signed).status_code == 400
+    token = {"X-LockWise-Service-Token": voice_env["LOCKWISE_SERVICE_TOKEN"]}
+
+    def rows_queued() -> int:
+        get_runtime("verify").flush_mirror(force=True)
+        with get_runtime("verify").db.connection() as con:
+            queued = "SELECT count(*) FROM firestore_outbox WHERE doc_path LIKE 'locks/%' AND refused_at IS NULL"
+            return int(con.run(queued)[0][0])
+
+    assert clients["devices"].post("/devices/relay/flush", headers=token).status_code == 200
+    wait_for(lambda: rows_queued() == 0 or None, timeout=30, what="the locks' feed entries written")
+    client = firestore_client(PROJECT_ID, voice_env["FIRESTORE_EMULATOR_HOST"])
+    kinds = [
+        d.to_dict()["kind"] for lock_id, _ in doors for d in client.collection(f"locks/{lock_id}/activity").stream()
+    ]
+    # each attempt counted, listed or not, as at one lock: five locks listed 50 of their 55, the sixth 5 more
+    assert kinds.count("voice_attempt") == FEED_REFUSALS_PER_OWNER_MINUTE - 5
+    assert kinds.count("voice_attempts_unlisted") == FEED_REFUSALS_PER_OWNER_MINUTE // FEED_REFUSALS_PER_MINUTE
+
+
 @dataclass
 class NormalisedDoor:
     """The stack serving the session's model with a cohort of random voices (normalised scores), the member
