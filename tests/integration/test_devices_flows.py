@@ -1368,6 +1368,64 @@ def test_an_acceptance_sent_again_is_answered_with_what_it_made(world: World, si
     assert giver.status_code == 404 and giver.get_json()["error"]["code"] == "transfer_not_found"
 
 
+def test_an_invitation_sent_again_after_it_was_accepted_is_answered_with_it(
+    world: World, sign_up: Any, stack_env: dict[str, str]
+) -> None:
+    """Attack run 108: an invitation whose answer was lost, sent again by its sender after the invitee had accepted
+    it (in person, the phone's retry a moment behind), was 409 ``already_member`` by uid, a failure shown for what
+    had worked; by address a second invitation, a second ``member.invite`` in the log and the change budget, one
+    more of the sender's open invitations for 7 days, offered to a member who could only decline it. Now the same
+    invitation, accepted and its membership standing, is answered with it (202), nothing made again; other terms
+    are a new request as before."""
+    members_path = f"/devices/locks/{world.lock_id}/members"
+    logged = "SELECT count(*) FROM audit_log WHERE lock_id = CAST(:l AS uuid) AND action = 'member.invite'"
+    by_uid = sign_up()
+    assert world.devices.get("/devices/me", headers=bearer(by_uid)).status_code == 200
+    grant = {"uid": by_uid["localId"], "role": "guest", "access": {"weekdays": ["mon"]}}
+    sent = world.devices.post(members_path, json=grant, headers=world.headers("admin"))
+    assert sent.status_code == 202, sent.get_json()
+    accept = f"/devices/invitations/{sent.get_json()['invitation']['id']}/accept"
+    assert world.devices.post(accept, headers=bearer(by_uid)).status_code == 201
+    before = db_rows(logged, l=world.lock_id)
+    again = world.devices.post(members_path, json=grant, headers=world.headers("admin"))
+    assert again.status_code == 202 and again.get_json() == sent.get_json(), again.get_json()
+    # another sender, or other terms, is no retry of it: a member already
+    owners = world.devices.post(members_path, json=grant, headers=world.headers("owner"))
+    assert owners.status_code == 409 and owners.get_json()["error"]["code"] == "already_member"
+    other = world.devices.post(
+        members_path, json={**grant, "access": {"weekdays": ["tue"]}}, headers=world.headers("admin")
+    )
+    assert other.status_code == 409 and other.get_json()["error"]["code"] == "already_member"
+    assert db_rows(logged, l=world.lock_id) == before
+
+    host, project = stack_env["FIREBASE_AUTH_EMULATOR_HOST"], stack_env["LOCKWISE_PROJECT_ID"]
+    friend = sign_up(email="again-friend@example.com")
+    verify_email(host, project, friend["localId"])
+    friend = sign_in(host, "again-friend@example.com")
+    by_address = {"email": "again-friend@example.com", "role": "member"}
+    mailed = world.devices.post(members_path, json=by_address, headers=world.headers("admin"))
+    assert mailed.status_code == 202, mailed.get_json()
+    taken = world.devices.post(
+        f"/devices/invitations/{mailed.get_json()['invitation']['id']}/accept", headers=bearer(friend)
+    )
+    assert taken.status_code == 201, taken.get_json()
+    before = db_rows(logged, l=world.lock_id)
+    mailed_again = world.devices.post(members_path, json=by_address, headers=world.headers("admin"))
+    assert mailed_again.status_code == 202 and mailed_again.get_json() == mailed.get_json()
+    assert db_rows(logged, l=world.lock_id) == before
+    assert db_rows(
+        "SELECT count(*) FROM invitations WHERE lock_id = CAST(:l AS uuid) AND email = :e",
+        l=world.lock_id,
+        e="again-friend@example.com",
+    ) == [[1]]
+    assert world.devices.get("/devices/invitations", headers=bearer(friend)).get_json()["invitations"] == []
+    # removed since: the invitation made nothing that stands, and sending it is inviting them anew
+    removed = world.devices.delete(f"{members_path}/{friend['localId']}", headers=world.headers("admin"))
+    assert removed.status_code == 204
+    anew = world.devices.post(members_path, json=by_address, headers=world.headers("admin"))
+    assert anew.status_code == 202 and anew.get_json()["invitation"]["id"] != mailed.get_json()["invitation"]["id"]
+
+
 def test_expired_command_reads_as_expired(world: World) -> None:
     command = world.devices.post(
         f"/devices/locks/{world.lock_id}/commands", json={"action": "unlock"}, headers=world.headers("owner")

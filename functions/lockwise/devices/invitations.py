@@ -101,6 +101,9 @@ def invite(
     the sender's session signed in (``users.signed_in_at``): the invitation falls with it (``users.vouches_sql``)."""
     members.check_can_grant(actor, role)
     members.check_ends_in_time(actor, access)
+    terms = json.dumps(access, default=str)
+    if (accepted := _accepted_before(con, lock_id, actor, invitee, role, terms, now)) is not None:
+        return accepted
     uid, email = invitee.uid, invitee.email
     if uid is not None:
         current = members.get(con, lock_id, uid)
@@ -129,7 +132,6 @@ def invite(
         now=now,
     )[0]
     members.refuse_past_limit(con, lock_id, members_per_lock, now, invited=int(invited))
-    terms = json.dumps(access, default=str)
     # an open invitation to them (the unique indexes) stands in the way: nothing inserted, and no error in the
     # database server's log naming the address in its key (a unique violation caught here did: attack run 53)
     inserted = con.run(
@@ -168,6 +170,42 @@ def invite(
         },
     )
     return {"id": invitation_id, **invitee.public(), "role": role}
+
+
+def _accepted_before(
+    con: Connection,
+    lock_id: str,
+    actor: members.Membership,
+    invitee: Invitee,
+    role: str,
+    terms: str,
+    now: dt.datetime,
+) -> dict[str, Any] | None:
+    """The same invitation sent again by its sender (``terms``: the access as stored, JSON) after its invitee accepted
+    it, answered as when it was made: while it would still stand (its 7 days) and the membership it made does (as
+    ``_accepted_by`` judges it), by an address only while its acceptor still holds it (else the address's next holder
+    is invited anew). None otherwise. Before, such a retry (its answer lost, the invitee accepting at their side
+    meanwhile) was 409 ``already_member`` by uid, and by address a second invitation, logged and counted as a change,
+    offered to a member who could only decline it (attack run 108)."""
+    rows = con.run(
+        "SELECT i.id::text FROM invitations i JOIN users a ON a.uid = i.accepted_by"
+        " JOIN lock_members m ON m.lock_id = i.lock_id AND m.user_uid = i.accepted_by"
+        " WHERE i.lock_id = CAST(:l AS uuid) AND i.invited_by = :me"
+        " AND i.role = :r AND i.access = CAST(:a AS jsonb) AND i.accepted_at IS NOT NULL AND i.expires_at > :now"
+        " AND (i.invitee_uid = :u OR (i.invitee_uid IS NULL AND lower(i.email) = lower(:e)"
+        " AND lower(a.email) = lower(:e))) AND "
+        + members.active_sql("m")
+        + " AND m.invited_by = i.invited_by AND (m.last_removed_at IS NULL OR m.last_removed_at < i.accepted_at)"
+        " ORDER BY i.accepted_at DESC LIMIT 1",
+        l=lock_id,
+        me=actor.user_uid,
+        r=role,
+        a=terms,
+        u=invitee.uid,
+        e=invitee.email,
+        now=now,
+    )
+    return {"id": rows[0][0], **invitee.public(), "role": role} if rows else None
 
 
 def _sent_before(
