@@ -355,9 +355,14 @@ class Console {
       // a header: a devices instance of the release before ignores it (a body field would be 400 unknown_field)
       const created = await this.api("POST", "/devices/locks", { name }, { "Idempotency-Key": this.unanswered.key });
       this.unanswered = null;
-      const code = created.provisioning?.code; // none for a lock paired since its first sending
+      // none for a lock paired since its first sending, or past the day's pairing codes (ask for one on its card later)
+      const code = created.provisioning?.code;
       $("#new-lock-name").value = "";
-      const made = code ? `Created ${name}. Pairing code for the lock: ${code}` : `${name} was created and is paired.`;
+      const made = code
+        ? `Created ${name}. Pairing code for the lock: ${code}`
+        : created.lock.provisioned
+          ? `${name} was created and is paired.`
+          : `${name} was created; no pairing code today (the day's are given): ask for one later.`;
       notice(made); // at once: the listings may take a while
       const failed = await this.refresh({ quiet: true });
       if (failed.length) notice([made, ...failed].join(" "), "error"); // said with the code, which nothing hides

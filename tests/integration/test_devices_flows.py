@@ -1320,6 +1320,35 @@ def test_a_lock_created_again_with_its_idempotency_key_is_the_lock_it_made(
     assert owned() == 2
 
 
+def test_a_lock_created_again_past_the_days_pairing_codes_is_answered_with_the_lock(world: World, sign_up: Any) -> None:
+    """Attack run 108: a keyed create whose answer was lost, sent again once the day's pairing codes were spent (its
+    own the last), was 429 ``pairing_limit``: the app said the lock was not made, forgot the key (a 4xx), and the
+    owner's next try made a second lock of the name. Now the retry is 200 with the lock the key made, not paired and
+    no code (``provisioning: null``, nothing counted); the code is asked for later."""
+    settings = get_settings("devices")
+    someone = sign_up()
+    headers = {**bearer(someone), "Idempotency-Key": "last-code-shed"}
+    assert world.devices.get("/devices/me", headers=headers).status_code == 200
+    issued = "SELECT count(*) FROM pairing_issues WHERE user_uid = :u"
+    with get_runtime("devices").db.transaction() as con:  # the day's codes but one given already
+        for _ in range(settings.pairings_per_day - 1):
+            con.run("INSERT INTO pairing_issues (user_uid) VALUES (:u)", u=someone["localId"])
+    first = world.devices.post("/devices/locks", json={"name": "Shed"}, headers=headers)
+    assert first.status_code == 201 and first.get_json()["provisioning"] is not None, first.get_json()
+    assert db_rows(issued, u=someone["localId"]) == [[settings.pairings_per_day]]
+    again = world.devices.post("/devices/locks", json={"name": "Shed"}, headers=headers)
+    assert again.status_code == 200, again.get_json()
+    assert again.get_json()["lock"]["id"] == first.get_json()["lock"]["id"]
+    assert again.get_json()["provisioning"] is None and not again.get_json()["lock"]["provisioned"]
+    assert db_rows(issued, u=someone["localId"]) == [[settings.pairings_per_day]]
+    # the first answer's code still pairs it: the retry ended nothing
+    provision(world.devices, first.get_json()["provisioning"]["code"])
+    assert db_rows("SELECT count(*) FROM locks WHERE owner_uid = :u", u=someone["localId"]) == [[1]]
+    # a new lock is refused as before
+    other = world.devices.post("/devices/locks", json={"name": "Barn"}, headers=bearer(someone))
+    assert other.status_code == 429 and other.get_json()["error"]["code"] == "pairing_limit"
+
+
 def test_an_acceptance_sent_again_is_answered_with_what_it_made(world: World, sign_up: Any) -> None:
     """Attack run 39: an invitation's acceptance, or a lock's transfer, sent again after its answer was lost (or
     twice at once) was 404 ("no such invitation", "no transfer stands for you") while the first had made the caller

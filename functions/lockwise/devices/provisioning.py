@@ -75,6 +75,12 @@ def issue(con: Connection, lock_id: str, owner: User, ttl_s: int, per_day: int) 
     return code, rows[0][0]
 
 
+def codes_left(con: Connection, owner: User, per_day: int) -> bool:
+    """Whether ``owner`` (the caller, whose row is held: ``users.hold_caller``) may be given one more code now
+    (``issue`` counts it)."""
+    return quotas.day_wait(con, "pairing_issues", "user_uid", owner.uid, per_day) == 0
+
+
 def close_codes(con: Connection, lock_id: str) -> None:
     """End the lock's unredeemed codes now (a new code is issued, or the lock changes owner)."""
     # the statement's time, not the transaction's: a code issued by a request that began after this one but held the
