@@ -24,6 +24,9 @@ import {
 
 const SAMPLES = 5;
 const SAMPLE_SECONDS = 4.5;
+// how long a command whose answer was lost is sent again as itself: the devices function's command lifetime
+// (LOCKWISE_COMMAND_TTL_S, 30 s as deployed); past it, it can no longer be carried out and a click is a new one
+const COMMAND_RETRY_MS = 30_000;
 const $ = (selector, root = document) => root.querySelector(selector);
 const unsubscribers = [];
 
@@ -168,6 +171,7 @@ class Console {
     delete $("#enroll-progress").dataset.done;
     $("#new-lock-name").value = "";
     this.unanswered = null;
+    this.unansweredCommand = null;
   }
 
   // every page of a listing (GET /devices/locks and /devices/invitations answer 100 at most a page): its `key`'s
@@ -391,11 +395,24 @@ class Console {
     // (attack run 105: a slip of the pointer opened the door, nobody told which)
     const name = $(".lock-name", card).textContent;
     if (action === "unlock" && !window.confirm(`Unlock ${name} now? Anyone at the door can then open it.`)) return;
+    // A command whose answer never came (the network, a 503) may have been made: sent again to the same lock while
+    // it could still be carried out (COMMAND_RETRY_MS), it carries the same idempotency key and is answered with that
+    // command, not made twice (attack run 108: each click had a key of its own, and the retry was a second unlock);
+    // later, it is a new command, as the person clicking means it.
+    const last = this.unansweredCommand;
+    const again = last?.lockId === lockId && last.action === action && Date.now() - last.at < COMMAND_RETRY_MS;
+    const sending = again ? last : { lockId, action, key: crypto.randomUUID(), at: Date.now() };
+    this.unansweredCommand = sending;
     try {
-      await this.api("POST", `/devices/locks/${lockId}/commands`, { action, idempotency_key: crypto.randomUUID() });
+      await this.api("POST", `/devices/locks/${lockId}/commands`, { action, idempotency_key: sending.key });
+      if (this.unansweredCommand === sending) this.unansweredCommand = null;
       notice(`${action} sent to ${name}`);
     } catch (err) {
-      if (!ended(err)) notice(`${action} refused: ${err.message}`, "error");
+      if (ended(err)) return;
+      const unknown = err.status === 0 || err.status >= 500;
+      if (!unknown && this.unansweredCommand === sending) this.unansweredCommand = null;
+      const retry = unknown ? " (send it again: if it was made, it is that command, not a second)" : "";
+      notice(`${action} refused: ${err.message}${retry}`, "error");
     }
   }
 

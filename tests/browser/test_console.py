@@ -658,6 +658,44 @@ def test_an_unlock_from_the_console_is_confirmed_by_the_locks_name(env: dict[str
     assert sent == ["unlock", "lock"] and len(asked) == 2, (sent, asked)
 
 
+def test_a_command_whose_answer_was_lost_is_sent_again_as_itself(env: dict[str, str], chromium: str) -> None:
+    """Attack run 108: each click sent a command with an idempotency key of its own, so a lock or unlock whose answer
+    never came (the network dropped it after the function made it), clicked again, was a second command. Clicked
+    again for the same lock and action, it carries the first's key (the function answers with the command made);
+    once answered, the next click is a new command."""
+    from playwright.sync_api import Route, expect, sync_playwright
+
+    keys: list[str] = []
+
+    def command(route: Route) -> None:
+        keys.append(json.loads(route.request.post_data or "{}")["idempotency_key"])
+        if len(keys) == 1:
+            route.abort("connectionreset")  # made, perhaps: the page never hears
+        else:
+            route.fulfill(status=202, body="{}", headers={"Content-Type": "application/json"})
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+        page = browser.new_page()
+        signed_up(page, env["LOCKWISE_CONSOLE_URL"], "resend")
+        page.route("**/devices/locks/*/commands", command)
+        page.fill("#new-lock-name", "Back door")
+        page.click("#new-lock-form button[type=submit]")
+        card = page.locator(".lock").first
+        expect(card).to_be_visible(timeout=15_000)
+        card.locator(".lock-button").click()
+        expect(page.locator("#notice")).to_have_attribute("data-kind", "error", timeout=15_000)
+        lost = page.locator("#notice").text_content()
+        card.locator(".lock-button").click()
+        expect(page.locator("#notice")).to_have_text("lock sent to Back door", timeout=15_000)
+        page.evaluate("document.querySelector('#notice').textContent = ''")
+        card.locator(".lock-button").click()
+        expect(page.locator("#notice")).to_have_text("lock sent to Back door", timeout=15_000)
+        browser.close()
+    assert len(keys) == 3 and keys[0] == keys[1] and keys[2] != keys[1], keys
+    assert lost and "send it again" in lost, lost
+
+
 #: kept by the page from its first script on: every request its security policy refused
 _VIOLATIONS = """window.violations = [];
 document.addEventListener('securitypolicyviolation',
