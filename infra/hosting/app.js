@@ -172,6 +172,7 @@ class Console {
     $("#new-lock-name").value = "";
     this.unanswered = null;
     this.unansweredCommand = null;
+    this.unansweredEnrollment = null;
   }
 
   // every page of a listing (GET /devices/locks and /devices/invitations answer 100 at most a page): its `key`'s
@@ -453,6 +454,35 @@ class Console {
     const progress = $("#enroll-progress");
     const button = $("#enroll");
     button.disabled = true;
+    // Samples whose upload was never answered (the network, a 503) may have been stored: the next click sends the
+    // same samples again, answered with the voiceprint they made and counted nowhere again. A new recording was a
+    // second enrollment: compared with co-members' voices again (of a few a day), counted, and the voice's place at
+    // each lock begun again (attack run 108).
+    const kept = this.unansweredEnrollment?.session === session ? this.unansweredEnrollment : null;
+    try {
+      const samples = kept ? kept.samples : await this.record(session, progress);
+      if (!samples) return;
+      if (session !== this.session) throw new SessionEnded();
+      progress.textContent = kept ? "Uploading the same samples again…" : "Uploading…";
+      this.unansweredEnrollment = { session, samples };
+      const result = await this.api("PUT", "/embed/enrollment", { samples }, {}, session);
+      this.unansweredEnrollment = null;
+      progress.textContent = `Enrolled from ${result.samples} samples.`;
+      progress.dataset.done = "true";
+    } catch (err) {
+      if (ended(err)) return; // the samples go with it (forget)
+      const unknown = err.status === 0 || err.status >= 500;
+      if (!unknown) this.unansweredEnrollment = null;
+      const again = unknown ? " (enroll again: the same samples are sent, not a new recording)" : "";
+      progress.textContent = `Enrollment refused: ${err.message}${again}`;
+      progress.dataset.done = "error";
+    } finally {
+      button.disabled = false;
+    }
+  }
+
+  // SAMPLES samples from the microphone for `session`, or null when the microphone is refused (the notice says so)
+  async record(session, progress) {
     let stream;
     try {
       stream = await navigator.mediaDevices.getUserMedia({
@@ -460,8 +490,7 @@ class Console {
       });
     } catch (err) {
       notice(`Microphone refused (${err.name}): allow this site to use the microphone and try again.`, "error");
-      button.disabled = false;
-      return;
+      return null;
     }
     try {
       const samples = [];
@@ -470,18 +499,9 @@ class Console {
         progress.textContent = `Sample ${i} of ${SAMPLES}: say your sentence now…`;
         samples.push({ wav_base64: await recordWav(stream, SAMPLE_SECONDS) });
       }
-      if (session !== this.session) throw new SessionEnded();
-      progress.textContent = "Uploading…";
-      const result = await this.api("PUT", "/embed/enrollment", { samples }, {}, session);
-      progress.textContent = `Enrolled from ${result.samples} samples.`;
-      progress.dataset.done = "true";
-    } catch (err) {
-      if (ended(err)) return; // the samples go with it
-      progress.textContent = `Enrollment refused: ${err.message}`;
-      progress.dataset.done = "error";
+      return samples;
     } finally {
       stream.getTracks().forEach((t) => t.stop());
-      button.disabled = false;
     }
   }
 

@@ -573,6 +573,46 @@ def test_an_enrollment_recorded_for_one_account_is_not_uploaded_for_the_next(
     assert "Enroll" not in progress, progress
 
 
+def test_an_enrollment_whose_answer_was_lost_is_sent_again_not_recorded_again(
+    env: dict[str, str], chromium: str
+) -> None:
+    """Attack run 108: an enrollment whose upload was never answered (the network dropped it after the function stored
+    the voice) left the page nothing but "refused": enrolling again recorded five new samples, a second enrollment
+    compared with co-members' voices again (a few a day), counted, and the voice's place at each lock begun again,
+    where the same samples sent again are answered with the voiceprint they made. The page keeps the samples of an
+    unanswered upload and sends them again at the next click, recording nothing."""
+    from playwright.sync_api import Route, expect, sync_playwright
+
+    bodies: list[str] = []
+
+    def upload(route: Route) -> None:
+        if route.request.method != "PUT":
+            route.continue_()
+            return
+        bodies.append(route.request.post_data or "")
+        if len(bodies) == 1:
+            route.abort("connectionreset")  # stored, perhaps: the page never hears
+        else:
+            route.fulfill(status=200, body='{"samples": 5}', headers={"Content-Type": "application/json"})
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=chromium,
+            args=["--no-sandbox", "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream"],
+        )
+        page = browser.new_page()
+        page.route("**/embed/enrollment", upload)
+        signed_up(page, env["LOCKWISE_CONSOLE_URL"], "unanswered")
+        page.click("#enroll")
+        expect(page.locator("#enroll-progress")).to_have_attribute("data-done", "error", timeout=60_000)
+        lost = page.inner_text("#enroll-progress")
+        page.click("#enroll")  # at once, not after five samples' 22 s
+        expect(page.locator("#enroll-progress")).to_have_text("Enrolled from 5 samples.", timeout=10_000)
+        browser.close()
+    assert len(bodies) == 2 and bodies[0] == bodies[1] and len(bodies[0]) > 10_000, [len(b) for b in bodies]
+    assert "the same samples" in lost, lost
+
+
 def test_locks_listed_for_one_account_are_not_shown_to_the_next(env: dict[str, str], chromium: str) -> None:
     """Attack run 105: a listing answered after its account signed out and another signed in on the same browser
     was rendered for the second: the first's locks, their live view asked for and their buttons."""
