@@ -430,7 +430,10 @@ def create_command(ctx: Ctx, lock_id: str) -> Result:
     key = idempotency.from_request(ctx.request.headers.get("Idempotency-Key"), body.get("idempotency_key"))
     audited_action = f"command.{body['action']}" if body.get("action") in commands.ACTIONS else "command.invalid"
     with with_denials_audited(user.uid, lock_id, audited_action), rt.db.transaction() as con:
-        members.require(con, lock_id, user.uid, rt.now(), operate=True)
+        # a retry's command was made in the window: judged again (``from_app`` answers it), one sent again once the
+        # window had ended, its answer lost, was 403 while the unlock was made, perhaps carried out (attack run 108)
+        retry = key is not None and commands.made_with_key(con, lock_id, user.uid, key)
+        members.require(con, lock_id, user.uid, rt.now(), operate=not retry)
         issued = commands.from_app(
             con,
             lock_id=lock_id,

@@ -1455,6 +1455,41 @@ def test_an_invitation_sent_again_after_it_was_accepted_is_answered_with_it(
     assert anew.status_code == 202 and anew.get_json()["invitation"]["id"] != mailed.get_json()["invitation"]["id"]
 
 
+def test_a_guests_command_sent_again_after_her_window_ended_is_answered_with_it(world: World) -> None:
+    """Attack run 108: a guest's unlock made in her window's last seconds, its answer lost, sent again with its
+    idempotency key once the window had ended was 403 ``outside_access_window``, logged as a denial: the app said
+    the door was refused while the unlock had been made (and perhaps carried out). The key's command is answered as
+    made (200), whatever the window says now; a new command is refused as before, and a removed guest's retry is 404."""
+    path = f"/devices/locks/{world.lock_id}/commands"
+    headers = {**world.headers("guest_in"), "Idempotency-Key": "last-seconds-1"}
+    first = world.devices.post(path, json={"action": "unlock"}, headers=headers)
+    assert first.status_code == 202, first.get_json()
+    with get_runtime("devices").db.transaction() as con:  # her window ends (its last day, as if it had passed)
+        con.run(
+            "UPDATE lock_members SET valid_until = now() - interval '1 second'"
+            " WHERE lock_id = CAST(:l AS uuid) AND user_uid = :u",
+            l=world.lock_id,
+            u=world.uid("guest_in"),
+        )
+    denied = "SELECT count(*) FROM audit_log WHERE lock_id = CAST(:l AS uuid) AND outcome = 'denied' AND actor = :a"
+    before = db_rows(denied, l=world.lock_id, a=audit.user_actor(world.uid("guest_in")))
+    again = world.devices.post(path, json={"action": "unlock"}, headers=headers)
+    assert again.status_code == 200, again.get_json()
+    assert again.get_json()["command"]["id"] == first.get_json()["command"]["id"]
+    assert db_rows(denied, l=world.lock_id, a=audit.user_actor(world.uid("guest_in"))) == before
+    other = world.devices.post(path, json={"action": "unlock"}, headers={**headers, "Idempotency-Key": "late-1"})
+    assert other.status_code == 403 and other.get_json()["error"]["code"] == "outside_access_window"
+    reused = world.devices.post(path, json={"action": "lock"}, headers=headers)
+    assert reused.status_code == 409 and reused.get_json()["error"]["code"] == "idempotency_key_reused"
+    assert db_rows("SELECT count(*) FROM commands WHERE idempotency_key = 'last-seconds-1'") == [[1]]
+    removed = world.devices.delete(
+        f"/devices/locks/{world.lock_id}/members/{world.uid('guest_in')}", headers=world.headers("owner")
+    )
+    assert removed.status_code == 204
+    gone = world.devices.post(path, json={"action": "unlock"}, headers=headers)
+    assert gone.status_code == 404 and gone.get_json()["error"]["code"] == "lock_not_found"
+
+
 def test_expired_command_reads_as_expired(world: World) -> None:
     command = world.devices.post(
         f"/devices/locks/{world.lock_id}/commands", json={"action": "unlock"}, headers=world.headers("owner")

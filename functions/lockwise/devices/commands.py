@@ -134,6 +134,11 @@ def from_app(
     at = db.clock(con)
     if standing is None or not standing.active(at):
         raise errors.NotFound("lock not found", code="lock_not_found")
+    # a retry is answered with its key's command before the window is judged: made in it, and sent again once it had
+    # ended (its answer lost), it was 403 ``outside_access_window``, a denial in the log, while the unlock had been
+    # made and perhaps carried out (attack run 108); its access ended since, the member is answered 404 as above
+    if idempotency_key is not None and (made := _by_idempotency_key(con, lock_id, issuer.uid, idempotency_key)):
+        return _retried(made, checked, at)
     expires = lifetime(standing, at, ttl_s)
     if expires is None:
         raise errors.Forbidden("outside your access window", code="outside_access_window")
@@ -287,6 +292,18 @@ def _by_idempotency_key(con: Connection, lock_id: str, uid: str | None, key: str
         k=key,
     )
     return rows[0] if rows else None
+
+
+def made_with_key(con: Connection, lock_id: str, uid: str, key: str) -> bool:
+    """Whether ``uid``'s app made a command to ``lock_id`` with idempotency ``key`` (read without a lock)."""
+    return bool(
+        con.run(
+            "SELECT 1 FROM commands WHERE lock_id = CAST(:l AS uuid) AND issuer_uid = :u AND idempotency_key = :k",
+            l=lock_id,
+            u=uid,
+            k=key,
+        )
+    )
 
 
 def get(con: Connection, command_id: str) -> dict[str, Any] | None:
