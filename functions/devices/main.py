@@ -160,8 +160,10 @@ def create_lock(ctx: Ctx) -> Result:
         # a retry's lock paired since needs no code: one would re-pair it (attack run 40: a stale retry's did); nor is
         # it given one past the day's codes: its first answer's was counted, and a 429 said the lock was not made (the
         # app forgot the key, and the next try made a second lock: attack run 108)
-        retry_coded = not view["provisioned"] and provisioning.codes_left(con, user, rt.settings.pairings_per_day)
-        issued = issue_code(con, lock_id, user) if created or retry_coded else None
+        coded = created or (
+            not view["provisioned"] and provisioning.codes_left(con, user, rt.settings.pairings_per_day)
+        )
+        issued = issue_code(con, lock_id, user) if coded else None
     rt.flush_mirror()
     code = {"code": issued[0], "expires_at": issued[1].isoformat()} if issued else None
     return {"lock": view, "provisioning": code}, 201 if created else 200
