@@ -1455,6 +1455,39 @@ def test_an_invitation_sent_again_after_it_was_accepted_is_answered_with_it(
     assert anew.status_code == 202 and anew.get_json()["invitation"]["id"] != mailed.get_json()["invitation"]["id"]
 
 
+def test_an_invitation_withdrawn_after_it_was_accepted_is_not_answered_as_gone(world: World, sign_up: Any) -> None:
+    """Attack run 108: an invitation's withdrawal whose answer was lost, sent again after the invitee had accepted it
+    (the first never reached the database), was 404 ``invitation_not_found``, which the contract reads as "gone":
+    the admin was told the invitation was withdrawn while its invitee had joined. It is 409 ``invitation_accepted``
+    while the membership it made stands (the member is removed, not the invitation); a withdrawn one is 404 as
+    before."""
+    joiner = sign_up()
+    assert world.devices.get("/devices/me", headers=bearer(joiner)).status_code == 200
+    members_path = f"/devices/locks/{world.lock_id}/members"
+    sent = world.devices.post(
+        members_path, json={"uid": joiner["localId"], "role": "member"}, headers=world.headers("admin")
+    )
+    invitation = sent.get_json()["invitation"]["id"]
+    assert world.devices.post(f"/devices/invitations/{invitation}/accept", headers=bearer(joiner)).status_code == 201
+    withdraw = f"/devices/locks/{world.lock_id}/invitations/{invitation}"
+    late = world.devices.delete(withdraw, headers=world.headers("admin"))
+    assert late.status_code == 409 and late.get_json()["error"]["code"] == "invitation_accepted", late.get_json()
+    # removed since: nothing it made stands, nothing to withdraw
+    assert (
+        world.devices.delete(f"{members_path}/{joiner['localId']}", headers=world.headers("admin")).status_code == 204
+    )
+    gone = world.devices.delete(withdraw, headers=world.headers("admin"))
+    assert gone.status_code == 404 and gone.get_json()["error"]["code"] == "invitation_not_found"
+    # a withdrawn one sent again is gone, as before
+    again = world.devices.post(
+        members_path, json={"uid": joiner["localId"], "role": "member"}, headers=world.headers("admin")
+    )
+    withdraw = f"/devices/locks/{world.lock_id}/invitations/{again.get_json()['invitation']['id']}"
+    assert world.devices.delete(withdraw, headers=world.headers("admin")).status_code == 204
+    twice = world.devices.delete(withdraw, headers=world.headers("admin"))
+    assert twice.status_code == 404 and twice.get_json()["error"]["code"] == "invitation_not_found"
+
+
 def test_a_guests_command_sent_again_after_her_window_ended_is_answered_with_it(world: World) -> None:
     """Attack run 108: a guest's unlock made in her window's last seconds, its answer lost, sent again with its
     idempotency key once the window had ended was 403 ``outside_access_window``, logged as a denial: the app said

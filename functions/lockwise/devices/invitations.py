@@ -578,7 +578,10 @@ def decline(con: Connection, invitation_id: str, user: User, now: dt.datetime) -
 
 
 def withdraw(con: Connection, lock_id: str, invitation_id: str, actor: members.Membership, now: dt.datetime) -> None:
-    """An owner or admin takes back an invitation not yet answered (404 if there is none open by that id)."""
+    """An owner or admin takes back an invitation not yet answered (404 if there is none open by that id; 409
+    ``invitation_accepted`` while the membership its acceptance made stands: a 404, which says it is gone, told an
+    admin whose withdrawal was sent again, its answer lost, that it was withdrawn while its invitee had joined,
+    attack run 108)."""
     found = rows_as_dicts(
         con,
         "SELECT id::text AS id, role FROM invitations WHERE id = CAST(:i AS uuid) AND lock_id = CAST(:l AS uuid)"
@@ -588,6 +591,7 @@ def withdraw(con: Connection, lock_id: str, invitation_id: str, actor: members.M
         now=now,
     )
     if not found:
+        _refuse_if_accepted(con, lock_id, invitation_id, actor, now)
         raise errors.NotFound("no such invitation", code="invitation_not_found")
     members.check_can_grant(actor, found[0]["role"])
     con.run("UPDATE invitations SET closed_at = :now WHERE id = CAST(:i AS uuid)", i=found[0]["id"], now=now)
@@ -599,6 +603,27 @@ def withdraw(con: Connection, lock_id: str, invitation_id: str, actor: members.M
         lock_id=lock_id,
         target=f"invitation:{found[0]['id']}",
     )
+
+
+def _refuse_if_accepted(
+    con: Connection, lock_id: str, invitation_id: str, actor: members.Membership, now: dt.datetime
+) -> None:
+    """409 ``invitation_accepted`` when ``invitation_id`` of ``lock_id``, one ``actor`` may withdraw, was accepted and
+    the membership it made stands (``_accepted_by``'s judgement)."""
+    rows = con.run(
+        "SELECT i.role FROM invitations i JOIN lock_members m ON m.lock_id = i.lock_id AND m.user_uid = i.accepted_by"
+        " WHERE i.id = CAST(:i AS uuid) AND i.lock_id = CAST(:l AS uuid) AND "
+        + members.active_sql("m")
+        + " AND m.invited_by = i.invited_by AND (m.last_removed_at IS NULL OR m.last_removed_at < i.accepted_at)",
+        i=_invitation_id(invitation_id),
+        l=lock_id,
+        now=now,
+    )
+    if rows:
+        members.check_can_grant(actor, rows[0][0])
+        raise errors.Conflict(
+            "this invitation was accepted: its invitee is a member (remove them instead)", code="invitation_accepted"
+        )
 
 
 def _take(con: Connection, invitation_id: str, user: User, now: dt.datetime, *, lock: bool = True) -> dict[str, Any]:
