@@ -74,6 +74,7 @@ READ_BY: dict[str, frozenset[str]] = {
             "LOCKWISE_MQTT_PUBLIC_HOST",
             "LOCKWISE_MQTT_PUBLIC_PORT",
             "LOCKWISE_FEED_REPORTS_PER_MINUTE",
+            "LOCKWISE_FEED_REPORTS_PER_OWNER_MINUTE",
             "LOCKWISE_ACCOUNT_CHECK_BATCH",
             "LOCKWISE_ACCOUNT_RECHECK_S",
             "LOCKWISE_RELAY_ROUTES",
