@@ -270,17 +270,7 @@ def test_an_invitation_shows_who_sent_it_beside_the_locks_name(env: dict[str, st
     verify_email(env["FIREBASE_AUTH_EMULATOR_HOST"], env["LOCKWISE_PROJECT_ID"], known["localId"])
     known = {**known, **_signed_in(env, known)}  # a token vouching for the address: recorded as the sender's
     for sender, name in ((known, "Home"), (unverified, "Also home")):
-        assert _devices(env, sender, "GET", "/devices/me").status_code == 200
-        created = _devices(env, sender, "POST", "/devices/locks", json={"name": name})
-        assert created.status_code == 201, created.text
-        invited = _devices(
-            env,
-            sender,
-            "POST",
-            f"/devices/locks/{created.json()['lock']['id']}/members",
-            json={"uid": invitee["localId"], "role": "member"},
-        )
-        assert invited.status_code == 202, invited.text
+        _invites_to_a_new_lock(env, sender, invitee, name)
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
         page = browser.new_page()
@@ -311,17 +301,7 @@ def test_an_invitation_listed_by_the_release_before_says_nothing_of_its_senders_
     sender, invitee = _account(env, "sender-before"), _account(env, "invitee-before")
     verify_email(env["FIREBASE_AUTH_EMULATOR_HOST"], env["LOCKWISE_PROJECT_ID"], sender["localId"])
     sender = {**sender, **_signed_in(env, sender)}
-    assert _devices(env, sender, "GET", "/devices/me").status_code == 200
-    created = _devices(env, sender, "POST", "/devices/locks", json={"name": "Front door"})
-    assert created.status_code == 201, created.text
-    invited = _devices(
-        env,
-        sender,
-        "POST",
-        f"/devices/locks/{created.json()['lock']['id']}/members",
-        json={"uid": invitee["localId"], "role": "member"},
-    )
-    assert invited.status_code == 202, invited.text
+    _invites_to_a_new_lock(env, sender, invitee, "Front door")
 
     def release_before(route: Route) -> None:  # its answer as a devices function without the field gives it
         answer = route.fetch()
@@ -343,6 +323,21 @@ def test_an_invitation_listed_by_the_release_before_says_nothing_of_its_senders_
         expect(shown.first).to_contain_text(f"Front door as member, from the account {sender['localId']}")
         expect(shown.first).not_to_contain_text("no verified address")
         browser.close()
+
+
+def _invites_to_a_new_lock(env: dict[str, str], sender: dict[str, Any], invitee: dict[str, Any], name: str) -> None:
+    """``sender`` makes a lock named ``name`` and invites ``invitee`` to it as a member."""
+    assert _devices(env, sender, "GET", "/devices/me").status_code == 200
+    created = _devices(env, sender, "POST", "/devices/locks", json={"name": name})
+    assert created.status_code == 201, created.text
+    invited = _devices(
+        env,
+        sender,
+        "POST",
+        f"/devices/locks/{created.json()['lock']['id']}/members",
+        json={"uid": invitee["localId"], "role": "member"},
+    )
+    assert invited.status_code == 202, invited.text
 
 
 def _signed_in(env: dict[str, str], account: dict[str, Any]) -> dict[str, Any]:
