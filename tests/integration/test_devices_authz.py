@@ -220,6 +220,23 @@ def test_the_locks_voice_threshold_is_shown_to_its_owner_only(world: World) -> N
         assert {k: v for k, v in listed.items() if k == "voice_threshold"} == expected, role
 
 
+def test_the_locks_owner_is_named_to_those_who_manage_its_members_only(world: World, sign_up: Any) -> None:
+    """Attack run 112: every member and guest was told the owner's uid with the lock (``owner_uid``), which the live
+    view keeps from them (the lock's document names nobody; the feed names a guest only those it is about): a guest
+    the owner's co-host let in learnt the account of the host, the same at each of her places. The owner and admins,
+    who list the lock's members, are told it."""
+    guest = sign_up()
+    assert world.devices.get("/devices/me", headers=bearer(guest)).status_code == 200
+    join(world.devices, world.lock_id, world.accounts["admin"], guest, {"role": "guest"})
+    callers = {role: world.headers(role) for role in ("owner", "admin", "member", "guest_in", "guest_out")}
+    for role, headers in {**callers, "the co-host's guest": bearer(guest)}.items():
+        one = world.devices.get(f"/devices/locks/{world.lock_id}", headers=headers).get_json()
+        (listed,) = world.devices.get("/devices/locks", headers=headers).get_json()["locks"]
+        expected = {"owner_uid": world.uid("owner")} if role in ("owner", "admin") else {}
+        assert {k: v for k, v in one.items() if k == "owner_uid"} == expected, role
+        assert {k: v for k, v in listed.items() if k == "owner_uid"} == expected, role
+
+
 def test_command_status_is_visible_to_issuer_and_managers_only(world: World) -> None:
     created = world.devices.post(
         f"/devices/locks/{world.lock_id}/commands", json={"action": "lock"}, headers=world.headers("member")

@@ -147,12 +147,15 @@ _VIEW = (
 
 def _present(row: dict[str, Any], role: str, in_window: bool = True) -> dict[str, Any]:
     """The lock as a member sees it; its live state only inside their access window (guests), as in Firestore; its
-    voice threshold to its owner only, who alone may change it (how strict a door is is nobody else's to know)."""
+    voice threshold to its owner only, who alone may change it (how strict a door is is nobody else's to know); its
+    owner's uid to those who manage its members, who list them (attack run 112: every member and guest was shown it,
+    where the live view names nobody on the lock's document and names people in the feed only to those it is about;
+    a guest let in by a co-host learnt the host's account, the same at each of the host's locks)."""
     return {
         "id": row["id"],
         "name": row["name"],
         "role": role,
-        "owner_uid": row["owner_uid"],
+        **({"owner_uid": row["owner_uid"]} if role in ("owner", "admin") else {}),
         "supports_open": row["supports_open"],
         **({"voice_threshold": row["voice_threshold"]} if role == "owner" else {}),
         "provisioned": row["provisioned"],
