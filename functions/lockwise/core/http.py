@@ -48,6 +48,11 @@ NO_STORE = "no-store"
 PATH_LOGGED = 300
 
 
+def _quoted_path(path: str) -> str:
+    """``path`` as a log line or an error message quotes it: its first ``PATH_LOGGED`` characters."""
+    return path if len(path) <= PATH_LOGGED else path[:PATH_LOGGED] + "..."
+
+
 @dataclass(frozen=True)
 class _Route:
     handler: Handler
@@ -331,7 +336,7 @@ class Api:
         finally:
             # the path cut to its first characters: whole, a path of the request line's 64 KiB was written twice in
             # the line of each request, 120 KB a request, sent without a credential (attack run 106)
-            path = request.path if len(request.path) <= PATH_LOGGED else request.path[:PATH_LOGGED] + "..."
+            path = _quoted_path(request.path)
             event(
                 log,
                 "request",
@@ -352,7 +357,7 @@ class Api:
             try:
                 endpoint, params = adapter.match(request.path, method=request.method)
             except WzNotFound as exc:
-                raise errors.NotFound(f"no route for {request.path}", code="no_route") from exc
+                raise errors.NotFound(f"no route for {_quoted_path(request.path)}", code="no_route") from exc
             except WzMethodNotAllowed as exc:
                 allowed = sorted(set(exc.valid_methods or ()) - {"HEAD", "OPTIONS"})
                 raise errors.MethodNotAllowed(
