@@ -298,8 +298,11 @@ def list_members(ctx: Ctx, lock_id: str) -> JsonBody:
         users.refuse_caller(con, user, left_since=False)
         members.require(con, lock_id, user.uid, now, at_least="admin")
         listed = [m.public() for m in members.list_for_lock(con, lock_id) if m.active(now)]
+        # each by the address Firebase Auth vouched for as theirs, beside the uid: those who manage the members
+        # invite by address, and a listing by uid alone left them guessing whom a removal would remove
+        known = users.addresses(con, [m["uid"] for m in listed])
         waiting = invitations.open_for_lock(con, lock_id, now)
-    return {"members": listed, "invitations": waiting}
+    return {"members": [{**m, "email": known.get(m["uid"])} for m in listed], "invitations": waiting}
 
 
 @api.route("POST", "/devices/locks/<lock_id>/members")

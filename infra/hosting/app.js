@@ -423,7 +423,9 @@ class Console {
       $(".members", card).replaceChildren(
         ...members.map((m) => {
           const li = document.createElement("li");
-          li.textContent = `${m.uid} ${m.role} ${describeAccess(m.access)}`;
+          // by the address they are known by, beside the uid (a devices function of the release before gives none)
+          const who = m.email ? `${m.email} (${m.uid})` : m.uid;
+          li.textContent = `${who} ${m.role} ${describeAccess(m.access)}`;
           return li;
         }),
         ...invitations.map((i) => {

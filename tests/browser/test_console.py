@@ -325,6 +325,43 @@ def test_an_invitation_listed_by_the_release_before_says_nothing_of_its_senders_
         browser.close()
 
 
+def test_the_members_box_names_each_member_by_their_address(env: dict[str, str], chromium: str) -> None:
+    """The owner invites by address, and the console listed the lock's members by uid alone: whom a removal would
+    remove was a guess. Each member is shown by the address Firebase Auth vouched for as theirs, beside the uid."""
+    from playwright.sync_api import expect, sync_playwright
+
+    from tests.devices_world import verify_email
+
+    owner, member = _account(env, "owner-box"), _account(env, "member-box")
+    verify_email(env["FIREBASE_AUTH_EMULATOR_HOST"], env["LOCKWISE_PROJECT_ID"], member["localId"])
+    member = {**member, **_signed_in(env, member)}
+    assert _devices(env, member, "GET", "/devices/me").status_code == 200
+    created = _devices(env, owner, "POST", "/devices/locks", json={"name": "Porch"})
+    assert created.status_code == 201, created.text
+    invited = _devices(
+        env,
+        owner,
+        "POST",
+        f"/devices/locks/{created.json()['lock']['id']}/members",
+        json={"uid": member["localId"], "role": "member"},
+    )
+    assert invited.status_code == 202, invited.text
+    accepted = _devices(env, member, "POST", f"/devices/invitations/{invited.json()['invitation']['id']}/accept")
+    assert accepted.status_code == 201, accepted.text
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+        page = browser.new_page()
+        page.goto(env["LOCKWISE_CONSOLE_URL"])
+        page.fill("#email", owner["email"])
+        page.fill("#password", owner["password"])
+        page.click("#sign-in-button")
+        listed = page.locator(".lock .members li")
+        expect(listed.filter(has_text=member["localId"])).to_contain_text(
+            f"{member['email']} ({member['localId']}) member", timeout=15_000
+        )
+        browser.close()
+
+
 def _invites_to_a_new_lock(env: dict[str, str], sender: dict[str, Any], invitee: dict[str, Any], name: str) -> None:
     """``sender`` makes a lock named ``name`` and invites ``invitee`` to it as a member."""
     assert _devices(env, sender, "GET", "/devices/me").status_code == 200

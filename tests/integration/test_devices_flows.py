@@ -1739,6 +1739,28 @@ def test_an_invitation_names_its_senders_verified_address_beside_the_locks_name(
     ]
 
 
+def test_the_members_listing_names_each_by_their_verified_address(
+    world: World, sign_up: Any, stack_env: dict[str, str]
+) -> None:
+    """The owner and admins invite by address, and the members listing named each member by uid alone: whom a
+    removal would remove was a guess. Each is named by the address Firebase Auth vouched for as theirs, null for a
+    member without one."""
+    host, project = stack_env["FIREBASE_AUTH_EMULATOR_HOST"], stack_env["LOCKWISE_PROJECT_ID"]
+    address = f"member-{secrets.token_hex(4)}@example.com"
+    known = sign_up(email=address)
+    verify_email(host, project, known["localId"])
+    known = sign_in(host, address)
+    unverified = sign_up()
+    for account in (known, unverified):
+        assert world.devices.get("/devices/me", headers=bearer(account)).status_code == 200
+        join(world.devices, world.lock_id, world.accounts["owner"], account, {"role": "member"})
+    listed = world.devices.get(f"/devices/locks/{world.lock_id}/members", headers=world.headers("admin")).get_json()
+    by_uid = {m["uid"]: m["email"] for m in listed["members"]}
+    assert by_uid[known["localId"]] == address and by_uid[unverified["localId"]] is None, by_uid
+    guest = world.devices.get(f"/devices/locks/{world.lock_id}/members", headers=world.headers("member"))
+    assert guest.status_code == 403  # the listing is still the owner's and admins' alone
+
+
 def emulator_token(
     uid: str, email: str | None = None, verified: bool = False, *, age_s: int = 0, signed_in_age_s: int | None = None
 ) -> dict[str, Any]:

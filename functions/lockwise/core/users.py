@@ -101,6 +101,13 @@ def _claimed_time(seconds: object) -> dt.datetime:
 _OLDEST = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)  # what a time claim that is none counts as
 
 
+def addresses(con: Connection, uids: list[str]) -> dict[str, str]:
+    """The address Firebase Auth last vouched for (verified) as each of ``uids``' that has one (``upsert``): none for
+    an account without one, or one that left."""
+    rows = con.run("SELECT uid, email FROM users WHERE uid = ANY(:u) AND email IS NOT NULL", u=uids)
+    return {str(uid): str(email) for uid, email in rows}
+
+
 def mark_left(con: Connection, uid: str, now: dt.datetime) -> None:
     """Record that ``uid`` left every lock at ``now`` (and forget their address), the devices side of deleting the
     account (``hold_caller``)."""
