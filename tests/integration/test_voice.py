@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import datetime as dt
+import json
 import secrets
 import threading
 import time
@@ -2103,6 +2104,54 @@ def test_an_owners_locks_posting_junk_in_a_loop_list_sixty_a_minute_together(
     # each attempt counted, listed or not, as at one lock: five locks listed 50 of their 55, the sixth 5 more
     assert kinds.count("voice_attempt") == FEED_REFUSALS_PER_OWNER_MINUTE - 5
     assert kinds.count("voice_attempts_unlisted") == FEED_REFUSALS_PER_OWNER_MINUTE // FEED_REFUSALS_PER_MINUTE
+
+
+def test_a_refused_attempt_reads_no_more_of_the_owners_minute_than_its_listing_needs(world: World) -> None:
+    """Attack run 111: each attempt left out of the feed counted every refused attempt of the minute at all the locks
+    of its owner, whose 100 locks, made and paired for free, post up to 12,000 a minute: each read up to 12,000 rows,
+    a quadratic cost where a lock's own had been 120. Counted only as far as the listing decides (the owner's budget
+    and its note), five locks' 2,000 attempts of the minute read about a budget's worth, not 2,000."""
+    from lockwise.voice.verification import FEED_REFUSALS_PER_OWNER_MINUTE, record_attempt
+
+    db = get_runtime("verify").db
+    with db.transaction() as con:
+        doors = [world.lock_id] + [
+            str(row[0])
+            for row in con.run(
+                "INSERT INTO locks (name, owner_uid) SELECT 'Door ' || g, :o FROM generate_series(1, 4) g"
+                " RETURNING id::text",
+                o=world.uid("owner"),
+            )
+        ]
+        con.run(
+            "INSERT INTO verification_attempts (lock_id, outcome, reason) SELECT d, 'invalid', 'bad_audio'"
+            " FROM unnest(CAST(:d AS uuid[])) d, generate_series(1, 400)",
+            d=doors,
+        )
+        con.run("ANALYZE verification_attempts")
+    statements: list[tuple[str, dict[str, Any]]] = []
+
+    class Seen:  # the connection, each statement it is given kept
+        def __init__(self, con: Any) -> None:
+            self.con = con
+
+        def run(self, sql: str, **params: Any) -> Any:
+            statements.append((sql, params))
+            return self.con.run(sql, **params)
+
+    with db.transaction() as con:
+        record_attempt(Seen(con), world.lock_id, "invalid", "bad_audio")  # type: ignore[arg-type]
+        ((counting, params),) = [(sql, params) for sql, params in statements if "count(*)" in sql]
+        ((plan,),) = con.run("EXPLAIN (ANALYZE, FORMAT JSON) " + counting, **params)
+
+    def read(node: dict[str, Any]) -> int:  # the table rows its scans read (a bitmap's index entries are a lock's)
+        loops = node.get("Actual Loops", 1)
+        here = (node.get("Actual Rows", 0) + node.get("Rows Removed by Filter", 0)) * loops
+        table = "Scan" in node["Node Type"] and node["Node Type"] != "Bitmap Index Scan"
+        return int(here if table else 0) + sum(read(child) for child in node.get("Plans", []))
+
+    top = (json.loads(plan) if isinstance(plan, str) else plan)[0]["Plan"]
+    assert read(top) <= 3 * FEED_REFUSALS_PER_OWNER_MINUTE, top
 
 
 @dataclass
