@@ -2072,9 +2072,9 @@ def test_an_owners_locks_posting_junk_in_a_loop_list_sixty_a_minute_together(
 ) -> None:
     """Attack run 110: the feed's ten refused attempts a minute were a lock's alone, and an account owns up to 100
     locks, made and paired for free: 100 locks posting junk up to their request limit listed 1,100 entries a minute,
-    each a Firestore write kept 90 days. An owner's locks together list at most ``FEED_REFUSALS_PER_OWNER_MINUTE``,
-    attempts, listed or not, and say so at each lock whose ten ran out before and once for the owner's. Seven locks,
-    eleven junk clips each: 70 entries and 7 notes before, 55 and 6 now."""
+    each a Firestore write kept 90 days. An owner's locks together list at most ``FEED_REFUSALS_PER_OWNER_MINUTE``
+    entries, their notes included, and say so at each lock whose ten ran out before and once for the owner's. Seven
+    locks, eleven junk clips each: 70 entries and 7 notes before, 55 and 6 now."""
     from lockwise.voice.verification import FEED_REFUSALS_PER_MINUTE, FEED_REFUSALS_PER_OWNER_MINUTE
 
     doors = [(world.lock_id, world.lock_key)]
@@ -2101,9 +2101,43 @@ def test_an_owners_locks_posting_junk_in_a_loop_list_sixty_a_minute_together(
     kinds = [
         d.to_dict()["kind"] for lock_id, _ in doors for d in client.collection(f"locks/{lock_id}/activity").stream()
     ]
-    # each attempt counted, listed or not, as at one lock: five locks listed 50 of their 55, the sixth 5 more
+    # five locks listed ten each and a note (55 of the owner's 60), the sixth 5 more and the owner's note
     assert kinds.count("voice_attempt") == FEED_REFUSALS_PER_OWNER_MINUTE - 5
     assert kinds.count("voice_attempts_unlisted") == FEED_REFUSALS_PER_OWNER_MINUTE // FEED_REFUSALS_PER_MINUTE
+
+
+def test_one_doors_junk_leaves_the_refusals_at_the_owners_other_doors_listed(
+    clients: dict[str, Any], world: World, voice_env: dict[str, str]
+) -> None:
+    """Attack run 111: the owner's budget counted every refused attempt at their locks, listed or not, so one door's
+    junk (61 clips, within its own request limit) spent it, and the refusals at the owner's other doors, kept in
+    PostgreSQL, were listed nowhere, not even as a note. It counts what was listed: the front door lists ten and its
+    note, the back door its five."""
+    from lockwise.voice.verification import FEED_REFUSALS_PER_MINUTE, FEED_REFUSALS_PER_OWNER_MINUTE
+
+    created = create_lock(clients["devices"], world.accounts["owner"], name="Back door")
+    _, back_key, _ = provision(clients["devices"], created["provisioning"]["code"])
+    junk = b"RIFF not a wav"
+    for lock_id, key, clips in (
+        (world.lock_id, world.lock_key, FEED_REFUSALS_PER_OWNER_MINUTE + 1),
+        (created["lock"]["id"], back_key, 5),
+    ):
+        for _ in range(clips):
+            signed = lock_auth.sign_headers(key, lock_id, "POST", "/verify", junk, content_type="audio/wav")
+            assert clients["verify"].post("/verify", data=junk, headers=signed).status_code == 400
+    token = {"X-LockWise-Service-Token": voice_env["LOCKWISE_SERVICE_TOKEN"]}
+    assert clients["devices"].post("/devices/relay/flush", headers=token).status_code == 200
+    client = firestore_client(PROJECT_ID, voice_env["FIRESTORE_EMULATOR_HOST"])
+
+    def kinds(lock_id: str) -> list[str]:
+        get_runtime("verify").flush_mirror(force=True)
+        return [d.to_dict()["kind"] for d in client.collection(f"locks/{lock_id}/activity").stream()]
+
+    back = created["lock"]["id"]
+    wait_for(lambda: kinds(back).count("voice_attempt") == 5 or None, timeout=30, what="the back door's refusals")
+    front = kinds(world.lock_id)
+    assert front.count("voice_attempts_unlisted") == 1
+    assert front.count("voice_attempt") == FEED_REFUSALS_PER_MINUTE
 
 
 def test_a_refused_attempt_reads_no_more_of_the_owners_minute_than_its_listing_needs(world: World) -> None:

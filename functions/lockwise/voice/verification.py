@@ -151,10 +151,23 @@ FEED_BUDGETED = ("invalid", "refused")
 #: entry each, 120 a minute, each a Firestore write kept 90 days (attack run 54)
 FEED_BUDGETED_REASONS = ("no_candidates", "unlock_expired")
 FEED_REFUSALS_PER_MINUTE = 10
-#: ... and of all the locks one account owns together: a lock's ten alone, an account's 100 locks, made and paired
-#: for free, each posting junk up to its request limit, listed 1,100 entries a minute (attack run 110). Counted as
-#: committed: attempts at the owner's other locks decided side by side may each list one more
+#: ... and of all the locks one account owns together, counting the entries listed (and the notes): a lock's ten
+#: alone, an account's 100 locks, made and paired for free, each posting junk up to its request limit, listed 1,100
+#: entries a minute (attack run 110). Counted as committed: attempts at the owner's other locks decided side by side
+#: may each list one more. Counting every refusal, listed or not, one door's junk (61 clips, within its own request
+#: limit) spent it, and the refusals at the owner's other doors were listed nowhere (attack run 111)
 FEED_REFUSALS_PER_OWNER_MINUTE = 60
+
+#: before a refusal is recorded: the lock's refusals of the minute and the listed ones of its owner's locks, each
+#: counted only as far as the decision reads them (all of the minute's, each attempt read every attempt at the
+#: owner's locks, up to 12,000 a minute: attack run 111); the listed ones through their own index (migration 0078)
+_FEED_BUDGETS_SQL = (
+    "SELECT (SELECT count(*) FROM (SELECT 1 FROM verification_attempts WHERE lock_id = CAST(:l AS uuid)"
+    " AND (outcome = ANY(:o) OR reason = ANY(:r)) AND created_at > now() - interval '1 minute' LIMIT :n) AS a),"
+    " (SELECT count(*) FROM (SELECT 1 FROM verification_attempts WHERE refusal_listed"
+    " AND lock_id IN (SELECT id FROM locks WHERE owner_uid = (SELECT owner_uid FROM locks WHERE id = CAST(:l AS uuid)))"
+    " AND created_at > now() - interval '1 minute' LIMIT :m) AS b)"
+)
 
 
 def record_attempt(
@@ -176,10 +189,12 @@ def record_attempt(
     """Log an attempt at ``lock_id`` (and its feed entry, within the feed's budget). ``best_uid`` and
     ``runner_up_uid``: whose voiceprints it was scored closest to, kept for the erasure of their voice data only
     (migration 0041); ``clip_sha256``: the decided clip's (``sent_again``)."""
+    budgeted = outcome in FEED_BUDGETED or reason in FEED_BUDGETED_REASONS
+    entry = _refusal_entry(con, lock_id) if budgeted else "voice_attempt"
     ((attempt_id, at),) = con.run(  # the feed entry's time with it (no round trip more: ``mirror.activity``)
         "INSERT INTO verification_attempts (lock_id, outcome, reason, matched_uid, score, runner_up_score,"
-        " threshold, model_id, cosine, best_uid, runner_up_uid, clip_sha256)"
-        " VALUES (CAST(:l AS uuid), :o, :r, :u, :s, :ru, :t, :m, :c, :b, :bu, :h)"
+        " threshold, model_id, cosine, best_uid, runner_up_uid, clip_sha256, refusal_listed)"
+        " VALUES (CAST(:l AS uuid), :o, :r, :u, :s, :ru, :t, :m, :c, :b, :bu, :h, :listed)"
         " RETURNING id::text, clock_timestamp()",
         l=lock_id,
         o=outcome,
@@ -193,34 +208,34 @@ def record_attempt(
         b=best_uid,
         bu=runner_up_uid,
         h=clip_sha256,
+        listed=(entry is not None) if budgeted else None,
     )
-    if outcome in FEED_BUDGETED or reason in FEED_BUDGETED_REASONS:
-        # the lock's and its owner's locks' together, counted only as far as the decision below reads them: all
-        # of the minute's, each attempt read every attempt at the owner's locks, an account's 100 locks posting junk
-        # up to their request limit 12,000 a minute each (attack run 111); past the owner's budget and its note, how
-        # many more is nobody's concern
-        ((recent, owners),) = con.run(
-            "SELECT count(*) FILTER (WHERE lock_id = CAST(:l AS uuid)), count(*) FROM (SELECT lock_id"
-            " FROM verification_attempts WHERE lock_id IN (SELECT id FROM locks WHERE owner_uid ="
-            " (SELECT owner_uid FROM locks WHERE id = CAST(:l AS uuid)))"
-            " AND (outcome = ANY(:o) OR reason = ANY(:r)) AND created_at > now() - interval '1 minute' LIMIT :n)"
-            " AS counted",
-            l=lock_id,
-            o=list(FEED_BUDGETED),
-            r=list(FEED_BUDGETED_REASONS),
-            n=FEED_REFUSALS_PER_OWNER_MINUTE + 2,
-        )
-        if recent > FEED_REFUSALS_PER_MINUTE or owners > FEED_REFUSALS_PER_OWNER_MINUTE:
-            # once a minute at the lock, while its owner's are within theirs, and once for the owner's: the feed says
-            # more came than it lists (one at each of an owner's locks was an entry each, 100 a minute)
-            first_left_out = recent == FEED_REFUSALS_PER_MINUTE + 1 and owners <= FEED_REFUSALS_PER_OWNER_MINUTE
-            if first_left_out or owners == FEED_REFUSALS_PER_OWNER_MINUTE + 1:
-                mirror.activity(
-                    con, lock_id, "voice_attempts_unlisted", at=at, listed_per_minute=FEED_REFUSALS_PER_MINUTE
-                )
-            return str(attempt_id)
-    mirror.activity(con, lock_id, "voice_attempt", at=at, outcome=outcome, reason=reason, member_uid=matched_uid)
+    if entry == "voice_attempt":
+        mirror.activity(con, lock_id, entry, at=at, outcome=outcome, reason=reason, member_uid=matched_uid)
+    elif entry is not None:  # the feed says more came than it lists: once a minute at a lock, once for its owner's
+        mirror.activity(con, lock_id, entry, at=at, listed_per_minute=FEED_REFUSALS_PER_MINUTE)
     return str(attempt_id)
+
+
+def _refusal_entry(con: Connection, lock_id: str) -> str | None:
+    """What the feed lists of a refusal at ``lock_id`` now: the attempt (``voice_attempt``) while the lock has had
+    fewer than ``FEED_REFUSALS_PER_MINUTE`` refusals this minute and its owner's locks have listed fewer than
+    ``FEED_REFUSALS_PER_OWNER_MINUTE``; the note that more came (``voice_attempts_unlisted``) for the lock's first
+    one past its own, and for the first one past its owner's (the note counted as listed: the next one finds the
+    owner's budget past, and writes none); else nothing."""
+    ((at_lock, listed),) = con.run(
+        _FEED_BUDGETS_SQL,
+        l=lock_id,
+        o=list(FEED_BUDGETED),
+        r=list(FEED_BUDGETED_REASONS),
+        n=FEED_REFUSALS_PER_MINUTE + 1,
+        m=FEED_REFUSALS_PER_OWNER_MINUTE + 2,
+    )
+    if listed < FEED_REFUSALS_PER_OWNER_MINUTE:
+        if at_lock < FEED_REFUSALS_PER_MINUTE:
+            return "voice_attempt"
+        return "voice_attempts_unlisted" if at_lock == FEED_REFUSALS_PER_MINUTE else None
+    return "voice_attempts_unlisted" if listed == FEED_REFUSALS_PER_OWNER_MINUTE else None
 
 
 def take_follow_up(con: Connection, lock_id: str, attempt_id: str) -> dict[str, float] | None:
