@@ -274,10 +274,7 @@ def test_an_invitation_shows_who_sent_it_beside_the_locks_name(env: dict[str, st
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
         page = browser.new_page()
-        page.goto(env["LOCKWISE_CONSOLE_URL"])
-        page.fill("#email", invitee["email"])
-        page.fill("#password", invitee["password"])
-        page.click("#sign-in-button")
+        _sign_in_there(page, env, invitee)
         shown = page.locator("#invitations li")
         expect(shown).to_have_count(2, timeout=15_000)
         expect(shown.nth(0)).to_contain_text(f"Home as member, from {known['email']}")
@@ -314,10 +311,7 @@ def test_an_invitation_listed_by_the_release_before_says_nothing_of_its_senders_
         browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
         page = browser.new_page()
         page.route("**/devices/invitations*", release_before)
-        page.goto(env["LOCKWISE_CONSOLE_URL"])
-        page.fill("#email", invitee["email"])
-        page.fill("#password", invitee["password"])
-        page.click("#sign-in-button")
+        _sign_in_there(page, env, invitee)
         shown = page.locator("#invitations li")
         expect(shown).to_have_count(1, timeout=15_000)
         expect(shown.first).to_contain_text(f"Front door as member, from the account {sender['localId']}")
@@ -336,25 +330,13 @@ def test_the_members_box_names_each_member_by_their_address(env: dict[str, str],
     verify_email(env["FIREBASE_AUTH_EMULATOR_HOST"], env["LOCKWISE_PROJECT_ID"], member["localId"])
     member = {**member, **_signed_in(env, member)}
     assert _devices(env, member, "GET", "/devices/me").status_code == 200
-    created = _devices(env, owner, "POST", "/devices/locks", json={"name": "Porch"})
-    assert created.status_code == 201, created.text
-    invited = _devices(
-        env,
-        owner,
-        "POST",
-        f"/devices/locks/{created.json()['lock']['id']}/members",
-        json={"uid": member["localId"], "role": "member"},
-    )
-    assert invited.status_code == 202, invited.text
-    accepted = _devices(env, member, "POST", f"/devices/invitations/{invited.json()['invitation']['id']}/accept")
+    invitation = _invites_to_a_new_lock(env, owner, member, "Porch")
+    accepted = _devices(env, member, "POST", f"/devices/invitations/{invitation}/accept")
     assert accepted.status_code == 201, accepted.text
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
         page = browser.new_page()
-        page.goto(env["LOCKWISE_CONSOLE_URL"])
-        page.fill("#email", owner["email"])
-        page.fill("#password", owner["password"])
-        page.click("#sign-in-button")
+        _sign_in_there(page, env, owner)
         listed = page.locator(".lock .members li")
         expect(listed.filter(has_text=member["localId"])).to_contain_text(
             f"{member['email']} ({member['localId']}) member", timeout=15_000
@@ -362,8 +344,8 @@ def test_the_members_box_names_each_member_by_their_address(env: dict[str, str],
         browser.close()
 
 
-def _invites_to_a_new_lock(env: dict[str, str], sender: dict[str, Any], invitee: dict[str, Any], name: str) -> None:
-    """``sender`` makes a lock named ``name`` and invites ``invitee`` to it as a member."""
+def _invites_to_a_new_lock(env: dict[str, str], sender: dict[str, Any], invitee: dict[str, Any], name: str) -> str:
+    """``sender`` makes a lock named ``name`` and invites ``invitee`` to it as a member: the invitation's id."""
     assert _devices(env, sender, "GET", "/devices/me").status_code == 200
     created = _devices(env, sender, "POST", "/devices/locks", json={"name": name})
     assert created.status_code == 201, created.text
@@ -375,6 +357,15 @@ def _invites_to_a_new_lock(env: dict[str, str], sender: dict[str, Any], invitee:
         json={"uid": invitee["localId"], "role": "member"},
     )
     assert invited.status_code == 202, invited.text
+    return str(invited.json()["invitation"]["id"])
+
+
+def _sign_in_there(page: Any, env: dict[str, str], account: dict[str, Any]) -> None:
+    """Sign ``account`` in at the console in ``page``."""
+    page.goto(env["LOCKWISE_CONSOLE_URL"])
+    page.fill("#email", account["email"])
+    page.fill("#password", account["password"])
+    page.click("#sign-in-button")
 
 
 def _signed_in(env: dict[str, str], account: dict[str, Any]) -> dict[str, Any]:
