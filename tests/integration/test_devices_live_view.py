@@ -552,6 +552,33 @@ def test_the_token_of_whoever_made_an_account_reads_nothing_once_its_addresss_ow
     assert rest_query(host, lock_id, made_in_advance["idToken"])[0] == 403
 
 
+def test_a_membership_from_before_the_takeover_is_read_by_the_makers_token_no_more(
+    make_client: Any, sign_up: Any, stack_env: dict[str, str]
+) -> None:
+    """Attack run 107's leftover: the access documents say whether a member's address was seen verified, and the
+    rules then refuse a token naming none; but a lock was mirrored again only when something at it changed, so the
+    maker's token read a lock its membership from before the takeover let it in. The first sight of the address
+    verified makes each of the member's locks due a mirror at the relay's next upkeep."""
+    devices, host = make_client("devices"), stack_env["FIRESTORE_EMULATOR_HOST"]
+    address = f"victim-{uuid.uuid4().hex[:8]}@example.com"
+    made_in_advance, owner = sign_up(address), sign_up()
+    for account in (made_in_advance, owner):
+        assert devices.get("/devices/me", headers=bearer(account)).status_code == 200
+    lock_id = create_lock(devices, owner)["lock"]["id"]
+    join(devices, lock_id, owner, made_in_advance, {"role": "member"})
+    wait_until_mirrored(lock_id)
+    assert rest_get(host, f"locks/{lock_id}", made_in_advance["idToken"]) == 200
+    victim = google_sign_in(stack_env["FIREBASE_AUTH_EMULATOR_HOST"], address)
+    assert victim["localId"] == made_in_advance["localId"]
+    assert devices.get("/devices/me", headers=bearer(victim)).status_code == 200  # the address seen verified
+    runtime = get_runtime("devices")
+    members.mirror_access_due(runtime.db)  # the relay's upkeep
+    runtime.flush_mirror(force=True)
+    wait_until_mirrored(lock_id)
+    assert rest_get(host, f"locks/{lock_id}", victim["idToken"]) == 200
+    assert rest_get(host, f"locks/{lock_id}", made_in_advance["idToken"]) == 403
+
+
 def test_ack_marks_the_command_and_a_user_unlock_ends_a_voice_lockout(world: World, stack_env: dict[str, str]) -> None:
     command = world.devices.post(
         f"/devices/locks/{world.lock_id}/commands", json={"action": "unlock"}, headers=world.headers("member")

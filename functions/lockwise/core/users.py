@@ -75,7 +75,14 @@ def address_verified(con: Connection, uid: str) -> None:
     after the drop, on instances that never ran this again (a review). The owner enrolls again; what was made with
     a verified address stays."""
     marked = con.run(  # one round trip: an instance's first sight of each verified user runs it
-        "WITH first AS (UPDATE users SET address_verified_at = now() WHERE uid = :u AND address_verified_at IS NULL)"
+        "WITH first AS (UPDATE users SET address_verified_at = now() WHERE uid = :u AND address_verified_at IS NULL"
+        " RETURNING uid),"
+        # and the locks they are a member of are mirrored again at the relay's next upkeep: each access document
+        # says the address was seen verified, and the rules then refuse a token naming none (attack run 107); one
+        # written before said nothing, and the maker's token read the lock its membership from before let it in
+        " due AS (INSERT INTO mirror_refresh_due (lock_id, due_at) SELECT DISTINCT lock_id, now() FROM lock_members"
+        " WHERE user_uid IN (SELECT uid FROM first) AND revoked_at IS NULL ORDER BY lock_id"
+        " ON CONFLICT (lock_id) DO UPDATE SET due_at = LEAST(mirror_refresh_due.due_at, EXCLUDED.due_at))"
         " SELECT EXISTS (SELECT 1 FROM voiceprints WHERE user_uid = :u AND address_unverified)",
         u=uid,
     )
