@@ -344,6 +344,14 @@ def test_the_members_box_names_each_member_by_their_address(env: dict[str, str],
         browser.close()
 
 
+def _with_fake_microphone(p: Any, chromium: str) -> Any:
+    """Chromium launched with a fake microphone it may use unasked (its own test tone)."""
+    return p.chromium.launch(
+        executable_path=chromium,
+        args=["--no-sandbox", "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream"],
+    )
+
+
 def _invites_to_a_new_lock(env: dict[str, str], sender: dict[str, Any], invitee: dict[str, Any], name: str) -> str:
     """``sender`` makes a lock named ``name`` and invites ``invitee`` to it as a member: the invitation's id."""
     assert _devices(env, sender, "GET", "/devices/me").status_code == 200
@@ -574,10 +582,7 @@ def test_an_enrollment_recorded_for_one_account_is_not_uploaded_for_the_next(
         route.abort()  # what it would store is not the question: who it is sent for is
 
     with sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=chromium,
-            args=["--no-sandbox", "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream"],
-        )
+        browser = _with_fake_microphone(p, chromium)
         page = browser.new_page()
         page.route("**/embed/enrollment", upload)
         signed_up(page, env["LOCKWISE_CONSOLE_URL"], "recorded")
@@ -619,10 +624,7 @@ def test_an_enrollment_whose_answer_was_lost_is_sent_again_not_recorded_again(
             route.fulfill(status=200, body='{"samples": 5}', headers={"Content-Type": "application/json"})
 
     with sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=chromium,
-            args=["--no-sandbox", "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream"],
-        )
+        browser = _with_fake_microphone(p, chromium)
         page = browser.new_page()
         page.route("**/embed/enrollment", upload)
         signed_up(page, env["LOCKWISE_CONSOLE_URL"], "unanswered")
