@@ -135,6 +135,8 @@ REFUSED_AT_ONCE = [
         "malformed_request",
     ),
     (b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n", 400, "malformed_request"),
+    # HTTP/1.1 without Host: RFC 9112 section 3.2 has it refused (attack run 106)
+    (b"GET /devices/health HTTP/1.1\r\nAccept: */*\r\n\r\n", 400, "malformed_request"),
 ]
 
 

@@ -36,6 +36,7 @@ WHOLE = [
     CHUNKED + b"2;a=b\r\n{}\r\n0\r\nX-T: 1\r\nX-U: 2\r\n\r\n",
     CHUNKED + b"0\r\n\r\n",
     b"\r\nGET / HTTP/1.1\r\nHost: x\r\n\r\n",  # one empty line before it: ignored (RFC 9112 section 2.2)
+    b"GET / HTTP/1.0\r\n\r\n",  # HTTP/1.0 need not name its host
 ]
 #: requests not whole yet: a thread would wait on the client
 UNFINISHED = [
@@ -60,6 +61,11 @@ WRONG = [
     CHUNKED + b"2\r\n{}xx",
     CHUNKED + b"0\r\nX-T: 1\n\r\n",
     b"\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\n\r\n",  # one empty line is ignored, not two
+    # a malformed request line after the empty line: the empty line's LF was taken for the request line's, and the
+    # line was judged only once the head ended (attack run 106: a 408 after 10 s when the head never did)
+    b"\r\nBAD\r\nHost: x\r\n",
+    b"\r\nGET / HTTP/1.1 extra\r\nHost: x\r\n",
+    b"GET / HTTP/1.1\r\nHost: a\r\nhost: b\r\n\r\n",  # two Host headers: gunicorn's own 400
 ]
 
 
@@ -111,6 +117,8 @@ def test_one_chunk_read_in_many_pieces_counts_once() -> None:
         (CHUNKED + b"2\n{}\n0\n\n", 400),
         (CHUNKED + b"2\r\n{}\r\n0\n\n", 400),
         (CHUNKED + b"2;a=b\n{}", 400),
+        # RFC 9112 section 3.2: an HTTP/1.1 request names its host in exactly one Host header (attack run 106)
+        (b"GET / HTTP/1.1\r\nAccept: x\r\n\r\n", 400),
     ],
 )
 @pytest.mark.parametrize("piece", [4096, 1 << 20])

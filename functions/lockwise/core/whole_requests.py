@@ -170,7 +170,9 @@ class Filling:
         if not ends:
             # ... and before, over what is in, once the request line is and at a bare LF: it refuses them from
             # these bytes (the head's end is not in: at most MAX_HEAD_BYTES of it, or refused below)
-            lf = self.buf.find(b"\n", start)
+            # (the request line's LF: past the one empty line RFC 9112 has a server ignore before it, whose LF
+            # checked nothing, so that a malformed line after one waited for the head's end: attack run 106)
+            lf = self.buf.find(b"\n", max(start, 2 if self.buf.startswith(b"\r\n") else 0))
             if lf >= 0 and (not self.line_checked or _bare_lf(self.buf, lf)):
                 self.line_checked = True
                 self._parse(bytes(self.buf[: MAX_HEAD_BYTES + 1]))
@@ -186,6 +188,10 @@ class Filling:
         if req is None:
             return
         self.head_end, self.head_at = end - req.lockwise_rest, now
+        if req.version >= (1, 1) and not any(name == "HOST" for name, _ in req.headers):
+            # RFC 9112 section 3.2: 400 for an HTTP/1.1 request without Host (gunicorn took it, and refuses two
+            # itself; Google's front end always sends one: attack run 106)
+            raise Refused(400, "Bad Request", "an HTTP/1.1 request names its host in a Host header")
         reader = req.body.reader
         if isinstance(reader, LengthReader):
             if reader.length > MAX_BODY_BYTES:
