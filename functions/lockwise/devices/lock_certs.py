@@ -106,8 +106,19 @@ class Issued:
 
 
 def issue(ca: LockCa, csr: x509.CertificateSigningRequest, identity: str, ttl_s: int, now: dt.datetime) -> Issued:
-    """A client certificate for ``csr``'s key whose common name is ``identity`` (the CSR's subject is ignored)."""
-    not_after = now + dt.timedelta(seconds=ttl_s)
+    """A client certificate for ``csr``'s key whose common name is ``identity`` (the CSR's subject is ignored).
+
+    It ends when the CA does, if that is sooner: a certificate past its issuer's end verifies nowhere, yet the lock
+    was told it held until its own ``not_after`` and renewed by that (attack run 107). Once the CA has ended nothing
+    is issued: 503 ``lock_ca_expired``, for the operator to rotate it."""
+    ca_end = ca.cert.not_valid_after_utc
+    if ca_end <= now:
+        raise errors.Unavailable(
+            "the lock CA has expired: no certificate it signs verifies; the operator must rotate it",
+            code="lock_ca_expired",
+            retry_after_s=3600,
+        )
+    not_after = min(now + dt.timedelta(seconds=ttl_s), ca_end)
     public_key = csr.public_key()
     if not isinstance(public_key, ec.EllipticCurvePublicKey):
         raise errors.BadRequest("csr must be for an EC P-256 key", code="invalid_csr")
