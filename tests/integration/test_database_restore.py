@@ -319,7 +319,7 @@ def test_an_account_disabled_after_the_restore_point_is_disabled_at_once(
     dump = restore_point(postgres, tmp_path / "p.dump")
     with runtime.db.transaction() as con:  # what the relay's sweep wrote finding it disabled in Firebase Auth
         con.run("UPDATE users SET account_disabled = true WHERE uid = :u", u=uid)
-        mirror.enqueue_many(con, [mirror.standing(uid, ended=True, sessions_since_s=None)])
+        mirror.enqueue_many(con, [mirror.standing(uid, ended=True, sessions_since_s=None, address_verified=False)])
     restore(postgres, dump)
 
     assert redo(world.devices, operator)["standing"] == 1

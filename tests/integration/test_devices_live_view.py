@@ -579,6 +579,27 @@ def test_a_membership_from_before_the_takeover_is_read_by_the_makers_token_no_mo
     assert rest_get(host, f"locks/{lock_id}", made_in_advance["idToken"]) == 403
 
 
+def test_the_makers_token_reads_the_users_own_document_no_more_once_its_address_was_seen_verified(
+    make_client: Any, sign_up: Any, stack_env: dict[str, str]
+) -> None:
+    """Attack run 107's leftover: the rules refused the maker's token every lock once the address was seen verified,
+    but not ``users/{uid}``, so it saw ``voice_enrolled`` flip when the owner enrolled after the takeover. The
+    account's standing says so too. (A document the rules let a token read and that is not there is 404; one they
+    refuse, 403.)"""
+    devices, host = make_client("devices"), stack_env["FIRESTORE_EMULATOR_HOST"]
+    address = f"victim-{uuid.uuid4().hex[:8]}@example.com"
+    made_in_advance = sign_up(address)
+    uid = made_in_advance["localId"]
+    assert devices.get("/devices/me", headers=bearer(made_in_advance)).status_code == 200
+    assert rest_get(host, f"users/{uid}", made_in_advance["idToken"]) in (200, 404)
+    victim = google_sign_in(stack_env["FIREBASE_AUTH_EMULATOR_HOST"], address)
+    assert victim["localId"] == uid
+    assert devices.get("/devices/me", headers=bearer(victim)).status_code == 200  # the address seen verified
+    get_runtime("devices").flush_mirror(force=True)
+    assert rest_get(host, f"users/{uid}", victim["idToken"]) in (200, 404)
+    assert rest_get(host, f"users/{uid}", made_in_advance["idToken"]) == 403
+
+
 def test_ack_marks_the_command_and_a_user_unlock_ends_a_voice_lockout(world: World, stack_env: dict[str, str]) -> None:
     command = world.devices.post(
         f"/devices/locks/{world.lock_id}/commands", json={"action": "unlock"}, headers=world.headers("member")

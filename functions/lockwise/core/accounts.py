@@ -291,13 +291,15 @@ def _sweep(
     with db.transaction() as con:
         # the rows nobody else holds (a user's first request writing theirs is not waited for: checked next time)
         rows = con.run(
-            "SELECT uid, account_gone_at IS NOT NULL, account_disabled, floor(extract(epoch FROM tokens_valid_since))"
-            " FROM users WHERE uid = ANY(:u) AND (account_checked_at IS NULL OR account_checked_at <= :asked)"
+            "SELECT uid, account_gone_at IS NOT NULL, account_disabled, floor(extract(epoch FROM tokens_valid_since)),"
+            " address_verified_at IS NOT NULL FROM users"
+            " WHERE uid = ANY(:u) AND (account_checked_at IS NULL OR account_checked_at <= :asked)"
             " ORDER BY uid FOR NO KEY UPDATE SKIP LOCKED",
             u=due,
             asked=asked_at,
         )
         held = {str(row[0]): bool(row[1]) for row in rows}
+        verified = {str(row[0]) for row in rows if row[4]}
         flipped = sorted(
             str(row[0]) for row in rows if str(row[0]) in found and found[str(row[0])].disabled != bool(row[2])
         )
@@ -339,9 +341,11 @@ def _sweep(
         mirror.enqueue_many(
             con,
             [
-                mirror.standing(uid, ended=True, sessions_since_s=None)
+                mirror.standing(uid, ended=True, sessions_since_s=None, address_verified=uid in verified)
                 if uid not in found
-                else mirror.standing(uid, ended=found[uid].disabled, sessions_since_s=since[uid])
+                else mirror.standing(
+                    uid, ended=found[uid].disabled, sessions_since_s=since[uid], address_verified=uid in verified
+                )
                 for uid in changed
             ],
         )

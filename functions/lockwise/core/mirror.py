@@ -107,12 +107,16 @@ def user_doc(uid: str) -> str:
     return doc("users", uid)
 
 
-def standing(uid: str, *, ended: bool, sessions_since_s: int | None) -> Write:
+def standing(uid: str, *, ended: bool, sessions_since_s: int | None, address_verified: bool) -> Write:
     """The account's standing as ``lockwise.core.accounts`` last found it, which the rules read for ``users/{uid}``:
-    ``ended`` (found disabled or deleted) and when its sessions were last revoked (``validSince``). The user's own
-    document was read by its uid alone: a revoked session and a disabled account read it for their token's hour
-    (attack run 81). A document of its own, written whole: the user's is written whole by enrollment and erasure."""
-    return standing_doc(uid), "set", {"ended": ended, "sessions_since_s": sessions_since_s}
+    ``ended`` (found disabled or deleted), when its sessions were last revoked (``validSince``), and whether its
+    address was seen verified (``lockwise.core.users.address_verified``: then a token naming none reads nothing,
+    as the API answers it 401 token_outdated; the maker's token saw ``voice_enrolled`` flip at the owner's takeover:
+    attack run 107). The user's own document was read by its uid alone: a revoked session and a disabled account
+    read it for their token's hour (attack run 81). A document of its own, written whole: the user's is written
+    whole by enrollment and erasure."""
+    data = {"ended": ended, "sessions_since_s": sessions_since_s, "address_verified": address_verified}
+    return standing_doc(uid), "set", data
 
 
 def standing_doc(uid: str) -> str:

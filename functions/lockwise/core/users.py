@@ -6,7 +6,7 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import Any
 
-from lockwise.core import audit, erasure, errors
+from lockwise.core import audit, erasure, errors, mirror
 from lockwise.core.auth import User
 from lockwise.core.db import Connection
 
@@ -76,16 +76,24 @@ def address_verified(con: Connection, uid: str) -> None:
     a verified address stays."""
     marked = con.run(  # one round trip: an instance's first sight of each verified user runs it
         "WITH first AS (UPDATE users SET address_verified_at = now() WHERE uid = :u AND address_verified_at IS NULL"
-        " RETURNING uid),"
+        " RETURNING uid, account_gone_at IS NOT NULL OR account_disabled AS ended,"
+        " floor(extract(epoch FROM tokens_valid_since)) AS since),"
         # and the locks they are a member of are mirrored again at the relay's next upkeep: each access document
         # says the address was seen verified, and the rules then refuse a token naming none (attack run 107); one
         # written before said nothing, and the maker's token read the lock its membership from before let it in
         " due AS (INSERT INTO mirror_refresh_due (lock_id, due_at) SELECT DISTINCT lock_id, now() FROM lock_members"
         " WHERE user_uid IN (SELECT uid FROM first) AND revoked_at IS NULL ORDER BY lock_id"
         " ON CONFLICT (lock_id) DO UPDATE SET due_at = LEAST(mirror_refresh_due.due_at, EXCLUDED.due_at))"
-        " SELECT EXISTS (SELECT 1 FROM voiceprints WHERE user_uid = :u AND address_unverified)",
+        " SELECT EXISTS (SELECT 1 FROM voiceprints WHERE user_uid = :u AND address_unverified),"
+        " first.uid IS NOT NULL, first.ended, first.since FROM (SELECT 1) AS one LEFT JOIN first ON true",
         u=uid,
     )
+    if marked[0][1]:  # the account's standing says so too: the rules then refuse such a token the user's own
+        # document, as the access documents refuse it the locks (attack run 107: the maker's token saw
+        # ``voice_enrolled`` flip at the owner's takeover)
+        since = None if marked[0][3] is None else int(marked[0][3])
+        standing = mirror.standing(uid, ended=bool(marked[0][2]), sessions_since_s=since, address_verified=True)
+        mirror.enqueue_many(con, [standing])
     if marked[0][0]:
         erasure.forget_voice(con, uid, "address_verified")
         audit.record(con, AUDIT_ACTOR, "voice.dropped_address_verified", "ok", target=uid)
