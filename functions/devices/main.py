@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -109,11 +109,21 @@ def take_change(con: Connection, lock_id: str, user: auth.User, *, lock_held_for
     update (``lock_held_for_update``), already one at a time at this lock (``users.refuse_caller``). Either way a
     revoked session or an account found disabled or deleted changes nothing, not even while this instance still
     remembers the account."""
+    change_budget(con, lock_id, user, lock_held_for_update=lock_held_for_update)()
+
+
+def change_budget(
+    con: Connection, lock_id: str, user: auth.User, *, lock_held_for_update: bool = False
+) -> Callable[[], None]:
+    """The caller held as for ``take_change``; what it returns takes the change, for a handler that first tells a
+    change sent again (answered as made, not counted again: a retry was 429 ``change_limit`` once the caller had
+    made their minute's changes, attack run 108) from a new one."""
     if lock_held_for_update:
         users.refuse_caller(con, user)
     else:
         users.hold_caller(con, user)
-    changes.take(con, lock_id, user.uid, rt.settings.lock_changes_per_minute, rt.settings.lock_changes_per_day)
+    per_minute, per_day = rt.settings.lock_changes_per_minute, rt.settings.lock_changes_per_day
+    return functools.partial(changes.take, con, lock_id, user.uid, per_minute, per_day)
 
 
 # ------------------------------------------------------------------------------------------------------ health
@@ -227,9 +237,9 @@ def offer_transfer(ctx: Ctx, lock_id: str) -> Result:
     with with_denials_audited(user.uid, lock_id, "lock.transfer_offer"), rt.db.transaction() as con:
         now = rt.now()
         members.require(con, lock_id, user.uid, now, at_least="owner", for_update=True)
-        take_change(con, lock_id, user, lock_held_for_update=True)
+        budget = change_budget(con, lock_id, user, lock_held_for_update=True)
         offered = transfers.offer(
-            con, lock_id, user, to_uid, now, memberships_per_user=rt.settings.memberships_per_user
+            con, lock_id, user, to_uid, now, memberships_per_user=rt.settings.memberships_per_user, budget=budget
         )
     rt.flush_mirror()
     return offered, 202
@@ -316,7 +326,7 @@ def add_member(ctx: Ctx, lock_id: str) -> Result:
     with with_denials_audited(user.uid, lock_id, "member.invite"), rt.db.transaction() as con:
         now = rt.now()
         actor = members.require(con, lock_id, user.uid, now, at_least="admin")
-        take_change(con, lock_id, user)
+        budget = change_budget(con, lock_id, user)
         invitation = invitations.invite(
             con,
             lock_id,
@@ -328,6 +338,7 @@ def add_member(ctx: Ctx, lock_id: str) -> Result:
             now,
             members_per_lock=rt.settings.members_per_lock,
             signed_in=users.signed_in_at(user),
+            budget=budget,
         )
     return {"invitation": invitation}, 202
 

@@ -1208,6 +1208,36 @@ def test_an_owner_or_admin_changing_a_lock_in_a_loop_is_held_to_a_budget_of_thei
     assert 22 * 3600 < int(resp.headers["Retry-After"]) <= 23 * 3600 + 1  # the oldest leaves the day in 23 h
 
 
+def test_a_change_sent_again_past_the_budget_is_answered_as_made(world: World) -> None:
+    """Attack run 108's leftover: the budget was taken before a change sent again (its answer lost) was told from a
+    new one, so once the caller had made their minute's changes the retry of an invitation or an ownership offer
+    was 429 ``change_limit``, as if it were another. Answered as made, it is not counted again; a new one is."""
+    settings = get_settings("devices")
+    lock, owner = world.lock_id, world.headers("owner")
+    invite = {"email": "again@example.com", "role": "guest"}
+    sent = world.devices.post(f"/devices/locks/{lock}/members", json=invite, headers=owner)
+    offer = {"uid": world.uid("member")}
+    offered = world.devices.post(f"/devices/locks/{lock}/transfer", json=offer, headers=owner)
+    assert (sent.status_code, offered.status_code) == (202, 202)
+    db_rows(  # the owner's minute of changes made
+        "INSERT INTO audit_log (actor, action, outcome, lock_id, at) SELECT :a, 'lock.update', 'ok',"
+        " CAST(:l AS uuid), now() FROM generate_series(1, :n)",
+        a=f"user:{world.uid('owner')}",
+        l=lock,
+        n=settings.lock_changes_per_minute,
+    )
+    again = world.devices.post(f"/devices/locks/{lock}/members", json=invite, headers=owner)
+    assert (again.status_code, again.get_json()) == (202, sent.get_json())
+    offered_again = world.devices.post(f"/devices/locks/{lock}/transfer", json=offer, headers=owner)
+    assert (offered_again.status_code, offered_again.get_json()) == (202, offered.get_json())
+    other = world.devices.post(
+        f"/devices/locks/{lock}/members", json={"email": "other@example.com", "role": "guest"}, headers=owner
+    )
+    assert (other.status_code, other.get_json()["error"]["code"]) == (429, "change_limit")
+    other_terms = world.devices.post(f"/devices/locks/{lock}/members", json={**invite, "role": "member"}, headers=owner)
+    assert (other_terms.status_code, other_terms.get_json()["error"]["code"]) == (429, "change_limit")
+
+
 def test_commands_are_signed_for_the_lock(world: World) -> None:
     resp = world.devices.post(
         f"/devices/locks/{world.lock_id}/commands", json={"action": "unlock"}, headers=world.headers("owner")

@@ -136,6 +136,7 @@ def test_deleting_a_lock_waits_for_a_request_that_has_checked_its_member(world: 
                     _now(),
                     members_per_lock=100,
                     signed_in=_now(),
+                    budget=lambda: None,
                 )
             else:
                 provisioning.issue(con, world.lock_id, signed_in_now(world.uid("owner")), 600, 50)

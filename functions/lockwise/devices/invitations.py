@@ -94,16 +94,23 @@ def invite(
     *,
     members_per_lock: int,
     signed_in: dt.datetime,
+    budget: Callable[[], None],
 ) -> dict[str, Any]:
     """Invite ``invitee``; returns the invitation as the add-member answer shows it (409 ``too_many_members`` when
     the lock's members and the open invitations ``actor`` sent reach ``members_per_lock``: their own only, or an
     admin's invitations to made-up addresses kept the owner from inviting anyone: attack run 23). ``signed_in``: when
-    the sender's session signed in (``users.signed_in_at``): the invitation falls with it (``users.vouches_sql``)."""
+    the sender's session signed in (``users.signed_in_at``): the invitation falls with it (``users.vouches_sql``).
+    ``budget`` takes the change from the sender's budget (``changes.take``), once the invitation is known not to be
+    one sent before: a retry of one, answered as made, was 429 ``change_limit`` once they had made their minute's
+    changes, as if it were another (attack run 108)."""
     members.check_can_grant(actor, role)
     members.check_ends_in_time(actor, access)
     terms = json.dumps(access, default=str)
     if (accepted := _accepted_before(con, lock_id, actor, invitee, role, terms, now)) is not None:
         return accepted
+    if (open_ := _open_to(con, lock_id, actor, invitee, role, terms, now)) is not None and open_[1]:
+        return _sent_again(con, open_[0], invitee, role)
+    budget()
     uid, email = invitee.uid, invitee.email
     if uid is not None:
         current = members.get(con, lock_id, uid)
@@ -150,7 +157,7 @@ def invite(
         now=now,
         session=signed_in,
     )
-    if not inserted:
+    if not inserted:  # (one sent at the same moment)
         return _sent_before(con, lock_id, actor, invitee, role, terms, now)
     invitation_id = str(inserted[0][0])
     audit.record(
@@ -221,8 +228,28 @@ def _sent_before(
     sender (its answer lost, or sent twice at once; ``terms``: the access as it is stored, JSON) is answered with
     it, as when it was made; another (someone else's, other terms) is 409 ``already_invited`` naming it
     (``details.invitation_id``). Before, every one was a 409 without its id, and a retry looked like a failure
-    (attack run 39). One withheld at a member's removal (``close_for_member``) and sent again by its sender stands
-    again, answered the same: it was answered as sent, and stood for nobody (attack run 87)."""
+    (attack run 39)."""
+    open_ = _open_to(con, lock_id, actor, invitee, role, terms, now)
+    if open_ is not None and open_[1]:
+        return _sent_again(con, open_[0], invitee, role)
+    raise errors.Conflict(
+        "there is already an open invitation for them",
+        code="already_invited",
+        details={"invitation_id": open_[0]} if open_ is not None else None,
+    )
+
+
+def _open_to(
+    con: Connection,
+    lock_id: str,
+    actor: members.Membership,
+    invitee: Invitee,
+    role: str,
+    terms: str,
+    now: dt.datetime,
+) -> tuple[str, bool] | None:
+    """The open invitation to ``invitee`` at the lock (its id, and whether it is this one sent again by its sender:
+    ``terms`` the access as stored, JSON), or None."""
     rows = con.run(
         "SELECT id::text, invited_by = :me AND role = :r AND access = CAST(:a AS jsonb) FROM invitations"
         " WHERE lock_id = CAST(:l AS uuid) AND " + _OPEN + " AND expires_at > :now"
@@ -235,14 +262,14 @@ def _sent_before(
         a=terms,
         now=now,
     )
-    if rows and rows[0][1]:
-        con.run("UPDATE invitations SET withheld_at = NULL WHERE id = CAST(:i AS uuid)", i=rows[0][0])
-        return {"id": rows[0][0], **invitee.public(), "role": role}
-    raise errors.Conflict(
-        "there is already an open invitation for them",
-        code="already_invited",
-        details={"invitation_id": rows[0][0]} if rows else None,
-    )
+    return (str(rows[0][0]), bool(rows[0][1])) if rows else None
+
+
+def _sent_again(con: Connection, invitation_id: str, invitee: Invitee, role: str) -> dict[str, Any]:
+    """An invitation sent again by its sender, answered as when it was made. One withheld at a member's removal
+    (``close_for_member``) stands again: it was answered as sent, and stood for nobody (attack run 87)."""
+    con.run("UPDATE invitations SET withheld_at = NULL WHERE id = CAST(:i AS uuid)", i=invitation_id)
+    return {"id": invitation_id, **invitee.public(), "role": role}
 
 
 def open_for_lock(con: Connection, lock_id: str, now: dt.datetime) -> list[dict[str, Any]]:

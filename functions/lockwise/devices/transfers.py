@@ -15,6 +15,7 @@ again end the offer (``transfer_offers``).
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 from typing import Any
 
 from lockwise.core import audit, errors, mirror, users
@@ -41,7 +42,14 @@ def _none_for_you() -> errors.NotFound:
 
 
 def offer(
-    con: Connection, lock_id: str, giver: User, to_uid: str, now: dt.datetime, *, memberships_per_user: int
+    con: Connection,
+    lock_id: str,
+    giver: User,
+    to_uid: str,
+    now: dt.datetime,
+    *,
+    memberships_per_user: int,
+    budget: Callable[[], None],
 ) -> dict[str, Any]:
     """Offer the lock to ``to_uid``, an active member (the caller, its owner, holds the lock's row): 400
     ``already_owner``, 404 ``member_not_found``, 409 ``member_account_deleted``, and 409 ``too_many_memberships``
@@ -51,7 +59,9 @@ def offer(
     Replaces an earlier offer of the lock (its end in the feed); the same offer standing (by the giver, to the member
     as they are now) is answered as it stands: an offer sent again after its answer was lost replaced itself, its 7
     days begun again and its end and a new offer in the member's feed (attack run 39). It falls with the giver's
-    account and session (``users.vouches_sql``), as their pairing codes and invitations do."""
+    account and session (``users.vouches_sql``), as their pairing codes and invitations do. ``budget`` takes the
+    change from the giver's budget (``changes.take``) once the offer is known to be new: the same offer sent again
+    was 429 ``change_limit`` once they had made their minute's changes (attack run 108)."""
     from_uid = giver.uid
     if to_uid == from_uid:
         raise errors.BadRequest("you already own this lock", code="already_owner")
@@ -73,6 +83,7 @@ def offer(
     )
     if standing:
         return _present(lock_id, from_uid, to_uid, standing[0][0], standing[0][1])
+    budget()
     transfer_offers.end_for_lock(con, lock_id, reason="replaced")
     expires = now + OFFER_TTL
     con.run(
