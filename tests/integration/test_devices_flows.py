@@ -1892,6 +1892,31 @@ def test_a_token_from_before_its_account_left_every_lock_makes_no_lock_and_a_lat
     assert db_rows("SELECT count(*) FROM locks WHERE owner_uid = :u", u=uid) == [[1]]
 
 
+def test_a_late_retry_of_leaving_every_lock_leaves_nothing_joined_since(world: World) -> None:
+    """Attack run 108's leftover: ``DELETE /devices/me`` sent again by the session that made it (its answer lost)
+    left every lock again and moved ``left_at``: a lock joined since in a session signed in after the leaving was
+    left, and that session was taken for one from before. A retry of the leaving its session made is done already:
+    204, nothing changed."""
+    uid = f"leaver-{uuid.uuid4().hex[:8]}"
+    old_phone = emulator_token(uid, signed_in_age_s=600)  # signed in 10 minutes ago, its token refreshed since
+    assert world.devices.delete("/devices/me", headers=bearer(old_phone)).status_code == 204
+    with get_runtime("devices").db.transaction() as con:  # the leaving was two minutes ago (past the clocks' leeway)
+        con.run("UPDATE users SET left_at = left_at - interval '2 minutes' WHERE uid = :u", u=uid)
+    (left_at,) = db_rows("SELECT left_at FROM users WHERE uid = :u", u=uid)[0]
+    sent = world.devices.post(
+        f"/devices/locks/{world.lock_id}/members", json={"uid": uid, "role": "guest"}, headers=world.headers("owner")
+    )
+    new_session = emulator_token(uid)
+    joined = world.devices.post(
+        f"/devices/invitations/{sent.get_json()['invitation']['id']}/accept", headers=bearer(new_session)
+    )
+    assert joined.status_code == 201, joined.get_json()
+    assert world.devices.delete("/devices/me", headers=bearer(old_phone)).status_code == 204  # the late retry
+    assert db_rows("SELECT left_at FROM users WHERE uid = :u", u=uid) == [[left_at]]
+    listed = world.devices.get("/devices/locks", headers=bearer(new_session))
+    assert listed.status_code == 200 and [lock["id"] for lock in listed.get_json()["locks"]] == [world.lock_id]
+
+
 def test_a_token_issued_before_its_account_moved_does_not_take_the_address_back(world: World) -> None:
     """A token keeps its address for up to an hour after the account moved to another. One such, seen by an instance
     for the first time, recorded the old address again, taking it from the account that had verified it since; and

@@ -269,10 +269,15 @@ class Held:
         signed_in = signed_in_at(user)
         if self.sessions_since is not None and signed_in < self.sessions_since:
             raise token_revoked()
-        if left_since and self.left_at is not None and signed_in <= self.left_at + dt.timedelta(seconds=LEFT_LEEWAY_S):
+        if left_since and self.left_before(user):
             raise errors.Conflict(
                 "this account has left every lock (it is being deleted): sign in again first", code="account_left"
             )
+
+    def left_before(self, user: User) -> bool:
+        """Whether the account left every lock after ``user``'s session signed in (within ``LEFT_LEEWAY_S``)."""
+        leeway = dt.timedelta(seconds=LEFT_LEEWAY_S)
+        return self.left_at is not None and signed_in_at(user) <= self.left_at + leeway
 
 
 def vouches_sql(uid: str, signed_in: str) -> str:

@@ -463,8 +463,8 @@ def leave_every_lock(
     meanwhile (nothing is done). ``caller``: the account's own token asking, judged on its row as held
     (``users.Held.refuse``): a revoked session is refused (401 ``token_revoked``; a stolen session revoked a minute
     before made its account leave every lock while the instance remembered the account), and so is a token from
-    before the address was verified (401 ``token_outdated``); a session from before an earlier leaving is not (its
-    retry is a 204).
+    before the address was verified (401 ``token_outdated``); a session from before an earlier leaving is not: its
+    retry is a 204 that changes nothing.
     Returns how many locks were left."""
     # every path's order: the locks' rows, then the user's, then memberships and invitations (an acceptance holds
     # the user's row and waits for its invitation; this closed the invitation, then waited for the user's row)
@@ -483,6 +483,10 @@ def leave_every_lock(
     held = users.hold(con, uid)
     if not account_gone:
         held.refuse(caller, left_since=False)  # the account's own request
+        if caller is not None and held.left_before(caller):
+            # its session's leaving sent again (its answer lost): done already. Done again, it left the locks joined
+            # since in a later session and moved the leaving past that session's sign-in (attack run 108)
+            return 0
     gone = held.gone
     if account_gone and not gone:  # found again meanwhile (restored): left as it is
         return None
