@@ -82,6 +82,34 @@ def parse_invitee(body: dict[str, Any]) -> Invitee:
     return Invitee(email=email)
 
 
+@dataclass(frozen=True)
+class _Sending:
+    """An invitation as its sender sends it (``terms``: the access as stored, JSON), to tell it from one they sent
+    before: its query parameters (``params``)."""
+
+    lock_id: str
+    sender: str
+    invitee: Invitee
+    role: str
+    terms: str
+    now: dt.datetime
+
+    def params(self) -> dict[str, Any]:
+        return {
+            "l": self.lock_id,
+            "me": self.sender,
+            "r": self.role,
+            "a": self.terms,
+            "u": self.invitee.uid,
+            "e": self.invitee.email,
+            "now": self.now,
+        }
+
+    def answer(self, invitation_id: str) -> dict[str, Any]:
+        """The add-member answer for ``invitation_id``, as when it was made."""
+        return {"id": invitation_id, **self.invitee.public(), "role": self.role}
+
+
 def invite(
     con: Connection,
     lock_id: str,
@@ -106,10 +134,11 @@ def invite(
     members.check_can_grant(actor, role)
     members.check_ends_in_time(actor, access)
     terms = json.dumps(access, default=str)
-    if (accepted := _accepted_before(con, lock_id, actor, invitee, role, terms, now)) is not None:
+    sending = _Sending(lock_id, actor.user_uid, invitee, role, terms, now)
+    if (accepted := _accepted_before(con, sending)) is not None:
         return accepted
-    if (open_ := _open_to(con, lock_id, actor, invitee, role, terms, now)) is not None and open_[1]:
-        return _sent_again(con, open_[0], invitee, role)
+    if (open_ := _open_to(con, sending)) is not None and open_[1]:
+        return _sent_again(con, sending, open_[0])
     budget()
     uid, email = invitee.uid, invitee.email
     if uid is not None:
@@ -158,7 +187,7 @@ def invite(
         session=signed_in,
     )
     if not inserted:  # (one sent at the same moment)
-        return _sent_before(con, lock_id, actor, invitee, role, terms, now)
+        return _sent_before(con, sending)
     invitation_id = str(inserted[0][0])
     audit.record(
         con,
@@ -179,21 +208,13 @@ def invite(
     return {"id": invitation_id, **invitee.public(), "role": role}
 
 
-def _accepted_before(
-    con: Connection,
-    lock_id: str,
-    actor: members.Membership,
-    invitee: Invitee,
-    role: str,
-    terms: str,
-    now: dt.datetime,
-) -> dict[str, Any] | None:
-    """The same invitation sent again by its sender (``terms``: the access as stored, JSON) after its invitee accepted
-    it, answered as when it was made: while it would still stand (its 7 days) and the membership it made does (as
-    ``_accepted_by`` judges it), by an address only while its acceptor still holds it (else the address's next holder
-    is invited anew). None otherwise. Before, such a retry (its answer lost, the invitee accepting at their side
-    meanwhile) was 409 ``already_member`` by uid, and by address a second invitation, logged and counted as a change,
-    offered to a member who could only decline it (attack run 108)."""
+def _accepted_before(con: Connection, sending: _Sending) -> dict[str, Any] | None:
+    """The same invitation sent again by its sender after its invitee accepted it, answered as when it was made:
+    while it would still stand (its 7 days) and the membership it made does (as ``_accepted_by`` judges it), by an
+    address only while its acceptor still holds it (else the address's next holder is invited anew). None
+    otherwise. Before, such a retry (its answer lost, the invitee accepting at their side meanwhile) was 409
+    ``already_member`` by uid, and by address a second invitation, logged and counted as a change, offered to a
+    member who could only decline it (attack run 108)."""
     rows = con.run(
         "SELECT i.id::text FROM invitations i JOIN users a ON a.uid = i.accepted_by"
         " JOIN lock_members m ON m.lock_id = i.lock_id AND m.user_uid = i.accepted_by"
@@ -204,34 +225,19 @@ def _accepted_before(
         + members.active_sql("m")
         + " AND m.invited_by = i.invited_by AND (m.last_removed_at IS NULL OR m.last_removed_at < i.accepted_at)"
         " ORDER BY i.accepted_at DESC LIMIT 1",
-        l=lock_id,
-        me=actor.user_uid,
-        r=role,
-        a=terms,
-        u=invitee.uid,
-        e=invitee.email,
-        now=now,
+        **sending.params(),
     )
-    return {"id": rows[0][0], **invitee.public(), "role": role} if rows else None
+    return sending.answer(rows[0][0]) if rows else None
 
 
-def _sent_before(
-    con: Connection,
-    lock_id: str,
-    actor: members.Membership,
-    invitee: Invitee,
-    role: str,
-    terms: str,
-    now: dt.datetime,
-) -> dict[str, Any]:
-    """The open invitation to ``invitee`` that stood in the way of a new one: the same invitation sent again by its
-    sender (its answer lost, or sent twice at once; ``terms``: the access as it is stored, JSON) is answered with
-    it, as when it was made; another (someone else's, other terms) is 409 ``already_invited`` naming it
-    (``details.invitation_id``). Before, every one was a 409 without its id, and a retry looked like a failure
-    (attack run 39)."""
-    open_ = _open_to(con, lock_id, actor, invitee, role, terms, now)
+def _sent_before(con: Connection, sending: _Sending) -> dict[str, Any]:
+    """The open invitation to the invitee that stood in the way of a new one: the same invitation sent again by its
+    sender (its answer lost, or sent twice at once) is answered with it, as when it was made; another (someone
+    else's, other terms) is 409 ``already_invited`` naming it (``details.invitation_id``). Before, every one was a
+    409 without its id, and a retry looked like a failure (attack run 39)."""
+    open_ = _open_to(con, sending)
     if open_ is not None and open_[1]:
-        return _sent_again(con, open_[0], invitee, role)
+        return _sent_again(con, sending, open_[0])
     raise errors.Conflict(
         "there is already an open invitation for them",
         code="already_invited",
@@ -239,37 +245,23 @@ def _sent_before(
     )
 
 
-def _open_to(
-    con: Connection,
-    lock_id: str,
-    actor: members.Membership,
-    invitee: Invitee,
-    role: str,
-    terms: str,
-    now: dt.datetime,
-) -> tuple[str, bool] | None:
-    """The open invitation to ``invitee`` at the lock (its id, and whether it is this one sent again by its sender:
-    ``terms`` the access as stored, JSON), or None."""
+def _open_to(con: Connection, sending: _Sending) -> tuple[str, bool] | None:
+    """The open invitation to the invitee at the lock (its id, and whether it is this one sent again by its
+    sender), or None."""
     rows = con.run(
         "SELECT id::text, invited_by = :me AND role = :r AND access = CAST(:a AS jsonb) FROM invitations"
         " WHERE lock_id = CAST(:l AS uuid) AND " + _OPEN + " AND expires_at > :now"
         " AND (invitee_uid = :u OR lower(email) = lower(:e))",
-        l=lock_id,
-        u=invitee.uid,
-        e=invitee.email,
-        me=actor.user_uid,
-        r=role,
-        a=terms,
-        now=now,
+        **sending.params(),
     )
     return (str(rows[0][0]), bool(rows[0][1])) if rows else None
 
 
-def _sent_again(con: Connection, invitation_id: str, invitee: Invitee, role: str) -> dict[str, Any]:
+def _sent_again(con: Connection, sending: _Sending, invitation_id: str) -> dict[str, Any]:
     """An invitation sent again by its sender, answered as when it was made. One withheld at a member's removal
     (``close_for_member``) stands again: it was answered as sent, and stood for nobody (attack run 87)."""
     con.run("UPDATE invitations SET withheld_at = NULL WHERE id = CAST(:i AS uuid)", i=invitation_id)
-    return {"id": invitation_id, **invitee.public(), "role": role}
+    return sending.answer(invitation_id)
 
 
 def open_for_lock(con: Connection, lock_id: str, now: dt.datetime) -> list[dict[str, Any]]:
