@@ -82,6 +82,11 @@ def lock_ca() -> lock_certs.LockCa:
     return lock_certs.LockCa.from_pem(rt.settings.lock_ca_pem())
 
 
+def certificate_issuing() -> lock_certs.Issuing:
+    """The deployment's lock CA, its certificates' lifetime and how many a credential may be issued a day."""
+    return lock_certs.Issuing(lock_ca(), rt.settings.lock_cert_ttl_s, rt.settings.lock_renewals_per_day)
+
+
 def lock_param(value: str) -> str:
     """A path lock id in its canonical form (any case); anything else is simply an unknown lock (``uuid.UUID``
     also took ``urn:uuid:``, braces and no hyphens: one lock had many paths)."""
@@ -485,10 +490,8 @@ def redeem_provisioning_code(ctx: Ctx) -> Result:
         rt.db,
         ctx.client_network,
         ctx.json(None),
-        lock_ca(),
-        rt.settings.lock_cert_ttl_s,
+        certificate_issuing(),
         rt.settings.pairing_failures_per_hour,
-        rt.settings.lock_renewals_per_day,
     )
     rt.flush_mirror()
     return credentials.public(
@@ -534,9 +537,7 @@ def renew_lock_certificate(ctx: Ctx) -> Result:
             con,
             signer,
             parse_json_object(body, None).get("csr"),  # other fields let be: see redeem_provisioning_code
-            lock_ca(),
-            rt.settings.lock_cert_ttl_s,
-            rt.settings.lock_renewals_per_day,
+            certificate_issuing(),
         )
     return {"client_id": certificate.identity, **certificate.public()}, 201
 

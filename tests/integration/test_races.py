@@ -363,7 +363,6 @@ def test_a_pairing_code_redeemed_as_its_lock_changes_owner_waits_and_pairs_nothi
     code's end on its transaction's older clock, and the old owner's code paired the lock after the transfer."""
     import base64
 
-    from lockwise.devices import lock_certs
     from simlock.lock import new_tls_key
     from tests.devices_world import new_lock_key
 
@@ -378,7 +377,12 @@ def test_a_pairing_code_redeemed_as_its_lock_changes_owner_waits_and_pairs_nothi
             members.require(con, world.lock_id, owner, rt.now(), at_least="owner", for_update=True)
             locks.transfer(con, world.lock_id, owner, signed_in_now(admin), 100, rt.now())
             redeemed = pool.submit(
-                provisioning.redeem, redeeming, code.get_json()["code"], public_key, csr, ca, 3600, 6
+                provisioning.redeem,
+                redeeming,
+                code.get_json()["code"],
+                public_key,
+                csr,
+                lock_certs.Issuing(ca, 3600, 6),
             )
             time.sleep(SHOWS_IT_WAITS_S)
             assert not redeemed.done()  # it waits for the transfer
@@ -398,7 +402,6 @@ def test_a_pairing_code_redeemed_after_a_transfer_or_deletion_took_the_lock_wait
     deadlock, answered 503. The lock's row is now taken first, as every path takes it."""
     import base64
 
-    from lockwise.devices import lock_certs
     from simlock.lock import new_tls_key
     from tests.devices_world import new_lock_key
 
@@ -409,7 +412,7 @@ def test_a_pairing_code_redeemed_after_a_transfer_or_deletion_took_the_lock_wait
 
     def redeem() -> Any:
         with rt.db.transaction() as con:
-            return provisioning.redeem(con, code.get_json()["code"], public_key, csr, ca, 3600, 6)
+            return provisioning.redeem(con, code.get_json()["code"], public_key, csr, lock_certs.Issuing(ca, 3600, 6))
 
     with ThreadPoolExecutor(1) as pool:
         with rt.db.transaction() as con:  # the owner's request has taken the lock's row, its first step
@@ -692,7 +695,7 @@ def test_a_replaced_devices_events_in_a_batch_met_by_its_re_pairing_are_not_appl
     ]
     with ThreadPoolExecutor(1) as pool:
         with rt.db.transaction() as con:  # POST /devices/provision by the replacement device, not yet committed
-            paired = provisioning.redeem(con, code.get_json()["code"], public_key, csr, ca, 3600, 6)
+            paired = provisioning.redeem(con, code.get_json()["code"], public_key, csr, lock_certs.Issuing(ca, 3600, 6))
             sent = pool.submit(_relay_events, world, stack_env, stolen)
             time.sleep(SHOWS_IT_WAITS_S)
             waited = not sent.done()

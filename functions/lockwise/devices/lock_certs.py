@@ -99,6 +99,16 @@ def key_sha256(csr: x509.CertificateSigningRequest) -> bytes:
 
 
 @dataclass(frozen=True)
+class Issuing:
+    """What a deployment issues lock certificates with: its CA, their lifetime (``ttl_s``), and how many one
+    credential may be issued in any 24 hours, pairing's included (``per_day``, ``LOCKWISE_LOCK_RENEWALS_PER_DAY``)."""
+
+    ca: LockCa
+    ttl_s: int
+    per_day: int
+
+
+@dataclass(frozen=True)
 class Issued:
     pem: str
     serial: str  # hex

@@ -211,10 +211,8 @@ def pair(
     db: Database,
     source: str,
     body: dict[str, Any],
-    ca: lock_certs.LockCa,
-    cert_ttl_s: int,
+    issuing: lock_certs.Issuing,
     failures_per_hour: int,
-    certificates_per_day: int,
 ) -> Credentials:
     """A lock at ``source`` (its address's block, ``http.Ctx.client_network``) pairs with the code, key and CSR of
     ``body``: a wrong code counts against the block, and so does a signing key another lock holds (409
@@ -228,8 +226,8 @@ def pair(
     an hour was no defence a guess needed. Past the limit a valid code that meets another lock's key is spent, in
     the transaction that found the key (``_redeem``'s ``spend_on_key_in_use``): the probes of keys stay bounded, by the
     codes an account is given a day. The counts are pruned by the relay's flush (``lockwise.core.retention``), not by
-    one request in 50 as before. ``certificates_per_day``: a pairing sent again (``redeem``) is issued its certificate
-    within the renewals' daily count."""
+    one request in 50 as before. A pairing sent again (``redeem``) is issued its certificate within the renewals'
+    daily count (``issuing.per_day``)."""
     public_key = parse_public_key(body.get("public_key"))
     with db.transaction() as con:
         reserved = reserve_pairing_attempt(con, source, failures_per_hour)
@@ -240,9 +238,7 @@ def pair(
                 body.get("code"),
                 public_key,
                 body.get("csr"),
-                ca,
-                cert_ttl_s,
-                certificates_per_day,
+                issuing,
                 spend_on_key_in_use=reserved.past_limit is not None,
             )
             if reserved.attempt_id is not None and credentials is not None:
@@ -274,14 +270,12 @@ def redeem(
     code: Any,
     public_key: bytes,
     csr: Any,
-    ca: lock_certs.LockCa,
-    cert_ttl_s: int,
-    certificates_per_day: int,
+    issuing: lock_certs.Issuing,
 ) -> Credentials:
     """Exchange a valid code for new credentials (once); the lock's old credentials are revoked. The same pairing
     sent again, its answer lost, is answered with the credentials it made (``_paired_again``). A signing key another
     lock holds is 409 ``public_key_in_use``, the code left as it was."""
-    credentials = _redeem(con, code, public_key, csr, ca, cert_ttl_s, certificates_per_day, spend_on_key_in_use=False)
+    credentials = _redeem(con, code, public_key, csr, issuing, spend_on_key_in_use=False)
     if credentials is None:
         raise RuntimeError("a redemption that spends no code spent one")
     return credentials
@@ -292,9 +286,7 @@ def _redeem(
     code: Any,
     public_key: bytes,
     csr: Any,
-    ca: lock_certs.LockCa,
-    cert_ttl_s: int,
-    certificates_per_day: int,
+    issuing: lock_certs.Issuing,
     *,
     spend_on_key_in_use: bool,
 ) -> Credentials | None:
@@ -336,7 +328,7 @@ def _redeem(
     }
     if rows[0][1]:  # used: the lock that used it sending its pairing again, or anyone else (401)
         code_left_s = int(rows[0][4])
-        return _paired_again(con, code, lock_id, public_key, request, code_left_s, ca, cert_ttl_s, certificates_per_day)
+        return _paired_again(con, code, lock_id, public_key, request, code_left_s, issuing)
     try:  # before anything is written: a code spent here is all this transaction commits
         refuse_a_shared_signing_key(con, public_key, lock_id)
     except errors.Conflict:
@@ -359,7 +351,7 @@ def _redeem(
     )
     transfer_offers.end_for_lock(con, lock_id)  # an offer was made for the device the lock had
     identity = str(uuid.uuid4())  # a new broker identity per pairing: the old one's topics go dead with it
-    certificate = _certify(con, ca, request, identity, cert_ttl_s)
+    certificate = _certify(con, issuing, request, identity)
     con.run(
         "INSERT INTO lock_credentials (lock_id, mqtt_username, signing_public_key, cert_serial, cert_not_after,"
         " paired_with, csr_key_sha256) VALUES (CAST(:l AS uuid), :u, :k, :s, :n, :h, :c)",
@@ -436,14 +428,12 @@ def _paired_again(
     public_key: bytes,
     request: Any,
     code_left_s: int,
-    ca: lock_certs.LockCa,
-    cert_ttl_s: int,
-    certificates_per_day: int,
+    issuing: lock_certs.Issuing,
 ) -> Credentials:
     """A used code sent again by the lock whose pairing used it (its answer lost: its Wi-Fi dropped, or a 503): the
     credential that pairing made, live, with the same signing key and the same TLS key (its CSR's), while the code
     would still be valid; answered with it and a new certificate for that key, counted with the renewals (past
-    ``certificates_per_day``: 429 ``pairing_retry_limit``, its ``Retry-After`` the code's end: the lock needs a new
+    ``issuing.per_day``: 429 ``pairing_retry_limit``, its ``Retry-After`` the code's end: the lock needs a new
     code). Nothing is revoked, no identity changes. Anyone else gets the used code's 401: the certificate is for a
     key only that lock holds."""
     rows = con.run(
@@ -458,7 +448,7 @@ def _paired_again(
         raise _invalid_code()
     credential_id, identity = str(rows[0][0]), str(rows[0][1])
     try:
-        certificate, serial = _reissue(con, credential_id, identity, request, ca, cert_ttl_s, certificates_per_day)
+        certificate, serial = _reissue(con, credential_id, identity, request, issuing)
     except errors.RateLimited as exc:  # the renewals' wait (a day) would outlive the code
         raise errors.RateLimited(
             "this pairing was answered again as often as a day allows; pair the lock with a new code",
@@ -497,13 +487,11 @@ def refuse_a_shared_signing_key(con: Connection, public_key: bytes, lock_id: str
         raise errors.Conflict("this signing key belongs to another lock; every lock makes its own key", code=KEY_IN_USE)
 
 
-def renew(
-    con: Connection, signer: lock_auth.Signer, csr: Any, ca: lock_certs.LockCa, cert_ttl_s: int, per_day: int
-) -> Certificate:
+def renew(con: Connection, signer: lock_auth.Signer, csr: Any, issuing: lock_certs.Issuing) -> Certificate:
     """A new certificate for the identity of the device that signed the request (``signer``), while it is the lock's
     live one (401 ``unknown_lock`` once paired again: the lock's live credential, whichever it was, gave the replaced
-    device a certificate for the new device's identity, and its session: attack run 50); at most ``per_day`` issued
-    to the credential in any 24 hours, pairing's included (then 429 ``renewal_limit``)."""
+    device a certificate for the new device's identity, and its session: attack run 50); at most ``issuing.per_day``
+    issued to the credential in any 24 hours, pairing's included (then 429 ``renewal_limit``)."""
     request = lock_certs.parse_csr(csr)
     lock_id = signer.lock_id
     rows = con.run(
@@ -515,7 +503,7 @@ def renew(
     if not rows:
         raise lock_auth.deleted_lock()
     credential_id, identity = str(rows[0][0]), str(rows[0][1])
-    certificate, serial = _reissue(con, credential_id, identity, request, ca, cert_ttl_s, per_day)
+    certificate, serial = _reissue(con, credential_id, identity, request, issuing)
     audit.record(con, audit.lock_actor(lock_id), "credentials.renew", "ok", lock_id=lock_id, details={"serial": serial})
     return certificate
 
@@ -525,12 +513,12 @@ def _reissue(
     credential_id: str,
     identity: str,
     request: Any,
-    ca: lock_certs.LockCa,
-    cert_ttl_s: int,
-    per_day: int,
+    issuing: lock_certs.Issuing,
 ) -> tuple[Certificate, str]:
     """A new certificate for a live credential (held ``FOR UPDATE`` by the caller, so the count is exact), and its
-    serial: at most ``per_day`` issued to it in any 24 hours, pairing's included (then 429 ``renewal_limit``)."""
+    serial: at most ``issuing.per_day`` issued to it in any 24 hours, pairing's included (then 429
+    ``renewal_limit``)."""
+    per_day = issuing.per_day
     quotas.refuse_when_full(
         quotas.day_wait(
             con, "lock_certificates", "credential_id", credential_id, per_day, since_column="issued_at", key_type="uuid"
@@ -538,7 +526,7 @@ def _reissue(
         f"this lock was issued {per_day} certificates in the last 24 hours; it renews again later",
         "renewal_limit",
     )
-    certificate, serial = _certify(con, ca, request, identity, cert_ttl_s)
+    certificate, serial = _certify(con, issuing, request, identity)
     con.run(  # a credential paired with a broker password moves to its certificate here for good
         "UPDATE lock_credentials SET cert_serial = :s, cert_not_after = :n, mqtt_password_hash = NULL"
         " WHERE id = CAST(:i AS uuid)",
@@ -549,14 +537,12 @@ def _reissue(
     return certificate, serial
 
 
-def _certify(
-    con: Connection, ca: lock_certs.LockCa, request: Any, identity: str, ttl_s: int
-) -> tuple[Certificate, str]:
+def _certify(con: Connection, issuing: lock_certs.Issuing, request: Any, identity: str) -> tuple[Certificate, str]:
     """A certificate for ``identity`` valid from the database's clock now (the instance's may be off: a start in
     the broker's future, past ``lock_certs.BACKDATE``, is refused by it), and its serial."""
     now = clock(con)
-    issued = lock_certs.issue(ca, request, identity, ttl_s, now)
-    return Certificate(identity, issued.pem, ca.cert_pem(), issued.not_after, now), issued.serial
+    issued = lock_certs.issue(issuing.ca, request, identity, issuing.ttl_s, now)
+    return Certificate(identity, issued.pem, issuing.ca.cert_pem(), issued.not_after, now), issued.serial
 
 
 def revocations_version(con: Connection) -> tuple[int, int]:
