@@ -17,7 +17,7 @@ import flask
 import functions_framework
 
 import lockwise.core.loading
-from lockwise.core import accounts, audit, auth, errors, health, inputs, pages, users
+from lockwise.core import accounts, audit, auth, errors, health, inputs, pages, preconditions, users
 from lockwise.core.db import Connection
 from lockwise.core.http import Api, Ctx, JsonBody, Result, parse_json_object
 from lockwise.core.runtime import get_runtime
@@ -413,6 +413,7 @@ def update_member(ctx: Ctx, lock_id: str, uid: str) -> JsonBody:
 @api.route("DELETE", "/devices/locks/<lock_id>/members/<uid>")
 def remove_member(ctx: Ctx, lock_id: str, uid: str) -> Result:
     user, lock_id = app_user(ctx), lock_param(lock_id)
+    since = preconditions.unmodified_since(ctx.request.headers.get(preconditions.HEADER))
     with with_denials_audited(user.uid, lock_id, "member.revoke"), rt.db.transaction() as con:
         now = rt.now()
         # leaving is anyone's, also a membership ended by its expiry (it counts towards their memberships: attack
@@ -424,6 +425,10 @@ def remove_member(ctx: Ctx, lock_id: str, uid: str) -> Result:
             actor = members.require(con, lock_id, user.uid, now, at_least="admin")
         users.refuse_caller(con, user)  # a removal is never held to the budget: a member is let out at once
         target = members.require_target(con, lock_id, uid)
+        # a removal sent again once she was removed and had joined again removes her no more (attack run 108)
+        preconditions.refuse_if_changed(
+            members.last_removed_at(con, lock_id, uid), since, "the membership", "member_changed"
+        )
         locks.revoke_member(con, lock_id, actor, target, now)
     rt.flush_mirror()
     return flask.Response(status=204)

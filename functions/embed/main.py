@@ -13,7 +13,7 @@ import flask
 import functions_framework
 
 import lockwise.core.loading
-from lockwise.core import auth, erasure, errors, health, quotas, users
+from lockwise.core import auth, erasure, errors, health, preconditions, quotas, users
 from lockwise.core.http import Api, Ctx, JsonBody, Result
 from lockwise.core.runtime import get_runtime
 from lockwise.voice import audio, enrollment, first_come, scoring, voiceprints
@@ -101,10 +101,15 @@ def enrollment_status(ctx: Ctx) -> JsonBody:
 @api.route("DELETE", "/embed/enrollment")
 def delete_voice_data(ctx: Ctx) -> Result:
     user = app_user(ctx)
+    since = preconditions.unmodified_since(ctx.request.headers.get(preconditions.HEADER))
     with rt.db.transaction() as con:
         # as committed now (attack runs 79 and 81: the account's maker, a revoked session, erased the owner's voice);
         # after the account has left every lock too, which the app asks first
         users.refuse_caller(con, user, left_since=False)
+        # a deletion sent again once she had enrolled again erases the new voice no more (attack run 108)
+        if since is not None:
+            enrolled_at = voiceprints.enrolled_at(con, user.uid)
+            preconditions.refuse_if_changed(enrolled_at, since, "the enrollment", "enrollment_changed")
         erasure.forget_voice(con, user.uid, "requested")
     rt.flush_mirror()
     return flask.Response(status=204)

@@ -76,6 +76,12 @@ class Conflict(LockwiseError):
     status, default_code = 409, "conflict"
 
 
+class PreconditionFailed(LockwiseError):
+    """412: the caller's precondition (``If-Unmodified-Since``) no longer holds: what it meant changed since."""
+
+    status, default_code = 412, "precondition_failed"
+
+
 class RateLimited(LockwiseError):
     status, default_code = 429, "rate_limited"
 

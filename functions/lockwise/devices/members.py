@@ -324,6 +324,16 @@ def get(
     return Membership(**rows[0]) if rows else None
 
 
+def last_removed_at(con: Connection, lock_id: str, uid: str) -> dt.datetime | None:
+    """When ``uid`` was last removed from the lock, or left it (None: never). A membership whose removal is after a
+    caller's ``If-Unmodified-Since`` is another than the one it read: she was removed and joined again since (its
+    ``created_at`` is kept at a rejoining where her voice was enrolled before, for the door's precedence)."""
+    rows = con.run(
+        "SELECT last_removed_at FROM lock_members WHERE lock_id = CAST(:l AS uuid) AND user_uid = :u", l=lock_id, u=uid
+    )
+    return rows[0][0] if rows else None
+
+
 def list_for_user(con: Connection, uid: str, lock_ids: list[str] | None = None) -> list[Membership]:
     """The user's memberships (at ``lock_ids`` only, if given), revoked ones too (the caller filters)."""
     sql = _SELECT + " WHERE user_uid = :u AND (CAST(:ls AS uuid[]) IS NULL OR lock_id = ANY(CAST(:ls AS uuid[])))"

@@ -102,6 +102,12 @@ def _sealed(samples_id: bytes, embedding: bytes) -> bytes:
     return hashlib.sha256(samples_id + embedding).digest()
 
 
+def enrolled_at(con: Connection, uid: str) -> dt.datetime | None:
+    """When ``uid``'s voice was last enrolled (None: it is not)."""
+    rows = con.run("SELECT created_at FROM voiceprints WHERE user_uid = :u", u=uid)
+    return rows[0][0] if rows else None
+
+
 def status(con: Connection, uid: str, current_model_id: str) -> dict[str, Any]:
     rows = rows_as_dicts(con, "SELECT model_id, sample_count, created_at FROM voiceprints WHERE user_uid = :u", u=uid)
     if not rows:
