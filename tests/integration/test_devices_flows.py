@@ -161,6 +161,34 @@ def test_a_pairing_sent_again_after_its_answer_was_lost_gets_its_credentials_and
     assert resp.status_code == 401 and resp.get_json()["error"]["code"] == "invalid_provisioning_code"
 
 
+def test_a_pairing_sent_again_after_its_lock_changed_hands_still_gets_its_credentials(
+    devices: Any, sign_up: Any
+) -> None:
+    """Attack run 108's leftover: a lock whose pairing answer was lost sent it again within the code's 10 minutes,
+    after its owner had handed the lock over: 401 ``invalid_provisioning_code``, as for a code nobody may use, although
+    its credential was live and paired. A code's issuer must still own the lock for the code to pair it; the pairing
+    it made, sent again by the lock that made it, is answered as a renewal would be, whoever owns the lock now."""
+    owner, taker = sign_up(), sign_up()
+    created = create_lock(devices, owner)
+    lock_id, code = created["lock"]["id"], created["provisioning"]["code"]
+    _, public = new_lock_key()
+    tls_key, csr = new_tls_key()
+    body = {"code": code, "public_key": public, "csr": csr}
+    first = devices.post("/devices/provision", json=body)
+    assert first.status_code == 201
+    join(devices, lock_id, owner, taker, {"role": "member"})
+    assert hand_over(devices, lock_id, owner, taker).status_code == 200
+    again = devices.post("/devices/provision", json=body)  # its answer lost, sent again
+    assert again.status_code == 201, again.get_json()
+    assert again.get_json()["mqtt"]["client_id"] == first.get_json()["mqtt"]["client_id"]
+    certificate = x509.load_pem_x509_certificate(again.get_json()["mqtt"]["certificate"].encode())
+    assert certificate.public_key() == tls_key.public_key()
+    # the code pairs nothing else: another device with it is refused, as before
+    _, other_public = new_lock_key()
+    resp = devices.post("/devices/provision", json={**body, "public_key": other_public})
+    assert resp.status_code == 401 and resp.get_json()["error"]["code"] == "invalid_provisioning_code"
+
+
 def test_a_bad_csr_is_refused_and_uses_no_code(devices: Any, sign_up: Any) -> None:
     created = create_lock(devices, sign_up())
     code = created["provisioning"]["code"]

@@ -319,16 +319,20 @@ def _redeem(
         " FROM provisioning_codes c JOIN locks l ON l.id = c.lock_id WHERE c.code_hash = :h FOR UPDATE OF c",
         h=_hash(code),
     )
-    if not rows or rows[0][2] or rows[0][3]:
+    if not rows or rows[0][2]:
         raise _invalid_code()
     lock_id = str(rows[0][0])
+    if rows[0][1]:  # used: the lock that used it sending its pairing again, or anyone else (401). Whoever owns the
+        # lock now: the pairing was made while the code stood, and its lock is answered as a renewal would answer it
+        # (it was 401 once the owner had handed the lock over, its credential live: attack run 108)
+        code_left_s = int(rows[0][4])
+        return _paired_again(con, code, lock_id, public_key, request, code_left_s, issuing)
+    if rows[0][3]:
+        raise _invalid_code()
     issued_by = {
         "code_issued_by": rows[0][5],
         **({} if rows[0][6] is None else {"code_signed_in_at": rows[0][6].isoformat()}),
     }
-    if rows[0][1]:  # used: the lock that used it sending its pairing again, or anyone else (401)
-        code_left_s = int(rows[0][4])
-        return _paired_again(con, code, lock_id, public_key, request, code_left_s, issuing)
     try:  # before anything is written: a code spent here is all this transaction commits
         refuse_a_shared_signing_key(con, public_key, lock_id)
     except errors.Conflict:
