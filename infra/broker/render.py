@@ -14,9 +14,11 @@ import argparse
 import sys
 from pathlib import Path
 from string import Template
+from urllib.parse import urlsplit
 
 from infra.broker import plugin
 from infra.deploy_config import RELAY_SLOTS
+from lockwise.core.config import LOOPBACK_HOSTS
 
 TEMPLATES = Path(__file__).parent
 TOPIC_ROOT = "lockwise"
@@ -92,12 +94,30 @@ def acl() -> str:
     return render("acl.template", {"RELAY_USERS": users, "TOPIC_ROOT": TOPIC_ROOT, "LOCK_WRITES": writes})
 
 
+def crl_url(value: str) -> str:
+    """``--crl-url``: an ``https://`` address (plain ``http://`` only to this machine). Over http anyone on the path
+    answered every minute with an older list the lock CA signed, which the refresh keeps out and exits 0 on, as it
+    does for a list another function instance read first: revocations never reached the broker, and nothing failed
+    (attack run 115)."""
+    parts = urlsplit(value)
+    try:
+        host = parts.hostname
+    except ValueError:  # an unclosed IPv6 bracket
+        host = None
+    if not host or parts.scheme not in ("https", "http") or (parts.scheme == "http" and host not in LOOPBACK_HOSTS):
+        raise argparse.ArgumentTypeError(f"{value!r} is not an https:// address (http:// only to this machine)")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--host", required=True, help="the broker's DNS name (its certificate must name it)")
     parser.add_argument(
-        "--crl-url", required=True, help="the devices function's GET /devices/lock-ca/crl (the lock CA's CRL)"
+        "--crl-url",
+        required=True,
+        type=crl_url,
+        help="the devices function's GET /devices/lock-ca/crl (the lock CA's CRL), over https",
     )
     parser.add_argument(
         "--min-tls",

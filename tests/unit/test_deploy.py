@@ -420,6 +420,23 @@ def test_the_broker_can_be_rendered_to_take_tls_1_3_alone(tmp_path: Path) -> Non
     assert rendered[rendered.index("--min-tls") + 1] == "1.2"
 
 
+def test_the_brokers_revocation_list_is_fetched_over_https_only(tmp_path: Path) -> None:
+    """``render --crl-url`` takes an https address (http to this machine only): over http anyone on the path answered
+    every minute with an older list the lock CA signed, which the refresh keeps out and exits 0 on (attack run 115:
+    the revocations since never reached the broker, and nothing failed)."""
+    from infra.broker import render
+
+    common = ["--host", "broker.lockwise.internal"]
+    for url in ("http://lockwise-prod.web.app/devices/lock-ca/crl", "ftp://lockwise-prod.web.app/crl", "https://"):
+        with pytest.raises(SystemExit):
+            render.main(["--out", str(tmp_path / "refused"), *common, "--crl-url", url])
+    assert not (tmp_path / "refused" / "lockwise-crl-refresh").exists()
+    for url in ("https://lockwise-prod.web.app/devices/lock-ca/crl", "http://127.0.0.1:8083/devices/lock-ca/crl"):
+        render.main(["--out", str(tmp_path / "taken"), *common, "--crl-url", url])
+        refresh = (tmp_path / "taken" / "lockwise-crl-refresh").read_text()
+        assert f'curl -fsS --tlsv1.2 --max-time 10 "{url}"' in refresh
+
+
 def test_the_broker_knows_nothing_per_lock_and_every_relay_slot(tmp_path: Path) -> None:
     from infra.broker import plugin, render
     from infra.deploy_config import RELAY_SLOTS
