@@ -437,6 +437,20 @@ def test_the_brokers_revocation_list_is_fetched_over_https_only(tmp_path: Path) 
         assert f'curl -fsS --tlsv1.2 --max-time 10 "{url}"' in refresh
 
 
+def test_emqxs_dashboard_answers_on_the_broker_host_alone(tmp_path: Path) -> None:
+    """EMQX's dashboard and management API answer in plain HTTP on every address by default, under the account
+    admin/public, and can add a plain TCP listener or turn authorization off (attack run 115): the rendered
+    ``emqx.conf`` binds them to the host's loopback, and no listener but the TLS one is left on."""
+    from infra.broker import render
+
+    render.main(["--out", str(tmp_path), "--host", "broker.lockwise.internal", "--crl-url", "https://api.example/crl"])
+    emqx = (tmp_path / "emqx.conf").read_text().splitlines()
+    assert 'dashboard.listeners.http.bind = "127.0.0.1:18083"' in emqx
+    assert [line for line in emqx if "bind" in line and "127.0.0.1" not in line] == ['  bind = "0.0.0.0:8883"']
+    for kind in ("tcp", "ws", "wss"):
+        assert f"listeners.{kind}.default.enable = false" in emqx, kind
+
+
 def test_the_broker_knows_nothing_per_lock_and_every_relay_slot(tmp_path: Path) -> None:
     from infra.broker import plugin, render
     from infra.deploy_config import RELAY_SLOTS
