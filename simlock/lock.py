@@ -21,7 +21,6 @@ import ssl
 import tempfile
 import threading
 import time
-import urllib.error
 import urllib.request
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -40,6 +39,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from infra.local.private_files import write_private
 from lockwise.devices import command_signing, lock_auth, receipts, topics
 from mqtt_relay.sessions import no_delay
+from simlock import http_out
 from simlock.unconfirmed import Unconfirmed
 
 log = logging.getLogger("simlock")
@@ -106,10 +106,12 @@ def provision(devices_url: str, code: str, ca_file: str, *, host: str | None = N
     req = urllib.request.Request(
         f"{devices_url}/devices/provision", data=body, headers={"Content-Type": "application/json"}
     )
-    with urllib.request.urlopen(req, timeout=10) as resp:
+    with http_out.open_url(req, timeout=10) as resp:
         creds: dict[str, Any] = json.loads(resp.read())
     seed = key.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
     mqtt_ = creds["mqtt"]
+    if mqtt_.get("tls") is not True:  # the lock connects over TLS whatever an answer says (docs/FIRMWARE.md)
+        raise ValueError(f"the pairing answer says tls {mqtt_.get('tls')!r}: a lock connects over TLS only")
     return LockConfig(
         lock_id=creds["lock_id"],
         identity=mqtt_["client_id"],
@@ -460,11 +462,7 @@ class SimulatedLock:
             sample_rate=sample_rate,
         )
         req = urllib.request.Request(f"{base_url}{path}", data=body or None, method=method, headers=signed)
-        try:
-            with urllib.request.urlopen(req, timeout=30) as resp:
-                return resp.status, json.loads(resp.read() or b"null")
-        except urllib.error.HTTPError as exc:
-            return exc.code, json.loads(exc.read() or b"null")
+        return http_out.send(req, timeout=30)  # no redirect followed with the signed headers
 
     def hear(self, verify_url: str, wav: bytes, again: bytes | None = None) -> dict[str, Any]:
         """What a lock does at the door: send the clip it recorded (WAV) to verify, signed; on ``say_again`` send
