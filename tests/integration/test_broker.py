@@ -294,6 +294,25 @@ def test_tls_1_2_takes_forward_secret_aead_suites_only(
         assert agreed[1] == "TLSv1.2" and agreed[0] in cipher.split(":")
 
 
+@pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1, ssl.TLSVersion.TLSv1_1])
+def test_a_lock_offering_only_tls_1_0_or_1_1_is_refused_at_the_handshake(
+    broker: Broker, lock_files: dict[str, tuple[Path, Path]], version: ssl.TLSVersion
+) -> None:
+    """What a lock whose TLS stack offers nothing newer meets (attack run 115 asked the stack's broker with
+    ``openssl s_client -tls1`` and ``-tls1_1``: alert 70, protocol version; a guard, not a change)."""
+    cert, key = next(iter(lock_files.values()))
+    context = ssl.create_default_context(cafile=str(broker.ca_file))
+    context.load_cert_chain(cert, key)
+    context.set_ciphers("ALL:@SECLEVEL=0")  # this side offers the old versions whatever its OpenSSL's own floor
+    context.minimum_version = context.maximum_version = version
+    with (
+        pytest.raises(ssl.SSLError, match="ALERT_PROTOCOL_VERSION"),  # the broker's alert 70
+        socket.create_connection(("127.0.0.1", broker.port), timeout=10) as raw,
+        context.wrap_socket(raw, server_hostname="localhost"),
+    ):
+        pass
+
+
 def test_a_broker_rendered_for_tls_1_3_refuses_a_tls_1_2_handshake(tmp_path: Path) -> None:
     """``render --min-tls 1.3`` (``start_mosquitto``'s ``min_tls``): a lock's TLS 1.2 handshake is refused, its 1.3
     one taken (the default broker takes both: ``test_tls_1_2_takes_forward_secret_aead_suites_only``)."""
