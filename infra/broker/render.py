@@ -1,11 +1,13 @@
 """Render the broker's configuration: ``python -m infra.broker.render --out DIR --host HOST``.
 
-Writes ``mosquitto.conf`` and ``acl`` (tested here), the subscription plugin's source and its build
+Writes ``mosquitto.conf`` and ``acl`` (tested here), ``openssl.cnf`` and the systemd drop-in that has Mosquitto read
+it (``lockwise-openssl.conf``: no TLS session tickets), the subscription plugin's source and its build
 (``lockwise_acl.c``, ``build-lockwise-acl``: ``infra.broker.plugin``), the lock CA's CRL refresh
 (``lockwise-crl-refresh``, with its systemd service and one-minute timer), ``emqx.conf`` and ``emqx_acl.conf`` (a
 cluster), and ``nanomq.conf`` for the conventional Debian paths (/etc/mosquitto, /var/lib/mosquitto). The local stack
-and the tests render the same templates with local paths through ``mosquitto_conf`` and ``acl``. The broker needs the
-lock CA's certificate (never its key) as ``lock-ca.crt``: it checks every client certificate against it.
+and the tests render the same templates with local paths through ``mosquitto_conf``, ``openssl_conf`` and ``acl``.
+The broker needs the lock CA's certificate (never its key) as ``lock-ca.crt``: it checks every client certificate
+against it.
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ PROD = {
     "CERTFILE": "/etc/mosquitto/certs/server.crt",
     "KEYFILE": "/etc/mosquitto/certs/server.key",
     "ACL_PLUGIN": plugin.PROD_PATH,
+    "OPENSSL_CONF": "/etc/mosquitto/openssl.cnf",
 }
 
 
@@ -83,6 +86,11 @@ def mosquitto_conf(values: dict[str, str], min_tls: str = "1.2") -> str:
         "RELAYED_TOPICS": ",".join(relayed_topics()),
     }
     return render("mosquitto.conf.template", {**fixed, **values})
+
+
+def openssl_conf() -> str:
+    """OpenSSL's settings for Mosquitto (``OPENSSL_CONF``): no TLS session tickets (``openssl.cnf.template``)."""
+    return render("openssl.cnf.template", {})
 
 
 def acl() -> str:
@@ -136,6 +144,8 @@ def main(argv: list[str] | None = None) -> int:
         "EMQX_TLS_VERSIONS": "[" + ", ".join(TLS_VERSIONS[v] for v in newer) + "]",
     }
     (args.out / "mosquitto.conf").write_text(mosquitto_conf(PROD, args.min_tls))
+    (args.out / "openssl.cnf").write_text(openssl_conf())  # to /etc/mosquitto/, named by its systemd drop-in
+    (args.out / "lockwise-openssl.conf").write_text(render("lockwise-openssl.conf.template", values))
     crl = {**values, "CRL_URL": args.crl_url}
     (args.out / "lockwise-crl-refresh").write_text(render("lockwise-crl-refresh.sh.template", crl))
     (args.out / "lockwise-crl-refresh").chmod(0o755)

@@ -323,6 +323,8 @@ class Broker:
     crl_file: Path  # the lock CA's revocation list the broker holds (``update_crl``)
     relay_certs: Path  # MQTT_CLIENT_CERTS for the relays
     config_file: Path
+    #: OpenSSL's settings for it (``render.openssl_conf``: no TLS session tickets), as its systemd drop-in names them
+    openssl_conf: Path
 
     @property
     def ca_file(self) -> Path:
@@ -356,7 +358,8 @@ class Broker:
 
     def start_again(self) -> None:
         binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-        self.process = spawn("mosquitto", [binary, "-c", str(self.config_file)], self.process.log_path, self.port)
+        argv, env = [binary, "-c", str(self.config_file)], mosquitto_env(self.openssl_conf)
+        self.process = spawn("mosquitto", argv, self.process.log_path, self.port, env=env)
         wait_until(self.process, lambda: port_open(self.port), 15)
 
     def stop(self) -> None:
@@ -419,6 +422,11 @@ def ensure_lock_ca(state_dir: Path) -> tuple[str, Path]:
     return pem, relays
 
 
+def mosquitto_env(openssl_conf: Path) -> dict[str, str]:
+    """Mosquitto's environment: OpenSSL reads ``openssl_conf`` (the broker host's systemd drop-in does the same)."""
+    return {**os.environ, "OPENSSL_CONF": str(openssl_conf)}
+
+
 def start_mosquitto(state_dir: Path, port: int, *, min_tls: str = "1.2") -> Broker:
     binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
     if not Path(binary).exists():
@@ -468,7 +476,11 @@ def start_mosquitto(state_dir: Path, port: int, *, min_tls: str = "1.2") -> Brok
             min_tls,
         )
     )
-    process = spawn("mosquitto", [binary, "-c", str(conf)], state_dir / "mosquitto.log", port)
+    openssl_conf = state_dir / "openssl.cnf"
+    openssl_conf.write_text(render.openssl_conf())
+    openssl_conf.chmod(0o644)
+    env = mosquitto_env(openssl_conf)
+    process = spawn("mosquitto", [binary, "-c", str(conf)], state_dir / "mosquitto.log", port, env=env)
     wait_until(process, lambda: port_open(port), 15)
     return Broker(
         process=process,
@@ -479,6 +491,7 @@ def start_mosquitto(state_dir: Path, port: int, *, min_tls: str = "1.2") -> Brok
         crl_file=crl_file,
         relay_certs=relay_certs,
         config_file=conf,
+        openssl_conf=openssl_conf,
     )
 
 

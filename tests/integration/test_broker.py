@@ -313,6 +313,26 @@ def test_a_lock_offering_only_tls_1_0_or_1_1_is_refused_at_the_handshake(
         pass
 
 
+def test_a_tls_1_2_session_is_handed_no_ticket(broker: Broker, lock_files: dict[str, tuple[Path, Path]]) -> None:
+    """A TLS 1.2 ticket carries its session's master secret under one key the broker keeps until it reloads: whoever
+    read that key from its memory later decrypted every recorded TLS 1.2 session since, ECDHE or not (attack run 115:
+    each handshake was handed one, lifetime 7200 s). Mosquitto reads OpenSSL's settings from ``openssl.cnf``
+    (``render.openssl_conf``); a session is resumed from the broker's own cache instead (``openssl s_client
+    -sess_in`` read ``Reused``)."""
+    cert, key = next(iter(lock_files.values()))
+    context = ssl.create_default_context(cafile=str(broker.ca_file))
+    context.load_cert_chain(cert, key)
+    context.maximum_version = ssl.TLSVersion.TLSv1_2
+
+    with (
+        socket.create_connection(("127.0.0.1", broker.port), timeout=10) as raw,
+        context.wrap_socket(raw, server_hostname="localhost") as tls,
+    ):
+        assert tls.version() == "TLSv1.2"
+        session = tls.session
+    assert session is not None and not session.has_ticket, "handed a session ticket"
+
+
 def test_a_broker_rendered_for_tls_1_3_refuses_a_tls_1_2_handshake(tmp_path: Path) -> None:
     """``render --min-tls 1.3`` (``start_mosquitto``'s ``min_tls``): a lock's TLS 1.2 handshake is refused, its 1.3
     one taken (the default broker takes both: ``test_tls_1_2_takes_forward_secret_aead_suites_only``)."""

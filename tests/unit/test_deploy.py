@@ -437,6 +437,22 @@ def test_the_brokers_revocation_list_is_fetched_over_https_only(tmp_path: Path) 
         assert f'curl -fsS --tlsv1.2 --max-time 10 "{url}"' in refresh
 
 
+def test_the_broker_host_has_mosquitto_hand_out_no_tls_session_ticket(tmp_path: Path) -> None:
+    """Mosquitto has no option for it: ``openssl.cnf`` (no session tickets, whose one key decrypted every recorded
+    TLS 1.2 session: attack run 115) and the systemd drop-in naming it in ``OPENSSL_CONF``, rendered beside
+    ``mosquitto.conf``; the local stack's broker reads the same file (``tests/integration/test_broker.py``)."""
+    from infra.broker import render
+
+    render.main(["--out", str(tmp_path), "--host", "broker.lockwise.internal", "--crl-url", "https://api.example/crl"])
+    cnf = (tmp_path / "openssl.cnf").read_text()
+    assert cnf == render.openssl_conf()
+    assert {"openssl_conf = lockwise_openssl", "Options = -SessionTicket", "MinProtocol = TLSv1.2"} <= set(
+        cnf.splitlines()
+    )
+    drop_in = (tmp_path / "lockwise-openssl.conf").read_text().splitlines()
+    assert "[Service]" in drop_in and "Environment=OPENSSL_CONF=/etc/mosquitto/openssl.cnf" in drop_in
+
+
 def test_emqxs_dashboard_answers_on_the_broker_host_alone(tmp_path: Path) -> None:
     """EMQX's dashboard and management API answer in plain HTTP on every address by default, under the account
     admin/public, and can add a plain TCP listener or turn authorization off (attack run 115): the rendered
