@@ -467,6 +467,17 @@ def test_emqxs_dashboard_answers_on_the_broker_host_alone(tmp_path: Path) -> Non
         assert f"listeners.{kind}.default.enable = false" in emqx, kind
 
 
+def test_emqx_takes_no_tls_renegotiation_a_client_asks_for(tmp_path: Path) -> None:
+    """Mosquitto refuses a client's renegotiation ("no renegotiation", attack run 115 asked it with ``openssl s_client``
+    and ``R``); EMQX's default took it, each one a key exchange the broker signed, as often as a connection asked."""
+    from infra.broker import render
+
+    render.main(["--out", str(tmp_path), "--host", "broker.lockwise.internal", "--crl-url", "https://api.example/crl"])
+    emqx = (tmp_path / "emqx.conf").read_text().splitlines()
+    ssl_options = emqx[emqx.index("  ssl_options {") : emqx.index("  }")]
+    assert "    client_renegotiation = false" in ssl_options
+
+
 def test_the_broker_knows_nothing_per_lock_and_every_relay_slot(tmp_path: Path) -> None:
     from infra.broker import plugin, render
     from infra.deploy_config import RELAY_SLOTS
