@@ -20,7 +20,6 @@ from urllib.parse import urlsplit
 
 from infra.broker import plugin
 from infra.deploy_config import RELAY_SLOTS
-from lockwise.core.config import LOOPBACK_HOSTS
 
 TEMPLATES = Path(__file__).parent
 TOPIC_ROOT = "lockwise"
@@ -100,6 +99,11 @@ def acl() -> str:
     )
     writes = "\n".join(f"pattern write {TOPIC_ROOT}/%u/{kind}" for kind in LOCK_EVENTS)
     return render("acl.template", {"RELAY_USERS": users, "TOPIC_ROOT": TOPIC_ROOT, "LOCK_WRITES": writes})
+
+
+#: this machine's names (``lockwise.core.config.LOOPBACK_HOSTS``, a unit test ties them): the broker's render runs
+#: where the functions' package may not be importable (``python -m infra.deploy broker``)
+LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
 
 
 def crl_url(value: str) -> str:

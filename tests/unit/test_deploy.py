@@ -425,7 +425,9 @@ def test_the_brokers_revocation_list_is_fetched_over_https_only(tmp_path: Path) 
     every minute with an older list the lock CA signed, which the refresh keeps out and exits 0 on (attack run 115:
     the revocations since never reached the broker, and nothing failed)."""
     from infra.broker import render
+    from lockwise.core.config import LOOPBACK_HOSTS
 
+    assert render.LOOPBACK_HOSTS == LOOPBACK_HOSTS
     common = ["--host", "broker.lockwise.internal"]
     for url in ("http://lockwise-prod.web.app/devices/lock-ca/crl", "ftp://lockwise-prod.web.app/crl", "https://"):
         with pytest.raises(SystemExit):
