@@ -119,6 +119,10 @@ def test_one_chunk_read_in_many_pieces_counts_once() -> None:
         (CHUNKED + b"2;a=b\n{}", 400),
         # RFC 9112 section 3.2: an HTTP/1.1 request names its host in exactly one Host header (attack run 106)
         (b"GET / HTTP/1.1\r\nAccept: x\r\n\r\n", 400),
+        # nor a fragment in the target (gunicorn dropped it, and the request went on without it)
+        (b"GET /devices/health#x HTTP/1.1\r\nHost: x\r\n\r\n", 400),
+        (b"GET /a?b#c HTTP/1.1\r\nHost: x\r\n\r\n", 400),
+        (b"GET /a# HTTP/1.1\r\nHost: x\r\n\r\n", 400),
     ],
 )
 @pytest.mark.parametrize("piece", [4096, 1 << 20])

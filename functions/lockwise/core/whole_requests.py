@@ -192,6 +192,10 @@ class Filling:
             # RFC 9112 section 3.2: 400 for an HTTP/1.1 request without Host (gunicorn took it, and refuses two
             # itself; Google's front end always sends one: attack run 106)
             raise Refused(400, "Bad Request", "an HTTP/1.1 request names its host in a Host header")
+        if (
+            "#" in req.uri
+        ):  # RFC 9112 section 3.2: no fragment in a request target (gunicorn dropped it: attack run 106)
+            raise Refused(400, "Bad Request", "a request target holds no fragment ('#')")
         reader = req.body.reader
         if isinstance(reader, LengthReader):
             if reader.length > MAX_BODY_BYTES:
