@@ -127,8 +127,10 @@ def change_budget(
         users.refuse_caller(con, user)
     else:
         users.hold_caller(con, user)
-    per_minute, per_day = rt.settings.lock_changes_per_minute, rt.settings.lock_changes_per_day
-    return functools.partial(changes.take, con, lock_id, user.uid, per_minute, per_day)
+    settings = rt.settings
+    per_minute, per_day = settings.lock_changes_per_minute, settings.lock_changes_per_day
+    everywhere = settings.lock_changes_per_account_minute
+    return functools.partial(changes.take, con, lock_id, user.uid, per_minute, per_day, everywhere)
 
 
 # ------------------------------------------------------------------------------------------------------ health

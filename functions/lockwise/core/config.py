@@ -71,6 +71,7 @@ READ_BY: dict[str, frozenset[str]] = {
             "LOCKWISE_APP_COMMANDS_PER_ACCOUNT_MINUTE",
             "LOCKWISE_LOCK_CHANGES_PER_MINUTE",
             "LOCKWISE_LOCK_CHANGES_PER_DAY",
+            "LOCKWISE_LOCK_CHANGES_PER_ACCOUNT_MINUTE",
             "LOCKWISE_MQTT_PUBLIC_HOST",
             "LOCKWISE_MQTT_PUBLIC_PORT",
             "LOCKWISE_FEED_REPORTS_PER_MINUTE",
@@ -326,6 +327,7 @@ class Settings:
     #: ``lockwise.devices.changes``)
     lock_changes_per_minute: int
     lock_changes_per_day: int
+    lock_changes_per_account_minute: int
     #: The broker address handed to a lock when it is provisioned.
     mqtt_public_host: str
     mqtt_public_port: int
@@ -456,6 +458,7 @@ class Settings:
             app_commands_per_account_minute=env_int(env, "LOCKWISE_APP_COMMANDS_PER_ACCOUNT_MINUTE", 60, minimum=1),
             lock_changes_per_minute=env_int(env, "LOCKWISE_LOCK_CHANGES_PER_MINUTE", 30, minimum=1),
             lock_changes_per_day=env_int(env, "LOCKWISE_LOCK_CHANGES_PER_DAY", 1000, minimum=1),
+            lock_changes_per_account_minute=env_int(env, "LOCKWISE_LOCK_CHANGES_PER_ACCOUNT_MINUTE", 120, minimum=1),
             mqtt_public_host=_public_host(env, local or rehearsal(env)) if component == "devices" else "127.0.0.1",
             mqtt_public_port=env_int(env, "LOCKWISE_MQTT_PUBLIC_PORT", 8883, minimum=1),
             encoder=_choice(env, "LOCKWISE_ENCODER", ("ecapa", "ge2e", "auto"), "auto"),
