@@ -274,7 +274,7 @@ def _database(
         started.append(pg)
         database_url = pg.url
         rows = [("postgres", f"127.0.0.1:{pg.port}", str(state / "postgres" / "postgres.log"))]
-    _migrate(database_url)
+    _migrate(database_url, env.get("LOCKWISE_PROJECT_ID") or "demo-lockwise")
     return database_url, rows
 
 
@@ -358,12 +358,14 @@ def _ensure_exported(model_dir: Path) -> None:
     export(model_dir, model_dir / "onnx")
 
 
-def _migrate(database_url: str) -> None:
-    from lockwise.core import migrate
+def _migrate(database_url: str, project: str) -> None:
+    from lockwise.core import deployment, migrate
 
     con = migrate.job_connection(database_url)
     try:
+        deployment.check(con, project)  # DATABASE_URL naming another deployment's database: refused here, at start
         applied = migrate.apply(con)
+        deployment.bind(con, project)  # as the migration job does (attack run 116)
     finally:
         con.close()
     log.info("migrations: %d applied now, database up to date", len(applied))

@@ -150,12 +150,16 @@ def test_a_function_without_a_token_refuses_every_service_caller() -> None:
         auth.check_service_token("anything", None)
 
 
-def test_the_migration_job_needs_only_the_database_url() -> None:
-
-    settings = DatabaseSettings.from_env({"LOCKWISE_MODE": "production", "DATABASE_URL": PROD_OK["DATABASE_URL"]})
-    assert settings.database_url == PROD_OK["DATABASE_URL"]
+def test_the_migration_job_needs_only_the_database_url_and_its_deployments_project() -> None:
+    """The project since attack run 116: the job binds the database to it, and migrates no other deployment's."""
+    job = {"LOCKWISE_MODE": "production", "DATABASE_URL": PROD_OK["DATABASE_URL"], "LOCKWISE_PROJECT_ID": "acme-prod"}
+    settings = DatabaseSettings.from_env(job)
+    assert (settings.database_url, settings.project_id) == (PROD_OK["DATABASE_URL"], "acme-prod")
     with pytest.raises(ConfigError, match="DATABASE_URL"):
-        DatabaseSettings.from_env({"LOCKWISE_MODE": "production"})
+        DatabaseSettings.from_env({"LOCKWISE_MODE": "production", "LOCKWISE_PROJECT_ID": "acme-prod"})
+    with pytest.raises(ConfigError, match="LOCKWISE_PROJECT_ID"):
+        DatabaseSettings.from_env({"LOCKWISE_MODE": "production", "DATABASE_URL": PROD_OK["DATABASE_URL"]})
+    assert DatabaseSettings.from_env({}).project_id == "demo-lockwise"  # the local stack's
 
 
 def test_the_rehearsal_switch_admits_emulators_in_production_but_never_on_cloud_run() -> None:

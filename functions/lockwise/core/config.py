@@ -259,6 +259,21 @@ def read_database_url(env: Mapping[str, str], mode: Mode) -> str:
     return url
 
 
+#: the Firebase project of the local stack and of local and test mode when none is named
+LOCAL_PROJECT_ID = "demo-lockwise"
+
+
+def read_project_id(env: Mapping[str, str], mode: Mode) -> str:
+    """``LOCKWISE_PROJECT_ID`` (or ``GOOGLE_CLOUD_PROJECT``): the deployment's Firebase project, whose ID tokens are
+    taken and to which the database is bound (``lockwise.core.deployment``); required in production."""
+    project_id = env.get("LOCKWISE_PROJECT_ID") or env.get("GOOGLE_CLOUD_PROJECT") or ""
+    if not project_id:
+        if mode == "production":
+            raise ConfigError("LOCKWISE_PROJECT_ID (or GOOGLE_CLOUD_PROJECT) is required in production mode")
+        return LOCAL_PROJECT_ID
+    return project_id
+
+
 @dataclass(frozen=True)
 class DatabaseSettings:
     """What a process that only talks to PostgreSQL reads: the migration job."""
@@ -266,12 +281,19 @@ class DatabaseSettings:
     mode: Mode
     database_url: str
     log_level: str
+    #: the deployment the job binds the database to, and refuses to migrate one bound to another (``read_project_id``)
+    project_id: str = LOCAL_PROJECT_ID
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> DatabaseSettings:
         env = os.environ if environ is None else environ
         mode = read_mode(env)
-        return cls(mode=mode, database_url=read_database_url(env, mode), log_level=env.get("LOG_LEVEL", "INFO").upper())
+        return cls(
+            mode=mode,
+            database_url=read_database_url(env, mode),
+            log_level=env.get("LOG_LEVEL", "INFO").upper(),
+            project_id=read_project_id(env, mode),
+        )
 
 
 @dataclass(frozen=True)
@@ -418,11 +440,7 @@ class Settings:
                 "FIRESTORE_EMULATOR_HOST / FIREBASE_AUTH_EMULATOR_HOST must not be set in production mode "
                 "(emulator tokens are unsigned)"
             )
-        project_id = env.get("LOCKWISE_PROJECT_ID") or env.get("GOOGLE_CLOUD_PROJECT") or ""
-        if not project_id:
-            if not local:
-                raise ConfigError("LOCKWISE_PROJECT_ID (or GOOGLE_CLOUD_PROJECT) is required in production mode")
-            project_id = "demo-lockwise"
+        project_id = read_project_id(env, mode)
 
         settings = cls(
             component=component,

@@ -22,7 +22,7 @@ import select
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol, cast
@@ -234,8 +234,12 @@ class Database:
         check_idle_after_s: float = 0.5,
         statement_timeout_s: float = STATEMENT_TIMEOUT_S,
         read_timeout_s: float | None = None,
+        on_connect: Callable[[Connection], None] | None = None,
     ) -> None:
         self.params = ConnectParams.from_url(url)
+        #: run on each new connection before it is used (a function's check that the database is its deployment's:
+        #: ``lockwise.core.deployment``); what it raises closes the connection and is raised
+        self.on_connect = on_connect
         self.pool_size = pool_size
         self.connect_timeout_s = connect_timeout_s
         #: a statement's wait for its answer once connected (``connect_timeout_s`` unless given: a job whose
@@ -301,6 +305,15 @@ class Database:
             raise errors.Unavailable("database is unavailable", code="database_unavailable") from exc
         if self.read_timeout_s != timeout_s:
             con.settimeout(self.read_timeout_s)
+        if self.on_connect is not None:
+            try:
+                self.on_connect(cast(Connection, con))
+            except (InterfaceError, OSError) as exc:  # as a connection that failed: the path or server is gone
+                _close_quietly(cast(Connection, con))
+                raise errors.Unavailable("database is unreachable", code="database_unavailable") from exc
+            except BaseException:
+                _close_quietly(cast(Connection, con))
+                raise
         return cast(Connection, con)
 
     def _tls_context(self) -> Any:

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from pg8000.exceptions import InterfaceError
 
-from lockwise.core import errors
+from lockwise.core import deployment, errors
 from lockwise.core.db import Connection, Database, sqlstate
 
 log = logging.getLogger("lockwise.core.migrate")
@@ -321,10 +321,15 @@ def job_connection(database_url: str) -> Connection:
     return con
 
 
+#: the job's exit status when the database belongs to another deployment (``lockwise.core.deployment``)
+WRONG_DEPLOYMENT_EXIT = 4
+
+
 def main(argv: list[str] | None = None) -> int:
     """Apply every migration not applied yet (the deploy's migration job: no arguments; the database from
-    ``DATABASE_URL``); with ``--check``, apply nothing and answer 3 while the database lacks one (``SCHEMA_BEHIND``),
-    0 once it has them all."""
+    ``DATABASE_URL``), then bind the database to ``LOCKWISE_PROJECT_ID`` if it is bound to none; with ``--check``, apply
+    nothing and answer 3 while the database lacks one (``SCHEMA_BEHIND``), 0 once it has them all. Either answers 4
+    (``WRONG_DEPLOYMENT_EXIT``), doing nothing, for a database bound to another project."""
     from lockwise.core import log as lwlog
     from lockwise.core.config import DatabaseSettings
 
@@ -335,6 +340,17 @@ def main(argv: list[str] | None = None) -> int:
     lwlog.configure("migrate", settings.log_level)
     con = job_connection(settings.database_url)
     try:
+        # a database of another deployment is neither migrated nor passed as current (attack run 116): a job whose
+        # DATABASE_URL named another deployment's database migrated it to this release unasked
+        try:
+            deployment.check(con, settings.project_id)
+        except deployment.WrongDeployment as exc:
+            log.error(
+                "the database belongs to another deployment's Firebase project: nothing was done (check DATABASE_URL"
+                " and LOCKWISE_PROJECT_ID; README 'One database, one deployment')",
+                extra={"fields": {"database_project": exc.bound, "project": exc.serving}},
+            )
+            return WRONG_DEPLOYMENT_EXIT
         if args.check:
             try:
                 at = require_current(con)
@@ -346,6 +362,7 @@ def main(argv: list[str] | None = None) -> int:
             log.info("the database has every migration", extra={"fields": {"version": at}})
             return 0
         applied = apply(con)
+        deployment.bind(con, settings.project_id)  # a database not bound yet is this deployment's from now on
     finally:
         con.close()
     log.info("database is at the latest migration", extra={"fields": {"applied_now": len(applied)}})

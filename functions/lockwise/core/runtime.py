@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from functools import cached_property, lru_cache
 from typing import TYPE_CHECKING, Any
 
-from lockwise.core import audit, firestore, health, log, migrate, users
+from lockwise.core import audit, deployment, firestore, health, log, migrate, users
 from lockwise.core.auth import User
 from lockwise.core.config import Settings, get_settings
 from lockwise.core.db import Database
@@ -78,7 +78,14 @@ class Runtime:
 
     @cached_property
     def db(self) -> Database:
-        return Database(self.settings.database_url, pool_size=self.settings.db_pool_size)
+        project = self.settings.project_id
+        # each new connection finds the database is this deployment's (503 ``wrong_deployment`` otherwise: attack run
+        # 116, ``lockwise.core.deployment``)
+        return Database(
+            self.settings.database_url,
+            pool_size=self.settings.db_pool_size,
+            on_connect=lambda con: deployment.check(con, project),
+        )
 
     @cached_property
     def verifier(self) -> IdTokenVerifier:
