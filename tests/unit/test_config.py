@@ -189,6 +189,34 @@ def test_on_cloud_run_only_production_mode_is_taken(marker: str, mode: str | Non
     assert Settings.from_env(dict(PROD_OK, **{marker: "lockwise-devices"})).mode == "production"
 
 
+@pytest.mark.parametrize("mode", [None, "local", "test"])
+@pytest.mark.parametrize("variable", ["LOCKWISE_PROJECT_ID", "GOOGLE_CLOUD_PROJECT"])
+def test_local_and_test_mode_serve_no_real_firebase_project(mode: str | None, variable: str) -> None:
+    """Attack run 116: a real project's deployment on a VM (not Cloud Run, where run 88 stopped it), its
+    ``LOCKWISE_MODE`` left unset, ran in local mode: with the compose file's ``FIREBASE_AUTH_EMULATOR_HOST`` it took
+    the Auth emulator's unsigned tokens, anyone's for any uid, for the real project's accounts, and its relay routes
+    the local service token. Only Firebase's demo projects (``demo-...``, emulators only) run outside production."""
+    env = {
+        variable: "acme-locks-prod",
+        "DATABASE_URL": "postgresql://app:Zx9-long-random@10.0.0.5:5432/lockwise?sslmode=require",
+        "FIREBASE_AUTH_EMULATOR_HOST": "127.0.0.1:9099",
+        **({} if mode is None else {"LOCKWISE_MODE": mode}),
+    }
+    for component in ("devices", "verify", "embed"):
+        with pytest.raises(ConfigError, match="LOCKWISE_MODE=production"):
+            Settings.from_env(env, component=component)
+    with pytest.raises(ConfigError, match="LOCKWISE_MODE=production"):
+        DatabaseSettings.from_env(env)  # the migration job
+    rehearsal = dict(PROD_OK, LOCKWISE_REHEARSAL="1", FIREBASE_AUTH_EMULATOR_HOST="127.0.0.1:9099")
+    with pytest.raises(ConfigError, match="unsigned, taken for a demo project"):  # a VM's copy, the switch left on
+        Settings.from_env(rehearsal)
+    assert Settings.from_env(dict(rehearsal, LOCKWISE_PROJECT_ID="demo-acme")).auth_emulator_host == "127.0.0.1:9099"
+    demo = dict(env, **{variable: "demo-acme"})
+    assert Settings.from_env(demo).project_id == DatabaseSettings.from_env(demo).project_id == "demo-acme"
+    production = {name: value for name, value in PROD_OK.items() if name != "LOCKWISE_PROJECT_ID"}
+    assert Settings.from_env(dict(production, **{variable: "acme-locks-prod"})).project_id == "acme-locks-prod"
+
+
 @pytest.mark.parametrize(
     "sslmode", ["Require", "REQUIRE", "verify_full", "verify-Full", "prefer", "allow", "true", "1"]
 )

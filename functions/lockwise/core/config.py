@@ -263,14 +263,29 @@ def read_database_url(env: Mapping[str, str], mode: Mode) -> str:
 LOCAL_PROJECT_ID = "demo-lockwise"
 
 
+#: the prefix of Firebase's demo projects, which exist in the emulators only (no real project's id begins so)
+DEMO_PROJECT_PREFIX = "demo-"
+
+
 def read_project_id(env: Mapping[str, str], mode: Mode) -> str:
     """``LOCKWISE_PROJECT_ID`` (or ``GOOGLE_CLOUD_PROJECT``): the deployment's Firebase project, whose ID tokens are
-    taken and to which the database is bound (``lockwise.core.deployment``); required in production."""
+    taken and to which the database is bound (``lockwise.core.deployment``); required in production, and in local
+    and test mode a demo project's (``demo-...``). A deployment of a real project off Cloud Run (a VM, a cluster)
+    whose ``LOCKWISE_MODE`` was left unset ran in local mode, silently: the Auth emulator's unsigned tokens taken
+    for the real project's accounts when ``FIREBASE_AUTH_EMULATOR_HOST`` was set too, the relay's routes open to the
+    local service token written in this file when its own was unset, no placeholder refused (attack run 116; run 88
+    had stopped it on Cloud Run only)."""
     project_id = env.get("LOCKWISE_PROJECT_ID") or env.get("GOOGLE_CLOUD_PROJECT") or ""
     if not project_id:
         if mode == "production":
             raise ConfigError("LOCKWISE_PROJECT_ID (or GOOGLE_CLOUD_PROJECT) is required in production mode")
         return LOCAL_PROJECT_ID
+    if mode != "production" and not project_id.startswith(DEMO_PROJECT_PREFIX):
+        raise ConfigError(
+            f"LOCKWISE_MODE is {mode} with the Firebase project {project_id!r}: local and test mode serve a demo"
+            f" project ({DEMO_PROJECT_PREFIX}..., the emulators' own) only; a real project's deployment runs"
+            " LOCKWISE_MODE=production, its secrets required"
+        )
     return project_id
 
 
@@ -440,13 +455,19 @@ class Settings:
                 "FIRESTORE_EMULATOR_HOST / FIREBASE_AUTH_EMULATOR_HOST must not be set in production mode "
                 "(emulator tokens are unsigned)"
             )
+        database_url = read_database_url(env, mode)  # its own refusals first: they name what the URL gets wrong
         project_id = read_project_id(env, mode)
+        if auth_emulator and not project_id.startswith(DEMO_PROJECT_PREFIX):  # the rehearsal's production mode too
+            raise ConfigError(
+                f"FIREBASE_AUTH_EMULATOR_HOST is set for the Firebase project {project_id!r}: the emulator's tokens"
+                f" are unsigned, taken for a demo project ({DEMO_PROJECT_PREFIX}...) only (attack run 116)"
+            )
 
         settings = cls(
             component=component,
             mode=mode,
             project_id=project_id,
-            database_url=read_database_url(env, mode),
+            database_url=database_url,
             service_token=read_service_token(env, mode) if SERVICE_TOKEN in needs else None,
             firestore_emulator_host=firestore_emulator,
             auth_emulator_host=auth_emulator,
