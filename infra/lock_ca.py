@@ -1,6 +1,7 @@
 """The lock CA and the relay replicas' broker certificates: ``python -m infra.lock_ca init|relay-certs``.
 
-``init --out DIR`` makes a new lock CA: ``lock-ca.pem`` (certificate and key: the ``lockwise-lock-ca`` secret, held
+``init --out DIR --project P`` makes a new lock CA for the deployment of Firebase project ``P`` (named in it:
+a devices function of another refuses it): ``lock-ca.pem`` (certificate and key: the ``lockwise-lock-ca`` secret, held
 by the devices function only) and ``lock-ca.crt`` (the certificate alone: the broker checks client certificates
 against it). ``relay-certs --ca DIR/lock-ca.pem --out relay-certs.json`` issues one client certificate per relay slot
 (``lockwise-relay-1`` ..., as the broker's ACL lists them): the ``lockwise-relay-certs`` secret. The local stack and
@@ -60,6 +61,9 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     init = commands.add_parser("init", help="a new lock CA")
     init.add_argument("--out", type=Path, required=True)
+    init.add_argument(
+        "--project", required=True, help="the deployment's Firebase project (LOCKWISE_PROJECT_ID): named in the CA"
+    )
     relay = commands.add_parser("relay-certs", help="one client certificate per relay slot")
     relay.add_argument("--ca", type=Path, required=True, help="lock-ca.pem (certificate and key)")
     relay.add_argument("--out", type=Path, required=True)
@@ -73,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         if (args.out / "lock-ca.pem").exists():  # every lock's certificate and the relays' stand on it
             sys.stderr.write(f"{args.out}/lock-ca.pem exists: a new lock CA goes to another directory\n")
             return 1
-        pem = new_ca()
+        pem = new_ca(project=args.project)  # a devices function of another deployment refuses it (attack run 116)
         write_private(args.out / "lock-ca.pem", pem)
         (args.out / "lock-ca.crt").write_text(LockCa.from_pem(pem).cert_pem())
         sys.stdout.write(f"lock CA written to {args.out}/lock-ca.pem (secret) and lock-ca.crt (for the broker)\n")

@@ -22,7 +22,7 @@ from lockwise.core.config import (
     DatabaseSettings,
     Settings,
 )
-from lockwise.devices.lock_certs import new_ca
+from lockwise.devices.lock_certs import LockCa, new_ca
 
 PROD_OK = {
     "LOCKWISE_MODE": "production",
@@ -215,6 +215,20 @@ def test_local_and_test_mode_serve_no_real_firebase_project(mode: str | None, va
     assert Settings.from_env(demo).project_id == DatabaseSettings.from_env(demo).project_id == "demo-acme"
     production = {name: value for name, value in PROD_OK.items() if name != "LOCKWISE_PROJECT_ID"}
     assert Settings.from_env(dict(production, **{variable: "acme-locks-prod"})).project_id == "acme-locks-prod"
+
+
+def test_a_lock_ca_made_for_another_deployment_stops_the_devices_function() -> None:
+    """Attack run 116: production's lock CA copied into staging's secret started staging's devices function, which
+    then signed certificates production's broker took (a lock's identity, a relay's). A CA made with
+    ``infra.lock_ca init --project P`` names P; a devices function of another project refuses it at start."""
+    staging = dict(PROD_OK, LOCKWISE_PROJECT_ID="acme-staging", LOCKWISE_LOCK_CA=new_ca(project="acme-prod"))
+    with pytest.raises(ConfigError, match="LOCKWISE_LOCK_CA was made for the deployment of .*'acme-prod'"):
+        Settings.from_env(staging, component="devices")
+    assert Settings.from_env(staging, component="verify").lock_ca is None  # verify holds no CA: not read
+    own = dict(staging, LOCKWISE_LOCK_CA=new_ca(project="acme-staging"))
+    assert LockCa.from_pem(Settings.from_env(own, component="devices").lock_ca_pem()).deployment == "acme-staging"
+    unnamed = dict(staging, LOCKWISE_LOCK_CA=new_ca())  # made before the CA named its deployment: taken as it was
+    assert LockCa.from_pem(Settings.from_env(unnamed, component="devices").lock_ca_pem()).deployment is None
 
 
 @pytest.mark.parametrize(

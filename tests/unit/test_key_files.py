@@ -20,19 +20,19 @@ def test_a_new_ca_is_its_users_only_is_never_made_over_another_and_has_a_name_of
     """Written into a file already there, the CA's key kept that file's mode (0644: attack run 57); a second
     ``init`` made a new CA over the one every certificate stands on; and every CA had the same name."""
     out = tmp_path / "ca"
-    assert lock_ca.main(["init", "--out", str(out)]) == 0
+    assert lock_ca.main(["init", "--out", str(out), "--project", "acme-prod"]) == 0
     assert mode(out / "lock-ca.pem") == 0o600
     first = (out / "lock-ca.pem").read_text()
-    assert lock_ca.main(["init", "--out", str(out)]) == 1
+    assert lock_ca.main(["init", "--out", str(out), "--project", "acme-prod"]) == 1
     assert (out / "lock-ca.pem").read_text() == first
     other = tmp_path / "other"
-    assert lock_ca.main(["init", "--out", str(other)]) == 0
+    assert lock_ca.main(["init", "--out", str(other), "--project", "acme-prod"]) == 0
     names = {LockCa.from_pem(p.read_text()).cert.subject for p in (out / "lock-ca.pem", other / "lock-ca.pem")}
     assert len(names) == 2
 
 
 def test_the_relays_certificates_are_their_users_only_over_a_file_already_there(tmp_path: Path) -> None:
-    assert lock_ca.main(["init", "--out", str(tmp_path)]) == 0
+    assert lock_ca.main(["init", "--out", str(tmp_path), "--project", "acme-prod"]) == 0
     target = tmp_path / "relay-certs.json"
     target.write_text("{}")
     target.chmod(0o644)

@@ -477,7 +477,7 @@ class Settings:
             # 2 at least: a request holding one connection reads the database's clock on another (``db_clock``)
             db_pool_size=env_int(env, "LOCKWISE_DB_POOL_SIZE", 4, minimum=2),
             command_signing_key=_signing_key(env, local) if COMMAND_SIGNING_KEY in needs else None,
-            lock_ca=_lock_ca(env, mode) if LOCK_CA in needs else None,
+            lock_ca=_lock_ca(env, mode, project_id) if LOCK_CA in needs else None,
             # at most 30 days: a broker without a revocation list (EMQX) takes a revoked lock's certificate until
             # it ends (attack run 89: no bound)
             lock_cert_ttl_s=env_int(env, "LOCKWISE_LOCK_CERT_TTL_S", 7 * 24 * 3600, minimum=60, maximum=30 * 24 * 3600),
@@ -593,16 +593,22 @@ def _debug_dir(env: Mapping[str, str], local: bool) -> str | None:
     return value
 
 
-def _lock_ca(env: Mapping[str, str], mode: Mode) -> str:
+def _lock_ca(env: Mapping[str, str], mode: Mode, project_id: str) -> str:
+    """The lock CA; refused when it names another deployment's project (``LockCa.deployment``; attack run 116)."""
     from lockwise.devices.lock_certs import CaError, LockCa, new_ca
 
     value = read_secret(env, LOCK_CA, mode, "")
     if not value:  # local only: a per-process CA (the local stack and the broker tests set the variable)
         return new_ca("LockWise per-process lock CA")
     try:
-        LockCa.from_pem(value)
+        ca = LockCa.from_pem(value)
     except CaError as exc:
         raise ConfigError(f"{LOCK_CA}: {exc}") from exc
+    if ca.deployment is not None and ca.deployment != project_id:
+        raise ConfigError(
+            f"{LOCK_CA} was made for the deployment of the Firebase project {ca.deployment!r}, not this one's"
+            f" ({project_id!r}): each deployment has a lock CA of its own (python -m infra.lock_ca init --project)"
+        )
     return value
 
 

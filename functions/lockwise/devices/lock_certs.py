@@ -67,6 +67,15 @@ class LockCa:
     def cert_pem(self) -> str:
         return self.cert.public_bytes(serialization.Encoding.PEM).decode()
 
+    @property
+    def deployment(self) -> str | None:
+        """The Firebase project the CA was made for (``new_ca``'s ``project``); None for a CA that names none."""
+        for attribute in self.cert.subject.get_attributes_for_oid(NameOID.ORGANIZATIONAL_UNIT_NAME):
+            value = attribute.value if isinstance(attribute.value, str) else attribute.value.decode()
+            if value.startswith(DEPLOYMENT_PREFIX):
+                return value.removeprefix(DEPLOYMENT_PREFIX)
+        return None
+
 
 def parse_csr(value: Any) -> x509.CertificateSigningRequest:
     """A well-formed, self-signed CSR for an EC P-256 key (400 ``invalid_csr`` otherwise)."""
@@ -217,12 +226,22 @@ class CrlCache:
             return made[2]
 
 
-def new_ca(common_name: str = "LockWise lock CA", days: int = 3650) -> str:
+#: how a lock CA's subject names the deployment it was made for (an organizational unit: ``LockCa.deployment``)
+DEPLOYMENT_PREFIX = "LockWise deployment "
+
+
+def new_ca(common_name: str = "LockWise lock CA", days: int = 3650, *, project: str | None = None) -> str:
     """A fresh lock CA as one PEM text (certificate + key): for ``infra.lock_ca`` and the local stack. Its name ends
     in a random tag: every CA was named alike, so a list or a certificate of another (a staging deployment's, one
-    made again) was looked up as this one's, and only its signature told them apart (attack run 57)."""
+    made again) was looked up as this one's, and only its signature told them apart (attack run 57). ``project``:
+    the deployment's Firebase project, named in its subject; a devices function of another refuses it at start
+    (attack run 116: production's CA copied into staging's secret let staging mint certificates production's broker
+    took, for any lock's identity and the relays')."""
     key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"{common_name} {secrets.token_hex(4)}")])
+    attributes = [x509.NameAttribute(NameOID.COMMON_NAME, f"{common_name} {secrets.token_hex(4)}")]
+    if project is not None:
+        attributes.append(x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, f"{DEPLOYMENT_PREFIX}{project}"))
+    name = x509.Name(attributes)
     now = dt.datetime.now(dt.UTC)
     cert = (
         x509.CertificateBuilder()
