@@ -87,9 +87,9 @@ def environment(spec: ServiceSpec | JobSpec, place: Place) -> dict[str, str]:
     """The plain (non-secret) environment of ``spec`` at ``place``: the one source of the deploy flags and of the
     rehearsal's processes. Secret values are never here; ``secret_targets`` says where each one goes."""
     env = {"LOCKWISE_MODE": "production", "LOCKWISE_RELEASE": place.release}
-    if isinstance(spec, JobSpec) or spec.function is not None:
-        # Firestore and Firebase Auth: the functions; the migration job binds the database to it (attack run 116)
-        env["LOCKWISE_PROJECT_ID"] = place.project
+    # Firestore and Firebase Auth: the functions; the migration job binds the database to it, and the functions and
+    # the relay serve only a database bound to it (attack run 116)
+    env["LOCKWISE_PROJECT_ID"] = place.project
     fields = place.fields()
     env.update({name: value.format(**fields) for name, value in spec.env.items()})
     return env

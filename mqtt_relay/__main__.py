@@ -9,7 +9,7 @@ import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from lockwise.core import errors, migrate
+from lockwise.core import deployment, errors, migrate
 from lockwise.core import log as lwlog
 from lockwise.core.config import ConfigError
 from lockwise.core.db import Database
@@ -55,7 +55,7 @@ def main() -> int:
 
     server = serve(settings.health_port, health) if settings.health_port else None
     try:
-        db = Database(settings.database_url, pool_size=1)
+        db = settings.database(pool_size=1)
         # a relay deployed ahead of its migration failed every delivery round on a table it lacked, its health 200
         # (attack run 62): it waits for the migration job instead, saying so
         if when_reachable(stop, lambda: current_schema(db), "find the migrations it needs", waiting) is None:
@@ -104,7 +104,7 @@ def when_reachable(stop: threading.Event, attempt: Callable[[], T], doing: str, 
             found = attempt()
         except errors.Unavailable as exc:
             waiting["error"] = exc.code
-            if exc.code == migrate.SCHEMA_BEHIND:
+            if exc.code in (migrate.SCHEMA_BEHIND, deployment.WRONG_DEPLOYMENT):  # to put right, not to wait out
                 logger.error("%s: waiting to %s", exc.message, doing, extra={"fields": {"retry_in_s": wait}})
             else:
                 logger.warning(

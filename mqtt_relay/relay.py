@@ -29,7 +29,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from lockwise.core.db import Connection, Database
+from lockwise.core.db import Connection
 from lockwise.devices import receipts, topics
 from mqtt_relay import outbox, sessions
 from mqtt_relay.broker_start import RUN_TOPIC, UPTIME_TOPIC, BrokerStart
@@ -57,7 +57,7 @@ CERTIFICATE_WARNING_DAYS = 30
 class Relay:
     def __init__(self, settings: RelaySettings, lease: Lease) -> None:
         self.settings = settings
-        self.db = Database(settings.database_url, pool_size=2)
+        self.db = settings.database(pool_size=2)
         self.lease = lease
         self.connected = threading.Event()
         self.stopping = threading.Event()

@@ -1,6 +1,7 @@
 """The relay's configuration: its database, its broker session and the devices function's address.
 
-The relay reads only what it uses: ``DATABASE_URL`` and ``LOCKWISE_SERVICE_TOKEN`` (its credential towards the
+The relay reads only what it uses: ``LOCKWISE_PROJECT_ID`` (the database it serves must be bound to it),
+``DATABASE_URL`` and ``LOCKWISE_SERVICE_TOKEN`` (its credential towards the
 devices function) are its secrets, plus its slots' broker certificates (a mounted file). It never reads the
 command-signing key (commands are signed by the functions and stored signed in the outbox; the relay only carries
 them) nor the lock CA.
@@ -13,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+from lockwise.core import deployment
 from lockwise.core.config import (
     LOOPBACK_HOSTS,
     ConfigError,
@@ -20,8 +22,10 @@ from lockwise.core.config import (
     env_int,
     read_database_url,
     read_mode,
+    read_project_id,
     read_service_token,
 )
+from lockwise.core.db import Database
 from lockwise.devices import topics
 
 
@@ -50,6 +54,15 @@ class RelaySettings:
     flush_every_s: int
     event_batch: int
     id_token_audience: str | None
+    #: the deployment's Firebase project: the relay serves only a database bound to it (``lockwise.core.deployment``)
+    project_id: str
+
+    def database(self, pool_size: int) -> Database:
+        """A pool whose every new connection finds the database is this deployment's (503 ``wrong_deployment``
+        otherwise): a staging relay pointed at production's database leased one of its slots and carried its
+        commands to staging's broker, where no production lock listens (attack run 116)."""
+        project = self.project_id
+        return Database(self.database_url, pool_size=pool_size, on_connect=lambda con: deployment.check(con, project))
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> RelaySettings:
@@ -94,6 +107,7 @@ class RelaySettings:
             flush_every_s=env_int(env, "LOCKWISE_RELAY_FLUSH_EVERY_S", 10, minimum=1),
             event_batch=env_int(env, "LOCKWISE_RELAY_EVENT_BATCH", 500, minimum=1, maximum=topics.MAX_EVENTS_PER_BATCH),
             id_token_audience=env.get("LOCKWISE_RELAY_ID_TOKEN_AUDIENCE") or None,
+            project_id=read_project_id(env, mode),
         )
 
 

@@ -17,7 +17,7 @@ from pg8000.exceptions import DatabaseError
 
 from infra.local.services import Postgres
 from lockwise.core import db as db_module
-from lockwise.core import errors, migrate
+from lockwise.core import deployment, errors, migrate
 from lockwise.core.db import CHECK_VIOLATION, FOREIGN_KEY_VIOLATION, UNIQUE_VIOLATION, Database, sqlstate
 from mqtt_relay import sessions
 from tests.waiting import wait_for
@@ -355,7 +355,7 @@ def test_the_migration_job_lets_a_long_statement_run(
 
     monkeypatch.setenv("DATABASE_URL", postgres.url.rsplit("/", 1)[0] + f"/{fresh_db.params.database}")
     monkeypatch.setattr(migrate, "apply", record)
-    monkeypatch.setattr(migrate.deployment, "bind", lambda *_a: None)  # nothing applied: no table to bind in
+    monkeypatch.setattr(deployment, "bind", lambda *_a: None)  # nothing applied: no table to bind in
     monkeypatch.setattr(migrate, "CONNECT_TIMEOUT_S", 0.3)
     monkeypatch.setattr("lockwise.core.log.configure", lambda *_a, **_k: None)  # leave the test run's logging be
     assert migrate.main([]) == 0

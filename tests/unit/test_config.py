@@ -300,6 +300,7 @@ def test_production_refuses_the_settings_that_turn_a_guard_off(tmp_path: Path) -
     (tmp_path / "ca.pem").write_text("a CA")
     relay = {
         "LOCKWISE_MODE": "production",
+        "LOCKWISE_PROJECT_ID": PROD_OK["LOCKWISE_PROJECT_ID"],
         "DATABASE_URL": PROD_OK["DATABASE_URL"],
         "LOCKWISE_SERVICE_TOKEN": PROD_OK["LOCKWISE_SERVICE_TOKEN"],
         "MQTT_HOST": "broker.lockwise.internal",
