@@ -274,7 +274,7 @@ def _database(
         started.append(pg)
         database_url = pg.url
         rows = [("postgres", f"127.0.0.1:{pg.port}", str(state / "postgres" / "postgres.log"))]
-    _migrate(database_url, env.get("LOCKWISE_PROJECT_ID") or "demo-lockwise")
+    _migrate(database_url, env.get("LOCKWISE_PROJECT_ID") or "demo-lockwise", external=bool(env.get("DATABASE_URL")))
     return database_url, rows
 
 
@@ -358,17 +358,40 @@ def _ensure_exported(model_dir: Path) -> None:
     export(model_dir, model_dir / "onnx")
 
 
-def _migrate(database_url: str, project: str) -> None:
+def _migrate(database_url: str, project: str, *, external: bool = False) -> None:
+    """Migrate the stack's database and bind it to ``project`` (``lockwise.core.deployment``), as the migration job
+    does; ``StartupFailed`` for one bound to another project, or for an ``external`` one (``DATABASE_URL``) bound to
+    none that holds accounts already: a deployment's database its own job has not bound yet (attack run 116: the stack
+    bound it to its demo project, took the Auth emulator's unsigned tokens for its accounts, and the deployment's
+    functions then served nothing)."""
     from lockwise.core import deployment, migrate
 
     con = migrate.job_connection(database_url)
     try:
-        deployment.check(con, project)  # DATABASE_URL naming another deployment's database: refused here, at start
+        try:
+            deployment.check(con, project)
+        except deployment.WrongDeployment as exc:
+            raise services.StartupFailed(
+                f"DATABASE_URL names the database of the Firebase project {exc.bound!r}'s deployment, not this"
+                f" stack's ({project!r}): start the stack with a database of its own (unset DATABASE_URL)"
+            ) from None
+        if external and deployment.bound_project(con) is None and _holds_accounts(con):
+            raise services.StartupFailed(
+                "DATABASE_URL names a database that holds accounts and is bound to no deployment (a deployment's,"
+                " before its migration job bound it): the stack binds only a database of its own or an empty one"
+            )
         applied = migrate.apply(con)
-        deployment.bind(con, project)  # as the migration job does (attack run 116)
+        deployment.bind(con, project)
     finally:
         con.close()
     log.info("migrations: %d applied now, database up to date", len(applied))
+
+
+def _holds_accounts(con: Any) -> bool:
+    """Whether the database has a ``users`` table with a row in it."""
+    if not con.run("SELECT to_regclass('users') IS NOT NULL")[0][0]:
+        return False
+    return bool(con.run("SELECT EXISTS (SELECT 1 FROM users)")[0][0])
 
 
 def _print_table(rows: list[tuple[str, str, str]], env_file: Path) -> None:

@@ -8,10 +8,12 @@ production's database unasked."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from infra.local import services, stack
 from lockwise.core import accounts, errors, migrate
 from lockwise.core import log as lwlog
 from lockwise.core.config import Settings
@@ -65,3 +67,19 @@ def test_a_database_bound_to_its_deployment_serves_it(
 ) -> None:
     assert clients["devices"].get("/devices/locks", headers=world.headers("owner")).status_code == 200
     assert migrate.main([]) == 0  # the job run again: the same deployment's
+
+
+def test_the_local_stack_takes_no_deployments_database_for_its_own(
+    world: World, stack_env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``./dev stack`` with a deployment's ``DATABASE_URL`` left exported: it migrated that database, bound nothing
+    and served it in local mode, the Auth emulator's unsigned tokens taken for its accounts."""
+    started: list[Any] = []
+    exported = {"DATABASE_URL": stack_env["DATABASE_URL"]}  # its accounts' rows are there (``world``)
+    with pytest.raises(services.StartupFailed, match="bound to no deployment"):  # its own job has not bound it yet
+        stack._database(exported, tmp_path, 0, "unused", started)
+    monkeypatch.setattr(lwlog, "configure", lambda *_args, **_kwargs: None)
+    assert migrate.main([]) == 0  # the deployment's job binds it
+    with pytest.raises(services.StartupFailed, match="not this stack's"):
+        stack._database(exported, tmp_path, 0, "unused", started)
+    assert started == []
