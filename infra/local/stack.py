@@ -378,7 +378,8 @@ def _migrate(database_url: str, project: str, *, external: bool = False) -> None
         if external and deployment.bound_project(con) is None and _holds_accounts(con):
             raise services.StartupFailed(
                 "DATABASE_URL names a database that holds accounts and is bound to no deployment (a deployment's,"
-                " before its migration job bound it): the stack binds only a database of its own or an empty one"
+                " before its migration job bound it): the stack binds only a database of its own or an empty one;"
+                f" if it is yours, bind it: INSERT INTO deployment (project_id) VALUES ('{project}')"
             )
         applied = migrate.apply(con)
         deployment.bind(con, project)
