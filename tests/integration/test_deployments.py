@@ -1,4 +1,4 @@
-"""One database, one deployment (``lockwise.core.deployment``, migration 0079): a lock maker runs staging beside
+"""One database, one deployment (``lockwise.core.deployment``, migration 0080): a lock maker runs staging beside
 production, developers the local stack, and each reads its database from a ``DATABASE_URL`` someone copied.
 
 Attack run 116 pointed a staging copy (its own Firebase project) at production's database: its relay's flush asked

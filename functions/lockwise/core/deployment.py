@@ -1,4 +1,4 @@
-"""The deployment a database belongs to: the Firebase project whose accounts its rows name (migration 0079).
+"""The deployment a database belongs to: the Firebase project whose accounts its rows name (migration 0080).
 
 The migration job binds the database to its ``LOCKWISE_PROJECT_ID`` on its first run (``bind``) and refuses to
 migrate one bound to another; every function checks the binding on each new connection (``check``, through
