@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import json
+import os
 import signal
 import tempfile
 import time
@@ -716,6 +717,37 @@ def test_events_queued_for_a_crashed_replica_are_forwarded_by_the_survivor(
     assert health()["checks"]["forwarder"]["forwarded"] >= 40
     wait_for(lambda: not lock.unconfirmed.kept, what="a receipt for each report the lock kept (32), drained ones too")
     assert lock.unconfirmed.sent_again == 0
+
+
+def test_emptying_free_slots_sessions_leaves_no_socket_open(e2e: dict[str, Any]) -> None:
+    """A relay empties each free slot's session at every scan (``sessions.drain``): one MQTT client made, connected
+    and ended each time. paho closed its sockets only as the client was collected, and the client's own callbacks
+    hold it in a cycle: each emptying left its descriptors open until the garbage collector's next full pass (attack
+    run 114: 100 after 50). Counted with the collector off, as a long-lived relay's full passes are rare."""
+    import gc
+
+    from mqtt_relay import sessions
+    from mqtt_relay.forwarder import Forwarder
+    from mqtt_relay.settings import RelaySettings
+
+    settings = RelaySettings.from_env(e2e["env"])
+    forwarder = Forwarder(settings.devices_url, settings.service_token)
+    slot = "lockwise-relay-8"  # no relay runs here: every slot is free, and none has a session left
+    sessions.drain(settings, slot, forwarder, [], quiet_s=0.1)  # what a first connection makes once (TLS, imports)
+
+    def descriptors() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    gc.collect()
+    gc.disable()
+    try:
+        before = descriptors()
+        for _ in range(30):
+            assert sessions.drain(settings, slot, forwarder, [], quiet_s=0.1) == 0
+        left_open = descriptors() - before
+    finally:
+        gc.enable()
+    assert left_open <= 2, f"{left_open} descriptors left open by 30 emptyings"
 
 
 def test_one_locks_poison_events_never_hold_up_another_locks(
