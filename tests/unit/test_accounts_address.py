@@ -85,6 +85,28 @@ def test_a_listings_later_pages_take_its_first_pages_confirmation_a_moment(monke
     assert paced(user, continuing=True).email is None and directory.asked == 3
 
 
+def test_users_whose_listings_no_page_can_take_are_not_kept(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What an instance keeps of each user who listed invitations (the first page's finding, with the token's whole
+    claims, and the user's pace) stayed until ``LISTED_USERS_MAX`` users had listed, for the instance's life (attack
+    run 114: ~2 MB for 1,000 users). A user's is dropped once no later page can take it and their pace counts none
+    of their listings (a minute), as others list."""
+    clock = [1000.0]
+    monkeypatch.setattr("lockwise.core.accounts.time.monotonic", lambda: clock[0])
+    directory = Directory("a@example.com")
+    paced = accounts.PacedAddresses(lambda: directory)
+    for i in range(1000):
+        paced(User(f"u{i}", "a@example.com", True))
+        clock[0] += 0.01
+    assert paced.remembered == (1000, 1000)
+    clock[0] += accounts.LISTING_CONFIRMED_S
+    paced(User("later", "a@example.com", True))
+    assert paced.remembered == (1, 1001)  # the findings of 30 s ago go; the paces stay their minute
+    clock[0] += 60 - accounts.LISTING_CONFIRMED_S
+    paced(User("last", "a@example.com", True))
+    assert paced.remembered == (1, 2)
+    assert paced(User("u0", "a@example.com", True)).uid == "u0" and paced.remembered == (2, 3)
+
+
 @pytest.mark.parametrize(
     ("stored", "claims"),
     [

@@ -434,7 +434,9 @@ class PacedAddresses:
     A listing's later pages (``continuing``) take what its first page found for ``LISTING_CONFIRMED_S``, counting
     nothing: each page asked and counted, and seven pages of invitations (anyone may invite any address) were a 429,
     the web console's whole view with it (attack run 63). Every listing of a token naming a verified address asks,
-    whatever was sent to it (``invitations.for_user``, attack run 86)."""
+    whatever was sent to it (``invitations.for_user``, attack run 86). A user's finding goes once no later page can
+    take it, as others list: kept until ``LISTED_USERS_MAX`` users had listed, each held the token's whole claims for
+    the instance's life (attack run 114: ~2 MB for 1,000 users, ~20 MB at the cap)."""
 
     def __init__(self, directory: Callable[[], Directory], per_minute: int = LISTED_LOOKUPS_PER_MINUTE) -> None:
         self._directory = directory
@@ -457,7 +459,20 @@ class PacedAddresses:
         self._asked.take(user.uid)
         current = with_current_address(user, self._directory)
         with self._lock:
+            self._found.pop(key, None)  # put back last, with the newest time
+            while self._found:  # what a listing's later pages can no longer take goes, the oldest first
+                oldest = next(iter(self._found))
+                if now - self._found[oldest][0] < LISTING_CONFIRMED_S:
+                    break
+                del self._found[oldest]
             if len(self._found) >= LISTED_USERS_MAX:
                 self._found.clear()
             self._found[key] = (now, current)
         return current
+
+    @property
+    def remembered(self) -> tuple[int, int]:
+        """How many users' listings are kept now: their first pages' findings, and their paces."""
+        with self._lock:
+            found = len(self._found)
+        return found, self._asked.remembered
