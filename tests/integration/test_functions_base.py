@@ -814,6 +814,36 @@ def test_unsigned_requests_to_verify_reuse_one_database_connection(make_client: 
     assert len(pids) == 1, f"each refused request opened a new database connection: {len(pids)} backends"
 
 
+def test_a_prepared_statements_rows_are_not_kept_once_another_statement_ran(stack_env: dict[str, str]) -> None:
+    """A pooled connection's prepared statement kept its last run's rows (pg8000's statement holds its result) until
+    it ran again on that connection: each of up to ``MAX_PREPARED`` statements a connection, a door's known
+    recordings (up to ~1,500 fingerprints of ~19 KB) among them, stayed in memory between requests (attack run 114:
+    20 MB of rows here). Only the connection's last result is kept, as for an unnamed statement."""
+    import gc
+    import tracemalloc
+
+    db = Database(stack_env["DATABASE_URL"], pool_size=1)
+    try:
+        with db.connection() as con:  # prepared once, before counting
+            con.run("SELECT repeat('x', :n) FROM generate_series(1, 2)", n=1)
+            con.run("SELECT CAST(:a AS int)", a=1)
+        gc.collect()
+        tracemalloc.start()
+        try:
+            with db.connection() as con:
+                rows = con.run("SELECT repeat('x', :n) FROM generate_series(1, 20)", n=1_000_000)
+                assert len(rows) == 20 and len(rows[0][0]) == 1_000_000
+                del rows
+                assert con.run("SELECT CAST(:a AS int)", a=2) == [[2]]
+            gc.collect()
+            kept = tracemalloc.get_traced_memory()[0]
+        finally:
+            tracemalloc.stop()
+    finally:
+        db.close()
+    assert kept < 2_000_000, f"{kept:,} bytes kept once the rows' statement was done"
+
+
 def test_a_statement_with_parameters_is_prepared_once_per_connection_and_then_one_round_trip(
     stack_env: dict[str, str],
 ) -> None:

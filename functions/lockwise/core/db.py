@@ -58,7 +58,8 @@ class PreparingConnection(pg8000.native.Connection):  # type: ignore[misc]  # pg
     (Parse, then Describe, then Bind and Execute) and parses its named parameters again on every call. Prepared, a
     run is one round trip (Bind, Execute, Sync). The server decides the parameter and result types at preparation
     exactly as it does for the unnamed statement, so results are the same. At most ``MAX_PREPARED`` statements are
-    kept (the code's SQL is static text; beyond that, statements run unnamed). A prepared statement whose run the
+    kept (the code's SQL is static text; beyond that, statements run unnamed), and of their results only the last
+    run's on the connection, as pg8000 keeps an unnamed statement's. A prepared statement whose run the
     server refused as stale (a migration changed what it reads) is forgotten and prepared anew on its next use; outside
     a transaction the refused run is made again at once, unnamed (inside one, the error has aborted the transaction).
     """
@@ -96,7 +97,11 @@ class PreparingConnection(pg8000.native.Connection):  # type: ignore[misc]  # pg
             if in_transaction(self):
                 raise  # the error aborted the caller's transaction: only the caller can run it again
             return super().run(sql, **params)  # outside a transaction: run once unnamed; prepared anew next time
-        self._context = statement._context  # what ``columns`` and ``row_count`` read
+        # what ``columns`` and ``row_count`` read: the connection's last result alone. pg8000's statement keeps its
+        # own last result too, and each of up to ``MAX_PREPARED`` statements on each pooled connection held its
+        # last rows until it ran again there: a door's known recordings (up to ~1,500 fingerprints of ~19 KB) stayed
+        # in memory between requests, once a connection (attack run 114)
+        self._context, statement._context = statement._context, None
         return rows
 
 
