@@ -43,6 +43,7 @@ from lockwise.voice.model.ecapa import EcapaEncoder, model_identity
 from lockwise.voice.model.model_files import ModelError
 from lockwise.voice.model.onnx_ecapa import MANIFEST, OnnxEcapaEncoder, load_artifact_manifest
 from lockwise.voice.model.resample import _kernel, resample
+from tests.allocated import allocated
 
 RESAMPLE_RATES = (8_000, 11_025, 22_050, 44_100, 48_000)
 
@@ -228,21 +229,6 @@ def test_clips_of_many_lengths_leave_nothing_behind_for_each(served: OnnxEcapaEn
     with this tiny model and with the full one, ~13 MB a thousand verifications). The session keeps none: 400 clips
     of distinct lengths leave what the process has allocated (glibc's count, which freed memory kept resident does
     not hide) as it was."""
-    import ctypes
-
-    class MallInfo2(ctypes.Structure):
-        _fields_ = [
-            (name, ctypes.c_size_t)
-            for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks")
-        ] + [("keepcost", ctypes.c_size_t)]
-
-    libc = ctypes.CDLL("libc.so.6")
-    libc.mallinfo2.restype = MallInfo2
-
-    def allocated() -> int:
-        info = libc.mallinfo2()
-        return int(info.uordblks + info.hblkhd)
-
     assert served._serving_session().get_session_options().enable_mem_pattern is False
     for seconds in (3.0, 3.0, 1.0, 2.0):  # the arena grown to the longest clip first
         served.embed(noise(int(16_000 * seconds)), 16_000)
