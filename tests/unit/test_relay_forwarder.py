@@ -267,6 +267,34 @@ def test_a_copy_the_lock_sent_again_is_acknowledged_at_once_and_only_a_redeliver
         forwarder.stop(drain_timeout_s=5)
 
 
+def test_a_message_redelivered_at_each_reconnect_is_acknowledged_once(
+    devices: tuple[str, list[tuple[int, bytes]]],
+) -> None:
+    """While the devices function is away, a resumed session redelivers every message it holds with its packet id at
+    each reconnect: each copy's ack was kept with its first, up to the session's 4,000 unacknowledged messages at
+    every reconnect, for as long as the function stayed away, and each was sent in the end (attack run 114: 1,000
+    redeliveries, 1,001 acks of one packet id). One delivery is acknowledged once; another session's (a drained
+    one's) still is, with it."""
+    url, _ = devices
+    forwarder = Forwarder(url, "token")
+    acks: list[tuple[str, int, int]] = []
+
+    def ack(session: str, mid: int, qos: int) -> None:
+        acks.append((session, mid, qos))
+
+    payload = b'{"state":"locked","ts":1767225601}'
+    forwarder.submit(Event.of(topics.state("L1"), payload, functools.partial(ack, "relay", 7, 1), None, mid=7))
+    for _ in range(1000):  # the function away, the broker reconnecting
+        redelivered = functools.partial(ack, "relay", 7, 1)
+        forwarder.submit(Event.of(topics.state("L1"), payload, redelivered, None, redelivered=True, mid=7))
+    drained = functools.partial(ack, "drained", 3, 1)
+    forwarder.submit(Event.of(topics.state("L1"), payload, drained, None, redelivered=True, mid=3))
+    assert forwarder.repeated == 1001 and forwarder.queue.qsize() == 1
+    forwarder.start()
+    forwarder.stop(drain_timeout_s=5)  # once the first is taken and its acks are made
+    assert sorted(acks) == [("drained", 3, 1), ("relay", 7, 1)]
+
+
 def test_a_200_that_is_not_the_functions_answer_keeps_the_batch() -> None:
     """A proxy's page, or a wrong URL answering 200: nothing says the events were committed, so they are neither
     acknowledged nor told (their locks would forget them); the batch is posted again."""
