@@ -548,6 +548,23 @@ def close_for_member(con: Connection, lock_id: str, uid: str) -> None:
     )
 
 
+def close_sent_by(con: Connection, lock_id: str, uid: str, *, admins_only: bool = False) -> None:
+    """End the open invitations to ``lock_id`` that ``uid`` sent: they lost the right to send them (removed, left,
+    paused, demoted below admin; ``admins_only``: an owner handing the lock over, who as an admin appoints no admin).
+    An invitation's standing was judged on its sender's membership as it is now (``_STANDING``), so one fell with the
+    right and stood again when it came back: an admin removed and made an admin again, the owner a lock was handed
+    back to, brought back every invitation they had sent before, which the lock's list had stopped showing (attack
+    run 113). As a removal ends what was sent to the member removed (``close_for_member``), so it ends what they
+    sent; an account disabled and enabled again keeps its grants (``users.vouches_sql``)."""
+    con.run(
+        "UPDATE invitations SET closed_at = now() WHERE lock_id = CAST(:l AS uuid) AND invited_by = :u AND "
+        + _OPEN
+        + (" AND role = 'admin'" if admins_only else ""),
+        l=lock_id,
+        u=uid,
+    )
+
+
 def forget_address_of(con: Connection, uid: str) -> None:
     """Untie ``uid`` from every address invitation (their account is being deleted, its address forgotten): the one
     held when it was sent (``held_by``) and the one they answered (``accepted_by``, ``declined_by``). Kept, each

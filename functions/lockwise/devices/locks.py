@@ -291,6 +291,7 @@ def hand_over(
     )
     con.run("UPDATE locks SET owner_uid = :u, updated_at = now() WHERE id = CAST(:l AS uuid)", u=to_uid, l=lock_id)
     provisioning.close_codes(con, lock_id)  # the old owner's codes pair nothing now (redemption checks it too)
+    invitations.close_sent_by(con, lock_id, from_uid, admins_only=True)  # an admin appoints none: not if it comes back
     told: dict[str, Any] = {"actor_uid": from_uid, **({} if operator_uid is None else {"by_operator": True})}
     if actor is not None:  # not the previous owner's doing: a restore handing a lock back named its current owner as
         # having given it away, and one done again named the giver a second time (attack run 99)
@@ -401,6 +402,8 @@ def update_member(
     if not target.active(now) and (access["expires_at"] is None or access["expires_at"] > now):  # one more member
         members.refuse_past_limit(con, lock_id, members_per_lock, now)
     members.set_terms(con, lock_id, target.user_uid, role, access)
+    if role not in ("owner", "admin") or pause or not target.active(now):  # the right to invite lost, or lost before
+        invitations.close_sent_by(con, lock_id, target.user_uid)  # (their end passed): not brought back with it
     if members.RANK[role] < members.RANK[target.role] or any(v is not None for v in access.values()):
         commands.withdraw_unsent(con, lock_id, target.user_uid)  # sent under the access they had
     mirror.activity(con, lock_id, "member_updated", actor_uid=actor.user_uid, target_uid=target.user_uid, role=role)
@@ -434,6 +437,7 @@ def revoke_member(
         now=now,
     )
     invitations.close_for_member(con, lock_id, target.user_uid)
+    invitations.close_sent_by(con, lock_id, target.user_uid)  # not brought back if they are let in again
     transfer_offers.end_for_taker(con, lock_id, target.user_uid)
     commands.withdraw_unsent(con, lock_id, target.user_uid)  # an unlock they sent is not delivered after this
     audit.record(
