@@ -23,7 +23,7 @@ from lockwise.core.runtime import get_runtime
 from tests.conftest import PROJECT_ID
 from tests.devices_world import World, bearer, hand_over, join, provision, sign_in, verify_email
 from tests.integration.test_devices_live_view import rest_get, wait_until_mirrored
-from tests.integration.test_gone_accounts import delete_account, flush
+from tests.integration.test_gone_accounts import admin_call, delete_account, flush
 
 PEOPLE = 4
 ROLES = ("admin", "member", "guest")
@@ -35,6 +35,7 @@ class Person:
     email: str
     account: dict[str, Any] | None  # None: deleted, not made again yet
     ghosts: list[dict[str, Any]] = field(default_factory=list)  # the tokens of accounts of theirs deleted since
+    disabled: bool = False
 
     @property
     def uid(self) -> str | None:
@@ -76,6 +77,7 @@ class Lock:
     lost_admin_right: dict[str, int] = field(default_factory=dict)  # an owner handing the lock over
     removed: dict[str, int] = field(default_factory=dict)  # uid -> step of their last removal
     changed: dict[str, int] = field(default_factory=dict)  # uid -> step their membership last changed
+    paused: dict[str, str] = field(default_factory=dict)  # uid -> role of a membership paused (ended, kept)
 
 
 class Unexpected(AssertionError):
@@ -120,7 +122,7 @@ def machine(clients: dict[str, Any], sign_up: Any, stack_env: dict[str, str]) ->
 
         def live(self, i: int) -> Person | None:
             p = self.people[i]
-            return p if p.account is not None else None
+            return p if p.account is not None and not p.disabled else None
 
         def lock_at(self, n: int) -> Lock | None:
             ids = sorted(self.locks)
@@ -145,6 +147,9 @@ def machine(clients: dict[str, Any], sign_up: Any, stack_env: dict[str, str]) ->
             """Whether the model says ``inv`` may still be accepted by ``uid``."""
             lock = self.locks.get(inv.lock_id)
             if lock is None or not inv.open:
+                return False
+            sender = self.by_uid(inv.inviter)
+            if sender is None or sender.disabled:
                 return False
             role = lock.members.get(inv.inviter)
             if role is None or RANK[role] < RANK["admin"] or (inv.role == "admin" and role != "owner"):
@@ -180,7 +185,7 @@ def machine(clients: dict[str, Any], sign_up: Any, stack_env: dict[str, str]) ->
             if lock is None:
                 return
             owner = self.by_uid(lock.owner)
-            if owner is None:
+            if owner is None or owner.disabled:
                 return
             code = devices.post(f"/devices/locks/{lock.id}/provisioning", headers=owner.token())
             self.check_status("pairing code", code, (201,))
@@ -258,7 +263,7 @@ def machine(clients: dict[str, Any], sign_up: Any, stack_env: dict[str, str]) ->
                 (
                     n
                     for n, q in enumerate(self.people)
-                    if q.account is not None and (q.uid == inv.invitee_uid or q.email == inv.email)
+                    if q.account is not None and not q.disabled and (q.uid == inv.invitee_uid or q.email == inv.email)
                 ),
                 None,
             )
@@ -277,6 +282,7 @@ def machine(clients: dict[str, Any], sign_up: Any, stack_env: dict[str, str]) ->
                     self.fail(f"p{b} joined {inv.lock_id[:8]} by invitation {inv.id[:8]}, which should not stand")
                 lock = self.locks[inv.lock_id]
                 lock.members[p.uid] = inv.role  # type: ignore[index]
+                lock.paused.pop(p.key, None)
                 lock.changed[p.uid] = self.step  # type: ignore[index]
                 inv.open = False
 
@@ -324,37 +330,77 @@ def machine(clients: dict[str, Any], sign_up: Any, stack_env: dict[str, str]) ->
             self.check_status("remove", resp, (204, 403, 404))
             if resp.status_code == 204:
                 self.note(f"p{a} removes p{b} from {lock.id[:8]}")
-                if target.uid not in lock.members:
+                if target.key not in lock.members and target.key not in lock.paused:
                     self.fail("removed someone the model says is no member")
-                self.leave(lock, target.uid)
+                lock.paused.pop(target.key, None)
+                self.leave(lock, target.key)
 
         @precondition(lambda self: bool(self.locks))
         @rule(
-            n=st.integers(0, 5), a=st.integers(0, PEOPLE - 1), b=st.integers(0, PEOPLE - 1), role=st.sampled_from(ROLES)
+            n=st.integers(0, 5),
+            a=st.integers(0, PEOPLE - 1),
+            b=st.integers(0, PEOPLE - 1),
+            role=st.sampled_from(ROLES),
+            now=st.integers(0, 3),
         )
-        def set_role(self, n: int, a: int, b: int, role: str) -> None:
+        def set_role(self, n: int, a: int, b: int, role: str, now: int) -> None:
+            """Give a member (or one paused) a role; ``now`` 0: paused (their access ended now)."""
             lock = self.lock_at(n)
             if lock is None:
                 return
-            a, b = self.pick_manager(lock, a), self.pick_member(lock, b)
+            a = self.pick_manager(lock, a)
+            paused = sorted(u for u in lock.paused if self.by_uid(u) is not None)
+            if paused and b == 0:
+                b = self.people.index(self.by_uid(paused[0]))  # type: ignore[arg-type]
+            else:
+                b = self.pick_member(lock, b)
             actor, target = self.live(a), self.people[b]
             if actor is None or target.uid is None or a == b:
                 return
-            body: dict[str, Any] = {"role": role}
+            body: dict[str, Any] = {"role": role, "access": {}}
             if role == "guest":
-                body["access"] = {"weekdays": ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]}
+                body["access"]["weekdays"] = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+            if now == 0:
+                body["access"]["expires_at"] = "2001-01-01T00:00:00Z"
+            if not body["access"]:
+                del body["access"]
             resp = devices.patch(f"/devices/locks/{lock.id}/members/{target.uid}", json=body, headers=actor.token())
-            self.check_status("set role", resp, (200, 403, 404))
-            if resp.status_code == 200:
-                old = lock.members.get(target.uid)
-                if old is None:
-                    self.fail("changed someone the model says is no member")
-                self.note(f"p{a} makes p{b} {role} at {lock.id[:8]} (was {old})")
-                if old != role or role == "guest":
-                    if RANK[role] < RANK[old]:  # type: ignore[index]
-                        self.right_lost(lock, target.uid)
-                    lock.changed[target.uid] = self.step
-                lock.members[target.uid] = role
+            self.check_status("set role", resp, (200, 400, 403, 404, 409))
+            if resp.status_code != 200:
+                return
+            old = lock.members.get(target.key) or lock.paused.get(target.key)
+            if old is None:
+                self.fail("changed someone the model says is no member")
+            self.note(f"p{a} makes p{b} {role}{' paused' if now == 0 else ''} at {lock.id[:8]} (was {old})")
+            was_paused = target.key in lock.paused
+            if now == 0:
+                if target.key in lock.members:
+                    self.leave(lock, target.key)
+                lock.paused[target.key] = role
+                lock.changed[target.key] = self.step
+                return
+            if was_paused or RANK[role] < RANK[old]:  # type: ignore[index]
+                self.right_lost(lock, target.key)
+            if was_paused or old != role or role == "guest":
+                lock.changed[target.key] = self.step
+            lock.paused.pop(target.key, None)
+            lock.members[target.key] = role
+
+        @rule(i=st.integers(0, PEOPLE - 1), now=st.integers(0, 2))
+        def disable_or_enable(self, i: int, now: int) -> None:
+            """The account disabled in the console (``now`` 0), or one disabled enabled again, found by the relay's
+            flush."""
+            p = self.people[i]
+            if p.account is None or (now != 0 and not p.disabled):
+                return
+            admin_call(stack_env, "accounts:update", {"localId": p.key, "disableUser": not p.disabled})
+            with get_runtime("devices").db.transaction() as con:
+                con.run("UPDATE users SET account_checked_at = NULL WHERE uid = :u", u=p.key)
+            flush(clients, stack_env)
+            p.disabled = not p.disabled
+            self.note(f"p{i} {'disabled' if p.disabled else 'enabled again'}")
+            if not p.disabled:
+                p.account = sign_in(auth_host, p.email)
 
         @precondition(lambda self: bool(self.locks))
         @rule(n=st.integers(0, 5), b=st.integers(0, PEOPLE - 1))
@@ -365,7 +411,7 @@ def machine(clients: dict[str, Any], sign_up: Any, stack_env: dict[str, str]) ->
             b = self.pick_member(lock, b)
             target = self.people[b]
             owner = self.by_uid(lock.owner)
-            if lock is None or owner is None or target.uid is None or target.uid == lock.owner:
+            if lock is None or owner is None or owner.disabled or target.uid is None or target.uid == lock.owner:
                 return
             resp = devices.post(f"/devices/locks/{lock.id}/transfer", json={"uid": target.uid}, headers=owner.token())
             self.check_status("offer", resp, (202, 404, 409))
@@ -395,6 +441,7 @@ def machine(clients: dict[str, Any], sign_up: Any, stack_env: dict[str, str]) ->
                 and p.uid in lock.members
                 and lock.changed.get(p.uid, -1) < offer[2]
                 and lock.lost_right.get(offer[0], -1) < offer[2]
+                and not getattr(self.by_uid(offer[0]), "disabled", True)
             )
             resp = devices.post(f"/devices/locks/{lock.id}/transfer/accept", headers=p.token())
             self.check_status("take", resp, (200, 404, 409))
@@ -428,7 +475,7 @@ def machine(clients: dict[str, Any], sign_up: Any, stack_env: dict[str, str]) ->
         def delete_lock(self, n: int, now: int) -> None:
             lock = self.lock_at(n) if now == 0 else None
             owner = None if lock is None else self.by_uid(lock.owner)
-            if lock is None or owner is None:
+            if lock is None or owner is None or owner.disabled:
                 return
             resp = devices.delete(f"/devices/locks/{lock.id}", headers=owner.token())
             self.check_status("delete lock", resp, (204,))
@@ -447,6 +494,7 @@ def machine(clients: dict[str, Any], sign_up: Any, stack_env: dict[str, str]) ->
             if resp.status_code == 204:
                 self.note(f"p{i} leaves everything")
                 for lock in self.locks.values():
+                    lock.paused.pop(p.key, None)
                     if p.uid in lock.members:
                         self.leave(lock, p.uid)
                 for inv in self.invites:
@@ -469,6 +517,7 @@ def machine(clients: dict[str, Any], sign_up: Any, stack_env: dict[str, str]) ->
             p.ghosts.append(p.account)  # type: ignore[arg-type]
             p.account = None
             for lock in self.locks.values():
+                lock.paused.pop(uid, None)  # type: ignore[arg-type]
                 if uid in lock.members and lock.owner != uid:
                     self.leave(lock, uid)
                 lock.lost_right[uid] = self.step  # type: ignore[index]
@@ -540,7 +589,7 @@ def machine(clients: dict[str, Any], sign_up: Any, stack_env: dict[str, str]) ->
                 wait_until_mirrored(lock_id)
             for lock_id, lock in self.locks.items():
                 for n, p in enumerate(self.people):
-                    tokens = [] if p.account is None else [(p.account, p.uid in lock.members)]
+                    tokens = [] if p.account is None else [(p.account, p.uid in lock.members and not p.disabled)]
                     tokens += [(g, False) for g in p.ghosts]
                     for account, member in tokens:
                         got = devices.get(f"/devices/locks/{lock_id}", headers=bearer(account)).status_code
@@ -599,7 +648,7 @@ def _walk(cls: type[RuleBasedStateMachine], seed: int, steps: int) -> None:
         for n in names:
             if all(pre(m) for pre in getattr(cls, n).hypothesis_stateful_rule.preconditions):
                 able.append(n)
-        weights = {"invite": 4, "accept": 4, "set_role": 2, "take": 2, "offer": 2, "remove": 2}
+        weights = {"invite": 4, "accept": 4, "set_role": 3, "take": 2, "offer": 2, "remove": 2}
         name = rnd.choices(able, [weights.get(n, 1) for n in able])[0]
         args: dict[str, Any] = {}
         for p in inspect.signature(getattr(cls, name)).parameters:
@@ -615,6 +664,9 @@ def _walk(cls: type[RuleBasedStateMachine], seed: int, steps: int) -> None:
         getattr(m, name)(**args)
         for c in checks:
             getattr(m, c)()
+    if path := os.environ.get("LIFECYCLE_LOG"):  # what the walks did, for whoever explores
+        with open(path, "a") as out:
+            out.write(f"--- walk {seed}\n" + "\n".join(m.log) + "\n")
 
 
 @pytest.mark.timeout(3000)
