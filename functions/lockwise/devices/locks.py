@@ -404,6 +404,7 @@ def update_member(
     members.set_terms(con, lock_id, target.user_uid, role, access)
     if role not in ("owner", "admin") or pause or not target.active(now):  # the right to invite lost, or lost before
         invitations.close_sent_by(con, lock_id, target.user_uid)  # (their end passed): not brought back with it
+    transfer_offers.end_for_taker(con, lock_id, target.user_uid, reason="member_changed")  # made to them as they were
     if members.RANK[role] < members.RANK[target.role] or any(v is not None for v in access.values()):
         commands.withdraw_unsent(con, lock_id, target.user_uid)  # sent under the access they had
     mirror.activity(con, lock_id, "member_updated", actor_uid=actor.user_uid, target_uid=target.user_uid, role=role)

@@ -16,9 +16,11 @@ from lockwise.core import mirror
 from lockwise.core.db import Connection
 
 
-def end_for_taker(con: Connection, lock_id: str, uid: str) -> None:
-    """``uid``'s membership of the lock ended: an offer naming them ends with it."""
-    _end(con, "lock_id = CAST(:l AS uuid) AND to_uid = :u", "member_left", l=lock_id, u=uid)
+def end_for_taker(con: Connection, lock_id: str, uid: str, reason: str = "member_left") -> None:
+    """``uid``'s membership of the lock ended, or was changed (``reason="member_changed"``: a role or terms it was not
+    offered to, which takes nothing on it): an offer naming them ends with it. Changed and left standing, it was shown
+    to the giver and the member as standing while an acceptance was 404 (attack run 113)."""
+    _end(con, "lock_id = CAST(:l AS uuid) AND to_uid = :u", reason, l=lock_id, u=uid)
 
 
 def end_for_lock(con: Connection, lock_id: str, reason: str = "paired_again") -> None:

@@ -174,13 +174,21 @@ def withdraw(con: Connection, lock_id: str, uid: str, now: dt.datetime) -> None:
 
 
 def standing(con: Connection, lock_id: str, uid: str, now: dt.datetime) -> dict[str, Any]:
-    """The lock's offer, to the member who made it or the one it names (404 ``transfer_not_found``)."""
+    """The lock's offer, to the member who made it or the one it names (404 ``transfer_not_found``), while it may be
+    taken: by the membership it was made to, unchanged and active (one whose access ended, or given other terms by
+    an invitation, was shown to both as standing while its acceptance was 404: attack run 113)."""
     rows = con.run(
         "SELECT from_uid, to_uid, offered_at, expires_at FROM lock_transfer_offers o"
-        " WHERE lock_id = CAST(:l AS uuid) AND (from_uid = :u OR to_uid = :u) AND expires_at > :n AND " + _GIVER_STANDS,
+        " WHERE lock_id = CAST(:l AS uuid) AND (from_uid = :u OR to_uid = :u) AND expires_at > :now AND "
+        + _GIVER_STANDS
+        + " AND "
+        + _TO_THE_MEMBER_AS_MADE
+        + " AND EXISTS (SELECT 1 FROM lock_members m WHERE m.lock_id = o.lock_id AND m.user_uid = o.to_uid AND "
+        + members.active_sql("m")
+        + ")",
         l=lock_id,
         u=uid,
-        n=now,
+        now=now,
     )
     if not rows:
         raise _none_for_you()
