@@ -113,6 +113,19 @@ def test_pairing_flow_with_the_simulated_lock(devices: Any, sign_up: Any, broker
     ) == [[1]]
 
 
+def paired_once(devices: Any, owner: dict[str, Any]) -> tuple[str, dict[str, Any], Any, Any, Any]:
+    """A lock of ``owner``'s made and paired with its code: its id, the pairing's body (to send again), the lock's
+    signing key and TLS key, and the pairing's answer."""
+    created = create_lock(devices, owner)
+    lock_id, code = created["lock"]["id"], created["provisioning"]["code"]
+    key, public = new_lock_key()
+    tls_key, csr = new_tls_key()
+    body = {"code": code, "public_key": public, "csr": csr}
+    first = devices.post("/devices/provision", json=body)
+    assert first.status_code == 201
+    return lock_id, body, key, tls_key, first
+
+
 def test_a_pairing_sent_again_after_its_answer_was_lost_gets_its_credentials_and_nobody_else_does(
     devices: Any, sign_up: Any, broker: Broker
 ) -> None:
@@ -123,13 +136,7 @@ def test_a_pairing_sent_again_after_its_answer_was_lost_gets_its_credentials_and
     stays 401, nothing is revoked, and the certificates count with the renewals (past them, 429 until the code
     ends, not the renewals' day)."""
     owner = sign_up()
-    created = create_lock(devices, owner)
-    lock_id, code = created["lock"]["id"], created["provisioning"]["code"]
-    key, public = new_lock_key()
-    tls_key, csr = new_tls_key()
-    body = {"code": code, "public_key": public, "csr": csr}
-    first = devices.post("/devices/provision", json=body)
-    assert first.status_code == 201
+    lock_id, body, key, tls_key, first = paired_once(devices, owner)
     again = devices.post("/devices/provision", json=body)
     assert again.status_code == 201, again.get_json()
     credentials = again.get_json()
@@ -169,13 +176,7 @@ def test_a_pairing_sent_again_after_its_lock_changed_hands_still_gets_its_creden
     its credential was live and paired. A code's issuer must still own the lock for the code to pair it; the pairing
     it made, sent again by the lock that made it, is answered as a renewal would be, whoever owns the lock now."""
     owner, taker = sign_up(), sign_up()
-    created = create_lock(devices, owner)
-    lock_id, code = created["lock"]["id"], created["provisioning"]["code"]
-    _, public = new_lock_key()
-    tls_key, csr = new_tls_key()
-    body = {"code": code, "public_key": public, "csr": csr}
-    first = devices.post("/devices/provision", json=body)
-    assert first.status_code == 201
+    lock_id, body, _, tls_key, first = paired_once(devices, owner)
     join(devices, lock_id, owner, taker, {"role": "member"})
     assert hand_over(devices, lock_id, owner, taker).status_code == 200
     again = devices.post("/devices/provision", json=body)  # its answer lost, sent again

@@ -127,6 +127,13 @@ def machine(
             p = self.people[i]
             return p if p.account is not None and not p.disabled else None
 
+        def invitation_and_person(self, k: int, b: int) -> tuple[Invite, Person] | None:
+            """The ``k``-th open invitation the model holds and the live person ``b`` (None: either is missing)."""
+            if not self.invites:
+                return None
+            p = self.live(b)
+            return None if p is None else (self.invites[k % len(self.invites)], p)
+
         def lock_at(self, n: int) -> Lock | None:
             ids = sorted(self.locks)
             return self.locks[ids[n % len(ids)]] if ids else None
@@ -292,12 +299,9 @@ def machine(
         @precondition(lambda self: bool(self.invites))
         @rule(k=st.integers(0, 20), b=st.integers(0, PEOPLE - 1))
         def decline(self, k: int, b: int) -> None:
-            if not self.invites:
+            if (picked := self.invitation_and_person(k, b)) is None:
                 return
-            inv = self.invites[k % len(self.invites)]
-            p = self.live(b)
-            if p is None:
-                return
+            inv, p = picked
             resp = devices.post(f"/devices/invitations/{inv.id}/decline", headers=p.token())
             self.check_status("decline", resp, (204, 404))
             if resp.status_code == 204:
@@ -307,12 +311,9 @@ def machine(
         @precondition(lambda self: bool(self.invites))
         @rule(k=st.integers(0, 20), a=st.integers(0, PEOPLE - 1))
         def withdraw(self, k: int, a: int) -> None:
-            if not self.invites:
+            if (picked := self.invitation_and_person(k, a)) is None or picked[0].lock_id not in self.locks:
                 return
-            inv = self.invites[k % len(self.invites)]
-            p = self.live(a)
-            if p is None or inv.lock_id not in self.locks:
-                return
+            inv, p = picked
             resp = devices.delete(f"/devices/locks/{inv.lock_id}/invitations/{inv.id}", headers=p.token())
             self.check_status("withdraw", resp, (204, 403, 404, 409))
             if resp.status_code == 204:
