@@ -63,6 +63,19 @@ def function_env(stack_env: dict[str, str]) -> dict[str, str]:
     return {**kept, **BENCH_FUNCTION_SETTINGS}
 
 
+def model_health(verify_url: str, env: dict[str, str]) -> dict[str, Any]:
+    """The verify function's model check (its ``model_id`` and ``dim``), read as a trusted caller: health shows its
+    checks to the service token only (a5c84b2), and read without it every bench that pairs a lock stopped with a
+    ``KeyError`` before measuring anything."""
+    import requests
+
+    from lockwise.core.headers import SERVICE_TOKEN_HEADER
+
+    token = {SERVICE_TOKEN_HEADER: env["LOCKWISE_SERVICE_TOKEN"]}
+    resp = requests.get(verify_url + "/verify/health", headers=token, timeout=10)
+    return dict(resp.json()["checks"]["model"])
+
+
 def forget_attempts(db: Any, lock_id: str) -> None:
     """Clear a lock's voice lockout and attempt log, so the lockout and the daily ceiling stay out of a measurement
     that sends one clip many times (``db``: a ``lockwise.core.db.Database``)."""

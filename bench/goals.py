@@ -38,6 +38,7 @@ from bench.common import (
     function_env,
     local_stack,
     machine,
+    model_health,
     out,
     pct,
     table,
@@ -167,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
         account = sign_up(env["FIREBASE_AUTH_EMULATOR_HOST"])
         headers = {"Authorization": f"Bearer {account['idToken']}"}
         devices, verify_url = env["LOCKWISE_DEVICES_URL"], env["LOCKWISE_VERIFY_URL"]
-        health = requests.get(verify_url + "/verify/health", timeout=10).json()["checks"]["model"]
+        health = model_health(verify_url, env)
         created = requests.post(f"{devices}/devices/locks", json={"name": "Goals"}, headers=headers, timeout=10).json()
         config = provision(devices, created["provisioning"]["code"], env["MQTT_CA_FILE"], host="127.0.0.1")
         lock_id = created["lock"]["id"]

@@ -20,7 +20,7 @@ from typing import Any
 
 import requests
 
-from bench.common import BENCH_FUNCTION_SETTINGS, full_random_ecapa, local_stack, machine, out, pct, table
+from bench.common import BENCH_FUNCTION_SETTINGS, full_random_ecapa, local_stack, machine, model_health, out, pct, table
 from bench.verify import add_members, sign_up, signed_post
 from lockwise.core.db import Database
 from simlock.lock import provision
@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     with local_stack(full_random_ecapa(), settings=NOISY_SETTINGS) as env:
         db = Database(env["DATABASE_URL"])
         url = env["LOCKWISE_VERIFY_URL"]
-        model = requests.get(url + "/verify/health", timeout=10).json()["checks"]["model"]
+        model = model_health(url, env)
         headers = {"Authorization": f"Bearer {sign_up(env['FIREBASE_AUTH_EMULATOR_HOST'])['idToken']}"}
         victim = paired_lock(env, db, headers, "Victim", model)
         noisy = paired_lock(env, db, headers, "Noisy", model)

@@ -34,6 +34,7 @@ from bench.common import (
     function_env,
     local_stack,
     machine,
+    model_health,
     out,
     pct,
     summary,
@@ -185,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
         account = sign_up(env["FIREBASE_AUTH_EMULATOR_HOST"])
         headers = {"Authorization": f"Bearer {account['idToken']}"}
         devices, verify_url = env["LOCKWISE_DEVICES_URL"], env["LOCKWISE_VERIFY_URL"]
-        health = requests.get(verify_url + "/verify/health", timeout=10).json()["checks"]["model"]
+        health = model_health(verify_url, env)
 
         from lockwise.voice.model.ecapa import EcapaEncoder
 

@@ -35,6 +35,7 @@ from bench.common import (
     function_env,
     local_stack,
     machine,
+    model_health,
     out,
     pct,
     summary,
@@ -182,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
             ).json()
             config = provision(devices, created["provisioning"]["code"], env["MQTT_CA_FILE"], host="127.0.0.1")
             lock_id, key = created["lock"]["id"], config.signing_key()
-            health = requests.get(urls["onnx"] + "/verify/health", timeout=10).json()["checks"]["model"]
+            health = model_health(urls["onnx"], env)
             add_members(db, lock_id, 1, health["model_id"], health["dim"])
             session = requests.Session()
 
