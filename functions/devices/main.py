@@ -415,7 +415,7 @@ def update_member(ctx: Ctx, lock_id: str, uid: str) -> JsonBody:
 @api.route("DELETE", "/devices/locks/<lock_id>/members/<uid>")
 def remove_member(ctx: Ctx, lock_id: str, uid: str) -> Result:
     user, lock_id = app_user(ctx), lock_param(lock_id)
-    since = preconditions.unmodified_since(ctx.request.headers.get(preconditions.HEADER))
+    since = ctx.unmodified_since()
     with with_denials_audited(user.uid, lock_id, "member.revoke"), rt.db.transaction() as con:
         now = rt.now()
         # leaving is anyone's, also a membership ended by its expiry (it counts towards their memberships: attack

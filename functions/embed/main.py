@@ -101,7 +101,7 @@ def enrollment_status(ctx: Ctx) -> JsonBody:
 @api.route("DELETE", "/embed/enrollment")
 def delete_voice_data(ctx: Ctx) -> Result:
     user = app_user(ctx)
-    since = preconditions.unmodified_since(ctx.request.headers.get(preconditions.HEADER))
+    since = ctx.unmodified_since()
     with rt.db.transaction() as con:
         # as committed now (attack runs 79 and 81: the account's maker, a revoked session, erased the owner's voice);
         # after the account has left every lock too, which the app asks first

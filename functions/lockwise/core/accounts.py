@@ -459,15 +459,16 @@ class PacedAddresses:
         self._asked.take(user.uid)
         current = with_current_address(user, self._directory)
         with self._lock:
-            self._found.pop(key, None)  # put back last, with the newest time
-            while self._found:  # what a listing's later pages can no longer take goes, the oldest first
-                oldest = next(iter(self._found))
-                if now - self._found[oldest][0] < LISTING_CONFIRMED_S:
-                    break
-                del self._found[oldest]
-            if len(self._found) >= LISTED_USERS_MAX:
-                self._found.clear()
-            self._found[key] = (now, current)
+            # what a listing's later pages can no longer take goes, the oldest first
+            quotas.keep_newest(
+                self._found,
+                key,
+                (now, current),
+                now=now,
+                max_age_s=LISTING_CONFIRMED_S,
+                cap=LISTED_USERS_MAX,
+                at=lambda found: found[0],
+            )
         return current
 
     @property

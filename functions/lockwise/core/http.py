@@ -7,6 +7,7 @@ other exception becomes a logged 500 that reveals nothing but the request id.
 from __future__ import annotations
 
 import contextvars
+import datetime as dt
 import ipaddress
 import json
 import logging
@@ -24,7 +25,7 @@ from werkzeug.exceptions import MethodNotAllowed as WzMethodNotAllowed
 from werkzeug.exceptions import NotFound as WzNotFound
 from werkzeug.routing import Map, Rule
 
-from lockwise.core import auth, errors, inputs, server_errors, whole_requests
+from lockwise.core import auth, errors, inputs, preconditions, server_errors, whole_requests
 from lockwise.core.config import Settings, get_settings
 from lockwise.core.headers import SERVICE_TOKEN_HEADER
 from lockwise.core.log import event, request_id_var
@@ -134,6 +135,11 @@ class Ctx:
         """Whether the request presents the trusted callers' secret (``service_token``), refusing nothing when it does
         not: for what such a caller is shown more of."""
         return auth.holds_service_token(self.request.headers.get(SERVICE_TOKEN_HEADER, "").strip(), expected)
+
+    def unmodified_since(self) -> dt.datetime | None:
+        """The request's ``If-Unmodified-Since`` (``lockwise.core.preconditions``), None when it sent none; 400
+        ``invalid_if_unmodified_since`` when it is no HTTP date."""
+        return preconditions.unmodified_since(self.request.headers.get(preconditions.HEADER))
 
     def bearer_token(self) -> str:
         header = self.request.headers.get("Authorization", "")

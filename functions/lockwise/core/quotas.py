@@ -8,9 +8,14 @@ from __future__ import annotations
 import datetime as dt
 import threading
 import time
+from collections.abc import Callable
+from typing import TypeVar
 
 from lockwise.core import errors
 from lockwise.core.db import Connection
+
+K = TypeVar("K")
+V = TypeVar("V")
 
 DAY = dt.timedelta(days=1)
 MINUTE = dt.timedelta(minutes=1)
@@ -57,6 +62,23 @@ def take(con: Connection, table: str, uid: str, limit: int, *, message: str, cod
     con.run(f"INSERT INTO {table} (user_uid) VALUES (:u)", u=uid)
 
 
+def keep_newest(
+    entries: dict[K, V], key: K, value: V, *, now: float, max_age_s: float, cap: int, at: Callable[[V], float]
+) -> None:
+    """Put ``key`` last in ``entries`` (kept in the order of their times, ``at``) with ``value``, first dropping the
+    entries ``max_age_s`` old, oldest first, and all of them once ``cap`` are kept: an instance's memory of its callers
+    forgets whoever counts for nothing any more (attack run 114: kept until the cap, every caller stayed)."""
+    entries.pop(key, None)
+    while entries:
+        oldest = next(iter(entries))
+        if now - at(entries[oldest]) < max_age_s:
+            break
+        del entries[oldest]
+    if len(entries) >= cap:
+        entries.clear()
+    entries[key] = value
+
+
 class InstancePace:
     """At most ``per_minute`` requests of one key (a user) in any minute on this instance; past it 429 ``code``
     with ``Retry-After``. For a read that costs the database and the instance more than its caller's own rows (an
@@ -80,19 +102,7 @@ class InstancePace:
                 raise errors.RateLimited(
                     self._message, retry_after_s=max(1, int(60.0 - (now - recent[0])) + 1), code=self._code
                 )
-            self._seen.pop(key, None)  # put back last: its request is the newest
-            self._forget_idle(now)
-            if len(self._seen) >= self._keys:
-                self._seen.clear()
-            self._seen[key] = [*recent, now]
-
-    def _forget_idle(self, now: float) -> None:
-        """Drop the keys whose last request is a minute old, oldest first (they count nothing any more)."""
-        while self._seen:
-            oldest = next(iter(self._seen))
-            if now - self._seen[oldest][-1] < 60.0:
-                return
-            del self._seen[oldest]
+            keep_newest(self._seen, key, [*recent, now], now=now, max_age_s=60.0, cap=self._keys, at=lambda t: t[-1])
 
     @property
     def remembered(self) -> int:
