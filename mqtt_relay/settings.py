@@ -61,8 +61,7 @@ class RelaySettings:
         """A pool whose every new connection finds the database is this deployment's (503 ``wrong_deployment``
         otherwise): a staging relay pointed at production's database leased one of its slots and carried its
         commands to staging's broker, where no production lock listens (attack run 116)."""
-        project = self.project_id
-        return Database(self.database_url, pool_size=pool_size, on_connect=lambda con: deployment.check(con, project))
+        return deployment.database(self.database_url, self.project_id, pool_size=pool_size)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> RelaySettings:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 
 from lockwise.core import errors
-from lockwise.core.db import Connection, sqlstate
+from lockwise.core.db import Connection, Database, sqlstate
 
 log = logging.getLogger("lockwise.core.deployment")
 
@@ -64,3 +64,9 @@ def bind(con: Connection, project_id: str) -> None:
     """Bind the database to ``project_id`` unless it is bound already (``WrongDeployment`` when to another)."""
     con.run("INSERT INTO deployment (project_id) VALUES (:p) ON CONFLICT DO NOTHING", p=project_id)
     check(con, project_id)
+
+
+def database(url: str, project_id: str, pool_size: int) -> Database:
+    """A pool whose every new connection finds the database is ``project_id``'s (``check``): what every function
+    instance and the relay serve from."""
+    return Database(url, pool_size=pool_size, on_connect=lambda con: check(con, project_id))

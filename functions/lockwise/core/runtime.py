@@ -78,13 +78,10 @@ class Runtime:
 
     @cached_property
     def db(self) -> Database:
-        project = self.settings.project_id
         # each new connection finds the database is this deployment's (503 ``wrong_deployment`` otherwise: attack run
         # 116, ``lockwise.core.deployment``)
-        return Database(
-            self.settings.database_url,
-            pool_size=self.settings.db_pool_size,
-            on_connect=lambda con: deployment.check(con, project),
+        return deployment.database(
+            self.settings.database_url, self.settings.project_id, pool_size=self.settings.db_pool_size
         )
 
     @cached_property
