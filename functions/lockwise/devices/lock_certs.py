@@ -36,6 +36,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from lockwise.core import errors
 
 MAX_CSR_CHARS = 4096
+#: the hashes a CSR's self-signature may use
+CSR_HASHES = (hashes.SHA256, hashes.SHA384, hashes.SHA512)
 #: the certificate's validity starts this much before issuance, for locks whose clock runs a little behind
 BACKDATE = dt.timedelta(minutes=5)
 
@@ -98,6 +100,12 @@ def parse_csr(value: Any) -> x509.CertificateSigningRequest:
         signed = False
     if not signed:
         raise errors.BadRequest("csr is not signed by its own key", code="invalid_csr")
+    # the CSR is the lock's proof that it holds its key: SHA-224 and SHA-3 were taken (attack run 115's
+    # leftover); FIRMWARE.md names ECDSA with SHA-256
+    if not isinstance(csr.signature_hash_algorithm, CSR_HASHES):
+        raise errors.BadRequest(
+            "csr must be signed with ECDSA and SHA-256 (SHA-384 and SHA-512 are taken too)", code="invalid_csr"
+        )
     return csr
 
 
