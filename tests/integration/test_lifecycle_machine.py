@@ -20,7 +20,9 @@ from hypothesis import HealthCheck, Phase, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule, run_state_machine_as_test
 
+from infra.local.firestore_sdk import sdk_client as firestore_client
 from lockwise.core.runtime import get_runtime
+from lockwise.devices import members
 from tests.conftest import PROJECT_ID
 from tests.devices_world import World, bearer, hand_over, join, provision, sign_in, verify_email
 from tests.integration.test_devices_live_view import rest_get, wait_until_mirrored
@@ -829,6 +831,24 @@ def test_a_change_to_the_member_an_offer_names_ends_the_offer(world: World, chan
         assert shown.status_code == 404, (role, shown.get_json())
     with get_runtime("devices").db.connection() as con:
         assert con.run("SELECT owner_uid FROM locks WHERE id = CAST(:l AS uuid)", l=lock) == [[world.uid("owner")]]
-        if change != "expired":  # ended, and the feed says so (an end of access writes nothing to end it with)
+        if change != "expired":  # ended, and the feed says so
             left = con.run("SELECT count(*) FROM lock_transfer_offers WHERE lock_id = CAST(:l AS uuid)", l=lock)
             assert left == [[0]]
+    if change == "expired":
+        # an end of access writes nothing; the upkeep's mirror of the lock at the member's edge ends the offer with
+        # it, and the feed says so (it stood, hidden, for the rest of its 7 days: attack run 113's leftover)
+        runtime = get_runtime("devices")
+        with runtime.db.transaction() as con:
+            members.mirror_access(con, lock)
+        with runtime.db.connection() as con:
+            left = con.run("SELECT count(*) FROM lock_transfer_offers WHERE lock_id = CAST(:l AS uuid)", l=lock)
+            assert left == [[0]]
+        runtime.mirror.flush(hand_off=False)
+        assert runtime.mirror.pending() == 0
+        client = firestore_client(PROJECT_ID, str(runtime.settings.firestore_emulator_host))
+        told = [
+            (e["reason"], e["target_uid"])
+            for e in (d.to_dict() for d in client.collection(f"locks/{lock}/activity").stream())
+            if e["kind"] == "ownership_offer_ended"
+        ]
+        assert told == [("member_expired", world.uid("member"))], told

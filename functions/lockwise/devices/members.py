@@ -19,6 +19,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from lockwise.core import errors, inputs, mirror, users, zones
 from lockwise.core.db import Connection, Database, clock, in_transaction, rows_as_dicts
+from lockwise.devices import transfer_offers
 
 ROLES = ("owner", "admin", "member", "guest")
 #: the roles a grant gives (the owner's is only ever transferred)
@@ -495,7 +496,8 @@ def mirror_access(con: Connection, lock_id: str, *, write_again: Collection[str]
     # (queued after that one's) are the newest, and a revoked member's access is never set again after its delete
     con.run("SELECT pg_advisory_xact_lock(hashtextextended('mirror_access ' || :l, 0))", l=lock_id)
     now = clock(con)  # the database's, as the rules' ``request.time`` and every instance's decisions go by
-    current = [m for m in list_for_lock(con, lock_id) if not m.ended(now)]
+    everyone_listed = list_for_lock(con, lock_id)
+    current = [m for m in everyone_listed if not m.ended(now)]
     # the members whose accounts stand, and when their sessions were last revoked (Firebase Auth's ``validSince``):
     # the rules refuse a token signed in before it, as the API does (it read the live view for the rest of its hour:
     # attack run 60)
@@ -536,6 +538,11 @@ def mirror_access(con: Connection, lock_id: str, *, write_again: Collection[str]
         con.run("INSERT INTO mirrored_access_locks VALUES (CAST(:l AS uuid)) ON CONFLICT DO NOTHING", l=lock_id)
     writes: list[mirror.Write] = [(mirror.access_doc(lock_id, uid), "set", a) for uid, a in changed.items()]
     writes += [mirror.access_ended(lock_id, uid, now) for uid in gone]
+    # an offer of the lock to a member whose access ended is taken by nobody: it ends with the access (it stood,
+    # hidden, until its own 7 days ran out, and the feed never said so: attack run 113's leftover)
+    for m in everyone_listed:
+        if m.user_uid in gone and m.ended(now):
+            transfer_offers.end_for_taker(con, lock_id, m.user_uid, reason="member_expired")
     # written every time, after the access documents: a listener the rules let in is checked again only when a
     # document it reads changes (and what lock documents held before, which every member read, is emptied)
     writes.append((mirror.lock_doc(lock_id), "replace_fields", {"member_uids": [], "access": {}}))
