@@ -85,7 +85,14 @@ class Lease:
         except Exception:  # noqa: BLE001 - database away (from this replica: another may lease the slot, having
             # seen it free for ``relay.LEFT_AFTER_S``, and take its session over; this one then exits, attack run 71)
             return False
-        if con.run("SELECT pg_try_advisory_lock(:c, :s)", c=_LOCK_CLASS, s=self.slot)[0][0]:
+        try:
+            leased = con.run("SELECT pg_try_advisory_lock(:c, :s)", c=_LOCK_CLASS, s=self.slot)[0][0]
+        except (InterfaceError, DatabaseError, OSError):  # lost again at once, or still starting up: away, as above
+            # (it ended ``Relay.run`` with the exception: attack run 114's leftover)
+            with contextlib.suppress(InterfaceError, OSError):
+                con.close()
+            return False
+        if leased:
             self._con = con
             log.info("relay slot leased again", extra={"fields": {"slot": self.slot}})
             return True
