@@ -900,12 +900,19 @@ def test_a_statement_with_parameters_is_prepared_once_per_connection_and_then_on
         with pytest.raises(DatabaseError) as stale, db.transaction() as con:
             con.run(select, i=3)
         assert sqlstate(stale.value) == "0A000"
+        selects = "SELECT count(*) FROM pg_prepared_statements WHERE statement LIKE :s"
         with db.connection() as con:
             assert rows_as_dicts(con, select, i=3) == [{"id": 3, "name": "c", "note": "n"}], "prepared anew"
+            # and the stale one is closed on the server: it stayed there, one more each migration, for the
+            # connection's life (attack run 114's leftover)
+            assert con.run(selects, s=f"SELECT * FROM {table} WHERE%") == [[1]]
         with closing(db.connect()) as other:
             other.run(f"ALTER TABLE {table} ADD COLUMN extra int DEFAULT 7")
         with db.connection() as con:  # outside a transaction the refused run is made again at once
             assert rows_as_dicts(con, select, i=3) == [{"id": 3, "name": "c", "note": "n", "extra": 7}]
+            assert con.run(selects, s=f"SELECT * FROM {table} WHERE%") == [[0]]
+            assert rows_as_dicts(con, select, i=3) == [{"id": 3, "name": "c", "note": "n", "extra": 7}]
+            assert con.run(selects, s=f"SELECT * FROM {table} WHERE%") == [[1]]
     finally:
         with closing(db.connect()) as other:
             other.run(f"DROP TABLE IF EXISTS {table}")

@@ -16,6 +16,7 @@ server after a failover), never as a 500 with driver text.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import select
@@ -59,9 +60,10 @@ class PreparingConnection(pg8000.native.Connection):  # type: ignore[misc]  # pg
     run is one round trip (Bind, Execute, Sync). The server decides the parameter and result types at preparation
     exactly as it does for the unnamed statement, so results are the same. At most ``MAX_PREPARED`` statements are
     kept (the code's SQL is static text; beyond that, statements run unnamed), and of their results only the last
-    run's on the connection, as pg8000 keeps an unnamed statement's. A prepared statement whose run the
-    server refused as stale (a migration changed what it reads) is forgotten and prepared anew on its next use; outside
-    a transaction the refused run is made again at once, unnamed (inside one, the error has aborted the transaction).
+    run's on the connection, as pg8000 keeps an unnamed statement's. A prepared statement whose run the server
+    refused as stale (a migration changed what it reads) is closed, forgotten and prepared anew on its next use;
+    outside a transaction the refused run is made again at once, unnamed (inside one, the error has aborted the
+    transaction).
     """
 
     MAX_PREPARED = 256
@@ -94,6 +96,11 @@ class PreparingConnection(pg8000.native.Connection):  # type: ignore[misc]  # pg
             if sqlstate(exc) not in STALE_PLAN:  # a constraint refusing a row, say: the statement stays prepared
                 raise
             del self._prepared[sql]
+            # closed on the server too (a Close message is taken in an aborted transaction, and is no error for a
+            # statement the server no longer has): forgotten only here, each stayed there for the connection's life,
+            # one more each migration (attack run 114's leftover)
+            with contextlib.suppress(DatabaseError):
+                statement.close()
             if in_transaction(self):
                 raise  # the error aborted the caller's transaction: only the caller can run it again
             return super().run(sql, **params)  # outside a transaction: run once unnamed; prepared anew next time
