@@ -325,7 +325,8 @@ def list_members(ctx: Ctx, lock_id: str) -> JsonBody:
 @api.route("POST", "/devices/locks/<lock_id>/members")
 def add_member(ctx: Ctx, lock_id: str) -> Result:
     user, lock_id = app_user(ctx), lock_param(lock_id)
-    body = members.request_body(ctx.json(None), ("role", "uid", "email", "access"))
+    body = members.request_body(ctx.json(None), ("role", "uid", "email", "access", "idempotency_key"))
+    key = idempotency.from_request(ctx.request.headers.get("Idempotency-Key"), body.get("idempotency_key"))
     role = members.parse_role(body.get("role"))
     access = members.parse_access(role, body)
     members.require_future(access, rt.now())
@@ -346,6 +347,7 @@ def add_member(ctx: Ctx, lock_id: str) -> Result:
             members_per_lock=rt.settings.members_per_lock,
             signed_in=users.signed_in_at(user),
             budget=budget,
+            key=key,
         )
     return {"invitation": invitation}, 202
 

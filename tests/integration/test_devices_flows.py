@@ -2101,6 +2101,54 @@ def test_an_account_whose_address_differs_by_whitespace_is_not_the_addresss_hold
         assert accepted.status_code == 201, repr(pad)
 
 
+def test_an_invitation_sent_again_with_its_idempotency_key_after_a_decline_asks_nobody_again(
+    world: World, sign_up: Any
+) -> None:
+    """Attack run 108's leftover: an invitation sent again after its invitee declined it (its answer lost) asked
+    them again, a second invitation, logged and counted. Sent with an ``Idempotency-Key``, a retry is answered with
+    the invitation the key made, whatever became of it; the key on another invitation is 409; without a key an
+    invitation sent again on purpose still asks again."""
+    lock, owner = world.lock_id, world.headers("owner")
+    invitee = sign_up()
+    assert world.devices.get("/devices/me", headers=bearer(invitee)).status_code == 200
+    path, body = f"/devices/locks/{lock}/members", {"uid": invitee["localId"], "role": "member"}
+
+    def send(key: str | None, **changes: Any) -> Any:
+        headers = {**owner, **({"Idempotency-Key": key} if key else {})}
+        return world.devices.post(path, json={**body, **changes}, headers=headers)
+
+    def invites() -> int:
+        ((count,),) = db_rows(
+            "SELECT count(*) FROM audit_log WHERE action = 'member.invite' AND lock_id = CAST(:l AS uuid)", l=lock
+        )
+        return int(count)
+
+    before = invites()
+    with ThreadPoolExecutor(max_workers=2) as pool:  # twice at once with one key: one invitation
+        both = list(pool.map(lambda _: send("invite-1"), range(2)))
+    assert [r.status_code for r in both] == [202, 202], [r.get_json() for r in both]
+    first = both[0].get_json()["invitation"]["id"]
+    assert both[1].get_json()["invitation"]["id"] == first and invites() == before + 1
+    assert world.devices.post(f"/devices/invitations/{first}/decline", headers=bearer(invitee)).status_code == 204
+    again = send("invite-1")  # (in the body as well as the header)
+    keyed_in_body = world.devices.post(path, json={**body, "idempotency_key": "invite-1"}, headers=owner)
+    for resp in (again, keyed_in_body):
+        assert resp.status_code == 202 and resp.get_json()["invitation"]["id"] == first, resp.get_json()
+    assert invites() == before + 1
+    waiting = world.devices.get("/devices/invitations", headers=bearer(invitee)).get_json()["invitations"]
+    assert waiting == [], "declined, and not asked again"
+    other = send("invite-1", role="guest", access={"weekdays": ["sat"]})
+    assert other.status_code == 409 and other.get_json()["error"]["code"] == "idempotency_key_reused"
+    assert other.get_json()["error"]["details"] == {"invitation_id": first}
+    bad = send("not a key!")
+    assert bad.status_code == 400 and bad.get_json()["error"]["code"] == "invalid_idempotency_key"
+    # a new key, or none: asked again, on purpose
+    anew = send("invite-2")
+    assert anew.status_code == 202 and anew.get_json()["invitation"]["id"] != first and invites() == before + 2
+    waiting = world.devices.get("/devices/invitations", headers=bearer(invitee)).get_json()["invitations"]
+    assert [i["id"] for i in waiting] == [anew.get_json()["invitation"]["id"]]
+
+
 def test_invitation_by_uid_waits_for_consent_and_can_be_declined_or_withdrawn(world: World, sign_up: Any) -> None:
     lock, owner = world.lock_id, world.headers("owner")
     invitee = sign_up()

@@ -93,9 +93,11 @@ class _Sending:
     role: str
     terms: str
     now: dt.datetime
+    key: str | None = None  # its idempotency key (``lockwise.core.idempotency``)
 
     def params(self) -> dict[str, Any]:
         return {
+            "k": self.key,
             "l": self.lock_id,
             "me": self.sender,
             "r": self.role,
@@ -123,6 +125,7 @@ def invite(
     members_per_lock: int,
     signed_in: dt.datetime,
     budget: Callable[[], None],
+    key: str | None = None,
 ) -> dict[str, Any]:
     """Invite ``invitee``; returns the invitation as the add-member answer shows it (409 ``too_many_members`` when
     the lock's members and the open invitations ``actor`` sent reach ``members_per_lock``: their own only, or an
@@ -130,11 +133,14 @@ def invite(
     the sender's session signed in (``users.signed_in_at``): the invitation falls with it (``users.vouches_sql``).
     ``budget`` takes the change from the sender's budget (``changes.take``), once the invitation is known not to be
     one sent before: a retry of one, answered as made, was 429 ``change_limit`` once they had made their minute's
-    changes, as if it were another (attack run 108)."""
+    changes, as if it were another (attack run 108). ``key``: its idempotency key; a retry with it is answered with
+    the invitation it made, whatever became of it since (``_sent_with_key``)."""
     members.check_can_grant(actor, role)
     members.check_ends_in_time(actor, access)
     terms = json.dumps(access, default=str)
-    sending = _Sending(lock_id, actor.user_uid, invitee, role, terms, now)
+    sending = _Sending(lock_id, actor.user_uid, invitee, role, terms, now, key)
+    if (keyed := _sent_with_key(con, sending)) is not None:
+        return keyed
     if (accepted := _accepted_before(con, sending)) is not None:
         return accepted
     if (open_ := _open_to(con, sending)) is not None and open_[1]:
@@ -172,10 +178,11 @@ def invite(
     # database server's log naming the address in its key (a unique violation caught here did: attack run 53)
     inserted = con.run(
         "INSERT INTO invitations (lock_id, email, invitee_uid, role, access, invited_by, created_at,"
-        " expires_at, issuer_signed_in_at, held_by) VALUES (CAST(:l AS uuid), :e, :u, :r, CAST(:a AS jsonb), :by,"
-        " :now, CAST(:now AS timestamptz) + make_interval(secs => :ttl), :session,"
-        " (SELECT h.uid FROM users h WHERE lower(h.email) = lower(CAST(:e AS text))))"
+        " expires_at, issuer_signed_in_at, held_by, idempotency_key) VALUES (CAST(:l AS uuid), :e, :u, :r,"
+        " CAST(:a AS jsonb), :by, :now, CAST(:now AS timestamptz) + make_interval(secs => :ttl), :session,"
+        " (SELECT h.uid FROM users h WHERE lower(h.email) = lower(CAST(:e AS text))), :k)"
         " ON CONFLICT DO NOTHING RETURNING id::text",
+        k=key,
         l=lock_id,
         e=email,
         u=uid,
@@ -206,6 +213,31 @@ def invite(
         },
     )
     return {"id": invitation_id, **invitee.public(), "role": role}
+
+
+def _sent_with_key(con: Connection, sending: _Sending) -> dict[str, Any] | None:
+    """The invitation its sender sent with this idempotency key at the lock, answered as when it was made, whatever
+    became of it since (accepted, declined, withdrawn, expired); None when the key made none (or none was sent).
+    The key sending another (another invitee, role or terms) is 409 ``idempotency_key_reused``. Without a key, an
+    invitation sent again after its invitee declined it (its answer lost) asked them again (attack run 108's
+    leftover): one sent again on purpose still does."""
+    if sending.key is None:
+        return None
+    rows = con.run(
+        "SELECT id::text, role = :r AND access = CAST(:a AS jsonb) AND invitee_uid IS NOT DISTINCT FROM"
+        " CAST(:u AS text) AND lower(email) IS NOT DISTINCT FROM lower(CAST(:e AS text)) FROM invitations"
+        " WHERE lock_id = CAST(:l AS uuid) AND invited_by = :me AND idempotency_key = :k",
+        **sending.params(),
+    )
+    if not rows:
+        return None
+    if not rows[0][1]:
+        raise errors.Conflict(
+            "this idempotency key sent another invitation; use a new key for a new invitation",
+            code="idempotency_key_reused",
+            details={"invitation_id": rows[0][0]},
+        )
+    return sending.answer(rows[0][0])
 
 
 def _accepted_before(con: Connection, sending: _Sending) -> dict[str, Any] | None:
