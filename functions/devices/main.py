@@ -318,8 +318,23 @@ def list_members(ctx: Ctx, lock_id: str) -> JsonBody:
         # each by the address Firebase Auth vouched for as theirs, beside the uid: those who manage the members
         # invite by address, and a listing by uid alone left them guessing whom a removal would remove
         known = users.addresses(con, [m["uid"] for m in listed])
-        waiting = invitations.open_for_lock(con, lock_id, now)
-    return {"members": [{**m, "email": known.get(m["uid"])} for m in listed], "invitations": waiting}
+        waiting, more = invitations.open_for_lock(con, lock_id, now, pages.first())
+    return {
+        "members": [{**m, "email": known.get(m["uid"])} for m in listed],
+        "invitations": waiting,  # the first page: the rest from ``GET .../invitations``
+        "invitations_next_page_token": more,
+    }
+
+
+@api.route("GET", "/devices/locks/<lock_id>/invitations", query=None)  # its page: pages.requested
+def list_lock_invitations(ctx: Ctx, lock_id: str) -> JsonBody:
+    user, lock_id, now = app_user(ctx), lock_param(lock_id), rt.now()
+    page = pages.requested(ctx.query(("limit", "page_token")))
+    with rt.db.connection() as con:
+        users.refuse_caller(con, user, left_since=False)  # as the members' listing
+        members.require(con, lock_id, user.uid, now, at_least="admin")
+        waiting, more = invitations.open_for_lock(con, lock_id, now, page)
+    return {"invitations": waiting, "next_page_token": more}
 
 
 @api.route("POST", "/devices/locks/<lock_id>/members")

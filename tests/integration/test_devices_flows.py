@@ -2101,6 +2101,43 @@ def test_an_account_whose_address_differs_by_whitespace_is_not_the_addresss_hold
         assert accepted.status_code == 201, repr(pad)
 
 
+def test_a_locks_open_invitations_are_listed_a_page_at_a_time(world: World) -> None:
+    """Each admin may hold up to ``LOCKWISE_MEMBERS_PER_LOCK`` open invitations of their own (attack run 23), so a
+    lock's have no small bound; the members' listing answered them all at once. It now shows the first 100 and
+    ``invitations_next_page_token``; ``GET .../invitations`` pages the rest, oldest first, each once."""
+    lock = world.lock_id
+    with get_runtime("devices").db.transaction() as con:  # 150 sent by the owner and the admin (past any budget)
+        con.run(
+            "INSERT INTO invitations (lock_id, email, role, invited_by, created_at, expires_at, issuer_signed_in_at)"
+            " SELECT CAST(:l AS uuid), 'page-' || i || '@example.com', 'member', CASE WHEN i % 2 = 0 THEN :o ELSE :a"
+            " END, now() - make_interval(secs => 300 - i), now() + interval '1 day', now() FROM generate_series(1, 150)"
+            " AS i",
+            l=lock,
+            o=world.uid("owner"),
+            a=world.uid("admin"),
+        )
+    listed = world.devices.get(f"/devices/locks/{lock}/members", headers=world.headers("admin"))
+    assert listed.status_code == 200, listed.get_json()
+    first = listed.get_json()
+    assert len(first["invitations"]) == 100 and first["invitations_next_page_token"]
+    path = f"/devices/locks/{lock}/invitations"
+    bodies = every_page(world.devices, path, world.accounts["owner"], "40")
+    assert [len(b["invitations"]) for b in bodies] == [40, 40, 40, 30]
+    paged = [i["email"] for b in bodies for i in b["invitations"]]
+    assert paged == [f"page-{i}@example.com" for i in range(1, 151)], "oldest first, each once"
+    assert [i["email"] for i in first["invitations"]] == paged[:100]
+    rest = world.devices.get(
+        path, query_string={"page_token": first["invitations_next_page_token"]}, headers=world.headers("owner")
+    )
+    assert [i["email"] for i in rest.get_json()["invitations"]] == paged[100:]
+    for role in ("member", "guest_in"):  # only those who manage the members
+        refused = world.devices.get(path, headers=world.headers(role))
+        assert refused.status_code in (403, 404), (role, refused.get_json())
+    for query in ({"limit": "0"}, {"page_token": "x"}, {"other": "1"}):
+        bad = world.devices.get(path, query_string=query, headers=world.headers("owner"))
+        assert bad.status_code == 400, (query, bad.get_json())
+
+
 def test_an_invitation_sent_again_with_its_idempotency_key_after_a_decline_asks_nobody_again(
     world: World, sign_up: Any
 ) -> None:

@@ -42,6 +42,11 @@ def requested(query: dict[str, str]) -> Page:
     return Page(limit, None if token is None else _position(token))
 
 
+def first() -> Page:
+    """A listing's first page at its largest: what a listing answered beside another's rows shows of it."""
+    return Page(MAX_LIMIT, None)
+
+
 T = TypeVar("T")
 
 

@@ -296,16 +296,22 @@ def _sent_again(con: Connection, sending: _Sending, invitation_id: str) -> dict[
     return sending.answer(invitation_id)
 
 
-def open_for_lock(con: Connection, lock_id: str, now: dt.datetime) -> list[dict[str, Any]]:
-    """The lock's invitations still waiting for an answer (for its owner and admins)."""
+def open_for_lock(
+    con: Connection, lock_id: str, now: dt.datetime, page: pages.Page
+) -> tuple[list[dict[str, Any]], str | None]:
+    """A page of the lock's invitations still waiting for an answer (for its owner and admins), oldest first, and
+    the next page's token. Each admin may hold up to ``LOCKWISE_MEMBERS_PER_LOCK`` open invitations of their own
+    (attack run 23), so a lock's have no small bound: all were read and answered at once, with its members."""
     rows = rows_as_dicts(
         con,
-        "SELECT id::text AS id, invitee_uid, email, role, expires_at FROM invitations"
-        " WHERE lock_id = CAST(:l AS uuid) AND " + _LIVE + " ORDER BY created_at",
+        "SELECT id::text AS id, invitee_uid, email, role, expires_at, created_at AS listed_at FROM invitations"
+        " WHERE lock_id = CAST(:l AS uuid) AND " + _LIVE + pages.keyset_sql("created_at", "id"),
         l=lock_id,
         now=now,
+        **pages.bind(page),
     )
-    return [_public(row) for row in rows]
+    listed = [_public(row) for row in rows[: page.limit]]
+    return listed, pages.next_token(rows, page, lambda row: (row["listed_at"], row["id"]))
 
 
 #: ``user`` with the address their token names only while their account still has it (``accounts``'s
