@@ -117,6 +117,38 @@ def test_a_path_of_the_request_lines_length_is_not_logged_whole(caplog: pytest.L
     assert max(len(JsonFormatter("unit").format(r)) for r in caplog.records) < 4_000
 
 
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", "/" + "\U0001f600" * 20_000),  # no route: 404
+        ("DELETE", "/unit/items/" + "\U0001f600" * 20_000),  # a route's path, another method: 405
+        ("GET", "/" + "\x1b" * 20_000),  # control characters (an ANSI escape's start)
+    ],
+)
+def test_a_requests_log_is_bounded_in_bytes_whatever_characters_its_path_holds(
+    capsys: pytest.CaptureFixture[str], method: str, path: str
+) -> None:
+    """The path was cut to 300 characters and an error's message to 1,000, but a character past ASCII is written
+    as a 6- or 12-byte escape: an unauthenticated 404 for a path of emoji wrote 11.3 KB of log, a 405 (a route's
+    path with another method, checked before any credential) 19 KB, whose message quoted the path whole (attack run
+    120). Measured in the bytes the process writes to stdout."""
+    from lockwise.core import log as lwlog
+
+    lwlog.configure("unit")
+    try:
+        resp = call(make_api(), method, path)
+        out = capsys.readouterr().out
+    finally:
+        logging.getLogger().handlers.clear()
+    assert resp.status_code in (404, 405)
+    assert len(resp.get_data()) < 5_000  # the 405's answer quoted the path whole too (11.7 KB)
+    lines = out.splitlines()
+    assert [json.loads(line)["message"] for line in lines] == ["request failed", "request"]
+    assert json.loads(lines[1])["path"].startswith(path[:50])
+    assert max(len(line) for line in lines) < 3_000
+    assert len(out.encode()) < 4_500
+
+
 def test_unknown_route_and_wrong_method_are_json_errors() -> None:
     api = make_api()
     assert json.loads(call(api, "GET", "/unit/nope").get_data())["error"]["code"] == "no_route"

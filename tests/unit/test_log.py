@@ -42,3 +42,46 @@ def test_a_record_is_one_line_whatever_line_ends_its_values_hold(capsys: pytest.
     [line] = out.splitlines()
     record = json.loads(line)
     assert record["path"] == f"/devices/{odd}" and record["error"] == odd
+
+
+@pytest.mark.parametrize("char", ["a", "\x1b", '"', "é", "\u2028", "\U0001f600"])
+def test_a_strings_bytes_in_a_line_are_bounded_whatever_its_characters(
+    capsys: pytest.CaptureFixture[str], char: str
+) -> None:
+    """Bounds on what a caller sends were in characters, a line's cost is in bytes: a character past ASCII is
+    written as a 6- or 12-byte escape (attack run 120). Each string of a record, its message, a field's value and
+    one nested in a field, is written in ``VALUE_MAX_BYTES`` at most, its cut marked; a short one whole."""
+    lwlog.configure("unit-test")
+    logger = logging.getLogger("lockwise.unit")
+    long = char * 5_000
+    try:
+        lwlog.event(logger, long, path=long, httpRequest={"requestUrl": long}, names=[long], short=char * 10)
+        out = capsys.readouterr().out
+    finally:
+        logging.getLogger().handlers.clear()
+    [line] = out.splitlines()
+    record = json.loads(line)
+    for value in (record["message"], record["path"], record["httpRequest"]["requestUrl"], record["names"][0]):
+        assert value.startswith(char * 10) and value.endswith("...")
+        assert len(json.dumps(value)) - 2 <= lwlog.VALUE_MAX_BYTES
+    assert record["short"] == char * 10
+    assert len(line) < 5 * lwlog.VALUE_MAX_BYTES + 500
+
+
+def test_a_traceback_is_bounded_and_keeps_its_start_and_end(capsys: pytest.CaptureFixture[str]) -> None:
+    """An exception's message may quote what a caller sent (attack run 120): a traceback is written in
+    ``EXCEPTION_MAX_BYTES`` at most, the frames at its start and the exception's line at its end kept."""
+    lwlog.configure("unit-test")
+    logger = logging.getLogger("lockwise.unit")
+    try:
+        try:
+            raise ValueError("\U0001f600" * 50_000 + " the end")
+        except ValueError:
+            logger.exception("it failed")
+        out = capsys.readouterr().out
+    finally:
+        logging.getLogger().handlers.clear()
+    [line] = out.splitlines()
+    exception = json.loads(line)["exception"]
+    assert exception.startswith("Traceback (most recent call last)") and exception.endswith(" the end")
+    assert len(json.dumps(exception)) - 2 <= lwlog.EXCEPTION_MAX_BYTES

@@ -367,7 +367,7 @@ class Api:
             except WzMethodNotAllowed as exc:
                 allowed = sorted(set(exc.valid_methods or ()) - {"HEAD", "OPTIONS"})
                 raise errors.MethodNotAllowed(
-                    f"{request.method} is not allowed on {request.path}", allowed=allowed
+                    f"{request.method} is not allowed on {_quoted_path(request.path)}", allowed=allowed
                 ) from exc
             ctx = Ctx(request=request, request_id=request_id, settings=self._settings())
             route = self._routes[str(endpoint)]
