@@ -41,8 +41,8 @@ class Metric:
 
     def log_filter(self) -> str:
         if self.broker:  # syslog's text: the logging agent's textPayload, or the Ops Agent's jsonPayload.message
-            held = _quoted(self.message)
-            return f'resource.type="gce_instance" AND (textPayload:"{held}" OR jsonPayload.message:"{held}")'
+            begins = _quoted(self.message_pattern())
+            return f'resource.type="gce_instance" AND (textPayload=~"{begins}" OR jsonPayload.message=~"{begins}")'
         services = " OR ".join(f'"{name}"' for name in SERVICES)
         return (
             f'resource.type="cloud_run_revision" AND resource.labels.service_name=({services})'
@@ -50,7 +50,11 @@ class Metric:
         )
 
     def message_pattern(self) -> str:
-        """The regular expression (RE2's, as Python's ``re`` reads it too) a counted line's ``message`` matches."""
+        """The regular expression (RE2's, as Python's ``re`` reads it too) a counted line's ``message`` matches; a
+        broker metric's, the syslog line whose message, mosquitto's, begins with ``message`` (a regular expression
+        itself: ``BROKER_LINE``)."""
+        if self.broker:
+            return BROKER_LINE + f"(?:{self.message})"
         return f"^{re.escape(self.message)}" + ("$" if self.whole else "")
 
     def log_metric(self) -> dict[str, object]:
@@ -73,6 +77,17 @@ class Metric:
             body["valueExtractor"] = f"EXTRACT(jsonPayload.{self.value_field})"
             body["bucketOptions"] = {"exponentialBuckets": {"numFiniteBuckets": 32, "growthFactor": 1.5, "scale": 1}}
         return body
+
+
+#: where a broker metric's message begins in the VM's syslog line: after mosquitto's tag (``mosquitto[pid]: ``, the
+#: line's first ``[``: a host name or a time has none) and the time mosquitto may put first, or at the text's start
+#: (an agent that reads the message alone). A metric that counted lines holding its message anywhere counted text a
+#: caller sent: a paired lock's subscription to a topic named ``x lockwise_acl: holding`` (the plugin's refusal quotes
+#: it), and a line of any other program on any VM of the project, such as sshd's ``Invalid user ...`` for a user
+#: name of the message (attack run 120)
+BROKER_LINE = r"^(?:[^\[]*mosquitto\[[0-9]+\]: )?(?:[0-9]+: )?"
+#: a lock's or a relay's identity as the plugin's lines name it (its certificate's: ``use_identity_as_username``)
+_IDENTITY = r"[A-Za-z0-9._-]+"
 
 
 def _quoted(text: str) -> str:
@@ -119,17 +134,17 @@ METRICS = (
         "WARNING",
         labels=(("error", "error"),),
     ),
-    Metric("lockwise_broker_runs", "The broker started (alert on restarts)", "lockwise_acl: broker run", broker=True),
+    Metric("lockwise_broker_runs", "The broker started (alert on restarts)", "lockwise_acl: broker run ", broker=True),
     Metric(
         "lockwise_broker_floods",
         "A lock published faster than its allowance and was disconnected",
-        "publishes faster than",
+        f"lockwise_acl: (?:{_IDENTITY}|dropped {_IDENTITY}'s last will: it) publishes faster than ",
         broker=True,
     ),
     Metric(
         "lockwise_broker_holding",
         "The broker holds locks' events while no relay subscribes (alert if it lasts)",
-        "lockwise_acl: holding",
+        "lockwise_acl: holding ",
         broker=True,
     ),
 )

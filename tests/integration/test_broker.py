@@ -1194,3 +1194,37 @@ def test_a_retained_state_a_delayed_will_left_is_cleared_by_the_locks_empty_reta
         assert kept() == []
     finally:
         relay.stop()
+
+
+def test_a_locks_topic_quoted_in_the_brokers_log_counts_for_no_metric(
+    broker: Broker, lock_files: dict[str, tuple[Path, Path]]
+) -> None:
+    """The broker's metrics counted every line holding their message anywhere (attack run 120): a paired lock that
+    subscribed to a topic it may not have, named ``x lockwise_acl: holding ...``, had the plugin's refusal quote the
+    name, and the line counted as the broker holding locks' events (an alert), as one naming ``lockwise_acl: broker
+    run`` counted as a restart. Read from the real broker's log."""
+    from infra import monitoring
+    from tests.unit.test_monitoring import _counts
+
+    files, _ = two(lock_files)
+    lock = Peer(broker, files, client_id=identity_of(files))
+    log = broker.process.log_path
+    before = len(log.read_bytes())
+    assert lock.start()
+    try:
+        for n, forged in enumerate(("lockwise_acl: holding x's message to y until", "lockwise_acl: broker run 1")):
+            # the plugin writes one refusal a second (the rest counted): each in a second of its own
+            wait_until(lambda n=n: log.read_bytes()[before:].count(b"'s subscription to x lockwise_acl:") >= n, 5)
+            time.sleep(1.1)
+            assert not lock.subscribe(f"x {forged}")
+        wait_until(lambda: log.read_bytes()[before:].count(b"'s subscription to x lockwise_acl:") >= 2)
+    finally:
+        lock.stop()
+    written = log.read_bytes()[before:].decode(errors="replace").splitlines()
+    refusals = [line for line in written if "'s subscription to x lockwise_acl:" in line]
+    assert len(refusals) == 2, written  # the plugin quoted both names
+    brokers = [m for m in monitoring.METRICS if m.broker]
+    assert not [(m.name, line) for m in brokers for line in refusals if _counts(m, line)]
+    # and the plugin's own line is still counted, as this broker wrote it
+    runs = next(m for m in brokers if m.name == "lockwise_broker_runs")
+    assert any(_counts(runs, line) for line in log.read_text(errors="replace").splitlines())

@@ -35,9 +35,64 @@ def test_each_metric_counts_a_line_the_code_writes_at_its_severity(metric: monit
     assert max(levels) >= _SEVERITY[metric.severity], f"{metric.name}: logged below {metric.severity}"
 
 
+#: a lock's identity, as its certificate names it (the plugin's ``%.64s`` of a lock)
+LOCK = "3f6c1d2e-8b4a-4c1e-9a57-0d2b9f4e7a11"
+#: the shapes a broker line takes where a metric reads it: the time mosquitto puts first (its own log file, the local
+#: stack's), a syslog line (the legacy logging agent's textPayload and the Ops Agent's message; RFC 3164 and RFC 3339
+#: times), and the message alone
+SYSLOG_SHAPES = (
+    "{}",
+    "1796679893: {}",
+    "Dec  7 21:44:34 lockwise-broker mosquitto[812]: {}",
+    "2026-12-07T21:44:34.118204+00:00 lockwise-broker mosquitto[812]: 1796679893: {}",
+)
+
+
+def _written(form: str) -> str:
+    """A line the plugin's ``form`` writes, a lock named in it."""
+    line = re.sub(r"%\.64s", LOCK, form)
+    line = re.sub(r"%[-.\d]*s", "locks/+/state", line)
+    line = re.sub(r"%[-.\d]*g", "20", line)
+    return re.sub(r"%[-.\d]*(llu|lu|d|u)", "7", line)
+
+
+def _counts(metric: monitoring.Metric, text: str) -> bool:
+    """Whether ``metric``'s filter counts a syslog line of ``text`` (its ``textPayload`` clause: ``=~`` a regular
+    expression, ``:`` holding the text)."""
+    found = re.search(r'textPayload(=~|:)"((?:[^"\\]|\\.)*)"', metric.log_filter())
+    assert found, metric.log_filter()
+    value = re.sub(r"\\(.)", r"\1", found.group(2))
+    return bool(re.search(value, text)) if found.group(1) == "=~" else value in text
+
+
 @pytest.mark.parametrize("metric", BROKER, ids=lambda m: m.name)
 def test_each_broker_metric_counts_a_line_the_plugin_writes(metric: monitoring.Metric) -> None:
-    assert any(metric.message in form for form in broker_formats()), f"the plugin writes no {metric.message!r}"
+    lines = [_written(form) for form in broker_formats()]
+    assert any(_counts(metric, line) for line in lines), f"the plugin writes no line {metric.name} counts"
+    for shape in SYSLOG_SHAPES:  # wherever the agent puts it
+        assert any(_counts(metric, shape.format(line)) for line in lines), (metric.name, shape)
+
+
+#: lines a caller chose the text of: a paired lock's subscription to a topic it may not have, a will to one (both
+#: quoted by the plugin's refusal), and another program's line on a VM of the project (sshd names the user tried)
+FORGED = (
+    "mosquitto[812]: 1796679893: lockwise_acl: refused {lock}'s subscription to x/{text} (and 0 more since)",
+    "mosquitto[812]: lockwise_acl: refused {lock}'s last will to {text}: a lock's will is its offline on its status",
+    "Dec  7 21:44:34 lockwise-broker sshd[4242]: Invalid user {text} from 203.0.113.9 port 50022",
+    "Dec  7 21:44:34 lockwise-broker sshd[4242]: Invalid user mosquitto[1]: {text} from 203.0.113.9 port 50022",
+    "Invalid user {text} from 203.0.113.9 port 50022",
+)
+
+
+@pytest.mark.parametrize("metric", BROKER, ids=lambda m: m.name)
+def test_a_broker_metric_counts_no_line_whose_message_a_caller_wrote(metric: monitoring.Metric) -> None:
+    """The metrics counted every line holding their message anywhere, on any VM of the project: a paired lock that
+    subscribed to a topic named ``x lockwise_acl: holding`` raised the broker's holding alert (the plugin's refusal
+    quotes the topic), and an ``ssh 'lockwise_acl: broker run 1'@`` anyone a broker restart (attack run 120)."""
+    genuine = next(line for line in map(_written, broker_formats()) if _counts(metric, line))
+    for forged in FORGED:
+        line = forged.format(lock=LOCK, text=genuine)
+        assert not _counts(metric, line), (metric.name, line)
 
 
 def test_the_request_metrics_read_fields_a_real_request_line_has(capsys: pytest.CaptureFixture[str]) -> None:
