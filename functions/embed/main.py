@@ -13,7 +13,7 @@ import flask
 import functions_framework
 
 import lockwise.core.loading
-from lockwise.core import auth, erasure, errors, health, preconditions, quotas, users
+from lockwise.core import audit, auth, erasure, errors, health, preconditions, quotas, users
 from lockwise.core.http import Api, Ctx, JsonBody, Result
 from lockwise.core.runtime import get_runtime
 from lockwise.voice import audio, enrollment, first_come, scoring, voiceprints
@@ -110,7 +110,10 @@ def delete_voice_data(ctx: Ctx) -> Result:
         if since is not None:
             enrolled_at = voiceprints.enrolled_at(con, user.uid)
             preconditions.refuse_if_changed(enrolled_at, since, "the enrollment", "enrollment_changed")
-        erasure.forget_voice(con, user.uid, "requested")
+        # in the log with the session that asked, as its enrollment is (attack run 120); a deletion of nothing is
+        # not (each enrollment's is one row at most: sent in a loop, it wrote a row a request)
+        if removed := erasure.forget_voice(con, user.uid, "requested"):
+            audit.record(con, audit.user_actor(user.uid), "voice.delete", "ok", details={"voiceprints": removed})
     rt.flush_mirror()
     return flask.Response(status=204)
 

@@ -2428,3 +2428,38 @@ def test_a_voice_just_under_the_threshold_is_asked_again_and_both_utterances_dec
     assert refused.status_code == 400 and refused.get_json()["error"]["code"] == "invalid_follow_up"
     with get_runtime("verify").db.connection() as con:
         assert con.run("SELECT count(*) FROM verify_follow_ups") == [[0]], "used follow-ups are gone"
+
+
+def _voice_rows(uid: str) -> list[tuple[str, str, dict[str, Any]]]:
+    with get_runtime("embed").db.connection() as con:
+        rows = con.run(
+            "SELECT action, outcome, details FROM audit_log WHERE actor = :a AND action LIKE 'voice.%' ORDER BY id",
+            a=f"user:{uid}",
+        )
+    return [(r[0], r[1], r[2] if isinstance(r[2], dict) else json.loads(r[2])) for r in rows]
+
+
+def test_a_voices_enrollment_and_deletion_are_in_the_audit_log_with_the_session(
+    clients: dict[str, Any], world: World
+) -> None:
+    """A voice opens its member's doors, and only its refusals were in the audit log (attack run 120): a stolen
+    phone's session that enrolled its holder's voice in the owner's account left no row, and the doors that voice
+    opened were hers in the log; enrolling again or deleting wiped what had been there."""
+    account, uid = world.accounts["member"], world.uid("member")
+    payload = account["idToken"].split(".")[1]
+    claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    session = dt.datetime.fromtimestamp(int(claims["auth_time"]), dt.UTC).isoformat()
+    assert enroll(clients, account).status_code == 201
+    assert enroll(clients, account).status_code == 200  # the same samples again: stored before, nothing new
+    assert enroll(clients, account, gain=0.8).status_code == 201  # another voiceprint in its place
+    assert clients["embed"].delete("/embed/enrollment", headers=bearer(account)).status_code == 204
+    assert clients["embed"].delete("/embed/enrollment", headers=bearer(account)).status_code == 204  # nothing left
+    rows = _voice_rows(uid)
+    assert [(action, outcome) for action, outcome, _ in rows] == [
+        ("voice.enroll", "ok"),
+        ("voice.enroll", "ok"),
+        ("voice.delete", "ok"),
+    ], rows
+    assert all(details["signed_in_at"] == session for _, _, details in rows)
+    assert "replaced" not in rows[0][2] and rows[1][2]["replaced"] is True
+    assert rows[2][2]["voiceprints"] >= 1

@@ -154,6 +154,11 @@ def enroll(
         else:
             known_recordings.replace_enrollment(con, uid, takes)
             status = {**voiceprints.status(con, uid, encoder.model_id), "not_scored_at": after.aside_at}
+            # a voice opens the member's doors: its change is a credential's, in the log with the session that made
+            # it (``audit.acting``). Only the refusals were (attack run 120: a stolen phone's session enrolled its
+            # holder's voice in the owner's account, left no row, and the doors it opened were hers in the log)
+            replaced = {"replaced": True} if before.enrolled else {}
+            audit.record(con, audit.user_actor(uid), "voice.enroll", "ok", details={"samples": len(clips), **replaced})
         if after.compared:  # an answer about co-members' voices, whichever it is: counted (and kept)
             con.run("INSERT INTO enrollment_comparisons (user_uid) VALUES (:u)", u=uid)
     if lost:
