@@ -16,6 +16,7 @@ bytes, deeply nested, or one the database refuses) is ``rejected`` alone, with a
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import json
 import logging
 import re
@@ -477,9 +478,20 @@ def taken_run(run: Any, now: dt.datetime) -> int | None:
     if run is None:
         return None
     if not topics.is_run(run) or run > _run_at(now + RUN_AHEAD):
-        log.warning("lock event's broker run not taken", extra={"fields": {"run": repr(run)[:40]}})
+        # counted, and logged at the first and every ``RUNS_NOT_TAKEN_LOGGED_EVERY``th: a lock chooses its will's
+        # run, and one reconnecting in a loop has its will sent at its allowance's pace, 20 a second, each a WARNING
+        # line of its own (attack run 120; as a lock's oversized messages were at the relay, attack run 110)
+        refused = next(_runs_not_taken)
+        if refused % RUNS_NOT_TAKEN_LOGGED_EVERY == 1:
+            fields = {"run": repr(run)[:40], "not_taken_so_far": refused}
+            log.warning("lock event's broker run not taken", extra={"fields": fields})
         return None
     return run
+
+
+#: runs not taken (``taken_run``) logged one in this many, the first one first (the rest counted in the line)
+RUNS_NOT_TAKEN_LOGGED_EVERY = 1000
+_runs_not_taken = itertools.count(1)
 
 
 def _run_at(moment: dt.datetime) -> int:
