@@ -451,11 +451,13 @@ def test_an_idle_round_publishes_nothing(relay_db: Database) -> None:
     assert outbox.deliver_due(relay_db, lambda messages: [True] * len(messages), resend_after_s=5) == []
 
 
-def _ack(world: World, stack_env: dict[str, str], db: Database, command_id: str, result: str = "ok") -> str:
+def _ack(
+    world: World, stack_env: dict[str, str], db: Database, command_id: str, result: str = "ok", reason: str = ""
+) -> str:
     """The outcome of the lock's ack of ``command_id``, through the relay's route."""
     with db.connection() as con:
         ((nonce,),) = con.run("SELECT nonce FROM commands WHERE id = CAST(:i AS uuid)", i=command_id)
-    payload = json.dumps({"id": command_id, "nonce": nonce, "result": result})
+    payload = json.dumps({"id": command_id, "nonce": nonce, "result": result, **({"reason": reason} if reason else {})})
     resp = world.devices.post(
         "/devices/relay/events",
         json={"events": [{"topic": f"lockwise/{world.credentials['mqtt']['client_id']}/ack", "payload": payload}]},
@@ -1019,3 +1021,18 @@ def test_a_member_paused_on_an_instance_running_ahead_has_no_unlock_made_after(
     made = send(world, "member")
     assert made.status_code == 404, made.get_json()
     assert deliver(relay_db, world) == []
+
+
+def test_a_locks_reason_reaches_the_sender_without_its_control_or_format_characters(
+    world: World, relay_db: Database, stack_env: dict[str, str]
+) -> None:
+    """The reason of a refused ack is shown to the member who sent the command as the lock wrote it, and was the one
+    text of a lock's kept whole (its firmware and name refuse them): line breaks, an ANSI escape and a right-to-left
+    override made the app's line of the outcome read as others (attack run 120). Shown as U+FFFD; the ack is taken."""
+    command_id = send(world, "owner").get_json()["command"]["id"]
+    deliver(relay_db, world)
+    reason = "jammed\n\nowner: \x1b[2Jsign in again\u202e"
+    assert _ack(world, stack_env, relay_db, command_id, "refused", reason) == "applied"
+    shown = world.devices.get(f"/devices/locks/{world.lock_id}/commands/{command_id}", headers=world.headers("owner"))
+    assert shown.status_code == 200
+    assert shown.get_json()["command"]["error"] == "refused: jammed\ufffd\ufffdowner: \ufffd[2Jsign in again\ufffd"

@@ -4,6 +4,8 @@ takes a lock's ack of such a command: the lock may have acted on it all the same
 
 from __future__ import annotations
 
+import unicodedata
+
 #: its issuer was removed, or their access narrowed, before it was sent (``commands.withdraw_unsent``, the relay's
 #: outbox); a voice grant withdrawn so may have been acted on already, by the lock's HTTP answer
 WITHDRAWN = "withdrawn: the issuer's access changed"
@@ -22,8 +24,13 @@ TRIED = "failed: "
 
 def lock_said(result: str, reason: str | None) -> str:
     """The ``last_error`` of a command the lock answered ``failed`` or ``refused``, with the first ``REASON_MAX``
-    characters of its reason, if any (docs/FIRMWARE.md; the whole cut to 200 kept 191 of the reason's)."""
-    return f"{result}: {(reason or 'no reason given')[:REASON_MAX]}"
+    characters of its reason, if any (docs/FIRMWARE.md; the whole cut to 200 kept 191 of the reason's), each control
+    or format character (a line break, an ANSI escape's ESC, a bidi override, a zero-width one) shown as U+FFFD.
+    The reason is shown to the member who sent the command as the lock wrote it, and was the one text of a lock's
+    kept whole: its firmware and its name refuse them (attack run 120: a reason of line breaks and a right-to-left
+    override made the app's line of the outcome read as others); the ack is taken all the same."""
+    said = (reason or "no reason given")[:REASON_MAX]
+    return f"{result}: " + "".join("\ufffd" if unicodedata.category(c) in ("Cc", "Cf") else c for c in said)
 
 
 #: the characters of a lock's ``reason`` kept (docs/FIRMWARE.md)
