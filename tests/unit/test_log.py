@@ -85,3 +85,33 @@ def test_a_traceback_is_bounded_and_keeps_its_start_and_end(capsys: pytest.Captu
     exception = json.loads(line)["exception"]
     assert exception.startswith("Traceback (most recent call last)") and exception.endswith(" the end")
     assert len(json.dumps(exception)) - 2 <= lwlog.EXCEPTION_MAX_BYTES
+
+
+def test_a_records_fields_cannot_stand_for_the_lines_own(capsys: pytest.CaptureFixture[str]) -> None:
+    """A line's ``severity``, ``message``, ``time``, request id and component are the formatter's, as are the fields
+    Cloud Logging reads into the entry (``logging.googleapis.com/...``, ``timestamp``): a record's field of that name
+    replaced them (attack run 120: none carries a caller's name today; the README promises operators it cannot)."""
+    lwlog.configure("unit-test")
+    logger = logging.getLogger("lockwise.unit")
+    token = lwlog.request_id_var.set("rid-real")
+    forged = {
+        "severity": "DEBUG",
+        "message": "unhandled error",
+        "time": "2001-01-01T00:00:00Z",
+        "request_id": "rid-forged",
+        "component": "verify",
+        "logging.googleapis.com/trace": "projects/p/traces/0123",
+        "timestamp": "2001-01-01T00:00:00Z",
+    }
+    try:
+        logger.warning("door opened", extra={"fields": {"lock_id": "L1", **forged}})
+    finally:
+        lwlog.request_id_var.reset(token)
+        out = capsys.readouterr().out
+        logging.getLogger().handlers.clear()
+    [line] = out.splitlines()
+    record = json.loads(line)
+    assert (record["severity"], record["message"], record["request_id"]) == ("WARNING", "door opened", "rid-real")
+    assert record["component"] == "unit-test" and record["time"].startswith("20") and record["time"] > "2002"
+    assert "logging.googleapis.com/trace" not in record and "timestamp" not in record
+    assert record["lock_id"] == "L1"

@@ -50,17 +50,26 @@ class JsonFormatter(logging.Formatter):
             entry["request_id"] = request_id
             entry["logging.googleapis.com/labels"] = {"request_id": request_id}
         fields = getattr(record, "fields", None)
-        if isinstance(fields, dict):
-            entry.update(fields)
-        for key, value in vars(record).items():
-            if key not in _RESERVED and key != "fields" and not key.startswith("_"):
-                entry[key] = value
+        given = dict(fields) if isinstance(fields, dict) else {}
+        given.update((k, v) for k, v in vars(record).items() if k not in _RESERVED and k != "fields" and k[:1] != "_")
+        # the line's own fields, and those Cloud Logging reads into the entry, are the formatter's alone
+        entry.update((k, v) for k, v in given.items() if not _owned(str(k)))
         entry = _bounded(entry, VALUE_MAX_BYTES)
         if record.exc_info:
             entry["exception"] = _cut_middle(self.formatException(record.exc_info), EXCEPTION_MAX_BYTES)
         # every character past ASCII escaped: U+0085, U+2028 and U+2029 in a path or an error split a record in two
         # for a reader that ends lines on them as Python's ``str.splitlines`` does (attack run 75)
         return json.dumps(entry, default=str, ensure_ascii=True)
+
+
+#: the fields of a line that are the formatter's: its own, and those Cloud Logging reads into the entry rather than
+#: its payload (a field of that name from a record is left out)
+_OWN = frozenset({"severity", "message", "time", "component", "logger", "request_id", "exception"})
+_READ_BY_LOGGING = ("logging.googleapis.com/", "timestamp")
+
+
+def _owned(key: str) -> bool:
+    return key in _OWN or key.startswith(_READ_BY_LOGGING)
 
 
 def _escaped_len(text: str) -> int:
