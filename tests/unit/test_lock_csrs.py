@@ -17,7 +17,7 @@ def _csr(algorithm: hashes.HashAlgorithm) -> str:
     return (
         x509.CertificateSigningRequestBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "lock")]))
-        .sign(key, algorithm)
+        .sign(key, algorithm)  # type: ignore[arg-type]  # each one the library signs with
         .public_bytes(serialization.Encoding.PEM)
         .decode()
     )
