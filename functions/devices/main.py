@@ -487,7 +487,11 @@ def create_command(ctx: Ctx, lock_id: str) -> Result:
             signing_key_b64=rt.settings.signing_key(),
             ttl_s=rt.settings.command_ttl_s,
             idempotency_key=key,
-            budget=commands.AppBudget(rt.settings.app_commands_per_minute, rt.settings.app_commands_per_account_minute),
+            budget=commands.AppBudget(
+                rt.settings.app_commands_per_minute,
+                rt.settings.app_commands_per_account_minute,
+                rt.settings.lock_commands_per_minute,
+            ),
         )
     rt.flush_mirror()
     return {"command": issued.command}, 202 if issued.created else 200

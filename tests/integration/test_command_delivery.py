@@ -268,6 +268,29 @@ def test_each_members_commands_to_one_lock_are_limited_per_minute(world: World, 
     assert send(world, "owner").status_code == 202
 
 
+def test_a_locks_members_together_send_it_a_bounded_number_of_commands_a_minute(world: World) -> None:
+    """Attack run 117: the budget was each member's alone, so a lock's 100 members sent it 3,000 commands in a
+    minute, each a nonce the lock keeps in its flash until the command expires (FIRMWARE.md said a few dozen bytes)
+    and an ack and a state report it publishes, past the broker's allowance for it. Its members other than the owner
+    now share one budget, and the owner's own is kept for the owner."""
+    settings = get_settings("devices")
+    members_budget, own = settings.lock_commands_per_minute, settings.app_commands_per_minute
+    sent = [send(world, role, "lock").status_code for role in ("admin", "member", "guest_in") for _ in range(own)]
+    assert sent.count(202) == members_budget < len(sent) and sent[-1] == 429
+    last = send(world, "guest_in", "lock")  # her own budget untouched: the lock's is spent
+    assert last.status_code == 429 and last.get_json()["error"]["code"] == "command_limit"
+    assert "this lock's members" in last.get_json()["error"]["message"]
+    assert [send(world, "owner", "lock").status_code for _ in range(own)] == [202] * own  # the owner's are kept
+    assert send(world, "owner", "lock").status_code == 429  # and the owner's own budget still holds
+    with get_runtime("devices").db.connection() as con:
+        ((made,),) = con.run(
+            "SELECT count(*) FROM commands WHERE lock_id = CAST(:l AS uuid)"
+            " AND created_at > now() - interval '1 minute'",
+            l=world.lock_id,
+        )
+    assert made == members_budget + own
+
+
 def test_an_ack_does_not_wait_for_a_voice_decision_holding_the_lockout(
     world: World, stack_env: dict[str, str], impatient_devices: Database
 ) -> None:

@@ -121,7 +121,9 @@ def test_deleting_a_lock_waits_for_a_request_that_has_checked_its_member(world: 
                     ttl_s=settings.command_ttl_s,
                     idempotency_key=None,
                     budget=commands.AppBudget(
-                        settings.app_commands_per_minute, settings.app_commands_per_account_minute
+                        settings.app_commands_per_minute,
+                        settings.app_commands_per_account_minute,
+                        settings.lock_commands_per_minute,
                     ),
                 )
             elif what == "invitation":
@@ -444,7 +446,7 @@ def test_an_idempotent_retry_of_the_minutes_last_command_made_meanwhile_is_answe
             signing_key_b64=rt.settings.signing_key(),
             ttl_s=60,
             idempotency_key="tap-1",
-            budget=commands.AppBudget(1, 1),
+            budget=commands.AppBudget(1, 1, 1),
         )
 
     def retry() -> commands.Issued:

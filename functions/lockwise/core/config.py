@@ -69,6 +69,7 @@ READ_BY: dict[str, frozenset[str]] = {
             "LOCKWISE_PAIRING_FAILURES_PER_HOUR",
             "LOCKWISE_APP_COMMANDS_PER_MINUTE",
             "LOCKWISE_APP_COMMANDS_PER_ACCOUNT_MINUTE",
+            "LOCKWISE_LOCK_COMMANDS_PER_MINUTE",
             "LOCKWISE_LOCK_CHANGES_PER_MINUTE",
             "LOCKWISE_LOCK_CHANGES_PER_DAY",
             "LOCKWISE_LOCK_CHANGES_PER_ACCOUNT_MINUTE",
@@ -360,6 +361,9 @@ class Settings:
     #: command_limit)
     app_commands_per_minute: int
     app_commands_per_account_minute: int
+    #: app commands one lock's members other than its owner may send it together in any minute (then 429
+    #: command_limit); the owner keeps their own ``app_commands_per_minute``
+    lock_commands_per_minute: int
     #: changes one owner or admin may make at one lock in any minute and in any 24 hours (then 429 change_limit:
     #: ``lockwise.devices.changes``)
     lock_changes_per_minute: int
@@ -495,6 +499,7 @@ class Settings:
             lock_requests_per_minute=env_int(env, "LOCKWISE_LOCK_REQUESTS_PER_MINUTE", 120, minimum=10),
             app_commands_per_minute=env_int(env, "LOCKWISE_APP_COMMANDS_PER_MINUTE", 30, minimum=1),
             app_commands_per_account_minute=env_int(env, "LOCKWISE_APP_COMMANDS_PER_ACCOUNT_MINUTE", 60, minimum=1),
+            lock_commands_per_minute=env_int(env, "LOCKWISE_LOCK_COMMANDS_PER_MINUTE", 60, minimum=1),
             lock_changes_per_minute=env_int(env, "LOCKWISE_LOCK_CHANGES_PER_MINUTE", 30, minimum=1),
             lock_changes_per_day=env_int(env, "LOCKWISE_LOCK_CHANGES_PER_DAY", 1000, minimum=1),
             lock_changes_per_account_minute=env_int(env, "LOCKWISE_LOCK_CHANGES_PER_ACCOUNT_MINUTE", 120, minimum=1),
