@@ -217,6 +217,18 @@ def test_local_and_test_mode_serve_no_real_firebase_project(mode: str | None, va
     assert Settings.from_env(dict(production, **{variable: "acme-locks-prod"})).project_id == "acme-locks-prod"
 
 
+@pytest.mark.parametrize("host", ["mqtt." + "a" * 250 + ".example", "mqtt.example/path", "mqtt.exämple.de", "a b"])
+@pytest.mark.parametrize("mode", ["production", "local"])
+def test_a_broker_host_no_lock_can_keep_stops_the_devices_function(host: str, mode: str) -> None:
+    """Attack run 117: any text was taken for the broker host every lock is told at pairing and keeps, at any length
+    (docs/FIRMWARE.md, Sizes: at most 253 characters)."""
+    with pytest.raises(ConfigError, match="LOCKWISE_MQTT_PUBLIC_HOST must be a DNS name or an IP address"):
+        Settings.from_env(dict(PROD_OK if mode == "production" else {}, LOCKWISE_MQTT_PUBLIC_HOST=host))
+    for taken in ("mqtt.lockwise.example", "203.0.113.7", "2001:db8::7", "b" * 63 + "." + "c" * 63 + ".example"):
+        settings = Settings.from_env(dict(PROD_OK, LOCKWISE_MQTT_PUBLIC_HOST=taken), component="devices")
+        assert settings.mqtt_public_host == taken
+
+
 def test_a_lock_ca_made_for_another_deployment_stops_the_devices_function() -> None:
     """Attack run 116: production's lock CA copied into staging's secret started staging's devices function, which
     then signed certificates production's broker took (a lock's identity, a relay's). A CA made with

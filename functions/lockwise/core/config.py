@@ -585,10 +585,22 @@ def _public_host(env: Mapping[str, str], on_this_machine: bool) -> str:
     attack run 89)."""
     value = (env.get("LOCKWISE_MQTT_PUBLIC_HOST") or "").strip()
     if on_this_machine:
-        return value or "127.0.0.1"
-    if not value or value.lower() in LOOPBACK_HOSTS or value.startswith("127."):
+        value = value or "127.0.0.1"
+    elif not value or value.lower() in LOOPBACK_HOSTS or value.startswith("127."):
         raise ConfigError("LOCKWISE_MQTT_PUBLIC_HOST (the broker host locks connect to) is required in production mode")
+    # a lock keeps it with its pairing, in a buffer sized by docs/FIRMWARE.md ("Sizes"): any text was sent it, at any
+    # length (attack run 117)
+    if len(value) > MAX_HOST_CHARS or not set(value) <= HOST_CHARACTERS:
+        raise ConfigError(
+            f"LOCKWISE_MQTT_PUBLIC_HOST must be a DNS name or an IP address, at most {MAX_HOST_CHARS} characters of"
+            " letters, digits, '.', '-' and ':' (locks are sent it as it is)"
+        )
     return value
+
+
+#: the broker host a lock is told: a DNS name's longest, of the characters a DNS name or an IP address has
+MAX_HOST_CHARS = 253
+HOST_CHARACTERS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-:")
 
 
 def _debug_dir(env: Mapping[str, str], local: bool) -> str | None:
