@@ -38,6 +38,12 @@ from lockwise.core import errors
 MAX_CSR_CHARS = 4096
 #: the hashes a CSR's self-signature may use
 CSR_HASHES = (hashes.SHA256, hashes.SHA384, hashes.SHA512)
+#: what a lock is sent of its CA and its certificate at most (docs/FIRMWARE.md "Sizes"): the CA's certificate as
+#: PEM, and its subject (DER), which every certificate it issues carries as its issuer; with a subject of at most
+#: ``MAX_CA_SUBJECT_BYTES`` a lock's certificate is at most ``MAX_CERT_CHARS`` of PEM whatever the CA's EC curve
+MAX_CA_CERT_CHARS = 4096
+MAX_CA_SUBJECT_BYTES = 1000
+MAX_CERT_CHARS = 2048
 #: the certificate's validity starts this much before issuance, for locks whose clock runs a little behind
 BACKDATE = dt.timedelta(minutes=5)
 
@@ -64,6 +70,17 @@ class LockCa:
             raise CaError("the lock CA key must be an EC key")
         if key.public_key().public_numbers() != cert.public_key().public_numbers():  # type: ignore[union-attr]
             raise CaError("the lock CA certificate and key do not belong together")
+        # every lock is sent the CA's certificate, and its own, which names the CA, into buffers sized by what
+        # FIRMWARE.md states: an operator's CA with a 60 KB name was taken, and each pairing's answer was 245 KB, the
+        # lock's certificate 82 KB, past any TLS buffer a lock has (attack run 117)
+        pem_chars = len(cert.public_bytes(serialization.Encoding.PEM))
+        subject_bytes = len(cert.subject.public_bytes())
+        if pem_chars > MAX_CA_CERT_CHARS or subject_bytes > MAX_CA_SUBJECT_BYTES:
+            raise CaError(
+                f"the lock CA certificate must be at most {MAX_CA_CERT_CHARS} characters of PEM (it is {pem_chars})"
+                f" and its subject at most {MAX_CA_SUBJECT_BYTES} bytes (it is {subject_bytes}): locks are sent it,"
+                " and their own certificates name it (docs/FIRMWARE.md, Sizes)"
+            )
         return cls(cert, key)
 
     def cert_pem(self) -> str:
