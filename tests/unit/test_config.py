@@ -229,6 +229,15 @@ def test_a_broker_host_no_lock_can_keep_stops_the_devices_function(host: str, mo
         assert settings.mqtt_public_host == taken
 
 
+@pytest.mark.parametrize("component", ["devices", "verify"])
+def test_a_command_lifetime_past_what_a_lock_keeps_nonces_for_is_refused(component: str) -> None:
+    """Attack run 117: any command lifetime was taken, and a lock keeps each command's nonce in its flash until the
+    command expires: a day's was a day of commands (docs/FIRMWARE.md sizes the store for 5 minutes at most)."""
+    with pytest.raises(ConfigError, match="LOCKWISE_COMMAND_TTL_S must be at most 300"):
+        Settings.from_env({"LOCKWISE_COMMAND_TTL_S": "86400"}, component=component)
+    assert Settings.from_env({"LOCKWISE_COMMAND_TTL_S": "300"}, component=component).command_ttl_s == 300
+
+
 def test_a_lock_ca_made_for_another_deployment_stops_the_devices_function() -> None:
     """Attack run 116: production's lock CA copied into staging's secret started staging's devices function, which
     then signed certificates production's broker took (a lock's identity, a relay's). A CA made with

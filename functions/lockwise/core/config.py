@@ -490,7 +490,9 @@ class Settings:
             locks_per_owner=env_int(env, "LOCKWISE_LOCKS_PER_OWNER", 100, minimum=1),
             members_per_lock=env_int(env, "LOCKWISE_MEMBERS_PER_LOCK", 100, minimum=2),
             memberships_per_user=env_int(env, "LOCKWISE_MEMBERSHIPS_PER_USER", 200, minimum=1),
-            command_ttl_s=env_int(env, "LOCKWISE_COMMAND_TTL_S", 30, minimum=5),
+            # at most 5 minutes: a lock keeps each command's nonce until it expires (docs/FIRMWARE.md sizes its store by
+            # it), and any lifetime was taken (attack run 117)
+            command_ttl_s=env_int(env, "LOCKWISE_COMMAND_TTL_S", 30, minimum=5, maximum=MAX_COMMAND_TTL_S),
             provisioning_ttl_s=env_int(env, "LOCKWISE_PROVISIONING_TTL_S", 600, minimum=60),
             invitation_ttl_s=env_int(env, "LOCKWISE_INVITATION_TTL_S", 7 * 24 * 3600, minimum=3600),
             pairing_failures_per_hour=env_int(env, "LOCKWISE_PAIRING_FAILURES_PER_HOUR", 20, minimum=1),
@@ -598,6 +600,8 @@ def _public_host(env: Mapping[str, str], on_this_machine: bool) -> str:
     return value
 
 
+#: the longest a command may be delivered for (``command_ttl_s``)
+MAX_COMMAND_TTL_S = 300
 #: the broker host a lock is told: a DNS name's longest, of the characters a DNS name or an IP address has
 MAX_HOST_CHARS = 253
 HOST_CHARACTERS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-:")
