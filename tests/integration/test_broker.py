@@ -333,6 +333,39 @@ def test_a_tls_1_2_session_is_handed_no_ticket(broker: Broker, lock_files: dict[
     assert session is not None and not session.has_ticket, "handed a session ticket"
 
 
+def server_records(broker: Broker, files: tuple[Path, Path], version: str, *options: str) -> list[int]:
+    """The length of each TLS record the broker sends a lock in its handshake (``openssl s_client -msg``)."""
+    cert, key = files
+    shown = subprocess.run(
+        ["openssl", "s_client", "-connect", f"127.0.0.1:{broker.port}", f"-{version}", "-CAfile", str(broker.ca_file)]
+        + ["-cert", str(cert), "-key", str(key), "-servername", "localhost", "-msg", *options],
+        input=b"",
+        capture_output=True,
+        timeout=30,
+        check=False,
+    ).stdout.decode(errors="replace")
+    lines = shown.splitlines()
+    headers = [
+        lines[i + 1].split() for i, line in enumerate(lines[:-1]) if line.startswith("<<< ") and "RecordHeader" in line
+    ]
+    assert headers, shown
+    return [int(h[3] + h[4], 16) for h in headers]
+
+
+@pytest.mark.parametrize("version", ["tls1_2", "tls1_3"])
+def test_the_broker_keeps_its_records_to_the_fragment_length_a_lock_asks(
+    broker: Broker, lock_files: dict[str, tuple[Path, Path]], version: str
+) -> None:
+    """docs/FIRMWARE.md (attack run 117, measured): a lock with small TLS buffers asks for records of at most 512 to
+    4,096 bytes (RFC 6066's max_fragment_length) and the broker keeps to it, its certificate split in two records
+    here; without it a record may hold 16 KiB."""
+    files = next(iter(lock_files.values()))
+    whole = server_records(broker, files, version)
+    assert max(whole) > 512 + 24  # the broker's certificate, in one record
+    asked = server_records(broker, files, version, "-maxfraglen", "512")
+    assert max(asked) <= 512 + 24  # (with AEAD's overhead: 17 bytes in TLS 1.3)
+
+
 def test_a_broker_rendered_for_tls_1_3_refuses_a_tls_1_2_handshake(tmp_path: Path) -> None:
     """``render --min-tls 1.3`` (``start_mosquitto``'s ``min_tls``): a lock's TLS 1.2 handshake is refused, its 1.3
     one taken (the default broker takes both: ``test_tls_1_2_takes_forward_secret_aead_suites_only``)."""
