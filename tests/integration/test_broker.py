@@ -587,6 +587,47 @@ def test_a_relay_is_handed_the_locks_presence_as_it_first_subscribes_not_at_ever
         relay.stop()
 
 
+def test_a_lock_that_takes_packets_of_1_kib_at_most_gets_the_largest_command_and_receipt(
+    broker: Broker, lock_files: dict[str, tuple[Path, Path]], tmp_path: Path
+) -> None:
+    """docs/FIRMWARE.md "Sizes" (attack run 117, measured): a lock on MQTT 5 may say Maximum Packet Size 1,024 in its
+    CONNECT, and the largest command (a 64-character nonce, expiring in the broker) and the largest receipt (32
+    names) reach it; the broker drops a larger packet for it, so nothing the server sends may be larger."""
+    from lockwise.devices import receipts
+    from tests.unit.test_lock_answer_sizes import largest_command
+
+    files, _ = two(lock_files)
+    identity = identity_of(files)
+    got: list[bytes] = []
+    lock = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=identity, protocol=mqtt.MQTTv5)
+    lock.tls_set(ca_certs=str(broker.ca_file), certfile=str(files[0]), keyfile=str(files[1]))
+    lock.on_message = lambda _c, _u, m: got.append(bytes(m.payload))
+    small = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+    small.MaximumPacketSize = 1024
+    relay = Peer(broker, broker.client_files(RELAY, tmp_path / "relay"), client_id=RELAY, persistent=mqtt.MQTTv5)
+    command = largest_command().encode()
+    (receipt,) = receipts.messages(receipts.digest(bytes([i])) for i in range(receipts.PER_RECEIPT))
+    too_large = b"x" * (1024 - len(topics.commands(identity)))
+    lock.connect("127.0.0.1", broker.port, 10, clean_start=True, properties=small)
+    lock.loop_start()
+    try:
+        subscribed = threading.Event()
+        lock.on_subscribe = lambda *_a: subscribed.set()
+        lock.subscribe(topics.commands(identity), qos=1)
+        assert subscribed.wait(10) and relay.start()
+        expiring = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+        expiring.MessageExpiryInterval = 30  # as the relay sends a command (``mqtt_relay.relay._expiring``)
+        for payload, qos, properties in ((too_large, 0, None), (command, 1, expiring), (receipt, 0, None)):
+            relay.client.publish(topics.commands(identity), payload, qos=qos, properties=properties).wait_for_publish(5)
+        wait_until(lambda: len(got) >= 2)
+        time.sleep(0.5)
+        assert got == [command, receipt] and len(receipt) > 800
+    finally:
+        lock.disconnect()
+        lock.loop_stop()
+        relay.stop()
+
+
 def test_a_lock_may_subscribe_to_its_own_commands_and_nothing_else(
     broker: Broker, lock_files: dict[str, tuple[Path, Path]], tmp_path: Path
 ) -> None:
