@@ -221,9 +221,11 @@ def test_local_and_test_mode_serve_no_real_firebase_project(mode: str | None, va
 @pytest.mark.parametrize("mode", ["production", "local"])
 def test_a_broker_host_no_lock_can_keep_stops_the_devices_function(host: str, mode: str) -> None:
     """Attack run 117: any text was taken for the broker host every lock is told at pairing and keeps, at any length
-    (docs/FIRMWARE.md, Sizes: at most 253 characters)."""
+    (docs/FIRMWARE.md, Sizes: at most 253 characters), and any integer for its port."""
     with pytest.raises(ConfigError, match="LOCKWISE_MQTT_PUBLIC_HOST must be a DNS name or an IP address"):
         Settings.from_env(dict(PROD_OK if mode == "production" else {}, LOCKWISE_MQTT_PUBLIC_HOST=host))
+    with pytest.raises(ConfigError, match="LOCKWISE_MQTT_PUBLIC_PORT must be at most 65535"):  # nor a port past 16 bits
+        Settings.from_env(dict(PROD_OK, LOCKWISE_MQTT_PUBLIC_PORT="73261"), component="devices")
     for taken in ("mqtt.lockwise.example", "203.0.113.7", "2001:db8::7", "b" * 63 + "." + "c" * 63 + ".example"):
         settings = Settings.from_env(dict(PROD_OK, LOCKWISE_MQTT_PUBLIC_HOST=taken), component="devices")
         assert settings.mqtt_public_host == taken

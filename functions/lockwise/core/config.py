@@ -506,7 +506,8 @@ class Settings:
             lock_changes_per_day=env_int(env, "LOCKWISE_LOCK_CHANGES_PER_DAY", 1000, minimum=1),
             lock_changes_per_account_minute=env_int(env, "LOCKWISE_LOCK_CHANGES_PER_ACCOUNT_MINUTE", 120, minimum=1),
             mqtt_public_host=_public_host(env, local or rehearsal(env)) if component == "devices" else "127.0.0.1",
-            mqtt_public_port=env_int(env, "LOCKWISE_MQTT_PUBLIC_PORT", 8883, minimum=1),
+            # a TCP port: a lock keeps it in 16 bits (any integer was sent it: attack run 117)
+            mqtt_public_port=env_int(env, "LOCKWISE_MQTT_PUBLIC_PORT", 8883, minimum=1, maximum=65535),
             encoder=_choice(env, "LOCKWISE_ENCODER", ("ecapa", "ge2e", "auto"), "auto"),
             model_dir=env.get("LOCKWISE_MODEL_DIR") or None,
             verify_runtime=_choice(env, "LOCKWISE_VERIFY_RUNTIME", ("onnx", "speechbrain"), "onnx"),
