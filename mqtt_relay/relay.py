@@ -37,6 +37,7 @@ from mqtt_relay.forwarder import Event, Forwarder, receipts_of
 from mqtt_relay.identity import IdTokens
 from mqtt_relay.settings import RelaySettings
 from mqtt_relay.slots import Lease, LeaseLost
+from mqtt_relay.streaks import FailureStreak
 
 log = logging.getLogger("mqtt_relay")
 
@@ -154,11 +155,13 @@ class Relay:
     def _listen(self) -> None:
         """Wake the delivery loop on every NOTIFY lockwise_commands (pg8000 reads them only with a reply)."""
         con: Connection | None = None
+        lost = FailureStreak(log, "LISTEN connection (polling meanwhile)", level=logging.WARNING)
         while not self.stopping.is_set():
             try:
                 if con is None:
                     con = self.db.connect()
                     con.run("LISTEN lockwise_commands")
+                    lost.succeeded()
                 sock = getattr(con, "_usock", None)
                 ready = select.select([sock], [], [], 1.0)[0] if sock is not None else []
                 if ready:
@@ -167,8 +170,8 @@ class Relay:
                     if notifications:
                         notifications.clear()
                         self._wake.set()
-            except Exception:  # noqa: BLE001 - the polling fallback covers us while the database is away
-                log.warning("LISTEN connection lost; polling until it is back")
+            except Exception as exc:  # noqa: BLE001 - the polling fallback covers us while the database is away
+                lost.failed(exc)
                 if con is not None:
                     with contextlib.suppress(Exception):
                         con.close()
@@ -194,6 +197,7 @@ class Relay:
         threading.Thread(target=self._empty_abandoned_sessions, name="orphans", daemon=True).start()
         threading.Thread(target=self._upkeep, name="upkeep", daemon=True).start()
         last_lease_check = 0.0
+        rounds_failing = FailureStreak(log, "delivery round")
         while not self.stopping.is_set():
             self._wake.wait(self.settings.poll_s)
             self._wake.clear()
@@ -204,8 +208,9 @@ class Relay:
                 self.delivered += len(delivered)
                 for d in delivered:
                     log.info("command delivered", extra={"fields": {"command_id": d.command_id, "lock_id": d.lock_id}})
-            except Exception:  # noqa: BLE001 - database restarts are survived by retrying next round
-                log.exception("delivery round failed; retrying")
+                rounds_failing.succeeded()
+            except Exception as exc:  # noqa: BLE001 - database restarts are survived by retrying next round
+                rounds_failing.failed(exc)
                 self.stopping.wait(1.0)
             if time.monotonic() - last_lease_check > LEASE_CHECK_S:
                 last_lease_check = time.monotonic()
