@@ -10,11 +10,10 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
-import unicodedata
 from collections.abc import Collection
 from typing import Any, TypeVar
 
-from lockwise.core import errors
+from lockwise.core import errors, shown_text
 
 V = TypeVar("V")
 
@@ -160,7 +159,7 @@ def email_key(value: object, *, typed: bool = False) -> str | None:
     character in it (a zero-width space) is none: it went to another address than the one the admins saw listed."""
     if not isinstance(value, str) or not is_text(value):
         return None
-    if typed and any(unicodedata.category(c) in ("Cc", "Cf") for c in value.strip()):
+    if typed and not shown_text.plain_address(value.strip()):  # a filler or private-use character too (run 118)
         return None
     key = (value.strip() if typed else value).lower()
     return key if len(key) <= 320 and _EMAIL_RE.fullmatch(key) else None

@@ -6,7 +6,7 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import Any
 
-from lockwise.core import audit, erasure, errors, mirror
+from lockwise.core import audit, erasure, errors, mirror, shown_text
 from lockwise.core.auth import User
 from lockwise.core.db import Connection
 
@@ -33,6 +33,11 @@ def upsert(con: Connection, user: User) -> None:
     first time, took the address back from the account that holds it now (and a member's leaving then closed the
     invitations sent to that account)."""
     email = stored_email(user)
+    if email is not None and not shown_text.plain_address(email):
+        # kept as none: the members' listing and the invitations it sends show it to others, and a verified address
+        # with U+202E or a Hangul filler in it read to them as another's (attack run 118); the token still counts
+        # as vouching for an address (``outdated``, ``address_verified``)
+        email = None
     since = issued_at(user)
     if email is not None:
         # one account at a time takes an address: two first requests of accounts carrying it both found it free

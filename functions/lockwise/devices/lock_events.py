@@ -25,7 +25,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from lockwise.core import audit, errors, inputs, mirror
+from lockwise.core import audit, errors, inputs, mirror, shown_text
 from lockwise.core.config import Settings
 from lockwise.core.db import Connection, refused_for_now
 from lockwise.devices import command_outcomes, lockout, topics
@@ -622,8 +622,10 @@ def _state(lock_id: str, body: dict[str, Any], now: dt.datetime, batch: Pending,
         return Outcome("rejected", f"state must be one of {', '.join(STATES)}")
     if battery is not None and (isinstance(battery, bool) or not isinstance(battery, int) or not 0 <= battery <= 100):
         return Outcome("rejected", "battery_pct must be an integer 0-100")
-    if firmware is not None and (not isinstance(firmware, str) or len(firmware) > 64 or not _plain_text(firmware)):
-        return Outcome("rejected", "firmware must be printable text of at most 64 characters")
+    if firmware is not None:
+        firmware = _plain_text(firmware)
+        if firmware is None:
+            return Outcome("rejected", "firmware must be printable text of at most 64 characters")
     if isinstance(ts, bool) or not isinstance(ts, int | float) or not 0 < ts < 1e11:
         return Outcome("rejected", "ts must be the lock's unix time in seconds")
     connection = body.get("connection")
@@ -690,10 +692,14 @@ def _seen_on(row: _State, connection: int | None, reported: dt.datetime, now: dt
     row.online, row.last_seen, row.connected_run = True, now, _newest(run, row.connected_run)
 
 
-def _plain_text(text: str) -> bool:
-    """No control or format character (C0/C1 controls, bidi overrides, zero-width marks): the text is shown to every
-    member of the lock as the lock wrote it."""
-    return not any(unicodedata.category(c) in ("Cc", "Cf") for c in text)
+def _plain_text(value: Any) -> str | None:
+    """``value`` as kept (NFC), or None unless it is text every member of the lock may be shown as the lock wrote
+    it: the rule for text others read (``shown_text``: no control, invisible or private-use character, line
+    separator or flood of marks; a line separator and a Hangul filler were taken: attack run 118). Empty is empty."""
+    if not isinstance(value, str) or len(value) > 64:
+        return None
+    text = unicodedata.normalize("NFC", value)  # a few letters are longer in NFC (U+0958)
+    return text if text == "" or (len(text) <= 64 and shown_text.problem_in(text) is None) else None
 
 
 def _ack(con: Connection, lock_id: str, body: dict[str, Any], now: dt.datetime) -> Outcome:

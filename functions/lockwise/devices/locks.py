@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import unicodedata
 from typing import Any
 
-from lockwise.core import accounts, audit, errors, mirror, pages, users
+from lockwise.core import accounts, audit, errors, mirror, pages, shown_text, users
 from lockwise.core.auth import User
 from lockwise.core.db import Connection, rows_as_dicts
 from lockwise.devices import (
@@ -25,30 +24,11 @@ MAX_NAME = 100
 
 
 def parse_name(value: Any) -> str:
-    if not isinstance(value, str):
-        raise errors.BadRequest("name must be a string", code="invalid_name")
-    name = value.strip()
-    if not 1 <= len(name) <= MAX_NAME:
-        raise errors.BadRequest(f"name must be 1 to {MAX_NAME} characters", code="invalid_name")
-    if any(unicodedata.category(c) == "Cc" for c in name):  # C0, DEL and C1 controls
-        raise errors.BadRequest("name must not contain control characters", code="invalid_name")
-    if any(unicodedata.category(c) in REFUSED_IN_NAMES and c not in WRITING_MARKS for c in name):
-        raise errors.BadRequest(
-            "name must not contain invisible format characters (bidi overrides or isolates, zero-width spaces)"
-            " or line breaks",
-            code="invalid_name",
-        )
-    return name
-
-
-#: categories refused in a name: format characters (bidi overrides and isolates, zero-width spaces, tags; so the
-#: emoji flags of subdivisions, made of tags, are refused too) and line and paragraph separators. A name is shown to
-#: every member and to whoever is invited, and U+202E turned one around for them (attack run); the firmware text a
-#: lock reports refuses every format character (``lock_events``: no writing there needs one)
-REFUSED_IN_NAMES = frozenset({"Cf", "Zl", "Zp"})
-#: the format characters a name may hold all the same: the joiners scripts and emoji sequences need (ZWNJ, ZWJ) and
-#: the marks that set the direction of mixed right-to-left text (LRM, RLM, ALM)
-WRITING_MARKS = frozenset("\u200c\u200d\u200e\u200f\u061c")
+    """A lock's name as its members and invitees read it: the rule for text others read (``shown_text``: NFC,
+    no control, invisible or private-use character, no flood of marks, something visible), 400 ``invalid_name``.
+    U+202E turned a name around for them (attack run); one of joiners alone, a Hangul filler or a mark looked empty,
+    and a hundred accents on a letter stacked over the lines around it (attack run 118)."""
+    return shown_text.parse(value, "name", most=MAX_NAME, code="invalid_name")
 
 
 def parse_threshold(value: Any) -> float | None:

@@ -1,0 +1,103 @@
+"""Text one person (or a lock) writes and others read as written: a lock's name, the firmware a lock reports, an
+address Firebase Auth vouches for and the members' listing shows. The one rule for all of it, at the input boundary.
+
+Such text is kept NFC (two spellings of "Café" are one name), without surrounding whitespace and with a run of
+spaces inside made one, and it must be plain text a reader sees all of:
+
+* no control character (C0, DEL, C1: a newline or a tab fakes a line or a column) and no line or paragraph separator;
+* no invisible character: format characters (bidi overrides and isolates, zero-width spaces, tags) and the other
+  default-ignorable code points a font draws as nothing (Hangul fillers, the combining grapheme joiner, Mongolian
+  and Khmer invisible letters, musical formatting), but the marks writing needs: the joiners of emoji sequences and
+  scripts (ZWNJ, ZWJ), the marks of mixed right-to-left text (LRM, RLM, ALM) and variation selectors (an emoji's
+  colour, a kanji's variant), each after a visible character;
+* no private-use character (a platform's logo or an icon font's glyph, drawn on some devices and not on others)
+  and no noncharacter;
+* at most ``MAX_MARKS`` combining marks and joiners in a row (a flood of them stacks over the lines around it);
+* at least one visible character: a name of marks, joiners, fillers or the blank Braille pattern looks empty.
+
+A refusal is a ``BadRequest`` (400) with the caller's code, its message naming what the text holds.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from typing import Any
+
+from lockwise.core import errors
+
+#: the most combining marks, joiners and variation selectors one visible character carries (Vietnamese, pointed
+#: and cantillated Hebrew, Tibetan stacks and emoji sequences stay within it; "Zalgo" text stacks dozens)
+MAX_MARKS = 6
+#: the format characters writing needs, taken when they follow a visible character (the direction marks anywhere)
+JOINERS = frozenset("\u200c\u200d")
+DIRECTION_MARKS = frozenset("\u200e\u200f\u061c")
+#: Unicode's Default_Ignorable_Code_Point (DerivedCoreProperties.txt) outside the format characters (Cf, refused by
+#: category) and the variation selectors: drawn as nothing, each a way to make one name look like another or empty
+_IGNORABLE = re.compile(
+    "[\u034f\u115f\u1160\u17b4\u17b5\u180b-\u180f\u3164\uffa0\ufff0-\ufff8\U000e0000-\U000e00ff\U000e01f0-\U000e0fff]"
+)
+_VARIATION = re.compile("[\ufe00-\ufe0f\U000e0100-\U000e01ef]")
+#: drawn blank though not a space: the Braille pattern without dots
+_BLANK = frozenset("\u2800")
+_SPACES = re.compile(r"[^\S\n\r\t\v\f\x1c-\x1f\x85\u2028\u2029]{2,}")
+
+
+def parse(value: Any, field: str, *, most: int, code: str) -> str:
+    """``value`` as text others will read: NFC, trimmed, runs of spaces made one; or 400 ``code`` naming why not."""
+    if not isinstance(value, str):
+        raise errors.BadRequest(f"{field} must be a string", code=code)
+    text = _SPACES.sub(" ", unicodedata.normalize("NFC", value).strip())
+    if not 1 <= len(text) <= most:
+        raise errors.BadRequest(f"{field} must be 1 to {most} characters", code=code)
+    problem = problem_in(text)
+    if problem:
+        raise errors.BadRequest(f"{field} {problem}", code=code)
+    return text
+
+
+def problem_in(text: str) -> str | None:
+    """What makes ``text`` (as kept: NFC, trimmed) unfit to be shown to others as written, or None."""
+    marks = 0  # combining marks and joiners since the last character drawn on its own
+    base = False  # that character is drawn (not a space, not blank)
+    visible = False
+    for c in text:
+        category = unicodedata.category(c)
+        if category == "Cc":
+            return "contains control characters (a newline, a tab)"
+        if category in ("Zl", "Zp"):
+            return "contains line or paragraph separators"
+        if category in ("Co", "Cs") or _noncharacter(c):
+            return "contains private-use characters or noncharacters"
+        if c in DIRECTION_MARKS:
+            continue
+        if (category == "Cf" and c not in JOINERS) or _IGNORABLE.match(c):
+            return (
+                "contains invisible characters (bidi overrides or isolates, zero-width spaces, fillers:"
+                f" U+{ord(c):04X} {unicodedata.name(c, 'unnamed')})"
+            )
+        if c in JOINERS or _VARIATION.match(c) or category in ("Mn", "Me"):
+            if not base:
+                return f"contains a joiner or mark with no visible character before it (U+{ord(c):04X})"
+            marks += 1
+            if marks > MAX_MARKS:
+                return f"contains more than {MAX_MARKS} combining marks or joiners on one character"
+            continue
+        marks = 0
+        base = not category.startswith("Z") and c not in _BLANK
+        visible = visible or base
+    if not visible:
+        return "has no visible character: it would look empty"
+    return None
+
+
+def _noncharacter(c: str) -> bool:
+    point = ord(c)
+    return 0xFDD0 <= point <= 0xFDEF or point & 0xFFFE == 0xFFFE
+
+
+def plain_address(address: str) -> bool:
+    """Whether ``address`` may be shown to others as it is: the rule above, and no format character at all (no
+    address needs a joiner or a direction mark). One that may not is no address where it is typed (an invitation's)
+    and recorded as none where Firebase Auth vouches for it (``lockwise.core.users``), so no one is shown it."""
+    return problem_in(address) is None and not any(unicodedata.category(c) == "Cf" for c in address)

@@ -1,0 +1,139 @@
+"""Text one person writes and others read, against the real stack (attack run 118): a lock's name (its owner's, read
+by every member and whoever is invited, on the API and live in Firestore), the firmware a lock reports (read by every
+member in the lock's document), and the address Firebase Auth vouches for (read by a lock's admins in the members'
+listing and by whoever the account invites). Each write path refuses or neutralises what would mislead the reader."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from typing import Any
+
+import pytest
+
+from infra.local.firestore_sdk import sdk_client as firestore_client
+from lockwise.core.runtime import get_runtime
+from tests.conftest import PROJECT_ID
+from tests.devices_world import World, bearer, build_world, create_lock, google_sign_in
+from tests.integration.test_devices_live_view import relay_event, wait_until_mirrored
+
+#: names each made a reader see something else: one that looked empty, "Home" again with an invisible letter, a flood
+#: of marks stacked over the lines around it, a platform's logo, a faked second line
+MISLEADING = [
+    "\u200d",
+    "\u200e\u200f",
+    "\u0301",
+    "\u3164",
+    "\u2800",
+    "Home\u115f",
+    "Gar\u034fage",
+    "Z" + "\u0336\u0337\u0338" * 20,
+    "\uf8ff Official",
+    "Home\u2028as admin, from owner@example.com",
+]
+
+
+@pytest.fixture
+def world(make_client: Any, sign_up: Any) -> World:
+    return build_world(make_client("devices"), sign_up)
+
+
+def _state(world: World, firestore_host: str) -> tuple[Any, Any]:
+    """The lock's name in PostgreSQL and in its Firestore document, as every member reads it live."""
+    with get_runtime("devices").db.connection() as con:
+        ((kept,),) = con.run("SELECT name FROM locks WHERE id = CAST(:l AS uuid)", l=world.lock_id)
+    get_runtime("devices").flush_mirror(force=True)
+    wait_until_mirrored(world.lock_id)
+    client = firestore_client(PROJECT_ID, firestore_host)
+    doc = client.document(f"locks/{world.lock_id}").get().to_dict() or {}
+    return kept, doc.get("name")
+
+
+@pytest.mark.parametrize("name", MISLEADING)
+def test_a_lock_name_that_would_mislead_its_readers_is_refused_on_every_write(
+    world: World, stack_env: dict[str, str], name: str
+) -> None:
+    """Created or renamed, a name that looks empty, like another, spills over the lines around it or fakes a line
+    is 400 invalid_name saying why; nothing is kept, nothing reaches the members' live view."""
+    owner = world.headers("owner")
+    made = world.devices.post("/devices/locks", json={"name": name}, headers=owner)
+    renamed = world.devices.patch(f"/devices/locks/{world.lock_id}", json={"name": name}, headers=owner)
+    for answer in (made, renamed):
+        assert answer.status_code == 400, answer.get_json()
+        error = answer.get_json()["error"]
+        assert error["code"] == "invalid_name" and error["message"].startswith("name "), error
+    assert _state(world, stack_env["FIRESTORE_EMULATOR_HOST"]) == ("Front door", "Front door")
+    listed = world.devices.get("/devices/locks", headers=owner).get_json()["locks"]
+    assert [lock["name"] for lock in listed] == ["Front door"]
+
+
+def test_a_lock_name_is_kept_and_shown_in_one_spelling_without_a_gap(world: World, stack_env: dict[str, str]) -> None:
+    """ "Cafe" with a combining accent and "Café" look the same and were two names; a run of spaces inside pushed the
+    rest of a name out of view. Kept NFC with one space, in PostgreSQL, on the API and in the live view."""
+    sent = " Cafe\u0301" + " " * 60 + "\u3000door "
+    renamed = world.devices.patch(
+        f"/devices/locks/{world.lock_id}", json={"name": sent}, headers=world.headers("owner")
+    )
+    assert renamed.status_code == 200 and renamed.get_json()["name"] == "Caf\u00e9 door", renamed.get_json()
+    assert _state(world, stack_env["FIRESTORE_EMULATOR_HOST"]) == ("Caf\u00e9 door", "Caf\u00e9 door")
+    seen = world.devices.get(f"/devices/locks/{world.lock_id}", headers=world.headers("member")).get_json()
+    assert seen["name"] == "Caf\u00e9 door"
+
+
+@pytest.mark.parametrize("firmware", ["1.0\u20282.0 (official)", "\u3164", "1.0" + "\u0301" * 12, "\ue000 1.0"])
+def test_firmware_text_that_would_mislead_the_members_is_rejected(
+    world: World, stack_env: dict[str, str], firmware: str
+) -> None:
+    """The firmware a lock reports is shown to every member in the lock's document as the lock wrote it: a line
+    separator faked a second line, a filler looked empty, marks stacked over the lines around it."""
+    token = stack_env["LOCKWISE_SERVICE_TOKEN"]
+    report = {"state": "locked", "firmware": firmware, "ts": time.time()}
+    assert relay_event(world, token, "state", report)["outcome"] == "rejected"
+    with get_runtime("devices").db.connection() as con:
+        kept = con.run("SELECT firmware FROM lock_state WHERE lock_id = CAST(:l AS uuid)", l=world.lock_id)
+    assert all(firmware is None for (firmware,) in kept), kept
+
+
+def test_firmware_text_is_kept_in_one_spelling(world: World, stack_env: dict[str, str]) -> None:
+    token = stack_env["LOCKWISE_SERVICE_TOKEN"]
+    report = {"state": "locked", "firmware": "Re\u0301v 2", "ts": time.time()}
+    assert relay_event(world, token, "state", report)["outcome"] == "applied"
+    with get_runtime("devices").db.connection() as con:
+        kept = con.run("SELECT firmware FROM lock_state WHERE lock_id = CAST(:l AS uuid)", l=world.lock_id)
+    assert kept == [["R\u00e9v 2"]]
+
+
+def test_a_verified_address_that_would_mislead_its_readers_is_shown_to_no_one(
+    world: World, stack_env: dict[str, str], sign_up: Any
+) -> None:
+    """An address Firebase Auth vouches for (an identity provider's claim) with a right-to-left override in it read
+    to a lock's admins, and to whoever that account invited, as another's: "ops@example.com" turned around at the
+    override. Such an address is recorded as none: the members' listing and the invitation say the account has no
+    verified address and name it by uid."""
+    auth = stack_env["FIREBASE_AUTH_EMULATOR_HOST"]
+    address = f"owner-{secrets.token_hex(3)}\u202emoc.elpmaxe@example.com"
+    sender = google_sign_in(auth, address)
+    assert sender.get("email") == address.lower() or sender.get("email") == address, sender  # vouched for as it is
+    devices = world.devices
+    assert devices.get("/devices/me", headers=bearer(sender)).status_code == 200
+    # a member of the world's lock: its admins list them
+    invitation = devices.post(
+        f"/devices/locks/{world.lock_id}/members",
+        json={"uid": sender["localId"], "role": "member"},
+        headers=world.headers("owner"),
+    ).get_json()["invitation"]["id"]
+    assert devices.post(f"/devices/invitations/{invitation}/accept", headers=bearer(sender)).status_code == 201
+    listed = devices.get(f"/devices/locks/{world.lock_id}/members", headers=world.headers("admin")).get_json()
+    (them,) = [m for m in listed["members"] if m["uid"] == sender["localId"]]
+    assert them["email"] is None, them
+    # and it invites another to a lock of its own: the invitee is not told the address
+    invitee = sign_up()
+    assert devices.get("/devices/me", headers=bearer(invitee)).status_code == 200
+    own = create_lock(devices, sender, "Home")["lock"]["id"]
+    sent = devices.post(
+        f"/devices/locks/{own}/members", json={"uid": invitee["localId"], "role": "member"}, headers=bearer(sender)
+    )
+    assert sent.status_code == 202, sent.get_json()
+    waiting = devices.get("/devices/invitations", headers=bearer(invitee)).get_json()["invitations"]
+    (shown,) = [i for i in waiting if i["lock"]["id"] == own]
+    assert shown["invited_by"] == sender["localId"] and shown["invited_by_email"] is None, shown

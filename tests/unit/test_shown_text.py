@@ -1,0 +1,88 @@
+"""The rule for text one person writes and others read (``lockwise.core.shown_text``, attack run 118)."""
+
+from __future__ import annotations
+
+import pytest
+
+from lockwise.core import errors, inputs, shown_text
+from lockwise.devices import locks
+
+#: names writing needs, kept as they are
+WRITTEN = [
+    "\U0001f468\u200d\U0001f469\u200d\U0001f467 room",  # an emoji sequence: zero-width joiners
+    "\u2764\ufe0f\u200d\U0001f525 den",  # a variation selector and a joiner in a row
+    "#\ufe0f\u20e3 keypad",  # a keycap: a selector and an enclosing mark
+    "\U0001f3f3\ufe0f\u200d\U0001f308 flat",
+    "\u062f\u0631\u200c\u0647\u0627",  # Persian: a zero-width non-joiner
+    "\u200f\u05d3\u05dc\u05ea 2",  # Hebrew led by a right-to-left mark
+    "\u05e9\u05b8\u05c1\u05dc\u05d5\u05b9\u05dd",  # pointed Hebrew
+    "\u0f56\u0f66\u0f92\u0fb2\u0f74\u0f56\u0f66",  # a Tibetan stack
+    "\u8449\U000e0100 house",  # a kanji's variant (an ideographic variation selector)
+    "Ti\u1ebfng Vi\u1ec7t",
+    "Caf\u00e9 door",
+]
+
+#: (name, what the refusal names): each a way a name looked empty, like another, or spilt over the page
+MISLEADING = [
+    ("\u200d", "no visible character before it"),  # a joiner alone: looked empty
+    ("\u200e\u200f", "no visible character"),  # direction marks alone
+    ("\u0301", "no visible character before it"),  # a combining mark alone
+    ("\ufe0f", "no visible character before it"),
+    ("Front \u0301door", "no visible character before it"),  # a mark on a space
+    ("\u3164", "U+3164 HANGUL FILLER"),  # a letter drawn as nothing: looked empty
+    ("Home\u115f", "U+115F"),  # "Home" again, with a filler
+    ("Gar\u034fage", "U+034F"),  # the combining grapheme joiner
+    ("Door\U000e0041", "U+E0041"),  # a tag
+    ("\u2800", "no visible character"),  # the blank Braille pattern
+    ("\u2800 \u2800", "no visible character"),
+    ("x" + "\u0300" * 7, "more than 6 combining marks"),  # a flood: stacked over the lines around it
+    ("Z" + "\u0336\u0337\u0338" * 20, "more than 6 combining marks"),
+    ("\uf8ff Official", "private-use"),  # a platform's logo on some devices, nothing on others
+    ("Door\ufdd0", "noncharacters"),
+    ("Home\nas admin, from owner@example.com", "control characters"),  # a line faked
+    ("Home\tadmin", "control characters"),
+    ("Home\u2028Owner", "line or paragraph separators"),
+    ("Front \u202erood", "U+202E"),
+    ("\u2066Garage\u2069", "U+2066"),
+    ("Back\u200bdoor", "U+200B"),
+]
+
+
+@pytest.mark.parametrize("name", WRITTEN)
+def test_names_writing_needs_are_kept(name: str) -> None:
+    assert locks.parse_name(name) == name
+
+
+@pytest.mark.parametrize(("name", "named"), MISLEADING)
+def test_a_name_that_would_mislead_its_reader_is_refused_saying_why(name: str, named: str) -> None:
+    with pytest.raises(errors.BadRequest) as refused:
+        locks.parse_name(name)
+    assert refused.value.code == "invalid_name"
+    assert named in refused.value.message, refused.value.message
+
+
+def test_a_name_is_kept_in_one_spelling_and_without_a_gap() -> None:
+    """NFC: "Cafe" and a combining acute is the same name as "Café", kept as one; a run of spaces inside is one space
+    (a gap of 90 pushed the rest out of view), and the spaces around are dropped."""
+    assert locks.parse_name(" Cafe\u0301 \u3000\u00a0  door\u2003") == "Caf\u00e9 door"
+    assert locks.parse_name("Front\u00a0door") == "Front\u00a0door"  # one space is as typed
+
+
+def test_the_length_is_counted_as_kept() -> None:
+    assert locks.parse_name("e\u0301" * 100) == "\u00e9" * 100  # 200 sent, 100 kept
+    with pytest.raises(errors.BadRequest):
+        locks.parse_name("x" * 101)
+
+
+@pytest.mark.parametrize("address", ["fri\u3164end@example.com", "fri\u115fend@example.com", "\uf8ff@example.com"])
+def test_a_typed_address_with_a_filler_or_a_private_character_is_none(address: str) -> None:
+    """An invitation's address is listed to the admins: one with a Hangul filler read as "friend" (run 103 refused
+    control and format characters only)."""
+    assert inputs.email_key(address, typed=True) is None
+
+
+@pytest.mark.parametrize(
+    "address", ["ops\u202emoc.evil@example.com", "owner\u200d@example.com", "a\u3164b@example.com", "a\u0301b@x.com"]
+)
+def test_an_address_others_would_be_shown_must_be_plain(address: str) -> None:
+    assert shown_text.plain_address(address) is (address == "a\u0301b@x.com")
