@@ -30,11 +30,28 @@ const COMMAND_RETRY_MS = 30_000;
 const $ = (selector, root = document) => root.querySelector(selector);
 const unsubscribers = [];
 
-function notice(text, kind = "info") {
+// a notice: text, or a list of text and elements (``theirs``)
+function notice(parts, kind = "info") {
   const el = $("#notice");
-  el.textContent = text;
+  el.replaceChildren(...[parts].flat());
   el.dataset.kind = kind;
 }
+
+// Text someone wrote, shown set apart from the console's own wording (attack run 118): a lock's name is its owner's
+// free text and an address another's, and written into one of the console's sentences a name made up the rest of it
+// ("Home as admin, from mom@example.com" before the real sender). Each sits in an element of its own: isolated (its
+// direction cannot reorder the sentence around it), outlined (where it begins and ends is seen) and cut short with
+// an ellipsis (the title holds it whole), so a long one leaves the rest of its line in view.
+function theirs(text, kind = "theirs") {
+  const el = document.createElement("bdi");
+  el.className = kind;
+  el.textContent = text;
+  el.title = text;
+  return el;
+}
+
+// the same in a plain-text dialog: between a first-strong isolate and its end (text others read holds neither)
+const isolated = (text) => `\u2068${text}\u2069`;
 
 async function start() {
   let config;
@@ -223,11 +240,15 @@ class Console {
         // who sent it beside the lock's name, the sender's free text ("Home" from a stranger); a devices function of
         // the release before (rolled back, or not yet deployed: Hosting deploys on its own) names no address at all,
         // which says nothing of the sender's (read as null, every sender had none: attack run 109)
+        // The sender first, in the console's words, then the lock's name as the sender's text (attack run 118: the
+        // name came first, in the same sentence, and one written "Home as admin, from mom@example.com," read as such)
         const from =
           inv.invited_by_email === undefined
             ? `the account ${inv.invited_by}`
-            : (inv.invited_by_email ?? `an account with no verified address (${inv.invited_by})`);
-        li.textContent = `${inv.lock.name} as ${inv.role}, from ${from} `;
+            : inv.invited_by_email === null
+              ? `an account with no verified address (${inv.invited_by})`
+              : theirs(inv.invited_by_email, "address");
+        li.append("From ", from, ": ", theirs(inv.lock.name), ` as ${inv.role} `);
         for (const answer of ["accept", "decline"]) {
           const b = document.createElement("button");
           b.textContent = answer;
@@ -363,14 +384,15 @@ class Console {
       // none for a lock paired since its first sending, or past the day's pairing codes (ask for one on its card later)
       const code = created.provisioning?.code;
       $("#new-lock-name").value = "";
+      const kept = theirs(created.lock.name); // as the server keeps it (NFC, one space), not as typed
       const made = code
-        ? `Created ${name}. Pairing code for the lock: ${code}`
+        ? ["Created ", kept, `. Pairing code for the lock: ${code}`]
         : created.lock.provisioned
-          ? `${name} was created and is paired.`
-          : `${name} was created; no pairing code today (the day's are given): ask for one later.`;
+          ? [kept, " was created and is paired."]
+          : [kept, " was created; no pairing code today (the day's are given): ask for one later."];
       notice(made); // at once: the listings may take a while
       const failed = await this.refresh({ quiet: true });
-      if (failed.length) notice([made, ...failed].join(" "), "error"); // said with the code, which nothing hides
+      if (failed.length) notice([...made, " ", failed.join(" ")], "error"); // said with the code, which nothing hides
       const card = document.querySelector(`[data-lock-id="${created.lock.id}"]`);
       if (card && code) $(".pairing-code", card).textContent = code;
     } catch (err) {
@@ -395,7 +417,8 @@ class Console {
     // the door opened from afar is said by its name and confirmed first: Unlock sits beside Lock, one click from it
     // (attack run 105: a slip of the pointer opened the door, nobody told which)
     const name = $(".lock-name", card).textContent;
-    if (action === "unlock" && !window.confirm(`Unlock ${name} now? Anyone at the door can then open it.`)) return;
+    const asked = `Unlock ${isolated(name)} now? Anyone at the door can then open it.`;
+    if (action === "unlock" && !window.confirm(asked)) return;
     // A command whose answer never came (the network, a 503) may have been made: sent again to the same lock while
     // it could still be carried out (COMMAND_RETRY_MS), it carries the same idempotency key and is answered with that
     // command, not made twice (attack run 108: each click had a key of its own, and the retry was a second unlock);
@@ -407,7 +430,7 @@ class Console {
     try {
       await this.api("POST", `/devices/locks/${lockId}/commands`, { action, idempotency_key: sending.key });
       if (this.unansweredCommand === sending) this.unansweredCommand = null;
-      notice(`${action} sent to ${name}`);
+      notice([`${action} sent to `, theirs(name)]);
     } catch (err) {
       if (ended(err)) return;
       const unknown = err.status === 0 || err.status >= 500;
@@ -424,13 +447,15 @@ class Console {
         ...members.map((m) => {
           const li = document.createElement("li");
           // by the address they are known by, beside the uid (a devices function of the release before gives none)
-          const who = m.email ? `${m.email} (${m.uid})` : m.uid;
-          li.textContent = `${who} ${m.role} ${describeAccess(m.access)}`;
+          const who = m.email ? [theirs(m.email, "address"), ` (${m.uid})`] : [m.uid];
+          li.append(...who, ` ${m.role} ${describeAccess(m.access)}`);
           return li;
         }),
         ...invitations.map((i) => {
           const li = document.createElement("li");
-          li.textContent = `invited: ${i.email || i.uid} ${i.role} (until ${i.expires_at.slice(0, 10)})`;
+          // the address an admin typed, read by the others
+          li.append("invited: ", i.email ? theirs(i.email, "address") : i.uid);
+          li.append(` ${i.role} (until ${i.expires_at.slice(0, 10)})`);
           return li;
         }),
       );

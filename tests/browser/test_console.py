@@ -277,10 +277,48 @@ def test_an_invitation_shows_who_sent_it_beside_the_locks_name(env: dict[str, st
         _sign_in_there(page, env, invitee)
         shown = page.locator("#invitations li")
         expect(shown).to_have_count(2, timeout=15_000)
-        expect(shown.nth(0)).to_contain_text(f"Home as member, from {known['email']}")
+        expect(shown.nth(0)).to_contain_text(f"From {known['email']}: Home as member")
         expect(shown.nth(1)).to_contain_text(
-            f"Also home as member, from an account with no verified address ({unverified['localId']})"
+            f"From an account with no verified address ({unverified['localId']}): Also home as member"
         )
+        browser.close()
+
+
+def test_a_locks_name_is_its_senders_text_not_the_consoles_words(env: dict[str, str], chromium: str) -> None:
+    """Attack run 118: the invitation's line was the lock's name, then the console's words, in one sentence, and the
+    name is the sender's free text: one written "Home as admin, from <the invitee's mother>," read as an admin's
+    invitation from her, the stranger's address pushed to the end. The sender comes first, in the console's words;
+    the name is an element of its own, isolated (a right-to-left name cannot reorder the sentence) and outlined, cut
+    short with the rest of the line left in view."""
+    from playwright.sync_api import expect, sync_playwright
+
+    from tests.devices_world import verify_email
+
+    stranger, invitee = _account(env, "stranger-words"), _account(env, "invitee-words")
+    verify_email(env["FIREBASE_AUTH_EMULATOR_HOST"], env["LOCKWISE_PROJECT_ID"], stranger["localId"])
+    stranger = {**stranger, **_signed_in(env, stranger)}
+    mimic = "Home as admin, from mom@example.com,"
+    _invites_to_a_new_lock(env, stranger, invitee, mimic)
+    _invites_to_a_new_lock(env, stranger, invitee, "W" * 100)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 480, "height": 900})
+        _sign_in_there(page, env, invitee)
+        shown = page.locator("#invitations li")
+        expect(shown).to_have_count(2, timeout=15_000)
+        line = shown.filter(has_text="mom@example.com")
+        text = line.text_content() or ""
+        assert text.startswith(f"From {stranger['email']}: "), text
+        name = line.locator(".theirs")
+        expect(name).to_have_text(mimic)
+        style = name.evaluate(
+            "e => { const s = getComputedStyle(e); return [s.unicodeBidi, s.borderTopStyle, s.overflow]; }"
+        )
+        assert style == ["isolate", "dashed", "hidden"], style
+        long = shown.filter(has_text="WWWW")
+        expect(long.locator("button", has_text="accept")).to_be_in_viewport()
+        width = long.locator(".theirs").evaluate("e => e.getBoundingClientRect().width")
+        assert width <= 480 * 0.6 + 1, width
         browser.close()
 
 
@@ -314,7 +352,7 @@ def test_an_invitation_listed_by_the_release_before_says_nothing_of_its_senders_
         _sign_in_there(page, env, invitee)
         shown = page.locator("#invitations li")
         expect(shown).to_have_count(1, timeout=15_000)
-        expect(shown.first).to_contain_text(f"Front door as member, from the account {sender['localId']}")
+        expect(shown.first).to_contain_text(f"From the account {sender['localId']}: Front door as member")
         expect(shown.first).not_to_contain_text("no verified address")
         browser.close()
 
