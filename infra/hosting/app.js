@@ -242,13 +242,15 @@ class Console {
         // which says nothing of the sender's (read as null, every sender had none: attack run 109)
         // The sender first, in the console's words, then the lock's name as the sender's text (attack run 118: the
         // name came first, in the same sentence, and one written "Home as admin, from mom@example.com," read as such)
+        // (a uid is isolated too: one a deployment's own sign-in chose may hold any character but '/')
+        const uid = theirs(inv.invited_by, "address");
         const from =
           inv.invited_by_email === undefined
-            ? `the account ${inv.invited_by}`
+            ? ["the account ", uid]
             : inv.invited_by_email === null
-              ? `an account with no verified address (${inv.invited_by})`
-              : theirs(inv.invited_by_email, "address");
-        li.append("From ", from, ": ", theirs(inv.lock.name), ` as ${inv.role} `);
+              ? ["an account with no verified address (", uid, ")"]
+              : [theirs(inv.invited_by_email, "address")];
+        li.append("From ", ...from, ": ", theirs(inv.lock.name), ` as ${inv.role} `);
         for (const answer of ["accept", "decline"]) {
           const b = document.createElement("button");
           b.textContent = answer;
@@ -447,14 +449,15 @@ class Console {
         ...members.map((m) => {
           const li = document.createElement("li");
           // by the address they are known by, beside the uid (a devices function of the release before gives none)
-          const who = m.email ? [theirs(m.email, "address"), ` (${m.uid})`] : [m.uid];
+          const uid = theirs(m.uid, "address");
+          const who = m.email ? [theirs(m.email, "address"), " (", uid, ")"] : [uid];
           li.append(...who, ` ${m.role} ${describeAccess(m.access)}`);
           return li;
         }),
         ...invitations.map((i) => {
           const li = document.createElement("li");
           // the address an admin typed, read by the others
-          li.append("invited: ", i.email ? theirs(i.email, "address") : i.uid);
+          li.append("invited: ", theirs(i.email || i.uid, "address"));
           li.append(` ${i.role} (until ${i.expires_at.slice(0, 10)})`);
           return li;
         }),

@@ -284,13 +284,32 @@ def test_an_invitation_shows_who_sent_it_beside_the_locks_name(env: dict[str, st
         browser.close()
 
 
+#: where in ``li`` the text node holding the given text, and the lock's name (its ``.theirs``, else the text "Home
+#: as"), are drawn: their left edges
+_DRAWN_AT = """(li, text) => {
+  const left = (needle) => {
+    const walk = document.createTreeWalker(li, NodeFilter.SHOW_TEXT);
+    for (let node = walk.nextNode(); node; node = walk.nextNode()) {
+      const at = node.data.indexOf(needle);
+      if (at < 0) continue;
+      const range = document.createRange();
+      range.setStart(node, at);
+      range.setEnd(node, at + needle.length);
+      return range.getBoundingClientRect().left;
+    }
+    return null;
+  };
+  return { uid: left(text), name: left("Home as") };
+}"""
+
+
 def test_a_locks_name_is_its_senders_text_not_the_consoles_words(env: dict[str, str], chromium: str) -> None:
     """Attack run 118: the invitation's line was the lock's name, then the console's words, in one sentence, and the
     name is the sender's free text: one written "Home as admin, from <the invitee's mother>," read as an admin's
     invitation from her, the stranger's address pushed to the end. The sender comes first, in the console's words;
     the name is an element of its own, isolated (a right-to-left name cannot reorder the sentence) and outlined, cut
     short with the rest of the line left in view."""
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import Route, expect, sync_playwright
 
     from tests.devices_world import verify_email
 
@@ -319,6 +338,24 @@ def test_a_locks_name_is_its_senders_text_not_the_consoles_words(env: dict[str, 
         expect(long.locator("button", has_text="accept")).to_be_in_viewport()
         width = long.locator(".theirs").evaluate("e => e.getBoundingClientRect().width")
         assert width <= 480 * 0.6 + 1, width
+
+        # a uid is any text a deployment's own sign-in chose but '/' (the token verifier takes U+202E in one): it
+        # cannot turn the rest of the line around either
+        def turned(route: Route) -> None:
+            answer = route.fetch()
+            body = answer.json()
+            for invitation in body["invitations"]:
+                invitation["invited_by"], invitation["invited_by_email"] = "acct\u202eliam", None
+            route.fulfill(response=answer, json=body)
+
+        page.route("**/devices/invitations*", turned)
+        page.reload()
+        line = page.locator("#invitations li").filter(has_text="mom@example.com")
+        expect(line).to_have_count(1, timeout=15_000)
+        expect(line.locator(".address")).to_have_text("acct\u202eliam")
+        # where the uid's text and the name are drawn: the sender, then the name, left to right as written
+        boxes = line.evaluate(_DRAWN_AT, "liam")  # the text after the override
+        assert boxes["uid"] < boxes["name"], boxes
         browser.close()
 
 
