@@ -103,15 +103,22 @@ def test_firmware_text_is_kept_in_one_spelling(world: World, stack_env: dict[str
     assert kept == [["R\u00e9v 2"]]
 
 
+@pytest.mark.parametrize(
+    "address",
+    [
+        "owner-{}\u202emoc.elpmaxe@example.com",  # a right-to-left override: read from the override on, reversed
+        "mom-{}@ex\u0430mple.com",  # a Cyrillic a: drawn as mom-...@example.com, a domain anyone may register
+    ],
+)
 def test_a_verified_address_that_would_mislead_its_readers_is_shown_to_no_one(
-    world: World, stack_env: dict[str, str], sign_up: Any
+    world: World, stack_env: dict[str, str], sign_up: Any, address: str
 ) -> None:
-    """An address Firebase Auth vouches for (an identity provider's claim) with a right-to-left override in it read
-    to a lock's admins, and to whoever that account invited, as another's: "ops@example.com" turned around at the
-    override. Such an address is recorded as none: the members' listing and the invitation say the account has no
-    verified address and name it by uid."""
+    """An address Firebase Auth vouches for (an identity provider's claim, a domain's mail received) with a
+    right-to-left override in it, or a Latin word with a Cyrillic letter, read to a lock's admins, and to whoever
+    that account invited, as another's. Such an address is recorded as none: the members' listing and the
+    invitation say the account has no verified address and name it by uid; typed, it is no address."""
     auth = stack_env["FIREBASE_AUTH_EMULATOR_HOST"]
-    address = f"owner-{secrets.token_hex(3)}\u202emoc.elpmaxe@example.com"
+    address = address.format(secrets.token_hex(3))
     sender = google_sign_in(auth, address)
     assert sender.get("email") == address.lower() or sender.get("email") == address, sender  # vouched for as it is
     devices = world.devices
@@ -137,3 +144,9 @@ def test_a_verified_address_that_would_mislead_its_readers_is_shown_to_no_one(
     waiting = devices.get("/devices/invitations", headers=bearer(invitee)).get_json()["invitations"]
     (shown,) = [i for i in waiting if i["lock"]["id"] == own]
     assert shown["invited_by"] == sender["localId"] and shown["invited_by_email"] is None, shown
+    typed = devices.post(
+        f"/devices/locks/{world.lock_id}/members",
+        json={"email": address, "role": "member"},
+        headers=world.headers("owner"),
+    )
+    assert (typed.status_code, typed.get_json()["error"]["code"]) == (400, "invalid_email"), typed.get_json()

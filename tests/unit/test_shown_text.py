@@ -86,3 +86,22 @@ def test_a_typed_address_with_a_filler_or_a_private_character_is_none(address: s
 )
 def test_an_address_others_would_be_shown_must_be_plain(address: str) -> None:
     assert shown_text.plain_address(address) is (address == "a\u0301b@x.com")
+
+
+@pytest.mark.parametrize(
+    ("address", "plain"),
+    [
+        ("mom@ex\u0430mple.com", False),  # a Cyrillic a in a Latin word: drawn as mom@example.com
+        ("o\u03bfps@example.com", False),  # a Greek omicron
+        ("\U0001d5c6om@example.com", False),  # a mathematical m
+        ("m\uff4fm@example.com", False),  # a fullwidth o
+        ("mom@example.com", True),
+        ("\u0438\u0432\u0430\u043d@\u043f\u0440\u0438\u043c\u0435\u0440.\u0440\u0444", True),  # Cyrillic alone
+        ("taro\u3084\u307e\u30fc@example.jp", True),  # Latin with kana, as Japanese writes
+        ("\ud55c\uad6dkim@example.kr", True),  # Latin with Hangul
+        ("jos\u00e9@caf\u00e9.fr", True),
+    ],
+)
+def test_an_address_mixing_scripts_as_a_lookalike_does_is_not_plain(address: str, plain: bool) -> None:
+    assert shown_text.plain_address(address) is plain
+    assert (inputs.email_key(address, typed=True) is not None) is plain

@@ -97,7 +97,34 @@ def _noncharacter(c: str) -> bool:
 
 
 def plain_address(address: str) -> bool:
-    """Whether ``address`` may be shown to others as it is: the rule above, and no format character at all (no
-    address needs a joiner or a direction mark). One that may not is no address where it is typed (an invitation's)
+    """Whether ``address`` may be shown to others as it is: the rule above, no format character at all (no address
+    needs a joiner or a direction mark), and no part (the local part, each label of the domain) that mixes scripts
+    the way a lookalike does (``mixed_scripts``). One that may not is no address where it is typed (an invitation's)
     and recorded as none where Firebase Auth vouches for it (``lockwise.core.users``), so no one is shown it."""
-    return problem_in(address) is None and not any(unicodedata.category(c) == "Cf" for c in address)
+    return (
+        problem_in(address) is None
+        and not any(unicodedata.category(c) == "Cf" for c in address)
+        and not any(mixed_scripts(part) for part in re.split("[@.]", address))
+    )
+
+
+#: the scripts one word may mix (as browsers allow in a domain's label, Unicode's "highly restrictive" level)
+_MIXES = (
+    frozenset({"LATIN", "CJK", "HIRAGANA", "KATAKANA"}),
+    frozenset({"LATIN", "CJK", "BOPOMOFO"}),
+    frozenset({"LATIN", "CJK", "HANGUL"}),
+)
+
+
+def mixed_scripts(word: str) -> bool:
+    """Whether ``word``'s letters come from scripts no writing mixes in one word: ``mom@ex\u0430mple.com``, its
+    ``a`` Cyrillic, is drawn as ``mom@example.com`` (a domain anyone may register and receive mail at, so Firebase
+    Auth verifies it). A letter's script is read from its Unicode name (LATIN, CYRILLIC, GREEK, MATHEMATICAL,
+    FULLWIDTH, ...); one script alone passes, whole-script lookalikes too."""
+    scripts = {_script(c) for c in word if c.isalpha()}
+    return len(scripts) > 1 and not any(scripts <= allowed for allowed in _MIXES)
+
+
+def _script(letter: str) -> str:
+    first = unicodedata.name(letter, "UNNAMED").split(" ", 1)[0]
+    return "KATAKANA" if first.startswith("KATAKANA") else first
