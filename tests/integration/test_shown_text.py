@@ -13,8 +13,9 @@ import pytest
 
 from infra.local.firestore_sdk import sdk_client as firestore_client
 from lockwise.core.runtime import get_runtime
+from lockwise.devices import command_outcomes
 from tests.conftest import PROJECT_ID
-from tests.devices_world import World, bearer, build_world, create_lock, google_sign_in
+from tests.devices_world import World, bearer, build_world, command_nonce, create_lock, google_sign_in
 from tests.integration.test_devices_live_view import relay_event, wait_until_mirrored
 
 #: names each made a reader see something else: one that looked empty, "Home" again with an invisible letter, a flood
@@ -101,6 +102,26 @@ def test_firmware_text_is_kept_in_one_spelling(world: World, stack_env: dict[str
     with get_runtime("devices").db.connection() as con:
         kept = con.run("SELECT firmware FROM lock_state WHERE lock_id = CAST(:l AS uuid)", l=world.lock_id)
     assert kept == [["R\u00e9v 2"]]
+
+
+def test_a_locks_reason_that_would_mislead_the_commands_reader_is_not_shown(
+    world: World, stack_env: dict[str, str]
+) -> None:
+    """A lock's reason for failing a command is shown to whoever reads the command, after the server's own words: a
+    newline and the server's wording made up why it failed ("withdrawn: the issuer's access changed"). The outcome
+    is kept, the reason said to be not plain text."""
+    member = world.headers("member")
+    path = f"/devices/locks/{world.lock_id}/commands"
+    command = world.devices.post(path, json={"action": "unlock"}, headers=member).get_json()["command"]
+    ack = {
+        "id": command["id"],
+        "nonce": command_nonce(command["id"]),
+        "result": "failed",
+        "reason": "jammed\nwithdrawn: the issuer's access changed",
+    }
+    assert relay_event(world, stack_env["LOCKWISE_SERVICE_TOKEN"], "ack", ack) == {"outcome": "applied"}
+    read = world.devices.get(f"{path}/{command['id']}", headers=member).get_json()["command"]
+    assert (read["status"], read["error"]) == ("failed", "failed: " + command_outcomes.NOT_PLAIN), read
 
 
 @pytest.mark.parametrize(

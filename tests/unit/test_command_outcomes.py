@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from lockwise.devices import command_outcomes
 
 
@@ -13,10 +15,20 @@ def test_a_locks_reason_is_kept_to_its_first_200_characters_after_its_result() -
     assert command_outcomes.lock_said("failed", "jammed").startswith(command_outcomes.TRIED)
 
 
-def test_a_locks_reason_shows_no_control_or_format_character() -> None:
-    """The reason is shown to the member who sent the command as the lock wrote it (docs/FIRMWARE.md), and was the
-    one text of a lock's kept whole: line breaks, an ANSI escape and a right-to-left override made the app's line of
-    the outcome read as others (attack run 120); each is U+FFFD, the rest as sent (emoji too)."""
-    said = command_outcomes.lock_said("refused", "jammed\n\nrefused: \x1b[2Jowner\u202eok\u200b é 🔒")
-    assert said == "refused: jammed\ufffd\ufffdrefused: \ufffd[2Jowner\ufffdok\ufffd é 🔒"
-    assert len(said) == len("refused: ") + len("jammed\n\nrefused: \x1b[2Jowner\u202eok\u200b é 🔒")
+@pytest.mark.parametrize(
+    "reason",
+    [
+        "jammed\nwithdrawn: the issuer's access changed",  # the server's own words on a line of their own
+        "bolt \u202edemmaj",  # turned around
+        "\u3164",  # looks empty
+        "x" + "\u0336" * 40,  # stacked over the lines around it
+    ],
+)
+def test_a_locks_reason_that_would_mislead_its_reader_is_said_to_be_so_not_shown(reason: str) -> None:
+    """Attack run 118: the reason is shown to whoever reads the command, after the server's own words."""
+    assert command_outcomes.lock_said("failed", reason) == "failed: " + command_outcomes.NOT_PLAIN
+
+
+def test_a_locks_reason_is_kept_in_one_spelling() -> None:
+    assert command_outcomes.lock_said("refused", " Grant  expire\u0301 ") == "refused: Grant expir\u00e9"
+    assert command_outcomes.lock_said("refused", "  ") == "refused: no reason given"

@@ -56,6 +56,13 @@ def parse(value: Any, field: str, *, most: int, code: str) -> str:
     return text
 
 
+def kept(value: str, most: int) -> str | None:
+    """``value`` as text others read, cut to its first ``most`` characters, or None when the rule refuses it: for
+    text that cannot be refused without losing what came with it (a lock's reason beside its ack's outcome)."""
+    text = _SPACES.sub(" ", unicodedata.normalize("NFC", value).strip())[:most]
+    return text if problem_in(text) is None else None
+
+
 def problem_in(text: str) -> str | None:
     """What makes ``text`` (as kept: NFC, trimmed) unfit to be shown to others as written, or None."""
     marks = 0  # combining marks and joiners since the last character drawn on its own

@@ -4,7 +4,7 @@ takes a lock's ack of such a command: the lock may have acted on it all the same
 
 from __future__ import annotations
 
-import unicodedata
+from lockwise.core import shown_text
 
 #: its issuer was removed, or their access narrowed, before it was sent (``commands.withdraw_unsent``, the relay's
 #: outbox); a voice grant withdrawn so may have been acted on already, by the lock's HTTP answer
@@ -24,14 +24,18 @@ TRIED = "failed: "
 
 def lock_said(result: str, reason: str | None) -> str:
     """The ``last_error`` of a command the lock answered ``failed`` or ``refused``, with the first ``REASON_MAX``
-    characters of its reason, if any (docs/FIRMWARE.md; the whole cut to 200 kept 191 of the reason's), each control
-    or format character (a line break, an ANSI escape's ESC, a bidi override, a zero-width one) shown as U+FFFD.
-    The reason is shown to the member who sent the command as the lock wrote it, and was the one text of a lock's
-    kept whole: its firmware and its name refuse them (attack run 120: a reason of line breaks and a right-to-left
-    override made the app's line of the outcome read as others); the ack is taken all the same."""
-    said = (reason or "no reason given")[:REASON_MAX]
-    return f"{result}: " + "".join("\ufffd" if unicodedata.category(c) in ("Cc", "Cf") else c for c in said)
+    characters of its reason, if any (docs/FIRMWARE.md; the whole cut to 200 kept 191 of the reason's), as text
+    others read (``shown_text``); one the rule refuses is said to be so, not shown: it is shown to whoever reads the
+    command, after the server's own words, and a newline and "withdrawn: the issuer's access changed" made up the
+    server's reason, U+202E turned it around (attack run 118). The ack's outcome stands either way."""
+    if reason is None or not reason.strip():
+        return f"{result}: {NO_REASON}"
+    said = shown_text.kept(reason, REASON_MAX)
+    return f"{result}: {NOT_PLAIN if said is None else said}"
 
 
 #: the characters of a lock's ``reason`` kept (docs/FIRMWARE.md)
 REASON_MAX = 200
+NO_REASON = "no reason given"
+#: said for a reason the rule for text others read refuses
+NOT_PLAIN = "(the lock's reason is not shown: it is not plain text)"
