@@ -129,6 +129,7 @@ def test_a_locks_reason_that_would_mislead_the_commands_reader_is_not_shown(
     [
         "owner-{}\u202emoc.elpmaxe@example.com",  # a right-to-left override: read from the override on, reversed
         "mom-{}@ex\u0430mple.com",  # a Cyrillic a: drawn as mom-...@example.com, a domain anyone may register
+        "mom-{}@\u0435\u0445\u0430\u0440\u0440\u0435.com",  # Cyrillic alone, each letter drawn as a Latin one
     ],
 )
 def test_a_verified_address_that_would_mislead_its_readers_is_shown_to_no_one(

@@ -100,6 +100,12 @@ def test_an_address_others_would_be_shown_must_be_plain(address: str) -> None:
         ("taro\u3084\u307e\u30fc@example.jp", True),  # Latin with kana, as Japanese writes
         ("\ud55c\uad6dkim@example.kr", True),  # Latin with Hangul
         ("jos\u00e9@caf\u00e9.fr", True),
+        ("\u0430\u0440\u0435@example.com", False),  # Cyrillic alone, drawn as ape@example.com
+        ("mom@\u0435\u0445\u0430\u0440\u0440\u0435.com", False),
+        ("\u03bf\u03c1\u03b1@example.gr", False),  # Greek drawn as opa
+        ("\u0440\u043e\u0441@\u043f\u0440\u0438\u043c\u0435\u0440.\u0440\u0444", True),  # read as Cyrillic
+        ("\u0438\u0432\u0430\u043d@mail.com", True),  # not drawn as Latin
+        ("123@example.com", True),
     ],
 )
 def test_an_address_mixing_scripts_as_a_lookalike_does_is_not_plain(address: str, plain: bool) -> None:

@@ -112,6 +112,7 @@ def plain_address(address: str) -> bool:
         problem_in(address) is None
         and not any(unicodedata.category(c) == "Cf" for c in address)
         and not any(mixed_scripts(part) for part in re.split("[@.]", address))
+        and not latin_alike(address)
     )
 
 
@@ -130,6 +131,24 @@ def mixed_scripts(word: str) -> bool:
     FULLWIDTH, ...); one script alone passes, whole-script lookalikes too."""
     scripts = {_script(c) for c in word if c.isalpha()}
     return len(scripts) > 1 and not any(scripts <= allowed for allowed in _MIXES)
+
+
+#: Cyrillic and Greek small letters drawn as Latin ones (the Cyrillic: Chromium's IDN spoof checker's list, lowered)
+_LATIN_ALIKE = frozenset(
+    "\u0430\u0441\u0501\u0435\u04bb\u0456\u0458\u04cf\u043e\u0440\u051b\u0455\u051d\u0445"
+    "\u0443\u044a\u044c\u04bd\u043f\u0433\u0475\u0461\u03b1\u03b9\u03ba\u03bd\u03bf\u03c1\u03c5\u03c7"
+)
+
+
+def latin_alike(address: str) -> bool:
+    """Whether a part of ``address`` (its local part, a domain's label) is a word of one other script made only of
+    letters drawn as Latin ones, in an address whose top-level domain is Latin: ``\u0430\u0440\u0435@example.com``
+    is drawn as ``ape@example.com``. An address whose top-level domain is of that script (``.\u0440\u0444``) is read
+    as that script's."""
+    parts = re.split("[@.]", address)
+    if not parts[-1].isascii():
+        return False
+    return any(any(c.isalpha() for c in part) and all(c in _LATIN_ALIKE for c in part if c.isalpha()) for part in parts)
 
 
 def _script(letter: str) -> str:
