@@ -32,6 +32,7 @@ MISLEADING = [
     ("\u3164", "U+3164 HANGUL FILLER"),  # a letter drawn as nothing: looked empty
     ("Home\u115f", "U+115F"),  # "Home" again, with a filler
     ("Gar\u034fage", "U+034F"),  # the combining grapheme joiner
+    ("Gar\u2065age", "U+2065"),  # default-ignorable, though unassigned
     ("Door\U000e0041", "U+E0041"),  # a tag
     ("\u2800", "no visible character"),  # the blank Braille pattern
     ("\u2800 \u2800", "no visible character"),

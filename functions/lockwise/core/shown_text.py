@@ -35,7 +35,7 @@ DIRECTION_MARKS = frozenset("\u200e\u200f\u061c")
 #: Unicode's Default_Ignorable_Code_Point (DerivedCoreProperties.txt) outside the format characters (Cf, refused by
 #: category) and the variation selectors: drawn as nothing, each a way to make one name look like another or empty
 _IGNORABLE = re.compile(
-    "[\u034f\u115f\u1160\u17b4\u17b5\u180b-\u180f\u3164\uffa0\ufff0-\ufff8\U000e0000-\U000e00ff\U000e01f0-\U000e0fff]"
+    "[\u034f\u115f\u1160\u17b4\u17b5\u180b-\u180f\u2065\u3164\uffa0\ufff0-\ufff8\U000e0000-\U000e00ff\U000e01f0-\U000e0fff]"
 )
 _VARIATION = re.compile("[\ufe00-\ufe0f\U000e0100-\U000e01ef]")
 #: drawn blank though not a space: the Braille pattern without dots
