@@ -1051,11 +1051,12 @@ def test_a_locks_reason_reaches_the_sender_without_its_control_or_format_charact
 ) -> None:
     """The reason of a refused ack is shown to the member who sent the command as the lock wrote it, and was the one
     text of a lock's kept whole (its firmware and name refuse them): line breaks, an ANSI escape and a right-to-left
-    override made the app's line of the outcome read as others (attack run 120). Shown as U+FFFD; the ack is taken."""
+    override made the app's line of the outcome read as others (attack run 120). Such a reason is said to be not
+    plain text, not shown (the rule for text others read, attack run 118); the ack is taken."""
     command_id = send(world, "owner").get_json()["command"]["id"]
     deliver(relay_db, world)
     reason = "jammed\n\nowner: \x1b[2Jsign in again\u202e"
     assert _ack(world, stack_env, relay_db, command_id, "refused", reason) == "applied"
     shown = world.devices.get(f"/devices/locks/{world.lock_id}/commands/{command_id}", headers=world.headers("owner"))
     assert shown.status_code == 200
-    assert shown.get_json()["command"]["error"] == "refused: jammed\ufffd\ufffdowner: \ufffd[2Jsign in again\ufffd"
+    assert shown.get_json()["command"]["error"] == "refused: " + command_outcomes.NOT_PLAIN
