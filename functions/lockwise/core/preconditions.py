@@ -24,14 +24,14 @@ def unmodified_since(value: str | None) -> dt.datetime | None:
         return None
     try:
         moment = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        moment = None
-    if moment is None:
+        # in UTC within the try: the last day of year 9999 at an offset west of it is past what a date holds, an
+        # OverflowError, a 500 from any deletion the header guards (attack run 119)
+        return moment.replace(tzinfo=dt.UTC) if moment.tzinfo is None else moment.astimezone(dt.UTC)
+    except (TypeError, ValueError, IndexError, OverflowError) as exc:
         raise errors.BadRequest(
             f"{HEADER} must be an HTTP date (RFC 9110), as 'Sun, 06 Nov 1994 08:49:37 GMT'",
             code="invalid_if_unmodified_since",
-        )
-    return moment.replace(tzinfo=dt.UTC) if moment.tzinfo is None else moment.astimezone(dt.UTC)
+        ) from exc
 
 
 def refuse_if_changed(changed_at: dt.datetime | None, since: dt.datetime | None, what: str, code: str) -> None:
