@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 from lockwise.core import deployment
 from lockwise.core.config import (
     LOOPBACK_HOSTS,
+    MAX_PORT,
     ConfigError,
     Mode,
     env_int,
@@ -27,6 +28,10 @@ from lockwise.core.config import (
 )
 from lockwise.core.db import Database
 from lockwise.devices import topics
+
+#: an MQTT session expiry's most that still ends (four bytes, whose largest, 0xFFFFFFFF, means never: MQTT 5 3.1.2.11.2)
+MAX_EXPIRY_S = 0xFFFFFFFE
+DAY_S = 24 * 3600
 
 
 @dataclass(frozen=True)
@@ -92,18 +97,21 @@ class RelaySettings:
             database_url=read_database_url(env, mode),
             service_token=read_service_token(env, mode),
             slots=env_int(env, "LOCKWISE_RELAY_SLOTS", 8, minimum=1),
-            session_expiry_s=env_int(env, "LOCKWISE_RELAY_SESSION_EXPIRY_S", 3600, minimum=60),
-            orphan_scan_s=env_int(env, "LOCKWISE_RELAY_ORPHAN_SCAN_S", 300, minimum=1),
+            # each at most what its use holds (attack run 119): an expiry is an MQTT four-byte integer, whose largest
+            # means never (a connect past it raised in paho's thread, and the relay never connected); a wait past the
+            # platform's time_t raised OverflowError in the upkeep's and the orphan scan's threads, ending them
+            session_expiry_s=env_int(env, "LOCKWISE_RELAY_SESSION_EXPIRY_S", 3600, minimum=60, maximum=MAX_EXPIRY_S),
+            orphan_scan_s=env_int(env, "LOCKWISE_RELAY_ORPHAN_SCAN_S", 300, minimum=1, maximum=DAY_S),
             mqtt_host=required("MQTT_HOST", "127.0.0.1"),
-            mqtt_port=env_int(env, "MQTT_PORT", 8883, minimum=1),
+            mqtt_port=env_int(env, "MQTT_PORT", 8883, minimum=1, maximum=MAX_PORT),
             mqtt_ca_file=file("MQTT_CA_FILE"),
             mqtt_client_certs=file("MQTT_CLIENT_CERTS"),
             devices_url=_devices_url(required("LOCKWISE_DEVICES_URL", "http://127.0.0.1:8083"), local),
             # the platform names the port it probes (Cloud Run sets PORT from --port); 0 serves no health endpoint
-            health_port=env_int(env, "PORT", 8090, minimum=0),
-            poll_s=float(env_int(env, "LOCKWISE_RELAY_POLL_MS", 1000, minimum=50)) / 1000,
-            resend_after_s=env_int(env, "LOCKWISE_RELAY_RESEND_AFTER_S", 5, minimum=1),
-            flush_every_s=env_int(env, "LOCKWISE_RELAY_FLUSH_EVERY_S", 10, minimum=1),
+            health_port=env_int(env, "PORT", 8090, minimum=0, maximum=MAX_PORT),
+            poll_s=float(env_int(env, "LOCKWISE_RELAY_POLL_MS", 1000, minimum=50, maximum=60_000)) / 1000,
+            resend_after_s=env_int(env, "LOCKWISE_RELAY_RESEND_AFTER_S", 5, minimum=1, maximum=3600),
+            flush_every_s=env_int(env, "LOCKWISE_RELAY_FLUSH_EVERY_S", 10, minimum=1, maximum=DAY_S),
             event_batch=env_int(env, "LOCKWISE_RELAY_EVENT_BATCH", 500, minimum=1, maximum=topics.MAX_EVENTS_PER_BATCH),
             id_token_audience=env.get("LOCKWISE_RELAY_ID_TOKEN_AUDIENCE") or None,
             project_id=read_project_id(env, mode),

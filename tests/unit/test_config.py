@@ -389,3 +389,71 @@ def test_a_plain_value_one_function_uses_is_read_by_it_and_by_no_other(name: str
             assert component in READ_BY[name] and name in str(exc)
             continue
         assert (read != default) == (component in READ_BY[name]), (component, name)
+
+
+#: each duration and port an operator sets, with the most it takes (attack run 119: none had a bound)
+BOUNDED = {
+    "LOCKWISE_COMMAND_TTL_S": 3600,
+    "LOCKWISE_PROVISIONING_TTL_S": 24 * 3600,
+    "LOCKWISE_INVITATION_TTL_S": 365 * 24 * 3600,
+    "LOCKWISE_LOCK_REQUEST_SKEW_S": 3600,
+    "LOCKWISE_MQTT_PUBLIC_PORT": 65535,
+    "LOCKWISE_REPLAY_MEMORY_HOURS": 365 * 24,
+    "LOCKWISE_ACCOUNT_RECHECK_S": 30 * 24 * 3600,
+}
+
+
+@pytest.mark.parametrize("name", sorted(BOUNDED))
+def test_a_duration_or_port_past_what_its_use_holds_stops_the_start_by_name(name: str) -> None:
+    """Unbounded, a command's lifetime past 2**32 s failed every relay delivery round (the MQTT expiry's four bytes)
+    and past what a date holds every command, a 500; ``30000`` meant as milliseconds kept an unlock valid 8 hours; a
+    pairing code's, an invitation's, a recheck or a skew past what a date holds failed in PostgreSQL."""
+    most, component = BOUNDED[name], sorted(READ_BY.get(name, FUNCTIONS))[0]
+    assert getattr(Settings.from_env({name: str(most)}, component=component), _field(name)) == most
+    for past in (most + 1, 10**12):
+        with pytest.raises(ConfigError, match=f"{name} must be at most {most}"):
+            Settings.from_env({name: str(past)}, component=component)
+
+
+def _field(name: str) -> str:
+    return name.removeprefix("LOCKWISE_").lower()
+
+
+RELAY_BOUNDED = {
+    "LOCKWISE_RELAY_SESSION_EXPIRY_S": 0xFFFFFFFE,
+    "LOCKWISE_RELAY_ORPHAN_SCAN_S": 24 * 3600,
+    "LOCKWISE_RELAY_FLUSH_EVERY_S": 24 * 3600,
+    "LOCKWISE_RELAY_RESEND_AFTER_S": 3600,
+    "LOCKWISE_RELAY_POLL_MS": 60_000,
+    "MQTT_PORT": 65535,
+    "PORT": 65535,
+}
+
+
+@pytest.mark.parametrize("name", sorted(RELAY_BOUNDED))
+def test_a_relay_duration_or_port_past_what_its_use_holds_stops_its_start_by_name(name: str, tmp_path: Path) -> None:
+    from mqtt_relay.settings import RelaySettings
+
+    (tmp_path / "ca.pem").write_text("a CA")
+    files = {"MQTT_CA_FILE": str(tmp_path / "ca.pem"), "MQTT_CLIENT_CERTS": str(tmp_path / "ca.pem")}
+    most = RELAY_BOUNDED[name]
+    RelaySettings.from_env({**files, name: str(most)})
+    for past in (most + 1, 10**12):
+        with pytest.raises(ConfigError, match=f"{name} must be at most {most}"):
+            RelaySettings.from_env({**files, name: str(past)})
+
+
+def test_the_relays_bounds_are_what_mqtt_and_a_wait_hold() -> None:
+    """The most each bound takes works where it is used: a session expiry is packed in four bytes (0xFFFFFFFF
+    meaning never; past them paho raised in its network thread), a wait of a day is within time_t (past it, the
+    wait raised OverflowError and ended its thread)."""
+    import struct
+    import threading
+
+    from mqtt_relay import sessions
+    from mqtt_relay.settings import DAY_S, MAX_EXPIRY_S
+
+    sessions.session_properties(MAX_EXPIRY_S).pack()  # type: ignore[no-untyped-call]
+    with pytest.raises(struct.error):
+        sessions.session_properties(MAX_EXPIRY_S + 2).pack()  # type: ignore[no-untyped-call]
+    assert DAY_S < threading.TIMEOUT_MAX

@@ -29,6 +29,8 @@ LOCAL_SERVICE_TOKEN = "local-dev-only"
 #: the longest a clip sent again is answered with its decision (``LOCKWISE_VOICE_SENT_AGAIN_S``'s bound): a decided
 #: clip's identity is kept no longer (``lockwise.core.retention``)
 VOICE_SENT_AGAIN_MAX_S = 600
+#: the largest TCP port (a broker's port told to locks, the relay's)
+MAX_PORT = 65535
 
 #: The one switch that lets a production-mode process use the local stand-ins of managed services (the Firestore and
 #: Auth emulators) for the production rehearsal (tests/rehearsal). Refused on Cloud Run, where the platform sets
@@ -490,14 +492,20 @@ class Settings:
             locks_per_owner=env_int(env, "LOCKWISE_LOCKS_PER_OWNER", 100, minimum=1),
             members_per_lock=env_int(env, "LOCKWISE_MEMBERS_PER_LOCK", 100, minimum=2),
             memberships_per_user=env_int(env, "LOCKWISE_MEMBERSHIPS_PER_USER", 200, minimum=1),
-            # at most 5 minutes: a lock keeps each command's nonce until it expires (docs/FIRMWARE.md sizes its store by
-            # it), and any lifetime was taken (attack run 117)
+            # each duration at most what its use holds (attack run 119): unbounded, a command's lifetime past 2**32 s
+            # (the MQTT message expiry's four bytes) failed every relay's delivery round, past what a date holds every
+            # command (a 500), and 30000 meant as milliseconds kept a tap's unlock valid for 8 hours; a pairing code's
+            # or an invitation's, an account's recheck, a lock's skew past what a date holds failed each creation or
+            # the upkeep's step in PostgreSQL (timestamp out of range). A command's at most 5 minutes: a lock keeps
+            # each command's nonce until it expires (docs/FIRMWARE.md sizes its store by it: attack run 117)
             command_ttl_s=env_int(env, "LOCKWISE_COMMAND_TTL_S", 30, minimum=5, maximum=MAX_COMMAND_TTL_S),
-            provisioning_ttl_s=env_int(env, "LOCKWISE_PROVISIONING_TTL_S", 600, minimum=60),
-            invitation_ttl_s=env_int(env, "LOCKWISE_INVITATION_TTL_S", 7 * 24 * 3600, minimum=3600),
+            provisioning_ttl_s=env_int(env, "LOCKWISE_PROVISIONING_TTL_S", 600, minimum=60, maximum=24 * 3600),
+            invitation_ttl_s=env_int(
+                env, "LOCKWISE_INVITATION_TTL_S", 7 * 24 * 3600, minimum=3600, maximum=365 * 24 * 3600
+            ),
             pairing_failures_per_hour=env_int(env, "LOCKWISE_PAIRING_FAILURES_PER_HOUR", 20, minimum=1),
             trusted_proxy_hops=env_int(env, "LOCKWISE_TRUSTED_PROXY_HOPS", 0, minimum=0),
-            lock_request_skew_s=env_int(env, "LOCKWISE_LOCK_REQUEST_SKEW_S", 60, minimum=5),
+            lock_request_skew_s=env_int(env, "LOCKWISE_LOCK_REQUEST_SKEW_S", 60, minimum=5, maximum=3600),
             lock_requests_per_minute=env_int(env, "LOCKWISE_LOCK_REQUESTS_PER_MINUTE", 120, minimum=10),
             app_commands_per_minute=env_int(env, "LOCKWISE_APP_COMMANDS_PER_MINUTE", 30, minimum=1),
             app_commands_per_account_minute=env_int(env, "LOCKWISE_APP_COMMANDS_PER_ACCOUNT_MINUTE", 60, minimum=1),
@@ -507,7 +515,7 @@ class Settings:
             lock_changes_per_account_minute=env_int(env, "LOCKWISE_LOCK_CHANGES_PER_ACCOUNT_MINUTE", 120, minimum=1),
             mqtt_public_host=_public_host(env, local or rehearsal(env)) if component == "devices" else "127.0.0.1",
             # a TCP port: a lock keeps it in 16 bits (any integer was sent it: attack run 117)
-            mqtt_public_port=env_int(env, "LOCKWISE_MQTT_PUBLIC_PORT", 8883, minimum=1, maximum=65535),
+            mqtt_public_port=env_int(env, "LOCKWISE_MQTT_PUBLIC_PORT", 8883, minimum=1, maximum=MAX_PORT),
             encoder=_choice(env, "LOCKWISE_ENCODER", ("ecapa", "ge2e", "auto"), "auto"),
             model_dir=env.get("LOCKWISE_MODEL_DIR") or None,
             verify_runtime=_choice(env, "LOCKWISE_VERIFY_RUNTIME", ("onnx", "speechbrain"), "onnx"),
@@ -532,7 +540,9 @@ class Settings:
             enrollments_per_day=env_int(env, "LOCKWISE_ENROLLMENTS_PER_DAY", 20, minimum=1),
             enroll_requests_per_day=env_int(env, "LOCKWISE_ENROLL_REQUESTS_PER_DAY", 100, minimum=1),
             # 0 kept no attempt's recording, and a replayed one was not recognised (attack run 89)
-            replay_memory_hours=env_int(env, "LOCKWISE_REPLAY_MEMORY_HOURS", 168, minimum=0 if local else 1),
+            replay_memory_hours=env_int(
+                env, "LOCKWISE_REPLAY_MEMORY_HOURS", 168, minimum=0 if local else 1, maximum=365 * 24
+            ),
             voice_sent_again_s=env_int(
                 env, "LOCKWISE_VOICE_SENT_AGAIN_S", 120, minimum=0, maximum=VOICE_SENT_AGAIN_MAX_S
             ),
@@ -540,7 +550,7 @@ class Settings:
             feed_reports_per_owner_minute=env_int(env, "LOCKWISE_FEED_REPORTS_PER_OWNER_MINUTE", 120, minimum=1),
             # 0 (the local stack's) checks no account: deleted ones and revoked sessions never learned (attack run 89)
             account_check_batch=min(env_int(env, "LOCKWISE_ACCOUNT_CHECK_BATCH", 100, minimum=0 if local else 1), 100),
-            account_recheck_s=env_int(env, "LOCKWISE_ACCOUNT_RECHECK_S", 3600, minimum=60),
+            account_recheck_s=env_int(env, "LOCKWISE_ACCOUNT_RECHECK_S", 3600, minimum=60, maximum=30 * 24 * 3600),
             # at most an hour: the lockout doubles up to 2**16 times (an hour's is 7 years), and a base past what a
             # date holds was an OverflowError, a 500 at the door (attack run 98)
             lockout_base_s=env_int(env, "LOCKWISE_LOCKOUT_BASE_S", 30, minimum=1 if local else 30, maximum=3600),
