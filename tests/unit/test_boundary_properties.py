@@ -273,3 +273,14 @@ def test_a_typed_address_is_one_its_column_takes_or_none(value: str) -> None:
     """``invitations.email``: ``CHECK (length(email) BETWEEN 3 AND 320 AND position('@' IN email) > 1)``."""
     key = inputs.email_key(value, typed=True)
     assert key is None or (3 <= len(key) <= 320 and key.index("@") >= 1 and inputs.is_text(key))
+
+
+def test_a_locks_name_at_its_limit_is_four_times_as_many_bytes_as_firmware_md_says() -> None:
+    """A lock is handed its name (``GET /devices/lock/config``): 100 characters taken are 400 bytes of UTF-8, which
+    the firmware contract names, so a lock sizes its buffer in bytes."""
+    from pathlib import Path
+
+    widest = "\U0001f6aa" * locks.MAX_NAME  # a door, 4 bytes each
+    assert locks.parse_name(widest) == widest and len(widest.encode()) == 4 * locks.MAX_NAME
+    page = (Path(__file__).parents[2] / "docs" / "FIRMWARE.md").read_text()
+    assert f"1 to {locks.MAX_NAME} characters" in page and f"up to {4 * locks.MAX_NAME} bytes of\nUTF-8" in page
