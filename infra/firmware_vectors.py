@@ -22,6 +22,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 VECTORS = Path(__file__).resolve().parents[1] / "docs" / "firmware" / "vectors.json"
 NOW_AFTER_ISSUE_S = 10  # the lock's clock in each case: 10 s after the command was issued, 20 s before it expires
+#: the unlock issued the second before 2**31 s (``older_across_2038``)
+OLDER_ID = "0e4b8c6d-2a7f-4e1b-9c3d-5f6a7b8c9d10"
+OLDER_NONCE = "b2xkZXItYWNyb3NzLTIwMzg"
 
 
 def _key(seed_hex: str) -> Ed25519PrivateKey:
@@ -127,18 +130,48 @@ def refusals(vectors: dict[str, Any]) -> list[dict[str, Any]]:
             "step 0: a receipt, never acted on and never acknowledged",
         ),
     ]
+    # across 2**31 s (2038-01-19T03:14:08Z), within a lock's life: a lock holding its times in 32 signed bits reads
+    # the first second past it as 1901 (or as 2**31 - 1, as cJSON's valueint saturates), so the first command past it
+    # is refused as superseded (or expired), and an unlock re-sent from the second before is newer than the last one
+    # carried out: it is carried out (attack run 119)
+    past = next(c["command"] for c in vectors["commands"] if c["name"] == "unlock_after_2038")
+    edge = int(past["issued_at"])
+    older = {**past, "v": 1, "id": OLDER_ID, "nonce": OLDER_NONCE, "issued_at": edge - 1, "expires_at": edge + 29}
+    later: list[tuple[str, str, int, str, str, int]] = [
+        (
+            "issued_past_2038",
+            _message(_canonical({**past, "v": 1}), server),
+            edge - 1,
+            "act",
+            "steps 5 and 7 past 2**31 s (2038-01-19T03:14:08Z): held in 32 signed bits, its issued_at wraps to 1901,"
+            " older than the last one carried out (or, saturated at 2**31 - 1, it has expired)",
+            edge + NOW_AFTER_ISSUE_S,
+        ),
+        (
+            "older_across_2038",
+            _message(_canonical(older), server),
+            edge,
+            "superseded",
+            "step 7 across 2**31 s: issued the second before the last one carried out; held in 32 signed bits, the"
+            " last wraps below it and this older unlock is carried out",
+            edge + 5,
+        ),
+    ]
     return [
         {
             "name": name,
             "message": message,
             "lock_id": command["lock"],
-            "now": issued + NOW_AFTER_ISSUE_S,
+            "now": now,
             "nonces_seen": [],
             "last_issued_at": last,
             "expect": expect,
             "why": why,
         }
-        for name, message, last, expect, why in cases
+        for name, message, last, expect, why, now in [
+            *((*case, issued + NOW_AFTER_ISSUE_S) for case in cases),
+            *later,
+        ]
     ]
 
 

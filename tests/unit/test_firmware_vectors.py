@@ -312,8 +312,9 @@ def test_command_refusal_vector_is_decided_as_a_lock_would(case: dict[str, Any])
         case["last_issued_at"],
     )
     assert verdict == case["expect"], case["why"]
-    if verdict == "act":
-        assert fields == COMMANDS[0]["command"]
+    if verdict == "act":  # one of the file's commands, whatever the bytes it came in
+        assert fields is not None
+        assert fields == next(c["command"] for c in COMMANDS if c["command"]["id"] == fields["id"])
     if case["why"].startswith("step 3"):  # refused for its form, not its signature: the server's key signed it
         outer = json.loads(case["message"])
         SERVER_KEY.public_key().verify(base64.b64decode(outer["sig"]), outer["cmd"].encode())
@@ -559,3 +560,29 @@ def test_the_relays_receipts_match_the_vectors() -> None:
     assert receipts.messages(names) == [vectors["receipt"].encode()]
     assert receipts.read(vectors["receipt"].encode()) == names
     assert receipts.read(VECTORS["commands"][0]["message"].encode()) is None  # a command is never a receipt
+
+
+def test_the_vectors_carry_commands_across_2038() -> None:
+    """A command's times are unix seconds, which pass 2**31 on 2038-01-19T03:14:08Z, within a lock's life (attack run
+    119: no vector went past it, and a lock holding its times in 32 signed bits passed every one): past the edge, one
+    command to carry out and an older one refused as superseded, each decided wrongly in 32 bits."""
+
+    def in_32_bits(value: int) -> int:
+        return (value + 2**31) % 2**32 - 2**31
+
+    edge = 2**31
+    past = next(c for c in COMMANDS if c["name"] == "unlock_after_2038")
+    assert past["command"]["issued_at"] == edge and past["command"]["expires_at"] > edge
+    by_name = {c["name"]: c for c in REFUSALS}
+    carried, older = by_name["issued_past_2038"], by_name["older_across_2038"]
+    assert (carried["expect"], older["expect"]) == ("act", "superseded")
+    older_cmd = json.loads(json.loads(older["message"])["cmd"])
+    assert older_cmd["issued_at"] < edge <= older["last_issued_at"] < older_cmd["expires_at"]
+    # what a lock holding them in 32 bits decides: wrapped, the one to carry out is older than the last (superseded)
+    # and the older one newer than the last (carried out); saturated at 2**31 - 1, as cJSON's valueint reads a larger
+    # number, the one to carry out has expired by a 64-bit clock
+    assert in_32_bits(past["command"]["issued_at"]) < in_32_bits(carried["last_issued_at"])
+    assert in_32_bits(older_cmd["issued_at"]) >= in_32_bits(older["last_issued_at"])
+    assert min(past["command"]["expires_at"], 2**31 - 1) <= carried["now"]
+    page = FIRMWARE_MD.read_text()
+    assert "2038-01-19T03:14:08Z" in page and "64 bits" in page
