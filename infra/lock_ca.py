@@ -14,6 +14,7 @@ import argparse
 import datetime as dt
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from cryptography.hazmat.primitives import hashes, serialization
@@ -56,6 +57,22 @@ def relay_certs(ca_pem: str, slots: int = RELAY_SLOTS, days: int = 365) -> dict[
     return bundle
 
 
+#: the longest a relay's certificate is asked to last (it ends with the CA anyway): ``--days`` 0 wrote certificates
+#: ending as they were made, reported as written, and a negative or a huge count was a traceback (attack run 119)
+MAX_DAYS = 3650
+
+
+def _within(least: int, most: int) -> Callable[[str], int]:
+    """An argparse type: a whole number from ``least`` to ``most`` (argparse's usage error, exit 2, otherwise)."""
+
+    def number(text: str) -> int:
+        if not (text.isascii() and text.isdigit() and least <= int(text) <= most):
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number from {least} to {most}")
+        return int(text)
+
+    return number
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -67,8 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     relay = commands.add_parser("relay-certs", help="one client certificate per relay slot")
     relay.add_argument("--ca", type=Path, required=True, help="lock-ca.pem (certificate and key)")
     relay.add_argument("--out", type=Path, required=True)
-    relay.add_argument("--slots", type=int, default=RELAY_SLOTS)
-    relay.add_argument("--days", type=int, default=365)
+    relay.add_argument("--slots", type=_within(1, RELAY_SLOTS), default=RELAY_SLOTS, help=f"1 to {RELAY_SLOTS}")
+    relay.add_argument("--days", type=_within(1, MAX_DAYS), default=365, help=f"1 to {MAX_DAYS} (the CA's end first)")
     args = parser.parse_args(argv)
     # the key files are their user's only from their first byte (``write_private``): written into a file already
     # there, they kept its mode, 0644 (attack run 57)

@@ -6,6 +6,7 @@ import json
 import stat
 from pathlib import Path
 
+import pytest
 from cryptography import x509
 
 from infra import lock_ca
@@ -62,3 +63,21 @@ def test_the_reference_locks_keys_are_its_users_only_over_files_already_there(tm
     _, key = config.tls_files(keys)
     assert mode(saved) == 0o600 and LockConfig.load(saved) == config
     assert mode(Path(key)) == 0o600 and Path(key).read_text() == "KEY"
+
+
+def test_relay_certificates_are_asked_for_days_and_slots_they_can_have(tmp_path: Path) -> None:
+    """``--days 0`` wrote certificates ending as they were made and said they were written; a negative or a huge
+    count was a traceback (ValueError, OverflowError); ``--slots 0`` wrote none (attack run 119): each is argparse's
+    usage error, exit 2, and nothing is written."""
+    assert lock_ca.main(["init", "--out", str(tmp_path), "--project", "acme-prod"]) == 0
+    target = tmp_path / "relay-certs.json"
+    base = ["relay-certs", "--ca", str(tmp_path / "lock-ca.pem"), "--out", str(target)]
+    for extra in (["--days", "0"], ["--days", "-1"], ["--days", "10000000"], ["--slots", "0"], ["--slots", "99"]):
+        with pytest.raises(SystemExit) as usage:
+            lock_ca.main([*base, *extra])
+        assert usage.value.code == 2, extra
+        assert not target.exists()
+    assert lock_ca.main([*base, "--slots", "1", "--days", str(lock_ca.MAX_DAYS)]) == 0
+    (bundle,) = json.loads(target.read_text()).values()
+    ends = x509.load_pem_x509_certificate(bundle["cert"].encode()).not_valid_after_utc
+    assert ends == LockCa.from_pem((tmp_path / "lock-ca.pem").read_text()).cert.not_valid_after_utc  # the CA's end
