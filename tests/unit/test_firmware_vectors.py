@@ -584,5 +584,8 @@ def test_the_vectors_carry_commands_across_2038() -> None:
     assert in_32_bits(past["command"]["issued_at"]) < in_32_bits(carried["last_issued_at"])
     assert in_32_bits(older_cmd["issued_at"]) >= in_32_bits(older["last_issued_at"])
     assert min(past["command"]["expires_at"], 2**31 - 1) <= carried["now"]
+    # and a request a lock signs past it, whose timestamp is 10 digits still, not a negative one
+    signed_late = next(v for v in REQUESTS if v["name"] == "lock_config_after_2038")
+    assert int(signed_late["timestamp"]) >= edge and signed_late["timestamp"].isdigit()
     page = FIRMWARE_MD.read_text()
     assert "2038-01-19T03:14:08Z" in page and "64 bits" in page
