@@ -3243,13 +3243,21 @@ def test_wrong_pairing_codes_are_counted_over_the_last_hour_not_the_clock_hour(
 
 def test_an_invitation_whose_access_has_ended_grants_nothing_and_says_so(world: World, sign_up: Any) -> None:
     """An invitation with an `expires_at` already past was sent, accepted (201, "joined") and the member never got
-    in (attack run). It is refused when sent (400), and one whose end has passed since it was sent is refused when
-    accepted (409 access_ended), nothing written."""
+    in (attack run). It is refused when sent (400), as is one ending by the time its window opens, and one whose end
+    has passed since it was sent is refused when accepted (409 access_ended), nothing written."""
     lock, invitee = world.lock_id, sign_up()
     assert world.devices.get("/devices/me", headers=bearer(invitee)).status_code == 200
     add = f"/devices/locks/{lock}/members"
     past = "2001-01-01T00:00:00Z"
-    for role, access in (("member", {"expires_at": past}), ("guest", {"valid_until": past})):
+    # and one whose access ends by the time its window opens: sent, 202, a guest who could never come in (attack run
+    # 119)
+    day, week = (f"{dt.datetime.now(dt.UTC) + dt.timedelta(days=n):%Y-%m-%dT%H:%M:%SZ}" for n in (1, 7))
+    for role, access in (
+        ("member", {"expires_at": past}),
+        ("guest", {"valid_until": past}),
+        ("guest", {"valid_from": week, "expires_at": day}),
+        ("guest", {"valid_from": day, "expires_at": day}),
+    ):
         resp = world.devices.post(
             add, json={"uid": invitee["localId"], "role": role, "access": access}, headers=world.headers("owner")
         )

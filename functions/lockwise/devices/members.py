@@ -847,11 +847,15 @@ def ended(access: dict[str, Any], now: dt.datetime) -> str | None:
 
 
 def require_future(access: dict[str, Any], now: dt.datetime) -> None:
-    """400 ``invalid_access`` for an invitation whose terms have already ended (its invitee would accept, be told
-    they joined, and never get in)."""
+    """400 ``invalid_access`` for an invitation whose terms have already ended, or end by the time its window opens
+    (its invitee would accept, be told they joined, and never get in: the second was sent, 202, attack run 119). A
+    member's terms changed to end so are a pause, and taken."""
     name = ended(access, now)
     if name is not None:
         raise errors.BadRequest(f"access {name} is in the past: nobody could use it", code="invalid_access")
+    opens, ends = access.get("valid_from"), access.get("expires_at")
+    if opens is not None and ends is not None and ends <= opens:
+        raise errors.BadRequest("access expires_at is not after valid_from: nobody could use it", code="invalid_access")
 
 
 def _is_int(value: Any) -> TypeGuard[int]:
