@@ -21,6 +21,10 @@ from lockwise.core.http import parse_json_object
         (b'{"a": ' + b"[" * 33 + b"]" * 33 + b"}", "json_too_deep"),
         (b'{"n": 1' + b"0" * 5000 + b"}", "number_too_large"),  # int() alone raises ValueError past 4300 digits
         (b'{"n": -123456789012345678901}', "number_too_large"),
+        # past what a double holds: read as Infinity, which the boundary refuses when written so (attack run 119)
+        (b'{"voice_threshold": 1e309}', "number_too_large"),
+        (b"[-1.5E400]", "number_too_large"),
+        (b'{"ts": 2' + b"0" * 308 + b".0}", "number_too_large"),  # 2e308 in full
         (b'{"name": "a\\u0000b"}', "invalid_text"),  # PostgreSQL refuses NUL in text
         (b'{"name": "\\ud800"}', "invalid_text"),  # a lone surrogate cannot be encoded as UTF-8
         (b'{"\\u0000": 1}', "invalid_text"),

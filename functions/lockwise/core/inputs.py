@@ -1,14 +1,16 @@
 """The input boundary: JSON and text from outside, parsed into values that are safe to keep and to hand to SQL.
 
 JSON is parsed with a nesting limit (past the recursion limit the parser itself refuses), integers of at most 20
-digits, no NaN or Infinity, and every string free of NUL (PostgreSQL refuses 0x00 in text) and of lone UTF-16
-surrogates (not encodable as UTF-8). Each refusal is a ``BadRequest`` with a stable code.
+digits, no NaN or Infinity (written so, or as a number past what a double holds: ``1e309``), and every string free
+of NUL (PostgreSQL refuses 0x00 in text) and of lone UTF-16 surrogates (not encodable as UTF-8). Each refusal is a
+``BadRequest`` with a stable code.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 import re
 from collections.abc import Collection
 from typing import Any, TypeVar
@@ -37,7 +39,9 @@ def loads(raw: bytes | str, *, max_depth: int = MAX_JSON_DEPTH, check_strings: b
     holding one open quote and many escaped ones: 40 KB froze a function for 10 s. Attack run.)"""
     try:  # UTF-8 only (RFC 8259 8.1); json.loads would also take UTF-16 and UTF-32 bytes
         text = raw if isinstance(raw, str) else raw.decode("utf-8")
-        value = json.loads(text, parse_int=_integer, parse_constant=_no_constant, object_pairs_hook=_object)
+        value = json.loads(
+            text, parse_int=_integer, parse_float=_finite, parse_constant=_no_constant, object_pairs_hook=_object
+        )
     except RecursionError as exc:
         raise _too_deep(max_depth) from exc
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -92,6 +96,16 @@ def _integer(text: str) -> int:
     if len(text.lstrip("-")) > MAX_INT_DIGITS:
         raise errors.BadRequest(f"integers have at most {MAX_INT_DIGITS} digits", code="number_too_large")
     return int(text)
+
+
+def _finite(text: str) -> float:
+    """A JSON number with a fraction or an exponent, refused past what a double holds: ``float`` reads ``1e309`` as
+    Infinity, which the boundary refuses when it is written so, and which no column, Firestore value or answer takes
+    (attack run 119: it came through as a float, each field's own range its only check)."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise errors.BadRequest("numbers must be within what a double holds (about 1.8e308)", code="number_too_large")
+    return value
 
 
 def _no_constant(name: str) -> Any:
