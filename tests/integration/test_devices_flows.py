@@ -3244,7 +3244,8 @@ def test_wrong_pairing_codes_are_counted_over_the_last_hour_not_the_clock_hour(
 def test_an_invitation_whose_access_has_ended_grants_nothing_and_says_so(world: World, sign_up: Any) -> None:
     """An invitation with an `expires_at` already past was sent, accepted (201, "joined") and the member never got
     in (attack run). It is refused when sent (400), as is one ending by the time its window opens, and one whose end
-    has passed since it was sent is refused when accepted (409 access_ended), nothing written."""
+    has passed since it was sent is refused when accepted (409 access_ended), nothing written. So is one whose window
+    never opens before it ends (attack run 119)."""
     lock, invitee = world.lock_id, sign_up()
     assert world.devices.get("/devices/me", headers=bearer(invitee)).status_code == 200
     add = f"/devices/locks/{lock}/members"
@@ -3252,11 +3253,15 @@ def test_an_invitation_whose_access_has_ended_grants_nothing_and_says_so(world: 
     # and one whose access ends by the time its window opens: sent, 202, a guest who could never come in (attack run
     # 119)
     day, week = (f"{dt.datetime.now(dt.UTC) + dt.timedelta(days=n):%Y-%m-%dT%H:%M:%SZ}" for n in (1, 7))
+    # and one whose window never opens before it ends: the one day it spans is not a weekday it names
+    only = dt.datetime.now(dt.UTC).date() + dt.timedelta(days=2)
+    other = members.WEEKDAY_NAMES[(only.weekday() + 1) % 7]
     for role, access in (
         ("member", {"expires_at": past}),
         ("guest", {"valid_until": past}),
         ("guest", {"valid_from": week, "expires_at": day}),
         ("guest", {"valid_from": day, "expires_at": day}),
+        ("guest", {"valid_from": f"{only}T00:00:00Z", "valid_until": f"{only}T23:59:00Z", "weekdays": [other]}),
     ):
         resp = world.devices.post(
             add, json={"uid": invitee["localId"], "role": role, "access": access}, headers=world.headers("owner")

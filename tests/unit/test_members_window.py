@@ -229,3 +229,46 @@ def test_when_what_a_member_may_do_ends_within_a_commands_lifetime() -> None:
     assert monday_nights.allowed_until(late, late + dt.timedelta(seconds=30)) is None
     dawn = at("2030-01-08T05:59:45+00:00")
     assert monday_nights.allowed_until(dawn, dawn + dt.timedelta(seconds=30)) == at("2030-01-08T06:00:00+00:00")
+
+
+#: a Monday, the invitations' clock in the cases below
+SENT = at("2030-01-07T09:00:00+00:00")
+
+
+@pytest.mark.parametrize(
+    ("access", "lets_in"),
+    [
+        # a window on Mondays between a Tuesday and a Wednesday, or its hours outside the one day it spans: never
+        ({"valid_from": "2030-01-08T00:00:00Z", "valid_until": "2030-01-09T00:00:00Z", "weekdays": ["mon"]}, False),
+        (
+            {"valid_from": "2030-01-08T10:00:00Z", "valid_until": "2030-01-08T11:00:00Z", "day_start_minute": 720,
+             "day_end_minute": 780},
+            False,
+        ),
+        # the same hours in a zone 14 hours ahead: 12:00-13:00 there is 22:00-23:00 UTC the day before
+        (
+            {"valid_from": "2030-01-07T21:00:00Z", "valid_until": "2030-01-07T23:30:00Z", "day_start_minute": 720,
+             "day_end_minute": 780, "timezone": "Pacific/Kiritimati"},
+            True,
+        ),
+        ({"weekdays": ["mon"], "expires_at": "2030-01-13T00:00:00Z"}, True),  # today, a Monday
+        ({"weekdays": ["sun"], "expires_at": "2030-01-13T00:00:00Z"}, False),  # ends on Sunday's first minute
+        ({"weekdays": ["sun"], "expires_at": "2030-01-13T00:01:00Z"}, True),
+        ({"weekdays": ["tue"], "valid_from": "2030-01-08T23:59:00Z", "valid_until": "2030-01-09T00:00:00Z"}, True),
+        ({"weekdays": ["wed"]}, True),  # no end: it recurs
+        ({"weekdays": ["sat"], "valid_until": "2030-06-01T00:00:00Z"}, True),  # longer than the search: some day
+        ({"expires_at": "2030-01-08T00:00:00Z"}, True),
+    ],
+)  # fmt: skip
+def test_an_invitation_whose_window_never_opens_before_it_ends_is_refused(
+    access: dict[str, object], lets_in: bool
+) -> None:
+    """Sent, 202, its guest would accept, be told she joined, and never get in (attack run 119)."""
+    terms = parse_access("guest", {"access": access})
+    assert members.lets_in(terms, SENT) is lets_in
+    if lets_in:
+        members.require_future(terms, SENT)
+    else:
+        with pytest.raises(errors.BadRequest) as refused:
+            members.require_future(terms, SENT)
+        assert refused.value.code == "invalid_access"

@@ -856,6 +856,33 @@ def require_future(access: dict[str, Any], now: dt.datetime) -> None:
     opens, ends = access.get("valid_from"), access.get("expires_at")
     if opens is not None and ends is not None and ends <= opens:
         raise errors.BadRequest("access expires_at is not after valid_from: nobody could use it", code="invalid_access")
+    if not lets_in(access, now):
+        raise errors.BadRequest(
+            "the access window never opens before the access ends: nobody could use it", code="invalid_access"
+        )
+
+
+#: how far ahead a guest's window is searched for a moment it lets her in: every weekday twice, and a day the clocks
+#: change once at most; terms that last longer than this let her in on some day
+WINDOW_SEARCHED = dt.timedelta(days=15)
+
+
+def lets_in(access: dict[str, Any], now: dt.datetime) -> bool:
+    """Whether the terms ``access`` (``parse_access``'s) let their member in at some moment from ``now`` on, before
+    they end: a guest's window on Mondays between a Tuesday and a Wednesday, or its hours outside the one day it
+    spans, never does (attack run 119: sent, 202, a guest who could never come in)."""
+    ends = [t for t in (access.get("valid_until"), access.get("expires_at")) if t is not None]
+    start = max(now, access.get("valid_from") or now)
+    if not ends or min(ends) - start > WINDOW_SEARCHED:
+        return True
+    terms = {name: access.get(name) for name in ACCESS_FIELDS if name != "timezone"}
+    guest = Membership("", "", "guest", timezone=access.get("timezone") or "UTC", **terms)
+    moment: dt.datetime | None = start
+    while moment is not None and moment < min(ends):  # what she may do changes only at an edge
+        if guest.in_window(moment):
+            return True
+        moment = guest.next_edge(moment)
+    return False
 
 
 def _is_int(value: Any) -> TypeGuard[int]:
