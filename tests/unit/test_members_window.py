@@ -251,6 +251,17 @@ SENT = at("2030-01-07T09:00:00+00:00")
              "day_end_minute": 780, "timezone": "Pacific/Kiritimati"},
             True,
         ),
+        # 02:00-02:30 on the one day New York's clocks skip from 02:00 to 03:00 (2030-03-10), and to 03:01
+        (
+            {"valid_from": "2030-03-10T05:00:00Z", "valid_until": "2030-03-11T04:00:00Z", "day_start_minute": 120,
+             "day_end_minute": 150, "timezone": "America/New_York"},
+            False,
+        ),
+        (
+            {"valid_from": "2030-03-10T05:00:00Z", "valid_until": "2030-03-11T04:00:00Z", "day_start_minute": 120,
+             "day_end_minute": 181, "timezone": "America/New_York"},
+            True,
+        ),
         ({"weekdays": ["mon"], "expires_at": "2030-01-13T00:00:00Z"}, True),  # today, a Monday
         ({"weekdays": ["sun"], "expires_at": "2030-01-13T00:00:00Z"}, False),  # ends on Sunday's first minute
         ({"weekdays": ["sun"], "expires_at": "2030-01-13T00:01:00Z"}, True),
