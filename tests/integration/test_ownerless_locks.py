@@ -5,10 +5,13 @@ stands is not theirs to touch."""
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import datetime as dt
+import json
 import threading
 import time
+import urllib.request
 from collections.abc import Callable
 from typing import Any
 
@@ -473,3 +476,64 @@ def test_an_operator_signed_out_everywhere_acts_no_more_with_the_sessions_from_b
     assert error_code(devices.delete(lock_path, headers=stolen)) == (401, "token_revoked")
     again = bearer(sign_in(host, account["email"]))
     assert [lock["id"] for lock in devices.get(listing, headers=again).get_json()["locks"]] == [world.lock_id]
+
+
+def custom_token_sign_in(auth_host: str, uid: str, claims: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A session made from a custom token for ``uid`` (with developer ``claims``), as whoever holds a key that signs
+    for the project's Admin SDK makes one (``createCustomToken``, then ``signInWithCustomToken``); the emulator takes
+    it unsigned. The ID token Firebase Auth issues for it: ``{"idToken", ...}``."""
+    now = int(time.time())
+
+    def part(obj: dict[str, Any]) -> str:
+        return base64.urlsafe_b64encode(json.dumps(obj).encode()).decode().rstrip("=")
+
+    minted = {
+        "iss": "minter@example.iam.gserviceaccount.com",
+        "sub": "minter@example.iam.gserviceaccount.com",
+        "aud": "https://identitytoolkit.googleapis.com/google.identity.identitytoolkit.v1.IdentityToolkit",
+        "iat": now,
+        "exp": now + 3600,
+        "uid": uid,
+        "claims": claims or {},
+    }
+    req = urllib.request.Request(
+        f"http://{auth_host}/identitytoolkit.googleapis.com/v1/accounts:signInWithCustomToken?key=fake",
+        data=json.dumps(
+            {"token": f"{part({'alg': 'none', 'typ': 'JWT'})}.{part(minted)}.", "returnSecureToken": True}
+        ).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        answer: dict[str, Any] = json.loads(resp.read())
+    return answer
+
+
+def test_an_operators_claim_acts_only_from_a_session_the_operator_signed_in_to(
+    clients: dict[str, Any], world: World, stack_env: dict[str, str], sign_up: Any
+) -> None:
+    """Attack run 121: a session made from a custom token for the operator's uid (minted by whatever holds a key that
+    signs for the project's Admin SDK: a support tool's, a CI job's, a leaked service account key) carried the
+    account's ``lockwise_operator`` claim, which Firebase Auth confirmed, and listed, handed over and deleted other
+    people's locks. The claim acts now from the operator's own sign-in only (a password or a provider); a custom
+    token's developer claim of the same name was never confirmed by Firebase Auth, and still is not."""
+    devices, host = clients["devices"], stack_env["FIREBASE_AUTH_EMULATOR_HOST"]
+    account = sign_up()
+    uid = account["localId"]
+    admin_call(stack_env, "accounts:update", {"localId": uid, "customAttributes": '{"lockwise_operator": true}'})
+    delete_account(stack_env, world.uid("owner"))
+    flush(clients, stack_env)
+    listing, owner_path, lock_path = paths(world)
+    minted = bearer(custom_token_sign_in(host, uid))
+    assert devices.get("/devices/me", headers=minted).status_code == 200  # the account's other routes: as before
+    assert error_code(devices.get(listing, headers=minted)) == (403, "operator_sign_in_required")
+    handed = devices.post(owner_path, json={"uid": world.uid("admin")}, headers=minted)
+    assert error_code(handed) == (403, "operator_sign_in_required")
+    assert error_code(devices.delete(lock_path, headers=minted)) == (403, "operator_sign_in_required")
+    # a developer claim of the operator's name, for an account Firebase Auth gives none: refused as before
+    stranger = bearer(custom_token_sign_in(host, world.uid("admin"), {"lockwise_operator": True}))
+    assert error_code(devices.get(listing, headers=stranger)) in {
+        (403, "not_an_operator"),
+        (403, "operator_sign_in_required"),
+    }
+    own = bearer(sign_in(host, account["email"]))
+    assert [lock["id"] for lock in devices.get(listing, headers=own).get_json()["locks"]] == [world.lock_id]

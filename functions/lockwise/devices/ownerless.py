@@ -10,7 +10,7 @@ account stands is its owner's alone: an operator's hand cannot take it.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from lockwise.core import accounts, audit, errors, users
@@ -24,6 +24,18 @@ OPERATOR_CLAIM = "lockwise_operator"
 LISTED = 100
 
 
+#: the ``firebase.sign_in_provider`` of a session made from a custom token (``createCustomToken`` for any uid, by
+#: whatever holds a key that signs for the project's Admin SDK)
+CUSTOM_TOKEN = "custom"
+
+
+def sign_in_provider(user: User) -> str | None:
+    """How ``user``'s session was signed in to (the token's ``firebase.sign_in_provider``; None: it names none)."""
+    firebase = user.claims.get("firebase")
+    provider = firebase.get("sign_in_provider") if isinstance(firebase, Mapping) else None
+    return provider if isinstance(provider, str) else None
+
+
 def require_operator(user: User, directory: Callable[[], accounts.Claims]) -> None:
     """403 ``not_an_operator`` unless ``user`` is one of LockWise's operators: their token says so, and Firebase Auth
     still does (one ``accounts:lookup`` call, asked only for a token that says so; 503 ``accounts_unavailable`` when it
@@ -31,9 +43,19 @@ def require_operator(user: User, directory: Callable[[], accounts.Claims]) -> No
     handed and deleted other people's locks for that hour (the note of stop 65). A session signed in before the
     account's sessions were revoked is 401 ``token_revoked`` from the same answer: the database learns of the
     revocation at the account's next check, up to an hour on, and a stolen operator's token signed out everywhere
-    listed ownerless locks, deleted one and fenced every lock's requests until then (attack run 88)."""
+    listed ownerless locks, deleted one and fenced every lock's requests until then (attack run 88).
+
+    A session made from a custom token is 403 ``operator_sign_in_required``: one minted for the operator's uid carried
+    the account's claim, which Firebase Auth confirmed, so whatever held a key that signs for the Admin SDK (a support
+    tool's, a CI job's, a leaked service account key) acted as the operator (attack run 121)."""
     if user.claims.get(OPERATOR_CLAIM) is not True:
         raise errors.Forbidden("this is for LockWise's operators", code="not_an_operator")
+    if sign_in_provider(user) == CUSTOM_TOKEN:
+        raise errors.Forbidden(
+            "an operator acts from a session they signed in to (a password or a provider), not one made from a custom"
+            " token",
+            code="operator_sign_in_required",
+        )
     try:
         current = directory().custom_claims(user.uid)  # made here: no credentials is a DirectoryError too
     except accounts.DirectoryError as exc:
