@@ -122,3 +122,27 @@ def test_the_auth_emulators_anonymous_and_tenant_accounts_are_refused(auth_emula
     with pytest.raises(errors.Unauthenticated) as info:
         verifier.verify(account["idToken"])
     assert info.value.code == "wrong_tenant"
+
+
+def test_a_custom_claim_of_another_type_than_the_services_is_refused_by_name(
+    sign_up: Any, auth_emulator: Emulator
+) -> None:
+    """Attack run 121: an operator's claim set with the Admin SDK as the string "true" (not the JSON true) was in
+    every ID token Firebase Auth issued the account since, read as no claim: the operator was 403 not_an_operator
+    with nothing saying why. A claim the service reads, of another type, is now 401 ``invalid_claim`` naming it."""
+    import json
+    import urllib.request
+
+    from tests.devices_world import sign_in
+
+    account = sign_up()
+    req = urllib.request.Request(
+        f"http://{auth_emulator.host}/identitytoolkit.googleapis.com/v1/projects/{PROJECT_ID}/accounts:update",
+        data=json.dumps({"localId": account["localId"], "customAttributes": '{"lockwise_operator": "true"}'}).encode(),
+        headers={"Content-Type": "application/json", "Authorization": "Bearer owner"},
+    )
+    urllib.request.urlopen(req, timeout=10).close()
+    token = sign_in(auth_emulator.host, account["email"])["idToken"]
+    with pytest.raises(errors.Unauthenticated) as info:
+        IdTokenVerifier(PROJECT_ID, None, emulator=True).verify(token)
+    assert info.value.code == "invalid_claim" and "'lockwise_operator'" in str(info.value)

@@ -109,22 +109,48 @@ def test_hs256_token_with_the_public_key_as_secret_is_rejected(keys: dict[str, r
         verifier(keys).verify(forged)
 
 
-@pytest.mark.parametrize(
-    ("verified", "read"), [(True, True), ("no", False), ("true", False), (1, False), (None, False)]
-)
+@pytest.mark.parametrize(("verified", "read"), [(True, True), (False, False), (None, False)])
 def test_an_address_is_verified_by_a_json_true_only(
     keys: dict[str, rsa.RSAPrivateKey], verified: object, read: bool
 ) -> None:
-    """``bool()`` of the claim read the string "no" as verified (attack run 58, an unsigned emulator token)."""
+    """``bool()`` of the claim read the string "no" as verified (attack run 58, an unsigned emulator token); one of
+    another type is refused (``test_a_claim_the_service_reads_of_another_type_is_refused_by_name``)."""
     assert verifier(keys).verify(signed(keys["k1"], email_verified=verified)).email_verified is read
 
 
-@pytest.mark.parametrize("email", ["a\u0000@example.com", "\ud800@example.com", ["a@example.com"], 5])
-def test_an_email_claim_that_is_not_text_is_as_none(keys: dict[str, rsa.RSAPrivateKey], email: object) -> None:
+@pytest.mark.parametrize("email", ["a\u0000@example.com", "\ud800@example.com", "not an address"])
+def test_an_email_claim_that_is_not_an_address_is_as_none(keys: dict[str, rsa.RSAPrivateKey], email: object) -> None:
     """Google signs no such claim; a custom token may carry one. The user is the token's subject all the same, with
-    no email (a list once reached the email check as a list: a 500)."""
+    no email."""
     user = verifier(keys).verify(signed(keys["k1"], email=email))
     assert user.uid == "uid-123" and user.email is None
+
+
+@pytest.mark.parametrize(
+    ("claims", "named"),
+    [
+        ({"email_verified": "no"}, "email_verified"),
+        ({"email_verified": "true"}, "email_verified"),
+        ({"email_verified": 1}, "email_verified"),
+        ({"email": ["a@example.com"]}, "email"),  # once reached the email check as a list: a 500
+        ({"email": 5}, "email"),
+        ({"lockwise_operator": "true"}, "lockwise_operator"),
+        ({"lockwise_operator": 1}, "lockwise_operator"),
+        ({"firebase": "password"}, "firebase"),  # was read as {}: its tenant and provider unchecked
+        ({"firebase": {"sign_in_provider": ["anonymous"]}}, "firebase.sign_in_provider"),
+    ],
+)
+def test_a_claim_the_service_reads_of_another_type_is_refused_by_name(
+    keys: dict[str, rsa.RSAPrivateKey], claims: dict[str, Any], named: str
+) -> None:
+    """Attack run 121: a claim the service reads, of another type than Firebase gives it, was read as if absent
+    (an address as none, a verified flag or the operator's claim as false, ``firebase`` as empty, so its tenant and
+    sign-in provider went unchecked): custom claims set with the Admin SDK (``setCustomUserClaims``), or a custom
+    token's developer claims, collide with them silently. Each is 401 ``invalid_claim`` naming the claim."""
+    with pytest.raises(errors.Unauthenticated) as info:
+        verifier(keys).verify(signed(keys["k1"], **claims))
+    assert info.value.code == "invalid_claim"
+    assert f"'{named}'" in str(info.value)
 
 
 def _self_signed(key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey) -> x509.Certificate:

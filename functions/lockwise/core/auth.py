@@ -10,6 +10,10 @@ from typing import Any
 
 from lockwise.core import errors
 
+#: the custom claim (``admin.auth().setCustomUserClaims(uid, {lockwise_operator: true})``) that makes an operator
+#: (``lockwise.devices.ownerless``)
+OPERATOR_CLAIM = "lockwise_operator"
+
 
 @dataclass(frozen=True)
 class User:

@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 from cryptography.x509 import load_pem_x509_certificate
 
 from lockwise.core import errors, google_api, inputs
-from lockwise.core.auth import User
+from lockwise.core.auth import OPERATOR_CLAIM, User
 
 log = logging.getLogger("lockwise.core.id_tokens")
 
@@ -36,6 +36,31 @@ UNKNOWN_KEY_REFETCH_S = 60.0
 FAILED_RETRY_S = 10.0
 #: keys past their cache's expiry still verify tokens this long while they cannot be fetched again
 STALE_GRACE_S = 3600.0
+
+
+#: the claims the service reads, each of the one JSON type Firebase gives it: one of another type is 401
+#: ``invalid_claim`` (``IdTokenVerifier``). A custom claim set with the Admin SDK, or a custom token's developer claim,
+#: of one of these names collides with it: it was read as if absent (attack run 121)
+CLAIM_TYPES: Mapping[str, tuple[type, str]] = {
+    "email": (str, "a string"),
+    "email_verified": (bool, "true or false"),
+    OPERATOR_CLAIM: (bool, "true or false"),
+    "firebase": (dict, "an object"),
+}
+#: the same for the ``firebase`` object's
+FIREBASE_CLAIM_TYPES: Mapping[str, tuple[type, str]] = {"sign_in_provider": (str, "a string")}
+
+
+def _check_types(claims: Mapping[str, Any], types: Mapping[str, tuple[type, str]], prefix: str = "") -> None:
+    """401 ``invalid_claim`` naming the first of ``types``'s claims ``claims`` holds of another type (null: absent)."""
+    for name, (kind, described) in types.items():
+        value = claims.get(name)
+        if value is not None and not isinstance(value, kind):
+            raise errors.Unauthenticated(
+                f"ID token's claim '{prefix}{name}' is not {described}: a custom claim of that name, set with the"
+                " Admin SDK or in a custom token, is not the service's",
+                code="invalid_claim",
+            )
 
 
 class KeySource(Protocol):
@@ -252,8 +277,11 @@ class IdTokenVerifier:
             raise errors.Unauthenticated("ID token authenticated in the future", code="invalid_token")
         if auth_time < inputs.EARLIEST.timestamp():  # -1e20 was taken as a sign-in time (attack run 58)
             raise errors.Unauthenticated("ID token authenticated before 2000", code="invalid_token")
-        firebase = claims.get("firebase")
-        firebase = firebase if isinstance(firebase, Mapping) else {}
+        # of another type, each was read as if absent: an address as none, a flag as false, ``firebase`` as {} (its
+        # tenant and provider unchecked) (attack run 121)
+        _check_types(claims, CLAIM_TYPES)
+        firebase = claims.get("firebase") or {}
+        _check_types(firebase, FIREBASE_CLAIM_TYPES, "firebase.")
         # an Identity Platform tenant's user: accepted, then not found by the project's account check (which marked
         # it gone and ended its locks), and a tenant's admins could grant it the operator's claim (attack run 73)
         if firebase.get("tenant") is not None:

@@ -13,13 +13,13 @@ import datetime as dt
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from lockwise.core import accounts, audit, errors, users
+from lockwise.core import accounts, audit, auth, errors, users
 from lockwise.core.auth import User
 from lockwise.core.db import Connection
 from lockwise.devices import locks, members, transfer_offers
 
 #: the custom claim (``admin.auth().setCustomUserClaims(uid, {lockwise_operator: true})``) that makes an operator
-OPERATOR_CLAIM = "lockwise_operator"
+OPERATOR_CLAIM = auth.OPERATOR_CLAIM
 #: locks one listing shows, the longest ownerless first
 LISTED = 100
 
