@@ -622,7 +622,7 @@ def relay_flush(ctx: Ctx) -> JsonBody:
 @api.route("GET", "/devices/operator/ownerless-locks")
 def list_ownerless_locks(ctx: Ctx) -> JsonBody:
     user = app_user(ctx)
-    ownerless.require_operator(user, accounts_directory)
+    ownerless.require_operator(user, accounts_directory, rt.now())
     with rt.db.connection() as con:
         users.refuse_caller(con, user)
         return {"locks": ownerless.listed(con, rt.now())}
@@ -631,7 +631,7 @@ def list_ownerless_locks(ctx: Ctx) -> JsonBody:
 @api.route("POST", "/devices/operator/locks/<lock_id>/owner")
 def hand_over_ownerless_lock(ctx: Ctx, lock_id: str) -> JsonBody:
     user = app_user(ctx)
-    ownerless.require_operator(user, accounts_directory)
+    ownerless.require_operator(user, accounts_directory, rt.now())
     lock_id = lock_param(lock_id)
     to_uid = members.parse_uid(ctx.json(("uid",)).get("uid"))
     with rt.db.transaction() as con:
@@ -645,7 +645,7 @@ def hand_over_ownerless_lock(ctx: Ctx, lock_id: str) -> JsonBody:
 @api.route("DELETE", "/devices/operator/locks/<lock_id>")
 def delete_ownerless_lock(ctx: Ctx, lock_id: str) -> flask.Response:
     user = app_user(ctx)
-    ownerless.require_operator(user, accounts_directory)
+    ownerless.require_operator(user, accounts_directory, rt.now())
     lock_id = lock_param(lock_id)
     with rt.db.transaction() as con:
         users.refuse_caller(con, user)
@@ -659,7 +659,7 @@ def database_restored(ctx: Ctx) -> JsonBody:
     """The database was restored to an earlier point: do again what the restore took back (``restored.do_again``; call
     again while it says ``more``)."""
     user = app_user(ctx)
-    ownerless.require_operator(user, accounts_directory)
+    ownerless.require_operator(user, accounts_directory, rt.now())
     with rt.db.connection() as con:
         users.refuse_caller(con, user)
     report = restored.do_again(rt.db, rt.mirror.client(), audit.operator_actor(user.uid))

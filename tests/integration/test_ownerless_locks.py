@@ -537,3 +537,35 @@ def test_an_operators_claim_acts_only_from_a_session_the_operator_signed_in_to(
     }
     own = bearer(sign_in(host, account["email"]))
     assert [lock["id"] for lock in devices.get(listing, headers=own).get_json()["locks"]] == [world.lock_id]
+
+
+def test_an_operators_session_signed_in_to_long_ago_must_sign_in_again(
+    clients: dict[str, Any], world: World, stack_env: dict[str, str], sign_up: Any
+) -> None:
+    """Attack run 121: an ID token refreshed from a sign-in of months ago (its ``auth_time`` far older than its
+    ``iat``: a refresh token never expires unless revoked) was an operator's as much as a fresh one, so a refresh
+    token taken from an operator's laptop listed, handed over and deleted other people's locks for as long as it went
+    unnoticed. An operator's request is from a sign-in of the last ``ownerless.OPERATOR_SIGN_IN_MAX_AGE`` now
+    (401 ``recent_sign_in_required``); the app user's other routes take the session as before."""
+    devices, host = clients["devices"], stack_env["FIREBASE_AUTH_EMULATOR_HOST"]
+    account = sign_up()
+    uid = account["localId"]
+    admin_call(stack_env, "accounts:update", {"localId": uid, "customAttributes": '{"lockwise_operator": true}'})
+    long_ago = int(time.time()) - 30 * 24 * 3600
+    admin_call(stack_env, "accounts:update", {"localId": uid, "validSince": str(long_ago - 60)})
+    delete_account(stack_env, world.uid("owner"))
+    flush(clients, stack_env)
+    listing, owner_path, lock_path = paths(world)
+    fresh = sign_in(host, account["email"])
+    header, claims, _ = fresh["idToken"].split(".")
+    refreshed = json.loads(base64.urlsafe_b64decode(claims + "=" * (-len(claims) % 4)))
+    assert refreshed["firebase"]["sign_in_provider"] == "password"
+    refreshed["auth_time"] = long_ago  # as the hourly refresh of a sign-in of a month ago carries it
+    body = base64.urlsafe_b64encode(json.dumps(refreshed).encode()).decode().rstrip("=")
+    old = {"Authorization": f"Bearer {header}.{body}."}
+    assert devices.get("/devices/me", headers=old).status_code == 200
+    assert error_code(devices.get(listing, headers=old)) == (401, "recent_sign_in_required")
+    handed = devices.post(owner_path, json={"uid": world.uid("admin")}, headers=old)
+    assert error_code(handed) == (401, "recent_sign_in_required")
+    assert error_code(devices.delete(lock_path, headers=old)) == (401, "recent_sign_in_required")
+    assert [lock["id"] for lock in devices.get(listing, headers=bearer(fresh)).get_json()["locks"]] == [world.lock_id]

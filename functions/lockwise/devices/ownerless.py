@@ -24,6 +24,8 @@ OPERATOR_CLAIM = auth.OPERATOR_CLAIM
 LISTED = 100
 
 
+#: an operator's request is from a sign-in this recent (the token's ``auth_time``): 401 ``recent_sign_in_required``
+OPERATOR_SIGN_IN_MAX_AGE = dt.timedelta(hours=1)
 #: the ``firebase.sign_in_provider`` of a session made from a custom token (``createCustomToken`` for any uid, by
 #: whatever holds a key that signs for the project's Admin SDK)
 CUSTOM_TOKEN = "custom"
@@ -36,7 +38,7 @@ def sign_in_provider(user: User) -> str | None:
     return provider if isinstance(provider, str) else None
 
 
-def require_operator(user: User, directory: Callable[[], accounts.Claims]) -> None:
+def require_operator(user: User, directory: Callable[[], accounts.Claims], now: dt.datetime) -> None:
     """403 ``not_an_operator`` unless ``user`` is one of LockWise's operators: their token says so, and Firebase Auth
     still does (one ``accounts:lookup`` call, asked only for a token that says so; 503 ``accounts_unavailable`` when it
     cannot tell). A claim taken away stays in the ID tokens issued before for up to an hour, and a former operator
@@ -47,7 +49,9 @@ def require_operator(user: User, directory: Callable[[], accounts.Claims]) -> No
 
     A session made from a custom token is 403 ``operator_sign_in_required``: one minted for the operator's uid carried
     the account's claim, which Firebase Auth confirmed, so whatever held a key that signs for the Admin SDK (a support
-    tool's, a CI job's, a leaked service account key) acted as the operator (attack run 121)."""
+    tool's, a CI job's, a leaked service account key) acted as the operator (attack run 121). One signed in to more
+    than ``OPERATOR_SIGN_IN_MAX_AGE`` before ``now`` is 401 ``recent_sign_in_required``: a token refreshed from a
+    sign-in of months ago acted as a fresh one, and a refresh token never expires unless revoked (attack run 121)."""
     if user.claims.get(OPERATOR_CLAIM) is not True:
         raise errors.Forbidden("this is for LockWise's operators", code="not_an_operator")
     if sign_in_provider(user) == CUSTOM_TOKEN:
@@ -55,6 +59,10 @@ def require_operator(user: User, directory: Callable[[], accounts.Claims]) -> No
             "an operator acts from a session they signed in to (a password or a provider), not one made from a custom"
             " token",
             code="operator_sign_in_required",
+        )
+    if users.signed_in_at(user) < now - OPERATOR_SIGN_IN_MAX_AGE:
+        raise errors.Unauthenticated(
+            "an operator's request is from a sign-in of the last hour: sign in again", code="recent_sign_in_required"
         )
     try:
         current = directory().custom_claims(user.uid)  # made here: no credentials is a DirectoryError too
