@@ -1887,7 +1887,7 @@ def emulator_token(
         "iat": now,
         "auth_time": signed_in,
         "exp": now + 3600,
-        "firebase": {"identities": {}, "sign_in_provider": "custom"},
+        "firebase": {"identities": {}, "sign_in_provider": "password"},  # a custom token's is refused (attack run 121)
     }
     if email is not None:
         claims.update(email=email, email_verified=verified)

@@ -33,6 +33,7 @@ from tests.devices_world import (
     build_world,
     command_nonce,
     create_lock,
+    custom_token_sign_in,
     google_sign_in,
     hand_over,
     join,
@@ -2014,3 +2015,22 @@ def test_a_redelivery_of_more_reports_than_are_kept_is_taken_once(world: World, 
     before = charged()
     assert post() == ["stale"] * count
     assert charged() == before
+
+
+def test_a_session_made_from_a_custom_token_reads_and_does_nothing(world: World, stack_env: dict[str, str]) -> None:
+    """Attack run 121: the app signs in with an address or a provider, never a custom token; yet a session made from
+    one for the owner's uid (``createCustomToken``, by whatever holds a key that signs for the project's Admin SDK: a
+    support tool's, a CI job's, a leaked service account key) was the owner, at the API (the lock, a pairing code,
+    commands) and under the rules (the live view), with nothing changed on the account to show it. Both refuse it
+    now: the API 401 ``custom_token_session``, the rules as they refuse a tenant's."""
+    auth_host, host = stack_env["FIREBASE_AUTH_EMULATOR_HOST"], stack_env["FIRESTORE_EMULATOR_HOST"]
+    lock_doc = f"locks/{world.lock_id}"
+    assert rest_get(host, lock_doc, world.accounts["owner"]["idToken"]) == 200
+    minted = custom_token_sign_in(auth_host, world.uid("owner"))
+    token = minted["idToken"]
+    assert rest_get(host, lock_doc, token) == 403
+    assert rest_get(host, f"users/{world.uid('owner')}", token) == 403
+    refused = world.devices.get(f"/devices/locks/{world.lock_id}", headers=bearer(minted))
+    assert (refused.status_code, refused.get_json()["error"]["code"]) == (401, "custom_token_session")
+    code = world.devices.post(f"/devices/locks/{world.lock_id}/provisioning", headers=bearer(minted))
+    assert code.status_code == 401

@@ -11,7 +11,6 @@ import datetime as dt
 import json
 import threading
 import time
-import urllib.request
 from collections.abc import Callable
 from typing import Any
 
@@ -20,7 +19,7 @@ import pytest
 from lockwise.core.db import Database, PreparingConnection
 from lockwise.core.runtime import get_runtime
 from lockwise.devices import door_decisions, locks
-from tests.devices_world import World, bearer, build_world, sign_in
+from tests.devices_world import World, bearer, build_world, custom_token_sign_in, sign_in
 from tests.integration.test_gone_accounts import (
     admin_call,
     delete_account,
@@ -478,44 +477,15 @@ def test_an_operator_signed_out_everywhere_acts_no_more_with_the_sessions_from_b
     assert [lock["id"] for lock in devices.get(listing, headers=again).get_json()["locks"]] == [world.lock_id]
 
 
-def custom_token_sign_in(auth_host: str, uid: str, claims: dict[str, Any] | None = None) -> dict[str, Any]:
-    """A session made from a custom token for ``uid`` (with developer ``claims``), as whoever holds a key that signs
-    for the project's Admin SDK makes one (``createCustomToken``, then ``signInWithCustomToken``); the emulator takes
-    it unsigned. The ID token Firebase Auth issues for it: ``{"idToken", ...}``."""
-    now = int(time.time())
-
-    def part(obj: dict[str, Any]) -> str:
-        return base64.urlsafe_b64encode(json.dumps(obj).encode()).decode().rstrip("=")
-
-    minted = {
-        "iss": "minter@example.iam.gserviceaccount.com",
-        "sub": "minter@example.iam.gserviceaccount.com",
-        "aud": "https://identitytoolkit.googleapis.com/google.identity.identitytoolkit.v1.IdentityToolkit",
-        "iat": now,
-        "exp": now + 3600,
-        "uid": uid,
-        "claims": claims or {},
-    }
-    req = urllib.request.Request(
-        f"http://{auth_host}/identitytoolkit.googleapis.com/v1/accounts:signInWithCustomToken?key=fake",
-        data=json.dumps(
-            {"token": f"{part({'alg': 'none', 'typ': 'JWT'})}.{part(minted)}.", "returnSecureToken": True}
-        ).encode(),
-        headers={"Content-Type": "application/json"},
-    )
-    with urllib.request.urlopen(req, timeout=10) as resp:
-        answer: dict[str, Any] = json.loads(resp.read())
-    return answer
-
-
 def test_an_operators_claim_acts_only_from_a_session_the_operator_signed_in_to(
     clients: dict[str, Any], world: World, stack_env: dict[str, str], sign_up: Any
 ) -> None:
     """Attack run 121: a session made from a custom token for the operator's uid (minted by whatever holds a key that
     signs for the project's Admin SDK: a support tool's, a CI job's, a leaked service account key) carried the
     account's ``lockwise_operator`` claim, which Firebase Auth confirmed, and listed, handed over and deleted other
-    people's locks. The claim acts now from the operator's own sign-in only (a password or a provider); a custom
-    token's developer claim of the same name was never confirmed by Firebase Auth, and still is not."""
+    people's locks. A custom token's session is refused at every route now (401 ``custom_token_session``), and the
+    claim acts from the operator's own sign-in only (a password or a provider); a custom token's developer claim of
+    the same name was never confirmed by Firebase Auth."""
     devices, host = clients["devices"], stack_env["FIREBASE_AUTH_EMULATOR_HOST"]
     account = sign_up()
     uid = account["localId"]
@@ -524,17 +494,13 @@ def test_an_operators_claim_acts_only_from_a_session_the_operator_signed_in_to(
     flush(clients, stack_env)
     listing, owner_path, lock_path = paths(world)
     minted = bearer(custom_token_sign_in(host, uid))
-    assert devices.get("/devices/me", headers=minted).status_code == 200  # the account's other routes: as before
-    assert error_code(devices.get(listing, headers=minted)) == (403, "operator_sign_in_required")
+    assert error_code(devices.get(listing, headers=minted)) == (401, "custom_token_session")
     handed = devices.post(owner_path, json={"uid": world.uid("admin")}, headers=minted)
-    assert error_code(handed) == (403, "operator_sign_in_required")
-    assert error_code(devices.delete(lock_path, headers=minted)) == (403, "operator_sign_in_required")
+    assert error_code(handed) == (401, "custom_token_session")
+    assert error_code(devices.delete(lock_path, headers=minted)) == (401, "custom_token_session")
     # a developer claim of the operator's name, for an account Firebase Auth gives none: refused as before
     stranger = bearer(custom_token_sign_in(host, world.uid("admin"), {"lockwise_operator": True}))
-    assert error_code(devices.get(listing, headers=stranger)) in {
-        (403, "not_an_operator"),
-        (403, "operator_sign_in_required"),
-    }
+    assert error_code(devices.get(listing, headers=stranger)) == (401, "custom_token_session")
     own = bearer(sign_in(host, account["email"]))
     assert [lock["id"] for lock in devices.get(listing, headers=own).get_json()["locks"]] == [world.lock_id]
 

@@ -51,6 +51,14 @@ def verifier(keys: dict[str, rsa.RSAPrivateKey]) -> IdTokenVerifier:
     return IdTokenVerifier(PROJECT_ID, StaticKeys({"k1": keys["k1"].public_key()}))
 
 
+def test_a_session_made_from_a_custom_token_is_refused(keys: dict[str, rsa.RSAPrivateKey]) -> None:
+    """Attack run 121: a custom token's session (``createCustomToken`` for any uid) was taken as the uid's own."""
+    token = signed(keys["k1"], firebase={"sign_in_provider": "custom", "identities": {}})
+    with pytest.raises(errors.Unauthenticated) as info:
+        verifier(keys).verify(token)
+    assert info.value.code == "custom_token_session"
+
+
 def test_signed_token_is_accepted(keys: dict[str, rsa.RSAPrivateKey]) -> None:
     assert verifier(keys).verify(signed(keys["k1"])).uid == "uid-123"
     for provider in ("password", "google.com", "phone"):

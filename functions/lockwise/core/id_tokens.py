@@ -294,6 +294,14 @@ class IdTokenVerifier:
             raise errors.Unauthenticated(
                 "anonymous accounts cannot use locks: sign in with an address or a provider", code="anonymous_account"
             )
+        # the app signs in with an address or a provider, never a custom token: one minted for any uid (by whatever
+        # holds a key that signs for the project's Admin SDK) was that account, owner of its locks, with nothing
+        # changed on the account to show it (attack run 121)
+        if firebase.get("sign_in_provider") == "custom":
+            raise errors.Unauthenticated(
+                "sessions made from custom tokens are not this service's: sign in with an address or a provider",
+                code="custom_token_session",
+            )
 
 
 def verifier_for(project_id: str, auth_emulator_host: str | None) -> IdTokenVerifier:

@@ -10,7 +10,7 @@ account stands is its owner's alone: an operator's hand cannot take it.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
 from lockwise.core import accounts, audit, auth, errors, users
@@ -26,16 +26,6 @@ LISTED = 100
 
 #: an operator's request is from a sign-in this recent (the token's ``auth_time``): 401 ``recent_sign_in_required``
 OPERATOR_SIGN_IN_MAX_AGE = dt.timedelta(hours=1)
-#: the ``firebase.sign_in_provider`` of a session made from a custom token (``createCustomToken`` for any uid, by
-#: whatever holds a key that signs for the project's Admin SDK)
-CUSTOM_TOKEN = "custom"
-
-
-def sign_in_provider(user: User) -> str | None:
-    """How ``user``'s session was signed in to (the token's ``firebase.sign_in_provider``; None: it names none)."""
-    firebase = user.claims.get("firebase")
-    provider = firebase.get("sign_in_provider") if isinstance(firebase, Mapping) else None
-    return provider if isinstance(provider, str) else None
 
 
 def require_operator(user: User, directory: Callable[[], accounts.Claims], now: dt.datetime) -> None:
@@ -47,19 +37,12 @@ def require_operator(user: User, directory: Callable[[], accounts.Claims], now: 
     revocation at the account's next check, up to an hour on, and a stolen operator's token signed out everywhere
     listed ownerless locks, deleted one and fenced every lock's requests until then (attack run 88).
 
-    A session made from a custom token is 403 ``operator_sign_in_required``: one minted for the operator's uid carried
-    the account's claim, which Firebase Auth confirmed, so whatever held a key that signs for the Admin SDK (a support
-    tool's, a CI job's, a leaked service account key) acted as the operator (attack run 121). One signed in to more
-    than ``OPERATOR_SIGN_IN_MAX_AGE`` before ``now`` is 401 ``recent_sign_in_required``: a token refreshed from a
-    sign-in of months ago acted as a fresh one, and a refresh token never expires unless revoked (attack run 121)."""
+    A session made from a custom token (one minted for the operator's uid carried the account's claim, which Firebase
+    Auth confirmed) is refused before, as every app route refuses it (``id_tokens``, attack run 121). One signed in
+    to more than ``OPERATOR_SIGN_IN_MAX_AGE`` before ``now`` is 401 ``recent_sign_in_required``: a token refreshed
+    from a sign-in of months ago acted as a fresh one; a refresh token never expires unless revoked (attack run 121)."""
     if user.claims.get(OPERATOR_CLAIM) is not True:
         raise errors.Forbidden("this is for LockWise's operators", code="not_an_operator")
-    if sign_in_provider(user) == CUSTOM_TOKEN:
-        raise errors.Forbidden(
-            "an operator acts from a session they signed in to (a password or a provider), not one made from a custom"
-            " token",
-            code="operator_sign_in_required",
-        )
     if users.signed_in_at(user) < now - OPERATOR_SIGN_IN_MAX_AGE:
         raise errors.Unauthenticated(
             "an operator's request is from a sign-in of the last hour: sign in again", code="recent_sign_in_required"
