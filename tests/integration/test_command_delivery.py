@@ -291,6 +291,25 @@ def test_a_locks_members_together_send_it_a_bounded_number_of_commands_a_minute(
     assert made == members_budget + own
 
 
+def test_a_guests_and_a_members_loops_leave_the_locks_admins_their_commands(world: World) -> None:
+    """Attack run 122: the members' budget was one for all, so a guest's loop and one member's (30 a minute each,
+    their own budgets) spent the lock's 60 and its admins were 429 for as long as they kept at it; and the refusal
+    told the guest how many commands the owner had sent in the minute, which only admins may learn. Admins keep a
+    quarter of it from members and guests, members a quarter from guests, and the refusal names no count."""
+    settings = get_settings("devices")
+    members_budget, own = settings.lock_commands_per_minute, settings.app_commands_per_minute
+    assert send(world, "owner", "lock").status_code == 202
+    guest = [send(world, "guest_in", "lock").status_code for _ in range(own)]
+    member = [send(world, "member", "lock").status_code for _ in range(own)]
+    assert guest.count(202) == members_budget // 2  # her own 30 at the defaults: one guest loses nothing
+    assert member.count(202) == members_budget * 3 // 4 - members_budget // 2 and member[-1] == 429
+    admin = [send(world, "admin", "lock") for _ in range(own)]
+    assert [r.status_code for r in admin].count(202) == members_budget - members_budget * 3 // 4
+    assert admin[0].status_code == 202
+    refused = admin[-1].get_json()["error"]  # the lock's, not her own: she sent 15
+    assert refused["code"] == "command_limit" and not any(c.isdigit() for c in refused["message"]), refused
+
+
 def test_an_ack_does_not_wait_for_a_voice_decision_holding_the_lockout(
     world: World, stack_env: dict[str, str], impatient_devices: Database
 ) -> None:

@@ -109,24 +109,50 @@ def _limit_lock_commands(con: Connection, lock_id: str, uid: str, budget: AppBud
     takes nothing from the owner), decided one request at a time per lock. Each is a nonce the lock keeps in its
     flash until the command expires, and an ack and a state report it publishes: per member only, a lock's 100
     members sent it 3,000 a minute, past what FIRMWARE.md has a lock keep and the broker's allowance for what it
-    publishes (attack run 117)."""
+    publishes (attack run 117). Of the members' budget, admins keep a quarter from members and guests, and members a
+    quarter from guests (``_ROLE_SHARES``; by each issuer's role now, one no longer a member's counted as a guest's):
+    one budget for all, a guest's loop and a member's (30 each) took the lock from its admins and other members for as
+    long as they kept at it (attack run 122). The refusal names no count: the owner's and other members' comings and
+    goings are for its admins alone (``infra/firestore.rules``), and it told a guest how many the owner had sent."""
     con.run("SELECT pg_advisory_xact_lock(hashtextextended('app commands to ' || :l, 0))", l=lock_id)
     counted = con.run(
-        "SELECT count(c.id) FILTER (WHERE c.issuer_uid <> l.owner_uid), count(c.id), min(l.owner_uid) FROM locks l"
+        "SELECT count(c.id) FILTER (WHERE c.issuer_uid <> l.owner_uid AND coalesce(m.role, 'guest') = 'guest'),"
+        " count(c.id) FILTER (WHERE c.issuer_uid <> l.owner_uid AND coalesce(m.role, 'guest') IN ('guest', 'member')),"
+        " count(c.id) FILTER (WHERE c.issuer_uid <> l.owner_uid), count(c.id), min(l.owner_uid),"
+        " (SELECT me.role FROM lock_members me WHERE me.lock_id = l.id AND me.user_uid = :u) FROM locks l"
         " LEFT JOIN commands c ON c.lock_id = l.id AND c.created_at > now() - interval '1 minute'"
-        " AND c.issuer_kind = 'user' WHERE l.id = CAST(:l AS uuid) GROUP BY l.id",
+        " AND c.issuer_kind = 'user' LEFT JOIN lock_members m ON m.lock_id = l.id AND m.user_uid = c.issuer_uid"
+        " WHERE l.id = CAST(:l AS uuid) GROUP BY l.id",
         l=lock_id,
+        u=uid,
     )
     if not counted:  # no lock: its deletion waits for the caller's membership, held (``from_app``)
         return
-    members_sent, everyone, owner = counted[0]
-    if everyone >= budget.at_lock or (uid != owner and members_sent >= budget.members_at_lock):
+    guests, below_admins, members_sent, everyone, owner, role = counted[0]
+    spent = everyone >= budget.at_lock
+    if uid != owner:
+        shares = _ROLE_SHARES.get(str(role), _ROLE_SHARES["guest"])
+        spent = spent or any(
+            sent >= budget.members_at_lock - budget.members_at_lock * kept // 4
+            for sent, kept in zip((guests, below_admins, members_sent), shares, strict=True)
+            if kept is not None
+        )
+    if spent:
         raise errors.RateLimited(
-            f"this lock's members sent it {members_sent} commands in the last minute, and its owner"
-            f" {everyone - members_sent}; try again shortly",
+            "this lock's members sent it all the commands it takes in a minute; try again shortly",
             retry_after_s=60,
             code="command_limit",
         )
+
+
+#: for a member of each role, the quarters of the members' budget kept from the commands counted with theirs: those
+#: of guests (half kept for members and admins), of members and guests (a quarter kept for admins), of all the
+#: members (none kept); None where theirs are not counted
+_ROLE_SHARES: dict[str, tuple[int | None, int | None, int | None]] = {
+    "guest": (2, 1, 0),
+    "member": (None, 1, 0),
+    "admin": (None, None, 0),
+}
 
 
 def from_app(
