@@ -20,6 +20,11 @@ WRITTEN = [
     "\u8449\U000e0100 house",  # a kanji's variant (an ideographic variation selector)
     "Ti\u1ebfng Vi\u1ec7t",
     "Caf\u00e9 door",
+    # attack run 122: refused as invisible before
+    "\U0001f3f4\U000e0067\U000e0062\U000e0065\U000e006e\U000e0067\U000e007f flat",  # England's flag: tags
+    "\U0001f3f4\U000e0067\U000e0062\U000e0073\U000e0063\U000e0074\U000e007f\U0001f3f4\U000e0067\U000e0062"
+    "\U000e0077\U000e006c\U000e0073\U000e007f",  # Scotland's and Wales's
+    "\u182a\u1820\u1833\u1822\u180b \u1826\u1837",  # Mongolian with a free variation selector
 ]
 
 #: (name, what the refusal names): each a way a name looked empty, like another, or spilt over the page
@@ -34,6 +39,10 @@ MISLEADING = [
     ("Gar\u034fage", "U+034F"),  # the combining grapheme joiner
     ("Gar\u2065age", "U+2065"),  # default-ignorable, though unassigned
     ("Door\U000e0041", "U+E0041"),  # a tag
+    ("\U0001f3f4\U000e0075\U000e0073\U000e0074\U000e0078\U000e007f", "U+E0075"),  # a flag's tags Unicode does not
+    ("\U0001f3f4\U000e0067\U000e0062\U000e0065\U000e006e\U000e0067\U000e007f\U000e0061", "U+E0061"),  # tags after one
+    ("Door\u180e", "U+180E"),  # the Mongolian vowel separator: a format character
+    ("\u180b", "no visible character before it"),
     ("\u2800", "no visible character"),  # the blank Braille pattern
     ("\u2800 \u2800", "no visible character"),
     ("x" + "\u0300" * 7, "more than 6 combining marks"),  # a flood: stacked over the lines around it

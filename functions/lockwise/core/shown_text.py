@@ -9,7 +9,8 @@ spaces inside made one, and it must be plain text a reader sees all of:
   default-ignorable code points a font draws as nothing (Hangul fillers, the combining grapheme joiner, Mongolian
   and Khmer invisible letters, musical formatting), but the marks writing needs: the joiners of emoji sequences and
   scripts (ZWNJ, ZWJ), the marks of mixed right-to-left text (LRM, RLM, ALM) and variation selectors (an emoji's
-  colour, a kanji's variant), each after a visible character;
+  colour, a kanji's variant, a Mongolian letter's form), each after a visible character, and the tags of the
+  flags of England, Scotland and Wales;
 * no private-use character (a platform's logo or an icon font's glyph, drawn on some devices and not on others)
   and no noncharacter;
 * at most ``MAX_MARKS`` combining marks and joiners in a row (a flood of them stacks over the lines around it);
@@ -35,9 +36,18 @@ DIRECTION_MARKS = frozenset("\u200e\u200f\u061c")
 #: Unicode's Default_Ignorable_Code_Point (DerivedCoreProperties.txt) outside the format characters (Cf, refused by
 #: category) and the variation selectors: drawn as nothing, each a way to make one name look like another or empty
 _IGNORABLE = re.compile(
-    "[\u034f\u115f\u1160\u17b4\u17b5\u180b-\u180f\u2065\u3164\uffa0\ufff0-\ufff8\U000e0000-\U000e00ff\U000e01f0-\U000e0fff]"
+    "[\u034f\u115f\u1160\u17b4\u17b5\u180e\u2065\u3164\uffa0\ufff0-\ufff8\U000e0000-\U000e00ff\U000e01f0-\U000e0fff]"
 )
-_VARIATION = re.compile("[\ufe00-\ufe0f\U000e0100-\U000e01ef]")
+#: variation selectors: the emoji and ideographic ones, and Mongolian's free variation selectors (a letter's form
+#: in the traditional script, which its writers type: refused as invisible, a Mongolian name was, attack run 122)
+_VARIATION = re.compile("[\u180b-\u180d\u180f\ufe00-\ufe0f\U000e0100-\U000e01ef]")
+#: the emoji tag sequences Unicode recommends (UTS #51's RGI set): the flags of England, Scotland and Wales, a black
+#: flag and the tags spelling gbeng, gbsct or gbwls, then the cancel tag. Each is taken as the black flag it is
+#: drawn on; any other tag is invisible text and refused (the three flags were, attack run 122)
+_FLAG_TAGS = re.compile(
+    "\U0001f3f4\U000e0067\U000e0062(?:\U000e0065\U000e006e\U000e0067|\U000e0073\U000e0063\U000e0074"
+    "|\U000e0077\U000e006c\U000e0073)\U000e007f"
+)
 #: drawn blank though not a space: the Braille pattern without dots
 _BLANK = frozenset("\u2800")
 _SPACES = re.compile(r"[^\S\n\r\t\v\f\x1c-\x1f\x85\u2028\u2029]{2,}")
@@ -65,6 +75,7 @@ def kept(value: str, most: int) -> str | None:
 
 def problem_in(text: str) -> str | None:
     """What makes ``text`` (as kept: NFC, trimmed) unfit to be shown to others as written, or None."""
+    text = _FLAG_TAGS.sub("\U0001f3f4", text)
     marks = 0  # combining marks and joiners since the last character drawn on its own
     base = False  # that character is drawn (not a space, not blank)
     visible = False
