@@ -27,14 +27,22 @@ class FailureStreak:
         self.log, self.what, self.level, self.every_s, self.clock = logger, what, level, every_s, clock
         self.failures = 0
         self._began = self._told = 0.0
+        self._kinds: set[str] = set()  # the exceptions' types the streak has logged a traceback of
 
     def failed(self, exc: BaseException) -> None:
-        """One more failure (``exc``, the one being handled): logged with its traceback when it begins the streak,
-        and at most once every ``every_s`` after."""
+        """One more failure (``exc``, the one being handled): logged with its traceback when it begins the streak or
+        is of a type the streak has not had yet, and at most once every ``every_s`` after. Its start's alone, a
+        streak begun by the database going away and kept going by another failure once it was back (a bug meeting
+        a row, each round) never showed that failure's traceback, only its type's name once a minute (attack run
+        122); a type is a handful of lines a streak, not one a round."""
         now = self.clock()
         self.failures += 1
+        kind = f"{type(exc).__module__}.{type(exc).__qualname__}"
         if self.failures == 1:
-            self._began = self._told = now
+            self._began, self._kinds = now, set()
+        if kind not in self._kinds:
+            self._kinds.add(kind)
+            self._told = now
             self.log.log(self.level, f"{self.what} failed; retrying", exc_info=exc)
         elif now - self._told >= self.every_s:
             self._told = now

@@ -39,3 +39,25 @@ def test_a_failure_repeated_every_second_for_ten_minutes_is_a_dozen_lines_not_si
     assert (
         caplog.records[-1].exc_info is not None and caplog.records[-1].getMessage() == "delivery round failed; retrying"
     )
+
+
+def test_a_failure_of_another_kind_within_a_streak_is_logged_with_its_traceback(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Attack run 122: a streak begun by the database going away and kept going by another failure once it was back
+    (a bug meeting a row, each round) showed only the first failure's traceback, the other's type's name once a
+    minute. Each type's first in a streak is logged with its traceback, each type once."""
+    now = [0.0]
+    streak = FailureStreak(logging.getLogger("test.streak"), "delivery round", clock=lambda: now[0])
+    caplog.set_level(logging.INFO, logger="test.streak")
+    for second in range(600):
+        try:
+            if second < 30:
+                raise ConnectionRefusedError("database away")
+            raise KeyError("a bug meeting a row") if second % 2 else ValueError("another")
+        except (ConnectionRefusedError, KeyError, ValueError) as exc:
+            streak.failed(exc)
+        now[0] += 1.0
+    tracebacks = [r.exc_info[0] for r in caplog.records if r.exc_info is not None]
+    assert tracebacks == [ConnectionRefusedError, ValueError, KeyError]
+    assert len(caplog.records) <= 3 + 10
