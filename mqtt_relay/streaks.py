@@ -41,9 +41,10 @@ class FailureStreak:
         if self.failures == 1:
             self._began, self._kinds = now, set()
         if kind not in self._kinds:
+            said = "failed" if not self._kinds else "failing another way"  # one start a streak: the e2e counts them
             self._kinds.add(kind)
             self._told = now
-            self.log.log(self.level, f"{self.what} failed; retrying", exc_info=exc)
+            self.log.log(self.level, f"{self.what} {said}; retrying", exc_info=exc)
         elif now - self._told >= self.every_s:
             self._told = now
             fields = {"failures": self.failures, "for_s": round(now - self._began, 1), "error": type(exc).__name__}

@@ -58,6 +58,10 @@ def test_a_failure_of_another_kind_within_a_streak_is_logged_with_its_traceback(
         except (ConnectionRefusedError, KeyError, ValueError) as exc:
             streak.failed(exc)
         now[0] += 1.0
-    tracebacks = [r.exc_info[0] for r in caplog.records if r.exc_info is not None]
-    assert tracebacks == [ConnectionRefusedError, ValueError, KeyError]
+    tracebacks = [(r.exc_info[0], r.getMessage()) for r in caplog.records if r.exc_info is not None]
+    assert tracebacks == [
+        (ConnectionRefusedError, "delivery round failed; retrying"),
+        (ValueError, "delivery round failing another way; retrying"),
+        (KeyError, "delivery round failing another way; retrying"),
+    ]
     assert len(caplog.records) <= 3 + 10
