@@ -57,7 +57,7 @@ def parse(value: Any, field: str, *, most: int, code: str) -> str:
     """``value`` as text others will read: NFC, trimmed, runs of spaces made one; or 400 ``code`` naming why not."""
     if not isinstance(value, str):
         raise errors.BadRequest(f"{field} must be a string", code=code)
-    text = _SPACES.sub(" ", unicodedata.normalize("NFC", value).strip())
+    text = spelled(value)
     if not 1 <= len(text) <= most:
         raise errors.BadRequest(f"{field} must be 1 to {most} characters", code=code)
     problem = problem_in(text)
@@ -69,8 +69,13 @@ def parse(value: Any, field: str, *, most: int, code: str) -> str:
 def kept(value: str, most: int) -> str | None:
     """``value`` as text others read, cut to its first ``most`` characters, or None when the rule refuses it: for
     text that cannot be refused without losing what came with it (a lock's reason beside its ack's outcome)."""
-    text = _SPACES.sub(" ", unicodedata.normalize("NFC", value).strip())[:most]
+    text = spelled(value)[:most]
     return text if problem_in(text) is None else None
+
+
+def spelled(value: str) -> str:
+    """``value`` in the one spelling text others read is kept in: NFC, trimmed, each run of spaces inside made one."""
+    return _SPACES.sub(" ", unicodedata.normalize("NFC", value).strip())
 
 
 def problem_in(text: str) -> str | None:

@@ -20,7 +20,6 @@ import itertools
 import json
 import logging
 import re
-import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -695,10 +694,12 @@ def _seen_on(row: _State, connection: int | None, reported: dt.datetime, now: dt
 def _plain_text(value: Any) -> str | None:
     """``value`` as kept (NFC), or None unless it is text every member of the lock may be shown as the lock wrote
     it: the rule for text others read (``shown_text``: no control, invisible or private-use character, line
-    separator or flood of marks; a line separator and a Hangul filler were taken: attack run 118). Empty is empty."""
+    separator or flood of marks; a line separator and a Hangul filler were taken: attack run 118), in its one
+    spelling (``shown_text.spelled``: trimmed and a run of spaces made one too, as a name is; a firmware of "1.0",
+    60 spaces and more pushed the rest out of the members' view, attack run 122). Empty is empty."""
     if not isinstance(value, str) or len(value) > 64:
         return None
-    text = unicodedata.normalize("NFC", value)  # a few letters are longer in NFC (U+0958)
+    text = shown_text.spelled(value)  # a few letters are longer in NFC (U+0958)
     return text if text == "" or (len(text) <= 64 and shown_text.problem_in(text) is None) else None
 
 
