@@ -852,3 +852,30 @@ def test_a_change_to_the_member_an_offer_names_ends_the_offer(world: World, chan
             if e["kind"] == "ownership_offer_ended"
         ]
         assert told == [("member_expired", world.uid("member"))], told
+
+
+def test_an_offer_to_a_member_whose_account_was_disabled_ends_at_their_expiry(world: World) -> None:
+    """Attack run 122: an offer ended at the member's expiry only when the upkeep's pass ended their access document
+    then; one whose account had been found disabled before had theirs ended at that finding (their membership
+    standing), so their expiry ended nothing, and the offer stood, hidden and untakeable, for the rest of its 7 days.
+    Any offer to a member whose access ended now ends at the pass."""
+    lock, owner, member = world.lock_id, world.headers("owner"), world.uid("member")
+    offered = world.devices.post(f"/devices/locks/{lock}/transfer", json={"uid": member}, headers=owner)
+    assert offered.status_code == 202, offered.get_json()
+    runtime = get_runtime("devices")
+    offers = "SELECT count(*) FROM lock_transfer_offers WHERE lock_id = CAST(:l AS uuid)"
+    with runtime.db.transaction() as con:  # found disabled: their access document ends, their membership stands
+        con.run("UPDATE users SET account_disabled = true WHERE uid = :u", u=member)
+        members.mirror_access(con, lock)
+        assert con.run(offers, l=lock) == [[1]]  # (a disabled account may be enabled again)
+    with runtime.db.transaction() as con:  # then their access ends (as if time had passed)
+        con.run(
+            "UPDATE lock_members SET expires_at = now() - interval '1 minute' WHERE lock_id = CAST(:l AS uuid)"
+            " AND user_uid = :u",
+            l=lock,
+            u=member,
+        )
+    with runtime.db.transaction() as con:
+        members.mirror_access(con, lock)
+    with runtime.db.connection() as con:
+        assert con.run(offers, l=lock) == [[0]]

@@ -539,10 +539,12 @@ def mirror_access(con: Connection, lock_id: str, *, write_again: Collection[str]
     writes: list[mirror.Write] = [(mirror.access_doc(lock_id, uid), "set", a) for uid, a in changed.items()]
     writes += [mirror.access_ended(lock_id, uid, now) for uid in gone]
     # an offer of the lock to a member whose access ended is taken by nobody: it ends with the access (it stood,
-    # hidden, until its own 7 days ran out, and the feed never said so: attack run 113's leftover)
-    for m in everyone_listed:
-        if m.user_uid in gone and m.ended(now):
-            transfer_offers.end_for_taker(con, lock_id, m.user_uid, reason="member_expired")
+    # hidden, until its own 7 days ran out, and the feed never said so: attack run 113's leftover). Whoever's access
+    # ended, not only those whose documents end in this pass: one whose account was found disabled before had theirs
+    # ended then, and their offer outlived their expiry (attack run 122)
+    ended = [m.user_uid for m in everyone_listed if m.ended(now)]
+    if ended:
+        transfer_offers.end_for_takers(con, lock_id, ended, reason="member_expired")
     # written every time, after the access documents: a listener the rules let in is checked again only when a
     # document it reads changes (and what lock documents held before, which every member read, is emptied)
     writes.append((mirror.lock_doc(lock_id), "replace_fields", {"member_uids": [], "access": {}}))

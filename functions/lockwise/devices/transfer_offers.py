@@ -12,6 +12,8 @@ account an admin for good (attack run 21).
 
 from __future__ import annotations
 
+from typing import Any
+
 from lockwise.core import mirror
 from lockwise.core.db import Connection
 
@@ -21,6 +23,11 @@ def end_for_taker(con: Connection, lock_id: str, uid: str, reason: str = "member
     offered to, which takes nothing on it): an offer naming them ends with it. Changed and left standing, it was shown
     to the giver and the member as standing while an acceptance was 404 (attack run 113)."""
     _end(con, "lock_id = CAST(:l AS uuid) AND to_uid = :u", reason, l=lock_id, u=uid)
+
+
+def end_for_takers(con: Connection, lock_id: str, uids: list[str], reason: str) -> None:
+    """An offer naming any of ``uids``, whose memberships of the lock ended (``reason="member_expired"``), ends."""
+    _end(con, "lock_id = CAST(:l AS uuid) AND to_uid = ANY(CAST(:us AS text[]))", reason, l=lock_id, us=uids)
 
 
 def end_for_lock(con: Connection, lock_id: str, reason: str = "paired_again") -> None:
@@ -40,7 +47,7 @@ def end_from(con: Connection, uid: str) -> None:
     _end(con, "from_uid = :u", "giver_left", u=uid)
 
 
-def _end(con: Connection, where: str, reason: str, **params: str) -> int:
+def _end(con: Connection, where: str, reason: str, **params: Any) -> int:
     """Delete the offers ``where`` says, each end in its lock's feed (the member it named reads it); how many."""
     ended = con.run(f"DELETE FROM lock_transfer_offers WHERE {where} RETURNING lock_id::text, to_uid", **params)
     for lock_id, to_uid in ended:
