@@ -110,10 +110,11 @@ def _limit_lock_commands(con: Connection, lock_id: str, uid: str, budget: AppBud
     flash until the command expires, and an ack and a state report it publishes: per member only, a lock's 100
     members sent it 3,000 a minute, past what FIRMWARE.md has a lock keep and the broker's allowance for what it
     publishes (attack run 117). Of the members' budget, admins keep a quarter from members and guests, and members a
-    quarter from guests (``_ROLE_SHARES``; by each issuer's role now, one no longer a member's counted as a guest's):
-    one budget for all, a guest's loop and a member's (30 each) took the lock from its admins and other members for as
-    long as they kept at it (attack run 122). The refusal names no count: the owner's and other members' comings and
-    goings are for its admins alone (``infra/firestore.rules``), and it told a guest how many the owner had sent."""
+    quarter from guests (``_ROLE_SHARES``; by each issuer's role as it stands, a removed member's their last, one
+    with no membership row left, its account deleted, a guest's): one budget for all, a guest's loop and a member's
+    (30 each) took the lock from its admins and other members for as long as they kept at it (attack run 122). The
+    refusal names no count: the owner's and other members' comings and goings are for its admins alone
+    (``infra/firestore.rules``), and it told a guest how many the owner had sent."""
     con.run("SELECT pg_advisory_xact_lock(hashtextextended('app commands to ' || :l, 0))", l=lock_id)
     counted = con.run(
         "SELECT count(c.id) FILTER (WHERE c.issuer_uid <> l.owner_uid AND coalesce(m.role, 'guest') = 'guest'),"
