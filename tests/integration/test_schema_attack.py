@@ -333,6 +333,10 @@ EXPLICIT: dict[str, Explicit] = {
     "acceptTransfer": lambda s: [{"before": s.offer_to_admin, "path_parameters": s.lock}],
     "newProvisioningCode": lambda s: [{"path_parameters": s.lock}],
     "listMembers": lambda s: [{"path_parameters": s.lock}],
+    "listLockInvitations": lambda s: [
+        {"path_parameters": s.lock},
+        {"path_parameters": s.lock, "query": {"limit": "1"}},
+    ],
     "addMember": lambda s: [
         {
             "path_parameters": s.lock,
