@@ -211,16 +211,23 @@ def update_lock(ctx: Ctx, lock_id: str) -> JsonBody:
     user, lock_id = app_user(ctx), lock_param(lock_id)
     body = ctx.json(("name", "voice_threshold"))
     updates: dict[str, Any] = {}
+    refused_name: errors.BadRequest | None = None
     if "name" in body:
-        updates["name"] = locks.parse_name(body["name"])
+        try:
+            updates["name"] = locks.parse_name(body["name"])
+        except errors.BadRequest as refused:  # unless it is the lock's name as stored, sent back (``locks.named``)
+            refused_name = refused
     if "voice_threshold" in body:
         updates["voice_threshold"] = locks.parse_threshold(body["voice_threshold"])
-    if not updates:
+    if not updates and refused_name is None:
         raise errors.BadRequest("give name and/or voice_threshold", code="invalid_update")
     with with_denials_audited(user.uid, lock_id, "lock.update"), rt.db.transaction() as con:
         members.require(con, lock_id, user.uid, rt.now(), at_least="owner", for_update=True)
-        take_change(con, lock_id, user, lock_held_for_update=True)
-        locks.update(con, lock_id, user.uid, updates)
+        if refused_name is not None and not locks.named(con, lock_id, body["name"]):
+            raise refused_name
+        if updates:  # (the stored name alone, sent back: nothing to change)
+            take_change(con, lock_id, user, lock_held_for_update=True)
+            locks.update(con, lock_id, user.uid, updates)
         view = locks.view(con, lock_id, "owner")
     rt.flush_mirror()
     return view

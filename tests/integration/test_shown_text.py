@@ -68,6 +68,30 @@ def test_a_lock_name_that_would_mislead_its_readers_is_refused_on_every_write(
     assert [lock["name"] for lock in listed] == ["Front door"]
 
 
+def test_a_name_stored_before_the_rule_sent_back_unchanged_lets_the_owner_change_the_rest(world: World) -> None:
+    """Attack run 122: a lock named before the rule for text others read (run 118) kept its name, and the app's
+    update sending it back beside a new voice threshold was 400 invalid_name: the owner could change nothing until
+    they renamed the lock. The stored name, sent back exactly, is taken as unchanged; another such name is refused."""
+    lock, owner = world.lock_id, world.headers("owner")
+    legacy = "Home\u115f"  # "Home" and a Hangul filler: refused now, taken before
+    with get_runtime("devices").db.transaction() as con:
+        con.run("UPDATE locks SET name = :n WHERE id = CAST(:l AS uuid)", n=legacy, l=lock)
+    both = world.devices.patch(f"/devices/locks/{lock}", json={"name": legacy, "voice_threshold": 0.5}, headers=owner)
+    assert both.status_code == 200, both.get_json()
+    assert (both.get_json()["name"], both.get_json()["voice_threshold"]) == (legacy, 0.5)
+    alone = world.devices.patch(f"/devices/locks/{lock}", json={"name": legacy}, headers=owner)
+    assert alone.status_code == 200 and alone.get_json()["name"] == legacy, alone.get_json()
+    for name in ("Home\u115f\u115f", "Other\u115f"):
+        other = world.devices.patch(
+            f"/devices/locks/{lock}", json={"name": name, "voice_threshold": 0.6}, headers=owner
+        )
+        assert other.status_code == 400 and other.get_json()["error"]["code"] == "invalid_name", other.get_json()
+    shown = world.devices.get(f"/devices/locks/{lock}", headers=owner).get_json()
+    assert (shown["name"], shown["voice_threshold"]) == (legacy, 0.5)
+    member = world.devices.patch(f"/devices/locks/{lock}", json={"name": legacy}, headers=world.headers("admin"))
+    assert member.status_code == 403, member.get_json()  # the owner's change still
+
+
 def test_a_lock_name_is_kept_and_shown_in_one_spelling_without_a_gap(world: World, stack_env: dict[str, str]) -> None:
     """ "Cafe" with a combining accent and "Café" look the same and were two names; a run of spaces inside pushed the
     rest of a name out of view. Kept NFC with one space, in PostgreSQL, on the API and in the live view."""

@@ -31,6 +31,14 @@ def parse_name(value: Any) -> str:
     return shown_text.parse(value, "name", most=MAX_NAME, code="invalid_name")
 
 
+def named(con: Connection, lock_id: str, value: Any) -> bool:
+    """Whether ``value`` is the lock's name exactly as stored: one written before the rule for text others read
+    (attack run 118), which ``parse_name`` refuses now, sent back unchanged beside another change. It was 400
+    ``invalid_name``, and the owner could change nothing else until they renamed the lock (attack run 122)."""
+    rows = con.run("SELECT name FROM locks WHERE id = CAST(:l AS uuid)", l=lock_id)
+    return bool(rows) and isinstance(value, str) and rows[0][0] == value
+
+
 def parse_threshold(value: Any) -> float | None:
     if value is None:
         return None
