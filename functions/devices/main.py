@@ -237,7 +237,9 @@ def update_lock(ctx: Ctx, lock_id: str) -> JsonBody:
 def delete_lock(ctx: Ctx, lock_id: str) -> Result:
     user, lock_id = app_user(ctx), lock_param(lock_id)
     with with_denials_audited(user.uid, lock_id, "lock.delete"), rt.db.transaction() as con:
-        members.require(con, lock_id, user.uid, rt.now(), at_least="owner", for_update=True)
+        now = rt.now()
+        members.require(con, lock_id, user.uid, now, at_least="owner", for_update=True)
+        users.require_recent_sign_in(user, now, "deleting a lock")
         users.refuse_caller(con, user)  # the lock's row held for update: see take_change
         locks.delete(con, lock_id, user.uid)
     rt.flush_mirror()
@@ -251,6 +253,7 @@ def offer_transfer(ctx: Ctx, lock_id: str) -> Result:
     with with_denials_audited(user.uid, lock_id, "lock.transfer_offer"), rt.db.transaction() as con:
         now = rt.now()
         members.require(con, lock_id, user.uid, now, at_least="owner", for_update=True)
+        users.require_recent_sign_in(user, now, "offering a lock to someone")
         budget = change_budget(con, lock_id, user, lock_held_for_update=True)
         offered = transfers.offer(
             con, lock_id, user, to_uid, now, memberships_per_user=rt.settings.memberships_per_user, budget=budget
@@ -305,7 +308,9 @@ def withdraw_transfer(ctx: Ctx, lock_id: str) -> flask.Response:
 def new_provisioning_code(ctx: Ctx, lock_id: str) -> Result:
     user, lock_id = app_user(ctx), lock_param(lock_id)
     with rt.db.transaction() as con:
-        members.require(con, lock_id, user.uid, rt.now(), at_least="owner")
+        now = rt.now()
+        members.require(con, lock_id, user.uid, now, at_least="owner")
+        users.require_recent_sign_in(user, now, "pairing a lock again")  # the code re-pairs whatever redeems it
         code, expires = issue_code(con, lock_id, user)
     return {"code": code, "expires_at": expires.isoformat()}, 201
 

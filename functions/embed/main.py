@@ -60,6 +60,7 @@ def get_health(ctx: Ctx) -> tuple[JsonBody, int]:
 @api.route("PUT", "/embed/enrollment")
 def enroll(ctx: Ctx) -> Result:
     user = app_user(ctx)
+    users.require_recent_sign_in(user, rt.now(), "enrolling a voice")  # a voice opens every door of the account
     settings = rt.settings
     enrollment.take_a_request(rt.db, user, settings)  # before the body is read
     body = ctx.json(("samples",), audio.max_body_bytes(limits, settings.enroll_max_samples))

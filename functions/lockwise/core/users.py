@@ -134,6 +134,25 @@ def mark_left(con: Connection, uid: str, now: dt.datetime) -> None:
     con.run("UPDATE users SET email = NULL, left_at = :t WHERE uid = :u", u=uid, t=now)
 
 
+#: how recent a sign-in a change that gives someone a door must come from (``require_recent_sign_in``)
+RECENT_SIGN_IN = dt.timedelta(hours=1)
+
+
+def require_recent_sign_in(user: User, now: dt.datetime, doing: str) -> None:
+    """401 ``recent_sign_in_required`` unless ``user`` signed in within ``RECENT_SIGN_IN`` before ``now`` (the
+    token's ``auth_time``: a token refreshed hourly from a sign-in of months ago keeps it). A refresh token never
+    expires unless revoked, and one taken from a phone or a laptop enrolled its holder's voice in the owner's account
+    (every door of hers then opened to him, as her), offered her locks to a member he controls, or re-paired or
+    deleted them, for as long as it went unnoticed (attack run 121, for operators; its leftover, for these). The app
+    asks the user to sign in again (Firebase's reauthentication), as Firebase Auth itself does before deleting an
+    account."""
+    if signed_in_at(user) < now - RECENT_SIGN_IN:
+        raise errors.Unauthenticated(
+            f"{doing} needs a sign-in of the last hour: sign in again (reauthenticate), not just refresh the token",
+            code="recent_sign_in_required",
+        )
+
+
 def signed_in_at(user: User) -> dt.datetime:
     """When ``user`` last signed in (the token's ``auth_time``: a refreshed token keeps it, where its ``iat`` moves
     on every hourly refresh); the token's issue time when it names none, as Firebase's always do."""

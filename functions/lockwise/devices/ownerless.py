@@ -25,7 +25,7 @@ LISTED = 100
 
 
 #: an operator's request is from a sign-in this recent (the token's ``auth_time``): 401 ``recent_sign_in_required``
-OPERATOR_SIGN_IN_MAX_AGE = dt.timedelta(hours=1)
+OPERATOR_SIGN_IN_MAX_AGE = users.RECENT_SIGN_IN
 
 
 def require_operator(user: User, directory: Callable[[], accounts.Claims], now: dt.datetime) -> None:
@@ -43,10 +43,7 @@ def require_operator(user: User, directory: Callable[[], accounts.Claims], now: 
     from a sign-in of months ago acted as a fresh one; a refresh token never expires unless revoked (attack run 121)."""
     if user.claims.get(OPERATOR_CLAIM) is not True:
         raise errors.Forbidden("this is for LockWise's operators", code="not_an_operator")
-    if users.signed_in_at(user) < now - OPERATOR_SIGN_IN_MAX_AGE:
-        raise errors.Unauthenticated(
-            "an operator's request is from a sign-in of the last hour: sign in again", code="recent_sign_in_required"
-        )
+    users.require_recent_sign_in(user, now, "an operator's request")
     try:
         current = directory().custom_claims(user.uid)  # made here: no credentials is a DirectoryError too
     except accounts.DirectoryError as exc:

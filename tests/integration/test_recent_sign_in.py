@@ -1,0 +1,49 @@
+"""The changes that give someone a door need a sign-in of the last hour (``users.require_recent_sign_in``).
+
+A refresh token never expires unless revoked: one taken from the owner's phone or laptop keeps minting ID tokens
+whose ``auth_time`` stays at the sign-in of months ago. Such a session enrolled its holder's voice in the owner's
+account (every door of hers then opened to him, as her), offered her lock to a member he controls, re-paired it or
+deleted it (attack run 121's leftover: run 121 asked it of operators alone)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from tests.devices_world import World, bearer, sign_in
+from tests.integration.test_devices_flows import emulator_token
+from tests.integration.test_gone_accounts import admin_call
+
+
+def _code(resp: Any) -> tuple[int, str | None]:
+    body = resp.get_json() or {}
+    return resp.status_code, (body.get("error") or {}).get("code")
+
+
+def test_a_session_signed_in_to_long_ago_gives_no_door_away_until_its_user_signs_in_again(
+    clients: dict[str, Any], world: World, stack_env: dict[str, str]
+) -> None:
+    devices, embed, lock = clients["devices"], clients["embed"], world.lock_id
+    owner = world.uid("owner")
+    # the account's sessions valid since long before (Firebase sets validSince at its making): the old sign-in is
+    # one the account still takes, refreshed hourly since
+    long_ago = int(time.time()) - 30 * 24 * 3600
+    admin_call(stack_env, "accounts:update", {"localId": owner, "validSince": str(long_ago - 60)})
+    old = bearer(emulator_token(owner, signed_in_age_s=int(time.time()) - long_ago))
+    assert devices.get(f"/devices/locks/{lock}", headers=old).status_code == 200  # reading: as before
+    refused = {
+        "offer": devices.post(f"/devices/locks/{lock}/transfer", json={"uid": world.uid("admin")}, headers=old),
+        "pair again": devices.post(f"/devices/locks/{lock}/provisioning", headers=old),
+        "delete": devices.delete(f"/devices/locks/{lock}", headers=old),
+        "enroll": embed.put("/embed/enrollment", json={"samples": []}, headers=old),  # refused before its body
+    }
+    for what, resp in refused.items():
+        assert _code(resp) == (401, "recent_sign_in_required"), (what, resp.get_json())
+        assert "sign in again" in resp.get_json()["error"]["message"]
+    with_an_hour = bearer(emulator_token(owner, signed_in_age_s=3000))  # 50 minutes ago: taken
+    assert devices.post(f"/devices/locks/{lock}/provisioning", headers=with_an_hour).status_code == 201
+    # signed in again (the app's reauthentication): a fresh session does each
+    fresh = bearer(sign_in(stack_env["FIREBASE_AUTH_EMULATOR_HOST"], world.accounts["owner"]["email"]))
+    offered = devices.post(f"/devices/locks/{lock}/transfer", json={"uid": world.uid("admin")}, headers=fresh)
+    assert offered.status_code == 202, offered.get_json()
+    assert devices.delete(f"/devices/locks/{lock}", headers=fresh).status_code == 204
