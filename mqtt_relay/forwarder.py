@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 import requests
 
 from lockwise.core.headers import SERVICE_TOKEN_HEADER
+from lockwise.core.log import logged_repeat
 from lockwise.devices import receipts, topics
 from mqtt_relay.lines import Lines
 
@@ -189,7 +190,7 @@ class Forwarder:
         if event.size > topics.MAX_PAYLOAD_BYTES:
             self.oversized += 1
             why = f"payload of {event.size} bytes as posted ({self.oversized} so far)"
-            self._drop(event, why, logged=self.oversized % 1000 == 1)
+            self._drop(event, why, logged=logged_repeat(self.oversized))
             return
         if event.digest:
             with self._holding_lock:
@@ -209,7 +210,7 @@ class Forwarder:
         if not self.queue.put(event.lock, event, event.size):  # a flood: counted, logged at times
             self.flooded += 1
             why = f"its lock's line is full ({self.flooded} so far)"
-            self._drop(event, why, logged=self.flooded % 1000 == 1, for_good=False)
+            self._drop(event, why, logged=logged_repeat(self.flooded), for_good=False)
 
     def _drop(self, event: Event, why: str, *, logged: bool = True, for_good: bool = True) -> None:
         """Acknowledge ``event`` unposted; ``for_good``: it can never be taken (told as if taken: its lock gets a

@@ -511,7 +511,7 @@ def test_an_operators_session_signed_in_to_long_ago_must_sign_in_again(
     """Attack run 121: an ID token refreshed from a sign-in of months ago (its ``auth_time`` far older than its
     ``iat``: a refresh token never expires unless revoked) was an operator's as much as a fresh one, so a refresh
     token taken from an operator's laptop listed, handed over and deleted other people's locks for as long as it went
-    unnoticed. An operator's request is from a sign-in of the last ``ownerless.OPERATOR_SIGN_IN_MAX_AGE`` now
+    unnoticed. An operator's request is from a sign-in of the last ``users.RECENT_SIGN_IN`` now
     (401 ``recent_sign_in_required``); the app user's other routes take the session as before."""
     devices, host = clients["devices"], stack_env["FIREBASE_AUTH_EMULATOR_HOST"]
     account = sign_up()

@@ -27,6 +27,7 @@ from typing import Any
 from lockwise.core import audit, errors, inputs, mirror, shown_text
 from lockwise.core.config import Settings
 from lockwise.core.db import Connection, refused_for_now
+from lockwise.core.log import logged_repeat
 from lockwise.devices import command_outcomes, lockout, topics
 
 STATES = ("locked", "unlocked", "locking", "unlocking", "jammed")
@@ -477,19 +478,18 @@ def taken_run(run: Any, now: dt.datetime) -> int | None:
     if run is None:
         return None
     if not topics.is_run(run) or run > _run_at(now + RUN_AHEAD):
-        # counted, and logged at the first and every ``RUNS_NOT_TAKEN_LOGGED_EVERY``th: a lock chooses its will's
+        # counted, and logged at the first and every 1,000th (``log.logged_repeat``): a lock chooses its will's
         # run, and one reconnecting in a loop has its will sent at its allowance's pace, 20 a second, each a WARNING
         # line of its own (attack run 120; as a lock's oversized messages were at the relay, attack run 110)
         refused = next(_runs_not_taken)
-        if refused % RUNS_NOT_TAKEN_LOGGED_EVERY == 1:
+        if logged_repeat(refused):
             fields = {"run": repr(run)[:40], "not_taken_so_far": refused}
             log.warning("lock event's broker run not taken", extra={"fields": fields})
         return None
     return run
 
 
-#: runs not taken (``taken_run``) logged one in this many, the first one first (the rest counted in the line)
-RUNS_NOT_TAKEN_LOGGED_EVERY = 1000
+#: runs not taken (``taken_run``) so far
 _runs_not_taken = itertools.count(1)
 
 

@@ -24,10 +24,6 @@ OPERATOR_CLAIM = auth.OPERATOR_CLAIM
 LISTED = 100
 
 
-#: an operator's request is from a sign-in this recent (the token's ``auth_time``): 401 ``recent_sign_in_required``
-OPERATOR_SIGN_IN_MAX_AGE = users.RECENT_SIGN_IN
-
-
 def require_operator(user: User, directory: Callable[[], accounts.Claims], now: dt.datetime) -> None:
     """403 ``not_an_operator`` unless ``user`` is one of LockWise's operators: their token says so, and Firebase Auth
     still does (one ``accounts:lookup`` call, asked only for a token that says so; 503 ``accounts_unavailable`` when it
@@ -39,7 +35,7 @@ def require_operator(user: User, directory: Callable[[], accounts.Claims], now: 
 
     A session made from a custom token (one minted for the operator's uid carried the account's claim, which Firebase
     Auth confirmed) is refused before, as every app route refuses it (``id_tokens``, attack run 121). One signed in
-    to more than ``OPERATOR_SIGN_IN_MAX_AGE`` before ``now`` is 401 ``recent_sign_in_required``: a token refreshed
+    to more than ``users.RECENT_SIGN_IN`` before ``now`` is 401 ``recent_sign_in_required``: a token refreshed
     from a sign-in of months ago acted as a fresh one; a refresh token never expires unless revoked (attack run 121)."""
     if user.claims.get(OPERATOR_CLAIM) is not True:
         raise errors.Forbidden("this is for LockWise's operators", code="not_an_operator")
