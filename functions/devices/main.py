@@ -11,7 +11,6 @@ import datetime as dt
 import functools
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
 
 import flask
 import functions_framework
@@ -209,25 +208,13 @@ def get_lock(ctx: Ctx, lock_id: str) -> JsonBody:
 @api.route("PATCH", "/devices/locks/<lock_id>")
 def update_lock(ctx: Ctx, lock_id: str) -> JsonBody:
     user, lock_id = app_user(ctx), lock_param(lock_id)
-    body = ctx.json(("name", "voice_threshold"))
-    updates: dict[str, Any] = {}
-    refused_name: errors.BadRequest | None = None
-    if "name" in body:
-        try:
-            updates["name"] = locks.parse_name(body["name"])
-        except errors.BadRequest as refused:  # unless it is the lock's name as stored, sent back (``locks.named``)
-            refused_name = refused
-    if "voice_threshold" in body:
-        updates["voice_threshold"] = locks.parse_threshold(body["voice_threshold"])
-    if not updates and refused_name is None:
-        raise errors.BadRequest("give name and/or voice_threshold", code="invalid_update")
+    update = locks.parse_update(ctx.json(("name", "voice_threshold")))
     with with_denials_audited(user.uid, lock_id, "lock.update"), rt.db.transaction() as con:
         members.require(con, lock_id, user.uid, rt.now(), at_least="owner", for_update=True)
-        if refused_name is not None and not locks.named(con, lock_id, body["name"]):
-            raise refused_name
-        if updates:  # (the stored name alone, sent back: nothing to change)
+        changes = locks.changes_to_make(con, lock_id, update)
+        if changes:  # (the stored name alone, sent back: nothing to change)
             take_change(con, lock_id, user, lock_held_for_update=True)
-            locks.update(con, lock_id, user.uid, updates)
+            locks.update(con, lock_id, user.uid, changes)
         view = locks.view(con, lock_id, "owner")
     rt.flush_mirror()
     return view

@@ -78,6 +78,22 @@ def test_a_name_is_kept_in_one_spelling_and_without_a_gap() -> None:
     assert locks.parse_name("Front\u00a0door") == "Front\u00a0door"  # one space is as typed
 
 
+def test_a_refused_name_in_an_update_is_held_until_compared_with_the_stored_one() -> None:
+    """``PATCH /devices/locks/{id}``: a name the rule refuses is kept with its refusal, not raised while parsing, so a
+    name stored before the rule can be sent back beside a new threshold (``changes_to_make`` compares it); the
+    database half is ``test_a_name_stored_before_the_rule_sent_back_unchanged_lets_the_owner_change_the_rest``."""
+    update = locks.parse_update({"name": "Home\u115f", "voice_threshold": 0.7})
+    assert update.changes == {"voice_threshold": 0.7}
+    assert update.name_sent == "Home\u115f" and update.refusal is not None and update.refusal.code == "invalid_name"
+    assert locks.parse_update({"name": " Front door "}) == locks.Update({"name": "Front door"}, " Front door ")
+    with pytest.raises(errors.BadRequest) as empty:
+        locks.parse_update({})
+    assert empty.value.code == "invalid_update"
+    with pytest.raises(errors.BadRequest) as threshold:
+        locks.parse_update({"name": "Home\u115f", "voice_threshold": 2})
+    assert threshold.value.code == "invalid_threshold"
+
+
 def test_the_length_is_counted_as_kept() -> None:
     assert locks.parse_name("e\u0301" * 100) == "\u00e9" * 100  # 200 sent, 100 kept
     with pytest.raises(errors.BadRequest):

@@ -31,12 +31,44 @@ def parse_name(value: Any) -> str:
     return shown_text.parse(value, "name", most=MAX_NAME, code="invalid_name")
 
 
-def named(con: Connection, lock_id: str, value: Any) -> bool:
-    """Whether ``value`` is the lock's name exactly as stored: one written before the rule for text others read
-    (attack run 118), which ``parse_name`` refuses now, sent back unchanged beside another change. It was 400
-    ``invalid_name``, and the owner could change nothing else until they renamed the lock (attack run 122)."""
-    rows = con.run("SELECT name FROM locks WHERE id = CAST(:l AS uuid)", l=lock_id)
-    return bool(rows) and isinstance(value, str) and rows[0][0] == value
+@dataclasses.dataclass(frozen=True)
+class Update:
+    """A ``PATCH`` of a lock as sent, read before its transaction (``parse_update``): the ``changes`` to make, and a
+    name the rule for text others read refused with ``refusal``, which stands unless it is the lock's name exactly as
+    stored (``changes_to_make``)."""
+
+    changes: dict[str, Any]
+    name_sent: Any = None
+    refusal: errors.BadRequest | None = None
+
+
+def parse_update(body: dict[str, Any]) -> Update:
+    """400 ``invalid_update`` when ``body`` names neither ``name`` nor ``voice_threshold``; ``invalid_threshold`` for a
+    threshold out of [0, 1]. A refused name is kept to be decided against the stored one (``changes_to_make``)."""
+    changes: dict[str, Any] = {}
+    refusal: errors.BadRequest | None = None
+    if "name" in body:
+        try:
+            changes["name"] = parse_name(body["name"])
+        except errors.BadRequest as refused:
+            refusal = refused
+    if "voice_threshold" in body:
+        changes["voice_threshold"] = parse_threshold(body["voice_threshold"])
+    if not changes and refusal is None:
+        raise errors.BadRequest("give name and/or voice_threshold", code="invalid_update")
+    return Update(changes, body.get("name"), refusal)
+
+
+def changes_to_make(con: Connection, lock_id: str, update: Update) -> dict[str, Any]:
+    """``update``'s changes, none for the stored name alone sent back; its name's refusal unless that name is the
+    lock's exactly as stored: one written before the rule for text others read (attack run 118), which
+    ``parse_name`` refuses now, sent back unchanged beside another change. It was 400 ``invalid_name``, and the owner
+    could change nothing else until they renamed the lock (attack run 122)."""
+    if update.refusal is not None:
+        rows = con.run("SELECT name FROM locks WHERE id = CAST(:l AS uuid)", l=lock_id)
+        if not (rows and isinstance(update.name_sent, str) and rows[0][0] == update.name_sent):
+            raise update.refusal
+    return update.changes
 
 
 def parse_threshold(value: Any) -> float | None:
