@@ -204,6 +204,7 @@ def test_a_members_terms_are_what_their_columns_take_or_a_400(role: str, access:
 @given(st.one_of(EDGE_NUMBERS, st.none(), st.text(max_size=3)))
 def test_a_voice_threshold_is_one_a_float4_holds_or_a_400(value: Any) -> None:
     """``locks.voice_threshold`` is ``real`` within [-1, 1]: a value it cannot hold (5e-324) fails in PostgreSQL."""
+    assert str(locks.parse_threshold(-0.0)) == "0.0"
     try:
         threshold = locks.parse_threshold(value)
     except errors.BadRequest as exc:
@@ -214,6 +215,7 @@ def test_a_voice_threshold_is_one_a_float4_holds_or_a_400(value: Any) -> None:
         return
     single = float(np.float32(threshold))
     assert 0.0 <= threshold <= 1.0 and math.isfinite(single) and (threshold == 0.0) == (single == 0.0)
+    assert math.copysign(1.0, threshold) == 1.0  # -0.0 kept its sign, read back as "-0.0" (run 119)
 
 
 #: text at the byte and character limits: 4-byte characters, combining marks, lone surrogates, NUL

@@ -76,7 +76,8 @@ def parse_threshold(value: Any) -> float | None:
         return None
     if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= float(value) <= 1.0:
         raise errors.BadRequest("voice_threshold must be a number in [0, 1] or null", code="invalid_threshold")
-    return round(float(value), 4)  # stored as float4: a value it cannot hold (5e-324) would fail there
+    # stored as float4: a value it cannot hold (5e-324) would fail there; -0.0 was kept and shown as "-0.0" (run 119)
+    return round(float(value), 4) + 0.0
 
 
 def create(con: Connection, owner: User, name: str, supports_open: bool, max_owned: int) -> str:
