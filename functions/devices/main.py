@@ -151,9 +151,12 @@ def get_me(ctx: Ctx) -> JsonBody:
 def leave_everything(ctx: Ctx) -> Result:
     """The devices side of deleting an account: the app calls it (and ``DELETE /embed/enrollment``) before it deletes
     the Firebase account; 409 ``owns_locks`` while the user owns a lock."""
-    user = app_user(ctx)
+    user, now = app_user(ctx), rt.now()
+    # as Firebase Auth asks before it deletes the account: a refresh token taken from her phone took her off every
+    # lock she was a member of, for their admins to invite her again
+    users.require_recent_sign_in(user, now, "leaving every lock")
     with rt.db.transaction() as con:
-        locks.leave_every_lock(con, user.uid, rt.now(), caller=user)
+        locks.leave_every_lock(con, user.uid, now, caller=user)
     rt.flush_mirror()
     return flask.Response(status=204)
 

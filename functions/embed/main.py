@@ -103,6 +103,9 @@ def enrollment_status(ctx: Ctx) -> JsonBody:
 def delete_voice_data(ctx: Ctx) -> Result:
     user = app_user(ctx)
     since = ctx.unmodified_since()
+    # as Firebase Auth asks before it deletes the account: a refresh token taken from her phone erased her voice,
+    # every door of hers shut to her until she enrolled again
+    users.require_recent_sign_in(user, rt.now(), "deleting voice data")
     with rt.db.transaction() as con:
         # as committed now (attack runs 79 and 81: the account's maker, a revoked session, erased the owner's voice);
         # after the account has left every lock too, which the app asks first

@@ -47,3 +47,27 @@ def test_a_session_signed_in_to_long_ago_gives_no_door_away_until_its_user_signs
     offered = devices.post(f"/devices/locks/{lock}/transfer", json={"uid": world.uid("admin")}, headers=fresh)
     assert offered.status_code == 202, offered.get_json()
     assert devices.delete(f"/devices/locks/{lock}", headers=fresh).status_code == 204
+
+
+def test_a_session_signed_in_to_long_ago_cannot_shut_its_user_out_either(
+    clients: dict[str, Any], world: World, stack_env: dict[str, str]
+) -> None:
+    """What Firebase Auth asks a recent sign-in for before it deletes an account: leaving every lock and deleting
+    voice data. From a taken refresh token each shut the member out: off every lock, for its admins to invite her
+    again, and her voice gone until she enrolled again. Refused, nothing is changed."""
+    devices, embed, lock = clients["devices"], clients["embed"], world.lock_id
+    member = world.uid("member")
+    long_ago = int(time.time()) - 30 * 24 * 3600
+    admin_call(stack_env, "accounts:update", {"localId": member, "validSince": str(long_ago - 60)})
+    old = bearer(emulator_token(member, signed_in_age_s=int(time.time()) - long_ago))
+    refused = {
+        "leave every lock": devices.delete("/devices/me", headers=old),
+        "delete voice data": embed.delete("/embed/enrollment", headers=old),
+    }
+    for what, resp in refused.items():
+        assert _code(resp) == (401, "recent_sign_in_required"), (what, resp.get_json())
+    fresh = bearer(sign_in(stack_env["FIREBASE_AUTH_EMULATOR_HOST"], world.accounts["member"]["email"]))
+    assert devices.get(f"/devices/locks/{lock}", headers=fresh).status_code == 200  # still a member
+    assert embed.delete("/embed/enrollment", headers=fresh).status_code == 204
+    assert devices.delete("/devices/me", headers=fresh).status_code == 204
+    assert devices.get(f"/devices/locks/{lock}", headers=fresh).status_code == 404
