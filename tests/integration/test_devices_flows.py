@@ -1157,10 +1157,22 @@ def test_the_relays_flush_deletes_audit_rows_kept_past_their_time(world: World, 
         a=actor,
         d=retention.AUDIT_KEPT_DAYS,
     )
+    # the counts of refused requests a row points to beyond its first few (``audit.record_denied``) are kept as
+    # long as the row: they were deleted at 90 days, and a year's review found rows whose counts were gone
+    db_rows(
+        "INSERT INTO audit_denial_counts (actor, lock_id, action, minute, n) VALUES"
+        " (:a, CAST(:l AS uuid), 'lock.update', date_trunc('minute', now()) - make_interval(days => :d + 1), 7),"
+        " (:a, CAST(:l AS uuid), 'lock.update', date_trunc('minute', now()) - make_interval(days => :d - 1), 5)",
+        a=actor,
+        l=world.lock_id,
+        d=retention.AUDIT_KEPT_DAYS,
+    )
     token = {"X-LockWise-Service-Token": stack_env["LOCKWISE_SERVICE_TOKEN"]}
     assert world.devices.post("/devices/relay/flush", headers=token).status_code == 200
     kept = db_rows("SELECT action, at > now() - interval '1 day' FROM audit_log WHERE actor = :a ORDER BY at", a=actor)
     assert [tuple(row) for row in kept] == [("lock.create", False), ("lock.update", True)]
+    counts = db_rows("SELECT n FROM audit_denial_counts WHERE actor = :a", a=actor)
+    assert [row[0] for row in counts] == [5]
 
 
 def test_an_owner_or_admin_changing_a_lock_in_a_loop_is_held_to_a_budget_of_their_own(world: World) -> None:

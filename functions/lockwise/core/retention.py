@@ -45,8 +45,6 @@ REFUSED_MIRROR_WRITES_KEPT_DAYS = 30
 #: database's still takes it as valid for that lag, and it was left out of the list at once (attack run 80); the
 #: flush then deletes its row
 EXPIRED_REVOCATIONS_LISTED_DAYS = 1
-#: refused requests' counts per minute (``lockwise.core.audit.record_denied``; the first few are in the audit log)
-DENIAL_COUNTS_KEPT_DAYS = 90
 #: days a command is kept after it expired (acknowledged, failed or never carried out: it is no longer sent once its
 #: expiry has passed); then ``GET .../commands/{id}`` is a 404. They were kept as long as their lock: a member may add
 #: 30 a minute at one lock, 43,200 a day (attack run 32)
@@ -64,6 +62,10 @@ INVITATIONS_KEPT_DAYS = 30
 #: (attack run 54: a row for every command and membership change, naming an account and a lock, those of deleted
 #: accounts and locks too); the database refuses to delete a row under a year old (migration 0066)
 AUDIT_KEPT_DAYS = 400
+#: refused requests' counts per minute (``lockwise.core.audit.record_denied``; the first few are in the audit log,
+#: whose rows point to them): as long as those rows. They were kept 90 days, and a year's review of the log found
+#: rows pointing to counts that were gone (attack run 120's leftover)
+DENIAL_COUNTS_KEPT_DAYS = AUDIT_KEPT_DAYS
 
 #: rows deleted per table and flush, at most: one statement stays well inside the request path's statement limit
 #: (``db.STATEMENT_TIMEOUT_S``) however large a backlog grew while the flush did not run (a relay outage, a longer
