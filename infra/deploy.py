@@ -451,7 +451,10 @@ def firebase(t: Target) -> list[Command]:
             )
     cli = str(Path.home() / ".cache" / "lockwise" / "firebase-tools" / "node_modules" / ".bin" / "firebase")
     return [
-        ["bash", str(REPO / "infra" / "console" / "build.sh")],  # the web console's SDK bundle, from pinned versions
+        # the web console's SDK bundle made again from the pinned versions (npm ci checks package-lock's hashes),
+        # whatever a stamp says: it is git-ignored, and no release names it (attack run 124)
+        ["bash", str(REPO / "infra" / "console" / "build.sh"), "--fresh"],
+        [sys.executable, "-m", "infra.hosting_site"],  # the console's files alone, or nothing is uploaded
         [
             cli,
             "deploy",

