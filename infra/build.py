@@ -221,13 +221,64 @@ def main(argv: list[str] | None = None) -> int:
 RELEASE_FILE = "RELEASE"
 
 
+#: what the deploy adds to a bundle after its build: the ONNX export, in the voice bundles' ``model/``
+ADDED_AFTER_BUILD: dict[str, tuple[str, ...]] = {name: ("model/",) for name in VOICE_FUNCTIONS}
+
+
+def changes(name: str, out: Path, *, added_under: tuple[str, ...] = ()) -> list[str]:
+    """How the bundle ``out`` of ``name`` differs from its ``bundle.json``: each file changed, missing or not listed
+    (but those under ``added_under``), or a manifest that is not the one ``infra.build`` wrote for ``name``."""
+    try:
+        manifest = json.loads((out / "bundle.json").read_text())
+        listed: dict[str, str] = manifest["files"]
+        made_for = manifest["function"]
+        if not isinstance(listed, dict):
+            raise TypeError(type(listed).__name__)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        return [f"{_shown(out)} has no bundle.json infra.build wrote ({type(exc).__name__}): build it again"]
+    if made_for != name:
+        return [f"{_shown(out)} is the bundle of {made_for!r}, not of {name!r}"]
+    found = {
+        str(p.relative_to(out)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in out.rglob("*")
+        if p.is_file() and p != out / "bundle.json"
+    }
+    said = [
+        f"{name}/{file} changed since its build"
+        for file in sorted(found)
+        if listed.get(file, found[file]) != found[file]
+    ]
+    said += [f"{name}/{file} is missing" for file in sorted(listed.keys() - found.keys())]
+    said += [
+        f"{name}/{file} was added since its build"
+        for file in sorted(found.keys() - listed.keys())
+        if not file.startswith(added_under)
+    ]
+    return said
+
+
+def _unchanged(parent: Path, names: tuple[str, ...], added: dict[str, tuple[str, ...]]) -> bool:
+    """Whether each bundle of ``names`` under ``parent`` holds what its manifest lists (and what ``added`` allows
+    beside it); if not, how it differs is written to stderr."""
+    found = [line for name in names for line in changes(name, parent / name, added_under=added.get(name, ()))]
+    if found:
+        shown = "; ".join(found[:10]) + (f" and {len(found) - 10} more" if len(found) > 10 else "")
+        sys.stderr.write(f"build: {parent} holds bundles other than built: {shown}. Run the build step again\n")
+    return not found
+
+
 def record_release(parent: Path, release: str) -> int:
     """Record that the bundles under ``parent`` are ``release``: the deploy's build step, once everything of it
     succeeded (recorded first, a model export that failed after it left bundles without their model passed the
-    check: attack run 66). 1 while a target is missing."""
+    check: attack run 66). 1 while a target is missing, or holds a file changed, missing or added since its build
+    but the ONNX export the deploy copies into the voice bundles' ``model/`` (attack run 124: the manifests were
+    written again from whatever the folders held, so a file edited between the build and this step was recorded as
+    the release's)."""
     missing = [name for name in TARGETS if not (parent / name).is_dir()]
     if missing:
         sys.stderr.write(f"build: {parent} lacks {', '.join(missing)}: build everything first\n")
+        return 1
+    if not _unchanged(parent, TARGETS, ADDED_AFTER_BUILD):
         return 1
     for name in TARGETS:  # listed again: the deploy copied the ONNX export into the voice bundles after their build
         write_manifest(name, parent / name)
@@ -236,15 +287,18 @@ def record_release(parent: Path, release: str) -> int:
 
 
 def expect_release(parent: Path, release: str) -> int:
-    """0 when the bundles under ``parent`` were built for ``release``; else 1, saying so: functions are deployed from
-    these folders whatever release the deploy is told, and a step run from another checkout's build deployed its
-    code under this release's name (attack run 65)."""
+    """0 when the bundles under ``parent`` were built for ``release`` and hold what their manifests list, no more;
+    else 1, saying so: functions are deployed from these folders whatever release the deploy is told, and a step run
+    from another checkout's build deployed its code under this release's name (attack run 65); a file of a bundle
+    edited, added or removed after the build step (a patched module, a ``.pyc`` its hash-checked source no longer
+    matches, a model file) was deployed under the release's name, its build's commit not what ran (attack run
+    124)."""
     recorded = parent / RELEASE_FILE
     built = recorded.read_text().strip() if recorded.exists() else "nothing recorded"
     if built != release:
         sys.stderr.write(f"build: {parent} holds release {built}, not {release}: run the build step first\n")
         return 1
-    return 0
+    return 0 if _unchanged(parent, TARGETS, {}) else 1
 
 
 if __name__ == "__main__":

@@ -101,3 +101,58 @@ def test_a_build_ships_only_the_pinned_model_files(tmp_path: Path) -> None:
     (ge2e / "ge2e.npz").write_bytes(weights)
     (vad / "silero_vad_16k_sequence.onnx").write_bytes(b"another graph")
     refused("Silero VAD's graph")
+
+
+def test_a_bundle_changed_after_its_build_is_neither_recorded_nor_deployed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Attack run 124: the deploy's record step listed each bundle's files again from whatever the folders held, and
+    the functions step checked the release's name alone, so a file of .build edited, added or removed after the build
+    (a module patched in place, a ``.pyc`` whose hash-checked source still matches, a stray model) was deployed under
+    the release's name, its commit not what ran. Now the record step takes nothing but the ONNX export the deploy
+    copies into the voice bundles' model/, and the functions step nothing its manifest does not list."""
+    parent = tmp_path / "build"
+    for name in build.TARGETS:
+        if name == "devices":
+            build.build(name, parent / name)  # as built: bytecode and hashed requirements
+        else:
+            (parent / name / "lockwise").mkdir(parents=True)
+            (parent / name / "lockwise" / "x.py").write_text("X = 1\n")
+            build.write_manifest(name, parent / name)
+    pyc = next((parent / "devices" / "lockwise" / "core").glob("__pycache__/config.*.pyc"))
+    for voice in build.VOICE_FUNCTIONS:
+        (parent / voice / "model").mkdir()
+        (parent / voice / "model" / "ecapa.onnx").write_bytes(b"graph")
+    (parent / "devices" / "model.onnx").write_bytes(b"not the deploy's")
+    assert build.record_release(parent, "r1") == 1
+    assert "devices/model.onnx was added since its build" in capsys.readouterr().err
+    (parent / "devices" / "model.onnx").unlink()
+    original = pyc.read_bytes()
+    pyc.write_bytes(original[:16] + b"\0" + original[17:])  # same header: the source's hash still matches
+    assert build.record_release(parent, "r1") == 1
+    assert f"devices/{pyc.relative_to(parent / 'devices')} changed since its build" in capsys.readouterr().err
+    assert not (parent / build.RELEASE_FILE).exists()
+    pyc.write_bytes(original)
+    assert build.record_release(parent, "r1") == 0  # the export copied into embed and verify is theirs
+    assert build.expect_release(parent, "r1") == 0
+
+    def refused(said: str) -> None:
+        assert build.expect_release(parent, "r1") == 1
+        assert said in capsys.readouterr().err
+
+    module = parent / "relay" / "lockwise" / "x.py"
+    module.write_text("X = 2\n")
+    refused("relay/lockwise/x.py changed since its build")
+    module.write_text("X = 1\n")
+    (parent / "verify" / "model" / "ecapa.data").write_bytes(b"weights")  # after the record: not the release's
+    refused("verify/model/ecapa.data was added since its build")
+    (parent / "verify" / "model" / "ecapa.data").unlink()
+    module.unlink()
+    refused("relay/lockwise/x.py is missing")
+    module.write_text("X = 1\n")
+    shutil.copy(parent / "embed" / "bundle.json", parent / "verify" / "bundle.json")
+    refused("is the bundle of 'embed', not of 'verify'")
+    (parent / "verify" / "bundle.json").unlink()
+    refused("has no bundle.json infra.build wrote")
+    build.write_manifest("verify", parent / "verify")
+    assert build.expect_release(parent, "r1") == 0

@@ -245,6 +245,7 @@ def test_functions_are_deployed_only_from_bundles_built_for_their_release(tmp_pa
     assert build.main(["--out", str(tmp_path), "--record-release", "abc"]) == 1  # nor recorded: bundles missing
     for name in build.TARGETS:
         (tmp_path / name).mkdir()
+        build.write_manifest(name, tmp_path / name)
     (tmp_path / "verify" / "model").mkdir()
     (tmp_path / "verify" / "model" / "ecapa.onnx").write_bytes(b"graph")  # copied in by the deploy after the build
     assert build.main(["--out", str(tmp_path), "--record-release", "abc"]) == 0
