@@ -24,7 +24,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from infra import pin_hashes
+from infra import pin_hashes, pins
 
 REPO = Path(__file__).resolve().parents[1]
 FUNCTIONS_DIR = REPO / "functions"
@@ -81,9 +81,12 @@ def build(name: str, out: Path) -> Path:
             f"{name}: not building a bundle that would ship {named}: only {', '.join(SHIPPED)} (and caches, left out)"
             " belong in its source folders; move or delete them"
         )
-    # each pin with the hashes of the files it may install: pip checks them (hash-checking mode) where it deploys
+    # each pin with the hashes of the files it may install: pip checks them (hash-checking mode) where it deploys,
+    # and takes wheels alone: a source archive's build dependencies would be fetched and run unchecked (attack run
+    # 124: the recorded source archives were taken wherever pip chose one, a platform without a wheel for a pin)
     requirements = out / "requirements.txt"
-    requirements.write_text(pin_hashes.with_hashes(requirements.read_text(), pin_hashes.load()))
+    options = "".join(f"{option}\n" for option in pins.INSTALL_OPTIONS)
+    requirements.write_text(options + pin_hashes.with_hashes(requirements.read_text(), pin_hashes.load()))
     if name in VOICE_FUNCTIONS:
         if not (GE2E_DIR / "manifest.json").is_file():
             raise SystemExit(f"{GE2E_DIR} is missing: run ./dev setup (it exports the GE2E weights there)")

@@ -35,6 +35,10 @@ FILES = (
     REPO / "infra" / "bundles" / "migrate" / "requirements.txt",
     REPO / "requirements-dev.txt",
 )
+#: the options a bundle's ``requirements.txt`` opens with (``infra.build``), which pip reads and this module passes
+#: over: hash-checking mode whatever the lines below carry, and wheels only, since pip builds a source archive with
+#: build dependencies it fetches unchecked by any hash (pypa/pip#13984; attack run 124)
+INSTALL_OPTIONS = ("--require-hashes", "--only-binary :all:")
 MARK = "# ---- below: what the requirements above need, as tested (python -m infra.pins --write; do not edit) ----"
 
 
@@ -70,6 +74,8 @@ def read_head(path: Path) -> Head:
             continue
         if line.startswith("-r "):
             head.includes.append((path.parent / line[3:].strip()).resolve())
+        elif line in INSTALL_OPTIONS:
+            continue
         elif line.startswith("-"):
             raise PinError(f"{path}: {line!r}: only requirements and -r are read here")
         else:

@@ -6,11 +6,13 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from infra import build
+from infra import build, pins
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -156,3 +158,30 @@ def test_a_bundle_changed_after_its_build_is_neither_recorded_nor_deployed(
     refused("has no bundle.json infra.build wrote")
     build.write_manifest("verify", parent / "verify")
     assert build.expect_release(parent, "r1") == 0
+
+
+def test_a_bundle_installs_wheels_alone_each_checked_by_its_hash(tmp_path: Path) -> None:
+    """Attack run 124: infra.pin_hashes records each pin's source archive beside its wheels, and pip's hash-checking
+    mode checks the archive but not the build dependencies it then fetches to build it, and runs (pypa/pip#13984): on
+    a platform without a wheel for a pin, a deploy ran whatever the index served as setuptools or maturin. A bundle's
+    requirements now open with --require-hashes and --only-binary :all:, which pip reads from the file (the
+    Dockerfiles and Cloud Run's buildpack alike): offered a source archive alone, it takes none, never reaching its
+    hash. Asked of pip itself, offline."""
+    out = build.build("migrate", tmp_path / "migrate")
+    wanted = pins.installs(out / "requirements.txt")  # the rehearsal's reader passes the options over
+    assert wanted == pins.installs(build.REPO / "infra" / "bundles" / "migrate" / "requirements.txt")
+    archives = tmp_path / "archives"
+    archives.mkdir()
+    for name, version in wanted.items():
+        (archives / f"{name}-{version}.tar.gz").write_bytes(b"a source archive, built by running its code")
+    pip = [sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed", "--no-index", "--no-cache-dir"]
+    tried = subprocess.run(
+        [*pip, "--disable-pip-version-check", "--find-links", str(archives), "-r", "requirements.txt"],
+        cwd=out,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert tried.returncode != 0
+    assert "DO NOT MATCH THE HASHES" not in tried.stderr, tried.stderr[-2000:]  # the archive was never taken
+    assert "No matching distribution found" in tried.stderr, tried.stderr[-2000:]
