@@ -224,6 +224,8 @@ def main(argv: list[str] | None = None) -> int:
 RELEASE_FILE = "RELEASE"
 
 
+#: the speaker model's source files, pinned by SHA-256 (``infra.model.fetch``): the ONNX export is of its weights
+MODEL_LOCK = REPO / "infra" / "model" / "ecapa-voxceleb.lock.json"
 #: what the deploy adds to a bundle after its build: the ONNX export, in the voice bundles' ``model/``
 ADDED_AFTER_BUILD: dict[str, tuple[str, ...]] = {name: ("model/",) for name in VOICE_FUNCTIONS}
 
@@ -276,17 +278,55 @@ def record_release(parent: Path, release: str) -> int:
     check: attack run 66). 1 while a target is missing, or holds a file changed, missing or added since its build
     but the ONNX export the deploy copies into the voice bundles' ``model/`` (attack run 124: the manifests were
     written again from whatever the folders held, so a file edited between the build and this step was recorded as
-    the release's)."""
+    the release's), or while the export is not of the pinned weights (``export_problems``)."""
     missing = [name for name in TARGETS if not (parent / name).is_dir()]
     if missing:
         sys.stderr.write(f"build: {parent} lacks {', '.join(missing)}: build everything first\n")
         return 1
     if not _unchanged(parent, TARGETS, ADDED_AFTER_BUILD):
         return 1
+    wrong = export_problems(parent, MODEL_LOCK)
+    if wrong:
+        sys.stderr.write(f"build: not recording {parent}: {'; '.join(wrong)}\n")
+        return 1
     for name in TARGETS:  # listed again: the deploy copied the ONNX export into the voice bundles after their build
         write_manifest(name, parent / name)
     (parent / RELEASE_FILE).write_text(release + "\n")
     return 0
+
+
+def export_problems(parent: Path, lock_file: Path) -> list[str]:
+    """Why the ONNX export the deploy copied into the voice bundles' ``model/`` is not this release's: one bundle
+    carries it and another not, or another one; its manifest names other weights (``model_id``, the start of the
+    SHA-256 of ``embedding_model.ckpt``) than ``lock_file`` pins. Attack run 124: whatever the deploy found in
+    ``model/`` was listed and recorded, an export made from other weights (a test's random model, a stale export of
+    another pin) too; the functions check the export's files against its own manifest alone. An export rewritten with
+    a manifest naming the pinned weights is still not caught here."""
+    folders = {name: parent / name / "model" for name in VOICE_FUNCTIONS}
+    exports = {
+        name: {
+            str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in folder.rglob("*")
+            if p.is_file()
+        }
+        for name, folder in folders.items()
+        if folder.is_dir()
+    }
+    if not exports:
+        return []  # the GE2E export alone: no ECAPA model deployed
+    if len(exports) < len(folders) or len({json.dumps(files, sort_keys=True) for files in exports.values()}) > 1:
+        return [f"{' and '.join(VOICE_FUNCTIONS)} do not carry one ONNX export in model/: copy the same into each"]
+    lock = json.loads(lock_file.read_text())
+    pinned = (lock.get("files") or {}).get("embedding_model.ckpt")
+    if not pinned:
+        return [f"{_shown(lock_file)} pins no embedding_model.ckpt: the export's weights are no pinned ones"]
+    try:
+        model_id = json.loads((folders[VOICE_FUNCTIONS[0]] / "manifest.json").read_text()).get("model_id")
+    except (OSError, ValueError, AttributeError) as exc:
+        return [f"the ONNX export in model/ has no manifest infra.model.export_onnx wrote ({type(exc).__name__})"]
+    if model_id != f"ecapa-{pinned[:16]}":
+        return [f"the ONNX export in model/ is of the weights {model_id!r}, not the pinned ecapa-{pinned[:16]}"]
+    return []
 
 
 def expect_release(parent: Path, release: str) -> int:

@@ -105,8 +105,25 @@ def test_a_build_ships_only_the_pinned_model_files(tmp_path: Path) -> None:
     refused("Silero VAD's graph")
 
 
+def copy_export(parent: Path, *, model_id: str, into: tuple[str, ...] = build.VOICE_FUNCTIONS) -> None:
+    """What the deploy copies into the voice bundles after their build: an ONNX export naming its weights."""
+    for voice in into:
+        (parent / voice / "model").mkdir(exist_ok=True)
+        (parent / voice / "model" / "ecapa.onnx").write_bytes(b"graph")
+        (parent / voice / "model" / "manifest.json").write_text(json.dumps({"model_id": model_id}))
+
+
+@pytest.fixture
+def pinned_weights(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The model_id of the weights a lock file pins (the checkout's pins none until a build machine records them)."""
+    lock = tmp_path / "ecapa.lock.json"
+    lock.write_text(json.dumps({"revision": "0" * 40, "files": {"embedding_model.ckpt": "c0ffee" * 10 + "abcd"}}))
+    monkeypatch.setattr(build, "MODEL_LOCK", lock)
+    return "ecapa-c0ffeec0ffeec0ff"
+
+
 def test_a_bundle_changed_after_its_build_is_neither_recorded_nor_deployed(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], pinned_weights: str
 ) -> None:
     """Attack run 124: the deploy's record step listed each bundle's files again from whatever the folders held, and
     the functions step checked the release's name alone, so a file of .build edited, added or removed after the build
@@ -122,9 +139,7 @@ def test_a_bundle_changed_after_its_build_is_neither_recorded_nor_deployed(
             (parent / name / "lockwise" / "x.py").write_text("X = 1\n")
             build.write_manifest(name, parent / name)
     pyc = next((parent / "devices" / "lockwise" / "core").glob("__pycache__/config.*.pyc"))
-    for voice in build.VOICE_FUNCTIONS:
-        (parent / voice / "model").mkdir()
-        (parent / voice / "model" / "ecapa.onnx").write_bytes(b"graph")
+    copy_export(parent, model_id=pinned_weights)
     (parent / "devices" / "model.onnx").write_bytes(b"not the deploy's")
     assert build.record_release(parent, "r1") == 1
     assert "devices/model.onnx was added since its build" in capsys.readouterr().err
@@ -185,3 +200,37 @@ def test_a_bundle_installs_wheels_alone_each_checked_by_its_hash(tmp_path: Path)
     assert tried.returncode != 0
     assert "DO NOT MATCH THE HASHES" not in tried.stderr, tried.stderr[-2000:]  # the archive was never taken
     assert "No matching distribution found" in tried.stderr, tried.stderr[-2000:]
+
+
+def test_the_onnx_export_recorded_is_one_of_the_pinned_weights(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], pinned_weights: str
+) -> None:
+    """Attack run 124: the record step listed whatever the deploy had copied into the voice bundles' model/, and the
+    functions check an export's files against the manifest beside them alone, so an export made from other weights (a
+    test's random model, a stale export of another pin, in .build/model-onnx or copied by hand) was recorded and
+    deployed as the release's; and embed and verify could carry different ones. Now the record needs one export in
+    both, naming the weights the lock file pins."""
+    parent = tmp_path / "build"
+    for name in build.TARGETS:
+        (parent / name).mkdir(parents=True)
+        build.write_manifest(name, parent / name)
+
+    def refused(said: str) -> None:
+        assert build.record_release(parent, "r1") == 1
+        assert said in capsys.readouterr().err
+        assert not (parent / build.RELEASE_FILE).exists()
+
+    copy_export(parent, model_id="ecapa-0123456789abcdef")  # the random test model's, say
+    refused("is of the weights 'ecapa-0123456789abcdef', not the pinned ecapa-c0ffeec0ffeec0ff")
+    copy_export(parent, model_id=pinned_weights, into=("embed",))
+    refused("embed and verify do not carry one ONNX export")
+    (parent / "verify" / "model" / "manifest.json").unlink()
+    refused("embed and verify do not carry one ONNX export")
+    (parent / "embed" / "model" / "manifest.json").unlink()
+    refused("has no manifest infra.model.export_onnx wrote")
+    copy_export(parent, model_id=pinned_weights)
+    assert build.record_release(parent, "r1") == 0
+    assert build.expect_release(parent, "r1") == 0
+    build.MODEL_LOCK.write_text(json.dumps({"revision": None, "files": {"embedding_model.ckpt": None}}))
+    (parent / build.RELEASE_FILE).unlink()
+    refused("pins no embedding_model.ckpt")

@@ -236,7 +236,9 @@ def test_a_release_is_the_commit_and_says_when_what_is_built_differs_from_it(
     assert release_of(tmp_path) == changed  # what git ignores (fetched models) is not read
 
 
-def test_functions_are_deployed_only_from_bundles_built_for_their_release(tmp_path: Path) -> None:
+def test_functions_are_deployed_only_from_bundles_built_for_their_release(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Functions are deployed from ``.build`` whatever release the deploy is told: a step run with another release,
     or after another checkout's build, deployed that code under this release's name (attack run 65). The build records
     its release; the functions step checks it first."""
@@ -247,12 +249,17 @@ def test_functions_are_deployed_only_from_bundles_built_for_their_release(tmp_pa
     for name in build.TARGETS:
         (tmp_path / name).mkdir()
         build.write_manifest(name, tmp_path / name)
-    (tmp_path / "verify" / "model").mkdir()
-    (tmp_path / "verify" / "model" / "ecapa.onnx").write_bytes(b"graph")  # copied in by the deploy after the build
+    lock = tmp_path / "pins.json"  # the export's weights, pinned (attack run 124)
+    lock.write_text(json.dumps({"files": {"embedding_model.ckpt": "ab" * 32}}))
+    monkeypatch.setattr(build, "MODEL_LOCK", lock)
+    for voice in build.VOICE_FUNCTIONS:  # copied in by the deploy after the build
+        (tmp_path / voice / "model").mkdir()
+        (tmp_path / voice / "model" / "ecapa.onnx").write_bytes(b"graph")
+        (tmp_path / voice / "model" / "manifest.json").write_text(json.dumps({"model_id": "ecapa-" + "ab" * 8}))
     assert build.main(["--out", str(tmp_path), "--record-release", "abc"]) == 0
     assert build.expect_release(tmp_path, "abc") == 0
     listed = json.loads((tmp_path / "verify" / "bundle.json").read_text())["files"]
-    assert listed == {"model/ecapa.onnx": hashlib.sha256(b"graph").hexdigest()}  # attack run 101: it was not listed
+    assert listed["model/ecapa.onnx"] == hashlib.sha256(b"graph").hexdigest()  # attack run 101: it was not listed
     assert build.main(["--out", str(tmp_path), "--expect-release", "def"]) == 1  # builds nothing
     assert (tmp_path / build.RELEASE_FILE).exists()
     assert build.main(["devices", "--out", str(tmp_path / "devices")]) == 0  # any build: no release recorded
