@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from infra import firebase_tools
 from infra.build import VOICE_FUNCTIONS as VOICE
 from infra.deploy_config import (
     MIGRATE,
@@ -449,14 +450,15 @@ def firebase(t: Target) -> list[Command]:
                 f"firebase.json rewrites {source} to {service or 'no Cloud Run service'} in {region or 'no region'}:"
                 f" Hosting must send it to one of {', '.join(sorted(public))} in {t.region} (edit firebase.json)"
             )
-    cli = str(Path.home() / ".cache" / "lockwise" / "firebase-tools" / "node_modules" / ".bin" / "firebase")
     return [
         # the web console's SDK bundle made again from the pinned versions (npm ci checks package-lock's hashes),
         # whatever a stamp says: it is git-ignored, and no release names it (attack run 124)
         ["bash", str(REPO / "infra" / "console" / "build.sh"), "--fresh"],
         [sys.executable, "-m", "infra.hosting_site"],  # the console's files alone, or nothing is uploaded
+        # the CLI npm ci installed from infra/local/firebase-tools' lock file, where ./dev setup put it (attack run 124)
+        [sys.executable, "-m", "infra.firebase_tools"],
         [
-            cli,
+            str(firebase_tools.cli()),
             "deploy",
             "--only",
             "firestore:rules,firestore:indexes,hosting",
