@@ -51,6 +51,21 @@ SHIPPED = ("*.py", "*.sql", "requirements.txt", "Dockerfile")
 CACHES = ("__pycache__", "*.pyc", ".mypy_cache", ".pytest_cache", ".ruff_cache", ".hypothesis", ".import_linter_cache")
 
 
+#: the folders (relative to the checkout) whose files a bundle ships, as ``SHIPPED`` and ``CACHES`` say
+SOURCE_FOLDERS = (*(f"functions/{name}/" for name in (*FUNCTIONS, "lockwise")), "mqtt_relay/", "infra/bundles/")
+
+
+def ships(relative: str) -> bool:
+    """Whether a build ships the file at ``relative`` (a path in the checkout, with ``/``): one of a source folder's
+    kinds of file, in no hidden folder or cache (the models are checked apart: ``check_models``)."""
+    parts = relative.split("/")
+    return (
+        relative.startswith(SOURCE_FOLDERS)
+        and not any(part.startswith(".") or any(fnmatch.fnmatch(part, c) for c in CACHES) for part in parts)
+        and any(fnmatch.fnmatch(parts[-1], kind) for kind in SHIPPED)
+    )
+
+
 def build(name: str, out: Path) -> Path:
     """Write the bundle of ``name`` into ``out`` (replaced if it exists); return ``out``.
 

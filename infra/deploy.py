@@ -27,6 +27,7 @@ from urllib.parse import urlsplit
 
 from infra import firebase_tools
 from infra.build import VOICE_FUNCTIONS as VOICE
+from infra.build import ships
 from infra.deploy_config import (
     MIGRATE,
     ROLES,
@@ -146,7 +147,8 @@ def release_of(repo: Path) -> str:
     """The checkout's commit (12 hex digits), and ``-dirty-`` and a hash of what differs from it when a bundled file
     does (files not added yet too: a new migration not committed was built in, untold; each dirty state its own
     name: two of one commit were one release, attack run 66): what ``build`` tags its images with and every step
-    deploys. Files git ignores (the models ``./dev setup`` fetches) are not read. ``DeployConfigError`` outside a git
+    deploys. Files git ignores are not read (the models ``./dev setup`` fetches, which the build checks), but those the
+    build ships. ``DeployConfigError`` outside a git
     checkout or without git (give ``--release``)."""
     # this checkout is read whoever owns it (git refuses another user's as "dubious ownership": a CI container's)
     git = ["git", "-c", f"safe.directory={repo}", "-C", str(repo)]
@@ -158,12 +160,15 @@ def release_of(repo: Path) -> str:
         commit = out("rev-parse", "--short=12", "HEAD").decode().strip()
         changed = out("diff", "HEAD", "--binary", "--", *BUNDLED_PATHS)
         added = out("ls-files", "--others", "--exclude-standard", "-z", "--", *BUNDLED_PATHS).split(b"\0")
+        ignored = out("ls-files", "--others", "--ignored", "--exclude-standard", "-z", "--", *BUNDLED_PATHS)
     except OSError as exc:  # no git program (a slim CI image): not the same fix as a folder that is no checkout
         raise DeployConfigError(f"git could not be run ({exc.strerror}): install it, or give --release") from exc
     except subprocess.CalledProcessError as exc:
         said = exc.stderr.decode(errors="replace").strip().splitlines()[-1:] or ["no message"]
         raise DeployConfigError(f"{repo} is not a git checkout git can read ({said[0]}): give --release") from exc
-    names = sorted(name for name in added if name)
+    # a file git ignores that the build ships all the same (a rule in .git/info/exclude or the user's core.excludesFile
+    # read by no one else: attack run 124) is part of what the release names, as an added one is
+    names = sorted([name for name in added if name] + [n for n in ignored.split(b"\0") if n and ships(n.decode())])
     if not changed and not names:
         return commit
     digest = hashlib.sha256(changed)

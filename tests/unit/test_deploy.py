@@ -236,6 +236,36 @@ def test_a_release_is_the_commit_and_says_when_what_is_built_differs_from_it(
     assert release_of(tmp_path) == changed  # what git ignores (fetched models) is not read
 
 
+def test_a_file_git_ignores_that_the_build_ships_makes_the_release_dirty(tmp_path: Path) -> None:
+    """Attack run 124: the release read no file git ignores, but git reads rules no one else shares (the checkout's
+    .git/info/exclude, the user's core.excludesFile), and a module ignored so was built into the bundles under the
+    clean commit's name, which no other checkout of it builds. Caches and the fetched models stay unread."""
+    from infra.deploy import release_of
+
+    def git(*args: str) -> str:
+        done = subprocess.run(["git", "-C", str(tmp_path), *args], capture_output=True, text=True, check=True)
+        return done.stdout.strip()
+
+    git("init", "-q")
+    (tmp_path / "functions" / "lockwise" / "core").mkdir(parents=True)
+    (tmp_path / "functions" / "lockwise" / "core" / "config.py").write_text("DEBUG = False\n")
+    git("add", "functions")
+    git("-c", "user.email=t@example.com", "-c", "user.name=t", "commit", "-q", "-m", "one")
+    commit = git("rev-parse", "--short=12", "HEAD")
+    (tmp_path / ".git" / "info").mkdir(exist_ok=True)
+    (tmp_path / ".git" / "info" / "exclude").write_text("local_*.py\n__pycache__/\nfunctions/models/\n")
+    (tmp_path / "functions" / "lockwise" / "core" / "__pycache__").mkdir()
+    (tmp_path / "functions" / "lockwise" / "core" / "__pycache__" / "config.cpython-311.pyc").write_bytes(b"x")
+    (tmp_path / "functions" / "models").mkdir()
+    (tmp_path / "functions" / "models" / "weights.py").write_text("not shipped from here\n")
+    assert release_of(tmp_path) == commit
+    (tmp_path / "functions" / "lockwise" / "core" / "local_settings.py").write_text("DEBUG = True\n")
+    ignored = release_of(tmp_path)
+    assert ignored.startswith(f"{commit}-dirty-")
+    (tmp_path / "functions" / "lockwise" / "core" / "local_settings.py").write_text("DEBUG = 2\n")
+    assert release_of(tmp_path) not in (commit, ignored)
+
+
 def test_functions_are_deployed_only_from_bundles_built_for_their_release(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
