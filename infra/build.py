@@ -157,7 +157,9 @@ def check_models(ge2e_dir: Path, vad_dir: Path | None) -> None:
 
 def _shipped_only(strays: list[Path]) -> Callable[[str, list[str]], set[str]]:
     """A ``copytree`` ignore that leaves caches out and everything else but ``SHIPPED`` too, noting it in ``strays``:
-    a hidden folder whole (a ``.venv``), any other folder file by file."""
+    a hidden folder whole (a ``.venv``), any other folder file by file, and a symbolic link, whatever it names (attack
+    run 124: a link named ``*.py`` shipped its target's bytes, from wherever it pointed, while the release hashed the
+    link)."""
 
     def ignore(folder: str, names: list[str]) -> set[str]:
         left_out = set()
@@ -165,7 +167,10 @@ def _shipped_only(strays: list[Path]) -> Callable[[str, list[str]], set[str]]:
             path = Path(folder) / name
             if any(fnmatch.fnmatch(name, cache) for cache in CACHES):
                 left_out.add(name)
-            elif path.is_dir() and not path.is_symlink():
+            elif path.is_symlink():  # its target's bytes would ship, read from outside what the release names
+                left_out.add(name)
+                strays.append(path)
+            elif path.is_dir():
                 if name.startswith("."):
                     left_out.add(name)
                     strays.append(path)

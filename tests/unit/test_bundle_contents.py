@@ -60,6 +60,18 @@ def test_a_file_that_is_not_the_bundles_source_stops_its_build_by_name(
     assert not out.exists()
 
 
+def test_a_symbolic_link_in_the_source_stops_the_build_by_name(source: Path, tmp_path: Path) -> None:
+    """Attack run 124: copytree follows links, so a link named like a module shipped the bytes of whatever it named
+    (a file in a home folder, another checkout's), where the release names the link's text alone."""
+    elsewhere = tmp_path / "elsewhere.py"
+    elsewhere.write_text("OPEN_EVERY_DOOR = True\n")
+    (source / "functions" / "lockwise" / "core" / "overrides.py").symlink_to(elsewhere)
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit, match="functions/lockwise/core/overrides.py"):
+        build.build("devices", out)
+    assert not out.exists()
+
+
 def test_caches_tools_leave_in_the_source_are_left_out_of_the_bundle(source: Path, tmp_path: Path) -> None:
     for cache in (
         "functions/devices/.pytest_cache/v/cache/nodeids",
