@@ -471,6 +471,10 @@ def firebase(t: Target) -> list[Command]:
             t.project,
             "--config",
             str(REPO / "firebase.json"),
+            # Hosting's release history names what it serves (attack run 124: the rules and the console went up
+            # from the working tree with nothing saying which commit, or that it was dirty)
+            "--message",
+            f"LockWise {t.release}",
             "--non-interactive",
         ],
     ]

@@ -81,11 +81,11 @@ def test_an_sdk_bundle_changed_after_its_build_is_built_again(checkout: Path) ->
 def test_the_deploy_bundles_the_sdk_afresh_and_uploads_the_console_alone(checkout: Path) -> None:
     """The deploy's Hosting step makes the bundle again from the pinned versions whatever a stamp says (a stamp and a
     bundle rewritten together pass any check of one against the other), then checks the site holds the console's
-    files alone, before firebase-tools uploads it."""
+    files alone, before firebase-tools uploads it with a message naming the release (Hosting's history named none)."""
     assert run_build(checkout) == 0 and npm_runs(checkout) == 1
     assert run_build(checkout, "--fresh") == 0 and npm_runs(checkout) == 2
     assert run_build(checkout, "--anything") == 2 and npm_runs(checkout) == 2
-    args = ["firebase", "--project", "lockwise-prod", "--region", "europe-west1", "--dry-run"]
+    args = ["firebase", "--project", "lockwise-prod", "--region", "europe-west1", "--release", "r7", "--dry-run"]
     planned = subprocess.run(
         [sys.executable, "-m", "infra.deploy", *args], cwd=REPO, capture_output=True, text=True, timeout=60, check=True
     )
@@ -93,6 +93,7 @@ def test_the_deploy_bundles_the_sdk_afresh_and_uploads_the_console_alone(checkou
     assert steps[0] == ["bash", str(REPO / "infra" / "console" / "build.sh"), "--fresh"]
     assert steps[1] == [sys.executable, "-m", "infra.hosting_site"]
     assert steps[-1][1] == "deploy"
+    assert steps[-1][steps[-1].index("--message") + 1] == "LockWise r7"  # Hosting's history names the release
 
 
 @pytest.mark.parametrize(
