@@ -327,8 +327,17 @@ def _execute_job(t: Target, *args: str) -> Command:
     return [*cmd, *([f"--args={','.join(args)}"] if args else []), "--wait"]
 
 
+def _built(t: Target) -> Command:
+    """The check that the build step recorded ``t.release`` in ``.build`` over bundles unchanged since (``infra.build
+    --expect-release``). The images are pushed before that step's last command, the record: a build that failed
+    after them (an export of other weights, a bundle changed since its build, a failed parity check) left this
+    release's relay and migration images in the registry, and the ``migrate`` and ``relay`` steps, which read no
+    record, deployed them (attack run 124)."""
+    return [sys.executable, "-m", "infra.build", "--out", str(REPO / ".build"), "--expect-release", t.release]
+
+
 def migrate(t: Target) -> list[Command]:
-    return [_migrate_job(t), _execute_job(t)]
+    return [_built(t), _migrate_job(t), _execute_job(t)]
 
 
 def schema_check(t: Target) -> list[Command]:
@@ -364,9 +373,7 @@ def _service_flags(t: Target, spec: ServiceSpec) -> Command:
 
 def functions(t: Target) -> list[Command]:
     # deployed from .build whatever release this is told: the bundles there must be this release's
-    cmds: list[Command] = [
-        [sys.executable, "-m", "infra.build", "--out", str(REPO / ".build"), "--expect-release", t.release]
-    ]
+    cmds: list[Command] = [_built(t)]
     cmds += schema_check(t)
     for spec in SERVICES:
         if spec.function is None:
@@ -403,6 +410,7 @@ def relay(t: Target) -> list[Command]:
     spec = next(s for s in SERVICES if s.name == "lockwise-relay")
     flags = _service_flags(t, spec)
     return [
+        _built(t),
         *schema_check(t),
         [
             "gcloud",
@@ -506,11 +514,13 @@ PLANS = {
 
 
 def plan(component: str, target: Target) -> list[Command]:
-    """The commands that deploy ``component`` (or all, in order); the migration job deployed once a plan."""
+    """The commands that deploy ``component`` (or all, in order); the migration job deployed, and the build's record
+    checked, once a plan."""
     names = COMPONENTS if component == "all" else (component,)
     cmds: list[Command] = []
+    once = (["gcloud", "run", "jobs", "deploy"], _built(target)[:4])
     for cmd in (cmd for name in names for cmd in PLANS[name](target)):
-        if cmd[:4] == ["gcloud", "run", "jobs", "deploy"] and cmd in cmds:
+        if cmd[:4] in once and cmd in cmds:
             continue
         cmds.append(cmd)
     return cmds

@@ -266,6 +266,26 @@ def test_a_file_git_ignores_that_the_build_ships_makes_the_release_dirty(tmp_pat
     assert release_of(tmp_path) not in (commit, ignored)
 
 
+@pytest.mark.parametrize("component", ["migrate", "functions", "relay", "all"])
+def test_no_image_or_bundle_is_deployed_for_a_release_its_build_step_did_not_record(component: str) -> None:
+    """Attack run 124: the build step pushes the relay's and the migration job's images before its last command
+    records the release, so a build that failed after them (an export of other weights, a bundle changed since its
+    build) left the release's images in the registry, and the migrate and relay steps, which read no record, deployed
+    them. Each step that deploys this release's code first checks the build step recorded it, once a plan."""
+    cmds = dry_run(component, "--release", "r1")
+    expect = [sys.executable, "-m", "infra.build", "--out", str(REPO / ".build"), "--expect-release", "r1"]
+    assert cmds.count(expect) == 1
+    deploys = [
+        i
+        for i, c in enumerate(cmds)
+        if c[:3] == ["gcloud", "run", "deploy"] or c[:4] == ["gcloud", "run", "jobs", "deploy"]
+    ]
+    assert deploys and cmds.index(expect) < deploys[0]
+    if component == "all":  # after the build step records it
+        record = next(i for i, c in enumerate(cmds) if "--record-release" in c)
+        assert record < cmds.index(expect)
+
+
 def test_functions_are_deployed_only_from_bundles_built_for_their_release(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
