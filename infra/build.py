@@ -126,13 +126,20 @@ def write_manifest(name: str, out: Path) -> None:
     (out / "bundle.json").write_text(json.dumps(manifest, indent=2) + "\n")
 
 
+#: the files a model folder ships, each read by its loader and checked here (VAD's graph: the file its manifest names);
+#: any other file there stops the build by name (attack run 124: the folders, git-ignored, were copied whole)
+GE2E_FILES = ("manifest.json", "ge2e.npz", "cohort.json", "cohort.npz")
+VAD_FILES = ("manifest.json", "LICENSE")
+
+
 def check_models(ge2e_dir: Path, vad_dir: Path | None) -> None:
     """Stop the build unless the model files it ships are the ones their manifests name and were made from the pinned
     sources: GE2E's export says it came from resemblyzer's pinned weights, its weights and cohort are the files its
     manifests hash (the cohort made for this export), Silero VAD's graph is the pinned file itself. The files are
     git-ignored and were copied unchecked, under the checkout's release tag (attack run 101): a stale export, another
     model's cohort or a graph from elsewhere shipped. An export rewritten with a manifest made to match is not caught
-    here (the npz is not byte-reproducible); ``./dev setup`` checks its parity with resemblyzer when it exports."""
+    here (the npz is not byte-reproducible); ``./dev setup`` checks its parity with resemblyzer when it exports. A
+    file in either folder that is none of these stops the build too: the folders are copied whole (``GE2E_FILES``)."""
     from infra.model import ge2e_export, vad_export  # numpy and the encoder: only where a voice bundle is built
 
     def sha256(path: Path) -> str:
@@ -151,6 +158,13 @@ def check_models(ge2e_dir: Path, vad_dir: Path | None) -> None:
         found["Silero VAD's graph"] = (sha256(vad_dir / str(vad.get("file"))), vad_export.PINNED_SHA256)
         found["the VAD manifest"] = (vad.get("sha256"), vad_export.PINNED_SHA256)
     wrong = [f"{what}: {got} is not {pinned}" for what, (got, pinned) in found.items() if got != pinned]
+    named = {ge2e_dir: set(GE2E_FILES)} | ({vad_dir: {*VAD_FILES, str(vad.get("file"))}} if vad_dir is not None else {})
+    wrong += [
+        f"{_shown(path)} is no file the model's manifests name"
+        for folder, files in named.items()
+        for path in sorted(folder.rglob("*"))
+        if not (path.parent == folder and path.name in files and path.is_file() and not path.is_symlink())
+    ]
     if wrong:
         raise SystemExit("not building with model files other than the pinned ones: " + "; ".join(wrong))
 

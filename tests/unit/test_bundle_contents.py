@@ -246,3 +246,21 @@ def test_the_onnx_export_recorded_is_one_of_the_pinned_weights(
     build.MODEL_LOCK.write_text(json.dumps({"revision": None, "files": {"embedding_model.ckpt": None}}))
     (parent / build.RELEASE_FILE).unlink()
     refused("pins no embedding_model.ckpt")
+
+
+@pytest.mark.parametrize(
+    "stray",
+    ["ge2e/rejected-1.wav", "ge2e/ge2e.npz.bak", "ge2e/old/ge2e.npz", "vad/silero_vad.onnx", "vad/.env"],
+)
+def test_a_file_no_model_manifest_names_stops_the_build_by_name(tmp_path: Path, stray: str) -> None:
+    """Attack run 124: the model folders are git-ignored and were copied whole into the voice bundles, checked by
+    the files their manifests name alone, so anything else left there (a recording, a backup of other weights, a
+    .env) shipped unchecked under the release's name, though attack run 101 meant them to ship those files only."""
+    ge2e, vad = tmp_path / "ge2e", tmp_path / "vad"
+    shutil.copytree(build.GE2E_DIR, ge2e)
+    shutil.copytree(build.VAD_DIR, vad)
+    build.check_models(ge2e, vad)
+    (tmp_path / stray).parent.mkdir(parents=True, exist_ok=True)
+    (tmp_path / stray).write_bytes(b"not the model's")
+    with pytest.raises(SystemExit, match=f"{tmp_path / stray} is no file the model's manifests name"):
+        build.check_models(ge2e, vad)
