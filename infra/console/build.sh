@@ -8,6 +8,7 @@
 # as current (attack run 124).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+root=$(pwd)
 fresh=0
 case "${1:-}" in
   --fresh) fresh=1 ;;
@@ -26,9 +27,12 @@ command -v npm >/dev/null 2>&1 || { echo "the web console needs npm to bundle th
 echo "bundling the Firebase JS SDK for the web console (npm ci + esbuild, versions pinned in infra/console)" >&2
 mkdir -p "$dir" infra/hosting/vendor
 rm -f "$out" "$out.sha256" "$dir/.stamp"
-cp infra/console/package.json infra/console/package-lock.json "$dir/"
+cp infra/console/package.json infra/console/package-lock.json infra/console/firebase-sdk.js "$dir/"
 (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
-NODE_PATH="$dir/node_modules" "$dir/node_modules/.bin/esbuild" infra/console/firebase-sdk.js --bundle \
-  --format=esm --minify --log-level=warning --outfile="$out"
+# bundled from $dir, beside the node_modules npm ci just made: from the checkout, esbuild looked for the SDK in every
+# node_modules above infra/console first (git-ignored: an `npm install` run at the repository's root) and in NODE_PATH
+# last, and bundled whatever firebase it met first (attack run 124)
+(cd "$dir" && node_modules/.bin/esbuild firebase-sdk.js --bundle --format=esm --minify --log-level=warning \
+  --outfile="$root/$out")
 made > "$out.sha256"
 echo "$want" > "$dir/.stamp"

@@ -5,6 +5,7 @@ writes what it was asked to bundle), so the script's decisions are tested withou
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import shutil
@@ -16,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from infra import hosting_site
+from infra.local.services import TOOLS_HOME
 
 REPO = Path(__file__).resolve().parents[2]
 BUILT = "bundled by the pinned esbuild\n"
@@ -24,6 +26,7 @@ for arg in "$@"; do case "$arg" in --outfile=*) printf '{BUILT.strip()}\\n' > "$
 """
 FAKE_NPM = f"""#!/bin/sh
 echo run >> "$NPM_RUNS"
+if [ -n "$INSTALLED" ]; then ln -s "$INSTALLED" node_modules; exit 0; fi  # the tree npm ci made for ./dev
 mkdir -p node_modules/.bin
 cat > node_modules/.bin/esbuild <<'ESBUILD'
 {FAKE_ESBUILD}ESBUILD
@@ -44,11 +47,13 @@ def checkout(tmp_path: Path) -> Path:
     return repo
 
 
-def run_build(repo: Path, *args: str) -> int:
-    """The script's exit status; how many times it ran npm is in ``npm-runs``."""
+def run_build(repo: Path, *args: str, installed: Path | None = None) -> int:
+    """The script's exit status; how many times it ran npm is in ``npm-runs``. ``installed``: the node_modules npm
+    ci puts in the tools' folder is that one (the pinned esbuild and SDK ./dev installed), not a stand-in."""
     tmp = repo.parent
     env = {
         **os.environ,
+        "INSTALLED": str(installed or ""),
         "PATH": f"{tmp / 'bin'}:{os.environ['PATH']}",
         "LOCKWISE_TOOLS_HOME": str(tmp / "tools"),
         "NPM_RUNS": str(tmp / "npm-runs"),
@@ -130,3 +135,35 @@ def test_the_checkouts_site_is_the_console_alone() -> None:
     ).stdout.split()
     shown = {name.removeprefix("infra/hosting/") for name in tracked if "/." not in f"/{name}"}
     assert shown == set(hosting_site.SERVED) - {"vendor/firebase.js"}
+
+
+#: what infra/console/firebase-sdk.js takes from the SDK's auth and firestore
+SDK_NAMES = {
+    "auth": ("connectAuthEmulator", "createUserWithEmailAndPassword", "getAuth", "onAuthStateChanged")
+    + ("signInWithEmailAndPassword", "signOut"),
+    "firestore": ("collection", "connectFirestoreEmulator", "doc", "getFirestore", "limit", "onSnapshot", "orderBy")
+    + ("query", "where"),
+}
+PLANTED = """export const initializeApp = () => "a firebase found above the checkout's console folder";
+export const getApp = initializeApp;
+"""
+
+
+def test_the_sdk_bundled_is_the_one_npm_ci_installed_whatever_node_modules_the_checkout_holds(checkout: Path) -> None:
+    """Attack run 124: esbuild bundled infra/console/firebase-sdk.js where it lies, so it looked for the SDK in each
+    node_modules above it first (the checkout's root: git-ignored, left by an `npm install` run there) and in the
+    NODE_PATH of the pinned install last: a firebase found there was bundled and uploaded, the release clean. Run with
+    the pinned esbuild and SDK ./dev installed (./dev test installs them: a machine without fails here, loudly)."""
+    installed = TOOLS_HOME / "console-node" / "node_modules"
+    assert (installed / ".bin" / "esbuild").is_file(), "the console's esbuild and SDK (./dev setup)"
+    planted = checkout / "node_modules" / "firebase"
+    planted.mkdir(parents=True)
+    exports = {f"./{part}": f"./{part}.js" for part in ("app", "auth", "firestore")}
+    (planted / "package.json").write_text(json.dumps({"name": "firebase", "version": "0.0.0", "exports": exports}))
+    (planted / "app.js").write_text(PLANTED)
+    for part, names in SDK_NAMES.items():
+        (planted / f"{part}.js").write_text("".join(f"export const {name} = () => 0;\n" for name in names))
+    assert run_build(checkout, installed=installed) == 0
+    bundle = (checkout / "infra" / "hosting" / "vendor" / "firebase.js").read_text()
+    assert "found above the checkout" not in bundle
+    assert len(bundle) > 100_000  # the SDK itself
