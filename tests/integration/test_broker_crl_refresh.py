@@ -226,3 +226,29 @@ def test_a_newer_list_that_drops_a_revocation_of_the_last_day_is_kept_out_and_sa
     source.body = crl(ca, [(serial_of(stolen), now)], now + dt.timedelta(minutes=2)).encode()
     assert refresh(broker, source, tmp_path).returncode == 0 and reloads(tmp_path) == 2
     assert not connects(broker, stolen, identity_of(stolen))
+
+
+def test_a_list_left_cut_short_by_a_refresh_that_was_stopped_is_replaced(
+    own_broker: Broker, source: CrlSource, tmp_path: Path
+) -> None:
+    """A refresh stopped while it wrote the list (the host shut down, systemd's stop, power lost before the page
+    cache reached the disk) left the installed file cut short: ``install`` unlinks the old list and copies the new one
+    over. Every later refresh then failed reading the installed list's number, exit 1 each minute, and installed
+    nothing: no revocation reached the broker again, and the next restart met a list it cannot read (attack run
+    126). A list the broker cannot read is taken as none: the fetched one, signed and current, is installed."""
+    broker = own_broker
+    ca = LockCa.from_pem(broker.lock_ca_pem)
+    stolen = broker.client_files("lk-crl-cut", tmp_path / "stolen")
+    now = dt.datetime.now(dt.UTC)
+    source.body = crl(ca, [], now).encode()
+    assert refresh(broker, source, tmp_path).returncode == 0 and reloads(tmp_path) == 1
+    installed = broker.crl_file.read_bytes()
+    broker.crl_file.write_bytes(installed[: len(installed) // 2])  # what the stopped copy left
+
+    source.body = crl(ca, [(serial_of(stolen), now)], now + dt.timedelta(minutes=1)).encode()  # paired again since
+    done = refresh(broker, source, tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "could not be read" in done.stderr, done.stderr
+    assert broker.crl_file.read_bytes() == source.body and reloads(tmp_path) == 2
+    assert not connects(broker, stolen, identity_of(stolen)), "revoked and reloaded: refused"
+    assert not list(broker.crl_file.parent.glob(f"{broker.crl_file.name}.*"))  # its own files renamed or removed
