@@ -496,6 +496,22 @@ def test_the_relays_share_group_is_random_per_database_and_one(fresh_db: Databas
         con.close()
 
 
+def test_the_server_gives_up_on_a_client_gone_silent_as_the_clients_kernel_does(fresh_db: Database) -> None:
+    """A session-level advisory lock is the relay's slot (``mqtt_relay.slots``): a replica whose host vanished (its
+    link gone, then killed: no FIN reached the server) held it for the server's TCP keepalive, 2 h 11 min by Linux's
+    default, and no live replica emptied its abandoned MQTT session, which the broker keeps an hour with its share of
+    every lock's events (attack run 126, reproduced with the holder in a network namespace whose link was taken down:
+    the slot was still held 150 s on; free 62 s after the link went now). Every connection asks the server to probe
+    as its own socket does (``db.KEEPALIVE_IDLE_S``)."""
+    assert fresh_db.params.unix_sock is None  # over TCP: a unix socket's connection reads these as 0
+    con = fresh_db.connect()
+    try:
+        shown = [con.run(f"SHOW tcp_keepalives_{name}")[0][0] for name in ("idle", "interval", "count")]
+        assert shown == ["30", "10", "3"]  # as ``db.tcp_socket`` sets its own: silent for a minute, given up
+    finally:
+        con.close()
+
+
 def test_audit_log_is_append_only(fresh_db: Database) -> None:
     con = fresh_db.connect()
     migrate.apply(con)

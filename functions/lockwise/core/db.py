@@ -170,6 +170,16 @@ TERMINATE_MARGIN_S = 0.5
 #: for the server's TCP keepalive (2 h by default). Far above the longest wait inside one (verify's forward pass,
 #: ``FORWARD_WAIT_S``, 20 s).
 IDLE_IN_TRANSACTION_S = 60.0
+#: a TCP path idle this long is probed, every ``KEEPALIVE_INTERVAL_S``, and given up after ``KEEPALIVE_PROBES``
+#: unanswered: by the client's kernel (``tcp_socket``) and, asked at each connection's start, by the server's
+#: (``tcp_keepalives_*``), which otherwise keeps a vanished client's session for its own default, 2 h 11 min on Linux.
+#: A relay replica whose host vanished (its link gone, then killed: no FIN reached the server) held its slot's
+#: session-level advisory lock so, and no live replica emptied its abandoned MQTT session, where the broker queues a
+#: share of every lock's events, before that session's expiry (an hour) dropped them (attack run 126: the slot was
+#: still held 150 s on; free ~70 s after the host went now)
+KEEPALIVE_IDLE_S = 30
+KEEPALIVE_INTERVAL_S = 10
+KEEPALIVE_PROBES = 3
 #: "cached plan must not change result type" (a table the statement reads was altered), "prepared statement does
 #: not exist"
 STALE_PLAN = frozenset({"0A000", "26000"})
@@ -215,7 +225,11 @@ def tcp_socket(host: str, port: int, timeout_s: float) -> socket.socket:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
     # a path gone silent is found by the kernel within ~a minute of idling (Linux's default waits 2 h before the
     # first probe); the pool's poll then sees the socket's error without a round trip
-    for option, value in (("TCP_KEEPIDLE", 30), ("TCP_KEEPINTVL", 10), ("TCP_KEEPCNT", 3)):
+    for option, value in (
+        ("TCP_KEEPIDLE", KEEPALIVE_IDLE_S),
+        ("TCP_KEEPINTVL", KEEPALIVE_INTERVAL_S),
+        ("TCP_KEEPCNT", KEEPALIVE_PROBES),
+    ):
         try:
             sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, option), value)
         except (AttributeError, OSError):  # a platform without it keeps its own timers: no reason to refuse
@@ -287,6 +301,10 @@ class Database:
             "plan_cache_mode": "force_custom_plan",
             "statement_timeout": f"{round(self.statement_timeout_s * 1000)}",
             "idle_in_transaction_session_timeout": f"{round(IDLE_IN_TRANSACTION_S * 1000)}",
+            # the server probes a silent client too (a unix socket's connection ignores these)
+            "tcp_keepalives_idle": str(KEEPALIVE_IDLE_S),
+            "tcp_keepalives_interval": str(KEEPALIVE_INTERVAL_S),
+            "tcp_keepalives_count": str(KEEPALIVE_PROBES),
         }
         # without TLS, say so: pg8000's default (None) builds a CA-loading context (~30 ms) and asks the server for
         # TLS first (one more round trip) on every connection, then goes on in the clear when it is refused
