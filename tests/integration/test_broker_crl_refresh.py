@@ -251,4 +251,29 @@ def test_a_list_left_cut_short_by_a_refresh_that_was_stopped_is_replaced(
     assert "could not be read" in done.stderr, done.stderr
     assert broker.crl_file.read_bytes() == source.body and reloads(tmp_path) == 2
     assert not connects(broker, stolen, identity_of(stolen)), "revoked and reloaded: refused"
-    assert not list(broker.crl_file.parent.glob(f"{broker.crl_file.name}.*"))  # its own files renamed or removed
+    left = {p.name for p in broker.crl_file.parent.glob(f"{broker.crl_file.name}.*")}
+    assert left == {f"{broker.crl_file.name}.loaded"}  # its own files renamed or removed, but what it signalled for
+
+
+def test_a_list_a_stopped_refresh_installed_without_signalling_mosquitto_is_loaded_by_the_next(
+    own_broker: Broker, source: CrlSource, tmp_path: Path
+) -> None:
+    """A refresh stopped after it put the list in place and before it signalled Mosquitto (or whose signal failed)
+    left the list on disk and not loaded: every later run found the fetched list the same as the installed one and
+    exited 0, so a revoked certificate went on connecting until the next revocation anywhere or the broker's restart
+    (attack run 126). A list is taken as loaded once Mosquitto was signalled for it."""
+    broker = own_broker
+    ca = LockCa.from_pem(broker.lock_ca_pem)
+    stolen = broker.client_files("lk-crl-unsignalled", tmp_path / "stolen")
+    now = dt.datetime.now(dt.UTC)
+    source.body = crl(ca, [], now).encode()
+    assert refresh(broker, source, tmp_path).returncode == 0 and reloads(tmp_path) == 1
+    source.body = crl(ca, [(serial_of(stolen), now)], now + dt.timedelta(minutes=1)).encode()  # paired again since
+    broker.crl_file.write_bytes(source.body)  # what the stopped run put in place, unsignalled
+    assert connects(broker, stolen, identity_of(stolen)), "not loaded yet"
+
+    done = refresh(broker, source, tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert reloads(tmp_path) == 2
+    assert not connects(broker, stolen, identity_of(stolen)), "revoked and reloaded: refused"
+    assert refresh(broker, source, tmp_path).returncode == 0 and reloads(tmp_path) == 2  # loaded: no reload again
