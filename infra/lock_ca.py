@@ -91,17 +91,32 @@ def main(argv: list[str] | None = None) -> int:
     # there, they kept its mode, 0644 (attack run 57)
     if args.command == "init":
         args.out.mkdir(parents=True, exist_ok=True)
-        if (args.out / "lock-ca.pem").exists():  # every lock's certificate and the relays' stand on it
-            sys.stderr.write(f"{args.out}/lock-ca.pem exists: a new lock CA goes to another directory\n")
-            return 1
+        ca_file, cert_file = args.out / "lock-ca.pem", args.out / "lock-ca.crt"
+        if ca_file.exists():  # every lock's certificate and the relays' stand on it
+            cert = LockCa.from_pem(ca_file.read_text()).cert_pem()
+            if cert_file.exists() and cert_file.read_text() == cert:
+                sys.stderr.write(f"{ca_file} exists: a new lock CA goes to another directory\n")
+                return 1
+            # a run stopped after the CA and before its certificate left the broker none, and every later run
+            # refused (attack run 126): the CA there is kept, its certificate written
+            _write_whole(cert_file, cert)
+            sys.stdout.write(f"{cert_file} written from the lock CA already in {args.out} (no new CA made)\n")
+            return 0
         pem = new_ca(project=args.project)  # a devices function of another deployment refuses it (attack run 116)
-        write_private(args.out / "lock-ca.pem", pem)
-        (args.out / "lock-ca.crt").write_text(LockCa.from_pem(pem).cert_pem())
-        sys.stdout.write(f"lock CA written to {args.out}/lock-ca.pem (secret) and lock-ca.crt (for the broker)\n")
+        write_private(ca_file, pem)
+        _write_whole(cert_file, LockCa.from_pem(pem).cert_pem())
+        sys.stdout.write(f"lock CA written to {ca_file} (secret) and lock-ca.crt (for the broker)\n")
     else:
         write_private(args.out, json.dumps(relay_certs(args.ca.read_text(), args.slots, args.days), indent=2))
         sys.stdout.write(f"{args.slots} relay certificates written to {args.out}\n")
     return 0
+
+
+def _write_whole(path: Path, text: str) -> None:
+    """``text`` into ``path`` (a certificate: public), renamed into place, so it is never left cut short."""
+    new = path.with_name(f".{path.name}.new")
+    new.write_text(text)
+    new.replace(path)
 
 
 if __name__ == "__main__":

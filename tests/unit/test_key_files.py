@@ -32,6 +32,24 @@ def test_a_new_ca_is_its_users_only_is_never_made_over_another_and_has_a_name_of
     assert len(names) == 2
 
 
+def test_an_init_stopped_before_it_wrote_the_certificate_is_finished_by_the_next(tmp_path: Path) -> None:
+    """``init`` wrote the CA's key and certificate (``lock-ca.pem``), then its certificate alone (``lock-ca.crt``,
+    the broker's); stopped between the two, it left no certificate for the broker, and every later ``init`` refused
+    as the CA was there, naming no way on (attack run 126). The next one writes the certificate of the CA there, and
+    makes no new CA; a certificate cut short is written again."""
+    out = tmp_path / "ca"
+    assert lock_ca.main(["init", "--out", str(out), "--project", "acme-prod"]) == 0
+    kept = (out / "lock-ca.pem").read_text()
+    (out / "lock-ca.crt").unlink()  # what a run stopped between the two left
+    assert lock_ca.main(["init", "--out", str(out), "--project", "acme-prod"]) == 0
+    assert (out / "lock-ca.pem").read_text() == kept  # no new CA
+    assert (out / "lock-ca.crt").read_text() == LockCa.from_pem(kept).cert_pem()
+    (out / "lock-ca.crt").write_text(LockCa.from_pem(kept).cert_pem()[:100])  # cut short
+    assert lock_ca.main(["init", "--out", str(out), "--project", "acme-prod"]) == 0
+    assert (out / "lock-ca.crt").read_text() == LockCa.from_pem(kept).cert_pem()
+    assert lock_ca.main(["init", "--out", str(out), "--project", "acme-prod"]) == 1  # both there: refused as before
+
+
 def test_the_relays_certificates_are_their_users_only_over_a_file_already_there(tmp_path: Path) -> None:
     assert lock_ca.main(["init", "--out", str(tmp_path), "--project", "acme-prod"]) == 0
     target = tmp_path / "relay-certs.json"
