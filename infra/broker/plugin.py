@@ -34,6 +34,19 @@ def compile_command(out: Path | str, source: Path | str = SOURCE) -> list[str]:
     return ["cc", "-shared", "-fPIC", "-O2", "-Wall", "-Wextra", "-o", str(out), str(source)]
 
 
+def install_script(target: str) -> str:
+    """Shell lines that compile the plugin from the source beside the script into ``target``: written beside it and
+    renamed into place, so a build stopped midway (a host shut down, a compiler killed, a full disk) leaves the
+    plugin Mosquitto loaded before whole. Compiled straight into place, such a build left it cut short, and
+    Mosquitto did not start at its next restart (attack run 126's leftover)."""
+    partial = f"{target}.partial.$$"
+    compile_line = " ".join(compile_command(f'"{partial}"', f'"$(dirname "$0")/{SOURCE.name}"'))
+    return (
+        f"mkdir -p {Path(target).parent}\ntrap 'rm -f \"{partial}\"' EXIT\n{compile_line}\n"
+        f'chmod 755 "{partial}"\nmv -f "{partial}" {target}\n'
+    )
+
+
 def build(folder: Path) -> Path:
     """The plugin compiled into ``folder`` (once per version of its source: the file's name carries its hash)."""
     missing = [str(h) for h in HEADERS if not h.exists()]

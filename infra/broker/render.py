@@ -159,11 +159,9 @@ def main(argv: list[str] | None = None) -> int:
     # the subscription plugin's source, and the build that puts it where mosquitto.conf loads it from
     (args.out / plugin.SOURCE.name).write_bytes(plugin.SOURCE.read_bytes())
     build = args.out / "build-lockwise-acl"
-    compile_line = " ".join(plugin.compile_command(plugin.PROD_PATH, f'"$(dirname "$0")/{plugin.SOURCE.name}"'))
     build.write_text(
         "#!/bin/sh\n# Mosquitto's subscription check (lockwise_acl.c): run on the broker host before starting it\n"
-        f"set -eu\napt-get install -y {' '.join(plugin.PACKAGES)}\nmkdir -p {Path(plugin.PROD_PATH).parent}\n"
-        f"{compile_line}\n"
+        f"set -eu\napt-get install -y {' '.join(plugin.PACKAGES)}\n{plugin.install_script(plugin.PROD_PATH)}"
     )
     build.chmod(0o755)
     rules = "\n".join(f'{{allow, {{username, "{n}"}}, all, ["{TOPIC_ROOT}/#"]}}.' for n in relay_identities())

@@ -458,6 +458,37 @@ def test_deploy_flags_and_the_rehearsal_render_one_environment() -> None:
     assert "LOCKWISE_REHEARSAL" not in "\n".join(" ".join(c) for c in cmds)
 
 
+def test_a_plugin_build_stopped_midway_leaves_the_plugin_mosquitto_loads_whole(tmp_path: Path) -> None:
+    """The broker host's ``build-lockwise-acl`` compiled straight into the path Mosquitto loads: a build stopped
+    midway (a host shut down, the compiler killed, a full disk) left the plugin cut short, and Mosquitto did not
+    start at its next restart (attack run 126's leftover). Run here with a compiler that writes half a file and
+    fails, then one that succeeds: the plugin in place is the old one whole, then the new one."""
+    from infra.broker import plugin
+
+    target = tmp_path / "lib" / "lockwise_acl.so"
+    target.parent.mkdir()
+    target.write_bytes(b"the plugin loaded before")
+    (tmp_path / "lockwise_acl.c").write_text("/* source */\n")
+    script = tmp_path / "build-lockwise-acl"
+    script.write_text("#!/bin/sh\nset -eu\n" + plugin.install_script(str(target)))
+    script.chmod(0o755)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake_cc = bin_dir / "cc"  # writes its -o file, then ends as told
+    fake_cc.write_text(
+        '#!/bin/sh\nwhile [ "$1" != "-o" ]; do shift; done\nprintf "$CC_WRITES" > "$2"\nexit "$CC_EXIT"\n'
+    )
+    fake_cc.chmod(0o755)
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin"}
+    stopped = subprocess.run([str(script)], env={**env, "CC_WRITES": "half a", "CC_EXIT": "1"}, check=False)
+    assert stopped.returncode != 0
+    assert target.read_bytes() == b"the plugin loaded before"
+    assert sorted(p.name for p in target.parent.iterdir()) == ["lockwise_acl.so"]  # no partial left
+    built = subprocess.run([str(script)], env={**env, "CC_WRITES": "the new plugin", "CC_EXIT": "0"}, check=False)
+    assert built.returncode == 0 and target.read_bytes() == b"the new plugin"
+    assert target.stat().st_mode & 0o777 == 0o755
+
+
 def test_the_broker_can_be_rendered_to_take_tls_1_3_alone(tmp_path: Path) -> None:
     """``render --min-tls 1.3``: in TLS 1.2 a lock's certificate, its identity and serial, crosses the network in
     clear (left by stop 66); Mosquitto's ``tls_version`` and EMQX's ``versions`` then take 1.3 alone. 1.2 and 1.3
@@ -567,7 +598,7 @@ def test_the_broker_knows_nothing_per_lock_and_every_relay_slot(tmp_path: Path) 
     assert relayed == "lockwise/+/state,lockwise/+/ack,lockwise/+/status"
     assert (tmp_path / "lockwise_acl.c").read_bytes() == plugin.SOURCE.read_bytes()
     build = (tmp_path / "build-lockwise-acl").read_text()
-    assert "-o /usr/local/lib/mosquitto/lockwise_acl.so" in build and "mosquitto-dev" in build
+    assert plugin.install_script(plugin.PROD_PATH) in build and "mosquitto-dev" in build
     acl = (tmp_path / "acl").read_text()
     assert [line for line in acl.splitlines() if line.startswith("user ")] == [
         f"user lockwise-relay-{slot}" for slot in range(1, RELAY_SLOTS + 1)
