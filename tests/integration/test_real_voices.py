@@ -22,7 +22,7 @@ from infra.voice import corpus as corpus_builder
 from lockwise.voice import audio
 from lockwise.voice.model.encoder import CALIBRATIONS, Encoder, open_encoder
 from tests.devices_world import World, bearer, build_world, verify_as_a_lock
-from tests.voices import CORPUS_CACHE, wideband_dir
+from tests.voices import CORPUS_CACHE, pcm_json, wideband_dir
 
 pytestmark = pytest.mark.model
 GE2E = CALIBRATIONS["ge2e"]
@@ -246,6 +246,52 @@ def test_enrollment_refuses_a_voice_that_would_lose_the_user_a_door(
     # someone who shares no lock with her is not compared (enrollment is not a search of everyone's voice)
     alone = enroll("stranger", "allison", 5)
     assert alone.status_code == 201 and alone.get_json()["not_scored_at"] == []
+
+
+def test_an_enrollment_of_two_peoples_takes_is_refused_naming_the_others(
+    ge2e_env: dict[str, str], make_client: Any, sign_up: Any, encoder: Encoder
+) -> None:
+    """Three takes of Allison and two of June, recorded at a phone's band and sent at 44.1 kHz: every pair agrees
+    over the floor (two like voices), so the pairwise check took them, and the voiceprint let June in at the door as
+    the account's user, where Allison's own let her in on none (attack run 123: 40 % of her attempts over the
+    corpus's wideband enrollments so made). The samples split into two voices: 422 naming June's, nothing stored;
+    Allison's five takes enroll."""
+    from lockwise.core.config import Settings
+    from lockwise.voice import scoring, verification
+    from lockwise.voice.model.encoder import load_scorer, policy
+    from lockwise.voice.model.resample import resample
+
+    def takes(speaker: str) -> list[Any]:
+        return [resample(x, r, audio.DEFAULT_RATE) for x, r in bandwidth.clips(wideband_dir(), speaker, 30)]
+
+    allison, june = takes("allison"), takes("june")
+    mixed = [allison[0], june[8], allison[1], june[9], allison[2]]
+    embedded = np.stack([encoder.embed(x, audio.DEFAULT_RATE) for x in mixed])
+    assert scoring.agreement(embedded)[0] >= GE2E.agreement  # what the pairwise check alone took
+    settings = Settings.from_env({"LOCKWISE_MODE": "local"}, component="verify")
+    scorer = load_scorer(settings, encoder)
+    rules = policy(settings, encoder, normalised=scorer.normalised)
+    shared = scoring.voiceprint(embedded)[np.newaxis, :]
+    own = scoring.voiceprint(np.stack([encoder.embed(x, audio.DEFAULT_RATE) for x in allison[:5]]))[np.newaxis, :]
+
+    def let_in(prints: Any) -> int:
+        probes = [encoder.embed(x, audio.DEFAULT_RATE) for x in june[20:30]]
+        return sum(verification.decide(*scorer.scores(p, prints), rules).accepted for p in probes)
+
+    assert let_in(shared) >= 3 and let_in(own) == 0  # why it matters: June is let in as the account's user
+
+    embed = make_client("embed")
+    account = sign_up()
+    resp = embed.put("/embed/enrollment", json={"samples": [pcm_json(x) for x in mixed]}, headers=bearer(account))
+    assert resp.status_code == 422, resp.get_json()
+    error = resp.get_json()["error"]
+    assert (error["code"], error["details"]["samples"]) == ("samples_of_two_voices", [1, 3])
+    assert error["details"]["split_agreement"] < error["details"]["required"] == GE2E.split_agreement
+    assert embed.get("/embed/enrollment", headers=bearer(account)).get_json()["enrolled"] is False
+    honest = embed.put(
+        "/embed/enrollment", json={"samples": [pcm_json(x) for x in allison[:5]]}, headers=bearer(account)
+    )
+    assert honest.status_code == 201, honest.get_json()
 
 
 def test_wideband_speech_as_a_lock_records_it_passes_nobody_for_someone_else(encoder: Encoder, corpus: Path) -> None:

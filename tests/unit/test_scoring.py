@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import doctest
+import itertools
 from typing import Any
 
 import numpy as np
@@ -52,6 +53,38 @@ def test_voiceprint_and_agreement_find_the_outlier() -> None:
     assert outlier == 2 and lowest < 0.2
     vp = scoring.voiceprint(samples[:2])
     assert abs(float(np.linalg.norm(vp)) - 1) < 1e-6 and vp[0] > 0.9
+
+
+def test_two_voices_takes_split_apart_where_each_pair_agrees() -> None:
+    """Three takes near one voice and two near another (cosine 0.78): every pair agrees over 0.6, and the two
+    groups' voiceprints at 0.78; one voice's five takes split no lower than their spread. Every split
+    is the brute force's (each group of two or more), and twenty samples, past weighing every split, are split by
+    two-means from seeds (attack run 123)."""
+    rng = np.random.default_rng(0)
+    a, b = unit(1, 0, 0, 0), unit(1, 0.8, 0, 0)
+
+    def near(v: Any, k: int) -> Any:
+        return scoring.normalise(v + 0.03 * rng.standard_normal((k, 4)))
+
+    mixed = np.concatenate([near(a, 3), near(b, 2)])[[0, 3, 1, 4, 2]]
+    assert scoring.agreement(mixed)[0] > 0.6
+    split, group = scoring.split_agreement(mixed)
+    assert group == [1, 3] and abs(split - 0.781) < 0.03
+    honest = near(a, 5)
+    assert scoring.split_agreement(honest)[0] > 0.99
+    for samples in (mixed, honest, near(a, 7)):
+        n = len(samples)
+        worst = min(
+            float(
+                scoring.voiceprint(samples[list(g)]) @ scoring.voiceprint(samples[[i for i in range(n) if i not in g]])
+            )
+            for k in range(2, n - 1)
+            for g in itertools.combinations(range(n), k)
+        )
+        assert abs(scoring.split_agreement(samples)[0] - worst) < 1e-5
+    assert scoring.split_agreement(mixed[:3]) == (1.0, [])  # no two groups of two
+    twenty = np.concatenate([near(a, 12), near(b, 8)])
+    assert sorted(scoring.split_agreement(twenty)[1]) == list(range(12, 20))
 
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])

@@ -106,6 +106,7 @@ READ_BY: dict[str, frozenset[str]] = {
             "LOCKWISE_VOICE_MARGIN",
             "LOCKWISE_VOICE_RETRY_BAND",
             "LOCKWISE_ENROLL_AGREEMENT",
+            "LOCKWISE_ENROLL_SPLIT_AGREEMENT",
             "LOCKWISE_ENROLL_MIN_SPEECH_S",
         ),
         _VOICE,
@@ -390,6 +391,9 @@ class Settings:
     #: normalised scores only: how far under the threshold a first utterance gets "say it again" (0: never)
     voice_retry_band: float | None
     enroll_agreement: float | None
+    #: the lowest cosine two groups of an enrollment's samples may have between their voiceprints (two voices' takes;
+    #: ``lockwise.voice.scoring.split_agreement``); -1: not checked
+    enroll_split_agreement: float | None
     enroll_min_speech_s: float | None
     #: seconds of voice (the voice activity model's, not loudness) each enrollment sample must hold: noise holds none
     enroll_min_voice_s: float
@@ -529,6 +533,7 @@ class Settings:
             voice_margin=_optional_float(env, "LOCKWISE_VOICE_MARGIN", 0, 10),
             voice_retry_band=_optional_float(env, "LOCKWISE_VOICE_RETRY_BAND", 0, 10),
             enroll_agreement=_optional_float(env, "LOCKWISE_ENROLL_AGREEMENT", -1, 1),
+            enroll_split_agreement=_optional_float(env, "LOCKWISE_ENROLL_SPLIT_AGREEMENT", -1, 1),
             enroll_min_speech_s=_optional_float(env, "LOCKWISE_ENROLL_MIN_SPEECH_S", 0, 60),
             enroll_min_voice_s=env_float(env, "LOCKWISE_ENROLL_MIN_VOICE_S", 0.3, 0.0, 60),
             lockout_after=env_int(env, "LOCKWISE_LOCKOUT_AFTER", 5, minimum=1),

@@ -2,8 +2,8 @@
 
 The embed function's handler parses the request into clips (``lockwise.voice.audio``) and calls ``enroll``; everything
 that decides whether a set of samples makes a voiceprint lives here: enough speech in every sample (the encoder's
-floor) and a voice in it (a voice activity model's: noise is loud too), samples that agree with each other, and what
-a new voiceprint would lose at the locks the user shares (``lockwise.voice.first_come``).
+floor) and a voice in it (a voice activity model's: noise is loud too), samples that agree with each other as one
+voice, and what a new voiceprint would lose at the locks the user shares (``lockwise.voice.first_come``).
 """
 
 from __future__ import annotations
@@ -73,7 +73,8 @@ def enroll(
 
     Raises ``InvalidAudio`` (422) naming the sample with too little speech or too little voice in it (loud noise
     passes the first, not the second), one that is a copy of another (the
-    replay check's fingerprints: a recording sent twice, at any gain) or the one least like the others,
+    replay check's fingerprints: a recording sent twice, at any gain), the one least like the others, or those
+    that sound like a second voice (``_refuse_two_voices``),
     ``Conflict`` (409 ``voice_matches_member``) when their voice is scored at a lock now and the new one would
     not be (it passes as that of a co-member going before it there: enrolling again would hand a voice to a copy
     that came after it), and ``RateLimited``
@@ -129,6 +130,7 @@ def enroll(
             code="samples_disagree",
             details={"sample": outlier, "lowest_agreement": round(lowest, 4), "required": rules.agreement},
         )
+    _refuse_two_voices(embeddings, rules.split_agreement)
     with db.transaction() as con:
         # one user's enrollments are decided one at a time, under the user's row, which the address's verification
         # updates: a token from before it (``users.outdated``) is refused whichever comes first
@@ -195,6 +197,24 @@ def _one_store_at_a_time_per_lock(con: Connection, uid: str) -> None:
     Taken in the locks' order, so two enrollments sharing several locks never wait for each other in a circle."""
     for (lock_id,) in con.run("SELECT DISTINCT lock_id::text FROM lock_members WHERE user_uid = :u ORDER BY 1", u=uid):
         con.run("SELECT pg_advisory_xact_lock(hashtextextended('enrollment at ' || :l, 0))", l=lock_id)
+
+
+def _refuse_two_voices(embeddings: scoring.Matrix, required: float | None) -> None:
+    """422 ``samples_of_two_voices`` naming the smaller group, when the samples split into two groups (of two or more)
+    whose voiceprints agree under ``required`` (None: not checked). A voiceprint is its user's alone: three takes of
+    one person and two of another agree pairwise as two like voices do (every pair over the agreement floor), and
+    their mean let the second in as the first (attack run 123: June on 24-40 % of her attempts at Allison's
+    voiceprint, where Allison's own let her in on none)."""
+    if required is None:
+        return
+    split, group = scoring.split_agreement(embeddings)
+    if split < required:
+        raise errors.InvalidAudio(
+            f"samples {', '.join(map(str, group))} sound like another voice than the others; every sample must be"
+            " your voice alone: record them again",
+            code="samples_of_two_voices",
+            details={"samples": group, "split_agreement": round(split, 4), "required": required},
+        )
 
 
 def _refuse_if_erased_since(con: Connection, uid: str, began: dt.datetime) -> None:

@@ -86,6 +86,10 @@ class Calibration:
     #: a first utterance scoring within this much under the normalised threshold gets "say it again"; the second is
     #: fused with it (the mean of the two normalised scores) and decided on the same threshold
     norm_retry_band: float | None = None
+    #: the lowest cosine between the voiceprints of two groups (of two or more) an enrollment's samples split into
+    #: (``lockwise.voice.scoring.split_agreement``): two people's takes make one voiceprint that opens for both
+    #: (attack run 123). None: not measured for this encoder, not checked
+    split_agreement: float | None = None
 
 
 #: an encoder without a calibration of its own decides on these
@@ -117,6 +121,11 @@ CALIBRATIONS: dict[str, Calibration] = {
         norm_fmr_upper=0.0008,
         norm_fnmr_upper=0.0689,  # per attempt, a second utterance included
         norm_retry_band=2.0,
+        # measured on 5-clip enrollments (attack run 123): it refuses 0.25 % of honest ones at a phone's band (the
+        # corpus's wideband voices sent at 44.1 kHz), 0.38 % over KLettres' voices with the agreement floor, 0.48 %
+        # at 8 kHz (one voice of seven 3.3 %), and takes none of the wideband enrollments of three takes of one voice
+        # and two of another (their split at most 0.79); 0.82 refused 11.7 % of that one 8 kHz voice's (README "Enroll")
+        split_agreement=0.80,
     ),
     # ECAPA-TDNN (speechbrain/spkrec-ecapa-voxceleb): published VoxCeleb1-O score distributions put the EER
     # threshold near 0.25-0.30 cosine; 0.45 trades a higher false-reject rate for a false-match rate well under
@@ -148,6 +157,8 @@ class Policy:
     raw_gate: float | None = None
     #: how far under the threshold a first utterance may land and still be asked again (None: never)
     retry_band: float | None = None
+    #: enrollment: two groups of the samples must agree at least this much (None: not checked)
+    split_agreement: float | None = None
 
     def passing(self, raw: npt.NDArray[np.float32], scores: npt.NDArray[np.float32]) -> npt.NDArray[np.bool_]:
         """Where the decision scores ``scores`` reach the threshold and their cosines ``raw`` (same shape) the raw
@@ -264,11 +275,19 @@ def policy(
         retry_band=retry_band,
         margin=settings.voice_margin if settings.voice_margin is not None else margin,
         agreement=settings.enroll_agreement if settings.enroll_agreement is not None else base.agreement,
+        split_agreement=_split_agreement(settings, base),
         enroll_min_speech_s=(
             settings.enroll_min_speech_s if settings.enroll_min_speech_s is not None else base.enroll_min_speech_s
         ),
         source=base.source,
     )
+
+
+def _split_agreement(settings: Settings, base: Calibration) -> float | None:
+    """The operator's ``LOCKWISE_ENROLL_SPLIT_AGREEMENT`` (-1: not checked), else the encoder's."""
+    if settings.enroll_split_agreement is None:
+        return base.split_agreement
+    return None if settings.enroll_split_agreement <= -1 else settings.enroll_split_agreement
 
 
 #: where the build puts the GE2E export (the bundle root's ``models/ge2e``; ``functions/models/ge2e`` in a checkout,
