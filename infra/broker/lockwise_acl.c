@@ -111,7 +111,10 @@ struct lockwise_acl {
 	int relayed_count;
 	int cover[MAX_RELAYED]; /* how many relays' subscriptions hold each relayed filter */
 	/* the client whose connection is ending: Mosquitto checks its last will next, if it has one (context.c:
-	 * context__disconnect calls the plugins, then context__send_will); any check consumes it */
+	 * context__disconnect calls the plugins, then context__send_will, in the same call); any check consumes it,
+	 * and so does the tick that ends the loop's pass (on_tick): a connection ending without a will (a clean
+	 * DISCONNECT drops it) left it set, and once its client was freed (the next pass's context__free_disused) a new
+	 * lock's client at the same address had its first message taken for that will and refused (attack run 127) */
 	const struct mosquitto *closing;
 	char run[24];       /* this run's number, in decimal */
 	bool run_published; /* on RUN_TOPIC, at the first tick */
@@ -548,6 +551,9 @@ static int on_tick(int event, void *event_data, void *userdata)
 	(void)event;
 	(void)event_data;
 
+	/* a last will is checked within the disconnect that set closing, before this tick; a client is freed only at
+	 * the next pass's start, after it, so closing never names a freed client's address taken by another */
+	acl->closing = NULL;
 	sweep_paces(acl);
 	if(!acl->run_published && mosquitto_broker_publish_copy(NULL, RUN_TOPIC, (int)strlen(acl->run), acl->run, 0,
 				true, NULL) == MOSQ_ERR_SUCCESS){

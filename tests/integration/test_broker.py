@@ -1154,6 +1154,39 @@ def test_a_locks_last_will_is_taken_only_as_its_goodbye(own_broker: Broker, tmp_
         relay.stop()
 
 
+def test_a_locks_first_message_after_another_lock_left_without_a_will_is_not_taken_for_that_will(
+    own_broker: Broker, tmp_path: Path
+) -> None:
+    """Attack run 127: the plugin marked the client whose connection ended, for the last will Mosquitto checks next,
+    and only a check consumed the mark. A lock leaving with a clean DISCONNECT has no will sent, so the mark stayed,
+    naming a client Mosquitto freed at its loop's next pass; the next lock connecting was often given that address,
+    and its first message, its ``online``, was taken for the will and refused (the lock shown offline while
+    connected; a report refused the same, PUBACKed to an MQTT 3.1.1 lock). Each lock here comes right after another
+    left so, on a broker of the test's own where no other client's check consumes the mark."""
+    broker = own_broker
+    relay = Peer(broker, broker.client_files(RELAY, tmp_path / "relay"), client_id=RELAY)
+    assert relay.start()
+    relay.relays()
+    try:
+        for turn in range(10):
+            gone, comes = (f"lk-{secrets.token_hex(6)}" for _ in range(2))
+            leaving = Peer(broker, broker.client_files(gone, tmp_path / gone), client_id=gone)
+            assert leaving.start()
+            leaving.stop()  # a clean DISCONNECT: no will is sent
+            time.sleep(0.3)  # the broker's loop passes on, freeing its client
+            lock = Peer(broker, broker.client_files(comes, tmp_path / comes), client_id=comes)
+            assert lock.start()
+            try:
+                lock.client.publish(topics.status(comes), b"online 1", qos=1).wait_for_publish(5)
+                wait_until(lambda comes=comes: bool(relay.of(comes)), 5)
+                assert relay.of(comes) == [(topics.status(comes), b"online 1")], f"turn {turn}"
+            finally:
+                lock.stop()
+        assert "last will" not in broker.process.log_path.read_text(errors="replace")
+    finally:
+        relay.stop()
+
+
 def test_the_simulated_lock_backs_off_while_the_broker_is_out_of_reach(own_broker: Broker, tmp_path: Path) -> None:
     """A connection attempt that fails (nothing listens: a broker down, a network away) is paho's
     ``on_connect_fail``, not a close after a CONNACK: the reference lock's wait stayed at its last value there until
