@@ -43,7 +43,8 @@
  *    sent without the message callback and keeps the properties its lock gave it: the relay and the devices
  *    function take no run that is ahead of the broker's. plugin_opt_run_file keeps the last run's number.
  *
- * 4. A lock's last will is taken only as its goodbye, "offline[ <n>]" on its own status topic (goodbye()).
+ * 4. A lock's last will, delayed or not, is taken only as its goodbye, "offline[ <n>]" on its own status topic
+ *    (goodbye()).
  *
  * 5. A lock publishes at most plugin_opt_lock_messages_per_second on average, in bursts of at most
  *    plugin_opt_lock_message_burst (a token bucket per username, kept across its connections). Past it the
@@ -248,8 +249,8 @@ static void relay_drops(struct lockwise_acl *acl, struct relay *relay, const cha
 /* Whether a lock's last will is its goodbye: "offline" or "offline <n>" (at most 15 digits) on its own status topic.
  * A will saying anything else is refused: one saying "online" showed a lock that had lost its power online for good,
  * and a will keeps the properties its lock set (it is sent without MOSQ_EVT_MESSAGE), a broker run among them
- * (attack run 19). A delayed will (MQTT 5 Will Delay Interval) is checked later, from the broker's loop, and cannot be
- * told from a publish here: it goes as before. */
+ * (attack run 19). A delayed will (MQTT 5 Will Delay Interval) is checked later, from the broker's loop, by a client
+ * whose connection has ended (connection_ended): judged the same (attack run 127). */
 static bool goodbye(const struct lockwise_acl *acl, const char *username, const char *topic, const void *payload,
 		uint32_t len)
 {
@@ -270,6 +271,29 @@ static bool goodbye(const struct lockwise_acl *acl, const char *username, const 
 		}
 	}
 	return true;
+}
+
+/* OpenSSL's, in the broker's process (mosquitto_client_certificate's copies are freed with it); declared here so that
+ * the plugin builds without OpenSSL's headers */
+void X509_free(void *cert);
+
+/* Whether a client's connection has ended: its TLS session is gone (net__socket_close frees it), so it has no
+ * certificate to show. Every lock connects with one (require_certificate); a lock's publish checked without one is its
+ * last will sent after its connection ended, a delayed one (MQTT 5 Will Delay Interval), which Mosquitto checks from
+ * its loop long after the disconnect. A retained message's source check (protocol 0) is no will. */
+static bool connection_ended(const struct mosquitto *client)
+{
+	void *cert;
+
+	if(mosquitto_client_protocol_version(client) == 0){
+		return false;
+	}
+	cert = mosquitto_client_certificate(client);
+	if(cert == NULL){
+		return true;
+	}
+	X509_free(cert);
+	return false;
 }
 
 static double monotonic_s(void)
@@ -409,6 +433,11 @@ static int on_acl_check(int event, void *event_data, void *userdata)
 			}
 			return MOSQ_ERR_ACL_DENIED;
 		case MOSQ_ACL_WRITE:
+			/* its will as its connection ends, or a delayed one (connection_ended), is taken only as its goodbye.
+			 * Checked as a publish, a delayed will kept a state, an ack or a presence of up to 64 KB retained for each
+			 * identity a lock was ever paired with, past on_message's STATUS_KEPT_MAX and its dropped retained flags,
+			 * and said online for a lock gone (attack run 127; attack runs 19, 79 and 102 left it) */
+			its_will = its_will || connection_ended(ed->client);
 			if(its_will && !goodbye(acl, username, ed->topic, ed->payload, ed->payloadlen)){
 				if(speak(&wills, &more)){
 					mosquitto_log_printf(MOSQ_LOG_NOTICE, "lockwise_acl: refused %.64s's last will to %.128s: a"

@@ -394,7 +394,8 @@ def test_a_delayed_online_will_sent_as_the_broker_stops_does_not_keep_a_dead_loc
     e2e: dict[str, Any], relays: Any, paired_lock: Pair, broker: services.Broker
 ) -> None:
     """Attack run 19: a lock's own firmware set a last will saying ``online``, delayed a day (MQTT 5 Will Delay
-    Interval: the broker's plugin cannot tell its check from a publish), and lost its power. Mosquitto sends pending
+    Interval: the broker's plugin could not tell its check from a publish until attack run 127, and now drops it; the
+    run rule is guarded here should one come through), and lost its power. Mosquitto sends pending
     wills as it stops; the will reached the relay untagged after the restart, cleared the lock's run, and the row, its
     connection dated within the clocks' slack, was shown online for good. An untagged message now keeps the run
     known, and the upkeep turns the lock offline."""
