@@ -128,6 +128,59 @@ def test_a_file_that_is_not_the_consoles_stops_the_upload_by_name(tmp_path: Path
     assert hosting_site.problems(site) == ["vendor/firebase.js is missing"]
 
 
+#: firebase.json's hosting.ignore before attack run 128: hidden files left out, not what hidden folders hold
+RULES_BEFORE_RUN_128 = ("**/.*", "**/node_modules/**", "**/*.map", "**/*.sha256", "**/*.log")
+
+
+def _firebase_tools_lists(site: Path, rules: tuple[str, ...]) -> list[str]:
+    """What the pinned firebase-tools uploads of ``site`` given ``rules`` (its own ``listFiles``)."""
+    lister = TOOLS_HOME / "firebase-tools" / "node_modules" / "firebase-tools" / "lib" / "listFiles.js"
+    # ./dev test installs both: a machine without them fails here, loudly, rather than skip the check
+    assert lister.is_file() and shutil.which("node"), "firebase-tools (./dev setup) and node list what Hosting uploads"
+    script = (
+        "console.log(JSON.stringify(require(process.argv[1]).listFiles(process.argv[2], JSON.parse(process.argv[3]))))"
+    )
+    listed = subprocess.run(
+        ["node", "-e", script, str(lister), str(site), json.dumps(rules)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    return sorted(json.loads(listed.stdout))
+
+
+def test_what_the_check_names_is_what_firebase_tools_would_upload(tmp_path: Path) -> None:
+    """Attack run 128: firebase-tools leaves a file out when a rule matches its whole path, and ``**/.*`` matches a
+    hidden folder, not what it holds: ``.idea/workspace.xml`` or ``vendor/.cache/firebase.js.orig`` was uploaded and
+    served, while infra.hosting_site passed over every path with a hidden part (and named a source map or a
+    ``node_modules`` that Hosting leaves out, refusing a deploy for them). Its list is firebase-tools' own, under the
+    rules before that run and firebase.json's now, which leave out hidden folders whole."""
+    site = tmp_path / "site"
+    strays = (
+        ".idea/workspace.xml",
+        "vendor/.cache/firebase.js.orig",
+        "a/.b/c/dump.sql",
+        ".gitignore",
+        "vendor/firebase.js.sha256",
+        "app.js.map",
+        "node_modules/esbuild/index.js",
+        "npm-debug.log",
+        "notes/customers.csv",
+    )
+    for name in (*hosting_site.SERVED, *strays):
+        (site / name).parent.mkdir(parents=True, exist_ok=True)
+        (site / name).write_text("written\n")
+    firebase_json = tuple(json.loads((REPO / "firebase.json").read_text())["hosting"]["ignore"])
+    uploads = set(_firebase_tools_lists(site, firebase_json)) - set(hosting_site.SERVED)
+    assert uploads == {"notes/customers.csv"}
+    assert hosting_site.problems(site) == ["notes/customers.csv is not the console's"]
+    for rules in (RULES_BEFORE_RUN_128, firebase_json):
+        named = {p.removesuffix(" is not the console's") for p in hosting_site.problems(site, rules)}
+        assert named == set(_firebase_tools_lists(site, rules)) - set(hosting_site.SERVED), rules
+    assert hosting_site.problems(site, ("[a-z]*.csv",))[0].startswith("firebase.json's hosting.ignore rule [a-z]*")
+
+
 def test_the_checkouts_site_is_the_console_alone() -> None:
     """What the repository's site holds is the list (the SDK bundle as ./dev test's setup made it)."""
     tracked = subprocess.run(

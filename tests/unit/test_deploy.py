@@ -800,6 +800,8 @@ def test_hosting_uploads_the_console_alone(tmp_path: Path) -> None:
         "node_modules/esbuild/index.js",
         ".DS_Store",
         "npm-debug.log",
+        ".idea/workspace.xml",  # what a hidden folder holds: ``**/.*`` left out the folder's name alone (run 128)
+        "vendor/.cache/firebase.js.orig",
     ):
         (site / stray).parent.mkdir(parents=True, exist_ok=True)
         (site / stray).write_text("not the console\n")
