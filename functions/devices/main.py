@@ -442,6 +442,8 @@ def remove_member(ctx: Ctx, lock_id: str, uid: str) -> Result:
         # member from 403 against 404: attack run 75)
         if uid == user.uid:
             actor = members.require_own(con, lock_id, user.uid)
+            # as leaving every lock (DELETE /devices/me): a taken refresh token left her locks one by one (run 128)
+            users.require_recent_sign_in(user, now, "leaving a lock")
         else:
             actor = members.require(con, lock_id, user.uid, now, at_least="admin")
         users.refuse_caller(con, user)  # a removal is never held to the budget: a member is let out at once

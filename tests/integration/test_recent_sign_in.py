@@ -71,3 +71,27 @@ def test_a_session_signed_in_to_long_ago_cannot_shut_its_user_out_either(
     assert embed.delete("/embed/enrollment", headers=fresh).status_code == 204
     assert devices.delete("/devices/me", headers=fresh).status_code == 204
     assert devices.get(f"/devices/locks/{lock}", headers=fresh).status_code == 404
+
+
+def test_a_session_signed_in_to_long_ago_cannot_leave_her_locks_one_by_one_either(
+    clients: dict[str, Any], world: World, stack_env: dict[str, str]
+) -> None:
+    """Attack run 128, on 22a17af: ``DELETE /devices/me`` needed a recent sign-in, but leaving one lock (``DELETE
+    .../members/{her own uid}``, anyone's) did not, so a taken refresh token listed her locks and left each, as the
+    leaving of every lock did (204 each, her admins to invite her again). Refused now, nothing changed; another's
+    removal by an admin stays as it was."""
+    devices, lock = clients["devices"], world.lock_id
+    member = world.uid("member")
+    long_ago = int(time.time()) - 30 * 24 * 3600
+    admin_call(stack_env, "accounts:update", {"localId": member, "validSince": str(long_ago - 60)})
+    old = bearer(emulator_token(member, signed_in_age_s=int(time.time()) - long_ago))
+    listed = devices.get("/devices/locks", headers=old)
+    assert listed.status_code == 200 and lock in [each["id"] for each in listed.get_json()["locks"]]
+    left = devices.delete(f"/devices/locks/{lock}/members/{member}", headers=old)
+    assert _code(left) == (401, "recent_sign_in_required"), left.get_json()
+    assert devices.get(f"/devices/locks/{lock}", headers=old).status_code == 200  # still a member
+    fresh = bearer(sign_in(stack_env["FIREBASE_AUTH_EMULATOR_HOST"], world.accounts["member"]["email"]))
+    assert devices.delete(f"/devices/locks/{lock}/members/{member}", headers=fresh).status_code == 204
+    assert devices.get(f"/devices/locks/{lock}", headers=fresh).status_code == 404
+    removed = devices.delete(f"/devices/locks/{lock}/members/{world.uid('guest_in')}", headers=world.headers("owner"))
+    assert removed.status_code == 204, removed.get_json()
