@@ -104,15 +104,22 @@ class Ctx:
         """The raw body, refused with 413 before it is read whole when over ``limit`` (default: the setting)."""
         return read_body(self.request, limit or self.settings.max_body_bytes)
 
-    def json(self, fields: Collection[str] | None, limit: int | None = None, *, check_strings: bool = True) -> JsonBody:
+    def json(
+        self,
+        fields: Collection[str] | None,
+        limit: int | None = None,
+        *,
+        check_strings: bool = True,
+        most_values: int | None = inputs.MAX_JSON_VALUES,
+    ) -> JsonBody:
         """The body as a JSON object of at most ``fields`` (400 ``malformed_json``, ``expected_object``,
         ``unknown_field`` otherwise). ``None`` takes any field: for routes that check their fields themselves and for
         the bodies whose refusal would do harm (a lock's, the relay's) or break a contract (the original design's,
         whose Pydantic models ignored what they did not name). ``check_strings=False``: the route checks each
         string's text itself (``inputs.check_text``), item by item (``inputs.loads``). Without a ``limit``, 413 past
-        ``JSON_BODY_BYTES`` (or the setting, when lower)."""
+        ``JSON_BODY_BYTES`` (or the setting, when lower). ``most_values``: ``inputs.loads``'s."""
         read = limit or min(self.settings.max_body_bytes, JSON_BODY_BYTES)
-        return parse_json_object(self.body(read), fields, check_strings=check_strings)
+        return parse_json_object(self.body(read), fields, check_strings=check_strings, most_values=most_values)
 
     @property
     def client_address(self) -> str:
@@ -226,11 +233,17 @@ def read_body(request: flask.Request, limit: int) -> bytes:
     return data
 
 
-def parse_json_object(raw: bytes, fields: Collection[str] | None, *, check_strings: bool = True) -> JsonBody:
+def parse_json_object(
+    raw: bytes,
+    fields: Collection[str] | None,
+    *,
+    check_strings: bool = True,
+    most_values: int | None = inputs.MAX_JSON_VALUES,
+) -> JsonBody:
     if not raw:
         raise errors.BadRequest("request body is empty; a JSON object is expected", code="empty_body")
-    # nesting, number and text limits: one boundary for every JSON body
-    value = inputs.loads(raw, check_strings=check_strings)
+    # nesting, count, number and text limits: one boundary for every JSON body
+    value = inputs.loads(raw, check_strings=check_strings, most_values=most_values)
     if not isinstance(value, dict):
         raise errors.BadRequest("body must be a JSON object", code="expected_object")
     return value if fields is None else inputs.only_fields(value, fields)

@@ -21,22 +21,37 @@ V = TypeVar("V")
 
 MAX_JSON_DEPTH = 32
 MAX_INT_DIGITS = 20
+#: the most commas, ``[`` and ``{`` a body from outside holds, counted in its raw text before it is parsed (one or
+#: more for each value past the first, within strings too: a body of base64 audio holds a handful). The audio routes
+#: take 3.8 to 19 MB: a body of that size made of empty arrays took 3.3 s of CPU and 436 MB of memory to parse, where
+#: a clip's base64 takes 54 MB and a few ms (attack run 125); at this count, ~5 ms and ~1 MB at most
+MAX_JSON_VALUES = 10_000
 #: the most of a field's name a refusal quotes, and of the path of names to a string it refuses (``_check_strings``)
 FIELD_QUOTED = 40
 PATH_QUOTED = 200
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
-def loads(raw: bytes | str, *, max_depth: int = MAX_JSON_DEPTH, check_strings: bool = True) -> Any:
-    """Parse JSON from outside (400 ``malformed_json``, ``json_too_deep``, ``number_too_large``, ``invalid_text``,
-    ``duplicate_field``). ``check_strings=False`` leaves ``invalid_text`` to the caller, for a body that carries
-    many items judged one by one (the relay's batch: one lock's NUL byte refused the whole batch, and every other
-    lock's events with it, while the relay split it down to that event).
+def loads(
+    raw: bytes | str,
+    *,
+    max_depth: int = MAX_JSON_DEPTH,
+    check_strings: bool = True,
+    most_values: int | None = MAX_JSON_VALUES,
+) -> Any:
+    """Parse JSON from outside (400 ``malformed_json``, ``json_too_deep``, ``json_too_many_values``,
+    ``number_too_large``, ``invalid_text``, ``duplicate_field``). ``check_strings=False`` leaves ``invalid_text`` to
+    the caller, for a body that carries many items judged one by one (the relay's batch: one lock's NUL byte refused
+    the whole batch, and every other lock's events with it, while the relay split it down to that event).
+    ``most_values``: the most commas and opening brackets the raw text may hold (``MAX_JSON_VALUES``), None for the
+    relay's batch, whose every lock's payload is one string the relay wrote and is judged on its own.
 
     Linear in the input: the parser refuses nesting past the interpreter's recursion limit with a RecursionError
     (its C scanner counts its depth), and the walk that checks every string checks the depth too. (A regular
     expression that blanked strings out before counting brackets took time growing with the square of a body
     holding one open quote and many escaped ones: 40 KB froze a function for 10 s. Attack run.)"""
+    if most_values is not None:
+        _count_values(raw, most_values)
     try:  # UTF-8 only (RFC 8259 8.1); json.loads would also take UTF-16 and UTF-32 bytes
         text = raw if isinstance(raw, str) else raw.decode("utf-8")
         value = json.loads(
@@ -48,6 +63,18 @@ def loads(raw: bytes | str, *, max_depth: int = MAX_JSON_DEPTH, check_strings: b
         raise errors.BadRequest(f"body is not valid JSON: {exc}"[:300], code="malformed_json") from exc
     _check_strings(value, max_depth, check=check_strings)
     return value
+
+
+def _count_values(raw: bytes | str, most: int) -> None:
+    """400 ``json_too_many_values`` when ``raw`` holds more than ``most`` commas and opening brackets (in C, before
+    the parser makes an object of each value)."""
+    text = raw if isinstance(raw, bytes) else raw.encode("utf-8", "surrogatepass")  # a copy, for a lock's 16 KiB
+    held = text.count(b",") + text.count(b"[") + text.count(b"{")
+    if held > most:
+        raise errors.BadRequest(
+            f"JSON holds {held} commas and opening brackets, more than the {most} a request may hold",
+            code="json_too_many_values",
+        )
 
 
 def only_fields(obj: dict[str, Any], fields: Collection[str], where: str = "the body") -> dict[str, Any]:
