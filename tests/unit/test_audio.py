@@ -82,6 +82,24 @@ def test_stereo_wav_is_mixed_down_and_rates_are_kept() -> None:
     assert np.abs(clip.samples - x / 2).max() < 1e-4
 
 
+def _with_chunks_before_its_data(clip: bytes, count: int) -> bytes:
+    """``clip`` (a WAV of fmt and data) with ``count`` empty ``junk`` chunks between its header and its fmt."""
+    return clip[:12] + b"junk\0\0\0\0" * count + clip[12:]
+
+
+def test_a_wav_with_more_chunks_before_its_data_than_a_recorder_writes_is_refused() -> None:
+    """A verification's 3.8 MB held 480,000 empty chunks, and walking them took 0.26 s of CPU where a clip's header
+    takes 0.2 ms (attack run 125). Refused at the 65th, whatever follows."""
+    clip = wav(speech_like(2.2, rate=16000), rate=16000)
+    assert len(audio.parse_wav(_with_chunks_before_its_data(clip, 62)).samples) > 0  # 62, fmt and data: 64
+    with pytest.raises(errors.BadRequest) as refused:
+        audio.parse_wav(_with_chunks_before_its_data(clip, 63))
+    assert refused.value.code == "malformed_wav" and "more than 64 chunks" in refused.value.message
+    with pytest.raises(errors.BadRequest) as refused:
+        audio.parse_wav(_with_chunks_before_its_data(clip, 480_000))
+    assert "more than 64 chunks" in refused.value.message
+
+
 def test_a_valid_clip_passes_validation() -> None:
     clip = audio.Clip(speech_like(3.0), 44100)
     assert audio.validate(clip, LIMITS) is clip

@@ -91,12 +91,23 @@ def pcm16_to_float(pcm: bytes, channels: int = 1) -> Samples:
     return ints
 
 
+#: the most chunks a WAV file may hold before its data (fmt, fact, LIST, bext, id3, cue: a recorder writes a few). A
+#: clip's body of 480,000 empty chunks, within a verification's 3.8 MB, took 0.26 s of CPU to walk where a clip's
+#: header takes 0.2 ms (attack run 125)
+MAX_WAV_CHUNKS = 64
+
+
 def parse_wav(data: bytes) -> Clip:
     """Read a RIFF/WAVE file of 16-bit PCM (mono or stereo)."""
     if len(data) < 12 or data[:4] != b"RIFF" or data[8:12] != b"WAVE":
         raise errors.BadRequest("not a RIFF/WAVE file", code="malformed_wav")
-    pos, fmt, pcm = 12, None, None
+    pos, fmt, pcm, chunks = 12, None, None, 0
     while pos + 8 <= len(data):
+        chunks += 1
+        if chunks > MAX_WAV_CHUNKS:
+            raise errors.BadRequest(
+                f"WAV file has more than {MAX_WAV_CHUNKS} chunks before its data", code="malformed_wav"
+            )
         chunk_id, size = data[pos : pos + 4], struct.unpack("<I", data[pos + 4 : pos + 8])[0]
         body = data[pos + 8 : pos + 8 + size]
         if len(body) < size and chunk_id != b"data":
