@@ -44,7 +44,8 @@ def loads(
     the caller, for a body that carries many items judged one by one (the relay's batch: one lock's NUL byte refused
     the whole batch, and every other lock's events with it, while the relay split it down to that event).
     ``most_values``: the most commas and opening brackets the raw text may hold (``MAX_JSON_VALUES``), None for the
-    relay's batch, whose every lock's payload is one string the relay wrote and is judged on its own.
+    relay's batch, whose every lock's payload is one string the relay wrote and is judged on its own, and for a
+    lock's payload, which its 16 KiB bound.
 
     Linear in the input: the parser refuses nesting past the interpreter's recursion limit with a RecursionError
     (its C scanner counts its depth), and the walk that checks every string checks the depth too. (A regular
