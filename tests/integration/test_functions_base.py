@@ -162,12 +162,18 @@ def test_an_unauthenticated_body_of_megabytes_is_not_echoed_back_or_logged_whole
     make_client: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A name of 1.5 MB above a NUL character, sent to the pairing route (which takes no credential): its 400 quoted
-    the path to the character, that name whole, and so did the request's log line (attack run 94)."""
+    the path to the character, that name whole, and so did the request's log line (attack run 94). The route now
+    reads 16 KiB at most (attack run 125): a name of 15,000 characters is the largest refused so, 1.5 MB is 413."""
     from lockwise.core.log import JsonFormatter
 
-    body = json.dumps({"A" * 1_500_000: {"code": "\u0000"}})
+    devices = make_client("devices")
+    large = devices.post(
+        "/devices/provision", data=json.dumps({"A" * 1_500_000: {"code": "\u0000"}}), content_type="application/json"
+    )
+    assert large.status_code == 413 and len(large.get_data()) < 2_000
+    body = json.dumps({"A" * 15_000: {"code": "\u0000"}})
     with caplog.at_level(logging.INFO):
-        resp = make_client("devices").post("/devices/provision", data=body, content_type="application/json")
+        resp = devices.post("/devices/provision", data=body, content_type="application/json")
     assert resp.status_code == 400 and resp.get_json()["error"]["code"] == "invalid_text"
     assert len(resp.get_data()) < 2_000
     lines = [JsonFormatter("devices").format(r) for r in caplog.records]
