@@ -102,7 +102,7 @@ METRICS = (
         "Requests answered by each LockWise service, by status (the door's 5xx: alert on any)",
         "request",
         labels=(("service", "service"), ("status", "status")),
-        whole=True,  # not "request failed ...", the refusals' own lines
+        whole=True,  # the message whole: no other line's begins with it (the refusals' "request failed" did)
     ),
     Metric(
         "lockwise_request_latency",

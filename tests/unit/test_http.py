@@ -143,10 +143,33 @@ def test_a_requests_log_is_bounded_in_bytes_whatever_characters_its_path_holds(
     assert resp.status_code in (404, 405)
     assert len(resp.get_data()) < 5_000  # the 405's answer quoted the path whole too (11.7 KB)
     lines = out.splitlines()
-    assert [json.loads(line)["message"] for line in lines] == ["request failed", "request"]
-    assert json.loads(lines[1])["path"].startswith(path[:50])
-    assert max(len(line) for line in lines) < 3_000
-    assert len(out.encode()) < 4_500
+    assert [json.loads(line)["message"] for line in lines] == ["request"]  # its error on it (attack run 130)
+    assert json.loads(lines[0])["path"].startswith(path[:50])
+    assert len(out.encode()) < 4_200  # 4,372-4,389 bytes in two lines before attack run 130
+
+
+def test_a_refused_request_writes_one_line_with_its_error(capsys: pytest.CaptureFixture[str]) -> None:
+    """Attack run 130 (denial of wallet): each refusal wrote a line of its own (``request failed``) before the
+    request's, so an unauthenticated 401 or 404 flood wrote two log entries a request, 832 bytes for a 404 of a short
+    path, where an answered request writes one (Cloud Logging bills by volume, and each entry takes the platform's
+    labels too). One line now, WARNING (a 5xx's ERROR), with the error's code and message: 543 bytes."""
+    from lockwise.core import log as lwlog
+
+    lwlog.configure("unit")
+    try:
+        refused = call(make_api(), "GET", "/nothing")
+        answered = call(make_api(), "GET", "/unit/items/1")
+        out = capsys.readouterr().out
+    finally:
+        logging.getLogger().handlers.clear()
+    assert (refused.status_code, answered.status_code) == (404, 200)
+    first, second = (json.loads(line) for line in out.splitlines())  # one line each
+    assert (first["message"], first["severity"], first["status"]) == ("request", "WARNING", 404)
+    assert first["code"] == "no_route"
+    assert "no route for /nothing" in first["error"]
+    assert (second["message"], second["severity"], second["status"]) == ("request", "INFO", 200)
+    assert "code" not in second and "error" not in second
+    assert len(out.encode()) < 1_100
 
 
 def test_unknown_route_and_wrong_method_are_json_errors() -> None:

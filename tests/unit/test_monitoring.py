@@ -97,7 +97,7 @@ def test_a_broker_metric_counts_no_line_whose_message_a_caller_wrote(metric: mon
 
 def test_the_request_metrics_read_fields_a_real_request_line_has(capsys: pytest.CaptureFixture[str]) -> None:
     """The request line as Cloud Logging reads it (``jsonPayload``): the labels' fields and the latency, a number;
-    the refusals' own ``request failed`` lines are not counted as requests."""
+    a refused request's error is on its one line (attack run 130; its own ``request failed`` line before)."""
     lwlog.configure("unit-test")
     try:
         call(make_api(), "GET", "/unit/items/missing")
