@@ -741,6 +741,50 @@ def test_refused_requests_are_logged_a_few_a_minute_and_every_one_counted(world:
     )
 
 
+def test_a_members_refusals_at_many_locks_are_logged_a_few_a_minute_together(world: World) -> None:
+    """Attack run 130 (denial of wallet): refusals were logged one by one and counted on a row per actor, lock and
+    action, ten a minute each, so a member at many locks (an account's 200 memberships, at locks its own sybils
+    own) refused at each of ten actions wrote 20,000 audit rows and 2,000 counts a minute, each kept 400 days, from
+    requests answered 403. The first ``DENIALS_LOGGED_PER_MINUTE`` of an actor's minute are logged, wherever; the
+    counts take a row a lock and action up to ``DENIAL_COUNTS_PER_MINUTE`` a minute, the rest one row; every refusal
+    is counted."""
+    from lockwise.core import audit
+
+    member = world.accounts["member"]
+    locks = [world.lock_id]
+    for name in ("Back door", "Garage", "Shed"):
+        lock = create_lock(world.devices, world.accounts["owner"], name)["lock"]["id"]
+        join(world.devices, lock, world.accounts["owner"], member, {"role": "member"})
+        locks.append(lock)
+    for _ in range(2):  # three actions at four locks: twelve locks and actions, two refusals each
+        for lock in locks:
+            for refused in (
+                world.devices.patch(f"/devices/locks/{lock}", json={"name": "x"}, headers=bearer(member)),
+                world.devices.delete(f"/devices/locks/{lock}", headers=bearer(member)),
+                world.devices.post(
+                    f"/devices/locks/{lock}/transfer", json={"uid": world.uid("admin")}, headers=bearer(member)
+                ),
+            ):
+                assert (refused.status_code, refused.get_json()["error"]["code"]) == (403, "role_too_low")
+    actor = audit.user_actor(world.uid("member"))
+    with get_runtime("devices").db.connection() as con:
+        counts = con.run(
+            "SELECT minute, lock_id::text, action, n FROM audit_denial_counts WHERE actor = :a ORDER BY minute",
+            a=actor,
+        )
+        (logged,) = con.run("SELECT count(*) FROM audit_log WHERE actor = :a AND outcome = 'denied'", a=actor)[0]
+    minutes: dict[Any, list[int]] = {}
+    for minute, _lock, _action, n in counts:
+        minutes.setdefault(minute, []).append(int(n))
+    assert sum(sum(ns) for ns in minutes.values()) == 24  # every one counted
+    assert len(minutes) <= 2  # a minute's edge may fall inside the burst
+    assert logged == sum(min(sum(ns), audit.DENIALS_LOGGED_PER_MINUTE) for ns in minutes.values())
+    assert all(len(ns) <= audit.DENIAL_COUNTS_PER_MINUTE + 1 for ns in minutes.values()), minutes
+    first = [(lock, action) for minute, lock, action, _ in counts if minute == min(minutes)]
+    assert (world.lock_id, "lock.update") in first  # the first refusals' own rows
+    assert len(minutes) == 2 or (audit.OTHER_LOCK, audit.OTHERS) in first
+
+
 def test_a_refusal_to_change_a_lock_does_not_wait_for_the_door_deciding(world: World, relay_db: Any) -> None:
     """Attack run 75: an owner's change asks the lock's row ``FOR UPDATE``, which a voice decision holds ``FOR
     SHARE`` through its forward pass; a removed member's or a guest's refused rename waited for it (0.3 s late while
