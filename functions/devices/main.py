@@ -128,8 +128,8 @@ def change_budget(
         users.hold_caller(con, user)
     settings = rt.settings
     per_minute, per_day = settings.lock_changes_per_minute, settings.lock_changes_per_day
-    everywhere = settings.lock_changes_per_account_minute
-    return functools.partial(changes.take, con, lock_id, user.uid, per_minute, per_day, everywhere)
+    everywhere, everywhere_day = settings.lock_changes_per_account_minute, settings.lock_changes_per_account_day
+    return functools.partial(changes.take, con, lock_id, user.uid, per_minute, per_day, everywhere, everywhere_day)
 
 
 # ------------------------------------------------------------------------------------------------------ health

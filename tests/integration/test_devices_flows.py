@@ -1729,6 +1729,52 @@ def test_an_accounts_changes_at_all_its_locks_together_are_held_to_a_minutes_bud
     assert "audit_log_account_changes_idx" in json.dumps(plan)
 
 
+#: ``LOCKWISE_LOCK_CHANGES_PER_ACCOUNT_DAY``'s default (attack run 130)
+ACCOUNT_CHANGES_A_DAY = 3000
+
+
+def test_an_accounts_changes_at_all_its_locks_together_are_held_to_a_days_budget(world: World) -> None:
+    """Attack run 130 (denial of wallet): with a lock's day (1,000) and the account's minute (120) alone, an account
+    managing 100 locks, made and paired for free, made 120 changes a minute all day long, 172,800 a day, each an
+    audit row kept 400 days and most a feed entry kept 90 days and a rewrite of the lock's documents. The changes one
+    account makes at all its locks together are held to ``LOCKWISE_LOCK_CHANGES_PER_ACCOUNT_DAY`` (3,000), counted
+    through migration 0079's partial index; another account's changes, and what ends something, are not held up."""
+    owner = world.uid("owner")
+    ((made,),) = db_rows(  # the world's invitations by the owner count too
+        "SELECT count(*) FROM audit_log WHERE actor = :a AND at > now() - interval '1 day' AND " + changes.COUNTED_SQL,
+        a=audit.user_actor(owner),
+    )
+    db_rows(  # the rest of the owner's day of changes at other locks of theirs, one each, two hours ago, but one
+        "INSERT INTO audit_log (actor, action, outcome, lock_id, at) SELECT :a, 'member.update', 'ok',"
+        " gen_random_uuid(), now() - interval '2 hours' FROM generate_series(1, :n)",
+        a=audit.user_actor(owner),
+        n=ACCOUNT_CHANGES_A_DAY - 1 - made,
+    )
+    lock, headers = world.lock_id, world.headers("owner")
+    last = world.devices.patch(f"/devices/locks/{lock}", json={"name": "Renamed"}, headers=headers)
+    assert last.status_code == 200, last.get_json()
+    refused = world.devices.patch(f"/devices/locks/{lock}", json={"name": "Renamed again"}, headers=headers)
+    assert (refused.status_code, refused.get_json()["error"]["code"]) == (429, "change_limit")
+    assert 21 * 3600 < int(refused.headers["Retry-After"]) <= 22 * 3600 + 1  # the oldest leaves the day in 22 h
+    assert "locks you manage in the last 24 hours" in refused.get_json()["error"]["message"]
+    assert world.devices.get(f"/devices/locks/{lock}", headers=headers).get_json()["name"] == "Renamed"
+    admin = world.devices.patch(
+        f"/devices/locks/{lock}/members/{world.uid('member')}", json={"role": "member"}, headers=world.headers("admin")
+    )
+    assert admin.status_code == 200, admin.get_json()
+    removed = world.devices.delete(f"/devices/locks/{lock}/members/{world.uid('guest_in')}", headers=headers)
+    assert removed.status_code == 204
+    assert get_settings("devices").lock_changes_per_account_day == ACCOUNT_CHANGES_A_DAY
+    with get_runtime("devices").db.transaction() as con:  # the day's count reads through the index too
+        con.run("SET LOCAL enable_seqscan = off")
+        ((plan,),) = con.run(
+            "EXPLAIN (ANALYZE, FORMAT JSON) SELECT count(*), min(at) FROM audit_log WHERE actor = :a"
+            " AND at > now() - interval '1 day' AND " + changes.COUNTED_SQL,
+            a=audit.user_actor(owner),
+        )
+    assert "audit_log_account_changes_idx" in json.dumps(plan)
+
+
 def test_a_signed_in_request_writes_the_user_row_only_when_it_is_new_or_its_email_changed(
     devices: Any, sign_up: Any, stack_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -75,6 +75,7 @@ READ_BY: dict[str, frozenset[str]] = {
             "LOCKWISE_LOCK_CHANGES_PER_MINUTE",
             "LOCKWISE_LOCK_CHANGES_PER_DAY",
             "LOCKWISE_LOCK_CHANGES_PER_ACCOUNT_MINUTE",
+            "LOCKWISE_LOCK_CHANGES_PER_ACCOUNT_DAY",
             "LOCKWISE_MQTT_PUBLIC_HOST",
             "LOCKWISE_MQTT_PUBLIC_PORT",
             "LOCKWISE_FEED_REPORTS_PER_MINUTE",
@@ -372,6 +373,8 @@ class Settings:
     lock_changes_per_minute: int
     lock_changes_per_day: int
     lock_changes_per_account_minute: int
+    #: and at all the locks one account manages together in any 24 hours (attack run 130)
+    lock_changes_per_account_day: int
     #: The broker address handed to a lock when it is provisioned.
     mqtt_public_host: str
     mqtt_public_port: int
@@ -517,6 +520,7 @@ class Settings:
             lock_changes_per_minute=env_int(env, "LOCKWISE_LOCK_CHANGES_PER_MINUTE", 30, minimum=1),
             lock_changes_per_day=env_int(env, "LOCKWISE_LOCK_CHANGES_PER_DAY", 1000, minimum=1),
             lock_changes_per_account_minute=env_int(env, "LOCKWISE_LOCK_CHANGES_PER_ACCOUNT_MINUTE", 120, minimum=1),
+            lock_changes_per_account_day=env_int(env, "LOCKWISE_LOCK_CHANGES_PER_ACCOUNT_DAY", 3000, minimum=1),
             mqtt_public_host=_public_host(env, local or rehearsal(env)) if component == "devices" else "127.0.0.1",
             # a TCP port: a lock keeps it in 16 bits (any integer was sent it: attack run 117)
             mqtt_public_port=env_int(env, "LOCKWISE_MQTT_PUBLIC_PORT", 8883, minimum=1, maximum=MAX_PORT),
