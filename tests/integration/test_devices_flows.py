@@ -906,6 +906,49 @@ def test_a_request_nonce_outlives_its_timestamps_window_on_instances_whose_clock
     assert taken(int(signed_at) + skew) == "replayed_request"
 
 
+def test_refused_attempts_listed_in_no_feed_are_kept_days_not_months(world: World) -> None:
+    """Attack run 130 (denial of wallet): a refused attempt past its lock's or owner's budget of listed refusals is in
+    no feed, and was kept 90 days all the same: an account's 100 locks, made and paired for free, each posting junk at
+    its 120 signed requests a minute, kept 17M rows a day, 1.5 billion. The relay's flush deletes those after
+    ``UNLISTED_REFUSALS_KEPT_DAYS`` (through migration 0084's partial index), and nothing listed or decided."""
+    from lockwise.core import migrate
+
+    (index,) = [
+        m for m in migrate.load() if m.concurrent_index and m.concurrent_index.index == "verification_attempts_unlisted"
+    ]
+    assert "WHERE NOT refusal_listed" in index.sql
+    runtime = get_runtime("devices")
+    kept_days = 2  # retention.UNLISTED_REFUSALS_KEPT_DAYS
+    rows = {
+        listed: [
+            row[0]
+            for row in db_rows(
+                "INSERT INTO verification_attempts (lock_id, outcome, reason, refusal_listed, created_at)"
+                " SELECT CAST(:l AS uuid), 'invalid', 'bad_audio', CAST(:listed AS boolean),"
+                " now() - make_interval(days => :d) FROM generate_series(1, 2) RETURNING id::text",
+                l=world.lock_id,
+                listed=None if listed == "decided" else listed == "listed",
+                d=kept_days + 1 if listed != "recent" else kept_days - 1,
+            )
+        ]
+        for listed in ("unlisted", "listed", "decided", "recent")  # a recent one unlisted too
+    }
+    with runtime.db.transaction() as con:
+        retention.prune_expired(con, nonces_kept_s=lock_auth.nonces_kept_s(runtime.settings))
+    kept = db_rows("SELECT id::text FROM verification_attempts WHERE lock_id = CAST(:l AS uuid)", l=world.lock_id)
+    left = {str(row[0]) for row in kept}
+    assert not left & set(rows["unlisted"])
+    assert set(rows["listed"] + rows["decided"] + rows["recent"]) <= left
+    assert retention.UNLISTED_REFUSALS_KEPT_DAYS == kept_days
+    with runtime.db.transaction() as con:  # the prune reads through the index
+        con.run("SET LOCAL enable_seqscan = off")
+        ((plan,),) = con.run(
+            "EXPLAIN (FORMAT JSON) SELECT ctid FROM verification_attempts WHERE NOT refusal_listed"
+            " AND created_at <= now() - make_interval(days => 2) LIMIT 10"
+        )
+    assert "verification_attempts_unlisted" in json.dumps(plan)
+
+
 def test_the_relays_flush_deletes_commands_attempts_and_invitations_kept_past_their_time(
     world: World, stack_env: dict[str, str]
 ) -> None:

@@ -55,6 +55,11 @@ COMMANDS_KEPT_DAYS = 30
 #: voice command's attempt is never deleted before it; nor before its fingerprint expires
 #: (``LOCKWISE_REPLAY_MEMORY_HOURS`` set longer: they were deleted with it, attack run 33)
 ATTEMPTS_KEPT_DAYS = mirror.FEED_KEPT.days
+#: days a refused attempt listed in no feed (past its lock's or its owner's budget of listed refusals:
+#: ``lockwise.voice.verification``, its ``refusal_listed`` false) is kept: the feed says only that more came, and an
+#: account's 100 locks, made and paired for free, each posting junk at its 120 signed requests a minute, kept 17M
+#: rows a day for 90 days, 1.5 billion (attack run 130, denial of wallet); two days are an operator's look at a flood
+UNLISTED_REFUSALS_KEPT_DAYS = 2
 #: days an invitation is kept once it ended (accepted, declined, withdrawn, closed by a removal, or expired): an
 #: owner inviting and withdrawing in a loop added a row a request, kept as long as the lock (attack run 32)
 INVITATIONS_KEPT_DAYS = 30
@@ -85,9 +90,10 @@ def prune_expired(con: Connection, nonces_kept_s: int) -> dict[str, int]:
     refused kept past ``REFUSED_MIRROR_WRITES_KEPT_DAYS``, of the locks' request nonces seen over ``nonces_kept_s``
     ago (twice the clock skew a signed request may have: an older one is refused for its timestamp) and of their
     per-minute counts of past minutes, refused requests' counts past ``DENIAL_COUNTS_KEPT_DAYS``, and the commands,
-    voice attempts and invitations kept past ``COMMANDS_KEPT_DAYS``, ``ATTEMPTS_KEPT_DAYS`` and
-    ``INVITATIONS_KEPT_DAYS``, and audit rows past ``AUDIT_KEPT_DAYS``; return how many a table. (The nonces and counts
-    were deleted by one signed request in 50, all at once: a request paid for every lock's.)"""
+    voice attempts and invitations kept past ``COMMANDS_KEPT_DAYS``, ``ATTEMPTS_KEPT_DAYS`` (refusals listed in no
+    feed: ``UNLISTED_REFUSALS_KEPT_DAYS``) and ``INVITATIONS_KEPT_DAYS``, and audit rows past ``AUDIT_KEPT_DAYS``;
+    return how many a table. (The nonces and counts were deleted by one signed request in 50, all at once: a request
+    paid for every lock's.)"""
     deadline = time.monotonic() + BUSY_PRUNE_S
 
     def prune(table: str, condition: str, **params: object) -> int:
@@ -125,6 +131,15 @@ def prune_expired(con: Connection, nonces_kept_s: int) -> dict[str, int]:
         " AND NOT EXISTS (SELECT 1 FROM voice_fingerprints f WHERE f.attempt_id = verification_attempts.id"
         " AND f.expires_at > now())",  # nor one whose fingerprint a longer replay memory keeps (attack run 33)
         d=ATTEMPTS_KEPT_DAYS,
+    )
+    # through migration 0084's partial index (those refused attempts alone), kept as the others while a command or a
+    # fingerprint names one
+    pruned["verification_attempts"] += prune(
+        "verification_attempts",
+        "NOT refusal_listed AND created_at <= now() - make_interval(days => :d) AND NOT EXISTS (SELECT 1 FROM"
+        " commands c WHERE c.attempt_id = verification_attempts.id) AND NOT EXISTS (SELECT 1 FROM voice_fingerprints f"
+        " WHERE f.attempt_id = verification_attempts.id AND f.expires_at > now())",
+        d=UNLISTED_REFUSALS_KEPT_DAYS,
     )
     pruned["invitations"] = prune(
         "invitations",

@@ -146,6 +146,7 @@ IN_PROGRESS_RETRY_S = 1
 #: attempts that never reached the model (bad audio, a lockout, the daily ceiling): a lock posting junk in a loop
 #: (up to its signed-request limit, 120 a minute) wrote an entry to the feed each, burying the rest of the lock's
 #: history (attack run); at most ``FEED_REFUSALS_PER_MINUTE`` a minute are listed, every one is kept in PostgreSQL
+#: (those listed in no feed for ``retention.UNLISTED_REFUSALS_KEPT_DAYS``: attack run 130)
 FEED_BUDGETED = ("invalid", "refused")
 #: ... and rejections answered without the model: at a lock nobody enrolled at, a lock's loop of clips made one
 #: entry each, 120 a minute, each a Firestore write kept 90 days (attack run 54)
