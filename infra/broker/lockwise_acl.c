@@ -44,7 +44,9 @@
  *    function take no run that is ahead of the broker's. plugin_opt_run_file keeps the last run's number.
  *
  * 4. A lock's last will, delayed or not, is taken only as its goodbye, "offline[ <n>]" on its own status topic
- *    (goodbye()).
+ *    (goodbye()). The will Mosquitto sends as a new connection of the lock takes its session over is checked as a
+ *    publish of a connection still whole, and cannot be told from one then: what it keeps past on_message's rule
+ *    (a state, an ack, a long presence) is cleared as that connection ends (on_disconnect; attack run 129).
  *
  * 5. A lock publishes at most plugin_opt_lock_messages_per_second on average, in bursts of at most
  *    plugin_opt_lock_message_burst (a token bucket per username, kept across its connections). Past it the
@@ -117,6 +119,13 @@ struct lockwise_acl {
 	 * DISCONNECT drops it) left it set, and once its client was freed (the next pass's context__free_disused) a new
 	 * lock's client at the same address had its first message taken for that will and refused (attack run 127) */
 	const struct mosquitto *closing;
+	/* the lock whose publish its check let through to be kept retained where on_message keeps nothing (a state, an
+	 * ack, a presence past STATUS_KEPT_MAX), and that topic, until its message callback comes. One that never came
+	 * and ends with the client's connection (on_disconnect) was that connection's last will, sent as another took
+	 * its session over (handle_connect.c: context__send_will before do_disconnect, the connection still whole, so
+	 * neither closing nor connection_ended tells it): what it kept is cleared (attack run 129) */
+	const struct mosquitto *unheard;
+	char *unheard_topic;
 	char run[24];       /* this run's number, in decimal */
 	bool run_published; /* on RUN_TOPIC, at the first tick */
 	double rate;        /* 5: a lock's messages a second, on average (0: no limit) */
@@ -397,6 +406,29 @@ static bool nobody_relays(const struct lockwise_acl *acl, const char *username, 
 	return false;
 }
 
+/* Whether a lock's message, retained, would keep what on_message keeps nothing of: a state, an ack, or a presence
+ * past STATUS_KEPT_MAX, on one of its own topics. */
+static bool kept_past_the_rule(const struct lockwise_acl *acl, const char *username, const char *topic, bool retain,
+		uint32_t len)
+{
+	return retain && len > 0 && owns(acl, username, topic, NULL)
+		&& (len > STATUS_KEPT_MAX || !owns(acl, username, topic, "status"));
+}
+
+/* A lock's publish its check lets through: awaited by on_message (unheard) when it would keep what the rule keeps
+ * nothing of; any other publish check replaces what was awaited. */
+static void await_message(struct lockwise_acl *acl, const struct mosquitto *client, const char *username,
+		const char *topic, bool retain, uint32_t len)
+{
+	free(acl->unheard_topic);
+	acl->unheard_topic = NULL;
+	acl->unheard = NULL;
+	if(kept_past_the_rule(acl, username, topic, retain, len)){
+		acl->unheard_topic = strdup(topic);
+		acl->unheard = acl->unheard_topic == NULL ? NULL : client;
+	}
+}
+
 static int on_acl_check(int event, void *event_data, void *userdata)
 {
 	static struct quiet refused, held, wills, paced;
@@ -488,6 +520,9 @@ static int on_acl_check(int event, void *event_data, void *userdata)
 				}
 				return MOSQ_ERR_ADMINISTRATIVE_ACTION;
 			}
+			if(!its_will && mosquitto_client_protocol_version(ed->client) != 0){
+				await_message(acl, ed->client, username, ed->topic, ed->retain, ed->payloadlen);
+			}
 			return MOSQ_ERR_PLUGIN_DEFER;
 		default:
 			return MOSQ_ERR_PLUGIN_DEFER;
@@ -504,6 +539,11 @@ static int on_message(int event, void *event_data, void *userdata)
 	const char *username = mosquitto_client_username(ed->client);
 	(void)event;
 
+	if(ed->client == acl->unheard){
+		free(acl->unheard_topic);
+		acl->unheard_topic = NULL;
+		acl->unheard = NULL;
+	}
 	if(username != NULL && relay_named(acl, username) != NULL){
 		return MOSQ_ERR_SUCCESS; /* a relay's command: nobody reads a run from it */
 	}
@@ -583,6 +623,9 @@ static int on_tick(int event, void *event_data, void *userdata)
 	/* a last will is checked within the disconnect that set closing, before this tick; a client is freed only at
 	 * the next pass's start, after it, so closing never names a freed client's address taken by another */
 	acl->closing = NULL;
+	free(acl->unheard_topic); /* its message callback or its connection's end came in the same pass, or neither */
+	acl->unheard_topic = NULL;
+	acl->unheard = NULL;
 	sweep_paces(acl);
 	if(!acl->run_published && mosquitto_broker_publish_copy(NULL, RUN_TOPIC, (int)strlen(acl->run), acl->run, 0,
 				true, NULL) == MOSQ_ERR_SUCCESS){
@@ -607,6 +650,28 @@ static int on_disconnect(int event, void *event_data, void *userdata)
 		relay_drops(acl, relay, NULL);
 	}else{
 		acl->closing = ed->client;
+	}
+	/* a publish let through with no message callback after it, then its connection's end: the last will sent as
+	 * another connection took the session over (a lock connecting again with its identity), past on_message and
+	 * the will's check (4) alike; what it kept is cleared, as a lock's own empty retained message clears it. Without
+	 * it, a lock kept a state of up to max_packet_size retained under each identity it was ever paired with, handed to
+	 * every relay's session as it subscribed again: run 78's rule, and run 127's for a delayed will, undone by
+	 * reconnecting (attack run 129) */
+	if(ed->client == acl->unheard && acl->unheard_topic != NULL){
+		static struct quiet cleared;
+		unsigned long more;
+
+		if(speak(&cleared, &more)){
+			mosquitto_log_printf(MOSQ_LOG_NOTICE, "lockwise_acl: cleared what %.64s's last will kept on %.128s as"
+					" its session was taken over: a lock's will is its offline on its status topic (and %lu more"
+					" since)", username == NULL ? "?" : username, acl->unheard_topic, more);
+		}
+		mosquitto_broker_publish_copy(NULL, acl->unheard_topic, 0, NULL, 0, true, NULL);
+	}
+	if(ed->client == acl->unheard){
+		free(acl->unheard_topic);
+		acl->unheard_topic = NULL;
+		acl->unheard = NULL;
 	}
 	return MOSQ_ERR_SUCCESS;
 }
@@ -662,6 +727,7 @@ static void acl_free(struct lockwise_acl *acl)
 	for(int i = 0; i < acl->relayed_count; i++){
 		free(acl->relayed[i]);
 	}
+	free(acl->unheard_topic);
 	for(int i = 0; acl->paces != NULL && i < PACE_BUCKETS; i++){
 		while(acl->paces[i] != NULL){
 			struct pace *p = acl->paces[i];

@@ -1296,6 +1296,46 @@ def test_a_locks_delayed_last_will_is_taken_only_as_its_goodbye_and_keeps_nothin
         relay.stop()
 
 
+def test_a_locks_last_will_sent_as_it_connects_again_keeps_nothing_the_rule_keeps_nothing_of(
+    own_broker: Broker, tmp_path: Path
+) -> None:
+    """Attack run 129: a lock connecting again with its identity while its last connection was still open took that
+    connection's session over, and Mosquitto sent the old connection's last will then, checked as a publish of a
+    connection still whole (neither ending, as the will's check knows one, nor without its certificate, as run 127's
+    delayed will is told) and past the plugin's message callback: a lock kept a state of 1,000 bytes retained under
+    its name, the retained rule of runs 78 and 127 undone by reconnecting. What such a will keeps is cleared as the
+    old connection ends; a goodbye kept on the status topic stays."""
+    broker = own_broker
+    relay = Peer(broker, broker.client_files(RELAY, tmp_path / "relay"), client_id=RELAY, persistent=mqtt.MQTTv5)
+    assert relay.start() and relay.subscribe_as_the_relay(f"g-{secrets.token_hex(8)}")
+    wills = {  # leaf, payload: kept
+        ("state", b'{"left": "by a will at a takeover"}' + b" " * 1_000): False,
+        ("status", b"offline 5"): True,
+    }
+    locks: dict[str, tuple[str, bytes, bool]] = {}
+    connected: list[Peer] = []
+    try:
+        for (leaf, payload), kept in wills.items():
+            identity = f"lk-{secrets.token_hex(6)}"
+            files = broker.client_files(identity, tmp_path / identity)
+            old = Peer(broker, files, client_id=identity)
+            old.client.will_set(f"{topics.ROOT}/{identity}/{leaf}", payload, qos=1, retain=True)
+            assert old.start()
+            old.client.loop_stop()  # its connection left open, as one half-open is
+            connected.append(Peer(broker, files, client_id=identity))
+            assert connected[-1].start()  # takes the session over: the old connection's will goes now
+            locks[identity] = (leaf, payload, kept)
+        for identity in locks:
+            wait_until(lambda identity=identity: bool(relay.of(identity)))  # each will sent
+        for identity, (leaf, payload, kept) in locks.items():  # (kept_under takes the relay's session over)
+            expected = [(f"{topics.ROOT}/{identity}/{leaf}", payload)] if kept else []
+            assert kept_under(broker, tmp_path, identity) == expected, payload
+    finally:
+        for peer in connected:
+            peer.stop()
+        relay.stop()
+
+
 def test_a_retained_state_kept_from_before_is_cleared_by_the_locks_empty_retained_message(
     own_broker: Broker, tmp_path: Path
 ) -> None:
