@@ -61,6 +61,13 @@
  *    per-client inbound limit, and MQTT 3.1.1 publishers no flow control. A relay is not counted. Both options
  *    are required together, finite, the burst at least 1 (the plugin refuses to start otherwise).
  *
+ * 6. A lock keeps a keepalive of at most plugin_opt_lock_max_keepalive seconds, never none (0): a lock asking 0 or
+ *    65535 that lost its power silently stayed connected and online, its last will unsent, for good or 27 hours
+ *    (attack run 131). The broker's max_keepalive tells an MQTT 5 client the most as its Server Keep Alive (its
+ *    keepalive is that one before any check), but Mosquitto 2.0.11 takes an MQTT 3.1.1 client's as asked (2.0.12
+ *    refuses it at the CONNACK): such a lock's first subscription or publish answers MOSQ_ERR_ADMINISTRATIVE_ACTION,
+ *    and its connection is closed unacknowledged. Its last will still goes. Optional (0 or absent: unchecked).
+ *
  * Build: cc -shared -fPIC -O2 -Wall -Wextra -o lockwise_acl.so lockwise_acl.c (Debian: gcc, libc6-dev,
  * mosquitto-dev, libmosquitto-dev).
  */
@@ -130,6 +137,7 @@ struct lockwise_acl {
 	bool run_published; /* on RUN_TOPIC, at the first tick */
 	double rate;        /* 5: a lock's messages a second, on average (0: no limit) */
 	double burst;       /* and at most at once */
+	int max_keepalive;   /* 6: a lock's longest keepalive (0: unchecked) */
 	struct pace **paces; /* PACE_BUCKETS chains */
 	unsigned sweep;      /* the next bucket the tick looks through */
 };
@@ -305,6 +313,18 @@ static bool connection_ended(const struct mosquitto *client)
 	return false;
 }
 
+/* 6: whether a lock's connection keeps a keepalive the broker enforces, of at most acl->max_keepalive */
+static bool keeps_alive(const struct lockwise_acl *acl, const struct mosquitto *client)
+{
+	int keepalive;
+
+	if(acl->max_keepalive == 0){
+		return true;
+	}
+	keepalive = mosquitto_client_keepalive(client);
+	return keepalive > 0 && keepalive <= acl->max_keepalive;
+}
+
 static double monotonic_s(void)
 {
 	struct timespec now;
@@ -431,7 +451,7 @@ static void await_message(struct lockwise_acl *acl, const struct mosquitto *clie
 
 static int on_acl_check(int event, void *event_data, void *userdata)
 {
-	static struct quiet refused, held, wills, paced;
+	static struct quiet refused, held, wills, paced, unkept;
 	const struct mosquitto_evt_acl_check *ed = event_data;
 	struct lockwise_acl *acl = userdata;
 	struct relay *relay;
@@ -452,6 +472,18 @@ static int on_acl_check(int event, void *event_data, void *userdata)
 			relay_drops(acl, relay, ed->topic);
 		}
 		return MOSQ_ERR_PLUGIN_DEFER;
+	}
+	/* 6: a lock connected without a keepalive the broker enforces is closed at its first subscription or publish
+	 * (not its last will, nor a retained message's source check: protocol 0) */
+	if((ed->access == MOSQ_ACL_SUBSCRIBE || ed->access == MOSQ_ACL_WRITE) && !its_will
+			&& mosquitto_client_protocol_version(ed->client) != 0 && !keeps_alive(acl, ed->client)
+			&& !connection_ended(ed->client)){
+		if(speak(&unkept, &more)){
+			mosquitto_log_printf(MOSQ_LOG_NOTICE, "lockwise_acl: %.64s connected with a keepalive of %d s (none is 0,"
+					" at most %d): closing its connection (and %lu more since)", username,
+					mosquitto_client_keepalive(ed->client), acl->max_keepalive, more);
+		}
+		return MOSQ_ERR_ADMINISTRATIVE_ACTION;
 	}
 	switch(ed->access){
 		case MOSQ_ACL_SUBSCRIBE:
@@ -758,6 +790,8 @@ int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void **userdata, st
 {
 	struct lockwise_acl *acl = calloc(1, sizeof(*acl));
 	const char *root = "lockwise", *relays = "", *relayed = "", *run_file = NULL, *rate = NULL, *burst = NULL;
+	const char *max_keepalive = NULL;
+	double keepalive = 0;
 	char **names = NULL;
 	int count;
 
@@ -777,8 +811,18 @@ int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void **userdata, st
 			rate = options[i].value;
 		}else if(strcmp(options[i].key, "lock_message_burst") == 0){
 			burst = options[i].value;
+		}else if(strcmp(options[i].key, "lock_max_keepalive") == 0){
+			max_keepalive = options[i].value;
 		}
 	}
+	if(max_keepalive != NULL && (!positive(max_keepalive, &keepalive) || keepalive > 65535
+				|| keepalive != (double)(int)keepalive)){
+		mosquitto_log_printf(MOSQ_LOG_ERR, "lockwise_acl: plugin_opt_lock_max_keepalive is a whole number of"
+				" seconds, 1 to 65535");
+		acl_free(acl);
+		return MOSQ_ERR_INVAL;
+	}
+	acl->max_keepalive = (int)keepalive;
 	if((rate == NULL) != (burst == NULL) || (rate != NULL && (!positive(rate, &acl->rate)
 					|| !positive(burst, &acl->burst) || acl->burst < 1))){
 		mosquitto_log_printf(MOSQ_LOG_ERR, "lockwise_acl: plugin_opt_lock_messages_per_second and"

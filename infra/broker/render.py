@@ -35,6 +35,10 @@ UPTIME_TOPIC = "$SYS/broker/uptime"
 RUN_TOPIC = "$SYS/broker/lockwise/run"
 #: the largest MQTT packet the broker takes: commands, acks and state reports are a few hundred bytes
 MAX_PACKET_SIZE = 65536
+#: the longest keepalive a client may ask (FIRMWARE.md: 15-60 s; the relays ask 30). An MQTT 5 client asking more, or
+#: none (0), is given this as its Server Keep Alive; an MQTT 3.1.1 one is refused. A lock asking 0 or 65535 that lost
+#: its power silently stayed connected, online, with no last will sent, for good or 27 hours (attack run 131)
+MAX_KEEPALIVE = 60
 #: a lock's publishing pace (``lockwise_acl.c``, 5): on average, and at once (a lock sends again up to 64 kept
 #: messages, its status and a state report as it connects: FIRMWARE.md, "Receipts")
 LOCK_MESSAGES_PER_SECOND = 20
@@ -78,6 +82,7 @@ def mosquitto_conf(values: dict[str, str], min_tls: str = "1.2") -> str:
     fixed = {
         "TLS_VERSION": TLS_VERSIONS[min_tls],
         "MAX_PACKET_SIZE": str(MAX_PACKET_SIZE),
+        "MAX_KEEPALIVE": str(MAX_KEEPALIVE),
         "LOCK_MESSAGES_PER_SECOND": str(LOCK_MESSAGES_PER_SECOND),
         "LOCK_MESSAGE_BURST": str(LOCK_MESSAGE_BURST),
         "TOPIC_ROOT": TOPIC_ROOT,

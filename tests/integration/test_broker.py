@@ -406,6 +406,71 @@ def test_plain_tcp_is_not_offered(broker: Broker) -> None:
         client.loop_stop()
 
 
+def session_with(broker: Broker, files: tuple[Path, Path], protocol: MQTTProtocolVersion, keepalive: int) -> object:
+    """A lock connecting with ``keepalive``, subscribing to its commands and publishing its ``online``: "refused" at
+    its CONNACK, "closed" before its online's PUBACK, or the Server Keep Alive it was told (None: its own kept)."""
+    identity = identity_of(files)
+    v5 = protocol == mqtt.MQTTv5
+    client = mqtt.Client(
+        CallbackAPIVersion.VERSION2,
+        client_id=identity,
+        protocol=protocol,
+        clean_session=None if v5 else True,
+        reconnect_on_failure=False,
+    )
+    client.tls_set(
+        ca_certs=str(broker.ca_file), certfile=str(files[0]), keyfile=str(files[1]), tls_version=ssl.PROTOCOL_TLS_CLIENT
+    )
+    told: list[object] = []
+    answered = threading.Event()
+
+    def on_connect(_c: mqtt.Client, _u: object, _f: object, rc: Any, props: object) -> None:
+        told.append("refused" if rc.is_failure else getattr(props, "ServerKeepAlive", None))
+        answered.set()
+
+    client.on_connect = on_connect
+    client.on_disconnect = lambda *_a: answered.set()
+    client.connect("127.0.0.1", broker.port, keepalive=keepalive)
+    client.loop_start()
+    try:
+        assert answered.wait(10), "no answer"
+        if not told or told[0] == "refused":
+            return "refused"
+        client.subscribe(topics.commands(identity), qos=1)
+        info = client.publish(topics.status(identity), b"online 1", qos=1)
+        with contextlib.suppress(RuntimeError, ValueError):
+            info.wait_for_publish(5)
+        return told[0] if info.is_published() else "closed"
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
+def test_a_lock_keeps_a_keepalive_of_60_s_at_most_or_is_closed(
+    broker: Broker, lock_files: dict[str, tuple[Path, Path]], tmp_path: Path
+) -> None:
+    """Attack run 131: a lock could connect asking no keepalive (0) or 65535 s; losing its power silently, its
+    connection stayed open, shown online, its last will unsent, for good (or 27 hours). The broker keeps one of
+    ``render.MAX_KEEPALIVE`` (60 s, FIRMWARE.md's most) at most: an MQTT 5 lock asking none or more is told 60 (Server
+    Keep Alive, ``max_keepalive``); an MQTT 3.1.1 one, which cannot be told, and which Mosquitto 2.0.11 takes as it
+    asks, is closed by the plugin at its first subscription or publish, unacknowledged (2.0.12 refuses it at its
+    CONNACK). 15 to 60 s are taken as asked."""
+    files, _ = two(lock_files)
+    relay = Peer(broker, broker.client_files(RELAY, tmp_path / "relay"), client_id=RELAY)
+    assert relay.start()
+    relay.relays()  # the broker takes a lock's events while a relay is there for them
+    assert render.MAX_KEEPALIVE == 60
+    try:
+        for asked in (0, 61, 65535):
+            assert session_with(broker, files, mqtt.MQTTv5, asked) == 60, asked
+            assert session_with(broker, files, mqtt.MQTTv311, asked) in ("refused", "closed"), asked
+        for asked in (15, 60):
+            assert session_with(broker, files, mqtt.MQTTv5, asked) is None, asked
+            assert session_with(broker, files, mqtt.MQTTv311, asked) is None, asked
+    finally:
+        relay.stop()
+
+
 @pytest.mark.parametrize("target", ["other_lock", "relay"])
 def test_nobody_takes_over_another_identitys_session(
     broker: Broker, lock_files: dict[str, tuple[Path, Path]], tmp_path: Path, target: str

@@ -584,7 +584,8 @@ def test_the_broker_knows_nothing_per_lock_and_every_relay_slot(tmp_path: Path) 
     assert crl_url in refresh and "systemctl kill --signal=HUP mosquitto" in refresh and "$tmp" in refresh
     assert "OnUnitActiveSec=60s" in (tmp_path / "lockwise-crl.timer").read_text()
     for line in ("require_certificate true", "use_identity_as_username true", "use_username_as_clientid true",
-                 "tls_version tlsv1.2", "allow_anonymous false", "max_packet_size 65536"):  # fmt: skip
+                 "tls_version tlsv1.2", "allow_anonymous false", "max_packet_size 65536",
+                 "max_keepalive 60"):  # fmt: skip
         assert line in conf.splitlines(), line
     assert "password_file" not in conf
     # every subscription but a lock's own command topic refused by the plugin, built on the host from its source
@@ -593,7 +594,8 @@ def test_the_broker_knows_nothing_per_lock_and_every_relay_slot(tmp_path: Path) 
     relayed = ",".join(t.removeprefix("$share/g/") for t in sessions.event_topics("g"))
     for line in ("plugin /usr/local/lib/mosquitto/lockwise_acl.so", "plugin_opt_topic_root lockwise",
                  f"plugin_opt_relay_users {relays}", f"plugin_opt_relayed_topics {relayed}",
-                 "plugin_opt_run_file /var/lib/mosquitto/lockwise-run"):  # fmt: skip
+                 "plugin_opt_run_file /var/lib/mosquitto/lockwise-run",
+                 "plugin_opt_lock_max_keepalive 60"):  # fmt: skip
         assert line in conf.splitlines(), line
     assert relayed == "lockwise/+/state,lockwise/+/ack,lockwise/+/status"
     assert (tmp_path / "lockwise_acl.c").read_bytes() == plugin.SOURCE.read_bytes()
