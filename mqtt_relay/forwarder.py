@@ -163,6 +163,10 @@ class Forwarder:
         #: are (each had a WARNING line, 265 bytes: a lock at the broker's pace of 20 a second wrote 1.7M a day,
         #: ~0.5 GB of Cloud Logging, unpaced: attack run 110)
         self.oversized = 0
+        #: empty messages, acknowledged unposted: an empty message deletes what its topic kept, a relay's for an
+        #: identity no lock uses any more (``retired``) or a lock's own, and is no event (each was posted and refused
+        #: as an unknown lock's, or a malformed one, and kept in lock_event_rejects: attack run 131)
+        self.cleared = 0
         #: the locks' messages waiting here or being posted, by (lock, digest), with the acks of the copies the broker
         #: redelivered meanwhile (a resumed or drained session): a copy is not queued (``repeated``), so a lock's line
         #: holds each message once (attack run 30: an hour's outage made 17-19 copies of each), and a redelivered one
@@ -186,7 +190,11 @@ class Forwarder:
         queued, counted in ``repeated``, acknowledged with the first); or drop it (acknowledged, counted): a payload
         longer than the function takes, measured as it would be posted (a 64 KiB message of emoji, posted with every
         character escaped to 12 bytes, made a batch of 98 MB, refused whole, and every lock's events waited: attack
-        run), or a flood."""
+        run), or a flood. An empty one is acknowledged and counted, unposted (``cleared``)."""
+        if not event.payload:
+            self.cleared += 1
+            event.ack()
+            return
         if event.size > topics.MAX_PAYLOAD_BYTES:
             self.oversized += 1
             why = f"payload of {event.size} bytes as posted ({self.oversized} so far)"

@@ -31,7 +31,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from lockwise.core.db import Connection
 from lockwise.devices import receipts, topics
-from mqtt_relay import outbox, sessions
+from mqtt_relay import outbox, retired, sessions
 from mqtt_relay.broker_start import RUN_TOPIC, UPTIME_TOPIC, BrokerStart
 from mqtt_relay.forwarder import Event, Forwarder, receipts_of
 from mqtt_relay.identity import IdTokens
@@ -139,16 +139,15 @@ class Relay:
             self.client.publish(topic, payload, qos=1, retain=False, properties=_expiring(expires_in_s))
             for topic, payload, expires_in_s in messages
         ]
-        deadline = time.monotonic() + PUBACK_TIMEOUT_S
-        results = []
-        for info in infos:
-            try:
-                info.wait_for_publish(max(0.0, deadline - time.monotonic()))
-            except (RuntimeError, ValueError):
-                results.append(False)
-                continue
-            results.append(info.is_published())
-        return results
+        return _acknowledged(infos)
+
+    def clear_retained(self, cleared: list[str]) -> list[bool]:
+        """An empty retained message at QoS 1 to each topic of ``cleared``, which deletes what the broker kept there
+        (``retired.clear_due``); all in flight at once, then each waited for until its PUBACK. The relays' own
+        subscriptions get each, empty: dropped unposted (``Forwarder.submit``)."""
+        if not self.connected.is_set():
+            return [False] * len(cleared)
+        return _acknowledged([self.client.publish(topic, b"", qos=1, retain=True) for topic in cleared])
 
     # ------------------------------------------------------------------------------------------ outbox side
 
@@ -198,6 +197,7 @@ class Relay:
         threading.Thread(target=self._upkeep, name="upkeep", daemon=True).start()
         last_lease_check = 0.0
         rounds_failing = FailureStreak(log, "delivery round")
+        clearing_failing = FailureStreak(log, "clearing retired identities", level=logging.WARNING)
         while not self.stopping.is_set():
             self._wake.wait(self.settings.poll_s)
             self._wake.clear()
@@ -212,6 +212,12 @@ class Relay:
             except Exception as exc:  # noqa: BLE001 - database restarts are survived by retrying next round
                 rounds_failing.failed(exc)
                 self.stopping.wait(1.0)
+            try:  # after the commands: a round's clearing waits up to PUBACK_TIMEOUT_S for a broker gone quiet
+                if self.connected.is_set():
+                    retired.clear_due(self.db, self.clear_retained)
+                clearing_failing.succeeded()
+            except Exception as exc:  # noqa: BLE001 - its rows wait for the next round
+                clearing_failing.failed(exc)
             if time.monotonic() - last_lease_check > LEASE_CHECK_S:
                 last_lease_check = time.monotonic()
                 self._check_lease()
@@ -350,6 +356,7 @@ class Relay:
             "dropped": self.forwarder.dropped,
             "flooded": self.forwarder.flooded,
             "repeated": self.forwarder.repeated,
+            "cleared": self.forwarder.cleared,
             **({"error": self.forwarder.last_error} if self.forwarder.last_error else {}),
         }
         healthy = all(c["ok"] for c in checks.values())
@@ -396,6 +403,20 @@ def slots_left(held: set[int], held_once: set[int], free_since: dict[int, float]
     for slot in held_once - held:
         free_since.setdefault(slot, now)
     return sorted(slot for slot, since in free_since.items() if now - since >= LEFT_AFTER_S)
+
+
+def _acknowledged(infos: list[mqtt.MQTTMessageInfo]) -> list[bool]:
+    """Whether the broker acknowledged each of ``infos`` (in flight together) within ``PUBACK_TIMEOUT_S`` of now."""
+    deadline = time.monotonic() + PUBACK_TIMEOUT_S
+    results = []
+    for info in infos:
+        try:
+            info.wait_for_publish(max(0.0, deadline - time.monotonic()))
+        except (RuntimeError, ValueError):
+            results.append(False)
+            continue
+        results.append(info.is_published())
+    return results
 
 
 def _expiring(seconds: int) -> Properties:

@@ -146,3 +146,81 @@ def test_the_simulated_lock_config_round_trips(tmp_path: Any, paired_lock: Pair)
     _, lock = paired_lock()
     lock.config.save(tmp_path / "lock.json")
     assert LockConfig.load(tmp_path / "lock.json") == lock.config
+
+
+def retained_under(e2e: dict[str, Any], identity: str) -> list[tuple[str, bytes]]:
+    """What the broker keeps under a lock identity's topics: the retained messages a new subscription is handed (an
+    empty one is a clearing delivered live, not kept)."""
+    from tests.e2e.test_relay import relay_client
+
+    got: list[tuple[str, bytes]] = []
+    with relay_client(e2e) as client:
+        client.on_message = lambda _c, _u, m: got.append((m.topic, bytes(m.payload))) if m.retain else None
+        client.subscribe(f"{topics.ROOT}/{identity}/#", qos=1)
+        time.sleep(0.5)
+    return [m for m in got if m[1]]
+
+
+def refused_empty(e2e: dict[str, Any], *identities: str) -> int:
+    """The relay's empty clearings posted and refused, kept in lock_event_rejects, under ``identities``' topics."""
+    (n,) = db_one(
+        e2e,
+        "SELECT count(*) FROM lock_event_rejects WHERE payload_chars = 0"
+        " AND split_part(topic, '/', 2) = ANY(CAST(:i AS text[]))",
+        i=list(identities),
+    )
+    return int(n)
+
+
+def test_a_replaced_or_deleted_locks_identity_keeps_nothing_retained_at_the_broker(
+    e2e: dict[str, Any], app: App, relays: Any, paired_lock: Pair, broker: Any
+) -> None:
+    """Attack run 127's leftover, attack run 131: a lock's presence stayed retained on its identity's status topic once
+    the lock was paired again or deleted, one per pairing for good, handed to every relay subscription anew after a
+    broker restart and each posted and refused as an unknown lock's. The relay clears a retired identity's topics
+    (an empty retained message each), from a list the database keeps: an identity retired while no relay runs is
+    cleared by the next one to start. Its own clearings, delivered to the relays' subscriptions, are not posted."""
+    relay = relays()
+    lock_id, old = paired_lock()
+    wait_for(lambda: retained_under(e2e, old.config.identity) != [], what="the old device's presence kept")
+    old.stop()  # its goodbye, retained
+    code = app.call("POST", f"/devices/locks/{lock_id}/provisioning").json()["code"]
+    new = SimulatedLock(provision(e2e["url"], code, str(broker.ca_file), host="127.0.0.1"))
+    new.start()
+    try:
+        gone_id, gone = paired_lock("Back door")
+        wait_for(lambda: retained_under(e2e, gone.config.identity) != [], what="the deleted lock's presence kept")
+        gone.stop()
+        relay.stop()  # away as the lock is deleted: the identity waits in the database for the next relay
+        assert app.call("DELETE", f"/devices/locks/{gone_id}").status_code == 204
+        relays()
+        wait_for(
+            lambda: retained_under(e2e, old.config.identity) == [] and retained_under(e2e, gone.config.identity) == [],
+            timeout=20,
+            what="the retired identities' presences cleared",
+        )
+        kept = retained_under(e2e, new.config.identity)
+        assert [topic for topic, _ in kept] == [topics.status(new.config.identity)]  # the live one's stays
+        time.sleep(1.0)  # the clearings' copies delivered to the relays' subscriptions, and dropped
+        assert refused_empty(e2e, old.config.identity, gone.config.identity) == 0
+    finally:
+        new.stop(graceful=False)
+
+
+def test_a_presence_kept_for_an_identity_no_lock_holds_is_cleared_once_it_comes_in(
+    e2e: dict[str, Any], relays: Any
+) -> None:
+    """A presence kept from before the list of retired identities (a lock deleted or paired again earlier), or a
+    replaced device's goodbye sent after its identity was cleared, reaches the devices function as an unknown lock's:
+    its identity is listed then, and cleared, not handed again to every relay subscription (attack run 131)."""
+    import uuid
+
+    from tests.e2e.test_relay import relay_client
+
+    relays()
+    ghost = str(uuid.uuid4())
+    with relay_client(e2e) as client:  # a relay's identity: the broker's plugin keeps its message as sent
+        client.publish(topics.status(ghost), b"offline 4", qos=1, retain=True).wait_for_publish(5)
+    wait_for(lambda: retained_under(e2e, ghost) == [], timeout=20, what="the unknown identity's presence cleared")
+    (left,) = db_one(e2e, "SELECT count(*) FROM retired_broker_identities WHERE identity = :i", i=ghost)
+    assert left == 0

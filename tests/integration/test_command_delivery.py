@@ -1079,3 +1079,43 @@ def test_a_locks_reason_reaches_the_sender_without_its_control_or_format_charact
     shown = world.devices.get(f"/devices/locks/{world.lock_id}/commands/{command_id}", headers=world.headers("owner"))
     assert shown.status_code == 200
     assert shown.get_json()["command"]["error"] == "refused: " + command_outcomes.NOT_PLAIN
+
+
+def test_a_retired_identity_is_kept_until_the_broker_took_its_clearings(
+    world: World, relay_db: Database, stack_env: dict[str, str]
+) -> None:
+    """Attack run 131 (attack run 127's leftover): the presence a lock's identity kept at the broker stayed there once
+    the lock was paired again or deleted. The identity is listed as its credential is revoked or deleted, and as a
+    presence comes in from an identity no live credential holds, and the relay's round (``retired.clear_due``) keeps
+    the row until the broker acknowledged an empty retained message to each of its topics."""
+    from mqtt_relay import retired
+
+    old = world.credentials["mqtt"]["client_id"]
+    new = pair_again(world.devices, world)[0]["mqtt"]["client_id"]
+
+    def listed() -> set[str]:
+        with relay_db.connection() as con:
+            return {str(r[0]) for r in con.run("SELECT identity FROM retired_broker_identities")}
+
+    assert listed() == {old}
+    sent: list[str] = []
+
+    def broker_away(cleared: list[str]) -> list[bool]:
+        sent.extend(cleared)
+        return [topic != retired.topics_of(old)[0] for topic in cleared]  # the status's PUBACK lost
+
+    assert retired.clear_due(relay_db, broker_away) == 0
+    assert sent == retired.topics_of(old) and listed() == {old}
+    assert retired.clear_due(relay_db, lambda cleared: [True] * len(cleared)) == 1
+    assert listed() == set()
+    # a presence from an identity no live credential holds (kept from before the list, a late goodbye) ...
+    ghost = "0b7a1d0e-0000-4000-8000-000000000131"
+    resp = world.devices.post(
+        "/devices/relay/events",
+        json={"events": [{"topic": f"lockwise/{ghost}/status", "payload": "offline 3"}]},
+        headers={"X-LockWise-Service-Token": stack_env["LOCKWISE_SERVICE_TOKEN"]},
+    )
+    assert resp.status_code == 200 and resp.get_json()["results"][0]["outcome"] == "rejected"
+    # ... and the live identity, once its lock is deleted
+    assert world.devices.delete(f"/devices/locks/{world.lock_id}", headers=world.headers("owner")).status_code == 204
+    assert listed() == {ghost, new}

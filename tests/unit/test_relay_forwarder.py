@@ -397,3 +397,18 @@ def test_an_upkeep_whose_identity_token_fails_is_a_failed_upkeep(caplog: pytest.
         assert forwarder.flush_mirror() is False
     assert forwarder.upkeep_error == "IncompleteRead"
     assert [r.getMessage() for r in caplog.records] == ["devices upkeep failed; will retry"]
+
+
+def test_an_empty_message_is_acknowledged_and_never_posted() -> None:
+    """An empty message deletes what its topic kept: a relay's clearing of an identity no lock uses any more
+    (``mqtt_relay.retired``), delivered to the relays' own subscriptions, or a lock's. Each was posted and refused as an
+    unknown lock's, or a malformed one, and kept in lock_event_rejects (attack run 131)."""
+    told: list[Event] = []
+    forwarder = Forwarder("http://127.0.0.1:9", "token", on_taken=told.extend)  # never started: nothing is posted
+    acked: list[str] = []
+    for topic in (topics.status("gone"), topics.state("gone"), topics.acks("gone")):
+        forwarder.submit(Event.of(topic, b"", functools.partial(acked.append, topic), None))
+    assert acked == [topics.status("gone"), topics.state("gone"), topics.acks("gone")]
+    assert forwarder.queue.qsize() == 0 and forwarder.cleared == 3 and told == []
+    forwarder.submit(Event.of(topics.status("live"), b"online 1", lambda: None, None))
+    assert forwarder.queue.qsize() == 1

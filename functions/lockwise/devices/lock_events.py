@@ -38,6 +38,8 @@ LATE_ACK_TAKEN = dt.timedelta(days=1)
 MAX_FUTURE_S = 300
 #: a lock's state row is made with the lock: one missing is a lock deleted since its credential was read
 NO_STATE = "the lock has no state: deleted"
+#: an event from a broker identity no live credential holds
+UNKNOWN_LOCK = "unknown or revoked lock"
 
 
 @dataclass(frozen=True)
@@ -111,8 +113,30 @@ def apply_batch(con: Connection, events: list[Any], now: dt.datetime, feed_budge
     for event, outcome in zip(events, outcomes, strict=True):
         if outcome.outcome == "rejected":
             _park(con, event, outcome.reason or "rejected")
+    retire(con, events, outcomes)
     heard_from(con, locks.values())
     return outcomes
+
+
+def retire(con: Connection, events: list[Any], outcomes: list[Outcome]) -> None:
+    """The identities of presences refused as no live lock's are listed for the relay to clear
+    (``retired_broker_identities``, migration 0085: ``mqtt_relay.retired``): a presence the broker kept for an
+    identity paired again or deleted before the list was kept, or a replaced device's last will sent late, was handed
+    to every relay subscription anew after each broker restart, and refused each time (attack run 131)."""
+    gone = {
+        identity
+        for event, outcome in zip(events, outcomes, strict=True)
+        if outcome.reason == UNKNOWN_LOCK
+        and isinstance(event, dict)
+        and isinstance(event.get("topic"), str)
+        and event["topic"].endswith("/status")
+        and (identity := topics.lock_of(event["topic"])) is not None
+    }
+    if gone:
+        con.run(
+            "INSERT INTO retired_broker_identities (identity) SELECT unnest(CAST(:i AS text[])) ON CONFLICT DO NOTHING",
+            i=sorted(gone),
+        )
 
 
 def heard_from(con: Connection, lock_ids: Iterable[str]) -> None:
@@ -406,7 +430,7 @@ def apply(
         return Outcome("rejected", "not a lock topic")
     lock_id = locks.get(lock_user)
     if lock_id is None:
-        return Outcome("rejected", "unknown or revoked lock")
+        return Outcome("rejected", UNKNOWN_LOCK)
     if kind == "status":
         return _status(lock_id, payload, now, batch, run)
     try:
