@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from infra import firebase_tools
 from infra.local.certs import TlsFiles, ensure_tls
 from infra.local.private_files import write_private
 
@@ -567,7 +568,7 @@ def start_firestore(state_dir: Path, port: int, project_id: str) -> Emulator:
 
 
 def firebase_cli() -> Path:
-    cli = TOOLS_HOME / "firebase-tools" / "node_modules" / ".bin" / "firebase"
+    cli = firebase_tools.cli(TOOLS_HOME / "firebase-tools")  # where the deploy runs it from too
     if not cli.exists():
         raise MissingComponent(
             f"firebase-tools {FIREBASE_TOOLS_VERSION} not installed under {cli.parents[2]}: run ./dev setup"
