@@ -1761,15 +1761,22 @@ def test_an_accounts_changes_at_all_its_locks_together_are_held_to_a_minutes_bud
         f"/devices/locks/{world.lock_id}/members/{world.uid('guest_in')}", headers=world.headers("owner")
     )
     assert removed.status_code == 204
-    with get_runtime("devices").db.transaction() as con:  # the count can be read through the index (its predicate
-        # the count's; whether the planner takes it depends on the table's size, and a test's is small)
+    # the count can be read through the index (its predicate the count's; whether the planner takes it depends on the
+    # table's size, and a test's is small)
+    assert "audit_log_account_changes_idx" in account_changes_plan(owner, "1 minute")
+
+
+def account_changes_plan(uid: str, period: str) -> str:
+    """The plan, as JSON, of counting ``uid``'s changes (``changes.COUNTED_SQL``) over the last ``period``, sequential
+    scans off: whether it reads through migration 0079's partial index."""
+    with get_runtime("devices").db.transaction() as con:
         con.run("SET LOCAL enable_seqscan = off")
         ((plan,),) = con.run(
             "EXPLAIN (ANALYZE, FORMAT JSON) SELECT count(*), min(at) FROM audit_log WHERE actor = :a"
-            " AND at > now() - interval '1 minute' AND " + changes.COUNTED_SQL,
-            a=audit.user_actor(owner),
+            f" AND at > now() - interval '{period}' AND " + changes.COUNTED_SQL,
+            a=audit.user_actor(uid),
         )
-    assert "audit_log_account_changes_idx" in json.dumps(plan)
+    return json.dumps(plan)
 
 
 #: ``LOCKWISE_LOCK_CHANGES_PER_ACCOUNT_DAY``'s default (attack run 130)
@@ -1808,14 +1815,7 @@ def test_an_accounts_changes_at_all_its_locks_together_are_held_to_a_days_budget
     removed = world.devices.delete(f"/devices/locks/{lock}/members/{world.uid('guest_in')}", headers=headers)
     assert removed.status_code == 204
     assert get_settings("devices").lock_changes_per_account_day == ACCOUNT_CHANGES_A_DAY
-    with get_runtime("devices").db.transaction() as con:  # the day's count reads through the index too
-        con.run("SET LOCAL enable_seqscan = off")
-        ((plan,),) = con.run(
-            "EXPLAIN (ANALYZE, FORMAT JSON) SELECT count(*), min(at) FROM audit_log WHERE actor = :a"
-            " AND at > now() - interval '1 day' AND " + changes.COUNTED_SQL,
-            a=audit.user_actor(owner),
-        )
-    assert "audit_log_account_changes_idx" in json.dumps(plan)
+    assert "audit_log_account_changes_idx" in account_changes_plan(owner, "1 day")  # the day's count too
 
 
 def test_a_signed_in_request_writes_the_user_row_only_when_it_is_new_or_its_email_changed(
