@@ -116,13 +116,17 @@ def build(name: str, out: Path) -> Path:
     return out
 
 
+def file_hashes(folder: Path) -> dict[str, str]:
+    """Every file under ``folder`` (its path relative to it) with its SHA-256, in path order; a bundle's own
+    ``bundle.json`` left out (the manifest these make, ``write_manifest``, and check, ``changes``)."""
+    manifest = folder / "bundle.json"
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p != manifest)
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
+
+
 def write_manifest(name: str, out: Path) -> None:
     """``bundle.json``: every file of the bundle ``out`` with its SHA-256 (itself left out)."""
-    files = sorted(p for p in out.rglob("*") if p.is_file() and p != out / "bundle.json")
-    manifest = {
-        "function": name,
-        "files": {str(p.relative_to(out)): hashlib.sha256(p.read_bytes()).hexdigest() for p in files},
-    }
+    manifest = {"function": name, "files": file_hashes(out)}
     (out / "bundle.json").write_text(json.dumps(manifest, indent=2) + "\n")
 
 
@@ -277,11 +281,7 @@ def changes(name: str, out: Path, *, added_under: tuple[str, ...] = ()) -> list[
         return [f"{_shown(out)} has no bundle.json infra.build wrote ({type(exc).__name__}): build it again"]
     if made_for != name:
         return [f"{_shown(out)} is the bundle of {made_for!r}, not of {name!r}"]
-    found = {
-        str(p.relative_to(out)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in out.rglob("*")
-        if p.is_file() and p != out / "bundle.json"
-    }
+    found = file_hashes(out)
     said = [
         f"{name}/{file} changed since its build"
         for file in sorted(found)
@@ -337,15 +337,7 @@ def export_problems(parent: Path, lock_file: Path) -> list[str]:
     another pin) too; the functions check the export's files against its own manifest alone. An export rewritten with
     a manifest naming the pinned weights is still not caught here."""
     folders = {name: parent / name / "model" for name in VOICE_FUNCTIONS}
-    exports = {
-        name: {
-            str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in folder.rglob("*")
-            if p.is_file()
-        }
-        for name, folder in folders.items()
-        if folder.is_dir()
-    }
+    exports = {name: file_hashes(folder) for name, folder in folders.items() if folder.is_dir()}
     if not exports:
         return []  # the GE2E export alone: no ECAPA model deployed
     if len(exports) < len(folders) or len({json.dumps(files, sort_keys=True) for files in exports.values()}) > 1:
