@@ -435,14 +435,20 @@ static bool kept_past_the_rule(const struct lockwise_acl *acl, const char *usern
 		&& (len > STATUS_KEPT_MAX || !owns(acl, username, topic, "status"));
 }
 
+/* Nothing awaited any more (await_message): its message came, its connection ended, or the loop's pass did. */
+static void forget_unheard(struct lockwise_acl *acl)
+{
+	free(acl->unheard_topic);
+	acl->unheard_topic = NULL;
+	acl->unheard = NULL;
+}
+
 /* A lock's publish its check lets through: awaited by on_message (unheard) when it would keep what the rule keeps
  * nothing of; any other publish check replaces what was awaited. */
 static void await_message(struct lockwise_acl *acl, const struct mosquitto *client, const char *username,
 		const char *topic, bool retain, uint32_t len)
 {
-	free(acl->unheard_topic);
-	acl->unheard_topic = NULL;
-	acl->unheard = NULL;
+	forget_unheard(acl);
 	if(kept_past_the_rule(acl, username, topic, retain, len)){
 		acl->unheard_topic = strdup(topic);
 		acl->unheard = acl->unheard_topic == NULL ? NULL : client;
@@ -572,9 +578,7 @@ static int on_message(int event, void *event_data, void *userdata)
 	(void)event;
 
 	if(ed->client == acl->unheard){
-		free(acl->unheard_topic);
-		acl->unheard_topic = NULL;
-		acl->unheard = NULL;
+		forget_unheard(acl);
 	}
 	if(username != NULL && relay_named(acl, username) != NULL){
 		return MOSQ_ERR_SUCCESS; /* a relay's command: nobody reads a run from it */
@@ -655,9 +659,7 @@ static int on_tick(int event, void *event_data, void *userdata)
 	/* a last will is checked within the disconnect that set closing, before this tick; a client is freed only at
 	 * the next pass's start, after it, so closing never names a freed client's address taken by another */
 	acl->closing = NULL;
-	free(acl->unheard_topic); /* its message callback or its connection's end came in the same pass, or neither */
-	acl->unheard_topic = NULL;
-	acl->unheard = NULL;
+	forget_unheard(acl); /* its message callback or its connection's end came in the same pass, or neither */
 	sweep_paces(acl);
 	if(!acl->run_published && mosquitto_broker_publish_copy(NULL, RUN_TOPIC, (int)strlen(acl->run), acl->run, 0,
 				true, NULL) == MOSQ_ERR_SUCCESS){
@@ -701,9 +703,7 @@ static int on_disconnect(int event, void *event_data, void *userdata)
 		mosquitto_broker_publish_copy(NULL, acl->unheard_topic, 0, NULL, 0, true, NULL);
 	}
 	if(ed->client == acl->unheard){
-		free(acl->unheard_topic);
-		acl->unheard_topic = NULL;
-		acl->unheard = NULL;
+		forget_unheard(acl);
 	}
 	return MOSQ_ERR_SUCCESS;
 }
